@@ -1,0 +1,105 @@
+"""The one interface every inference backend implements.
+
+A backend is a context manager that owns a loaded model (session, compiled
+model or engine + buffers). ``infer`` takes a uint8 NHWC RGB batch and returns
+the named outputs (``probs``, ``logits``, ``site_maps``) as numpy arrays.
+Backends check shape and dtype and raise :class:`BackendError` with what was
+received and what was expected, rather than letting the library crash.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from types import TracebackType
+
+import numpy as np
+
+from uopsl.runtime.errors import BackendError
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """Name, shape (None for a dynamic axis) and numpy dtype of a model input or output."""
+
+    name: str
+    shape: tuple[int | None, ...]
+    dtype: np.dtype
+
+
+class Backend(abc.ABC):
+    """Base class of the ONNX Runtime, OpenVINO and TensorRT backends."""
+
+    #: short registry name, e.g. "ort-cpu", "openvino", "tensorrt"
+    name: str = "backend"
+
+    def __init__(self) -> None:
+        self._active = False
+
+    # -- lifecycle ---------------------------------------------------------
+    @abc.abstractmethod
+    def load(self) -> None:
+        """Load the model; called by ``__enter__``."""
+
+    def close(self) -> None:
+        """Release the model and its buffers; called by ``__exit__``."""
+
+    def __enter__(self) -> Backend:
+        self.load()
+        self._active = True
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._active = False
+        self.close()
+
+    # -- metadata ----------------------------------------------------------
+    @property
+    @abc.abstractmethod
+    def inputs(self) -> tuple[TensorSpec, ...]: ...
+
+    @property
+    @abc.abstractmethod
+    def outputs(self) -> tuple[TensorSpec, ...]: ...
+
+    @property
+    def precision(self) -> str:
+        """fp32, fp16 or int8 (what the loaded model file computes in)."""
+        return "fp32"
+
+    def describe(self) -> str:
+        """One line for logs and reports: backend, device, precision."""
+        return f"{self.name} ({self.precision})"
+
+    # -- inference ---------------------------------------------------------
+    def check_input(self, batch: np.ndarray) -> None:
+        spec = self.inputs[0]
+        if not isinstance(batch, np.ndarray):
+            raise BackendError(f"{self.name}: expected a numpy array, got {type(batch).__name__}")
+        if batch.dtype != spec.dtype:
+            raise BackendError(
+                f"{self.name}: input '{spec.name}' must be {spec.dtype}, got {batch.dtype}; "
+                "pass the uint8 RGB images from uopsl.runtime.preprocess"
+            )
+        if batch.ndim != len(spec.shape) or any(
+            s is not None and s != b for s, b in zip(spec.shape, batch.shape)
+        ):
+            raise BackendError(
+                f"{self.name}: input '{spec.name}' must have shape {spec.shape} (None = any), "
+                f"got {batch.shape}"
+            )
+
+    def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """Run the model on a uint8 (N, H, W, 3) batch; returns outputs by name."""
+        if not self._active:
+            raise BackendError(f"{self.name}: use the backend as a context manager ('with backend: ...')")
+        self.check_input(batch)
+        return self._infer(np.ascontiguousarray(batch))
+
+    @abc.abstractmethod
+    def _infer(self, batch: np.ndarray) -> dict[str, np.ndarray]: ...

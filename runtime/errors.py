@@ -1,0 +1,76 @@
+"""One error hierarchy for the whole toolkit.
+
+Every error says what was received, what was expected and what to do. The CLIs
+turn a :class:`UopslError` into one clean line (and a traceback with ``-v``);
+anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class UopslError(Exception):
+    """Base class of every error the toolkit raises on purpose."""
+
+    exit_code = 2
+
+
+class ConfigError(UopslError, ValueError):
+    """A parameter or configuration value is out of range or inconsistent."""
+
+
+class MissingDependencyError(UopslError, ImportError):
+    """An optional package is needed for this operation but is not installed."""
+
+
+class ImageError(UopslError):
+    """An image cannot be used. ``reason`` is a short machine-readable tag."""
+
+    reason = "unreadable"
+
+    def __init__(self, message: str, *, source: str | None = None) -> None:
+        self.source = source
+        super().__init__(f"{source}: {message}" if source else message)
+
+
+class ImageDecodeError(ImageError):
+    """The bytes are not a decodable image (empty, truncated, wrong format)."""
+
+    reason = "undecodable"
+
+
+class ImageTooSmallError(ImageError):
+    """The image is too small to hold a usable field of view."""
+
+    reason = "too_small"
+
+
+class ImageTooLargeError(ImageError):
+    """The image has more pixels than the configured limit."""
+
+    reason = "too_large"
+
+
+class DataError(UopslError):
+    """A dataset file (CSV, folder layout, label) is malformed."""
+
+
+class BundleError(UopslError):
+    """A deployment bundle is missing, malformed, tampered with or incompatible."""
+
+
+class EngineMismatchError(BundleError):
+    """A TensorRT engine was built for another TensorRT version or GPU."""
+
+
+class BackendError(UopslError):
+    """An inference backend cannot run the model or was fed the wrong input."""
+
+
+class CheckpointError(UopslError):
+    """A checkpoint is missing, malformed or does not fit the model."""
+
+
+class ParityError(UopslError):
+    """A deployed model failed its parity gates against the reference."""
+
+    exit_code = 1

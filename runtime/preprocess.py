@@ -1,0 +1,368 @@
+"""Fundus preprocessing: decode, find the field of view, crop, pad, resize, optional CLAHE.
+
+This is the only preprocessing in the toolkit. Training, calibration, evaluation
+and the device runtime all call :func:`preprocess`, so the model always sees the
+same pixels. Input normalisation (mean/std) is *not* done here: it is folded
+into the exported model's first convolution, so the runtime hands the model
+uint8 RGB NHWC.
+
+Field-of-view (FOV) detection: fundus cameras image a circular field on a black
+background. The FOV is often clipped by the sensor (the circle is larger than
+the frame, only its corners are cut). We threshold a blurred brightness map,
+take the mask boundary that is *not* on the image border, and fit a circle to
+it by least squares; a frame filled edge to edge (no boundary) uses the
+inscribed circle of the frame. The fit is accepted only when the mask fills the
+fitted circle, so a checkerboard or a landscape photo is reported as
+``fov_found=False`` (the quality gate turns that into an 'ungradable' verdict).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from uopsl.runtime.errors import (
+    ConfigError,
+    ImageDecodeError,
+    ImageTooLargeError,
+    ImageTooSmallError,
+)
+
+# A decoded image smaller than this on its short side cannot hold a fundus.
+MIN_DECODE_SIDE = 16
+# Work on a copy at most this large for FOV detection (speed; the fit is sub-pixel anyway).
+_DETECT_SIDE = 256
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """Preprocessing parameters; stored in every checkpoint and bundle manifest.
+
+    size: side of the square model input in pixels.
+    clahe: apply CLAHE to the L channel (LAB) after resizing.
+    clahe_clip: CLAHE clip limit. clahe_grid: CLAHE tile grid (tiles per side).
+    fov_threshold: largest brightness step (0-255, max over RGB, after blur)
+        above the surround (the median of the darkest frame corner) that
+        separates the field of view from it; the step used is 0.4 x (the
+        image's 60th brightness percentile - surround), clipped to [3, this].
+    fov_min_fill: fraction of the fitted circle (inside the frame) that the
+        bright mask must fill for the FOV to count as found (dark lesions and
+        under-exposed areas leave holes; a checkerboard fills about 0.5).
+    fov_margin: extra border around the FOV circle, as a fraction of its radius.
+    mask_outside: set pixels outside the FOV circle to black (removes flare).
+    max_pixels: refuse images with more pixels than this (memory guard).
+    """
+
+    size: int = 320
+    clahe: bool = False
+    clahe_clip: float = 2.0
+    clahe_grid: int = 8
+    fov_threshold: float = 10.0
+    fov_min_fill: float = 0.6
+    fov_margin: float = 0.0
+    mask_outside: bool = True
+    max_pixels: int = 120_000_000
+
+    def __post_init__(self) -> None:
+        if not 32 <= self.size <= 4096:
+            raise ConfigError(f"preprocess size must be in 32..4096, got {self.size}")
+        if not 0.0 <= self.fov_min_fill <= 1.0:
+            raise ConfigError(f"fov_min_fill must be in [0, 1], got {self.fov_min_fill}")
+        if not 0.0 <= self.fov_threshold < 255.0:
+            raise ConfigError(f"fov_threshold must be in [0, 255), got {self.fov_threshold}")
+        if self.fov_margin < 0 or self.fov_margin > 1:
+            raise ConfigError(f"fov_margin must be in [0, 1], got {self.fov_margin}")
+        if self.clahe_clip <= 0 or self.clahe_grid < 1:
+            raise ConfigError(
+                f"clahe_clip must be > 0 and clahe_grid >= 1, got {self.clahe_clip}, {self.clahe_grid}"
+            )
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, object]) -> PreprocessConfig:
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = set(d) - known
+        if unknown:
+            raise ConfigError(
+                f"unknown preprocessing parameters {sorted(unknown)}; expected a subset of {sorted(known)}"
+            )
+        return cls(**d)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Where the model input came from in the original image.
+
+    The model input is the square ``[x0, x0+side) x [y0, y0+side)`` of the
+    original (parts outside the original are black padding), resized to
+    ``size``. ``cx, cy, radius`` is the FOV circle in original pixels.
+    """
+
+    orig_h: int
+    orig_w: int
+    cx: float
+    cy: float
+    radius: float
+    x0: int
+    y0: int
+    side: int
+    size: int
+    fov_found: bool
+    fov_fill: float
+
+    def to_original(self, heatmap: np.ndarray) -> np.ndarray:
+        """Map a 2-D map over the model input (any resolution) onto the original image grid.
+
+        Returns a float32 (orig_h, orig_w) array; pixels outside the crop are 0.
+        """
+        if heatmap.ndim != 2:
+            raise ConfigError(f"heatmap must be 2-D, got shape {heatmap.shape}")
+        full = cv2.resize(heatmap.astype(np.float32), (self.side, self.side), interpolation=cv2.INTER_LINEAR)
+        out = np.zeros((self.orig_h, self.orig_w), np.float32)
+        sx0, sy0 = max(0, -self.x0), max(0, -self.y0)
+        dx0, dy0 = max(0, self.x0), max(0, self.y0)
+        w = min(self.side - sx0, self.orig_w - dx0)
+        h = min(self.side - sy0, self.orig_h - dy0)
+        if w > 0 and h > 0:
+            out[dy0 : dy0 + h, dx0 : dx0 + w] = full[sy0 : sy0 + h, sx0 : sx0 + w]
+        return out
+
+
+@dataclass(frozen=True)
+class Preprocessed:
+    """A model-ready image (uint8 HWC RGB, ``size x size``) and the geometry used."""
+
+    image: np.ndarray
+    geometry: Geometry
+    original_shape: tuple[int, int, int]
+    mean_intensity: float  # of the FOV in the model input, 0-255 (for the quality gate)
+    original: np.ndarray | None = None  # decoded RGB original, only when keep_original=True
+
+
+def read_bytes(path: str | os.PathLike[str]) -> bytes:
+    """Read a file, turning OS errors into :class:`ImageDecodeError` with the path."""
+    try:
+        return Path(path).read_bytes()
+    except IsADirectoryError as exc:
+        raise ImageDecodeError("is a directory, not an image file", source=str(path)) from exc
+    except OSError as exc:
+        raise ImageDecodeError(f"cannot read file ({exc.strerror or exc})", source=str(path)) from exc
+
+
+def _looks_truncated(data: bytes) -> bool:
+    # OpenCV decodes a truncated JPEG silently (grey fill); the end-of-image marker tells.
+    if data[:2] == b"\xff\xd8":
+        return data.rstrip(b"\x00")[-2:] != b"\xff\xd9"
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        return b"IEND" not in data[-16:]
+    return False
+
+
+def _to_uint8(img: np.ndarray) -> np.ndarray:
+    if img.dtype == np.uint8:
+        return img
+    if img.dtype == np.uint16:
+        # Cameras store 10/12/14-bit data in 16-bit containers: scale by the
+        # effective bit depth so a 12-bit image is not shown 16x too dark.
+        peak = int(img.max())
+        bits = min(16, max(8, int(np.ceil(np.log2(peak + 1))) if peak > 0 else 8))
+        bits = next(b for b in (10, 12, 14, 16) if b >= bits) if bits > 8 else 8
+        return np.clip(img.astype(np.float32) * (255.0 / (2**bits - 1)) + 0.5, 0, 255).astype(np.uint8)
+    if np.issubdtype(img.dtype, np.floating):
+        scale = 255.0 if float(np.nanmax(img)) <= 1.0 else 1.0
+        return np.clip(np.nan_to_num(img) * scale + 0.5, 0, 255).astype(np.uint8)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def decode(data: bytes, *, source: str | None = None, max_pixels: int = 120_000_000) -> np.ndarray:
+    """Decode image bytes (JPEG, PNG, TIFF incl. 16-bit, BMP, ...) to uint8 HWC RGB.
+
+    Grayscale is replicated to three channels, RGBA is composited over black.
+    Raises :class:`ImageDecodeError` for empty, truncated or non-image data.
+    """
+    if not data:
+        raise ImageDecodeError("file is empty (0 bytes)", source=source)
+    if _looks_truncated(data):
+        raise ImageDecodeError("image data is truncated (no end-of-image marker)", source=source)
+    buf = np.frombuffer(data, np.uint8)
+    # Check the header's pixel count before allocating a decompression bomb.
+    img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED | cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)
+    if img is None:
+        raise ImageDecodeError(
+            f"not a decodable image ({len(data)} bytes; expected JPEG, PNG, TIFF or BMP)", source=source
+        )
+    if img.shape[0] * img.shape[1] > max_pixels:
+        raise ImageTooLargeError(
+            f"{img.shape[1]}x{img.shape[0]} pixels exceeds the limit of {max_pixels}; "
+            "downscale it or raise max_pixels",
+            source=source,
+        )
+    img = _to_uint8(img)
+    if img.ndim == 2:
+        return cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
+    channels = img.shape[2]
+    if channels == 1:
+        return cv2.cvtColor(img[:, :, 0], cv2.COLOR_GRAY2RGB)
+    if channels == 3:
+        return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    if channels == 4:
+        alpha = img[:, :, 3:4].astype(np.float32) / 255.0
+        rgb = cv2.cvtColor(img[:, :, :3], cv2.COLOR_BGR2RGB).astype(np.float32)
+        return (rgb * alpha + 0.5).astype(np.uint8)
+    raise ImageDecodeError(f"unsupported channel count {channels}", source=source)
+
+
+def _fit_circle(xs: np.ndarray, ys: np.ndarray) -> tuple[float, float, float] | None:
+    # Algebraic (Kasa) least-squares fit: x^2 + y^2 + D x + E y + F = 0.
+    if len(xs) < 8:
+        return None
+    a = np.stack([xs, ys, np.ones_like(xs)], axis=1)
+    b = -(xs**2 + ys**2)
+    try:
+        (d, e, f), *_ = np.linalg.lstsq(a, b, rcond=None)
+    except np.linalg.LinAlgError:
+        return None
+    cx, cy = -d / 2.0, -e / 2.0
+    r2 = cx * cx + cy * cy - f
+    if not np.isfinite(r2) or r2 <= 0:
+        return None
+    return float(cx), float(cy), float(np.sqrt(r2))
+
+
+def detect_fov(rgb: np.ndarray, threshold: float = 10.0) -> tuple[float, float, float, float, np.ndarray]:
+    """Find the circular field of view.
+
+    Returns ``(cx, cy, radius, fill, mask)`` in the image's own pixels, where
+    ``fill`` is the fraction of the fitted circle (inside the frame) covered by
+    the bright mask and ``mask`` is the detection mask at reduced resolution.
+    """
+    h, w = rgb.shape[:2]
+    scale = min(1.0, _DETECT_SIDE / max(h, w))
+    small = cv2.resize(rgb, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+    bright = cv2.GaussianBlur(small.max(axis=2), (5, 5), 0)
+    # Very dark photographs (under-exposed fields read 5-10) need a lower cut than
+    # the default; the black surround of a camera stays at 0-3 after JPEG.
+    # Some cameras leave a grey (not black) surround: measure it in the corners
+    # (second darkest, since a clipped field can cover a corner or two).
+    level = float(np.percentile(bright, 60))
+    k = max(2, min(bright.shape) // 25)
+    corners = sorted(float(np.median(c)) for c in (bright[:k, :k], bright[:k, -k:], bright[-k:, :k], bright[-k:, -k:]))
+    surround = corners[1]
+    cut = surround + float(np.clip(0.4 * (level - surround), 3.0, threshold))
+    if surround > 0.6 * level:
+        # No darker surround at all: not a fundus field of view.
+        return w / 2.0, h / 2.0, min(h, w) / 2.0, 0.0, np.zeros_like(bright, np.uint8)
+    mask = (bright > cut).astype(np.uint8)
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    if n <= 1:
+        return w / 2.0, h / 2.0, min(h, w) / 2.0, 0.0, mask
+    largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    mask = (labels == largest).astype(np.uint8)
+    # The field is convex: its hull closes dark lesions or under-exposed areas
+    # that reach the rim, which would otherwise bend the circle fit.
+    contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    hull = cv2.convexHull(np.concatenate(contours))
+    hull_mask = np.zeros_like(mask)
+    cv2.fillConvexPoly(hull_mask, hull, 1)
+    sh, sw = mask.shape
+    contours, _ = cv2.findContours(hull_mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    pts = np.concatenate([c.reshape(-1, 2) for c in contours]).astype(np.float64)
+    # Points on the frame border are where the sensor clipped the circle, not its edge.
+    inner = (pts[:, 0] > 1) & (pts[:, 0] < sw - 2) & (pts[:, 1] > 1) & (pts[:, 1] < sh - 2)
+    fit = _fit_circle(pts[inner, 0] + 0.5, pts[inner, 1] + 0.5)
+    if fit is None or inner.sum() < 0.05 * 2 * (sh + sw):
+        # Filled edge to edge (or nearly): use the inscribed circle of the hull's box.
+        x, y, bw, bh = cv2.boundingRect(hull_mask)
+        fit = (x + bw / 2.0, y + bh / 2.0, max(bw, bh) / 2.0)
+    cx, cy, r = fit
+    yy, xx = np.mgrid[0:sh, 0:sw]
+    inside = (xx + 0.5 - cx) ** 2 + (yy + 0.5 - cy) ** 2 <= r * r
+    fill = float(mask[inside].mean()) if inside.any() else 0.0
+    # A hull reaching well outside the circle means the bright area is not a circle.
+    outside_frac = float(hull_mask[~inside].sum()) / max(1.0, float(hull_mask.sum()))
+    if outside_frac > 0.05:
+        fill = min(fill, 1.0 - outside_frac)
+    return cx / scale, cy / scale, r / scale, fill, mask
+
+
+def preprocess(
+    data: bytes | np.ndarray,
+    config: PreprocessConfig | None = None,
+    *,
+    source: str | None = None,
+    keep_original: bool = False,
+) -> Preprocessed:
+    """Turn image bytes (or an RGB uint8 array) into the model input and its geometry.
+
+    Raises :class:`ImageError` subclasses for unusable input; a photo without a
+    recognisable field of view is *not* an error here (``geometry.fov_found`` is
+    False, the quality gate decides).
+    """
+    cfg = config or PreprocessConfig()
+    if isinstance(data, np.ndarray):
+        rgb = data
+        if rgb.ndim == 2:
+            rgb = cv2.cvtColor(_to_uint8(rgb), cv2.COLOR_GRAY2RGB)
+        elif rgb.ndim != 3 or rgb.shape[2] != 3:
+            raise ImageDecodeError(f"expected an HxWx3 RGB array, got shape {rgb.shape}", source=source)
+        rgb = _to_uint8(rgb)
+    else:
+        rgb = decode(data, source=source, max_pixels=cfg.max_pixels)
+    h, w = rgb.shape[:2]
+    if min(h, w) < MIN_DECODE_SIDE:
+        raise ImageTooSmallError(
+            f"{w}x{h} pixels is too small for a fundus photograph (need >= {MIN_DECODE_SIDE} px a side)",
+            source=source,
+        )
+    cx, cy, r, fill, _ = detect_fov(rgb, cfg.fov_threshold)
+    found = fill >= cfg.fov_min_fill and r >= 0.2 * min(h, w)
+    if not found:
+        cx, cy, r = w / 2.0, h / 2.0, min(h, w) / 2.0
+    half = r * (1.0 + cfg.fov_margin)
+    side = max(2, int(round(2 * half)))
+    x0, y0 = int(round(cx - side / 2.0)), int(round(cy - side / 2.0))
+    # Crop with zero padding where the square leaves the frame.
+    crop = np.zeros((side, side, 3), np.uint8)
+    sx0, sy0, dx0, dy0 = max(0, x0), max(0, y0), max(0, -x0), max(0, -y0)
+    cw, ch = min(w - sx0, side - dx0), min(h - sy0, side - dy0)
+    if cw > 0 and ch > 0:
+        crop[dy0 : dy0 + ch, dx0 : dx0 + cw] = rgb[sy0 : sy0 + ch, sx0 : sx0 + cw]
+    interp = cv2.INTER_AREA if side > cfg.size else cv2.INTER_LINEAR
+    out = cv2.resize(crop, (cfg.size, cfg.size), interpolation=interp)
+    # FOV statistics on the model input (cheap) rather than the full original.
+    yy, xx = np.mgrid[0 : cfg.size, 0 : cfg.size]
+    c = (cfg.size - 1) / 2.0
+    rr = r * cfg.size / side
+    circle = (xx - c) ** 2 + (yy - c) ** 2 <= rr * rr
+    if found and cfg.mask_outside:
+        out[~circle] = 0
+    mean_intensity = float(out[circle].mean()) if circle.any() else 0.0
+    if cfg.clahe:
+        lab = cv2.cvtColor(out, cv2.COLOR_RGB2LAB)
+        clahe = cv2.createCLAHE(clipLimit=cfg.clahe_clip, tileGridSize=(cfg.clahe_grid, cfg.clahe_grid))
+        lab[:, :, 0] = clahe.apply(lab[:, :, 0])
+        out = cv2.cvtColor(lab, cv2.COLOR_LAB2RGB)
+        if found and cfg.mask_outside:
+            out[~circle] = 0
+    geom = Geometry(
+        orig_h=h, orig_w=w, cx=cx, cy=cy, radius=r, x0=x0, y0=y0, side=side,
+        size=cfg.size, fov_found=bool(found), fov_fill=float(fill),
+    )
+    return Preprocessed(
+        image=np.ascontiguousarray(out),
+        geometry=geom,
+        original_shape=(h, w, 3),
+        mean_intensity=mean_intensity,
+        original=rgb if keep_original else None,
+    )
+
+
+def preprocess_file(path: str | os.PathLike[str], config: PreprocessConfig | None = None) -> Preprocessed:
+    """:func:`preprocess` on a file path; errors name the file."""
+    return preprocess(read_bytes(path), config, source=str(path))

@@ -1,0 +1,31 @@
+"""The ``uopsl`` command: training, evaluation, export, calibration and validation.
+
+Subcommands live one per module in :mod:`uopsl.train.commands` and are imported
+only when invoked, so ``uopsl --help`` and ``uopsl synth`` never load torch.
+"""
+
+from __future__ import annotations
+
+import click
+
+from uopsl.runtime.clikit import LazyGroup, main_entry, verbose_option
+from uopsl.runtime.version import __version__
+
+_COMMANDS = {
+    "synth": "uopsl.train.commands.synth:command",
+}
+
+
+@click.group(cls=LazyGroup, lazy=_COMMANDS, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="uopsl")
+@verbose_option
+def cli() -> None:
+    """uopsl: train, evaluate, export and validate UOPSL retinal screening models."""
+
+
+def main() -> None:
+    raise SystemExit(main_entry(cli, prog_name="uopsl"))
+
+
+if __name__ == "__main__":
+    main()
