@@ -1,0 +1,74 @@
+"""A tiny model with the deployed-model contract, for tests of layers below ``train``.
+
+Contract (what ``uopsl export`` produces): input ``image`` uint8 (N, H, W, 3)
+RGB; outputs ``probs`` (N, K) float32, ``logits`` (N, K) float32 and
+``site_maps`` (N, K, h, w) float32 (each map sums to 1). Normalisation happens
+inside the graph. Tests use it to exercise calibration, quantization, backends
+and the screening pipeline without training a real model.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+
+class TinyScreen(nn.Module):
+    def __init__(self, num_classes: int = 3, width: int = 16, head: str = "sigmoid", seed: int = 0) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.head = head
+        self.features = nn.Sequential(
+            nn.Conv2d(3, width, 3, stride=2, padding=1), nn.BatchNorm2d(width), nn.ReLU6(),
+            nn.Conv2d(width, width, 3, stride=2, padding=1, groups=width), nn.BatchNorm2d(width), nn.ReLU6(),
+            nn.Conv2d(width, 2 * width, 1), nn.BatchNorm2d(2 * width), nn.ReLU6(),
+            nn.Conv2d(2 * width, 2 * width, 3, stride=2, padding=1), nn.BatchNorm2d(2 * width), nn.ReLU6(),
+        )
+        self.query = nn.Parameter(torch.randn(num_classes, 2 * width, generator=g) * 0.5)
+        self.cls = nn.Linear(2 * width, num_classes)
+        with torch.no_grad():
+            for m in self.modules():
+                if isinstance(m, nn.BatchNorm2d):
+                    m.running_mean.uniform_(-0.1, 0.1, generator=g)
+                    m.running_var.uniform_(0.5, 1.5, generator=g)
+        self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1) * 255)
+        self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1) * 255)
+        self.eval()
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        x = (image.permute(0, 3, 1, 2).float() - self.mean) / self.std
+        t = self.features(x)  # N, C, h, w
+        n, c, h, w = t.shape
+        tokens = t.flatten(2).transpose(1, 2)  # N, hw, C
+        att = torch.softmax(tokens @ self.query.t() / c**0.5, dim=1)  # N, hw, K
+        pooled = att.transpose(1, 2) @ tokens  # N, K, C
+        logits = (self.cls.weight.unsqueeze(0) * pooled).sum(-1) + self.cls.bias
+        probs = torch.sigmoid(logits) if self.head == "sigmoid" else torch.softmax(logits, dim=1)
+        return probs, logits, att.transpose(1, 2).reshape(n, -1, h, w)
+
+
+def export_tiny_onnx(path: str | Path, num_classes: int = 3, size: int = 64, head: str = "sigmoid",
+                     seed: int = 0, opset: int = 17) -> Path:
+    """Export :class:`TinyScreen` to ONNX with a dynamic batch; returns the path."""
+    path = Path(path)
+    model = TinyScreen(num_classes, head=head, seed=seed)
+    dummy = torch.zeros(1, size, size, 3, dtype=torch.uint8)
+    torch.onnx.export(
+        model, (dummy,), str(path), input_names=["image"], output_names=["probs", "logits", "site_maps"],
+        dynamic_axes={"image": {0: "batch"}, "probs": {0: "batch"}, "logits": {0: "batch"}, "site_maps": {0: "batch"}},
+        opset_version=opset, dynamo=False,
+    )
+    return path
+
+
+def random_fundus_batch(n: int, size: int = 64, seed: int = 0) -> np.ndarray:
+    """uint8 (n, size, size, 3) images: a bright disc on black, with noise (stand-ins for fundus photos)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size]
+    disc = ((xx - size / 2) ** 2 + (yy - size / 2) ** 2) <= (size * 0.45) ** 2
+    out = rng.integers(0, 255, (n, size, size, 3), dtype=np.uint8) // 2 + np.array([90, 40, 20], np.uint8)
+    out[:, ~disc] = 0
+    return out
