@@ -1,0 +1,172 @@
+"""Checkpoints: safetensors for tensors, JSON for everything else; no pickle anywhere.
+
+A checkpoint is a folder::
+
+    model.safetensors    model weights (what evaluate/export/validate load)
+    checkpoint.json      model config, class bank, preprocessing, training config,
+                         operating thresholds, metrics, data fingerprint, versions
+    state.safetensors    (while training) model + optimizer tensors + RNG state
+    state.json           (while training) epoch, step, optimizer hyper-parameters
+
+Loading never unpickles: a checkpoint from an untrusted source cannot run code.
+Everything is written atomically, so a kill at any moment leaves either the
+previous or the new checkpoint, never half of one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from uopsl.runtime.errors import CheckpointError
+from uopsl.runtime.fsio import atomic_open, write_json
+from uopsl.runtime.preprocess import PreprocessConfig
+from uopsl.runtime.version import __version__
+from uopsl.train.model import ModelConfig, UopslModel
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CheckpointMeta:
+    """What a checkpoint says about itself (checkpoint.json)."""
+
+    model: ModelConfig
+    preprocess: PreprocessConfig
+    phrases: tuple[tuple[str, ...], ...]
+    stage: str = "finetune"
+    thresholds: tuple[float, ...] = ()
+    referable: tuple[bool, ...] = ()
+    train_config: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    data_fingerprint: str = ""
+    toolkit_version: str = __version__
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model.to_dict(), "preprocess": self.preprocess.to_dict(),
+            "phrases": [list(p) for p in self.phrases], "stage": self.stage,
+            "thresholds": list(self.thresholds), "referable": list(self.referable),
+            "train_config": self.train_config, "metrics": self.metrics,
+            "data_fingerprint": self.data_fingerprint, "toolkit_version": self.toolkit_version,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> CheckpointMeta:
+        return cls(
+            model=ModelConfig.from_dict(d["model"]), preprocess=PreprocessConfig.from_dict(d["preprocess"]),
+            phrases=tuple(tuple(p) for p in d["phrases"]), stage=d.get("stage", "finetune"),
+            thresholds=tuple(d.get("thresholds", ())), referable=tuple(d.get("referable", ())),
+            train_config=d.get("train_config", {}), metrics=d.get("metrics", {}),
+            data_fingerprint=d.get("data_fingerprint", ""), toolkit_version=d.get("toolkit_version", "?"),
+        )
+
+
+def _save_tensors(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, str] | None = None) -> None:
+    from safetensors.torch import save
+
+    data = save({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, metadata=meta)
+    with atomic_open(path, "wb") as fh:
+        fh.write(data)
+
+
+def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(f"{path}: unreadable safetensors file ({exc}); restore or retrain it") from exc
+
+
+def save_model(folder: Path, model: UopslModel, meta: CheckpointMeta) -> None:
+    """Write model.safetensors + checkpoint.json (the deliverable of a training stage)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    _save_tensors(folder / "model.safetensors", model.state_dict())
+    write_json(folder / "checkpoint.json", meta.to_dict())
+
+
+def read_meta(folder: str | Path) -> CheckpointMeta:
+    p = Path(folder) / "checkpoint.json"
+    if not p.is_file():
+        raise CheckpointError(f"{folder}: no checkpoint.json; expected a checkpoint folder written by uopsl")
+    try:
+        return CheckpointMeta.from_dict(json.loads(p.read_text()))
+    except (KeyError, TypeError, ValueError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{p}: malformed checkpoint metadata ({exc})") from exc
+
+
+def load_model(folder: str | Path, init_backbone: bool = False) -> tuple[UopslModel, CheckpointMeta]:
+    """Rebuild the model from checkpoint.json and load model.safetensors (strict)."""
+    folder = Path(folder)
+    meta = read_meta(folder)
+    cfg = meta.model if init_backbone else ModelConfig(**{**meta.model.to_dict(), "init": "random"})
+    tensors = _load_tensors(folder / "model.safetensors")
+    if "class_text" not in tensors:
+        raise CheckpointError(f"{folder}/model.safetensors has no class_text; not a uopsl model")
+    model = UopslModel(cfg, tensors["class_text"].numpy())
+    if model.oct is not None and not any(k.startswith("oct.") for k in tensors):
+        model.oct = None  # fine-tuned checkpoints drop the OCT branch
+    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{folder}: weights do not fit the configured model (missing {missing[:5]}, unexpected {unexpected[:5]})"
+        )
+    return model, meta
+
+
+def init_from(model: UopslModel, folder: str | Path, skip_prefixes: tuple[str, ...] = ()) -> list[str]:
+    """Copy matching tensors of another checkpoint into ``model`` (stage 1 -> stage 2); returns skipped keys."""
+    src = _load_tensors(Path(folder) / "model.safetensors")
+    own = model.state_dict()
+    use = {k: v for k, v in src.items() if k in own and own[k].shape == v.shape and not k.startswith(skip_prefixes)}
+    skipped = sorted(set(src) - set(use))
+    model.load_state_dict(use, strict=False)
+    log.info("initialised %d tensors from %s (%d skipped: %s)", len(use), folder, len(skipped), skipped[:6])
+    return skipped
+
+
+# -- resumable training state -------------------------------------------------
+def save_state(folder: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, info: dict[str, Any]) -> None:
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    sd = opt.state_dict()
+    for idx, st in sd["state"].items():
+        for name, val in st.items():
+            tensors[f"opt.{idx}.{name}"] = val if torch.is_tensor(val) else torch.tensor(val)
+    tensors["rng.torch"] = torch.get_rng_state()
+    _save_tensors(folder / "state.safetensors", tensors)
+    write_json(folder / "state.json", {**info, "param_groups": sd["param_groups"]})
+
+
+def load_state(folder: Path, model: torch.nn.Module, opt: torch.optim.Optimizer) -> dict[str, Any] | None:
+    """Restore a training state if the folder has one; returns its info or None."""
+    sj, st = folder / "state.json", folder / "state.safetensors"
+    if not (sj.is_file() and st.is_file()):
+        return None
+    info = json.loads(sj.read_text())
+    tensors = _load_tensors(st)
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for k, v in tensors.items():
+        if k.startswith("opt."):
+            _, idx, name = k.split(".", 2)
+            state.setdefault(int(idx), {})[name] = v
+    opt.load_state_dict({"state": state, "param_groups": info.pop("param_groups")})
+    torch.set_rng_state(tensors["rng.torch"])
+    return info
+
+
+def clear_state(folder: Path) -> None:
+    for name in ("state.json", "state.safetensors"):
+        (folder / name).unlink(missing_ok=True)
+
+
+def class_text_of(model: UopslModel) -> np.ndarray:
+    return model.class_text.detach().cpu().numpy()

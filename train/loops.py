@@ -1,0 +1,330 @@
+"""Training loops for both stages, resumable, deterministic, single- or multi-process.
+
+Multi-GPU and multi-node runs go through ``torchrun``: when ``WORLD_SIZE`` is
+set the loop joins the process group (nccl on GPU, gloo on CPU), wraps the
+model in DistributedDataParallel and shards each epoch's deterministic index
+permutation by rank. There is no other distributed code path; one process is
+simply world size 1.
+
+Resume: the full training state (model, optimizer, RNG, position in the epoch)
+is saved atomically every ``save_every`` steps and at each epoch end. Rerunning
+the same command continues from it; a finished stage (model written, state
+cleared) is not retrained.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from uopsl.runtime.errors import ConfigError
+from uopsl.train import losses
+from uopsl.train.checkpoint import clear_state, load_state, save_state
+from uopsl.train.model import UopslModel
+from uopsl.train.torchdata import ImageDataset
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings of one stage; saved with its checkpoint."""
+
+    epochs: int = 10
+    batch_size: int = 16
+    lr: float = 1e-3
+    lr_encoder: float = 1e-4
+    weight_decay: float = 1e-4
+    seed: int = 0
+    freeze_encoder: bool = False
+    freeze_sites: bool = False
+    augment: bool = True
+    balanced: bool = True
+    save_every: int = 50
+    device: str = "auto"
+    amp: bool = True
+    w_fundus: float = 1.0
+    w_oct: float = 1.0
+    w_site: float = 1.0
+    w_gen: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ConfigError(f"epochs and batch_size must be >= 1, got {self.epochs}, {self.batch_size}")
+        if self.lr <= 0 or self.lr_encoder < 0:
+            raise ConfigError(f"learning rates must be positive, got lr={self.lr}, lr_encoder={self.lr_encoder}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# -- distributed plumbing -----------------------------------------------------
+@dataclass(frozen=True)
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed(device: torch.device) -> Dist:
+    """Join the torchrun process group if this process was started by torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist()
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        return torch.device("cpu")
+    return torch.device(name)
+
+
+# -- sampling -----------------------------------------------------------------
+def epoch_order(targets: np.ndarray, epoch: int, seed: int, balanced: bool, length: int | None = None) -> np.ndarray:
+    """Deterministic sample order for an epoch; class-balanced sampling with replacement if asked."""
+    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    n = len(targets)
+    length = length or n
+    if not balanced:
+        reps = -(-length // n)
+        return torch.cat([torch.randperm(n, generator=g) for _ in range(reps)])[:length].numpy()
+    freq = targets.sum(axis=0) + 1e-6
+    # weight of an image: mean inverse frequency of its classes (images with no label: of "none")
+    w = (targets / freq).sum(axis=1) / np.maximum(targets.sum(axis=1), 1)
+    w = np.where(targets.sum(axis=1) > 0, w, 1.0 / max(1, int((targets.sum(axis=1) == 0).sum())))
+    return torch.multinomial(torch.as_tensor(w, dtype=torch.float64), length, True, generator=g).numpy()
+
+
+def batches(ds: ImageDataset, order: np.ndarray, bs: int, d: Dist, start: int = 0) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+    """Yield (step, x, y) from ``order``, sharded by rank, starting at step ``start``."""
+    per_step = bs * d.world
+    steps = len(order) // per_step
+    for step in range(start, steps):
+        idx = order[step * per_step : (step + 1) * per_step][d.rank :: d.world]
+        xs, ys = zip(*(ds[int(i)] for i in idx))
+        yield step, torch.stack(xs), torch.stack(ys)
+
+
+def steps_per_epoch(n: int, bs: int, d: Dist) -> int:
+    return max(1, n // (bs * d.world))
+
+
+# -- the loop -------------------------------------------------------------------
+class StageRunner:
+    """Shared machinery of both stages: optimiser, AMP, checkpoints, CSV log, progress."""
+
+    def __init__(self, model: UopslModel, cfg: TrainConfig, out: Path, stage: str, fingerprint: str) -> None:
+        self.cfg, self.out, self.stage = cfg, out, stage
+        self.device = pick_device(cfg.device)
+        self.dist = setup_distributed(self.device)
+        torch.manual_seed(cfg.seed)
+        self.model = model.to(self.device)
+        enc_params, other = [], []
+        for name, p in model.named_parameters():
+            is_enc = ".encoder." in f".{name}"
+            is_site = name.startswith(("sites.", "delta", "generator."))
+            if (is_enc and cfg.freeze_encoder) or (is_site and cfg.freeze_sites):
+                p.requires_grad_(False)
+            elif p.requires_grad:
+                (enc_params if is_enc else other).append(p)
+        groups = [{"params": other, "lr": cfg.lr}]
+        if enc_params:
+            groups.append({"params": enc_params, "lr": cfg.lr_encoder})
+        self.opt = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
+        self.ddp: nn.Module = model
+        if self.dist.world > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.ddp = nn.parallel.DistributedDataParallel(model, device_ids=ids, find_unused_parameters=True)
+        self.amp = cfg.amp and self.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.tag = hashlib.sha256(json.dumps([stage, cfg.to_dict(), fingerprint, self.dist.world]).encode()).hexdigest()[:16]
+        self.info: dict[str, Any] = {"tag": self.tag, "epoch": 0, "step": 0, "global_step": 0, "history": []}
+
+    def resume(self) -> bool:
+        info = load_state(self.out, self.model, self.opt)
+        if info is None:
+            return False
+        if info.get("tag") != self.tag:
+            raise ConfigError(
+                f"{self.out} holds an interrupted {info.get('stage', 'training')} run with other settings or data; "
+                "rerun with the same settings to resume it, or use a new --out folder"
+            )
+        self.info = info
+        log.info("resuming %s at epoch %d, step %d", self.stage, info["epoch"], info["step"])
+        return True
+
+    def checkpoint(self, extra: Callable[[], None] | None = None) -> None:
+        if self.dist.main:
+            save_state(self.out, self.model, self.opt, {**self.info, "stage": self.stage})
+            if extra:
+                extra()
+        if self.dist.world > 1:
+            dist.barrier()
+
+    def step(self, loss: torch.Tensor) -> None:
+        self.opt.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.opt)
+        self.scaler.update()
+
+    def log_row(self, row: dict[str, Any]) -> None:
+        if not self.dist.main:
+            return
+        path = self.out / "log.csv"
+        new = not path.exists()
+        with open(path, "a", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=list(row))
+            if new:
+                w.writeheader()
+            w.writerow(row)
+
+    def progress(self, total: int, initial: int, desc: str):  # type: ignore[no-untyped-def]
+        try:
+            from tqdm import tqdm
+        except ImportError:
+            return None
+        return tqdm(total=total, initial=initial, desc=desc, disable=not self.dist.main, leave=False, mininterval=1.0)
+
+    def finish(self) -> None:
+        if self.dist.main:
+            clear_state(self.out)
+
+
+def run_epochs(runner: StageRunner, n_items: int, epoch_fn: Callable[[int, int, Any], dict[str, float]],
+               on_epoch_end: Callable[[int, dict[str, float]], None] | None = None) -> None:
+    """Drive ``epoch_fn(epoch, start_step, progress)`` over the remaining epochs with checkpoints."""
+    cfg = runner.cfg
+    while runner.info["epoch"] < cfg.epochs:
+        ep = runner.info["epoch"]
+        total = steps_per_epoch(n_items, cfg.batch_size, runner.dist)
+        bar = runner.progress(total, runner.info["step"], f"{runner.stage} {ep + 1}/{cfg.epochs}")
+        stats = epoch_fn(ep, runner.info["step"], bar)
+        if bar is not None:
+            bar.close()
+        runner.info.update(epoch=ep + 1, step=0)
+        runner.info["history"].append({"epoch": ep + 1, **stats})
+        if on_epoch_end:
+            on_epoch_end(ep, stats)
+        runner.checkpoint()
+
+
+def train_loop(runner: StageRunner, ds: ImageDataset, loss_fn: Callable[[torch.Tensor, torch.Tensor], dict[str, torch.Tensor]],
+               length: int | None = None) -> Callable[[int, int, Any], dict[str, float]]:
+    """An ``epoch_fn`` for :func:`run_epochs` that minimises ``loss_fn(x, y)['loss']`` over ``ds``."""
+    cfg = runner.cfg
+
+    def epoch(ep: int, start: int, bar: Any) -> dict[str, float]:
+        runner.ddp.train()
+        if cfg.freeze_encoder:
+            for m in runner.model.modules():
+                if hasattr(m, "trunk"):
+                    m.eval()  # frozen BatchNorm statistics
+        order = epoch_order(ds.targets, ep, cfg.seed, cfg.balanced, length)
+        sums: dict[str, float] = {}
+        n = 0
+        t0 = time.perf_counter()
+        for step, x, y in batches(ds, order, cfg.batch_size, runner.dist, start):
+            x, y = x.to(runner.device, non_blocking=True), y.to(runner.device, non_blocking=True)
+            with torch.autocast(runner.device.type, enabled=runner.amp):
+                parts = loss_fn(x, y)
+            runner.step(parts["loss"])
+            n += 1
+            for k, v in parts.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach())
+            runner.info.update(step=step + 1, global_step=runner.info["global_step"] + 1)
+            rate = n * len(x) * runner.dist.world / max(time.perf_counter() - t0, 1e-9)
+            runner.log_row({"stage": runner.stage, "epoch": ep + 1, "step": step + 1,
+                            **{k: round(float(v.detach()), 5) for k, v in parts.items()}, "img_per_s": round(rate, 2)})
+            if bar is not None:
+                bar.set_postfix(loss=f"{float(parts['loss']):.4f}", img_s=f"{rate:.1f}")
+                bar.update(1)
+            if cfg.save_every and runner.info["global_step"] % cfg.save_every == 0:
+                runner.checkpoint()
+        return {k: v / max(n, 1) for k, v in sums.items()}
+
+    return epoch
+
+
+# -- stage-specific losses ---------------------------------------------------------
+def pretrain_losses(model: UopslModel, cfg: TrainConfig) -> Callable[..., dict[str, torch.Tensor]]:
+    """Loss of one stage-1 step on a fundus batch and (for the full method) an OCT batch."""
+
+    def fn(xf: torch.Tensor, yf: torch.Tensor, xo: torch.Tensor | None = None, yo: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        e = model.prototypes()
+        tau = model.tau
+        tokens, glob, _ = model.fundus(xf)
+        parts = {"fundus": losses.soft_contrastive(glob, e, yf, tau)}
+        if model.config.variant == "p_only":
+            # P without OCT: the site loss is applied to fundus tokens instead.
+            z, _ = model.sites(tokens, model.site_queries())
+            parts["site"] = losses.site_loss(z, e, yf, tau)
+        if xo is not None and yo is not None and model.oct is not None:
+            o = model.oct_forward(xo)
+            parts["oct"] = losses.soft_contrastive(o["global"], e, yo, tau)
+            parts["site"] = losses.site_loss(o["z"], e, yo, tau)
+        if model.config.variant != "fundus_only":
+            parts["gen"] = losses.generator_fit(model.delta, model.seen)
+        weights = {"fundus": cfg.w_fundus, "oct": cfg.w_oct, "site": cfg.w_site, "gen": cfg.w_gen}
+        parts["loss"] = sum(weights[k] * v for k, v in parts.items())  # type: ignore[assignment]
+        return parts
+
+    return fn
+
+
+def finetune_losses(model: UopslModel, ds: ImageDataset) -> Callable[[torch.Tensor, torch.Tensor], dict[str, torch.Tensor]]:
+    pos = ds.targets.sum(axis=0)
+    # No pos_weight with balanced sampling: the sampler already evens the classes out.
+    del pos
+
+    def fn(x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        logits = model(x)["logits"]
+        loss = losses.classification(logits, y, model.config.head)
+        parts = {"cls": loss}
+        if model.config.variant != "fundus_only":
+            parts["gen"] = losses.generator_fit(model.delta, model.seen)
+            loss = loss + 0.1 * parts["gen"]
+        parts["loss"] = loss
+        return parts
+
+    return fn
+
+
+@torch.no_grad()
+def predict(model: UopslModel, ds: ImageDataset, batch_size: int = 32, device: torch.device | None = None,
+            use_sites: bool = True, with_maps: bool = False) -> dict[str, np.ndarray]:
+    """Probabilities (and optionally site maps) for every image of ``ds``, in order."""
+    device = device or next(model.parameters()).device
+    model.eval()
+    probs, maps = [], []
+    for i in range(0, len(ds), batch_size):
+        x = torch.stack([ds[j][0] for j in range(i, min(len(ds), i + batch_size))]).to(device)
+        out = model(x, use_sites=use_sites)
+        probs.append(model.probs(out["logits"]).float().cpu().numpy())
+        if with_maps:
+            maps.append(out["site_maps"].float().cpu().numpy())
+    res = {"probs": np.concatenate(probs)}
+    if with_maps:
+        res["site_maps"] = np.concatenate(maps)
+    return res

@@ -1,0 +1,305 @@
+"""The UOPSL model: image encoders, text prototypes, the predilection-sites matrix, the prototype head.
+
+Notation follows DESIGN.md section 1. For each class ``k`` with raw text
+prototype ``t_k`` (frozen sentence embedding), the model learns
+
+* a projection ``e_k = norm(W_t t_k)`` into the shared space of dimension ``d``;
+* site queries ``P_k = G(t_k) + delta_k`` (``S`` per class; ``delta_k`` only for
+  classes seen in training, so an unseen class gets queries from text alone);
+* site attention over image tokens ``T``:
+  ``A_ks = softmax_tokens(q(P_ks) . k(T) / sqrt(d))``, ``z_k = mean_s A_ks v(T)``;
+  the class's predilection map is ``mean_s A_ks``;
+* logits ``tau * cos(a g + (1 - a) z_k, e_k) + b_k`` with ``a = sigmoid(alpha)``.
+
+Variants (the ablations): ``uopsl`` (OCT pre-training trains ``P``),
+``p_only`` (same architecture, no OCT: ``P`` learns from fundus alone) and
+``fundus_only`` (no ``P``: ``tau * cos(g, e_k) + b_k``, the plain contrastive
+baseline). The variant is data, not a code path of its own: ``fundus_only``
+fixes ``a = 1``.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from uopsl.runtime.errors import ConfigError
+from uopsl.train.backbones import Encoder, spec
+
+Variant = Literal["uopsl", "p_only", "fundus_only"]
+Head = Literal["sigmoid", "softmax"]
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of a UOPSL model; saved in every checkpoint."""
+
+    backbone: str = "efficientnet_lite0"
+    oct_backbone: str = ""  # "" = same as backbone
+    init: str = "imagenet"  # imagenet | random | path to a weights file
+    dim: int = 256
+    sites: int = 4
+    text_dim: int = 384
+    head: Head = "sigmoid"
+    variant: Variant = "uopsl"
+    alpha_init: float = 0.0  # sigmoid(0) = 0.5: global and site features weigh the same
+    tau_init: float = 10.0
+    classes: tuple[str, ...] = ()
+    seen: tuple[bool, ...] = ()
+
+    def __post_init__(self) -> None:
+        spec(self.backbone)
+        if self.oct_backbone:
+            spec(self.oct_backbone)
+        if self.variant not in ("uopsl", "p_only", "fundus_only"):
+            raise ConfigError(f"variant must be uopsl, p_only or fundus_only, got {self.variant!r}")
+        if self.head not in ("sigmoid", "softmax"):
+            raise ConfigError(f"head must be sigmoid or softmax, got {self.head!r}")
+        if self.dim < 8 or self.sites < 1:
+            raise ConfigError(f"dim must be >= 8 and sites >= 1, got dim={self.dim}, sites={self.sites}")
+        if self.seen and len(self.seen) != len(self.classes):
+            raise ConfigError(f"seen has {len(self.seen)} entries for {len(self.classes)} classes")
+
+    @property
+    def uses_oct(self) -> bool:
+        return self.variant == "uopsl"
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, object]) -> ModelConfig:
+        d = dict(d)
+        d["classes"] = tuple(d.get("classes", ()))  # type: ignore[arg-type]
+        d["seen"] = tuple(d.get("seen", ()))  # type: ignore[arg-type]
+        return cls(**d)  # type: ignore[arg-type]
+
+
+class SiteAttention(nn.Module):
+    """Class-wise site attention of ``S`` queries per class over image tokens."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.q = nn.Linear(dim, dim)
+        self.k = nn.Linear(dim, dim)
+        self.v = nn.Linear(dim, dim)
+        self.scale = 1.0 / math.sqrt(dim)
+
+    def forward(self, tokens: torch.Tensor, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """tokens (N, T, d), queries (K, S, d) -> z (N, K, d), maps (N, K, T)."""
+        k, s, d = queries.shape
+        q = self.q(queries).reshape(k * s, d)
+        att = torch.einsum("qd,ntd->nqt", q, self.k(tokens)) * self.scale
+        att = att.softmax(dim=-1).reshape(tokens.shape[0], k, s, -1)
+        maps = att.mean(dim=2)  # (N, K, T)
+        z = torch.einsum("nkt,ntd->nkd", maps, self.v(tokens))  # mean over s commutes with the pooling
+        return z, maps
+
+
+class Branch(nn.Module):
+    """One image modality: encoder -> tokens (N, T, d) and a global vector (N, d)."""
+
+    def __init__(self, backbone: str, init: str, dim: int) -> None:
+        super().__init__()
+        self.encoder = Encoder(backbone, init)
+        self.tokens = nn.Conv2d(self.encoder.channels, dim, 1)
+        self.glob = nn.Linear(self.encoder.channels, dim)
+
+    def from_features(self, feat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
+        t = self.tokens(feat)
+        n, d, h, w = t.shape
+        return t.flatten(2).transpose(1, 2), self.glob(feat.mean(dim=(2, 3))), (h, w)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
+        return self.from_features(self.encoder(x))
+
+
+class UopslModel(nn.Module):
+    """Fundus classifier with a learned predilection-sites matrix (and an OCT branch for pre-training)."""
+
+    def __init__(self, config: ModelConfig, class_text: np.ndarray) -> None:
+        super().__init__()
+        k = len(config.classes)
+        if class_text.shape != (k, config.text_dim):
+            raise ConfigError(
+                f"class_text must be ({k}, {config.text_dim}) for classes {config.classes}, got {class_text.shape}"
+            )
+        self.config = config
+        d, s = config.dim, config.sites
+        self.fundus = Branch(config.backbone, config.init, d)
+        self.oct = Branch(config.oct_backbone or config.backbone, config.init, d) if config.uses_oct else None
+        self.text_proj = nn.Linear(config.text_dim, d)
+        self.generator = nn.Sequential(nn.Linear(config.text_dim, d), nn.GELU(), nn.Linear(d, s * d))
+        self.delta = nn.Parameter(torch.zeros(k, s, d))
+        self.sites = SiteAttention(d)
+        self.alpha = nn.Parameter(torch.tensor(float(config.alpha_init)))
+        self.log_tau = nn.Parameter(torch.tensor(math.log(config.tau_init)))
+        self.bias = nn.Parameter(torch.zeros(k))
+        seen = config.seen or (True,) * k
+        self.register_buffer("class_text", torch.from_numpy(np.ascontiguousarray(class_text, np.float32)))
+        self.register_buffer("seen", torch.tensor(seen, dtype=torch.bool))
+
+    # -- class bank --------------------------------------------------------
+    @property
+    def num_classes(self) -> int:
+        return int(self.class_text.shape[0])
+
+    def prototypes(self) -> torch.Tensor:
+        """(K, d) normalised class prototypes e_k."""
+        return F.normalize(self.text_proj(self.class_text), dim=-1)
+
+    def site_queries(self) -> torch.Tensor:
+        """(K, S, d): G(t_k) + delta_k, delta only for seen classes."""
+        k = self.num_classes
+        base = self.generator(self.class_text).view(k, self.config.sites, self.config.dim)
+        return base + self.delta * self.seen.view(k, 1, 1).to(self.delta.dtype)
+
+    def with_classes(self, names: tuple[str, ...], class_text: np.ndarray, seen_names: tuple[str, ...]) -> UopslModel:
+        """A copy of this model scoring a new class bank (zero-shot / re-export).
+
+        Classes already known keep their ``delta`` and bias; new ones get site
+        queries from ``G`` alone and the mean bias of the known classes.
+        """
+        cfg = ModelConfig(**{**self.config.to_dict(), "classes": tuple(names),
+                             "seen": tuple(n in seen_names and n in self.config.classes for n in names)})
+        new = copy.deepcopy(self)
+        new.config = cfg
+        k = len(names)
+        new.class_text = torch.from_numpy(np.ascontiguousarray(class_text, np.float32)).to(self.class_text.device)
+        new.seen = torch.tensor(cfg.seen, dtype=torch.bool, device=self.seen.device)
+        delta = torch.zeros(k, cfg.sites, cfg.dim, device=self.delta.device)
+        bias = torch.full((k,), float(self.bias.detach().mean()), device=self.bias.device)
+        for i, n in enumerate(names):
+            if n in self.config.classes:
+                j = self.config.classes.index(n)
+                delta[i] = self.delta.detach()[j]
+                bias[i] = self.bias.detach()[j]
+        new.delta = nn.Parameter(delta)
+        new.bias = nn.Parameter(bias)
+        return new
+
+    # -- scoring -----------------------------------------------------------
+    @property
+    def tau(self) -> torch.Tensor:
+        return self.log_tau.exp().clamp(max=100.0)
+
+    def fuse_weight(self) -> torch.Tensor:
+        if self.config.variant == "fundus_only":
+            return torch.ones((), device=self.alpha.device)
+        return torch.sigmoid(self.alpha)
+
+    def score_tokens(
+        self, tokens: torch.Tensor, glob: torch.Tensor, use_sites: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Class logits (N, K) and site maps (N, K, T) for image tokens and global vectors."""
+        e = self.prototypes()
+        n, t = tokens.shape[0], tokens.shape[1]
+        if self.config.variant == "fundus_only" or not use_sites:
+            fused = glob.unsqueeze(1).expand(n, self.num_classes, -1)
+            maps = torch.full((n, self.num_classes, t), 1.0 / t, device=tokens.device, dtype=tokens.dtype)
+        else:
+            z, maps = self.sites(tokens, self.site_queries())
+            a = self.fuse_weight()
+            fused = a * F.normalize(glob, dim=-1).unsqueeze(1) + (1 - a) * F.normalize(z, dim=-1)
+        cos = (F.normalize(fused, dim=-1) * e.unsqueeze(0)).sum(-1)
+        return self.tau * cos + self.bias, maps
+
+    def forward_features(self, feat: torch.Tensor, use_sites: bool = True) -> dict[str, torch.Tensor]:
+        """Score fundus backbone features (N, C, h, w) (used with cached, frozen-encoder features)."""
+        tokens, glob, (h, w) = self.fundus.from_features(feat)
+        logits, maps = self.score_tokens(tokens, glob, use_sites)
+        return {"logits": logits, "site_maps": maps.reshape(maps.shape[0], maps.shape[1], h, w),
+                "global": glob, "tokens": tokens}
+
+    def forward(self, x: torch.Tensor, use_sites: bool = True) -> dict[str, torch.Tensor]:
+        """Fundus forward: x (N, 3, H, W) float RGB in 0..255."""
+        return self.forward_features(self.fundus.encoder(x), use_sites)
+
+    def probs(self, logits: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(logits) if self.config.head == "sigmoid" else logits.softmax(dim=-1)
+
+    def oct_forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """OCT branch for pre-training: global vector, site-pooled class features, maps."""
+        if self.oct is None:
+            raise ConfigError(f"variant {self.config.variant!r} has no OCT branch")
+        tokens, glob, (h, w) = self.oct(x)
+        z, maps = self.sites(tokens, self.site_queries())
+        return {"global": glob, "z": z, "site_maps": maps.reshape(maps.shape[0], maps.shape[1], h, w)}
+
+
+class DeployModel(nn.Module):
+    """The deployed graph: uint8 NHWC RGB in; probs, logits, site_maps out; constants pre-folded.
+
+    * input normalisation: the per-channel 1/std folds into the first
+      convolution's weights; the mean subtraction stays as one Sub before it,
+      because folding it too would change what the convolution's zero padding
+      means at the image border (the folded graph must equal the trained one);
+    * BatchNorm folds into convolutions at ONNX export (eval mode);
+    * the site queries ``q(P)`` are pre-multiplied with the key projection
+      (``q(P) W_k`` is one constant matrix; the key bias adds the same value to
+      every token of a query, so it cancels in the softmax and is dropped);
+    * the normalised prototypes and the temperature are one constant matrix
+      ``tau * E^T``; fusing with ``a`` and the biases are constants too.
+    """
+
+    def __init__(self, model: UopslModel) -> None:
+        super().__init__()
+        m = copy.deepcopy(model).eval().cpu()
+        trunk = m.fundus.encoder.trunk
+        first = next(mod for mod in trunk.modules() if isinstance(mod, nn.Conv2d) and mod.in_channels == 3)
+        with torch.no_grad():
+            first.weight.div_(m.fundus.encoder.std.view(1, 3, 1, 1))
+            self.register_buffer("mean", m.fundus.encoder.mean.clone())
+            self.trunk = trunk
+            self.tokens = m.fundus.tokens
+            self.glob = m.fundus.glob
+            self.variant = m.config.variant
+            self.head = m.config.head
+            d = m.config.dim
+            k, s = m.num_classes, m.config.sites
+            e = m.prototypes()
+            self.register_buffer("proto_t", (m.tau * e).t().contiguous())  # (d, K)
+            self.register_buffer("bias", m.bias.detach().clone())
+            if self.variant != "fundus_only":
+                q = m.sites.q(m.site_queries()).reshape(k * s, d)
+                self.register_buffer("qk", (q @ m.sites.k.weight * m.sites.scale).t().contiguous())  # (d, K*S)
+                self.v = m.sites.v
+                a = float(m.fuse_weight())
+                self.a, self.k, self.s = a, k, s
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        x = image.permute(0, 3, 1, 2).to(torch.float32) - self.mean
+        feat = self.trunk(x)
+        t = self.tokens(feat)
+        n, d, h, w = t.shape
+        tokens = t.flatten(2).transpose(1, 2)  # (N, T, d)
+        glob = self.glob(feat.mean(dim=(2, 3)))
+        gn = F.normalize(glob, dim=-1)
+        if self.variant == "fundus_only":
+            logits = gn @ self.proto_t + self.bias
+            maps = torch.ones_like(tokens[:, :, :1]).transpose(1, 2).expand(n, self.proto_t.shape[1], h * w) / (h * w)
+        else:
+            att = (tokens @ self.qk).transpose(1, 2).reshape(n, self.k, self.s, h * w).softmax(dim=-1)
+            maps = att.mean(dim=2)  # (N, K, T)
+            z = maps @ self.v(tokens)  # (N, K, d)
+            fused = self.a * gn.unsqueeze(1) + (1 - self.a) * F.normalize(z, dim=-1)
+            logits = (F.normalize(fused, dim=-1) * self.proto_t.t().unsqueeze(0)).sum(-1) + self.bias
+        probs = torch.sigmoid(logits) if self.head == "sigmoid" else logits.softmax(dim=-1)
+        return probs, logits, maps.reshape(n, -1, h, w)
+
+
+@dataclass(frozen=True)
+class ClassBank:
+    """Names, descriptions, raw text prototypes and which classes were seen in training."""
+
+    names: tuple[str, ...]
+    phrases: tuple[tuple[str, ...], ...]
+    text: np.ndarray = field(repr=False)
+    seen: tuple[bool, ...] = ()

