@@ -74,3 +74,7 @@ class ParityError(UopslError):
     """A deployed model failed its parity gates against the reference."""
 
     exit_code = 1
+
+
+class ExportError(UopslError):
+    """A model could not be exported, quantized or built into a valid deployable file."""

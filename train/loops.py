@@ -258,7 +258,7 @@ def train_loop(runner: StageRunner, ds: ImageDataset, loss_fn: Callable[[torch.T
             runner.log_row({"stage": runner.stage, "epoch": ep + 1, "step": step + 1,
                             **{k: round(float(v.detach()), 5) for k, v in parts.items()}, "img_per_s": round(rate, 2)})
             if bar is not None:
-                bar.set_postfix(loss=f"{float(parts['loss']):.4f}", img_s=f"{rate:.1f}")
+                bar.set_postfix(loss=f"{float(parts['loss'].detach()):.4f}", img_s=f"{rate:.1f}")
                 bar.update(1)
             if cfg.save_every and runner.info["global_step"] % cfg.save_every == 0:
                 runner.checkpoint()

@@ -249,7 +249,7 @@ class DeployModel(nn.Module):
       ``tau * E^T``; fusing with ``a`` and the biases are constants too.
     """
 
-    def __init__(self, model: UopslModel) -> None:
+    def __init__(self, model: UopslModel, size: int) -> None:
         super().__init__()
         m = copy.deepcopy(model).eval().cpu()
         trunk = m.fundus.encoder.trunk
@@ -272,27 +272,29 @@ class DeployModel(nn.Module):
                 self.register_buffer("qk", (q @ m.sites.k.weight * m.sites.scale).t().contiguous())  # (d, K*S)
                 self.v = m.sites.v
                 a = float(m.fuse_weight())
-                self.a, self.k, self.s = a, k, s
+                self.a, self.s = a, s
+            self.k = k
+            # Token grid for this input size, so every reshape in the graph is static but the batch.
+            self.h, self.w = m.fundus.encoder(torch.zeros(1, 3, size, size)).shape[-2:]
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         x = image.permute(0, 3, 1, 2).to(torch.float32) - self.mean
         feat = self.trunk(x)
-        t = self.tokens(feat)
-        n, d, h, w = t.shape
-        tokens = t.flatten(2).transpose(1, 2)  # (N, T, d)
+        h, w, k = self.h, self.w, self.k
+        tokens = self.tokens(feat).flatten(2).transpose(1, 2)  # (N, T, d)
         glob = self.glob(feat.mean(dim=(2, 3)))
         gn = F.normalize(glob, dim=-1)
         if self.variant == "fundus_only":
             logits = gn @ self.proto_t + self.bias
-            maps = torch.ones_like(tokens[:, :, :1]).transpose(1, 2).expand(n, self.proto_t.shape[1], h * w) / (h * w)
+            maps = (tokens[:, :, :1] * 0 + 1.0 / (h * w)).transpose(1, 2).expand(-1, k, h * w)
         else:
-            att = (tokens @ self.qk).transpose(1, 2).reshape(n, self.k, self.s, h * w).softmax(dim=-1)
+            att = (tokens @ self.qk).transpose(1, 2).reshape(-1, k, self.s, h * w).softmax(dim=-1)
             maps = att.mean(dim=2)  # (N, K, T)
             z = maps @ self.v(tokens)  # (N, K, d)
             fused = self.a * gn.unsqueeze(1) + (1 - self.a) * F.normalize(z, dim=-1)
             logits = (F.normalize(fused, dim=-1) * self.proto_t.t().unsqueeze(0)).sum(-1) + self.bias
         probs = torch.sigmoid(logits) if self.head == "sigmoid" else logits.softmax(dim=-1)
-        return probs, logits, maps.reshape(n, -1, h, w)
+        return probs, logits, maps.reshape(-1, k, h, w)
 
 
 @dataclass(frozen=True)

@@ -95,7 +95,7 @@ def pretrain(model: UopslModel, fundus: ImageDataset, oct_ds: ImageDataset | Non
             runner.log_row({"stage": "pretrain", "epoch": ep + 1, "step": step + 1,
                             **{k: round(float(v.detach()), 5) for k, v in parts.items()}})
             if bar is not None:
-                bar.set_postfix(loss=f"{float(parts['loss']):.4f}")
+                bar.set_postfix(loss=f"{float(parts['loss'].detach()):.4f}")
                 bar.update(1)
             if cfg.save_every and runner.info["global_step"] % cfg.save_every == 0:
                 runner.checkpoint()

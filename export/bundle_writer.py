@@ -1,0 +1,129 @@
+"""Write a deployment bundle: model files, class bank and a manifest with every file's sha256.
+
+The manifest format is owned by :mod:`uopsl.runtime.bundle`, so the writer and
+the device reader share one definition. A bundle is assembled in a temporary
+sibling folder and renamed into place, so a crash never leaves a half bundle
+that would verify. Adding files to an existing bundle (INT8 models, engines,
+the calibration table) re-hashes them and rewrites the manifest atomically.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from uopsl.runtime.bundle import (
+    ClassSpec,
+    FileEntry,
+    FileKind,
+    HeadType,
+    Manifest,
+    Precision,
+    ReferralRule,
+    describe_file,
+    read_manifest,
+    write_manifest,
+)
+from uopsl.runtime.errors import BundleError
+from uopsl.runtime.preprocess import PreprocessConfig
+
+log = logging.getLogger(__name__)
+
+MODEL_FILE = "model.onnx"
+CLASS_BANK_FILE = "class_bank.npy"
+
+
+def write_bundle(
+    out: str | os.PathLike[str],
+    onnx_path: str | os.PathLike[str],
+    classes: Sequence[ClassSpec],
+    head: HeadType,
+    preprocess: PreprocessConfig,
+    *,
+    class_bank: np.ndarray,
+    site_map_size: tuple[int, int],
+    opset: int,
+    referral_rule: ReferralRule = "any_referable",
+    referral_threshold: float = 0.5,
+    backbone: str = "",
+    training_data_fingerprint: str = "",
+    notes: dict[str, Any] | None = None,
+    overwrite: bool = False,
+) -> Manifest:
+    """Create bundle folder ``out`` holding ``model.onnx``, ``class_bank.npy`` and ``manifest.json``."""
+    target = Path(out)
+    if target.exists() and not overwrite:
+        raise BundleError(f"{target} already exists; pass overwrite=True (--force) to replace it")
+    if class_bank.shape[0] != len(classes):
+        raise BundleError(f"class bank has {class_bank.shape[0]} rows for {len(classes)} classes")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        shutil.copyfile(onnx_path, tmp / MODEL_FILE)
+        np.save(tmp / CLASS_BANK_FILE, np.ascontiguousarray(class_bank, np.float32))
+        files = (
+            describe_file(tmp, FileEntry(MODEL_FILE, "onnx", "fp32")),
+            describe_file(tmp, FileEntry(CLASS_BANK_FILE, "class_bank")),
+        )
+        manifest = Manifest(
+            classes=tuple(classes), head=head, preprocess=preprocess, files=files,
+            referral_rule=referral_rule, referral_threshold=referral_threshold,
+            site_map_size=tuple(site_map_size), opset=opset, backbone=backbone,  # type: ignore[arg-type]
+            training_data_fingerprint=training_data_fingerprint,
+            created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), notes=dict(notes or {}),
+        )
+        write_manifest(tmp, manifest)
+        if target.exists():
+            old = target.with_name(f".{target.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(target, old)
+            os.replace(tmp, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("wrote bundle %s (%d classes, %s head)", target, len(classes), head)
+    return manifest
+
+
+def add_file(
+    bundle: str | os.PathLike[str],
+    src: str | os.PathLike[str] | None,
+    name: str,
+    kind: FileKind,
+    precision: Precision = "none",
+    info: dict[str, Any] | None = None,
+    **manifest_updates: Any,
+) -> Manifest:
+    """Copy ``src`` into the bundle as ``name`` (or register a file already there when ``src`` is None).
+
+    Replaces an entry of the same name; ``manifest_updates`` set other
+    manifest fields (e.g. ``calibration_fingerprint``) in the same atomic write.
+    """
+    root = Path(bundle)
+    manifest = read_manifest(root)
+    dest = root / name
+    if Path(name).is_absolute() or ".." in Path(name).parts:
+        raise BundleError(f"bundle file names must stay inside the bundle, got {name!r}")
+    if src is not None and Path(src).resolve() != dest.resolve():
+        tmp = dest.with_name(f".{dest.name}.tmp")
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, dest)
+    if not dest.is_file():
+        raise BundleError(f"{dest} does not exist; nothing to add to the bundle")
+    entry = describe_file(root, FileEntry(name, kind, precision, info=dict(info or {})))
+    files = tuple(f for f in manifest.files if f.path != name) + (entry,)
+    manifest = replace(manifest, files=files, **manifest_updates)
+    write_manifest(root, manifest)
+    return manifest

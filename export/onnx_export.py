@@ -1,0 +1,106 @@
+"""torch -> ONNX for the deployed-model contract, with constants folded and the result checked.
+
+The caller (the train layer) hands over a module that already has the contract
+(uint8 NHWC RGB in; ``probs``, ``logits``, ``site_maps`` out) and its
+constants pre-multiplied (see ``uopsl.train.model.DeployModel``). This module
+exports it with the TorchScript-based exporter in eval mode, which folds
+BatchNorm into the preceding convolutions and folds constant sub-graphs, then
+runs ``onnx.checker`` with full shape inference and reports the op histogram.
+
+Opset: 17 by default. ONNX Runtime's static INT8 (QDQ) and TensorRT 8.5+
+both read it, and it is <= 20 as the TensorRT parsers of JetPack 5/6 require.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from uopsl.runtime.bundle import INPUT_NAME, OUTPUT_NAMES
+from uopsl.runtime.errors import ConfigError, ExportError
+from uopsl.runtime.optional import require
+
+log = logging.getLogger(__name__)
+
+MAX_OPSET = 20
+DEFAULT_OPSET = 17
+
+
+@dataclass(frozen=True)
+class ExportReport:
+    """What the exported graph holds: op counts (after folding) and I/O shapes."""
+
+    path: str
+    opset: int
+    op_count: int
+    ops: dict[str, int] = field(default_factory=dict)
+    inputs: dict[str, list[int | str]] = field(default_factory=dict)
+    outputs: dict[str, list[int | str]] = field(default_factory=dict)
+    initializers: int = 0
+
+
+def export_onnx(module: object, path: str | os.PathLike[str], size: int, opset: int = DEFAULT_OPSET) -> ExportReport:
+    """Export ``module`` (a torch ``nn.Module`` with the deployed contract) to ``path`` atomically."""
+    torch = require("torch", "ONNX export")
+    onnx = require("onnx", "ONNX export")
+    if not 13 <= opset <= MAX_OPSET:
+        raise ConfigError(f"opset must be in 13..{MAX_OPSET} (ONNX Runtime INT8 and TensorRT), got {opset}")
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    module.eval()  # type: ignore[attr-defined]
+    dummy = torch.zeros(1, size, size, 3, dtype=torch.uint8)
+    axes = {n: {0: "batch"} for n in (INPUT_NAME, *OUTPUT_NAMES)}
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    try:
+        with torch.no_grad():
+            torch.onnx.export(
+                module, (dummy,), tmp, input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES),
+                dynamic_axes=axes, opset_version=opset, do_constant_folding=True,
+                training=torch.onnx.TrainingMode.EVAL, dynamo=False,
+            )
+        model = onnx.load(tmp)
+        try:
+            onnx.checker.check_model(model, full_check=True)
+            inferred = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+        except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+            raise ExportError(f"the exported graph fails onnx.checker / shape inference: {exc}") from exc
+        model.doc_string = "uopsl deployed model: uint8 NHWC RGB in; probs, logits, site_maps out"
+        onnx.save(model, tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    report = _report(inferred, target, opset)
+    if report.ops.get("BatchNormalization"):
+        log.warning("%d BatchNormalization nodes were not folded", report.ops["BatchNormalization"])
+    log.info("exported %s: %d ops after folding (%s)", target, report.op_count,
+             ", ".join(f"{k} {v}" for k, v in sorted(report.ops.items(), key=lambda kv: -kv[1])[:8]))
+    return report
+
+
+def _dims(value_info: object) -> list[int | str]:
+    t = value_info.type.tensor_type  # type: ignore[attr-defined]
+    return [d.dim_value if d.HasField("dim_value") else d.dim_param for d in t.shape.dim]
+
+
+def _report(model: object, path: Path, opset: int) -> ExportReport:
+    g = model.graph  # type: ignore[attr-defined]
+    ops = Counter(n.op_type for n in g.node)
+    return ExportReport(
+        path=str(path), opset=opset, op_count=sum(ops.values()), ops=dict(ops),
+        inputs={i.name: _dims(i) for i in g.input}, outputs={o.name: _dims(o) for o in g.output},
+        initializers=len(g.initializer),
+    )
+
+
+def describe_onnx(path: str | os.PathLike[str]) -> ExportReport:
+    """Op histogram and I/O shapes of an existing ONNX file."""
+    onnx = require("onnx", "reading an ONNX graph")
+    model = onnx.load(str(path))
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    return _report(model, Path(path), opset)
