@@ -1,0 +1,914 @@
+"""Clinical metrics for screening models: ROC/AUC, operating points, agreement, bootstrap intervals.
+
+numpy only. The training evaluation, the parity validation (export layer) and
+the runtime all report the same numbers, so the one implementation lives in
+the lowest layer.
+
+Conventions (shared by every function here):
+
+- A case is called positive when ``score >= threshold``, the rule of
+  :meth:`uopsl.runtime.bundle.Manifest.decide`.
+- AUC is the Mann-Whitney statistic: the probability that a random positive
+  scores above a random negative, a tie counting one half. It equals the
+  trapezoidal area under :func:`roc_curve`.
+- A value that is undefined for the data (AUC or specificity with one class
+  only in ``y_true``, PPV with no predicted positives, ...) is ``NaN``, never an
+  exception, so one rare class cannot stop a report half-way; reports carry a
+  note saying why. Malformed input (wrong shapes, NaN scores, labels out of
+  range) raises :class:`~uopsl.runtime.errors.ConfigError`.
+- Internally every metric is computed from per-sample weights of shape
+  ``(B, N)``: the point estimate uses one row of ones and a bootstrap replicate
+  is a row of resampling multiplicities. The point estimate and the interval
+  therefore come from the same code.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from uopsl.runtime.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+Task = Literal["binary", "multilabel", "multiclass"]
+WeightedStatistic = Callable[[np.ndarray], np.ndarray]
+
+# Upper bound on rows x samples of one bootstrap weight block (float64: 32 MB).
+_MAX_WEIGHT_CELLS = 4_000_000
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass(frozen=True, eq=False)
+class RocCurve:
+    """A binary ROC curve with one point per distinct score.
+
+    ``thresholds`` is descending; point ``i`` is the rate pair when cases with
+    ``score >= thresholds[i]`` are called positive. ``thresholds[0]`` is ``+inf``
+    (nothing positive), so the curve starts at (0, 0) and ends at (1, 1). Tied
+    scores move the curve diagonally. Rates are NaN when their denominator
+    class is absent, and then ``auc`` is NaN too.
+    """
+
+    fpr: np.ndarray
+    tpr: np.ndarray
+    thresholds: np.ndarray
+    auc: float
+    n_positive: int
+    n_negative: int
+
+    @property
+    def defined(self) -> bool:
+        return self.n_positive > 0 and self.n_negative > 0
+
+    @property
+    def reason(self) -> str:
+        """Why the AUC is undefined; empty when it is defined."""
+        return _one_class_reason(self.n_positive, self.n_negative)
+
+
+@dataclass(frozen=True)
+class BinaryRates:
+    """Confusion counts and rates of a binary decision at one threshold (NaN where undefined)."""
+
+    threshold: float
+    tp: int
+    fp: int
+    tn: int
+    fn: int
+    sensitivity: float
+    specificity: float
+    ppv: float
+    npv: float
+    f1: float
+
+    @property
+    def balanced_accuracy(self) -> float:
+        return (self.sensitivity + self.specificity) / 2.0
+
+
+@dataclass(frozen=True)
+class OperatingPoint:
+    """A threshold chosen for a target sensitivity, with what it achieves on the data it was chosen on."""
+
+    threshold: float
+    target_sensitivity: float
+    sensitivity: float
+    specificity: float
+    n_positive: int
+    n_negative: int
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A point estimate with a percentile bootstrap interval.
+
+    ``n_valid`` counts the bootstrap replicates in which the statistic was
+    defined; the interval is computed from those only (NaN when none was).
+    """
+
+    estimate: float
+    low: float
+    high: float
+    n_boot: int
+    n_valid: int
+    alpha: float = 0.05
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: NaN becomes ``None``."""
+        return {
+            "estimate": _json_float(self.estimate),
+            "low": _json_float(self.low),
+            "high": _json_float(self.high),
+            "n_valid": self.n_valid,
+        }
+
+
+@dataclass(frozen=True)
+class DeLongResult:
+    """DeLong's test of two correlated AUCs on the same cases; ``difference = auc_b - auc_a``."""
+
+    auc_a: float
+    auc_b: float
+    difference: float
+    se: float
+    z: float
+    p_value: float
+    n_positive: int
+    n_negative: int
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class ClassReport:
+    """One class of :func:`classification_report`: counts at the threshold and metrics with intervals."""
+
+    name: str
+    n_positive: int
+    n_negative: int
+    threshold: float
+    tp: int
+    fp: int
+    tn: int
+    fn: int
+    auc: Interval
+    sensitivity: Interval
+    specificity: Interval
+    ppv: Interval
+    npv: Interval
+    f1: Interval
+    notes: tuple[str, ...] = field(default=())
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "name": self.name,
+            "n_positive": self.n_positive,
+            "n_negative": self.n_negative,
+            "threshold": _json_float(self.threshold),
+            "tp": self.tp,
+            "fp": self.fp,
+            "tn": self.tn,
+            "fn": self.fn,
+        }
+        for metric in _CLASS_METRICS:
+            d[metric] = getattr(self, metric).to_dict()
+        d["notes"] = list(self.notes)
+        return d
+
+
+_CLASS_METRICS = ("auc", "sensitivity", "specificity", "ppv", "npv", "f1")
+
+
+# --------------------------------------------------------------------------- input checks
+
+
+def _binary_labels(y: Any, name: str = "y_true") -> np.ndarray:
+    a = np.asarray(y)
+    if a.ndim != 1 or a.shape[0] == 0:
+        raise ConfigError(
+            f"{name} must be a non-empty 1-D array of 0/1 labels; got shape {a.shape}. "
+            "Pass one label per case."
+        )
+    if a.dtype == bool:
+        return a
+    if not np.issubdtype(a.dtype, np.number):
+        raise ConfigError(f"{name} must hold 0/1 labels; got dtype {a.dtype}")
+    bad = ~np.isin(a, (0, 1))
+    if bad.any():
+        raise ConfigError(
+            f"{name} must hold only 0 and 1; got {int(bad.sum())} other values "
+            f"(e.g. {a[bad][:3].tolist()}). Binarise the labels first."
+        )
+    return a.astype(bool)
+
+
+def _int_labels(y: Any, name: str, n_classes: int | None = None) -> np.ndarray:
+    a = np.asarray(y)
+    if a.ndim != 1 or a.shape[0] == 0:
+        raise ConfigError(f"{name} must be a non-empty 1-D array of class indices; got shape {a.shape}")
+    if a.dtype == bool or not np.issubdtype(a.dtype, np.number):
+        raise ConfigError(f"{name} must hold integer class indices; got dtype {a.dtype}")
+    if not np.issubdtype(a.dtype, np.integer):
+        if not np.all(np.isfinite(a)) or np.any(a != np.round(a)):
+            raise ConfigError(f"{name} must hold integer class indices; got non-integer values")
+    a = a.astype(np.int64)
+    if a.min() < 0:
+        raise ConfigError(f"{name} holds negative class indices (min {a.min()}); expected 0..K-1")
+    if n_classes is not None and a.max() >= n_classes:
+        raise ConfigError(
+            f"{name} holds class index {a.max()} but there are only {n_classes} classes (0..{n_classes - 1})"
+        )
+    return a
+
+
+def _scores_1d(scores: Any, n: int, name: str = "scores") -> np.ndarray:
+    s = np.asarray(scores)
+    if s.ndim != 1 or s.shape[0] != n:
+        raise ConfigError(f"{name} must have shape ({n},) to match y_true; got {s.shape}")
+    return _finite(s, name)
+
+
+def _scores_2d(scores: Any, name: str = "scores") -> np.ndarray:
+    s = np.asarray(scores)
+    if s.ndim != 2 or s.shape[0] == 0 or s.shape[1] == 0:
+        raise ConfigError(f"{name} must be a non-empty (N, K) array of per-class scores; got shape {s.shape}")
+    return _finite(s, name)
+
+
+def _finite(s: np.ndarray, name: str) -> np.ndarray:
+    if s.dtype == bool or not np.issubdtype(s.dtype, np.number):
+        raise ConfigError(f"{name} must be numeric; got dtype {s.dtype}")
+    # float32 -> float64 is exact, so a threshold taken from these values
+    # compares identically against the model's float32 outputs.
+    s = s.astype(np.float64, copy=False)
+    bad = ~np.isfinite(s)
+    if bad.any():
+        raise ConfigError(
+            f"{name} holds {int(bad.sum())} non-finite values (NaN or inf); "
+            "drop the rows of images that failed before computing metrics"
+        )
+    return s
+
+
+def _label_matrix(y_true: Any, k: int) -> tuple[np.ndarray, Task, np.ndarray | None]:
+    """(N, K) bool truth from multi-hot (N, K) or class indices (N,); also the task and the indices."""
+    y = np.asarray(y_true)
+    if y.ndim == 2:
+        if y.shape[1] != k:
+            raise ConfigError(f"y_true is multi-hot with {y.shape[1]} columns but scores have {k} classes")
+        flat = _binary_labels(y.reshape(-1), "y_true (multi-hot)")
+        return flat.reshape(y.shape), "multilabel", None
+    idx = _int_labels(y, "y_true", k)
+    return np.eye(k, dtype=bool)[idx], "multiclass", idx
+
+
+def _check_rows(y: np.ndarray, s: np.ndarray) -> None:
+    if y.shape[0] != s.shape[0]:
+        raise ConfigError(f"y_true has {y.shape[0]} cases but scores have {s.shape[0]} rows; they must match")
+
+
+def _one_class_reason(n_pos: int, n_neg: int) -> str:
+    if n_pos > 0 and n_neg > 0:
+        return ""
+    return f"only one class in y_true ({n_pos} positives, {n_neg} negatives)"
+
+
+def _json_float(x: float) -> float | None:
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+# --------------------------------------------------------------------------- weighted kernels
+
+
+def _safe_div(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    num = np.asarray(num, np.float64)
+    out = np.full(np.broadcast(num, den).shape, np.nan)
+    np.divide(num, den, out=out, where=np.asarray(den) > 0)
+    return out
+
+
+def _nanmean_last(x: np.ndarray) -> np.ndarray:
+    """Mean over the last axis ignoring NaN; NaN where every entry is NaN (no warning)."""
+    ok = np.isfinite(x)
+    return _safe_div(np.where(ok, x, 0.0).sum(-1), ok.sum(-1))
+
+
+class _WeightedAuc:
+    """Mann-Whitney AUC of one score column under per-sample weights (B, N) -> (B,).
+
+    Sorting is done once; each call groups the weights by distinct score and
+    counts, per positive weight, the negative weight below it plus half the tied.
+    """
+
+    def __init__(self, positive: np.ndarray, scores: np.ndarray) -> None:
+        order = np.argsort(scores, kind="mergesort")
+        s = scores[order]
+        self._order = order
+        self._pos = positive[order].astype(np.float64)
+        self._starts = np.flatnonzero(np.concatenate(([True], s[1:] != s[:-1])))
+
+    def __call__(self, w: np.ndarray) -> np.ndarray:
+        ws = w[:, self._order]
+        p = np.add.reduceat(ws * self._pos, self._starts, axis=1)
+        q = np.add.reduceat(ws, self._starts, axis=1) - p
+        below = np.cumsum(q, axis=1) - q
+        num = np.sum(p * (below + 0.5 * q), axis=1)
+        return _safe_div(num, p.sum(axis=1) * q.sum(axis=1))
+
+
+def _binary_indicators(positive: np.ndarray, predicted: np.ndarray) -> np.ndarray:
+    """(N, ..., 4) float indicators of tp, fp, tn, fn."""
+    return np.stack(
+        [positive & predicted, ~positive & predicted, ~positive & ~predicted, positive & ~predicted], axis=-1
+    ).astype(np.float64)
+
+
+def _rates(tp: np.ndarray, fp: np.ndarray, tn: np.ndarray, fn: np.ndarray) -> dict[str, np.ndarray]:
+    return {
+        "sensitivity": _safe_div(tp, tp + fn),
+        "specificity": _safe_div(tn, tn + fp),
+        "ppv": _safe_div(tp, tp + fp),
+        "npv": _safe_div(tn, tn + fn),
+        "f1": _safe_div(2 * tp, 2 * tp + fp + fn),
+    }
+
+
+class _WeightedConfusion:
+    """Confusion matrices (B, K, K) (rows: truth, columns: prediction) under weights (B, N)."""
+
+    def __init__(self, truth: np.ndarray, predicted: np.ndarray, k: int) -> None:
+        keys = truth * k + predicted
+        order = np.argsort(keys, kind="mergesort")
+        sk = keys[order]
+        self._k = k
+        self._order = order
+        self._starts = np.flatnonzero(np.concatenate(([True], sk[1:] != sk[:-1])))
+        self._cells = sk[self._starts]
+
+    def __call__(self, w: np.ndarray) -> np.ndarray:
+        sums = np.add.reduceat(w[:, self._order], self._starts, axis=1)
+        out = np.zeros((w.shape[0], self._k * self._k))
+        out[:, self._cells] = sums
+        return out.reshape(w.shape[0], self._k, self._k)
+
+
+def _macro_f1_from_confusion(c: np.ndarray) -> np.ndarray:
+    # sklearn's multiclass convention: average over classes present in truth or prediction.
+    tp = np.diagonal(c, axis1=1, axis2=2)
+    support = c.sum(axis=2) + c.sum(axis=1)
+    return _nanmean_last(_safe_div(2 * tp, support))
+
+
+def _balanced_accuracy_from_confusion(c: np.ndarray) -> np.ndarray:
+    tp = np.diagonal(c, axis1=1, axis2=2)
+    return _nanmean_last(_safe_div(tp, c.sum(axis=2)))
+
+
+def _accuracy_from_confusion(c: np.ndarray) -> np.ndarray:
+    return _safe_div(np.trace(c, axis1=1, axis2=2), c.sum(axis=(1, 2)))
+
+
+def _quadratic_kappa_from_confusion(c: np.ndarray) -> np.ndarray:
+    k = c.shape[-1]
+    grades = np.arange(k, dtype=np.float64)
+    weight = (grades[:, None] - grades[None, :]) ** 2
+    total = c.sum(axis=(1, 2))
+    observed = (c * weight).sum(axis=(1, 2))
+    expected = _safe_div((c.sum(axis=2)[:, :, None] * c.sum(axis=1)[:, None, :] * weight).sum(axis=(1, 2)), total)
+    return 1.0 - _safe_div(observed, expected)
+
+
+def _ones(n: int) -> np.ndarray:
+    return np.ones((1, n))
+
+
+# --------------------------------------------------------------------------- point metrics
+
+
+def roc_curve(y_true: Any, scores: Any) -> RocCurve:
+    """Binary ROC curve and exact AUC (ties count one half, as in the Mann-Whitney statistic).
+
+    ``y_true``: (N,) 0/1 or bool; ``scores``: (N,) higher means more likely positive.
+    With one class only, the curve's undefined rate is NaN and ``auc`` is NaN
+    (see :attr:`RocCurve.reason`).
+    """
+    y = _binary_labels(y_true)
+    s = _scores_1d(scores, y.shape[0])
+    order = np.argsort(-s, kind="mergesort")
+    s_desc = s[order]
+    last = np.flatnonzero(np.concatenate((s_desc[1:] != s_desc[:-1], [True])))
+    tps = np.cumsum(y[order])[last].astype(np.float64)
+    fps = (last + 1) - tps
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    tpr = np.concatenate(([0.0], tps)) / n_pos if n_pos else np.full(last.size + 1, np.nan)
+    fpr = np.concatenate(([0.0], fps)) / n_neg if n_neg else np.full(last.size + 1, np.nan)
+    thresholds = np.concatenate(([np.inf], s_desc[last]))
+    auc = float(_WeightedAuc(y, s)(_ones(y.shape[0]))[0])
+    if n_pos == 0 or n_neg == 0:
+        log.debug("ROC AUC undefined: %s", _one_class_reason(n_pos, n_neg))
+    return RocCurve(fpr=fpr, tpr=tpr, thresholds=thresholds, auc=auc, n_positive=n_pos, n_negative=n_neg)
+
+
+def roc_auc(y_true: Any, scores: Any) -> float:
+    """Exact binary AUC (Mann-Whitney, ties one half); NaN with one class only."""
+    y = _binary_labels(y_true)
+    s = _scores_1d(scores, y.shape[0])
+    return float(_WeightedAuc(y, s)(_ones(y.shape[0]))[0])
+
+
+def per_class_roc(y_true: Any, scores: Any) -> list[RocCurve]:
+    """One-vs-rest ROC curve per column of ``scores`` (N, K).
+
+    ``y_true`` is multi-hot (N, K) (multi-label) or class indices (N,) (single-label).
+    """
+    s = _scores_2d(scores)
+    y, _, _ = _label_matrix(y_true, s.shape[1])
+    _check_rows(y, s)
+    return [roc_curve(y[:, k], s[:, k]) for k in range(s.shape[1])]
+
+
+def per_class_auc(y_true: Any, scores: Any) -> np.ndarray:
+    """(K,) one-vs-rest AUC per class; NaN for a class that is absent or universal in ``y_true``."""
+    s = _scores_2d(scores)
+    y, _, _ = _label_matrix(y_true, s.shape[1])
+    _check_rows(y, s)
+    ones = _ones(s.shape[0])
+    return np.array([_WeightedAuc(y[:, k], s[:, k])(ones)[0] for k in range(s.shape[1])])
+
+
+def rates_at_threshold(y_true: Any, scores: Any, threshold: float) -> BinaryRates:
+    """Sensitivity, specificity, PPV, NPV and F1 when ``score >= threshold`` is called positive."""
+    y = _binary_labels(y_true)
+    s = _scores_1d(scores, y.shape[0])
+    t = _threshold(threshold)
+    counts = _binary_indicators(y, s >= t).sum(axis=0)
+    tp, fp, tn, fn = (float(c) for c in counts)
+    r = _rates(np.array(tp), np.array(fp), np.array(tn), np.array(fn))
+    return BinaryRates(
+        threshold=t, tp=int(tp), fp=int(fp), tn=int(tn), fn=int(fn), **{k: float(v) for k, v in r.items()}
+    )
+
+
+def _threshold(t: Any) -> float:
+    try:
+        v = float(t)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"threshold must be a number; got {t!r}") from exc
+    if math.isnan(v):
+        raise ConfigError("threshold must be a number; got NaN")
+    return v
+
+
+def threshold_for_sensitivity(y_true: Any, scores: Any, target: float = 0.9) -> OperatingPoint:
+    """The highest threshold whose sensitivity on these (validation) cases reaches ``target``.
+
+    The threshold is always the score of a positive case. Ties: cases scoring
+    exactly the threshold are called positive (``>=``), so a group of tied
+    scores is never split: the achieved sensitivity can exceed the target, and
+    negatives tied with that positive count as false positives. The target is
+    reached when ``TP >= target * n_positive`` (with a 1e-9 relative slack so
+    0.9 of 10 positives means 9). Pass the model's own float32 scores: the
+    threshold is then exactly representable in the bundle's float32
+    thresholds. With no positive cases the threshold is NaN (see ``note``).
+    """
+    try:
+        target = float(target)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"target sensitivity must be a number in (0, 1]; got {target!r}") from exc
+    if not 0.0 < target <= 1.0:
+        raise ConfigError(f"target sensitivity must be in (0, 1]; got {target}")
+    curve = roc_curve(y_true, scores)
+    n_pos, n_neg = curve.n_positive, curve.n_negative
+    if n_pos == 0:
+        return OperatingPoint(
+            threshold=math.nan, target_sensitivity=target, sensitivity=math.nan, specificity=math.nan,
+            n_positive=0, n_negative=n_neg, note="no positive cases: a sensitivity target cannot be met",
+        )
+    tp = curve.tpr * n_pos
+    i = int(np.flatnonzero(tp[1:] >= target * n_pos * (1 - 1e-9))[0]) + 1
+    spec = 1.0 - float(curve.fpr[i]) if n_neg else math.nan
+    note = "" if n_neg else "no negative cases: specificity undefined"
+    return OperatingPoint(
+        threshold=float(curve.thresholds[i]), target_sensitivity=target, sensitivity=float(curve.tpr[i]),
+        specificity=spec, n_positive=n_pos, n_negative=n_neg, note=note,
+    )
+
+
+def confusion_matrix(y_true: Any, y_pred: Any, n_classes: int | None = None) -> np.ndarray:
+    """(K, K) int64 counts, rows = true class, columns = predicted class.
+
+    ``K`` is ``n_classes`` or one more than the largest index seen.
+    """
+    t, p, k = _paired_int_labels(y_true, y_pred, n_classes)
+    return _WeightedConfusion(t, p, k)(_ones(t.shape[0]))[0].astype(np.int64)
+
+
+def _paired_int_labels(y_true: Any, y_pred: Any, n_classes: int | None) -> tuple[np.ndarray, np.ndarray, int]:
+    if n_classes is not None and (not isinstance(n_classes, (int, np.integer)) or n_classes < 1):
+        raise ConfigError(f"n_classes must be a positive integer; got {n_classes!r}")
+    t = _int_labels(y_true, "y_true", n_classes)
+    p = _int_labels(y_pred, "y_pred", n_classes)
+    if t.shape != p.shape:
+        raise ConfigError(f"y_true has shape {t.shape} but y_pred has {p.shape}; they must match")
+    k = int(n_classes) if n_classes is not None else int(max(t.max(), p.max())) + 1
+    return t, p, k
+
+
+def macro_f1(y_true: Any, y_pred: Any, n_classes: int | None = None) -> float:
+    """Unweighted mean F1 over classes.
+
+    Single-label: ``y_true``/``y_pred`` are (N,) class indices; classes absent
+    from both are left out (scikit-learn's convention). Multi-label: both are
+    (N, K) 0/1; a class with no true and no predicted positive has undefined F1
+    and is left out (scikit-learn would count it as 0 with a warning).
+    """
+    t = np.asarray(y_true)
+    if t.ndim == 2:
+        yt = _binary_labels(t.reshape(-1), "y_true (multi-hot)").reshape(t.shape)
+        p = np.asarray(y_pred)
+        if p.shape != t.shape:
+            raise ConfigError(f"y_pred must have the shape of y_true {t.shape}; got {p.shape}")
+        yp = _binary_labels(p.reshape(-1), "y_pred (multi-hot)").reshape(p.shape)
+        counts = _binary_indicators(yt, yp).sum(axis=0)  # (K, 4)
+        tp, fp, _, fn = counts.T
+        return float(_nanmean_last(_safe_div(2 * tp, 2 * tp + fp + fn)[None, :])[0])
+    tt, pp, k = _paired_int_labels(y_true, y_pred, n_classes)
+    return float(_macro_f1_from_confusion(_WeightedConfusion(tt, pp, k)(_ones(tt.shape[0])))[0])
+
+
+def balanced_accuracy(y_true: Any, y_pred: Any, n_classes: int | None = None) -> float:
+    """Mean recall over the classes present in ``y_true`` ((N,) class indices; binary is K=2)."""
+    t, p, k = _paired_int_labels(y_true, y_pred, n_classes)
+    return float(_balanced_accuracy_from_confusion(_WeightedConfusion(t, p, k)(_ones(t.shape[0])))[0])
+
+
+def quadratic_weighted_kappa(y_true: Any, y_pred: Any, n_classes: int | None = None) -> float:
+    """Cohen's kappa with quadratic weights for ordinal grades (N,) in 0..K-1.
+
+    1 for perfect agreement, 0 for chance agreement. NaN when chance
+    disagreement is zero (both raters used a single grade).
+    """
+    t, p, k = _paired_int_labels(y_true, y_pred, n_classes)
+    return float(_quadratic_kappa_from_confusion(_WeightedConfusion(t, p, k)(_ones(t.shape[0])))[0])
+
+
+# --------------------------------------------------------------------------- bootstrap
+
+
+def _strata_groups(strata: Any, n: int) -> list[np.ndarray]:
+    a = np.asarray(strata)
+    if a.shape[:1] != (n,) or a.ndim > 2:
+        raise ConfigError(f"strata must be (N,) or (N, K) with N = {n}; got shape {a.shape}")
+    _, inverse = np.unique(a, axis=0, return_inverse=True) if a.ndim == 2 else np.unique(a, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    return [np.flatnonzero(inverse == g) for g in range(int(inverse.max()) + 1)]
+
+
+def bootstrap_weights(
+    n: int, *, n_boot: int, seed: int = 0, strata: Any = None
+) -> Iterator[np.ndarray]:
+    """Yield blocks of bootstrap multiplicities, each (b, n) float64, ``n_boot`` rows in all.
+
+    Each row counts how often each case is drawn in one resample of size ``n``.
+    With ``strata`` ((N,) labels or (N, K) multi-hot rows) the cases are
+    resampled within each stratum, so every replicate keeps the original class
+    counts. Deterministic for a given ``(n, n_boot, seed, strata)``.
+    """
+    rng = np.random.default_rng(seed)
+    groups = _strata_groups(strata, n) if strata is not None else [np.arange(n)]
+    rows = max(1, _MAX_WEIGHT_CELLS // n)
+    done = 0
+    while done < n_boot:
+        b = min(rows, n_boot - done)
+        w = np.zeros((b, n))
+        for members in groups:
+            m = members.size
+            draws = rng.integers(0, m, size=(b, m)) + (np.arange(b)[:, None] * m)
+            w[:, members] = np.bincount(draws.ravel(), minlength=b * m).reshape(b, m)
+        yield w
+        done += b
+
+
+def bootstrap_many(
+    statistic: Callable[[np.ndarray], Mapping[str, np.ndarray]],
+    n: int,
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
+    alpha: float = 0.05,
+    strata: Any = None,
+) -> dict[str, Interval]:
+    """Percentile bootstrap intervals of several statistics from the same resamples.
+
+    ``statistic(weights)`` maps per-sample weights (B, n) to named (B,) values
+    (NaN where undefined); it is called once with a row of ones for the point
+    estimates, then on blocks of resampling multiplicities. Sharing the
+    resamples keeps the intervals of one report paired with each other.
+    """
+    if not isinstance(n, (int, np.integer)) or n < 1:
+        raise ConfigError(f"n must be a positive number of cases; got {n!r}")
+    if not isinstance(n_boot, (int, np.integer)) or n_boot < 0:
+        raise ConfigError(f"n_boot must be an integer >= 0 (0 skips the intervals); got {n_boot!r}")
+    if not 0.0 < alpha < 1.0:
+        raise ConfigError(f"alpha must be in (0, 1) (0.05 gives a 95 % interval); got {alpha}")
+    point = {k: float(np.asarray(v).reshape(-1)[0]) for k, v in statistic(_ones(n)).items()}
+    reps: dict[str, list[np.ndarray]] = {k: [] for k in point}
+    for w in bootstrap_weights(n, n_boot=n_boot, seed=seed, strata=strata):
+        for k, v in statistic(w).items():
+            reps[k].append(np.asarray(v, np.float64).reshape(-1))
+    out: dict[str, Interval] = {}
+    for k, est in point.items():
+        r = np.concatenate(reps[k]) if reps[k] else np.empty(0)
+        r = r[np.isfinite(r)]
+        lo, hi = (
+            (float(x) for x in np.percentile(r, [100 * alpha / 2, 100 * (1 - alpha / 2)]))
+            if r.size
+            else (math.nan, math.nan)
+        )
+        out[k] = Interval(estimate=est, low=lo, high=hi, n_boot=int(n_boot), n_valid=int(r.size), alpha=alpha)
+    return out
+
+
+def bootstrap_ci(
+    statistic: WeightedStatistic,
+    n: int,
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
+    alpha: float = 0.05,
+    strata: Any = None,
+) -> Interval:
+    """Percentile bootstrap interval of one statistic ``weights (B, n) -> (B,)``; see :func:`bootstrap_many`.
+
+    Example, the rate of flipped decisions: ``bootstrap_ci(lambda w: w @ flips / w.sum(1), n)``.
+    """
+    return bootstrap_many(lambda w: {"v": statistic(w)}, n, n_boot=n_boot, seed=seed, alpha=alpha, strata=strata)[
+        "v"
+    ]
+
+
+def auc_ci(
+    y_true: Any, scores: Any, *, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05, stratified: bool = True
+) -> Interval:
+    """Binary AUC with a percentile bootstrap interval (resampled within each class when ``stratified``)."""
+    y = _binary_labels(y_true)
+    s = _scores_1d(scores, y.shape[0])
+    return bootstrap_ci(
+        _WeightedAuc(y, s), y.shape[0], n_boot=n_boot, seed=seed, alpha=alpha, strata=y if stratified else None
+    )
+
+
+def paired_auc_difference(
+    y_true: Any,
+    scores_reference: Any,
+    scores_candidate: Any,
+    *,
+    n_boot: int = 2000,
+    seed: int = 0,
+    alpha: float = 0.05,
+    stratified: bool = True,
+) -> Interval:
+    """``AUC(candidate) - AUC(reference)`` on the same cases, with a paired bootstrap interval.
+
+    Both score sets are resampled with the same case multiplicities, so the
+    interval reflects only the disagreement between the two models (the parity
+    check: a deployed model against its PyTorch reference). A negative
+    estimate means the candidate lost AUC.
+    """
+    y = _binary_labels(y_true)
+    ref = _WeightedAuc(y, _scores_1d(scores_reference, y.shape[0], "scores_reference"))
+    cand = _WeightedAuc(y, _scores_1d(scores_candidate, y.shape[0], "scores_candidate"))
+    return bootstrap_ci(
+        lambda w: cand(w) - ref(w), y.shape[0], n_boot=n_boot, seed=seed, alpha=alpha,
+        strata=y if stratified else None,
+    )
+
+
+# --------------------------------------------------------------------------- DeLong
+
+
+def _midranks(x: np.ndarray) -> np.ndarray:
+    """1-based ranks with ties given their average rank."""
+    _, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
+    ends = np.cumsum(counts)
+    return (ends - (counts - 1) / 2.0)[inverse.reshape(-1)]
+
+
+def delong_test(y_true: Any, scores_a: Any, scores_b: Any) -> DeLongResult:
+    """DeLong's test for two correlated AUCs (same cases), fast midrank form (Sun & Xu 2014).
+
+    Two-sided p-value from the normal approximation. Needs at least two cases
+    of each class (else NaN, with a note). Identical AUC components (e.g. the
+    same scores twice) give ``se = 0``: then ``z = 0, p = 1`` when the AUCs are
+    equal, else ``z = ±inf, p = 0``.
+    """
+    y = _binary_labels(y_true)
+    a = _scores_1d(scores_a, y.shape[0], "scores_a")
+    b = _scores_1d(scores_b, y.shape[0], "scores_b")
+    m, n = int(y.sum()), int((~y).sum())
+    if m < 2 or n < 2:
+        nan = math.nan
+        return DeLongResult(
+            auc_a=roc_auc(y, a), auc_b=roc_auc(y, b), difference=nan, se=nan, z=nan, p_value=nan,
+            n_positive=m, n_negative=n,
+            note=f"DeLong needs >= 2 cases of each class; got {m} positives and {n} negatives",
+        )
+    aucs, v_pos, v_neg = [], [], []
+    for s in (a, b):
+        x, z = s[y], s[~y]
+        r_all = _midranks(np.concatenate((x, z)))
+        r_x, r_z = _midranks(x), _midranks(z)
+        aucs.append((r_all[:m].sum() - m * (m + 1) / 2.0) / (m * n))
+        v_pos.append((r_all[:m] - r_x) / n)
+        v_neg.append(1.0 - (r_all[m:] - r_z) / m)
+    cov = np.cov(np.array(v_pos)) / m + np.cov(np.array(v_neg)) / n
+    var = float(cov[0, 0] + cov[1, 1] - 2 * cov[0, 1])
+    diff = float(aucs[1] - aucs[0])
+    se = math.sqrt(max(var, 0.0))
+    if se > 1e-15:
+        z_stat = diff / se
+    else:
+        se = 0.0
+        z_stat = 0.0 if abs(diff) < 1e-15 else math.copysign(math.inf, diff)
+    p = math.erfc(abs(z_stat) / math.sqrt(2.0))
+    return DeLongResult(
+        auc_a=float(aucs[0]), auc_b=float(aucs[1]), difference=diff, se=se, z=z_stat, p_value=p,
+        n_positive=m, n_negative=n,
+    )
+
+
+# --------------------------------------------------------------------------- report
+
+
+def _class_names(class_names: Sequence[str], k: int) -> tuple[str, ...]:
+    names = tuple(class_names) if not isinstance(class_names, str) else ()
+    if len(names) != k or not all(isinstance(c, str) and c for c in names):
+        raise ConfigError(f"class_names must be {k} non-empty strings (one per score column); got {class_names!r}")
+    if len(set(names)) != k:
+        raise ConfigError(f"class_names must be unique; got {list(names)}")
+    return names
+
+
+def _thresholds(thresholds: float | Sequence[float] | np.ndarray, k: int) -> np.ndarray:
+    t = np.asarray(thresholds, dtype=np.float64) if not isinstance(thresholds, str) else np.array([np.nan])
+    if t.ndim == 0:
+        t = np.full(k, float(t))
+    if t.shape != (k,) or not np.all(np.isfinite(t)):
+        raise ConfigError(f"thresholds must be one finite number or {k} (one per class); got {thresholds!r}")
+    return t
+
+
+def classification_report(
+    y_true: Any,
+    scores: Any,
+    thresholds: float | Sequence[float] | np.ndarray,
+    class_names: Sequence[str],
+    n_boot: int = 1000,
+    seed: int = 0,
+    *,
+    alpha: float = 0.05,
+    stratified: bool = True,
+    ordinal: bool = False,
+    include_curves: bool = False,
+) -> dict[str, Any]:
+    """Per-class and macro clinical metrics with bootstrap intervals, as a JSON-ready dict.
+
+    ``y_true``: multi-hot (N, K) for a multi-label (sigmoid) head or class
+    indices (N,) for a single-label (softmax) head. ``scores``: (N, K)
+    probabilities. ``thresholds``: the per-class operating points (or one for
+    all); class ``k`` is called positive when ``scores[:, k] >= thresholds[k]``.
+
+    Per class (one-vs-rest): AUC, sensitivity, specificity, PPV, NPV, F1 at the
+    threshold. Macro: mean AUC, sensitivity and specificity over classes where
+    defined; multi-label macro-F1 and balanced accuracy are means of the
+    per-class values at the thresholds; single-label macro-F1, balanced
+    accuracy, top-1 accuracy and the confusion matrix use ``argmax`` and
+    ``ordinal=True`` adds the quadratic weighted kappa of grades 0..K-1.
+
+    Intervals: percentile bootstrap (``n_boot`` resamples, ``seed``), resampled
+    within each label pattern when ``stratified``, shared by all metrics.
+    Undefined values are ``None`` in the dict, with the reason under ``notes``.
+    """
+    s = _scores_2d(scores)
+    k = s.shape[1]
+    y, task, idx = _label_matrix(y_true, k)
+    _check_rows(y, s)
+    names = _class_names(class_names, k)
+    thr = _thresholds(thresholds, k)
+    if ordinal and task != "multiclass":
+        raise ConfigError("ordinal=True (quadratic kappa) needs class indices (N,) for y_true, not multi-hot labels")
+    n = s.shape[0]
+    indicators = _binary_indicators(y, s >= thr[None, :]).reshape(n, 4 * k)
+    aucs = [_WeightedAuc(y[:, j], s[:, j]) for j in range(k)]
+    conf = _WeightedConfusion(idx, np.argmax(s, axis=1), k) if idx is not None else None
+
+    def statistic(w: np.ndarray) -> dict[str, np.ndarray]:
+        counts = (w @ indicators).reshape(w.shape[0], k, 4)
+        rates = _rates(*(counts[..., i] for i in range(4)))
+        rates["auc"] = np.stack([a(w) for a in aucs], axis=1)
+        out = {f"{j}.{m}": rates[m][:, j] for j in range(k) for m in _CLASS_METRICS}
+        out["macro.auc"] = _nanmean_last(rates["auc"])
+        out["macro.sensitivity"] = _nanmean_last(rates["sensitivity"])
+        out["macro.specificity"] = _nanmean_last(rates["specificity"])
+        if conf is None:
+            out["macro.f1"] = _nanmean_last(rates["f1"])
+            out["macro.balanced_accuracy"] = _nanmean_last((rates["sensitivity"] + rates["specificity"]) / 2)
+        else:
+            c = conf(w)
+            out["macro.f1"] = _macro_f1_from_confusion(c)
+            out["macro.balanced_accuracy"] = _balanced_accuracy_from_confusion(c)
+            out["macro.accuracy"] = _accuracy_from_confusion(c)
+            if ordinal:
+                out["macro.quadratic_kappa"] = _quadratic_kappa_from_confusion(c)
+        return out
+
+    strata = (y if task == "multilabel" else idx) if stratified else None
+    ci = bootstrap_many(statistic, n, n_boot=n_boot, seed=seed, alpha=alpha, strata=strata)
+    counts = indicators.sum(axis=0).reshape(k, 4).astype(np.int64)
+    reports = [_class_report(names[j], j, thr[j], counts[j], ci) for j in range(k)]
+    notes = [f"{r.name}: {note}" for r in reports for note in r.notes]
+    notes += _bootstrap_notes("macro", {m.split(".", 1)[1]: v for m, v in ci.items() if m.startswith("macro.")})
+
+    report: dict[str, Any] = {
+        "task": task,
+        "n_samples": n,
+        "n_classes": k,
+        "class_names": list(names),
+        "decision_rule": "class k positive when score_k >= threshold_k"
+        + ("; confusion matrix, macro-F1, balanced accuracy and accuracy use argmax" if conf else ""),
+        "bootstrap": {
+            "method": "percentile",
+            "n_boot": int(n_boot),
+            "seed": int(seed),
+            "alpha": alpha,
+            "stratified": bool(stratified),
+            "strata": ("label pattern" if task == "multilabel" else "class") if stratified else None,
+        },
+        "classes": [r.to_dict() for r in reports],
+        "macro": {m.split(".", 1)[1]: v.to_dict() for m, v in ci.items() if m.startswith("macro.")},
+        "confusion_matrix": None,
+        "notes": notes,
+    }
+    if conf is not None:
+        report["confusion_matrix"] = {
+            "rows": "true class",
+            "columns": "predicted class (argmax)",
+            "labels": list(names),
+            "matrix": conf(_ones(n))[0].astype(np.int64).tolist(),
+        }
+    if include_curves:
+        curves = [roc_curve(y[:, j], s[:, j]) for j in range(k)]
+        report["roc"] = {
+            names[j]: {
+                "fpr": [_json_float(v) for v in c.fpr],
+                "tpr": [_json_float(v) for v in c.tpr],
+                "thresholds": [_json_float(v) for v in c.thresholds],
+            }
+            for j, c in enumerate(curves)
+        }
+    return report
+
+
+def _class_report(name: str, j: int, threshold: float, counts: np.ndarray, ci: Mapping[str, Interval]) -> ClassReport:
+    tp, fp, tn, fn = (int(c) for c in counts)
+    n_pos, n_neg = tp + fn, tn + fp
+    notes: list[str] = []
+    if not (n_pos and n_neg):
+        notes.append(f"auc undefined: {_one_class_reason(n_pos, n_neg)}")
+    if not n_pos:
+        notes.append("sensitivity undefined: no positive cases")
+    if not n_neg:
+        notes.append("specificity undefined: no negative cases")
+    if not tp + fp:
+        notes.append(f"ppv undefined: no case reaches the threshold {threshold:g}")
+    if not tn + fn:
+        notes.append(f"npv undefined: every case reaches the threshold {threshold:g}")
+    if not 2 * tp + fp + fn:
+        notes.append("f1 undefined: no true and no predicted positives")
+    metrics = {m: ci[f"{j}.{m}"] for m in _CLASS_METRICS}
+    notes += _bootstrap_notes("", metrics)
+    return ClassReport(
+        name=name, n_positive=n_pos, n_negative=n_neg, threshold=float(threshold), tp=tp, fp=fp, tn=tn, fn=fn,
+        notes=tuple(notes), **metrics,
+    )
+
+
+def _bootstrap_notes(prefix: str, metrics: Mapping[str, Interval]) -> list[str]:
+    out = []
+    for m, iv in metrics.items():
+        if iv.n_boot and math.isfinite(iv.estimate) and iv.n_valid < iv.n_boot:
+            label = f"{prefix}.{m}" if prefix else m
+            out.append(
+                f"{label}: {iv.n_boot - iv.n_valid} of {iv.n_boot} bootstrap resamples left it undefined "
+                "and were dropped from its interval"
+            )
+    return out
