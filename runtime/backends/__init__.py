@@ -1,0 +1,434 @@
+"""Backend registry and ``auto`` selection.
+
+``open_backend(bundle, name, precision, threads)`` turns a bundle folder into a
+ready-to-enter :class:`Backend` for one of the registry names
+
+=============  ====================================================  =====================
+name           what                                                  files it runs
+=============  ====================================================  =====================
+ort-cpu        ONNX Runtime, CPU execution provider                  model.onnx / INT8 QDQ
+ort-cuda       ONNX Runtime, CUDA execution provider                 model.onnx (/ fp16)
+ort-trt        ONNX Runtime, TensorRT execution provider             model.onnx / INT8 QDQ
+openvino       OpenVINO on the CPU (optional extra)                  model.onnx / INT8 QDQ
+tensorrt       native TensorRT (engine built for this GPU)           *.engine
+=============  ====================================================  =====================
+
+``auto`` picks, in this order: a TensorRT engine whose header matches this GPU
+and TensorRT version; else ONNX Runtime CUDA; else OpenVINO INT8 *when INT8 is
+faster than FP32 on this CPU*; else ONNX Runtime CPU FP32. Whether INT8 pays
+off depends on the CPU (VNNI) and the model (depthwise convolutions gain little),
+so it is measured once on this machine (a few batch-1 runs of each) and the
+answer cached per model file, CPU and library version (see
+:func:`cpu_int8_speedup`). The choice and the reason are logged and returned
+(``backend.selection``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from uopsl.runtime.backends.base import Backend, TensorSpec
+from uopsl.runtime.bundle import FileEntry, Manifest, read_manifest
+from uopsl.runtime.errors import BundleError, ConfigError, UopslError
+from uopsl.runtime.fsio import write_json
+from uopsl.runtime.optional import available
+
+log = logging.getLogger(__name__)
+
+BACKEND_NAMES = ("ort-cpu", "ort-cuda", "ort-trt", "openvino", "tensorrt")
+PRECISIONS = ("auto", "fp32", "fp16", "int8")
+#: INT8 is chosen on a CPU only when it is at least this much faster than FP32
+#: (INT8 costs a little accuracy; a few percent of speed is not worth it).
+INT8_MIN_SPEEDUP = 1.15
+
+_INT8_CPU_ORDER = ("int8-qdq-u8", "int8-qdq-s8")  # CPU kernels want u8 activations
+_INT8_GPU_ORDER = ("int8-qdq-s8", "int8-qdq-u8")  # TensorRT wants symmetric s8
+
+
+@dataclass(frozen=True)
+class Availability:
+    """What this machine offers; injected in tests to exercise ``auto``."""
+
+    ort_providers: tuple[str, ...] = ()
+    openvino: bool = False
+    tensorrt: bool = False
+
+    @property
+    def ort_cuda(self) -> bool:
+        return "CUDAExecutionProvider" in self.ort_providers
+
+    @property
+    def ort_trt(self) -> bool:
+        return "TensorrtExecutionProvider" in self.ort_providers
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The backend ``open_backend`` chose: registry name, precision, bundle file and why."""
+
+    backend: str
+    precision: str
+    file: str
+    reason: str
+    alternatives: tuple[str, ...] = field(default=())
+
+
+def detect_availability() -> Availability:
+    """Probe the installed runtimes (never raises; nothing is loaded onto a GPU)."""
+    from uopsl.runtime.backends.onnxruntime import available_providers
+
+    return Availability(
+        ort_providers=available_providers(),
+        openvino=available("openvino"),
+        tensorrt=available("tensorrt") and (available("cuda.bindings") or available("cuda") or available("pycuda")),
+    )
+
+
+# -- engine compatibility ------------------------------------------------------
+EngineCheck = Callable[[Path], "str | None"]
+
+
+def engine_mismatch(path: Path) -> str | None:
+    """Why the TensorRT engine at ``path`` cannot run here, or None when it matches."""
+    try:
+        from uopsl.runtime import engine_header  # owned by the TensorRT layer; may be absent
+    except ImportError:
+        return "uopsl.runtime.engine_header is not available in this build"
+    try:
+        engine_header.check_compatible(engine_header.read_header(path))
+    except UopslError as exc:
+        return str(exc)
+    except Exception as exc:  # noqa: BLE001 - any failure to inspect means 'do not pick it'
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+# -- CPU INT8 decision -------------------------------------------------------------
+def cache_dir() -> Path:
+    """Where per-machine measurements are cached: $UOPSL_CACHE_DIR or ~/.cache/uopsl."""
+    env = os.environ.get("UOPSL_CACHE_DIR")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "uopsl"
+
+
+def cpu_name() -> str:
+    """The CPU model string (used to key cached measurements)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _lib_versions() -> str:
+    out = []
+    for mod in ("onnxruntime", "openvino"):
+        try:
+            out.append(f"{mod}={__import__(mod).__version__}")
+        except Exception:  # noqa: BLE001
+            out.append(f"{mod}=absent")
+    return ",".join(out)
+
+
+def _measure_speedup(fp32: Path, int8: Path, fp32_precision: str, int8_precision: str,
+                     threads: int | None, iters: int = 8) -> float:
+    """ORT CPU FP32 batch-1 median latency divided by OpenVINO INT8's (on a blank image)."""
+    import numpy as np
+
+    from uopsl.runtime.backends.onnxruntime import OrtBackend
+    from uopsl.runtime.backends.openvino import OpenVinoBackend
+
+    def median_ms(backend: Backend) -> float:
+        with backend:
+            spec = backend.inputs[0]
+            shape = tuple(1 if s is None else s for s in spec.shape)
+            x = np.full(shape, 64, spec.dtype)
+            for _ in range(2):
+                backend.infer(x)
+            times = []
+            for _ in range(iters):
+                t0 = time.perf_counter()
+                backend.infer(x)
+                times.append(time.perf_counter() - t0)
+        return float(np.median(times)) * 1e3
+
+    ort_ms = median_ms(OrtBackend(fp32, "cpu", threads, precision=fp32_precision))
+    ov_ms = median_ms(OpenVinoBackend(int8, "CPU", threads, precision=int8_precision))
+    log.info("measured batch-1 latency: ORT CPU FP32 %.1f ms, OpenVINO INT8 %.1f ms", ort_ms, ov_ms)
+    return ort_ms / ov_ms
+
+
+def cpu_int8_speedup(
+    root: Path, fp32: FileEntry, int8: FileEntry, threads: int | None = None, *, measure: bool = True
+) -> tuple[float | None, str]:
+    """How much faster OpenVINO INT8 is than ONNX Runtime FP32 on this CPU, and where the figure came from.
+
+    Order: this machine's cache; else a measurement now (``measure=True``),
+    cached under the two files' checksums, the CPU model and library versions;
+    else a figure the bundle recorded (``info["cpu_int8_speedup"]`` of the INT8
+    file, measured by export on ``info["cpu_int8_speedup_cpu"]``). Returns
+    ``(None, why)`` when nothing is known.
+    """
+    key = "|".join([fp32.sha256 or fp32.path, int8.sha256 or int8.path, cpu_name(), _lib_versions(), str(threads)])
+    cache = cache_dir() / "cpu_int8_speedup.json"
+    try:
+        known = json.loads(cache.read_text(encoding="utf-8"))
+        if not isinstance(known, dict):
+            known = {}
+    except (OSError, ValueError):
+        known = {}
+    if key in known:
+        return float(known[key]), f"measured earlier on this machine (cache {cache})"
+    recorded = int8.info.get("cpu_int8_speedup")
+    recorded_cpu = int8.info.get("cpu_int8_speedup_cpu", "")
+    if recorded is not None and recorded_cpu == cpu_name():
+        return float(recorded), "recorded in the bundle for this CPU model"
+    if measure:
+        try:
+            speedup = _measure_speedup(root / fp32.path, root / int8.path, fp32.precision, int8.precision, threads)
+        except UopslError as exc:
+            return None, f"could not measure ({exc})"
+        known[key] = round(speedup, 3)
+        try:
+            write_json(cache, known)
+        except OSError as exc:
+            log.warning("cannot cache the INT8 measurement in %s: %s", cache, exc)
+        return speedup, "measured now on this machine"
+    if recorded is not None:
+        return float(recorded), f"recorded in the bundle for another CPU ({recorded_cpu or 'unknown'})"
+    return None, "never measured on this machine (measurement disabled)"
+
+
+# -- file choice ------------------------------------------------------------------------
+def _onnx_file(manifest: Manifest, precision: str, gpu: bool) -> FileEntry | None:
+    onnx = manifest.files_of("onnx")
+    if precision == "int8":
+        for p in _INT8_GPU_ORDER if gpu else _INT8_CPU_ORDER:
+            for f in onnx:
+                if f.precision == p:
+                    return f
+        return None
+    for f in onnx:
+        if f.precision == precision:
+            return f
+    return None
+
+
+def _engines(manifest: Manifest, precision: str) -> list[FileEntry]:
+    order = {"int8": 0, "fp16": 1, "fp32": 2}
+    engines = [f for f in manifest.files_of("engine") if precision == "auto" or f.precision == precision]
+    return sorted(engines, key=lambda f: order.get(f.precision, 3))
+
+
+def _precision_word(p: str) -> str:
+    return "int8" if p.startswith("int8") else p
+
+
+def _need_onnx(manifest: Manifest, backend: str, precision: str) -> FileEntry:
+    gpu = backend in ("ort-cuda", "ort-trt")
+    f = _onnx_file(manifest, precision, gpu)
+    if f is None:
+        have = [f"{x.path} ({x.precision})" for x in manifest.files_of("onnx")]
+        raise BundleError(
+            f"backend {backend} at precision {precision} needs an ONNX file of that precision; the bundle has {have}. "
+            "Choose another --precision or re-export the bundle with it"
+        )
+    return f
+
+
+def select_backend(
+    bundle: str | os.PathLike[str],
+    name: str = "auto",
+    precision: str = "auto",
+    *,
+    manifest: Manifest | None = None,
+    threads: int | None = None,
+    availability: Availability | None = None,
+    engine_check: EngineCheck = engine_mismatch,
+    measure: bool | None = None,
+) -> Selection:
+    """Decide which backend, precision and bundle file to use (loads nothing except for the INT8 probe).
+
+    ``measure`` allows the one-off CPU INT8 timing (default: on, unless the
+    environment sets ``UOPSL_AUTO_MEASURE=0``).
+    """
+    if name != "auto" and name not in BACKEND_NAMES:
+        raise ConfigError(f"unknown backend {name!r}; expected 'auto' or one of {BACKEND_NAMES}")
+    if precision not in PRECISIONS:
+        raise ConfigError(f"unknown precision {precision!r}; expected one of {PRECISIONS}")
+    root = Path(bundle)
+    m = manifest or read_manifest(root)
+    av = availability or detect_availability()
+    if measure is None:
+        measure = os.environ.get("UOPSL_AUTO_MEASURE", "1") != "0"
+    notes: list[str] = []
+
+    def cpu_int8_wins() -> tuple[bool, str]:
+        fp32, int8 = _onnx_file(m, "fp32", False), _onnx_file(m, "int8", False)
+        if int8 is None:
+            return False, "the bundle has no INT8 ONNX file"
+        if fp32 is None:
+            return True, "the bundle has no FP32 ONNX file"
+        speedup, source = cpu_int8_speedup(root, fp32, int8, threads, measure=measure)
+        if speedup is None:
+            return False, f"INT8 speed on this CPU unknown ({source}); FP32 is the safe default"
+        verdict = speedup >= INT8_MIN_SPEEDUP
+        rel = "faster" if verdict else "not enough faster (needs %.2fx)" % INT8_MIN_SPEEDUP
+        return verdict, f"OpenVINO INT8 is {speedup:.2f}x ORT FP32 on this CPU, {rel} ({source})"
+
+    # -- explicit backend ------------------------------------------------------------
+    if name == "tensorrt":
+        if not av.tensorrt:
+            raise BundleError("backend tensorrt needs TensorRT and a CUDA binding: pip install 'uopsl[trt]' (JetPack on Jetson)")
+        reasons = []
+        for e in _engines(m, precision):
+            why = engine_check(root / e.path)
+            if why is None:
+                return Selection("tensorrt", e.precision, e.path, f"engine {e.path} matches this GPU and TensorRT")
+            reasons.append(f"{e.path}: {why}")
+        raise BundleError(
+            f"no TensorRT engine of precision {precision} in {root} can run here"
+            + (f" ({'; '.join(reasons)})" if reasons else " (the bundle has none)")
+            + "; build one on this device with 'uopsl export engine' or use --backend ort-cuda"
+        )
+    if name in ("ort-cpu", "ort-cuda", "ort-trt", "openvino"):
+        if name == "openvino" and not av.openvino:
+            raise BundleError("backend openvino needs OpenVINO: pip install 'uopsl[openvino]'")
+        if name == "ort-cuda" and not av.ort_cuda:
+            raise BundleError(f"backend ort-cuda needs onnxruntime-gpu; this ONNX Runtime offers {list(av.ort_providers)}")
+        if name == "ort-trt" and not av.ort_trt:
+            raise BundleError(f"backend ort-trt needs onnxruntime-gpu with TensorRT; this one offers {list(av.ort_providers)}")
+        p = precision
+        why = f"{p} requested"
+        if p == "auto":
+            if name == "openvino":
+                wins, why = cpu_int8_wins()
+                p = "int8" if wins else "fp32"
+            else:
+                p, why = "fp32", "fp32 is the default precision of ONNX Runtime backends"
+        f = _need_onnx(m, name, p)
+        return Selection(name, f.precision, f.path, f"{name} requested; {why}")
+
+    # -- auto --------------------------------------------------------------------------------
+    if av.tensorrt and precision in ("auto", "int8", "fp16", "fp32"):
+        for e in _engines(m, precision):
+            why = engine_check(root / e.path)
+            if why is None:
+                return Selection("tensorrt", e.precision, e.path,
+                                 f"TensorRT engine {e.path} ({e.precision}) matches this GPU and TensorRT version")
+            notes.append(f"engine {e.path} skipped: {why}")
+    elif m.files_of("engine"):
+        notes.append("TensorRT engines present but TensorRT/CUDA binding not installed")
+    if av.ort_cuda:
+        p = "fp32" if precision == "auto" else precision
+        f = _onnx_file(m, p, True)
+        if f is not None:
+            return Selection("ort-cuda", f.precision, f.path,
+                             "; ".join([*notes, f"ONNX Runtime CUDA provider available, running {f.path} ({f.precision})"]))
+        notes.append(f"ONNX Runtime CUDA available but no {p} ONNX file")
+    if precision in ("auto", "int8") and av.openvino:
+        if precision == "int8":
+            f = _onnx_file(m, "int8", False)
+            if f is not None:
+                return Selection("openvino", f.precision, f.path, "; ".join([*notes, "int8 requested; OpenVINO runs INT8 QDQ best on CPUs"]))
+        else:
+            wins, why = cpu_int8_wins()
+            if wins:
+                f = _need_onnx(m, "openvino", "int8")
+                return Selection("openvino", f.precision, f.path, "; ".join([*notes, why]))
+            notes.append(why)
+    elif precision in ("auto", "int8") and not av.openvino and _onnx_file(m, "int8", False) is not None:
+        notes.append("an INT8 file is present but OpenVINO is not installed (pip install 'uopsl[openvino]')")
+    p = "fp32" if precision == "auto" else precision
+    f = _need_onnx(m, "ort-cpu", p)
+    return Selection("ort-cpu", f.precision, f.path, "; ".join([*notes, f"ONNX Runtime CPU {_precision_word(f.precision)}"]))
+
+
+def open_backend(
+    bundle: str | os.PathLike[str],
+    name: str = "auto",
+    precision: str = "auto",
+    threads: int | None = None,
+    *,
+    manifest: Manifest | None = None,
+    availability: Availability | None = None,
+    measure: bool | None = None,
+) -> Backend:
+    """Select (see :func:`select_backend`) and construct a backend; enter it with ``with``.
+
+    The returned backend carries ``selection`` (a :class:`Selection`, with the reason).
+    """
+    root = Path(bundle)
+    m = manifest or read_manifest(root)
+    sel = select_backend(root, name, precision, manifest=m, threads=threads, availability=availability, measure=measure)
+    log.info("backend: %s %s (%s) - %s", sel.backend, sel.precision, sel.file, sel.reason)
+    path = root / sel.file
+    backend: Backend
+    if sel.backend == "openvino":
+        from uopsl.runtime.backends.openvino import OpenVinoBackend
+
+        backend = OpenVinoBackend(path, "CPU", threads, precision=sel.precision)
+    elif sel.backend == "tensorrt":
+        try:
+            from uopsl.runtime.backends.tensorrt import TensorRTBackend  # type: ignore[import-not-found,unused-ignore]
+        except ImportError as exc:
+            raise BundleError(f"the native TensorRT backend is not available in this build ({exc})") from exc
+        backend = TensorRTBackend(path, device=0)
+    else:
+        from uopsl.runtime.backends.onnxruntime import OrtBackend
+
+        providers = {"ort-cpu": "cpu", "ort-cuda": "cuda", "ort-trt": "tensorrt"}[sel.backend]
+        backend = OrtBackend(path, providers, threads, precision=sel.precision)
+    backend.selection = sel  # type: ignore[attr-defined]
+    return backend
+
+
+def backend_table(bundle: str | os.PathLike[str], manifest: Manifest | None = None,
+                  availability: Availability | None = None) -> list[tuple[str, bool, str]]:
+    """For ``info``: (backend, usable here, note) for every registry name."""
+    root = Path(bundle)
+    m = manifest or read_manifest(root)
+    av = availability or detect_availability()
+    rows: list[tuple[str, bool, str]] = []
+    onnx = ", ".join(f"{f.path} ({f.precision})" for f in m.files_of("onnx")) or "no ONNX files"
+    rows.append(("ort-cpu", "CPUExecutionProvider" in av.ort_providers, onnx))
+    rows.append(("ort-cuda", av.ort_cuda, onnx if av.ort_cuda else "needs onnxruntime-gpu and a CUDA GPU"))
+    rows.append(("ort-trt", av.ort_trt, onnx if av.ort_trt else "needs onnxruntime-gpu built with TensorRT"))
+    rows.append(("openvino", av.openvino, onnx if av.openvino else "pip install 'uopsl[openvino]'"))
+    engines = m.files_of("engine")
+    if not engines:
+        rows.append(("tensorrt", False, "the bundle has no TensorRT engine"))
+    elif not av.tensorrt:
+        rows.append(("tensorrt", False, "needs TensorRT and a CUDA binding (pip install 'uopsl[trt]')"))
+    else:
+        for e in engines:
+            why = engine_mismatch(root / e.path)
+            rows.append(("tensorrt", why is None, f"{e.path} ({e.precision}): " + ("matches this machine" if why is None else why)))
+    return rows
+
+
+__all__ = [
+    "BACKEND_NAMES",
+    "PRECISIONS",
+    "Availability",
+    "Backend",
+    "Selection",
+    "TensorSpec",
+    "backend_table",
+    "cpu_int8_speedup",
+    "detect_availability",
+    "engine_mismatch",
+    "open_backend",
+    "select_backend",
+]

@@ -1,0 +1,177 @@
+"""ONNX Runtime backend: CPU, CUDA and TensorRT execution providers.
+
+One class serves the three ``ort-*`` registry names; ``providers`` picks the
+execution providers. Graph optimisation is on (``all``) by default; the thread
+count is settable because on small CPUs the screening pipeline shares the
+cores with decoding and preprocessing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from uopsl.runtime.backends.base import Backend, TensorSpec
+from uopsl.runtime.errors import BackendError, ConfigError
+from uopsl.runtime.optional import require
+
+log = logging.getLogger(__name__)
+
+#: ``providers`` shorthand -> ONNX Runtime execution providers, in priority order.
+PROVIDER_SETS: dict[str, tuple[str, ...]] = {
+    "cpu": ("CPUExecutionProvider",),
+    "cuda": ("CUDAExecutionProvider", "CPUExecutionProvider"),
+    "tensorrt": ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"),
+}
+_REGISTRY_NAME = {"cpu": "ort-cpu", "cuda": "ort-cuda", "tensorrt": "ort-trt"}
+_OPT_LEVELS = ("disable", "basic", "extended", "all")
+
+# ONNX type strings -> numpy dtypes (only what a contract model can carry).
+_ORT_DTYPES: dict[str, Any] = {
+    "tensor(uint8)": np.uint8,
+    "tensor(int8)": np.int8,
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(double)": np.float64,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+}
+
+
+def available_providers() -> tuple[str, ...]:
+    """The execution providers this ONNX Runtime build offers (empty when it is not installed)."""
+    try:
+        ort = require("onnxruntime", "the ONNX Runtime backend")
+    except ImportError:
+        return ()
+    return tuple(ort.get_available_providers())
+
+
+def _spec(node: Any) -> TensorSpec:
+    shape = tuple(d if isinstance(d, int) and d >= 0 else None for d in node.shape)
+    dtype = _ORT_DTYPES.get(node.type)
+    if dtype is None:
+        raise BackendError(f"model tensor '{node.name}' has unsupported type {node.type}")
+    return TensorSpec(node.name, shape, np.dtype(dtype))
+
+
+class OrtBackend(Backend):
+    """ONNX Runtime session over one ONNX file of a bundle.
+
+    providers: ``"auto"`` (TensorRT, CUDA, CPU: whichever this build has, best
+    first), ``"cpu"``, ``"cuda"``, ``"tensorrt"``, or an explicit provider list.
+    threads: intra-op threads (None: ONNX Runtime's default, one per core).
+    optimization: graph optimisation level (disable | basic | extended | all).
+    precision: what the file computes in, for logs and reports (from the manifest).
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        providers: str | tuple[str, ...] | list[str] = "auto",
+        threads: int | None = None,
+        *,
+        optimization: str = "all",
+        precision: str = "fp32",
+    ) -> None:
+        super().__init__()
+        self.path = Path(path)
+        if threads is not None and threads < 1:
+            raise ConfigError(f"threads must be >= 1 (or None for the default), got {threads}")
+        if optimization not in _OPT_LEVELS:
+            raise ConfigError(f"optimization must be one of {_OPT_LEVELS}, got {optimization!r}")
+        self.threads = threads
+        self.optimization = optimization
+        self._precision = precision
+        self._providers_arg = providers
+        self._session: Any = None
+        self._inputs: tuple[TensorSpec, ...] = ()
+        self._outputs: tuple[TensorSpec, ...] = ()
+        self.name = _REGISTRY_NAME.get(providers, "ort") if isinstance(providers, str) and providers != "auto" else "ort"
+
+    # -- provider resolution -------------------------------------------------
+    def _resolve_providers(self, have: tuple[str, ...]) -> list[str]:
+        wanted = self._providers_arg
+        if isinstance(wanted, str):
+            if wanted == "auto":
+                return [p for p in PROVIDER_SETS["tensorrt"] if p in have]
+            if wanted not in PROVIDER_SETS:
+                raise ConfigError(
+                    f"providers must be 'auto', 'cpu', 'cuda', 'tensorrt' or a list of ONNX Runtime "
+                    f"providers, got {wanted!r}"
+                )
+            first = PROVIDER_SETS[wanted][0]
+            if first not in have:
+                raise BackendError(
+                    f"ONNX Runtime here offers {list(have)}, not {first}; install onnxruntime-gpu "
+                    f"(with CUDA/cuDNN{' and TensorRT' if wanted == 'tensorrt' else ''}) or use --backend ort-cpu"
+                )
+            return [p for p in PROVIDER_SETS[wanted] if p in have]
+        missing = [p for p in wanted if p not in have]
+        if missing:
+            raise BackendError(f"ONNX Runtime here offers {list(have)}; not available: {missing}")
+        return list(wanted)
+
+    # -- lifecycle -------------------------------------------------------------
+    def load(self) -> None:
+        ort = require("onnxruntime", "the ONNX Runtime backend")
+        if not self.path.is_file():
+            raise BackendError(f"model file {self.path} does not exist; check the bundle with 'uopsl-screen verify'")
+        providers = self._resolve_providers(tuple(ort.get_available_providers()))
+        so = ort.SessionOptions()
+        so.graph_optimization_level = {
+            "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+        }[self.optimization]
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.inter_op_num_threads = 1
+        if self.threads is not None:
+            so.intra_op_num_threads = self.threads
+        so.log_severity_level = 3
+        try:
+            self._session = ort.InferenceSession(str(self.path), sess_options=so, providers=providers)
+        except Exception as exc:  # ORT raises its own exception types; report them as one line
+            raise BackendError(f"ONNX Runtime cannot load {self.path}: {exc}") from exc
+        used = self._session.get_providers()
+        if self.name == "ort":
+            self.name = "ort-trt" if used[0].startswith("Tensorrt") else "ort-cuda" if used[0].startswith("CUDA") else "ort-cpu"
+        self._inputs = tuple(_spec(n) for n in self._session.get_inputs())
+        self._outputs = tuple(_spec(n) for n in self._session.get_outputs())
+        log.debug("loaded %s with providers %s", self.path.name, used)
+
+    def close(self) -> None:
+        self._session = None
+
+    @property
+    def providers(self) -> tuple[str, ...]:
+        return tuple(self._session.get_providers()) if self._session is not None else ()
+
+    @property
+    def inputs(self) -> tuple[TensorSpec, ...]:
+        return self._inputs
+
+    @property
+    def outputs(self) -> tuple[TensorSpec, ...]:
+        return self._outputs
+
+    @property
+    def precision(self) -> str:
+        return self._precision
+
+    def describe(self) -> str:
+        threads = f", {self.threads} threads" if self.threads else ""
+        return f"{self.name} ({self._precision}, {self.path.name}{threads})"
+
+    def _infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        names = [o.name for o in self._outputs]
+        try:
+            values = self._session.run(names, {self._inputs[0].name: batch})
+        except Exception as exc:
+            raise BackendError(f"{self.name}: inference failed on a batch of shape {batch.shape}: {exc}") from exc
+        return dict(zip(names, values))

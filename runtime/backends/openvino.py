@@ -1,0 +1,127 @@
+"""OpenVINO backend for x86 CPUs (the laptops and mini-PCs many clinics use).
+
+OpenVINO reads the bundle's ONNX files directly, including the QDQ INT8 graph,
+whose Quantize/Dequantize pairs it turns into its own INT8 kernels (often much
+faster than ONNX Runtime's on the same file). It is an optional extra
+(``pip install 'uopsl[openvino]'``), imported only when this backend loads.
+
+Inference precision is pinned to f32 by default: on CPUs with bf16 support
+OpenVINO may otherwise compute an FP32 model in bf16, which would make the
+deployed decisions drift from the validated ones without anyone asking for it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from uopsl.runtime.backends.base import Backend, TensorSpec
+from uopsl.runtime.errors import BackendError, ConfigError
+from uopsl.runtime.optional import require
+
+log = logging.getLogger(__name__)
+
+_HINTS = ("LATENCY", "THROUGHPUT")
+
+
+def _spec(port: Any) -> TensorSpec:
+    pshape = port.get_partial_shape()
+    shape = tuple(int(d.get_length()) if d.is_static else None for d in pshape)
+    return TensorSpec(port.get_any_name(), shape, np.dtype(port.get_element_type().to_dtype()))
+
+
+class OpenVinoBackend(Backend):
+    """An OpenVINO compiled model over one ONNX file.
+
+    device: OpenVINO device name ("CPU"; "GPU" for Intel iGPUs where the plugin is present).
+    threads: inference threads (None: OpenVINO's default, all physical cores).
+    hint: OpenVINO performance hint, LATENCY (one request at a time, what the
+        screening pipeline does) or THROUGHPUT.
+    inference_precision: "f32" (default, see the module docstring) or "bf16"/"f16".
+    precision: what the file computes in, for logs and reports (from the manifest).
+    """
+
+    name = "openvino"
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        device: str = "CPU",
+        threads: int | None = None,
+        *,
+        hint: str = "LATENCY",
+        inference_precision: str = "f32",
+        precision: str = "fp32",
+    ) -> None:
+        super().__init__()
+        if threads is not None and threads < 1:
+            raise ConfigError(f"threads must be >= 1 (or None for the default), got {threads}")
+        if hint not in _HINTS:
+            raise ConfigError(f"hint must be one of {_HINTS}, got {hint!r}")
+        self.path = Path(path)
+        self.device = device
+        self.threads = threads
+        self.hint = hint
+        self.inference_precision = inference_precision
+        self._precision = precision
+        self._compiled: Any = None
+        self._request: Any = None
+        self._inputs: tuple[TensorSpec, ...] = ()
+        self._outputs: tuple[TensorSpec, ...] = ()
+
+    def load(self) -> None:
+        ov = require("openvino", "the OpenVINO backend")
+        if not self.path.is_file():
+            raise BackendError(f"model file {self.path} does not exist; check the bundle with 'uopsl-screen verify'")
+        core = ov.Core()
+        if self.device not in core.available_devices:
+            raise BackendError(
+                f"OpenVINO device {self.device!r} is not available here (available: {core.available_devices})"
+            )
+        config: dict[str, Any] = {"PERFORMANCE_HINT": self.hint}
+        if self.device == "CPU":
+            config["INFERENCE_PRECISION_HINT"] = self.inference_precision
+            if self.threads is not None:
+                config["INFERENCE_NUM_THREADS"] = self.threads
+        try:
+            model = core.read_model(str(self.path))
+            self._compiled = core.compile_model(model, self.device, config)
+        except Exception as exc:  # OpenVINO raises RuntimeError subclasses with long texts
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise BackendError(f"OpenVINO cannot compile {self.path} for {self.device}: {first}") from exc
+        self._request = self._compiled.create_infer_request()
+        self._inputs = tuple(_spec(p) for p in self._compiled.inputs)
+        self._outputs = tuple(_spec(p) for p in self._compiled.outputs)
+        log.debug("compiled %s for OpenVINO %s (%s)", self.path.name, self.device, config)
+
+    def close(self) -> None:
+        self._request = None
+        self._compiled = None
+
+    @property
+    def inputs(self) -> tuple[TensorSpec, ...]:
+        return self._inputs
+
+    @property
+    def outputs(self) -> tuple[TensorSpec, ...]:
+        return self._outputs
+
+    @property
+    def precision(self) -> str:
+        return self._precision
+
+    def describe(self) -> str:
+        threads = f", {self.threads} threads" if self.threads else ""
+        return f"openvino-{self.device.lower()} ({self._precision}, {self.path.name}{threads})"
+
+    def _infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        try:
+            res = self._request.infer({0: batch})
+        except Exception as exc:
+            raise BackendError(f"openvino: inference failed on a batch of shape {batch.shape}: {exc}") from exc
+        # The request reuses its output buffers on the next call: copy out.
+        return {spec.name: np.array(res[port]) for spec, port in zip(self._outputs, self._compiled.outputs)}

@@ -1,0 +1,280 @@
+"""``uopsl-screen bench``: latency and throughput of each backend on this machine.
+
+Per (backend, precision, batch): p50/p90/p99 latency of one ``infer`` call and
+images per second, warm-up excluded. Preprocessing (decode + FOV + resize) is
+timed on its own, per image. End-to-end throughput runs the real screening
+pipeline (read, decode, preprocess, quality gate, batched inference, decision)
+over a set of photographs and is compared with pure inference throughput at the
+same batch size: if it falls far below, preprocessing is the bottleneck.
+TensorRT backends that expose ``last_timings`` (host-to-device, compute,
+device-to-host) get those columns too.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from uopsl.runtime.backends import BACKEND_NAMES, detect_availability, open_backend, select_backend
+from uopsl.runtime.backends.base import Backend
+from uopsl.runtime.bundle import Manifest, read_manifest
+from uopsl.runtime.errors import ConfigError, UopslError
+from uopsl.runtime.pipeline import PipelineConfig, ScreeningPipeline, item_for_data, item_for_path, walk_images
+from uopsl.runtime.preprocess import preprocess, read_bytes
+from uopsl.runtime.version import __version__
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """batches: batch sizes to time. iters/warmup: timed and untimed calls per case.
+    threads: inference threads. e2e: also time the whole pipeline.
+    e2e_images: how many photographs the end-to-end run screens (cycled if fewer exist).
+    """
+
+    batches: tuple[int, ...] = (1, 8)
+    iters: int = 50
+    warmup: int = 5
+    threads: int | None = None
+    e2e: bool = True
+    e2e_images: int = 200
+    preprocess_images: int = 64
+
+    def __post_init__(self) -> None:
+        if not self.batches or any(b < 1 for b in self.batches):
+            raise ConfigError(f"batch sizes must be >= 1, got {self.batches}")
+        if self.iters < 1 or self.warmup < 0 or self.e2e_images < 1 or self.preprocess_images < 1:
+            raise ConfigError("iters, e2e_images and preprocess_images must be >= 1 and warmup >= 0")
+
+
+# -- synthetic photographs ----------------------------------------------------------------
+def synthetic_fundus(seed: int, size: int = 512) -> np.ndarray:
+    """An RGB uint8 fundus-like photograph: orange disc on black, optic disc, vessels, noise.
+
+    Stand-in for real photographs in benchmarks and memory tests (the decoder
+    and FOV detection do the same work on it as on a real image).
+    """
+    rng = np.random.default_rng(seed)
+    img = np.zeros((size, size, 3), np.uint8)
+    c = size // 2
+    r = int(size * rng.uniform(0.42, 0.48))
+    base = (int(rng.integers(150, 210)), int(rng.integers(60, 100)), int(rng.integers(20, 45)))
+    cv2.circle(img, (c, c), r, base, -1, cv2.LINE_AA)
+    od = (c + int(r * rng.uniform(0.3, 0.5)) * (1 if seed % 2 else -1), c + int(rng.integers(-r // 8, r // 8 + 1)))
+    cv2.circle(img, od, max(3, r // 7), (240, 200, 120), -1, cv2.LINE_AA)
+    for _ in range(8):
+        ang = rng.uniform(0, 2 * np.pi)
+        end = (int(od[0] + np.cos(ang) * r * 1.2), int(od[1] + np.sin(ang) * r * 1.2))
+        cv2.line(img, od, end, (120, 30, 20), max(1, size // 150), cv2.LINE_AA)
+    noise = rng.integers(0, 12, img.shape, dtype=np.uint8)
+    inside = img.max(axis=2) > 0
+    img[inside] = np.clip(img[inside].astype(np.int16) + noise[inside] - 6, 0, 255).astype(np.uint8)
+    return img
+
+
+def synthetic_jpeg(seed: int, size: int = 512, quality: int = 90) -> bytes:
+    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(synthetic_fundus(seed, size), cv2.COLOR_RGB2BGR),
+                           [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise ConfigError("JPEG encoding failed")
+    return buf.tobytes()
+
+
+# -- statistics ----------------------------------------------------------------------------
+def latency_stats(seconds: list[float], batch: int = 1) -> dict[str, float]:
+    """p50/p90/p99/mean in ms and images per second from per-call durations."""
+    ms = np.asarray(seconds, np.float64) * 1e3
+    mean = float(ms.mean())
+    return {
+        "p50_ms": round(float(np.percentile(ms, 50)), 3),
+        "p90_ms": round(float(np.percentile(ms, 90)), 3),
+        "p99_ms": round(float(np.percentile(ms, 99)), 3),
+        "mean_ms": round(mean, 3),
+        "throughput_ips": round(batch * 1e3 / mean, 2),
+    }
+
+
+def machine_info() -> dict[str, Any]:
+    from uopsl.runtime.backends import cpu_name
+
+    info: dict[str, Any] = {"cpu": cpu_name(), "cores": os.cpu_count(), "python": platform.python_version(),
+                            "uopsl": __version__}
+    for mod in ("onnxruntime", "openvino", "tensorrt", "cv2", "numpy"):
+        try:
+            info[mod] = __import__(mod).__version__
+        except Exception:  # noqa: BLE001 - absent optional package
+            pass
+    return info
+
+
+# -- pieces ----------------------------------------------------------------------------------
+def time_backend(backend: Backend, batches: tuple[int, ...], iters: int, warmup: int,
+                 images: np.ndarray) -> list[dict[str, Any]]:
+    """Time ``backend.infer`` (already entered) at each batch size on preprocessed ``images``."""
+    rows = []
+    for b in batches:
+        idx = np.arange(b) % len(images)
+        x = np.ascontiguousarray(images[idx])
+        for _ in range(warmup):
+            backend.infer(x)
+        durations: list[float] = []
+        parts: dict[str, list[float]] = {}
+        for _ in range(iters):
+            t0 = time.perf_counter()
+            backend.infer(x)
+            durations.append(time.perf_counter() - t0)
+            extra = getattr(backend, "last_timings", None)
+            if isinstance(extra, dict):
+                for k, v in extra.items():
+                    parts.setdefault(k, []).append(float(v))
+        row: dict[str, Any] = {"batch": b, **latency_stats(durations, b)}
+        for k, v in parts.items():
+            row[f"{k}_p50_ms"] = round(float(np.percentile(v, 50)), 3)
+        rows.append(row)
+    return rows
+
+
+def time_preprocess(blobs: list[bytes], manifest: Manifest) -> dict[str, Any]:
+    """Per-image decode + preprocess latency, single thread."""
+    durations = []
+    for data in blobs:
+        t0 = time.perf_counter()
+        try:
+            preprocess(data, manifest.preprocess)
+        except UopslError:
+            continue
+        durations.append(time.perf_counter() - t0)
+    if not durations:
+        raise ConfigError("no benchmark image could be preprocessed")
+    stats = latency_stats(durations)
+    return {"images": len(durations), **stats}
+
+
+def time_end_to_end(backend: Backend, manifest: Manifest, sources: list[Any], batch: int,
+                    workers: int | None = None) -> dict[str, Any]:
+    """Images per second of the whole pipeline (read to decision) at ``batch``."""
+    pipe = ScreeningPipeline(backend, manifest, PipelineConfig(batch_size=batch, workers=workers))
+    items = [item_for_path(s) if isinstance(s, Path) else item_for_data(s, f"synthetic{i}") for i, s in enumerate(sources)]
+    # Warm the pool, the page cache and the backend on one batch.
+    for _ in pipe.run(items[:batch]):
+        pass
+    t0 = time.perf_counter()
+    statuses: dict[str, int] = {}
+    for r in pipe.run(items):
+        statuses[r.status] = statuses.get(r.status, 0) + 1
+    dt = time.perf_counter() - t0
+    return {"batch": batch, "images": len(items), "seconds": round(dt, 3),
+            "throughput_ips": round(len(items) / dt, 2), "statuses": statuses}
+
+
+def _cases(bundle: Path, manifest: Manifest, backend: str, precision: str) -> list[tuple[str, str]]:
+    names = [n.strip() for n in backend.split(",") if n.strip()]
+    precs = [p.strip() for p in precision.split(",") if p.strip()]
+    av = detect_availability()
+    if names == ["all"]:
+        usable = {"ort-cpu": "CPUExecutionProvider" in av.ort_providers, "ort-cuda": av.ort_cuda,
+                  "ort-trt": av.ort_trt, "openvino": av.openvino, "tensorrt": av.tensorrt}
+        names = [n for n in BACKEND_NAMES if usable[n]]
+    if precs == ["all"]:
+        precs = ["fp32", "fp16", "int8"]
+    cases = []
+    for n in names:
+        for p in precs:
+            try:
+                select_backend(bundle, n, p, manifest=manifest, availability=av, measure=False)
+            except UopslError as exc:
+                if len(names) * len(precs) == 1:
+                    raise
+                log.info("bench: skipping %s %s: %s", n, p, exc)
+                continue
+            cases.append((n, p))
+    if not cases:
+        raise ConfigError(f"no usable backend/precision among {names} x {precs} for {bundle}")
+    return cases
+
+
+def run_bench(bundle: str | os.PathLike[str], backend: str = "auto", precision: str = "auto",
+              config: BenchConfig | None = None, *, images: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    """Benchmark the requested backends on ``bundle``; returns a JSON-serialisable dict."""
+    cfg = config or BenchConfig()
+    root = Path(bundle)
+    m = read_manifest(root)
+    if images is not None:
+        img_dir = Path(images)
+        paths = [img_dir] if img_dir.is_file() else list(walk_images(img_dir))
+        if not paths:
+            raise ConfigError(f"no images found under {img_dir}")
+        blobs = [read_bytes(p) for p in paths[: cfg.preprocess_images]]
+        e2e_sources: list[Any] = [paths[i % len(paths)] for i in range(cfg.e2e_images)]
+        data_desc = f"{len(paths)} photographs from {img_dir}"
+    else:
+        blobs = [synthetic_jpeg(i) for i in range(cfg.preprocess_images)]
+        e2e_sources = [blobs[i % len(blobs)] for i in range(cfg.e2e_images)]
+        data_desc = "synthetic 512x512 JPEG fundus-like images"
+    prep = time_preprocess(blobs, m)
+    model_inputs = []
+    for data in blobs[: max(cfg.batches)]:
+        try:
+            model_inputs.append(preprocess(data, m.preprocess).image)
+        except UopslError:
+            continue
+    batch_images = np.stack(model_inputs)
+    result: dict[str, Any] = {"machine": machine_info(), "bundle": str(root), "model": m.model_name,
+                              "backbone": m.backbone, "input_size": m.preprocess.size, "data": data_desc,
+                              "config": asdict(cfg), "preprocess": prep, "cases": [], "e2e": []}
+    try:
+        sel = select_backend(root, "auto", "auto", manifest=m, threads=cfg.threads)
+        result["auto"] = {"backend": sel.backend, "precision": sel.precision, "file": sel.file, "reason": sel.reason}
+    except UopslError as exc:
+        result["auto"] = {"error": str(exc)}
+    for name, prec in _cases(root, m, backend, precision):
+        b = open_backend(root, name, prec, cfg.threads, manifest=m, measure=False if name != "auto" else None)
+        sel = b.selection  # type: ignore[attr-defined]
+        log.info("bench: %s", b.describe())
+        with b:
+            rows = time_backend(b, cfg.batches, cfg.iters, cfg.warmup, batch_images)
+            for r in rows:
+                result["cases"].append({"backend": sel.backend, "precision": sel.precision, "file": sel.file,
+                                        "requested": name, **r})
+            if cfg.e2e:
+                bmax = max(cfg.batches)
+                e2e = time_end_to_end(b, m, e2e_sources, bmax)
+                pure = next(r["throughput_ips"] for r in rows if r["batch"] == bmax)
+                e2e["inference_ips"] = pure
+                e2e["ratio"] = round(e2e["throughput_ips"] / pure, 3)
+                result["e2e"].append({"backend": sel.backend, "precision": sel.precision, "requested": name, **e2e})
+    return result
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """The bench result as a plain-text table."""
+    lines = [
+        f"machine: {result['machine'].get('cpu')} ({result['machine'].get('cores')} cores); "
+        f"model {result['model']} {result['backbone']} at {result['input_size']} px; {result['data']}",
+        f"preprocess (decode+FOV+resize, 1 thread): p50 {result['preprocess']['p50_ms']:.2f} ms, "
+        f"p90 {result['preprocess']['p90_ms']:.2f} ms, {result['preprocess']['throughput_ips']:.1f} img/s",
+    ]
+    if "auto" in result:
+        a = result["auto"]
+        lines.append(f"auto picks: {a.get('backend')} {a.get('precision')} ({a.get('reason', a.get('error'))})")
+    hdr = f"{'backend':10s} {'precision':12s} {'batch':>5s} {'p50 ms':>9s} {'p90 ms':>9s} {'p99 ms':>9s} {'img/s':>9s}"
+    lines += ["", hdr, "-" * len(hdr)]
+    for c in result["cases"]:
+        extra = "  ".join(f"{k}={v}" for k, v in c.items() if k.endswith("_p50_ms") and k != "p50_ms")
+        lines.append(f"{c['backend']:10s} {c['precision']:12s} {c['batch']:5d} {c['p50_ms']:9.2f} {c['p90_ms']:9.2f} "
+                     f"{c['p99_ms']:9.2f} {c['throughput_ips']:9.1f}" + (f"  {extra}" if extra else ""))
+    if result["e2e"]:
+        lines += ["", f"{'end-to-end':10s} {'precision':12s} {'batch':>5s} {'images':>7s} {'img/s':>9s} {'infer img/s':>12s} {'ratio':>6s}"]
+        for e in result["e2e"]:
+            lines.append(f"{e['backend']:10s} {e['precision']:12s} {e['batch']:5d} {e['images']:7d} "
+                         f"{e['throughput_ips']:9.1f} {e['inference_ips']:12.1f} {e['ratio']:6.2f}")
+    return "\n".join(lines)

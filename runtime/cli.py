@@ -1,0 +1,209 @@
+"""``uopsl-screen``: screen fundus photographs with a deployment bundle.
+
+Commands: ``run`` (files, folders, list files -> results.csv/jsonl, report.html,
+overlays; resumes), ``watch`` (a folder a camera writes into), ``bench``
+(latency and throughput per backend), ``info`` (manifest, files, backends),
+``verify`` (checksums). Exit codes: 0 all screened, 1 some images failed or
+were ungradable, 2 usage or bundle error. Heavy modules are imported inside the
+commands, so ``--help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import click
+
+from uopsl.runtime.clikit import main_entry, verbose_option
+from uopsl.runtime.version import __version__
+
+BACKEND_CHOICES = ["auto", "ort-cpu", "ort-cuda", "ort-trt", "openvino", "tensorrt"]
+PRECISION_CHOICES = ["auto", "fp32", "fp16", "int8"]
+
+_bundle_arg = click.argument("bundle", type=click.Path(file_okay=False, path_type=Path))
+
+
+def _backend_options(f: Any) -> Any:
+    f = click.option("--threads", type=click.IntRange(min=1), default=None,
+                     help="Inference threads (default: the backend's own, all cores).")(f)
+    f = click.option("--precision", type=click.Choice(PRECISION_CHOICES), default="auto", show_default=True,
+                     help="Model precision; auto lets the backend selection decide.")(f)
+    return click.option("--backend", type=click.Choice(BACKEND_CHOICES), default="auto", show_default=True,
+                        help="Inference backend; auto picks the fastest usable one and logs why.")(f)
+
+
+@click.group(name="uopsl-screen", context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="uopsl-screen")
+@verbose_option
+def cli() -> None:
+    """Screen fundus photographs with a uopsl deployment bundle (offline)."""
+
+
+def _echo_summary(summary: Any, out: Path) -> None:
+    c = summary.counts
+    click.echo(
+        f"{summary.total} images: {summary.refer} refer, {c.get('ok', 0) - summary.refer} no referable finding, "
+        f"{c.get('ungradable', 0)} ungradable, {c.get('error', 0)} unreadable "
+        f"({summary.screened} screened now, {summary.skipped} from an earlier run) -> {out}",
+        err=True,
+    )
+
+
+@cli.command("run")
+@_bundle_arg
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Output folder (results.csv, results.jsonl, report.html, overlays/).")
+@_backend_options
+@click.option("--batch", type=click.IntRange(min=1), default=8, show_default=True, help="Images per inference call.")
+@click.option("--workers", type=click.IntRange(min=1), default=None, help="Preprocessing threads (default: cores, max 4).")
+@click.option("--overlays/--no-overlays", default=True, show_default=True, help="Write heatmap overlay PNGs.")
+@click.option("--report/--no-report", default=True, show_default=True, help="Write report.html.")
+@click.option("--progress/--no-progress", default=None, help="Progress bar on stderr (default: when it is a terminal).")
+@click.option("--no-verify", is_flag=True, help="Skip the bundle checksum verification.")
+def run_cmd(bundle: Path, inputs: Sequence[Path], out: Path, backend: str, precision: str, threads: int | None,
+            batch: int, workers: int | None, overlays: bool, report: bool, progress: bool | None,
+            no_verify: bool) -> int:
+    """Screen INPUTS (files, folders searched recursively, or .txt list files) into --out.
+
+    Rerunning with the same --out skips the images already screened.
+    """
+    from uopsl.runtime.api import Screener
+
+    show = sys.stderr.isatty() if progress is None else progress
+    with Screener(bundle, backend, precision=precision, threads=threads, batch_size=batch, workers=workers,
+                  verify=not no_verify) as s:
+        summary = s.screen_to(out, list(inputs), overlays=overlays, report=report, progress=show)
+    _echo_summary(summary, out)
+    return summary.exit_code
+
+
+@cli.command("watch")
+@_bundle_arg
+@click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path))
+@_backend_options
+@click.option("--overlays/--no-overlays", default=True, show_default=True)
+@click.option("--settle-ms", type=click.IntRange(min=0), default=1000, show_default=True,
+              help="A file is taken once its size and mtime are unchanged this long.")
+@click.option("--poll", "poll_s", type=click.FloatRange(min=0.01), default=0.5, show_default=True, help="Scan interval (s).")
+@click.option("--max-images", type=click.IntRange(min=1), default=None, help="Stop after this many new images.")
+@click.option("--timeout", "timeout_s", type=click.FloatRange(min=0), default=None, help="Stop after this many seconds.")
+def watch_cmd(bundle: Path, folder: Path, out: Path, backend: str, precision: str, threads: int | None,
+              overlays: bool, settle_ms: int, poll_s: float, max_images: int | None, timeout_s: float | None) -> int:
+    """Screen photographs as they appear in FOLDER (until Ctrl-C, --max-images or --timeout)."""
+    from uopsl.runtime.api import Screener
+    from uopsl.runtime.watch import WatchConfig, watch_folder
+
+    cfg = WatchConfig(settle_ms=settle_ms, poll_s=poll_s, max_images=max_images, timeout_s=timeout_s)
+
+    def show(r: Any) -> None:
+        verdict = "REFER" if r.refer else r.status if r.status != "ok" else "routine"
+        click.echo(f"{verdict:10s} {r.source}" + (f"  ({'; '.join(r.reasons)})" if r.reasons else ""), err=True)
+
+    with Screener(bundle, backend, precision=precision, threads=threads, batch_size=1) as s:
+        summary = watch_folder(s, folder, out, cfg, overlays=overlays, on_result=show)
+    _echo_summary(summary, out)
+    return summary.exit_code
+
+
+@cli.command("bench")
+@_bundle_arg
+@click.option("--backend", default="auto", show_default=True,
+              help="A backend name, a comma list, 'all' (every usable one) or auto.")
+@click.option("--precision", default="auto", show_default=True, help="auto, fp32, fp16, int8, a comma list, or all.")
+@click.option("--batch", "batches", default="1,8", show_default=True, help="Comma-separated batch sizes.")
+@click.option("--iters", type=click.IntRange(min=1), default=50, show_default=True, help="Timed iterations per case.")
+@click.option("--warmup", type=click.IntRange(min=0), default=5, show_default=True, help="Untimed warm-up iterations.")
+@click.option("--threads", type=click.IntRange(min=1), default=None)
+@click.option("--images", "images", type=click.Path(exists=True, path_type=Path), default=None,
+              help="Folder of real photographs for preprocessing and end-to-end timing (default: synthetic).")
+@click.option("--e2e/--no-e2e", default=True, show_default=True, help="Also time decode-to-results throughput.")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the figures as JSON here (as well as the table).")
+def bench_cmd(bundle: Path, backend: str, precision: str, batches: str, iters: int, warmup: int, threads: int | None,
+              images: Path | None, e2e: bool, json_out: Path | None) -> int:
+    """Latency (p50/p90/p99) and throughput per backend and batch size; preprocessing separately."""
+    from uopsl.runtime.bench import BenchConfig, format_table, run_bench
+    from uopsl.runtime.errors import ConfigError
+    from uopsl.runtime.fsio import write_json
+
+    try:
+        sizes = tuple(int(b) for b in batches.split(",") if b.strip())
+    except ValueError as exc:
+        raise ConfigError(f"--batch takes comma-separated integers like 1,8; got {batches!r}") from exc
+    cfg = BenchConfig(batches=sizes, iters=iters, warmup=warmup, threads=threads, e2e=e2e)
+    result = run_bench(bundle, backend, precision, cfg, images=images)
+    click.echo(format_table(result))
+    if json_out is not None:
+        write_json(json_out, result)
+        click.echo(f"wrote {json_out}", err=True)
+    return 0
+
+
+@cli.command("info")
+@_bundle_arg
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest and backend table as JSON.")
+def info_cmd(bundle: Path, as_json: bool) -> int:
+    """Manifest summary, files and precisions, backends usable here, engine compatibility."""
+    from uopsl.runtime.backends import backend_table
+    from uopsl.runtime.bundle import read_manifest
+
+    m = read_manifest(bundle)
+    table = backend_table(bundle, m)
+    if as_json:
+        click.echo(json.dumps({"manifest": m.to_dict(), "backends": [
+            {"backend": n, "usable": ok, "note": note} for n, ok, note in table]}, indent=2, default=str))
+        return 0
+    p = m.preprocess
+    click.echo(f"bundle     {bundle}")
+    click.echo(f"model      {m.model_name} ({m.backbone or 'backbone not recorded'}), head {m.head}, "
+               f"toolkit {m.toolkit_version}, format {m.format_version}")
+    click.echo(f"input      {p.size}x{p.size} uint8 RGB, clahe={p.clahe}, site maps {m.site_map_size[0]}x{m.site_map_size[1]}")
+    click.echo(f"referral   {m.referral_rule}" + (f" >= {m.referral_threshold}" if m.referral_rule == "referable_sum" else ""))
+    click.echo("classes")
+    for c in m.classes:
+        flags = ", ".join(x for x in ("referable" if c.referable else "", "" if c.seen_in_training else "zero-shot") if x)
+        click.echo(f"  {c.name:16s} threshold {c.threshold:.3f}" + (f"  ({flags})" if flags else ""))
+    click.echo("files")
+    for f in m.files:
+        click.echo(f"  {f.path:28s} {f.kind:12s} {f.precision:12s} {f.size / 1e6:8.2f} MB  sha256 {f.sha256[:12]}")
+    click.echo("backends here")
+    for name, ok, note in table:
+        click.echo(f"  {name:9s} {'yes' if ok else 'no ':3s}  {note}")
+    return 0
+
+
+@cli.command("verify")
+@_bundle_arg
+def verify_cmd(bundle: Path) -> int:
+    """Check every bundle file against the manifest's size and sha256 (exit 2 naming a bad file)."""
+    from uopsl.runtime.bundle import read_manifest, verify
+    from uopsl.runtime.errors import BundleError
+
+    m = read_manifest(bundle)
+    checks = verify(bundle, m)
+    for c in checks:
+        click.echo(f"{'ok ' if c.ok else 'BAD'} {c.path}" + (f": {c.reason}" if c.reason else ""))
+    bad = [c for c in checks if not c.ok]
+    if bad:
+        raise BundleError(
+            f"{len(bad)} of {len(checks)} bundle files failed verification: "
+            + "; ".join(f"{c.path} ({c.reason})" for c in bad)
+            + ". Copy the bundle again from its source"
+        )
+    click.echo(f"all {len(checks)} files verified", err=True)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console entry point ``uopsl-screen``."""
+    return main_entry(cli, argv, prog_name="uopsl-screen")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

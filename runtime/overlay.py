@@ -1,0 +1,63 @@
+"""Heatmap overlays: the predilection map of a class, jet-coloured and blended onto a downscaled original.
+
+Only rendered when asked for (``--overlays``): it runs after inference on the
+thumbnail the workers kept, never on the full-resolution original.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from uopsl.runtime.errors import ConfigError
+from uopsl.runtime.fsio import write_bytes
+
+OVERLAY_DIR = "overlays"
+THUMB_DIR = "thumbs"
+
+
+def render_overlay(rgb: np.ndarray, heat: np.ndarray, alpha: float = 0.45) -> np.ndarray:
+    """Blend ``heat`` (h, w, any scale; same grid as ``rgb``) over ``rgb`` with the jet colormap.
+
+    The map is scaled to its own maximum (it is a relative map of where the
+    model looked, not a probability); near-zero attention leaves the photo as is.
+    """
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or heat.shape != rgb.shape[:2]:
+        raise ConfigError(f"overlay needs an HxWx3 image and an HxW map, got {rgb.shape} and {heat.shape}")
+    peak = float(heat.max())
+    norm = heat / peak if peak > 0 else np.zeros_like(heat)
+    u8 = np.clip(norm * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    colour = cv2.cvtColor(cv2.applyColorMap(u8, cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)
+    weight = (alpha * np.clip(norm * 2.0, 0.0, 1.0))[:, :, None]
+    return np.clip(rgb.astype(np.float32) * (1.0 - weight) + colour.astype(np.float32) * weight + 0.5, 0, 255).astype(np.uint8)
+
+
+def encode_png(rgb: np.ndarray) -> bytes:
+    ok, buf = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 3])
+    if not ok:
+        raise ConfigError("PNG encoding failed")
+    return buf.tobytes()
+
+
+def encode_jpeg(rgb: np.ndarray, quality: int = 80) -> bytes:
+    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise ConfigError("JPEG encoding failed")
+    return buf.tobytes()
+
+
+def write_overlay(out_dir: str | os.PathLike[str], image_id: str, rgb: np.ndarray, heat: np.ndarray) -> Path:
+    """Write ``overlays/<id>.png`` atomically; returns its path."""
+    path = Path(out_dir) / OVERLAY_DIR / f"{image_id}.png"
+    write_bytes(path, encode_png(render_overlay(rgb, heat)))
+    return path
+
+
+def write_thumbnail(out_dir: str | os.PathLike[str], image_id: str, rgb: np.ndarray) -> Path:
+    """Write ``thumbs/<id>.jpg`` (for the report) atomically; returns its path."""
+    path = Path(out_dir) / THUMB_DIR / f"{image_id}.jpg"
+    write_bytes(path, encode_jpeg(rgb))
+    return path

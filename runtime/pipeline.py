@@ -1,0 +1,502 @@
+"""The screening pipeline: inputs -> decode, preprocess, quality gate (worker pool) -> batched inference -> results.
+
+Design:
+
+* Inputs stream lazily (:func:`iter_inputs` walks folders and list files as it
+  goes), so the number of images is unbounded while memory is not: at most
+  ``window`` images are being read/preprocessed or waiting for a batch.
+* Decoding and preprocessing run in a thread pool (OpenCV releases the GIL),
+  ahead of inference: while the backend computes batch *n*, the workers prepare
+  batch *n+1*. Results come back in input order.
+* Every input yields exactly one :class:`ScreenResult`: ``ok``, ``ungradable``
+  (the quality gate said no; no screening decision is made) or ``error`` (the
+  file could not be read or decoded; the reason says why). A bad file never
+  stops the batch.
+* Decisions come from :meth:`Manifest.decide`, the one place they are made.
+* The predilection heatmap is kept at model resolution (K small maps) plus the
+  geometry, and mapped onto the original image only on request
+  (:meth:`ScreenResult.heatmap`), so the hot loop stays cheap.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import logging
+import os
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from uopsl.runtime.backends.base import Backend
+from uopsl.runtime.bundle import Manifest
+from uopsl.runtime.errors import ConfigError, ImageDecodeError, ImageError, UopslError
+from uopsl.runtime.preprocess import Geometry, Preprocessed, preprocess, read_bytes
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".jp2", ".webp", ".ppm", ".pgm"})
+LIST_SUFFIXES = frozenset({".txt", ".lst", ".list"})
+STATUSES = ("ok", "ungradable", "error")
+
+
+# -- inputs --------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class InputItem:
+    """One thing to screen: a file path, or in-memory bytes / an RGB array (API use).
+
+    ``key`` identifies the exact file version (absolute path, size, mtime) so a
+    rerun can skip what it already screened; ``id`` is a short, file-name-safe
+    identifier for overlays and thumbnails.
+    """
+
+    source: str
+    key: str
+    id: str
+    path: Path | None = None
+    data: bytes | np.ndarray | None = None
+
+
+def _safe_stem(name: str) -> str:
+    stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in Path(name).stem)[:40]
+    return stem or "image"
+
+
+def file_key(path: str | os.PathLike[str]) -> str:
+    """Absolute path + size + mtime (ns): a new or replaced file gets a new key."""
+    p = Path(path).absolute()
+    try:
+        st = p.stat()
+    except OSError:
+        return f"{p}|missing"
+    return f"{p}|{st.st_size}|{st.st_mtime_ns}"
+
+
+def item_for_path(path: str | os.PathLike[str]) -> InputItem:
+    p = Path(path)
+    key = file_key(p)
+    digest = hashlib.sha1(key.split("|")[0].encode("utf-8", "surrogateescape")).hexdigest()[:8]
+    return InputItem(source=str(p), key=key, id=f"{_safe_stem(p.name)}-{digest}", path=p)
+
+
+def item_for_data(data: bytes | np.ndarray, name: str = "image") -> InputItem:
+    """An in-memory image; its key is a content hash (so identical images dedupe)."""
+    raw = data.tobytes() if isinstance(data, np.ndarray) else bytes(data)
+    digest = hashlib.sha1(raw).hexdigest()
+    return InputItem(source=name, key=f"sha1:{digest}", id=f"{_safe_stem(name)}-{digest[:8]}", data=data)
+
+
+def walk_images(folder: Path) -> Iterator[Path]:
+    """Image files under ``folder``: sorted, recursive, hidden files and folders skipped, lazy."""
+    try:
+        entries = sorted(os.scandir(folder), key=lambda e: e.name)
+    except OSError as exc:
+        log.warning("cannot list %s: %s", folder, exc)
+        return
+    for e in entries:
+        if e.name.startswith("."):
+            continue
+        if e.is_dir(follow_symlinks=True):
+            yield from walk_images(Path(e.path))
+        elif Path(e.name).suffix.lower() in IMAGE_SUFFIXES:
+            yield Path(e.path)
+
+
+def iter_inputs(inputs: Iterable[str | os.PathLike[str]]) -> Iterator[InputItem]:
+    """Expand files, folders (recursively: image files only) and list files (one path a line).
+
+    A path given explicitly is always screened, even if it is not an image or
+    does not exist: it then gets an ``error`` row that says so. List-file
+    entries are relative to the list file's folder; ``#`` starts a comment.
+    """
+    for raw in inputs:
+        p = Path(raw)
+        if p.is_dir():
+            for f in walk_images(p):
+                yield item_for_path(f)
+        elif p.suffix.lower() in LIST_SUFFIXES and p.is_file():
+            with open(p, encoding="utf-8", errors="replace") as fh:
+                for line in fh:
+                    entry = line.strip()
+                    if not entry or entry.startswith("#"):
+                        continue
+                    q = Path(entry)
+                    yield from iter_inputs([q if q.is_absolute() else p.parent / q])
+        else:
+            yield item_for_path(p)
+
+
+def as_items(things: Iterable[Any]) -> Iterator[InputItem]:
+    """Accept InputItems, paths, bytes or RGB arrays (what the Python API takes)."""
+    for i, t in enumerate(things):
+        if isinstance(t, InputItem):
+            yield t
+        elif isinstance(t, (bytes, bytearray, memoryview)):
+            yield item_for_data(bytes(t), f"bytes{i}")
+        elif isinstance(t, np.ndarray):
+            yield item_for_data(t, f"array{i}")
+        elif isinstance(t, (str, os.PathLike)):
+            yield from iter_inputs([t])
+        else:
+            raise ConfigError(f"cannot screen a {type(t).__name__}; pass a path, image bytes or an RGB uint8 array")
+
+
+# -- results -----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ScreenResult:
+    """The screening outcome for one input.
+
+    status: ``ok`` | ``ungradable`` | ``error``. ``probs`` (class -> probability),
+    ``positive`` and ``refer`` are filled for ``ok`` (and for ``ungradable``
+    only with ``infer_ungradable``, where ``refer`` still stays None: no decision
+    is made on an ungradable image). ``reasons`` lists the quality gate's or the
+    error's reasons; ``error`` is the one-line message of a failure.
+    ``site_maps`` are the per-class predilection maps over the model input;
+    :meth:`heatmap` maps one onto the original image.
+    """
+
+    id: str
+    source: str
+    key: str
+    status: str
+    probs: dict[str, float] = field(default_factory=dict)
+    positive: tuple[str, ...] = ()
+    refer: bool | None = None
+    gradable: bool | None = None
+    quality_score: float | None = None
+    reasons: tuple[str, ...] = ()
+    error: str = ""
+    timings: dict[str, float] = field(default_factory=dict)
+    heatmap_class: str = ""
+    site_maps: np.ndarray | None = field(default=None, repr=False, compare=False)
+    geometry: Geometry | None = field(default=None, repr=False, compare=False)
+    thumbnail: np.ndarray | None = field(default=None, repr=False, compare=False)
+    class_names: tuple[str, ...] = field(default=(), repr=False, compare=False)
+
+    def heatmap(self, cls: str | None = None, *, shape: tuple[int, int] | None = None) -> np.ndarray:
+        """The predilection map of ``cls`` (default: ``heatmap_class``) on the original image grid.
+
+        ``shape`` (h, w) gives a proportionally downscaled grid instead of the
+        full original (cheaper for display). Values are the model's site
+        attention, 0 outside the field of view crop.
+        """
+        if self.site_maps is None or self.geometry is None:
+            raise ConfigError(f"{self.source}: no heatmap (status {self.status})")
+        name = cls or self.heatmap_class
+        if name not in self.class_names:
+            raise ConfigError(f"unknown class {name!r}; the model has {list(self.class_names)}")
+        m = self.site_maps[self.class_names.index(name)]
+        g = self.geometry
+        if shape is not None and shape != (g.orig_h, g.orig_w):
+            g = scale_geometry(g, shape)
+        return g.to_original(m)
+
+    def to_row(self) -> dict[str, Any]:
+        """The JSON-serialisable record written to results.jsonl."""
+        return {
+            "id": self.id,
+            "source": self.source,
+            "key": self.key,
+            "status": self.status,
+            "refer": self.refer,
+            "positive": list(self.positive),
+            "probs": {k: round(float(v), 6) for k, v in self.probs.items()},
+            "gradable": self.gradable,
+            "quality_score": None if self.quality_score is None else round(float(self.quality_score), 4),
+            "reasons": list(self.reasons),
+            "error": self.error,
+            "heatmap_class": self.heatmap_class,
+            "timings_ms": {k: round(float(v), 3) for k, v in self.timings.items()},
+        }
+
+
+def scale_geometry(g: Geometry, shape: tuple[int, int]) -> Geometry:
+    """The same crop geometry on an image resized to ``shape`` (h, w)."""
+    sy, sx = shape[0] / g.orig_h, shape[1] / g.orig_w
+    s = (sx + sy) / 2.0
+    return Geometry(
+        orig_h=shape[0], orig_w=shape[1], cx=g.cx * sx, cy=g.cy * sy, radius=g.radius * s,
+        x0=int(round(g.x0 * sx)), y0=int(round(g.y0 * sy)), side=max(2, int(round(g.side * s))),
+        size=g.size, fov_found=g.fov_found, fov_fill=g.fov_fill,
+    )
+
+
+# -- quality gate adapter -------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Verdict:
+    gradable: bool
+    score: float
+    reasons: tuple[str, ...]
+
+
+def _quality_module() -> Any:
+    try:
+        from uopsl.runtime import quality  # the quality engineer's gate
+
+        return quality
+    except ImportError:
+        return None
+
+
+def assess(pre: Preprocessed, quality_config: Any = None) -> _Verdict:
+    """Run the quality gate (``uopsl.runtime.quality.assess``); a minimal FOV check if it is absent."""
+    q = _quality_module()
+    if q is not None:
+        v = q.assess(pre, quality_config)
+        return _Verdict(bool(v.gradable), float(v.score), tuple(str(r) for r in v.reasons))
+    g = pre.geometry
+    if not g.fov_found:
+        return _Verdict(False, float(g.fov_fill), ("no_fundus_field_of_view",))
+    return _Verdict(True, float(g.fov_fill), ())
+
+
+def assess_error(exc: BaseException) -> tuple[str, ...]:
+    """Reasons for an input that failed before the gate (decode, size, I/O)."""
+    q = _quality_module()
+    if q is not None and hasattr(q, "assess_error"):
+        return tuple(str(r) for r in q.assess_error(exc).reasons)
+    if isinstance(exc.__cause__, OSError):
+        return ("unreadable",)
+    return (getattr(exc, "reason", "error"),)
+
+
+# -- pipeline -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PipelineConfig:
+    """How the pipeline runs.
+
+    batch_size: images per inference call. workers: preprocessing threads
+    (None: the number of CPU cores, at most 4). prefetch_batches: how many
+    batches the workers may prepare ahead (bounds memory).
+    thumbnail_side: keep a downscaled copy of the original (longest side, px)
+    for overlays and reports; 0 keeps none (fastest).
+    infer_ungradable: also run the model on ungradable images (probabilities
+    are recorded for information; no decision is made).
+    """
+
+    batch_size: int = 8
+    workers: int | None = None
+    prefetch_batches: int = 2
+    thumbnail_side: int = 0
+    infer_ungradable: bool = False
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ConfigError(f"batch size must be >= 1, got {self.batch_size}")
+        if self.workers is not None and self.workers < 1:
+            raise ConfigError(f"workers must be >= 1, got {self.workers}")
+        if self.prefetch_batches < 1:
+            raise ConfigError(f"prefetch_batches must be >= 1, got {self.prefetch_batches}")
+        if self.thumbnail_side < 0:
+            raise ConfigError(f"thumbnail_side must be >= 0, got {self.thumbnail_side}")
+
+    @property
+    def n_workers(self) -> int:
+        return self.workers or max(1, min(4, os.cpu_count() or 1))
+
+
+@dataclass
+class _Prepared:
+    item: InputItem
+    pre: Preprocessed | None = None
+    verdict: _Verdict | None = None
+    error: str = ""
+    reasons: tuple[str, ...] = ()
+    thumbnail: np.ndarray | None = None
+    geometry: Geometry | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def runnable(self) -> bool:
+        return self.pre is not None
+
+
+def _thumbnail(rgb: np.ndarray, side: int) -> np.ndarray:
+    h, w = rgb.shape[:2]
+    s = min(1.0, side / max(h, w))
+    if s >= 1.0:
+        return rgb.copy()
+    return cv2.resize(rgb, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA)
+
+
+class ScreeningPipeline:
+    """Streams inputs through preprocessing workers and a backend; yields results in input order.
+
+    The backend must already be entered (``with backend:``); the pipeline does
+    not own it, so one backend can serve many runs.
+    """
+
+    def __init__(self, backend: Backend, manifest: Manifest, config: PipelineConfig | None = None,
+                 quality_config: Any = None) -> None:
+        self.backend = backend
+        self.manifest = manifest
+        self.config = config or PipelineConfig()
+        self.quality_config = quality_config
+        self.class_names = manifest.class_names
+        self._maps_name = manifest.output_names[2] if len(manifest.output_names) > 2 else "site_maps"
+        self._probs_name = manifest.output_names[0] if manifest.output_names else "probs"
+
+    # -- per image (worker threads) ----------------------------------------------------------
+    def prepare(self, item: InputItem) -> _Prepared:
+        """Read, decode, preprocess and gate one input; never raises for bad input."""
+        out = _Prepared(item)
+        t0 = time.perf_counter()
+        cfg = self.manifest.preprocess
+        keep = self.config.thumbnail_side > 0
+        try:
+            if item.path is not None:
+                data: bytes | np.ndarray = read_bytes(item.path)
+            elif item.data is not None:
+                data = item.data
+            else:
+                raise ImageDecodeError("no image data", source=item.source)
+            t1 = time.perf_counter()
+            pre = preprocess(data, cfg, source=item.source, keep_original=keep)
+            t2 = time.perf_counter()
+            out.timings = {"read_ms": (t1 - t0) * 1e3, "preprocess_ms": (t2 - t1) * 1e3}
+            if keep and pre.original is not None:
+                out.thumbnail = _thumbnail(pre.original, self.config.thumbnail_side)
+                pre = Preprocessed(pre.image, pre.geometry, pre.original_shape, pre.mean_intensity, None)
+            out.verdict = assess(pre, self.quality_config)
+            out.timings["quality_ms"] = (time.perf_counter() - t2) * 1e3
+            if out.verdict.gradable or self.config.infer_ungradable:
+                out.pre = pre
+            else:
+                out.reasons = out.verdict.reasons
+                out.geometry = pre.geometry
+        except ImageError as exc:
+            out.error = _one_line(exc, item.source)
+            out.reasons = assess_error(exc)
+        except UopslError as exc:
+            out.error = _one_line(exc, item.source)
+            out.reasons = (type(exc).__name__,)
+        except MemoryError as exc:
+            out.error = f"out of memory while decoding ({exc})"
+            out.reasons = ("too_large",)
+        except Exception as exc:  # noqa: BLE001 - a bad file must never stop the batch
+            log.debug("unexpected failure on %s", item.source, exc_info=True)
+            out.error = f"{type(exc).__name__}: {exc}"
+            out.reasons = ("internal_error",)
+        return out
+
+    # -- batches (main thread) -----------------------------------------------------------------
+    def _finish(self, batch: list[_Prepared]) -> list[ScreenResult]:
+        runnable = [p for p in batch if p.runnable]
+        outputs: dict[str, np.ndarray] = {}
+        infer_ms = 0.0
+        failure = ""
+        if runnable:
+            x = np.stack([p.pre.image for p in runnable])  # type: ignore[union-attr]
+            t0 = time.perf_counter()
+            try:
+                outputs = self.backend.infer(x)
+            except UopslError as exc:
+                failure = str(exc)
+                log.error("inference failed on a batch of %d: %s", len(runnable), exc)
+            infer_ms = (time.perf_counter() - t0) * 1e3 / len(runnable)
+        probs = outputs.get(self._probs_name)
+        maps = outputs.get(self._maps_name)
+        if probs is not None:
+            positive, refer = self.manifest.decide(probs)
+        results: list[ScreenResult] = []
+        j = 0
+        for p in batch:
+            if not p.runnable:
+                results.append(self._failed(p))
+                continue
+            k = j
+            j += 1
+            if probs is None:
+                results.append(ScreenResult(
+                    id=p.item.id, source=p.item.source, key=p.item.key, status="error",
+                    error=f"inference failed: {failure}", reasons=("inference_error",), timings=p.timings,
+                    thumbnail=p.thumbnail, class_names=self.class_names))
+                continue
+            pr = {c: float(v) for c, v in zip(self.class_names, probs[k])}
+            gradable = p.verdict.gradable if p.verdict else True
+            pos = tuple(c for c, flag in zip(self.class_names, positive[k]) if flag) if gradable else ()
+            top = self._heatmap_class(probs[k], pos)
+            results.append(ScreenResult(
+                id=p.item.id, source=p.item.source, key=p.item.key,
+                status="ok" if gradable else "ungradable",
+                probs=pr, positive=pos, refer=bool(refer[k]) if gradable else None,
+                gradable=gradable, quality_score=p.verdict.score if p.verdict else None,
+                reasons=p.verdict.reasons if p.verdict else (),
+                timings={**p.timings, "infer_ms": infer_ms}, heatmap_class=top,
+                site_maps=None if maps is None else np.array(maps[k], np.float32),
+                geometry=p.pre.geometry if p.pre is not None else None,
+                thumbnail=p.thumbnail, class_names=self.class_names,
+            ))
+        return results
+
+    def _heatmap_class(self, probs: np.ndarray, positive: tuple[str, ...]) -> str:
+        # Show the map of the most probable positive referable class, else positive, else the top class.
+        referable = set(c.name for c in self.manifest.classes if c.referable)
+        order = [self.class_names[i] for i in np.argsort(-probs)]
+        for wanted in ([c for c in order if c in positive and c in referable], [c for c in order if c in positive], order):
+            if wanted:
+                return wanted[0]
+        return ""
+
+    def _failed(self, p: _Prepared) -> ScreenResult:
+        if p.verdict is not None:  # decoded but ungradable
+            return ScreenResult(
+                id=p.item.id, source=p.item.source, key=p.item.key, status="ungradable",
+                gradable=False, quality_score=p.verdict.score, reasons=p.verdict.reasons,
+                timings=p.timings, thumbnail=p.thumbnail, class_names=self.class_names,
+                geometry=p.geometry,
+            )
+        return ScreenResult(
+            id=p.item.id, source=p.item.source, key=p.item.key, status="error", gradable=False,
+            reasons=p.reasons, error=p.error, timings=p.timings, class_names=self.class_names,
+        )
+
+    def run(self, items: Iterable[Any]) -> Iterator[ScreenResult]:
+        """Screen ``items`` (InputItems, paths, bytes or arrays); one result per input, in order."""
+        bs = self.config.batch_size
+        window = bs * (self.config.prefetch_batches + 1)
+        source = iter(as_items(items))
+        pending: collections.deque[Future[_Prepared]] = collections.deque()
+        with ThreadPoolExecutor(self.config.n_workers, thread_name_prefix="uopsl-prep") as pool:
+
+            def fill() -> None:
+                while len(pending) < window:
+                    nxt = next(source, None)
+                    if nxt is None:
+                        return
+                    pending.append(pool.submit(self.prepare, nxt))
+
+            try:
+                fill()
+                batch: list[_Prepared] = []
+                n_run = 0
+                while pending:
+                    prep = pending.popleft().result()
+                    fill()
+                    batch.append(prep)
+                    n_run += prep.runnable
+                    # Flush on a full batch, at the end, or when failures pile up (bounded memory).
+                    if n_run >= bs or not pending or len(batch) >= 4 * bs:
+                        yield from self._finish(batch)
+                        batch, n_run = [], 0
+            finally:
+                for f in pending:
+                    f.cancel()
+
+
+def _one_line(exc: BaseException, source: str) -> str:
+    msg = " ".join(str(exc).split())
+    prefix = f"{source}: "
+    return msg[len(prefix):] if msg.startswith(prefix) else msg
+
+
+def screen_paths(backend: Backend, manifest: Manifest, inputs: Sequence[str | os.PathLike[str]],
+                 config: PipelineConfig | None = None) -> Iterator[ScreenResult]:
+    """Convenience: expand ``inputs`` (files, folders, list files) and screen them."""
+    return ScreeningPipeline(backend, manifest, config).run(iter_inputs(inputs))

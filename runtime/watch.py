@@ -1,0 +1,138 @@
+"""Watch a folder a fundus camera writes into and screen each new photograph once it is complete.
+
+Cameras and network shares write files progressively, so a file is taken only
+when its size and modification time have stayed the same for ``settle_ms``
+(and it is not empty). Hidden and temporary names (``.x.jpg``, ``x.jpg.part``)
+are never taken: only image suffixes count. Polling (no inotify) keeps it
+portable to network shares and Windows. A file rewritten later gets a new key
+(size, mtime) and is screened again; the outputs keep its latest row.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from uopsl.runtime.api import RunSummary, Screener
+from uopsl.runtime.errors import ConfigError
+from uopsl.runtime.pipeline import ScreenResult, walk_images
+from uopsl.runtime.results import ResultStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WatchConfig:
+    """settle_ms: how long size+mtime must stay unchanged. poll_s: folder scan interval.
+    max_images: stop after screening this many new images (None: never).
+    timeout_s: stop after this many seconds (None: never; Ctrl-C stops).
+    refresh_s: rewrite results.csv/report.html at most this often while watching.
+    """
+
+    settle_ms: int = 1000
+    poll_s: float = 0.5
+    max_images: int | None = None
+    timeout_s: float | None = None
+    refresh_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.settle_ms < 0 or self.poll_s <= 0 or self.refresh_s < 0:
+            raise ConfigError(
+                f"settle_ms >= 0, poll_s > 0 and refresh_s >= 0 expected, got {self.settle_ms}, {self.poll_s}, {self.refresh_s}"
+            )
+        if self.max_images is not None and self.max_images < 1:
+            raise ConfigError(f"max_images must be >= 1, got {self.max_images}")
+
+
+class StableFiles:
+    """Tracks files in a folder and reports those whose size and mtime have settled."""
+
+    def __init__(self, folder: Path, settle_ms: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.folder = folder
+        self.settle_s = settle_ms / 1000.0
+        self.clock = clock
+        self._state: dict[Path, tuple[int, int, float]] = {}
+        self._taken: dict[Path, tuple[int, int]] = {}
+
+    def poll(self) -> list[Path]:
+        """Files that are complete and not yet returned in their current version."""
+        now = self.clock()
+        ready: list[Path] = []
+        present: set[Path] = set()
+        for p in walk_images(self.folder):
+            present.add(p)
+            try:
+                st = p.stat()
+            except OSError:
+                continue
+            sig = (st.st_size, st.st_mtime_ns)
+            old = self._state.get(p)
+            if old is None or (old[0], old[1]) != sig:
+                self._state[p] = (*sig, now)
+                continue
+            if st.st_size > 0 and now - old[2] >= self.settle_s and self._taken.get(p) != sig:
+                self._taken[p] = sig
+                ready.append(p)
+        for gone in set(self._state) - present:
+            self._state.pop(gone, None)
+            self._taken.pop(gone, None)
+        return ready
+
+
+def watch_folder(
+    screener: Screener,
+    folder: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    config: WatchConfig | None = None,
+    *,
+    overlays: bool = False,
+    on_result: Callable[[ScreenResult], None] | None = None,
+) -> RunSummary:
+    """Screen images appearing in ``folder`` into ``out_dir`` until stopped (Ctrl-C, max_images, timeout)."""
+    cfg = config or WatchConfig()
+    src = Path(folder)
+    if not src.is_dir():
+        raise ConfigError(f"watch folder {src} does not exist or is not a folder")
+    out = Path(out_dir)
+    tracker = StableFiles(src, cfg.settle_ms)
+    total = RunSummary(out, backend=screener.backend.describe())
+    t_start = time.monotonic()
+    last_refresh = 0.0
+    dirty = False
+    log.info("watching %s (settle %d ms); Ctrl-C to stop", src, cfg.settle_ms)
+    try:
+        while True:
+            ready = tracker.poll()
+            if cfg.max_images is not None:
+                ready = ready[: cfg.max_images - total.screened]
+            if ready:
+                s = screener.screen_to(out, ready, overlays=overlays, finalize=False, on_result=on_result)
+                total.screened += s.screened
+                total.refer += s.refer
+                for k, v in s.counts.items():
+                    total.counts[k] = total.counts.get(k, 0) + v
+                dirty = dirty or s.screened > 0
+            now = time.monotonic()
+            if dirty and now - last_refresh >= cfg.refresh_s:
+                _refresh(screener, out)
+                last_refresh, dirty = now, False
+            if cfg.max_images is not None and total.screened >= cfg.max_images:
+                break
+            if cfg.timeout_s is not None and now - t_start >= cfg.timeout_s:
+                break
+            time.sleep(cfg.poll_s)
+    except KeyboardInterrupt:
+        log.info("stopped by the user")
+    finally:
+        if dirty or not (out / "results.csv").exists():
+            _refresh(screener, out)
+    return total
+
+
+def _refresh(screener: Screener, out: Path) -> None:
+    with ResultStore(out) as store:
+        screener.finalize(out, store)
