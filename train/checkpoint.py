@@ -114,7 +114,10 @@ def load_model(folder: str | Path, init_backbone: bool = False) -> tuple[UopslMo
     model = UopslModel(cfg, tensors["class_text"].numpy())
     if model.oct is not None and not any(k.startswith("oct.") for k in tensors):
         model.oct = None  # fine-tuned checkpoints drop the OCT branch
-    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(tensors, strict=False)
+    except RuntimeError as exc:  # shape mismatches
+        raise CheckpointError(f"{folder}: weights do not fit the configured model: {str(exc)[:400]}") from exc
     if missing or unexpected:
         raise CheckpointError(
             f"{folder}: weights do not fit the configured model (missing {missing[:5]}, unexpected {unexpected[:5]})"

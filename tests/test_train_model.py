@@ -1,0 +1,155 @@
+"""The UOPSL model, its deploy graph, checkpoints, resume and torchrun (CPU, tiny sizes)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from trainhelpers import CLASSES, tiny_dataset, tiny_model
+from uopsl.runtime.errors import CheckpointError, ConfigError
+from uopsl.train.checkpoint import load_model, save_model
+from uopsl.train.loops import StageRunner, TrainConfig
+from uopsl.train.model import DeployModel, ModelConfig
+from uopsl.train.stages import finetune
+
+
+def test_imagenet_weights_load_and_classify_sample_photos() -> None:
+    skimage_data = pytest.importorskip("skimage.data")
+    import cv2
+
+    from uopsl.train.backbones import TFLITE_MEAN, TFLITE_STD, build_classifier
+
+    model = build_classifier("efficientnet_lite0", "imagenet").eval()
+    mean, std = np.array(TFLITE_MEAN, np.float32), np.array(TFLITE_STD, np.float32)
+    top = {}
+    for name in ("chelsea", "coffee"):
+        im = cv2.resize(getattr(skimage_data, name)(), (224, 224), interpolation=cv2.INTER_AREA).astype(np.float32)
+        x = torch.from_numpy((im - mean) / std).permute(2, 0, 1)[None]
+        with torch.no_grad():
+            top[name] = int(model(x).argmax())
+    assert 281 <= top["chelsea"] <= 285, top  # tabby/tiger/Persian/Siamese/Egyptian cat
+    assert top["coffee"] in (967, 968), top  # espresso / cup
+
+
+def test_unknown_backbone_is_a_clear_error() -> None:
+    with pytest.raises(ConfigError, match="unknown backbone"):
+        ModelConfig(backbone="vgg99")
+
+
+@pytest.mark.parametrize("variant", ["uopsl", "p_only", "fundus_only"])
+def test_deploy_graph_equals_training_model(variant: str) -> None:
+    model, _ = tiny_model(variant)
+    model.eval()
+    x = torch.randint(0, 256, (3, 64, 64, 3), dtype=torch.uint8)
+    with torch.no_grad():
+        ref = model.probs(model(x.permute(0, 3, 1, 2).float())["logits"])
+        probs, logits, maps = DeployModel(model, 64)(x)
+    assert torch.allclose(probs, ref, atol=1e-5), (probs - ref).abs().max()
+    assert maps.shape == (3, len(CLASSES), 2, 2)
+    assert torch.allclose(maps.sum(dim=(2, 3)), torch.ones(3, len(CLASSES)), atol=1e-5)
+
+
+def test_new_class_bank_keeps_known_classes_and_scores_unseen_ones() -> None:
+    model, _ = tiny_model()
+    model.eval()
+    x = torch.rand(2, 3, 64, 64) * 255
+    extra = np.random.default_rng(5).standard_normal((1, 384)).astype(np.float32)
+    text = np.concatenate([model.class_text.numpy(), extra])
+    bigger = model.with_classes(CLASSES + ("unseen",), text, seen_names=CLASSES).eval()
+    with torch.no_grad():
+        a = model(x)["logits"]
+        b = bigger(x)["logits"]
+    assert torch.allclose(a, b[:, :3], atol=1e-5)
+    assert not bool(bigger.seen[3]) and torch.count_nonzero(bigger.delta[3]) == 0
+
+
+def test_checkpoint_round_trip_is_exact(tmp_path: Path) -> None:
+    model, meta = tiny_model()
+    save_model(tmp_path, model, meta)
+    loaded, meta2 = load_model(tmp_path)
+    assert meta2.model == meta.model
+    for (k, v), (k2, v2) in zip(model.state_dict().items(), loaded.state_dict().items()):
+        assert k == k2 and torch.equal(v, v2)
+
+
+def test_checkpoint_with_foreign_weights_is_refused(tmp_path: Path) -> None:
+    model, meta = tiny_model()
+    save_model(tmp_path, model, meta)
+    other, meta_b = tiny_model()
+    from dataclasses import replace
+
+    bad = replace(meta_b, model=replace(meta_b.model, dim=16))
+    save_model(tmp_path / "b", other, bad)
+    (tmp_path / "b" / "model.safetensors").write_bytes((tmp_path / "model.safetensors").read_bytes())
+    with pytest.raises(CheckpointError):
+        load_model(tmp_path / "b")
+
+
+def test_interrupted_finetune_resumes_to_the_same_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ds = tiny_dataset(tmp_path, n=24, augment=True)
+    cfg = TrainConfig(epochs=2, batch_size=4, save_every=1, seed=7)
+
+    ref_model, meta = tiny_model()
+    ref_model, _ = finetune(ref_model, ds, None, cfg, tmp_path / "ref", meta)
+
+    model, meta = tiny_model()
+    real_step = StageRunner.step
+    calls = {"n": 0}
+
+    def crashing_step(self: StageRunner, loss: torch.Tensor) -> None:
+        calls["n"] += 1
+        if calls["n"] == 8:  # mid second epoch (6 steps per epoch)
+            raise KeyboardInterrupt("simulated power loss")
+        real_step(self, loss)
+
+    monkeypatch.setattr(StageRunner, "step", crashing_step)
+    with pytest.raises(KeyboardInterrupt):
+        finetune(model, ds, None, cfg, tmp_path / "run", meta)
+    assert (tmp_path / "run" / "state.json").is_file()
+    monkeypatch.setattr(StageRunner, "step", real_step)
+    model2, meta = tiny_model()  # a fresh process would rebuild the model from scratch
+    model2, res = finetune(model2, ds, None, cfg, tmp_path / "run", meta)
+    assert not (tmp_path / "run" / "state.json").exists()
+    for (k, a), b in zip(ref_model.state_dict().items(), model2.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-6), k
+
+
+def test_resume_with_other_settings_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ds = tiny_dataset(tmp_path, n=12)
+    model, meta = tiny_model()
+
+    def boom(self: StageRunner, loss: torch.Tensor) -> None:
+        raise KeyboardInterrupt
+
+    cfg = TrainConfig(epochs=1, batch_size=4, save_every=1, augment=False)
+    real = StageRunner.step
+    calls = {"n": 0}
+
+    def second(self: StageRunner, loss: torch.Tensor) -> None:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        real(self, loss)
+
+    monkeypatch.setattr(StageRunner, "step", second)
+    with pytest.raises(KeyboardInterrupt):
+        finetune(model, ds, None, cfg, tmp_path / "run", meta)
+    monkeypatch.setattr(StageRunner, "step", real)
+    with pytest.raises(ConfigError, match="other settings"):
+        finetune(tiny_model()[0], ds, None, TrainConfig(epochs=1, batch_size=4, lr=0.5), tmp_path / "run", meta)
+
+
+def test_torchrun_two_processes_end_with_identical_weights(tmp_path: Path) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parent)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+           str(Path(__file__).parent / "ddp_worker.py"), str(tmp_path)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a, b = (tmp_path / "rank0.txt").read_text(), (tmp_path / "rank1.txt").read_text()
+    assert a == b
