@@ -1,0 +1,491 @@
+"""Dataset readers, label spaces, fingerprints and patient-level splits (uopsl.train.data)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import fixtures_data as fx
+from uopsl.runtime.errors import ConfigError, DataError
+from uopsl.train import data as D
+
+TVHL = Path(__file__).resolve().parents[2] / "shared" / "data" / "tvhl"
+needs_tvhl = pytest.mark.skipif(not (TVHL / "fundus.csv").is_file(), reason=f"real TVHL data not found at {TVHL}")
+
+
+def patients_of(source: D.DatasetSource, idx: np.ndarray) -> set[str]:
+    return {k for i, k in enumerate(D.group_keys(source)) if i in set(idx.tolist())}
+
+
+# ---------------------------------------------------------------- core types
+
+
+def test_label_space_encodes_decodes_and_rejects_unknown_names():
+    space = D.LabelSpace(("normal", "dr", "dme"))
+    np.testing.assert_array_equal(space.encode(["dme", "dr"]), [0, 1, 1])
+    assert space.encode(["dr"]).dtype == np.float32
+    assert space.index("dme") == 2 and "dr" in space and len(space) == 3
+    assert space.decode(np.array([0.1, 0.7, 0.5])) == ("dr", "dme")
+    with pytest.raises(DataError, match=r"'amd'.*allowed.*'normal', 'dr', 'dme'"):
+        space.encode(["amd"])
+    np.testing.assert_array_equal(space.encode(["amd", "dr"], strict=False), [0, 1, 0])
+    single = D.LabelSpace(("normal", "dr"), multi_label=False)
+    with pytest.raises(DataError, match="exactly one"):
+        single.encode(["normal", "dr"])
+    assert single.decode(np.array([0.2, 0.3])) == ("dr",)
+    assert D.LabelSpace.from_dict(space.to_dict()) == space
+    with pytest.raises(ConfigError, match="unique"):
+        D.LabelSpace(("dr", "dr"))
+
+
+def test_sample_rejects_unknown_modality_and_eye(tmp_path):
+    with pytest.raises(ConfigError, match="modality"):
+        D.Sample(tmp_path / "a.png", ("dr",), modality="xray")
+    with pytest.raises(ConfigError, match="eye"):
+        D.Sample(tmp_path / "a.png", ("dr",), eye="OD")
+
+
+def test_vocabulary_order_puts_known_classes_first():
+    assert D.order_classes(["zeta", "dme", "normal", "alpha", "dr"]) == ("normal", "dr", "dme", "alpha", "zeta")
+
+
+def test_data_module_does_not_import_torch():
+    code = "import sys, uopsl.train.data; sys.exit(1 if 'torch' in sys.modules else 0)"
+    assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0
+
+
+# ---------------------------------------------------------------- generic readers
+
+
+def test_folder_reader(tmp_path):
+    fx.make_folder_dataset(tmp_path, {"normal": 3, "dr": 2, "zz_custom": 1})
+    (tmp_path / "dr" / "notes.txt").write_text("not an image")
+    (tmp_path / ".cache").mkdir()
+    src = D.read_folder(tmp_path)
+    assert src.label_space.classes == ("normal", "dr", "zz_custom")
+    assert not src.label_space.multi_label
+    assert src.counts() == {"normal": 3, "dr": 2, "zz_custom": 1}
+    assert all(s.patient is None and s.modality == "fundus" for s in src.samples)
+
+
+def test_folder_reader_unknown_class_folder_names_the_folder(tmp_path):
+    fx.make_folder_dataset(tmp_path, {"normal": 1, "cat": 1})
+    with pytest.raises(DataError) as err:
+        D.read_folder(tmp_path, classes=("normal", "dr"))
+    msg = str(err.value)
+    assert str(tmp_path / "cat") in msg and "'cat'" in msg and "['normal', 'dr']" in msg
+
+
+def test_empty_dataset_is_an_error(tmp_path):
+    (tmp_path / "normal").mkdir()
+    with pytest.raises(DataError, match="no images found"):
+        D.read_folder(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("layout", "expected"),
+    [
+        (D.CsvLayout(path_column="file", label_column="label"), [("dr",), ("normal",), ("dme",), ("dr",)]),
+        (D.CsvLayout(path_column="file", label_columns=("dr", "dme"), none_label="normal"),
+         [("dr",), ("normal",), ("dme",), ("dr", "dme")]),
+        (D.CsvLayout(path_column="file", multi_label_column="findings"),
+         [("dr", "dme"), ("normal",), ("dme",), ("dr", "dme")]),
+    ],
+)
+def test_generic_csv_label_forms(tmp_path, layout, expected):
+    csv_path = fx.make_generic_csv(tmp_path)
+    layout = D.CsvLayout(**{**layout.__dict__, "patient_column": "pid", "eye_column": "eye"})
+    src = D.read_csv(csv_path, layout)
+    assert [s.labels for s in src.samples] == expected
+    assert [s.patient for s in src.samples] == ["P1", "P1", "P2", "P3"]
+    assert [s.eye for s in src.samples] == ["right", "left", "right", "left"]
+    assert src.label_space.multi_label == (layout.label_column is None)
+    assert src.samples[0].path == tmp_path / "images" / "0.jpg"
+
+
+def test_csv_layout_needs_exactly_one_label_form():
+    with pytest.raises(ConfigError, match="exactly one"):
+        D.CsvLayout(label_column="a", multi_label_column="b")
+    with pytest.raises(ConfigError, match="exactly one"):
+        D.CsvLayout()
+
+
+def test_missing_column_names_file_column_and_columns_found(tmp_path):
+    csv_path = fx.make_generic_csv(tmp_path)
+    with pytest.raises(DataError) as err:
+        D.read_csv(csv_path, D.CsvLayout(path_column="path", label_column="label"))
+    msg = str(err.value)
+    assert str(csv_path) in msg and "['path']" in msg and "'file', 'pid'" in msg
+
+
+def test_missing_image_names_file_and_row(tmp_path):
+    csv_path = fx.make_generic_csv(tmp_path)
+    (tmp_path / "images" / "2.jpg").unlink()
+    layout = D.CsvLayout(path_column="file", label_column="label")
+    with pytest.raises(DataError) as err:
+        D.read_csv(csv_path, layout)
+    msg = str(err.value)
+    assert f"{csv_path}, row 3 (line 4)" in msg and "2.jpg" in msg
+    src = D.read_csv(csv_path, layout, missing="skip")
+    assert len(src) == 3 and src.dropped == {"missing_image": 1}
+
+
+def test_unknown_label_names_file_row_label_and_allowed(tmp_path):
+    csv_path = fx.make_generic_csv(tmp_path)
+    with pytest.raises(DataError) as err:
+        D.read_csv(csv_path, D.CsvLayout(path_column="file", label_column="label"), classes=("normal", "dr"))
+    msg = str(err.value)
+    assert f"{csv_path}, row 3" in msg and "'dme'" in msg and "['normal', 'dr']" in msg
+
+
+def test_bad_binary_cell_names_file_row_and_column(tmp_path):
+    csv_path = fx.write_csv(tmp_path / "t.csv", ["path", "dr"], [["a.png", "yes please"]])
+    fx.write_image(tmp_path / "a.png")
+    with pytest.raises(DataError, match=r"t\.csv, row 1 \(line 2\): column 'dr' holds 'yes please'"):
+        D.read_csv(csv_path, D.CsvLayout(label_columns=("dr",)))
+
+
+def test_malformed_rows_and_empty_csv(tmp_path):
+    fx.write_image(tmp_path / "a.png")
+    too_many = tmp_path / "wide.csv"
+    too_many.write_text("path,label\na.png,dr\na.png,dr,extra\n")
+    with pytest.raises(DataError, match=r"wide\.csv, row 2 \(line 3\): 3 fields"):
+        D.read_csv(too_many, D.CsvLayout(label_column="label"))
+    empty_cell = tmp_path / "empty.csv"
+    empty_cell.write_text("path,label\na.png,\n")
+    with pytest.raises(DataError, match=r"empty\.csv, row 1 \(line 2\): column 'label' is empty"):
+        D.read_csv(empty_cell, D.CsvLayout(label_column="label"))
+    blank = tmp_path / "blank.csv"
+    blank.write_text("")
+    with pytest.raises(DataError, match=r"blank\.csv: the CSV is empty"):
+        D.read_csv(blank, D.CsvLayout(label_column="label"))
+    with pytest.raises(DataError, match="CSV file not found"):
+        D.read_csv(tmp_path / "nope.csv", D.CsvLayout(label_column="label"))
+    header_only = tmp_path / "header.csv"
+    header_only.write_text("path,label\n")
+    with pytest.raises(DataError, match="no images found"):
+        D.read_csv(header_only, D.CsvLayout(label_column="label"))
+
+
+def test_synthetic_csv(tmp_path):
+    fx.make_synthetic(tmp_path)
+    src = D.read_synthetic(tmp_path)
+    assert len(src) == 4 and src.label_space.multi_label
+    assert src.label_space.classes == ("normal", "dr", "dme", "amd", "glaucoma")
+    assert src.samples[0].labels == ("dr", "dme") and src.samples[0].eye == "right"
+    assert src.samples[0].extra["masks"] == tmp_path / "masks" / "fundus_00000.npz"
+    assert src.samples[1].extra["masks"] is None
+    oct_only = D.read_synthetic(tmp_path / "labels.csv", modality="oct")
+    assert [s.modality for s in oct_only.samples] == ["oct"] and oct_only.dropped == {"modality=fundus": 3}
+    with pytest.raises(DataError, match=r"row 3 .*unknown label 'amd'"):
+        D.read_synthetic(tmp_path, classes=("normal", "dr", "dme", "glaucoma"))
+
+
+def test_synthetic_generator_output_reads(tmp_path):
+    synthetic = pytest.importorskip("uopsl.train.synthetic", reason="synthetic generator not in this checkout yet")
+    csv_path = synthetic.make_dataset(tmp_path, 6, 2, synthetic.SynthConfig(size=128, seed=0), workers=1)
+    src = D.read_synthetic(csv_path)
+    assert len(src) == 8
+    assert Counter(s.modality for s in src.samples) == {"fundus": 6, "oct": 2}
+
+
+# ---------------------------------------------------------------- TVHL
+
+
+@needs_tvhl
+def test_tvhl_real_counts_match_readme():
+    fundus = D.read_tvhl(TVHL)
+    assert fundus.counts() == {"normal": 267, "npdr": 54, "pdr": 15, "dme": 722}
+    oct_ = D.read_tvhl(TVHL, modality="oct")
+    assert oct_.counts() == {"normal": 209, "npdr": 33, "pdr": 15, "dme": 121}
+    assert oct_.dropped == {"oct:label=unknown not in task four_class": 384}
+    referable = D.read_tvhl(TVHL, task="referable_dr")
+    assert referable.counts() == {"normal": 267, "dr": 69}
+    assert {s.extra["dr_grade"] for s in referable.samples} == {0, 1, 2}
+    both = D.read_tvhl(TVHL, modality="both", task="dme")
+    assert both.counts() == {"normal": 267 + 209, "dme": 722 + 121}
+    assert all(s.patient and s.eye in ("left", "right") for s in fundus.samples)
+    assert D.read_tvhl(TVHL).fingerprint == fundus.fingerprint
+
+
+@needs_tvhl
+def test_tvhl_real_grouped_folds_are_patient_disjoint():
+    src = D.read_tvhl(TVHL, modality="both", task="four_class")
+    folds = D.group_kfold(src, 3, seed=0)
+    tests = [set(te.tolist()) for _, te in folds]
+    assert sorted(i for t in tests for i in t) == list(range(len(src)))
+    keys = D.group_keys(src)
+    for tr, te in folds:
+        assert not {keys[i] for i in tr} & {keys[i] for i in te}
+        assert src.subset(te).counts()["pdr"] > 0
+
+
+def test_tvhl_fixture_tasks(tmp_path):
+    fx.make_tvhl(tmp_path)
+    four = D.read_tvhl(tmp_path)
+    assert four.counts() == {"normal": 1, "npdr": 1, "pdr": 1, "dme": 3}
+    assert four.samples[0].patient == "0002" and four.samples[0].eye == "right"
+    assert D.read_tvhl(tmp_path, task="referable_dr").counts() == {"normal": 1, "dr": 2}
+    oct_ = D.read_tvhl(tmp_path, modality="oct", task="dme")
+    assert oct_.counts() == {"normal": 1, "dme": 1} and all(s.modality == "oct" for s in oct_.samples)
+    with pytest.raises(ConfigError, match="task"):
+        D.read_tvhl(tmp_path, task="glaucoma")
+
+
+def test_tvhl_inconsistent_or_unknown_label_names_row(tmp_path):
+    fx.make_tvhl(tmp_path)
+    csv_path = tmp_path / "fundus.csv"
+    lines = csv_path.read_text().splitlines()
+    lines[3] = lines[3].replace(",normal", ",npdr")
+    csv_path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=r"fundus\.csv, row 3 \(line 4\): label 'npdr' contradicts dme=0, dr='none'"):
+        D.read_tvhl(tmp_path)
+    lines[3] = lines[3].replace(",npdr", ",severe")
+    csv_path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=r"row 3 .*unknown label 'severe'; allowed labels: \['dme', 'normal'"):
+        D.read_tvhl(tmp_path)
+
+
+# ---------------------------------------------------------------- public fundus sets
+
+
+def test_aptos(tmp_path):
+    fx.make_aptos(tmp_path)
+    src = D.read_aptos(tmp_path)
+    assert src.counts() == {"normal": 2, "dr": 4}
+    assert [s.extra["dr_grade"] for s in src.samples] == [0, 1, 2, 3, 4, 2]
+    graded = D.read_aptos(tmp_path, task="grade")
+    assert graded.label_space.classes == D.DR_GRADE_NAMES
+    assert graded.samples[4].labels == ("pdr",)
+    with pytest.raises(ConfigError, match="dr_dme"):
+        D.read_aptos(tmp_path, task="dr_dme")
+
+
+def test_aptos_bad_grade_names_row(tmp_path):
+    fx.make_aptos(tmp_path, grades=(0, 7))
+    with pytest.raises(DataError, match=r"train\.csv, row 2 \(line 3\): column 'diagnosis' holds '7'"):
+        D.read_aptos(tmp_path)
+
+
+def test_odir(tmp_path):
+    fx.make_odir(tmp_path)
+    src = D.read_odir(tmp_path)
+    assert [s.labels for s in src.samples] == [("normal",), ("cataract",), ("dr",), ("dr",), ("glaucoma",)]
+    assert [s.eye for s in src.samples] == ["right", "left", "right", "left", "right"]
+    assert [s.patient for s in src.samples] == ["0", "0", "1", "1", "2"]
+    assert src.samples[1].extra["keywords"] == "cataract"
+    assert src.samples[2].extra["patient_flags"]["D"] == "1"
+    raw = D.read_odir(tmp_path, vocabulary="raw")
+    assert raw.label_space.classes == tuple("NDGCAHMO") and raw.samples[1].labels == ("C",)
+
+
+def test_odir_unknown_code_names_row(tmp_path):
+    fx.make_odir(tmp_path)
+    csv_path = tmp_path / "full_df.csv"
+    csv_path.write_text(csv_path.read_text().replace("['G']", "['X']"))
+    with pytest.raises(DataError, match=r"full_df\.csv, row 5 \(line 6\): unknown label 'X'"):
+        D.read_odir(tmp_path)
+
+
+def test_rfmid(tmp_path):
+    fx.make_rfmid(tmp_path)
+    src = D.read_rfmid(tmp_path)
+    labels = [s.labels for s in src.samples]
+    assert labels == [("dr",), ("normal",), ("macular_hole", "media_haze"), ("glaucoma", "other"), ("amd", "drusen")]
+    assert src.samples[3].extra["raw_labels"] == ("TSLN", "ODC")
+    raw = D.read_rfmid(tmp_path, vocabulary="raw")
+    assert len(raw.label_space) == 47 and raw.samples[2].labels == ("MH", "MHL")
+    assert src.samples[0].path == tmp_path / "Training" / "1.png"
+
+
+def test_idrid_real_header_quirks(tmp_path):
+    fx.make_idrid(tmp_path)
+    src = D.read_idrid(tmp_path)
+    assert [s.labels for s in src.samples] == [("dr",), ("normal",), ("dr",), ("normal",)]
+    assert [(s.extra["dr_grade"], s.extra["dme_grade"]) for s in src.samples] == [(3, 2), (0, 0), (2, 0), (1, 1)]
+    multi = D.read_idrid(tmp_path, task="dr_dme")
+    assert multi.label_space.multi_label
+    assert [s.labels for s in multi.samples] == [("dr", "dme"), ("normal",), ("dr",), ("dme",)]
+    missing_col = tmp_path / "2. Groundtruths" / fx.IDRID_CSV
+    missing_col.write_text(missing_col.read_text().replace("Retinopathy grade", "DR grade"))
+    with pytest.raises(DataError) as err:
+        D.read_idrid(tmp_path)
+    assert "missing column(s) ['Retinopathy grade']" in str(err.value) and "'Risk of macular edema '" in str(err.value)
+
+
+def test_messidor2(tmp_path):
+    fx.make_messidor2(tmp_path)
+    src = D.read_messidor2(tmp_path, task="dr_dme")
+    assert [s.labels for s in src.samples] == [("normal",), ("dr", "dme"), ("dr",)]
+    assert src.dropped == {"ungradable": 1}
+    assert src.samples[2].path.name == "IM000001.png"
+    assert [s.extra["dr_grade"] for s in src.samples] == [0, 2, 4]
+
+
+def test_messidor2_missing_image_names_row(tmp_path):
+    fx.make_messidor2(tmp_path)
+    (tmp_path / "IMAGES" / "20051020_43832_0100_PP.png").unlink()
+    with pytest.raises(DataError, match=r"messidor_data\.csv, row 2 \(line 3\): image file .*43832.* not found"):
+        D.read_messidor2(tmp_path)
+
+
+# ---------------------------------------------------------------- OCT sets
+
+
+def test_oct2017(tmp_path):
+    fx.make_oct2017(tmp_path)
+    train = D.read_oct2017(tmp_path)
+    assert train.counts() == {"normal": 2, "dme": 1, "amd": 3}
+    assert train.samples[0].patient == "1016042" and train.samples[0].modality == "oct"
+    assert [s.extra["raw_label"] for s in train.samples][:2] == ["CNV", "CNV"]
+    assert len(D.read_oct2017(tmp_path, split="all")) == 8
+    raw = D.read_oct2017(tmp_path, split="test", vocabulary="raw")
+    assert raw.counts() == {"CNV": 1, "DME": 0, "DRUSEN": 0, "NORMAL": 1}
+    fx.write_image(tmp_path / "train" / "DME" / "CNV-1-1.jpeg")
+    with pytest.raises(DataError, match=r"CNV-1-1\.jpeg: file name does not follow"):
+        D.read_oct2017(tmp_path)
+
+
+def test_octdl_with_and_without_labels_csv(tmp_path):
+    fx.make_octdl(tmp_path, with_csv=False)
+    scanned = D.read_octdl(tmp_path)
+    assert scanned.counts() == {"normal": 1, "dme": 1, "amd": 2, "erm": 0, "vmi": 1, "rvo": 0, "rao": 0}
+    assert [s.patient for s in scanned.samples] == ["1047099", "1047099", "1088513", "1021542", "1099999"]
+    fx.make_octdl(tmp_path, with_csv=True)
+    from_csv = D.read_octdl(tmp_path)
+    assert [s.patient for s in from_csv.samples] == [s.patient for s in scanned.samples]
+    assert from_csv.samples[0].extra["subcategory"] == "MNV" and from_csv.samples[0].eye == "left"
+    assert from_csv.fingerprint == scanned.fingerprint
+    csv_path = tmp_path / "OCTDL_labels.csv"
+    csv_path.write_text(csv_path.read_text().replace(",VID,", ",XYZ,"))
+    with pytest.raises(DataError, match=r"OCTDL_labels\.csv, row 5 \(line 6\): unknown label 'XYZ'"):
+        D.read_octdl(tmp_path)
+
+
+def test_load_dataset_registry(tmp_path):
+    fx.make_aptos(tmp_path)
+    assert len(D.load_dataset("aptos", tmp_path, task="grade")) == 6
+    with pytest.raises(ConfigError, match="unknown dataset kind"):
+        D.load_dataset("kaggle", tmp_path)
+
+
+def test_every_mapped_class_is_in_the_vocabulary():
+    mapped = [*D.ODIR_CODES.values(), *D.RFMID_CODES.values(), *D.OCT2017_CLASSES.values(),
+              *D.OCTDL_CLASSES.values(), *D.DR_GRADE_NAMES, *(c for t in D.TVHL_TASKS.values() for c in t)]
+    assert set(mapped) <= set(D.VOCABULARY)
+
+
+# ---------------------------------------------------------------- fingerprint
+
+
+def test_fingerprint_tracks_names_sizes_labels_not_mtime(tmp_path):
+    fx.make_aptos(tmp_path)
+    base = D.read_aptos(tmp_path).fingerprint
+    img = tmp_path / "train_images" / "0000c1434d8d7.png"
+    os.utime(img, (1, 1))
+    assert D.read_aptos(tmp_path).fingerprint == base
+    assert D.read_aptos(tmp_path, task="grade").fingerprint != base
+    content = D.fingerprint(D.read_aptos(tmp_path).samples, tmp_path, content=True)
+    assert content != base
+    data = bytearray(img.read_bytes())
+    data[-20] ^= 0xFF  # same size, different bytes
+    img.write_bytes(bytes(data))
+    assert D.read_aptos(tmp_path).fingerprint == base
+    assert D.fingerprint(D.read_aptos(tmp_path).samples, tmp_path, content=True) != content
+    img.write_bytes(bytes(data) + b"\0")
+    assert D.read_aptos(tmp_path).fingerprint != base
+
+
+def test_subset_refingerprints_without_disk(tmp_path):
+    fx.make_aptos(tmp_path)
+    src = D.read_aptos(tmp_path)
+    sub = src.subset([4, 0])
+    assert [s.extra["dr_grade"] for s in sub.samples] == [4, 0]
+    assert sub.fingerprint == D.fingerprint(sub.samples, tmp_path)
+    assert sub.fingerprint != src.fingerprint
+    assert src.describe()["counts"] == {"normal": 2, "dr": 4}
+    with pytest.raises(ConfigError, match="out of range"):
+        src.subset([6])
+
+
+# ---------------------------------------------------------------- splits
+
+
+def synthetic_cohort(n_patients: int = 60, seed: int = 0) -> list[D.Sample]:
+    """Patients with 1-4 images each; 'rare' on 10 % of patients, images without patient id mixed in."""
+    rng = np.random.default_rng(seed)
+    samples = []
+    for p in range(n_patients):
+        label = "rare" if p % 10 == 0 else ("dr" if p % 3 == 0 else "normal")
+        for k in range(int(rng.integers(1, 5))):
+            samples.append(D.Sample(Path(f"/x/{p}_{k}.png"), (label,), patient=f"p{p:03d}"))
+    samples += [D.Sample(Path(f"/x/anon{i}.png"), ("normal",)) for i in range(7)]
+    return samples
+
+
+def test_group_kfold_is_patient_disjoint_complete_deterministic_and_stratified():
+    samples = synthetic_cohort()
+    keys = D.group_keys(samples)
+    folds = D.group_kfold(samples, 5, seed=3)
+    assert len(folds) == 5
+    all_test = np.concatenate([te for _, te in folds])
+    assert sorted(all_test.tolist()) == list(range(len(samples)))
+    for tr, te in folds:
+        assert not {keys[i] for i in tr} & {keys[i] for i in te}
+        assert len(tr) + len(te) == len(samples)
+        assert sum(1 for i in te if samples[i].labels == ("rare",)) > 0
+    again = D.group_kfold(list(samples), 5, seed=3)
+    assert all(np.array_equal(a[1], b[1]) for a, b in zip(folds, again))
+    other = D.group_kfold(samples, 5, seed=4)
+    assert not all(np.array_equal(a[1], b[1]) for a, b in zip(folds, other))
+    with pytest.raises(ConfigError, match="k must be"):
+        D.group_kfold(samples, 1)
+    with pytest.raises(ConfigError, match="at least 500"):
+        D.group_kfold(samples, 500)
+
+
+def test_images_without_patient_are_their_own_groups():
+    samples = [D.Sample(Path(f"/x/{i}.png"), ("normal",)) for i in range(4)]
+    assert len(set(D.group_keys(samples))) == 4
+    assert len(D.group_kfold(samples, 4)) == 4
+
+
+def test_patient_split_fractions_disjoint_and_deterministic():
+    samples = synthetic_cohort(200)
+    keys = D.group_keys(samples)
+    split = D.patient_split(samples, (0.6, 0.2, 0.2), seed=1)
+    parts = [split.train, split.val, split.test]
+    assert sorted(np.concatenate(parts).tolist()) == list(range(len(samples)))
+    groups = [{keys[i] for i in part} for part in parts]
+    assert not (groups[0] & groups[1] or groups[0] & groups[2] or groups[1] & groups[2])
+    shares = np.array([len(p) for p in parts]) / len(samples)
+    np.testing.assert_allclose(shares, [0.6, 0.2, 0.2], atol=0.03)  # within a few 1-4 image groups of 507
+    assert all(any(samples[i].labels == ("rare",) for i in part) for part in parts)
+    again = D.patient_split(samples, (0.6, 0.2, 0.2), seed=1)
+    assert np.array_equal(again.test, split.test)
+    no_val = D.patient_split(samples, (0.8, 0.0, 0.2))
+    assert len(no_val.val) == 0
+    with pytest.raises(ConfigError, match="summing to 1"):
+        D.patient_split(samples, (0.5, 0.2, 0.2))
+
+
+def test_take_shots():
+    samples = synthetic_cohort(100)
+    idx = D.take_shots(samples, 3, seed=0)
+    counts = Counter(n for i in idx for n in samples[i].labels)
+    assert counts == {"rare": 3, "dr": 3, "normal": 3}
+    assert np.array_equal(idx, D.take_shots(samples, 3, seed=0))
+    assert not np.array_equal(idx, D.take_shots(samples, 3, seed=1))
+    multi = [D.Sample(Path("/x/a.png"), ("dr", "dme")), D.Sample(Path("/x/b.png"), ("dme",)),
+             D.Sample(Path("/x/c.png"), ("dr",))]
+    one = D.take_shots(multi, 1, classes=["dr", "dme"])
+    assert all(any(c in multi[i].labels for i in one) for c in ("dr", "dme")) and len(one) <= 2
+    assert set(D.take_shots(multi, 5).tolist()) == {0, 1, 2}
+    with pytest.raises(ConfigError, match="n_per_class"):
+        D.take_shots(samples, 0)

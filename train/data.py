@@ -1,0 +1,93 @@
+"""Datasets: what the rest of the toolkit imports to read images and labels.
+
+Torch-free: a reader returns a :class:`DatasetSource` (samples, label space,
+fingerprint); the torch ``Dataset`` wrapper, preprocessing and augmentation
+live elsewhere. Readers never decode images.
+
+Readers (each module's docstring says what layout it assumes):
+
+==============  ================================================================
+``folder``      ``root/<class>/*`` (:func:`read_folder`)
+``csv``         any CSV described by a :class:`CsvLayout` (:func:`read_csv`)
+``synthetic``   the ``uopsl synth`` output (:func:`read_synthetic`)
+``tvhl``        TVHL fundus/OCT (:func:`read_tvhl`), the project's real data
+``aptos``       APTOS 2019 (:func:`read_aptos`)
+``odir``        ODIR-5K ``full_df.csv`` (:func:`read_odir`)
+``rfmid``       RFMiD (:func:`read_rfmid`)
+``idrid``       IDRiD disease grading (:func:`read_idrid`)
+``messidor2``   MESSIDOR-2 adjudicated grades (:func:`read_messidor2`)
+``oct2017``     OCT2017 / Kermany (:func:`read_oct2017`)
+``octdl``       OCTDL (:func:`read_octdl`)
+==============  ================================================================
+
+Splits: :func:`patient_split`, :func:`group_kfold`, :func:`take_shots` never put
+one patient on both sides. Errors are :class:`~uopsl.runtime.errors.DataError`
+naming the file and row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from uopsl.runtime.errors import ConfigError
+from uopsl.train.datasets.core import (
+    EYES,
+    IMAGE_EXTENSIONS,
+    MODALITIES,
+    VOCABULARY,
+    DatasetSource,
+    LabelSpace,
+    Sample,
+    fingerprint,
+    order_classes,
+)
+from uopsl.train.datasets.fundus_sets import (
+    DR_GRADE_NAMES,
+    GRADED_TASKS,
+    ODIR_CODES,
+    REFERABLE_GRADE,
+    RFMID_CODES,
+    read_aptos,
+    read_idrid,
+    read_messidor2,
+    read_odir,
+    read_rfmid,
+)
+from uopsl.train.datasets.generic import CsvLayout, read_csv, read_folder, read_synthetic
+from uopsl.train.datasets.oct_sets import OCT2017_CLASSES, OCTDL_CLASSES, read_oct2017, read_octdl
+from uopsl.train.datasets.splits import Split, group_keys, group_kfold, patient_split, take_shots
+from uopsl.train.datasets.tvhl import TVHL_TASKS, read_tvhl
+
+READERS: dict[str, Callable[..., DatasetSource]] = {
+    "folder": read_folder,
+    "csv": read_csv,
+    "synthetic": read_synthetic,
+    "tvhl": read_tvhl,
+    "aptos": read_aptos,
+    "odir": read_odir,
+    "rfmid": read_rfmid,
+    "idrid": read_idrid,
+    "messidor2": read_messidor2,
+    "oct2017": read_oct2017,
+    "octdl": read_octdl,
+}
+
+
+def load_dataset(kind: str, root: str | Path, **options: Any) -> DatasetSource:
+    """Read ``root`` with the reader named ``kind`` (see :data:`READERS`), passing ``options`` on."""
+    reader = READERS.get(kind)
+    if reader is None:
+        raise ConfigError(f"unknown dataset kind {kind!r}; choose one of {sorted(READERS)}")
+    return reader(root, **options)
+
+
+__all__ = [
+    "DR_GRADE_NAMES", "EYES", "GRADED_TASKS", "IMAGE_EXTENSIONS", "MODALITIES", "OCT2017_CLASSES",
+    "OCTDL_CLASSES", "ODIR_CODES", "READERS", "REFERABLE_GRADE", "RFMID_CODES", "TVHL_TASKS", "VOCABULARY",
+    "CsvLayout", "DatasetSource", "LabelSpace", "Sample", "Split",
+    "fingerprint", "group_keys", "group_kfold", "load_dataset", "order_classes", "patient_split",
+    "read_aptos", "read_csv", "read_folder", "read_idrid", "read_messidor2", "read_oct2017", "read_octdl",
+    "read_odir", "read_rfmid", "read_synthetic", "read_tvhl", "take_shots",
+]

@@ -1,0 +1,511 @@
+"""Core dataset types and the plumbing every reader shares.
+
+A reader turns a dataset on disk into a :class:`DatasetSource`: an ordered tuple
+of :class:`Sample` (image path, class names, patient, eye, modality, extras), the
+:class:`LabelSpace` those names live in and a content fingerprint that goes into
+checkpoints and bundle manifests. Readers never decode images: they check that
+each file exists (one ``stat``), which is also what the fingerprint hashes, so a
+100k-image set loads in seconds.
+
+Errors are :class:`~uopsl.runtime.errors.DataError` and always name the file and,
+for tables, the row (1-based data row, and the physical line a text editor shows).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import logging
+import os
+import stat
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import numpy as np
+
+from uopsl.runtime.errors import ConfigError, DataError
+from uopsl.runtime.fsio import sha256_file
+
+log = logging.getLogger(__name__)
+
+MODALITIES: tuple[str, ...] = ("fundus", "oct")
+EYES: tuple[str, ...] = ("left", "right")
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp"})
+OnMissing = Literal["error", "skip"]
+T = TypeVar("T")
+
+# The project's class vocabulary, in the order label spaces list them. Adapters
+# map each dataset's own labels onto these names (their docstrings say how);
+# names outside it (a user's folder names, RFMiD codes with vocabulary="raw")
+# sort after, alphabetically. The first block matches the synthetic generator.
+VOCABULARY: tuple[str, ...] = (
+    "normal", "dr", "dme", "amd", "glaucoma", "rp", "macular_hole",
+    # DR severity (international 5-point scale, TVHL's npdr/pdr)
+    "mild_npdr", "moderate_npdr", "severe_npdr", "npdr", "pdr",
+    # other retinal / ocular findings of the public sets
+    "cnv", "drusen", "erm", "vmi", "rvo", "rao", "hypertensive_retinopathy",
+    "myopia", "cataract", "media_haze", "other",
+)
+
+_EYE_WORDS = {
+    "left": "left", "l": "left", "os": "left", "oi": "left",
+    "right": "right", "r": "right", "od": "right",
+}
+
+
+def order_classes(names: Iterable[str]) -> tuple[str, ...]:
+    """Vocabulary names first (vocabulary order), then any other names alphabetically."""
+    rank = {n: i for i, n in enumerate(VOCABULARY)}
+    uniq = set(names)
+    return tuple(sorted(uniq, key=lambda n: (rank.get(n, len(rank)), n)))
+
+
+def parse_eye(value: str, *, strict: bool = True, where: str = "") -> str | None:
+    """Map left/right, L/R, OD/OS/OI (any case) to 'left'/'right'; '' means unknown (None)."""
+    v = value.strip().lower()
+    if not v:
+        return None
+    eye = _EYE_WORDS.get(v)
+    if eye is None and strict:
+        raise DataError(
+            f"{where}: eye {value!r} is not recognised; expected one of "
+            f"{sorted(_EYE_WORDS)} (any case) or an empty cell."
+        )
+    return eye
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One image with its class names.
+
+    ``extra`` holds what a task needs beyond the class names, e.g. the raw grade
+    (``dr_grade``, ``dme_grade``) for quadratic-kappa metrics, the dataset's own
+    label (``raw_label`` / ``raw_labels``) or the synthetic site-mask file (``masks``).
+    """
+
+    path: Path
+    labels: tuple[str, ...]
+    patient: str | None = None
+    eye: str | None = None
+    modality: str = "fundus"
+    extra: dict[str, Any] = field(default_factory=dict, hash=False)
+
+    def __post_init__(self) -> None:
+        if self.modality not in MODALITIES:
+            raise ConfigError(f"sample modality must be one of {MODALITIES}, got {self.modality!r}")
+        if self.eye is not None and self.eye not in EYES:
+            raise ConfigError(f"sample eye must be one of {EYES} or None, got {self.eye!r}")
+        if not isinstance(self.labels, tuple):
+            raise ConfigError(f"sample labels must be a tuple of class names, got {type(self.labels).__name__}")
+
+
+@dataclass(frozen=True)
+class LabelSpace:
+    """Ordered class names and whether a sample may carry several (multi-label).
+
+    Index ``i`` of every encoded vector is ``classes[i]``. A single-label space
+    requires exactly one class per sample.
+    """
+
+    classes: tuple[str, ...]
+    multi_label: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.classes:
+            raise ConfigError("a label space needs at least one class name")
+        dup = [c for c, n in Counter(self.classes).items() if n > 1]
+        if dup:
+            raise ConfigError(f"class names must be unique; repeated: {dup}")
+        bad = [c for c in self.classes if not isinstance(c, str) or not c or c != c.strip()]
+        if bad:
+            raise ConfigError(f"class names must be non-empty strings without surrounding spaces; got {bad!r}")
+
+    def __len__(self) -> int:
+        return len(self.classes)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.classes
+
+    def index(self, name: str) -> int:
+        """Position of ``name``; :class:`DataError` naming the allowed classes if absent."""
+        try:
+            return self.classes.index(name)
+        except ValueError:
+            raise DataError(f"label {name!r} is not in the label space; allowed: {list(self.classes)}") from None
+
+    def encode(self, labels: Iterable[str], *, strict: bool = True) -> np.ndarray:
+        """Multi-hot float32 vector of length ``len(self)``.
+
+        strict=False ignores names outside the space (e.g. a model space that
+        leaves out ``normal``); strict=True raises on them.
+        """
+        vec = np.zeros(len(self.classes), np.float32)
+        names = tuple(labels)
+        for name in names:
+            if name in self.classes:
+                vec[self.classes.index(name)] = 1.0
+            elif strict:
+                self.index(name)
+        if not self.multi_label and strict and vec.sum() != 1:
+            raise DataError(
+                f"a single-label space needs exactly one class per sample, got {list(names)}; "
+                f"allowed: {list(self.classes)}"
+            )
+        return vec
+
+    def encode_all(self, samples: Sequence[Sample], *, strict: bool = True) -> np.ndarray:
+        """(N, K) float32 multi-hot matrix for ``samples``."""
+        out = np.zeros((len(samples), len(self.classes)), np.float32)
+        for i, s in enumerate(samples):
+            out[i] = self.encode(s.labels, strict=strict)
+        return out
+
+    def decode(self, vector: np.ndarray, threshold: float = 0.5) -> tuple[str, ...]:
+        """Class names whose score is >= threshold (argmax for a single-label space)."""
+        v = np.asarray(vector).reshape(-1)
+        if v.shape[0] != len(self.classes):
+            raise ConfigError(f"vector has {v.shape[0]} entries, label space has {len(self.classes)}")
+        if not self.multi_label:
+            return (self.classes[int(np.argmax(v))],)
+        return tuple(c for c, x in zip(self.classes, v) if x >= threshold)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"classes": list(self.classes), "multi_label": self.multi_label}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> LabelSpace:
+        return cls(tuple(d["classes"]), bool(d["multi_label"]))
+
+
+@dataclass(frozen=True)
+class DatasetSource:
+    """What a reader returns: samples, their label space and a content fingerprint.
+
+    ``sizes[i]`` is the byte size of ``samples[i]`` (kept so subsets re-fingerprint
+    without touching the disk); ``dropped`` counts rows left out and why;
+    ``options`` are the reader arguments, saved next to every output.
+    """
+
+    name: str
+    root: Path
+    samples: tuple[Sample, ...]
+    label_space: LabelSpace
+    fingerprint: str
+    sizes: tuple[int, ...] = field(repr=False, hash=False, default=())
+    dropped: dict[str, int] = field(default_factory=dict, hash=False)
+    options: dict[str, Any] = field(default_factory=dict, hash=False)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def counts(self) -> dict[str, int]:
+        """Images per class, in label-space order."""
+        c: Counter[str] = Counter(n for s in self.samples for n in s.labels)
+        return {name: c.get(name, 0) for name in self.label_space.classes}
+
+    def targets(self) -> np.ndarray:
+        """(N, K) float32 multi-hot targets."""
+        return self.label_space.encode_all(self.samples)
+
+    def subset(self, indices: Iterable[int], name: str | None = None) -> DatasetSource:
+        """The samples at ``indices`` (in that order), with their own fingerprint."""
+        idx = [int(i) for i in indices]
+        n = len(self.samples)
+        bad = [i for i in idx if not 0 <= i < n]
+        if bad:
+            raise ConfigError(f"subset indices out of range 0..{n - 1}: {bad[:5]}")
+        samples = tuple(self.samples[i] for i in idx)
+        sizes = tuple(self.sizes[i] for i in idx) if self.sizes else ()
+        fp = fingerprint(samples, self.root, sizes or None)
+        return DatasetSource(
+            name or self.name, self.root, samples, self.label_space, fp, sizes, dict(self.dropped), dict(self.options)
+        )
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-able summary for resolved configs, reports and manifests."""
+        return {
+            "name": self.name,
+            "root": str(self.root),
+            "n_images": len(self.samples),
+            "n_patients": len({s.patient for s in self.samples if s.patient is not None}),
+            "label_space": self.label_space.to_dict(),
+            "counts": self.counts(),
+            "dropped": dict(self.dropped),
+            "fingerprint": self.fingerprint,
+            "options": {k: str(v) if isinstance(v, Path) else v for k, v in self.options.items()},
+        }
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return path.as_posix()
+
+
+def fingerprint(
+    samples: Sequence[Sample], root: Path, sizes: Sequence[int] | None = None, *, content: bool = False
+) -> str:
+    """sha256 over sorted (relative path, byte size, modality, patient, labels) of ``samples``.
+
+    Modification times are left out on purpose (a copy to another disk keeps the
+    fingerprint). content=True also hashes every file's bytes: exact, but reads
+    the whole dataset (progress bar); the default reads no image.
+    """
+    if sizes is None:
+        sizes = [s.path.stat().st_size for s in samples]
+    if len(sizes) != len(samples):
+        raise ConfigError(f"{len(sizes)} sizes for {len(samples)} samples")
+    entries = sorted(
+        (_relative(s.path, root), int(size), s.modality, s.patient or "", ";".join(sorted(s.labels)), s.path)
+        for s, size in zip(samples, sizes)
+    )
+    h = hashlib.sha256(b"uopsl-dataset-v1 " + (b"content\n" if content else b"meta\n"))
+    for rel, size, modality, patient, labels, path in progress(entries, "hashing images", enabled=content):
+        h.update(f"{rel}\t{size}\t{modality}\t{patient}\t{labels}\n".encode())
+        if content:
+            h.update(sha256_file(path).encode() + b"\n")
+    return h.hexdigest()
+
+
+def progress(items: Sequence[T], desc: str, *, enabled: bool = True, min_items: int = 2000) -> Sequence[T]:
+    """tqdm over ``items`` when tqdm is installed, the loop is long and stderr is a terminal."""
+    if not enabled or len(items) < min_items:
+        return items
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return items
+    return tqdm(items, desc=desc, disable=None, leave=False)  # type: ignore[no-any-return]
+
+
+# ---------------------------------------------------------------- tables
+
+
+def where(file: Path, row: int | None = None, line: int | None = None) -> str:
+    """'file, row R (line L)': how every data error locates itself."""
+    if row is None:
+        return str(file)
+    return f"{file}, row {row} (line {line})" if line is not None else f"{file}, row {row}"
+
+
+@dataclass(frozen=True)
+class Row:
+    """One data row of a CSV table: values by (whitespace-stripped) column name."""
+
+    file: Path
+    number: int
+    line: int
+    values: Mapping[str, str]
+
+    @property
+    def where(self) -> str:
+        return where(self.file, self.number, self.line)
+
+    def get(self, column: str) -> str:
+        return self.values.get(column, "")
+
+    def require(self, column: str) -> str:
+        """The non-empty value of ``column`` or a DataError naming file, row and column."""
+        value = self.values.get(column, "")
+        if not value:
+            raise DataError(f"{self.where}: column {column!r} is empty; every row needs a value there.")
+        return value
+
+    def integer(self, column: str, allowed: Sequence[int]) -> int:
+        """An integer cell whose value must be in ``allowed`` ('2.0' reads as 2)."""
+        raw = self.require(column)
+        try:
+            f = float(raw)
+        except ValueError:
+            f = float("nan")
+        if not f.is_integer() or int(f) not in allowed:
+            raise DataError(
+                f"{self.where}: column {column!r} holds {raw!r}; expected one of {list(allowed)}."
+            )
+        return int(f)
+
+
+def read_table(path: Path, required: Sequence[str]) -> tuple[list[str], Sequence[Row]]:
+    """Read a CSV with a header line; check that ``required`` columns exist.
+
+    Header names and cells are whitespace-stripped (real headers carry trailing
+    spaces, e.g. IDRiD's 'Risk of macular edema '); a UTF-8 byte-order mark is
+    ignored; rows whose cells are all empty (trailing blank lines, IDRiD's empty
+    columns) are skipped. Returns the stripped header and the rows (wrapped in a
+    progress bar when there are many: readers stat each image as they go).
+    """
+    if not path.is_file():
+        raise DataError(f"{path}: CSV file not found; check the dataset root and the file name.")
+    rows: list[Row] = []
+    number = 0
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            reader = csv.reader(fh)
+            raw_header = next(reader, None)
+            if raw_header is None:
+                raise DataError(f"{path}: the CSV is empty; expected a header line with columns {list(required)}.")
+            header = [h.strip() for h in raw_header]
+            missing = [c for c in required if c not in header]
+            if missing:
+                found = [h for h in raw_header if h.strip()]
+                raise DataError(
+                    f"{path}: missing column(s) {missing}; columns found: {found}. "
+                    f"Rename the columns or tell the reader which columns to use."
+                )
+            for cells in reader:
+                number += 1
+                if not any(c.strip() for c in cells):
+                    continue
+                if len(cells) > len(header) and any(c.strip() for c in cells[len(header):]):
+                    raise DataError(
+                        f"{where(path, number, reader.line_num)}: {len(cells)} fields but the header has "
+                        f"{len(header)} columns; quote values that contain commas."
+                    )
+                values = {h: c.strip() for h, c in zip(header, cells) if h}
+                rows.append(Row(path, number, reader.line_num, values))
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not a UTF-8 text file ({exc}); export the table as UTF-8 CSV.") from exc
+    except csv.Error as exc:
+        raise DataError(f"{where(path, number + 1)}: malformed CSV ({exc}).") from exc
+    return header, progress(rows, f"reading {path.name}")
+
+
+# ---------------------------------------------------------------- collecting samples
+
+
+class Collector:
+    """Accumulates samples for one reader: checks images, labels and builds the source.
+
+    ``label_space`` fixed up front (an adapter's task) validates every sample's
+    labels; ``None`` infers the space from the data at :meth:`build`.
+    ``missing='skip'`` leaves out rows whose image is absent (counted in
+    ``dropped['missing_image']``) instead of raising.
+    """
+
+    def __init__(self, name: str, root: Path, label_space: LabelSpace | None, missing: OnMissing = "error") -> None:
+        if missing not in ("error", "skip"):
+            raise ConfigError(f"missing must be 'error' or 'skip', got {missing!r}")
+        self.name = name
+        self.root = root
+        self.label_space = label_space
+        self.missing = missing
+        self.samples: list[Sample] = []
+        self.sizes: list[int] = []
+        self.dropped: Counter[str] = Counter()
+
+    def drop(self, reason: str, n: int = 1) -> None:
+        self.dropped[reason] += n
+
+    def check_labels(self, labels: Sequence[str], location: str) -> None:
+        space = self.label_space
+        if space is None:
+            return
+        for name in labels:
+            if name not in space:
+                raise DataError(f"{location}: unknown label {name!r}; allowed labels: {list(space.classes)}.")
+        if not space.multi_label and len(labels) != 1:
+            raise DataError(
+                f"{location}: {len(labels)} labels {list(labels)} for a single-label task; "
+                f"expected exactly one of {list(space.classes)}."
+            )
+
+    def add(self, sample: Sample, location: str, size: int | None = None) -> bool:
+        """Add ``sample`` (found at ``location``); False when its image is missing and skipped."""
+        self.check_labels(sample.labels, location)
+        if size is None:
+            try:
+                st = sample.path.stat()
+                ok = stat.S_ISREG(st.st_mode)
+            except OSError:
+                ok = False
+            if not ok:
+                if self.missing == "skip":
+                    self.drop("missing_image")
+                    log.debug("%s: image %s not found; skipped", location, sample.path)
+                    return False
+                raise DataError(
+                    f"{location}: image file {sample.path} not found. Fix the path (or the image "
+                    f"folder), or read with missing='skip' to leave such rows out."
+                )
+            size = st.st_size
+        self.samples.append(sample)
+        self.sizes.append(size)
+        return True
+
+    def build(self, options: Mapping[str, Any], multi_label: bool = True) -> DatasetSource:
+        if not self.samples:
+            dropped = f" (rows left out: {dict(self.dropped)})" if self.dropped else ""
+            raise DataError(
+                f"{self.name}: no images found under {self.root}{dropped}; check the dataset root "
+                f"and layout (see the reader's docstring)."
+            )
+        space = self.label_space or LabelSpace(order_classes(n for s in self.samples for n in s.labels), multi_label)
+        if self.missing == "skip" and self.dropped.get("missing_image"):
+            log.warning("%s: %d rows left out because their image is missing", self.name, self.dropped["missing_image"])
+        samples = tuple(self.samples)
+        sizes = tuple(self.sizes)
+        return DatasetSource(
+            self.name, self.root, samples, space, fingerprint(samples, self.root, sizes), sizes,
+            dict(self.dropped), dict(options),
+        )
+
+
+class StemIndex:
+    """Files of one folder by exact name and by lower-case stem.
+
+    Public sets list images by id (RFMiD, IDRiD) or by a name whose extension
+    differs from the file on disk (MESSIDOR-2 mirrors convert to PNG); one
+    ``listdir`` answers every lookup.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.by_name: dict[str, Path] = {}
+        self.by_stem: dict[str, Path] = {}
+        if folder.is_dir():
+            for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+                if entry.is_file() and Path(entry.name).suffix.lower() in IMAGE_EXTENSIONS:
+                    p = Path(entry.path)
+                    self.by_name[entry.name] = p
+                    self.by_stem.setdefault(p.stem.lower(), p)
+
+    def find(self, name: str) -> Path:
+        """The file called ``name``, else one with the same stem; else the expected path (may not exist)."""
+        hit = self.by_name.get(name)
+        if hit is None:
+            hit = self.by_stem.get(name.lower()) or self.by_stem.get(Path(name).stem.lower())
+        return hit if hit is not None else self.folder / name
+
+
+def first_existing(root: Path, candidates: Sequence[str], what: str, *, folder: bool) -> Path:
+    """The first of ``root/candidate`` that exists (as a folder or a file), else a DataError listing them."""
+    for c in candidates:
+        p = root / c
+        if (p.is_dir() if folder else p.is_file()):
+            return p
+    tried = [str(root / c) for c in candidates]
+    raise DataError(f"{what} not found; looked for: {tried}. Point the reader at the dataset root.")
+
+
+def scan_class_folders(root: Path, allowed: Sequence[str] | None, dataset: str) -> Iterator[tuple[str, Path, int]]:
+    """Yield (folder name, image path, byte size) for ``root/<class>/<image>``, sorted.
+
+    Hidden entries and non-image files are skipped; a class folder whose name is
+    not in ``allowed`` (when given) is an unknown-label DataError naming it.
+    """
+    if not root.is_dir():
+        raise DataError(f"{dataset}: folder {root} not found; expected one sub-folder per class.")
+    for d in sorted((e for e in os.scandir(root) if e.is_dir() and not e.name.startswith(".")), key=lambda e: e.name):
+        if allowed is not None and d.name not in allowed:
+            raise DataError(f"{d.path}: unknown label {d.name!r} (class folder); allowed labels: {list(allowed)}.")
+        for f in sorted(os.scandir(d.path), key=lambda e: e.name):
+            if f.name.startswith(".") or not f.is_file():
+                continue
+            if Path(f.name).suffix.lower() not in IMAGE_EXTENSIONS:
+                log.debug("%s: not an image extension; skipped", f.path)
+                continue
+            yield d.name, Path(f.path), f.stat().st_size

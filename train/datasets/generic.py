@@ -1,0 +1,212 @@
+"""Readers for layouts users make themselves: folder-per-class, a generic CSV, the synthetic generator's CSV.
+
+Assumptions
+- Folder-per-class: ``root/<class>/<image>``, one level; the folder name is the
+  class name (kept as is); hidden files and non-image extensions are skipped.
+- Generic CSV: a header line; one column with the image path (relative to the
+  CSV's folder unless ``image_root`` says otherwise) and the labels in exactly
+  one of three forms: one class name per row, several 0/1 columns (one per
+  class) or one column of ';'-separated class names.
+- Synthetic CSV (``uopsl synth``): ``path,patient,eye,modality,labels,masks``,
+  ``labels`` ';'-joined (``normal`` when no disease), ``path`` and ``masks``
+  relative to the CSV folder, ``masks`` empty when none were written.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from uopsl.runtime.errors import ConfigError, DataError
+from uopsl.train.datasets.core import (
+    MODALITIES,
+    Collector,
+    DatasetSource,
+    LabelSpace,
+    OnMissing,
+    Row,
+    Sample,
+    order_classes,
+    parse_eye,
+    read_table,
+    scan_class_folders,
+)
+
+_TRUE = {"1", "1.0", "true", "yes"}
+_FALSE = {"0", "0.0", "false", "no", ""}
+
+
+def _space(classes: tuple[str, ...] | list[str] | None, multi_label: bool) -> LabelSpace | None:
+    return LabelSpace(tuple(classes), multi_label) if classes is not None else None
+
+
+def read_folder(
+    root: str | Path,
+    *,
+    classes: tuple[str, ...] | list[str] | None = None,
+    modality: str = "fundus",
+    name: str = "folder",
+) -> DatasetSource:
+    """Single-label dataset from ``root/<class>/*`` (class = folder name).
+
+    classes: the allowed classes in label-space order; a folder outside them is
+    an unknown-label error. Default: every sub-folder, in vocabulary order.
+    """
+    root = Path(root)
+    if modality not in MODALITIES:
+        raise ConfigError(f"modality must be one of {MODALITIES}, got {modality!r}")
+    col = Collector(name, root, _space(classes, False))
+    for cls, path, size in scan_class_folders(root, classes, name):
+        col.add(Sample(path, (cls,), modality=modality), str(path), size)
+    return col.build({"reader": "folder", "root": root, "classes": classes, "modality": modality}, multi_label=False)
+
+
+@dataclass(frozen=True)
+class CsvLayout:
+    """Which columns of a CSV hold what. Set exactly one of the three label forms.
+
+    label_column: one class name per row (single-label).
+    label_columns: one 0/1 column per class; the column names are the classes.
+        A row with no 1 gets ``(none_label,)`` when set, else no label.
+    multi_label_column: class names joined by ``separator``.
+    image_root: folder the paths are relative to (itself relative to the CSV's folder
+        unless absolute; default: the CSV's folder).
+    modality: used when there is no ``modality_column``.
+    """
+
+    path_column: str = "path"
+    label_column: str | None = None
+    label_columns: tuple[str, ...] = ()
+    multi_label_column: str | None = None
+    separator: str = ";"
+    none_label: str | None = None
+    patient_column: str | None = None
+    eye_column: str | None = None
+    modality_column: str | None = None
+    modality: str = "fundus"
+    image_root: str | None = None
+
+    def __post_init__(self) -> None:
+        forms = sum([self.label_column is not None, bool(self.label_columns), self.multi_label_column is not None])
+        if forms != 1:
+            raise ConfigError(
+                "CsvLayout needs exactly one of label_column (one class per row), label_columns "
+                f"(0/1 column per class) or multi_label_column (joined names); got {forms}."
+            )
+        if isinstance(self.label_columns, (str, list)):
+            raise ConfigError(f"label_columns must be a tuple of column names, got {self.label_columns!r}")
+        if self.modality not in MODALITIES:
+            raise ConfigError(f"modality must be one of {MODALITIES}, got {self.modality!r}")
+        if not self.separator:
+            raise ConfigError("separator must be a non-empty string")
+
+    @property
+    def multi_label(self) -> bool:
+        return self.label_column is None
+
+    def columns(self) -> list[str]:
+        """Every column this layout reads (all must exist)."""
+        cols = [self.path_column, self.label_column, self.multi_label_column, self.patient_column,
+                self.eye_column, self.modality_column]
+        return [c for c in cols if c] + list(self.label_columns)
+
+    def labels(self, row: Row) -> tuple[str, ...]:
+        if self.label_column is not None:
+            return (row.require(self.label_column),)
+        if self.multi_label_column is not None:
+            raw = row.require(self.multi_label_column)
+            names = tuple(dict.fromkeys(n.strip() for n in raw.split(self.separator) if n.strip()))
+            if not names:
+                raise DataError(f"{row.where}: column {self.multi_label_column!r} holds no class name ({raw!r}).")
+            return names
+        on = []
+        for c in self.label_columns:
+            v = row.get(c).lower()
+            if v in _TRUE:
+                on.append(c)
+            elif v not in _FALSE:
+                raise DataError(f"{row.where}: column {c!r} holds {row.get(c)!r}; expected 0 or 1.")
+        if not on and self.none_label is not None:
+            return (self.none_label,)
+        return tuple(on)
+
+
+def read_csv(
+    csv_path: str | Path,
+    layout: CsvLayout,
+    *,
+    classes: tuple[str, ...] | list[str] | None = None,
+    name: str | None = None,
+    missing: OnMissing = "error",
+) -> DatasetSource:
+    """Dataset from a CSV described by ``layout``.
+
+    classes: allowed classes in label-space order (an unlisted label is an
+    error naming file and row). Default: the 0/1 column names (plus
+    ``none_label``) for ``label_columns``, else every name found, in vocabulary order.
+    """
+    csv_path = Path(csv_path)
+    _, rows = read_table(csv_path, layout.columns())
+    if classes is None and layout.label_columns:
+        classes = order_classes(list(layout.label_columns) + ([layout.none_label] if layout.none_label else []))
+    image_root = csv_path.parent / layout.image_root if layout.image_root else csv_path.parent
+    col = Collector(name or csv_path.stem, image_root, _space(classes, layout.multi_label), missing)
+    for row in rows:
+        modality = row.require(layout.modality_column) if layout.modality_column else layout.modality
+        if modality not in MODALITIES:
+            raise DataError(f"{row.where}: modality {modality!r}; expected one of {list(MODALITIES)}.")
+        sample = Sample(
+            image_root / row.require(layout.path_column),
+            layout.labels(row),
+            patient=(row.get(layout.patient_column) or None) if layout.patient_column else None,
+            eye=parse_eye(row.get(layout.eye_column), where=row.where) if layout.eye_column else None,
+            modality=modality,
+        )
+        col.add(sample, row.where)
+    options: dict[str, Any] = {"reader": "csv", "csv": csv_path, "classes": classes, **asdict(layout)}
+    return col.build(options, multi_label=layout.multi_label)
+
+
+SYNTHETIC_COLUMNS = ("path", "patient", "eye", "modality", "labels", "masks")
+
+
+def read_synthetic(
+    path: str | Path,
+    *,
+    classes: tuple[str, ...] | list[str] | None = None,
+    modality: str | None = None,
+    missing: OnMissing = "error",
+) -> DatasetSource:
+    """The synthetic generator's dataset (``labels.csv`` or its folder).
+
+    modality: keep only 'fundus' or 'oct' rows (default: both).
+    ``extra['masks']`` is the site-mask .npz path, or None.
+    """
+    path = Path(path)
+    csv_path = path / "labels.csv" if path.is_dir() else path
+    if modality is not None and modality not in MODALITIES:
+        raise ConfigError(f"modality must be one of {MODALITIES} or None, got {modality!r}")
+    _, rows = read_table(csv_path, SYNTHETIC_COLUMNS)
+    base = csv_path.parent
+    col = Collector("synthetic", base, _space(classes, True), missing)
+    layout = CsvLayout(multi_label_column="labels")
+    for row in rows:
+        mod = row.require("modality")
+        if mod not in MODALITIES:
+            raise DataError(f"{row.where}: modality {mod!r}; expected one of {list(MODALITIES)}.")
+        if modality is not None and mod != modality:
+            col.drop(f"modality={mod}")
+            continue
+        masks = row.get("masks")
+        sample = Sample(
+            base / row.require("path"),
+            layout.labels(row),
+            patient=row.get("patient") or None,
+            eye=parse_eye(row.get("eye"), where=row.where),
+            modality=mod,
+            extra={"masks": base / masks if masks else None},
+        )
+        col.add(sample, row.where)
+    options = {"reader": "synthetic", "csv": csv_path, "classes": classes, "modality": modality}
+    return col.build(options, multi_label=True)

@@ -1,0 +1,134 @@
+"""Adapters for public OCT B-scan datasets.
+
+What each adapter assumes:
+
+- OCT2017 (Kermany et al., 2018): ``root/<split>/<CLASS>/<CLASS>-<patient>-<n>.jpeg``
+  with split ``train``/``test`` (Kaggle mirrors add ``val``) and classes
+  ``CNV, DME, DRUSEN, NORMAL``. The patient id is the middle field of the file
+  name; a name that does not follow the pattern, or whose class prefix is not
+  its folder's, is a DataError naming the file.
+- OCTDL (Kulyabin et al., 2024): one folder per class ``AMD, DME, ERM, NO, RAO,
+  RVO, VID`` with files ``<class>_<patient>_<n>.jpg`` (class prefix in any case).
+  When ``OCTDL_labels.csv`` is present it drives the reader: columns
+  ``file_name`` (with or without extension), ``disease`` (the class folder) and
+  ``patient_id`` are required; ``subcategory`` and ``eye`` are read when present.
+  Without it the folders are scanned and the patient id parsed from the file
+  name (a name that does not parse gets no patient: its own split group). The
+  CSV's exact column set is taken from public code that reads it; only those
+  three columns are relied on.
+
+Mapping onto the project vocabulary (``vocabulary='raw'`` keeps the folder names):
+OCT2017 ``CNV`` (neovascular AMD) and ``DRUSEN`` (early AMD) -> ``amd``, ``DME`` ->
+``dme``, ``NORMAL`` -> ``normal``; OCTDL ``AMD`` -> ``amd``, ``DME`` -> ``dme``,
+``ERM`` -> ``erm``, ``NO`` -> ``normal``, ``RAO`` -> ``rao``, ``RVO`` -> ``rvo``,
+``VID`` (vitreomacular interface disease) -> ``vmi``. ``extra['raw_label']``
+keeps the folder name. Both are single-label.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+
+from uopsl.runtime.errors import ConfigError, DataError
+from uopsl.train.datasets.core import (
+    Collector,
+    DatasetSource,
+    LabelSpace,
+    OnMissing,
+    Sample,
+    StemIndex,
+    order_classes,
+    parse_eye,
+    read_table,
+    scan_class_folders,
+)
+
+log = logging.getLogger(__name__)
+
+OCT2017_CLASSES: dict[str, str] = {"CNV": "amd", "DME": "dme", "DRUSEN": "amd", "NORMAL": "normal"}
+OCT2017_SPLITS = ("train", "test", "val")
+OCTDL_CLASSES: dict[str, str] = {
+    "AMD": "amd", "DME": "dme", "ERM": "erm", "NO": "normal", "RAO": "rao", "RVO": "rvo", "VID": "vmi",
+}
+_KERMANY_NAME = re.compile(r"([A-Z]+)-(\d+)-(\d+)")
+_OCTDL_NAME = re.compile(r"([A-Za-z]+)_(\d+)_(\d+)")
+
+
+def _space(mapping: dict[str, str], vocabulary: str) -> LabelSpace:
+    if vocabulary not in ("mapped", "raw"):
+        raise ConfigError(f"vocabulary must be 'mapped' or 'raw', got {vocabulary!r}")
+    return LabelSpace(order_classes(mapping.values()) if vocabulary == "mapped" else tuple(mapping), False)
+
+
+def read_oct2017(
+    root: str | Path, *, split: str = "train", vocabulary: str = "mapped"
+) -> DatasetSource:
+    """OCT2017 / Kermany (see module doc); split 'train', 'test', 'val' or 'all' (those present)."""
+    root = Path(root)
+    space = _space(OCT2017_CLASSES, vocabulary)
+    if split not in (*OCT2017_SPLITS, "all"):
+        raise ConfigError(f"OCT2017 split must be one of {[*OCT2017_SPLITS, 'all']}, got {split!r}")
+    splits = [s for s in OCT2017_SPLITS if (root / s).is_dir()] if split == "all" else [split]
+    if not splits:
+        raise DataError(f"OCT2017: none of {[str(root / s) for s in OCT2017_SPLITS]} exists; point at the OCT2017 folder.")
+    col = Collector(f"oct2017-{split}-{vocabulary}", root, space)
+    for sp in splits:
+        for cls, path, size in scan_class_folders(root / sp, tuple(OCT2017_CLASSES), "OCT2017"):
+            m = _KERMANY_NAME.fullmatch(path.stem)
+            if m is None or m.group(1) != cls:
+                raise DataError(
+                    f"{path}: file name does not follow <CLASS>-<patient>-<n> with CLASS={cls} "
+                    f"(the OCT2017 naming); rename it or move it to its class folder."
+                )
+            label = OCT2017_CLASSES[cls] if vocabulary == "mapped" else cls
+            sample = Sample(path, (label,), patient=m.group(2), modality="oct", extra={"raw_label": cls, "split": sp})
+            col.add(sample, str(path), size)
+    return col.build({"reader": "oct2017", "root": root, "split": split, "vocabulary": vocabulary}, False)
+
+
+def read_octdl(
+    root: str | Path,
+    *,
+    vocabulary: str = "mapped",
+    labels_csv: str = "OCTDL_labels.csv",
+    missing: OnMissing = "error",
+) -> DatasetSource:
+    """OCTDL (see module doc): from ``labels_csv`` when present, else from the class folders."""
+    root = Path(root)
+    space = _space(OCTDL_CLASSES, vocabulary)
+    col = Collector(f"octdl-{vocabulary}", root, space, missing)
+    options = {"reader": "octdl", "root": root, "vocabulary": vocabulary, "labels_csv": labels_csv}
+    csv_path = root / labels_csv
+    if csv_path.is_file():
+        header, rows = read_table(csv_path, ("file_name", "disease", "patient_id"))
+        folders: dict[str, StemIndex] = {}
+        for row in rows:
+            disease = row.require("disease")
+            if disease not in OCTDL_CLASSES:
+                raise DataError(
+                    f"{row.where}: unknown label {disease!r} in column 'disease'; allowed labels: {list(OCTDL_CLASSES)}."
+                )
+            index = folders.setdefault(disease, StemIndex(root / disease))
+            extra = {"raw_label": disease, "subcategory": row.get("subcategory") or None}
+            sample = Sample(
+                index.find(row.require("file_name")),
+                (OCTDL_CLASSES[disease] if vocabulary == "mapped" else disease,),
+                patient=row.require("patient_id"),
+                eye=parse_eye(row.get("eye"), strict=False) if "eye" in header else None,
+                modality="oct",
+                extra=extra,
+            )
+            col.add(sample, row.where)
+        return col.build(options, False)
+    unparsed = 0
+    for cls, path, size in scan_class_folders(root, tuple(OCTDL_CLASSES), "OCTDL"):
+        m = _OCTDL_NAME.fullmatch(path.stem)
+        unparsed += m is None
+        label = OCTDL_CLASSES[cls] if vocabulary == "mapped" else cls
+        sample = Sample(path, (label,), patient=m.group(2) if m else None, modality="oct", extra={"raw_label": cls})
+        col.add(sample, str(path), size)
+    if unparsed:
+        log.warning("OCTDL: %d file names do not follow <class>_<patient>_<n>; they get no patient id", unparsed)
+    return col.build(options, False)

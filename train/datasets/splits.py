@@ -1,0 +1,161 @@
+"""Patient-level splits, patient-grouped stratified K-fold and few-shot subsampling.
+
+One patient's images (several photographs, both eyes, fundus and OCT) always
+fall on the same side of a split, or the evaluation leaks. Images without a
+patient id are each their own group. Everything is a pure function of the
+samples and the seed: same inputs, same indices, whatever the input order of
+equal samples' groups (groups are sorted by id before the seeded shuffle).
+
+Stratification works on groups: a group's stratum is its rarest class (by
+image count over the whole set), so rare classes are spread over the folds
+first. Indices are numpy int64 arrays into the given sample sequence, sorted.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TypeAlias
+
+import numpy as np
+
+from uopsl.runtime.errors import ConfigError
+from uopsl.train.datasets.core import DatasetSource, Sample
+
+log = logging.getLogger(__name__)
+
+Samples: TypeAlias = "Sequence[Sample] | DatasetSource"
+
+
+def _samples(samples: Samples) -> Sequence[Sample]:
+    return samples.samples if isinstance(samples, DatasetSource) else samples
+
+
+def group_keys(samples: Samples) -> list[str]:
+    """The split group of each sample: its patient id, or a unique key when it has none."""
+    return [s.patient if s.patient is not None else f"\x00image-{i}" for i, s in enumerate(_samples(samples))]
+
+
+@dataclass(frozen=True)
+class _Group:
+    key: str
+    members: tuple[int, ...]
+    stratum: str
+
+
+def _groups(samples: Sequence[Sample], seed: int) -> list[_Group]:
+    """Groups ordered rarest stratum first, seeded shuffle within a stratum, then larger groups first."""
+    keys = group_keys(samples)
+    members: dict[str, list[int]] = defaultdict(list)
+    for i, k in enumerate(keys):
+        members[k].append(i)
+    freq: Counter[str] = Counter(n for s in samples for n in s.labels)
+
+    def stratum(idx: list[int]) -> str:
+        names = {n for i in idx for n in samples[i].labels}
+        return min(names, key=lambda n: (freq[n], n)) if names else ""
+
+    groups = [_Group(k, tuple(members[k]), stratum(members[k])) for k in sorted(members)]
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(groups))
+    shuffled = [groups[i] for i in order]
+    # stable sort keeps the seeded order among groups of one stratum and size
+    return sorted(shuffled, key=lambda g: (freq.get(g.stratum, 0), g.stratum, -len(g.members)))
+
+
+def group_kfold(samples: Samples, k: int, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``k`` (train_idx, test_idx) pairs; each group is in exactly one test fold.
+
+    Each group goes to the fold holding the fewest images of its stratum (ties:
+    fewest images overall, then the lower fold), which balances class
+    proportions and fold sizes.
+    """
+    seq = _samples(samples)
+    groups = _groups(seq, seed)
+    if not isinstance(k, int) or k < 2:
+        raise ConfigError(f"k must be an integer >= 2, got {k!r}")
+    if k > len(groups):
+        raise ConfigError(f"k={k} folds need at least {k} patient groups; the samples have {len(groups)}")
+    fold_total = np.zeros((k,), np.int64)
+    strata: dict[str, np.ndarray] = defaultdict(lambda: np.zeros((k,), np.int64))
+    fold_of = np.empty(len(seq), np.int64)
+    for g in groups:
+        counts = strata[g.stratum]
+        fold = min(range(k), key=lambda f: (counts[f], fold_total[f], f))
+        counts[fold] += len(g.members)
+        fold_total[fold] += len(g.members)
+        fold_of[list(g.members)] = fold
+    idx = np.arange(len(seq))
+    return [(idx[fold_of != f], idx[fold_of == f]) for f in range(k)]
+
+
+@dataclass(frozen=True)
+class Split:
+    """Sample indices of a train/val/test split."""
+
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+
+
+def patient_split(
+    samples: Samples, fractions: tuple[float, float, float] = (0.7, 0.15, 0.15), seed: int = 0
+) -> Split:
+    """Patient-level train/val/test split with the given image fractions (val may be 0).
+
+    Groups are dealt, rarest stratum first, to the part furthest below its
+    target share of that stratum's images; the fractions hold to within a group.
+    """
+    if len(fractions) != 3 or any(f < 0 for f in fractions) or abs(sum(fractions) - 1.0) > 1e-6:
+        raise ConfigError(f"fractions must be three non-negative numbers summing to 1, got {fractions!r}")
+    seq = _samples(samples)
+    groups = _groups(seq, seed)
+    stratum_total: Counter[str] = Counter()
+    for g in groups:
+        stratum_total[g.stratum] += len(g.members)
+    frac = np.asarray(fractions, np.float64)
+    done: dict[str, np.ndarray] = defaultdict(lambda: np.zeros(3, np.float64))
+    overall = np.zeros(3, np.float64)
+    part_of = np.empty(len(seq), np.int64)
+    for g in groups:
+        have = done[g.stratum]
+        deficit = frac * stratum_total[g.stratum] - have
+        global_deficit = frac * len(seq) - overall
+        part = max((p for p in range(3) if frac[p] > 0), key=lambda p: (deficit[p], global_deficit[p], -p))
+        have[part] += len(g.members)
+        overall[part] += len(g.members)
+        part_of[list(g.members)] = part
+    idx = np.arange(len(seq))
+    return Split(idx[part_of == 0], idx[part_of == 1], idx[part_of == 2])
+
+
+def take_shots(
+    samples: Samples, n_per_class: int, seed: int = 0, classes: Sequence[str] | None = None
+) -> np.ndarray:
+    """Indices of a few-shot subset with ``n_per_class`` images of each class.
+
+    Rarest class first; an image already taken counts for every class it
+    carries (multi-label), so a class may end with more than ``n_per_class``.
+    A class with fewer images than asked contributes all it has (logged).
+    classes: the classes to cover (default: every class present).
+    """
+    if not isinstance(n_per_class, int) or n_per_class < 1:
+        raise ConfigError(f"n_per_class must be an integer >= 1, got {n_per_class!r}")
+    seq = _samples(samples)
+    freq: Counter[str] = Counter(n for s in seq for n in s.labels)
+    wanted = sorted(classes if classes is not None else freq, key=lambda n: (freq[n], n))
+    rng = np.random.default_rng(seed)
+    taken: set[int] = set()
+    for name in wanted:
+        have = sum(1 for i in taken if name in seq[i].labels)
+        candidates = [i for i, s in enumerate(seq) if name in s.labels and i not in taken]
+        for j in rng.permutation(len(candidates)):
+            if have >= n_per_class:
+                break
+            taken.add(candidates[j])
+            have += 1
+        if have < n_per_class:
+            log.warning("take_shots: class %r has only %d images, %d asked", name, have, n_per_class)
+    return np.asarray(sorted(taken), np.int64)
