@@ -1,0 +1,379 @@
+"""Calibration sets: model-ready images, preprocessed by the runtime's own code.
+
+A calibration set is a list of images turned into exactly the uint8 RGB
+``size x size`` inputs the deployed model sees (:func:`uopsl.runtime.preprocess.preprocess`),
+plus what a reviewer needs to trust it:
+
+* a content fingerprint (sha256 over the preprocessed pixel bytes and the
+  preprocessing config), recorded in the calibration table and the bundle, so
+  re-calibration can be skipped when nothing changed;
+* the images that were skipped, each with its reason (a bad image never stops
+  the set from being built);
+* a class-balance report when labels are known (an INT8 model calibrated on
+  one class only can clip the activations of the others).
+
+Sources: a folder (searched recursively), a CSV file (``path`` column,
+optional ``label`` column, paths relative to the CSV), a text list (one path
+per line, relative to the list file), an explicit list of paths, or a ``.npz``
+written by this module. The preprocessed set is cached as ``.npz`` so it is
+not recomputed; the cache is keyed by the files' paths, sizes and mtimes and
+the preprocessing config.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import os
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import cv2
+import numpy as np
+
+from uopsl.runtime.errors import ConfigError, DataError, ImageError
+from uopsl.runtime.fsio import atomic_open
+from uopsl.runtime.optional import available
+from uopsl.runtime.preprocess import PreprocessConfig, preprocess, read_bytes
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp"})
+LIST_SUFFIXES = frozenset({".txt", ".lst", ".list"})
+_CACHE_FORMAT = 1
+
+T = TypeVar("T")
+
+
+def progress(items: Iterable[T], *, total: int | None = None, desc: str = "", enabled: bool = True) -> Iterable[T]:
+    """Wrap a loop a person waits for in a tqdm bar when tqdm is installed (stderr)."""
+    if not enabled or not available("tqdm"):
+        return items
+    from tqdm.auto import tqdm
+
+    return tqdm(items, total=total, desc=desc, leave=False, dynamic_ncols=True)
+
+
+@dataclass(frozen=True)
+class SkippedImage:
+    """An image left out of the set and why (``reason`` is a short tag, ``message`` says more)."""
+
+    source: str
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class CalibrationSet:
+    """Preprocessed calibration images (N, size, size, 3) uint8 RGB and their provenance."""
+
+    images: np.ndarray
+    sources: tuple[str, ...]
+    preprocess: PreprocessConfig
+    fingerprint: str
+    labels: tuple[str, ...] | None = None
+    skipped: tuple[SkippedImage, ...] = ()
+
+    def __post_init__(self) -> None:
+        imgs = self.images
+        if imgs.dtype != np.uint8 or imgs.ndim != 4 or imgs.shape[3] != 3:
+            raise ConfigError(f"calibration images must be uint8 (N, H, W, 3), got {imgs.dtype} {imgs.shape}")
+        if len(self.sources) != len(imgs):
+            raise ConfigError(f"{len(imgs)} calibration images but {len(self.sources)} sources")
+        if self.labels is not None and len(self.labels) != len(imgs):
+            raise ConfigError(f"{len(imgs)} calibration images but {len(self.labels)} labels")
+        imgs.setflags(write=False)
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    @classmethod
+    def from_images(
+        cls,
+        images: np.ndarray,
+        preprocess_config: PreprocessConfig | None = None,
+        *,
+        sources: Sequence[str] | None = None,
+        labels: Sequence[str] | None = None,
+    ) -> CalibrationSet:
+        """A set from images that are already model inputs (uint8 (N, H, W, 3) RGB)."""
+        images = np.ascontiguousarray(images)
+        if images.ndim != 4 or images.shape[1] != images.shape[2]:
+            raise ConfigError(f"expected square uint8 images (N, S, S, 3), got shape {images.shape}")
+        cfg = preprocess_config or PreprocessConfig(size=int(images.shape[1]))
+        if cfg.size != images.shape[1]:
+            raise ConfigError(f"images are {images.shape[1]} px but the preprocessing config says {cfg.size} px")
+        srcs = tuple(sources) if sources is not None else tuple(f"array[{i}]" for i in range(len(images)))
+        return cls(images, srcs, cfg, fingerprint_images(images, cfg),
+                   tuple(labels) if labels is not None else None)
+
+    def batches(self, batch_size: int) -> Iterator[np.ndarray]:
+        """Consecutive batches of at most ``batch_size`` images."""
+        if batch_size < 1:
+            raise ConfigError(f"batch size must be >= 1, got {batch_size}")
+        for start in range(0, len(self), batch_size):
+            yield self.images[start : start + batch_size]
+
+    def subset(self, n: int, seed: int = 0) -> CalibrationSet:
+        """A seeded random subset of ``n`` images (the whole set when ``n >= len``), in set order."""
+        if n >= len(self):
+            return self
+        if n < 1:
+            raise ConfigError(f"subset size must be >= 1, got {n}")
+        idx = np.sort(np.random.default_rng(seed).choice(len(self), n, replace=False))
+        imgs = self.images[idx]
+        return CalibrationSet(
+            imgs, tuple(self.sources[i] for i in idx), self.preprocess, fingerprint_images(imgs, self.preprocess),
+            tuple(self.labels[i] for i in idx) if self.labels is not None else None,
+        )
+
+    def class_balance(self) -> dict[str, int] | None:
+        """Images per label (most frequent first), or None without labels."""
+        if self.labels is None:
+            return None
+        return dict(Counter(self.labels).most_common())
+
+    def report(self) -> dict[str, Any]:
+        """A JSON-serialisable summary: size, fingerprint, class balance, skipped images."""
+        return {
+            "num_images": len(self),
+            "size": self.preprocess.size,
+            "fingerprint": self.fingerprint,
+            "class_balance": self.class_balance(),
+            "skipped": [{"source": s.source, "reason": s.reason, "message": s.message} for s in self.skipped],
+        }
+
+    # -- cache -------------------------------------------------------------
+    def save(self, path: str | os.PathLike[str], *, request_key: str = "") -> Path:
+        """Write the set as ``.npz`` atomically (no pickles; loads with ``allow_pickle=False``)."""
+        meta = {
+            "cache_format": _CACHE_FORMAT,
+            "fingerprint": self.fingerprint,
+            "preprocess": self.preprocess.to_dict(),
+            "sources": list(self.sources),
+            "labels": list(self.labels) if self.labels is not None else None,
+            "skipped": [[s.source, s.reason, s.message] for s in self.skipped],
+            "request_key": request_key,
+        }
+        with atomic_open(path, "wb") as fh:
+            np.savez(fh, images=self.images, meta=np.array(json.dumps(meta)))
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> CalibrationSet:
+        """Read a set written by :meth:`save`; its fingerprint is checked against the pixels."""
+        set_, _ = _load_npz(Path(path))
+        return set_
+
+
+def fingerprint_images(images: np.ndarray, config: PreprocessConfig) -> str:
+    """sha256 over the preprocessing config (canonical JSON), the array shape and the pixel bytes."""
+    h = hashlib.sha256()
+    h.update(json.dumps(config.to_dict(), sort_keys=True).encode())
+    h.update(repr(tuple(images.shape)).encode())
+    h.update(np.ascontiguousarray(images, np.uint8).tobytes())
+    return h.hexdigest()
+
+
+def _load_npz(path: Path) -> tuple[CalibrationSet, str]:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            images = np.array(z["images"])
+            meta = json.loads(str(z["meta"]))
+    except (OSError, KeyError, ValueError) as exc:
+        raise DataError(f"{path}: not a calibration set cache ({exc}); delete it and rebuild the set") from exc
+    if meta.get("cache_format") != _CACHE_FORMAT:
+        raise DataError(f"{path}: calibration set cache format {meta.get('cache_format')!r}, expected {_CACHE_FORMAT}")
+    cfg = PreprocessConfig.from_dict(meta["preprocess"])
+    if fingerprint_images(images, cfg) != meta["fingerprint"]:
+        raise DataError(f"{path}: the cached images do not match their fingerprint (corrupted?); delete the file")
+    labels = meta.get("labels")
+    set_ = CalibrationSet(
+        images, tuple(meta["sources"]), cfg, meta["fingerprint"],
+        tuple(labels) if labels is not None else None,
+        tuple(SkippedImage(*s) for s in meta.get("skipped", ())),
+    )
+    return set_, str(meta.get("request_key", ""))
+
+
+# -- reading image lists ------------------------------------------------------
+def list_images(source: str | os.PathLike[str]) -> tuple[list[Path], list[str] | None]:
+    """Resolve a folder, CSV or text list into image paths (and labels when the CSV has them)."""
+    src = Path(source)
+    if src.is_dir():
+        paths = sorted(p for p in src.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        if not paths:
+            raise DataError(f"{src}: no images found (looked for {sorted(IMAGE_SUFFIXES)}, recursively)")
+        return paths, None
+    if not src.is_file():
+        raise DataError(f"{src}: no such file or folder; expected an image folder, a CSV or a text list of paths")
+    if src.suffix.lower() == ".csv":
+        return _read_csv(src)
+    if src.suffix.lower() in LIST_SUFFIXES:
+        lines = [ln.strip() for ln in src.read_text(encoding="utf-8").splitlines()]
+        paths = [_resolve(src.parent, ln) for ln in lines if ln and not ln.startswith("#")]
+        if not paths:
+            raise DataError(f"{src}: the list holds no image paths")
+        return paths, None
+    raise DataError(
+        f"{src}: unsupported calibration source (suffix {src.suffix!r}); "
+        f"expected a folder, a .csv, a text list ({sorted(LIST_SUFFIXES)}) or a .npz set"
+    )
+
+
+def _resolve(base: Path, entry: str) -> Path:
+    p = Path(entry)
+    return p if p.is_absolute() else base / p
+
+
+def _read_csv(path: Path) -> tuple[list[Path], list[str] | None]:
+    with path.open(newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        fields = reader.fieldnames or []
+        if "path" not in fields:
+            raise DataError(f"{path}: a calibration CSV needs a 'path' column; its columns are {fields}")
+        rows = list(reader)
+    if not rows:
+        raise DataError(f"{path}: the CSV lists no images")
+    paths = [_resolve(path.parent, (r["path"] or "").strip()) for r in rows]
+    labels = [(r.get("label") or "").strip() for r in rows] if "label" in fields else None
+    return paths, labels
+
+
+# -- building -------------------------------------------------------------
+def _log_skipped(skipped: Sequence[SkippedImage]) -> None:
+    for s in skipped:
+        log.warning("calibration image skipped (%s): %s", s.reason, s.message)
+
+
+def _request_key(paths: Sequence[Path], labels: Sequence[str] | None, cfg: PreprocessConfig,
+                 max_images: int | None, seed: int, require_fov: bool) -> str:
+    # What decides the cache's content without reading the images: file identity and options.
+    entries = []
+    for p in paths:
+        try:
+            st = p.stat()
+            entries.append([str(p), st.st_size, st.st_mtime_ns])
+        except OSError:
+            entries.append([str(p), -1, -1])
+    blob = json.dumps(
+        {"files": entries, "labels": list(labels) if labels is not None else None, "preprocess": cfg.to_dict(),
+         "max_images": max_images, "seed": seed, "require_fov": require_fov},
+        sort_keys=True,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def build_calibration_set(
+    source: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    config: PreprocessConfig | None = None,
+    *,
+    labels: Sequence[str] | None = None,
+    max_images: int | None = None,
+    seed: int = 0,
+    require_fov: bool = True,
+    cache: str | os.PathLike[str] | None = None,
+    show_progress: bool = True,
+) -> CalibrationSet:
+    """Build (or load from ``cache``) a calibration set.
+
+    source: a folder, a CSV (``path`` [, ``label``]), a text list, a ``.npz``
+        written by :meth:`CalibrationSet.save`, or a sequence of image paths.
+    labels: one label per path (overrides a CSV's ``label`` column).
+    max_images: keep at most this many good images, drawn in a seeded random
+        order so a sorted list (e.g. one class first) is not cut to one class;
+        a skipped image is replaced by the next one in that order.
+    require_fov: skip photographs without a detected field of view (the
+        runtime's quality gate would refuse them, so they are not what the
+        deployed model sees).
+    cache: ``.npz`` path; reused when the files (paths, sizes, mtimes) and
+        options are unchanged, written otherwise.
+    """
+    cfg = config or PreprocessConfig()
+    if isinstance(source, (str, os.PathLike)) and Path(source).suffix.lower() == ".npz":
+        loaded = CalibrationSet.load(source)
+        if config is not None and loaded.preprocess != cfg:
+            raise ConfigError(
+                f"{source}: this set was preprocessed with {loaded.preprocess}, not the requested {cfg}; "
+                "rebuild it from the images"
+            )
+        return loaded
+    if isinstance(source, (str, os.PathLike)):
+        paths, csv_labels = list_images(source)
+    else:
+        paths, csv_labels = [Path(p) for p in source], None
+        if not paths:
+            raise DataError("no calibration images given (empty list)")
+    if labels is not None:
+        if len(labels) != len(paths):
+            raise DataError(f"{len(paths)} images but {len(labels)} labels; give one label per image")
+        csv_labels = [str(x) for x in labels]
+    if max_images is not None and max_images < 1:
+        raise ConfigError(f"max_images must be >= 1, got {max_images}")
+
+    key = _request_key(paths, csv_labels, cfg, max_images, seed, require_fov)
+    if cache is not None and Path(cache).is_file():
+        try:
+            cached, cached_key = _load_npz(Path(cache))
+        except DataError as exc:
+            log.warning("ignoring calibration set cache: %s", exc)
+        else:
+            if cached_key == key:
+                log.info("calibration set loaded from cache %s (%d images)", cache, len(cached))
+                _log_skipped(cached.skipped)
+                return cached
+            log.info("calibration set cache %s is for other files or options: rebuilding", cache)
+
+    order = np.arange(len(paths))
+    if max_images is not None and max_images < len(paths):
+        order = np.random.default_rng(seed).permutation(len(paths))
+    want = len(paths) if max_images is None else min(max_images, len(paths))
+    kept: list[tuple[int, np.ndarray]] = []
+    skipped: list[SkippedImage] = []
+    for i in progress(order, total=len(order), desc="preprocess", enabled=show_progress):
+        if len(kept) >= want:
+            break
+        path = paths[int(i)]
+        try:
+            pre = preprocess(read_bytes(path), cfg, source=str(path))
+        except ImageError as exc:
+            skipped.append(SkippedImage(str(path), exc.reason, str(exc)))
+            continue
+        except (cv2.error, ValueError, OSError, MemoryError) as exc:  # a broken file must not stop the set
+            skipped.append(SkippedImage(str(path), "unreadable", f"{path}: {exc.__class__.__name__}: {exc}"))
+            continue
+        if require_fov and not pre.geometry.fov_found:
+            skipped.append(SkippedImage(
+                str(path), "no_fov",
+                f"{path}: no fundus field of view found (fill {pre.geometry.fov_fill:.2f}); "
+                "the quality gate would refuse it",
+            ))
+            continue
+        kept.append((int(i), pre.image))
+    _log_skipped(skipped)
+    if not kept:
+        raise DataError(
+            f"none of the {len(skipped)} calibration images could be used (first: {skipped[0].message if skipped else '-'}); "
+            "check the paths and the files"
+        )
+    kept.sort(key=lambda t: t[0])
+    images = np.stack([img for _, img in kept])
+    set_ = CalibrationSet(
+        images,
+        tuple(str(paths[i]) for i, _ in kept),
+        cfg,
+        fingerprint_images(images, cfg),
+        tuple(csv_labels[i] for i, _ in kept) if csv_labels is not None else None,
+        tuple(skipped),
+    )
+    if set_.labels is not None:
+        log.info("calibration set class balance: %s", set_.class_balance())
+    log.info("calibration set: %d images, %d skipped, fingerprint %s...", len(set_), len(skipped), set_.fingerprint[:12])
+    if cache is not None:
+        set_.save(cache, request_key=key)
+    return set_

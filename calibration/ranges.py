@@ -1,0 +1,356 @@
+"""Activation range collection: minmax, entropy (KL) and percentile, from one pass.
+
+The FP32 ONNX model is run with ONNX Runtime over the calibration set with
+every floating-point activation exposed as an extra graph output. For each
+tensor we keep, in bounded memory (no activations are stored):
+
+* the exact running min and max;
+* a signed histogram of ``NUM_BINS`` bins over ``[-R, R]``, where ``R`` is a
+  power of two covering the largest ``|x|`` seen so far. When a batch exceeds
+  ``R`` the range doubles and adjacent bin pairs merge, which is exact because
+  the old bin edges are a subset of the new ones (no re-binning error).
+
+From these one pass yields all three methods (so a comparison of methods costs
+one inference pass, not three):
+
+* ``minmax``: the observed ``(min, max)``;
+* ``entropy``: TensorRT's calibration (8-bit inference with TensorRT, GTC 2017,
+  as implemented by NVIDIA's pytorch-quantization): on the histogram of
+  ``|x|``, choose the threshold whose 128-level quantized distribution has the
+  smallest KL divergence from the clipped reference distribution;
+* ``percentile``: the given percentile (default 99.99) of ``|x|``.
+
+Entropy and percentile yield a symmetric limit ``amax``; the tensor's range is
+its observed ``(min, max)`` clipped to ``[-amax, amax]``, so a ReLU output
+keeps its zero minimum (what an asymmetric u8 encoding wants) while
+``max(|min|, |max|)`` equals ``amax`` (what a symmetric s8 encoding wants).
+Clipped ranges are therefore never wider than the minmax ones.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from uopsl.calibration.dataset import CalibrationSet, progress
+from uopsl.calibration.table import METHODS, CalibrationTable, load_if_current
+from uopsl.runtime.errors import BackendError, ConfigError
+from uopsl.runtime.fsio import sha256_file
+from uopsl.runtime.optional import require
+
+log = logging.getLogger(__name__)
+
+NUM_BINS = 8192  # signed bins over [-R, R]: >= 2048 bins over [0, amax] for |x|, as TensorRT uses
+KL_LEVELS = 128  # quantized levels of a symmetric int8 encoding (one sign)
+DEFAULT_PERCENTILE = 99.99
+# Ops whose outputs are constants, not activations.
+_CONSTANT_OPS = frozenset({"Constant", "ConstantOfShape"})
+
+
+class ActivationHistogram:
+    """Running min/max and an exact-merge signed histogram of one tensor (see module doc)."""
+
+    def __init__(self, num_bins: int = NUM_BINS) -> None:
+        if num_bins < 4 * KL_LEVELS or num_bins % 4:
+            raise ConfigError(f"num_bins must be a multiple of 4 and >= {4 * KL_LEVELS}, got {num_bins}")
+        self.num_bins = num_bins
+        self.lo = math.inf
+        self.hi = -math.inf
+        self.limit = 0.0  # R; 0 until a non-zero value is seen
+        self.hist = np.zeros(num_bins, np.int64)
+        self.count = 0
+        self.nonfinite = 0
+
+    def update(self, values: np.ndarray) -> None:
+        x = np.asarray(values, np.float32).ravel()
+        finite = np.isfinite(x)
+        if not finite.all():
+            self.nonfinite += int(x.size - finite.sum())
+            x = x[finite]
+        if x.size == 0:
+            return
+        lo, hi = float(x.min()), float(x.max())
+        self.lo, self.hi = min(self.lo, lo), max(self.hi, hi)
+        self.count += x.size
+        peak = max(abs(lo), abs(hi))
+        if peak > 0 and self.limit == 0.0:
+            # Exact zeros counted so far sit in the bin right of 0; move them with the new limit.
+            zeros = int(self.hist.sum())
+            self.limit = 2.0 ** math.ceil(math.log2(peak))
+            self.hist[:] = 0
+            self.hist[self.num_bins // 2] = zeros
+        while peak > self.limit:
+            self._double()
+        if self.limit == 0.0:
+            self.hist[self.num_bins // 2] += x.size
+            return
+        nb = self.num_bins
+        idx = ((x.astype(np.float64) + self.limit) * (nb / (2.0 * self.limit))).astype(np.int64)
+        np.clip(idx, 0, nb - 1, out=idx)
+        self.hist += np.bincount(idx, minlength=nb)
+
+    def _double(self) -> None:
+        # Bins [2m, 2m+1] over [-R, R] become bin nb/4 + m over [-2R, 2R]; the edges line up exactly.
+        nb = self.num_bins
+        merged = self.hist.reshape(-1, 2).sum(axis=1)
+        self.hist = np.zeros(nb, np.int64)
+        self.hist[nb // 4 : nb // 4 + nb // 2] = merged
+        self.limit *= 2.0
+
+    def abs_histogram(self) -> tuple[np.ndarray, float]:
+        """Histogram of ``|x|`` over ``[0, R]`` (``num_bins / 2`` bins) and its bin width."""
+        half = self.num_bins // 2
+        pos = self.hist[half:]
+        neg = self.hist[:half][::-1]
+        return pos + neg, (self.limit / half if self.limit > 0 else 0.0)
+
+    def range(self, method: str, percentile: float = DEFAULT_PERCENTILE) -> tuple[float, float]:
+        """The tensor's ``(min, max)`` under ``method``; ``(0, 0)`` for a tensor never observed."""
+        if self.count == 0:
+            return 0.0, 0.0
+        lo, hi = self.lo, self.hi
+        if method == "minmax" or self.limit == 0.0:
+            return lo, hi
+        h, width = self.abs_histogram()
+        if method == "entropy":
+            amax = entropy_amax(h, width)
+        elif method == "percentile":
+            amax = percentile_amax(h, width, percentile)
+        else:
+            raise ConfigError(f"calibration method must be one of {METHODS}, got {method!r}")
+        clipped = max(lo, -amax), min(hi, amax)
+        if clipped[0] >= clipped[1] and lo < hi:
+            # The symmetric limit falls below the whole range (a tensor far from 0): clipping
+            # would empty it, so keep the observed range.
+            return lo, hi
+        return clipped
+
+
+def entropy_amax(abs_hist: np.ndarray, bin_width: float, *, levels: int = KL_LEVELS,
+                 max_candidates: int = 512) -> float:
+    """TensorRT-style KL threshold on a histogram of ``|x|`` (bins of ``bin_width`` from 0).
+
+    For each candidate threshold ``i`` bins: the reference ``P`` is the
+    histogram up to ``i`` with everything beyond added to its last bin; ``Q``
+    merges ``P``'s bins into ``levels`` quantized bins and spreads each back
+    over its non-empty source bins. The threshold with the smallest KL(P||Q)
+    wins (the largest among ties). Like pytorch-quantization, the first bin
+    is set to the second so that the spike of exact zeros after a ReLU does not
+    decide the threshold. Candidates are taken every ``stride`` bins so that at
+    most ``max_candidates`` are scored (the threshold is then exact to
+    ``stride`` bins).
+    """
+    h = np.asarray(abs_hist, np.float64)
+    used = np.flatnonzero(h)
+    if used.size == 0 or bin_width <= 0:
+        return 0.0
+    n = int(used[-1]) + 1
+    if n <= levels:
+        return n * bin_width  # everything fits in `levels` bins: nothing worth clipping
+    h = h[:n].copy()
+    h[0] = h[1]
+    tail = np.concatenate([np.cumsum(h[::-1])[::-1], [0.0]])  # tail[i] = sum(h[i:])
+    stride = max(1, -(-(n - levels) // max_candidates))
+    candidates = list(range(levels, n + 1, stride))
+    if candidates[-1] != n:
+        candidates.append(n)
+    best_kl, best_i = math.inf, n
+    for i in candidates:
+        ref = h[:i].copy()
+        ref[-1] += tail[i]
+        nonzero = h[:i] > 0
+        q_idx = (np.arange(i) * levels) // i
+        sums = np.bincount(q_idx, weights=h[:i], minlength=levels)
+        counts = np.bincount(q_idx, weights=nonzero, minlength=levels)
+        q = np.where(nonzero, sums[q_idx] / np.maximum(counts[q_idx], 1.0), 0.0)
+        p_sum, q_sum = ref.sum(), q.sum()
+        if p_sum <= 0 or q_sum <= 0:
+            continue
+        p, q = ref / p_sum, q / q_sum
+        m = p > 0
+        if np.any(q[m] == 0):
+            kl = math.inf
+        else:
+            kl = float(np.sum(p[m] * np.log(p[m] / q[m])))
+        if kl <= best_kl:
+            best_kl, best_i = kl, i
+    return best_i * bin_width
+
+
+def percentile_amax(abs_hist: np.ndarray, bin_width: float, percentile: float) -> float:
+    """Upper edge of the bin where the cumulative share of ``|x|`` reaches ``percentile``."""
+    if not 0.0 < percentile <= 100.0:
+        raise ConfigError(f"percentile must be in (0, 100], got {percentile}")
+    h = np.asarray(abs_hist, np.float64)
+    total = h.sum()
+    if total <= 0 or bin_width <= 0:
+        return 0.0
+    cdf = np.cumsum(h) / total
+    idx = int(np.searchsorted(cdf, percentile / 100.0 - 1e-12))
+    return (min(idx, h.size - 1) + 1) * bin_width
+
+
+@dataclass
+class ActivationStats:
+    """Histograms of every activation of one model over one calibration set."""
+
+    histograms: dict[str, ActivationHistogram]
+    model_sha256: str
+    set_fingerprint: str
+    num_images: int
+    notes: dict[str, Any]
+
+    def ranges(self, method: str, percentile: float = DEFAULT_PERCENTILE) -> dict[str, tuple[float, float]]:
+        if method not in METHODS:
+            raise ConfigError(f"calibration method must be one of {METHODS}, got {method!r}")
+        return {name: h.range(method, percentile) for name, h in self.histograms.items()}
+
+    def table(self, method: str, percentile: float = DEFAULT_PERCENTILE) -> CalibrationTable:
+        """The calibration table for ``method`` (no inference: computed from the histograms)."""
+        return CalibrationTable(
+            ranges=self.ranges(method, percentile),
+            method=method,
+            model_sha256=self.model_sha256,
+            set_fingerprint=self.set_fingerprint,
+            num_images=self.num_images,
+            percentile=percentile if method == "percentile" else None,
+            notes=self.notes,
+        )
+
+
+def activation_tensors(model: Any) -> dict[str, int]:
+    """Float activations of an ONNX ``ModelProto`` (name -> ONNX elem type), in graph order.
+
+    These are the outputs of every non-constant node whose type shape
+    inference knows to be float32/float16/bfloat16: the tensors a QDQ
+    quantizer may need a range for. Initializers are weights, not activations.
+    """
+    onnx = require("onnx", "calibration")
+    inferred = onnx.shape_inference.infer_shapes(model)
+    types: dict[str, int] = {}
+    for vi in list(inferred.graph.value_info) + list(inferred.graph.output) + list(inferred.graph.input):
+        if vi.type.HasField("tensor_type"):
+            types[vi.name] = vi.type.tensor_type.elem_type
+    floats = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
+    inits = {i.name for i in model.graph.initializer}
+    out: dict[str, int] = {}
+    for node in model.graph.node:
+        if node.op_type in _CONSTANT_OPS:
+            continue
+        for name in node.output:
+            if name and name not in inits and types.get(name) in floats:
+                out[name] = types[name]
+    return out
+
+
+def _augmented_session(model_path: Path) -> tuple[Any, list[str], str, tuple[Any, ...]]:
+    onnx = require("onnx", "calibration")
+    ort = require("onnxruntime", "calibration")
+    try:
+        model = onnx.load(str(model_path))
+    except Exception as exc:  # noqa: BLE001 - onnx raises several unrelated types for a bad file
+        raise ConfigError(f"{model_path}: not a readable ONNX model ({exc}); export it with `uopsl export`") from exc
+    tensors = activation_tensors(model)
+    existing = {o.name for o in model.graph.output}
+    for name, elem in tensors.items():
+        if name not in existing:
+            model.graph.output.append(onnx.helper.make_tensor_value_info(name, elem, None))
+    opts = ort.SessionOptions()
+    # Unoptimised graph: every tensor of the FP32 model exists under its own name.
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    opts.log_severity_level = 3
+    try:
+        sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
+        raise BackendError(f"{model_path}: ONNX Runtime cannot load the model for calibration ({exc})") from exc
+    inp = sess.get_inputs()[0]
+    if inp.type != "tensor(uint8)":
+        raise ConfigError(
+            f"{model_path}: input {inp.name!r} is {inp.type}; calibration feeds the deployed-model contract "
+            "(uint8 RGB NHWC images). Export the model with `uopsl export`"
+        )
+    return sess, list(tensors), inp.name, tuple(inp.shape)
+
+
+def collect_statistics(
+    model: str | os.PathLike[str],
+    calib_set: CalibrationSet,
+    *,
+    batch_size: int = 8,
+    num_bins: int = NUM_BINS,
+    show_progress: bool = True,
+) -> ActivationStats:
+    """Run the FP32 model over the set and histogram every float activation (one pass)."""
+    path = Path(model)
+    sess, tensors, input_name, shape = _augmented_session(path)
+    size = calib_set.preprocess.size
+    hw = shape[1:3] if len(shape) == 4 else ()
+    if len(shape) != 4 or shape[3] != 3 or any(isinstance(d, int) and d != size for d in hw):
+        raise ConfigError(
+            f"{path}: input {input_name!r} has shape {list(shape)}, but the calibration images are "
+            f"(N, {size}, {size}, 3); build the set with the model's size (--size or the bundle's manifest)"
+        )
+    hists = {name: ActivationHistogram(num_bins) for name in tensors}
+    n_batches = -(-len(calib_set) // batch_size)
+    batches: Iterable[np.ndarray] = progress(
+        calib_set.batches(batch_size), total=n_batches, desc="calibrate", enabled=show_progress
+    )
+    for batch in batches:
+        try:
+            outs = sess.run(tensors, {input_name: batch})
+        except Exception as exc:  # noqa: BLE001
+            raise BackendError(f"{path}: ONNX Runtime failed on a calibration batch of shape {batch.shape}: {exc}") from exc
+        for name, arr in zip(tensors, outs):
+            hists[name].update(arr)
+    bad = {n: h.nonfinite for n, h in hists.items() if h.nonfinite}
+    if bad:
+        log.warning("non-finite activations ignored in %d tensors (e.g. %s)", len(bad), next(iter(bad.items())))
+    log.info("collected ranges of %d activation tensors over %d images", len(hists), len(calib_set))
+    notes = {
+        "preprocess": calib_set.preprocess.to_dict(),
+        "skipped_images": len(calib_set.skipped),
+        "class_balance": calib_set.class_balance(),
+        "histogram_bins": num_bins,
+    }
+    return ActivationStats(hists, sha256_file(path), calib_set.fingerprint, len(calib_set), notes)
+
+
+def calibrate(
+    model: str | os.PathLike[str],
+    calib_set: CalibrationSet,
+    *,
+    method: str = "entropy",
+    percentile: float = DEFAULT_PERCENTILE,
+    out: str | os.PathLike[str] | None = None,
+    force: bool = False,
+    batch_size: int = 8,
+    show_progress: bool = True,
+) -> CalibrationTable:
+    """Calibrate ``model`` on ``calib_set`` and (with ``out``) write the table atomically.
+
+    When ``out`` already holds a table for the same model hash, set
+    fingerprint, method and percentile, it is returned without running the
+    model (logged as skipped) unless ``force``.
+    """
+    if method not in METHODS:
+        raise ConfigError(f"calibration method must be one of {METHODS}, got {method!r}")
+    pct = percentile if method == "percentile" else None
+    if out is not None and not force:
+        cached = load_if_current(
+            out, model_sha256=sha256_file(model), set_fingerprint=calib_set.fingerprint, method=method, percentile=pct
+        )
+        if cached is not None:
+            return cached
+    stats = collect_statistics(model, calib_set, batch_size=batch_size, show_progress=show_progress)
+    table = stats.table(method, percentile)
+    if out is not None:
+        table.save(out)
+        log.info("calibration table (%s, %d tensors) written to %s", method, len(table.ranges), out)
+    return table
