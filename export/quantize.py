@@ -1,0 +1,429 @@
+"""INT8 QDQ quantization of the FP32 ONNX model from the one calibration table.
+
+Two variants come from the same :class:`~uopsl.calibration.table.CalibrationTable`:
+
+* ``cpu`` (manifest precision ``int8-qdq-u8``): asymmetric u8 activations and
+  symmetric s8 weights, the layout ONNX Runtime and OpenVINO run fastest on
+  x86 (u8 x s8 dot products);
+* ``trt`` (``int8-qdq-s8``): symmetric s8 activations with zero point 0 and
+  symmetric s8 weights, what TensorRT's explicit quantization accepts. Weights
+  keep float values behind a Q/DQ pair and biases stay float, because the
+  TensorRT 8.x ONNX parser (JetPack 5) refuses a DequantizeLinear fed by an
+  initializer or an int32 bias; outputs of Conv/Gemm/MatMul are not
+  quantized, so TensorRT can fuse the activation that follows.
+
+The table's ranges are fed to ONNX Runtime's ``QDQQuantizer`` directly: ONNX
+Runtime never re-calibrates. Two of its defaults are overridden on purpose:
+
+* the graph outputs (``probs``, ``logits``, ``site_maps``) stay float: a
+  Q/DQ pair there would round the probabilities that the screening decision
+  thresholds (to 1/255 over [0, 1]) and cost nothing to skip;
+* a Softmax output keeps its calibrated range instead of ONNX Runtime's fixed
+  [0, 1]: the attention over ~100 sites has values near 0.01, which a [0, 1]
+  u8 grid would flatten to three levels.
+
+``--auto-exclude N`` runs a per-layer sensitivity pass: each compute layer is
+quantized alone, the model is run on (a subset of) the calibration set, and
+the error of its outputs against FP32 is measured; the N most harmful layers
+stay float. The chosen list is returned in :class:`QuantizeResult` for the
+bundle manifest.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from uopsl.calibration.dataset import CalibrationSet, progress
+from uopsl.calibration.table import CalibrationTable
+from uopsl.runtime.errors import BackendError, ConfigError
+from uopsl.runtime.fsio import sha256_file, write_bytes
+from uopsl.runtime.optional import require
+
+log = logging.getLogger(__name__)
+
+Variant = Literal["cpu", "trt"]
+VARIANTS: tuple[str, ...] = ("cpu", "trt")
+PRECISION: dict[str, str] = {"cpu": "int8-qdq-u8", "trt": "int8-qdq-s8"}
+MAX_OPSET = 20  # highest opset both ONNX Runtime static INT8 and TensorRT 8.5+ parse
+# Ops whose quantization changes arithmetic (the candidates of the sensitivity pass).
+# Data-movement ops (Reshape, Transpose, ...) only inherit their neighbours' encoding.
+LAYER_OPS: frozenset[str] = frozenset({
+    "Conv", "ConvTranspose", "Gemm", "MatMul", "Add", "Mul", "Sigmoid", "Softmax",
+    "AveragePool", "GlobalAveragePool", "LeakyRelu", "LayerNormalization", "InstanceNormalization",
+})
+
+
+@dataclass(frozen=True)
+class QuantizeConfig:
+    """How to quantize.
+
+    variant: ``cpu`` (u8 activations) or ``trt`` (s8 symmetric, zero point 0).
+    per_channel: one weight scale per output channel (better for depthwise
+        convolutions); False for one scale per weight tensor.
+    exclude: node names or op types to keep in float.
+    auto_exclude: number of most sensitive layers to keep in float (0: none).
+    sensitivity_images: images of the calibration set used by the sensitivity
+        pass (a seeded subset; it runs the model once per candidate layer).
+    reduce_range: 7-bit weights, for x86 CPUs without VNNI (see ONNX Runtime docs).
+    """
+
+    variant: str = "cpu"
+    per_channel: bool = True
+    exclude: tuple[str, ...] = ()
+    auto_exclude: int = 0
+    sensitivity_images: int = 32
+    reduce_range: bool = False
+
+    def __post_init__(self) -> None:
+        if self.variant not in VARIANTS:
+            raise ConfigError(f"quantization variant must be one of {VARIANTS}, got {self.variant!r}")
+        if self.auto_exclude < 0:
+            raise ConfigError(f"auto_exclude must be >= 0, got {self.auto_exclude}")
+        if self.sensitivity_images < 1:
+            raise ConfigError(f"sensitivity_images must be >= 1, got {self.sensitivity_images}")
+        if self.variant == "trt" and self.reduce_range:
+            raise ConfigError("reduce_range (7-bit weights) is for x86 CPUs; the trt variant uses full s8 weights")
+        object.__setattr__(self, "exclude", tuple(self.exclude))
+
+
+@dataclass(frozen=True)
+class LayerSensitivity:
+    """Output error when only ``node`` is quantized, on the sensitivity images.
+
+    probs_max_abs: max |prob - prob_fp32| over images and classes (ranking key).
+    logits_cosine: mean over images of cos(logits, logits_fp32) (tie-break: lower is worse).
+    """
+
+    node: str
+    op_type: str
+    probs_max_abs: float
+    logits_cosine: float
+
+
+@dataclass(frozen=True)
+class QuantizeResult:
+    """What was written and how: goes into the bundle manifest (see :meth:`manifest_info`)."""
+
+    path: str
+    variant: str
+    precision: str
+    per_channel: bool
+    excluded_nodes: tuple[str, ...]
+    requested_exclude: tuple[str, ...]
+    auto_excluded: tuple[str, ...]
+    sensitivities: tuple[LayerSensitivity, ...]
+    calibration_method: str
+    calibration_percentile: float | None
+    model_sha256: str
+    set_fingerprint: str
+    quantize_nodes: int
+    sha256: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def manifest_info(self) -> dict[str, Any]:
+        """The facts a bundle's ``FileEntry.info`` records for this INT8 file."""
+        return {
+            "variant": self.variant,
+            "per_channel": self.per_channel,
+            "excluded_nodes": list(self.excluded_nodes),
+            "auto_excluded": list(self.auto_excluded),
+            "calibration_method": self.calibration_method,
+            "calibration_percentile": self.calibration_percentile,
+            "calibration_fingerprint": self.set_fingerprint,
+            "source_sha256": self.model_sha256,
+        }
+
+
+# -- model preparation ---------------------------------------------------------
+def _load_prepared(model_path: Path) -> Any:
+    """Load, name unnamed nodes, shape-infer in memory (tensor names are kept, so the table applies)."""
+    onnx = require("onnx", "INT8 quantization")
+    quant_utils = require("onnxruntime.quantization.quant_utils", "INT8 quantization")
+    try:
+        model = onnx.load(str(model_path))
+    except Exception as exc:  # noqa: BLE001 - onnx raises several types for a bad file
+        raise ConfigError(f"{model_path}: not a readable ONNX model ({exc})") from exc
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if not 13 <= opset <= MAX_OPSET:
+        raise ConfigError(
+            f"{model_path}: opset {opset}; INT8 QDQ export needs 13 <= opset <= {MAX_OPSET} "
+            "(per-channel Q/DQ from 13; TensorRT 8.5 parses up to 20). Re-export with `uopsl export --opset 17`"
+        )
+    seen: set[str] = set()
+    for i, node in enumerate(model.graph.node):
+        if not node.name or node.name in seen:
+            node.name = f"{node.op_type}_{i}"
+        seen.add(node.name)
+    model = onnx.shape_inference.infer_shapes(model)
+    quant_utils.add_infer_metadata(model)  # tells ORT the shapes are already inferred
+    return model
+
+
+def resolve_exclusions(model: Any, items: Iterable[str]) -> tuple[str, ...]:
+    """Node names for ``items`` (each a node name or an op type); unknown items are an error."""
+    nodes = list(model.graph.node)
+    names = {n.name for n in nodes}
+    out: list[str] = []
+    for item in items:
+        if item in names:
+            matched = [item]
+        else:
+            matched = [n.name for n in nodes if n.op_type == item]
+        if not matched:
+            types = sorted({n.op_type for n in nodes})
+            raise ConfigError(
+                f"--exclude {item!r} is neither a node name nor an op type of this model; "
+                f"op types present: {types}; node names look like {sorted(names)[:3]}"
+            )
+        out.extend(m for m in matched if m not in out)
+    return tuple(out)
+
+
+def _tensors_range(table: CalibrationTable) -> Any:
+    calib = require("onnxruntime.quantization.calibrate", "INT8 quantization")
+    data = {
+        name: calib.TensorData(lowest=np.float32(lo), highest=np.float32(hi)) for name, (lo, hi) in table.ranges.items()
+    }
+    # MinMax: the ranges are final; nothing is re-derived from histograms.
+    return calib.TensorsData(calib.CalibrationMethod.MinMax, data)
+
+
+def _quantize_proto(
+    model: Any,
+    table: CalibrationTable,
+    config: QuantizeConfig,
+    *,
+    nodes_to_exclude: Sequence[str] = (),
+    nodes_to_quantize: Sequence[str] = (),
+) -> Any:
+    """One QDQ pass on a copy of the prepared model; returns the quantized ModelProto."""
+    qdq = require("onnxruntime.quantization.qdq_quantizer", "INT8 quantization")
+    qu = require("onnxruntime.quantization.quant_utils", "INT8 quantization")
+    registry = require("onnxruntime.quantization.registry", "INT8 quantization")
+    model = copy.deepcopy(model)  # the quantizer edits the proto in place
+    softmax_outputs = [n.output[0] for n in model.graph.node if n.op_type == "Softmax" and n.output[0] in table]
+    extra: dict[str, Any] = {
+        "WeightSymmetric": True,
+        "ActivationSymmetric": config.variant == "trt",
+        "TensorQuantOverrides": {
+            name: [{"rmin": np.float32(table.range(name)[0]), "rmax": np.float32(table.range(name)[1])}]
+            for name in softmax_outputs
+        },
+    }
+    if config.variant == "trt":
+        extra.update({
+            "AddQDQPairToWeight": True,
+            "QuantizeBias": False,
+            "DedicatedQDQPair": True,
+            "OpTypesToExcludeOutputQuantization": ["Conv", "ConvTranspose", "Gemm", "MatMul"],
+        })
+    op_types = sorted(set(registry.QDQRegistry) | set(registry.QLinearOpsRegistry))
+    quantizer = qdq.QDQQuantizer(
+        model,
+        config.per_channel,
+        config.reduce_range,
+        qu.QuantType.QInt8,
+        qu.QuantType.QInt8 if config.variant == "trt" else qu.QuantType.QUInt8,
+        _tensors_range(table),
+        list(nodes_to_quantize),
+        list(nodes_to_exclude),
+        op_types,
+        extra,
+    )
+    quantizer.quantize_model()
+    quantizer.model.topological_sort()
+    out = quantizer.model.model
+    _keep_outputs_float(out)
+    return out
+
+
+def _keep_outputs_float(model: Any) -> None:
+    """Remove the Q/DQ pair ONNX Runtime puts on graph outputs (see module doc); edits in place."""
+    outputs = {o.name for o in model.graph.output}
+    nodes = list(model.graph.node)
+    producer = {t: n for n in nodes for t in n.output}
+    consumers: dict[str, list[Any]] = {}
+    for n in nodes:
+        for t in n.input:
+            consumers.setdefault(t, []).append(n)
+    remove: list[Any] = []
+    for name in outputs:
+        dq = producer.get(name)
+        if dq is None or dq.op_type != "DequantizeLinear":
+            continue
+        q = producer.get(dq.input[0])
+        if q is None or q.op_type != "QuantizeLinear":
+            continue
+        src = q.input[0]
+        remove.append(dq)
+        if all(c is dq for c in consumers.get(q.output[0], [])):
+            remove.append(q)
+        # The float tensor takes the output's name again, wherever it is read.
+        for n in nodes:
+            for i, t in enumerate(n.output):
+                if t == src:
+                    n.output[i] = name
+            for i, t in enumerate(n.input):
+                if t == src:
+                    n.input[i] = name
+    for n in remove:
+        model.graph.node.remove(n)
+    # Scales and zero points of the removed pairs, and the bounds of Clip/Relu nodes the
+    # quantizer folded into the u8 range (ONNX Runtime warns about each on every load).
+    used = {t for n in model.graph.node for t in n.input} | outputs
+    for n in [n for n in model.graph.node if n.op_type == "Constant" and n.output[0] not in used]:
+        model.graph.node.remove(n)
+    dead = [i for i in model.graph.initializer if i.name not in used]
+    for init in dead:
+        model.graph.initializer.remove(init)
+
+
+# -- sensitivity -----------------------------------------------------------------
+def _session(model_bytes: bytes) -> Any:
+    ort = require("onnxruntime", "INT8 quantization")
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    try:
+        return ort.InferenceSession(model_bytes, opts, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
+        raise BackendError(f"ONNX Runtime cannot load the quantized model: {exc}") from exc
+
+
+def _run(sess: Any, images: np.ndarray, batch_size: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    name = sess.get_inputs()[0].name
+    probs, logits = [], []
+    for start in range(0, len(images), batch_size):
+        p, lg = sess.run(["probs", "logits"], {name: images[start : start + batch_size]})
+        probs.append(p)
+        logits.append(lg)
+    return np.concatenate(probs), np.concatenate(logits)
+
+
+def output_error(reference: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray]) -> tuple[float, float]:
+    """``(max |probs diff|, mean cosine of logits)`` between two ``(probs, logits)`` runs."""
+    p0, l0 = (np.asarray(a, np.float64) for a in reference)
+    p1, l1 = (np.asarray(a, np.float64) for a in test)
+    max_abs = float(np.max(np.abs(p1 - p0))) if p0.size else 0.0
+    a, b = l0.reshape(len(l0), -1), l1.reshape(len(l1), -1)
+    denom = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    cos = np.where(denom > 0, np.sum(a * b, axis=1) / np.maximum(denom, 1e-30), 1.0)
+    return max_abs, float(np.mean(cos))
+
+
+def layer_sensitivities(
+    model: str | os.PathLike[str],
+    table: CalibrationTable,
+    calib_set: CalibrationSet,
+    config: QuantizeConfig = QuantizeConfig(),
+    *,
+    show_progress: bool = True,
+) -> list[LayerSensitivity]:
+    """Quantize each compute layer alone and measure the output error; most harmful first."""
+    path = Path(model)
+    prepared = _load_prepared(path)
+    return _sensitivities(prepared, path, table, calib_set, config,
+                          resolve_exclusions(prepared, config.exclude), show_progress)
+
+
+def _sensitivities(prepared: Any, path: Path, table: CalibrationTable, calib_set: CalibrationSet,
+                   config: QuantizeConfig, excluded: Sequence[str], show_progress: bool) -> list[LayerSensitivity]:
+    output_names = {o.name for o in prepared.graph.output}
+    if not {"probs", "logits"} <= output_names:
+        raise ConfigError(
+            f"{path}: the sensitivity pass compares the outputs 'probs' and 'logits' (the deployed-model "
+            f"contract); this model has {sorted(output_names)}"
+        )
+    images = calib_set.subset(config.sensitivity_images).images
+    reference = _run(_session(prepared.SerializeToString()), images)
+    candidates = [n for n in prepared.graph.node if n.op_type in LAYER_OPS and n.name not in excluded]
+    out: list[LayerSensitivity] = []
+    for node in progress(candidates, total=len(candidates), desc="sensitivity", enabled=show_progress):
+        qmodel = _quantize_proto(prepared, table, config, nodes_to_quantize=[node.name])
+        max_abs, cos = output_error(reference, _run(_session(qmodel.SerializeToString()), images))
+        out.append(LayerSensitivity(node.name, node.op_type, max_abs, cos))
+    out.sort(key=lambda s: (-s.probs_max_abs, s.logits_cosine))
+    return out
+
+
+# -- the entry point ------------------------------------------------------------
+def count_quantize_nodes(model: Any) -> int:
+    return sum(1 for n in model.graph.node if n.op_type == "QuantizeLinear")
+
+
+def quantize_model(
+    model: str | os.PathLike[str],
+    table: CalibrationTable,
+    out: str | os.PathLike[str],
+    config: QuantizeConfig = QuantizeConfig(),
+    *,
+    calib_set: CalibrationSet | None = None,
+    show_progress: bool = True,
+) -> QuantizeResult:
+    """Write the INT8 QDQ model for ``config.variant`` to ``out`` (atomically) and describe it.
+
+    ``table`` must have been measured on this very model (sha256 checked).
+    ``calib_set`` is needed only for ``config.auto_exclude > 0``.
+    """
+    onnx = require("onnx", "INT8 quantization")
+    path = Path(model)
+    model_sha = sha256_file(path)
+    if table.model_sha256 != model_sha:
+        raise ConfigError(
+            f"the calibration table was measured on a model with sha256 {table.model_sha256[:12]}..., but {path} "
+            f"has sha256 {model_sha[:12]}...; recalibrate it with `uopsl calibrate {path}`"
+        )
+    prepared = _load_prepared(path)
+    covered = sum(1 for n in prepared.graph.node for t in n.output if t in table)
+    if covered == 0:
+        raise ConfigError(f"the calibration table holds no range for any tensor of {path}; recalibrate it")
+    requested = resolve_exclusions(prepared, config.exclude)
+    sens: list[LayerSensitivity] = []
+    auto: tuple[str, ...] = ()
+    if config.auto_exclude:
+        if calib_set is None:
+            raise ConfigError("--auto-exclude needs the calibration images (--images) for its sensitivity pass")
+        sens = _sensitivities(prepared, path, table, calib_set, config, requested, show_progress)
+        if config.auto_exclude > len(sens):
+            raise ConfigError(
+                f"--auto-exclude {config.auto_exclude} asks for more layers than the {len(sens)} candidate "
+                f"layers ({sorted(LAYER_OPS & {s.op_type for s in sens})}) of this model"
+            )
+        auto = tuple(s.node for s in sens[: config.auto_exclude])
+        log.info("auto-excluded (most sensitive) layers: %s", ", ".join(auto))
+    excluded = requested + tuple(a for a in auto if a not in requested)
+    qmodel = _quantize_proto(prepared, table, config, nodes_to_exclude=excluded)
+    try:
+        onnx.checker.check_model(qmodel, full_check=True)
+    except Exception as exc:  # noqa: BLE001 - checker errors are several types
+        raise BackendError(f"the quantized model fails onnx.checker ({exc}); report this with the model") from exc
+    data = qmodel.SerializeToString()
+    write_bytes(out, data)
+    n_q = count_quantize_nodes(qmodel)
+    log.info("%s INT8 model (%s, %d QuantizeLinear, %d nodes kept float) written to %s",
+             config.variant, PRECISION[config.variant], n_q, len(excluded), out)
+    return QuantizeResult(
+        path=str(out),
+        variant=config.variant,
+        precision=PRECISION[config.variant],
+        per_channel=config.per_channel,
+        excluded_nodes=excluded,
+        requested_exclude=tuple(config.exclude),
+        auto_excluded=auto,
+        sensitivities=tuple(sens),
+        calibration_method=table.method,
+        calibration_percentile=table.percentile,
+        model_sha256=model_sha,
+        set_fingerprint=table.set_fingerprint,
+        quantize_nodes=n_q,
+        sha256=sha256_file(out),
+    )

@@ -1,0 +1,157 @@
+"""``uopsl calibrate``: measure activation ranges of an FP32 ONNX model -> calibration.json.
+
+MODEL is an ONNX file or a bundle folder (its ``model.onnx`` and the
+manifest's preprocessing are used, and the table goes to ``BUNDLE/calibration.json``).
+The preprocessed calibration set is cached (``--set-cache``, default in the
+user cache folder), and calibration itself is skipped when the output table
+already matches the model hash, set fingerprint and method (``--force`` redoes it).
+Exit code 1 when some images were skipped (the table is still written).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+
+from uopsl.calibration.dataset import CalibrationSet, build_calibration_set
+from uopsl.runtime.bundle import MANIFEST, read_manifest
+from uopsl.runtime.errors import ConfigError
+from uopsl.runtime.optional import require
+from uopsl.runtime.preprocess import PreprocessConfig
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL_FILE = "model.onnx"
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """What a MODEL argument (ONNX file or bundle folder) resolves to."""
+
+    model: Path
+    bundle: Path | None
+    preprocess: PreprocessConfig
+
+
+def resolve_model(model: Path, size: int | None, preprocess_from: Path | None) -> ModelSource:
+    """Model file, bundle folder (if any) and preprocessing config for a command's MODEL argument.
+
+    Preprocessing comes from, in order: ``--preprocess`` (a bundle folder, a
+    manifest.json or a JSON file of PreprocessConfig fields), the bundle's
+    manifest, else the defaults; ``--size`` overrides the size; without any,
+    the size is the model's static input size.
+    """
+    bundle: Path | None = None
+    cfg: PreprocessConfig | None = None
+    if model.is_dir():
+        bundle = model
+        manifest = read_manifest(bundle)
+        fp32 = [f for f in manifest.files_of("onnx") if f.precision == "fp32"]
+        model = bundle / (fp32[0].path if fp32 else DEFAULT_MODEL_FILE)
+        cfg = manifest.preprocess
+        if not model.is_file():
+            raise ConfigError(f"{bundle}: the bundle has no FP32 ONNX model ({model.name} is missing)")
+    if preprocess_from is not None:
+        if preprocess_from.is_dir() or preprocess_from.name == MANIFEST:
+            cfg = read_manifest(preprocess_from if preprocess_from.is_dir() else preprocess_from.parent).preprocess
+        else:
+            try:
+                cfg = PreprocessConfig.from_dict(json.loads(preprocess_from.read_text(encoding="utf-8")))
+            except (OSError, json.JSONDecodeError, TypeError, AttributeError) as exc:
+                raise ConfigError(
+                    f"{preprocess_from}: expected a bundle folder, a manifest.json or a JSON object of "
+                    f"preprocessing parameters ({exc})"
+                ) from exc
+    model_size = model_input_size(model)
+    if cfg is None:
+        cfg = PreprocessConfig(size=size or model_size or PreprocessConfig().size)
+    elif size is not None and size != cfg.size:
+        cfg = PreprocessConfig.from_dict({**cfg.to_dict(), "size": size})
+    if model_size is not None and cfg.size != model_size:
+        raise ConfigError(f"{model}: the model takes {model_size} px images, but preprocessing gives {cfg.size} px")
+    return ModelSource(model, bundle, cfg)
+
+
+def model_input_size(model: Path) -> int | None:
+    """The static H (= W) of the model's NHWC input, or None when dynamic."""
+    onnx = require("onnx", "reading the model's input size")
+    try:
+        graph = onnx.load(str(model), load_external_data=False).graph
+    except Exception as exc:  # noqa: BLE001 - onnx raises several types for a bad file
+        raise ConfigError(f"{model}: not a readable ONNX model ({exc})") from exc
+    inits = {i.name for i in graph.initializer}
+    inp = next(i for i in graph.input if i.name not in inits)
+    dims = [d.dim_value if d.HasField("dim_value") else None for d in inp.type.tensor_type.shape.dim]
+    if len(dims) == 4 and dims[1] and dims[1] == dims[2]:
+        return int(dims[1])
+    return None
+
+
+def default_set_cache(images: str, preprocess: PreprocessConfig) -> Path:
+    """Where the preprocessed set of ``images`` is cached (per source and preprocessing)."""
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "uopsl" / "calibration-sets"
+    key = hashlib.sha256(f"{Path(images).resolve()}|{preprocess}".encode()).hexdigest()[:20]
+    return base / f"{key}.npz"
+
+
+def load_set(images: str, source: ModelSource, *, max_images: int | None, seed: int, require_fov: bool,
+             set_cache: Path | None, use_cache: bool) -> CalibrationSet:
+    """Build (or load) the calibration set; skipped images are logged (warnings) with their reason."""
+    cache = (set_cache or default_set_cache(images, source.preprocess)) if use_cache else None
+    calib_set = build_calibration_set(
+        images, source.preprocess, max_images=max_images, seed=seed, require_fov=require_fov, cache=cache
+    )
+    balance = calib_set.class_balance()
+    if balance:
+        click.echo(f"class balance: {json.dumps(balance)}")
+    return calib_set
+
+
+@click.command("calibrate")
+@click.argument("model", type=click.Path(exists=True, path_type=Path))
+@click.option("--images", required=True,
+              help="Calibration images: a folder, a CSV (path[,label] columns), a text list, or a .npz set.")
+@click.option("--method", type=click.Choice(["minmax", "entropy", "percentile"]), default="entropy",
+              show_default=True, help="Range method.")
+@click.option("--percentile", type=float, default=99.99, show_default=True,
+              help="Percentile of |x| kept by the percentile method.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Table to write [default: BUNDLE/calibration.json, or MODEL.calibration.json].")
+@click.option("--size", type=int, default=None, help="Model input size (default: the model's or the manifest's).")
+@click.option("--preprocess", "preprocess_from", type=click.Path(exists=True, path_type=Path), default=None,
+              help="Preprocessing from a bundle folder, a manifest.json or a JSON file of its parameters.")
+@click.option("--max-images", type=int, default=None, help="Use at most this many images (seeded random draw).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--batch-size", type=int, default=8, show_default=True)
+@click.option("--require-fov/--allow-no-fov", default=True, show_default=True,
+              help="Skip photographs without a detected field of view (the quality gate refuses them).")
+@click.option("--set-cache", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Where to cache the preprocessed set [default: ~/.cache/uopsl/calibration-sets/].")
+@click.option("--no-cache", is_flag=True, help="Neither read nor write the set cache.")
+@click.option("--force", is_flag=True, help="Recalibrate even if --out already matches model, set and method.")
+def command(model: Path, images: str, method: str, percentile: float, out: Path | None, size: int | None,
+            preprocess_from: Path | None, max_images: int | None, seed: int, batch_size: int, require_fov: bool,
+            set_cache: Path | None, no_cache: bool, force: bool) -> int:
+    """Measure activation ranges of MODEL (ONNX file or bundle folder) on calibration images."""
+    from uopsl.calibration.ranges import calibrate
+    from uopsl.calibration.table import TABLE_FILE
+
+    source = resolve_model(model, size, preprocess_from)
+    if out is None:
+        out = source.bundle / TABLE_FILE if source.bundle else source.model.with_suffix(".calibration.json")
+    calib_set = load_set(images, source, max_images=max_images, seed=seed, require_fov=require_fov,
+                         set_cache=set_cache, use_cache=not no_cache)
+    table = calibrate(source.model, calib_set, method=method, percentile=percentile, out=out,
+                      force=force, batch_size=batch_size)
+    n_skipped = len(calib_set.skipped)
+    click.echo(
+        f"{out}: {table.method} ranges of {len(table.ranges)} tensors from {table.num_images} images "
+        f"({n_skipped} skipped); set fingerprint {table.set_fingerprint[:16]}"
+    )
+    return 1 if n_skipped else 0

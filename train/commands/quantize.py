@@ -1,0 +1,93 @@
+"""``uopsl quantize``: FP32 ONNX + calibration table -> INT8 QDQ ONNX (CPU u8 or TensorRT s8 variant).
+
+MODEL is an ONNX file or a bundle folder. Defaults: the table next to the
+model (``BUNDLE/calibration.json`` or ``MODEL.calibration.json``); the output
+``model.int8.onnx`` (cpu) or ``model.int8.trt.onnx`` (trt) beside the model.
+A JSON record of the result (variant, excluded nodes, per-layer sensitivities)
+is written next to the output as ``<out>.quantize.json``; the bundle writer
+puts its ``manifest_info`` into the manifest.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+import logging
+from pathlib import Path
+
+import click
+
+from uopsl.calibration.table import TABLE_FILE, CalibrationTable
+from uopsl.runtime.fsio import sha256_file, write_json
+from uopsl.train.commands.calibrate import load_set, resolve_model
+
+log = logging.getLogger(__name__)
+
+
+def default_output(model: Path, variant: str) -> Path:
+    stem = model.name[: -len(".onnx")] if model.name.endswith(".onnx") else model.stem
+    return model.with_name(f"{stem}.int8.onnx" if variant == "cpu" else f"{stem}.int8.trt.onnx")
+
+
+def record_path(out: Path) -> Path:
+    stem = out.name[: -len(".onnx")] if out.name.endswith(".onnx") else out.name
+    return out.with_name(f"{stem}.quantize.json")
+
+
+@click.command("quantize")
+@click.argument("model", type=click.Path(exists=True, path_type=Path))
+@click.option("--table", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Calibration table [default: BUNDLE/calibration.json or MODEL.calibration.json].")
+@click.option("--variant", type=click.Choice(["cpu", "trt"]), default="cpu", show_default=True,
+              help="cpu: u8 activations, s8 weights (ORT/OpenVINO on x86); trt: s8 symmetric, zero point 0.")
+@click.option("--per-channel/--per-tensor", default=True, show_default=True, help="Weight scales per output channel.")
+@click.option("--exclude", multiple=True,
+              help="Node name or op type to keep in float (repeat, or separate with commas).")
+@click.option("--auto-exclude", type=int, default=0, show_default=True,
+              help="Keep the N layers whose quantization hurts the outputs most in float (needs --images).")
+@click.option("--images", default=None, help="Calibration images for --auto-exclude (same forms as `calibrate`).")
+@click.option("--sensitivity-images", type=int, default=32, show_default=True,
+              help="Images used by the --auto-exclude sensitivity pass.")
+@click.option("--reduce-range", is_flag=True, help="7-bit weights, for x86 CPUs without VNNI (cpu variant).")
+@click.option("--size", type=int, default=None, help="Model input size for --images.")
+@click.option("--preprocess", "preprocess_from", type=click.Path(exists=True, path_type=Path), default=None,
+              help="Preprocessing for --images from a bundle folder, a manifest.json or a JSON file.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="INT8 model to write [default: model.int8.onnx / model.int8.trt.onnx beside MODEL].")
+def command(model: Path, table: Path | None, variant: str, per_channel: bool, exclude: tuple[str, ...],
+            auto_exclude: int, images: str | None, sensitivity_images: int, reduce_range: bool, size: int | None,
+            preprocess_from: Path | None, out: Path | None) -> int:
+    """Quantize MODEL (ONNX file or bundle folder) to INT8 QDQ with its calibration table."""
+    from uopsl.export.quantize import QuantizeConfig, quantize_model
+
+    source = resolve_model(model, size, preprocess_from)
+    if table is None:
+        table = source.bundle / TABLE_FILE if source.bundle else source.model.with_suffix(".calibration.json")
+    calib_table = CalibrationTable.load(table, model_sha256=sha256_file(source.model))
+    config = QuantizeConfig(
+        variant=variant,
+        per_channel=per_channel,
+        exclude=tuple(x.strip() for item in exclude for x in item.split(",") if x.strip()),
+        auto_exclude=auto_exclude,
+        sensitivity_images=sensitivity_images,
+        reduce_range=reduce_range,
+    )
+    calib_set = None
+    if images is not None:
+        calib_set = load_set(images, source, max_images=None, seed=0, require_fov=True, set_cache=None,
+                             use_cache=True)
+        if calib_set.fingerprint != calib_table.set_fingerprint:
+            log.warning("--images is not the set the table was calibrated on (fingerprints differ); "
+                        "the sensitivity pass uses it anyway")
+    out = out or default_output(source.model, variant)
+    result = quantize_model(source.model, calib_table, out, config, calib_set=calib_set)
+    write_json(record_path(out), {"config": asdict(config), "result": result.to_dict(),
+                                  "manifest_info": result.manifest_info()})
+    click.echo(f"{out}: {result.precision} ({'per-channel' if per_channel else 'per-tensor'} weights, "
+               f"{result.quantize_nodes} QuantizeLinear) from {calib_table.method} ranges")
+    if result.excluded_nodes:
+        click.echo(f"kept in float: {json.dumps(list(result.excluded_nodes))}")
+    for s in result.sensitivities[: max(auto_exclude, 5)]:
+        click.echo(f"  sensitivity {s.node} ({s.op_type}): max|dprob| {s.probs_max_abs:.2e}, "
+                   f"logits cos {s.logits_cosine:.6f}")
+    return 0
