@@ -268,20 +268,23 @@ def train_loop(runner: StageRunner, ds: ImageDataset, loss_fn: Callable[[torch.T
 
 
 # -- stage-specific losses ---------------------------------------------------------
-def pretrain_losses(model: UopslModel, cfg: TrainConfig) -> Callable[..., dict[str, torch.Tensor]]:
-    """Loss of one stage-1 step on a fundus batch and (for the full method) an OCT batch."""
+def pretrain_losses(model: UopslModel, cfg: TrainConfig, features: bool = False) -> Callable[..., dict[str, torch.Tensor]]:
+    """Loss of one stage-1 step on a fundus batch and (for the full method) an OCT batch.
+
+    ``features``: the batches are cached backbone features, not images.
+    """
 
     def fn(xf: torch.Tensor, yf: torch.Tensor, xo: torch.Tensor | None = None, yo: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         e = model.prototypes()
         tau = model.tau
-        tokens, glob, _ = model.fundus(xf)
+        tokens, glob, _ = model.fundus.from_features(xf) if features else model.fundus(xf)
         parts = {"fundus": losses.soft_contrastive(glob, e, yf, tau)}
         if model.config.variant == "p_only":
             # P without OCT: the site loss is applied to fundus tokens instead.
             z, _ = model.sites(tokens, model.site_queries())
             parts["site"] = losses.site_loss(z, e, yf, tau)
         if xo is not None and yo is not None and model.oct is not None:
-            o = model.oct_forward(xo)
+            o = model.oct_forward(xo, features=features)
             parts["oct"] = losses.soft_contrastive(o["global"], e, yo, tau)
             parts["site"] = losses.site_loss(o["z"], e, yo, tau)
         if model.config.variant != "fundus_only":

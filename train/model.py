@@ -225,11 +225,14 @@ class UopslModel(nn.Module):
     def probs(self, logits: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(logits) if self.config.head == "sigmoid" else logits.softmax(dim=-1)
 
-    def oct_forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """OCT branch for pre-training: global vector, site-pooled class features, maps."""
+    def oct_forward(self, x: torch.Tensor, features: bool = False) -> dict[str, torch.Tensor]:
+        """OCT branch for pre-training: global vector, site-pooled class features, maps.
+
+        ``features``: ``x`` is already the OCT backbone's feature map.
+        """
         if self.oct is None:
             raise ConfigError(f"variant {self.config.variant!r} has no OCT branch")
-        tokens, glob, (h, w) = self.oct(x)
+        tokens, glob, (h, w) = self.oct.from_features(x) if features else self.oct(x)
         z, maps = self.sites(tokens, self.site_queries())
         return {"global": glob, "z": z, "site_maps": maps.reshape(maps.shape[0], maps.shape[1], h, w)}
 

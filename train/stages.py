@@ -38,17 +38,26 @@ log = logging.getLogger(__name__)
 
 
 class FeatureDataset:
-    """Backbone features of a dataset, computed once with a frozen encoder (N, C, h, w) float16."""
+    """Backbone features of a dataset, computed once with a frozen encoder: (N, C, h, w) float16."""
 
-    def __init__(self, encoder: torch.nn.Module, ds: ImageDataset, device: torch.device, batch_size: int = 32) -> None:
+    def __init__(self, features: torch.Tensor, targets: np.ndarray) -> None:
+        if len(features) != len(targets):
+            raise DataError(f"{len(features)} feature maps for {len(targets)} targets")
+        self.features = features
+        self.targets = targets
+
+    @classmethod
+    def compute(cls, encoder: torch.nn.Module, ds: ImageDataset, device: torch.device, batch_size: int = 32) -> FeatureDataset:
         encoder.eval()
         feats = []
         with torch.no_grad():
             for i in range(0, len(ds), batch_size):
                 x = torch.stack([ds[j][0] for j in range(i, min(len(ds), i + batch_size))]).to(device)
                 feats.append(encoder(x).half().cpu())
-        self.features = torch.cat(feats)
-        self.targets = ds.targets
+        return cls(torch.cat(feats), ds.targets)
+
+    def subset(self, idx: np.ndarray) -> FeatureDataset:
+        return FeatureDataset(self.features[torch.as_tensor(idx)], self.targets[idx])
 
     def __len__(self) -> int:
         return len(self.targets)
@@ -57,11 +66,17 @@ class FeatureDataset:
         return self.features[i].float(), torch.from_numpy(self.targets[i])
 
 
-def _use_features(cfg: TrainConfig) -> bool:
-    return cfg.freeze_encoder and not cfg.augment
+AnyDataset = ImageDataset | FeatureDataset
 
 
-def pretrain(model: UopslModel, fundus: ImageDataset, oct_ds: ImageDataset | None, cfg: TrainConfig, out: Path,
+def as_features(ds: AnyDataset | None, encoder: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> AnyDataset | None:
+    """With a frozen encoder and no augmentation, train on cached features (the head is all that learns)."""
+    if ds is None or isinstance(ds, FeatureDataset) or not (cfg.freeze_encoder and not cfg.augment):
+        return ds
+    return FeatureDataset.compute(encoder, ds, device)
+
+
+def pretrain(model: UopslModel, fundus: AnyDataset, oct_ds: AnyDataset | None, cfg: TrainConfig, out: Path,
              meta: CheckpointMeta) -> UopslModel:
     """Stage 1 on two unpaired pools; writes ``out/model.safetensors`` + ``checkpoint.json``."""
     if model.config.uses_oct and oct_ds is None:
@@ -69,7 +84,10 @@ def pretrain(model: UopslModel, fundus: ImageDataset, oct_ds: ImageDataset | Non
     out.mkdir(parents=True, exist_ok=True)
     runner = StageRunner(model, cfg, out, "pretrain", meta.data_fingerprint)
     runner.resume()
-    loss_fn = pretrain_losses(model, cfg)
+    fundus = as_features(fundus, model.fundus.encoder, cfg, runner.device)  # type: ignore[assignment]
+    if model.oct is not None:
+        oct_ds = as_features(oct_ds, model.oct.encoder, cfg, runner.device)
+    loss_fn = pretrain_losses(model, cfg, features=isinstance(fundus, FeatureDataset))
     use_oct = model.config.uses_oct and oct_ds is not None
     length = max(len(fundus), len(oct_ds) if use_oct and oct_ds is not None else 0)
 
@@ -109,7 +127,7 @@ def pretrain(model: UopslModel, fundus: ImageDataset, oct_ds: ImageDataset | Non
     return model
 
 
-def finetune(model: UopslModel, train_ds: ImageDataset, val_ds: ImageDataset | None, cfg: TrainConfig, out: Path,
+def finetune(model: UopslModel, train_ds: AnyDataset, val_ds: AnyDataset | None, cfg: TrainConfig, out: Path,
              meta: CheckpointMeta, select: Any = None) -> tuple[UopslModel, dict[str, Any]]:
     """Stage 2 on fundus images; keeps the epoch with the best validation score.
 
@@ -120,9 +138,9 @@ def finetune(model: UopslModel, train_ds: ImageDataset, val_ds: ImageDataset | N
     out.mkdir(parents=True, exist_ok=True)
     runner = StageRunner(model, cfg, out, "finetune", meta.data_fingerprint)
     runner.resume()
-    feats = _use_features(cfg)
-    src_train: Any = FeatureDataset(model.fundus.encoder, train_ds, runner.device) if feats else train_ds
-    src_val: Any = FeatureDataset(model.fundus.encoder, val_ds, runner.device) if feats and val_ds is not None else val_ds
+    src_train: Any = as_features(train_ds, model.fundus.encoder, cfg, runner.device)
+    src_val: Any = as_features(val_ds, model.fundus.encoder, cfg, runner.device)
+    feats = isinstance(src_train, FeatureDataset)
 
     if feats:
         def loss_fn(x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
