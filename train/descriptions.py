@@ -1,0 +1,514 @@
+"""The disease-description dictionary: per class a name, a display name and expert phrases.
+
+Text is the only bridge between the unpaired fundus and OCT pools (DESIGN.md
+section 1): a class prototype is the mean of its phrase embeddings. The phrases
+below were written for this project from standard clinical descriptions (ICDR
+diabetic retinopathy scale, Beckman AMD classification, common OCT
+terminology); they are not taken from the UOPSL paper, which does not publish
+its texts. Each phrase records the modality it describes, ``fundus``, ``oct``
+or ``both``, so fundus-side and OCT-side prototypes can be built separately.
+
+Pure data and small helpers; no torch. Users add or redefine classes for a
+zero-shot re-export with a TOML or JSON file read by :func:`load_classes`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import json
+import logging
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from uopsl.runtime.errors import ConfigError
+from uopsl.runtime.optional import require
+
+log = logging.getLogger(__name__)
+
+Modality = Literal["fundus", "oct", "both"]
+MODALITIES: tuple[str, ...] = ("fundus", "oct", "both")
+_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+
+
+@dataclass(frozen=True)
+class DiseaseDescription:
+    """One class: canonical ``name``, human ``display`` name, phrases and the modality of each.
+
+    ``phrases`` and ``modalities`` are parallel tuples. Construction validates
+    the entry (name syntax, at least one phrase, no empty or repeated phrase,
+    known modalities) and raises :class:`ConfigError` otherwise.
+    """
+
+    name: str
+    display: str
+    phrases: tuple[str, ...]
+    modalities: tuple[Modality, ...]
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not _NAME.match(self.name):
+            raise ConfigError(
+                f"class name {self.name!r} is not valid: use 1-64 characters a-z, 0-9 and '_', starting with a letter"
+            )
+        if not isinstance(self.display, str) or not self.display.strip():
+            raise ConfigError(f"class {self.name!r}: display name must be a non-empty string; got {self.display!r}")
+        if not self.phrases:
+            raise ConfigError(f"class {self.name!r} has no phrases; give at least one description phrase")
+        if len(self.phrases) != len(self.modalities):
+            raise ConfigError(
+                f"class {self.name!r}: {len(self.phrases)} phrases but {len(self.modalities)} modalities; "
+                "give one modality per phrase"
+            )
+        for p, m in zip(self.phrases, self.modalities):
+            if not isinstance(p, str) or not p.strip():
+                raise ConfigError(f"class {self.name!r}: every phrase must be a non-empty string; got {p!r}")
+            if m not in MODALITIES:
+                raise ConfigError(f"class {self.name!r}: modality of {p!r} is {m!r}; expected one of {MODALITIES}")
+        seen: set[str] = set()
+        for p in self.phrases:
+            key = " ".join(p.lower().split())
+            if key in seen:
+                raise ConfigError(f"class {self.name!r}: phrase {p!r} is given twice; remove the repeat")
+            seen.add(key)
+
+    def modality_phrases(self, modality: Literal["fundus", "oct"], *, fallback: bool = True) -> tuple[str, ...]:
+        """Phrases that describe ``modality`` (tagged with it or ``both``).
+
+        A class described only for the other modality (possible in a user file)
+        returns all its phrases when ``fallback`` is true, so a prototype always
+        exists; with ``fallback=False`` it returns an empty tuple.
+        """
+        if modality not in ("fundus", "oct"):
+            raise ConfigError(f"modality must be 'fundus' or 'oct'; got {modality!r}")
+        own = tuple(p for p, m in zip(self.phrases, self.modalities) if m in (modality, "both"))
+        return own if own or not fallback else self.phrases
+
+    @property
+    def fundus_phrases(self) -> tuple[str, ...]:
+        return self.modality_phrases("fundus")
+
+    @property
+    def oct_phrases(self) -> tuple[str, ...]:
+        return self.modality_phrases("oct")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The entry in the user-file format (round-trips through :func:`load_classes`)."""
+        return {
+            "name": self.name,
+            "display": self.display,
+            "phrases": [{"text": p, "modality": m} for p, m in zip(self.phrases, self.modalities)],
+        }
+
+
+def _d(name: str, display: str, *phrases: tuple[Modality, str]) -> DiseaseDescription:
+    return DiseaseDescription(name, display, tuple(p for _, p in phrases), tuple(m for m, _ in phrases))
+
+
+F: Modality = "fundus"
+O: Modality = "oct"
+B: Modality = "both"
+
+_BUILTIN: tuple[DiseaseDescription, ...] = (
+    _d(
+        "normal", "Normal",
+        (F, "healthy optic disc with a sharp margin and a pink neuroretinal rim"),
+        (F, "normal calibre retinal arteries and veins without hemorrhages or exudates"),
+        (F, "evenly coloured orange-red fundus with a clear foveal reflex"),
+        (O, "preserved foveal depression with normal retinal thickness"),
+        (O, "intact, continuous outer retinal bands including the ellipsoid zone"),
+    ),
+    # ---- diabetic retinopathy: generic, ICDR grades, referable
+    _d(
+        "dr", "Diabetic retinopathy",
+        (F, "microaneurysms and dot-and-blot retinal hemorrhages"),
+        (F, "hard exudates and cotton wool spots in a diabetic eye"),
+        (F, "venous beading and intraretinal microvascular abnormalities"),
+        (O, "hyperreflective foci and disorganization of the inner retinal layers in a diabetic eye"),
+    ),
+    _d(
+        "npdr", "Non-proliferative diabetic retinopathy",
+        (F, "scattered microaneurysms and intraretinal hemorrhages without new vessels"),
+        (F, "hard exudates and cotton wool spots with no neovascularization"),
+        (F, "diabetic vascular damage confined within the retina, no proliferation onto the disc or vitreous"),
+        (O, "intraretinal hyperreflective dots with an intact vitreoretinal interface"),
+    ),
+    _d(
+        "mild_npdr", "Mild non-proliferative diabetic retinopathy",
+        (F, "microaneurysms only, seen as tiny red dots at the posterior pole"),
+        (F, "a few isolated microaneurysms without hemorrhages or exudates"),
+        (F, "earliest diabetic retinopathy with a handful of red dots near the macula"),
+        (O, "small round hyperreflective microaneurysms in the inner nuclear layer with normal retinal thickness"),
+    ),
+    _d(
+        "moderate_npdr", "Moderate non-proliferative diabetic retinopathy",
+        (F, "microaneurysms with dot and blot hemorrhages in several quadrants"),
+        (F, "hard exudates and cotton wool spots alongside intraretinal hemorrhages"),
+        (F, "venous beading in a single quadrant, short of the severe 4-2-1 criteria"),
+        (O, "scattered intraretinal hyperreflective foci with small cystoid spaces"),
+    ),
+    _d(
+        "severe_npdr", "Severe non-proliferative diabetic retinopathy",
+        (F, "more than twenty intraretinal hemorrhages in each of the four quadrants"),
+        (F, "definite venous beading in two or more quadrants"),
+        (F, "prominent intraretinal microvascular abnormalities in at least one quadrant"),
+        (O, "inner retinal thinning and disorganization from extensive capillary nonperfusion"),
+    ),
+    _d(
+        "pdr", "Proliferative diabetic retinopathy",
+        (F, "neovascularization of the optic disc"),
+        (F, "fine new vessels elsewhere along the vascular arcades"),
+        (F, "preretinal or vitreous hemorrhage from fragile new vessels"),
+        (F, "fibrovascular proliferation with tractional retinal detachment"),
+        (O, "preretinal hyperreflective fibrovascular tissue breaching the internal limiting membrane"),
+    ),
+    _d(
+        "referable_dr", "Referable diabetic retinopathy",
+        (F, "diabetic retinopathy of moderate non-proliferative grade or worse"),
+        (F, "multiple hemorrhages, venous beading or new vessels that need an ophthalmologist"),
+        (F, "hard exudates within one disc diameter of the fovea suggesting macular edema"),
+        (O, "center-involving macular thickening with intraretinal fluid in a diabetic eye"),
+    ),
+    _d(
+        "dme", "Diabetic macular edema",
+        (F, "hard exudates within one disc diameter of the center of the macula"),
+        (F, "circinate ring of yellow exudates around leaking microaneurysms near the fovea"),
+        (F, "retinal thickening at or near the center of the macula"),
+        (O, "intraretinal cystoid fluid spaces thickening the fovea"),
+        (O, "increased central subfield thickness with loss of the foveal depression"),
+        (O, "hyperreflective foci in the outer plexiform layer from lipid exudates"),
+    ),
+    # ---- age-related macular degeneration
+    _d(
+        "amd", "Age-related macular degeneration",
+        (F, "yellow drusen clustered at the macula of an older adult"),
+        (F, "macular pigment clumping and patchy depigmentation"),
+        (O, "drusen elevating the retinal pigment epithelium beneath the macula"),
+        (B, "degenerative changes of the macula with drusen, atrophy or neovascularization"),
+    ),
+    _d(
+        "early_amd", "Early age-related macular degeneration",
+        (F, "small to medium soft drusen at the macula without atrophy or neovascularization"),
+        (F, "a few yellow drusen with subtle macular pigmentary changes"),
+        (O, "small dome-shaped elevations of the retinal pigment epithelium from drusen"),
+        (O, "intact retinal layers over the drusen with no intraretinal or subretinal fluid"),
+    ),
+    _d(
+        "late_amd", "Late age-related macular degeneration",
+        (F, "geographic atrophy with sharply demarcated loss of pigment epithelium exposing choroidal vessels"),
+        (F, "subretinal hemorrhage and exudation at the macula from choroidal neovascularization"),
+        (F, "disciform fibrovascular scar at the macula"),
+        (O, "subretinal and intraretinal fluid over a neovascular membrane"),
+        (O, "complete outer retinal and pigment epithelial atrophy with hypertransmission into the choroid"),
+    ),
+    # ---- other fundus diseases
+    _d(
+        "glaucoma", "Glaucoma",
+        (F, "enlarged cup-to-disc ratio with thinning of the neuroretinal rim"),
+        (F, "notching of the inferior or superior neuroretinal rim"),
+        (F, "splinter hemorrhage at the optic disc margin"),
+        (F, "wedge-shaped defect of the retinal nerve fibre layer"),
+        (O, "thinning of the peripapillary retinal nerve fibre layer"),
+        (O, "loss of the macular ganglion cell complex"),
+    ),
+    _d(
+        "cataract", "Cataract",
+        (F, "hazy, blurred fundus photograph from lens opacity"),
+        (F, "retinal vessels and optic disc barely visible through a cloudy lens"),
+        (F, "low-contrast image behind a diffuse veil of media opacity"),
+        (O, "weak, low signal strength B-scan degraded by lens opacity"),
+    ),
+    _d(
+        "pathologic_myopia", "Pathologic myopia",
+        (F, "tilted optic disc with a large peripapillary atrophy crescent"),
+        (F, "tessellated, tigroid fundus from a thinned choroid"),
+        (F, "patchy chorioretinal atrophy and lacquer cracks at the posterior pole"),
+        (O, "posterior staphyloma with a markedly thinned choroid"),
+        (O, "myopic foveoschisis splitting the outer retinal layers"),
+    ),
+    _d(
+        "rp", "Retinitis pigmentosa",
+        (F, "bone-spicule pigment clumping in the mid-peripheral retina"),
+        (F, "markedly attenuated retinal arterioles"),
+        (F, "waxy pallor of the optic disc"),
+        (O, "loss of the ellipsoid zone outside a preserved central island"),
+        (O, "thinning of the outer nuclear layer with cystoid macular changes"),
+    ),
+    _d(
+        "macular_hole", "Macular hole",
+        (F, "round, sharply outlined red defect at the center of the fovea"),
+        (F, "yellow deposits at the base of a foveal hole surrounded by a grey cuff of fluid"),
+        (O, "full-thickness defect of the neurosensory retina at the fovea"),
+        (O, "foveal hole with cystic, elevated edges and vitreomacular traction"),
+    ),
+    _d(
+        "csc", "Central serous chorioretinopathy",
+        (F, "well-circumscribed serous detachment of the macula"),
+        (F, "round blister of clear subretinal fluid at the posterior pole"),
+        (O, "dome-shaped serous detachment of the neurosensory retina"),
+        (O, "thickened choroid with dilated outer choroidal vessels"),
+        (O, "small pigment epithelial detachment at the leakage point under subretinal fluid"),
+    ),
+    _d(
+        "rvo", "Retinal vein occlusion",
+        (F, "flame-shaped hemorrhages in all four quadrants with dilated tortuous veins"),
+        (F, "sectoral intraretinal hemorrhages distal to an arteriovenous crossing"),
+        (F, "cotton wool spots and optic disc swelling after a venous occlusion"),
+        (O, "cystoid macular edema secondary to a retinal vein occlusion"),
+    ),
+    _d(
+        "hypertensive_retinopathy", "Hypertensive retinopathy",
+        (F, "generalized arteriolar narrowing with copper or silver wiring"),
+        (F, "arteriovenous nicking at vessel crossings"),
+        (F, "flame hemorrhages and cotton wool spots in a hypertensive patient"),
+        (F, "optic disc swelling with a macular star of exudates in malignant hypertension"),
+        (O, "hyperreflective thickening of the nerve fibre layer at cotton wool spots"),
+    ),
+    # ---- OCT findings
+    _d(
+        "cnv", "Choroidal neovascularization",
+        (O, "hyperreflective fibrovascular lesion beneath or above the retinal pigment epithelium"),
+        (O, "fibrovascular pigment epithelial detachment with overlying subretinal fluid"),
+        (O, "subretinal hyperreflective material with intraretinal fluid"),
+        (F, "grey-green subretinal membrane with surrounding hemorrhage at the macula"),
+    ),
+    _d(
+        "drusen", "Drusen",
+        (O, "discrete deposits between the retinal pigment epithelium and Bruch's membrane"),
+        (O, "undulating, lumpy elevation of the retinal pigment epithelium band"),
+        (F, "round yellow-white deposits deep to the retina at the macula"),
+    ),
+    _d(
+        "dme_cysts", "Intraretinal cysts of diabetic macular edema",
+        (O, "hyporeflective cystoid spaces in the inner nuclear and outer plexiform layers"),
+        (O, "large central foveal cyst surrounded by smaller cystoid spaces"),
+        (O, "round dark fluid pockets within a thickened retina"),
+        (F, "loss of the foveal reflex from cystic retinal thickening in a diabetic eye"),
+    ),
+    _d(
+        "subretinal_fluid", "Subretinal fluid",
+        (O, "hyporeflective space between the neurosensory retina and the retinal pigment epithelium"),
+        (O, "shallow serous detachment of the neurosensory retina"),
+        (O, "elongated photoreceptor outer segments hanging into subretinal fluid"),
+        (F, "blister-like elevation of the macula with a blurred foveal reflex"),
+    ),
+    _d(
+        "erm", "Epiretinal membrane",
+        (O, "hyperreflective membrane on the inner retinal surface"),
+        (O, "wrinkled inner retinal surface with loss of the foveal contour"),
+        (O, "retina thickened by traction from a preretinal membrane"),
+        (F, "cellophane-like glistening sheen over the macula"),
+        (F, "retinal striae with small vessels drawn toward the membrane"),
+    ),
+)
+
+_BY_NAME: dict[str, DiseaseDescription] = {d.name: d for d in _BUILTIN}
+
+# Long forms and common spellings accepted by :func:`get` (and in user files).
+ALIASES: dict[str, str] = {
+    "no_disease": "normal",
+    "healthy": "normal",
+    "diabetic_retinopathy": "dr",
+    "non_proliferative_dr": "npdr",
+    "nonproliferative_dr": "npdr",
+    "proliferative_dr": "pdr",
+    "diabetic_macular_edema": "dme",
+    "diabetic_macular_oedema": "dme",
+    "age_related_macular_degeneration": "amd",
+    "pathological_myopia": "pathologic_myopia",
+    "retinitis_pigmentosa": "rp",
+    "central_serous_chorioretinopathy": "csc",
+    "retinal_vein_occlusion": "rvo",
+    "choroidal_neovascularization": "cnv",
+    "choroidal_neovascularisation": "cnv",
+    "epiretinal_membrane": "erm",
+    "intraretinal_cysts": "dme_cysts",
+    "srf": "subretinal_fluid",
+}
+
+
+def normalize_name(name: str) -> str:
+    """Lower-case, trimmed, spaces and hyphens as underscores (``"Macular hole"`` -> ``macular_hole``)."""
+    if not isinstance(name, str):
+        raise ConfigError(f"a class name must be a string; got {name!r}")
+    return re.sub(r"[\s\-]+", "_", name.strip().lower())
+
+
+def names() -> tuple[str, ...]:
+    """Canonical names of the built-in classes, in dictionary order."""
+    return tuple(_BY_NAME)
+
+
+def get(name: str) -> DiseaseDescription:
+    """The built-in description of ``name`` (canonical name or alias, any case)."""
+    key = normalize_name(name)
+    key = ALIASES.get(key, key)
+    try:
+        return _BY_NAME[key]
+    except KeyError:
+        close = difflib.get_close_matches(key, list(_BY_NAME) + list(ALIASES), n=3)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise ConfigError(
+            f"no built-in description for class {name!r}.{hint} Known classes: {', '.join(_BY_NAME)}. "
+            "Describe a new class in a TOML/JSON file (uopsl export --classes FILE)."
+        ) from None
+
+
+# --------------------------------------------------------------------------- user class files
+
+_CLASS_KEYS = {"name", "display", "phrases"}
+_PHRASE_KEYS = {"text", "modality"}
+
+
+def load_classes(path: str | os.PathLike[str]) -> tuple[DiseaseDescription, ...]:
+    """Read an ordered class list from a TOML or JSON file (e.g. for a zero-shot re-export).
+
+    TOML::
+
+        [[classes]]
+        name = "dme"                     # built-in: its dictionary phrases are used
+        [[classes]]
+        name = "retinal_detachment"      # new class: phrases required
+        display = "Retinal detachment"   # optional (default: from the name)
+        phrases = [
+          "grey, elevated retina with undulating folds",                # modality "both"
+          { text = "neurosensory retina lifted off the pigment epithelium", modality = "oct" },
+        ]
+
+    JSON: ``{"classes": [{"name": ..., "phrases": [...]}, ...]}`` or the bare list.
+    A built-in name with ``phrases`` replaces the built-in phrases. Errors
+    (unreadable file, unknown keys, empty or repeated phrases, duplicate class
+    names, unknown modality) raise :class:`ConfigError` naming the file and entry.
+    """
+    p = Path(path)
+    entries = _read_entries(p)
+    out: list[DiseaseDescription] = []
+    first_seen: dict[str, int] = {}
+    for i, entry in enumerate(entries, start=1):
+        where = f"{p}: class #{i}"
+        desc = _parse_entry(entry, where)
+        if desc.name in first_seen:
+            raise ConfigError(
+                f"{where}: class {desc.name!r} is already defined by class #{first_seen[desc.name]}; "
+                "each class may appear once"
+            )
+        first_seen[desc.name] = i
+        out.append(desc)
+    _warn_shared_phrases(out, p)
+    return tuple(out)
+
+
+def _read_entries(p: Path) -> list[Any]:
+    suffix = p.suffix.lower()
+    if suffix not in (".toml", ".json"):
+        raise ConfigError(f"{p}: class files must end in .toml or .json; got {suffix or 'no suffix'!r}")
+    try:
+        raw = p.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: class file not found; check the path") from None
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read the class file ({exc})") from exc
+    try:
+        text = raw.decode("utf-8")
+        data: Any = _toml_loads(text) if suffix == ".toml" else json.loads(text)
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{p}: not UTF-8 text ({exc}); save the file as UTF-8") from exc
+    except ValueError as exc:  # json.JSONDecodeError and tomllib.TOMLDecodeError are ValueErrors
+        raise ConfigError(f"{p}: not valid {suffix[1:].upper()} ({exc})") from exc
+    if isinstance(data, Mapping):
+        extra = set(data) - {"classes"}
+        if extra:
+            raise ConfigError(f"{p}: unknown top-level keys {sorted(extra)}; expected only 'classes'")
+        data = data.get("classes")
+    if not isinstance(data, list) or not data:
+        raise ConfigError(
+            f"{p}: expected a non-empty list of classes (TOML: [[classes]] tables; JSON: "
+            '{"classes": [...]}); got ' + (type(data).__name__ if data is not None else "no 'classes' key")
+        )
+    return data
+
+
+def _toml_loads(text: str) -> Any:
+    try:
+        toml: Any = importlib.import_module("tomllib")  # Python 3.11+
+    except ImportError:  # pragma: no cover - Python 3.10
+        toml = require("tomli", "reading a TOML class file (or write the file as JSON)")
+    return toml.loads(text)
+
+
+def _parse_entry(entry: Any, where: str) -> DiseaseDescription:
+    if not isinstance(entry, Mapping):
+        raise ConfigError(f"{where}: expected a table with 'name' and 'phrases'; got {type(entry).__name__}")
+    unknown = set(entry) - _CLASS_KEYS
+    if unknown:
+        raise ConfigError(f"{where}: unknown keys {sorted(unknown)}; allowed: {sorted(_CLASS_KEYS)}")
+    raw_name = entry.get("name")
+    if not isinstance(raw_name, str) or not raw_name.strip():
+        raise ConfigError(f"{where}: 'name' must be a non-empty string; got {raw_name!r}")
+    key = normalize_name(raw_name)
+    key = ALIASES.get(key, key)
+    builtin = _BY_NAME.get(key)
+    display = entry.get("display")
+    if display is not None and (not isinstance(display, str) or not display.strip()):
+        raise ConfigError(f"{where} ({raw_name!r}): 'display' must be a non-empty string; got {display!r}")
+    if "phrases" not in entry:
+        if builtin is None:
+            raise ConfigError(
+                f"{where}: class {raw_name!r} has no 'phrases' and is not a built-in class; "
+                f"describe it with at least one phrase (built-in classes: {', '.join(_BY_NAME)})"
+            )
+        return builtin if display is None else DiseaseDescription(key, display, builtin.phrases, builtin.modalities)
+    phrases = entry["phrases"]
+    if not isinstance(phrases, list):
+        raise ConfigError(f"{where} ({raw_name!r}): 'phrases' must be a list; got {type(phrases).__name__}")
+    if not phrases:
+        raise ConfigError(
+            f"{where} ({raw_name!r}): 'phrases' is empty; give at least one phrase"
+            + (", or drop the key to use the built-in description" if builtin else "")
+        )
+    texts: list[str] = []
+    mods: list[Modality] = []
+    for j, ph in enumerate(phrases, start=1):
+        text, mod = _parse_phrase(ph, f"{where} ({raw_name!r}) phrase #{j}")
+        texts.append(text)
+        mods.append(mod)
+    if builtin is not None:
+        log.info("class %r in a user file replaces the built-in phrases", key)
+    default_display = builtin.display if builtin else key.replace("_", " ").capitalize()
+    try:
+        return DiseaseDescription(key, display or default_display, tuple(texts), tuple(mods))
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def _parse_phrase(ph: Any, where: str) -> tuple[str, Modality]:
+    text: Any
+    mod: Any
+    if isinstance(ph, str):
+        text, mod = ph, "both"
+    elif isinstance(ph, Mapping):
+        unknown = set(ph) - _PHRASE_KEYS
+        if unknown:
+            raise ConfigError(f"{where}: unknown keys {sorted(unknown)}; allowed: {sorted(_PHRASE_KEYS)}")
+        text, mod = ph.get("text"), ph.get("modality", "both")
+    else:
+        raise ConfigError(f"{where}: expected a string or a table {{text, modality}}; got {type(ph).__name__}")
+    if not isinstance(text, str) or not text.strip():
+        raise ConfigError(f"{where}: phrase text must be a non-empty string; got {text!r}")
+    if mod not in MODALITIES:
+        raise ConfigError(f"{where}: modality must be one of {MODALITIES}; got {mod!r}")
+    return text.strip(), mod  # type: ignore[return-value]
+
+
+def _warn_shared_phrases(descs: list[DiseaseDescription], p: Path) -> None:
+    owner: dict[str, str] = {}
+    for d in descs:
+        for ph in d.phrases:
+            key = ph.lower()
+            if key in owner and owner[key] != d.name:
+                log.warning("%s: phrase %r describes both %r and %r; their prototypes will be closer", p, ph,
+                            owner[key], d.name)
+            owner.setdefault(key, d.name)
