@@ -71,13 +71,25 @@ def synthetic_fundus(seed: int, size: int = 512) -> np.ndarray:
     cv2.circle(img, (c, c), r, base, -1, cv2.LINE_AA)
     od = (c + int(r * rng.uniform(0.3, 0.5)) * (1 if seed % 2 else -1), c + int(rng.integers(-r // 8, r // 8 + 1)))
     cv2.circle(img, od, max(3, r // 7), (240, 200, 120), -1, cv2.LINE_AA)
-    for _ in range(8):
+    for _ in range(10):
         ang = rng.uniform(0, 2 * np.pi)
         end = (int(od[0] + np.cos(ang) * r * 1.2), int(od[1] + np.sin(ang) * r * 1.2))
         cv2.line(img, od, end, (120, 30, 20), max(1, size // 150), cv2.LINE_AA)
-    noise = rng.integers(0, 12, img.shape, dtype=np.uint8)
+        for _ in range(3):  # thinner branches
+            t = rng.uniform(0.2, 0.8)
+            start = (int(od[0] + (end[0] - od[0]) * t), int(od[1] + (end[1] - od[1]) * t))
+            a2 = ang + rng.uniform(-1.0, 1.0)
+            tip = (int(start[0] + np.cos(a2) * r * 0.4), int(start[1] + np.sin(a2) * r * 0.4))
+            cv2.line(img, start, tip, (130, 40, 25), 1, cv2.LINE_AA)
+    for _ in range(int(rng.integers(20, 60))):  # small dots (haemorrhage / exudate-like)
+        ang, rad = rng.uniform(0, 2 * np.pi), r * np.sqrt(rng.uniform(0, 0.8))
+        col = (90, 20, 15) if rng.uniform() < 0.6 else (230, 210, 120)
+        cv2.circle(img, (int(c + np.cos(ang) * rad), int(c + np.sin(ang) * rad)), max(1, size // 250), col, -1)
+    # Fine texture (choroid-like), blurred so it reads as detail rather than sensor noise.
+    tex = cv2.GaussianBlur(rng.normal(0.0, 10.0, (size, size)).astype(np.float32), (0, 0), 1.2)
     inside = img.max(axis=2) > 0
-    img[inside] = np.clip(img[inside].astype(np.int16) + noise[inside] - 6, 0, 255).astype(np.uint8)
+    out = img.astype(np.float32) + tex[:, :, None] * np.array([1.0, 0.6, 0.3], np.float32)
+    img[inside] = np.clip(out[inside] + 0.5, 0, 255).astype(np.uint8)
     return img
 
 

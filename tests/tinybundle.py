@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from tinymodel import export_tiny_onnx, random_fundus_batch
 from uopsl.runtime.bundle import ClassSpec, FileEntry, Manifest, describe_file, write_manifest
@@ -54,7 +55,7 @@ def make_tiny_bundle(root: str | Path, *, num_classes: int = 3, size: int = 64, 
     manifest = Manifest(
         classes=classes,
         head=head,  # type: ignore[arg-type]
-        preprocess=PreprocessConfig(size=size),
+        preprocess=PreprocessConfig(size=size, max_pixels=HUGE_LIMIT),
         files=tuple(describe_file(root, f) for f in files),
         site_map_size=(size // 8, size // 8),
         model_name="tiny",
@@ -64,12 +65,61 @@ def make_tiny_bundle(root: str | Path, *, num_classes: int = 3, size: int = 64, 
     return root
 
 
-def fundus_jpeg(path: str | Path, size: int = 96, seed: int = 0, brightness: int = 0) -> Path:
-    """A synthetic fundus-like JPEG (bright disc on black) at ``path``."""
-    import cv2
+def fundus_jpeg(path: str | Path, size: int = 320, seed: int = 0) -> Path:
+    """A synthetic fundus-like JPEG at ``path`` that passes the quality gate (seeds 0-30 do)."""
+    from uopsl.runtime.bench import synthetic_jpeg
 
-    img = random_fundus_batch(1, size, seed=seed)[0].astype(np.int16) + brightness
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    cv2.imwrite(str(path), cv2.cvtColor(np.clip(img, 0, 255).astype(np.uint8), cv2.COLOR_RGB2BGR))
+    path.write_bytes(synthetic_jpeg(seed, size))
     return path
+
+
+def make_bad_zoo(folder: str | Path, size: int = 320) -> dict[str, tuple[Path, str]]:
+    """Write the bad-input zoo; returns name -> (path, expected status).
+
+    Expected status is ``error`` (cannot be read or decoded, or too small/large
+    for the bundle's ``max_pixels`` of :func:`make_tiny_bundle`), ``ungradable``
+    (decodes, but is no colour fundus photograph: the quality gate says so) or
+    ``ok`` (unusual encoding of a fundus-like photograph).
+    """
+    import cv2
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    from uopsl.runtime.bench import synthetic_fundus
+
+    fundus = synthetic_fundus(5, size)
+    bgr = cv2.cvtColor(fundus, cv2.COLOR_RGB2BGR)
+    zoo: dict[str, tuple[Path, str]] = {}
+
+    def put(name: str, data: bytes, status: str) -> None:
+        (folder / name).write_bytes(data)
+        zoo[name] = (folder / name, status)
+
+    jpeg = cv2.imencode(".jpg", bgr)[1].tobytes()
+    put("zero_byte.jpg", b"", "error")
+    put("truncated.jpg", jpeg[: len(jpeg) // 2], "error")
+    put("not_an_image.jpg", b"%PDF-1.4 this is not a photograph\n" * 20, "error")
+    put("one_pixel.png", cv2.imencode(".png", np.zeros((1, 1, 3), np.uint8))[1].tobytes(), "error")
+    # 'huge' relative to the tiny bundle's max_pixels (HUGE_LIMIT); cheap to write and decode.
+    put("huge.png", cv2.imencode(".png", np.zeros((1100, 1100, 3), np.uint8))[1].tobytes(), "error")
+    put("grayscale.png", cv2.imencode(".png", cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY))[1].tobytes(), "ungradable")
+    rgba = np.dstack([bgr, np.full(bgr.shape[:2], 255, np.uint8)])
+    put("rgba.png", cv2.imencode(".png", rgba)[1].tobytes(), "ok")
+    put("sixteen_bit.tiff", cv2.imencode(".tiff", bgr.astype(np.uint16) * 257)[1].tobytes(), "ok")
+    yy, xx = np.mgrid[0:size, 0:size]
+    checker = (((yy // 12) + (xx // 12)) % 2 * 200 + 30).astype(np.uint8)
+    put("non_fundus.png", cv2.imencode(".png", np.dstack([checker, checker // 2, 255 - checker]))[1].tobytes(), "ungradable")
+    zoo["missing.jpg"] = (folder / "does_not_exist" / "missing.jpg", "error")
+    return zoo
+
+
+#: ``max_pixels`` of the tiny bundle: the zoo's 'huge' image exceeds it.
+HUGE_LIMIT = 1_000_000
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny FP32 + INT8 (QDQ u8) bundle shared by the runtime tests (read-only: copy before tampering)."""
+    return make_tiny_bundle(tmp_path_factory.mktemp("bundle") / "tiny", int8=True)

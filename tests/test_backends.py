@@ -1,0 +1,190 @@
+"""Backends (ONNX Runtime, OpenVINO) and the ``auto`` selection logic."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tinybundle import tiny_bundle  # noqa: F401 - session fixture
+from tinymodel import random_fundus_batch
+from uopsl.runtime import backends as reg
+from uopsl.runtime.backends import Availability, open_backend, select_backend
+from uopsl.runtime.backends.onnxruntime import OrtBackend
+from uopsl.runtime.bundle import FileEntry, read_manifest
+from uopsl.runtime.errors import BackendError, BundleError, ConfigError
+from uopsl.runtime.optional import available
+
+# FP32 on both runtimes: only summation order differs.
+FP32_ATOL = 1e-4
+CPU = ("CPUExecutionProvider",)
+
+
+@pytest.fixture()
+def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("UOPSL_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def test_ort_rejects_wrong_dtype_shape_and_unentered_use(tiny_bundle: Path) -> None:
+    b = OrtBackend(tiny_bundle / "model.onnx", "cpu", threads=1)
+    with pytest.raises(BackendError, match="context manager"):
+        b.infer(np.zeros((1, 64, 64, 3), np.uint8))
+    with b:
+        assert b.inputs[0].shape == (None, 64, 64, 3) and b.inputs[0].dtype == np.uint8
+        with pytest.raises(BackendError, match="must be uint8, got float32"):
+            b.infer(np.zeros((1, 64, 64, 3), np.float32))
+        with pytest.raises(BackendError, match=r"got \(1, 32, 32, 3\)"):
+            b.infer(np.zeros((1, 32, 32, 3), np.uint8))
+        with pytest.raises(BackendError, match="numpy array"):
+            b.infer([[0]])  # type: ignore[arg-type]
+        out = b.infer(random_fundus_batch(3, 64))
+    assert out["probs"].shape == (3, 3) and out["site_maps"].shape == (3, 3, 8, 8)
+    np.testing.assert_allclose(out["site_maps"].sum(axis=(2, 3)), 1.0, atol=1e-5)
+
+
+def test_ort_missing_provider_and_bad_arguments(tiny_bundle: Path) -> None:
+    with pytest.raises(ConfigError, match="threads"):
+        OrtBackend(tiny_bundle / "model.onnx", "cpu", threads=0)
+    with pytest.raises(ConfigError, match="optimization"):
+        OrtBackend(tiny_bundle / "model.onnx", "cpu", optimization="max")
+    if "CUDAExecutionProvider" not in reg.detect_availability().ort_providers:
+        with pytest.raises(BackendError, match="onnxruntime-gpu"), OrtBackend(tiny_bundle / "model.onnx", "cuda"):
+            pass
+    with pytest.raises(BackendError, match="does not exist"), OrtBackend(tiny_bundle / "nope.onnx", "cpu"):
+        pass
+
+
+needs_openvino = pytest.mark.skipif(not available("openvino"), reason="OpenVINO not installed (pip install 'uopsl[openvino]')")
+
+
+@needs_openvino
+def test_openvino_matches_onnxruntime_fp32_and_runs_int8(tiny_bundle: Path) -> None:
+    from uopsl.runtime.backends.openvino import OpenVinoBackend
+
+    x = random_fundus_batch(4, 64, seed=3)
+    with OrtBackend(tiny_bundle / "model.onnx", "cpu", threads=1) as ort_b:
+        ref = ort_b.infer(x)
+    with OpenVinoBackend(tiny_bundle / "model.onnx", threads=1) as ov_b:
+        assert ov_b.inputs[0].dtype == np.uint8
+        got = ov_b.infer(x)
+        with pytest.raises(BackendError, match="must be uint8"):
+            ov_b.infer(x.astype(np.float32))
+    for name in ("probs", "logits", "site_maps"):
+        np.testing.assert_allclose(got[name], ref[name], atol=FP32_ATOL, err_msg=name)
+    with OpenVinoBackend(tiny_bundle / "model.int8.onnx", threads=1, precision="int8-qdq-u8") as ov8:
+        q = ov8.infer(x)
+    assert q["probs"].shape == ref["probs"].shape
+    assert np.all((q["probs"] >= 0) & (q["probs"] <= 1))
+
+
+@needs_openvino
+@pytest.mark.xfail(strict=True, reason="OpenVINO 2026.4 CPU: Mul->ReduceSum->Add(bias) head is wrong for batch > 1; "
+                   "the backend's batch self-check works around it (when this passes, the bug is fixed)")
+def test_openvino_raw_batched_head_matches_onnxruntime(tiny_bundle: Path) -> None:
+    from uopsl.runtime.backends.openvino import OpenVinoBackend
+
+    x = random_fundus_batch(4, 64, seed=3)
+    with OrtBackend(tiny_bundle / "model.onnx", "cpu", threads=1) as ort_b:
+        ref = ort_b.infer(x)
+    with OpenVinoBackend(tiny_bundle / "model.onnx", threads=1, batch_check=False) as raw:
+        got = raw.infer(x)
+    np.testing.assert_allclose(got["logits"], ref["logits"], atol=FP32_ATOL)
+
+
+def test_open_backend_explicit_names(tiny_bundle: Path, cache: Path) -> None:
+    b = open_backend(tiny_bundle, "ort-cpu", threads=1)
+    assert b.selection.backend == "ort-cpu" and b.selection.file == "model.onnx"  # type: ignore[attr-defined]
+    b8 = open_backend(tiny_bundle, "ort-cpu", "int8", threads=1)
+    assert b8.selection.file == "model.int8.onnx" and b8.precision == "int8-qdq-u8"  # type: ignore[attr-defined]
+    with pytest.raises(BundleError, match="fp16"):
+        open_backend(tiny_bundle, "ort-cpu", "fp16")
+    with pytest.raises(ConfigError, match="unknown backend"):
+        open_backend(tiny_bundle, "cuda-magic")
+    with pytest.raises(ConfigError, match="unknown precision"):
+        open_backend(tiny_bundle, "ort-cpu", "int4")
+
+
+# -- auto selection with fake availability ---------------------------------------------------
+def _with_engines(bundle: Path):  # type: ignore[no-untyped-def]
+    m = read_manifest(bundle)
+    return replace(m, files=m.files + (FileEntry("model.fp16.engine", "engine", "fp16"),
+                                       FileEntry("model.int8.engine", "engine", "int8")))
+
+
+def test_auto_prefers_matching_tensorrt_engine(tiny_bundle: Path, cache: Path) -> None:
+    m = _with_engines(tiny_bundle)
+    av = Availability(ort_providers=("CUDAExecutionProvider",) + CPU, openvino=True, tensorrt=True)
+    sel = select_backend(tiny_bundle, manifest=m, availability=av, engine_check=lambda p: None)
+    assert (sel.backend, sel.precision, sel.file) == ("tensorrt", "int8", "model.int8.engine")
+    # int8 engine built for another GPU: the fp16 one is taken, and the reason says why.
+    sel = select_backend(tiny_bundle, manifest=m, availability=av,
+                         engine_check=lambda p: "built for sm_87" if "int8" in p.name else None)
+    assert sel.file == "model.fp16.engine"
+
+
+def test_auto_falls_back_to_ort_cuda_when_no_engine_matches(tiny_bundle: Path, cache: Path) -> None:
+    m = _with_engines(tiny_bundle)
+    av = Availability(ort_providers=("CUDAExecutionProvider",) + CPU, openvino=True, tensorrt=True)
+    sel = select_backend(tiny_bundle, manifest=m, availability=av, engine_check=lambda p: "TensorRT 8.6 != 10.3")
+    assert sel.backend == "ort-cuda" and sel.precision == "fp32"
+    assert "TensorRT 8.6 != 10.3" in sel.reason and "CUDA" in sel.reason
+
+
+def test_auto_cpu_picks_openvino_int8_only_when_faster(tiny_bundle: Path, cache: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    av = Availability(ort_providers=CPU, openvino=True)
+    calls: list[Path] = []
+
+    def fake_measure(fp32, int8, *a, **k):  # type: ignore[no-untyped-def]
+        calls.append(int8)
+        return speed[0]
+
+    monkeypatch.setattr(reg, "_measure_speedup", fake_measure)
+    speed = [1.8]  # e.g. ResNet-18 with VNNI
+    sel = select_backend(tiny_bundle, availability=av)
+    assert (sel.backend, sel.precision) == ("openvino", "int8-qdq-u8")
+    assert "1.80x" in sel.reason and "measured now" in sel.reason
+    # Cached: a second selection does not measure again.
+    speed[0] = 0.5
+    sel = select_backend(tiny_bundle, availability=av)
+    assert sel.backend == "openvino" and len(calls) == 1 and "measured earlier" in sel.reason
+    # Another machine (empty cache) where INT8 is slower (depthwise model, no VNNI): FP32.
+    monkeypatch.setenv("UOPSL_CACHE_DIR", str(cache / "other"))
+    sel = select_backend(tiny_bundle, availability=av)
+    assert (sel.backend, sel.precision) == ("ort-cpu", "fp32")
+    assert "not enough faster" in sel.reason and len(calls) == 2
+
+
+def test_auto_uses_recorded_speedup_for_this_cpu_without_measuring(tiny_bundle: Path, cache: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    m = read_manifest(tiny_bundle)
+    files = tuple(replace(f, info={"cpu_int8_speedup": 2.0, "cpu_int8_speedup_cpu": reg.cpu_name()})
+                  if f.precision == "int8-qdq-u8" else f for f in m.files)
+    monkeypatch.setattr(reg, "_measure_speedup", lambda *a, **k: pytest.fail("must not measure"))
+    sel = select_backend(tiny_bundle, manifest=replace(m, files=files), availability=Availability(CPU, openvino=True))
+    assert sel.backend == "openvino" and "recorded in the bundle" in sel.reason
+    # No figure and measuring disabled: the safe default, FP32.
+    sel = select_backend(tiny_bundle, availability=Availability(CPU, openvino=True), measure=False)
+    assert (sel.backend, sel.precision) == ("ort-cpu", "fp32") and "unknown" in sel.reason
+
+
+def test_auto_without_openvino_or_int8_is_ort_cpu_fp32(tiny_bundle: Path, cache: Path) -> None:
+    sel = select_backend(tiny_bundle, availability=Availability(CPU, openvino=False))
+    assert (sel.backend, sel.precision) == ("ort-cpu", "fp32") and "OpenVINO is not installed" in sel.reason
+    m = read_manifest(tiny_bundle)
+    fp32_only = replace(m, files=tuple(f for f in m.files if f.precision == "fp32"))
+    sel = select_backend(tiny_bundle, manifest=fp32_only, availability=Availability(CPU, openvino=True))
+    assert sel.backend == "ort-cpu" and "no INT8" in sel.reason
+
+
+def test_explicit_gpu_backends_without_gpu_are_bundle_errors(tiny_bundle: Path) -> None:
+    av = Availability(CPU)
+    with pytest.raises(BundleError, match="onnxruntime-gpu"):
+        select_backend(tiny_bundle, "ort-cuda", availability=av)
+    with pytest.raises(BundleError, match="TensorRT"):
+        select_backend(tiny_bundle, "tensorrt", availability=av)
+    with pytest.raises(BundleError, match="has none"):
+        select_backend(tiny_bundle, "tensorrt", availability=Availability(CPU, tensorrt=True))
