@@ -12,7 +12,15 @@ from uopsl.runtime.clikit import LazyGroup, main_entry, verbose_option
 from uopsl.runtime.version import __version__
 
 _COMMANDS = {
-    "synth": "uopsl.train.commands.synth:command",
+    "pretrain": "uopsl.train.commands.pretrain:command",
+    "finetune": "uopsl.train.commands.finetune:command",
+    "evaluate": "uopsl.train.commands.evaluate:command",
+    "zero-shot": "uopsl.train.commands.zero_shot:command",
+    "explain": "uopsl.train.commands.explain:command",
+    "export": "uopsl.train.commands.export:command",
+    "calibrate": "uopsl.train.commands.calibrate:command",
+    "quantize": "uopsl.train.commands.quantize:command",
+    "build-engine": "uopsl.train.commands.build_engine:command",
 }
 
 

@@ -18,7 +18,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from uopsl.runtime import metrics
+from uopsl.runtime import metrics, plots
 from uopsl.runtime.fsio import write_json
 from uopsl.runtime.preprocess import Geometry
 
@@ -53,13 +53,8 @@ def evaluate(probs: np.ndarray, targets: np.ndarray, thresholds: Sequence[float]
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "eval.json", report)
-        try:
-            from uopsl.runtime import plots
-
-            curves = {names[k]: metrics.roc_curve(targets[:, k], probs[:, k]) for k in keep}
-            plots.roc_plot(curves, out / "roc.png", title=title or "ROC")
-        except ImportError:  # plots module optional at this layer's import time
-            log.warning("ROC plot skipped: uopsl.runtime.plots is unavailable")
+        curves = {names[k]: metrics.roc_curve(targets[:, k], probs[:, k]) for k in keep}
+        plots.roc_plot(curves, out / "roc.png", title=title or "ROC")
     return report
 
 

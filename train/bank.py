@@ -1,0 +1,61 @@
+"""Class banks: class names -> description phrases -> frozen text prototypes.
+
+A class bank is what the model scores against. Training builds it from the
+built-in description dictionary (:mod:`uopsl.train.descriptions`); a re-export
+or a zero-shot run can build one from a user file of new classes (names +
+phrases), including classes that never had an image.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from uopsl.train import descriptions
+from uopsl.train.text import DEFAULT_MODEL, TextEncoder
+
+
+@dataclass(frozen=True)
+class ClassBank:
+    """Names, their phrases, raw text prototypes (K, text_dim) and which were seen in training."""
+
+    names: tuple[str, ...]
+    phrases: tuple[tuple[str, ...], ...]
+    text: np.ndarray = field(repr=False)
+    seen: tuple[bool, ...] = ()
+
+
+def resolve(names: Sequence[str], classes_file: str | Path | None = None) -> list[descriptions.DiseaseDescription]:
+    """Descriptions for ``names``: from ``classes_file`` first (if given), else the built-in dictionary."""
+    user = {d.name: d for d in descriptions.load_classes(classes_file)} if classes_file else {}
+    out = []
+    for n in names:
+        key = descriptions.normalize_name(n)
+        key = descriptions.ALIASES.get(key, key)
+        out.append(user[key] if key in user else descriptions.get(n))
+    return out
+
+
+def build(names: Sequence[str], classes_file: str | Path | None = None, text_model: str = DEFAULT_MODEL,
+          seen: Sequence[str] | None = None, cache_dir: str | Path | None = None) -> ClassBank:
+    """Encode the class descriptions into prototypes (mean of normalised phrase embeddings).
+
+    All phrases of a class (fundus and OCT ones) form its single shared
+    prototype: text is the bridge between the two unpaired image pools, so
+    both pools are scored against the same ``e_k`` (DESIGN.md section 1).
+    """
+    descs = resolve(names, classes_file)
+    phrases = tuple(tuple(d.phrases) for d in descs)
+    text = TextEncoder(text_model, cache_dir).prototypes(phrases)
+    seen_set = set(names if seen is None else seen)
+    return ClassBank(tuple(names), phrases, text, tuple(n in seen_set for n in names))
+
+
+def from_file(classes_file: str | Path, text_model: str = DEFAULT_MODEL, seen: Sequence[str] = (),
+              cache_dir: str | Path | None = None) -> ClassBank:
+    """A bank of every class listed in a user TOML/JSON file, in file order."""
+    descs = descriptions.load_classes(classes_file)
+    return build([d.name for d in descs], classes_file, text_model, seen, cache_dir)

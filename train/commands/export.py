@@ -1,0 +1,31 @@
+"""``uopsl export``: fold a checkpoint into ONNX and write a deployment bundle."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+@click.command("export")
+@click.argument("checkpoint", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Bundle folder to write.")
+@click.option("--classes", "classes_file", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
+              help="Re-export with a new class bank (TOML/JSON: names + descriptions), without retraining.")
+@click.option("--opset", type=click.IntRange(13, 20), default=17, show_default=True)
+@click.option("--triton", type=click.Path(path_type=Path), default=None,
+              help="Also write a Triton Inference Server model repository here.")
+@click.option("--force", is_flag=True, help="Replace an existing bundle folder.")
+def command(checkpoint: Path, out: Path, classes_file: Path | None, opset: int, triton: Path | None, force: bool) -> None:
+    """Export CHECKPOINT to a bundle (model.onnx, class_bank.npy, manifest.json with checksums)."""
+    from uopsl.runtime.bundle import verify_or_raise
+    from uopsl.train.workflow import run_export
+
+    bundle = run_export(checkpoint, out, classes_file, opset, force)
+    m = verify_or_raise(bundle)
+    click.echo(f"bundle {bundle}: {len(m.classes)} classes, {len(m.files)} files verified")
+    if triton is not None:
+        from uopsl.export.triton import write_triton_repository
+
+        repo = write_triton_repository(bundle, triton)
+        click.echo(f"Triton model repository written to {repo}")

@@ -1,0 +1,60 @@
+"""``uopsl finetune``: stage 2, fundus-only fine-tuning with site cross-attention."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from uopsl.runtime.fsio import write_json
+from uopsl.train import data as datamod
+from uopsl.train.commands.common import items_for, load_source, split_classes, train_options
+
+
+@click.command("finetune")
+@click.option("--data", "data_spec", required=True, help="Fundus training images, KIND:PATH[:opts].")
+@click.option("--val", "val_spec", default=None,
+              help="Validation images (operating thresholds and model selection). Default: 15 %% of --data's patients.")
+@click.option("--out", type=click.Path(path_type=Path), required=True)
+@click.option("--from", "from_ckpt", type=click.Path(path_type=Path, exists=True), default=None,
+              help="Pre-trained checkpoint to start from (else a fresh model).")
+@click.option("--classes", default=None, help="Comma-separated class names (default: the data's classes).")
+@click.option("--variant", type=click.Choice(["uopsl", "p_only", "fundus_only"]), default=None,
+              help="For a fresh model (default uopsl); must match a --from checkpoint.")
+@click.option("--backbone", default="efficientnet_lite0", show_default=True,
+              help="resnet18, resnet50, mobilenet_v3_large, efficientnet_b0, efficientnet_lite0/1/2.")
+@click.option("--init", default="imagenet", show_default=True)
+@click.option("--size", type=click.IntRange(64, 1024), default=320, show_default=True)
+@click.option("--freeze-sites", is_flag=True, help="Keep P, G and the site attention fixed.")
+@click.option("--shots", type=click.IntRange(1), default=None, help="Use only N labelled images per class.")
+@click.option("--target-sensitivity", type=click.FloatRange(0.5, 1.0), default=0.9, show_default=True,
+              help="Operating point of referable classes, chosen on the validation images.")
+@train_options
+def command(data_spec: str, val_spec: str | None, out: Path, from_ckpt: Path | None, classes: str | None,
+            variant: str | None, backbone: str, init: str, size: int, freeze_sites: bool, shots: int | None,
+            target_sensitivity: float, cache_dir: Path | None, **train: object) -> None:
+    """Fine-tune on fundus photographs; writes the checkpoint with its operating thresholds."""
+    from uopsl.train.loops import TrainConfig
+    from uopsl.train.workflow import from_checkpoint, new_model, run_finetune
+
+    src = load_source(data_spec)
+    if val_spec:
+        val = load_source(val_spec)
+    else:
+        parts = datamod.patient_split(src.samples, fractions=(0.85, 0.15, 0.0), seed=int(train.get("seed", 0)))  # type: ignore[arg-type]
+        val, src = src.subset(parts.val, f"{src.name}[val]"), src.subset(parts.train, f"{src.name}[train]")
+    if shots:
+        src = src.subset(datamod.take_shots(src.samples, shots, seed=int(train.get("seed", 0))), f"{src.name}[{shots}-shot]")  # type: ignore[arg-type]
+    names = split_classes(classes) or src.label_space.classes
+    cfg = TrainConfig(freeze_sites=freeze_sites, **train)  # type: ignore[arg-type]
+    if from_ckpt:
+        model, meta = from_checkpoint(from_ckpt, names, variant=variant)
+    else:
+        model, meta = new_model(names, variant=variant or "uopsl", backbone=backbone, init=init, size=size,
+                                data_fingerprint=src.fingerprint)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "finetune.config.json", {"data": src.describe(), "val": val.describe(), "from": str(from_ckpt),
+                                              "model": meta.model.to_dict(), "train": cfg.to_dict(), "shots": shots})
+    _, meta = run_finetune(model, meta, items_for(src, names, "fundus"), items_for(val, names, "fundus"), cfg, out,
+                           cache_dir or out / "cache", target_sensitivity)
+    click.echo(f"fine-tuned model written to {out} (thresholds {dict(zip(names, meta.thresholds))})")

