@@ -1,0 +1,513 @@
+"""Build TensorRT engines (FP32, FP16, INT8) from a bundle's ONNX, on the device that will run them.
+
+TensorRT engines are specific to the TensorRT version and GPU that built them,
+so they are built where they run (``uopsl build-engine`` on the Jetson or the
+desktop GPU), never shipped from the export machine. The engine file gets a
+header (:mod:`uopsl.runtime.engine_header`) with what it was built for.
+
+INT8 routes (``EngineBuildConfig.int8_mode``):
+
+* ``qdq``: build from the Q/DQ model (the bundle's ``int8-qdq-s8`` ONNX:
+  symmetric s8, zero point 0). TensorRT 10.x builds it strongly typed by
+  default (no precision flags; the Q/DQ nodes say what runs in INT8); 8.x and
+  10.x without strong typing set ``BuilderFlag.INT8``. The only route on 11.x.
+* ``legacy-calibrator``: implicit INT8 from the FP32 ONNX with
+  ``IInt8EntropyCalibrator2`` fed by calibration images (8.x; deprecated in 10.x).
+* ``legacy-cache``: implicit INT8 with a calibration cache written from the
+  calibration table's ranges, so no calibration runs on the device (8.x, 10.x).
+* ``auto``: ``qdq`` when the ONNX holds Q/DQ nodes; otherwise a legacy route
+  when calibration data is given and this TensorRT still has calibrators.
+
+TensorRT 11 removed implicit INT8 and the FP16 builder flag; asking for either
+there is a :class:`ConfigError` that says what to do instead. All version
+differences are decided by :func:`plan_build` from a :class:`TrtApi`, so they
+are unit-tested without TensorRT.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+
+from uopsl.calibration import trt_cache
+from uopsl.runtime.engine_header import EngineHeader, now_utc, write_engine
+from uopsl.runtime.errors import BackendError, ConfigError
+from uopsl.runtime.fsio import sha256_file, write_bytes
+from uopsl.runtime.trt_compat import (
+    CudaApi,
+    TrtApi,
+    dims,
+    load_cuda,
+    load_timing_cache,
+    load_tensorrt,
+    make_logger,
+    network_flags,
+    nptype,
+    parser_errors,
+    serialize_timing_cache,
+    set_workspace,
+    shape_of,
+)
+
+if TYPE_CHECKING:  # pragma: no cover - typing only; checked against tensorrt-stubs in CI
+    import tensorrt
+
+log = logging.getLogger(__name__)
+
+Precision = Literal["fp32", "fp16", "int8"]
+Int8Mode = Literal["auto", "qdq", "legacy-calibrator", "legacy-cache"]
+PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8")
+INT8_MODES: tuple[str, ...] = ("auto", "qdq", "legacy-calibrator", "legacy-cache")
+LEGACY_MODES = ("legacy-calibrator", "legacy-cache")
+
+
+@dataclass(frozen=True)
+class EngineBuildConfig:
+    """How to build one engine. Defaults suit a screening device (batch 1-16, FP16).
+
+    precision: fp32 | fp16 | int8 (what the engine computes in).
+    min_batch / opt_batch / max_batch: the optimisation profile of the dynamic
+        batch axis; TensorRT tunes kernels for ``opt_batch``.
+    workspace_mib: builder scratch memory limit (MiB).
+    timing_cache: file of measured kernel timings, read before and written
+        after the build so rebuilds on the same device are much faster.
+    dla_core: run on this Jetson DLA core (FP16/INT8 only), with layers DLA
+        cannot run falling back to the GPU when ``gpu_fallback``.
+    int8_mode: see the module docstring.
+    strongly_typed: build a strongly typed network (Q/DQ on 10.x+); None = yes
+        for Q/DQ INT8 on TensorRT 10+, no otherwise.
+    fp16_fallback: for weakly typed INT8 builds, let layers that stay in float
+        use FP16 kernels (faster, a little less exact). Off: they run FP32.
+    tf32: allow TF32 kernels in float layers (Ampere+). Off, so "fp32" means FP32.
+    builder_optimization_level: 0-5 (TensorRT >= 8.6; None = TensorRT's default 3).
+    version_compatible: the engine also runs on later TensorRT of the same
+        major version (>= 8.6; slower engines, and the runtime must allow host code).
+    device: CUDA device index.
+    """
+
+    precision: Precision = "fp16"
+    min_batch: int = 1
+    opt_batch: int = 8
+    max_batch: int = 16
+    workspace_mib: int = 1024
+    timing_cache: str | None = None
+    dla_core: int | None = None
+    gpu_fallback: bool = True
+    int8_mode: Int8Mode = "auto"
+    strongly_typed: bool | None = None
+    fp16_fallback: bool = False
+    tf32: bool = False
+    builder_optimization_level: int | None = None
+    version_compatible: bool = False
+    device: int = 0
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        for name in ("min_batch", "opt_batch", "max_batch", "workspace_mib"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ConfigError(f"{name} must be an integer >= 1, got {v!r}")
+        if not self.min_batch <= self.opt_batch <= self.max_batch:
+            raise ConfigError(
+                f"batch sizes must satisfy min <= opt <= max, got min {self.min_batch}, "
+                f"opt {self.opt_batch}, max {self.max_batch}"
+            )
+        if self.dla_core is not None:
+            if isinstance(self.dla_core, bool) or not isinstance(self.dla_core, int) or self.dla_core < 0:
+                raise ConfigError(f"dla_core must be an integer >= 0 or None, got {self.dla_core!r}")
+            if self.precision == "fp32":
+                raise ConfigError("DLA runs FP16 and INT8 only; build with --precision fp16 or int8 for --dla-core")
+        if self.int8_mode not in INT8_MODES:
+            raise ConfigError(f"int8_mode must be one of {INT8_MODES}, got {self.int8_mode!r}")
+        if self.int8_mode != "auto" and self.precision != "int8":
+            raise ConfigError(f"int8_mode {self.int8_mode!r} applies to --precision int8 only, not {self.precision}")
+        if self.strongly_typed and self.precision == "fp16":
+            raise ConfigError(
+                "a strongly typed network takes its types from the ONNX, so the FP32 ONNX builds an FP32 engine; "
+                "drop --strongly-typed for FP16"
+            )
+        if self.strongly_typed and self.int8_mode in LEGACY_MODES:
+            raise ConfigError("implicit INT8 (legacy calibrator/cache) cannot be strongly typed; use --int8-mode qdq")
+        if self.builder_optimization_level is not None and not 0 <= self.builder_optimization_level <= 5:
+            raise ConfigError(f"builder_optimization_level must be 0-5, got {self.builder_optimization_level}")
+        if self.device < 0:
+            raise ConfigError(f"device must be >= 0, got {self.device}")
+
+    @property
+    def workspace_bytes(self) -> int:
+        return self.workspace_mib << 20
+
+
+@dataclass(frozen=True)
+class LegacyCalibration:
+    """Data for implicit INT8 (TensorRT 8.x/10.x).
+
+    batches: uint8 NHWC batches of exactly ``batch_size`` preprocessed images
+        (legacy-calibrator); iterated once.
+    amax: per-tensor absolute maxima from the calibration table (legacy-cache).
+    cache_file: a TensorRT cache to use (legacy-cache, when ``amax`` is not
+        given) or where to save the cache the calibrator computes.
+    algorithm: entropy2 (TensorRT's recommended CNN calibrator) or minmax.
+    """
+
+    batches: Iterable[np.ndarray] | None = None
+    amax: Mapping[str, float] | None = None
+    cache_file: str | None = None
+    algorithm: str = "entropy2"
+    batch_size: int = 8
+
+    @property
+    def has_cache(self) -> bool:
+        return self.amax is not None or (self.cache_file is not None and Path(self.cache_file).is_file())
+
+
+@dataclass(frozen=True)
+class BuildPlan:
+    """The version-specific decisions for one build (pure data; see :func:`plan_build`)."""
+
+    strongly_typed: bool
+    set_flags: tuple[str, ...]
+    clear_flags: tuple[str, ...]
+    int8_mode: str  # "" for float engines
+    warnings: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    """What :func:`build_engine` produced."""
+
+    path: Path
+    header: EngineHeader
+    seconds: float
+    timing_cache: Path | None
+    warnings: tuple[str, ...] = field(default=())
+
+
+def onnx_has_qdq(path: str | os.PathLike[str]) -> bool:
+    """True when the ONNX file holds QuantizeLinear/DequantizeLinear nodes.
+
+    Op types are stored as plain strings in the protobuf, so a byte search is
+    exact enough and avoids loading the onnx package on a device.
+    """
+    return b"QuantizeLinear" in Path(path).read_bytes()
+
+
+def plan_build(api: TrtApi, config: EngineBuildConfig, *, onnx_qdq: bool,
+               calibration: LegacyCalibration | None = None) -> BuildPlan:
+    """Decide network typing, builder flags and the INT8 route for this TensorRT; ConfigError if impossible."""
+    warnings: list[str] = []
+    set_flags: list[str] = []
+    clear_flags: list[str] = []
+    int8_mode = ""
+    v = api.version_text
+    if config.precision == "fp16" and not api.weak_precision_flags:
+        raise ConfigError(
+            f"TensorRT {v} has no FP16 builder flag (removed in 11.x: networks are strongly typed). Build FP32 or "
+            "INT8 (Q/DQ) engines, or give an ONNX already converted to FP16 (ModelOpt AutoCast) with --precision fp32"
+        )
+    if config.precision == "int8":
+        int8_mode = _int8_route(api, config, onnx_qdq, calibration)
+        if int8_mode in LEGACY_MODES and api.implicit_int8_deprecated:
+            warnings.append(f"implicit INT8 calibration is deprecated since TensorRT 10.1; "
+                            f"prefer the Q/DQ model (--int8-mode qdq) on TensorRT {v}")
+    strongly = _strong_typing(api, config, int8_mode)
+    if not strongly:
+        if config.precision == "fp16":
+            set_flags.append("FP16")
+        elif config.precision == "int8":
+            set_flags.append("INT8")
+            if config.fp16_fallback:
+                set_flags.append("FP16")
+    if config.precision != "fp16" and not config.tf32 and api.tf32_flag:
+        clear_flags.append("TF32")
+    if config.dla_core is not None:
+        if not api.dla:
+            raise ConfigError(f"TensorRT {v} offers no DLA device type; drop --dla-core")
+        if config.gpu_fallback:
+            set_flags.append("GPU_FALLBACK")
+        if config.min_batch != config.max_batch:
+            warnings.append("DLA runs static shapes only: with min-batch != max-batch, layers on the dynamic "
+                            "batch axis fall back to the GPU; build with min=opt=max batch for a DLA-only engine")
+    if config.version_compatible:
+        if not api.version_compatible_flag:
+            raise ConfigError(f"version-compatible engines need TensorRT 8.6 or later; this is {v}")
+        set_flags.append("VERSION_COMPATIBLE")
+    if config.builder_optimization_level is not None and not api.builder_optimization_level:
+        raise ConfigError(f"builder_optimization_level needs TensorRT 8.6 or later; this is {v}")
+    return BuildPlan(strongly, tuple(set_flags), tuple(clear_flags), int8_mode, tuple(warnings))
+
+
+def check_implicit_int8(api: TrtApi) -> None:
+    """ConfigError unless this TensorRT still has implicit INT8 calibration (8.x, 10.x; removed in 11)."""
+    if not api.implicit_int8:
+        raise ConfigError(
+            f"TensorRT {api.version_text} has no implicit INT8 calibration (removed in TensorRT 11): INT8 engines "
+            "are built from the Q/DQ model only. Give the bundle's TensorRT INT8 ONNX (int8-qdq-s8, made by "
+            "'uopsl quantize') with --int8-mode qdq"
+        )
+
+
+def _int8_route(api: TrtApi, config: EngineBuildConfig, onnx_qdq: bool,
+                calibration: LegacyCalibration | None) -> str:
+    mode = config.int8_mode
+    if mode == "auto":
+        if onnx_qdq:
+            return "qdq"
+        check_implicit_int8(api)
+        if calibration is not None and calibration.has_cache:
+            return "legacy-cache"
+        if calibration is not None and calibration.batches is not None:
+            return "legacy-calibrator"
+        raise ConfigError(
+            "INT8 from a float ONNX needs calibration data (a calibration table or cache, or calibration images) "
+            "or the Q/DQ model (the bundle's int8-qdq-s8 ONNX); got neither"
+        )
+    if mode == "qdq":
+        if not onnx_qdq:
+            raise ConfigError("--int8-mode qdq needs an ONNX with QuantizeLinear/DequantizeLinear nodes (the bundle's "
+                              "int8-qdq-s8 file); this ONNX has none")
+        return "qdq"
+    check_implicit_int8(api)
+    if onnx_qdq:
+        raise ConfigError(f"--int8-mode {mode} calibrates a float ONNX, but this ONNX already holds Q/DQ nodes; "
+                          "use --int8-mode qdq with it, or give the FP32 ONNX")
+    if mode == "legacy-cache" and (calibration is None or not calibration.has_cache):
+        raise ConfigError("--int8-mode legacy-cache needs the calibration table's ranges or an existing cache file")
+    if mode == "legacy-calibrator" and (calibration is None or calibration.batches is None):
+        raise ConfigError("--int8-mode legacy-calibrator needs calibration images")
+    return mode
+
+
+def _strong_typing(api: TrtApi, config: EngineBuildConfig, int8_mode: str) -> bool:
+    if api.always_strongly_typed:
+        if config.strongly_typed is False:
+            raise ConfigError(f"TensorRT {api.version_text} builds every network strongly typed; drop --no-strongly-typed")
+        return True
+    if config.strongly_typed is None:
+        return int8_mode == "qdq" and api.strongly_typed_flag and api.family != "8"
+    if config.strongly_typed and not api.strongly_typed_flag:
+        raise ConfigError(f"strongly typed networks need TensorRT 10 or later; this is {api.version_text}")
+    return config.strongly_typed
+
+
+# -- the build ------------------------------------------------------------------------------
+def build_engine(
+    onnx_path: str | os.PathLike[str],
+    out_path: str | os.PathLike[str],
+    config: EngineBuildConfig,
+    calibration: LegacyCalibration | None = None,
+    *,
+    cuda: CudaApi | None = None,
+) -> EngineInfo:
+    """Build an engine from ``onnx_path`` and write it (header + plan) atomically to ``out_path``.
+
+    ``cuda``: the CUDA binding (default: whichever is installed; tests pass a fake).
+    Raises ConfigError for settings this TensorRT cannot honour, BackendError when
+    parsing or building fails (with every parser error and TensorRT's error log).
+    """
+    onnx_path = Path(onnx_path)
+    out_path = Path(out_path)
+    if not onnx_path.is_file():
+        raise ConfigError(f"ONNX file {onnx_path} does not exist")
+    trt, api = load_tensorrt("building a TensorRT engine")
+    onnx_qdq = onnx_has_qdq(onnx_path)
+    plan = plan_build(api, config, onnx_qdq=onnx_qdq, calibration=calibration)
+    for w in plan.warnings:
+        log.warning(w)
+    cuda = cuda or load_cuda("building a TensorRT engine")
+    gpu_name, cc = cuda.device_properties(config.device)
+    cuda.activate(config.device)
+    t0 = time.perf_counter()
+    calibrator: Any = None
+    try:
+        logger = make_logger(trt)
+        builder: tensorrt.Builder = trt.Builder(logger)
+        network = builder.create_network(network_flags(trt, api, plan.strongly_typed))
+        parser: tensorrt.OnnxParser = trt.OnnxParser(network, logger)
+        if not parser.parse_from_file(str(onnx_path)):
+            errors = parser_errors(parser) or logger.errors or ["(no details reported)"]
+            raise BackendError(
+                f"TensorRT {api.version_text} cannot parse {onnx_path.name}: {len(errors)} error(s): "
+                + " | ".join(errors)
+            )
+        input_name, sample_shape, input_dtype = _input_of(network, config, nptype(trt, network.get_input(0).dtype))
+        bconfig: tensorrt.IBuilderConfig = builder.create_builder_config()
+        set_workspace(trt, api, bconfig, config.workspace_bytes)
+        for name in plan.set_flags:
+            bconfig.set_flag(_flag(trt, api, name))
+        for name in plan.clear_flags:
+            bconfig.clear_flag(_flag(trt, api, name))
+        profile = builder.create_optimization_profile()
+        profile.set_shape(input_name, dims(trt, (config.min_batch, *sample_shape)),
+                          dims(trt, (config.opt_batch, *sample_shape)), dims(trt, (config.max_batch, *sample_shape)))
+        bconfig.add_optimization_profile(profile)
+        if config.builder_optimization_level is not None:
+            bconfig.builder_optimization_level = config.builder_optimization_level
+        if config.dla_core is not None:
+            _use_dla(trt, builder, bconfig, config.dla_core)
+        if plan.int8_mode in LEGACY_MODES:
+            assert calibration is not None  # plan_build guarantees it for legacy modes
+            calibrator = _legacy_calibrator(trt, api, cuda, plan.int8_mode, calibration,
+                                            sample_shape, input_dtype, network)
+            setattr(bconfig, "int8_calibrator", calibrator)  # removed from 11.x stubs; 8.x/10.x only
+            cal_profile = builder.create_optimization_profile()
+            shape = dims(trt, (calibration.batch_size, *sample_shape))
+            cal_profile.set_shape(input_name, shape, shape, shape)
+            bconfig.set_calibration_profile(cal_profile)
+        cache_path = Path(config.timing_cache) if config.timing_cache else None
+        if cache_path is not None:
+            _attach_timing_cache(bconfig, cache_path)
+        log.info("building a %s TensorRT %s engine from %s for %s (sm %s); this takes minutes",
+                 config.precision, api.version_text, onnx_path.name, gpu_name, cc)
+        serialized = builder.build_serialized_network(network, bconfig)
+        if serialized is None:
+            detail = " | ".join(logger.errors[-5:]) or "no error reported"
+            raise BackendError(f"TensorRT {api.version_text} failed to build the engine from {onnx_path.name}: {detail}")
+        plan_bytes = bytes(memoryview(serialized))
+        if cache_path is not None:
+            write_bytes(cache_path, serialize_timing_cache(bconfig))
+    finally:
+        if calibrator is not None:
+            calibrator.release()
+        cuda.deactivate()
+    seconds = time.perf_counter() - t0
+    header = EngineHeader(
+        tensorrt_version=api.version_text,
+        gpu_name=gpu_name,
+        compute_capability=cc,
+        precision=config.precision,
+        source_onnx=onnx_path.name,
+        source_onnx_sha256=sha256_file(onnx_path),
+        min_batch=config.min_batch,
+        opt_batch=config.opt_batch,
+        max_batch=config.max_batch,
+        dla_core=config.dla_core,
+        int8_mode=plan.int8_mode,
+        strongly_typed=plan.strongly_typed,
+        version_compatible=config.version_compatible,
+        workspace_mib=config.workspace_mib,
+        input_name=input_name,
+        input_shape=tuple(sample_shape),
+        built_at=now_utc(),
+        extra={"build_seconds": round(seconds, 1), "flags": list(plan.set_flags)},
+    )
+    written = write_engine(out_path, plan_bytes, header)
+    log.info("wrote %s (%.1f MiB) in %.0f s", out_path, len(plan_bytes) / 2**20, seconds)
+    return EngineInfo(out_path, written, seconds, cache_path, plan.warnings)
+
+
+def _flag(trt: Any, api: TrtApi, name: str) -> Any:
+    flag = getattr(trt.BuilderFlag, name, None)
+    if flag is None:
+        raise ConfigError(f"TensorRT {api.version_text} has no BuilderFlag.{name}")
+    return flag
+
+
+def _input_of(network: tensorrt.INetworkDefinition, config: EngineBuildConfig,
+              dtype: np.dtype) -> tuple[str, tuple[int, ...], np.dtype]:
+    """Name and per-sample shape of the single network input; the batch axis must fit the profile."""
+    if network.num_inputs != 1:
+        names = [network.get_input(i).name for i in range(network.num_inputs)]
+        raise ConfigError(f"a uopsl model has one input (a uint8 NHWC image batch); this ONNX has {names}")
+    tensor = network.get_input(0)
+    shape = shape_of(tensor.shape)
+    if len(shape) < 2:
+        raise ConfigError(f"input '{tensor.name}' has shape {shape}; expected (batch, H, W, 3)")
+    sample = shape[1:]
+    if any(d < 0 for d in sample):
+        raise ConfigError(f"input '{tensor.name}' has dynamic dimensions besides the batch: {shape}; "
+                          "export the ONNX with a fixed image size")
+    if shape[0] >= 0 and not config.min_batch == config.max_batch == shape[0]:
+        raise ConfigError(f"input '{tensor.name}' has a fixed batch of {shape[0]}; re-export the ONNX with a dynamic "
+                          f"batch or build with --min-batch/--opt-batch/--max-batch {shape[0]}")
+    return str(tensor.name), sample, dtype
+
+
+def _use_dla(trt: Any, builder: tensorrt.Builder, bconfig: tensorrt.IBuilderConfig, core: int) -> None:
+    cores = int(builder.num_DLA_cores)
+    if core >= cores:
+        raise ConfigError(
+            f"--dla-core {core} requested but this device has {cores} DLA core(s)"
+            + (" (DLA exists on Jetson Xavier/Orin only)" if cores == 0 else f"; use 0..{cores - 1}")
+        )
+    bconfig.default_device_type = trt.DeviceType.DLA
+    bconfig.DLA_core = core
+
+
+def _attach_timing_cache(bconfig: tensorrt.IBuilderConfig, path: Path) -> None:
+    data = b""
+    if path.is_file():
+        data = path.read_bytes()
+        log.info("timing cache: %s (%d KiB)", path, len(data) >> 10)
+    try:
+        load_timing_cache(bconfig, data)
+    except BackendError:
+        if not data:
+            raise
+        log.warning("timing cache %s does not fit this GPU/TensorRT; starting a new one (it will be overwritten)",
+                    path)
+        load_timing_cache(bconfig, b"")
+
+
+def _legacy_calibrator(trt: Any, api: TrtApi, cuda: CudaApi, mode: str, calibration: LegacyCalibration,
+                       sample_shape: tuple[int, ...], input_dtype: np.dtype,
+                       network: tensorrt.INetworkDefinition) -> Any:
+    from uopsl.export.tensorrt_calibrator import make_calibrator
+
+    cache: bytes | None = None
+    batches = None
+    cache_out = calibration.cache_file
+    if mode == "legacy-cache":
+        if calibration.amax is not None:
+            algo = "MinMaxCalibration" if calibration.algorithm == "minmax" else "EntropyCalibration2"
+            text = trt_cache.format_cache(calibration.amax, api.version_text, algo)
+            _report_cache_coverage(calibration.amax, network)
+            cache = text.encode("utf-8")
+            cache_out = None
+        else:
+            assert calibration.cache_file is not None  # has_cache checked by plan_build
+            parsed = trt_cache.read_cache(calibration.cache_file)
+            _report_cache_coverage({k: v * trt_cache.INT8_MAX for k, v in parsed.scales.items()}, network)
+            cache = Path(calibration.cache_file).read_bytes()
+            cache_out = None
+    else:
+        batches = calibration.batches
+    return make_calibrator(trt, cuda, input_shape=(calibration.batch_size, *sample_shape), input_dtype=input_dtype,
+                           batches=batches, cache=cache, cache_out=cache_out, algorithm=calibration.algorithm)
+
+
+def _report_cache_coverage(amax: Mapping[str, float], network: tensorrt.INetworkDefinition) -> None:
+    """Log network tensors without a range: TensorRT runs those layers in float."""
+    names: set[str] = set()
+    for i in range(network.num_layers):
+        layer = network.get_layer(i)
+        for j in range(layer.num_outputs):
+            names.add(layer.get_output(j).name)
+    for i in range(network.num_inputs):
+        names.add(network.get_input(i).name)
+    missing = sorted(names - set(amax))
+    if missing:
+        log.warning("the calibration ranges cover %d of %d network tensors; TensorRT keeps the other %d in float "
+                    "(first: %s)", len(names) - len(missing), len(names), len(missing), ", ".join(missing[:5]))
+
+
+__all__ = [
+    "INT8_MODES",
+    "PRECISIONS",
+    "BuildPlan",
+    "EngineBuildConfig",
+    "EngineInfo",
+    "LegacyCalibration",
+    "build_engine",
+    "check_implicit_int8",
+    "onnx_has_qdq",
+    "plan_build",
+]

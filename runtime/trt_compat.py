@@ -1,0 +1,673 @@
+"""The one place where TensorRT and CUDA-binding API differences are handled.
+
+Supported TensorRT versions and what differs between them (NVIDIA's migration
+guides 8.x -> 10.x and 10.x -> 11.x):
+
+============================  =============  ==============  ==============
+                              8.5 / 8.6      10.x            11.x
+============================  =============  ==============  ==============
+network creation flag         EXPLICIT_BATCH (none; EXPLICIT_BATCH is ignored)
+STRONGLY_TYPED flag           absent         opt-in          always on (flag ignored)
+BuilderFlag.FP16 / INT8       yes            yes             removed
+implicit INT8 (calibrators)   yes            deprecated      removed (Q/DQ only)
+builder_optimization_level    8.6 only       yes             yes
+VERSION_COMPATIBLE flag       8.6 only       yes             yes
+workspace limit               set_memory_pool_limit (8.4+); max_workspace_size before
+engine I/O at run time        bindings,      tensor names,   tensor names,
+                              execute_async_v2  execute_async_v3
+============================  =============  ==============  ==============
+
+TensorRT 8.5 and 8.6 also have the name-based I/O API; this toolkit still runs
+them through bindings (``execute_async_v2``), the path JetPack 5 was validated
+with, and uses names from 9.x on, where bindings are deprecated and then removed.
+
+:func:`api_for` reads a ``tensorrt`` module (a real one, or a fake in tests)
+into a :class:`TrtApi` of capabilities; the builder
+(:mod:`uopsl.export.tensorrt`) and the runtime backend
+(:mod:`uopsl.runtime.backends.tensorrt`) ask it rather than testing versions
+themselves.
+
+CUDA bindings: device memory, pinned host memory, streams and events come
+from cuda-python (``cuda.bindings.runtime``, or the older ``cuda.cudart``
+layout; every call returns ``(err, value...)``) or, where that is what the
+device has, from pycuda. :func:`load_cuda` returns a :class:`CudaApi` over
+whichever is installed.
+
+Nothing here imports TensorRT or a CUDA binding at module import time.
+"""
+
+from __future__ import annotations
+
+import abc
+import ctypes
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+
+from uopsl.runtime.engine_header import parse_version
+from uopsl.runtime.errors import BackendError, ConfigError, MissingDependencyError, UopslError
+from uopsl.runtime.optional import require
+
+if TYPE_CHECKING:  # pragma: no cover - typing only; checked against tensorrt-stubs in CI
+    import tensorrt
+
+log = logging.getLogger(__name__)
+
+MIN_VERSION = (8, 5)
+SUPPORTED = "8.5, 8.6, 10.x and 11.x"
+IoApi = Literal["bindings", "tensors"]
+
+
+# -- TensorRT ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TrtApi:
+    """What the running TensorRT offers; derived from its version and attributes."""
+
+    version_text: str
+    version: tuple[int, ...]
+    io_api: IoApi
+    explicit_batch_flag: bool  # 8.x: networks must be created with EXPLICIT_BATCH
+    strongly_typed_flag: bool  # NetworkDefinitionCreationFlag.STRONGLY_TYPED exists
+    always_strongly_typed: bool  # 11.x: every network is strongly typed
+    weak_precision_flags: bool  # BuilderFlag.FP16 / INT8 exist
+    implicit_int8: bool  # INT8 calibrators (IInt8EntropyCalibrator2) usable
+    implicit_int8_deprecated: bool
+    memory_pool_api: bool  # IBuilderConfig.set_memory_pool_limit
+    builder_optimization_level: bool
+    version_compatible_flag: bool
+    tf32_flag: bool
+    dla: bool  # DeviceType.DLA exists (whether this device has DLA cores is asked at build time)
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def major(self) -> int:
+        return self.version[0]
+
+    @property
+    def family(self) -> str:
+        """``"8"``, ``"10"`` or ``"11"``: the API generation (9.x behaves as 10.x here)."""
+        return "8" if self.major < 9 else "10" if self.major < 11 else "11"
+
+
+def api_for(trt: Any) -> TrtApi:
+    """Capabilities of the ``tensorrt`` module ``trt``; raises ConfigError for versions before 8.5."""
+    text = str(getattr(trt, "__version__", ""))
+    if not text:
+        raise BackendError("the imported 'tensorrt' module has no __version__; is it a real TensorRT install?")
+    try:
+        version = parse_version(text)
+    except UopslError as exc:
+        raise BackendError(str(exc)) from exc
+    if version[:2] < MIN_VERSION:
+        raise ConfigError(
+            f"TensorRT {text} is older than 8.5; uopsl supports TensorRT {SUPPORTED}. "
+            "Upgrade JetPack (5.1+ ships 8.5) or pip install 'uopsl[trt]'"
+        )
+    notes = []
+    if version[0] > 11:
+        notes.append(f"TensorRT {text} is newer than this toolkit knows ({SUPPORTED}); using the 11.x rules")
+    flags = getattr(trt, "BuilderFlag", None)
+    ncf = getattr(trt, "NetworkDefinitionCreationFlag", None)
+    major = version[0]
+    weak = major < 11 and hasattr(flags, "INT8") and hasattr(flags, "FP16")
+    return TrtApi(
+        version_text=text,
+        version=version,
+        io_api="bindings" if major < 9 else "tensors",
+        explicit_batch_flag=major < 10 and hasattr(ncf, "EXPLICIT_BATCH"),
+        strongly_typed_flag=hasattr(ncf, "STRONGLY_TYPED"),
+        always_strongly_typed=major >= 11,
+        weak_precision_flags=weak,
+        implicit_int8=weak and hasattr(trt, "IInt8EntropyCalibrator2"),
+        implicit_int8_deprecated=major >= 10,
+        memory_pool_api=hasattr(trt, "MemoryPoolType"),
+        builder_optimization_level=version[:2] >= (8, 6),
+        version_compatible_flag=hasattr(flags, "VERSION_COMPATIBLE"),
+        tf32_flag=hasattr(flags, "TF32"),
+        dla=hasattr(getattr(trt, "DeviceType", None), "DLA"),
+        notes=tuple(notes),
+    )
+
+
+def load_tensorrt(purpose: str) -> tuple[ModuleType, TrtApi]:
+    """Import TensorRT (MissingDependencyError names what to install) and read its capabilities."""
+    trt = require("tensorrt", purpose)
+    api = api_for(trt)
+    for note in api.notes:
+        log.warning(note)
+    return trt, api
+
+
+def installed_version() -> str:
+    """The running TensorRT version string (MissingDependencyError when TensorRT is absent)."""
+    trt = require("tensorrt", "checking a TensorRT engine against this machine")
+    return str(trt.__version__)
+
+
+def make_logger(trt: Any, verbose: bool = False) -> Any:
+    """A ``tensorrt.ILogger`` that forwards to Python logging and keeps the error messages.
+
+    The messages are kept (``logger.errors``) so a failed build or
+    deserialisation can say *why* in its one-line error.
+    """
+    base = trt.ILogger
+    sev = base.Severity if hasattr(base, "Severity") else base
+
+    class _Logger(base):  # type: ignore[misc,valid-type]
+        def __init__(self) -> None:
+            super().__init__()
+            self.errors: list[str] = []
+
+        def log(self, severity: Any, msg: str) -> None:
+            if severity in (sev.INTERNAL_ERROR, sev.ERROR):
+                self.errors.append(str(msg))
+                log.error("TensorRT: %s", msg)
+            elif severity == sev.WARNING:
+                log.warning("TensorRT: %s", msg)
+            elif severity == sev.INFO:
+                (log.info if verbose else log.debug)("TensorRT: %s", msg)
+            else:
+                log.debug("TensorRT: %s", msg)
+
+    return _Logger()
+
+
+# -- builder helpers ------------------------------------------------------------------------
+def network_flags(trt: Any, api: TrtApi, strongly_typed: bool) -> int:
+    """The ``create_network`` flags for this TensorRT (explicit batch on 8.x, strong typing on request)."""
+    flags = 0
+    if api.explicit_batch_flag:
+        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
+    if strongly_typed:
+        if not api.strongly_typed_flag:
+            raise ConfigError(
+                f"strongly typed networks need TensorRT 10 or later; this is TensorRT {api.version_text}. "
+                "Build without --strongly-typed"
+            )
+        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    return flags
+
+
+def dims(trt: Any, shape: Sequence[int]) -> Any:
+    """A ``tensorrt.Dims`` for ``shape`` (what ``IOptimizationProfile.set_shape`` takes)."""
+    return trt.Dims([int(d) for d in shape])
+
+
+def set_workspace(trt: Any, api: TrtApi, config: tensorrt.IBuilderConfig, nbytes: int) -> None:
+    """Limit the builder's scratch memory (memory pool API on 8.4+, ``max_workspace_size`` before)."""
+    if api.memory_pool_api:
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(nbytes))
+    else:  # pre-8.4 attribute, absent from current stubs
+        setattr(config, "max_workspace_size", int(nbytes))
+
+
+def parser_errors(parser: tensorrt.OnnxParser) -> list[str]:
+    """Every error the ONNX parser recorded, one readable line each (node, operator, description)."""
+    out = []
+    for i in range(int(parser.num_errors)):
+        err = parser.get_error(i)
+        desc = _call(err, "desc") or str(err)
+        node = _call(err, "node")
+        name = _call(err, "node_name")  # 10.x+
+        op = _call(err, "node_operator")  # 10.x+
+        where = []
+        if node not in (None, -1, ""):
+            where.append(f"node {node}")
+        if name:
+            where.append(f"'{name}'")
+        if op:
+            where.append(f"({op})")
+        out.append(f"{' '.join(where)}: {desc}" if where else str(desc))
+    return out
+
+
+def _call(obj: Any, name: str) -> Any:
+    fn = getattr(obj, name, None)
+    if fn is None:
+        return None
+    try:
+        return fn() if callable(fn) else fn
+    except Exception:  # noqa: BLE001 - a missing detail must not hide the error itself
+        return None
+
+
+def load_timing_cache(config: tensorrt.IBuilderConfig, data: bytes) -> tensorrt.ITimingCache:
+    """Attach a timing cache (``data`` empty: a new one) so tactic timings carry over between builds."""
+    cache = config.create_timing_cache(data)
+    if cache is None:
+        raise BackendError("TensorRT could not create a timing cache")
+    # ignore_mismatch=False: a cache from another GPU or TensorRT version is rejected, not used.
+    if not config.set_timing_cache(cache, False):
+        raise BackendError(
+            "TensorRT rejected the timing cache (written by another GPU or TensorRT version?); "
+            "delete the file or pass another --timing-cache path"
+        )
+    return cache
+
+
+def serialize_timing_cache(config: tensorrt.IBuilderConfig) -> bytes:
+    """The builder's timing cache after a build, as bytes to save."""
+    cache = config.get_timing_cache()
+    return bytes(memoryview(cache.serialize()))
+
+
+def nptype(trt: Any, dtype: Any) -> np.dtype:
+    """numpy dtype of a TensorRT ``DataType`` (``trt.nptype``, with a name table as fallback)."""
+    try:
+        return np.dtype(trt.nptype(dtype))
+    except Exception:  # noqa: BLE001 - nptype raises TypeError/KeyError for types numpy lacks
+        name = str(dtype).rsplit(".", 1)[-1].upper()
+        table = {"FLOAT": np.float32, "HALF": np.float16, "INT8": np.int8, "UINT8": np.uint8,
+                 "INT32": np.int32, "INT64": np.int64, "BOOL": np.bool_}
+        if name in table:
+            return np.dtype(table[name])
+        raise BackendError(f"engine tensor type {dtype} has no numpy equivalent") from None
+
+
+# -- engine I/O ---------------------------------------------------------------------------------
+Profile = tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]  # min, opt, max shapes
+
+
+def shape_of(d: Any) -> tuple[int, ...]:
+    """A ``tensorrt.Dims`` (or any sequence) as a tuple of ints (-1 = dynamic)."""
+    return tuple(int(d[i]) for i in range(len(d)))
+
+
+@dataclass(frozen=True)
+class IOTensor:
+    """One engine input or output: name, binding index, dtype, shape (-1 = dynamic), input profile."""
+
+    name: str
+    index: int
+    is_input: bool
+    dtype: np.dtype
+    shape: tuple[int, ...]
+    profile: Profile | None = None
+
+
+class EngineIO(abc.ABC):
+    """Engine introspection and execution through one of TensorRT's two I/O APIs."""
+
+    api: IoApi
+
+    def __init__(self, trt: Any, engine: Any) -> None:
+        self.trt = trt
+        self.engine = engine
+        self._tensors: list[IOTensor] | None = None
+
+    def tensors(self) -> list[IOTensor]:
+        """Inputs and outputs in engine order (read once)."""
+        if self._tensors is None:
+            self._tensors = self._read_tensors()
+        return self._tensors
+
+    @abc.abstractmethod
+    def _read_tensors(self) -> list[IOTensor]: ...
+
+    @abc.abstractmethod
+    def set_input_shape(self, context: Any, t: IOTensor, shape: Sequence[int]) -> None: ...
+
+    @abc.abstractmethod
+    def shape(self, context: Any, t: IOTensor) -> tuple[int, ...]: ...
+
+    @abc.abstractmethod
+    def execute(self, context: Any, addresses: dict[str, int], stream_handle: int) -> None: ...
+
+    def _shape_error(self, t: IOTensor, shape: Sequence[int]) -> BackendError:
+        prof = f" (engine profile min {t.profile[0]}, max {t.profile[2]})" if t.profile else ""
+        return BackendError(f"TensorRT rejected input shape {tuple(shape)} for '{t.name}'{prof}")
+
+
+class BindingsIO(EngineIO):
+    """TensorRT 8.x: binding indices, ``set_binding_shape``, ``execute_async_v2``."""
+
+    api: IoApi = "bindings"
+
+    def _read_tensors(self) -> list[IOTensor]:
+        e = self.engine
+        out = []
+        for i in range(int(e.num_bindings)):
+            is_input = bool(e.binding_is_input(i))
+            profile: Profile | None = None
+            if is_input:
+                mn, opt, mx = e.get_profile_shape(0, i)
+                profile = (shape_of(mn), shape_of(opt), shape_of(mx))
+            out.append(IOTensor(str(e.get_binding_name(i)), i, is_input, nptype(self.trt, e.get_binding_dtype(i)),
+                                shape_of(e.get_binding_shape(i)), profile))
+        return out
+
+    def set_input_shape(self, context: Any, t: IOTensor, shape: Sequence[int]) -> None:
+        if not context.set_binding_shape(t.index, tuple(int(s) for s in shape)):
+            raise self._shape_error(t, shape)
+
+    def shape(self, context: Any, t: IOTensor) -> tuple[int, ...]:
+        return shape_of(context.get_binding_shape(t.index))
+
+    def execute(self, context: Any, addresses: dict[str, int], stream_handle: int) -> None:
+        order = sorted(self.tensors(), key=lambda t: t.index)
+        bindings = [int(addresses[t.name]) for t in order]
+        if not context.execute_async_v2(bindings=bindings, stream_handle=stream_handle):
+            raise BackendError("TensorRT execute_async_v2 failed (see the TensorRT log above)")
+
+
+class TensorsIO(EngineIO):
+    """TensorRT 9.x+: tensor names, ``set_input_shape``, ``set_tensor_address``, ``execute_async_v3``."""
+
+    api: IoApi = "tensors"
+
+    def _read_tensors(self) -> list[IOTensor]:
+        e: tensorrt.ICudaEngine = self.engine
+        out = []
+        for i in range(int(e.num_io_tensors)):
+            name = e.get_tensor_name(i)
+            is_input = e.get_tensor_mode(name) == self.trt.TensorIOMode.INPUT
+            profile: Profile | None = None
+            if is_input:
+                mn, opt, mx = e.get_tensor_profile_shape(name, 0)
+                profile = (shape_of(mn), shape_of(opt), shape_of(mx))
+            out.append(IOTensor(str(name), i, is_input, nptype(self.trt, e.get_tensor_dtype(name)),
+                                shape_of(e.get_tensor_shape(name)), profile))
+        return out
+
+    def set_input_shape(self, context: Any, t: IOTensor, shape: Sequence[int]) -> None:
+        ctx: tensorrt.IExecutionContext = context
+        if not ctx.set_input_shape(t.name, tuple(int(s) for s in shape)):
+            raise self._shape_error(t, shape)
+
+    def shape(self, context: Any, t: IOTensor) -> tuple[int, ...]:
+        ctx: tensorrt.IExecutionContext = context
+        return shape_of(ctx.get_tensor_shape(t.name))
+
+    def execute(self, context: Any, addresses: dict[str, int], stream_handle: int) -> None:
+        ctx: tensorrt.IExecutionContext = context
+        for name, ptr in addresses.items():
+            if not ctx.set_tensor_address(name, int(ptr)):
+                raise BackendError(f"TensorRT refused the device address of '{name}'")
+        if not ctx.execute_async_v3(stream_handle):
+            raise BackendError("TensorRT execute_async_v3 failed (see the TensorRT log above)")
+
+
+def engine_io(trt: Any, api: TrtApi, engine: Any) -> EngineIO:
+    """The I/O adapter for ``engine`` under this TensorRT."""
+    return BindingsIO(trt, engine) if api.io_api == "bindings" else TensorsIO(trt, engine)
+
+
+# -- CUDA bindings -------------------------------------------------------------------------------
+@dataclass
+class PinnedBuffer:
+    """Page-locked host memory viewed as a flat uint8 numpy array."""
+
+    array: np.ndarray
+    handle: Any
+
+    def view(self, dtype: np.dtype, shape: Sequence[int]) -> np.ndarray:
+        n = int(np.prod(shape)) * np.dtype(dtype).itemsize
+        return self.array[:n].view(dtype).reshape(tuple(shape))
+
+
+class CudaApi(abc.ABC):
+    """The CUDA calls TensorRT needs around it, over cuda-python or pycuda."""
+
+    name = "cuda"
+
+    @abc.abstractmethod
+    def device_properties(self, device: int = 0) -> tuple[str, str]:
+        """(GPU name, compute capability ``"major.minor"``)."""
+
+    @abc.abstractmethod
+    def activate(self, device: int = 0) -> None:
+        """Make ``device`` current for this thread (before TensorRT runs on it)."""
+
+    def deactivate(self) -> None:
+        """Undo :meth:`activate` where the binding keeps a context stack (pycuda)."""
+
+    @abc.abstractmethod
+    def malloc(self, nbytes: int) -> int: ...
+
+    @abc.abstractmethod
+    def free(self, ptr: int) -> None: ...
+
+    @abc.abstractmethod
+    def host_alloc(self, nbytes: int) -> PinnedBuffer: ...
+
+    @abc.abstractmethod
+    def host_free(self, buf: PinnedBuffer) -> None: ...
+
+    @abc.abstractmethod
+    def stream_create(self) -> Any: ...
+
+    @abc.abstractmethod
+    def stream_destroy(self, stream: Any) -> None: ...
+
+    @abc.abstractmethod
+    def stream_handle(self, stream: Any) -> int: ...
+
+    @abc.abstractmethod
+    def stream_synchronize(self, stream: Any) -> None: ...
+
+    @abc.abstractmethod
+    def htod_async(self, dst: int, src: np.ndarray, stream: Any) -> None: ...
+
+    @abc.abstractmethod
+    def dtoh_async(self, dst: np.ndarray, src: int, stream: Any) -> None: ...
+
+    @abc.abstractmethod
+    def event_create(self) -> Any: ...
+
+    @abc.abstractmethod
+    def event_record(self, event: Any, stream: Any) -> None: ...
+
+    @abc.abstractmethod
+    def event_elapsed_ms(self, start: Any, end: Any) -> float: ...
+
+    @abc.abstractmethod
+    def event_destroy(self, event: Any) -> None: ...
+
+
+class CudaPythonApi(CudaApi):
+    """cuda-python's runtime module (``cuda.bindings.runtime`` or ``cuda.cudart``): calls return (err, ...)."""
+
+    name = "cuda-python"
+
+    def __init__(self, cudart: Any) -> None:
+        self.rt = cudart
+
+    def _ok(self, ret: Any, what: str) -> Any:
+        """Check the error of a ``(err, value...)`` tuple; return the value (None, or a tuple if several)."""
+        if not isinstance(ret, tuple):
+            ret = (ret,)
+        err, rest = ret[0], ret[1:]
+        if int(err) != 0:
+            msg = ""
+            try:
+                e2, text = self.rt.cudaGetErrorString(err)
+                msg = text.decode() if isinstance(text, bytes) else str(text)
+            except Exception:  # noqa: BLE001
+                pass
+            raise BackendError(f"CUDA {what} failed: {err} {msg}".rstrip())
+        if not rest:
+            return None
+        return rest[0] if len(rest) == 1 else rest
+
+    def device_properties(self, device: int = 0) -> tuple[str, str]:
+        prop = self._ok(self.rt.cudaGetDeviceProperties(device), "cudaGetDeviceProperties")
+        name = prop.name
+        if isinstance(name, (bytes, bytearray)):
+            name = bytes(name).split(b"\0", 1)[0].decode("utf-8", "replace")
+        return str(name).strip(), f"{int(prop.major)}.{int(prop.minor)}"
+
+    def activate(self, device: int = 0) -> None:
+        self._ok(self.rt.cudaSetDevice(device), "cudaSetDevice")
+
+    def malloc(self, nbytes: int) -> int:
+        return int(self._ok(self.rt.cudaMalloc(max(1, int(nbytes))), "cudaMalloc"))
+
+    def free(self, ptr: int) -> None:
+        self._ok(self.rt.cudaFree(ptr), "cudaFree")
+
+    def host_alloc(self, nbytes: int) -> PinnedBuffer:
+        n = max(1, int(nbytes))
+        ptr = int(self._ok(self.rt.cudaMallocHost(n), "cudaMallocHost"))
+        array = np.ctypeslib.as_array((ctypes.c_uint8 * n).from_address(ptr))
+        return PinnedBuffer(array, ptr)
+
+    def host_free(self, buf: PinnedBuffer) -> None:
+        self._ok(self.rt.cudaFreeHost(buf.handle), "cudaFreeHost")
+
+    def stream_create(self) -> Any:
+        return self._ok(self.rt.cudaStreamCreate(), "cudaStreamCreate")
+
+    def stream_destroy(self, stream: Any) -> None:
+        self._ok(self.rt.cudaStreamDestroy(stream), "cudaStreamDestroy")
+
+    def stream_handle(self, stream: Any) -> int:
+        return int(stream)
+
+    def stream_synchronize(self, stream: Any) -> None:
+        self._ok(self.rt.cudaStreamSynchronize(stream), "cudaStreamSynchronize")
+
+    def htod_async(self, dst: int, src: np.ndarray, stream: Any) -> None:
+        kind = self.rt.cudaMemcpyKind.cudaMemcpyHostToDevice
+        self._ok(self.rt.cudaMemcpyAsync(dst, src.ctypes.data, src.nbytes, kind, stream), "cudaMemcpyAsync (H2D)")
+
+    def dtoh_async(self, dst: np.ndarray, src: int, stream: Any) -> None:
+        kind = self.rt.cudaMemcpyKind.cudaMemcpyDeviceToHost
+        self._ok(self.rt.cudaMemcpyAsync(dst.ctypes.data, src, dst.nbytes, kind, stream), "cudaMemcpyAsync (D2H)")
+
+    def event_create(self) -> Any:
+        return self._ok(self.rt.cudaEventCreate(), "cudaEventCreate")
+
+    def event_record(self, event: Any, stream: Any) -> None:
+        self._ok(self.rt.cudaEventRecord(event, stream), "cudaEventRecord")
+
+    def event_elapsed_ms(self, start: Any, end: Any) -> float:
+        return float(self._ok(self.rt.cudaEventElapsedTime(start, end), "cudaEventElapsedTime"))
+
+    def event_destroy(self, event: Any) -> None:
+        self._ok(self.rt.cudaEventDestroy(event), "cudaEventDestroy")
+
+
+class PycudaApi(CudaApi):
+    """pycuda's driver module; works in the device's primary context so TensorRT shares it."""
+
+    name = "pycuda"
+
+    def __init__(self, driver: Any) -> None:
+        self.drv = driver
+        self.drv.init()
+        self._ctx: Any = None
+        self._allocs: dict[int, Any] = {}
+
+    def device_properties(self, device: int = 0) -> tuple[str, str]:
+        dev = self.drv.Device(device)
+        major, minor = dev.compute_capability()
+        return str(dev.name()).strip(), f"{int(major)}.{int(minor)}"
+
+    def activate(self, device: int = 0) -> None:
+        if self._ctx is None:
+            self._ctx = self.drv.Device(device).retain_primary_context()
+            self._ctx.push()
+
+    def deactivate(self) -> None:
+        if self._ctx is not None:
+            self.drv.Context.pop()
+            self._ctx = None
+
+    def malloc(self, nbytes: int) -> int:
+        alloc = self.drv.mem_alloc(max(1, int(nbytes)))
+        ptr = int(alloc)
+        self._allocs[ptr] = alloc
+        return ptr
+
+    def free(self, ptr: int) -> None:
+        alloc = self._allocs.pop(int(ptr), None)
+        if alloc is not None:
+            alloc.free()
+
+    def host_alloc(self, nbytes: int) -> PinnedBuffer:
+        arr = self.drv.pagelocked_empty(max(1, int(nbytes)), np.uint8)
+        return PinnedBuffer(arr, arr)
+
+    def host_free(self, buf: PinnedBuffer) -> None:
+        base = getattr(buf.handle, "base", None)
+        if base is not None and hasattr(base, "free"):
+            base.free()
+
+    def stream_create(self) -> Any:
+        return self.drv.Stream()
+
+    def stream_destroy(self, stream: Any) -> None:
+        return None  # freed with the object
+
+    def stream_handle(self, stream: Any) -> int:
+        return int(stream.handle)
+
+    def stream_synchronize(self, stream: Any) -> None:
+        stream.synchronize()
+
+    def htod_async(self, dst: int, src: np.ndarray, stream: Any) -> None:
+        self.drv.memcpy_htod_async(dst, src, stream)
+
+    def dtoh_async(self, dst: np.ndarray, src: int, stream: Any) -> None:
+        self.drv.memcpy_dtoh_async(dst, src, stream)
+
+    def event_create(self) -> Any:
+        return self.drv.Event()
+
+    def event_record(self, event: Any, stream: Any) -> None:
+        event.record(stream)
+
+    def event_elapsed_ms(self, start: Any, end: Any) -> float:
+        return float(end.time_since(start))
+
+    def event_destroy(self, event: Any) -> None:
+        return None
+
+
+# Tried in this order: cuda-python >= 12.6 layout, the older cuda-python layout, pycuda.
+_CUDA_MODULES = ("cuda.bindings.runtime", "cuda.cudart", "pycuda.driver")
+
+
+def load_cuda(purpose: str) -> CudaApi:
+    """The first CUDA binding that imports; MissingDependencyError (naming cuda-python) if none does."""
+    errors: list[MissingDependencyError] = []
+    for name in _CUDA_MODULES:
+        try:
+            mod = require(name, purpose)
+        except MissingDependencyError as exc:
+            errors.append(exc)
+            continue
+        return PycudaApi(mod) if name.startswith("pycuda") else CudaPythonApi(mod)
+    raise errors[0]  # names cuda-python, the binding to install
+
+
+__all__ = [
+    "SUPPORTED",
+    "BindingsIO",
+    "CudaApi",
+    "CudaPythonApi",
+    "EngineIO",
+    "IOTensor",
+    "PinnedBuffer",
+    "PycudaApi",
+    "TensorsIO",
+    "TrtApi",
+    "api_for",
+    "dims",
+    "engine_io",
+    "installed_version",
+    "load_cuda",
+    "load_tensorrt",
+    "load_timing_cache",
+    "make_logger",
+    "network_flags",
+    "nptype",
+    "parser_errors",
+    "serialize_timing_cache",
+    "set_workspace",
+    "shape_of",
+]

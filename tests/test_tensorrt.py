@@ -1,0 +1,1130 @@
+"""TensorRT builder, runtime backend and version dispatch, exercised with FAKE tensorrt modules.
+
+No TensorRT and no GPU are needed: :func:`fake_trt` builds a stand-in
+``tensorrt`` module that exposes the attributes TensorRT 8.5, 8.6, 10.x or
+11.x has (flags, enums, calibrator classes, bindings vs tensor-name I/O) and
+records every call, and :class:`FakeCuda` implements the CUDA binding over
+numpy "device memory". The fake engine computes a simple known function of
+its input, so the backend's copy/execute/copy path is checked end to end.
+
+What this does NOT prove: that real TensorRT accepts these calls (that needs
+the ``trt``/``gpu`` tests at the bottom, skipped here).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import struct
+import sys
+import types
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from uopsl.runtime import trt_compat
+from uopsl.runtime.engine_header import read_header, read_plan, write_engine
+from uopsl.runtime.errors import BackendError, ConfigError, EngineMismatchError, MissingDependencyError
+
+H = W = 8
+K = 3
+FAKE_ONNX_MAGIC = b"FAKEONNX"
+
+
+# -- fake TensorRT ---------------------------------------------------------------------------
+class Flag:
+    def __init__(self, name: str, value: int = 0) -> None:
+        self.name, self.value = name, value
+
+    def __int__(self) -> int:
+        return self.value
+
+    def __repr__(self) -> str:
+        return f"Flag.{self.name}"
+
+
+def _enum(name: str, members: dict[str, int]) -> type:
+    return type(name, (), {k: Flag(k, v) for k, v in members.items()})
+
+
+class FakeGpu:
+    """Device memory shared by the fake CUDA binding and the fake TensorRT engine."""
+
+    def __init__(self) -> None:
+        self.mem: dict[int, np.ndarray] = {}
+        self.next = 0x1000
+
+    def alloc(self, n: int) -> int:
+        ptr = self.next
+        self.next += n + 256
+        self.mem[ptr] = np.zeros(n, np.uint8)
+        return ptr
+
+
+def fake_onnx(path: Path, *, qdq: bool = False, batch: int = -1, dtype: str = "uint8", bad: bool = False) -> Path:
+    spec = {"input": "image", "shape": [batch, H, W, 3], "dtype": dtype, "bad": bad}
+    body = json.dumps(spec).encode() + (b" QuantizeLinear DequantizeLinear" if qdq else b"")
+    path.write_bytes(FAKE_ONNX_MAGIC + body)
+    return path
+
+
+def fake_trt(version: str, gpu: FakeGpu | None = None, *, dla_cores: int = 0, build_fails: bool = False) -> Any:
+    """A stand-in ``tensorrt`` module with the attributes of ``version``; ``mod.calls`` records what happened."""
+    major, minor = (int(x) for x in version.split(".")[:2])
+    mod = types.ModuleType("tensorrt")
+    mod.__version__ = version
+    calls: dict[str, Any] = {"deserialize": [], "networks": [], "configs": [], "calibration": []}
+    mod.calls = calls
+    gpu = gpu or FakeGpu()
+
+    flags = {"FP16": 0, "INT8": 1, "DEBUG": 2, "GPU_FALLBACK": 3, "TF32": 6}
+    if (major, minor) >= (8, 6):
+        flags["VERSION_COMPATIBLE"] = 18
+    if major >= 11:
+        del flags["FP16"], flags["INT8"]
+    mod.BuilderFlag = _enum("BuilderFlag", flags)
+    ncf = {"EXPLICIT_BATCH": 0}
+    if major < 10:
+        ncf["EXPLICIT_PRECISION"] = 1
+    else:
+        ncf["STRONGLY_TYPED"] = 1
+    mod.NetworkDefinitionCreationFlag = _enum("NetworkDefinitionCreationFlag", ncf)
+    mod.MemoryPoolType = _enum("MemoryPoolType", {"WORKSPACE": 0})
+    mod.DeviceType = _enum("DeviceType", {"GPU": 0, "DLA": 1})
+    mod.TensorIOMode = _enum("TensorIOMode", {"NONE": 0, "INPUT": 1, "OUTPUT": 2})
+    mod.DataType = _enum("DataType", {"FLOAT": 0, "HALF": 1, "INT8": 2, "UINT8": 5})
+    np_of = {"FLOAT": np.float32, "HALF": np.float16, "INT8": np.int8, "UINT8": np.uint8}
+    dt_of = {"uint8": mod.DataType.UINT8, "float32": mod.DataType.FLOAT}
+    mod.nptype = lambda dt: np_of[dt.name]
+    mod.Dims = lambda shape: tuple(int(d) for d in shape)
+
+    class ILogger:
+        class Severity:
+            INTERNAL_ERROR, ERROR, WARNING, INFO, VERBOSE = (Flag(n, i) for i, n in enumerate(
+                ["INTERNAL_ERROR", "ERROR", "WARNING", "INFO", "VERBOSE"]))
+
+        def __init__(self) -> None:
+            pass
+
+    mod.ILogger = ILogger
+
+    if major < 11:
+        class IInt8EntropyCalibrator2:
+            def __init__(self) -> None:
+                pass
+
+        class IInt8MinMaxCalibrator(IInt8EntropyCalibrator2):
+            pass
+
+        mod.IInt8EntropyCalibrator2 = IInt8EntropyCalibrator2
+        mod.IInt8MinMaxCalibrator = IInt8MinMaxCalibrator
+
+    class Tensor:
+        def __init__(self, name: str, shape: tuple[int, ...], dtype: Any) -> None:
+            self.name, self.shape, self.dtype = name, shape, dtype
+
+    class Layer:
+        def __init__(self, out: Tensor) -> None:
+            self.num_outputs = 1
+            self._out = out
+
+        def get_output(self, i: int) -> Tensor:
+            return self._out
+
+    class Network:
+        def __init__(self, flags: int) -> None:
+            self.flags = flags
+            self.inputs: list[Tensor] = []
+            self.layers = [Layer(Tensor("conv_out", (-1, 4), mod.DataType.FLOAT)),
+                           Layer(Tensor("probs", (-1, K), mod.DataType.FLOAT))]
+
+        @property
+        def num_inputs(self) -> int:
+            return len(self.inputs)
+
+        def get_input(self, i: int) -> Tensor:
+            return self.inputs[i]
+
+        @property
+        def num_layers(self) -> int:
+            return len(self.layers)
+
+        def get_layer(self, i: int) -> Layer:
+            return self.layers[i]
+
+    class ParserError:
+        def __init__(self, desc: str, node: int) -> None:
+            self._desc, self._node = desc, node
+
+        def desc(self) -> str:
+            return self._desc
+
+        def node(self) -> int:
+            return self._node
+
+        if major >= 10:
+            def node_name(self) -> str:
+                return f"/layer{self._node}/Op"
+
+            def node_operator(self) -> str:
+                return "FancyOp"
+
+    class OnnxParser:
+        def __init__(self, network: Network, logger: Any) -> None:
+            self.network, self.errors = network, []
+
+        def parse_from_file(self, path: str) -> bool:
+            data = Path(path).read_bytes()
+            spec = json.loads(data[len(FAKE_ONNX_MAGIC):].split(b" Quantize")[0])
+            if spec["bad"]:
+                self.errors = [ParserError("No importer registered for op: FancyOp", 7),
+                               ParserError("Failed to parse onnx file", -1)]
+                return False
+            self.network.inputs.append(Tensor(spec["input"], tuple(spec["shape"]), dt_of[spec["dtype"]]))
+            return True
+
+        @property
+        def num_errors(self) -> int:
+            return len(self.errors)
+
+        def get_error(self, i: int) -> ParserError:
+            return self.errors[i]
+
+    class Profile:
+        def __init__(self) -> None:
+            self.shapes: dict[str, tuple[Any, Any, Any]] = {}
+
+        def set_shape(self, name: str, mn: Any, opt: Any, mx: Any) -> None:
+            self.shapes[name] = (tuple(mn), tuple(opt), tuple(mx))
+
+    class TimingCache:
+        def __init__(self, data: bytes) -> None:
+            self.data = bytes(data)
+
+        def serialize(self) -> bytes:
+            return b"TIMING:" + str(len(self.data)).encode()
+
+    class Config:
+        def __init__(self) -> None:
+            self.flags: set[str] = set()
+            self.cleared: set[str] = set()
+            self.pool: dict[str, int] = {}
+            self.profiles: list[Profile] = []
+            self.calibration_profile: Profile | None = None
+            self.timing: TimingCache | None = None
+            self.default_device_type = mod.DeviceType.GPU
+            self.DLA_core = -1
+            self.builder_optimization_level = 3
+            if major < 11:
+                self.int8_calibrator = None
+
+        def set_flag(self, f: Flag) -> None:
+            self.flags.add(f.name)
+
+        def clear_flag(self, f: Flag) -> None:
+            self.cleared.add(f.name)
+
+        def set_memory_pool_limit(self, pool: Flag, n: int) -> None:
+            self.pool[pool.name] = n
+
+        def add_optimization_profile(self, p: Profile) -> int:
+            self.profiles.append(p)
+            return len(self.profiles) - 1
+
+        def set_calibration_profile(self, p: Profile) -> bool:
+            self.calibration_profile = p
+            return True
+
+        def create_timing_cache(self, data: bytes) -> TimingCache:
+            return TimingCache(data)
+
+        def set_timing_cache(self, cache: TimingCache, ignore_mismatch: bool) -> bool:
+            if cache.data == b"OTHER-GPU":
+                return False
+            self.timing = cache
+            return True
+
+        def get_timing_cache(self) -> TimingCache:
+            assert self.timing is not None
+            return self.timing
+
+    class Builder:
+        def __init__(self, logger: Any) -> None:
+            self.logger = logger
+            self.num_DLA_cores = dla_cores
+
+        def create_network(self, flags: int = 0) -> Network:
+            net = Network(flags)
+            calls["networks"].append(net)
+            return net
+
+        def create_builder_config(self) -> Config:
+            cfg = Config()
+            calls["configs"].append(cfg)
+            return cfg
+
+        def create_optimization_profile(self) -> Profile:
+            return Profile()
+
+        def build_serialized_network(self, network: Network, config: Config) -> Any:
+            if build_fails:
+                self.logger.log(ILogger.Severity.ERROR, "out of memory while timing tactics")
+                return None
+            cal = getattr(config, "int8_calibrator", None)
+            if cal is not None:  # what TensorRT does with an implicit-INT8 calibrator
+                cache = cal.read_calibration_cache()
+                calls["calibration"].append(("cache", cache))
+                if cache is None:
+                    n = 0
+                    while (ptrs := cal.get_batch(["image"])) is not None:
+                        calls["calibration"].append(("batch", ptrs))
+                        n += 1
+                    cal.write_calibration_cache(f"TRT-{major}-EntropyCalibration2\nimage: 3c010204\n".encode())
+            (mn, opt, mx) = config.profiles[0].shapes[network.inputs[0].name]
+            plan = {"version": version, "min": mn[0], "opt": opt[0], "max": mx[0], "sample": list(mn[1:]),
+                    "dtype": network.inputs[0].dtype.name}
+            return memoryview(b"FAKEPLAN" + json.dumps(plan).encode())
+
+    mod.Builder = Builder
+    mod.OnnxParser = OnnxParser
+
+    # -- runtime side --------------------------------------------------------------------
+    def outputs_for(n: int) -> dict[str, tuple[int, ...]]:
+        return {"probs": (n, K), "logits": (n, K), "site_maps": (n, K, 2, 2)}
+
+    class Context:
+        def __init__(self, engine: Engine) -> None:
+            self.engine = engine
+            self.batch = -1
+            self.addresses: dict[str, int] = {}
+            self.executions = 0
+
+        def _set(self, shape: tuple[int, ...]) -> bool:
+            e = self.engine
+            if not e.plan["min"] <= shape[0] <= e.plan["max"] or list(shape[1:]) != e.plan["sample"]:
+                return False
+            self.batch = shape[0]
+            return True
+
+        def _shape(self, name: str) -> tuple[int, ...]:
+            if name == "image":
+                return (self.batch, *self.engine.plan["sample"])
+            return outputs_for(self.batch)[name]
+
+        def _run(self) -> bool:
+            n = self.batch
+            e = self.engine
+            in_dtype = np.dtype(e.plan["dtype"].lower().replace("float", "float32"))
+            x = gpu.mem[self.addresses["image"]][: n * H * W * 3 * in_dtype.itemsize].view(in_dtype)
+            x = x.reshape(n, H, W, 3).astype(np.float32)
+            mean = x.mean(axis=(1, 2, 3)) / 255.0  # the fake model: probs[:, k] = mean brightness * (k + 1) / K
+            probs = (mean[:, None] * (np.arange(K) + 1) / K).astype(np.float32)
+            outs = {"probs": probs, "logits": (probs * 10).astype(np.float32),
+                    "site_maps": np.broadcast_to(probs[:, :, None, None], (n, K, 2, 2)).astype(np.float32)}
+            for name, arr in outs.items():
+                raw = np.ascontiguousarray(arr).view(np.uint8).ravel()
+                gpu.mem[self.addresses[name]][: raw.size] = raw
+            self.executions += 1
+            return True
+
+        if major < 9:  # 8.x bindings API
+            def set_binding_shape(self, index: int, shape: tuple[int, ...]) -> bool:
+                return self._set(tuple(shape))
+
+            def get_binding_shape(self, index: int) -> tuple[int, ...]:
+                return self._shape(e_names[index])
+
+            def execute_async_v2(self, bindings: list[int], stream_handle: int) -> bool:
+                self.addresses = dict(zip(e_names, bindings))
+                calls["execute"] = ("v2", stream_handle)
+                return self._run()
+        else:
+            def set_input_shape(self, name: str, shape: tuple[int, ...]) -> bool:
+                return self._set(tuple(shape))
+
+            def get_tensor_shape(self, name: str) -> tuple[int, ...]:
+                return self._shape(name)
+
+            def set_tensor_address(self, name: str, ptr: int) -> bool:
+                self.addresses[name] = ptr
+                return True
+
+            def execute_async_v3(self, stream_handle: int) -> bool:
+                calls["execute"] = ("v3", stream_handle)
+                return self._run()
+
+    e_names = ["image", "probs", "logits", "site_maps"]
+
+    class Engine:
+        def __init__(self, plan: dict[str, Any]) -> None:
+            self.plan = plan
+
+        def create_execution_context(self) -> Context:
+            return Context(self)
+
+        def _dtype(self, name: str) -> Flag:
+            return getattr(mod.DataType, self.plan["dtype"]) if name == "image" else mod.DataType.FLOAT
+
+        def _shape(self, name: str) -> tuple[int, ...]:
+            return (-1, *self.plan["sample"]) if name == "image" else (-1, *outputs_for(1)[name][1:])
+
+        def _profile(self) -> list[tuple[int, ...]]:
+            s = self.plan["sample"]
+            return [(self.plan[k], *s) for k in ("min", "opt", "max")]
+
+        if major < 9:
+            num_bindings = 4
+
+            def get_binding_name(self, i: int) -> str:
+                return e_names[i]
+
+            def binding_is_input(self, i: int) -> bool:
+                return i == 0
+
+            def get_binding_dtype(self, i: int) -> Flag:
+                return self._dtype(e_names[i])
+
+            def get_binding_shape(self, i: int) -> tuple[int, ...]:
+                return self._shape(e_names[i])
+
+            def get_profile_shape(self, profile: int, i: int) -> list[tuple[int, ...]]:
+                return self._profile()
+        else:
+            num_io_tensors = 4
+
+            def get_tensor_name(self, i: int) -> str:
+                return e_names[i]
+
+            def get_tensor_mode(self, name: str) -> Flag:
+                return mod.TensorIOMode.INPUT if name == "image" else mod.TensorIOMode.OUTPUT
+
+            def get_tensor_dtype(self, name: str) -> Flag:
+                return self._dtype(name)
+
+            def get_tensor_shape(self, name: str) -> tuple[int, ...]:
+                return self._shape(name)
+
+            def get_tensor_profile_shape(self, name: str, profile: int) -> list[tuple[int, ...]]:
+                return self._profile()
+
+    class Runtime:
+        def __init__(self, logger: Any) -> None:
+            self.logger = logger
+            self.engine_host_code_allowed = False
+            self.DLA_core = -1
+            self.num_DLA_cores = dla_cores
+            calls["runtime"] = self
+
+        def deserialize_cuda_engine(self, plan: bytes) -> Engine | None:
+            calls["deserialize"].append(len(plan))
+            meta = json.loads(bytes(plan)[8:])
+            if meta["version"] != version:
+                self.logger.log(ILogger.Severity.ERROR, "Serialization assertion: version tag mismatch")
+                return None
+            return Engine(meta)
+
+    mod.Runtime = Runtime
+    return mod
+
+
+class FakeCuda(trt_compat.CudaApi):
+    """The CUDA binding over numpy 'device memory'; events return fixed times."""
+
+    name = "fake-cuda"
+
+    def __init__(self, gpu: FakeGpu, gpu_name: str = "Orin", cc: str = "8.7") -> None:
+        self.gpu, self.gpu_name, self.cc = gpu, gpu_name, cc
+        self.host: list[int] = []
+        self.streams = 0
+        self.active = 0
+
+    def device_properties(self, device: int = 0) -> tuple[str, str]:
+        return self.gpu_name, self.cc
+
+    def activate(self, device: int = 0) -> None:
+        self.active += 1
+
+    def deactivate(self) -> None:
+        self.active -= 1
+
+    def malloc(self, nbytes: int) -> int:
+        return self.gpu.alloc(nbytes)
+
+    def free(self, ptr: int) -> None:
+        del self.gpu.mem[ptr]
+
+    def host_alloc(self, nbytes: int) -> trt_compat.PinnedBuffer:
+        self.host.append(nbytes)
+        return trt_compat.PinnedBuffer(np.zeros(nbytes, np.uint8), nbytes)
+
+    def host_free(self, buf: trt_compat.PinnedBuffer) -> None:
+        self.host.remove(buf.handle)
+
+    def stream_create(self) -> Any:
+        self.streams += 1
+        return object()
+
+    def stream_destroy(self, stream: Any) -> None:
+        self.streams -= 1
+
+    def stream_handle(self, stream: Any) -> int:
+        return 77
+
+    def stream_synchronize(self, stream: Any) -> None:
+        pass
+
+    def htod_async(self, dst: int, src: np.ndarray, stream: Any) -> None:
+        raw = np.ascontiguousarray(src).view(np.uint8).ravel()
+        self.gpu.mem[dst][: raw.size] = raw
+
+    def dtoh_async(self, dst: np.ndarray, src: int, stream: Any) -> None:
+        flat = dst.reshape(-1).view(np.uint8)
+        flat[:] = self.gpu.mem[src][: flat.size]
+
+    def event_create(self) -> Any:
+        return [0.0]
+
+    def event_record(self, event: Any, stream: Any) -> None:
+        event[0] += 1
+
+    def event_elapsed_ms(self, start: Any, end: Any) -> float:
+        return 1.5
+
+    def event_destroy(self, event: Any) -> None:
+        pass
+
+
+VERSIONS = ("8.5.2.2", "8.6.1", "10.3.0", "11.0.0")
+
+
+@pytest.fixture()
+def gpu() -> FakeGpu:
+    return FakeGpu()
+
+
+def install(monkeypatch: pytest.MonkeyPatch, version: str, gpu: FakeGpu, **kw: Any) -> Any:
+    mod = fake_trt(version, gpu, **kw)
+    monkeypatch.setitem(sys.modules, "tensorrt", mod)
+    return mod
+
+
+# -- version dispatch -------------------------------------------------------------------------
+def test_api_for_each_version() -> None:
+    a85, a86, a10, a11 = (trt_compat.api_for(fake_trt(v)) for v in VERSIONS)
+    assert (a85.family, a86.family, a10.family, a11.family) == ("8", "8", "10", "11")
+    assert a85.io_api == a86.io_api == "bindings" and a10.io_api == a11.io_api == "tensors"
+    assert a85.explicit_batch_flag and a86.explicit_batch_flag and not a10.explicit_batch_flag
+    assert not a85.strongly_typed_flag and a10.strongly_typed_flag and a11.always_strongly_typed
+    assert a85.weak_precision_flags and a10.weak_precision_flags and not a11.weak_precision_flags
+    assert a85.implicit_int8 and a10.implicit_int8 and not a11.implicit_int8
+    assert not a85.implicit_int8_deprecated and a10.implicit_int8_deprecated
+    assert not a85.builder_optimization_level and a86.builder_optimization_level
+    assert not a85.version_compatible_flag and a86.version_compatible_flag and a11.version_compatible_flag
+    assert a85.version == (8, 5, 2, 2)
+
+
+def test_api_for_refuses_old_and_warns_new() -> None:
+    with pytest.raises(ConfigError, match="older than 8.5"):
+        trt_compat.api_for(fake_trt("8.4.3"))
+    no_version = types.ModuleType("tensorrt")
+    with pytest.raises(BackendError, match="__version__"):
+        trt_compat.api_for(no_version)
+    future = trt_compat.api_for(fake_trt("12.1.0"))
+    assert future.family == "11" and future.notes
+
+
+def test_network_flags_per_version() -> None:
+    t85, t10, t11 = fake_trt("8.5.2"), fake_trt("10.3.0"), fake_trt("11.0.0")
+    assert trt_compat.network_flags(t85, trt_compat.api_for(t85), False) == 1  # EXPLICIT_BATCH
+    assert trt_compat.network_flags(t10, trt_compat.api_for(t10), False) == 0  # explicit batch is implied
+    assert trt_compat.network_flags(t10, trt_compat.api_for(t10), True) == 2  # STRONGLY_TYPED
+    assert trt_compat.network_flags(t11, trt_compat.api_for(t11), True) == 2
+    with pytest.raises(ConfigError, match="TensorRT 10"):
+        trt_compat.network_flags(t85, trt_compat.api_for(t85), True)
+
+
+def test_workspace_pool_api_and_legacy_attribute() -> None:
+    t = fake_trt("8.6.1")
+    api = trt_compat.api_for(t)
+    cfg = t.Builder(None).create_builder_config()
+    trt_compat.set_workspace(t, api, cfg, 256 << 20)
+    assert cfg.pool == {"WORKSPACE": 256 << 20}
+    del t.MemoryPoolType  # a TensorRT before 8.4 only had max_workspace_size
+    old = trt_compat.api_for(t)
+    trt_compat.set_workspace(t, old, cfg, 64 << 20)
+    assert cfg.max_workspace_size == 64 << 20
+
+
+def test_nptype_fallback_by_name() -> None:
+    t = fake_trt("10.3.0")
+    assert trt_compat.nptype(t, t.DataType.UINT8) == np.uint8
+    t.nptype = lambda dt: (_ for _ in ()).throw(TypeError("no numpy type"))
+    assert trt_compat.nptype(t, Flag("DataType.HALF")) == np.float16
+    with pytest.raises(BackendError, match="numpy"):
+        trt_compat.nptype(t, Flag("DataType.FP8"))
+
+
+def test_logger_forwards_and_keeps_errors(caplog: pytest.LogCaptureFixture) -> None:
+    t = fake_trt("10.3.0")
+    logger = trt_compat.make_logger(t)
+    sev = t.ILogger.Severity
+    logger.log(sev.ERROR, "bad thing")
+    logger.log(sev.WARNING, "careful")
+    logger.log(sev.VERBOSE, "chatter")
+    assert logger.errors == ["bad thing"]
+    assert isinstance(logger, t.ILogger)
+    assert any("careful" in r.getMessage() for r in caplog.records)
+
+
+# -- cuda-python adapter over a fake cudart ---------------------------------------------------
+class FakeCudart:
+    """cuda-python's calling convention: every call returns (err, value...)."""
+
+    class cudaMemcpyKind:  # noqa: N801 - the binding's spelling
+        cudaMemcpyHostToDevice, cudaMemcpyDeviceToHost = 1, 2
+
+    def __init__(self) -> None:
+        self.keep: list[Any] = []
+        self.copies: list[tuple[int, int, int, int]] = []
+        self.fail_malloc = False
+
+    def cudaGetDeviceProperties(self, device: int) -> tuple[int, Any]:  # noqa: N802
+        return 0, types.SimpleNamespace(name=b"Orin\x00\x00junk", major=8, minor=7)
+
+    def cudaMalloc(self, n: int) -> tuple[int, int | None]:  # noqa: N802
+        return (2, None) if self.fail_malloc else (0, 0xD000)
+
+    def cudaMallocHost(self, n: int) -> tuple[int, int]:  # noqa: N802
+        buf = (ctypes.c_uint8 * n)()
+        self.keep.append(buf)
+        return 0, ctypes.addressof(buf)
+
+    def cudaGetErrorString(self, err: int) -> tuple[int, bytes]:  # noqa: N802
+        return 0, b"out of memory"
+
+    def cudaMemcpyAsync(self, dst: int, src: int, n: int, kind: int, stream: Any) -> tuple[int]:  # noqa: N802
+        self.copies.append((dst, src, n, kind))
+        return (0,)
+
+    def cudaStreamCreate(self) -> tuple[int, int]:  # noqa: N802
+        return 0, 42
+
+    def cudaEventElapsedTime(self, a: Any, b: Any) -> tuple[int, float]:  # noqa: N802
+        return 0, 0.25
+
+
+def test_cuda_python_adapter_unpacks_tuples_and_reports_errors() -> None:
+    rt = FakeCudart()
+    cuda = trt_compat.CudaPythonApi(rt)
+    assert cuda.device_properties(0) == ("Orin", "8.7")
+    assert cuda.malloc(100) == 0xD000
+    buf = cuda.host_alloc(64)
+    buf.array[:] = 7
+    assert buf.view(np.float32, (4, 4)).shape == (4, 4)
+    assert bytes((ctypes.c_uint8 * 64).from_address(buf.handle))[:2] == b"\x07\x07"  # a view of the pinned memory
+    stream = cuda.stream_create()
+    assert cuda.stream_handle(stream) == 42
+    cuda.htod_async(0xD000, buf.array[:16], stream)
+    assert rt.copies[-1] == (0xD000, buf.handle, 16, 1)
+    assert cuda.event_elapsed_ms(None, None) == 0.25
+    rt.fail_malloc = True
+    with pytest.raises(BackendError, match="cudaMalloc failed: 2 out of memory"):
+        cuda.malloc(100)
+
+
+def test_load_cuda_missing_names_cuda_python(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("cuda", "cuda.bindings", "cuda.bindings.runtime", "cuda.cudart", "pycuda", "pycuda.driver"):
+        monkeypatch.setitem(sys.modules, name, None)
+    with pytest.raises(MissingDependencyError, match="cuda-python") as exc:
+        trt_compat.load_cuda("running a TensorRT engine")
+    assert "\n" not in str(exc.value)
+
+
+# -- build planning (pure) -------------------------------------------------------------------
+from uopsl.export.tensorrt import (  # noqa: E402 - grouped with the tests that use them
+    EngineBuildConfig,
+    LegacyCalibration,
+    build_engine,
+    onnx_has_qdq,
+    plan_build,
+)
+
+
+def api(version: str) -> trt_compat.TrtApi:
+    return trt_compat.api_for(fake_trt(version))
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(min_batch=4, opt_batch=2), "min <= opt <= max"),
+    (dict(max_batch=0), "max_batch"),
+    (dict(workspace_mib=0), "workspace_mib"),
+    (dict(precision="int4"), "precision"),
+    (dict(precision="fp32", dla_core=0), "DLA runs FP16 and INT8"),
+    (dict(dla_core=-1), "dla_core"),
+    (dict(precision="fp16", int8_mode="qdq"), "int8 only"),
+    (dict(precision="fp16", strongly_typed=True), "strongly typed"),
+    (dict(precision="int8", int8_mode="legacy-cache", strongly_typed=True), "cannot be strongly typed"),
+    (dict(builder_optimization_level=6), "0-5"),
+    (dict(int8_mode="magic"), "int8_mode"),
+])
+def test_config_validation(kw: dict[str, Any], match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        EngineBuildConfig(**kw)
+
+
+def test_plan_fp16_and_fp32() -> None:
+    p = plan_build(api("8.5.2"), EngineBuildConfig(precision="fp16"), onnx_qdq=False)
+    assert p.set_flags == ("FP16",) and not p.strongly_typed and p.clear_flags == () and p.int8_mode == ""
+    p = plan_build(api("10.3.0"), EngineBuildConfig(precision="fp32"), onnx_qdq=False)
+    assert p.set_flags == () and p.clear_flags == ("TF32",)
+    with pytest.raises(ConfigError, match="no FP16 builder flag"):
+        plan_build(api("11.0.0"), EngineBuildConfig(precision="fp16"), onnx_qdq=False)
+    assert plan_build(api("11.0.0"), EngineBuildConfig(precision="fp32"), onnx_qdq=False).strongly_typed
+
+
+def test_plan_int8_routes_per_version() -> None:
+    cfg = EngineBuildConfig(precision="int8")
+    cal_cache = LegacyCalibration(amax={"image": 255.0})
+    cal_imgs = LegacyCalibration(batches=[np.zeros((8, H, W, 3), np.uint8)])
+    # 8.x: Q/DQ is weakly typed with the INT8 flag; float ONNX + data -> legacy routes.
+    p = plan_build(api("8.6.1"), cfg, onnx_qdq=True)
+    assert (p.int8_mode, p.strongly_typed, p.set_flags) == ("qdq", False, ("INT8",))
+    assert plan_build(api("8.5.2"), cfg, onnx_qdq=False, calibration=cal_cache).int8_mode == "legacy-cache"
+    assert plan_build(api("8.5.2"), cfg, onnx_qdq=False, calibration=cal_imgs).int8_mode == "legacy-calibrator"
+    with pytest.raises(ConfigError, match="needs calibration data"):
+        plan_build(api("8.5.2"), cfg, onnx_qdq=False)
+    # 10.x: Q/DQ strongly typed by default (no precision flags), weakly typed on request (+FP16 fallback).
+    p = plan_build(api("10.3.0"), cfg, onnx_qdq=True)
+    assert (p.int8_mode, p.strongly_typed, p.set_flags) == ("qdq", True, ())
+    p = plan_build(api("10.3.0"), EngineBuildConfig(precision="int8", strongly_typed=False, fp16_fallback=True),
+                   onnx_qdq=True)
+    assert (p.strongly_typed, p.set_flags) == (False, ("INT8", "FP16"))
+    p = plan_build(api("10.3.0"), EngineBuildConfig(precision="int8", int8_mode="legacy-cache"), onnx_qdq=False,
+                   calibration=cal_cache)
+    assert p.int8_mode == "legacy-cache" and p.set_flags == ("INT8",) and "deprecated" in p.warnings[0]
+    # 11.x: only Q/DQ; implicit INT8 is an error that says so.
+    assert plan_build(api("11.0.0"), cfg, onnx_qdq=True).strongly_typed
+    for mode in ("legacy-calibrator", "legacy-cache"):
+        with pytest.raises(ConfigError, match="no implicit INT8 calibration.*removed in TensorRT 11"):
+            plan_build(api("11.0.0"), EngineBuildConfig(precision="int8", int8_mode=mode), onnx_qdq=False,  # type: ignore[arg-type]
+                       calibration=cal_cache)
+    with pytest.raises(ConfigError, match="no implicit INT8"):
+        plan_build(api("11.0.0"), cfg, onnx_qdq=False, calibration=cal_cache)
+    with pytest.raises(ConfigError, match="always|every network strongly typed"):
+        plan_build(api("11.0.0"), EngineBuildConfig(precision="int8", strongly_typed=False), onnx_qdq=True)
+
+
+def test_plan_int8_mismatched_inputs() -> None:
+    with pytest.raises(ConfigError, match="has none"):
+        plan_build(api("10.3.0"), EngineBuildConfig(precision="int8", int8_mode="qdq"), onnx_qdq=False)
+    with pytest.raises(ConfigError, match="already holds Q/DQ"):
+        plan_build(api("8.6.1"), EngineBuildConfig(precision="int8", int8_mode="legacy-cache"), onnx_qdq=True,
+                   calibration=LegacyCalibration(amax={"x": 1.0}))
+    with pytest.raises(ConfigError, match="calibration images"):
+        plan_build(api("8.6.1"), EngineBuildConfig(precision="int8", int8_mode="legacy-calibrator"), onnx_qdq=False,
+                   calibration=LegacyCalibration(amax={"x": 1.0}))
+    with pytest.raises(ConfigError, match="TensorRT 10 or later"):
+        plan_build(api("8.6.1"), EngineBuildConfig(precision="int8", strongly_typed=True), onnx_qdq=True)
+
+
+def test_plan_dla_version_compat_opt_level() -> None:
+    p = plan_build(api("8.5.2"), EngineBuildConfig(precision="fp16", dla_core=0), onnx_qdq=False)
+    assert p.set_flags == ("FP16", "GPU_FALLBACK") and "static shapes" in p.warnings[0]
+    p = plan_build(api("8.5.2"), EngineBuildConfig(precision="fp16", dla_core=1, gpu_fallback=False, min_batch=4,
+                                                   opt_batch=4, max_batch=4), onnx_qdq=False)
+    assert p.set_flags == ("FP16",) and p.warnings == ()
+    with pytest.raises(ConfigError, match="8.6 or later"):
+        plan_build(api("8.5.2"), EngineBuildConfig(version_compatible=True), onnx_qdq=False)
+    assert "VERSION_COMPATIBLE" in plan_build(api("8.6.1"), EngineBuildConfig(version_compatible=True),
+                                              onnx_qdq=False).set_flags
+    with pytest.raises(ConfigError, match="builder_optimization_level needs TensorRT 8.6"):
+        plan_build(api("8.5.2"), EngineBuildConfig(builder_optimization_level=5), onnx_qdq=False)
+
+
+def test_onnx_has_qdq(tmp_path: Path) -> None:
+    assert onnx_has_qdq(fake_onnx(tmp_path / "q.onnx", qdq=True))
+    assert not onnx_has_qdq(fake_onnx(tmp_path / "f.onnx"))
+
+
+# -- the build flow with a fake TensorRT ------------------------------------------------------
+@pytest.mark.parametrize("version, flags, net_flags", [
+    ("8.5.2.2", {"FP16"}, 1),
+    ("8.6.1", {"FP16"}, 1),
+    ("10.3.0", {"FP16"}, 0),
+])
+def test_build_fp16_flow(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, gpu: FakeGpu, version: str,
+                         flags: set[str], net_flags: int) -> None:
+    trt = install(monkeypatch, version, gpu)
+    onnx = fake_onnx(tmp_path / "model.onnx")
+    tc = tmp_path / "timing.cache"
+    tc.write_bytes(b"previous timings")
+    cfg = EngineBuildConfig(precision="fp16", min_batch=1, opt_batch=4, max_batch=8, workspace_mib=256,
+                            timing_cache=str(tc), builder_optimization_level=None if version.startswith("8.5") else 4)
+    cuda = FakeCuda(gpu)
+    info = build_engine(onnx, tmp_path / "model.fp16.engine", cfg, cuda=cuda)
+    net, = trt.calls["networks"]
+    config, = trt.calls["configs"]
+    assert net.flags == net_flags
+    assert config.flags == flags and config.cleared == set()
+    assert config.pool == {"WORKSPACE": 256 << 20}
+    assert config.profiles[0].shapes == {"image": ((1, H, W, 3), (4, H, W, 3), (8, H, W, 3))}
+    assert config.timing.data == b"previous timings"  # loaded before the build ...
+    assert tc.read_bytes() == b"TIMING:16"  # ... and the updated cache saved after it
+    assert config.builder_optimization_level == (3 if version.startswith("8.5") else 4)
+    assert config.default_device_type.name == "GPU"
+    h = read_header(info.path)
+    assert (h.tensorrt_version, h.gpu_name, h.compute_capability, h.precision) == (version, "Orin", "8.7", "fp16")
+    assert (h.min_batch, h.opt_batch, h.max_batch, h.input_name, h.input_shape) == (1, 4, 8, "image", (H, W, 3))
+    assert h.source_onnx == "model.onnx" and len(h.source_onnx_sha256) == 64 and h.workspace_mib == 256
+    assert read_plan(info.path)[1].startswith(b"FAKEPLAN")
+    assert cuda.active == 0  # activate/deactivate balanced
+
+
+def test_build_int8_qdq_strongly_typed_on_10_and_11(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                     gpu: FakeGpu) -> None:
+    onnx = fake_onnx(tmp_path / "model.int8.onnx", qdq=True)
+    for version in ("10.3.0", "11.0.0"):
+        trt = install(monkeypatch, version, gpu)
+        info = build_engine(onnx, tmp_path / f"{version}.engine", EngineBuildConfig(precision="int8"),
+                            cuda=FakeCuda(gpu))
+        net, = trt.calls["networks"]
+        config, = trt.calls["configs"]
+        assert net.flags == 2 and config.flags == set() and config.cleared == {"TF32"}
+        assert info.header.int8_mode == "qdq" and info.header.strongly_typed
+        assert not hasattr(config, "int8_calibrator") or config.int8_calibrator is None
+
+
+def test_build_int8_legacy_cache_on_8x(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, gpu: FakeGpu) -> None:
+    trt = install(monkeypatch, "8.6.1", gpu)
+    onnx = fake_onnx(tmp_path / "model.onnx")
+    cal = LegacyCalibration(amax={"image": 255.0, "conv_out": 6.0}, batch_size=4)
+    info = build_engine(onnx, tmp_path / "e.engine", EngineBuildConfig(precision="int8"), cal, cuda=FakeCuda(gpu))
+    config, = trt.calls["configs"]
+    assert config.flags == {"INT8"} and trt.calls["networks"][0].flags == 1
+    kind, cache = trt.calls["calibration"][0]
+    def hex_scale(amax: float) -> str:  # float32 bits of amax / 127.0f, computed independently with numpy
+        return struct.pack(">f", np.float32(amax) / np.float32(127)).hex()
+
+    assert kind == "cache" and cache.decode().splitlines() == [
+        "TRT-8601-EntropyCalibration2", f"image: {hex_scale(255.0)}", f"conv_out: {hex_scale(6.0)}"]
+    assert config.calibration_profile.shapes["image"] == ((4, H, W, 3),) * 3
+    assert info.header.int8_mode == "legacy-cache"
+
+
+def test_build_int8_legacy_calibrator_feeds_batches(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                   gpu: FakeGpu) -> None:
+    trt = install(monkeypatch, "8.5.2", gpu)
+    onnx = fake_onnx(tmp_path / "model.onnx")
+    rng = np.random.default_rng(0)
+    batches = [rng.integers(0, 255, (2, H, W, 3), dtype=np.uint8) for _ in range(3)]
+    batches.append(batches[0][:1])  # a short last batch is dropped, not padded
+    out_cache = tmp_path / "calib.cache"
+    cal = LegacyCalibration(batches=batches, batch_size=2, cache_file=str(out_cache), algorithm="minmax")
+    cuda = FakeCuda(gpu)
+    build_engine(onnx, tmp_path / "e.engine", EngineBuildConfig(precision="int8"), cal, cuda=cuda)
+    fed = [c for c in trt.calls["calibration"] if c[0] == "batch"]
+    assert len(fed) == 3
+    ptr = fed[-1][1][0]
+    assert ptr not in gpu.mem  # the calibrator's device buffer was freed after the build
+    assert out_cache.read_text().startswith("TRT-8-EntropyCalibration2")  # what TensorRT handed back, saved
+    assert isinstance(trt.calls["configs"][0].int8_calibrator, trt.IInt8MinMaxCalibrator)
+
+
+def test_parser_errors_are_all_listed(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, gpu: FakeGpu) -> None:
+    install(monkeypatch, "10.3.0", gpu)
+    onnx = fake_onnx(tmp_path / "broken.onnx", bad=True)
+    with pytest.raises(BackendError) as exc:
+        build_engine(onnx, tmp_path / "e.engine", EngineBuildConfig(precision="fp16"), cuda=FakeCuda(gpu))
+    msg = str(exc.value)
+    assert "cannot parse broken.onnx: 2 error(s)" in msg
+    assert "node 7 '/layer7/Op' (FancyOp): No importer registered for op: FancyOp" in msg
+    assert "Failed to parse onnx file" in msg
+    install(monkeypatch, "8.6.1", gpu)  # 8.x parser errors have no node name/operator
+    with pytest.raises(BackendError, match=r"node 7: No importer registered"):
+        build_engine(onnx, tmp_path / "e.engine", EngineBuildConfig(precision="fp16"), cuda=FakeCuda(gpu))
+    assert not (tmp_path / "e.engine").exists()
+
+
+def test_build_failure_reports_tensorrt_log(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, gpu: FakeGpu) -> None:
+    install(monkeypatch, "10.3.0", gpu, build_fails=True)
+    with pytest.raises(BackendError, match="failed to build.*out of memory while timing"):
+        build_engine(fake_onnx(tmp_path / "m.onnx"), tmp_path / "e.engine", EngineBuildConfig(), cuda=FakeCuda(gpu))
+
+
+def test_build_dla_and_input_checks(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, gpu: FakeGpu) -> None:
+    trt = install(monkeypatch, "8.5.2", gpu, dla_cores=2)
+    onnx = fake_onnx(tmp_path / "m.onnx")
+    info = build_engine(onnx, tmp_path / "e.engine", EngineBuildConfig(precision="fp16", dla_core=1),
+                        cuda=FakeCuda(gpu))
+    config, = trt.calls["configs"]
+    assert config.default_device_type.name == "DLA" and config.DLA_core == 1 and "GPU_FALLBACK" in config.flags
+    assert info.header.dla_core == 1
+    with pytest.raises(ConfigError, match="has 2 DLA core"):
+        build_engine(onnx, tmp_path / "e.engine", EngineBuildConfig(precision="fp16", dla_core=2), cuda=FakeCuda(gpu))
+    install(monkeypatch, "10.3.0", gpu)
+    with pytest.raises(ConfigError, match="has 0 DLA core.*Jetson"):
+        build_engine(onnx, tmp_path / "e.engine", EngineBuildConfig(precision="fp16", dla_core=0), cuda=FakeCuda(gpu))
+    with pytest.raises(ConfigError, match="fixed batch of 1"):
+        build_engine(fake_onnx(tmp_path / "fixed.onnx", batch=1), tmp_path / "e.engine", EngineBuildConfig(),
+                     cuda=FakeCuda(gpu))
+
+
+def test_timing_cache_from_another_gpu_is_replaced(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                   gpu: FakeGpu) -> None:
+    trt = install(monkeypatch, "10.3.0", gpu)
+    tc = tmp_path / "tc.cache"
+    tc.write_bytes(b"OTHER-GPU")
+    build_engine(fake_onnx(tmp_path / "m.onnx"), tmp_path / "e.engine", EngineBuildConfig(timing_cache=str(tc)),
+                 cuda=FakeCuda(gpu))
+    assert trt.calls["configs"][0].timing.data == b""
+    assert tc.read_bytes() == b"TIMING:0"
+
+
+def test_missing_tensorrt_is_one_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # import tensorrt -> ImportError
+    with pytest.raises(MissingDependencyError) as exc:
+        build_engine(fake_onnx(tmp_path / "m.onnx"), tmp_path / "e.engine", EngineBuildConfig())
+    msg = str(exc.value)
+    assert "\n" not in msg and "uopsl[trt]" in msg and "python3-libnvinfer" in msg
+
+
+# -- the runtime backend ----------------------------------------------------------------------
+from uopsl.runtime.backends.tensorrt import TensorRTBackend  # noqa: E402
+
+
+def build_fake_engine(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, gpu: FakeGpu, version: str,
+                      **cfg: Any) -> tuple[Any, Path]:
+    trt = install(monkeypatch, version, gpu)
+    config = EngineBuildConfig(**{"precision": "fp16", "min_batch": 2, "opt_batch": 4, "max_batch": 4, **cfg})
+    path = build_engine(fake_onnx(tmp_path / "model.onnx"), tmp_path / "model.fp16.engine", config,
+                        cuda=FakeCuda(gpu)).path
+    return trt, path
+
+
+def expected_probs(batch: np.ndarray) -> np.ndarray:
+    mean = batch.astype(np.float32).mean(axis=(1, 2, 3)) / 255.0
+    return (mean[:, None] * (np.arange(K) + 1) / K).astype(np.float32)
+
+
+@pytest.mark.parametrize("version, api_name", [("8.5.2.2", "v2"), ("10.3.0", "v3"), ("11.0.0", "v3")])
+def test_backend_runs_batches(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, gpu: FakeGpu, version: str,
+                              api_name: str) -> None:
+    trt, path = build_fake_engine(monkeypatch, tmp_path, gpu, version,
+                                  **({"precision": "fp32"} if version.startswith("11") else {}))
+    cuda = FakeCuda(gpu)
+    rng = np.random.default_rng(1)
+    with TensorRTBackend(path, cuda=cuda) as backend:
+        assert backend.inputs[0].shape == (None, H, W, 3) and backend.inputs[0].dtype == np.uint8
+        assert [o.name for o in backend.outputs] == ["probs", "logits", "site_maps"]
+        assert backend.batch_range == (2, 4)
+        for n in (1, 3, 4, 10):  # 1: padded to the minimum 2; 10: split into 4 + 4 + 2
+            batch = rng.integers(0, 255, (n, H, W, 3), dtype=np.uint8)
+            out = backend.infer(batch)
+            assert out["probs"].shape == (n, K) and out["site_maps"].shape == (n, K, 2, 2)
+            np.testing.assert_allclose(out["probs"], expected_probs(batch), rtol=1e-6)
+            np.testing.assert_allclose(out["logits"], out["probs"] * 10, rtol=1e-6)
+        assert trt.calls["execute"] == (api_name, 77)
+        t = backend.last_timings
+        assert t["chunks"] == 3 and t["batch"] == 10
+        assert t["h2d_ms"] == t["compute_ms"] == t["d2h_ms"] == pytest.approx(4.5)  # 3 chunks x 1.5 ms
+        assert "TensorRT " + version in backend.describe()
+    assert gpu.mem == {} and cuda.host == [] and cuda.streams == 0 and cuda.active == 0  # all released
+
+
+def test_backend_reject_mode_and_input_checks(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, gpu: FakeGpu) -> None:
+    _, path = build_fake_engine(monkeypatch, tmp_path, gpu, "10.3.0")
+    with TensorRTBackend(path, oversize="reject", cuda=FakeCuda(gpu)) as backend:
+        with pytest.raises(BackendError, match="exceeds the engine's maximum batch 4"):
+            backend.infer(np.zeros((5, H, W, 3), np.uint8))
+        with pytest.raises(BackendError, match="must be uint8"):
+            backend.infer(np.zeros((1, H, W, 3), np.float32))
+        with pytest.raises(BackendError, match="shape"):
+            backend.infer(np.zeros((1, H + 1, W, 3), np.uint8))
+    with pytest.raises(ConfigError, match="oversize"):
+        TensorRTBackend(path, oversize="drop")  # type: ignore[arg-type]
+
+
+def test_backend_float_engine_input_is_cast(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, gpu: FakeGpu) -> None:
+    trt = install(monkeypatch, "10.3.0", gpu)
+    path = build_engine(fake_onnx(tmp_path / "model.onnx", dtype="float32"), tmp_path / "f.engine",
+                        EngineBuildConfig(min_batch=1, opt_batch=2, max_batch=2), cuda=FakeCuda(gpu)).path
+    batch = np.random.default_rng(2).integers(0, 255, (2, H, W, 3), dtype=np.uint8)
+    with TensorRTBackend(path, cuda=FakeCuda(gpu)) as backend:
+        assert backend.inputs[0].dtype == np.uint8
+        np.testing.assert_allclose(backend.infer(batch)["probs"], expected_probs(batch), rtol=1e-6)
+    assert trt.calls["deserialize"]
+
+
+def test_backend_checks_header_before_deserialising(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                   gpu: FakeGpu) -> None:
+    _, path = build_fake_engine(monkeypatch, tmp_path, gpu, "8.5.2.2")
+    trt = install(monkeypatch, "8.6.1", gpu)  # the device was upgraded to another TensorRT
+    with pytest.raises(EngineMismatchError) as exc:
+        TensorRTBackend(path, cuda=FakeCuda(gpu)).load()
+    assert trt.calls["deserialize"] == []  # refused from the header alone
+    msg = str(exc.value)
+    assert "TensorRT 8.5.2.2 built it, TensorRT 8.6.1 is running" in msg and "uopsl build-engine" in msg
+    trt = install(monkeypatch, "8.5.2.2", gpu)
+    with pytest.raises(EngineMismatchError, match="compute capability 8.7.*compute capability 8.9"):
+        TensorRTBackend(path, cuda=FakeCuda(gpu, "RTX 4090", "8.9")).load()
+    assert trt.calls["deserialize"] == []
+    assert gpu.mem == {}
+
+
+def test_backend_deserialise_failure_and_dla(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, gpu: FakeGpu) -> None:
+    _, path = build_fake_engine(monkeypatch, tmp_path, gpu, "10.3.0")
+    header, plan = read_plan(path)
+    # a header that lies about the plan's TensorRT version: TensorRT itself refuses it
+    from dataclasses import replace
+
+    write_engine(path, plan.replace(b'"10.3.0"', b'"10.2.0"'), header)
+    with pytest.raises(BackendError, match="could not deserialise.*version tag mismatch.*uopsl build-engine"):
+        TensorRTBackend(path, cuda=FakeCuda(gpu)).load()
+    write_engine(path, plan, replace(header, dla_core=0))
+    with pytest.raises(BackendError, match="DLA core 0, but this device has 0"):
+        TensorRTBackend(path, cuda=FakeCuda(gpu)).load()
+    write_engine(path, plan, replace(header, version_compatible=True))
+    trt = install(monkeypatch, "10.3.0", gpu)
+    with TensorRTBackend(path, cuda=FakeCuda(gpu)):
+        assert trt.calls["runtime"].engine_host_code_allowed is True
+
+
+def test_backend_missing_tensorrt_is_one_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, gpu: FakeGpu) -> None:
+    _, path = build_fake_engine(monkeypatch, tmp_path, gpu, "10.3.0")
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    with pytest.raises(MissingDependencyError) as exc:
+        TensorRTBackend(path, cuda=FakeCuda(gpu)).load()
+    assert "\n" not in str(exc.value) and "uopsl[trt]" in str(exc.value)
+
+
+def test_check_compatible_probes_the_running_machine(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                     gpu: FakeGpu) -> None:
+    """engine_header.check_compatible(header) alone asks TensorRT and the CUDA binding (used by 'auto')."""
+    from uopsl.runtime import engine_header
+
+    _, path = build_fake_engine(monkeypatch, tmp_path, gpu, "10.3.0")
+    monkeypatch.setattr(trt_compat, "load_cuda", lambda purpose: FakeCuda(gpu))
+    engine_header.check_compatible(engine_header.read_header(path))
+    install(monkeypatch, "10.4.0", gpu)
+    with pytest.raises(EngineMismatchError, match="10.4.0 is running"):
+        engine_header.check_compatible(engine_header.read_header(path))
+
+
+# -- the CLI ----------------------------------------------------------------------------------
+def _bundle(tmp_path: Path, with_qdq: bool = False, table: bool = False) -> Path:
+    from uopsl.runtime.bundle import ClassSpec, FileEntry, Manifest, describe_file, write_manifest
+    from uopsl.runtime.preprocess import PreprocessConfig
+
+    root = tmp_path / "bundle"
+    root.mkdir()
+    fake_onnx(root / "model.onnx")
+    files = [FileEntry("model.onnx", "onnx", "fp32")]
+    if with_qdq:
+        fake_onnx(root / "model.int8.onnx", qdq=True)
+        files.append(FileEntry("model.int8.onnx", "onnx", "int8-qdq-s8"))
+    if table:
+        from uopsl.calibration.table import CalibrationTable
+        from uopsl.runtime.fsio import sha256_file
+
+        CalibrationTable(ranges={"image": (0.0, 255.0), "conv_out": (-1.0, 3.0)}, method="entropy",
+                         model_sha256=sha256_file(root / "model.onnx"), set_fingerprint="f" * 64,
+                         num_images=4).save(root / "calibration.json")
+    m = Manifest(classes=(ClassSpec("normal"), ClassSpec("dr", referable=True)), head="sigmoid",
+                 preprocess=PreprocessConfig(size=64), files=tuple(describe_file(root, f) for f in files))
+    write_manifest(root, m)
+    return root
+
+
+def _cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    import click
+
+    from uopsl.runtime.clikit import LazyGroup, main_entry
+
+    @click.group(cls=LazyGroup, lazy={"build-engine": "uopsl.train.commands.build_engine:command"})
+    def cli() -> None:
+        pass
+
+    rc = main_entry(cli, args)
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+@pytest.mark.parametrize("version, expect_mode, expect_onnx", [
+    ("8.5.2", "legacy-cache", "model.onnx"),  # 8.x with a calibration table: the cache route
+    ("10.3.0", "qdq", "model.int8.onnx"),
+    ("11.0.0", "qdq", "model.int8.onnx"),
+])
+def test_cli_build_engine_updates_manifest(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, gpu: FakeGpu,
+                                           capsys: pytest.CaptureFixture[str], version: str, expect_mode: str,
+                                           expect_onnx: str) -> None:
+    from uopsl.runtime.bundle import read_manifest, verify
+
+    install(monkeypatch, version, gpu)
+    monkeypatch.setattr(trt_compat, "load_cuda", lambda purpose: FakeCuda(gpu))
+    monkeypatch.setenv("UOPSL_CACHE_DIR", str(tmp_path / "cache"))
+    bundle = _bundle(tmp_path, with_qdq=True, table=True)
+    rc, out, err = _cli(["build-engine", str(bundle), "--precision", "int8", "--max-batch", "8"], capsys)
+    assert rc == 0, err
+    assert "model.int8.engine: int8 (" + expect_mode + ")" in out
+    m = read_manifest(bundle)
+    entry = m.file("model.int8.engine")
+    assert entry.kind == "engine" and entry.precision == "int8"
+    assert entry.info["tensorrt_version"] == version and entry.info["int8_mode"] == expect_mode
+    assert entry.info["source_onnx"] == expect_onnx and entry.info["max_batch"] == 8
+    assert all(c.ok for c in verify(bundle))
+    assert (tmp_path / "cache" / f"trt-timing-{version}-sm87.cache").is_file()
+    # a rebuild replaces the entry instead of adding a second one
+    rc, _, err = _cli(["build-engine", str(bundle), "--precision", "int8", "--no-timing-cache"], capsys)
+    assert rc == 0, err
+    assert [f.path for f in read_manifest(bundle).files].count("model.int8.engine") == 1
+
+
+def test_cli_errors_are_one_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, gpu: FakeGpu,
+                                 capsys: pytest.CaptureFixture[str]) -> None:
+    bundle = _bundle(tmp_path)
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    rc, _, err = _cli(["build-engine", str(bundle)], capsys)
+    assert rc == 2 and err.count("\n") == 1
+    assert err.startswith("error: uopsl build-engine needs the Python package 'tensorrt'")
+    assert "uopsl[trt]" in err and "python3-libnvinfer" in err
+    install(monkeypatch, "11.0.0", gpu)
+    monkeypatch.setattr(trt_compat, "load_cuda", lambda purpose: FakeCuda(gpu))
+    rc, _, err = _cli(["build-engine", str(bundle), "--precision", "int8", "--int8-mode", "legacy-cache"], capsys)
+    assert rc == 2 and err.count("\n") == 1 and "removed in TensorRT 11" in err
+    rc, _, err = _cli(["build-engine", str(bundle), "--precision", "int8"], capsys)
+    assert rc == 2 and "needs the TensorRT Q/DQ model" in err
+    rc, _, err = _cli(["build-engine", str(bundle), "--out", "../escape.engine"], capsys)
+    assert rc == 2 and "inside the bundle" in err
+
+
+# -- real TensorRT / GPU (skipped where absent) ----------------------------------------------
+def _real_trt() -> Any:
+    from uopsl.runtime.optional import available
+
+    if not available("tensorrt"):
+        pytest.skip("TensorRT is not installed here (pip install 'uopsl[trt]' or JetPack)")
+    if not any(available(m) for m in ("cuda.bindings.runtime", "cuda.cudart", "pycuda.driver")):
+        pytest.skip("no CUDA binding (cuda-python or pycuda) installed")
+    return trt_compat.load_cuda("the TensorRT GPU test")
+
+
+@pytest.mark.trt
+@pytest.mark.gpu
+def test_real_tensorrt_build_and_run(tmp_path: Path) -> None:
+    cuda = _real_trt()
+    pytest.importorskip("torch", reason="the tiny ONNX model is exported with torch")
+    from tinymodel import export_tiny_onnx
+
+    onnx = export_tiny_onnx(tmp_path / "model.onnx", size=64)
+    info = build_engine(onnx, tmp_path / "model.fp32.engine",
+                        EngineBuildConfig(precision="fp32", min_batch=1, opt_batch=2, max_batch=4,
+                                          timing_cache=str(tmp_path / "tc.cache")), cuda=cuda)
+    import onnxruntime as ort
+
+    batch = np.random.default_rng(0).integers(0, 255, (3, 64, 64, 3), dtype=np.uint8)
+    ref = ort.InferenceSession(str(onnx), providers=["CPUExecutionProvider"]).run(["probs"], {"image": batch})[0]
+    with TensorRTBackend(info.path) as backend:
+        out = backend.infer(batch)
+    np.testing.assert_allclose(out["probs"], ref, atol=1e-4)  # FP32 engine (TF32 off) vs ORT CPU FP32

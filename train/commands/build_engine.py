@@ -1,0 +1,197 @@
+"""``uopsl build-engine``: build a TensorRT engine from a bundle's ONNX, on the device that will run it.
+
+The engine is written into the bundle (default ``model.<precision>.engine``)
+and the manifest gets (or updates) its file entry: kind ``engine``, the
+precision, the checksum, and the engine header in ``info``.
+
+Which ONNX is built: FP32/FP16 use the bundle's FP32 ONNX. INT8 uses the
+TensorRT Q/DQ model (precision ``int8-qdq-s8``) for ``--int8-mode qdq``
+(the only INT8 route on TensorRT 11, the default on 10.x), and the FP32 ONNX
+with the legacy calibrator for ``legacy-cache`` (ranges from the bundle's
+``calibration.json`` or ``--calib-cache``) and ``legacy-calibrator``
+(``--calib-images``). ``auto`` picks the Q/DQ model on TensorRT 10+, and on
+8.x a legacy route when calibration data is at hand, else the Q/DQ model.
+
+The kernel timing cache defaults to one file per TensorRT version and GPU in
+the user cache folder ($UOPSL_CACHE_DIR, else ~/.cache/uopsl), so rebuilding
+on the same device reuses the measured timings.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import click
+
+from uopsl.runtime.errors import BundleError, ConfigError
+
+log = logging.getLogger(__name__)
+
+
+def _user_cache_dir() -> Path:
+    env = os.environ.get("UOPSL_CACHE_DIR")
+    if env:
+        return Path(env)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "uopsl"
+
+
+def default_timing_cache(trt_version: str, compute_capability: str) -> Path:
+    """Per-machine timing cache path: one per TensorRT version and GPU architecture."""
+    return _user_cache_dir() / f"trt-timing-{trt_version}-sm{compute_capability.replace('.', '')}.cache"
+
+
+def default_engine_name(precision: str, dla_core: int | None) -> str:
+    return f"model.{precision}" + (f".dla{dla_core}" if dla_core is not None else "") + ".engine"
+
+
+def _onnx_entry(manifest: Any, precision: str) -> Any:
+    for f in manifest.files_of("onnx"):
+        if f.precision == precision:
+            return f
+    return None
+
+
+def choose_inputs(bundle: Path, manifest: Any, precision: str, int8_mode: str, trt_major: int,
+                  calib_cache: Path | None, calib_images: Path | None) -> tuple[Path, str]:
+    """The ONNX to build from and the resolved INT8 mode (``auto`` stays for float precisions)."""
+    fp32 = _onnx_entry(manifest, "fp32")
+    if precision != "int8":
+        if fp32 is None:
+            raise BundleError(f"{bundle}: the manifest lists no FP32 ONNX model to build from")
+        return bundle / fp32.path, int8_mode
+    qdq = _onnx_entry(manifest, "int8-qdq-s8")
+    has_table = (bundle / "calibration.json").is_file()
+    mode = int8_mode
+    if mode == "auto":
+        legacy = None
+        if trt_major < 11 and fp32 is not None:
+            if (calib_cache is not None and calib_cache.is_file()) or has_table:
+                legacy = "legacy-cache"
+            elif calib_images is not None:
+                legacy = "legacy-calibrator"
+        if legacy is not None and (trt_major < 10 or qdq is None):
+            mode = legacy  # 8.x: the route JetPack 5 documents; 10.x: only when there is no Q/DQ model
+        elif qdq is not None:
+            mode = "qdq"
+        else:
+            raise BundleError(
+                f"{bundle}: INT8 on TensorRT {trt_major}.x needs the TensorRT Q/DQ model (an 'int8-qdq-s8' ONNX: "
+                "run 'uopsl quantize' on the bundle)"
+                + ("" if trt_major >= 11 else ", or calibration data (--calib-cache / --calib-images / calibration.json)")
+            )
+    if mode == "qdq":
+        if qdq is None:
+            raise BundleError(f"{bundle}: --int8-mode qdq needs an 'int8-qdq-s8' ONNX in the bundle; "
+                              "run 'uopsl quantize' on the bundle first")
+        return bundle / qdq.path, mode
+    if fp32 is None:
+        raise BundleError(f"{bundle}: the manifest lists no FP32 ONNX model to calibrate")
+    return bundle / fp32.path, mode
+
+
+def _legacy_calibration(bundle: Path, manifest: Any, mode: str, onnx: Path, calib_cache: Path | None,
+                        calib_images: Path | None, batch: int, max_images: int | None) -> Any:
+    from uopsl.export.tensorrt import LegacyCalibration
+    from uopsl.runtime.fsio import sha256_file
+
+    if mode == "legacy-cache":
+        if calib_cache is not None and calib_cache.is_file():
+            return LegacyCalibration(cache_file=str(calib_cache), batch_size=batch)
+        from uopsl.calibration.table import TABLE_FILE, CalibrationTable
+
+        table = CalibrationTable.load(bundle / TABLE_FILE, model_sha256=sha256_file(onnx))
+        amax = {name: table.amax(name) for name in table.tensor_names}
+        algo = "minmax" if table.method == "minmax" else "entropy2"
+        return LegacyCalibration(amax=amax, algorithm=algo, batch_size=batch)
+    if calib_images is None:
+        raise ConfigError("--int8-mode legacy-calibrator needs --calib-images (a folder, CSV, list or .npz set)")
+    from uopsl.calibration.dataset import build_calibration_set
+
+    cal = build_calibration_set(calib_images, manifest.preprocess, max_images=max_images)
+    if len(cal) < batch:
+        raise ConfigError(f"{calib_images}: {len(cal)} usable calibration images, fewer than one batch of {batch}")
+    return LegacyCalibration(batches=cal.batches(batch), batch_size=batch,
+                             cache_file=str(calib_cache) if calib_cache is not None else None)
+
+
+@click.command("build-engine")
+@click.argument("bundle", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp16", show_default=True)
+@click.option("--min-batch", type=int, default=1, show_default=True)
+@click.option("--opt-batch", type=int, default=8, show_default=True)
+@click.option("--max-batch", type=int, default=16, show_default=True)
+@click.option("--workspace", "workspace_mib", type=int, default=1024, show_default=True, help="Builder workspace, MiB.")
+@click.option("--dla-core", type=int, default=None, help="Jetson DLA core (FP16/INT8; GPU fallback on).")
+@click.option("--no-gpu-fallback", is_flag=True, help="With --dla-core: fail instead of running layers on the GPU.")
+@click.option("--timing-cache", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Kernel timing cache file [default: per TensorRT version and GPU in the user cache folder].")
+@click.option("--no-timing-cache", is_flag=True, help="Do not read or write a timing cache.")
+@click.option("--int8-mode", type=click.Choice(["auto", "qdq", "legacy-calibrator", "legacy-cache"]),
+              default="auto", show_default=True)
+@click.option("--calib-cache", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="TensorRT 8.x calibration cache to use (legacy-cache) or to write (legacy-calibrator).")
+@click.option("--calib-images", type=click.Path(exists=True, path_type=Path), default=None,
+              help="Calibration images (folder, CSV, list or .npz set) for legacy-calibrator.")
+@click.option("--calib-batch", type=int, default=8, show_default=True)
+@click.option("--calib-max-images", type=int, default=512, show_default=True)
+@click.option("--strongly-typed/--no-strongly-typed", default=None,
+              help="Strongly typed network [default: yes for Q/DQ INT8 on TensorRT 10+].")
+@click.option("--fp16-fallback", is_flag=True, help="Weakly typed INT8: float layers may use FP16.")
+@click.option("--opt-level", "opt_level", type=int, default=None, help="Builder optimisation level 0-5 (TRT >= 8.6).")
+@click.option("--version-compatible", is_flag=True, help="Engine also runs on later TensorRT of the same major.")
+@click.option("--device", type=int, default=0, show_default=True, help="CUDA device index.")
+@click.option("--out", type=str, default=None,
+              help="Engine file name inside the bundle [default: model.<precision>[.dla<N>].engine].")
+def command(bundle: Path, precision: str, min_batch: int, opt_batch: int, max_batch: int, workspace_mib: int,
+            dla_core: int | None, no_gpu_fallback: bool, timing_cache: Path | None, no_timing_cache: bool,
+            int8_mode: str, calib_cache: Path | None, calib_images: Path | None, calib_batch: int,
+            calib_max_images: int, strongly_typed: bool | None, fp16_fallback: bool, opt_level: int | None,
+            version_compatible: bool, device: int, out: str | None) -> None:
+    """Build a TensorRT engine for this GPU into BUNDLE and record it in the manifest."""
+    from uopsl.export.tensorrt import EngineBuildConfig, build_engine, check_implicit_int8
+    from uopsl.runtime.bundle import FileEntry, describe_file, read_manifest, write_manifest
+    from uopsl.runtime.trt_compat import load_cuda, load_tensorrt
+
+    manifest = read_manifest(bundle)
+    out_name = out or default_engine_name(precision, dla_core)
+    if Path(out_name).is_absolute() or ".." in Path(out_name).parts:
+        raise ConfigError(f"--out must be a file name inside the bundle, got {out_name!r}")
+    if calib_batch < 1:
+        raise ConfigError(f"--calib-batch must be >= 1, got {calib_batch}")
+    config = EngineBuildConfig(
+        precision=precision,  # type: ignore[arg-type]
+        min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch, workspace_mib=workspace_mib,
+        dla_core=dla_core, gpu_fallback=not no_gpu_fallback, int8_mode=int8_mode,  # type: ignore[arg-type]
+        strongly_typed=strongly_typed, fp16_fallback=fp16_fallback, builder_optimization_level=opt_level,
+        version_compatible=version_compatible, device=device,
+    )
+    _trt, api = load_tensorrt("uopsl build-engine")
+    cuda = load_cuda("uopsl build-engine")
+    onnx, mode = choose_inputs(bundle, manifest, precision, int8_mode, api.major, calib_cache, calib_images)
+    if mode != config.int8_mode:
+        config = replace(config, int8_mode=mode)  # type: ignore[arg-type]
+    calibration = None
+    if mode in ("legacy-cache", "legacy-calibrator"):
+        check_implicit_int8(api)  # before reading calibration data that TensorRT 11 could not use
+        calibration = _legacy_calibration(bundle, manifest, mode, onnx, calib_cache, calib_images, calib_batch,
+                                          calib_max_images)
+    if not no_timing_cache:
+        if timing_cache is None:
+            _name, cc = cuda.device_properties(device)
+            timing_cache = default_timing_cache(api.version_text, cc)
+        config = replace(config, timing_cache=str(timing_cache))
+    info = build_engine(onnx, bundle / out_name, config, calibration, cuda=cuda)
+    entry = describe_file(bundle, FileEntry(out_name, "engine", precision,  # type: ignore[arg-type]
+                                            info=info.header.to_dict()))
+    files = tuple(f for f in manifest.files if f.path != out_name) + (entry,)
+    write_manifest(bundle, replace(manifest, files=files))
+    h = info.header
+    click.echo(f"{bundle / out_name}: {h.precision}"
+               + (f" ({h.int8_mode})" if h.int8_mode else "")
+               + f", TensorRT {h.tensorrt_version}, {h.gpu_name} (sm {h.compute_capability}), "
+               f"batch {h.min_batch}/{h.opt_batch}/{h.max_batch}, {h.plan_size / 2**20:.1f} MiB, "
+               f"built in {info.seconds:.0f} s")
