@@ -123,10 +123,12 @@ def watch_cmd(bundle: Path, folder: Path, out: Path, backend: str, precision: st
 @click.option("--images", "images", type=click.Path(exists=True, path_type=Path), default=None,
               help="Folder of real photographs for preprocessing and end-to-end timing (default: synthetic).")
 @click.option("--e2e/--no-e2e", default=True, show_default=True, help="Also time decode-to-results throughput.")
+@click.option("--e2e-images", type=click.IntRange(min=1), default=200, show_default=True,
+              help="Photographs the end-to-end run screens (cycled when fewer exist).")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write the figures as JSON here (as well as the table).")
 def bench_cmd(bundle: Path, backend: str, precision: str, batches: str, iters: int, warmup: int, threads: int | None,
-              images: Path | None, e2e: bool, json_out: Path | None) -> int:
+              images: Path | None, e2e: bool, e2e_images: int, json_out: Path | None) -> int:
     """Latency (p50/p90/p99) and throughput per backend and batch size; preprocessing separately."""
     from uopsl.runtime.bench import BenchConfig, format_table, run_bench
     from uopsl.runtime.errors import ConfigError
@@ -136,7 +138,7 @@ def bench_cmd(bundle: Path, backend: str, precision: str, batches: str, iters: i
         sizes = tuple(int(b) for b in batches.split(",") if b.strip())
     except ValueError as exc:
         raise ConfigError(f"--batch takes comma-separated integers like 1,8; got {batches!r}") from exc
-    cfg = BenchConfig(batches=sizes, iters=iters, warmup=warmup, threads=threads, e2e=e2e)
+    cfg = BenchConfig(batches=sizes, iters=iters, warmup=warmup, threads=threads, e2e=e2e, e2e_images=e2e_images)
     result = run_bench(bundle, backend, precision, cfg, images=images)
     click.echo(format_table(result))
     if json_out is not None:

@@ -1,0 +1,153 @@
+"""The screening pipeline and the Screener API: order, one result per input, bad files, bounded memory."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from tinybundle import fundus_jpeg, make_bad_zoo, tiny_bundle  # noqa: F401 - session fixture
+from uopsl.runtime.api import Screener
+from uopsl.runtime.backends.base import Backend, TensorSpec
+from uopsl.runtime.bundle import read_manifest
+from uopsl.runtime.errors import BackendError, ConfigError
+from uopsl.runtime.pipeline import (
+    PipelineConfig,
+    ScreeningPipeline,
+    item_for_path,
+    iter_inputs,
+)
+
+
+@pytest.fixture()
+def screener(tiny_bundle: Path) -> Iterator[Screener]:
+    with Screener(tiny_bundle, "ort-cpu", threads=1, batch_size=4, workers=2) as s:
+        yield s
+
+
+def test_order_kept_and_one_result_per_input_with_bad_files(tmp_path: Path, screener: Screener) -> None:
+    zoo = make_bad_zoo(tmp_path / "zoo")
+    good = [fundus_jpeg(tmp_path / "good" / f"g{i}.jpg", seed=i) for i in range(7)]
+    # Interleave good and bad so batches mix runnable and failed inputs.
+    bad = [p for p, _ in zoo.values()]
+    inputs = [x for pair in zip(good + [None] * len(bad), bad) for x in pair if x is not None]
+    inputs += good[len(bad):]
+    results = list(screener.screen_many(inputs))
+    assert [r.source for r in results] == [str(p) for p in inputs]
+    expected = {str(p): status for p, status in zoo.values()} | {str(p): "ok" for p in good}
+    assert {r.source: r.status for r in results} == expected
+    for r in results:
+        if r.status == "error":
+            assert r.error and r.reasons and r.refer is None and not r.probs
+        elif r.status == "ungradable":
+            assert r.reasons and r.refer is None and not r.positive
+        else:
+            assert set(r.probs) == {"normal", "npdr", "dme"} and isinstance(r.refer, bool)
+            assert r.timings["infer_ms"] > 0 and r.timings["preprocess_ms"] > 0
+    reasons = {Path(r.source).name: r.reasons for r in results}
+    assert reasons["one_pixel.png"] == ("too_small",) and reasons["huge.png"] == ("too_large",)
+    assert "no_fov" in reasons["non_fundus.png"]
+
+
+def test_decisions_come_from_the_manifest(tmp_path: Path, screener: Screener) -> None:
+    paths = [fundus_jpeg(tmp_path / f"g{i}.jpg", seed=i) for i in range(5)]
+    results = list(screener.screen_many(paths))
+    probs = np.array([[r.probs[c] for c in screener.manifest.class_names] for r in results])
+    positive, refer = screener.manifest.decide(probs)
+    assert [r.refer for r in results] == refer.tolist()
+    assert [set(r.positive) for r in results] == [
+        {c for c, f in zip(screener.manifest.class_names, row) if f} for row in positive]
+
+
+def test_heatmap_is_mapped_onto_the_original_geometry(tmp_path: Path, screener: Screener) -> None:
+    p = fundus_jpeg(tmp_path / "wide.jpg", size=320)
+    img = cv2.imread(str(p))
+    wide = cv2.copyMakeBorder(img, 0, 0, 80, 40, cv2.BORDER_CONSTANT)  # 440 x 320, off-centre field
+    cv2.imwrite(str(p), wide)
+    r = screener.screen(p)
+    assert r.status == "ok" and r.heatmap_class in r.class_names
+    full = r.heatmap()
+    assert full.shape == (320, 440)
+    # The attention lives where the field of view is, not in the padding on the left.
+    assert full[:, :60].max() == 0 and full[:, 100:380].max() > 0
+    small = r.heatmap("npdr", shape=(160, 220))
+    assert small.shape == (160, 220)
+    with pytest.raises(ConfigError, match="unknown class"):
+        r.heatmap("glaucoma")
+
+
+def test_screen_accepts_path_bytes_and_array(tmp_path: Path, screener: Screener) -> None:
+    p = fundus_jpeg(tmp_path / "a.jpg", seed=2)
+    by_path = screener.screen(p)
+    by_bytes = screener.screen(p.read_bytes())
+    by_array = screener.screen(cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB))
+    assert by_path.probs == pytest.approx(by_bytes.probs)
+    assert by_path.probs == pytest.approx(by_array.probs)
+    assert by_bytes.key.startswith("sha1:")
+    fundus_jpeg(tmp_path / "b.jpg", seed=3)
+    with pytest.raises(ConfigError, match="screen_many"):
+        screener.screen(tmp_path)  # a folder expands to several inputs
+    with pytest.raises(ConfigError, match="cannot screen"):
+        screener.screen(3.5)
+
+
+def test_streaming_memory_is_bounded(tiny_bundle: Path, tmp_path: Path) -> None:
+    """The pipeline pulls at most a window of inputs ahead of what it has yielded."""
+    p = fundus_jpeg(tmp_path / "a.jpg", seed=1)
+    pulled = [0]
+
+    def endless() -> Iterator[object]:
+        for _ in range(200):
+            pulled[0] += 1
+            yield item_for_path(p)
+
+    cfg = PipelineConfig(batch_size=4, workers=2, prefetch_batches=2)
+    m = read_manifest(tiny_bundle)
+    with Screener(tiny_bundle, "ort-cpu", threads=1) as s:
+        pipe = ScreeningPipeline(s.backend, m, cfg)
+        ahead = []
+        for n, _ in enumerate(pipe.run(endless()), 1):
+            ahead.append(pulled[0] - n)
+    window = cfg.batch_size * (cfg.prefetch_batches + 1)
+    assert n == 200 and max(ahead) <= window + cfg.batch_size
+
+
+class _FailingBackend(Backend):
+    name = "failing"
+
+    def load(self) -> None: ...
+
+    @property
+    def inputs(self) -> tuple[TensorSpec, ...]:
+        return (TensorSpec("image", (None, 64, 64, 3), np.dtype(np.uint8)),)
+
+    @property
+    def outputs(self) -> tuple[TensorSpec, ...]:
+        return ()
+
+    def _infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        raise BackendError("device lost")
+
+
+def test_inference_failure_gives_error_rows_not_a_crash(tiny_bundle: Path, tmp_path: Path) -> None:
+    paths = [fundus_jpeg(tmp_path / f"g{i}.jpg", seed=i) for i in range(3)]
+    with _FailingBackend() as b:
+        results = list(ScreeningPipeline(b, read_manifest(tiny_bundle), PipelineConfig(batch_size=2)).run(paths))
+    assert [r.status for r in results] == ["error"] * 3
+    assert all("device lost" in r.error for r in results)
+
+
+def test_iter_inputs_expands_folders_and_list_files(tmp_path: Path) -> None:
+    (tmp_path / "d" / "sub").mkdir(parents=True)
+    for name in ("d/b.jpg", "d/a.PNG", "d/sub/c.tif", "d/.hidden.jpg", "d/notes.txt"):
+        (tmp_path / name).write_bytes(b"x")
+    lst = tmp_path / "list.txt"
+    lst.write_text("# screening list\nd/a.PNG\n\n/abs/missing.jpg\n")
+    got = [Path(i.source) for i in iter_inputs([tmp_path / "d", lst])]
+    assert got == [tmp_path / "d/a.PNG", tmp_path / "d/b.jpg", tmp_path / "d/sub/c.tif",
+                   tmp_path / "d/a.PNG", Path("/abs/missing.jpg")]
+    keys = [i.key for i in iter_inputs([tmp_path / "d" / "b.jpg", "/abs/missing.jpg"])]
+    assert keys[0].count("|") == 2 and keys[1].endswith("|missing")

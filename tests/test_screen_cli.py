@@ -1,0 +1,223 @@
+"""``uopsl-screen``: run (exit codes, outputs, resume after a kill), watch, bench, info, verify."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tinybundle import fundus_jpeg, make_bad_zoo, tiny_bundle  # noqa: F401 - session fixture
+from uopsl.runtime.api import Screener
+from uopsl.runtime.cli import main
+from uopsl.runtime.watch import StableFiles, WatchConfig, watch_folder
+
+
+def _csv(out: Path) -> list[dict[str, str]]:
+    with open(out / "results.csv", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _jsonl(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines() if line.strip()]
+
+
+def _good(folder: Path, n: int, start: int = 0) -> list[Path]:
+    return [fundus_jpeg(folder / f"img{i:04d}.jpg", seed=i % 30) for i in range(start, start + n)]
+
+
+@pytest.fixture(autouse=True)
+def _no_probe(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # 'auto' may time INT8 once per machine; keep that out of the user's cache.
+    monkeypatch.setenv("UOPSL_CACHE_DIR", str(tmp_path / "cache"))
+
+
+def test_run_exit_1_with_bad_files_one_row_per_input(tiny_bundle: Path, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    good = _good(tmp_path / "in", 6)
+    zoo = make_bad_zoo(tmp_path / "in" / "bad")
+    missing = zoo["missing.jpg"][0]
+    out = tmp_path / "out"
+    rc = main(["run", str(tiny_bundle), str(tmp_path / "in"), str(missing), "--out", str(out),
+               "--backend", "ort-cpu", "--batch", "4", "--threads", "1"])
+    assert rc == 1
+    rows = _csv(out)
+    assert len(rows) == len(good) + len(zoo) == len(_jsonl(out))
+    by_name = {Path(r["source"]).name: r for r in rows}
+    for name, (_, status) in zoo.items():
+        assert by_name[name]["status"] == status, name
+        if status != "ok":
+            assert by_name[name]["reasons"], name
+    assert all(by_name[p.name]["status"] == "ok" and by_name[p.name]["refer"] in ("yes", "no") for p in good)
+    assert (out / "report.html").is_file()
+    assert len(list((out / "overlays").glob("*.png"))) == sum(r["status"] == "ok" for r in rows)
+    assert "unreadable" in capsys.readouterr().err
+
+
+def test_run_exit_0_when_all_screened_and_rerun_skips(tiny_bundle: Path, tmp_path: Path) -> None:
+    _good(tmp_path / "in", 5)
+    out = tmp_path / "out"
+    args = ["run", str(tiny_bundle), str(tmp_path / "in"), "--out", str(out), "--backend", "ort-cpu", "--no-overlays"]
+    assert main(args) == 0
+    first = _jsonl(out)
+    assert main(args) == 0
+    assert _jsonl(out) == first and len(_csv(out)) == 5
+    assert not (out / "overlays").exists()
+
+
+def test_usage_and_bundle_errors_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", str(tmp_path / "nobundle"), str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not a bundle folder" in err
+    assert main(["run", str(tmp_path)]) == 2  # missing --out
+    assert main(["run", str(tmp_path), str(tmp_path), "--out", str(tmp_path / "o"), "--batch", "0"]) == 2
+
+
+def test_resume_after_truncated_last_line(tiny_bundle: Path, tmp_path: Path) -> None:
+    """A power loss mid-write: the last row is half written. The rerun repairs it, no duplicates."""
+    images = _good(tmp_path / "in", 10)
+    out = tmp_path / "out"
+    args = ["run", str(tiny_bundle), str(tmp_path / "in"), "--out", str(out), "--backend", "ort-cpu",
+            "--batch", "2", "--no-overlays"]
+    assert main(args) == 0
+    lines = (out / "results.jsonl").read_bytes().splitlines(keepends=True)
+    (out / "results.jsonl").write_bytes(b"".join(lines[:4]) + lines[4][: len(lines[4]) // 2])
+    assert main(args) == 0
+    rows = _jsonl(out)
+    assert sorted(r["source"] for r in rows) == sorted(str(p) for p in images)
+    assert len(_csv(out)) == 10
+
+
+def test_resume_after_kill_gives_exactly_one_row_per_image(tiny_bundle: Path, tmp_path: Path) -> None:
+    images = _good(tmp_path / "in", 120)
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "uopsl.runtime.cli", "run", str(tiny_bundle), str(tmp_path / "in"),
+           "--out", str(out), "--backend", "ort-cpu", "--batch", "2", "--workers", "1", "--threads", "1",
+           "--overlays"]
+    env = {**os.environ, "UOPSL_AUTO_MEASURE": "0"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    jsonl = out / "results.jsonl"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        if jsonl.exists() and jsonl.read_bytes().count(b"\n") >= 10:
+            break
+        time.sleep(0.01)
+    proc.kill()
+    proc.wait()
+    done_before = len(_jsonl(out))
+    assert 0 < done_before < 120, "the run was not killed halfway; make it slower"
+    assert main(cmd[3:]) == 0
+    rows = _jsonl(out)
+    assert len(rows) == 120 and len({r["key"] for r in rows}) == 120
+    assert sorted(r["source"] for r in rows) == sorted(str(p) for p in images)
+    assert len(_csv(out)) == 120
+
+
+def test_replaced_file_is_screened_again_and_keeps_one_row(tiny_bundle: Path, tmp_path: Path) -> None:
+    (p,) = _good(tmp_path / "in", 1)
+    out = tmp_path / "out"
+    args = ["run", str(tiny_bundle), str(p), "--out", str(out), "--backend", "ort-cpu", "--no-overlays"]
+    assert main(args) == 0
+    fundus_jpeg(p, seed=7)
+    os.utime(p, ns=(time.time_ns(), time.time_ns() + 10**9))
+    assert main(args) == 0
+    assert len(_jsonl(out)) == 2 and len(_csv(out)) == 1
+
+
+def test_stable_files_ignores_a_file_still_being_written(tmp_path: Path) -> None:
+    now = [0.0]
+    tracker = StableFiles(tmp_path, settle_ms=500, clock=lambda: now[0])
+    part = tmp_path / "cam.jpg"
+    part.write_bytes(b"\xff\xd8partial")
+    assert tracker.poll() == []
+    now[0] = 0.3
+    with open(part, "ab") as fh:
+        fh.write(b"more")
+    assert tracker.poll() == []  # changed: the clock restarts
+    now[0] = 0.7
+    assert tracker.poll() == []  # stable for 0.4 s only
+    now[0] = 0.81
+    assert tracker.poll() == [part]
+    now[0] = 2.0
+    assert tracker.poll() == []  # taken once
+    (tmp_path / ".tmp.jpg").write_bytes(b"x")
+    (tmp_path / "x.jpg.part").write_bytes(b"x")
+    now[0] = 5.0
+    assert tracker.poll() == []
+    now[0] = 9.0
+    assert tracker.poll() == []
+
+
+def test_watch_screens_new_images_and_waits_for_partial_ones(tiny_bundle: Path, tmp_path: Path) -> None:
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    out = tmp_path / "out"
+    src = _good(tmp_path / "src", 2)
+    data = src[1].read_bytes()
+    with Screener(tiny_bundle, "ort-cpu", threads=1, batch_size=1) as s:
+        cfg = WatchConfig(settle_ms=400, poll_s=0.05, max_images=2, timeout_s=30, refresh_s=0)
+        result: dict = {}
+        t = threading.Thread(target=lambda: result.update(s=watch_folder(s, inbox, out, cfg)))
+        t.start()
+        shutil.copy(src[0], inbox / "first.jpg")
+        with open(inbox / "second.jpg", "wb") as fh:  # a camera writing slowly
+            for i in range(0, len(data), len(data) // 6):
+                fh.write(data[i : i + len(data) // 6])
+                fh.flush()
+                time.sleep(0.15)
+        t.join(60)
+    assert not t.is_alive()
+    rows = _jsonl(out)
+    assert sorted(Path(r["source"]).name for r in rows) == ["first.jpg", "second.jpg"]
+    assert all(r["status"] == "ok" for r in rows), rows
+    assert result["s"].exit_code == 0 and (out / "report.html").exists() and len(_csv(out)) == 2
+
+
+def test_watch_cli_stops_on_timeout(tiny_bundle: Path, tmp_path: Path) -> None:
+    inbox = tmp_path / "inbox"
+    _good(inbox, 1)
+    rc = main(["watch", str(tiny_bundle), str(inbox), "--out", str(tmp_path / "out"), "--backend", "ort-cpu",
+               "--settle-ms", "50", "--poll", "0.05", "--timeout", "1"])
+    assert rc == 0 and len(_csv(tmp_path / "out")) == 1
+
+
+def test_info_verify_and_tampered_bundle(tiny_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["info", str(tiny_bundle)]) == 0
+    out = capsys.readouterr().out
+    assert "model.int8.onnx" in out and "int8-qdq-u8" in out and "ort-cpu" in out and "tensorrt" in out
+    assert main(["info", str(tiny_bundle), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["manifest"]["model_name"] == "tiny"
+    assert main(["verify", str(tiny_bundle)]) == 0
+    bad = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, bad)
+    with open(bad / "model.int8.onnx", "r+b") as fh:
+        fh.seek(100)
+        fh.write(b"\x00\x01\x02")
+    capsys.readouterr()
+    assert main(["verify", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "model.int8.onnx" in err and "sha256" in err and err.count("\n") == 1
+    # run refuses a tampered bundle too
+    assert main(["run", str(bad), str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+
+
+def test_bench_writes_table_and_json(tiny_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    js = tmp_path / "bench.json"
+    rc = main(["bench", str(tiny_bundle), "--backend", "ort-cpu", "--precision", "fp32,int8", "--batch", "1,2",
+               "--iters", "3", "--warmup", "1", "--e2e-images", "8", "--json", str(js)])
+    assert rc == 0
+    res = json.loads(js.read_text())
+    cases = {(c["precision"], c["batch"]) for c in res["cases"]}
+    assert cases == {("fp32", 1), ("fp32", 2), ("int8-qdq-u8", 1), ("int8-qdq-u8", 2)}
+    for c in res["cases"]:
+        assert 0 < c["p50_ms"] <= c["p90_ms"] <= c["p99_ms"] and c["throughput_ips"] > 0
+    assert res["preprocess"]["p50_ms"] > 0 and len(res["e2e"]) == 2
+    assert all(e["images"] == 8 and e["ratio"] > 0 for e in res["e2e"])
+    assert "p50 ms" in capsys.readouterr().out
