@@ -1,0 +1,73 @@
+"""The HTML report: urgency order, self-contained, renders in headless Chromium with one row per image."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tinybundle import fundus_jpeg, make_bad_zoo, tiny_bundle  # noqa: F401 - session fixture
+from uopsl.runtime.api import Screener
+from uopsl.runtime.bundle import read_manifest
+from uopsl.runtime.report import render_report, urgency_key
+
+CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
+
+
+def _row(i: int, status: str, refer: bool | None, npdr: float | None) -> dict:
+    probs = {} if npdr is None else {"normal": 0.5, "npdr": npdr, "dme": 0.1}
+    return {"id": f"r{i}", "source": f"/x/r{i}.jpg", "key": f"k{i}", "status": status, "refer": refer,
+            "probs": probs, "positive": ["npdr"] if refer else [], "reasons": [], "error": ""}
+
+
+def test_urgency_order_referable_then_ungradable_then_by_probability(tiny_bundle: Path) -> None:
+    m = read_manifest(tiny_bundle)
+    rows = [_row(0, "ok", False, 0.30), _row(1, "ok", True, 0.70), _row(2, "ungradable", None, None),
+            _row(3, "ok", True, 0.95), _row(4, "error", None, None), _row(5, "ok", False, 0.45)]
+    referable = [c.name for c in m.classes if c.referable]
+    order = [r["id"] for r in sorted(rows, key=lambda r: urgency_key(r, referable))]
+    assert order[:2] == ["r3", "r1"] and set(order[2:4]) == {"r2", "r4"} and order[4:] == ["r5", "r0"]
+    page = render_report(rows, "/nonexistent", m)
+    assert [int(x) for x in re.findall(r"/x/r(\d)\.jpg", page)] == [int(i[1:]) for i in order]
+
+
+@pytest.fixture(scope="module")
+def report_dir(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("report")
+    good = [fundus_jpeg(root / "in" / f"g{i}.jpg", seed=i) for i in range(5)]
+    zoo = make_bad_zoo(root / "in" / "bad")
+    with Screener(tiny_bundle, "ort-cpu", threads=1) as s:
+        s.screen_to(root / "out", [*good, *(p for p, _ in zoo.values())], overlays=True)
+    return root / "out"
+
+
+def test_report_is_self_contained(report_dir: Path) -> None:
+    page = (report_dir / "report.html").read_text(encoding="utf-8")
+    srcs = re.findall(r'src="([^"]*)"', page)
+    assert srcs and all(s.startswith("data:image/jpeg;base64,") for s in srcs)
+    assert "<link" not in page and "<script" not in page and "@media print" in page
+    assert page.count("<tr class='result") == 15  # 5 good + 10 zoo entries
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (apt-get install -y chromium)")
+def test_report_renders_in_headless_chromium(report_dir: Path, tmp_path: Path) -> None:
+    url = (report_dir / "report.html").as_uri()
+    common = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+              f"--user-data-dir={tmp_path / 'profile'}"]
+    shot = tmp_path / "report.png"
+    subprocess.run([*common, f"--screenshot={shot}", "--window-size=1280,2000", url],
+                   check=True, capture_output=True, timeout=120)
+    assert shot.is_file() and shot.stat().st_size > 10_000
+    import cv2
+
+    img = cv2.imread(str(shot))
+    assert img is not None and img.shape[:2] == (2000, 1280) and img.std() > 10  # not a blank page
+    dom = subprocess.run([*common, "--dump-dom", url], check=True, capture_output=True, timeout=120, text=True).stdout
+    rows = re.findall(r'<tr class="result [^"]*" data-status="(\w+)"', dom)
+    assert len(rows) == 15
+    assert rows.count("error") == 6 and rows.count("ungradable") == 2 and rows.count("ok") == 7
+    # Images decoded by the browser: every <img> in the DOM carries a data URI.
+    assert dom.count('<img alt="thumbnail"') == 9  # all that decoded (6 errors have none)

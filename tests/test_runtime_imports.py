@@ -1,0 +1,51 @@
+"""``uopsl.runtime`` never imports torch or onnx (not even transitively) and stays Python 3.10 compatible."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tinybundle import fundus_jpeg, tiny_bundle  # noqa: F401 - session fixture
+
+RUNTIME = Path(__file__).resolve().parents[1] / "runtime"
+
+_SCRIPT = r"""
+import importlib, pkgutil, sys
+import uopsl.runtime as rt
+skip = {"uopsl.runtime.backends.tensorrt"}  # imports tensorrt at module level on purpose where present
+for m in pkgutil.walk_packages(rt.__path__, "uopsl.runtime."):
+    if m.name not in skip:
+        importlib.import_module(m.name)
+from uopsl.runtime.api import Screener
+from uopsl.runtime.cli import main
+bundle, image, out = sys.argv[1:4]
+with Screener(bundle, "auto") as s:
+    r = s.screen(image)
+    assert r.status == "ok", r
+    s.screen_to(out, [image], overlays=True)
+assert main(["info", bundle]) == 0
+bad = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "onnx", "torchvision", "timm"))
+print("FORBIDDEN:" + ",".join(bad))
+"""
+
+
+def test_runtime_never_imports_torch_or_onnx(tiny_bundle: Path, tmp_path: Path) -> None:
+    image = fundus_jpeg(tmp_path / "a.jpg")
+    proc = subprocess.run([sys.executable, "-c", _SCRIPT, str(tiny_bundle), str(image), str(tmp_path / "out")],
+                          capture_output=True, text=True, timeout=300,
+                          env={"UOPSL_CACHE_DIR": str(tmp_path / "cache"), "PATH": "/usr/bin:/bin",
+                               "HOME": str(tmp_path)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("FORBIDDEN:"))
+    assert line == "FORBIDDEN:", f"uopsl.runtime pulled in {line[10:]}"
+
+
+@pytest.mark.skipif(shutil.which("vermin") is None, reason="vermin not installed (pip install vermin)")
+def test_runtime_is_python_310_compatible() -> None:
+    proc = subprocess.run(["vermin", "-t=3.10-", "--no-tips", "--violations", str(RUNTIME)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
