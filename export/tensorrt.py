@@ -338,7 +338,7 @@ def build_engine(
                 f"TensorRT {api.version_text} cannot parse {onnx_path.name}: {len(errors)} error(s): "
                 + " | ".join(errors)
             )
-        input_name, sample_shape, input_dtype = _input_of(network, config, nptype(trt, network.get_input(0).dtype))
+        input_name, sample_shape, input_dtype = _input_of(trt, network, config)
         bconfig: tensorrt.IBuilderConfig = builder.create_builder_config()
         set_workspace(trt, api, bconfig, config.workspace_bytes)
         for name in plan.set_flags:
@@ -411,9 +411,9 @@ def _flag(trt: Any, api: TrtApi, name: str) -> Any:
     return flag
 
 
-def _input_of(network: tensorrt.INetworkDefinition, config: EngineBuildConfig,
-              dtype: np.dtype) -> tuple[str, tuple[int, ...], np.dtype]:
-    """Name and per-sample shape of the single network input; the batch axis must fit the profile."""
+def _input_of(trt: Any, network: tensorrt.INetworkDefinition,
+              config: EngineBuildConfig) -> tuple[str, tuple[int, ...], np.dtype]:
+    """Name, per-sample shape and dtype of the single network input; the batch axis must fit the profile."""
     if network.num_inputs != 1:
         names = [network.get_input(i).name for i in range(network.num_inputs)]
         raise ConfigError(f"a uopsl model has one input (a uint8 NHWC image batch); this ONNX has {names}")
@@ -428,7 +428,7 @@ def _input_of(network: tensorrt.INetworkDefinition, config: EngineBuildConfig,
     if shape[0] >= 0 and not config.min_batch == config.max_batch == shape[0]:
         raise ConfigError(f"input '{tensor.name}' has a fixed batch of {shape[0]}; re-export the ONNX with a dynamic "
                           f"batch or build with --min-batch/--opt-batch/--max-batch {shape[0]}")
-    return str(tensor.name), sample, dtype
+    return str(tensor.name), sample, nptype(trt, tensor.dtype)
 
 
 def _use_dla(trt: Any, builder: tensorrt.Builder, bconfig: tensorrt.IBuilderConfig, core: int) -> None:
@@ -475,6 +475,10 @@ def _legacy_calibrator(trt: Any, api: TrtApi, cuda: CudaApi, mode: str, calibrat
         else:
             assert calibration.cache_file is not None  # has_cache checked by plan_build
             parsed = trt_cache.read_cache(calibration.cache_file)
+            if parsed.version != trt_cache.version_int(api.version_text):
+                log.warning("calibration cache %s was written for TensorRT %d, this is %s (tag %d); TensorRT may "
+                            "refuse it", calibration.cache_file, parsed.version, api.version_text,
+                            trt_cache.version_int(api.version_text))
             _report_cache_coverage({k: v * trt_cache.INT8_MAX for k, v in parsed.scales.items()}, network)
             cache = Path(calibration.cache_file).read_bytes()
             cache_out = None

@@ -488,7 +488,8 @@ class CudaPythonApi(CudaApi):
                 msg = text.decode() if isinstance(text, bytes) else str(text)
             except Exception:  # noqa: BLE001
                 pass
-            raise BackendError(f"CUDA {what} failed: {err} {msg}".rstrip())
+            code = f"{err.name}, {int(err)}" if hasattr(err, "name") else str(int(err))
+            raise BackendError(f"CUDA {what} failed ({code}): {msg or 'no description'}")
         if not rest:
             return None
         return rest[0] if len(rest) == 1 else rest

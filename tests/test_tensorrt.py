@@ -63,8 +63,9 @@ class FakeGpu:
         return ptr
 
 
-def fake_onnx(path: Path, *, qdq: bool = False, batch: int = -1, dtype: str = "uint8", bad: bool = False) -> Path:
-    spec = {"input": "image", "shape": [batch, H, W, 3], "dtype": dtype, "bad": bad}
+def fake_onnx(path: Path, *, qdq: bool = False, batch: int = -1, dtype: str = "uint8", bad: bool = False,
+              size: int = H) -> Path:
+    spec = {"input": "image", "shape": [batch, size, size, 3], "dtype": dtype, "bad": bad}
     body = json.dumps(spec).encode() + (b" QuantizeLinear DequantizeLinear" if qdq else b"")
     path.write_bytes(FAKE_ONNX_MAGIC + body)
     return path
@@ -317,8 +318,9 @@ def fake_trt(version: str, gpu: FakeGpu | None = None, *, dla_cores: int = 0, bu
             n = self.batch
             e = self.engine
             in_dtype = np.dtype(e.plan["dtype"].lower().replace("float", "float32"))
-            x = gpu.mem[self.addresses["image"]][: n * H * W * 3 * in_dtype.itemsize].view(in_dtype)
-            x = x.reshape(n, H, W, 3).astype(np.float32)
+            sample = tuple(e.plan["sample"])
+            x = gpu.mem[self.addresses["image"]][: n * int(np.prod(sample)) * in_dtype.itemsize].view(in_dtype)
+            x = x.reshape(n, *sample).astype(np.float32)
             mean = x.mean(axis=(1, 2, 3)) / 255.0  # the fake model: probs[:, k] = mean brightness * (k + 1) / K
             probs = (mean[:, None] * (np.arange(K) + 1) / K).astype(np.float32)
             outs = {"probs": probs, "logits": (probs * 10).astype(np.float32),
@@ -630,7 +632,7 @@ def test_cuda_python_adapter_unpacks_tuples_and_reports_errors() -> None:
     assert rt.copies[-1] == (0xD000, buf.handle, 16, 1)
     assert cuda.event_elapsed_ms(None, None) == 0.25
     rt.fail_malloc = True
-    with pytest.raises(BackendError, match="cudaMalloc failed: 2 out of memory"):
+    with pytest.raises(BackendError, match=r"cudaMalloc failed \(2\): out of memory"):
         cuda.malloc(100)
 
 
@@ -832,6 +834,20 @@ def test_build_int8_legacy_calibrator_feeds_batches(monkeypatch: pytest.MonkeyPa
     assert isinstance(trt.calls["configs"][0].int8_calibrator, trt.IInt8MinMaxCalibrator)
 
 
+def test_build_int8_legacy_cache_from_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, gpu: FakeGpu,
+                                           caplog: pytest.LogCaptureFixture) -> None:
+    from uopsl.calibration import trt_cache
+
+    trt = install(monkeypatch, "10.3.0", gpu)
+    cache = trt_cache.write_cache(tmp_path / "old.cache", {"image": 255.0}, "8.6.1")
+    cal = LegacyCalibration(cache_file=str(cache), batch_size=2)
+    build_engine(fake_onnx(tmp_path / "m.onnx"), tmp_path / "e.engine",
+                 EngineBuildConfig(precision="int8", int8_mode="legacy-cache"), cal, cuda=FakeCuda(gpu))
+    assert trt.calls["calibration"] == [("cache", cache.read_bytes())]  # handed to TensorRT as written
+    assert any("written for TensorRT 8601" in r.getMessage() for r in caplog.records)
+    assert any("deprecated since TensorRT 10.1" in r.getMessage() for r in caplog.records)
+
+
 def test_parser_errors_are_all_listed(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, gpu: FakeGpu) -> None:
     install(monkeypatch, "10.3.0", gpu)
     onnx = fake_onnx(tmp_path / "broken.onnx", bad=True)
@@ -926,11 +942,23 @@ def test_backend_runs_batches(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, g
             np.testing.assert_allclose(out["probs"], expected_probs(batch), rtol=1e-6)
             np.testing.assert_allclose(out["logits"], out["probs"] * 10, rtol=1e-6)
         assert trt.calls["execute"] == (api_name, 77)
-        t = backend.last_timings
-        assert t["chunks"] == 3 and t["batch"] == 10
-        assert t["h2d_ms"] == t["compute_ms"] == t["d2h_ms"] == pytest.approx(4.5)  # 3 chunks x 1.5 ms
+        assert backend.last_chunks == 3
+        assert backend.last_timings == {"h2d": 4.5, "compute": 4.5, "d2h": 4.5}  # 3 chunks x 1.5 ms each
         assert "TensorRT " + version in backend.describe()
     assert gpu.mem == {} and cuda.host == [] and cuda.streams == 0 and cuda.active == 0  # all released
+
+
+def test_bench_reports_transfer_and_compute_columns(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                     gpu: FakeGpu) -> None:
+    """uopsl-screen bench turns last_timings into per-part p50 columns."""
+    from uopsl.runtime.bench import time_backend
+
+    _, path = build_fake_engine(monkeypatch, tmp_path, gpu, "10.3.0")
+    images = np.zeros((4, H, W, 3), np.uint8)
+    with TensorRTBackend(path, cuda=FakeCuda(gpu)) as backend:
+        rows = time_backend(backend, (1, 4), iters=2, warmup=1, images=images)
+    assert [r["batch"] for r in rows] == [1, 4]
+    assert all(r["h2d_p50_ms"] == r["compute_p50_ms"] == r["d2h_p50_ms"] == 1.5 for r in rows)
 
 
 def test_backend_reject_mode_and_input_checks(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, gpu: FakeGpu) -> None:
@@ -1013,16 +1041,16 @@ def test_check_compatible_probes_the_running_machine(monkeypatch: pytest.MonkeyP
 
 
 # -- the CLI ----------------------------------------------------------------------------------
-def _bundle(tmp_path: Path, with_qdq: bool = False, table: bool = False) -> Path:
+def _bundle(tmp_path: Path, with_qdq: bool = False, table: bool = False, size: int = H) -> Path:
     from uopsl.runtime.bundle import ClassSpec, FileEntry, Manifest, describe_file, write_manifest
     from uopsl.runtime.preprocess import PreprocessConfig
 
     root = tmp_path / "bundle"
     root.mkdir()
-    fake_onnx(root / "model.onnx")
+    fake_onnx(root / "model.onnx", size=size)
     files = [FileEntry("model.onnx", "onnx", "fp32")]
     if with_qdq:
-        fake_onnx(root / "model.int8.onnx", qdq=True)
+        fake_onnx(root / "model.int8.onnx", qdq=True, size=size)
         files.append(FileEntry("model.int8.onnx", "onnx", "int8-qdq-s8"))
     if table:
         from uopsl.calibration.table import CalibrationTable
@@ -1032,7 +1060,7 @@ def _bundle(tmp_path: Path, with_qdq: bool = False, table: bool = False) -> Path
                          model_sha256=sha256_file(root / "model.onnx"), set_fingerprint="f" * 64,
                          num_images=4).save(root / "calibration.json")
     m = Manifest(classes=(ClassSpec("normal"), ClassSpec("dr", referable=True)), head="sigmoid",
-                 preprocess=PreprocessConfig(size=64), files=tuple(describe_file(root, f) for f in files))
+                 preprocess=PreprocessConfig(size=max(size, 32)), files=tuple(describe_file(root, f) for f in files))
     write_manifest(root, m)
     return root
 
@@ -1079,6 +1107,27 @@ def test_cli_build_engine_updates_manifest(monkeypatch: pytest.MonkeyPatch, tmp_
     rc, _, err = _cli(["build-engine", str(bundle), "--precision", "int8", "--no-timing-cache"], capsys)
     assert rc == 0, err
     assert [f.path for f in read_manifest(bundle).files].count("model.int8.engine") == 1
+
+
+def test_cli_legacy_calibrator_from_a_calibration_set(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                      gpu: FakeGpu, capsys: pytest.CaptureFixture[str]) -> None:
+    """8.x, no table, --calib-images: calibration images come through uopsl.calibration.dataset."""
+    from uopsl.calibration.dataset import CalibrationSet
+    from uopsl.runtime.bundle import read_manifest
+
+    trt = install(monkeypatch, "8.5.2", gpu)
+    monkeypatch.setattr(trt_compat, "load_cuda", lambda purpose: FakeCuda(gpu))
+    bundle = _bundle(tmp_path, size=32)
+    images = np.random.default_rng(3).integers(0, 255, (5, 32, 32, 3), dtype=np.uint8)
+    npz = CalibrationSet.from_images(images, read_manifest(bundle).preprocess).save(tmp_path / "set.npz")
+    rc, out, err = _cli(["build-engine", str(bundle), "--precision", "int8", "--calib-images", str(npz),
+                         "--calib-batch", "2", "--calib-cache", str(tmp_path / "calib.cache"), "--no-timing-cache"],
+                        capsys)
+    assert rc == 0, err
+    assert "int8 (legacy-calibrator)" in out
+    assert [c[0] for c in trt.calls["calibration"]] == ["cache", "batch", "batch"]  # 5 images: 2 + 2, 1 dropped
+    assert (tmp_path / "calib.cache").is_file()
+    assert read_manifest(bundle).file("model.int8.engine").info["source_onnx"] == "model.onnx"
 
 
 def test_cli_errors_are_one_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, gpu: FakeGpu,
