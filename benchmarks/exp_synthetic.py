@@ -1,0 +1,197 @@
+"""Synthetic-data experiments of the training issue: ablations, site maps, zero-shot, few-shot.
+
+Reproduce (2 CPU cores, ~20-40 min):
+
+    python benchmarks/exp_synthetic.py --out runs/synthetic --seed 0
+
+Protocol (all fixed by --seed):
+* data: ``uopsl.train.synthetic`` at --size px. Train pool: --n-train fundus +
+  --n-oct OCT images of the seen classes (normal, dr, dme, amd, glaucoma);
+  validation --n-val fundus; test --n-test fundus (seen classes, with site
+  masks); zero-shot test --n-test fundus drawn with the unseen classes too
+  (rp, macular_hole). Each pool has its own generator seed.
+* model: EfficientNet-Lite0 with ImageNet weights, frozen (features cached
+  once and shared by every run), d=256, S=4 sites, sigmoid head.
+* ablations: ``fundus_only`` (no OCT, no P), ``p_only`` (P, no OCT),
+  ``uopsl`` (P learned on OCT). Stage 1 then stage 2 for each.
+* few-shot: N in {5, 20} labelled fundus images per class, seeds 0..2; stage 1
+  sees the OCT pool (uopsl) plus the same N-shot fundus images, never more
+  labelled fundus images than stage 2.
+Outputs: OUT/results.json and a markdown table on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from uopsl.runtime.fsio import write_json
+from uopsl.runtime.metrics import per_class_auc
+from uopsl.runtime.preprocess import PreprocessConfig, preprocess_file
+from uopsl.train import data
+from uopsl.train.evaluate import mask_to_grid, site_concentration
+from uopsl.train.loops import TrainConfig
+from uopsl.train.stages import FeatureDataset, finetune, pretrain
+from uopsl.train.synthetic import SEEN_CLASSES, UNSEEN_CLASSES, SynthConfig, make_dataset
+from uopsl.train.torchdata import ImageDataset, Item
+from uopsl.train.workflow import new_model
+
+log = logging.getLogger("exp_synthetic")
+CLASSES = ("normal",) + SEEN_CLASSES
+ALL = CLASSES + UNSEEN_CLASSES
+
+
+def pool(out: Path, name: str, n_fundus: int, n_oct: int, seed: int, size: int, unseen: bool) -> data.DatasetSource:
+    classes = SEEN_CLASSES + (UNSEEN_CLASSES if unseen else ())
+    folder = make_dataset(out / name, n_fundus, n_oct, SynthConfig(size=size, seed=seed, classes=classes), progress=False)
+    return data.read_synthetic(folder)
+
+
+def items(src: data.DatasetSource, names: tuple[str, ...], modality: str) -> list[Item]:
+    space = data.LabelSpace(names)
+    return [Item(s.path, space.encode(s.labels, strict=False), s.patient or "") for s in src.samples if s.modality == modality]
+
+
+def features(encoder: torch.nn.Module, its: list[Item], pre: PreprocessConfig, cache: Path) -> FeatureDataset:
+    return FeatureDataset.compute(encoder, ImageDataset(its, pre, cache), torch.device("cpu"))
+
+
+def probs_of(model, fds: FeatureDataset, use_sites: bool = True) -> tuple[np.ndarray, np.ndarray]:  # type: ignore[no-untyped-def]
+    model.eval()
+    p, m = [], []
+    with torch.no_grad():
+        for i in range(0, len(fds), 64):
+            o = model.forward_features(fds.features[i : i + 64].float(), use_sites)
+            p.append(model.probs(o["logits"]).numpy())
+            m.append(o["site_maps"].numpy())
+    return np.concatenate(p), np.concatenate(m)
+
+
+def macro_auc(y: np.ndarray, p: np.ndarray) -> float:
+    a = per_class_auc(y, p)
+    return float(np.nanmean(a))
+
+
+def train_variant(variant: str, fund: FeatureDataset, octf: FeatureDataset | None, val: FeatureDataset, out: Path,
+                  seed: int, epochs: int, size: int, base_model=None) -> object:  # type: ignore[no-untyped-def]
+    model, meta = new_model(CLASSES, variant=variant, size=size)
+    if base_model is not None:
+        model.fundus.encoder.load_state_dict(base_model.fundus.encoder.state_dict())
+    torch.manual_seed(seed)
+    cfg = TrainConfig(epochs=epochs, batch_size=32, lr=2e-3, seed=seed, freeze_encoder=True, augment=False, save_every=0)
+    pretrain(model, fund, octf if variant == "uopsl" else None, cfg, out / "pretrain", meta)
+    model, _ = finetune(model, fund, val, cfg, out / "finetune", meta,
+                        select=lambda p, y: macro_auc(y, p))
+    return model
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", type=Path, default=Path("runs/synthetic"))
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--size", type=int, default=256)
+    ap.add_argument("--n-train", type=int, default=500)
+    ap.add_argument("--n-oct", type=int, default=300)
+    ap.add_argument("--n-val", type=int, default=150)
+    ap.add_argument("--n-test", type=int, default=300)
+    ap.add_argument("--epochs", type=int, default=15)
+    ap.add_argument("--shots", default="5,20")
+    ap.add_argument("--shot-seeds", type=int, default=3)
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    t0 = time.time()
+    out, s = args.out, args.seed
+    pre = PreprocessConfig(size=args.size)
+    train_src = pool(out / "data", "train", args.n_train, args.n_oct, 1000 + s, 384, False)
+    val_src = pool(out / "data", "val", args.n_val, 0, 2000 + s, 384, False)
+    test_src = pool(out / "data", "test", args.n_test, 0, 3000 + s, 384, False)
+    zs_src = pool(out / "data", "zeroshot", args.n_test, 0, 4000 + s, 384, True)
+
+    ref_model, _ = new_model(CLASSES, size=args.size)
+    enc, oenc = ref_model.fundus.encoder, ref_model.oct.encoder  # type: ignore[union-attr]
+    cache = out / "cache"
+    ftr = features(enc, items(train_src, CLASSES, "fundus"), pre, cache)
+    foct = features(oenc, items(train_src, CLASSES, "oct"), pre, cache)
+    fval = features(enc, items(val_src, CLASSES, "fundus"), pre, cache)
+    test_items = items(test_src, CLASSES, "fundus")
+    ftest = features(enc, test_items, pre, cache)
+    fzs = features(enc, items(zs_src, ALL, "fundus"), pre, cache)
+    res: dict[str, object] = {"args": {k: str(v) for k, v in vars(args).items()}, "ablations": {}}
+    log.warning("features ready after %.0f s", time.time() - t0)
+
+    models = {}
+    for variant in ("fundus_only", "p_only", "uopsl"):
+        m = train_variant(variant, ftr, foct, fval, out / variant, s, args.epochs, args.size, ref_model)
+        models[variant] = m
+        p, maps = probs_of(m, ftest)
+        aucs = per_class_auc(ftest.targets, p)
+        entry = {"macro_auc": float(np.nanmean(aucs)), "auc": dict(zip(CLASSES, map(float, aucs)))}
+        if variant != "fundus_only":
+            entry["site_concentration"] = concentration(maps, test_src, test_items, pre)
+        res["ablations"][variant] = entry  # type: ignore[index]
+        log.warning("%s: %s (%.0f s)", variant, entry, time.time() - t0)
+
+    # zero-shot: unseen classes from their descriptions only
+    from uopsl.train import bank as banks
+
+    zbank = banks.build(ALL, seen=CLASSES)
+    zs = {}
+    for variant in ("p_only", "uopsl"):
+        zm = models[variant].with_classes(ALL, zbank.text, seen_names=CLASSES)  # type: ignore[attr-defined]
+        row = {}
+        for label, use in (("site_attention", True), ("no_site_attention", False)):
+            p, _ = probs_of(zm, fzs, use)
+            a = per_class_auc(fzs.targets, p)
+            row[label] = {c: float(a[ALL.index(c)]) for c in UNSEEN_CLASSES}
+        zs[variant] = row
+    res["zero_shot"] = zs
+    log.warning("zero-shot: %s", zs)
+
+    few: dict[str, dict[str, list[float]]] = {}
+    for n in [int(x) for x in args.shots.split(",")]:
+        for seed in range(args.shot_seeds):
+            idx = data.take_shots([x for x in train_src.samples if x.modality == "fundus"], n, seed=seed, classes=CLASSES)
+            sub = ftr.subset(np.asarray(idx))
+            for variant in ("fundus_only", "uopsl"):
+                m = train_variant(variant, sub, foct, fval, out / f"fewshot{n}" / f"{variant}_s{seed}", seed,
+                                  args.epochs, args.size, ref_model)
+                p, _ = probs_of(m, ftest)
+                few.setdefault(f"{n}-shot", {}).setdefault(variant, []).append(macro_auc(ftest.targets, p))
+        log.warning("few-shot %d: %s", n, few[f"{n}-shot"])
+    res["few_shot"] = {k: {v: {"runs": r, "mean": float(np.mean(r)), "std": float(np.std(r))} for v, r in d.items()}
+                       for k, d in few.items()}
+    res["seconds"] = round(time.time() - t0)
+    write_json(out / "results.json", res)
+    print(json.dumps(res, indent=1))
+
+
+def concentration(maps: np.ndarray, src: data.DatasetSource, its: list[Item], pre: PreprocessConfig) -> dict[str, float]:
+    """Per seen disease class: mean ratio of site-attention mass in the true mask to the mask's area fraction."""
+    by_path = {s.path: s for s in src.samples}
+    ratios: dict[str, list[float]] = {c: [] for c in SEEN_CLASSES}
+    for i, it in enumerate(its):
+        smp = by_path[it.path]
+        mfile = smp.extra.get("masks")
+        if not mfile:
+            continue
+        geom = preprocess_file(it.path, pre).geometry
+        with np.load(mfile) as z:
+            for c in SEEN_CLASSES:
+                if c in z.files and it.target[CLASSES.index(c)] > 0:
+                    k = CLASSES.index(c)
+                    cover = mask_to_grid(z[c], geom, maps.shape[2], maps.shape[3])
+                    r = site_concentration(maps[i, k], cover)
+                    if np.isfinite(r):
+                        ratios[c].append(r)
+    return {c: float(np.mean(v)) if v else float("nan") for c, v in ratios.items()}
+
+
+if __name__ == "__main__":
+    main()
