@@ -3,23 +3,24 @@
 Supported TensorRT versions and what differs between them (NVIDIA's migration
 guides 8.x -> 10.x and 10.x -> 11.x):
 
-============================  =============  ==============  ==============
-                              8.5 / 8.6      10.x            11.x
-============================  =============  ==============  ==============
-network creation flag         EXPLICIT_BATCH (none; EXPLICIT_BATCH is ignored)
-STRONGLY_TYPED flag           absent         opt-in          always on (flag ignored)
-BuilderFlag.FP16 / INT8       yes            yes             removed
-implicit INT8 (calibrators)   yes            deprecated      removed (Q/DQ only)
-builder_optimization_level    8.6 only       yes             yes
-VERSION_COMPATIBLE flag       8.6 only       yes             yes
-workspace limit               set_memory_pool_limit (8.4+); max_workspace_size before
-engine I/O at run time        bindings,      tensor names,   tensor names,
-                              execute_async_v2  execute_async_v3
-============================  =============  ==============  ==============
+=============================  ================  ================  =========================
+                               8.5 / 8.6         10.x              11.x
+=============================  ================  ================  =========================
+network creation flag          EXPLICIT_BATCH    none (ignored)    none
+STRONGLY_TYPED flag            absent            opt-in            always on (flag ignored)
+BuilderFlag.FP16 / INT8        yes               yes               removed
+implicit INT8 (calibrators)    yes               deprecated        removed (Q/DQ only)
+builder_optimization_level     8.6 only          yes               yes
+VERSION_COMPATIBLE flag        8.6 only          yes               yes
+workspace limit                memory pool API   memory pool API   memory pool API
+engine I/O at run time         bindings, v2      tensor names, v3  tensor names, v3
+=============================  ================  ================  =========================
 
-TensorRT 8.5 and 8.6 also have the name-based I/O API; this toolkit still runs
-them through bindings (``execute_async_v2``), the path JetPack 5 was validated
-with, and uses names from 9.x on, where bindings are deprecated and then removed.
+(memory pool API: ``set_memory_pool_limit``, 8.4+; ``max_workspace_size`` before.
+v2/v3: ``execute_async_v2`` / ``execute_async_v3``.) TensorRT 8.5 and 8.6 also
+have the name-based I/O API (added in 8.5); this toolkit runs every 8.x through
+bindings, which all 8.x releases share, and uses tensor names from 9.x on, where
+bindings are deprecated (removed in 10.0).
 
 :func:`api_for` reads a ``tensorrt`` module (a real one, or a fake in tests)
 into a :class:`TrtApi` of capabilities; the builder
