@@ -51,11 +51,21 @@ def project_probe(h: EngineHeader) -> int:
 '''
 
 
+def _cache_dir(request: pytest.FixtureRequest, name: str) -> Path:
+    """pytest's cache folder, or the user cache folder when the cache plugin is off (-p no:cacheprovider)."""
+    cache = getattr(request.config, "cache", None)
+    if cache is not None:
+        return Path(cache.mkdir(name))
+    base = Path(os.environ.get("UOPSL_CACHE_DIR") or Path.home() / ".cache" / "uopsl")
+    (base / name).mkdir(parents=True, exist_ok=True)
+    return base / name
+
+
 @pytest.fixture(scope="module")
 def stubs(request: pytest.FixtureRequest) -> Path:
     if not STUBS_SCRIPT.is_file():
         pytest.skip(f"{STUBS_SCRIPT} not found (the shared tools folder is not next to the repository)")
-    cache = Path(request.config.cache.mkdir("trt-stubs-10.13"))
+    cache = _cache_dir(request, "trt-stubs-10.13")
     if not (cache / "tensorrt" / "__init__.pyi").is_file():
         proc = subprocess.run(["bash", str(STUBS_SCRIPT), str(cache)], capture_output=True, text=True, timeout=300)
         if proc.returncode != 0 or not (cache / "tensorrt" / "__init__.pyi").is_file():
@@ -72,7 +82,7 @@ def test_tensorrt_modules_typecheck(stubs: Path, tmp_path: Path, request: pytest
     (view / "trt_probe.py").write_text(PROBE)
     env = {**os.environ, "MYPYPATH": f"{stubs}{os.pathsep}{view}"}
     cmd = [sys.executable, "-m", "mypy", "--config-file", str(REPO / "pyproject.toml"),
-           "--cache-dir", str(request.config.cache.mkdir("mypy-trt")), "--no-error-summary",
+           "--cache-dir", str(_cache_dir(request, "mypy-trt")), "--no-error-summary",
            "--show-absolute-path", "--hide-error-context"]
     for m in (*MODULES, "trt_probe"):
         cmd += ["-m", m]
