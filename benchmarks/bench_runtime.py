@@ -1,0 +1,258 @@
+"""Runtime benchmark: every backend and precision side by side on a ResNet-18 bundle, on this machine.
+
+What it measures (issue 5, "Done when"):
+
+* batch-1 latency p50/p90/p99 and batch-8 throughput for ORT FP32, ORT INT8
+  (QDQ u8), OpenVINO FP32 and OpenVINO INT8, in one process, one after another;
+* which backend ``auto`` picks and its batch-1 latency against ORT FP32 (goal <= 0.6x);
+* end-to-end throughput (read + decode + preprocess + quality gate + batched
+  inference + decision) on real TVHL JPEGs at batch 8 against pure inference
+  throughput at batch 8 (goal >= 80 %);
+* INT8 vs FP32 agreement on the real photographs (max |dp|, decision agreement);
+* resident memory while screening N synthetic photographs with ORT CPU FP32
+  (``--memory-images``; goal: flat within 50 MB, <= 400 MB).
+
+The bundle is a torchvision ResNet-18 (random weights, seed 0: speed does not
+depend on the weights) wrapped to the deployed-model contract (uint8 NHWC in;
+probs, logits, site_maps out; normalisation inside the graph); the INT8 file is
+made with ONNX Runtime's static QDQ quantizer (u8 activations, s8 per-channel
+weights) calibrated on 32 preprocessed TVHL photographs, until
+``uopsl.export.quantize`` is wired in here.
+
+Usage::
+
+    python benchmarks/bench_runtime.py --size 224 --out benchmarks/results/runtime_224.json
+    python benchmarks/bench_runtime.py --size 224 --memory-images 5000 --skip-latency
+
+Torch and onnx are used only to build the bundle; the timed code is the runtime's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+TVHL = REPO.parent / "shared" / "data" / "tvhl"
+CLASSES = (("normal", False), ("npdr", True), ("dme", True))
+
+log = logging.getLogger("bench_runtime")
+
+
+# -- bundle -----------------------------------------------------------------------------------
+def build_resnet18_bundle(root: Path, size: int, calib_images: list[Path]) -> Path:
+    """Write a ResNet-18 contract bundle (FP32 + INT8 QDQ u8) at ``root``; reuse it if present."""
+    from uopsl.runtime.bundle import ClassSpec, FileEntry, Manifest, describe_file, read_manifest, write_manifest
+    from uopsl.runtime.preprocess import PreprocessConfig, preprocess_file
+
+    if (root / "manifest.json").exists():
+        m = read_manifest(root)
+        if m.preprocess.size == size:
+            return root
+    import torch
+    import torchvision
+    from torch import nn
+
+    torch.manual_seed(0)
+
+    class Contract(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            net = torchvision.models.resnet18(weights=None, num_classes=len(CLASSES))
+            self.body = nn.Sequential(*list(net.children())[:-2])
+            self.fc = net.fc
+            self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1) * 255)
+            self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1) * 255)
+
+        def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            x = (image.permute(0, 3, 1, 2).float() - self.mean) / self.std
+            f = self.body(x)  # N, 512, h, w
+            logits = self.fc(f.mean(dim=(2, 3)))
+            cam = nn.functional.conv2d(f, self.fc.weight[:, :, None, None])  # N, K, h, w
+            n, k, h, w = cam.shape
+            maps = torch.softmax(cam.flatten(2), dim=2).reshape(n, k, h, w)
+            return torch.sigmoid(logits), logits, maps
+
+    model = Contract().eval()
+    root.mkdir(parents=True, exist_ok=True)
+    fp32 = root / "model.onnx"
+    torch.onnx.export(model, (torch.zeros(1, size, size, 3, dtype=torch.uint8),), str(fp32), input_names=["image"],
+                      output_names=["probs", "logits", "site_maps"], opset_version=17, dynamo=False,
+                      dynamic_axes={n: {0: "batch"} for n in ("image", "probs", "logits", "site_maps")})
+    cfg = PreprocessConfig(size=size)
+    calib = np.stack([preprocess_file(p, cfg).image for p in calib_images])
+    _quantize(fp32, root / "model.int8.onnx", calib)
+    hw = size // 32
+    files = (FileEntry("model.onnx", "onnx", "fp32"), FileEntry("model.int8.onnx", "onnx", "int8-qdq-u8"))
+    m = Manifest(
+        classes=tuple(ClassSpec(n, (n,), 0.5, r) for n, r in CLASSES), head="sigmoid", preprocess=cfg,
+        files=tuple(describe_file(root, f) for f in files), site_map_size=(hw, hw), model_name="resnet18-demo",
+        backbone="torchvision resnet18 (random weights, seed 0)", notes={"purpose": "runtime benchmark only"},
+    )
+    write_manifest(root, m)
+    return root
+
+
+def _quantize(fp32: Path, out: Path, calib: np.ndarray) -> None:
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.it = iter(calib[:, None])
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            x = next(self.it, None)
+            return None if x is None else {"image": x}
+
+    pre = out.with_suffix(".pre.onnx")
+    quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
+    quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                    nodes_to_exclude=[], extra_options={"ActivationSymmetric": False})
+    pre.unlink()
+
+
+# -- measurements ----------------------------------------------------------------------------
+def agreement(bundle: Path, images: list[Path], n: int = 200) -> dict[str, Any]:
+    """INT8 (OpenVINO, ORT) vs ORT FP32 on real photographs: max |dp| and decision agreement."""
+    from uopsl.runtime.backends import open_backend
+    from uopsl.runtime.bundle import read_manifest
+    from uopsl.runtime.preprocess import preprocess_file
+
+    m = read_manifest(bundle)
+    x = np.stack([preprocess_file(p, m.preprocess).image for p in images[:n]])
+    outs = {}
+    for name, prec in (("ort-cpu", "fp32"), ("ort-cpu", "int8"), ("openvino", "fp32"), ("openvino", "int8")):
+        with open_backend(bundle, name, prec, measure=False) as b:
+            outs[(name, prec)] = np.concatenate([b.infer(x[i : i + 8])["probs"] for i in range(0, len(x), 8)])
+    ref = outs[("ort-cpu", "fp32")]
+    _, ref_refer = m.decide(ref)
+    res = {}
+    for key, p in outs.items():
+        if key == ("ort-cpu", "fp32"):
+            continue
+        _, refer = m.decide(p)
+        res[f"{key[0]} {key[1]}"] = {"max_abs_dprob": round(float(np.abs(p - ref).max()), 5),
+                                      "refer_agreement": round(float((refer == ref_refer).mean()), 4), "images": len(x)}
+    return res
+
+
+def rss_mb() -> float:
+    with open("/proc/self/status", encoding="ascii") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
+    return float("nan")
+
+
+def memory_run(bundle: Path, n_images: int, workdir: Path, batch: int = 8) -> dict[str, Any]:
+    """Screen ``n_images`` synthetic photographs with ORT CPU FP32, sampling RSS; run in a fresh process."""
+    from uopsl.runtime.bench import synthetic_jpeg
+
+    folder = workdir / "synthetic"
+    folder.mkdir(parents=True, exist_ok=True)
+    have = len(list(folder.glob("*.jpg")))
+    for i in range(have, n_images):
+        (folder / f"syn{i:05d}.jpg").write_bytes(synthetic_jpeg(i))
+    code = f"""
+import json, sys, time
+sys.path.insert(0, {str(REPO / 'benchmarks')!r})
+from bench_runtime import rss_mb
+from uopsl.runtime.api import Screener
+samples = []
+t0 = time.perf_counter()
+def on_result(r, n=[0]):
+    n[0] += 1
+    if n[0] % 250 == 0:
+        samples.append((n[0], round(rss_mb(), 1)))
+start = rss_mb()
+with Screener({str(bundle)!r}, "ort-cpu", precision="fp32", batch_size={batch}) as s:
+    loaded = rss_mb()
+    summary = s.screen_to({str(workdir / 'out')!r}, [{str(folder)!r}], overlays=False, report=False,
+                          on_result=on_result, finalize=False)
+import resource
+print(json.dumps({{"rss_start_mb": round(start, 1), "rss_after_load_mb": round(loaded, 1), "samples": samples,
+                  "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+                  "seconds": round(time.perf_counter() - t0, 1), "counts": summary.counts}}))
+"""
+    out = workdir / "out"
+    if out.exists():
+        import shutil
+
+        shutil.rmtree(out)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    steady = [mb for n, mb in res["samples"] if n >= 500]
+    res["steady_growth_mb"] = round(max(steady) - min(steady), 1) if steady else None
+    res["images"] = n_images
+    return res
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "uopsl_bench")
+    ap.add_argument("--iters", type=int, default=100)
+    ap.add_argument("--warmup", type=int, default=10)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--e2e-images", type=int, default=400)
+    ap.add_argument("--memory-images", type=int, default=0, help="also run the resident-memory test on this many")
+    ap.add_argument("--skip-latency", action="store_true")
+    ap.add_argument("--out", type=Path, default=None, help="write all figures as JSON here")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+    fundus = sorted((TVHL / "fundus").glob("*.jpg"))
+    if not fundus:
+        print(f"no TVHL photographs under {TVHL}; they are needed for calibration and end-to-end timing",
+              file=sys.stderr)
+        return 2
+    rng = np.random.default_rng(0)
+    calib = [fundus[i] for i in rng.choice(len(fundus), 32, replace=False)]
+    bundle = build_resnet18_bundle(args.work / f"resnet18_{args.size}", args.size, calib)
+    result: dict[str, Any] = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "bundle": str(bundle)}
+
+    if not args.skip_latency:
+        from uopsl.runtime.backends import select_backend
+        from uopsl.runtime.bench import BenchConfig, format_table, run_bench
+
+        os.environ["UOPSL_CACHE_DIR"] = str(args.work / "cache")  # auto measures afresh for this bundle
+        cfg = BenchConfig(batches=(1, 8), iters=args.iters, warmup=args.warmup, threads=args.threads,
+                          e2e=True, e2e_images=args.e2e_images)
+        t0 = time.time()
+        bench = run_bench(bundle, "ort-cpu,openvino", "fp32,int8", cfg, images=TVHL / "fundus")
+        sel = select_backend(bundle, "auto", "auto", threads=args.threads)
+        b1 = {(c["backend"], c["precision"]): c for c in bench["cases"] if c["batch"] == 1}
+        auto_lat = b1[(sel.backend, sel.precision)]["p50_ms"]
+        ort_lat = b1[("ort-cpu", "fp32")]["p50_ms"]
+        bench["auto_vs_ort_fp32"] = {"backend": sel.backend, "precision": sel.precision, "reason": sel.reason,
+                                     "auto_p50_ms": auto_lat, "ort_fp32_p50_ms": ort_lat,
+                                     "ratio": round(auto_lat / ort_lat, 3)}
+        bench["agreement_vs_ort_fp32"] = agreement(bundle, fundus)
+        bench["wall_s"] = round(time.time() - t0, 1)
+        print(format_table(bench))
+        print(json.dumps({k: bench[k] for k in ("auto_vs_ort_fp32", "agreement_vs_ort_fp32")}, indent=2))
+        result["bench"] = bench
+    if args.memory_images:
+        mem = memory_run(bundle, args.memory_images, args.work)
+        print(json.dumps({"memory": mem}, indent=2))
+        result["memory"] = mem
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
