@@ -388,7 +388,7 @@ def _noise_tile(h: int, w: int, channels: int, kind: str) -> np.ndarray:
     """A fixed noise texture to crop from: cheaper than drawing fresh noise per image.
 
     Camera noise and OCT speckle carry no label information, so reusing one
-    texture at a random offset and flip costs no realism that matters, and
+    texture at a random offset (64 x 64 of them) costs no realism that matters, and
     drawing 0.8 M normal deviates per image would take most of the time budget.
     """
     rng = np.random.default_rng(0x5EED + h * 7919 + w * 104729 + channels)
@@ -406,8 +406,7 @@ def _noise_tile(h: int, w: int, channels: int, kind: str) -> np.ndarray:
 def _noise_crop(rng: np.random.Generator, h: int, w: int, channels: int, kind: str) -> np.ndarray:
     tile = _noise_tile(h, w, channels, kind)
     oy, ox = (int(v) for v in rng.integers(0, 64, 2))
-    crop = tile[oy : oy + h, ox : ox + w]
-    return crop[::-1] if rng.random() < 0.5 else crop
+    return tile[oy : oy + h, ox : ox + w]
 
 
 def _smooth_field(rng: np.random.Generator, grid: int, out_hw: tuple[int, int], channels: int = 1) -> np.ndarray:
@@ -718,7 +717,8 @@ def _draw_disc(rng: np.random.Generator, eye: _Eye, albedo: np.ndarray, cdr: flo
     u = ox * f32(-eye.side)
     rho = np.sqrt((ox / f32(rd)) ** 2 + (oy / f32(rd * eye.disc_aspect)) ** 2)
     p = _smoothstep((f32(1.0) - rho) / f32(0.14) + f32(0.5))
-    rim = np.array([1.25, 0.82 + 0.25 * waxy, 0.45 + 0.2 * waxy], f32) * f32(rng.uniform(0.85, 1.1))
+    # the disc reflects two to three times the fundus: it is the brightest structure even in the dim periphery
+    rim = np.array([1.5, 1.05 + 0.25 * waxy, 0.55 + 0.2 * waxy], f32) * f32(rng.uniform(0.85, 1.1))
     a *= (f32(1.0) - p)[..., None]
     a += p[..., None] * rim
     cu, cv_ = rng.uniform(0.0, 0.15) * rd, rng.uniform(-0.05, 0.05) * rd
@@ -791,7 +791,7 @@ def _fundus_lesions(rng: np.random.Generator, eye: _Eye, sev: Mapping[str, float
         spread = rng.uniform(0.06, 0.11) * R
         colour = np.array([1.05, 0.88, 0.5]) * rng.uniform(0.9, 1.05)
         for x, y in _sample_points(rng, eye, n, (eye.fx, eye.fy), (spread, spread)):
-            r = rng.uniform(0.006, 0.018 + 0.02 * s) * R
+            r = rng.uniform(0.006, 0.014 + 0.014 * s) * R
             soft.circle(x, y, r, colour, rng.uniform(0.4, 0.8))
             masks.circle("amd", x, y, r + margin)
         if s > 0.6 and rng.random() < 0.5:  # pigment clumping
@@ -816,12 +816,13 @@ def _fundus_lesions(rng: np.random.Generator, eye: _Eye, sev: Mapping[str, float
         s = sev["macular_hole"]
         r = rng.uniform(0.03, 0.045) * R * (0.7 + 0.6 * s)
         x, y = eye.fx + rng.normal(0, 0.01) * R, eye.fy + rng.normal(0, 0.01) * R
-        soft.circle(x, y, 1.9 * r, (0.7, 0.62, 0.55), 0.25 + 0.25 * s)  # cuff of detached, grey retina
-        sharp.circle(x, y, r, (0.55, 0.08, 0.05), 0.55 + 0.35 * s)
+        for k in range(3):  # cuff of detached, greyish retina fading outwards
+            soft.circle(x, y, (2.1 - 0.3 * k) * r, (0.72, 0.6, 0.5), (0.08 + 0.08 * s))
+        sharp.circle(x, y, r, (0.5, 0.1, 0.06), 0.55 + 0.35 * s)
         for _ in range(int(rng.integers(2, 6))):  # yellow deposits at the base
             jx, jy = rng.normal(0, 0.35 * r, 2)
             sharp.circle(x + jx, y + jy, 0.12 * r, (1.1, 0.95, 0.5), 0.7)
-        masks.circle("macular_hole", x, y, 1.9 * r + margin)
+        masks.circle("macular_hole", x, y, 2.1 * r + margin)
 
 
 def generate_fundus(
@@ -882,14 +883,12 @@ def generate_fundus(
     cv2.circle(fov, _pt(e.cx, e.cy), int(round(R * _ONE)), 255, -1, cv2.LINE_AA, _SHIFT)
     cv2.multiply(illum, fov.astype(np.float32), dst=illum, scale=exposure)  # fov is 0..255: grey levels
     cv2.scaleAdd(_noise_crop(rng, S, S, 3, "normal"), float(rng.uniform(0.006, 0.02)), albedo, dst=albedo)
-    img = cv2.multiply(albedo, cv2.merge([illum, illum, illum]))
+    gains = rng.uniform(0.9, 1.1, 3)  # white balance
+    img = cv2.multiply(albedo, cv2.merge([illum * np.float32(g) for g in gains]))
     out = cv2.convertScaleAbs(img)  # saturating; values are >= 0 but for noise at the rim
     out = cv2.multiply(out, trans, scale=1.0 / 255.0)
-    lut = np.empty((1, 256, 3), np.uint8)
-    ramp = np.arange(256, dtype=np.float64) / 255.0
-    for ch, gain in enumerate(rng.uniform(0.9, 1.1, 3)):
-        lut[0, :, ch] = np.clip(255.0 * (np.minimum(ramp * gain, 1.0) ** rng.uniform(0.85, 1.15)), 0, 255)
-    out = cv2.LUT(out, lut)
+    gamma = np.clip(255.0 * (np.arange(256) / 255.0) ** rng.uniform(0.85, 1.15), 0, 255)
+    out = cv2.LUT(out, gamma.astype(np.uint8))
     inside = (fov >= 128).astype(np.uint8)
     meta = {
         "eye": side, "size": S,
@@ -987,7 +986,7 @@ def generate_oct(
     if "amd" in sev:
         a = sev["amd"]
         for _ in range(1 + int(round(4 * a * rng.uniform(0.6, 1.2)))):
-            c = xf + rng.uniform(-0.2, 0.2) * W
+            c = xf + float(np.clip(rng.normal(0.0, 0.08), -0.18, 0.18)) * W  # clustered at the fovea
             half = rng.uniform(0.02, 0.06) * W
             h = rng.uniform(0.012, 0.03) * H * (0.5 + a)
             drusen = np.maximum(drusen, h * np.sqrt(np.clip(1.0 - ((x - c) / half) ** 2, 0, None)))
