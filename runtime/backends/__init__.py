@@ -36,7 +36,7 @@ from pathlib import Path
 
 from uopsl.runtime.backends.base import Backend, TensorSpec
 from uopsl.runtime.bundle import FileEntry, Manifest, read_manifest
-from uopsl.runtime.errors import BundleError, ConfigError, UopslError
+from uopsl.runtime.errors import BackendError, BundleError, ConfigError, UopslError
 from uopsl.runtime.fsio import write_json
 from uopsl.runtime.optional import available
 
@@ -89,6 +89,43 @@ def detect_availability() -> Availability:
         openvino=available("openvino"),
         tensorrt=available("tensorrt") and (available("cuda.bindings") or available("cuda") or available("pycuda")),
     )
+
+
+class ModelFileBackend(Backend):
+    """Shared plumbing of the backends that run one model file (ONNX Runtime, OpenVINO)."""
+
+    def __init__(self, path: str | os.PathLike[str], threads: int | None, precision: str) -> None:
+        super().__init__()
+        if threads is not None and threads < 1:
+            raise ConfigError(f"threads must be >= 1 (or None for the default), got {threads}")
+        self.path = Path(path)
+        self.threads = threads
+        self._precision = precision
+        self._inputs: tuple[TensorSpec, ...] = ()
+        self._outputs: tuple[TensorSpec, ...] = ()
+
+    @property
+    def inputs(self) -> tuple[TensorSpec, ...]:
+        return self._inputs
+
+    @property
+    def outputs(self) -> tuple[TensorSpec, ...]:
+        return self._outputs
+
+    @property
+    def precision(self) -> str:
+        return self._precision
+
+    def _label(self) -> str:
+        return self.name
+
+    def describe(self) -> str:
+        threads = f", {self.threads} threads" if self.threads else ""
+        return f"{self._label()} ({self._precision}, {self.path.name}{threads})"
+
+    def _check_file(self) -> None:
+        if not self.path.is_file():
+            raise BackendError(f"model file {self.path} does not exist; check the bundle with 'uopsl-screen verify'")
 
 
 # -- engine compatibility ------------------------------------------------------
@@ -423,6 +460,7 @@ __all__ = [
     "PRECISIONS",
     "Availability",
     "Backend",
+    "ModelFileBackend",
     "Selection",
     "TensorSpec",
     "backend_table",

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from uopsl.runtime.backends.base import Backend, TensorSpec
+from uopsl.runtime.backends import ModelFileBackend
+from uopsl.runtime.backends.base import TensorSpec
 from uopsl.runtime.errors import BackendError, ConfigError
 from uopsl.runtime.optional import require
 
@@ -59,7 +59,7 @@ def _spec(node: Any) -> TensorSpec:
     return TensorSpec(node.name, shape, np.dtype(dtype))
 
 
-class OrtBackend(Backend):
+class OrtBackend(ModelFileBackend):
     """ONNX Runtime session over one ONNX file of a bundle.
 
     providers: ``"auto"`` (TensorRT, CUDA, CPU: whichever this build has, best
@@ -78,19 +78,12 @@ class OrtBackend(Backend):
         optimization: str = "all",
         precision: str = "fp32",
     ) -> None:
-        super().__init__()
-        self.path = Path(path)
-        if threads is not None and threads < 1:
-            raise ConfigError(f"threads must be >= 1 (or None for the default), got {threads}")
+        super().__init__(path, threads, precision)
         if optimization not in _OPT_LEVELS:
             raise ConfigError(f"optimization must be one of {_OPT_LEVELS}, got {optimization!r}")
-        self.threads = threads
         self.optimization = optimization
-        self._precision = precision
         self._providers_arg = providers
         self._session: Any = None
-        self._inputs: tuple[TensorSpec, ...] = ()
-        self._outputs: tuple[TensorSpec, ...] = ()
         self.name = _REGISTRY_NAME.get(providers, "ort") if isinstance(providers, str) and providers != "auto" else "ort"
 
     # -- provider resolution -------------------------------------------------
@@ -119,8 +112,7 @@ class OrtBackend(Backend):
     # -- lifecycle -------------------------------------------------------------
     def load(self) -> None:
         ort = require("onnxruntime", "the ONNX Runtime backend")
-        if not self.path.is_file():
-            raise BackendError(f"model file {self.path} does not exist; check the bundle with 'uopsl-screen verify'")
+        self._check_file()
         providers = self._resolve_providers(tuple(ort.get_available_providers()))
         so = ort.SessionOptions()
         so.graph_optimization_level = {
@@ -151,22 +143,6 @@ class OrtBackend(Backend):
     @property
     def providers(self) -> tuple[str, ...]:
         return tuple(self._session.get_providers()) if self._session is not None else ()
-
-    @property
-    def inputs(self) -> tuple[TensorSpec, ...]:
-        return self._inputs
-
-    @property
-    def outputs(self) -> tuple[TensorSpec, ...]:
-        return self._outputs
-
-    @property
-    def precision(self) -> str:
-        return self._precision
-
-    def describe(self) -> str:
-        threads = f", {self.threads} threads" if self.threads else ""
-        return f"{self.name} ({self._precision}, {self.path.name}{threads})"
 
     def _infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         names = [o.name for o in self._outputs]

@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from uopsl.runtime.backends.base import Backend, TensorSpec
+from uopsl.runtime.backends import ModelFileBackend
+from uopsl.runtime.backends.base import TensorSpec
 from uopsl.runtime.errors import BackendError, ConfigError
 from uopsl.runtime.optional import require
 
@@ -42,7 +42,7 @@ def _spec(port: Any) -> TensorSpec:
     return TensorSpec(port.get_any_name(), shape, np.dtype(port.get_element_type().to_dtype()))
 
 
-class OpenVinoBackend(Backend):
+class OpenVinoBackend(ModelFileBackend):
     """An OpenVINO compiled model over one ONNX file.
 
     device: OpenVINO device name ("CPU"; "GPU" for Intel iGPUs where the plugin is present).
@@ -66,29 +66,21 @@ class OpenVinoBackend(Backend):
         precision: str = "fp32",
         batch_check: bool = True,
     ) -> None:
-        super().__init__()
-        if threads is not None and threads < 1:
-            raise ConfigError(f"threads must be >= 1 (or None for the default), got {threads}")
+        super().__init__(path, threads, precision)
         if hint not in _HINTS:
             raise ConfigError(f"hint must be one of {_HINTS}, got {hint!r}")
-        self.path = Path(path)
         self.device = device
-        self.threads = threads
         self.hint = hint
         self.inference_precision = inference_precision
-        self._precision = precision
         self.batch_check = batch_check
         #: True when the batch self-check failed and batches run image by image
         self.split_batches = False
         self._compiled: Any = None
         self._request: Any = None
-        self._inputs: tuple[TensorSpec, ...] = ()
-        self._outputs: tuple[TensorSpec, ...] = ()
 
     def load(self) -> None:
         ov = require("openvino", "the OpenVINO backend")
-        if not self.path.is_file():
-            raise BackendError(f"model file {self.path} does not exist; check the bundle with 'uopsl-screen verify'")
+        self._check_file()
         core = ov.Core()
         if self.device not in core.available_devices:
             raise BackendError(
@@ -142,21 +134,8 @@ class OpenVinoBackend(Backend):
         self._request = None
         self._compiled = None
 
-    @property
-    def inputs(self) -> tuple[TensorSpec, ...]:
-        return self._inputs
-
-    @property
-    def outputs(self) -> tuple[TensorSpec, ...]:
-        return self._outputs
-
-    @property
-    def precision(self) -> str:
-        return self._precision
-
-    def describe(self) -> str:
-        threads = f", {self.threads} threads" if self.threads else ""
-        return f"openvino-{self.device.lower()} ({self._precision}, {self.path.name}{threads})"
+    def _label(self) -> str:
+        return f"openvino-{self.device.lower()}"
 
     def _infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         if self.split_batches and batch.shape[0] > 1:
