@@ -1,0 +1,434 @@
+"""Write a Triton Inference Server model repository from a verified uopsl bundle.
+
+Every bundle file Triton can serve becomes one model of the repository::
+
+    REPO/
+      uopsl_triton.json           what was written, from which bundle (Triton ignores files here)
+      <name>/config.pbtxt         the model configuration (protobuf text format)
+      <name>/1/model.onnx         ONNX models: platform "onnxruntime_onnx"
+      <name>/1/model.plan         TensorRT engines: platform "tensorrt_plan" (the raw plan)
+      <name>/labels.txt           class names, one a line (``label_filename`` of ``probs``)
+      <name>/uopsl_manifest.json  byte copy of the bundle manifest (thresholds, preprocessing...)
+
+Model names: ``model.onnx`` -> ``<base>``, ``model.int8.onnx`` -> ``<base>_int8``,
+``model.int8.trt.onnx`` -> ``<base>_int8_trt``, ``model.fp16.engine`` ->
+``<base>_fp16_plan``, where ``<base>`` is ``model_name`` or the manifest's.
+
+The configuration follows Triton's ``ModelConfig`` message
+(triton-inference-server/common, ``protobuf/model_config.proto``): with
+``max_batch_size`` > 0 the batch axis is implied, so ``dims`` list only the
+per-sample shape (``image`` [H, W, 3] uint8; ``probs``/``logits`` [K];
+``site_maps`` [K, h, w]). The shapes and types are read from the ONNX graph
+itself and checked against the manifest, so the configuration cannot promise
+what the model does not do. Class names, thresholds, the referral rule and the
+preprocessing go into string ``parameters`` (clients read them from the model
+configuration endpoint) and into the manifest copy.
+
+TensorRT engines carry a uopsl header before the plan
+(:mod:`uopsl.runtime.engine_header`); Triton needs the bare plan, so the header
+is stripped here, and its facts (TensorRT version, GPU) become parameters: a
+Triton server runs an engine only under the TensorRT version and on the GPU
+architecture that built it. The engine's optimisation profile bounds the batch,
+so its ``max_batch_size`` is at most the profile's maximum.
+
+The repository is assembled in a temporary sibling folder and renamed into
+place, so a crash never leaves a half-written repository that Triton would load.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from uopsl.runtime.bundle import MANIFEST, FileEntry, Manifest, verify_or_raise
+from uopsl.runtime.engine_header import read_header, read_plan
+from uopsl.runtime.errors import BundleError, ConfigError
+from uopsl.runtime.fsio import sha256_bytes, sha256_file, write_bytes, write_json, write_text
+from uopsl.runtime.optional import require
+
+log = logging.getLogger(__name__)
+
+CONFIG_FILE = "config.pbtxt"
+LABELS_FILE = "labels.txt"
+MANIFEST_COPY = "uopsl_manifest.json"
+REPO_MARKER = "uopsl_triton.json"
+VERSION = "1"
+ONNX_PLATFORM = "onnxruntime_onnx"
+PLAN_PLATFORM = "tensorrt_plan"
+
+OnnxDevice = Literal["auto", "cpu", "gpu"]
+_KIND = {"auto": "KIND_AUTO", "cpu": "KIND_CPU", "gpu": "KIND_GPU"}
+
+# onnx.TensorProto element type -> Triton DataType (model_config.proto).
+_ONNX_TO_TRITON = {
+    1: "TYPE_FP32", 2: "TYPE_UINT8", 3: "TYPE_INT8", 4: "TYPE_UINT16", 5: "TYPE_INT16", 6: "TYPE_INT32",
+    7: "TYPE_INT64", 9: "TYPE_BOOL", 10: "TYPE_FP16", 11: "TYPE_FP64", 12: "TYPE_UINT32", 13: "TYPE_UINT64",
+    16: "TYPE_BF16",
+}
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One model input or output as Triton sees it: name, Triton type, per-sample dims (-1: variable)."""
+
+    name: str
+    data_type: str
+    dims: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class TritonModel:
+    """One model of the repository, before it is written."""
+
+    name: str
+    platform: str
+    source: FileEntry
+    filename: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    max_batch: int
+    kind: str
+    parameters: dict[str, str]
+    secondary_dla: int | None = None
+
+
+def write_triton_repository(
+    bundle_dir: str | os.PathLike[str],
+    repo_dir: str | os.PathLike[str],
+    *,
+    model_name: str | None = None,
+    max_batch: int = 8,
+    instance_count: int = 1,
+    dynamic_batching: bool = True,
+    max_queue_delay_us: int = 0,
+    onnx_device: OnnxDevice = "auto",
+    overwrite: bool = False,
+) -> Path:
+    """Write a Triton model repository at ``repo_dir`` serving every ONNX model and engine of the bundle.
+
+    ``max_batch``: Triton's ``max_batch_size`` (engines: at most their profile's
+    maximum). ``instance_count``: model instances per device. ``dynamic_batching``:
+    let Triton group concurrent requests (``max_queue_delay_us`` is how long a
+    request may wait for others). ``onnx_device``: where ONNX Runtime models run:
+    ``auto`` puts the CPU INT8 variant (``int8-qdq-u8``) on the CPU and the
+    others on a GPU when the server has one (``KIND_AUTO``); ``cpu``/``gpu``
+    force it. TensorRT engines always run on the GPU. ``overwrite`` replaces a
+    repository this function wrote before (never another folder).
+
+    The bundle is verified first (sha256 of every file); a tampered bundle
+    raises :class:`BundleError` and nothing is written. Returns ``repo_dir``.
+    """
+    _check_args(max_batch, instance_count, max_queue_delay_us, onnx_device)
+    bundle = Path(bundle_dir)
+    manifest = verify_or_raise(bundle)
+    base = model_name if model_name is not None else manifest.model_name
+    if not _NAME_RE.fullmatch(base):
+        raise ConfigError(
+            f"Triton model name {base!r} is not usable as a model folder and URL name; "
+            "use letters, digits, '_', '-' and '.', starting with a letter or digit (--model-name)"
+        )
+    bad = [n for n in manifest.class_names if "\n" in n or "\r" in n]
+    if bad:
+        raise BundleError(f"{bundle}: class names {bad} contain line breaks, which {LABELS_FILE} (one name a line) "
+                          "cannot hold; re-export the bundle with single-line class names")
+    target = Path(repo_dir)
+    _check_target(target, overwrite)
+    entries = [f for f in manifest.files if f.kind in ("onnx", "engine")]
+    if not entries:
+        raise BundleError(
+            f"{bundle}: the manifest lists no ONNX model or TensorRT engine (files: "
+            f"{[f.path for f in manifest.files]}); re-export the bundle with 'uopsl export'"
+        )
+    skipped = [f.path for f in manifest.files if f.kind not in ("onnx", "engine")]
+    if skipped:
+        log.debug("not served by Triton (no model): %s", ", ".join(skipped))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        models = _plan_models(bundle, manifest, entries, base, max_batch, instance_count, onnx_device)
+        manifest_bytes = (bundle / MANIFEST).read_bytes()
+        labels = "".join(f"{n}\n" for n in manifest.class_names)
+        for m in models:
+            _write_model(tmp, bundle, m, manifest_bytes, labels, instance_count, dynamic_batching,
+                         max_queue_delay_us)
+        write_json(tmp / REPO_MARKER, {
+            "bundle": str(bundle.resolve()), "manifest_sha256": sha256_bytes(manifest_bytes),
+            "models": {m.name: {"platform": m.platform, "source": m.source.path, "precision": m.source.precision}
+                       for m in models},
+        })
+        _swap_into_place(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("wrote Triton model repository %s: %s", target, ", ".join(f"{m.name} ({m.platform})" for m in models))
+    return target
+
+
+# -- checks -------------------------------------------------------------------------------
+def _check_args(max_batch: int, instance_count: int, max_queue_delay_us: int, onnx_device: str) -> None:
+    if not isinstance(max_batch, int) or max_batch < 1:
+        raise ConfigError(f"max_batch must be an integer >= 1 (Triton's max_batch_size), got {max_batch!r}")
+    if not isinstance(instance_count, int) or instance_count < 1:
+        raise ConfigError(f"instance_count must be an integer >= 1, got {instance_count!r}")
+    if not isinstance(max_queue_delay_us, int) or max_queue_delay_us < 0:
+        raise ConfigError(f"max_queue_delay_us must be an integer >= 0, got {max_queue_delay_us!r}")
+    if onnx_device not in _KIND:
+        raise ConfigError(f"onnx_device must be one of {sorted(_KIND)}, got {onnx_device!r}")
+
+
+def _check_target(target: Path, overwrite: bool) -> None:
+    if not target.exists():
+        return
+    if not target.is_dir():
+        raise ConfigError(f"{target} exists and is not a folder; choose another Triton repository path")
+    if not any(target.iterdir()):
+        return
+    if not overwrite:
+        raise ConfigError(f"{target} already exists and is not empty; pass overwrite=True (--force) to replace it")
+    if not (target / REPO_MARKER).is_file():
+        raise ConfigError(
+            f"{target} was not written by uopsl (no {REPO_MARKER}); it may hold other Triton models, so it is "
+            "not replaced: choose an empty or new folder"
+        )
+
+
+def _swap_into_place(tmp: Path, target: Path) -> None:
+    if not target.exists():
+        os.replace(tmp, target)
+        return
+    old = target.with_name(f".{target.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    os.replace(target, old)
+    os.replace(tmp, target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+# -- what each model looks like -------------------------------------------------------------
+def _plan_models(bundle: Path, manifest: Manifest, entries: Sequence[FileEntry], base: str, max_batch: int,
+                 instance_count: int, onnx_device: str) -> list[TritonModel]:
+    models: list[TritonModel] = []
+    names: dict[str, str] = {}
+    onnx_specs: dict[str, tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]] = {}
+    for f in manifest.files_of("onnx"):
+        onnx_specs[f.path] = _onnx_io(bundle / f.path, manifest)
+    for f in entries:
+        name = _model_name(base, f)
+        if name in names:
+            raise BundleError(
+                f"bundle files {names[name]!r} and {f.path!r} both map to the Triton model name {name!r}; "
+                "rename one of them in the bundle"
+            )
+        names[name] = f.path
+        params = _common_parameters(manifest, f)
+        if f.kind == "onnx":
+            inputs, outputs = onnx_specs[f.path]
+            kind = _KIND[onnx_device] if onnx_device != "auto" else (
+                "KIND_CPU" if f.precision == "int8-qdq-u8" else "KIND_AUTO")
+            models.append(TritonModel(name, ONNX_PLATFORM, f, "model.onnx", inputs, outputs, max_batch, kind, params))
+            continue
+        header = read_header(bundle / f.path)
+        inputs, outputs = onnx_specs.get(header.source_onnx) or _contract_io(manifest)
+        if header.input_shape and tuple(header.input_shape) != inputs[0].dims:
+            raise BundleError(
+                f"{f.path}: the engine was built for input shape {list(header.input_shape)} but the model takes "
+                f"{list(inputs[0].dims)}; rebuild the engine from this bundle with 'uopsl build-engine'"
+            )
+        batch = min(max_batch, header.max_batch)
+        if batch < max_batch:
+            log.warning("%s: its optimisation profile allows batches up to %d, so Triton's max_batch_size is %d "
+                        "(not %d); rebuild it with --max-batch %d for larger batches",
+                        f.path, header.max_batch, batch, max_batch, max_batch)
+        if header.min_batch > 1:
+            log.warning("%s: its profile starts at batch %d; Triton requests with fewer images will fail. "
+                        "Rebuild it with --min-batch 1", f.path, header.min_batch)
+        params.update({
+            "uopsl_tensorrt_version": header.tensorrt_version,
+            "uopsl_gpu_name": header.gpu_name,
+            "uopsl_compute_capability": header.compute_capability,
+            "uopsl_engine_precision": header.precision,
+        })
+        models.append(TritonModel(name, PLAN_PLATFORM, f, "model.plan", inputs, outputs, batch, "KIND_GPU",
+                                  params, header.dla_core))
+        log.info("%s: Triton must run TensorRT %s on a GPU of compute capability %s (built on %s)",
+                 name, header.tensorrt_version, header.compute_capability, header.gpu_name)
+    return models
+
+
+def _model_name(base: str, entry: FileEntry) -> str:
+    stem = Path(entry.path).name
+    for ext in (".onnx", ".engine", ".plan"):
+        if stem.endswith(ext):
+            stem = stem[: -len(ext)]
+            break
+    if stem == "model":
+        stem = ""
+    elif stem.startswith("model."):
+        stem = stem[len("model."):]
+    parts = [base] + ([re.sub(r"[^A-Za-z0-9]+", "_", stem).strip("_")] if stem else [])
+    if entry.kind == "engine":
+        parts.append("plan")
+    return "_".join(p for p in parts if p)
+
+
+def _onnx_io(path: Path, manifest: Manifest) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
+    """Per-sample I/O specs from the ONNX graph, checked against the manifest's contract."""
+    onnx = require("onnx", "writing a Triton model configuration")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # noqa: BLE001 - onnx raises DecodeError, OSError, ValueError...
+        raise BundleError(f"{path}: not a readable ONNX model ({exc}); re-export the bundle") from exc
+    try:
+        # The exporter may declare non-batch output dims symbolically; inference makes them the static
+        # sizes the graph computes, which is what the configuration must promise.
+        model = onnx.shape_inference.infer_shapes(model)
+    except Exception as exc:  # noqa: BLE001 - InferenceError and protobuf errors
+        raise BundleError(f"{path}: ONNX shape inference failed ({exc}); re-export the bundle") from exc
+    init = {i.name for i in model.graph.initializer}
+    graph_inputs = [i for i in model.graph.input if i.name not in init]
+    inputs = tuple(_spec(v, path) for v in graph_inputs)
+    outputs = tuple(_spec(v, path) for v in model.graph.output)
+    _check_contract(path.name, inputs, outputs, manifest)
+    return inputs, outputs
+
+
+def _spec(value_info: Any, path: Path) -> TensorSpec:
+    t = value_info.type.tensor_type
+    if t.elem_type not in _ONNX_TO_TRITON:
+        raise BundleError(f"{path}: tensor {value_info.name!r} has ONNX element type {t.elem_type}, "
+                          "which Triton cannot serve")
+    dims = [d.dim_value if d.HasField("dim_value") else -1 for d in t.shape.dim]
+    if not dims or dims[0] > 0:
+        raise BundleError(
+            f"{path}: tensor {value_info.name!r} has shape {dims}; a batching Triton model needs a dynamic "
+            "batch axis first. Re-export the bundle with 'uopsl export' (it writes a dynamic batch)"
+        )
+    return TensorSpec(value_info.name, _ONNX_TO_TRITON[t.elem_type], tuple(dims[1:]))
+
+
+def _contract_io(manifest: Manifest) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
+    """The deployed-model contract from the manifest alone (engines whose ONNX is not in the bundle)."""
+    k, (h, w), size = len(manifest.classes), manifest.site_map_size, manifest.preprocess.size
+    shapes = {"probs": (k,), "logits": (k,), "site_maps": (k, h, w)}
+    outputs = tuple(TensorSpec(n, "TYPE_FP32", shapes[n]) for n in manifest.output_names if n in shapes)
+    return (TensorSpec(manifest.input_name, "TYPE_UINT8", (size, size, 3)),), outputs
+
+
+def _check_contract(source: str, inputs: tuple[TensorSpec, ...], outputs: tuple[TensorSpec, ...],
+                    manifest: Manifest) -> None:
+    """The graph must take and give what the manifest says (names, sizes, class count)."""
+    expected_in, expected_out = _contract_io(manifest)
+    got = {s.name: s for s in inputs + outputs}
+    problems = []
+    if [s.name for s in inputs] != [manifest.input_name]:
+        problems.append(f"inputs {[s.name for s in inputs]}, manifest says [{manifest.input_name!r}]")
+    for spec in expected_in + expected_out:
+        have = got.get(spec.name)
+        if have is None:
+            problems.append(f"no tensor {spec.name!r}")
+        elif have.dims != spec.dims:
+            problems.append(f"{spec.name!r} has per-sample shape {list(have.dims)}, manifest implies {list(spec.dims)}")
+    if problems:
+        raise BundleError(f"{source} does not match its manifest: {'; '.join(problems)}; re-export the bundle")
+
+
+def _common_parameters(manifest: Manifest, entry: FileEntry) -> dict[str, str]:
+    return {
+        "uopsl_classes": json.dumps(list(manifest.class_names)),
+        "uopsl_thresholds": json.dumps([c.threshold for c in manifest.classes]),
+        "uopsl_referable": json.dumps([c.referable for c in manifest.classes]),
+        "uopsl_seen_in_training": json.dumps([c.seen_in_training for c in manifest.classes]),
+        "uopsl_head": manifest.head,
+        "uopsl_referral_rule": manifest.referral_rule,
+        "uopsl_referral_threshold": repr(float(manifest.referral_threshold)),
+        "uopsl_preprocess": json.dumps(manifest.preprocess.to_dict(), sort_keys=True),
+        "uopsl_precision": entry.precision,
+        "uopsl_source_file": entry.path,
+        "uopsl_source_sha256": entry.sha256,
+        "uopsl_toolkit_version": manifest.toolkit_version,
+        "uopsl_manifest": MANIFEST_COPY,
+    }
+
+
+# -- writing ---------------------------------------------------------------------------------
+def _write_model(root: Path, bundle: Path, m: TritonModel, manifest_bytes: bytes, labels: str, instance_count: int,
+                 dynamic_batching: bool, max_queue_delay_us: int) -> None:
+    folder = root / m.name
+    (folder / VERSION).mkdir(parents=True)
+    dest = folder / VERSION / m.filename
+    src = bundle / m.source.path
+    if m.platform == PLAN_PLATFORM:
+        _, plan = read_plan(src)
+        write_bytes(dest, plan)
+    else:
+        shutil.copyfile(src, dest)
+        # The bundle was verified before; this catches a file changed while we copied it.
+        if sha256_file(dest) != m.source.sha256:
+            raise BundleError(f"{src} changed while it was copied into the Triton repository; try again")
+    write_bytes(folder / MANIFEST_COPY, manifest_bytes)
+    write_text(folder / LABELS_FILE, labels)
+    write_text(folder / CONFIG_FILE, render_config(m, instance_count, dynamic_batching, max_queue_delay_us))
+
+
+def render_config(m: TritonModel, instance_count: int = 1, dynamic_batching: bool = True,
+                  max_queue_delay_us: int = 0) -> str:
+    """The ``config.pbtxt`` text (protobuf text format of Triton's ``ModelConfig``) for ``m``."""
+    lines = [
+        f"name: {_q(m.name)}",
+        f"platform: {_q(m.platform)}",
+        f"max_batch_size: {m.max_batch}",
+        "input [",
+        ",\n".join(_tensor(s) for s in m.inputs),
+        "]",
+        "output [",
+        ",\n".join(_tensor(s, label=s.name == "probs") for s in m.outputs),
+        "]",
+    ]
+    if dynamic_batching:
+        lines.append(f"dynamic_batching {{ max_queue_delay_microseconds: {max_queue_delay_us} }}"
+                     if max_queue_delay_us else "dynamic_batching { }")
+    group = [f"    count: {instance_count}", f"    kind: {m.kind}"]
+    if m.secondary_dla is not None:
+        group.append(f"    secondary_devices [ {{ kind: KIND_NVDLA device_id: {m.secondary_dla} }} ]")
+    lines += ["instance_group [", "  {", *group, "  }", "]"]
+    for key, value in m.parameters.items():
+        lines.append(f"parameters {{ key: {_q(key)} value: {{ string_value: {_q(value)} }} }}")
+    return "\n".join(lines) + "\n"
+
+
+def _tensor(s: TensorSpec, label: bool = False) -> str:
+    body = [f"    name: {_q(s.name)}", f"    data_type: {s.data_type}",
+            f"    dims: [ {', '.join(str(d) for d in s.dims)} ]"]
+    if label:
+        body.append(f"    label_filename: {_q(LABELS_FILE)}")
+    return "  {\n" + "\n".join(body) + "\n  }"
+
+
+def _q(text: str) -> str:
+    """A protobuf text-format string literal (UTF-8 kept; quotes, backslashes and controls escaped)."""
+    out = []
+    for ch in text:
+        if ch in ('"', "\\"):
+            out.append("\\" + ch)
+        elif ch == "\n":
+            out.append("\\n")
+        elif ch == "\t":
+            out.append("\\t")
+        elif ch == "\r":
+            out.append("\\r")
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            out.append(f"\\{ord(ch):03o}")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
+
+
+__all__ = ["TensorSpec", "TritonModel", "render_config", "write_triton_repository"]

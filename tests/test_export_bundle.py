@@ -1,0 +1,237 @@
+"""The bundle contract end to end on a tiny model: checkpoint -> ``run_export`` -> verified bundle.
+
+Covers issue 4's bundle items: the ONNX is checked, folded and batch-dynamic
+and computes the PyTorch model's probabilities; the manifest carries the
+checkpoint's operating points, preprocessing and class bank; every file is
+checksummed, so a flipped byte or a truncated file fails verification (library
+and ``uopsl-screen verify``) naming the file; ``uopsl export --classes`` adds
+an unseen class without retraining.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from trainhelpers import CLASSES, tiny_model
+from uopsl.runtime.bundle import read_manifest, verify
+from uopsl.runtime.errors import BundleError
+from uopsl.runtime.fsio import sha256_file
+from uopsl.train.checkpoint import save_model
+from uopsl.train.workflow import run_export
+
+SIZE = 64
+THRESHOLDS = (0.35, 0.6, 0.8)
+REFERABLE = (False, True, True)
+# ONNX Runtime FP32 vs PyTorch FP32: the graph computes the same function with
+# BatchNorm and 1/std folded into the convolution weights and ops reordered, so
+# the two differ only by float32 rounding (~1e-7 relative per op, ~1e-6 after
+# ~100 ops on probabilities in [0, 1]). 1e-5 leaves a 10x margin for other
+# CPUs' kernels and is still 10x tighter than issue 4's 1e-4 gate.
+PROB_ATOL = 1e-5
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    root = tmp_path_factory.mktemp("export")
+    model, meta = tiny_model()
+    meta = replace(meta, thresholds=THRESHOLDS, referable=REFERABLE)
+    ckpt = root / "ckpt"
+    save_model(ckpt, model, meta)
+    bundle = run_export(ckpt, root / "bundle")
+    return {"model": model.eval(), "meta": meta, "ckpt": ckpt, "bundle": bundle, "root": root}
+
+
+def _flip_one_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def _copy(bundle: Path, dest: Path) -> Path:
+    return Path(shutil.copytree(bundle, dest))
+
+
+# -- the ONNX graph ------------------------------------------------------------------------
+def test_onnx_passes_the_full_checker_is_folded_and_has_a_dynamic_batch(exported: dict[str, Any]) -> None:
+    import onnx
+
+    model = onnx.load(str(exported["bundle"] / "model.onnx"))
+    onnx.checker.check_model(model, full_check=True)
+    ops = [n.op_type for n in model.graph.node]
+    assert "BatchNormalization" not in ops
+    assert read_manifest(exported["bundle"]).notes["op_count"] == len(ops)
+    (image,) = model.graph.input
+    dims = image.type.tensor_type.shape.dim
+    assert dims[0].dim_param and not dims[0].HasField("dim_value")
+    assert [d.dim_value for d in dims[1:]] == [SIZE, SIZE, 3]
+    assert image.type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True)
+    out = {o.name: o.type.tensor_type.shape.dim for o in inferred.graph.output}
+    k = len(CLASSES)
+    expected = {"probs": [k], "logits": [k], "site_maps": [k, 2, 2]}
+    for name, shape in expected.items():
+        assert out[name][0].dim_param and [d.dim_value for d in out[name][1:]] == shape, name
+
+
+@pytest.mark.xfail(strict=True, reason="export_onnx saves the graph before shape inference: the torch exporter "
+                   "declares the outputs' non-batch dims symbolic ('Sigmoidprobs_dim_1'); only inference makes "
+                   "them static")
+def test_onnx_declares_static_output_dims_in_the_file(exported: dict[str, Any]) -> None:
+    import onnx
+
+    model = onnx.load(str(exported["bundle"] / "model.onnx"))
+    for o in model.graph.output:
+        assert all(d.HasField("dim_value") for d in o.type.tensor_type.shape.dim[1:]), o.name
+
+
+def test_onnx_probs_match_pytorch(exported: dict[str, Any]) -> None:
+    import onnxruntime as ort
+
+    model = exported["model"]
+    images = np.random.default_rng(0).integers(0, 256, (6, SIZE, SIZE, 3), dtype=np.uint8)
+    with torch.no_grad():
+        out = model(torch.from_numpy(images).permute(0, 3, 1, 2).float())
+        ref_probs = model.probs(out["logits"]).numpy()
+        ref_maps = out["site_maps"].numpy()
+    sess = ort.InferenceSession(str(exported["bundle"] / "model.onnx"), providers=["CPUExecutionProvider"])
+    probs, _, maps = sess.run(["probs", "logits", "site_maps"], {"image": images})
+    single = np.concatenate([sess.run(["probs"], {"image": im[None]})[0] for im in images[:2]])
+    assert probs.shape == (6, len(CLASSES)) and maps.shape == (6, len(CLASSES), 2, 2)
+    assert np.abs(probs - ref_probs).max() <= PROB_ATOL
+    assert np.abs(maps - ref_maps).max() <= PROB_ATOL
+    assert np.abs(single - probs[:2]).max() <= PROB_ATOL  # batch 1 and batch 6 agree (dynamic batch)
+
+
+# -- the manifest ------------------------------------------------------------------------
+def test_manifest_carries_the_checkpoint(exported: dict[str, Any]) -> None:
+    m = read_manifest(exported["bundle"])
+    meta = exported["meta"]
+    assert m.class_names == CLASSES
+    assert tuple(c.threshold for c in m.classes) == pytest.approx(THRESHOLDS)
+    assert tuple(c.referable for c in m.classes) == REFERABLE
+    assert tuple(c.descriptions for c in m.classes) == meta.phrases
+    assert all(c.seen_in_training for c in m.classes)
+    assert m.preprocess == meta.preprocess
+    assert m.head == "sigmoid" and m.site_map_size == (2, 2) and m.opset == 17
+    assert m.training_data_fingerprint == "tiny" and m.backbone == "resnet18"
+    bank = np.load(exported["bundle"] / "class_bank.npy")
+    np.testing.assert_array_equal(bank, exported["model"].class_text.numpy())
+    assert {f.path: f.kind for f in m.files} == {"model.onnx": "onnx", "class_bank.npy": "class_bank"}
+
+
+# -- verification --------------------------------------------------------------------------
+def test_bundle_verifies_right_after_export(exported: dict[str, Any]) -> None:
+    checks = verify(exported["bundle"])
+    assert [(c.path, c.ok) for c in checks] == [("model.onnx", True), ("class_bank.npy", True)]
+
+
+@pytest.mark.parametrize("victim", ["model.onnx", "class_bank.npy"])
+def test_one_flipped_byte_fails_verification_naming_the_file(exported: dict[str, Any], tmp_path: Path,
+                                                             victim: str) -> None:
+    b = _copy(exported["bundle"], tmp_path / "b")
+    _flip_one_byte(b / victim)
+    bad = {c.path: c.reason for c in verify(b) if not c.ok}
+    assert list(bad) == [victim] and "sha256" in bad[victim]
+
+
+@pytest.mark.parametrize("victim", ["model.onnx", "class_bank.npy"])
+def test_truncated_file_fails_verification_naming_the_file(exported: dict[str, Any], tmp_path: Path,
+                                                           victim: str) -> None:
+    b = _copy(exported["bundle"], tmp_path / "b")
+    data = (b / victim).read_bytes()
+    (b / victim).write_bytes(data[: len(data) // 2])
+    bad = {c.path: c.reason for c in verify(b) if not c.ok}
+    assert list(bad) == [victim] and "truncated" in bad[victim]
+
+
+def test_flipped_byte_in_the_manifest_is_refused(exported: dict[str, Any], tmp_path: Path) -> None:
+    b = _copy(exported["bundle"], tmp_path / "b")
+    _flip_one_byte(b / "manifest.json")  # XOR 0xFF makes a non-UTF-8 byte: unreadable manifest
+    with pytest.raises(BundleError, match="manifest"):
+        verify(b)
+
+
+@pytest.mark.xfail(strict=True, reason="the manifest is not checksummed itself: a one-bit change that keeps it "
+                   "valid JSON (an operating threshold 0.35 -> 0.34) goes unnoticed by verify")
+def test_one_bit_change_of_a_threshold_in_the_manifest_fails_verification(exported: dict[str, Any],
+                                                                         tmp_path: Path) -> None:
+    b = _copy(exported["bundle"], tmp_path / "b")
+    text = (b / "manifest.json").read_text()
+    assert '"threshold": 0.35' in text
+    (b / "manifest.json").write_text(text.replace('"threshold": 0.35', '"threshold": 0.34', 1))
+    assert read_manifest(b).classes[0].threshold == 0.34
+    assert not all(c.ok for c in verify(b))
+
+
+def test_uopsl_screen_verify_exits_2_naming_the_file(exported: dict[str, Any], tmp_path: Path) -> None:
+    def screen_verify(bundle: Path) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "uopsl.runtime.cli", "verify", str(bundle)],
+                              capture_output=True, text=True, timeout=60)
+
+    ok = screen_verify(exported["bundle"])
+    assert ok.returncode == 0, ok.stderr
+    b = _copy(exported["bundle"], tmp_path / "b")
+    _flip_one_byte(b / "class_bank.npy")
+    bad = screen_verify(b)
+    assert bad.returncode == 2
+    assert "BAD class_bank.npy" in bad.stdout and "ok  model.onnx" in bad.stdout
+    assert bad.stderr.startswith("error:") and "class_bank.npy" in bad.stderr and "Traceback" not in bad.stderr
+
+
+# -- re-export with a new class bank -------------------------------------------------------------
+CLASSES_TOML = """
+[[classes]]
+name = "normal"
+[[classes]]
+name = "a"
+phrases = ["yellow spot at the centre of the disc"]
+[[classes]]
+name = "b"
+phrases = ["blue spot at the centre of the disc"]
+[[classes]]
+name = "retinal_detachment"
+phrases = ["grey, elevated retina with undulating folds", "retina lifted off the pigment epithelium"]
+"""
+
+
+def test_reexport_with_a_classes_file_adds_an_unseen_class_without_retraining(
+        exported: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import onnxruntime as ort
+    from click.testing import CliRunner
+
+    from uopsl.train.cli import cli
+
+    monkeypatch.setenv("UOPSL_CACHE", str(tmp_path / "cache"))  # encode the phrases here, not from a warm cache
+    classes_file = tmp_path / "classes.toml"
+    classes_file.write_text(CLASSES_TOML)
+    ckpt = exported["ckpt"]
+    weights_before = sha256_file(ckpt / "model.safetensors")
+    out, repo = tmp_path / "b2", tmp_path / "triton"
+    res = CliRunner().invoke(cli, ["export", str(ckpt), "--out", str(out), "--classes", str(classes_file),
+                                   "--triton", str(repo)])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    assert sha256_file(ckpt / "model.safetensors") == weights_before  # no retraining touched the checkpoint
+    m = read_manifest(out)
+    assert all(c.ok for c in verify(out))
+    assert m.class_names == CLASSES + ("retinal_detachment",)
+    new = m.classes[-1]
+    assert (new.seen_in_training, new.threshold, new.referable) == (False, 0.5, True)
+    assert new.descriptions == ("grey, elevated retina with undulating folds",
+                                "retina lifted off the pigment epithelium")
+    assert [c.seen_in_training for c in m.classes[:3]] == [True] * 3
+    assert tuple(c.threshold for c in m.classes[:3]) == pytest.approx(THRESHOLDS)
+    assert np.load(out / "class_bank.npy").shape == (4, 384)
+    sess = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    probs = sess.run(["probs"], {"image": np.zeros((2, SIZE, SIZE, 3), np.uint8)})[0]
+    assert probs.shape == (2, 4) and np.isfinite(probs).all()
+    assert (repo / "uopsl" / "1" / "model.onnx").read_bytes() == (out / "model.onnx").read_bytes()
+    assert "dims: [ 4, 2, 2 ]" in (repo / "uopsl" / "config.pbtxt").read_text()
