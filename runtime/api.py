@@ -160,13 +160,9 @@ class Screener:
             seen: set[str] = set()
 
             def todo() -> Iterator[InputItem]:
-                raw = list(inputs) if not isinstance(inputs, (list, tuple)) else inputs
-                items = (x if isinstance(x, InputItem) else None for x in raw)
-                paths = [x for x in raw if not isinstance(x, InputItem)]
-                for it in (i for i in items if i is not None):
-                    yield from _skip_done(it)
-                for it in iter_inputs(paths):
-                    yield from _skip_done(it)
+                for x in inputs:
+                    for it in [x] if isinstance(x, InputItem) else iter_inputs([x]):
+                        yield from _skip_done(it)
 
             def _skip_done(it: InputItem) -> Iterator[InputItem]:
                 if it.key in seen:

@@ -31,7 +31,7 @@ def render_overlay(rgb: np.ndarray, heat: np.ndarray, alpha: float = 0.45) -> np
     norm = heat / peak if peak > 0 else np.zeros_like(heat)
     u8 = np.clip(norm * 255.0 + 0.5, 0, 255).astype(np.uint8)
     colour = cv2.cvtColor(cv2.applyColorMap(u8, cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)
-    weight = (alpha * np.clip(norm * 2.0, 0.0, 1.0))[:, :, None]
+    weight = (alpha * norm)[:, :, None]
     return np.clip(rgb.astype(np.float32) * (1.0 - weight) + colour.astype(np.float32) * weight + 0.5, 0, 255).astype(np.uint8)
 
 
