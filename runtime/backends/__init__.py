@@ -139,7 +139,7 @@ def engine_mismatch(path: Path) -> str | None:
     except ImportError:
         return "uopsl.runtime.engine_header is not available in this build"
     try:
-        engine_header.check_compatible(engine_header.read_header(path))
+        engine_header.check_compatible(engine_header.read_header(path), engine_path=path)
     except UopslError as exc:
         return str(exc)
     except Exception as exc:  # noqa: BLE001 - any failure to inspect means 'do not pick it'
