@@ -1,0 +1,371 @@
+"""Parity metrics and gates: how far a deployed model's outputs and decisions are from the reference's.
+
+Two families, both computed on the same images fed to both models:
+
+* numerical: max and 99th-percentile |prob difference|, cosine similarity of
+  the logit vectors, Pearson correlation of the site maps (per image);
+* clinical: per-class AUC of reference and candidate against the truth and
+  their paired bootstrap difference, sensitivity/specificity at the manifest's
+  operating thresholds, referral decisions that flip (made by
+  :meth:`uopsl.runtime.bundle.Manifest.decide`, the one decision rule), and
+  top-1 agreement.
+
+The truth is the dataset's labels when it has them; without labels the
+reference's own decisions stand in for the truth, so "sensitivity" then reads
+"share of the reference's positive calls the candidate keeps" and the
+reference's own AUC is 1 by construction. Reports say which truth was used.
+
+:class:`ParityGates` turns the figures into a verdict. Gates compare point
+estimates (the bootstrap interval is reported, not gated): a release gate must
+be reproducible and should not depend on the bootstrap seed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from uopsl.runtime.bundle import Manifest
+from uopsl.runtime.errors import ConfigError
+from uopsl.runtime.metrics import paired_auc_difference, rates_at_threshold, roc_auc
+
+TRUTH_LABELS = "labels"
+TRUTH_REFERENCE = "reference_decisions"
+
+
+@dataclass(frozen=True)
+class ParityGates:
+    """Limits a candidate must stay within; strict defaults suited to a screening release.
+
+    max_flip_rate: share of images whose referral decision (refer yes/no) differs
+        from the reference's (0.005 = 0.5 %).
+    max_auc_drop: largest allowed ``AUC(reference) - AUC(candidate)`` of any class.
+    max_sensitivity_drop: largest allowed sensitivity loss at the manifest
+        thresholds, of any referable class and of the referral decision
+        (0.01 = 1 point). Sensitivity is the disease-detection figure; a
+        non-referable class (e.g. ``normal``) is covered by the AUC gate and
+        the referral flips, and its figures are reported.
+    max_prob_diff: optional numerical gate on max |prob difference| (None: not gated;
+        the right figure depends on the precision, e.g. 1e-4 for FP32).
+    """
+
+    max_flip_rate: float = 0.005
+    max_auc_drop: float = 0.005
+    max_sensitivity_drop: float = 0.01
+    max_prob_diff: float | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("max_flip_rate", "max_auc_drop", "max_sensitivity_drop", "max_prob_diff"):
+            v = getattr(self, name)
+            if v is None and name == "max_prob_diff":
+                continue
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or not 0.0 <= v <= 1.0:
+                raise ConfigError(f"gate {name} must be a number in [0, 1], got {v!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def is_default(self) -> bool:
+        return self == ParityGates()
+
+
+#: ``--gates`` keys: the field names and short aliases.
+GATE_ALIASES: dict[str, str] = {
+    "flips": "max_flip_rate", "flip_rate": "max_flip_rate", "auc": "max_auc_drop", "auc_drop": "max_auc_drop",
+    "sens": "max_sensitivity_drop", "sensitivity": "max_sensitivity_drop", "prob": "max_prob_diff",
+    "prob_diff": "max_prob_diff",
+}
+
+
+def parse_gates(text: str | None, base: ParityGates | None = None) -> ParityGates:
+    """``"flips=0.01,auc=0.01"`` -> :class:`ParityGates` (unnamed gates keep ``base``'s values)."""
+    values = (base or ParityGates()).to_dict()
+    if not text:
+        return ParityGates(**values)
+    for item in text.split(","):
+        if not item.strip():
+            continue
+        if "=" not in item:
+            raise ConfigError(f"--gates takes key=value pairs like flips=0.005,auc=0.005; got {item!r}")
+        key, raw = (s.strip() for s in item.split("=", 1))
+        name = GATE_ALIASES.get(key, key)
+        if name not in values:
+            raise ConfigError(
+                f"unknown gate {key!r}; expected one of {sorted(set(values) | set(GATE_ALIASES))}"
+            )
+        if raw.lower() in ("none", "off") and name == "max_prob_diff":
+            values[name] = None
+            continue
+        try:
+            values[name] = float(raw)
+        except ValueError:
+            raise ConfigError(f"gate {key} needs a number, got {raw!r}") from None
+    return ParityGates(**values)
+
+
+@dataclass(frozen=True)
+class Truth:
+    """What the decisions are scored against.
+
+    positive: (N, K) bool per manifest class; only columns with ``defined[k]``
+    mean anything. refer: (N,) bool referral truth, or None when the labels do
+    not cover every referable class.
+    """
+
+    source: str
+    positive: np.ndarray
+    defined: np.ndarray
+    refer: np.ndarray | None
+    notes: tuple[str, ...] = ()
+
+
+def truth_from_labels(manifest: Manifest, labels: Sequence[Sequence[str]], label_space: Sequence[str]) -> Truth:
+    """Per-class truth for the manifest's classes from each image's label names.
+
+    A manifest class absent from the dataset's label space has no truth (its
+    clinical metrics are skipped, with a note); the referral truth needs every
+    referable class to be in the label space.
+    """
+    names = manifest.class_names
+    space = set(label_space)
+    defined = np.array([n in space for n in names], bool)
+    pos = np.array([[n in set(lab) for n in names] for lab in labels], bool).reshape(len(labels), len(names))
+    notes = []
+    missing = [n for n, d in zip(names, defined) if not d]
+    if missing:
+        notes.append(f"bundle classes without labels in the data (no clinical metrics for them): {missing}")
+    referable = manifest.referable_mask
+    refer = None
+    if referable.any() and defined[referable].all():
+        refer = pos[:, referable].any(axis=1)
+    elif referable.any():
+        notes.append("the labels do not cover every referable class: referral sensitivity/specificity not computed")
+    return Truth(TRUTH_LABELS, pos, defined, refer, tuple(notes))
+
+
+def truth_from_reference(manifest: Manifest, reference_probs: np.ndarray) -> Truth:
+    """The reference's own decisions as the truth (data without labels)."""
+    pos, refer = manifest.decide(reference_probs)
+    note = ("no labels: the reference model's own decisions are the truth; sensitivity/specificity measure "
+            "agreement with the reference and its AUC is 1 by construction")
+    return Truth(TRUTH_REFERENCE, pos, np.ones(pos.shape[1], bool), refer, (note,))
+
+
+# -- numerical -------------------------------------------------------------------------------
+def _rows(a: np.ndarray) -> np.ndarray:
+    a = np.asarray(a, np.float64)
+    return a.reshape(a.shape[0], -1)
+
+
+def row_cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Cosine similarity of each row pair; 1 where both rows are zero, 0 where only one is."""
+    x, y = _rows(a), _rows(b)
+    nx, ny = np.linalg.norm(x, axis=1), np.linalg.norm(y, axis=1)
+    dot = np.sum(x * y, axis=1)
+    out = np.where((nx > 0) & (ny > 0), dot / np.maximum(nx * ny, 1e-300), 0.0)
+    return np.where((nx == 0) & (ny == 0), 1.0, out)
+
+
+def row_correlation(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pearson correlation of each row pair; NaN where a row is constant (e.g. fundus-only site maps)."""
+    x, y = _rows(a), _rows(b)
+    x = x - x.mean(axis=1, keepdims=True)
+    y = y - y.mean(axis=1, keepdims=True)
+    sx, sy = np.linalg.norm(x, axis=1), np.linalg.norm(y, axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = np.sum(x * y, axis=1) / (sx * sy)
+    return np.where((sx > 1e-12) & (sy > 1e-12), r, np.nan)
+
+
+def jsonable(x: Any) -> Any:
+    """NaN/inf -> None, numpy scalars -> Python numbers, recursively (reports are strict JSON)."""
+    if isinstance(x, Mapping):
+        return {str(k): jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [jsonable(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return jsonable(x.tolist())
+    if isinstance(x, (np.bool_, bool)):
+        return bool(x)
+    if isinstance(x, (np.integer,)):
+        return int(x)
+    if isinstance(x, (float, np.floating)):
+        v = float(x)
+        return v if math.isfinite(v) else None
+    return x
+
+
+def numerical(reference: Mapping[str, np.ndarray], candidate: Mapping[str, np.ndarray]) -> dict[str, Any]:
+    """Output-level differences (see the module doc); NaN where a figure cannot be computed."""
+    dp = np.abs(np.asarray(candidate["probs"], np.float64) - np.asarray(reference["probs"], np.float64))
+    out: dict[str, Any] = {
+        "max_abs_prob_diff": float(dp.max()) if dp.size else math.nan,
+        "p99_abs_prob_diff": float(np.percentile(dp, 99)) if dp.size else math.nan,
+        "mean_abs_prob_diff": float(dp.mean()) if dp.size else math.nan,
+    }
+    cos = row_cosine(reference["logits"], candidate["logits"])
+    out["logit_cosine_mean"] = float(cos.mean()) if cos.size else math.nan
+    out["logit_cosine_min"] = float(cos.min()) if cos.size else math.nan
+    out["max_abs_logit_diff"] = float(np.max(np.abs(_rows(reference["logits"]) - _rows(candidate["logits"]))))
+    rm, cm = reference.get("site_maps"), candidate.get("site_maps")
+    notes = []
+    if rm is None or cm is None:
+        corr = np.full(len(dp), np.nan)
+        notes.append("site maps missing from one of the models")
+    elif rm.shape != cm.shape:
+        corr = np.full(len(dp), np.nan)
+        notes.append(f"site maps differ in shape: reference {rm.shape[1:]}, candidate {cm.shape[1:]}")
+    else:
+        corr = row_correlation(rm, cm)
+        if corr.size and np.isnan(corr).all():
+            notes.append("site maps are constant (e.g. the fundus-only variant): correlation undefined")
+    out["site_map_corr_mean"] = float(np.nanmean(corr)) if np.isfinite(corr).any() else math.nan
+    out["site_map_corr_min"] = float(np.nanmin(corr)) if np.isfinite(corr).any() else math.nan
+    out["notes"] = notes
+    return out
+
+
+# -- clinical ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Flip:
+    """One image whose referral decision differs between reference and candidate."""
+
+    id: str
+    reference_refer: bool
+    candidate_refer: bool
+    reference_probs: tuple[float, ...]
+    candidate_probs: tuple[float, ...]
+    truth_refer: bool | None = None
+
+
+def _rates(truth: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
+    r = rates_at_threshold(truth, predicted.astype(np.float64), 0.5)
+    return {"sensitivity": r.sensitivity, "specificity": r.specificity, "tp": r.tp, "fp": r.fp, "tn": r.tn, "fn": r.fn}
+
+
+def clinical(
+    manifest: Manifest,
+    truth: Truth,
+    reference_probs: np.ndarray,
+    candidate_probs: np.ndarray,
+    ids: Sequence[str],
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Clinical comparison of two probability sets under the manifest's decision rule."""
+    ref = np.asarray(reference_probs, np.float64)
+    cand = np.asarray(candidate_probs, np.float64)
+    ref_pos, ref_refer = manifest.decide(ref)
+    cand_pos, cand_refer = manifest.decide(cand)
+    per_class = []
+    for k, spec in enumerate(manifest.classes):
+        row: dict[str, Any] = {"name": spec.name, "threshold": spec.threshold, "referable": spec.referable,
+                               "decision_flips": int(np.sum(ref_pos[:, k] != cand_pos[:, k]))}
+        if not truth.defined[k]:
+            row["note"] = "no truth for this class"
+            per_class.append(row)
+            continue
+        y = truth.positive[:, k]
+        row["n_positive"], row["n_negative"] = int(y.sum()), int((~y).sum())
+        row["auc_reference"] = roc_auc(y, ref[:, k])
+        row["auc_candidate"] = roc_auc(y, cand[:, k])
+        if y.any() and not y.all():
+            diff = paired_auc_difference(y, ref[:, k], cand[:, k], n_boot=n_boot, seed=seed)
+            row["auc_difference"] = diff.to_dict()
+        else:
+            row["auc_difference"] = None
+            row["note"] = "AUC undefined: one class only among these images"
+        rr, cr = _rates(y, ref_pos[:, k]), _rates(y, cand_pos[:, k])
+        row["sensitivity_reference"], row["sensitivity_candidate"] = rr["sensitivity"], cr["sensitivity"]
+        row["specificity_reference"], row["specificity_candidate"] = rr["specificity"], cr["specificity"]
+        per_class.append(row)
+    referral: dict[str, Any] = {"rule": manifest.referral_rule, "referred_reference": int(ref_refer.sum()),
+                                "referred_candidate": int(cand_refer.sum())}
+    if truth.refer is not None:
+        rr, cr = _rates(truth.refer, ref_refer), _rates(truth.refer, cand_refer)
+        referral.update({"n_positive": int(truth.refer.sum()), "n_negative": int((~truth.refer).sum()),
+                         "sensitivity_reference": rr["sensitivity"], "sensitivity_candidate": cr["sensitivity"],
+                         "specificity_reference": rr["specificity"], "specificity_candidate": cr["specificity"]})
+    flipped = np.flatnonzero(ref_refer != cand_refer)
+    flips = [
+        Flip(ids[i], bool(ref_refer[i]), bool(cand_refer[i]), tuple(float(v) for v in ref[i]),
+             tuple(float(v) for v in cand[i]), None if truth.refer is None else bool(truth.refer[i]))
+        for i in flipped
+    ]
+    n = len(ids)
+    return {
+        "per_class": per_class,
+        "referral": referral,
+        "top1_agreement": float(np.mean(ref.argmax(axis=1) == cand.argmax(axis=1))) if n else math.nan,
+        "class_decision_agreement": float(np.mean(ref_pos == cand_pos)) if n else math.nan,
+        "flips": {"n": len(flips), "rate": len(flips) / n if n else math.nan,
+                  "to_refer": int(np.sum(~ref_refer & cand_refer)),
+                  "to_no_refer": int(np.sum(ref_refer & ~cand_refer)),
+                  "items": [asdict(f) for f in flips]},
+    }
+
+
+# -- verdict -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class GateCheck:
+    """One gate applied to one candidate; ``passed`` is None when the figure is undefined here."""
+
+    name: str
+    value: float | None
+    limit: float
+    passed: bool | None
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class Verdict:
+    passed: bool
+    checks: tuple[GateCheck, ...] = field(default=())
+    reasons: tuple[str, ...] = field(default=())
+
+
+_EPS = 1e-12  # a figure equal to its limit passes, whatever the float rounding
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and math.isfinite(float(v))
+
+
+def judge(gates: ParityGates, numeric: Mapping[str, Any], clin: Mapping[str, Any]) -> Verdict:
+    """Apply ``gates`` to one candidate's figures. Undefined figures are reported, not failed."""
+    checks: list[GateCheck] = []
+    fl = clin["flips"]
+    checks.append(GateCheck("flip_rate", fl["rate"], gates.max_flip_rate, fl["rate"] <= gates.max_flip_rate + _EPS,
+                            f"{fl['n']} referral decision(s) flipped"))
+    drops = [(r["name"], r["auc_reference"] - r["auc_candidate"]) for r in clin["per_class"]
+             if _finite(r.get("auc_reference")) and _finite(r.get("auc_candidate"))]
+    if drops:
+        name, worst = max(drops, key=lambda d: d[1])
+        checks.append(GateCheck("auc_drop", worst, gates.max_auc_drop, worst <= gates.max_auc_drop + _EPS,
+                                f"largest drop: class {name}"))
+    else:
+        checks.append(GateCheck("auc_drop", None, gates.max_auc_drop, None, "no class has a defined AUC here"))
+    sens = [(r["name"], r["sensitivity_reference"] - r["sensitivity_candidate"]) for r in clin["per_class"]
+            if r["referable"] and _finite(r.get("sensitivity_reference")) and _finite(r.get("sensitivity_candidate"))]
+    ref = clin["referral"]
+    if _finite(ref.get("sensitivity_reference")) and _finite(ref.get("sensitivity_candidate")):
+        sens.append(("referral", ref["sensitivity_reference"] - ref["sensitivity_candidate"]))
+    if sens:
+        name, worst = max(sens, key=lambda d: d[1])
+        checks.append(GateCheck("sensitivity_drop", worst, gates.max_sensitivity_drop,
+                                worst <= gates.max_sensitivity_drop + _EPS, f"largest drop: {name}"))
+    else:
+        checks.append(GateCheck("sensitivity_drop", None, gates.max_sensitivity_drop, None,
+                                "no referable class has a defined sensitivity here (no positive cases)"))
+    if gates.max_prob_diff is not None:
+        v = numeric["max_abs_prob_diff"]
+        checks.append(GateCheck("max_prob_diff", v, gates.max_prob_diff, bool(v <= gates.max_prob_diff),
+                                "max |candidate - reference| over images and classes"))
+    reasons = tuple(f"{c.name} {c.value:.4g} > {c.limit:.4g} ({c.detail})" for c in checks if c.passed is False)
+    return Verdict(not reasons, tuple(checks), reasons)

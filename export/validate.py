@@ -1,0 +1,625 @@
+"""Accuracy parity: run a reference model and every deployable file of a bundle on the same images.
+
+``validate_bundle`` is the engine behind ``uopsl validate``. The reference is
+any object with ``infer(uint8 NHWC batch) -> {"probs", "logits", "site_maps"}``
+(the shape of a runtime :class:`~uopsl.runtime.backends.base.Backend`); the
+train layer builds one from a checkpoint (:mod:`uopsl.train.reference`), so
+this layer never imports training code.
+
+Candidates are every model file of the bundle on every backend available here
+(``ort-cpu``, ``ort-cuda``, ``ort-trt``, ``openvino`` run each ONNX file, FP32
+and INT8 variants alike; ``tensorrt`` runs each engine whose header matches
+this GPU and TensorRT). Each image is preprocessed once with the bundle's
+preprocessing and that one uint8 batch feeds every candidate. The reference is
+fed the same batch, unless it declares its own preprocessing (the
+checkpoint's) and that differs from the manifest's: then it gets its own
+batch, so a wrong preprocessing parameter in a manifest shows up as flipped
+decisions instead of going unnoticed.
+
+Outputs in ``out``: ``parity.json`` (every figure), ``parity.html``
+(self-contained, offline, printable: ROC overlays and thumbnails of flipped
+images embedded), ``roc_<candidate>.png`` and ``parity_config.json`` (the
+resolved configuration). Model outputs are cached per batch in
+``out/.parity-cache``, so an interrupted run resumes and a rerun with other
+gates costs nothing; the cache is keyed by the files' checksums, the
+reference's fingerprint, the images and the preprocessing.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import datetime as _dt
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+import cv2
+import numpy as np
+
+from uopsl.export.parity_metrics import (
+    ParityGates,
+    Truth,
+    clinical,
+    jsonable,
+    judge,
+    numerical,
+    truth_from_labels,
+    truth_from_reference,
+)
+from uopsl.runtime.backends import BACKEND_NAMES, Availability, detect_availability, engine_mismatch
+from uopsl.runtime.backends.base import Backend
+from uopsl.runtime.bundle import OUTPUT_NAMES, Manifest, verify_or_raise
+from uopsl.runtime.errors import BundleError, ConfigError, UopslError
+from uopsl.runtime.fsio import write_bytes, write_json, write_text
+from uopsl.runtime.metrics import roc_curve
+from uopsl.runtime.optional import available
+from uopsl.runtime.preprocess import PreprocessConfig, preprocess, read_bytes
+from uopsl.runtime.version import __version__
+
+log = logging.getLogger(__name__)
+
+REPORT_FORMAT = "uopsl-parity/1"
+_CACHE_DIR = ".parity-cache"
+_INT8 = ("int8-qdq-u8", "int8-qdq-s8")
+T = TypeVar("T")
+
+
+class Reference(Protocol):
+    """What the engine needs from the reference model (a runtime Backend fits too)."""
+
+    def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]: ...
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """One image to validate on: a display id, its file and its label names (None: unlabelled)."""
+
+    id: str
+    path: Path
+    labels: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class ValidateConfig:
+    """How to validate.
+
+    backends: registry names to try, or ``("all",)`` for every backend available here.
+    gates: the verdict's limits (see :class:`ParityGates`).
+    batch_size: images per inference call (also the cache granularity).
+    n_boot, seed: paired bootstrap of the AUC differences.
+    per_layer: run the layer-wise diagnosis (:mod:`uopsl.export.layerwise`) on each INT8 ONNX file.
+    per_layer_images: images it uses; sqnr_threshold_db/min_drop_db/max_suggestions: its exclusion rule.
+    threads: inference threads of CPU backends (None: their default).
+    max_thumbnails: flipped images shown with a thumbnail per candidate in the HTML report.
+    resume: reuse cached model outputs of an earlier run with identical inputs.
+    """
+
+    backends: tuple[str, ...] = ("all",)
+    gates: ParityGates = field(default_factory=ParityGates)
+    batch_size: int = 16
+    n_boot: int = 1000
+    seed: int = 0
+    per_layer: bool = False
+    per_layer_images: int = 8
+    sqnr_threshold_db: float = 20.0
+    min_drop_db: float = 3.0
+    max_suggestions: int = 5
+    threads: int | None = None
+    max_thumbnails: int = 60
+    resume: bool = True
+    show_progress: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "backends", tuple(self.backends))
+        bad = [b for b in self.backends if b != "all" and b not in BACKEND_NAMES]
+        if not self.backends or bad or ("all" in self.backends and len(self.backends) > 1):
+            raise ConfigError(f"backends must be ('all',) or names from {BACKEND_NAMES}; got {self.backends}")
+        if self.batch_size < 1 or self.n_boot < 0 or self.per_layer_images < 1 or self.max_thumbnails < 0:
+            raise ConfigError("batch_size and per_layer_images must be >= 1; n_boot and max_thumbnails >= 0")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"threads must be >= 1 or None, got {self.threads}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["gates"] = self.gates.to_dict()
+        return d
+
+
+@dataclass(frozen=True)
+class CandidateSpec:
+    """One model file of the bundle on one backend."""
+
+    name: str
+    backend: str
+    file: str
+    precision: str
+
+
+@dataclass(frozen=True)
+class ParityReport:
+    """The outcome: ``passed`` (every candidate within the gates) and the report's content and files."""
+
+    passed: bool
+    report: dict[str, Any]
+    json_path: Path
+    html_path: Path
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.passed else 1
+
+
+# -- candidates ----------------------------------------------------------------------------------
+def _usable(av: Availability) -> dict[str, bool]:
+    return {"ort-cpu": "CPUExecutionProvider" in av.ort_providers, "ort-cuda": av.ort_cuda, "ort-trt": av.ort_trt,
+            "openvino": av.openvino, "tensorrt": av.tensorrt}
+
+
+def plan_candidates(
+    bundle: Path, manifest: Manifest, backends: Sequence[str], availability: Availability,
+) -> tuple[list[CandidateSpec], list[dict[str, str]]]:
+    """(candidates to run, skipped ones with the reason) for ``backends`` on this machine."""
+    usable = _usable(availability)
+    names = list(BACKEND_NAMES) if tuple(backends) == ("all",) else list(backends)
+    explicit = tuple(backends) != ("all",)
+    runs: list[CandidateSpec] = []
+    skipped: list[dict[str, str]] = []
+    onnx = manifest.files_of("onnx")
+    engines = manifest.files_of("engine")
+    for b in names:
+        files = engines if b == "tensorrt" else onnx
+        if not usable[b]:
+            if explicit or files:
+                why = {"ort-cuda": "ONNX Runtime has no CUDA provider here (onnxruntime-gpu and a GPU needed)",
+                       "ort-trt": "ONNX Runtime has no TensorRT provider here",
+                       "openvino": "OpenVINO is not installed (pip install 'uopsl[openvino]')",
+                       "tensorrt": "TensorRT and a CUDA binding are not installed (pip install 'uopsl[trt]')",
+                       "ort-cpu": "ONNX Runtime is not installed"}[b]
+                skipped.append({"name": b, "reason": why})
+            continue
+        if not files and (explicit or b == "tensorrt"):
+            skipped.append({"name": b, "reason": "the bundle has no " + ("engine" if b == "tensorrt" else "ONNX") + " file"})
+        for f in files:
+            name = f"{b}:{f.path}"
+            if b == "tensorrt":
+                why = engine_mismatch(bundle / f.path)
+                if why is not None:
+                    skipped.append({"name": name, "reason": why})
+                    continue
+            runs.append(CandidateSpec(name, b, f.path, f.precision))
+    return runs, skipped
+
+
+def open_candidate(bundle: Path, spec: CandidateSpec, threads: int | None) -> Backend:
+    """Construct (not enter) the backend for ``spec``; TensorRT is imported only here."""
+    path = bundle / spec.file
+    if spec.backend == "openvino":
+        from uopsl.runtime.backends.openvino import OpenVinoBackend
+
+        return OpenVinoBackend(path, "CPU", threads, precision=spec.precision)
+    if spec.backend == "tensorrt":
+        from uopsl.runtime.backends.tensorrt import TensorRTBackend
+
+        return TensorRTBackend(path, device=0)
+    from uopsl.runtime.backends.onnxruntime import OrtBackend
+
+    providers = {"ort-cpu": "cpu", "ort-cuda": "cuda", "ort-trt": "tensorrt"}[spec.backend]
+    return OrtBackend(path, providers, threads, precision=spec.precision)
+
+
+# -- output cache -----------------------------------------------------------------------------------
+class _BatchCache:
+    """Model outputs of each batch as ``.npz`` under a key; a different key empties the folder."""
+
+    def __init__(self, folder: Path, key: dict[str, Any] | None) -> None:
+        self.folder = folder
+        self.enabled = key is not None
+        if not self.enabled:
+            return
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
+        key_file = folder / "key.json"
+        try:
+            same = json.loads(key_file.read_text(encoding="utf-8")).get("digest") == digest
+        except (OSError, ValueError, AttributeError):
+            same = False
+        if not same:
+            shutil.rmtree(folder, ignore_errors=True)
+            write_json(key_file, {"digest": digest, "key": key})
+
+    def _path(self, index: int) -> Path:
+        return self.folder / f"batch_{index:06d}.npz"
+
+    def get(self, index: int) -> dict[str, Any] | None:
+        if not self.enabled or not self._path(index).is_file():
+            return None
+        try:
+            with np.load(self._path(index), allow_pickle=False) as z:
+                arrays = {k: z[k] for k in z.files}
+            meta = json.loads(str(arrays.pop("meta")))
+        except (OSError, ValueError, KeyError) as exc:
+            log.warning("ignoring unreadable cached batch %s (%s)", self._path(index), exc)
+            return None
+        return {"arrays": arrays, **meta}
+
+    def put(self, index: int, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> None:
+        if not self.enabled:
+            return
+        import io
+
+        buf = io.BytesIO()
+        np.savez(buf, meta=np.array(json.dumps(meta)), **arrays)
+        write_bytes(self._path(index), buf.getvalue())
+
+
+def _file_key(path: Path) -> list[Any]:
+    try:
+        st = path.stat()
+        return [str(path), st.st_size, st.st_mtime_ns]
+    except OSError:
+        return [str(path), None, None]
+
+
+def _progress(items: Iterable[T], total: int, desc: str, enabled: bool) -> Iterable[T]:
+    if not enabled or not available("tqdm"):
+        return items
+    from tqdm.auto import tqdm
+
+    return tqdm(items, total=total, desc=desc, leave=False, dynamic_ncols=True)
+
+
+def _chunks(seq: Sequence[T], n: int) -> Iterator[Sequence[T]]:
+    for start in range(0, len(seq), n):
+        yield seq[start:start + n]
+
+
+def _check_outputs(who: str, out: Mapping[str, np.ndarray], n: int, k: int) -> dict[str, np.ndarray]:
+    missing = [name for name in ("probs", "logits") if name not in out]
+    if missing:
+        raise BundleError(f"{who} returned no {missing}; expected the outputs {list(OUTPUT_NAMES)}")
+    res = {name: np.asarray(out[name], np.float32) for name in OUTPUT_NAMES if name in out}
+    for name in ("probs", "logits"):
+        if res[name].shape != (n, k):
+            raise BundleError(f"{who}: '{name}' has shape {res[name].shape}, expected ({n}, {k}) for the "
+                              f"bundle's {k} classes; are the checkpoint and the bundle the same model?")
+    return res
+
+
+# -- the run --------------------------------------------------------------------------------------------
+@dataclass
+class _Run:
+    """Outputs gathered over all batches."""
+
+    ids: list[str] = field(default_factory=list)
+    labels: list[tuple[str, ...] | None] = field(default_factory=list)
+    outputs: dict[str, dict[str, list[np.ndarray]]] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+    skipped: list[dict[str, str]] = field(default_factory=list)
+
+    def add(self, source: str, arrays: Mapping[str, np.ndarray]) -> None:
+        slot = self.outputs.setdefault(source, {})
+        for name, a in arrays.items():
+            slot.setdefault(name, []).append(a)
+
+    def stacked(self, source: str) -> dict[str, np.ndarray]:
+        return {name: np.concatenate(parts) for name, parts in self.outputs.get(source, {}).items()}
+
+
+def _preprocess_batch(records: Sequence[ImageRecord], cfg: PreprocessConfig, ref_cfg: PreprocessConfig | None
+                      ) -> tuple[list[int], np.ndarray | None, np.ndarray | None, list[dict[str, str]]]:
+    ok: list[int] = []
+    cand: list[np.ndarray] = []
+    ref: list[np.ndarray] = []
+    skipped = []
+    for i, rec in enumerate(records):
+        try:
+            data = read_bytes(rec.path)
+            a = preprocess(data, cfg, source=rec.id).image
+            b = preprocess(data, ref_cfg, source=rec.id).image if ref_cfg is not None else None
+        except UopslError as exc:
+            skipped.append({"id": rec.id, "reason": getattr(exc, "reason", type(exc).__name__), "message": str(exc)})
+            continue
+        ok.append(i)
+        cand.append(a)
+        if b is not None:
+            ref.append(b)
+    if not ok:
+        return ok, None, None, skipped
+    return ok, np.stack(cand), (np.stack(ref) if ref_cfg is not None else None), skipped
+
+
+def _run_all(bundle: Path, manifest: Manifest, reference: Reference, ref_cfg: PreprocessConfig | None,
+             images: Sequence[ImageRecord], specs: Sequence[CandidateSpec], config: ValidateConfig,
+             cache: _BatchCache) -> _Run:
+    run = _Run()
+    k = len(manifest.classes)
+    cfg = manifest.preprocess
+    with contextlib.ExitStack() as stack:
+        opened: dict[str, Backend] = {}
+        started = False
+
+        def open_all() -> None:
+            for spec in specs:
+                if spec.name in run.errors:
+                    continue
+                try:
+                    opened[spec.name] = stack.enter_context(open_candidate(bundle, spec, config.threads))
+                except Exception as exc:  # noqa: BLE001 - a broken candidate must not stop the others
+                    run.errors[spec.name] = f"cannot load: {exc}"
+                    log.error("%s: cannot load (%s)", spec.name, exc)
+
+        n_batches = -(-len(images) // config.batch_size)
+        for index, records in enumerate(_progress(_chunks(images, config.batch_size), n_batches, "validate",
+                                                  config.show_progress)):
+            cached = cache.get(index)
+            if cached is None:
+                ok, x, x_ref, skipped = _preprocess_batch(records, cfg, ref_cfg)
+                arrays: dict[str, np.ndarray] = {}
+                errors: dict[str, str] = {}
+                if ok and x is not None:
+                    if not started:
+                        open_all()
+                        started = True
+                    ref_out = _check_outputs("the reference", reference.infer(x if x_ref is None else x_ref), len(ok), k)
+                    arrays.update({f"ref__{n}": a for n, a in ref_out.items()})
+                    for spec in specs:
+                        if spec.name in run.errors or spec.name not in opened:
+                            continue
+                        try:
+                            out = _check_outputs(spec.name, opened[spec.name].infer(x), len(ok), k)
+                        except Exception as exc:  # noqa: BLE001 - record it; the other candidates go on
+                            errors[spec.name] = f"inference failed: {exc}"
+                            run.errors[spec.name] = errors[spec.name]
+                            log.error("%s: %s", spec.name, errors[spec.name])
+                            continue
+                        arrays.update({f"{spec.name}__{n}": a for n, a in out.items()})
+                meta = {"ok": ok, "skipped": skipped, "errors": {**run.errors, **errors}}
+                cache.put(index, arrays, meta)
+                cached = {"arrays": arrays, **meta}
+            else:
+                run.errors.update({kk: v for kk, v in cached["errors"].items() if kk not in run.errors})
+            run.skipped.extend(cached["skipped"])
+            ok = cached["ok"]
+            if not ok:
+                continue
+            run.ids.extend(records[i].id for i in ok)
+            run.labels.extend(records[i].labels for i in ok)
+            for source in ["ref", *(s.name for s in specs)]:
+                part = {kk.split("__", 1)[1]: v for kk, v in cached["arrays"].items() if kk.startswith(f"{source}__")}
+                if part:
+                    run.add(source, part)
+    return run
+
+
+# -- images for the report ----------------------------------------------------------------------------------
+def _png_data_uri(path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+def _thumbnail(rec: ImageRecord, cfg: PreprocessConfig, side: int = 112) -> str | None:
+    try:
+        img = preprocess(read_bytes(rec.path), cfg, source=rec.id).image
+    except UopslError:
+        return None
+    small = cv2.resize(img, (side, side), interpolation=cv2.INTER_AREA)
+    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(small, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 85])
+    return "data:image/jpeg;base64," + base64.b64encode(buf.tobytes()).decode("ascii") if ok else None
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_")
+
+
+def _roc_png(out: Path, name: str, manifest: Manifest, truth: Truth, ref: np.ndarray, cand: np.ndarray) -> Path | None:
+    from uopsl.runtime.plots import overlay_series, roc_plot
+
+    rc, cc, rp, cp = {}, {}, {}, {}
+    for k, spec in enumerate(manifest.classes):
+        y = truth.positive[:, k]
+        if not truth.defined[k] or not y.any() or y.all():
+            continue
+        rc[spec.name], cc[spec.name] = roc_curve(y, ref[:, k]), roc_curve(y, cand[:, k])
+        for probs, points in ((ref, rp), (cand, cp)):
+            called = probs[:, k] >= spec.threshold
+            points[spec.name] = (float(called[~y].mean()), float(called[y].mean()))
+    if not rc:
+        return None
+    series = overlay_series(rc, cc, reference_label="reference", candidate_label=name,
+                            reference_points=rp, candidate_points=cp)
+    truth_word = "labels" if truth.source == "labels" else "reference decisions"
+    return roc_plot(series, out / f"roc_{_slug(name)}.png", title=f"ROC: reference vs {name}",
+                    subtitle=f"truth: {truth_word}; markers: manifest thresholds")
+
+
+# -- the entry point ---------------------------------------------------------------------------------------
+def _preprocess_differences(a: PreprocessConfig, b: PreprocessConfig) -> dict[str, list[Any]]:
+    da, db = a.to_dict(), b.to_dict()
+    return {key: [db[key], da[key]] for key in da if da[key] != db[key]}
+
+
+def _machine() -> dict[str, Any]:
+    import platform
+
+    info: dict[str, Any] = {"python": platform.python_version(), "platform": platform.platform()}
+    for mod in ("onnxruntime", "openvino", "tensorrt", "numpy", "cv2"):
+        if available(mod):
+            with contextlib.suppress(Exception):
+                info[mod] = __import__(mod).__version__
+    return info
+
+
+def validate_bundle(
+    bundle: str | os.PathLike[str],
+    reference: Reference,
+    images: Sequence[ImageRecord],
+    out: str | os.PathLike[str],
+    config: ValidateConfig | None = None,
+    *,
+    label_space: Sequence[str] | None = None,
+    context: Mapping[str, Any] | None = None,
+    availability: Availability | None = None,
+) -> ParityReport:
+    """Validate every candidate of ``bundle`` against ``reference`` on ``images``; write the reports to ``out``.
+
+    label_space: the dataset's class names when ``images`` carry labels (None:
+        unlabelled; the reference's decisions become the truth).
+    context: facts for the report and the saved config (checkpoint, data source, command line...).
+    The reference may carry ``preprocess`` (its own PreprocessConfig), ``fingerprint``
+    (enables the output cache) and ``describe()``.
+    Raises :class:`BundleError` for a bundle that fails verification or does not
+    match the reference, :class:`ConfigError` for unusable inputs.
+    """
+    cfg = config or ValidateConfig()
+    root = Path(bundle)
+    out_dir = Path(out)
+    manifest = verify_or_raise(root)
+    if not images:
+        raise ConfigError("no images to validate on; check --data (and --limit)")
+    if label_space is not None and any(r.labels is None for r in images):
+        raise ConfigError("label_space is given but some images have no labels")
+    av = availability or detect_availability()
+    specs, skipped_candidates = plan_candidates(root, manifest, cfg.backends, av)
+    if not specs:
+        raise BundleError(f"no candidate to validate in {root} with backends {cfg.backends}: "
+                          + "; ".join(f"{s['name']}: {s['reason']}" for s in skipped_candidates))
+    ref_pre: PreprocessConfig | None = getattr(reference, "preprocess", None)
+    diffs = _preprocess_differences(manifest.preprocess, ref_pre) if ref_pre is not None else {}
+    notes: list[str] = []
+    if diffs:
+        notes.append("the manifest's preprocessing differs from the reference's (checkpoint) in "
+                     + ", ".join(f"{k}: reference {v[0]!r}, bundle {v[1]!r}" for k, v in diffs.items())
+                     + "; each side was fed its own preprocessing")
+        log.warning(notes[-1])
+    fingerprint = getattr(reference, "fingerprint", "")
+    key = None
+    if cfg.resume and fingerprint:
+        key = {"version": __version__, "files": {f.path: f.sha256 for f in manifest.files},
+               "reference": fingerprint, "images": [[r.id, *_file_key(r.path)] for r in images],
+               "preprocess": manifest.preprocess.to_dict(), "reference_preprocess": ref_pre.to_dict() if diffs else None,
+               "candidates": [s.name for s in specs], "batch_size": cfg.batch_size}
+    cache = _BatchCache(out_dir / _CACHE_DIR, key)
+    run = _run_all(root, manifest, reference, ref_pre if diffs else None, images, specs, cfg, cache)
+    n = len(run.ids)
+    if n == 0:
+        raise ConfigError(f"none of the {len(images)} images could be preprocessed; first reasons: "
+                          + "; ".join(f"{s['id']}: {s['message']}" for s in run.skipped[:3]))
+    ref = run.stacked("ref")
+    if label_space is not None:
+        truth = truth_from_labels(manifest, [lab or () for lab in run.labels], label_space)
+    else:
+        truth = truth_from_reference(manifest, ref["probs"])
+    notes.extend(truth.notes)
+    by_id = {r.id: r for r in images}
+    candidates: list[dict[str, Any]] = []
+    html_images: dict[str, str] = {}
+    for spec in specs:
+        entry: dict[str, Any] = {"name": spec.name, "backend": spec.backend, "file": spec.file,
+                                 "precision": spec.precision}
+        if spec.name in run.errors:
+            entry.update({"passed": False, "error": run.errors[spec.name], "reasons": [run.errors[spec.name]]})
+            candidates.append(entry)
+            continue
+        cand = run.stacked(spec.name)
+        num = numerical(ref, cand)
+        clin = clinical(manifest, truth, ref["probs"], cand["probs"], run.ids, n_boot=cfg.n_boot, seed=cfg.seed)
+        verdict = judge(cfg.gates, num, clin)
+        entry.update({"passed": verdict.passed, "reasons": list(verdict.reasons),
+                      "checks": [asdict(c) for c in verdict.checks], "numerical": num, "clinical": clin})
+        png = _roc_png(out_dir, spec.name, manifest, truth, ref["probs"], cand["probs"])
+        if png is not None:
+            entry["roc_png"] = png.name
+            html_images[f"roc:{spec.name}"] = _png_data_uri(png)
+        for item in clin["flips"]["items"][: cfg.max_thumbnails]:
+            key_t = f"thumb:{item['id']}"
+            if key_t not in html_images:
+                uri = _thumbnail(by_id[item["id"]], manifest.preprocess)
+                if uri:
+                    html_images[key_t] = uri
+        candidates.append(entry)
+        log.info("%s: %s (%d flips, max |dp| %.2e)", spec.name, "PASS" if verdict.passed else "FAIL",
+                 clin["flips"]["n"], num["max_abs_prob_diff"])
+    per_layer = _per_layer(root, manifest, specs, images, cfg) if cfg.per_layer else {}
+    passed = all(c["passed"] for c in candidates)
+    report = jsonable({
+        "format": REPORT_FORMAT,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "toolkit_version": __version__,
+        "machine": _machine(),
+        "passed": passed,
+        "gates": cfg.gates.to_dict(),
+        "gates_are_default": cfg.gates.is_default,
+        "bundle": {"path": str(root), "model_name": manifest.model_name, "backbone": manifest.backbone,
+                   "head": manifest.head, "referral_rule": manifest.referral_rule,
+                   "referral_threshold": manifest.referral_threshold,
+                   "classes": [{"name": c.name, "threshold": c.threshold, "referable": c.referable}
+                               for c in manifest.classes],
+                   "files": [{"path": f.path, "kind": f.kind, "precision": f.precision} for f in manifest.files]},
+        "reference": {"describe": _describe(reference), "fingerprint": fingerprint,
+                      "preprocess": (ref_pre or manifest.preprocess).to_dict()},
+        "preprocess": {"bundle": manifest.preprocess.to_dict(), "differences": diffs},
+        "data": {"n_images": len(images), "n_used": n, "n_skipped": len(run.skipped), "truth": truth.source,
+                 "label_space": list(label_space) if label_space is not None else None,
+                 "classes_with_truth": [c.name for c, d in zip(manifest.classes, truth.defined) if d]},
+        "context": dict(context or {}),
+        "notes": notes,
+        "skipped_images": run.skipped,
+        "skipped_candidates": skipped_candidates,
+        "candidates": candidates,
+        "per_layer": per_layer,
+    })
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json(out_dir / "parity_config.json", jsonable({"bundle": str(root), "config": cfg.to_dict(),
+                                                         "context": dict(context or {}),
+                                                         "candidates": [asdict(s) for s in specs]}))
+    json_path, html_path = out_dir / "parity.json", out_dir / "parity.html"
+    write_json(json_path, report)
+    from uopsl.export.parity_html import render_html
+
+    write_text(html_path, render_html(report, html_images))
+    return ParityReport(passed, report, json_path, html_path)
+
+
+def _describe(reference: Any) -> str:
+    fn = getattr(reference, "describe", None)
+    return str(fn()) if callable(fn) else type(reference).__name__
+
+
+def _per_layer(root: Path, manifest: Manifest, specs: Sequence[CandidateSpec], images: Sequence[ImageRecord],
+               cfg: ValidateConfig) -> dict[str, Any]:
+    """Layer-wise diagnosis of each INT8 ONNX file among the candidates (keyed by file)."""
+    from uopsl.export.layerwise import layerwise_errors
+
+    fp32 = next((f for f in manifest.files_of("onnx") if f.precision == "fp32"), None)
+    files = sorted({s.file for s in specs if s.precision in _INT8 and s.backend != "tensorrt"})
+    if not files:
+        return {}
+    if fp32 is None:
+        return {f: {"error": "the bundle has no FP32 ONNX file to compare against"} for f in files}
+    inputs: list[np.ndarray] = []
+    for rec in images:
+        if len(inputs) >= cfg.per_layer_images:
+            break
+        with contextlib.suppress(UopslError):
+            inputs.append(preprocess(read_bytes(rec.path), manifest.preprocess, source=rec.id).image)
+    result: dict[str, Any] = {}
+    for f in files:
+        entry = manifest.file(f)
+        try:
+            rep = layerwise_errors(root / fp32.path, root / f, np.stack(inputs),
+                                   sqnr_threshold_db=cfg.sqnr_threshold_db, min_drop_db=cfg.min_drop_db,
+                                   max_suggestions=cfg.max_suggestions)
+        except UopslError as exc:
+            result[f] = {"error": str(exc)}
+            continue
+        d = rep.to_dict()
+        variant = entry.info.get("variant") or ("trt" if entry.precision == "int8-qdq-s8" else "cpu")
+        d["suggested_command"] = rep.suggested_command(str(root), variant)
+        result[f] = d
+    return result

@@ -1,0 +1,200 @@
+"""``uopsl validate``: prove that a bundle still makes the PyTorch model's clinical decisions.
+
+Runs the checkpoint (PyTorch, the reference) and every model file of BUNDLE on
+every backend available here over the same preprocessed images, and writes
+``OUT/parity.json`` and ``OUT/parity.html`` (see :mod:`uopsl.export.validate`).
+Exit code 0 when every candidate is within the gates, 1 when one is not (a CI
+release gate), 2 for a usage, bundle or checkpoint error.
+
+``--data`` accepts:
+
+* ``KIND:PATH[:key=value,...]`` as in the other commands (``synthetic:DIR``,
+  ``tvhl:DIR:task=referable_dr``, ``folder:DIR``, ... plus ``split=``/``fold=``);
+* a folder: ``labels.csv`` inside -> the synthetic generator's set; class
+  sub-folders -> folder-per-class labels; otherwise every image under it,
+  unlabelled;
+* a CSV file with a ``path`` column and a ``label`` (one class) or ``labels``
+  (``;``-separated) column; with ``path`` only, unlabelled.
+
+Without labels the reference's own decisions are the truth (the report says so).
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+
+from uopsl.runtime.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+
+def _records_from_source(src: Any) -> tuple[list[Any], tuple[str, ...]]:
+    from uopsl.export.validate import ImageRecord
+
+    records = []
+    for s in src.samples:
+        if s.modality != "fundus":
+            continue
+        try:
+            rid = str(Path(s.path).relative_to(src.root))
+        except ValueError:
+            rid = str(s.path)
+        records.append(ImageRecord(rid, Path(s.path), tuple(s.labels)))
+    return records, tuple(src.label_space.classes)
+
+
+def _unlabelled(paths: list[Path], root: Path) -> list[Any]:
+    from uopsl.export.validate import ImageRecord
+
+    out = []
+    for p in paths:
+        try:
+            rid = str(p.relative_to(root))
+        except ValueError:
+            rid = str(p)
+        out.append(ImageRecord(rid, p, None))
+    return out
+
+
+def _csv_records(path: Path) -> tuple[list[Any], tuple[str, ...] | None]:
+    from uopsl.train import data
+
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as fh:
+            header = next(csv.reader(fh), [])
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc})") from exc
+    cols = {c.strip() for c in header}
+    if "path" not in cols:
+        raise DataError(f"{path}: a validation CSV needs a 'path' column (and optionally 'label' or 'labels'); "
+                        f"found columns {sorted(cols)}")
+    if {"modality", "labels", "masks"} <= cols:
+        return _records_from_source(data.read_synthetic(path, modality="fundus"))
+    if "label" in cols:
+        return _records_from_source(data.read_csv(path, data.CsvLayout(label_column="label")))
+    if "labels" in cols:
+        return _records_from_source(data.read_csv(path, data.CsvLayout(multi_label_column="labels")))
+    with open(path, encoding="utf-8-sig", newline="") as fh:
+        rows = [r["path"].strip() for r in csv.DictReader(fh) if (r.get("path") or "").strip()]
+    return _unlabelled([Path(r) if Path(r).is_absolute() else path.parent / r for r in rows], path.parent), None
+
+
+def resolve_data(spec: str) -> tuple[list[Any], tuple[str, ...] | None, str]:
+    """``--data`` -> (image records, label space or None, a description for the report)."""
+    from uopsl.runtime.pipeline import walk_images
+    from uopsl.train import data
+
+    path = Path(spec)
+    head = spec.split(":", 1)[0]
+    if ":" in spec and head in data.READERS and not path.exists():
+        from uopsl.train.commands.common import load_source
+
+        records, space = _records_from_source(load_source(spec))
+        return records, space, f"dataset {spec}"
+    if path.is_file() and path.suffix.lower() == ".csv":
+        records, space = _csv_records(path)
+        return records, space, f"CSV {path}"
+    if path.is_dir():
+        if (path / "labels.csv").is_file():
+            records, space = _records_from_source(data.read_synthetic(path, modality="fundus"))
+            return records, space, f"synthetic set {path}"
+        subdirs = [d for d in path.iterdir() if d.is_dir() and not d.name.startswith(".")]
+        top_images = [p for p in path.iterdir() if p.is_file() and p.suffix.lower() in data.IMAGE_EXTENSIONS]
+        if subdirs and not top_images:
+            records, space = _records_from_source(data.read_folder(path))
+            return records, space, f"folder-per-class {path}"
+        return _unlabelled(list(walk_images(path)), path), None, f"unlabelled images under {path}"
+    raise ConfigError(
+        f"--data {spec!r}: not a folder, a CSV file or KIND:PATH with KIND one of {sorted(data.READERS)}"
+    )
+
+
+def limit_records(records: list[Any], limit: int | None, seed: int) -> list[Any]:
+    """A seeded random subset of ``limit`` records, kept in their original order (all when None)."""
+    if limit is None or limit >= len(records):
+        return records
+    if limit < 1:
+        raise ConfigError(f"--limit must be >= 1, got {limit}")
+    idx = np.sort(np.random.default_rng(seed).choice(len(records), limit, replace=False))
+    return [records[i] for i in idx]
+
+
+@click.command("validate")
+@click.argument("bundle", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--checkpoint", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="The checkpoint the bundle was exported from (the PyTorch reference).")
+@click.option("--data", "data_spec", required=True,
+              help="Images: KIND:PATH[:k=v,...], a folder, or a CSV (see `uopsl validate --help`).")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Report folder.")
+@click.option("--backends", default="all", show_default=True,
+              help="'all' (every backend available here) or a comma list: ort-cpu,ort-cuda,ort-trt,openvino,tensorrt.")
+@click.option("--gates", default=None,
+              help="Override gates: flips=0.005,auc=0.005,sens=0.01[,prob=1e-4] (the defaults are strict).")
+@click.option("--per-layer", is_flag=True, help="Layer-wise SQNR/cosine of each INT8 ONNX file vs FP32, "
+                                                "with a suggested --exclude list for `uopsl quantize`.")
+@click.option("--per-layer-images", type=click.IntRange(1), default=8, show_default=True)
+@click.option("--sqnr-threshold", type=float, default=20.0, show_default=True,
+              help="Per-layer: layers below this SQNR (dB) that lose >= 3 dB themselves are suggested for exclusion.")
+@click.option("--limit", type=click.IntRange(1), default=None, help="Validate on a seeded random subset of N images.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of --limit and of the bootstrap.")
+@click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True)
+@click.option("--n-boot", type=click.IntRange(0), default=1000, show_default=True,
+              help="Bootstrap replicates of the paired AUC differences.")
+@click.option("--device", default="auto", show_default=True, help="Reference device: auto, cpu, cuda, cuda:N.")
+@click.option("--threads", type=click.IntRange(1), default=None, help="Inference threads of the CPU backends.")
+@click.option("--no-resume", is_flag=True, help="Recompute every output instead of reusing OUT/.parity-cache.")
+def command(bundle: Path, checkpoint: Path, data_spec: str, out: Path, backends: str, gates: str | None,
+            per_layer: bool, per_layer_images: int, sqnr_threshold: float, limit: int | None, seed: int,
+            batch_size: int, n_boot: int, device: str, threads: int | None, no_resume: bool) -> int:
+    """Validate BUNDLE against its checkpoint on --data; exit 0 when every candidate passes the gates."""
+    from uopsl.export.parity_metrics import parse_gates
+    from uopsl.export.validate import ValidateConfig, validate_bundle
+    from uopsl.runtime.bundle import read_manifest
+    from uopsl.train.reference import TorchReference, manifest_mismatches
+
+    names = tuple(b.strip() for b in backends.split(",") if b.strip())
+    config = ValidateConfig(
+        backends=names, gates=parse_gates(gates), batch_size=batch_size, n_boot=n_boot, seed=seed,
+        per_layer=per_layer, per_layer_images=per_layer_images, sqnr_threshold_db=sqnr_threshold,
+        threads=threads, resume=not no_resume,
+    )
+    manifest = read_manifest(bundle)
+    reference = TorchReference.from_checkpoint(checkpoint, device)
+    notes = manifest_mismatches(reference.meta, manifest) if reference.meta is not None else []
+    records, space, description = resolve_data(data_spec)
+    records = limit_records(records, limit, seed)
+    context: dict[str, Any] = {"checkpoint": str(checkpoint), "data": data_spec, "data_description": description,
+                               "limit": limit, "seed": seed, "device": str(reference.device),
+                               "command": " ".join(["uopsl", *sys.argv[1:]]) if sys.argv else "",
+                               "checkpoint_manifest_differences": notes}
+    for note in notes:
+        log.warning("checkpoint vs bundle: %s", note)
+    result = validate_bundle(bundle, reference, records, out, config, label_space=space, context=context)
+    rep = result.report
+    click.echo(f"{rep['data']['n_used']} images ({rep['data']['n_skipped']} unusable), truth: {rep['data']['truth']}")
+    for c in rep["candidates"]:
+        if c.get("error"):
+            click.echo(f"  FAIL {c['name']}: {c['error']}")
+            continue
+        flips = c["clinical"]["flips"]
+        click.echo(f"  {'PASS' if c['passed'] else 'FAIL'} {c['name']} ({c['precision']}): {flips['n']} flips, "
+                   f"max |dp| {c['numerical']['max_abs_prob_diff']:.2e}"
+                   + (f"; {'; '.join(c['reasons'])}" if c["reasons"] else ""))
+    for s in rep["skipped_candidates"]:
+        click.echo(f"  not run: {s['name']} ({s['reason']})")
+    for file, d in rep["per_layer"].items():
+        if d.get("suggested_command"):
+            click.echo(f"  per-layer {file}: {d['suggested_command']}")
+        elif "error" in d:
+            click.echo(f"  per-layer {file}: {d['error']}")
+        else:
+            click.echo(f"  per-layer {file}: no layer to exclude suggested")
+    click.echo(f"{'PASS' if result.passed else 'FAIL'}: {result.json_path}, {result.html_path}")
+    return result.exit_code
