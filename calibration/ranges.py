@@ -17,7 +17,9 @@ one inference pass, not three):
 * ``entropy``: TensorRT's calibration (8-bit inference with TensorRT, GTC 2017,
   as implemented by NVIDIA's pytorch-quantization): on the histogram of
   ``|x|``, choose the threshold whose 128-level quantized distribution has the
-  smallest KL divergence from the clipped reference distribution;
+  smallest KL divergence from the clipped reference distribution. A tensor
+  with too few values for its histogram (the logits: images x classes) keeps
+  its minmax range, since KL between near-empty histograms is noise;
 * ``percentile``: the given percentile (default 99.99) of ``|x|``.
 
 Entropy and percentile yield a symmetric limit ``amax``; the tensor's range is
@@ -50,6 +52,8 @@ log = logging.getLogger(__name__)
 NUM_BINS = 8192  # signed bins over [-R, R]: >= 2048 bins over [0, amax] for |x|, as TensorRT uses
 KL_LEVELS = 128  # quantized levels of a symmetric int8 encoding (one sign)
 DEFAULT_PERCENTILE = 99.99
+# Entropy needs a populated histogram: below this many values per signed bin, minmax is used.
+ENTROPY_MIN_VALUES_PER_BIN = 4
 # Ops whose outputs are constants, not activations.
 _CONSTANT_OPS = frozenset({"Constant", "ConstantOfShape"})
 
@@ -92,7 +96,10 @@ class ActivationHistogram:
             self.hist[self.num_bins // 2] += x.size
             return
         nb = self.num_bins
-        idx = ((x.astype(np.float64) + self.limit) * (nb / (2.0 * self.limit))).astype(np.int64)
+        # float32 is exact enough for a bin index below 2**24; it halves the memory traffic.
+        t = x * np.float32(nb / (2.0 * self.limit))
+        t += np.float32(nb // 2)
+        idx = t.astype(np.intp)
         np.clip(idx, 0, nb - 1, out=idx)
         self.hist += np.bincount(idx, minlength=nb)
 
@@ -120,6 +127,10 @@ class ActivationHistogram:
             return lo, hi
         h, width = self.abs_histogram()
         if method == "entropy":
+            if self.count < ENTROPY_MIN_VALUES_PER_BIN * self.num_bins:
+                # KL between histograms with fewer values than bins measures sampling noise
+                # (e.g. logits: images x classes values); such tensors keep their observed range.
+                return lo, hi
             amax = entropy_amax(h, width)
         elif method == "percentile":
             amax = percentile_amax(h, width, percentile)

@@ -164,9 +164,37 @@ def _load_prepared(model_path: Path) -> Any:
         if not node.name or node.name in seen:
             node.name = f"{node.op_type}_{i}"
         seen.add(node.name)
+    _materialise_shared_initializers(model)
     model = onnx.shape_inference.infer_shapes(model)
     quant_utils.add_infer_metadata(model)  # tells ORT the shapes are already inferred
     return model
+
+
+def _materialise_shared_initializers(model: Any) -> None:
+    """Replace ``Identity(initializer)`` nodes by a copy of the initializer under the output's name.
+
+    The torch exporter shares identical constants (e.g. the zero biases of
+    folded BatchNorms) through Identity nodes; ONNX Runtime's quantizer then
+    sees a Conv bias that is not an initializer, cannot quantize it, and the
+    Conv is never fused into an integer kernel (slower than FP32).
+    """
+    inits = {i.name: i for i in model.graph.initializer}
+    sources: set[str] = set()
+    for node in [n for n in model.graph.node if n.op_type == "Identity" and n.input[0] in inits]:
+        copy_ = copy.deepcopy(inits[node.input[0]])
+        copy_.name = node.output[0]
+        model.graph.initializer.append(copy_)
+        model.graph.node.remove(node)
+        sources.add(node.input[0])
+    _drop_unused_initializers(model, sources)
+
+
+def _drop_unused_initializers(model: Any, candidates: set[str] | None = None) -> None:
+    """Remove initializers (of ``candidates``, or all) that no node, graph input or output uses."""
+    graph = model.graph
+    used = {t for n in graph.node for t in n.input} | {o.name for o in graph.output} | {i.name for i in graph.input}
+    for init in [i for i in graph.initializer if i.name not in used and (candidates is None or i.name in candidates)]:
+        graph.initializer.remove(init)
 
 
 def resolve_exclusions(model: Any, items: Iterable[str]) -> tuple[str, ...]:
@@ -244,7 +272,40 @@ def _quantize_proto(
     quantizer.model.topological_sort()
     out = quantizer.model.model
     _keep_outputs_float(out)
+    _float_inputs_for(out, set(nodes_to_exclude))
     return out
+
+
+def _float_inputs_for(model: Any, excluded: set[str]) -> None:
+    """Feed excluded nodes the float tensors instead of their neighbours' dequantized copies.
+
+    ONNX Runtime leaves an excluded node between the DQ of its producer's
+    output and the Q of its consumer's input; its graph optimizer then fuses
+    DQ -> node -> Q into an integer kernel anyway. Reading the float tensor
+    (the Q's input) keeps the excluded node in float for every runtime.
+    """
+    if not excluded:
+        return
+    nodes = list(model.graph.node)
+    producer = {t: n for n in nodes for t in n.output}
+    for node in nodes:
+        if node.name not in excluded:
+            continue
+        for i, t in enumerate(node.input):
+            dq = producer.get(t)
+            q = producer.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
+            if q is not None and q.op_type == "QuantizeLinear":
+                node.input[i] = q.input[0]
+    # Pairs that fed only excluded nodes are now dead.
+    changed = True
+    while changed:
+        used = {t for n in model.graph.node for t in n.input} | {o.name for o in model.graph.output}
+        dead = [n for n in model.graph.node
+                if n.op_type in ("QuantizeLinear", "DequantizeLinear") and n.output[0] not in used]
+        for n in dead:
+            model.graph.node.remove(n)
+        changed = bool(dead)
+    _drop_unused_initializers(model)
 
 
 def _keep_outputs_float(model: Any) -> None:
@@ -283,9 +344,7 @@ def _keep_outputs_float(model: Any) -> None:
     used = {t for n in model.graph.node for t in n.input} | outputs
     for n in [n for n in model.graph.node if n.op_type == "Constant" and n.output[0] not in used]:
         model.graph.node.remove(n)
-    dead = [i for i in model.graph.initializer if i.name not in used]
-    for init in dead:
-        model.graph.initializer.remove(init)
+    _drop_unused_initializers(model)
 
 
 # -- sensitivity -----------------------------------------------------------------

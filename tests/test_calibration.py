@@ -1,0 +1,353 @@
+"""Calibration sets, range collection (minmax / entropy / percentile) and the calibration table."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from tinymodel import export_tiny_onnx, random_fundus_batch
+from uopsl.calibration import ranges as ranges_mod
+from uopsl.calibration.dataset import CalibrationSet, build_calibration_set, fingerprint_images
+from uopsl.calibration.ranges import (
+    ActivationHistogram,
+    activation_tensors,
+    calibrate,
+    collect_statistics,
+    entropy_amax,
+    percentile_amax,
+)
+from uopsl.calibration.table import CalibrationTable, load_if_current
+from uopsl.runtime.errors import ConfigError, DataError
+from uopsl.runtime.fsio import sha256_file
+from uopsl.runtime.preprocess import PreprocessConfig
+
+TVHL = Path(__file__).resolve().parents[2] / "shared" / "data" / "tvhl"
+SIZE = 64
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import torch
+
+    torch.manual_seed(0)  # TinyScreen's convolutions draw from the global generator
+    return export_tiny_onnx(tmp_path_factory.mktemp("model") / "tiny.onnx", num_classes=3, size=SIZE)
+
+
+@pytest.fixture(scope="module")
+def calib_set() -> CalibrationSet:
+    return CalibrationSet.from_images(random_fundus_batch(24, SIZE, seed=1))
+
+
+@pytest.fixture(scope="module")
+def stats(tiny: Path, calib_set: CalibrationSet) -> ranges_mod.ActivationStats:
+    return collect_statistics(tiny, calib_set, batch_size=5, show_progress=False)
+
+
+def _observed(model: Path, images: np.ndarray) -> dict[str, np.ndarray]:
+    """Every float activation, computed independently of the module under test."""
+    m = onnx.load(str(model))
+    names = list(activation_tensors(m))
+    have = {o.name for o in m.graph.output}
+    for n in names:
+        if n not in have:
+            m.graph.output.append(onnx.ValueInfoProto(name=n))
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    sess = ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    return dict(zip(names, sess.run(names, {"image": images})))
+
+
+def _write_png(path: Path, rgb: np.ndarray) -> Path:
+    cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    return path
+
+
+# -- ranges ------------------------------------------------------------------------
+def test_minmax_ranges_are_sane_and_cover_every_observed_activation(tiny, calib_set, stats) -> None:
+    r = stats.ranges("minmax")
+    obs = _observed(tiny, calib_set.images)
+    assert set(r) == set(obs)
+    assert any("Conv" in n for n in r) and "logits" in r
+    for name, (lo, hi) in r.items():
+        assert np.isfinite(lo) and np.isfinite(hi) and lo <= hi, name
+        # Same images, so minmax is the observed extent; the slack is float32 rounding (the
+        # reference runs all 24 images in one batch, calibration in batches of 5).
+        o_lo, o_hi = float(obs[name].min()), float(obs[name].max())
+        slack = 1e-6 * max(1.0, abs(o_lo), abs(o_hi))
+        assert lo <= o_lo + slack and hi >= o_hi - slack, name
+        assert lo == pytest.approx(o_lo, abs=slack) and hi == pytest.approx(o_hi, abs=slack), name
+
+
+def test_entropy_and_percentile_never_widen_minmax_and_clip_some_tails(stats) -> None:
+    mm = stats.ranges("minmax")
+    narrower = 0
+    for method in ("entropy", "percentile"):
+        r = stats.ranges(method, 99.9)
+        for name, (lo, hi) in r.items():
+            assert mm[name][0] <= lo <= hi <= mm[name][1], (method, name)
+        narrower += sum(r[n][1] - r[n][0] < 0.95 * (mm[n][1] - mm[n][0]) for n in r)
+    # Convolution outputs of noisy images have tails: both methods must clip some of them.
+    assert narrower >= 4
+
+
+def test_entropy_keeps_minmax_for_tensors_with_too_few_values(stats) -> None:
+    # logits: 24 images x 3 classes = 72 values, far fewer than the histogram's bins.
+    assert stats.histograms["logits"].count == 72
+    assert stats.ranges("entropy")["logits"] == stats.ranges("minmax")["logits"]
+
+
+def test_percentile_100_reproduces_minmax(stats) -> None:
+    assert stats.ranges("percentile", 100.0) == stats.ranges("minmax")
+
+
+def test_histogram_merge_is_exact_when_the_range_grows() -> None:
+    rng = np.random.default_rng(0)
+    small, large = rng.normal(0, 0.3, 5000).astype(np.float32), rng.normal(0, 6.0, 5000).astype(np.float32)
+    grown = ActivationHistogram(1024)
+    grown.update(np.zeros(10, np.float32))  # exact zeros before any scale is known
+    grown.update(small)
+    grown.update(large)  # limit doubles several times: bins merge pairwise
+    direct = ActivationHistogram(1024)
+    direct.update(np.concatenate([np.zeros(10, np.float32), small, large]))
+    assert grown.limit == direct.limit
+    np.testing.assert_array_equal(grown.hist, direct.hist)
+    assert (grown.lo, grown.hi) == (direct.lo, direct.hi) and grown.hist.sum() == 10010
+
+
+def test_histogram_ignores_nonfinite_values_and_counts_them() -> None:
+    h = ActivationHistogram(1024)
+    h.update(np.array([1.0, np.nan, -2.0, np.inf], np.float32))
+    assert (h.lo, h.hi, h.nonfinite, int(h.hist.sum())) == (-2.0, 1.0, 2, 2)
+
+
+def _abs_hist(values: np.ndarray, bins: int = 4096) -> tuple[np.ndarray, float]:
+    top = float(np.abs(values).max())
+    h, edges = np.histogram(np.abs(values), bins=bins, range=(0, top))
+    return h, float(edges[1])
+
+
+def test_entropy_threshold_ignores_rare_outliers_that_minmax_keeps() -> None:
+    rng = np.random.default_rng(0)
+    bulk = rng.normal(0, 1, 200_000)
+    # The bulk alone: KL keeps (nearly) all of it; a Gaussian has no tail worth cutting at 128 levels.
+    assert 3.0 < entropy_amax(*_abs_hist(bulk)) <= np.abs(bulk).max() + 1e-9
+    # 0.1 % outliers up to 50 sigma: minmax would spend the int8 grid on them, KL does not.
+    spiky = np.concatenate([bulk, rng.uniform(-50, 50, 200)])
+    assert entropy_amax(*_abs_hist(spiky)) < 5.0
+    assert entropy_amax(*_abs_hist(np.append(bulk, 100.0))) < 5.0
+
+
+def test_entropy_keeps_a_uniform_distribution_whole() -> None:
+    x = np.random.default_rng(0).uniform(-3, 3, 200_000)
+    assert entropy_amax(*_abs_hist(x)) == pytest.approx(3.0, rel=0.03)
+
+
+def test_percentile_threshold_matches_the_quantile() -> None:
+    x = np.random.default_rng(0).uniform(-1, 1, 100_000)
+    h, w = _abs_hist(x)
+    assert percentile_amax(h, w, 99.0) == pytest.approx(0.99, abs=2 * w)
+    with pytest.raises(ConfigError):
+        percentile_amax(h, w, 0.0)
+
+
+def test_calibrating_a_float_input_model_is_refused(tmp_path: Path) -> None:
+    from onnx import TensorProto, helper
+
+    g = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 8, 3])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 8, 3])])
+    path = tmp_path / "float_in.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    with pytest.raises(ConfigError, match="uint8"):
+        collect_statistics(path, CalibrationSet.from_images(random_fundus_batch(2, 32)), show_progress=False)
+
+
+def test_images_of_the_wrong_size_are_refused_with_a_hint(tiny) -> None:
+    wrong = CalibrationSet.from_images(random_fundus_batch(2, 32))
+    with pytest.raises(ConfigError, match="--size"):
+        collect_statistics(tiny, wrong, show_progress=False)
+
+
+# -- the table -----------------------------------------------------------------
+def test_table_json_round_trip_amax_and_scale(tmp_path: Path, stats) -> None:
+    table = stats.table("percentile", 99.99)
+    path = table.save(tmp_path / "calibration.json")
+    again = CalibrationTable.load(path, model_sha256=stats.model_sha256)
+    assert again == table
+    assert again.percentile == 99.99 and again.method == "percentile" and again.num_images == 24
+    raw = json.loads(path.read_text())
+    assert raw["model_sha256"] == stats.model_sha256 and raw["set_fingerprint"] == stats.set_fingerprint
+    assert raw["toolkit_version"] and raw["format_version"] == 1
+    name = "/features/features.0/Conv_output_0"
+    lo, hi = table.range(name)
+    assert lo < 0 < hi
+    assert table.amax(name) == max(-lo, hi)
+    assert table.scale(name) == pytest.approx(table.amax(name) / 127)
+    assert [p.name for p in tmp_path.iterdir()] == ["calibration.json"]  # no temp file left behind
+    with pytest.raises(TypeError):
+        table.ranges[name] = (0.0, 1.0)  # type: ignore[index]
+
+
+def test_loading_a_table_for_another_model_fails_clearly(tmp_path: Path, stats) -> None:
+    path = stats.table("minmax").save(tmp_path / "calibration.json")
+    with pytest.raises(ConfigError, match="recalibrate|Recalibrate"):
+        CalibrationTable.load(path, model_sha256="0" * 64)
+
+
+@pytest.mark.parametrize(
+    "edit, match",
+    [
+        (lambda d: d["ranges"].update({"t": [1.0, -1.0]}), "min <= max"),
+        (lambda d: d["ranges"].update({"t": [float("nan"), 1.0]}), "finite"),
+        (lambda d: d.update(method="kl"), "method"),
+        (lambda d: d.update(format_version=99), "format"),
+        (lambda d: d.pop("model_sha256"), "malformed"),
+    ],
+)
+def test_malformed_tables_are_refused(tmp_path: Path, stats, edit, match) -> None:
+    d = stats.table("minmax").to_dict()
+    edit(d)
+    path = tmp_path / "calibration.json"
+    path.write_text(json.dumps(d))
+    with pytest.raises(ConfigError, match=match):
+        CalibrationTable.load(path)
+
+
+def test_recalibration_is_skipped_when_model_and_set_match(tmp_path, tiny, calib_set, monkeypatch, caplog) -> None:
+    out = tmp_path / "calibration.json"
+    first = calibrate(tiny, calib_set, method="entropy", out=out, show_progress=False)
+
+    def boom(*a, **k):
+        raise AssertionError("the model must not be run again")
+
+    monkeypatch.setattr(ranges_mod, "collect_statistics", boom)
+    with caplog.at_level(logging.INFO, logger="uopsl.calibration.table"):
+        again = calibrate(tiny, calib_set, method="entropy", out=out, show_progress=False)
+    assert again == first
+    assert "calibration skipped" in caplog.text
+    # Another method, another set or --force: the cache does not apply.
+    assert load_if_current(out, model_sha256=sha256_file(tiny), set_fingerprint=calib_set.fingerprint,
+                           method="minmax") is None
+    other = CalibrationSet.from_images(random_fundus_batch(6, SIZE, seed=9))
+    assert load_if_current(out, model_sha256=sha256_file(tiny), set_fingerprint=other.fingerprint,
+                           method="entropy") is None
+    with pytest.raises(AssertionError, match="must not be run"):
+        calibrate(tiny, calib_set, method="entropy", out=out, force=True, show_progress=False)
+
+
+# -- calibration sets ------------------------------------------------------------
+@pytest.fixture()
+def image_folder(tmp_path: Path) -> Path:
+    folder = tmp_path / "imgs"
+    (folder / "sub").mkdir(parents=True)
+    for i, img in enumerate(random_fundus_batch(5, 96, seed=3)):
+        _write_png(folder / ("sub" if i == 4 else ".") / f"good{i}.png", img)
+    good = (folder / "good0.png").read_bytes()
+    (folder / "truncated.png").write_bytes(good[: len(good) // 2])
+    (folder / "empty.jpg").write_bytes(b"")
+    (folder / "text.jpg").write_bytes(b"this is not an image at all" * 10)
+    checker = (np.indices((96, 96)).sum(0) // 12 % 2 * 255).astype(np.uint8)
+    _write_png(folder / "checker.png", np.repeat(checker[..., None], 3, axis=2))
+    return folder
+
+
+def test_bad_images_are_skipped_and_listed_with_reasons(image_folder: Path) -> None:
+    cs = build_calibration_set(image_folder, PreprocessConfig(size=SIZE), show_progress=False)
+    assert len(cs) == 5 and cs.images.shape == (5, SIZE, SIZE, 3) and cs.images.dtype == np.uint8
+    reasons = {Path(s.source).name: s.reason for s in cs.skipped}
+    assert reasons == {"truncated.png": "undecodable", "empty.jpg": "undecodable", "text.jpg": "undecodable",
+                       "checker.png": "no_fov"}
+    assert all(Path(s.source).name in s.message for s in cs.skipped)
+    report = cs.report()
+    assert report["num_images"] == 5 and len(report["skipped"]) == 4 and report["class_balance"] is None
+    kept = build_calibration_set(image_folder, PreprocessConfig(size=SIZE), require_fov=False, show_progress=False)
+    assert len(kept) == 6
+
+
+def test_fingerprint_covers_pixels_and_preprocessing(image_folder: Path) -> None:
+    a = build_calibration_set(image_folder, PreprocessConfig(size=SIZE), show_progress=False)
+    b = build_calibration_set(image_folder, PreprocessConfig(size=SIZE), show_progress=False)
+    c = build_calibration_set(image_folder, PreprocessConfig(size=SIZE, clahe=True), show_progress=False)
+    assert a.fingerprint == b.fingerprint == fingerprint_images(a.images, a.preprocess)
+    assert c.fingerprint != a.fingerprint
+    flipped = a.images.copy()
+    flipped[0, 0, 0, 0] ^= 1
+    assert fingerprint_images(flipped, a.preprocess) != a.fingerprint
+
+
+def test_set_cache_is_reused_and_invalidated_by_a_changed_file(image_folder: Path, tmp_path: Path,
+                                                                monkeypatch) -> None:
+    from uopsl.calibration import dataset
+
+    cache = tmp_path / "set.npz"
+    cfg = PreprocessConfig(size=SIZE)
+    first = build_calibration_set(image_folder, cfg, cache=cache, show_progress=False)
+    assert cache.is_file()
+    calls = []
+    real = dataset.preprocess
+    monkeypatch.setattr(dataset, "preprocess", lambda *a, **k: calls.append(1) or real(*a, **k))
+    again = build_calibration_set(image_folder, cfg, cache=cache, show_progress=False)
+    assert calls == [] and again.fingerprint == first.fingerprint and again.skipped == first.skipped
+    assert CalibrationSet.load(cache).fingerprint == first.fingerprint
+    # A changed file (new mtime/size) rebuilds the set.
+    target = image_folder / "good1.png"
+    _write_png(target, random_fundus_batch(1, 96, seed=42)[0])
+    os.utime(target, ns=(1, 1))
+    rebuilt = build_calibration_set(image_folder, cfg, cache=cache, show_progress=False)
+    assert calls and rebuilt.fingerprint != first.fingerprint
+
+
+def test_csv_list_with_labels_gives_a_class_balance_and_a_seeded_draw(image_folder: Path, tmp_path: Path) -> None:
+    csv_path = tmp_path / "list.csv"
+    names = ["good0.png", "good1.png", "good2.png", "good3.png", "sub/good4.png", "truncated.png"]
+    labels = ["dme", "dme", "normal", "dme", "npdr", "dme"]
+    with csv_path.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["path", "label"])
+        w.writerows([str(image_folder / n), lab] for n, lab in zip(names, labels))
+    full = build_calibration_set(csv_path, PreprocessConfig(size=SIZE), show_progress=False)
+    assert full.class_balance() == {"dme": 3, "normal": 1, "npdr": 1}
+    assert [Path(s.source).name for s in full.skipped] == ["truncated.png"]
+    draw = build_calibration_set(csv_path, PreprocessConfig(size=SIZE), max_images=3, seed=1, show_progress=False)
+    again = build_calibration_set(csv_path, PreprocessConfig(size=SIZE), max_images=3, seed=1, show_progress=False)
+    assert len(draw) == 3 and draw.sources == again.sources and set(draw.sources) <= set(full.sources)
+    txt = tmp_path / "list.txt"
+    txt.write_text("# calibration images\n" + "\n".join(str(image_folder / n) for n in names[:2]) + "\n")
+    assert len(build_calibration_set(txt, PreprocessConfig(size=SIZE), show_progress=False)) == 2
+
+
+def test_unusable_sources_raise_clear_errors(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="no such file"):
+        build_calibration_set(tmp_path / "missing", show_progress=False)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no images"):
+        build_calibration_set(tmp_path / "empty", show_progress=False)
+    bad_csv = tmp_path / "x.csv"
+    bad_csv.write_text("file,label\na.png,dme\n")
+    with pytest.raises(DataError, match="'path' column"):
+        build_calibration_set(bad_csv, show_progress=False)
+    (tmp_path / "only_bad").mkdir()
+    (tmp_path / "only_bad" / "a.png").write_bytes(b"")
+    with pytest.raises(DataError, match="none of the 1"):
+        build_calibration_set(tmp_path / "only_bad", show_progress=False)
+
+
+@pytest.mark.skipif(not (TVHL / "fundus.csv").is_file(), reason=f"TVHL data not found at {TVHL}")
+def test_real_tvhl_images_make_a_labelled_set() -> None:
+    cs = build_calibration_set(TVHL / "fundus.csv", PreprocessConfig(size=128), max_images=6, seed=0,
+                               show_progress=False)
+    assert len(cs) == 6 and cs.images.shape[1:] == (128, 128, 3)
+    balance = cs.class_balance()
+    assert balance is not None and sum(balance.values()) == 6
+    assert set(balance) <= {"dme", "normal", "npdr", "pdr", "unknown"}
+    # Real fundus photographs: the field of view is black outside, bright inside.
+    assert cs.images[:, 0, 0].max() == 0 and cs.images[:, 64, 64].mean() > 10

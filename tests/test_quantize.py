@@ -1,0 +1,403 @@
+"""INT8 QDQ quantization from the calibration table: variants, exclusions, auto-exclude, CLIs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import numpy_helper
+
+from tinymodel import export_tiny_onnx, random_fundus_batch
+from uopsl.calibration.dataset import CalibrationSet
+from uopsl.calibration.ranges import ActivationStats, collect_statistics
+from uopsl.calibration.table import CalibrationTable
+from uopsl.export.quantize import LAYER_OPS, QuantizeConfig, layer_sensitivities, quantize_model
+from uopsl.runtime.clikit import LazyGroup, main_entry
+from uopsl.runtime.errors import ConfigError
+
+SIZE = 64
+CLASSES = 3
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import torch
+
+    torch.manual_seed(0)  # TinyScreen's convolutions draw from the global generator
+    return export_tiny_onnx(tmp_path_factory.mktemp("model") / "tiny.onnx", num_classes=CLASSES, size=SIZE)
+
+
+@pytest.fixture(scope="module")
+def calib_set() -> CalibrationSet:
+    return CalibrationSet.from_images(random_fundus_batch(24, SIZE, seed=1))
+
+
+@pytest.fixture(scope="module")
+def stats(tiny: Path, calib_set: CalibrationSet) -> ActivationStats:
+    return collect_statistics(tiny, calib_set, batch_size=6, show_progress=False)
+
+
+@pytest.fixture(scope="module")
+def held_out() -> np.ndarray:
+    return random_fundus_batch(16, SIZE, seed=7)
+
+
+def _run(path: str | Path, images: np.ndarray) -> list[np.ndarray]:
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"image": images})
+
+
+def _inits(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    return {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+
+
+def _quantize_nodes_of(model: onnx.ModelProto, tensor: str) -> list[onnx.NodeProto]:
+    return [n for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == tensor]
+
+
+def _fused_ops(path: Path, tmp_path: Path) -> list[str]:
+    """Op types of the graph ONNX Runtime actually runs (after its QDQ fusions)."""
+    opts = ort.SessionOptions()
+    opts.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return [n.op_type for n in onnx.load(opts.optimized_model_filepath).graph.node]
+
+
+# -- variants ------------------------------------------------------------------------
+@pytest.mark.parametrize("variant", ["cpu", "trt"])
+def test_qdq_model_passes_the_checker_runs_and_keeps_float_outputs(tmp_path, tiny, stats, held_out, variant) -> None:
+    result = quantize_model(tiny, stats.table("entropy"), tmp_path / "q.onnx", QuantizeConfig(variant=variant),
+                            show_progress=False)
+    model = onnx.load(result.path)
+    onnx.checker.check_model(model, full_check=True)
+    opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    assert opset <= 20
+    assert result.quantize_nodes > 0 and result.precision == {"cpu": "int8-qdq-u8", "trt": "int8-qdq-s8"}[variant]
+    producers = {t: n.op_type for n in model.graph.node for t in n.output}
+    assert [o.name for o in model.graph.output] == ["probs", "logits", "site_maps"]
+    assert all(producers[o.name] != "DequantizeLinear" for o in model.graph.output)
+    probs, logits, site_maps = _run(result.path, held_out)
+    assert probs.shape == (16, CLASSES) and logits.shape == (16, CLASSES) and site_maps.shape[:2] == (16, CLASSES)
+    assert all(a.dtype == np.float32 and np.isfinite(a).all() for a in (probs, logits, site_maps))
+    assert result.sha256 and result.model_sha256 == stats.model_sha256
+
+
+@pytest.mark.parametrize("variant", ["cpu", "trt"])
+def test_int8_probs_stay_close_to_fp32(tmp_path, tiny, stats, held_out, variant) -> None:
+    # Tolerance: 1.5 % of the FP32 logits' range on held-out images (not the calibration set).
+    # An 8-bit grid step is 1/255 = 0.4 % of a tensor's range; the logits sit behind five
+    # quantized stages, so a few steps of accumulated error is what INT8 costs. Probabilities
+    # move at most 0.25x that (sigmoid slope). Observed for this seed: 0.5-0.8 %; entropy's
+    # clipping on 24 noise images can reach ~2.4 % for other weight draws.
+    ref = _run(tiny, held_out)
+    span = float(ref[1].max() - ref[1].min())
+    for method in ("minmax", "entropy", "percentile"):
+        q = quantize_model(tiny, stats.table(method), tmp_path / f"{method}.onnx", QuantizeConfig(variant=variant),
+                           show_progress=False)
+        probs, logits, site_maps = _run(q.path, held_out)
+        logit_err = float(np.abs(logits - ref[1]).max())
+        prob_err = float(np.abs(probs - ref[0]).max())
+        assert logit_err <= 0.015 * span, (method, logit_err / span)
+        assert 0.0 < prob_err <= 0.25 * 0.015 * span, (method, prob_err)  # > 0: really quantized
+        # Site maps are attention weights (~1/64 each here): the calibrated Softmax range keeps them.
+        assert np.abs(site_maps - ref[2]).max() <= 0.05 * float(ref[2].max())
+
+
+def test_the_table_ranges_are_the_quantization_ranges(tmp_path, tiny, stats) -> None:
+    """ONNX Runtime must not re-calibrate: each activation scale comes from the table."""
+    table = stats.table("percentile")
+    name = "/features/features.8/Clip_output_0"  # a ReLU6 output feeding a Conv: range (0, hi)
+    lo, hi = table.range(name)
+    cpu = onnx.load(quantize_model(tiny, table, tmp_path / "cpu.onnx", QuantizeConfig(variant="cpu"),
+                                   show_progress=False).path)
+    trt = onnx.load(quantize_model(tiny, table, tmp_path / "trt.onnx", QuantizeConfig(variant="trt"),
+                                   show_progress=False).path)
+    for model, expected in ((cpu, (max(hi, 0.0) - min(lo, 0.0)) / 255), (trt, table.amax(name) / 127)):
+        qs = _quantize_nodes_of(model, name)
+        assert qs, "the tensor is quantized"
+        inits = _inits(model)
+        for q in qs:
+            assert float(inits[q.input[1]]) == pytest.approx(expected, rel=1e-6)
+
+
+def test_minmax_table_reproduces_onnxruntime_own_static_quantization(tmp_path, tiny, calib_set, stats) -> None:
+    """Same data, same minmax ranges: our table through the QDQ quantizer equals quantize_static."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter(calib_set.batches(6))
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            b = next(self.batches, None)
+            return None if b is None else {"image": b}
+
+    ref_path = tmp_path / "ort.onnx"
+    quantize_static(str(tiny), str(ref_path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    ours = onnx.load(quantize_model(tiny, stats.table("minmax"), tmp_path / "ours.onnx", QuantizeConfig(),
+                                   show_progress=False).path)
+    ref = onnx.load(str(ref_path))
+    softmax_out = {n.output[0] for n in ref.graph.node if n.op_type == "Softmax"}
+
+    forced = {f"{t}_scale" for t in softmax_out}
+
+    def scales(m: onnx.ModelProto) -> dict[str, float]:
+        inits = _inits(m)
+        # ONNX Runtime forces Softmax outputs (and the data-movement ops that share their
+        # scale) to [0, 1]; we keep the calibrated range (see export.quantize).
+        return {n.input[0]: float(inits[n.input[1]]) for n in m.graph.node
+                if n.op_type == "QuantizeLinear" and n.input[1] in inits and inits[n.input[1]].ndim == 0
+                and n.input[1] not in forced}
+
+    a, b = scales(ours), scales(ref)
+    common = set(a) & set(b)
+    assert len(common) >= 8
+    for t in common:
+        assert a[t] == pytest.approx(b[t], rel=1e-5), t
+
+
+def test_trt_variant_is_symmetric_s8_with_zero_points_0_and_float_bias(tmp_path, tiny, stats) -> None:
+    model = onnx.load(quantize_model(tiny, stats.table("entropy"), tmp_path / "trt.onnx",
+                                     QuantizeConfig(variant="trt"), show_progress=False).path)
+    inits = _inits(model)
+    qdq = [n for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    zps = [inits[n.input[2]] for n in qdq]
+    assert zps and all(z.dtype == np.int8 and not z.any() for z in zps)
+    # TensorRT 8.x parses a DequantizeLinear only on activations: weights keep a float Q/DQ pair,
+    # biases stay float (no int32 DQ).
+    for n in qdq:
+        if n.op_type == "DequantizeLinear":
+            assert n.input[0] not in inits, f"{n.name} dequantizes an initializer"
+    for conv in (n for n in model.graph.node if n.op_type == "Conv"):
+        assert inits[conv.input[2]].dtype == np.float32
+
+
+def test_cpu_variant_is_u8_activations_s8_weights_and_runs_integer_kernels(tmp_path, tiny, stats) -> None:
+    out = quantize_model(tiny, stats.table("entropy"), tmp_path / "cpu.onnx", QuantizeConfig(variant="cpu"),
+                         show_progress=False)
+    model = onnx.load(out.path)
+    inits = _inits(model)
+    dq_of_weights = [n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits]
+    act_q = [n for n in model.graph.node if n.op_type == "QuantizeLinear"]
+    assert all(inits[n.input[2]].dtype == np.uint8 for n in act_q)
+    weight_zps = [inits[n.input[2]] for n in dq_of_weights if inits[n.input[0]].dtype == np.int8]
+    assert weight_zps and all(not z.any() for z in weight_zps)
+    fused = _fused_ops(Path(out.path), tmp_path)
+    assert fused.count("QLinearConv") == 4 and "Conv" not in fused
+
+
+@pytest.mark.parametrize("per_channel", [True, False])
+def test_per_channel_or_per_tensor_weight_scales(tmp_path, tiny, stats, per_channel) -> None:
+    model = onnx.load(quantize_model(tiny, stats.table("minmax"), tmp_path / "q.onnx",
+                                     QuantizeConfig(per_channel=per_channel), show_progress=False).path)
+    inits = _inits(model)
+    conv0 = next(n for n in model.graph.node if n.name == "/features/features.0/Conv")
+    dq = next(n for n in model.graph.node if n.output[0] == conv0.input[1])
+    assert inits[dq.input[1]].shape == ((16,) if per_channel else ())
+
+
+# -- exclusions -----------------------------------------------------------------------
+def _runs_in_float(model: onnx.ModelProto, node_name: str) -> bool:
+    """No input of the node is a dequantized tensor (so no runtime can fuse it into an int8 kernel)."""
+    node = next(n for n in model.graph.node if n.name == node_name)
+    producers = {t: n.op_type for n in model.graph.node for t in n.output}
+    return all(producers.get(t) != "DequantizeLinear" for t in node.input)
+
+
+@pytest.mark.parametrize("variant", ["cpu", "trt"])
+def test_excluded_nodes_and_op_types_have_no_qdq(tmp_path, tiny, stats, variant) -> None:
+    table = stats.table("minmax")
+    r = quantize_model(tiny, table, tmp_path / "a.onnx",
+                       QuantizeConfig(variant=variant, exclude=("/features/features.3/Conv", "/Add")),
+                       show_progress=False)
+    model = onnx.load(r.path)
+    onnx.checker.check_model(model, full_check=True)
+    assert r.excluded_nodes == ("/features/features.3/Conv", "/Add")
+    assert _runs_in_float(model, "/features/features.3/Conv") and _runs_in_float(model, "/Add")
+    assert not _runs_in_float(model, "/features/features.6/Conv")  # the others stay quantized
+    by_type = quantize_model(tiny, table, tmp_path / "b.onnx", QuantizeConfig(variant=variant, exclude=("Conv",)),
+                             show_progress=False)
+    model = onnx.load(by_type.path)
+    convs = [n.name for n in model.graph.node if n.op_type == "Conv"]
+    assert len(by_type.excluded_nodes) == 4 and set(by_type.excluded_nodes) == set(convs)
+    assert all(_runs_in_float(model, c) for c in convs)
+
+
+def test_unknown_exclusions_are_refused(tmp_path, tiny, stats) -> None:
+    with pytest.raises(ConfigError, match="neither a node name nor an op type"):
+        quantize_model(tiny, stats.table("minmax"), tmp_path / "q.onnx", QuantizeConfig(exclude=("Convv",)),
+                       show_progress=False)
+    assert not (tmp_path / "q.onnx").exists()
+
+
+def test_auto_exclude_keeps_the_n_most_sensitive_layers_in_float(tmp_path, tiny, stats, calib_set) -> None:
+    table = stats.table("entropy")
+    config = QuantizeConfig(auto_exclude=2, sensitivity_images=8, exclude=("/Sigmoid",))
+    r = quantize_model(tiny, table, tmp_path / "q.onnx", config, calib_set=calib_set, show_progress=False)
+    assert len(r.auto_excluded) == 2
+    assert r.excluded_nodes == ("/Sigmoid", *r.auto_excluded)
+    sens = r.sensitivities
+    assert [s.node for s in sens[:2]] == list(r.auto_excluded)
+    assert [s.probs_max_abs for s in sens] == sorted((s.probs_max_abs for s in sens), reverse=True)
+    model = onnx.load(str(tiny))
+    candidates = {n.name for n in model.graph.node if n.op_type in LAYER_OPS} - {"/Sigmoid"}
+    assert {s.node for s in sens} == candidates
+    assert all(0.0 <= s.probs_max_abs < 0.01 and s.logits_cosine > 0.99 for s in sens)
+    assert max(s.probs_max_abs for s in sens) > 0.0
+    q = onnx.load(r.path)
+    assert all(_runs_in_float(q, n) for n in r.auto_excluded)
+    info = r.manifest_info()
+    assert info["excluded_nodes"] == list(r.excluded_nodes) and info["auto_excluded"] == list(r.auto_excluded)
+    json.dumps(r.to_dict())  # the record is JSON-serialisable
+    # The standalone pass ranks the same way.
+    again = layer_sensitivities(tiny, table, calib_set, config, show_progress=False)
+    assert [s.node for s in again] == [s.node for s in sens]
+
+
+def test_auto_exclude_needs_images_and_enough_layers(tmp_path, tiny, stats, calib_set) -> None:
+    with pytest.raises(ConfigError, match="--images"):
+        quantize_model(tiny, stats.table("minmax"), tmp_path / "q.onnx", QuantizeConfig(auto_exclude=1),
+                       show_progress=False)
+    with pytest.raises(ConfigError, match="more layers than"):
+        quantize_model(tiny, stats.table("minmax"), tmp_path / "q.onnx", QuantizeConfig(auto_exclude=99),
+                       calib_set=calib_set.subset(2), show_progress=False)
+
+
+def test_a_table_from_another_model_is_refused(tmp_path, tiny, stats) -> None:
+    other = export_tiny_onnx(tmp_path / "other.onnx", num_classes=CLASSES, size=SIZE, seed=5)
+    with pytest.raises(ConfigError, match="recalibrate"):
+        quantize_model(other, stats.table("minmax"), tmp_path / "q.onnx", show_progress=False)
+
+
+def test_config_is_validated() -> None:
+    with pytest.raises(ConfigError, match="variant"):
+        QuantizeConfig(variant="gpu")
+    with pytest.raises(ConfigError, match="auto_exclude"):
+        QuantizeConfig(auto_exclude=-1)
+    with pytest.raises(ConfigError, match="reduce_range"):
+        QuantizeConfig(variant="trt", reduce_range=True)
+
+
+# -- CLIs -------------------------------------------------------------------------------
+def _cli() -> LazyGroup:
+    # train/cli.py registers these lazily under the same names.
+    return LazyGroup(name="uopsl", lazy={"calibrate": "uopsl.train.commands.calibrate:command",
+                                         "quantize": "uopsl.train.commands.quantize:command"})
+
+
+def _image_folder(folder: Path, n: int = 6) -> Path:
+    folder.mkdir(parents=True)
+    for i, img in enumerate(random_fundus_batch(n, 96, seed=11)):
+        cv2.imwrite(str(folder / f"img{i}.png"), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    return folder
+
+
+def test_calibrate_and_quantize_commands_on_a_model_file(tmp_path, tiny, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    images = _image_folder(tmp_path / "imgs")
+    model = tmp_path / "m.onnx"
+    model.write_bytes(tiny.read_bytes())
+    # One image is broken: the table is written and the exit code says something failed.
+    assert main_entry(_cli(), ["calibrate", str(model), "--images", str(images), "--method", "percentile"]) == 1
+    table = CalibrationTable.load(tmp_path / "m.calibration.json", model_sha256=None)
+    assert table.method == "percentile" and table.num_images == 6
+    assert list((tmp_path / "cache").rglob("*.npz")), "the preprocessed set is cached"
+    rc = main_entry(_cli(), ["quantize", str(model), "--variant", "trt", "--per-tensor", "--exclude", "Softmax,/Add"])
+    assert rc == 0
+    record = json.loads((tmp_path / "m.int8.trt.quantize.json").read_text())
+    assert record["result"]["precision"] == "int8-qdq-s8" and record["result"]["per_channel"] is False
+    assert record["manifest_info"]["excluded_nodes"] == ["/Softmax", "/Add"]
+    onnx.checker.check_model(onnx.load(str(tmp_path / "m.int8.trt.onnx")))
+    assert main_entry(_cli(), ["quantize", str(model), "--auto-exclude", "1", "--images", str(images)]) == 0
+    record = json.loads((tmp_path / "m.int8.quantize.json").read_text())
+    assert len(record["result"]["auto_excluded"]) == 1
+    # A bad option value is one clean error line, exit code 2.
+    capsys.readouterr()
+    assert main_entry(_cli(), ["quantize", str(model), "--exclude", "NoSuchOp"]) == 2
+    assert "NoSuchOp" in capsys.readouterr().err
+
+
+def test_commands_accept_a_bundle_folder(tmp_path, monkeypatch) -> None:
+    from tinybundle import make_tiny_bundle
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    bundle = make_tiny_bundle(tmp_path / "bundle", size=SIZE)
+    images = _image_folder(tmp_path / "imgs")
+    (images / "broken.jpg").unlink()
+    assert main_entry(_cli(), ["calibrate", str(bundle), "--images", str(images), "--method", "minmax"]) == 0
+    from uopsl.runtime.fsio import sha256_file
+
+    table = CalibrationTable.load(bundle / "calibration.json", model_sha256=sha256_file(bundle / "model.onnx"))
+    assert table.notes["preprocess"]["size"] == SIZE
+    assert main_entry(_cli(), ["quantize", str(bundle)]) == 0
+    assert (bundle / "model.int8.onnx").is_file() and (bundle / "model.int8.quantize.json").is_file()
+
+
+# -- a realistic backbone (slow) -------------------------------------------------------
+def export_resnet18_contract(path: Path, size: int = 96, num_classes: int = 4, seed: int = 0) -> Path:
+    """torchvision resnet18 (random init) wrapped to the deployed-model contract."""
+    import torch
+    import torchvision
+    from torch import nn
+
+    class ResNetScreen(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(seed)
+            r = torchvision.models.resnet18(weights=None)
+            self.trunk = nn.Sequential(*list(r.children())[:-2])
+            self.fc = nn.Linear(512, num_classes)
+            self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1) * 255)
+            self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1) * 255)
+            self.eval()
+
+        def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            f = self.trunk((image.permute(0, 3, 1, 2).float() - self.mean) / self.std)
+            logits = self.fc(f.mean((2, 3)))
+            cam = torch.einsum("nchw,kc->nkhw", f, self.fc.weight)
+            n, k, h, w = cam.shape
+            site = torch.softmax(cam.reshape(n, k, h * w), -1).reshape(n, k, h, w)
+            return torch.softmax(logits, 1), logits, site
+
+    torch.onnx.export(
+        ResNetScreen(), (torch.zeros(1, size, size, 3, dtype=torch.uint8),), str(path), input_names=["image"],
+        output_names=["probs", "logits", "site_maps"], opset_version=17, dynamo=False,
+        dynamic_axes={n: {0: "batch"} for n in ("image", "probs", "logits", "site_maps")},
+    )
+    return path
+
+
+@pytest.mark.slow
+def test_resnet18_contract_model_quantizes_to_integer_kernels(tmp_path) -> None:
+    model = export_resnet18_contract(tmp_path / "r18.onnx")
+    cs = CalibrationSet.from_images(random_fundus_batch(16, 96, seed=2))
+    st = collect_statistics(model, cs, batch_size=8, show_progress=False)
+    table = st.table("entropy")
+    cpu = quantize_model(model, table, tmp_path / "cpu.onnx", QuantizeConfig(variant="cpu"), show_progress=False)
+    onnx.checker.check_model(onnx.load(cpu.path), full_check=True)
+    n_conv = sum(n.op_type == "Conv" for n in onnx.load(str(model)).graph.node)
+    # Every convolution runs as an integer kernel (the exporter's shared zero biases are
+    # materialised; a float bias would leave each Conv in float, slower than FP32).
+    fused = _fused_ops(Path(cpu.path), tmp_path)
+    assert n_conv == 20 and fused.count("QLinearConv") == n_conv
+    trt = quantize_model(model, table, tmp_path / "trt.onnx", QuantizeConfig(variant="trt"), show_progress=False)
+    inits = _inits(onnx.load(trt.path))
+    zps = [inits[n.input[2]] for n in onnx.load(trt.path).graph.node if n.op_type == "QuantizeLinear"]
+    assert zps and all(z.dtype == np.int8 and not z.any() for z in zps)
+    # Calibrated ranges matter: the same model with every range shrunk 20x is far worse.
+    images = random_fundus_batch(8, 96, seed=3)
+    ref = _run(model, images)[0]
+    broken = CalibrationTable(
+        ranges={k: (lo / 20, hi / 20) for k, (lo, hi) in table.ranges.items()}, method="minmax",
+        model_sha256=table.model_sha256, set_fingerprint=table.set_fingerprint, num_images=table.num_images,
+    )
+    bad = quantize_model(model, broken, tmp_path / "bad.onnx", QuantizeConfig(), show_progress=False)
+    err_good = np.abs(_run(cpu.path, images)[0] - ref).max()
+    err_bad = np.abs(_run(bad.path, images)[0] - ref).max()
+    assert err_good < 0.5 * err_bad
