@@ -11,8 +11,10 @@ background. The FOV is often clipped by the sensor (the circle is larger than
 the frame, only its corners are cut). We threshold a blurred brightness map,
 take the mask boundary that is *not* on the image border, and fit a circle to
 it by least squares; a frame filled edge to edge (no boundary) uses the
-inscribed circle of the frame. The fit is accepted only when the mask fills the
-fitted circle, so a checkerboard or a landscape photo is reported as
+inscribed circle of the frame. The fit is accepted only when the lit region is
+compact (its boundary at most ``_MAX_EDGE_RATIO`` times a disc's), its free edge
+is an arc of the fitted circle and the mask fills that circle, so a
+checkerboard, a landscape photo or an OCT B-scan is reported as
 ``fov_found=False`` (the quality gate turns that into an 'ungradable' verdict).
 """
 
@@ -21,6 +23,7 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal
 
 import cv2
 import numpy as np
@@ -36,6 +39,14 @@ from uopsl.runtime.errors import (
 MIN_DECODE_SIDE = 16
 # Work on a copy at most this large for FOV detection (speed; the fit is sub-pixel anyway).
 _DETECT_SIDE = 256
+# Most boundary a lit region may have, relative to a disc of the same area, to be a
+# field of view (1058 TVHL photographs: at most 3.8, a nearly black one full of
+# JPEG blocks; a 16x16 checkerboard: 8.7).
+_MAX_EDGE_RATIO = 5.0
+# Largest median distance of the free edge from the fitted circle, relative to its
+# radius (TVHL photographs: at most 0.045, partly shadowed fields; the OCT B-scan
+# filed among them and a sky-over-field landscape: 0.10-0.15).
+_MAX_ARC_RESIDUAL = 0.07
 
 
 @dataclass(frozen=True)
@@ -116,6 +127,28 @@ class Geometry:
     fov_found: bool
     fov_fill: float
 
+    def fov_mask(self, size: int | None = None, *, shrink: float = 1.0) -> np.ndarray:
+        """Boolean ``(size, size)`` mask of the model-input pixels that show the field of view.
+
+        A pixel counts when its centre lies inside the FOV circle (radius scaled
+        by ``shrink``) *and* inside the original frame, so the zero padding of a
+        clipped field never enters brightness or texture statistics. ``size``
+        defaults to the model input size; any other size describes the same
+        crop resampled (the quality gate works at a fixed size).
+        """
+        n = self.size if size is None else int(size)
+        if n < 1 or not 0.0 < shrink <= 1.0:
+            raise ConfigError(f"fov_mask needs size >= 1 and shrink in (0, 1], got {n}, {shrink}")
+        step = self.side / n  # original pixels per mask pixel
+        centres = (np.arange(n, dtype=np.float64) + 0.5) * step
+        ox, oy = self.x0 + centres, self.y0 + centres  # original coordinates of pixel centres
+        r = self.radius * shrink
+        inside_x = (ox >= 0) & (ox < self.orig_w)
+        inside_y = (oy >= 0) & (oy < self.orig_h)
+        dx2 = (ox - self.cx) ** 2
+        dy2 = (oy - self.cy) ** 2
+        return (dy2[:, None] + dx2[None, :] <= r * r) & inside_y[:, None] & inside_x[None, :]
+
     def to_original(self, heatmap: np.ndarray) -> np.ndarray:
         """Map a 2-D map over the model input (any resolution) onto the original image grid.
 
@@ -143,6 +176,9 @@ class Preprocessed:
     original_shape: tuple[int, int, int]
     mean_intensity: float  # of the FOV in the model input, 0-255 (for the quality gate)
     original: np.ndarray | None = None  # decoded RGB original, only when keep_original=True
+    # The model input before CLAHE (only when CLAHE was applied): the quality gate
+    # measures exposure, contrast and sharpness on it, since CLAHE inflates both.
+    unenhanced: np.ndarray | None = None
 
 
 def read_bytes(path: str | os.PathLike[str]) -> bytes:
@@ -164,9 +200,65 @@ def _looks_truncated(data: bytes) -> bool:
     return False
 
 
+def _header_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from a PNG, JPEG, BMP or TIFF header without decoding; None if unknown.
+
+    Lets :func:`decode` refuse a decompression bomb before allocating it.
+    """
+    try:
+        if data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR":
+            return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+        if data[:2] == b"BM" and len(data) >= 26:
+            w = int.from_bytes(data[18:22], "little", signed=True)
+            h = int.from_bytes(data[22:26], "little", signed=True)
+            return abs(w), abs(h)
+        if data[:4] in (b"II*\x00", b"MM\x00*"):
+            return _tiff_size(data)
+        if data[:2] == b"\xff\xd8":
+            return _jpeg_size(data)
+    except (IndexError, ValueError):
+        return None
+    return None
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int] | None:
+    i = 2
+    while i + 9 < len(data):
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker in (0x01, *range(0xD0, 0xD8)):  # markers without a length
+            i += 2
+            continue
+        length = int.from_bytes(data[i + 2 : i + 4], "big")
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # start of frame
+            return int.from_bytes(data[i + 7 : i + 9], "big"), int.from_bytes(data[i + 5 : i + 7], "big")
+        i += 2 + length
+    return None
+
+
+def _tiff_size(data: bytes) -> tuple[int, int] | None:
+    order: Literal["little", "big"] = "little" if data[:2] == b"II" else "big"
+    ifd = int.from_bytes(data[4:8], order)
+    n = int.from_bytes(data[ifd : ifd + 2], order)
+    size: dict[int, int] = {}
+    for k in range(n):
+        e = ifd + 2 + 12 * k
+        tag, typ = int.from_bytes(data[e : e + 2], order), int.from_bytes(data[e + 2 : e + 4], order)
+        if tag in (256, 257):
+            nbytes = 2 if typ == 3 else 4
+            size[tag] = int.from_bytes(data[e + 8 : e + 8 + nbytes], order)
+    return (size[256], size[257]) if len(size) == 2 else None
+
+
 def _to_uint8(img: np.ndarray) -> np.ndarray:
     if img.dtype == np.uint8:
         return img
+    if img.dtype == np.bool_:
+        return img.astype(np.uint8) * 255
     if img.dtype == np.uint16:
         # Cameras store 10/12/14-bit data in 16-bit containers: scale by the
         # effective bit depth so a 12-bit image is not shown 16x too dark.
@@ -180,6 +272,14 @@ def _to_uint8(img: np.ndarray) -> np.ndarray:
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
+def _check_pixels(w: int, h: int, max_pixels: int, source: str | None) -> None:
+    if w * h > max_pixels:
+        raise ImageTooLargeError(
+            f"{w}x{h} pixels exceeds the limit of {max_pixels}; downscale it or raise max_pixels",
+            source=source,
+        )
+
+
 def decode(data: bytes, *, source: str | None = None, max_pixels: int = 120_000_000) -> np.ndarray:
     """Decode image bytes (JPEG, PNG, TIFF incl. 16-bit, BMP, ...) to uint8 HWC RGB.
 
@@ -190,19 +290,17 @@ def decode(data: bytes, *, source: str | None = None, max_pixels: int = 120_000_
         raise ImageDecodeError("file is empty (0 bytes)", source=source)
     if _looks_truncated(data):
         raise ImageDecodeError("image data is truncated (no end-of-image marker)", source=source)
-    buf = np.frombuffer(data, np.uint8)
     # Check the header's pixel count before allocating a decompression bomb.
+    header = _header_size(data)
+    if header is not None:
+        _check_pixels(header[0], header[1], max_pixels, source)
+    buf = np.frombuffer(data, np.uint8)
     img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED | cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)
     if img is None:
         raise ImageDecodeError(
             f"not a decodable image ({len(data)} bytes; expected JPEG, PNG, TIFF or BMP)", source=source
         )
-    if img.shape[0] * img.shape[1] > max_pixels:
-        raise ImageTooLargeError(
-            f"{img.shape[1]}x{img.shape[0]} pixels exceeds the limit of {max_pixels}; "
-            "downscale it or raise max_pixels",
-            source=source,
-        )
+    _check_pixels(img.shape[1], img.shape[0], max_pixels, source)
     img = _to_uint8(img)
     if img.ndim == 2:
         return cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
@@ -245,7 +343,12 @@ def detect_fov(rgb: np.ndarray, threshold: float = 10.0) -> tuple[float, float, 
     h, w = rgb.shape[:2]
     scale = min(1.0, _DETECT_SIDE / max(h, w))
     small = cv2.resize(rgb, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
-    bright = cv2.GaussianBlur(small.max(axis=2), (5, 5), 0)
+    if small.ndim == 3:  # per-pixel max over channels (cv2: numpy's axis reduction is ~15x slower)
+        chans = cv2.split(small)
+        peak = cv2.max(cv2.max(chans[0], chans[1]), chans[2])
+    else:
+        peak = small
+    bright = cv2.GaussianBlur(peak, (5, 5), 0)
     # Very dark photographs (under-exposed fields read 5-10) need a lower cut than
     # the default; the black surround of a camera stays at 0-3 after JPEG.
     # Some cameras leave a grey (not black) surround: measure it in the corners
@@ -264,6 +367,12 @@ def detect_fov(rgb: np.ndarray, threshold: float = 10.0) -> tuple[float, float, 
         return w / 2.0, h / 2.0, min(h, w) / 2.0, 0.0, mask
     largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
     mask = (labels == largest).astype(np.uint8)
+    # A field of view is one compact lit region; a pattern (checkerboard, text,
+    # a grid) has a boundary many times that of a disc of the same area.
+    all_edges, _ = cv2.findContours(mask, cv2.RETR_LIST, cv2.CHAIN_APPROX_SIMPLE)
+    perimeter = sum(cv2.arcLength(c, True) for c in all_edges)
+    if perimeter > _MAX_EDGE_RATIO * 2.0 * np.sqrt(np.pi * float(stats[largest, cv2.CC_STAT_AREA])):
+        return w / 2.0, h / 2.0, min(h, w) / 2.0, 0.0, mask
     # The field is convex: its hull closes dark lesions or under-exposed areas
     # that reach the rim, which would otherwise bend the circle fit.
     contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
@@ -276,12 +385,19 @@ def detect_fov(rgb: np.ndarray, threshold: float = 10.0) -> tuple[float, float, 
     # Points on the frame border are where the sensor clipped the circle, not its edge.
     inner = (pts[:, 0] > 1) & (pts[:, 0] < sw - 2) & (pts[:, 1] > 1) & (pts[:, 1] < sh - 2)
     fit = _fit_circle(pts[inner, 0] + 0.5, pts[inner, 1] + 0.5)
-    if fit is None or inner.sum() < 0.05 * 2 * (sh + sw):
-        # Filled edge to edge (or nearly): use the inscribed circle of the hull's box.
+    if fit is not None and inner.sum() >= 0.05 * 2 * (sh + sw):
+        # The free edge must be an arc of the fitted circle (a horizon, a straight
+        # border or an irregular blob is not).
+        fcx, fcy, fr = fit
+        dist = np.hypot(pts[inner, 0] + 0.5 - fcx, pts[inner, 1] + 0.5 - fcy)
+        if float(np.median(np.abs(dist - fr))) > _MAX_ARC_RESIDUAL * fr:
+            return w / 2.0, h / 2.0, min(h, w) / 2.0, 0.0, mask
+    else:
+        # Filled edge to edge (or nearly): use the circle around the hull's box.
         x, y, bw, bh = cv2.boundingRect(hull_mask)
         fit = (x + bw / 2.0, y + bh / 2.0, max(bw, bh) / 2.0)
     cx, cy, r = fit
-    yy, xx = np.mgrid[0:sh, 0:sw]
+    yy, xx = np.ogrid[0:sh, 0:sw]
     inside = (xx + 0.5 - cx) ** 2 + (yy + 0.5 - cy) ** 2 <= r * r
     fill = float(mask[inside].mean()) if inside.any() else 0.0
     # A hull reaching well outside the circle means the bright area is not a circle.
@@ -307,6 +423,8 @@ def preprocess(
     cfg = config or PreprocessConfig()
     if isinstance(data, np.ndarray):
         rgb = data
+        if rgb.ndim in (2, 3):
+            _check_pixels(rgb.shape[1], rgb.shape[0], cfg.max_pixels, source)
         if rgb.ndim == 2:
             rgb = cv2.cvtColor(_to_uint8(rgb), cv2.COLOR_GRAY2RGB)
         elif rgb.ndim != 3 or rgb.shape[2] != 3:
@@ -335,31 +453,31 @@ def preprocess(
         crop[dy0 : dy0 + ch, dx0 : dx0 + cw] = rgb[sy0 : sy0 + ch, sx0 : sx0 + cw]
     interp = cv2.INTER_AREA if side > cfg.size else cv2.INTER_LINEAR
     out = cv2.resize(crop, (cfg.size, cfg.size), interpolation=interp)
+    geom = Geometry(
+        orig_h=h, orig_w=w, cx=cx, cy=cy, radius=r, x0=x0, y0=y0, side=side,
+        size=cfg.size, fov_found=bool(found), fov_fill=float(fill),
+    )
     # FOV statistics on the model input (cheap) rather than the full original.
-    yy, xx = np.mgrid[0 : cfg.size, 0 : cfg.size]
-    c = (cfg.size - 1) / 2.0
-    rr = r * cfg.size / side
-    circle = (xx - c) ** 2 + (yy - c) ** 2 <= rr * rr
+    fov = geom.fov_mask().view(np.uint8)
     if found and cfg.mask_outside:
-        out[~circle] = 0
-    mean_intensity = float(out[circle].mean()) if circle.any() else 0.0
+        out = cv2.bitwise_and(out, out, mask=fov)
+    mean_intensity = float(np.mean(cv2.mean(out, mask=fov)[:3])) if fov.any() else 0.0
+    unenhanced = None
     if cfg.clahe:
+        unenhanced = out
         lab = cv2.cvtColor(out, cv2.COLOR_RGB2LAB)
         clahe = cv2.createCLAHE(clipLimit=cfg.clahe_clip, tileGridSize=(cfg.clahe_grid, cfg.clahe_grid))
         lab[:, :, 0] = clahe.apply(lab[:, :, 0])
         out = cv2.cvtColor(lab, cv2.COLOR_LAB2RGB)
         if found and cfg.mask_outside:
-            out[~circle] = 0
-    geom = Geometry(
-        orig_h=h, orig_w=w, cx=cx, cy=cy, radius=r, x0=x0, y0=y0, side=side,
-        size=cfg.size, fov_found=bool(found), fov_fill=float(fill),
-    )
+            out = cv2.bitwise_and(out, out, mask=fov)
     return Preprocessed(
         image=np.ascontiguousarray(out),
         geometry=geom,
         original_shape=(h, w, 3),
         mean_intensity=mean_intensity,
         original=rgb if keep_original else None,
+        unenhanced=unenhanced,
     )
 
 

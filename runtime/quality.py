@@ -1,0 +1,288 @@
+"""Quality gate: is a preprocessed fundus photograph gradable, and if not, why.
+
+The screening pipeline calls :func:`assess` on every image after
+:func:`uopsl.runtime.preprocess.preprocess` (and :func:`assess_error` on every
+input that failed before it), so every input ends as a row with a verdict. The
+gate reuses what preprocessing computed (the cropped model input, the FOV
+geometry, the mean FOV intensity) and measures the rest on a fixed
+``WORK_SIDE`` x ``WORK_SIDE`` copy of the model input, so the figures do not
+depend on the camera's resolution or on the model's input size. It costs about
+a millisecond per image.
+
+Reasons (machine tags, in this order):
+
+- ``no_fov``: no circular field of view was found, or less than
+  ``min_fov_fill`` of the fitted circle is lit.
+- ``too_dark`` / ``too_bright``: mean FOV intensity (0-255, RGB mean) outside
+  ``[min_brightness, max_brightness]``.
+- ``low_contrast``: standard deviation of the FOV luminance below
+  ``min_contrast`` (a washed-out or hazy field).
+- ``blurred``: sharpness below ``min_sharpness``. Sharpness is the variance of
+  the Laplacian of the (lightly smoothed) green channel inside the FOV divided
+  by the variance of the green channel's detail band (green minus a broad
+  blur). The division makes it independent of exposure and contrast: the raw
+  Laplacian variance of a sharp but dark photograph is far below that of a
+  blurred bright one, so it cannot separate blur from exposure on its own. The
+  light smoothing keeps JPEG and quantisation noise out of the Laplacian.
+  The raw figure is still reported as ``laplacian_var``.
+- ``noisy``: estimated noise standard deviation (Immerkaer's operator on the
+  green channel, 0-255) above ``max_noise``.
+- ``grayscale``: colourfulness below ``min_colourfulness``: a colour fundus
+  photograph is red-orange; a grayscale image (an OCT B-scan, a red-free
+  photograph, a scanned print) is not what the model was trained on.
+- ``too_small``: the original's short side is below ``min_side`` pixels.
+
+The score is in [0, 1]: each criterion gives 0.5 exactly at its threshold,
+rises to 1 at a comfortable margin past it and falls towards 0 beyond it (see
+:func:`_margin_score`); the score is the worst criterion's. So
+``gradable == (score >= 0.5) == (reasons == ())``. An image without a field of
+view scores 0.
+
+Default thresholds were calibrated on the 1058 TVHL fundus photographs
+(``../shared/data/tvhl``, 512 px, two acquisition batches, one much darker)
+and on degraded copies of them; see the docstring of :class:`QualityConfig`.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import cv2
+import numpy as np
+
+from uopsl.runtime.errors import ConfigError, ImageError
+from uopsl.runtime.preprocess import Preprocessed
+
+# Side of the square copy of the model input on which texture is measured.
+WORK_SIDE = 256
+# Texture (sharpness, noise) is measured on the lit retina only: inside the FOV
+# shrunk to _INNER of its radius (the rim is vignetted and catches flare), away
+# from unlit parts (a camera's black corner mask, deep shadows: darker than
+# _UNLIT x the mean FOV luminance). Elsewhere, beyond _FILL of the radius and
+# on unlit pixels, the green channel is replaced by its mean before filtering,
+# and the measured region keeps _ERODE pixels away from those replaced pixels,
+# so no artificial step reaches the filters.
+_INNER = 0.85
+_FILL = 0.95
+_UNLIT = 0.25
+_ERODE = 6
+# Smoothing before the Laplacian and the blur that defines the detail band (working pixels),
+# chosen on TVHL: vessels (2-6 working pixels wide) dominate both bands.
+_SHARP_PRE_SIGMA = 1.5
+_SHARP_DETAIL_SIGMA = 4.0
+# Immerkaer (1996) noise operator: the difference of two Laplacians cancels image structure to first order.
+_NOISE_KERNEL = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float32)
+
+
+def _smoothed_laplacian(x: np.ndarray) -> np.ndarray:
+    return cv2.Laplacian(cv2.GaussianBlur(x, (0, 0), _SHARP_PRE_SIGMA), cv2.CV_32F, ksize=1)
+
+
+def _detail(x: np.ndarray) -> np.ndarray:
+    return x - cv2.GaussianBlur(x, (0, 0), _SHARP_DETAIL_SIGMA)
+
+
+def _noise_gain(band: Callable[[np.ndarray], np.ndarray]) -> float:
+    """Variance a filter passes from unit white noise (sum of its squared impulse response)."""
+    impulse = np.zeros((65, 65), np.float32)
+    impulse[32, 32] = 1.0
+    return float((band(impulse).astype(np.float64) ** 2).sum())
+
+
+# Camera and JPEG noise passes through both bands of the sharpness ratio; a blurred
+# but noisy photo would look sharp. These gains let measure() subtract it.
+_LAPLACIAN_NOISE_GAIN = _noise_gain(_smoothed_laplacian)
+_DETAIL_NOISE_GAIN = _noise_gain(_detail)
+
+#: Every reason tag :func:`assess` can give, in reporting order.
+REASONS = ("no_fov", "too_dark", "too_bright", "low_contrast", "blurred", "noisy", "grayscale", "too_small")
+
+
+@dataclass(frozen=True)
+class QualityConfig:
+    """Thresholds of the quality gate (defaults calibrated on TVHL, see below).
+
+    min_fov_fill: least fraction of the FOV circle that must be lit. Real TVHL
+        photographs reach down to 0.77 (a field with a dark, under-exposed
+        quarter that is still gradable elsewhere); below 0.75 too much of the
+        retina is missing.
+    min_brightness: least mean FOV intensity (0-255). TVHL's early DME batch
+        is dark (mean about 46) and its darkest photographs read 4-9: stretched,
+        they show JPEG blocks and no vessels. Above about 10 the vessels and the
+        disc are still recoverable.
+    max_brightness: largest mean FOV intensity. The brightest real TVHL
+        photograph reads 169; above 200 most of the field is clipped white.
+    min_contrast: least standard deviation of the FOV luminance (0-255). Low
+        values mean a flat, washed-out field (haze, cataract, fogged lens).
+    min_sharpness: least exposure-normalised Laplacian energy (see the module
+        docstring); defocus and motion blur fall below it.
+    max_noise: largest estimated noise sigma (0-255) at the working resolution.
+    min_colourfulness: least mean chroma (max-min over RGB) relative to the
+        mean FOV intensity; 0 for a grayscale image, about 0.1 for the least
+        colourful real fundus photograph.
+    min_side: least short side of the original image in pixels: a 1000 px
+        camera frame downscaled 4x; below it microaneurysms vanish.
+    """
+
+    min_fov_fill: float = 0.75
+    min_brightness: float = 10.0
+    max_brightness: float = 180.0
+    min_contrast: float = 3.5
+    min_sharpness: float = 0.037
+    max_noise: float = 2.0
+    min_colourfulness: float = 0.1
+    min_side: int = 256
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.min_fov_fill <= 1.0:
+            raise ConfigError(f"min_fov_fill must be in [0, 1], got {self.min_fov_fill}")
+        if not 0.0 < self.min_brightness < self.max_brightness < 255.0:
+            raise ConfigError(
+                "need 0 < min_brightness < max_brightness < 255, got "
+                f"{self.min_brightness} and {self.max_brightness}"
+            )
+        for name in ("min_contrast", "min_sharpness", "max_noise", "min_colourfulness"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.min_side < 1:
+            raise ConfigError(f"min_side must be >= 1 pixel, got {self.min_side}")
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, object]) -> QualityConfig:
+        known = set(cls.__dataclass_fields__)
+        unknown = set(d) - known
+        if unknown:
+            raise ConfigError(
+                f"unknown quality parameters {sorted(unknown)}; expected a subset of {sorted(known)}"
+            )
+        return cls(**d)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class QualityVerdict:
+    """The gate's decision on one image.
+
+    gradable: no reason was found. score: 0-1, >= 0.5 exactly when gradable.
+    reasons: machine tags from :data:`REASONS` (or an :class:`ImageError`'s
+    ``reason`` for inputs that failed before the gate). metrics: the measured
+    figures, by name, for reports and recalibration.
+    """
+
+    gradable: bool
+    score: float
+    reasons: tuple[str, ...]
+    metrics: dict[str, float]
+
+
+def _margin_score(value: float, threshold: float, comfortable: float) -> float:
+    """0.5 at ``threshold``, 1 at ``comfortable``, linear in log(value) between, clipped to [0, 1].
+
+    Works for lower bounds (comfortable > threshold) and upper bounds
+    (comfortable < threshold) alike. Log scale because the metrics are ratios
+    of energies or intensities.
+    """
+    lv, lt, lc = (math.log(max(x, 1e-12)) for x in (value, threshold, comfortable))
+    return min(1.0, max(0.0, 0.5 + 0.5 * (lv - lt) / (lc - lt)))
+
+
+@functools.lru_cache(maxsize=8)
+def _disk(radius: int) -> np.ndarray:
+    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
+
+
+def _working_image(pre: Preprocessed) -> np.ndarray:
+    img = pre.unenhanced if pre.unenhanced is not None else pre.image
+    n = img.shape[0]
+    if n == WORK_SIDE:
+        return img
+    interp = cv2.INTER_AREA if n > WORK_SIDE else cv2.INTER_LINEAR
+    return cv2.resize(img, (WORK_SIDE, WORK_SIDE), interpolation=interp)
+
+
+def measure(pre: Preprocessed) -> dict[str, float]:
+    """Every figure the gate judges, by name (see :class:`QualityConfig` for their meaning)."""
+    g = pre.geometry
+    img = _working_image(pre)
+    fov = g.fov_mask(WORK_SIDE)
+    if not fov.any():  # degenerate geometry (the circle misses the frame): use the whole input
+        fov = np.ones_like(fov)
+    # Colour and contrast on the lit field inside _FILL of the radius: the
+    # anti-aliased rim and a camera's black corner mask would otherwise dominate
+    # the spread of a flat field.
+    field = g.fov_mask(WORK_SIDE, shrink=_FILL) & fov
+    if not field.any():
+        field = fov
+    lum = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)
+    lit = field & (lum >= max(1.0, _UNLIT * float(lum[field].mean())))
+    # Opening drops specks; the extra erosion drops the blurred transition into unlit areas.
+    lit = cv2.erode(cv2.morphologyEx(lit.view(np.uint8), cv2.MORPH_OPEN, _disk(2)), _disk(3)) > 0
+    fill = lit if lit.sum() >= 64 else field
+    r, gr, b = cv2.split(img)  # OpenCV's per-pixel max/min are ~15x faster than numpy's axis reductions
+    chroma = cv2.subtract(cv2.max(cv2.max(r, gr), b), cv2.min(cv2.min(r, gr), b))[fill]
+    colourfulness = float(chroma.mean()) / max(float(img[fill].mean()), 1.0)
+    contrast = float(lum[fill].std())
+    inner = g.fov_mask(WORK_SIDE, shrink=_INNER) & (cv2.erode(fill.view(np.uint8), _disk(_ERODE)) > 0)
+    if inner.sum() < 64:  # hardly any lit retina: measure what there is
+        inner = fill = fov
+    green = gr.astype(np.float32)
+    green[~fill] = float(green[fill].mean())
+    noise = math.sqrt(math.pi / 2.0) / 6.0 * float(np.abs(cv2.filter2D(green, cv2.CV_32F, _NOISE_KERNEL)[inner]).mean())
+    lap_energy = float(_smoothed_laplacian(green)[inner].var()) - _LAPLACIAN_NOISE_GAIN * noise**2
+    detail_energy = float(_detail(green)[inner].var()) - _DETAIL_NOISE_GAIN * noise**2
+    # No structure above the noise at all: nothing is sharp.
+    sharpness = max(lap_energy, 0.0) / detail_energy if detail_energy > 1e-6 else 0.0
+    raw_lap = cv2.Laplacian(green, cv2.CV_32F, ksize=1)[inner]
+    brightness = float(pre.mean_intensity)
+    return {
+        "fov_fill": float(g.fov_fill),
+        "brightness": brightness,
+        "contrast": contrast,
+        "sharpness": sharpness,
+        "laplacian_var": float(raw_lap.var()),
+        "noise": noise,
+        "colourfulness": colourfulness,
+        "short_side": float(min(g.orig_h, g.orig_w)),
+    }
+
+
+def assess(pre: Preprocessed, config: QualityConfig | None = None) -> QualityVerdict:
+    """Judge one preprocessed image; never raises for a bad image (bad config raises :class:`ConfigError`)."""
+    cfg = config or QualityConfig()
+    if not isinstance(cfg, QualityConfig):
+        raise ConfigError(f"assess needs a QualityConfig or None, got {type(cfg).__name__}")
+    m = measure(pre)
+    c = cfg
+    # (tag, failed, sub-score) per criterion; the comfortable margins are this module's choice.
+    checks = [
+        ("no_fov", not pre.geometry.fov_found or m["fov_fill"] < c.min_fov_fill,
+         _margin_score(m["fov_fill"], c.min_fov_fill, 1.0) if pre.geometry.fov_found else 0.0),
+        ("too_dark", m["brightness"] < c.min_brightness,
+         _margin_score(m["brightness"], c.min_brightness, 3.0 * c.min_brightness)),
+        ("too_bright", m["brightness"] > c.max_brightness,
+         _margin_score(m["brightness"], c.max_brightness, 0.75 * c.max_brightness)),
+        ("low_contrast", m["contrast"] < c.min_contrast,
+         _margin_score(m["contrast"], c.min_contrast, 2.0 * c.min_contrast)),
+        ("blurred", m["sharpness"] < c.min_sharpness,
+         _margin_score(m["sharpness"], c.min_sharpness, 2.0 * c.min_sharpness)),
+        ("noisy", m["noise"] > c.max_noise, _margin_score(m["noise"], c.max_noise, 0.5 * c.max_noise)),
+        ("grayscale", m["colourfulness"] < c.min_colourfulness,
+         _margin_score(m["colourfulness"], c.min_colourfulness, 2.0 * c.min_colourfulness)),
+        ("too_small", m["short_side"] < c.min_side, _margin_score(m["short_side"], c.min_side, 2.0 * c.min_side)),
+    ]
+    reasons = tuple(tag for tag, failed, _ in checks if failed)
+    score = min(s for _, _, s in checks)
+    if reasons:
+        score = min(score, math.nextafter(0.5, 0.0))  # a failed check at its exact threshold
+    return QualityVerdict(gradable=not reasons, score=float(score), reasons=reasons, metrics=m)
+
+
+def assess_error(exc: ImageError) -> QualityVerdict:
+    """The verdict for an input that could not be preprocessed (its tag is the error's ``reason``)."""
+    reason = getattr(exc, "reason", None) or ImageError.reason
+    return QualityVerdict(gradable=False, score=0.0, reasons=(str(reason),), metrics={})
