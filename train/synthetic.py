@@ -281,6 +281,8 @@ def _check_eye(rng: np.random.Generator, eye: str | None) -> str:
 
 _SHIFT = 4  # sub-pixel bits for OpenCV drawing
 _ONE = 1 << _SHIFT
+# An RGB triple in albedo units (1.0 = a white reflector).
+Colour = Sequence[float] | np.ndarray
 # Paint colours are stored halved in uint8 so that bright deposits (albedo > 1) fit.
 _PAINT_SCALE = 2.0
 
@@ -302,28 +304,28 @@ class _Paint:
         self.alpha = np.zeros(shape, np.uint8)
         self.box = [np.inf, np.inf, -np.inf, -np.inf]  # x0, y0, x1, y1
 
-    def _colours(self, colour: Sequence[float], alpha: float, x0: float, y0: float, x1: float, y1: float,
+    def _colours(self, colour: Colour, alpha: float, x0: float, y0: float, x1: float, y1: float,
                  ) -> tuple[tuple[float, ...], float]:
         b = self.box
         b[0], b[1], b[2], b[3] = min(b[0], x0), min(b[1], y0), max(b[2], x1), max(b[3], y1)
         a = float(np.clip(alpha, 0.0, 1.0))
         return tuple(float(np.clip(c * a / _PAINT_SCALE, 0, 1)) * 255 for c in colour), a * 255
 
-    def circle(self, x: float, y: float, r: float, colour: Sequence[float], alpha: float) -> None:
+    def circle(self, x: float, y: float, r: float, colour: Colour, alpha: float) -> None:
         c, a = self._colours(colour, alpha, x - r, y - r, x + r, y + r)
         rr = max(1, int(round(r * _ONE)))
         cv2.circle(self.rgb, _pt(x, y), rr, c, -1, cv2.LINE_AA, _SHIFT)
         cv2.circle(self.alpha, _pt(x, y), rr, a, -1, cv2.LINE_AA, _SHIFT)
 
     def ellipse(self, x: float, y: float, ax: float, ay: float, angle: float,
-                colour: Sequence[float], alpha: float) -> None:
+                colour: Colour, alpha: float) -> None:
         r = max(ax, ay)
         c, a = self._colours(colour, alpha, x - r, y - r, x + r, y + r)
         axes = (max(1, int(round(ax * _ONE))), max(1, int(round(ay * _ONE))))
         cv2.ellipse(self.rgb, _pt(x, y), axes, angle, 0, 360, c, -1, cv2.LINE_AA, _SHIFT)
         cv2.ellipse(self.alpha, _pt(x, y), axes, angle, 0, 360, a, -1, cv2.LINE_AA, _SHIFT)
 
-    def polyline(self, pts: np.ndarray, width: float, colour: Sequence[float], alpha: float) -> None:
+    def polyline(self, pts: np.ndarray, width: float, colour: Colour, alpha: float) -> None:
         lo, hi = pts.min(0) - width, pts.max(0) + width
         c, a = self._colours(colour, alpha, lo[0], lo[1], hi[0], hi[1])
         p = [np.round(pts * _ONE).astype(np.int32)]
@@ -339,7 +341,8 @@ class _Paint:
         pad = 2 + 3 * blur
         sl = (slice(max(0, int(y0 - pad)), min(h, int(y1 + pad) + 1)),
               slice(max(0, int(x0 - pad)), min(w, int(x1 + pad) + 1)))
-        rgb, alpha = self.rgb[sl], self.alpha[sl]
+        rgb: np.ndarray = self.rgb[sl]
+        alpha: np.ndarray = self.alpha[sl]
         if rgb.size == 0:
             return
         if blur > 0:
@@ -393,12 +396,13 @@ def _noise_tile(h: int, w: int, channels: int, kind: str) -> np.ndarray:
     """
     rng = np.random.default_rng(0x5EED + h * 7919 + w * 104729 + channels)
     shape = (h + 64, w + 64, channels) if channels > 1 else (h + 64, w + 64)
+    tile: np.ndarray
     if kind == "normal":
         tile = rng.standard_normal(shape, dtype=np.float32)
     else:  # speckle: gamma-distributed multiplicative noise, grains elongated laterally
         tile = rng.gamma(1.4, 1 / 1.4, shape).astype(np.float32)
-        tile = cv2.GaussianBlur(tile, (5, 3), sigmaX=1.0, sigmaY=0.6)
-        tile /= float(tile.mean())
+        tile = np.asarray(cv2.GaussianBlur(tile, (5, 3), sigmaX=1.0, sigmaY=0.6), np.float32)
+        tile = tile / np.float32(tile.mean())
     tile.flags.writeable = False
     return tile
 
@@ -674,9 +678,9 @@ def _fundus_albedo(rng: np.random.Generator, eye: _Eye) -> tuple[np.ndarray, np.
         hx, hy = eye.cx + 0.85 * R * np.cos(ang), eye.cy + 0.85 * R * np.sin(ang)
         haze = np.exp(-((gx - hx) ** 2 + (gy - hy) ** 2) / (2 * (0.3 * R) ** 2)) * rng.uniform(0.1, 0.3)
         alb += haze[..., None] * np.array([0.6, 0.8, 1.0], np.float32)
-    alb = cv2.resize(alb.astype(np.float32), (S, S), interpolation=cv2.INTER_CUBIC)
-    illum = cv2.resize(illum, (S, S), interpolation=cv2.INTER_LINEAR)
-    return alb, illum
+    alb_full: np.ndarray = cv2.resize(alb.astype(np.float32), (S, S), interpolation=cv2.INTER_CUBIC)
+    illum_full: np.ndarray = cv2.resize(illum, (S, S), interpolation=cv2.INTER_LINEAR)
+    return alb_full, illum_full
 
 
 def _draw_disc(rng: np.random.Generator, eye: _Eye, albedo: np.ndarray, cdr: float, waxy: float,
@@ -737,26 +741,28 @@ def _draw_disc(rng: np.random.Generator, eye: _Eye, albedo: np.ndarray, cdr: flo
 
 def _fundus_lesions(rng: np.random.Generator, eye: _Eye, sev: Mapping[str, float], sharp: _Paint,
                     soft: _Paint, masks: _Masks) -> None:
+    """Draw each labelled class's lesions at its site; severity ``s`` scales counts (as s**1.5) and contrast."""
     R = eye.R
     margin = 0.012 * R  # site masks extend this far around each lesion (tiny dots stay visible when pooled)
     disc_avoid = ((eye.dx, eye.dy, 1.6 * eye.rd),)
     if "dr" in sev:
         s = sev["dr"]
+        amount, fade = s**1.5, 0.5 + 0.5 * s
         # posterior pole: the ellipse inside the arcades, centred between fovea and disc
         cen = (eye.fx + 0.3 * (eye.dx - eye.fx), eye.fy + 0.3 * (eye.dy - eye.fy))
         spread = (0.62 * R, 0.42 * R)
-        n_ma = int(round(3 + 35 * s * rng.uniform(0.7, 1.3)))
+        n_ma = int(round(1 + 40 * amount * rng.uniform(0.7, 1.3)))
         for x, y in _sample_points(rng, eye, n_ma, cen, spread, kind="ellipse", avoid=disc_avoid):
             r = rng.uniform(0.006, 0.012) * R
-            sharp.circle(x, y, r, (0.45, 0.06, 0.05), rng.uniform(0.55, 0.9))
+            sharp.circle(x, y, r, (0.45, 0.06, 0.05), rng.uniform(0.55, 0.9) * fade)
             masks.circle("dr", x, y, r + margin)
-        n_h = int(round(s * rng.uniform(2, 16)))
+        n_h = int(round(amount * rng.uniform(0, 16)))
         for x, y in _sample_points(rng, eye, n_h, cen, spread, kind="ellipse", avoid=disc_avoid):
             r = rng.uniform(0.015, 0.04) * R
             for _ in range(int(rng.integers(2, 5))):  # irregular blot: a few overlapping ellipses
                 jx, jy = rng.normal(0, 0.4 * r, 2)
                 soft.ellipse(x + jx, y + jy, r * rng.uniform(0.5, 1.0), r * rng.uniform(0.4, 0.9),
-                             rng.uniform(0, 180), (0.38, 0.04, 0.03), rng.uniform(0.6, 0.9))
+                             rng.uniform(0, 180), (0.38, 0.04, 0.03), rng.uniform(0.6, 0.9) * fade)
             masks.circle("dr", x, y, 1.6 * r + margin)
         if s > 0.6 and rng.random() < 0.5:  # cotton-wool spots along the arcades
             for x, y in _sample_points(rng, eye, int(rng.integers(1, 4)), cen, spread, kind="ellipse",
@@ -766,12 +772,13 @@ def _fundus_lesions(rng: np.random.Generator, eye: _Eye, sev: Mapping[str, float
                 masks.circle("dr", x, y, r + margin)
     if "dme" in sev:
         s = sev["dme"]
+        amount, fade = s**1.5, 0.5 + 0.5 * s
         # thickening: greyish haze over the macula, foveal reflex lost
         r_t = rng.uniform(0.09, 0.14) * R
-        soft.circle(eye.fx, eye.fy, r_t, (0.75, 0.62, 0.45), 0.08 + 0.2 * s)
+        soft.circle(eye.fx, eye.fy, r_t, (0.75, 0.62, 0.45), 0.04 + 0.2 * s)
         masks.circle("dme", eye.fx, eye.fy, r_t)
         # hard exudates: circinate ring(s) and clusters around the fovea
-        n_ex = int(round(6 + 50 * s * rng.uniform(0.7, 1.3)))
+        n_ex = int(round(3 + 55 * amount * rng.uniform(0.7, 1.3)))
         ring_c = (eye.fx + rng.normal(0, 0.05) * R, eye.fy + rng.normal(0, 0.05) * R)
         ring_r = rng.uniform(0.08, 0.2) * R
         span = rng.uniform(0.4, 1.0) * 2 * np.pi
@@ -783,46 +790,61 @@ def _fundus_lesions(rng: np.random.Generator, eye: _Eye, sev: Mapping[str, float
         colour = np.array([1.15, 1.0, 0.45]) * rng.uniform(0.9, 1.05)
         for x, y in pts:
             r = rng.uniform(0.004, 0.014) * R * (0.7 + 0.6 * s)
-            sharp.circle(x, y, r, colour, rng.uniform(0.6, 0.95))
+            sharp.circle(x, y, r, colour, rng.uniform(0.6, 0.95) * fade)
             masks.circle("dme", x, y, r + margin)
     if "amd" in sev:
         s = sev["amd"]
-        n = int(round(4 + 40 * s * rng.uniform(0.7, 1.3)))
-        spread = rng.uniform(0.06, 0.11) * R
+        amount, fade = s**1.5, 0.5 + 0.5 * s
+        n = int(round(2 + 42 * amount * rng.uniform(0.7, 1.3)))
+        sd = rng.uniform(0.06, 0.11) * R
         colour = np.array([1.05, 0.88, 0.5]) * rng.uniform(0.9, 1.05)
-        for x, y in _sample_points(rng, eye, n, (eye.fx, eye.fy), (spread, spread)):
+        for x, y in _sample_points(rng, eye, n, (eye.fx, eye.fy), (sd, sd)):
             r = rng.uniform(0.006, 0.014 + 0.014 * s) * R
-            soft.circle(x, y, r, colour, rng.uniform(0.4, 0.8))
+            soft.circle(x, y, r, colour, rng.uniform(0.35, 0.8) * fade)
             masks.circle("amd", x, y, r + margin)
         if s > 0.6 and rng.random() < 0.5:  # pigment clumping
-            for x, y in _sample_points(rng, eye, int(rng.integers(2, 6)), (eye.fx, eye.fy), (spread, spread)):
+            for x, y in _sample_points(rng, eye, int(rng.integers(2, 6)), (eye.fx, eye.fy), (sd, sd)):
                 r = rng.uniform(0.005, 0.012) * R
                 sharp.circle(x, y, r, (0.2, 0.12, 0.08), 0.6)
                 masks.circle("amd", x, y, r + margin)
     if "rp" in sev:
         s = sev["rp"]
-        n = int(round(25 + 90 * s * rng.uniform(0.7, 1.3)))
+        n = int(round(6 + 110 * s**1.5 * rng.uniform(0.7, 1.3)))
         centre = (0.7 * eye.fx + 0.3 * eye.dx, 0.7 * eye.fy + 0.3 * eye.dy)
         for x, y in _sample_points(rng, eye, n, centre, (0.5 * R, 0.9 * R), kind="ring", margin=0.03 * R):
             # bone spicule: a few short branching dark strokes from one point
             for _ in range(int(rng.integers(2, 5))):
-                ang = rng.uniform(0, 2 * np.pi)
+                a_sp = rng.uniform(0, 2 * np.pi)
                 ln = rng.uniform(0.01, 0.03) * R
-                mid = (x + 0.5 * ln * np.cos(ang) + rng.normal(0, 0.2 * ln), y + 0.5 * ln * np.sin(ang))
-                pts = np.array([[x, y], mid, [x + ln * np.cos(ang), y + ln * np.sin(ang)]])
-                sharp.polyline(pts, max(1.0, 0.004 * R), (0.12, 0.07, 0.05), rng.uniform(0.5, 0.85) * (0.5 + 0.5 * s))
+                mid = (x + 0.5 * ln * np.cos(a_sp) + rng.normal(0, 0.2 * ln), y + 0.5 * ln * np.sin(a_sp))
+                pts = np.array([[x, y], mid, [x + ln * np.cos(a_sp), y + ln * np.sin(a_sp)]])
+                sharp.polyline(pts, max(1.0, 0.004 * R), (0.12, 0.07, 0.05), rng.uniform(0.45, 0.85) * (0.4 + 0.6 * s))
                 masks.polyline("rp", pts, max(1.0, 0.004 * R) + 2 * margin)
     if "macular_hole" in sev:
         s = sev["macular_hole"]
-        r = rng.uniform(0.03, 0.045) * R * (0.7 + 0.6 * s)
+        r = rng.uniform(0.025, 0.04) * R * (0.6 + 0.7 * s)
         x, y = eye.fx + rng.normal(0, 0.01) * R, eye.fy + rng.normal(0, 0.01) * R
         for k in range(3):  # cuff of detached, greyish retina fading outwards
-            soft.circle(x, y, (2.1 - 0.3 * k) * r, (0.72, 0.6, 0.5), (0.08 + 0.08 * s))
-        sharp.circle(x, y, r, (0.5, 0.1, 0.06), 0.55 + 0.35 * s)
+            soft.circle(x, y, (2.1 - 0.3 * k) * r, (0.72, 0.6, 0.5), (0.05 + 0.1 * s))
+        sharp.circle(x, y, r, (0.5, 0.1, 0.06), 0.35 + 0.55 * s)
         for _ in range(int(rng.integers(2, 6))):  # yellow deposits at the base
             jx, jy = rng.normal(0, 0.35 * r, 2)
             sharp.circle(x + jx, y + jy, 0.12 * r, (1.1, 0.95, 0.5), 0.7)
         masks.circle("macular_hole", x, y, 2.1 * r + margin)
+
+
+def _distractors(rng: np.random.Generator, eye: _Eye, sharp: _Paint, soft: _Paint) -> None:
+    """Label-independent findings that look a little like lesions, so that "any spot" is not a label."""
+    R = eye.R
+    for _ in range(int(rng.integers(1, 5)) if rng.random() < 0.35 else 0):  # dust on the lens: blurry, dark
+        (x, y), = _sample_points(rng, eye, 1, (eye.cx, eye.cy), (0.6 * R, 0.6 * R))
+        soft.circle(x, y, rng.uniform(0.01, 0.03) * R, (0.2, 0.15, 0.12), rng.uniform(0.08, 0.2))
+    for _ in range(int(rng.integers(1, 4)) if rng.random() < 0.2 else 0):  # small benign pale dots
+        (x, y), = _sample_points(rng, eye, 1, (eye.cx, eye.cy), (0.45 * R, 0.45 * R))
+        sharp.circle(x, y, rng.uniform(0.004, 0.008) * R, (1.0, 0.9, 0.6), rng.uniform(0.25, 0.5))
+    if rng.random() < 0.15:  # choroidal naevus: flat, slate-grey, soft-edged
+        (x, y), = _sample_points(rng, eye, 1, (eye.cx, eye.cy), (0.5 * R, 0.5 * R))
+        soft.circle(x, y, rng.uniform(0.02, 0.045) * R, (0.3, 0.25, 0.22), rng.uniform(0.15, 0.3))
 
 
 def generate_fundus(
@@ -862,9 +884,7 @@ def generate_fundus(
     if not ({"dme", "macular_hole"} & set(labs)) and rng.random() < 0.6:  # foveal light reflex
         sharp.circle(e.fx, e.fy, rng.uniform(0.006, 0.012) * R, (1.2, 1.2, 1.1), rng.uniform(0.15, 0.35))
     _fundus_lesions(rng, e, sev, sharp, soft, masks)
-    for _ in range(int(rng.integers(1, 5)) if rng.random() < 0.35 else 0):  # lens dust (distractor)
-        (x, y), = _sample_points(rng, e, 1, (e.cx, e.cy), (0.6 * R, 0.6 * R))
-        soft.circle(x, y, rng.uniform(0.01, 0.03) * R, (0.2, 0.15, 0.12), rng.uniform(0.08, 0.2))
+    _distractors(rng, e, sharp, soft)
     soft.composite(albedo, blur=max(0.6, 0.003 * S))
     sharp.composite(albedo, blur=0.0)
 
@@ -874,7 +894,7 @@ def generate_fundus(
     vessels = _vessel_tree(rng, e, attenuation=1.0 - 0.5 * rp)
     _draw_vessels(trans, vessels, [0.42 * contrast, 0.72 * contrast, 0.6 * contrast],
                   [0.25 * contrast, 0.5 * contrast, 0.42 * contrast])
-    trans = cv2.GaussianBlur(trans, (3, 3), 0.7)
+    trans = np.asarray(cv2.GaussianBlur(trans, (3, 3), 0.7))
 
     # camera: exposure, field-of-view aperture, noise, colour balance and gamma (all label-independent).
     # Noise is added to the reflectance, so it scales with the light like shot noise and the surround stays black.
@@ -1088,7 +1108,7 @@ def generate_oct(
             masks.ellipse("macular_hole", xf, 0.5 * (top_y + base_y), 2.0 * hw, 0.5 * (base_y - top_y) + 2, 0)
 
     # optics and detector: axial blur, speckle, noise floor, log-like display curve
-    img = cv2.GaussianBlur(img, (3, 5), sigmaX=0.6, sigmaY=1.0)
+    img = np.asarray(cv2.GaussianBlur(img, (3, 5), sigmaX=0.6, sigmaY=1.0))
     img *= _noise_crop(rng, H, W, 1, "speckle")
     img += np.abs(_noise_crop(rng, H, W, 1, "normal")) * np.float32(rng.uniform(0.03, 0.06))
     gain = rng.uniform(0.75, 1.05) * 255.0
