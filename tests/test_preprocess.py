@@ -1,0 +1,311 @@
+"""Preprocessing: real TVHL photographs, geometry round trip, decoding of every format, bad input."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from conftest import BAD_INPUT_NAMES, BadInput, SurveyRow, draw_fake_fundus
+from uopsl.runtime.errors import (
+    ConfigError,
+    ImageDecodeError,
+    ImageError,
+    ImageTooLargeError,
+    ImageTooSmallError,
+)
+from uopsl.runtime.preprocess import (
+    Geometry,
+    PreprocessConfig,
+    decode,
+    detect_fov,
+    preprocess,
+    preprocess_file,
+    read_bytes,
+)
+from uopsl.runtime.quality import assess, assess_error
+
+OCT_FILED_AS_FUNDUS = "fundus/1258_OI_f_2.jpg"  # a B-scan in TVHL's fundus folder
+
+
+def _bgr(rgb: np.ndarray) -> np.ndarray:
+    return cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+
+
+def _encode(ext: str, img: np.ndarray, params: list[int] | None = None) -> bytes:
+    ok, buf = cv2.imencode(ext, img, params or [])
+    assert ok, f"cv2.imencode failed for {ext}"
+    return buf.tobytes()
+
+
+# -- real photographs -----------------------------------------------------------------------
+def test_fov_found_on_real_fundus_photographs(tvhl_fundus_survey: list[SurveyRow]) -> None:
+    rows = tvhl_fundus_survey
+    assert len(rows) > 1000, f"expected the 1058 TVHL fundus photographs, found {len(rows)}"
+    found = [r for r in rows if r.geometry.fov_found]
+    missed = sorted(r.path for r in rows if not r.geometry.fov_found)
+    fraction = len(found) / len(rows)
+    assert fraction >= 0.98, f"FOV found on {len(found)}/{len(rows)} ({fraction:.1%}); missed: {missed[:20]}"
+    # The OCT B-scan filed among the fundus photographs has no circular field.
+    assert OCT_FILED_AS_FUNDUS in missed
+
+
+def test_real_fov_geometry_is_plausible(tvhl_fundus_survey: list[SurveyRow]) -> None:
+    for r in tvhl_fundus_survey:
+        assert r.image_shape == (320, 320, 3) and r.image_dtype == "uint8", r.path
+        g = r.geometry
+        if not g.fov_found:
+            continue
+        short = min(g.orig_h, g.orig_w)
+        # TVHL fields: a full circle (radius ~0.45 x side) up to one clipped by the sensor (~0.63 x side).
+        assert 0.35 * short <= g.radius <= 0.7 * short, (r.path, g)
+        assert abs(g.cx - g.orig_w / 2) < 0.1 * g.orig_w and abs(g.cy - g.orig_h / 2) < 0.1 * g.orig_h, (r.path, g)
+        assert g.fov_fill >= 0.6, (r.path, g)
+
+
+def test_real_photograph_round_trip(tvhl_dir: Path) -> None:
+    """A heatmap marking the crop centre maps back to the FOV centre of a real photograph."""
+    path = tvhl_dir / "fundus" / "1221_OD_f_1.jpg"
+    pre = preprocess_file(path, PreprocessConfig(size=320))
+    g = pre.geometry
+    heat = np.zeros((40, 40), np.float32)  # any resolution over the model input
+    heat[19:21, 19:21] = 1.0
+    back = g.to_original(heat)
+    assert back.shape == (g.orig_h, g.orig_w)
+    ys, xs = np.nonzero(back > 0.5 * back.max())
+    assert abs(xs.mean() + 0.5 - g.cx) < 2.0 and abs(ys.mean() + 0.5 - g.cy) < 2.0, (xs.mean(), ys.mean(), g)
+
+
+# -- geometry on synthetic fields with known circles ----------------------------------------------
+def _shifted_field(size: int, field: float, dx: int, dy: int, frame: tuple[int, int]) -> tuple[np.ndarray, float, float, float]:
+    """A fake fundus moved by (dx, dy) inside a frame of ``frame`` = (h, w); returns it and its true circle."""
+    src = draw_fake_fundus(size, seed=3, field=field)
+    h, w = frame
+    canvas = np.zeros((h, w, 3), np.uint8)
+    ox, oy = (w - size) // 2 + dx, (h - size) // 2 + dy
+    sx0, sy0 = max(0, -ox), max(0, -oy)
+    tx0, ty0 = max(0, ox), max(0, oy)
+    cw, ch = min(size - sx0, w - tx0), min(size - sy0, h - ty0)
+    canvas[ty0 : ty0 + ch, tx0 : tx0 + cw] = src[sy0 : sy0 + ch, sx0 : sx0 + cw]
+    c = (size - 1) / 2.0 + 0.5  # pixel-centre convention: centre of the drawn disc in continuous coordinates
+    return canvas, ox + c, oy + c, field * size
+
+
+@pytest.mark.parametrize(
+    "size,field,dx,dy,frame",
+    [
+        (400, 0.45, 0, 0, (400, 400)),  # centred, full circle
+        (400, 0.45, 60, -30, (400, 600)),  # off centre in a wide frame
+        (600, 0.45, 0, 0, (480, 640)),  # circle clipped at top and bottom by the sensor
+        (300, 0.45, 0, 0, (300, 300)),
+    ],
+)
+def test_detect_fov_finds_known_circle(size: int, field: float, dx: int, dy: int, frame: tuple[int, int]) -> None:
+    img, cx, cy, r = _shifted_field(size, field, dx, dy, frame)
+    pre = preprocess(img)
+    g = pre.geometry
+    assert g.fov_found, g
+    tol = 0.02 * r + 1.0
+    assert abs(g.cx - cx) < tol and abs(g.cy - cy) < tol and abs(g.radius - r) < tol, (g, (cx, cy, r))
+
+
+@pytest.mark.parametrize("size", [96, 320, 512])
+def test_to_original_maps_model_pixels_back(size: int) -> None:
+    img, cx, cy, r = _shifted_field(600, 0.45, 0, 0, (480, 640))  # clipped: the crop leaves the frame
+    pre = preprocess(img, PreprocessConfig(size=size))
+    g = pre.geometry
+    assert g.y0 < 0 < g.y0 + g.side, g  # crop sticks out of the frame: padding on both sides
+    # Mark one model pixel; its centre in original coordinates is x0 + (i + 0.5) * side / size.
+    for i, j in [(size // 2, size // 2), (size // 4, (3 * size) // 4)]:
+        heat = np.zeros((size, size), np.float32)
+        heat[j, i] = 1.0
+        back = g.to_original(heat)
+        ys, xs = np.nonzero(back)
+        wts = back[ys, xs]
+        mx, my = (xs * wts).sum() / wts.sum() + 0.5, (ys * wts).sum() / wts.sum() + 0.5
+        ex, ey = g.x0 + (i + 0.5) * g.side / size, g.y0 + (j + 0.5) * g.side / size
+        assert abs(mx - ex) < 1.0 + g.side / size and abs(my - ey) < 1.0 + g.side / size, ((mx, my), (ex, ey))
+    # A uniform map covers exactly the part of the crop inside the frame.
+    full = g.to_original(np.ones((8, 8), np.float32))
+    x1, y1 = min(g.orig_w, g.x0 + g.side), min(g.orig_h, g.y0 + g.side)
+    expected = np.zeros_like(full)
+    expected[max(0, g.y0) : y1, max(0, g.x0) : x1] = 1.0
+    np.testing.assert_array_equal(full, expected)
+
+
+def test_fov_mask_excludes_padding_and_outside() -> None:
+    img, _, _, _ = _shifted_field(600, 0.45, 0, 0, (480, 640))
+    pre = preprocess(img)
+    g = pre.geometry
+    mask = g.fov_mask()
+    assert mask.shape == (g.size, g.size) and mask.dtype == bool
+    # Rows of the crop above and below the frame are padding, never FOV.
+    top_pad = int(np.ceil(-g.y0 * g.size / g.side)) - 1
+    assert top_pad >= 1 and not mask[:top_pad].any() and not mask[-top_pad:].any()
+    # Outside the mask the (masked) model input is black; the mean intensity is over the mask only.
+    assert pre.image[~mask].max() == 0
+    assert pre.mean_intensity == pytest.approx(pre.image[mask].mean(), abs=0.01)
+    with pytest.raises(ConfigError):
+        g.fov_mask(shrink=0.0)
+
+
+def test_output_contract_and_clahe() -> None:
+    img = draw_fake_fundus(384, seed=5)
+    plain = preprocess(img, PreprocessConfig(size=224))
+    assert plain.image.shape == (224, 224, 3) and plain.image.dtype == np.uint8
+    assert plain.image.flags["C_CONTIGUOUS"] and plain.unenhanced is None
+    assert plain.original is None and plain.original_shape == (384, 384, 3)
+    kept = preprocess(img, PreprocessConfig(size=224), keep_original=True)
+    assert kept.original is not None and np.array_equal(kept.original, img)
+    enhanced = preprocess(img, PreprocessConfig(size=224, clahe=True))
+    assert enhanced.unenhanced is not None and np.array_equal(enhanced.unenhanced, plain.image)
+    assert not np.array_equal(enhanced.image, plain.image)
+    assert enhanced.image[~enhanced.geometry.fov_mask()].max() == 0
+    assert enhanced.mean_intensity == plain.mean_intensity
+
+
+def test_same_pixels_from_bytes_and_array() -> None:
+    img = draw_fake_fundus(256, seed=6)
+    from_bytes = preprocess(_encode(".png", _bgr(img)))
+    from_array = preprocess(img)
+    np.testing.assert_array_equal(from_bytes.image, from_array.image)
+    assert from_bytes.geometry == from_array.geometry
+
+
+# -- decoding -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("ext,max_err", [(".jpg", 4.0), (".png", 0.0), (".tif", 0.0), (".bmp", 0.0)])
+def test_decode_8bit_formats(ext: str, max_err: float) -> None:
+    img = draw_fake_fundus(128, seed=7)
+    out = decode(_encode(ext, _bgr(img)))
+    assert out.shape == img.shape and out.dtype == np.uint8
+    assert np.abs(out.astype(int) - img).mean() <= max_err
+
+
+@pytest.mark.parametrize("ext", [".png", ".tif"])
+def test_decode_16bit_full_range(ext: str) -> None:
+    img = draw_fake_fundus(128, seed=8)
+    out = decode(_encode(ext, _bgr(img).astype(np.uint16) * 257))
+    assert out.dtype == np.uint8
+    assert np.abs(out.astype(int) - img).max() <= 1
+
+
+def test_decode_12bit_in_16bit_container() -> None:
+    """A 12-bit camera frame in a 16-bit TIFF is scaled by 4095, not 65535 (not 16x too dark)."""
+    img = draw_fake_fundus(128, seed=9)
+    twelve = ((img.astype(np.uint32) * 4095 + 127) // 255).astype(np.uint16)
+    assert twelve.max() > 2048  # uses the 12th bit
+    out = decode(_encode(".tif", _bgr(twelve)))
+    assert np.abs(out.astype(int) - img).max() <= 1
+
+
+def test_decode_grayscale_and_rgba() -> None:
+    img = draw_fake_fundus(128, seed=10)
+    gray = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)
+    out = decode(_encode(".png", gray))
+    assert out.shape == (128, 128, 3)
+    for ch in range(3):
+        np.testing.assert_array_equal(out[..., ch], gray)
+    alpha = np.full((128, 128), 255, np.uint8)
+    alpha[:, :64] = 0  # left half transparent: composited over black
+    rgba = np.dstack([_bgr(img), alpha])
+    out = decode(_encode(".png", rgba))
+    assert out.shape == (128, 128, 3)
+    assert out[:, :64].max() == 0
+    np.testing.assert_array_equal(out[:, 64:], img[:, 64:])
+
+
+def test_array_inputs() -> None:
+    img = draw_fake_fundus(128, seed=11)
+    as_float = preprocess(img.astype(np.float32) / 255.0)
+    np.testing.assert_allclose(as_float.image.astype(int), preprocess(img).image.astype(int), atol=1)
+    gray = preprocess(cv2.cvtColor(img, cv2.COLOR_RGB2GRAY))
+    assert gray.image.shape == (320, 320, 3)
+    with pytest.raises(ImageDecodeError, match="expected an HxWx3 RGB array"):
+        preprocess(np.zeros((64, 64, 4), np.uint8))
+    with pytest.raises(ImageTooLargeError, match="exceeds the limit"):
+        preprocess(np.zeros((200, 200, 3), np.uint8), PreprocessConfig(max_pixels=10_000))
+
+
+def test_config_validation() -> None:
+    with pytest.raises(ConfigError, match="size"):
+        PreprocessConfig(size=8)
+    with pytest.raises(ConfigError, match="fov_min_fill"):
+        PreprocessConfig(fov_min_fill=1.5)
+    with pytest.raises(ConfigError, match="unknown preprocessing parameters"):
+        PreprocessConfig.from_dict({"size": 320, "sise": 1})
+    cfg = PreprocessConfig(size=256, clahe=True)
+    assert PreprocessConfig.from_dict(cfg.to_dict()) == cfg
+
+
+# -- bad input ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", BAD_INPUT_NAMES)
+def test_bad_input_gives_typed_error_or_ungradable(name: str, bad_inputs) -> None:  # type: ignore[no-untyped-def]
+    bad: BadInput = bad_inputs([name])[name]
+    if bad.error is not None:
+        with pytest.raises(ImageError) as info:
+            preprocess_file(bad.path)
+        exc = info.value
+        assert type(exc) is bad.error, f"{bad.description}: got {type(exc).__name__}: {exc}"
+        assert str(bad.path) in str(exc), "the message must name the file"
+        verdict = assess_error(exc)
+        assert not verdict.gradable and verdict.reasons == (bad.reason,) and verdict.score == 0.0
+    else:
+        pre = preprocess_file(bad.path)
+        verdict = assess(pre)
+        assert not verdict.gradable, f"{bad.description} was called gradable: {verdict}"
+        assert bad.reason in verdict.reasons, f"{bad.description}: {verdict.reasons}"
+        assert verdict.score < 0.5
+
+
+def test_error_messages_say_what_and_what_to_do(bad_inputs) -> None:  # type: ignore[no-untyped-def]
+    zoo = bad_inputs(["empty.jpg", "truncated.jpg", "text.jpg", "tiny_1x1.png", "bomb_100000x100000.png"])
+    expected = {
+        "empty.jpg": "empty (0 bytes)",
+        "truncated.jpg": "truncated",
+        "text.jpg": "expected JPEG, PNG, TIFF or BMP",
+        "tiny_1x1.png": "1x1 pixels is too small",
+        "bomb_100000x100000.png": "downscale it or raise max_pixels",
+    }
+    for name, text in expected.items():
+        with pytest.raises(ImageError, match=text.replace("(", r"\(").replace(")", r"\)")):
+            preprocess_file(zoo[name].path)
+
+
+def test_pixel_limit_is_checked_before_decoding(bad_inputs) -> None:  # type: ignore[no-untyped-def]
+    """The bomb's body is a valid 1x1 PNG: a too-large error (not too-small) proves the header was read first."""
+    bomb = read_bytes(bad_inputs(["bomb_100000x100000.png"])["bomb_100000x100000.png"].path)
+    with pytest.raises(ImageTooLargeError, match="100000x100000"):
+        decode(bomb)
+    # A real 9000x7000 JPEG header under a lower limit: refused without decoding 63 Mpx.
+    header_only = _encode(".jpg", np.zeros((7000, 9000), np.uint8))
+    t0 = time.perf_counter()
+    with pytest.raises(ImageTooLargeError, match="9000x7000"):
+        preprocess(header_only, PreprocessConfig(max_pixels=50_000_000))
+    assert time.perf_counter() - t0 < 0.5, "the limit must be checked on the header, before decoding"
+
+
+def test_non_fundus_fields_are_not_found(bad_inputs) -> None:  # type: ignore[no-untyped-def]
+    zoo = bad_inputs(["checkerboard.png", "landscape.jpg"])
+    for bad in zoo.values():
+        rgb = decode(read_bytes(bad.path))
+        *_, fill, _ = detect_fov(rgb)
+        pre = preprocess(rgb)
+        assert not pre.geometry.fov_found, (bad.description, fill)
+        # Without a field, the crop is the centred inscribed square, unmasked.
+        g = pre.geometry
+        assert (g.cx, g.cy, g.radius) == (g.orig_w / 2, g.orig_h / 2, min(g.orig_h, g.orig_w) / 2)
+
+
+def test_too_small_error_is_typed() -> None:
+    with pytest.raises(ImageTooSmallError, match="need >= 16 px"):
+        preprocess(np.zeros((8, 300, 3), np.uint8))
+
+
+def test_geometry_is_frozen() -> None:
+    g = preprocess(draw_fake_fundus(128)).geometry
+    assert isinstance(g, Geometry)
+    with pytest.raises(AttributeError):
+        g.cx = 0.0  # type: ignore[misc]
