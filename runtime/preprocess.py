@@ -177,7 +177,7 @@ class Preprocessed:
     mean_intensity: float  # of the FOV in the model input, 0-255 (for the quality gate)
     original: np.ndarray | None = None  # decoded RGB original, only when keep_original=True
     # The model input before CLAHE (only when CLAHE was applied): the quality gate
-    # measures exposure, contrast and sharpness on it, since CLAHE inflates both.
+    # measures exposure, contrast and sharpness on it (CLAHE inflates the last two).
     unenhanced: np.ndarray | None = None
 
 
