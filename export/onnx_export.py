@@ -69,8 +69,10 @@ def export_onnx(module: object, path: str | os.PathLike[str], size: int, opset: 
             inferred = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
         except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
             raise ExportError(f"the exported graph fails onnx.checker / shape inference: {exc}") from exc
-        model.doc_string = "uopsl deployed model: uint8 NHWC RGB in; probs, logits, site_maps out"
-        onnx.save(model, tmp)
+        inferred = _tidy(inferred, onnx)
+        onnx.checker.check_model(inferred, full_check=True)
+        inferred.doc_string = "uopsl deployed model: uint8 NHWC RGB in; probs, logits, site_maps out"
+        onnx.save(inferred, tmp)
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -81,6 +83,41 @@ def export_onnx(module: object, path: str | os.PathLike[str], size: int, opset: 
     log.info("exported %s: %d ops after folding (%s)", target, report.op_count,
              ", ".join(f"{k} {v}" for k, v in sorted(report.ops.items(), key=lambda kv: -kv[1])[:8]))
     return report
+
+
+def _tidy(model: object, onnx: object) -> object:
+    """Turn Constant nodes into initializers and drop Identity nodes (the exporter leaves both).
+
+    The graph outputs keep the static shapes found by shape inference, so the
+    file itself says ``probs`` is (batch, K) rather than a symbolic name.
+    """
+    g = model.graph  # type: ignore[attr-defined]
+    numpy_helper = onnx.numpy_helper  # type: ignore[attr-defined]
+    outputs = {o.name for o in g.output}
+    rename: dict[str, str] = {}
+    keep = []
+    for node in g.node:
+        if node.op_type == "Constant" and len(node.attribute) == 1 and node.attribute[0].name == "value":
+            t = onnx.helper.get_attribute_value(node.attribute[0])  # type: ignore[attr-defined]
+            init = numpy_helper.from_array(numpy_helper.to_array(t), node.output[0])
+            g.initializer.append(init)
+        elif node.op_type == "Identity" and node.output[0] not in outputs:
+            rename[node.output[0]] = node.input[0]
+        else:
+            keep.append(node)
+    for node in keep:
+        for i, name in enumerate(node.input):
+            while name in rename:
+                name = rename[name]
+            node.input[i] = name
+    del g.node[:]
+    g.node.extend(keep)
+    shapes = {v.name: v for v in g.value_info}
+    for o in g.output:
+        if o.name in shapes:
+            o.type.CopyFrom(shapes[o.name].type)
+            o.type.tensor_type.shape.dim[0].dim_param = "batch"
+    return model
 
 
 def _dims(value_info: object) -> list[int | str]:

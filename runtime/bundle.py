@@ -26,7 +26,7 @@ from typing import Any, Literal
 import numpy as np
 
 from uopsl.runtime.errors import BundleError
-from uopsl.runtime.fsio import sha256_file, write_json
+from uopsl.runtime.fsio import sha256_bytes, sha256_file, write_json
 from uopsl.runtime.preprocess import PreprocessConfig
 from uopsl.runtime.version import __version__
 
@@ -95,6 +95,9 @@ class Manifest:
     format_version: int = FORMAT_VERSION
     created: str = ""
     notes: dict[str, Any] = field(default_factory=dict)
+    # sha256 of the manifest's own content (canonical JSON without this field):
+    # an edited threshold or class fails verification like a modified model file.
+    content_sha256: str = ""
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -191,8 +194,15 @@ def read_manifest(bundle: str | os.PathLike[str]) -> Manifest:
     return Manifest.from_dict(raw, source=str(path))
 
 
+def _content_hash(d: dict[str, Any]) -> str:
+    body = {k: v for k, v in d.items() if k != "content_sha256"}
+    return sha256_bytes(json.dumps(body, sort_keys=True, separators=(",", ":"), default=str).encode("utf-8"))
+
+
 def write_manifest(bundle: str | os.PathLike[str], manifest: Manifest) -> None:
-    write_json(Path(bundle) / MANIFEST, manifest.to_dict())
+    d = manifest.to_dict()
+    d["content_sha256"] = _content_hash(json.loads(json.dumps(d, default=str)))
+    write_json(Path(bundle) / MANIFEST, d)
 
 
 def describe_file(bundle: str | os.PathLike[str], entry: FileEntry) -> FileEntry:
@@ -217,6 +227,13 @@ def verify(bundle: str | os.PathLike[str], manifest: Manifest | None = None) -> 
     root = Path(bundle)
     m = manifest or read_manifest(root)
     out: list[FileCheck] = []
+    raw = json.loads((root / MANIFEST).read_text(encoding="utf-8"))
+    if not raw.get("content_sha256"):
+        out.append(FileCheck(MANIFEST, False, "no content checksum (written by an older exporter?); re-export"))
+    elif _content_hash(raw) != raw["content_sha256"]:
+        out.append(FileCheck(MANIFEST, False, "content differs from its checksum (edited or corrupted)"))
+    else:
+        out.append(FileCheck(MANIFEST, True))
     for f in m.files:
         p = root / f.path
         if Path(f.path).is_absolute() or ".." in Path(f.path).parts:

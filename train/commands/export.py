@@ -27,5 +27,5 @@ def command(checkpoint: Path, out: Path, classes_file: Path | None, opset: int, 
     if triton is not None:
         from uopsl.export.triton import write_triton_repository
 
-        repo = write_triton_repository(bundle, triton)
+        repo = write_triton_repository(bundle, triton, overwrite=force)
         click.echo(f"Triton model repository written to {repo}")

@@ -1,0 +1,183 @@
+"""Real-data experiments on TVHL: the three ablations, yardsticks, pretrained vs random init.
+
+Reproduce (2 CPU cores, ~15-30 min; reads ../shared/data/tvhl, writes nothing into it):
+
+    python benchmarks/exp_tvhl.py --tvhl ../shared/data/tvhl --out runs/tvhl --seed 0
+
+Protocol:
+* fundus images: all 1058 of the dev subset; model classes ``normal``, ``dr``
+  (npdr or pdr) and ``dme`` (multi-label sigmoid head). DME images without a DR
+  grade count as dr-negative in training (their grade is unknown).
+* patient-grouped 3-fold cross-validation (``uopsl.train.data.group_kfold``,
+  seed --seed); inside each training part, 15 % of the patients are held out
+  for model selection and operating thresholds.
+* OCT pool for stage 1: TVHL OCT B-scans with a known label, of the training
+  folds' patients only (no test patient's OCT is ever seen).
+* encoder: EfficientNet-Lite0, ImageNet weights (or random with --init random),
+  frozen at 320 px; features computed once and shared by all runs.
+* tasks scored on the pooled out-of-fold predictions:
+  (a) referable DR = npdr+pdr vs normal on the DR-graded cohort, score p(dr);
+  (b) DME vs normal, score p(dme), next to a brightness-only baseline.
+* yardsticks: logistic regression on brightness features (mean, std, RGB
+  means of the field of view) and on the frozen encoder's pooled features.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from uopsl.runtime.fsio import write_json
+from uopsl.runtime.metrics import auc_ci, roc_auc
+from uopsl.runtime.preprocess import PreprocessConfig
+from uopsl.train import data
+from uopsl.train.loops import TrainConfig
+from uopsl.train.stages import FeatureDataset, finetune, pretrain
+from uopsl.train.torchdata import ImageDataset, Item
+from uopsl.train.workflow import new_model
+
+log = logging.getLogger("exp_tvhl")
+CLASSES = ("normal", "dr", "dme")
+
+
+def target(s: data.Sample) -> np.ndarray:
+    e = s.extra
+    dr = e.get("dr_grade")
+    y = np.zeros(3, np.float32)
+    y[0] = 1.0 if s.labels == ("normal",) else 0.0
+    y[1] = 1.0 if dr is not None and dr >= 1 else 0.0
+    y[2] = 1.0 if int(e.get("dme", 0)) == 1 else 0.0
+    return y
+
+
+def logistic(xtr: np.ndarray, ytr: np.ndarray, xte: np.ndarray, l2: float = 1e-2, steps: int = 300) -> np.ndarray:
+    """L2-regularised logistic regression (LBFGS, standardised inputs); returns test scores."""
+    mu, sd = xtr.mean(0), xtr.std(0) + 1e-6
+    a = torch.tensor((xtr - mu) / sd, dtype=torch.float64)
+    b = torch.tensor(ytr, dtype=torch.float64)
+    w = torch.zeros(a.shape[1], dtype=torch.float64, requires_grad=True)
+    c = torch.zeros((), dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([w, c], max_iter=steps, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(a @ w + c, b) + l2 * (w * w).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    with torch.no_grad():
+        return (torch.tensor((xte - mu) / sd) @ w + c).numpy()
+
+
+def brightness_features(images: np.ndarray) -> np.ndarray:
+    out = []
+    for im in images:
+        fov = im.reshape(-1, 3)
+        fov = fov[fov.max(axis=1) > 0]
+        g = fov.mean(axis=1)
+        out.append([g.mean(), g.std(), *fov.mean(axis=0)])
+    return np.asarray(out, np.float64)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--tvhl", type=Path, default=Path("../shared/data/tvhl"))
+    ap.add_argument("--out", type=Path, default=Path("runs/tvhl"))
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--size", type=int, default=320)
+    ap.add_argument("--folds", type=int, default=3)
+    ap.add_argument("--epochs", type=int, default=20)
+    ap.add_argument("--init", default="imagenet")
+    ap.add_argument("--variants", default="fundus_only,p_only,uopsl")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    t0 = time.time()
+    out = args.out
+    pre = PreprocessConfig(size=args.size)
+    fsrc = data.read_tvhl(args.tvhl, modality="fundus", task="four_class")
+    osrc = data.read_tvhl(args.tvhl, modality="oct", task="four_class")
+    fy = np.stack([target(s) for s in fsrc.samples])
+    oy = np.stack([target(s) for s in osrc.samples])
+    fitems = [Item(s.path, y, s.patient or "") for s, y in zip(fsrc.samples, fy)]
+    oitems = [Item(s.path, y, s.patient or "") for s, y in zip(osrc.samples, oy)]
+
+    ref, _ = new_model(CLASSES, size=args.size, init=args.init)
+    fds_img = ImageDataset(fitems, pre, out / "cache")
+    ods_img = ImageDataset(oitems, pre, out / "cache")
+    if len(fds_img) != len(fitems) or len(ods_img) != len(oitems):
+        raise SystemExit("some TVHL images could not be read; see the log")
+    ffeat = FeatureDataset.compute(ref.fundus.encoder, fds_img, torch.device("cpu"))
+    ofeat = FeatureDataset.compute(ref.oct.encoder, ods_img, torch.device("cpu"))  # type: ignore[union-attr]
+    pooled = ffeat.features.float().mean(dim=(2, 3)).numpy()
+    bright = brightness_features(np.asarray(fds_img.images))
+    log.warning("features ready after %.0f s", time.time() - t0)
+
+    labels = [s.labels[0] for s in fsrc.samples]
+    folds = data.group_kfold(fsrc.samples, args.folds, seed=args.seed)
+    variants = args.variants.split(",")
+    scores = {v: np.full((len(fitems), 3), np.nan) for v in variants}
+    base = {"brightness": np.full((len(fitems), 3), np.nan), "imagenet_lr": np.full((len(fitems), 3), np.nan)}
+    fold_of = np.zeros(len(fitems), int)
+    opatients = np.array([s.patient for s in osrc.samples])
+    for f, (tr, te) in enumerate(folds):
+        fold_of[te] = f
+        trs = fsrc.subset(tr)
+        split = data.patient_split(trs.samples, fractions=(0.85, 0.15, 0.0), seed=args.seed)
+        tr_idx, va_idx = tr[split.train], tr[split.val]
+        train_patients = {fsrc.samples[i].patient for i in tr}
+        oidx = np.flatnonzero(np.isin(opatients, list(train_patients)))
+        for k in (1, 2):
+            for name, x in (("brightness", bright), ("imagenet_lr", pooled)):
+                base[name][te, k] = logistic(x[tr], fy[tr, k], x[te])
+        for v in variants:
+            model, meta = new_model(CLASSES, variant=v, size=args.size, init=args.init)
+            torch.manual_seed(args.seed)
+            cfg = TrainConfig(epochs=args.epochs, batch_size=32, lr=1e-3, seed=args.seed, freeze_encoder=True,
+                              augment=False, save_every=0, balanced=True)
+            run = out / f"fold{f}" / v
+            pretrain(model, ffeat.subset(tr_idx), ofeat.subset(oidx) if v == "uopsl" else None, cfg, run / "pretrain", meta)
+
+            def select(p: np.ndarray, y: np.ndarray) -> float:
+                return float(np.nanmean([roc_auc(y[:, k], p[:, k]) for k in (1, 2)]))
+
+            model, _ = finetune(model, ffeat.subset(tr_idx), ffeat.subset(va_idx), cfg, run / "finetune", meta, select=select)
+            model.eval()
+            with torch.no_grad():
+                o = model.forward_features(ffeat.features[torch.as_tensor(te)].float())
+                scores[v][te] = model.probs(o["logits"]).numpy()
+        log.warning("fold %d done after %.0f s", f, time.time() - t0)
+
+    lab = np.array(labels)
+    cohort_dr = np.isin(lab, ["normal", "npdr", "pdr"])
+    cohort_dme = np.isin(lab, ["normal", "dme"])
+    y_dr = np.isin(lab[cohort_dr], ["npdr", "pdr"]).astype(int)
+    y_dme = (lab[cohort_dme] == "dme").astype(int)
+
+    def summarise(s: np.ndarray) -> dict[str, object]:
+        res = {}
+        for task, cohort, y, k in (("referable_dr", cohort_dr, y_dr, 1), ("dme_vs_normal", cohort_dme, y_dme, 2)):
+            sc = s[cohort, k]
+            ci = auc_ci(y, sc, n_boot=2000, seed=args.seed)
+            per_fold = [roc_auc(y[fold_of[cohort] == f], sc[fold_of[cohort] == f]) for f in range(args.folds)]
+            res[task] = {"auc": ci.estimate, "ci95": [ci.low, ci.high], "per_fold": per_fold,
+                         "n_pos": int(y.sum()), "n_neg": int((1 - y).sum())}
+        return res
+
+    result = {"args": {k: str(v) for k, v in vars(args).items()},
+              "n_fundus": len(fitems), "n_oct_labelled": len(oitems),
+              "models": {v: summarise(scores[v]) for v in variants},
+              "baselines": {b: summarise(s) for b, s in base.items()},
+              "seconds": round(time.time() - t0)}
+    write_json(out / "results.json", result)
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
