@@ -4,8 +4,9 @@ Both graphs are run by ONNX Runtime with their intermediate tensors added as
 graph outputs. A QDQ graph keeps the float graph's tensor names (the quantizer
 inserts ``T -> QuantizeLinear -> DequantizeLinear -> T_DequantizeLinear_Output``
 after a tensor ``T``), so every quantized layer's output is matched to its float
-counterpart by name. For each quantized layer (a compute node of
-:data:`uopsl.export.quantize.LAYER_OPS` fed by a DequantizeLinear) the report gives:
+counterpart by name. For each quantized layer (a node fed by a
+DequantizeLinear that computes new values: not Q/DQ, not a pure data-movement
+op like Reshape or Transpose) the report gives:
 
 * ``sqnr_db`` and ``cosine`` of its output (after its own Q/DQ, i.e. what the
   next layer sees) against the float model, on a few images: the error
@@ -18,9 +19,13 @@ counterpart by name. For each quantized layer (a compute node of
   alone; a badly calibrated range shows up here).
 
 Layers are sorted worst first (lowest SQNR). The suggested ``--exclude`` list
-for ``uopsl quantize`` holds the layers below the SQNR threshold that lose at
-least ``min_drop_db`` themselves, biggest loss first: excluding a layer that
-merely inherits its inputs' error would not help.
+for ``uopsl quantize`` comes from the layers below the SQNR threshold that lose
+at least ``min_drop_db`` themselves, biggest loss first (excluding a layer that
+merely inherits its inputs' error would not help). A layer whose loss comes
+from its output's range (``range_sqnr_db`` below the threshold) is suggested
+together with the consumers of that output: a QDQ graph shares one Q/DQ pair
+between a tensor's producer and its consumers, so the tensor stays float only
+when all of them are excluded.
 
 Both graphs run unoptimised (``ORT_DISABLE_ALL``), so every named tensor exists;
 the Q/DQ pairs then run as float fake-quantization, which matches the integer
@@ -39,7 +44,6 @@ from typing import Any
 
 import numpy as np
 
-from uopsl.export.quantize import LAYER_OPS
 from uopsl.runtime.errors import BackendError, ConfigError
 from uopsl.runtime.optional import require
 
@@ -48,6 +52,11 @@ log = logging.getLogger(__name__)
 #: SQNR above this is reported as this value (the outputs agree to float rounding).
 SQNR_CAP_DB = 120.0
 _FLOAT_TYPES = (1, 10, 16)  # onnx.TensorProto FLOAT, FLOAT16, BFLOAT16
+#: Ops that only move or select values (they cannot lose precision of their own) and the Q/DQ ops.
+_NOT_LAYERS = frozenset({
+    "QuantizeLinear", "DequantizeLinear", "Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Concat",
+    "Slice", "Gather", "Split", "Expand", "Identity", "Shape", "Cast", "MaxPool", "Pad", "Resize", "Tile",
+})
 
 
 @dataclass(frozen=True)
@@ -62,6 +71,8 @@ class LayerError:
     input_sqnr_db: float
     sqnr_drop_db: float
     range_sqnr_db: float | None
+    #: the nodes to exclude to remove this layer's own loss (itself, plus its output's consumers for a bad range)
+    exclude: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -140,6 +151,7 @@ class _Plan:
     matched: dict[str, str]  # float name -> INT8-graph name of the value the next layer sees
     qparams: dict[str, tuple[np.ndarray, np.ndarray]]  # float name -> (scale, zero point) of its Q/DQ
     layers: tuple[tuple[str, str, str, tuple[str, ...]], ...]  # (node, op, float output, float inputs)
+    consumers: dict[str, tuple[str, ...]]  # float tensor -> names of the nodes reading it (float graph)
     graph_inputs: frozenset[str]
 
 
@@ -192,14 +204,20 @@ def _plan(float_model: Any, qmodel: Any, types: dict[str, int]) -> _Plan:
 
     layers = []
     for n in q_nodes:
-        if n.op_type not in LAYER_OPS or not n.output or n.output[0] not in matched:
+        if n.op_type in _NOT_LAYERS or not n.output or n.output[0] not in matched:
             continue
         if not any(producer.get(t) is not None and producer[t].op_type == "DequantizeLinear" for t in n.input):
             continue  # left in float (excluded or not quantizable): not a quantized layer
         inputs = tuple(f for f in (float_name(t) for t in n.input if t) if f is not None)
         layers.append((n.name, n.op_type, n.output[0], inputs))
     graph_inputs = frozenset(i.name for i in qmodel.graph.input if i.name not in q_inits)
-    return _Plan(matched, qparams, tuple(layers), graph_inputs)
+    readers: dict[str, list[str]] = {}
+    for n in float_model.graph.node:
+        for t in n.input:
+            if n.name and n.name not in readers.setdefault(t, []):
+                readers[t].append(n.name)
+    return _Plan(matched=matched, qparams=qparams, layers=tuple(layers),
+                 consumers={t: tuple(v) for t, v in readers.items()}, graph_inputs=graph_inputs)
 
 
 def fake_quantize(x: np.ndarray, scale: np.ndarray, zero_point: np.ndarray) -> np.ndarray:
@@ -241,7 +259,7 @@ def layerwise_errors(
     quantized_model: str | os.PathLike[str],
     images: np.ndarray,
     *,
-    sqnr_threshold_db: float = 20.0,
+    sqnr_threshold_db: float = 30.0,
     min_drop_db: float = 3.0,
     max_suggestions: int = 5,
     batch_size: int = 1,
@@ -304,8 +322,11 @@ def layerwise_errors(
     for node, op, output, inputs in plan.layers:
         acc = seen[output]
         s_in = input_sqnr(inputs)
+        r_sqnr = own[output].sqnr if output in own else None
+        bad_range = r_sqnr is not None and r_sqnr < sqnr_threshold_db
+        exclude = (node, *(c for c in plan.consumers.get(output, ()) if c != node)) if bad_range else (node,)
         layers.append(LayerError(node, op, output, round(acc.sqnr, 3), round(acc.cosine, 6), round(s_in, 3),
-                                 round(s_in - acc.sqnr, 3), round(own[output].sqnr, 3) if output in own else None))
+                                 round(s_in - acc.sqnr, 3), None if r_sqnr is None else round(r_sqnr, 3), exclude))
     layers.sort(key=lambda e: (e.sqnr_db, e.cosine))
     culprits = sorted((e for e in layers if e.sqnr_db < sqnr_threshold_db and e.sqnr_drop_db >= min_drop_db),
                       key=lambda e: -e.sqnr_drop_db)
@@ -319,7 +340,7 @@ def layerwise_errors(
     report = LayerwiseReport(
         float_model=str(fpath), quantized_model=str(qpath), images=int(len(images)), layers=tuple(layers),
         outputs={t: {"sqnr_db": round(a.sqnr, 3), "cosine": round(a.cosine, 6)} for t, a in outs.items()},
-        suggested_exclude=tuple(e.node for e in culprits[:max_suggestions]),
+        suggested_exclude=tuple(dict.fromkeys(n for e in culprits[:max_suggestions] for n in e.exclude)),
         sqnr_threshold_db=float(sqnr_threshold_db), min_drop_db=float(min_drop_db),
         matched_tensors=len(plan.matched), notes=tuple(notes),
     )

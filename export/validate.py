@@ -109,7 +109,7 @@ class ValidateConfig:
     seed: int = 0
     per_layer: bool = False
     per_layer_images: int = 8
-    sqnr_threshold_db: float = 20.0
+    sqnr_threshold_db: float = 30.0
     min_drop_db: float = 3.0
     max_suggestions: int = 5
     threads: int | None = None

@@ -140,7 +140,7 @@ def limit_records(records: list[Any], limit: int | None, seed: int) -> list[Any]
 @click.option("--per-layer", is_flag=True, help="Layer-wise SQNR/cosine of each INT8 ONNX file vs FP32, "
                                                 "with a suggested --exclude list for `uopsl quantize`.")
 @click.option("--per-layer-images", type=click.IntRange(1), default=8, show_default=True)
-@click.option("--sqnr-threshold", type=float, default=20.0, show_default=True,
+@click.option("--sqnr-threshold", type=float, default=30.0, show_default=True,
               help="Per-layer: layers below this SQNR (dB) that lose >= 3 dB themselves are suggested for exclusion.")
 @click.option("--limit", type=click.IntRange(1), default=None, help="Validate on a seeded random subset of N images.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of --limit and of the bootstrap.")

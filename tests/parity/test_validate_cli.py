@@ -1,0 +1,119 @@
+"""``uopsl validate`` end to end: data forms, reports, exit codes, resume."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from uopsl.runtime.bundle import read_manifest, write_manifest
+from uopsl.runtime.clikit import LazyGroup, main_entry
+from uopsl.train.commands.validate import limit_records, resolve_data
+
+
+def _uopsl(argv: list[str]) -> int:
+    """Run the command as ``uopsl validate`` would (same LazyGroup plumbing and exit-code mapping)."""
+    import click
+
+    @click.group(cls=LazyGroup, lazy={"validate": "uopsl.train.commands.validate:command"})
+    def cli() -> None:
+        pass
+
+    return main_entry(cli, ["validate", *argv], prog_name="uopsl")
+
+
+def _strict_json(path: Path) -> dict:
+    def no_constants(name: str) -> None:
+        raise AssertionError(f"{path} holds {name}: not strict JSON")
+
+    return json.loads(path.read_text(encoding="utf-8"), parse_constant=no_constants)
+
+
+def _val_folder(cast_sets: dict) -> Path:
+    return cast_sets["val"][0].parent.parent  # val/<class>/*.png
+
+
+def test_labelled_folder_passes_and_writes_self_contained_reports(tiny_ckpt_bundle: tuple[Path, Path], cast_sets: dict,
+                                                                   tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    ckpt, bundle = tiny_ckpt_bundle
+    out = tmp_path / "out"
+    args = [str(bundle), "--checkpoint", str(ckpt), "--data", str(_val_folder(cast_sets)), "--out", str(out),
+            "--backends", "ort-cpu", "--limit", "24", "--n-boot", "100", "--device", "cpu"]
+    assert _uopsl(args) == 0
+    assert "PASS ort-cpu:model.onnx" in capsys.readouterr().out
+    report = _strict_json(out / "parity.json")
+    assert report["passed"] and report["data"]["truth"] == "labels" and report["data"]["n_used"] == 24
+    assert report["gates"] == {"max_flip_rate": 0.005, "max_auc_drop": 0.005, "max_sensitivity_drop": 0.01,
+                               "max_prob_diff": None}
+    config = _strict_json(out / "parity_config.json")
+    assert config["context"]["checkpoint"] == str(ckpt) and config["config"]["backends"] == ["ort-cpu"]
+    html = (out / "parity.html").read_text(encoding="utf-8")
+    assert "<script" not in html and "http://" not in html and "https://" not in html
+    assert "data:image/png;base64," in html and (out / "roc_ort-cpu_model.onnx.png").is_file()
+    # a rerun with the same inputs reuses the cached outputs: the reference is not run again
+    from uopsl.train.reference import TorchReference
+
+    def no_inference(self, batch):  # noqa: ANN001, ANN202
+        raise AssertionError("the rerun should have read the cached outputs")
+
+    monkeypatch.setattr(TorchReference, "infer", no_inference)
+    assert _uopsl(args) == 0
+    again = _strict_json(out / "parity.json")
+    assert again["candidates"][0]["numerical"] == report["candidates"][0]["numerical"]
+
+
+def test_unlabelled_images_use_the_reference_decisions(tiny_ckpt_bundle: tuple[Path, Path], cast_sets: dict,
+                                                       tmp_path: Path) -> None:
+    ckpt, bundle = tiny_ckpt_bundle
+    flat = tmp_path / "photos"
+    flat.mkdir()
+    for p in cast_sets["val"][:10]:
+        shutil.copy(p, flat / p.name)
+    (flat / "broken.png").write_bytes(b"not an image")  # a bad file gets a row, it does not stop the run
+    out = tmp_path / "out"
+    assert _uopsl([str(bundle), "--checkpoint", str(ckpt), "--data", str(flat), "--out", str(out),
+                   "--backends", "ort-cpu", "--device", "cpu", "--no-resume"]) == 0
+    report = _strict_json(out / "parity.json")
+    assert report["data"]["truth"] == "reference_decisions" and report["data"]["n_used"] == 10
+    assert [s["id"] for s in report["skipped_images"]] == ["broken.png"]
+    assert any("no labels" in n for n in report["notes"])
+
+
+def test_broken_bundle_exits_1_and_usage_errors_exit_2(tiny_ckpt_bundle: tuple[Path, Path], cast_sets: dict,
+                                                       tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    ckpt, good = tiny_ckpt_bundle
+    bundle = Path(shutil.copytree(good, tmp_path / "bundle"))
+    m = read_manifest(bundle)
+    write_manifest(bundle, replace(m, preprocess=replace(m.preprocess, fov_margin=0.3)))
+    base = [str(bundle), "--checkpoint", str(ckpt), "--out", str(tmp_path / "out"), "--backends", "ort-cpu",
+            "--device", "cpu"]
+    data = [str(p) for p in cast_sets["val"][:48]]
+    csv = tmp_path / "set.csv"
+    csv.write_text("path,label\n" + "".join(f"{p},{Path(p).parent.name}\n" for p in data), encoding="utf-8")
+    assert _uopsl([*base, "--data", str(csv)]) == 1
+    assert "FAIL ort-cpu:model.onnx" in capsys.readouterr().out
+    assert _uopsl([*base, "--data", str(csv), "--gates", "flips=0.01,speed=3"]) == 2
+    assert "unknown gate 'speed'" in capsys.readouterr().err
+    assert _uopsl([*base, "--data", str(tmp_path / "nowhere")]) == 2
+    assert _uopsl([*base, "--data", str(csv), "--backends", "cuda-magic"]) == 2
+
+
+def test_data_forms(cast_sets: dict, tmp_path: Path) -> None:
+    folder = _val_folder(cast_sets)
+    records, space, _ = resolve_data(str(folder))
+    assert space == ("normal", "a", "b") or set(space) == {"normal", "a", "b"}
+    assert len(records) == 120 and records[0].labels is not None
+    unlabelled = tmp_path / "paths.csv"
+    unlabelled.write_text("path\n" + "\n".join(str(p) for p in cast_sets["val"][:3]) + "\n", encoding="utf-8")
+    recs, space2, _ = resolve_data(str(unlabelled))
+    assert space2 is None and [r.labels for r in recs] == [None] * 3
+    multi = tmp_path / "multi.csv"
+    multi.write_text("path,labels\n" + "\n".join(f"{p},a;b" for p in cast_sets["val"][:2]) + "\n", encoding="utf-8")
+    recs, space3, _ = resolve_data(str(multi))
+    assert recs[0].labels == ("a", "b") and set(space3 or ()) == {"a", "b"}
+    sub = limit_records(records, 10, seed=0)
+    assert len(sub) == 10 and sub == limit_records(records, 10, seed=0) and sub == sorted(sub, key=records.index)
