@@ -31,7 +31,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import cv2
 import numpy as np
@@ -56,7 +56,7 @@ def progress(items: Iterable[T], *, total: int | None = None, desc: str = "", en
         return items
     from tqdm.auto import tqdm
 
-    return tqdm(items, total=total, desc=desc, leave=False, dynamic_ncols=True)
+    return cast(Iterable[T], tqdm(items, total=total, desc=desc, leave=False, dynamic_ncols=True))
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,12 @@ Runtime never re-calibrates. Two of its defaults are overridden on purpose:
   [0, 1]: the attention over ~100 sites has values near 0.01, which a [0, 1]
   u8 grid would flatten to three levels.
 
+An excluded node (``--exclude`` or auto-excluded) computes in float: its
+weights are not quantized, it reads the float tensors rather than its
+neighbours' dequantized copies (otherwise ONNX Runtime would fuse
+DQ -> node -> Q into an integer kernel anyway), and a Relu/Clip feeding it
+stays in the graph instead of being folded into a u8 range.
+
 ``--auto-exclude N`` runs a per-layer sensitivity pass: each compute layer is
 quantized alone, the model is run on (a subset of) the calibration set, and
 the error of its outputs against FP32 is measured; the N most harmful layers
@@ -239,6 +245,7 @@ def _quantize_proto(
     qu = require("onnxruntime.quantization.quant_utils", "INT8 quantization")
     registry = require("onnxruntime.quantization.registry", "INT8 quantization")
     model = copy.deepcopy(model)  # the quantizer edits the proto in place
+    nodes_to_exclude = _with_feeding_activations(model, nodes_to_exclude)
     softmax_outputs = [n.output[0] for n in model.graph.node if n.op_type == "Softmax" and n.output[0] in table]
     extra: dict[str, Any] = {
         "WeightSymmetric": True,
@@ -274,6 +281,26 @@ def _quantize_proto(
     _keep_outputs_float(out)
     _float_inputs_for(out, set(nodes_to_exclude))
     return out
+
+
+def _with_feeding_activations(model: Any, excluded: Sequence[str]) -> list[str]:
+    """``excluded`` plus the Relu/Clip nodes whose output an excluded node reads.
+
+    With u8 activations ONNX Runtime deletes a Relu/Clip and lets the
+    QuantizeLinear's range do the clamping; an excluded node reading the float
+    tensor (see :func:`_float_inputs_for`) would then skip the activation. Kept
+    in float, the activation stays in the graph.
+    """
+    names = set(excluded)
+    if not names:
+        return list(excluded)
+    readers: dict[str, set[str]] = {}
+    for n in model.graph.node:
+        for t in n.input:
+            readers.setdefault(t, set()).add(n.name)
+    extra = [n.name for n in model.graph.node
+             if n.op_type in ("Relu", "Clip") and n.name not in names and readers.get(n.output[0], set()) & names]
+    return list(excluded) + extra
 
 
 def _float_inputs_for(model: Any, excluded: set[str]) -> None:
