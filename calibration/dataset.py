@@ -335,7 +335,7 @@ def build_calibration_set(
     want = len(paths) if max_images is None else min(max_images, len(paths))
     kept: list[tuple[int, np.ndarray]] = []
     skipped: list[SkippedImage] = []
-    for i in progress(order, total=len(order), desc="preprocess", enabled=show_progress):
+    for i in progress(order, total=want, desc="preprocess", enabled=show_progress):
         if len(kept) >= want:
             break
         path = paths[int(i)]
