@@ -19,6 +19,7 @@ from torch import nn
 class TinyScreen(nn.Module):
     def __init__(self, num_classes: int = 3, width: int = 16, head: str = "sigmoid", seed: int = 0) -> None:
         super().__init__()
+        torch.manual_seed(seed)  # the layers draw from the global RNG: same seed, same weights
         g = torch.Generator().manual_seed(seed)
         self.head = head
         self.features = nn.Sequential(

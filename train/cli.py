@@ -20,6 +20,7 @@ _COMMANDS = {
     "export": "uopsl.train.commands.export:command",
     "calibrate": "uopsl.train.commands.calibrate:command",
     "quantize": "uopsl.train.commands.quantize:command",
+    "demo": "uopsl.train.commands.demo:command",
     "build-engine": "uopsl.train.commands.build_engine:command",
 }
 

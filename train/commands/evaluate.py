@@ -26,4 +26,4 @@ def command(checkpoint: Path, data_spec: str, out: Path, n_boot: int, seed: int,
     report = run_evaluate(checkpoint, items_for(src, names, "fundus"), out, n_boot=n_boot, seed=seed,
                           cache=out / "cache", device=device)
     auc = report["macro"].get("auc", {})
-    click.echo(f"macro AUC {auc.get('value')} (95% CI {auc.get('low')}-{auc.get('high')}); report in {out}/eval.json")
+    click.echo(f"macro AUC {auc.get('estimate')} (95% CI {auc.get('low')}-{auc.get('high')}); report in {out}/eval.json")
