@@ -1,0 +1,74 @@
+"""The end-to-end demo in its quick form, and the README's Python API on the bundle it writes."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from uopsl.runtime.bundle import verify
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("demo")
+    proc = subprocess.run([sys.executable, "-m", "uopsl.train.cli", "-q", "demo", "--out", str(out), "--quick"],
+                          capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "demo finished" in proc.stdout
+    return out
+
+
+def test_demo_writes_the_documented_layout(demo: Path) -> None:
+    for sub in ("data", "checkpoints", "bundle", "screen", "eval"):
+        assert (demo / sub).is_dir(), sub
+    assert (demo / "checkpoints" / "finetune" / "model.safetensors").is_file()
+    assert (demo / "eval" / "roc.png").stat().st_size > 1000
+    summary = json.loads((demo / "demo.json").read_text())
+    assert summary["screened"] == len(list((demo / "data" / "test" / "fundus").iterdir()))
+    assert 0.0 <= summary["test_macro_auc"]["estimate"] <= 1.0
+
+
+def test_demo_bundle_verifies_and_holds_fp32_int8_and_calibration(demo: Path) -> None:
+    checks = verify(demo / "bundle")
+    assert checks and all(c.ok for c in checks), checks
+    names = {c.path for c in checks}
+    assert {"manifest.json", "model.onnx", "model.int8.onnx", "calibration.json", "class_bank.npy"} <= names
+
+
+def test_demo_report_has_a_row_per_photograph(demo: Path) -> None:
+    rows = (demo / "screen" / "results.jsonl").read_text().strip().splitlines()
+    n = len(list((demo / "data" / "test" / "fundus").iterdir()))
+    assert len(rows) == n
+    html = (demo / "screen" / "report.html").read_text()
+    assert html.startswith("<!DOCTYPE html") or html.lower().startswith("<!doctype html")
+
+
+def test_demo_rerun_resumes_without_redoing_work(demo: Path) -> None:
+    before = (demo / "checkpoints" / "finetune" / "model.safetensors").stat().st_mtime_ns
+    proc = subprocess.run([sys.executable, "-m", "uopsl.train.cli", "-q", "demo", "--out", str(demo), "--quick"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (demo / "checkpoints" / "finetune" / "model.safetensors").stat().st_mtime_ns == before
+    rows = (demo / "screen" / "results.jsonl").read_text().strip().splitlines()
+    assert len(rows) == len(list((demo / "data" / "test" / "fundus").iterdir()))
+
+
+def test_readme_python_example_runs_on_the_demo_bundle(demo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    readme = (ROOT / "README.md").read_text()
+    code = re.search(r"```python\n(from uopsl\.runtime\.api import Screener.*?)```", readme, re.S)
+    assert code, "README lost its Python API example"
+    photo = sorted((demo / "data" / "test" / "fundus").iterdir())[0]
+    visit = demo / "visit1"
+    visit.mkdir(exist_ok=True)
+    (visit / photo.name).write_bytes(photo.read_bytes())
+    src = code.group(1).replace('"demo/bundle"', repr(str(demo / "bundle")))
+    src = src.replace('"patient_0042_OD.jpg"', repr(str(photo))).replace('["visit1/", "visit2/"]', repr([str(visit)]))
+    monkeypatch.chdir(demo)
+    exec(compile(src, "README.md", "exec"), {})
