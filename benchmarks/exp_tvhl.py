@@ -58,6 +58,7 @@ def target(s: data.Sample) -> np.ndarray:
 
 def logistic(xtr: np.ndarray, ytr: np.ndarray, xte: np.ndarray, l2: float = 1e-2, steps: int = 300) -> np.ndarray:
     """L2-regularised logistic regression (LBFGS, standardised inputs); returns test scores."""
+    xtr, xte = np.asarray(xtr, np.float64), np.asarray(xte, np.float64)
     mu, sd = xtr.mean(0), xtr.std(0) + 1e-6
     a = torch.tensor((xtr - mu) / sd, dtype=torch.float64)
     b = torch.tensor(ytr, dtype=torch.float64)
@@ -84,6 +85,18 @@ def brightness_features(images: np.ndarray) -> np.ndarray:
         g = fov.mean(axis=1)
         out.append([g.mean(), g.std(), *fov.mean(axis=0)])
     return np.asarray(out, np.float64)
+
+
+def cached_features(path: Path, encoder: torch.nn.Module, ds: ImageDataset) -> FeatureDataset:
+    """Frozen-encoder features, computed once and kept beside the results (they take the longest)."""
+    from safetensors.torch import load_file, save_file
+
+    if path.is_file():
+        return FeatureDataset(load_file(str(path))["features"], ds.targets)
+    f = FeatureDataset.compute(encoder, ds, torch.device("cpu"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({"features": f.features.contiguous()}, str(path))
+    return f
 
 
 def main() -> None:
@@ -113,8 +126,8 @@ def main() -> None:
     ods_img = ImageDataset(oitems, pre, out / "cache")
     if len(fds_img) != len(fitems) or len(ods_img) != len(oitems):
         raise SystemExit("some TVHL images could not be read; see the log")
-    ffeat = FeatureDataset.compute(ref.fundus.encoder, fds_img, torch.device("cpu"))
-    ofeat = FeatureDataset.compute(ref.oct.encoder, ods_img, torch.device("cpu"))  # type: ignore[union-attr]
+    ffeat = cached_features(out / f"features-fundus-{args.init}-{args.size}.safetensors", ref.fundus.encoder, fds_img)
+    ofeat = cached_features(out / f"features-oct-{args.init}-{args.size}.safetensors", ref.oct.encoder, ods_img)  # type: ignore[union-attr]
     pooled = ffeat.features.float().mean(dim=(2, 3)).numpy()
     bright = brightness_features(np.asarray(fds_img.images))
     log.warning("features ready after %.0f s", time.time() - t0)
