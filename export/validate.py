@@ -36,7 +36,7 @@ import logging
 import os
 import re
 import shutil
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -44,6 +44,7 @@ from typing import Any, Protocol, TypeVar
 import cv2
 import numpy as np
 
+from uopsl.calibration.dataset import progress
 from uopsl.export.parity_metrics import (
     ParityGates,
     Truth,
@@ -267,14 +268,6 @@ def _file_key(path: Path) -> list[Any]:
         return [str(path), None, None]
 
 
-def _progress(items: Iterable[T], total: int, desc: str, enabled: bool) -> Iterable[T]:
-    if not enabled or not available("tqdm"):
-        return items
-    from tqdm.auto import tqdm
-
-    return tqdm(items, total=total, desc=desc, leave=False, dynamic_ncols=True)
-
-
 def _chunks(seq: Sequence[T], n: int) -> Iterator[Sequence[T]]:
     for start in range(0, len(seq), n):
         yield seq[start:start + n]
@@ -356,8 +349,8 @@ def _run_all(bundle: Path, manifest: Manifest, reference: Reference, ref_cfg: Pr
                     log.error("%s: cannot load (%s)", spec.name, exc)
 
         n_batches = -(-len(images) // config.batch_size)
-        for index, records in enumerate(_progress(_chunks(images, config.batch_size), n_batches, "validate",
-                                                  config.show_progress)):
+        for index, records in enumerate(progress(_chunks(images, config.batch_size), total=n_batches,
+                                                 desc="validate", enabled=config.show_progress)):
             cached = cache.get(index)
             if cached is None:
                 ok, x, x_ref, skipped = _preprocess_batch(records, cfg, ref_cfg)

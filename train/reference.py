@@ -64,19 +64,23 @@ def _strict_fp32(device: torch.device) -> Iterator[None]:
 
 
 class TorchReference:
-    """The deployed graph of a model in PyTorch, with the backend calling convention."""
+    """A module with the deployed contract (uint8 NHWC in; probs, logits, site_maps out), run in PyTorch."""
 
     name = "pytorch"
 
-    def __init__(self, model: UopslModel, preprocess: PreprocessConfig, *, device: str = "cpu",
+    def __init__(self, module: torch.nn.Module, preprocess: PreprocessConfig, *, device: str = "cpu",
                  fingerprint: str = "", source: str = "", meta: CheckpointMeta | None = None) -> None:
         self.meta = meta
         self.device = resolve_device(device)
         self.preprocess = preprocess
         self.fingerprint = fingerprint
         self.source = source
-        self.class_names = tuple(model.config.classes)
-        self.module = DeployModel(model.eval(), preprocess.size).to(self.device).eval()
+        self.module = module.to(self.device).eval()
+
+    @classmethod
+    def from_model(cls, model: UopslModel, preprocess: PreprocessConfig, **kwargs: Any) -> TorchReference:
+        """The deployed graph (:class:`DeployModel`) of a UOPSL model at ``preprocess.size``."""
+        return cls(DeployModel(model.eval(), preprocess.size), preprocess, **kwargs)
 
     @classmethod
     def from_checkpoint(cls, checkpoint: str | Path, device: str = "auto") -> TorchReference:
@@ -86,12 +90,12 @@ class TorchReference:
         digest = hashlib.sha256()
         for name in ("model.safetensors", "checkpoint.json"):
             digest.update(sha256_file(folder / name).encode())
-        return cls(model, meta.preprocess, device=device, fingerprint=digest.hexdigest(), source=str(folder),
-                   meta=meta)
+        return cls.from_model(model, meta.preprocess, device=device, fingerprint=digest.hexdigest(),
+                              source=str(folder), meta=meta)
 
     def describe(self) -> str:
         where = f" {self.source}" if self.source else ""
-        return f"PyTorch {torch.__version__} DeployModel{where} on {self.device} (FP32)"
+        return f"PyTorch {torch.__version__} {type(self.module).__name__}{where} on {self.device} (FP32)"
 
     # Context-manager methods so it can sit where a Backend does.
     def __enter__(self) -> TorchReference:

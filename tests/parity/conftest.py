@@ -34,18 +34,26 @@ def tiny_ckpt_bundle(tmp_path_factory: pytest.TempPathFactory, cast_sets: dict[s
 
 
 @pytest.fixture(scope="session")
-def screen_bundle(tmp_path_factory: pytest.TempPathFactory, cast_sets: dict[str, list[Path]]) -> Path:
-    """Colour-screen bundle: FP32 + INT8 (CPU QDQ, the toolkit's default entropy calibration); read-only."""
+def screen_model(cast_sets: dict[str, list[Path]]) -> tuple[object, list[float]]:
+    """(colour-screen torch module, its margin thresholds on the fit images)."""
     import torch
 
-    from paritykit import CLASSES, add_int8, color_screen, margin_thresholds, model_inputs, targets_of
-    from paritykit import write_contract_bundle
+    from paritykit import color_screen, margin_thresholds, model_inputs, targets_of
 
     x, y = model_inputs(cast_sets["fit"]), targets_of(cast_sets["fit"])
     model = color_screen(x, y)
     with torch.no_grad():
         probs = model(torch.from_numpy(x))[0].numpy()
-    bundle = write_contract_bundle(tmp_path_factory.mktemp("screen") / "bundle", model, CLASSES,
-                                   margin_thresholds(probs, y), (8, 8))
-    add_int8(bundle, x, method="entropy")
+    return model, margin_thresholds(probs, y)
+
+
+@pytest.fixture(scope="session")
+def screen_bundle(tmp_path_factory: pytest.TempPathFactory, cast_sets: dict[str, list[Path]],
+                  screen_model: tuple[object, list[float]]) -> Path:
+    """Colour-screen bundle: FP32 + INT8 (CPU QDQ, the toolkit's default entropy calibration); read-only."""
+    from paritykit import CLASSES, add_int8, model_inputs, write_contract_bundle
+
+    model, thresholds = screen_model
+    bundle = write_contract_bundle(tmp_path_factory.mktemp("screen") / "bundle", model, CLASSES, thresholds, (8, 8))
+    add_int8(bundle, model_inputs(cast_sets["fit"]), method="entropy")
     return bundle

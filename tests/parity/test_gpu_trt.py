@@ -1,0 +1,101 @@
+"""GPU parity: PyTorch on CUDA vs ONNX Runtime CUDA, and TensorRT FP16/INT8 engines vs PyTorch.
+
+Skipped with a reason where there is no CUDA GPU, no onnxruntime-gpu or no
+TensorRT. Tolerances (stated, never widened):
+
+* ORT CUDA FP32 vs PyTorch FP32: |dp| <= 2e-3. The reference runs with TF32
+  off; ONNX Runtime's CUDA provider may run FP32 convolutions and matmuls in
+  TF32 (10-bit mantissa) on Ampere and later GPUs, ~1e-3 relative.
+* TensorRT FP16 vs PyTorch FP32: |dp| <= 5e-3 (FP16 keeps 11 significant bits).
+* every GPU candidate: the default clinical gates (flips <= 0.5 %, AUC drop
+  <= 0.005, sensitivity drop <= 1 point); INT8 engines are held to these only.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from uopsl.export.validate import ImageRecord, ValidateConfig, validate_bundle
+from uopsl.runtime.optional import available
+from uopsl.runtime.preprocess import PreprocessConfig
+
+ORT_CUDA_PROB_TOLERANCE = 2e-3
+TRT_FP16_PROB_TOLERANCE = 5e-3
+
+
+def _has_cuda() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
+
+
+def _has_ort_cuda() -> bool:
+    from uopsl.runtime.backends.onnxruntime import available_providers
+
+    return "CUDAExecutionProvider" in available_providers()
+
+
+# Decided at collection, so skipped tests build no fixtures.
+needs_cuda = pytest.mark.skipif(not _has_cuda(), reason="no CUDA GPU visible to PyTorch")
+needs_ort_cuda = pytest.mark.skipif(not _has_ort_cuda(), reason="ONNX Runtime here has no CUDA provider (onnxruntime-gpu)")
+needs_trt = pytest.mark.skipif(not available("tensorrt"),
+                               reason="TensorRT is not importable here (pip install 'uopsl[trt]', or JetPack on a Jetson)")
+
+
+def _records(cast_sets: dict) -> list[ImageRecord]:
+    return [ImageRecord(f"{p.parent.name}/{p.name}", p, (p.parent.name,)) for p in cast_sets["val"]]
+
+
+@pytest.mark.gpu
+@needs_cuda
+@needs_ort_cuda
+def test_pytorch_cuda_vs_ort_cuda_fp32(tiny_ckpt_bundle: tuple[Path, Path], cast_sets: dict, tmp_path: Path) -> None:
+    from uopsl.train.reference import TorchReference
+
+    ckpt, bundle = tiny_ckpt_bundle
+    result = validate_bundle(bundle, TorchReference.from_checkpoint(ckpt, "cuda"), _records(cast_sets)[:48],
+                             tmp_path / "out", ValidateConfig(backends=("ort-cuda",), show_progress=False),
+                             label_space=("normal", "a", "b"))
+    cand = result.report["candidates"][0]
+    assert "error" not in cand, cand
+    assert cand["numerical"]["max_abs_prob_diff"] <= ORT_CUDA_PROB_TOLERANCE, cand["numerical"]
+    assert cand["passed"], cand["reasons"]
+
+
+@pytest.mark.gpu
+@pytest.mark.trt
+@needs_cuda
+@needs_trt
+@pytest.mark.parametrize("precision", ["fp16", "int8"])
+def test_tensorrt_engine_vs_pytorch(precision: str, screen_model: tuple, cast_sets: dict, tmp_path: Path) -> None:
+    from paritykit import CLASSES, add_int8, model_inputs, write_contract_bundle
+    from uopsl.export.bundle_writer import add_file
+    from uopsl.export.tensorrt import EngineBuildConfig, build_engine
+    from uopsl.train.reference import TorchReference
+
+    module, thresholds = screen_model
+    bundle = write_contract_bundle(tmp_path / "bundle", module, CLASSES, thresholds, (8, 8))
+    onnx_file = bundle / "model.onnx"
+    config = EngineBuildConfig(precision=precision, min_batch=1, opt_batch=8, max_batch=16)  # type: ignore[arg-type]
+    if precision == "int8":
+        add_int8(bundle, model_inputs(cast_sets["fit"]), variant="trt")
+        onnx_file = bundle / "model.int8.trt.onnx"
+        config = EngineBuildConfig(precision="int8", int8_mode="qdq", min_batch=1, opt_batch=8, max_batch=16)
+    name = f"model.{precision}.engine"
+    info = build_engine(onnx_file, bundle / name, config)
+    add_file(bundle, None, name, "engine", precision, info=info.header.to_dict())  # type: ignore[arg-type]
+    reference = TorchReference(module, PreprocessConfig(size=64), device="cuda")
+    result = validate_bundle(bundle, reference, _records(cast_sets), tmp_path / "out",
+                             ValidateConfig(backends=("tensorrt",), batch_size=16, show_progress=False),
+                             label_space=CLASSES)
+    cand = next(c for c in result.report["candidates"] if c["file"] == name)
+    assert "error" not in cand, cand
+    if precision == "fp16":
+        assert cand["numerical"]["max_abs_prob_diff"] <= TRT_FP16_PROB_TOLERANCE, cand["numerical"]
+    assert cand["passed"], cand["reasons"]
+    shutil.rmtree(tmp_path / "bundle", ignore_errors=True)

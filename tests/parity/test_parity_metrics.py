@@ -1,0 +1,82 @@
+"""Gates, truth and comparison figures on hand-made numbers (no model)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from uopsl.export.parity_metrics import (
+    ParityGates,
+    clinical,
+    jsonable,
+    judge,
+    numerical,
+    parse_gates,
+    row_correlation,
+    truth_from_labels,
+    truth_from_reference,
+)
+from uopsl.runtime.bundle import ClassSpec, FileEntry, Manifest
+from uopsl.runtime.errors import ConfigError
+from uopsl.runtime.preprocess import PreprocessConfig
+
+
+def _manifest() -> Manifest:
+    classes = (ClassSpec("normal", threshold=0.5), ClassSpec("dr", threshold=0.4, referable=True))
+    return Manifest(classes=classes, head="sigmoid", preprocess=PreprocessConfig(size=64),
+                    files=(FileEntry("model.onnx", "onnx", "fp32"),))
+
+
+def test_gates_parse_validate_and_default() -> None:
+    assert ParityGates().is_default and parse_gates(None) == ParityGates()
+    g = parse_gates("flips=0.01, auc_drop=0.02,sens=0,prob=1e-4")
+    assert (g.max_flip_rate, g.max_auc_drop, g.max_sensitivity_drop, g.max_prob_diff) == (0.01, 0.02, 0.0, 1e-4)
+    assert parse_gates("prob=off", g).max_prob_diff is None and not g.is_default
+    for bad, match in (("speed=1", "unknown gate"), ("flips", "key=value"), ("auc=abc", "needs a number"),
+                       ("flips=2", r"\[0, 1\]")):
+        with pytest.raises(ConfigError, match=match):
+            parse_gates(bad)
+
+
+def test_flips_auc_and_sensitivity_are_counted_under_the_manifest_rule() -> None:
+    m = _manifest()
+    ref = np.array([[0.9, 0.1], [0.2, 0.8], [0.3, 0.45], [0.8, 0.2], [0.1, 0.9], [0.6, 0.3]])
+    cand = ref.copy()
+    cand[2, 1] = 0.35  # referable class drops below its 0.4 threshold: one referral flip (refer -> not)
+    truth = truth_from_labels(m, [("normal",), ("dr",), ("dr",), ("normal",), ("dr",), ("normal",)], ("normal", "dr"))
+    assert truth.refer is not None and truth.refer.tolist() == [False, True, True, False, True, False]
+    ids = [f"img{i}" for i in range(6)]
+    clin = clinical(m, truth, ref, cand, ids, n_boot=50)
+    assert clin["flips"]["n"] == 1 and clin["flips"]["items"][0]["id"] == "img2"
+    assert clin["flips"]["to_no_refer"] == 1 and clin["flips"]["rate"] == pytest.approx(1 / 6)
+    dr = clin["per_class"][1]
+    assert dr["sensitivity_reference"] == 1.0 and dr["sensitivity_candidate"] == pytest.approx(2 / 3)
+    assert dr["auc_reference"] == 1.0 and dr["auc_candidate"] == 1.0  # still ranked above every negative
+    verdict = judge(ParityGates(), numerical({"probs": ref, "logits": ref}, {"probs": cand, "logits": cand}), clin)
+    assert not verdict.passed
+    names = {c.name: c for c in verdict.checks}
+    assert names["flip_rate"].passed is False and names["auc_drop"].passed is True
+    assert names["sensitivity_drop"].passed is False and names["sensitivity_drop"].value == pytest.approx(1 / 3)
+    assert judge(ParityGates(max_flip_rate=0.2, max_sensitivity_drop=0.34), numerical(
+        {"probs": ref, "logits": ref}, {"probs": cand, "logits": cand}), clin).passed
+
+
+def test_truth_without_labels_and_partial_labels() -> None:
+    m = _manifest()
+    probs = np.array([[0.9, 0.1], [0.2, 0.8]])
+    t = truth_from_reference(m, probs)
+    assert t.source == "reference_decisions" and t.refer.tolist() == [False, True] and "no labels" in t.notes[0]
+    partial = truth_from_labels(m, [("normal",), ("amd",)], ("normal", "amd"))
+    assert partial.defined.tolist() == [True, False] and partial.refer is None and len(partial.notes) == 2
+
+
+def test_numerical_figures_and_strict_json() -> None:
+    a = {"probs": np.array([[0.1, 0.9]]), "logits": np.array([[1.0, 2.0]]), "site_maps": np.ones((1, 2, 2, 2))}
+    b = {"probs": np.array([[0.1, 0.8]]), "logits": np.array([[2.0, 4.0]]), "site_maps": np.ones((1, 2, 2, 2))}
+    num = numerical(a, b)
+    assert num["max_abs_prob_diff"] == pytest.approx(0.1) and num["logit_cosine_min"] == pytest.approx(1.0)
+    assert math.isnan(num["site_map_corr_mean"]) and "constant" in num["notes"][0]
+    assert jsonable(num)["site_map_corr_mean"] is None
+    assert np.isnan(row_correlation(np.ones((1, 4)), np.arange(4.0)[None]))[0]
