@@ -337,6 +337,9 @@ def test_make_dataset_is_byte_identical_across_workers_and_resumes(tmp_path):
     (tmp_path / "foreign" / "notes.txt").write_text("x")
     with pytest.raises(ConfigError, match="not empty"):
         sy.make_dataset(tmp_path / "foreign", 2, 0, cfg, progress=False)
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(ConfigError, match="not a folder"):
+        sy.make_dataset(tmp_path / "afile", 2, 0, cfg, progress=False)
     with pytest.raises(ConfigError, match="n_fundus"):
         sy.make_dataset(tmp_path / "neg", -1, 0, cfg)
 

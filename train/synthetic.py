@@ -577,17 +577,12 @@ def _vessel_tree(rng: np.random.Generator, eye: _Eye, attenuation: float) -> lis
         pts = _walk(rng, np.array([eye.dx, eye.dy]), ang, 0.5 * u_f, step, 0.08)
         trunks.append(_Vessel(pts, 0.35 * w_art, bool(rng.random() < 0.5)))
 
-    # wiggle the trunks perpendicular to their course (tortuosity), rooted at the disc
+    # tortuosity: two slow waves per trunk (one per axis), growing from zero at the disc
     for t in trunks:
-        if len(t.pts) > 3:
-            d = np.gradient(t.pts, axis=0)
-            nrm = np.stack([-d[:, 1], d[:, 0]], 1) / (np.hypot(d[:, 0], d[:, 1])[:, None] + 1e-9)
-            s = np.arange(len(t.pts)) * step
-            amp = rng.uniform(0.003, 0.008) * R * np.minimum(1.0, s / (0.15 * R))
-            lam = rng.uniform(0.12, 0.3, 2) * R
-            ph = rng.uniform(0, 2 * np.pi, 2)
-            wig = amp * (np.sin(2 * np.pi * s / lam[0] + ph[0]) + 0.6 * np.sin(2 * np.pi * s / (0.37 * lam[1]) + ph[1]))
-            t.pts = t.pts + nrm * wig[:, None]
+        s = np.arange(len(t.pts))[:, None] * step
+        amp = rng.uniform(0.003, 0.008) * R * np.minimum(1.0, s / (0.15 * R))
+        freq = 2 * np.pi / (rng.uniform(0.15, 0.4, 2) * R)
+        t.pts = t.pts + amp * np.sin(s * freq + rng.uniform(0, 2 * np.pi, 2))
 
     faz2 = (0.07 * R) ** 2  # foveal avascular zone
     r_out2 = (1.02 * R) ** 2  # a vessel ends just outside the field of view (OpenCV clips at the frame)
@@ -648,7 +643,7 @@ def _draw_vessels(canvas: np.ndarray, vessels: list[_Vessel], k_vein: Sequence[f
 
 
 def _fundus_albedo(rng: np.random.Generator, eye: _Eye) -> tuple[np.ndarray, np.ndarray]:
-    """Background reflectance (H, W, 3) and illumination (H, W): low-frequency fields at reduced size."""
+    """Background reflectance (H, W, 3) and the illumination at 64 x 64 (smooth: upsampled by the camera stage)."""
     S, R = eye.size, eye.R
     L = 64
     scale = S / L
@@ -679,8 +674,7 @@ def _fundus_albedo(rng: np.random.Generator, eye: _Eye) -> tuple[np.ndarray, np.
         haze = np.exp(-((gx - hx) ** 2 + (gy - hy) ** 2) / (2 * (0.3 * R) ** 2)) * rng.uniform(0.1, 0.3)
         alb += haze[..., None] * np.array([0.6, 0.8, 1.0], np.float32)
     alb_full: np.ndarray = cv2.resize(alb.astype(np.float32), (S, S), interpolation=cv2.INTER_CUBIC)
-    illum_full: np.ndarray = cv2.resize(illum, (S, S), interpolation=cv2.INTER_LINEAR)
-    return alb_full, illum_full
+    return alb_full, illum
 
 
 def _draw_disc(rng: np.random.Generator, eye: _Eye, albedo: np.ndarray, cdr: float, waxy: float,
@@ -901,11 +895,12 @@ def generate_fundus(
     exposure = float(rng.uniform(0.55, 1.25))
     fov = np.zeros((S, S), np.uint8)
     cv2.circle(fov, _pt(e.cx, e.cy), int(round(R * _ONE)), 255, -1, cv2.LINE_AA, _SHIFT)
-    cv2.multiply(illum, fov.astype(np.float32), dst=illum, scale=exposure)  # fov is 0..255: grey levels
     cv2.scaleAdd(_noise_crop(rng, S, S, 3, "normal"), float(rng.uniform(0.006, 0.02)), albedo, dst=albedo)
-    gains = rng.uniform(0.9, 1.1, 3)  # white balance
-    img = cv2.multiply(albedo, cv2.merge([illum * np.float32(g) for g in gains]))
-    out = cv2.convertScaleAbs(img)  # saturating; values are >= 0 but for noise at the rim
+    gains = rng.uniform(0.9, 1.1, 3) * (exposure * 255.0)  # white balance, exposure, to grey levels
+    illum3 = cv2.resize(illum[..., None] * gains.astype(np.float32), (S, S), interpolation=cv2.INTER_LINEAR)
+    cv2.multiply(albedo, illum3, dst=albedo)
+    out = cv2.convertScaleAbs(albedo)  # saturating; values are >= 0 but for noise at the rim
+    trans = cv2.multiply(trans, cv2.merge([fov, fov, fov]), scale=1.0 / 255.0)  # aperture: black outside
     out = cv2.multiply(out, trans, scale=1.0 / 255.0)
     gamma = np.clip(255.0 * (np.arange(256) / 255.0) ** rng.uniform(0.85, 1.15), 0, 255)
     out = cv2.LUT(out, gamma.astype(np.uint8))
@@ -1252,6 +1247,8 @@ def make_dataset(
     settings = {"generator_version": GENERATOR_VERSION, "n_fundus": int(n_fundus), "n_oct": int(n_oct),
                 "write_masks": bool(write_masks), "config": cfg.to_dict()}
     settings_path, csv_path = out / "synth_config.json", out / "labels.csv"
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"output {out} exists and is not a folder; expected a new or empty folder")
     if settings_path.exists():
         try:
             old = json.loads(settings_path.read_text(encoding="utf-8"))
