@@ -900,8 +900,8 @@ def generate_fundus(
     illum3 = cv2.resize(illum[..., None] * gains.astype(np.float32), (S, S), interpolation=cv2.INTER_LINEAR)
     cv2.multiply(albedo, illum3, dst=albedo)
     out = cv2.convertScaleAbs(albedo)  # saturating; values are >= 0 but for noise at the rim
-    trans = cv2.multiply(trans, cv2.merge([fov, fov, fov]), scale=1.0 / 255.0)  # aperture: black outside
-    out = cv2.multiply(out, trans, scale=1.0 / 255.0)
+    aperture = cv2.multiply(trans, cv2.merge([fov, fov, fov]), scale=1.0 / 255.0)  # black outside the field
+    out = cv2.multiply(out, aperture, scale=1.0 / 255.0)
     gamma = np.clip(255.0 * (np.arange(256) / 255.0) ** rng.uniform(0.85, 1.15), 0, 255)
     out = cv2.LUT(out, gamma.astype(np.uint8))
     inside = (fov >= 128).astype(np.uint8)
