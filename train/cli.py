@@ -12,6 +12,7 @@ from uopsl.runtime.clikit import LazyGroup, main_entry, verbose_option
 from uopsl.runtime.version import __version__
 
 _COMMANDS = {
+    "synth": "uopsl.train.commands.synth:command",
     "pretrain": "uopsl.train.commands.pretrain:command",
     "finetune": "uopsl.train.commands.finetune:command",
     "evaluate": "uopsl.train.commands.evaluate:command",
