@@ -1,4 +1,4 @@
-"""Runtime benchmark: every backend and precision side by side on a ResNet-18 bundle, on this machine.
+"""Runtime benchmark: every backend and precision side by side on a ResNet-18 (or EfficientNet-Lite0) bundle.
 
 What it measures (issue 5, "Done when"):
 
@@ -23,6 +23,7 @@ Usage::
 
     python benchmarks/bench_runtime.py --size 224 --out benchmarks/results/runtime_224.json
     python benchmarks/bench_runtime.py --size 224 --memory-images 5000 --skip-latency
+    python benchmarks/bench_runtime.py --arch efficientnet_lite0 --size 320
 
 Torch and onnx are used only to build the bundle; the timed code is the runtime's.
 """
@@ -50,8 +51,11 @@ log = logging.getLogger("bench_runtime")
 
 
 # -- bundle -----------------------------------------------------------------------------------
-def build_resnet18_bundle(root: Path, size: int, calib_images: list[Path]) -> Path:
-    """Write a ResNet-18 contract bundle (FP32 + INT8 QDQ u8) at ``root``; reuse it if present."""
+def build_bundle(root: Path, size: int, calib_images: list[Path], arch: str = "resnet18") -> Path:
+    """Write a contract bundle (FP32 + INT8 QDQ u8) of ``arch`` at ``root``; reuse it if present.
+
+    arch: ``resnet18`` (torchvision) or ``efficientnet_lite0`` (timm); random weights, seed 0.
+    """
     from uopsl.runtime.bundle import ClassSpec, FileEntry, Manifest, describe_file, read_manifest, write_manifest
     from uopsl.runtime.preprocess import PreprocessConfig, preprocess_file
 
@@ -68,9 +72,18 @@ def build_resnet18_bundle(root: Path, size: int, calib_images: list[Path]) -> Pa
     class Contract(nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            net = torchvision.models.resnet18(weights=None, num_classes=len(CLASSES))
-            self.body = nn.Sequential(*list(net.children())[:-2])
-            self.fc = net.fc
+            if arch == "resnet18":
+                net = torchvision.models.resnet18(weights=None, num_classes=len(CLASSES))
+                self.body: nn.Module = nn.Sequential(*list(net.children())[:-2])
+                self.fc = net.fc
+            elif arch == "efficientnet_lite0":
+                import timm
+
+                net = timm.create_model("efficientnet_lite0", pretrained=False, num_classes=len(CLASSES))
+                self.body = nn.Sequential(net.conv_stem, net.bn1, net.blocks, net.conv_head, net.bn2)
+                self.fc = net.classifier
+            else:
+                raise SystemExit(f"unknown --arch {arch}")
             self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1) * 255)
             self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1) * 255)
 
@@ -96,8 +109,8 @@ def build_resnet18_bundle(root: Path, size: int, calib_images: list[Path]) -> Pa
     files = (FileEntry("model.onnx", "onnx", "fp32"), FileEntry("model.int8.onnx", "onnx", "int8-qdq-u8"))
     m = Manifest(
         classes=tuple(ClassSpec(n, (n,), 0.5, r) for n, r in CLASSES), head="sigmoid", preprocess=cfg,
-        files=tuple(describe_file(root, f) for f in files), site_map_size=(hw, hw), model_name="resnet18-demo",
-        backbone="torchvision resnet18 (random weights, seed 0)", notes={"purpose": "runtime benchmark only"},
+        files=tuple(describe_file(root, f) for f in files), site_map_size=(hw, hw), model_name=f"{arch}-demo",
+        backbone=f"{arch} (random weights, seed 0)", notes={"purpose": "runtime benchmark only"},
     )
     write_manifest(root, m)
     return root
@@ -202,6 +215,7 @@ print(json.dumps({{"rss_start_mb": round(start, 1), "rss_after_load_mb": round(l
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--arch", choices=("resnet18", "efficientnet_lite0"), default="resnet18")
     ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "uopsl_bench")
     ap.add_argument("--iters", type=int, default=100)
     ap.add_argument("--warmup", type=int, default=10)
@@ -220,7 +234,7 @@ def main() -> int:
         return 2
     rng = np.random.default_rng(0)
     calib = [fundus[i] for i in rng.choice(len(fundus), 32, replace=False)]
-    bundle = build_resnet18_bundle(args.work / f"resnet18_{args.size}", args.size, calib)
+    bundle = build_bundle(args.work / f"{args.arch}_{args.size}", args.size, calib, args.arch)
     result: dict[str, Any] = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "bundle": str(bundle)}
 
     if not args.skip_latency:

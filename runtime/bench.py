@@ -37,7 +37,8 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class BenchConfig:
     """batches: batch sizes to time. iters/warmup: timed and untimed calls per case.
-    threads: inference threads. e2e: also time the whole pipeline.
+    threads: inference threads. e2e: also time the whole pipeline, with
+    ``workers`` preprocessing threads (None: the pipeline's default).
     e2e_images: how many photographs the end-to-end run screens (cycled if fewer exist).
     """
 
@@ -48,6 +49,7 @@ class BenchConfig:
     e2e: bool = True
     e2e_images: int = 200
     preprocess_images: int = 64
+    workers: int | None = None
 
     def __post_init__(self) -> None:
         if not self.batches or any(b < 1 for b in self.batches):
@@ -259,7 +261,7 @@ def run_bench(bundle: str | os.PathLike[str], backend: str = "auto", precision: 
                                         "requested": name, **r})
             if cfg.e2e:
                 bmax = max(cfg.batches)
-                e2e = time_end_to_end(b, m, e2e_sources, bmax)
+                e2e = time_end_to_end(b, m, e2e_sources, bmax, cfg.workers)
                 pure = next(r["throughput_ips"] for r in rows if r["batch"] == bmax)
                 e2e["inference_ips"] = pure
                 e2e["ratio"] = round(e2e["throughput_ips"] / pure, 3)

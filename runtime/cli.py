@@ -119,7 +119,9 @@ def watch_cmd(bundle: Path, folder: Path, out: Path, backend: str, precision: st
 @click.option("--batch", "batches", default="1,8", show_default=True, help="Comma-separated batch sizes.")
 @click.option("--iters", type=click.IntRange(min=1), default=50, show_default=True, help="Timed iterations per case.")
 @click.option("--warmup", type=click.IntRange(min=0), default=5, show_default=True, help="Untimed warm-up iterations.")
-@click.option("--threads", type=click.IntRange(min=1), default=None)
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="Inference threads.")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Preprocessing threads of the end-to-end run (default: cores, max 4).")
 @click.option("--images", "images", type=click.Path(exists=True, path_type=Path), default=None,
               help="Folder of real photographs for preprocessing and end-to-end timing (default: synthetic).")
 @click.option("--e2e/--no-e2e", default=True, show_default=True, help="Also time decode-to-results throughput.")
@@ -128,7 +130,7 @@ def watch_cmd(bundle: Path, folder: Path, out: Path, backend: str, precision: st
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write the figures as JSON here (as well as the table).")
 def bench_cmd(bundle: Path, backend: str, precision: str, batches: str, iters: int, warmup: int, threads: int | None,
-              images: Path | None, e2e: bool, e2e_images: int, json_out: Path | None) -> int:
+              workers: int | None, images: Path | None, e2e: bool, e2e_images: int, json_out: Path | None) -> int:
     """Latency (p50/p90/p99) and throughput per backend and batch size; preprocessing separately."""
     from uopsl.runtime.bench import BenchConfig, format_table, run_bench
     from uopsl.runtime.errors import ConfigError
@@ -138,7 +140,8 @@ def bench_cmd(bundle: Path, backend: str, precision: str, batches: str, iters: i
         sizes = tuple(int(b) for b in batches.split(",") if b.strip())
     except ValueError as exc:
         raise ConfigError(f"--batch takes comma-separated integers like 1,8; got {batches!r}") from exc
-    cfg = BenchConfig(batches=sizes, iters=iters, warmup=warmup, threads=threads, e2e=e2e, e2e_images=e2e_images)
+    cfg = BenchConfig(batches=sizes, iters=iters, warmup=warmup, threads=threads, e2e=e2e, e2e_images=e2e_images,
+                      workers=workers)
     result = run_bench(bundle, backend, precision, cfg, images=images)
     click.echo(format_table(result))
     if json_out is not None:
