@@ -458,7 +458,7 @@ def main(argv: list[str] | None = None) -> int:
             rec.data["note"] = ("no NVIDIA GPU found: CPU fallback (quick profile); GPU tests skip, GPU backends "
                                 "are not benchmarked")
         name = args.profile if args.profile != "auto" else ("full" if gpu else "quick")
-        profile = PROFILES[name]
+        profile: dict[str, Any] = PROFILES[name]
         rec.data["profile"] = {"name": name, **profile}
         rec.save()
         bundle, ckpt, data = args.bundle, args.checkpoint, args.data

@@ -140,9 +140,9 @@ def truth_from_labels(manifest: Manifest, labels: Sequence[Sequence[str]], label
     if missing:
         notes.append(f"bundle classes without labels in the data (no clinical metrics for them): {missing}")
     referable = manifest.referable_mask
-    refer = None
+    refer: np.ndarray | None = None
     if referable.any() and defined[referable].all():
-        refer = pos[:, referable].any(axis=1)
+        refer = np.asarray(pos[:, referable].any(axis=1), bool)
     elif referable.any():
         notes.append("the labels do not cover every referable class: referral sensitivity/specificity not computed")
     return Truth(TRUTH_LABELS, pos, defined, refer, tuple(notes))
@@ -292,7 +292,7 @@ def clinical(
         referral.update({"n_positive": int(truth.refer.sum()), "n_negative": int((~truth.refer).sum()),
                          "sensitivity_reference": rr["sensitivity"], "sensitivity_candidate": cr["sensitivity"],
                          "specificity_reference": rr["specificity"], "specificity_candidate": cr["specificity"]})
-    flipped = np.flatnonzero(ref_refer != cand_refer)
+    flipped = [int(i) for i in np.flatnonzero(ref_refer != cand_refer)]
     flips = [
         Flip(ids[i], bool(ref_refer[i]), bool(cand_refer[i]), tuple(float(v) for v in ref[i]),
              tuple(float(v) for v in cand[i]), None if truth.refer is None else bool(truth.refer[i]))

@@ -256,7 +256,8 @@ class _BatchCache:
         import io
 
         buf = io.BytesIO()
-        np.savez(buf, meta=np.array(json.dumps(meta)), **arrays)
+        payload: dict[str, Any] = {"meta": np.array(json.dumps(meta)), **arrays}
+        np.savez(buf, **payload)
         write_bytes(self._path(index), buf.getvalue())
 
 
@@ -413,7 +414,10 @@ def _slug(name: str) -> str:
 def _roc_png(out: Path, name: str, manifest: Manifest, truth: Truth, ref: np.ndarray, cand: np.ndarray) -> Path | None:
     from uopsl.runtime.plots import overlay_series, roc_plot
 
-    rc, cc, rp, cp = {}, {}, {}, {}
+    rc: dict[str, Any] = {}
+    cc: dict[str, Any] = {}
+    rp: dict[str, tuple[float, float]] = {}
+    cp: dict[str, tuple[float, float]] = {}
     for k, spec in enumerate(manifest.classes):
         y = truth.positive[:, k]
         if not truth.defined[k] or not y.any() or y.all():
@@ -495,7 +499,7 @@ def validate_bundle(
     if cfg.resume and fingerprint:
         key = {"version": __version__, "files": {f.path: f.sha256 for f in manifest.files},
                "reference": fingerprint, "images": [[r.id, *_file_key(r.path)] for r in images],
-               "preprocess": manifest.preprocess.to_dict(), "reference_preprocess": ref_pre.to_dict() if diffs else None,
+               "preprocess": manifest.preprocess.to_dict(), "reference_preprocess": ref_pre.to_dict() if ref_pre is not None and diffs else None,
                "candidates": [s.name for s in specs], "batch_size": cfg.batch_size}
     cache = _BatchCache(out_dir / _CACHE_DIR, key)
     run = _run_all(root, manifest, reference, ref_pre if diffs else None, images, specs, cfg, cache)

@@ -10,8 +10,6 @@ import pytest
 TESTS = Path(__file__).resolve().parents[1]
 if str(TESTS) not in sys.path:
     sys.path.insert(0, str(TESTS))
-REPO = TESTS.parent
-TVHL = (REPO.parent / "shared" / "data" / "tvhl").resolve()
 
 
 @pytest.fixture(scope="session")

@@ -33,6 +33,8 @@ from uopsl.runtime.bundle import ClassSpec
 from uopsl.runtime.preprocess import PreprocessConfig, preprocess, read_bytes
 from uopsl.train.checkpoint import save_model
 
+#: The real TVHL images (read-only shared data next to the repository; never copied into it).
+TVHL = (Path(__file__).resolve().parents[3] / "shared" / "data" / "tvhl").resolve()
 #: Per-class RGB gains of the cast images (class names as in ``trainhelpers.CLASSES``).
 CAST_GAINS = {"normal": (1.0, 1.0, 1.0), "a": (1.0, 1.9, 0.4), "b": (0.4, 0.8, 3.0)}
 SIZE = 64  # model input size of every fixture

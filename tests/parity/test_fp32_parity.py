@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TVHL
+from paritykit import TVHL
 from uopsl.export.validate import ImageRecord, ValidateConfig, validate_bundle
 from uopsl.runtime.optional import available
 from uopsl.train.reference import TorchReference

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import TVHL
+from paritykit import TVHL
 from uopsl.export.parity_metrics import ParityGates
 from uopsl.export.validate import ImageRecord, ValidateConfig, validate_bundle
 from uopsl.runtime.backends.onnxruntime import OrtBackend

@@ -99,8 +99,8 @@ def resolve_data(spec: str) -> tuple[list[Any], tuple[str, ...] | None, str]:
         records, space = _records_from_source(load_source(spec))
         return records, space, f"dataset {spec}"
     if path.is_file() and path.suffix.lower() == ".csv":
-        records, space = _csv_records(path)
-        return records, space, f"CSV {path}"
+        csv_records, csv_space = _csv_records(path)
+        return csv_records, csv_space, f"CSV {path}"
     if path.is_dir():
         if (path / "labels.csv").is_file():
             records, space = _records_from_source(data.read_synthetic(path, modality="fundus"))
