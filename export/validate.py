@@ -6,10 +6,11 @@ any object with ``infer(uint8 NHWC batch) -> {"probs", "logits", "site_maps"}``
 train layer builds one from a checkpoint (:mod:`uopsl.train.reference`), so
 this layer never imports training code.
 
-Candidates are every model file of the bundle on every backend available here
-(``ort-cpu``, ``ort-cuda``, ``ort-trt``, ``openvino`` run each ONNX file, FP32
-and INT8 variants alike; ``tensorrt`` runs each engine whose header matches
-this GPU and TensorRT). Each image is preprocessed once with the bundle's
+Candidates are the model files of the bundle on every backend available here:
+``ort-cpu`` runs every ONNX file (FP32 and each INT8 variant); ``ort-cuda``,
+``ort-trt`` and ``openvino`` run, per precision, the file the runtime's backend
+selection would run there (OpenVINO: the u8 QDQ file, not the TensorRT s8 one);
+``tensorrt`` runs each engine whose header matches this GPU and TensorRT. Each image is preprocessed once with the bundle's
 preprocessing and that one uint8 batch feeds every candidate. The reference is
 fed the same batch, unless it declares its own preprocessing (the
 checkpoint's) and that differs from the manifest's: then it gets its own
@@ -55,7 +56,13 @@ from uopsl.export.parity_metrics import (
     truth_from_labels,
     truth_from_reference,
 )
-from uopsl.runtime.backends import BACKEND_NAMES, Availability, detect_availability, engine_mismatch
+from uopsl.runtime.backends import (
+    BACKEND_NAMES,
+    Availability,
+    detect_availability,
+    engine_mismatch,
+    select_backend,
+)
 from uopsl.runtime.backends.base import Backend
 from uopsl.runtime.bundle import OUTPUT_NAMES, Manifest, verify_or_raise
 from uopsl.runtime.errors import BundleError, ConfigError, UopslError
@@ -188,6 +195,7 @@ def plan_candidates(
             continue
         if not files and (explicit or b == "tensorrt"):
             skipped.append({"name": b, "reason": "the bundle has no " + ("engine" if b == "tensorrt" else "ONNX") + " file"})
+        chosen = None if b in ("ort-cpu", "tensorrt") else _runtime_choices(bundle, manifest, b, availability)
         for f in files:
             name = f"{b}:{f.path}"
             if b == "tensorrt":
@@ -195,8 +203,27 @@ def plan_candidates(
                 if why is not None:
                     skipped.append({"name": name, "reason": why})
                     continue
+            if chosen is not None and f.path not in chosen:
+                skipped.append({"name": name, "reason": f"the runtime never runs this {f.precision} file on {b} "
+                                                        f"(it runs {sorted(chosen)})"})
+                continue
             runs.append(CandidateSpec(name, b, f.path, f.precision))
     return runs, skipped
+
+
+def _runtime_choices(bundle: Path, manifest: Manifest, backend: str, availability: Availability) -> set[str]:
+    """The ONNX files the runtime's backend selection would run on ``backend``, over every precision.
+
+    ``ort-cpu`` runs every ONNX file (each INT8 variant is worth measuring there);
+    on the other backends only what a device would run is validated, e.g.
+    OpenVINO runs the u8 QDQ file, not the TensorRT s8 one.
+    """
+    files = set()
+    for precision in ("fp32", "fp16", "int8"):
+        with contextlib.suppress(UopslError):
+            files.add(select_backend(bundle, backend, precision, manifest=manifest, availability=availability,
+                                     measure=False).file)
+    return files
 
 
 def open_candidate(bundle: Path, spec: CandidateSpec, threads: int | None) -> Backend:

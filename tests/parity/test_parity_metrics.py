@@ -80,3 +80,19 @@ def test_numerical_figures_and_strict_json() -> None:
     assert math.isnan(num["site_map_corr_mean"]) and "constant" in num["notes"][0]
     assert jsonable(num)["site_map_corr_mean"] is None
     assert np.isnan(row_correlation(np.ones((1, 4)), np.arange(4.0)[None]))[0]
+
+
+def test_candidates_follow_the_runtime_selection(screen_bundle) -> None:  # noqa: ANN001 - Path fixture
+    from uopsl.export.validate import plan_candidates
+    from uopsl.runtime.backends import Availability
+    from uopsl.runtime.bundle import read_manifest
+
+    m = read_manifest(screen_bundle)
+    gpu_box = Availability(("CUDAExecutionProvider", "CPUExecutionProvider"), openvino=True, tensorrt=False)
+    runs, skipped = plan_candidates(screen_bundle, m, ("all",), gpu_box)
+    assert [c.name for c in runs] == [
+        "ort-cpu:model.onnx", "ort-cpu:model.int8.onnx", "ort-cuda:model.onnx", "ort-cuda:model.int8.onnx",
+        "openvino:model.onnx", "openvino:model.int8.onnx"]
+    assert {s["name"] for s in skipped} == {"ort-trt"}  # no engines in the bundle: tensorrt is not mentioned
+    runs, skipped = plan_candidates(screen_bundle, m, ("tensorrt", "ort-cpu"), Availability(("CPUExecutionProvider",)))
+    assert [c.backend for c in runs] == ["ort-cpu", "ort-cpu"] and skipped[0]["name"] == "tensorrt"
