@@ -38,6 +38,12 @@ class ImageDecodeError(ImageError):
     reason = "undecodable"
 
 
+class ImageReadError(ImageError):
+    """The file cannot be read at all (missing, a folder, no permission, I/O error)."""
+
+    reason = "unreadable"
+
+
 class ImageTooSmallError(ImageError):
     """The image is too small to hold a usable field of view."""
 

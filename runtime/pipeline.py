@@ -20,6 +20,8 @@ Design:
 
 from __future__ import annotations
 
+import dataclasses
+
 import collections
 import hashlib
 import logging
@@ -362,7 +364,7 @@ class ScreeningPipeline:
             out.timings = {"read_ms": (t1 - t0) * 1e3, "preprocess_ms": (t2 - t1) * 1e3}
             if keep and pre.original is not None:
                 out.thumbnail = _thumbnail(pre.original, self.config.thumbnail_side)
-                pre = Preprocessed(pre.image, pre.geometry, pre.original_shape, pre.mean_intensity, None)
+                pre = dataclasses.replace(pre, original=None)  # keep only the thumbnail in memory
             out.verdict = assess(pre, self.quality_config)
             out.timings["quality_ms"] = (time.perf_counter() - t2) * 1e3
             if out.verdict.gradable or self.config.infer_ungradable:

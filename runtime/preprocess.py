@@ -31,6 +31,7 @@ import numpy as np
 from uopsl.runtime.errors import (
     ConfigError,
     ImageDecodeError,
+    ImageReadError,
     ImageTooLargeError,
     ImageTooSmallError,
 )
@@ -182,13 +183,13 @@ class Preprocessed:
 
 
 def read_bytes(path: str | os.PathLike[str]) -> bytes:
-    """Read a file, turning OS errors into :class:`ImageDecodeError` with the path."""
+    """Read a file, turning OS errors into :class:`ImageReadError` with the path."""
     try:
         return Path(path).read_bytes()
     except IsADirectoryError as exc:
-        raise ImageDecodeError("is a directory, not an image file", source=str(path)) from exc
+        raise ImageReadError("is a directory, not an image file", source=str(path)) from exc
     except OSError as exc:
-        raise ImageDecodeError(f"cannot read file ({exc.strerror or exc})", source=str(path)) from exc
+        raise ImageReadError(f"cannot read file ({exc.strerror or exc})", source=str(path)) from exc
 
 
 def _looks_truncated(data: bytes) -> bool:

@@ -27,7 +27,7 @@ import cv2
 import numpy as np
 import pytest
 
-from uopsl.runtime.errors import ImageDecodeError, ImageError, ImageTooLargeError, ImageTooSmallError
+from uopsl.runtime.errors import ImageDecodeError, ImageError, ImageReadError, ImageTooLargeError, ImageTooSmallError
 from uopsl.runtime.preprocess import Geometry, preprocess_file
 from uopsl.runtime.quality import QualityVerdict, assess
 
@@ -169,9 +169,9 @@ def _write_zoo_file(name: str, folder: Path) -> BadInput:
         return BadInput(name, p, "a text file named .jpg", ImageDecodeError, ImageDecodeError.reason)
     if name == "directory.jpg":
         p.mkdir()
-        return BadInput(name, p, "a folder named like an image", ImageDecodeError, ImageDecodeError.reason)
+        return BadInput(name, p, "a folder named like an image", ImageReadError, ImageReadError.reason)
     if name == "missing.jpg":
-        return BadInput(name, p, "a path that does not exist", ImageDecodeError, ImageDecodeError.reason)
+        return BadInput(name, p, "a path that does not exist", ImageReadError, ImageReadError.reason)
     if name == "tiny_1x1.png":
         _write_rgb(p, np.full((1, 1, 3), 128, np.uint8))
         return BadInput(name, p, "a 1x1 image", ImageTooSmallError, ImageTooSmallError.reason)

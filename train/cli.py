@@ -22,6 +22,7 @@ _COMMANDS = {
     "calibrate": "uopsl.train.commands.calibrate:command",
     "quantize": "uopsl.train.commands.quantize:command",
     "demo": "uopsl.train.commands.demo:command",
+    "validate": "uopsl.train.commands.validate:command",
     "build-engine": "uopsl.train.commands.build_engine:command",
 }
 

@@ -295,7 +295,10 @@ class DeployModel(nn.Module):
             maps = att.mean(dim=2)  # (N, K, T)
             z = maps @ self.v(tokens)  # (N, K, d)
             fused = self.a * gn.unsqueeze(1) + (1 - self.a) * F.normalize(z, dim=-1)
-            logits = (F.normalize(fused, dim=-1) * self.proto_t.t().unsqueeze(0)).sum(-1) + self.bias
+            # One batched MatMul per class (K, N, d) @ (K, d, 1): OpenVINO 2026.4 mis-broadcasts the
+            # bias of the equivalent Mul -> ReduceSum -> Add pattern at batch > 1.
+            scores = torch.matmul(F.normalize(fused, dim=-1).transpose(0, 1), self.proto_t.t().unsqueeze(-1))
+            logits = scores.squeeze(-1).transpose(0, 1) + self.bias
         probs = torch.sigmoid(logits) if self.head == "sigmoid" else logits.softmax(dim=-1)
         return probs, logits, maps.reshape(-1, k, h, w)
 

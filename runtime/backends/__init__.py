@@ -337,7 +337,7 @@ def select_backend(
         raise BundleError(
             f"no TensorRT engine of precision {precision} in {root} can run here"
             + (f" ({'; '.join(reasons)})" if reasons else " (the bundle has none)")
-            + "; build one on this device with 'uopsl export engine' or use --backend ort-cuda"
+            + "; build one on this device with 'uopsl build-engine BUNDLE' or use --backend ort-cuda"
         )
     if name in ("ort-cpu", "ort-cuda", "ort-trt", "openvino"):
         if name == "openvino" and not av.openvino:

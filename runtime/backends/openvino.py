@@ -36,10 +36,17 @@ log = logging.getLogger(__name__)
 _HINTS = ("LATENCY", "THROUGHPUT")
 
 
+_CONTRACT_NAMES = ("image", "probs", "logits", "site_maps")
+
+
 def _spec(port: Any) -> TensorSpec:
     pshape = port.get_partial_shape()
     shape = tuple(int(d.get_length()) if d.is_static else None for d in pshape)
-    return TensorSpec(port.get_any_name(), shape, np.dtype(port.get_element_type().to_dtype()))
+    # A port can carry several names (OpenVINO keeps internal aliases such as
+    # '/ReduceSum_output_0'); prefer the deployed-model contract's name.
+    names = set(port.get_names())
+    name = next((n for n in _CONTRACT_NAMES if n in names), port.get_any_name())
+    return TensorSpec(name, shape, np.dtype(port.get_element_type().to_dtype()))
 
 
 class OpenVinoBackend(ModelFileBackend):

@@ -54,11 +54,13 @@ def test_shuffled_prototypes_fail_validation(tiny_ckpt_bundle: tuple[Path, Path]
     bundle = Path(shutil.copytree(good, tmp_path / "bundle"))
     model = onnx.load(str(bundle / "model.onnx"))
     k = len(read_manifest(bundle).classes)
-    mul_inputs = {t for n in model.graph.node if n.op_type == "Mul" for t in n.input}
-    protos = [i for i in model.graph.initializer if i.name in mul_inputs and list(i.dims)[:2] == [1, k]]
+    # The prototype matrix tau * E is the (K, d, 1) constant of the head's batched MatMul.
+    mm_inputs = {t for n in model.graph.node if n.op_type == "MatMul" for t in n.input}
+    protos = [i for i in model.graph.initializer
+              if i.name in mm_inputs and len(i.dims) == 3 and i.dims[0] == k and i.dims[2] == 1]
     assert len(protos) == 1, [(i.name, list(i.dims)) for i in protos]
     value = numpy_helper.to_array(protos[0])
-    protos[0].CopyFrom(numpy_helper.from_array(np.roll(value, 1, axis=1), protos[0].name))
+    protos[0].CopyFrom(numpy_helper.from_array(np.roll(value, 1, axis=0), protos[0].name))
     onnx.save(model, str(bundle / "model.onnx"))
     add_file(bundle, None, "model.onnx", "onnx", "fp32")  # consistent checksums: an export bug, not tampering
     paths = cast_sets["val"][:48]

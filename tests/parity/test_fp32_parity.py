@@ -83,9 +83,5 @@ def test_pytorch_vs_openvino_fp32(tiny_ckpt_bundle: tuple[Path, Path], cast_sets
     records = [ImageRecord(p.name, p, None) for p in cast_sets["val"][:24]]
     result = validate_bundle(bundle, TorchReference.from_checkpoint(ckpt, "cpu"), records, tmp_path / "out",
                              ValidateConfig(backends=("openvino",), n_boot=0, show_progress=False))
-    error = result.report["candidates"][0].get("error", "")
-    if "returned no ['logits']" in error:
-        # OpenVinoBackend names each output port with get_any_name(), which can return an internal alias
-        # (here '/ReduceSum_output_0') instead of the ONNX graph output name 'logits'.
-        pytest.xfail(f"known bug in uopsl.runtime.backends.openvino (output port names): {error}")
+    assert not result.report["candidates"][0].get("error"), result.report["candidates"][0]
     _assert_fp32_parity(result.report)
