@@ -15,9 +15,9 @@ What it measures (issue 5, "Done when"):
 The bundle is a torchvision ResNet-18 (random weights, seed 0: speed does not
 depend on the weights) wrapped to the deployed-model contract (uint8 NHWC in;
 probs, logits, site_maps out; normalisation inside the graph); the INT8 file is
-made with ONNX Runtime's static QDQ quantizer (u8 activations, s8 per-channel
-weights) calibrated on 32 preprocessed TVHL photographs, until
-``uopsl.export.quantize`` is wired in here.
+made with ``uopsl.export.quantize`` (CPU variant: u8 activations, s8
+per-channel weights) from a minmax table calibrated on 32 preprocessed TVHL
+photographs.
 
 Usage::
 
@@ -117,23 +117,15 @@ def build_bundle(root: Path, size: int, calib_images: list[Path], arch: str = "r
 
 
 def _quantize(fp32: Path, out: Path, calib: np.ndarray) -> None:
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
+    """INT8 QDQ (CPU variant: u8 activations, s8 per-channel weights) with the toolkit's own quantizer."""
+    from uopsl.calibration.dataset import CalibrationSet
+    from uopsl.calibration.ranges import collect_statistics
+    from uopsl.export.quantize import QuantizeConfig, quantize_model
+    from uopsl.runtime.preprocess import PreprocessConfig
 
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.it = iter(calib[:, None])
-
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            x = next(self.it, None)
-            return None if x is None else {"image": x}
-
-    pre = out.with_suffix(".pre.onnx")
-    quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
-    quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                    nodes_to_exclude=[], extra_options={"ActivationSymmetric": False})
-    pre.unlink()
+    cset = CalibrationSet.from_images(calib, PreprocessConfig(size=calib.shape[1]))
+    table = collect_statistics(fp32, cset, show_progress=False).table("minmax", None)
+    quantize_model(fp32, table, out, QuantizeConfig(variant="cpu"), show_progress=False)
 
 
 # -- measurements ----------------------------------------------------------------------------
