@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import BAD_INPUT_NAMES, BadInput, SurveyRow, draw_fake_fundus
+from imagekit import BAD_INPUT_NAMES, BadInput, SurveyRow, draw_fake_fundus
 from uopsl.runtime.errors import (
     ConfigError,
     ImageDecodeError,

@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import SurveyRow, draw_fake_fundus
+from imagekit import SurveyRow, draw_fake_fundus
 from uopsl.runtime.errors import (
     ConfigError,
     ImageDecodeError,
