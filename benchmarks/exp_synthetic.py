@@ -59,8 +59,9 @@ def items(src: data.DatasetSource, names: tuple[str, ...], modality: str) -> lis
     return [Item(s.path, space.encode(s.labels, strict=False), s.patient or "") for s in src.samples if s.modality == modality]
 
 
-def features(encoder: torch.nn.Module, its: list[Item], pre: PreprocessConfig, cache: Path) -> FeatureDataset:
-    return FeatureDataset.compute(encoder, ImageDataset(its, pre, cache), torch.device("cpu"))
+def features(encoder: torch.nn.Module, its: list[Item], pre: PreprocessConfig, cache: Path, name: str) -> FeatureDataset:
+    return FeatureDataset.cached(cache / f"features-{name}-{pre.size}.safetensors", encoder,
+                                 ImageDataset(its, pre, cache), torch.device("cpu"))
 
 
 def probs_of(model, fds: FeatureDataset, use_sites: bool = True) -> tuple[np.ndarray, np.ndarray]:  # type: ignore[no-untyped-def]
@@ -81,10 +82,10 @@ def macro_auc(y: np.ndarray, p: np.ndarray) -> float:
 
 def train_variant(variant: str, fund: FeatureDataset, octf: FeatureDataset | None, val: FeatureDataset, out: Path,
                   seed: int, epochs: int, size: int, base_model=None) -> object:  # type: ignore[no-untyped-def]
+    torch.manual_seed(seed)  # the head's initialisation depends on the seed too
     model, meta = new_model(CLASSES, variant=variant, size=size)
     if base_model is not None:
         model.fundus.encoder.load_state_dict(base_model.fundus.encoder.state_dict())
-    torch.manual_seed(seed)
     cfg = TrainConfig(epochs=epochs, batch_size=32, lr=2e-3, seed=seed, freeze_encoder=True, augment=False, save_every=0)
     pretrain(model, fund, octf if variant == "uopsl" else None, cfg, out / "pretrain", meta)
     model, _ = finetune(model, fund, val, cfg, out / "finetune", meta,
@@ -117,12 +118,12 @@ def main() -> None:
     ref_model, _ = new_model(CLASSES, size=args.size)
     enc, oenc = ref_model.fundus.encoder, ref_model.oct.encoder  # type: ignore[union-attr]
     cache = out / "cache"
-    ftr = features(enc, items(train_src, CLASSES, "fundus"), pre, cache)
-    foct = features(oenc, items(train_src, CLASSES, "oct"), pre, cache)
-    fval = features(enc, items(val_src, CLASSES, "fundus"), pre, cache)
+    ftr = features(enc, items(train_src, CLASSES, "fundus"), pre, cache, "train")
+    foct = features(oenc, items(train_src, CLASSES, "oct"), pre, cache, "oct")
+    fval = features(enc, items(val_src, CLASSES, "fundus"), pre, cache, "val")
     test_items = items(test_src, CLASSES, "fundus")
-    ftest = features(enc, test_items, pre, cache)
-    fzs = features(enc, items(zs_src, ALL, "fundus"), pre, cache)
+    ftest = features(enc, test_items, pre, cache, "test")
+    fzs = features(enc, items(zs_src, ALL, "fundus"), pre, cache, "zeroshot")
     res: dict[str, object] = {"args": {k: str(v) for k, v in vars(args).items()}, "ablations": {}}
     log.warning("features ready after %.0f s", time.time() - t0)
 

@@ -87,18 +87,6 @@ def brightness_features(images: np.ndarray) -> np.ndarray:
     return np.asarray(out, np.float64)
 
 
-def cached_features(path: Path, encoder: torch.nn.Module, ds: ImageDataset) -> FeatureDataset:
-    """Frozen-encoder features, computed once and kept beside the results (they take the longest)."""
-    from safetensors.torch import load_file, save_file
-
-    if path.is_file():
-        return FeatureDataset(load_file(str(path))["features"], ds.targets)
-    f = FeatureDataset.compute(encoder, ds, torch.device("cpu"))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({"features": f.features.contiguous()}, str(path))
-    return f
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--tvhl", type=Path, default=Path("../shared/data/tvhl"))
@@ -126,8 +114,9 @@ def main() -> None:
     ods_img = ImageDataset(oitems, pre, out / "cache")
     if len(fds_img) != len(fitems) or len(ods_img) != len(oitems):
         raise SystemExit("some TVHL images could not be read; see the log")
-    ffeat = cached_features(out / f"features-fundus-{args.init}-{args.size}.safetensors", ref.fundus.encoder, fds_img)
-    ofeat = cached_features(out / f"features-oct-{args.init}-{args.size}.safetensors", ref.oct.encoder, ods_img)  # type: ignore[union-attr]
+    cpu = torch.device("cpu")
+    ffeat = FeatureDataset.cached(out / f"features-fundus-{args.init}-{args.size}.safetensors", ref.fundus.encoder, fds_img, cpu)
+    ofeat = FeatureDataset.cached(out / f"features-oct-{args.init}-{args.size}.safetensors", ref.oct.encoder, ods_img, cpu)  # type: ignore[union-attr]
     pooled = ffeat.features.float().mean(dim=(2, 3)).numpy()
     bright = brightness_features(np.asarray(fds_img.images))
     log.warning("features ready after %.0f s", time.time() - t0)

@@ -153,3 +153,13 @@ def test_torchrun_two_processes_end_with_identical_weights(tmp_path: Path) -> No
     assert proc.returncode == 0, proc.stderr[-3000:]
     a, b = (tmp_path / "rank0.txt").read_text(), (tmp_path / "rank1.txt").read_text()
     assert a == b
+
+
+def test_a_set_smaller_than_one_batch_still_trains(tmp_path: Path) -> None:
+    ds = tiny_dataset(tmp_path, n=6)
+    model, meta = tiny_model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    cfg = TrainConfig(epochs=1, batch_size=16, save_every=0, augment=False)
+    model, res = finetune(model, ds, None, cfg, tmp_path / "run", meta)
+    assert "loss" in res["history"][0]  # at least one optimisation step ran
+    assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items() if k.startswith("bias"))

@@ -127,8 +127,16 @@ def batches(ds: ImageDataset, order: np.ndarray, bs: int, d: Dist, start: int = 
         yield step, torch.stack(xs), torch.stack(ys)
 
 
+def epoch_length(n: int, bs: int, d: Dist) -> int:
+    """Samples drawn per epoch: the dataset, but at least one full batch on every rank.
+
+    Without the floor a few-shot set smaller than a batch would train zero steps.
+    """
+    return max(n, bs * d.world)
+
+
 def steps_per_epoch(n: int, bs: int, d: Dist) -> int:
-    return max(1, n // (bs * d.world))
+    return epoch_length(n, bs, d) // (bs * d.world)
 
 
 # -- the loop -------------------------------------------------------------------
@@ -223,10 +231,10 @@ def run_epochs(runner: StageRunner, n_items: int, epoch_fn: Callable[[int, int, 
         stats = epoch_fn(ep, runner.info["step"], bar)
         if bar is not None:
             bar.close()
-        runner.info.update(epoch=ep + 1, step=0)
-        runner.info["history"].append({"epoch": ep + 1, **stats})
         if on_epoch_end:
             on_epoch_end(ep, stats)
+        runner.info.update(epoch=ep + 1, step=0)
+        runner.info["history"].append({"epoch": ep + 1, **stats})
         runner.checkpoint()
 
 
@@ -241,7 +249,8 @@ def train_loop(runner: StageRunner, ds: ImageDataset, loss_fn: Callable[[torch.T
             for m in runner.model.modules():
                 if hasattr(m, "trunk"):
                     m.eval()  # frozen BatchNorm statistics
-        order = epoch_order(ds.targets, ep, cfg.seed, cfg.balanced, length)
+        order = epoch_order(ds.targets, ep, cfg.seed, cfg.balanced,
+                            epoch_length(length or len(ds), cfg.batch_size, runner.dist))
         sums: dict[str, float] = {}
         n = 0
         t0 = time.perf_counter()

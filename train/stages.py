@@ -24,6 +24,7 @@ from uopsl.train.loops import (
     StageRunner,
     TrainConfig,
     batches,
+    epoch_length,
     epoch_order,
     finetune_losses,
     predict,
@@ -55,6 +56,20 @@ class FeatureDataset:
                 x = torch.stack([ds[j][0] for j in range(i, min(len(ds), i + batch_size))]).to(device)
                 feats.append(encoder(x).half().cpu())
         return cls(torch.cat(feats), ds.targets)
+
+    @classmethod
+    def cached(cls, path: Path, encoder: torch.nn.Module, ds: ImageDataset, device: torch.device) -> FeatureDataset:
+        """:meth:`compute`, kept in a safetensors file so later runs (folds, ablations) skip the encoder."""
+        from safetensors.torch import load_file, save_file
+
+        if path.is_file():
+            feats = load_file(str(path))["features"]
+            if len(feats) == len(ds):
+                return cls(feats, ds.targets)
+        f = cls.compute(encoder, ds, device)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file({"features": f.features.contiguous()}, str(path))
+        return f
 
     def subset(self, idx: np.ndarray) -> FeatureDataset:
         return FeatureDataset(self.features[torch.as_tensor(idx)], self.targets[idx])
@@ -89,7 +104,8 @@ def pretrain(model: UopslModel, fundus: AnyDataset, oct_ds: AnyDataset | None, c
         oct_ds = as_features(oct_ds, model.oct.encoder, cfg, runner.device)
     loss_fn = pretrain_losses(model, cfg, features=isinstance(fundus, FeatureDataset))
     use_oct = model.config.uses_oct and oct_ds is not None
-    length = max(len(fundus), len(oct_ds) if use_oct and oct_ds is not None else 0)
+    length = epoch_length(max(len(fundus), len(oct_ds) if use_oct and oct_ds is not None else 0),
+                          cfg.batch_size, runner.dist)
 
     def epoch(ep: int, start: int, bar: Any) -> dict[str, float]:
         runner.ddp.train()
