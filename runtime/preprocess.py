@@ -67,6 +67,10 @@ class PreprocessConfig:
     fov_margin: extra border around the FOV circle, as a fraction of its radius.
     mask_outside: set pixels outside the FOV circle to black (removes flare).
     max_pixels: refuse images with more pixels than this (memory guard).
+    fast_decode: decode large JPEGs at 1/2, 1/4 or 1/8 scale (libjpeg's DCT
+        scaling) when the reduced image still covers the model input at full
+        detail (short side >= size x (1 + fov_margin)); a 12-megapixel camera JPEG then decodes several times
+        faster. Geometry stays in full-resolution coordinates.
     """
 
     size: int = 320
@@ -78,6 +82,7 @@ class PreprocessConfig:
     fov_margin: float = 0.0
     mask_outside: bool = True
     max_pixels: int = 120_000_000
+    fast_decode: bool = True
 
     def __post_init__(self) -> None:
         if not 32 <= self.size <= 4096:
@@ -176,7 +181,7 @@ class Preprocessed:
     geometry: Geometry
     original_shape: tuple[int, int, int]
     mean_intensity: float  # of the FOV in the model input, 0-255 (for the quality gate)
-    original: np.ndarray | None = None  # decoded RGB original, only when keep_original=True
+    original: np.ndarray | None = None  # decoded RGB (at the decode scale, see fast_decode), if keep_original
     # The model input before CLAHE (only when CLAHE was applied): the quality gate
     # measures exposure, contrast and sharpness on it (CLAHE inflates the last two).
     unenhanced: np.ndarray | None = None
@@ -408,6 +413,32 @@ def detect_fov(rgb: np.ndarray, threshold: float = 10.0) -> tuple[float, float, 
     return cx / scale, cy / scale, r / scale, fill, mask
 
 
+_REDUCED = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
+
+
+def _jpeg_reduction(data: bytes, cfg: PreprocessConfig) -> int:
+    """The largest JPEG DCT scale (1, 2, 4, 8) that keeps the field of view at or above the model size."""
+    if not cfg.fast_decode or data[:2] != b"\xff\xd8" or _looks_truncated(data):
+        return 1
+    size = _jpeg_size(data)
+    if size is None:
+        return 1
+    w, h = size
+    need = cfg.size * (1.0 + cfg.fov_margin)
+    # The field of view's diameter is about the short side (clipped fields: a bit more).
+    for f in (8, 4, 2):
+        if min(w, h) / f >= need and w % f == 0 and h % f == 0:
+            return f
+    return 1
+
+
+def _decode_reduced(data: bytes, scale: int, source: str | None) -> np.ndarray:
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), _REDUCED[scale])
+    if img is None or img.ndim != 3:
+        raise ImageDecodeError(f"not a decodable JPEG ({len(data)} bytes)", source=source)
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
 def preprocess(
     data: bytes | np.ndarray,
     config: PreprocessConfig | None = None,
@@ -431,8 +462,12 @@ def preprocess(
         elif rgb.ndim != 3 or rgb.shape[2] != 3:
             raise ImageDecodeError(f"expected an HxWx3 RGB array, got shape {rgb.shape}", source=source)
         rgb = _to_uint8(rgb)
+        scale = 1
     else:
-        rgb = decode(data, source=source, max_pixels=cfg.max_pixels)
+        scale = _jpeg_reduction(data, cfg)
+        if scale > 1:
+            _check_pixels(*(_jpeg_size(data) or (0, 0)), cfg.max_pixels, source)
+        rgb = decode(data, source=source, max_pixels=cfg.max_pixels) if scale == 1 else _decode_reduced(data, scale, source)
     h, w = rgb.shape[:2]
     if min(h, w) < MIN_DECODE_SIDE:
         raise ImageTooSmallError(
@@ -454,9 +489,10 @@ def preprocess(
         crop[dy0 : dy0 + ch, dx0 : dx0 + cw] = rgb[sy0 : sy0 + ch, sx0 : sx0 + cw]
     interp = cv2.INTER_AREA if side > cfg.size else cv2.INTER_LINEAR
     out = cv2.resize(crop, (cfg.size, cfg.size), interpolation=interp)
+    # Geometry in the original's full-resolution pixels, whatever scale was decoded.
     geom = Geometry(
-        orig_h=h, orig_w=w, cx=cx, cy=cy, radius=r, x0=x0, y0=y0, side=side,
-        size=cfg.size, fov_found=bool(found), fov_fill=float(fill),
+        orig_h=h * scale, orig_w=w * scale, cx=cx * scale, cy=cy * scale, radius=r * scale, x0=x0 * scale,
+        y0=y0 * scale, side=side * scale, size=cfg.size, fov_found=bool(found), fov_fill=float(fill),
     )
     # FOV statistics on the model input (cheap) rather than the full original.
     fov = geom.fov_mask().view(np.uint8)
@@ -475,7 +511,7 @@ def preprocess(
     return Preprocessed(
         image=np.ascontiguousarray(out),
         geometry=geom,
-        original_shape=(h, w, 3),
+        original_shape=(h * scale, w * scale, 3),
         mean_intensity=mean_intensity,
         original=rgb if keep_original else None,
         unenhanced=unenhanced,

@@ -309,3 +309,21 @@ def test_geometry_is_frozen() -> None:
     assert isinstance(g, Geometry)
     with pytest.raises(AttributeError):
         g.cx = 0.0  # type: ignore[misc]
+
+
+def test_large_jpeg_fast_decode_matches_full_decode() -> None:
+    """A camera-sized JPEG decoded at 1/8 scale gives nearly the same model input and the same geometry."""
+    import cv2
+
+    from imagekit import draw_fake_fundus
+    from uopsl.runtime.preprocess import PreprocessConfig, preprocess
+
+    big = cv2.resize(draw_fake_fundus(512, seed=3), (2880, 2560), interpolation=cv2.INTER_CUBIC)
+    data = cv2.imencode(".jpg", cv2.cvtColor(big, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 92])[1].tobytes()
+    fast = preprocess(data, PreprocessConfig(size=320))
+    full = preprocess(data, PreprocessConfig(size=320, fast_decode=False))
+    assert fast.original_shape == full.original_shape == (2560, 2880, 3)
+    g, h = fast.geometry, full.geometry
+    assert abs(g.cx - h.cx) <= 8 and abs(g.cy - h.cy) <= 8 and abs(g.radius - h.radius) <= 8
+    diff = np.abs(fast.image.astype(np.int16) - full.image.astype(np.int16))
+    assert diff.mean() < 2.0, diff.mean()  # DCT-domain scaling vs area resampling: sub-grey-level on average
