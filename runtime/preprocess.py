@@ -28,6 +28,7 @@ from typing import Literal
 import cv2
 import numpy as np
 
+from uopsl.runtime.configs import config_from_dict
 from uopsl.runtime.errors import (
     ConfigError,
     ImageDecodeError,
@@ -103,13 +104,7 @@ class PreprocessConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, object]) -> PreprocessConfig:
-        known = {f for f in cls.__dataclass_fields__}
-        unknown = set(d) - known
-        if unknown:
-            raise ConfigError(
-                f"unknown preprocessing parameters {sorted(unknown)}; expected a subset of {sorted(known)}"
-            )
-        return cls(**d)  # type: ignore[arg-type]
+        return config_from_dict(cls, d, "preprocessing")
 
 
 @dataclass(frozen=True)

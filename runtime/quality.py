@@ -58,6 +58,7 @@ from typing import Callable
 import cv2
 import numpy as np
 
+from uopsl.runtime.configs import config_from_dict
 from uopsl.runtime.errors import ConfigError, ImageError
 from uopsl.runtime.preprocess import Preprocessed
 
@@ -173,13 +174,7 @@ class QualityConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, object]) -> QualityConfig:
-        known = set(cls.__dataclass_fields__)
-        unknown = set(d) - known
-        if unknown:
-            raise ConfigError(
-                f"unknown quality parameters {sorted(unknown)}; expected a subset of {sorted(known)}"
-            )
-        return cls(**d)  # type: ignore[arg-type]
+        return config_from_dict(cls, d, "quality")
 
 
 @dataclass(frozen=True)

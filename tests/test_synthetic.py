@@ -224,7 +224,7 @@ def test_config_round_trips_through_json():
     cfg = sy.SynthConfig(size=128, classes=("dr", "rp"), seed=5, oct_width=200)
     back = sy.SynthConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
     assert back == cfg and back.oct_shape == (round(200 * 7 / 16), 200)
-    with pytest.raises(ConfigError, match="unknown synthetic config keys"):
+    with pytest.raises(ConfigError, match="unknown synthetic config parameters"):
         sy.SynthConfig.from_dict({"sise": 3})
 
 

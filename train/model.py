@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Literal
 
 import numpy as np
@@ -301,13 +301,3 @@ class DeployModel(nn.Module):
             logits = scores.squeeze(-1).transpose(0, 1) + self.bias
         probs = torch.sigmoid(logits) if self.head == "sigmoid" else logits.softmax(dim=-1)
         return probs, logits, maps.reshape(-1, k, h, w)
-
-
-@dataclass(frozen=True)
-class ClassBank:
-    """Names, descriptions, raw text prototypes and which classes were seen in training."""
-
-    names: tuple[str, ...]
-    phrases: tuple[tuple[str, ...], ...]
-    text: np.ndarray = field(repr=False)
-    seen: tuple[bool, ...] = ()

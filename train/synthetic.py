@@ -57,6 +57,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from uopsl.runtime.configs import config_from_dict
 from uopsl.runtime.errors import ConfigError
 from uopsl.runtime.fsio import atomic_open, write_bytes, write_json
 from uopsl.runtime.optional import available
@@ -188,11 +189,7 @@ class SynthConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> SynthConfig:
-        known = set(cls.__dataclass_fields__)
-        unknown = set(d) - known
-        if unknown:
-            raise ConfigError(f"unknown synthetic config keys {sorted(unknown)}; expected a subset of {sorted(known)}")
-        return cls(**dict(d))
+        return config_from_dict(cls, d, "synthetic config")
 
 
 @dataclass(frozen=True)
