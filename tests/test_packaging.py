@@ -1,0 +1,32 @@
+"""A plain (non-editable) install ships every module of the four code folders, and the runtime stays light."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+FOLDERS = {"runtime": "uopsl/runtime", "calibration": "uopsl/calibration", "export": "uopsl/export", "train": "uopsl/train"}
+
+
+def test_wheel_contains_every_module(tmp_path: Path) -> None:
+    import pytest
+
+    pytest.importorskip("setuptools", reason="building the wheel without isolation needs setuptools installed")
+    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                           "-w", str(tmp_path), str(ROOT)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    wheel = next(tmp_path.glob("uopsl-*.whl"))
+    names = set(zipfile.ZipFile(wheel).namelist())
+    missing = []
+    for folder, pkg in FOLDERS.items():
+        for py in (ROOT / folder).rglob("*.py"):
+            rel = py.relative_to(ROOT / folder).as_posix()
+            if f"{pkg}/{rel}" not in names:
+                missing.append(f"{folder}/{rel}")
+    assert not missing, f"not packaged (add the sub-package to pyproject.toml): {missing}"
+    entry = next(n for n in names if n.endswith("entry_points.txt"))
+    text = zipfile.ZipFile(wheel).read(entry).decode()
+    assert "uopsl = uopsl.train.cli:main" in text and "uopsl-screen = uopsl.runtime.cli:main" in text
