@@ -105,6 +105,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=15)
     ap.add_argument("--shots", default="5,20")
     ap.add_argument("--shot-seeds", type=int, default=3)
+    ap.add_argument("--parts", default="ablations,zeroshot,fewshot",
+                    help="which experiments to run (comma-separated subset)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     t0 = time.time()
@@ -123,12 +125,13 @@ def main() -> None:
     fval = features(enc, items(val_src, CLASSES, "fundus"), pre, cache, "val")
     test_items = items(test_src, CLASSES, "fundus")
     ftest = features(enc, test_items, pre, cache, "test")
-    fzs = features(enc, items(zs_src, ALL, "fundus"), pre, cache, "zeroshot")
+    fzs = features(enc, items(zs_src, ALL, "fundus"), pre, cache, "zeroshot") if "zeroshot" in args.parts else None
     res: dict[str, object] = {"args": {k: str(v) for k, v in vars(args).items()}, "ablations": {}}
     log.warning("features ready after %.0f s", time.time() - t0)
 
+    parts = set(args.parts.split(","))
     models = {}
-    for variant in ("fundus_only", "p_only", "uopsl"):
+    for variant in ("fundus_only", "p_only", "uopsl") if parts & {"ablations", "zeroshot"} else ():
         m = train_variant(variant, ftr, foct, fval, out / variant, s, args.epochs, args.size, ref_model)
         models[variant] = m
         p, maps = probs_of(m, ftest)
@@ -144,7 +147,7 @@ def main() -> None:
 
     zbank = banks.build(ALL, seen=CLASSES)
     zs = {}
-    for variant in ("p_only", "uopsl"):
+    for variant in ("p_only", "uopsl") if "zeroshot" in parts else ():
         zm = models[variant].with_classes(ALL, zbank.text, seen_names=CLASSES)  # type: ignore[attr-defined]
         row = {}
         for label, use in (("site_attention", True), ("no_site_attention", False)):
@@ -156,7 +159,7 @@ def main() -> None:
     log.warning("zero-shot: %s", zs)
 
     few: dict[str, dict[str, list[float]]] = {}
-    for n in [int(x) for x in args.shots.split(",")]:
+    for n in [int(x) for x in args.shots.split(",")] if "fewshot" in parts else []:
         for seed in range(args.shot_seeds):
             idx = data.take_shots([x for x in train_src.samples if x.modality == "fundus"], n, seed=seed, classes=CLASSES)
             sub = ftr.subset(np.asarray(idx))
