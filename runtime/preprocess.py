@@ -69,9 +69,9 @@ class PreprocessConfig:
     mask_outside: set pixels outside the FOV circle to black (removes flare).
     max_pixels: refuse images with more pixels than this (memory guard).
     fast_decode: decode large JPEGs at 1/2, 1/4 or 1/8 scale (libjpeg's DCT
-        scaling) when the reduced image still covers the model input at full
-        detail (short side >= size x (1 + fov_margin)); a 12-megapixel camera JPEG then decodes several times
-        faster. Geometry stays in full-resolution coordinates.
+        scaling) when the reduced image keeps a short side of at least twice
+        the model size (x (1 + fov_margin)); a 10-megapixel camera JPEG then
+        decodes several times faster. Geometry stays in full-resolution pixels.
     """
 
     size: int = 320
@@ -412,14 +412,17 @@ _REDUCED = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2
 
 
 def _jpeg_reduction(data: bytes, cfg: PreprocessConfig) -> int:
-    """The largest JPEG DCT scale (1, 2, 4, 8) that keeps the field of view at or above the model size."""
+    """The largest JPEG DCT scale (1, 2, 4, 8) that keeps the field of view at >= 2x the model size."""
     if not cfg.fast_decode or data[:2] != b"\xff\xd8" or _looks_truncated(data):
         return 1
     size = _jpeg_size(data)
     if size is None:
         return 1
     w, h = size
-    need = cfg.size * (1.0 + cfg.fov_margin)
+    # Keep at least 2x the model size across the field of view, so the final
+    # area resize still averages 2x2 decoded pixels per model pixel: detail
+    # measures (the quality gate's sharpness) then do not depend on the scale.
+    need = 2 * cfg.size * (1.0 + cfg.fov_margin)
     # The field of view's diameter is about the short side (clipped fields: a bit more).
     for f in (8, 4, 2):
         if min(w, h) / f >= need and w % f == 0 and h % f == 0:

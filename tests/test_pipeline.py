@@ -84,8 +84,11 @@ def test_screen_accepts_path_bytes_and_array(tmp_path: Path, screener: Screener)
     by_path = screener.screen(p)
     by_bytes = screener.screen(p.read_bytes())
     by_array = screener.screen(cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB))
-    assert by_path.probs == pytest.approx(by_bytes.probs)
-    assert by_path.probs == pytest.approx(by_array.probs)
+    assert by_path.probs == pytest.approx(by_bytes.probs, abs=0)  # same bytes, same decoder
+    # An array arrives decoded at full resolution, while a large-enough JPEG file is decoded at
+    # reduced DCT scale (PreprocessConfig.fast_decode): the model input differs by a fraction of
+    # a grey level, so the probabilities agree closely but not bit for bit.
+    assert by_path.probs == pytest.approx(by_array.probs, abs=2e-3)
     assert by_bytes.key.startswith("sha1:")
     fundus_jpeg(tmp_path / "b.jpg", seed=3)
     with pytest.raises(ConfigError, match="screen_many"):
