@@ -65,6 +65,7 @@ import logging
 import math
 import os
 import platform
+import shutil
 import sys
 import time
 from dataclasses import replace
@@ -299,11 +300,38 @@ def export_bundle(ckpt: Path, bundle: Path) -> dict[str, Any]:
     return info
 
 
+def pixel_probe(paths: list[Path], cfg: Any, n: int = 4) -> str:
+    """sha256 of the preprocessed pixels of the first ``n`` images: it changes when the preprocessing CODE does.
+
+    The calibration-set and validation caches are keyed by file identity and the
+    preprocessing parameters, not by the preprocessing code, so a code change
+    (e.g. the JPEG reduced-decoding rule) would otherwise reuse stale pixels and outputs.
+    """
+    h = hashlib.sha256()
+    for p in paths[:n]:
+        try:
+            h.update(preprocess_file(p, cfg).image.tobytes())
+        except UopslError as exc:
+            h.update(type(exc).__name__.encode())
+    return h.hexdigest()
+
+
+def probe_changed(stamp: Path, probe: str) -> bool:
+    """True when ``stamp`` (written after the cached work completed) holds another probe, or none."""
+    old = read_json(stamp)
+    return not old or old.get("pixel_probe") != probe
+
+
 def calibration_set(train_dir: Path, manifest: Manifest, n: int, seed: int, cache: Path) -> CalibrationSet:
     src = data.read_synthetic(train_dir, modality="fundus")
-    return build_calibration_set([s.path for s in src.samples], manifest.preprocess,
-                                 labels=["+".join(s.labels) or "none" for s in src.samples], max_images=n, seed=seed,
-                                 cache=cache, show_progress=False)
+    stamp, probe = cache.with_suffix(".probe.json"), pixel_probe([s.path for s in src.samples], manifest.preprocess)
+    if probe_changed(stamp, probe):
+        cache.unlink(missing_ok=True)
+    cal = build_calibration_set([s.path for s in src.samples], manifest.preprocess,
+                                labels=["+".join(s.labels) or "none" for s in src.samples], max_images=n, seed=seed,
+                                cache=cache, show_progress=False)
+    write_json(stamp, {"pixel_probe": probe})
+    return cal
 
 
 def calibration_tables(model_path: Path, cal: CalibrationSet, folder: Path) -> tuple[dict[str, CalibrationTable], float]:
@@ -445,18 +473,33 @@ def cached_outputs(out_dir: Path, records: list[ImageRecord], batch_size: int, s
 
 
 def vs_fp32_figures(bundle: Path, out_dir: Path, records: list[ImageRecord], space: tuple[str, ...] | None,
-                    cfg: ValidateConfig, int8_sources: list[str], fp32_source: str) -> dict[str, dict[str, Any]]:
-    """INT8 vs the ORT FP32 file, scored like the validation (labels, or FP32's own decisions, as truth)."""
+                    cfg: ValidateConfig, int8_sources: list[str], fp32_source: str
+                    ) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    """INT8 vs the ORT FP32 file, scored like the validation (labels, or FP32's own decisions, as truth).
+
+    Also returns how the reference's probabilities sit around the operating
+    thresholds: when they crowd a threshold, a small INT8 error flips many
+    decisions, so the flip figures say more about the model than the quantizer.
+    """
     manifest = read_manifest(bundle)
-    ids, labels, outs = cached_outputs(out_dir, records, cfg.batch_size, [fp32_source, *int8_sources])
+    ids, labels, outs = cached_outputs(out_dir, records, cfg.batch_size, ["ref", fp32_source, *int8_sources])
     base = outs[fp32_source]
     if space is not None:
         truth = truth_from_labels(manifest, [lab or () for lab in labels], space)
     else:
         truth = truth_from_reference(manifest, base["probs"])
-    return {s: figures(numerical(base, outs[s]), clinical(manifest, truth, base["probs"], outs[s]["probs"], ids,
+    figs = {s: figures(numerical(base, outs[s]), clinical(manifest, truth, base["probs"], outs[s]["probs"], ids,
                                                           n_boot=0, seed=cfg.seed))
             for s in int8_sources}
+    ref = outs["ref"]["probs"]
+    q = np.percentile(ref, [5, 50, 95], axis=0)
+    spread = {
+        "per_class": {c.name: {"p5": q[0, k], "p50": q[1, k], "p95": q[2, k], "threshold": c.threshold}
+                      for k, c in enumerate(manifest.classes)},
+        "widest_p5_p95": float((q[2] - q[0]).max()),
+        "share_within_0.01_of_a_threshold": float((np.abs(ref - manifest.thresholds[None, :]) < 0.01).any(1).mean()),
+    }
+    return figs, jsonable(spread)
 
 
 # -- one model ------------------------------------------------------------------------------------------
@@ -479,13 +522,17 @@ def run_model(name: str, ckpt: Path, mdir: Path, args: argparse.Namespace,
     for dname, (records, space, description) in eval_sets.items():
         out_dir = mdir / f"validate_{dname}"
         t0 = time.time()
+        stamp, probe = mdir / f"validate_{dname}.probe.json", pixel_probe([r.path for r in records], manifest.preprocess)
+        if probe_changed(stamp, probe):
+            shutil.rmtree(out_dir / ".parity-cache", ignore_errors=True)  # outputs of other pixels
         rep = validate_bundle(bundle, reference, records, out_dir, vcfg, label_space=space,
                               context={"model": name, "data": description, "seed": args.seed,
                                        "command": " ".join(sys.argv)}).report
+        write_json(stamp, {"pixel_probe": probe})
         seconds = round(time.time() - t0, 1)
         fp32 = next(c["name"] for c in rep["candidates"] if c["precision"] == "fp32")
         int8 = [c["name"] for c in rep["candidates"] if c["precision"] != "fp32" and not c.get("error")]
-        vs = vs_fp32_figures(bundle, out_dir, records, space, vcfg, int8, fp32)
+        vs, spread = vs_fp32_figures(bundle, out_dir, records, space, vcfg, int8, fp32)
         rows = []
         for c in rep["candidates"]:
             row: dict[str, Any] = {"candidate": c["file"], "precision": c["precision"]}
@@ -502,7 +549,8 @@ def run_model(name: str, ckpt: Path, mdir: Path, args: argparse.Namespace,
             rows.append(row)
         res["datasets"][dname] = {"description": description, "truth": rep["data"]["truth"],
                                   "n_used": rep["data"]["n_used"], "n_skipped": rep["data"]["n_skipped"],
-                                  "report": str(out_dir / "parity.json"), "seconds": seconds, "rows": rows}
+                                  "report": str(out_dir / "parity.json"), "seconds": seconds,
+                                  "reference_probabilities": spread, "rows": rows}
         log.info("%s / %s: validated in %.0f s", name, dname, seconds)
     return res
 
@@ -545,6 +593,13 @@ def markdown(matrix: dict[str, Any]) -> str:
                     f"| {f['max_abs_prob_diff']:.2e} | {_pct(f['top1_agreement'])} | {auc} "
                     f"| {f['flips']} ({_pct(f['flip_rate'])}) | {vs} | {verdict} "
                     f"| {'PASS' if r['validate_passed'] else 'FAIL'} |")
+    lines += ["", "| model | data | reference probs: widest p5-p95 band of a class "
+                  "| images with a probability within 0.01 of its threshold |", "|---|---|---|---|"]
+    for mname, m in matrix["models"].items():
+        for dname, d in m.get("datasets", {}).items():
+            sp = d["reference_probabilities"]
+            lines.append(f"| {mname} | {dname} | {sp['widest_p5_p95']:.3f} "
+                         f"| {_pct(sp['share_within_0.01_of_a_threshold'])} |")
     return "\n".join(lines)
 
 
