@@ -39,7 +39,7 @@ import numpy as np
 from uopsl.runtime.errors import ConfigError, DataError, ImageError
 from uopsl.runtime.fsio import atomic_open
 from uopsl.runtime.optional import available
-from uopsl.runtime.preprocess import PreprocessConfig, preprocess, read_bytes
+from uopsl.runtime.preprocess import PREPROCESS_VERSION, PreprocessConfig, preprocess, read_bytes
 
 log = logging.getLogger(__name__)
 
@@ -263,6 +263,7 @@ def _request_key(paths: Sequence[Path], labels: Sequence[str] | None, cfg: Prepr
             entries.append([str(p), -1, -1])
     blob = json.dumps(
         {"files": entries, "labels": list(labels) if labels is not None else None, "preprocess": cfg.to_dict(),
+         "preprocess_version": PREPROCESS_VERSION,
          "max_images": max_images, "seed": seed, "require_fov": require_fov},
         sort_keys=True,
     )

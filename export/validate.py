@@ -69,7 +69,7 @@ from uopsl.runtime.errors import BundleError, ConfigError, UopslError
 from uopsl.runtime.fsio import write_bytes, write_json, write_text
 from uopsl.runtime.metrics import roc_curve
 from uopsl.runtime.optional import available
-from uopsl.runtime.preprocess import PreprocessConfig, preprocess, read_bytes
+from uopsl.runtime.preprocess import PREPROCESS_VERSION, PreprocessConfig, preprocess, read_bytes
 from uopsl.runtime.version import __version__
 
 log = logging.getLogger(__name__)
@@ -524,7 +524,7 @@ def validate_bundle(
     fingerprint = getattr(reference, "fingerprint", "")
     key = None
     if cfg.resume and fingerprint:
-        key = {"version": __version__, "files": {f.path: f.sha256 for f in manifest.files},
+        key = {"version": __version__, "preprocess_version": PREPROCESS_VERSION, "files": {f.path: f.sha256 for f in manifest.files},
                "reference": fingerprint, "images": [[r.id, *_file_key(r.path)] for r in images],
                "preprocess": manifest.preprocess.to_dict(), "reference_preprocess": ref_pre.to_dict() if ref_pre is not None and diffs else None,
                "candidates": [s.name for s in specs], "batch_size": cfg.batch_size}

@@ -37,6 +37,10 @@ from uopsl.runtime.errors import (
     ImageTooSmallError,
 )
 
+# Bumped whenever the same input bytes and parameters give other pixels (caches of
+# preprocessed images key on it): 2 = reduced-scale JPEG decoding.
+PREPROCESS_VERSION = 2
+
 # A decoded image smaller than this on its short side cannot hold a fundus.
 MIN_DECODE_SIDE = 16
 # Work on a copy at most this large for FOV detection (speed; the fit is sub-pixel anyway).

@@ -21,7 +21,7 @@ from torch.utils.data import Dataset
 
 from uopsl.runtime.errors import DataError, ImageError
 from uopsl.runtime.fsio import atomic_open
-from uopsl.runtime.preprocess import PreprocessConfig, preprocess_file
+from uopsl.runtime.preprocess import PREPROCESS_VERSION, PreprocessConfig, preprocess_file
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,8 @@ def _progress(it, total: int, desc: str):  # type: ignore[no-untyped-def]
 def cache_images(paths: Sequence[Path], pre: PreprocessConfig, cache_dir: Path | None) -> tuple[np.ndarray, np.ndarray]:
     """Preprocess ``paths``; returns (images (N, S, S, 3) uint8, ok (N,) bool)."""
     key = hashlib.sha256(
-        json.dumps([[str(p), p.stat().st_size if p.exists() else -1] for p in paths] + [pre.to_dict()]).encode()
+        json.dumps([[str(p), p.stat().st_size if p.exists() else -1] for p in paths]
+                   + [pre.to_dict(), PREPROCESS_VERSION]).encode()
     ).hexdigest()[:20]
     if cache_dir is not None:
         img_file, ok_file = cache_dir / f"img-{key}.npy", cache_dir / f"ok-{key}.npy"

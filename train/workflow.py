@@ -157,6 +157,9 @@ def run_export(ckpt: Path, out: Path, classes_file: str | Path | None = None, op
     from uopsl.export.onnx_export import export_onnx
 
     model, meta = load_model(ckpt)
+    if not meta.thresholds:
+        log.warning("%s stores no operating thresholds (not fine-tuned with validation data?); "
+                    "exporting with 0.5 for every class", ckpt)
     thresholds = list(meta.thresholds or [0.5] * model.num_classes)
     referable = list(meta.referable or [c != "normal" for c in model.config.classes])
     phrases = list(meta.phrases)
