@@ -101,16 +101,6 @@ class ModelFileBackend(Backend):
         self.path = Path(path)
         self.threads = threads
         self._precision = precision
-        self._inputs: tuple[TensorSpec, ...] = ()
-        self._outputs: tuple[TensorSpec, ...] = ()
-
-    @property
-    def inputs(self) -> tuple[TensorSpec, ...]:
-        return self._inputs
-
-    @property
-    def outputs(self) -> tuple[TensorSpec, ...]:
-        return self._outputs
 
     @property
     def precision(self) -> str:

@@ -35,6 +35,9 @@ class Backend(abc.ABC):
 
     def __init__(self) -> None:
         self._active = False
+        # Filled by ``load`` from the model file; the metadata properties read them.
+        self._inputs: tuple[TensorSpec, ...] = ()
+        self._outputs: tuple[TensorSpec, ...] = ()
 
     # -- lifecycle ---------------------------------------------------------
     @abc.abstractmethod
@@ -60,12 +63,12 @@ class Backend(abc.ABC):
 
     # -- metadata ----------------------------------------------------------
     @property
-    @abc.abstractmethod
-    def inputs(self) -> tuple[TensorSpec, ...]: ...
+    def inputs(self) -> tuple[TensorSpec, ...]:
+        return self._inputs
 
     @property
-    @abc.abstractmethod
-    def outputs(self) -> tuple[TensorSpec, ...]: ...
+    def outputs(self) -> tuple[TensorSpec, ...]:
+        return self._outputs
 
     @property
     def precision(self) -> str:

@@ -200,14 +200,6 @@ class TensorRTBackend(Backend):
 
     # -- metadata ------------------------------------------------------------------------------
     @property
-    def inputs(self) -> tuple[TensorSpec, ...]:
-        return self._inputs
-
-    @property
-    def outputs(self) -> tuple[TensorSpec, ...]:
-        return self._outputs
-
-    @property
     def precision(self) -> str:
         return self.header.precision if self.header is not None else "unknown"
 
