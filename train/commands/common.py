@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
-import numpy as np
 
 from uopsl.runtime.errors import ConfigError
 from uopsl.train import data
@@ -132,7 +131,3 @@ def train_options(f: Callable[..., Any]) -> Callable[..., Any]:
     for o in reversed(opts):
         f = o(f)
     return f
-
-
-def targets_array(items: Sequence["Item"]) -> np.ndarray:
-    return np.stack([it.target for it in items]) if items else np.zeros((0, 0), np.float32)
