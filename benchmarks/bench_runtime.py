@@ -125,7 +125,7 @@ def _quantize(fp32: Path, out: Path, calib: np.ndarray) -> None:
 
     cset = CalibrationSet.from_images(calib, PreprocessConfig(size=calib.shape[1]))
     table = collect_statistics(fp32, cset, show_progress=False).table("minmax")
-    quantize_model(fp32, table, out, QuantizeConfig(variant="cpu"), show_progress=False)
+    quantize_model(fp32, table, out, QuantizeConfig(variant="cpu"), calib_set=cset, show_progress=False)
 
 
 # -- measurements ----------------------------------------------------------------------------

@@ -245,19 +245,21 @@ from uopsl.calibration.ranges import calibrate
 from uopsl.export.quantize import QuantizeConfig, quantize_model
 int8 = {}
 try:
-    table = calibrate(bundle / "model.onnx", CalibrationSet.from_images(x, pre), method="entropy", show_progress=False)
+    cset = CalibrationSet.from_images(x, pre)
+    table = calibrate(bundle / "model.onnx", cset, method="entropy", show_progress=False)
     table.save(bundle / "calibration.json")
     add_file(bundle, None, "calibration.json", "calibration")
     for variant, name in (("cpu", "model.int8.onnx"), ("trt", "model.int8.trt.onnx")):
         t1 = time.time()
         try:
             try:
-                res = quantize_model(bundle / "model.onnx", table, bundle / name, QuantizeConfig(variant), show_progress=False)
+                res = quantize_model(bundle / "model.onnx", table, bundle / name, QuantizeConfig(variant),
+                                     calib_set=cset, show_progress=False)
                 note = "default exclusions"
             except Exception as exc:
                 # known: the deployed graph's Mul by a Constant node has no range; keep Mul in float and say so
                 res = quantize_model(bundle / "model.onnx", table, bundle / name,
-                                     QuantizeConfig(variant, exclude=("Mul",)), show_progress=False)
+                                     QuantizeConfig(variant, exclude=("Mul",)), calib_set=cset, show_progress=False)
                 note = f"default failed ({type(exc).__name__}: {str(exc)[:200]}); retried with --exclude Mul"
             add_file(bundle, None, name, "onnx", res.precision, info=res.manifest_info())
             int8[name] = {"precision": res.precision, "note": note, "seconds": round(time.time() - t1, 1)}

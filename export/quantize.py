@@ -28,6 +28,15 @@ neighbours' dequantized copies (otherwise ONNX Runtime would fuse
 DQ -> node -> Q into an integer kernel anyway), and a Relu/Clip feeding it
 stays in the graph instead of being folded into a u8 range.
 
+Two defaults make INT8 keep the FP32 model's decisions (docs/results.md,
+section 4, has the figures):
+
+* ``float_head``: the layers after the encoder (``@head``) stay float; they
+  cost a few percent of the compute;
+* ``bias_correction``: after quantization each layer's per-channel output
+  mean is corrected on the calibration images
+  (:mod:`uopsl.export.bias_correction`).
+
 ``--auto-exclude N`` runs a per-layer sensitivity pass: each compute layer is
 quantized alone, the model is run on (a subset of) the calibration set, and
 the error of its outputs against FP32 is measured; the N most harmful layers
@@ -48,6 +57,7 @@ from typing import Any, Literal
 import numpy as np
 
 from uopsl.calibration.dataset import CalibrationSet, progress
+from uopsl.export.bias_correction import correct_biases
 from uopsl.calibration.table import CalibrationTable
 from uopsl.runtime.errors import BackendError, ConfigError
 from uopsl.runtime.fsio import sha256_file, write_bytes
@@ -58,6 +68,10 @@ log = logging.getLogger(__name__)
 Variant = Literal["cpu", "trt"]
 VARIANTS: tuple[str, ...] = ("cpu", "trt")
 PRECISION: dict[str, str] = {"cpu": "int8-qdq-u8", "trt": "int8-qdq-s8"}
+# ``uopsl export`` names every node of the image encoder ``/trunk/...`` (the
+# DeployModel attribute); the compute nodes after it form the head group.
+TRUNK_PREFIX = "/trunk/"
+HEAD_GROUP = "@head"
 MAX_OPSET = 20  # highest opset both ONNX Runtime static INT8 and TensorRT 8.5+ parse
 # Ops whose quantization changes arithmetic (the candidates of the sensitivity pass).
 # Data-movement ops (Reshape, Transpose, ...) only inherit their neighbours' encoding.
@@ -79,6 +93,13 @@ class QuantizeConfig:
     sensitivity_images: images of the calibration set used by the sensitivity
         pass (a seeded subset; it runs the model once per candidate layer).
     reduce_range: 7-bit weights, for x86 CPUs without VNNI (see ONNX Runtime docs).
+    float_head: keep the layers after the encoder (``HEAD_GROUP``: token
+        projection, site attention, prototype head) in float. They are a few
+        percent of the compute, and the prototype head's ``tau * cos`` turns
+        their rounding into large probability changes.
+    bias_correction: empirical bias correction on the calibration images
+        (:mod:`uopsl.export.bias_correction`); needs ``calib_set``.
+    correction_images: images of the calibration set used by the correction.
     """
 
     variant: str = "cpu"
@@ -87,6 +108,9 @@ class QuantizeConfig:
     auto_exclude: int = 0
     sensitivity_images: int = 32
     reduce_range: bool = False
+    float_head: bool = True
+    bias_correction: bool = True
+    correction_images: int = 64
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
@@ -95,6 +119,8 @@ class QuantizeConfig:
             raise ConfigError(f"auto_exclude must be >= 0, got {self.auto_exclude}")
         if self.sensitivity_images < 1:
             raise ConfigError(f"sensitivity_images must be >= 1, got {self.sensitivity_images}")
+        if self.correction_images < 1:
+            raise ConfigError(f"correction_images must be >= 1, got {self.correction_images}")
         if self.variant == "trt" and self.reduce_range:
             raise ConfigError("reduce_range (7-bit weights) is for x86 CPUs; the trt variant uses full s8 weights")
         object.__setattr__(self, "exclude", tuple(self.exclude))
@@ -132,6 +158,8 @@ class QuantizeResult:
     set_fingerprint: str
     quantize_nodes: int
     sha256: str
+    float_head: tuple[str, ...] = ()
+    bias_corrected: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -143,6 +171,8 @@ class QuantizeResult:
             "per_channel": self.per_channel,
             "excluded_nodes": list(self.excluded_nodes),
             "auto_excluded": list(self.auto_excluded),
+            "float_head": bool(self.float_head),
+            "bias_corrected_layers": self.bias_corrected,
             "calibration_method": self.calibration_method,
             "calibration_percentile": self.calibration_percentile,
             "calibration_fingerprint": self.set_fingerprint,
@@ -203,13 +233,28 @@ def _drop_unused_initializers(model: Any, candidates: set[str] | None = None) ->
         graph.initializer.remove(init)
 
 
+def head_nodes(model: Any) -> tuple[str, ...]:
+    """Compute nodes after the encoder of a model written by ``uopsl export`` (empty for other models)."""
+    nodes = list(model.graph.node)
+    if not any(n.name.startswith(TRUNK_PREFIX) for n in nodes):
+        return ()
+    first_trunk = min(i for i, n in enumerate(nodes) if n.name.startswith(TRUNK_PREFIX))
+    return tuple(n.name for i, n in enumerate(nodes)
+                 if i > first_trunk and n.op_type in LAYER_OPS and not n.name.startswith(TRUNK_PREFIX))
+
+
 def resolve_exclusions(model: Any, items: Iterable[str]) -> tuple[str, ...]:
-    """Node names for ``items`` (each a node name or an op type); unknown items are an error."""
+    """Node names for ``items`` (each a node name, an op type or ``@head``); unknown items are an error."""
     nodes = list(model.graph.node)
     names = {n.name for n in nodes}
     out: list[str] = []
     for item in items:
-        if item in names:
+        if item == HEAD_GROUP:
+            matched = list(head_nodes(model))
+            if not matched:
+                raise ConfigError(f"--exclude {HEAD_GROUP}: this model has no encoder nodes named "
+                                  f"{TRUNK_PREFIX}... (it was not written by `uopsl export`), so its head is unknown")
+        elif item in names:
             matched = [item]
         else:
             matched = [n.name for n in nodes if n.op_type == item]
@@ -458,7 +503,8 @@ def quantize_model(
     """Write the INT8 QDQ model for ``config.variant`` to ``out`` (atomically) and describe it.
 
     ``table`` must have been measured on this very model (sha256 checked).
-    ``calib_set`` is needed only for ``config.auto_exclude > 0``.
+    ``calib_set`` (the calibration images) is needed for ``config.auto_exclude > 0``
+    and for ``config.bias_correction``.
     """
     onnx = require("onnx", "INT8 quantization")
     path = Path(model)
@@ -473,6 +519,15 @@ def quantize_model(
     if covered == 0:
         raise ConfigError(f"the calibration table holds no range for any tensor of {path}; recalibrate it")
     requested = resolve_exclusions(prepared, config.exclude)
+    if config.bias_correction and calib_set is None:
+        raise ConfigError(
+            "bias correction needs the calibration images: pass them (`uopsl quantize --images DIR`, or "
+            "calib_set=...) or turn it off (--no-bias-correction / QuantizeConfig(bias_correction=False))"
+        )
+    head = head_nodes(prepared) if config.float_head else ()
+    if config.float_head and not head:
+        log.info("%s has no encoder nodes named %s...; float_head keeps nothing in float", path, TRUNK_PREFIX)
+    requested += tuple(h for h in head if h not in requested)
     sens: list[LayerSensitivity] = []
     auto: tuple[str, ...] = ()
     if config.auto_exclude:
@@ -488,6 +543,10 @@ def quantize_model(
         log.info("auto-excluded (most sensitive) layers: %s", ", ".join(auto))
     excluded = requested + tuple(a for a in auto if a not in requested)
     qmodel = _quantize_proto(prepared, table, config, nodes_to_exclude=excluded)
+    corrected = 0
+    if config.bias_correction and calib_set is not None:
+        corrected = correct_biases(prepared, qmodel, calib_set.subset(config.correction_images).images,
+                                   show_progress=show_progress)
     try:
         onnx.checker.check_model(qmodel, full_check=True)
     except Exception as exc:  # noqa: BLE001 - checker errors are several types
@@ -512,4 +571,6 @@ def quantize_model(
         set_fingerprint=table.set_fingerprint,
         quantize_nodes=n_q,
         sha256=sha256_file(out),
+        float_head=head,
+        bias_corrected=corrected,
     )

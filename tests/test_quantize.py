@@ -22,6 +22,8 @@ from uopsl.runtime.errors import ConfigError
 
 SIZE = 64
 CLASSES = 3
+# Structural tests look at the quantizer's own output, without the data-driven bias correction.
+RAW = {"bias_correction": False}
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +72,7 @@ def _fused_ops(path: Path, tmp_path: Path) -> list[str]:
 # -- variants ------------------------------------------------------------------------
 @pytest.mark.parametrize("variant", ["cpu", "trt"])
 def test_qdq_model_passes_the_checker_runs_and_keeps_float_outputs(tmp_path, tiny, stats, held_out, variant) -> None:
-    result = quantize_model(tiny, stats.table("entropy"), tmp_path / "q.onnx", QuantizeConfig(variant=variant),
+    result = quantize_model(tiny, stats.table("entropy"), tmp_path / "q.onnx", QuantizeConfig(variant=variant, **RAW),
                             show_progress=False)
     model = onnx.load(result.path)
     onnx.checker.check_model(model, full_check=True)
@@ -87,7 +89,7 @@ def test_qdq_model_passes_the_checker_runs_and_keeps_float_outputs(tmp_path, tin
 
 
 @pytest.mark.parametrize("variant", ["cpu", "trt"])
-def test_int8_probs_stay_close_to_fp32(tmp_path, tiny, stats, held_out, variant) -> None:
+def test_int8_probs_stay_close_to_fp32(tmp_path, tiny, stats, calib_set, held_out, variant) -> None:
     # Tolerance: 1.5 % of the FP32 logits' range on held-out images (not the calibration set).
     # An 8-bit grid step is 1/255 = 0.4 % of a tensor's range; the logits sit behind five
     # quantized stages, so a few steps of accumulated error is what INT8 costs. Probabilities
@@ -97,7 +99,7 @@ def test_int8_probs_stay_close_to_fp32(tmp_path, tiny, stats, held_out, variant)
     span = float(ref[1].max() - ref[1].min())
     for method in ("minmax", "entropy", "percentile"):
         q = quantize_model(tiny, stats.table(method), tmp_path / f"{method}.onnx", QuantizeConfig(variant=variant),
-                           show_progress=False)
+                           calib_set=calib_set, show_progress=False)
         probs, logits, site_maps = _run(q.path, held_out)
         logit_err = float(np.abs(logits - ref[1]).max())
         prob_err = float(np.abs(probs - ref[0]).max())
@@ -112,9 +114,9 @@ def test_the_table_ranges_are_the_quantization_ranges(tmp_path, tiny, stats) -> 
     table = stats.table("percentile")
     name = "/features/features.8/Clip_output_0"  # a ReLU6 output feeding a Conv: range (0, hi)
     lo, hi = table.range(name)
-    cpu = onnx.load(quantize_model(tiny, table, tmp_path / "cpu.onnx", QuantizeConfig(variant="cpu"),
+    cpu = onnx.load(quantize_model(tiny, table, tmp_path / "cpu.onnx", QuantizeConfig(variant="cpu", **RAW),
                                    show_progress=False).path)
-    trt = onnx.load(quantize_model(tiny, table, tmp_path / "trt.onnx", QuantizeConfig(variant="trt"),
+    trt = onnx.load(quantize_model(tiny, table, tmp_path / "trt.onnx", QuantizeConfig(variant="trt", **RAW),
                                    show_progress=False).path)
     for model, expected in ((cpu, (max(hi, 0.0) - min(lo, 0.0)) / 255), (trt, table.amax(name) / 127)):
         qs = _quantize_nodes_of(model, name)
@@ -139,7 +141,7 @@ def test_minmax_table_reproduces_onnxruntime_own_static_quantization(tmp_path, t
     ref_path = tmp_path / "ort.onnx"
     quantize_static(str(tiny), str(ref_path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
-    ours = onnx.load(quantize_model(tiny, stats.table("minmax"), tmp_path / "ours.onnx", QuantizeConfig(),
+    ours = onnx.load(quantize_model(tiny, stats.table("minmax"), tmp_path / "ours.onnx", QuantizeConfig(**RAW),
                                    show_progress=False).path)
     ref = onnx.load(str(ref_path))
     softmax_out = {n.output[0] for n in ref.graph.node if n.op_type == "Softmax"}
@@ -163,7 +165,7 @@ def test_minmax_table_reproduces_onnxruntime_own_static_quantization(tmp_path, t
 
 def test_trt_variant_is_symmetric_s8_with_zero_points_0_and_float_bias(tmp_path, tiny, stats) -> None:
     model = onnx.load(quantize_model(tiny, stats.table("entropy"), tmp_path / "trt.onnx",
-                                     QuantizeConfig(variant="trt"), show_progress=False).path)
+                                     QuantizeConfig(variant="trt", **RAW), show_progress=False).path)
     inits = _inits(model)
     qdq = [n for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
     zps = [inits[n.input[2]] for n in qdq]
@@ -178,7 +180,7 @@ def test_trt_variant_is_symmetric_s8_with_zero_points_0_and_float_bias(tmp_path,
 
 
 def test_cpu_variant_is_u8_activations_s8_weights_and_runs_integer_kernels(tmp_path, tiny, stats) -> None:
-    out = quantize_model(tiny, stats.table("entropy"), tmp_path / "cpu.onnx", QuantizeConfig(variant="cpu"),
+    out = quantize_model(tiny, stats.table("entropy"), tmp_path / "cpu.onnx", QuantizeConfig(variant="cpu", **RAW),
                          show_progress=False)
     model = onnx.load(out.path)
     inits = _inits(model)
@@ -194,7 +196,7 @@ def test_cpu_variant_is_u8_activations_s8_weights_and_runs_integer_kernels(tmp_p
 @pytest.mark.parametrize("per_channel", [True, False])
 def test_per_channel_or_per_tensor_weight_scales(tmp_path, tiny, stats, per_channel) -> None:
     model = onnx.load(quantize_model(tiny, stats.table("minmax"), tmp_path / "q.onnx",
-                                     QuantizeConfig(per_channel=per_channel), show_progress=False).path)
+                                     QuantizeConfig(per_channel=per_channel, **RAW), show_progress=False).path)
     inits = _inits(model)
     conv0 = next(n for n in model.graph.node if n.name == "/features/features.0/Conv")
     dq = next(n for n in model.graph.node if n.output[0] == conv0.input[1])
@@ -213,7 +215,7 @@ def _runs_in_float(model: onnx.ModelProto, node_name: str) -> bool:
 def test_excluded_nodes_and_op_types_have_no_qdq(tmp_path, tiny, stats, held_out, variant) -> None:
     table = stats.table("minmax")
     r = quantize_model(tiny, table, tmp_path / "a.onnx",
-                       QuantizeConfig(variant=variant, exclude=("/features/features.3/Conv", "/Add")),
+                       QuantizeConfig(variant=variant, exclude=("/features/features.3/Conv", "/Add"), **RAW),
                        show_progress=False)
     model = onnx.load(r.path)
     onnx.checker.check_model(model, full_check=True)
@@ -224,7 +226,7 @@ def test_excluded_nodes_and_op_types_have_no_qdq(tmp_path, tiny, stats, held_out
     # range: reading the float tensor must not skip the activation. Same tolerance as above.
     ref = _run(tiny, held_out)[1]
     assert np.abs(_run(r.path, held_out)[1] - ref).max() <= 0.015 * float(ref.max() - ref.min())
-    by_type = quantize_model(tiny, table, tmp_path / "b.onnx", QuantizeConfig(variant=variant, exclude=("Conv",)),
+    by_type = quantize_model(tiny, table, tmp_path / "b.onnx", QuantizeConfig(variant=variant, exclude=("Conv",), **RAW),
                              show_progress=False)
     model = onnx.load(by_type.path)
     convs = [n.name for n in model.graph.node if n.op_type == "Conv"]
@@ -234,7 +236,7 @@ def test_excluded_nodes_and_op_types_have_no_qdq(tmp_path, tiny, stats, held_out
 
 def test_unknown_exclusions_are_refused(tmp_path, tiny, stats) -> None:
     with pytest.raises(ConfigError, match="neither a node name nor an op type"):
-        quantize_model(tiny, stats.table("minmax"), tmp_path / "q.onnx", QuantizeConfig(exclude=("Convv",)),
+        quantize_model(tiny, stats.table("minmax"), tmp_path / "q.onnx", QuantizeConfig(exclude=("Convv",), **RAW),
                        show_progress=False)
     assert not (tmp_path / "q.onnx").exists()
 
@@ -312,7 +314,8 @@ def test_calibrate_and_quantize_commands_on_a_model_file(tmp_path, tiny, monkeyp
     table = CalibrationTable.load(tmp_path / "m.calibration.json", model_sha256=None)
     assert table.method == "percentile" and table.num_images == 6
     assert list((tmp_path / "cache").rglob("*.npz")), "the preprocessed set is cached"
-    rc = main_entry(_cli(), ["quantize", str(model), "--variant", "trt", "--per-tensor", "--exclude", "Softmax,/Add"])
+    rc = main_entry(_cli(), ["quantize", str(model), "--variant", "trt", "--per-tensor", "--exclude", "Softmax,/Add",
+                             "--no-bias-correction"])
     assert rc == 0
     record = json.loads((tmp_path / "m.int8.trt.quantize.json").read_text())
     assert record["result"]["precision"] == "int8-qdq-s8" and record["result"]["per_channel"] is False
@@ -339,7 +342,7 @@ def test_commands_accept_a_bundle_folder(tmp_path, monkeypatch) -> None:
 
     table = CalibrationTable.load(bundle / "calibration.json", model_sha256=sha256_file(bundle / "model.onnx"))
     assert table.notes["preprocess"]["size"] == SIZE
-    assert main_entry(_cli(), ["quantize", str(bundle)]) == 0
+    assert main_entry(_cli(), ["quantize", str(bundle), "--images", str(images)]) == 0
     assert (bundle / "model.int8.onnx").is_file() and (bundle / "model.int8.quantize.json").is_file()
 
 
@@ -383,14 +386,14 @@ def test_resnet18_contract_model_quantizes_to_integer_kernels(tmp_path) -> None:
     cs = CalibrationSet.from_images(random_fundus_batch(16, 96, seed=2))
     st = collect_statistics(model, cs, batch_size=8, show_progress=False)
     table = st.table("entropy")
-    cpu = quantize_model(model, table, tmp_path / "cpu.onnx", QuantizeConfig(variant="cpu"), show_progress=False)
+    cpu = quantize_model(model, table, tmp_path / "cpu.onnx", QuantizeConfig(variant="cpu", **RAW), show_progress=False)
     onnx.checker.check_model(onnx.load(cpu.path), full_check=True)
     n_conv = sum(n.op_type == "Conv" for n in onnx.load(str(model)).graph.node)
     # Every convolution runs as an integer kernel (the exporter's shared zero biases are
     # materialised; a float bias would leave each Conv in float, slower than FP32).
     fused = _fused_ops(Path(cpu.path), tmp_path)
     assert n_conv == 20 and fused.count("QLinearConv") == n_conv
-    trt = quantize_model(model, table, tmp_path / "trt.onnx", QuantizeConfig(variant="trt"), show_progress=False)
+    trt = quantize_model(model, table, tmp_path / "trt.onnx", QuantizeConfig(variant="trt", **RAW), show_progress=False)
     inits = _inits(onnx.load(trt.path))
     zps = [inits[n.input[2]] for n in onnx.load(trt.path).graph.node if n.op_type == "QuantizeLinear"]
     assert zps and all(z.dtype == np.int8 and not z.any() for z in zps)
@@ -401,7 +404,110 @@ def test_resnet18_contract_model_quantizes_to_integer_kernels(tmp_path) -> None:
         ranges={k: (lo / 20, hi / 20) for k, (lo, hi) in table.ranges.items()}, method="minmax",
         model_sha256=table.model_sha256, set_fingerprint=table.set_fingerprint, num_images=table.num_images,
     )
-    bad = quantize_model(model, broken, tmp_path / "bad.onnx", QuantizeConfig(), show_progress=False)
+    bad = quantize_model(model, broken, tmp_path / "bad.onnx", QuantizeConfig(**RAW), show_progress=False)
     err_good = np.abs(_run(cpu.path, images)[0] - ref).max()
     err_bad = np.abs(_run(bad.path, images)[0] - ref).max()
     assert err_good < 0.5 * err_bad
+
+
+# -- bias correction and the float head --------------------------------------------------
+def _channel_mean(model_path: str | Path, tensor: str, images: np.ndarray) -> np.ndarray:
+    m = onnx.load(str(model_path))
+    m.graph.output.append(onnx.ValueInfoProto(name=tensor))
+    out = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run([tensor], {"image": images})
+    return np.asarray(out[0], np.float64).mean(axis=(0, 2, 3))
+
+
+@pytest.mark.parametrize("variant", ["cpu", "trt"])
+def test_bias_correction_removes_each_layers_mean_shift_on_the_calibration_images(
+        tmp_path, tiny, stats, calib_set, variant) -> None:
+    table = stats.table("minmax")
+    raw = quantize_model(tiny, table, tmp_path / "raw.onnx", QuantizeConfig(variant=variant, **RAW),
+                         show_progress=False)
+    fixed = quantize_model(tiny, table, tmp_path / "bc.onnx", QuantizeConfig(variant=variant),
+                           calib_set=calib_set, show_progress=False)
+    convs = [n for n in onnx.load(str(tiny)).graph.node if n.op_type == "Conv"]
+    assert fixed.bias_corrected == len(convs) and raw.bias_corrected == 0
+    assert fixed.manifest_info()["bias_corrected_layers"] == len(convs)
+    qconv = {n.name: n for n in onnx.load(fixed.path).graph.node if n.op_type == "Conv"}
+    rconv = {n.name: n for n in onnx.load(raw.path).graph.node if n.op_type == "Conv"}
+    images = calib_set.images
+    shifts_raw, shifts_fixed = [], []
+    for conv in convs:
+        ref = _channel_mean(tiny, conv.output[0], images)
+        shifts_raw.append(np.abs(_channel_mean(raw.path, rconv[conv.name].output[0], images) - ref).max())
+        shifts_fixed.append(np.abs(_channel_mean(fixed.path, qconv[conv.name].output[0], images) - ref).max())
+    # Sequential correction leaves each layer's mean shift at the rounding of its stored bias: half a
+    # bias step (s_x * s_w, int32 biases of the cpu variant) or float precision (trt variant's float biases).
+    fixed_model = onnx.load(fixed.path)
+    producer = {t: n for n in fixed_model.graph.node for t in n.output}
+    inits = _inits(fixed_model)
+    for conv, before, after in zip(convs, shifts_raw, shifts_fixed):
+        bias_dq = producer.get(qconv[conv.name].input[2])
+        step = float(np.max(inits[bias_dq.input[1]])) if bias_dq is not None else 0.0
+        assert (bias_dq is not None) == (variant == "cpu")
+        assert after <= 0.5 * step + 1e-4 * max(1.0, before), (conv.name, before, after, step)
+    assert max(shifts_raw) > 10 * max(shifts_fixed), (shifts_raw, shifts_fixed)
+
+
+def test_bias_correction_needs_the_calibration_images(tmp_path, tiny, stats) -> None:
+    with pytest.raises(ConfigError, match="--no-bias-correction"):
+        quantize_model(tiny, stats.table("minmax"), tmp_path / "q.onnx", show_progress=False)
+
+
+@pytest.fixture(scope="module")
+def uopsl_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny UOPSL model written by `uopsl export` (its encoder nodes are named /trunk/...)."""
+    from trainhelpers import tiny_model
+    from uopsl.train.checkpoint import save_model
+    from uopsl.train.workflow import run_export
+
+    root = tmp_path_factory.mktemp("uopsl")
+    model, meta = tiny_model()
+    save_model(root / "ckpt", model, meta)
+    return run_export(root / "ckpt", root / "bundle") / "model.onnx"
+
+
+def test_float_head_keeps_every_layer_after_the_encoder_in_float(tmp_path, uopsl_onnx) -> None:
+    from uopsl.export.quantize import HEAD_GROUP, TRUNK_PREFIX, head_nodes
+
+    images = random_fundus_batch(8, _input_size(uopsl_onnx), seed=4)
+    cs = CalibrationSet.from_images(images)
+    table = collect_statistics(uopsl_onnx, cs, batch_size=4, show_progress=False).table("minmax")
+    model = onnx.load(str(uopsl_onnx))
+    head = head_nodes(model)
+    assert head and not any(h.startswith(TRUNK_PREFIX) for h in head)
+    assert {"MatMul", "Softmax"} <= {n.op_type for n in model.graph.node if n.name in head}
+    r = quantize_model(uopsl_onnx, table, tmp_path / "q.onnx", QuantizeConfig(), calib_set=cs, show_progress=False)
+    assert r.float_head == head and r.manifest_info()["float_head"] is True
+    q = onnx.load(r.path)
+    producer = {t: n for n in q.graph.node for t in n.output}
+    for node in q.graph.node:
+        if node.name in head:  # reads float tensors and float weights
+            assert all(producer.get(t) is None or producer[t].op_type != "DequantizeLinear" for t in node.input), node.name
+    trunk_convs = [n for n in q.graph.node if n.op_type == "Conv" and n.name.startswith(TRUNK_PREFIX)]
+    assert trunk_convs and all(producer[n.input[1]].op_type == "DequantizeLinear" for n in trunk_convs)
+    # The same nodes through --exclude @head, with the head otherwise quantized.
+    same = quantize_model(uopsl_onnx, table, tmp_path / "q2.onnx",
+                          QuantizeConfig(float_head=False, exclude=(HEAD_GROUP,), **RAW), show_progress=False)
+    assert set(same.excluded_nodes) >= set(head)
+    with pytest.raises(ConfigError, match="@head"):
+        quantize_model(_tiny_copy(tmp_path), _table_for(tmp_path), tmp_path / "q3.onnx",
+                       QuantizeConfig(exclude=(HEAD_GROUP,), **RAW), show_progress=False)
+
+
+def _input_size(path: Path) -> int:
+    dims = onnx.load(str(path)).graph.input[0].type.tensor_type.shape.dim
+    return int(dims[1].dim_value)
+
+
+def _tiny_copy(tmp_path: Path) -> Path:
+    import torch
+
+    torch.manual_seed(0)
+    return export_tiny_onnx(tmp_path / "plain.onnx", num_classes=CLASSES, size=SIZE)
+
+
+def _table_for(tmp_path: Path) -> CalibrationTable:
+    cs = CalibrationSet.from_images(random_fundus_batch(4, SIZE, seed=5))
+    return collect_statistics(tmp_path / "plain.onnx", cs, batch_size=4, show_progress=False).table("minmax")

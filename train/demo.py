@@ -103,7 +103,8 @@ def run_demo(out: Path, cfg: DemoConfig) -> dict[str, object]:
     add_file(bundle, None, "calibration.json", "calibration", calibration_fingerprint=cset.fingerprint)
     int8 = bundle / "model.int8.onnx"
     if not int8.is_file():
-        q = quantize_model(bundle / "model.onnx", table, int8, QuantizeConfig(variant="cpu"), show_progress=False)
+        q = quantize_model(bundle / "model.onnx", table, int8, QuantizeConfig(variant="cpu"), calib_set=cset,
+                           show_progress=False)
         add_file(bundle, None, "model.int8.onnx", "onnx", "int8-qdq-u8", info=q.manifest_info())
     verify_or_raise(bundle)
     lap("calibrate+quantize")

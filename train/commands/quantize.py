@@ -45,7 +45,12 @@ def record_path(out: Path) -> Path:
               help="Node name or op type to keep in float (repeat, or separate with commas).")
 @click.option("--auto-exclude", type=int, default=0, show_default=True,
               help="Keep the N layers whose quantization hurts the outputs most in float (needs --images).")
-@click.option("--images", default=None, help="Calibration images for --auto-exclude (same forms as `calibrate`).")
+@click.option("--images", default=None,
+              help="Calibration images for bias correction and --auto-exclude (same forms as `calibrate`).")
+@click.option("--bias-correction/--no-bias-correction", default=True, show_default=True,
+              help="Correct each layer's per-channel output mean on the calibration images (needs --images).")
+@click.option("--float-head/--quantize-head", default=True, show_default=True,
+              help="Keep the layers after the encoder (token projection, site attention, prototypes) in float.")
 @click.option("--sensitivity-images", type=int, default=32, show_default=True,
               help="Images used by the --auto-exclude sensitivity pass.")
 @click.option("--reduce-range", is_flag=True, help="7-bit weights, for x86 CPUs without VNNI (cpu variant).")
@@ -55,8 +60,9 @@ def record_path(out: Path) -> Path:
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="INT8 model to write [default: model.int8.onnx / model.int8.trt.onnx beside MODEL].")
 def command(model: Path, table: Path | None, variant: str, per_channel: bool, exclude: tuple[str, ...],
-            auto_exclude: int, images: str | None, sensitivity_images: int, reduce_range: bool, size: int | None,
-            preprocess_from: Path | None, out: Path | None) -> int:
+            auto_exclude: int, images: str | None, bias_correction: bool, float_head: bool,
+            sensitivity_images: int, reduce_range: bool, size: int | None, preprocess_from: Path | None,
+            out: Path | None) -> int:
     """Quantize MODEL (ONNX file or bundle folder) to INT8 QDQ with its calibration table."""
     from uopsl.export.quantize import QuantizeConfig, quantize_model
 
@@ -71,6 +77,8 @@ def command(model: Path, table: Path | None, variant: str, per_channel: bool, ex
         auto_exclude=auto_exclude,
         sensitivity_images=sensitivity_images,
         reduce_range=reduce_range,
+        float_head=float_head,
+        bias_correction=bias_correction,
     )
     calib_set = None
     if images is not None:
@@ -78,13 +86,15 @@ def command(model: Path, table: Path | None, variant: str, per_channel: bool, ex
                              use_cache=True)
         if calib_set.fingerprint != calib_table.set_fingerprint:
             log.warning("--images is not the set the table was calibrated on (fingerprints differ); "
-                        "the sensitivity pass uses it anyway")
+                        "bias correction and the sensitivity pass use it anyway")
     out = out or default_output(source.model, variant)
     result = quantize_model(source.model, calib_table, out, config, calib_set=calib_set)
     write_json(record_path(out), {"config": asdict(config), "result": result.to_dict(),
                                   "manifest_info": result.manifest_info()})
     click.echo(f"{out}: {result.precision} ({'per-channel' if per_channel else 'per-tensor'} weights, "
                f"{result.quantize_nodes} QuantizeLinear) from {calib_table.method} ranges")
+    if result.bias_corrected:
+        click.echo(f"bias correction: {result.bias_corrected} layers corrected on the calibration images")
     if result.excluded_nodes:
         click.echo(f"kept in float: {json.dumps(list(result.excluded_nodes))}")
     for s in result.sensitivities[: max(auto_exclude, 5)]:
