@@ -73,7 +73,7 @@ import platform
 import shutil
 import sys
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -116,7 +116,7 @@ TARGET_SENSITIVITY = 0.9
 FP32_MAX_PROB_DIFF = 1e-4
 INT8_MIN_TOP1, INT8_MAX_AUC_DROP, INT8_MAX_FLIP_RATE = 0.99, 0.01, 0.01
 VALIDATE_GATES = ParityGates(max_flip_rate=INT8_MAX_FLIP_RATE, max_auc_drop=INT8_MAX_AUC_DROP,
-                             max_sensitivity_drop=0.01)
+                             min_top1_agreement=INT8_MIN_TOP1, max_sensitivity_drop=0.01)
 
 
 # -- small helpers ---------------------------------------------------------------------------------------
@@ -376,18 +376,21 @@ def quantize_all(bundle: Path, tables: dict[str, CalibrationTable], cal: Calibra
                 registered = entry.sha256 == sha256_file(bundle / name)
             except (UopslError, OSError):
                 registered = False
+            # The toolkit's defaults (float head, bias correction on the calibration set) apply.
+            cfg = QuantizeConfig(variant="cpu", auto_exclude=ax, sensitivity_images=sensitivity_images)
             if old and registered and old.get("model_sha256") == fp32_sha \
-                    and old.get("set_fingerprint") == tables[method].set_fingerprint:
+                    and old.get("set_fingerprint") == tables[method].set_fingerprint \
+                    and old.get("config") == jsonable(asdict(cfg)):
                 infos[name] = old
                 continue
             t0 = time.time()
-            cfg = QuantizeConfig(variant="cpu", auto_exclude=ax, sensitivity_images=sensitivity_images)
             res = quantize_model(bundle / "model.onnx", tables[method], bundle / name, cfg,
-                                 calib_set=cal if ax else None)
+                                 calib_set=cal)
             add_file(bundle, None, name, "onnx", res.precision, info=res.manifest_info())
             d = res.to_dict()
             d["sensitivities_top"] = d.pop("sensitivities")[:8]
             d["seconds"] = round(time.time() - t0, 1)
+            d["config"] = jsonable(asdict(cfg))
             write_json(record, d)
             infos[name] = d
             log.info("%s: %d QuantizeLinear, kept float %s (%.0f s)", name, res.quantize_nodes,

@@ -67,7 +67,7 @@ def _summary(report: Mapping[str, Any]) -> str:
     for c in report["candidates"]:
         if c.get("error"):
             rows.append([_e(c["name"]), _e(c["precision"]), _verdict(False), f'<span class="fail">{_e(c["error"])}</span>',
-                         "", "", "", "", "", ""])
+                         "", "", "", "", "", "", ""])
             continue
         num, clin = c["numerical"], c["clinical"]
         checks = {k["name"]: k for k in c["checks"]}
@@ -77,9 +77,10 @@ def _summary(report: Mapping[str, Any]) -> str:
             _num(num["max_abs_prob_diff"], ".2e"), _num(num["p99_abs_prob_diff"], ".2e"),
             _num(num["logit_cosine_min"], ".6f"), _num(num["site_map_corr_mean"], ".4f"),
             _check_value(checks.get("auc_drop", {})), _check_value(checks.get("sensitivity_drop", {})),
+            _num(clin["top1_agreement"], ".2%"),
         ])
     return _table(["candidate", "precision", "verdict", "referral flips", "max |Δp|", "p99 |Δp|", "min logit cos",
-                   "site-map corr", "worst AUC drop", "worst sens. drop"], rows)
+                   "site-map corr", "worst AUC drop", "worst sens. drop", "top-1 agreement"], rows)
 
 
 def _candidate(c: Mapping[str, Any], images: Mapping[str, str], max_rows: int) -> str:

@@ -51,15 +51,18 @@ class ParityGates:
         the referral flips, and its figures are reported.
     max_prob_diff: optional numerical gate on max |prob difference| (None: not gated;
         the right figure depends on the precision, e.g. 1e-4 for FP32).
+    min_top1_agreement: smallest allowed share of images whose highest-scoring
+        class is the reference's (0.99 = 99 %).
     """
 
     max_flip_rate: float = 0.005
     max_auc_drop: float = 0.005
     max_sensitivity_drop: float = 0.01
     max_prob_diff: float | None = None
+    min_top1_agreement: float = 0.99
 
     def __post_init__(self) -> None:
-        for name in ("max_flip_rate", "max_auc_drop", "max_sensitivity_drop", "max_prob_diff"):
+        for name in ("max_flip_rate", "max_auc_drop", "max_sensitivity_drop", "max_prob_diff", "min_top1_agreement"):
             v = getattr(self, name)
             if v is None and name == "max_prob_diff":
                 continue
@@ -78,7 +81,7 @@ class ParityGates:
 GATE_ALIASES: dict[str, str] = {
     "flips": "max_flip_rate", "flip_rate": "max_flip_rate", "auc": "max_auc_drop", "auc_drop": "max_auc_drop",
     "sens": "max_sensitivity_drop", "sensitivity": "max_sensitivity_drop", "prob": "max_prob_diff",
-    "prob_diff": "max_prob_diff",
+    "prob_diff": "max_prob_diff", "top1": "min_top1_agreement", "top1_agreement": "min_top1_agreement",
 }
 
 
@@ -363,9 +366,16 @@ def judge(gates: ParityGates, numeric: Mapping[str, Any], clin: Mapping[str, Any
     else:
         checks.append(GateCheck("sensitivity_drop", None, gates.max_sensitivity_drop, None,
                                 "no referable class has a defined sensitivity here (no positive cases)"))
+    top1 = clin.get("top1_agreement")
+    if isinstance(top1, (int, float)) and math.isfinite(top1):
+        checks.append(GateCheck("top1_agreement", float(top1), gates.min_top1_agreement,
+                                float(top1) >= gates.min_top1_agreement - _EPS, "share of images with the same top class"))
+    else:
+        checks.append(GateCheck("top1_agreement", None, gates.min_top1_agreement, None, "no images compared"))
     if gates.max_prob_diff is not None:
         v = numeric["max_abs_prob_diff"]
         checks.append(GateCheck("max_prob_diff", v, gates.max_prob_diff, bool(v <= gates.max_prob_diff),
                                 "max |candidate - reference| over images and classes"))
-    reasons = tuple(f"{c.name} {c.value:.4g} > {c.limit:.4g} ({c.detail})" for c in checks if c.passed is False)
+    reasons = tuple(f"{c.name} {c.value:.4g} {'<' if c.name == 'top1_agreement' else '>'} {c.limit:.4g} ({c.detail})"
+                    for c in checks if c.passed is False)
     return Verdict(not reasons, tuple(checks), reasons)

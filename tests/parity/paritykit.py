@@ -178,10 +178,11 @@ def export_checkpoint(ckpt: Path, out: Path, paths: Sequence[Path]) -> Path:
 
 
 def add_int8(bundle: Path, calibration: np.ndarray, *, method: str = "minmax", variant: str = "cpu",
-             exclude: tuple[str, ...] = (), table_edit: Any = None) -> Any:
+             exclude: tuple[str, ...] = (), table_edit: Any = None, bias_correction: bool = True) -> Any:
     """Calibrate the bundle's FP32 model on ``calibration``, quantize it and register it in the manifest.
 
     ``table_edit(table) -> table`` may alter the calibration table first (to break one range on purpose).
+    The quantizer's defaults apply (bias correction on the same ``calibration`` images).
     """
     from uopsl.calibration.dataset import CalibrationSet
     from uopsl.calibration.ranges import calibrate
@@ -193,6 +194,8 @@ def add_int8(bundle: Path, calibration: np.ndarray, *, method: str = "minmax", v
     if table_edit is not None:
         table = table_edit(table)
     name = "model.int8.onnx" if variant == "cpu" else "model.int8.trt.onnx"
-    result = quantize_model(fp32, table, bundle / name, QuantizeConfig(variant, exclude=exclude), show_progress=False)
+    result = quantize_model(fp32, table, bundle / name,
+                            QuantizeConfig(variant, exclude=exclude, bias_correction=bias_correction),
+                            calib_set=calib, show_progress=False)
     add_file(bundle, None, name, "onnx", result.precision, info=result.manifest_info())  # type: ignore[arg-type]
     return result

@@ -31,8 +31,9 @@ def _manifest() -> Manifest:
 
 def test_gates_parse_validate_and_default() -> None:
     assert ParityGates().is_default and parse_gates(None) == ParityGates()
-    g = parse_gates("flips=0.01, auc_drop=0.02,sens=0,prob=1e-4")
+    g = parse_gates("flips=0.01, auc_drop=0.02,sens=0,prob=1e-4,top1=0.95")
     assert (g.max_flip_rate, g.max_auc_drop, g.max_sensitivity_drop, g.max_prob_diff) == (0.01, 0.02, 0.0, 1e-4)
+    assert g.min_top1_agreement == 0.95 and ParityGates().min_top1_agreement == 0.99
     assert parse_gates("prob=off", g).max_prob_diff is None and not g.is_default
     for bad, match in (("speed=1", "unknown gate"), ("flips", "key=value"), ("auc=abc", "needs a number"),
                        ("flips=2", r"\[0, 1\]")):
@@ -61,6 +62,22 @@ def test_flips_auc_and_sensitivity_are_counted_under_the_manifest_rule() -> None
     assert names["sensitivity_drop"].passed is False and names["sensitivity_drop"].value == pytest.approx(1 / 3)
     assert judge(ParityGates(max_flip_rate=0.2, max_sensitivity_drop=0.34), numerical(
         {"probs": ref, "logits": ref}, {"probs": cand, "logits": cand}), clin).passed
+
+
+def test_top1_agreement_is_a_gate_of_its_own() -> None:
+    """A changed top class fails the gate even when no decision crosses its threshold."""
+    m = _manifest()
+    ref = np.array([[0.9, 0.8]] + [[0.1, 0.9]] * 99)
+    cand = ref.copy()
+    cand[0] = [0.8, 0.9]  # both classes stay above their thresholds: no flip, but another top class
+    truth = truth_from_reference(m, ref)
+    clin = clinical(m, truth, ref, cand, [f"i{i}" for i in range(100)], n_boot=20)
+    assert clin["flips"]["n"] == 0 and clin["top1_agreement"] == pytest.approx(0.99)
+    nums = numerical({"probs": ref, "logits": ref}, {"probs": cand, "logits": cand})
+    assert judge(ParityGates(), nums, clin).passed  # 99 % is the limit, and passes
+    strict = judge(ParityGates(min_top1_agreement=0.995), nums, clin)
+    top1 = {c.name: c for c in strict.checks}["top1_agreement"]
+    assert not strict.passed and top1.passed is False and "top1_agreement 0.99 < 0.995" in strict.reasons[0]
 
 
 def test_truth_without_labels_and_partial_labels() -> None:

@@ -48,7 +48,7 @@ def test_labelled_folder_passes_and_writes_self_contained_reports(tiny_ckpt_bund
     report = _strict_json(out / "parity.json")
     assert report["passed"] and report["data"]["truth"] == "labels" and report["data"]["n_used"] == 24
     assert report["gates"] == {"max_flip_rate": 0.005, "max_auc_drop": 0.005, "max_sensitivity_drop": 0.01,
-                               "max_prob_diff": None}
+                               "max_prob_diff": None, "min_top1_agreement": 0.99}
     config = _strict_json(out / "parity_config.json")
     assert config["context"]["checkpoint"] == str(ckpt) and config["config"]["backends"] == ["ort-cpu"]
     html = (out / "parity.html").read_text(encoding="utf-8")

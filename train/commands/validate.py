@@ -136,7 +136,7 @@ def limit_records(records: list[Any], limit: int | None, seed: int) -> list[Any]
 @click.option("--backends", default="all", show_default=True,
               help="'all' (every backend available here) or a comma list: ort-cpu,ort-cuda,ort-trt,openvino,tensorrt.")
 @click.option("--gates", default=None,
-              help="Override gates: flips=0.005,auc=0.005,sens=0.01[,prob=1e-4] (the defaults are strict).")
+              help="Override gates: flips=0.005,auc=0.005,sens=0.01,top1=0.99[,prob=1e-4] (the defaults are strict).")
 @click.option("--per-layer", is_flag=True, help="Layer-wise SQNR/cosine of each INT8 ONNX file vs FP32, "
                                                 "with a suggested --exclude list for `uopsl quantize`.")
 @click.option("--per-layer-images", type=click.IntRange(1), default=8, show_default=True)
