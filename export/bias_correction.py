@@ -71,6 +71,35 @@ def _session(model: Any, outputs: Iterable[str]) -> Any:
         raise BackendError(f"ONNX Runtime cannot run the model for bias correction: {exc}") from exc
 
 
+def _truncated(model: Any, output: str) -> Any:
+    """``model`` cut down to the nodes ``output`` depends on, with ``output`` as its only output.
+
+    ONNX Runtime runs every node of a graph whatever outputs are requested, so
+    measuring an early layer on the whole model would cost a full pass.
+    """
+    onnx = require("onnx", "INT8 bias correction")
+    producer = {t: n for n in model.graph.node for t in n.output}
+    needed: set[str] = set()
+    tensors: set[str] = set()
+    stack = [output]
+    while stack:
+        t = stack.pop()
+        if t in tensors:
+            continue
+        tensors.add(t)
+        node = producer.get(t)
+        if node is not None and node.name not in needed:
+            needed.add(node.name)
+            stack.extend(i for i in node.input if i)
+    graph = onnx.helper.make_graph(
+        [n for n in model.graph.node if n.name in needed], model.graph.name,
+        list(model.graph.input), [onnx.ValueInfoProto(name=output)],
+        [i for i in model.graph.initializer if i.name in tensors],
+    )
+    out = onnx.helper.make_model(graph, opset_imports=list(model.opset_import), ir_version=model.ir_version)
+    return out
+
+
 def _channel_means(model: Any, names: list[str], images: np.ndarray) -> dict[str, np.ndarray]:
     """Mean of each tensor in ``names`` per channel (axis 1) over all other axes and all ``images``.
 
@@ -137,7 +166,7 @@ def correct_biases(float_model: Any, qmodel: Any, images: np.ndarray, *, show_pr
     for t in progress(targets, total=len(targets), desc="bias correction", enabled=show_progress):
         # Each layer is measured with every earlier layer already corrected (sequential, not one-shot:
         # correcting all layers from one measurement overshoots).
-        measured = _channel_means(qmodel, [t.int8_output], images)[t.int8_output]
+        measured = _channel_means(_truncated(qmodel, t.int8_output), [t.int8_output], images)[t.int8_output]
         shift = reference[t.float_output] - measured
         init = inits[t.bias]
         bias = nh.to_array(init)

@@ -110,7 +110,7 @@ class QuantizeConfig:
     reduce_range: bool = False
     float_head: bool = True
     bias_correction: bool = True
-    correction_images: int = 64
+    correction_images: int = 32
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
