@@ -130,26 +130,41 @@ def _quantize(fp32: Path, out: Path, calib: np.ndarray) -> None:
 
 # -- measurements ----------------------------------------------------------------------------
 def agreement(bundle: Path, images: list[Path], n: int = 200) -> dict[str, Any]:
-    """INT8 (OpenVINO, ORT) vs ORT FP32 on real photographs: max |dp| and decision agreement."""
+    """INT8 (OpenVINO, ORT) and OpenVINO FP32 vs ORT FP32 on real photographs, judged by the parity gates.
+
+    The gates are :class:`~uopsl.export.parity_metrics.ParityGates`' strict defaults (referral
+    flips <= 0.5 %, per-class AUC drop <= 0.005, sensitivity drop <= 0.01, top-1 agreement >= 99 %),
+    with ORT FP32's own decisions as the truth (these photographs have no labels in the model's
+    class space).
+    """
+    from uopsl.export.parity_metrics import ParityGates, clinical, judge, numerical, truth_from_reference
     from uopsl.runtime.backends import open_backend
     from uopsl.runtime.bundle import read_manifest
     from uopsl.runtime.preprocess import preprocess_file
 
     m = read_manifest(bundle)
     x = np.stack([preprocess_file(p, m.preprocess).image for p in images[:n]])
-    outs = {}
+    ids = [p.name for p in images[:n]]
+    outs: dict[tuple[str, str], dict[str, np.ndarray]] = {}
     for name, prec in (("ort-cpu", "fp32"), ("ort-cpu", "int8"), ("openvino", "fp32"), ("openvino", "int8")):
         with open_backend(bundle, name, prec, measure=False) as b:
-            outs[(name, prec)] = np.concatenate([b.infer(x[i : i + 8])["probs"] for i in range(0, len(x), 8)])
+            parts = [b.infer(x[i : i + 8]) for i in range(0, len(x), 8)]
+        outs[(name, prec)] = {k: np.concatenate([o[k] for o in parts]) for k in ("probs", "logits")}
     ref = outs[("ort-cpu", "fp32")]
-    _, ref_refer = m.decide(ref)
+    truth = truth_from_reference(m, ref["probs"])
     res = {}
-    for key, p in outs.items():
+    for key, cand in outs.items():
         if key == ("ort-cpu", "fp32"):
             continue
-        _, refer = m.decide(p)
-        res[f"{key[0]} {key[1]}"] = {"max_abs_dprob": round(float(np.abs(p - ref).max()), 5),
-                                      "refer_agreement": round(float((refer == ref_refer).mean()), 4), "images": len(x)}
+        num = numerical(ref, cand)
+        clin = clinical(m, truth, ref["probs"], cand["probs"], ids, n_boot=200)
+        verdict = judge(ParityGates(), num, clin)
+        res[f"{key[0]} {key[1]}"] = {
+            "max_abs_dprob": round(float(num["max_abs_prob_diff"]), 5),
+            "top1_agreement": round(float(clin["top1_agreement"]), 4),
+            "referral_flips": int(clin["flips"]["n"]), "images": len(x),
+            "gates_passed": verdict.passed, "failed": list(verdict.reasons),
+        }
     return res
 
 
