@@ -22,9 +22,11 @@ from uopsl.runtime.preprocess import (
     PreprocessConfig,
     decode,
     detect_fov,
+    percentile_u8,
     preprocess,
     preprocess_file,
     read_bytes,
+    resize_square,
 )
 from uopsl.runtime.quality import assess, assess_error
 
@@ -327,3 +329,51 @@ def test_large_jpeg_fast_decode_matches_full_decode() -> None:
     assert abs(g.cx - h.cx) <= 8 and abs(g.cy - h.cy) <= 8 and abs(g.radius - h.radius) <= 8
     diff = np.abs(fast.image.astype(np.int16) - full.image.astype(np.int16))
     assert diff.mean() < 2.0, diff.mean()  # DCT-domain scaling vs area resampling: sub-grey-level on average
+
+
+# -- fast paths that must give the same numbers as the straightforward code -----------------------
+@pytest.mark.parametrize("n", [37, 100, 225, 257, 300, 449, 460, 512, 513, 640, 1000, 1100])
+def test_resize_square_is_cv2_resize_pixel_for_pixel(n: int) -> None:
+    """The float32 area path gives exactly the uint8 INTER_AREA pixels (every ratio class, views too)."""
+    rng = np.random.default_rng(n)
+    noise = rng.integers(0, 256, (n, n, 3), dtype=np.uint8)
+    smooth = cv2.GaussianBlur(noise, (0, 0), 3)
+    frame = np.zeros((n + 9, n + 7, 3), np.uint8)
+    frame[4 : 4 + n, 3 : 3 + n] = smooth
+    for img in (noise, smooth, frame[4 : 4 + n, 3 : 3 + n]):
+        for size in (32, 100, 224, 256, 299, 320, 512):
+            interp = cv2.INTER_AREA if n > size else cv2.INTER_LINEAR
+            expected = cv2.resize(np.ascontiguousarray(img), (size, size), interpolation=interp)
+            np.testing.assert_array_equal(resize_square(img, size), expected, err_msg=f"{n} -> {size}")
+    with pytest.raises(ConfigError, match="square uint8"):
+        resize_square(np.zeros((10, 12, 3), np.uint8), 8)
+
+
+def test_percentile_u8_is_numpy_percentile() -> None:
+    rng = np.random.default_rng(0)
+    for i in range(400):
+        n = int(rng.integers(1, 3000))
+        x = rng.integers(0, int(rng.integers(1, 256)) + 1, n).astype(np.uint8).reshape(1, n)
+        for q in (0.0, 12.5, 50.0, 60.0, 99.9, 100.0, float(rng.uniform(0, 100))):
+            assert percentile_u8(x, q) == float(np.percentile(x, q)), (i, n, q)
+    img = rng.integers(0, 256, (64, 48, 3), dtype=np.uint8)
+    assert percentile_u8(img, 60) == float(np.percentile(img, 60))
+    with pytest.raises(ConfigError):
+        percentile_u8(np.zeros(4, np.float32), 60)
+
+
+def test_fov_masks_follow_the_definition() -> None:
+    """Pixel centre inside the (shrunk) circle and inside the original frame, for a crop that leaves the frame."""
+    g = Geometry(orig_h=480, orig_w=640, cx=330.2, cy=236.7, radius=270.4, x0=60, y0=-34, side=541, size=224,
+                 fov_found=True, fov_fill=0.9)
+    for n in (224, 256, 97):
+        centres = (np.arange(n) + 0.5) * g.side / n
+        ox, oy = g.x0 + centres, g.y0 + centres
+        in_frame = ((oy >= 0) & (oy < g.orig_h))[:, None] & ((ox >= 0) & (ox < g.orig_w))[None, :]
+        d2 = (oy[:, None] - g.cy) ** 2 + (ox[None, :] - g.cx) ** 2
+        shrinks = (1.0, 0.95, 0.85)
+        masks = g.fov_masks(n, shrinks)
+        for shrink, mask in zip(shrinks, masks):
+            expected = (d2 <= (g.radius * shrink) ** 2) & in_frame
+            assert mask.dtype == bool and np.array_equal(mask, expected), (n, shrink)
+            assert np.array_equal(g.fov_mask(n, shrink=shrink), expected)

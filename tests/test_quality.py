@@ -218,3 +218,24 @@ def test_assess_error_turns_errors_into_verdicts(exc: ImageError, reason: str) -
     v = assess_error(exc)
     assert v == QualityVerdict(gradable=False, score=0.0, reasons=(reason,), metrics={})
 
+
+
+def test_masked_sums_are_numpys_exactly() -> None:
+    """The gate's masked sums of uint8 images are exact: its means are numpy's own values."""
+    from uopsl.runtime.quality import _masked_moments, _masked_sums
+
+    rng = np.random.default_rng(0)
+    for i in range(50):
+        img = rng.integers(0, 256, (256, 256, 3), dtype=np.uint8)
+        mask = rng.random((256, 256)) < rng.uniform(0.001, 1.0)
+        n = int(mask.sum())
+        if n == 0:
+            continue
+        sums = _masked_sums(img, mask.view(np.uint8))
+        assert sums == tuple(float(img[mask][:, c].sum()) for c in range(3)), i
+        assert sum(sums) / (3 * n) == float(img[mask].mean())
+        assert _masked_sums(img[:, :, 1], mask.view(np.uint8))[0] / n == float(img[:, :, 1][mask].mean())
+        x = rng.normal(0.0, 5.0, (256, 256)).astype(np.float32)
+        mean, var = _masked_moments(x, mask.view(np.uint8), n)
+        assert mean == pytest.approx(float(x[mask].astype(np.float64).mean()), rel=1e-6, abs=1e-9)
+        assert var == pytest.approx(float(x[mask].astype(np.float64).var()), rel=1e-6)
