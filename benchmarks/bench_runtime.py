@@ -129,41 +129,33 @@ def _quantize(fp32: Path, out: Path, calib: np.ndarray) -> None:
 
 
 # -- measurements ----------------------------------------------------------------------------
-def agreement(bundle: Path, images: list[Path], n: int = 200) -> dict[str, Any]:
-    """INT8 (OpenVINO, ORT) and OpenVINO FP32 vs ORT FP32 on real photographs, judged by the parity gates.
+def agreement(bundle: Path, images: list[Path], out: Path, n: int = 200) -> dict[str, Any]:
+    """``uopsl validate`` of every file on ORT CPU and OpenVINO against ORT FP32, on ``n`` real photographs.
 
-    The gates are :class:`~uopsl.export.parity_metrics.ParityGates`' strict defaults (referral
-    flips <= 0.5 %, per-class AUC drop <= 0.005, sensitivity drop <= 0.01, top-1 agreement >= 99 %),
-    with ORT FP32's own decisions as the truth (these photographs have no labels in the model's
-    class space).
+    The reference is the bundle's own FP32 ONNX on ONNX Runtime (this benchmark model has random
+    weights and no checkpoint); its decisions are the truth (the photographs have no labels in the
+    model's class space). Gates: :class:`~uopsl.export.parity_metrics.ParityGates`' strict defaults
+    (referral flips <= 0.5 %, per-class AUC drop <= 0.005, sensitivity drop <= 0.01, top-1 >= 99 %).
+    The verdicts are recorded in the bundle, so ``auto`` may take a passing INT8 file.
     """
-    from uopsl.export.parity_metrics import ParityGates, clinical, judge, numerical, truth_from_reference
+    from uopsl.export.validate import ImageRecord, ValidateConfig, validate_bundle
     from uopsl.runtime.backends import open_backend
-    from uopsl.runtime.bundle import read_manifest
-    from uopsl.runtime.preprocess import preprocess_file
 
-    m = read_manifest(bundle)
-    x = np.stack([preprocess_file(p, m.preprocess).image for p in images[:n]])
-    ids = [p.name for p in images[:n]]
-    outs: dict[tuple[str, str], dict[str, np.ndarray]] = {}
-    for name, prec in (("ort-cpu", "fp32"), ("ort-cpu", "int8"), ("openvino", "fp32"), ("openvino", "int8")):
-        with open_backend(bundle, name, prec, measure=False) as b:
-            parts = [b.infer(x[i : i + 8]) for i in range(0, len(x), 8)]
-        outs[(name, prec)] = {k: np.concatenate([o[k] for o in parts]) for k in ("probs", "logits")}
-    ref = outs[("ort-cpu", "fp32")]
-    truth = truth_from_reference(m, ref["probs"])
-    res = {}
-    for key, cand in outs.items():
-        if key == ("ort-cpu", "fp32"):
+    records = [ImageRecord(p.name, p, None) for p in images[:n]]
+    with open_backend(bundle, "ort-cpu", "fp32", measure=False) as fp32:
+        report = validate_bundle(bundle, fp32, records, out,
+                                 ValidateConfig(backends=("ort-cpu", "openvino"), n_boot=200, show_progress=False,
+                                                resume=False)).report
+    res: dict[str, Any] = {}
+    for c in report["candidates"]:
+        if c.get("error"):
+            res[c["name"]] = {"error": c["error"]}
             continue
-        num = numerical(ref, cand)
-        clin = clinical(m, truth, ref["probs"], cand["probs"], ids, n_boot=200)
-        verdict = judge(ParityGates(), num, clin)
-        res[f"{key[0]} {key[1]}"] = {
-            "max_abs_dprob": round(float(num["max_abs_prob_diff"]), 5),
-            "top1_agreement": round(float(clin["top1_agreement"]), 4),
-            "referral_flips": int(clin["flips"]["n"]), "images": len(x),
-            "gates_passed": verdict.passed, "failed": list(verdict.reasons),
+        res[c["name"]] = {
+            "max_abs_dprob": round(float(c["numerical"]["max_abs_prob_diff"]), 5),
+            "top1_agreement": round(float(c["clinical"]["top1_agreement"]), 4),
+            "referral_flips": int(c["clinical"]["flips"]["n"]), "images": report["data"]["n_used"],
+            "gates_passed": c["passed"], "failed": c["reasons"],
         }
     return res
 
@@ -252,6 +244,8 @@ def main() -> int:
         cfg = BenchConfig(batches=(1, 8), iters=args.iters, warmup=args.warmup, threads=args.threads,
                           e2e=True, e2e_images=args.e2e_images)
         t0 = time.time()
+        # Parity first: `auto` takes the INT8 file only once it passed validation.
+        bench_agreement = agreement(bundle, fundus, args.work / "parity")
         bench = run_bench(bundle, "ort-cpu,openvino", "fp32,int8", cfg, images=TVHL / "fundus")
         sel = select_backend(bundle, "auto", "auto", threads=args.threads)
         b1 = {(c["backend"], c["precision"]): c for c in bench["cases"] if c["batch"] == 1}
@@ -260,7 +254,7 @@ def main() -> int:
         bench["auto_vs_ort_fp32"] = {"backend": sel.backend, "precision": sel.precision, "reason": sel.reason,
                                      "auto_p50_ms": auto_lat, "ort_fp32_p50_ms": ort_lat,
                                      "ratio": round(auto_lat / ort_lat, 3)}
-        bench["agreement_vs_ort_fp32"] = agreement(bundle, fundus)
+        bench["agreement_vs_ort_fp32"] = bench_agreement
         bench["wall_s"] = round(time.time() - t0, 1)
         print(format_table(bench))
         print(json.dumps({k: bench[k] for k in ("auto_vs_ort_fp32", "agreement_vs_ort_fp32")}, indent=2))

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from uopsl.runtime.bundle import (
+    PARITY_KEY,
     ClassSpec,
     FileEntry,
     FileKind,
@@ -125,5 +126,24 @@ def add_file(
     entry = describe_file(root, FileEntry(name, kind, precision, info=dict(info or {})))
     files = tuple(f for f in manifest.files if f.path != name) + (entry,)
     manifest = replace(manifest, files=files, **manifest_updates)
+    write_manifest(root, manifest)
+    return manifest
+
+
+def record_parity(bundle: str | os.PathLike[str], records: dict[str, dict[str, Any]]) -> Manifest:
+    """Store ``uopsl validate``'s verdict per file in the manifest (``FileEntry.info["parity"]``), atomically.
+
+    ``records`` maps a bundle file to its verdict; the file's current sha256
+    is added, so :func:`uopsl.runtime.bundle.parity_status` ignores a record
+    once the file is replaced. Other files keep their records.
+    """
+    root = Path(bundle)
+    manifest = read_manifest(root)
+    unknown = sorted(set(records) - {f.path for f in manifest.files})
+    if unknown:
+        raise BundleError(f"cannot record parity for files the manifest of {root} does not list: {unknown}")
+    files = tuple(replace(f, info={**f.info, PARITY_KEY: {**records[f.path], "sha256": f.sha256}})
+                  if f.path in records else f for f in manifest.files)
+    manifest = replace(manifest, files=files)
     write_manifest(root, manifest)
     return manifest

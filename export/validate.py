@@ -46,6 +46,7 @@ import cv2
 import numpy as np
 
 from uopsl.calibration.dataset import progress
+from uopsl.export.bundle_writer import record_parity
 from uopsl.export.parity_metrics import (
     ParityGates,
     Truth,
@@ -108,6 +109,8 @@ class ValidateConfig:
     threads: inference threads of CPU backends (None: their default).
     max_thumbnails: flipped images shown with a thumbnail per candidate in the HTML report.
     resume: reuse cached model outputs of an earlier run with identical inputs.
+    record: write each file's verdict into the bundle manifest (``FileEntry.info["parity"]``);
+        ``auto`` backend selection uses an INT8 file or engine only with a passing record.
     """
 
     backends: tuple[str, ...] = ("all",)
@@ -124,6 +127,7 @@ class ValidateConfig:
     max_thumbnails: int = 60
     resume: bool = True
     show_progress: bool = True
+    record: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "backends", tuple(self.backends))
@@ -571,9 +575,13 @@ def validate_bundle(
                  clin["flips"]["n"], num["max_abs_prob_diff"])
     per_layer = _per_layer(root, manifest, specs, images, cfg) if cfg.per_layer else {}
     passed = all(c["passed"] for c in candidates)
+    created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    if cfg.record:
+        _record(root, candidates, cfg, n=n, truth=truth.source, reference=_describe(reference), created=created,
+                report=out_dir / "parity.json")
     report = jsonable({
         "format": REPORT_FORMAT,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": created,
         "toolkit_version": __version__,
         "machine": _machine(),
         "passed": passed,
@@ -608,6 +616,27 @@ def validate_bundle(
 
     write_text(html_path, render_html(report, html_images))
     return ParityReport(passed, report, json_path, html_path)
+
+
+def _record(root: Path, candidates: Sequence[Mapping[str, Any]], cfg: ValidateConfig, *, n: int, truth: str,
+            reference: str, created: str, report: Path) -> None:
+    """Each validated file's verdict (all its backends must pass) into the manifest; see ``ValidateConfig.record``."""
+    by_file: dict[str, list[Mapping[str, Any]]] = {}
+    for c in candidates:
+        by_file.setdefault(c["file"], []).append(c)
+    records = {
+        file: jsonable({
+            "passed": all(c["passed"] for c in cs),
+            "backends": {c["backend"]: c["passed"] for c in cs},
+            "reasons": [f'{c["backend"]}: {r}' for c in cs for r in c.get("reasons", [])][:6],
+            "gates": cfg.gates.to_dict(), "n_images": n, "truth": truth, "reference": reference,
+            "created": created, "toolkit_version": __version__, "report": str(report),
+        })
+        for file, cs in by_file.items()
+    }
+    record_parity(root, records)
+    log.info("parity verdicts recorded in %s: %s", root / "manifest.json",
+             ", ".join(f"{f} {'PASS' if r['passed'] else 'FAIL'}" for f, r in records.items()))
 
 
 def _describe(reference: Any) -> str:

@@ -73,6 +73,28 @@ class FileEntry:
     info: dict[str, Any] = field(default_factory=dict)
 
 
+PARITY_KEY = "parity"  # FileEntry.info key written by `uopsl validate`
+
+
+def parity_status(entry: FileEntry) -> tuple[bool, str]:
+    """Whether ``uopsl validate`` passed this very file within its parity gates, and a reason either way.
+
+    ``auto`` backend selection takes an INT8 file or engine only when this is
+    True: a reduced-precision model is used unasked only after it was shown to
+    keep the reference model's decisions. The record names the file's sha256,
+    so a file replaced after validation does not inherit the verdict.
+    """
+    rec = entry.info.get(PARITY_KEY)
+    if not isinstance(rec, dict):
+        return False, f"{entry.path} has no parity record (run `uopsl validate` on this bundle)"
+    if rec.get("sha256") != entry.sha256:
+        return False, f"{entry.path}'s parity record is for another file content (validate it again)"
+    if rec.get("passed") is not True:
+        failed = "; ".join(str(r) for r in rec.get("reasons", [])[:2])
+        return False, f"{entry.path} failed parity validation" + (f" ({failed})" if failed else "")
+    return True, f"{entry.path} passed parity validation on {rec.get('n_images', '?')} images ({rec.get('created', '?')})"
+
+
 @dataclass(frozen=True)
 class Manifest:
     """Everything a device needs to run and interpret the model."""

@@ -176,11 +176,22 @@ def info_cmd(bundle: Path, as_json: bool) -> int:
         click.echo(f"  {c.name:16s} threshold {c.threshold:.3f}" + (f"  ({flags})" if flags else ""))
     click.echo("files")
     for f in m.files:
-        click.echo(f"  {f.path:28s} {f.kind:12s} {f.precision:12s} {f.size / 1e6:8.2f} MB  sha256 {f.sha256[:12]}")
+        click.echo(f"  {f.path:28s} {f.kind:12s} {f.precision:12s} {f.size / 1e6:8.2f} MB  sha256 {f.sha256[:12]}"
+                   + (f"  parity {_parity_word(f)}" if f.kind in ("onnx", "engine") else ""))
     click.echo("backends here")
     for name, ok, note in table:
         click.echo(f"  {name:9s} {'yes' if ok else 'no ':3s}  {note}")
     return 0
+
+
+def _parity_word(entry: Any) -> str:
+    """PASS / FAIL / not validated, from the record `uopsl validate` keeps in the manifest."""
+    from uopsl.runtime.bundle import PARITY_KEY, parity_status
+
+    if PARITY_KEY not in entry.info:
+        return "not validated"
+    ok, why = parity_status(entry)
+    return "PASS" if ok else ("stale" if "another file content" in why else "FAIL")
 
 
 @cli.command("verify")

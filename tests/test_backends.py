@@ -108,10 +108,22 @@ def test_open_backend_explicit_names(tiny_bundle: Path, cache: Path) -> None:
 
 
 # -- auto selection with fake availability ---------------------------------------------------
-def _with_engines(bundle: Path):  # type: ignore[no-untyped-def]
+def _validated(m, passed: bool = True, sha: str | None = None):  # type: ignore[no-untyped-def]
+    """``m`` with a `uopsl validate` parity record on every INT8 file and engine."""
+    def rec(f: FileEntry) -> FileEntry:
+        if not f.precision.startswith("int8"):
+            return f
+        parity = {"passed": passed, "sha256": f.sha256 if sha is None else sha, "n_images": 200,
+                  "created": "2026-11-28T20:00:00+00:00", "reasons": [] if passed else ["flip_rate 0.03 > 0.005"]}
+        return replace(f, info={**f.info, "parity": parity})
+    return replace(m, files=tuple(rec(f) for f in m.files))
+
+
+def _with_engines(bundle: Path, validated: bool = True):  # type: ignore[no-untyped-def]
     m = read_manifest(bundle)
-    return replace(m, files=m.files + (FileEntry("model.fp16.engine", "engine", "fp16"),
-                                       FileEntry("model.int8.engine", "engine", "int8")))
+    m = replace(m, files=m.files + (FileEntry("model.fp16.engine", "engine", "fp16", sha256="e16"),
+                                    FileEntry("model.int8.engine", "engine", "int8", sha256="e8")))
+    return _validated(m) if validated else m
 
 
 def test_auto_prefers_matching_tensorrt_engine(tiny_bundle: Path, cache: Path) -> None:
@@ -143,17 +155,18 @@ def test_auto_cpu_picks_openvino_int8_only_when_faster(tiny_bundle: Path, cache:
         return speed[0]
 
     monkeypatch.setattr(reg, "_measure_speedup", fake_measure)
+    m = _validated(read_manifest(tiny_bundle))
     speed = [1.8]  # e.g. ResNet-18 with VNNI
-    sel = select_backend(tiny_bundle, availability=av)
+    sel = select_backend(tiny_bundle, manifest=m, availability=av)
     assert (sel.backend, sel.precision) == ("openvino", "int8-qdq-u8")
     assert "1.80x" in sel.reason and "measured now" in sel.reason
     # Cached: a second selection does not measure again.
     speed[0] = 0.5
-    sel = select_backend(tiny_bundle, availability=av)
+    sel = select_backend(tiny_bundle, manifest=m, availability=av)
     assert sel.backend == "openvino" and len(calls) == 1 and "measured earlier" in sel.reason
     # Another machine (empty cache) where INT8 is slower (depthwise model, no VNNI): FP32.
     monkeypatch.setenv("UOPSL_CACHE_DIR", str(cache / "other"))
-    sel = select_backend(tiny_bundle, availability=av)
+    sel = select_backend(tiny_bundle, manifest=m, availability=av)
     assert (sel.backend, sel.precision) == ("ort-cpu", "fp32")
     assert "not enough faster" in sel.reason and len(calls) == 2
 
@@ -164,11 +177,37 @@ def test_auto_uses_recorded_speedup_for_this_cpu_without_measuring(tiny_bundle: 
     files = tuple(replace(f, info={"cpu_int8_speedup": 2.0, "cpu_int8_speedup_cpu": reg.cpu_name()})
                   if f.precision == "int8-qdq-u8" else f for f in m.files)
     monkeypatch.setattr(reg, "_measure_speedup", lambda *a, **k: pytest.fail("must not measure"))
-    sel = select_backend(tiny_bundle, manifest=replace(m, files=files), availability=Availability(CPU, openvino=True))
+    sel = select_backend(tiny_bundle, manifest=_validated(replace(m, files=files)),
+                         availability=Availability(CPU, openvino=True))
     assert sel.backend == "openvino" and "recorded in the bundle" in sel.reason
     # No figure and measuring disabled: the safe default, FP32.
-    sel = select_backend(tiny_bundle, availability=Availability(CPU, openvino=True), measure=False)
+    sel = select_backend(tiny_bundle, manifest=_validated(m), availability=Availability(CPU, openvino=True),
+                         measure=False)
     assert (sel.backend, sel.precision) == ("ort-cpu", "fp32") and "unknown" in sel.reason
+
+
+def test_auto_takes_int8_only_after_it_passed_parity_validation(tiny_bundle: Path, cache: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """A faster INT8 file is not used unasked until `uopsl validate` passed that very file."""
+    monkeypatch.setattr(reg, "_measure_speedup", lambda *a, **k: 3.0)
+    av = Availability(CPU, openvino=True)
+    m = read_manifest(tiny_bundle)
+    for manifest, expect in ((m, "no parity record"), (_validated(m, passed=False), "failed parity validation"),
+                             (_validated(m, sha="0" * 64), "another file content")):
+        sel = select_backend(tiny_bundle, manifest=manifest, availability=av)
+        assert (sel.backend, sel.precision) == ("ort-cpu", "fp32"), sel
+        assert expect in sel.reason
+    assert select_backend(tiny_bundle, manifest=_validated(m), availability=av).precision == "int8-qdq-u8"
+    # Asked for explicitly, INT8 runs without a record: the user decided.
+    assert select_backend(tiny_bundle, "openvino", "int8", manifest=m, availability=av).precision == "int8-qdq-u8"
+    # TensorRT: an unvalidated INT8 engine is passed over for the FP16 one, with the reason.
+    gpu = Availability(ort_providers=("CUDAExecutionProvider",) + CPU, openvino=True, tensorrt=True)
+    sel = select_backend(tiny_bundle, manifest=_with_engines(tiny_bundle, validated=False), availability=gpu,
+                         engine_check=lambda p: None)
+    assert sel.file == "model.fp16.engine" and "model.int8.engine has no parity record" in sel.reason
+    sel = select_backend(tiny_bundle, "tensorrt", "int8", manifest=_with_engines(tiny_bundle, validated=False),
+                         availability=gpu, engine_check=lambda p: None)
+    assert sel.file == "model.int8.engine"
 
 
 def test_auto_without_openvino_or_int8_is_ort_cpu_fp32(tiny_bundle: Path, cache: Path) -> None:

@@ -192,6 +192,7 @@ def test_info_verify_and_tampered_bundle(tiny_bundle: Path, tmp_path: Path, caps
     assert main(["info", str(tiny_bundle)]) == 0
     out = capsys.readouterr().out
     assert "model.int8.onnx" in out and "int8-qdq-u8" in out and "ort-cpu" in out and "tensorrt" in out
+    assert "parity not validated" in out  # no `uopsl validate` record in this bundle yet
     assert main(["info", str(tiny_bundle), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["manifest"]["model_name"] == "tiny"
     assert main(["verify", str(tiny_bundle)]) == 0

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from uopsl.runtime.backends.base import Backend, TensorSpec
-from uopsl.runtime.bundle import FileEntry, Manifest, read_manifest
+from uopsl.runtime.bundle import FileEntry, Manifest, parity_status, read_manifest
 from uopsl.runtime.errors import BackendError, BundleError, ConfigError, UopslError
 from uopsl.runtime.fsio import write_json
 from uopsl.runtime.optional import available
@@ -305,6 +305,9 @@ def select_backend(
         fp32, int8 = _onnx_file(m, "fp32", False), _onnx_file(m, "int8", False)
         if int8 is None:
             return False, "the bundle has no INT8 ONNX file"
+        validated, why_not = parity_status(int8)
+        if not validated:
+            return False, f"INT8 not chosen unasked: {why_not}"
         if fp32 is None:
             return True, "the bundle has no FP32 ONNX file"
         speedup, source = cpu_int8_speedup(root, fp32, int8, threads, measure=measure)
@@ -320,6 +323,9 @@ def select_backend(
             raise BundleError("backend tensorrt needs TensorRT and a CUDA binding: pip install 'uopsl[trt]' (JetPack on Jetson)")
         reasons = []
         for e in _engines(m, precision):
+            if precision == "auto" and e.precision == "int8" and not parity_status(e)[0]:
+                reasons.append(f"{e.path}: INT8 is not used unasked: {parity_status(e)[1]}")
+                continue
             why = engine_check(root / e.path)
             if why is None:
                 return Selection("tensorrt", e.precision, e.path, f"engine {e.path} matches this GPU and TensorRT")
@@ -350,10 +356,15 @@ def select_backend(
     # -- auto --------------------------------------------------------------------------------
     if av.tensorrt and precision in ("auto", "int8", "fp16", "fp32"):
         for e in _engines(m, precision):
+            if precision == "auto" and e.precision == "int8":
+                validated, why_not = parity_status(e)
+                if not validated:
+                    notes.append(f"engine {e.path} skipped: INT8 is not used unasked: {why_not}")
+                    continue
             why = engine_check(root / e.path)
             if why is None:
-                return Selection("tensorrt", e.precision, e.path,
-                                 f"TensorRT engine {e.path} ({e.precision}) matches this GPU and TensorRT version")
+                return Selection("tensorrt", e.precision, e.path, "; ".join(
+                    [*notes, f"TensorRT engine {e.path} ({e.precision}) matches this GPU and TensorRT version"]))
             notes.append(f"engine {e.path} skipped: {why}")
     elif m.files_of("engine"):
         notes.append("TensorRT engines present but TensorRT/CUDA binding not installed")

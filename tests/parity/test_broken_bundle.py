@@ -66,6 +66,13 @@ def test_shuffled_prototypes_fail_validation(tiny_ckpt_bundle: tuple[Path, Path]
     paths = cast_sets["val"][:48]
     cand = _assert_fails_with_flips(_validate(bundle, ckpt, paths, tmp_path / "out"), paths)
     assert cand["numerical"]["max_abs_prob_diff"] > 1e-3
+    # the failure is recorded in the bundle: `auto` will not take this file unasked
+    from uopsl.runtime.bundle import parity_status
+
+    entry = read_manifest(bundle).file("model.onnx")
+    assert entry.info["parity"]["passed"] is False and any("flip_rate" in r for r in entry.info["parity"]["reasons"])
+    ok, why = parity_status(entry)
+    assert not ok and "failed parity validation" in why
 
 
 def test_wrong_manifest_preprocessing_fails_validation(tiny_ckpt_bundle: tuple[Path, Path], cast_sets: dict,

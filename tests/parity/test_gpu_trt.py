@@ -59,7 +59,7 @@ def test_pytorch_cuda_vs_ort_cuda_fp32(tiny_ckpt_bundle: tuple[Path, Path], cast
 
     ckpt, bundle = tiny_ckpt_bundle
     result = validate_bundle(bundle, TorchReference.from_checkpoint(ckpt, "cuda"), _records(cast_sets)[:48],
-                             tmp_path / "out", ValidateConfig(backends=("ort-cuda",), show_progress=False),
+                             tmp_path / "out", ValidateConfig(backends=("ort-cuda",), show_progress=False, record=False),
                              label_space=("normal", "a", "b"))
     cand = result.report["candidates"][0]
     assert "error" not in cand, cand
@@ -91,7 +91,7 @@ def test_tensorrt_engine_vs_pytorch(precision: str, screen_model: tuple, cast_se
     add_file(bundle, None, name, "engine", precision, info=info.header.to_dict())  # type: ignore[arg-type]
     reference = TorchReference(module, PreprocessConfig(size=64), device="cuda")
     result = validate_bundle(bundle, reference, _records(cast_sets), tmp_path / "out",
-                             ValidateConfig(backends=("tensorrt",), batch_size=16, show_progress=False),
+                             ValidateConfig(backends=("tensorrt",), batch_size=16, show_progress=False, record=False),
                              label_space=CLASSES)
     cand = next(c for c in result.report["candidates"] if c["file"] == name)
     assert "error" not in cand, cand

@@ -39,12 +39,21 @@ def _val_folder(cast_sets: dict) -> Path:
 def test_labelled_folder_passes_and_writes_self_contained_reports(tiny_ckpt_bundle: tuple[Path, Path], cast_sets: dict,
                                                                    tmp_path: Path, capsys: pytest.CaptureFixture,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    ckpt, bundle = tiny_ckpt_bundle
+    ckpt, shared = tiny_ckpt_bundle
+    bundle = Path(shutil.copytree(shared, tmp_path / "bundle"))  # validate records its verdict in the manifest
     out = tmp_path / "out"
     args = [str(bundle), "--checkpoint", str(ckpt), "--data", str(_val_folder(cast_sets)), "--out", str(out),
             "--backends", "ort-cpu", "--limit", "24", "--n-boot", "100", "--device", "cpu"]
     assert _uopsl(args) == 0
     assert "PASS ort-cpu:model.onnx" in capsys.readouterr().out
+    # the verdict is in the manifest, tied to the file's checksum, and the bundle still verifies
+    from uopsl.runtime.bundle import parity_status, verify_or_raise
+
+    entry = verify_or_raise(bundle).file("model.onnx")
+    record = entry.info["parity"]
+    assert record["passed"] is True and record["sha256"] == entry.sha256 and record["n_images"] == 24
+    assert record["backends"] == {"ort-cpu": True} and record["gates"]["min_top1_agreement"] == 0.99
+    assert parity_status(entry)[0]
     report = _strict_json(out / "parity.json")
     assert report["passed"] and report["data"]["truth"] == "labels" and report["data"]["n_used"] == 24
     assert report["gates"] == {"max_flip_rate": 0.005, "max_auc_drop": 0.005, "max_sensitivity_drop": 0.01,
@@ -75,8 +84,10 @@ def test_unlabelled_images_use_the_reference_decisions(tiny_ckpt_bundle: tuple[P
         shutil.copy(p, flat / p.name)
     (flat / "broken.png").write_bytes(b"not an image")  # a bad file gets a row, it does not stop the run
     out = tmp_path / "out"
+    before = (bundle / "manifest.json").read_bytes()
     assert _uopsl([str(bundle), "--checkpoint", str(ckpt), "--data", str(flat), "--out", str(out),
-                   "--backends", "ort-cpu", "--device", "cpu", "--no-resume"]) == 0
+                   "--backends", "ort-cpu", "--device", "cpu", "--no-resume", "--no-record"]) == 0
+    assert (bundle / "manifest.json").read_bytes() == before  # --no-record leaves the bundle as it was
     report = _strict_json(out / "parity.json")
     assert report["data"]["truth"] == "reference_decisions" and report["data"]["n_used"] == 10
     assert [s["id"] for s in report["skipped_images"]] == ["broken.png"]

@@ -150,9 +150,12 @@ def limit_records(records: list[Any], limit: int | None, seed: int) -> list[Any]
 @click.option("--device", default="auto", show_default=True, help="Reference device: auto, cpu, cuda, cuda:N.")
 @click.option("--threads", type=click.IntRange(1), default=None, help="Inference threads of the CPU backends.")
 @click.option("--no-resume", is_flag=True, help="Recompute every output instead of reusing OUT/.parity-cache.")
+@click.option("--record/--no-record", default=True, show_default=True,
+              help="Write each file's verdict into the bundle manifest; `auto` backend selection uses an INT8 "
+                   "file or engine only after it passed.")
 def command(bundle: Path, checkpoint: Path, data_spec: str, out: Path, backends: str, gates: str | None,
             per_layer: bool, per_layer_images: int, sqnr_threshold: float, limit: int | None, seed: int,
-            batch_size: int, n_boot: int, device: str, threads: int | None, no_resume: bool) -> int:
+            batch_size: int, n_boot: int, device: str, threads: int | None, no_resume: bool, record: bool) -> int:
     """Validate BUNDLE against its checkpoint on --data; exit 0 when every candidate passes the gates."""
     from uopsl.export.parity_metrics import parse_gates
     from uopsl.export.validate import ValidateConfig, validate_bundle
@@ -163,7 +166,7 @@ def command(bundle: Path, checkpoint: Path, data_spec: str, out: Path, backends:
     config = ValidateConfig(
         backends=names, gates=parse_gates(gates), batch_size=batch_size, n_boot=n_boot, seed=seed,
         per_layer=per_layer, per_layer_images=per_layer_images, sqnr_threshold_db=sqnr_threshold,
-        threads=threads, resume=not no_resume,
+        threads=threads, resume=not no_resume, record=record,
     )
     manifest = read_manifest(bundle)
     reference = TorchReference.from_checkpoint(checkpoint, device)
