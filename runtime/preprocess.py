@@ -37,10 +37,12 @@ from uopsl.runtime.errors import (
     ImageTooLargeError,
     ImageTooSmallError,
 )
+from uopsl.runtime.exif import apply_orientation, jpeg_orientation, jpeg_segments
 
 # Bumped whenever the same input bytes and parameters give other pixels (caches of
-# preprocessed images key on it): 2 = reduced-scale JPEG decoding.
-PREPROCESS_VERSION = 2
+# preprocessed images key on it): 2 = reduced-scale JPEG decoding, 3 = JPEGs turned
+# upright by their Exif Orientation tag on every decode path.
+PREPROCESS_VERSION = 3
 
 # A decoded image smaller than this on its short side cannot hold a fundus.
 MIN_DECODE_SIDE = 16
@@ -122,6 +124,9 @@ class Geometry:
     The model input is the square ``[x0, x0+side) x [y0, y0+side)`` of the
     original (parts outside the original are black padding), resized to
     ``size``. ``cx, cy, radius`` is the FOV circle in original pixels.
+    "Original" is the decoded image turned upright by its Exif orientation
+    (what :func:`decode` returns), so overlays drawn with it land on the
+    photograph as a viewer shows it.
     """
 
     orig_h: int
@@ -241,21 +246,11 @@ def _header_size(data: bytes) -> tuple[int, int] | None:
 
 
 def _jpeg_size(data: bytes) -> tuple[int, int] | None:
-    i = 2
-    while i + 9 < len(data):
-        if data[i] != 0xFF:
-            return None
-        marker = data[i + 1]
-        if marker == 0xFF:  # fill byte
-            i += 1
-            continue
-        if marker in (0x01, *range(0xD0, 0xD8)):  # markers without a length
-            i += 2
-            continue
-        length = int.from_bytes(data[i + 2 : i + 4], "big")
+    for marker, i, _ in jpeg_segments(data):
         if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # start of frame
+            if i + 9 > len(data):
+                return None
             return int.from_bytes(data[i + 7 : i + 9], "big"), int.from_bytes(data[i + 5 : i + 7], "big")
-        i += 2 + length
     return None
 
 
@@ -303,6 +298,9 @@ def decode(data: bytes, *, source: str | None = None, max_pixels: int = 120_000_
     """Decode image bytes (JPEG, PNG, TIFF incl. 16-bit, BMP, ...) to uint8 HWC RGB.
 
     Grayscale is replicated to three channels, RGBA is composited over black.
+    A JPEG is turned upright by its Exif Orientation tag (:mod:`uopsl.runtime.exif`),
+    as a viewer shows it and as the reduced-scale decode of ``fast_decode`` does;
+    other formats are returned as stored.
     Raises :class:`ImageDecodeError` for empty, truncated or non-image data.
     """
     if not data:
@@ -314,13 +312,18 @@ def decode(data: bytes, *, source: str | None = None, max_pixels: int = 120_000_
     if header is not None:
         _check_pixels(header[0], header[1], max_pixels, source)
     buf = np.frombuffer(data, np.uint8)
+    # IMREAD_UNCHANGED ignores the Exif orientation; it is applied below, for JPEGs only.
     img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED | cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)
     if img is None:
         raise ImageDecodeError(
             f"not a decodable image ({len(data)} bytes; expected JPEG, PNG, TIFF or BMP)", source=source
         )
     _check_pixels(img.shape[1], img.shape[0], max_pixels, source)
-    img = _to_uint8(img)
+    return apply_orientation(_to_rgb(_to_uint8(img), source), jpeg_orientation(data))
+
+
+def _to_rgb(img: np.ndarray, source: str | None) -> np.ndarray:
+    """A decoded uint8 OpenCV image (gray, BGR or BGRA) as HWC RGB."""
     if img.ndim == 2:
         return cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
     channels = img.shape[2]
@@ -489,10 +492,15 @@ def _jpeg_reduction(data: bytes, cfg: PreprocessConfig) -> int:
 
 
 def _decode_reduced(data: bytes, scale: int, source: str | None) -> np.ndarray:
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), _REDUCED[scale])
+    """A JPEG decoded at 1/``scale`` (DCT scaling), turned upright exactly as :func:`decode` does.
+
+    OpenCV's own orientation handling is switched off so that both paths use
+    the same tag reader and the same transform (:mod:`uopsl.runtime.exif`).
+    """
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), _REDUCED[scale] | cv2.IMREAD_IGNORE_ORIENTATION)
     if img is None or img.ndim != 3:
         raise ImageDecodeError(f"not a decodable JPEG ({len(data)} bytes)", source=source)
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    return apply_orientation(cv2.cvtColor(img, cv2.COLOR_BGR2RGB), jpeg_orientation(data))
 
 
 def _square_crop(rgb: np.ndarray, x0: int, y0: int, side: int) -> np.ndarray:
@@ -607,6 +615,8 @@ def preprocess(
     )
 
 
-def preprocess_file(path: str | os.PathLike[str], config: PreprocessConfig | None = None) -> Preprocessed:
+def preprocess_file(
+    path: str | os.PathLike[str], config: PreprocessConfig | None = None, *, keep_original: bool = False
+) -> Preprocessed:
     """:func:`preprocess` on a file path; errors name the file."""
-    return preprocess(read_bytes(path), config, source=str(path))
+    return preprocess(read_bytes(path), config, source=str(path), keep_original=keep_original)
