@@ -11,7 +11,11 @@ Protocol (all fixed by --seed):
   masks); zero-shot test --n-test fundus drawn with the unseen classes too
   (rp, macular_hole). Each pool has its own generator seed.
 * model: EfficientNet-Lite0 with ImageNet weights, frozen (features cached
-  once and shared by every run), d=256, S=4 sites, sigmoid head.
+  once and shared by every run), d=256, S=4 sites, sigmoid head; --size is the
+  model input (the pools are always drawn at 384 px); --attention picks the
+  site-attention form (cosine, the default, or the older dot product).
+  ``--reuse RUN`` takes the data and the feature cache of an earlier run, so a
+  second variant (e.g. the other attention form) costs only the training.
 * ablations: ``fundus_only`` (no OCT, no P), ``p_only`` (P, no OCT),
   ``uopsl`` (P learned on OCT). Stage 1 then stage 2 for each.
 * few-shot: N in {5, 20} labelled fundus images per class, seeds 0..2; stage 1
@@ -26,6 +30,7 @@ import argparse
 import json
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +42,7 @@ from uopsl.runtime.preprocess import PreprocessConfig, preprocess_file
 from uopsl.train import data
 from uopsl.train.evaluate import mask_to_grid, site_concentration
 from uopsl.train.loops import TrainConfig, predict
+from uopsl.train.model import UopslModel
 from uopsl.train.stages import FeatureDataset, finetune, pretrain
 from uopsl.train.synthetic import SEEN_CLASSES, UNSEEN_CLASSES, SynthConfig, make_dataset
 from uopsl.train.torchdata import ImageDataset, Item
@@ -74,9 +80,14 @@ def macro_auc(y: np.ndarray, p: np.ndarray) -> float:
 
 
 def train_variant(variant: str, fund: FeatureDataset, octf: FeatureDataset | None, val: FeatureDataset, out: Path,
-                  seed: int, epochs: int, size: int, base_model=None) -> object:  # type: ignore[no-untyped-def]
+                  seed: int, epochs: int, size: int, base_model=None,  # type: ignore[no-untyped-def]
+                  attention: str = "cosine") -> object:
     torch.manual_seed(seed)  # the head's initialisation depends on the seed too
     model, meta = new_model(CLASSES, variant=variant, size=size)
+    if model.config.attention != attention:  # same seed, so the same initial weights as the other form
+        cfg = replace(model.config, attention=attention)
+        torch.manual_seed(seed)
+        model, meta = UopslModel(cfg, model.class_text.numpy()), replace(meta, model=cfg)
     if base_model is not None:
         model.fundus.encoder.load_state_dict(base_model.fundus.encoder.state_dict())
     cfg = TrainConfig(epochs=epochs, batch_size=32, lr=2e-3, seed=seed, freeze_encoder=True, augment=False, save_every=0)
@@ -100,19 +111,25 @@ def main() -> None:
     ap.add_argument("--shot-seeds", type=int, default=3)
     ap.add_argument("--parts", default="ablations,zeroshot,fewshot",
                     help="which experiments to run (comma-separated subset)")
+    ap.add_argument("--attention", choices=("cosine", "dot"), default="cosine", help="site-attention form")
+    ap.add_argument("--train-seed", type=int, default=None,
+                    help="seed of the ablations' initialisation and batch order (default --seed); the data stay --seed's")
+    ap.add_argument("--reuse", type=Path, default=None,
+                    help="an earlier run's --out whose data/ and cache/ (same seed and sizes) this run reads")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     t0 = time.time()
     out, s = args.out, args.seed
+    shared = args.reuse or out
     pre = PreprocessConfig(size=args.size)
-    train_src = pool(out / "data", "train", args.n_train, args.n_oct, 1000 + s, 384, False)
-    val_src = pool(out / "data", "val", args.n_val, 0, 2000 + s, 384, False)
-    test_src = pool(out / "data", "test", args.n_test, 0, 3000 + s, 384, False)
-    zs_src = pool(out / "data", "zeroshot", args.n_test, 0, 4000 + s, 384, True)
+    train_src = pool(shared / "data", "train", args.n_train, args.n_oct, 1000 + s, 384, False)
+    val_src = pool(shared / "data", "val", args.n_val, 0, 2000 + s, 384, False)
+    test_src = pool(shared / "data", "test", args.n_test, 0, 3000 + s, 384, False)
+    zs_src = pool(shared / "data", "zeroshot", args.n_test, 0, 4000 + s, 384, True)
 
     ref_model, _ = new_model(CLASSES, size=args.size)
     enc, oenc = ref_model.fundus.encoder, ref_model.oct.encoder  # type: ignore[union-attr]
-    cache = out / "cache"
+    cache = shared / "cache"
     ftr = features(enc, items(train_src, CLASSES, "fundus"), pre, cache, "train")
     foct = features(oenc, items(train_src, CLASSES, "oct"), pre, cache, "oct")
     fval = features(enc, items(val_src, CLASSES, "fundus"), pre, cache, "val")
@@ -125,7 +142,8 @@ def main() -> None:
     parts = set(args.parts.split(","))
     models = {}
     for variant in ("fundus_only", "p_only", "uopsl") if parts & {"ablations", "zeroshot"} else ():
-        m = train_variant(variant, ftr, foct, fval, out / variant, s, args.epochs, args.size, ref_model)
+        ts = s if args.train_seed is None else args.train_seed
+        m = train_variant(variant, ftr, foct, fval, out / variant, ts, args.epochs, args.size, ref_model, args.attention)
         models[variant] = m
         p, maps = probs_of(m, ftest)
         aucs = per_class_auc(ftest.targets, p)
@@ -158,7 +176,7 @@ def main() -> None:
             sub = ftr.subset(np.asarray(idx))
             for variant in ("fundus_only", "uopsl"):
                 m = train_variant(variant, sub, foct, fval, out / f"fewshot{n}" / f"{variant}_s{seed}", seed,
-                                  args.epochs, args.size, ref_model)
+                                  args.epochs, args.size, ref_model, args.attention)
                 p, _ = probs_of(m, ftest)
                 few.setdefault(f"{n}-shot", {}).setdefault(variant, []).append(macro_auc(ftest.targets, p))
         log.warning("few-shot %d: %s", n, few[f"{n}-shot"])

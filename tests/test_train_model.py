@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +18,15 @@ from trainhelpers import CLASSES, tiny_dataset, tiny_model
 from uopsl.runtime.errors import CheckpointError, ConfigError
 from uopsl.train.checkpoint import load_model, save_model
 from uopsl.train.loops import StageRunner, TrainConfig
-from uopsl.train.model import DeployModel, ModelConfig
+from uopsl.train.model import DeployModel, ModelConfig, UopslModel
 from uopsl.train.stages import finetune
+
+
+def attention_model(attention: str, variant: str = "uopsl") -> UopslModel:
+    """The tiny model with the given site-attention form (same weights for every form but the temperature)."""
+    model, _ = tiny_model(variant)
+    torch.manual_seed(0)
+    return UopslModel(replace(model.config, attention=attention), model.class_text.numpy())  # type: ignore[arg-type]
 
 
 def test_imagenet_weights_load_and_classify_sample_photos() -> None:
@@ -42,10 +52,10 @@ def test_unknown_backbone_is_a_clear_error() -> None:
         ModelConfig(backbone="vgg99")
 
 
+@pytest.mark.parametrize("attention", ["cosine", "dot"])
 @pytest.mark.parametrize("variant", ["uopsl", "p_only", "fundus_only"])
-def test_deploy_graph_equals_training_model(variant: str) -> None:
-    model, _ = tiny_model(variant)
-    model.eval()
+def test_deploy_graph_equals_training_model(variant: str, attention: str) -> None:
+    model = attention_model(attention, variant).eval()
     x = torch.randint(0, 256, (3, 64, 64, 3), dtype=torch.uint8)
     with torch.no_grad():
         ref = model.probs(model(x.permute(0, 3, 1, 2).float())["logits"])
@@ -53,6 +63,53 @@ def test_deploy_graph_equals_training_model(variant: str) -> None:
     assert torch.allclose(probs, ref, atol=1e-5), (probs - ref).abs().max()
     assert maps.shape == (3, len(CLASSES), 2, 2)
     assert torch.allclose(maps.sum(dim=(2, 3)), torch.ones(3, len(CLASSES)), atol=1e-5)
+
+
+def test_cosine_attention_logits_are_bounded_by_the_temperature_after_training(tmp_path: Path) -> None:
+    ds = tiny_dataset(tmp_path, n=12)
+    model, meta = tiny_model()
+    assert model.config.attention == "cosine"  # the default for new models
+    cfg = TrainConfig(epochs=3, batch_size=4, lr=0.05, save_every=0, augment=False)
+    model, _ = finetune(model, ds, None, cfg, tmp_path / "run", meta)
+    model.eval()
+    temp = float(model.sites.temperature.detach())
+    assert temp != pytest.approx(10.0, abs=1e-4)  # the temperature is learned, i.e. gradients reach it
+    x = torch.stack([ds[i][0] for i in range(len(ds))])
+    with torch.no_grad():
+        out = model(x)
+        logits = model.sites.logits(out["tokens"], model.site_queries())
+        model.sites.log_temp.fill_(math.log(1e4))  # however large the learned value, the cap holds
+        capped = model.sites.logits(out["tokens"], model.site_queries())
+    assert logits.abs().max() <= temp * (1 + 1e-5)
+    assert capped.abs().max() <= model.config.attention_temp_max * (1 + 1e-5)
+    assert float(model.sites.temperature.detach()) == model.config.attention_temp_max
+    # bounded logits -> no single token can take all of a map: each map keeps mass on every token
+    assert float(out["site_maps"].min()) > 0
+
+
+def test_config_without_attention_key_loads_as_dot_and_computes_as_before(tmp_path: Path) -> None:
+    assert ModelConfig().attention == "cosine"
+    assert ModelConfig.from_dict({}).attention == "dot"
+    with pytest.raises(ConfigError, match="attention"):
+        ModelConfig(attention="flash")  # type: ignore[arg-type]
+    model = attention_model("dot").eval()
+    _, meta = tiny_model()
+    save_model(tmp_path, model, replace(meta, model=model.config))
+    ckpt = tmp_path / "checkpoint.json"
+    raw = json.loads(ckpt.read_text())
+    for key in ("attention", "attention_temp_init", "attention_temp_max"):  # a checkpoint older than the field
+        del raw["model"][key]
+    ckpt.write_text(json.dumps(raw))
+    loaded, meta2 = load_model(tmp_path)  # strict: the old state dict has no temperature
+    assert meta2.model.attention == "dot" and not hasattr(loaded.sites, "log_temp")
+    for (k, v), (k2, v2) in zip(model.state_dict().items(), loaded.state_dict().items()):
+        assert k == k2 and torch.equal(v, v2)
+    x = torch.rand(2, 3, 64, 64) * 255
+    with torch.no_grad():
+        a, b = model(x), loaded.eval()(x)
+    # Same weights, same code path; two instances differ only by the memory alignment of their
+    # tensors, which changes the SIMD summation order (~1e-7), not the function.
+    assert torch.allclose(a["logits"], b["logits"], atol=1e-6) and torch.allclose(a["site_maps"], b["site_maps"], atol=1e-6)
 
 
 def test_new_class_bank_keeps_known_classes_and_scores_unseen_ones() -> None:

@@ -7,7 +7,10 @@ prototype ``t_k`` (frozen sentence embedding), the model learns
 * site queries ``P_k = G(t_k) + delta_k`` (``S`` per class; ``delta_k`` only for
   classes seen in training, so an unseen class gets queries from text alone);
 * site attention over image tokens ``T``:
-  ``A_ks = softmax_tokens(q(P_ks) . k(T) / sqrt(d))``, ``z_k = mean_s A_ks v(T)``;
+  ``A_ks = softmax_tokens(s * cos(q(P_ks), k(T)))`` with a learnable temperature
+  ``s`` (``attention="cosine"``, the default) or the original
+  ``softmax_tokens(q(P_ks) . k(T) / sqrt(d))`` (``attention="dot"``, what
+  checkpoints written before the choice existed use); ``z_k = mean_s A_ks v(T)``;
   the class's predilection map is ``mean_s A_ks``;
 * logits ``tau * cos(a g + (1 - a) z_k, e_k) + b_k`` with ``a = sigmoid(alpha)``.
 
@@ -35,6 +38,9 @@ from uopsl.train.backbones import Encoder, spec
 
 Variant = Literal["uopsl", "p_only", "fundus_only"]
 Head = Literal["sigmoid", "softmax"]
+Attention = Literal["cosine", "dot"]
+# What a checkpoint whose config predates the ``attention`` field used.
+LEGACY_ATTENTION: Attention = "dot"
 
 
 @dataclass(frozen=True)
@@ -51,6 +57,12 @@ class ModelConfig:
     variant: Variant = "uopsl"
     alpha_init: float = 0.0  # sigmoid(0) = 0.5: global and site features weigh the same
     tau_init: float = 10.0
+    # Site attention: "cosine" bounds every attention logit by the temperature (soft maps,
+    # gradients through the attention, an INT8-friendly Softmax input); "dot" is the unbounded
+    # q.k/sqrt(d) form of DESIGN.md, kept so older checkpoints compute what they were trained as.
+    attention: Attention = "cosine"
+    attention_temp_init: float = 10.0
+    attention_temp_max: float = 50.0
     classes: tuple[str, ...] = ()
     seen: tuple[bool, ...] = ()
 
@@ -62,6 +74,11 @@ class ModelConfig:
             raise ConfigError(f"variant must be uopsl, p_only or fundus_only, got {self.variant!r}")
         if self.head not in ("sigmoid", "softmax"):
             raise ConfigError(f"head must be sigmoid or softmax, got {self.head!r}")
+        if self.attention not in ("cosine", "dot"):
+            raise ConfigError(f"attention must be cosine or dot, got {self.attention!r}")
+        if not 0 < self.attention_temp_init <= self.attention_temp_max:
+            raise ConfigError("need 0 < attention_temp_init <= attention_temp_max, got "
+                              f"{self.attention_temp_init} and {self.attention_temp_max}")
         if self.dim < 8 or self.sites < 1:
             raise ConfigError(f"dim must be >= 8 and sites >= 1, got dim={self.dim}, sites={self.sites}")
         if self.seen and len(self.seen) != len(self.classes):
@@ -76,28 +93,61 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, object]) -> ModelConfig:
+        """Config from checkpoint JSON; one without ``attention`` predates it and used ``"dot"``."""
         d = dict(d)
+        d.setdefault("attention", LEGACY_ATTENTION)
         d["classes"] = tuple(d.get("classes", ()))  # type: ignore[arg-type]
         d["seen"] = tuple(d.get("seen", ()))  # type: ignore[arg-type]
         return cls(**d)  # type: ignore[arg-type]
 
 
 class SiteAttention(nn.Module):
-    """Class-wise site attention of ``S`` queries per class over image tokens."""
+    """Class-wise site attention of ``S`` queries per class over image tokens.
 
-    def __init__(self, dim: int) -> None:
+    ``cosine``: logits ``s * cos(q(P), k(T))`` with a learnable temperature
+    ``s`` capped at ``temp_max``, so ``|logit| <= s`` whatever the weights grow
+    to. ``dot``: ``q(P) . k(T) / sqrt(d)``, unbounded (a trained model reached
+    logits of ~7,000, i.e. a one-hot argmax over the tokens).
+    """
+
+    def __init__(self, dim: int, form: Attention = "dot", temp_init: float = 10.0, temp_max: float = 50.0) -> None:
         super().__init__()
         self.q = nn.Linear(dim, dim)
         self.k = nn.Linear(dim, dim)
         self.v = nn.Linear(dim, dim)
+        self.form = form
         self.scale = 1.0 / math.sqrt(dim)
+        self.temp_max = temp_max
+        if form == "cosine":  # no parameter for "dot": older state dicts load strictly
+            self.log_temp = nn.Parameter(torch.tensor(math.log(temp_init)))
+
+    @property
+    def temperature(self) -> torch.Tensor:
+        """Multiplier of the cosine logits (cosine form only)."""
+        if self.form != "cosine":
+            raise ConfigError("the dot-product site attention has no temperature")
+        return self.log_temp.exp().clamp(max=self.temp_max)
+
+    def cosine_queries(self, queries: torch.Tensor) -> torch.Tensor:
+        """(K, S, d) site queries -> (K*S, d): normalised projected queries times the temperature.
+
+        Constant after training; DeployModel folds it into one matrix.
+        """
+        k, s, d = queries.shape
+        return F.normalize(self.q(queries).reshape(k * s, d), dim=-1) * self.temperature
+
+    def logits(self, tokens: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
+        """Attention logits before the softmax over tokens: (N, K*S, T)."""
+        if self.form == "cosine":
+            return torch.einsum("qd,ntd->nqt", self.cosine_queries(queries), F.normalize(self.k(tokens), dim=-1))
+        k, s, d = queries.shape
+        q = self.q(queries).reshape(k * s, d)
+        return torch.einsum("qd,ntd->nqt", q, self.k(tokens)) * self.scale
 
     def forward(self, tokens: torch.Tensor, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """tokens (N, T, d), queries (K, S, d) -> z (N, K, d), maps (N, K, T)."""
-        k, s, d = queries.shape
-        q = self.q(queries).reshape(k * s, d)
-        att = torch.einsum("qd,ntd->nqt", q, self.k(tokens)) * self.scale
-        att = att.softmax(dim=-1).reshape(tokens.shape[0], k, s, -1)
+        k, s, _ = queries.shape
+        att = self.logits(tokens, queries).softmax(dim=-1).reshape(tokens.shape[0], k, s, -1)
         maps = att.mean(dim=2)  # (N, K, T)
         z = torch.einsum("nkt,ntd->nkd", maps, self.v(tokens))  # mean over s commutes with the pooling
         return z, maps
@@ -138,7 +188,7 @@ class UopslModel(nn.Module):
         self.text_proj = nn.Linear(config.text_dim, d)
         self.generator = nn.Sequential(nn.Linear(config.text_dim, d), nn.GELU(), nn.Linear(d, s * d))
         self.delta = nn.Parameter(torch.zeros(k, s, d))
-        self.sites = SiteAttention(d)
+        self.sites = SiteAttention(d, config.attention, config.attention_temp_init, config.attention_temp_max)
         self.alpha = nn.Parameter(torch.tensor(float(config.alpha_init)))
         self.log_tau = nn.Parameter(torch.tensor(math.log(config.tau_init)))
         self.bias = nn.Parameter(torch.zeros(k))
@@ -245,9 +295,14 @@ class DeployModel(nn.Module):
       because folding it too would change what the convolution's zero padding
       means at the image border (the folded graph must equal the trained one);
     * BatchNorm folds into convolutions at ONNX export (eval mode);
-    * the site queries ``q(P)`` are pre-multiplied with the key projection
-      (``q(P) W_k`` is one constant matrix; the key bias adds the same value to
-      every token of a query, so it cancels in the softmax and is dropped);
+    * cosine site attention: the normalised site queries times their
+      temperature are one constant matrix; the keys ``k(T)`` are projected and
+      L2-normalised per token at run time (the norm is data-dependent, so the
+      key projection cannot fold into the query matrix);
+    * dot site attention (older checkpoints): the site queries ``q(P)`` are
+      pre-multiplied with the key projection (``q(P) W_k`` is one constant
+      matrix; the key bias adds the same value to every token of a query, so it
+      cancels in the softmax and is dropped);
     * the normalised prototypes and the temperature are one constant matrix
       ``tau * E^T``; fusing with ``a`` and the biases are constants too.
     """
@@ -270,9 +325,14 @@ class DeployModel(nn.Module):
             e = m.prototypes()
             self.register_buffer("proto_t", (m.tau * e).t().contiguous())  # (d, K)
             self.register_buffer("bias", m.bias.detach().clone())
+            self.cosine = m.sites.form == "cosine"
             if self.variant != "fundus_only":
-                q = m.sites.q(m.site_queries()).reshape(k * s, d)
-                self.register_buffer("qk", (q @ m.sites.k.weight * m.sites.scale).t().contiguous())  # (d, K*S)
+                if self.cosine:
+                    self.register_buffer("qk", m.sites.cosine_queries(m.site_queries()).t().contiguous())  # (d, K*S)
+                    self.key = m.sites.k
+                else:
+                    q = m.sites.q(m.site_queries()).reshape(k * s, d)
+                    self.register_buffer("qk", (q @ m.sites.k.weight * m.sites.scale).t().contiguous())  # (d, K*S)
                 self.v = m.sites.v
                 a = float(m.fuse_weight())
                 self.a, self.s = a, s
@@ -291,7 +351,12 @@ class DeployModel(nn.Module):
             logits = gn @ self.proto_t + self.bias
             maps = (tokens[:, :, :1] * 0 + 1.0 / (h * w)).transpose(1, 2).expand(-1, k, h * w)
         else:
-            att = (tokens @ self.qk).transpose(1, 2).reshape(-1, k, self.s, h * w).softmax(dim=-1)
+            if self.cosine:  # F.normalize's arithmetic, broadcast instead of expand_as (no Shape/Expand ops)
+                kk = self.key(tokens)
+                keys = kk / kk.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+            else:
+                keys = tokens
+            att = (keys @ self.qk).transpose(1, 2).reshape(-1, k, self.s, h * w).softmax(dim=-1)
             maps = att.mean(dim=2)  # (N, K, T)
             z = maps @ self.v(tokens)  # (N, K, d)
             fused = self.a * gn.unsqueeze(1) + (1 - self.a) * F.normalize(z, dim=-1)
