@@ -83,7 +83,7 @@ PREDILECTION_SITES: dict[str, str] = {
 }
 
 # Bumped whenever a change alters the pixels: a folder made by another version is not resumed.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: the 18:01-18:29 changes of session 1 (brighter disc, severity-scaled lesions, distractors, illumination)
 CSV_COLUMNS: tuple[str, ...] = ("path", "patient", "eye", "modality", "labels", "masks")
 
 
