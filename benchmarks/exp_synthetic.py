@@ -13,7 +13,10 @@ Protocol (all fixed by --seed):
 * model: EfficientNet-Lite0 with ImageNet weights, frozen (features cached
   once and shared by every run), d=256, S=4 sites, sigmoid head; --size is the
   model input (the pools are always drawn at 384 px); --attention picks the
-  site-attention form (cosine, the default, or the older dot product).
+  site-attention form (cosine, the default, or the older dot product);
+  the site attention weighs only the tokens inside the field of view
+  (``fov_token_mask``, the default; ``--no-fov-mask``: every token, as
+  models before the mask).
   ``--reuse RUN`` takes the data and the feature cache of an earlier run, so a
   second variant (e.g. the other attention form) costs only the training.
 * ablations: ``fundus_only`` (no OCT, no P), ``p_only`` (P, no OCT),
@@ -42,7 +45,7 @@ from uopsl.runtime.preprocess import PreprocessConfig, preprocess_file
 from uopsl.train import data
 from uopsl.train.evaluate import mask_to_grid, site_concentration
 from uopsl.train.loops import TrainConfig, predict
-from uopsl.train.model import UopslModel
+from uopsl.train.model import UopslModel, fov_token_mask
 from uopsl.train.stages import FeatureDataset, finetune, pretrain
 from uopsl.train.synthetic import SEEN_CLASSES, UNSEEN_CLASSES, SynthConfig, make_dataset
 from uopsl.train.torchdata import ImageDataset, Item
@@ -81,11 +84,13 @@ def macro_auc(y: np.ndarray, p: np.ndarray) -> float:
 
 def train_variant(variant: str, fund: FeatureDataset, octf: FeatureDataset | None, val: FeatureDataset, out: Path,
                   seed: int, epochs: int, size: int, base_model=None,  # type: ignore[no-untyped-def]
-                  attention: str = "cosine") -> object:
+                  attention: str = "cosine", fov_mask: bool = True) -> object:
     torch.manual_seed(seed)  # the head's initialisation depends on the seed too
     model, meta = new_model(CLASSES, variant=variant, size=size)
-    if model.config.attention != attention:  # same seed, so the same initial weights as the other form
-        cfg = replace(model.config, attention=attention)
+    if meta.preprocess.fov_margin != model.config.fov_margin:
+        raise SystemExit(f"model fov_margin {model.config.fov_margin} != preprocessing's {meta.preprocess.fov_margin}")
+    if (model.config.attention, model.config.fov_token_mask) != (attention, fov_mask):  # same seed: same weights
+        cfg = replace(model.config, attention=attention, fov_token_mask=fov_mask)
         torch.manual_seed(seed)
         model, meta = UopslModel(cfg, model.class_text.numpy()), replace(meta, model=cfg)
     if base_model is not None:
@@ -112,6 +117,8 @@ def main() -> None:
     ap.add_argument("--parts", default="ablations,zeroshot,fewshot",
                     help="which experiments to run (comma-separated subset)")
     ap.add_argument("--attention", choices=("cosine", "dot"), default="cosine", help="site-attention form")
+    ap.add_argument("--no-fov-mask", action="store_true",
+                    help="site attention over every token, including those outside the field of view")
     ap.add_argument("--train-seed", type=int, default=None,
                     help="seed of the ablations' initialisation and batch order (default --seed); the data stay --seed's")
     ap.add_argument("--reuse", type=Path, default=None,
@@ -143,13 +150,15 @@ def main() -> None:
     models = {}
     for variant in ("fundus_only", "p_only", "uopsl") if parts & {"ablations", "zeroshot"} else ():
         ts = s if args.train_seed is None else args.train_seed
-        m = train_variant(variant, ftr, foct, fval, out / variant, ts, args.epochs, args.size, ref_model, args.attention)
+        m = train_variant(variant, ftr, foct, fval, out / variant, ts, args.epochs, args.size, ref_model, args.attention,
+                          not args.no_fov_mask)
         models[variant] = m
         p, maps = probs_of(m, ftest)
         aucs = per_class_auc(ftest.targets, p)
         entry = {"macro_auc": float(np.nanmean(aucs)), "auc": dict(zip(CLASSES, map(float, aucs)))}
         if variant != "fundus_only":
             entry["site_concentration"] = concentration(maps, test_src, test_items, pre)
+            entry["outside_fov_mass"] = outside_fov_mass(maps, pre)
         res["ablations"][variant] = entry  # type: ignore[index]
         log.warning("%s: %s (%.0f s)", variant, entry, time.time() - t0)
 
@@ -176,7 +185,7 @@ def main() -> None:
             sub = ftr.subset(np.asarray(idx))
             for variant in ("fundus_only", "uopsl"):
                 m = train_variant(variant, sub, foct, fval, out / f"fewshot{n}" / f"{variant}_s{seed}", seed,
-                                  args.epochs, args.size, ref_model, args.attention)
+                                  args.epochs, args.size, ref_model, args.attention, not args.no_fov_mask)
                 p, _ = probs_of(m, ftest)
                 few.setdefault(f"{n}-shot", {}).setdefault(variant, []).append(macro_auc(ftest.targets, p))
         log.warning("few-shot %d: %s", n, few[f"{n}-shot"])
@@ -185,6 +194,13 @@ def main() -> None:
     res["seconds"] = round(time.time() - t0)
     write_json(out / "results.json", res)
     print(json.dumps(res, indent=1))
+
+
+def outside_fov_mass(maps: np.ndarray, pre: PreprocessConfig) -> dict[str, float]:
+    """Per seen disease class: mean share of site-attention mass on tokens outside the FOV (all test images)."""
+    out = ~fov_token_mask(maps.shape[2], maps.shape[3], pre.fov_margin)
+    share = maps[:, :, out].sum(axis=-1) / maps.sum(axis=(2, 3))  # (N, K)
+    return {c: float(share[:, CLASSES.index(c)].mean()) for c in SEEN_CLASSES}
 
 
 def concentration(maps: np.ndarray, src: data.DatasetSource, its: list[Item], pre: PreprocessConfig) -> dict[str, float]:

@@ -11,7 +11,10 @@ prototype ``t_k`` (frozen sentence embedding), the model learns
   ``s`` (``attention="cosine"``, the default) or the original
   ``softmax_tokens(q(P_ks) . k(T) / sqrt(d))`` (``attention="dot"``, what
   checkpoints written before the choice existed use); ``z_k = mean_s A_ks v(T)``;
-  the class's predilection map is ``mean_s A_ks``;
+  the class's predilection map is ``mean_s A_ks``; with ``fov_token_mask`` (the
+  default for new models) the softmax runs over the tokens inside the field of
+  view only (:func:`fov_token_mask`), so a token of the black corners of the
+  square fundus input gets zero weight exactly;
 * logits ``tau * cos(a g + (1 - a) z_k, e_k) + b_k`` with ``a = sigmoid(alpha)``.
 
 Variants (the ablations): ``uopsl`` (OCT pre-training trains ``P``),
@@ -41,6 +44,30 @@ Head = Literal["sigmoid", "softmax"]
 Attention = Literal["cosine", "dot"]
 # What a checkpoint whose config predates the ``attention`` field used.
 LEGACY_ATTENTION: Attention = "dot"
+# What a checkpoint whose config predates ``fov_token_mask`` used: attention over every token.
+LEGACY_FOV_TOKEN_MASK = False
+# Supersampling of one token cell (per axis) when measuring how much of it lies inside the FOV.
+FOV_SUPERSAMPLE = 16
+
+
+def fov_token_mask(h: int, w: int, fov_margin: float = 0.0, supersample: int = FOV_SUPERSAMPLE) -> np.ndarray:
+    """(h, w) bool: the tokens whose grid cell lies at least half inside the FOV circle.
+
+    The model input is the square crop of ``uopsl.runtime.preprocess``: the FOV
+    circle is centred and its radius is ``size / 2 / (1 + fov_margin)`` pixels,
+    so in units of the input side the circle has centre 0.5 and radius
+    ``0.5 / (1 + fov_margin)`` whatever the size. The token grid tiles the
+    input evenly; a cell's inside fraction is measured on ``supersample`` x
+    ``supersample`` points at the centres of equal sub-cells.
+    """
+    if h < 1 or w < 1 or supersample < 1:
+        raise ConfigError(f"need h, w, supersample >= 1, got {h}, {w}, {supersample}")
+    radius = 0.5 / (1.0 + fov_margin)
+    sub = (np.arange(supersample) + 0.5) / supersample
+    ys = ((np.arange(h)[:, None] + sub[None, :]) / h - 0.5)  # (h, ss) sample y per cell
+    xs = ((np.arange(w)[:, None] + sub[None, :]) / w - 0.5)  # (w, ss)
+    inside = ys[:, None, :, None] ** 2 + xs[None, :, None, :] ** 2 <= radius**2  # (h, w, ss, ss)
+    return inside.mean(axis=(2, 3)) >= 0.5
 
 
 @dataclass(frozen=True)
@@ -63,6 +90,10 @@ class ModelConfig:
     attention: Attention = "cosine"
     attention_temp_init: float = 10.0
     attention_temp_max: float = 50.0
+    # Site attention over the tokens inside the field of view only (fov_token_mask); fov_margin
+    # is the preprocessing's (PreprocessConfig.fov_margin), copied when the model is created.
+    fov_token_mask: bool = True
+    fov_margin: float = 0.0
     classes: tuple[str, ...] = ()
     seen: tuple[bool, ...] = ()
 
@@ -79,6 +110,8 @@ class ModelConfig:
         if not 0 < self.attention_temp_init <= self.attention_temp_max:
             raise ConfigError("need 0 < attention_temp_init <= attention_temp_max, got "
                               f"{self.attention_temp_init} and {self.attention_temp_max}")
+        if not 0 <= self.fov_margin <= 1:
+            raise ConfigError(f"fov_margin must be in [0, 1] (as PreprocessConfig), got {self.fov_margin}")
         if self.dim < 8 or self.sites < 1:
             raise ConfigError(f"dim must be >= 8 and sites >= 1, got dim={self.dim}, sites={self.sites}")
         if self.seen and len(self.seen) != len(self.classes):
@@ -91,11 +124,19 @@ class ModelConfig:
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
 
+    def token_mask(self, h: int, w: int) -> np.ndarray | None:
+        """(h, w) bool mask of the fundus tokens the site attention may weigh; None: all of them."""
+        return fov_token_mask(h, w, self.fov_margin) if self.fov_token_mask else None
+
     @classmethod
     def from_dict(cls, d: dict[str, object]) -> ModelConfig:
-        """Config from checkpoint JSON; one without ``attention`` predates it and used ``"dot"``."""
+        """Config from checkpoint JSON; keys a config predates take the value it was trained with.
+
+        No ``attention``: ``"dot"``; no ``fov_token_mask``: attention over every token.
+        """
         d = dict(d)
         d.setdefault("attention", LEGACY_ATTENTION)
+        d.setdefault("fov_token_mask", LEGACY_FOV_TOKEN_MASK)
         d["classes"] = tuple(d.get("classes", ()))  # type: ignore[arg-type]
         d["seen"] = tuple(d.get("seen", ()))  # type: ignore[arg-type]
         return cls(**d)  # type: ignore[arg-type]
@@ -144,10 +185,18 @@ class SiteAttention(nn.Module):
         q = self.q(queries).reshape(k * s, d)
         return torch.einsum("qd,ntd->nqt", q, self.k(tokens)) * self.scale
 
-    def forward(self, tokens: torch.Tensor, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """tokens (N, T, d), queries (K, S, d) -> z (N, K, d), maps (N, K, T)."""
+    def forward(self, tokens: torch.Tensor, queries: torch.Tensor,
+                inside: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """tokens (N, T, d), queries (K, S, d) -> z (N, K, d), maps (N, K, T).
+
+        ``inside`` (T,) bool: the softmax runs over these tokens only; the others
+        get weight 0 exactly (exp(-inf)) and add nothing to ``z``.
+        """
         k, s, _ = queries.shape
-        att = self.logits(tokens, queries).softmax(dim=-1).reshape(tokens.shape[0], k, s, -1)
+        logits = self.logits(tokens, queries)
+        if inside is not None:
+            logits = logits.masked_fill(~inside, float("-inf"))
+        att = logits.softmax(dim=-1).reshape(tokens.shape[0], k, s, -1)
         maps = att.mean(dim=2)  # (N, K, T)
         z = torch.einsum("nkt,ntd->nkd", maps, self.v(tokens))  # mean over s commutes with the pooling
         return z, maps
@@ -236,6 +285,11 @@ class UopslModel(nn.Module):
         return new
 
     # -- scoring -----------------------------------------------------------
+    def inside_tokens(self, h: int, w: int, device: torch.device) -> torch.Tensor | None:
+        """(h*w,) bool: fundus tokens inside the FOV (``config.fov_token_mask``), or None (all tokens)."""
+        mask = self.config.token_mask(h, w)
+        return None if mask is None else torch.from_numpy(mask.reshape(-1)).to(device)
+
     @property
     def tau(self) -> torch.Tensor:
         return self.log_tau.exp().clamp(max=100.0)
@@ -246,16 +300,24 @@ class UopslModel(nn.Module):
         return torch.sigmoid(self.alpha)
 
     def score_tokens(
-        self, tokens: torch.Tensor, glob: torch.Tensor, use_sites: bool = True
+        self, tokens: torch.Tensor, glob: torch.Tensor, use_sites: bool = True, inside: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Class logits (N, K) and site maps (N, K, T) for image tokens and global vectors."""
+        """Class logits (N, K) and site maps (N, K, T) for image tokens and global vectors.
+
+        ``inside`` (T,) bool: the tokens the maps may weigh (None: all); without
+        site attention the maps are uniform over them.
+        """
         e = self.prototypes()
         n, t = tokens.shape[0], tokens.shape[1]
         if self.config.variant == "fundus_only" or not use_sites:
             fused = glob.unsqueeze(1).expand(n, self.num_classes, -1)
-            maps = torch.full((n, self.num_classes, t), 1.0 / t, device=tokens.device, dtype=tokens.dtype)
+            if inside is None:
+                maps = torch.full((n, self.num_classes, t), 1.0 / t, device=tokens.device, dtype=tokens.dtype)
+            else:
+                row = inside.to(tokens.dtype) / inside.sum().to(tokens.dtype)
+                maps = row.expand(n, self.num_classes, t)
         else:
-            z, maps = self.sites(tokens, self.site_queries())
+            z, maps = self.sites(tokens, self.site_queries(), inside)
             a = self.fuse_weight()
             fused = a * F.normalize(glob, dim=-1).unsqueeze(1) + (1 - a) * F.normalize(z, dim=-1)
         cos = (F.normalize(fused, dim=-1) * e.unsqueeze(0)).sum(-1)
@@ -264,7 +326,7 @@ class UopslModel(nn.Module):
     def forward_features(self, feat: torch.Tensor, use_sites: bool = True) -> dict[str, torch.Tensor]:
         """Score fundus backbone features (N, C, h, w) (used with cached, frozen-encoder features)."""
         tokens, glob, (h, w) = self.fundus.from_features(feat)
-        logits, maps = self.score_tokens(tokens, glob, use_sites)
+        logits, maps = self.score_tokens(tokens, glob, use_sites, self.inside_tokens(h, w, tokens.device))
         return {"logits": logits, "site_maps": maps.reshape(maps.shape[0], maps.shape[1], h, w),
                 "global": glob, "tokens": tokens}
 
@@ -278,7 +340,8 @@ class UopslModel(nn.Module):
     def oct_forward(self, x: torch.Tensor, features: bool = False) -> dict[str, torch.Tensor]:
         """OCT branch for pre-training: global vector, site-pooled class features, maps.
 
-        ``features``: ``x`` is already the OCT backbone's feature map.
+        ``features``: ``x`` is already the OCT backbone's feature map. No FOV
+        mask: an OCT B-scan fills its whole frame.
         """
         if self.oct is None:
             raise ConfigError(f"variant {self.config.variant!r} has no OCT branch")
@@ -304,7 +367,12 @@ class DeployModel(nn.Module):
       matrix; the key bias adds the same value to every token of a query, so it
       cancels in the softmax and is dropped);
     * the normalised prototypes and the temperature are one constant matrix
-      ``tau * E^T``; fusing with ``a`` and the biases are constants too.
+      ``tau * E^T``; fusing with ``a`` and the biases are constants too;
+    * FOV token mask (``fov_token_mask``): a constant Gather picks the ``T_in``
+      tokens inside the field of view before the attention, the softmax runs
+      over them alone (no -inf/-1e4 added into the Softmax input, which INT8
+      calibration would see as its range), and a constant (T_in, T) 0/1 MatMul
+      puts the maps back on the full grid with exact zeros outside.
     """
 
     def __init__(self, model: UopslModel, size: int) -> None:
@@ -339,6 +407,15 @@ class DeployModel(nn.Module):
             self.k = k
             # Token grid for this input size, so every reshape in the graph is static but the batch.
             self.h, self.w = m.fundus.encoder(torch.zeros(1, 3, size, size)).shape[-2:]
+            mask = m.config.token_mask(self.h, self.w)
+            self.masked = mask is not None
+            if mask is not None:
+                idx = np.flatnonzero(mask.reshape(-1))
+                place = torch.zeros(len(idx), self.h * self.w)
+                place[torch.arange(len(idx)), torch.from_numpy(idx)] = 1.0
+                self.register_buffer("inside_idx", torch.from_numpy(idx))  # (T_in,) Gather indices
+                self.register_buffer("place", place)  # (T_in, T): maps back onto the full grid
+                self.register_buffer("uniform", (place.sum(0) / len(idx)).unsqueeze(-1))  # (T, 1)
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         x = image.permute(0, 3, 1, 2).to(torch.float32) - self.mean
@@ -349,16 +426,20 @@ class DeployModel(nn.Module):
         gn = F.normalize(glob, dim=-1)
         if self.variant == "fundus_only":
             logits = gn @ self.proto_t + self.bias
-            maps = (tokens[:, :, :1] * 0 + 1.0 / (h * w)).transpose(1, 2).expand(-1, k, h * w)
+            uniform = self.uniform if self.masked else 1.0 / (h * w)
+            maps = (tokens[:, :, :1] * 0 + uniform).transpose(1, 2).expand(-1, k, h * w)
         else:
+            seen = tokens.index_select(1, self.inside_idx) if self.masked else tokens  # (N, T_in, d)
             if self.cosine:  # F.normalize's arithmetic, broadcast instead of expand_as (no Shape/Expand ops)
-                kk = self.key(tokens)
+                kk = self.key(seen)
                 keys = kk / kk.norm(dim=-1, keepdim=True).clamp_min(1e-12)
             else:
-                keys = tokens
-            att = (keys @ self.qk).transpose(1, 2).reshape(-1, k, self.s, h * w).softmax(dim=-1)
-            maps = att.mean(dim=2)  # (N, K, T)
-            z = maps @ self.v(tokens)  # (N, K, d)
+                keys = seen
+            att = (keys @ self.qk).transpose(1, 2).reshape(-1, k, self.s, seen.shape[1]).softmax(dim=-1)
+            maps = att.mean(dim=2)  # (N, K, T_in)
+            z = maps @ self.v(seen)  # (N, K, d)
+            if self.masked:
+                maps = maps @ self.place  # (N, K, T), exact zeros outside the FOV
             fused = self.a * gn.unsqueeze(1) + (1 - self.a) * F.normalize(z, dim=-1)
             # One batched MatMul per class (K, N, d) @ (K, d, 1): OpenVINO 2026.4 mis-broadcasts the
             # bias of the equivalent Mul -> ReduceSum -> Add pattern at batch > 1.
