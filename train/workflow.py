@@ -37,10 +37,13 @@ def new_model(classes: Sequence[str], *, variant: str = "uopsl", backbone: str =
               data_fingerprint: str = "", referable: Sequence[str] | None = None) -> tuple[UopslModel, CheckpointMeta]:
     """A fresh model for ``classes`` with its text prototypes and checkpoint metadata."""
     bank = banks.build(classes, classes_file, text_model)
+    pre = PreprocessConfig(size=size)
+    # The site attention's FOV token mask follows the preprocessing's crop around the FOV circle.
     cfg = ModelConfig(backbone=backbone, init=init, dim=dim, sites=sites, text_dim=int(bank.text.shape[1]),
-                      head=head, variant=variant, classes=tuple(classes), seen=bank.seen)  # type: ignore[arg-type]
+                      head=head, variant=variant, classes=tuple(classes), seen=bank.seen,  # type: ignore[arg-type]
+                      fov_margin=pre.fov_margin)
     ref = tuple(c != "normal" for c in classes) if referable is None else tuple(c in referable for c in classes)
-    meta = CheckpointMeta(model=cfg, preprocess=PreprocessConfig(size=size), phrases=bank.phrases,
+    meta = CheckpointMeta(model=cfg, preprocess=pre, phrases=bank.phrases,
                           referable=ref, data_fingerprint=data_fingerprint)
     return UopslModel(cfg, bank.text), meta
 
