@@ -130,20 +130,29 @@ def add_file(
     return manifest
 
 
-def record_parity(bundle: str | os.PathLike[str], records: dict[str, dict[str, Any]]) -> Manifest:
-    """Store ``uopsl validate``'s verdict per file in the manifest (``FileEntry.info["parity"]``), atomically.
+def record_parity(bundle: str | os.PathLike[str], records: dict[str, dict[str, dict[str, Any]]]) -> Manifest:
+    """Store ``uopsl validate``'s verdicts in the manifest (``FileEntry.info["parity"]``), atomically.
 
-    ``records`` maps a bundle file to its verdict; the file's current sha256
-    is added, so :func:`uopsl.runtime.bundle.parity_status` ignores a record
-    once the file is replaced. Other files keep their records.
+    ``records`` maps a bundle file to ``{backend: verdict}``. Verdicts are
+    merged per backend into the file's record while its sha256 is unchanged
+    (a later run on one backend does not erase another backend's verdict), and
+    start afresh once the file's content changed; see
+    :func:`uopsl.runtime.bundle.parity_status`.
     """
     root = Path(bundle)
     manifest = read_manifest(root)
     unknown = sorted(set(records) - {f.path for f in manifest.files})
     if unknown:
         raise BundleError(f"cannot record parity for files the manifest of {root} does not list: {unknown}")
-    files = tuple(replace(f, info={**f.info, PARITY_KEY: {**records[f.path], "sha256": f.sha256}})
-                  if f.path in records else f for f in manifest.files)
-    manifest = replace(manifest, files=files)
+    files = []
+    for f in manifest.files:
+        if f.path in records:
+            old = f.info.get(PARITY_KEY)
+            kept = dict(old.get("backends") or {}) if isinstance(old, dict) and old.get("sha256") == f.sha256 else {}
+            backends = {**kept, **records[f.path]}
+            passed = all(isinstance(v, dict) and v.get("passed") is True for v in backends.values())
+            f = replace(f, info={**f.info, PARITY_KEY: {"sha256": f.sha256, "passed": passed, "backends": backends}})
+        files.append(f)
+    manifest = replace(manifest, files=tuple(files))
     write_manifest(root, manifest)
     return manifest

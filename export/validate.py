@@ -576,9 +576,6 @@ def validate_bundle(
     per_layer = _per_layer(root, manifest, specs, images, cfg) if cfg.per_layer else {}
     passed = all(c["passed"] for c in candidates)
     created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-    if cfg.record:
-        _record(root, candidates, cfg, n=n, truth=truth.source, reference=_describe(reference), created=created,
-                report=out_dir / "parity.json")
     report = jsonable({
         "format": REPORT_FORMAT,
         "created": created,
@@ -615,28 +612,30 @@ def validate_bundle(
     from uopsl.export.parity_html import render_html
 
     write_text(html_path, render_html(report, html_images))
+    if cfg.record:  # after the reports: a read-only bundle costs the record, not the run
+        try:
+            _record(root, candidates, cfg, n=n, truth=truth.source, reference=_describe(reference),
+                    created=created, report=json_path)
+        except OSError as exc:
+            log.warning("the parity verdicts could not be recorded in %s (%s); the reports are in %s",
+                        root / "manifest.json", exc, out_dir)
     return ParityReport(passed, report, json_path, html_path)
 
 
 def _record(root: Path, candidates: Sequence[Mapping[str, Any]], cfg: ValidateConfig, *, n: int, truth: str,
             reference: str, created: str, report: Path) -> None:
-    """Each validated file's verdict (all its backends must pass) into the manifest; see ``ValidateConfig.record``."""
-    by_file: dict[str, list[Mapping[str, Any]]] = {}
+    """Each validated file's verdict per backend into the manifest; see ``ValidateConfig.record``."""
+    records: dict[str, dict[str, dict[str, Any]]] = {}
     for c in candidates:
-        by_file.setdefault(c["file"], []).append(c)
-    records = {
-        file: jsonable({
-            "passed": all(c["passed"] for c in cs),
-            "backends": {c["backend"]: c["passed"] for c in cs},
-            "reasons": [f'{c["backend"]}: {r}' for c in cs for r in c.get("reasons", [])][:6],
+        records.setdefault(c["file"], {})[c["backend"]] = jsonable({
+            "passed": bool(c["passed"]), "reasons": list(c.get("reasons", []))[:6],
             "gates": cfg.gates.to_dict(), "n_images": n, "truth": truth, "reference": reference,
             "created": created, "toolkit_version": __version__, "report": str(report),
         })
-        for file, cs in by_file.items()
-    }
     record_parity(root, records)
     log.info("parity verdicts recorded in %s: %s", root / "manifest.json",
-             ", ".join(f"{f} {'PASS' if r['passed'] else 'FAIL'}" for f, r in records.items()))
+             ", ".join(f"{f} on {b} {'PASS' if v['passed'] else 'FAIL'}"
+                       for f, per in records.items() for b, v in per.items()))
 
 
 def _describe(reference: Any) -> str:

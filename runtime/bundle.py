@@ -76,23 +76,34 @@ class FileEntry:
 PARITY_KEY = "parity"  # FileEntry.info key written by `uopsl validate`
 
 
-def parity_status(entry: FileEntry) -> tuple[bool, str]:
-    """Whether ``uopsl validate`` passed this very file within its parity gates, and a reason either way.
+def parity_status(entry: FileEntry, backend: str | None = None) -> tuple[bool, str]:
+    """Whether ``uopsl validate`` passed this very file on ``backend`` within its gates, and a reason either way.
 
     ``auto`` backend selection takes an INT8 file or engine only when this is
-    True: a reduced-precision model is used unasked only after it was shown to
-    keep the reference model's decisions. The record names the file's sha256,
-    so a file replaced after validation does not inherit the verdict.
+    True for the backend that would run it: a reduced-precision model is used
+    unasked only after it was shown, on that runtime, to keep the reference
+    model's decisions. The record names the file's sha256, so a file replaced
+    after validation does not inherit the verdict. ``backend=None``: every
+    backend recorded for the file must have passed.
     """
     rec = entry.info.get(PARITY_KEY)
-    if not isinstance(rec, dict):
+    if not isinstance(rec, dict) or not isinstance(rec.get("backends"), dict) or not rec["backends"]:
         return False, f"{entry.path} has no parity record (run `uopsl validate` on this bundle)"
     if rec.get("sha256") != entry.sha256:
         return False, f"{entry.path}'s parity record is for another file content (validate it again)"
-    if rec.get("passed") is not True:
-        failed = "; ".join(str(r) for r in rec.get("reasons", [])[:2])
-        return False, f"{entry.path} failed parity validation" + (f" ({failed})" if failed else "")
-    return True, f"{entry.path} passed parity validation on {rec.get('n_images', '?')} images ({rec.get('created', '?')})"
+    runs: dict[str, Any] = rec["backends"]
+    if backend is not None:
+        if not isinstance(runs.get(backend), dict):
+            return False, (f"{entry.path} has no parity record on {backend} (validated on {sorted(runs)}; "
+                           f"run `uopsl validate --backends {backend}`)")
+        runs = {backend: runs[backend]}
+    failed = {b: r for b, r in runs.items() if not (isinstance(r, dict) and r.get("passed") is True)}
+    if failed:
+        b, r = next(iter(failed.items()))
+        why = "; ".join(str(x) for x in (r.get("reasons") or [])[:2]) if isinstance(r, dict) else ""
+        return False, f"{entry.path} failed parity validation on {b}" + (f" ({why})" if why else "")
+    desc = ", ".join(f"{b} on {r.get('n_images', '?')} images ({r.get('created', '?')})" for b, r in runs.items())
+    return True, f"{entry.path} passed parity validation: {desc}"
 
 
 @dataclass(frozen=True)

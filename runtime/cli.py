@@ -188,10 +188,16 @@ def _parity_word(entry: Any) -> str:
     """PASS / FAIL / not validated, from the record `uopsl validate` keeps in the manifest."""
     from uopsl.runtime.bundle import PARITY_KEY, parity_status
 
-    if PARITY_KEY not in entry.info:
+    rec = entry.info.get(PARITY_KEY)
+    if not isinstance(rec, dict):
         return "not validated"
     ok, why = parity_status(entry)
-    return "PASS" if ok else ("stale" if "another file content" in why else "FAIL")
+    if "another file content" in why:
+        return "stale (file changed since validation)"
+    runs = rec.get("backends") or {}
+    per = ", ".join(f"{b} {'PASS' if isinstance(r, dict) and r.get('passed') is True else 'FAIL'}"
+                    for b, r in sorted(runs.items()))
+    return f"{'PASS' if ok else 'FAIL'} ({per})" if per else "not validated"
 
 
 @cli.command("verify")

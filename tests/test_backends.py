@@ -108,13 +108,15 @@ def test_open_backend_explicit_names(tiny_bundle: Path, cache: Path) -> None:
 
 
 # -- auto selection with fake availability ---------------------------------------------------
-def _validated(m, passed: bool = True, sha: str | None = None):  # type: ignore[no-untyped-def]
-    """``m`` with a `uopsl validate` parity record on every INT8 file and engine."""
+def _validated(m, passed: bool = True, sha: str | None = None,  # type: ignore[no-untyped-def]
+               backends: tuple[str, ...] = ("openvino", "tensorrt")):
+    """``m`` with a `uopsl validate` parity record on every INT8 file and engine, on ``backends``."""
     def rec(f: FileEntry) -> FileEntry:
         if not f.precision.startswith("int8"):
             return f
-        parity = {"passed": passed, "sha256": f.sha256 if sha is None else sha, "n_images": 200,
-                  "created": "2026-11-28T20:00:00+00:00", "reasons": [] if passed else ["flip_rate 0.03 > 0.005"]}
+        runs = {b: {"passed": passed, "n_images": 200, "created": "2026-11-28T20:00:00+00:00",
+                    "reasons": [] if passed else ["flip_rate 0.03 > 0.005"]} for b in backends}
+        parity = {"sha256": f.sha256 if sha is None else sha, "passed": passed, "backends": runs}
         return replace(f, info={**f.info, "parity": parity})
     return replace(m, files=tuple(rec(f) for f in m.files))
 
@@ -193,7 +195,9 @@ def test_auto_takes_int8_only_after_it_passed_parity_validation(tiny_bundle: Pat
     av = Availability(CPU, openvino=True)
     m = read_manifest(tiny_bundle)
     for manifest, expect in ((m, "no parity record"), (_validated(m, passed=False), "failed parity validation"),
-                             (_validated(m, sha="0" * 64), "another file content")):
+                             (_validated(m, sha="0" * 64), "another file content"),
+                             # passed on ONNX Runtime only: OpenVINO, which would run it, never did
+                             (_validated(m, backends=("ort-cpu",)), "no parity record on openvino")):
         sel = select_backend(tiny_bundle, manifest=manifest, availability=av)
         assert (sel.backend, sel.precision) == ("ort-cpu", "fp32"), sel
         assert expect in sel.reason

@@ -22,7 +22,7 @@ import pytest
 import torch
 
 from trainhelpers import CLASSES, tiny_model
-from uopsl.runtime.bundle import read_manifest, verify
+from uopsl.runtime.bundle import read_manifest, verify, verify_or_raise
 from uopsl.runtime.errors import BundleError
 from uopsl.runtime.fsio import sha256_file
 from uopsl.train.checkpoint import save_model
@@ -230,3 +230,27 @@ def test_reexport_with_a_classes_file_adds_an_unseen_class_without_retraining(
     assert probs.shape == (2, 4) and np.isfinite(probs).all()
     assert (repo / "uopsl" / "1" / "model.onnx").read_bytes() == (out / "model.onnx").read_bytes()
     assert "dims: [ 4, 2, 2 ]" in (repo / "uopsl" / "config.pbtxt").read_text()
+
+
+def test_parity_records_merge_per_backend_until_the_file_changes(exported: dict[str, Any], tmp_path: Path) -> None:
+    from uopsl.export.bundle_writer import add_file, record_parity
+    from uopsl.runtime.bundle import parity_status
+
+    bundle = _copy(exported["bundle"], tmp_path / "b")
+    ok, bad = {"passed": True, "reasons": [], "n_images": 50}, {"passed": False, "reasons": ["flip_rate 0.1 > 0.005"]}
+    record_parity(bundle, {"model.onnx": {"ort-cpu": ok}})
+    record_parity(bundle, {"model.onnx": {"openvino": bad}})  # a later run on another backend adds to the record
+    entry = read_manifest(bundle).file("model.onnx")
+    assert set(entry.info["parity"]["backends"]) == {"ort-cpu", "openvino"} and entry.info["parity"]["passed"] is False
+    assert parity_status(entry, "ort-cpu")[0] and not parity_status(entry, "openvino")[0] and not parity_status(entry)[0]
+    verify_or_raise(bundle)  # the manifest's own checksum is rewritten with the record
+    # new file content: the old verdicts no longer apply and are dropped at the next record
+    _flip_one_byte(bundle / "model.onnx")
+    add_file(bundle, None, "model.onnx", "onnx", "fp32", info=entry.info)
+    stale = read_manifest(bundle).file("model.onnx")
+    assert not parity_status(stale, "ort-cpu")[0] and "another file content" in parity_status(stale, "ort-cpu")[1]
+    record_parity(bundle, {"model.onnx": {"ort-cpu": ok}})
+    fresh = read_manifest(bundle).file("model.onnx")
+    assert set(fresh.info["parity"]["backends"]) == {"ort-cpu"} and parity_status(fresh)[0]
+    with pytest.raises(BundleError, match="does not list"):
+        record_parity(bundle, {"nope.onnx": {"ort-cpu": ok}})

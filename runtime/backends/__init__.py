@@ -305,7 +305,7 @@ def select_backend(
         fp32, int8 = _onnx_file(m, "fp32", False), _onnx_file(m, "int8", False)
         if int8 is None:
             return False, "the bundle has no INT8 ONNX file"
-        validated, why_not = parity_status(int8)
+        validated, why_not = parity_status(int8, "openvino")
         if not validated:
             return False, f"INT8 not chosen unasked: {why_not}"
         if fp32 is None:
@@ -323,8 +323,8 @@ def select_backend(
             raise BundleError("backend tensorrt needs TensorRT and a CUDA binding: pip install 'uopsl[trt]' (JetPack on Jetson)")
         reasons = []
         for e in _engines(m, precision):
-            if precision == "auto" and e.precision == "int8" and not parity_status(e)[0]:
-                reasons.append(f"{e.path}: INT8 is not used unasked: {parity_status(e)[1]}")
+            if precision == "auto" and e.precision == "int8" and not parity_status(e, "tensorrt")[0]:
+                reasons.append(f"{e.path}: INT8 is not used unasked: {parity_status(e, 'tensorrt')[1]}")
                 continue
             why = engine_check(root / e.path)
             if why is None:
@@ -357,7 +357,7 @@ def select_backend(
     if av.tensorrt and precision in ("auto", "int8", "fp16", "fp32"):
         for e in _engines(m, precision):
             if precision == "auto" and e.precision == "int8":
-                validated, why_not = parity_status(e)
+                validated, why_not = parity_status(e, "tensorrt")
                 if not validated:
                     notes.append(f"engine {e.path} skipped: INT8 is not used unasked: {why_not}")
                     continue

@@ -51,9 +51,11 @@ def test_labelled_folder_passes_and_writes_self_contained_reports(tiny_ckpt_bund
 
     entry = verify_or_raise(bundle).file("model.onnx")
     record = entry.info["parity"]
-    assert record["passed"] is True and record["sha256"] == entry.sha256 and record["n_images"] == 24
-    assert record["backends"] == {"ort-cpu": True} and record["gates"]["min_top1_agreement"] == 0.99
-    assert parity_status(entry)[0]
+    assert record["passed"] is True and record["sha256"] == entry.sha256 and set(record["backends"]) == {"ort-cpu"}
+    run = record["backends"]["ort-cpu"]
+    assert run["passed"] is True and run["n_images"] == 24 and run["gates"]["min_top1_agreement"] == 0.99
+    assert parity_status(entry)[0] and parity_status(entry, "ort-cpu")[0]
+    assert not parity_status(entry, "openvino")[0]  # never run there
     report = _strict_json(out / "parity.json")
     assert report["passed"] and report["data"]["truth"] == "labels" and report["data"]["n_used"] == 24
     assert report["gates"] == {"max_flip_rate": 0.005, "max_auc_drop": 0.005, "max_sensitivity_drop": 0.01,
