@@ -100,7 +100,9 @@ class LayerwiseReport:
         if not self.suggested_exclude:
             return ""
         var = f" --variant {variant}" if variant else ""
-        return f"uopsl quantize {target}{var} --exclude {','.join(self.suggested_exclude)}"
+        # --images: the calibration images, which bias correction (on by default) needs
+        return (f"uopsl quantize {target}{var} --images CALIBRATION_IMAGES "
+                f"--exclude {','.join(self.suggested_exclude)}")
 
 
 def sqnr_db(signal_energy: float, noise_energy: float) -> float:

@@ -43,6 +43,8 @@ def test_ruined_range_is_the_first_suggested_exclusion(screen_bundle: Path, cast
     conv = next(r for r in report.layers if r.node == CONV0)
     assert conv.sqnr_drop_db > 20 and conv.range_sqnr_db is not None and conv.range_sqnr_db < 10
     assert f"--exclude {CONV0}" in report.suggested_command()
+    # the suggestion is a command `uopsl quantize` accepts as printed (bias correction needs the images)
+    assert "--images CALIBRATION_IMAGES" in report.suggested_command()
     # every suggestion is a name `uopsl quantize --exclude` accepts
     prepared = _load_prepared(bundle / "model.onnx")
     assert resolve_exclusions(prepared, report.suggested_exclude) == report.suggested_exclude

@@ -80,13 +80,13 @@ def choose_inputs(bundle: Path, manifest: Any, precision: str, int8_mode: str, t
         else:
             raise BundleError(
                 f"{bundle}: INT8 on TensorRT {trt_major}.x needs the TensorRT Q/DQ model (an 'int8-qdq-s8' ONNX: "
-                "run 'uopsl quantize' on the bundle)"
+                "run 'uopsl quantize BUNDLE --variant trt --images CALIBRATION_IMAGES')"
                 + ("" if trt_major >= 11 else ", or calibration data (--calib-cache / --calib-images / calibration.json)")
             )
     if mode == "qdq":
         if qdq is None:
             raise BundleError(f"{bundle}: --int8-mode qdq needs an 'int8-qdq-s8' ONNX in the bundle; "
-                              "run 'uopsl quantize' on the bundle first")
+                              "run 'uopsl quantize BUNDLE --variant trt --images CALIBRATION_IMAGES' first")
         return bundle / qdq.path, mode
     if fp32 is None:
         raise BundleError(f"{bundle}: the manifest lists no FP32 ONNX model to calibrate")
