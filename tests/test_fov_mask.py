@@ -89,6 +89,32 @@ def test_tokens_outside_the_fov_do_not_change_the_site_features() -> None:
     assert torch.allclose(z, z2, atol=1e-6) and torch.allclose(maps, maps2, atol=1e-7)
 
 
+def test_p_only_stage1_site_loss_ignores_tokens_outside_the_fov() -> None:
+    """Stage 1 of ``p_only`` trains P on fundus tokens: with the same mask as stage 2 and deployment."""
+    from uopsl.train.loops import TrainConfig, pretrain_losses
+
+    model = model_8x8("p_only")
+    channels = model.fundus.encoder.channels
+    feat = torch.randn(2, channels, GRID, GRID)
+    inside = torch.from_numpy(fov_token_mask(GRID, GRID)).reshape(GRID, GRID)
+    changed = feat.clone()
+    changed[:, :, ~inside] = torch.randn(2, channels, int((~inside).sum())) * 100
+    y = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 1.0]])[:, : len(model.config.classes)]
+    loss = pretrain_losses(model, TrainConfig(), features=True)
+    with torch.no_grad():
+        a, b = loss(feat, y), loss(changed, y)
+    assert torch.allclose(a["site"], b["site"], atol=1e-6)
+    assert not torch.allclose(a["fundus"], b["fundus"])  # the global vector does see every token
+
+
+def test_an_empty_token_mask_is_refused() -> None:
+    from uopsl.runtime.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="no token of the 2x2 grid"):
+        fov_token_mask(2, 2, 0.5)
+    assert fov_token_mask(2, 2, 0.0).all()
+
+
 def test_oct_branch_attends_to_every_token() -> None:
     model = model_8x8()
     with torch.no_grad():

@@ -286,11 +286,11 @@ def pretrain_losses(model: UopslModel, cfg: TrainConfig, features: bool = False)
     def fn(xf: torch.Tensor, yf: torch.Tensor, xo: torch.Tensor | None = None, yo: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         e = model.prototypes()
         tau = model.tau
-        tokens, glob, _ = model.fundus.from_features(xf) if features else model.fundus(xf)
+        tokens, glob, (h, w) = model.fundus.from_features(xf) if features else model.fundus(xf)
         parts = {"fundus": losses.soft_contrastive(glob, e, yf, tau)}
         if model.config.variant == "p_only":
-            # P without OCT: the site loss is applied to fundus tokens instead.
-            z, _ = model.sites(tokens, model.site_queries())
+            # P without OCT: the site loss is applied to fundus tokens instead, inside the FOV as in stage 2.
+            z, _ = model.sites(tokens, model.site_queries(), model.inside_tokens(h, w, tokens.device))
             parts["site"] = losses.site_loss(z, e, yf, tau)
         if xo is not None and yo is not None and model.oct is not None:
             o = model.oct_forward(xo, features=features)

@@ -67,7 +67,14 @@ def fov_token_mask(h: int, w: int, fov_margin: float = 0.0, supersample: int = F
     ys = ((np.arange(h)[:, None] + sub[None, :]) / h - 0.5)  # (h, ss) sample y per cell
     xs = ((np.arange(w)[:, None] + sub[None, :]) / w - 0.5)  # (w, ss)
     inside = ys[:, None, :, None] ** 2 + xs[None, :, None, :] ** 2 <= radius**2  # (h, w, ss, ss)
-    return inside.mean(axis=(2, 3)) >= 0.5
+    mask = inside.mean(axis=(2, 3)) >= 0.5
+    if not mask.any():
+        # An empty mask would turn every attention logit into -inf (NaN maps and losses).
+        raise ConfigError(
+            f"no token of the {h}x{w} grid lies at least half inside the FOV circle (fov_margin {fov_margin}); "
+            "use a larger model input, a smaller fov_margin, or fov_token_mask=False"
+        )
+    return mask
 
 
 @dataclass(frozen=True)
