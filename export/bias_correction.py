@@ -123,31 +123,64 @@ def _channel_means(model: Any, names: list[str], images: np.ndarray) -> dict[str
     return out
 
 
-def _targets(float_model: Any, qmodel: Any) -> list[_Target]:
-    """The quantized Conv/Gemm layers (weights behind a DequantizeLinear) that have a bias initializer."""
+def _own_float_biases(qmodel: Any) -> None:
+    """Give each Conv/Gemm its own copy of a float bias initializer that several nodes read.
+
+    A shared bias corrected for one layer would move the other layer's output too.
+    """
+    inits = {i.name: i for i in qmodel.graph.initializer}
+    readers: dict[str, int] = {}
+    for node in qmodel.graph.node:
+        for t in node.input:
+            readers[t] = readers.get(t, 0) + 1
+    for node in qmodel.graph.node:
+        if node.op_type in CORRECTED_OPS and len(node.input) >= 3 and readers.get(node.input[2], 0) > 1 \
+                and node.input[2] in inits:
+            copy_ = qmodel.graph.initializer.add()
+            copy_.CopyFrom(inits[node.input[2]])
+            copy_.name = f"{node.input[2]}__{node.name}"
+            readers[node.input[2]] -= 1
+            node.input[2] = copy_.name
+
+
+def _targets(float_model: Any, qmodel: Any) -> tuple[list[_Target], list[str]]:
+    """The quantized Conv/Gemm layers (weights behind a DequantizeLinear) whose bias can be corrected.
+
+    Also returns the quantized layers that cannot be (no bias, or an int32 bias shared with another layer).
+    """
+    _own_float_biases(qmodel)
     float_nodes = {n.name: n for n in float_model.graph.node}
     producer = {t: n for n in qmodel.graph.node for t in n.output}
+    readers: dict[str, int] = {}
+    for n in qmodel.graph.node:
+        for t in n.input:
+            readers[t] = readers.get(t, 0) + 1
     inits = {i.name for i in qmodel.graph.initializer}
     out: list[_Target] = []
+    skipped: list[str] = []
     for node in qmodel.graph.node:
-        if node.op_type not in CORRECTED_OPS or node.name not in float_nodes or len(node.input) < 3:
+        if node.op_type not in CORRECTED_OPS or node.name not in float_nodes:
             continue
-        weight = producer.get(node.input[1])
+        weight = producer.get(node.input[1]) if len(node.input) > 1 else None
         if weight is None or weight.op_type != "DequantizeLinear":
             continue  # kept in float: nothing to correct
-        if node.op_type == "Gemm" and any(a.name == "transA" and a.i for a in node.attribute):
+        if len(node.input) < 3 or not node.input[2] or \
+                (node.op_type == "Gemm" and any(a.name == "transA" and a.i for a in node.attribute)):
+            skipped.append(node.name)
             continue
         bias_in = node.input[2]
         dq = producer.get(bias_in)
-        if dq is not None and dq.op_type == "DequantizeLinear" and dq.input[0] in inits:
+        if dq is not None and dq.op_type == "DequantizeLinear" and dq.input[0] in inits \
+                and readers.get(bias_in, 0) == 1 and readers.get(dq.input[0], 0) == 1:
             target = _Target(node.name, node.op_type, float_nodes[node.name].output[0], node.output[0],
                              dq.input[0], dq.input[1])
         elif bias_in in inits:
             target = _Target(node.name, node.op_type, float_nodes[node.name].output[0], node.output[0], bias_in, None)
         else:
+            skipped.append(node.name)
             continue
         out.append(target)
-    return out
+    return out, skipped
 
 
 def correct_biases(float_model: Any, qmodel: Any, images: np.ndarray, *, show_progress: bool = True) -> int:
@@ -157,7 +190,10 @@ def correct_biases(float_model: Any, qmodel: Any, images: np.ndarray, *, show_pr
     shared). ``images`` are calibration inputs in the model's input layout.
     """
     nh = require("onnx.numpy_helper", "INT8 bias correction")
-    targets = _targets(float_model, qmodel)
+    targets, skipped = _targets(float_model, qmodel)
+    if skipped:
+        log.info("bias correction leaves %d quantized layer(s) as they are (no bias of their own): %s",
+                 len(skipped), ", ".join(skipped[:5]) + (" ..." if len(skipped) > 5 else ""))
     if not targets:
         return 0
     reference = _channel_means(float_model, [t.float_output for t in targets], images)
@@ -171,7 +207,7 @@ def correct_biases(float_model: Any, qmodel: Any, images: np.ndarray, *, show_pr
         init = inits[t.bias]
         bias = nh.to_array(init)
         if shift.shape != bias.shape:
-            log.debug("bias correction skips %s: bias shape %s, output channels %s", t.node, bias.shape, shift.shape)
+            log.info("bias correction skips %s: bias shape %s, output channels %s", t.node, bias.shape, shift.shape)
             continue
         if t.bias_scale is None:
             new = (bias.astype(np.float64) + shift).astype(bias.dtype)
@@ -179,7 +215,11 @@ def correct_biases(float_model: Any, qmodel: Any, images: np.ndarray, *, show_pr
             scale = nh.to_array(inits[t.bias_scale]).astype(np.float64)
             step = np.round(shift / scale).astype(np.int64)
             info = np.iinfo(bias.dtype)
-            new = np.clip(bias.astype(np.int64) + step, info.min, info.max).astype(bias.dtype)
+            wide = bias.astype(np.int64) + step
+            if (wide < info.min).any() or (wide > info.max).any():
+                log.warning("bias correction of %s saturates the %s bias of %d channel(s)", t.node, bias.dtype,
+                            int(((wide < info.min) | (wide > info.max)).sum()))
+            new = np.clip(wide, info.min, info.max).astype(bias.dtype)
         init.CopyFrom(nh.from_array(new, init.name))
         corrected += 1
     log.info("bias correction: %d of %d quantized Conv/Gemm layers corrected on %d images",

@@ -511,3 +511,48 @@ def _tiny_copy(tmp_path: Path) -> Path:
 def _table_for(tmp_path: Path) -> CalibrationTable:
     cs = CalibrationSet.from_images(random_fundus_batch(4, SIZE, seed=5))
     return collect_statistics(tmp_path / "plain.onnx", cs, batch_size=4, show_progress=False).table("minmax")
+
+
+def test_bias_correction_gives_layers_sharing_a_bias_initializer_their_own_copy() -> None:
+    """Two Convs reading one float bias (a user's ONNX, trt-style float biases): each is corrected alone."""
+    from onnx import TensorProto, helper
+
+    from uopsl.export.bias_correction import correct_biases
+
+    rng = np.random.default_rng(0)
+    wa, wb = rng.normal(size=(4, 4, 3, 3)).astype(np.float32), rng.normal(size=(4, 4, 1, 1)).astype(np.float32)
+    bias = rng.normal(size=4).astype(np.float32)
+
+    def graph(quantized: bool) -> onnx.ModelProto:
+        nodes, inits = [], [numpy_helper.from_array(bias, "B")]
+        for name, w in (("A", wa), ("Bc", wb)):
+            if quantized:  # weights behind a DequantizeLinear, coarsely rounded: a biased output
+                scale = np.float32(np.abs(w).max() / 7)
+                inits += [numpy_helper.from_array(np.round(w / scale).astype(np.int8), f"w{name}_q"),
+                          numpy_helper.from_array(np.array(scale, np.float32), f"w{name}_s")]
+                nodes.append(helper.make_node("DequantizeLinear", [f"w{name}_q", f"w{name}_s"], [f"w{name}"],
+                                              name=f"dq{name}"))
+            else:
+                inits.append(numpy_helper.from_array(w, f"w{name}"))
+        nodes += [helper.make_node("Conv", ["x", "wA", "B"], ["a"], name="A", pads=[1, 1, 1, 1]),
+                  helper.make_node("Conv", ["a", "wBc", "B"], ["y"], name="Bc")]
+        g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 4, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 4, 8, 8])], inits)
+        return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+    float_model, qmodel = graph(False), graph(True)
+    images = rng.normal(size=(8, 4, 8, 8)).astype(np.float32) + 0.5
+    assert correct_biases(float_model, qmodel, images, show_progress=False) == 2
+    biases = {n.name: n.input[2] for n in qmodel.graph.node if n.op_type == "Conv"}
+    assert biases["A"] != biases["Bc"]  # each layer got its own initializer
+    onnx.checker.check_model(qmodel)
+
+    def means(m: onnx.ModelProto, t: str) -> np.ndarray:
+        m2 = onnx.ModelProto()
+        m2.CopyFrom(m)
+        m2.graph.output.append(onnx.ValueInfoProto(name=t))
+        return ort.InferenceSession(m2.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+            [t], {"x": images})[0].mean(axis=(0, 2, 3))
+
+    for t in ("a", "y"):
+        assert np.abs(means(qmodel, t) - means(float_model, t)).max() < 1e-4, t
