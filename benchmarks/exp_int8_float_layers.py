@@ -5,10 +5,11 @@ calibration set under --matrix):
 
     python benchmarks/exp_int8_float_layers.py --matrix /tmp/runs/matrix/efficientnet_lite0 \
         --synthetic /tmp/runs/synthetic --tvhl ../shared/data/tvhl --methods minmax,percentile \
-        --groups none,stem+b0+b1,stem..b2
+        --groups raw,none,stem+b0+b1,stem..b2
 
 For each calibration method and group of encoder layers kept in float (on top of the
-quantizer's defaults: float head, bias correction on the matrix's 64-image calibration set),
+quantizer's defaults: float head, bias correction on the matrix's 64-image calibration set;
+group "raw": every layer quantized, no bias correction),
 the INT8 CPU file is written and compared with the FP32 ONNX file on ONNX Runtime, on the first
 200 synthetic test photographs and 200 TVHL photographs drawn with seed 0 (the matrix's sets):
 top-1 agreement, referral decisions flipped at the manifest's thresholds, logits SQNR, and the
@@ -34,7 +35,9 @@ from uopsl.runtime.bundle import read_manifest
 from uopsl.runtime.preprocess import preprocess_file
 from uopsl.train import data
 
+# "raw": every layer quantized, no bias correction (the quantizer before its session-2 defaults).
 GROUPS = {
+    "raw": (),
     "none": (),
     "stem": ("conv_stem",),
     "stem+b0+b1": ("conv_stem", "blocks.0/", "blocks.1/"),
@@ -96,8 +99,9 @@ def main() -> None:
         for group in args.groups.split(","):
             keep = tuple(n for n in layers if n.startswith("/trunk/") and any(k in n for k in GROUPS[group]))
             out = args.matrix / f"explore.{method}.{group}.onnx"
-            quantize_model(bundle / "model.onnx", table, out, QuantizeConfig(exclude=keep), calib_set=cal,
-                           show_progress=False)
+            config = QuantizeConfig(exclude=keep) if group != "raw" else \
+                QuantizeConfig(float_head=False, bias_correction=False)
+            quantize_model(bundle / "model.onnx", table, out, config, calib_set=cal, show_progress=False)
             row = {"method": method, "float_group": group, "float_layers": len(keep)}
             for name, x in sets.items():
                 (p0, l0), (p1, l1) = ref[name], run(out, x)
