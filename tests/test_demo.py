@@ -32,6 +32,12 @@ def test_demo_writes_the_documented_layout(demo: Path) -> None:
     assert (demo / "eval" / "roc.png").stat().st_size > 1000
     summary = json.loads((demo / "demo.json").read_text())
     assert summary["screened"] == len(list((demo / "data" / "test" / "fundus").iterdir()))
+    # the release gate ran on the test set and its verdicts are in the bundle's manifest
+    assert (demo / "parity" / "parity.html").is_file() and summary["parity"]["ort-cpu:model.onnx"] == "PASS"
+    from uopsl.runtime.bundle import read_manifest
+
+    records = {f.path: f.info.get("parity") for f in read_manifest(demo / "bundle").files}
+    assert records["model.onnx"]["passed"] is True and "ort-cpu" in records["model.int8.onnx"]["backends"]
     assert 0.0 <= summary["test_macro_auc"]["estimate"] <= 1.0
 
 

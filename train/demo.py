@@ -109,6 +109,19 @@ def run_demo(out: Path, cfg: DemoConfig) -> dict[str, object]:
     verify_or_raise(bundle)
     lap("calibrate+quantize")
 
+    # The release gate: every file of the bundle against the PyTorch model on the labelled test set.
+    # Its verdicts go into the manifest, so `auto` takes the INT8 file only if it passed.
+    from uopsl.export.validate import ValidateConfig, validate_bundle
+    from uopsl.train.commands.validate import resolve_data
+    from uopsl.train.reference import TorchReference
+
+    records, space, _ = resolve_data(f"synthetic:{test_dir}")
+    parity = validate_bundle(bundle, TorchReference.from_checkpoint(ck / "finetune", "cpu"), records, out / "parity",
+                             ValidateConfig(n_boot=200, show_progress=False), label_space=space,
+                             context={"data": f"synthetic:{test_dir}", "checkpoint": str(ck / "finetune")})
+    verdicts = {c["name"]: "PASS" if c["passed"] else "FAIL" for c in parity.report["candidates"]}
+    lap("validate")
+
     test_images = sorted(p for p in (test_dir.parent / "fundus").glob("*") if p.is_file())
     with Screener(bundle, backend="ort-cpu") as screener:
         summary = screener.screen_to(out / "screen", [str(p) for p in test_images], overlays=True)
@@ -117,6 +130,7 @@ def run_demo(out: Path, cfg: DemoConfig) -> dict[str, object]:
         "out": str(out), "config": cfg.__dict__, "seconds": timings, "total_seconds": round(time.perf_counter() - t0, 1),
         "test_macro_auc": report["macro"]["auc"], "screened": summary.total, "referred": summary.refer,
         "report": str(out / "screen" / "report.html"), "bundle": str(bundle),
+        "parity": verdicts, "parity_report": str(parity.html_path),
     }
     write_json(out / "demo.json", res)
     return res

@@ -12,7 +12,7 @@ import click
 @click.option("--quick", is_flag=True, help="Small pools and images (about 3 minutes on 2 CPU cores).")
 @click.option("--seed", type=int, default=0, show_default=True)
 def command(out: Path, quick: bool, seed: int) -> None:
-    """Synthetic data -> pre-training -> fine-tuning -> evaluation -> export -> INT8 -> screening report."""
+    """Synthetic data -> pre-training -> fine-tuning -> evaluation -> export -> INT8 -> parity -> screening report."""
     from dataclasses import replace
 
     from uopsl.train.demo import DemoConfig, run_demo
@@ -24,3 +24,6 @@ def command(out: Path, quick: bool, seed: int) -> None:
                f"{res['screened']} photographs screened, {res['referred']} referred")
     click.echo(f"report: {res['report']}")
     click.echo(f"bundle: {res['bundle']}")
+    verdicts = res.get("parity") or {}
+    click.echo("parity vs the PyTorch model: " + ", ".join(f"{k} {v}" for k, v in verdicts.items())  # type: ignore[union-attr]
+               + f" ({res.get('parity_report')})")
