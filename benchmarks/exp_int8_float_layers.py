@@ -33,7 +33,7 @@ from uopsl.export.quantize import LAYER_OPS, QuantizeConfig, quantize_model
 from uopsl.runtime.backends.onnxruntime import OrtBackend
 from uopsl.runtime.bundle import read_manifest
 from uopsl.runtime.preprocess import preprocess_file
-from uopsl.train import data
+from parity_matrix import synthetic_records, tvhl_records  # benchmarks/ is on sys.path when run as a script
 
 # "raw": every layer quantized, no bias correction (the quantizer before its session-2 defaults).
 GROUPS = {
@@ -81,13 +81,11 @@ def main() -> None:
     args = ap.parse_args()
     bundle = args.matrix / "bundle"
     m = read_manifest(bundle)
-    th = np.array([c.threshold for c in m.classes])
-    referable = np.array([c.referable for c in m.classes])
-    syn = sorted((args.synthetic / "data" / "test" / "fundus").glob("*"))[:200]
-    src = data.read_tvhl(args.tvhl, modality="fundus", task="four_class")
-    idx = np.sort(np.random.default_rng(0).choice(len(src), 200, replace=False))
-    sets = {"synthetic": images(syn, m.preprocess),
-            "tvhl": images([Path(src.samples[i].path) for i in idx], m.preprocess)}
+    th = m.thresholds
+    # The parity matrix's own image sets (its first 200 synthetic test photographs, 200 TVHL drawn with seed 0).
+    syn, _ = synthetic_records(args.synthetic / "data" / "test", 200)
+    sets = {"synthetic": images([r.path for r in syn], m.preprocess),
+            "tvhl": images([r.path for r in tvhl_records(args.tvhl, 200, 0)], m.preprocess)}
     ref = {k: run(bundle / "model.onnx", x) for k, x in sets.items()}
     cal = CalibrationSet.from_images(np.load(args.matrix / "calib64_seed0.npz")["images"], m.preprocess)
     import onnx
@@ -107,7 +105,7 @@ def main() -> None:
                 (p0, l0), (p1, l1) = ref[name], run(out, x)
                 a, b = l0.argmax(1), l1.argmax(1)
                 both = sum(1 for i in np.where(a != b)[0] if p0[i, a[i]] >= th[a[i]] and p0[i, b[i]] >= th[b[i]])
-                r0, r1 = ((p0 >= th) & referable).any(1), ((p1 >= th) & referable).any(1)
+                r0, r1 = m.decide(p0)[1], m.decide(p1)[1]
                 row[name] = {"top1": float((a == b).mean()), "top1_swaps_between_present_classes": both,
                              "referral_flips": int((r0 != r1).sum()), "images": len(x),
                              "logits_sqnr_db": float(10 * np.log10((l0 ** 2).mean() / ((l0 - l1) ** 2).mean()))}

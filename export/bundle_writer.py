@@ -149,9 +149,8 @@ def record_parity(bundle: str | os.PathLike[str], records: dict[str, dict[str, d
         if f.path in records:
             old = f.info.get(PARITY_KEY)
             kept = dict(old.get("backends") or {}) if isinstance(old, dict) and old.get("sha256") == f.sha256 else {}
-            backends = {**kept, **records[f.path]}
-            passed = all(isinstance(v, dict) and v.get("passed") is True for v in backends.values())
-            f = replace(f, info={**f.info, PARITY_KEY: {"sha256": f.sha256, "passed": passed, "backends": backends}})
+            # The overall verdict is not stored: parity_status derives it from the per-backend ones.
+            f = replace(f, info={**f.info, PARITY_KEY: {"sha256": f.sha256, "backends": {**kept, **records[f.path]}}})
         files.append(f)
     manifest = replace(manifest, files=tuple(files))
     write_manifest(root, manifest)

@@ -37,7 +37,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -231,21 +231,34 @@ def fake_quantize(x: np.ndarray, scale: np.ndarray, zero_point: np.ndarray) -> n
     return (q - z) * s
 
 
-def _session(model: Any, names: Sequence[str], types: dict[str, int]) -> Any:
-    onnx = require("onnx", "per-layer diagnosis")
-    ort = require("onnxruntime", "per-layer diagnosis")
-    existing = {o.name for o in model.graph.output}
+def exposing_session(model: Any, names: Iterable[str], *, types: dict[str, int] | None = None,
+                     optimize: bool = False, purpose: str = "per-layer diagnosis") -> Any:
+    """A CPU session of a copy of ``model`` that also returns the intermediate tensors ``names``.
+
+    ``optimize=False`` runs QDQ graphs as written (float arithmetic between
+    Q/DQ pairs, so every tensor is observable); ``True`` lets ONNX Runtime fuse
+    them into the integer kernels a deployment runs. ``types``: element types
+    of the exposed tensors (None: left for ONNX Runtime to infer).
+    """
+    onnx = require("onnx", purpose)
+    ort = require("onnxruntime", purpose)
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    existing = {o.name for o in m.graph.output}
     for name in names:
         if name not in existing:
-            model.graph.output.append(onnx.helper.make_tensor_value_info(name, types.get(name, 1), None))
+            m.graph.output.append(onnx.helper.make_tensor_value_info(name, types.get(name, 1), None)
+                                  if types is not None else onnx.ValueInfoProto(name=name))
             existing.add(name)
     opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    if not optimize:
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     opts.log_severity_level = 3
     try:
-        return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
-        raise BackendError(f"ONNX Runtime cannot run the graph with its intermediate tensors exposed: {exc}") from exc
+        raise BackendError(f"ONNX Runtime cannot run the graph with its intermediate tensors exposed "
+                           f"({purpose}): {exc}") from exc
 
 
 def _elem_types(model: Any) -> dict[str, int]:
@@ -294,8 +307,8 @@ def layerwise_errors(
     f_names = sorted(set(plan.matched) | set(out_names))
     q_names = sorted(set(plan.matched.values()) | set(out_names))
     q_types = _elem_types(qmodel)
-    fsess = _session(fmodel, f_names, f_types)
-    qsess = _session(qmodel, q_names, {n: q_types.get(n, 1) for n in q_names})
+    fsess = exposing_session(fmodel, f_names, types=f_types)
+    qsess = exposing_session(qmodel, q_names, types={n: q_types.get(n, 1) for n in q_names})
     f_input = fsess.get_inputs()[0].name
     q_input = qsess.get_inputs()[0].name
     seen = {t: _Accumulator() for t in plan.matched}

@@ -185,19 +185,17 @@ def info_cmd(bundle: Path, as_json: bool) -> int:
 
 
 def _parity_word(entry: Any) -> str:
-    """PASS / FAIL / not validated, from the record `uopsl validate` keeps in the manifest."""
+    """PASS / FAIL per backend, not validated, or stale, from the record `uopsl validate` keeps in the manifest."""
     from uopsl.runtime.bundle import PARITY_KEY, parity_status
 
     rec = entry.info.get(PARITY_KEY)
-    if not isinstance(rec, dict):
+    runs = rec.get("backends") if isinstance(rec, dict) else None
+    if not isinstance(runs, dict) or not runs:
         return "not validated"
-    ok, why = parity_status(entry)
-    if "another file content" in why:
+    if rec.get("sha256") != entry.sha256:
         return "stale (file changed since validation)"
-    runs = rec.get("backends") or {}
-    per = ", ".join(f"{b} {'PASS' if isinstance(r, dict) and r.get('passed') is True else 'FAIL'}"
-                    for b, r in sorted(runs.items()))
-    return f"{'PASS' if ok else 'FAIL'} ({per})" if per else "not validated"
+    per = ", ".join(f"{b} {'PASS' if parity_status(entry, b)[0] else 'FAIL'}" for b in sorted(runs))
+    return f"{'PASS' if parity_status(entry)[0] else 'FAIL'} ({per})"
 
 
 @cli.command("verify")

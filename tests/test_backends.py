@@ -116,7 +116,7 @@ def _validated(m, passed: bool = True, sha: str | None = None,  # type: ignore[n
             return f
         runs = {b: {"passed": passed, "n_images": 200, "created": "2026-11-28T20:00:00+00:00",
                     "reasons": [] if passed else ["flip_rate 0.03 > 0.005"]} for b in backends}
-        parity = {"sha256": f.sha256 if sha is None else sha, "passed": passed, "backends": runs}
+        parity = {"sha256": f.sha256 if sha is None else sha, "backends": runs}
         return replace(f, info={**f.info, "parity": parity})
     return replace(m, files=tuple(rec(f) for f in m.files))
 
