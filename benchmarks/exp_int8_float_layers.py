@@ -9,7 +9,8 @@ calibration set under --matrix):
 
 For each calibration method and group of encoder layers kept in float (on top of the
 quantizer's defaults: float head, bias correction on the matrix's 64-image calibration set;
-group "raw": every layer quantized, no bias correction),
+group "raw": every layer quantized, no bias correction; group "adaround": the defaults plus
+AdaRound on 32 of the calibration images, ``--adaround``),
 the INT8 CPU file is written and compared with the FP32 ONNX file on ONNX Runtime, on the first
 200 synthetic test photographs and 200 TVHL photographs drawn with seed 0 (the matrix's sets):
 top-1 agreement, referral decisions flipped at the manifest's thresholds, logits SQNR, and the
@@ -36,9 +37,11 @@ from uopsl.runtime.preprocess import preprocess_file
 from parity_matrix import synthetic_records, tvhl_records  # benchmarks/ is on sys.path when run as a script
 
 # "raw": every layer quantized, no bias correction (the quantizer before its session-2 defaults).
+# "adaround": every encoder layer quantized, the defaults plus AdaRound (adaptive weight rounding).
 GROUPS = {
     "raw": (),
     "none": (),
+    "adaround": (),
     "stem": ("conv_stem",),
     "stem+b0+b1": ("conv_stem", "blocks.0/", "blocks.1/"),
     "stem..b2": ("conv_stem", "blocks.0/", "blocks.1/", "blocks.2/"),
@@ -97,10 +100,16 @@ def main() -> None:
         for group in args.groups.split(","):
             keep = tuple(n for n in layers if n.startswith("/trunk/") and any(k in n for k in GROUPS[group]))
             out = args.matrix / f"explore.{method}.{group}.onnx"
-            config = QuantizeConfig(exclude=keep) if group != "raw" else \
-                QuantizeConfig(float_head=False, bias_correction=False)
+            if group == "raw":
+                config = QuantizeConfig(float_head=False, bias_correction=False)
+            elif group == "adaround":
+                config = QuantizeConfig(adaround=True)
+            else:
+                config = QuantizeConfig(exclude=keep)
+            started = time.perf_counter()
             quantize_model(bundle / "model.onnx", table, out, config, calib_set=cal, show_progress=False)
-            row = {"method": method, "float_group": group, "float_layers": len(keep)}
+            row = {"method": method, "float_group": group, "float_layers": len(keep),
+                   "quantize_s": round(time.perf_counter() - started, 1)}
             for name, x in sets.items():
                 (p0, l0), (p1, l1) = ref[name], run(out, x)
                 a, b = l0.argmax(1), l1.argmax(1)

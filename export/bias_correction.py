@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from uopsl.calibration.dataset import progress
-from uopsl.export.layerwise import exposing_session
+from uopsl.export.layerwise import exposing_session, read_counts, truncated_model
 from uopsl.runtime.optional import require
 
 log = logging.getLogger(__name__)
@@ -50,35 +50,6 @@ class _Target:
     int8_output: str  # the same in the INT8 model
     bias: str  # the initializer holding the stored bias values
     bias_scale: str | None  # int32 bias: the initializer of its DequantizeLinear scale; float bias: None
-
-
-def _truncated(model: Any, output: str) -> Any:
-    """``model`` cut down to the nodes ``output`` depends on, with ``output`` as its only output.
-
-    ONNX Runtime runs every node of a graph whatever outputs are requested, so
-    measuring an early layer on the whole model would cost a full pass.
-    """
-    onnx = require("onnx", "INT8 bias correction")
-    producer = {t: n for n in model.graph.node for t in n.output}
-    needed: set[str] = set()
-    tensors: set[str] = set()
-    stack = [output]
-    while stack:
-        t = stack.pop()
-        if t in tensors:
-            continue
-        tensors.add(t)
-        node = producer.get(t)
-        if node is not None and node.name not in needed:
-            needed.add(node.name)
-            stack.extend(i for i in node.input if i)
-    graph = onnx.helper.make_graph(
-        [n for n in model.graph.node if n.name in needed], model.graph.name,
-        list(model.graph.input), [onnx.ValueInfoProto(name=output)],
-        [i for i in model.graph.initializer if i.name in tensors],
-    )
-    out = onnx.helper.make_model(graph, opset_imports=list(model.opset_import), ir_version=model.ir_version)
-    return out
 
 
 def _channel_means(model: Any, names: list[str], images: np.ndarray) -> dict[str, np.ndarray]:
@@ -111,10 +82,7 @@ def _own_float_biases(qmodel: Any) -> None:
     A shared bias corrected for one layer would move the other layer's output too.
     """
     inits = {i.name: i for i in qmodel.graph.initializer}
-    readers: dict[str, int] = {}
-    for node in qmodel.graph.node:
-        for t in node.input:
-            readers[t] = readers.get(t, 0) + 1
+    readers = read_counts(qmodel)
     for node in qmodel.graph.node:
         if node.op_type in CORRECTED_OPS and len(node.input) >= 3 and readers.get(node.input[2], 0) > 1 \
                 and node.input[2] in inits:
@@ -133,10 +101,7 @@ def _targets(float_model: Any, qmodel: Any) -> tuple[list[_Target], list[str]]:
     _own_float_biases(qmodel)
     float_nodes = {n.name: n for n in float_model.graph.node}
     producer = {t: n for n in qmodel.graph.node for t in n.output}
-    readers: dict[str, int] = {}
-    for n in qmodel.graph.node:
-        for t in n.input:
-            readers[t] = readers.get(t, 0) + 1
+    readers = read_counts(qmodel)
     inits = {i.name for i in qmodel.graph.initializer}
     out: list[_Target] = []
     skipped: list[str] = []
@@ -184,7 +149,8 @@ def correct_biases(float_model: Any, qmodel: Any, images: np.ndarray, *, show_pr
     for t in progress(targets, total=len(targets), desc="bias correction", enabled=show_progress):
         # Each layer is measured with every earlier layer already corrected (sequential, not one-shot:
         # correcting all layers from one measurement overshoots).
-        measured = _channel_means(_truncated(qmodel, t.int8_output), [t.int8_output], images)[t.int8_output]
+        part = truncated_model(qmodel, t.int8_output, purpose="INT8 bias correction")
+        measured = _channel_means(part, [t.int8_output], images)[t.int8_output]
         shift = reference[t.float_output] - measured
         init = inits[t.bias]
         bias = nh.to_array(init)

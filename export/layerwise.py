@@ -261,6 +261,43 @@ def exposing_session(model: Any, names: Iterable[str], *, types: dict[str, int] 
                            f"({purpose}): {exc}") from exc
 
 
+def read_counts(model: Any) -> dict[str, int]:
+    """How many node inputs read each tensor of ``model`` (an initializer read twice is shared)."""
+    counts: dict[str, int] = {}
+    for n in model.graph.node:
+        for t in n.input:
+            counts[t] = counts.get(t, 0) + 1
+    return counts
+
+
+def truncated_model(model: Any, output: str, *, purpose: str = "per-layer diagnosis") -> Any:
+    """``model`` cut down to the nodes ``output`` depends on, with ``output`` as its only output.
+
+    ONNX Runtime runs every node of a graph whatever outputs are requested, so
+    measuring an early layer on the whole model would cost a full pass.
+    """
+    onnx = require("onnx", purpose)
+    producer = {t: n for n in model.graph.node for t in n.output}
+    needed: set[str] = set()
+    tensors: set[str] = set()
+    stack = [output]
+    while stack:
+        t = stack.pop()
+        if t in tensors:
+            continue
+        tensors.add(t)
+        node = producer.get(t)
+        if node is not None and node.name not in needed:
+            needed.add(node.name)
+            stack.extend(i for i in node.input if i)
+    graph = onnx.helper.make_graph(
+        [n for n in model.graph.node if n.name in needed], model.graph.name,
+        list(model.graph.input), [onnx.ValueInfoProto(name=output)],
+        [i for i in model.graph.initializer if i.name in tensors],
+    )
+    return onnx.helper.make_model(graph, opset_imports=list(model.opset_import), ir_version=model.ir_version)
+
+
 def _elem_types(model: Any) -> dict[str, int]:
     onnx = require("onnx", "per-layer diagnosis")
     inferred = onnx.shape_inference.infer_shapes(model)

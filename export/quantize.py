@@ -57,6 +57,7 @@ from typing import Any, Literal
 import numpy as np
 
 from uopsl.calibration.dataset import CalibrationSet, progress
+from uopsl.export.adaround import AdaRoundConfig, adaround
 from uopsl.export.bias_correction import correct_biases
 from uopsl.calibration.table import CalibrationTable
 from uopsl.runtime.errors import BackendError, ConfigError
@@ -100,6 +101,12 @@ class QuantizeConfig:
     bias_correction: empirical bias correction on the calibration images
         (:mod:`uopsl.export.bias_correction`); needs ``calib_set``.
     correction_images: images of the calibration set used by the correction.
+    adaround: choose each weight's rounding (up or down) to keep every layer's
+        output closest to FP32 on the calibration images
+        (:mod:`uopsl.export.adaround`); needs ``calib_set``; runs before the
+        bias correction.
+    adaround_iterations: optimisation steps per layer.
+    adaround_images: images of the calibration set used by AdaRound.
     """
 
     variant: str = "cpu"
@@ -111,6 +118,9 @@ class QuantizeConfig:
     float_head: bool = True
     bias_correction: bool = True
     correction_images: int = 32
+    adaround: bool = False
+    adaround_iterations: int = 500
+    adaround_images: int = 32
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
@@ -121,6 +131,10 @@ class QuantizeConfig:
             raise ConfigError(f"sensitivity_images must be >= 1, got {self.sensitivity_images}")
         if self.correction_images < 1:
             raise ConfigError(f"correction_images must be >= 1, got {self.correction_images}")
+        if self.adaround_iterations < 1:
+            raise ConfigError(f"adaround_iterations must be >= 1, got {self.adaround_iterations}")
+        if self.adaround_images < 1:
+            raise ConfigError(f"adaround_images must be >= 1, got {self.adaround_images}")
         if self.variant == "trt" and self.reduce_range:
             raise ConfigError("reduce_range (7-bit weights) is for x86 CPUs; the trt variant uses full s8 weights")
         object.__setattr__(self, "exclude", tuple(self.exclude))
@@ -160,6 +174,7 @@ class QuantizeResult:
     sha256: str
     float_head: tuple[str, ...] = ()
     bias_corrected: int = 0
+    adarounded: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -173,6 +188,7 @@ class QuantizeResult:
             "auto_excluded": list(self.auto_excluded),
             "float_head": bool(self.float_head),
             "bias_corrected_layers": self.bias_corrected,
+            "adaround_layers": self.adarounded,
             "calibration_method": self.calibration_method,
             "calibration_percentile": self.calibration_percentile,
             "calibration_fingerprint": self.set_fingerprint,
@@ -524,6 +540,11 @@ def quantize_model(
             "bias correction needs the calibration images: pass them (`uopsl quantize --images DIR`, or "
             "calib_set=...) or turn it off (--no-bias-correction / QuantizeConfig(bias_correction=False))"
         )
+    if config.adaround and calib_set is None:
+        raise ConfigError(
+            "AdaRound needs the calibration images: pass them (`uopsl quantize --images DIR`, or calib_set=...) "
+            "or leave it off (--no-adaround / QuantizeConfig(adaround=False))"
+        )
     head = head_nodes(prepared) if config.float_head else ()
     if config.float_head and not head:
         log.info("%s has no encoder nodes named %s...; float_head keeps nothing in float", path, TRUNK_PREFIX)
@@ -543,6 +564,11 @@ def quantize_model(
         log.info("auto-excluded (most sensitive) layers: %s", ", ".join(auto))
     excluded = requested + tuple(a for a in auto if a not in requested)
     qmodel = _quantize_proto(prepared, table, config, nodes_to_exclude=excluded)
+    rounded = 0
+    if config.adaround and calib_set is not None:
+        reports = adaround(prepared, qmodel, calib_set.subset(config.adaround_images).images,
+                           AdaRoundConfig(iterations=config.adaround_iterations), show_progress=show_progress)
+        rounded = len(reports)
     corrected = 0
     if config.bias_correction and calib_set is not None:
         corrected = correct_biases(prepared, qmodel, calib_set.subset(config.correction_images).images,
@@ -573,4 +599,5 @@ def quantize_model(
         sha256=sha256_file(out),
         float_head=head,
         bias_corrected=corrected,
+        adarounded=rounded,
     )

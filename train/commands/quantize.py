@@ -49,6 +49,11 @@ def record_path(out: Path) -> Path:
               help="Calibration images for bias correction and --auto-exclude (same forms as `calibrate`).")
 @click.option("--bias-correction/--no-bias-correction", default=True, show_default=True,
               help="Correct each layer's per-channel output mean on the calibration images (needs --images).")
+@click.option("--adaround/--no-adaround", default=False, show_default=True,
+              help="Choose each weight's rounding to keep every layer's output closest to FP32 on the calibration "
+                   "images (AdaRound; needs --images; minutes on a CPU).")
+@click.option("--adaround-iterations", type=int, default=500, show_default=True,
+              help="AdaRound optimisation steps per layer.")
 @click.option("--float-head/--quantize-head", default=True, show_default=True,
               help="Keep the layers after the encoder (token projection, site attention, prototypes) in float.")
 @click.option("--sensitivity-images", type=int, default=32, show_default=True,
@@ -60,7 +65,8 @@ def record_path(out: Path) -> Path:
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="INT8 model to write [default: model.int8.onnx / model.int8.trt.onnx beside MODEL].")
 def command(model: Path, table: Path | None, variant: str, per_channel: bool, exclude: tuple[str, ...],
-            auto_exclude: int, images: str | None, bias_correction: bool, float_head: bool,
+            auto_exclude: int, images: str | None, bias_correction: bool, adaround: bool, adaround_iterations: int,
+            float_head: bool,
             sensitivity_images: int, reduce_range: bool, size: int | None, preprocess_from: Path | None,
             out: Path | None) -> int:
     """Quantize MODEL (ONNX file or bundle folder) to INT8 QDQ with its calibration table."""
@@ -79,6 +85,8 @@ def command(model: Path, table: Path | None, variant: str, per_channel: bool, ex
         reduce_range=reduce_range,
         float_head=float_head,
         bias_correction=bias_correction,
+        adaround=adaround,
+        adaround_iterations=adaround_iterations,
     )
     calib_set = None
     if images is not None:
@@ -86,13 +94,15 @@ def command(model: Path, table: Path | None, variant: str, per_channel: bool, ex
                              use_cache=True)
         if calib_set.fingerprint != calib_table.set_fingerprint:
             log.warning("--images is not the set the table was calibrated on (fingerprints differ); "
-                        "bias correction and the sensitivity pass use it anyway")
+                        "AdaRound, bias correction and the sensitivity pass use it anyway")
     out = out or default_output(source.model, variant)
     result = quantize_model(source.model, calib_table, out, config, calib_set=calib_set)
     write_json(record_path(out), {"config": asdict(config), "result": result.to_dict(),
                                   "manifest_info": result.manifest_info()})
     click.echo(f"{out}: {result.precision} ({'per-channel' if per_channel else 'per-tensor'} weights, "
                f"{result.quantize_nodes} QuantizeLinear) from {calib_table.method} ranges")
+    if result.adarounded:
+        click.echo(f"AdaRound: rounding of {result.adarounded} layers chosen on the calibration images")
     if result.bias_corrected:
         click.echo(f"bias correction: {result.bias_corrected} layers corrected on the calibration images")
     if result.excluded_nodes:

@@ -1,0 +1,155 @@
+"""AdaRound (adaptive weight rounding) of the INT8 QDQ model: the maths, the write-back and the wiring."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from onnx import numpy_helper
+
+from tinymodel import export_tiny_onnx, random_fundus_batch
+from uopsl.calibration.dataset import CalibrationSet
+from uopsl.calibration.ranges import collect_statistics
+from uopsl.export import adaround as ar
+from uopsl.export import quantize as qz
+from uopsl.runtime.errors import ConfigError
+
+SIZE = 64
+FAST = ar.AdaRoundConfig(iterations=150, batch_images=4, patch=8)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    return export_tiny_onnx(tmp_path_factory.mktemp("model") / "tiny.onnx", num_classes=3, size=SIZE)
+
+
+@pytest.fixture(scope="module")
+def calib_set() -> CalibrationSet:
+    return CalibrationSet.from_images(random_fundus_batch(16, SIZE, seed=1))
+
+
+@pytest.fixture(scope="module")
+def table(tiny: Path, calib_set: CalibrationSet):  # type: ignore[no-untyped-def]
+    return collect_statistics(tiny, calib_set, batch_size=8, show_progress=False).table("minmax")
+
+
+@pytest.mark.parametrize(("channels", "multiplier", "stride", "dilation", "size"),
+                         [(8, 1, 1, 1, 13), (8, 2, 2, 1, 14), (6, 1, 2, 2, 17), (4, 1, 3, 1, 10)])
+def test_depthwise_sum_of_slices_equals_conv2d(channels, multiplier, stride, dilation, size) -> None:
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, channels, size, size, generator=gen)
+    w = torch.randn(channels * multiplier, 1, 3, 3, generator=gen)
+    b = torch.randn(channels * multiplier, generator=gen)
+    ref = torch.nn.functional.conv2d(x, w, b, stride=stride, dilation=dilation, groups=channels)
+    got = ar._depthwise(torch, x, w, b, [stride, stride], [dilation, dilation])
+    assert got.shape == ref.shape
+    torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_a_patch_of_the_padded_input_convolves_to_the_same_patch_of_the_output(stride) -> None:
+    node = onnx.helper.make_node("Conv", ["x", "w"], ["y"], name="c", pads=[1, 1, 1, 1], strides=[stride, stride])
+    gen = np.random.default_rng(0)
+    w = gen.normal(size=(5, 3, 3, 3))
+    layer = ar._Layer(node, "y", w, np.ones((5, 1, 1, 1)), 127, "w", True, None, (None, None))
+    x = torch.from_numpy(gen.normal(size=(2, 3, 21, 21)).astype(np.float32))
+    wt = torch.from_numpy(w.astype(np.float32))
+    full = torch.nn.functional.conv2d(x, wt, stride=stride, padding=1)
+    padded = ar._padded(torch, layer, x)
+    torch.testing.assert_close(ar._forward(torch, layer, padded, wt, None), full)
+    for _ in range(5):
+        oy, ox, iy, ix = ar._patch(layer, tuple(full.shape[2:]), 4, gen)
+        torch.testing.assert_close(ar._forward(torch, layer, padded[:, :, iy, ix], wt, None), full[:, :, oy, ox])
+
+
+def _float_weights(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    return {n.name: inits[n.input[1]] for n in model.graph.node if n.op_type == "Conv"}
+
+
+@pytest.mark.parametrize("variant", ["cpu", "trt"])
+def test_adaround_lowers_every_layers_output_error_and_keeps_the_weights_on_the_quantizers_grid(
+        tiny, table, calib_set, variant) -> None:
+    prepared = qz._load_prepared(tiny)
+    config = qz.QuantizeConfig(variant=variant, bias_correction=False)
+    nearest = qz._quantize_proto(prepared, table, config)
+    rounded = qz._quantize_proto(prepared, table, config)
+    reports = ar.adaround(prepared, rounded, calib_set.images, FAST, show_progress=False)
+    convs = [n.name for n in prepared.graph.node if n.op_type == "Conv"]
+    assert [r.node for r in reports] == convs
+    # Never worse than nearest rounding on the images it was fitted on, and better somewhere.
+    assert all(r.mse_adaround <= r.mse_nearest for r in reports)
+    assert sum(r.mse_adaround < 0.9 * r.mse_nearest for r in reports) >= 2, reports
+    assert sum(r.changed_weights for r in reports) > 0
+    # Same scales; each weight moved by at most one grid step from nearest rounding, inside the symmetric grid.
+    float_w = _float_weights(prepared)
+    layers_a = {lay.node.name: lay for lay in ar._layers(prepared, nearest)[0]}
+    layers_b = {lay.node.name: lay for lay in ar._layers(prepared, rounded)[0]}
+    inits_a = {i.name: numpy_helper.to_array(i) for i in nearest.graph.initializer}
+    inits_b = {i.name: numpy_helper.to_array(i) for i in rounded.graph.initializer}
+    for name in convs:
+        a, b = layers_a[name], layers_b[name]
+        np.testing.assert_array_equal(a.scale, b.scale)
+        if variant == "cpu":
+            ints_a, ints_b = inits_a[a.stored].astype(np.int64), inits_b[b.stored].astype(np.int64)
+        else:  # float weights that quantize exactly to the chosen integers
+            ratio = inits_b[b.stored].astype(np.float64) / b.scale
+            np.testing.assert_allclose(ratio, np.round(ratio), atol=1e-3)
+            ints_a, ints_b = np.round(inits_a[a.stored] / a.scale), np.round(ratio)
+        np.testing.assert_array_equal(ints_a, np.round(float_w[name] / a.scale))
+        assert np.abs(ints_b - ints_a).max() <= 1
+        assert np.abs(ints_b).max() <= a.qmax
+        assert set(np.unique(ints_b - np.floor(float_w[name] / a.scale))) <= {0.0, 1.0}
+
+
+def _last_features(model: onnx.ModelProto | Path, images: np.ndarray) -> np.ndarray:
+    """The encoder's output: the last Conv's output after its ReLU6 (what the head reads)."""
+    m = model if isinstance(model, onnx.ModelProto) else onnx.load(str(model))
+    last = [n for n in m.graph.node if n.op_type == "Conv"][-1].output[0]
+    m.graph.output.append(onnx.ValueInfoProto(name=last))
+    sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    return np.clip(np.asarray(sess.run([last], {"image": images})[0], np.float64), 0.0, 6.0)
+
+
+def test_quantize_with_adaround_brings_the_encoder_output_closer_to_fp32_and_says_so(tmp_path, tiny, table,
+                                                                                    calib_set) -> None:
+    images = calib_set.images
+    reference = _last_features(tiny, images)
+    plain = qz.quantize_model(tiny, table, tmp_path / "plain.onnx", qz.QuantizeConfig(bias_correction=False),
+                              show_progress=False)
+    rounded = qz.quantize_model(tiny, table, tmp_path / "ada.onnx",
+                                qz.QuantizeConfig(bias_correction=False, adaround=True, adaround_iterations=150),
+                                calib_set=calib_set, show_progress=False)
+    convs = sum(1 for n in onnx.load(str(tiny)).graph.node if n.op_type == "Conv")
+    assert rounded.adarounded == convs and plain.adarounded == 0
+    assert rounded.manifest_info()["adaround_layers"] == convs
+    # On the images it was fitted on (the tiny random model's logits barely move, so the encoder is measured).
+    err_plain = float(((_last_features(Path(plain.path), images) - reference) ** 2).mean())
+    err_ada = float(((_last_features(Path(rounded.path), images) - reference) ** 2).mean())
+    assert err_ada < 0.9 * err_plain, (err_ada, err_plain)
+    onnx.checker.check_model(onnx.load(rounded.path), full_check=True)
+
+
+def test_adaround_needs_the_calibration_images_and_sane_settings(tmp_path, tiny, table) -> None:
+    with pytest.raises(ConfigError, match="--no-adaround"):
+        qz.quantize_model(tiny, table, tmp_path / "q.onnx", qz.QuantizeConfig(bias_correction=False, adaround=True),
+                          show_progress=False)
+    for bad in ({"iterations": 0}, {"batch_images": 0}, {"patch": 0}, {"learning_rate": 0.0},
+                {"regularization": -1.0}):
+        with pytest.raises(ConfigError):
+            ar.AdaRoundConfig(**bad)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="adaround_iterations"):
+        qz.QuantizeConfig(adaround_iterations=0)
+
+
+def test_activation_after_a_layer_is_read_from_relu_and_clip(tiny) -> None:
+    prepared = qz._load_prepared(tiny)
+    values = ar._constant_values(prepared)
+    convs = [n for n in prepared.graph.node if n.op_type == "Conv"]
+    # TinyScreen: every Conv (BatchNorm folded) is followed by ReLU6, exported as Clip(0, 6).
+    assert [ar._activation_after(prepared, c.output[0], values) for c in convs] == [(0.0, 6.0)] * len(convs)
