@@ -234,3 +234,34 @@ def test_predict_on_cached_features_matches_the_image_path(tmp_path: Path) -> No
     # Features are cached as float16: probabilities agree to ~1e-4, not bit for bit.
     assert np.abs(direct["probs"] - cached["probs"]).max() < 1e-3
     assert direct["site_maps"].shape == cached["site_maps"].shape
+
+
+def test_feature_cache_is_reused_only_for_the_same_images_and_encoder(tmp_path: Path) -> None:
+    import cv2
+
+    from uopsl.runtime.preprocess import PreprocessConfig
+    from uopsl.train.stages import FeatureDataset, features_fingerprint
+    from uopsl.train.torchdata import ImageDataset
+
+    cpu = torch.device("cpu")
+    ds = tiny_dataset(tmp_path, n=8)
+    model, _ = tiny_model()
+    model.eval()
+    path = tmp_path / "features.safetensors"
+    first = FeatureDataset.cached(path, model.fundus.encoder, ds, cpu)
+    stamp = path.stat().st_mtime_ns
+    again = FeatureDataset.cached(path, model.fundus.encoder, ds, cpu)
+    assert path.stat().st_mtime_ns == stamp, "same images, same encoder: the file is read, not rewritten"
+    assert torch.equal(first.features, again.features)
+    # Same number of images, other pixels: encoded again (a stale cache would hand back the old features).
+    other_items = [replace(it, path=tmp_path / f"other{i}.png") for i, it in enumerate(ds.items)]
+    for it, new in zip(ds.items, other_items):
+        cv2.imwrite(str(new.path), cv2.flip(cv2.imread(str(it.path)), 0))
+    other = ImageDataset(other_items, PreprocessConfig(size=64), tmp_path / "cache2")
+    assert features_fingerprint(model.fundus.encoder, other) != features_fingerprint(model.fundus.encoder, ds)
+    fresh = FeatureDataset.cached(path, model.fundus.encoder, other, cpu)
+    assert torch.equal(fresh.features, FeatureDataset.compute(model.fundus.encoder, other, cpu).features)
+    assert not torch.equal(fresh.features, first.features)
+    # Other encoder weights: encoded again too.
+    changed, _ = tiny_model(seed=1)
+    assert features_fingerprint(changed.fundus.encoder, other) != features_fingerprint(model.fundus.encoder, other)

@@ -61,16 +61,27 @@ class FeatureDataset:
 
     @classmethod
     def cached(cls, path: Path, encoder: torch.nn.Module, ds: ImageDataset, device: torch.device) -> FeatureDataset:
-        """:meth:`compute`, kept in a safetensors file so later runs (folds, ablations) skip the encoder."""
+        """:meth:`compute`, kept in a safetensors file so later runs (folds, ablations) skip the encoder.
+
+        The file is reused only when its fingerprint matches (see
+        :func:`features_fingerprint`): a pool of the same size but other images,
+        sizes or encoder weights is encoded again, never served stale features.
+        """
+        from safetensors import safe_open
         from safetensors.torch import load_file, save_file
 
+        fingerprint = features_fingerprint(encoder, ds)
         if path.is_file():
-            feats = load_file(str(path))["features"]
-            if len(feats) == len(ds):
-                return cls(feats, ds.targets)
+            with safe_open(str(path), framework="pt") as f:
+                stored = (f.metadata() or {}).get("fingerprint")
+            if stored == fingerprint:
+                return cls(load_file(str(path))["features"], ds.targets)
+            log.info("%s was computed for other images or encoder weights; encoding again", path)
         f = cls.compute(encoder, ds, device)
         path.parent.mkdir(parents=True, exist_ok=True)
-        save_file({"features": f.features.contiguous()}, str(path))
+        tmp = path.with_name(path.name + ".tmp")
+        save_file({"features": f.features.contiguous()}, str(tmp), metadata={"fingerprint": fingerprint})
+        tmp.replace(path)
         return f
 
     def subset(self, idx: np.ndarray) -> FeatureDataset:
@@ -81,6 +92,22 @@ class FeatureDataset:
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.features[i].float(), torch.from_numpy(self.targets[i])
+
+
+def features_fingerprint(encoder: torch.nn.Module, ds: ImageDataset) -> str:
+    """What a feature cache depends on: each image file (path, size, mtime), the model input size, the encoder weights."""
+    import hashlib
+    import os
+
+    h = hashlib.sha256()
+    h.update(repr(tuple(ds.images.shape[1:])).encode())
+    for it in ds.items:
+        st = os.stat(it.path)
+        h.update(f"{os.path.abspath(it.path)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    for name, t in encoder.state_dict().items():
+        h.update(name.encode())
+        h.update(t.detach().cpu().float().contiguous().numpy().tobytes())
+    return h.hexdigest()
 
 
 AnyDataset = ImageDataset | FeatureDataset
