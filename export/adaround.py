@@ -118,9 +118,11 @@ class AdaRoundReport:
 
 
 def _attr(node: Any, name: str, default: Any) -> Any:
+    onnx = require("onnx", PURPOSE)
     for a in node.attribute:
         if a.name == name:
-            return list(a.ints) if a.ints else (a.i if a.type == 2 else a.s.decode() if a.type == 3 else a.f)
+            value = onnx.helper.get_attribute_value(a)
+            return value.decode() if isinstance(value, bytes) else value
     return default
 
 
@@ -191,6 +193,10 @@ def _layers(float_model: Any, qmodel: Any) -> tuple[list[_Layer], list[str]]:
             scale_name = q.input[1]
         else:
             skipped.append(f"{node.name} (weight shared with another layer)")
+            continue
+        zero_point = qvalues.get(dq.input[2]) if len(dq.input) > 2 and dq.input[2] else None
+        if zero_point is not None and np.any(zero_point != 0):
+            skipped.append(f"{node.name} (asymmetric weights: zero point not 0)")
             continue
         axis = int(_attr(dq, "axis", 1))
         scale = qvalues[scale_name].astype(np.float64)

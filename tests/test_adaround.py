@@ -153,3 +153,51 @@ def test_activation_after_a_layer_is_read_from_relu_and_clip(tiny) -> None:
     convs = [n for n in prepared.graph.node if n.op_type == "Conv"]
     # TinyScreen: every Conv (BatchNorm folded) is followed by ReLU6, exported as Clip(0, 6).
     assert [ar._activation_after(prepared, c.output[0], values) for c in convs] == [(0.0, 6.0)] * len(convs)
+
+
+def _hand_models(zero_point: int) -> tuple[onnx.ModelProto, onnx.ModelProto]:
+    """x -> Conv(3x3) -> Relu -> Flatten -> Gemm(transB) -> y, float and with int8 weights behind DequantizeLinear."""
+    from onnx import TensorProto, helper
+
+    gen = np.random.default_rng(3)
+    wc = gen.normal(size=(6, 4, 3, 3)).astype(np.float32)
+    wg = gen.normal(size=(5, 6 * 4 * 4)).astype(np.float32) * 0.1
+    bg = gen.normal(size=5).astype(np.float32)
+
+    def build(quantized: bool) -> onnx.ModelProto:
+        inits = [numpy_helper.from_array(bg, "bg")]
+        nodes = []
+        names = {}
+        for name, w in (("wc", wc), ("wg", wg)):
+            if quantized:
+                scale = (np.abs(w).reshape(len(w), -1).max(axis=1) / 127).astype(np.float32)
+                q = np.clip(np.round(w / scale.reshape((-1,) + (1,) * (w.ndim - 1))), -127, 127).astype(np.int8)
+                inits += [numpy_helper.from_array(q, f"{name}_q"), numpy_helper.from_array(scale, f"{name}_s"),
+                          numpy_helper.from_array(np.full(len(w), zero_point, np.int8), f"{name}_z")]
+                nodes.append(helper.make_node("DequantizeLinear", [f"{name}_q", f"{name}_s", f"{name}_z"],
+                                              [f"{name}_dq"], name=f"dq_{name}", axis=0))
+                names[name] = f"{name}_dq"
+            else:
+                inits.append(numpy_helper.from_array(w, name))
+                names[name] = name
+        nodes += [helper.make_node("Conv", ["x", names["wc"]], ["c"], name="conv", pads=[0, 0, 0, 0]),
+                  helper.make_node("Relu", ["c"], ["r"], name="relu"),
+                  helper.make_node("Flatten", ["r"], ["f"], name="flat"),
+                  helper.make_node("Gemm", ["f", names["wg"], "bg"], ["y"], name="gemm", transB=1)]
+        graph = helper.make_graph(nodes, "hand", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 4, 6, 6])],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 5])], inits)
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+    return build(False), build(True)
+
+
+def test_adaround_handles_gemm_layers_and_leaves_asymmetric_weights_alone() -> None:
+    images = np.random.default_rng(4).normal(size=(12, 4, 6, 6)).astype(np.float32)
+    float_model, qmodel = _hand_models(zero_point=0)
+    reports = ar.adaround(float_model, qmodel, images, ar.AdaRoundConfig(iterations=100, patch=2), show_progress=False)
+    assert [r.node for r in reports] == ["conv", "gemm"]
+    assert all(r.mse_adaround <= r.mse_nearest for r in reports)
+    assert reports[1].mse_adaround < reports[1].mse_nearest  # the Gemm's rounding improved too
+    float_model, qmodel = _hand_models(zero_point=3)
+    layers, skipped = ar._layers(float_model, qmodel)
+    assert layers == [] and all("zero point" in s for s in skipped) and len(skipped) == 2
