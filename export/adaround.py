@@ -4,10 +4,14 @@ Post-Training Quantization").
 Rounding every weight to its nearest grid point is not what keeps a layer's
 *output* closest to the float layer's: the rounding errors of the weights that
 meet in one output add up, and in small depthwise kernels (EfficientNet-Lite,
-MobileNet) a few of them decide the output. Measured on the synthetic
+MobileNet) a few of them decide the output. On the synthetic
 EfficientNet-Lite0 UOPSL model, rounding the weights alone (activations float)
-already costs as much logits SQNR as the whole INT8 model (19 dB vs 18 dB,
-docs/results.md section 4), so the weights are where the precision goes.
+costs as much logits SQNR as the whole INT8 model without bias correction
+(19 dB vs 18 dB). Once bias correction has run, though, AdaRound changed
+that model's parity figures by no more than noise (docs/results.md, section
+4): from the second block on, most of a layer's error arrives with its
+input. So it is off by default (``uopsl quantize --adaround``), for models
+whose loss is in the weights; ``uopsl validate`` decides either way.
 
 AdaRound keeps the quantizer's scales and chooses, per weight, between the
 grid point below and the one above. For each quantized Conv/Gemm, in graph
