@@ -37,6 +37,9 @@ section 4, has the figures):
   mean is corrected on the calibration images
   (:mod:`uopsl.export.bias_correction`).
 
+``adaround`` (off by default) chooses each weight's rounding on the
+calibration images before the bias correction (:mod:`uopsl.export.adaround`).
+
 ``--auto-exclude N`` runs a per-layer sensitivity pass: each compute layer is
 quantized alone, the model is run on (a subset of) the calibration set, and
 the error of its outputs against FP32 is measured; the N most harmful layers
