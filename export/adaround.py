@@ -104,11 +104,16 @@ class _Layer:
     float_output: str  # its output in the float model
     weight: np.ndarray  # float weights (from the float model)
     scale: np.ndarray  # per-channel (or one) weight scale, broadcast to the weight's shape
-    qmax: int  # symmetric grid: [-qmax, qmax]
+    nearest: np.ndarray  # the quantizer's own integer weights (nearest rounding), same shape as ``weight``
     stored: str  # initializer to write: int8 values (cpu) or float values (trt)
     stored_is_int: bool
     bias: np.ndarray | None  # the bias the INT8 model uses, in float
     clamp: tuple[float | None, float | None]  # the activation after the layer in the float model
+
+    @property
+    def qmax(self) -> int:
+        """The symmetric grid is [-qmax, qmax] (the largest stored magnitude: 127, or 64 with reduce_range)."""
+        return int(np.abs(self.nearest).max())
 
 
 @dataclass(frozen=True)
@@ -208,8 +213,7 @@ def _layers(float_model: Any, qmodel: Any) -> tuple[list[_Layer], list[str]]:
             scale = scale.reshape([-1 if i == axis % weight.ndim else 1 for i in range(weight.ndim)])
         if ints is None:
             ints = np.round(weight / scale)
-        qmax = int(np.abs(ints).max())
-        if qmax == 0 or (scale <= 0).any():
+        if not np.abs(ints).max() or (scale <= 0).any():
             skipped.append(f"{node.name} (all-zero weights)")
             continue
         bias = None
@@ -223,7 +227,8 @@ def _layers(float_model: Any, qmodel: Any) -> tuple[list[_Layer], list[str]]:
                 skipped.append(f"{node.name} (bias is not a constant)")
                 continue
         clamp = _activation_after(float_model, fnode.output[0], fvalues)
-        layers.append(_Layer(node, fnode.output[0], weight, scale, qmax, stored, stored_is_int, bias, clamp))
+        layers.append(_Layer(node, fnode.output[0], weight, scale, np.asarray(ints, np.float64), stored, stored_is_int,
+                             bias, clamp))
     return layers, skipped
 
 
@@ -328,7 +333,7 @@ def _optimise(layer: _Layer, x_q: np.ndarray, target: np.ndarray, config: AdaRou
                 total += float(((out - y_all[i : i + _RUN_BATCH]) ** 2).sum())
             return total / y_all.numel()
 
-    nearest = torch.clamp(torch.round(torch.tensor(scaled, dtype=torch.float32)), lo, hi)
+    nearest = torch.tensor(layer.nearest, dtype=torch.float32)  # what the quantizer wrote: the fallback
     opt = torch.optim.Adam([v], lr=config.learning_rate)
     warm = int(config.iterations * _WARM_UP)
     for it in range(config.iterations):
@@ -388,14 +393,9 @@ def adaround(float_model: Any, qmodel: Any, images: np.ndarray, config: AdaRound
         finally:
             torch.set_num_threads(threads)
         init = inits[layer.stored]
-        if layer.stored_is_int:
-            old = nh.to_array(init)
-            new = ints.astype(old.dtype)
-            changed = int((new != old).sum())
-        else:
-            old_ints = np.round(nh.to_array(init).astype(np.float64) / layer.scale)
-            new = (ints * layer.scale).astype(nh.to_array(init).dtype)
-            changed = int((ints != old_ints).sum())
+        dtype = nh.to_array(init).dtype
+        new = ints.astype(dtype) if layer.stored_is_int else (ints * layer.scale).astype(dtype)
+        changed = int((ints != layer.nearest).sum())
         init.CopyFrom(nh.from_array(new, init.name))
         reports.append(AdaRoundReport(layer.node.name, before, after, changed))
         log.debug("AdaRound %s: output MSE %.3g -> %.3g, %d weights moved", layer.node.name, before, after, changed)

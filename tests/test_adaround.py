@@ -56,7 +56,7 @@ def test_a_patch_of_the_padded_input_convolves_to_the_same_patch_of_the_output(s
     node = onnx.helper.make_node("Conv", ["x", "w"], ["y"], name="c", pads=[1, 1, 1, 1], strides=[stride, stride])
     gen = np.random.default_rng(0)
     w = gen.normal(size=(5, 3, 3, 3))
-    layer = ar._Layer(node, "y", w, np.ones((5, 1, 1, 1)), 127, "w", True, None, (None, None))
+    layer = ar._Layer(node, "y", w, np.ones((5, 1, 1, 1)), np.round(w), "w", True, None, (None, None))
     x = torch.from_numpy(gen.normal(size=(2, 3, 21, 21)).astype(np.float32))
     wt = torch.from_numpy(w.astype(np.float32))
     full = torch.nn.functional.conv2d(x, wt, stride=stride, padding=1)
@@ -102,6 +102,7 @@ def test_adaround_lowers_every_layers_output_error_and_keeps_the_weights_on_the_
             np.testing.assert_allclose(ratio, np.round(ratio), atol=1e-3)
             ints_a, ints_b = np.round(inits_a[a.stored] / a.scale), np.round(ratio)
         np.testing.assert_array_equal(ints_a, np.round(float_w[name] / a.scale))
+        np.testing.assert_array_equal(a.nearest, ints_a)  # the baseline is what the quantizer wrote
         assert np.abs(ints_b - ints_a).max() <= 1
         assert np.abs(ints_b).max() <= a.qmax
         assert set(np.unique(ints_b - np.floor(float_w[name] / a.scale))) <= {0.0, 1.0}

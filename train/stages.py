@@ -10,7 +10,9 @@ which makes a training step cost only the head.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
+import os
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -96,9 +98,6 @@ class FeatureDataset:
 
 def features_fingerprint(encoder: torch.nn.Module, ds: ImageDataset) -> str:
     """What a feature cache depends on: each image file (path, size, mtime), the model input size, the encoder weights."""
-    import hashlib
-    import os
-
     h = hashlib.sha256()
     h.update(repr(tuple(ds.images.shape[1:])).encode())
     for it in ds.items:
