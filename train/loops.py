@@ -60,12 +60,18 @@ class TrainConfig:
     w_oct: float = 1.0
     w_site: float = 1.0
     w_gen: float = 0.1
+    # Stage 2 only: weight of the site loss on fundus (the site-pooled feature of
+    # each class alone must score the image's classes). 0 keeps the published
+    # recipe, where stage 2 trains only the fused classification.
+    w_site_finetune: float = 0.0
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
             raise ConfigError(f"epochs and batch_size must be >= 1, got {self.epochs}, {self.batch_size}")
         if self.lr <= 0 or self.lr_encoder < 0:
             raise ConfigError(f"learning rates must be positive, got lr={self.lr}, lr_encoder={self.lr_encoder}")
+        if self.w_site_finetune < 0:
+            raise ConfigError(f"w_site_finetune must be >= 0, got {self.w_site_finetune}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -239,12 +245,16 @@ def run_epochs(runner: StageRunner, n_items: int, epoch_fn: Callable[[int, int, 
 
 
 def train_loop(runner: StageRunner, ds: ImageDataset, loss_fn: Callable[[torch.Tensor, torch.Tensor], dict[str, torch.Tensor]],
-               length: int | None = None) -> Callable[[int, int, Any], dict[str, float]]:
-    """An ``epoch_fn`` for :func:`run_epochs` that minimises ``loss_fn(x, y)['loss']`` over ``ds``."""
+               length: int | None = None, eval_mode: bool = False) -> Callable[[int, int, Any], dict[str, float]]:
+    """An ``epoch_fn`` for :func:`run_epochs` that minimises ``loss_fn(x, y)['loss']`` over ``ds``.
+
+    ``eval_mode``: the model stays in eval mode (frozen BatchNorm statistics, no
+    dropout), as quantization-aware fine-tuning needs.
+    """
     cfg = runner.cfg
 
     def epoch(ep: int, start: int, bar: Any) -> dict[str, float]:
-        runner.ddp.train()
+        runner.ddp.train(not eval_mode)
         if cfg.freeze_encoder:
             for m in runner.model.modules():
                 if hasattr(m, "trunk"):
@@ -305,19 +315,26 @@ def pretrain_losses(model: UopslModel, cfg: TrainConfig, features: bool = False)
     return fn
 
 
-def finetune_losses(model: UopslModel, features: bool = False) -> Callable[[torch.Tensor, torch.Tensor], dict[str, torch.Tensor]]:
+def finetune_losses(model: UopslModel, features: bool = False,
+                    w_site: float = 0.0) -> Callable[[torch.Tensor, torch.Tensor], dict[str, torch.Tensor]]:
     """Loss of one stage-2 step; ``features``: batches are cached backbone features, not images.
 
     No pos_weight: the class-balanced sampler already evens the classes out.
+    ``w_site`` > 0 adds the site loss on the fundus tokens (as stage 1 applies
+    it to OCT): the fused score can lean on the global vector alone, this term
+    makes each class's site-pooled feature carry that class's evidence.
     """
 
     def fn(x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
-        logits = (model.forward_features(x) if features else model(x))["logits"]
-        loss = losses.classification(logits, y, model.config.head)
+        out = model.forward_features(x) if features else model(x)
+        loss = losses.classification(out["logits"], y, model.config.head)
         parts = {"cls": loss}
         if model.config.variant != "fundus_only":
             parts["gen"] = losses.generator_fit(model.delta, model.seen)
             loss = loss + 0.1 * parts["gen"]
+            if w_site > 0:
+                parts["site"] = losses.site_loss(out["site_features"], model.prototypes(), y, model.tau)
+                loss = loss + w_site * parts["site"]
         parts["loss"] = loss
         return parts
 

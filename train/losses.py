@@ -37,7 +37,10 @@ def soft_contrastive(img: torch.Tensor, protos: torch.Tensor, targets: torch.Ten
 
 
 def site_loss(z: torch.Tensor, protos: torch.Tensor, targets: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
-    """OCT site loss: cos(z_k, e_k) must score the image's own classes (multi-label BCE).
+    """Site loss: cos(z_k, e_k) must score the image's own classes (multi-label BCE).
+
+    Stage 1 applies it to OCT tokens (fundus tokens for ``p_only``); stage 2 to
+    fundus tokens when ``TrainConfig.w_site_finetune`` > 0.
 
     z (N, K, d) site-pooled features per class; targets (N, K) multi-hot.
     """

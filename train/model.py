@@ -314,6 +314,13 @@ class UopslModel(nn.Module):
         ``inside`` (T,) bool: the tokens the maps may weigh (None: all); without
         site attention the maps are uniform over them.
         """
+        logits, maps, _ = self._score(tokens, glob, use_sites, inside)
+        return logits, maps
+
+    def _score(
+        self, tokens: torch.Tensor, glob: torch.Tensor, use_sites: bool, inside: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """:meth:`score_tokens` plus the site-pooled class features z (N, K, d), None without sites."""
         e = self.prototypes()
         n, t = tokens.shape[0], tokens.shape[1]
         if self.config.variant == "fundus_only" or not use_sites:
@@ -323,19 +330,27 @@ class UopslModel(nn.Module):
             else:
                 row = inside.to(tokens.dtype) / inside.sum().to(tokens.dtype)
                 maps = row.expand(n, self.num_classes, t)
+            z = None
         else:
             z, maps = self.sites(tokens, self.site_queries(), inside)
             a = self.fuse_weight()
             fused = a * F.normalize(glob, dim=-1).unsqueeze(1) + (1 - a) * F.normalize(z, dim=-1)
         cos = (F.normalize(fused, dim=-1) * e.unsqueeze(0)).sum(-1)
-        return self.tau * cos + self.bias, maps
+        return self.tau * cos + self.bias, maps, z
 
     def forward_features(self, feat: torch.Tensor, use_sites: bool = True) -> dict[str, torch.Tensor]:
-        """Score fundus backbone features (N, C, h, w) (used with cached, frozen-encoder features)."""
+        """Score fundus backbone features (N, C, h, w) (used with cached, frozen-encoder features).
+
+        With site attention the output also holds ``site_features``: the
+        site-pooled class features z (N, K, d) that the stage-2 site loss scores.
+        """
         tokens, glob, (h, w) = self.fundus.from_features(feat)
-        logits, maps = self.score_tokens(tokens, glob, use_sites, self.inside_tokens(h, w, tokens.device))
-        return {"logits": logits, "site_maps": maps.reshape(maps.shape[0], maps.shape[1], h, w),
-                "global": glob, "tokens": tokens}
+        logits, maps, z = self._score(tokens, glob, use_sites, self.inside_tokens(h, w, tokens.device))
+        out = {"logits": logits, "site_maps": maps.reshape(maps.shape[0], maps.shape[1], h, w),
+               "global": glob, "tokens": tokens}
+        if z is not None:
+            out["site_features"] = z
+        return out
 
     def forward(self, x: torch.Tensor, use_sites: bool = True) -> dict[str, torch.Tensor]:
         """Fundus forward: x (N, 3, H, W) float RGB in 0..255."""

@@ -206,7 +206,7 @@ def finetune(model: UopslModel, train_ds: AnyDataset, val_ds: AnyDataset | None,
     src_val: Any = as_features(val_ds, model.fundus.encoder, cfg, runner.device)
     feats = isinstance(src_train, FeatureDataset)
 
-    loss_fn = finetune_losses(model, features=feats)
+    loss_fn = finetune_losses(model, features=feats, w_site=cfg.w_site_finetune)
 
     best_file = out / "best.safetensors"
     state = {"best": runner.info.get("best", -np.inf)}
