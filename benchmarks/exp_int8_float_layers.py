@@ -10,7 +10,9 @@ calibration set under --matrix):
 For each calibration method and group of encoder layers kept in float (on top of the
 quantizer's defaults: float head, bias correction on the matrix's 64-image calibration set;
 group "raw": every layer quantized, no bias correction; group "adaround": the defaults plus
-AdaRound on 32 of the calibration images, ``--adaround``),
+AdaRound on 32 of the calibration images, ``--adaround``; group "qat": the defaults applied to
+the model of ``--qat CHECKPOINT``, a ``uopsl qat`` fine-tune of the matrix's checkpoint, exported to
+its own bundle and calibrated on the same 64 images),
 the INT8 CPU file is written and compared with the FP32 ONNX file on ONNX Runtime, on the first
 200 synthetic test photographs and 200 TVHL photographs drawn with seed 0 (the matrix's sets):
 top-1 agreement, referral decisions flipped at the manifest's thresholds, logits SQNR, and the
@@ -42,6 +44,7 @@ GROUPS = {
     "raw": (),
     "none": (),
     "adaround": (),
+    "qat": (),
     "stem": ("conv_stem",),
     "stem+b0+b1": ("conv_stem", "blocks.0/", "blocks.1/"),
     "stem..b2": ("conv_stem", "blocks.0/", "blocks.1/", "blocks.2/"),
@@ -81,6 +84,8 @@ def main() -> None:
     ap.add_argument("--methods", default="minmax,percentile")
     ap.add_argument("--groups", default="none,stem+b0+b1,stem..b2")
     ap.add_argument("--out", type=Path, default=None, help="JSON of every row")
+    ap.add_argument("--qat", type=Path, default=None,
+                    help="a `uopsl qat` checkpoint of the matrix's model (needed by the group 'qat')")
     args = ap.parse_args()
     bundle = args.matrix / "bundle"
     m = read_manifest(bundle)
@@ -94,20 +99,40 @@ def main() -> None:
     import onnx
 
     layers = [n.name for n in onnx.load(str(bundle / "model.onnx")).graph.node if n.op_type in LAYER_OPS]
+    qat_tables: dict[str, CalibrationTable] = {}
+    if "qat" in args.groups.split(","):
+        if args.qat is None:
+            raise SystemExit("group 'qat' needs --qat CHECKPOINT")
+        from parity_matrix import calibration_tables, export_bundle
+
+        qat_bundle = args.matrix / "qat" / "bundle"
+        export_bundle(args.qat, qat_bundle)
+        qat_tables, _ = calibration_tables(qat_bundle / "model.onnx", cal, qat_bundle.parent)
+        # The QAT model in FP32 against the original FP32 model: how far the fine-tune moved it.
+        for name, x in sets.items():
+            (p0, l0), (p1, l1) = ref[name], run(qat_bundle / "model.onnx", x)
+            print(json.dumps({"qat_fp32_vs_original": name, "top1": float((l0.argmax(1) == l1.argmax(1)).mean()),
+                              "referral_flips": int((m.decide(p0)[1] != m.decide(p1)[1]).sum()),
+                              "logits_sqnr_db": float(10 * np.log10((l0 ** 2).mean() / ((l0 - l1) ** 2).mean()))}),
+                  flush=True)
     rows = []
     for method in args.methods.split(","):
         table = CalibrationTable.load(args.matrix / f"calibration.{method}.json")
         for group in args.groups.split(","):
             keep = tuple(n for n in layers if n.startswith("/trunk/") and any(k in n for k in GROUPS[group]))
             out = args.matrix / f"explore.{method}.{group}.onnx"
-            if group == "raw":
+            source, group_table = bundle / "model.onnx", table
+            if group == "qat":
+                source, group_table = args.matrix / "qat" / "bundle" / "model.onnx", qat_tables[method]
+                config = QuantizeConfig()
+            elif group == "raw":
                 config = QuantizeConfig(float_head=False, bias_correction=False)
             elif group == "adaround":
                 config = QuantizeConfig(adaround=True)
             else:
                 config = QuantizeConfig(exclude=keep)
             started = time.perf_counter()
-            quantize_model(bundle / "model.onnx", table, out, config, calib_set=cal, show_progress=False)
+            quantize_model(source, group_table, out, config, calib_set=cal, show_progress=False)
             row = {"method": method, "float_group": group, "float_layers": len(keep),
                    "quantize_s": round(time.perf_counter() - started, 1)}
             for name, x in sets.items():

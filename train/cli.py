@@ -24,6 +24,7 @@ _COMMANDS = {
     "demo": "uopsl.train.commands.demo:command",
     "validate": "uopsl.train.commands.validate:command",
     "build-engine": "uopsl.train.commands.build_engine:command",
+    "qat": "uopsl.train.commands.qat:command",
 }
 
 

@@ -1,0 +1,200 @@
+"""Quantization-aware fine-tuning (``uopsl.train.qat``): the simulation, its fidelity, the stage and the CLI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from tinymodel import random_fundus_batch
+from trainhelpers import CLASSES, tiny_dataset
+from uopsl.calibration.dataset import CalibrationSet
+from uopsl.calibration.ranges import collect_statistics
+from uopsl.export.onnx_export import export_onnx
+from uopsl.export.quantize import QuantizeConfig, quantize_model
+from uopsl.runtime.backends.onnxruntime import OrtBackend
+from uopsl.runtime.errors import ConfigError
+from uopsl.runtime.preprocess import PreprocessConfig
+from uopsl.train import qat
+from uopsl.train.checkpoint import CheckpointMeta, load_model, read_meta, save_model
+from uopsl.train.model import DeployModel, ModelConfig, UopslModel
+
+SIZE = 64
+
+
+def lite0_model(seed: int = 0, init: str = "random") -> tuple[UopslModel, CheckpointMeta]:
+    """A small UOPSL model on EfficientNet-Lite0; ``init="imagenet"``: the real weights (offline package)."""
+    torch.manual_seed(seed)
+    cfg = ModelConfig(backbone="efficientnet_lite0", init=init, classes=CLASSES, dim=32, sites=2)  # type: ignore[arg-type]
+    text = np.random.default_rng(seed).standard_normal((3, 384)).astype(np.float32)
+    model = UopslModel(cfg, text).eval()
+    if init == "random":  # random BatchNorm statistics, so the fold is not the identity
+        g = torch.Generator().manual_seed(seed)
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+                m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+    meta = CheckpointMeta(model=cfg, preprocess=PreprocessConfig(size=SIZE), phrases=(("n",), ("a",), ("b",)),
+                          thresholds=(0.5, 0.4, 0.3), referable=(False, True, True), data_fingerprint="tiny")
+    return model, meta
+
+
+def as_input(images: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.array(images)).permute(0, 3, 1, 2).float()
+
+
+def sqnr_db(ref: np.ndarray, x: np.ndarray) -> float:
+    return float(10 * np.log10((ref**2).mean() / ((ref - x) ** 2).mean()))
+
+
+def test_weights_land_on_the_per_channel_int8_grid_and_pass_gradients_straight_through() -> None:
+    w = (torch.randn(6, 4, 3, 3) * torch.linspace(0.01, 3.0, 6).view(6, 1, 1, 1)).requires_grad_()
+    q = qat.fake_quant_weight(w)
+    scale = w.detach().abs().reshape(6, -1).amax(1) / 127
+    ints = q.detach() / scale.view(6, 1, 1, 1)
+    assert torch.allclose(ints, ints.round(), atol=1e-3)
+    assert float(ints.abs().max()) <= 127 + 1e-3
+    assert float((q - w).abs().max()) <= float(scale.max()) / 2 + 1e-6
+    q.sum().backward()
+    assert torch.equal(w.grad, torch.ones_like(w))
+
+
+@pytest.mark.parametrize(("lo", "hi", "scale", "zero"), [(-1.0, 3.0, 4 / 255, 64), (0.5, 6.0, 6 / 255, 0),
+                                                        (-2.0, -1.0, 2 / 255, 255)])
+def test_uint8_grid_holds_zero_like_onnx_runtime(lo: float, hi: float, scale: float, zero: int) -> None:
+    s, z = qat.uint8_grid(lo, hi)
+    assert s == pytest.approx(scale) and z == zero
+
+
+def test_inside_the_context_the_encoder_computes_in_int8_and_leaves_as_it_was() -> None:
+    model, _ = lite0_model()
+    x = as_input(random_fundus_batch(4, SIZE, seed=3))
+    keys = list(model.state_dict())
+    with torch.no_grad():
+        before = model(x)["logits"]
+        with qat.SimulatedInt8(model) as sim:
+            assert list(model.state_dict()) == keys  # checkpoints and resume see the usual model
+            recording = model(x)["logits"]  # grids not fixed yet: folded float arithmetic, weights rounded
+            sim.calibrate(x)
+            simulated = model(x)["logits"]
+        after = model(x)["logits"]
+    assert torch.equal(before, after)
+    assert not torch.allclose(simulated, before, atol=1e-4)
+    assert sqnr_db(before.numpy(), recording.numpy()) > sqnr_db(before.numpy(), simulated.numpy())
+    assert len(sim.layers) == sum(isinstance(m, torch.nn.Conv2d) for m in model.fundus.encoder.trunk.modules())
+
+
+def test_simulation_reproduces_what_onnx_runtime_computes_from_the_quantized_file(tmp_path: Path) -> None:
+    """The point of the module: its rounding errors are the deployed INT8 file's, not just any noise.
+
+    ImageNet weights: realistic activation and weight ranges (with random
+    weights the deployed graph's extra Q/DQ pairs, e.g. on residual adds, weigh more).
+    """
+    model, _ = lite0_model(init="imagenet")
+    calib = random_fundus_batch(16, SIZE, seed=1)
+    x = random_fundus_batch(16, SIZE, seed=2)
+    fp32 = tmp_path / "model.onnx"
+    export_onnx(DeployModel(model, SIZE), fp32, SIZE)
+    table = collect_statistics(fp32, CalibrationSet.from_images(calib), batch_size=8, show_progress=False).table("minmax")
+    int8 = tmp_path / "model.int8.onnx"
+    quantize_model(fp32, table, int8, QuantizeConfig(bias_correction=False), show_progress=False)
+    with OrtBackend(fp32, "cpu", 1) as b:
+        l_fp = b.infer(x)["logits"]
+    with OrtBackend(int8, "cpu", 1) as b:
+        l_q = b.infer(x)["logits"]
+    with torch.no_grad(), qat.SimulatedInt8(model) as sim:
+        sim.calibrate(as_input(calib))
+        l_s = model(as_input(x))["logits"].numpy()
+    err_q, err_s = (l_q - l_fp).ravel(), (l_s - l_fp).ravel()
+    # The simulation sits much closer to the INT8 file than either sits to FP32, and errs the same way.
+    assert sqnr_db(l_q, l_s) > sqnr_db(l_fp, l_q) + 6.0
+    assert np.corrcoef(err_q, err_s)[0, 1] > 0.8
+
+
+def test_qat_lowers_the_simulated_error_and_writes_a_checkpoint_with_the_same_thresholds(tmp_path: Path) -> None:
+    model, meta = lite0_model(init="imagenet")
+    ds = tiny_dataset(tmp_path / "data", n=24, augment=False)
+    x = torch.stack([ds[i][0] for i in range(len(ds))])
+    with torch.no_grad():
+        target = model(x)["logits"]
+        with qat.SimulatedInt8(model) as sim:
+            sim.calibrate(x[:8])
+            before = float(((model(x)["logits"] - target) ** 2).mean())
+    cfg = qat.QatConfig(epochs=4, batch_size=8, lr=3e-6, calib_images=8, augment=False, save_every=0)
+    trained, result = qat.qat_finetune(model, meta, ds, cfg, tmp_path / "out")
+    # Re-simulated as a deployment would be: grids measured anew on the trained weights.
+    with torch.no_grad(), qat.SimulatedInt8(trained) as sim:
+        sim.calibrate(x[:8])
+        after = float(((trained(x)["logits"] - target) ** 2).mean())
+    assert after < 0.6 * before
+    saved = read_meta(tmp_path / "out")
+    assert saved.stage == "qat" and saved.thresholds == meta.thresholds and saved.referable == meta.referable
+    assert saved.train_config["qat"]["epochs"] == 4 and len(result["history"]) == 4
+    reloaded, _ = load_model(tmp_path / "out")
+    for (name, a), b in zip(trained.state_dict().items(), reloaded.state_dict().values()):
+        assert torch.equal(a, b), name
+    # Only the encoder trained: the deployed head is the original one.
+    original, _ = lite0_model(init="imagenet")
+    assert torch.equal(trained.bias, original.bias)
+    assert torch.equal(trained.fundus.tokens.weight, original.fundus.tokens.weight)
+
+
+def test_an_interrupted_run_resumes_to_the_same_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ds = tiny_dataset(tmp_path / "data", n=24, augment=False)
+    cfg = qat.QatConfig(epochs=2, batch_size=8, lr=1e-3, calib_images=8, augment=False, save_every=1)
+    model, meta = lite0_model()
+    straight, _ = qat.qat_finetune(model, meta, ds, cfg, tmp_path / "straight")
+
+    calls = {"n": 0}
+    real = qat.distillation_loss
+
+    def dies_at_step_4(*args, **kwargs):  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(qat, "distillation_loss", dies_at_step_4)
+    model, meta = lite0_model()
+    with pytest.raises(KeyboardInterrupt):
+        qat.qat_finetune(model, meta, ds, cfg, tmp_path / "resumed")
+    monkeypatch.setattr(qat, "distillation_loss", real)
+    model, meta = lite0_model()
+    resumed, _ = qat.qat_finetune(model, meta, ds, cfg, tmp_path / "resumed")
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-6), name
+
+
+def test_bad_settings_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="lr and bias_lr must be > 0, got 0.0 and 3e-06"):
+        qat.QatConfig(lr=0.0)
+    with pytest.raises(ConfigError, match="calib_images must be >= 1"):
+        qat.QatConfig(calib_images=0)
+    model, meta = lite0_model()
+    ds = tiny_dataset(tmp_path / "data", n=6)
+    with pytest.raises(ConfigError, match="at least calib_images=64 images, got 6"):
+        qat.qat_finetune(model, meta, ds, qat.QatConfig(), tmp_path / "out")
+
+
+def test_cli_writes_the_qat_checkpoint(tmp_path: Path) -> None:
+    from trainhelpers import tiny_items
+    from uopsl.train.cli import cli
+
+    model, meta = lite0_model()
+    save_model(tmp_path / "ckpt", model, meta)
+    items = tiny_items(tmp_path / "imgs", n=12)
+    # A folder-per-class dataset of the tiny photographs.
+    for it in items:
+        cls = CLASSES[int(np.argmax(it.target))]
+        (tmp_path / "folder" / cls).mkdir(parents=True, exist_ok=True)
+        Path(it.path).rename(tmp_path / "folder" / cls / Path(it.path).name)
+    res = CliRunner().invoke(cli, ["qat", str(tmp_path / "ckpt"), "--data", f"folder:{tmp_path / 'folder'}",
+                                    "--out", str(tmp_path / "out"), "--epochs", "1", "--batch-size", "4",
+                                    "--calib-images", "4", "--no-augment"])
+    assert res.exit_code == 0, res.output
+    assert "QAT checkpoint written to" in res.output
+    assert read_meta(tmp_path / "out").stage == "qat"

@@ -1,0 +1,57 @@
+"""``uopsl qat``: quantization-aware fine-tuning of a checkpoint's encoder (see :mod:`uopsl.train.qat`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from uopsl.train.commands.common import items_for, load_source
+
+
+@click.command("qat")
+@click.argument("checkpoint", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--data", "data_spec", required=True,
+              help="Fundus photographs, KIND:PATH[:opts] (labels are not used: the FP32 model is the teacher).")
+@click.option("--out", type=click.Path(path_type=Path), required=True)
+@click.option("--images", type=click.IntRange(1), default=None, help="Use at most N photographs (the first N).")
+@click.option("--epochs", type=click.IntRange(1), default=2, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1), default=8, show_default=True)
+@click.option("--lr", type=click.FloatRange(0.0, min_open=True), default=3e-6, show_default=True,
+              help="Learning rate of the encoder (the only part that trains).")
+@click.option("--bias-lr", type=click.FloatRange(0.0, min_open=True), default=3e-6, show_default=True,
+              help="Learning rate of the encoder's biases and BatchNorm shifts.")
+@click.option("--calib-images", type=click.IntRange(1), default=64, show_default=True,
+              help="Photographs whose activation ranges fix the simulated uint8 grids (minmax).")
+@click.option("--augment/--no-augment", default=True, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1 ...")
+@click.option("--save-every", type=click.IntRange(0), default=50, show_default=True,
+              help="Steps between resumable checkpoints (0: epoch ends only).")
+@click.option("--cache", "cache_dir", type=click.Path(path_type=Path), default=None,
+              help="Folder for preprocessed-image caches (default: OUT/cache).")
+def command(checkpoint: Path, data_spec: str, out: Path, images: int | None, epochs: int, batch_size: int,
+            lr: float, bias_lr: float, calib_images: int, augment: bool, seed: int, device: str, save_every: int,
+            cache_dir: Path | None) -> None:
+    """Fine-tune CHECKPOINT's encoder under simulated INT8 to keep its FP32 outputs.
+
+    Writes a checkpoint (stage "qat", the same operating thresholds) to OUT.
+    Then: uopsl export, calibrate --method minmax, quantize, and validate the
+    INT8 file against the ORIGINAL checkpoint.
+    """
+    from uopsl.train.checkpoint import load_model
+    from uopsl.train.qat import QatConfig, qat_finetune
+    from uopsl.train.torchdata import ImageDataset
+
+    cfg = QatConfig(epochs=epochs, batch_size=batch_size, lr=lr, bias_lr=bias_lr, calib_images=calib_images, seed=seed,
+                    augment=augment, device=device, save_every=save_every)
+    model, meta = load_model(checkpoint)
+    src = load_source(data_spec)
+    items = items_for(src, meta.model.classes, "fundus")
+    if images is not None:
+        items = items[:images]
+    ds = ImageDataset(items, meta.preprocess, cache_dir or out / "cache", augment=augment)
+    _, result = qat_finetune(model, meta, ds, cfg, out)
+    last = result["history"][-1] if result["history"] else {}
+    click.echo(f"QAT checkpoint written to {out} (logit MSE under simulated INT8, last epoch: "
+               f"{last.get('logit_mse', float('nan')):.5f})")
