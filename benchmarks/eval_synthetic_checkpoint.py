@@ -6,7 +6,7 @@ fundus images of DATA/test (generator seed 3000 + --seed), the checkpoint's own 
 cached under --cache, keyed by the encoder's weights), concentration = site-attention mass inside
 the class's true site mask over the mask's area fraction, on the test images that have the class.
 
-    python benchmarks/eval_synthetic_checkpoint.py runs/s4_e2e/uopsl_ft --data runs/s3_n3000/data --cache runs/s4_e2e/evalcache
+    python benchmarks/eval_synthetic_checkpoint.py runs/s4_e2e/uopsl_ft --data runs/s3_n3000/data --cache runs/s4_e2e/evalcache --zero-shot
 """
 
 from __future__ import annotations
@@ -30,6 +30,9 @@ def main() -> None:
     ap.add_argument("--cache", type=Path, required=True)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--n-test", type=int, default=300)
+    ap.add_argument("--zero-shot", action="store_true",
+                    help="also score the unseen classes on DATA/zeroshot from their descriptions, with and without "
+                         "site attention (exp_synthetic's zero-shot part)")
     args = ap.parse_args()
     model, meta = load_model(args.checkpoint)
     model.eval()
@@ -44,6 +47,19 @@ def main() -> None:
     if model.config.variant != "fundus_only":
         res["site_concentration"] = ex.concentration(maps, test_src, its, pre)
         res["fuse_weight"] = float(model.fuse_weight().detach())
+    if args.zero_shot:
+        from uopsl.train import bank as banks
+        from uopsl.train.synthetic import UNSEEN_CLASSES
+
+        zs_src = ex.pool(args.data, "zeroshot", args.n_test, 0, 4000 + args.seed, 384, True)
+        fzs = ex.features(model.fundus.encoder, ex.items(zs_src, ex.ALL, "fundus"), pre, args.cache, "zeroshot")
+        zm = model.with_classes(ex.ALL, banks.build(ex.ALL, seen=ex.CLASSES).text, seen_names=ex.CLASSES)
+        zs = {}
+        for label, use in (("site_attention", True), ("no_site_attention", False)):
+            p, _ = ex.probs_of(zm, fzs, use)
+            a = per_class_auc(fzs.targets, p)
+            zs[label] = {c: float(a[ex.ALL.index(c)]) for c in UNSEEN_CLASSES}
+        res["zero_shot"] = zs
     print(json.dumps(res, indent=1))
 
 

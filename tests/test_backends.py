@@ -45,6 +45,23 @@ def test_ort_rejects_wrong_dtype_shape_and_unentered_use(tiny_bundle: Path) -> N
     np.testing.assert_allclose(out["site_maps"].sum(axis=(2, 3)), 1.0, atol=1e-5)
 
 
+@pytest.mark.parametrize("spin", [True, False])
+def test_ort_spinning_is_switched_off_on_request(tiny_bundle: Path, spin: bool) -> None:
+    """The session carries the option only when asked; results do not depend on it."""
+    size = read_manifest(tiny_bundle).preprocess.size
+    x = np.stack(random_fundus_batch(2, size, seed=4))
+    with OrtBackend(tiny_bundle / "model.onnx", "cpu", threads=2, spin=spin) as b:
+        opts = b._session.get_session_options()
+        if spin:
+            with pytest.raises(RuntimeError, match="does not have configuration"):
+                opts.get_session_config_entry("session.intra_op.allow_spinning")
+        else:
+            assert opts.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+        out = b.infer(x)
+    with OrtBackend(tiny_bundle / "model.onnx", "cpu", threads=2) as ref:
+        np.testing.assert_array_equal(out["probs"], ref.infer(x)["probs"])
+
+
 def test_ort_missing_provider_and_bad_arguments(tiny_bundle: Path) -> None:
     with pytest.raises(ConfigError, match="threads"):
         OrtBackend(tiny_bundle / "model.onnx", "cpu", threads=0)

@@ -67,6 +67,10 @@ class OrtBackend(ModelFileBackend):
     threads: intra-op threads (None: ONNX Runtime's default, one per core).
     optimization: graph optimisation level (disable | basic | extended | all).
     precision: what the file computes in, for logs and reports (from the manifest).
+    spin: let the intra-op threads busy-wait between operators (ONNX Runtime's
+        default: lowest latency when inference has the cores to itself). False
+        when other work shares the cores, e.g. the screening pipeline's image
+        decoding: spinning threads then take CPU time the decoders need.
     """
 
     def __init__(
@@ -77,8 +81,10 @@ class OrtBackend(ModelFileBackend):
         *,
         optimization: str = "all",
         precision: str = "fp32",
+        spin: bool = True,
     ) -> None:
         super().__init__(path, threads, precision)
+        self.spin = spin
         if optimization not in _OPT_LEVELS:
             raise ConfigError(f"optimization must be one of {_OPT_LEVELS}, got {optimization!r}")
         self.optimization = optimization
@@ -126,6 +132,8 @@ class OrtBackend(ModelFileBackend):
         if self.threads is not None:
             so.intra_op_num_threads = self.threads
         so.log_severity_level = 3
+        if not self.spin:
+            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self._session = ort.InferenceSession(str(self.path), sess_options=so, providers=providers)
         except Exception as exc:  # ORT raises its own exception types; report them as one line
