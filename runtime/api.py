@@ -99,7 +99,10 @@ class Screener:
 
     def open(self) -> None:
         if self._backend is None:
-            b = open_backend(self.bundle, self.backend_name, self.precision, self.threads, manifest=self.manifest)
+            # No spin-waiting: the pipeline's decoding threads share the cores with inference
+            # (2-core x86, ResNet-18 INT8 on ONNX Runtime: ~10 % more photographs per second).
+            b = open_backend(self.bundle, self.backend_name, self.precision, self.threads, manifest=self.manifest,
+                             spin=False)
             b.__enter__()
             self._backend = b
 

@@ -251,7 +251,9 @@ def run_bench(bundle: str | os.PathLike[str], backend: str = "auto", precision: 
     except UopslError as exc:
         result["auto"] = {"error": str(exc)}
     for name, prec in _cases(root, m, backend, precision):
-        b = open_backend(root, name, prec, cfg.threads, manifest=m, measure=False if name != "auto" else None)
+        # As a screening run opens it (Screener): ONNX Runtime without spin-waiting.
+        b = open_backend(root, name, prec, cfg.threads, manifest=m, measure=False if name != "auto" else None,
+                         spin=False)
         sel = b.selection  # type: ignore[attr-defined]
         log.info("bench: %s", b.describe())
         with b:

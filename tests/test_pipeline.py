@@ -154,3 +154,11 @@ def test_iter_inputs_expands_folders_and_list_files(tmp_path: Path) -> None:
                    tmp_path / "d/a.PNG", Path("/abs/missing.jpg")]
     keys = [i.key for i in iter_inputs([tmp_path / "d" / "b.jpg", "/abs/missing.jpg"])]
     assert keys[0].count("|") == 2 and keys[1].endswith("|missing")
+
+
+def test_screener_runs_onnx_runtime_without_spin_waiting(screener: Screener) -> None:
+    """Its decoding threads share the cores with inference (benchmarks/README.md has the figures)."""
+    backend = screener.backend
+    assert getattr(backend, "spin", None) is False
+    opts = backend._session.get_session_options()  # type: ignore[attr-defined]
+    assert opts.get_session_config_entry("session.intra_op.allow_spinning") == "0"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -163,6 +164,10 @@ def test_an_interrupted_run_resumes_to_the_same_weights(tmp_path: Path, monkeypa
     with pytest.raises(KeyboardInterrupt):
         qat.qat_finetune(model, meta, ds, cfg, tmp_path / "resumed")
     monkeypatch.setattr(qat, "distillation_loss", real)
+    # Other QAT settings (even one TrainConfig does not hold) do not resume someone else's run.
+    model, meta = lite0_model()
+    with pytest.raises(ConfigError, match="holds an interrupted qat run with other settings"):
+        qat.qat_finetune(model, meta, ds, replace(cfg, bias_lr=1e-4), tmp_path / "resumed")
     model, meta = lite0_model()
     resumed, _ = qat.qat_finetune(model, meta, ds, cfg, tmp_path / "resumed")
     for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):

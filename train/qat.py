@@ -40,6 +40,7 @@ weights and convolution inputs are simulated.
 from __future__ import annotations
 
 import copy
+import json
 import logging
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
@@ -304,7 +305,8 @@ def qat_finetune(model: UopslModel, meta: CheckpointMeta, train_ds: ImageDataset
     for name, p in model.named_parameters():
         p.requires_grad_(".encoder." in f".{name}")
     tcfg = cfg.train_config()
-    runner = StageRunner(model, tcfg, out, "qat", meta.data_fingerprint)
+    # Every QAT setting (bias_lr and calib_images are not in TrainConfig) keys the resume check.
+    runner = StageRunner(model, tcfg, out, "qat", f"{meta.data_fingerprint}|{json.dumps(asdict(cfg), sort_keys=True)}")
     weights = [p for n, p in model.named_parameters() if p.requires_grad and not n.endswith("bias")]
     biases = [p for n, p in model.named_parameters() if p.requires_grad and n.endswith("bias")]
     runner.opt = torch.optim.Adam([{"params": weights, "lr": cfg.lr}, {"params": biases, "lr": cfg.bias_lr}])

@@ -402,10 +402,14 @@ def open_backend(
     manifest: Manifest | None = None,
     availability: Availability | None = None,
     measure: bool | None = None,
+    spin: bool = True,
 ) -> Backend:
     """Select (see :func:`select_backend`) and construct a backend; enter it with ``with``.
 
     The returned backend carries ``selection`` (a :class:`Selection`, with the reason).
+    ``spin=False``: ONNX Runtime's threads do not busy-wait between operators
+    (see :class:`~uopsl.runtime.backends.onnxruntime.OrtBackend`); the
+    screening pipeline asks for it because its decoders share the cores.
     """
     root = Path(bundle)
     m = manifest or read_manifest(root)
@@ -427,7 +431,7 @@ def open_backend(
         from uopsl.runtime.backends.onnxruntime import OrtBackend
 
         providers = {"ort-cpu": "cpu", "ort-cuda": "cuda", "ort-trt": "tensorrt"}[sel.backend]
-        backend = OrtBackend(path, providers, threads, precision=sel.precision)
+        backend = OrtBackend(path, providers, threads, precision=sel.precision, spin=spin)
     backend.selection = sel  # type: ignore[attr-defined]
     return backend
 
