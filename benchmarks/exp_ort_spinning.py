@@ -8,7 +8,9 @@ JPEGs at batch 8. ``OrtBackend(spin=False)`` is what ``Screener`` and ``uopsl-sc
     python benchmarks/bench_runtime.py --size 224 --iters 50 --warmup 5 --e2e-images 200 --work /tmp/rt224
     python benchmarks/exp_ort_spinning.py /tmp/rt224/resnet18_224
 """
-import sys, json, time, glob
+import glob
+import json
+import sys
 from pathlib import Path
 import numpy as np
 from uopsl.runtime.backends.onnxruntime import OrtBackend
