@@ -48,18 +48,9 @@ def main() -> None:
         res["site_concentration"] = ex.concentration(maps, test_src, its, pre)
         res["fuse_weight"] = float(model.fuse_weight().detach())
     if args.zero_shot:
-        from uopsl.train import bank as banks
-        from uopsl.train.synthetic import UNSEEN_CLASSES
-
         zs_src = ex.pool(args.data, "zeroshot", args.n_test, 0, 4000 + args.seed, 384, True)
         fzs = ex.features(model.fundus.encoder, ex.items(zs_src, ex.ALL, "fundus"), pre, args.cache, "zeroshot")
-        zm = model.with_classes(ex.ALL, banks.build(ex.ALL, seen=ex.CLASSES).text, seen_names=ex.CLASSES)
-        zs = {}
-        for label, use in (("site_attention", True), ("no_site_attention", False)):
-            p, _ = ex.probs_of(zm, fzs, use)
-            a = per_class_auc(fzs.targets, p)
-            zs[label] = {c: float(a[ex.ALL.index(c)]) for c in UNSEEN_CLASSES}
-        res["zero_shot"] = zs
+        res["zero_shot"] = ex.zero_shot_aucs(model, fzs)
     print(json.dumps(res, indent=1))
 
 

@@ -77,6 +77,19 @@ def probs_of(model, fds: FeatureDataset, use_sites: bool = True) -> tuple[np.nda
     return out["probs"], out["site_maps"]
 
 
+def zero_shot_aucs(model, fzs: FeatureDataset) -> dict[str, dict[str, float]]:  # type: ignore[no-untyped-def]
+    """AUC of each unseen class, scored from its description alone, with and without site attention."""
+    from uopsl.train import bank as banks
+
+    zm = model.with_classes(ALL, banks.build(ALL, seen=CLASSES).text, seen_names=CLASSES)
+    out = {}
+    for label, use in (("site_attention", True), ("no_site_attention", False)):
+        p, _ = probs_of(zm, fzs, use)
+        a = per_class_auc(fzs.targets, p)
+        out[label] = {c: float(a[ALL.index(c)]) for c in UNSEEN_CLASSES}
+    return out
+
+
 def macro_auc(y: np.ndarray, p: np.ndarray) -> float:
     a = per_class_auc(y, p)
     return float(np.nanmean(a))
@@ -167,18 +180,8 @@ def main() -> None:
         log.warning("%s: %s (%.0f s)", variant, entry, time.time() - t0)
 
     # zero-shot: unseen classes from their descriptions only
-    from uopsl.train import bank as banks
-
-    zbank = banks.build(ALL, seen=CLASSES)
-    zs = {}
-    for variant in [v for v in ("p_only", "uopsl") if v in models] if "zeroshot" in parts else ():
-        zm = models[variant].with_classes(ALL, zbank.text, seen_names=CLASSES)  # type: ignore[attr-defined]
-        row = {}
-        for label, use in (("site_attention", True), ("no_site_attention", False)):
-            p, _ = probs_of(zm, fzs, use)
-            a = per_class_auc(fzs.targets, p)
-            row[label] = {c: float(a[ALL.index(c)]) for c in UNSEEN_CLASSES}
-        zs[variant] = row
+    zs = {variant: zero_shot_aucs(models[variant], fzs)  # type: ignore[arg-type]
+          for variant in [v for v in ("p_only", "uopsl") if v in models] if "zeroshot" in parts}
     res["zero_shot"] = zs
     log.warning("zero-shot: %s", zs)
 

@@ -308,19 +308,12 @@ class UopslModel(nn.Module):
 
     def score_tokens(
         self, tokens: torch.Tensor, glob: torch.Tensor, use_sites: bool = True, inside: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Class logits (N, K) and site maps (N, K, T) for image tokens and global vectors.
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Class logits (N, K), site maps (N, K, T) and site-pooled class features z (N, K, d).
 
         ``inside`` (T,) bool: the tokens the maps may weigh (None: all); without
-        site attention the maps are uniform over them.
+        site attention the maps are uniform over them and z is None.
         """
-        logits, maps, _ = self._score(tokens, glob, use_sites, inside)
-        return logits, maps
-
-    def _score(
-        self, tokens: torch.Tensor, glob: torch.Tensor, use_sites: bool, inside: torch.Tensor | None
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """:meth:`score_tokens` plus the site-pooled class features z (N, K, d), None without sites."""
         e = self.prototypes()
         n, t = tokens.shape[0], tokens.shape[1]
         if self.config.variant == "fundus_only" or not use_sites:
@@ -345,7 +338,7 @@ class UopslModel(nn.Module):
         site-pooled class features z (N, K, d) that the stage-2 site loss scores.
         """
         tokens, glob, (h, w) = self.fundus.from_features(feat)
-        logits, maps, z = self._score(tokens, glob, use_sites, self.inside_tokens(h, w, tokens.device))
+        logits, maps, z = self.score_tokens(tokens, glob, use_sites, self.inside_tokens(h, w, tokens.device))
         out = {"logits": logits, "site_maps": maps.reshape(maps.shape[0], maps.shape[1], h, w),
                "global": glob, "tokens": tokens}
         if z is not None:

@@ -307,6 +307,8 @@ def qat_finetune(model: UopslModel, meta: CheckpointMeta, train_ds: ImageDataset
     tcfg = cfg.train_config()
     # Every QAT setting (bias_lr and calib_images are not in TrainConfig) keys the resume check.
     runner = StageRunner(model, tcfg, out, "qat", f"{meta.data_fingerprint}|{json.dumps(asdict(cfg), sort_keys=True)}")
+    # The runner's own optimiser has one rate for the encoder; QAT replaces it (before any
+    # resume, so a resumed run loads its state into this one).
     weights = [p for n, p in model.named_parameters() if p.requires_grad and not n.endswith("bias")]
     biases = [p for n, p in model.named_parameters() if p.requires_grad and n.endswith("bias")]
     runner.opt = torch.optim.Adam([{"params": weights, "lr": cfg.lr}, {"params": biases, "lr": cfg.bias_lr}])
