@@ -10,7 +10,8 @@ calibration set under --matrix):
 For each calibration method and group of encoder layers kept in float (on top of the
 quantizer's defaults: float head, bias correction on the matrix's 64-image calibration set;
 group "raw": every layer quantized, no bias correction; group "adaround": the defaults plus
-AdaRound on 32 of the calibration images, ``--adaround``; group "qat": the defaults applied to
+AdaRound on 32 of the calibration images, ``--rounding adaround``; group "gptq": the defaults plus
+error-feedback rounding on 32 of them, ``--rounding gptq``; group "qat": the defaults applied to
 the model of ``--qat CHECKPOINT``, a ``uopsl qat`` fine-tune of the matrix's checkpoint, exported to
 its own bundle and calibrated on the same 64 images),
 the INT8 CPU file is written and compared with the FP32 ONNX file on ONNX Runtime, on the first
@@ -39,11 +40,12 @@ from uopsl.runtime.preprocess import preprocess_file
 from parity_matrix import synthetic_records, tvhl_records  # benchmarks/ is on sys.path when run as a script
 
 # "raw": every layer quantized, no bias correction (the quantizer before its session-2 defaults).
-# "adaround": every encoder layer quantized, the defaults plus AdaRound (adaptive weight rounding).
+# "adaround" / "gptq": every encoder layer quantized, the defaults plus that weight rounding.
 GROUPS = {
     "raw": (),
     "none": (),
     "adaround": (),
+    "gptq": (),
     "qat": (),
     "stem": ("conv_stem",),
     "stem+b0+b1": ("conv_stem", "blocks.0/", "blocks.1/"),
@@ -124,13 +126,13 @@ def main() -> None:
             source, group_table = bundle / "model.onnx", table
             if group == "qat":
                 source, group_table = args.matrix / "qat" / "bundle" / "model.onnx", qat_tables[method]
-                config = QuantizeConfig()
+                config = QuantizeConfig(rounding="nearest")
             elif group == "raw":
-                config = QuantizeConfig(float_head=False, bias_correction=False)
-            elif group == "adaround":
-                config = QuantizeConfig(adaround=True)
-            else:
-                config = QuantizeConfig(exclude=keep)
+                config = QuantizeConfig(float_head=False, bias_correction=False, rounding="nearest")
+            elif group in ("adaround", "gptq"):
+                config = QuantizeConfig(rounding=group)
+            else:  # the figures in docs/results.md were measured with nearest rounding: keep them reproducible
+                config = QuantizeConfig(exclude=keep, rounding="nearest")
             started = time.perf_counter()
             quantize_model(source, group_table, out, config, calib_set=cal, show_progress=False)
             row = {"method": method, "float_group": group, "float_layers": len(keep),

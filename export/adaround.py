@@ -46,19 +46,25 @@ from typing import Any
 import numpy as np
 
 from uopsl.calibration.dataset import progress
-from uopsl.export.layerwise import exposing_session, read_counts, truncated_model
+from uopsl.export.rounding_layers import (
+    RoundableLayer,
+    conv_padded,
+    node_attr,
+    roundable_layers,
+    tensor_values,
+    write_rounding,
+)
 from uopsl.runtime.errors import ConfigError
 from uopsl.runtime.optional import require
 
 log = logging.getLogger(__name__)
 
 PURPOSE = "INT8 adaptive rounding (AdaRound)"
-ROUNDED_OPS = frozenset({"Conv", "Gemm"})
 # The paper's rectified sigmoid stretch, regulariser weight, beta schedule and warm-up share.
 _ZETA, _GAMMA = 1.1, -0.1
 _BETA_START, _BETA_END = 20.0, 2.0
 _WARM_UP = 0.2
-_RUN_BATCH = 8
+_RUN_BATCH = 8  # images per forward pass when measuring a layer's output error
 
 
 @dataclass(frozen=True)
@@ -97,26 +103,6 @@ class AdaRoundConfig:
 
 
 @dataclass(frozen=True)
-class _Layer:
-    """One quantized Conv/Gemm whose weight rounding can be chosen."""
-
-    node: Any  # the node in the INT8 model
-    float_output: str  # its output in the float model
-    weight: np.ndarray  # float weights (from the float model)
-    scale: np.ndarray  # per-channel (or one) weight scale, broadcast to the weight's shape
-    nearest: np.ndarray  # the quantizer's own integer weights (nearest rounding), same shape as ``weight``
-    stored: str  # initializer to write: int8 values (cpu) or float values (trt)
-    stored_is_int: bool
-    bias: np.ndarray | None  # the bias the INT8 model uses, in float
-    clamp: tuple[float | None, float | None]  # the activation after the layer in the float model
-
-    @property
-    def qmax(self) -> int:
-        """The symmetric grid is [-qmax, qmax] (the largest stored magnitude: 127, or 64 with reduce_range)."""
-        return int(np.abs(self.nearest).max())
-
-
-@dataclass(frozen=True)
 class AdaRoundReport:
     """Per layer: output MSE with nearest rounding and with the chosen rounding, on the images used."""
 
@@ -124,128 +110,6 @@ class AdaRoundReport:
     mse_nearest: float
     mse_adaround: float
     changed_weights: int
-
-
-def _attr(node: Any, name: str, default: Any) -> Any:
-    onnx = require("onnx", PURPOSE)
-    for a in node.attribute:
-        if a.name == name:
-            value = onnx.helper.get_attribute_value(a)
-            return value.decode() if isinstance(value, bytes) else value
-    return default
-
-
-def _constant_values(model: Any) -> dict[str, np.ndarray]:
-    nh = require("onnx.numpy_helper", PURPOSE)
-    values = {i.name: nh.to_array(i) for i in model.graph.initializer}
-    for n in model.graph.node:
-        if n.op_type == "Constant":
-            for a in n.attribute:
-                if a.name == "value":
-                    values[n.output[0]] = nh.to_array(a.t)
-    return values
-
-
-def _activation_after(float_model: Any, output: str,
-                      values: dict[str, np.ndarray]) -> tuple[float | None, float | None]:
-    """``(low, high)`` of the Relu/Clip that is the only reader of ``output`` in the float model, else no clamp."""
-    readers = [n for n in float_model.graph.node if output in n.input]
-    if len(readers) != 1 or output in {o.name for o in float_model.graph.output}:
-        return (None, None)
-    act = readers[0]
-    if act.op_type == "Relu":
-        return (0.0, None)
-    if act.op_type == "Clip":
-        if len(act.input) == 1:  # opset < 11: bounds are attributes
-            return (_attr(act, "min", None), _attr(act, "max", None))
-        bounds = [float(values[act.input[i]]) if len(act.input) > i and act.input[i] in values else None
-                  for i in (1, 2)]
-        return (bounds[0], bounds[1])
-    return (None, None)
-
-
-def _layers(float_model: Any, qmodel: Any) -> tuple[list[_Layer], list[str]]:
-    """The quantized Conv/Gemm layers whose rounding can be optimised, and those left as they are (why)."""
-    fvalues = _constant_values(float_model)
-    qvalues = _constant_values(qmodel)
-    float_nodes = {n.name: n for n in float_model.graph.node}
-    producer = {t: n for n in qmodel.graph.node for t in n.output}
-    readers = read_counts(qmodel)
-    layers: list[_Layer] = []
-    skipped: list[str] = []
-    for node in qmodel.graph.node:
-        if node.op_type not in ROUNDED_OPS or node.name not in float_nodes or len(node.input) < 2:
-            continue
-        dq = producer.get(node.input[1])
-        if dq is None or dq.op_type != "DequantizeLinear":
-            continue  # kept in float
-        fnode = float_nodes[node.name]
-        if fnode.input[1] not in fvalues:
-            skipped.append(f"{node.name} (float weight is not a constant)")
-            continue
-        if node.op_type == "Conv" and (_attr(node, "auto_pad", "NOTSET") not in ("NOTSET", "")
-                                       or fvalues[fnode.input[1]].ndim != 4):
-            skipped.append(f"{node.name} (only 2-D convolutions with explicit pads)")
-            continue
-        if node.op_type == "Gemm" and (_attr(node, "transA", 0) or _attr(node, "alpha", 1.0) != 1.0
-                                       or _attr(node, "beta", 1.0) != 1.0):
-            skipped.append(f"{node.name} (Gemm with transA, alpha or beta)")
-            continue
-        weight = fvalues[fnode.input[1]].astype(np.float64)
-        q = producer.get(dq.input[0])
-        if dq.input[0] in qvalues and readers.get(dq.input[0], 0) == 1:  # cpu: int8 initializer
-            stored, stored_is_int, ints = dq.input[0], True, qvalues[dq.input[0]]
-            scale_name = dq.input[1]
-        elif q is not None and q.op_type == "QuantizeLinear" and q.input[0] in qvalues \
-                and readers.get(q.input[0], 0) == 1:  # trt: float initializer -> Q -> DQ
-            stored, stored_is_int, ints = q.input[0], False, None
-            scale_name = q.input[1]
-        else:
-            skipped.append(f"{node.name} (weight shared with another layer)")
-            continue
-        zero_point = qvalues.get(dq.input[2]) if len(dq.input) > 2 and dq.input[2] else None
-        if zero_point is not None and np.any(zero_point != 0):
-            skipped.append(f"{node.name} (asymmetric weights: zero point not 0)")
-            continue
-        axis = int(_attr(dq, "axis", 1))
-        scale = qvalues[scale_name].astype(np.float64)
-        if scale.ndim == 1:
-            scale = scale.reshape([-1 if i == axis % weight.ndim else 1 for i in range(weight.ndim)])
-        if ints is None:
-            ints = np.round(weight / scale)
-        if not np.abs(ints).max() or (scale <= 0).any():
-            skipped.append(f"{node.name} (all-zero weights)")
-            continue
-        bias = None
-        if len(node.input) > 2 and node.input[2]:
-            b_src = producer.get(node.input[2])
-            if node.input[2] in qvalues:
-                bias = qvalues[node.input[2]].astype(np.float64)
-            elif b_src is not None and b_src.op_type == "DequantizeLinear" and b_src.input[0] in qvalues:
-                bias = qvalues[b_src.input[0]].astype(np.float64) * qvalues[b_src.input[1]].astype(np.float64)
-            else:
-                skipped.append(f"{node.name} (bias is not a constant)")
-                continue
-        clamp = _activation_after(float_model, fnode.output[0], fvalues)
-        layers.append(_Layer(node, fnode.output[0], weight, scale, np.asarray(ints, np.float64), stored, stored_is_int,
-                             bias, clamp))
-    return layers, skipped
-
-
-def _run(model: Any, name: str, images: np.ndarray) -> np.ndarray:
-    """Tensor ``name`` of ``model`` (cut down to what it needs) on ``images``."""
-    sess = exposing_session(truncated_model(model, name, purpose=PURPOSE), [name], purpose=PURPOSE)
-    feed = sess.get_inputs()[0].name
-    return np.concatenate([sess.run([name], {feed: images[i : i + _RUN_BATCH]})[0]
-                           for i in range(0, len(images), _RUN_BATCH)]).astype(np.float32)
-
-
-def _padded(torch: Any, layer: _Layer, x: Any) -> Any:
-    """A Conv's input with the layer's zero padding applied (so patches of it convolve with padding 0)."""
-    if layer.node.op_type != "Conv":
-        return x
-    top, left, bottom, right = _attr(layer.node, "pads", [0, 0, 0, 0])
-    return torch.nn.functional.pad(x, (left, right, top, bottom)) if any((top, left, bottom, right)) else x
 
 
 def _depthwise(torch: Any, x: Any, weight: Any, bias: Any, stride: list[int], dil: list[int]) -> Any:
@@ -269,32 +133,32 @@ def _depthwise(torch: Any, x: Any, weight: Any, bias: Any, stride: list[int], di
     return y if bias is None else y + bias.view(1, -1, 1, 1)
 
 
-def _forward(torch: Any, layer: _Layer, x: Any, weight: Any, bias: Any) -> Any:
+def _forward(torch: Any, layer: RoundableLayer, x: Any, weight: Any, bias: Any) -> Any:
     """The layer and its activation on ``x`` (a Conv's input already padded by :func:`_padded`)."""
     f = torch.nn.functional
     node = layer.node
     if node.op_type == "Gemm":
-        w = weight if _attr(node, "transB", 0) else weight.t()
+        w = weight if node_attr(node, "transB", 0) else weight.t()
         y = f.linear(x.reshape(len(x), -1), w, bias)
-    elif weight.shape[1] == 1 and int(_attr(node, "group", 1)) > 1:
-        y = _depthwise(torch, x, weight, bias, _attr(node, "strides", [1, 1]), _attr(node, "dilations", [1, 1]))
+    elif weight.shape[1] == 1 and int(node_attr(node, "group", 1)) > 1:
+        y = _depthwise(torch, x, weight, bias, node_attr(node, "strides", [1, 1]), node_attr(node, "dilations", [1, 1]))
     else:
-        y = f.conv2d(x, weight, bias, stride=tuple(_attr(node, "strides", [1, 1])), padding=0,
-                     dilation=tuple(_attr(node, "dilations", [1, 1])), groups=int(_attr(node, "group", 1)))
+        y = f.conv2d(x, weight, bias, stride=tuple(node_attr(node, "strides", [1, 1])), padding=0,
+                     dilation=tuple(node_attr(node, "dilations", [1, 1])), groups=int(node_attr(node, "group", 1)))
     low, high = layer.clamp
     if low is not None or high is not None:
         y = torch.clamp(y, min=low, max=high)
     return y
 
 
-def _patch(layer: _Layer, out_hw: tuple[int, int], size: int, gen: np.random.Generator) -> tuple[slice, ...]:
+def _patch(layer: RoundableLayer, out_hw: tuple[int, int], size: int, gen: np.random.Generator) -> tuple[slice, ...]:
     """A random ``size`` x ``size`` window of a Conv's output and the window of its padded input it reads.
 
     Convolving the input window with padding 0 gives exactly that output
     window, so each step costs a patch, not a whole feature map.
     """
-    stride = _attr(layer.node, "strides", [1, 1])
-    dil = _attr(layer.node, "dilations", [1, 1])
+    stride = node_attr(layer.node, "strides", [1, 1])
+    dil = node_attr(layer.node, "dilations", [1, 1])
     kernel = layer.weight.shape[2:]
     windows = []
     for ax in range(2):
@@ -305,7 +169,7 @@ def _patch(layer: _Layer, out_hw: tuple[int, int], size: int, gen: np.random.Gen
     return windows[0][0], windows[1][0], windows[0][1], windows[1][1]
 
 
-def _optimise(layer: _Layer, x_q: np.ndarray, target: np.ndarray, config: AdaRoundConfig) -> tuple[np.ndarray, float,
+def _optimise(layer: RoundableLayer, x_q: np.ndarray, target: np.ndarray, config: AdaRoundConfig) -> tuple[np.ndarray, float,
                                                                                                        float]:
     """The rounded integer weights of ``layer``; also the output MSE of nearest and of chosen rounding."""
     torch = require("torch", PURPOSE)
@@ -319,7 +183,7 @@ def _optimise(layer: _Layer, x_q: np.ndarray, target: np.ndarray, config: AdaRou
     floor_t = torch.tensor(floor, dtype=torch.float32)
     scale_t = torch.tensor(layer.scale, dtype=torch.float32)
     bias_t = None if layer.bias is None else torch.tensor(layer.bias, dtype=torch.float32)
-    x_all, y_all = _padded(torch, layer, torch.from_numpy(x_q)), torch.from_numpy(target)
+    x_all, y_all = conv_padded(torch, layer, torch.from_numpy(x_q)), torch.from_numpy(target)
     lo, hi = -float(layer.qmax), float(layer.qmax)
 
     def soft(v_: Any) -> Any:
@@ -370,17 +234,15 @@ def adaround(float_model: Any, qmodel: Any, images: np.ndarray, config: AdaRound
     names shared). ``images`` are calibration inputs in the model's input
     layout. Returns one report per layer, in graph order.
     """
-    nh = require("onnx.numpy_helper", PURPOSE)
     torch = require("torch", PURPOSE)
-    layers, skipped = _layers(float_model, qmodel)
+    layers, skipped = roundable_layers(float_model, qmodel)
     if skipped:
         log.info("AdaRound leaves %d quantized layer(s) with nearest rounding: %s", len(skipped),
                  "; ".join(skipped[:5]) + (" ..." if len(skipped) > 5 else ""))
-    inits = {i.name: i for i in qmodel.graph.initializer}
     reports: list[AdaRoundReport] = []
     for layer in progress(layers, total=len(layers), desc="AdaRound", enabled=show_progress):
-        x_q = _run(qmodel, layer.node.input[0], images)
-        target = _run(float_model, layer.float_output, images)
+        x_q = tensor_values(qmodel, layer.node.input[0], images)
+        target = tensor_values(float_model, layer.float_output, images)
         low, high = layer.clamp
         if low is not None or high is not None:
             target = np.clip(target, low, high)
@@ -392,11 +254,7 @@ def adaround(float_model: Any, qmodel: Any, images: np.ndarray, config: AdaRound
             ints, before, after = _optimise(layer, x_q, target, config)
         finally:
             torch.set_num_threads(threads)
-        init = inits[layer.stored]
-        dtype = nh.to_array(init).dtype
-        new = ints.astype(dtype) if layer.stored_is_int else (ints * layer.scale).astype(dtype)
-        changed = int((ints != layer.nearest).sum())
-        init.CopyFrom(nh.from_array(new, init.name))
+        changed = write_rounding(qmodel, layer, ints)
         reports.append(AdaRoundReport(layer.node.name, before, after, changed))
         log.debug("AdaRound %s: output MSE %.3g -> %.3g, %d weights moved", layer.node.name, before, after, changed)
     if reports:

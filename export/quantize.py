@@ -37,8 +37,10 @@ section 4, has the figures):
   mean is corrected on the calibration images
   (:mod:`uopsl.export.bias_correction`).
 
-``adaround`` (off by default) chooses each weight's rounding on the
-calibration images before the bias correction (:mod:`uopsl.export.adaround`).
+``rounding`` chooses how each weight goes onto the int8 grid, before the
+bias correction: ``nearest`` (the quantizer's own), ``gptq`` (error feedback
+through each layer's input statistics on the calibration images,
+:mod:`uopsl.export.gptq`) or ``adaround`` (:mod:`uopsl.export.adaround`).
 
 ``--auto-exclude N`` runs a per-layer sensitivity pass: each compute layer is
 quantized alone, the model is run on (a subset of) the calibration set, and
@@ -61,6 +63,7 @@ import numpy as np
 
 from uopsl.calibration.dataset import CalibrationSet, progress
 from uopsl.export.adaround import AdaRoundConfig, adaround
+from uopsl.export.gptq import gptq
 from uopsl.export.bias_correction import correct_biases
 from uopsl.calibration.table import CalibrationTable
 from uopsl.runtime.errors import BackendError, ConfigError
@@ -72,6 +75,8 @@ log = logging.getLogger(__name__)
 Variant = Literal["cpu", "trt"]
 VARIANTS: tuple[str, ...] = ("cpu", "trt")
 PRECISION: dict[str, str] = {"cpu": "int8-qdq-u8", "trt": "int8-qdq-s8"}
+Rounding = Literal["nearest", "gptq", "adaround"]
+ROUNDINGS: tuple[str, ...] = ("nearest", "gptq", "adaround")
 # ``uopsl export`` names every node of the image encoder ``/trunk/...`` (the
 # DeployModel attribute); the compute nodes after it form the head group.
 TRUNK_PREFIX = "/trunk/"
@@ -104,12 +109,13 @@ class QuantizeConfig:
     bias_correction: empirical bias correction on the calibration images
         (:mod:`uopsl.export.bias_correction`); needs ``calib_set``.
     correction_images: images of the calibration set used by the correction.
-    adaround: choose each weight's rounding (up or down) to keep every layer's
-        output closest to FP32 on the calibration images
-        (:mod:`uopsl.export.adaround`); needs ``calib_set``; runs before the
-        bias correction.
-    adaround_iterations: optimisation steps per layer.
-    adaround_images: images of the calibration set used by AdaRound.
+    rounding: how weights go onto the int8 grid: ``nearest``; ``gptq``, each
+        layer's output kept closest to FP32 on the calibration images by
+        error feedback (:mod:`uopsl.export.gptq`); ``adaround``, the same goal
+        by optimising up/down per weight (:mod:`uopsl.export.adaround`). Both
+        need ``calib_set`` and run before the bias correction.
+    rounding_images: images of the calibration set used by ``gptq``/``adaround``.
+    adaround_iterations: AdaRound's optimisation steps per layer.
     """
 
     variant: str = "cpu"
@@ -121,9 +127,9 @@ class QuantizeConfig:
     float_head: bool = True
     bias_correction: bool = True
     correction_images: int = 32
-    adaround: bool = False
+    rounding: Rounding = "nearest"
+    rounding_images: int = 32
     adaround_iterations: int = 500
-    adaround_images: int = 32
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
@@ -136,8 +142,10 @@ class QuantizeConfig:
             raise ConfigError(f"correction_images must be >= 1, got {self.correction_images}")
         if self.adaround_iterations < 1:
             raise ConfigError(f"adaround_iterations must be >= 1, got {self.adaround_iterations}")
-        if self.adaround_images < 1:
-            raise ConfigError(f"adaround_images must be >= 1, got {self.adaround_images}")
+        if self.rounding_images < 1:
+            raise ConfigError(f"rounding_images must be >= 1, got {self.rounding_images}")
+        if self.rounding not in ROUNDINGS:
+            raise ConfigError(f"rounding must be one of {ROUNDINGS}, got {self.rounding!r}")
         if self.variant == "trt" and self.reduce_range:
             raise ConfigError("reduce_range (7-bit weights) is for x86 CPUs; the trt variant uses full s8 weights")
         object.__setattr__(self, "exclude", tuple(self.exclude))
@@ -177,7 +185,8 @@ class QuantizeResult:
     sha256: str
     float_head: tuple[str, ...] = ()
     bias_corrected: int = 0
-    adarounded: int = 0
+    rounding: str = "nearest"
+    rounded_layers: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -191,7 +200,8 @@ class QuantizeResult:
             "auto_excluded": list(self.auto_excluded),
             "float_head": bool(self.float_head),
             "bias_corrected_layers": self.bias_corrected,
-            "adaround_layers": self.adarounded,
+            "weight_rounding": self.rounding,
+            "rounded_layers": self.rounded_layers,
             "calibration_method": self.calibration_method,
             "calibration_percentile": self.calibration_percentile,
             "calibration_fingerprint": self.set_fingerprint,
@@ -543,10 +553,10 @@ def quantize_model(
             "bias correction needs the calibration images: pass them (`uopsl quantize --images DIR`, or "
             "calib_set=...) or turn it off (--no-bias-correction / QuantizeConfig(bias_correction=False))"
         )
-    if config.adaround and calib_set is None:
+    if config.rounding != "nearest" and calib_set is None:
         raise ConfigError(
-            "AdaRound needs the calibration images: pass them (`uopsl quantize --images DIR`, or calib_set=...) "
-            "or leave it off (--no-adaround / QuantizeConfig(adaround=False))"
+            f"--rounding {config.rounding} needs the calibration images: pass them (`uopsl quantize --images DIR`, "
+            "or calib_set=...) or use --rounding nearest (QuantizeConfig(rounding='nearest'))"
         )
     head = head_nodes(prepared) if config.float_head else ()
     if config.float_head and not head:
@@ -568,10 +578,12 @@ def quantize_model(
     excluded = requested + tuple(a for a in auto if a not in requested)
     qmodel = _quantize_proto(prepared, table, config, nodes_to_exclude=excluded)
     rounded = 0
-    if config.adaround and calib_set is not None:
-        reports = adaround(prepared, qmodel, calib_set.subset(config.adaround_images).images,
-                           AdaRoundConfig(iterations=config.adaround_iterations), show_progress=show_progress)
-        rounded = len(reports)
+    if config.rounding == "gptq" and calib_set is not None:
+        rounded = len(gptq(prepared, qmodel, calib_set.subset(config.rounding_images).images,
+                           show_progress=show_progress))
+    elif config.rounding == "adaround" and calib_set is not None:
+        rounded = len(adaround(prepared, qmodel, calib_set.subset(config.rounding_images).images,
+                               AdaRoundConfig(iterations=config.adaround_iterations), show_progress=show_progress))
     corrected = 0
     if config.bias_correction and calib_set is not None:
         corrected = correct_biases(prepared, qmodel, calib_set.subset(config.correction_images).images,
@@ -602,5 +614,6 @@ def quantize_model(
         sha256=sha256_file(out),
         float_head=head,
         bias_corrected=corrected,
-        adarounded=rounded,
+        rounding=config.rounding,
+        rounded_layers=rounded,
     )

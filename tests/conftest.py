@@ -14,6 +14,9 @@
   a given :class:`~uopsl.runtime.errors.ImageError` subclass, or preprocess and
   get an ungradable verdict with a given reason. Batch tests (screening
   pipeline, CLI) can feed the whole zoo and check every file gets its row.
+- ``tiny_onnx``, ``tiny_calib_set``, ``tiny_minmax_table``: a TinyScreen ONNX model
+  at 64 px (stem, depthwise, pointwise and 3x3 layers), 16 calibration images and
+  their minmax table, for the INT8 weight-rounding tests.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from imagekit import (
     _write_zoo_file,
     BAD_INPUT_NAMES,
 )
+from tinymodel import export_tiny_onnx, random_fundus_batch
 from uopsl.runtime.preprocess import preprocess_file
 from uopsl.runtime.quality import assess
 
@@ -81,3 +85,25 @@ def bad_inputs(tmp_path: Path) -> Callable[..., dict[str, BadInput]]:
 
     return make
 
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import torch
+
+    torch.manual_seed(0)
+    return export_tiny_onnx(tmp_path_factory.mktemp("tiny_onnx") / "tiny.onnx", num_classes=3, size=64)
+
+
+@pytest.fixture(scope="session")
+def tiny_calib_set():  # type: ignore[no-untyped-def]
+    from uopsl.calibration.dataset import CalibrationSet
+
+    return CalibrationSet.from_images(random_fundus_batch(16, 64, seed=1))
+
+
+@pytest.fixture(scope="session")
+def tiny_minmax_table(tiny_onnx: Path, tiny_calib_set):  # type: ignore[no-untyped-def]
+    from uopsl.calibration.ranges import collect_statistics
+
+    return collect_statistics(tiny_onnx, tiny_calib_set, batch_size=8, show_progress=False).table("minmax")

@@ -6,36 +6,24 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 import torch
 from onnx import numpy_helper
 
-from tinymodel import export_tiny_onnx, random_fundus_batch
-from uopsl.calibration.dataset import CalibrationSet
-from uopsl.calibration.ranges import collect_statistics
+from tinymodel import last_conv_features
 from uopsl.export import adaround as ar
 from uopsl.export import quantize as qz
+from uopsl.export.rounding_layers import (
+    RoundableLayer,
+    activation_after,
+    constant_values,
+    conv_padded,
+    roundable_layers,
+)
 from uopsl.runtime.errors import ConfigError
 
 SIZE = 64
 FAST = ar.AdaRoundConfig(iterations=150, batch_images=4, patch=8)
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    return export_tiny_onnx(tmp_path_factory.mktemp("model") / "tiny.onnx", num_classes=3, size=SIZE)
-
-
-@pytest.fixture(scope="module")
-def calib_set() -> CalibrationSet:
-    return CalibrationSet.from_images(random_fundus_batch(16, SIZE, seed=1))
-
-
-@pytest.fixture(scope="module")
-def table(tiny: Path, calib_set: CalibrationSet):  # type: ignore[no-untyped-def]
-    return collect_statistics(tiny, calib_set, batch_size=8, show_progress=False).table("minmax")
 
 
 @pytest.mark.parametrize(("channels", "multiplier", "stride", "dilation", "size"),
@@ -56,11 +44,11 @@ def test_a_patch_of_the_padded_input_convolves_to_the_same_patch_of_the_output(s
     node = onnx.helper.make_node("Conv", ["x", "w"], ["y"], name="c", pads=[1, 1, 1, 1], strides=[stride, stride])
     gen = np.random.default_rng(0)
     w = gen.normal(size=(5, 3, 3, 3))
-    layer = ar._Layer(node, "y", w, np.ones((5, 1, 1, 1)), np.round(w), "w", True, None, (None, None))
+    layer = RoundableLayer(node, "y", w, np.ones((5, 1, 1, 1)), np.round(w), "w", True, None, (None, None))
     x = torch.from_numpy(gen.normal(size=(2, 3, 21, 21)).astype(np.float32))
     wt = torch.from_numpy(w.astype(np.float32))
     full = torch.nn.functional.conv2d(x, wt, stride=stride, padding=1)
-    padded = ar._padded(torch, layer, x)
+    padded = conv_padded(torch, layer, x)
     torch.testing.assert_close(ar._forward(torch, layer, padded, wt, None), full)
     for _ in range(5):
         oy, ox, iy, ix = ar._patch(layer, tuple(full.shape[2:]), 4, gen)
@@ -74,12 +62,12 @@ def _float_weights(model: onnx.ModelProto) -> dict[str, np.ndarray]:
 
 @pytest.mark.parametrize("variant", ["cpu", "trt"])
 def test_adaround_lowers_every_layers_output_error_and_keeps_the_weights_on_the_quantizers_grid(
-        tiny, table, calib_set, variant) -> None:
-    prepared = qz._load_prepared(tiny)
+        tiny_onnx, tiny_minmax_table, tiny_calib_set, variant) -> None:
+    prepared = qz._load_prepared(tiny_onnx)
     config = qz.QuantizeConfig(variant=variant, bias_correction=False)
-    nearest = qz._quantize_proto(prepared, table, config)
-    rounded = qz._quantize_proto(prepared, table, config)
-    reports = ar.adaround(prepared, rounded, calib_set.images, FAST, show_progress=False)
+    nearest = qz._quantize_proto(prepared, tiny_minmax_table, config)
+    rounded = qz._quantize_proto(prepared, tiny_minmax_table, config)
+    reports = ar.adaround(prepared, rounded, tiny_calib_set.images, FAST, show_progress=False)
     convs = [n.name for n in prepared.graph.node if n.op_type == "Conv"]
     assert [r.node for r in reports] == convs
     # Never worse than nearest rounding on the images it was fitted on, and better somewhere.
@@ -88,8 +76,8 @@ def test_adaround_lowers_every_layers_output_error_and_keeps_the_weights_on_the_
     assert sum(r.changed_weights for r in reports) > 0
     # Same scales; each weight moved by at most one grid step from nearest rounding, inside the symmetric grid.
     float_w = _float_weights(prepared)
-    layers_a = {lay.node.name: lay for lay in ar._layers(prepared, nearest)[0]}
-    layers_b = {lay.node.name: lay for lay in ar._layers(prepared, rounded)[0]}
+    layers_a = {lay.node.name: lay for lay in roundable_layers(prepared, nearest)[0]}
+    layers_b = {lay.node.name: lay for lay in roundable_layers(prepared, rounded)[0]}
     inits_a = {i.name: numpy_helper.to_array(i) for i in nearest.graph.initializer}
     inits_b = {i.name: numpy_helper.to_array(i) for i in rounded.graph.initializer}
     for name in convs:
@@ -108,37 +96,31 @@ def test_adaround_lowers_every_layers_output_error_and_keeps_the_weights_on_the_
         assert set(np.unique(ints_b - np.floor(float_w[name] / a.scale))) <= {0.0, 1.0}
 
 
-def _last_features(model: onnx.ModelProto | Path, images: np.ndarray) -> np.ndarray:
-    """The encoder's output: the last Conv's output after its ReLU6 (what the head reads)."""
-    m = model if isinstance(model, onnx.ModelProto) else onnx.load(str(model))
-    last = [n for n in m.graph.node if n.op_type == "Conv"][-1].output[0]
-    m.graph.output.append(onnx.ValueInfoProto(name=last))
-    sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
-    return np.clip(np.asarray(sess.run([last], {"image": images})[0], np.float64), 0.0, 6.0)
-
-
-def test_quantize_with_adaround_brings_the_encoder_output_closer_to_fp32_and_says_so(tmp_path, tiny, table,
-                                                                                    calib_set) -> None:
-    images = calib_set.images
-    reference = _last_features(tiny, images)
-    plain = qz.quantize_model(tiny, table, tmp_path / "plain.onnx", qz.QuantizeConfig(bias_correction=False),
+def test_quantize_with_adaround_brings_the_encoder_output_closer_to_fp32_and_says_so(
+        tmp_path, tiny_onnx, tiny_minmax_table,
+                                                                                    tiny_calib_set) -> None:
+    images = tiny_calib_set.images
+    reference = last_conv_features(tiny_onnx, images)
+    plain = qz.quantize_model(tiny_onnx, tiny_minmax_table, tmp_path / "plain.onnx",
+                      qz.QuantizeConfig(bias_correction=False),
                               show_progress=False)
-    rounded = qz.quantize_model(tiny, table, tmp_path / "ada.onnx",
-                                qz.QuantizeConfig(bias_correction=False, adaround=True, adaround_iterations=150),
-                                calib_set=calib_set, show_progress=False)
-    convs = sum(1 for n in onnx.load(str(tiny)).graph.node if n.op_type == "Conv")
-    assert rounded.adarounded == convs and plain.adarounded == 0
-    assert rounded.manifest_info()["adaround_layers"] == convs
+    rounded = qz.quantize_model(tiny_onnx, tiny_minmax_table, tmp_path / "ada.onnx",
+                                qz.QuantizeConfig(bias_correction=False, rounding="adaround", adaround_iterations=150),
+                                calib_set=tiny_calib_set, show_progress=False)
+    convs = sum(1 for n in onnx.load(str(tiny_onnx)).graph.node if n.op_type == "Conv")
+    assert rounded.rounded_layers == convs and plain.rounded_layers == 0
+    assert rounded.manifest_info()["rounded_layers"] == convs
     # On the images it was fitted on (the tiny random model's logits barely move, so the encoder is measured).
-    err_plain = float(((_last_features(Path(plain.path), images) - reference) ** 2).mean())
-    err_ada = float(((_last_features(Path(rounded.path), images) - reference) ** 2).mean())
+    err_plain = float(((last_conv_features(Path(plain.path), images) - reference) ** 2).mean())
+    err_ada = float(((last_conv_features(Path(rounded.path), images) - reference) ** 2).mean())
     assert err_ada < 0.9 * err_plain, (err_ada, err_plain)
     onnx.checker.check_model(onnx.load(rounded.path), full_check=True)
 
 
-def test_adaround_needs_the_calibration_images_and_sane_settings(tmp_path, tiny, table) -> None:
-    with pytest.raises(ConfigError, match="--no-adaround"):
-        qz.quantize_model(tiny, table, tmp_path / "q.onnx", qz.QuantizeConfig(bias_correction=False, adaround=True),
+def test_adaround_needs_the_calibration_images_and_sane_settings(tmp_path, tiny_onnx, tiny_minmax_table) -> None:
+    with pytest.raises(ConfigError, match="--rounding adaround needs the calibration images"):
+        qz.quantize_model(tiny_onnx, tiny_minmax_table, tmp_path / "q.onnx",
+                          qz.QuantizeConfig(bias_correction=False, rounding="adaround"),
                           show_progress=False)
     for bad in ({"iterations": 0}, {"batch_images": 0}, {"patch": 0}, {"learning_rate": 0.0},
                 {"regularization": -1.0}):
@@ -148,12 +130,12 @@ def test_adaround_needs_the_calibration_images_and_sane_settings(tmp_path, tiny,
         qz.QuantizeConfig(adaround_iterations=0)
 
 
-def test_activation_after_a_layer_is_read_from_relu_and_clip(tiny) -> None:
-    prepared = qz._load_prepared(tiny)
-    values = ar._constant_values(prepared)
+def test_activation_after_a_layer_is_read_from_relu_and_clip(tiny_onnx) -> None:
+    prepared = qz._load_prepared(tiny_onnx)
+    values = constant_values(prepared)
     convs = [n for n in prepared.graph.node if n.op_type == "Conv"]
     # TinyScreen: every Conv (BatchNorm folded) is followed by ReLU6, exported as Clip(0, 6).
-    assert [ar._activation_after(prepared, c.output[0], values) for c in convs] == [(0.0, 6.0)] * len(convs)
+    assert [activation_after(prepared, c.output[0], values) for c in convs] == [(0.0, 6.0)] * len(convs)
 
 
 def _hand_models(zero_point: int) -> tuple[onnx.ModelProto, onnx.ModelProto]:
@@ -200,5 +182,5 @@ def test_adaround_handles_gemm_layers_and_leaves_asymmetric_weights_alone() -> N
     assert all(r.mse_adaround <= r.mse_nearest for r in reports)
     assert reports[1].mse_adaround < reports[1].mse_nearest  # the Gemm's rounding improved too
     float_model, qmodel = _hand_models(zero_point=3)
-    layers, skipped = ar._layers(float_model, qmodel)
+    layers, skipped = roundable_layers(float_model, qmodel)
     assert layers == [] and all("zero point" in s for s in skipped) and len(skipped) == 2

@@ -322,12 +322,13 @@ def test_calibrate_and_quantize_commands_on_a_model_file(tmp_path, tiny, monkeyp
     assert record["manifest_info"]["excluded_nodes"] == ["/Softmax", "/Add"]
     onnx.checker.check_model(onnx.load(str(tmp_path / "m.int8.trt.onnx")))
     assert main_entry(_cli(), ["quantize", str(model), "--auto-exclude", "1", "--images", str(images),
-                               "--adaround", "--adaround-iterations", "5"]) == 0
+                               "--rounding", "gptq", "--rounding-images", "4"]) == 0
     record = json.loads((tmp_path / "m.int8.quantize.json").read_text())
     assert len(record["result"]["auto_excluded"]) == 1
-    assert record["config"]["adaround"] is True and record["config"]["adaround_iterations"] == 5
+    assert record["config"]["rounding"] == "gptq" and record["config"]["rounding_images"] == 4
     float_nodes = set(record["result"]["excluded_nodes"])
-    assert record["manifest_info"]["adaround_layers"] == sum(1 for n in onnx.load(str(model)).graph.node
+    assert record["manifest_info"]["weight_rounding"] == "gptq"
+    assert record["manifest_info"]["rounded_layers"] == sum(1 for n in onnx.load(str(model)).graph.node
                                                              if n.op_type == "Conv" and n.name not in float_nodes)
     # A bad option value is one clean error line, exit code 2.
     capsys.readouterr()

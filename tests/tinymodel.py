@@ -10,6 +10,7 @@ and the screening pipeline without training a real model.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -73,3 +74,17 @@ def random_fundus_batch(n: int, size: int = 64, seed: int = 0) -> np.ndarray:
     out = rng.integers(0, 255, (n, size, size, 3), dtype=np.uint8) // 2 + np.array([90, 40, 20], np.uint8)
     out[:, ~disc] = 0
     return out
+
+
+def last_conv_features(model: Any, images: np.ndarray) -> np.ndarray:
+    """The encoder's output of a TinyScreen ONNX model (float or INT8): the last Conv's output after
+    its ReLU6, what the head reads. ``model``: an ``onnx.ModelProto`` or a path. Weight-rounding tests measure it because the tiny random
+    model's logits barely move."""
+    import onnx
+    import onnxruntime as ort
+
+    m = model if isinstance(model, onnx.ModelProto) else onnx.load(str(model))
+    last = [n for n in m.graph.node if n.op_type == "Conv"][-1].output[0]
+    m.graph.output.append(onnx.ValueInfoProto(name=last))
+    sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    return np.clip(np.asarray(sess.run([last], {"image": images})[0], np.float64), 0.0, 6.0)

@@ -49,9 +49,13 @@ def record_path(out: Path) -> Path:
               help="Calibration images for bias correction and --auto-exclude (same forms as `calibrate`).")
 @click.option("--bias-correction/--no-bias-correction", default=True, show_default=True,
               help="Correct each layer's per-channel output mean on the calibration images (needs --images).")
-@click.option("--adaround/--no-adaround", default=False, show_default=True,
-              help="Choose each weight's rounding to keep every layer's output closest to FP32 on the calibration "
-                   "images (AdaRound; needs --images; minutes on a CPU).")
+@click.option("--rounding", type=click.Choice(["nearest", "gptq", "adaround"]), default="nearest",
+              show_default=True,
+              help="How weights go onto the int8 grid: nearest; gptq (error feedback through each layer's inputs on "
+                   "the calibration images, seconds to a minute); adaround (optimised up/down per weight, minutes). "
+                   "gptq/adaround need --images.")
+@click.option("--rounding-images", type=int, default=32, show_default=True,
+              help="Calibration images used by --rounding gptq/adaround.")
 @click.option("--adaround-iterations", type=int, default=500, show_default=True,
               help="AdaRound optimisation steps per layer.")
 @click.option("--float-head/--quantize-head", default=True, show_default=True,
@@ -65,7 +69,8 @@ def record_path(out: Path) -> Path:
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="INT8 model to write [default: model.int8.onnx / model.int8.trt.onnx beside MODEL].")
 def command(model: Path, table: Path | None, variant: str, per_channel: bool, exclude: tuple[str, ...],
-            auto_exclude: int, images: str | None, bias_correction: bool, adaround: bool, adaround_iterations: int,
+            auto_exclude: int, images: str | None, bias_correction: bool, rounding: str, rounding_images: int,
+            adaround_iterations: int,
             float_head: bool,
             sensitivity_images: int, reduce_range: bool, size: int | None, preprocess_from: Path | None,
             out: Path | None) -> int:
@@ -85,7 +90,8 @@ def command(model: Path, table: Path | None, variant: str, per_channel: bool, ex
         reduce_range=reduce_range,
         float_head=float_head,
         bias_correction=bias_correction,
-        adaround=adaround,
+        rounding=rounding,  # type: ignore[arg-type]  # click.Choice checked it
+        rounding_images=rounding_images,
         adaround_iterations=adaround_iterations,
     )
     calib_set = None
@@ -94,15 +100,15 @@ def command(model: Path, table: Path | None, variant: str, per_channel: bool, ex
                              use_cache=True)
         if calib_set.fingerprint != calib_table.set_fingerprint:
             log.warning("--images is not the set the table was calibrated on (fingerprints differ); "
-                        "AdaRound, bias correction and the sensitivity pass use it anyway")
+                        "weight rounding, bias correction and the sensitivity pass use it anyway")
     out = out or default_output(source.model, variant)
     result = quantize_model(source.model, calib_table, out, config, calib_set=calib_set)
     write_json(record_path(out), {"config": asdict(config), "result": result.to_dict(),
                                   "manifest_info": result.manifest_info()})
     click.echo(f"{out}: {result.precision} ({'per-channel' if per_channel else 'per-tensor'} weights, "
                f"{result.quantize_nodes} QuantizeLinear) from {calib_table.method} ranges")
-    if result.adarounded:
-        click.echo(f"AdaRound: rounding of {result.adarounded} layers chosen on the calibration images")
+    if result.rounded_layers:
+        click.echo(f"{result.rounding}: rounding of {result.rounded_layers} layers chosen on the calibration images")
     if result.bias_corrected:
         click.echo(f"bias correction: {result.bias_corrected} layers corrected on the calibration images")
     if result.excluded_nodes:
