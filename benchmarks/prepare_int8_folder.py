@@ -1,7 +1,7 @@
 """Lay out one Lite0 checkpoint the way parity_matrix.py lays out its model, for exp_int8_float_layers.py.
 
 Uses the matrix's own functions: a copy of the checkpoint with operating thresholds chosen on
-the validation pool (``prepare_lite0``: sensitivity 0.9 for referable classes), its bundle
+the validation pool (``prepare_checkpoint``: sensitivity 0.9 for referable classes), its bundle
 (``export_bundle``), a 64-image calibration set drawn with seed 0 from the train pool
 (``calibration_set``) and the minmax / entropy / percentile tables from one statistics pass
 (``calibration_tables``). Then:
@@ -16,7 +16,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from parity_matrix import calibration_set, calibration_tables, export_bundle, prepare_lite0  # benchmarks/ on sys.path
+from parity_matrix import calibration_set, calibration_tables, export_bundle, prepare_checkpoint  # benchmarks/ on sys.path
 from uopsl.runtime.bundle import read_manifest
 
 
@@ -25,7 +25,7 @@ def main() -> None:
         raise SystemExit("usage: prepare_int8_folder.py CHECKPOINT OUT TRAIN_DIR (its sibling val/ gives the thresholds)")
     ckpt, out, train = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
     out.mkdir(parents=True, exist_ok=True)
-    prepare_lite0(ckpt, train.parent / "val", out)
+    prepare_checkpoint(ckpt, train.parent / "val", out)
     export_bundle(out / "checkpoint", out / "bundle")
     manifest = read_manifest(out / "bundle")
     cal = calibration_set(train, manifest, 64, 0, out / "calib64_seed0.npz")
