@@ -28,19 +28,22 @@ neighbours' dequantized copies (otherwise ONNX Runtime would fuse
 DQ -> node -> Q into an integer kernel anyway), and a Relu/Clip feeding it
 stays in the graph instead of being folded into a u8 range.
 
-Two defaults make INT8 keep the FP32 model's decisions (docs/results.md,
-section 4, has the figures):
+Three defaults bring INT8 closer to the FP32 model's decisions
+(docs/results.md, section 4, has the figures):
 
 * ``float_head``: the layers after the encoder (``@head``) stay float; they
   cost a few percent of the compute;
 * ``bias_correction``: after quantization each layer's per-channel output
   mean is corrected on the calibration images
-  (:mod:`uopsl.export.bias_correction`).
+  (:mod:`uopsl.export.bias_correction`);
+* ``rounding="gptq"``: each weight goes onto the int8 grid so that its
+  layer's output on the calibration images stays closest to FP32 (error
+  feedback through the layer's input statistics, :mod:`uopsl.export.gptq`);
+  same scales and speed as nearest rounding. ``nearest`` (the quantizer's
+  own) and ``adaround`` (:mod:`uopsl.export.adaround`) are the alternatives.
 
-``rounding`` chooses how each weight goes onto the int8 grid, before the
-bias correction: ``nearest`` (the quantizer's own), ``gptq`` (error feedback
-through each layer's input statistics on the calibration images,
-:mod:`uopsl.export.gptq`) or ``adaround`` (:mod:`uopsl.export.adaround`).
+Rounding and bias correction run on the calibration images (``calib_set``),
+rounding first.
 
 ``--auto-exclude N`` runs a per-layer sensitivity pass: each compute layer is
 quantized alone, the model is run on (a subset of) the calibration set, and
@@ -127,7 +130,7 @@ class QuantizeConfig:
     float_head: bool = True
     bias_correction: bool = True
     correction_images: int = 32
-    rounding: Rounding = "nearest"
+    rounding: Rounding = "gptq"
     rounding_images: int = 32
     adaround_iterations: int = 500
 
@@ -548,15 +551,16 @@ def quantize_model(
     if covered == 0:
         raise ConfigError(f"the calibration table holds no range for any tensor of {path}; recalibrate it")
     requested = resolve_exclusions(prepared, config.exclude)
-    if config.bias_correction and calib_set is None:
+    wanted = []  # (what uses the calibration images, how to turn it off)
+    if config.bias_correction:
+        wanted.append(("bias correction", "--no-bias-correction (bias_correction=False)"))
+    if config.rounding != "nearest":
+        wanted.append((f"--rounding {config.rounding}", "--rounding nearest (rounding='nearest')"))
+    if wanted and calib_set is None:
+        what, offs = " and ".join(w for w, _ in wanted), " and ".join(o for _, o in wanted)
         raise ConfigError(
-            "bias correction needs the calibration images: pass them (`uopsl quantize --images DIR`, or "
-            "calib_set=...) or turn it off (--no-bias-correction / QuantizeConfig(bias_correction=False))"
-        )
-    if config.rounding != "nearest" and calib_set is None:
-        raise ConfigError(
-            f"--rounding {config.rounding} needs the calibration images: pass them (`uopsl quantize --images DIR`, "
-            "or calib_set=...) or use --rounding nearest (QuantizeConfig(rounding='nearest'))"
+            f"{what} use{'s' if len(wanted) == 1 else ''} the calibration images: pass them (`uopsl quantize "
+            f"--images DIR`, or calib_set=...) or turn off with {offs}"
         )
     head = head_nodes(prepared) if config.float_head else ()
     if config.float_head and not head:

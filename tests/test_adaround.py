@@ -102,7 +102,7 @@ def test_quantize_with_adaround_brings_the_encoder_output_closer_to_fp32_and_say
     images = tiny_calib_set.images
     reference = last_conv_features(tiny_onnx, images)
     plain = qz.quantize_model(tiny_onnx, tiny_minmax_table, tmp_path / "plain.onnx",
-                      qz.QuantizeConfig(bias_correction=False),
+                      qz.QuantizeConfig(bias_correction=False, rounding="nearest"),
                               show_progress=False)
     rounded = qz.quantize_model(tiny_onnx, tiny_minmax_table, tmp_path / "ada.onnx",
                                 qz.QuantizeConfig(bias_correction=False, rounding="adaround", adaround_iterations=150),
@@ -118,7 +118,7 @@ def test_quantize_with_adaround_brings_the_encoder_output_closer_to_fp32_and_say
 
 
 def test_adaround_needs_the_calibration_images_and_sane_settings(tmp_path, tiny_onnx, tiny_minmax_table) -> None:
-    with pytest.raises(ConfigError, match="--rounding adaround needs the calibration images"):
+    with pytest.raises(ConfigError, match="^--rounding adaround uses the calibration images"):
         qz.quantize_model(tiny_onnx, tiny_minmax_table, tmp_path / "q.onnx",
                           qz.QuantizeConfig(bias_correction=False, rounding="adaround"),
                           show_progress=False)

@@ -102,7 +102,7 @@ def test_simulation_reproduces_what_onnx_runtime_computes_from_the_quantized_fil
     export_onnx(DeployModel(model, SIZE), fp32, SIZE)
     table = collect_statistics(fp32, CalibrationSet.from_images(calib), batch_size=8, show_progress=False).table("minmax")
     int8 = tmp_path / "model.int8.onnx"
-    quantize_model(fp32, table, int8, QuantizeConfig(bias_correction=False), show_progress=False)
+    quantize_model(fp32, table, int8, QuantizeConfig(bias_correction=False, rounding="nearest"), show_progress=False)
     with OrtBackend(fp32, "cpu", 1) as b:
         l_fp = b.infer(x)["logits"]
     with OrtBackend(int8, "cpu", 1) as b:

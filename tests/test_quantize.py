@@ -23,7 +23,7 @@ from uopsl.runtime.errors import ConfigError
 SIZE = 64
 CLASSES = 3
 # Structural tests look at the quantizer's own output, without the data-driven bias correction.
-RAW = {"bias_correction": False}
+RAW = {"bias_correction": False, "rounding": "nearest"}
 
 
 @pytest.fixture(scope="module")
@@ -314,8 +314,9 @@ def test_calibrate_and_quantize_commands_on_a_model_file(tmp_path, tiny, monkeyp
     table = CalibrationTable.load(tmp_path / "m.calibration.json", model_sha256=None)
     assert table.method == "percentile" and table.num_images == 6
     assert list((tmp_path / "cache").rglob("*.npz")), "the preprocessed set is cached"
+    # Without --images: nothing that needs the calibration images may be on.
     rc = main_entry(_cli(), ["quantize", str(model), "--variant", "trt", "--per-tensor", "--exclude", "Softmax,/Add",
-                             "--no-bias-correction"])
+                             "--no-bias-correction", "--rounding", "nearest"])
     assert rc == 0
     record = json.loads((tmp_path / "m.int8.trt.quantize.json").read_text())
     assert record["result"]["precision"] == "int8-qdq-s8" and record["result"]["per_channel"] is False
@@ -457,8 +458,12 @@ def test_bias_correction_removes_each_layers_mean_shift_on_the_calibration_image
 
 
 def test_bias_correction_needs_the_calibration_images(tmp_path, tiny, stats) -> None:
-    with pytest.raises(ConfigError, match="--no-bias-correction"):
+    with pytest.raises(ConfigError, match=r"bias correction and --rounding gptq use the calibration images.*"
+                                          r"--no-bias-correction .* and --rounding nearest"):
         quantize_model(tiny, stats.table("minmax"), tmp_path / "q.onnx", show_progress=False)
+    with pytest.raises(ConfigError, match=r"^bias correction uses the calibration images"):
+        quantize_model(tiny, stats.table("minmax"), tmp_path / "q.onnx", QuantizeConfig(rounding="nearest"),
+                       show_progress=False)
 
 
 @pytest.fixture(scope="module")

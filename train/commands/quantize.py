@@ -46,10 +46,11 @@ def record_path(out: Path) -> Path:
 @click.option("--auto-exclude", type=int, default=0, show_default=True,
               help="Keep the N layers whose quantization hurts the outputs most in float (needs --images).")
 @click.option("--images", default=None,
-              help="Calibration images for bias correction and --auto-exclude (same forms as `calibrate`).")
+              help="Calibration images for weight rounding, bias correction and --auto-exclude (same forms as "
+                   "`calibrate`).")
 @click.option("--bias-correction/--no-bias-correction", default=True, show_default=True,
               help="Correct each layer's per-channel output mean on the calibration images (needs --images).")
-@click.option("--rounding", type=click.Choice(["nearest", "gptq", "adaround"]), default="nearest",
+@click.option("--rounding", type=click.Choice(["nearest", "gptq", "adaround"]), default="gptq",
               show_default=True,
               help="How weights go onto the int8 grid: nearest; gptq (error feedback through each layer's inputs on "
                    "the calibration images, seconds to a minute); adaround (optimised up/down per weight, minutes). "
