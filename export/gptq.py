@@ -98,7 +98,8 @@ def round_with_feedback(weights: Any, scales: Any, hessians: Any, qmax: int, con
     """
     torch = require("torch", PURPOSE)
     w = weights.to(torch.float64).clone()
-    s = scales.to(torch.float64).unsqueeze(-1)  # (G, R, 1)
+    # (G, R, 1); a zero scale (an all-zero row) would turn its zeros into NaN.
+    s = scales.to(torch.float64).clamp_min(torch.finfo(torch.float64).tiny).unsqueeze(-1)
     h = hessians.to(torch.float64).clone()
     g, _, d = w.shape
     diag = torch.diagonal(h, dim1=1, dim2=2)

@@ -64,6 +64,15 @@ def test_inputs_that_never_fire_keep_nearest_rounding_and_no_nan() -> None:
     torch.testing.assert_close(ints[1], nearest[1])
 
 
+def test_an_all_zero_row_stays_zero() -> None:
+    gen = torch.Generator().manual_seed(6)
+    w = torch.randn(1, 3, 9, generator=gen, dtype=torch.float64)
+    w[0, 1] = 0.0  # a dead output channel: its scale is 0
+    x = torch.randn(200, 9, generator=gen, dtype=torch.float64) + 3.0
+    ints = gq.round_with_feedback(w, w.abs().amax(dim=2) / 127, (x.T @ x)[None], 127)
+    assert torch.isfinite(ints).all() and torch.equal(ints[0, 1], torch.zeros(9, dtype=torch.float64))
+
+
 def test_block_size_does_not_change_the_result() -> None:
     gen = torch.Generator().manual_seed(3)
     w = torch.randn(1, 5, 40, generator=gen, dtype=torch.float64)
