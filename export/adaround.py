@@ -10,8 +10,10 @@ costs as much logits SQNR as the whole INT8 model without bias correction
 (19 dB vs 18 dB). Once bias correction has run, though, AdaRound changed
 that model's parity figures by no more than noise (docs/results.md, section
 4): from the second block on, most of a layer's error arrives with its
-input. So it is off by default (``uopsl quantize --adaround``), for models
-whose loss is in the weights; ``uopsl validate`` decides either way.
+input. So it is not the default: ``uopsl quantize --rounding adaround`` asks for it;
+the default, error-feedback rounding (:mod:`uopsl.export.gptq`), has the same
+goal, needs no iterations and did better on these models. ``uopsl validate``
+decides either way.
 
 AdaRound keeps the quantizer's scales and chooses, per weight, between the
 grid point below and the one above. For each quantized Conv/Gemm, in graph
