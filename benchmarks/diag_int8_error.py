@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from uopsl.export.gptq import round_with_feedback
+from uopsl.export.gptq import conv_hessians, round_with_feedback
 from uopsl.runtime.preprocess import preprocess_file
 from uopsl.train import qat
 from uopsl.train.checkpoint import load_model
@@ -86,29 +86,24 @@ def simulate(model: Any, cal: torch.Tensor, x: torch.Tensor, *, inputs: bool, ou
 
 
 def layer_hessian(model: Any, cal: torch.Tensor, conv: torch.nn.Conv2d, std: torch.Tensor | None) -> torch.Tensor:
-    """``sum x x^T`` over the patches of ``conv``'s float input (the stem: ``x - mean``), per group."""
+    """:func:`conv_hessians` of ``conv``'s float input on ``cal`` (the stem's: ``x - mean``, as deployed)."""
     got: dict[str, torch.Tensor] = {}
     hook = conv.register_forward_pre_hook(lambda m, inp: got.setdefault("x", inp[0].detach()))
     with torch.no_grad():
         model(cal)
     hook.remove()
     x = got["x"] if std is None else got["x"] * std.view(1, -1, 1, 1)
-    cols = torch.nn.functional.unfold(x, conv.kernel_size, dilation=conv.dilation, padding=conv.padding,
-                                      stride=conv.stride)
-    n, _, positions = cols.shape
-    per_group = conv.in_channels // conv.groups * conv.kernel_size[0] * conv.kernel_size[1]
-    cols = cols.reshape(n, conv.groups, per_group, positions).permute(1, 2, 0, 3).reshape(conv.groups, per_group, -1)
-    return torch.bmm(cols, cols.transpose(1, 2)).double()
+    h, _ = conv_hessians(x, conv.kernel_size, conv.stride, conv.dilation, conv.groups, conv.padding)
+    return h
 
 
 def run_layers(model: Any, cal: torch.Tensor, x: torch.Tensor, ref: np.ndarray, top: int) -> dict[str, Any]:
     pairs = qat._conv_bn_pairs(model.fundus.encoder.trunk)
     std = model.fundus.encoder.std.detach().reshape(-1)
     rows = []
-    for k, (name, conv, _) in enumerate(pairs):
-        with qat.SimulatedInt8(model) as sim:  # the folded weight as the simulation rounds it
-            w, _ = sim.layers[k].folded()
-            w = w.detach() / (std.view(1, -1, 1, 1) if k == 0 else 1.0)
+    for k, (name, conv, bn) in enumerate(pairs):
+        w, _ = qat._SimConv(conv, bn, None).folded()  # the folded weight, as the simulation rounds it
+        w = w.detach() / (std.view(1, -1, 1, 1) if k == 0 else 1.0)
         groups = conv.groups
         wg = w.reshape(groups, w.shape[0] // groups, -1).double()
         scale = wg.abs().amax(dim=2).clamp_min(1e-12) / qat.QMAX_WEIGHT

@@ -53,7 +53,7 @@ from uopsl.runtime.optional import require
 log = logging.getLogger(__name__)
 
 PURPOSE = "INT8 error-feedback rounding (GPTQ)"
-_CHUNK = 4  # images unfolded at a time while H is accumulated (early layers unfold to ~100 MB per image)
+_CHUNK = 4  # images unfolded at a time while H is accumulated (an early 3x3 layer unfolds to up to ~60 MB per image)
 
 
 @dataclass(frozen=True)
@@ -133,34 +133,39 @@ def round_with_feedback(weights: Any, scales: Any, hessians: Any, qmax: int, con
     return out
 
 
-def _hessians(layer: RoundableLayer, x: np.ndarray) -> tuple[Any, int]:
-    """``sum x x^T`` over the input patches each output channel reads, per weight group; and the patch count.
-
-    Conv: one (C/groups * kh * kw)-square matrix per group (one per channel for a
-    depthwise layer); Gemm: one (in, in) matrix.
+def conv_hessians(x: Any, kernel: tuple[int, int], stride: tuple[int, int], dilation: tuple[int, int],
+                  groups: int, padding: tuple[int, int] = (0, 0)) -> tuple[Any, int]:
+    """``sum p p^T`` over the input patches ``p`` of a convolution on ``x`` (N, C, H, W), per group; and the
+    number of patches. One ``(C / groups * kh * kw)``-square matrix per group (per channel for a
+    depthwise layer), rows in the order of the flattened weight (channel, then kernel row, column).
+    Float32 products per chunk of images (BLAS), summed in float64.
     """
     torch = require("torch", PURPOSE)
-    f = torch.nn.functional
-    node = layer.node
-    if node.op_type == "Gemm":
-        flat = torch.from_numpy(x.reshape(len(x), -1))
-        return (flat.T @ flat).to(torch.float64).unsqueeze(0), len(x)
-    groups = int(node_attr(node, "group", 1))
-    kernel = tuple(layer.weight.shape[2:])
-    stride = tuple(node_attr(node, "strides", [1, 1]))
-    dil = tuple(node_attr(node, "dilations", [1, 1]))
-    per_group = layer.weight.shape[1] * kernel[0] * kernel[1]
+    x = torch.as_tensor(x, dtype=torch.float32)
+    per_group = x.shape[1] // groups * kernel[0] * kernel[1]
     total, count = None, 0
     for i in range(0, len(x), _CHUNK):
-        xc = conv_padded(torch, layer, torch.from_numpy(x[i : i + _CHUNK]))
-        cols = f.unfold(xc, kernel, dilation=dil, padding=0, stride=stride)  # (n, C*kh*kw, L), C-major
+        cols = torch.nn.functional.unfold(x[i : i + _CHUNK], kernel, dilation=dilation, padding=padding,
+                                          stride=stride)  # (n, C*kh*kw, L)
         n, _, positions = cols.shape
-        # (G, D, n*L): one batched float32 product per chunk (BLAS), summed in float64 across chunks.
         cols = cols.reshape(n, groups, per_group, positions).permute(1, 2, 0, 3).reshape(groups, per_group, -1)
         part = torch.bmm(cols, cols.transpose(1, 2)).to(torch.float64)
         total = part if total is None else total + part
         count += n * positions
     return total, count
+
+
+def _hessians(layer: RoundableLayer, x: np.ndarray) -> tuple[Any, int]:
+    """:func:`conv_hessians` of ``layer``'s inputs ``x`` (ONNX pads, which may be asymmetric, applied
+    first); for a Gemm one (in, in) matrix over the rows of ``x``."""
+    torch = require("torch", PURPOSE)
+    node = layer.node
+    if node.op_type == "Gemm":
+        flat = torch.from_numpy(x.reshape(len(x), -1))
+        return (flat.T @ flat).to(torch.float64).unsqueeze(0), len(x)
+    return conv_hessians(conv_padded(torch, layer, torch.from_numpy(x)), tuple(layer.weight.shape[2:]),
+                         tuple(node_attr(node, "strides", [1, 1])), tuple(node_attr(node, "dilations", [1, 1])),
+                         int(node_attr(node, "group", 1)))
 
 
 def _grouped(layer: RoundableLayer) -> tuple[np.ndarray, np.ndarray, int]:
@@ -193,7 +198,8 @@ def gptq_layer(layer: RoundableLayer, x: np.ndarray, config: GptqConfig = GptqCo
     """Integer weights of ``layer`` (its weight's shape) for inputs ``x``; output MSE of nearest and of GPTQ.
 
     Falls back to the quantizer's nearest rounding when that is better on these
-    inputs (possible only through the damping), so no layer gets worse.
+    inputs (possible through the damping and the clamp to ``[-qmax, qmax]``), so no
+    layer gets worse.
     """
     torch = require("torch", PURPOSE)
     h, count = _hessians(layer, x)

@@ -18,6 +18,7 @@ from pathlib import Path
 import click
 
 from uopsl.calibration.table import TABLE_FILE, CalibrationTable
+from uopsl.export.quantize import ROUNDINGS, VARIANTS, QuantizeConfig
 from uopsl.runtime.fsio import sha256_file, write_json
 from uopsl.train.commands.calibrate import load_set, resolve_model
 
@@ -38,7 +39,7 @@ def record_path(out: Path) -> Path:
 @click.argument("model", type=click.Path(exists=True, path_type=Path))
 @click.option("--table", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="Calibration table [default: BUNDLE/calibration.json or MODEL.calibration.json].")
-@click.option("--variant", type=click.Choice(["cpu", "trt"]), default="cpu", show_default=True,
+@click.option("--variant", type=click.Choice(VARIANTS), default=QuantizeConfig.variant, show_default=True,
               help="cpu: u8 activations, s8 weights (ORT/OpenVINO on x86); trt: s8 symmetric, zero point 0.")
 @click.option("--per-channel/--per-tensor", default=True, show_default=True, help="Weight scales per output channel.")
 @click.option("--exclude", multiple=True,
@@ -50,7 +51,7 @@ def record_path(out: Path) -> Path:
                    "`calibrate`).")
 @click.option("--bias-correction/--no-bias-correction", default=True, show_default=True,
               help="Correct each layer's per-channel output mean on the calibration images (needs --images).")
-@click.option("--rounding", type=click.Choice(["nearest", "gptq", "adaround"]), default="gptq",
+@click.option("--rounding", type=click.Choice(ROUNDINGS), default=QuantizeConfig.rounding,
               show_default=True,
               help="How weights go onto the int8 grid: nearest; gptq (error feedback through each layer's inputs on "
                    "the calibration images, seconds to a minute); adaround (optimised up/down per weight, minutes). "
@@ -76,7 +77,7 @@ def command(model: Path, table: Path | None, variant: str, per_channel: bool, ex
             sensitivity_images: int, reduce_range: bool, size: int | None, preprocess_from: Path | None,
             out: Path | None) -> int:
     """Quantize MODEL (ONNX file or bundle folder) to INT8 QDQ with its calibration table."""
-    from uopsl.export.quantize import QuantizeConfig, quantize_model
+    from uopsl.export.quantize import quantize_model
 
     source = resolve_model(model, size, preprocess_from)
     if table is None:
