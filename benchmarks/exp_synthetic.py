@@ -97,7 +97,8 @@ def macro_auc(y: np.ndarray, p: np.ndarray) -> float:
 
 def train_variant(variant: str, fund: FeatureDataset, octf: FeatureDataset | None, val: FeatureDataset, out: Path,
                   seed: int, epochs: int, size: int, base_model=None,  # type: ignore[no-untyped-def]
-                  attention: str = "cosine", fov_mask: bool = True, site_loss: float = 0.0) -> object:
+                  attention: str = "cosine", fov_mask: bool = True, site_loss: float = 0.0,
+                  site_guide: float = 0.0) -> object:
     torch.manual_seed(seed)  # the head's initialisation depends on the seed too
     model, meta = new_model(CLASSES, variant=variant, size=size)
     if meta.preprocess.fov_margin != model.config.fov_margin:
@@ -109,7 +110,7 @@ def train_variant(variant: str, fund: FeatureDataset, octf: FeatureDataset | Non
     if base_model is not None:
         model.fundus.encoder.load_state_dict(base_model.fundus.encoder.state_dict())
     cfg = TrainConfig(epochs=epochs, batch_size=32, lr=2e-3, seed=seed, freeze_encoder=True, augment=False, save_every=0,
-                      w_site_finetune=site_loss)
+                      w_site_finetune=site_loss, w_site_guide=site_guide)
     pretrain(model, fund, octf if variant == "uopsl" else None, cfg, out / "pretrain", meta)
     model, _ = finetune(model, fund, val, cfg, out / "finetune", meta,
                         select=lambda p, y: macro_auc(y, p))
@@ -137,6 +138,8 @@ def main() -> None:
                     help="seed of the ablations' initialisation and batch order (default --seed); the data stay --seed's")
     ap.add_argument("--site-loss", type=float, default=0.0,
                     help="stage-2 site loss weight on fundus tokens (TrainConfig.w_site_finetune; 0: fused loss only)")
+    ap.add_argument("--site-guide", type=float, default=0.0,
+                    help="stage-2 site guide weight (TrainConfig.w_site_guide; 0: off)")
     ap.add_argument("--variants", default="fundus_only,p_only,uopsl", help="which ablations to train")
     ap.add_argument("--reuse", type=Path, default=None,
                     help="an earlier run's --out whose data/ and cache/ (same seed and sizes) this run reads")
@@ -168,7 +171,7 @@ def main() -> None:
     for variant in args.variants.split(",") if parts & {"ablations", "zeroshot"} else ():
         ts = s if args.train_seed is None else args.train_seed
         m = train_variant(variant, ftr, foct, fval, out / variant, ts, args.epochs, args.size, ref_model, args.attention,
-                          not args.no_fov_mask, args.site_loss)
+                          not args.no_fov_mask, args.site_loss, args.site_guide)
         models[variant] = m
         p, maps = probs_of(m, ftest)
         aucs = per_class_auc(ftest.targets, p)
@@ -193,7 +196,7 @@ def main() -> None:
             for variant in ("fundus_only", "uopsl"):
                 m = train_variant(variant, sub, foct, fval, out / f"fewshot{n}" / f"{variant}_s{seed}", seed,
                                   args.epochs, args.size, ref_model, args.attention, not args.no_fov_mask,
-                                  args.site_loss)
+                                  args.site_loss, args.site_guide)
                 p, _ = probs_of(m, ftest)
                 few.setdefault(f"{n}-shot", {}).setdefault(variant, []).append(macro_auc(ftest.targets, p))
         log.warning("few-shot %d: %s", n, few[f"{n}-shot"])

@@ -97,6 +97,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--init", default="imagenet")
     ap.add_argument("--variants", default="fundus_only,p_only,uopsl")
+    ap.add_argument("--site-guide", type=float, default=0.0,
+                    help="stage-2 site guide weight (0, the default here: as the documented runs, which predate it)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     t0 = time.time()
@@ -142,7 +144,7 @@ def main() -> None:
             model, meta = new_model(CLASSES, variant=v, size=args.size, init=args.init)
             torch.manual_seed(args.seed)
             cfg = TrainConfig(epochs=args.epochs, batch_size=32, lr=1e-3, seed=args.seed, freeze_encoder=True,
-                              augment=False, save_every=0, balanced=True)
+                              augment=False, save_every=0, balanced=True, w_site_guide=args.site_guide)
             run = out / f"fold{f}" / v
             pretrain(model, ffeat.subset(tr_idx), ofeat.subset(oidx) if v == "uopsl" else None, cfg, run / "pretrain", meta)
 

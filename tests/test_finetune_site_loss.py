@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from trainhelpers import tiny_model
+from trainhelpers import feature_batch, tiny_model
 from uopsl.runtime.errors import ConfigError
 from uopsl.train import losses
 from uopsl.train.loops import TrainConfig, finetune_losses
@@ -14,12 +14,7 @@ GRID = 8
 
 
 def _batch(model, n: int = 4):  # type: ignore[no-untyped-def]
-    torch.manual_seed(1)
-    feat = torch.randn(n, model.fundus.encoder.channels, GRID, GRID)
-    k = len(model.config.classes)
-    y = torch.zeros(n, k)
-    y[torch.arange(n), torch.arange(n) % k] = 1.0
-    return feat, y
+    return feature_batch(model, n, GRID)
 
 
 def test_weight_zero_is_the_fused_loss_alone() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -44,3 +45,15 @@ def tiny_model(variant: str = "uopsl", seed: int = 0) -> tuple[UopslModel, Check
     meta = CheckpointMeta(model=cfg, preprocess=PreprocessConfig(size=64), phrases=(("n",), ("a",), ("b",)),
                           data_fingerprint="tiny")
     return UopslModel(cfg, text), meta
+
+
+def feature_batch(model: UopslModel, n: int = 4, grid: int = 8) -> tuple[Any, Any]:
+    """Random backbone features (n, C, grid, grid) for ``model`` and one-hot labels cycling through its classes."""
+    import torch
+
+    torch.manual_seed(1)
+    feat = torch.randn(n, model.fundus.encoder.channels, grid, grid)
+    k = len(model.config.classes)
+    y = torch.zeros(n, k)
+    y[torch.arange(n), torch.arange(n) % k] = 1.0
+    return feat, y

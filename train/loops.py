@@ -64,14 +64,21 @@ class TrainConfig:
     # each class alone must score the image's classes). 0 keeps the published
     # recipe, where stage 2 trains only the fused classification.
     w_site_finetune: float = 0.0
+    # Stage 2 only: weight of the site guide, which pulls each present class's
+    # site map towards where the classifier's own global projection finds that
+    # class's evidence (losses.site_guide; our addition, docs/method.md). On by
+    # default: without it the maps land on the lesions only in some seeds.
+    # 0 is the published recipe.
+    w_site_guide: float = 1.0
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
             raise ConfigError(f"epochs and batch_size must be >= 1, got {self.epochs}, {self.batch_size}")
         if self.lr <= 0 or self.lr_encoder < 0:
             raise ConfigError(f"learning rates must be positive, got lr={self.lr}, lr_encoder={self.lr_encoder}")
-        if self.w_site_finetune < 0:
-            raise ConfigError(f"w_site_finetune must be >= 0, got {self.w_site_finetune}")
+        for name in ("w_site_finetune", "w_site_guide"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -315,18 +322,22 @@ def pretrain_losses(model: UopslModel, cfg: TrainConfig, features: bool = False)
     return fn
 
 
-def finetune_losses(model: UopslModel, features: bool = False,
-                    w_site: float = 0.0) -> Callable[[torch.Tensor, torch.Tensor], dict[str, torch.Tensor]]:
+def finetune_losses(model: UopslModel, features: bool = False, w_site: float = 0.0,
+                    w_guide: float = 0.0) -> Callable[[torch.Tensor, torch.Tensor], dict[str, torch.Tensor]]:
     """Loss of one stage-2 step; ``features``: batches are cached backbone features, not images.
 
     No pos_weight: the class-balanced sampler already evens the classes out.
     ``w_site`` > 0 adds the site loss on the fundus tokens (as stage 1 applies
     it to OCT): the fused score can lean on the global vector alone, this term
     makes each class's site-pooled feature carry that class's evidence.
+    ``w_guide`` > 0 adds the site guide: each present class's map must follow
+    the evidence maps of the global projection (``losses.evidence_maps``).
     """
+    guide = w_guide > 0 and model.config.variant != "fundus_only"
+    reference = model.reference_class()
 
     def fn(x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
-        out = model.forward_features(x) if features else model(x)
+        out = model.forward_features(x, token_globals=guide) if features else model(x, token_globals=guide)
         loss = losses.classification(out["logits"], y, model.config.head)
         parts = {"cls": loss}
         if model.config.variant != "fundus_only":
@@ -335,6 +346,14 @@ def finetune_losses(model: UopslModel, features: bool = False,
             if w_site > 0:
                 parts["site"] = losses.site_loss(out["site_features"], model.prototypes(), y, model.tau)
                 loss = loss + w_site * parts["site"]
+            if guide:
+                h, w = out["site_maps"].shape[2:]
+                maps = out["site_maps"].flatten(2)
+                with torch.no_grad():
+                    target = losses.evidence_maps(out["token_globals"], model.prototypes(), reference,
+                                                  model.inside_tokens(h, w, maps.device))
+                parts["guide"] = losses.site_guide(maps, target, y, reference)
+                loss = loss + w_guide * parts["guide"]
         parts["loss"] = loss
         return parts
 

@@ -5,7 +5,8 @@ image-text contrastive loss whose targets come from the labels (an image is
 "paired" with every class it has, so targets are soft), plus on OCT the site
 loss that teaches ``P`` where each class's findings sit, plus the generator
 fit that makes ``G(t_k)`` explain the learned site queries. Stage 2 uses the
-classification loss of the chosen head.
+classification loss of the chosen head, optionally with the site loss on
+fundus tokens and the site guide (:func:`site_guide`).
 """
 
 from __future__ import annotations
@@ -60,3 +61,61 @@ def classification(logits: torch.Tensor, targets: torch.Tensor, head: str, pos_w
     if head == "sigmoid":
         return F.binary_cross_entropy_with_logits(logits, targets.float(), pos_weight=pos_weight)
     return F.cross_entropy(logits, targets.float().argmax(dim=1))
+
+
+# Multiplier of the z-scored evidence before the softmax over tokens in :func:`evidence_maps`.
+# Fixed, not tuned per model: 2 puts a token two standard deviations above the
+# image's mean evidence at e^4 ~ 55x the weight of an average one.
+GUIDE_SHARPNESS = 2.0
+
+
+def evidence_maps(token_globals: torch.Tensor, protos: torch.Tensor, reference: int | None,
+                  inside: torch.Tensor | None = None, sharpness: float = GUIDE_SHARPNESS) -> torch.Tensor:
+    """Where each class's evidence sits in each image, as maps over tokens (N, K, T) that sum to 1.
+
+    token_globals (N, T, d): the global projection of every cell
+    (``Branch.token_globals``); protos (K, d) normalised prototypes. Class k's
+    evidence at a cell is ``g_t . (e_k - e_ref)``, with ``e_ref`` the healthy
+    class's prototype (``reference``) or, without one, the mean of the other
+    classes' prototypes: how much more the cell looks like class k than like a
+    healthy retina. Comparing with the reference rather than scoring ``e_k``
+    alone removes what every class shares (vessels, the disc, the field's
+    brightness). Per image and class the evidence is z-scored over the
+    ``inside`` tokens and turned into a softmax with ``sharpness``; tokens
+    outside get weight 0.
+    """
+    k = protos.shape[0]
+    if reference is None:
+        ref = (protos.sum(0, keepdim=True) - protos) / max(k - 1, 1)
+    else:
+        ref = protos[reference].expand_as(protos)
+    ev = torch.einsum("ntd,kd->nkt", token_globals, protos - ref)
+    if inside is not None:
+        ev = ev[..., inside]
+    z = (ev - ev.mean(-1, keepdim=True)) / ev.std(-1, keepdim=True).clamp_min(1e-6)
+    maps = (sharpness * z).softmax(-1)
+    if inside is None:
+        return maps
+    full = maps.new_zeros(maps.shape[:-1] + inside.shape)
+    full[..., inside] = maps
+    return full
+
+
+def site_guide(maps: torch.Tensor, target: torch.Tensor, targets: torch.Tensor, reference: int | None) -> torch.Tensor:
+    """KL divergence from the evidence maps to the site maps, for each class an image has.
+
+    maps, target (N, K, T): site-attention maps and :func:`evidence_maps`
+    (treated as constants: the guide moves the site attention, not the
+    classifier it reads). Only (image, class) pairs with the class present
+    count, and never the healthy class: a class absent from an image has no
+    lesions to point at.
+    """
+    pos = targets.float() > 0
+    if reference is not None:
+        pos[:, reference] = False
+    if not pos.any():
+        return maps.sum() * 0
+    t = target.detach()[pos]
+    m = maps[pos].clamp_min(1e-8)
+    kl = torch.where(t > 0, t * (t.clamp_min(1e-30).log() - m.log()), torch.zeros_like(t))
+    return kl.sum(-1).mean()

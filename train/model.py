@@ -50,6 +50,10 @@ LEGACY_FOV_TOKEN_MASK = False
 FOV_SUPERSAMPLE = 16
 
 
+# The class whose prototype the stage-2 site guide measures lesion evidence against.
+HEALTHY_CLASS = "normal"
+
+
 def fov_token_mask(h: int, w: int, fov_margin: float = 0.0, supersample: int = FOV_SUPERSAMPLE) -> np.ndarray:
     """(h, w) bool: the tokens whose grid cell lies at least half inside the FOV circle.
 
@@ -226,6 +230,15 @@ class Branch(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
         return self.from_features(self.encoder(x))
 
+    def token_globals(self, feat: torch.Tensor) -> torch.Tensor:
+        """The global projection applied to every cell of the feature map: (N, C, h, w) -> (N, h*w, d).
+
+        The projection is linear, so the mean of these over all cells is the
+        global vector itself: each is that cell's share of the image-level
+        evidence (a class activation map in the shared space).
+        """
+        return self.glob(feat.flatten(2).transpose(1, 2))
+
 
 class UopslModel(nn.Module):
     """Fundus classifier with a learned predilection-sites matrix (and an OCT branch for pre-training)."""
@@ -331,11 +344,14 @@ class UopslModel(nn.Module):
         cos = (F.normalize(fused, dim=-1) * e.unsqueeze(0)).sum(-1)
         return self.tau * cos + self.bias, maps, z
 
-    def forward_features(self, feat: torch.Tensor, use_sites: bool = True) -> dict[str, torch.Tensor]:
+    def forward_features(self, feat: torch.Tensor, use_sites: bool = True,
+                         token_globals: bool = False) -> dict[str, torch.Tensor]:
         """Score fundus backbone features (N, C, h, w) (used with cached, frozen-encoder features).
 
         With site attention the output also holds ``site_features``: the
         site-pooled class features z (N, K, d) that the stage-2 site loss scores.
+        ``token_globals``: also return the per-cell global projections (N, T, d)
+        that the stage-2 site guide reads (:meth:`Branch.token_globals`).
         """
         tokens, glob, (h, w) = self.fundus.from_features(feat)
         logits, maps, z = self.score_tokens(tokens, glob, use_sites, self.inside_tokens(h, w, tokens.device))
@@ -343,11 +359,18 @@ class UopslModel(nn.Module):
                "global": glob, "tokens": tokens}
         if z is not None:
             out["site_features"] = z
+        if token_globals:
+            out["token_globals"] = self.fundus.token_globals(feat)
         return out
 
-    def forward(self, x: torch.Tensor, use_sites: bool = True) -> dict[str, torch.Tensor]:
+    def forward(self, x: torch.Tensor, use_sites: bool = True, token_globals: bool = False) -> dict[str, torch.Tensor]:
         """Fundus forward: x (N, 3, H, W) float RGB in 0..255."""
-        return self.forward_features(self.fundus.encoder(x), use_sites)
+        return self.forward_features(self.fundus.encoder(x), use_sites, token_globals)
+
+    def reference_class(self) -> int | None:
+        """Index of the healthy class (``normal``) that lesion evidence is measured against, or None."""
+        names = self.config.classes
+        return names.index(HEALTHY_CLASS) if HEALTHY_CLASS in names else None
 
     def probs(self, logits: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(logits) if self.config.head == "sigmoid" else logits.softmax(dim=-1)

@@ -81,7 +81,8 @@ class FeatureDataset:
             log.info("%s was computed for other images or encoder weights; encoding again", path)
         f = cls.compute(encoder, ds, device)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
+        # A name of this process's own: runs sharing one cache (--reuse) may encode the same pool at once.
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
         save_file({"features": f.features.contiguous()}, str(tmp), metadata={"fingerprint": fingerprint})
         tmp.replace(path)
         return f
@@ -206,7 +207,11 @@ def finetune(model: UopslModel, train_ds: AnyDataset, val_ds: AnyDataset | None,
     src_val: Any = as_features(val_ds, model.fundus.encoder, cfg, runner.device)
     feats = isinstance(src_train, FeatureDataset)
 
-    loss_fn = finetune_losses(model, features=feats, w_site=cfg.w_site_finetune)
+    # The guide trains the site attention, which --freeze-sites holds fixed.
+    w_guide = 0.0 if cfg.freeze_sites else cfg.w_site_guide
+    if cfg.freeze_sites and cfg.w_site_guide > 0:
+        log.info("site attention frozen: the site guide (w_site_guide=%g) is off for this run", cfg.w_site_guide)
+    loss_fn = finetune_losses(model, features=feats, w_site=cfg.w_site_finetune, w_guide=w_guide)
 
     best_file = out / "best.safetensors"
     state = {"best": runner.info.get("best", -np.inf)}

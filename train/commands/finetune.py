@@ -25,16 +25,20 @@ from uopsl.train.commands.common import items_for, load_source, split_classes, t
               help="resnet18, resnet50, mobilenet_v3_large, efficientnet_b0, efficientnet_lite0/1/2.")
 @click.option("--init", default="imagenet", show_default=True)
 @click.option("--size", type=click.IntRange(64, 1024), default=320, show_default=True)
-@click.option("--freeze-sites", is_flag=True, help="Keep P, G and the site attention fixed.")
+@click.option("--freeze-sites", is_flag=True, help="Keep P, G and the site attention fixed (the site guide is then off).")
 @click.option("--site-loss", "w_site_finetune", type=click.FloatRange(0.0), default=0.0, show_default=True,
               help="Weight of the site loss on fundus tokens (each class's site-pooled feature alone must score "
                    "the image's classes); 0: fused classification only.")
+@click.option("--site-guide", "w_site_guide", type=click.FloatRange(0.0), default=1.0, show_default=True,
+              help="Weight of the site guide: each present class's site map follows where the classifier's "
+                   "global projection finds that class's evidence against a healthy retina (docs/method.md); "
+                   "0: off (the published recipe).")
 @click.option("--shots", type=click.IntRange(1), default=None, help="Use only N labelled images per class.")
 @click.option("--target-sensitivity", type=click.FloatRange(0.5, 1.0), default=0.9, show_default=True,
               help="Operating point of referable classes, chosen on the validation images.")
 @train_options
 def command(data_spec: str, val_spec: str | None, out: Path, from_ckpt: Path | None, classes: str | None,
-            variant: str | None, backbone: str, init: str, size: int, freeze_sites: bool, w_site_finetune: float,
+            variant: str | None, backbone: str, init: str, size: int, freeze_sites: bool, w_site_finetune: float, w_site_guide: float,
             shots: int | None,
             target_sensitivity: float, cache_dir: Path | None, **train: object) -> None:
     """Fine-tune on fundus photographs; writes the checkpoint with its operating thresholds."""
@@ -50,7 +54,8 @@ def command(data_spec: str, val_spec: str | None, out: Path, from_ckpt: Path | N
     if shots:
         src = src.subset(datamod.take_shots(src.samples, shots, seed=int(train.get("seed", 0))), f"{src.name}[{shots}-shot]")  # type: ignore[arg-type]
     names = split_classes(classes) or src.label_space.classes
-    cfg = TrainConfig(freeze_sites=freeze_sites, w_site_finetune=w_site_finetune, **train)  # type: ignore[arg-type]
+    cfg = TrainConfig(freeze_sites=freeze_sites, w_site_finetune=w_site_finetune, w_site_guide=w_site_guide,
+                      **train)  # type: ignore[arg-type]
     if from_ckpt:
         model, meta = from_checkpoint(from_ckpt, names, variant=variant)
     else:
