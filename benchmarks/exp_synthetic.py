@@ -43,7 +43,7 @@ from uopsl.runtime.fsio import write_json
 from uopsl.runtime.metrics import per_class_auc
 from uopsl.runtime.preprocess import PreprocessConfig, preprocess_file
 from uopsl.train import data
-from uopsl.train.evaluate import mask_to_grid, site_concentration
+from uopsl.train.evaluate import site_concentration_report
 from uopsl.train.loops import TrainConfig, predict
 from uopsl.train.model import UopslModel, fov_token_mask
 from uopsl.train.stages import FeatureDataset, finetune, pretrain
@@ -217,23 +217,10 @@ def outside_fov_mass(maps: np.ndarray, pre: PreprocessConfig) -> dict[str, float
 def concentration(maps: np.ndarray, src: data.DatasetSource, its: list[Item], pre: PreprocessConfig) -> dict[str, float]:
     """Per seen disease class: mean ratio of site-attention mass in the true mask to the mask's area fraction."""
     by_path = {s.path: s for s in src.samples}
-    ratios: dict[str, list[float]] = {c: [] for c in SEEN_CLASSES}
-    for i, it in enumerate(its):
-        smp = by_path[it.path]
-        mfile = smp.extra.get("masks")
-        if not mfile:
-            continue
-        geom = preprocess_file(it.path, pre).geometry
-        with np.load(mfile) as z:
-            for c in SEEN_CLASSES:
-                if c in z.files and it.target[CLASSES.index(c)] > 0:
-                    k = CLASSES.index(c)
-                    cover = mask_to_grid(z[c], geom, maps.shape[2], maps.shape[3])
-                    r = site_concentration(maps[i, k], cover)
-                    if np.isfinite(r):
-                        ratios[c].append(r)
-    return {c: float(np.mean(v)) if v else float("nan") for c, v in ratios.items()}
-
+    masks = [by_path[it.path].extra.get("masks") for it in its]
+    geoms = [preprocess_file(it.path, pre).geometry if m else None for it, m in zip(its, masks)]
+    rep = site_concentration_report(maps, np.stack([it.target for it in its]), CLASSES, masks, geoms)
+    return {c: rep[c]["mean"] if c in rep else float("nan") for c in SEEN_CLASSES}
 
 if __name__ == "__main__":
     main()

@@ -42,6 +42,11 @@ def test_demo_writes_the_documented_layout(demo: Path) -> None:
     assert parity_status(files["model.onnx"], "ort-cpu")[0]
     assert "ort-cpu" in files["model.int8.onnx"].info["parity"]["backends"]
     assert 0.0 <= summary["test_macro_auc"]["estimate"] <= 1.0
+    # where the maps point, against the synthetic test pool's true site masks: every disease, never normal
+    conc = json.loads((demo / "eval" / "eval.json").read_text())["site_concentration"]
+    assert set(conc) == {"dr", "dme", "amd", "glaucoma"}
+    assert all(v["n_images"] > 0 and v["mean"] >= 0 for v in conc.values())
+    assert summary["site_concentration"] == {k: v["mean"] for k, v in conc.items()}
 
 
 def test_demo_bundle_verifies_and_holds_fp32_int8_and_calibration(demo: Path) -> None:
@@ -57,6 +62,22 @@ def test_demo_report_has_a_row_per_photograph(demo: Path) -> None:
     assert len(rows) == n
     html = (demo / "screen" / "report.html").read_text()
     assert html.startswith("<!DOCTYPE html") or html.lower().startswith("<!doctype html")
+
+
+def test_evaluate_command_reports_where_the_maps_point_on_synthetic_data(demo: Path, tmp_path: Path) -> None:
+    """``uopsl evaluate`` reads the synthetic pool's site masks and matches the demo's own figures."""
+    from click.testing import CliRunner
+
+    from uopsl.train.cli import cli
+
+    res = CliRunner().invoke(cli, ["evaluate", str(demo / "checkpoints" / "finetune"), "--data",
+                                   f"synthetic:{demo / 'data' / 'test'}", "--out", str(tmp_path / "ev"), "--n-boot", "20"])
+    assert res.exit_code == 0, res.output
+    assert "site concentration" in res.output
+    got = json.loads((tmp_path / "ev" / "eval.json").read_text())["site_concentration"]
+    want = json.loads((demo / "eval" / "eval.json").read_text())["site_concentration"]
+    assert {k: v["n_images"] for k, v in got.items()} == {k: v["n_images"] for k, v in want.items()}
+    assert all(got[k]["mean"] == pytest.approx(want[k]["mean"], rel=1e-4) for k in want)
 
 
 def test_demo_rerun_resumes_without_redoing_work(demo: Path) -> None:

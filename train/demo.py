@@ -3,7 +3,8 @@ calibration / INT8 -> a screening report, in a fixed layout::
 
     OUT/data          synthetic train / val / test pools (uopsl synth)
     OUT/checkpoints   pretrain/ and finetune/ checkpoint folders
-    OUT/eval          eval.json + roc.png on the held-out synthetic test pool
+    OUT/eval          eval.json + roc.png on the held-out synthetic test pool (with where the
+                      predilection maps point against the true site masks)
     OUT/bundle        the deployment bundle (FP32 ONNX, calibration table, INT8 ONNX)
     OUT/screen        results.csv / results.jsonl / report.html of the test photographs
 
@@ -88,7 +89,9 @@ def run_demo(out: Path, cfg: DemoConfig) -> dict[str, object]:
     model, meta = run_finetune(model, meta, items_for(train, classes, "fundus"), items_for(val, classes, "fundus"),
                                TrainConfig(epochs=cfg.finetune_epochs, lr=2e-3, **common), ck / "finetune", cache)  # type: ignore[arg-type]
     lap("finetune")
-    report = run_evaluate(ck / "finetune", items_for(test, classes, "fundus"), out / "eval", n_boot=200, cache=cache)
+    test_masks = [s.extra.get("masks") for s in test.samples if s.modality == "fundus"]
+    report = run_evaluate(ck / "finetune", items_for(test, classes, "fundus"), out / "eval", n_boot=200, cache=cache,
+                          masks=test_masks)
     lap("evaluate")
 
     bundle = out / "bundle"
@@ -128,7 +131,9 @@ def run_demo(out: Path, cfg: DemoConfig) -> dict[str, object]:
     lap("screen")
     res = {
         "out": str(out), "config": cfg.__dict__, "seconds": timings, "total_seconds": round(time.perf_counter() - t0, 1),
-        "test_macro_auc": report["macro"]["auc"], "screened": summary.total, "referred": summary.refer,
+        "test_macro_auc": report["macro"]["auc"],
+        "site_concentration": {n: v["mean"] for n, v in report.get("site_concentration", {}).items()},
+        "screened": summary.total, "referred": summary.refer,
         "report": str(out / "screen" / "report.html"), "bundle": str(bundle),
         "parity": verdicts, "parity_report": str(parity.html_path),
     }

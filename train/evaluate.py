@@ -81,3 +81,31 @@ def site_concentration(att: np.ndarray, cover: np.ndarray) -> float:
     if frac <= 0:
         return float("nan")
     return float((a * cover).sum() / frac)
+
+
+def site_concentration_report(maps: np.ndarray, targets: np.ndarray, names: Sequence[str],
+                              masks: Sequence[str | Path | None], geometries: Sequence[Geometry | None]) -> dict[str, Any]:
+    """Where the predilection maps point, measured against true site masks (synthetic data carries them).
+
+    maps (N, K, h, w) site maps on the model's token grid; masks[i] a site-mask
+    ``.npz`` (class name -> mask in the original image's pixels, see
+    :func:`uopsl.train.synthetic.load_masks`) or None; geometries[i] the crop
+    that took image i to the model input. Per class: the mean of
+    :func:`site_concentration` over the images that have the class and its
+    mask (1 = chance), and how many images that is. Classes never masked
+    (e.g. ``normal``) are left out.
+    """
+    from uopsl.train.synthetic import load_masks
+
+    ratios: dict[str, list[float]] = {}
+    h, w = maps.shape[2:]
+    for i, (mfile, geom) in enumerate(zip(masks, geometries)):
+        if not mfile or geom is None:
+            continue
+        per_class = load_masks(mfile)
+        for k, name in enumerate(names):
+            if name in per_class and targets[i, k] > 0:
+                r = site_concentration(maps[i, k], mask_to_grid(per_class[name], geom, h, w))
+                if np.isfinite(r):
+                    ratios.setdefault(name, []).append(r)
+    return {n: {"mean": float(np.mean(ratios[n])), "n_images": len(ratios[n])} for n in names if n in ratios}

@@ -19,10 +19,10 @@ import torch
 from uopsl.runtime.bundle import ClassSpec
 from uopsl.runtime.errors import ConfigError
 from uopsl.runtime.fsio import write_json
-from uopsl.runtime.preprocess import PreprocessConfig
+from uopsl.runtime.preprocess import PreprocessConfig, preprocess_file
 from uopsl.train import bank as banks
 from uopsl.train.checkpoint import CheckpointMeta, load_model, read_meta, save_model
-from uopsl.train.evaluate import choose_thresholds, evaluate
+from uopsl.train.evaluate import choose_thresholds, evaluate, site_concentration_report
 from uopsl.train.loops import TrainConfig, pick_device, predict
 from uopsl.train.model import DeployModel, ModelConfig, UopslModel
 from uopsl.train.stages import finetune, pretrain
@@ -114,14 +114,25 @@ def run_finetune(model: UopslModel, meta: CheckpointMeta, train_items: Sequence[
 
 
 def run_evaluate(ckpt: Path, items: Sequence[Item], out: Path | None, n_boot: int = 1000, seed: int = 0,
-                 cache: Path | None = None, device: str = "auto") -> dict[str, Any]:
+                 cache: Path | None = None, device: str = "auto",
+                 masks: Sequence[str | Path | None] | None = None) -> dict[str, Any]:
+    """Clinical metrics of a checkpoint on ``items``; with ``masks`` (per item, a site-mask file or
+    None) also where its predilection maps point (``site_concentration``, per class)."""
+    if masks is not None and len(masks) != len(items):
+        raise ConfigError(f"masks must have one entry per item: got {len(masks)} for {len(items)} items")
     model, meta = load_model(ckpt)
     model.to(pick_device(device))
     ds = dataset(items, meta.preprocess, cache, False)
-    probs = predict(model, ds)["probs"]
+    with_maps = masks is not None and any(masks) and model.config.variant != "fundus_only"
+    pred = predict(model, ds, with_maps=with_maps)
+    probs = pred["probs"]
     thr = meta.thresholds or tuple([0.5] * model.num_classes)
     report = evaluate(probs, ds.targets, thr, model.config.classes, out, n_boot=n_boot, seed=seed,
                       title=f"{Path(ckpt).name}: {model.config.variant}")
+    if with_maps and masks is not None:
+        geoms = [preprocess_file(it.path, meta.preprocess).geometry if m else None for it, m in zip(items, masks)]
+        report["site_concentration"] = site_concentration_report(pred["site_maps"], ds.targets, model.config.classes,
+                                                                 masks, geoms)
     report["checkpoint"] = str(ckpt)
     if out is not None:
         write_json(out / "eval.json", report)

@@ -22,6 +22,10 @@ def command(out: Path, quick: bool, seed: int) -> None:
     auc = res["test_macro_auc"]
     click.echo(f"demo finished in {res['total_seconds']} s: test macro AUC {auc.get('estimate') if isinstance(auc, dict) else auc}, "
                f"{res['screened']} photographs screened, {res['referred']} referred")
+    conc = res.get("site_concentration") or {}
+    if conc:
+        click.echo("site concentration (mass in the true site mask / its area; 1 = chance): "
+                   + ", ".join(f"{k} {v:.2f}" for k, v in conc.items()))  # type: ignore[union-attr]
     click.echo(f"report: {res['report']}")
     click.echo(f"bundle: {res['bundle']}")
     verdicts = res.get("parity") or {}

@@ -23,7 +23,12 @@ def command(checkpoint: Path, data_spec: str, out: Path, n_boot: int, seed: int,
 
     names = read_meta(checkpoint).model.classes
     src = load_source(data_spec)
+    # Site masks (synthetic data) travel as a sample extra, in the order items_for keeps.
+    masks = [s.extra.get("masks") for s in src.samples if s.modality == "fundus"]
     report = run_evaluate(checkpoint, items_for(src, names, "fundus"), out, n_boot=n_boot, seed=seed,
-                          cache=out / "cache", device=device)
+                          cache=out / "cache", device=device, masks=masks if any(masks) else None)
     auc = report["macro"].get("auc", {})
     click.echo(f"macro AUC {auc.get('estimate')} (95% CI {auc.get('low')}-{auc.get('high')}); report in {out}/eval.json")
+    if report.get("site_concentration"):
+        parts = ", ".join(f"{n} {v['mean']:.2f}" for n, v in report["site_concentration"].items())
+        click.echo(f"site concentration (attention mass in the true site mask / its area; 1 = chance): {parts}")
