@@ -110,9 +110,10 @@ def test_finetune_guide_term_matches_the_parts_and_only_moves_the_site_attention
     assert torch.allclose(parts["guide"], want)
     assert torch.allclose(parts["loss"], parts["cls"] + 0.1 * parts["gen"] + 0.7 * want)
     parts["guide"].backward()
-    # The target is a constant: the global projection and the prototypes get nothing from the guide.
-    assert model.fundus.glob.weight.grad is None or float(model.fundus.glob.weight.grad.abs().sum()) == 0.0
-    assert model.text_proj.weight.grad is None or float(model.text_proj.weight.grad.abs().sum()) == 0.0
+    # The target is a constant and the tokens are read as constants: the global and token
+    # projections (and an encoder under them) and the prototypes get nothing from the guide.
+    for p in (model.fundus.glob.weight, model.text_proj.weight, model.fundus.tokens.weight):
+        assert p.grad is None or float(p.grad.abs().sum()) == 0.0
     assert float(model.delta.grad.abs().sum()) > 0
     assert float(model.sites.k.weight.grad.abs().sum()) > 0
 
@@ -174,3 +175,16 @@ def test_finetune_trains_with_the_guide_by_default_and_not_with_frozen_sites(tmp
     _, res = finetune(model, ds, None, TrainConfig(epochs=1, batch_size=4, save_every=0, augment=False,
                                                    freeze_sites=True), tmp_path / "frozen", meta)
     assert "guide" not in res["history"][0]
+
+
+def test_guide_on_images_leaves_the_encoder_alone() -> None:
+    """Trained end to end, the encoder learns from the classification only, never from the guide."""
+    model, _ = tiny_model("uopsl")
+    torch.manual_seed(2)
+    x = torch.rand(4, 3, 64, 64) * 255
+    y = torch.tensor([[0, 1, 0], [0, 0, 1], [0, 1, 1], [1, 0, 0]], dtype=torch.float32)
+    parts = finetune_losses(model, features=False, w_guide=1.0)(x, y)
+    parts["guide"].backward()
+    grads = [p.grad for p in model.fundus.encoder.parameters()]
+    assert all(g is None or float(g.abs().sum()) == 0.0 for g in grads)
+    assert float(model.delta.grad.abs().sum()) > 0

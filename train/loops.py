@@ -348,10 +348,12 @@ def finetune_losses(model: UopslModel, features: bool = False, w_site: float = 0
                 loss = loss + w_site * parts["site"]
             if guide:
                 h, w = out["site_maps"].shape[2:]
-                maps = out["site_maps"].flatten(2)
+                inside = model.inside_tokens(h, w, x.device)
+                # The maps again, on detached tokens: the guide moves the site attention only,
+                # never the token projection or the encoder that the classifier reads.
+                _, maps = model.sites(out["tokens"].detach(), model.site_queries(), inside)
                 with torch.no_grad():
-                    target = losses.evidence_maps(out["token_globals"], model.prototypes(), reference,
-                                                  model.inside_tokens(h, w, maps.device))
+                    target = losses.evidence_maps(out["token_globals"], model.prototypes(), reference, inside)
                 parts["guide"] = losses.site_guide(maps, target, y, reference)
                 loss = loss + w_guide * parts["guide"]
         parts["loss"] = loss
