@@ -52,3 +52,31 @@ def test_a_class_absent_from_an_image_is_not_measured_there(tmp_path) -> None:  
     rep = site_concentration_report(maps, np.array([[1, 0]], np.float32), ("normal", "a"), [tmp_path / "m.npz"],
                                     [_geometry()])
     assert rep == {}
+
+
+def test_evaluate_keeps_masks_in_step_when_an_image_cannot_be_read(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The dataset drops unreadable photographs; each remaining one is still scored against its own mask."""
+    import cv2
+
+    from trainhelpers import tiny_items, tiny_model
+    from uopsl.train.checkpoint import save_model
+    from uopsl.train.workflow import run_evaluate
+
+    items = tiny_items(tmp_path / "imgs", n=6)
+    items[1].path.write_bytes(b"not an image")
+    masks = []
+    for i, it in enumerate(items):
+        h, w = cv2.imread(str(it.path)).shape[:2] if i != 1 else (96, 96)
+        m = np.zeros((h, w), np.uint8)
+        m[: h // 2] = 1 if i % 2 == 0 else 0
+        m[h // 2 :] = 0 if i % 2 == 0 else 1  # even images: top half; odd: bottom half
+        np.savez(tmp_path / f"m{i}.npz", a=m, b=m)
+        masks.append(tmp_path / f"m{i}.npz")
+    model, meta = tiny_model("uopsl")
+    save_model(tmp_path / "ck", model, meta)
+    rep = run_evaluate(tmp_path / "ck", items, None, n_boot=0, masks=masks, device="cpu")
+    conc = rep["site_concentration"]
+    # images 1 (unreadable) and 0, 3 (normal) are not measured: a at 4, b at 2 and 5
+    assert conc["a"]["n_images"] == 1 and conc["b"]["n_images"] == 2
+    with pytest.raises(Exception, match="one entry per item"):
+        run_evaluate(tmp_path / "ck", items, None, n_boot=0, masks=masks[:-1], device="cpu")

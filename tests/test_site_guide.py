@@ -175,6 +175,11 @@ def test_finetune_trains_with_the_guide_by_default_and_not_with_frozen_sites(tmp
     _, res = finetune(model, ds, None, TrainConfig(epochs=1, batch_size=4, save_every=0, augment=False,
                                                    freeze_sites=True), tmp_path / "frozen", meta)
     assert "guide" not in res["history"][0]
+    # what was saved says what ran
+    from uopsl.train.checkpoint import read_meta
+
+    assert read_meta(tmp_path / "frozen").train_config["w_site_guide"] == 0.0
+    assert read_meta(tmp_path / "on").train_config["w_site_guide"] == 1.0
 
 
 def test_guide_on_images_leaves_the_encoder_alone() -> None:
@@ -184,7 +189,42 @@ def test_guide_on_images_leaves_the_encoder_alone() -> None:
     x = torch.rand(4, 3, 64, 64) * 255
     y = torch.tensor([[0, 1, 0], [0, 0, 1], [0, 1, 1], [1, 0, 0]], dtype=torch.float32)
     parts = finetune_losses(model, features=False, w_guide=1.0)(x, y)
-    parts["guide"].backward()
+    parts["guide"].backward(retain_graph=True)
     grads = [p.grad for p in model.fundus.encoder.parameters()]
     assert all(g is None or float(g.abs().sum()) == 0.0 for g in grads)
     assert float(model.delta.grad.abs().sum()) > 0
+    parts["cls"].backward()  # the control: the classification does reach the encoder
+    assert any(p.grad is not None and float(p.grad.abs().sum()) > 0 for p in model.fundus.encoder.parameters())
+
+
+def test_one_inside_token_gives_a_uniform_target_not_nan() -> None:
+    protos = F.normalize(torch.randn(3, 8), dim=-1)
+    maps = losses.evidence_maps(torch.randn(2, 1, 8), protos, 0)
+    assert torch.equal(maps, torch.ones(2, 3, 1))
+
+
+def test_the_healthy_class_is_found_under_its_other_spellings() -> None:
+    from dataclasses import replace
+
+    model, _ = tiny_model("uopsl")
+    for names, want in ((("a", "Healthy", "b"), 1), (("no_disease", "a", "b"), 0), (("a", "b", "c"), None)):
+        model.config = replace(model.config, classes=names)
+        assert model.reference_class() == want, names
+
+
+def test_resume_tag_ignores_the_guide_where_it_cannot_act() -> None:
+    """Runs interrupted before the option existed resume: pretraining always, fine-tuning with --site-guide 0."""
+    import hashlib
+    import json
+    from dataclasses import asdict
+
+    from uopsl.train.loops import run_tag
+
+    def old_tag(stage: str, cfg: TrainConfig) -> str:
+        settings = {k: v for k, v in asdict(cfg).items() if k != "w_site_guide"}
+        return hashlib.sha256(json.dumps([stage, settings, "fp", 1]).encode()).hexdigest()[:16]
+
+    on, off = TrainConfig(), TrainConfig(w_site_guide=0.0)
+    assert run_tag("pretrain", on, "fp", 1) == run_tag("pretrain", off, "fp", 1) == old_tag("pretrain", on)
+    assert run_tag("finetune", off, "fp", 1) == old_tag("finetune", off)
+    assert run_tag("finetune", on, "fp", 1) != run_tag("finetune", off, "fp", 1)

@@ -19,6 +19,7 @@ import cv2
 import numpy as np
 
 from uopsl.runtime import metrics, plots
+from uopsl.runtime.errors import ConfigError
 from uopsl.runtime.fsio import write_json
 from uopsl.runtime.preprocess import Geometry
 
@@ -97,6 +98,9 @@ def site_concentration_report(maps: np.ndarray, targets: np.ndarray, names: Sequ
     """
     from uopsl.train.synthetic import load_masks
 
+    if not len(maps) == len(targets) == len(masks) == len(geometries):
+        raise ConfigError(f"site_concentration_report needs one map, target, mask and geometry per image, got "
+                          f"{len(maps)}, {len(targets)}, {len(masks)} and {len(geometries)}")
     ratios: dict[str, list[float]] = {}
     h, w = maps.shape[2:]
     for i, (mfile, geom) in enumerate(zip(masks, geometries)):

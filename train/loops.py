@@ -152,6 +152,19 @@ def steps_per_epoch(n: int, bs: int, d: Dist) -> int:
     return epoch_length(n, bs, d) // (bs * d.world)
 
 
+def run_tag(stage: str, cfg: TrainConfig, fingerprint: str, world: int) -> str:
+    """What a resumed run must share with the interrupted one: stage, settings, data, world size.
+
+    ``w_site_guide`` counts only where it acts (fine-tuning, weight > 0), so
+    runs interrupted before the option existed resume (fine-tuning ones with
+    ``--site-guide 0``, which is what they ran).
+    """
+    settings = cfg.to_dict()
+    if stage != "finetune" or not cfg.w_site_guide:
+        settings.pop("w_site_guide")
+    return hashlib.sha256(json.dumps([stage, settings, fingerprint, world]).encode()).hexdigest()[:16]
+
+
 # -- the loop -------------------------------------------------------------------
 class StageRunner:
     """Shared machinery of both stages: optimiser, AMP, checkpoints, CSV log, progress."""
@@ -180,7 +193,7 @@ class StageRunner:
             self.ddp = nn.parallel.DistributedDataParallel(model, device_ids=ids, find_unused_parameters=True)
         self.amp = cfg.amp and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
-        self.tag = hashlib.sha256(json.dumps([stage, cfg.to_dict(), fingerprint, self.dist.world]).encode()).hexdigest()[:16]
+        self.tag = run_tag(stage, cfg, fingerprint, self.dist.world)
         self.info: dict[str, Any] = {"tag": self.tag, "epoch": 0, "step": 0, "global_step": 0, "history": []}
 
     def resume(self) -> bool:
@@ -351,7 +364,7 @@ def finetune_losses(model: UopslModel, features: bool = False, w_site: float = 0
                 inside = model.inside_tokens(h, w, x.device)
                 # The maps again, on detached tokens: the guide moves the site attention only,
                 # never the token projection or the encoder that the classifier reads.
-                _, maps = model.sites(out["tokens"].detach(), model.site_queries(), inside)
+                maps = model.sites.maps(out["tokens"].detach(), model.site_queries(), inside).float()
                 with torch.no_grad():
                     target = losses.evidence_maps(out["token_globals"], model.prototypes(), reference, inside)
                 parts["guide"] = losses.site_guide(maps, target, y, reference)

@@ -84,6 +84,7 @@ def evidence_maps(token_globals: torch.Tensor, protos: torch.Tensor, reference: 
     ``inside`` tokens and turned into a softmax with ``sharpness``; tokens
     outside get weight 0.
     """
+    token_globals, protos = token_globals.float(), protos.float()  # fp32 under AMP: z-scores and a softmax
     k = protos.shape[0]
     if reference is None:
         ref = (protos.sum(0, keepdim=True) - protos) / max(k - 1, 1)
@@ -92,7 +93,9 @@ def evidence_maps(token_globals: torch.Tensor, protos: torch.Tensor, reference: 
     ev = torch.einsum("ntd,kd->nkt", token_globals, protos - ref)
     if inside is not None:
         ev = ev[..., inside]
-    z = (ev - ev.mean(-1, keepdim=True)) / ev.std(-1, keepdim=True).clamp_min(1e-6)
+    # Sample standard deviation (one inside token: 0, so a uniform map rather than NaN).
+    sd = ev.std(-1, keepdim=True) if ev.shape[-1] > 1 else torch.zeros_like(ev[..., :1])
+    z = (ev - ev.mean(-1, keepdim=True)) / sd.clamp_min(1e-6)
     maps = (sharpness * z).softmax(-1)
     if inside is None:
         return maps

@@ -203,14 +203,17 @@ class SiteAttention(nn.Module):
         ``inside`` (T,) bool: the softmax runs over these tokens only; the others
         get weight 0 exactly (exp(-inf)) and add nothing to ``z``.
         """
+        maps = self.maps(tokens, queries, inside)
+        z = torch.einsum("nkt,ntd->nkd", maps, self.v(tokens))  # mean over s commutes with the pooling
+        return z, maps
+
+    def maps(self, tokens: torch.Tensor, queries: torch.Tensor, inside: torch.Tensor | None = None) -> torch.Tensor:
+        """The per-class maps (N, K, T) alone: the mean over each class's ``S`` query softmaxes."""
         k, s, _ = queries.shape
         logits = self.logits(tokens, queries)
         if inside is not None:
             logits = logits.masked_fill(~inside, float("-inf"))
-        att = logits.softmax(dim=-1).reshape(tokens.shape[0], k, s, -1)
-        maps = att.mean(dim=2)  # (N, K, T)
-        z = torch.einsum("nkt,ntd->nkd", maps, self.v(tokens))  # mean over s commutes with the pooling
-        return z, maps
+        return logits.softmax(dim=-1).reshape(tokens.shape[0], k, s, -1).mean(dim=2)
 
 
 class Branch(nn.Module):
@@ -351,7 +354,8 @@ class UopslModel(nn.Module):
         With site attention the output also holds ``site_features``: the
         site-pooled class features z (N, K, d) that the stage-2 site loss scores.
         ``token_globals``: also return the per-cell global projections (N, T, d)
-        that the stage-2 site guide reads (:meth:`Branch.token_globals`).
+        that the stage-2 site guide reads (:meth:`Branch.token_globals`),
+        computed without gradients.
         """
         tokens, glob, (h, w) = self.fundus.from_features(feat)
         logits, maps, z = self.score_tokens(tokens, glob, use_sites, self.inside_tokens(h, w, tokens.device))
@@ -360,7 +364,8 @@ class UopslModel(nn.Module):
         if z is not None:
             out["site_features"] = z
         if token_globals:
-            out["token_globals"] = self.fundus.token_globals(feat)
+            with torch.no_grad():  # a training target (the site guide's), never a path for gradients
+                out["token_globals"] = self.fundus.token_globals(feat)
         return out
 
     def forward(self, x: torch.Tensor, use_sites: bool = True, token_globals: bool = False) -> dict[str, torch.Tensor]:
@@ -368,9 +373,18 @@ class UopslModel(nn.Module):
         return self.forward_features(self.fundus.encoder(x), use_sites, token_globals)
 
     def reference_class(self) -> int | None:
-        """Index of the healthy class (``normal``) that lesion evidence is measured against, or None."""
-        names = self.config.classes
-        return names.index(HEALTHY_CLASS) if HEALTHY_CLASS in names else None
+        """Index of the healthy class that lesion evidence is measured against, or None.
+
+        ``normal`` under any of its accepted spellings (``healthy``, ``no_disease``,
+        any case; :data:`uopsl.train.descriptions.ALIASES`).
+        """
+        from uopsl.train.descriptions import ALIASES
+
+        for i, name in enumerate(self.config.classes):
+            key = name.strip().lower()
+            if ALIASES.get(key, key) == HEALTHY_CLASS:
+                return i
+        return None
 
     def probs(self, logits: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(logits) if self.config.head == "sigmoid" else logits.softmax(dim=-1)

@@ -192,6 +192,17 @@ def pretrain(model: UopslModel, fundus: AnyDataset, oct_ds: AnyDataset | None, c
     return model
 
 
+def effective_finetune_config(cfg: TrainConfig, model: UopslModel, warn: bool = False) -> TrainConfig:
+    """``cfg`` as fine-tuning ``model`` runs it: the site guide off where there is no site attention to
+    train (``fundus_only``) or it is held fixed (``freeze_sites``), so saved configs say what ran."""
+    if cfg.w_site_guide > 0 and (cfg.freeze_sites or model.config.variant == "fundus_only"):
+        if warn:
+            log.warning("the site guide is off for this run (%s)",
+                        "site attention frozen" if cfg.freeze_sites else "fundus_only has no site attention")
+        return replace(cfg, w_site_guide=0.0)
+    return cfg
+
+
 def finetune(model: UopslModel, train_ds: AnyDataset, val_ds: AnyDataset | None, cfg: TrainConfig, out: Path,
              meta: CheckpointMeta, select: Any = None) -> tuple[UopslModel, dict[str, Any]]:
     """Stage 2 on fundus images; keeps the epoch with the best validation score.
@@ -201,17 +212,14 @@ def finetune(model: UopslModel, train_ds: AnyDataset, val_ds: AnyDataset | None,
     """
     model.oct = None
     out.mkdir(parents=True, exist_ok=True)
+    cfg = effective_finetune_config(cfg, model, warn=True)
     runner = StageRunner(model, cfg, out, "finetune", meta.data_fingerprint)
     runner.resume()
     src_train: Any = as_features(train_ds, model.fundus.encoder, cfg, runner.device)
     src_val: Any = as_features(val_ds, model.fundus.encoder, cfg, runner.device)
     feats = isinstance(src_train, FeatureDataset)
 
-    # The guide trains the site attention, which --freeze-sites holds fixed.
-    w_guide = 0.0 if cfg.freeze_sites else cfg.w_site_guide
-    if cfg.freeze_sites and cfg.w_site_guide > 0:
-        log.info("site attention frozen: the site guide (w_site_guide=%g) is off for this run", cfg.w_site_guide)
-    loss_fn = finetune_losses(model, features=feats, w_site=cfg.w_site_finetune, w_guide=w_guide)
+    loss_fn = finetune_losses(model, features=feats, w_site=cfg.w_site_finetune, w_guide=cfg.w_site_guide)
 
     best_file = out / "best.safetensors"
     state = {"best": runner.info.get("best", -np.inf)}

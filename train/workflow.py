@@ -25,7 +25,7 @@ from uopsl.train.checkpoint import CheckpointMeta, load_model, read_meta, save_m
 from uopsl.train.evaluate import choose_thresholds, evaluate, site_concentration_report
 from uopsl.train.loops import TrainConfig, pick_device, predict
 from uopsl.train.model import DeployModel, ModelConfig, UopslModel
-from uopsl.train.stages import finetune, pretrain
+from uopsl.train.stages import effective_finetune_config, finetune, pretrain
 from uopsl.train.torchdata import ImageDataset, Item
 
 log = logging.getLogger(__name__)
@@ -107,7 +107,8 @@ def run_finetune(model: UopslModel, meta: CheckpointMeta, train_items: Sequence[
     if va is not None:
         probs = predict(model, va, device=pick_device(cfg.device))["probs"]
         thresholds = choose_thresholds(va.targets, probs, meta.referable or [True] * model.num_classes, target_sensitivity)
-    meta = replace(meta, stage="finetune", thresholds=tuple(thresholds), train_config=cfg.to_dict(),
+    meta = replace(meta, stage="finetune", thresholds=tuple(thresholds),
+                   train_config=effective_finetune_config(cfg, model).to_dict(),
                    metrics={**result, "target_sensitivity": target_sensitivity})
     save_model(out, model, meta)
     return model, meta
@@ -130,9 +131,10 @@ def run_evaluate(ckpt: Path, items: Sequence[Item], out: Path | None, n_boot: in
     report = evaluate(probs, ds.targets, thr, model.config.classes, out, n_boot=n_boot, seed=seed,
                       title=f"{Path(ckpt).name}: {model.config.variant}")
     if with_maps and masks is not None:
-        geoms = [preprocess_file(it.path, meta.preprocess).geometry if m else None for it, m in zip(items, masks)]
+        kept = [masks[i] for i in ds.index]  # the dataset drops unreadable images; keep masks in step
+        geoms = [preprocess_file(it.path, meta.preprocess).geometry if m else None for it, m in zip(ds.items, kept)]
         report["site_concentration"] = site_concentration_report(pred["site_maps"], ds.targets, model.config.classes,
-                                                                 masks, geoms)
+                                                                 kept, geoms)
     report["checkpoint"] = str(ckpt)
     if out is not None:
         write_json(out / "eval.json", report)
