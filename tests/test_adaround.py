@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -10,7 +9,7 @@ import pytest
 import torch
 from onnx import numpy_helper
 
-from tinymodel import last_conv_features
+from tinymodel import rounding_against_nearest
 from uopsl.export import adaround as ar
 from uopsl.export import quantize as qz
 from uopsl.export.rounding_layers import (
@@ -97,22 +96,13 @@ def test_adaround_lowers_every_layers_output_error_and_keeps_the_weights_on_the_
 
 
 def test_quantize_with_adaround_brings_the_encoder_output_closer_to_fp32_and_says_so(
-        tmp_path, tiny_onnx, tiny_minmax_table,
-                                                                                    tiny_calib_set) -> None:
-    images = tiny_calib_set.images
-    reference = last_conv_features(tiny_onnx, images)
-    plain = qz.quantize_model(tiny_onnx, tiny_minmax_table, tmp_path / "plain.onnx",
-                      qz.QuantizeConfig(bias_correction=False, rounding="nearest"),
-                              show_progress=False)
-    rounded = qz.quantize_model(tiny_onnx, tiny_minmax_table, tmp_path / "ada.onnx",
-                                qz.QuantizeConfig(bias_correction=False, rounding="adaround", adaround_iterations=150),
-                                calib_set=tiny_calib_set, show_progress=False)
-    convs = sum(1 for n in onnx.load(str(tiny_onnx)).graph.node if n.op_type == "Conv")
-    assert rounded.rounded_layers == convs and plain.rounded_layers == 0
-    assert rounded.manifest_info()["rounded_layers"] == convs
+        tmp_path, tiny_onnx, tiny_minmax_table, tiny_calib_set) -> None:
     # On the images it was fitted on (the tiny random model's logits barely move, so the encoder is measured).
-    err_plain = float(((last_conv_features(Path(plain.path), images) - reference) ** 2).mean())
-    err_ada = float(((last_conv_features(Path(rounded.path), images) - reference) ** 2).mean())
+    rounded, err_plain, err_ada = rounding_against_nearest(tmp_path, tiny_onnx, tiny_minmax_table, tiny_calib_set,
+                                                           tiny_calib_set.images, rounding="adaround",
+                                                           adaround_iterations=150)
+    convs = sum(1 for n in onnx.load(str(tiny_onnx)).graph.node if n.op_type == "Conv")
+    assert rounded.rounded_layers == convs and rounded.manifest_info()["rounded_layers"] == convs
     assert err_ada < 0.9 * err_plain, (err_ada, err_plain)
     onnx.checker.check_model(onnx.load(rounded.path), full_check=True)
 

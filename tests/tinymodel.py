@@ -88,3 +88,19 @@ def last_conv_features(model: Any, images: np.ndarray) -> np.ndarray:
     m.graph.output.append(onnx.ValueInfoProto(name=last))
     sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
     return np.clip(np.asarray(sess.run([last], {"image": images})[0], np.float64), 0.0, 6.0)
+
+
+def rounding_against_nearest(out: Path, model: Path, table: Any, calib_set: Any, images: np.ndarray,
+                             **config: Any) -> tuple[Any, float, float]:
+    """Quantize ``model`` with nearest rounding and with ``config`` (no bias correction in either);
+    returns the second result and both encoders' mean squared error from FP32 on ``images``."""
+    from uopsl.export import quantize as qz
+
+    reference = last_conv_features(model, images)
+    results = [qz.quantize_model(model, table, out / f"{name}.onnx",
+                                 qz.QuantizeConfig(bias_correction=False, **cfg), calib_set=calib_set,
+                                 show_progress=False)
+               for name, cfg in (("nearest", {"rounding": "nearest"}), ("rounded", config))]
+    errs = [float(((last_conv_features(Path(r.path), images) - reference) ** 2).mean()) for r in results]
+    assert results[0].rounded_layers == 0
+    return results[1], errs[0], errs[1]
