@@ -101,6 +101,7 @@ def _candidate(c: Mapping[str, Any], images: Mapping[str, str], max_rows: int) -
         _num(clin["top1_agreement"], ".2%"), _num(clin["class_decision_agreement"], ".2%")]]))
     for note in num.get("notes", []):
         parts.append(f'<p class="note">{_e(note)}</p>')
+    parts.append(_headroom(c.get("headroom") or {}))
     rows = []
     for r in clin["per_class"]:
         diff = r.get("auc_difference")
@@ -139,6 +140,32 @@ def _candidate(c: Mapping[str, Any], images: Mapping[str, str], max_rows: int) -
             parts.append(f'<p class="note">{len(items) - max_rows} more in parity.json.</p>')
     parts.append("</div>")
     return "".join(parts)
+
+
+def _headroom(headroom: Mapping[str, Any]) -> str:
+    """The decision-headroom table (:func:`uopsl.export.parity_metrics.decision_headroom`)."""
+    if not headroom:
+        return ""
+    rows = []
+    for key, label in (("top1", "top-1 (gap between the two top classes)"), ("referral", "referral boundary")):
+        h = headroom.get(key)
+        if not h:
+            continue
+        allowed = h.get("error_rms_allowed")
+        allowed_s = _e(h.get("allowed_note") or "n/a") if allowed is None else _num(allowed, ".3g")
+        close = ", ".join(f"&lt;{t}: {n}" for t, n in h["close_calls"].items())
+        rows.append([label, _e(h["units"]), close, _num(h["error_rms"], ".3g"),
+                     f'{_num(h["expected_changes"], ".1f")} / {h["observed_changes"]}',
+                     _num(h["allowed_changes"], ".1f"), allowed_s, _num(h.get("precision_needed_db"), ".1f")])
+    return ("<h4>Decision headroom</h4>"
+            '<p class="note">How close the reference\'s own decisions sit to their boundaries. Close calls: images '
+            "whose margin is below each value. The candidate's RMS error on those margins predicts the changed "
+            "decisions (Gaussian errors) shown next to those observed; the gate allows the listed number, which "
+            "an error up to the allowed RMS keeps. A large precision gap means no file of this precision will "
+            "pass on these images, whatever the quantizer does.</p>"
+            + _table(["decision", "units", "close calls (reference margin)", "error RMS",
+                      "changes expected / observed", "changes allowed", "error RMS allowed",
+                      "precision needed (dB)"], rows))
 
 
 def _per_layer(per_layer: Mapping[str, Any], max_rows: int = 40) -> str:

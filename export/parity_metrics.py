@@ -318,6 +318,158 @@ def clinical(
     }
 
 
+# -- decision headroom ---------------------------------------------------------------------------
+# Reference margins below these are "close calls" in the report (in the margin's own units).
+CLOSE_CALL_MARGINS = (0.05, 0.1, 0.2, 0.5)
+
+
+_erfc = np.vectorize(math.erfc, otypes=[np.float64])
+
+
+def _normal_tail(z: np.ndarray) -> np.ndarray:
+    """P(N(0, 1) > z), elementwise (erfc keeps the far tail accurate)."""
+    return 0.5 * _erfc(np.asarray(z, np.float64) / math.sqrt(2.0))
+
+
+def expected_changes(margins: np.ndarray, error_std: float) -> float:
+    """How many decisions an error of ``error_std`` on each margin is expected to change.
+
+    ``margins``: each image's distance from its decision boundary (>= 0). The
+    error on a margin is taken as Gaussian with mean 0 and the given standard
+    deviation, so an image changes with probability ``P(error > margin)``.
+    """
+    m = np.abs(np.asarray(margins, np.float64))
+    if error_std <= 0:
+        return float(np.sum(m == 0) * 0.5)
+    return float(_normal_tail(m / error_std).sum())
+
+
+def error_std_allowed(margins: np.ndarray, allowed: float) -> float | None:
+    """The largest error std whose :func:`expected_changes` stays within ``allowed`` decisions.
+
+    ``inf`` when no error size can exceed it (``allowed`` >= half the images),
+    ``None`` when even a vanishing error cannot (exact ties count half each).
+    """
+    m = np.abs(np.asarray(margins, np.float64))
+    if expected_changes(m, 0.0) > allowed:
+        return None
+    if m.size == 0 or allowed >= 0.5 * m.size:
+        return math.inf
+    lo, hi = 1e-9, 1e9  # expected_changes rises monotonically with the error std: bisect on its log
+    for _ in range(200):
+        mid = math.sqrt(lo * hi)
+        lo, hi = (mid, hi) if expected_changes(m, mid) <= allowed else (lo, mid)
+        if hi / lo < 1 + 1e-6:
+            break
+    return lo
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(np.asarray(p, np.float64), 1e-12, 1 - 1e-12)
+    return np.log(p) - np.log1p(-p)
+
+
+def referral_margins(manifest: Manifest, outputs: Mapping[str, np.ndarray]) -> tuple[np.ndarray, str]:
+    """Each image's signed distance from the referral boundary (> 0: referred), and its units.
+
+    Sigmoid heads under ``any_referable`` are measured in logits
+    (``max_k logit_k - logit(threshold_k)`` over referable classes), where
+    the error of a quantized model is about the same at every probability;
+    otherwise in probability (the referable class's ``p - threshold``, or the
+    summed referable probability minus the referral threshold). The sign
+    always agrees with :meth:`Manifest.decide`.
+    """
+    mask = manifest.referable_mask
+    probs = np.asarray(outputs["probs"], np.float64)
+    units = "probability"
+    if manifest.referral_rule == "any_referable":
+        if manifest.head == "sigmoid":
+            units = "logit"
+            margin = (_logit(probs[:, mask]) - _logit(manifest.thresholds[mask])[None, :]).max(axis=1)
+        else:
+            margin = (probs[:, mask] - manifest.thresholds[mask][None, :]).max(axis=1)
+    else:
+        margin = probs[:, mask].sum(axis=1) - manifest.referral_threshold
+    # The sign is the decision itself (no rounding of the logit transform can disagree with it).
+    refer = manifest.decide(probs)[1]
+    return np.where(refer, np.abs(margin), -np.abs(margin)), units
+
+
+def _top_two_gap(logits: np.ndarray, order: np.ndarray) -> np.ndarray:
+    rows = np.arange(len(logits))
+    return logits[rows, order[:, 0]] - logits[rows, order[:, 1]]
+
+
+def _headroom_entry(margins: np.ndarray, errors: np.ndarray, observed: int, allowed: float, units: str) -> dict[str, Any]:
+    n = len(margins)
+    rms = float(np.sqrt(np.mean(errors**2))) if n else math.nan  # bias counts as error too
+    needed = error_std_allowed(margins, allowed) if n else None
+    entry: dict[str, Any] = {
+        "units": units,
+        "close_calls": {f"{t:g}": int(np.sum(np.abs(margins) < t)) for t in CLOSE_CALL_MARGINS},
+        "error_rms": rms,
+        "expected_changes": expected_changes(margins, rms) if n else math.nan,
+        "observed_changes": int(observed),
+        "allowed_changes": float(allowed),
+        # JSON has no infinity: the two limits are said in words.
+        "error_rms_allowed": needed if needed is not None and math.isfinite(needed) else None,
+        "allowed_note": ("no error is small enough: the reference has exact ties" if needed is None
+                         else "any error passes: the gate allows half the images or more"
+                         if not math.isfinite(needed) else ""),
+    }
+    if needed is not None and math.isfinite(needed) and needed > 0 and rms > 0:
+        entry["precision_needed_db"] = float(max(0.0, 20.0 * math.log10(rms / needed)))
+    return entry
+
+
+def decision_headroom(manifest: Manifest, gates: ParityGates, reference: Mapping[str, np.ndarray],
+                      candidate: Mapping[str, np.ndarray]) -> dict[str, Any]:
+    """How close the reference's own decisions sit to their boundaries, against the candidate's error.
+
+    For the top-1 and referral gates: the reference's margin per image (the gap
+    between its two highest logits; the distance from the referral boundary,
+    :func:`referral_margins`), how many images are close calls, the RMS of the
+    candidate's error on those margins, the number of changed decisions that
+    error predicts (:func:`expected_changes`, Gaussian errors) next to the
+    number observed, and the error the gate allows (:func:`error_std_allowed`).
+    It tells a failed gate that a more precise file could pass (the allowed
+    error is within reach) from one the model's own close calls make
+    unreachable for any quantized file of that precision.
+    """
+    out: dict[str, Any] = {}
+    ref_l, cand_l = _rows(reference["logits"]), _rows(candidate["logits"])
+    n = len(ref_l)
+    if n and ref_l.shape[1] >= 2:
+        order = np.argsort(-ref_l, axis=1, kind="stable")[:, :2]
+        gap_ref, gap_cand = _top_two_gap(ref_l, order), _top_two_gap(cand_l, order)
+        observed = int(np.sum(ref_l.argmax(axis=1) != cand_l.argmax(axis=1)))
+        out["top1"] = _headroom_entry(gap_ref, gap_cand - gap_ref, observed,
+                                      (1.0 - gates.min_top1_agreement) * n, "logit")
+    if n and manifest.referable_mask.any():
+        m_ref, units = referral_margins(manifest, reference)
+        m_cand, _ = referral_margins(manifest, candidate)
+        observed = int(np.sum(manifest.decide(reference["probs"])[1] != manifest.decide(candidate["probs"])[1]))
+        out["referral"] = _headroom_entry(m_ref, m_cand - m_ref, observed, gates.max_flip_rate * n, units)
+    return out
+
+
+def headroom_line(name: str, entry: Mapping[str, Any]) -> str:
+    """One sentence for a CLI: close calls, the error measured and the error the gate allows."""
+    close = entry["close_calls"]
+    key = "0.2" if entry["units"] == "logit" else "0.05"
+    what = "their two top classes" if name == "top1" else "the referral boundary"
+    allowed = entry.get("error_rms_allowed")
+    if allowed is None:
+        need = entry.get("allowed_note") or "no allowed error could be computed"
+    else:
+        need = f"the gate allows {allowed:.3g}"
+        if entry.get("precision_needed_db"):
+            need += f" ({entry['precision_needed_db']:.1f} dB more precision)"
+    return (f"{name}: {close[key]} image(s) within {key} {entry['units']} of {what}; error RMS "
+            f"{entry['error_rms']:.3g} predicts {entry['expected_changes']:.1f} change(s) "
+            f"({entry['observed_changes']} observed); {need}")
+
+
 # -- verdict -------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class GateCheck:

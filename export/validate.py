@@ -51,6 +51,7 @@ from uopsl.export.parity_metrics import (
     ParityGates,
     Truth,
     clinical,
+    decision_headroom,
     jsonable,
     judge,
     numerical,
@@ -559,7 +560,8 @@ def validate_bundle(
         clin = clinical(manifest, truth, ref["probs"], cand["probs"], run.ids, n_boot=cfg.n_boot, seed=cfg.seed)
         verdict = judge(cfg.gates, num, clin)
         entry.update({"passed": verdict.passed, "reasons": list(verdict.reasons),
-                      "checks": [asdict(c) for c in verdict.checks], "numerical": num, "clinical": clin})
+                      "checks": [asdict(c) for c in verdict.checks], "numerical": num, "clinical": clin,
+                      "headroom": decision_headroom(manifest, cfg.gates, ref, cand)})
         png = _roc_png(out_dir, spec.name, manifest, truth, ref["probs"], cand["probs"])
         if png is not None:
             entry["roc_png"] = png.name

@@ -65,6 +65,9 @@ def test_labelled_folder_passes_and_writes_self_contained_reports(tiny_ckpt_bund
     html = (out / "parity.html").read_text(encoding="utf-8")
     assert "<script" not in html and "http://" not in html and "https://" not in html
     assert "data:image/png;base64," in html and (out / "roc_ort-cpu_model.onnx.png").is_file()
+    headroom = report["candidates"][0]["headroom"]  # FP32: nothing near a boundary moves
+    assert set(headroom) == {"top1", "referral"} and headroom["top1"]["observed_changes"] == 0
+    assert headroom["top1"]["error_rms"] < 1e-3 and "Decision headroom" in html
     # a rerun with the same inputs reuses the cached outputs: the reference is not run again
     from uopsl.train.reference import TorchReference
 
@@ -108,7 +111,12 @@ def test_broken_bundle_exits_1_and_usage_errors_exit_2(tiny_ckpt_bundle: tuple[P
     csv = tmp_path / "set.csv"
     csv.write_text("path,label\n" + "".join(f"{p},{Path(p).parent.name}\n" for p in data), encoding="utf-8")
     assert _uopsl([*base, "--data", str(csv)]) == 1
-    assert "FAIL ort-cpu:model.onnx" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "FAIL ort-cpu:model.onnx" in printed
+    report = _strict_json(tmp_path / "out" / "parity.json")
+    failed = {c["name"] for c in report["candidates"][0]["checks"] if c["passed"] is False}
+    for gate, line in (("flip_rate", "referral: "), ("top1_agreement", "top1: ")):  # the headroom says why
+        assert (line in printed) == (gate in failed), printed
     assert _uopsl([*base, "--data", str(csv), "--gates", "flips=0.01,speed=3"]) == 2
     assert "unknown gate 'speed'" in capsys.readouterr().err
     assert _uopsl([*base, "--data", str(tmp_path / "nowhere")]) == 2
