@@ -470,6 +470,14 @@ def headroom_line(name: str, entry: Mapping[str, Any]) -> str:
             f"({entry['observed_changes']} observed); {need}")
 
 
+def failed_gate_headroom(candidate: Mapping[str, Any]) -> list[str]:
+    """:func:`headroom_line` for each failed gate that has a headroom figure (a ``validate`` report's candidate)."""
+    failed = {c["name"] for c in candidate.get("checks", ()) if c.get("passed") is False}
+    headroom = candidate.get("headroom") or {}
+    return [headroom_line(key, headroom[key])
+            for gate, key in (("top1_agreement", "top1"), ("flip_rate", "referral")) if gate in failed and key in headroom]
+
+
 # -- verdict -------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class GateCheck:

@@ -41,6 +41,16 @@ def test_demo_writes_the_documented_layout(demo: Path) -> None:
     files = {f.path: f for f in read_manifest(demo / "bundle").files}
     assert parity_status(files["model.onnx"], "ort-cpu")[0]
     assert "ort-cpu" in files["model.int8.onnx"].info["parity"]["backends"]
+    # a failed file says why (the gates' reasons, then the decision headroom of a failed top-1 or flip gate)
+    failed = {name for name, verdict in summary["parity"].items() if verdict == "FAIL"}
+    assert set(summary["parity_failures"]) == failed
+    report = json.loads((demo / "parity" / "parity.json").read_text())
+    for c in report["candidates"]:
+        if c["name"] in failed:
+            lines = summary["parity_failures"][c["name"]]
+            assert lines[: len(c["reasons"])] == c["reasons"] and len(lines) >= len(c["reasons"]) > 0
+            gates = {k["name"] for k in c["checks"] if k["passed"] is False}
+            assert any(line.startswith("top1: ") for line in lines) == ("top1_agreement" in gates)
     assert 0.0 <= summary["test_macro_auc"]["estimate"] <= 1.0
     # where the maps point, against the synthetic test pool's true site masks: every disease, never normal
     conc = json.loads((demo / "eval" / "eval.json").read_text())["site_concentration"]

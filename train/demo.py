@@ -114,6 +114,7 @@ def run_demo(out: Path, cfg: DemoConfig) -> dict[str, object]:
 
     # The release gate: every file of the bundle against the PyTorch model on the labelled test set.
     # Its verdicts go into the manifest, so `auto` takes the INT8 file only if it passed.
+    from uopsl.export.parity_metrics import failed_gate_headroom
     from uopsl.export.validate import ValidateConfig, validate_bundle
     from uopsl.train.commands.validate import resolve_data
     from uopsl.train.reference import TorchReference
@@ -123,6 +124,9 @@ def run_demo(out: Path, cfg: DemoConfig) -> dict[str, object]:
                              ValidateConfig(n_boot=200, show_progress=False), label_space=space,
                              context={"data": f"synthetic:{test_dir}", "checkpoint": str(ck / "finetune")})
     verdicts = {c["name"]: "PASS" if c["passed"] else "FAIL" for c in parity.report["candidates"]}
+    # Why a file failed, and whether a more precise one could pass (decision headroom).
+    why = {c["name"]: list(c.get("reasons", ())) + failed_gate_headroom(c)
+           for c in parity.report["candidates"] if not c["passed"]}
     lap("validate")
 
     test_images = sorted(p for p in (test_dir.parent / "fundus").glob("*") if p.is_file())
@@ -135,7 +139,7 @@ def run_demo(out: Path, cfg: DemoConfig) -> dict[str, object]:
         "site_concentration": {n: v["mean"] for n, v in report.get("site_concentration", {}).items()},
         "screened": summary.total, "referred": summary.refer,
         "report": str(out / "screen" / "report.html"), "bundle": str(bundle),
-        "parity": verdicts, "parity_report": str(parity.html_path),
+        "parity": verdicts, "parity_failures": why, "parity_report": str(parity.html_path),
     }
     write_json(out / "demo.json", res)
     return res

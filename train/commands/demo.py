@@ -31,3 +31,7 @@ def command(out: Path, quick: bool, seed: int) -> None:
     verdicts = res.get("parity") or {}
     click.echo("parity vs the PyTorch model: " + ", ".join(f"{k} {v}" for k, v in verdicts.items())  # type: ignore[union-attr]
                + f" ({res.get('parity_report')})")
+    for name, lines in (res.get("parity_failures") or {}).items():  # type: ignore[union-attr]
+        click.echo(f"  {name}:")
+        for line in lines:
+            click.echo(f"    {line}")

@@ -157,7 +157,7 @@ def command(bundle: Path, checkpoint: Path, data_spec: str, out: Path, backends:
             per_layer: bool, per_layer_images: int, sqnr_threshold: float, limit: int | None, seed: int,
             batch_size: int, n_boot: int, device: str, threads: int | None, no_resume: bool, record: bool) -> int:
     """Validate BUNDLE against its checkpoint on --data; exit 0 when every candidate passes the gates."""
-    from uopsl.export.parity_metrics import headroom_line, parse_gates
+    from uopsl.export.parity_metrics import failed_gate_headroom, parse_gates
     from uopsl.export.validate import ValidateConfig, validate_bundle
     from uopsl.runtime.bundle import read_manifest
     from uopsl.train.reference import TorchReference, manifest_mismatches
@@ -190,10 +190,8 @@ def command(bundle: Path, checkpoint: Path, data_spec: str, out: Path, backends:
         click.echo(f"  {'PASS' if c['passed'] else 'FAIL'} {c['name']} ({c['precision']}): {flips['n']} flips, "
                    f"max |dp| {c['numerical']['max_abs_prob_diff']:.2e}"
                    + (f"; {'; '.join(c['reasons'])}" if c["reasons"] else ""))
-        failed = {k["name"] for k in c["checks"] if k["passed"] is False}
-        for gate, key in (("top1_agreement", "top1"), ("flip_rate", "referral")):
-            if gate in failed and key in c.get("headroom", {}):
-                click.echo(f"      {headroom_line(key, c['headroom'][key])}")
+        for line in failed_gate_headroom(c):
+            click.echo(f"      {line}")
     for s in rep["skipped_candidates"]:
         click.echo(f"  not run: {s['name']} ({s['reason']})")
     for file, d in rep["per_layer"].items():
