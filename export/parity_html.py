@@ -159,12 +159,14 @@ def _headroom(headroom: Mapping[str, Any]) -> str:
                      _num(h["allowed_changes"], ".1f"), allowed_s, _num(h.get("precision_needed_db"), ".1f")])
     return ("<h4>Decision headroom</h4>"
             '<p class="note">How close the reference\'s own decisions sit to their boundaries. Close calls: images '
-            "whose margin is below each value. The candidate's RMS error on those margins predicts the changed "
-            "decisions (Gaussian errors) shown next to those observed; the gate allows the listed number, which "
-            "an error up to the allowed RMS keeps. A large precision gap means no file of this precision will "
-            "pass on these images, whatever the quantizer does.</p>"
+            "whose margin is below each value. The RMS of the candidate's error on every image's margin predicts "
+            "the changed decisions (Gaussian errors), shown next to those observed. \"Error RMS at the limit\" is "
+            "where that prediction reaches the number the gate allows; the precision needed is the gap to it. "
+            "A gap of a few dB may close with another calibration table, rounding or a float layer; a gap of "
+            "10-20 dB means the model has too many close calls on these images for files of this precision "
+            "as quantized here.</p>"
             + _table(["decision", "units", "close calls (reference margin)", "error RMS",
-                      "changes expected / observed", "changes allowed", "error RMS allowed",
+                      "changes expected / observed", "changes allowed", "error RMS at the limit",
                       "precision needed (dB)"], rows))
 
 

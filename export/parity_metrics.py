@@ -345,18 +345,27 @@ def expected_changes(margins: np.ndarray, error_std: float) -> float:
 
 
 def error_std_allowed(margins: np.ndarray, allowed: float) -> float | None:
-    """The largest error std whose :func:`expected_changes` stays within ``allowed`` decisions.
+    """The error std at which :func:`expected_changes` reaches ``allowed`` decisions (a file there
+    passes about half the time; below it, more often).
 
-    ``inf`` when no error size can exceed it (``allowed`` >= half the images),
-    ``None`` when even a vanishing error cannot (exact ties count half each).
+    ``inf`` when no error size can reach it (``allowed`` >= half the images),
+    ``0`` when the gate allows no change at all (any error may break it),
+    ``None`` when even a vanishing error exceeds it (exact ties count half each).
     """
     m = np.abs(np.asarray(margins, np.float64))
+    if m.size and not np.isfinite(m).all():
+        raise ConfigError("margins must be finite; drop the images whose decision cannot change first")
     if expected_changes(m, 0.0) > allowed:
         return None
     if m.size == 0 or allowed >= 0.5 * m.size:
         return math.inf
-    lo, hi = 1e-9, 1e9  # expected_changes rises monotonically with the error std: bisect on its log
-    for _ in range(200):
+    if allowed <= 0:
+        return 0.0
+    positive = m[m > 0]
+    # At lo every non-tied image is ~40 standard deviations from its boundary (P < 1e-300), so
+    # expected_changes(lo) is the ties' share, which the check above kept within the gate.
+    lo, hi = float(positive.min()) / 40.0, float(positive.max()) * 1e6
+    for _ in range(200):  # expected_changes rises monotonically with the error std: bisect on its log
         mid = math.sqrt(lo * hi)
         lo, hi = (mid, hi) if expected_changes(m, mid) <= allowed else (lo, mid)
         if hi / lo < 1 + 1e-6:
@@ -365,32 +374,35 @@ def error_std_allowed(margins: np.ndarray, allowed: float) -> float | None:
 
 
 def _logit(p: np.ndarray) -> np.ndarray:
-    p = np.clip(np.asarray(p, np.float64), 1e-12, 1 - 1e-12)
-    return np.log(p) - np.log1p(-p)
+    with np.errstate(divide="ignore"):
+        p = np.asarray(p, np.float64)
+        return np.log(p) - np.log1p(-p)
 
 
 def referral_margins(manifest: Manifest, outputs: Mapping[str, np.ndarray]) -> tuple[np.ndarray, str]:
-    """Each image's signed distance from the referral boundary (> 0: referred), and its units.
+    """Each image's signed distance from the referral boundary (>= 0: referred), and its units.
 
-    Sigmoid heads under ``any_referable`` are measured in logits
-    (``max_k logit_k - logit(threshold_k)`` over referable classes), where
-    the error of a quantized model is about the same at every probability;
-    otherwise in probability (the referable class's ``p - threshold``, or the
-    summed referable probability minus the referral threshold). The sign
-    always agrees with :meth:`Manifest.decide`.
+    Sigmoid heads under ``any_referable`` are measured in logits, from the
+    model's own ``logits`` output (``max_k logit_k - logit(threshold_k)`` over
+    referable classes): a quantized model's error is about the same size at
+    every probability there, and float32 probabilities near 0 or 1 are too
+    coarse to recover it. Otherwise in probability (the referable class's
+    ``p - threshold``, or the summed referable probability minus the referral
+    threshold). The sign is always :meth:`Manifest.decide`'s. A margin is
+    infinite where the decision cannot change (a threshold of 0 or 1).
     """
     mask = manifest.referable_mask
     probs = np.asarray(outputs["probs"], np.float64)
     units = "probability"
     if manifest.referral_rule == "any_referable":
-        if manifest.head == "sigmoid":
+        if manifest.head == "sigmoid" and "logits" in outputs:
             units = "logit"
-            margin = (_logit(probs[:, mask]) - _logit(manifest.thresholds[mask])[None, :]).max(axis=1)
+            logits = _rows(outputs["logits"]).astype(np.float64)
+            margin = (logits[:, mask] - _logit(manifest.thresholds[mask])[None, :]).max(axis=1)
         else:
             margin = (probs[:, mask] - manifest.thresholds[mask][None, :]).max(axis=1)
     else:
         margin = probs[:, mask].sum(axis=1) - manifest.referral_threshold
-    # The sign is the decision itself (no rounding of the logit transform can disagree with it).
     refer = manifest.decide(probs)[1]
     return np.where(refer, np.abs(margin), -np.abs(margin)), units
 
@@ -401,23 +413,34 @@ def _top_two_gap(logits: np.ndarray, order: np.ndarray) -> np.ndarray:
 
 
 def _headroom_entry(margins: np.ndarray, errors: np.ndarray, observed: int, allowed: float, units: str) -> dict[str, Any]:
-    n = len(margins)
-    rms = float(np.sqrt(np.mean(errors**2))) if n else math.nan  # bias counts as error too
-    needed = error_std_allowed(margins, allowed) if n else None
+    """The report entry of one decision; only images with finite margins and errors are modelled."""
+    finite = np.isfinite(margins) & np.isfinite(errors)
+    m, e = margins[finite], errors[finite]
+    rms = float(np.sqrt(np.mean(e**2))) if m.size else math.nan  # a bias counts as error too
+    needed = error_std_allowed(m, allowed) if m.size else None
+    if not m.size:
+        note = "no image has a finite margin and error"
+    elif needed is None:
+        note = "no error is small enough: the reference has exact ties"
+    elif needed == 0:
+        note = "the gate allows no change: any error can break it"
+    elif not math.isfinite(needed):
+        note = "any error passes: the gate allows half the images or more"
+    else:
+        note = ""
     entry: dict[str, Any] = {
         "units": units,
-        "close_calls": {f"{t:g}": int(np.sum(np.abs(margins) < t)) for t in CLOSE_CALL_MARGINS},
+        "close_calls": {f"{t:g}": int(np.sum(np.abs(m) < t)) for t in CLOSE_CALL_MARGINS},
         "error_rms": rms,
-        "expected_changes": expected_changes(margins, rms) if n else math.nan,
+        "expected_changes": expected_changes(m, rms) if m.size else math.nan,
         "observed_changes": int(observed),
         "allowed_changes": float(allowed),
-        # JSON has no infinity: the two limits are said in words.
-        "error_rms_allowed": needed if needed is not None and math.isfinite(needed) else None,
-        "allowed_note": ("no error is small enough: the reference has exact ties" if needed is None
-                         else "any error passes: the gate allows half the images or more"
-                         if not math.isfinite(needed) else ""),
+        # JSON has no infinity: the limits are said in words.
+        "error_rms_allowed": needed if needed is not None and 0 < needed < math.inf else None,
+        "allowed_note": note,
+        "images_not_modelled": int(np.sum(~finite)),
     }
-    if needed is not None and math.isfinite(needed) and needed > 0 and rms > 0:
+    if needed is not None and 0 < needed < math.inf and rms > 0:
         entry["precision_needed_db"] = float(max(0.0, 20.0 * math.log10(rms / needed)))
     return entry
 
@@ -428,46 +451,60 @@ def decision_headroom(manifest: Manifest, gates: ParityGates, reference: Mapping
 
     For the top-1 and referral gates: the reference's margin per image (the gap
     between its two highest logits; the distance from the referral boundary,
-    :func:`referral_margins`), how many images are close calls, the RMS of the
-    candidate's error on those margins, the number of changed decisions that
-    error predicts (:func:`expected_changes`, Gaussian errors) next to the
-    number observed, and the error the gate allows (:func:`error_std_allowed`).
-    It tells a failed gate that a more precise file could pass (the allowed
-    error is within reach) from one the model's own close calls make
-    unreachable for any quantized file of that precision.
+    :func:`referral_margins`), how many images are close calls, the RMS over
+    all images of the candidate's error on their margins, the number of
+    changed decisions that error predicts (:func:`expected_changes`, Gaussian
+    errors) next to the number observed (counted as the gates count them),
+    and the error RMS at which the prediction reaches the gate's limit
+    (:func:`error_std_allowed`). Images whose margin or error is not finite
+    (an overflowing candidate, a threshold of 0 or 1) are counted, not
+    modelled. The figures tell a file that a more precise one could pass
+    from one whose model has too many close calls on these images.
     """
     out: dict[str, Any] = {}
+    ref_p, cand_p = np.asarray(reference["probs"], np.float64), np.asarray(candidate["probs"], np.float64)
+    n = len(ref_p)
+    if n == 0:
+        return out
     ref_l, cand_l = _rows(reference["logits"]), _rows(candidate["logits"])
-    n = len(ref_l)
-    if n and ref_l.shape[1] >= 2:
+    if ref_l.shape[1] >= 2:
         order = np.argsort(-ref_l, axis=1, kind="stable")[:, :2]
         gap_ref, gap_cand = _top_two_gap(ref_l, order), _top_two_gap(cand_l, order)
-        observed = int(np.sum(ref_l.argmax(axis=1) != cand_l.argmax(axis=1)))
-        out["top1"] = _headroom_entry(gap_ref, gap_cand - gap_ref, observed,
-                                      (1.0 - gates.min_top1_agreement) * n, "logit")
-    if n and manifest.referable_mask.any():
+        with np.errstate(invalid="ignore"):
+            error = gap_cand - gap_ref
+        observed = int(np.sum(ref_p.argmax(axis=1) != cand_p.argmax(axis=1)))  # as clinical()'s top-1 counts
+        out["top1"] = _headroom_entry(gap_ref, error, observed, (1.0 - gates.min_top1_agreement) * n, "logit")
+    if manifest.referable_mask.any():
         m_ref, units = referral_margins(manifest, reference)
         m_cand, _ = referral_margins(manifest, candidate)
-        observed = int(np.sum(manifest.decide(reference["probs"])[1] != manifest.decide(candidate["probs"])[1]))
-        out["referral"] = _headroom_entry(m_ref, m_cand - m_ref, observed, gates.max_flip_rate * n, units)
+        with np.errstate(invalid="ignore"):
+            error = m_cand - m_ref
+        observed = int(np.sum(manifest.decide(ref_p)[1] != manifest.decide(cand_p)[1]))
+        out["referral"] = _headroom_entry(m_ref, error, observed, gates.max_flip_rate * n, units)
     return out
+
+
+def _fmt(x: Any, spec: str) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and not math.isfinite(x)) else format(x, spec)
 
 
 def headroom_line(name: str, entry: Mapping[str, Any]) -> str:
     """One sentence for a CLI: close calls, the error measured and the error the gate allows."""
     close = entry["close_calls"]
     key = "0.2" if entry["units"] == "logit" else "0.05"
-    what = "their two top classes" if name == "top1" else "the referral boundary"
+    what = "their two top classes are" if name == "top1" else "they are from the referral boundary"
     allowed = entry.get("error_rms_allowed")
     if allowed is None:
         need = entry.get("allowed_note") or "no allowed error could be computed"
     else:
-        need = f"the gate allows {allowed:.3g}"
+        need = f"the gate's limit is reached at {allowed:.3g}"
         if entry.get("precision_needed_db"):
-            need += f" ({entry['precision_needed_db']:.1f} dB more precision)"
-    return (f"{name}: {close[key]} image(s) within {key} {entry['units']} of {what}; error RMS "
-            f"{entry['error_rms']:.3g} predicts {entry['expected_changes']:.1f} change(s) "
-            f"({entry['observed_changes']} observed); {need}")
+            need += f" ({entry['precision_needed_db']:.1f} dB more precision needed)"
+    skipped = entry.get("images_not_modelled") or 0
+    return (f"{name}: {close[key]} image(s) where {what} within {key} {entry['units']}; error RMS "
+            f"{_fmt(entry['error_rms'], '.3g')} predicts {_fmt(entry['expected_changes'], '.1f')} change(s) "
+            f"({entry['observed_changes']} observed); {need}"
+            + (f"; {skipped} image(s) with a non-finite margin or error not modelled" if skipped else ""))
 
 
 def failed_gate_headroom(candidate: Mapping[str, Any]) -> list[str]:
