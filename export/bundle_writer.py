@@ -35,6 +35,7 @@ from uopsl.runtime.bundle import (
     write_manifest,
 )
 from uopsl.runtime.errors import BundleError
+from uopsl.runtime.fsio import new_dir_mode, set_mode
 from uopsl.runtime.preprocess import PreprocessConfig
 
 log = logging.getLogger(__name__)
@@ -68,6 +69,9 @@ def write_bundle(
         raise BundleError(f"class bank has {class_bank.shape[0]} rows for {len(classes)} classes")
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    # mkdtemp makes the folder owner-only (0700); give it the mode mkdir would (or the replaced bundle's) so a
+    # copied bundle can be read by the account that screens. Files inside get normal modes (copyfile, np.save, fsio).
+    set_mode(tmp, new_dir_mode(target))
     try:
         shutil.copyfile(onnx_path, tmp / MODEL_FILE)
         np.save(tmp / CLASS_BANK_FILE, np.ascontiguousarray(class_bank, np.float32))

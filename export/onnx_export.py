@@ -22,6 +22,7 @@ from pathlib import Path
 
 from uopsl.runtime.bundle import INPUT_NAME, OUTPUT_NAMES
 from uopsl.runtime.errors import ConfigError, ExportError
+from uopsl.runtime.fsio import new_file_mode, set_mode
 from uopsl.runtime.optional import require
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,7 @@ def export_onnx(module: object, path: str | os.PathLike[str], size: int, opset: 
         onnx.checker.check_model(inferred, full_check=True)
         inferred.doc_string = "uopsl deployed model: uint8 NHWC RGB in; probs, logits, site_maps out"
         onnx.save(inferred, tmp)
+        set_mode(tmp, new_file_mode(target))  # mkstemp made it 0600; give it the mode open(target, "w") would
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

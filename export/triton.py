@@ -51,7 +51,7 @@ from typing import Any, Literal
 from uopsl.runtime.bundle import MANIFEST, FileEntry, Manifest, verify_or_raise
 from uopsl.runtime.engine_header import read_header, read_plan
 from uopsl.runtime.errors import BundleError, ConfigError
-from uopsl.runtime.fsio import sha256_bytes, sha256_file, write_bytes, write_json, write_text
+from uopsl.runtime.fsio import new_dir_mode, set_mode, sha256_bytes, sha256_file, write_bytes, write_json, write_text
 from uopsl.runtime.optional import require
 
 log = logging.getLogger(__name__)
@@ -153,6 +153,7 @@ def write_triton_repository(
         log.debug("not served by Triton (no model): %s", ", ".join(skipped))
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    set_mode(tmp, new_dir_mode(target))  # mkdtemp's 0700 would hide the repository from Triton's account
     try:
         models = _plan_models(bundle, manifest, entries, base, max_batch, instance_count, onnx_device)
         manifest_bytes = (bundle / MANIFEST).read_bytes()
