@@ -351,6 +351,24 @@ def test_commands_accept_a_bundle_folder(tmp_path, monkeypatch) -> None:
     assert table.notes["preprocess"]["size"] == SIZE
     assert main_entry(_cli(), ["quantize", str(bundle), "--images", str(images)]) == 0
     assert (bundle / "model.int8.onnx").is_file() and (bundle / "model.int8.quantize.json").is_file()
+    # Both outputs enter the manifest with their checksums: verify covers them, the runtime sees the INT8 file.
+    from uopsl.runtime.bundle import read_manifest, verify_or_raise
+
+    manifest = verify_or_raise(bundle)
+    files = {f.path: f for f in manifest.files}
+    assert files["calibration.json"].kind == "calibration" and manifest.calibration_fingerprint == table.set_fingerprint
+    assert files["model.int8.onnx"].precision == "int8-qdq-u8" and files["model.int8.onnx"].info["weight_rounding"]
+    assert files["model.int8.onnx"].sha256 == sha256_file(bundle / "model.int8.onnx")
+    # The TensorRT variant, quantized through the FP32 file inside the bundle, is listed too; requantizing replaces.
+    assert main_entry(_cli(), ["quantize", str(bundle / "model.onnx"), "--variant", "trt", "--images", str(images)]) == 0
+    assert main_entry(_cli(), ["quantize", str(bundle), "--images", str(images), "--rounding", "nearest"]) == 0
+    listed = [f.path for f in read_manifest(bundle).files]
+    assert listed.count("model.int8.onnx") == 1 and "model.int8.trt.onnx" in listed
+    verify_or_raise(bundle)
+    # Written elsewhere, the file stays out of the bundle.
+    assert main_entry(_cli(), ["quantize", str(bundle), "--out", str(tmp_path / "elsewhere.int8.onnx"), "--rounding",
+                               "nearest", "--no-bias-correction"]) == 0
+    assert "elsewhere.int8.onnx" not in [f.path for f in read_manifest(bundle).files]
 
 
 # -- a realistic backbone (slow) -------------------------------------------------------

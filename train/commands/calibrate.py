@@ -42,6 +42,7 @@ class ModelSource:
 def resolve_model(model: Path, size: int | None, preprocess_from: Path | None) -> ModelSource:
     """Model file, bundle folder (if any) and preprocessing config for a command's MODEL argument.
 
+    An ONNX file that a bundle's manifest lists counts as that bundle.
     Preprocessing comes from, in order: ``--preprocess`` (a bundle folder, a
     manifest.json or a JSON file of PreprocessConfig fields), the bundle's
     manifest, else the defaults; ``--size`` overrides the size; without any,
@@ -57,6 +58,11 @@ def resolve_model(model: Path, size: int | None, preprocess_from: Path | None) -
         cfg = manifest.preprocess
         if not model.is_file():
             raise ConfigError(f"{bundle}: the bundle has no FP32 ONNX model ({model.name} is missing)")
+    elif (model.parent / MANIFEST).is_file():
+        # An ONNX file inside a bundle: the bundle's preprocessing and table, as for the folder itself.
+        manifest = read_manifest(model.parent)
+        if any(f.path == model.name for f in manifest.files):
+            bundle, cfg = model.parent, manifest.preprocess
     if preprocess_from is not None:
         if preprocess_from.is_dir() or preprocess_from.name == MANIFEST:
             cfg = read_manifest(preprocess_from if preprocess_from.is_dir() else preprocess_from.parent).preprocess
@@ -76,6 +82,20 @@ def resolve_model(model: Path, size: int | None, preprocess_from: Path | None) -
     if model_size is not None and cfg.size != model_size:
         raise ConfigError(f"{model}: the model takes {model_size} px images, but preprocessing gives {cfg.size} px")
     return ModelSource(model, bundle, cfg)
+
+
+def bundle_target(source: ModelSource, out: Path) -> Path | None:
+    """The bundle folder ``out`` belongs to (a file written straight into MODEL's bundle), else None.
+
+    MODEL may name the bundle folder or an ONNX file the bundle lists
+    (:func:`resolve_model`); either way a table or INT8 file written into the
+    bundle must enter the manifest, or the bundle's checksums, ``validate``
+    and the runtime never see it.
+    """
+    bundle = source.bundle
+    if bundle is not None and out.resolve().parent == bundle.resolve():
+        return bundle
+    return None
 
 
 def model_input_size(model: Path) -> int | None:
@@ -149,6 +169,12 @@ def command(model: Path, images: str, method: str, percentile: float, out: Path 
                          set_cache=set_cache, use_cache=not no_cache)
     table = calibrate(source.model, calib_set, method=method, percentile=percentile, out=out,
                       force=force, batch_size=batch_size)
+    bundle = bundle_target(source, out)
+    if bundle is not None:  # the bundle's manifest lists the table, with the set it came from
+        from uopsl.export.bundle_writer import add_file
+
+        add_file(bundle, None, out.name, "calibration", calibration_fingerprint=table.set_fingerprint)
+        click.echo(f"{bundle}: manifest lists {out.name}")
     n_skipped = len(calib_set.skipped)
     click.echo(
         f"{out}: {table.method} ranges of {len(table.ranges)} tensors from {table.num_images} images "

@@ -4,8 +4,9 @@ MODEL is an ONNX file or a bundle folder. Defaults: the table next to the
 model (``BUNDLE/calibration.json`` or ``MODEL.calibration.json``); the output
 ``model.int8.onnx`` (cpu) or ``model.int8.trt.onnx`` (trt) beside the model.
 A JSON record of the result (variant, excluded nodes, per-layer sensitivities)
-is written next to the output as ``<out>.quantize.json``; the bundle writer
-puts its ``manifest_info`` into the manifest.
+is written next to the output as ``<out>.quantize.json``. An output written
+into MODEL's bundle is added to the bundle's manifest (with its checksum and
+``manifest_info``), replacing an earlier entry of the same name.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import click
 from uopsl.calibration.table import TABLE_FILE, CalibrationTable
 from uopsl.export.quantize import ROUNDINGS, VARIANTS, QuantizeConfig
 from uopsl.runtime.fsio import sha256_file, write_json
-from uopsl.train.commands.calibrate import load_set, resolve_model
+from uopsl.train.commands.calibrate import bundle_target, load_set, resolve_model
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +108,13 @@ def command(model: Path, table: Path | None, variant: str, per_channel: bool, ex
     result = quantize_model(source.model, calib_table, out, config, calib_set=calib_set)
     write_json(record_path(out), {"config": asdict(config), "result": result.to_dict(),
                                   "manifest_info": result.manifest_info()})
+    bundle = bundle_target(source, out)
+    if bundle is not None:  # listed with its checksum, so verify, validate and the backends see it
+        from uopsl.export.bundle_writer import add_file
+
+        add_file(bundle, None, out.name, "onnx", result.precision, info=result.manifest_info())  # type: ignore[arg-type]
+        click.echo(f"{bundle}: manifest lists {out.name} ({result.precision}); "
+                   f"run `uopsl validate {bundle} ...` before a device's `auto` backend will use it")
     click.echo(f"{out}: {result.precision} ({'per-channel' if per_channel else 'per-tensor'} weights, "
                f"{result.quantize_nodes} QuantizeLinear) from {calib_table.method} ranges")
     if result.rounded_layers:
