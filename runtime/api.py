@@ -41,7 +41,12 @@ OVERLAY_SIDE = 384
 
 @dataclass
 class RunSummary:
-    """What one ``screen_to`` call did; ``exit_code`` follows the CLI convention (0 all ok, 1 some not)."""
+    """What one ``screen_to`` call did; ``exit_code`` follows the CLI convention (0 all ok, 1 some not).
+
+    ``counts`` and ``refer`` cover every input of the call, those screened now
+    (``screened``) and those an earlier run of the same folder already had
+    (``skipped``), so a resumed run reports the whole set.
+    """
 
     out_dir: Path
     counts: dict[str, int] = field(default_factory=lambda: {"ok": 0, "ungradable": 0, "error": 0})
@@ -175,6 +180,7 @@ class Screener:
                     status = store.done[it.key]
                     summary.skipped += 1
                     summary.counts[status] = summary.counts.get(status, 0) + 1
+                    summary.refer += it.key in store.referred  # decided by the earlier run
                     if bar is not None:
                         bar.update(1)
                     return

@@ -102,8 +102,8 @@ def watch_cmd(bundle: Path, folder: Path, out: Path, backend: str, precision: st
     cfg = WatchConfig(settle_ms=settle_ms, poll_s=poll_s, max_images=max_images, timeout_s=timeout_s)
 
     def show(r: Any) -> None:
-        verdict = "REFER" if r.refer else r.status if r.status != "ok" else "routine"
-        click.echo(f"{verdict:10s} {r.source}" + (f"  ({'; '.join(r.reasons)})" if r.reasons else ""), err=True)
+        verdict = "REFER" if r.refer else r.status if r.status != "ok" else "no referable finding"  # as in run's summary
+        click.echo(f"{verdict:20s} {r.source}" + (f"  ({'; '.join(r.reasons)})" if r.reasons else ""), err=True)
 
     with Screener(bundle, backend, precision=precision, threads=threads, batch_size=1) as s:
         summary = watch_folder(s, folder, out, cfg, overlays=overlays, on_result=show)

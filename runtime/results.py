@@ -35,8 +35,9 @@ def _source_path(row: dict[str, Any]) -> str:
 class ResultStore:
     """The results of one output folder.
 
-    ``done`` maps every key already screened to its status. ``append`` writes a
-    batch of rows durably (flush + fsync).
+    ``done`` maps every key already screened to its status and ``referred``
+    holds the keys whose latest row refers, so a resumed run can count what an
+    earlier one decided. ``append`` writes a batch of rows durably (flush + fsync).
     """
 
     def __init__(self, out_dir: str | os.PathLike[str]) -> None:
@@ -44,7 +45,11 @@ class ResultStore:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.out_dir / JSONL
         self._repair_tail()
-        self.done: dict[str, str] = {r["key"]: r.get("status", "") for r in self.rows() if "key" in r}
+        self.done: dict[str, str] = {}
+        self.referred: set[str] = set()
+        for r in self.rows():
+            if "key" in r:
+                self._note(r)
         self._fh: io.TextIOWrapper | None = None
 
     def _repair_tail(self) -> None:
@@ -94,6 +99,14 @@ class ResultStore:
                 if isinstance(row, dict):
                     yield row
 
+    def _note(self, row: dict[str, Any]) -> None:
+        key = row["key"]
+        self.done[key] = row.get("status", "")
+        if row.get("refer"):
+            self.referred.add(key)
+        else:
+            self.referred.discard(key)
+
     def append(self, rows: Sequence[dict[str, Any]]) -> None:
         """Append rows and make them durable before returning."""
         if not rows:
@@ -102,7 +115,7 @@ class ResultStore:
             self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - kept open across batches
         for r in rows:
             self._fh.write(json.dumps(r, ensure_ascii=False, separators=(",", ":")) + "\n")
-            self.done[r["key"]] = r.get("status", "")
+            self._note(r)
         self._fh.flush()
         os.fsync(self._fh.fileno())
 

@@ -61,15 +61,22 @@ def test_run_exit_1_with_bad_files_one_row_per_input(tiny_bundle: Path, tmp_path
     assert "unreadable" in capsys.readouterr().err
 
 
-def test_run_exit_0_when_all_screened_and_rerun_skips(tiny_bundle: Path, tmp_path: Path) -> None:
+def test_run_exit_0_when_all_screened_and_rerun_skips(tiny_bundle: Path, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
     _good(tmp_path / "in", 5)
     out = tmp_path / "out"
     args = ["run", str(tiny_bundle), str(tmp_path / "in"), "--out", str(out), "--backend", "ort-cpu", "--no-overlays"]
     assert main(args) == 0
     first = _jsonl(out)
+    referred = sum(bool(r["refer"]) for r in first)
+    assert referred > 0, "the test needs referred photographs (a resumed run once reported 0)"
+    summary = f"5 images: {referred} refer, {5 - referred} no referable finding"
+    assert summary in capsys.readouterr().err
     assert main(args) == 0
     assert _jsonl(out) == first and len(_csv(out)) == 5
     assert not (out / "overlays").exists()
+    # The rerun screened nothing new, but its summary still counts what the first run decided.
+    assert summary + ", 0 ungradable, 0 unreadable (0 screened now, 5 from an earlier run)" in capsys.readouterr().err
 
 
 def test_usage_and_bundle_errors_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
