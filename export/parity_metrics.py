@@ -492,7 +492,6 @@ def headroom_line(name: str, entry: Mapping[str, Any]) -> str:
     """One sentence for a CLI: close calls, the error measured and the error the gate allows."""
     close = entry["close_calls"]
     key = "0.2" if entry["units"] == "logit" else "0.05"
-    what = "their two top classes are" if name == "top1" else "they are from the referral boundary"
     allowed = entry.get("error_rms_allowed")
     if allowed is None:
         need = entry.get("allowed_note") or "no allowed error could be computed"
@@ -501,7 +500,9 @@ def headroom_line(name: str, entry: Mapping[str, Any]) -> str:
         if entry.get("precision_needed_db"):
             need += f" ({entry['precision_needed_db']:.1f} dB more precision needed)"
     skipped = entry.get("images_not_modelled") or 0
-    return (f"{name}: {close[key]} image(s) where {what} within {key} {entry['units']}; error RMS "
+    where = (f"image(s) whose two top classes are within {key} {entry['units']}" if name == "top1"
+             else f"image(s) within {key} {entry['units']} of the referral boundary")
+    return (f"{name}: {close[key]} {where}; error RMS "
             f"{_fmt(entry['error_rms'], '.3g')} predicts {_fmt(entry['expected_changes'], '.1f')} change(s) "
             f"({entry['observed_changes']} observed); {need}"
             + (f"; {skipped} image(s) with a non-finite margin or error not modelled" if skipped else ""))

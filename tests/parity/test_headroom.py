@@ -121,7 +121,7 @@ def test_headroom_reads_a_noisy_candidate() -> None:
                 20 * math.log10(entry["error_rms"] / entry["error_rms_allowed"]))
     json.dumps(jsonable(h), allow_nan=False)
     line = headroom_line("top1", top1)
-    assert "where their two top classes are within 0.2 logit" in line and "observed" in line
+    assert "whose two top classes are within 0.2 logit" in line and "observed" in line
     assert "limit is reached at" in line and "dB more precision needed" in line
 
 
@@ -185,7 +185,7 @@ def test_failed_gate_headroom_follows_the_failed_checks() -> None:
     cand = {"headroom": h, "checks": [{"name": "flip_rate", "passed": False},
                                       {"name": "top1_agreement", "passed": True}]}
     lines = failed_gate_headroom(cand)
-    assert len(lines) == 1 and lines[0].startswith("referral: ") and "from the referral boundary" in lines[0]
+    assert len(lines) == 1 and lines[0].startswith("referral: ") and "of the referral boundary" in lines[0]
     cand["checks"][1]["passed"] = False
     assert [line.split(":")[0] for line in failed_gate_headroom(cand)] == ["top1", "referral"]
     assert failed_gate_headroom({"checks": cand["checks"]}) == []  # an older report without headroom
