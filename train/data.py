@@ -8,7 +8,7 @@ Readers (each module's docstring says what layout it assumes):
 
 ==============  ================================================================
 ``folder``      ``root/<class>/*`` (:func:`read_folder`)
-``csv``         any CSV described by a :class:`CsvLayout` (:func:`read_csv`)
+``csv``         a CSV described by a :class:`CsvLayout` or by its header (:func:`read_csv`)
 ``synthetic``   the ``uopsl synth`` output (:func:`read_synthetic`)
 ``tvhl``        TVHL fundus/OCT (:func:`read_tvhl`), the project's real data
 ``aptos``       APTOS 2019 (:func:`read_aptos`)
@@ -27,6 +27,7 @@ naming the file and row.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -75,12 +76,33 @@ READERS: dict[str, Callable[..., DatasetSource]] = {
 }
 
 
-def load_dataset(kind: str, root: str | Path, **options: Any) -> DatasetSource:
-    """Read ``root`` with the reader named ``kind`` (see :data:`READERS`), passing ``options`` on."""
+def reader_options(kind: str) -> dict[str, inspect.Parameter]:
+    """The options of the reader named ``kind``: its parameters after the path, in signature order."""
     reader = READERS.get(kind)
     if reader is None:
         raise ConfigError(f"unknown dataset kind {kind!r}; choose one of {sorted(READERS)}")
-    return reader(root, **options)
+    return dict(list(inspect.signature(reader).parameters.items())[1:])
+
+
+def load_dataset(kind: str, root: str | Path, **options: Any) -> DatasetSource:
+    """Read ``root`` with the reader named ``kind`` (see :data:`READERS`), passing ``options`` on.
+
+    An option the reader does not take, or a ``root`` that does not exist, is a
+    :class:`ConfigError` (not a ``TypeError`` from deep inside the reader).
+    """
+    accepted = reader_options(kind)
+    unknown = [k for k in options if k not in accepted]
+    if unknown:
+        raise ConfigError(
+            f"dataset kind {kind!r} has no option {unknown[0]!r} (got {unknown[0]}={options[unknown[0]]!r}); "
+            f"it accepts {', '.join(accepted) or 'no options'}."
+        )
+    required = [k for k, p in accepted.items() if p.default is p.empty and k not in options]
+    if required:
+        raise ConfigError(f"dataset kind {kind!r} needs the option {required[0]!r}; it accepts {', '.join(accepted)}.")
+    if not Path(root).exists():
+        raise ConfigError(f"{root}: no such file or folder (dataset kind {kind!r}); check the path.")
+    return READERS[kind](root, **options)
 
 
 __all__ = [
@@ -89,5 +111,5 @@ __all__ = [
     "CsvLayout", "DatasetSource", "LabelSpace", "Sample", "Split",
     "fingerprint", "group_keys", "group_kfold", "load_dataset", "order_classes", "patient_split",
     "read_aptos", "read_csv", "read_folder", "read_idrid", "read_messidor2", "read_oct2017", "read_octdl",
-    "read_odir", "read_rfmid", "read_synthetic", "read_tvhl", "take_shots",
+    "read_odir", "read_rfmid", "read_synthetic", "read_tvhl", "reader_options", "take_shots",
 ]

@@ -1,24 +1,41 @@
 """Pieces shared by the ``uopsl`` training commands: dataset specs, option groups, config echo.
 
-A dataset is named on the command line as ``KIND:PATH[:key=value,...]``:
+A dataset is named on the command line as ``KIND:PATH[:key=value,...]``, list
+values joined with ``+`` (``classes=normal+dr``). The options of each kind:
 
-* ``synthetic:DIR`` (the ``uopsl synth`` output), ``tvhl:DIR``, ``folder:DIR``,
-  ``aptos:DIR``, ``odir:DIR``, ``rfmid:DIR``, ``idrid:DIR``, ``messidor2:DIR``,
-  ``oct2017:DIR``, ``octdl:DIR`` (reader options as ``key=value``, e.g.
-  ``tvhl:../shared/data/tvhl:task=four_class,modality=oct``);
-* a bare folder holding ``labels.csv`` is read as synthetic, any other bare
-  folder as folder-per-class;
-* ``split=train|val|test`` takes that part of a patient-level 70/15/15 split
-  (``split_seed=N``, default 0); ``fold=I/K`` takes the I-th held-out fold of
-  a patient-grouped K-fold and ``notfold=I/K`` everything else.
+* ``synthetic:DIR`` (the ``uopsl synth`` output; DIR or its ``labels.csv``):
+  ``classes``, ``modality=fundus|oct``, ``missing=error|skip``;
+* ``folder:DIR`` (``DIR/<class>/*``): ``classes``, ``modality``, ``name``;
+* ``csv:FILE``: columns ``path`` and ``label`` (one class) or ``labels``
+  (``;``-joined), ``patient``/``eye``/``modality`` used when present:
+  ``classes``, ``name``, ``missing``;
+* ``tvhl:DIR``: ``task=four_class|referable_dr|dme``, ``modality=fundus|oct|both``,
+  ``missing`` (e.g. ``tvhl:../shared/data/tvhl:task=four_class,modality=oct``);
+* ``aptos:DIR``: ``task=referable|grade``, ``missing``;
+* ``messidor2:DIR``: ``task=referable|grade|dr_dme``, ``images_dir``, ``missing``;
+* ``idrid:DIR``: ``split=train|test``, ``task=referable|grade|dr_dme``, ``images_dir``, ``missing``;
+* ``rfmid:DIR``: ``split=train|val|test``, ``vocabulary=mapped|raw``, ``images_dir``, ``missing``;
+* ``odir:DIR``: ``vocabulary``, ``images_dir``, ``missing``;
+* ``oct2017:DIR``: ``split=train|test|val|all``, ``vocabulary``;
+* ``octdl:DIR``: ``vocabulary``, ``labels_csv``, ``missing``.
+
+A bare folder holding ``labels.csv`` is read as synthetic, any other bare
+folder as folder-per-class. Every kind also takes ``split=train|val|test``:
+that part of a patient-level 70/15/15 split (``split_seed=N``, default 0),
+except on ``idrid``, ``rfmid`` and ``oct2017``, whose ``split`` is the
+publisher's own; ``fold=I/K`` takes the I-th held-out fold of a
+patient-grouped K-fold (``fold_seed=N``) and ``notfold=I/K`` everything else.
+An unknown option, a bad value or a missing path is one ConfigError line that
+lists what the kind accepts.
 """
 
 from __future__ import annotations
 
 import logging
+import types
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import click
 
@@ -32,28 +49,70 @@ log = logging.getLogger(__name__)
 
 _SPLIT_KEYS = ("split", "split_seed", "fold", "notfold", "fold_seed")
 
+# One working spec per kind, quoted by the error for a wrong option.
+EXAMPLES: dict[str, str] = {
+    "synthetic": "synthetic:DIR:modality=fundus,split=test",
+    "folder": "folder:DIR:classes=normal+dr",
+    "csv": "csv:DIR/labels.csv:missing=skip",
+    "tvhl": "tvhl:DIR:task=four_class,modality=oct",
+    "aptos": "aptos:DIR:task=grade",
+    "messidor2": "messidor2:DIR:task=dr_dme",
+    "idrid": "idrid:DIR:split=test,task=grade",
+    "rfmid": "rfmid:DIR:split=val",
+    "odir": "odir:DIR:vocabulary=raw",
+    "oct2017": "oct2017:DIR:split=test",
+    "octdl": "octdl:DIR:vocabulary=raw",
+}
 
-def _value(v: str) -> Any:
-    if v.lower() in ("true", "false"):
-        return v.lower() == "true"
-    try:
-        return int(v)
-    except ValueError:
-        return v
+
+def _form(hint: Any) -> str | None:
+    """How an option typed ``hint`` is written on the command line: 'choice', 'names', 'int', 'text' or None."""
+    if get_origin(hint) is Literal:
+        return "choice"
+    types_ = get_args(hint) if get_origin(hint) in (Union, types.UnionType) else (hint,)
+    if any(get_origin(t) in (tuple, list) for t in types_):
+        return "names"
+    if int in types_:
+        return "int"
+    return "text" if str in types_ or Path in types_ else None
 
 
-def parse_spec(spec: str) -> tuple[str, Path, dict[str, Any]]:
-    """``KIND:PATH[:k=v,...]`` -> (kind, path, options)."""
+def _coerce(kind: str, key: str, raw: str, hint: Any, written: object) -> Any:
+    """A ``key=value`` string -> the type the reader's signature asks for."""
+    form = _form(hint)
+    if form == "choice" and raw not in get_args(hint):
+        raise ConfigError(f"{kind} option {key}={raw!r}: expected one of {'|'.join(map(str, get_args(hint)))}.")
+    if form == "names":
+        names = tuple(n.strip() for n in raw.split("+") if n.strip())
+        if not names:
+            raise ConfigError(f"{kind} option {key}={raw!r}: expected names joined with '+', e.g. {key}=normal+dr.")
+        return names
+    if form == "int":
+        try:
+            return int(raw)
+        except ValueError:
+            raise ConfigError(f"{kind} option {key}={raw!r}: expected an integer.") from None
+    if form is None:
+        raise ConfigError(f"{kind} option {key!r} takes a {written}, which cannot be written on the command line; "
+                          f"call uopsl.train.data.read_{kind}() from Python instead.")
+    return raw
+
+
+def parse_spec(spec: str) -> tuple[str, Path, dict[str, str]]:
+    """``KIND:PATH[:k=v,...]`` -> (kind, path, options as written); the path must exist."""
     kind, rest = (spec.split(":", 1) if ":" in spec and spec.split(":", 1)[0] in data.READERS else ("", spec))
-    opts: dict[str, Any] = {}
+    opts: dict[str, str] = {}
     if ":" in rest and "=" in rest.rsplit(":", 1)[1]:
         rest, tail = rest.rsplit(":", 1)
         for kv in tail.split(","):
             if "=" not in kv:
                 raise ConfigError(f"dataset option {kv!r} in {spec!r} is not key=value")
             k, v = kv.split("=", 1)
-            opts[k.strip()] = _value(v.strip())
+            opts[k.strip()] = v.strip()
     path = Path(rest)
+    if not path.exists():
+        hint = "" if kind else f"; a dataset is KIND:PATH[:key=value,...] with KIND one of {sorted(data.READERS)}"
+        raise ConfigError(f"{path}: no such file or folder (dataset {spec!r}){hint}")
     if not kind:
         if (path / "labels.csv").is_file():
             kind = "synthetic"
@@ -61,7 +120,8 @@ def parse_spec(spec: str) -> tuple[str, Path, dict[str, Any]]:
             kind = "folder"
         else:
             raise ConfigError(
-                f"cannot tell the dataset kind of {spec!r}; write KIND:PATH with KIND one of {sorted(data.READERS)}"
+                f"cannot tell the dataset kind of {spec!r}; write KIND:PATH with KIND one of {sorted(data.READERS)} "
+                f"(e.g. csv:{path} for a CSV with path and label columns)"
             )
     return kind, path, opts
 
@@ -69,13 +129,25 @@ def parse_spec(spec: str) -> tuple[str, Path, dict[str, Any]]:
 def load_source(spec: str) -> data.DatasetSource:
     """Read a dataset spec, applying its split/fold selection."""
     kind, path, opts = parse_spec(spec)
-    sel = {k: opts.pop(k) for k in _SPLIT_KEYS if k in opts}
-    src = data.load_dataset(kind, path, **opts)
+    accepted = data.reader_options(kind)
+    hints = get_type_hints(data.READERS[kind])
+    # A reader's own 'split' is the publisher's split: it wins, and split_seed means nothing there.
+    selectors = [k for k in _SPLIT_KEYS if k not in accepted and not (k == "split_seed" and "split" in accepted)]
+    sel = {k: opts.pop(k) for k in selectors if k in opts}
+    for key, value in opts.items():
+        if key not in accepted:
+            settable = [k for k in accepted if _form(hints.get(k)) is not None] + selectors
+            raise ConfigError(
+                f"{spec!r}: dataset kind {kind!r} has no option {key!r} (got {key}={value}); "
+                f"it accepts {', '.join(settable)}. Example: {EXAMPLES.get(kind, f'{kind}:PATH')}"
+            )
+    values = {k: _coerce(kind, k, v, hints.get(k), accepted[k].annotation) for k, v in opts.items()}
+    src = data.load_dataset(kind, path, **values)
     if "split" in sel:
-        parts = data.patient_split(src.samples, seed=int(sel.get("split_seed", 0)))
         name = sel["split"]
         if name not in ("train", "val", "test"):
-            raise ConfigError(f"split must be train, val or test, got {name!r}")
+            raise ConfigError(f"{spec!r}: split must be train, val or test, got {name!r}")
+        parts = data.patient_split(src.samples, seed=_int_option(spec, sel, "split_seed"))
         src = src.subset(getattr(parts, name), f"{src.name}[{name}]")
     for key in ("fold", "notfold"):
         if key in sel:
@@ -85,10 +157,17 @@ def load_source(spec: str) -> data.DatasetSource:
                 raise ConfigError(f"{key} must look like I/K (e.g. 1/3), got {sel[key]!r}") from None
             if not 1 <= i <= k:
                 raise ConfigError(f"{key}={sel[key]}: I must be in 1..K")
-            train_idx, test_idx = data.group_kfold(src.samples, k, seed=int(sel.get("fold_seed", 0)))[i - 1]
+            train_idx, test_idx = data.group_kfold(src.samples, k, seed=_int_option(spec, sel, "fold_seed"))[i - 1]
             src = src.subset(test_idx if key == "fold" else train_idx, f"{src.name}[{key}={i}/{k}]")
     log.info("%s: %d images %s", spec, len(src), src.counts())
     return src
+
+
+def _int_option(spec: str, sel: dict[str, str], key: str) -> int:
+    try:
+        return int(sel.get(key, 0))
+    except ValueError:
+        raise ConfigError(f"{spec!r}: {key} must be an integer, got {sel[key]!r}") from None
 
 
 def items_for(src: data.DatasetSource, classes: Sequence[str], modality: str | None = None) -> list["Item"]:

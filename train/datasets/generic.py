@@ -6,7 +6,10 @@ Assumptions
 - Generic CSV: a header line; one column with the image path (relative to the
   CSV's folder unless ``image_root`` says otherwise) and the labels in exactly
   one of three forms: one class name per row, several 0/1 columns (one per
-  class) or one column of ';'-separated class names.
+  class) or one column of ';'-separated class names. Without a layout
+  (``csv:FILE`` on the command line) the header says which: ``path`` plus
+  ``label`` (one class) or ``labels`` (';'-joined), and ``patient``, ``eye``,
+  ``modality`` when present (:meth:`CsvLayout.infer`).
 - Synthetic CSV (``uopsl synth``): ``path,patient,eye,modality,labels,masks``,
   ``labels`` ';'-joined (``normal`` when no disease), ``path`` and ``masks``
   relative to the CSV folder, ``masks`` empty when none were written.
@@ -14,6 +17,7 @@ Assumptions
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -101,6 +105,29 @@ class CsvLayout:
         if not self.separator:
             raise ConfigError("separator must be a non-empty string")
 
+    @classmethod
+    def infer(cls, header: Sequence[str], source: str | Path = "the CSV") -> CsvLayout:
+        """The layout a header implies: ``path`` and ``label`` (one class per row) or ``labels``
+        (``;``-joined names; ``label`` wins when both exist), with ``patient``, ``eye`` and
+        ``modality`` columns used when present. That is the form of the ``labels.csv``
+        ``uopsl synth`` writes and of the CSVs ``uopsl calibrate``/``validate`` accept.
+        """
+        cols = {c.strip() for c in header}
+        if "path" not in cols or not cols & {"label", "labels"}:
+            raise DataError(
+                f"{source}: cannot tell the layout from columns {[c for c in header if c.strip()]}; expected a "
+                "'path' column and a 'label' (one class per row) or 'labels' (';'-joined class names) column. "
+                "Rename the columns, or call read_csv with a CsvLayout naming them."
+            )
+        single = "label" in cols
+        return cls(
+            label_column="label" if single else None,
+            multi_label_column=None if single else "labels",
+            patient_column="patient" if "patient" in cols else None,
+            eye_column="eye" if "eye" in cols else None,
+            modality_column="modality" if "modality" in cols else None,
+        )
+
     @property
     def multi_label(self) -> bool:
         return self.label_column is None
@@ -134,20 +161,22 @@ class CsvLayout:
 
 def read_csv(
     csv_path: str | Path,
-    layout: CsvLayout,
+    layout: CsvLayout | None = None,
     *,
     classes: tuple[str, ...] | list[str] | None = None,
     name: str | None = None,
     missing: OnMissing = "error",
 ) -> DatasetSource:
-    """Dataset from a CSV described by ``layout``.
+    """Dataset from a CSV described by ``layout`` (default: inferred from the header, :meth:`CsvLayout.infer`).
 
     classes: allowed classes in label-space order (an unlisted label is an
     error naming file and row). Default: the 0/1 column names (plus
     ``none_label``) for ``label_columns``, else every name found, in vocabulary order.
     """
     csv_path = Path(csv_path)
-    _, rows = read_table(csv_path, layout.columns())
+    header, rows = read_table(csv_path, layout.columns() if layout is not None else ())
+    if layout is None:
+        layout = CsvLayout.infer(header, csv_path)
     if classes is None and layout.label_columns:
         classes = order_classes(list(layout.label_columns) + ([layout.none_label] if layout.none_label else []))
     image_root = csv_path.parent / layout.image_root if layout.image_root else csv_path.parent
