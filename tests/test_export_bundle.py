@@ -60,6 +60,19 @@ def _copy(bundle: Path, dest: Path) -> Path:
     return Path(shutil.copytree(bundle, dest))
 
 
+def test_the_manifest_records_which_checkpoint_it_came_from(exported: dict[str, Any], tmp_path: Path) -> None:
+    from uopsl.train.checkpoint import CHECKPOINT_DIGEST_NOTE, bundle_source_mismatch, checkpoint_digest
+
+    notes = read_manifest(exported["bundle"]).notes
+    assert notes[CHECKPOINT_DIGEST_NOTE] == checkpoint_digest(exported["ckpt"]) and len(notes[CHECKPOINT_DIGEST_NOTE]) == 64
+    assert bundle_source_mismatch(exported["ckpt"], notes) is None
+    other, meta = tiny_model(seed=1)
+    save_model(tmp_path / "other", other, exported["meta"])
+    why = bundle_source_mismatch(tmp_path / "other", notes)
+    assert why is not None and "is not the checkpoint this bundle was exported from" in why
+    assert bundle_source_mismatch(tmp_path / "other", {}) is None  # an older bundle does not say
+
+
 # -- the ONNX graph ------------------------------------------------------------------------
 def test_onnx_passes_the_full_checker_is_folded_and_has_a_dynamic_batch(exported: dict[str, Any]) -> None:
     import onnx

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from uopsl.runtime.errors import CheckpointError
-from uopsl.runtime.fsio import atomic_open, write_json
+from uopsl.runtime.fsio import atomic_open, sha256_file, write_json
 from uopsl.runtime.preprocess import PreprocessConfig
 from uopsl.runtime.version import __version__
 from uopsl.train.model import ModelConfig, UopslModel
@@ -122,6 +122,34 @@ def load_model(folder: str | Path, init_backbone: bool = False) -> tuple[UopslMo
             f"{folder}: weights do not fit the configured model (missing {missing[:5]}, unexpected {unexpected[:5]})"
         )
     return model, meta
+
+
+#: The manifest note (``Manifest.notes``) in which ``uopsl export`` records :func:`checkpoint_digest`.
+CHECKPOINT_DIGEST_NOTE = "checkpoint_weights_sha256"
+
+
+def checkpoint_digest(folder: str | Path) -> str:
+    """sha256 of a checkpoint's weights file: which model a bundle was exported from."""
+    path = Path(folder) / "model.safetensors"
+    if not path.is_file():
+        raise CheckpointError(f"{folder}: no model.safetensors; expected a checkpoint folder written by uopsl")
+    return sha256_file(path)
+
+
+def bundle_source_mismatch(folder: str | Path, notes: dict[str, Any]) -> str | None:
+    """Why checkpoint ``folder`` is not the one a bundle (its manifest ``notes``) was exported from, or None.
+
+    None too when the bundle does not say (exported before the digest was
+    recorded): the caller should warn then.
+    """
+    recorded = notes.get(CHECKPOINT_DIGEST_NOTE)
+    if not recorded:
+        return None
+    got = checkpoint_digest(folder)
+    if got == recorded:
+        return None
+    return (f"{folder} is not the checkpoint this bundle was exported from: its weights' sha256 is {got[:12]}..., "
+            f"the bundle records {str(recorded)[:12]}... (exported from {notes.get('checkpoint', 'an unnamed folder')})")
 
 
 def init_from(model: UopslModel, folder: str | Path, skip_prefixes: tuple[str, ...] = ()) -> list[str]:

@@ -21,7 +21,14 @@ from uopsl.runtime.errors import ConfigError
 from uopsl.runtime.fsio import write_json
 from uopsl.runtime.preprocess import PreprocessConfig, preprocess_file
 from uopsl.train import bank as banks
-from uopsl.train.checkpoint import CheckpointMeta, load_model, read_meta, save_model
+from uopsl.train.checkpoint import (
+    CHECKPOINT_DIGEST_NOTE,
+    CheckpointMeta,
+    checkpoint_digest,
+    load_model,
+    read_meta,
+    save_model,
+)
 from uopsl.train.evaluate import choose_thresholds, evaluate, site_concentration_report
 from uopsl.train.loops import TrainConfig, pick_device, predict
 from uopsl.train.model import DeployModel, ModelConfig, UopslModel
@@ -194,7 +201,8 @@ def run_export(ckpt: Path, out: Path, classes_file: str | Path | None = None, op
                      class_bank=model.class_text.numpy(), site_map_size=(deploy.h, deploy.w), opset=opset,
                      backbone=model.config.backbone, training_data_fingerprint=meta.data_fingerprint,
                      notes={"variant": model.config.variant, "op_count": report.op_count, "ops": report.ops,
-                            "checkpoint": str(ckpt), "train_config": meta.train_config},
+                            "checkpoint": str(ckpt), CHECKPOINT_DIGEST_NOTE: checkpoint_digest(ckpt),
+                            "train_config": meta.train_config},
                      overwrite=force)
     write_json(out.parent / f"{out.name}.export.json", {"checkpoint": str(ckpt), "opset": opset, "op_count": report.op_count,
                                                        "ops": report.ops, "classes_file": str(classes_file) if classes_file else None})

@@ -123,6 +123,33 @@ def test_broken_bundle_exits_1_and_usage_errors_exit_2(tiny_ckpt_bundle: tuple[P
     assert _uopsl([*base, "--data", str(csv), "--backends", "cuda-magic"]) == 2
 
 
+def test_a_checkpoint_the_bundle_did_not_come_from_is_refused(tiny_ckpt_bundle: tuple[Path, Path], cast_sets: dict,
+                                                                tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """The verdicts gate `auto`, so they must be against the exported model; another one is a study, not recorded."""
+    from paritykit import tiny_checkpoint
+
+    from uopsl.train.checkpoint import CHECKPOINT_DIGEST_NOTE, checkpoint_digest
+
+    ckpt, shared = tiny_ckpt_bundle
+    bundle = Path(shutil.copytree(shared, tmp_path / "bundle"))
+    m = read_manifest(bundle)  # as `uopsl export` writes it: the checkpoint's weights digest in the notes
+    write_manifest(bundle, replace(m, notes={**m.notes, CHECKPOINT_DIGEST_NOTE: checkpoint_digest(ckpt)}))
+    other = tiny_checkpoint(tmp_path / "other", seed=1)
+    base = [str(bundle), "--data", str(_val_folder(cast_sets)), "--backends", "ort-cpu", "--limit", "8",
+            "--n-boot", "0", "--device", "cpu"]
+    capsys.readouterr()
+    assert _uopsl([*base, "--checkpoint", str(other), "--out", str(tmp_path / "o1")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is not the checkpoint this bundle was exported from" in err
+    assert "--other-checkpoint" in err and not (tmp_path / "o1" / "parity.json").exists()
+    before = (bundle / "manifest.json").read_bytes()
+    assert _uopsl([*base, "--checkpoint", str(other), "--out", str(tmp_path / "o2"), "--other-checkpoint"]) in (0, 1)
+    assert (bundle / "manifest.json").read_bytes() == before  # a comparison with another model records nothing
+    assert _strict_json(tmp_path / "o2" / "parity.json")["context"]["other_checkpoint"] is True
+    assert _uopsl([*base, "--checkpoint", str(ckpt), "--out", str(tmp_path / "o3")]) == 0
+    assert "parity" in read_manifest(bundle).file("model.onnx").info  # the right checkpoint: recorded
+
+
 def test_data_forms(cast_sets: dict, tmp_path: Path) -> None:
     folder = _val_folder(cast_sets)
     records, space, _ = resolve_data(str(folder))

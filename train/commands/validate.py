@@ -131,7 +131,8 @@ def limit_records(records: list[Any], limit: int | None, seed: int) -> list[Any]
 @click.option("--checkpoint", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="The checkpoint the bundle was exported from (the PyTorch reference).")
 @click.option("--data", "data_spec", required=True,
-              help="Images: KIND:PATH[:k=v,...], a folder, or a CSV (see `uopsl validate --help`).")
+              help="Images: KIND:PATH[:k=v,...] as in training; a folder (labels.csv inside, class sub-folders, "
+                   "or unlabelled images); or a CSV with a path column and label/labels.")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Report folder.")
 @click.option("--backends", default="all", show_default=True,
               help="'all' (every backend available here) or a comma list: ort-cpu,ort-cuda,ort-trt,openvino,tensorrt.")
@@ -153,22 +154,40 @@ def limit_records(records: list[Any], limit: int | None, seed: int) -> list[Any]
 @click.option("--record/--no-record", default=True, show_default=True,
               help="Write each file's verdict into the bundle manifest; `auto` backend selection uses an INT8 "
                    "file or engine only after it passed.")
+@click.option("--other-checkpoint", is_flag=True,
+              help="Compare against a checkpoint other than the one the bundle was exported from (a study, not "
+                   "a release check): allowed, reported, and never recorded in the manifest.")
 def command(bundle: Path, checkpoint: Path, data_spec: str, out: Path, backends: str, gates: str | None,
             per_layer: bool, per_layer_images: int, sqnr_threshold: float, limit: int | None, seed: int,
-            batch_size: int, n_boot: int, device: str, threads: int | None, no_resume: bool, record: bool) -> int:
+            batch_size: int, n_boot: int, device: str, threads: int | None, no_resume: bool, record: bool,
+            other_checkpoint: bool) -> int:
     """Validate BUNDLE against its checkpoint on --data; exit 0 when every candidate passes the gates."""
     from uopsl.export.parity_metrics import failed_gate_headroom, parse_gates
     from uopsl.export.validate import ValidateConfig, validate_bundle
     from uopsl.runtime.bundle import read_manifest
     from uopsl.train.reference import TorchReference, manifest_mismatches
 
+    from uopsl.runtime.errors import CheckpointError
+    from uopsl.train.checkpoint import CHECKPOINT_DIGEST_NOTE, bundle_source_mismatch
+
+    manifest = read_manifest(bundle)
+    # The verdicts go into the manifest and gate `auto`: they must be against the model the bundle came from.
+    mismatch = bundle_source_mismatch(checkpoint, manifest.notes)
+    if mismatch and not other_checkpoint:
+        raise CheckpointError(f"{mismatch}; validate against that checkpoint, or pass --other-checkpoint to compare "
+                              "anyway (nothing is then recorded in the manifest)")
+    if mismatch:
+        log.warning("%s; --other-checkpoint: comparing anyway, no verdict is recorded in the manifest", mismatch)
+        record = False
+    elif not manifest.notes.get(CHECKPOINT_DIGEST_NOTE):
+        log.warning("%s does not record which checkpoint it was exported from (exported by an older uopsl); "
+                    "make sure %s is that checkpoint", bundle, checkpoint)
     names = tuple(b.strip() for b in backends.split(",") if b.strip())
     config = ValidateConfig(
         backends=names, gates=parse_gates(gates), batch_size=batch_size, n_boot=n_boot, seed=seed,
         per_layer=per_layer, per_layer_images=per_layer_images, sqnr_threshold_db=sqnr_threshold,
         threads=threads, resume=not no_resume, record=record,
     )
-    manifest = read_manifest(bundle)
     reference = TorchReference.from_checkpoint(checkpoint, device)
     notes = manifest_mismatches(reference.meta, manifest) if reference.meta is not None else []
     records, space, description = resolve_data(data_spec)
@@ -176,7 +195,8 @@ def command(bundle: Path, checkpoint: Path, data_spec: str, out: Path, backends:
     context: dict[str, Any] = {"checkpoint": str(checkpoint), "data": data_spec, "data_description": description,
                                "limit": limit, "seed": seed, "device": str(reference.device),
                                "command": " ".join(["uopsl", *sys.argv[1:]]) if sys.argv else "",
-                               "checkpoint_manifest_differences": notes}
+                               "checkpoint_manifest_differences": notes,
+                               "other_checkpoint": bool(mismatch), "other_checkpoint_reason": mismatch or ""}
     for note in notes:
         log.warning("checkpoint vs bundle: %s", note)
     result = validate_bundle(bundle, reference, records, out, config, label_space=space, context=context)
