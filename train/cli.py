@@ -28,7 +28,21 @@ _COMMANDS = {
 }
 
 
-@click.group(cls=LazyGroup, lazy=_COMMANDS, context_settings={"help_option_names": ["-h", "--help"]})
+# Shown under `uopsl --help`; the full list of options per kind is in uopsl.train.commands.common.
+_DATASETS = """\b
+Datasets (--data, --fundus, --oct, --val): KIND:PATH[:key=value,...]
+  synthetic:DIR     `uopsl synth` output      folder:DIR      DIR/<class>/*
+  csv:FILE          path + label/labels       tvhl:DIR:task=four_class|referable_dr|dme
+  aptos, messidor2, idrid, rfmid, odir, oct2017, octdl: the public sets' layouts
+  Every kind: split=train|val|test (patient-level 70/15/15; the publisher's own
+  split on idrid, rfmid, oct2017), fold=I/K, notfold=I/K; lists joined with +
+  (classes=normal+dr). A bare folder with labels.csv is synthetic, else folder.
+  Example: uopsl evaluate ck/ft --data synthetic:syn-test --out ev
+"""
+
+
+@click.group(cls=LazyGroup, lazy=_COMMANDS, context_settings={"help_option_names": ["-h", "--help"]},
+             epilog=_DATASETS)
 @click.version_option(__version__, prog_name="uopsl")
 @verbose_option
 def cli() -> None:

@@ -175,6 +175,8 @@ def run_export(ckpt: Path, out: Path, classes_file: str | Path | None = None, op
     from uopsl.export.bundle_writer import write_bundle
     from uopsl.export.onnx_export import export_onnx
 
+    if Path(out).exists() and not force:  # before minutes of export work, not after
+        raise ConfigError(f"{out} already exists; pass --force (force=True) to replace it, or choose another --out")
     model, meta = load_model(ckpt)
     if not meta.thresholds:
         log.warning("%s stores no operating thresholds (not fine-tuned with validation data?); "

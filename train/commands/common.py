@@ -159,7 +159,11 @@ def load_source(spec: str) -> data.DatasetSource:
                 raise ConfigError(f"{key}={sel[key]}: I must be in 1..K")
             train_idx, test_idx = data.group_kfold(src.samples, k, seed=_int_option(spec, sel, "fold_seed"))[i - 1]
             src = src.subset(test_idx if key == "fold" else train_idx, f"{src.name}[{key}={i}/{k}]")
-    log.info("%s: %d images %s", spec, len(src), src.counts())
+    modalities: dict[str, int] = {}
+    for smp in src.samples:
+        modalities[smp.modality] = modalities.get(smp.modality, 0) + 1
+    log.info("%s: %s %s", spec, ", ".join(f"{n} {m}" for m, n in sorted(modalities.items())) or "0 images",
+             src.counts())
     return src
 
 

@@ -11,7 +11,7 @@ from uopsl.train.commands.common import items_for, load_source
 
 @click.command("evaluate")
 @click.argument("checkpoint", type=click.Path(path_type=Path, exists=True, file_okay=False))
-@click.option("--data", "data_spec", required=True, help="Test images, KIND:PATH[:opts].")
+@click.option("--data", "data_spec", required=True, help="Test images, KIND:PATH[:opts] (forms: `uopsl --help`).")
 @click.option("--out", type=click.Path(path_type=Path), required=True)
 @click.option("--n-boot", type=click.IntRange(0), default=1000, show_default=True, help="Bootstrap resamples.")
 @click.option("--seed", type=int, default=0, show_default=True)

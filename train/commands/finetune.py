@@ -6,15 +6,16 @@ from pathlib import Path
 
 import click
 
+from uopsl.runtime.errors import ConfigError
 from uopsl.runtime.fsio import write_json
 from uopsl.train import data as datamod
 from uopsl.train.commands.common import items_for, load_source, split_classes, train_options
 
 
 @click.command("finetune")
-@click.option("--data", "data_spec", required=True, help="Fundus training images, KIND:PATH[:opts].")
+@click.option("--data", "data_spec", required=True, help="Fundus training images, KIND:PATH[:opts] (forms: `uopsl --help`).")
 @click.option("--val", "val_spec", default=None,
-              help="Validation images (operating thresholds and model selection). Default: 15 %% of --data's patients.")
+              help="Validation images (operating thresholds and model selection). Default: 15 % of --data's patients.")
 @click.option("--out", type=click.Path(path_type=Path), required=True)
 @click.option("--from", "from_ckpt", type=click.Path(path_type=Path, exists=True), default=None,
               help="Pre-trained checkpoint to start from (else a fresh model).")
@@ -46,6 +47,9 @@ def command(data_spec: str, val_spec: str | None, out: Path, from_ckpt: Path | N
     from uopsl.train.workflow import from_checkpoint, new_model, run_finetune
 
     src = load_source(data_spec)
+    fundus = [i for i, smp in enumerate(src.samples) if smp.modality == "fundus"]
+    if len(fundus) < len(src.samples):  # stage 2 reads fundus only: split and count those
+        src = src.subset(fundus, f"{src.name}[fundus]")
     if val_spec:
         val = load_source(val_spec)
     else:
@@ -58,6 +62,10 @@ def command(data_spec: str, val_spec: str | None, out: Path, from_ckpt: Path | N
                       **train)  # type: ignore[arg-type]
     if from_ckpt:
         model, meta = from_checkpoint(from_ckpt, names, variant=variant)
+        given = click.get_current_context().get_parameter_source("size")
+        if given is not None and given.name == "COMMANDLINE" and size != meta.preprocess.size:
+            raise ConfigError(f"--size {size} differs from {from_ckpt}'s input size {meta.preprocess.size}; "
+                              "fine-tuning keeps the checkpoint's size (omit --size, or pretrain at that size)")
     else:
         model, meta = new_model(names, variant=variant or "uopsl", backbone=backbone, init=init, size=size,
                                 data_fingerprint=src.fingerprint)

@@ -11,7 +11,7 @@ from uopsl.train.commands.common import items_for, load_source, split_classes, t
 
 
 @click.command("pretrain")
-@click.option("--fundus", "fundus_spec", required=True, help="Fundus pool, KIND:PATH[:opts] (see uopsl help-data).")
+@click.option("--fundus", "fundus_spec", required=True, help="Fundus pool, KIND:PATH[:opts] (dataset forms: `uopsl --help`).")
 @click.option("--oct", "oct_spec", default=None, help="OCT pool (needed by the full UOPSL variant).")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Checkpoint folder.")
 @click.option("--classes", default=None, help="Comma-separated class names (default: the fundus pool's classes).")

@@ -1,0 +1,57 @@
+"""Messages of the training CLI that a fresh-eyes walkthrough found wrong: what a user reads must be true."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from trainhelpers import tiny_model
+
+from uopsl.runtime.clikit import main_entry
+from uopsl.train.checkpoint import save_model
+from uopsl.train.cli import cli
+from uopsl.train.synthetic import SynthConfig, make_dataset
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("synth")
+    make_dataset(root, 8, 4, config=SynthConfig(size=64, seed=0), write_masks=False, progress=False)
+    return root
+
+
+def test_finetune_refuses_a_size_the_checkpoint_does_not_have(synth: Path, tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    model, meta = tiny_model()  # 64 px
+    save_model(tmp_path / "pre", model, meta)
+    rc = main_entry(cli, ["finetune", "--data", str(synth), "--from", str(tmp_path / "pre"), "--size", "96",
+                          "--out", str(tmp_path / "ft"), "--epochs", "1", "--device", "cpu"], prog_name="uopsl")
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert rc == 2 and len(errors) == 1 and "Traceback" not in err
+    assert "--size 96 differs from" in errors[0] and "input size 64" in errors[0]
+    assert "8 fundus, 4 oct" in err  # the pools are counted apart (it said "12 images")
+    assert not (tmp_path / "ft" / "model.safetensors").exists()
+
+
+def test_zero_shot_says_when_a_class_has_no_images(synth: Path, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    model, meta = tiny_model()
+    save_model(tmp_path / "ck", model, meta)
+    names = "normal,dr,rp"  # built-in descriptions; the synthetic pool has no retinitis pigmentosa
+    rc = main_entry(cli, ["zero-shot", str(tmp_path / "ck"), "--data", f"synthetic:{synth}", "--classes", names,
+                          "--out", str(tmp_path / "zs")], prog_name="uopsl")
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "rp: AUC undefined" in out and "None" not in out
+
+
+def test_export_over_an_existing_folder_stops_before_exporting(tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    model, meta = tiny_model()
+    save_model(tmp_path / "ck", model, meta)
+    (tmp_path / "bundle").mkdir()
+    rc = main_entry(cli, ["export", str(tmp_path / "ck"), "--out", str(tmp_path / "bundle")], prog_name="uopsl")
+    err = capsys.readouterr().err
+    assert rc == 2 and "already exists; pass --force" in err and "overwrite=True" not in err
+    assert not any((tmp_path / "bundle").iterdir()) and not list(tmp_path.glob("*.export.json"))
