@@ -156,13 +156,16 @@ def bench_cmd(bundle: Path, backend: str, precision: str, batches: str, iters: i
 def info_cmd(bundle: Path, as_json: bool) -> int:
     """Manifest summary, files and precisions, backends usable here, engine compatibility."""
     from uopsl.runtime.backends import backend_table
-    from uopsl.runtime.bundle import read_manifest
+    from uopsl.runtime.bundle import MANIFEST as MANIFEST_NAME
+    from uopsl.runtime.bundle import read_manifest, verify
 
     m = read_manifest(bundle)
     table = backend_table(bundle, m)
+    bad = {c.path: c.reason for c in verify(bundle, m) if not c.ok}  # info must not show a tampered bundle as fine
     if as_json:
-        click.echo(json.dumps({"manifest": m.to_dict(), "backends": [
-            {"backend": n, "usable": ok, "note": note} for n, ok, note in table]}, indent=2, default=str))
+        click.echo(json.dumps({"manifest": m.to_dict(), "checksums_ok": not bad, "checksum_failures": bad,
+                               "backends": [{"backend": n, "usable": ok, "note": note} for n, ok, note in table]},
+                              indent=2, default=str))
         return 0
     p = m.preprocess
     click.echo(f"bundle     {bundle}")
@@ -177,7 +180,12 @@ def info_cmd(bundle: Path, as_json: bool) -> int:
     click.echo("files")
     for f in m.files:
         click.echo(f"  {f.path:28s} {f.kind:12s} {f.precision:12s} {f.size / 1e6:8.2f} MB  sha256 {f.sha256[:12]}"
+                   + (f"  CHECKSUM FAILS: {bad[f.path]}" if f.path in bad else "")
                    + (f"  parity {_parity_word(f)}" if f.kind in ("onnx", "engine") else ""))
+    if MANIFEST_NAME in bad:
+        click.echo(f"  {MANIFEST_NAME:28s} CHECKSUM FAILS: {bad[MANIFEST_NAME]}")
+    click.echo("checksums  " + ("all files match the manifest" if not bad else
+                                f"{len(bad)} file(s) FAIL: do not screen with this bundle (`uopsl-screen verify`)"))
     click.echo("backends here")
     for name, ok, note in table:
         click.echo(f"  {name:9s} {'yes' if ok else 'no ':3s}  {note}")

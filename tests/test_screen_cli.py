@@ -200,8 +200,10 @@ def test_info_verify_and_tampered_bundle(tiny_bundle: Path, tmp_path: Path, caps
     out = capsys.readouterr().out
     assert "model.int8.onnx" in out and "int8-qdq-u8" in out and "ort-cpu" in out and "tensorrt" in out
     assert "parity not validated" in out  # no `uopsl validate` record in this bundle yet
+    assert "checksums  all files match the manifest" in out and "CHECKSUM FAILS" not in out
     assert main(["info", str(tiny_bundle), "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["manifest"]["model_name"] == "tiny"
+    info = json.loads(capsys.readouterr().out)
+    assert info["manifest"]["model_name"] == "tiny" and info["checksums_ok"] is True
     assert main(["verify", str(tiny_bundle)]) == 0
     bad = tmp_path / "bundle"
     shutil.copytree(tiny_bundle, bad)
@@ -212,8 +214,14 @@ def test_info_verify_and_tampered_bundle(tiny_bundle: Path, tmp_path: Path, caps
     assert main(["verify", str(bad)]) == 2
     err = capsys.readouterr().err
     assert "model.int8.onnx" in err and "sha256" in err and err.count("\n") == 1
-    # run refuses a tampered bundle too
+    # run refuses a tampered bundle too; info still describes it, and says which file fails
     assert main(["run", str(bad), str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    capsys.readouterr()
+    assert main(["info", str(bad)]) == 0
+    out = capsys.readouterr().out
+    assert "CHECKSUM FAILS: sha256 differs" in out and "1 file(s) FAIL: do not screen with this bundle" in out
+    assert main(["info", str(bad), "--json"]) == 0
+    assert list(json.loads(capsys.readouterr().out)["checksum_failures"]) == ["model.int8.onnx"]
 
 
 def test_bench_writes_table_and_json(tiny_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
