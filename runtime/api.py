@@ -134,7 +134,14 @@ class Screener:
 
     # -- screening ---------------------------------------------------------------------------
     def screen(self, image: Any) -> ScreenResult:
-        """Screen one image: a path, encoded bytes, or an RGB uint8 (H, W, 3) array."""
+        """Screen one image: a path, encoded bytes, or an RGB uint8 (H, W, 3) array.
+
+        Paths and bytes of a JPEG at least twice the model size across may be
+        decoded at 1/2-1/8 scale by libjpeg (``PreprocessConfig.fast_decode``),
+        as in training; an array decoded elsewhere at full size then gives a
+        model input a grey level or two apart, and probabilities that can
+        differ in the second decimal. Pass the file when it must match.
+        """
         items = list(as_items([image]))
         if len(items) != 1:
             raise ConfigError(f"screen() takes one image; {image!r} expanded to {len(items)} inputs (use screen_many)")
