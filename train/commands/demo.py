@@ -20,7 +20,12 @@ def command(out: Path, quick: bool, seed: int) -> None:
     cfg = replace(DemoConfig.quick() if quick else DemoConfig(), seed=seed)
     res = run_demo(out, cfg)
     auc = res["test_macro_auc"]
-    click.echo(f"demo finished in {res['total_seconds']} s: test macro AUC {auc.get('estimate') if isinstance(auc, dict) else auc}, "
+    if isinstance(auc, dict) and isinstance(auc.get("estimate"), float):
+        auc_s = f"{auc['estimate']:.3f}" + (f" (95 % CI {auc['low']:.3f}-{auc['high']:.3f})"
+                                            if isinstance(auc.get("low"), float) else "")
+    else:
+        auc_s = str(auc)
+    click.echo(f"demo finished in {res['total_seconds']} s: test macro AUC {auc_s}, "
                f"{res['screened']} photographs screened, {res['referred']} referred")
     conc = res.get("site_concentration") or {}
     if conc:
