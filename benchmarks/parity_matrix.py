@@ -560,7 +560,8 @@ def run_model(name: str, ckpt: Path, mdir: Path, args: argparse.Namespace,
             row.update({"method": info.get("calibration_method"), "auto_excluded": info.get("auto_excluded", []),
                         "vs_reference": figures(c["numerical"], c["clinical"]),
                         "vs_fp32_onnx": vs.get(c["name"]),
-                        "validate_passed": c["passed"], "validate_reasons": c["reasons"]})
+                        "validate_passed": c["passed"], "validate_reasons": c["reasons"],
+                        "top1_headroom": (c.get("headroom") or {}).get("top1")})
             row["issue_verdict"] = issue_verdict(c["precision"], row["vs_reference"], row["vs_fp32_onnx"])
             rows.append(row)
         res["datasets"][dname] = {"description": description, "truth": rep["data"]["truth"],
@@ -580,6 +581,14 @@ def _num(v: float | None, fmt: str) -> str:
     return "n/a" if v is None else format(v, fmt)
 
 
+def _headroom(h: dict[str, Any] | None) -> str:
+    """The top-1 decision headroom of `uopsl validate` (close calls, the file's error, the precision it lacks)."""
+    if not h:
+        return "—"
+    return (f"{h['close_calls'].get('0.2', 'n/a')} / {_num(h.get('error_rms'), '.3f')} / "
+            f"{_num(h.get('precision_needed_db', 0.0), '.1f')}")
+
+
 def short_node(name: str) -> str:
     """'/trunk/blocks/blocks.0/blocks.0.0/conv_dw/Conv' -> 'blocks.0.0/conv_dw' (the table's 'kept float' column)."""
     parts = [p for p in name.split("/") if p]
@@ -588,14 +597,15 @@ def short_node(name: str) -> str:
 
 def markdown(matrix: dict[str, Any]) -> str:
     head = ("| model | data (truth) | file | kept float | max \\|Δp\\| vs PyTorch | top-1 | max AUC drop (class) "
-            "| flips | INT8 vs ORT FP32: top-1 / AUC drop / flips | issue 4 gates | `validate` verdict |")
-    lines = [head, "|" + "---|" * 11]
+            "| flips | INT8 vs ORT FP32: top-1 / AUC drop / flips | issue 4 gates | `validate` verdict "
+            "| top-1 headroom: gaps < 0.2 / error RMS / dB needed |")
+    lines = [head, "|" + "---|" * 12]
     for mname, m in matrix["models"].items():
         for dname, d in m.get("datasets", {}).items():
             truth = "labels" if d["truth"] == "labels" else "reference decisions"
             for r in d["rows"]:
                 if "error" in r:
-                    lines.append(f"| {mname} | {dname} | {r['candidate']} | | error: {r['error']} |||||| FAIL | FAIL |")
+                    lines.append(f"| {mname} | {dname} | {r['candidate']} | | error: {r['error']} |||||| FAIL | FAIL | |")
                     continue
                 f, g = r["vs_reference"], r["vs_fp32_onnx"]
                 vs = "—" if g is None else (f"{_pct(g['top1_agreement'])} / {_num(g['auc_drop'], '.4f')} / "
@@ -608,7 +618,7 @@ def markdown(matrix: dict[str, Any]) -> str:
                     f"| {mname} | {dname} ({d['n_used']}, {truth}) | {r['candidate']} | {kept} "
                     f"| {f['max_abs_prob_diff']:.2e} | {_pct(f['top1_agreement'])} | {auc} "
                     f"| {f['flips']} ({_pct(f['flip_rate'])}) | {vs} | {verdict} "
-                    f"| {'PASS' if r['validate_passed'] else 'FAIL'} |")
+                    f"| {'PASS' if r['validate_passed'] else 'FAIL'} | {_headroom(r.get('top1_headroom'))} |")
     lines += ["", "| model | data | reference probs: widest p5-p95 band of a class "
                   "| images with a probability within 0.01 of its threshold |", "|---|---|---|---|"]
     for mname, m in matrix["models"].items():
