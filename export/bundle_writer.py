@@ -69,9 +69,6 @@ def write_bundle(
         raise BundleError(f"class bank has {class_bank.shape[0]} rows for {len(classes)} classes")
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    # mkdtemp makes the folder owner-only (0700); give it the mode mkdir would (or the replaced bundle's) so a
-    # copied bundle can be read by the account that screens. Files inside get normal modes (copyfile, np.save, fsio).
-    set_mode(tmp, new_dir_mode(target))
     try:
         shutil.copyfile(onnx_path, tmp / MODEL_FILE)
         np.save(tmp / CLASS_BANK_FILE, np.ascontiguousarray(class_bank, np.float32))
@@ -87,6 +84,9 @@ def write_bundle(
             created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), notes=dict(notes or {}),
         )
         write_manifest(tmp, manifest)
+        # mkdtemp made the folder owner-only (0700): give it the mode mkdir would, once it is filled (a fresh
+        # bundle, not the replaced one's mode), so the account that screens can read a copied bundle.
+        set_mode(tmp, new_dir_mode())
         if target.exists():
             old = target.with_name(f".{target.name}.old")
             shutil.rmtree(old, ignore_errors=True)

@@ -141,7 +141,7 @@ def write_triton_repository(
         raise BundleError(f"{bundle}: class names {bad} contain line breaks, which {LABELS_FILE} (one name a line) "
                           "cannot hold; re-export the bundle with single-line class names")
     target = Path(repo_dir)
-    _check_target(target, overwrite)
+    check_repository_target(target, overwrite)
     entries = [f for f in manifest.files if f.kind in ("onnx", "engine")]
     if not entries:
         raise BundleError(
@@ -153,7 +153,6 @@ def write_triton_repository(
         log.debug("not served by Triton (no model): %s", ", ".join(skipped))
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
-    set_mode(tmp, new_dir_mode(target))  # mkdtemp's 0700 would hide the repository from Triton's account
     try:
         models = _plan_models(bundle, manifest, entries, base, max_batch, instance_count, onnx_device)
         manifest_bytes = (bundle / MANIFEST).read_bytes()
@@ -166,6 +165,7 @@ def write_triton_repository(
             "models": {m.name: {"platform": m.platform, "source": m.source.path, "precision": m.source.precision}
                        for m in models},
         })
+        set_mode(tmp, new_dir_mode())  # once filled: mkdtemp's 0700 would hide the repository from Triton's account
         _swap_into_place(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -186,7 +186,9 @@ def _check_args(max_batch: int, instance_count: int, max_queue_delay_us: int, on
         raise ConfigError(f"onnx_device must be one of {sorted(_KIND)}, got {onnx_device!r}")
 
 
-def _check_target(target: Path, overwrite: bool) -> None:
+def check_repository_target(target: Path, overwrite: bool) -> None:
+    """Refuse (ConfigError) a repository path that is a file, or a non-empty folder without ``overwrite``
+    or not written by uopsl."""
     if not target.exists():
         return
     if not target.is_dir():
@@ -194,7 +196,7 @@ def _check_target(target: Path, overwrite: bool) -> None:
     if not any(target.iterdir()):
         return
     if not overwrite:
-        raise ConfigError(f"{target} already exists and is not empty; pass overwrite=True (--force) to replace it")
+        raise ConfigError(f"{target} already exists and is not empty; pass --force (overwrite=True) to replace it")
     if not (target / REPO_MARKER).is_file():
         raise ConfigError(
             f"{target} was not written by uopsl (no {REPO_MARKER}); it may hold other Triton models, so it is "

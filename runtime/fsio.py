@@ -43,8 +43,9 @@ def current_umask() -> int:
     with contextlib.suppress(OSError, ValueError):
         with open("/proc/self/status", encoding="ascii", errors="replace") as fh:
             for line in fh:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8) & 0o777
+                fields = line.split()
+                if fields[:1] == ["Umask:"] and len(fields) > 1:
+                    return int(fields[1], 8) & 0o777
     with _UMASK_LOCK:
         mask = os.umask(0o077)
         os.umask(mask)

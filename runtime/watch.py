@@ -112,6 +112,7 @@ def watch_folder(
             if ready:
                 s = screener.screen_to(out, ready, overlays=overlays, finalize=False, on_result=on_result)
                 total.screened += s.screened
+                total.skipped += s.skipped  # already in the results folder from an earlier run
                 total.refer += s.refer
                 for k, v in s.counts.items():
                     total.counts[k] = total.counts.get(k, 0) + v

@@ -10,6 +10,8 @@ an unseen class without retraining.
 
 from __future__ import annotations
 
+import json
+
 import shutil
 import subprocess
 import sys
@@ -243,6 +245,17 @@ def test_reexport_with_a_classes_file_adds_an_unseen_class_without_retraining(
     assert probs.shape == (2, 4) and np.isfinite(probs).all()
     assert (repo / "uopsl" / "1" / "model.onnx").read_bytes() == (out / "model.onnx").read_bytes()
     assert "dims: [ 4, 2, 2 ]" in (repo / "uopsl" / "config.pbtxt").read_text()
+    # The re-exported bundle validates against the very checkpoint, which then scores the bundle's class bank.
+    from tinybundle import fundus_jpeg
+
+    for i in range(6):
+        fundus_jpeg(tmp_path / "photos" / f"p{i}.jpg", seed=i, size=SIZE * 2)
+    res = CliRunner().invoke(cli, ["validate", str(out), "--checkpoint", str(ckpt), "--data", str(tmp_path / "photos"),
+                                   "--out", str(tmp_path / "parity"), "--backends", "ort-cpu", "--n-boot", "0",
+                                   "--device", "cpu"])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    report = json.loads((tmp_path / "parity" / "parity.json").read_text())
+    assert report["candidates"][0]["numerical"]["max_abs_prob_diff"] < 1e-4  # 4 classes against 4 classes
 
 
 def test_parity_records_merge_per_backend_until_the_file_changes(exported: dict[str, Any], tmp_path: Path) -> None:

@@ -203,3 +203,17 @@ def test_cli_writes_the_qat_checkpoint(tmp_path: Path) -> None:
     assert res.exit_code == 0, res.output
     assert "QAT checkpoint written to" in res.output
     assert read_meta(tmp_path / "out").stage == "qat"
+    # Its bundle is validated against the ORIGINAL checkpoint (docs/deployment.md): export carries that digest.
+    from uopsl.runtime.bundle import read_manifest
+    from uopsl.train.checkpoint import bundle_source_mismatch, checkpoint_digest
+    from uopsl.train.workflow import run_export
+
+    assert read_meta(tmp_path / "out").train_config["teacher_weights_sha256"] == checkpoint_digest(tmp_path / "ckpt")
+    notes = read_manifest(run_export(tmp_path / "out", tmp_path / "bundle")).notes
+    assert bundle_source_mismatch(tmp_path / "ckpt", notes) is None  # the original
+    assert bundle_source_mismatch(tmp_path / "out", notes) is None  # the QAT checkpoint itself
+    stranger = lite0_model()[0]
+    with torch.no_grad():
+        next(stranger.parameters()).add_(1.0)  # other weights: another model
+    save_model(tmp_path / "stranger", stranger, meta)
+    assert bundle_source_mismatch(tmp_path / "stranger", notes) is not None

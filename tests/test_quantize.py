@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import cv2
@@ -365,10 +366,33 @@ def test_commands_accept_a_bundle_folder(tmp_path, monkeypatch) -> None:
     listed = [f.path for f in read_manifest(bundle).files]
     assert listed.count("model.int8.onnx") == 1 and "model.int8.trt.onnx" in listed
     verify_or_raise(bundle)
+    good_manifest = (bundle / "manifest.json").read_text()
+    # --out may not overwrite the source model, the manifest or a file of another kind; nothing is written then.
+    for target in ("model.onnx", "manifest.json", "calibration.json"):
+        before = (bundle / target).read_bytes()
+        assert main_entry(_cli(), ["quantize", str(bundle), "--out", str(bundle / target), "--rounding", "nearest",
+                                   "--no-bias-correction"]) == 2
+        assert (bundle / target).read_bytes() == before
+    # A manifest that fails its checksums is refused, not re-signed with the new file.
+    raw = json.loads((bundle / "manifest.json").read_text())
+    raw["classes"][0]["threshold"] = 0.01
+    (bundle / "manifest.json").write_text(json.dumps(raw))
+    assert main_entry(_cli(), ["calibrate", str(bundle), "--images", str(images), "--method", "minmax",
+                               "--force"]) == 2
+    assert json.loads((bundle / "manifest.json").read_text()) == raw
+    (bundle / "manifest.json").write_text(good_manifest)
     # Written elsewhere, the file stays out of the bundle.
     assert main_entry(_cli(), ["quantize", str(bundle), "--out", str(tmp_path / "elsewhere.int8.onnx"), "--rounding",
                                "nearest", "--no-bias-correction"]) == 0
     assert "elsewhere.int8.onnx" not in [f.path for f in read_manifest(bundle).files]
+    # Another tool's manifest.json beside a plain ONNX file does not make it a bundle.
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    shutil.copy(bundle / "model.onnx", plain / "m.onnx")
+    (plain / "manifest.json").write_text('{"name": "not a uopsl bundle"}')
+    assert main_entry(_cli(), ["calibrate", str(plain / "m.onnx"), "--images", str(images), "--method", "minmax",
+                               "--size", str(SIZE)]) == 0
+    assert (plain / "m.calibration.json").is_file()
 
 
 # -- a realistic backbone (slow) -------------------------------------------------------

@@ -126,6 +126,10 @@ def load_model(folder: str | Path, init_backbone: bool = False) -> tuple[UopslMo
 
 #: The manifest note (``Manifest.notes``) in which ``uopsl export`` records :func:`checkpoint_digest`.
 CHECKPOINT_DIGEST_NOTE = "checkpoint_weights_sha256"
+#: ``uopsl qat`` keeps its source checkpoint's digest under this key of ``train_config``; export
+#: records it as this note, the second checkpoint ``validate`` accepts (QAT is checked against the original).
+TEACHER_DIGEST_KEY = "teacher_weights_sha256"
+TEACHER_DIGEST_NOTE = "checkpoint_teacher_weights_sha256"
 
 
 def checkpoint_digest(folder: str | Path) -> str:
@@ -139,14 +143,16 @@ def checkpoint_digest(folder: str | Path) -> str:
 def bundle_source_mismatch(folder: str | Path, notes: dict[str, Any]) -> str | None:
     """Why checkpoint ``folder`` is not the one a bundle (its manifest ``notes``) was exported from, or None.
 
-    None too when the bundle does not say (exported before the digest was
+    The exported checkpoint matches, and so does the original of a ``uopsl
+    qat`` checkpoint (its INT8 file is validated against the original). None
+    too when the bundle does not say (exported before the digest was
     recorded): the caller should warn then.
     """
     recorded = notes.get(CHECKPOINT_DIGEST_NOTE)
     if not recorded:
         return None
     got = checkpoint_digest(folder)
-    if got == recorded:
+    if got in (recorded, notes.get(TEACHER_DIGEST_NOTE)):  # the exported model, or the original a QAT one came from
         return None
     return (f"{folder} is not the checkpoint this bundle was exported from: its weights' sha256 is {got[:12]}..., "
             f"the bundle records {str(recorded)[:12]}... (exported from {notes.get('checkpoint', 'an unnamed folder')})")

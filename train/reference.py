@@ -18,6 +18,7 @@ import contextlib
 import hashlib
 import logging
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -83,10 +84,20 @@ class TorchReference:
         return cls(DeployModel(model.eval(), preprocess.size), preprocess, **kwargs)
 
     @classmethod
-    def from_checkpoint(cls, checkpoint: str | Path, device: str = "auto") -> TorchReference:
-        """Load ``checkpoint`` (a folder written by uopsl) as the reference."""
+    def from_checkpoint(cls, checkpoint: str | Path, device: str = "auto",
+                        class_bank: tuple[tuple[str, ...], np.ndarray] | None = None) -> TorchReference:
+        """Load ``checkpoint`` (a folder written by uopsl) as the reference.
+
+        ``class_bank``: (names, text embeddings) of a bundle re-exported with
+        ``uopsl export --classes``; the reference then scores that bank, as the
+        export did (:meth:`UopslModel.with_classes`).
+        """
         folder = Path(checkpoint)
         model, meta = load_model(folder)
+        if class_bank is not None and tuple(class_bank[0]) != tuple(model.config.classes):
+            model = model.with_classes(tuple(class_bank[0]), class_bank[1], seen_names=model.config.classes)
+            # The checkpoint's thresholds and referable flags were for its own classes; the bundle's decide.
+            meta = replace(meta, model=model.config, thresholds=(), referable=())
         digest = hashlib.sha256()
         for name in ("model.safetensors", "checkpoint.json"):
             digest.update(sha256_file(folder / name).encode())

@@ -23,6 +23,8 @@ from uopsl.runtime.preprocess import PreprocessConfig, preprocess_file
 from uopsl.train import bank as banks
 from uopsl.train.checkpoint import (
     CHECKPOINT_DIGEST_NOTE,
+    TEACHER_DIGEST_KEY,
+    TEACHER_DIGEST_NOTE,
     CheckpointMeta,
     checkpoint_digest,
     load_model,
@@ -204,6 +206,8 @@ def run_export(ckpt: Path, out: Path, classes_file: str | Path | None = None, op
                      backbone=model.config.backbone, training_data_fingerprint=meta.data_fingerprint,
                      notes={"variant": model.config.variant, "op_count": report.op_count, "ops": report.ops,
                             "checkpoint": str(ckpt), CHECKPOINT_DIGEST_NOTE: checkpoint_digest(ckpt),
+                            **({TEACHER_DIGEST_NOTE: meta.train_config[TEACHER_DIGEST_KEY]}
+                               if meta.train_config.get(TEACHER_DIGEST_KEY) else {}),
                             "train_config": meta.train_config},
                      overwrite=force)
     write_json(out.parent / f"{out.name}.export.json", {"checkpoint": str(ckpt), "opset": opset, "op_count": report.op_count,

@@ -148,6 +148,13 @@ def test_a_checkpoint_the_bundle_did_not_come_from_is_refused(tiny_ckpt_bundle: 
     assert _strict_json(tmp_path / "o2" / "parity.json")["context"]["other_checkpoint"] is True
     assert _uopsl([*base, "--checkpoint", str(ckpt), "--out", str(tmp_path / "o3")]) == 0
     assert "parity" in read_manifest(bundle).file("model.onnx").info  # the right checkpoint: recorded
+    # --other-checkpoint never records, even where the bundle cannot tell (no digest, as before this check)
+    old = Path(shutil.copytree(shared, tmp_path / "old"))
+    before = (old / "manifest.json").read_bytes()
+    assert _uopsl([str(old), "--checkpoint", str(other), "--data", str(_val_folder(cast_sets)), "--backends",
+                   "ort-cpu", "--limit", "8", "--n-boot", "0", "--device", "cpu", "--out", str(tmp_path / "o4"),
+                   "--other-checkpoint"]) in (0, 1)
+    assert (old / "manifest.json").read_bytes() == before
 
 
 def test_data_forms(cast_sets: dict, tmp_path: Path) -> None:

@@ -20,8 +20,8 @@ from pathlib import Path
 import click
 
 from uopsl.calibration.dataset import CalibrationSet, build_calibration_set
-from uopsl.runtime.bundle import MANIFEST, read_manifest
-from uopsl.runtime.errors import ConfigError
+from uopsl.runtime.bundle import MANIFEST, read_manifest, verify_or_raise
+from uopsl.runtime.errors import BundleError, ConfigError
 from uopsl.runtime.optional import require
 from uopsl.runtime.preprocess import PreprocessConfig
 
@@ -60,9 +60,13 @@ def resolve_model(model: Path, size: int | None, preprocess_from: Path | None) -
             raise ConfigError(f"{bundle}: the bundle has no FP32 ONNX model ({model.name} is missing)")
     elif (model.parent / MANIFEST).is_file():
         # An ONNX file inside a bundle: the bundle's preprocessing and table, as for the folder itself.
-        manifest = read_manifest(model.parent)
-        if any(f.path == model.name for f in manifest.files):
-            bundle, cfg = model.parent, manifest.preprocess
+        try:
+            manifest = read_manifest(model.parent)
+        except BundleError as exc:  # some other tool's manifest.json: the model is a plain ONNX file
+            log.debug("%s is not a uopsl bundle manifest (%s)", model.parent / MANIFEST, exc)
+        else:
+            if any(f.path == model.name for f in manifest.files):
+                bundle, cfg = model.parent, manifest.preprocess
     if preprocess_from is not None:
         if preprocess_from.is_dir() or preprocess_from.name == MANIFEST:
             cfg = read_manifest(preprocess_from if preprocess_from.is_dir() else preprocess_from.parent).preprocess
@@ -84,18 +88,26 @@ def resolve_model(model: Path, size: int | None, preprocess_from: Path | None) -
     return ModelSource(model, bundle, cfg)
 
 
-def bundle_target(source: ModelSource, out: Path) -> Path | None:
+def bundle_target(source: ModelSource, out: Path, kind: str) -> Path | None:
     """The bundle folder ``out`` belongs to (a file written straight into MODEL's bundle), else None.
 
     MODEL may name the bundle folder or an ONNX file the bundle lists
     (:func:`resolve_model`); either way a table or INT8 file written into the
     bundle must enter the manifest, or the bundle's checksums, ``validate``
-    and the runtime never see it.
+    and the runtime never see it. An ``out`` that would overwrite the manifest,
+    the source model or a bundle file of another kind is refused (ConfigError),
+    before any work.
     """
     bundle = source.bundle
-    if bundle is not None and out.resolve().parent == bundle.resolve():
-        return bundle
-    return None
+    if bundle is None or out.resolve().parent != bundle.resolve():
+        return None
+    listed = {f.path: f for f in read_manifest(bundle).files}
+    entry = listed.get(out.name)
+    if (out.name == MANIFEST or out.resolve() == source.model.resolve()
+            or (entry is not None and (entry.kind != kind or entry.precision == "fp32"))):
+        what = "the manifest" if out.name == MANIFEST else f"the bundle's {entry.kind if entry else 'model'} file"
+        raise ConfigError(f"--out {out} would overwrite {what}; choose another name (or leave --out at its default)")
+    return bundle
 
 
 def model_input_size(model: Path) -> int | None:
@@ -165,11 +177,13 @@ def command(model: Path, images: str, method: str, percentile: float, out: Path 
     source = resolve_model(model, size, preprocess_from)
     if out is None:
         out = source.bundle / TABLE_FILE if source.bundle else source.model.with_suffix(".calibration.json")
+    bundle = bundle_target(source, out, "calibration")
+    if bundle is not None:  # never re-sign a manifest that fails its own checksums
+        verify_or_raise(bundle)
     calib_set = load_set(images, source, max_images=max_images, seed=seed, require_fov=require_fov,
                          set_cache=set_cache, use_cache=not no_cache)
     table = calibrate(source.model, calib_set, method=method, percentile=percentile, out=out,
                       force=force, batch_size=batch_size)
-    bundle = bundle_target(source, out)
     if bundle is not None:  # the bundle's manifest lists the table, with the set it came from
         from uopsl.export.bundle_writer import add_file
 

@@ -21,6 +21,10 @@ def command(checkpoint: Path, out: Path, classes_file: Path | None, opset: int, 
     from uopsl.runtime.bundle import verify_or_raise
     from uopsl.train.workflow import run_export
 
+    if triton is not None:  # refuse an unusable repository path before exporting, not after
+        from uopsl.export.triton import check_repository_target
+
+        check_repository_target(triton, force)
     bundle = run_export(checkpoint, out, classes_file, opset, force)
     m = verify_or_raise(bundle)
     click.echo(f"bundle {bundle}: {len(m.classes)} classes, {len(m.files)} files verified")

@@ -39,13 +39,17 @@ def command(checkpoint: Path, data_spec: str, out: Path, images: int | None, epo
     Then: uopsl export, calibrate --method minmax, quantize, and validate the
     INT8 file against the ORIGINAL checkpoint.
     """
-    from uopsl.train.checkpoint import load_model
+    from dataclasses import replace
+
+    from uopsl.train.checkpoint import TEACHER_DIGEST_KEY, checkpoint_digest, load_model
     from uopsl.train.qat import QatConfig, qat_finetune
     from uopsl.train.torchdata import ImageDataset
 
     cfg = QatConfig(epochs=epochs, batch_size=batch_size, lr=lr, bias_lr=bias_lr, calib_images=calib_images, seed=seed,
                     augment=augment, device=device, save_every=save_every)
     model, meta = load_model(checkpoint)
+    # The INT8 file of this model is validated against the original (the teacher): export carries its digest.
+    meta = replace(meta, train_config={**meta.train_config, TEACHER_DIGEST_KEY: checkpoint_digest(checkpoint)})
     src = load_source(data_spec)
     items = items_for(src, meta.model.classes, "fundus")
     if images is not None:

@@ -20,6 +20,7 @@ import click
 
 from uopsl.calibration.table import TABLE_FILE, CalibrationTable
 from uopsl.export.quantize import ROUNDINGS, VARIANTS, QuantizeConfig
+from uopsl.runtime.bundle import verify_or_raise
 from uopsl.runtime.fsio import sha256_file, write_json
 from uopsl.train.commands.calibrate import bundle_target, load_set, resolve_model
 
@@ -105,10 +106,12 @@ def command(model: Path, table: Path | None, variant: str, per_channel: bool, ex
             log.warning("--images is not the set the table was calibrated on (fingerprints differ); "
                         "weight rounding, bias correction and the sensitivity pass use it anyway")
     out = out or default_output(source.model, variant)
+    bundle = bundle_target(source, out, "onnx")
+    if bundle is not None:  # never re-sign a manifest that fails its own checksums
+        verify_or_raise(bundle)
     result = quantize_model(source.model, calib_table, out, config, calib_set=calib_set)
     write_json(record_path(out), {"config": asdict(config), "result": result.to_dict(),
                                   "manifest_info": result.manifest_info()})
-    bundle = bundle_target(source, out)
     if bundle is not None:  # listed with its checksum, so verify, validate and the backends see it
         from uopsl.export.bundle_writer import add_file
 

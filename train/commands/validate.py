@@ -162,13 +162,13 @@ def command(bundle: Path, checkpoint: Path, data_spec: str, out: Path, backends:
             batch_size: int, n_boot: int, device: str, threads: int | None, no_resume: bool, record: bool,
             other_checkpoint: bool) -> int:
     """Validate BUNDLE against its checkpoint on --data; exit 0 when every candidate passes the gates."""
+    from uopsl.export.bundle_writer import CLASS_BANK_FILE
     from uopsl.export.parity_metrics import failed_gate_headroom, parse_gates
     from uopsl.export.validate import ValidateConfig, validate_bundle
     from uopsl.runtime.bundle import read_manifest
-    from uopsl.train.reference import TorchReference, manifest_mismatches
-
     from uopsl.runtime.errors import CheckpointError
-    from uopsl.train.checkpoint import CHECKPOINT_DIGEST_NOTE, bundle_source_mismatch
+    from uopsl.train.checkpoint import CHECKPOINT_DIGEST_NOTE, bundle_source_mismatch, read_meta
+    from uopsl.train.reference import TorchReference, manifest_mismatches
 
     manifest = read_manifest(bundle)
     # The verdicts go into the manifest and gate `auto`: they must be against the model the bundle came from.
@@ -176,8 +176,10 @@ def command(bundle: Path, checkpoint: Path, data_spec: str, out: Path, backends:
     if mismatch and not other_checkpoint:
         raise CheckpointError(f"{mismatch}; validate against that checkpoint, or pass --other-checkpoint to compare "
                               "anyway (nothing is then recorded in the manifest)")
-    if mismatch:
-        log.warning("%s; --other-checkpoint: comparing anyway, no verdict is recorded in the manifest", mismatch)
+    if other_checkpoint:  # a study against another model: whatever it finds, it is not this bundle's verdict
+        if mismatch:
+            log.warning("%s; --other-checkpoint: comparing anyway", mismatch)
+        log.warning("--other-checkpoint: no verdict is recorded in the manifest")
         record = False
     elif not manifest.notes.get(CHECKPOINT_DIGEST_NOTE):
         log.warning("%s does not record which checkpoint it was exported from (exported by an older uopsl); "
@@ -188,7 +190,13 @@ def command(bundle: Path, checkpoint: Path, data_spec: str, out: Path, backends:
         per_layer=per_layer, per_layer_images=per_layer_images, sqnr_threshold_db=sqnr_threshold,
         threads=threads, resume=not no_resume, record=record,
     )
-    reference = TorchReference.from_checkpoint(checkpoint, device)
+    bank = None
+    if (manifest.notes.get(CHECKPOINT_DIGEST_NOTE) and not mismatch and (bundle / CLASS_BANK_FILE).is_file()
+            and manifest.class_names != tuple(read_meta(checkpoint).model.classes)):
+        # Re-exported with `uopsl export --classes`: the same weights scoring the bundle's own class bank.
+        bank = (manifest.class_names, np.load(bundle / CLASS_BANK_FILE))
+        log.info("the bundle scores its own class bank %s: the reference does too", list(manifest.class_names))
+    reference = TorchReference.from_checkpoint(checkpoint, device, class_bank=bank)
     notes = manifest_mismatches(reference.meta, manifest) if reference.meta is not None else []
     records, space, description = resolve_data(data_spec)
     records = limit_records(records, limit, seed)
@@ -196,7 +204,7 @@ def command(bundle: Path, checkpoint: Path, data_spec: str, out: Path, backends:
                                "limit": limit, "seed": seed, "device": str(reference.device),
                                "command": " ".join(["uopsl", *sys.argv[1:]]) if sys.argv else "",
                                "checkpoint_manifest_differences": notes,
-                               "other_checkpoint": bool(mismatch), "other_checkpoint_reason": mismatch or ""}
+                               "other_checkpoint": other_checkpoint, "other_checkpoint_reason": mismatch or ""}
     for note in notes:
         log.warning("checkpoint vs bundle: %s", note)
     result = validate_bundle(bundle, reference, records, out, config, label_space=space, context=context)
