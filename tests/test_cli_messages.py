@@ -55,3 +55,11 @@ def test_export_over_an_existing_folder_stops_before_exporting(tmp_path: Path,
     err = capsys.readouterr().err
     assert rc == 2 and "already exists; pass --force" in err and "overwrite=True" not in err
     assert not any((tmp_path / "bundle").iterdir()) and not list(tmp_path.glob("*.export.json"))
+
+
+def test_pretrain_uopsl_without_oct_stops_before_loading_anything(tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    rc = main_entry(cli, ["pretrain", "--fundus", str(tmp_path / "not-read"), "--out", str(tmp_path / "pre")],
+                    prog_name="uopsl")
+    err = capsys.readouterr().err
+    assert rc == 2 and "pass --oct" in err and "not-read" not in err  # the fundus pool was not even opened

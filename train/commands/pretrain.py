@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from uopsl.runtime.errors import ConfigError
 from uopsl.runtime.fsio import write_json
 from uopsl.train.commands.common import items_for, load_source, split_classes, train_options
 
@@ -33,6 +34,9 @@ def command(fundus_spec: str, oct_spec: str | None, out: Path, classes: str | No
     from uopsl.train.loops import TrainConfig
     from uopsl.train.workflow import new_model, run_pretrain
 
+    if variant == "uopsl" and not oct_spec:  # before loading data and weights
+        raise ConfigError("--variant uopsl learns the predilection sites from OCT: pass --oct KIND:PATH (e.g. the same "
+                          "synthetic folder), or use --variant p_only / fundus_only")
     fsrc = load_source(fundus_spec)
     osrc = load_source(oct_spec) if oct_spec else None
     names = split_classes(classes) or fsrc.label_space.classes
