@@ -24,7 +24,8 @@ def _split_classes(values: tuple[str, ...]) -> tuple[str, ...]:
 @click.option("--n-oct", type=click.IntRange(min=0), default=None,
               help="Number of OCT B-scans (an independent, unpaired pool).  [default: same as --n]")
 @click.option("--size", type=click.IntRange(64, 4096), default=512, show_default=True,
-              help="Side of the square fundus photographs in pixels (OCT: width; height 7/16 of it).")
+              help="Side of the square fundus photographs in pixels (OCT: width; height 7/16 of it). Below 256 "
+                   "`uopsl-screen` marks them ungradable (too_small), as it would a real photograph that small.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
               help="Dataset seed: the same seed and options give byte-identical files.")
 @click.option("--masks/--no-masks", default=True, show_default=True,
