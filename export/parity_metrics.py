@@ -434,7 +434,7 @@ def _headroom_entry(margins: np.ndarray, errors: np.ndarray, observed: int, allo
         "error_rms": rms,
         "expected_changes": expected_changes(m, rms) if m.size else math.nan,
         "observed_changes": int(observed),
-        "allowed_changes": float(allowed),
+        "allowed_changes": round(float(allowed), 9),  # (1 - 0.99) * 200 is 2.0000000000000018 in floats
         # JSON has no infinity: the limits are said in words.
         "error_rms_allowed": needed if needed is not None and 0 < needed < math.inf else None,
         "allowed_note": note,
