@@ -1,7 +1,9 @@
 """``uopsl calibrate``: measure activation ranges of an FP32 ONNX model -> calibration.json.
 
 MODEL is an ONNX file or a bundle folder (its ``model.onnx`` and the
-manifest's preprocessing are used, and the table goes to ``BUNDLE/calibration.json``).
+manifest's preprocessing are used, and the table goes to ``BUNDLE/calibration.json``
+and into the manifest). An ONNX file that a bundle's manifest lists counts as
+that bundle.
 The preprocessed calibration set is cached (``--set-cache``, default in the
 user cache folder), and calibration itself is skipped when the output table
 already matches the model hash, set fingerprint and method (``--force`` redoes it).
