@@ -8,7 +8,7 @@ and ``os.replace`` keeps them, which would make every output unreadable to
 other accounts (a service account screening a copied bundle, staff reading a
 report). So a new file gets the mode a plain ``open(path, "w")`` would give
 (``0o666 & ~umask``), a file that replaces another keeps the replaced file's
-permission bits, and temporary folders are given ``0o777 & ~umask``
+permission bits, and folders built in a temporary place get ``0o777 & ~umask``
 (:func:`new_file_mode`, :func:`new_dir_mode`, :func:`set_mode`).
 """
 
@@ -66,17 +66,13 @@ def new_file_mode(target: str | os.PathLike[str] | None = None) -> int:
     return 0o666 & ~current_umask()
 
 
-def new_dir_mode(target: str | os.PathLike[str] | None = None) -> int:
-    """Permission bits for a folder about to be put at ``target``.
+def new_dir_mode() -> int:
+    """Permission bits ``os.mkdir`` would give a new folder: ``0o777 & ~umask``.
 
-    The bits of the folder already there, else those ``os.mkdir`` would give:
-    ``0o777 & ~umask``.
+    For folders made with ``tempfile.mkdtemp`` (0700) and filled before they
+    replace a target: a replaced folder's old mode is not kept, so a bundle
+    left owner-only by an older version becomes readable when re-exported.
     """
-    if target is not None:
-        with contextlib.suppress(OSError, ValueError):
-            st = os.stat(target)
-            if stat.S_ISDIR(st.st_mode):
-                return stat.S_IMODE(st.st_mode) & 0o777
     return 0o777 & ~current_umask()
 
 
