@@ -82,6 +82,10 @@ def command(model: Path, table: Path | None, variant: str, per_channel: bool, ex
     from uopsl.export.quantize import quantize_model
 
     source = resolve_model(model, size, preprocess_from)
+    out = out or default_output(source.model, variant)
+    bundle = bundle_target(source, out, "onnx")
+    if bundle is not None:  # before any work: never re-sign a manifest that fails its own checksums
+        verify_or_raise(bundle)
     if table is None:
         table = source.bundle / TABLE_FILE if source.bundle else source.model.with_suffix(".calibration.json")
     calib_table = CalibrationTable.load(table, model_sha256=sha256_file(source.model))
@@ -105,10 +109,6 @@ def command(model: Path, table: Path | None, variant: str, per_channel: bool, ex
         if calib_set.fingerprint != calib_table.set_fingerprint:
             log.warning("--images is not the set the table was calibrated on (fingerprints differ); "
                         "weight rounding, bias correction and the sensitivity pass use it anyway")
-    out = out or default_output(source.model, variant)
-    bundle = bundle_target(source, out, "onnx")
-    if bundle is not None:  # never re-sign a manifest that fails its own checksums
-        verify_or_raise(bundle)
     result = quantize_model(source.model, calib_table, out, config, calib_set=calib_set)
     write_json(record_path(out), {"config": asdict(config), "result": result.to_dict(),
                                   "manifest_info": result.manifest_info()})
