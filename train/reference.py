@@ -101,6 +101,9 @@ class TorchReference:
         digest = hashlib.sha256()
         for name in ("model.safetensors", "checkpoint.json"):
             digest.update(sha256_file(folder / name).encode())
+        if class_bank is not None:  # another bank, other outputs: cached reference outputs must not be shared
+            digest.update("|".join(class_bank[0]).encode())
+            digest.update(np.ascontiguousarray(class_bank[1], np.float32).tobytes())
         return cls.from_model(model, meta.preprocess, device=device, fingerprint=digest.hexdigest(),
                               source=str(folder), meta=meta)
 
