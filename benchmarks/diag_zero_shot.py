@@ -41,6 +41,8 @@ from uopsl.train.checkpoint import load_model  # noqa: E402
 @torch.no_grad()
 def readings(run: Path, feats: torch.Tensor, y: np.ndarray) -> dict[str, dict[str, float]]:
     model, _ = load_model(run)
+    if model.config.variant == "fundus_only":
+        raise SystemExit(f"{run}: a fundus_only model has no site attention to compare")
     zm = model.with_classes(ex.ALL, banks.build(ex.ALL, seen=ex.CLASSES).text, seen_names=ex.CLASSES).eval()
     ref = zm.reference_class()
     if ref is None:
@@ -50,12 +52,7 @@ def readings(run: Path, feats: torch.Tensor, y: np.ndarray) -> dict[str, dict[st
     e = zm.prototypes()
     out: dict[str, dict[str, float]] = {}
     for label, use in (("site_attention", True), ("no_site_attention", False)):
-        if use:
-            z, _ = zm.sites(tokens, zm.site_queries(), inside)
-            a = zm.fuse_weight()
-            fused = a * F.normalize(glob, dim=-1).unsqueeze(1) + (1 - a) * F.normalize(z, dim=-1)
-        else:
-            fused = glob.unsqueeze(1).expand(-1, zm.num_classes, -1)
+        fused, _, _ = zm.fused_features(tokens, glob, use, inside)  # what the model's logits compare
         fn = F.normalize(fused, dim=-1)
         cos = (fn * e).sum(-1)
         scores = {"raw": cos, "vs_normal": cos - (fn * e[ref]).sum(-1),

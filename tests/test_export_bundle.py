@@ -68,7 +68,7 @@ def test_the_manifest_records_which_checkpoint_it_came_from(exported: dict[str, 
     notes = read_manifest(exported["bundle"]).notes
     assert notes[CHECKPOINT_DIGEST_NOTE] == checkpoint_digest(exported["ckpt"]) and len(notes[CHECKPOINT_DIGEST_NOTE]) == 64
     assert bundle_source_mismatch(exported["ckpt"], notes) is None
-    other, meta = tiny_model(seed=1)
+    other, _ = tiny_model(seed=1)
     save_model(tmp_path / "other", other, exported["meta"])
     why = bundle_source_mismatch(tmp_path / "other", notes)
     assert why is not None and "is not the checkpoint this bundle was exported from" in why

@@ -322,15 +322,16 @@ class UopslModel(nn.Module):
             return torch.ones((), device=self.alpha.device)
         return torch.sigmoid(self.alpha)
 
-    def score_tokens(
+    def fused_features(
         self, tokens: torch.Tensor, glob: torch.Tensor, use_sites: bool = True, inside: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """Class logits (N, K), site maps (N, K, T) and site-pooled class features z (N, K, d).
+        """Per-class fused features (N, K, d), site maps (N, K, T) and site-pooled features z (N, K, d).
 
-        ``inside`` (T,) bool: the tokens the maps may weigh (None: all); without
-        site attention the maps are uniform over them and z is None.
+        What each class's prototype is compared with: ``a * g + (1 - a) * z_k``
+        with site attention, the global feature ``g`` without it. ``inside``
+        (T,) bool: the tokens the maps may weigh (None: all); without site
+        attention the maps are uniform over them and z is None.
         """
-        e = self.prototypes()
         n, t = tokens.shape[0], tokens.shape[1]
         if self.config.variant == "fundus_only" or not use_sites:
             fused = glob.unsqueeze(1).expand(n, self.num_classes, -1)
@@ -339,12 +340,18 @@ class UopslModel(nn.Module):
             else:
                 row = inside.to(tokens.dtype) / inside.sum().to(tokens.dtype)
                 maps = row.expand(n, self.num_classes, t)
-            z = None
-        else:
-            z, maps = self.sites(tokens, self.site_queries(), inside)
-            a = self.fuse_weight()
-            fused = a * F.normalize(glob, dim=-1).unsqueeze(1) + (1 - a) * F.normalize(z, dim=-1)
-        cos = (F.normalize(fused, dim=-1) * e.unsqueeze(0)).sum(-1)
+            return fused, maps, None
+        z, maps = self.sites(tokens, self.site_queries(), inside)
+        a = self.fuse_weight()
+        return a * F.normalize(glob, dim=-1).unsqueeze(1) + (1 - a) * F.normalize(z, dim=-1), maps, z
+
+    def score_tokens(
+        self, tokens: torch.Tensor, glob: torch.Tensor, use_sites: bool = True, inside: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Class logits (N, K), site maps (N, K, T) and site-pooled class features z (N, K, d)
+        (see :meth:`fused_features`): ``tau * cos(fused_k, e_k) + b_k``."""
+        fused, maps, z = self.fused_features(tokens, glob, use_sites, inside)
+        cos = (F.normalize(fused, dim=-1) * self.prototypes().unsqueeze(0)).sum(-1)
         return self.tau * cos + self.bias, maps, z
 
     def forward_features(self, feat: torch.Tensor, use_sites: bool = True,
