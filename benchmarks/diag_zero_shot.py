@@ -13,6 +13,20 @@ without site attention, three ways:
 * ``softmax``: the model's logits made to compete across the whole class
   bank (CLIP's zero-shot reading).
 
+``--oracle`` adds two readings that use what zero-shot may not (the
+unseen classes' true site masks and labels), to locate the failure:
+
+* ``conc_g``: how far ``G``'s maps for each unseen class concentrate on its
+  true sites (positive images; 1 = chance, as the seen classes' criterion);
+* ``prior_maps``: the raw reading with each unseen class's maps replaced by
+  its true-site prior (mean site mask of its positive images on the token
+  grid, inside the FOV): would correct maps beat the no-site reading?
+* ``image_prototype``: the text prototype replaced by one estimated from
+  images (mean feature of positives minus negatives on a random half, AUC
+  on the other half, mean of 20 splits) for the global feature, the fused
+  feature and the site feature alone: do the features separate the class
+  when the prototype is right?
+
 Usage (the 3,000-image run's pool and cached 256 px features):
 
     python benchmarks/diag_zero_shot.py runs/s6_guide_t0/uopsl/finetune ... --data runs/s3_n3000/data --features runs/s3_n3000/cache/features-zeroshot-256.safetensors
@@ -63,6 +77,73 @@ def readings(run: Path, feats: torch.Tensor, y: np.ndarray) -> dict[str, dict[st
     return out
 
 
+def _site_priors(src, size: int, hw: tuple[int, int]) -> np.ndarray:
+    """(N, U, h, w): each zero-shot image's true site mask of every unseen class on the token grid (0 where absent)."""
+    from uopsl.runtime.preprocess import PreprocessConfig, preprocess_file
+    from uopsl.train.evaluate import mask_to_grid
+    from uopsl.train.synthetic import load_masks
+
+    pre = PreprocessConfig(size=size)
+    by_path = {s.path: s for s in src.samples}
+    its = ex.items(src, ex.ALL, "fundus")
+    grid = np.zeros((len(its), len(ex.UNSEEN_CLASSES), *hw), np.float32)
+    for i, it in enumerate(its):
+        mfile = by_path[it.path].extra.get("masks")
+        if not mfile:
+            continue
+        geom = preprocess_file(it.path, pre).geometry
+        per_class = load_masks(mfile)
+        for j, c in enumerate(ex.UNSEEN_CLASSES):
+            if c in per_class:
+                grid[i, j] = mask_to_grid(per_class[c], geom, *hw)
+    return grid
+
+
+@torch.no_grad()
+def oracle_readings(run: Path, feats: torch.Tensor, y: np.ndarray, masks: np.ndarray,
+                    splits: int = 20, seed: int = 0) -> dict[str, dict[str, float]]:
+    """The ``--oracle`` readings (module docstring): G's map concentration, true-site maps, image prototypes."""
+    from uopsl.train.evaluate import site_concentration
+
+    model, _ = load_model(run)
+    zm = model.with_classes(ex.ALL, banks.build(ex.ALL, seen=ex.CLASSES).text, seen_names=ex.CLASSES).eval()
+    tokens, glob, (h, w) = zm.fundus.from_features(feats)
+    inside = zm.inside_tokens(h, w, feats.device)
+    e = zm.prototypes()
+    fused, maps, z = zm.fused_features(tokens, glob, True, inside)
+    gn = F.normalize(glob, dim=-1)
+    a = zm.fuse_weight()
+    values = zm.sites.v(tokens)
+    rng = np.random.default_rng(seed)
+    out: dict[str, dict[str, float]] = {"conc_g": {}, "prior_maps": {}, "no_site_attention": {},
+                                        "image_prototype/no_site": {}, "image_prototype/fused": {},
+                                        "image_prototype/site_only": {}}
+    for j, c in enumerate(ex.UNSEEN_CLASSES):
+        k = ex.ALL.index(c)
+        pos = np.flatnonzero(y[:, k] > 0)
+        ratios = [site_concentration(maps[i, k].reshape(h, w).numpy(), masks[i, j]) for i in pos]
+        out["conc_g"][c] = round(float(np.nanmean(ratios)), 2)
+        prior = torch.from_numpy(masks[pos, j].mean(0)).reshape(-1)
+        if inside is not None:
+            prior = prior * inside.float()
+        prior = prior / prior.sum()
+        zp = torch.einsum("t,ntd->nd", prior, values)
+        fp = a * gn + (1 - a) * F.normalize(zp, dim=-1)
+        for name, f in (("prior_maps", fp), ("no_site_attention", gn)):
+            s = (F.normalize(f, dim=-1) @ e[k]).numpy()
+            out[name][c] = round(float(per_class_auc(y[:, [k]], s[:, None])[0]), 3)
+        for name, f in (("no_site", gn), ("fused", F.normalize(fused[:, k], dim=-1)),
+                        ("site_only", F.normalize(z[:, k], dim=-1))):
+            aucs = []
+            for _ in range(splits):
+                idx = rng.permutation(len(y))
+                fit, held = idx[: len(y) // 2], idx[len(y) // 2:]
+                proto = F.normalize(f[fit[y[fit, k] > 0]].mean(0) - f[fit[y[fit, k] == 0]].mean(0), dim=0)
+                aucs.append(per_class_auc(y[held][:, [k]], (f[held] @ proto).numpy()[:, None])[0])
+            out[f"image_prototype/{name}"][c] = round(float(np.mean(aucs)), 3)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("checkpoints", nargs="+", type=Path)
@@ -71,14 +152,21 @@ def main() -> None:
                     help="cached encoder features of that pool (features-zeroshot-SIZE.safetensors)")
     ap.add_argument("--n-test", type=int, default=300)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--oracle", action="store_true",
+                    help="also the oracle readings (true site maps, image-estimated prototypes)")
+    ap.add_argument("--size", type=int, default=256, help="the model size the features were cached at")
     args = ap.parse_args()
     src = ex.pool(args.data, "zeroshot", args.n_test, 0, 4000 + args.seed, 384, True)
     y = np.stack([it.target for it in ex.items(src, ex.ALL, "fundus")])
     feats = load_file(str(args.features))["features"].float()
     if len(feats) != len(y):
         raise SystemExit(f"{args.features} holds {len(feats)} images, the pool {len(y)}")
+    masks = _site_priors(src, args.size, tuple(feats.shape[2:])) if args.oracle else None
     for run in args.checkpoints:
-        print(json.dumps({"checkpoint": str(run), **readings(run, feats, y)}), flush=True)
+        row = {"checkpoint": str(run), **readings(run, feats, y)}
+        if masks is not None:
+            row["oracle"] = oracle_readings(run, feats, y, masks, seed=args.seed)
+        print(json.dumps(row), flush=True)
 
 
 if __name__ == "__main__":
