@@ -154,6 +154,18 @@ def test_publisher_split_goes_to_the_reader(tmp_path: Path) -> None:
         load_source(f"oct2017:{tmp_path}:split=test,split_seed=1")
 
 
+
+def test_idrid_holds_out_validation_by_fold_of_its_train_split(tmp_path: Path) -> None:
+    """`uopsl --help`'s advice for idrid (no val part): notfold/fold of split=train, disjoint, together whole."""
+    import fixtures_data as fx
+
+    fx.make_idrid(tmp_path)
+    whole = {s.path for s in load_source(f"idrid:{tmp_path}:split=train").samples}
+    train = {s.path for s in load_source(f"idrid:{tmp_path}:split=train,notfold=1/2").samples}
+    val = {s.path for s in load_source(f"idrid:{tmp_path}:split=train,fold=1/2").samples}
+    assert train and val and not train & val and train | val == whole
+    assert "notfold=1/5" in (cli.epilog or "") and "split=train,fold=1/5" in (cli.epilog or "")
+
 # -- through the real command line -----------------------------------------------------------------
 
 

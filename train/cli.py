@@ -37,8 +37,10 @@ Datasets (--data, --fundus, --oct, --val): KIND:PATH[:key=value,...]
   Every kind: split=train|val|test (patient-level 70/15/15; the publisher's own
   split on idrid, rfmid, oct2017), fold=I/K, notfold=I/K; lists joined with +
   (classes=normal+dr). A bare folder with labels.csv is synthetic, else folder.
-  Hold out by patient: train on KIND:DIR:split=train (+ --val ...:split=val) and
-  evaluate on ...:split=test; a folder trained on whole has no held-out part.
+  Hold out by patient: train on KIND:DIR:split=train (+ --val ...:split=val;
+  on idrid, which ships no val part: split=train,notfold=1/5 + --val
+  ...:split=train,fold=1/5) and evaluate on ...:split=test; a folder trained
+  on whole has no held-out part.
   Example: uopsl evaluate ck/ft --data synthetic:syn-test --out ev
 """
 
