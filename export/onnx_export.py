@@ -19,6 +19,7 @@ import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from uopsl.runtime.bundle import INPUT_NAME, OUTPUT_NAMES
 from uopsl.runtime.errors import ConfigError, ExportError
@@ -26,6 +27,8 @@ from uopsl.runtime.fsio import new_file_mode, set_mode
 from uopsl.runtime.optional import require
 
 log = logging.getLogger(__name__)
+
+_Model = TypeVar("_Model")  # an onnx.ModelProto (onnx is an optional import)
 
 MAX_OPSET = 20
 DEFAULT_OPSET = 17
@@ -87,7 +90,7 @@ def export_onnx(module: object, path: str | os.PathLike[str], size: int, opset: 
     return report
 
 
-def _tidy(model: object, onnx: object) -> object:
+def _tidy(model: _Model, onnx: object) -> _Model:
     """Turn Constant nodes into initializers and drop Identity nodes (the exporter leaves both).
 
     The graph outputs keep the static shapes found by shape inference, so the

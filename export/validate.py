@@ -204,9 +204,9 @@ def plan_candidates(
         for f in files:
             name = f"{b}:{f.path}"
             if b == "tensorrt":
-                why = engine_mismatch(bundle / f.path)
-                if why is not None:
-                    skipped.append({"name": name, "reason": why})
+                mismatch = engine_mismatch(bundle / f.path)
+                if mismatch is not None:
+                    skipped.append({"name": name, "reason": mismatch})
                     continue
             if chosen is not None and f.path not in chosen:
                 skipped.append({"name": name, "reason": f"the runtime never runs this {f.precision} file on {b} "

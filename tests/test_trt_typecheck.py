@@ -17,14 +17,14 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from mypyview import REPO, make_view, run_mypy
+from mypyview import cache_dir as _cache_dir
+
 STUBS_SCRIPT = REPO.parent / "shared" / "tools" / "trt-stubs.sh"
-PACKAGES = ("runtime", "export", "calibration", "train")
 MODULES = (
     "uopsl.export.tensorrt",
     "uopsl.export.tensorrt_calibrator",
@@ -51,16 +51,6 @@ def project_probe(h: EngineHeader) -> int:
 '''
 
 
-def _cache_dir(request: pytest.FixtureRequest, name: str) -> Path:
-    """pytest's cache folder, or the user cache folder when the cache plugin is off (-p no:cacheprovider)."""
-    cache = getattr(request.config, "cache", None)
-    if cache is not None:
-        return Path(cache.mkdir(name))
-    base = Path(os.environ.get("UOPSL_CACHE_DIR") or Path.home() / ".cache" / "uopsl")
-    (base / name).mkdir(parents=True, exist_ok=True)
-    return base / name
-
-
 @pytest.fixture(scope="module")
 def stubs(request: pytest.FixtureRequest) -> Path:
     if not STUBS_SCRIPT.is_file():
@@ -75,18 +65,12 @@ def stubs(request: pytest.FixtureRequest) -> Path:
 
 
 def test_tensorrt_modules_typecheck(stubs: Path, tmp_path: Path, request: pytest.FixtureRequest) -> None:
-    view = tmp_path / "view"
-    (view / "uopsl").mkdir(parents=True)
-    for pkg in PACKAGES:
-        os.symlink(REPO / pkg, view / "uopsl" / pkg, target_is_directory=True)
+    view = make_view(tmp_path)
     (view / "trt_probe.py").write_text(PROBE)
-    env = {**os.environ, "MYPYPATH": f"{stubs}{os.pathsep}{view}"}
-    cmd = [sys.executable, "-m", "mypy", "--config-file", str(REPO / "pyproject.toml"),
-           "--cache-dir", str(_cache_dir(request, "mypy-trt")), "--no-error-summary",
-           "--show-absolute-path", "--hide-error-context"]
+    args = ["--no-error-summary", "--show-absolute-path", "--hide-error-context"]
     for m in (*MODULES, "trt_probe"):
-        cmd += ["-m", m]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600)
+        args += ["-m", m]
+    proc = run_mypy(args, _cache_dir(request, "mypy-trt"), [stubs, view], tmp_path)
     lines = (proc.stdout + proc.stderr).splitlines()
     if proc.returncode not in (0, 1) or any(ln.startswith("mypy: error") for ln in lines):
         pytest.fail("mypy did not run:\n" + "\n".join(lines[-20:]))

@@ -75,14 +75,19 @@ class _TimmTrunk(nn.Module):
 
 
 def _resnet_trunk(m: nn.Module) -> nn.Module:
-    return nn.Sequential(m.conv1, m.bn1, m.relu, m.maxpool, m.layer1, m.layer2, m.layer3, m.layer4)  # type: ignore[arg-type]
+    parts = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
+    return nn.Sequential(*(m.get_submodule(p) for p in parts))
+
+
+def _features_trunk(m: nn.Module) -> nn.Module:
+    return m.get_submodule("features")
 
 
 REGISTRY: dict[str, BackboneSpec] = {
     "resnet18": BackboneSpec("resnet18", 512, _tv("resnet18"), _resnet_trunk),
     "resnet50": BackboneSpec("resnet50", 2048, _tv("resnet50"), _resnet_trunk),
-    "mobilenet_v3_large": BackboneSpec("mobilenet_v3_large", 960, _tv("mobilenet_v3_large"), lambda m: m.features),
-    "efficientnet_b0": BackboneSpec("efficientnet_b0", 1280, _tv("efficientnet_b0"), lambda m: m.features),
+    "mobilenet_v3_large": BackboneSpec("mobilenet_v3_large", 960, _tv("mobilenet_v3_large"), _features_trunk),
+    "efficientnet_b0": BackboneSpec("efficientnet_b0", 1280, _tv("efficientnet_b0"), _features_trunk),
     **{
         f"efficientnet_lite{i}": BackboneSpec(
             f"efficientnet_lite{i}", 1280, _timm(f"efficientnet_lite{i}"), _TimmTrunk,
@@ -210,6 +215,10 @@ class Encoder(nn.Module):
     The weights' normalisation is part of the module, so the exported graph takes
     raw pixel values and the normalisation folds into the first convolution.
     """
+
+    # Buffers (register_buffer): the weights' input normalisation, (1, 3, 1, 1).
+    mean: torch.Tensor
+    std: torch.Tensor
 
     def __init__(self, name: str, init: str | Path | None = "imagenet") -> None:
         super().__init__()

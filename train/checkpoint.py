@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -106,7 +106,7 @@ def load_model(folder: str | Path, init_backbone: bool = False) -> tuple[UopslMo
     """Rebuild the model from checkpoint.json and load model.safetensors (strict)."""
     folder = Path(folder)
     meta = read_meta(folder)
-    cfg = meta.model if init_backbone else ModelConfig(**{**meta.model.to_dict(), "init": "random"})
+    cfg = meta.model if init_backbone else replace(meta.model, init="random")
     tensors = _load_tensors(folder / "model.safetensors")
     if "class_text" not in tensors:
         raise CheckpointError(f"{folder}/model.safetensors has no class_text; not a uopsl model")

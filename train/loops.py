@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -34,7 +34,6 @@ from uopsl.runtime.errors import ConfigError
 from uopsl.train import losses
 from uopsl.train.checkpoint import clear_state, load_state, save_state
 from uopsl.train.model import UopslModel
-from uopsl.train.torchdata import ImageDataset
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +129,22 @@ def epoch_order(targets: np.ndarray, epoch: int, seed: int, balanced: bool, leng
     return torch.multinomial(torch.as_tensor(w, dtype=torch.float64), length, True, generator=g).numpy()
 
 
-def batches(ds: ImageDataset, order: np.ndarray, bs: int, d: Dist, start: int = 0) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+class PairDataset(Protocol):
+    """What the training loop reads: (x, y) pairs by index and their targets (N, K).
+
+    A :class:`~uopsl.train.torchdata.ImageDataset` or cached backbone features
+    (``stages.FeatureDataset``).
+    """
+
+    @property
+    def targets(self) -> np.ndarray: ...
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+def batches(ds: PairDataset, order: np.ndarray, bs: int, d: Dist, start: int = 0) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
     """Yield (step, x, y) from ``order``, sharded by rank, starting at step ``start``."""
     per_step = bs * d.world
     steps = len(order) // per_step
@@ -175,7 +189,8 @@ class StageRunner:
         self.dist = setup_distributed(self.device)
         torch.manual_seed(cfg.seed)
         self.model = model.to(self.device)
-        enc_params, other = [], []
+        enc_params: list[nn.Parameter] = []
+        other: list[nn.Parameter] = []
         for name, p in model.named_parameters():
             is_enc = ".encoder." in f".{name}"
             is_site = name.startswith(("sites.", "delta", "generator."))
@@ -186,7 +201,8 @@ class StageRunner:
         groups = [{"params": other, "lr": cfg.lr}]
         if enc_params:
             groups.append({"params": enc_params, "lr": cfg.lr_encoder})
-        self.opt = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
+        # Typed as any optimiser: QAT (qat.py) replaces this one with its own Adam.
+        self.opt: torch.optim.Optimizer = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
         self.ddp: nn.Module = model
         if self.dist.world > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
@@ -264,7 +280,7 @@ def run_epochs(runner: StageRunner, n_items: int, epoch_fn: Callable[[int, int, 
         runner.checkpoint()
 
 
-def train_loop(runner: StageRunner, ds: ImageDataset, loss_fn: Callable[[torch.Tensor, torch.Tensor], dict[str, torch.Tensor]],
+def train_loop(runner: StageRunner, ds: PairDataset, loss_fn: Callable[[torch.Tensor, torch.Tensor], dict[str, torch.Tensor]],
                length: int | None = None, eval_mode: bool = False) -> Callable[[int, int, Any], dict[str, float]]:
     """An ``epoch_fn`` for :func:`run_epochs` that minimises ``loss_fn(x, y)['loss']`` over ``ds``.
 

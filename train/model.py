@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Literal
 
 import numpy as np
@@ -246,6 +246,10 @@ class Branch(nn.Module):
 class UopslModel(nn.Module):
     """Fundus classifier with a learned predilection-sites matrix (and an OCT branch for pre-training)."""
 
+    # Buffers (register_buffer); declared so they type as tensors, not Module.__getattr__'s union.
+    class_text: torch.Tensor
+    seen: torch.Tensor
+
     def __init__(self, config: ModelConfig, class_text: np.ndarray) -> None:
         super().__init__()
         k = len(config.classes)
@@ -289,8 +293,8 @@ class UopslModel(nn.Module):
         Classes already known keep their ``delta`` and bias; new ones get site
         queries from ``G`` alone and the mean bias of the known classes.
         """
-        cfg = ModelConfig(**{**self.config.to_dict(), "classes": tuple(names),
-                             "seen": tuple(n in seen_names and n in self.config.classes for n in names)})
+        cfg = replace(self.config, classes=tuple(names),
+                      seen=tuple(n in seen_names and n in self.config.classes for n in names))
         new = copy.deepcopy(self)
         new.config = cfg
         k = len(names)
@@ -433,6 +437,15 @@ class DeployModel(nn.Module):
       calibration would see as its range), and a constant (T_in, T) 0/1 MatMul
       puts the maps back on the full grid with exact zeros outside.
     """
+
+    # Buffers (register_buffer); ``qk`` only with site attention, the last three only with the FOV mask.
+    mean: torch.Tensor
+    proto_t: torch.Tensor
+    bias: torch.Tensor
+    qk: torch.Tensor
+    inside_idx: torch.Tensor
+    place: torch.Tensor
+    uniform: torch.Tensor
 
     def __init__(self, model: UopslModel, size: int) -> None:
         super().__init__()

@@ -162,20 +162,24 @@ class _SimConv:
     def folded(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         w, b = self.conv.weight, self.conv.bias
         if self.bn is not None:
-            scale = self.bn.weight / torch.sqrt(self.bn.running_var + self.bn.eps)
+            mean, var = self.bn.running_mean, self.bn.running_var
+            if mean is None or var is None:
+                raise ConfigError("QAT folds each BatchNorm's running statistics, but a BatchNorm2d of the encoder "
+                                  "keeps none (track_running_stats=False); use a backbone whose BatchNorms track them")
+            scale = self.bn.weight / torch.sqrt(var + self.bn.eps)
             w = w * scale.view(-1, *([1] * (w.dim() - 1)))
-            shift = self.bn.bias - self.bn.running_mean * scale
+            shift = self.bn.bias - mean * scale
             b = shift if b is None else b * scale + shift
         return w, b
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, input: torch.Tensor) -> torch.Tensor:  # named as nn.Conv2d.forward, which it replaces
         w, b = self.folded()
         if self.input_std is not None:
-            std = self.input_std.to(x.device)
-            x = self.input_range(x * std)
+            std = self.input_std.to(input.device)
+            x = self.input_range(input * std)
             w = w / std
         else:
-            x = self.input_range(x)
+            x = self.input_range(input)
         return self.conv._conv_forward(x, fake_quant_weight(w), b)
 
 
@@ -187,7 +191,8 @@ class _SimAfterBN:
         self.drop = getattr(bn, "drop", None)
         self.output_range = _Range() if quantize_output else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, input: torch.Tensor) -> torch.Tensor:  # named as nn.BatchNorm2d.forward, which it replaces
+        x = input
         if self.drop is not None:
             x = self.drop(x)
         if self.act is not None:
@@ -246,7 +251,7 @@ class SimulatedInt8:
                 # timm's BatchNormAct2d holds the activation the quantizer folds into the
                 # output range; the encoder's last output is read in float by the head.
                 after = _SimAfterBN(bn, quantize_output=hasattr(bn, "act") and i < len(pairs) - 1)
-                bn.forward = after.forward  # type: ignore[method-assign]
+                bn.forward = after.forward  # type: ignore[method-assign]  # as above
                 self._patched.append(bn)
                 self.outputs.append(after)
         log.info("QAT: %d convolutions simulated in INT8 (%d with a folded BatchNorm)",

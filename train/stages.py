@@ -16,7 +16,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
 import torch
@@ -110,7 +110,7 @@ def features_fingerprint(encoder: torch.nn.Module, ds: ImageDataset) -> str:
     return h.hexdigest()
 
 
-AnyDataset = ImageDataset | FeatureDataset
+AnyDataset: TypeAlias = ImageDataset | FeatureDataset
 
 
 @contextlib.contextmanager
@@ -132,9 +132,9 @@ def head_only_threads(active: bool) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def as_features(ds: AnyDataset | None, encoder: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> AnyDataset | None:
+def as_features(ds: AnyDataset, encoder: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> AnyDataset:
     """With a frozen encoder and no augmentation, train on cached features (the head is all that learns)."""
-    if ds is None or isinstance(ds, FeatureDataset) or not (cfg.freeze_encoder and not cfg.augment):
+    if isinstance(ds, FeatureDataset) or not (cfg.freeze_encoder and not cfg.augment):
         return ds
     return FeatureDataset.compute(encoder, ds, device)
 
@@ -147,8 +147,8 @@ def pretrain(model: UopslModel, fundus: AnyDataset, oct_ds: AnyDataset | None, c
     out.mkdir(parents=True, exist_ok=True)
     runner = StageRunner(model, cfg, out, "pretrain", meta.data_fingerprint)
     runner.resume()
-    fundus = as_features(fundus, model.fundus.encoder, cfg, runner.device)  # type: ignore[assignment]
-    if model.oct is not None:
+    fundus = as_features(fundus, model.fundus.encoder, cfg, runner.device)
+    if model.oct is not None and oct_ds is not None:
         oct_ds = as_features(oct_ds, model.oct.encoder, cfg, runner.device)
     loss_fn = pretrain_losses(model, cfg, features=isinstance(fundus, FeatureDataset))
     use_oct = model.config.uses_oct and oct_ds is not None
@@ -216,7 +216,7 @@ def finetune(model: UopslModel, train_ds: AnyDataset, val_ds: AnyDataset | None,
     runner = StageRunner(model, cfg, out, "finetune", meta.data_fingerprint)
     runner.resume()
     src_train: Any = as_features(train_ds, model.fundus.encoder, cfg, runner.device)
-    src_val: Any = as_features(val_ds, model.fundus.encoder, cfg, runner.device)
+    src_val: Any = None if val_ds is None else as_features(val_ds, model.fundus.encoder, cfg, runner.device)
     feats = isinstance(src_train, FeatureDataset)
 
     loss_fn = finetune_losses(model, features=feats, w_site=cfg.w_site_finetune, w_guide=cfg.w_site_guide)

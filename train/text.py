@@ -15,6 +15,7 @@ import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -102,9 +103,11 @@ class TextEncoder:
         return out / np.linalg.norm(out, axis=1, keepdims=True).clip(1e-8)
 
     def _save(self) -> None:
+        # Typed loosely for the stub of np.savez, whose ``allow_pickle: bool`` a ``**dict[str, ndarray]`` could fill.
+        arrays: dict[str, Any] = self._mem
         try:
             with atomic_open(self._cache_file, "wb") as fh:
-                np.savez(fh, **self._mem)
+                np.savez(fh, **arrays)
         except OSError as exc:  # a read-only cache is not fatal
             log.warning("cannot write text cache %s (%s)", self._cache_file, exc)
 

@@ -82,7 +82,7 @@ class ImageDataset(Dataset):
         self.index = np.flatnonzero(ok)
         if len(self.index) == 0:
             raise DataError(f"none of the {len(items)} images could be read")
-        self.items = [items[i] for i in self.index]
+        self.items = [items[int(i)] for i in self.index]
         self.targets = np.stack([it.target for it in self.items]).astype(np.float32)
         self.augment = augment
 

@@ -140,7 +140,7 @@ def run_evaluate(ckpt: Path, items: Sequence[Item], out: Path | None, n_boot: in
     report = evaluate(probs, ds.targets, thr, model.config.classes, out, n_boot=n_boot, seed=seed,
                       title=f"{Path(ckpt).name}: {model.config.variant}")
     if with_maps and masks is not None:
-        kept = [masks[i] for i in ds.index]  # the dataset drops unreadable images; keep masks in step
+        kept = [masks[int(i)] for i in ds.index]  # the dataset drops unreadable images; keep masks in step
         geoms = [preprocess_file(it.path, meta.preprocess).geometry if m else None for it, m in zip(ds.items, kept)]
         report["site_concentration"] = site_concentration_report(pred["site_maps"], ds.targets, model.config.classes,
                                                                  kept, geoms)

@@ -370,16 +370,17 @@ def select_backend(
         notes.append("TensorRT engines present but TensorRT/CUDA binding not installed")
     if av.ort_cuda:
         p = "fp32" if precision == "auto" else precision
-        f = _onnx_file(m, p, True)
-        if f is not None:
-            return Selection("ort-cuda", f.precision, f.path,
-                             "; ".join([*notes, f"ONNX Runtime CUDA provider available, running {f.path} ({f.precision})"]))
+        gpu_file = _onnx_file(m, p, True)
+        if gpu_file is not None:
+            return Selection("ort-cuda", gpu_file.precision, gpu_file.path, "; ".join(
+                [*notes, f"ONNX Runtime CUDA provider available, running {gpu_file.path} ({gpu_file.precision})"]))
         notes.append(f"ONNX Runtime CUDA available but no {p} ONNX file")
     if precision in ("auto", "int8") and av.openvino:
         if precision == "int8":
-            f = _onnx_file(m, "int8", False)
-            if f is not None:
-                return Selection("openvino", f.precision, f.path, "; ".join([*notes, "int8 requested; OpenVINO runs INT8 QDQ best on CPUs"]))
+            int8_file = _onnx_file(m, "int8", False)
+            if int8_file is not None:
+                return Selection("openvino", int8_file.precision, int8_file.path,
+                                 "; ".join([*notes, "int8 requested; OpenVINO runs INT8 QDQ best on CPUs"]))
         else:
             wins, why = cpu_int8_wins()
             if wins:
@@ -432,7 +433,8 @@ def open_backend(
 
         providers = {"ort-cpu": "cpu", "ort-cuda": "cuda", "ort-trt": "tensorrt"}[sel.backend]
         backend = OrtBackend(path, providers, threads, precision=sel.precision, spin=spin)
-    backend.selection = sel  # type: ignore[attr-defined]
+    # Not part of the Backend interface (a backend built directly has none; runtime.api reads it with getattr).
+    backend.selection = sel  # type: ignore[union-attr]
     return backend
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import cast
 
 import click
 
@@ -27,16 +28,18 @@ def command(out: Path, quick: bool, seed: int) -> None:
         auc_s = str(auc)
     click.echo(f"demo finished in {res['total_seconds']} s: test macro AUC {auc_s}, "
                f"{res['screened']} photographs screened, {res['referred']} referred")
-    conc = res.get("site_concentration") or {}
+    # The sections run_demo writes (``res`` is typed dict[str, object]).
+    conc = cast("dict[str, float]", res.get("site_concentration") or {})
     if conc:
         click.echo("site concentration (mass in the true site mask / its area; 1 = chance): "
-                   + ", ".join(f"{k} {v:.2f}" for k, v in conc.items()))  # type: ignore[union-attr]
+                   + ", ".join(f"{k} {v:.2f}" for k, v in conc.items()))
     click.echo(f"report: {res['report']}")
     click.echo(f"bundle: {res['bundle']}")
-    verdicts = res.get("parity") or {}
-    click.echo("parity vs the PyTorch model: " + ", ".join(f"{k} {v}" for k, v in verdicts.items())  # type: ignore[union-attr]
+    verdicts = cast("dict[str, str]", res.get("parity") or {})
+    click.echo("parity vs the PyTorch model: " + ", ".join(f"{k} {v}" for k, v in verdicts.items())
                + f" ({res.get('parity_report')})")
-    for name, lines in (res.get("parity_failures") or {}).items():  # type: ignore[union-attr]
+    failures = cast("dict[str, list[str]]", res.get("parity_failures") or {})
+    for name, lines in failures.items():
         click.echo(f"  {name}:")
         for line in lines:
             click.echo(f"    {line}")

@@ -41,7 +41,7 @@ from uopsl.train.commands.common import items_for, load_source, split_classes, t
 def command(data_spec: str, val_spec: str | None, out: Path, from_ckpt: Path | None, classes: str | None,
             variant: str | None, backbone: str, init: str, size: int, freeze_sites: bool, w_site_finetune: float, w_site_guide: float,
             shots: int | None,
-            target_sensitivity: float, cache_dir: Path | None, **train: object) -> None:
+            target_sensitivity: float, seed: int, cache_dir: Path | None, **train: object) -> None:
     """Fine-tune on fundus photographs; writes the checkpoint with its operating thresholds."""
     from uopsl.train.loops import TrainConfig
     from uopsl.train.workflow import from_checkpoint, new_model, run_finetune
@@ -53,13 +53,13 @@ def command(data_spec: str, val_spec: str | None, out: Path, from_ckpt: Path | N
     if val_spec:
         val = load_source(val_spec)
     else:
-        parts = datamod.patient_split(src.samples, fractions=(0.85, 0.15, 0.0), seed=int(train.get("seed", 0)))  # type: ignore[arg-type]
+        parts = datamod.patient_split(src.samples, fractions=(0.85, 0.15, 0.0), seed=seed)
         val, src = src.subset(parts.val, f"{src.name}[val]"), src.subset(parts.train, f"{src.name}[train]")
     if shots:
-        src = src.subset(datamod.take_shots(src.samples, shots, seed=int(train.get("seed", 0))), f"{src.name}[{shots}-shot]")  # type: ignore[arg-type]
+        src = src.subset(datamod.take_shots(src.samples, shots, seed=seed), f"{src.name}[{shots}-shot]")
     names = split_classes(classes) or src.label_space.classes
     cfg = TrainConfig(freeze_sites=freeze_sites, w_site_finetune=w_site_finetune, w_site_guide=w_site_guide,
-                      **train)  # type: ignore[arg-type]
+                      seed=seed, **train)  # type: ignore[arg-type]  # click checked each option's type
     if from_ckpt:
         model, meta = from_checkpoint(from_ckpt, names, variant=variant)
         given = click.get_current_context().get_parameter_source("size")
