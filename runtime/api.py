@@ -125,7 +125,7 @@ class Screener:
     @property
     def selection(self) -> Selection | None:
         """Which backend was chosen and why."""
-        return getattr(self._backend, "selection", None)
+        return None if self._backend is None else self._backend.selection
 
     def _pipeline(self, thumbnail_side: int = 0) -> ScreeningPipeline:
         cfg = PipelineConfig(self.config.batch_size, self.config.workers, self.config.prefetch_batches,

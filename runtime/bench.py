@@ -26,7 +26,7 @@ import numpy as np
 from uopsl.runtime.backends import BACKEND_NAMES, detect_availability, open_backend, select_backend
 from uopsl.runtime.backends.base import Backend
 from uopsl.runtime.bundle import Manifest, read_manifest
-from uopsl.runtime.errors import ConfigError, UopslError
+from uopsl.runtime.errors import BackendError, ConfigError, UopslError
 from uopsl.runtime.pipeline import PipelineConfig, ScreeningPipeline, item_for_data, item_for_path, walk_images
 from uopsl.runtime.preprocess import preprocess, read_bytes
 from uopsl.runtime.version import __version__
@@ -254,12 +254,14 @@ def run_bench(bundle: str | os.PathLike[str], backend: str = "auto", precision: 
         # As a screening run opens it (Screener): ONNX Runtime without spin-waiting.
         b = open_backend(root, name, prec, cfg.threads, manifest=m, measure=False if name != "auto" else None,
                          spin=False)
-        sel = b.selection  # type: ignore[attr-defined]
+        opened = b.selection
+        if opened is None:  # open_backend always records its choice; a None here is a bug, not bad input
+            raise BackendError(f"open_backend({name!r}, {prec!r}) returned a backend without its selection")
         log.info("bench: %s", b.describe())
         with b:
             rows = time_backend(b, cfg.batches, cfg.iters, cfg.warmup, batch_images)
             for r in rows:
-                result["cases"].append({"backend": sel.backend, "precision": sel.precision, "file": sel.file,
+                result["cases"].append({"backend": opened.backend, "precision": opened.precision, "file": opened.file,
                                         "requested": name, **r})
             if cfg.e2e:
                 bmax = max(cfg.batches)
@@ -267,7 +269,7 @@ def run_bench(bundle: str | os.PathLike[str], backend: str = "auto", precision: 
                 pure = next(r["throughput_ips"] for r in rows if r["batch"] == bmax)
                 e2e["inference_ips"] = pure
                 e2e["ratio"] = round(e2e["throughput_ips"] / pure, 3)
-                result["e2e"].append({"backend": sel.backend, "precision": sel.precision, "requested": name, **e2e})
+                result["e2e"].append({"backend": opened.backend, "precision": opened.precision, "requested": name, **e2e})
     return result
 
 

@@ -113,9 +113,9 @@ def test_openvino_raw_batched_head_matches_onnxruntime(tiny_bundle: Path) -> Non
 
 def test_open_backend_explicit_names(tiny_bundle: Path, cache: Path) -> None:
     b = open_backend(tiny_bundle, "ort-cpu", threads=1)
-    assert b.selection.backend == "ort-cpu" and b.selection.file == "model.onnx"  # type: ignore[attr-defined]
+    assert b.selection is not None and b.selection.backend == "ort-cpu" and b.selection.file == "model.onnx"
     b8 = open_backend(tiny_bundle, "ort-cpu", "int8", threads=1)
-    assert b8.selection.file == "model.int8.onnx" and b8.precision == "int8-qdq-u8"  # type: ignore[attr-defined]
+    assert b8.selection is not None and b8.selection.file == "model.int8.onnx" and b8.precision == "int8-qdq-u8"
     with pytest.raises(BundleError, match="fp16"):
         open_backend(tiny_bundle, "ort-cpu", "fp16")
     with pytest.raises(ConfigError, match="unknown backend"):

@@ -162,3 +162,12 @@ def test_screener_runs_onnx_runtime_without_spin_waiting(screener: Screener) -> 
     assert getattr(backend, "spin", None) is False
     opts = backend._session.get_session_options()  # type: ignore[attr-defined]
     assert opts.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+
+
+def test_screener_says_which_backend_it_chose_once_open(tiny_bundle: Path) -> None:
+    """``Screener.selection``: None before ``open``, then open_backend's choice with its reason."""
+    s = Screener(tiny_bundle, "ort-cpu", threads=1)
+    assert s.selection is None
+    with s:
+        assert s.selection is not None
+        assert (s.selection.backend, s.selection.file) == ("ort-cpu", "model.onnx") and s.selection.reason

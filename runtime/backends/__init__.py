@@ -433,8 +433,7 @@ def open_backend(
 
         providers = {"ort-cpu": "cpu", "ort-cuda": "cuda", "ort-trt": "tensorrt"}[sel.backend]
         backend = OrtBackend(path, providers, threads, precision=sel.precision, spin=spin)
-    # Not part of the Backend interface (a backend built directly has none; runtime.api reads it with getattr).
-    backend.selection = sel  # type: ignore[union-attr]
+    backend.selection = sel
     return backend
 
 

@@ -12,10 +12,14 @@ from __future__ import annotations
 import abc
 from dataclasses import dataclass
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from uopsl.runtime.errors import BackendError
+
+if TYPE_CHECKING:
+    from uopsl.runtime.backends import Selection
 
 
 @dataclass(frozen=True)
@@ -32,6 +36,8 @@ class Backend(abc.ABC):
 
     #: short registry name, e.g. "ort-cpu", "openvino", "tensorrt"
     name: str = "backend"
+    #: what ``open_backend`` chose and why; None for a backend built directly
+    selection: Selection | None = None
 
     def __init__(self) -> None:
         self._active = False
