@@ -11,7 +11,9 @@ For each calibration method and group of encoder layers kept in float (on top of
 quantizer's defaults: float head, bias correction on the matrix's 64-image calibration set;
 group "raw": every layer quantized, no bias correction; group "adaround": the defaults plus
 AdaRound on 32 of the calibration images, ``--rounding adaround``; group "gptq": the defaults plus
-error-feedback rounding on 32 of them, ``--rounding gptq``; group "qat": the defaults applied to
+error-feedback rounding on 32 of them, ``--rounding gptq``; group "dw": the 16 depthwise
+convolutions float (nearest rounding, as the other float groups); "gptq+dw": that with GPTQ
+rounding of the layers left INT8; group "qat": the defaults applied to
 the model of ``--qat CHECKPOINT``, a ``uopsl qat`` fine-tune of the matrix's checkpoint, exported to
 its own bundle and calibrated on the same 64 images),
 the INT8 CPU file is written and compared with the FP32 ONNX file on ONNX Runtime, on the first
@@ -50,6 +52,9 @@ GROUPS = {
     "stem": ("conv_stem",),
     "stem+b0+b1": ("conv_stem", "blocks.0/", "blocks.1/"),
     "stem..b2": ("conv_stem", "blocks.0/", "blocks.1/", "blocks.2/"),
+    # Every depthwise convolution float: few multiply-adds, the widest per-channel weight ranges.
+    "dw": ("conv_dw",),
+    "gptq+dw": ("conv_dw",),
 }
 
 
@@ -131,6 +136,8 @@ def main() -> None:
                 config = QuantizeConfig(float_head=False, bias_correction=False, rounding="nearest")
             elif group in ("adaround", "gptq"):
                 config = QuantizeConfig(rounding=group)
+            elif group == "gptq+dw":  # today's defaults (GPTQ) with the depthwise layers float
+                config = QuantizeConfig(exclude=keep, rounding="gptq")
             else:  # the figures in docs/results.md were measured with nearest rounding: keep them reproducible
                 config = QuantizeConfig(exclude=keep, rounding="nearest")
             started = time.perf_counter()
