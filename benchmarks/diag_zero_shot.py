@@ -13,6 +13,11 @@ without site attention, three ways:
 * ``softmax``: the model's logits made to compete across the whole class
   bank (CLIP's zero-shot reading).
 
+Each also with healthy eyes as the only negatives (``.../healthy_negatives``:
+the unseen class's images against the pool's normal ones, without the
+other diseases), since telling a new disease from a healthy retina and
+from other diseases at the same sites are different questions.
+
 ``--oracle`` adds two readings that use what zero-shot may not (the
 unseen classes' true site masks and labels), to locate the failure:
 
@@ -26,6 +31,12 @@ unseen classes' true site masks and labels), to locate the failure:
   on the other half, mean of 20 splits) for the global feature, the fused
   feature and the site feature alone: do the features separate the class
   when the prototype is right?
+
+``--compare`` adds what ``uopsl zero-shot`` reports for the unseen classes
+(:mod:`uopsl.train.zero_shot`: raw and against-the-healthy-description
+readings, every other image or healthy eyes only as negatives, each
+with/without-sites difference with a paired bootstrap interval and DeLong's
+p), computed from the cached features.
 
 Usage (the 3,000-image run's pool and cached 256 px features):
 
@@ -74,7 +85,36 @@ def readings(run: Path, feats: torch.Tensor, y: np.ndarray) -> dict[str, dict[st
         for name, s in scores.items():
             aucs = per_class_auc(y, s.numpy())
             out[f"{label}/{name}"] = {c: round(float(aucs[ex.ALL.index(c)]), 3) for c in ex.UNSEEN_CLASSES}
+            # The same scores, with healthy eyes as the only negatives (the class's images against normal ones).
+            healthy = (y[:, ref] > 0) & (y.sum(1) == 1)
+            against_healthy = {}
+            for c in ex.UNSEEN_CLASSES:
+                k = ex.ALL.index(c)
+                rows = healthy | (y[:, k] > 0)
+                against_healthy[c] = round(float(per_class_auc(y[rows][:, [k]], s.numpy()[rows][:, [k]])[0]), 3)
+            out[f"{label}/{name}/healthy_negatives"] = against_healthy
     return out
+
+
+class _Features:
+    """Cached features as :func:`uopsl.train.zero_shot.reading_scores` reads them."""
+
+    def __init__(self, features: torch.Tensor) -> None:
+        self.features = features
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+
+def comparisons(run: Path, feats: torch.Tensor, y: np.ndarray, n_boot: int, seed: int) -> dict:
+    """What ``uopsl zero-shot`` reports (its ``readings``) for the unseen classes, from cached features."""
+    from uopsl.train.zero_shot import reading_scores, site_comparisons
+
+    model, _ = load_model(run)
+    zm = model.with_classes(ex.ALL, banks.build(ex.ALL, seen=ex.CLASSES).text, seen_names=ex.CLASSES).eval()
+    scores = {use: reading_scores(zm, _Features(feats), use) for use in (True, False)}
+    full = site_comparisons(y, list(ex.ALL), zm.reference_class(), scores[True], scores[False], n_boot=n_boot, seed=seed)
+    return {r: {n: {c: blk[c] for c in ex.UNSEEN_CLASSES} for n, blk in by.items()} for r, by in full.items()}
 
 
 def _site_priors(src, size: int, hw: tuple[int, int]) -> np.ndarray:
@@ -155,6 +195,9 @@ def main() -> None:
     ap.add_argument("--oracle", action="store_true",
                     help="also the oracle readings (true site maps, image-estimated prototypes)")
     ap.add_argument("--size", type=int, default=256, help="the model size the features were cached at")
+    ap.add_argument("--compare", action="store_true",
+                    help="also uopsl zero-shot's comparisons (paired bootstrap interval, DeLong p) of the unseen classes")
+    ap.add_argument("--n-boot", type=int, default=1000)
     args = ap.parse_args()
     src = ex.pool(args.data, "zeroshot", args.n_test, 0, 4000 + args.seed, 384, True)
     y = np.stack([it.target for it in ex.items(src, ex.ALL, "fundus")])
@@ -166,6 +209,8 @@ def main() -> None:
         row = {"checkpoint": str(run), **readings(run, feats, y)}
         if masks is not None:
             row["oracle"] = oracle_readings(run, feats, y, masks, seed=args.seed)
+        if args.compare:
+            row["comparisons"] = comparisons(run, feats, y, args.n_boot, args.seed)
         print(json.dumps(row), flush=True)
 
 

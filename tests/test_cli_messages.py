@@ -5,19 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from trainhelpers import tiny_model
+from trainhelpers import tiny_model, tiny_synth
 
 from uopsl.runtime.clikit import main_entry
 from uopsl.train.checkpoint import save_model
 from uopsl.train.cli import cli
-from uopsl.train.synthetic import SynthConfig, make_dataset
 
 
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("synth")
-    make_dataset(root, 8, 4, config=SynthConfig(size=64, seed=0), write_masks=False, progress=False)
-    return root
+    return tiny_synth(tmp_path_factory.mktemp("synth"), 8, 4)
 
 
 def test_finetune_refuses_a_size_the_checkpoint_does_not_have(synth: Path, tmp_path: Path,

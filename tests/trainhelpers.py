@@ -57,3 +57,11 @@ def feature_batch(model: UopslModel, n: int = 4, grid: int = 8) -> tuple[Any, An
     y = torch.zeros(n, k)
     y[torch.arange(n), torch.arange(n) % k] = 1.0
     return feat, y
+
+
+def tiny_synth(root: Path, n_fundus: int, n_oct: int = 0) -> Path:
+    """A tiny ``uopsl synth`` folder: 64 px, seed 0, no site masks."""
+    from uopsl.train.synthetic import SynthConfig, make_dataset
+
+    make_dataset(root, n_fundus, n_oct, config=SynthConfig(size=64, seed=0), write_masks=False, progress=False)
+    return root

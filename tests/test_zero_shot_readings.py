@@ -1,0 +1,132 @@
+"""Zero-shot readings (uopsl.train.zero_shot): the scores, the negatives, the comparison, the CLI table."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from trainhelpers import tiny_model, tiny_synth
+
+from uopsl.runtime.clikit import main_entry
+from uopsl.runtime.metrics import roc_auc
+from uopsl.train.checkpoint import save_model
+from uopsl.train.cli import cli
+from uopsl.train.zero_shot import compare, healthy_only, reading_scores, site_comparisons
+
+
+class _Features:
+    """What reading_scores reads from cached features: a ``features`` tensor and a length."""
+
+    def __init__(self, features: torch.Tensor) -> None:
+        self.features = features
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+
+def _features(model: torch.nn.Module, n: int = 10) -> torch.Tensor:
+    torch.manual_seed(3)
+    return torch.randn(n, model.fundus.encoder.channels, 4, 4)
+
+
+def test_raw_reading_is_what_the_logits_rank_by() -> None:
+    model, _ = tiny_model()
+    feats = _features(model)
+    for use_sites in (True, False):
+        raw = reading_scores(model, _Features(feats), use_sites, batch_size=4)["raw"]
+        with torch.no_grad():
+            logits = model.forward_features(feats, use_sites)["logits"]
+            cos = ((logits - model.bias) / model.tau).numpy()
+        np.testing.assert_allclose(raw, cos, atol=1e-5)
+
+
+def test_vs_healthy_scores_each_class_feature_against_the_healthy_description() -> None:
+    model, _ = tiny_model()  # classes normal, a, b: normal is the healthy class
+    ref = model.reference_class()
+    assert ref == 0
+    feats = _features(model)
+    scores = reading_scores(model, _Features(feats), True, batch_size=3)
+    with torch.no_grad():
+        tokens, glob, (h, w) = model.fundus.from_features(feats)
+        fused, _, _ = model.fused_features(tokens, glob, True, model.inside_tokens(h, w, feats.device))
+        fn = F.normalize(fused, dim=-1)
+        e = model.prototypes()
+        expected = ((fn * e).sum(-1) - (fn * e[ref]).sum(-1)).numpy()
+    np.testing.assert_allclose(scores["vs_healthy"], expected, atol=1e-5)
+    assert np.all(scores["vs_healthy"][:, ref] == 0)
+    # Without site attention every class shares one feature: the reading is raw_k - raw_healthy.
+    plain = reading_scores(model, _Features(feats), False)
+    np.testing.assert_allclose(plain["vs_healthy"], plain["raw"] - plain["raw"][:, [ref]], atol=1e-5)
+
+
+def test_healthy_only_excludes_images_with_any_other_label() -> None:
+    t = np.array([[1, 0, 0], [1, 1, 0], [0, 1, 0], [1, 0, 0], [0, 0, 0]])
+    assert healthy_only(t, 0).tolist() == [True, False, False, True, False]
+    assert healthy_only(t, None) is None
+
+
+def test_compare_gives_both_aucs_and_a_paired_interval_around_their_difference() -> None:
+    rng = np.random.default_rng(0)
+    y = np.r_[np.ones(40), np.zeros(60)].astype(bool)
+    without = rng.standard_normal(100) + 0.8 * y
+    with_sites = without + 0.6 * y + 0.3 * rng.standard_normal(100)
+    c = compare(y, with_sites, without, n_boot=400, seed=1)
+    assert c.with_sites == pytest.approx(roc_auc(y, with_sites)) and c.without == pytest.approx(roc_auc(y, without))
+    assert c.difference == pytest.approx(c.with_sites - c.without)
+    assert c.low is not None and c.high is not None and c.low <= c.difference <= c.high and c.low > 0
+    assert c.p_value is not None and c.p_value < 0.05 and (c.n_positive, c.n_negative) == (40, 60)
+    assert compare(y, with_sites, without, n_boot=400, seed=1) == c  # seeded: reproducible
+    same = compare(y, without, without, n_boot=200)
+    assert same.difference == 0 and same.low == 0 and same.high == 0
+    undefined = compare(np.ones(5, bool), np.arange(5.0), np.arange(5.0))
+    assert undefined.with_sites is None and undefined.difference is None and undefined.n_negative == 0
+
+
+def test_site_comparisons_take_the_right_negatives_and_leave_out_the_healthy_class() -> None:
+    # 0 normal (healthy), 1 dr, 2 rp (unseen): rows 0-3 healthy only, 4-6 dr, 7-9 rp, row 10 dr + rp.
+    t = np.zeros((11, 3))
+    t[:4, 0] = 1
+    t[4:7, 1] = 1
+    t[7:10, 2] = 1
+    t[10, [1, 2]] = 1
+    rng = np.random.default_rng(0)
+    s = {r: rng.standard_normal((11, 3)) for r in ("raw", "vs_healthy")}
+    s2 = {r: rng.standard_normal((11, 3)) for r in ("raw", "vs_healthy")}
+    out = site_comparisons(t, ["normal", "dr", "rp"], 0, s, s2, n_boot=100)
+    assert set(out) == {"raw", "vs_healthy"} and set(out["raw"]) == {"all", "healthy"}
+    assert "normal" in out["raw"]["all"] and "normal" not in out["raw"]["healthy"]
+    assert "normal" not in out["vs_healthy"]["all"]
+    rp_all, rp_healthy = out["raw"]["all"]["rp"], out["raw"]["healthy"]["rp"]
+    assert (rp_all["n_positive"], rp_all["n_negative"]) == (4, 7)
+    assert (rp_healthy["n_positive"], rp_healthy["n_negative"]) == (4, 4)  # the dr eyes are not negatives here
+    rows = np.r_[0:4, 7:11]
+    assert rp_healthy["with_sites"] == pytest.approx(roc_auc(t[rows, 2] > 0, s["raw"][rows, 2]))
+    # Without a healthy class: the raw reading against every other image only.
+    bare = site_comparisons(t, ["a", "b", "c"], None, {"raw": s["raw"]}, {"raw": s2["raw"]}, n_boot=100)
+    assert set(bare) == {"raw"} and set(bare["raw"]) == {"all"}
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_synth(tmp_path_factory.mktemp("synth_zs"), 12)
+
+
+def test_cli_prints_the_readings_table_and_writes_them(synth: Path, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    model, meta = tiny_model()
+    save_model(tmp_path / "ck", model, meta)
+    rc = main_entry(cli, ["zero-shot", str(tmp_path / "ck"), "--data", f"synthetic:{synth}", "--classes",
+                          "normal,dr,dme", "--out", str(tmp_path / "zs"), "--n-boot", "100"], prog_name="uopsl")
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    res = json.loads((tmp_path / "zs" / "zero_shot.json").read_text())
+    assert res["healthy_class"] == "normal" and set(res["readings"]) == {"raw", "vs_healthy"}
+    assert "difference [95 % CI]" in out and "vs normal" in out and "normal only" in out
+    defined = [(r, n, c) for r, b in res["readings"].items() for n, blk in b.items() for c, row in blk.items()
+               if row["with_sites"] is not None]
+    table_rows = [line for line in out.splitlines() if "description" in line or "vs normal" in line]
+    assert len(table_rows) == len(defined) > 0
