@@ -112,8 +112,9 @@ def comparisons(run: Path, feats: torch.Tensor, y: np.ndarray, n_boot: int, seed
 
     model, _ = load_model(run)
     zm = model.with_classes(ex.ALL, banks.build(ex.ALL, seen=ex.CLASSES).text, seen_names=ex.CLASSES).eval()
-    scores = {use: reading_scores(zm, _Features(feats), use) for use in (True, False)}
-    full = site_comparisons(y, list(ex.ALL), zm.reference_class(), scores[True], scores[False], n_boot=n_boot, seed=seed)
+    scores = reading_scores(zm, _Features(feats))
+    full = site_comparisons(y, list(ex.ALL), zm.reference_class(), scores["site_attention"],
+                            scores["no_site_attention"], n_boot=n_boot, seed=seed)
     return {r: {n: {c: blk[c] for c in ex.UNSEEN_CLASSES} for n, blk in by.items()} for r, by in full.items()}
 
 

@@ -36,12 +36,12 @@ def _features(model: torch.nn.Module, n: int = 10) -> torch.Tensor:
 def test_raw_reading_is_what_the_logits_rank_by() -> None:
     model, _ = tiny_model()
     feats = _features(model)
-    for use_sites in (True, False):
-        raw = reading_scores(model, _Features(feats), use_sites, batch_size=4)["raw"]
+    scores = reading_scores(model, _Features(feats), batch_size=4)
+    for arm, use_sites in (("site_attention", True), ("no_site_attention", False)):
         with torch.no_grad():
             logits = model.forward_features(feats, use_sites)["logits"]
             cos = ((logits - model.bias) / model.tau).numpy()
-        np.testing.assert_allclose(raw, cos, atol=1e-5)
+        np.testing.assert_allclose(scores[arm]["raw"], cos, atol=1e-5)
 
 
 def test_vs_healthy_scores_each_class_feature_against_the_healthy_description() -> None:
@@ -49,7 +49,8 @@ def test_vs_healthy_scores_each_class_feature_against_the_healthy_description() 
     ref = model.reference_class()
     assert ref == 0
     feats = _features(model)
-    scores = reading_scores(model, _Features(feats), True, batch_size=3)
+    both = reading_scores(model, _Features(feats), batch_size=3)
+    scores = both["site_attention"]
     with torch.no_grad():
         tokens, glob, (h, w) = model.fundus.from_features(feats)
         fused, _, _ = model.fused_features(tokens, glob, True, model.inside_tokens(h, w, feats.device))
@@ -59,7 +60,7 @@ def test_vs_healthy_scores_each_class_feature_against_the_healthy_description() 
     np.testing.assert_allclose(scores["vs_healthy"], expected, atol=1e-5)
     assert np.all(scores["vs_healthy"][:, ref] == 0)
     # Without site attention every class shares one feature: the reading is raw_k - raw_healthy.
-    plain = reading_scores(model, _Features(feats), False)
+    plain = both["no_site_attention"]
     np.testing.assert_allclose(plain["vs_healthy"], plain["raw"] - plain["raw"][:, [ref]], atol=1e-5)
 
 
@@ -125,8 +126,29 @@ def test_cli_prints_the_readings_table_and_writes_them(synth: Path, tmp_path: Pa
     assert rc == 0, out
     res = json.loads((tmp_path / "zs" / "zero_shot.json").read_text())
     assert res["healthy_class"] == "normal" and set(res["readings"]) == {"raw", "vs_healthy"}
-    assert "difference [95 % CI]" in out and "vs normal" in out and "normal only" in out
+    assert "95 % CI" in out and "vs normal" in out and "normal only" in out
     defined = [(r, n, c) for r, b in res["readings"].items() for n, blk in b.items() for c, row in blk.items()
                if row["with_sites"] is not None]
-    table_rows = [line for line in out.splitlines() if "description" in line or "vs normal" in line]
-    assert len(table_rows) == len(defined) > 0
+    table = [line for line in out.splitlines() if line.strip().startswith(("class", "normal", "dr", "dme"))]
+    assert len(table) == len(defined) + 1 > 1 and table[0].split()[:2] == ["class", "reading"]
+    # Columns line up: every row puts its AUCs where the header's "with sites" column ends.
+    end = table[0].index("with sites") + len("with sites")
+    assert all(line[end - 6 : end].replace(".", "").isdigit() for line in table[1:])
+    # The summary keys are the raw reading against every other image: one figure per class, not two.
+    raw_all = res["readings"]["raw"]["all"]
+    for c in ("normal", "dr", "dme"):
+        assert res["site_attention"][c] == raw_all[c]["with_sites"]
+        assert res["no_site_attention"][c] == raw_all[c]["without"]
+
+
+def test_cli_without_a_healthy_class_reports_the_description_reading_only(
+        synth: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model, meta = tiny_model()
+    save_model(tmp_path / "ck", model, meta)
+    rc = main_entry(cli, ["zero-shot", str(tmp_path / "ck"), "--data", f"synthetic:{synth}", "--classes", "dr,dme",
+                          "--out", str(tmp_path / "zs"), "--n-boot", "100"], prog_name="uopsl")
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    res = json.loads((tmp_path / "zs" / "zero_shot.json").read_text())
+    assert res["healthy_class"] is None and set(res["readings"]) == {"raw"} and set(res["readings"]["raw"]) == {"all"}
+    assert "no healthy class in the bank" in out and "vs " not in out

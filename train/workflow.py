@@ -154,13 +154,13 @@ def run_zero_shot(ckpt: Path, items: Sequence[Item], names: Sequence[str], out: 
                   classes_file: str | Path | None = None, cache: Path | None = None, n_boot: int = 500) -> dict[str, Any]:
     """Score classes given only by name + description, with and without site attention.
 
-    ``site_attention`` / ``no_site_attention``: AUC per class of the model's
-    own probabilities, every other image a negative. ``readings``: the raw and
-    against-the-healthy-description readings, against every other image and
-    against healthy eyes only, each comparison with a paired bootstrap interval
-    (``n_boot`` resamples) and DeLong's p-value (:mod:`uopsl.train.zero_shot`).
+    ``readings``: the raw and against-the-healthy-description readings,
+    against every other image and against healthy eyes only, each comparison
+    with a paired bootstrap interval (``n_boot`` resamples) and DeLong's
+    p-value (:mod:`uopsl.train.zero_shot`). ``site_attention`` /
+    ``no_site_attention``: the raw reading against every other image, AUC per
+    class (None where undefined).
     """
-    from uopsl.runtime.metrics import per_class_auc
     from uopsl.train.zero_shot import reading_scores, site_comparisons
 
     model, meta = load_model(ckpt)
@@ -170,14 +170,12 @@ def run_zero_shot(ckpt: Path, items: Sequence[Item], names: Sequence[str], out: 
     ref = zs.reference_class()
     res: dict[str, Any] = {"classes": list(names), "seen": list(bank.seen), "checkpoint": str(ckpt),
                            "healthy_class": None if ref is None else names[ref]}
-    scores = {}
-    for label, use_sites in (("site_attention", True), ("no_site_attention", False)):
-        probs = predict(zs, ds, use_sites=use_sites)["probs"]
-        aucs = per_class_auc(ds.targets, probs)
-        res[label] = {n: (None if not np.isfinite(a) else float(a)) for n, a in zip(names, aucs)}
-        scores[label] = reading_scores(zs, ds, use_sites)
+    scores = reading_scores(zs, ds)
     res["readings"] = site_comparisons(ds.targets, list(names), ref, scores["site_attention"],
                                        scores["no_site_attention"], n_boot=n_boot)
+    raw_all = res["readings"]["raw"]["all"]
+    for arm, key in (("site_attention", "with_sites"), ("no_site_attention", "without")):
+        res[arm] = {n: raw_all[n][key] for n in names}
     if out is not None:
         write_json(out / "zero_shot.json", res)
     return res

@@ -35,20 +35,27 @@ READINGS = ("raw", "vs_healthy")
 NEGATIVES = ("all", "healthy")
 
 
-@torch.no_grad()
-def reading_scores(model: UopslModel, ds: Any, use_sites: bool, batch_size: int = 32,
-                   device: torch.device | None = None) -> dict[str, np.ndarray]:
-    """Per image and class (N, K): the ``raw`` reading, and ``vs_healthy`` when the bank has a healthy class.
+ARMS = ("site_attention", "no_site_attention")
 
-    ``ds`` as :func:`uopsl.train.loops.predict` takes it: images, or cached
-    backbone features (anything with a ``features`` tensor).
+
+@torch.no_grad()
+def reading_scores(model: UopslModel, ds: Any, batch_size: int = 32,
+                   device: torch.device | None = None) -> dict[str, dict[str, np.ndarray]]:
+    """``{arm: {reading: (N, K) scores}}`` for both arms of :data:`ARMS` (with and without site attention).
+
+    Readings: ``raw``, and ``vs_healthy`` when the bank has a healthy class.
+    Cosines, not probabilities: a float32 sigmoid saturates at 1.0 for the
+    large logits an untrained (no-site) reading can give, and the ties it
+    makes move an AUC. ``ds`` as :func:`uopsl.train.loops.predict` takes it:
+    images, or cached backbone features (anything with a ``features``
+    tensor); the encoder runs once per image for both arms.
     """
     device = device or next(model.parameters()).device
     feats = getattr(ds, "features", None)
     model.eval()
     ref = model.reference_class()
     e = model.prototypes()
-    raw, vs = [], []
+    parts: dict[str, dict[str, list[np.ndarray]]] = {arm: {"raw": [], "vs_healthy": []} for arm in ARMS}
     for i in range(0, len(ds), batch_size):
         if feats is not None:
             f = feats[i : i + batch_size].float().to(device)
@@ -56,16 +63,15 @@ def reading_scores(model: UopslModel, ds: Any, use_sites: bool, batch_size: int 
             x = torch.stack([ds[j][0] for j in range(i, min(len(ds), i + batch_size))]).to(device)
             f = model.fundus.encoder(x)
         tokens, glob, (h, w) = model.fundus.from_features(f)
-        fused, _, _ = model.fused_features(tokens, glob, use_sites, model.inside_tokens(h, w, tokens.device))
-        fn = F.normalize(fused, dim=-1)
-        cos = (fn * e.unsqueeze(0)).sum(-1)
-        raw.append(cos.float().cpu().numpy())
-        if ref is not None:
-            vs.append((cos - (fn * e[ref]).sum(-1)).float().cpu().numpy())
-    out = {"raw": np.concatenate(raw)}
-    if ref is not None:
-        out["vs_healthy"] = np.concatenate(vs)
-    return out
+        inside = model.inside_tokens(h, w, tokens.device)
+        for arm in ARMS:
+            fused, _, _ = model.fused_features(tokens, glob, arm == "site_attention", inside)
+            fn = F.normalize(fused, dim=-1)
+            cos = (fn * e.unsqueeze(0)).sum(-1)
+            parts[arm]["raw"].append(cos.float().cpu().numpy())
+            if ref is not None:
+                parts[arm]["vs_healthy"].append((cos - (fn * e[ref]).sum(-1)).float().cpu().numpy())
+    return {arm: {r: np.concatenate(v) for r, v in by.items() if v} for arm, by in parts.items()}
 
 
 @dataclass(frozen=True)
@@ -108,7 +114,11 @@ def compare(y: np.ndarray, with_sites: np.ndarray, without: np.ndarray, n_boot: 
 
 
 def healthy_only(targets: np.ndarray, reference: int | None) -> np.ndarray | None:
-    """(N,) bool: images whose only label is the healthy class; None without a healthy class."""
+    """(N,) bool: images whose only label is the healthy class; None without a healthy class.
+
+    "Only" among the columns of ``targets`` (the bank's classes): labels the
+    bank does not hold were dropped when the items were read.
+    """
     if reference is None:
         return None
     t = np.asarray(targets) > 0

@@ -35,19 +35,21 @@ def command(checkpoint: Path, data_spec: str, classes: str, classes_file: Path |
     res = run_zero_shot(checkpoint, items_for(src, names, "fundus"), names, out, classes_file, cache=out / "cache",
                         n_boot=n_boot)
     for n in names:
-        with_sites, without = res["site_attention"][n], res["no_site_attention"][n]
-        if with_sites is None or without is None:
+        if res["site_attention"][n] is None:
             click.echo(f"{n:>14}: AUC undefined (the data has no image with, or none without, this class)")
-        else:
-            click.echo(f"{n:>14}: AUC with sites {with_sites:.4f}, without {without:.4f}")
     click.echo(_table(res["readings"], names, res.get("healthy_class")))
+
+
+def _p(p: float | None) -> str:
+    if p is None:
+        return "-"
+    return "<0.001" if p < 0.001 else f"{p:.3f}"
 
 
 def _table(readings: dict[str, Any], names: tuple[str, ...] | list[str], healthy: str | None) -> str:
     """The readings as a plain-text table: one row per class, reading and set of negatives."""
     labels = {"raw": "description", "vs_healthy": f"vs {healthy}"}
-    lines = [f"{'class':>14}  {'reading':<16} {'negatives':<9} {'with sites':>10} {'without':>8}  "
-             f"difference [95 % CI]      DeLong p"]
+    rows = []
     for n in names:
         for reading, by_negatives in readings.items():
             for negatives, block in by_negatives.items():
@@ -55,11 +57,14 @@ def _table(readings: dict[str, Any], names: tuple[str, ...] | list[str], healthy
                 if row is None or row["with_sites"] is None:
                     continue
                 lo, hi = row["difference_ci95"]
-                ci = "[undefined]" if lo is None or hi is None else f"[{lo:+.3f}, {hi:+.3f}]"
-                p = "-" if row["delong_p"] is None else f"{row['delong_p']:.3f}"
-                neg = "all" if negatives == "all" else f"{healthy} only"
-                lines.append(f"{n:>14}  {labels[reading]:<16} {neg:<9} {row['with_sites']:>10.4f} "
-                             f"{row['without']:>8.4f}  {row['difference']:+.4f} {ci:<18} {p:>8}")
+                ci = "undefined" if lo is None or hi is None else f"[{lo:+.3f}, {hi:+.3f}]"
+                rows.append((n, labels[reading], "all" if negatives == "all" else f"{healthy} only",
+                             f"{row['with_sites']:.4f}", f"{row['without']:.4f}", f"{row['difference']:+.4f}", ci,
+                             _p(row["delong_p"])))
+    header = ("class", "reading", "negatives", "with sites", "without", "difference", "95 % CI", "DeLong p")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    align = ("<", "<", "<", ">", ">", ">", "<", ">")
+    lines = ["  ".join(f"{cell:{a}{w}}" for cell, a, w in zip(r, align, widths)).rstrip() for r in [header, *rows]]
     if healthy is None:
         lines.append("(no healthy class in the bank: only the description reading, every other image a negative)")
     return "\n".join(lines)
