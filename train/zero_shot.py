@@ -33,8 +33,6 @@ from uopsl.train.model import UopslModel
 
 READINGS = ("raw", "vs_healthy")
 NEGATIVES = ("all", "healthy")
-
-
 ARMS = ("site_attention", "no_site_attention")
 
 
