@@ -106,6 +106,7 @@ def report_parts(rows: Sequence[dict[str, Any]], out_dir: str | os.PathLike[str]
     """The report page, piece by piece (a report of thousands of images never sits in memory whole)."""
     out = Path(out_dir)
     referable = [c.name for c in manifest.classes if c.referable]
+    zero_shot = {c.name for c in manifest.classes if not c.seen_in_training}
     counts = Counter("refer" if r.get("status") == "ok" and r.get("refer") else r.get("status", "error") for r in rows)
     n_ok = sum(1 for r in rows if r.get("status") == "ok")
     info = dict(run_info or {})
@@ -119,6 +120,8 @@ def report_parts(rows: Sequence[dict[str, Any]], out_dir: str | os.PathLike[str]
         + e(f"Model {manifest.model_name}" + (f" ({manifest.backbone})" if manifest.backbone else ""))
         + e(f" - classes: {', '.join(manifest.class_names)} - referable: {', '.join(referable) or 'none'}")
         + e(f" - rule: {manifest.referral_rule}")
+        + (e(f" - * zero-shot (no training images, scores not validated): {', '.join(sorted(zero_shot))}")
+           if zero_shot else "")
         + (e(f" - backend: {info['backend']}") if info.get("backend") else "")
         + e(f" - generated {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} by uopsl {__version__}")
         + "</div>",
@@ -140,7 +143,8 @@ def report_parts(rows: Sequence[dict[str, Any]], out_dir: str | os.PathLike[str]
         positive = set(r.get("positive") or [])
         probs = r.get("probs") or {}
         prob_html = "<br>".join(
-            f"<span class='{'pos' if c in positive else ''}'>{e(c)} {float(p):.3f}</span>" for c, p in probs.items()
+            f"<span class='{'pos' if c in positive else ''}'>{e(c)}{'*' if c in zero_shot else ''} {float(p):.3f}</span>"
+            for c, p in probs.items()
         ) or "&mdash;"
         reasons = list(r.get("reasons") or [])
         if r.get("error"):

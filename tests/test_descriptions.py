@@ -172,3 +172,33 @@ def test_shared_phrase_across_classes_is_a_warning(tmp_path: Path, caplog: pytes
 def test_descriptions_import_no_torch() -> None:
     code = "import sys, uopsl.train.descriptions; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_class_file_operating_points(tmp_path: Path) -> None:
+    text = ('[[classes]]\nname = "dme"\nthreshold = 0.3\n'
+            '[[classes]]\nname = "Retinitis Pigmentosa"\nreferable = true\nthreshold = 0.62\n'
+            '[[classes]]\nname = "new_thing"\nphrases = ["a b c"]\nreferable = false\n'
+            '[[classes]]\nname = "glaucoma"\n')
+    p = _write(tmp_path, "c.toml", text)
+    points = D.load_operating_points(p)
+    assert points == {"dme": D.OperatingPointOverride(0.3, None), "rp": D.OperatingPointOverride(0.62, True),
+                      "new_thing": D.OperatingPointOverride(None, False)}
+    assert [d.name for d in D.load_classes(p)] == ["dme", "rp", "new_thing", "glaucoma"]  # descriptions unaffected
+
+
+@pytest.mark.parametrize(
+    ("entry", "match"),
+    [
+        ('threshold = 1.0', "between 0 and 1"),
+        ('threshold = 0', "between 0 and 1"),
+        ('threshold = "0.5"', "between 0 and 1"),
+        ('threshold = true', "between 0 and 1"),
+        ('referable = "yes"', "must be true or false"),
+        ('referable = 1', "must be true or false"),
+    ],
+)
+def test_class_file_operating_point_errors(tmp_path: Path, entry: str, match: str) -> None:
+    p = _write(tmp_path, "c.toml", f'[[classes]]\nname = "dme"\n{entry}\n')
+    with pytest.raises(ConfigError, match=match) as info:
+        D.load_operating_points(p)
+    assert "c.toml" in str(info.value) and "'dme'" in str(info.value)

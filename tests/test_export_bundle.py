@@ -234,7 +234,7 @@ def test_reexport_with_a_classes_file_adds_an_unseen_class_without_retraining(
     assert all(c.ok for c in verify(out))
     assert m.class_names == CLASSES + ("retinal_detachment",)
     new = m.classes[-1]
-    assert (new.seen_in_training, new.threshold, new.referable) == (False, 0.5, True)
+    assert (new.seen_in_training, new.threshold, new.referable) == (False, 0.5, False)  # shown, never refers
     assert new.descriptions == ("grey, elevated retina with undulating folds",
                                 "retina lifted off the pigment epithelium")
     assert [c.seen_in_training for c in m.classes[:3]] == [True] * 3

@@ -34,6 +34,18 @@ def test_urgency_order_referable_then_ungradable_then_by_probability(tiny_bundle
     assert [int(x) for x in re.findall(r"/x/r(\d)\.jpg", page)] == [int(i[1:]) for i in order]
 
 
+def test_zero_shot_classes_are_marked_as_not_validated(tiny_bundle: Path) -> None:
+    from dataclasses import replace
+
+    m = read_manifest(tiny_bundle)
+    rows = [_row(0, "ok", True, 0.9)]
+    assert "zero-shot" not in render_report(rows, "/nonexistent", m)
+    marked = replace(m, classes=tuple(replace(c, seen_in_training=c.name != "npdr") for c in m.classes))
+    page = render_report(rows, "/nonexistent", marked)
+    assert "zero-shot (no training images, scores not validated): npdr" in page
+    assert "npdr* 0.900" in page and "dme* " not in page
+
+
 @pytest.fixture(scope="module")
 def report_dir(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("report")

@@ -359,8 +359,41 @@ def get(name: str) -> DiseaseDescription:
 
 # --------------------------------------------------------------------------- user class files
 
-_CLASS_KEYS = {"name", "display", "phrases"}
+_CLASS_KEYS = {"name", "display", "phrases", "threshold", "referable"}
 _PHRASE_KEYS = {"text", "modality"}
+
+
+@dataclass(frozen=True)
+class OperatingPointOverride:
+    """What a class file says about a class's decision: its threshold and whether it refers; None = not given."""
+
+    threshold: float | None = None
+    referable: bool | None = None
+
+
+def load_operating_points(path: str | os.PathLike[str]) -> dict[str, OperatingPointOverride]:
+    """``threshold`` / ``referable`` per class of a class file (canonical names), for classes that give one.
+
+    A threshold must be a probability strictly between 0 and 1, ``referable``
+    a boolean; anything else is a :class:`ConfigError` naming the file and entry.
+    The descriptions themselves come from :func:`load_classes`.
+    """
+    p = Path(path)
+    out: dict[str, OperatingPointOverride] = {}
+    for i, entry in enumerate(_read_entries(p), start=1):
+        desc = _parse_entry(entry, f"{p}: class #{i}")
+        where = f"{p}: class #{i} ({desc.name!r})"
+        threshold, referable = entry.get("threshold"), entry.get("referable")
+        if threshold is not None:
+            if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0.0 < threshold < 1.0:
+                raise ConfigError(f"{where}: 'threshold' must be a probability between 0 and 1 (exclusive); "
+                                  f"got {threshold!r}")
+            threshold = float(threshold)
+        if referable is not None and not isinstance(referable, bool):
+            raise ConfigError(f"{where}: 'referable' must be true or false; got {referable!r}")
+        if threshold is not None or referable is not None:
+            out[desc.name] = OperatingPointOverride(threshold, referable)
+    return out
 
 
 def load_classes(path: str | os.PathLike[str]) -> tuple[DiseaseDescription, ...]:
@@ -373,6 +406,8 @@ def load_classes(path: str | os.PathLike[str]) -> tuple[DiseaseDescription, ...]
         [[classes]]
         name = "retinal_detachment"      # new class: phrases required
         display = "Retinal detachment"   # optional (default: from the name)
+        referable = true                 # optional; a new class refers only if set, and then
+        threshold = 0.62                 #   only at a threshold you chose on validation data
         phrases = [
           "grey, elevated retina with undulating folds",                # modality "both"
           { text = "neurosensory retina lifted off the pigment epithelium", modality = "oct" },

