@@ -209,7 +209,8 @@ def class_decisions(names: Sequence[str], known: Sequence[str], thresholds: Sequ
             raise ConfigError(
                 f"{source}: class {n!r} is new (no image trained it) and marked referable but gives no threshold; "
                 "a zero-shot class may refer patients only at an operating point chosen on labelled images: "
-                "add threshold = ... (e.g. read off `uopsl zero-shot` on a validation set), or drop referable")
+                "add threshold = ... (chosen from the class's probabilities in `uopsl-screen run`'s results.csv "
+                "on a labelled validation set, at the sensitivity you need), or drop referable")
         out_t.append(pt.threshold if pt.threshold is not None else 0.5)
         out_r.append(bool(pt.referable))
     shown = [n for n, r in zip(names, out_r) if n not in known and not r]
