@@ -96,23 +96,14 @@ def readings(run: Path, feats: torch.Tensor, y: np.ndarray) -> dict[str, dict[st
     return out
 
 
-class _Features:
-    """Cached features as :func:`uopsl.train.zero_shot.reading_scores` reads them."""
-
-    def __init__(self, features: torch.Tensor) -> None:
-        self.features = features
-
-    def __len__(self) -> int:
-        return len(self.features)
-
-
 def comparisons(run: Path, feats: torch.Tensor, y: np.ndarray, n_boot: int, seed: int) -> dict:
     """What ``uopsl zero-shot`` reports (its ``readings``) for the unseen classes, from cached features."""
+    from uopsl.train.stages import FeatureDataset
     from uopsl.train.zero_shot import reading_scores, site_comparisons
 
     model, _ = load_model(run)
     zm = model.with_classes(ex.ALL, banks.build(ex.ALL, seen=ex.CLASSES).text, seen_names=ex.CLASSES).eval()
-    scores = reading_scores(zm, _Features(feats))
+    scores = reading_scores(zm, FeatureDataset(feats, y))
     full = site_comparisons(y, list(ex.ALL), zm.reference_class(), scores["site_attention"],
                             scores["no_site_attention"], n_boot=n_boot, seed=seed)
     return {r: {n: {c: blk[c] for c in ex.UNSEEN_CLASSES} for n, blk in by.items()} for r, by in full.items()}

@@ -15,17 +15,8 @@ from uopsl.runtime.clikit import main_entry
 from uopsl.runtime.metrics import roc_auc
 from uopsl.train.checkpoint import save_model
 from uopsl.train.cli import cli
+from uopsl.train.stages import FeatureDataset
 from uopsl.train.zero_shot import compare, healthy_only, reading_scores, site_comparisons
-
-
-class _Features:
-    """What reading_scores reads from cached features: a ``features`` tensor and a length."""
-
-    def __init__(self, features: torch.Tensor) -> None:
-        self.features = features
-
-    def __len__(self) -> int:
-        return len(self.features)
 
 
 def _features(model: torch.nn.Module, n: int = 10) -> torch.Tensor:
@@ -33,10 +24,14 @@ def _features(model: torch.nn.Module, n: int = 10) -> torch.Tensor:
     return torch.randn(n, model.fundus.encoder.channels, 4, 4)
 
 
+def _cached(feats: torch.Tensor) -> FeatureDataset:
+    return FeatureDataset(feats, np.zeros((len(feats), 3), np.float32))
+
+
 def test_raw_reading_is_what_the_logits_rank_by() -> None:
     model, _ = tiny_model()
     feats = _features(model)
-    scores = reading_scores(model, _Features(feats), batch_size=4)
+    scores = reading_scores(model, _cached(feats), batch_size=4)
     for arm, use_sites in (("site_attention", True), ("no_site_attention", False)):
         with torch.no_grad():
             logits = model.forward_features(feats, use_sites)["logits"]
@@ -49,7 +44,7 @@ def test_vs_healthy_scores_each_class_feature_against_the_healthy_description() 
     ref = model.reference_class()
     assert ref == 0
     feats = _features(model)
-    both = reading_scores(model, _Features(feats), batch_size=3)
+    both = reading_scores(model, _cached(feats), batch_size=3)
     scores = both["site_attention"]
     with torch.no_grad():
         tokens, glob, (h, w) = model.fundus.from_features(feats)
