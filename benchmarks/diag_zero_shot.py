@@ -61,14 +61,19 @@ import exp_synthetic as ex  # noqa: E402  (the experiment's own pools and class 
 from uopsl.runtime.metrics import per_class_auc  # noqa: E402
 from uopsl.train import bank as banks  # noqa: E402
 from uopsl.train.checkpoint import load_model  # noqa: E402
+from uopsl.train.model import UopslModel  # noqa: E402
 
 
-@torch.no_grad()
-def readings(run: Path, feats: torch.Tensor, y: np.ndarray) -> dict[str, dict[str, float]]:
+def zero_shot_model(run: Path) -> UopslModel:
+    """The checkpoint with the experiment's class bank: its seen classes plus the unseen ones."""
     model, _ = load_model(run)
     if model.config.variant == "fundus_only":
         raise SystemExit(f"{run}: a fundus_only model has no site attention to compare")
-    zm = model.with_classes(ex.ALL, banks.build(ex.ALL, seen=ex.CLASSES).text, seen_names=ex.CLASSES).eval()
+    return model.with_classes(ex.ALL, banks.build(ex.ALL, seen=ex.CLASSES).text, seen_names=ex.CLASSES).eval()
+
+
+@torch.no_grad()
+def readings(zm: UopslModel, feats: torch.Tensor, y: np.ndarray) -> dict[str, dict[str, float]]:
     ref = zm.reference_class()
     if ref is None:
         raise SystemExit(f"{run}: no healthy class to read against")
@@ -96,13 +101,11 @@ def readings(run: Path, feats: torch.Tensor, y: np.ndarray) -> dict[str, dict[st
     return out
 
 
-def comparisons(run: Path, feats: torch.Tensor, y: np.ndarray, n_boot: int, seed: int) -> dict:
+def comparisons(zm: UopslModel, feats: torch.Tensor, y: np.ndarray, n_boot: int, seed: int) -> dict:
     """What ``uopsl zero-shot`` reports (its ``readings``) for the unseen classes, from cached features."""
     from uopsl.train.stages import FeatureDataset
     from uopsl.train.zero_shot import reading_scores, site_comparisons
 
-    model, _ = load_model(run)
-    zm = model.with_classes(ex.ALL, banks.build(ex.ALL, seen=ex.CLASSES).text, seen_names=ex.CLASSES).eval()
     scores = reading_scores(zm, FeatureDataset(feats, y))
     full = site_comparisons(y, list(ex.ALL), zm.reference_class(), scores["site_attention"],
                             scores["no_site_attention"], n_boot=n_boot, seed=seed)
@@ -132,13 +135,11 @@ def _site_priors(src, size: int, hw: tuple[int, int]) -> np.ndarray:
 
 
 @torch.no_grad()
-def oracle_readings(run: Path, feats: torch.Tensor, y: np.ndarray, masks: np.ndarray,
+def oracle_readings(zm: UopslModel, feats: torch.Tensor, y: np.ndarray, masks: np.ndarray,
                     splits: int = 20, seed: int = 0) -> dict[str, dict[str, float]]:
     """The ``--oracle`` readings (module docstring): G's map concentration, true-site maps, image prototypes."""
     from uopsl.train.evaluate import site_concentration
 
-    model, _ = load_model(run)
-    zm = model.with_classes(ex.ALL, banks.build(ex.ALL, seen=ex.CLASSES).text, seen_names=ex.CLASSES).eval()
     tokens, glob, (h, w) = zm.fundus.from_features(feats)
     inside = zm.inside_tokens(h, w, feats.device)
     e = zm.prototypes()
@@ -198,11 +199,12 @@ def main() -> None:
         raise SystemExit(f"{args.features} holds {len(feats)} images, the pool {len(y)}")
     masks = _site_priors(src, args.size, tuple(feats.shape[2:])) if args.oracle else None
     for run in args.checkpoints:
-        row = {"checkpoint": str(run), **readings(run, feats, y)}
+        zm = zero_shot_model(run)
+        row = {"checkpoint": str(run), **readings(zm, feats, y)}
         if masks is not None:
-            row["oracle"] = oracle_readings(run, feats, y, masks, seed=args.seed)
+            row["oracle"] = oracle_readings(zm, feats, y, masks, seed=args.seed)
         if args.compare:
-            row["comparisons"] = comparisons(run, feats, y, args.n_boot, args.seed)
+            row["comparisons"] = comparisons(zm, feats, y, args.n_boot, args.seed)
         print(json.dumps(row), flush=True)
 
 
