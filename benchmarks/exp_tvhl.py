@@ -28,7 +28,8 @@ added from its description alone and scored on the fold's test photographs
 (:mod:`uopsl.train.zero_shot`: the description reading and the reading
 against the healthy description, with and without site attention). Task:
 npdr+pdr vs normal on the DR-graded cohort, pooled out of fold, healthy eyes
-the only negatives by construction. Real photographs, a real unseen class.
+the only negatives by construction. Real photographs and a class no label
+taught, though not a new appearance: DME photographs carry DR lesions.
 """
 
 from __future__ import annotations
