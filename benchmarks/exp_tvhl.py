@@ -125,7 +125,7 @@ def zero_shot_dr(args: argparse.Namespace, fsrc: data.DatasetSource, osrc: data.
         train_patients = {fsrc.samples[i].patient for i in tr}
         oidx = np.flatnonzero(np.isin(opatients, list(train_patients)) & no_dr_o)
         for v in variants:
-            model, meta = new_model(seen, variant=v, size=args.size, init=args.init)
+            model, meta = new_model(seen, variant=v, size=args.size, init=args.init, seed=args.seed)
             torch.manual_seed(args.seed)
             cfg = TrainConfig(epochs=args.epochs, batch_size=32, lr=1e-3, seed=args.seed, freeze_encoder=True,
                               augment=False, save_every=0, balanced=True, w_site_guide=args.site_guide)
@@ -211,7 +211,7 @@ def main() -> None:
             for name, x in (("brightness", bright), ("imagenet_lr", pooled)):
                 base[name][te, k] = logistic(x[tr], fy[tr, k], x[te])
         for v in variants:
-            model, meta = new_model(CLASSES, variant=v, size=args.size, init=args.init)
+            model, meta = new_model(CLASSES, variant=v, size=args.size, init=args.init, seed=args.seed)
             torch.manual_seed(args.seed)
             cfg = TrainConfig(epochs=args.epochs, batch_size=32, lr=1e-3, seed=args.seed, freeze_encoder=True,
                               augment=False, save_every=0, balanced=True, w_site_guide=args.site_guide)

@@ -251,7 +251,7 @@ def prepare_resnet50(synth: Path, out: Path, epochs: int, seed: int, bn_images: 
     val_src = data.read_synthetic(synth / "data" / "val", modality="fundus")
     torch.manual_seed(seed)
     model, meta = new_model(CLASSES, backbone="resnet50", init="random", size=256,
-                            data_fingerprint=train_src.fingerprint)
+                            data_fingerprint=train_src.fingerprint, seed=seed)
     if model.oct is None:
         raise ParityError("the full UOPSL variant should have an OCT branch; new_model() built none")
     cache = out / "cache"

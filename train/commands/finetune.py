@@ -68,7 +68,7 @@ def command(data_spec: str, val_spec: str | None, out: Path, from_ckpt: Path | N
                               "fine-tuning keeps the checkpoint's size (omit --size, or pretrain at that size)")
     else:
         model, meta = new_model(names, variant=variant or "uopsl", backbone=backbone, init=init, size=size,
-                                data_fingerprint=src.fingerprint)
+                                data_fingerprint=src.fingerprint, seed=seed)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "finetune.config.json", {"data": src.describe(), "val": val.describe(), "from": str(from_ckpt),
                                               "model": meta.model.to_dict(), "train": cfg.to_dict(), "shots": shots})

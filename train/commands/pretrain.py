@@ -42,7 +42,7 @@ def command(fundus_spec: str, oct_spec: str | None, out: Path, classes: str | No
     names = split_classes(classes) or fsrc.label_space.classes
     cfg = TrainConfig(**train)  # type: ignore[arg-type]
     model, meta = new_model(names, variant=variant, backbone=backbone, init=init, dim=dim, sites=sites, head=head,
-                            size=size, text_model=text_model, data_fingerprint=fsrc.fingerprint)
+                            size=size, text_model=text_model, data_fingerprint=fsrc.fingerprint, seed=cfg.seed)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "pretrain.config.json", {"fundus": fsrc.describe(), "oct": osrc.describe() if osrc else None,
                                               "model": meta.model.to_dict(), "train": cfg.to_dict()})
