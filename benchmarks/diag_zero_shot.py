@@ -74,29 +74,28 @@ def zero_shot_model(run: Path) -> UopslModel:
 
 @torch.no_grad()
 def readings(zm: UopslModel, feats: torch.Tensor, y: np.ndarray) -> dict[str, dict[str, float]]:
-    ref = zm.reference_class()
-    if ref is None:
-        raise SystemExit(f"{run}: no healthy class to read against")
-    tokens, glob, (h, w) = zm.fundus.from_features(feats)
-    inside = zm.inside_tokens(h, w, feats.device)
-    e = zm.prototypes()
+    """The raw, against-the-healthy-prototype and softmax readings, against every image and healthy eyes only."""
+    from uopsl.train.stages import FeatureDataset
+    from uopsl.train.zero_shot import healthy_only, reading_scores
+
+    healthy = healthy_only(y, zm.reference_class())
+    if healthy is None:
+        raise SystemExit("the class bank has no healthy class to read against")
+    both = reading_scores(zm, FeatureDataset(feats, y))  # the scores uopsl zero-shot compares
     out: dict[str, dict[str, float]] = {}
-    for label, use in (("site_attention", True), ("no_site_attention", False)):
-        fused, _, _ = zm.fused_features(tokens, glob, use, inside)  # what the model's logits compare
-        fn = F.normalize(fused, dim=-1)
-        cos = (fn * e).sum(-1)
-        scores = {"raw": cos, "vs_normal": cos - (fn * e[ref]).sum(-1),
-                  "softmax": (zm.tau * cos + zm.bias).softmax(-1)}
+    for label, by in both.items():
+        raw = torch.from_numpy(by["raw"])
+        scores = {"raw": by["raw"], "vs_normal": by["vs_healthy"],
+                  "softmax": (zm.tau * raw + zm.bias).softmax(-1).numpy()}
         for name, s in scores.items():
-            aucs = per_class_auc(y, s.numpy())
+            aucs = per_class_auc(y, s)
             out[f"{label}/{name}"] = {c: round(float(aucs[ex.ALL.index(c)]), 3) for c in ex.UNSEEN_CLASSES}
             # The same scores, with healthy eyes as the only negatives (the class's images against normal ones).
-            healthy = (y[:, ref] > 0) & (y.sum(1) == 1)
             against_healthy = {}
             for c in ex.UNSEEN_CLASSES:
                 k = ex.ALL.index(c)
                 rows = healthy | (y[:, k] > 0)
-                against_healthy[c] = round(float(per_class_auc(y[rows][:, [k]], s.numpy()[rows][:, [k]])[0]), 3)
+                against_healthy[c] = round(float(per_class_auc(y[rows][:, [k]], s[rows][:, [k]])[0]), 3)
             out[f"{label}/{name}/healthy_negatives"] = against_healthy
     return out
 

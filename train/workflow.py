@@ -162,7 +162,7 @@ def run_evaluate(ckpt: Path, items: Sequence[Item], out: Path | None, n_boot: in
 
 
 def run_zero_shot(ckpt: Path, items: Sequence[Item], names: Sequence[str], out: Path | None,
-                  classes_file: str | Path | None = None, cache: Path | None = None, n_boot: int = 500) -> dict[str, Any]:
+                  classes_file: str | Path | None = None, cache: Path | None = None, n_boot: int = 1000) -> dict[str, Any]:
     """Score classes given only by name + description, with and without site attention.
 
     ``readings``: the raw and against-the-healthy-description readings,
