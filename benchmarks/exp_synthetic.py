@@ -99,8 +99,7 @@ def train_variant(variant: str, fund: FeatureDataset, octf: FeatureDataset | Non
                   seed: int, epochs: int, size: int, base_model=None,  # type: ignore[no-untyped-def]
                   attention: str = "cosine", fov_mask: bool = True, site_loss: float = 0.0,
                   site_guide: float = 0.0) -> object:
-    torch.manual_seed(seed)  # the head's initialisation depends on the seed too
-    model, meta = new_model(CLASSES, variant=variant, size=size, seed=seed)
+    model, meta = new_model(CLASSES, variant=variant, size=size, seed=seed)  # the head's initialisation: seed
     if meta.preprocess.fov_margin != model.config.fov_margin:
         raise SystemExit(f"model fov_margin {model.config.fov_margin} != preprocessing's {meta.preprocess.fov_margin}")
     if (model.config.attention, model.config.fov_token_mask) != (attention, fov_mask):  # same seed: same weights
