@@ -16,10 +16,9 @@ RUNTIME = Path(__file__).resolve().parents[1] / "runtime"
 _SCRIPT = r"""
 import importlib, pkgutil, sys
 import uopsl.runtime as rt
-skip = {"uopsl.runtime.backends.tensorrt"}  # imports tensorrt at module level on purpose where present
+# Every module, the TensorRT backend included: TensorRT and the CUDA bindings load when an engine opens.
 for m in pkgutil.walk_packages(rt.__path__, "uopsl.runtime."):
-    if m.name not in skip:
-        importlib.import_module(m.name)
+    importlib.import_module(m.name)
 from uopsl.runtime.api import Screener
 from uopsl.runtime.cli import main
 bundle, image, out = sys.argv[1:4]
@@ -28,7 +27,7 @@ with Screener(bundle, "auto") as s:
     assert r.status == "ok", r
     s.screen_to(out, [image], overlays=True)
 assert main(["info", bundle]) == 0
-bad = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "onnx", "torchvision", "timm"))
+bad = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "onnx", "torchvision", "timm", "tensorrt", "pycuda"))
 print("FORBIDDEN:" + ",".join(bad))
 """
 

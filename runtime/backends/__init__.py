@@ -137,6 +137,34 @@ def engine_mismatch(path: Path) -> str | None:
     return None
 
 
+def engine_stale(root: Path, manifest: Manifest, entry: FileEntry) -> str | None:
+    """Why the engine ``entry`` was built from a model the bundle no longer holds, or None.
+
+    The engine header records the ONNX file and its sha256 at build time. Re-running
+    ``uopsl quantize`` or ``uopsl export`` replaces that file but leaves the engine
+    (and its own checksum and parity record) in the manifest, so ``verify`` and the
+    parity check alone would still trust an engine of the old model.
+    """
+    try:
+        from uopsl.runtime import engine_header
+
+        header = engine_header.read_header(root / entry.path)
+    except Exception:  # noqa: BLE001 - an unreadable header is engine_check's to report
+        return None
+    if not header.source_onnx:
+        return None
+    rebuild = engine_header.rebuild_command(header, root / entry.path)
+    source = next((f for f in manifest.files if f.path == header.source_onnx), None)
+    if source is None:
+        return (f"stale: built from {header.source_onnx}, which the bundle no longer lists; "
+                f"rebuild it on this device: {rebuild}")
+    if header.source_onnx_sha256 and source.sha256 and source.sha256 != header.source_onnx_sha256:
+        return (f"stale: built from {header.source_onnx} with sha256 {header.source_onnx_sha256[:12]}..., "
+                f"but the bundle's {header.source_onnx} is now {source.sha256[:12]}... (re-exported or "
+                f"re-quantized since); rebuild it on this device: {rebuild}")
+    return None
+
+
 # -- CPU INT8 decision -------------------------------------------------------------
 def cache_dir() -> Path:
     """Where per-machine measurements are cached: $UOPSL_CACHE_DIR or ~/.cache/uopsl."""
@@ -326,7 +354,7 @@ def select_backend(
             if precision == "auto" and e.precision == "int8" and not parity_status(e, "tensorrt")[0]:
                 reasons.append(f"{e.path}: INT8 is not used unasked: {parity_status(e, 'tensorrt')[1]}")
                 continue
-            why = engine_check(root / e.path)
+            why = engine_check(root / e.path) or engine_stale(root, m, e)
             if why is None:
                 return Selection("tensorrt", e.precision, e.path, f"engine {e.path} matches this GPU and TensorRT")
             reasons.append(f"{e.path}: {why}")
@@ -361,10 +389,13 @@ def select_backend(
                 if not validated:
                     notes.append(f"engine {e.path} skipped: INT8 is not used unasked: {why_not}")
                     continue
-            why = engine_check(root / e.path)
+            why = engine_check(root / e.path) or engine_stale(root, m, e)
             if why is None:
                 return Selection("tensorrt", e.precision, e.path, "; ".join(
                     [*notes, f"TensorRT engine {e.path} ({e.precision}) matches this GPU and TensorRT version"]))
+            # Loud: after a JetPack upgrade every engine lands here and screening
+            # quietly falls back to a slower backend unless someone reads this.
+            log.warning("TensorRT engine %s not used: %s", e.path, why)
             notes.append(f"engine {e.path} skipped: {why}")
     elif m.files_of("engine"):
         notes.append("TensorRT engines present but TensorRT/CUDA binding not installed")

@@ -10,6 +10,7 @@ received and what was expected, rather than letting the library crash.
 from __future__ import annotations
 
 import abc
+import threading
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING
@@ -41,6 +42,12 @@ class Backend(abc.ABC):
 
     def __init__(self) -> None:
         self._active = False
+        # One call at a time: a TensorRT execution context, an OpenVINO infer
+        # request and the pinned buffers behind them must not be shared by two
+        # threads at once (TensorRT: "do not call the APIs of the same
+        # IExecutionContext from multiple threads"); interleaved calls could hand
+        # one image's outputs to another. Open one backend per thread for parallelism.
+        self._lock = threading.Lock()
         # Filled by ``load`` from the model file; the metadata properties read them.
         self._inputs: tuple[TensorSpec, ...] = ()
         self._outputs: tuple[TensorSpec, ...] = ()
@@ -64,8 +71,9 @@ class Backend(abc.ABC):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._active = False
-        self.close()
+        with self._lock:  # waits for a call in flight on another thread
+            self._active = False
+            self.close()
 
     # -- metadata ----------------------------------------------------------
     @property
@@ -104,11 +112,18 @@ class Backend(abc.ABC):
             )
 
     def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        """Run the model on a uint8 (N, H, W, 3) batch; returns outputs by name."""
+        """Run the model on a uint8 (N, H, W, 3) batch; returns outputs by name.
+
+        Thread-safe: concurrent calls on one backend run one after another.
+        """
         if not self._active:
             raise BackendError(f"{self.name}: use the backend as a context manager ('with backend: ...')")
         self.check_input(batch)
-        return self._infer(np.ascontiguousarray(batch))
+        x = np.ascontiguousarray(batch)
+        with self._lock:
+            if not self._active:  # closed by another thread while this call waited
+                raise BackendError(f"{self.name}: the backend was closed while this call waited for it")
+            return self._infer(x)
 
     @abc.abstractmethod
     def _infer(self, batch: np.ndarray) -> dict[str, np.ndarray]: ...

@@ -51,6 +51,33 @@ def available_providers() -> tuple[str, ...]:
     return tuple(ort.get_available_providers())
 
 
+def provider_options(providers: list[str]) -> list[str | tuple[str, dict[str, str]]]:
+    """``providers`` with the options this toolkit sets: TensorRT EP engines cached on disk.
+
+    Without a cache the TensorRT execution provider rebuilds its engine every
+    time a session opens (minutes on a Jetson). The cache lives in the user
+    cache folder (``UOPSL_CACHE_DIR``); ONNX Runtime names each engine after
+    the model, its inputs and the GPU, so one folder serves every bundle.
+    """
+    from uopsl.runtime.backends import cache_dir
+
+    out: list[str | tuple[str, dict[str, str]]] = []
+    for p in providers:
+        if p == "TensorrtExecutionProvider":
+            folder = cache_dir() / "ort-trt"
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:  # a read-only home: build every time rather than fail
+                log.warning("TensorRT EP engine cache off: cannot create %s (%s); set UOPSL_CACHE_DIR", folder, exc)
+                out.append(p)
+                continue
+            out.append((p, {"trt_engine_cache_enable": "True", "trt_engine_cache_path": str(folder),
+                            "trt_timing_cache_enable": "True", "trt_timing_cache_path": str(folder)}))
+        else:
+            out.append(p)
+    return out
+
+
 def _spec(node: Any) -> TensorSpec:
     shape = tuple(d if isinstance(d, int) and d >= 0 else None for d in node.shape)
     dtype = _ORT_DTYPES.get(node.type)
@@ -135,10 +162,22 @@ class OrtBackend(ModelFileBackend):
         if not self.spin:
             so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
-            self._session = ort.InferenceSession(str(self.path), sess_options=so, providers=providers)
+            self._session = ort.InferenceSession(str(self.path), sess_options=so,
+                                                 providers=provider_options(providers))
         except Exception as exc:  # ORT raises its own exception types; report them as one line
             raise BackendError(f"ONNX Runtime cannot load {self.path}: {exc}") from exc
         used = self._session.get_providers()
+        if providers and used and used[0] != providers[0]:
+            # ONNX Runtime lists CUDA/TensorRT whenever the GPU wheel is installed, even
+            # when their libraries cannot load, and then quietly runs on the next
+            # provider: a backend called ort-cuda would screen on the CPU.
+            self._session = None
+            raise BackendError(
+                f"ONNX Runtime could not start {providers[0]} for {self.path.name} and fell back to "
+                f"{used[0]} (usually CUDA, cuDNN or TensorRT libraries missing or of another version than "
+                "this onnxruntime-gpu was built for; ONNX Runtime's log says which). Fix the GPU libraries, "
+                "or choose --backend ort-cpu (or openvino) explicitly"
+            )
         if self.name == "ort":
             self.name = "ort-trt" if used[0].startswith("Tensorrt") else "ort-cuda" if used[0].startswith("CUDA") else "ort-cpu"
         self._inputs = tuple(_spec(n) for n in self._session.get_inputs())

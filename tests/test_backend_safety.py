@@ -1,0 +1,179 @@
+"""Backends under conditions a device meets in the field: threads, stale engines, a GPU runtime that falls back."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tinybundle import tiny_bundle  # noqa: F401 - session fixture
+from tinymodel import random_fundus_batch
+from uopsl.runtime import engine_header as eh
+from uopsl.runtime.backends import Availability, engine_stale, select_backend
+from uopsl.runtime.backends.base import Backend, TensorSpec
+from uopsl.runtime.backends.onnxruntime import OrtBackend, provider_options
+from uopsl.runtime.bundle import FileEntry, read_manifest
+from uopsl.runtime.errors import BackendError, BundleError
+
+
+class _Overlap(Backend):
+    """Records whether two calls were ever inside ``_infer`` at once (what shared buffers cannot survive)."""
+
+    name = "overlap"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inside = 0
+        self.max_inside = 0
+        self.calls = 0
+
+    def load(self) -> None:
+        self._inputs = (TensorSpec("image", (None, 4, 4, 3), np.dtype(np.uint8)),)
+
+    def _infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        self.inside += 1
+        self.max_inside = max(self.max_inside, self.inside)
+        time.sleep(0.01)  # long enough for another thread to get in if nothing stops it
+        self.inside -= 1
+        self.calls += 1
+        return {"probs": batch.reshape(len(batch), -1)[:, :1].astype(np.float32)}
+
+
+def test_concurrent_infer_calls_run_one_at_a_time() -> None:
+    b = _Overlap()
+    x = np.zeros((1, 4, 4, 3), np.uint8)
+    with b:
+        threads = [threading.Thread(target=lambda: [b.infer(x) for _ in range(5)]) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert b.calls == 20 and b.max_inside == 1
+
+
+def test_a_call_waiting_while_the_backend_closes_gets_a_clear_error() -> None:
+    b = _Overlap()
+    x = np.zeros((1, 4, 4, 3), np.uint8)
+    b.__enter__()
+    errors: list[BaseException] = []
+    with b._lock:  # a call in flight: the next caller waits on the lock
+        waiter = threading.Thread(target=lambda: _catch(errors, b.infer, x))
+        waiter.start()
+        time.sleep(0.05)
+        b._active = False  # what __exit__ does once it holds the lock
+    waiter.join()
+    assert len(errors) == 1 and isinstance(errors[0], BackendError) and "closed" in str(errors[0])
+
+
+def _catch(errors: list[BaseException], fn, *args) -> None:  # type: ignore[no-untyped-def]
+    try:
+        fn(*args)
+    except BaseException as exc:  # noqa: BLE001
+        errors.append(exc)
+
+
+def test_ort_results_are_right_from_several_threads(tiny_bundle: Path) -> None:
+    size = read_manifest(tiny_bundle).preprocess.size
+    batches = [np.stack(random_fundus_batch(2, size, seed=s)) for s in range(4)]
+    with OrtBackend(tiny_bundle / "model.onnx", "cpu", threads=1) as b:
+        expected = [b.infer(x)["probs"] for x in batches]
+        got: dict[int, np.ndarray] = {}
+
+        def work(i: int) -> None:
+            for _ in range(3):
+                got[i] = b.infer(batches[i])["probs"]
+
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    for i in range(4):
+        np.testing.assert_array_equal(got[i], expected[i])
+
+
+# -- stale engines ----------------------------------------------------------------------------
+
+
+def _bundle_with_engine(src: Path, dst: Path, source_sha: str | None) -> tuple[Path, object]:
+    """A copy of the tiny bundle with an fp16 engine whose header names model.onnx with ``source_sha``."""
+    shutil.copytree(src, dst)
+    m = read_manifest(dst)
+    onnx = next(f for f in m.files if f.path == "model.onnx")
+    header = eh.EngineHeader(
+        tensorrt_version="10.13.0.35", gpu_name="NVIDIA Jetson AGX Orin", compute_capability="8.7",
+        precision="fp16", source_onnx="model.onnx",
+        source_onnx_sha256=onnx.sha256 if source_sha is None else source_sha,
+        min_batch=1, opt_batch=8, max_batch=16, input_name="image", input_shape=(64, 64, 3))
+    eh.write_engine(dst / "model.fp16.engine", b"plan bytes", header)
+    m = replace(m, files=m.files + (FileEntry("model.fp16.engine", "engine", "fp16", sha256="e16"),))
+    return dst, m
+
+
+def test_an_engine_of_a_replaced_model_is_stale_and_says_how_to_rebuild(tiny_bundle: Path, tmp_path: Path) -> None:
+    root, m = _bundle_with_engine(tiny_bundle, tmp_path / "b", "0" * 64)
+    engine = next(f for f in m.files if f.path == "model.fp16.engine")  # type: ignore[attr-defined]
+    why = engine_stale(root, m, engine)  # type: ignore[arg-type]
+    assert why is not None and why.startswith("stale: built from model.onnx")
+    assert "000000000000" in why and "uopsl build-engine" in why
+    av = Availability(ort_providers=("CPUExecutionProvider",), tensorrt=True)
+    with pytest.raises(BundleError, match="stale"):
+        select_backend(root, "tensorrt", manifest=m, availability=av, engine_check=lambda p: None)  # type: ignore[arg-type]
+
+
+def test_auto_warns_when_it_passes_over_an_engine(tiny_bundle: Path, tmp_path: Path,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
+    root, m = _bundle_with_engine(tiny_bundle, tmp_path / "b", "0" * 64)
+    av = Availability(ort_providers=("CPUExecutionProvider",), tensorrt=True)
+    with caplog.at_level(logging.WARNING, logger="uopsl.runtime.backends"):
+        sel = select_backend(root, manifest=m, availability=av, engine_check=lambda p: None,  # type: ignore[arg-type]
+                             measure=False)
+    assert sel.backend == "ort-cpu" and "stale" in sel.reason
+    assert any("model.fp16.engine not used: stale" in r.getMessage() for r in caplog.records)
+
+
+def test_an_engine_of_the_current_model_is_taken(tiny_bundle: Path, tmp_path: Path) -> None:
+    root, m = _bundle_with_engine(tiny_bundle, tmp_path / "b", None)
+    engine = next(f for f in m.files if f.path == "model.fp16.engine")  # type: ignore[attr-defined]
+    assert engine_stale(root, m, engine) is None  # type: ignore[arg-type]
+    av = Availability(ort_providers=("CPUExecutionProvider",), tensorrt=True)
+    sel = select_backend(root, "tensorrt", manifest=m, availability=av, engine_check=lambda p: None)  # type: ignore[arg-type]
+    assert (sel.backend, sel.file) == ("tensorrt", "model.fp16.engine")
+
+
+def test_an_engine_whose_source_left_the_bundle_is_stale(tiny_bundle: Path, tmp_path: Path) -> None:
+    root, m = _bundle_with_engine(tiny_bundle, tmp_path / "b", None)
+    m = replace(m, files=tuple(f for f in m.files if f.path != "model.onnx"))  # type: ignore[attr-defined]
+    engine = next(f for f in m.files if f.path == "model.fp16.engine")
+    assert "no longer lists" in (engine_stale(root, m, engine) or "")
+
+
+# -- ONNX Runtime GPU providers ---------------------------------------------------------------
+
+
+def test_ort_cuda_that_falls_back_to_the_cpu_is_an_error_not_a_mislabelled_cpu_run(
+        tiny_bundle: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ONNX Runtime lists CUDA whenever the GPU wheel is installed, then runs on the CPU if CUDA cannot load."""
+    import onnxruntime as ort
+
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    b = OrtBackend(tiny_bundle / "model.onnx", "cuda", threads=1)
+    with pytest.raises(BackendError, match="could not start CUDAExecutionProvider .* fell back to CPUExecutionProvider"):
+        b.__enter__()
+
+
+def test_tensorrt_ep_caches_its_engines_in_the_user_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("UOPSL_CACHE_DIR", str(tmp_path / "cache"))
+    opts = provider_options(["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"])
+    name, trt = opts[0]  # type: ignore[misc]
+    assert name == "TensorrtExecutionProvider" and opts[1:] == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert trt["trt_engine_cache_enable"] == "True" and trt["trt_timing_cache_enable"] == "True"
+    assert trt["trt_engine_cache_path"] == str(tmp_path / "cache" / "ort-trt")
+    assert (tmp_path / "cache" / "ort-trt").is_dir()
+    assert provider_options(["CPUExecutionProvider"]) == ["CPUExecutionProvider"]
