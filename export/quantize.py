@@ -84,7 +84,7 @@ ROUNDINGS: tuple[str, ...] = ("nearest", "gptq", "adaround")
 # DeployModel attribute); the compute nodes after it form the head group.
 TRUNK_PREFIX = "/trunk/"
 HEAD_GROUP = "@head"
-MAX_OPSET = 20  # highest opset both ONNX Runtime static INT8 and TensorRT 8.5+ parse
+MAX_OPSET = 20  # highest opset ONNX Runtime static INT8 and TensorRT 10.0+ parse; TensorRT 8.5/8.6 parse up to 17 (onnx-tensorrt operators.md)
 # Ops whose quantization changes arithmetic (the candidates of the sensitivity pass).
 # Data-movement ops (Reshape, Transpose, ...) only inherit their neighbours' encoding.
 LAYER_OPS: frozenset[str] = frozenset({
@@ -225,7 +225,7 @@ def _load_prepared(model_path: Path) -> Any:
     if not 13 <= opset <= MAX_OPSET:
         raise ConfigError(
             f"{model_path}: opset {opset}; INT8 QDQ export needs 13 <= opset <= {MAX_OPSET} "
-            "(per-channel Q/DQ from 13; TensorRT 8.5 parses up to 20). Re-export with `uopsl export --opset 17`"
+            "(per-channel Q/DQ from 13; TensorRT 8.5/8.6 parse up to opset 17, 10.0 up to 20). Re-export with `uopsl export --opset 17`"
         )
     seen: set[str] = set()
     for i, node in enumerate(model.graph.node):

@@ -19,9 +19,26 @@ INT8 routes (``EngineBuildConfig.int8_mode``):
   when calibration data is given and this TensorRT still has calibrators.
 
 TensorRT 11 removed implicit INT8 and the FP16 builder flag; asking for either
-there is a :class:`ConfigError` that says what to do instead. All version
-differences are decided by :func:`plan_build` from a :class:`TrtApi`, so they
-are unit-tested without TensorRT.
+there is a :class:`ConfigError` that says what to do instead. From 10.12 on,
+``BuilderFlag.FP16``/``INT8`` are deprecated in favour of strongly typed
+networks; a build that still sets them gets one warning saying so.
+
+DLA (Jetson): TensorRT's DLA does not support dynamic dimensions, so a DLA
+engine has one fixed batch (``min_batch == opt_batch == max_batch``; anything
+else is a :class:`ConfigError`, never a "DLA" engine that runs on the GPU).
+On TensorRT 8.x DLA does not run explicitly quantized (Q/DQ) models either, so
+INT8 on DLA there takes a legacy (calibration) route.
+
+The ONNX parser of each TensorRT release documents the highest opset it
+imports (onnx-tensorrt ``docs/operators.md``: "TensorRT 8.5 [and 8.6] supports
+operators up to Opset 17", "TensorRT 10.0 supports operators in the inclusive
+range of opset 9 to opset 20"); a model above that gets a warning naming the
+opset to export with.
+
+All version differences are decided by :func:`plan_build` from a
+:class:`TrtApi`, so they are unit-tested without TensorRT. The engine header
+records the resolved build options (:class:`uopsl.runtime.engine_header.BuildOptions`)
+so that the rebuild command printed on a mismatch rebuilds the same engine.
 """
 
 from __future__ import annotations
@@ -37,7 +54,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from uopsl.calibration import trt_cache
-from uopsl.runtime.engine_header import EngineHeader, now_utc, write_engine
+from uopsl.runtime.engine_header import BUILD_OPTIONS_KEY, BuildOptions, EngineHeader, now_utc, write_engine
 from uopsl.runtime.errors import BackendError, ConfigError
 from uopsl.runtime.fsio import sha256_file, write_bytes
 from uopsl.runtime.trt_compat import (
@@ -79,7 +96,8 @@ class EngineBuildConfig:
     timing_cache: file of measured kernel timings, read before and written
         after the build so rebuilds on the same device are much faster.
     dla_core: run on this Jetson DLA core (FP16/INT8 only), with layers DLA
-        cannot run falling back to the GPU when ``gpu_fallback``.
+        cannot run falling back to the GPU when ``gpu_fallback``. Needs one
+        fixed batch (min_batch == opt_batch == max_batch): DLA has no dynamic shapes.
     int8_mode: see the module docstring.
     strongly_typed: build a strongly typed network (Q/DQ on 10.x+); None = yes
         for Q/DQ INT8 on TensorRT 10+, no otherwise.
@@ -87,8 +105,11 @@ class EngineBuildConfig:
         use FP16 kernels (faster, a little less exact). Off: they run FP32.
     tf32: allow TF32 kernels in float layers (Ampere+). Off, so "fp32" means FP32.
     builder_optimization_level: 0-5 (TensorRT >= 8.6; None = TensorRT's default 3).
-    version_compatible: the engine also runs on later TensorRT of the same
-        major version (>= 8.6; slower engines, and the runtime must allow host code).
+    version_compatible: the engine also runs under later TensorRT of the same
+        major version and, per NVIDIA's support matrix, 8.6+ -> 10.x and
+        10.x -> 11.x (built with >= 8.6; slower engines; the plan embeds a lean
+        runtime that the loading runtime must be allowed to run; never another
+        GPU architecture). See :func:`uopsl.runtime.engine_header.version_mismatch`.
     device: CUDA device index.
     """
 
@@ -125,6 +146,14 @@ class EngineBuildConfig:
                 raise ConfigError(f"dla_core must be an integer >= 0 or None, got {self.dla_core!r}")
             if self.precision == "fp32":
                 raise ConfigError("DLA runs FP16 and INT8 only; build with --precision fp16 or int8 for --dla-core")
+            if not self.min_batch == self.opt_batch == self.max_batch:
+                raise ConfigError(
+                    f"dla_core {self.dla_core} with a dynamic batch (min {self.min_batch}, opt {self.opt_batch}, "
+                    f"max {self.max_batch}): TensorRT's DLA does not support dynamic dimensions, so every layer on "
+                    "the batch axis would run on the GPU and the engine would be DLA in name only. Give one fixed "
+                    "batch size (min_batch = opt_batch = max_batch, e.g. 1; CLI: --min-batch N --opt-batch N "
+                    "--max-batch N), or drop dla_core for a dynamic-batch GPU engine"
+                )
         if self.int8_mode not in INT8_MODES:
             raise ConfigError(f"int8_mode must be one of {INT8_MODES}, got {self.int8_mode!r}")
         if self.int8_mode != "auto" and self.precision != "int8":
@@ -156,6 +185,9 @@ class LegacyCalibration:
     cache_file: a TensorRT cache to use (legacy-cache, when ``amax`` is not
         given) or where to save the cache the calibrator computes.
     algorithm: entropy2 (TensorRT's recommended CNN calibrator) or minmax.
+    images / max_images: where ``batches`` came from (a folder, CSV, list or
+        .npz set) and the image cap; only recorded in the engine header so that
+        the rebuild command can give the calibrator the same images again.
     """
 
     batches: Iterable[np.ndarray] | None = None
@@ -163,6 +195,8 @@ class LegacyCalibration:
     cache_file: str | None = None
     algorithm: str = "entropy2"
     batch_size: int = 8
+    images: str | None = None
+    max_images: int | None = None
 
     @property
     def has_cache(self) -> bool:
@@ -200,9 +234,105 @@ def onnx_has_qdq(path: str | os.PathLike[str]) -> bool:
     return b"QuantizeLinear" in Path(path).read_bytes()
 
 
+def onnx_opset(path: str | os.PathLike[str]) -> int | None:
+    """The default-domain opset of the ONNX file at ``path``, or None when it cannot be read.
+
+    Reads only ``ModelProto.opset_import`` (field 8: ``OperatorSetIdProto``
+    with domain = field 1, version = field 2) from the protobuf wire format,
+    skipping the graph by its length, so a device needs no onnx package. Any
+    file that is not such a protobuf gives None (the parser then reports it).
+    """
+    try:
+        return _opset_from_bytes(Path(path).read_bytes())
+    except OSError:
+        return None
+
+
+def _varint(data: bytes, i: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if i >= len(data) or shift > 63:
+            raise ValueError("truncated varint")
+        b = data[i]
+        i += 1
+        value |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return value, i
+        shift += 7
+
+
+def _fields(data: bytes) -> Iterable[tuple[int, int, int | bytes]]:
+    """(field number, wire type, value) of each top-level field; ValueError on anything malformed."""
+    i = 0
+    while i < len(data):
+        key, i = _varint(data, i)
+        number, wire = key >> 3, key & 7
+        if number == 0:
+            raise ValueError("field number 0")
+        if wire == 0:
+            value, i = _varint(data, i)
+            yield number, wire, value
+        elif wire == 2:
+            n, i = _varint(data, i)
+            if i + n > len(data):
+                raise ValueError("truncated field")
+            yield number, wire, data[i:i + n]
+            i += n
+        elif wire in (1, 5):
+            i += 8 if wire == 1 else 4
+            if i > len(data):
+                raise ValueError("truncated field")
+        else:
+            raise ValueError(f"wire type {wire}")
+
+
+def _opset_from_bytes(data: bytes) -> int | None:
+    try:
+        found: int | None = None
+        for number, wire, value in _fields(data):
+            if number != 8 or wire != 2:
+                continue
+            assert isinstance(value, bytes)
+            domain, version = "", None
+            for n2, w2, v2 in _fields(value):
+                if n2 == 1 and w2 == 2 and isinstance(v2, bytes):
+                    domain = v2.decode("utf-8", "replace")
+                elif n2 == 2 and w2 == 0 and isinstance(v2, int):
+                    version = v2
+            if domain in ("", "ai.onnx") and version is not None:
+                found = version
+        return found
+    except ValueError:
+        return None
+
+
+def parser_max_opset(api: TrtApi) -> int | None:
+    """The highest ONNX opset this TensorRT's ONNX parser documents, or None where we have no statement.
+
+    From onnx-tensorrt ``docs/operators.md`` of each release: 8.5 and 8.6
+    "support operators up to Opset 17"; 10.0 "supports operators in the
+    inclusive range of opset 9 to opset 20" (later 10.x raise it, e.g. 10.15:
+    24). ``uopsl export`` writes opset 13-20, so only 8.x and 10.0 can be below it.
+    """
+    if api.major == 8:
+        return 17
+    if api.version[:2] == (10, 0):
+        return 20
+    return None
+
+
+# BuilderFlag.FP16/INT8: "[DEPRECATED] Deprecated in TensorRT 10.12. Superseded by strong typing"
+# (tensorrt-stubs 10.13, BuilderFlag), removed in 11.x (10.x -> 11.x migration guide).
+WEAK_FLAGS_DEPRECATED_SINCE = (10, 12)
+
+
 def plan_build(api: TrtApi, config: EngineBuildConfig, *, onnx_qdq: bool,
-               calibration: LegacyCalibration | None = None) -> BuildPlan:
-    """Decide network typing, builder flags and the INT8 route for this TensorRT; ConfigError if impossible."""
+               calibration: LegacyCalibration | None = None, onnx_opset: int | None = None) -> BuildPlan:
+    """Decide network typing, builder flags and the INT8 route for this TensorRT; ConfigError if impossible.
+
+    ``onnx_opset``: the model's opset (:func:`onnx_opset`), to warn when it is
+    above what this TensorRT's ONNX parser documents; None skips the check.
+    """
     warnings: list[str] = []
     set_flags: list[str] = []
     clear_flags: list[str] = []
@@ -213,11 +343,26 @@ def plan_build(api: TrtApi, config: EngineBuildConfig, *, onnx_qdq: bool,
             f"TensorRT {v} has no FP16 builder flag (removed in 11.x: networks are strongly typed). Build FP32 or "
             "INT8 (Q/DQ) engines, or give an ONNX already converted to FP16 (ModelOpt AutoCast) with --precision fp32"
         )
+    ceiling = parser_max_opset(api)
+    if onnx_opset is not None and ceiling is not None and onnx_opset > ceiling:
+        warnings.append(
+            f"the ONNX model has opset {onnx_opset}, above opset {ceiling}, the highest TensorRT {v}'s ONNX parser "
+            "documents (onnx-tensorrt operators.md); parsing may fail or import operators wrongly. Re-export the "
+            "bundle with 'uopsl export CHECKPOINT --out BUNDLE --opset 17' (the export default, which every "
+            "TensorRT this toolkit supports parses)"
+        )
     if config.precision == "int8":
         int8_mode = _int8_route(api, config, onnx_qdq, calibration)
         if int8_mode in LEGACY_MODES and api.implicit_int8_deprecated:
             warnings.append(f"implicit INT8 calibration is deprecated since TensorRT 10.1; "
                             f"prefer the Q/DQ model (--int8-mode qdq) on TensorRT {v}")
+        if int8_mode == "qdq" and config.dla_core is not None and api.family == "8":
+            raise ConfigError(
+                f"INT8 from the Q/DQ model on DLA core {config.dla_core}: DLA under TensorRT {v} does not support "
+                "explicit quantization (Q/DQ), so those layers would leave the DLA. Build implicit INT8 from "
+                "calibration data instead (--int8-mode legacy-cache with the bundle's calibration.json or "
+                "--calib-cache FILE, or --int8-mode legacy-calibrator --calib-images DIR), or --precision fp16"
+            )
     strongly = _strong_typing(api, config, int8_mode)
     if not strongly:
         if config.precision == "fp16":
@@ -226,6 +371,18 @@ def plan_build(api: TrtApi, config: EngineBuildConfig, *, onnx_qdq: bool,
             set_flags.append("INT8")
             if config.fp16_fallback:
                 set_flags.append("FP16")
+    weak = [f for f in ("FP16", "INT8") if f in set_flags]
+    if weak and api.version[:2] >= WEAK_FLAGS_DEPRECATED_SINCE:
+        if "INT8" in weak:  # with --fp16-fallback, FP16 goes too: a strongly typed Q/DQ model needs neither
+            instead = ("build INT8 from the Q/DQ model strongly typed (--int8-mode qdq, the default on 10.x, "
+                       "without --no-strongly-typed" + (" or --fp16-fallback)" if "FP16" in weak else ")"))
+        else:
+            instead = "convert the ONNX to FP16 (ModelOpt AutoCast) and build that with --precision fp32"
+        warnings.append(
+            f"{' and '.join('BuilderFlag.' + f for f in weak)} {'is' if len(weak) == 1 else 'are'} deprecated since "
+            f"TensorRT 10.12 in favour of strongly typed networks and removed in TensorRT 11; this engine still "
+            f"builds on TensorRT {v}; to build it on 11.x too, {instead}"
+        )
     if config.precision != "fp16" and not config.tf32 and api.tf32_flag:
         clear_flags.append("TF32")
     if config.dla_core is not None:
@@ -233,9 +390,6 @@ def plan_build(api: TrtApi, config: EngineBuildConfig, *, onnx_qdq: bool,
             raise ConfigError(f"TensorRT {v} offers no DLA device type; drop --dla-core")
         if config.gpu_fallback:
             set_flags.append("GPU_FALLBACK")
-        if config.min_batch != config.max_batch:
-            warnings.append("DLA runs static shapes only: with min-batch != max-batch, layers on the dynamic "
-                            "batch axis fall back to the GPU; build with min=opt=max batch for a DLA-only engine")
     if config.version_compatible:
         if not api.version_compatible_flag:
             raise ConfigError(f"version-compatible engines need TensorRT 8.6 or later; this is {v}")
@@ -318,8 +472,11 @@ def build_engine(
     if not onnx_path.is_file():
         raise ConfigError(f"ONNX file {onnx_path} does not exist")
     trt, api = load_tensorrt("building a TensorRT engine")
-    onnx_qdq = onnx_has_qdq(onnx_path)
-    plan = plan_build(api, config, onnx_qdq=onnx_qdq, calibration=calibration)
+    data = onnx_path.read_bytes()
+    onnx_qdq = b"QuantizeLinear" in data  # as onnx_has_qdq, without reading the file twice
+    opset = _opset_from_bytes(data)
+    del data
+    plan = plan_build(api, config, onnx_qdq=onnx_qdq, calibration=calibration, onnx_opset=opset)
     for w in plan.warnings:
         log.warning(w)
     cuda = cuda or load_cuda("building a TensorRT engine")
@@ -397,11 +554,38 @@ def build_engine(
         input_name=input_name,
         input_shape=tuple(sample_shape),
         built_at=now_utc(),
-        extra={"build_seconds": round(seconds, 1), "flags": list(plan.set_flags)},
+        extra={"build_seconds": round(seconds, 1), "flags": list(plan.set_flags), "onnx_opset": opset,
+               BUILD_OPTIONS_KEY: recorded_options(config, plan, calibration).to_dict()},
     )
     written = write_engine(out_path, plan_bytes, header)
     log.info("wrote %s (%.1f MiB) in %.0f s", out_path, len(plan_bytes) / 2**20, seconds)
     return EngineInfo(out_path, written, seconds, cache_path, plan.warnings)
+
+
+def recorded_options(config: EngineBuildConfig, plan: BuildPlan,
+                     calibration: LegacyCalibration | None) -> BuildOptions:
+    """The build options the engine header records, so that ``rebuild_command`` replays them.
+
+    ``strongly_typed`` is kept as requested (None = the version's default), so a
+    rebuild under another TensorRT takes that version's default again; the
+    resolved value is the header's own ``strongly_typed``. The calibration
+    source is recorded only for the legacy INT8 routes, which need it.
+    """
+    source, cache, images, batch, max_images = "", None, None, None, None
+    if plan.int8_mode in LEGACY_MODES and calibration is not None:
+        batch = calibration.batch_size
+        if plan.int8_mode == "legacy-calibrator":
+            source, images, max_images = "images", calibration.images, calibration.max_images
+            cache = calibration.cache_file  # where the computed cache was written, if anywhere
+        elif calibration.amax is not None:
+            source = "table"
+        else:
+            source, cache = "cache", calibration.cache_file
+    return BuildOptions(
+        gpu_fallback=config.gpu_fallback, strongly_typed=config.strongly_typed, fp16_fallback=config.fp16_fallback,
+        opt_level=config.builder_optimization_level, tf32=config.tf32, calib_source=source, calib_cache=cache,
+        calib_images=images, calib_batch=batch, calib_max_images=max_images, device=config.device,
+    )
 
 
 def _flag(trt: Any, api: TrtApi, name: str) -> Any:
@@ -513,5 +697,8 @@ __all__ = [
     "build_engine",
     "check_implicit_int8",
     "onnx_has_qdq",
+    "onnx_opset",
+    "parser_max_opset",
     "plan_build",
+    "recorded_options",
 ]

@@ -17,17 +17,23 @@ File layout (all integers little-endian)::
 
 Compatibility rule (:func:`check_compatible`), from NVIDIA's documentation
 ("By default, TensorRT engines are compatible only with the version of
-TensorRT used to build them"; version compatibility "within the same major
-version"; "Without [hardware compatibility] mode, engines are not portable
-across different GPU architectures"):
+TensorRT used to build them"; "Without [hardware compatibility] mode, engines
+are not portable across different GPU architectures"):
 
 * TensorRT version: ``major.minor.patch`` must be equal; when both sides also
-  report the build number (``8.5.2.2``) it must be equal too. An engine built
-  with ``version_compatible`` (TensorRT >= 8.6) runs under the same major
-  version at an equal or later version.
+  report the build number (``8.5.2.2``) it must be equal too.
+* An engine built with ``version_compatible`` (TensorRT >= 8.6) runs under an
+  equal or later TensorRT of the same major version, and across exactly the
+  two major-version pairs NVIDIA supports: 8.x (>= 8.6) -> 10.x and
+  10.x -> 11.x. See :func:`version_mismatch` for the sources.
 * GPU: the compute capability (``"8.7"``) must be equal. The same compute
   capability under another GPU name (e.g. two Ampere boards) is accepted with a
   warning: TensorRT runs it, though the kernels were timed on the other board.
+
+The header also records the ``uopsl build-engine`` options the engine was
+built with (``extra["build_options"]``, see :class:`BuildOptions`), so that
+:func:`rebuild_command` prints a command that rebuilds the same engine.
+Headers written before that field existed still give a working command.
 
 This module is numpy-free and imports nothing heavy; :func:`check_compatible`
 only touches TensorRT and the CUDA binding when the caller does not say what
@@ -41,6 +47,7 @@ import logging
 import os
 import re
 import struct
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
@@ -60,6 +67,89 @@ MAX_JSON_BYTES = 1 << 20
 PRECISIONS = ("fp32", "fp16", "int8")
 
 
+BUILD_OPTIONS_KEY = "build_options"  # key in EngineHeader.extra
+CALIB_SOURCES = ("", "table", "cache", "images")
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """The ``uopsl build-engine`` options an engine was built with, beyond the header's own fields.
+
+    Stored in ``EngineHeader.extra["build_options"]`` (not as header fields) so
+    that headers stay format 1 and older toolkits still read newer engines.
+    Without them :func:`rebuild_command` could not replay ``--no-gpu-fallback``,
+    ``--strongly-typed``, ``--fp16-fallback``, ``--opt-level`` or where the INT8
+    ranges came from, and the printed command would build another engine (or,
+    for ``legacy-calibrator``, fail for want of ``--calib-images``).
+
+    strongly_typed: as requested (None: the TensorRT version's default), not as
+        resolved; the resolved value is ``EngineHeader.strongly_typed``.
+    calib_source: ``table`` (the bundle's calibration.json), ``cache`` (a
+        TensorRT calibration cache file), ``images`` (legacy calibrator) or ``""``.
+    calib_cache / calib_images: absolute paths on the device that built it.
+    calib_batch / calib_max_images: ``--calib-batch`` / ``--calib-max-images``.
+    tf32: the Python API's ``EngineBuildConfig.tf32`` (the CLI has no option).
+    device: the CUDA device index it was built on (``--device``).
+    """
+
+    gpu_fallback: bool = True
+    strongly_typed: bool | None = None
+    fp16_fallback: bool = False
+    opt_level: int | None = None
+    tf32: bool = False
+    calib_source: str = ""
+    calib_cache: str | None = None
+    calib_images: str | None = None
+    calib_batch: int | None = None
+    calib_max_images: int | None = None
+    device: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_extra(cls, extra: Any, *, source: str = "engine") -> BuildOptions | None:
+        """The recorded options, or None for headers written before they were recorded.
+
+        A value of the wrong type is left out (that option falls back to the
+        command's default) with a warning naming it: a damaged record must not
+        stop the mismatch message that prints the rebuild command.
+        """
+        raw = extra.get(BUILD_OPTIONS_KEY) if isinstance(extra, dict) else None
+        if not isinstance(raw, dict):
+            return None
+        kwargs: dict[str, Any] = {}
+        for name, ok in _OPTION_TYPES.items():
+            if name not in raw:
+                continue
+            value = raw[name]
+            if ok(value):
+                kwargs[name] = value
+            else:
+                log.warning("%s: engine header build option %s=%r has the wrong type; left out of the rebuild "
+                            "command", source, name, value)
+        return cls(**kwargs)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+_OPTION_TYPES: dict[str, Callable[[Any], bool]] = {
+    "gpu_fallback": lambda v: isinstance(v, bool),
+    "strongly_typed": lambda v: v is None or isinstance(v, bool),
+    "fp16_fallback": lambda v: isinstance(v, bool),
+    "opt_level": lambda v: v is None or (_is_int(v) and 0 <= v <= 5),
+    "tf32": lambda v: isinstance(v, bool),
+    "calib_source": lambda v: v in CALIB_SOURCES,
+    "calib_cache": lambda v: v is None or isinstance(v, str),
+    "calib_images": lambda v: v is None or isinstance(v, str),
+    "calib_batch": lambda v: v is None or (_is_int(v) and v >= 1),
+    "calib_max_images": lambda v: v is None or (_is_int(v) and v >= 1),
+    "device": lambda v: _is_int(v) and v >= 0,
+}
+
+
 @dataclass(frozen=True)
 class EngineHeader:
     """What an engine was built from, for which TensorRT and GPU, and how.
@@ -67,8 +157,10 @@ class EngineHeader:
     ``compute_capability`` is ``"major.minor"`` (``"8.7"`` for Jetson Orin).
     ``int8_mode`` is the resolved INT8 route (``qdq``, ``legacy-calibrator``,
     ``legacy-cache``) or ``""`` for float engines. The build settings
-    (batches, workspace, DLA core, INT8 route) are recorded so that a mismatch
-    message can print the exact command that rebuilds the engine.
+    (batches, workspace, DLA core, INT8 route, and in ``extra["build_options"]``
+    the other ``uopsl build-engine`` options: :class:`BuildOptions`) are
+    recorded so that a mismatch message can print the command that rebuilds
+    the engine.
     """
 
     tensorrt_version: str
@@ -97,6 +189,11 @@ class EngineHeader:
         d = asdict(self)
         d["input_shape"] = list(self.input_shape)
         return d
+
+    @property
+    def build_options(self) -> BuildOptions | None:
+        """The recorded ``uopsl build-engine`` options (None in headers from before they were recorded)."""
+        return BuildOptions.from_extra(self.extra)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], *, source: str = "engine") -> EngineHeader:
@@ -237,14 +334,42 @@ def parse_version(text: str) -> tuple[int, ...]:
     return tuple(parts)
 
 
+# Version-compatible engines across major versions: the only pairs NVIDIA supports.
+# TensorRT 11.4.1 Support Matrix, "Engine Portability"
+# (docs.nvidia.com/deeplearning/tensorrt/11.4.1/getting-started/support-matrix.html): "Two combinations are
+# supported across major versions: TensorRT 10 version-compatible engines can run with a TensorRT 11 runtime,
+# and TensorRT 8 version-compatible engines can run with a TensorRT 10 runtime. No other combination across
+# major versions is supported." The Version Compatibility page (10.16.1 and latest) adds the conditions: "the
+# plan must be built with a version at least 8.6 or higher", and the plan carries a copy of the lean runtime
+# that runs only when the runtime trusts it (runtime.engine_host_code_allowed = True, which
+# uopsl.runtime.backends.tensorrt sets for version-compatible engines). The older 10.16.1 Support Matrix says
+# "within the same major version", and the Version Compatibility page also names TensorRT 9 runtimes for
+# TensorRT 8 engines; we follow the newer, explicit list and leave 8 -> 9 out (TensorRT 9 never shipped for
+# Jetson). Version compatibility never covers another GPU architecture (compute capability is checked apart).
+CROSS_MAJOR_VERSION_COMPATIBLE: frozenset[tuple[int, int]] = frozenset({(8, 10), (10, 11)})
+VERSION_COMPATIBLE_SINCE = (8, 6)
+
+
 def version_mismatch(built: str, running: str, version_compatible: bool = False) -> str | None:
-    """Why an engine built under TensorRT ``built`` cannot run under ``running``, or None."""
+    """Why an engine built under TensorRT ``built`` cannot run under ``running``, or None.
+
+    Without ``version_compatible`` the version must be exact (NVIDIA: "compatible
+    only with the version of TensorRT used to build them"). With it, an equal or
+    later version of the same major runs it, and so do the documented major
+    pairs in ``CROSS_MAJOR_VERSION_COMPATIBLE`` (8.6+ -> 10.x, 10.x -> 11.x);
+    the sources are cited next to that constant.
+    """
     b, r = parse_version(built), parse_version(running)
     if version_compatible:
-        if b[0] != r[0]:
-            return "a version-compatible engine runs only under the same TensorRT major version"
+        if b[:2] < VERSION_COMPATIBLE_SINCE:
+            return (f"version compatibility needs an engine built with TensorRT 8.6 or later; this header says "
+                    f"{built} built it")
         if r[:3] < b[:3]:
             return "a version-compatible engine runs only under the same or a later TensorRT version"
+        if b[0] != r[0] and (b[0], r[0]) not in CROSS_MAJOR_VERSION_COMPATIBLE:
+            pairs = ", ".join(f"{x}.x -> {y}.x" for x, y in sorted(CROSS_MAJOR_VERSION_COMPATIBLE))
+            return (f"a version-compatible engine runs under a later TensorRT of the same major version, and across "
+                    f"majors only for {pairs} (NVIDIA's support matrix); {b[0]}.x -> {r[0]}.x is not one of them")
         return None
     b3, r3 = (b + (0, 0))[:3], (r + (0, 0))[:3]
     if b3 != r3:
@@ -254,8 +379,22 @@ def version_mismatch(built: str, running: str, version_compatible: bool = False)
     return None
 
 
-def rebuild_command(header: EngineHeader, engine_path: str | os.PathLike[str] | None = None) -> str:
-    """The ``uopsl build-engine`` command that rebuilds this engine on the device it runs on."""
+_LEGACY = ("legacy-calibrator", "legacy-cache")
+
+
+def rebuild_command(header: EngineHeader, engine_path: str | os.PathLike[str] | None = None,
+                    running_trt_version: str | None = None) -> str:
+    """The ``uopsl build-engine`` command that rebuilds this engine on the device it runs on.
+
+    It replays every recorded option (:class:`BuildOptions`; headers without
+    them give the command of the header's own fields, as before), so that the
+    rebuilt engine is the same one. ``running_trt_version``: the TensorRT that
+    will rebuild it. Where that TensorRT cannot take an option the old one took
+    (implicit INT8 on 11.x, ``--no-strongly-typed`` on 11.x, Q/DQ on DLA under
+    8.x), the option is left out and a shell comment at the end says why and
+    what to do, rather than printing a command that fails; where it merely
+    prefers another INT8 route, the comment says so and the route is kept.
+    """
     bundle = "BUNDLE"
     out = "ENGINE"
     if engine_path is not None:
@@ -263,18 +402,108 @@ def rebuild_command(header: EngineHeader, engine_path: str | os.PathLike[str] | 
         out = p.name
         if (p.parent / "manifest.json").is_file():
             bundle = str(p.parent)
-    parts = [
-        "uopsl build-engine", _quote(bundle), f"--precision {header.precision}",
-        f"--min-batch {header.min_batch}", f"--opt-batch {header.opt_batch}", f"--max-batch {header.max_batch}",
-    ]
+    opts = header.build_options
+    running: tuple[int, ...] | None = None
+    if running_trt_version:
+        try:
+            running = parse_version(running_trt_version)
+        except BundleError:
+            running = None
+    built_major = _major(header.tensorrt_version)
+    notes: list[str] = []
+    parts = ["uopsl build-engine", _quote(bundle), f"--precision {header.precision}"]
+    if header.dla_core is not None and not header.min_batch == header.opt_batch == header.max_batch:
+        notes.append(
+            f"the old engine had batch {header.min_batch}-{header.max_batch} on DLA core {header.dla_core}, which "
+            "DLA cannot run (no dynamic shapes: its layers fell back to the GPU); with --dla-core and no batch "
+            "options the batch is "
+            "fixed at 1; add --min-batch N --opt-batch N --max-batch N for another fixed size"
+        )
+    else:
+        parts += [f"--min-batch {header.min_batch}", f"--opt-batch {header.opt_batch}",
+                  f"--max-batch {header.max_batch}"]
     if header.workspace_mib:
         parts.append(f"--workspace {header.workspace_mib}")
-    if header.precision == "int8" and header.int8_mode:
-        parts.append(f"--int8-mode {header.int8_mode}")
+    route = header.int8_mode if header.precision == "int8" else ""
+    if route:
+        if route in _LEGACY and running is not None and running[0] >= 11:
+            notes.append(
+                f"built with --int8-mode {route} under TensorRT {header.tensorrt_version}; TensorRT "
+                f"{running_trt_version} has no implicit INT8, so this builds from the bundle's Q/DQ model (run "
+                "'uopsl quantize BUNDLE --variant trt --images CALIBRATION_IMAGES' first if it has none)"
+            )
+        elif (route == "qdq" and header.dla_core is not None and running is not None and running[0] < 9):
+            notes.append(
+                f"built from the Q/DQ model on DLA under TensorRT {header.tensorrt_version}; DLA under TensorRT "
+                f"{running_trt_version} runs no Q/DQ model, so this builds implicit INT8 from calibration data "
+                "(the bundle's calibration.json, or add --calib-cache FILE or --calib-images DIR)"
+            )
+        else:
+            parts.append(f"--int8-mode {route}")
+            if route in _LEGACY:
+                parts += _calibration_args(route, opts, notes)
+                if (running is not None and 9 <= running[0] < 11 and built_major is not None
+                        and built_major < 9):
+                    notes.append(
+                        f"TensorRT {running_trt_version} prefers the Q/DQ model for INT8 (implicit INT8 is "
+                        f"deprecated since 10.1): leave out --int8-mode {route} and the --calib options to build "
+                        "from it"
+                    )
     if header.dla_core is not None:
         parts.append(f"--dla-core {header.dla_core}")
+        if opts is not None and not opts.gpu_fallback:
+            parts.append("--no-gpu-fallback")
+    if opts is not None:
+        if opts.strongly_typed is True:
+            parts.append("--strongly-typed")
+        elif opts.strongly_typed is False:
+            if running is not None and running[0] >= 11:
+                notes.append(f"built with --no-strongly-typed; TensorRT {running_trt_version} builds every network "
+                             "strongly typed, so it is left out")
+            else:
+                parts.append("--no-strongly-typed")
+        if opts.fp16_fallback:
+            parts.append("--fp16-fallback")
+        if opts.opt_level is not None:
+            parts.append(f"--opt-level {opts.opt_level}")
+        if opts.tf32:
+            notes.append("built with tf32=True through the Python API (EngineBuildConfig); the CLI has no option "
+                         "for it, so this command builds with TF32 off")
+    if header.version_compatible:
+        parts.append("--version-compatible")
+    if opts is not None and opts.device:
+        parts.append(f"--device {opts.device}")
     parts.append(f"--out {_quote(out)}")
-    return " ".join(parts)
+    command = " ".join(parts)
+    return command + ("  # " + "; ".join(notes) if notes else "")
+
+
+def _calibration_args(route: str, opts: BuildOptions | None, notes: list[str]) -> list[str]:
+    """The --calib options that give a legacy INT8 route the same ranges again."""
+    args: list[str] = []
+    if route == "legacy-calibrator":
+        images = opts.calib_images if opts is not None else None
+        if images is None:
+            notes.append("the calibration images are not recorded in this engine's header: give them with "
+                         "--calib-images")
+        args.append(f"--calib-images {_quote(images or 'CALIBRATION_IMAGES')}")
+        if opts is not None and opts.calib_max_images is not None:
+            args.append(f"--calib-max-images {opts.calib_max_images}")
+        if opts is not None and opts.calib_cache is not None:
+            args.append(f"--calib-cache {_quote(opts.calib_cache)}")  # where the computed cache was written
+    elif opts is not None and opts.calib_source == "cache" and opts.calib_cache is not None:
+        args.append(f"--calib-cache {_quote(opts.calib_cache)}")
+    # legacy-cache from the bundle's calibration.json needs no option: build-engine reads it from the bundle.
+    if opts is not None and opts.calib_batch is not None:
+        args.append(f"--calib-batch {opts.calib_batch}")
+    return args
+
+
+def _major(version: str) -> int | None:
+    try:
+        return parse_version(version)[0]
+    except BundleError:
+        return None
 
 
 def _quote(s: str) -> str:
@@ -321,19 +550,23 @@ def check_compatible(
     if problems:
         raise EngineMismatchError(
             f"{where} ({header.precision}) cannot run here: " + "; ".join(problems)
-            + f". Rebuild it on this device: {rebuild_command(header, engine_path)}"
+            + f". Rebuild it on this device: {rebuild_command(header, engine_path, running_trt_version)}"
         )
     if header.gpu_name != gpu_name:
         log.warning(
             "%s was built on %s and runs on %s (same compute capability %s): it works, but its kernels were "
             "timed on the other GPU; rebuild it here for best speed: %s",
-            where, header.gpu_name, gpu_name, compute_capability, rebuild_command(header, engine_path),
+            where, header.gpu_name, gpu_name, compute_capability,
+            rebuild_command(header, engine_path, running_trt_version),
         )
 
 
 __all__ = [
+    "BUILD_OPTIONS_KEY",
+    "CROSS_MAJOR_VERSION_COMPATIBLE",
     "HEADER_FORMAT",
     "MAGIC",
+    "BuildOptions",
     "EngineHeader",
     "check_compatible",
     "encode",

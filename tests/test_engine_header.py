@@ -125,12 +125,30 @@ def test_bad_precision_refused(tmp_path: Path) -> None:
         ("10.3.0", "10.4.0", False, False),
         ("10.3.0", "10.4.0", True, True),  # version compatible: later minor of the same major
         ("10.4.0", "10.3.0", True, False),  # ... never an older runtime
-        ("10.3.0", "11.0.0", True, False),  # ... nor another major
+        ("8.6.2", "10.3.0", True, True),  # ... and the two cross-major pairs NVIDIA supports: 8 -> 10 (JetPack 6.1)
+        ("10.3.0", "11.0.0", True, True),  # ... and 10 -> 11
+        ("8.6.1", "11.0.0", True, False),  # ... but no other: 8 -> 11
+        ("8.6.1", "9.2.0", True, False),  # ... nor 8 -> 9 (not in the support matrix's list)
+        ("11.0.0", "10.3.0", True, False),
+        ("8.5.2.2", "10.3.0", True, False),  # version compatibility starts with 8.6
+        ("8.5.2.2", "8.5.3", True, False),
+        ("8.6.1", "10.3.0", False, False),  # without the flag: exact version only
         ("10.0.0b6", "10.0.0", False, True),
     ],
 )
 def test_version_rule(built: str, running: str, compat: bool, ok: bool) -> None:
     assert (eh.version_mismatch(built, running, compat) is None) is ok
+
+
+def test_version_compatible_messages_name_the_rule() -> None:
+    why = eh.version_mismatch("8.6.1", "11.0.0", True)
+    assert why is not None and "across majors only for 8.x -> 10.x, 10.x -> 11.x" in why and "8.x -> 11.x is not" in why
+    why = eh.version_mismatch("8.5.2", "8.5.3", True)
+    assert why is not None and "built with TensorRT 8.6 or later" in why and "8.5.2 built it" in why
+    h = _header(tensorrt_version="8.6.2", version_compatible=True, int8_mode="qdq")
+    eh.check_compatible(h, "10.3.0", "Orin", "8.7")  # JetPack 6.0 -> 6.1 with a version-compatible engine
+    with pytest.raises(EngineMismatchError, match="compute capability 8.7.*compute capability 8.9"):
+        eh.check_compatible(h, "10.3.0", "RTX 4090", "8.9")  # version compatibility never covers another GPU
 
 
 def test_parse_version() -> None:
@@ -162,7 +180,10 @@ def test_mismatch_message_says_built_running_and_rebuild(tmp_path: Path) -> None
     assert "built on Orin (compute capability 8.7)" in msg and "NVIDIA GeForce RTX 4090 (compute capability 8.9)" in msg
     expected = (f"uopsl build-engine {bundle} --precision int8 --min-batch 1 --opt-batch 4 --max-batch 8 "
                 "--workspace 512 --int8-mode legacy-cache --out model.int8.engine")
-    assert msg.endswith(expected)
+    # an 8.x header from before build options were recorded: the same working command, plus the 10.x hint
+    assert msg.endswith(expected + "  # TensorRT 10.3.0 prefers the Q/DQ model for INT8 (implicit INT8 is deprecated "
+                        "since 10.1): leave out --int8-mode legacy-cache and the --calib options to build from it")
+    assert eh.rebuild_command(h, path) == expected  # without the running version: exactly as before
     assert isinstance(exc.value, BundleError)  # EngineMismatchError is a BundleError: exit code 2 in the CLIs
 
 
@@ -175,6 +196,96 @@ def test_only_gpu_mismatch_and_dla_in_command() -> None:
     assert "built on Orin (compute capability 8.7), this is Xavier (compute capability 7.2)" in msg
     assert "--dla-core 1" in msg and "uopsl build-engine BUNDLE --precision fp16" in msg
     assert "--int8-mode" not in msg and "--workspace" not in msg
+
+
+FULL = eh.BuildOptions(gpu_fallback=False, strongly_typed=False, fp16_fallback=True, opt_level=4,
+                       calib_source="images", calib_images="/data/cal set", calib_cache="/data/calib.cache",
+                       calib_batch=4, calib_max_images=256, device=1)
+
+
+def test_build_options_round_trip_and_old_headers(tmp_path: Path) -> None:
+    path = tmp_path / "e.engine"
+    eh.write_engine(path, PLAN, _header(extra={"build_seconds": 3.0, eh.BUILD_OPTIONS_KEY: FULL.to_dict()}))
+    h = eh.read_header(path)
+    assert h.build_options == FULL and h.extra["build_seconds"] == 3.0
+    eh.write_engine(path, PLAN, _header(extra={"build_seconds": 3.0}))  # written before options were recorded
+    assert eh.read_header(path).build_options is None
+    blob = json.dumps({k: v for k, v in _header().to_dict().items() if k != "extra"}).encode()  # no extra at all
+    path.write_bytes(struct.pack("<8sII", b"UOPSLENG", 1, len(blob)) + blob + PLAN)
+    old = eh.read_header(path)
+    assert old.extra == {} and old.build_options is None
+    assert eh.rebuild_command(old) == ("uopsl build-engine BUNDLE --precision int8 --min-batch 1 --opt-batch 4 "
+                                       "--max-batch 8 --workspace 512 --int8-mode legacy-cache --out ENGINE")
+
+
+def test_rebuild_command_replays_every_recorded_option() -> None:
+    h = _header(tensorrt_version="8.6.1", int8_mode="legacy-calibrator", dla_core=0, min_batch=2, opt_batch=2,
+                max_batch=2, version_compatible=True, extra={eh.BUILD_OPTIONS_KEY: FULL.to_dict()})
+    assert eh.rebuild_command(h, running_trt_version="8.6.2") == (
+        "uopsl build-engine BUNDLE --precision int8 --min-batch 2 --opt-batch 2 --max-batch 2 --workspace 512 "
+        "--int8-mode legacy-calibrator --calib-images '/data/cal set' --calib-max-images 256 "
+        "--calib-cache /data/calib.cache --calib-batch 4 --dla-core 0 --no-gpu-fallback --no-strongly-typed "
+        "--fp16-fallback --opt-level 4 --version-compatible --device 1 --out ENGINE")
+    cache = eh.BuildOptions(calib_source="cache", calib_cache="/c/x.cache", calib_batch=8, strongly_typed=True)
+    h = _header(tensorrt_version="10.3.0", extra={eh.BUILD_OPTIONS_KEY: cache.to_dict()})
+    assert eh.rebuild_command(h, running_trt_version="10.4.0") == (
+        "uopsl build-engine BUNDLE --precision int8 --min-batch 1 --opt-batch 4 --max-batch 8 --workspace 512 "
+        "--int8-mode legacy-cache --calib-cache /c/x.cache --calib-batch 8 --strongly-typed --out ENGINE")
+    table = eh.BuildOptions(calib_source="table", calib_batch=8)  # calibration.json is read from the bundle
+    h = _header(extra={eh.BUILD_OPTIONS_KEY: table.to_dict()})
+    assert "--int8-mode legacy-cache --calib-batch 8 --out" in eh.rebuild_command(h)
+    tf32 = _header(precision="fp32", int8_mode="", extra={eh.BUILD_OPTIONS_KEY: {"tf32": True}})
+    assert eh.rebuild_command(tf32).endswith("--out ENGINE  # built with tf32=True through the Python API "
+                                             "(EngineBuildConfig); the CLI has no option for it, so this command "
+                                             "builds with TF32 off")
+
+
+def test_rebuild_command_leaves_out_what_the_new_tensorrt_refuses() -> None:
+    h = _header(tensorrt_version="10.3.0", int8_mode="legacy-cache",
+                extra={eh.BUILD_OPTIONS_KEY: eh.BuildOptions(strongly_typed=False, calib_source="cache",
+                                                             calib_cache="/c/x.cache", calib_batch=8).to_dict()})
+    cmd = eh.rebuild_command(h, running_trt_version="11.0.0")
+    command, comment = cmd.split("  # ")
+    assert command == ("uopsl build-engine BUNDLE --precision int8 --min-batch 1 --opt-batch 4 --max-batch 8 "
+                       "--workspace 512 --out ENGINE")
+    assert comment == (
+        "built with --int8-mode legacy-cache under TensorRT 10.3.0; TensorRT 11.0.0 has no implicit INT8, so this "
+        "builds from the bundle's Q/DQ model (run 'uopsl quantize BUNDLE --variant trt --images CALIBRATION_IMAGES' "
+        "first if it has none); built with --no-strongly-typed; TensorRT 11.0.0 builds every network strongly "
+        "typed, so it is left out")
+    # Q/DQ on DLA rebuilt under 8.x: DLA there needs implicit INT8, so the route is left to build-engine
+    h = _header(tensorrt_version="10.3.0", int8_mode="qdq", dla_core=0, min_batch=1, opt_batch=1, max_batch=1)
+    cmd = eh.rebuild_command(h, running_trt_version="8.6.2")
+    assert "--int8-mode" not in cmd.split("#")[0] and "runs no Q/DQ model" in cmd and "--dla-core 0" in cmd
+    # a legacy-calibrator header without the images: a placeholder and a comment, not a command that fails silently
+    h = _header(int8_mode="legacy-calibrator")
+    cmd = eh.rebuild_command(h)
+    assert "--int8-mode legacy-calibrator --calib-images CALIBRATION_IMAGES --out ENGINE  # the calibration images " \
+           "are not recorded" in cmd
+
+
+def test_rebuild_command_for_an_old_dynamic_dla_engine() -> None:
+    h = _header(precision="fp16", int8_mode="", dla_core=0, min_batch=1, opt_batch=8, max_batch=16)
+    command, comment = eh.rebuild_command(h).split("  # ")
+    assert command == "uopsl build-engine BUNDLE --precision fp16 --workspace 512 --dla-core 0 --out ENGINE"
+    assert comment.startswith("the old engine had batch 1-16 on DLA core 0, which DLA cannot run (no dynamic shapes: "
+                              "its layers fell back to the GPU); with --dla-core and no batch options the batch is "
+                              "fixed at 1")
+    # run as printed, build-engine then builds the fixed batch of 1 (tests/test_tensorrt.py checks that build)
+    assert "--min-batch" not in command and "--max-batch" not in command
+
+
+def test_malformed_build_options_are_left_out(caplog: pytest.LogCaptureFixture) -> None:
+    bad = {"gpu_fallback": "no", "opt_level": 9, "calib_source": "magic", "fp16_fallback": True, "calib_batch": True,
+           "device": -1, "unknown_future_option": 1}
+    h = _header(precision="fp16", int8_mode="", extra={eh.BUILD_OPTIONS_KEY: bad})
+    opts = h.build_options
+    assert opts == eh.BuildOptions(fp16_fallback=True)
+    warned = sorted(r.getMessage().split(" build option ")[1].split("=")[0] for r in caplog.records)
+    assert warned == ["calib_batch", "calib_source", "device", "gpu_fallback", "opt_level"]
+    assert eh.rebuild_command(h).endswith("--fp16-fallback --out ENGINE")
+    assert _header(extra={eh.BUILD_OPTIONS_KEY: "junk"}).build_options is None
+    assert eh.rebuild_command(_header(extra=["not", "a", "dict"])).endswith("--int8-mode legacy-cache --out ENGINE")
 
 
 def test_header_is_numpy_free() -> None:

@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import ctypes
 import json
+import shlex
 import struct
 import sys
 import types
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -665,6 +667,9 @@ def api(version: str) -> trt_compat.TrtApi:
     (dict(precision="int4"), "precision"),
     (dict(precision="fp32", dla_core=0), "DLA runs FP16 and INT8"),
     (dict(dla_core=-1), "dla_core"),
+    (dict(dla_core=0), r"dla_core 0 with a dynamic batch \(min 1, opt 8, max 16\): TensorRT's DLA does not support "
+                       r"dynamic dimensions.*min_batch = opt_batch = max_batch"),
+    (dict(dla_core=1, min_batch=4, opt_batch=4, max_batch=8), "DLA in name only"),
     (dict(precision="fp16", int8_mode="qdq"), "int8 only"),
     (dict(precision="fp16", strongly_typed=True), "strongly typed"),
     (dict(precision="int8", int8_mode="legacy-cache", strongly_typed=True), "cannot be strongly typed"),
@@ -731,9 +736,12 @@ def test_plan_int8_mismatched_inputs() -> None:
         plan_build(api("8.6.1"), EngineBuildConfig(precision="int8", strongly_typed=True), onnx_qdq=True)
 
 
+DLA1 = dict(min_batch=1, opt_batch=1, max_batch=1)  # DLA needs one fixed batch
+
+
 def test_plan_dla_version_compat_opt_level() -> None:
-    p = plan_build(api("8.5.2"), EngineBuildConfig(precision="fp16", dla_core=0), onnx_qdq=False)
-    assert p.set_flags == ("FP16", "GPU_FALLBACK") and "static shapes" in p.warnings[0]
+    p = plan_build(api("8.5.2"), EngineBuildConfig(precision="fp16", dla_core=0, **DLA1), onnx_qdq=False)
+    assert p.set_flags == ("FP16", "GPU_FALLBACK") and p.warnings == ()
     p = plan_build(api("8.5.2"), EngineBuildConfig(precision="fp16", dla_core=1, gpu_fallback=False, min_batch=4,
                                                    opt_batch=4, max_batch=4), onnx_qdq=False)
     assert p.set_flags == ("FP16",) and p.warnings == ()
@@ -743,6 +751,100 @@ def test_plan_dla_version_compat_opt_level() -> None:
                                               onnx_qdq=False).set_flags
     with pytest.raises(ConfigError, match="builder_optimization_level needs TensorRT 8.6"):
         plan_build(api("8.5.2"), EngineBuildConfig(builder_optimization_level=5), onnx_qdq=False)
+
+
+def test_plan_dla_int8_on_8x_refuses_qdq_and_takes_the_cache_route() -> None:
+    """DLA under TensorRT 8.x runs no Q/DQ model: the legacy cache route is used, Q/DQ is a ConfigError."""
+    cal = LegacyCalibration(amax={"image": 255.0})
+    for version in ("8.5.2", "8.6.1"):
+        with pytest.raises(ConfigError, match=rf"DLA under TensorRT {version} does not support explicit "
+                                              r"quantization \(Q/DQ\).*--int8-mode legacy-cache"):
+            plan_build(api(version), EngineBuildConfig(precision="int8", dla_core=0, **DLA1), onnx_qdq=True)
+        p = plan_build(api(version), EngineBuildConfig(precision="int8", dla_core=0, **DLA1), onnx_qdq=False,
+                       calibration=cal)
+        assert (p.int8_mode, p.set_flags) == ("legacy-cache", ("INT8", "GPU_FALLBACK"))
+    p = plan_build(api("10.3.0"), EngineBuildConfig(precision="int8", dla_core=0, **DLA1), onnx_qdq=True)
+    assert (p.int8_mode, p.strongly_typed, p.set_flags) == ("qdq", True, ("GPU_FALLBACK",))
+
+
+def _deprecations(p: Any) -> list[str]:
+    return [w for w in p.warnings if "deprecated since TensorRT 10.12" in w]
+
+
+def test_plan_warns_once_about_weak_precision_flags_from_10_12() -> None:
+    assert _deprecations(plan_build(api("10.11.0"), EngineBuildConfig(precision="fp16"), onnx_qdq=False)) == []
+    fp16 = _deprecations(plan_build(api("10.12.0"), EngineBuildConfig(precision="fp16"), onnx_qdq=False))
+    assert len(fp16) == 1 and fp16[0].startswith("BuilderFlag.FP16 is deprecated since TensorRT 10.12 in favour of "
+                                                 "strongly typed networks and removed in TensorRT 11")
+    assert "ModelOpt AutoCast" in fp16[0] and "--precision fp32" in fp16[0]
+    weak = plan_build(api("10.13.0"), EngineBuildConfig(precision="int8", strongly_typed=False, fp16_fallback=True),
+                      onnx_qdq=True)
+    assert weak.set_flags == ("INT8", "FP16")
+    msg, = _deprecations(weak)  # one warning for both flags
+    assert msg.startswith("BuilderFlag.FP16 and BuilderFlag.INT8 are deprecated") and "--int8-mode qdq" in msg
+    legacy = plan_build(api("10.13.0"), EngineBuildConfig(precision="int8", int8_mode="legacy-cache"), onnx_qdq=False,
+                        calibration=LegacyCalibration(amax={"image": 255.0}))
+    assert len(_deprecations(legacy)) == 1 and "deprecated since TensorRT 10.1;" in legacy.warnings[0]
+    strongly = plan_build(api("10.13.0"), EngineBuildConfig(precision="int8"), onnx_qdq=True)  # the route 11.x keeps
+    assert strongly.set_flags == () and _deprecations(strongly) == []
+    # 11.x: the flags are gone; FP16 is refused, INT8 takes the strongly typed Q/DQ route or is refused.
+    with pytest.raises(ConfigError, match="no FP16 builder flag"):
+        plan_build(api("11.0.0"), EngineBuildConfig(precision="fp16"), onnx_qdq=False)
+    p11 = plan_build(api("11.0.0"), EngineBuildConfig(precision="int8", fp16_fallback=True), onnx_qdq=True)
+    assert (p11.strongly_typed, p11.set_flags, p11.warnings) == (True, (), ())
+
+
+def test_plan_warns_when_opset_is_above_the_parser() -> None:
+    def opset_warnings(version: str, opset: int | None) -> list[str]:
+        p = plan_build(api(version), EngineBuildConfig(precision="fp32"), onnx_qdq=False, onnx_opset=opset)
+        return [w for w in p.warnings if "opset" in w]
+
+    w, = opset_warnings("8.6.1", 18)
+    assert w.startswith("the ONNX model has opset 18, above opset 17, the highest TensorRT 8.6.1's ONNX parser "
+                        "documents") and "uopsl export CHECKPOINT --out BUNDLE --opset 17" in w
+    assert len(opset_warnings("8.5.2", 20)) == 1
+    assert opset_warnings("8.6.1", 17) == [] and opset_warnings("8.6.1", None) == []
+    assert opset_warnings("10.0.1", 20) == [] and len(opset_warnings("10.0.1", 21)) == 1
+    assert opset_warnings("10.3.0", 20) == []  # later 10.x parse more than export ever writes (13-20)
+
+
+def _pb_varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        out.append((n & 0x7F) | (0x80 if n > 0x7F else 0))
+        n >>= 7
+        if not out[-1] & 0x80:
+            return bytes(out)
+
+
+def _pb_field(number: int, payload: bytes | int) -> bytes:
+    if isinstance(payload, int):
+        return _pb_varint(number << 3) + _pb_varint(payload)
+    return _pb_varint(number << 3 | 2) + _pb_varint(len(payload)) + payload
+
+
+def test_onnx_opset_reads_the_protobuf(tmp_path: Path) -> None:
+    from uopsl.export.tensorrt import onnx_opset
+
+    # ModelProto: ir_version (1), producer (2), graph (7, skipped by length), opset_import (8) x2
+    graph = _pb_field(1, _pb_field(4, b"Conv")) + b"\x00" * 300  # bytes that are not a valid message at top level
+    body = (_pb_field(1, 8) + _pb_field(2, b"pytorch") + _pb_field(7, graph)
+            + _pb_field(8, _pb_field(1, b"com.microsoft") + _pb_field(2, 1))
+            + _pb_field(8, _pb_field(1, b"") + _pb_field(2, 18)))
+    (tmp_path / "m.onnx").write_bytes(body)
+    assert onnx_opset(tmp_path / "m.onnx") == 18
+    (tmp_path / "t.onnx").write_bytes(body[:-3])  # truncated
+    assert onnx_opset(tmp_path / "t.onnx") is None
+    assert onnx_opset(fake_onnx(tmp_path / "fake.onnx")) is None
+    assert onnx_opset(tmp_path / "missing.onnx") is None
+    onnx = pytest.importorskip("onnx")
+    h = onnx.helper
+    f32 = onnx.TensorProto.FLOAT
+    g = h.make_graph([h.make_node("Relu", ["x"], ["y"])], "g", [h.make_tensor_value_info("x", f32, [1])],
+                     [h.make_tensor_value_info("y", f32, [1])])
+    for v in (13, 17, 20):
+        onnx.save(h.make_model(g, opset_imports=[h.make_opsetid("", v)]), str(tmp_path / f"o{v}.onnx"))
+        assert onnx_opset(tmp_path / f"o{v}.onnx") == v
 
 
 def test_onnx_has_qdq(tmp_path: Path) -> None:
@@ -872,19 +974,65 @@ def test_build_failure_reports_tensorrt_log(monkeypatch: pytest.MonkeyPatch, tmp
 def test_build_dla_and_input_checks(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, gpu: FakeGpu) -> None:
     trt = install(monkeypatch, "8.5.2", gpu, dla_cores=2)
     onnx = fake_onnx(tmp_path / "m.onnx")
-    info = build_engine(onnx, tmp_path / "e.engine", EngineBuildConfig(precision="fp16", dla_core=1),
+    info = build_engine(onnx, tmp_path / "e.engine", EngineBuildConfig(precision="fp16", dla_core=1, **DLA1),
                         cuda=FakeCuda(gpu))
     config, = trt.calls["configs"]
     assert config.default_device_type.name == "DLA" and config.DLA_core == 1 and "GPU_FALLBACK" in config.flags
+    assert config.profiles[0].shapes == {"image": ((1, H, W, 3),) * 3}  # static: DLA has no dynamic shapes
     assert info.header.dla_core == 1
     with pytest.raises(ConfigError, match="has 2 DLA core"):
-        build_engine(onnx, tmp_path / "e.engine", EngineBuildConfig(precision="fp16", dla_core=2), cuda=FakeCuda(gpu))
+        build_engine(onnx, tmp_path / "e.engine", EngineBuildConfig(precision="fp16", dla_core=2, **DLA1),
+                     cuda=FakeCuda(gpu))
     install(monkeypatch, "10.3.0", gpu)
     with pytest.raises(ConfigError, match="has 0 DLA core.*Jetson"):
-        build_engine(onnx, tmp_path / "e.engine", EngineBuildConfig(precision="fp16", dla_core=0), cuda=FakeCuda(gpu))
+        build_engine(onnx, tmp_path / "e.engine", EngineBuildConfig(precision="fp16", dla_core=0, **DLA1),
+                     cuda=FakeCuda(gpu))
     with pytest.raises(ConfigError, match="fixed batch of 1"):
         build_engine(fake_onnx(tmp_path / "fixed.onnx", batch=1), tmp_path / "e.engine", EngineBuildConfig(),
                      cuda=FakeCuda(gpu))
+
+
+def test_build_logs_deprecation_once_and_records_opset_and_options(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                                    gpu: FakeGpu,
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
+    import uopsl.export.tensorrt as tx
+
+    install(monkeypatch, "10.13.0", gpu)
+    monkeypatch.setattr(tx, "_opset_from_bytes", lambda data: 18)  # the fake ONNX is not a protobuf
+    info = build_engine(fake_onnx(tmp_path / "m.onnx"), tmp_path / "e.engine",
+                        EngineBuildConfig(precision="fp16", builder_optimization_level=2), cuda=FakeCuda(gpu))
+    deprecations = [r for r in caplog.records if "deprecated since TensorRT 10.12" in r.getMessage()]
+    assert len(deprecations) == 1 and deprecations[0].levelname == "WARNING"
+    assert not any("opset" in r.getMessage() for r in caplog.records)  # 10.13 parses opset 18
+    h = read_header(info.path)
+    assert h.extra["onnx_opset"] == 18 and h.extra["flags"] == ["FP16"]
+    assert h.build_options is not None and h.build_options.opt_level == 2 and h.build_options.gpu_fallback
+    assert h.build_options.calib_source == "" and h.build_options.strongly_typed is None
+    install(monkeypatch, "8.6.1", gpu)
+    caplog.clear()
+    build_engine(fake_onnx(tmp_path / "m.onnx"), tmp_path / "e.engine", EngineBuildConfig(precision="fp16"),
+                 cuda=FakeCuda(gpu))
+    assert [r.getMessage()[:47] for r in caplog.records if r.levelname == "WARNING"] == [
+        "the ONNX model has opset 18, above opset 17, th"]
+
+
+def test_recorded_options_per_calibration_source() -> None:
+    from uopsl.export.tensorrt import BuildPlan, recorded_options
+
+    cfg = EngineBuildConfig(precision="int8", int8_mode="legacy-cache", fp16_fallback=True, gpu_fallback=False)
+    plan = BuildPlan(False, ("INT8", "FP16"), ("TF32",), "legacy-cache")
+    table = recorded_options(cfg, plan, LegacyCalibration(amax={"x": 1.0}, batch_size=4))
+    assert (table.calib_source, table.calib_cache, table.calib_batch, table.fp16_fallback, table.gpu_fallback) == (
+        "table", None, 4, True, False)
+    cache = recorded_options(cfg, plan, LegacyCalibration(cache_file="/c/calib.cache", batch_size=8))
+    assert (cache.calib_source, cache.calib_cache, cache.calib_images) == ("cache", "/c/calib.cache", None)
+    cal = LegacyCalibration(batches=[], cache_file="/c/out.cache", images="/data/cal", max_images=64, batch_size=2)
+    imgs = recorded_options(replace(cfg, int8_mode="legacy-calibrator"), replace(plan, int8_mode="legacy-calibrator"),
+                            cal)
+    assert (imgs.calib_source, imgs.calib_images, imgs.calib_max_images, imgs.calib_cache, imgs.calib_batch) == (
+        "images", "/data/cal", 64, "/c/out.cache", 2)
+    q = recorded_options(EngineBuildConfig(precision="int8"), replace(plan, int8_mode="qdq"), None)
+    assert (q.calib_source, q.calib_batch) == ("", None)
 
 
 def test_timing_cache_from_another_gpu_is_replaced(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
@@ -1005,8 +1153,6 @@ def test_backend_deserialise_failure_and_dla(monkeypatch: pytest.MonkeyPatch, tm
     _, path = build_fake_engine(monkeypatch, tmp_path, gpu, "10.3.0")
     header, plan = read_plan(path)
     # a header that lies about the plan's TensorRT version: TensorRT itself refuses it
-    from dataclasses import replace
-
     write_engine(path, plan.replace(b'"10.3.0"', b'"10.2.0"'), header)
     with pytest.raises(BackendError, match="could not deserialise.*version tag mismatch.*uopsl build-engine"):
         TensorRTBackend(path, cuda=FakeCuda(gpu)).load()
@@ -1146,6 +1292,190 @@ def test_cli_errors_are_one_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path
     assert rc == 2 and "needs the TensorRT Q/DQ model" in err
     rc, _, err = _cli(["build-engine", str(bundle), "--out", "../escape.engine"], capsys)
     assert rc == 2 and "inside the bundle" in err
+
+
+def test_resolve_batches_dla_default_and_refusal(caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    from uopsl.train.commands.build_engine import resolve_batches
+
+    caplog.set_level(logging.INFO)
+    assert resolve_batches(None, None, None, None) == (1, 8, 16)
+    assert resolve_batches(2, None, None, None) == (2, 8, 16)
+    assert resolve_batches(None, None, None, 0) == (1, 1, 1)
+    assert "--dla-core 0 without batch options: building for one fixed batch of 1" in caplog.text
+    assert resolve_batches(None, 4, None, 1) == (4, 4, 4)
+    assert "--min-batch, --max-batch left out, so they take the fixed batch 4" in caplog.text
+    assert resolve_batches(8, 8, 8, 0) == (8, 8, 8)
+    with pytest.raises(ConfigError) as exc:
+        resolve_batches(None, 2, 4, 0)
+    assert str(exc.value).startswith("--dla-core 0 with --opt-batch 2 --max-batch 4: TensorRT's DLA does not support "
+                                     "dynamic dimensions (the batch profile needs min = opt = max)")
+    assert "--min-batch 4 --opt-batch 4 --max-batch 4" in str(exc.value)
+
+
+def test_cli_dla_fixes_the_batch_or_refuses_a_range(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, gpu: FakeGpu,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    trt = install(monkeypatch, "8.6.1", gpu, dla_cores=2)
+    monkeypatch.setattr(trt_compat, "load_cuda", lambda purpose: FakeCuda(gpu))
+    bundle = _bundle(tmp_path)
+    rc, out, err = _cli(["build-engine", str(bundle), "--dla-core", "0", "--no-timing-cache"], capsys)
+    assert rc == 0, err
+    config = trt.calls["configs"][-1]
+    assert config.profiles[0].shapes == {"image": ((1, H, W, 3),) * 3}
+    assert (config.default_device_type.name, config.DLA_core, config.flags) == ("DLA", 0, {"FP16", "GPU_FALLBACK"})
+    assert "model.fp16.dla0.engine: fp16" in out and "batch 1/1/1" in out
+    rc, out, err = _cli(["build-engine", str(bundle), "--dla-core", "1", "--max-batch", "4", "--no-gpu-fallback",
+                         "--no-timing-cache"], capsys)
+    assert rc == 0, err
+    config = trt.calls["configs"][-1]
+    assert config.profiles[0].shapes == {"image": ((4, H, W, 3),) * 3} and config.flags == {"FP16"}
+    built = len(trt.calls["configs"])
+    rc, _, err = _cli(["build-engine", str(bundle), "--dla-core", "0", "--min-batch", "1", "--max-batch", "16"], capsys)
+    assert rc == 2 and err.count("\n") == 1
+    assert err.startswith("error: --dla-core 0 with --min-batch 1 --max-batch 16: TensorRT's DLA does not support "
+                          "dynamic dimensions")
+    assert "would run on the GPU, not the DLA" in err and "--min-batch 16 --opt-batch 16 --max-batch 16" in err
+    assert len(trt.calls["configs"]) == built  # nothing was built
+    rc, _, err = _cli(["build-engine", str(bundle), "--no-timing-cache"], capsys)  # no DLA: the GPU defaults
+    assert rc == 0, err
+    assert trt.calls["configs"][-1].profiles[0].shapes == {"image": ((1, H, W, 3), (8, H, W, 3), (16, H, W, 3))}
+
+
+def test_cli_help_says_what_dla_and_version_compatible_do(capsys: pytest.CaptureFixture[str]) -> None:
+    rc, out, _ = _cli(["build-engine", "--help"], capsys)
+    assert rc == 0
+    flat = "".join(out.split())  # click wraps (and may break at hyphens)
+    assert "[default:16;with--dla-core:1,fixed]" in flat and "arangeisanerror" in flat
+    assert "8.6+->10.xand10.x->11.x(not8.x->9.xor11.x)" in flat and "nevermovestoanotherGPUarchitecture" in flat
+
+
+def test_cli_dla_int8_on_8x_takes_the_cache_route(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, gpu: FakeGpu,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    from uopsl.runtime.bundle import read_manifest
+
+    trt = install(monkeypatch, "8.6.1", gpu, dla_cores=1)
+    monkeypatch.setattr(trt_compat, "load_cuda", lambda purpose: FakeCuda(gpu))
+    (tmp_path / "a").mkdir()
+    bundle = _bundle(tmp_path / "a", with_qdq=True)  # Q/DQ model, no calibration table
+    rc, _, err = _cli(["build-engine", str(bundle), "--precision", "int8", "--dla-core", "0", "--no-timing-cache"],
+                      capsys)
+    assert rc == 2 and err.count("\n") == 1
+    assert ("INT8 on DLA core 0 under TensorRT 8.x with no calibration data: DLA there does not support explicitly "
+            "quantized (Q/DQ) models") in err and "uopsl calibrate BUNDLE --images CALIBRATION_IMAGES" in err
+    rc, _, err = _cli(["build-engine", str(bundle), "--precision", "int8", "--int8-mode", "qdq", "--dla-core", "0"],
+                      capsys)
+    assert rc == 2 and "with --int8-mode qdq: DLA there does not support explicitly quantized" in err
+    assert trt.calls["configs"] == []
+    (tmp_path / "b").mkdir()
+    bundle = _bundle(tmp_path / "b", with_qdq=True, table=True)
+    rc, out, err = _cli(["build-engine", str(bundle), "--precision", "int8", "--dla-core", "0", "--no-timing-cache"],
+                        capsys)
+    assert rc == 0, err
+    config, = trt.calls["configs"]
+    assert config.flags == {"INT8", "GPU_FALLBACK"} and config.calibration_profile is not None
+    info = read_manifest(bundle).file("model.int8.dla0.engine").info
+    assert (info["int8_mode"], info["source_onnx"], info["dla_core"]) == ("legacy-cache", "model.onnx", 0)
+    assert info["extra"]["build_options"]["calib_source"] == "table"
+    install(monkeypatch, "10.3.0", gpu, dla_cores=1)  # 10.x DLA takes the Q/DQ model
+    rc, out, err = _cli(["build-engine", str(bundle), "--precision", "int8", "--dla-core", "0", "--no-timing-cache"],
+                        capsys)
+    assert rc == 0 and "int8 (qdq)" in out, err
+
+
+def _run_printed(command: str, capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    """Run a command printed by rebuild_command through the CLI, as a shell would (the # comment dropped)."""
+    args = shlex.split(command, comments=True)
+    assert args[:2] == ["uopsl", "build-engine"], command
+    return _cli(args[1:], capsys)
+
+
+_SAME = ("precision", "min_batch", "opt_batch", "max_batch", "dla_core", "int8_mode", "strongly_typed",
+         "version_compatible", "workspace_mib", "source_onnx", "source_onnx_sha256", "input_shape")
+
+
+def test_printed_rebuild_command_rebuilds_the_same_engine(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                          gpu: FakeGpu, capsys: pytest.CaptureFixture[str]) -> None:
+    from uopsl.calibration.dataset import CalibrationSet
+    from uopsl.runtime.bundle import read_manifest
+    from uopsl.runtime.engine_header import rebuild_command
+
+    trt = install(monkeypatch, "8.6.1", gpu)
+    monkeypatch.setattr(trt_compat, "load_cuda", lambda purpose: FakeCuda(gpu))
+    monkeypatch.setenv("UOPSL_CACHE_DIR", str(tmp_path / "cache"))
+    bundle = _bundle(tmp_path, size=32)
+    images = np.random.default_rng(3).integers(0, 255, (6, 32, 32, 3), dtype=np.uint8)
+    CalibrationSet.from_images(images, read_manifest(bundle).preprocess).save(tmp_path / "set.npz")
+    monkeypatch.chdir(tmp_path)  # relative paths given on the command line are recorded absolute
+    rc, _, err = _cli(["build-engine", str(bundle), "--precision", "int8", "--min-batch", "2", "--opt-batch", "2",
+                       "--max-batch", "4", "--workspace", "256", "--calib-images", "set.npz", "--calib-batch", "2",
+                       "--calib-max-images", "4", "--calib-cache", "calib.cache", "--no-strongly-typed",
+                       "--fp16-fallback", "--opt-level", "4", "--version-compatible", "--no-timing-cache"], capsys)
+    assert rc == 0, err
+    path = bundle / "model.int8.engine"
+    h1 = read_header(path)
+    cmd = rebuild_command(h1, path)
+    q = shlex.quote
+    assert cmd == (f"uopsl build-engine {q(str(bundle))} --precision int8 --min-batch 2 --opt-batch 2 --max-batch 4 "
+                   f"--workspace 256 --int8-mode legacy-calibrator --calib-images {q(str(tmp_path / 'set.npz'))} "
+                   f"--calib-max-images 4 --calib-cache {q(str(tmp_path / 'calib.cache'))} --calib-batch 2 "
+                   "--no-strongly-typed --fp16-fallback --opt-level 4 --version-compatible --out model.int8.engine")
+    first = trt.calls["configs"][-1]
+    assert first.flags == {"INT8", "FP16", "VERSION_COMPATIBLE"} and first.builder_optimization_level == 4
+    monkeypatch.chdir(bundle)  # the printed command does not depend on the working folder
+    rc, _, err = _run_printed(cmd, capsys)
+    assert rc == 0, err
+    second = trt.calls["configs"][-1]
+    assert second is not first
+    for attr in ("flags", "cleared", "pool", "builder_optimization_level", "default_device_type", "DLA_core"):
+        assert getattr(second, attr) == getattr(first, attr), attr
+    assert second.profiles[0].shapes == first.profiles[0].shapes == {
+        "image": ((2, 32, 32, 3), (2, 32, 32, 3), (4, 32, 32, 3))}
+    assert second.calibration_profile.shapes == first.calibration_profile.shapes
+    kinds = [c[0] for c in trt.calls["calibration"]]  # both builds calibrated on the 6 images (an .npz set), batch 2
+    assert kinds == ["cache", "batch", "batch", "batch"] * 2
+    h2 = read_header(path)
+    assert {k: getattr(h2, k) for k in _SAME} == {k: getattr(h1, k) for k in _SAME}
+    assert h2.build_options == h1.build_options and rebuild_command(h2, path) == cmd
+
+
+def test_mismatch_command_replays_dla_and_adapts_the_int8_route(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                                gpu: FakeGpu,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """The command in an EngineMismatchError, run as printed, rebuilds under the new TensorRT."""
+    trt = install(monkeypatch, "8.6.1", gpu, dla_cores=1)
+    monkeypatch.setattr(trt_compat, "load_cuda", lambda purpose: FakeCuda(gpu))
+    bundle = _bundle(tmp_path, with_qdq=True, table=True)
+    rc, _, err = _cli(["build-engine", str(bundle), "--precision", "int8", "--dla-core", "0", "--no-gpu-fallback",
+                       "--max-batch", "2", "--no-timing-cache"], capsys)
+    assert rc == 0, err
+    path = bundle / "model.int8.dla0.engine"
+    first = trt.calls["configs"][-1]
+
+    def printed(version: str) -> str:
+        install(monkeypatch, version, gpu, dla_cores=1)
+        with pytest.raises(EngineMismatchError) as exc:
+            TensorRTBackend(path, cuda=FakeCuda(gpu)).load()
+        return str(exc.value).split("Rebuild it on this device: ", 1)[1]
+
+    cmd = printed("8.6.2")  # same major: every option replayed, no comment
+    assert cmd == (f"uopsl build-engine {bundle} --precision int8 --min-batch 2 --opt-batch 2 --max-batch 2 "
+                   "--workspace 1024 --int8-mode legacy-cache --calib-batch 8 --dla-core 0 --no-gpu-fallback "
+                   "--out model.int8.dla0.engine")
+    rc, _, err = _run_printed(cmd, capsys)
+    assert rc == 0, err
+    again = trt.calls["configs"][-1]
+    assert (again.flags, again.DLA_core, again.profiles[0].shapes) == (first.flags, 0, first.profiles[0].shapes)
+    assert again.flags == {"INT8"}
+    cmd = printed("10.3.0")  # 10.x: the route still works, the comment says Q/DQ is preferred
+    assert "--int8-mode legacy-cache" in cmd
+    assert cmd.endswith("  # TensorRT 10.3.0 prefers the Q/DQ model for INT8 (implicit INT8 is deprecated since "
+                        "10.1): leave out --int8-mode legacy-cache and the --calib options to build from it")
+    cmd = printed("11.0.0")  # 11.x: no implicit INT8, so no route that would fail
+    assert "--int8-mode" not in cmd.split("#")[0] and "TensorRT 11.0.0 has no implicit INT8" in cmd
+    install(monkeypatch, "11.0.0", gpu, dla_cores=1)
+    rc, out, err = _run_printed(cmd, capsys)
+    assert rc == 0 and "int8 (qdq)" in out, err
 
 
 # -- real TensorRT / GPU (skipped where absent) ----------------------------------------------

@@ -137,6 +137,18 @@ def engine_mismatch(path: Path) -> str | None:
     return None
 
 
+def _installed_tensorrt() -> str | None:
+    """The pip-installed TensorRT's version, without importing it (None when absent or from apt, as on JetPack)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    for dist in ("tensorrt", "tensorrt-cu12", "tensorrt-cu13", "tensorrt_lean"):
+        try:
+            return version(dist)
+        except PackageNotFoundError:
+            continue
+    return None
+
+
 def engine_stale(root: Path, manifest: Manifest, entry: FileEntry) -> str | None:
     """Why the engine ``entry`` was built from a model the bundle no longer holds, or None.
 
@@ -153,7 +165,7 @@ def engine_stale(root: Path, manifest: Manifest, entry: FileEntry) -> str | None
         return None
     if not header.source_onnx:
         return None
-    rebuild = engine_header.rebuild_command(header, root / entry.path)
+    rebuild = engine_header.rebuild_command(header, root / entry.path, _installed_tensorrt())
     source = next((f for f in manifest.files if f.path == header.source_onnx), None)
     if source is None:
         return (f"stale: built from {header.source_onnx}, which the bundle no longer lists; "

@@ -12,6 +12,16 @@ with the legacy calibrator for ``legacy-cache`` (ranges from the bundle's
 (``--calib-images``). ``auto`` picks the Q/DQ model on TensorRT 10+, and on
 8.x a legacy route when calibration data is at hand, else the Q/DQ model.
 
+DLA (``--dla-core``): TensorRT's DLA does not support dynamic dimensions, so
+a DLA engine has one fixed batch. With ``--dla-core`` and no batch options the
+batch is fixed at ``DLA_DEFAULT_BATCH`` (1: one photograph at a time, the
+lowest latency; logged); batch options left out take the value of those given;
+a dynamic range (min != max) is a :class:`ConfigError` that says what to pass,
+never a "DLA" engine that runs on the GPU. On TensorRT 8.x DLA does not run
+Q/DQ models, so INT8 on DLA there takes the calibration-cache route
+(``calibration.json`` or ``--calib-cache``) or the calibrator (``--calib-images``)
+and fails, saying so, without calibration data.
+
 The kernel timing cache defaults to one file per TensorRT version and GPU in
 the user cache folder ($UOPSL_CACHE_DIR, else ~/.cache/uopsl), so rebuilding
 on the same device reuses the measured timings.
@@ -30,6 +40,46 @@ import click
 from uopsl.runtime.errors import BundleError, ConfigError
 
 log = logging.getLogger(__name__)
+
+
+GPU_DEFAULT_BATCHES = (1, 8, 16)  # min, opt, max: a screening device, one photograph to a folder at a time
+DLA_DEFAULT_BATCH = 1  # DLA needs one fixed batch; 1 keeps single-photograph latency lowest
+
+
+def resolve_batches(min_batch: int | None, opt_batch: int | None, max_batch: int | None,
+                    dla_core: int | None) -> tuple[int, int, int]:
+    """The batch profile from the options given (None = left out), applying the documented defaults.
+
+    Without ``--dla-core``: 1/8/16 for what is left out. With it, DLA needs
+    min = opt = max (no dynamic shapes): nothing given -> ``DLA_DEFAULT_BATCH``;
+    what is left out takes the one value given; two different values are a
+    ConfigError that names them, rather than a silently narrowed range.
+    """
+    given = {"--min-batch": min_batch, "--opt-batch": opt_batch, "--max-batch": max_batch}
+    if dla_core is None:
+        mn, opt, mx = (v if v is not None else d for v, d in zip(given.values(), GPU_DEFAULT_BATCHES))
+        return mn, opt, mx
+    values = {v for v in given.values() if v is not None}
+    if not values:
+        log.info("--dla-core %d without batch options: building for one fixed batch of %d (DLA does not support "
+                 "dynamic shapes); pass --min-batch N --opt-batch N --max-batch N for another size",
+                 dla_core, DLA_DEFAULT_BATCH)
+        return (DLA_DEFAULT_BATCH,) * 3
+    if len(values) > 1:
+        got = " ".join(f"{k} {v}" for k, v in given.items() if v is not None)
+        n = max(values)
+        raise ConfigError(
+            f"--dla-core {dla_core} with {got}: TensorRT's DLA does not support dynamic dimensions (the batch "
+            "profile needs min = opt = max), so that engine would run on the GPU, not the DLA. Pass one fixed "
+            f"size (e.g. --min-batch {n} --opt-batch {n} --max-batch {n}), or drop --dla-core for a dynamic-batch "
+            "GPU engine"
+        )
+    n = values.pop()
+    left_out = [k for k, v in given.items() if v is None]
+    if left_out:
+        log.info("--dla-core %d: %s left out, so they take the fixed batch %d too (DLA needs min = opt = max)",
+                 dla_core, ", ".join(left_out), n)
+    return n, n, n
 
 
 def _user_cache_dir() -> Path:
@@ -56,8 +106,14 @@ def _onnx_entry(manifest: Any, precision: str) -> Any:
 
 
 def choose_inputs(bundle: Path, manifest: Any, precision: str, int8_mode: str, trt_major: int,
-                  calib_cache: Path | None, calib_images: Path | None) -> tuple[Path, str]:
-    """The ONNX to build from and the resolved INT8 mode (``auto`` stays for float precisions)."""
+                  calib_cache: Path | None, calib_images: Path | None, *,
+                  dla_core: int | None = None) -> tuple[Path, str]:
+    """The ONNX to build from and the resolved INT8 mode (``auto`` stays for float precisions).
+
+    ``dla_core`` on TensorRT 8.x: DLA there does not support explicit (Q/DQ)
+    quantization, so ``auto`` takes a legacy route and refuses, saying what to
+    give, when there is no calibration data; ``--int8-mode qdq`` is refused.
+    """
     fp32 = _onnx_entry(manifest, "fp32")
     if precision != "int8":
         if fp32 is None:
@@ -65,7 +121,10 @@ def choose_inputs(bundle: Path, manifest: Any, precision: str, int8_mode: str, t
         return bundle / fp32.path, int8_mode
     qdq = _onnx_entry(manifest, "int8-qdq-s8")
     has_table = (bundle / "calibration.json").is_file()
+    dla_without_qdq = dla_core is not None and trt_major < 9
     mode = int8_mode
+    if dla_without_qdq and mode == "qdq":
+        raise ConfigError(_dla_qdq_message(bundle, dla_core, trt_major, "--int8-mode qdq"))
     if mode == "auto":
         legacy = None
         if trt_major < 11 and fp32 is not None:
@@ -73,6 +132,8 @@ def choose_inputs(bundle: Path, manifest: Any, precision: str, int8_mode: str, t
                 legacy = "legacy-cache"
             elif calib_images is not None:
                 legacy = "legacy-calibrator"
+        if legacy is None and dla_without_qdq:
+            raise ConfigError(_dla_qdq_message(bundle, dla_core, trt_major, "no calibration data"))
         if legacy is not None and (trt_major < 10 or qdq is None):
             mode = legacy  # 8.x: the route JetPack 5 documents; 10.x: only when there is no Q/DQ model
         elif qdq is not None:
@@ -93,6 +154,16 @@ def choose_inputs(bundle: Path, manifest: Any, precision: str, int8_mode: str, t
     return bundle / fp32.path, mode
 
 
+def _dla_qdq_message(bundle: Path, dla_core: int | None, trt_major: int, got: str) -> str:
+    return (
+        f"{bundle}: INT8 on DLA core {dla_core} under TensorRT {trt_major}.x with {got}: DLA there does not "
+        "support explicitly quantized (Q/DQ) models, so INT8 on DLA needs implicit INT8 from calibration data. "
+        "Run 'uopsl calibrate BUNDLE --images CALIBRATION_IMAGES' (writes calibration.json), or pass "
+        "--calib-cache FILE or --calib-images DIR, with --int8-mode auto (or legacy-cache / legacy-calibrator); "
+        "or build --precision fp16 for DLA"
+    )
+
+
 def _legacy_calibration(bundle: Path, manifest: Any, mode: str, onnx: Path, calib_cache: Path | None,
                         calib_images: Path | None, batch: int, max_images: int | None) -> Any:
     from uopsl.export.tensorrt import LegacyCalibration
@@ -100,7 +171,7 @@ def _legacy_calibration(bundle: Path, manifest: Any, mode: str, onnx: Path, cali
 
     if mode == "legacy-cache":
         if calib_cache is not None and calib_cache.is_file():
-            return LegacyCalibration(cache_file=str(calib_cache), batch_size=batch)
+            return LegacyCalibration(cache_file=str(calib_cache.resolve()), batch_size=batch)
         from uopsl.calibration.table import TABLE_FILE, CalibrationTable
 
         table = CalibrationTable.load(bundle / TABLE_FILE, model_sha256=sha256_file(onnx))
@@ -115,17 +186,24 @@ def _legacy_calibration(bundle: Path, manifest: Any, mode: str, onnx: Path, cali
     if len(cal) < batch:
         raise ConfigError(f"{calib_images}: {len(cal)} usable calibration images, fewer than one batch of {batch}")
     return LegacyCalibration(batches=cal.batches(batch), batch_size=batch,
-                             cache_file=str(calib_cache) if calib_cache is not None else None)
+                             cache_file=str(calib_cache.resolve()) if calib_cache is not None else None,
+                             images=str(calib_images.resolve()), max_images=max_images)
 
 
 @click.command("build-engine")
 @click.argument("bundle", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp16", show_default=True)
-@click.option("--min-batch", type=int, default=1, show_default=True)
-@click.option("--opt-batch", type=int, default=8, show_default=True)
-@click.option("--max-batch", type=int, default=16, show_default=True)
+@click.option("--min-batch", type=int, default=None,
+              help="Smallest batch of the optimisation profile [default: 1; with --dla-core: 1, fixed].")
+@click.option("--opt-batch", type=int, default=None,
+              help="Batch TensorRT tunes its kernels for [default: 8; with --dla-core: 1, fixed].")
+@click.option("--max-batch", type=int, default=None,
+              help="Largest batch [default: 16; with --dla-core: 1, fixed].")
 @click.option("--workspace", "workspace_mib", type=int, default=1024, show_default=True, help="Builder workspace, MiB.")
-@click.option("--dla-core", type=int, default=None, help="Jetson DLA core (FP16/INT8; GPU fallback on).")
+@click.option("--dla-core", type=int, default=None,
+              help="Jetson DLA core (FP16/INT8; GPU fallback on). DLA has no dynamic shapes: the batch is fixed "
+                   "(1 unless --min/--opt/--max-batch give one size N; a range is an error). INT8 on TensorRT 8.x "
+                   "DLA needs calibration data (calibration.json, --calib-cache or --calib-images), not Q/DQ.")
 @click.option("--no-gpu-fallback", is_flag=True, help="With --dla-core: fail instead of running layers on the GPU.")
 @click.option("--timing-cache", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Kernel timing cache file [default: per TensorRT version and GPU in the user cache folder].")
@@ -142,11 +220,16 @@ def _legacy_calibration(bundle: Path, manifest: Any, mode: str, onnx: Path, cali
               help="Strongly typed network [default: yes for Q/DQ INT8 on TensorRT 10+].")
 @click.option("--fp16-fallback", is_flag=True, help="Weakly typed INT8: float layers may use FP16.")
 @click.option("--opt-level", "opt_level", type=int, default=None, help="Builder optimisation level 0-5 (TRT >= 8.6).")
-@click.option("--version-compatible", is_flag=True, help="Engine also runs on later TensorRT of the same major.")
+@click.option("--version-compatible", is_flag=True,
+              help="TensorRT >= 8.6: the engine also runs under later TensorRT of the same major version, and "
+                   "across majors only for the pairs NVIDIA supports: 8.6+ -> 10.x and 10.x -> 11.x (not 8.x -> "
+                   "9.x or 11.x). It embeds a lean runtime that the loading process runs (uopsl allows it), is "
+                   "slower, and never moves to another GPU architecture (compute capability).")
 @click.option("--device", type=int, default=0, show_default=True, help="CUDA device index.")
 @click.option("--out", type=str, default=None,
               help="Engine file name inside the bundle [default: model.<precision>[.dla<N>].engine].")
-def command(bundle: Path, precision: str, min_batch: int, opt_batch: int, max_batch: int, workspace_mib: int,
+def command(bundle: Path, precision: str, min_batch: int | None, opt_batch: int | None, max_batch: int | None,
+            workspace_mib: int,
             dla_core: int | None, no_gpu_fallback: bool, timing_cache: Path | None, no_timing_cache: bool,
             int8_mode: str, calib_cache: Path | None, calib_images: Path | None, calib_batch: int,
             calib_max_images: int, strongly_typed: bool | None, fp16_fallback: bool, opt_level: int | None,
@@ -162,6 +245,7 @@ def command(bundle: Path, precision: str, min_batch: int, opt_batch: int, max_ba
         raise ConfigError(f"--out must be a file name inside the bundle, got {out_name!r}")
     if calib_batch < 1:
         raise ConfigError(f"--calib-batch must be >= 1, got {calib_batch}")
+    min_batch, opt_batch, max_batch = resolve_batches(min_batch, opt_batch, max_batch, dla_core)
     config = EngineBuildConfig(
         precision=precision,  # type: ignore[arg-type]
         min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch, workspace_mib=workspace_mib,
@@ -171,7 +255,8 @@ def command(bundle: Path, precision: str, min_batch: int, opt_batch: int, max_ba
     )
     _trt, api = load_tensorrt("uopsl build-engine")
     cuda = load_cuda("uopsl build-engine")
-    onnx, mode = choose_inputs(bundle, manifest, precision, int8_mode, api.major, calib_cache, calib_images)
+    onnx, mode = choose_inputs(bundle, manifest, precision, int8_mode, api.major, calib_cache, calib_images,
+                               dla_core=dla_core)
     if mode != config.int8_mode:
         config = replace(config, int8_mode=mode)  # type: ignore[arg-type]
     calibration = None
