@@ -14,8 +14,8 @@ from uopsl.runtime.errors import MissingDependencyError
 # module name -> how to get it (pip extra, or the JetPack package on Jetson)
 _HINTS: dict[str, str] = {
     "tensorrt": "pip install 'uopsl[trt]' (desktop) or install JetPack's python3-libnvinfer (Jetson)",
-    "cuda": "pip install cuda-python (or 'uopsl[trt]'); pycuda works as well",
-    "cuda.bindings": "pip install cuda-python (or 'uopsl[trt]'); pycuda works as well",
+    "cuda": "pip install 'cuda-python>=12,<13' on a CUDA 12 driver (JetPack 6), plain cuda-python on CUDA 13; pycuda works as well",
+    "cuda.bindings": "pip install 'cuda-python>=12,<13' on a CUDA 12 driver (JetPack 6), plain cuda-python on CUDA 13; pycuda works as well",
     "pycuda": "pip install pycuda",
     "openvino": "pip install 'uopsl[openvino]'",
     "onnxruntime": "pip install 'uopsl[runtime]'",

@@ -17,12 +17,22 @@ Batches larger than the engine's maximum are split into chunks of the maximum
 smaller than the engine's minimum is padded with blank images whose outputs are
 dropped. The input may be uint8 or, when TensorRT turned the graph's uint8 input
 into float, is cast exactly on the host.
+
+Threads: one execution context, one stream and one set of pinned buffers serve
+every caller, so calls must not overlap ("Do not call the APIs of the same
+IExecutionContext from multiple threads at any given time"); the base class runs
+one ``infer`` at a time. Loading, inference and :meth:`TensorRTBackend.close`
+may each happen in a different thread: every piece of CUDA and TensorRT work
+runs inside :meth:`uopsl.runtime.trt_compat.CudaApi.current`, which makes the
+device (pycuda: its primary context) current in the calling thread for that
+block only. ``close`` waits for a batch in flight and may be called twice.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -36,6 +46,7 @@ from uopsl.runtime.trt_compat import (
     EngineIO,
     IOTensor,
     PinnedBuffer,
+    TrtErrorLog,
     engine_io,
     load_cuda,
     load_tensorrt,
@@ -79,6 +90,14 @@ class TensorRTBackend(Backend):
         self.last_timings: dict[str, float] = {}
         #: how many engine runs the last ``infer`` took (> 1 when a batch exceeded the maximum)
         self.last_chunks = 0
+        # Held by load, _infer and close: close() waits for a batch in flight instead of freeing
+        # its buffers under it (a direct close() does not go through the base class's lock).
+        # Reentrant: a failed load() closes while holding it.
+        self._state_lock = threading.RLock()
+        # The model's input/output specs outlive close(): a call after close() then passes the base
+        # class's input check and gets _infer's "closed" BackendError instead of an IndexError.
+        self._inputs: tuple[TensorSpec, ...] = ()
+        self._outputs: tuple[TensorSpec, ...] = ()
         self._reset()
 
     def _reset(self) -> None:
@@ -94,14 +113,18 @@ class TensorRTBackend(Backend):
         self._host: dict[str, PinnedBuffer] = {}
         self._stream: Any = None
         self._events: list[Any] = []
-        self._inputs: tuple[TensorSpec, ...] = ()
-        self._outputs: tuple[TensorSpec, ...] = ()
         self._min_batch = 1
         self._max_batch = 1
-        self._activated = False
 
     # -- lifecycle ----------------------------------------------------------------------------
     def load(self) -> None:
+        """Read, check and deserialise the engine, then allocate its buffers (a loaded backend is reloaded)."""
+        with self._state_lock:
+            if self._cuda is not None:
+                self.close()
+            self._load()
+
+    def _load(self) -> None:
         header, plan = read_plan(self.path)
         trt, api = load_tensorrt("running a TensorRT engine")
         cuda = self._cuda_arg or load_cuda("running a TensorRT engine")
@@ -110,10 +133,10 @@ class TensorRTBackend(Backend):
         self.header = header
         self._cuda = cuda
         try:
-            cuda.activate(self.device)
-            self._activated = True
-            self._deserialize(trt, api, header, plan)
-            self._allocate()
+            # The device is current only for this block: nothing stays pushed in the loading thread.
+            with cuda.current(self.device):
+                self._deserialize(trt, api, header, plan)
+                self._allocate()
         except BaseException:
             self.close()
             raise
@@ -121,7 +144,9 @@ class TensorRTBackend(Backend):
                  header.precision, self._min_batch, self._max_batch)
 
     def _deserialize(self, trt: Any, api: Any, header: EngineHeader, plan: bytes) -> None:
+        # TensorRT's one logger per process (make_logger returns it); errors are read per operation.
         logger = make_logger(trt)
+        errors: TrtErrorLog = logger.error_log
         runtime: tensorrt.Runtime = trt.Runtime(logger)
         if header.version_compatible:
             # Version-compatible plans embed a lean runtime, which is host code TensorRT must be allowed to run.
@@ -131,15 +156,17 @@ class TensorRTBackend(Backend):
             if header.dla_core >= cores:
                 raise BackendError(
                     f"{self.path} runs on DLA core {header.dla_core}, but this device has {cores} DLA core(s); "
-                    f"rebuild it without --dla-core: {rebuild_command(header, self.path)}"
+                    "rebuild it for the GPU: run this command without its --dla-core option: "
+                    f"{rebuild_command(header, self.path, api.version_text)}"
                 )
             runtime.DLA_core = header.dla_core
-        engine = runtime.deserialize_cuda_engine(plan)
+        with errors.capture() as failure:
+            engine = runtime.deserialize_cuda_engine(plan)
         if engine is None:
-            detail = " | ".join(logger.errors[-3:]) or "no error reported"
+            detail = " | ".join(failure.errors[-3:]) or "no error reported to uopsl's TensorRT logger"
             raise BackendError(
                 f"TensorRT {api.version_text} could not deserialise {self.path} ({detail}); "
-                f"rebuild it on this device: {rebuild_command(header, self.path)}"
+                f"rebuild it on this device: {rebuild_command(header, self.path, api.version_text)}"
             )
         context = engine.create_execution_context()
         if context is None:
@@ -182,21 +209,47 @@ class TensorRTBackend(Backend):
         self._outputs = tuple(out_specs)
 
     def close(self) -> None:
-        cuda = self._cuda
-        if cuda is not None:
-            for ev in self._events:
-                _quietly(cuda.event_destroy, ev)
-            if self._stream is not None:
-                _quietly(cuda.stream_destroy, self._stream)
-            for ptr in self._device_ptrs.values():
-                _quietly(cuda.free, ptr)
-            for buf in self._host.values():
-                _quietly(cuda.host_free, buf)
-            # TensorRT objects go before the context they live in.
-            self._context = self._engine = self._runtime = self._logger = None
-            if self._activated:
-                _quietly(cuda.deactivate)
-        self._reset()
+        """Release buffers, stream, events and TensorRT objects: from any thread, any number of times.
+
+        Waits for a batch in flight (``_state_lock``). The release runs inside
+        ``cuda.current(device)``, so it needs nothing left current by ``load``
+        and, under pycuda, pops only what it pushed itself. A failure is logged,
+        never raised: close also runs while another error is being reported.
+        """
+        with self._state_lock:
+            cuda = self._cuda
+            if cuda is not None:
+                try:
+                    with cuda.current(self.device):
+                        self._release(cuda)
+                except Exception as exc:  # noqa: BLE001 - making the device current failed: release anyway
+                    log.warning("TensorRT backend: could not make CUDA device %d current to release %s (%s); "
+                                "releasing without it", self.device, self.path.name, exc)
+                    self._release(cuda)  # a no-op for what the first attempt already released
+            self._reset()
+
+    def _release(self, cuda: CudaApi) -> None:
+        """Free everything once: each list is emptied before its items are freed, so a second call does nothing."""
+        events, self._events = self._events, []
+        for ev in events:
+            _quietly(cuda.event_destroy, ev)
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            _quietly(cuda.stream_destroy, stream)
+        ptrs, self._device_ptrs = self._device_ptrs, {}
+        for ptr in ptrs.values():
+            _quietly(cuda.free, ptr)
+        host, self._host = self._host, {}
+        for buf in host.values():
+            _quietly(cuda.host_free, buf)
+        # TensorRT objects go before the CUDA context they live in: execution context, engine, runtime.
+        self._context = None
+        self._io = None
+        self._engine = None
+        self._runtime = None
+        self._logger = None
+        # The local references (events, stream, host) die when this returns, still inside cuda.current():
+        # pycuda frees streams and events when their objects go, which needs their context current here.
 
     # -- metadata ------------------------------------------------------------------------------
     @property
@@ -216,21 +269,30 @@ class TensorRTBackend(Backend):
 
     # -- inference ------------------------------------------------------------------------------
     def _infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        n = int(batch.shape[0])
-        if n == 0:
-            raise BackendError(f"{self.name}: empty batch")
-        if n > self._max_batch and self.oversize == "reject":
-            raise BackendError(
-                f"{self.name}: batch of {n} exceeds the engine's maximum batch {self._max_batch}; "
-                f"send at most {self._max_batch} images per call or rebuild with a larger --max-batch"
-            )
-        totals = {"h2d": 0.0, "compute": 0.0, "d2h": 0.0}
-        parts: list[dict[str, np.ndarray]] = []
-        for start in range(0, n, self._max_batch):
-            out, times = self._run_chunk(batch[start:start + self._max_batch])
-            parts.append(out)
-            for k in totals:
-                totals[k] += times[k]
+        with self._state_lock:  # close() from another thread waits for this batch
+            cuda = self._cuda
+            if cuda is None or self._context is None:
+                raise BackendError(
+                    f"{self.name}: {self.path.name} is closed (or failed to load), so it cannot run a batch; "
+                    "open it again ('with TensorRTBackend(...) as backend:') before calling infer"
+                )
+            n = int(batch.shape[0])
+            if n == 0:
+                raise BackendError(f"{self.name}: empty batch")
+            if n > self._max_batch and self.oversize == "reject":
+                raise BackendError(
+                    f"{self.name}: batch of {n} exceeds the engine's maximum batch {self._max_batch}; "
+                    f"send at most {self._max_batch} images per call or rebuild with a larger --max-batch"
+                )
+            totals = {"h2d": 0.0, "compute": 0.0, "d2h": 0.0}
+            parts: list[dict[str, np.ndarray]] = []
+            # The device is current in the calling thread (whichever it is) for this batch only.
+            with cuda.current(self.device):
+                for start in range(0, n, self._max_batch):
+                    out, times = self._run_chunk(batch[start:start + self._max_batch])
+                    parts.append(out)
+                    for k in totals:
+                        totals[k] += times[k]
         if len(parts) == 1:
             result = parts[0]
         else:
