@@ -16,10 +16,12 @@ results.jsonl/csv, thumbnails, overlays and the report, resuming a killed run.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +29,23 @@ from uopsl.runtime.backends import Selection, open_backend
 from uopsl.runtime.backends.base import Backend
 from uopsl.runtime.bundle import Manifest, read_manifest, verify_or_raise
 from uopsl.runtime.errors import ConfigError
-from uopsl.runtime.overlay import write_overlay, write_thumbnail
-from uopsl.runtime.pipeline import InputItem, PipelineConfig, ScreeningPipeline, ScreenResult, as_items, iter_inputs
+from uopsl.runtime.overlay import OVERLAY_DIR, THUMB_DIR, write_overlay, write_thumbnail
+from uopsl.runtime.pipeline import (
+    IMAGE_SUFFIXES,
+    InferenceHealth,
+    InputItem,
+    PipelineConfig,
+    ScreeningPipeline,
+    ScreenResult,
+    WalkState,
+    as_items,
+    check_inputs,
+    display_path,
+    iter_inputs,
+    key_path,
+)
 from uopsl.runtime.report import write_report
-from uopsl.runtime.results import CSV, ResultStore, write_csv
+from uopsl.runtime.results import CSV, ModelIdentity, ResultStore, model_identity, write_csv
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +60,11 @@ class RunSummary:
 
     ``counts`` and ``refer`` cover every input of the call, those screened now
     (``screened``) and those an earlier run of the same folder already had
-    (``skipped``), so a resumed run reports the whole set.
+    (``skipped``), so a resumed run reports the whole set. ``in_folder`` is
+    how many photographs the folder's CSV and report list, ``other_inputs``
+    how many of those came from earlier runs for other inputs.
+    ``skipped_files`` counts files the folder walk did not take, per suffix;
+    ``excluded`` names output folders found among the inputs and left out.
     """
 
     out_dir: Path
@@ -54,6 +73,13 @@ class RunSummary:
     skipped: int = 0
     refer: int = 0
     backend: str = ""
+    bundle_sha256: str = ""
+    in_folder: int = 0
+    other_inputs: int = 0
+    moved: int = 0
+    skipped_files: dict[str, int] = field(default_factory=dict)
+    excluded: list[str] = field(default_factory=list)
+    interrupted: bool = False
 
     @property
     def total(self) -> int:
@@ -64,12 +90,57 @@ class RunSummary:
         return 0 if self.counts.get("ungradable", 0) == 0 and self.counts.get("error", 0) == 0 else 1
 
 
+class ScreeningInterrupted(KeyboardInterrupt):
+    """Ctrl-C during :meth:`Screener.screen_to`, after the results so far were saved (CSV and report too).
+
+    A :class:`KeyboardInterrupt`, so code that stops on Ctrl-C still stops;
+    its message says how far the run got and that rerunning continues, and
+    ``summary`` holds the counts.
+    """
+
+    def __init__(self, message: str, summary: RunSummary) -> None:
+        super().__init__(message)
+        self.summary = summary
+
+
 class Screener:
     """Screen fundus photographs with a bundle: a context manager owning the backend.
 
     backend / precision / threads: see :func:`uopsl.runtime.backends.open_backend`.
     batch_size, workers: see :class:`PipelineConfig`. verify: check the bundle's
     checksums before loading (a few hundred ms for a typical bundle).
+    max_inference_failures: see below.
+
+    Errors (all :class:`~uopsl.runtime.errors.UopslError`, each message says
+    what to do):
+
+    * construction raises :class:`~uopsl.runtime.errors.BundleError` for a
+      missing, malformed or tampered bundle (``verify``), and
+      :class:`~uopsl.runtime.errors.ConfigError` for a bad parameter;
+    * :meth:`open` (``with``) raises :class:`~uopsl.runtime.errors.BundleError`
+      when no file fits the backend asked for,
+      :class:`~uopsl.runtime.errors.EngineMismatchError` for a TensorRT engine
+      built for another TensorRT version or GPU,
+      :class:`~uopsl.runtime.errors.MissingDependencyError` when the backend's
+      package is not installed, :class:`~uopsl.runtime.errors.ConfigError` for
+      an unknown backend or precision, and
+      :class:`~uopsl.runtime.errors.BackendError` when the model cannot load;
+    * :meth:`screen`, :meth:`screen_many` and :meth:`screen_to` never raise for
+      a bad photograph or a failed inference: the result has
+      ``status="error"`` and its ``reasons`` say why (``unreadable``,
+      ``undecodable``, ``inference_error``, ...). Only when inference fails
+      ``max_inference_failures`` times in a row (a backend stuck in a failed
+      state, e.g. after a GPU fault) do they raise
+      :class:`~uopsl.runtime.errors.BackendError`: close the Screener and open
+      a new one. They raise :class:`~uopsl.runtime.errors.ConfigError` for a
+      path that does not exist and is not named like a photograph (a
+      mistyped folder); a missing ``x.jpg`` gets its error row.
+      :meth:`screen_to` also raises :class:`~uopsl.runtime.errors.ConfigError`
+      for an output folder it cannot use (not writable, locked by another
+      process, written by another model) and for inputs holding no
+      photograph, and :class:`ScreeningInterrupted` on Ctrl-C (after saving).
+
+    Not thread-safe: use one Screener per thread.
     """
 
     def __init__(
@@ -84,15 +155,19 @@ class Screener:
         verify: bool = True,
         quality_config: Any = None,
         infer_ungradable: bool = False,
+        max_inference_failures: int = 3,
     ) -> None:
         self.bundle = Path(bundle)
         self.manifest: Manifest = verify_or_raise(self.bundle) if verify else read_manifest(self.bundle)
+        self.identity: ModelIdentity = model_identity(self.bundle, self.manifest)
         self.backend_name = backend
         self.precision = precision
         self.threads = threads
-        self.config = PipelineConfig(batch_size=batch_size, workers=workers, infer_ungradable=infer_ungradable)
+        self.config = PipelineConfig(batch_size=batch_size, workers=workers, infer_ungradable=infer_ungradable,
+                                     max_inference_failures=max_inference_failures)
         self.quality_config = quality_config
         self._backend: Backend | None = None
+        self._health = InferenceHealth(max_inference_failures)
 
     # -- lifecycle ---------------------------------------------------------------------------
     def __enter__(self) -> Screener:
@@ -110,6 +185,7 @@ class Screener:
                              spin=False)
             b.__enter__()
             self._backend = b
+            self._health = InferenceHealth(self.config.max_inference_failures)
 
     def close(self) -> None:
         if self._backend is not None:
@@ -129,8 +205,18 @@ class Screener:
 
     def _pipeline(self, thumbnail_side: int = 0) -> ScreeningPipeline:
         cfg = PipelineConfig(self.config.batch_size, self.config.workers, self.config.prefetch_batches,
-                             thumbnail_side, self.config.infer_ungradable)
-        return ScreeningPipeline(self.backend, self.manifest, cfg, self.quality_config)
+                             thumbnail_side, self.config.infer_ungradable, self.config.max_inference_failures)
+        return ScreeningPipeline(self.backend, self.manifest, cfg, self.quality_config, self._health)
+
+    def check_output(self, out_dir: str | os.PathLike[str]) -> None:
+        """Raise :class:`ConfigError` now if ``screen_to(out_dir, ...)`` could not write there.
+
+        Checks what :meth:`screen_to` checks first (the folder can be created
+        and written, no other process holds it, it holds no other model's
+        results) without loading the model, so a command line can fail in
+        a second instead of after the model loaded. Creates the folder.
+        """
+        ResultStore(out_dir, self.identity).close()
 
     # -- screening ---------------------------------------------------------------------------
     def screen(self, image: Any) -> ScreenResult:
@@ -161,85 +247,213 @@ class Screener:
         progress: bool = False,
         on_result: Callable[[ScreenResult], None] | None = None,
         finalize: bool = True,
+        require_images: bool = True,
     ) -> RunSummary:
         """Screen ``inputs`` into ``out_dir`` (results.jsonl/csv, thumbs/, overlays/, report.html).
 
-        Inputs already in ``out_dir/results.jsonl`` (same path, size and mtime)
-        are skipped; rows are appended and fsync'ed per batch, so a killed run
-        resumes where it stopped. CSV and report are rewritten at the end.
+        Resuming: an input whose file version (resolved path, size, mtime) has
+        a final row in ``out_dir/results.jsonl`` is skipped: ``ok``,
+        ``ungradable``, or an error that is a property of the file's content
+        (``undecodable``, ``too_small``, ``too_large``). Other failures
+        (unreadable, inference failed) are screened again. A photograph whose
+        old path is gone but which is found, same name, size and content
+        (sha256), under a new path (a card mounted elsewhere) gets its earlier
+        result under the new path instead of a second screening. Rows are
+        appended and fsync'ed per batch, so a killed run resumes where it
+        stopped; CSV and report are rewritten at the end, also after Ctrl-C,
+        which then raises :class:`ScreeningInterrupted`.
+
+        Refuses (:class:`ConfigError`) a folder it cannot write, one another
+        process is writing, or one holding another model's results; missing
+        top-level inputs; and, with ``require_images``, inputs holding no
+        photograph at all. The output folder is never screened itself.
         """
         out = Path(out_dir)
-        summary = RunSummary(out, backend=self.backend.describe())
+        given = list(inputs) if isinstance(inputs, (list, tuple)) else None
+        if given is not None:
+            check_inputs(given)
+        summary = RunSummary(out, backend=self.backend.describe(), bundle_sha256=self.identity.bundle_sha256)
         side = OVERLAY_SIDE if overlays else REPORT_THUMB_SIDE if report else 0
-        with ResultStore(out) as store:
+        with ResultStore(out, self.identity) as store:
             seen: set[str] = set()
+            walk = WalkState(exclude=[out])
+            source = given if given is not None else inputs
 
             def todo() -> Iterator[InputItem]:
-                for x in inputs:
-                    for it in [x] if isinstance(x, InputItem) else iter_inputs([x]):
+                for x in source:
+                    for it in [x] if isinstance(x, InputItem) else iter_inputs([x], state=walk):
                         yield from _skip_done(it)
 
             def _skip_done(it: InputItem) -> Iterator[InputItem]:
                 if it.key in seen:
                     return
                 seen.add(it.key)
-                if it.key in store.done:
-                    status = store.done[it.key]
-                    summary.skipped += 1
-                    summary.counts[status] = summary.counts.get(status, 0) + 1
-                    summary.refer += it.key in store.referred  # decided by the earlier run
-                    if bar is not None:
-                        bar.update(1)
+                if store.is_done(it.key):
+                    _count_earlier(store.done[it.key], it.key in store.referred)
                     return
+                if it.path is not None:
+                    old = store.find_moved(it.key, it.path)
+                    if old is not None:
+                        row = self._moved_row(out, old, it)
+                        store.append([row])
+                        summary.moved += 1
+                        _count_earlier(str(row.get("status")), bool(row.get("refer")))
+                        return
                 yield it
 
-            bar = _progress(_count(inputs) if progress else None, progress)
+            def _count_earlier(status: str, refer: bool) -> None:
+                summary.skipped += 1
+                summary.counts[status] = summary.counts.get(status, 0) + 1
+                summary.refer += refer  # decided by the earlier run
+                if bar is not None:
+                    bar.update(1)
+
+            bar = _progress(_count(given, out) if progress and given is not None else None, progress)
             buffer: list[dict[str, Any]] = []
             try:
-                for r in self._pipeline(side).run(todo()):
-                    self._write_images(out, r, overlays, report)
-                    buffer.append(r.to_row())
-                    summary.screened += 1
-                    summary.counts[r.status] = summary.counts.get(r.status, 0) + 1
-                    summary.refer += bool(r.refer)
-                    if on_result is not None:
-                        on_result(r)
-                    if len(buffer) >= self.config.batch_size:
-                        store.append(buffer)
-                        buffer = []
+                try:
+                    for r in self._pipeline(side).run(todo()):
+                        row = r.to_row()
+                        row["screened_at"] = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+                        row["bundle_sha256"] = self.identity.bundle_sha256
+                        row["model_sha256"] = self.identity.model_sha256
+                        self._write_images(out, r, overlays, report)
+                        buffer.append(row)
+                        summary.screened += 1
+                        summary.counts[r.status] = summary.counts.get(r.status, 0) + 1
+                        summary.refer += bool(r.refer)
+                        if on_result is not None:
+                            on_result(r)
+                        if len(buffer) >= self.config.batch_size:
+                            store.append(buffer)
+                            buffer = []
+                        if bar is not None:
+                            bar.update(1)
+                finally:
+                    store.append(buffer)
+                    buffer = []
                     if bar is not None:
-                        bar.update(1)
-            finally:
-                store.append(buffer)
-                if bar is not None:
-                    bar.close()
+                        bar.close()
+            except KeyboardInterrupt:
+                summary.interrupted = True
+            except Exception:
+                if finalize:
+                    self._finalize_quietly(out, store, report, given)  # what was done stays readable
+                raise
+            summary.skipped_files = dict(walk.skipped)
+            summary.excluded = list(walk.excluded)
+            if walk.skipped:
+                log.warning("%s", walk.skipped_message())
+            if summary.total == 0 and require_images and not summary.interrupted:
+                named = ", ".join(display_path(x) for x in given or () if not isinstance(x, InputItem))
+                raise ConfigError(
+                    f"no photographs found in {named or 'the inputs'} (looked for "
+                    f"{', '.join(sorted(IMAGE_SUFFIXES))}"
+                    + (f"; {walk.skipped_message()}" if walk.skipped else "")
+                    + "): check the folder, or name the files"
+                )
             if finalize:
-                self.finalize(out, store, report=report)
+                rows = self.finalize(out, store, report=report, inputs=given)
+                mine = {key_path(k) or k for k in seen}
+                summary.in_folder = len(rows)
+                summary.other_inputs = sum(1 for r in rows if (key_path(str(r.get("key", ""))) or r.get("key"))
+                                           not in mine)
+                if summary.other_inputs:
+                    log.warning("%s lists %d photographs: %d from earlier runs into this folder for other inputs "
+                                "(screen each session into its own --out to keep them apart)",
+                                out, len(rows), summary.other_inputs)
         log.info("screened %d new, skipped %d already done: %s", summary.screened, summary.skipped,
                  ", ".join(f"{k} {v}" for k, v in summary.counts.items()))
+        if summary.interrupted:
+            expected = _count_quietly(given, out)
+            done = summary.screened + summary.skipped
+            of = f" of {expected}" if expected is not None and expected >= done else ""
+            raise ScreeningInterrupted(
+                f"interrupted after {done}{of} photographs (saved in {out}"
+                + (f"; {CSV}{' and report.html' if report else ''} list them" if finalize else "")
+                + "); run the same command again to continue", summary)
         return summary
 
-    def finalize(self, out: Path, store: ResultStore, *, report: bool = True) -> None:
-        """Regenerate results.csv (and report.html) atomically from the jsonl."""
+    def finalize(self, out: Path, store: ResultStore, *, report: bool = True,
+                 inputs: Iterable[Any] | None = None) -> list[dict[str, Any]]:
+        """Regenerate results.csv (and report.html) atomically from the jsonl; returns the rows they list."""
         rows = store.latest_rows()
         write_csv(out / CSV, rows, self.manifest.class_names)
         if report:
-            write_report(rows, out, self.manifest, {"backend": self.backend.describe()})
+            info: dict[str, Any] = {"backend": self.backend.describe(), "bundle_sha256": self.identity.bundle_sha256}
+            if inputs is not None:
+                info["inputs"] = [display_path(x) for x in inputs if isinstance(x, (str, os.PathLike))]
+            write_report(rows, out, self.manifest, info)
+        return rows
+
+    def _finalize_quietly(self, out: Path, store: ResultStore, report: bool, inputs: Iterable[Any] | None) -> None:
+        try:
+            self.finalize(out, store, report=report, inputs=inputs)
+        except Exception as exc:  # noqa: BLE001 - the original failure is the one to report
+            log.warning("could not rewrite results.csv/report.html after the failure: %s", exc)
+
+    def _moved_row(self, out: Path, old: dict[str, Any], it: InputItem) -> dict[str, Any]:
+        """``old`` (the same photograph's row under a path that is gone) for its new path, images renamed."""
+        row = {k: v for k, v in old.items() if k != "source_path"}
+        shown = display_path(it.source)
+        row.update(id=it.id, source=shown, key=it.key, moved_from=key_path(str(old.get("key", ""))))
+        if shown != it.source:
+            row["source_path"] = it.source
+        for folder, ext in ((THUMB_DIR, ".jpg"), (OVERLAY_DIR, ".png")):
+            src = out / folder / f"{old.get('id')}{ext}"
+            with contextlib.suppress(OSError):
+                if src.is_file():
+                    os.replace(src, out / folder / f"{it.id}{ext}")
+        log.info("%s: same photograph as %s (screened earlier, file no longer there); its result is kept",
+                 shown, display_path(str(row["moved_from"])))
+        return row
 
     def _write_images(self, out: Path, r: ScreenResult, overlays: bool, report: bool) -> None:
-        if r.thumbnail is None:
-            return
-        if report:
-            write_thumbnail(out, r.id, r.thumbnail)
-        if overlays and r.site_maps is not None and r.geometry is not None and r.status == "ok":
-            heat = r.heatmap(shape=r.thumbnail.shape[:2])
-            write_overlay(out, r.id, r.thumbnail, heat)
+        """Write this row's thumbnail and overlay; delete those an earlier version of the file left.
+
+        Ids follow the path, so a photograph replaced by an unreadable one
+        would otherwise show the old picture (and heatmap) next to its new
+        verdict.
+        """
+        wrote_thumb = wrote_overlay = False
+        if r.thumbnail is not None:
+            if report:
+                write_thumbnail(out, r.id, r.thumbnail)
+                wrote_thumb = True
+            if overlays and r.site_maps is not None and r.geometry is not None and r.status == "ok":
+                heat = r.heatmap(shape=r.thumbnail.shape[:2])
+                write_overlay(out, r.id, r.thumbnail, heat)
+                wrote_overlay = True
+        for wrote, stale in ((wrote_thumb, out / THUMB_DIR / f"{r.id}.jpg"),
+                             (wrote_overlay, out / OVERLAY_DIR / f"{r.id}.png")):
+            if not wrote:
+                with contextlib.suppress(FileNotFoundError):
+                    stale.unlink()
 
 
-def _count(inputs: Iterable[Any]) -> int | None:
+def _count(inputs: Iterable[Any] | None, out: Path) -> int | None:
+    """How many distinct inputs ``inputs`` expands to (None for a stream, which cannot be counted ahead)."""
     if not isinstance(inputs, (list, tuple)):
         return None
-    return sum(1 if isinstance(x, InputItem) else sum(1 for _ in iter_inputs([x])) for x in inputs)
+    keys: set[str] = set()
+    walk = WalkState(exclude=[out])
+    for x in inputs:
+        for it in [x] if isinstance(x, InputItem) else iter_inputs([x], state=walk):
+            keys.add(it.key)
+    return len(keys)
+
+
+def _count_quietly(inputs: Iterable[Any] | None, out: Path) -> int | None:
+    """:func:`_count`, or None when counting fails or is interrupted (it only improves a message)."""
+    logger = logging.getLogger("uopsl.runtime.pipeline")
+    level = logger.level
+    logger.setLevel(logging.ERROR)  # the walk's warnings were already shown once
+    try:
+        return _count(inputs, out)
+    except (Exception, KeyboardInterrupt):  # noqa: BLE001
+        return None
+    finally:
+        logger.setLevel(level)
 
 
 def _progress(total: int | None, enabled: bool) -> Any:

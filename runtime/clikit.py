@@ -2,8 +2,19 @@
 
 Both ``uopsl`` and ``uopsl-screen`` are click groups built with
 :class:`LazyGroup`, so ``--help`` and light commands never import torch.
-:func:`main_entry` turns a :class:`UopslError` into one clean line on stderr
-(the traceback only with ``-v``) and the documented exit code.
+:func:`main_entry` turns every failure into one clean line on stderr (the
+traceback only with ``-v``) and the documented exit code:
+
+* 0: done (``uopsl-screen run``: every photograph screened);
+* 1: done, but not everything passed (``run``/``watch``: some photographs
+  ungradable or unreadable; ``uopsl validate``: a file failed its gates);
+* 2: nothing sensible could be done: a usage error, a bad bundle, an output
+  folder that cannot be used, no photographs found, an OS error (disk full,
+  read-only, no permission) or a bug. 1 is never used for these, since a
+  script reads 1 as "the batch ran; look at the failed photographs";
+* 130: interrupted (Ctrl-C); what was done is saved, and the message says so.
+
+``-v``/``-q`` work before or after the subcommand name.
 """
 
 from __future__ import annotations
@@ -40,7 +51,7 @@ class LazyGroup(click.Group):
             cmd = getattr(importlib.import_module(mod_name), attr)
             if not isinstance(cmd, click.Command):
                 raise TypeError(f"{self.lazy[cmd_name]} is not a click command")
-            return cmd
+            return share_verbosity(cmd)
         return super().get_command(ctx, cmd_name)
 
 
@@ -49,14 +60,24 @@ def setup_logging(verbose: int) -> None:
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr, force=True)
 
 
+def _is_verbose_flag(a: str) -> bool:
+    return a in ("-v", "--verbose") or (a.startswith("-v") and set(a[1:]) == {"v"})
+
+
 def main_entry(group: click.Group, argv: Sequence[str] | None = None, prog_name: str | None = None) -> int:
-    """Run ``group``; map toolkit errors to one line and an exit code."""
+    """Run ``group``; map every failure to one line on stderr and an exit code (see the module docstring)."""
     args = list(sys.argv[1:] if argv is None else argv)
-    verbose = any(a in ("-v", "--verbose") or (a.startswith("-v") and set(a[1:]) == {"v"}) for a in args)
+    opts = args[: args.index("--")] if "--" in args else args
+    verbose = any(_is_verbose_flag(a) for a in opts)
+    for cmd in list(group.commands.values()):
+        share_verbosity(cmd)
     try:
         rv = group.main(args=args, prog_name=prog_name, standalone_mode=False)
-    except click.exceptions.Abort:
-        click.echo("aborted", err=True)
+    except click.exceptions.Abort as exc:
+        # click turns Ctrl-C into Abort; the interrupt it wraps may say what was saved.
+        cause = exc.__cause__ or exc.__context__
+        said = str(cause).strip() if isinstance(cause, KeyboardInterrupt) else ""
+        click.echo(said or "aborted", err=True)
         return 130
     except click.ClickException as exc:
         exc.show()
@@ -64,16 +85,67 @@ def main_entry(group: click.Group, argv: Sequence[str] | None = None, prog_name:
     except click.exceptions.Exit as exc:
         return int(exc.exit_code)
     except UopslError as exc:
-        if verbose:
-            import traceback
-
-            traceback.print_exc()
-        click.echo(f"error: {exc}", err=True)
+        _traceback(verbose)
+        click.echo(f"error: {_one_line(str(exc))}", err=True)
         return exc.exit_code
-    except KeyboardInterrupt:
-        click.echo("interrupted", err=True)
+    except KeyboardInterrupt as exc:
+        click.echo(_one_line(str(exc)) or "interrupted", err=True)
         return 130
+    except OSError as exc:
+        _traceback(verbose)
+        click.echo(f"error: {_os_error(exc)}", err=True)
+        return 2
+    except Exception as exc:  # noqa: BLE001 - a bug still gets one line and exit 2, never a bare traceback
+        _traceback(verbose)
+        click.echo(f"error: unexpected {type(exc).__name__}: {_one_line(str(exc))} (a bug: rerun with -v for "
+                   "the traceback and report it)", err=True)
+        return 2
     return int(rv) if isinstance(rv, int) else 0
+
+
+def _traceback(verbose: bool) -> None:
+    if verbose:
+        import traceback
+
+        traceback.print_exc()
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _os_error(exc: OSError) -> str:
+    """``Read-only file system: romnt/thumbs; check ...``: the OS's words, the path, what to check."""
+    what = exc.strerror or _one_line(str(exc)) or type(exc).__name__
+    where = "" if exc.filename is None else f": {exc.filename}"
+    if exc.filename2 is not None:
+        where += f" -> {exc.filename2}"
+    return f"{what}{where} (check the path, its permissions and the free disk space; -v shows where it failed)"
+
+
+def share_verbosity(cmd: click.Command) -> click.Command:
+    """Give ``cmd`` the group's ``-v``/``-q`` too, so ``uopsl-screen run -v ...`` works like ``uopsl-screen -v run``.
+
+    Only options the command does not define itself are added (idempotent).
+    """
+    names = {o for p in cmd.params for o in getattr(p, "opts", ())}
+    if not names & {"-v", "--verbose"}:
+        cmd.params.append(click.Option(["-v", "--verbose"], count=True, expose_value=False, is_eager=True,
+                                       callback=_verbose_cb, help="More logging; with an error, its traceback."))
+    if not names & {"-q", "--quiet"}:
+        cmd.params.append(click.Option(["-q", "--quiet"], is_flag=True, expose_value=False,
+                                       callback=_quiet_cb, help="Only warnings and errors."))
+    return cmd
+
+
+def _verbose_cb(ctx: click.Context, _param: click.Parameter, value: int) -> None:
+    if value:  # absent after the subcommand: keep what the group set
+        setup_logging(value)
+
+
+def _quiet_cb(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if value:
+        setup_logging(-1)
 
 
 def verbose_option(f: Callable[..., Any]) -> Callable[..., Any]:

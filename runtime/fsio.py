@@ -15,15 +15,20 @@ permission bits, and folders built in a temporary place get ``0o777 & ~umask``
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
+import logging
 import os
 import stat
+import sys
 import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
+
+log = logging.getLogger(__name__)
 
 
 _UMASK_LOCK = threading.Lock()
@@ -126,8 +131,9 @@ def write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
         fh.write(data)
 
 
-def write_text(path: str | os.PathLike[str], text: str) -> None:
-    with atomic_open(path, "w", encoding="utf-8") as fh:
+def write_text(path: str | os.PathLike[str], text: str, encoding: str = "utf-8") -> None:
+    """Write ``text`` atomically. ``encoding="utf-8-sig"`` adds the BOM Excel on Windows needs to read UTF-8."""
+    with atomic_open(path, "w", encoding=encoding) as fh:
         fh.write(text)
 
 
@@ -154,3 +160,126 @@ def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
 
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def remove_stale_temporaries(folder: str | os.PathLike[str]) -> int:
+    """Delete the ``.NAME.XXXX.tmp`` files :func:`atomic_open` leaves when a process is killed mid-write.
+
+    Why: ``kill -9`` or a power loss between ``mkstemp`` and ``os.replace``
+    leaves a hidden temporary that nothing else ever removes. Call it only
+    while holding the folder's :class:`FolderLock`, so no live writer's
+    temporary is taken. Returns how many were removed; never raises.
+    """
+    n = 0
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return 0
+    for e in entries:
+        if e.name.startswith(".") and e.name.endswith(".tmp"):
+            try:
+                if e.is_file(follow_symlinks=False):
+                    os.unlink(e.path)
+                    n += 1
+            except OSError as exc:
+                log.debug("cannot remove stale temporary %s: %s", e.path, exc)
+    return n
+
+
+class FolderLock:
+    """An exclusive, non-blocking lock on a folder, held through ``<folder>/<name>`` until :meth:`release`.
+
+    Why a kernel lock rather than an ``O_EXCL`` marker file: the operating
+    system drops it when the holder dies (``kill -9``, power loss), so there is
+    never a stale lock to clean up by hand. POSIX uses ``fcntl.flock``, Windows
+    ``msvcrt.locking``. The file holds the owner's pid, for the message the
+    next process shows. Where the file system cannot lock at all (some network
+    shares), :meth:`acquire` logs a warning and goes on unlocked rather than
+    refusing to work.
+    """
+
+    def __init__(self, folder: str | os.PathLike[str], name: str = ".lock") -> None:
+        self.path = Path(folder) / name
+        self.holder = ""  # after a failed acquire: what the holder wrote (its pid), when readable
+        self._fd: int | None = None
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def acquire(self) -> bool:
+        """Take the lock: True when taken (or already held), False when another process holds it.
+
+        Other OS errors (the file cannot be created) propagate. The lock file
+        is truncated and given this pid only once the lock is ours.
+        """
+        if self._fd is not None:
+            return True
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666 & ~current_umask())
+        try:
+            state = _lock_fd(fd)
+            if state is None:
+                self.holder = _owner(fd)
+                os.close(fd)
+                return False
+            if not state:
+                log.warning("%s: this file system cannot lock files; nothing stops a second process "
+                            "from writing into the same folder", self.path)
+            os.lseek(fd, 0, os.SEEK_SET)
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode("ascii"))
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+        return True
+
+    def release(self) -> None:
+        """Drop the lock (closing the file releases it); the file stays, empty of meaning."""
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                _unlock_fd(fd)
+            os.close(fd)
+
+
+_WIN_LOCK_OFFSET = 1 << 20  # Windows locks a byte range: lock one far beyond the pid, so others can read it
+
+
+def _owner(fd: int) -> str:
+    with contextlib.suppress(OSError):
+        os.lseek(fd, 0, os.SEEK_SET)
+        return os.read(fd, 64).decode("ascii", "replace").strip()
+    return ""
+
+
+def _lock_fd(fd: int) -> bool | None:
+    """Lock ``fd`` exclusively without waiting: True locked, None held elsewhere, False cannot lock here."""
+    if sys.platform == "win32":
+        import msvcrt
+
+        os.lseek(fd, _WIN_LOCK_OFFSET, os.SEEK_SET)
+        try:
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+        except OSError as exc:
+            return None if exc.errno in (errno.EACCES, errno.EDEADLK) else False
+        return True
+    import fcntl
+
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        return None if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES) else False
+    return True
+
+
+def _unlock_fd(fd: int) -> None:
+    if sys.platform == "win32":
+        import msvcrt
+
+        os.lseek(fd, _WIN_LOCK_OFFSET, os.SEEK_SET)
+        msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
+        return
+    import fcntl
+
+    fcntl.flock(fd, fcntl.LOCK_UN)

@@ -26,6 +26,7 @@ import collections
 import hashlib
 import logging
 import os
+import stat
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -38,14 +39,38 @@ import numpy as np
 
 from uopsl.runtime.backends.base import Backend
 from uopsl.runtime.bundle import Manifest
-from uopsl.runtime.errors import ConfigError, ImageDecodeError, ImageError, UopslError
+from uopsl.runtime.errors import BackendError, ConfigError, ImageDecodeError, ImageError, UopslError
 from uopsl.runtime.preprocess import Geometry, Preprocessed, preprocess, read_bytes
+from uopsl.runtime.results import JSONL, LOCK_NAME, key_path
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".jp2", ".webp", ".ppm", ".pgm"})
+# .jfif/.jpe: what Windows and some cameras call a JPEG file.
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".tif", ".tiff", ".bmp", ".jp2", ".webp",
+                            ".ppm", ".pgm"})
 LIST_SUFFIXES = frozenset({".txt", ".lst", ".list"})
 STATUSES = ("ok", "ungradable", "error")
+
+
+def display_path(path: str | os.PathLike[str]) -> str:
+    """``path`` as valid Unicode text, for CSV, HTML and messages.
+
+    Why: a file name written by an old camera or a FAT stick can hold bytes
+    that are not UTF-8; Python keeps them as lone surrogates, which no UTF-8
+    file can hold. They become U+FFFD here; the lossless form stays in the
+    row's ``key`` (and ``source_path``).
+    """
+    text = os.fspath(path)
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return os.fsencode(text).decode("utf-8", "replace")
+
+
+def image_suffix(name: str) -> str:
+    """The lower-case suffix of ``name``, trailing spaces ignored (``"f.jpg "`` is a JPEG that a tool misnamed)."""
+    return Path(name.rstrip()).suffix.lower()
 
 
 # -- inputs --------------------------------------------------------------------------------
@@ -71,10 +96,16 @@ def _safe_stem(name: str) -> str:
 
 
 def file_key(path: str | os.PathLike[str]) -> str:
-    """Absolute path + size + mtime (ns): a new or replaced file gets a new key."""
-    p = Path(path).absolute()
+    """Resolved path + size + mtime (ns): a new or replaced file gets a new key.
+
+    Resolved (symbolic links, ``..`` and ``.`` removed) so the same photograph
+    named through ``./a/../a/x.jpg`` or a linked folder is one input, screened
+    once. ``os.path.realpath`` rather than ``Path.resolve``: it never raises on
+    a symbolic-link loop (Python 3.10 raises RuntimeError there).
+    """
+    p = os.path.realpath(os.fspath(path))
     try:
-        st = p.stat()
+        st = os.stat(p)
     except OSError:
         return f"{p}|missing"
     return f"{p}|{st.st_size}|{st.st_mtime_ns}"
@@ -83,7 +114,7 @@ def file_key(path: str | os.PathLike[str]) -> str:
 def item_for_path(path: str | os.PathLike[str]) -> InputItem:
     p = Path(path)
     key = file_key(p)
-    digest = hashlib.sha1(key.split("|")[0].encode("utf-8", "surrogateescape")).hexdigest()[:8]
+    digest = hashlib.sha1(key_path(key).encode("utf-8", "surrogateescape")).hexdigest()[:8]
     return InputItem(source=str(p), key=key, id=f"{_safe_stem(p.name)}-{digest}", path=p)
 
 
@@ -94,44 +125,203 @@ def item_for_data(data: bytes | np.ndarray, name: str = "image") -> InputItem:
     return InputItem(source=name, key=f"sha1:{digest}", id=f"{_safe_stem(name)}-{digest[:8]}", data=data)
 
 
-def walk_images(folder: Path) -> Iterator[Path]:
-    """Image files under ``folder``: sorted, recursive, hidden files and folders skipped, lazy."""
+@dataclass
+class WalkState:
+    """What a walk over the inputs remembers: folders already walked, folders left out, files not taken.
+
+    Why it exists: a symbolic link back to a parent folder (``sub/up -> ..``)
+    would walk the same photographs again and again, so every folder is
+    walked once, by its (device, inode). The output folder (``exclude``) and
+    any folder holding ``results.jsonl`` are never walked: their thumbnails and
+    overlays are not patient photographs. Files that are not an image type are
+    counted per suffix, so the user hears about a ``.HEIC`` or ``.dcm`` the
+    walk did not take instead of it silently disappearing.
+    """
+
+    exclude: Sequence[str | os.PathLike[str]] = ()
+    visited: set[tuple[int, int]] = field(default_factory=set)
+    skipped: collections.Counter[str] = field(default_factory=collections.Counter)
+    skipped_names: list[str] = field(default_factory=list)
+    excluded: list[str] = field(default_factory=list)
+    said: set[str] = field(default_factory=set)
+    _exclude_ids: set[tuple[int, int]] = field(default_factory=set, init=False, repr=False)
+    _exclude_real: list[str] = field(default_factory=list, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        for x in self.exclude:
+            self._exclude_real.append(os.path.realpath(os.fspath(x)))
+            try:
+                st = os.stat(x)
+                self._exclude_ids.add((st.st_dev, st.st_ino))
+            except OSError:
+                pass  # not created yet: matched by its path
+
+    def inside_excluded(self, path: str | os.PathLike[str]) -> str | None:
+        """The excluded folder ``path`` lies in (or is), else None."""
+        real = os.path.realpath(os.fspath(path))
+        for ex in self._exclude_real:
+            if real == ex or real.startswith(ex.rstrip(os.sep) + os.sep):
+                return ex
+        return None
+
+    def say(self, level: int, msg: str, *args: Any) -> None:
+        """Log once per distinct message: ``watch`` walks the same folder every half second."""
+        text = msg % args
+        if text not in self.said:
+            self.said.add(text)
+            log.log(level, "%s", text)
+
+    def note_skipped(self, name: str) -> None:
+        self.skipped[image_suffix(name) or "(no suffix)"] += 1
+        if len(self.skipped_names) < 5:
+            self.skipped_names.append(display_path(name))
+
+    def skipped_message(self) -> str:
+        """``"4 files skipped (not an image type: .HEIC 1, .dcm 1, ...; e.g. e.HEIC, g.dcm)"``, or ``""``."""
+        n = sum(self.skipped.values())
+        if not n:
+            return ""
+        kinds = ", ".join(f"{k} {v}" for k, v in self.skipped.most_common(8))
+        return (f"{n} file{'s' if n != 1 else ''} skipped (not an image type: {kinds}; "
+                f"e.g. {', '.join(self.skipped_names)}; taken: {', '.join(sorted(IMAGE_SUFFIXES))})")
+
+
+def is_output_folder(folder: str | os.PathLike[str]) -> bool:
+    """Whether ``folder`` holds uopsl-screen results (``results.jsonl`` or its lock file)."""
+    return os.path.isfile(os.path.join(folder, JSONL)) or os.path.isfile(os.path.join(folder, LOCK_NAME))
+
+
+def walk_images(folder: Path, state: WalkState | None = None) -> Iterator[Path]:
+    """Image files under ``folder``: sorted, recursive, hidden files and folders skipped, lazy.
+
+    Every folder is walked once (``state.visited``); output folders are left
+    out; an entry that cannot even be examined (a symbolic-link loop, no
+    permission) is yielded as it is, so it gets its own error row instead of
+    stopping the walk.
+    """
+    state = state if state is not None else WalkState()
+    try:
+        st = os.stat(folder)
+    except OSError as exc:
+        state.say(logging.WARNING, "cannot open folder %s: %s", display_path(folder), exc.strerror or exc)
+        return
+    ident = (st.st_dev, st.st_ino)
+    if ident in state.visited:
+        state.say(logging.INFO, "not walking %s again (a link to a folder already walked)", display_path(folder))
+        return
+    if ident in state._exclude_ids or state.inside_excluded(folder) or is_output_folder(folder):
+        state.excluded.append(display_path(folder))
+        if not (ident in state._exclude_ids or state.inside_excluded(folder)):
+            state.say(logging.WARNING, "not screening %s: it is a uopsl-screen output folder (it holds %s)",
+                      display_path(folder), JSONL)
+        return
+    state.visited.add(ident)
     try:
         entries = sorted(os.scandir(folder), key=lambda e: e.name)
     except OSError as exc:
-        log.warning("cannot list %s: %s", folder, exc)
+        state.say(logging.WARNING, "cannot list %s: %s", display_path(folder), exc.strerror or exc)
         return
     for e in entries:
         if e.name.startswith("."):
             continue
-        if e.is_dir(follow_symlinks=True):
-            yield from walk_images(Path(e.path))
-        elif Path(e.name).suffix.lower() in IMAGE_SUFFIXES:
+        try:
+            is_dir = e.is_dir(follow_symlinks=True)
+        except OSError:
+            yield Path(e.path)  # e.g. a symbolic-link loop: reading it gives the row its reason
+            continue
+        if is_dir:
+            yield from walk_images(Path(e.path), state)
+        elif image_suffix(e.name) in IMAGE_SUFFIXES:
             yield Path(e.path)
+        else:
+            state.note_skipped(e.name)
 
 
-def iter_inputs(inputs: Iterable[str | os.PathLike[str]]) -> Iterator[InputItem]:
+def _missing_input(p: Path, exc: OSError) -> ConfigError:
+    what = "does not exist" if isinstance(exc, (FileNotFoundError, NotADirectoryError)) else \
+        f"cannot be opened ({exc.strerror or exc})"
+    return ConfigError(f"input {display_path(p)} {what}; expected a photograph, a folder or a "
+                       f"{'/'.join(sorted(LIST_SUFFIXES))} list file: check the path")
+
+
+def check_inputs(inputs: Iterable[Any]) -> None:
+    """Raise :class:`ConfigError` for a top-level input that is missing and not named like a photograph.
+
+    Why: a mistyped folder used to become one "unreadable photo" row and a
+    report, as if the folder were a patient's image. A missing path named like
+    an image (``x.jpg``) still gets its error row: a list of expected
+    photographs should show which one is missing. Cheap (one stat per input),
+    so callers run it before loading a model or creating an output folder.
+    """
+    for raw in inputs:
+        if isinstance(raw, (str, os.PathLike)):
+            p = Path(raw)
+            try:
+                os.stat(p)
+            except OSError as exc:
+                if image_suffix(p.name) not in IMAGE_SUFFIXES:
+                    raise _missing_input(p, exc) from None
+
+
+def iter_inputs(inputs: Iterable[str | os.PathLike[str]], *, state: WalkState | None = None) -> Iterator[InputItem]:
     """Expand files, folders (recursively: image files only) and list files (one path a line).
 
     A path given explicitly is always screened, even if it is not an image or
-    does not exist: it then gets an ``error`` row that says so. List-file
-    entries are relative to the list file's folder; ``#`` starts a comment.
+    does not exist: it then gets an ``error`` row that says so; only a missing
+    top-level input that is not named like an image raises :class:`ConfigError`
+    (:func:`check_inputs`). List files are read as UTF-8 with or without the
+    BOM Notepad writes; entries are relative to the list file's folder; ``#``
+    starts a comment; a list that (directly or not) names itself is read once.
+    Anything inside an excluded folder (the output folder) is left out.
     """
+    state = state if state is not None else WalkState()
     for raw in inputs:
-        p = Path(raw)
-        if p.is_dir():
-            for f in walk_images(p):
-                yield item_for_path(f)
-        elif p.suffix.lower() in LIST_SUFFIXES and p.is_file():
-            with open(p, encoding="utf-8", errors="replace") as fh:
-                for line in fh:
-                    entry = line.strip()
-                    if not entry or entry.startswith("#"):
-                        continue
-                    q = Path(entry)
-                    yield from iter_inputs([q if q.is_absolute() else p.parent / q])
-        else:
-            yield item_for_path(p)
+        yield from _expand(Path(raw), state, top=True, lists=())
+
+
+def _expand(p: Path, state: WalkState, *, top: bool, lists: tuple[str, ...]) -> Iterator[InputItem]:
+    inside = state.inside_excluded(p)
+    if inside is not None:
+        state.say(logging.WARNING, "not screening %s: it is inside the output folder %s", display_path(p),
+                  display_path(inside))
+        state.excluded.append(display_path(p))
+        return
+    try:
+        st: os.stat_result | None = os.stat(p)
+    except OSError as exc:
+        st = None
+        if top and image_suffix(p.name) not in IMAGE_SUFFIXES:
+            raise _missing_input(p, exc) from None
+    if st is not None and stat.S_ISDIR(st.st_mode):
+        for f in walk_images(p, state):
+            yield item_for_path(f)
+    elif st is not None and stat.S_ISREG(st.st_mode) and p.suffix.lower() in LIST_SUFFIXES:
+        yield from _read_list(p, state, top=top, lists=lists)
+    else:
+        yield item_for_path(p)
+
+
+def _read_list(p: Path, state: WalkState, *, top: bool, lists: tuple[str, ...]) -> Iterator[InputItem]:
+    real = os.path.realpath(p)
+    try:
+        fh = open(p, encoding="utf-8-sig", errors="replace")  # noqa: SIM115 - closed below; lazy on purpose
+    except OSError as exc:
+        if top:
+            raise _missing_input(p, exc) from None
+        yield item_for_path(p)
+        return
+    with fh:
+        for n, line in enumerate(fh, 1):
+            entry = line.strip()
+            if not entry or entry.startswith("#"):
+                continue
+            q = Path(entry)
+            q = q if q.is_absolute() else p.parent / q
+            if q.suffix.lower() in LIST_SUFFIXES and os.path.realpath(q) in (*lists, real):
+                log.warning("%s, line %d: %s is a list file already being read (a list cannot include "
+                            "itself); entry skipped", display_path(p), n, display_path(entry))
+                continue
+            yield from _expand(q, state, top=False, lists=(*lists, real))
 
 
 def as_items(things: Iterable[Any]) -> Iterator[InputItem]:
@@ -180,6 +370,7 @@ class ScreenResult:
     geometry: Geometry | None = field(default=None, repr=False, compare=False)
     thumbnail: np.ndarray | None = field(default=None, repr=False, compare=False)
     class_names: tuple[str, ...] = field(default=(), repr=False, compare=False)
+    content_sha256: str = ""
 
     def heatmap(self, cls: str | None = None, *, shape: tuple[int, int] | None = None) -> np.ndarray:
         """The predilection map of ``cls`` (default: ``heatmap_class``) on the original image grid.
@@ -200,11 +391,19 @@ class ScreenResult:
         return g.to_original(m)
 
     def to_row(self) -> dict[str, Any]:
-        """The JSON-serialisable record written to results.jsonl."""
+        """The JSON-serialisable record written to results.jsonl.
+
+        ``source`` is valid Unicode for display (:func:`display_path`); when the
+        file name is not, ``source_path`` keeps it losslessly. ``sha256`` is the
+        file's content hash (empty for in-memory inputs and unreadable files).
+        """
+        shown = display_path(self.source)
         return {
             "id": self.id,
-            "source": self.source,
+            "source": shown,
+            **({"source_path": self.source} if shown != self.source else {}),
             "key": self.key,
+            "sha256": self.content_sha256,
             "status": self.status,
             "refer": self.refer,
             "positive": list(self.positive),
@@ -212,7 +411,7 @@ class ScreenResult:
             "gradable": self.gradable,
             "quality_score": None if self.quality_score is None else round(float(self.quality_score), 4),
             "reasons": list(self.reasons),
-            "error": self.error,
+            "error": display_path(self.error),
             "heatmap_class": self.heatmap_class,
             "timings_ms": {k: round(float(v), 3) for k, v in self.timings.items()},
         }
@@ -280,6 +479,10 @@ class PipelineConfig:
     for overlays and reports; 0 keeps none (fastest).
     infer_ungradable: also run the model on ungradable images (probabilities
     are recorded for information; no decision is made).
+    max_inference_failures: after this many inference calls in a row fail,
+    raise :class:`BackendError` instead of writing more error rows (a backend
+    in a sticky failed state, such as after a CUDA fault, never recovers by
+    itself); 0 never raises.
     """
 
     batch_size: int = 8
@@ -287,6 +490,7 @@ class PipelineConfig:
     prefetch_batches: int = 2
     thumbnail_side: int = 0
     infer_ungradable: bool = False
+    max_inference_failures: int = 3
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -297,10 +501,43 @@ class PipelineConfig:
             raise ConfigError(f"prefetch_batches must be >= 1, got {self.prefetch_batches}")
         if self.thumbnail_side < 0:
             raise ConfigError(f"thumbnail_side must be >= 0, got {self.thumbnail_side}")
+        if self.max_inference_failures < 0:
+            raise ConfigError(f"max_inference_failures must be >= 0, got {self.max_inference_failures}")
 
     @property
     def n_workers(self) -> int:
         return self.workers or max(1, min(4, os.cpu_count() or 1))
+
+
+class InferenceHealth:
+    """Counts inference calls that failed in a row, and gives up after ``limit`` of them.
+
+    Why: one failed batch (a transient out-of-memory) should cost only its own
+    rows, which say "inference failed" and are retried by the next run. But a
+    backend whose device is in a sticky error state fails every later call; the
+    caller must then reopen it, so after ``limit`` failures in a row this raises
+    :class:`BackendError` saying so. One instance can span many pipelines (the
+    :class:`~uopsl.runtime.api.Screener` keeps one per open backend).
+    """
+
+    def __init__(self, limit: int = 3) -> None:
+        self.limit = limit
+        self.failures = 0
+
+    def succeeded(self) -> None:
+        self.failures = 0
+
+    def failed(self, exc: BaseException, backend: str) -> None:
+        """Record a failure; raise :class:`BackendError` when it is the ``limit``-th in a row."""
+        self.failures += 1
+        if self.limit and self.failures >= self.limit:
+            n, self.failures = self.failures, 0
+            raise BackendError(
+                f"{backend}: inference failed {n} times in a row (last: {' '.join(str(exc).split())}); "
+                "the backend is probably in a failed state (e.g. after a GPU fault): close the Screener and "
+                "open a new one (for uopsl-screen: run the same command again; photographs already "
+                "screened are kept)"
+            ) from exc
 
 
 @dataclass
@@ -313,6 +550,7 @@ class _Prepared:
     thumbnail: np.ndarray | None = None
     geometry: Geometry | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    sha256: str = ""
 
     @property
     def runnable(self) -> bool:
@@ -335,11 +573,12 @@ class ScreeningPipeline:
     """
 
     def __init__(self, backend: Backend, manifest: Manifest, config: PipelineConfig | None = None,
-                 quality_config: Any = None) -> None:
+                 quality_config: Any = None, health: InferenceHealth | None = None) -> None:
         self.backend = backend
         self.manifest = manifest
         self.config = config or PipelineConfig()
         self.quality_config = quality_config
+        self.health = health if health is not None else InferenceHealth(self.config.max_inference_failures)
         self.class_names = manifest.class_names
         self._maps_name = manifest.output_names[2] if len(manifest.output_names) > 2 else "site_maps"
         self._probs_name = manifest.output_names[0] if manifest.output_names else "probs"
@@ -353,7 +592,11 @@ class ScreeningPipeline:
         keep = self.config.thumbnail_side > 0
         try:
             if item.path is not None:
-                data: bytes | np.ndarray = read_bytes(item.path)
+                raw = read_bytes(item.path)
+                # The content hash lets a later run recognise this photograph on a card that came back
+                # under another path (ResultStore.find_moved); hashlib releases the GIL, so it runs in parallel.
+                out.sha256 = hashlib.sha256(raw).hexdigest()
+                data: bytes | np.ndarray = raw
             elif item.data is not None:
                 data = item.data
             else:
@@ -398,9 +641,11 @@ class ScreeningPipeline:
             t0 = time.perf_counter()
             try:
                 outputs = self.backend.infer(x)
+                self.health.succeeded()
             except UopslError as exc:
                 failure = str(exc)
                 log.error("inference failed on a batch of %d: %s", len(runnable), exc)
+                self.health.failed(exc, getattr(self.backend, "name", "backend"))
             infer_ms = (time.perf_counter() - t0) * 1e3 / len(runnable)
         probs = outputs.get(self._probs_name)
         maps = outputs.get(self._maps_name)
@@ -418,7 +663,7 @@ class ScreeningPipeline:
                 results.append(ScreenResult(
                     id=p.item.id, source=p.item.source, key=p.item.key, status="error",
                     error=f"inference failed: {failure}", reasons=("inference_error",), timings=p.timings,
-                    thumbnail=p.thumbnail, class_names=self.class_names))
+                    thumbnail=p.thumbnail, class_names=self.class_names, content_sha256=p.sha256))
                 continue
             pr = {c: float(v) for c, v in zip(self.class_names, probs[k])}
             gradable = p.verdict.gradable if p.verdict else True
@@ -433,7 +678,7 @@ class ScreeningPipeline:
                 timings={**p.timings, "infer_ms": infer_ms}, heatmap_class=top,
                 site_maps=None if maps is None else np.array(maps[k], np.float32),
                 geometry=p.pre.geometry if p.pre is not None else None,
-                thumbnail=p.thumbnail, class_names=self.class_names,
+                thumbnail=p.thumbnail, class_names=self.class_names, content_sha256=p.sha256,
             ))
         return results
 
@@ -452,11 +697,12 @@ class ScreeningPipeline:
                 id=p.item.id, source=p.item.source, key=p.item.key, status="ungradable",
                 gradable=False, quality_score=p.verdict.score, reasons=p.verdict.reasons,
                 timings=p.timings, thumbnail=p.thumbnail, class_names=self.class_names,
-                geometry=p.geometry,
+                geometry=p.geometry, content_sha256=p.sha256,
             )
         return ScreenResult(
             id=p.item.id, source=p.item.source, key=p.item.key, status="error", gradable=False,
             reasons=p.reasons, error=p.error, timings=p.timings, class_names=self.class_names,
+            content_sha256=p.sha256,
         )
 
     def run(self, items: Iterable[Any]) -> Iterator[ScreenResult]:

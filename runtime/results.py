@@ -3,10 +3,17 @@
 Why append-only JSON lines: a run can be killed at any moment (power loss in a
 field clinic). Rows are appended per batch and fsync'ed, so at most the batch
 in flight is lost; a half-written last line is detected and cut off when the
-store is reopened. Each row carries the input's ``key`` (absolute path, size,
+store is reopened. Each row carries the input's ``key`` (resolved path, size,
 mtime), so a rerun skips what is already there. ``results.csv`` (and the HTML
 report) are regenerated atomically from the jsonl at the end, keeping one row
 per input file (the latest, when a file was replaced and screened again).
+
+An output folder belongs to one model. ``run.json`` records the bundle that
+wrote it (the manifest's ``content_sha256``) and every row carries it too
+(``bundle_sha256``), so a different bundle pointed at the same folder is
+refused instead of its rows being mixed with the old model's. One process at
+a time writes a folder: :class:`ResultStore` holds an exclusive lock
+(``.uopsl-screen.lock``) while it is open.
 """
 
 from __future__ import annotations
@@ -16,72 +23,337 @@ import io
 import json
 import logging
 import os
+import tempfile
+import threading
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from uopsl.runtime.fsio import write_text
+from uopsl.runtime.bundle import MANIFEST, Manifest
+from uopsl.runtime.errors import ConfigError
+from uopsl.runtime.fsio import FolderLock, remove_stale_temporaries, sha256_bytes, sha256_file, write_json, write_text
+from uopsl.runtime.version import __version__
 
 log = logging.getLogger(__name__)
 
 JSONL = "results.jsonl"
 CSV = "results.csv"
+RUN_JSON = "run.json"
+LOCK_NAME = ".uopsl-screen.lock"
+IMAGE_DIRS = ("thumbs", "overlays")  # overlay.THUMB_DIR, overlay.OVERLAY_DIR (not imported: overlay needs OpenCV)
+
+#: Error reasons that are a property of the file's bytes: screening the same version again gives the same
+#: answer, so a rerun skips it. Any other error (unreadable, inference_error, internal_error, ...) depends on
+#: the moment (a permission fixed with chmod keeps the mtime; an out-of-memory passes) and is retried.
+CONTENT_ERRORS = frozenset({"undecodable", "too_small", "too_large"})
+#: Statuses that are final for a file version (an error is final only with content reasons).
+FINAL_STATUSES = frozenset({"ok", "ungradable"})
 
 
-def _source_path(row: dict[str, Any]) -> str:
-    return str(row.get("key", "")).split("|")[0] or str(row.get("source", ""))
+@dataclass(frozen=True)
+class ModelIdentity:
+    """Which bundle wrote a row, and which model in effect, plus names for messages.
+
+    ``bundle_sha256`` is the manifest's own content hash (what ``uopsl-screen
+    info`` and the report show). ``model_sha256`` hashes what decides a
+    screening result: classes, thresholds, referral rule, head, preprocessing
+    and the sha256 of every model file, but not the records ``uopsl validate``
+    adds, timestamps or notes. An output folder is refused to a bundle whose
+    ``model_sha256`` differs: validating a bundle again (which rewrites its
+    manifest) does not make it another model, a changed threshold does.
+    """
+
+    bundle_sha256: str
+    model_name: str = ""
+    classes: tuple[str, ...] = ()
+    bundle: str = ""
+    model_sha256: str = ""
+
+    @property
+    def short(self) -> str:
+        return self.bundle_sha256[:12]
+
+    def describe(self) -> str:
+        return f"model {self.model_name!r}, bundle {self.short}, classes {', '.join(self.classes) or '?'}"
+
+
+#: Manifest fields that do not change what the model decides (see :class:`ModelIdentity`).
+_NOT_THE_MODEL = ("content_sha256", "created", "notes", "toolkit_version", "format_version")
+
+
+def model_sha256(manifest: Manifest) -> str:
+    """sha256 of the decision-relevant part of ``manifest`` (see :class:`ModelIdentity`)."""
+    d = {k: v for k, v in manifest.to_dict().items() if k not in _NOT_THE_MODEL}
+    d["files"] = sorted([f.path, f.kind, f.precision, f.sha256] for f in manifest.files)
+    return sha256_bytes(json.dumps(d, sort_keys=True, separators=(",", ":"), default=str).encode("utf-8"))
+
+
+def model_identity(bundle: str | os.PathLike[str], manifest: Manifest) -> ModelIdentity:
+    """The :class:`ModelIdentity` of ``bundle`` (the sha256 of manifest.json's bytes when it records no hash)."""
+    digest = manifest.content_sha256
+    if not digest:
+        try:
+            digest = sha256_file(Path(bundle) / MANIFEST)
+        except OSError:
+            digest = "unknown"
+    return ModelIdentity(digest, manifest.model_name, manifest.class_names, str(bundle), model_sha256(manifest))
+
+
+def key_path(key: str) -> str:
+    """The path part of a key ``path|size|mtime_ns`` or ``path|missing`` (paths may hold ``|``); "" for in-memory."""
+    if key.startswith("sha1:"):
+        return ""
+    if key.endswith("|missing"):
+        return key[: -len("|missing")]
+    parts = key.rsplit("|", 2)
+    return parts[0] if len(parts) == 3 else key
+
+
+def key_size(key: str) -> int | None:
+    """The size part of a key; None for a missing file or an in-memory input."""
+    parts = key.rsplit("|", 2)
+    if len(parts) != 3 or key.startswith("sha1:"):
+        return None
+    try:
+        return int(parts[1])
+    except ValueError:
+        return None
+
+
+def _row_path(row: dict[str, Any]) -> str:
+    return key_path(str(row.get("key", ""))) or str(row.get("source", ""))
+
+
+def _display(value: Any) -> Any:
+    """``value`` with lone surrogates (undecodable file-name bytes) replaced, so UTF-8 files can hold it."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+            return value
+        except UnicodeEncodeError:
+            return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    if isinstance(value, list):
+        return [_display(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _display(v) for k, v in value.items()}
+    return value
+
+
+def is_final(status: str, reasons: Sequence[str]) -> bool:
+    """Whether a row with ``status``/``reasons`` is the answer for its file version (a rerun skips it)."""
+    if status in FINAL_STATUSES:
+        return True
+    return status == "error" and bool(reasons) and all(r in CONTENT_ERRORS for r in reasons)
+
+
+# -- the folder lock (re-entrant within a thread: watch holds it while each screen_to takes it again) ---------
+_HELD: dict[str, tuple[FolderLock, int, int]] = {}  # real path -> (lock, thread id, depth)
+_HELD_GUARD = threading.Lock()
+
+
+def _acquire(out: Path) -> bool:
+    """Lock ``out`` for this thread; True when newly taken (False: this thread already held it)."""
+    real = os.path.realpath(out)
+    me = threading.get_ident()
+    with _HELD_GUARD:
+        held = _HELD.get(real)
+        if held is not None:
+            lock, owner, depth = held
+            if owner != me:
+                raise ConfigError(f"another screening in this process is writing to {out}; "
+                                  "wait for it to finish or use another output folder (--out)")
+            _HELD[real] = (lock, owner, depth + 1)
+            return False
+        lock = FolderLock(out, LOCK_NAME)
+        try:
+            taken = lock.acquire()
+        except OSError as exc:
+            raise ConfigError(f"cannot write to output folder {out} ({exc.strerror or exc}); "
+                              "choose another --out") from None
+        if not taken:
+            who = f"pid {lock.holder}" if lock.holder else "another process"
+            raise ConfigError(f"another uopsl-screen ({who}) is writing to {out}; wait for it to finish, "
+                              "or use another output folder (--out)")
+        _HELD[real] = (lock, me, 1)
+        return True
+
+
+def _release(out: Path) -> None:
+    real = os.path.realpath(out)
+    with _HELD_GUARD:
+        held = _HELD.get(real)
+        if held is None:
+            return
+        lock, owner, depth = held
+        if depth > 1:
+            _HELD[real] = (lock, owner, depth - 1)
+            return
+        del _HELD[real]
+    lock.release()
+
+
+def prepare_folder(out: Path) -> None:
+    """Create ``out`` and prove it is writable, or raise one clear :class:`ConfigError`.
+
+    Why a probe file: a read-only mount, a path under a file or a folder in
+    ``/proc`` otherwise fail later, halfway through a run, as a raw OSError.
+    """
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"output folder {out} exists and is not a folder; choose another --out")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create output folder {out} ({exc.strerror or exc}); choose another --out") from None
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".write-test.", suffix=".tmp", dir=out)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise ConfigError(f"cannot write to output folder {out} ({exc.strerror or exc}); "
+                          "choose another --out") from None
 
 
 class ResultStore:
-    """The results of one output folder.
+    """The results of one output folder, open for appending.
 
     ``done`` maps every key already screened to its status and ``referred``
     holds the keys whose latest row refers, so a resumed run can count what an
-    earlier one decided. ``append`` writes a batch of rows durably (flush + fsync).
+    earlier one decided; :meth:`is_done` says whether a key's row is final
+    (see :data:`CONTENT_ERRORS`). ``append`` writes a batch of rows durably
+    (flush + fsync).
+
+    Opening: creates the folder and checks it is writable, takes the folder
+    lock (another process gets a :class:`ConfigError`), removes temporaries a
+    killed run left, cuts a half-written last row, and, given ``identity``,
+    refuses a folder written by another model. Close it (``with``) to release
+    the lock.
     """
 
-    def __init__(self, out_dir: str | os.PathLike[str]) -> None:
+    def __init__(self, out_dir: str | os.PathLike[str], identity: ModelIdentity | None = None) -> None:
         self.out_dir = Path(out_dir)
-        self.out_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.out_dir / JSONL
-        self._repair_tail()
-        self.done: dict[str, str] = {}
-        self.referred: set[str] = set()
-        for r in self.rows():
-            if "key" in r:
-                self._note(r)
+        self.identity = identity
+        prepare_folder(self.out_dir)
+        first = _acquire(self.out_dir)
+        self._locked = True
         self._fh: io.TextIOWrapper | None = None
+        try:
+            if first:
+                n = sum(remove_stale_temporaries(self.out_dir / d) for d in ("", *IMAGE_DIRS))
+                if n:
+                    log.info("%s: removed %d temporary file(s) left by an interrupted run", self.out_dir, n)
+            self._repair_tail()
+            self.done: dict[str, str] = {}
+            self.referred: set[str] = set()
+            self._reasons: dict[str, tuple[str, ...]] = {}
+            self._by_name_size: dict[tuple[str, int], dict[str, str]] = {}  # -> {key: content sha256}
+            self.n_rows = 0
+            marks: dict[tuple[str, str], int] = {}  # (model_sha256, bundle_sha256) -> rows
+            for r in self.rows():
+                if "key" in r:
+                    self._note(r)
+                    self.n_rows += 1
+                    mark = (str(r.get("model_sha256") or ""), str(r.get("bundle_sha256") or ""))
+                    marks[mark] = marks.get(mark, 0) + 1
+            if identity is not None:
+                self._check_model(identity, marks)
+        except BaseException:
+            self.close()
+            raise
 
+    # -- opening ---------------------------------------------------------------------------------
     def _repair_tail(self) -> None:
-        # A crash mid-write leaves a last line without its newline: cut it off,
-        # or the next append would glue a new row onto it.
-        if not self.path.exists():
+        # A crash mid-write leaves a last line without its newline: cut it off, or the next append would glue
+        # a new row onto it. Opened for writing only when there is something to cut (read-only media).
+        try:
+            with open(self.path, "rb") as fh:
+                fh.seek(0, os.SEEK_END)
+                size = fh.tell()
+                if size == 0:
+                    return
+                fh.seek(size - 1)
+                if fh.read(1) == b"\n":
+                    return
+                # Find the last newline by scanning back in blocks.
+                pos = size
+                while pos > 0:
+                    step = min(65536, pos)
+                    fh.seek(pos - step)
+                    block = fh.read(step)
+                    nl = block.rfind(b"\n")
+                    if nl >= 0:
+                        pos = pos - step + nl + 1
+                        break
+                    pos -= step
+        except FileNotFoundError:
             return
+        log.warning("%s: dropping a partly written last row (%d bytes) left by an interrupted run",
+                    self.path, size - pos)
         with open(self.path, "rb+") as fh:
-            fh.seek(0, os.SEEK_END)
-            size = fh.tell()
-            if size == 0:
-                return
-            fh.seek(size - 1)
-            if fh.read(1) == b"\n":
-                return
-            # Find the last newline by scanning back in blocks.
-            pos = size
-            while pos > 0:
-                step = min(65536, pos)
-                fh.seek(pos - step)
-                block = fh.read(step)
-                nl = block.rfind(b"\n")
-                if nl >= 0:
-                    pos = pos - step + nl + 1
-                    break
-                pos -= step
-            log.warning("%s: dropping a partly written last row (%d bytes) left by an interrupted run",
-                        self.path, size - pos)
             fh.truncate(pos)
             fh.flush()
             os.fsync(fh.fileno())
 
+    def _check_model(self, identity: ModelIdentity, marks: dict[tuple[str, str], int]) -> None:
+        """Refuse a folder holding another model's rows; record this model in run.json."""
+        recorded = self._read_run_json() or {}
+        rec = (str(recorded.get("model_sha256") or ""), str(recorded.get("bundle_sha256") or ""))
+        other: dict[str, int] = {}  # bundle hash shown -> rows
+        unrecorded = 0
+        for (model, bundle), n in marks.items():
+            if not model and not bundle:
+                model, bundle = rec  # a row without its own record belongs to the model run.json names
+            if model:
+                same = model == identity.model_sha256
+            elif bundle:
+                same = bundle == identity.bundle_sha256
+            else:
+                unrecorded += n
+                continue
+            if not same:
+                shown = bundle or model
+                other[shown] = other.get(shown, 0) + n
+        if other:
+            theirs, n = max(other.items(), key=lambda kv: kv[1])
+            name = recorded.get("model_name") if theirs in rec else None
+            raise ConfigError(
+                f"{self.out_dir} holds {n} result(s) of another model (bundle {theirs[:12]}"
+                + (f", model {name!r}" if name else "")
+                + f"), not of this one ({identity.describe()}); results of two models are never mixed in one "
+                f"folder: choose a new output folder (--out), or move {self.out_dir} away to start it over"
+            )
+        if unrecorded:
+            raise ConfigError(
+                f"{self.out_dir} holds {unrecorded} result(s) from an older uopsl that did not record which "
+                f"model wrote them, so they cannot be told apart from this model's ({identity.describe()}): "
+                f"choose a new output folder (--out), or move {self.out_dir} away to start it over"
+            )
+        entry = _display({"bundle_sha256": identity.bundle_sha256, "model_sha256": identity.model_sha256,
+                          "model_name": identity.model_name, "classes": list(identity.classes),
+                          "bundle": identity.bundle})
+        if any(recorded.get(k) != v for k, v in entry.items()):
+            same_model = rec[0] == identity.model_sha256
+            write_json(self.out_dir / RUN_JSON, {
+                "what": "uopsl-screen output folder: the results of one model (model_sha256)",
+                **entry,
+                "created": (recorded.get("created") if same_model else None)
+                or datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "toolkit_version": __version__,
+            })
+
+    def _read_run_json(self) -> dict[str, Any] | None:
+        try:
+            d = json.loads((self.out_dir / RUN_JSON).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            log.warning("%s: unreadable (%s); the rows' own bundle records are used", self.out_dir / RUN_JSON, exc)
+            return None
+        return d if isinstance(d, dict) else None
+
+    # -- reading ---------------------------------------------------------------------------------
     def rows(self) -> Iterator[dict[str, Any]]:
         """All parseable rows, in the order written (corrupt lines are skipped with a warning)."""
         if not self.path.exists():
@@ -100,29 +372,110 @@ class ResultStore:
                     yield row
 
     def _note(self, row: dict[str, Any]) -> None:
-        key = row["key"]
-        self.done[key] = row.get("status", "")
+        key = str(row["key"])
+        self.done[key] = str(row.get("status", ""))
+        self._reasons[key] = tuple(str(x) for x in row.get("reasons") or ())
         if row.get("refer"):
             self.referred.add(key)
         else:
             self.referred.discard(key)
+        size = key_size(key)
+        if size is not None:
+            self._by_name_size.setdefault((os.path.basename(key_path(key)), size), {})[key] = str(
+                row.get("sha256") or "")
+        moved = row.get("moved_from")
+        if isinstance(moved, str) and size is not None:
+            group = self._by_name_size.get((os.path.basename(moved), size), {})
+            for k in [k for k in group if key_path(k) == moved]:
+                del group[k]  # that file is gone: its row no longer stands for anything
 
+    def is_done(self, key: str) -> bool:
+        """Whether ``key`` already has a final row (see :func:`is_final`); a failed one is retried."""
+        return key in self.done and is_final(self.done[key], self._reasons.get(key, ()))
+
+    def find_moved(self, key: str, path: str | os.PathLike[str]) -> dict[str, Any] | None:
+        """The final row of this same photograph screened under a path that no longer exists, or None.
+
+        Why: a memory card that comes back under another mount point (or a
+        folder renamed) would otherwise be screened again and listed twice.
+        Cheap for every other file: only a file whose name and size match a
+        done row whose file is gone is read, and it must have the same sha256.
+        """
+        size = key_size(key)
+        if size is None:
+            return None
+        here = key_path(key)
+        group = self._by_name_size.get((os.path.basename(here), size))
+        if not group:
+            return None
+        digest: str | None = None
+        for old_key, old_sha in list(group.items()):
+            old_path = key_path(old_key)
+            if old_path == here or not old_sha or not self.is_done(old_key) or os.path.lexists(old_path):
+                continue
+            if digest is None:
+                try:
+                    digest = sha256_file(path)
+                except OSError:
+                    return None
+            if digest == old_sha:
+                latest = None
+                for r in self.rows():
+                    if r.get("key") == old_key:
+                        latest = r
+                return latest
+        return None
+
+    def latest_rows(self) -> list[dict[str, Any]]:
+        """One row per input file (the last one written for its path), in first-seen order, ready to display.
+
+        A row that says ``moved_from`` replaces the row of that old path. Text
+        is made valid Unicode (:func:`_display`); ``key`` and ``source_path``
+        keep the lossless form.
+        """
+        by_path: dict[str, dict[str, Any]] = {}
+        for r in self.rows():
+            path = _row_path(r)
+            moved = r.get("moved_from")
+            if isinstance(moved, str):
+                by_path.pop(moved, None)
+            by_path.pop(path, None)  # re-insert: order follows the latest row
+            by_path[path] = r
+        return [{k: (v if k in ("key", "source_path") else _display(v)) for k, v in r.items()}
+                for r in by_path.values()]
+
+    # -- writing ---------------------------------------------------------------------------------
     def append(self, rows: Sequence[dict[str, Any]]) -> None:
-        """Append rows and make them durable before returning."""
+        """Append rows and make them durable before returning.
+
+        A row holding an undecodable file name (lone surrogates) is written
+        with ASCII escapes, which JSON reads back losslessly; the file stays
+        valid UTF-8 either way.
+        """
         if not rows:
             return
         if self._fh is None:
             self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - kept open across batches
         for r in rows:
-            self._fh.write(json.dumps(r, ensure_ascii=False, separators=(",", ":")) + "\n")
+            line = json.dumps(r, ensure_ascii=False, separators=(",", ":"))
+            try:
+                line.encode("utf-8")
+            except UnicodeEncodeError:
+                line = json.dumps(r, ensure_ascii=True, separators=(",", ":"))
+            self._fh.write(line + "\n")
             self._note(r)
+            self.n_rows += 1
         self._fh.flush()
         os.fsync(self._fh.fileno())
 
     def close(self) -> None:
+        """Close the jsonl and release the folder lock."""
         if self._fh is not None:
             self._fh.close()
             self._fh = None
+        if getattr(self, "_locked", False):
+            self._locked = False
+            _release(self.out_dir)
 
     def __enter__(self) -> ResultStore:
         return self
@@ -130,34 +483,39 @@ class ResultStore:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def latest_rows(self) -> list[dict[str, Any]]:
-        """One row per input file (the last one written for its path), in first-seen order."""
-        by_path: dict[str, dict[str, Any]] = {}
-        for r in self.rows():
-            by_path.pop(_source_path(r), None)  # re-insert: order follows the latest row
-            by_path[_source_path(r)] = r
-        return list(by_path.values())
-
 
 def csv_columns(class_names: Sequence[str]) -> list[str]:
     return [
         "id", "source", "status", "refer", "positive",
         *[f"p_{c}" for c in class_names],
         "gradable", "quality_score", "reasons", "error", "heatmap_class",
+        "screened_at", "bundle_sha256",
         "read_ms", "preprocess_ms", "quality_ms", "infer_ms",
     ]
 
 
+def _yes_no(v: Any) -> str:
+    return "" if v is None else ("yes" if v else "no")
+
+
 def write_csv(path: str | os.PathLike[str], rows: Iterable[dict[str, Any]], class_names: Sequence[str]) -> int:
-    """Write ``rows`` (jsonl records) as CSV atomically; returns the number of rows."""
+    """Write ``rows`` (jsonl records) as CSV atomically; returns the number of rows.
+
+    UTF-8 with a BOM (``utf-8-sig``): Excel on Windows reads a CSV without one
+    in the local code page and garbles every non-ASCII file name. Booleans
+    are ``yes``/``no`` (empty when not decided).
+    """
     cols = csv_columns(class_names)
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore", lineterminator="\n")
     w.writeheader()
     n = 0
     for r in rows:
-        flat: dict[str, Any] = {k: r.get(k) for k in ("id", "source", "status", "gradable", "error", "heatmap_class")}
-        flat["refer"] = "" if r.get("refer") is None else ("yes" if r["refer"] else "no")
+        r = _display(r)
+        flat: dict[str, Any] = {k: r.get(k) for k in ("id", "source", "status", "error", "heatmap_class",
+                                                      "screened_at", "bundle_sha256")}
+        flat["refer"] = _yes_no(r.get("refer"))
+        flat["gradable"] = _yes_no(r.get("gradable"))
         flat["positive"] = ";".join(r.get("positive") or [])
         flat["reasons"] = ";".join(r.get("reasons") or [])
         q = r.get("quality_score")
@@ -169,5 +527,5 @@ def write_csv(path: str | os.PathLike[str], rows: Iterable[dict[str, Any]], clas
             flat[t] = f"{v:.2f}"
         w.writerow(flat)
         n += 1
-    write_text(path, buf.getvalue())
+    write_text(path, buf.getvalue(), encoding="utf-8-sig")
     return n

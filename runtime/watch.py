@@ -1,11 +1,16 @@
 """Watch a folder a fundus camera writes into and screen each new photograph once it is complete.
 
 Cameras and network shares write files progressively, so a file is taken only
-when its size and modification time have stayed the same for ``settle_ms``
-(and it is not empty). Hidden and temporary names (``.x.jpg``, ``x.jpg.part``)
-are never taken: only image suffixes count. Polling (no inotify) keeps it
-portable to network shares and Windows. A file rewritten later gets a new key
-(size, mtime) and is screened again; the outputs keep its latest row.
+when its size and modification time have stayed the same for ``settle_ms``.
+An empty file is usually a write that has not started yet, so it must stay
+empty ten times as long; then it is taken anyway, and its row says "file is
+empty", so a camera write that failed is not invisible. Hidden and temporary
+names (``.x.jpg``, ``x.jpg.part``) are never taken: only image suffixes count.
+The output folder is never watched, even inside the watched folder (its
+thumbnails would otherwise be screened, and theirs, without end). Polling (no
+inotify) keeps it portable to network shares and Windows. A file rewritten
+later gets a new key (size, mtime) and is screened again; the outputs keep its
+latest row.
 """
 
 from __future__ import annotations
@@ -13,13 +18,13 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from uopsl.runtime.api import RunSummary, Screener
 from uopsl.runtime.errors import ConfigError
-from uopsl.runtime.pipeline import ScreenResult, walk_images
+from uopsl.runtime.pipeline import ScreenResult, WalkState, walk_images
 from uopsl.runtime.results import ResultStore
 
 log = logging.getLogger(__name__)
@@ -49,21 +54,31 @@ class WatchConfig:
 
 
 class StableFiles:
-    """Tracks files in a folder and reports those whose size and mtime have settled."""
+    """Tracks files in a folder and reports those whose size and mtime have settled.
 
-    def __init__(self, folder: Path, settle_ms: int, clock: Callable[[], float] = time.monotonic) -> None:
+    exclude: folders never looked into (the output folder). empty_settle_ms:
+    how long an empty file must stay empty before it is reported (default ten
+    times ``settle_ms``, at least one second).
+    """
+
+    def __init__(self, folder: Path, settle_ms: int, clock: Callable[[], float] = time.monotonic, *,
+                 exclude: Sequence[str | os.PathLike[str]] = (), empty_settle_ms: int | None = None) -> None:
         self.folder = folder
         self.settle_s = settle_ms / 1000.0
+        self.empty_settle_s = (empty_settle_ms / 1000.0 if empty_settle_ms is not None
+                               else max(10 * self.settle_s, 1.0))
         self.clock = clock
+        self.exclude = tuple(exclude)
         self._state: dict[Path, tuple[int, int, float]] = {}
         self._taken: dict[Path, tuple[int, int]] = {}
+        self._said: set[str] = set()  # warnings already given (a folder that cannot be listed: once, not every poll)
 
     def poll(self) -> list[Path]:
         """Files that are complete and not yet returned in their current version."""
         now = self.clock()
         ready: list[Path] = []
         present: set[Path] = set()
-        for p in walk_images(self.folder):
+        for p in walk_images(self.folder, WalkState(exclude=self.exclude, said=self._said)):
             present.add(p)
             try:
                 st = p.stat()
@@ -74,7 +89,8 @@ class StableFiles:
             if old is None or (old[0], old[1]) != sig:
                 self._state[p] = (*sig, now)
                 continue
-            if st.st_size > 0 and now - old[2] >= self.settle_s and self._taken.get(p) != sig:
+            wait = self.settle_s if st.st_size > 0 else self.empty_settle_s
+            if now - old[2] >= wait and self._taken.get(p) != sig:
                 self._taken[p] = sig
                 ready.append(p)
         for gone in set(self._state) - present:
@@ -92,48 +108,54 @@ def watch_folder(
     overlays: bool = False,
     on_result: Callable[[ScreenResult], None] | None = None,
 ) -> RunSummary:
-    """Screen images appearing in ``folder`` into ``out_dir`` until stopped (Ctrl-C, max_images, timeout)."""
+    """Screen images appearing in ``folder`` into ``out_dir`` until stopped (Ctrl-C, max_images, timeout).
+
+    The output folder is locked for the whole session (a second process gets
+    a :class:`ConfigError`), and results.csv/report.html are rewritten at the
+    end whatever stops the watch, so they always list every row written.
+    """
     cfg = config or WatchConfig()
     src = Path(folder)
     if not src.is_dir():
         raise ConfigError(f"watch folder {src} does not exist or is not a folder")
     out = Path(out_dir)
-    tracker = StableFiles(src, cfg.settle_ms)
-    total = RunSummary(out, backend=screener.backend.describe())
-    t_start = time.monotonic()
-    last_refresh = 0.0
-    dirty = False
-    log.info("watching %s (settle %d ms); Ctrl-C to stop", src, cfg.settle_ms)
-    try:
-        while True:
-            ready = tracker.poll()
-            if cfg.max_images is not None:
-                ready = ready[: cfg.max_images - total.screened]
-            if ready:
-                s = screener.screen_to(out, ready, overlays=overlays, finalize=False, on_result=on_result)
-                total.screened += s.screened
-                total.skipped += s.skipped  # already in the results folder from an earlier run
-                total.refer += s.refer
-                for k, v in s.counts.items():
-                    total.counts[k] = total.counts.get(k, 0) + v
-                dirty = dirty or s.screened > 0
-            now = time.monotonic()
-            if dirty and now - last_refresh >= cfg.refresh_s:
-                _refresh(screener, out)
-                last_refresh, dirty = now, False
-            if cfg.max_images is not None and total.screened >= cfg.max_images:
-                break
-            if cfg.timeout_s is not None and now - t_start >= cfg.timeout_s:
-                break
-            time.sleep(cfg.poll_s)
-    except KeyboardInterrupt:
-        log.info("stopped by the user")
-    finally:
-        if dirty or not (out / "results.csv").exists():
-            _refresh(screener, out)
+    total = RunSummary(out, backend=screener.backend.describe(), bundle_sha256=screener.identity.bundle_sha256)
+    with ResultStore(out, screener.identity) as held:
+        tracker = StableFiles(src, cfg.settle_ms, exclude=[out])
+        t_start = time.monotonic()
+        last_refresh = 0.0
+        dirty = False
+        log.info("watching %s (settle %d ms); Ctrl-C to stop", src, cfg.settle_ms)
+        try:
+            while True:
+                ready = tracker.poll()
+                if cfg.max_images is not None:
+                    ready = ready[: cfg.max_images - total.screened]
+                if ready:
+                    dirty = True  # before screening: an interrupt inside must still refresh
+                    s = screener.screen_to(out, ready, overlays=overlays, finalize=False, on_result=on_result,
+                                           require_images=False)
+                    total.screened += s.screened
+                    total.skipped += s.skipped  # already in the results folder from an earlier run
+                    total.refer += s.refer
+                    for k, v in s.counts.items():
+                        total.counts[k] = total.counts.get(k, 0) + v
+                now = time.monotonic()
+                if dirty and now - last_refresh >= cfg.refresh_s:
+                    _refresh(screener, out, held)
+                    last_refresh, dirty = now, False
+                if cfg.max_images is not None and total.screened >= cfg.max_images:
+                    break
+                if cfg.timeout_s is not None and now - t_start >= cfg.timeout_s:
+                    break
+                time.sleep(cfg.poll_s)
+        except KeyboardInterrupt:
+            log.info("stopped by the user")
+        finally:
+            total.in_folder = _refresh(screener, out, held)  # always: rows appended since the last refresh
     return total
 
 
-def _refresh(screener: Screener, out: Path) -> None:
-    with ResultStore(out) as store:
-        screener.finalize(out, store)
+def _refresh(screener: Screener, out: Path, store: ResultStore) -> int:
+    """Rewrite results.csv and report.html; returns how many photographs they list."""
+    return len(screener.finalize(out, store))

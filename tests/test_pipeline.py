@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,10 +16,14 @@ from uopsl.runtime.backends.base import Backend, TensorSpec
 from uopsl.runtime.bundle import read_manifest
 from uopsl.runtime.errors import BackendError, ConfigError
 from uopsl.runtime.pipeline import (
+    InferenceHealth,
     PipelineConfig,
     ScreeningPipeline,
+    WalkState,
+    display_path,
     item_for_path,
     iter_inputs,
+    walk_images,
 )
 
 
@@ -171,3 +176,50 @@ def test_screener_says_which_backend_it_chose_once_open(tiny_bundle: Path) -> No
     with s:
         assert s.selection is not None
         assert (s.selection.backend, s.selection.file) == ("ort-cpu", "model.onnx") and s.selection.reason
+
+
+def test_walk_takes_each_folder_once_and_leaves_output_folders_out(tmp_path: Path) -> None:
+    """A link back to a parent is not walked again; the output folder and any folder of results are skipped."""
+    root = tmp_path / "in"
+    for name in ("a.jpg", "sub/b.jpg", "out/thumbs/t.jpg", "old_session/c.jpg", "notes.txt", "scan.dcm"):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(b"x")
+    (root / "old_session" / "results.jsonl").write_text("")
+    (root / "sub" / "up").symlink_to("..")
+    state = WalkState(exclude=[root / "out"])
+    got = [p.relative_to(root).as_posix() for p in walk_images(root, state)]
+    assert got == ["a.jpg", "sub/b.jpg"]
+    assert sorted(Path(x).name for x in state.excluded) == ["old_session", "out"]
+    assert dict(state.skipped) == {".txt": 1, ".dcm": 1}
+    # A top-level input inside the output folder is left out as well.
+    assert list(iter_inputs([root / "out" / "thumbs" / "t.jpg"], state=state)) == []
+
+
+def test_list_files_with_a_bom_and_missing_top_level_inputs(tmp_path: Path) -> None:
+    (tmp_path / "p.jpg").write_bytes(b"x")
+    lst = tmp_path / "notepad.txt"
+    lst.write_bytes(b"\xef\xbb\xbfp.jpg\r\nnotepad.txt\r\n")
+    assert [Path(i.source).name for i in iter_inputs([lst])] == ["p.jpg"]
+    with pytest.raises(ConfigError, match="input .*nonexistent does not exist; expected a photograph, a folder"):
+        list(iter_inputs([tmp_path / "nonexistent"]))
+    assert [i.key.endswith("|missing") for i in iter_inputs([tmp_path / "gone.jpg"])] == [True]  # named: its row
+
+
+def test_keys_resolve_links_and_names_that_are_not_utf8(tmp_path: Path) -> None:
+    (tmp_path / "d").mkdir()
+    p = tmp_path / "d" / "x.jpg"
+    p.write_bytes(b"x")
+    (tmp_path / "link").symlink_to(tmp_path / "d")
+    assert item_for_path(tmp_path / "d" / ".." / "d" / "x.jpg").key == item_for_path(tmp_path / "link" / "x.jpg").key
+    raw = os.fsdecode(b"caf\xe9.jpg")
+    assert display_path(raw) == "caf\ufffd.jpg" and display_path("ünïcødé_眼底.jpg") == "ünïcødé_眼底.jpg"
+
+
+def test_inference_health_gives_up_after_the_limit_in_a_row() -> None:
+    h = InferenceHealth(limit=2)
+    h.failed(BackendError("a"), "ort-cpu")
+    h.succeeded()
+    h.failed(BackendError("b"), "ort-cpu")
+    with pytest.raises(BackendError, match="ort-cpu: inference failed 2 times in a row \\(last: c\\)"):
+        h.failed(BackendError("c"), "ort-cpu")
+    InferenceHealth(limit=0).failed(BackendError("never raises"), "x")

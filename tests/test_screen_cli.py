@@ -21,7 +21,7 @@ from uopsl.runtime.watch import StableFiles, WatchConfig, watch_folder
 
 
 def _csv(out: Path) -> list[dict[str, str]]:
-    with open(out / "results.csv", encoding="utf-8") as fh:
+    with open(out / "results.csv", encoding="utf-8-sig", newline="") as fh:  # written with a BOM, for Excel
         return list(csv.DictReader(fh))
 
 
