@@ -4,15 +4,16 @@ Commands: ``run`` (files, folders, list files -> results.csv/jsonl, report.html,
 overlays; resumes), ``watch`` (a folder a camera writes into), ``bench``
 (latency and throughput per backend), ``info`` (manifest, files, backends),
 ``verify`` (checksums). Exit codes: 0 all screened, 1 some images failed or
-were ungradable, 2 usage or bundle error. Heavy modules are imported inside the
-commands, so ``--help`` stays instant.
+were ungradable, 2 usage, bundle, output-folder or file-system error (or no
+photograph found), 130 interrupted (run the same command again to continue).
+Heavy modules are imported inside the commands, so ``--help`` stays instant.
 """
 
 from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,7 @@ def _backend_options(f: Any) -> Any:
     f = click.option("--precision", type=click.Choice(PRECISION_CHOICES), default="auto", show_default=True,
                      help="Model precision; auto lets the backend selection decide.")(f)
     return click.option("--backend", type=click.Choice(BACKEND_CHOICES), default="auto", show_default=True,
-                        help="Inference backend; auto picks the fastest usable one and logs why.")(f)
+                        help="Inference backend; auto picks the fastest usable one (-vv logs why).")(f)
 
 
 @click.group(name="uopsl-screen", context_settings={"help_option_names": ["-h", "--help"]})
@@ -43,14 +44,48 @@ def cli() -> None:
     """Screen fundus photographs with a uopsl deployment bundle (offline)."""
 
 
-def _echo_summary(summary: Any, out: Path) -> None:
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+_MAX_NAMED = 5
+
+
+def _echo_summary(summary: Any, out: Path, failed: Sequence[tuple[str, str, Sequence[str]]] = (),
+                  report: bool = True) -> None:
+    """Counts, the files that need attention by name (at most five), then where to look: the report.
+
+    ``failed``: (source, status, reasons) of the photographs screened now that got no result. Rows an
+    earlier run already had are counted but not named (the report lists them).
+    """
+    from uopsl.runtime.report import REPORT, reason_label
+    from uopsl.runtime.results import CSV
+
     c = summary.counts
     click.echo(
-        f"{summary.total} images: {summary.refer} refer, {c.get('ok', 0) - summary.refer} no referable finding, "
-        f"{c.get('ungradable', 0)} ungradable, {c.get('error', 0)} unreadable "
-        f"({summary.screened} screened now, {summary.skipped} from an earlier run) -> {out}",
+        f"{_plural(summary.total, 'image')}: {summary.refer} refer, {c.get('ok', 0) - summary.refer} no referable "
+        f"finding, {c.get('ungradable', 0)} ungradable, {c.get('error', 0)} unreadable "
+        f"({summary.screened} screened now, {summary.skipped} from an earlier run)",
         err=True,
     )
+    n_bad = c.get("ungradable", 0) + c.get("error", 0)
+    if n_bad:
+        named = [f"{Path(src).name or src} ({reason_label(reasons) or st})" for src, st, reasons in failed[:_MAX_NAMED]]
+        rest = n_bad - len(named)
+        click.echo("  retake or check: " + ", ".join(named)
+                   + (f"{', ' if named else ''}{rest} more in the report" if rest else ""), err=True)
+    click.echo(f"{'report' if report else 'results'}: {out / (REPORT if report else CSV)}", err=True)
+
+
+def _failures() -> tuple[list[tuple[str, str, Sequence[str]]], Callable[[Any], None]]:
+    """A list and an ``on_result`` callback that appends each photograph screened without a result to it."""
+    failed: list[tuple[str, str, Sequence[str]]] = []
+
+    def note(r: Any) -> None:
+        if r.status != "ok":
+            failed.append((str(r.source), str(r.status), tuple(r.reasons)))
+
+    return failed, note
 
 
 @cli.command("run")
@@ -75,19 +110,22 @@ def run_cmd(bundle: Path, inputs: Sequence[Path], out: Path, backend: str, preci
     from uopsl.runtime.api import Screener
 
     show = sys.stderr.isatty() if progress is None else progress
+    failed, note = _failures()
     with Screener(bundle, backend, precision=precision, threads=threads, batch_size=batch, workers=workers,
                   verify=not no_verify) as s:
-        summary = s.screen_to(out, list(inputs), overlays=overlays, report=report, progress=show)
-    _echo_summary(summary, out)
+        summary = s.screen_to(out, list(inputs), overlays=overlays, report=report, progress=show, on_result=note)
+    _echo_summary(summary, out, failed, report=report)
     return summary.exit_code
 
 
 @cli.command("watch")
 @_bundle_arg
 @click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Output folder (results.csv, results.jsonl, report.html, overlays/), refreshed as photographs "
+                   "arrive; not inside FOLDER.")
 @_backend_options
-@click.option("--overlays/--no-overlays", default=True, show_default=True)
+@click.option("--overlays/--no-overlays", default=True, show_default=True, help="Write heatmap overlay PNGs.")
 @click.option("--settle-ms", type=click.IntRange(min=0), default=1000, show_default=True,
               help="A file is taken once its size and mtime are unchanged this long.")
 @click.option("--poll", "poll_s", type=click.FloatRange(min=0.01), default=0.5, show_default=True, help="Scan interval (s).")
@@ -101,13 +139,19 @@ def watch_cmd(bundle: Path, folder: Path, out: Path, backend: str, precision: st
 
     cfg = WatchConfig(settle_ms=settle_ms, poll_s=poll_s, max_images=max_images, timeout_s=timeout_s)
 
+    from uopsl.runtime.report import reason_label
+
+    failed, note = _failures()
+
     def show(r: Any) -> None:
         verdict = "REFER" if r.refer else r.status if r.status != "ok" else "no referable finding"  # as in run's summary
-        click.echo(f"{verdict:20s} {r.source}" + (f"  ({'; '.join(r.reasons)})" if r.reasons else ""), err=True)
+        click.echo(f"{verdict:20s} {r.source}" + (f"  ({reason_label(r.reasons)}; {', '.join(r.reasons)})"
+                                                   if r.reasons else ""), err=True)
+        note(r)
 
     with Screener(bundle, backend, precision=precision, threads=threads, batch_size=1) as s:
         summary = watch_folder(s, folder, out, cfg, overlays=overlays, on_result=show)
-    _echo_summary(summary, out)
+    _echo_summary(summary, out, failed)
     return summary.exit_code
 
 

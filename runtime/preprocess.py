@@ -289,7 +289,8 @@ def _to_uint8(img: np.ndarray) -> np.ndarray:
 def _check_pixels(w: int, h: int, max_pixels: int, source: str | None) -> None:
     if w * h > max_pixels:
         raise ImageTooLargeError(
-            f"{w}x{h} pixels exceeds the limit of {max_pixels}; downscale it or raise max_pixels",
+            f"{w}x{h} pixels exceeds the limit of {max_pixels}; export a smaller copy from the camera "
+            "software (Python API: PreprocessConfig.max_pixels raises the limit)",
             source=source,
         )
 

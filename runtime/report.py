@@ -1,79 +1,297 @@
 """The HTML report a clinic reads: one self-contained page (inline CSS, base64 images), readable offline, printable.
 
+Who reads it: a nurse or technician at a field clinic, on screen and on A4
+paper, without an engineer at hand. So every verdict says what to do in words
+(refer per the local protocol, retake and how), each score is shown next to
+the threshold that decides it, class abbreviations are explained from the
+bundle's own class list, and each printed page carries the report's identity
+(when, which model and bundle) in a repeated table header and footer.
+
 Sorted by urgency: referable first, then ungradable and unreadable images
 (they need a new photograph), then the rest; within each group by the highest
-referable-class probability. Per image: thumbnail, heatmap overlay (when
-overlays were rendered), probabilities, verdict and reasons.
+referable-class probability. Per image: file name, thumbnail, heatmap overlay
+(only for a photograph screened ``ok``), verdict and reasons, scores.
+
+The report is regenerated from ``results.jsonl`` after every run (and every
+few seconds under ``watch``), so it trusts nothing on disk blindly: a
+thumbnail or overlay file named after a row's id may be left over from an
+earlier version of that photograph (see :func:`_trusted_image`).
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import html
+import logging
 import os
+import socket
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timezone
+from functools import lru_cache
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import cv2
+import numpy as np
 
 from uopsl.runtime.bundle import Manifest
 from uopsl.runtime.fsio import atomic_open
 from uopsl.runtime.overlay import OVERLAY_DIR, THUMB_DIR, encode_jpeg
+from uopsl.runtime.results import model_sha256
 from uopsl.runtime.version import __version__
+
+log = logging.getLogger(__name__)
 
 REPORT = "report.html"
 _THUMB = 160
+# A thumbnail or overlay written for a row is at most this much older than the row's screening time
+# (rows are stamped around when their images are written); anything older is an earlier run's file.
+_MTIME_SLACK_S = 5.0
+# Bytes the duplicate check may read per report (only files whose sizes collide are read at all).
+_HASH_BUDGET = 2 << 30
+_MAX_LISTED = 10
 
-_CSS = """
-:root { --ref:#b3261e; --ung:#8a5a00; --ok:#1e6b34; --mute:#5f6368; }
-* { box-sizing: border-box; }
-body { font: 14px/1.4 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 1.5em; color: #202124; }
-h1 { font-size: 1.4em; margin: 0 0 .2em; }
-.meta { color: var(--mute); margin-bottom: 1em; }
-.summary { display: flex; gap: 1em; flex-wrap: wrap; margin: 1em 0; }
-.card { border: 1px solid #dadce0; border-radius: 6px; padding: .6em 1em; min-width: 9em; }
-.card b { display: block; font-size: 1.6em; }
-.card.refer b { color: var(--ref); } .card.ungradable b, .card.error b { color: var(--ung); } .card.ok b { color: var(--ok); }
-table { border-collapse: collapse; width: 100%; }
-th, td { border-bottom: 1px solid #e0e0e0; padding: .4em .5em; text-align: left; vertical-align: top; }
-th { background: #f1f3f4; position: sticky; top: 0; }
-td.img img { width: 120px; height: auto; display: block; border-radius: 3px; }
-.verdict { font-weight: 600; white-space: nowrap; }
-.v-refer { color: var(--ref); } .v-ungradable, .v-error { color: var(--ung); } .v-routine { color: var(--ok); }
-.probs { font-family: ui-monospace, Menlo, Consolas, monospace; font-size: .9em; white-space: nowrap; }
-.probs .pos { font-weight: 700; }
-.src { word-break: break-all; font-size: .85em; color: var(--mute); max-width: 22em; }
-.reasons { font-size: .9em; }
-.note { color: var(--mute); font-size: .85em; margin-top: 1.5em; }
-@media print {
-  body { margin: 0; font-size: 10pt; }
-  th { position: static; }
-  tr { page-break-inside: avoid; }
-  td.img img { width: 90px; }
-  .noprint { display: none; }
+# Plain-language names of the classes the toolkit knows; a bundle's other classes show their own name.
+CLASS_WORDS: dict[str, str] = {
+    "normal": "no disease found (not a finding)",
+    "dr": "diabetic retinopathy",
+    "npdr": "non-proliferative diabetic retinopathy",
+    "pdr": "proliferative diabetic retinopathy",
+    "dme": "diabetic macular edema, swelling at the centre of the retina",
+    "amd": "age-related macular degeneration",
+    "glaucoma": "glaucoma (suspected, from the optic disc)",
+    "rp": "retinitis pigmentosa",
+    "macular_hole": "macular hole",
+    "rvo": "retinal vein occlusion",
+    "crvo": "central retinal vein occlusion",
+    "brvo": "branch retinal vein occlusion",
+    "cataract": "cataract",
+    "myopia": "pathological myopia",
+    "hypertensive": "hypertensive retinopathy",
+    "drusen": "drusen",
 }
-"""
+
+
+@dataclass(frozen=True)
+class ReasonText:
+    """What a reason tag means for the person holding the camera: a short label and one sentence of advice."""
+
+    label: str
+    advice: str
+
+
+# Every tag the quality gate (runtime/quality.py REASONS) and the pipeline's error paths
+# (errors.py ImageError reasons, pipeline.py inference_error/internal_error) give.
+_RETAKE_NO_FOV = "The round view of the retina was not found: centre the eye in the frame, then retake."
+REASON_TEXT: dict[str, ReasonText] = {
+    "too_dark": ReasonText("too dark", "Too dark: check the flash and the pupil dilation, then retake."),
+    "too_bright": ReasonText(
+        "too bright", "Too bright (over-exposed): lower the flash or remove stray light, then retake."),
+    "grayscale": ReasonText(
+        "not a colour photograph",
+        "Not a colour fundus photograph (greyscale: an OCT scan, red-free or scanned image?): "
+        "use the colour photograph."),
+    "no_fov": ReasonText("retina not in view", _RETAKE_NO_FOV),
+    "no_fundus_field_of_view": ReasonText("retina not in view", _RETAKE_NO_FOV),
+    "low_contrast": ReasonText(
+        "hazy or washed out",
+        "Hazy or washed out: clean the lens, check focus and reflections (a cataract can cause this), retake."),
+    "blurred": ReasonText("blurred", "Blurred: refocus and ask the patient to keep still, then retake."),
+    "noisy": ReasonText("grainy", "Grainy (noisy): use more light or a lower camera gain (ISO), then retake."),
+    "too_small": ReasonText(
+        "image too small",
+        "Image too small (too few pixels): copy the full-size photograph from the camera, not a preview."),
+    "too_large": ReasonText(
+        "image too large",
+        "Image too large for this device: export a smaller copy from the camera software, then screen that."),
+    "undecodable": ReasonText(
+        "damaged file",
+        "The file is damaged or not an image (empty, cut short or another format): copy it again from the camera."),
+    "unreadable": ReasonText(
+        "cannot open file",
+        "The file could not be opened (missing, moved or not permitted): check it is there, or copy it again."),
+    "inference_error": ReasonText(
+        "program failure",
+        "The screening program failed on this photograph (not the photograph's fault): run the same command again."),
+    "internal_error": ReasonText(
+        "program failure",
+        "Unexpected program error: run again; if it repeats, send this file and the detail below to support."),
+}
+# Which tag explains the others: a black frame is also "no retina", "low contrast", "blurred" and
+# "greyscale", so exposure comes first; a greyscale image has no round colour field either.
+_REASON_ORDER = ("unreadable", "undecodable", "too_large", "too_small", "too_dark", "too_bright", "grayscale",
+                 "no_fov", "no_fundus_field_of_view", "low_contrast", "blurred", "noisy", "inference_error",
+                 "internal_error")
+
+
+def reason_text(tag: str) -> ReasonText:
+    """The label and advice for one tag; an unknown tag (a new error type) still says something usable."""
+    known = REASON_TEXT.get(tag)
+    if known is not None:
+        return known
+    return ReasonText(tag.replace("_", " "), f"Could not be screened ({tag.replace('_', ' ')}): run again or ask support.")
+
+
+def order_reasons(tags: Sequence[str]) -> list[str]:
+    """The tags, main cause first (see ``_REASON_ORDER``), duplicates dropped, unknown tags last in their order."""
+    uniq = list(dict.fromkeys(str(t) for t in tags))
+    rank = {t: i for i, t in enumerate(_REASON_ORDER)}
+    return sorted(uniq, key=lambda t: (rank.get(t, len(rank)), uniq.index(t)))
+
+
+def reason_label(tags: Sequence[str]) -> str:
+    """The main cause's short label (what the terminal summary prints next to a file name)."""
+    ordered = order_reasons(tags)
+    return reason_text(ordered[0]).label if ordered else ""
+
+
+@lru_cache(maxsize=1)
+def _css() -> str:
+    """The style sheet, kept in templates/ so it can be edited as CSS; inlined so the report stays one file."""
+    return (resources.files("uopsl.runtime") / "templates" / "report.css").read_text(encoding="utf-8")
+
+
+def _text(value: object) -> str:
+    """``str(value)`` that can be written as UTF-8: a file name from an old camera or a FAT stick may hold bytes
+    that are not UTF-8 (Python keeps them as lone surrogates); they are shown as the Windows-1252 text they
+    most likely were, never crash the report."""
+    s = str(value)
+    try:
+        s.encode("utf-8")
+        return s
+    except UnicodeEncodeError:
+        pass
+    try:
+        raw = s.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return s.encode("utf-8", "replace").decode("utf-8")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("cp1252", "replace")
+
+
+def _e(value: object) -> str:
+    """HTML-escaped text (quotes too, so it is safe in attributes): file names and manifests are not trusted."""
+    return html.escape(_text(value), quote=True)
+
+
+def _local(dt: datetime) -> str:
+    """Local time with its UTC offset ("2026-11-29 13:46 (UTC+01:00)"): a printed report travels between clinics."""
+    loc = dt.astimezone()
+    off = loc.strftime("%z")
+    off = f"{off[:3]}:{off[3:]}" if len(off) == 5 else off
+    return f"{loc:%Y-%m-%d %H:%M} (UTC{off})"
+
+
+def _short_time(dt: datetime, today: datetime) -> str:
+    """A row's screening time: the clock time on the report's day (its offset is in the header), else the date too."""
+    loc, ref = dt.astimezone(), today.astimezone()
+    return f"{loc:%H:%M}" if loc.date() == ref.date() else f"{loc:%Y-%m-%d %H:%M}"
+
+
+def _parse_time(value: object) -> datetime | None:
+    """An ISO-8601 string (a trailing Z allowed) or epoch seconds; None when it is neither."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        try:
+            return datetime.fromtimestamp(float(value), timezone.utc)
+        except (OverflowError, OSError, ValueError):
+            return None
+    if isinstance(value, str) and value:
+        try:
+            dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            return None
+        return dt if dt.tzinfo is not None else dt.astimezone()
+    return None
+
+
+def _mtime(path: Path) -> float | None:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return None
+
+
+def _thumbnail_belongs(row: Mapping[str, Any]) -> bool:
+    """Whether this row's run wrote a thumbnail: a photograph that decoded (ok, ungradable, or the model failing
+    on it). An unreadable file's row has none, so any thumbnail under its id is an older version's."""
+    status = row.get("status")
+    return status in ("ok", "ungradable") or (status == "error" and "inference_error" in (row.get("reasons") or ()))
+
+
+def _trusted_image(path: Path, row: Mapping[str, Any], kind: str, thumb_mtime: float | None) -> bool:
+    """Whether the file at ``path`` shows this row's photograph, as this row judged it.
+
+    Ids depend on the path only, so ``thumbs/<id>.jpg`` and ``overlays/<id>.png`` can be left from an earlier
+    version of the file (a photograph replaced by a black or truncated one). Rules: a heatmap only for a row
+    screened ``ok``; a thumbnail only for a row whose run writes one (:func:`_thumbnail_belongs`); when the
+    row carries its screening time (``screened_at``), the file must not be older than it; a heatmap older
+    than the row's thumbnail is from an earlier run (both are written together).
+    """
+    if kind == "overlay" and row.get("status") != "ok":
+        return False
+    if kind == "thumb" and not _thumbnail_belongs(row):
+        return False
+    mtime = _mtime(path)
+    if mtime is None:
+        return False
+    when = _parse_time(row.get("screened_at"))
+    if when is not None and mtime < when.timestamp() - _MTIME_SLACK_S:
+        return False
+    return not (kind == "overlay" and thumb_mtime is not None and mtime < thumb_mtime - _MTIME_SLACK_S)
+
+
+_URIS: dict[tuple[str, int, int, int], str] = {}  # (path, size, mtime_ns, side) -> data URI, for watch's refreshes
+_MAX_URIS = 4096  # about 10 KB each
 
 
 def _data_uri(path: Path, side: int = _THUMB) -> str:
-    """A small base64 JPEG of the image at ``path`` (empty string when missing)."""
-    if not path.is_file():
+    """A small base64 JPEG of the image at ``path`` (empty string when missing or unreadable).
+
+    Read with ``np.fromfile`` + ``cv2.imdecode``: ``cv2.imread`` cannot open non-ASCII paths on Windows, and
+    ids keep a photograph's Unicode letters. A JPEG is decoded at half size when that still covers ``side``
+    (libjpeg scales while decoding: about 3x faster), and each result is kept while the file is unchanged,
+    because ``watch`` re-renders the whole report every few seconds.
+    """
+    try:
+        st = path.stat()
+        key = (str(path), st.st_size, st.st_mtime_ns, side)
+        if key in _URIS:
+            return _URIS[key]
+        buf = np.fromfile(str(path), dtype=np.uint8)
+        img = None
+        if buf.size and path.suffix.lower() in (".jpg", ".jpeg"):
+            img = cv2.imdecode(buf, cv2.IMREAD_REDUCED_COLOR_2)
+            if img is not None and max(img.shape[:2]) < side:
+                img = None
+        if img is None and buf.size:
+            img = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+    except (OSError, ValueError, cv2.error):
         return ""
-    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if img is None:
         return ""
     h, w = img.shape[:2]
+    while max(h, w) >= 2 * side:  # halving first: INTER_AREA is about 2x faster at an integer factor
+        img = cv2.resize(img, (w // 2, h // 2), interpolation=cv2.INTER_AREA)
+        h, w = img.shape[:2]
     s = min(1.0, side / max(h, w))
     if s < 1.0:
         img = cv2.resize(img, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA)
     data = encode_jpeg(cv2.cvtColor(img, cv2.COLOR_BGR2RGB), 75)
-    return "data:image/jpeg;base64," + base64.b64encode(data).decode("ascii")
+    uri = "data:image/jpeg;base64," + base64.b64encode(data).decode("ascii")
+    if len(_URIS) >= _MAX_URIS:
+        _URIS.clear()
+    _URIS[key] = uri
+    return uri
 
 
 def max_referable_prob(row: dict[str, Any], referable: Sequence[str]) -> float:
+    """The highest probability among the referable classes (-1 without any): the order within a group."""
     probs = row.get("probs") or {}
     vals = [float(probs[c]) for c in referable if c in probs]
     return max(vals) if vals else -1.0
@@ -90,10 +308,12 @@ def urgency_key(row: dict[str, Any], referable: Sequence[str]) -> tuple[int, flo
     return group, -max_referable_prob(row, referable)
 
 
-def _verdict(row: dict[str, Any]) -> tuple[str, str]:
+def _verdict(row: Mapping[str, Any]) -> tuple[str, str]:
     status = row.get("status")
     if status == "error":
-        return "v-error", "Unreadable"
+        if "inference_error" in (row.get("reasons") or ()) or "internal_error" in (row.get("reasons") or ()):
+            return "v-error", "Not screened - program failure"
+        return "v-error", "Unreadable file"
     if status == "ungradable":
         return "v-ungradable", "Ungradable - retake"
     if row.get("refer"):
@@ -101,73 +321,383 @@ def _verdict(row: dict[str, Any]) -> tuple[str, str]:
     return "v-routine", "No referable finding"
 
 
+# -- source identity -----------------------------------------------------------------------------------------
+def _split_key(row: Mapping[str, Any]) -> tuple[str, int | None, int | None]:
+    """(path, size, mtime_ns) from the row's key ``path|size|mtime_ns`` (a path may hold ``|``).
+
+    Size and mtime are None for ``path|missing`` and in-memory inputs (``sha1:...``), whose path is the
+    row's source.
+    """
+    key = str(row.get("key", ""))
+    parts = key.rsplit("|", 2)
+    if not key.startswith("sha1:") and len(parts) == 3 and parts[1].isdigit() and parts[2].lstrip("-").isdigit():
+        return parts[0], int(parts[1]), int(parts[2])
+    if key.endswith("|missing"):
+        return key[: -len("|missing")], None, None
+    return str(row.get("source", "")), None, None
+
+
+_HASHES: dict[tuple[str, int, int], str] = {}  # (path, size, mtime_ns) -> sha256; watch re-renders every few seconds
+
+
+def _file_hash(path: str, size: int, mtime_ns: int) -> str | None:
+    """sha256 of the file, only while it is still the version the row screened (same size and mtime)."""
+    k = (path, size, mtime_ns)
+    try:
+        st = os.stat(path)
+        if st.st_size != size or st.st_mtime_ns != mtime_ns:
+            return None
+        if k in _HASHES:
+            return _HASHES[k]
+        h = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    except OSError:
+        return None
+    if len(_HASHES) > 100_000:
+        _HASHES.clear()
+    _HASHES[k] = h.hexdigest()
+    return _HASHES[k]
+
+
+@dataclass(frozen=True)
+class DuplicateCheck:
+    """Rows (indices into the list given) that hold the same photograph, and how complete the check was."""
+
+    groups: list[list[int]]
+    unchecked: int
+
+
+def find_duplicates(rows: Sequence[Mapping[str, Any]]) -> DuplicateCheck:
+    """Identical photographs under different names (a duplicate often means a mis-filed patient).
+
+    A row's own content hash is used when it carries one (``sha256``/``content_sha256``, or an in-memory
+    input's ``sha1:`` key). Otherwise only files whose sizes collide (from the key) are read and hashed, so
+    a folder of JPEGs costs a few ``stat`` calls; at most ``_HASH_BUDGET`` bytes are read. Unreadable rows
+    are left out (two empty files are not "the same photograph"); so are files changed since screening.
+    """
+    by_hash: dict[str, list[int]] = {}
+    by_size: dict[int, list[tuple[int, str, int]]] = {}
+    unchecked = 0
+    for i, r in enumerate(rows):
+        if r.get("status") not in ("ok", "ungradable"):
+            continue
+        own = r.get("sha256") or r.get("content_sha256")
+        key = str(r.get("key", ""))
+        if not own and key.startswith("sha1:"):
+            own = key
+        if own:
+            by_hash.setdefault(str(own), []).append(i)
+            continue
+        path, size, mtime_ns = _split_key(r)
+        if size is None or mtime_ns is None:
+            unchecked += 1
+            continue
+        if size > 0:
+            by_size.setdefault(size, []).append((i, path, mtime_ns))
+    budget = _HASH_BUDGET
+    for size, members in by_size.items():
+        if len(members) < 2:
+            continue
+        for i, path, mtime_ns in members:
+            if budget < size:
+                unchecked += 1
+                continue
+            budget -= size
+            digest = _file_hash(path, size, mtime_ns)
+            if digest is None:
+                unchecked += 1
+            else:
+                by_hash.setdefault("sha256:" + digest, []).append(i)
+    groups = sorted((sorted(g) for g in by_hash.values() if len(g) > 1), key=lambda g: g[0])
+    return DuplicateCheck(groups, unchecked)
+
+
+def _folders(rows: Sequence[Mapping[str, Any]], run_info: Mapping[str, Any]) -> list[tuple[str, int]]:
+    """The folders the report's photographs came from, with how many from each, most first.
+
+    From the rows rather than the command's arguments: a command names single files as often as folders,
+    and the report also lists rows earlier runs left in the folder. The caller's ``inputs`` are used only
+    when no row has a source.
+    """
+    counts: Counter[str] = Counter()
+    for r in rows:
+        src = str(r.get("source", ""))
+        if src:
+            counts[str(Path(_split_key(r)[0] or src).parent)] += 1
+    if not counts:
+        given = run_info.get("inputs")
+        return [(str(x), 0) for x in given] if isinstance(given, (list, tuple)) else []
+    return counts.most_common()
+
+
+# -- pieces of the page --------------------------------------------------------------------------------------
+def _rule_sentence(manifest: Manifest, referable: Sequence[str]) -> str:
+    """``referral_rule`` in words (the manifest's tag stays in brackets for whoever checks the bundle)."""
+    names = ", ".join(referable) or "none"
+    if manifest.referral_rule == "referable_sum":
+        return (f"A photograph is referred when the scores of the referable classes ({names}) add up to "
+                f"{manifest.referral_threshold:.2f} or more (rule: referable_sum).")
+    return (f"A photograph is referred when at least one referable class ({names}) scores at or above its "
+            f"threshold (rule: {manifest.referral_rule}).")
+
+
+def _legend(manifest: Manifest, zero_shot: set[str]) -> str:
+    """One line per class: name, meaning (known name, then the bundle's own descriptions), threshold, refers."""
+    lines = ["<table class='legend'><thead><tr><th>Class</th><th>Meaning</th><th>Threshold</th>"
+             "<th>Refers?</th></tr></thead><tbody>"]
+    for c in manifest.classes:
+        words = CLASS_WORDS.get(c.name.lower(), "")
+        desc = "; ".join(c.descriptions[:2])
+        meaning = (f"{_e(words)}" if words else "") + (
+            f"<div class='desc'>{_e(desc)}</div>" if desc else "")
+        refers = "yes" if c.referable else "no" + (" (zero-shot: not validated)" if c.name in zero_shot else "")
+        lines.append(
+            f"<tr><td><b>{_e(c.name)}</b>{'*' if c.name in zero_shot else ''}</td>"
+            f"<td class='desc'>{meaning or '&mdash;'}</td><td>{c.threshold:.3f}</td><td>{refers}</td></tr>")
+    lines.append("</tbody></table>")
+    return "".join(lines)
+
+
+def _example(manifest: Manifest) -> str:
+    """How to read a score, shown with one of this bundle's own referable classes and its real threshold."""
+    c = next((c for c in manifest.classes if c.referable), None)
+    if c is None:
+        return ""
+    t = float(c.threshold)
+    below, above = round(t / 2, 2), round(t + (1.0 - t) / 2, 2)
+    below = below if below < t else t / 2
+    above = above if above >= t else t
+    a1, b1 = _fmt_pair(below, c.threshold)
+    a2, b2 = _fmt_pair(above, c.threshold)
+    return (f": <span class='probs'>{_e(c.name)} {a1} &lt; {b1}</span> is below it; "
+            f"<span class='probs'><b>{_e(c.name)} {a2} &ge; {b2}</b></span> in bold is at or above it, a finding")
+
+
+def _fmt_pair(p: float, t: float) -> tuple[str, str]:
+    """Probability and threshold to 3 decimals, or more where 3 would print them equal (0.879 vs 0.879)."""
+    for nd in (3, 4, 5, 6):
+        a, b = f"{p:.{nd}f}", f"{t:.{nd}f}"
+        if a != b or p == t:
+            return a, b
+    return f"{p:.6f}", f"{t:.6f}"
+
+
+def _probs_html(row: Mapping[str, Any], manifest: Manifest, zero_shot: set[str], findings: set[str]) -> str:
+    """Each class's score with its threshold: ``dr 0.564 < 0.879`` plain, ``amd 0.038 ≥ 0.012`` bold when it is
+    a finding (a referable class at or above its threshold on a gradable photograph)."""
+    probs = row.get("probs") or {}
+    if not probs:
+        return "&mdash;"
+    thr = {c.name: c.threshold for c in manifest.classes}
+    order = [c for c in manifest.class_names if c in probs] + [c for c in probs if c not in thr]
+    out = []
+    if row.get("status") != "ok":
+        out.append("<div class='unused'>not used: no decision on an ungradable photograph</div>")
+    for c in order:
+        p = float(probs[c])
+        star = "*" if c in zero_shot else ""
+        if c not in thr:
+            out.append(f"<span>{_e(c)}{star} {p:.3f}</span>")
+            continue
+        a, b = _fmt_pair(p, float(thr[c]))
+        sign = "&ge;" if p >= thr[c] else "&lt;"
+        cls = " class='pos'" if c in findings else ""
+        out.append(f"<span{cls}>{_e(c)}{star} {a} <span class='cmp'>{sign} {b}</span></span>")
+    if manifest.referral_rule == "referable_sum" and row.get("status") == "ok":
+        total = sum(float(probs[c.name]) for c in manifest.classes if c.referable and c.name in probs)
+        sign = "&ge;" if total >= manifest.referral_threshold else "&lt;"
+        out.append(f"<span class='{'pos' if row.get('refer') else ''}'>sum {total:.3f} "
+                   f"<span class='cmp'>{sign} {manifest.referral_threshold:.3f}</span></span>")
+    return "<br>".join(out)
+
+
+def _finding(name: str) -> str:
+    """``<b>dr</b> (diabetic retinopathy)``; ``<b>glaucoma</b> (suspected, ...)`` where the words repeat the name."""
+    words = CLASS_WORDS.get(name.lower(), "")
+    if not words:
+        return f"<b>{_e(name)}</b>"
+    if words.lower().startswith(name.lower()):
+        rest = words[len(name):].strip()
+        return f"<b>{_e(name)}</b>" + (f" {_e(rest)}" if rest else "")
+    return f"<b>{_e(name)}</b> ({_e(words)})"
+
+
+def _result_html(row: Mapping[str, Any], manifest: Manifest, findings: list[str], referable: Sequence[str]) -> str:
+    """Verdict, then what was found (referable classes only) or why there is no result and what to do."""
+    cls, word = _verdict(row)
+    parts = [f"<div class='verdict {cls}'>{_e(word)}</div>"]
+    status = row.get("status")
+    if status == "ok" and row.get("refer"):
+        if findings:
+            named = ", ".join(_finding(c) for c in findings)
+            parts.append(f"<div class='find'>Found: {named}</div>")
+        else:
+            parts.append(f"<div class='find'>Referable classes together at or above "
+                         f"{manifest.referral_threshold:.2f} ({_e(', '.join(referable))})</div>")
+    tags = order_reasons(row.get("reasons") or [])
+    if status in ("ungradable", "error") and tags:
+        main = reason_text(tags[0])
+        why = [f"<div class='main' title='{_e(tags[0])}'>{_e(main.advice)}</div>"]
+        also = [t for t in tags[1:] if reason_text(t).label != main.label]
+        if also:
+            why.append("<div class='also'>Also: " + ", ".join(
+                f"<span title='{_e(t)}'>{_e(reason_text(t).label)}</span>" for t in also) + "</div>")
+        parts.append("<div class='why'>" + "".join(why) + "</div>")
+        parts.append(f"<div class='tags'>codes: {_e(', '.join(tags))}</div>")
+    elif status in ("ungradable", "error"):
+        parts.append("<div class='why'><div class='main'>No result: take or copy the photograph again.</div></div>")
+    if row.get("error"):
+        parts.append(f"<div class='tags'>detail: {_e(row['error'])}</div>")
+    return "".join(parts)
+
+
 def report_parts(rows: Sequence[dict[str, Any]], out_dir: str | os.PathLike[str], manifest: Manifest,
                  run_info: dict[str, Any] | None = None) -> Iterator[str]:
     """The report page, piece by piece (a report of thousands of images never sits in memory whole)."""
     out = Path(out_dir)
     referable = [c.name for c in manifest.classes if c.referable]
+    referable_set = set(referable)
     zero_shot = {c.name for c in manifest.classes if not c.seen_in_training}
-    counts = Counter("refer" if r.get("status") == "ok" and r.get("refer") else r.get("status", "error") for r in rows)
-    n_ok = sum(1 for r in rows if r.get("status") == "ok")
     info = dict(run_info or {})
-    e = html.escape
+    ordered = sorted(rows, key=lambda r: urgency_key(r, referable))
+    n = len(ordered)
+    counts = Counter("refer" if r.get("status") == "ok" and r.get("refer") else r.get("status", "error")
+                     for r in ordered)
+    n_ok = sum(1 for r in ordered if r.get("status") == "ok")
+    now = datetime.now(timezone.utc)
+    generated = _local(now)
+    bundle_sha = manifest.content_sha256 or str(info.get("bundle_sha256") or "")
+    bundle_hash = bundle_sha[:12] if bundle_sha else "not recorded"
+    created = _parse_time(manifest.created)
+    created_s = _local(created) if created is not None else (manifest.created or "not recorded")
+    model = f"{manifest.model_name}" + (f" ({manifest.backbone})" if manifest.backbone else "")
+    images_word = "image" if n == 1 else "images"
+    ident_line = (f"Retinal screening report - {n} {images_word} - generated {generated} - model {model}, "
+                  f"bundle {bundle_hash} - uopsl {__version__}")
+    dups = find_duplicates(ordered)
+    # Rows of another model: compare the decision-relevant hash (a re-validated bundle has a new
+    # manifest hash but the same model); rows without one are not judged.
+    model_sha = model_sha256(manifest)
+    other_bundle = [i for i, r in enumerate(ordered, 1)
+                    if r.get("model_sha256") and str(r["model_sha256"]) != model_sha]
+    folders = _folders(ordered, info)
+    example = _example(manifest)
+
     yield from [
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
         "<meta name='viewport' content='width=device-width, initial-scale=1'>",
-        f"<title>Screening report - {len(rows)} images</title><style>{_CSS}</style></head><body>",
+        f"<title>Screening report - {n} {images_word} - {_e(generated)}</title><style>{_css()}</style></head><body>",
         "<h1>Retinal screening report</h1>",
-        "<div class='meta'>"
-        + e(f"Model {manifest.model_name}" + (f" ({manifest.backbone})" if manifest.backbone else ""))
-        + e(f" - classes: {', '.join(manifest.class_names)} - referable: {', '.join(referable) or 'none'}")
-        + e(f" - rule: {manifest.referral_rule}")
-        + (e(f" - * zero-shot (no training images, scores not validated): {', '.join(sorted(zero_shot))}")
-           if zero_shot else "")
-        + (e(f" - backend: {info['backend']}") if info.get("backend") else "")
-        + e(f" - generated {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} by uopsl {__version__}")
-        + "</div>",
+        "<dl class='ident'>",
+        f"<dt>Generated</dt><dd>{_e(generated)} on {_e(socket.gethostname())} by uopsl {_e(__version__)}</dd>",
+        f"<dt>Model</dt><dd>{_e(model)}, toolkit {_e(manifest.toolkit_version)}</dd>",
+        f"<dt>Bundle</dt><dd>content {_e(bundle_hash)} (sha256 of the manifest), created {_e(created_s)}</dd>",
+        (f"<dt>Backend</dt><dd>{_e(info['backend'])}</dd>" if info.get("backend") else ""),
+        "<dt>Photographs from</dt><dd>"
+        + ("<br>".join(_e(f) + (f" ({k})" if k else "") for f, k in folders[:5])
+           + (f"<br>and {len(folders) - 5} more folders" if len(folders) > 5 else "") if folders else "&mdash;")
+        + "</dd>",
+        f"<dt>Results folder</dt><dd>{_e(out.absolute())} (results.csv has every score)</dd>",
+        "</dl>",
         "<div class='summary'>",
-        f"<div class='card total'><b>{len(rows)}</b>images</div>",
+        f"<div class='card total'><b>{n}</b>{images_word}</div>",
         f"<div class='card refer'><b id='n-refer'>{counts.get('refer', 0)}</b>refer</div>",
         f"<div class='card ok'><b>{n_ok - counts.get('refer', 0)}</b>no referable finding</div>",
-        f"<div class='card ungradable'><b>{counts.get('ungradable', 0)}</b>ungradable</div>",
-        f"<div class='card error'><b>{counts.get('error', 0)}</b>unreadable</div>",
+        f"<div class='card ungradable'><b>{counts.get('ungradable', 0)}</b>ungradable (retake)</div>",
+        f"<div class='card error'><b>{counts.get('error', 0)}</b>unreadable or not screened</div>",
         "</div>",
-        "<table id='results'><thead><tr><th>#</th><th>Image</th><th>Heatmap</th><th>Verdict</th>"
-        "<th>Probabilities</th><th>Reasons</th><th>Source</th></tr></thead><tbody>",
     ]
-    for i, r in enumerate(sorted(rows, key=lambda r: urgency_key(r, referable)), 1):
-        cls, word = _verdict(r)
+    if dups.groups:
+        listed = "; ".join(
+            " = ".join(f"#{i + 1} {_e(Path(_text(ordered[i].get('source', ''))).name)}" for i in g)
+            for g in dups.groups[:_MAX_LISTED])
+        more = f"; and {len(dups.groups) - _MAX_LISTED} more" if len(dups.groups) > _MAX_LISTED else ""
+        yield (f"<div class='warn' id='duplicates'><b>{len(dups.groups)} photograph"
+               f"{'s appear' if len(dups.groups) > 1 else ' appears'} more than once</b> (identical files under "
+               f"different names): {listed}{more}. A duplicate can mean a photograph filed under the wrong "
+               "patient: check which patient each one belongs to.</div>")
+    if other_bundle:
+        yield (f"<div class='warn' id='other-bundle'><b>{len(other_bundle)} row(s) were screened with another "
+               f"model bundle</b> than the one described here (rows "
+               f"{', '.join(f'#{i}' for i in other_bundle[:_MAX_LISTED])}"
+               f"{' ...' if len(other_bundle) > _MAX_LISTED else ''}): their scores and thresholds differ. Screen "
+               "them again into a new folder.</div>")
+    yield (
+        "<div class='howto'><h2>How to read this report</h2>"
+        "<p><b class='v-refer'>Refer</b>: the model found signs of an eye disease that needs an eye specialist. "
+        "Refer the patient to an eye specialist as your local protocol says. This tool supports screening; "
+        "it does not diagnose, and a qualified grader should confirm each result.</p>"
+        f"<p>{_e(_rule_sentence(manifest, referable))}</p>"
+        "<p><b class='v-routine'>No referable finding</b>: no referable class reached its threshold; "
+        "follow your routine screening schedule. "
+        "<b class='v-ungradable'>Ungradable - retake</b>: the photograph is too poor for a result; the row "
+        "says what to fix. <b class='v-error'>Unreadable file</b>: the file could not be opened; copy it "
+        "again or retake.</p>"
+        f"<p>Scores are the model's probability for each class (0 to 1) next to that class's threshold{example}. "
+        "Non-referable classes (such as normal) are never findings. Heatmaps show where the model looked "
+        "for the class named under them (red: most attention); they are not outlines of lesions.</p>"
+        + (f"<p>* zero-shot (no training images, scores not validated): {_e(', '.join(sorted(zero_shot)))}</p>"
+           if zero_shot else "")
+        + _legend(manifest, zero_shot)
+        + "<p class='noprint'>To print: your browser's Print (Ctrl+P), A4 portrait; each page repeats the "
+        "column names and this report's identity.</p></div>"
+    )
+    yield (
+        "<table id='results' class='results'>"
+        "<colgroup><col class='c-n'><col class='c-src'><col class='c-img'><col class='c-img'><col class='c-res'>"
+        "<col class='c-probs'></colgroup><thead>"
+        f"<tr class='pagehead'><th colspan='6'>{_e(ident_line)}</th></tr>"
+        "<tr><th>#</th><th>Photograph</th><th>Image</th><th>Heatmap</th><th>Result</th>"
+        "<th>Score vs threshold</th></tr></thead>"
+        f"<tfoot><tr><td colspan='6'>{_e(ident_line)} - screening support, not a diagnosis</td></tr></tfoot><tbody>"
+    )
+    dup_of: dict[int, list[int]] = {i: [j for j in g if j != i] for g in dups.groups for i in g}
+    other = set(other_bundle)
+    for i, r in enumerate(ordered, 1):
+        cls, _ = _verdict(r)
         rid = str(r.get("id", ""))
-        thumb = _data_uri(out / THUMB_DIR / f"{rid}.jpg")
-        over = _data_uri(out / OVERLAY_DIR / f"{rid}.png")
-        positive = set(r.get("positive") or [])
-        probs = r.get("probs") or {}
-        prob_html = "<br>".join(
-            f"<span class='{'pos' if c in positive else ''}'>{e(c)}{'*' if c in zero_shot else ''} {float(p):.3f}</span>"
-            for c, p in probs.items()
-        ) or "&mdash;"
-        reasons = list(r.get("reasons") or [])
-        if r.get("error"):
-            reasons.append(str(r["error"]))
-        if r.get("status") == "ok" and positive:
-            reasons.insert(0, "positive: " + ", ".join(sorted(positive)))
-        hm = f" ({e(r['heatmap_class'])})" if over and r.get("heatmap_class") else ""
+        tpath = out / THUMB_DIR / f"{rid}.jpg"
+        opath = out / OVERLAY_DIR / f"{rid}.png"
+        thumb_mtime = _mtime(tpath)
+        thumb = _data_uri(tpath) if rid and _trusted_image(tpath, r, "thumb", None) else ""
+        over = _data_uri(opath) if rid and _trusted_image(opath, r, "overlay", thumb_mtime) else ""
+        positive = [str(c) for c in (r.get("positive") or [])]
+        findings = [c for c in positive if c in referable_set] if r.get("status") == "ok" else []
+        source = _text(r.get("source", ""))
+        name = Path(source).name or source
+        folder = str(Path(source).parent) if Path(source).name else ""
+        when = _parse_time(r.get("screened_at"))
+        src_html = (f"<span class='fname' title='{_e(source)}'>{_e(name)}</span>"
+                    + (f"<span class='dir'>{_e(folder)}</span>" if folder and folder != "." else "")
+                    + (f"<span class='when'>screened {_e(_short_time(when, now))}</span>" if when is not None else "")
+                    + (f"<span class='dir'>moved from {_e(r['moved_from'])}</span>" if r.get("moved_from") else ""))
+        if i - 1 in dup_of:
+            src_html += "<div class='dup'>Same photograph as " + ", ".join(
+                f"#{j + 1} ({_e(Path(_text(ordered[j].get('source', ''))).name)})" for j in dup_of[i - 1]) + "</div>"
+        result = _result_html(r, manifest, findings, referable)
+        if i in other:
+            result += (f"<div class='other'>Screened with another model "
+                       f"(bundle {_e(str(r.get('bundle_sha256') or '?')[:12])}); screen again.</div>")
+        cap = f"<div class='cap'>heatmap: {_e(r['heatmap_class'])}</div>" if over and r.get("heatmap_class") else ""
         thumb_img = f'<img alt="thumbnail" src="{thumb}">' if thumb else "&mdash;"
-        over_img = f'<img alt="heatmap" src="{over}">' if over else "&mdash;"
-        reasons_html = "<br>".join(e(x) for x in reasons) or "&mdash;"
+        over_img = f'<img alt="heatmap" src="{over}">{cap}' if over else "&mdash;"
         yield (
-            f"<tr class='result {cls}' data-status='{e(str(r.get('status')))}'><td>{i}</td>"
-            f"<td class='img'>{thumb_img}</td><td class='img'>{over_img}{hm}</td>"
-            f"<td class='verdict {cls}'>{e(word)}</td><td class='probs'>{prob_html}</td>"
-            f"<td class='reasons'>{reasons_html}</td>"
-            f"<td class='src'>{e(str(r.get('source', '')))}</td></tr>"
+            f"<tr class='result {cls}' data-status='{_e(r.get('status'))}'><td class='n'>{i}</td>"
+            f"<td class='src'>{src_html}</td>"
+            f"<td class='img'>{thumb_img}</td><td class='img'>{over_img}</td>"
+            f"<td class='res'>{result}</td>"
+            f"<td class='probs'>{_probs_html(r, manifest, zero_shot, set(findings))}</td></tr>"
         )
     yield "</tbody></table>"
+    unchecked = (f" Duplicate check: {dups.unchecked} photograph(s) could not be compared (moved, changed "
+                 "since screening, or too much to read)." if dups.unchecked else "")
     yield (
         "<p class='note'>Screening support only: a referral decision comes from the model's operating "
         "thresholds in the bundle manifest and must be confirmed by a qualified grader. Ungradable and "
         "unreadable images need a new photograph. Heatmaps show where the model's predilection-site "
-        "attention was highest, not lesion segmentations.</p></body></html>"
+        f"attention was highest, not lesion segmentations.{unchecked}</p></body></html>"
     )
 
 
@@ -188,4 +718,6 @@ def write_report(rows: Sequence[dict[str, Any]], out_dir: str | os.PathLike[str]
     return path
 
 
-__all__ = ["REPORT", "max_referable_prob", "render_report", "report_parts", "urgency_key", "write_report"]
+__all__ = ["CLASS_WORDS", "REASON_TEXT", "REPORT", "DuplicateCheck", "ReasonText", "find_duplicates",
+           "max_referable_prob", "order_reasons", "reason_label", "reason_text", "render_report", "report_parts",
+           "urgency_key", "write_report"]

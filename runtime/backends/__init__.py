@@ -458,7 +458,9 @@ def open_backend(
     root = Path(bundle)
     m = manifest or read_manifest(root)
     sel = select_backend(root, name, precision, manifest=m, threads=threads, availability=availability, measure=measure)
-    log.info("backend: %s %s (%s) - %s", sel.backend, sel.precision, sel.file, sel.reason)
+    # One short line at INFO (what uopsl-screen shows); the reasoning is for -vv and engineers.
+    log.info("backend: %s %s (%s)", sel.backend, sel.precision, sel.file)
+    log.debug("backend choice: %s", sel.reason)
     path = root / sel.file
     backend: Backend
     if sel.backend == "openvino":
