@@ -141,7 +141,11 @@ def record_parity(bundle: str | os.PathLike[str], records: dict[str, dict[str, d
     merged per backend into the file's record while its sha256 is unchanged
     (a later run on one backend does not erase another backend's verdict), and
     start afresh once the file's content changed; see
-    :func:`uopsl.runtime.bundle.parity_status`.
+    :func:`uopsl.runtime.bundle.parity_status`. A verdict that only repeats
+    the recorded one (everything equal but its ``created`` time) leaves the
+    record as it is, and when nothing changed the manifest is not rewritten:
+    rerunning the same validation keeps the manifest's bytes, its content hash
+    and so the identity of the bundle that screening results are tied to.
     """
     root = Path(bundle)
     manifest = read_manifest(root)
@@ -149,13 +153,28 @@ def record_parity(bundle: str | os.PathLike[str], records: dict[str, dict[str, d
     if unknown:
         raise BundleError(f"cannot record parity for files the manifest of {root} does not list: {unknown}")
     files = []
+    changed = False
     for f in manifest.files:
         if f.path in records:
             old = f.info.get(PARITY_KEY)
             kept = dict(old.get("backends") or {}) if isinstance(old, dict) and old.get("sha256") == f.sha256 else {}
+            new = {b: kept[b] if _same_verdict(kept.get(b), v) else v for b, v in records[f.path].items()}
             # The overall verdict is not stored: parity_status derives it from the per-backend ones.
-            f = replace(f, info={**f.info, PARITY_KEY: {"sha256": f.sha256, "backends": {**kept, **records[f.path]}}})
+            entry = {"sha256": f.sha256, "backends": {**kept, **new}}
+            if entry != old:
+                changed = True
+                f = replace(f, info={**f.info, PARITY_KEY: entry})
         files.append(f)
+    if not changed:
+        log.info("parity verdicts unchanged in %s: the manifest is left as it was", root / "manifest.json")
+        return manifest
     manifest = replace(manifest, files=tuple(files))
     write_manifest(root, manifest)
     return manifest
+
+
+def _same_verdict(old: Any, new: Any) -> bool:
+    """Whether ``new`` repeats ``old`` in everything but the time it was made."""
+    if not isinstance(old, dict) or not isinstance(new, dict):
+        return False
+    return {k: v for k, v in old.items() if k != "created"} == {k: v for k, v in new.items() if k != "created"}

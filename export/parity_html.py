@@ -21,12 +21,16 @@ th,td{border:1px solid #ccc;padding:3px 7px;text-align:left;vertical-align:top}
 th{background:#f2f2f2}td.num{text-align:right;font-variant-numeric:tabular-nums}
 .pass{color:#0a6b2d;font-weight:600}.fail{color:#b00020;font-weight:600}.na{color:#777}
 .banner{padding:10px 14px;border-radius:4px;font-size:17px;margin:10px 0}
-.banner.pass{background:#e3f4e8}.banner.fail{background:#fbe3e6}
+.banner.pass{background:#e3f4e8}.banner.fail{background:#fbe3e6}.banner.incomplete{background:#fff4d6}
+.incomplete{color:#8a5a00;font-weight:600}
 .note{color:#555;font-size:13px}code{font-size:12px;background:#f5f5f5;padding:1px 3px}
 .candidate{page-break-inside:avoid}img.roc{max-width:560px;border:1px solid #ddd}
 img.thumb{width:96px;height:96px}tr.hl td{background:#fff4d6}
 @media print{body{margin:8mm}h2{page-break-after:avoid}.candidate{page-break-before:auto}}
 """
+
+
+_TRUTH_WORDS = {"labels": "labels", "reference_decisions": "the reference model’s own decisions (no labels)"}
 
 
 def _e(x: Any) -> str:
@@ -49,6 +53,29 @@ def _verdict(passed: bool | None) -> str:
     return '<span class="pass">PASS</span>' if passed else '<span class="fail">FAIL</span>'
 
 
+def _status(status: str | None, passed: bool | None = None) -> str:
+    """PASS / FAIL / INCOMPLETE (a report from before the three states has only ``passed``)."""
+    s = status or ("PASS" if passed else "FAIL")
+    css = {"PASS": "pass", "FAIL": "fail"}.get(s, "incomplete")
+    return f'<span class="{css}">{_e(s)}</span>'
+
+
+def _cand_status(c: Mapping[str, Any]) -> str:
+    return str(c.get("verdict") or ("PASS" if c.get("passed") else "FAIL"))
+
+
+def _bound(b: Mapping[str, Any] | None) -> str:
+    """``k/n (upper 95 % x %)`` for a change count with its exact bound."""
+    if not b:
+        return '<span class="na">n/a</span>'
+    return f'{b["changes"]}/{b["n"]} (&le;{_num(b.get("upper95"), ".1%")})'
+
+
+def _na_reason(row: Mapping[str, Any], metric: str) -> str:
+    why = (row.get("not_evaluated") or {}).get(metric)
+    return f'<span class="na">n/a: {_e(why)}</span>' if why else '<span class="na">n/a</span>'
+
+
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]], classes: Sequence[str] | None = None) -> str:
     head = "".join(f"<th>{_e(h)}</th>" for h in header)
     body = []
@@ -66,39 +93,45 @@ def _summary(report: Mapping[str, Any]) -> str:
     rows = []
     for c in report["candidates"]:
         if c.get("error"):
-            rows.append([_e(c["name"]), _e(c["precision"]), _verdict(False), f'<span class="fail">{_e(c["error"])}</span>',
-                         "", "", "", "", "", "", ""])
+            rows.append([_e(c["name"]), _e(c["precision"]), _status(_cand_status(c)),
+                         f'<span class="fail">{_e(c["error"])}</span>', "", "", "", "", "", "", "", ""])
             continue
         num, clin = c["numerical"], c["clinical"]
         checks = {k["name"]: k for k in c["checks"]}
         rows.append([
-            _e(c["name"]), _e(c["precision"]), _verdict(c["passed"]),
-            f"{clin['flips']['n']} ({_num(clin['flips']['rate'], '.2%')})",
+            _e(c["name"]), _e(c["precision"]), _status(_cand_status(c)),
+            f"{clin['flips']['n']} ({_num(clin['flips']['rate'], '.2%')}; &le;{_num(clin['flips'].get('upper95'), '.1%')})",
+            _check_value(checks.get("class_flip_rate", {})),
             _num(num["max_abs_prob_diff"], ".2e"), _num(num["p99_abs_prob_diff"], ".2e"),
             _num(num["logit_cosine_min"], ".6f"), _num(num["site_map_corr_mean"], ".4f"),
             _check_value(checks.get("auc_drop", {})), _check_value(checks.get("sensitivity_drop", {})),
             _num(clin["top1_agreement"], ".2%"),
         ])
-    return _table(["candidate", "precision", "verdict", "referral flips", "max |Δp|", "p99 |Δp|", "min logit cos",
-                   "site-map corr", "worst AUC drop", "worst sens. drop", "top-1 agreement"], rows)
+    return _table(["candidate", "precision", "verdict", "referral flips (upper 95 %)", "worst class-call flips",
+                   "max |Δp|", "p99 |Δp|", "min logit cos", "site-map corr", "worst AUC drop", "worst sens. drop",
+                   "top-1 agreement"], rows)
 
 
 def _candidate(c: Mapping[str, Any], images: Mapping[str, str], max_rows: int) -> str:
-    parts = [f'<div class="candidate"><h3>{_e(c["name"])} — {_verdict(c["passed"])}</h3>']
+    parts = [f'<div class="candidate"><h3>{_e(c["name"])} — {_status(_cand_status(c))}</h3>']
     if c.get("error"):
         parts.append(f'<p class="fail">{_e(c["error"])}</p></div>')
         return "".join(parts)
     parts.append(_table(["gate", "value", "limit", "verdict", "detail"], [
-        [_e(k["name"]), _num(k["value"], ".4g"), _num(k["limit"], ".4g"), _verdict(k["passed"]), _e(k["detail"])]
+        [_e(k["name"]), _num(k["value"], ".4g"), _num(k["limit"], ".4g"),
+         _status(k.get("status"), k["passed"]) if k.get("status") or k["passed"] is not None else _verdict(None),
+         _e(k["detail"])]
         for k in c["checks"]]))
     num, clin = c["numerical"], c["clinical"]
+    top1_source = clin.get("top1_source", "probs")
     parts.append(_table(["max |Δp|", "p99 |Δp|", "mean |Δp|", "max |Δlogit|", "logit cos (mean / min)",
                          "site-map corr (mean / min)", "top-1 agreement", "class-decision agreement"], [[
         _num(num["max_abs_prob_diff"], ".3e"), _num(num["p99_abs_prob_diff"], ".3e"),
         _num(num["mean_abs_prob_diff"], ".3e"), _num(num["max_abs_logit_diff"], ".3e"),
         f'{_num(num["logit_cosine_mean"], ".6f")} / {_num(num["logit_cosine_min"], ".6f")}',
         f'{_num(num["site_map_corr_mean"], ".4f")} / {_num(num["site_map_corr_min"], ".4f")}',
-        _num(clin["top1_agreement"], ".2%"), _num(clin["class_decision_agreement"], ".2%")]]))
+        f'{_num(clin["top1_agreement"], ".2%")} (changes {_bound(clin.get("top1_disagreement"))}; from the '
+        f'{_e(top1_source)})', _num(clin["class_decision_agreement"], ".2%")]]))
     for note in num.get("notes", []):
         parts.append(f'<p class="note">{_e(note)}</p>')
     parts.append(_headroom(c.get("headroom") or {}))
@@ -106,19 +139,39 @@ def _candidate(c: Mapping[str, Any], images: Mapping[str, str], max_rows: int) -
     for r in clin["per_class"]:
         diff = r.get("auc_difference")
         ci = (f'{_num(diff["estimate"], "+.4f")} [{_num(diff["low"], "+.4f")}, {_num(diff["high"], "+.4f")}]'
-              if diff else '<span class="na">n/a</span>')
+              if diff else _na_reason(r, "auc"))
+        sens = (f'{_num(r.get("sensitivity_reference"), ".3f")} / {_num(r.get("sensitivity_candidate"), ".3f")}'
+                f'<br>changes {_bound(r.get("sensitivity_changes"))}'
+                if "sensitivity_changes" in r and not (r.get("not_evaluated") or {}).get("sensitivity")
+                else _na_reason(r, "sensitivity"))
+        spec = (f'{_num(r.get("specificity_reference"), ".3f")} / {_num(r.get("specificity_candidate"), ".3f")}'
+                f'<br>changes {_bound(r.get("specificity_changes"))}'
+                if "specificity_changes" in r and not (r.get("not_evaluated") or {}).get("specificity")
+                else _na_reason(r, "specificity"))
         rows.append([_e(r["name"]), _num(r["threshold"], ".4g"), "yes" if r["referable"] else "no",
-                     _num(r.get("auc_reference")), _num(r.get("auc_candidate")), ci,
-                     f'{_num(r.get("sensitivity_reference"), ".3f")} / {_num(r.get("sensitivity_candidate"), ".3f")}',
-                     f'{_num(r.get("specificity_reference"), ".3f")} / {_num(r.get("specificity_candidate"), ".3f")}',
-                     str(r["decision_flips"])])
+                     _num(r.get("n_positive")), _num(r.get("n_negative")),
+                     _num(r.get("auc_reference")), _num(r.get("auc_candidate")), ci, sens, spec,
+                     _bound(r.get("decision_changes"))])
     ref = clin["referral"]
-    rows.append([f"<b>referral</b> ({_e(ref['rule'])})", "", "", "", "", "",
-                 f'{_num(ref.get("sensitivity_reference"), ".3f")} / {_num(ref.get("sensitivity_candidate"), ".3f")}',
-                 f'{_num(ref.get("specificity_reference"), ".3f")} / {_num(ref.get("specificity_candidate"), ".3f")}',
-                 str(clin["flips"]["n"])])
-    parts.append(_table(["class", "threshold", "referable", "AUC ref", "AUC cand", "Δ AUC [95% CI]",
+    ref_sens = (f'{_num(ref.get("sensitivity_reference"), ".3f")} / {_num(ref.get("sensitivity_candidate"), ".3f")}'
+                f'<br>changes {_bound(ref.get("sensitivity_changes"))}'
+                if "sensitivity_changes" in ref and not (ref.get("not_evaluated") or {}).get("sensitivity")
+                else _na_reason(ref, "sensitivity"))
+    ref_spec = (f'{_num(ref.get("specificity_reference"), ".3f")} / {_num(ref.get("specificity_candidate"), ".3f")}'
+                f'<br>changes {_bound(ref.get("specificity_changes"))}'
+                if "specificity_changes" in ref and not (ref.get("not_evaluated") or {}).get("specificity")
+                else _na_reason(ref, "specificity"))
+    fl = clin["flips"]
+    flips_bound = {"changes": fl["n"], "n": fl.get("n_images", 0), "upper95": fl.get("upper95")}
+    rows.append([f"<b>referral</b> ({_e(ref['rule'])})", "", "", _num(ref.get("n_positive")),
+                 _num(ref.get("n_negative")), "", "", "", ref_sens, ref_spec,
+                 _bound(flips_bound) if "n_images" in fl else str(fl["n"])])
+    parts.append(_table(["class", "threshold", "referable", "n+", "n-", "AUC ref", "AUC cand", "Δ AUC [95% CI]",
                          "sens ref / cand", "spec ref / cand", "decision flips"], rows))
+    parts.append('<p class="note">Changes: images whose call differs from the reference\'s, among the positives '
+                 "(sensitivity), the negatives (specificity) or all images (decision flips), with the exact "
+                 "one-sided 95 % upper bound on their rate (Clopper-Pearson). The gates compare the point values; "
+                 "the bound shows how large the true rate may still be. n/a says why a figure is missing.</p>")
     roc = images.get(f"roc:{c['name']}")
     if roc:
         parts.append(f'<img class="roc" alt="ROC overlay" src="{roc}">')
@@ -204,28 +257,46 @@ def render_html(report: Mapping[str, Any], images: Mapping[str, str] | None = No
     """The HTML page for a parity report (``images``: ``roc:<candidate>`` / ``thumb:<id>`` -> data URI)."""
     imgs = images or {}
     b, data, gates = report["bundle"], report["data"], report["gates"]
-    passed = report["passed"]
+    status = str(report.get("verdict") or ("PASS" if report["passed"] else "FAIL"))
+    css = {"PASS": "pass", "FAIL": "fail"}.get(status, "incomplete")
+    counts = {s: sum(1 for c in report["candidates"] if _cand_status(c) == s) for s in ("PASS", "FAIL", "INCOMPLETE")}
     title = f"Parity report: {b['model_name']} ({b['path']})"
     gate_rows = [[_e(k), _num(v, ".4g")] for k, v in gates.items()]
+    boot = report.get("bootstrap") or {}
+    conf = report.get("confidence") or {}
+    record = report.get("record") or {}
     parts = [
         f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{_e(title)}</title>",
         f"<style>{_CSS}</style></head><body>",
         f"<h1>{_e(title)}</h1>",
-        f"<div class='banner {'pass' if passed else 'fail'}'>{'PASS' if passed else 'FAIL'}: "
-        f"{sum(1 for c in report['candidates'] if c['passed'])} of {len(report['candidates'])} candidates within the gates"
-        "</div>",
+        f"<div class='banner {css}'>{_e(status)}: "
+        f"{counts['PASS']} of {len(report['candidates'])} candidates evaluated in full and within the gates"
+        + (f"; {counts['INCOMPLETE']} not evaluated in full (see each gate's detail)" if counts["INCOMPLETE"] else "")
+        + (f"; {counts['FAIL']} failed" if counts["FAIL"] else "")
+        + "".join(f"; {_e(r)}" for r in report.get("reasons", []))
+        + "</div>",
         f"<p class='note'>Created {_e(report['created'])} by uopsl {_e(report['toolkit_version'])}. "
         f"Reference: {_e(report['reference']['describe'])}.</p>",
         "<h2>Summary</h2>", _summary(report),
         "<h2>Data and gates</h2>",
         f"<p>{data['n_used']} of {data['n_images']} images used ({data['n_skipped']} could not be read); truth: "
-        f"<b>{'labels' if data['truth'] == 'labels' else 'the reference model’s own decisions (no labels)'}</b>"
+        f"<b>{_TRUTH_WORDS.get(data['truth'], 'none (the reference could not be used)')}</b>"
         + (f"; classes with truth: {_e(', '.join(data['classes_with_truth']))}" if data["classes_with_truth"] else "")
         + ".</p>",
         _table(["gate", "limit"], gate_rows),
     ]
     if not report.get("gates_are_default", True):
-        parts.append("<p class='fail'>The gates differ from the strict defaults.</p>")
+        parts.append("<p class='fail'>The gates differ from the strict defaults"
+                     + (f" ({_e(report['gates_looser_than_default'])})" if report.get("gates_looser_than_default")
+                        else " (stricter)") + ".</p>")
+    if conf.get("line"):
+        parts.append(f"<p class='note'>{_e(conf['line'])}.</p>")
+    if boot:
+        parts.append(f"<p class='note'>Bootstrap: {_e(boot.get('method', ''))}; {_e(boot.get('n_boot'))} replicates, "
+                     f"alpha {_e(boot.get('alpha'))} (two-sided), seed {_e(boot.get('seed'))}. The image ids used are "
+                     "in parity.json (data.image_ids).</p>")
+    if record.get("note"):
+        parts.append(f"<p class='fail'>{_e(record['note'])}.</p>")
     diffs = report["preprocess"]["differences"]
     if diffs:
         parts.append(_table(["preprocessing parameter", "reference (checkpoint)", "bundle manifest"],

@@ -15,9 +15,15 @@ reference's own decisions stand in for the truth, so "sensitivity" then reads
 "share of the reference's positive calls the candidate keeps" and the
 reference's own AUC is 1 by construction. Reports say which truth was used.
 
-:class:`ParityGates` turns the figures into a verdict. Gates compare point
-estimates (the bootstrap interval is reported, not gated): a release gate must
-be reproducible and should not depend on the bootstrap seed.
+:class:`ParityGates` turns the figures into a verdict with three states: PASS
+(every gate evaluated for every class it applies to, all within their
+limits), FAIL (a gate is exceeded) and INCOMPLETE (nothing exceeded, but a gate
+could not be evaluated for some class: no labels for it, or no positive image
+among these images); only PASS lets a file be used unasked. Gates compare
+point estimates (the bootstrap interval and the exact upper bounds on the
+change rates are reported, not gated): a release gate must be reproducible and
+should not depend on the bootstrap seed. The upper bounds are there so that a
+signer sees what "0 changes" on a small set can and cannot show.
 """
 
 from __future__ import annotations
@@ -29,12 +35,27 @@ from typing import Any
 
 import numpy as np
 
-from uopsl.runtime.bundle import Manifest
+from uopsl.runtime.bundle import Manifest, parity_gates_problem
 from uopsl.runtime.errors import ConfigError
 from uopsl.runtime.metrics import paired_auc_difference, rates_at_threshold, roc_auc
 
 TRUTH_LABELS = "labels"
 TRUTH_REFERENCE = "reference_decisions"
+
+#: Verdicts of a candidate and of a run (see the module doc).
+PASS, FAIL, INCOMPLETE = "PASS", "FAIL", "INCOMPLETE"
+#: Confidence of the exact upper bounds on change rates (one-sided).
+CONFIDENCE = 0.95
+#: Two-sided level of the paired bootstrap interval of each AUC difference (0.05: a 95 % interval).
+BOOTSTRAP_ALPHA = 0.05
+
+# Why a figure could not be computed for a class; the gate lists the class with this reason.
+NO_LABELS = "no labels for this class in the data"
+NO_REFERRAL_LABELS = "the labels do not cover every referable class"
+_NO_POSITIVE = {TRUTH_LABELS: "no positive image in the data",
+                TRUTH_REFERENCE: "the reference called no image positive (no labels: its decisions are the truth)"}
+_NO_NEGATIVE = {TRUTH_LABELS: "no negative image in the data",
+                TRUTH_REFERENCE: "the reference called every image positive (no labels: its decisions are the truth)"}
 
 
 @dataclass(frozen=True)
@@ -43,6 +64,12 @@ class ParityGates:
 
     max_flip_rate: share of images whose referral decision (refer yes/no) differs
         from the reference's (0.005 = 0.5 %).
+    max_class_flip_rate: largest share, over the referable classes, of images
+        whose positive/negative call for that class differs from the
+        reference's. The screening report shows each class's call to the
+        clinician ("positive: amd, glaucoma"), and a changed call can hide
+        behind an unchanged referral (an image referred for DR anyway), so the
+        referral flips alone do not cover it. Same default as the flip gate.
     max_auc_drop: largest allowed ``AUC(reference) - AUC(candidate)`` of any class.
     max_sensitivity_drop: largest allowed sensitivity loss at the manifest
         thresholds, of any referable class and of the referral decision
@@ -59,14 +86,16 @@ class ParityGates:
         is a large share (24 images: 4 %), so validate on enough images.
     """
 
+    # The defaults are uopsl.runtime.bundle.PARITY_GATE_DEFAULTS (the runtime judges records against them).
     max_flip_rate: float = 0.005
+    max_class_flip_rate: float = 0.005
     max_auc_drop: float = 0.005
     max_sensitivity_drop: float = 0.01
     max_prob_diff: float | None = None
     min_top1_agreement: float = 0.99
 
     def __post_init__(self) -> None:
-        for name in ("max_flip_rate", "max_auc_drop", "max_sensitivity_drop", "max_prob_diff", "min_top1_agreement"):
+        for name in self.to_dict():
             v = getattr(self, name)
             if v is None and name == "max_prob_diff":
                 continue
@@ -80,10 +109,16 @@ class ParityGates:
     def is_default(self) -> bool:
         return self == ParityGates()
 
+    @property
+    def looser_than_default(self) -> str | None:
+        """Which gates are looser than the defaults (None: the defaults or stricter); such a run records no pass."""
+        return parity_gates_problem(self.to_dict())
+
 
 #: ``--gates`` keys: the field names and short aliases.
 GATE_ALIASES: dict[str, str] = {
-    "flips": "max_flip_rate", "flip_rate": "max_flip_rate", "auc": "max_auc_drop", "auc_drop": "max_auc_drop",
+    "flips": "max_flip_rate", "flip_rate": "max_flip_rate", "class_flips": "max_class_flip_rate",
+    "class_flip_rate": "max_class_flip_rate", "auc": "max_auc_drop", "auc_drop": "max_auc_drop",
     "sens": "max_sensitivity_drop", "sensitivity": "max_sensitivity_drop", "prob": "max_prob_diff",
     "prob_diff": "max_prob_diff", "top1": "min_top1_agreement", "top1_agreement": "min_top1_agreement",
 }
@@ -98,7 +133,8 @@ def parse_gates(text: str | None, base: ParityGates | None = None) -> ParityGate
         if not item.strip():
             continue
         if "=" not in item:
-            raise ConfigError(f"--gates takes key=value pairs like flips=0.005,auc=0.005; got {item!r}")
+            raise ConfigError(f"--gates takes key=value pairs like flips=0.005,class_flips=0.005,auc=0.005; "
+                              f"got {item!r}")
         key, raw = (s.strip() for s in item.split("=", 1))
         name = GATE_ALIASES.get(key, key)
         if name not in values:
@@ -161,6 +197,111 @@ def truth_from_reference(manifest: Manifest, reference_probs: np.ndarray) -> Tru
     note = ("no labels: the reference model's own decisions are the truth; sensitivity/specificity measure "
             "agreement with the reference and its AUC is 1 by construction")
     return Truth(TRUTH_REFERENCE, pos, np.ones(pos.shape[1], bool), refer, (note,))
+
+
+# -- exact bounds on change rates -------------------------------------------------------------
+def binomial_upper_bound(changes: int, n: int, confidence: float = CONFIDENCE) -> float:
+    """Exact (Clopper-Pearson) one-sided upper confidence bound on a rate seen as ``changes`` in ``n``.
+
+    Why: a point rate of 0 changes in 120 images reads as "0 %", yet rates up to
+    2.5 % would give 0 changes in 120 images more than 5 % of the time; the
+    bound says how large the true rate may still be. It is the ``p`` at which
+    ``P(X <= changes | n, p) = 1 - confidence`` (the ``confidence`` quantile of
+    Beta(changes + 1, n - changes)), found by bisection on the binomial CDF so
+    that the runtime needs no scipy. 0 changes has the closed form
+    ``1 - (1 - confidence) ** (1 / n)``. NaN when ``n`` is 0.
+    """
+    if not isinstance(n, (int, np.integer)) or not isinstance(changes, (int, np.integer)) or not 0 <= changes <= n:
+        raise ConfigError(f"binomial_upper_bound needs integers 0 <= changes <= n, got changes={changes!r}, n={n!r}")
+    if not 0.0 < confidence < 1.0:
+        raise ConfigError(f"confidence must be in (0, 1) (0.95 for a 95 % bound), got {confidence!r}")
+    k, n = int(changes), int(n)
+    if n == 0:
+        return math.nan
+    alpha = 1.0 - confidence
+    if k == n:
+        return 1.0
+    if k == 0:
+        return 1.0 - alpha ** (1.0 / n)
+    i = np.arange(k + 1, dtype=np.float64)
+    t = np.arange(1, k + 1, dtype=np.float64)
+    log_comb = np.concatenate([[0.0], np.cumsum(np.log(n - t + 1) - np.log(t))])  # log C(n, i), i = 0..k
+
+    def cdf(p: float) -> float:
+        logs = log_comb + i * math.log(p) + (n - i) * math.log1p(-p)
+        top = float(logs.max())
+        return math.exp(top) * float(np.exp(logs - top).sum())
+
+    lo, hi = k / n, 1.0  # cdf(k/n) > alpha for k < n; cdf falls as p rises
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if cdf(mid) > alpha else (lo, mid)
+        if hi - lo < 1e-12:
+            break
+    return hi
+
+
+def rate_bound(changes: int, n: int, confidence: float = CONFIDENCE) -> dict[str, Any]:
+    """``{"changes", "n", "rate", "upper95"}``: a change count with its point rate and exact upper bound."""
+    return {"changes": int(changes), "n": int(n), "rate": changes / n if n else math.nan,
+            "upper95": binomial_upper_bound(int(changes), int(n), confidence)}
+
+
+def min_images_for_zero_changes(limit: float, confidence: float = CONFIDENCE) -> int | None:
+    """Fewest images on which 0 changes would show, with ``confidence``, a rate of at most ``limit``.
+
+    Why: below this size a run that sees no change at all still cannot show
+    that the rate is within the gate (0.5 %: 598 images; 1 %: 299). None when
+    ``limit`` is 0 (no sample size can show it).
+    """
+    if not 0.0 <= limit <= 1.0:
+        raise ConfigError(f"limit must be a rate in [0, 1], got {limit!r}")
+    if limit <= 0.0:
+        return None
+    if limit >= 1.0:
+        return 1
+    n = max(1, math.ceil(math.log(1.0 - confidence) / math.log1p(-limit)))
+    while binomial_upper_bound(0, n, confidence) > limit:  # guard the float rounding of the closed form
+        n += 1
+    while n > 1 and binomial_upper_bound(0, n - 1, confidence) <= limit:
+        n -= 1
+    return n
+
+
+def zero_change_sample_sizes(gates: ParityGates, confidence: float = CONFIDENCE) -> dict[str, int | None]:
+    """:func:`min_images_for_zero_changes` for each gate on a rate of changes (referral, class calls, top-1)."""
+    return {"max_flip_rate": min_images_for_zero_changes(gates.max_flip_rate, confidence),
+            "max_class_flip_rate": min_images_for_zero_changes(gates.max_class_flip_rate, confidence),
+            "min_top1_agreement": min_images_for_zero_changes(round(1.0 - gates.min_top1_agreement, 12), confidence)}
+
+
+def zero_change_line(sizes: Mapping[str, int | None], n: int, confidence: float = CONFIDENCE) -> str:
+    """One sentence: from how many images 0 changes shows each rate gate, next to this run's size."""
+    names = {"max_flip_rate": "referral flips", "max_class_flip_rate": "class-call flips",
+             "min_top1_agreement": "top-1 changes"}
+    parts = [f"{names.get(k, k)} {v}" if v is not None else f"{names.get(k, k)} never (limit 0)"
+             for k, v in sizes.items()]
+    return (f"0 changes shows a rate within the gate with {confidence:.0%} confidence only from: "
+            + ", ".join(parts) + f" images; this run has {n}")
+
+
+def nonfinite_images(outputs: Mapping[str, np.ndarray]) -> np.ndarray:
+    """(N,) bool: the images with a NaN or an infinity in any of ``outputs``' arrays.
+
+    Why: an FP16/INT8 overflow shows up as non-finite outputs; such a model
+    must fail with the images named, not abort the whole validation.
+    """
+    bad: np.ndarray | None = None
+    for a in outputs.values():
+        rows = ~np.isfinite(_rows(a)).all(axis=1)
+        bad = rows if bad is None else bad | rows
+    return np.zeros(0, bool) if bad is None else bad
+
+
+def nonfinite_reason(bad: np.ndarray, ids: Sequence[str]) -> str:
+    """The FAIL reason for outputs that are not finite on the images ``bad`` marks."""
+    first = ids[int(np.flatnonzero(bad)[0])] if bad.any() else "-"
+    return f"{int(bad.sum())} of {len(bad)} images gave non-finite outputs (NaN or inf; first: {first})"
 
 
 # -- numerical -------------------------------------------------------------------------------
@@ -255,6 +396,25 @@ def _rates(truth: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
     return {"sensitivity": r.sensitivity, "specificity": r.specificity, "tp": r.tp, "fp": r.fp, "tn": r.tn, "fn": r.fn}
 
 
+def _call_changes(y: np.ndarray, ref_call: np.ndarray, cand_call: np.ndarray) -> dict[str, Any]:
+    """Gross changes of the positive/negative call among positives and among negatives of ``y``.
+
+    Net sensitivity can stay put while calls swap (a true positive lost, a
+    false negative gained): these counts show both directions, each with its
+    exact upper bound over the images it is a share of.
+    """
+    changed = ref_call != cand_call
+    pos, neg = y.astype(bool), ~y.astype(bool)
+    return {
+        "sensitivity_changes": {**rate_bound(int(np.sum(changed & pos)), int(pos.sum())),
+                                "tp_to_fn": int(np.sum(pos & ref_call & ~cand_call)),
+                                "fn_to_tp": int(np.sum(pos & ~ref_call & cand_call))},
+        "specificity_changes": {**rate_bound(int(np.sum(changed & neg)), int(neg.sum())),
+                                "tn_to_fp": int(np.sum(neg & ~ref_call & cand_call)),
+                                "fp_to_tn": int(np.sum(neg & ref_call & ~cand_call))},
+    }
+
+
 def clinical(
     manifest: Manifest,
     truth: Truth,
@@ -264,54 +424,106 @@ def clinical(
     *,
     n_boot: int = 1000,
     seed: int = 0,
+    alpha: float = BOOTSTRAP_ALPHA,
+    reference_logits: np.ndarray | None = None,
+    candidate_logits: np.ndarray | None = None,
 ) -> dict[str, Any]:
-    """Clinical comparison of two probability sets under the manifest's decision rule."""
+    """Clinical comparison of two probability sets under the manifest's decision rule.
+
+    Top-1 agreement is taken from the logits when both are given: float32
+    probabilities saturate (sigmoid logits 18 and 20 both give 1.0), which
+    hides real swaps and invents others; probabilities are the fallback, and
+    ``top1_source`` says which was used. Each figure a gate could not use
+    carries the reason in its row's ``not_evaluated`` (no labels for the class,
+    or no positive/negative image among these).
+    """
     ref = np.asarray(reference_probs, np.float64)
     cand = np.asarray(candidate_probs, np.float64)
     ref_pos, ref_refer = manifest.decide(ref)
     cand_pos, cand_refer = manifest.decide(cand)
+    n = len(ids)
+    no_pos, no_neg = _NO_POSITIVE[truth.source], _NO_NEGATIVE[truth.source]
     per_class = []
     for k, spec in enumerate(manifest.classes):
+        flips_k = int(np.sum(ref_pos[:, k] != cand_pos[:, k]))
         row: dict[str, Any] = {"name": spec.name, "threshold": spec.threshold, "referable": spec.referable,
-                               "decision_flips": int(np.sum(ref_pos[:, k] != cand_pos[:, k]))}
+                               "decision_flips": flips_k, "decision_changes": rate_bound(flips_k, n)}
         if not truth.defined[k]:
-            row["note"] = "no truth for this class"
+            row["note"] = NO_LABELS
+            row["not_evaluated"] = {"auc": NO_LABELS, "sensitivity": NO_LABELS, "specificity": NO_LABELS}
             per_class.append(row)
             continue
         y = truth.positive[:, k]
         row["n_positive"], row["n_negative"] = int(y.sum()), int((~y).sum())
         row["auc_reference"] = roc_auc(y, ref[:, k])
         row["auc_candidate"] = roc_auc(y, cand[:, k])
+        missing: dict[str, str] = {}
         if y.any() and not y.all():
-            diff = paired_auc_difference(y, ref[:, k], cand[:, k], n_boot=n_boot, seed=seed)
-            row["auc_difference"] = diff.to_dict()
+            diff = paired_auc_difference(y, ref[:, k], cand[:, k], n_boot=n_boot, seed=seed, alpha=alpha)
+            # Interval.to_dict leaves n_boot and alpha out: a signer needs them next to the interval.
+            row["auc_difference"] = {**diff.to_dict(), "n_boot": diff.n_boot, "alpha": diff.alpha}
         else:
             row["auc_difference"] = None
-            row["note"] = "AUC undefined: one class only among these images"
+            missing["auc"] = no_pos if not y.any() else no_neg
+            row["note"] = f"AUC undefined: {missing['auc']}"
+        if not y.any():
+            missing["sensitivity"] = no_pos
+        if y.all():
+            missing["specificity"] = no_neg
         rr, cr = _rates(y, ref_pos[:, k]), _rates(y, cand_pos[:, k])
         row["sensitivity_reference"], row["sensitivity_candidate"] = rr["sensitivity"], cr["sensitivity"]
         row["specificity_reference"], row["specificity_candidate"] = rr["specificity"], cr["specificity"]
+        row.update(_call_changes(y, ref_pos[:, k], cand_pos[:, k]))
+        if missing:
+            row["not_evaluated"] = missing
         per_class.append(row)
+    referable = manifest.referable_mask
     referral: dict[str, Any] = {"rule": manifest.referral_rule, "referred_reference": int(ref_refer.sum()),
-                                "referred_candidate": int(cand_refer.sum())}
+                                "referred_candidate": int(cand_refer.sum()), "applicable": bool(referable.any())}
     if truth.refer is not None:
         rr, cr = _rates(truth.refer, ref_refer), _rates(truth.refer, cand_refer)
         referral.update({"n_positive": int(truth.refer.sum()), "n_negative": int((~truth.refer).sum()),
                          "sensitivity_reference": rr["sensitivity"], "sensitivity_candidate": cr["sensitivity"],
                          "specificity_reference": rr["specificity"], "specificity_candidate": cr["specificity"]})
+        referral.update(_call_changes(truth.refer, ref_refer, cand_refer))
+        missing = {}
+        if not truth.refer.any():
+            missing["sensitivity"] = no_pos
+        if truth.refer.all():
+            missing["specificity"] = no_neg
+        if missing:
+            referral["not_evaluated"] = missing
+    elif referable.any():
+        unlabelled = [c.name for c, d, r in zip(manifest.classes, truth.defined, referable) if r and not d]
+        why = f"{NO_REFERRAL_LABELS} (no labels for {', '.join(unlabelled)})"
+        referral["not_evaluated"] = {"sensitivity": why, "specificity": why}
     flipped = [int(i) for i in np.flatnonzero(ref_refer != cand_refer)]
     flips = [
         Flip(ids[i], bool(ref_refer[i]), bool(cand_refer[i]), tuple(float(v) for v in ref[i]),
              tuple(float(v) for v in cand[i]), None if truth.refer is None else bool(truth.refer[i]))
         for i in flipped
     ]
-    n = len(ids)
+    if reference_logits is not None and candidate_logits is not None:
+        top1_source = "logits"
+        top_ref, top_cand = _rows(reference_logits).argmax(axis=1), _rows(candidate_logits).argmax(axis=1)
+    else:
+        top1_source = "probs"
+        top_ref, top_cand = ref.argmax(axis=1), cand.argmax(axis=1)
+    top1_changes = int(np.sum(top_ref != top_cand))
+    class_flips = {r["name"]: r["decision_changes"] for r in per_class if r["referable"]}
+    worst = max(class_flips, key=lambda name: class_flips[name]["changes"]) if class_flips else None
     return {
+        "truth": truth.source,
         "per_class": per_class,
         "referral": referral,
-        "top1_agreement": float(np.mean(ref.argmax(axis=1) == cand.argmax(axis=1))) if n else math.nan,
+        "top1_agreement": float(np.mean(top_ref == top_cand)) if n else math.nan,
+        "top1_source": top1_source,
+        "top1_disagreement": rate_bound(top1_changes, n),
         "class_decision_agreement": float(np.mean(ref_pos == cand_pos)) if n else math.nan,
+        "class_flips": {"referable": class_flips, "worst_class": worst,
+                        "max_rate": class_flips[worst]["rate"] if worst is not None else None},
         "flips": {"n": len(flips), "rate": len(flips) / n if n else math.nan,
+                  "upper95": binomial_upper_bound(len(flips), n), "n_images": n,
                   "to_refer": int(np.sum(~ref_refer & cand_refer)),
                   "to_no_refer": int(np.sum(ref_refer & ~cand_refer)),
                   "items": [asdict(f) for f in flips]},
@@ -472,7 +684,7 @@ def decision_headroom(manifest: Manifest, gates: ParityGates, reference: Mapping
         gap_ref, gap_cand = _top_two_gap(ref_l, order), _top_two_gap(cand_l, order)
         with np.errstate(invalid="ignore"):
             error = gap_cand - gap_ref
-        observed = int(np.sum(ref_p.argmax(axis=1) != cand_p.argmax(axis=1)))  # as clinical()'s top-1 counts
+        observed = int(np.sum(ref_l.argmax(axis=1) != cand_l.argmax(axis=1)))  # as clinical()'s top-1 counts
         out["top1"] = _headroom_entry(gap_ref, error, observed, (1.0 - gates.min_top1_agreement) * n, "logit")
     if manifest.referable_mask.any():
         m_ref, units = referral_margins(manifest, reference)
@@ -519,20 +731,40 @@ def failed_gate_headroom(candidate: Mapping[str, Any]) -> list[str]:
 # -- verdict -------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class GateCheck:
-    """One gate applied to one candidate; ``passed`` is None when the figure is undefined here."""
+    """One gate applied to one candidate.
+
+    ``passed``: whether the classes it could be evaluated for are within the
+    limit (None when it could be evaluated for none). ``skipped``: the classes
+    it applies to but could not be evaluated for, each ``{"class", "reason"}``;
+    ``status`` is INCOMPLETE when any was skipped, so a gate never passes on a
+    subset without saying so. ``detail`` says the same in words.
+    """
 
     name: str
     value: float | None
     limit: float
     passed: bool | None
     detail: str = ""
+    skipped: tuple[dict[str, str], ...] = ()
+    status: str = PASS
 
 
 @dataclass(frozen=True)
 class Verdict:
+    """A candidate's verdict: ``status`` PASS, FAIL or INCOMPLETE; ``passed`` is ``status == PASS``.
+
+    ``reasons``: each exceeded gate, then each gate not evaluated in full.
+    """
+
     passed: bool
     checks: tuple[GateCheck, ...] = field(default=())
     reasons: tuple[str, ...] = field(default=())
+    status: str = PASS
+
+    def __post_init__(self) -> None:
+        if self.status not in (PASS, FAIL, INCOMPLETE) or self.passed != (self.status == PASS):
+            raise ConfigError(f"a verdict is PASS, FAIL or INCOMPLETE with passed == (status == PASS); got "
+                              f"status={self.status!r}, passed={self.passed!r}")
 
 
 _EPS = 1e-12  # a figure equal to its limit passes, whatever the float rounding
@@ -542,42 +774,100 @@ def _finite(v: Any) -> bool:
     return isinstance(v, (int, float)) and math.isfinite(float(v))
 
 
-def judge(gates: ParityGates, numeric: Mapping[str, Any], clin: Mapping[str, Any]) -> Verdict:
-    """Apply ``gates`` to one candidate's figures. Undefined figures are reported, not failed."""
-    checks: list[GateCheck] = []
-    fl = clin["flips"]
-    checks.append(GateCheck("flip_rate", fl["rate"], gates.max_flip_rate, fl["rate"] <= gates.max_flip_rate + _EPS,
-                            f"{fl['n']} referral decision(s) flipped"))
-    drops = [(r["name"], r["auc_reference"] - r["auc_candidate"]) for r in clin["per_class"]
-             if _finite(r.get("auc_reference")) and _finite(r.get("auc_candidate"))]
-    if drops:
-        name, worst = max(drops, key=lambda d: d[1])
-        checks.append(GateCheck("auc_drop", worst, gates.max_auc_drop, worst <= gates.max_auc_drop + _EPS,
-                                f"largest drop: class {name}"))
+def _check(name: str, value: float | None, limit: float, detail: str, skipped: Sequence[tuple[str, str]] = (),
+           *, at_least: bool = False) -> GateCheck:
+    """A :class:`GateCheck` with its status; ``value`` None or NaN: nothing evaluated."""
+    if value is None or not _finite(value):
+        passed: bool | None = None
     else:
-        checks.append(GateCheck("auc_drop", None, gates.max_auc_drop, None, "no class has a defined AUC here"))
-    sens = [(r["name"], r["sensitivity_reference"] - r["sensitivity_candidate"]) for r in clin["per_class"]
-            if r["referable"] and _finite(r.get("sensitivity_reference")) and _finite(r.get("sensitivity_candidate"))]
+        passed = bool(value >= limit - _EPS) if at_least else bool(value <= limit + _EPS)
+    if skipped:
+        detail = (detail + "; " if detail else "") + "not evaluated for " + ", ".join(
+            f"{c} ({why})" for c, why in skipped)
+    status = FAIL if passed is False else INCOMPLETE if passed is None or skipped else PASS
+    return GateCheck(name, None if passed is None else float(value),  # type: ignore[arg-type]
+                     limit, passed, detail, tuple({"class": c, "reason": why} for c, why in skipped), status)
+
+
+def _worst(items: Sequence[tuple[str, float]]) -> tuple[str, float] | tuple[None, None]:
+    return max(items, key=lambda d: d[1]) if items else (None, None)
+
+
+def judge(gates: ParityGates, numeric: Mapping[str, Any], clin: Mapping[str, Any]) -> Verdict:
+    """Apply ``gates`` to one candidate's figures: PASS, FAIL or INCOMPLETE (see the module doc).
+
+    The AUC gate applies to every class, the sensitivity gate to every
+    referable class and to the referral decision, the class-flip gate to every
+    referable class; a class the data cannot evaluate (no labels for it, no
+    positive image) is listed in its check and makes the verdict INCOMPLETE
+    unless another gate FAILs. A gate that applies to nothing (a bundle
+    without referable classes) has nothing to check and passes.
+    """
+    checks: list[GateCheck] = []
+    rows = clin["per_class"]
+    fl = clin["flips"]
+    checks.append(_check("flip_rate", fl["rate"], gates.max_flip_rate, f"{fl['n']} referral decision(s) flipped"))
+    referable = [r for r in rows if r["referable"]]
+    if referable:
+        rates = [(r["name"], float(r["decision_changes"]["rate"])) for r in referable]
+        name, worst = _worst(rates)
+        flips_k = next(r["decision_flips"] for r in referable if r["name"] == name)
+        checks.append(_check("class_flip_rate", worst, gates.max_class_flip_rate,
+                             f"largest: class {name} ({flips_k} call(s) changed)"))
+    else:
+        checks.append(GateCheck("class_flip_rate", None, gates.max_class_flip_rate, True,
+                                "no referable class in the bundle: nothing to gate"))
+
+    def skipped_of(items: Sequence[Mapping[str, Any]], metric: str) -> list[tuple[str, str]]:
+        return [(r["name"], str((r.get("not_evaluated") or {}).get(metric) or f"{metric} undefined")) for r in items]
+
+    drops = [(r["name"], r["auc_reference"] - r["auc_candidate"]) for r in rows
+             if _finite(r.get("auc_reference")) and _finite(r.get("auc_candidate"))]
+    name, worst = _worst(drops)
+    checks.append(_check("auc_drop", worst, gates.max_auc_drop, f"largest drop: class {name}" if drops else "",
+                         skipped_of([r for r in rows if r["name"] not in dict(drops)], "auc")))
+    sens_rows = [r for r in referable if _finite(r.get("sensitivity_reference")) and _finite(r.get("sensitivity_candidate"))]
+    sens = [(r["name"], r["sensitivity_reference"] - r["sensitivity_candidate"]) for r in sens_rows]
+    skipped = skipped_of([r for r in referable if r not in sens_rows], "sensitivity")
     ref = clin["referral"]
     if _finite(ref.get("sensitivity_reference")) and _finite(ref.get("sensitivity_candidate")):
         sens.append(("referral", ref["sensitivity_reference"] - ref["sensitivity_candidate"]))
-    if sens:
-        name, worst = max(sens, key=lambda d: d[1])
-        checks.append(GateCheck("sensitivity_drop", worst, gates.max_sensitivity_drop,
-                                worst <= gates.max_sensitivity_drop + _EPS, f"largest drop: {name}"))
+    elif ref.get("applicable", bool(referable)):
+        skipped.append(("referral", str((ref.get("not_evaluated") or {}).get("sensitivity") or "sensitivity undefined")))
+    if sens or skipped:
+        name, worst = _worst(sens)
+        checks.append(_check("sensitivity_drop", worst, gates.max_sensitivity_drop,
+                             f"largest drop: {name}" if sens else "", skipped))
     else:
-        checks.append(GateCheck("sensitivity_drop", None, gates.max_sensitivity_drop, None,
-                                "no referable class has a defined sensitivity here (no positive cases)"))
+        checks.append(GateCheck("sensitivity_drop", None, gates.max_sensitivity_drop, True,
+                                "no referable class in the bundle: nothing to gate"))
     top1 = clin.get("top1_agreement")
-    if isinstance(top1, (int, float)) and math.isfinite(top1):
-        checks.append(GateCheck("top1_agreement", float(top1), gates.min_top1_agreement,
-                                float(top1) >= gates.min_top1_agreement - _EPS, "share of images with the same top class"))
-    else:
-        checks.append(GateCheck("top1_agreement", None, gates.min_top1_agreement, None, "no images compared"))
+    source = clin.get("top1_source", "probs")
+    checks.append(_check("top1_agreement", float(top1) if isinstance(top1, (int, float)) and _finite(top1) else None,
+                         gates.min_top1_agreement,
+                         f"share of images with the same top class (from the {source})" if _finite(top1)
+                         else "no images compared", at_least=True))
     if gates.max_prob_diff is not None:
-        v = numeric["max_abs_prob_diff"]
-        checks.append(GateCheck("max_prob_diff", v, gates.max_prob_diff, bool(v <= gates.max_prob_diff),
-                                "max |candidate - reference| over images and classes"))
-    reasons = tuple(f"{c.name} {c.value:.4g} {'<' if c.name == 'top1_agreement' else '>'} {c.limit:.4g} ({c.detail})"
-                    for c in checks if c.passed is False)
-    return Verdict(not reasons, tuple(checks), reasons)
+        checks.append(_check("max_prob_diff", numeric["max_abs_prob_diff"], gates.max_prob_diff,
+                             "max |candidate - reference| over images and classes"))
+    failed = [f"{c.name} {c.value:.4g} {'<' if c.name == 'top1_agreement' else '>'} {c.limit:.4g} ({c.detail})"
+              for c in checks if c.passed is False]
+    incomplete = [_incomplete_reason(c) for c in checks if c.status == INCOMPLETE]
+    status = FAIL if failed else INCOMPLETE if incomplete else PASS
+    return Verdict(status == PASS, tuple(checks), tuple(failed + incomplete), status)
+
+
+def _incomplete_reason(c: GateCheck) -> str:
+    """Why ``c`` did not vouch in full: the classes it skipped with their reasons."""
+    skipped = ", ".join(f"{s['class']} ({s['reason']})" for s in c.skipped)
+    if c.passed is None:
+        return f"{c.name} not evaluated for {skipped}" if skipped else f"{c.name} not evaluated ({c.detail})"
+    relation = ">=" if c.name == "top1_agreement" else "<="
+    return f"{c.name} {c.value:.4g} {relation} {c.limit:.4g} but not evaluated for {skipped}"
+
+
+def overall_status(statuses: Sequence[str]) -> str:
+    """A run's verdict from its candidates': FAIL if any failed, else INCOMPLETE if any was, else PASS."""
+    if FAIL in statuses or not statuses:
+        return FAIL
+    return INCOMPLETE if INCOMPLETE in statuses else PASS

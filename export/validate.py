@@ -17,7 +17,14 @@ checkpoint's) and that differs from the manifest's: then it gets its own
 batch, so a wrong preprocessing parameter in a manifest shows up as flipped
 decisions instead of going unnoticed.
 
-Outputs in ``out``: ``parity.json`` (every figure), ``parity.html``
+Each candidate gets PASS, FAIL or INCOMPLETE (:mod:`uopsl.export.parity_metrics`);
+a model whose outputs are not finite (NaN, inf: an FP16/INT8 overflow) FAILs
+with the images named, and the other candidates are still judged (a
+non-finite reference fails the run, with a report). The verdicts go into the
+manifest for ``auto`` under the rule of ``ValidateConfig.record``.
+
+Outputs in ``out``: ``parity.json`` (every figure, the image ids used, the
+bootstrap's replicates, alpha and seed), ``parity.html``
 (self-contained, offline, printable: ROC overlays and thumbnails of flipped
 images embedded), ``roc_<candidate>.png`` and ``parity_config.json`` (the
 resolved configuration). Model outputs are cached per batch in
@@ -48,15 +55,24 @@ import numpy as np
 from uopsl.calibration.dataset import progress
 from uopsl.export.bundle_writer import record_parity
 from uopsl.export.parity_metrics import (
+    BOOTSTRAP_ALPHA,
+    CONFIDENCE,
+    FAIL,
+    PASS,
     ParityGates,
     Truth,
     clinical,
     decision_headroom,
     jsonable,
     judge,
+    nonfinite_images,
+    nonfinite_reason,
     numerical,
+    overall_status,
     truth_from_labels,
     truth_from_reference,
+    zero_change_line,
+    zero_change_sample_sizes,
 )
 from uopsl.runtime.backends import (
     BACKEND_NAMES,
@@ -66,7 +82,7 @@ from uopsl.runtime.backends import (
     select_backend,
 )
 from uopsl.runtime.backends.base import Backend
-from uopsl.runtime.bundle import OUTPUT_NAMES, Manifest, verify_or_raise
+from uopsl.runtime.bundle import OUTPUT_NAMES, Manifest, parity_run_problem, verify_or_raise
 from uopsl.runtime.errors import BundleError, ConfigError, UopslError
 from uopsl.runtime.fsio import write_bytes, write_json, write_text
 from uopsl.runtime.metrics import roc_curve
@@ -104,14 +120,18 @@ class ValidateConfig:
     backends: registry names to try, or ``("all",)`` for every backend available here.
     gates: the verdict's limits (see :class:`ParityGates`).
     batch_size: images per inference call (also the cache granularity).
-    n_boot, seed: paired bootstrap of the AUC differences.
+    n_boot, seed: paired bootstrap of the AUC differences (``seed`` is the bootstrap's only; the CLI's
+        ``--bootstrap-seed``, which defaults to its ``--seed``).
     per_layer: run the layer-wise diagnosis (:mod:`uopsl.export.layerwise`) on each INT8 ONNX file.
     per_layer_images: images it uses; sqnr_threshold_db/min_drop_db/max_suggestions: its exclusion rule.
     threads: inference threads of CPU backends (None: their default).
     max_thumbnails: flipped images shown with a thumbnail per candidate in the HTML report.
     resume: reuse cached model outputs of an earlier run with identical inputs.
     record: write each file's verdict into the bundle manifest (``FileEntry.info["parity"]``);
-        ``auto`` backend selection uses an INT8 file or engine only with a passing record.
+        ``auto`` backend selection uses an INT8 file or engine only with a passing record. A FAIL is
+        always recorded; a PASS or INCOMPLETE only from a run with the default gates (or stricter) on at
+        least :data:`uopsl.runtime.bundle.MIN_PARITY_IMAGES` images, so a smoke run or loosened gates never
+        replace an earlier verdict with a pass (the report and the log say so).
     """
 
     backends: tuple[str, ...] = ("all",)
@@ -158,12 +178,18 @@ class CandidateSpec:
 
 @dataclass(frozen=True)
 class ParityReport:
-    """The outcome: ``passed`` (every candidate within the gates) and the report's content and files."""
+    """The outcome and the report's content and files.
+
+    ``status``: PASS (every candidate evaluated in full and within the gates),
+    FAIL or INCOMPLETE (see :mod:`uopsl.export.parity_metrics`); ``passed`` is
+    ``status == "PASS"``, and anything else exits 1.
+    """
 
     passed: bool
     report: dict[str, Any]
     json_path: Path
     html_path: Path
+    status: str = PASS
 
     @property
     def exit_code(self) -> int:
@@ -540,11 +566,20 @@ def validate_bundle(
         raise ConfigError(f"none of the {len(images)} images could be preprocessed; first reasons: "
                           + "; ".join(f"{s['id']}: {s['message']}" for s in run.skipped[:3]))
     ref = run.stacked("ref")
-    if label_space is not None:
+    ids = run.ids
+    ref_bad = nonfinite_images(ref)
+    run_reasons: list[str] = []
+    truth: Truth | None = None
+    if ref_bad.any():
+        # Nothing can be judged against a reference that overflowed: the run fails, the files are not blamed.
+        run_reasons.append("the reference: " + nonfinite_reason(ref_bad, ids))
+        log.error("%s; no candidate can be judged against it", run_reasons[-1])
+    elif label_space is not None:
         truth = truth_from_labels(manifest, [lab or () for lab in run.labels], label_space)
     else:
         truth = truth_from_reference(manifest, ref["probs"])
-    notes.extend(truth.notes)
+    if truth is not None:
+        notes.extend(truth.notes)
     by_id = {r.id: r for r in images}
     candidates: list[dict[str, Any]] = []
     html_images: dict[str, str] = {}
@@ -552,14 +587,31 @@ def validate_bundle(
         entry: dict[str, Any] = {"name": spec.name, "backend": spec.backend, "file": spec.file,
                                  "precision": spec.precision}
         if spec.name in run.errors:
-            entry.update({"passed": False, "error": run.errors[spec.name], "reasons": [run.errors[spec.name]]})
+            entry.update({"passed": False, "verdict": FAIL, "error": run.errors[spec.name],
+                          "reasons": [run.errors[spec.name]]})
             candidates.append(entry)
             continue
         cand = run.stacked(spec.name)
+        bad = nonfinite_images(cand)
+        if truth is None:
+            why = f"not judged: {run_reasons[0]}"
+            entry.update({"passed": False, "verdict": FAIL, "error": why, "reasons": [why], "judged": False})
+            candidates.append(entry)
+            continue
+        if bad.any():
+            why = nonfinite_reason(bad, ids)
+            entry.update({"passed": False, "verdict": FAIL, "error": why, "reasons": [why],
+                          "non_finite": {"n": int(bad.sum()), "of": len(bad),
+                                         "ids": [ids[i] for i in np.flatnonzero(bad)][:50]}})
+            log.error("%s: FAIL (%s)", spec.name, why)
+            candidates.append(entry)
+            continue
         num = numerical(ref, cand)
-        clin = clinical(manifest, truth, ref["probs"], cand["probs"], run.ids, n_boot=cfg.n_boot, seed=cfg.seed)
+        clin = clinical(manifest, truth, ref["probs"], cand["probs"], ids, n_boot=cfg.n_boot, seed=cfg.seed,
+                        alpha=BOOTSTRAP_ALPHA, reference_logits=ref.get("logits"),
+                        candidate_logits=cand.get("logits"))
         verdict = judge(cfg.gates, num, clin)
-        entry.update({"passed": verdict.passed, "reasons": list(verdict.reasons),
+        entry.update({"passed": verdict.passed, "verdict": verdict.status, "reasons": list(verdict.reasons),
                       "checks": [asdict(c) for c in verdict.checks], "numerical": num, "clinical": clin,
                       "headroom": decision_headroom(manifest, cfg.gates, ref, cand)})
         png = _roc_png(out_dir, spec.name, manifest, truth, ref["probs"], cand["probs"])
@@ -573,19 +625,26 @@ def validate_bundle(
                 if uri:
                     html_images[key_t] = uri
         candidates.append(entry)
-        log.info("%s: %s (%d flips, max |dp| %.2e)", spec.name, "PASS" if verdict.passed else "FAIL",
-                 clin["flips"]["n"], num["max_abs_prob_diff"])
+        log.info("%s: %s (%d flips, max |dp| %.2e)", spec.name, verdict.status, clin["flips"]["n"],
+                 num["max_abs_prob_diff"])
     per_layer = _per_layer(root, manifest, specs, images, cfg) if cfg.per_layer else {}
-    passed = all(c["passed"] for c in candidates)
+    status = FAIL if run_reasons else overall_status([c["verdict"] for c in candidates])
+    passed = status == PASS
     created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    sizes = zero_change_sample_sizes(cfg.gates)
+    data_spec = str((context or {}).get("data") or f"{len(images)} images passed to validate_bundle")
+    weak = parity_run_problem(cfg.gates.to_dict(), n)
     report = jsonable({
         "format": REPORT_FORMAT,
         "created": created,
         "toolkit_version": __version__,
         "machine": _machine(),
         "passed": passed,
+        "verdict": status,
+        "reasons": run_reasons,
         "gates": cfg.gates.to_dict(),
         "gates_are_default": cfg.gates.is_default,
+        "gates_looser_than_default": cfg.gates.looser_than_default,
         "bundle": {"path": str(root), "model_name": manifest.model_name, "backbone": manifest.backbone,
                    "head": manifest.head, "referral_rule": manifest.referral_rule,
                    "referral_threshold": manifest.referral_threshold,
@@ -595,9 +654,17 @@ def validate_bundle(
         "reference": {"describe": _describe(reference), "fingerprint": fingerprint,
                       "preprocess": (ref_pre or manifest.preprocess).to_dict()},
         "preprocess": {"bundle": manifest.preprocess.to_dict(), "differences": diffs},
-        "data": {"n_images": len(images), "n_used": n, "n_skipped": len(run.skipped), "truth": truth.source,
+        "data": {"spec": data_spec, "n_images": len(images), "n_used": n, "n_skipped": len(run.skipped),
+                 "truth": truth.source if truth is not None else None,
                  "label_space": list(label_space) if label_space is not None else None,
-                 "classes_with_truth": [c.name for c, d in zip(manifest.classes, truth.defined) if d]},
+                 "classes_with_truth": ([c.name for c, d in zip(manifest.classes, truth.defined) if d]
+                                        if truth is not None else []),
+                 "image_ids": list(ids), "image_ids_sha256": _ids_digest(ids)},
+        "bootstrap": {"n_boot": cfg.n_boot, "alpha": BOOTSTRAP_ALPHA, "seed": cfg.seed,
+                      "method": "paired percentile bootstrap of each class's AUC difference, stratified by the "
+                                "class's label"},
+        "confidence": {"level": CONFIDENCE, "method": "exact (Clopper-Pearson) one-sided upper bound",
+                       "zero_change_min_images": sizes, "line": zero_change_line(sizes, n)},
         "context": dict(context or {}),
         "notes": notes,
         "skipped_images": run.skipped,
@@ -605,6 +672,23 @@ def validate_bundle(
         "candidates": candidates,
         "per_layer": per_layer,
     })
+    record_note = None
+    to_record: list[dict[str, Any]] = []
+    if cfg.record and not run_reasons:
+        # A FAIL is always recorded (it keeps `auto` off the file). A PASS or INCOMPLETE only from a run that
+        # parity_status would trust: a weaker run neither turns an earlier FAIL into a pass nor erases an
+        # earlier complete verdict because its few images could not evaluate every gate.
+        to_record = [c for c in report["candidates"] if c["verdict"] == FAIL or weak is None]
+        held = [f"{c['name']} {c['verdict']}" for c in report["candidates"] if c["verdict"] != FAIL and weak]
+        if held:
+            record_note = (f"not recorded in the manifest ({weak}): {', '.join(held)}; a run like this records "
+                           "only a FAIL, never a pass, and `auto` keeps the earlier record")
+            log.warning(record_note)
+    elif cfg.record and run_reasons:
+        record_note = "nothing recorded in the manifest: the reference's outputs could not be used"
+        log.warning(record_note)
+    report["record"] = jsonable({"enabled": cfg.record, "run_problem": weak, "note": record_note,
+                                 "recorded": [c["name"] for c in to_record]})
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "parity_config.json", jsonable({"bundle": str(root), "config": cfg.to_dict(),
                                                          "context": dict(context or {}),
@@ -614,30 +698,41 @@ def validate_bundle(
     from uopsl.export.parity_html import render_html
 
     write_text(html_path, render_html(report, html_images))
-    if cfg.record:  # after the reports: a read-only bundle costs the record, not the run
+    if to_record:  # after the reports: a read-only bundle costs the record, not the run
         try:
-            _record(root, candidates, cfg, n=n, truth=truth.source, reference=_describe(reference),
-                    created=created, report=json_path)
+            _record(root, to_record, cfg, n=n, truth=str(report["data"]["truth"]), data=report["data"],
+                    reference=report["reference"], created=created, report=json_path)
         except OSError as exc:
             log.warning("the parity verdicts could not be recorded in %s (%s); the reports are in %s",
                         root / "manifest.json", exc, out_dir)
-    return ParityReport(passed, report, json_path, html_path)
+    return ParityReport(passed, report, json_path, html_path, status)
+
+
+def _ids_digest(ids: Sequence[str]) -> str:
+    return hashlib.sha256("\n".join(ids).encode("utf-8")).hexdigest()
 
 
 def _record(root: Path, candidates: Sequence[Mapping[str, Any]], cfg: ValidateConfig, *, n: int, truth: str,
-            reference: str, created: str, report: Path) -> None:
-    """Each validated file's verdict per backend into the manifest; see ``ValidateConfig.record``."""
+            data: Mapping[str, Any], reference: Mapping[str, Any], created: str, report: Path) -> None:
+    """Each validated file's verdict per backend into the manifest; see ``ValidateConfig.record``.
+
+    The record holds what :func:`uopsl.runtime.bundle.parity_status` needs to
+    decide whether to trust it: every gate with its value, the number of
+    images, the data and the reference.
+    """
     records: dict[str, dict[str, dict[str, Any]]] = {}
     for c in candidates:
         records.setdefault(c["file"], {})[c["backend"]] = jsonable({
-            "passed": bool(c["passed"]), "reasons": list(c.get("reasons", []))[:6],
-            "gates": cfg.gates.to_dict(), "n_images": n, "truth": truth, "reference": reference,
-            "created": created, "toolkit_version": __version__, "report": str(report),
+            "passed": bool(c["passed"]), "verdict": c["verdict"], "reasons": list(c.get("reasons", []))[:6],
+            "gates": cfg.gates.to_dict(), "n_images": n, "truth": truth,
+            "data": {"spec": data["spec"], "image_ids_sha256": data["image_ids_sha256"],
+                     "classes_with_truth": data["classes_with_truth"]},
+            "reference": reference["describe"], "reference_fingerprint": reference["fingerprint"],
+            "bootstrap_seed": cfg.seed, "created": created, "toolkit_version": __version__, "report": str(report),
         })
     record_parity(root, records)
     log.info("parity verdicts recorded in %s: %s", root / "manifest.json",
-             ", ".join(f"{f} on {b} {'PASS' if v['passed'] else 'FAIL'}"
-                       for f, per in records.items() for b, v in per.items()))
+             ", ".join(f"{f} on {b} {v['verdict']}" for f, per in records.items() for b, v in per.items()))
 
 
 def _describe(reference: Any) -> str:

@@ -18,9 +18,12 @@ file) lives here so a device can check a bundle without the training stack.
 from __future__ import annotations
 
 import json
+import math
 import os
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Literal
 
 import numpy as np
@@ -75,16 +78,106 @@ class FileEntry:
 
 PARITY_KEY = "parity"  # FileEntry.info key written by `uopsl validate`
 
+#: The gates ``uopsl validate`` applies by default (``uopsl.export.parity_metrics.ParityGates`` has the same
+#: defaults; a test keeps the two equal). They live here because the runtime must tell, without the export
+#: stack, whether a recorded pass was obtained under these gates or stricter ones: a run with looser gates
+#: proves less, and must not let ``auto`` use a reduced-precision file. ``None``: not gated by default.
+PARITY_GATE_DEFAULTS: Mapping[str, float | None] = MappingProxyType({
+    "max_flip_rate": 0.005,
+    "max_class_flip_rate": 0.005,
+    "max_auc_drop": 0.005,
+    "max_sensitivity_drop": 0.01,
+    "max_prob_diff": None,
+    "min_top1_agreement": 0.99,
+})
+
+#: Fewest images a passing run must have covered for ``auto`` to trust it. Why 100: with no change at all in
+#: n images, the exact one-sided 95 % upper bound on the true change rate is 1 - 0.05**(1/n), about 3/n. Below
+#: 100 images that bound is above 3 %, six times the 0.5 % flip gate, and the 99 % top-1 gate cannot tolerate
+#: a single change, so such a run (``--limit 4``, a smoke test) says little beyond "it runs". 100 is a floor,
+#: not a proof: showing a 0.5 % rate with 95 % confidence takes 598 images without a change, which the
+#: report prints next to its verdict. The demo's 120-image test set clears the floor.
+MIN_PARITY_IMAGES = 100
+
+#: What a per-backend record must hold to be judged; a record without them predates these checks.
+PARITY_RECORD_FIELDS = ("passed", "gates", "n_images", "data", "reference")
+
+
+def parity_gates_problem(gates: Mapping[str, Any]) -> str | None:
+    """Why ``gates`` are looser than :data:`PARITY_GATE_DEFAULTS` (None: the defaults or stricter).
+
+    ``max_*`` gates are stricter when smaller, ``min_*`` gates when larger; a
+    gate that is off by default (``None``) may take any value, since gating it
+    only adds a condition. A missing or non-numeric gate counts as looser.
+    """
+    looser = []
+    for name, default in PARITY_GATE_DEFAULTS.items():
+        value = gates.get(name)
+        if default is None:
+            if value is not None and not _is_number(value):
+                looser.append(f"{name}={value!r}")
+            continue
+        if not isinstance(value, (int, float)) or not _is_number(value):
+            looser.append(f"{name}={value!r} (expected a number)")
+        elif (name.startswith("min_") and float(value) < default) or (
+                not name.startswith("min_") and float(value) > default):
+            looser.append(f"{name}={float(value):g} (default {default:g})")
+    return ("gates looser than the defaults: " + ", ".join(looser)) if looser else None
+
+
+def parity_run_problem(gates: Mapping[str, Any], n_images: Any) -> str | None:
+    """Why a run with ``gates`` on ``n_images`` images cannot vouch for a file (None: it can).
+
+    Shared by :func:`parity_status` (reading a record) and ``uopsl validate``
+    (deciding whether a pass is recorded at all), so both apply one rule.
+    """
+    problems = []
+    why = parity_gates_problem(gates)
+    if why:
+        problems.append(why)
+    if not _is_number(n_images) or int(n_images) < MIN_PARITY_IMAGES:
+        problems.append(f"only {n_images} images (a pass counts from {MIN_PARITY_IMAGES}; validate on more images)")
+    return "; ".join(problems) if problems else None
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(float(x))
+
+
+def _record_problem(path: str, backend: str, r: Any) -> str | None:
+    """Why one backend's record does not show that ``path`` passed there (None: it does)."""
+    if not isinstance(r, dict):
+        return f"{path}'s parity record on {backend} is unreadable (re-run `uopsl validate --backends {backend}`)"
+    if r.get("passed") is not True or r.get("verdict", "PASS") != "PASS":
+        why = "; ".join(str(x) for x in (r.get("reasons") or [])[:2])
+        word = "was incomplete" if r.get("verdict") == "INCOMPLETE" else "failed"
+        return f"{path} {word} parity validation on {backend}" + (f" ({why})" if why else "")
+    missing = [k for k in PARITY_RECORD_FIELDS if k not in r]
+    gates = r.get("gates")
+    if isinstance(gates, dict):
+        missing += [f"gate {k}" for k in PARITY_GATE_DEFAULTS if k not in gates]
+    if missing:
+        return (f"{path}'s parity record on {backend} was written by an older uopsl (it lacks "
+                f"{', '.join(missing)}); re-run `uopsl validate --backends {backend}`")
+    weak = parity_run_problem(gates if isinstance(gates, dict) else {}, r.get("n_images"))
+    if weak:
+        return f"{path} passed on {backend} under a run too weak to rely on: {weak}"
+    return None
+
 
 def parity_status(entry: FileEntry, backend: str | None = None) -> tuple[bool, str]:
-    """Whether ``uopsl validate`` passed this very file on ``backend`` within its gates, and a reason either way.
+    """Whether ``uopsl validate`` passed this very file on ``backend`` within the gates, and a reason either way.
 
     ``auto`` backend selection takes an INT8 file or engine only when this is
     True for the backend that would run it: a reduced-precision model is used
     unasked only after it was shown, on that runtime, to keep the reference
     model's decisions. The record names the file's sha256, so a file replaced
-    after validation does not inherit the verdict. ``backend=None``: every
-    backend recorded for the file must have passed.
+    after validation does not inherit the verdict. A passing record counts
+    only when its run used the default gates or stricter ones and covered at
+    least :data:`MIN_PARITY_IMAGES` images (a smoke run or loosened gates
+    prove less), and it must say which gates, data and reference it used; a
+    record from before these fields existed is not trusted. ``backend=None``:
+    every backend recorded for the file must have passed.
     """
     rec = entry.info.get(PARITY_KEY)
     if not isinstance(rec, dict) or not isinstance(rec.get("backends"), dict) or not rec["backends"]:
@@ -97,11 +190,10 @@ def parity_status(entry: FileEntry, backend: str | None = None) -> tuple[bool, s
             return False, (f"{entry.path} has no parity record on {backend} (validated on {sorted(runs)}; "
                            f"run `uopsl validate --backends {backend}`)")
         runs = {backend: runs[backend]}
-    failed = {b: r for b, r in runs.items() if not (isinstance(r, dict) and r.get("passed") is True)}
-    if failed:
-        b, r = next(iter(failed.items()))
-        why = "; ".join(str(x) for x in (r.get("reasons") or [])[:2]) if isinstance(r, dict) else ""
-        return False, f"{entry.path} failed parity validation on {b}" + (f" ({why})" if why else "")
+    for b, r in runs.items():
+        why = _record_problem(entry.path, b, r)
+        if why:
+            return False, why
     desc = ", ".join(f"{b} on {r.get('n_images', '?')} images ({r.get('created', '?')})" for b, r in runs.items())
     return True, f"{entry.path} passed parity validation: {desc}"
 

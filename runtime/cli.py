@@ -246,8 +246,17 @@ def _parity_word(entry: Any) -> str:
         return "not validated"
     if rec.get("sha256") != entry.sha256:
         return "stale (file changed since validation)"
-    per = ", ".join(f"{b} {'PASS' if parity_status(entry, b)[0] else 'FAIL'}" for b in sorted(runs))
-    return f"{'PASS' if parity_status(entry)[0] else 'FAIL'} ({per})"
+    words, doubts = [], []
+    for b in sorted(runs):
+        r = runs[b] if isinstance(runs[b], dict) else {}
+        verdict = str(r.get("verdict") or ("PASS" if r.get("passed") else "FAIL"))
+        trusted, why = parity_status(entry, b)
+        if verdict == "PASS" and not trusted:
+            verdict = "PASS, not trusted"  # too few images, looser gates or an old record: auto ignores it
+            doubts.append(why)
+        words.append(f"{b} {verdict}")
+    overall = "PASS" if parity_status(entry)[0] else "not passed"
+    return f"{overall} ({', '.join(words)})" + (f"; {doubts[0]}" if doubts else "")
 
 
 @cli.command("verify")

@@ -13,7 +13,7 @@ from tinymodel import random_fundus_batch
 from uopsl.runtime import backends as reg
 from uopsl.runtime.backends import Availability, open_backend, select_backend
 from uopsl.runtime.backends.onnxruntime import OrtBackend
-from uopsl.runtime.bundle import FileEntry, read_manifest
+from uopsl.runtime.bundle import PARITY_GATE_DEFAULTS, FileEntry, read_manifest
 from uopsl.runtime.errors import BackendError, BundleError, ConfigError
 from uopsl.runtime.optional import available
 
@@ -131,7 +131,10 @@ def _validated(m, passed: bool = True, sha: str | None = None,  # type: ignore[n
     def rec(f: FileEntry) -> FileEntry:
         if not f.precision.startswith("int8"):
             return f
-        runs = {b: {"passed": passed, "n_images": 200, "created": "2026-11-28T20:00:00+00:00",
+        # what `uopsl validate` records: the verdict with its gates, image count, data and reference
+        runs = {b: {"passed": passed, "verdict": "PASS" if passed else "FAIL", "n_images": 200,
+                    "gates": dict(PARITY_GATE_DEFAULTS), "data": {"spec": "synthetic:test"}, "reference": "PyTorch",
+                    "created": "2026-11-28T20:00:00+00:00",
                     "reasons": [] if passed else ["flip_rate 0.03 > 0.005"]} for b in backends}
         parity = {"sha256": f.sha256 if sha is None else sha, "backends": runs}
         return replace(f, info={**f.info, "parity": parity})

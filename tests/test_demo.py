@@ -39,8 +39,14 @@ def test_demo_writes_the_documented_layout(demo: Path) -> None:
     from uopsl.runtime.bundle import parity_status
 
     files = {f.path: f for f in read_manifest(demo / "bundle").files}
-    assert parity_status(files["model.onnx"], "ort-cpu")[0]
-    assert "ort-cpu" in files["model.int8.onnx"].info["parity"]["backends"]
+    # the quick demo validates on 24 images: a PASS there is reported, but too few images to vouch for the file,
+    # so it is not recorded (the full demo's 120 are enough); a FAIL is always recorded
+    first = json.loads((demo / "parity" / "parity.json").read_text())
+    ok, why = parity_status(files["model.onnx"], "ort-cpu")
+    assert not ok and "no parity record" in why and "only 24 images" in first["record"]["note"]
+    int8 = {c["backend"]: c["verdict"] for c in first["candidates"] if c["file"] == "model.int8.onnx"}
+    recorded = files["model.int8.onnx"].info.get("parity", {}).get("backends", {})
+    assert {b for b, v in int8.items() if v == "FAIL"} == set(recorded)
     # a failed file says why (the gates' reasons, then the decision headroom of a failed top-1 or flip gate)
     failed = {name for name, verdict in summary["parity"].items() if verdict == "FAIL"}
     assert set(summary["parity_failures"]) == failed

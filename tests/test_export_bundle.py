@@ -263,7 +263,12 @@ def test_parity_records_merge_per_backend_until_the_file_changes(exported: dict[
     from uopsl.runtime.bundle import parity_status
 
     bundle = _copy(exported["bundle"], tmp_path / "b")
-    ok, bad = {"passed": True, "reasons": [], "n_images": 50}, {"passed": False, "reasons": ["flip_rate 0.1 > 0.005"]}
+    from uopsl.runtime.bundle import PARITY_GATE_DEFAULTS
+
+    # a pass as `uopsl validate` records it (parity_status trusts it only with its gates, data and reference)
+    ok = {"passed": True, "verdict": "PASS", "reasons": [], "n_images": 150, "gates": dict(PARITY_GATE_DEFAULTS),
+          "data": {"spec": "synthetic:test"}, "reference": "PyTorch"}
+    bad = {"passed": False, "verdict": "FAIL", "reasons": ["flip_rate 0.1 > 0.005"]}
     record_parity(bundle, {"model.onnx": {"ort-cpu": ok}})
     record_parity(bundle, {"model.onnx": {"openvino": bad}})  # a later run on another backend adds to the record
     entry = read_manifest(bundle).file("model.onnx")

@@ -239,3 +239,17 @@ def test_bench_writes_table_and_json(tiny_bundle: Path, tmp_path: Path, capsys: 
     assert res["preprocess"]["p50_ms"] > 0 and res["preprocess"]["images"] == 3 and len(res["e2e"]) == 2
     assert all(e["images"] == 8 and e["ratio"] > 0 for e in res["e2e"])
     assert "p50 ms" in capsys.readouterr().out
+
+
+def test_info_shows_a_pass_that_auto_does_not_trust_and_why() -> None:
+    """A smoke run's PASS (24 images) must not read like the PASS that lets `auto` take an INT8 file."""
+    from uopsl.runtime.bundle import FileEntry
+    from uopsl.runtime.cli import _parity_word
+
+    runs = {"openvino": {"passed": True, "verdict": "PASS", "n_images": 24},
+            "ort-cpu": {"passed": False, "verdict": "FAIL", "n_images": 200}}
+    entry = FileEntry("model.int8.onnx", "onnx", "int8-qdq-u8", sha256="abc",
+                      info={"parity": {"sha256": "abc", "backends": runs}})
+    word = _parity_word(entry)
+    assert word.startswith("not passed (openvino PASS, not trusted, ort-cpu FAIL); ")
+    assert "model.int8.onnx" in word.split("; ", 1)[1]

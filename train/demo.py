@@ -123,7 +123,7 @@ def run_demo(out: Path, cfg: DemoConfig) -> dict[str, object]:
     parity = validate_bundle(bundle, TorchReference.from_checkpoint(ck / "finetune", "cpu"), records, out / "parity",
                              ValidateConfig(n_boot=200, show_progress=False), label_space=space,
                              context={"data": f"synthetic:{test_dir}", "checkpoint": str(ck / "finetune")})
-    verdicts = {c["name"]: "PASS" if c["passed"] else "FAIL" for c in parity.report["candidates"]}
+    verdicts = {c["name"]: c.get("verdict") or ("PASS" if c["passed"] else "FAIL") for c in parity.report["candidates"]}
     # Why a file failed, and whether a more precise one could pass (decision headroom).
     why = {c["name"]: list(c.get("reasons", ())) + failed_gate_headroom(c)
            for c in parity.report["candidates"] if not c["passed"]}

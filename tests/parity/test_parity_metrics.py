@@ -60,14 +60,17 @@ def test_flips_auc_and_sensitivity_are_counted_under_the_manifest_rule() -> None
     names = {c.name: c for c in verdict.checks}
     assert names["flip_rate"].passed is False and names["auc_drop"].passed is True
     assert names["sensitivity_drop"].passed is False and names["sensitivity_drop"].value == pytest.approx(1 / 3)
-    assert judge(ParityGates(max_flip_rate=0.2, max_sensitivity_drop=0.34), numerical(
+    assert names["class_flip_rate"].passed is False and names["class_flip_rate"].value == pytest.approx(1 / 6)
+    assert judge(ParityGates(max_flip_rate=0.2, max_class_flip_rate=0.2, max_sensitivity_drop=0.34), numerical(
         {"probs": ref, "logits": ref}, {"probs": cand, "logits": cand}), clin).passed
 
 
 def test_top1_agreement_is_a_gate_of_its_own() -> None:
     """A changed top class fails the gate even when no decision crosses its threshold."""
     m = _manifest()
-    ref = np.array([[0.9, 0.8]] + [[0.1, 0.9]] * 99)
+    # half the images referred, half not: every gate can be evaluated (a reference that refers every image
+    # leaves the AUC undefined, and the verdict would be INCOMPLETE)
+    ref = np.array([[0.9, 0.8]] + [[0.1, 0.9]] * 49 + [[0.1, 0.2]] * 50)
     cand = ref.copy()
     cand[0] = [0.8, 0.9]  # both classes stay above their thresholds: no flip, but another top class
     truth = truth_from_reference(m, ref)

@@ -43,8 +43,13 @@ def test_labelled_folder_passes_and_writes_self_contained_reports(tiny_ckpt_bund
     bundle = Path(shutil.copytree(shared, tmp_path / "bundle"))  # validate records its verdict in the manifest
     out = tmp_path / "out"
     args = [str(bundle), "--checkpoint", str(ckpt), "--data", str(_val_folder(cast_sets)), "--out", str(out),
-            "--backends", "ort-cpu", "--limit", "24", "--n-boot", "100", "--device", "cpu"]
-    assert _uopsl(args) == 0
+            "--backends", "ort-cpu", "--n-boot", "100", "--device", "cpu"]
+    # a 24-image run passes, but too few images to vouch for the file: it records nothing and says so in a line
+    assert _uopsl([*args[:6], str(tmp_path / "out24"), *args[7:], "--limit", "24"]) == 0
+    printed = capsys.readouterr().out
+    assert "PASS ort-cpu:model.onnx" in printed and "not recorded in the manifest" in printed
+    assert "only 24 images" in printed and "parity" not in read_manifest(bundle).file("model.onnx").info
+    assert _uopsl(args) == 0  # all 120 images
     assert "PASS ort-cpu:model.onnx" in capsys.readouterr().out
     # the verdict is in the manifest, tied to the file's checksum, and the bundle still verifies
     from uopsl.runtime.bundle import parity_status, verify_or_raise
@@ -53,13 +58,14 @@ def test_labelled_folder_passes_and_writes_self_contained_reports(tiny_ckpt_bund
     record = entry.info["parity"]
     assert record["sha256"] == entry.sha256 and set(record["backends"]) == {"ort-cpu"}
     run = record["backends"]["ort-cpu"]
-    assert run["passed"] is True and run["n_images"] == 24 and run["gates"]["min_top1_agreement"] == 0.99
+    assert run["passed"] is True and run["n_images"] == 120 and run["gates"]["min_top1_agreement"] == 0.99
+    assert run["verdict"] == "PASS" and run["data"]["spec"] == str(_val_folder(cast_sets))
     assert parity_status(entry)[0] and parity_status(entry, "ort-cpu")[0]
     assert not parity_status(entry, "openvino")[0]  # never run there
     report = _strict_json(out / "parity.json")
-    assert report["passed"] and report["data"]["truth"] == "labels" and report["data"]["n_used"] == 24
-    assert report["gates"] == {"max_flip_rate": 0.005, "max_auc_drop": 0.005, "max_sensitivity_drop": 0.01,
-                               "max_prob_diff": None, "min_top1_agreement": 0.99}
+    assert report["passed"] and report["data"]["truth"] == "labels" and report["data"]["n_used"] == 120
+    assert report["gates"] == {"max_flip_rate": 0.005, "max_class_flip_rate": 0.005, "max_auc_drop": 0.005,
+                               "max_sensitivity_drop": 0.01, "max_prob_diff": None, "min_top1_agreement": 0.99}
     config = _strict_json(out / "parity_config.json")
     assert config["context"]["checkpoint"] == str(ckpt) and config["config"]["backends"] == ["ort-cpu"]
     html = (out / "parity.html").read_text(encoding="utf-8")
@@ -146,7 +152,9 @@ def test_a_checkpoint_the_bundle_did_not_come_from_is_refused(tiny_ckpt_bundle: 
     assert _uopsl([*base, "--checkpoint", str(other), "--out", str(tmp_path / "o2"), "--other-checkpoint"]) in (0, 1)
     assert (bundle / "manifest.json").read_bytes() == before  # a comparison with another model records nothing
     assert _strict_json(tmp_path / "o2" / "parity.json")["context"]["other_checkpoint"] is True
-    assert _uopsl([*base, "--checkpoint", str(ckpt), "--out", str(tmp_path / "o3")]) == 0
+    full = [str(bundle), "--data", str(_val_folder(cast_sets)), "--backends", "ort-cpu", "--n-boot", "0",
+            "--device", "cpu"]  # all 120 images: enough for a pass to be recorded
+    assert _uopsl([*full, "--checkpoint", str(ckpt), "--out", str(tmp_path / "o3")]) == 0
     assert "parity" in read_manifest(bundle).file("model.onnx").info  # the right checkpoint: recorded
     # --other-checkpoint never records, even where the bundle cannot tell (no digest, as before this check)
     old = Path(shutil.copytree(shared, tmp_path / "old"))
@@ -172,3 +180,25 @@ def test_data_forms(cast_sets: dict, tmp_path: Path) -> None:
     assert recs[0].labels == ("a", "b") and set(space3 or ()) == {"a", "b"}
     sub = limit_records(records, 10, seed=0)
     assert len(sub) == 10 and sub == limit_records(records, 10, seed=0) and sub == sorted(sub, key=records.index)
+
+
+def test_bootstrap_seed_changes_the_interval_not_the_images(tiny_ckpt_bundle: tuple[Path, Path], cast_sets: dict,
+                                                            tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """--bootstrap-seed re-checks an interval on the very same images; --seed alone keeps seeding both."""
+    ckpt, bundle = tiny_ckpt_bundle
+    base = [str(bundle), "--checkpoint", str(ckpt), "--data", str(_val_folder(cast_sets)), "--backends", "ort-cpu",
+            "--limit", "24", "--seed", "3", "--n-boot", "50", "--device", "cpu", "--no-record"]
+    assert _uopsl([*base, "--out", str(tmp_path / "a")]) == 0
+    assert _uopsl([*base, "--out", str(tmp_path / "b"), "--bootstrap-seed", "7"]) == 0
+    printed = capsys.readouterr().out
+    # once per report: how many images 0 changes needs to show each rate gate, next to this run's size
+    assert "referral flips 598, class-call flips 598, top-1 changes 299 images; this run has 24" in printed
+    a, b = _strict_json(tmp_path / "a" / "parity.json"), _strict_json(tmp_path / "b" / "parity.json")
+    assert a["bootstrap"] == {**b["bootstrap"], "seed": 3} and b["bootstrap"]["seed"] == 7
+    assert a["bootstrap"]["n_boot"] == 50 and a["bootstrap"]["alpha"] == 0.05
+    assert a["context"]["seed"] == b["context"]["seed"] == 3 and b["context"]["bootstrap_seed"] == 7
+    assert len(a["data"]["image_ids"]) == 24 and a["data"]["image_ids"] == b["data"]["image_ids"]
+    row = next(r for r in a["candidates"][0]["clinical"]["per_class"] if r["auc_difference"])
+    assert row["auc_difference"]["n_boot"] == 50 and row["auc_difference"]["alpha"] == 0.05
+    html = (tmp_path / "a" / "parity.html").read_text(encoding="utf-8")
+    assert "<th>n+</th><th>n-</th>" in html and "seed 3" in html

@@ -3,8 +3,10 @@
 Runs the checkpoint (PyTorch, the reference) and every model file of BUNDLE on
 every backend available here over the same preprocessed images, and writes
 ``OUT/parity.json`` and ``OUT/parity.html`` (see :mod:`uopsl.export.validate`).
-Exit code 0 when every candidate is within the gates, 1 when one is not (a CI
-release gate), 2 for a usage, bundle or checkpoint error.
+Exit code 0 when every candidate was evaluated in full and is within the gates
+(PASS), 1 when one is not (FAIL) or when a gate could not be evaluated for some
+class (INCOMPLETE: no labels for it, no positive image), 2 for a usage, bundle
+or checkpoint error (a CI release gate).
 
 ``--data`` accepts:
 
@@ -137,14 +139,18 @@ def limit_records(records: list[Any], limit: int | None, seed: int) -> list[Any]
 @click.option("--backends", default="all", show_default=True,
               help="'all' (every backend available here) or a comma list: ort-cpu,ort-cuda,ort-trt,openvino,tensorrt.")
 @click.option("--gates", default=None,
-              help="Override gates: flips=0.005,auc=0.005,sens=0.01,top1=0.99[,prob=1e-4] (the defaults are strict).")
+              help="Override gates: flips=0.005,class_flips=0.005,auc=0.005,sens=0.01,top1=0.99[,prob=1e-4] "
+                   "(the defaults are strict; a run with looser ones records no pass).")
 @click.option("--per-layer", is_flag=True, help="Layer-wise SQNR/cosine of each INT8 ONNX file vs FP32, "
                                                 "with a suggested --exclude list for `uopsl quantize`.")
 @click.option("--per-layer-images", type=click.IntRange(1), default=8, show_default=True)
 @click.option("--sqnr-threshold", type=float, default=30.0, show_default=True,
               help="Per-layer: layers below this SQNR (dB) that lose >= 3 dB themselves are suggested for exclusion.")
 @click.option("--limit", type=click.IntRange(1), default=None, help="Validate on a seeded random subset of N images.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of --limit and of the bootstrap.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of --limit (and of the bootstrap, unless --bootstrap-seed is given).")
+@click.option("--bootstrap-seed", type=int, default=None,
+              help="Seed of the bootstrap alone (default: --seed), to re-check an interval on the same images.")
 @click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True)
 @click.option("--n-boot", type=click.IntRange(0), default=1000, show_default=True,
               help="Bootstrap replicates of the paired AUC differences.")
@@ -159,9 +165,10 @@ def limit_records(records: list[Any], limit: int | None, seed: int) -> list[Any]
                    "a release check): allowed, reported, and never recorded in the manifest.")
 def command(bundle: Path, checkpoint: Path, data_spec: str, out: Path, backends: str, gates: str | None,
             per_layer: bool, per_layer_images: int, sqnr_threshold: float, limit: int | None, seed: int,
-            batch_size: int, n_boot: int, device: str, threads: int | None, no_resume: bool, record: bool,
+            bootstrap_seed: int | None, batch_size: int, n_boot: int, device: str, threads: int | None, no_resume: bool, record: bool,
             other_checkpoint: bool) -> int:
     """Validate BUNDLE against its checkpoint on --data; exit 0 when every candidate passes the gates."""
+    boot_seed = seed if bootstrap_seed is None else bootstrap_seed
     from uopsl.export.bundle_writer import CLASS_BANK_FILE
     from uopsl.export.parity_metrics import failed_gate_headroom, parse_gates
     from uopsl.export.validate import ValidateConfig, validate_bundle
@@ -186,7 +193,7 @@ def command(bundle: Path, checkpoint: Path, data_spec: str, out: Path, backends:
                     "make sure %s is that checkpoint", bundle, checkpoint)
     names = tuple(b.strip() for b in backends.split(",") if b.strip())
     config = ValidateConfig(
-        backends=names, gates=parse_gates(gates), batch_size=batch_size, n_boot=n_boot, seed=seed,
+        backends=names, gates=parse_gates(gates), batch_size=batch_size, n_boot=n_boot, seed=boot_seed,
         per_layer=per_layer, per_layer_images=per_layer_images, sqnr_threshold_db=sqnr_threshold,
         threads=threads, resume=not no_resume, record=record,
     )
@@ -201,7 +208,8 @@ def command(bundle: Path, checkpoint: Path, data_spec: str, out: Path, backends:
     records, space, description = resolve_data(data_spec)
     records = limit_records(records, limit, seed)
     context: dict[str, Any] = {"checkpoint": str(checkpoint), "data": data_spec, "data_description": description,
-                               "limit": limit, "seed": seed, "device": str(reference.device),
+                               "limit": limit, "seed": seed, "bootstrap_seed": boot_seed,
+                               "device": str(reference.device),
                                "command": " ".join(["uopsl", *sys.argv[1:]]) if sys.argv else "",
                                "checkpoint_manifest_differences": notes,
                                "other_checkpoint": other_checkpoint, "other_checkpoint_reason": mismatch or ""}
@@ -210,13 +218,16 @@ def command(bundle: Path, checkpoint: Path, data_spec: str, out: Path, backends:
     result = validate_bundle(bundle, reference, records, out, config, label_space=space, context=context)
     rep = result.report
     click.echo(f"{rep['data']['n_used']} images ({rep['data']['n_skipped']} unusable), truth: {rep['data']['truth']}")
+    for reason in rep.get("reasons", []):
+        click.echo(f"  FAIL the run: {reason}")
     for c in rep["candidates"]:
+        status = c.get("verdict") or ("PASS" if c["passed"] else "FAIL")
         if c.get("error"):
-            click.echo(f"  FAIL {c['name']}: {c['error']}")
+            click.echo(f"  {status} {c['name']}: {c['error']}")
             continue
         flips = c["clinical"]["flips"]
-        click.echo(f"  {'PASS' if c['passed'] else 'FAIL'} {c['name']} ({c['precision']}): {flips['n']} flips, "
-                   f"max |dp| {c['numerical']['max_abs_prob_diff']:.2e}"
+        click.echo(f"  {status} {c['name']} ({c['precision']}): {flips['n']} flips "
+                   f"(upper 95 % {flips['upper95']:.2%}), max |dp| {c['numerical']['max_abs_prob_diff']:.2e}"
                    + (f"; {'; '.join(c['reasons'])}" if c["reasons"] else ""))
         for line in failed_gate_headroom(c):
             click.echo(f"      {line}")
@@ -229,5 +240,8 @@ def command(bundle: Path, checkpoint: Path, data_spec: str, out: Path, backends:
             click.echo(f"  per-layer {file}: {d['error']}")
         else:
             click.echo(f"  per-layer {file}: no layer to exclude suggested")
-    click.echo(f"{'PASS' if result.passed else 'FAIL'}: {result.json_path}, {result.html_path}")
+    click.echo(f"  {rep['confidence']['line']}")
+    if rep["record"].get("note"):
+        click.echo(f"  {rep['record']['note']}")
+    click.echo(f"{result.status}: {result.json_path}, {result.html_path}")
     return result.exit_code
