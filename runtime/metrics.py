@@ -20,6 +20,13 @@ Conventions (shared by every function here):
   ``(B, N)``: the point estimate uses one row of ones and a bootstrap replicate
   is a row of resampling multiplicities. The point estimate and the interval
   therefore come from the same code.
+- Intervals: a simple proportion of independent cases (sensitivity,
+  specificity, PPV, NPV, accuracy) gets the Wilson score interval, which
+  stays honest at 0 % and 100 % where a percentile bootstrap collapses to
+  zero width; everything else (AUC, F1, means over classes, kappa) gets a
+  percentile bootstrap. Cases that are not independent (two eyes of one
+  patient) are resampled as whole clusters (``clusters=``), and then the
+  proportions are bootstrapped too, since Wilson assumes independence.
 """
 
 from __future__ import annotations
@@ -107,12 +114,26 @@ class OperatingPoint:
     note: str = ""
 
 
+#: :attr:`Interval.method` of a percentile bootstrap interval.
+BOOTSTRAP = "percentile bootstrap"
+#: :attr:`Interval.method` of the Wilson score interval of a proportion.
+WILSON = "wilson score"
+#: :attr:`Interval.method` of the exact (Clopper-Pearson) interval of a proportion.
+CLOPPER_PEARSON = "clopper-pearson"
+#: :attr:`Interval.method` of a clustered proportion at 0 or 100 %: Wilson with each cluster counted once.
+WILSON_EFFECTIVE_N = "wilson score, effective n"
+
+
 @dataclass(frozen=True)
 class Interval:
-    """A point estimate with a percentile bootstrap interval.
+    """A point estimate with a ``1 - alpha`` interval, and how the interval was obtained (``method``).
 
-    ``n_valid`` counts the bootstrap replicates in which the statistic was
-    defined; the interval is computed from those only (NaN when none was).
+    ``method`` is :data:`BOOTSTRAP` (percentile bootstrap: ``n_valid`` counts
+    the replicates in which the statistic was defined, and the interval comes
+    from those only, NaN when none was) or, for a proportion of independent
+    cases, :data:`WILSON` or :data:`CLOPPER_PEARSON` (closed form, so
+    ``n_boot = n_valid = 0``). The method travels with the figures because a
+    reader compares intervals of different kinds otherwise.
     """
 
     estimate: float
@@ -121,6 +142,7 @@ class Interval:
     n_boot: int
     n_valid: int
     alpha: float = 0.05
+    method: str = BOOTSTRAP
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: NaN becomes ``None``."""
@@ -129,6 +151,7 @@ class Interval:
             "low": _json_float(self.low),
             "high": _json_float(self.high),
             "n_valid": self.n_valid,
+            "method": self.method,
         }
 
 
@@ -561,40 +584,312 @@ def quadratic_weighted_kappa(y_true: Any, y_pred: Any, n_classes: int | None = N
     return float(_quadratic_kappa_from_confusion(_WeightedConfusion(t, p, k)(_ones(t.shape[0])))[0])
 
 
+# --------------------------------------------------------------------------- proportions
+
+
+def _normal_quantile(p: float) -> float:
+    """Standard normal quantile by bisection on ``erfc`` (numpy only; exact to rounding, cost negligible)."""
+    lo, hi = -40.0, 40.0
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        if 0.5 * math.erfc(-mid / math.sqrt(2.0)) < p:
+            lo = mid
+        else:
+            hi = mid
+        if hi - lo <= 1e-15 * max(1.0, abs(mid)):
+            break
+    return 0.5 * (lo + hi)
+
+
+def _betacf(a: float, b: float, x: float) -> float:
+    """Continued fraction of the regularised incomplete beta function (modified Lentz)."""
+    tiny = 1e-300
+    qab, qap, qam = a + b, a + 1.0, a - 1.0
+    c, d = 1.0, 1.0 - qab * x / qap
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, 100_000):
+        m2 = 2 * m
+        aa = m * (b - m) * x / ((qam + m2) * (a + m2))
+        d = 1.0 + aa * d
+        d = 1.0 / (d if abs(d) > tiny else tiny)
+        c = 1.0 + aa / c
+        c = c if abs(c) > tiny else tiny
+        h *= d * c
+        aa = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))
+        d = 1.0 + aa * d
+        d = 1.0 / (d if abs(d) > tiny else tiny)
+        c = 1.0 + aa / c
+        c = c if abs(c) > tiny else tiny
+        delta = d * c
+        h *= delta
+        if abs(delta - 1.0) < 1e-15:
+            break
+    return h
+
+
+def _betainc(a: float, b: float, x: float) -> float:
+    """Regularised incomplete beta ``I_x(a, b)``: the CDF at ``x`` of Beta(a, b)."""
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
+        return 1.0
+    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x))
+    if x < (a + 1.0) / (a + b + 2.0):
+        return front * _betacf(a, b, x) / a
+    return 1.0 - front * _betacf(b, a, 1.0 - x) / b
+
+
+def _beta_quantile(q: float, a: float, b: float) -> float:
+    lo, hi = 0.0, 1.0
+    for _ in range(100):
+        mid = 0.5 * (lo + hi)
+        if _betainc(a, b, mid) < q:
+            lo = mid
+        else:
+            hi = mid
+        if hi - lo < 1e-16:
+            break
+    return 0.5 * (lo + hi)
+
+
+def _wilson_bounds(p: float, n: float, alpha: float) -> tuple[float, float]:
+    """Wilson score bounds of proportion ``p`` on ``n`` cases (``n`` may be an effective, non-integer size)."""
+    z = _normal_quantile(1.0 - alpha / 2.0)
+    z2 = z * z
+    centre = (p + z2 / (2 * n)) / (1.0 + z2 / n)
+    half = z / (1.0 + z2 / n) * math.sqrt(p * (1.0 - p) / n + z2 / (4.0 * n * n))
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def _clustered_zero_width(iv: Interval, cases: np.ndarray, cluster_of: np.ndarray) -> tuple[Interval, str] | None:
+    """A Wilson interval on the effective sample size for a cluster-bootstrapped proportion of zero width.
+
+    At 0 % or 100 % every cluster resample gives the same rate, the failure a
+    closed-form interval avoids; with clusters Wilson on the ``n`` cases would
+    overstate the information. Each cluster is then counted once in the
+    denominator (``n_eff = n**2 / sum(n_c**2)``, the design effect of fully
+    correlated cases, the most conservative one): for two eyes per patient,
+    the number of patients. ``cases``: the denominator's cases (bool mask).
+    """
+    if not (iv.n_valid and iv.low == iv.high and math.isfinite(iv.estimate)) or not cases.any():
+        return None
+    sizes = np.bincount(cluster_of[cases]).astype(np.float64)
+    n = float(sizes.sum())
+    n_eff = n * n / float(np.sum(sizes * sizes))
+    lo, hi = _wilson_bounds(iv.estimate, n_eff, iv.alpha)
+    lo, hi = (0.0 if iv.estimate == 0 else min(lo, iv.estimate)), (1.0 if iv.estimate == 1 else max(hi, iv.estimate))
+    note = (f"every cluster-bootstrap resample gave {iv.estimate:g} (zero width); replaced by the Wilson interval on "
+            f"the effective sample size {n_eff:.3g} ({int(n)} cases, each cluster counted once)")
+    return Interval(iv.estimate, lo, hi, iv.n_boot, iv.n_valid, iv.alpha, WILSON_EFFECTIVE_N), note
+
+
+def proportion_interval(successes: int, total: int, *, alpha: float = 0.05, method: str = WILSON) -> Interval:
+    """``successes / total`` with a ``1 - alpha`` interval for a proportion of independent cases.
+
+    ``method``: :data:`WILSON` (default) or :data:`CLOPPER_PEARSON`. Why not
+    the bootstrap: at 0 % or 100 % every resample gives the same rate, so a
+    percentile bootstrap collapses to zero width (5 of 5 positives detected
+    reads "sensitivity 1.0 [1.0, 1.0]"), and at small n it under-covers
+    generally. The Wilson score interval (Wilson 1927) inverts the score test:
+    it never leaves [0, 1], is not degenerate at 0 or n, and its coverage is
+    close to the nominal level on average (Agresti & Coull 1998, Newcombe
+    1998), which is what a report of many proportions wants. Clopper-Pearson
+    inverts the exact binomial test: its coverage is at least the nominal
+    level for every true proportion, at the price of a wider interval; choose
+    it where a one-sided guarantee matters (e.g. "at most x % flips").
+    With ``total = 0`` the estimate and interval are NaN. Both assume
+    independent cases: for clustered cases (two eyes of a patient) use the
+    cluster bootstrap (``clusters=`` of :func:`bootstrap_ci`).
+    """
+    try:
+        x, n = int(successes), int(total)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"successes and total must be counts; got {successes!r} and {total!r}") from exc
+    if x != successes or n != total or n < 0 or not 0 <= x <= n:
+        raise ConfigError(
+            f"need integer counts with 0 <= successes <= total; got successes={successes!r}, total={total!r}"
+        )
+    if not 0.0 < alpha < 1.0:
+        raise ConfigError(f"alpha must be in (0, 1) (0.05 gives a 95 % interval); got {alpha}")
+    if method not in (WILSON, CLOPPER_PEARSON):
+        raise ConfigError(f"method must be {WILSON!r} or {CLOPPER_PEARSON!r}; got {method!r}")
+    if n == 0:
+        return Interval(math.nan, math.nan, math.nan, 0, 0, alpha, method)
+    p = x / n
+    if method == WILSON:
+        lo, hi = _wilson_bounds(p, n, alpha)
+    else:
+        lo = _beta_quantile(alpha / 2.0, x, n - x + 1) if x > 0 else 0.0
+        hi = _beta_quantile(1.0 - alpha / 2.0, x + 1, n - x) if x < n else 1.0
+    # The closed forms are exact at the boundaries; keep them exact despite rounding.
+    lo = 0.0 if x == 0 else min(lo, p)
+    hi = 1.0 if x == n else max(hi, p)
+    return Interval(estimate=p, low=lo, high=hi, n_boot=0, n_valid=0, alpha=alpha, method=method)
+
+
 # --------------------------------------------------------------------------- bootstrap
 
 
-def _strata_groups(strata: Any, n: int) -> list[np.ndarray]:
+def _strata_codes(strata: Any, n: int) -> np.ndarray:
+    """(N,) int stratum code per case: ``np.unique`` order of the values (1-D) or of the rows (2-D)."""
     a = np.asarray(strata)
-    if a.shape[:1] != (n,) or a.ndim > 2:
+    if a.shape[:1] != (n,) or a.ndim > 2 or a.ndim == 0:
         raise ConfigError(f"strata must be (N,) or (N, K) with N = {n}; got shape {a.shape}")
     _, inverse = np.unique(a, axis=0, return_inverse=True) if a.ndim == 2 else np.unique(a, return_inverse=True)
-    inverse = inverse.reshape(-1)
+    return np.asarray(inverse).reshape(-1)
+
+
+def _strata_groups(strata: Any, n: int) -> list[np.ndarray]:
+    """Case indices of each stratum: cases with equal ``strata`` values (1-D) or equal rows (2-D).
+
+    A 2-D ``strata`` is read as one stratum per distinct *row*: for a
+    multi-hot label matrix that is the joint label pattern. Beware: with
+    several classes most patterns are rare, a pattern held by one case is a
+    stratum of one, and that case then enters every resample exactly once,
+    so its sampling variability is lost and the interval is too narrow
+    (60 cases and 8 classes gave 30 such singletons and intervals about half
+    the right width). Per-class figures should be stratified on that class's
+    own 0/1 column instead (:func:`classification_report` does so).
+    """
+    inverse = _strata_codes(strata, n)
     return [np.flatnonzero(inverse == g) for g in range(int(inverse.max()) + 1)]
 
 
+def _cluster_codes(clusters: Any, n: int) -> np.ndarray:
+    """(N,) int cluster code per case from any hashable ids; None or NaN ids are refused."""
+    a = np.asarray(clusters)
+    if a.ndim != 1 or a.shape[0] != n:
+        raise ConfigError(
+            f"clusters must hold one id per case, shape ({n},); got shape {a.shape}. "
+            "Pass e.g. the patient id of every image."
+        )
+    if a.dtype != object:
+        if np.issubdtype(a.dtype, np.floating) and not np.all(np.isfinite(a)):
+            raise ConfigError("clusters holds NaN or inf ids; give every case an id (a case alone: an id of its own)")
+        _, inverse = np.unique(a, return_inverse=True)
+        return np.asarray(inverse, np.int64).reshape(-1)
+    codes: dict[Any, int] = {}
+    out = np.empty(n, np.int64)
+    for i, v in enumerate(a.tolist()):
+        if v is None or (isinstance(v, float) and not math.isfinite(v)):
+            raise ConfigError(
+                f"clusters[{i}] is {v!r}; every case needs a cluster id. Give a case whose patient is unknown "
+                "an id of its own (it is then resampled alone)"
+            )
+        try:
+            out[i] = codes.setdefault(v, len(codes))
+        except TypeError as exc:
+            raise ConfigError(f"clusters[{i}] = {v!r} is not a usable id (unhashable)") from exc
+    return out
+
+
+def _cluster_strata_groups(strata: Any, cluster_of: np.ndarray, n: int) -> tuple[list[np.ndarray], int]:
+    """Cluster indices of each stratum, and how many clusters hold cases of more than one stratum.
+
+    A cluster whose cases share one stratum belongs to it. A cluster that
+    mixes strata is put in the stratum of its largest value: for 0/1 labels,
+    a cluster counts as positive when any of its cases is (a patient with
+    one diseased eye is a diseased patient); for grades, the worse eye's; for
+    a 2-D ``strata`` the column-wise maximum of its rows (the union of the
+    cases' labels). Positive and negative *clusters* are then resampled
+    within their strata, so every replicate has the original number of
+    positive clusters; the number of positive *cases* varies a little.
+    """
+    n_clusters = int(cluster_of.max()) + 1
+    a = np.asarray(strata)
+    if a.shape[:1] != (n,) or a.ndim > 2 or a.ndim == 0:
+        raise ConfigError(f"strata must be (N,) or (N, K) with N = {n}; got shape {a.shape}")
+    if a.ndim == 1:
+        codes = _strata_codes(a, n)
+        key = np.full(n_clusters, -1, np.int64)
+        np.maximum.at(key, cluster_of, codes)
+        low = np.full(n_clusters, np.iinfo(np.int64).max, np.int64)
+        np.minimum.at(low, cluster_of, codes)
+        mixed = int(np.sum(low != key))
+        _, inv = np.unique(key, return_inverse=True)
+    else:
+        if a.dtype != bool and not np.issubdtype(a.dtype, np.number):
+            raise ConfigError(f"a 2-D strata with clusters must be numeric (e.g. multi-hot); got dtype {a.dtype}")
+        v = a.astype(np.float64)
+        key2 = np.full((n_clusters, a.shape[1]), -np.inf)
+        np.maximum.at(key2, cluster_of, v)
+        low2 = np.full((n_clusters, a.shape[1]), np.inf)
+        np.minimum.at(low2, cluster_of, v)
+        mixed = int(np.sum(np.any(low2 != key2, axis=1)))
+        _, inv = np.unique(key2, axis=0, return_inverse=True)
+    inv = np.asarray(inv).reshape(-1)
+    return [np.flatnonzero(inv == g) for g in range(int(inv.max()) + 1)], mixed
+
+
+def _resampling_plan(n: int, strata: Any, clusters: Any) -> tuple[list[np.ndarray], np.ndarray | None, int]:
+    """(groups of resampling units per stratum, case -> unit map or None, number of units)."""
+    if clusters is None:
+        groups = _strata_groups(strata, n) if strata is not None else [np.arange(n)]
+        return groups, None, n
+    cluster_of = _cluster_codes(clusters, n)
+    n_clusters = int(cluster_of.max()) + 1
+    if strata is None:
+        return [np.arange(n_clusters)], cluster_of, n_clusters
+    groups, mixed = _cluster_strata_groups(strata, cluster_of, n)
+    if mixed:
+        log.info(
+            "bootstrap: %d of %d clusters hold cases of more than one stratum; each was resampled in the "
+            "stratum of its largest value (0/1 labels: as positive when any of its cases is)", mixed, n_clusters,
+        )
+    return groups, cluster_of, n_clusters
+
+
 def bootstrap_weights(
-    n: int, *, n_boot: int, seed: int = 0, strata: Any = None
+    n: int, *, n_boot: int, seed: int = 0, strata: Any = None, clusters: Any = None
 ) -> Iterator[np.ndarray]:
     """Yield blocks of bootstrap multiplicities, each (b, n) float64, ``n_boot`` rows in all.
 
-    Each row counts how often each case is drawn in one resample of size ``n``.
-    With ``strata`` ((N,) labels or (N, K) multi-hot rows) the cases are
-    resampled within each stratum, so every replicate keeps the original class
-    counts. Deterministic for a given ``(n, n_boot, seed, strata)``.
+    Each row counts how often each case is drawn in one resample. Without
+    ``clusters`` a resample draws ``n`` cases with replacement. With
+    ``strata`` the cases are resampled within each stratum, so every
+    replicate keeps the original stratum sizes (class counts): a 1-D
+    ``strata`` gives one stratum per distinct value; a 2-D one ((N, K), e.g.
+    multi-hot labels) one per distinct *row*, i.e. per joint label pattern.
+    A 2-D strata is still accepted, for statistics that must share one
+    resample across classes, but mind its pitfall: rare patterns become
+    strata of one case, which enters every resample exactly once, and the
+    interval comes out too narrow. Stratify on one class's own 0/1 column
+    (or on a coarse 1-D code such as a few classes' patterns), or not at
+    all. A warning is logged whenever a stratum holds a single unit.
+
+    ``clusters`` ((N,) ids, e.g. the patient of each image): whole clusters
+    are resampled, so both eyes of a patient are drawn together and carry the
+    same weight in every row; a resample draws as many clusters as there are
+    (within each stratum, when stratified). Cases of one patient are not
+    independent, and resampling them one by one gives intervals that are too
+    narrow. With ``strata`` each cluster is assigned a stratum: the one its
+    cases share, or, when they differ, the largest of their values (for 0/1
+    labels: positive when any of its cases is positive; logged). A case whose
+    cluster is unknown should get an id of its own. None or NaN ids raise.
+
+    Deterministic for a given ``(n, n_boot, seed, strata, clusters)``.
     """
     rng = np.random.default_rng(seed)
-    groups = _strata_groups(strata, n) if strata is not None else [np.arange(n)]
-    rows = max(1, _MAX_WEIGHT_CELLS // n)
+    groups, unit_of_case, n_units = _resampling_plan(n, strata, clusters)
+    single = sum(1 for g in groups if g.size == 1)
+    if n_boot > 0 and single and len(groups) > 1:
+        log.warning(
+            "bootstrap: %d of %d strata hold a single %s, which enters every resample exactly once; the "
+            "interval ignores its sampling variability (stratify on fewer, larger groups, e.g. one class's "
+            "own label instead of the joint label pattern)", single, len(groups),
+            "case" if unit_of_case is None else "cluster",
+        )
+    rows = max(1, _MAX_WEIGHT_CELLS // max(n, n_units))
     done = 0
     while done < n_boot:
         b = min(rows, n_boot - done)
-        w = np.zeros((b, n))
+        u = np.zeros((b, n_units))
         for members in groups:
             m = members.size
             draws = rng.integers(0, m, size=(b, m)) + (np.arange(b)[:, None] * m)
-            w[:, members] = np.bincount(draws.ravel(), minlength=b * m).reshape(b, m)
-        yield w
+            u[:, members] = np.bincount(draws.ravel(), minlength=b * m).reshape(b, m)
+        yield u if unit_of_case is None else u[:, unit_of_case]
         done += b
 
 
@@ -606,6 +901,7 @@ def bootstrap_many(
     seed: int = 0,
     alpha: float = 0.05,
     strata: Any = None,
+    clusters: Any = None,
 ) -> dict[str, Interval]:
     """Percentile bootstrap intervals of several statistics from the same resamples.
 
@@ -613,6 +909,9 @@ def bootstrap_many(
     (NaN where undefined); it is called once with a row of ones for the point
     estimates, then on blocks of resampling multiplicities. Sharing the
     resamples keeps the intervals of one report paired with each other.
+    ``strata`` and ``clusters``: see :func:`bootstrap_weights` (with
+    ``clusters`` the total weight of a row varies, so a statistic must
+    normalise by ``w.sum(1)``, not by ``n``).
     """
     if not isinstance(n, (int, np.integer)) or n < 1:
         raise ConfigError(f"n must be a positive number of cases; got {n!r}")
@@ -622,7 +921,7 @@ def bootstrap_many(
         raise ConfigError(f"alpha must be in (0, 1) (0.05 gives a 95 % interval); got {alpha}")
     point = {k: float(np.asarray(v).reshape(-1)[0]) for k, v in statistic(_ones(n)).items()}
     reps: dict[str, list[np.ndarray]] = {k: [] for k in point}
-    for w in bootstrap_weights(n, n_boot=n_boot, seed=seed, strata=strata):
+    for w in bootstrap_weights(n, n_boot=n_boot, seed=seed, strata=strata, clusters=clusters):
         for k, v in statistic(w).items():
             reps[k].append(np.asarray(v, np.float64).reshape(-1))
     out: dict[str, Interval] = {}
@@ -646,24 +945,39 @@ def bootstrap_ci(
     seed: int = 0,
     alpha: float = 0.05,
     strata: Any = None,
+    clusters: Any = None,
 ) -> Interval:
     """Percentile bootstrap interval of one statistic ``weights (B, n) -> (B,)``; see :func:`bootstrap_many`.
 
-    Example, the rate of flipped decisions: ``bootstrap_ci(lambda w: w @ flips / w.sum(1), n)``.
+    Example, the rate of flipped decisions: ``bootstrap_ci(lambda w: w @ flips / w.sum(1), n)``. (For a
+    simple proportion of independent cases :func:`proportion_interval` is better: it does not collapse at 0.)
     """
-    return bootstrap_many(lambda w: {"v": statistic(w)}, n, n_boot=n_boot, seed=seed, alpha=alpha, strata=strata)[
-        "v"
-    ]
+    return bootstrap_many(
+        lambda w: {"v": statistic(w)}, n, n_boot=n_boot, seed=seed, alpha=alpha, strata=strata, clusters=clusters
+    )["v"]
 
 
 def auc_ci(
-    y_true: Any, scores: Any, *, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05, stratified: bool = True
+    y_true: Any,
+    scores: Any,
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
+    alpha: float = 0.05,
+    stratified: bool = True,
+    clusters: Any = None,
 ) -> Interval:
-    """Binary AUC with a percentile bootstrap interval (resampled within each class when ``stratified``)."""
+    """Binary AUC with a percentile bootstrap interval (resampled within each class when ``stratified``).
+
+    ``clusters`` ((N,) ids, e.g. patients): resample whole clusters, positive
+    clusters (any positive case) and negative ones separately when
+    ``stratified``; see :func:`bootstrap_weights`.
+    """
     y = _binary_labels(y_true)
     s = _scores_1d(scores, y.shape[0])
     return bootstrap_ci(
-        _WeightedAuc(y, s), y.shape[0], n_boot=n_boot, seed=seed, alpha=alpha, strata=y if stratified else None
+        _WeightedAuc(y, s), y.shape[0], n_boot=n_boot, seed=seed, alpha=alpha, strata=y if stratified else None,
+        clusters=clusters,
     )
 
 
@@ -676,20 +990,22 @@ def paired_auc_difference(
     seed: int = 0,
     alpha: float = 0.05,
     stratified: bool = True,
+    clusters: Any = None,
 ) -> Interval:
     """``AUC(candidate) - AUC(reference)`` on the same cases, with a paired bootstrap interval.
 
     Both score sets are resampled with the same case multiplicities, so the
     interval reflects only the disagreement between the two models (the parity
     check: a deployed model against its PyTorch reference). A negative
-    estimate means the candidate lost AUC.
+    estimate means the candidate lost AUC. ``clusters``: resample whole
+    clusters (e.g. patients); see :func:`bootstrap_weights`.
     """
     y = _binary_labels(y_true)
     ref = _WeightedAuc(y, _scores_1d(scores_reference, y.shape[0], "scores_reference"))
     cand = _WeightedAuc(y, _scores_1d(scores_candidate, y.shape[0], "scores_candidate"))
     return bootstrap_ci(
         lambda w: cand(w) - ref(w), y.shape[0], n_boot=n_boot, seed=seed, alpha=alpha,
-        strata=y if stratified else None,
+        strata=y if stratified else None, clusters=clusters,
     )
 
 
@@ -707,9 +1023,15 @@ def delong_test(y_true: Any, scores_a: Any, scores_b: Any) -> DeLongResult:
     """DeLong's test for two correlated AUCs (same cases), fast midrank form (Sun & Xu 2014).
 
     Two-sided p-value from the normal approximation. Needs at least two cases
-    of each class (else NaN, with a note). Identical AUC components (e.g. the
-    same scores twice) give ``se = 0``: then ``z = 0, p = 1`` when the AUCs are
-    equal, else ``z = ±inf, p = 0``.
+    of each class (else NaN, with a note). The variance estimate can be zero:
+    identical AUC components (the same scores twice) give ``se = 0, z = 0,
+    p = 1`` when the AUCs are equal. When they differ, ``se = 0`` only means
+    that both placement-value vectors are constant (e.g. one score set
+    separates the classes perfectly and the other is constant, typical of a
+    handful of cases); the normal approximation then has nothing to say, so
+    ``z`` and ``p`` are NaN with a note, never ``p = 0``. (A variance that is
+    not finite is treated the same way.) The test treats cases as independent;
+    with clustered cases (two eyes per patient) its p-value is too small.
     """
     y = _binary_labels(y_true)
     a = _scores_1d(scores_a, y.shape[0], "scores_a")
@@ -733,16 +1055,30 @@ def delong_test(y_true: Any, scores_a: Any, scores_b: Any) -> DeLongResult:
     cov = np.cov(np.array(v_pos)) / m + np.cov(np.array(v_neg)) / n
     var = float(cov[0, 0] + cov[1, 1] - 2 * cov[0, 1])
     diff = float(aucs[1] - aucs[0])
-    se = math.sqrt(max(var, 0.0))
-    if se > 1e-15:
-        z_stat = diff / se
+    note = ""
+    if not math.isfinite(var):
+        se, z_stat, p = math.nan, math.nan, math.nan
+        note = f"DeLong variance estimate is not finite ({var}); no p-value"
     else:
-        se = 0.0
-        z_stat = 0.0 if abs(diff) < 1e-15 else math.copysign(math.inf, diff)
-    p = math.erfc(abs(z_stat) / math.sqrt(2.0))
+        se = math.sqrt(max(var, 0.0))
+        if se > 1e-15:
+            z_stat = diff / se
+            p = math.erfc(abs(z_stat) / math.sqrt(2.0))
+        elif abs(diff) < 1e-15:
+            se, z_stat, p = 0.0, 0.0, 1.0
+        else:
+            se, z_stat, p = 0.0, math.nan, math.nan
+            note = (
+                f"DeLong variance estimate is zero although the AUCs differ by {diff:+.4g} "
+                f"({m} positives, {n} negatives): both AUCs' placement values are constant (e.g. perfect "
+                "separation against constant scores), so the normal approximation gives no p-value; "
+                "use more cases or an exact permutation test"
+            )
+    if note:
+        log.debug("delong_test: %s", note)
     return DeLongResult(
         auc_a=float(aucs[0]), auc_b=float(aucs[1]), difference=diff, se=se, z=z_stat, p_value=p,
-        n_positive=m, n_negative=n,
+        n_positive=m, n_negative=n, note=note,
     )
 
 
@@ -767,6 +1103,24 @@ def _thresholds(thresholds: float | Sequence[float] | np.ndarray, k: int) -> np.
     return t
 
 
+_PROPORTIONS = ("sensitivity", "specificity", "ppv", "npv")
+_PROPORTION_METHODS = (WILSON, CLOPPER_PEARSON, BOOTSTRAP)
+
+
+def _mean_over(values: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """Mean over the columns ``keep`` (K,) of ``values`` (B, K); NaN in a row where any of them is NaN.
+
+    A macro figure is the mean over the classes for which it is defined in the
+    data. A resample that leaves one of those classes undefined (possible
+    when it is not stratified by that class) would average a different set of
+    classes, a different statistic; it is undefined instead, and dropped from
+    the interval (and counted: ``n_valid``).
+    """
+    if not keep.any():
+        return np.full(values.shape[0], np.nan)
+    return values[:, keep].mean(axis=1)
+
+
 def classification_report(
     y_true: Any,
     scores: Any,
@@ -779,8 +1133,10 @@ def classification_report(
     stratified: bool = True,
     ordinal: bool = False,
     include_curves: bool = False,
+    clusters: Any = None,
+    proportion_method: str = WILSON,
 ) -> dict[str, Any]:
-    """Per-class and macro clinical metrics with bootstrap intervals, as a JSON-ready dict.
+    """Per-class and macro clinical metrics with ``1 - alpha`` intervals, as a JSON-ready dict.
 
     ``y_true``: multi-hot (N, K) for a multi-label (sigmoid) head or class
     indices (N,) for a single-label (softmax) head. ``scores``: (N, K)
@@ -794,9 +1150,33 @@ def classification_report(
     accuracy, top-1 accuracy and the confusion matrix use ``argmax`` and
     ``ordinal=True`` adds the quadratic weighted kappa of grades 0..K-1.
 
-    Intervals: percentile bootstrap (``n_boot`` resamples, ``seed``), resampled
-    within each label pattern when ``stratified``, shared by all metrics.
-    Undefined values are ``None`` in the dict, with the reason under ``notes``.
+    Intervals (the method of each is in its ``method`` key):
+
+    * sensitivity, specificity, PPV, NPV and single-label accuracy are simple
+      proportions of independent cases and get the ``proportion_method``
+      interval (:func:`proportion_interval`: Wilson score by default), which
+      does not collapse to zero width at 0 % or 100 % as the bootstrap does;
+      ``proportion_method="percentile bootstrap"`` restores the bootstrap;
+    * everything else gets a percentile bootstrap (``n_boot`` resamples from
+      ``seed``). Each class's figures come from a bootstrap of their own,
+      resampled within that class's own 0/1 label when ``stratified``. (A
+      single bootstrap stratified by the joint multi-label pattern would
+      freeze every case whose pattern is unique, and its intervals came out
+      about half as wide as they should.) The macro figures share one
+      bootstrap: stratified by class for class indices; for multi-label
+      data no single stratification keeps every class's count, so it
+      resamples cases freely and drops the resamples that lose a class the
+      data has (counted in ``n_valid``, noted).
+
+    ``clusters`` ((N,) ids, e.g. the patient of each image): every bootstrap
+    resamples whole clusters (see :func:`bootstrap_weights`), and since the
+    closed-form proportion intervals assume independent cases, the
+    proportions are then bootstrapped too (when some cluster holds more than
+    one case). A cluster-bootstrapped proportion at 0 or 100 % would again
+    have zero width; it gets the Wilson interval on the effective sample size
+    instead, each cluster counted once (:data:`WILSON_EFFECTIVE_N`, noted).
+    Undefined values are ``None`` in the dict, with the reason under
+    ``notes``.
     """
     s = _scores_2d(scores)
     k = s.shape[1]
@@ -806,38 +1186,100 @@ def classification_report(
     thr = _thresholds(thresholds, k)
     if ordinal and task != "multiclass":
         raise ConfigError("ordinal=True (quadratic kappa) needs class indices (N,) for y_true, not multi-hot labels")
+    if proportion_method not in _PROPORTION_METHODS:
+        raise ConfigError(f"proportion_method must be one of {_PROPORTION_METHODS}; got {proportion_method!r}")
     n = s.shape[0]
-    indicators = _binary_indicators(y, s >= thr[None, :]).reshape(n, 4 * k)
+    cluster_of = _cluster_codes(clusters, n) if clusters is not None else None
+    n_units = n if cluster_of is None else int(cluster_of.max()) + 1
+    clustered = cluster_of is not None and n_units < n
+    closed_form = proportion_method != BOOTSTRAP and not clustered
+    indicators = _binary_indicators(y, s >= thr[None, :])  # (N, K, 4): tp, fp, tn, fn
+    flat = indicators.reshape(n, 4 * k)
+    counts = indicators.sum(axis=0).astype(np.int64)  # (K, 4)
     aucs = [_WeightedAuc(y[:, j], s[:, j]) for j in range(k)]
     conf = _WeightedConfusion(idx, np.argmax(s, axis=1), k) if idx is not None else None
+    boot: dict[str, Any] = {"n_boot": n_boot, "seed": seed, "alpha": alpha, "clusters": clusters}
 
-    def statistic(w: np.ndarray) -> dict[str, np.ndarray]:
-        counts = (w @ indicators).reshape(w.shape[0], k, 4)
-        rates = _rates(*(counts[..., i] for i in range(4)))
-        rates["auc"] = np.stack([a(w) for a in aucs], axis=1)
-        out = {f"{j}.{m}": rates[m][:, j] for j in range(k) for m in _CLASS_METRICS}
-        out["macro.auc"] = _nanmean_last(rates["auc"])
-        out["macro.sensitivity"] = _nanmean_last(rates["sensitivity"])
-        out["macro.specificity"] = _nanmean_last(rates["specificity"])
+    per_class: list[dict[str, Interval]] = []
+    zero_width: dict[str, list[str]] = {name: [] for name in names}
+    for j in range(k):
+
+        def class_statistic(w: np.ndarray, ind: np.ndarray = indicators[:, j, :],
+                            auc: _WeightedAuc = aucs[j]) -> dict[str, np.ndarray]:
+            c = w @ ind
+            r = _rates(c[:, 0], c[:, 1], c[:, 2], c[:, 3])
+            out = {"auc": auc(w), "f1": r["f1"]}
+            if not closed_form:
+                out.update({m: r[m] for m in _PROPORTIONS})
+            return out
+
+        ci = bootstrap_many(class_statistic, n, strata=y[:, j] if stratified else None, **boot)
+        if clustered and cluster_of is not None and proportion_method != BOOTSTRAP:
+            pos, called = y[:, j], s[:, j] >= thr[j]
+            for m, cases in zip(_PROPORTIONS, (pos, ~pos, called, ~called)):
+                fixed = _clustered_zero_width(ci[m], cases, cluster_of)
+                if fixed is not None:
+                    ci[m] = fixed[0]
+                    zero_width[names[j]].append(f"{m}: {fixed[1]}")
+        if closed_form:
+            tp, fp, tn, fn = (int(c) for c in counts[j])
+            for m, (x, total) in zip(_PROPORTIONS, ((tp, tp + fn), (tn, tn + fp), (tp, tp + fp), (tn, tn + fn))):
+                ci[m] = proportion_interval(x, total, alpha=alpha, method=proportion_method)
+        per_class.append(ci)
+
+    n_pos, n_neg = counts[:, 0] + counts[:, 3], counts[:, 2] + counts[:, 1]
+    point_auc = np.array([a(_ones(n))[0] for a in aucs])
+    point_f1 = _rates(*(counts[:, i].astype(np.float64) for i in range(4)))["f1"]
+    defined = {
+        "auc": np.isfinite(point_auc),
+        "sensitivity": n_pos > 0,
+        "specificity": n_neg > 0,
+        "f1": np.isfinite(point_f1),
+        "balanced_accuracy": (n_pos > 0) & (n_neg > 0),
+    }
+
+    def macro_statistic(w: np.ndarray) -> dict[str, np.ndarray]:
+        c4 = (w @ flat).reshape(w.shape[0], k, 4)
+        rates = _rates(*(c4[..., i] for i in range(4)))
+        out = {
+            "auc": _mean_over(np.stack([a(w) for a in aucs], axis=1), defined["auc"]),
+            "sensitivity": _mean_over(rates["sensitivity"], defined["sensitivity"]),
+            "specificity": _mean_over(rates["specificity"], defined["specificity"]),
+        }
         if conf is None:
-            out["macro.f1"] = _nanmean_last(rates["f1"])
-            out["macro.balanced_accuracy"] = _nanmean_last((rates["sensitivity"] + rates["specificity"]) / 2)
+            out["f1"] = _mean_over(rates["f1"], defined["f1"])
+            out["balanced_accuracy"] = _mean_over(
+                (rates["sensitivity"] + rates["specificity"]) / 2, defined["balanced_accuracy"]
+            )
         else:
             c = conf(w)
-            out["macro.f1"] = _macro_f1_from_confusion(c)
-            out["macro.balanced_accuracy"] = _balanced_accuracy_from_confusion(c)
-            out["macro.accuracy"] = _accuracy_from_confusion(c)
+            out["f1"] = _macro_f1_from_confusion(c)
+            out["balanced_accuracy"] = _balanced_accuracy_from_confusion(c)
+            out["accuracy"] = _accuracy_from_confusion(c)
             if ordinal:
-                out["macro.quadratic_kappa"] = _quadratic_kappa_from_confusion(c)
+                out["quadratic_kappa"] = _quadratic_kappa_from_confusion(c)
         return out
 
-    strata = (y if task == "multilabel" else idx) if stratified else None
-    ci = bootstrap_many(statistic, n, n_boot=n_boot, seed=seed, alpha=alpha, strata=strata)
-    counts = indicators.sum(axis=0).reshape(k, 4).astype(np.int64)
-    reports = [_class_report(names[j], j, thr[j], counts[j], ci) for j in range(k)]
-    notes = [f"{r.name}: {note}" for r in reports for note in r.notes]
-    notes += _bootstrap_notes("macro", {m.split(".", 1)[1]: v for m, v in ci.items() if m.startswith("macro.")})
+    macro_strata = idx if (stratified and conf is not None) else None
+    macro = bootstrap_many(macro_statistic, n, strata=macro_strata, **boot)
+    macro_notes: list[str] = []
+    if conf is not None and closed_form:
+        correct = int(np.trace(conf(_ones(n))[0]))
+        macro["accuracy"] = proportion_interval(correct, n, alpha=alpha, method=proportion_method)
+    elif conf is not None and clustered and cluster_of is not None and proportion_method != BOOTSTRAP:
+        fixed = _clustered_zero_width(macro["accuracy"], np.ones(n, bool), cluster_of)
+        if fixed is not None:
+            macro["accuracy"] = fixed[0]
+            macro_notes.append(f"macro.accuracy: {fixed[1]}")
 
+    reports = [_class_report(names[j], thr[j], counts[j], per_class[j], zero_width[names[j]]) for j in range(k)]
+    notes = [f"{r.name}: {note}" for r in reports for note in r.notes]
+    notes += _bootstrap_notes("macro", macro) + macro_notes
+
+    if stratified:
+        strata_text = "class" if task == "multiclass" else "per class: the class's own label; macro: none"
+    else:
+        strata_text = None
     report: dict[str, Any] = {
         "task": task,
         "n_samples": n,
@@ -851,13 +1293,21 @@ def classification_report(
             "seed": int(seed),
             "alpha": alpha,
             "stratified": bool(stratified),
-            "strata": ("label pattern" if task == "multilabel" else "class") if stratified else None,
+            "strata": strata_text,
+            "unit": "case" if cluster_of is None else "cluster",
+            "n_units": n_units,
         },
+        "proportion_intervals": proportion_method if closed_form else BOOTSTRAP,
         "classes": [r.to_dict() for r in reports],
-        "macro": {m.split(".", 1)[1]: v.to_dict() for m, v in ci.items() if m.startswith("macro.")},
+        "macro": {m: v.to_dict() for m, v in macro.items()},
         "confusion_matrix": None,
         "notes": notes,
     }
+    if clustered and proportion_method != BOOTSTRAP:
+        notes.append(
+            f"sensitivity, specificity, ppv, npv{', accuracy' if conf else ''}: cluster bootstrap instead of "
+            f"the {proportion_method} interval, which assumes independent cases ({n} cases in {n_units} clusters)"
+        )
     if conf is not None:
         report["confusion_matrix"] = {
             "rows": "true class",
@@ -878,7 +1328,8 @@ def classification_report(
     return report
 
 
-def _class_report(name: str, j: int, threshold: float, counts: np.ndarray, ci: Mapping[str, Interval]) -> ClassReport:
+def _class_report(name: str, threshold: float, counts: np.ndarray, ci: Mapping[str, Interval],
+                  extra_notes: Sequence[str] = ()) -> ClassReport:
     tp, fp, tn, fn = (int(c) for c in counts)
     n_pos, n_neg = tp + fn, tn + fp
     notes: list[str] = []
@@ -894,8 +1345,9 @@ def _class_report(name: str, j: int, threshold: float, counts: np.ndarray, ci: M
         notes.append(f"npv undefined: every case reaches the threshold {threshold:g}")
     if not 2 * tp + fp + fn:
         notes.append("f1 undefined: no true and no predicted positives")
-    metrics = {m: ci[f"{j}.{m}"] for m in _CLASS_METRICS}
+    metrics = {m: ci[m] for m in _CLASS_METRICS}
     notes += _bootstrap_notes("", metrics)
+    notes += list(extra_notes)
     return ClassReport(
         name=name, n_positive=n_pos, n_negative=n_neg, threshold=float(threshold), tp=tp, fp=fp, tn=tn, fn=fn,
         notes=tuple(notes), **metrics,
@@ -905,10 +1357,17 @@ def _class_report(name: str, j: int, threshold: float, counts: np.ndarray, ci: M
 def _bootstrap_notes(prefix: str, metrics: Mapping[str, Interval]) -> list[str]:
     out = []
     for m, iv in metrics.items():
-        if iv.n_boot and math.isfinite(iv.estimate) and iv.n_valid < iv.n_boot:
-            label = f"{prefix}.{m}" if prefix else m
+        if iv.method != BOOTSTRAP or not iv.n_boot or not math.isfinite(iv.estimate):
+            continue
+        label = f"{prefix}.{m}" if prefix else m
+        if iv.n_valid < iv.n_boot:
             out.append(
                 f"{label}: {iv.n_boot - iv.n_valid} of {iv.n_boot} bootstrap resamples left it undefined "
                 "and were dropped from its interval"
+            )
+        if iv.n_valid and iv.low == iv.high:
+            out.append(
+                f"{label}: every bootstrap resample gave {iv.low:g}, so its interval has zero width; that "
+                "understates the uncertainty (few cases, or perfect separation)"
             )
     return out

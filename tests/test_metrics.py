@@ -365,7 +365,9 @@ def test_classification_report_multilabel_undefined_class_is_null_with_note() ->
     assert any("auc undefined" in n and "0 positives" in n for n in rare["notes"])
     assert any(n.startswith("rare: ") for n in rep["notes"])
     assert rep["macro"]["auc"]["estimate"] == pytest.approx(M.roc_auc(y[:, 0], s[:, 0]))
-    assert rep["confusion_matrix"] is None and rep["bootstrap"]["strata"] == "label pattern"
+    # Per-class figures are stratified by the class's own label, never by the joint label pattern (review finding 6).
+    assert rep["confusion_matrix"] is None
+    assert rep["bootstrap"]["strata"] == "per class: the class's own label; macro: none"
     assert "quadratic_kappa" not in rep["macro"]
     assert rep["roc"]["dme"]["fpr"][0] == 0.0 and "Infinity" not in text
 
@@ -375,7 +377,8 @@ def test_classification_report_dataclass() -> None:
     iv = M.Interval(0.5, 0.4, 0.6, 10, 10)
     cr = M.ClassReport("x", 1, 2, 0.5, 1, 0, 2, 0, iv, iv, iv, iv, iv, iv, ("n",))
     d = cr.to_dict()
-    assert d["auc"] == {"estimate": 0.5, "low": 0.4, "high": 0.6, "n_valid": 10} and d["notes"] == ["n"]
+    assert d["auc"] == {"estimate": 0.5, "low": 0.4, "high": 0.6, "n_valid": 10, "method": "percentile bootstrap"}
+    assert d["notes"] == ["n"]
     with pytest.raises(AttributeError):
         cr.name = "y"  # type: ignore[misc]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,8 @@ import torch.nn.functional as F
 from trainhelpers import tiny_model, tiny_synth
 
 from uopsl.runtime.clikit import main_entry
-from uopsl.runtime.metrics import roc_auc
+from uopsl.runtime.errors import ConfigError
+from uopsl.runtime.metrics import paired_auc_difference, roc_auc
 from uopsl.train.checkpoint import save_model
 from uopsl.train.cli import cli
 from uopsl.train.stages import FeatureDataset
@@ -80,6 +82,52 @@ def test_compare_gives_both_aucs_and_a_paired_interval_around_their_difference()
     assert same.difference == 0 and same.low == 0 and same.high == 0
     undefined = compare(np.ones(5, bool), np.arange(5.0), np.arange(5.0))
     assert undefined.with_sites is None and undefined.difference is None and undefined.n_negative == 0
+
+
+def test_degenerate_delong_gives_no_p_and_small_comparisons_are_flagged(caplog: pytest.LogCaptureFixture) -> None:
+    # The review's input: 2 positives, 3 negatives; with sites separates perfectly, without is constant.
+    y = np.array([1, 1, 0, 0, 0], bool)
+    c = compare(y, np.array([0.9, 0.8, 0.1, 0.2, 0.3]), np.full(5, 0.5), n_boot=200)
+    assert (c.with_sites, c.without, c.difference) == (1.0, 0.5, 0.5)
+    assert c.p_value is None and c.small_sample  # was delong_p 0.0
+    d = c.to_dict()
+    assert d["delong_p"] is None and d["small_sample"] is True and d["bootstrap_unit"] == "image"
+    assert any(n.startswith("DeLong p n/a: DeLong variance estimate is zero") for n in d["notes"])
+    assert any(n.startswith("small sample (2 positives, 3 negatives") for n in d["notes"])
+    assert d["difference_ci95"] == [0.5, 0.5] and any("zero-width interval" in n for n in d["notes"])
+    t = np.zeros((5, 2))
+    t[:2, 1] = 1
+    t[2:, 0] = 1
+    s = {"raw": np.stack([np.zeros(5), [0.9, 0.8, 0.1, 0.2, 0.3]], 1)}
+    s0 = {"raw": np.stack([np.zeros(5), np.full(5, 0.5)], 1)}
+    with caplog.at_level(logging.WARNING, logger="uopsl.train.zero_shot"):
+        out = site_comparisons(t, ["x", "rp"], None, s, s0, n_boot=50)
+    assert out["raw"]["all"]["rp"]["delong_p"] is None
+    assert "rp (raw reading, all negatives): DeLong p n/a" in caplog.text
+    assert "fewer than 10 positives or negatives" in caplog.text
+    assert "rp (raw reading, all negatives): 2+/3-" in caplog.text
+
+
+def test_compare_resamples_patients_when_they_are_known() -> None:
+    rng = np.random.default_rng(0)
+    dis = rng.random(50) < 0.4
+    y = np.repeat(dis, 2)  # both eyes of a patient share the label and part of the score
+    shared = np.repeat(rng.standard_normal(50), 2)
+    without = shared + rng.standard_normal(100) * 0.5 + 0.8 * y
+    with_sites = without + 0.6 * y + 0.3 * rng.standard_normal(100)
+    pid = np.repeat(np.arange(50), 2)
+    c = compare(y, with_sites, without, n_boot=400, seed=1, clusters=pid)
+    ref = paired_auc_difference(y, without, with_sites, n_boot=400, seed=1, clusters=pid)
+    assert c.bootstrap_unit == "patient" and (c.low, c.high) == (ref.low, ref.high)
+    assert any("DeLong's p treats the 100 images as independent; they come from 50 patients" in n for n in c.notes)
+    alone = compare(y, with_sites, without, n_boot=400, seed=1, clusters=np.arange(100))
+    assert alone == compare(y, with_sites, without, n_boot=400, seed=1)  # one image per patient: as before
+    t = np.stack([~y, y], 1).astype(float)
+    out = site_comparisons(t, ["normal", "dr"], 0, {"raw": np.stack([with_sites] * 2, 1)},
+                           {"raw": np.stack([without] * 2, 1)}, n_boot=100, clusters=pid)
+    assert out["raw"]["all"]["dr"]["bootstrap_unit"] == "patient"
+    with pytest.raises(ConfigError, match="one id per image"):
+        site_comparisons(t, ["normal", "dr"], 0, {"raw": t}, {"raw": t}, clusters=pid[:10])
 
 
 def test_site_comparisons_take_the_right_negatives_and_leave_out_the_healthy_class() -> None:

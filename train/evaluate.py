@@ -4,14 +4,25 @@ Thresholds are chosen on validation data only: for referable classes the
 highest threshold that reaches the target sensitivity (e.g. 0.90), for the
 others the threshold maximising Youden's J. They are stored in the checkpoint
 and from there in the bundle manifest, so the device decides exactly as
-evaluated. Metrics come from :mod:`uopsl.runtime.metrics` (the same code the
-parity validation uses).
+evaluated. Where no threshold can be chosen (a class without validation
+positives or negatives, or a Youden's J that peaks at "call nothing
+positive") the threshold falls back to :data:`FALLBACK_THRESHOLD` with a
+warning, and the per-class :class:`OperatingPointRecord` (how each threshold
+was obtained and what it achieved on validation) is stored next to the
+thresholds, so nobody mistakes a fallback for a validated operating point.
+
+Metrics come from :mod:`uopsl.runtime.metrics` (the same code the parity
+validation uses). The bootstrap resamples patients, not images, when the
+images' patients are known: two eyes of one patient are not independent, and
+resampling them one by one gives intervals that are too narrow.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,30 +37,190 @@ from uopsl.runtime.preprocess import Geometry
 log = logging.getLogger(__name__)
 
 
-def choose_thresholds(y_val: np.ndarray, p_val: np.ndarray, referable: Sequence[bool], target_sensitivity: float = 0.9) -> list[float]:
-    """Per-class operating thresholds from validation probabilities (0.5 where a class has no positives)."""
+#: The threshold a class gets when none can be chosen on validation data (logged, and recorded as ``fallback``).
+FALLBACK_THRESHOLD = 0.5
+
+
+@dataclass(frozen=True)
+class OperatingPointRecord:
+    """How one class's operating threshold was obtained, and what it achieved on the validation images.
+
+    ``method``: ``target_sensitivity`` (referable: the highest threshold
+    reaching the target), ``youden`` (others: maximal Youden's J),
+    ``fallback`` (no threshold could be chosen: :data:`FALLBACK_THRESHOLD`,
+    with the reason in ``note``) or ``default`` (no validation images at all).
+    ``sensitivity`` / ``specificity`` are those of ``threshold`` on the
+    validation images (NaN where undefined).
+    """
+
+    name: str
+    threshold: float
+    method: str
+    n_positive: int
+    n_negative: int
+    sensitivity: float
+    specificity: float
+    target_sensitivity: float | None = None
+    note: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        def num(x: float | None) -> float | None:
+            return None if x is None or not math.isfinite(x) else float(x)
+
+        return {"name": self.name, "threshold": float(self.threshold), "method": self.method,
+                "n_positive": self.n_positive, "n_negative": self.n_negative,
+                "sensitivity": num(self.sensitivity), "specificity": num(self.specificity),
+                "target_sensitivity": num(self.target_sensitivity), "note": self.note}
+
+
+def _fallback(name: str, y: np.ndarray, p: np.ndarray, referable: bool, target: float | None,
+              why: str) -> OperatingPointRecord:
+    r = metrics.rates_at_threshold(y, p, FALLBACK_THRESHOLD)
+    log.warning("class %r (%s): operating threshold falls back to %g because %s; on the validation images it gives "
+                "sensitivity %s and specificity %s. It is not a validated operating point: add validation images "
+                "with and without the class, or set the threshold in a class file", name,
+                "referable" if referable else "not referable", FALLBACK_THRESHOLD, why,
+                "n/a" if math.isnan(r.sensitivity) else f"{r.sensitivity:.3f}",
+                "n/a" if math.isnan(r.specificity) else f"{r.specificity:.3f}")
+    return OperatingPointRecord(name, FALLBACK_THRESHOLD, "fallback", int(y.sum()), int((~y).sum()), r.sensitivity,
+                                r.specificity, target, f"fallback {FALLBACK_THRESHOLD:g}: {why}")
+
+
+def choose_operating_points(y_val: np.ndarray, p_val: np.ndarray, referable: Sequence[bool],
+                            target_sensitivity: float = 0.9, *,
+                            names: Sequence[str] | None = None) -> list[OperatingPointRecord]:
+    """Per-class operating thresholds from validation probabilities, each with how it was obtained.
+
+    Referable classes: the highest threshold reaching ``target_sensitivity``;
+    the others: the threshold maximising Youden's J. A class without
+    validation positives or negatives, or whose J peaks at the ``+inf``
+    threshold (its scores do not rank positives above negatives), gets
+    :data:`FALLBACK_THRESHOLD` and a warning naming the class and the reason.
+    ``names`` label the warnings and records (default ``class <k>``).
+    """
+    k_all = p_val.shape[1]
+    labels = list(names) if names is not None else [f"class {k}" for k in range(k_all)]
+    if len(labels) != k_all or len(referable) < k_all:
+        raise ConfigError(f"need one name and one referable flag per class ({k_all}); got {len(labels)} names "
+                          f"and {len(referable)} flags")
     out = []
-    for k in range(p_val.shape[1]):
+    for k in range(k_all):
+        name = labels[k]
         y, p = y_val[:, k] > 0.5, p_val[:, k].astype(np.float32)
-        if y.sum() == 0 or (~y).sum() == 0:
-            out.append(0.5)
+        n_pos, n_neg = int(y.sum()), int((~y).sum())
+        target = float(target_sensitivity) if referable[k] else None
+        if n_pos == 0 or n_neg == 0:
+            why = ("the validation images hold no positive for it" if n_pos == 0
+                   else "every validation image is positive for it (no negatives)")
+            out.append(_fallback(name, y, p, bool(referable[k]), target, why))
             continue
         if referable[k]:
-            t = metrics.threshold_for_sensitivity(y, p, target_sensitivity).threshold
-        else:
-            c = metrics.roc_curve(y, p)
-            j = np.nanargmax(c.tpr - c.fpr)
-            t = float(c.thresholds[j])
-        out.append(float(t) if np.isfinite(t) else 0.5)
+            op = metrics.threshold_for_sensitivity(y, p, target_sensitivity)
+            out.append(OperatingPointRecord(name, float(op.threshold), "target_sensitivity", n_pos, n_neg,
+                                            op.sensitivity, op.specificity, target, op.note))
+            continue
+        c = metrics.roc_curve(y, p)
+        youden = c.tpr - c.fpr
+        j = int(np.nanargmax(youden))
+        t = float(c.thresholds[j])
+        if not np.isfinite(t):
+            why = (f"Youden's J peaks ({youden[j]:.3g}) at the +inf threshold, i.e. calling no image positive: "
+                   "its scores do not rank validation positives above negatives")
+            out.append(_fallback(name, y, p, False, None, why))
+            continue
+        out.append(OperatingPointRecord(name, t, "youden", n_pos, n_neg, float(c.tpr[j]), 1.0 - float(c.fpr[j]),
+                                        None, f"Youden's J {youden[j]:.4g}"))
     return out
 
 
+def choose_thresholds(y_val: np.ndarray, p_val: np.ndarray, referable: Sequence[bool], target_sensitivity: float = 0.9,
+                      *, names: Sequence[str] | None = None) -> list[float]:
+    """Per-class operating thresholds (see :func:`choose_operating_points`, which also says how each was chosen)."""
+    return [r.threshold for r in choose_operating_points(y_val, p_val, referable, target_sensitivity, names=names)]
+
+
+def default_operating_points(names: Sequence[str], why: str) -> list[OperatingPointRecord]:
+    """Records for thresholds set to :data:`FALLBACK_THRESHOLD` without any validation data (logged once)."""
+    log.warning("no operating thresholds chosen (%s): every class gets %g, which is not a validated operating point",
+                why, FALLBACK_THRESHOLD)
+    return [OperatingPointRecord(n, FALLBACK_THRESHOLD, "default", 0, 0, math.nan, math.nan, None,
+                                 f"{FALLBACK_THRESHOLD:g} for every class: {why}") for n in names]
+
+
+def patient_clusters(patients: Sequence[str | None]) -> np.ndarray | None:
+    """Integer patient code per image for the cluster bootstrap; None when no patient has two images.
+
+    An image of unknown patient (``None`` or ``""``) gets a code of its own,
+    i.e. it is resampled alone. None is returned when that makes every image
+    its own cluster (patients unknown, or one image each): the bootstrap then
+    resamples images, exactly as without patients.
+    """
+    codes: dict[str, int] = {}
+    out = np.empty(len(patients), np.int64)
+    n_known = 0
+    for i, pid in enumerate(patients):
+        if pid is None or pid == "":
+            out[i] = -1
+            continue
+        n_known += 1
+        out[i] = codes.setdefault(str(pid), len(codes))
+    unknown = out < 0
+    out[unknown] = len(codes) + np.arange(int(unknown.sum()))
+    return out if len(codes) < n_known else None
+
+
+def _graded(names: Sequence[str]) -> bool:
+    """Whether the label space is ordered grades: the project's DR grading (``DR_GRADE_NAMES``, in order)."""
+    from uopsl.train.datasets.fundus_sets import DR_GRADE_NAMES
+
+    return tuple(names) == DR_GRADE_NAMES
+
+
 def evaluate(probs: np.ndarray, targets: np.ndarray, thresholds: Sequence[float], names: Sequence[str], out: Path | None,
-             n_boot: int = 1000, seed: int = 0, title: str = "") -> dict[str, Any]:
-    """Clinical metrics (with bootstrap CIs) of ``probs`` against multi-hot ``targets``; writes eval.json + roc.png."""
+             n_boot: int = 1000, seed: int = 0, title: str = "", *, patients: Sequence[str | None] | None = None,
+             head: str = "sigmoid", ordinal: bool | None = None) -> dict[str, Any]:
+    """Clinical metrics (with CIs) of ``probs`` against multi-hot ``targets``; writes eval.json + roc.png.
+
+    ``patients`` (one id per row, None or "" when unknown): the bootstrap
+    resamples patients; ``report["bootstrap"]["unit"]`` says which was done.
+    ``head="softmax"`` with exactly one label per row: the labels are passed
+    as class indices, so the argmax confusion matrix, accuracy, argmax
+    macro-F1 and balanced accuracy are reported, and, for a graded label
+    space (``ordinal``; default: the classes are the DR grades
+    ``DR_GRADE_NAMES`` in order), the quadratic weighted kappa. A sigmoid
+    (multi-label) head, or rows without exactly one label, keep the
+    one-vs-rest figures at the thresholds.
+    """
     keep = [k for k in range(targets.shape[1]) if 0 < targets[:, k].sum() < len(targets)]
-    report = metrics.classification_report(targets, probs, list(thresholds), list(names), n_boot=n_boot, seed=seed,
-                                           include_curves=out is not None)
+    hot = np.asarray(targets) > 0.5
+    one_label = bool(np.all(hot.sum(axis=1) == 1))
+    y_true: np.ndarray = hot.astype(np.int64)
+    if head == "softmax" and one_label:
+        y_true = np.argmax(hot, axis=1)
+    elif head == "softmax":
+        log.warning("softmax head, but %d of %d images do not carry exactly one label: reporting one-vs-rest "
+                    "figures only (no argmax confusion matrix, accuracy or kappa)", int(np.sum(hot.sum(1) != 1)),
+                    len(hot))
+    single = head == "softmax" and one_label
+    graded = _graded(names) if ordinal is None else bool(ordinal)
+    if graded and not single:
+        log.warning("quadratic kappa needs a softmax head with one label per image; not computed")
+        graded = False
+    clusters = patient_clusters(patients) if patients is not None else None
+    report = metrics.classification_report(y_true, probs, list(thresholds), list(names), n_boot=n_boot, seed=seed,
+                                           include_curves=out is not None, ordinal=graded, clusters=clusters)
+    report["head"] = head
+    boot = report["bootstrap"]
+    if clusters is not None:
+        boot["unit"] = "patient"
+        boot["n_patients"] = boot.pop("n_units")
+    else:
+        boot["unit"] = "image"
+        boot["n_images"] = boot.pop("n_units")
+        if patients is not None:
+            boot["note"] = "resampled images: no patient has two images here (or the patients are unknown)"
+        else:
+            boot["note"] = "resampled images: the images' patients were not given"
     report["evaluated_classes"] = [names[k] for k in keep]
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)

@@ -32,7 +32,13 @@ from uopsl.train.checkpoint import (
     read_meta,
     save_model,
 )
-from uopsl.train.evaluate import choose_thresholds, evaluate, site_concentration_report
+from uopsl.train.evaluate import (
+    choose_operating_points,
+    default_operating_points,
+    evaluate,
+    patient_clusters,
+    site_concentration_report,
+)
 from uopsl.train.loops import TrainConfig, pick_device, predict
 from uopsl.train.model import DeployModel, ModelConfig, UopslModel
 from uopsl.train.stages import effective_finetune_config, finetune, pretrain
@@ -123,13 +129,19 @@ def run_finetune(model: UopslModel, meta: CheckpointMeta, train_items: Sequence[
         return float(np.nanmean(aucs)) if np.isfinite(aucs).any() else 0.0
 
     model, result = finetune(model, tr, va, cfg, out, meta, select=macro_auc if select == "auc" else None)
-    thresholds: list[float] = [0.5] * model.num_classes
+    names = model.config.classes
     if va is not None:
         probs = predict(model, va, device=pick_device(cfg.device))["probs"]
-        thresholds = choose_thresholds(va.targets, probs, meta.referable or [True] * model.num_classes, target_sensitivity)
-    meta = replace(meta, stage="finetune", thresholds=tuple(thresholds),
+        points = choose_operating_points(va.targets, probs, meta.referable or [True] * model.num_classes,
+                                         target_sensitivity, names=names)
+    else:
+        points = default_operating_points(names, "no validation images")
+    # How each threshold was obtained travels with it (metrics["operating_points"], one record per class, in the
+    # order of `thresholds`); checkpoints written before it simply lack the key.
+    meta = replace(meta, stage="finetune", thresholds=tuple(p.threshold for p in points),
                    train_config=effective_finetune_config(cfg, model).to_dict(),
-                   metrics={**result, "target_sensitivity": target_sensitivity})
+                   metrics={**result, "target_sensitivity": target_sensitivity,
+                            "operating_points": [p.to_dict() for p in points]})
     save_model(out, model, meta)
     return model, meta
 
@@ -149,7 +161,13 @@ def run_evaluate(ckpt: Path, items: Sequence[Item], out: Path | None, n_boot: in
     probs = pred["probs"]
     thr = meta.thresholds or tuple([0.5] * model.num_classes)
     report = evaluate(probs, ds.targets, thr, model.config.classes, out, n_boot=n_boot, seed=seed,
-                      title=f"{Path(ckpt).name}: {model.config.variant}")
+                      title=f"{Path(ckpt).name}: {model.config.variant}", patients=[it.group for it in ds.items],
+                      head=model.config.head)
+    report["operating_points"] = meta.metrics.get("operating_points") if meta.thresholds else None
+    if report["operating_points"] is None:
+        report["notes"].append("operating_points: the checkpoint does not record how its thresholds were chosen "
+                               + ("(written before the records were kept)" if meta.thresholds
+                                  else "(it stores none: 0.5 for every class)"))
     if with_maps and masks is not None:
         kept = [masks[int(i)] for i in ds.index]  # the dataset drops unreadable images; keep masks in step
         geoms = [preprocess_file(it.path, meta.preprocess).geometry if m else None for it, m in zip(ds.items, kept)]
@@ -182,8 +200,11 @@ def run_zero_shot(ckpt: Path, items: Sequence[Item], names: Sequence[str], out: 
     res: dict[str, Any] = {"classes": list(names), "seen": list(bank.seen), "checkpoint": str(ckpt),
                            "healthy_class": None if ref is None else names[ref]}
     scores = reading_scores(zs, ds)
+    clusters = patient_clusters([it.group for it in ds.items])
+    res["bootstrap"] = {"n_boot": n_boot, "seed": 0, "unit": "image" if clusters is None else "patient",
+                        "n_units": len(ds) if clusters is None else int(clusters.max()) + 1}
     res["readings"] = site_comparisons(ds.targets, list(names), ref, scores["site_attention"],
-                                       scores["no_site_attention"], n_boot=n_boot)
+                                       scores["no_site_attention"], n_boot=n_boot, clusters=clusters)
     raw_all = res["readings"]["raw"]["all"]
     for arm, key in (("site_attention", "with_sites"), ("no_site_attention", "without")):
         res[arm] = {n: raw_all[n][key] for n in names}

@@ -41,8 +41,8 @@ def command(checkpoint: Path, data_spec: str, classes: str, classes_file: Path |
 
 
 def _p(p: float | None) -> str:
-    if p is None:
-        return "-"
+    if p is None:  # DeLong's variance estimate was zero (tiny or degenerate samples): no p-value, not p = 0
+        return "n/a"
     return "<0.001" if p < 0.001 else f"{p:.3f}"
 
 
@@ -58,7 +58,8 @@ def _table(readings: dict[str, Any], names: tuple[str, ...] | list[str], healthy
                     continue
                 lo, hi = row["difference_ci95"]
                 ci = "undefined" if lo is None or hi is None else f"[{lo:+.3f}, {hi:+.3f}]"
-                rows.append((n, labels[reading], "all" if negatives == "all" else f"{healthy} only",
+                small = " (small n)" if row.get("small_sample") else ""
+                rows.append((n, labels[reading], ("all" if negatives == "all" else f"{healthy} only") + small,
                              f"{row['with_sites']:.4f}", f"{row['without']:.4f}", f"{row['difference']:+.4f}", ci,
                              _p(row["delong_p"])))
     header = ("class", "reading", "negatives", "with sites", "without", "difference", "95 % CI", "DeLong p")
@@ -67,4 +68,6 @@ def _table(readings: dict[str, Any], names: tuple[str, ...] | list[str], healthy
     lines = ["  ".join(f"{cell:{a}{w}}" for cell, a, w in zip(r, align, widths)).rstrip() for r in [header, *rows]]
     if healthy is None:
         lines.append("(no healthy class in the bank: only the description reading, every other image a negative)")
+    if any(" (small n)" in r[2] for r in rows):
+        lines.append("(small n: fewer than 10 images with, or without, the class; read the interval, not the p-value)")
     return "\n".join(lines)
