@@ -19,6 +19,10 @@ existed:
   (so the models' shared test images are accounted for);
 * confirmed when the primary interval's lower end is above zero.
 
+``--unit patient`` resamples whole patients (the pool has two eyes per
+patient) instead: a sensitivity analysis added after the pre-registered run,
+not part of its rule.
+
 Everything else is printed as secondary: the mean over the full UOPSL
 models only, each class's mean, each comparison with its own interval, and
 the same mean for the other three cells of the grid (``raw`` reading,
@@ -75,6 +79,9 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=256, help="model input size (the checkpoints' own)")
     ap.add_argument("--n-boot", type=int, default=2000)
     ap.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    ap.add_argument("--unit", choices=("image", "patient"), default="image",
+                    help="what the bootstrap resamples: images within label patterns (the pre-registered test) "
+                         "or whole patients (both eyes together; a sensitivity analysis added afterwards)")
     args = ap.parse_args()
     t0 = time.time()
     src = ex.pool(args.out / "data", "confirm", args.n, 0, args.pool_seed, 384, True)
@@ -128,20 +135,24 @@ def main() -> None:
                 out[f"{r}/{g}/mean_{c}"] = np.mean([diffs[n, c] for n in names], axis=0)
         return out
 
-    iv = bootstrap_many(stat, len(y), n_boot=args.n_boot, seed=args.seed, strata=y)
+    if args.unit == "image":
+        iv = bootstrap_many(stat, len(y), n_boot=args.n_boot, seed=args.seed, strata=y)
+    else:  # the pool pairs two eyes per patient; their scores need not be independent
+        iv = bootstrap_many(stat, len(y), n_boot=args.n_boot, seed=args.seed, clusters=[it.group for it in its])
     res = {k: {"estimate": v.estimate, "ci95": [v.low, v.high]} for k, v in iv.items()}
     primary = iv[f"{PRIMARY[0]}/{PRIMARY[1]}/mean_all"]
     counts = {c: int(y[:, ex.ALL.index(c)].sum()) for c in ex.UNSEEN_CLASSES}
     summary = {
         "pool": {"n": len(y), "seed": args.pool_seed, "healthy": int(healthy.sum()), "positives": counts},
         "checkpoints": names, "full_uopsl": full, "n_boot": args.n_boot, "bootstrap_seed": args.seed,
+        "bootstrap_unit": args.unit,
         "primary": {"cell": list(PRIMARY), "estimate": primary.estimate, "ci95": [primary.low, primary.high],
                     "confirmed": bool(primary.low > 0)},
         "ahead": {f"{r}/{g}": sum(iv[f"{r}/{g}/{n}/{c}"].estimate > 0 for n in names for c in ex.UNSEEN_CLASSES)
                   for r, g in cells},
         "intervals": res, "seconds": round(time.time() - t0, 1),
     }
-    write_json(args.out / "confirm.json", summary)
+    write_json(args.out / ("confirm.json" if args.unit == "image" else f"confirm-{args.unit}.json"), summary)
     print(f"pool: {len(y)} photographs (seed {args.pool_seed}), {int(healthy.sum())} healthy, positives {counts}")
     print(f"PRIMARY {PRIMARY}: mean difference {primary.estimate:+.4f} [{primary.low:+.4f}, {primary.high:+.4f}]"
           f" -> {'confirmed' if primary.low > 0 else 'not confirmed'}")

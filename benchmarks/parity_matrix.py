@@ -99,7 +99,7 @@ from uopsl.export.quantize import QuantizeConfig, quantize_model
 from uopsl.export.validate import ImageRecord, ValidateConfig, validate_bundle
 from uopsl.runtime.bundle import Manifest, read_manifest, verify
 from uopsl.runtime.errors import ParityError, UopslError
-from uopsl.runtime.fsio import sha256_file, write_json, write_text
+from uopsl.runtime.fsio import sha256_bytes, sha256_file, write_json, write_text
 from uopsl.runtime.metrics import per_class_auc
 from uopsl.runtime.preprocess import preprocess_file
 from uopsl.train import data
@@ -386,7 +386,12 @@ def quantize_all(bundle: Path, tables: dict[str, CalibrationTable], cal: Calibra
                 registered = False
             # The toolkit's defaults (float head, bias correction on the calibration set) apply.
             cfg = QuantizeConfig(variant="cpu", auto_exclude=ax, sensitivity_images=sensitivity_images)
-            if old and registered and old.get("model_sha256") == fp32_sha \
+            table_sha = sha256_bytes(json.dumps(tables[method].to_dict()["ranges"], sort_keys=True).encode())
+            # Records from before the table's hash was kept hold for a method whose range algorithm
+            # has not changed since (version 1); an entropy file of the old search is remade.
+            same_table = old.get("table_sha256") == table_sha if old and "table_sha256" in old \
+                else tables[method].algorithm_version == 1
+            if old and registered and same_table and old.get("model_sha256") == fp32_sha \
                     and old.get("set_fingerprint") == tables[method].set_fingerprint \
                     and old.get("config") == jsonable(asdict(cfg)):
                 infos[name] = old
@@ -399,6 +404,7 @@ def quantize_all(bundle: Path, tables: dict[str, CalibrationTable], cal: Calibra
             d["sensitivities_top"] = d.pop("sensitivities")[:8]
             d["seconds"] = round(time.time() - t0, 1)
             d["config"] = jsonable(asdict(cfg))
+            d["table_sha256"] = table_sha
             write_json(record, d)
             infos[name] = d
             log.info("%s: %d QuantizeLinear, kept float %s (%.0f s)", name, res.quantize_nodes,

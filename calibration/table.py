@@ -41,6 +41,13 @@ METHODS = ("minmax", "entropy", "percentile")
 INT8_MAX = 127
 
 
+# Bumped per method whenever the same histograms give other ranges, so that a cached
+# table of the old algorithm is recomputed, not reused: entropy 2 = every candidate
+# threshold searched (session 9; version 1 searched every few bins and could land up
+# to ~14 % away from NVIDIA's algorithm). Tables without the field are version 1.
+ALGORITHM_VERSIONS: Mapping[str, int] = MappingProxyType({"minmax": 1, "entropy": 2, "percentile": 1})
+
+
 @dataclass(frozen=True)
 class CalibrationTable:
     """Per-tensor activation ranges of one FP32 model on one calibration set.
@@ -51,6 +58,8 @@ class CalibrationTable:
     set_fingerprint: :attr:`uopsl.calibration.dataset.CalibrationSet.fingerprint`.
     num_images: images the ranges were measured on.
     percentile: the percentile of ``|x|`` kept (``percentile`` method only).
+    algorithm_version: the version of ``method``'s range algorithm that made
+        the table (:data:`ALGORITHM_VERSIONS`; a table of an older one is not reused).
     """
 
     ranges: Mapping[str, tuple[float, float]]
@@ -59,6 +68,7 @@ class CalibrationTable:
     set_fingerprint: str
     num_images: int
     percentile: float | None = None
+    algorithm_version: int = 0  # 0: the current version of ``method`` (set in __post_init__)
     toolkit_version: str = __version__
     format_version: int = TABLE_FORMAT
     notes: Mapping[str, Any] = field(default_factory=dict)
@@ -66,6 +76,8 @@ class CalibrationTable:
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ConfigError(f"calibration method must be one of {METHODS}, got {self.method!r}")
+        if self.algorithm_version == 0:
+            object.__setattr__(self, "algorithm_version", ALGORITHM_VERSIONS[self.method])
         if (self.method == "percentile") != (self.percentile is not None):
             raise ConfigError(
                 f"a percentile is required for (and only for) the percentile method; "
@@ -124,6 +136,7 @@ class CalibrationTable:
             "toolkit_version": self.toolkit_version,
             "method": self.method,
             "percentile": self.percentile,
+            "algorithm_version": self.algorithm_version,
             "model_sha256": self.model_sha256,
             "set_fingerprint": self.set_fingerprint,
             "num_images": self.num_images,
@@ -147,6 +160,7 @@ class CalibrationTable:
                 set_fingerprint=str(d["set_fingerprint"]),
                 num_images=int(d["num_images"]),
                 percentile=None if d.get("percentile") is None else float(d["percentile"]),
+                algorithm_version=int(d.get("algorithm_version", 1)),  # tables from before the field: version 1
                 toolkit_version=str(d.get("toolkit_version", "")),
                 format_version=int(fv),
                 notes=dict(d.get("notes") or {}),
@@ -195,6 +209,7 @@ class CalibrationTable:
             and self.set_fingerprint == set_fingerprint
             and self.method == method
             and self.percentile == pct
+            and self.algorithm_version == ALGORITHM_VERSIONS[method]
         )
 
 
@@ -209,7 +224,7 @@ def load_if_current(
     """The cache check: return the table at ``path`` if it is still valid, else None.
 
     Valid means same model hash, same set fingerprint, same method (and
-    percentile). An unreadable or outdated table is not an error here; it is
+    percentile), made by the method's current algorithm. An unreadable or outdated table is not an error here; it is
     simply recomputed (and logged).
     """
     p = Path(path)

@@ -428,3 +428,21 @@ def test_real_tvhl_images_make_a_labelled_set() -> None:
     assert set(balance) <= {"dme", "normal", "npdr", "pdr", "unknown"}
     # Real fundus photographs: the field of view is black outside, bright inside.
     assert cs.images[:, 0, 0].max() == 0 and cs.images[:, 64, 64].mean() > 10
+
+
+@pytest.mark.parametrize("method, reused", [("entropy", False), ("minmax", True), ("percentile", True)])
+def test_a_table_of_an_older_range_algorithm_is_recomputed_not_reused(tmp_path: Path, method: str,
+                                                                      reused: bool) -> None:
+    """Entropy's search changed in session 9: a cached table from before must not stand in for the new one."""
+    pct = 99.99 if method == "percentile" else None
+    table = CalibrationTable(ranges={"x": (0.0, 1.0)}, method=method, model_sha256="m", set_fingerprint="s",
+                             num_images=4, percentile=pct)
+    assert table.algorithm_version == (2 if method == "entropy" else 1)
+    raw = table.to_dict()
+    del raw["algorithm_version"]  # a table written before the field existed
+    path = tmp_path / "calibration.json"
+    path.write_text(json.dumps(raw))
+    old = load_if_current(path, model_sha256="m", set_fingerprint="s", method=method, percentile=pct)
+    assert (old is not None) is reused
+    table.save(path)  # the current algorithm's table is reused
+    assert load_if_current(path, model_sha256="m", set_fingerprint="s", method=method, percentile=pct) == table
