@@ -240,6 +240,9 @@ def main() -> int:
     ap.add_argument("--memory-images", type=int, default=0, help="also run the resident-memory test on this many")
     ap.add_argument("--skip-latency", action="store_true")
     ap.add_argument("--out", type=Path, default=None, help="write all figures as JSON here")
+    ap.add_argument("--bundle", type=Path, default=None,
+                    help="benchmark this bundle (e.g. a trained model's) instead of building the random-weight one; "
+                         "its parity records come from `uopsl validate` against its checkpoint, run beforehand")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
@@ -250,7 +253,10 @@ def main() -> int:
         return 2
     rng = np.random.default_rng(0)
     calib = [fundus[i] for i in rng.choice(len(fundus), 32, replace=False)]
-    bundle = build_bundle(args.work / f"{args.arch}_{args.size}", args.size, calib, args.arch)
+    if args.bundle is not None:
+        bundle = args.bundle
+    else:
+        bundle = build_bundle(args.work / f"{args.arch}_{args.size}", args.size, calib, args.arch)
     result: dict[str, Any] = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "bundle": str(bundle)}
 
     if not args.skip_latency:
@@ -261,8 +267,10 @@ def main() -> int:
         cfg = BenchConfig(batches=(1, 8), iters=args.iters, warmup=args.warmup, threads=args.threads,
                           e2e=True, e2e_images=args.e2e_images)
         t0 = time.time()
-        # Parity first: `auto` takes the INT8 file only once it passed validation.
-        bench_agreement = agreement(bundle, fundus, args.work / "parity")
+        # Parity first: `auto` takes the INT8 file only once it passed validation. A given bundle
+        # keeps the records `uopsl validate` wrote against its own checkpoint.
+        bench_agreement = agreement(bundle, fundus, args.work / "parity") if args.bundle is None else \
+            {"note": "parity records from `uopsl validate` against the bundle's checkpoint (see its manifest)"}
         bench = run_bench(bundle, "ort-cpu,openvino", "fp32,int8", cfg, images=TVHL / "fundus")
         sel = select_backend(bundle, "auto", "auto", threads=args.threads)
         b1 = {(c["backend"], c["precision"]): c for c in bench["cases"] if c["batch"] == 1}

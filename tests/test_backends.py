@@ -216,11 +216,23 @@ def test_auto_takes_int8_only_after_it_passed_parity_validation(tiny_bundle: Pat
     m = read_manifest(tiny_bundle)
     for manifest, expect in ((m, "no parity record"), (_validated(m, passed=False), "failed parity validation"),
                              (_validated(m, sha="0" * 64), "another file content"),
-                             # passed on ONNX Runtime only: OpenVINO, which would run it, never did
-                             (_validated(m, backends=("ort-cpu",)), "no parity record on openvino")):
+                             ):
         sel = select_backend(tiny_bundle, manifest=manifest, availability=av)
         assert (sel.backend, sel.precision) == ("ort-cpu", "fp32"), sel
         assert expect in sel.reason
+    # Passed on ONNX Runtime only: OpenVINO, which would run it first, never did; ONNX Runtime runs it.
+    sel = select_backend(tiny_bundle, manifest=_validated(m, backends=("ort-cpu",)), availability=av)
+    assert (sel.backend, sel.precision) == ("ort-cpu", "int8-qdq-u8"), sel
+    assert "no parity record on openvino" in sel.reason and "ONNX Runtime INT8 is 3.00x ORT FP32" in sel.reason
+    # Failed on OpenVINO, passed on ONNX Runtime (the runtimes round differently): ONNX Runtime INT8.
+    runs = _validated(m, backends=("ort-cpu",))
+    both = _validated(m, passed=False, backends=("openvino",))
+    merged = replace(m, files=tuple(
+        replace(f, info={**f.info, "parity": {**r.info["parity"], "backends": {
+            **r.info["parity"]["backends"], **b.info["parity"]["backends"]}}}) if "parity" in r.info else f
+        for f, r, b in zip(m.files, runs.files, both.files)))
+    sel = select_backend(tiny_bundle, manifest=merged, availability=av)
+    assert (sel.backend, sel.precision) == ("ort-cpu", "int8-qdq-u8") and "failed parity validation" in sel.reason
     assert select_backend(tiny_bundle, manifest=_validated(m), availability=av).precision == "int8-qdq-u8"
     # Asked for explicitly, INT8 runs without a record: the user decided.
     assert select_backend(tiny_bundle, "openvino", "int8", manifest=m, availability=av).precision == "int8-qdq-u8"

@@ -14,7 +14,8 @@ tensorrt       native TensorRT (engine built for this GPU)           *.engine
 =============  ====================================================  =====================
 
 ``auto`` picks, in this order: a TensorRT engine whose header matches this GPU
-and TensorRT version; else ONNX Runtime CUDA; else OpenVINO INT8 *when INT8 is
+and TensorRT version; else ONNX Runtime CUDA; else OpenVINO INT8, then ONNX
+Runtime INT8, each *when that runtime's validation passed the file and INT8 is
 faster than FP32 on this CPU*; else ONNX Runtime CPU FP32. Whether INT8 pays
 off depends on the CPU (VNNI) and the model (depthwise convolutions gain little),
 so it is measured once on this machine (a few batch-1 runs of each) and the
@@ -209,8 +210,8 @@ def _lib_versions() -> str:
 
 
 def _measure_speedup(fp32: Path, int8: Path, fp32_precision: str, int8_precision: str,
-                     threads: int | None, iters: int = 8) -> float:
-    """ORT CPU FP32 batch-1 median latency divided by OpenVINO INT8's (on a blank image)."""
+                     threads: int | None, iters: int = 8, runtime: str = "openvino") -> float:
+    """ORT CPU FP32 batch-1 median latency divided by the INT8 file's on ``runtime`` (on a blank image)."""
     import numpy as np
 
     from uopsl.runtime.backends.onnxruntime import OrtBackend
@@ -231,15 +232,24 @@ def _measure_speedup(fp32: Path, int8: Path, fp32_precision: str, int8_precision
         return float(np.median(times)) * 1e3
 
     ort_ms = median_ms(OrtBackend(fp32, "cpu", threads, precision=fp32_precision))
-    ov_ms = median_ms(OpenVinoBackend(int8, "CPU", threads, precision=int8_precision))
-    log.info("measured batch-1 latency: ORT CPU FP32 %.1f ms, OpenVINO INT8 %.1f ms", ort_ms, ov_ms)
-    return ort_ms / ov_ms
+    int8_backend: Backend = (OpenVinoBackend(int8, "CPU", threads, precision=int8_precision) if runtime == "openvino"
+                             else OrtBackend(int8, "cpu", threads, precision=int8_precision))
+    int8_ms = median_ms(int8_backend)
+    log.info("measured batch-1 latency: ORT CPU FP32 %.1f ms, %s INT8 %.1f ms", ort_ms, _RUNTIME_LABEL[runtime],
+             int8_ms)
+    return ort_ms / int8_ms
+
+
+_RUNTIME_LABEL = {"openvino": "OpenVINO", "ort-cpu": "ONNX Runtime"}
 
 
 def cpu_int8_speedup(
-    root: Path, fp32: FileEntry, int8: FileEntry, threads: int | None = None, *, measure: bool = True
+    root: Path, fp32: FileEntry, int8: FileEntry, threads: int | None = None, *, measure: bool = True,
+    runtime: str = "openvino",
 ) -> tuple[float | None, str]:
-    """How much faster OpenVINO INT8 is than ONNX Runtime FP32 on this CPU, and where the figure came from.
+    """How much faster the INT8 file on ``runtime`` (OpenVINO or ONNX Runtime) is than ONNX Runtime FP32 here.
+
+    Returns the speed-up and where the figure came from.
 
     Order: this machine's cache; else a measurement now (``measure=True``),
     cached under the two files' checksums, the CPU model and library versions;
@@ -247,7 +257,8 @@ def cpu_int8_speedup(
     file, measured by export on ``info["cpu_int8_speedup_cpu"]``). Returns
     ``(None, why)`` when nothing is known.
     """
-    key = "|".join([fp32.sha256 or fp32.path, int8.sha256 or int8.path, cpu_name(), _lib_versions(), str(threads)])
+    key = "|".join([fp32.sha256 or fp32.path, int8.sha256 or int8.path, cpu_name(), _lib_versions(), str(threads)]
+                   + ([] if runtime == "openvino" else [runtime]))  # OpenVINO keys stay those of older caches
     cache = cache_dir() / "cpu_int8_speedup.json"
     try:
         known = json.loads(cache.read_text(encoding="utf-8"))
@@ -257,13 +268,14 @@ def cpu_int8_speedup(
         known = {}
     if key in known:
         return float(known[key]), f"measured earlier on this machine (cache {cache})"
-    recorded = int8.info.get("cpu_int8_speedup")
+    recorded = int8.info.get("cpu_int8_speedup") if runtime == "openvino" else None  # export records OpenVINO's
     recorded_cpu = int8.info.get("cpu_int8_speedup_cpu", "")
     if recorded is not None and recorded_cpu == cpu_name():
         return float(recorded), "recorded in the bundle for this CPU model"
     if measure:
         try:
-            speedup = _measure_speedup(root / fp32.path, root / int8.path, fp32.precision, int8.precision, threads)
+            speedup = _measure_speedup(root / fp32.path, root / int8.path, fp32.precision, int8.precision, threads,
+                                       runtime=runtime)
         except UopslError as exc:
             return None, f"could not measure ({exc})"
         known[key] = round(speedup, 3)
@@ -341,21 +353,22 @@ def select_backend(
         measure = os.environ.get("UOPSL_AUTO_MEASURE", "1") != "0"
     notes: list[str] = []
 
-    def cpu_int8_wins() -> tuple[bool, str]:
+    def cpu_int8_wins(runtime: str = "openvino") -> tuple[bool, str]:
         fp32, int8 = _onnx_file(m, "fp32", False), _onnx_file(m, "int8", False)
+        label = _RUNTIME_LABEL[runtime]
         if int8 is None:
             return False, "the bundle has no INT8 ONNX file"
-        validated, why_not = parity_status(int8, "openvino")
+        validated, why_not = parity_status(int8, runtime)
         if not validated:
-            return False, f"INT8 not chosen unasked: {why_not}"
+            return False, f"{label} INT8 not chosen unasked: {why_not}"
         if fp32 is None:
             return True, "the bundle has no FP32 ONNX file"
-        speedup, source = cpu_int8_speedup(root, fp32, int8, threads, measure=measure)
+        speedup, source = cpu_int8_speedup(root, fp32, int8, threads, measure=measure, runtime=runtime)
         if speedup is None:
-            return False, f"INT8 speed on this CPU unknown ({source}); FP32 is the safe default"
+            return False, f"{label} INT8 speed on this CPU unknown ({source}); FP32 is the safe default"
         verdict = speedup >= INT8_MIN_SPEEDUP
         rel = "faster" if verdict else "not enough faster (needs %.2fx)" % INT8_MIN_SPEEDUP
-        return verdict, f"OpenVINO INT8 is {speedup:.2f}x ORT FP32 on this CPU, {rel} ({source})"
+        return verdict, f"{label} INT8 is {speedup:.2f}x ORT FP32 on this CPU, {rel} ({source})"
 
     # -- explicit backend ------------------------------------------------------------
     if name == "tensorrt":
@@ -432,6 +445,14 @@ def select_backend(
             notes.append(why)
     elif precision in ("auto", "int8") and not av.openvino and _onnx_file(m, "int8", False) is not None:
         notes.append("an INT8 file is present but OpenVINO is not installed (pip install 'uopsl[openvino]')")
+    if precision == "auto" and _onnx_file(m, "int8", False) is not None:
+        # The same file on ONNX Runtime: validated there on its own record (the runtimes round
+        # differently, so one's pass says nothing of the other's) and timed against ORT FP32.
+        wins, why = cpu_int8_wins("ort-cpu")
+        if wins:
+            f = _need_onnx(m, "ort-cpu", "int8")
+            return Selection("ort-cpu", f.precision, f.path, "; ".join([*notes, why]))
+        notes.append(why)
     p = "fp32" if precision == "auto" else precision
     f = _need_onnx(m, "ort-cpu", p)
     return Selection("ort-cpu", f.precision, f.path, "; ".join([*notes, f"ONNX Runtime CPU {_precision_word(f.precision)}"]))
