@@ -588,7 +588,7 @@ def validate_bundle(
                                  "precision": spec.precision}
         if spec.name in run.errors:
             entry.update({"passed": False, "verdict": FAIL, "error": run.errors[spec.name],
-                          "reasons": [run.errors[spec.name]]})
+                          "reasons": [run.errors[spec.name]], "judged": False})
             candidates.append(entry)
             continue
         cand = run.stacked(spec.name)
@@ -678,11 +678,21 @@ def validate_bundle(
         # A FAIL is always recorded (it keeps `auto` off the file). A PASS or INCOMPLETE only from a run that
         # parity_status would trust: a weaker run neither turns an earlier FAIL into a pass nor erases an
         # earlier complete verdict because its few images could not evaluate every gate.
-        to_record = [c for c in report["candidates"] if c["verdict"] == FAIL or weak is None]
-        held = [f"{c['name']} {c['verdict']}" for c in report["candidates"] if c["verdict"] != FAIL and weak]
+        # A candidate that could not be loaded or run here (GPU out of memory, missing CUDA libraries)
+        # was never judged: recording its FAIL would erase a valid earlier verdict on that file.
+        unjudged = [c for c in report["candidates"] if c.get("judged") is False]
+        judged = [c for c in report["candidates"] if c.get("judged") is not False]
+        to_record = [c for c in judged if c["verdict"] == FAIL or weak is None]
+        held = [f"{c['name']} {c['verdict']}" for c in judged if c["verdict"] != FAIL and weak]
+        notes_ = []
         if held:
-            record_note = (f"not recorded in the manifest ({weak}): {', '.join(held)}; a run like this records "
-                           "only a FAIL, never a pass, and `auto` keeps the earlier record")
+            notes_.append(f"not recorded in the manifest ({weak}): {', '.join(held)}; a run like this records "
+                          "only a FAIL, never a pass, and `auto` keeps the earlier record")
+        if unjudged:
+            notes_.append("not recorded (could not be run here, so not judged; the earlier record stays): "
+                          + ", ".join(f"{c['name']} ({c['error']})" for c in unjudged))
+        if notes_:
+            record_note = "; ".join(notes_)
             log.warning(record_note)
     elif cfg.record and run_reasons:
         record_note = "nothing recorded in the manifest: the reference's outputs could not be used"

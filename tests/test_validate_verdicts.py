@@ -477,3 +477,27 @@ def test_repeating_a_validation_leaves_the_manifest_bytes_alone(bundle: Path, ph
     assert "model.int8.onnx" in json.loads(first)["files"][1]["path"] and b'"verdict": "FAIL"' in first
     _run(bundle, photos, labels, models, tmp_path / "out")
     assert (bundle / "manifest.json").read_bytes() == first
+
+
+def test_a_candidate_that_cannot_load_here_leaves_its_earlier_pass_alone(
+        bundle: Path, photos: list[Path], image_keys: dict[str, int], monkeypatch: pytest.MonkeyPatch,
+        tmp_path: Path) -> None:
+    """GPU out of memory or missing CUDA libraries say nothing about the file: no FAIL over a valid PASS."""
+    labels = _single_labels(N)
+    models = _Models(image_keys, monkeypatch, labels)
+    assert _run(bundle, photos, labels, models, tmp_path / "pass").status == "PASS"
+    assert _status(bundle, "model.int8.onnx")[0]
+
+    def broken(bundle_: Path, spec: Any, threads: Any) -> _Table:
+        if spec.file == "model.int8.onnx":
+            raise RuntimeError("CUDA out of memory")
+        return _Table(image_keys, lambda: models.files[spec.file])
+
+    monkeypatch.setattr(validate_mod, "open_candidate", broken)
+    again = _run(bundle, photos, labels, models, tmp_path / "oom")
+    cand = _cand(again.report, "model.int8.onnx")
+    assert cand["verdict"] == "FAIL" and "cannot load" in cand["error"] and again.exit_code != 0
+    assert "model.int8.onnx" not in again.report["record"]["recorded"]
+    assert "could not be run here, so not judged" in again.report["record"]["note"]
+    ok, why = _status(bundle, "model.int8.onnx")
+    assert ok and "passed parity validation" in why
