@@ -248,6 +248,7 @@ class Screener:
         on_result: Callable[[ScreenResult], None] | None = None,
         finalize: bool = True,
         require_images: bool = True,
+        store: ResultStore | None = None,
     ) -> RunSummary:
         """Screen ``inputs`` into ``out_dir`` (results.jsonl/csv, thumbs/, overlays/, report.html).
 
@@ -267,6 +268,10 @@ class Screener:
         process is writing, or one holding another model's results; missing
         top-level inputs; and, with ``require_images``, inputs holding no
         photograph at all. The output folder is never screened itself.
+
+        ``store``: a :class:`ResultStore` already open on ``out_dir`` (``watch``
+        holds one for its whole session), used instead of opening the folder
+        again, which would read all of results.jsonl each time. It is left open.
         """
         out = Path(out_dir)
         given = list(inputs) if isinstance(inputs, (list, tuple)) else None
@@ -274,7 +279,11 @@ class Screener:
             check_inputs(given)
         summary = RunSummary(out, backend=self.backend.describe(), bundle_sha256=self.identity.bundle_sha256)
         side = OVERLAY_SIDE if overlays else REPORT_THUMB_SIDE if report else 0
-        with ResultStore(out, self.identity) as store:
+        if store is not None and os.path.realpath(out) != store._real:
+            raise ConfigError(f"screen_to was given a ResultStore open on {store.out_dir}, but writes to {out}; "
+                              "pass the store of that same output folder, or none")
+        opened = contextlib.nullcontext(store) if store is not None else ResultStore(out, self.identity)
+        with opened as store:
             seen: set[str] = set()
             walk = WalkState(exclude=[out])
             source = given if given is not None else inputs
@@ -295,7 +304,7 @@ class Screener:
                     old = store.find_moved(it.key, it.path)
                     if old is not None:
                         row = self._moved_row(out, old, it)
-                        store.append([row])
+                        store.defer(row)  # written with the next batch: no fsync per photograph
                         summary.moved += 1
                         _count_earlier(str(row.get("status")), bool(row.get("refer")))
                         return

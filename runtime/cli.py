@@ -129,7 +129,7 @@ def run_cmd(bundle: Path, inputs: Sequence[Path], out: Path, backend: str, preci
 @click.option("--settle-ms", type=click.IntRange(min=0), default=1000, show_default=True,
               help="A file is taken once its size and mtime are unchanged this long.")
 @click.option("--poll", "poll_s", type=click.FloatRange(min=0.01), default=0.5, show_default=True, help="Scan interval (s).")
-@click.option("--max-images", type=click.IntRange(min=1), default=None, help="Stop after this many new images.")
+@click.option("--max-images", type=click.IntRange(min=1), default=None, help="Stop after screening this many new photographs (ones screened before into --out do not count).")
 @click.option("--timeout", "timeout_s", type=click.FloatRange(min=0), default=None, help="Stop after this many seconds.")
 def watch_cmd(bundle: Path, folder: Path, out: Path, backend: str, precision: str, threads: int | None,
               overlays: bool, settle_ms: int, poll_s: float, max_images: int | None, timeout_s: float | None) -> int:

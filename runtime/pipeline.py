@@ -191,6 +191,17 @@ def is_output_folder(folder: str | os.PathLike[str]) -> bool:
     return os.path.isfile(os.path.join(folder, JSONL)) or os.path.isfile(os.path.join(folder, LOCK_NAME))
 
 
+def output_folder_named(folder: str | os.PathLike[str]) -> ConfigError:
+    """The error for a folder the user named as input that is an output folder of uopsl-screen.
+
+    Why an error: the walk leaves output folders out (their thumbnails would be screened), so naming one
+    used to end in "no photographs found", which does not say why.
+    """
+    held = JSONL if os.path.isfile(os.path.join(folder, JSONL)) else LOCK_NAME
+    return ConfigError(f"input {display_path(folder)} is an output folder of uopsl-screen (it holds {held}), "
+                       "not a folder of photographs; name the folder the photographs are in (results go to --out)")
+
+
 def walk_images(folder: Path, state: WalkState | None = None) -> Iterator[Path]:
     """Image files under ``folder``: sorted, recursive, hidden files and folders skipped, lazy.
 
@@ -257,10 +268,13 @@ def check_inputs(inputs: Iterable[Any]) -> None:
         if isinstance(raw, (str, os.PathLike)):
             p = Path(raw)
             try:
-                os.stat(p)
+                st = os.stat(p)
             except OSError as exc:
                 if image_suffix(p.name) not in IMAGE_SUFFIXES:
                     raise _missing_input(p, exc) from None
+                continue
+            if stat.S_ISDIR(st.st_mode) and is_output_folder(p):
+                raise output_folder_named(p)
 
 
 def iter_inputs(inputs: Iterable[str | os.PathLike[str]], *, state: WalkState | None = None) -> Iterator[InputItem]:
@@ -269,7 +283,8 @@ def iter_inputs(inputs: Iterable[str | os.PathLike[str]], *, state: WalkState | 
     A path given explicitly is always screened, even if it is not an image or
     does not exist: it then gets an ``error`` row that says so; only a missing
     top-level input that is not named like an image raises :class:`ConfigError`
-    (:func:`check_inputs`). List files are read as UTF-8 with or without the
+    (:func:`check_inputs`), and so does a top-level folder that is an output
+    folder of uopsl-screen (:func:`output_folder_named`). List files are read as UTF-8 with or without the
     BOM Notepad writes; entries are relative to the list file's folder; ``#``
     starts a comment; a list that (directly or not) names itself is read once.
     Anything inside an excluded folder (the output folder) is left out.
@@ -293,6 +308,8 @@ def _expand(p: Path, state: WalkState, *, top: bool, lists: tuple[str, ...]) -> 
         if top and image_suffix(p.name) not in IMAGE_SUFFIXES:
             raise _missing_input(p, exc) from None
     if st is not None and stat.S_ISDIR(st.st_mode):
+        if top and is_output_folder(p):
+            raise output_folder_named(p)
         for f in walk_images(p, state):
             yield item_for_path(f)
     elif st is not None and stat.S_ISREG(st.st_mode) and p.suffix.lower() in LIST_SUFFIXES:

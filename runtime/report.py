@@ -26,7 +26,7 @@ import html
 import logging
 import os
 import socket
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -246,8 +246,36 @@ def _trusted_image(path: Path, row: Mapping[str, Any], kind: str, thumb_mtime: f
     return not (kind == "overlay" and thumb_mtime is not None and mtime < thumb_mtime - _MTIME_SLACK_S)
 
 
-_URIS: dict[tuple[str, int, int, int], str] = {}  # (path, size, mtime_ns, side) -> data URI, for watch's refreshes
-_MAX_URIS = 4096  # about 10 KB each
+#: (path, side) -> (size, mtime_ns, data URI), least recently used first: kept for watch's refreshes.
+_URIS: OrderedDict[tuple[str, int], tuple[int, int, str]] = OrderedDict()
+_MAX_URIS = 4096  # about 10 KB each; a report with more images raises it (see :func:`_reserve_uris`)
+_uri_capacity = _MAX_URIS
+
+
+def _reserve_uris(n_images: int) -> None:
+    """Let the cache hold ``n_images`` (a report's thumbnails and heatmaps) so a refresh hits every one.
+
+    Why: watch renders the same rows in the same order every few seconds; a cache smaller than that set
+    (or one emptied when full) misses on every lookup and decodes every image again each time. Its
+    memory is about that of the report's own HTML.
+    """
+    global _uri_capacity
+    _uri_capacity = max(_MAX_URIS, n_images + 64)
+
+
+def _uri_get(path: Path, side: int, size: int, mtime_ns: int) -> str | None:
+    entry = _URIS.get((str(path), side))
+    if entry is None or entry[:2] != (size, mtime_ns):
+        return None
+    _URIS.move_to_end((str(path), side))
+    return entry[2]
+
+
+def _uri_put(path: Path, side: int, size: int, mtime_ns: int, uri: str) -> None:
+    _URIS[(str(path), side)] = (size, mtime_ns, uri)  # one entry per file: a new version replaces the old
+    _URIS.move_to_end((str(path), side))
+    while len(_URIS) > _uri_capacity:
+        _URIS.popitem(last=False)  # the least recently used
 
 
 def _data_uri(path: Path, side: int = _THUMB) -> str:
@@ -260,9 +288,9 @@ def _data_uri(path: Path, side: int = _THUMB) -> str:
     """
     try:
         st = path.stat()
-        key = (str(path), st.st_size, st.st_mtime_ns, side)
-        if key in _URIS:
-            return _URIS[key]
+        cached = _uri_get(path, side, st.st_size, st.st_mtime_ns)
+        if cached is not None:
+            return cached
         buf = np.fromfile(str(path), dtype=np.uint8)
         img = None
         if buf.size and path.suffix.lower() in (".jpg", ".jpeg"):
@@ -284,9 +312,7 @@ def _data_uri(path: Path, side: int = _THUMB) -> str:
         img = cv2.resize(img, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA)
     data = encode_jpeg(cv2.cvtColor(img, cv2.COLOR_BGR2RGB), 75)
     uri = "data:image/jpeg;base64," + base64.b64encode(data).decode("ascii")
-    if len(_URIS) >= _MAX_URIS:
-        _URIS.clear()
-    _URIS[key] = uri
+    _uri_put(path, side, st.st_size, st.st_mtime_ns, uri)
     return uri
 
 
@@ -377,30 +403,36 @@ def find_duplicates(rows: Sequence[Mapping[str, Any]]) -> DuplicateCheck:
     a folder of JPEGs costs a few ``stat`` calls; at most ``_HASH_BUDGET`` bytes are read. Unreadable rows
     are left out (two empty files are not "the same photograph"); so are files changed since screening.
     """
+    # One key form for every sha256, whether the row carried it or it was computed from the file: the bare
+    # hex. A row that carries its hash still joins its size group, so a same-size row without one is hashed.
     by_hash: dict[str, list[int]] = {}
-    by_size: dict[int, list[tuple[int, str, int]]] = {}
+    by_size: dict[int, list[tuple[int, str, int, bool]]] = {}  # size -> (row, path, mtime_ns, hashed)
     unchecked = 0
     for i, r in enumerate(rows):
         if r.get("status") not in ("ok", "ungradable"):
             continue
         own = r.get("sha256") or r.get("content_sha256")
         key = str(r.get("key", ""))
-        if not own and key.startswith("sha1:"):
+        if own:
+            own = str(own).lower().removeprefix("sha256:")
+        elif key.startswith("sha1:"):
             own = key
         if own:
             by_hash.setdefault(str(own), []).append(i)
-            continue
         path, size, mtime_ns = _split_key(r)
         if size is None or mtime_ns is None:
-            unchecked += 1
+            if not own:
+                unchecked += 1
             continue
         if size > 0:
-            by_size.setdefault(size, []).append((i, path, mtime_ns))
+            by_size.setdefault(size, []).append((i, path, mtime_ns, bool(own)))
     budget = _HASH_BUDGET
     for size, members in by_size.items():
-        if len(members) < 2:
+        if len(members) < 2 or all(hashed for *_, hashed in members):
             continue
-        for i, path, mtime_ns in members:
+        for i, path, mtime_ns, hashed in members:
+            if hashed:
+                continue
             if budget < size:
                 unchecked += 1
                 continue
@@ -409,7 +441,7 @@ def find_duplicates(rows: Sequence[Mapping[str, Any]]) -> DuplicateCheck:
             if digest is None:
                 unchecked += 1
             else:
-                by_hash.setdefault("sha256:" + digest, []).append(i)
+                by_hash.setdefault(digest.lower().removeprefix("sha256:"), []).append(i)
     groups = sorted((sorted(g) for g in by_hash.values() if len(g) > 1), key=lambda g: g[0])
     return DuplicateCheck(groups, unchecked)
 
@@ -654,6 +686,7 @@ def report_parts(rows: Sequence[dict[str, Any]], out_dir: str | os.PathLike[str]
         f"<tfoot><tr><td colspan='6'>{_e(ident_line)} - screening support, not a diagnosis</td></tr></tfoot><tbody>"
     )
     dup_of: dict[int, list[int]] = {i: [j for j in g if j != i] for g in dups.groups for i in g}
+    _reserve_uris(2 * len(ordered))  # a thumbnail and a heatmap per row
     other = set(other_bundle)
     for i, r in enumerate(ordered, 1):
         cls, _ = _verdict(r)

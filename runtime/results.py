@@ -123,7 +123,15 @@ def key_size(key: str) -> int | None:
 
 
 def _row_path(row: dict[str, Any]) -> str:
-    return key_path(str(row.get("key", ""))) or str(row.get("source", ""))
+    """What identifies a row's input: its path, or for an in-memory input its whole ``sha1:`` key.
+
+    Why the whole key: in-memory inputs share display names (``image``), and
+    keyed by name, different photographs would replace each other's rows.
+    """
+    key = str(row.get("key", ""))
+    if key.startswith("sha1:"):
+        return key
+    return key_path(key) or str(row.get("source", ""))
 
 
 def _display(value: Any) -> Any:
@@ -153,9 +161,8 @@ _HELD: dict[str, tuple[FolderLock, int, int]] = {}  # real path -> (lock, thread
 _HELD_GUARD = threading.Lock()
 
 
-def _acquire(out: Path) -> bool:
-    """Lock ``out`` for this thread; True when newly taken (False: this thread already held it)."""
-    real = os.path.realpath(out)
+def _acquire(out: Path, real: str) -> bool:
+    """Lock ``out`` (resolved: ``real``) for this thread; True when newly taken (False: already held here)."""
     me = threading.get_ident()
     with _HELD_GUARD:
         held = _HELD.get(real)
@@ -180,8 +187,9 @@ def _acquire(out: Path) -> bool:
         return True
 
 
-def _release(out: Path) -> None:
-    real = os.path.realpath(out)
+def _release(real: str) -> None:
+    """Release the lock taken for ``real``: the path resolved when it was taken (the working folder may
+    have changed, or the folder been renamed, since)."""
     with _HELD_GUARD:
         held = _HELD.get(real)
         if held is None:
@@ -236,9 +244,13 @@ class ResultStore:
         self.path = self.out_dir / JSONL
         self.identity = identity
         prepare_folder(self.out_dir)
-        first = _acquire(self.out_dir)
+        self._real = os.path.realpath(self.out_dir)  # the lock is released under this name (finding: cwd changes)
+        first = _acquire(self.out_dir, self._real)
         self._locked = True
         self._fh: io.TextIOWrapper | None = None
+        self._pending: list[dict[str, Any]] = []  # rows noted but not yet written (see :meth:`defer`)
+        self._pending_by_key: dict[str, dict[str, Any]] = {}
+        self._offsets: dict[str, int] = {}  # key -> byte offset of its latest row in the jsonl (find_moved)
         try:
             if first:
                 n = sum(remove_stale_temporaries(self.out_dir / d) for d in ("", *IMAGE_DIRS))
@@ -251,12 +263,14 @@ class ResultStore:
             self._by_name_size: dict[tuple[str, int], dict[str, str]] = {}  # -> {key: content sha256}
             self.n_rows = 0
             marks: dict[tuple[str, str], int] = {}  # (model_sha256, bundle_sha256) -> rows
-            for r in self.rows():
+            for offset, r in self._scan():
                 if "key" in r:
                     self._note(r)
+                    self._offsets[str(r["key"])] = offset
                     self.n_rows += 1
                     mark = (str(r.get("model_sha256") or ""), str(r.get("bundle_sha256") or ""))
                     marks[mark] = marks.get(mark, 0) + 1
+            self._end = self._size()
             if identity is not None:
                 self._check_model(identity, marks)
         except BaseException:
@@ -356,11 +370,20 @@ class ResultStore:
     # -- reading ---------------------------------------------------------------------------------
     def rows(self) -> Iterator[dict[str, Any]]:
         """All parseable rows, in the order written (corrupt lines are skipped with a warning)."""
-        if not self.path.exists():
+        for _, row in self._scan():
+            yield row
+
+    def _scan(self) -> Iterator[tuple[int, dict[str, Any]]]:
+        """(byte offset, row) for every parseable row, in the order written."""
+        try:
+            fh = open(self.path, "rb")  # noqa: SIM115 - closed below
+        except FileNotFoundError:
             return
-        with open(self.path, encoding="utf-8", errors="replace") as fh:
-            for n, line in enumerate(fh, 1):
-                line = line.strip()
+        with fh:
+            offset = 0
+            for n, raw in enumerate(fh, 1):
+                start, offset = offset, offset + len(raw)
+                line = raw.decode("utf-8", errors="replace").strip()
                 if not line:
                     continue
                 try:
@@ -369,7 +392,35 @@ class ResultStore:
                     log.warning("%s:%d: skipping a corrupt row", self.path, n)
                     continue
                 if isinstance(row, dict):
-                    yield row
+                    yield start, row
+
+    def _size(self) -> int:
+        try:
+            return os.path.getsize(self.path)
+        except OSError:
+            return 0
+
+    def _row_of(self, key: str) -> dict[str, Any] | None:
+        """The latest row written for ``key``: read at its recorded offset, not by reading the whole file."""
+        pending = self._pending_by_key.get(key)
+        if pending is not None:
+            return pending
+        offset = self._offsets.get(key)
+        if offset is not None:
+            try:
+                with open(self.path, "rb") as fh:
+                    fh.seek(offset)
+                    row = json.loads(fh.readline().decode("utf-8", errors="replace"))
+                if isinstance(row, dict) and row.get("key") == key:
+                    return row
+            except (OSError, ValueError):
+                pass
+            log.debug("%s: row of %s not at its offset %d; reading the whole file", self.path, key, offset)
+        latest = None
+        for r in self.rows():
+            if r.get("key") == key:
+                latest = r
+        return latest
 
     def _note(self, row: dict[str, Any]) -> None:
         key = str(row["key"])
@@ -419,11 +470,7 @@ class ResultStore:
                 except OSError:
                     return None
             if digest == old_sha:
-                latest = None
-                for r in self.rows():
-                    if r.get("key") == old_key:
-                        latest = r
-                return latest
+                return self._row_of(old_key)
         return None
 
     def latest_rows(self) -> list[dict[str, Any]]:
@@ -452,30 +499,60 @@ class ResultStore:
         with ASCII escapes, which JSON reads back losslessly; the file stays
         valid UTF-8 either way.
         """
-        if not rows:
+        pending, self._pending = self._pending, []
+        self._pending_by_key = {}
+        if not rows and not pending:
             return
         if self._fh is None:
             self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - kept open across batches
-        for r in rows:
+            self._end = self._size()
+        newline = len(os.linesep)  # text mode writes "\n" as os.linesep
+        deferred = {id(r) for r in pending}
+        for r in [*pending, *rows]:
             line = json.dumps(r, ensure_ascii=False, separators=(",", ":"))
             try:
-                line.encode("utf-8")
+                data = line.encode("utf-8")
             except UnicodeEncodeError:
                 line = json.dumps(r, ensure_ascii=True, separators=(",", ":"))
+                data = line.encode("utf-8")
             self._fh.write(line + "\n")
-            self._note(r)
-            self.n_rows += 1
+            self._offsets[str(r["key"])] = self._end
+            self._end += len(data) + newline
+            if id(r) not in deferred:  # deferred rows were noted when deferred
+                self._note(r)
+                self.n_rows += 1
         self._fh.flush()
         os.fsync(self._fh.fileno())
+        self._end = os.fstat(self._fh.fileno()).st_size
+
+    def defer(self, row: dict[str, Any]) -> None:
+        """Count ``row`` as written now (``done``, lookups) and write it with the next :meth:`append`.
+
+        Why: a card found under a new mount point gives one such row per
+        photograph; writing and fsync'ing each on its own made thousands of
+        fsyncs. :meth:`close` writes what is left.
+        """
+        self._note(row)
+        self.n_rows += 1
+        self._pending.append(row)
+        self._pending_by_key[str(row["key"])] = row
 
     def close(self) -> None:
-        """Close the jsonl and release the folder lock."""
-        if self._fh is not None:
-            self._fh.close()
+        """Write deferred rows, close the jsonl and release the folder lock."""
+        try:
+            if getattr(self, "_pending", None):
+                self.append([])
+        finally:
+            self._close()
+
+    def _close(self) -> None:
+        fh = getattr(self, "_fh", None)
+        if fh is not None:
             self._fh = None
+            fh.close()
         if getattr(self, "_locked", False):
             self._locked = False
-            _release(self.out_dir)
+            _release(self._real)
 
     def __enter__(self) -> ResultStore:
         return self

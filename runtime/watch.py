@@ -24,7 +24,7 @@ from pathlib import Path
 
 from uopsl.runtime.api import RunSummary, Screener
 from uopsl.runtime.errors import ConfigError
-from uopsl.runtime.pipeline import ScreenResult, WalkState, walk_images
+from uopsl.runtime.pipeline import ScreenResult, WalkState, is_output_folder, output_folder_named, walk_images
 from uopsl.runtime.results import ResultStore
 
 log = logging.getLogger(__name__)
@@ -33,7 +33,9 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class WatchConfig:
     """settle_ms: how long size+mtime must stay unchanged. poll_s: folder scan interval.
-    max_images: stop after screening this many new images (None: never).
+    max_images: stop after screening this many new images (None: never). Photographs
+    already in the output folder (skipped, or found under a new path) do not
+    count: the watch goes on until this many were screened now.
     timeout_s: stop after this many seconds (None: never; Ctrl-C stops).
     refresh_s: rewrite results.csv/report.html at most this often while watching.
     """
@@ -73,8 +75,12 @@ class StableFiles:
         self._taken: dict[Path, tuple[int, int]] = {}
         self._said: set[str] = set()  # warnings already given (a folder that cannot be listed: once, not every poll)
 
-    def poll(self) -> list[Path]:
-        """Files that are complete and not yet returned in their current version."""
+    def poll(self, limit: int | None = None) -> list[Path]:
+        """Files that are complete and not yet returned in their current version.
+
+        limit: return at most this many; the others stay untaken and come in
+        a later poll (a file is marked taken only when returned).
+        """
         now = self.clock()
         ready: list[Path] = []
         present: set[Path] = set()
@@ -90,7 +96,7 @@ class StableFiles:
                 self._state[p] = (*sig, now)
                 continue
             wait = self.settle_s if st.st_size > 0 else self.empty_settle_s
-            if now - old[2] >= wait and self._taken.get(p) != sig:
+            if now - old[2] >= wait and self._taken.get(p) != sig and (limit is None or len(ready) < limit):
                 self._taken[p] = sig
                 ready.append(p)
         for gone in set(self._state) - present:
@@ -118,6 +124,8 @@ def watch_folder(
     src = Path(folder)
     if not src.is_dir():
         raise ConfigError(f"watch folder {src} does not exist or is not a folder")
+    if is_output_folder(src):
+        raise output_folder_named(src)
     out = Path(out_dir)
     total = RunSummary(out, backend=screener.backend.describe(), bundle_sha256=screener.identity.bundle_sha256)
     with ResultStore(out, screener.identity) as held:
@@ -128,18 +136,17 @@ def watch_folder(
         log.info("watching %s (settle %d ms); Ctrl-C to stop", src, cfg.settle_ms)
         try:
             while True:
-                ready = tracker.poll()
-                if cfg.max_images is not None:
-                    ready = ready[: cfg.max_images - total.screened]
+                # Only as many as are still to screen are taken; the rest stay for the next poll.
+                ready = tracker.poll(None if cfg.max_images is None else cfg.max_images - total.screened)
                 if ready:
                     dirty = True  # before screening: an interrupt inside must still refresh
-                    s = screener.screen_to(out, ready, overlays=overlays, finalize=False, on_result=on_result,
-                                           require_images=False)
-                    total.screened += s.screened
-                    total.skipped += s.skipped  # already in the results folder from an earlier run
-                    total.refer += s.refer
-                    for k, v in s.counts.items():
-                        total.counts[k] = total.counts.get(k, 0) + v
+                    try:
+                        s = screener.screen_to(out, ready, overlays=overlays, finalize=False, on_result=on_result,
+                                               require_images=False, store=held)
+                    except KeyboardInterrupt as exc:  # ScreeningInterrupted: what the batch did is saved
+                        _add(total, getattr(exc, "summary", None))
+                        raise
+                    _add(total, s)
                 now = time.monotonic()
                 if dirty and now - last_refresh >= cfg.refresh_s:
                     _refresh(screener, out, held)
@@ -151,9 +158,24 @@ def watch_folder(
                 time.sleep(cfg.poll_s)
         except KeyboardInterrupt:
             log.info("stopped by the user")
-        finally:
-            total.in_folder = _refresh(screener, out, held)  # always: rows appended since the last refresh
+        except BaseException:
+            # The original error is the one to show: a failing rewrite only logs a warning here.
+            screener._finalize_quietly(out, held, True, None)
+            raise
+        total.in_folder = _refresh(screener, out, held)  # always: rows appended since the last refresh
     return total
+
+
+def _add(total: RunSummary, s: RunSummary | None) -> None:
+    """Add one batch's counts to the session's."""
+    if s is None:
+        return
+    total.screened += s.screened
+    total.skipped += s.skipped  # already in the results folder from an earlier run
+    total.moved += s.moved
+    total.refer += s.refer
+    for k, v in s.counts.items():
+        total.counts[k] = total.counts.get(k, 0) + v
 
 
 def _refresh(screener: Screener, out: Path, store: ResultStore) -> int:
