@@ -7,7 +7,6 @@ are the review's findings (/tmp/s9/review_clinic.md at the time of writing).
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import errno
 import json
@@ -23,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tinybundle import fundus_jpeg, make_bad_zoo, tiny_bundle  # noqa: F401 - session fixture
+from tinybundle import fundus_jpeg, good_photos, make_bad_zoo, results_csv, results_jsonl, tiny_bundle  # noqa: F401 - session fixture
 from uopsl.runtime import results as results_mod
 from uopsl.runtime.api import ScreeningInterrupted, Screener
 from uopsl.runtime.bundle import read_manifest, write_manifest
@@ -33,17 +32,7 @@ from uopsl.runtime.results import LOCK_NAME, RUN_JSON, ResultStore
 from uopsl.runtime.watch import StableFiles, WatchConfig, watch_folder
 
 
-def _csv(out: Path) -> list[dict[str, str]]:
-    with open(out / "results.csv", encoding="utf-8-sig", newline="") as fh:
-        return list(csv.DictReader(fh))
-
-
-def _jsonl(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "results.jsonl").read_text("utf-8").splitlines() if line.strip()]
-
-
-def _good(folder: Path, n: int, start: int = 0) -> list[Path]:
-    return [fundus_jpeg(folder / f"img{i:04d}.jpg", seed=i % 30) for i in range(start, start + n)]
+_csv, _jsonl, _good = results_csv, results_jsonl, good_photos
 
 
 def _run(bundle: Path, *args: str | Path, extra: tuple[str, ...] = ()) -> int:

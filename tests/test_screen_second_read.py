@@ -6,8 +6,6 @@ how many images are decoded), not timings.
 
 from __future__ import annotations
 
-import csv
-import json
 import os
 import shutil
 import time
@@ -18,7 +16,7 @@ import numpy as np
 import pytest
 
 from test_report_readability import _manifest, _row
-from tinybundle import fundus_jpeg, tiny_bundle  # noqa: F401 - session fixture
+from tinybundle import good_photos, results_csv, results_jsonl, tiny_bundle  # noqa: F401 - session fixture
 from uopsl.runtime import report as report_mod
 from uopsl.runtime import results as results_mod
 from uopsl.runtime.api import Screener
@@ -31,17 +29,7 @@ from uopsl.runtime.results import LOCK_NAME, ResultStore
 from uopsl.runtime.watch import StableFiles, WatchConfig, watch_folder
 
 
-def _csv(out: Path) -> list[dict[str, str]]:
-    with open(out / "results.csv", encoding="utf-8-sig", newline="") as fh:
-        return list(csv.DictReader(fh))
-
-
-def _jsonl(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "results.jsonl").read_text("utf-8").splitlines() if line.strip()]
-
-
-def _good(folder: Path, n: int, start: int = 0) -> list[Path]:
-    return [fundus_jpeg(folder / f"img{i:04d}.jpg", seed=i % 30) for i in range(start, start + n)]
+_csv, _jsonl, _good = results_csv, results_jsonl, good_photos
 
 
 @pytest.fixture(autouse=True)

@@ -123,3 +123,23 @@ HUGE_LIMIT = 1_000_000
 def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny FP32 + INT8 (QDQ u8) bundle shared by the runtime tests (read-only: copy before tampering)."""
     return make_tiny_bundle(tmp_path_factory.mktemp("bundle") / "tiny", int8=True)
+
+
+def results_csv(out: Path) -> list[dict[str, str]]:
+    """The rows of ``out/results.csv`` as written by ``uopsl-screen`` (UTF-8 with a BOM, for Excel)."""
+    import csv
+
+    with open(out / "results.csv", encoding="utf-8-sig", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def results_jsonl(out: Path) -> list[dict]:
+    """Every row of ``out/results.jsonl``, in the order written."""
+    import json
+
+    return [json.loads(line) for line in (out / "results.jsonl").read_text("utf-8").splitlines() if line.strip()]
+
+
+def good_photos(folder: Path, n: int, start: int = 0) -> list[Path]:
+    """``n`` gradable fundus-like JPEGs ``img0000.jpg``... in ``folder`` (30 distinct images, cycled)."""
+    return [fundus_jpeg(folder / f"img{i:04d}.jpg", seed=i % 30) for i in range(start, start + n)]
