@@ -109,7 +109,8 @@ class Screener:
     backend / precision / threads: see :func:`uopsl.runtime.backends.open_backend`.
     batch_size, workers: see :class:`PipelineConfig`. verify: check the bundle's
     checksums before loading (a few hundred ms for a typical bundle).
-    max_inference_failures: see below.
+    max_inference_failures: see below. device: the GPU index (as ``nvidia-smi`` numbers
+    them) for TensorRT and ONNX Runtime CUDA/TensorRT; engines are checked against that GPU.
 
     Errors (all :class:`~uopsl.runtime.errors.UopslError`, each message says
     what to do):
@@ -156,7 +157,11 @@ class Screener:
         quality_config: Any = None,
         infer_ungradable: bool = False,
         max_inference_failures: int = 3,
+        device: int = 0,
     ) -> None:
+        if not isinstance(device, int) or isinstance(device, bool) or device < 0:
+            raise ConfigError(f"device must be a GPU index >= 0 (as nvidia-smi numbers them), got {device!r}")
+        self.device = device
         self.bundle = Path(bundle)
         self.manifest: Manifest = verify_or_raise(self.bundle) if verify else read_manifest(self.bundle)
         self.identity: ModelIdentity = model_identity(self.bundle, self.manifest)
@@ -182,7 +187,7 @@ class Screener:
             # No spin-waiting: the pipeline's decoding threads share the cores with inference
             # (2-core x86, ResNet-18 INT8 on ONNX Runtime: ~10 % more photographs per second).
             b = open_backend(self.bundle, self.backend_name, self.precision, self.threads, manifest=self.manifest,
-                             spin=False)
+                             spin=False, device=self.device)
             b.__enter__()
             self._backend = b
             self._health = InferenceHealth(self.config.max_inference_failures)

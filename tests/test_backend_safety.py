@@ -172,8 +172,33 @@ def test_tensorrt_ep_caches_its_engines_in_the_user_cache(tmp_path: Path, monkey
     monkeypatch.setenv("UOPSL_CACHE_DIR", str(tmp_path / "cache"))
     opts = provider_options(["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"])
     name, trt = opts[0]  # type: ignore[misc]
-    assert name == "TensorrtExecutionProvider" and opts[1:] == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert name == "TensorrtExecutionProvider"
+    assert opts[1:] == [("CUDAExecutionProvider", {"device_id": "0"}), "CPUExecutionProvider"]
     assert trt["trt_engine_cache_enable"] == "True" and trt["trt_timing_cache_enable"] == "True"
     assert trt["trt_engine_cache_path"] == str(tmp_path / "cache" / "ort-trt")
     assert (tmp_path / "cache" / "ort-trt").is_dir()
     assert provider_options(["CPUExecutionProvider"]) == ["CPUExecutionProvider"]
+
+
+def test_the_gpu_index_reaches_every_gpu_runtime_and_the_engine_check(tiny_bundle: Path, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A multi-GPU desktop picks its GPU without CUDA_VISIBLE_DEVICES (device review, finding 18)."""
+    from uopsl.runtime import backends as reg
+    from uopsl.runtime.api import Screener
+    from uopsl.runtime.errors import ConfigError
+
+    monkeypatch.setenv("UOPSL_CACHE_DIR", str(tmp_path / "cache"))
+    opts = provider_options(["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"], 1)
+    assert opts[0][1]["device_id"] == "1" and opts[1] == ("CUDAExecutionProvider", {"device_id": "1"})  # type: ignore[index]
+    root, m = _bundle_with_engine(tiny_bundle, tmp_path / "b", None)
+    seen: list[int] = []
+    monkeypatch.setattr(reg, "engine_mismatch", lambda path, device=0: seen.append(device) or None)
+    av = Availability(ort_providers=("CPUExecutionProvider",), tensorrt=True)
+    sel = select_backend(root, "tensorrt", manifest=m, availability=av, device=1)  # type: ignore[arg-type]
+    assert sel.file == "model.fp16.engine" and seen == [1]
+    with pytest.raises(ConfigError, match="GPU index >= 0"):
+        select_backend(root, manifest=m, availability=av, device=-1)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="GPU index >= 0"):
+        Screener(tiny_bundle, "ort-cpu", device=-1)
+    with pytest.raises(ConfigError, match="GPU index >= 0"):
+        OrtBackend(tiny_bundle / "model.onnx", "cpu", device=True)

@@ -123,14 +123,14 @@ class ModelFileBackend(Backend):
 EngineCheck = Callable[[Path], "str | None"]
 
 
-def engine_mismatch(path: Path) -> str | None:
-    """Why the TensorRT engine at ``path`` cannot run here, or None when it matches."""
+def engine_mismatch(path: Path, device: int = 0) -> str | None:
+    """Why the TensorRT engine at ``path`` cannot run on GPU ``device`` here, or None when it matches."""
     try:
         from uopsl.runtime import engine_header  # owned by the TensorRT layer; may be absent
     except ImportError:
         return "uopsl.runtime.engine_header is not available in this build"
     try:
-        engine_header.check_compatible(engine_header.read_header(path), engine_path=path)
+        engine_header.check_compatible(engine_header.read_header(path), engine_path=path, device=device)
     except UopslError as exc:
         return str(exc)
     except Exception as exc:  # noqa: BLE001 - any failure to inspect means 'do not pick it'
@@ -334,8 +334,9 @@ def select_backend(
     manifest: Manifest | None = None,
     threads: int | None = None,
     availability: Availability | None = None,
-    engine_check: EngineCheck = engine_mismatch,
+    engine_check: EngineCheck | None = None,
     measure: bool | None = None,
+    device: int = 0,
 ) -> Selection:
     """Decide which backend, precision and bundle file to use (loads nothing except for the INT8 probe).
 
@@ -344,6 +345,11 @@ def select_backend(
     """
     if name != "auto" and name not in BACKEND_NAMES:
         raise ConfigError(f"unknown backend {name!r}; expected 'auto' or one of {BACKEND_NAMES}")
+    if not isinstance(device, int) or isinstance(device, bool) or device < 0:
+        raise ConfigError(f"device must be a GPU index >= 0 (as nvidia-smi numbers them), got {device!r}")
+    if engine_check is None:
+        def engine_check(path: Path) -> str | None:
+            return engine_mismatch(path, device)
     if precision not in PRECISIONS:
         raise ConfigError(f"unknown precision {precision!r}; expected one of {PRECISIONS}")
     root = Path(bundle)
@@ -468,6 +474,7 @@ def open_backend(
     availability: Availability | None = None,
     measure: bool | None = None,
     spin: bool = True,
+    device: int = 0,
 ) -> Backend:
     """Select (see :func:`select_backend`) and construct a backend; enter it with ``with``.
 
@@ -478,7 +485,8 @@ def open_backend(
     """
     root = Path(bundle)
     m = manifest or read_manifest(root)
-    sel = select_backend(root, name, precision, manifest=m, threads=threads, availability=availability, measure=measure)
+    sel = select_backend(root, name, precision, manifest=m, threads=threads, availability=availability, measure=measure,
+                         device=device)
     # One short line at INFO (what uopsl-screen shows); the reasoning is for -vv and engineers.
     log.info("backend: %s %s (%s)", sel.backend, sel.precision, sel.file)
     log.debug("backend choice: %s", sel.reason)
@@ -493,12 +501,12 @@ def open_backend(
             from uopsl.runtime.backends.tensorrt import TensorRTBackend  # type: ignore[import-not-found,unused-ignore]
         except ImportError as exc:
             raise BundleError(f"the native TensorRT backend is not available in this build ({exc})") from exc
-        backend = TensorRTBackend(path, device=0)
+        backend = TensorRTBackend(path, device=device)
     else:
         from uopsl.runtime.backends.onnxruntime import OrtBackend
 
         providers = {"ort-cpu": "cpu", "ort-cuda": "cuda", "ort-trt": "tensorrt"}[sel.backend]
-        backend = OrtBackend(path, providers, threads, precision=sel.precision, spin=spin)
+        backend = OrtBackend(path, providers, threads, precision=sel.precision, spin=spin, device=device)
     backend.selection = sel
     return backend
 

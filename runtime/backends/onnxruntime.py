@@ -51,8 +51,8 @@ def available_providers() -> tuple[str, ...]:
     return tuple(ort.get_available_providers())
 
 
-def provider_options(providers: list[str]) -> list[str | tuple[str, dict[str, str]]]:
-    """``providers`` with the options this toolkit sets: TensorRT EP engines cached on disk.
+def provider_options(providers: list[str], device: int = 0) -> list[str | tuple[str, dict[str, str]]]:
+    """``providers`` with the options this toolkit sets: the GPU ``device``, TensorRT EP engines cached on disk.
 
     Without a cache the TensorRT execution provider rebuilds its engine every
     time a session opens (minutes on a Jetson). The cache lives in the user
@@ -69,10 +69,13 @@ def provider_options(providers: list[str]) -> list[str | tuple[str, dict[str, st
                 folder.mkdir(parents=True, exist_ok=True)
             except OSError as exc:  # a read-only home: build every time rather than fail
                 log.warning("TensorRT EP engine cache off: cannot create %s (%s); set UOPSL_CACHE_DIR", folder, exc)
-                out.append(p)
+                out.append((p, {"device_id": str(device)}))
                 continue
-            out.append((p, {"trt_engine_cache_enable": "True", "trt_engine_cache_path": str(folder),
-                            "trt_timing_cache_enable": "True", "trt_timing_cache_path": str(folder)}))
+            out.append((p, {"device_id": str(device), "trt_engine_cache_enable": "True",
+                            "trt_engine_cache_path": str(folder), "trt_timing_cache_enable": "True",
+                            "trt_timing_cache_path": str(folder)}))
+        elif p == "CUDAExecutionProvider":
+            out.append((p, {"device_id": str(device)}))
         else:
             out.append(p)
     return out
@@ -109,9 +112,13 @@ class OrtBackend(ModelFileBackend):
         optimization: str = "all",
         precision: str = "fp32",
         spin: bool = True,
+        device: int = 0,
     ) -> None:
         super().__init__(path, threads, precision)
+        if not isinstance(device, int) or isinstance(device, bool) or device < 0:
+            raise ConfigError(f"device must be a GPU index >= 0, got {device!r}")
         self.spin = spin
+        self.device = device
         if optimization not in _OPT_LEVELS:
             raise ConfigError(f"optimization must be one of {_OPT_LEVELS}, got {optimization!r}")
         self.optimization = optimization
@@ -163,7 +170,7 @@ class OrtBackend(ModelFileBackend):
             so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self._session = ort.InferenceSession(str(self.path), sess_options=so,
-                                                 providers=provider_options(providers))
+                                                 providers=provider_options(providers, self.device))
         except Exception as exc:  # ORT raises its own exception types; report them as one line
             raise BackendError(f"ONNX Runtime cannot load {self.path}: {exc}") from exc
         used = self._session.get_providers()
