@@ -532,9 +532,13 @@ def build_engine(
         if cache_path is not None:
             write_bytes(cache_path, serialize_timing_cache(bconfig))
     finally:
-        if calibrator is not None:
-            calibrator.release()
-        cuda.deactivate()
+        try:
+            if calibrator is not None:
+                calibrator.release()
+        except Exception:  # noqa: BLE001 - a failed free must not hide the build's own error or skip deactivate
+            log.warning("could not free the calibrator's GPU buffers", exc_info=True)
+        finally:
+            cuda.deactivate()
     seconds = time.perf_counter() - t0
     header = EngineHeader(
         tensorrt_version=api.version_text,

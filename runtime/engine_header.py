@@ -383,7 +383,7 @@ _LEGACY = ("legacy-calibrator", "legacy-cache")
 
 
 def rebuild_command(header: EngineHeader, engine_path: str | os.PathLike[str] | None = None,
-                    running_trt_version: str | None = None) -> str:
+                    running_trt_version: str | None = None, device: int | None = None) -> str:
     """The ``uopsl build-engine`` command that rebuilds this engine on the device it runs on.
 
     It replays every recorded option (:class:`BuildOptions`; headers without
@@ -394,6 +394,7 @@ def rebuild_command(header: EngineHeader, engine_path: str | os.PathLike[str] | 
     8.x), the option is left out and a shell comment at the end says why and
     what to do, rather than printing a command that fails; where it merely
     prefers another INT8 route, the comment says so and the route is kept.
+    ``device``: the GPU the engine is meant to run on (default: the one it was built on).
     """
     bundle = "BUNDLE"
     out = "ENGINE"
@@ -411,7 +412,12 @@ def rebuild_command(header: EngineHeader, engine_path: str | os.PathLike[str] | 
             running = None
     built_major = _major(header.tensorrt_version)
     notes: list[str] = []
-    parts = ["uopsl build-engine", _quote(bundle), f"--precision {header.precision}"]
+    precision = header.precision
+    if precision == "fp16" and running is not None and running[0] >= 11:
+        precision = "fp32"
+        notes.append(f"TensorRT {running_trt_version} has no FP16 builder flag, so this builds FP32; for FP16 "
+                     "there, export a model already in FP16 (strongly typed)")
+    parts = ["uopsl build-engine", _quote(bundle), f"--precision {precision}"]
     if header.dla_core is not None and not header.min_batch == header.opt_batch == header.max_batch:
         notes.append(
             f"the old engine had batch {header.min_batch}-{header.max_batch} on DLA core {header.dla_core}, which "
@@ -454,7 +460,10 @@ def rebuild_command(header: EngineHeader, engine_path: str | os.PathLike[str] | 
         if opts is not None and not opts.gpu_fallback:
             parts.append("--no-gpu-fallback")
     if opts is not None:
-        if opts.strongly_typed is True:
+        if opts.strongly_typed is True and running is not None and running[0] < 10:
+            notes.append(f"built with --strongly-typed; TensorRT {running_trt_version} has no strongly typed "
+                         "networks (10.0 and later), so it is left out")
+        elif opts.strongly_typed is True:
             parts.append("--strongly-typed")
         elif opts.strongly_typed is False:
             if running is not None and running[0] >= 11:
@@ -464,15 +473,22 @@ def rebuild_command(header: EngineHeader, engine_path: str | os.PathLike[str] | 
                 parts.append("--no-strongly-typed")
         if opts.fp16_fallback:
             parts.append("--fp16-fallback")
-        if opts.opt_level is not None:
+        if opts.opt_level is not None and running is not None and running[:2] < (8, 6):
+            notes.append(f"built with --opt-level {opts.opt_level}; TensorRT {running_trt_version} has no builder "
+                         "optimisation level (8.6 and later), so it is left out")
+        elif opts.opt_level is not None:
             parts.append(f"--opt-level {opts.opt_level}")
         if opts.tf32:
             notes.append("built with tf32=True through the Python API (EngineBuildConfig); the CLI has no option "
                          "for it, so this command builds with TF32 off")
-    if header.version_compatible:
+    if header.version_compatible and running is not None and running[:2] < (8, 6):
+        notes.append(f"built version-compatible; TensorRT {running_trt_version} cannot build such engines (8.6 and "
+                     "later), so it is left out")
+    elif header.version_compatible:
         parts.append("--version-compatible")
-    if opts is not None and opts.device:
-        parts.append(f"--device {opts.device}")
+    gpu = device if device is not None else (opts.device if opts is not None else 0)
+    if gpu:
+        parts.append(f"--device {gpu}")
     parts.append(f"--out {_quote(out)}")
     command = " ".join(parts)
     return command + ("  # " + "; ".join(notes) if notes else "")
@@ -550,14 +566,14 @@ def check_compatible(
     if problems:
         raise EngineMismatchError(
             f"{where} ({header.precision}) cannot run here: " + "; ".join(problems)
-            + f". Rebuild it on this device: {rebuild_command(header, engine_path, running_trt_version)}"
+            + f". Rebuild it on this device: {rebuild_command(header, engine_path, running_trt_version, device)}"
         )
     if header.gpu_name != gpu_name:
         log.warning(
             "%s was built on %s and runs on %s (same compute capability %s): it works, but its kernels were "
             "timed on the other GPU; rebuild it here for best speed: %s",
             where, header.gpu_name, gpu_name, compute_capability,
-            rebuild_command(header, engine_path, running_trt_version),
+            rebuild_command(header, engine_path, running_trt_version, device),
         )
 
 

@@ -175,8 +175,9 @@ def test_tensorrt_ep_caches_its_engines_in_the_user_cache(tmp_path: Path, monkey
     assert name == "TensorrtExecutionProvider"
     assert opts[1:] == [("CUDAExecutionProvider", {"device_id": "0"}), "CPUExecutionProvider"]
     assert trt["trt_engine_cache_enable"] == "True" and trt["trt_timing_cache_enable"] == "True"
-    assert trt["trt_engine_cache_path"] == str(tmp_path / "cache" / "ort-trt")
-    assert (tmp_path / "cache" / "ort-trt").is_dir()
+    folder = Path(trt["trt_engine_cache_path"])
+    assert folder.parent == tmp_path / "cache" / "ort-trt" and folder.is_dir()
+    assert folder.name.startswith("ort-") and "-trt-" in folder.name  # one folder per ORT and TensorRT version
     assert provider_options(["CPUExecutionProvider"]) == ["CPUExecutionProvider"]
 
 

@@ -303,3 +303,28 @@ def test_replace_keeps_frozen_dataclass() -> None:
     assert replace(h, precision="fp32").precision == "fp32"
     with pytest.raises(AttributeError):
         h.precision = "fp16"  # type: ignore[misc]
+
+
+def test_rebuild_command_leaves_out_what_the_running_tensorrt_cannot_build() -> None:
+    """Third-read findings: FP16 on 11.x, strong typing before 10, opt level and version compatibility before 8.6."""
+    fp16 = _header(precision="fp16", int8_mode="")
+    cmd = eh.rebuild_command(fp16, running_trt_version="11.0.0")
+    assert "--precision fp32" in cmd and "--precision fp16" not in cmd and "no FP16 builder flag" in cmd
+    assert "--precision fp16" in eh.rebuild_command(fp16, running_trt_version="10.3.0")
+    opts = eh.BuildOptions(strongly_typed=True, opt_level=3).to_dict()
+    h = _header(precision="fp16", int8_mode="", version_compatible=True, extra={eh.BUILD_OPTIONS_KEY: opts})
+    on_10 = eh.rebuild_command(h, running_trt_version="10.3.0")
+    assert "--strongly-typed" in on_10 and "--opt-level 3" in on_10 and "--version-compatible" in on_10
+    on_86 = eh.rebuild_command(h, running_trt_version="8.6.2")
+    assert "--strongly-typed" not in on_86.split("#")[0] and "no strongly typed networks" in on_86
+    assert "--opt-level 3" in on_86 and "--version-compatible" in on_86.split("#")[0]
+    on_85 = eh.rebuild_command(h, running_trt_version="8.5.2")
+    head = on_85.split("#")[0]
+    assert "--opt-level" not in head and "--version-compatible" not in head
+    assert "no builder optimisation level" in on_85 and "cannot build such engines" in on_85
+
+
+def test_rebuild_command_targets_the_gpu_the_engine_is_opened_on() -> None:
+    h = _header(precision="fp16", int8_mode="")
+    assert "--device" not in eh.rebuild_command(h)
+    assert "--device 1 " in eh.rebuild_command(h, device=1) + " "

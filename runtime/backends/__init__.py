@@ -150,7 +150,7 @@ def _installed_tensorrt() -> str | None:
     return None
 
 
-def engine_stale(root: Path, manifest: Manifest, entry: FileEntry) -> str | None:
+def engine_stale(root: Path, manifest: Manifest, entry: FileEntry, device: int = 0) -> str | None:
     """Why the engine ``entry`` was built from a model the bundle no longer holds, or None.
 
     The engine header records the ONNX file and its sha256 at build time. Re-running
@@ -166,7 +166,7 @@ def engine_stale(root: Path, manifest: Manifest, entry: FileEntry) -> str | None
         return None
     if not header.source_onnx:
         return None
-    rebuild = engine_header.rebuild_command(header, root / entry.path, _installed_tensorrt())
+    rebuild = engine_header.rebuild_command(header, root / entry.path, _installed_tensorrt(), device)
     source = next((f for f in manifest.files if f.path == header.source_onnx), None)
     if source is None:
         return (f"stale: built from {header.source_onnx}, which the bundle no longer lists; "
@@ -385,7 +385,7 @@ def select_backend(
             if precision == "auto" and e.precision == "int8" and not parity_status(e, "tensorrt")[0]:
                 reasons.append(f"{e.path}: INT8 is not used unasked: {parity_status(e, 'tensorrt')[1]}")
                 continue
-            why = engine_check(root / e.path) or engine_stale(root, m, e)
+            why = engine_check(root / e.path) or engine_stale(root, m, e, device)
             if why is None:
                 return Selection("tensorrt", e.precision, e.path, f"engine {e.path} matches this GPU and TensorRT")
             reasons.append(f"{e.path}: {why}")
@@ -420,7 +420,7 @@ def select_backend(
                 if not validated:
                     notes.append(f"engine {e.path} skipped: INT8 is not used unasked: {why_not}")
                     continue
-            why = engine_check(root / e.path) or engine_stale(root, m, e)
+            why = engine_check(root / e.path) or engine_stale(root, m, e, device)
             if why is None:
                 return Selection("tensorrt", e.precision, e.path, "; ".join(
                     [*notes, f"TensorRT engine {e.path} ({e.precision}) matches this GPU and TensorRT version"]))

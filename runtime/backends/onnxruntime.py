@@ -64,7 +64,9 @@ def provider_options(providers: list[str], device: int = 0) -> list[str | tuple[
     out: list[str | tuple[str, dict[str, str]]] = []
     for p in providers:
         if p == "TensorrtExecutionProvider":
-            folder = cache_dir() / "ort-trt"
+            # One folder per ONNX Runtime and TensorRT version: ONNX Runtime's docs ask to clear
+            # these caches when either changes, and a folder per pair never serves a stale one.
+            folder = cache_dir() / "ort-trt" / _runtime_versions()
             try:
                 folder.mkdir(parents=True, exist_ok=True)
             except OSError as exc:  # a read-only home: build every time rather than fail
@@ -79,6 +81,22 @@ def provider_options(providers: list[str], device: int = 0) -> list[str | tuple[
         else:
             out.append(p)
     return out
+
+
+def _runtime_versions() -> str:
+    """``ort-<version>-trt-<version>`` of the installed ONNX Runtime and TensorRT (pip metadata; ``unknown``)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    def first(*dists: str) -> str:
+        for d in dists:
+            try:
+                return version(d)
+            except PackageNotFoundError:
+                continue
+        return "unknown"
+
+    return (f"ort-{first('onnxruntime-gpu', 'onnxruntime')}"
+            f"-trt-{first('tensorrt', 'tensorrt-cu12', 'tensorrt-cu13', 'tensorrt_lean')}")
 
 
 def _spec(node: Any) -> TensorSpec:

@@ -129,7 +129,7 @@ class TensorRTBackend(Backend):
         trt, api = load_tensorrt("running a TensorRT engine")
         cuda = self._cuda_arg or load_cuda("running a TensorRT engine")
         gpu_name, cc = cuda.device_properties(self.device)
-        check_compatible(header, api.version_text, gpu_name, cc, engine_path=self.path)
+        check_compatible(header, api.version_text, gpu_name, cc, engine_path=self.path, device=self.device)
         self.header = header
         self._cuda = cuda
         try:
@@ -157,7 +157,7 @@ class TensorRTBackend(Backend):
                 raise BackendError(
                     f"{self.path} runs on DLA core {header.dla_core}, but this device has {cores} DLA core(s); "
                     "rebuild it for the GPU: run this command without its --dla-core option: "
-                    f"{rebuild_command(header, self.path, api.version_text)}"
+                    f"{rebuild_command(header, self.path, api.version_text, self.device)}"
                 )
             runtime.DLA_core = header.dla_core
         with errors.capture() as failure:
@@ -166,7 +166,7 @@ class TensorRTBackend(Backend):
             detail = " | ".join(failure.errors[-3:]) or "no error reported to uopsl's TensorRT logger"
             raise BackendError(
                 f"TensorRT {api.version_text} could not deserialise {self.path} ({detail}); "
-                f"rebuild it on this device: {rebuild_command(header, self.path, api.version_text)}"
+                f"rebuild it on this device: {rebuild_command(header, self.path, api.version_text, self.device)}"
             )
         context = engine.create_execution_context()
         if context is None:
