@@ -124,11 +124,12 @@ def main() -> None:
             for n in names:
                 for c in ex.UNSEEN_CLASSES:
                     (a_s, rows), (a_n, _) = aucs[n, c, r, g, "site_attention"], aucs[n, c, r, g, "no_site_attention"]
-                    d = a_s(w * rows) - a_n(w * rows)
-                    diffs[n, c] = d
-                    out[f"{r}/{g}/{n}/{c}"] = d
-                    out[f"{r}/{g}/{n}/{c}/with_sites"] = a_s(w * rows)
-                    out[f"{r}/{g}/{n}/{c}/without"] = a_n(w * rows)
+                    wr = w * rows
+                    with_sites, without = a_s(wr), a_n(wr)
+                    diffs[n, c] = with_sites - without
+                    out[f"{r}/{g}/{n}/{c}"] = diffs[n, c]
+                    out[f"{r}/{g}/{n}/{c}/with_sites"] = with_sites
+                    out[f"{r}/{g}/{n}/{c}/without"] = without
             out[f"{r}/{g}/mean_all"] = np.mean([diffs[k] for k in diffs], axis=0)
             out[f"{r}/{g}/mean_full_uopsl"] = np.mean([diffs[n, c] for n in full for c in ex.UNSEEN_CLASSES], axis=0)
             for c in ex.UNSEEN_CLASSES:

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from uopsl.runtime.backends import Selection, open_backend
-from uopsl.runtime.backends.base import Backend
+from uopsl.runtime.backends.base import Backend, check_gpu_index
 from uopsl.runtime.bundle import Manifest, read_manifest, verify_or_raise
 from uopsl.runtime.errors import ConfigError
 from uopsl.runtime.overlay import OVERLAY_DIR, THUMB_DIR, write_overlay, write_thumbnail
@@ -159,9 +159,7 @@ class Screener:
         max_inference_failures: int = 3,
         device: int = 0,
     ) -> None:
-        if not isinstance(device, int) or isinstance(device, bool) or device < 0:
-            raise ConfigError(f"device must be a GPU index >= 0 (as nvidia-smi numbers them), got {device!r}")
-        self.device = device
+        self.device = check_gpu_index(device)
         self.bundle = Path(bundle)
         self.manifest: Manifest = verify_or_raise(self.bundle) if verify else read_manifest(self.bundle)
         self.identity: ModelIdentity = model_identity(self.bundle, self.manifest)

@@ -7,6 +7,7 @@ that use them call :func:`require` at the point of use.
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 from types import ModuleType
 
 from uopsl.runtime.errors import MissingDependencyError
@@ -49,3 +50,17 @@ def available(name: str) -> bool:
     except Exception:  # noqa: BLE001 - a broken install counts as absent
         return False
     return True
+
+
+def dist_version(*dists: str) -> str | None:
+    """The version of the first of ``dists`` installed by pip, without importing it (None when none is).
+
+    Packages installed outside pip (JetPack's ``python3-libnvinfer``) have no
+    metadata and read as None.
+    """
+    for dist in dists:
+        try:
+            return importlib.metadata.version(dist)
+        except Exception:  # noqa: BLE001 - not installed as a dist, or broken metadata: try the next name
+            continue
+    return None

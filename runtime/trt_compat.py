@@ -43,7 +43,6 @@ import abc
 import contextlib
 import ctypes
 import importlib
-import importlib.metadata
 import logging
 import sys
 import threading
@@ -57,7 +56,7 @@ import numpy as np
 
 from uopsl.runtime.engine_header import parse_version
 from uopsl.runtime.errors import BackendError, ConfigError, MissingDependencyError, UopslError
-from uopsl.runtime.optional import require
+from uopsl.runtime.optional import dist_version, require
 
 if TYPE_CHECKING:  # pragma: no cover - typing only; checked against tensorrt-stubs in CI
     import tensorrt
@@ -636,12 +635,7 @@ def _package_version(module_name: str, *dists: str) -> str:
             v = getattr(mod, attr, None)
             if isinstance(v, str) and v:
                 return v
-    for dist in dists:
-        try:
-            return importlib.metadata.version(dist)
-        except Exception:  # noqa: BLE001 - not installed as a dist (or broken metadata): try the next name
-            continue
-    return "version unknown"
+    return dist_version(*dists) or "version unknown"
 
 
 def _advice(text: str) -> str:

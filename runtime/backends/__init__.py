@@ -26,6 +26,7 @@ answer cached per model file, CPU and library version (see
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -35,11 +36,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from uopsl.runtime.backends.base import Backend, TensorSpec
+from uopsl.runtime.backends.base import Backend, TensorSpec, check_gpu_index
 from uopsl.runtime.bundle import FileEntry, Manifest, parity_status, read_manifest
 from uopsl.runtime.errors import BackendError, BundleError, ConfigError, UopslError
 from uopsl.runtime.fsio import write_json
-from uopsl.runtime.optional import available
+from uopsl.runtime.optional import available, dist_version
 
 log = logging.getLogger(__name__)
 
@@ -140,14 +141,7 @@ def engine_mismatch(path: Path, device: int = 0) -> str | None:
 
 def _installed_tensorrt() -> str | None:
     """The pip-installed TensorRT's version, without importing it (None when absent or from apt, as on JetPack)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    for dist in ("tensorrt", "tensorrt-cu12", "tensorrt-cu13", "tensorrt_lean"):
-        try:
-            return version(dist)
-        except PackageNotFoundError:
-            continue
-    return None
+    return dist_version("tensorrt", "tensorrt-cu12", "tensorrt-cu13", "tensorrt_lean")
 
 
 def engine_stale(root: Path, manifest: Manifest, entry: FileEntry, device: int = 0) -> str | None:
@@ -345,11 +339,9 @@ def select_backend(
     """
     if name != "auto" and name not in BACKEND_NAMES:
         raise ConfigError(f"unknown backend {name!r}; expected 'auto' or one of {BACKEND_NAMES}")
-    if not isinstance(device, int) or isinstance(device, bool) or device < 0:
-        raise ConfigError(f"device must be a GPU index >= 0 (as nvidia-smi numbers them), got {device!r}")
+    check_gpu_index(device)
     if engine_check is None:
-        def engine_check(path: Path) -> str | None:
-            return engine_mismatch(path, device)
+        engine_check = functools.partial(engine_mismatch, device=device)
     if precision not in PRECISIONS:
         raise ConfigError(f"unknown precision {precision!r}; expected one of {PRECISIONS}")
     root = Path(bundle)

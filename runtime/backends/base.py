@@ -17,10 +17,17 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from uopsl.runtime.errors import BackendError
+from uopsl.runtime.errors import BackendError, ConfigError
 
 if TYPE_CHECKING:
     from uopsl.runtime.backends import Selection
+
+
+def check_gpu_index(device: object) -> int:
+    """``device`` if it is a GPU index (``nvidia-smi``'s numbering, >= 0), else :class:`ConfigError`."""
+    if not isinstance(device, int) or isinstance(device, bool) or device < 0:
+        raise ConfigError(f"device must be a GPU index >= 0 (as nvidia-smi numbers them), got {device!r}")
+    return device
 
 
 @dataclass(frozen=True)

@@ -15,9 +15,9 @@ from typing import Any
 import numpy as np
 
 from uopsl.runtime.backends import ModelFileBackend
-from uopsl.runtime.backends.base import TensorSpec
+from uopsl.runtime.backends.base import TensorSpec, check_gpu_index
 from uopsl.runtime.errors import BackendError, ConfigError
-from uopsl.runtime.optional import require
+from uopsl.runtime.optional import dist_version, require
 
 log = logging.getLogger(__name__)
 
@@ -85,18 +85,9 @@ def provider_options(providers: list[str], device: int = 0) -> list[str | tuple[
 
 def _runtime_versions() -> str:
     """``ort-<version>-trt-<version>`` of the installed ONNX Runtime and TensorRT (pip metadata; ``unknown``)."""
-    from importlib.metadata import PackageNotFoundError, version
+    from uopsl.runtime.backends import _installed_tensorrt
 
-    def first(*dists: str) -> str:
-        for d in dists:
-            try:
-                return version(d)
-            except PackageNotFoundError:
-                continue
-        return "unknown"
-
-    return (f"ort-{first('onnxruntime-gpu', 'onnxruntime')}"
-            f"-trt-{first('tensorrt', 'tensorrt-cu12', 'tensorrt-cu13', 'tensorrt_lean')}")
+    return f"ort-{dist_version('onnxruntime-gpu', 'onnxruntime') or 'unknown'}-trt-{_installed_tensorrt() or 'unknown'}"
 
 
 def _spec(node: Any) -> TensorSpec:
@@ -133,10 +124,8 @@ class OrtBackend(ModelFileBackend):
         device: int = 0,
     ) -> None:
         super().__init__(path, threads, precision)
-        if not isinstance(device, int) or isinstance(device, bool) or device < 0:
-            raise ConfigError(f"device must be a GPU index >= 0, got {device!r}")
         self.spin = spin
-        self.device = device
+        self.device = check_gpu_index(device)
         if optimization not in _OPT_LEVELS:
             raise ConfigError(f"optimization must be one of {_OPT_LEVELS}, got {optimization!r}")
         self.optimization = optimization
