@@ -26,7 +26,7 @@ from uopsl.runtime.quality import QualityConfig
 Order = Literal["little", "big"]
 ORDERS: tuple[Order, ...] = ("little", "big")
 ORIENTATIONS = tuple(range(1, 9))
-# The camera-sized frame of the colleague's report (fast_decode takes the 1/4 path on it).
+# The camera-sized frame of the colleague's report (fast_decode takes the 1/8 path on it at 320 px).
 BIG_H, BIG_W = 2560, 2880
 
 
@@ -147,7 +147,7 @@ def test_fast_and_full_decode_give_the_same_upright_image(
     fast = preprocess(data, cfg, keep_original=True)
     full = preprocess(data, PreprocessConfig(size=320, fast_decode=False), keep_original=True)
     assert fast.original is not None and full.original is not None
-    assert fast.original.shape[0] * 4 == full.original.shape[0], "the reduced (1/4) decode path was not taken"
+    assert fast.original.shape[0] * 8 == full.original.shape[0], "the reduced (1/8) decode path was not taken"
     upright = (BIG_W, BIG_H, 3) if orientation >= 5 else (BIG_H, BIG_W, 3)
     assert fast.original_shape == full.original_shape == full.original.shape == upright
     # Each path turns exactly its own stored pixels upright.
@@ -172,13 +172,13 @@ def test_fast_and_full_decode_give_the_same_upright_image(
 
 @pytest.mark.parametrize("orientation", (1, 3, 6, 7))
 def test_small_jpeg_full_path_is_exactly_the_upright_stored_pixels(orientation: int) -> None:
-    rgb = draw_fake_fundus(448, seed=5)[:, 24:]  # 448 x 424: below fast_decode's threshold
+    rgb = draw_fake_fundus(448, seed=5)[:, 24:]  # 448 x 424: below fast_decode's threshold at 256 px
     plain = _jpeg(rgb)
     data = _with_exif(plain, _tiff(orientation, "big"))
     upright = _upright_by_definition(decode(plain), orientation)
     assert np.array_equal(decode(data), upright)
-    got = preprocess(data, PreprocessConfig(size=128))
-    want = preprocess(np.ascontiguousarray(upright), PreprocessConfig(size=128))
+    got = preprocess(data, PreprocessConfig(size=256))
+    want = preprocess(np.ascontiguousarray(upright), PreprocessConfig(size=256))
     assert got.original_shape == upright.shape
     assert got.geometry == want.geometry
     assert np.array_equal(got.image, want.image)
@@ -273,12 +273,12 @@ def test_malformed_exif_still_decodes_as_stored() -> None:
 
 
 # -- end to end: the model, the thumbnail and the overlay all use the upright photograph --------
-@pytest.mark.parametrize(("h", "w", "scale"), [(896, 1024, 4), (451, 513, 1)], ids=["reduced", "full"])
+@pytest.mark.parametrize(("h", "w", "scale"), [(896, 1024, 2), (451, 513, 1)], ids=["reduced", "full"])
 @pytest.mark.parametrize("orientation", (1, 6, 7))
 def test_screener_sees_the_upright_photograph(orientation: int, h: int, w: int, scale: int, tiny_bundle: Path) -> None:
     from uopsl.runtime.api import Screener
 
-    # The tiny bundle (64 px) decodes 1024 x 896 at 1/4; odd sides keep 513 x 451 on the full-scale path.
+    # The tiny bundle (64 px) decodes 1024 x 896 at 1/2 (not below the 256 px decode floor); odd sides keep 513 x 451 on the full-scale path.
     canvas = np.zeros((h, w, 3), np.uint8)
     left = (w - h) // 2
     canvas[:, left : left + h] = cv2.resize(synthetic_fundus(3, 512), (h, h), interpolation=cv2.INTER_CUBIC)
@@ -287,7 +287,7 @@ def test_screener_sees_the_upright_photograph(orientation: int, h: int, w: int, 
     stored = preprocess(plain, PreprocessConfig(size=64), keep_original=True).original
     assert stored is not None and stored.shape == (h // scale, w // scale, 3), "not the decode path meant"
     upright = np.ascontiguousarray(_upright_by_definition(stored, orientation))
-    # The pixel array is the decoded image (1/4 scale on the reduced path): let the gate's
+    # The pixel array is the decoded image (1/2 scale on the reduced path): let the gate's
     # minimum side, measured on the original, pass it as it passes the full-size file.
     with Screener(tiny_bundle, "ort-cpu", threads=1, batch_size=2, workers=1,
                   quality_config=QualityConfig(min_side=200)) as s:

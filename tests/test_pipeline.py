@@ -23,6 +23,7 @@ from uopsl.runtime.pipeline import (
     display_path,
     item_for_path,
     iter_inputs,
+    opencv_single_threaded,
     walk_images,
 )
 
@@ -146,6 +147,33 @@ def test_inference_failure_gives_error_rows_not_a_crash(tiny_bundle: Path, tmp_p
         results = list(ScreeningPipeline(b, read_manifest(tiny_bundle), PipelineConfig(batch_size=2)).run(paths))
     assert [r.status for r in results] == ["error"] * 3
     assert all("device lost" in r.error for r in results)
+
+
+class _ThreadCountingBackend(_FailingBackend):
+    """Records OpenCV's thread setting at each inference call, then fails the batch."""
+
+    seen: list[int]
+
+    def _infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        self.seen.append(cv2.getNumThreads())
+        raise BackendError("counted")
+
+
+def test_runs_keep_opencv_single_threaded_and_restore_it(tiny_bundle: Path, tmp_path: Path) -> None:
+    paths = [fundus_jpeg(tmp_path / f"g{i}.jpg", seed=i) for i in range(3)]
+    before = cv2.getNumThreads()
+    cv2.setNumThreads(2)
+    try:
+        with _ThreadCountingBackend() as b:
+            b.seen = []
+            pipe = ScreeningPipeline(b, read_manifest(tiny_bundle), PipelineConfig(batch_size=2, workers=2))
+            with opencv_single_threaded():  # nested (another run going on): restored only by the last one out
+                assert len(list(pipe.run(paths))) == 3
+                assert cv2.getNumThreads() == 1
+            assert b.seen == [1, 1]  # two batches
+        assert cv2.getNumThreads() == 2
+    finally:
+        cv2.setNumThreads(before)
 
 
 def test_iter_inputs_expands_folders_and_list_files(tmp_path: Path) -> None:

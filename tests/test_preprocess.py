@@ -377,3 +377,60 @@ def test_fov_masks_follow_the_definition() -> None:
             expected = (d2 <= (g.radius * shrink) ** 2) & in_frame
             assert mask.dtype == bool and np.array_equal(mask, expected), (n, shrink)
             assert np.array_equal(g.fov_mask(n, shrink=shrink), expected)
+
+
+# -- the reduced-decode rule (PreprocessConfig.decode_min_ratio) ---------------------------------
+def _fundus_jpeg(side: int, seed: int = 4) -> bytes:
+    rgb = draw_fake_fundus(side, seed=seed)
+    return cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 92])[1].tobytes()
+
+
+@pytest.mark.parametrize(("size", "ratio", "side", "want"), [
+    (224, 1.0, 256, 2), (256, 1.0, 256, 2), (257, 1.0, 256, 1), (320, 1.0, 256, 1),
+    (128, 1.0, 256, 2), (128, 1.0, 0, 4), (64, 1.0, 0, 8),  # the floor, not the ratio, binds small models
+    (224, 2.0, 0, 1), (128, 2.0, 0, 2), (64, 2.0, 0, 4),  # the rule of configs stored before these fields
+])
+def test_decode_scale_keeps_the_short_side_at_the_ratio_and_floor(size: int, ratio: float, side: int, want: int) -> None:
+    from uopsl.runtime.preprocess import _jpeg_reduction
+
+    data = _fundus_jpeg(512)
+    cfg = PreprocessConfig(size=size, decode_min_ratio=ratio, decode_min_side=side)
+    assert _jpeg_reduction(data, cfg) == want
+    assert _jpeg_reduction(data, PreprocessConfig(size=size, decode_min_ratio=ratio, fast_decode=False)) == 1
+    pre = preprocess(data, cfg, keep_original=True)
+    assert pre.original is not None and pre.original.shape[0] == 512 // want
+
+
+def test_decode_floor_is_the_quality_gates_working_side() -> None:
+    from uopsl.runtime.quality import WORK_SIDE
+
+    assert PreprocessConfig().decode_min_side == WORK_SIDE
+
+
+def test_configs_stored_before_the_ratio_existed_keep_their_pixels() -> None:
+    """A manifest or checkpoint without decode_min_ratio reads back with the 2x rule it was validated with."""
+    stored = PreprocessConfig(size=224).to_dict()
+    assert (stored["decode_min_ratio"], stored["decode_min_side"]) == (1.0, 256)
+    assert PreprocessConfig.from_dict(stored) == PreprocessConfig(size=224)
+    old = {k: v for k, v in stored.items() if not k.startswith("decode_min_")}
+    legacy = PreprocessConfig.from_dict(old)
+    assert (legacy.decode_min_ratio, legacy.decode_min_side) == (2.0, 0)
+    data = _fundus_jpeg(512)
+    # 512 px at 224 px: the old rule decodes in full, exactly as with fast_decode off...
+    full = preprocess(data, PreprocessConfig(size=224, fast_decode=False))
+    kept = preprocess(data, legacy)
+    assert np.array_equal(kept.image, full.image) and kept.geometry == full.geometry
+    # ...while the new default decodes at 1/2 scale: nearly, not exactly, the same input.
+    fast = preprocess(data, PreprocessConfig(size=224))
+    diff = np.abs(fast.image.astype(np.int16) - full.image.astype(np.int16))
+    assert 0 < diff.mean() < 2.0, diff.mean()
+    g, h = fast.geometry, full.geometry
+    assert abs(g.cx - h.cx) <= 2 and abs(g.cy - h.cy) <= 2 and abs(g.radius - h.radius) <= 2
+
+
+@pytest.mark.parametrize("ratio", [0.5, 0.99, 100.0])
+def test_decode_ratio_out_of_range_is_a_config_error(ratio: float) -> None:
+    with pytest.raises(ConfigError, match="decode_min_ratio must be in"):
+        PreprocessConfig(decode_min_ratio=ratio)
+    with pytest.raises(ConfigError, match="decode_min_side must be in"):
+        PreprocessConfig(decode_min_side=-1)
