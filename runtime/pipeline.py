@@ -32,9 +32,9 @@ import os
 import stat
 import threading
 import time
-from contextlib import contextmanager
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any

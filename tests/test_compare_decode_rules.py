@@ -1,0 +1,53 @@
+"""benchmarks/compare_decode_rules.py: the before-you-switch check of a bundle's JPEG decode rule."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+from types import ModuleType
+
+import cv2
+
+from imagekit import draw_fake_fundus
+from tinybundle import tiny_bundle  # noqa: F401 - session fixture
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "compare_decode_rules.py"
+
+
+def _script() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("compare_decode_rules", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _photos(folder: Path, n: int) -> None:
+    folder.mkdir()
+    for i in range(n):
+        rgb = draw_fake_fundus(512, seed=i)
+        cv2.imwrite(str(folder / f"p{i}.jpg"), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 92])
+
+
+def test_same_rule_changes_nothing_and_another_rule_is_measured(tiny_bundle: Path, tmp_path: Path) -> None:
+    _photos(tmp_path / "in", 6)
+    mod = _script()
+    same = tmp_path / "same.json"
+    assert mod.main([str(tiny_bundle), "--images", str(tmp_path / "in"), "--rounds", "1", "--json", str(same)]) == 0
+    r = json.loads(same.read_text(encoding="utf-8"))
+    assert r["compared"] == 6 and r["own_rule"] == r["other_rule"]
+    assert r["mean_abs_pixel_change"] == 0 and r["max_abs_prob_change"] == 0
+    assert r["referral_changes"] == r["class_call_changes"] == r["top1_changes"] == r["gate_verdict_changes"] == 0
+    other = tmp_path / "other.json"
+    assert mod.main([str(tiny_bundle), "--images", str(tmp_path / "in"), "--rounds", "1", "--ratio", "2",
+                     "--side", "0", "--json", str(other)]) == 0
+    o = json.loads(other.read_text(encoding="utf-8"))
+    assert o["other_rule"] == {"decode_min_ratio": 2.0, "decode_min_side": 0}
+    assert o["mean_abs_pixel_change"] > 0  # 1/2 against 1/4 scale for the 64 px tiny model
+    assert o["cpu_ms_own"] > 0 and o["cpu_ms_other"] > 0
+
+
+def test_no_photographs_is_exit_2(tiny_bundle: Path, tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    assert _script().main([str(tiny_bundle), "--images", str(tmp_path / "empty")]) == 2
