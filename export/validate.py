@@ -4,7 +4,13 @@
 any object with ``infer(uint8 NHWC batch) -> {"probs", "logits", "site_maps"}``
 (the shape of a runtime :class:`~uopsl.runtime.backends.base.Backend`); the
 train layer builds one from a checkpoint (:mod:`uopsl.train.reference`), so
-this layer never imports training code.
+this layer never imports training code. Without PyTorch (on a device),
+:class:`uopsl.export.onnx_reference.OnnxReference` is the bundle's own FP32
+ONNX file on ONNX Runtime's CPU provider, allowed only once that file carries a
+recorded PASS on ``ort-cpu`` against PyTorch (the chain of trust: the
+workstation proved the FP32 file, the device proves its engines and INT8 files
+against it). That pair, the reference itself, is left out of the candidates
+(:class:`ExcludedCandidate`), so its PyTorch verdict is never overwritten.
 
 Candidates are the model files of the bundle on every backend available here:
 ``ort-cpu`` runs every ONNX file (FP32 and each INT8 variant); ``ort-cuda``,
@@ -21,7 +27,9 @@ Each candidate gets PASS, FAIL or INCOMPLETE (:mod:`uopsl.export.parity_metrics`
 a model whose outputs are not finite (NaN, inf: an FP16/INT8 overflow) FAILs
 with the images named, and the other candidates are still judged (a
 non-finite reference fails the run, with a report). The verdicts go into the
-manifest for ``auto`` under the rule of ``ValidateConfig.record``.
+manifest for ``auto`` under the rule of ``ValidateConfig.record``; each record
+names its reference (``reference_kind``: ``pytorch`` or ``onnx``, and
+``reference_source``, e.g. ``onnx:model.onnx@<sha256 prefix> on ort-cpu``).
 
 Outputs in ``out``: ``parity.json`` (every figure, the image ids used, the
 bootstrap's replicates, alpha and seed), ``parity.html``
@@ -99,9 +107,38 @@ T = TypeVar("T")
 
 
 class Reference(Protocol):
-    """What the engine needs from the reference model (a runtime Backend fits too)."""
+    """What the engine needs from the reference model (a runtime Backend fits too).
+
+    Optional attributes, read with ``getattr``: ``preprocess`` (its own
+    PreprocessConfig), ``fingerprint`` (keys the output cache), ``describe()``
+    (one line for the reports), ``reference_kind`` (``"pytorch"`` when absent,
+    as every reference was before ONNX references existed; ``"onnx"``),
+    ``reference_source`` (what the manifest records as the reference; default
+    ``pytorch:<fingerprint>``) and ``excluded_candidates`` (a sequence of
+    :class:`ExcludedCandidate`: pairs never judged against it, e.g. itself).
+    """
 
     def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]: ...
+
+
+#: ``reference_kind`` of a PyTorch (checkpoint) reference and of the bundle's own FP32 ONNX file.
+REFERENCE_PYTORCH = "pytorch"
+REFERENCE_ONNX = "onnx"
+
+
+@dataclass(frozen=True)
+class ExcludedCandidate:
+    """A (bundle file, backend) pair to leave out of the candidates, listed as skipped with ``reason``."""
+
+    file: str
+    backend: str
+    reason: str
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKEND_NAMES:
+            raise ConfigError(f"an excluded candidate's backend must be one of {BACKEND_NAMES}; got {self.backend!r}")
+        if not self.file or not self.reason:
+            raise ConfigError(f"an excluded candidate needs a file and a reason; got {self!r}")
 
 
 @dataclass(frozen=True)
@@ -204,9 +241,14 @@ def _usable(av: Availability) -> dict[str, bool]:
 
 def plan_candidates(
     bundle: Path, manifest: Manifest, backends: Sequence[str], availability: Availability,
+    exclude: Sequence[ExcludedCandidate] = (),
 ) -> tuple[list[CandidateSpec], list[dict[str, str]]]:
-    """(candidates to run, skipped ones with the reason) for ``backends`` on this machine."""
+    """(candidates to run, skipped ones with the reason) for ``backends`` on this machine.
+
+    ``exclude``: (file, backend) pairs never run, listed among the skipped with their reason.
+    """
     usable = _usable(availability)
+    excluded = {(e.file, e.backend): e.reason for e in exclude}
     names = list(BACKEND_NAMES) if tuple(backends) == ("all",) else list(backends)
     explicit = tuple(backends) != ("all",)
     runs: list[CandidateSpec] = []
@@ -229,6 +271,9 @@ def plan_candidates(
         chosen = None if b in ("ort-cpu", "tensorrt") else _runtime_choices(bundle, manifest, b, availability)
         for f in files:
             name = f"{b}:{f.path}"
+            if (f.path, b) in excluded:
+                skipped.append({"name": name, "reason": excluded[(f.path, b)]})
+                continue
             if b == "tensorrt":
                 mismatch = engine_mismatch(bundle / f.path)
                 if mismatch is not None:
@@ -520,14 +565,18 @@ def validate_bundle(
     label_space: Sequence[str] | None = None,
     context: Mapping[str, Any] | None = None,
     availability: Availability | None = None,
+    exclude: Sequence[ExcludedCandidate] = (),
 ) -> ParityReport:
     """Validate every candidate of ``bundle`` against ``reference`` on ``images``; write the reports to ``out``.
 
     label_space: the dataset's class names when ``images`` carry labels (None:
         unlabelled; the reference's decisions become the truth).
     context: facts for the report and the saved config (checkpoint, data source, command line...).
+    exclude: (file, backend) pairs not to judge, listed among the skipped candidates with their reason;
+        the reference's own ``excluded_candidates`` are added (an ONNX reference leaves itself out).
     The reference may carry ``preprocess`` (its own PreprocessConfig), ``fingerprint``
-    (enables the output cache) and ``describe()``.
+    (enables the output cache), ``describe()``, ``reference_kind``, ``reference_source`` and
+    ``excluded_candidates`` (see :class:`Reference`).
     Raises :class:`BundleError` for a bundle that fails verification or does not
     match the reference, :class:`ConfigError` for unusable inputs.
     """
@@ -540,7 +589,8 @@ def validate_bundle(
     if label_space is not None and any(r.labels is None for r in images):
         raise ConfigError("label_space is given but some images have no labels")
     av = availability or detect_availability()
-    specs, skipped_candidates = plan_candidates(root, manifest, cfg.backends, av)
+    exclusions = (*exclude, *getattr(reference, "excluded_candidates", ()))
+    specs, skipped_candidates = plan_candidates(root, manifest, cfg.backends, av, exclusions)
     if not specs:
         raise BundleError(f"no candidate to validate in {root} with backends {cfg.backends}: "
                           + "; ".join(f"{s['name']}: {s['reason']}" for s in skipped_candidates))
@@ -553,6 +603,9 @@ def validate_bundle(
                      + "; each side was fed its own preprocessing")
         log.warning(notes[-1])
     fingerprint = getattr(reference, "fingerprint", "")
+    ref_kind = str(getattr(reference, "reference_kind", "") or REFERENCE_PYTORCH)
+    ref_source = str(getattr(reference, "reference_source", "")
+                     or (f"{REFERENCE_PYTORCH}:{fingerprint}" if fingerprint else REFERENCE_PYTORCH))
     key = None
     if cfg.resume and fingerprint:
         key = {"version": __version__, "preprocess_version": PREPROCESS_VERSION, "files": {f.path: f.sha256 for f in manifest.files},
@@ -652,6 +705,7 @@ def validate_bundle(
                                for c in manifest.classes],
                    "files": [{"path": f.path, "kind": f.kind, "precision": f.precision} for f in manifest.files]},
         "reference": {"describe": _describe(reference), "fingerprint": fingerprint,
+                      "kind": ref_kind, "source": ref_source,
                       "preprocess": (ref_pre or manifest.preprocess).to_dict()},
         "preprocess": {"bundle": manifest.preprocess.to_dict(), "differences": diffs},
         "data": {"spec": data_spec, "n_images": len(images), "n_used": n, "n_skipped": len(run.skipped),
@@ -728,7 +782,10 @@ def _record(root: Path, candidates: Sequence[Mapping[str, Any]], cfg: ValidateCo
 
     The record holds what :func:`uopsl.runtime.bundle.parity_status` needs to
     decide whether to trust it: every gate with its value, the number of
-    images, the data and the reference.
+    images, the data and the reference (``reference``: its description;
+    ``reference_kind``/``reference_source``: PyTorch or the bundle's FP32 ONNX
+    file, which :mod:`uopsl.export.onnx_reference` reads to enforce its chain
+    of trust; a record without them predates ONNX references, so PyTorch).
     """
     records: dict[str, dict[str, dict[str, Any]]] = {}
     for c in candidates:
@@ -738,6 +795,7 @@ def _record(root: Path, candidates: Sequence[Mapping[str, Any]], cfg: ValidateCo
             "data": {"spec": data["spec"], "image_ids_sha256": data["image_ids_sha256"],
                      "classes_with_truth": data["classes_with_truth"]},
             "reference": reference["describe"], "reference_fingerprint": reference["fingerprint"],
+            "reference_kind": reference["kind"], "reference_source": reference["source"],
             "bootstrap_seed": cfg.seed, "created": created, "toolkit_version": __version__, "report": str(report),
         })
     record_parity(root, records)

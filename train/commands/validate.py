@@ -1,12 +1,23 @@
 """``uopsl validate``: prove that a bundle still makes the PyTorch model's clinical decisions.
 
-Runs the checkpoint (PyTorch, the reference) and every model file of BUNDLE on
-every backend available here over the same preprocessed images, and writes
-``OUT/parity.json`` and ``OUT/parity.html`` (see :mod:`uopsl.export.validate`).
+Runs the reference and every model file of BUNDLE on every backend available
+here over the same preprocessed images, and writes ``OUT/parity.json`` and
+``OUT/parity.html`` (see :mod:`uopsl.export.validate`). The reference is one of:
+
+* ``--checkpoint DIR``: the checkpoint the bundle was exported from, in
+  PyTorch (the workstation; the release gate);
+* ``--onnx-reference``: the bundle's own FP32 ONNX file on ONNX Runtime CPU,
+  without PyTorch (a device validating the engines and INT8 files it built).
+  Allowed only once that file carries a recorded PASS on ``ort-cpu`` from a
+  ``--checkpoint`` run (:mod:`uopsl.export.onnx_reference`); the FP32 file on
+  ``ort-cpu`` is then not a candidate (the reference itself), and every
+  verdict recorded names the ONNX reference. ``--device`` and
+  ``--other-checkpoint`` are refused with it.
+
 Exit code 0 when every candidate was evaluated in full and is within the gates
 (PASS), 1 when one is not (FAIL) or when a gate could not be evaluated for some
 class (INCOMPLETE: no labels for it, no positive image), 2 for a usage, bundle
-or checkpoint error (a CI release gate).
+or checkpoint error, or a missing chain of trust (a CI release gate).
 
 ``--data`` accepts:
 
@@ -128,10 +139,95 @@ def limit_records(records: list[Any], limit: int | None, seed: int) -> list[Any]
     return [records[i] for i in idx]
 
 
+#: Options that only mean something with a PyTorch checkpoint as the reference.
+_CHECKPOINT_ONLY = {"device": "--device (the PyTorch reference's device; the ONNX reference runs on ONNX Runtime CPU)",
+                    "other_checkpoint": "--other-checkpoint (a comparison with another checkpoint)"}
+
+
+def _check_reference_options(checkpoint: Path | None, onnx_reference: bool) -> None:
+    """Exactly one reference; no checkpoint-only option with the ONNX one (ConfigError: one line, exit 2)."""
+    if checkpoint is None and not onnx_reference:
+        raise ConfigError("no reference given: pass --checkpoint DIR (the PyTorch checkpoint the bundle was exported "
+                          "from, on the workstation) or --onnx-reference (the bundle's FP32 ONNX file, on a device "
+                          "without PyTorch, once a --checkpoint run recorded its PASS on ort-cpu)")
+    if checkpoint is not None and onnx_reference:
+        raise ConfigError(f"both --checkpoint {checkpoint} and --onnx-reference given; pass exactly one: "
+                          "--checkpoint where PyTorch is installed (the release gate), --onnx-reference on a device")
+    if onnx_reference:
+        ctx = click.get_current_context()
+        given = [what for name, what in _CHECKPOINT_ONLY.items()
+                 if ctx.get_parameter_source(name) not in (None, click.core.ParameterSource.DEFAULT,
+                                                           click.core.ParameterSource.DEFAULT_MAP)]
+        if given:
+            verb, them = ("applies", "it") if len(given) == 1 else ("apply", "them")
+            raise ConfigError(f"{' and '.join(given)} only {verb} with --checkpoint, not with --onnx-reference; "
+                              f"drop {them}")
+
+
+def _torch_reference(bundle: Path, checkpoint: Path, device: str, other_checkpoint: bool
+                     ) -> tuple[Any, dict[str, Any], bool]:
+    """(PyTorch reference, context facts, whether verdicts may be recorded) for ``--checkpoint``."""
+    from uopsl.export.bundle_writer import CLASS_BANK_FILE
+    from uopsl.runtime.bundle import read_manifest
+    from uopsl.runtime.errors import CheckpointError
+    from uopsl.train.checkpoint import CHECKPOINT_DIGEST_NOTE, bundle_source_mismatch, read_meta
+    from uopsl.train.reference import TorchReference, manifest_mismatches
+
+    manifest = read_manifest(bundle)
+    # The verdicts go into the manifest and gate `auto`: they must be against the model the bundle came from.
+    mismatch = bundle_source_mismatch(checkpoint, manifest.notes)
+    if mismatch and not other_checkpoint:
+        raise CheckpointError(f"{mismatch}; validate against that checkpoint, or pass --other-checkpoint to compare "
+                              "anyway (nothing is then recorded in the manifest)")
+    may_record = True
+    if other_checkpoint:  # a study against another model: whatever it finds, it is not this bundle's verdict
+        if mismatch:
+            log.warning("%s; --other-checkpoint: comparing anyway", mismatch)
+        log.warning("--other-checkpoint: no verdict is recorded in the manifest")
+        may_record = False
+    elif not manifest.notes.get(CHECKPOINT_DIGEST_NOTE):
+        log.warning("%s does not record which checkpoint it was exported from (exported by an older uopsl); "
+                    "make sure %s is that checkpoint", bundle, checkpoint)
+    bank = None
+    if (manifest.notes.get(CHECKPOINT_DIGEST_NOTE) and not mismatch and (bundle / CLASS_BANK_FILE).is_file()
+            and manifest.class_names != tuple(read_meta(checkpoint).model.classes)):
+        # Re-exported with `uopsl export --classes`: the same weights scoring the bundle's own class bank.
+        bank = (manifest.class_names, np.load(bundle / CLASS_BANK_FILE))
+        log.info("the bundle scores its own class bank %s: the reference does too", list(manifest.class_names))
+    reference = TorchReference.from_checkpoint(checkpoint, device, class_bank=bank)
+    notes = manifest_mismatches(reference.meta, manifest) if reference.meta is not None else []
+    for note in notes:
+        log.warning("checkpoint vs bundle: %s", note)
+    return reference, {"checkpoint": str(checkpoint), "reference_kind": "pytorch", "device": str(reference.device),
+                       "checkpoint_manifest_differences": notes, "other_checkpoint": other_checkpoint,
+                       "other_checkpoint_reason": mismatch or ""}, may_record
+
+
+def _onnx_reference(bundle: Path, threads: int | None) -> tuple[Any, dict[str, Any]]:
+    """(ONNX reference, context facts) for ``--onnx-reference``; refuses before anything runs (see the module doc)."""
+    from uopsl.export.onnx_reference import OnnxReference
+
+    reference = OnnxReference.from_bundle(bundle, threads)
+    proof = reference.proof
+    return reference, {"checkpoint": None, "reference_kind": "onnx", "device": "cpu (ONNX Runtime)",
+                       "onnx_reference": {"file": reference.file, "sha256": proof.sha256,
+                                          "onnxruntime": reference.ort_version,
+                                          "source": reference.reference_source,
+                                          "proven_against": proof.record.get("reference"),
+                                          "proven_reference_fingerprint": proof.record.get("reference_fingerprint"),
+                                          "proven_on_images": proof.record.get("n_images"),
+                                          "proven_created": proof.record.get("created")},
+                       "other_checkpoint": False, "other_checkpoint_reason": ""}
+
+
 @click.command("validate")
 @click.argument("bundle", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--checkpoint", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="The checkpoint the bundle was exported from (the PyTorch reference).")
+@click.option("--checkpoint", default=None, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="The checkpoint the bundle was exported from (the PyTorch reference). "
+                   "Exactly one of --checkpoint and --onnx-reference.")
+@click.option("--onnx-reference", is_flag=True,
+              help="No PyTorch (a device): the reference is the bundle's FP32 ONNX file on ONNX Runtime CPU, "
+                   "allowed once a --checkpoint run recorded its PASS on ort-cpu.")
 @click.option("--data", "data_spec", required=True,
               help="Images: KIND:PATH[:k=v,...] as in training; a folder (labels.csv inside, class sub-folders, "
                    "or unlabelled images); or a CSV with a path column and label/labels.")
@@ -154,7 +250,7 @@ def limit_records(records: list[Any], limit: int | None, seed: int) -> list[Any]
 @click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True)
 @click.option("--n-boot", type=click.IntRange(0), default=1000, show_default=True,
               help="Bootstrap replicates of the paired AUC differences.")
-@click.option("--device", default="auto", show_default=True, help="Reference device: auto, cpu, cuda, cuda:N.")
+@click.option("--device", default="auto", show_default=True, help="PyTorch reference device (--checkpoint only): auto, cpu, cuda, cuda:N.")
 @click.option("--threads", type=click.IntRange(1), default=None, help="Inference threads of the CPU backends.")
 @click.option("--no-resume", is_flag=True, help="Recompute every output instead of reusing OUT/.parity-cache.")
 @click.option("--record/--no-record", default=True, show_default=True,
@@ -163,59 +259,39 @@ def limit_records(records: list[Any], limit: int | None, seed: int) -> list[Any]
 @click.option("--other-checkpoint", is_flag=True,
               help="Compare against a checkpoint other than the one the bundle was exported from (a study, not "
                    "a release check): allowed, reported, and never recorded in the manifest.")
-def command(bundle: Path, checkpoint: Path, data_spec: str, out: Path, backends: str, gates: str | None,
-            per_layer: bool, per_layer_images: int, sqnr_threshold: float, limit: int | None, seed: int,
-            bootstrap_seed: int | None, batch_size: int, n_boot: int, device: str, threads: int | None, no_resume: bool, record: bool,
-            other_checkpoint: bool) -> int:
-    """Validate BUNDLE against its checkpoint on --data; exit 0 when every candidate passes the gates."""
+def command(bundle: Path, checkpoint: Path | None, onnx_reference: bool, data_spec: str, out: Path, backends: str,
+            gates: str | None, per_layer: bool, per_layer_images: int, sqnr_threshold: float, limit: int | None,
+            seed: int, bootstrap_seed: int | None, batch_size: int, n_boot: int, device: str, threads: int | None,
+            no_resume: bool, record: bool, other_checkpoint: bool) -> int:
+    """Validate BUNDLE against its checkpoint (or, on a device, its proven FP32 ONNX file) on --data.
+
+    Exit 0 when every candidate passes the gates.
+    """
     boot_seed = seed if bootstrap_seed is None else bootstrap_seed
-    from uopsl.export.bundle_writer import CLASS_BANK_FILE
+    _check_reference_options(checkpoint, onnx_reference)
     from uopsl.export.parity_metrics import failed_gate_headroom, parse_gates
     from uopsl.export.validate import ValidateConfig, validate_bundle
-    from uopsl.runtime.bundle import read_manifest
-    from uopsl.runtime.errors import CheckpointError
-    from uopsl.train.checkpoint import CHECKPOINT_DIGEST_NOTE, bundle_source_mismatch, read_meta
-    from uopsl.train.reference import TorchReference, manifest_mismatches
 
-    manifest = read_manifest(bundle)
-    # The verdicts go into the manifest and gate `auto`: they must be against the model the bundle came from.
-    mismatch = bundle_source_mismatch(checkpoint, manifest.notes)
-    if mismatch and not other_checkpoint:
-        raise CheckpointError(f"{mismatch}; validate against that checkpoint, or pass --other-checkpoint to compare "
-                              "anyway (nothing is then recorded in the manifest)")
-    if other_checkpoint:  # a study against another model: whatever it finds, it is not this bundle's verdict
-        if mismatch:
-            log.warning("%s; --other-checkpoint: comparing anyway", mismatch)
-        log.warning("--other-checkpoint: no verdict is recorded in the manifest")
-        record = False
-    elif not manifest.notes.get(CHECKPOINT_DIGEST_NOTE):
-        log.warning("%s does not record which checkpoint it was exported from (exported by an older uopsl); "
-                    "make sure %s is that checkpoint", bundle, checkpoint)
+    reference: Any
+    if checkpoint is not None:
+        reference, facts, may_record = _torch_reference(bundle, checkpoint, device, other_checkpoint)
+        record = record and may_record
+    else:
+        reference, facts = _onnx_reference(bundle, threads)
+        click.echo(f"reference: {reference.describe()}")
     names = tuple(b.strip() for b in backends.split(",") if b.strip())
     config = ValidateConfig(
         backends=names, gates=parse_gates(gates), batch_size=batch_size, n_boot=n_boot, seed=boot_seed,
         per_layer=per_layer, per_layer_images=per_layer_images, sqnr_threshold_db=sqnr_threshold,
         threads=threads, resume=not no_resume, record=record,
     )
-    bank = None
-    if (manifest.notes.get(CHECKPOINT_DIGEST_NOTE) and not mismatch and (bundle / CLASS_BANK_FILE).is_file()
-            and manifest.class_names != tuple(read_meta(checkpoint).model.classes)):
-        # Re-exported with `uopsl export --classes`: the same weights scoring the bundle's own class bank.
-        bank = (manifest.class_names, np.load(bundle / CLASS_BANK_FILE))
-        log.info("the bundle scores its own class bank %s: the reference does too", list(manifest.class_names))
-    reference = TorchReference.from_checkpoint(checkpoint, device, class_bank=bank)
-    notes = manifest_mismatches(reference.meta, manifest) if reference.meta is not None else []
     records, space, description = resolve_data(data_spec)
     records = limit_records(records, limit, seed)
-    context: dict[str, Any] = {"checkpoint": str(checkpoint), "data": data_spec, "data_description": description,
+    context: dict[str, Any] = {**facts, "data": data_spec, "data_description": description,
                                "limit": limit, "seed": seed, "bootstrap_seed": boot_seed,
-                               "device": str(reference.device),
-                               "command": " ".join(["uopsl", *sys.argv[1:]]) if sys.argv else "",
-                               "checkpoint_manifest_differences": notes,
-                               "other_checkpoint": other_checkpoint, "other_checkpoint_reason": mismatch or ""}
-    for note in notes:
-        log.warning("checkpoint vs bundle: %s", note)
-    result = validate_bundle(bundle, reference, records, out, config, label_space=space, context=context)
+                               "command": " ".join(["uopsl", *sys.argv[1:]]) if sys.argv else ""}
+    with reference:  # loads the ONNX session (a no-op for the PyTorch reference)
+        result = validate_bundle(bundle, reference, records, out, config, label_space=space, context=context)
     rep = result.report
     click.echo(f"{rep['data']['n_used']} images ({rep['data']['n_skipped']} unusable), truth: {rep['data']['truth']}")
     for reason in rep.get("reasons", []):
