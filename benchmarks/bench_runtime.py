@@ -177,10 +177,11 @@ def agreement(bundle: Path, images: list[Path], out: Path, n: int = 200) -> dict
     return res
 
 
-def rss_mb() -> float:
+def rss_mb(field: str = "VmRSS") -> float:
+    """Resident memory of this process in MB (``VmHWM``: its peak)."""
     with open("/proc/self/status", encoding="ascii") as fh:
         for line in fh:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024.0
     return float("nan")
 
@@ -210,9 +211,10 @@ with Screener({str(bundle)!r}, "ort-cpu", precision="fp32", batch_size={batch}) 
     loaded = rss_mb()
     summary = s.screen_to({str(workdir / 'out')!r}, [{str(folder)!r}], overlays=False, report=False,
                           on_result=on_result, finalize=False)
-import resource
+# VmHWM, not getrusage's ru_maxrss: Linux carries ru_maxrss across fork + exec, so a child started
+# by a parent that had PyTorch loaded (building the bundle) reported the parent's 2 GB as its peak.
 print(json.dumps({{"rss_start_mb": round(start, 1), "rss_after_load_mb": round(loaded, 1), "samples": samples,
-                  "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+                  "peak_rss_mb": round(rss_mb("VmHWM"), 1),
                   "seconds": round(time.perf_counter() - t0, 1), "counts": summary.counts}}))
 """
     out = workdir / "out"
