@@ -9,8 +9,11 @@ the bundle's FP32 ONNX model on ONNX Runtime CPU:
   thread, best of ``--rounds``);
 * how far the model inputs move (mean absolute grey levels), how many gate
   verdicts change, the sharpness ratio;
-* max / mean |probability change|, and the referral calls, class calls and
-  top-1 classes that change.
+* max / mean |probability change| over the photographs both rules decode,
+  and the referral calls, class calls and top-1 classes that change among
+  those the gate passes under both rules (screening decides nothing on the
+  others);
+* photographs only one rule could decode.
 
     python benchmarks/compare_decode_rules.py BUNDLE --images ../shared/data/tvhl/fundus
 
@@ -74,9 +77,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = ap.parse_args(argv)
 
+    saved = cv2.getNumThreads()
+    cv2.setNumThreads(1)  # CPU figures per photograph on one thread
+    try:
+        return _compare(args)
+    finally:
+        cv2.setNumThreads(saved)
+
+
+def _compare(args: argparse.Namespace) -> int:
     import onnxruntime as ort
 
-    cv2.setNumThreads(1)
     m = read_manifest(args.bundle)
     own = m.preprocess
     other = dataclasses.replace(own, decode_min_ratio=args.ratio, decode_min_side=args.side)
@@ -89,6 +100,9 @@ def main(argv: list[str] | None = None) -> int:
     blobs = [read_bytes(p) for p in paths]
     a, b = _prepare(blobs, own), _prepare(blobs, other)
     both = [i for i in range(len(blobs)) if a[i] is not None and b[i] is not None]
+    if not both:
+        print(f"none of the {len(blobs)} files under {args.images} decodes under both rules", file=sys.stderr)
+        return 2
     fp32 = [f.path for f in m.files_of("onnx") if f.precision == "fp32"]
     if not fp32:
         print(f"{args.bundle}: the manifest lists no FP32 ONNX model", file=sys.stderr)
@@ -108,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     pos_b, ref_b = m.decide(pb)
     va = [a[i][1] for i in both]  # type: ignore[index]
     vb = [b[i][1] for i in both]  # type: ignore[index]
+    graded = np.array([x.gradable and y.gradable for x, y in zip(va, vb)], bool)
     pixel = [float(np.abs(a[i][0].image.astype(np.int16) - b[i][0].image.astype(np.int16)).mean()) for i in both]  # type: ignore[index]
     sharp = np.array([y.metrics["sharpness"] / max(x.metrics["sharpness"], 1e-12) for x, y in zip(va, vb)])
     res = {
@@ -123,9 +138,13 @@ def main(argv: list[str] | None = None) -> int:
         "sharpness_ratio_p5_p95": [round(float(v), 4) for v in np.percentile(sharp, [5, 95])],
         "max_abs_prob_change": round(float(np.abs(pa - pb).max()), 5),
         "mean_abs_prob_change": round(float(np.abs(pa - pb).mean()), 5),
-        "referral_changes": int(np.sum(ref_a != ref_b)),
-        "class_call_changes": int(np.sum(pos_a != pos_b)), "class_calls": int(pos_a.size),
-        "top1_changes": int(np.sum(pa.argmax(1) != pb.argmax(1))),
+        "gradable_both": int(graded.sum()),
+        "referral_changes": int(np.sum((ref_a != ref_b) & graded)),
+        "class_call_changes": int(np.sum((pos_a != pos_b) & graded[:, None])),
+        "class_calls": int(graded.sum()) * pos_a.shape[1],
+        "top1_changes": int(np.sum((pa.argmax(1) != pb.argmax(1)) & graded)),
+        "decoded_by_own_rule_only": sum(a[i] is not None and b[i] is None for i in range(len(blobs))),
+        "decoded_by_other_rule_only": sum(a[i] is None and b[i] is not None for i in range(len(blobs))),
     }
     print(json.dumps(res, indent=2))
     if args.json:

@@ -225,8 +225,8 @@ class Screener:
     def screen(self, image: Any) -> ScreenResult:
         """Screen one image: a path, encoded bytes, or an RGB uint8 (H, W, 3) array.
 
-        Paths and bytes of a JPEG at least twice the model size across may be
-        decoded at 1/2-1/8 scale by libjpeg (``PreprocessConfig.fast_decode``),
+        Paths and bytes of a JPEG larger than the model size may be decoded at
+        1/2-1/8 scale by libjpeg (``PreprocessConfig.fast_decode``, ``decode_min_ratio``),
         as in training; an array decoded elsewhere at full size then gives a
         model input a grey level or two apart, and probabilities that can
         differ in the second decimal. Pass the file when it must match.
@@ -237,7 +237,12 @@ class Screener:
         return next(self._pipeline().run(items))
 
     def screen_many(self, images: Iterable[Any], *, thumbnail_side: int = 0) -> Iterator[ScreenResult]:
-        """Screen many images (paths, folders, list files, bytes, arrays), streaming, in input order."""
+        """Screen many images (paths, folders, list files, bytes, arrays), streaming, in input order.
+
+        While the returned iterator is unfinished, OpenCV runs single-threaded in the whole process
+        (:func:`uopsl.runtime.pipeline.opencv_single_threaded`); its setting comes back when the
+        iterator is exhausted or closed, so close one you abandon (``it.close()``).
+        """
         return self._pipeline(thumbnail_side).run(images)
 
     def screen_to(

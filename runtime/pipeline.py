@@ -62,7 +62,9 @@ def opencv_single_threaded() -> Iterator[None]:
     The preprocessing workers already use every core; OpenCV's parallel loops on
     top of them cost ~0.5 ms of CPU per photograph on a 2-core box (TVHL at
     224 px: 4.3 -> 3.8 ms, interleaved runs) for no speed. Nested and concurrent
-    runs share one count, so the setting comes back when the last one ends.
+    runs share one count, so the setting comes back when the last one ends; it is
+    process-wide for as long as a run's generator is alive, and a setting another
+    thread makes meanwhile is replaced by the one saved at the first entry.
     """
     global _cv_users, _cv_saved
     with _cv_lock:

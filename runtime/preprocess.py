@@ -60,6 +60,9 @@ _MAX_EDGE_RATIO = 5.0
 # radius (TVHL photographs: at most 0.045, partly shadowed fields; the OCT B-scan
 # filed among them and a sky-over-field landscape: 0.10-0.15).
 _MAX_ARC_RESIDUAL = 0.07
+# Most a reduced-scale decode may leave the field of view to be enlarged by the final resize
+# (TVHL at 256 px: a 242 px field, 1.06x); a narrower field makes preprocess decode finer.
+_MAX_ENLARGE = 1.1
 # Largest crop side shrunk through float32 by resize_square (2-core x86 box: 460-1000 px
 # crops 20-30 % cheaper than the uint8 kernel, 1500 px even, 2300 px 30 % dearer).
 _FLOAT_AREA_MAX_SIDE = 1024
@@ -134,12 +137,29 @@ class PreprocessConfig:
             )
 
     def to_dict(self) -> dict[str, object]:
-        return asdict(self)
+        d = asdict(self)
+        if self.uses_legacy_decode_rule:
+            # Written as before the fields existed: older runtimes read it, and caches keyed on
+            # the dict (calibration sets, training caches) still match for the same pixels.
+            del d["decode_min_ratio"], d["decode_min_side"]
+        return d
+
+    @property
+    def uses_legacy_decode_rule(self) -> bool:
+        """The JPEG decode rule of configs stored before ``decode_min_ratio`` existed (ratio 2, no floor)."""
+        return self.decode_min_ratio == LEGACY_DECODE_MIN_RATIO and self.decode_min_side == 0
 
     @classmethod
     def from_dict(cls, d: dict[str, object]) -> PreprocessConfig:
-        # Stored before the decode fields existed: keep the 2x rule it was made with.
-        d = {"decode_min_ratio": LEGACY_DECODE_MIN_RATIO, "decode_min_side": 0, **d}
+        given = [k for k in ("decode_min_ratio", "decode_min_side") if k in d]
+        if len(given) == 1:
+            raise ConfigError(
+                f"preprocessing gives {given[0]} without {'decode_min_side' if given[0] == 'decode_min_ratio' else 'decode_min_ratio'}; "
+                "the JPEG decode rule needs both (or neither: the rule of configs stored before they existed, "
+                f"ratio {LEGACY_DECODE_MIN_RATIO:g} and no floor)"
+            )
+        if not given:  # stored before the decode fields existed: keep the 2x rule it was made with
+            d = {**d, "decode_min_ratio": LEGACY_DECODE_MIN_RATIO, "decode_min_side": 0}
         return config_from_dict(cls, d, "preprocessing")
 
 
@@ -525,6 +545,17 @@ def _jpeg_reduction(data: bytes, cfg: PreprocessConfig) -> int:
     return 1
 
 
+def _finer_scale(data: bytes, scale: int, fov_side_full: float, cfg: PreprocessConfig) -> int:
+    """``scale``, or a finer DCT scale when the field of view would be enlarged by more than _MAX_ENLARGE."""
+    if fov_side_full / scale * _MAX_ENLARGE >= cfg.size:
+        return scale
+    w, h = _jpeg_size(data) or (0, 0)
+    for f in (4, 2):
+        if f < scale and fov_side_full / f * _MAX_ENLARGE >= cfg.size and w % f == 0 and h % f == 0:
+            return f
+    return 1
+
+
 def _decode_reduced(data: bytes, scale: int, source: str | None) -> np.ndarray:
     """A JPEG decoded at 1/``scale`` (DCT scaling), turned upright exactly as :func:`decode` does.
 
@@ -610,6 +641,17 @@ def preprocess(
         )
     cx, cy, r, fill, _ = detect_fov(rgb, cfg.fov_threshold)
     found = fill >= cfg.fov_min_fill and r >= 0.2 * min(h, w)
+    if found and scale > 1 and isinstance(data, bytes) and not cfg.uses_legacy_decode_rule:
+        # The decode scale was chosen from the frame's short side; a field of view much
+        # narrower than the frame would then be enlarged. Decode finer (once) instead.
+        finer = _finer_scale(data, scale, 2 * r * (1.0 + cfg.fov_margin) * scale, cfg)
+        if finer != scale:
+            scale = finer
+            rgb = decode(data, source=source, max_pixels=cfg.max_pixels) if scale == 1 else _decode_reduced(
+                data, scale, source)
+            h, w = rgb.shape[:2]
+            cx, cy, r, fill, _ = detect_fov(rgb, cfg.fov_threshold)
+            found = fill >= cfg.fov_min_fill and r >= 0.2 * min(h, w)
     if not found:
         cx, cy, r = w / 2.0, h / 2.0, min(h, w) / 2.0
     half = r * (1.0 + cfg.fov_margin)

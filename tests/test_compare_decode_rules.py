@@ -51,3 +51,11 @@ def test_same_rule_changes_nothing_and_another_rule_is_measured(tiny_bundle: Pat
 def test_no_photographs_is_exit_2(tiny_bundle: Path, tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     assert _script().main([str(tiny_bundle), "--images", str(tmp_path / "empty")]) == 2
+
+
+def test_nothing_decodable_is_exit_2_and_opencv_threads_are_restored(tiny_bundle: Path, tmp_path: Path) -> None:
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "a.jpg").write_bytes(b"not a jpeg at all")
+    before = cv2.getNumThreads()
+    assert _script().main([str(tiny_bundle), "--images", str(tmp_path / "junk")]) == 2
+    assert cv2.getNumThreads() == before

@@ -434,3 +434,37 @@ def test_decode_ratio_out_of_range_is_a_config_error(ratio: float) -> None:
         PreprocessConfig(decode_min_ratio=ratio)
     with pytest.raises(ConfigError, match="decode_min_side must be in"):
         PreprocessConfig(decode_min_side=-1)
+
+
+def _framed_fundus_jpeg(frame_w: int, frame_h: int, field: int) -> bytes:
+    canvas = np.zeros((frame_h, frame_w, 3), np.uint8)
+    y0, x0 = (frame_h - field) // 2, (frame_w - field) // 2
+    canvas[y0 : y0 + field, x0 : x0 + field] = draw_fake_fundus(field, seed=6)
+    return cv2.imencode(".jpg", cv2.cvtColor(canvas, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 92])[1].tobytes()
+
+
+def test_a_narrow_field_of_view_is_decoded_finer_instead_of_enlarged() -> None:
+    """The frame's short side allows 1/4 scale, but the 800 px field would then be enlarged 1.28x: 1/2 instead."""
+    data = _framed_fundus_jpeg(2048, 1536, 800)
+    pre = preprocess(data, PreprocessConfig(size=256), keep_original=True)
+    assert pre.original is not None and pre.original.shape[:2] == (768, 1024)
+    assert pre.geometry.fov_found and pre.geometry.side / 2 >= 256 / 1.1
+    full = preprocess(data, PreprocessConfig(size=256, fast_decode=False))
+    assert np.abs(pre.image.astype(np.int16) - full.image.astype(np.int16)).mean() < 1.5
+    # A field spanning the frame keeps the scale the short side allows (TVHL-like: 512 px, 1/2 for 256 px).
+    wide = preprocess(_fundus_jpeg(512), PreprocessConfig(size=256), keep_original=True)
+    assert wide.original is not None and wide.original.shape[0] == 256
+    # Configs stored before the rule keep their pixels: no second look at the field.
+    legacy = PreprocessConfig.from_dict({"size": 128})
+    old = preprocess(data, legacy, keep_original=True)
+    assert old.original is not None and old.original.shape[:2] == (384, 512)  # 1/4: 384 >= 2 x 128
+
+
+def test_a_config_with_one_decode_field_is_refused_and_legacy_ones_are_written_as_before() -> None:
+    with pytest.raises(ConfigError, match="decode_min_ratio without decode_min_side"):
+        PreprocessConfig.from_dict({"size": 64, "decode_min_ratio": 1.0})
+    with pytest.raises(ConfigError, match="decode_min_side without decode_min_ratio"):
+        PreprocessConfig.from_dict({"size": 64, "decode_min_side": 256})
+    legacy = PreprocessConfig.from_dict({"size": 224})
+    assert "decode_min_ratio" not in legacy.to_dict() and "decode_min_side" not in legacy.to_dict()
+    assert PreprocessConfig.from_dict(legacy.to_dict()) == legacy

@@ -265,3 +265,7 @@ def test_feature_cache_is_reused_only_for_the_same_images_and_encoder(tmp_path: 
     # Other encoder weights: encoded again too.
     changed, _ = tiny_model(seed=1)
     assert features_fingerprint(changed.fundus.encoder, other) != features_fingerprint(model.fundus.encoder, other)
+    # The same files under another preprocessing (here the JPEG decode rule): encoded again as well.
+    other_rule = ImageDataset(other_items, PreprocessConfig(size=64, decode_min_ratio=2.0, decode_min_side=0),
+                              tmp_path / "cache3")
+    assert features_fingerprint(model.fundus.encoder, other_rule) != features_fingerprint(model.fundus.encoder, other)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import os
 from collections.abc import Iterator
@@ -22,6 +23,7 @@ import numpy as np
 import torch
 
 from uopsl.runtime.errors import DataError
+from uopsl.runtime.preprocess import PREPROCESS_VERSION
 from uopsl.train import losses
 from uopsl.train.checkpoint import CheckpointMeta, save_model
 from uopsl.train.loops import (
@@ -98,9 +100,10 @@ class FeatureDataset:
 
 
 def features_fingerprint(encoder: torch.nn.Module, ds: ImageDataset) -> str:
-    """What a feature cache depends on: each image file (path, size, mtime), the model input size, the encoder weights."""
+    """What a feature cache depends on: each image file (path, size, mtime), the preprocessing, the encoder weights."""
     h = hashlib.sha256()
     h.update(repr(tuple(ds.images.shape[1:])).encode())
+    h.update(json.dumps([ds.pre.to_dict(), PREPROCESS_VERSION], sort_keys=True).encode())
     for it in ds.items:
         st = os.stat(it.path)
         h.update(f"{os.path.abspath(it.path)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())

@@ -78,6 +78,7 @@ class ImageDataset(Dataset):
         if not items:
             raise DataError("the dataset is empty: no images to train or evaluate on")
         images, ok = cache_images([it.path for it in items], pre, cache_dir)
+        self.pre = pre
         self.images = images
         self.index = np.flatnonzero(ok)
         if len(self.index) == 0:

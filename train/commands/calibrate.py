@@ -74,7 +74,13 @@ def resolve_model(model: Path, size: int | None, preprocess_from: Path | None) -
             cfg = read_manifest(preprocess_from if preprocess_from.is_dir() else preprocess_from.parent).preprocess
         else:
             try:
-                cfg = PreprocessConfig.from_dict(json.loads(preprocess_from.read_text(encoding="utf-8")))
+                given = json.loads(preprocess_from.read_text(encoding="utf-8"))
+                cfg = PreprocessConfig.from_dict(given)
+                if "decode_min_ratio" not in given:
+                    log.warning("%s gives no decode_min_ratio / decode_min_side: using the JPEG decode rule of "
+                                "configs stored before they existed (ratio %g, no floor); add both for today's "
+                                "(ratio %g, floor %d px)", preprocess_from, cfg.decode_min_ratio,
+                                PreprocessConfig.decode_min_ratio, PreprocessConfig.decode_min_side)
             except (OSError, json.JSONDecodeError, TypeError, AttributeError) as exc:
                 raise ConfigError(
                     f"{preprocess_from}: expected a bundle folder, a manifest.json or a JSON object of "
