@@ -14,7 +14,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ import numpy as np
 
 from uopsl.runtime.bundle import (
     PARITY_KEY,
+    REFERENCE_PYTORCH,
     ClassSpec,
     FileEntry,
     FileKind,
@@ -31,6 +32,7 @@ from uopsl.runtime.bundle import (
     Precision,
     ReferralRule,
     describe_file,
+    parity_reference_kind,
     read_manifest,
     write_manifest,
 )
@@ -141,7 +143,11 @@ def record_parity(bundle: str | os.PathLike[str], records: dict[str, dict[str, d
     merged per backend into the file's record while its sha256 is unchanged
     (a later run on one backend does not erase another backend's verdict), and
     start afresh once the file's content changed; see
-    :func:`uopsl.runtime.bundle.parity_status`. A verdict that only repeats
+    :func:`uopsl.runtime.bundle.parity_status`. A verdict judged against
+    anything but the PyTorch checkpoint (a device's ONNX reference) never
+    replaces one judged against it for the same content on the same backend
+    (:func:`kept_pytorch_verdict`: that one is kept, whatever either says);
+    a PyTorch-referenced verdict replaces any. A verdict that only repeats
     the recorded one (everything equal but its ``created`` time) leaves the
     record as it is, and when nothing changed the manifest is not rewritten:
     rerunning the same validation keeps the manifest's bytes, its content hash
@@ -158,7 +164,15 @@ def record_parity(bundle: str | os.PathLike[str], records: dict[str, dict[str, d
         if f.path in records:
             old = f.info.get(PARITY_KEY)
             kept = dict(old.get("backends") or {}) if isinstance(old, dict) and old.get("sha256") == f.sha256 else {}
-            new = {b: kept[b] if _same_verdict(kept.get(b), v) else v for b, v in records[f.path].items()}
+            new = {}
+            for b, v in records[f.path].items():
+                guarded = kept_pytorch_verdict(f, b, parity_reference_kind(v))
+                if guarded is not None:
+                    log.warning("%s on %s: the verdict judged against %s (%s) is not recorded; the manifest keeps "
+                                "its verdict judged against PyTorch (%s)", f.path, b,
+                                v.get("reference_source") or "another reference", v.get("verdict"),
+                                guarded.get("verdict"))
+                new[b] = kept[b] if guarded is not None or _same_verdict(kept.get(b), v) else v
             # The overall verdict is not stored: parity_status derives it from the per-backend ones.
             entry = {"sha256": f.sha256, "backends": {**kept, **new}}
             if entry != old:
@@ -171,6 +185,28 @@ def record_parity(bundle: str | os.PathLike[str], records: dict[str, dict[str, d
     manifest = replace(manifest, files=tuple(files))
     write_manifest(root, manifest)
     return manifest
+
+
+def kept_pytorch_verdict(entry: FileEntry, backend: str, new_kind: str) -> Mapping[str, Any] | None:
+    """The recorded verdict that a new one of reference kind ``new_kind`` may not replace (None: it may).
+
+    A verdict judged against the PyTorch checkpoint (the release gate, on the
+    workstation) is kept for as long as the file's content is unchanged: a
+    verdict judged against anything else (the bundle's FP32 ONNX file on a
+    device, a reference of unknown kind) is weaker evidence, one gated link
+    further from PyTorch, and must neither turn its FAIL into a PASS nor
+    replace its PASS. ``new_kind``: :func:`~uopsl.runtime.bundle.parity_reference_kind`
+    of the new verdict.
+    """
+    if new_kind == REFERENCE_PYTORCH:
+        return None
+    rec = entry.info.get(PARITY_KEY)
+    if not isinstance(rec, dict) or rec.get("sha256") != entry.sha256 or not isinstance(rec.get("backends"), dict):
+        return None
+    old = rec["backends"].get(backend)
+    if isinstance(old, dict) and parity_reference_kind(old) == REFERENCE_PYTORCH:
+        return old
+    return None
 
 
 def _same_verdict(old: Any, new: Any) -> bool:

@@ -9,39 +9,48 @@ of that very file (same sha256) on ``ort-cpu`` from a PyTorch-referenced
 least :data:`~uopsl.runtime.bundle.MIN_PARITY_IMAGES` images). The chain of
 trust is then: PyTorch -> FP32 file on ORT CPU (the workstation) -> engines
 and INT8 files (the device). A PASS that itself came from an ONNX reference
-does not count (a chain must end at PyTorch), nor does a FAIL, an INCOMPLETE
-verdict or a record of another file content.
+does not count (a chain must end at PyTorch), nor does one judged against a
+reference of unknown kind (a runtime backend passed as the reference), nor a
+FAIL, an INCOMPLETE verdict or a record of another file content; see
+:func:`uopsl.runtime.bundle.pytorch_pass_problem`. The chain is checked again
+whenever ``auto`` reads a verdict judged against this reference (each such
+record names the reference file and its full sha256), and such a verdict never
+replaces one judged against PyTorch (:func:`uopsl.export.bundle_writer.record_parity`).
 
 The reference is a runtime :class:`~uopsl.runtime.backends.onnxruntime.OrtBackend`
 (enter it with ``with``) carrying what :func:`uopsl.export.validate.validate_bundle`
 reads: ``preprocess`` (the manifest's own), ``fingerprint`` (the file's sha256
 and the ONNX Runtime version: keys the output cache), ``describe()``,
-``reference_kind`` / ``reference_source`` (recorded with every verdict) and
-``excluded_candidates``: the FP32 file on ``ort-cpu`` is the reference itself,
-never a candidate (it would pass against itself and overwrite its PyTorch
-verdict). Only ``uopsl.runtime`` and numpy are needed; ONNX Runtime is imported
-when the reference is built, with a message naming what to install.
+``reference_kind`` / ``reference_source`` / ``reference_file`` /
+``reference_sha256`` (recorded with every verdict) and
+``excluded_candidates``: the FP32 file on ``ort-cpu`` is the reference
+itself, never a candidate (it would pass against itself). Only
+``uopsl.runtime`` and numpy are needed; ONNX Runtime is imported when the
+reference is built, with a message naming what to install.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import platform
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from uopsl.export.validate import REFERENCE_ONNX, REFERENCE_PYTORCH, ExcludedCandidate
+from uopsl.export.validate import ExcludedCandidate
 from uopsl.runtime.backends.onnxruntime import OrtBackend
 from uopsl.runtime.bundle import (
     MANIFEST,
     MIN_PARITY_IMAGES,
+    ONNX_REFERENCE_BACKEND,
     PARITY_KEY,
+    REFERENCE_ONNX,
     FileEntry,
     Manifest,
-    parity_status,
+    pytorch_pass_problem,
     read_manifest,
 )
 from uopsl.runtime.errors import BundleError, ConfigError, MissingDependencyError
@@ -52,7 +61,7 @@ from uopsl.runtime.preprocess import PreprocessConfig
 log = logging.getLogger(__name__)
 
 #: The backend the reference runs on, and on which its PyTorch PASS must be recorded.
-REFERENCE_BACKEND = "ort-cpu"
+REFERENCE_BACKEND = ONNX_REFERENCE_BACKEND
 #: Why the reference pair is not a candidate (the report's skipped candidates).
 REFERENCE_ITSELF = "the reference itself"
 #: What to run on the workstation when the chain of trust is missing.
@@ -95,17 +104,9 @@ def _chain_problem(entry: FileEntry, sha256_now: str) -> str | None:
     if recorded != sha256_now or entry.sha256 != sha256_now:
         return (f"a stale record: {entry.path}'s parity record is for content sha256 {recorded[:12] or '?'}..., "
                 f"the file is now {sha256_now[:12]}... (it changed after it was validated)")
-    ok, why = parity_status(entry, REFERENCE_BACKEND)
-    if not ok:
-        return why
-    kind = run.get("reference_kind")
-    source = str(run.get("reference_source") or "")
-    if kind == REFERENCE_ONNX or source.startswith(f"{REFERENCE_ONNX}:"):
-        return (f"{entry.path}'s {REFERENCE_BACKEND} PASS was itself judged against an ONNX reference "
-                f"({source or kind}), not against the PyTorch checkpoint")
-    if kind not in (None, REFERENCE_PYTORCH):
-        return f"{entry.path}'s {REFERENCE_BACKEND} PASS names a reference of unknown kind {kind!r}"
-    return None
+    # a PyTorch-referenced PASS that auto trusts: reference_kind "pytorch", or a record from before kinds that
+    # keeps the checkpoint's fingerprint (a backend used as the reference leaves it empty)
+    return pytorch_pass_problem(entry, REFERENCE_BACKEND)
 
 
 def check_reference_chain(bundle: str | os.PathLike[str], manifest: Manifest | None = None) -> ReferenceProof:
@@ -172,7 +173,23 @@ class OnnxReference(OrtBackend):
         ort = require_onnxruntime()
         ref = cls(root, proof, m.preprocess, str(getattr(ort, "__version__", "unknown")), threads)
         log.debug("reference: %s", ref.describe())
+        ref.warn_if_another_runtime()
         return ref
+
+    def warn_if_another_runtime(self) -> None:
+        """A WARNING when this ONNX Runtime version or CPU architecture differs from the proving run's (if recorded)."""
+        proven = self.proof.record.get("machine")
+        if not isinstance(proven, Mapping):
+            return  # recorded by an older uopsl: the workstation's parity.json names its versions
+        here = {"onnxruntime": self.ort_version, "arch": platform.machine()}
+        diffs = [f"{k} {proven[k]} there, {v} here" for k, v in here.items()
+                 if proven.get(k) and v and str(proven[k]) != v]
+        if diffs:
+            log.warning("the reference %s is computed here by another ONNX Runtime than the one that proved it "
+                        "against PyTorch (%s): the chain assumes both give the same outputs, which this run does not "
+                        "show; both versions are in parity.json (machine, context.onnx_reference). Where that "
+                        "matters, validate on the workstation with this ONNX Runtime version or with stricter gates",
+                        self.file, "; ".join(diffs))
 
     @property
     def file(self) -> str:
@@ -183,6 +200,16 @@ class OnnxReference(OrtBackend):
     def fingerprint(self) -> str:
         """Keys the output cache: the file's content and the ONNX Runtime that computes its outputs."""
         return f"{REFERENCE_ONNX}:{self.file}@{self.proof.sha256}|onnxruntime {self.ort_version}|{REFERENCE_BACKEND}"
+
+    @property
+    def reference_file(self) -> str:
+        """Recorded with each verdict: the bundle file judged against (``auto`` re-checks its PyTorch PASS)."""
+        return self.file
+
+    @property
+    def reference_sha256(self) -> str:
+        """Recorded with each verdict: the reference file's full sha256 when it was run."""
+        return self.proof.sha256
 
     @property
     def reference_source(self) -> str:

@@ -28,8 +28,12 @@ a model whose outputs are not finite (NaN, inf: an FP16/INT8 overflow) FAILs
 with the images named, and the other candidates are still judged (a
 non-finite reference fails the run, with a report). The verdicts go into the
 manifest for ``auto`` under the rule of ``ValidateConfig.record``; each record
-names its reference (``reference_kind``: ``pytorch`` or ``onnx``, and
-``reference_source``, e.g. ``onnx:model.onnx@<sha256 prefix> on ort-cpu``).
+names its reference (``reference_kind``: ``pytorch``, ``onnx``, or ``unknown``
+for a reference that declares no kind, e.g. a runtime backend; and
+``reference_source``, e.g. ``onnx:model.onnx@<sha256 prefix> on ort-cpu``; an
+ONNX reference adds ``reference_file`` and its full ``reference_sha256``, which
+``auto`` re-checks). A verdict not judged against PyTorch never replaces one
+that was (same file content, same backend): the report says which were kept.
 
 Outputs in ``out``: ``parity.json`` (every figure, the image ids used, the
 bootstrap's replicates, alpha and seed), ``parity.html``
@@ -61,7 +65,7 @@ import cv2
 import numpy as np
 
 from uopsl.calibration.dataset import progress
-from uopsl.export.bundle_writer import record_parity
+from uopsl.export.bundle_writer import kept_pytorch_verdict, record_parity
 from uopsl.export.parity_metrics import (
     BOOTSTRAP_ALPHA,
     CONFIDENCE,
@@ -90,7 +94,16 @@ from uopsl.runtime.backends import (
     select_backend,
 )
 from uopsl.runtime.backends.base import Backend
-from uopsl.runtime.bundle import OUTPUT_NAMES, Manifest, parity_run_problem, verify_or_raise
+from uopsl.runtime.bundle import (
+    OUTPUT_NAMES,
+    REFERENCE_ONNX,
+    REFERENCE_PYTORCH,
+    REFERENCE_UNKNOWN,
+    Manifest,
+    parity_reference_kind,
+    parity_run_problem,
+    verify_or_raise,
+)
 from uopsl.runtime.errors import BundleError, ConfigError, UopslError
 from uopsl.runtime.fsio import write_bytes, write_json, write_text
 from uopsl.runtime.metrics import roc_curve
@@ -111,19 +124,23 @@ class Reference(Protocol):
 
     Optional attributes, read with ``getattr``: ``preprocess`` (its own
     PreprocessConfig), ``fingerprint`` (keys the output cache), ``describe()``
-    (one line for the reports), ``reference_kind`` (``"pytorch"`` when absent,
-    as every reference was before ONNX references existed; ``"onnx"``),
+    (one line for the reports), ``reference_kind`` (``"pytorch"``: the
+    checkpoint, which :class:`uopsl.train.reference.TorchReference` declares;
+    ``"onnx"``: the bundle's FP32 file; when absent, ``"unknown"``: its
+    verdicts are judged and recorded as usual, but never prove a file for an
+    ONNX reference nor replace a PyTorch-referenced verdict),
     ``reference_source`` (what the manifest records as the reference; default
-    ``pytorch:<fingerprint>``) and ``excluded_candidates`` (a sequence of
+    ``<kind>:<fingerprint>``), ``reference_file`` and ``reference_sha256``
+    (the bundle file an ONNX reference runs, recorded so ``auto`` can re-check
+    its chain) and ``excluded_candidates`` (a sequence of
     :class:`ExcludedCandidate`: pairs never judged against it, e.g. itself).
     """
 
     def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]: ...
 
 
-#: ``reference_kind`` of a PyTorch (checkpoint) reference and of the bundle's own FP32 ONNX file.
-REFERENCE_PYTORCH = "pytorch"
-REFERENCE_ONNX = "onnx"
+# REFERENCE_PYTORCH, REFERENCE_ONNX, REFERENCE_UNKNOWN (the ``reference_kind`` values, imported above) live with
+# the runtime's parity check (uopsl.runtime.bundle), which reads them back; they stay importable from here.
 
 
 @dataclass(frozen=True)
@@ -547,7 +564,8 @@ def _preprocess_differences(a: PreprocessConfig, b: PreprocessConfig) -> dict[st
 def _machine() -> dict[str, Any]:
     import platform
 
-    info: dict[str, Any] = {"python": platform.python_version(), "platform": platform.platform()}
+    info: dict[str, Any] = {"python": platform.python_version(), "platform": platform.platform(),
+                            "arch": platform.machine()}
     for mod in ("onnxruntime", "openvino", "tensorrt", "numpy", "cv2"):
         if available(mod):
             with contextlib.suppress(Exception):
@@ -603,9 +621,15 @@ def validate_bundle(
                      + "; each side was fed its own preprocessing")
         log.warning(notes[-1])
     fingerprint = getattr(reference, "fingerprint", "")
-    ref_kind = str(getattr(reference, "reference_kind", "") or REFERENCE_PYTORCH)
+    # The kind must be declared (TorchReference: pytorch; OnnxReference: onnx): anything else, e.g. a runtime
+    # backend passed as the reference, is "unknown" and can never start a chain of trust (runtime.bundle).
+    ref_kind = str(getattr(reference, "reference_kind", "") or REFERENCE_UNKNOWN)
     ref_source = str(getattr(reference, "reference_source", "")
-                     or (f"{REFERENCE_PYTORCH}:{fingerprint}" if fingerprint else REFERENCE_PYTORCH))
+                     or (f"{ref_kind}:{fingerprint}" if fingerprint else ref_kind))
+    ref_file = getattr(reference, "reference_file", None)
+    ref_sha = getattr(reference, "reference_sha256", None)
+    ref_class = parity_reference_kind({"reference_kind": ref_kind, "reference_source": ref_source,
+                                       "reference_fingerprint": fingerprint})
     key = None
     if cfg.resume and fingerprint:
         key = {"version": __version__, "preprocess_version": PREPROCESS_VERSION, "files": {f.path: f.sha256 for f in manifest.files},
@@ -706,6 +730,7 @@ def validate_bundle(
                    "files": [{"path": f.path, "kind": f.kind, "precision": f.precision} for f in manifest.files]},
         "reference": {"describe": _describe(reference), "fingerprint": fingerprint,
                       "kind": ref_kind, "source": ref_source,
+                      **({"file": str(ref_file), "sha256": str(ref_sha)} if ref_file and ref_sha else {}),
                       "preprocess": (ref_pre or manifest.preprocess).to_dict()},
         "preprocess": {"bundle": manifest.preprocess.to_dict(), "differences": diffs},
         "data": {"spec": data_spec, "n_images": len(images), "n_used": n, "n_skipped": len(run.skipped),
@@ -728,6 +753,7 @@ def validate_bundle(
     })
     record_note = None
     to_record: list[dict[str, Any]] = []
+    kept: list[tuple[dict[str, Any], Mapping[str, Any]]] = []
     if cfg.record and not run_reasons:
         # A FAIL is always recorded (it keeps `auto` off the file). A PASS or INCOMPLETE only from a run that
         # parity_status would trust: a weaker run neither turns an earlier FAIL into a pass nor erases an
@@ -738,7 +764,22 @@ def validate_bundle(
         judged = [c for c in report["candidates"] if c.get("judged") is not False]
         to_record = [c for c in judged if c["verdict"] == FAIL or weak is None]
         held = [f"{c['name']} {c['verdict']}" for c in judged if c["verdict"] != FAIL and weak]
+        # A verdict against anything but PyTorch (a device's ONNX reference) never replaces one against PyTorch
+        # for the same content and backend, whatever either says (record_parity enforces it too).
+        for c in list(to_record):
+            old = kept_pytorch_verdict(manifest.file(c["file"]), c["backend"], ref_class)
+            if old is not None:
+                kept.append((c, old))
+                to_record.remove(c)
         notes_ = []
+        if kept:
+            kept_note = ("not recorded in the manifest, which keeps the verdict judged against PyTorch (a verdict "
+                         f"against the {ref_kind} reference never replaces it): "
+                         + ", ".join(f"{c['name']} {c['verdict']} here, {old.get('verdict', '?')} against PyTorch "
+                                     f"({old.get('created', '?')})" for c, old in kept))
+            # A warning when this run disagrees with the PyTorch verdict: worth a look, though the latter stands.
+            differ = any(str(c["verdict"]) != str(old.get("verdict")) for c, old in kept)
+            (log.warning if differ else log.info)("%s", kept_note)
         if held:
             notes_.append(f"not recorded in the manifest ({weak}): {', '.join(held)}; a run like this records "
                           "only a FAIL, never a pass, and `auto` keeps the earlier record")
@@ -746,13 +787,18 @@ def validate_bundle(
             notes_.append("not recorded (could not be run here, so not judged; the earlier record stays): "
                           + ", ".join(f"{c['name']} ({c['error']})" for c in unjudged))
         if notes_:
-            record_note = "; ".join(notes_)
-            log.warning(record_note)
+            log.warning("%s", "; ".join(notes_))
+        if kept:
+            notes_.insert(0, kept_note)
+        record_note = "; ".join(notes_) or None
     elif cfg.record and run_reasons:
         record_note = "nothing recorded in the manifest: the reference's outputs could not be used"
         log.warning(record_note)
     report["record"] = jsonable({"enabled": cfg.record, "run_problem": weak, "note": record_note,
-                                 "recorded": [c["name"] for c in to_record]})
+                                 "recorded": [c["name"] for c in to_record],
+                                 "kept_pytorch": [{"name": c["name"], "verdict": c["verdict"],
+                                                   "kept_verdict": old.get("verdict"),
+                                                   "kept_created": old.get("created")} for c, old in kept]})
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "parity_config.json", jsonable({"bundle": str(root), "config": cfg.to_dict(),
                                                          "context": dict(context or {}),
@@ -765,7 +811,7 @@ def validate_bundle(
     if to_record:  # after the reports: a read-only bundle costs the record, not the run
         try:
             _record(root, to_record, cfg, n=n, truth=str(report["data"]["truth"]), data=report["data"],
-                    reference=report["reference"], created=created, report=json_path)
+                    reference=report["reference"], created=created, report=json_path, machine=report["machine"])
         except OSError as exc:
             log.warning("the parity verdicts could not be recorded in %s (%s); the reports are in %s",
                         root / "manifest.json", exc, out_dir)
@@ -777,18 +823,30 @@ def _ids_digest(ids: Sequence[str]) -> str:
 
 
 def _record(root: Path, candidates: Sequence[Mapping[str, Any]], cfg: ValidateConfig, *, n: int, truth: str,
-            data: Mapping[str, Any], reference: Mapping[str, Any], created: str, report: Path) -> None:
+            data: Mapping[str, Any], reference: Mapping[str, Any], created: str, report: Path,
+            machine: Mapping[str, Any] | None = None) -> None:
     """Each validated file's verdict per backend into the manifest; see ``ValidateConfig.record``.
 
     The record holds what :func:`uopsl.runtime.bundle.parity_status` needs to
     decide whether to trust it: every gate with its value, the number of
     images, the data and the reference (``reference``: its description;
-    ``reference_kind``/``reference_source``: PyTorch or the bundle's FP32 ONNX
-    file, which :mod:`uopsl.export.onnx_reference` reads to enforce its chain
-    of trust; a record without them predates ONNX references, so PyTorch).
+    ``reference_kind``/``reference_source``: PyTorch, the bundle's FP32 ONNX
+    file or unknown, which :mod:`uopsl.export.onnx_reference` reads to enforce
+    its chain of trust; a record without them predates ONNX references, and
+    counts as PyTorch only with a reference fingerprint). An ONNX reference's
+    records add ``reference_file`` and ``reference_sha256``, which ``auto``
+    re-checks (:func:`uopsl.runtime.bundle.parity_status`). ``machine``: the
+    CPU architecture and the version of the runtime that ran the backend, so a
+    device can tell whether its ONNX Runtime is the one that proved its
+    reference.
     """
     records: dict[str, dict[str, dict[str, Any]]] = {}
     for c in candidates:
+        extra: dict[str, Any] = {}
+        if reference.get("file") and reference.get("sha256"):
+            extra.update(reference_file=reference["file"], reference_sha256=reference["sha256"])
+        if machine is not None:
+            extra["machine"] = _backend_machine(c["backend"], machine)
         records.setdefault(c["file"], {})[c["backend"]] = jsonable({
             "passed": bool(c["passed"]), "verdict": c["verdict"], "reasons": list(c.get("reasons", []))[:6],
             "gates": cfg.gates.to_dict(), "n_images": n, "truth": truth,
@@ -796,11 +854,23 @@ def _record(root: Path, candidates: Sequence[Mapping[str, Any]], cfg: ValidateCo
                      "classes_with_truth": data["classes_with_truth"]},
             "reference": reference["describe"], "reference_fingerprint": reference["fingerprint"],
             "reference_kind": reference["kind"], "reference_source": reference["source"],
+            **extra,
             "bootstrap_seed": cfg.seed, "created": created, "toolkit_version": __version__, "report": str(report),
         })
     record_parity(root, records)
     log.info("parity verdicts recorded in %s: %s", root / "manifest.json",
              ", ".join(f"{f} on {b} {v['verdict']}" for f, per in records.items() for b, v in per.items()))
+
+
+#: The module whose version says what computed a backend's outputs (recorded with its verdicts).
+_BACKEND_RUNTIME = {"ort-cpu": "onnxruntime", "ort-cuda": "onnxruntime", "ort-trt": "onnxruntime",
+                    "openvino": "openvino", "tensorrt": "tensorrt"}
+
+
+def _backend_machine(backend: str, machine: Mapping[str, Any]) -> dict[str, Any]:
+    """The CPU architecture and ``backend``'s runtime version from the report's ``machine`` (what was present)."""
+    keys = ("arch", _BACKEND_RUNTIME.get(backend, ""))
+    return {k: machine[k] for k in keys if machine.get(k)}
 
 
 def _describe(reference: Any) -> str:

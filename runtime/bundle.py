@@ -33,7 +33,12 @@ from uopsl.runtime.fsio import sha256_bytes, sha256_file, write_json
 from uopsl.runtime.preprocess import PreprocessConfig
 from uopsl.runtime.version import __version__
 
-FORMAT_VERSION = 1
+# 2: the preprocessing block may carry the JPEG decode rule (decode_min_ratio,
+# decode_min_side). A manifest is written with the lowest version that can hold it,
+# so a bundle made before the rule existed stays version 1 when it is rewritten
+# (a parity record, an engine added) and older runtimes keep reading it.
+FORMAT_VERSION = 2
+SUPPORTED_FORMAT_VERSIONS = (1, 2)
 MANIFEST = "manifest.json"
 
 HeadType = Literal["sigmoid", "softmax"]
@@ -102,6 +107,15 @@ MIN_PARITY_IMAGES = 100
 #: What a per-backend record must hold to be judged; a record without them predates these checks.
 PARITY_RECORD_FIELDS = ("passed", "gates", "n_images", "data", "reference")
 
+#: What a verdict was judged against (a record's ``reference_kind``): the PyTorch checkpoint (``uopsl validate
+#: --checkpoint``), the bundle's own FP32 ONNX file (``--onnx-reference``, on a device), or anything else (a
+#: reference that declared no kind, e.g. a runtime backend passed to ``validate_bundle``).
+REFERENCE_PYTORCH = "pytorch"
+REFERENCE_ONNX = "onnx"
+REFERENCE_UNKNOWN = "unknown"
+#: The backend an ONNX reference runs on, and on which its file must carry a PyTorch-referenced PASS.
+ONNX_REFERENCE_BACKEND = "ort-cpu"
+
 
 def parity_gates_problem(gates: Mapping[str, Any]) -> str | None:
     """Why ``gates`` are looser than :data:`PARITY_GATE_DEFAULTS` (None: the defaults or stricter).
@@ -144,8 +158,90 @@ def _is_number(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(float(x))
 
 
-def _record_problem(path: str, backend: str, r: Any) -> str | None:
-    """Why one backend's record does not show that ``path`` passed there (None: it does)."""
+def parity_reference_kind(r: Mapping[str, Any]) -> str:
+    """What a per-backend parity record was judged against: :data:`REFERENCE_PYTORCH`, ``_ONNX`` or ``_UNKNOWN``.
+
+    A record names its kind (``reference_kind``) and source (``reference_source``,
+    e.g. ``pytorch:<fingerprint>``, ``onnx:model.onnx@<sha256 prefix> on ort-cpu``);
+    a PyTorch kind with a source of another kind is not believed. A record from
+    before kinds existed names neither: it counts as PyTorch only when it keeps
+    the reference's fingerprint (a checkpoint reference always has one; a
+    runtime backend used as the reference has none).
+    """
+    kind = r.get("reference_kind")
+    source = str(r.get("reference_source") or "")
+    if kind == REFERENCE_ONNX or source.startswith(f"{REFERENCE_ONNX}:"):
+        return REFERENCE_ONNX
+    if kind == REFERENCE_PYTORCH:
+        ok = source in ("", REFERENCE_PYTORCH) or source.startswith(f"{REFERENCE_PYTORCH}:")
+        return REFERENCE_PYTORCH if ok else REFERENCE_UNKNOWN
+    if kind is None and "reference_source" not in r:
+        return REFERENCE_PYTORCH if str(r.get("reference_fingerprint") or "").strip() else REFERENCE_UNKNOWN
+    return REFERENCE_UNKNOWN
+
+
+def pytorch_pass_problem(entry: FileEntry, backend: str = ONNX_REFERENCE_BACKEND) -> str | None:
+    """Why ``entry`` carries no trusted PASS on ``backend`` judged against the PyTorch checkpoint (None: it does).
+
+    What makes a file a valid ONNX reference (``uopsl validate --onnx-reference``)
+    and keeps the verdicts judged against it trusted.
+    """
+    rec = entry.info.get(PARITY_KEY)
+    runs = rec.get("backends") if isinstance(rec, dict) else None
+    run = runs.get(backend) if isinstance(runs, dict) else None
+    if isinstance(run, dict):  # the kind first: a record not judged against PyTorch cannot prove anything here
+        kind = parity_reference_kind(run)
+        source = str(run.get("reference_source") or run.get("reference_kind") or "")
+        verdict = str(run.get("verdict") or ("PASS" if run.get("passed") is True else "FAIL"))
+        if kind == REFERENCE_ONNX:
+            return (f"{entry.path}'s {backend} {verdict} was itself judged against an ONNX reference ({source}), "
+                    "not against the PyTorch checkpoint")
+        if kind != REFERENCE_PYTORCH:
+            declared = run.get("reference_kind")
+            if declared == REFERENCE_PYTORCH:
+                named = f"a PyTorch reference whose source {source!r} is not a checkpoint's (pytorch:<fingerprint>)"
+            elif declared:
+                named = f"a reference of kind {declared!r}" + (f" ({source})" if source != declared else "")
+            else:
+                named = "no reference kind and no reference fingerprint (a record from before reference kinds)"
+            return (f"{entry.path}'s {backend} {verdict} names {named}, not the PyTorch checkpoint (a runtime "
+                    "backend used as the reference proves nothing about the checkpoint)")
+    ok, why = parity_status(entry, backend)
+    return None if ok else why
+
+
+def _onnx_chain_problem(path: str, backend: str, r: Mapping[str, Any], manifest: Manifest | None) -> str | None:
+    """Why a PASS judged against the bundle's FP32 ONNX file is no longer backed by that file's PyTorch PASS."""
+    what = f"{path}'s PASS on {backend} was judged against an ONNX reference"
+    redo = (f"validate the reference against the PyTorch checkpoint on the workstation (`uopsl validate "
+            f"--checkpoint`), then {path} again on the device (`uopsl validate --onnx-reference --backends {backend}`)")
+    ref_file, ref_sha = r.get("reference_file"), r.get("reference_sha256")
+    if not isinstance(ref_file, str) or not ref_file or not isinstance(ref_sha, str) or not ref_sha:
+        return (f"{what} whose file and sha256 the record does not name (written by an earlier uopsl), so the "
+                f"chain to PyTorch cannot be checked; re-run `uopsl validate --onnx-reference --backends {backend}` "
+                "on the device")
+    if manifest is None:
+        return (f"{what} ({ref_file}); it counts only where the bundle's manifest is at hand to check that "
+                f"{ref_file} still carries its PyTorch PASS (pass manifest= to parity_status)")
+    try:
+        ref = manifest.file(ref_file)
+    except BundleError:
+        return f"{what} ({ref_file}), which the bundle no longer lists; {redo}"
+    if ref.sha256 != ref_sha:
+        return (f"{what} ({ref_file} with sha256 {ref_sha[:12]}...), which has changed since (now "
+                f"{ref.sha256[:12] or '?'}...); {redo}")
+    why = pytorch_pass_problem(ref, ONNX_REFERENCE_BACKEND)
+    if why is not None:
+        return f"{what} ({ref_file}), and that file no longer carries its PyTorch PASS: {why}; {redo}"
+    return None
+
+
+def _record_problem(path: str, backend: str, r: Any, manifest: Manifest | None = None) -> str | None:
+    """Why one backend's record does not show that ``path`` passed there (None: it does).
+
+    A PASS judged against an ONNX reference also needs that reference file, as
+    ``manifest`` lists it now, to still carry its PyTorch PASS on ``ort-cpu``.
+    """
     if not isinstance(r, dict):
         return f"{path}'s parity record on {backend} is unreadable (re-run `uopsl validate --backends {backend}`)"
     if r.get("passed") is not True or r.get("verdict", "PASS") != "PASS":
@@ -162,10 +258,13 @@ def _record_problem(path: str, backend: str, r: Any) -> str | None:
     weak = parity_run_problem(gates if isinstance(gates, dict) else {}, r.get("n_images"))
     if weak:
         return f"{path} passed on {backend} under a run too weak to rely on: {weak}"
+    if parity_reference_kind(r) == REFERENCE_ONNX:
+        return _onnx_chain_problem(path, backend, r, manifest)
     return None
 
 
-def parity_status(entry: FileEntry, backend: str | None = None) -> tuple[bool, str]:
+def parity_status(entry: FileEntry, backend: str | None = None, *,
+                  manifest: Manifest | None = None) -> tuple[bool, str]:
     """Whether ``uopsl validate`` passed this very file on ``backend`` within the gates, and a reason either way.
 
     ``auto`` backend selection takes an INT8 file or engine only when this is
@@ -178,6 +277,13 @@ def parity_status(entry: FileEntry, backend: str | None = None) -> tuple[bool, s
     prove less), and it must say which gates, data and reference it used; a
     record from before these fields existed is not trusted. ``backend=None``:
     every backend recorded for the file must have passed.
+
+    A PASS judged against the bundle's FP32 ONNX file (``uopsl validate
+    --onnx-reference`` on a device) counts only while that file, as
+    ``manifest`` lists it, has the sha256 the record names and still carries
+    a PyTorch-referenced PASS on ``ort-cpu`` (see :func:`pytorch_pass_problem`):
+    the chain is checked each time, so a reference later failed or replaced
+    takes its verdicts with it. Without ``manifest`` such a PASS is not trusted.
     """
     rec = entry.info.get(PARITY_KEY)
     if not isinstance(rec, dict) or not isinstance(rec.get("backends"), dict) or not rec["backends"]:
@@ -191,7 +297,7 @@ def parity_status(entry: FileEntry, backend: str | None = None) -> tuple[bool, s
                            f"run `uopsl validate --backends {backend}`)")
         runs = {backend: runs[backend]}
     for b, r in runs.items():
-        why = _record_problem(entry.path, b, r)
+        why = _record_problem(entry.path, b, r, manifest)
         if why:
             return False, why
     desc = ", ".join(f"{b} on {r.get('n_images', '?')} images ({r.get('created', '?')})" for b, r in runs.items())
@@ -266,16 +372,19 @@ class Manifest:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["preprocess"] = self.preprocess.to_dict()
+        d["format_version"] = 2 if "decode_min_ratio" in d["preprocess"] else 1
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], *, source: str = MANIFEST) -> Manifest:
         try:
             fv = int(d.get("format_version", -1))
-            if fv != FORMAT_VERSION:
+            if fv not in SUPPORTED_FORMAT_VERSIONS:
+                newer = fv > FORMAT_VERSION
                 raise BundleError(
                     f"{source}: bundle format version {fv} is not supported by uopsl {__version__} "
-                    f"(expected {FORMAT_VERSION}); re-export the bundle with this toolkit version"
+                    f"(it reads {', '.join(map(str, SUPPORTED_FORMAT_VERSIONS))}); "
+                    + ("upgrade uopsl on this device" if newer else "re-export the bundle with this toolkit version")
                 )
             d = dict(d)
             d["classes"] = tuple(

@@ -216,6 +216,12 @@ def info_cmd(bundle: Path, as_json: bool) -> int:
     click.echo(f"model      {m.model_name} ({m.backbone or 'backbone not recorded'}), head {m.head}, "
                f"toolkit {m.toolkit_version}, format {m.format_version}")
     click.echo(f"input      {p.size}x{p.size} uint8 RGB, clahe={p.clahe}, site maps {m.site_map_size[0]}x{m.site_map_size[1]}")
+    if not p.fast_decode:
+        click.echo("decode     JPEGs at full size (fast_decode off)")
+    else:
+        click.echo(f"decode     JPEGs at 1/2-1/8 scale down to {p.decode_min_ratio:g}x the model size"
+                   + (f", never below {p.decode_min_side} px" if p.decode_min_side else "")
+                   + (" (the rule of bundles made before decode_min_ratio existed)" if p.uses_legacy_decode_rule else ""))
     click.echo(f"referral   {m.referral_rule}" + (f" >= {m.referral_threshold}" if m.referral_rule == "referable_sum" else ""))
     click.echo("classes")
     for c in m.classes:
@@ -225,7 +231,7 @@ def info_cmd(bundle: Path, as_json: bool) -> int:
     for f in m.files:
         click.echo(f"  {f.path:28s} {f.kind:12s} {f.precision:12s} {f.size / 1e6:8.2f} MB  sha256 {f.sha256[:12]}"
                    + (f"  CHECKSUM FAILS: {bad[f.path]}" if f.path in bad else "")
-                   + (f"  parity {_parity_word(f)}" if f.kind in ("onnx", "engine") else ""))
+                   + (f"  parity {_parity_word(f, m)}" if f.kind in ("onnx", "engine") else ""))
     if MANIFEST_NAME in bad:
         click.echo(f"  {MANIFEST_NAME:28s} CHECKSUM FAILS: {bad[MANIFEST_NAME]}")
     click.echo("checksums  " + ("all files match the manifest" if not bad else
@@ -236,8 +242,12 @@ def info_cmd(bundle: Path, as_json: bool) -> int:
     return 0
 
 
-def _parity_word(entry: Any) -> str:
-    """PASS / FAIL per backend, not validated, or stale, from the record `uopsl validate` keeps in the manifest."""
+def _parity_word(entry: Any, manifest: Any = None) -> str:
+    """PASS / FAIL per backend, not validated, or stale, from the record `uopsl validate` keeps in the manifest.
+
+    ``manifest``: the bundle's, so a PASS judged against the bundle's FP32 ONNX file is trusted only while that
+    file still carries its PyTorch PASS, as ``auto`` decides.
+    """
     from uopsl.runtime.bundle import PARITY_KEY, parity_status
 
     rec = entry.info.get(PARITY_KEY)
@@ -250,12 +260,12 @@ def _parity_word(entry: Any) -> str:
     for b in sorted(runs):
         r = runs[b] if isinstance(runs[b], dict) else {}
         verdict = str(r.get("verdict") or ("PASS" if r.get("passed") else "FAIL"))
-        trusted, why = parity_status(entry, b)
+        trusted, why = parity_status(entry, b, manifest=manifest)
         if verdict == "PASS" and not trusted:
             verdict = "PASS, not trusted"  # too few images, looser gates or an old record: auto ignores it
             doubts.append(why)
         words.append(f"{b} {verdict}")
-    overall = "PASS" if parity_status(entry)[0] else "not passed"
+    overall = "PASS" if parity_status(entry, manifest=manifest)[0] else "not passed"
     return f"{overall} ({', '.join(words)})" + (f"; {doubts[0]}" if doubts else "")
 
 

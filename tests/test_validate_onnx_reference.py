@@ -6,6 +6,12 @@ refused before anything runs. The fixture gets that PASS for real and cheaply: t
 ``tinymodel.TinyScreen`` (seed 0), so the PyTorch reference is the same module in torch, run by
 ``validate_bundle`` on 120 small synthetic photographs (a pass is recorded from ``MIN_PARITY_IMAGES`` = 100).
 The full ONNX-referenced run happens in a subprocess where importing torch or onnx raises.
+Then the rules around the records (review s10, findings 1, 2 and 7): a verdict judged against the ONNX
+reference never replaces one judged against PyTorch (the INT8 file's FAIL survives a run that would pass it),
+but is recorded where there is none, naming the reference file's full sha256; ``auto`` re-checks that chain
+(the FP32 file failed or changed since: the engine or INT8 PASS is no longer trusted); a reference that does not
+declare its kind (a runtime backend judging the file against itself) is recorded as ``unknown`` and proves
+nothing, nor does a record from before kinds without a reference fingerprint.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from uopsl.export.validate import ExcludedCandidate, ValidateConfig, plan_candid
 from uopsl.runtime.backends import Availability
 from uopsl.runtime.bundle import (
     MIN_PARITY_IMAGES,
+    FileEntry,
     describe_file,
     parity_status,
     read_manifest,
@@ -270,6 +277,7 @@ def test_full_run_against_the_onnx_reference_imports_no_torch(proven_bundle: Pat
     fp32_before = json.dumps(before.file("model.onnx").info["parity"], sort_keys=True)
     int8_before = before.file("model.int8.onnx").info["parity"]["backends"]["ort-cpu"]
     assert int8_before["reference_kind"] == "pytorch"  # the workstation's run judged the INT8 file too
+    manifest_before = (bundle / "manifest.json").read_bytes()
     out = tmp_path / "out"
     env = {**os.environ, "UOPSL_CACHE_DIR": str(tmp_path / "cache"), "HOME": str(tmp_path)}
     proc = subprocess.run([sys.executable, "-c", _NO_TORCH, str(bundle), "--onnx-reference", "--data",
@@ -287,17 +295,25 @@ def test_full_run_against_the_onnx_reference_imports_no_torch(proven_bundle: Pat
     assert "not run: ort-cpu:model.onnx (the reference itself)" in proc.stdout
     after = verify_or_raise(bundle)  # the bundle still verifies
     assert json.dumps(after.file("model.onnx").info["parity"], sort_keys=True) == fp32_before
-    # the INT8 file's verdict names the ONNX reference (the file and its sha256 prefix) and how it was proven
+    # the INT8 file was judged against PyTorch on the workstation: that verdict stays, the device's is only
+    # reported (a verdict against the ONNX reference never replaces one against PyTorch); nothing else to record
     sha = after.file("model.onnx").sha256
-    run = after.file("model.int8.onnx").info["parity"]["backends"]["ort-cpu"]
-    assert run["verdict"] == cand["verdict"] and run["n_images"] == N
-    assert run["reference_kind"] == "onnx" and run["reference_source"] == f"onnx:model.onnx@{sha[:12]} on ort-cpu"
-    assert sha in run["reference_fingerprint"] and "onnxruntime " in run["reference_fingerprint"]
-    assert "FP32 ONNX file model.onnx" in run["reference"] and "against PyTorch on 120 images" in run["reference"]
-    assert parity_status(after.file("model.int8.onnx"), "ort-cpu")[0] == (cand["verdict"] == "PASS")
-    # the reports name the reference
-    assert report["reference"]["kind"] == "onnx" and report["reference"]["source"] == run["reference_source"]
+    assert after.file("model.int8.onnx").info["parity"]["backends"]["ort-cpu"] == int8_before
+    assert (bundle / "manifest.json").read_bytes() == manifest_before
+    assert report["record"]["recorded"] == []
+    assert report["record"]["kept_pytorch"] == [{"name": "ort-cpu:model.int8.onnx", "verdict": cand["verdict"],
+                                                 "kept_verdict": int8_before["verdict"],
+                                                 "kept_created": int8_before["created"]}]
+    assert "keeps the verdict judged against PyTorch" in report["record"]["note"], report["record"]
+    assert f"ort-cpu:model.int8.onnx {cand['verdict']} here, {int8_before['verdict']} against PyTorch" in proc.stdout
+    # the reports name the reference (its file and full sha256) and the machine that proved it
+    assert report["reference"]["kind"] == "onnx"
+    assert report["reference"]["source"] == f"onnx:model.onnx@{sha[:12]} on ort-cpu"
+    assert report["reference"]["file"] == "model.onnx" and report["reference"]["sha256"] == sha
     assert report["context"]["checkpoint"] is None and report["context"]["onnx_reference"]["sha256"] == sha
+    proven = before.file("model.onnx").info["parity"]["backends"]["ort-cpu"]["machine"]
+    assert report["context"]["onnx_reference"]["proven_machine"] == proven
+    assert proven["onnxruntime"] == report["machine"]["onnxruntime"] and proven["arch"] == report["machine"]["arch"]
     assert report["data"]["truth"] == "labels" and report["data"]["n_used"] == N
     html = (out / "parity.html").read_text(encoding="utf-8")
     assert "Reference: the bundle&#x27;s FP32 ONNX file model.onnx" in html or \
@@ -305,3 +321,268 @@ def test_full_run_against_the_onnx_reference_imports_no_torch(proven_bundle: Pat
     assert proc.stdout.startswith("reference: the bundle's FP32 ONNX file model.onnx")
     # nothing of PyTorch (or onnx) was imported, nor even tried
     assert "TRIED:" in lines and "LOADED:" in lines, [x for x in lines if x.startswith(("TRIED:", "LOADED:"))]
+
+
+# -- a PyTorch verdict is never replaced by an ONNX-referenced one ----------------------------------------------------
+def _int8_is_the_fp32_file(bundle: Path, ort_cpu_record: dict[str, Any] | None) -> None:
+    """Make model.int8.onnx a byte copy of model.onnx (it passes against the ONNX reference) with ``ort_cpu_record``
+    as its ort-cpu verdict (None: never validated), as the workstation would have recorded it for that content."""
+    shutil.copyfile(bundle / "model.onnx", bundle / "model.int8.onnx")
+    m = read_manifest(bundle)
+    files = []
+    for f in m.files:
+        if f.path == "model.int8.onnx":
+            f = describe_file(bundle, replace(f, info={}))
+            if ort_cpu_record is not None:
+                f = replace(f, info={"parity": {"sha256": f.sha256, "backends": {"ort-cpu": ort_cpu_record}}})
+        files.append(f)
+    write_manifest(bundle, replace(m, files=tuple(files)))
+
+
+def _onnx_run(bundle: Path, labelled_csv: Path, out: Path):  # noqa: ANN202
+    from uopsl.export.onnx_reference import OnnxReference
+    from uopsl.train.commands.validate import resolve_data
+
+    records, space, _ = resolve_data(str(labelled_csv))
+    with OnnxReference.from_bundle(bundle, 1) as reference:
+        return validate_bundle(bundle, reference, records, out,
+                               ValidateConfig(backends=("ort-cpu",), n_boot=0, show_progress=False),
+                               label_space=space, context={"data": str(labelled_csv)}, availability=CPU)
+
+
+def test_a_pytorch_fail_survives_an_onnx_run_that_passes_the_file(proven_bundle: Path, tmp_path: Path,
+                                                                  labelled_csv: Path,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    """The review's laundering case: the workstation failed the INT8 file; the device's ONNX run passes it."""
+    bundle = _copy(proven_bundle, tmp_path / "bundle")
+    fp32_run = read_manifest(bundle).file("model.onnx").info["parity"]["backends"]["ort-cpu"]
+    pytorch_fail = {**copy.deepcopy(fp32_run), "passed": False, "verdict": "FAIL",
+                    "reasons": ["class_flip_rate dme 0.013 > 0.005"]}
+    _int8_is_the_fp32_file(bundle, pytorch_fail)
+    before = (bundle / "manifest.json").read_bytes()
+    with caplog.at_level("INFO", logger="uopsl"):
+        result = _onnx_run(bundle, labelled_csv, tmp_path / "out")
+    (cand,) = result.report["candidates"]
+    assert cand["name"] == "ort-cpu:model.int8.onnx" and cand["verdict"] == "PASS"  # this run's own verdict...
+    assert result.passed and result.report["record"]["recorded"] == []
+    assert (bundle / "manifest.json").read_bytes() == before  # ...is not recorded: the PyTorch FAIL stays
+    m = read_manifest(bundle)
+    ok, why = parity_status(m.file("model.int8.onnx"), "ort-cpu", manifest=m)
+    assert not ok and "failed parity validation on ort-cpu (class_flip_rate dme 0.013 > 0.005)" in why
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("keeps the verdict judged against PyTorch" in w
+               and "ort-cpu:model.int8.onnx PASS here, FAIL against PyTorch" in w for w in warned), warned
+    assert "keeps the verdict judged against PyTorch" in (result.html_path.read_text(encoding="utf-8"))
+
+
+def test_record_parity_keeps_pytorch_verdicts_and_replaces_device_ones(proven_bundle: Path, tmp_path: Path) -> None:
+    """The rule at the manifest writer, whoever calls it: PyTorch > ONNX; ONNX replaces ONNX; PyTorch replaces any."""
+    from uopsl.export.bundle_writer import record_parity
+
+    bundle = _copy(proven_bundle, tmp_path / "bundle")
+    m = read_manifest(bundle)
+    sha = m.file("model.onnx").sha256
+    pytorch_pass = copy.deepcopy(m.file("model.onnx").info["parity"]["backends"]["ort-cpu"])
+    onnx_pass = {**pytorch_pass, "reference_kind": "onnx", "reference_source": f"onnx:model.onnx@{sha[:12]} on ort-cpu",
+                 "reference_file": "model.onnx", "reference_sha256": sha}
+    onnx_fail = {**onnx_pass, "passed": False, "verdict": "FAIL", "reasons": ["flip_rate 0.03 > 0.005"]}
+    unknown_pass = {**pytorch_pass, "reference_kind": "unknown", "reference_source": "unknown"}
+
+    def run(path: str, backend: str) -> dict[str, Any]:
+        return dict(read_manifest(bundle).file(path).info["parity"]["backends"][backend])
+
+    int8_pytorch = run("model.int8.onnx", "ort-cpu")
+    for newer in (onnx_pass, onnx_fail, unknown_pass):  # not judged against PyTorch: never replaces it
+        record_parity(bundle, {"model.int8.onnx": {"ort-cpu": newer}})
+        assert run("model.int8.onnx", "ort-cpu") == int8_pytorch
+    record_parity(bundle, {"model.int8.onnx": {"openvino": onnx_pass}})  # no PyTorch verdict there: recorded
+    assert run("model.int8.onnx", "openvino") == onnx_pass
+    record_parity(bundle, {"model.int8.onnx": {"openvino": onnx_fail}})  # an ONNX verdict replaces an ONNX one
+    assert run("model.int8.onnx", "openvino") == onnx_fail
+    record_parity(bundle, {"model.int8.onnx": {"openvino": pytorch_pass}})  # PyTorch replaces it...
+    assert run("model.int8.onnx", "openvino") == pytorch_pass
+    record_parity(bundle, {"model.int8.onnx": {"openvino": onnx_fail}})  # ...and then stays
+    assert run("model.int8.onnx", "openvino") == pytorch_pass
+    verify_or_raise(bundle)
+
+
+def test_an_onnx_verdict_is_recorded_where_no_pytorch_one_exists(proven_bundle: Path, tmp_path: Path,
+                                                                 labelled_csv: Path) -> None:
+    """A file the workstation never judged (like an engine built on the device) gets the ONNX-referenced verdict,
+    which names the reference file and its full sha256; auto trusts it only while that file keeps its PyTorch PASS."""
+    from tinymodel import export_tiny_onnx
+
+    bundle = _copy(proven_bundle, tmp_path / "bundle")
+    _int8_is_the_fp32_file(bundle, None)
+    result = _onnx_run(bundle, labelled_csv, tmp_path / "out")
+    assert result.passed and result.report["record"] == {
+        "enabled": True, "run_problem": None, "note": None, "recorded": ["ort-cpu:model.int8.onnx"],
+        "kept_pytorch": []}
+    m = read_manifest(bundle)
+    sha = m.file("model.onnx").sha256
+    int8 = m.file("model.int8.onnx")
+    run = int8.info["parity"]["backends"]["ort-cpu"]
+    assert run["verdict"] == "PASS" and run["n_images"] == N
+    assert run["reference_kind"] == "onnx" and run["reference_source"] == f"onnx:model.onnx@{sha[:12]} on ort-cpu"
+    assert run["reference_file"] == "model.onnx" and run["reference_sha256"] == sha
+    assert sha in run["reference_fingerprint"] and "onnxruntime " in run["reference_fingerprint"]
+    assert "FP32 ONNX file model.onnx" in run["reference"] and "against PyTorch on 120 images" in run["reference"]
+    assert set(run["machine"]) == {"arch", "onnxruntime"}
+    assert parity_status(int8, "ort-cpu", manifest=m) == (True, parity_status(int8, "ort-cpu", manifest=m)[1])
+    # without the manifest the chain cannot be checked: not trusted, and the reason says why
+    ok, why = parity_status(int8, "ort-cpu")
+    assert not ok and "judged against an ONNX reference (model.onnx)" in why and "manifest" in why
+    # the FP32 file's PyTorch PASS becomes a FAIL (re-validated on more data): the INT8 PASS is no longer trusted
+    failed = _copy(bundle, tmp_path / "failed")
+    _edit_fp32_run(failed, _fail)
+    m = read_manifest(failed)
+    ok, why = parity_status(m.file("model.int8.onnx"), "ort-cpu", manifest=m)
+    assert not ok and "and that file no longer carries its PyTorch PASS: model.onnx failed parity validation" in why
+    assert "uopsl validate --onnx-reference --backends ort-cpu" in why
+    # the FP32 file re-exported (its record follows the new content): the INT8 PASS was judged against another file
+    changed = _copy(bundle, tmp_path / "changed")
+    export_tiny_onnx(changed / "model.onnx", seed=1)
+    m = read_manifest(changed)
+    write_manifest(changed, replace(m, files=tuple(describe_file(changed, f) if f.path == "model.onnx" else f
+                                                   for f in m.files)))
+    m = read_manifest(changed)
+    ok, why = parity_status(m.file("model.int8.onnx"), "ort-cpu", manifest=m)
+    assert not ok and f"model.onnx with sha256 {sha[:12]}...), which has changed since" in why
+
+
+def _engine_bundle(proven: Path, dest: Path, record: Callable[[str], dict[str, Any]]) -> Path:
+    """The proven bundle plus an INT8 'engine' (stand-in bytes) whose tensorrt verdict is ``record(fp32 sha256)``."""
+    bundle = _copy(proven, dest)
+    (bundle / "model.engine").write_bytes(b"engine stand-in")
+    m = read_manifest(bundle)
+    engine = describe_file(bundle, FileEntry("model.engine", "engine", "int8"))
+    engine = replace(engine, info={"parity": {"sha256": engine.sha256,
+                                              "backends": {"tensorrt": record(m.file("model.onnx").sha256)}}})
+    write_manifest(bundle, replace(m, files=(*m.files, engine)))
+    return bundle
+
+
+def _auto_on_a_gpu(bundle: Path) -> Any:
+    from uopsl.runtime.backends import select_backend
+
+    return select_backend(bundle, "auto", "auto", availability=Availability(("CPUExecutionProvider",), tensorrt=True),
+                          engine_check=lambda path: None, measure=False)
+
+
+def test_auto_rechecks_the_chain_of_an_engines_onnx_referenced_pass(proven_bundle: Path, tmp_path: Path) -> None:
+    from tinymodel import export_tiny_onnx
+
+    fp32_run = read_manifest(proven_bundle).file("model.onnx").info["parity"]["backends"]["ort-cpu"]
+
+    def onnx_pass(sha: str) -> dict[str, Any]:
+        return {**copy.deepcopy(fp32_run), "reference_kind": "onnx",
+                "reference_source": f"onnx:model.onnx@{sha[:12]} on ort-cpu", "reference_file": "model.onnx",
+                "reference_sha256": sha}
+
+    bundle = _engine_bundle(proven_bundle, tmp_path / "ok", onnx_pass)
+    sel = _auto_on_a_gpu(bundle)
+    assert (sel.backend, sel.file) == ("tensorrt", "model.engine"), sel.reason
+    m = read_manifest(bundle)
+    assert parity_status(m.file("model.engine"), "tensorrt", manifest=m)[0]
+    assert not parity_status(m.file("model.engine"), "tensorrt")[0]  # no manifest, no chain: not trusted
+    # the FP32 file's record becomes a FAIL: auto no longer takes the engine, and says why
+    failed = _engine_bundle(proven_bundle, tmp_path / "failed", onnx_pass)
+    _edit_fp32_run(failed, _fail)
+    sel = _auto_on_a_gpu(failed)
+    assert sel.backend == "ort-cpu", sel.reason
+    assert ("engine model.engine skipped: INT8 is not used unasked: model.engine's PASS on tensorrt was judged against "
+            "an ONNX reference (model.onnx), and that file no longer carries its PyTorch PASS: model.onnx failed "
+            "parity validation on ort-cpu") in sel.reason
+    # the FP32 file changed since the engine was judged against it
+    changed = _engine_bundle(proven_bundle, tmp_path / "changed", onnx_pass)
+    export_tiny_onnx(changed / "model.onnx", seed=1)
+    m = read_manifest(changed)
+    write_manifest(changed, replace(m, files=tuple(describe_file(changed, f) if f.path == "model.onnx" else f
+                                                   for f in m.files)))
+    sel = _auto_on_a_gpu(changed)
+    assert sel.backend == "ort-cpu" and "which has changed since" in sel.reason, sel.reason
+    # a record from before the reference's sha256 was kept cannot be checked: not trusted, re-run on the device
+    def unnamed(sha: str) -> dict[str, Any]:
+        r = onnx_pass(sha)
+        del r["reference_file"], r["reference_sha256"]
+        return r
+
+    old = _engine_bundle(proven_bundle, tmp_path / "old", unnamed)
+    sel = _auto_on_a_gpu(old)
+    assert sel.backend == "ort-cpu" and "does not name (written by an earlier uopsl)" in sel.reason, sel.reason
+    # uopsl-screen info shows it the way auto decides
+    from uopsl.runtime.cli import _parity_word
+
+    m = read_manifest(failed)
+    assert _parity_word(m.file("model.engine"), m).startswith("not passed (tensorrt PASS, not trusted)")
+    m = read_manifest(bundle)
+    assert _parity_word(m.file("model.engine"), m) == "PASS (tensorrt PASS)"
+
+
+# -- the reference kind is declared, never assumed -------------------------------------------------------------------
+def test_a_backend_as_the_reference_is_recorded_as_unknown_and_proves_nothing(proven_bundle: Path, tmp_path: Path,
+                                                                             labelled_csv: Path) -> None:
+    """The review's self-reference: the FP32 file judged against itself on ONNX Runtime is no PyTorch PASS."""
+    from uopsl.export.onnx_reference import check_reference_chain
+    from uopsl.runtime.backends.onnxruntime import OrtBackend
+    from uopsl.train.commands.validate import resolve_data
+    from uopsl.train.reference import TorchReference
+
+    assert TorchReference.reference_kind == "pytorch"  # declared by the class, not defaulted by validate
+    records, space, _ = resolve_data(str(labelled_csv))
+    cfg = ValidateConfig(backends=("ort-cpu",), n_boot=0, show_progress=False)
+    bundle = make_tiny_bundle(tmp_path / "fresh", int8=False)
+    with OrtBackend(bundle / "model.onnx", "cpu", 1) as itself:
+        result = validate_bundle(bundle, itself, records, tmp_path / "out", cfg, label_space=space,
+                                 context={"data": "x"}, availability=CPU)
+    assert result.report["reference"]["kind"] == "unknown" and result.report["reference"]["source"] == "unknown"
+    entry = read_manifest(bundle).file("model.onnx")
+    run = entry.info["parity"]["backends"]["ort-cpu"]
+    assert run["verdict"] == "PASS" and run["reference_kind"] == "unknown" and run["reference_fingerprint"] == ""
+    assert parity_status(entry, "ort-cpu")[0]  # judged by the same gates, as before...
+    with pytest.raises(ConfigError, match="model.onnx's ort-cpu PASS names a reference of kind 'unknown', not the "
+                                          "PyTorch checkpoint"):
+        check_reference_chain(bundle)  # ...but it does not start a chain of trust
+    # on a proven bundle the same run replaces no PyTorch verdict
+    proven = _copy(proven_bundle, tmp_path / "proven")
+    before = (proven / "manifest.json").read_bytes()
+    with OrtBackend(proven / "model.onnx", "cpu", 1) as itself:
+        result = validate_bundle(proven, itself, records, tmp_path / "out2", cfg, label_space=space,
+                                 context={"data": "x"}, availability=CPU)
+    assert {k["name"] for k in result.report["record"]["kept_pytorch"]} == {"ort-cpu:model.onnx",
+                                                                            "ort-cpu:model.int8.onnx"}
+    assert (proven / "manifest.json").read_bytes() == before
+    assert check_reference_chain(proven).record["reference_kind"] == "pytorch"
+
+
+def test_a_record_from_before_reference_kinds_without_a_fingerprint_proves_nothing(proven_bundle: Path,
+                                                                                   tmp_path: Path) -> None:
+    """A legacy record counts as PyTorch only with the reference's fingerprint: a backend used as one left it empty."""
+    from uopsl.export.onnx_reference import check_reference_chain
+
+    bundle = _copy(proven_bundle, tmp_path / "bundle")
+
+    def legacy_backend(run: dict[str, Any]) -> None:
+        del run["reference_kind"], run["reference_source"]
+        run["reference_fingerprint"] = ""
+
+    _edit_fp32_run(bundle, legacy_backend)
+    with pytest.raises(ConfigError, match="names no reference kind and no reference fingerprint"):
+        check_reference_chain(bundle)
+
+
+def test_another_onnx_runtime_than_the_proving_one_is_warned_about(proven_bundle: Path, tmp_path: Path,
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
+    from uopsl.export.onnx_reference import OnnxReference
+
+    bundle = _copy(proven_bundle, tmp_path / "bundle")
+    proven = read_manifest(bundle).file("model.onnx").info["parity"]["backends"]["ort-cpu"]["machine"]
+    with caplog.at_level("WARNING", logger="uopsl"):
+        OnnxReference.from_bundle(bundle, 1)
+    assert not caplog.records  # the same ONNX Runtime on the same architecture: nothing to say
+    _edit_fp32_run(bundle, lambda run: run.update(machine={"arch": "x86_64-elsewhere", "onnxruntime": "0.0.1"}))
+    with caplog.at_level("WARNING", logger="uopsl"):
+        ref = OnnxReference.from_bundle(bundle, 1)
+    (warning,) = [r.getMessage() for r in caplog.records]
+    assert f"onnxruntime 0.0.1 there, {ref.ort_version} here" in warning
+    assert f"arch x86_64-elsewhere there, {proven['arch']} here" in warning and "stricter gates" in warning

@@ -6,7 +6,8 @@ convention: ``infer(uint8 NHWC batch) -> {"probs", "logits", "site_maps"}``, so
 :func:`uopsl.export.validate.validate_bundle` treats it like any backend without
 importing training code. It carries the checkpoint's preprocessing (the
 pixels the model was trained on) and a fingerprint of the weights (keys the
-validation's output cache).
+validation's output cache). It declares ``reference_kind = "pytorch"``: its
+verdicts are the PyTorch-referenced ones.
 
 On CUDA, TF32 matmuls and convolutions are switched off while it runs: the
 reference must be FP32 arithmetic, or FP32 parity could not be judged.
@@ -25,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from uopsl.runtime.bundle import Manifest
+from uopsl.runtime.bundle import REFERENCE_PYTORCH, Manifest
 from uopsl.runtime.errors import BackendError, CheckpointError, ConfigError
 from uopsl.runtime.fsio import sha256_file
 from uopsl.runtime.preprocess import PreprocessConfig
@@ -68,6 +69,10 @@ class TorchReference:
     """A module with the deployed contract (uint8 NHWC in; probs, logits, site_maps out), run in PyTorch."""
 
     name = "pytorch"
+    #: Declared, never defaulted: only a reference that says it is the PyTorch checkpoint has its verdicts recorded
+    #: as PyTorch-referenced, the ones that start a chain of trust (``uopsl validate --onnx-reference``) and that a
+    #: device's verdict never replaces (:mod:`uopsl.export.validate`).
+    reference_kind = REFERENCE_PYTORCH
 
     def __init__(self, module: torch.nn.Module, preprocess: PreprocessConfig, *, device: str = "cpu",
                  fingerprint: str = "", source: str = "", meta: CheckpointMeta | None = None) -> None:

@@ -356,7 +356,7 @@ def select_backend(
         label = _RUNTIME_LABEL[runtime]
         if int8 is None:
             return False, "the bundle has no INT8 ONNX file"
-        validated, why_not = parity_status(int8, runtime)
+        validated, why_not = parity_status(int8, runtime, manifest=m)
         if not validated:
             return False, f"{label} INT8 not chosen unasked: {why_not}"
         if fp32 is None:
@@ -374,8 +374,8 @@ def select_backend(
             raise BundleError("backend tensorrt needs TensorRT and a CUDA binding: pip install 'uopsl[trt]' (JetPack on Jetson)")
         reasons = []
         for e in _engines(m, precision):
-            if precision == "auto" and e.precision == "int8" and not parity_status(e, "tensorrt")[0]:
-                reasons.append(f"{e.path}: INT8 is not used unasked: {parity_status(e, 'tensorrt')[1]}")
+            if precision == "auto" and e.precision == "int8" and not parity_status(e, "tensorrt", manifest=m)[0]:
+                reasons.append(f"{e.path}: INT8 is not used unasked: {parity_status(e, 'tensorrt', manifest=m)[1]}")
                 continue
             why = engine_check(root / e.path) or engine_stale(root, m, e, device)
             if why is None:
@@ -408,7 +408,7 @@ def select_backend(
     if av.tensorrt and precision in ("auto", "int8", "fp16", "fp32"):
         for e in _engines(m, precision):
             if precision == "auto" and e.precision == "int8":
-                validated, why_not = parity_status(e, "tensorrt")
+                validated, why_not = parity_status(e, "tensorrt", manifest=m)
                 if not validated:
                     notes.append(f"engine {e.path} skipped: INT8 is not used unasked: {why_not}")
                     continue

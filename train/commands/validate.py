@@ -10,8 +10,10 @@ here over the same preprocessed images, and writes ``OUT/parity.json`` and
   without PyTorch (a device validating the engines and INT8 files it built).
   Allowed only once that file carries a recorded PASS on ``ort-cpu`` from a
   ``--checkpoint`` run (:mod:`uopsl.export.onnx_reference`); the FP32 file on
-  ``ort-cpu`` is then not a candidate (the reference itself), and every
-  verdict recorded names the ONNX reference. ``--device`` and
+  ``ort-cpu`` is then not a candidate (the reference itself), every
+  verdict recorded names the ONNX reference (its file and sha256, which
+  ``auto`` re-checks), and none replaces a verdict judged against PyTorch
+  (the report lists those kept). ``--device`` and
   ``--other-checkpoint`` are refused with it.
 
 Exit code 0 when every candidate was evaluated in full and is within the gates
@@ -216,7 +218,10 @@ def _onnx_reference(bundle: Path, threads: int | None) -> tuple[Any, dict[str, A
                                           "proven_against": proof.record.get("reference"),
                                           "proven_reference_fingerprint": proof.record.get("reference_fingerprint"),
                                           "proven_on_images": proof.record.get("n_images"),
-                                          "proven_created": proof.record.get("created")},
+                                          "proven_created": proof.record.get("created"),
+                                          # the proving run's CPU architecture and ONNX Runtime (recorded since
+                                          # they exist); parity.json's "machine" names this device's
+                                          "proven_machine": proof.record.get("machine")},
                        "other_checkpoint": False, "other_checkpoint_reason": ""}
 
 
