@@ -12,18 +12,32 @@ is the best of ``--rounds`` passes (the least disturbed by other jobs).
 photograph of the costliest calls) on the TVHL photographs at that model size.
 ``--cv-threads`` sets OpenCV's thread count (default 1, as the screening
 pipeline's worker threads would want; OpenCV's own default is one per core).
+``--pipeline SIZE`` instead measures the whole screening pipeline's CPU per
+photograph (read, hash, decode, preprocess, gate, worker threads, results)
+with an instant backend, on the first ``--n`` TVHL photographs at that model
+size, in four interleaved settings: the JPEG decode rule of old configs
+(ratio 2, no floor) or today's, and OpenCV left at its own thread count or
+single-threaded as ``ScreeningPipeline.run`` now keeps it (the former
+simulated by switching that off); median of ``--rounds`` rounds.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import cProfile
+import dataclasses
 import pstats
+import resource
+import statistics
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import cv2
+import numpy as np
 
 from uopsl.runtime.preprocess import PreprocessConfig, preprocess
 from uopsl.runtime.quality import assess
@@ -63,6 +77,58 @@ def profile(datas: list[bytes], cfg: PreprocessConfig, top: int = 25) -> None:
         print(f"| {name} | {1e3 * tt / len(datas):.3f} | {1e3 * ct / len(datas):.3f} | {nc / len(datas):.1f} |")
 
 
+class _InstantBackend:
+    """Answers every batch at once, so only the pipeline's own CPU is measured."""
+
+    def __init__(self, k: int) -> None:
+        self.k = k
+
+    def infer(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        b = x.shape[0]
+        return {"probs": np.full((b, self.k), 0.1, np.float32), "logits": np.zeros((b, self.k), np.float32),
+                "site_maps": np.zeros((b, self.k, 8, 8), np.float32)}
+
+
+def pipeline_cpu(paths: list[Path], size: int, rounds: int) -> None:
+    """CPU ms per photograph of ScreeningPipeline.run with an instant backend, four settings interleaved."""
+    import uopsl.runtime.pipeline as pipeline_mod
+    from uopsl.runtime.bundle import ClassSpec, Manifest
+
+    @contextlib.contextmanager
+    def leave_opencv_alone() -> Iterator[None]:
+        yield
+
+    classes = tuple(ClassSpec(name=f"c{i}") for i in range(5))
+    new = PreprocessConfig(size=size)
+    old = dataclasses.replace(new, decode_min_ratio=2.0, decode_min_side=0)
+    settings: dict[str, tuple[PreprocessConfig, Any]] = {
+        "old rule, OpenCV threads as they are": (old, leave_opencv_alone),
+        "old rule, OpenCV single-threaded": (old, pipeline_mod.opencv_single_threaded),
+        "new rule, OpenCV threads as they are": (new, leave_opencv_alone),
+        "new rule, OpenCV single-threaded (today)": (new, pipeline_mod.opencv_single_threaded),
+    }
+    real = pipeline_mod.opencv_single_threaded
+    cv2.setNumThreads(-1)  # OpenCV's own default (one thread per core)
+    results: dict[str, list[float]] = {k: [] for k in settings}
+    try:
+        for _ in range(rounds):
+            for name, (cfg, cv_ctx) in settings.items():
+                m = Manifest(classes=classes, head="sigmoid", preprocess=cfg, files=())
+                pipeline_mod.opencv_single_threaded = cv_ctx
+                pipe = pipeline_mod.ScreeningPipeline(_InstantBackend(len(classes)), m,  # type: ignore[arg-type]
+                                                      pipeline_mod.PipelineConfig(batch_size=8))
+                r0 = resource.getrusage(resource.RUSAGE_SELF)
+                n = sum(1 for _ in pipe.run(paths))
+                r1 = resource.getrusage(resource.RUSAGE_SELF)
+                results[name].append(1e3 * (r1.ru_utime - r0.ru_utime + r1.ru_stime - r0.ru_stime) / n)
+    finally:
+        pipeline_mod.opencv_single_threaded = real
+    print(f"| pipeline, {len(paths)} TVHL photographs, model size {size} | CPU ms per photograph (median of {rounds}) | rounds |")
+    print("|---|---|---|")
+    for name, v in results.items():
+        print(f"| {name} | {statistics.median(v):.2f} | {', '.join(f'{x:.2f}' for x in v)} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--tvhl", type=Path, default=Path("../shared/data/tvhl"))
@@ -70,7 +136,12 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="passes per figure; the best is reported")
     ap.add_argument("--cv-threads", type=int, default=1, help="cv2.setNumThreads (OpenCV's default: one per core)")
     ap.add_argument("--profile", type=int, metavar="SIZE", help="profile the TVHL photographs at this model size")
+    ap.add_argument("--pipeline", type=int, metavar="SIZE",
+                    help="the screening pipeline's CPU per photograph at this model size (instant backend)")
     args = ap.parse_args()
+    if args.pipeline:
+        pipeline_cpu(sorted((args.tvhl / "fundus").glob("*.jpg"))[: args.n], args.pipeline, args.rounds)
+        return
     cv2.setNumThreads(args.cv_threads)
     tvhl = [p.read_bytes() for p in sorted((args.tvhl / "fundus").glob("*.jpg"))[: args.n]]
     if args.profile:

@@ -60,8 +60,8 @@ def opencv_single_threaded() -> Iterator[None]:
     """Run OpenCV single-threaded inside the block (process-wide), restoring its setting after.
 
     The preprocessing workers already use every core; OpenCV's parallel loops on
-    top of them cost ~0.5 ms of CPU per photograph on a 2-core box (TVHL at
-    224 px: 4.3 -> 3.8 ms, interleaved runs) for no speed. Nested and concurrent
+    top of them cost ~0.4 ms of CPU per photograph on a 2-core box (TVHL at
+    224 px: 4.03 -> 3.66 ms, ``benchmarks/bench_preprocess.py --pipeline 224``) for no speed. Nested and concurrent
     runs share one count, so the setting comes back when the last one ends; it is
     process-wide for as long as a run's generator is alive, and a setting another
     thread makes meanwhile is replaced by the one saved at the first entry.

@@ -556,6 +556,11 @@ def _finer_scale(data: bytes, scale: int, fov_side_full: float, cfg: PreprocessC
     return 1
 
 
+def _decode_at(data: bytes, scale: int, cfg: PreprocessConfig, source: str | None) -> np.ndarray:
+    """``data`` decoded in full (scale 1) or at 1/``scale`` by DCT scaling."""
+    return decode(data, source=source, max_pixels=cfg.max_pixels) if scale == 1 else _decode_reduced(data, scale, source)
+
+
 def _decode_reduced(data: bytes, scale: int, source: str | None) -> np.ndarray:
     """A JPEG decoded at 1/``scale`` (DCT scaling), turned upright exactly as :func:`decode` does.
 
@@ -632,7 +637,7 @@ def preprocess(
         scale = _jpeg_reduction(data, cfg)
         if scale > 1:
             _check_pixels(*(_jpeg_size(data) or (0, 0)), cfg.max_pixels, source)
-        rgb = decode(data, source=source, max_pixels=cfg.max_pixels) if scale == 1 else _decode_reduced(data, scale, source)
+        rgb = _decode_at(data, scale, cfg, source)
     h, w = rgb.shape[:2]
     if min(h, w) < MIN_DECODE_SIDE:
         raise ImageTooSmallError(
@@ -647,8 +652,7 @@ def preprocess(
         finer = _finer_scale(data, scale, 2 * r * (1.0 + cfg.fov_margin) * scale, cfg)
         if finer != scale:
             scale = finer
-            rgb = decode(data, source=source, max_pixels=cfg.max_pixels) if scale == 1 else _decode_reduced(
-                data, scale, source)
+            rgb = _decode_at(data, scale, cfg, source)
             h, w = rgb.shape[:2]
             cx, cy, r, fill, _ = detect_fov(rgb, cfg.fov_threshold)
             found = fill >= cfg.fov_min_fill and r >= 0.2 * min(h, w)
