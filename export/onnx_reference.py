@@ -92,20 +92,16 @@ def fp32_file(manifest: Manifest, bundle: str | os.PathLike[str] = "BUNDLE") -> 
 
 
 def _chain_problem(entry: FileEntry, sha256_now: str) -> str | None:
-    """Why ``entry`` (content ``sha256_now``) carries no PyTorch-referenced PASS on ``ort-cpu`` (None: it does)."""
+    """Why ``entry`` (content ``sha256_now``) carries no PyTorch-referenced PASS on ``ort-cpu`` (None: it does).
+
+    The file as it is now must be the content the record names; the rest (a record at all, on
+    ``ort-cpu``, a PASS ``auto`` trusts, judged against PyTorch) is :func:`pytorch_pass_problem`'s.
+    """
     rec = entry.info.get(PARITY_KEY)
-    if not isinstance(rec, dict) or not isinstance(rec.get("backends"), dict) or not rec["backends"]:
-        return f"{entry.path} has no parity record (never validated)"
-    run = rec["backends"].get(REFERENCE_BACKEND)
-    if not isinstance(run, dict):
-        return (f"{entry.path} has no parity record on {REFERENCE_BACKEND} (validated on "
-                f"{sorted(rec['backends'])} only)")
-    recorded = str(rec.get("sha256") or "")
-    if recorded != sha256_now or entry.sha256 != sha256_now:
-        return (f"a stale record: {entry.path}'s parity record is for content sha256 {recorded[:12] or '?'}..., "
+    recorded = str(rec.get("sha256") or "") if isinstance(rec, dict) else ""
+    if recorded and (recorded != sha256_now or entry.sha256 != sha256_now):
+        return (f"a stale record: {entry.path}'s parity record is for content sha256 {recorded[:12]}..., "
                 f"the file is now {sha256_now[:12]}... (it changed after it was validated)")
-    # a PyTorch-referenced PASS that auto trusts: reference_kind "pytorch", or a record from before kinds that
-    # keeps the checkpoint's fingerprint (a backend used as the reference leaves it empty)
     return pytorch_pass_problem(entry, REFERENCE_BACKEND)
 
 

@@ -76,6 +76,14 @@ def _na_reason(row: Mapping[str, Any], metric: str) -> str:
     return f'<span class="na">n/a: {_e(why)}</span>' if why else '<span class="na">n/a</span>'
 
 
+def _rate_cell(row: Mapping[str, Any], metric: str) -> str:
+    """A class's or the referral's sensitivity/specificity cell: reference / candidate and the changed calls."""
+    if f"{metric}_changes" not in row or (row.get("not_evaluated") or {}).get(metric):
+        return _na_reason(row, metric)
+    return (f'{_num(row.get(f"{metric}_reference"), ".3f")} / {_num(row.get(f"{metric}_candidate"), ".3f")}'
+            f'<br>changes {_bound(row.get(f"{metric}_changes"))}')
+
+
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]], classes: Sequence[str] | None = None) -> str:
     head = "".join(f"<th>{_e(h)}</th>" for h in header)
     body = []
@@ -140,27 +148,13 @@ def _candidate(c: Mapping[str, Any], images: Mapping[str, str], max_rows: int) -
         diff = r.get("auc_difference")
         ci = (f'{_num(diff["estimate"], "+.4f")} [{_num(diff["low"], "+.4f")}, {_num(diff["high"], "+.4f")}]'
               if diff else _na_reason(r, "auc"))
-        sens = (f'{_num(r.get("sensitivity_reference"), ".3f")} / {_num(r.get("sensitivity_candidate"), ".3f")}'
-                f'<br>changes {_bound(r.get("sensitivity_changes"))}'
-                if "sensitivity_changes" in r and not (r.get("not_evaluated") or {}).get("sensitivity")
-                else _na_reason(r, "sensitivity"))
-        spec = (f'{_num(r.get("specificity_reference"), ".3f")} / {_num(r.get("specificity_candidate"), ".3f")}'
-                f'<br>changes {_bound(r.get("specificity_changes"))}'
-                if "specificity_changes" in r and not (r.get("not_evaluated") or {}).get("specificity")
-                else _na_reason(r, "specificity"))
+        sens, spec = _rate_cell(r, "sensitivity"), _rate_cell(r, "specificity")
         rows.append([_e(r["name"]), _num(r["threshold"], ".4g"), "yes" if r["referable"] else "no",
                      _num(r.get("n_positive")), _num(r.get("n_negative")),
                      _num(r.get("auc_reference")), _num(r.get("auc_candidate")), ci, sens, spec,
                      _bound(r.get("decision_changes"))])
     ref = clin["referral"]
-    ref_sens = (f'{_num(ref.get("sensitivity_reference"), ".3f")} / {_num(ref.get("sensitivity_candidate"), ".3f")}'
-                f'<br>changes {_bound(ref.get("sensitivity_changes"))}'
-                if "sensitivity_changes" in ref and not (ref.get("not_evaluated") or {}).get("sensitivity")
-                else _na_reason(ref, "sensitivity"))
-    ref_spec = (f'{_num(ref.get("specificity_reference"), ".3f")} / {_num(ref.get("specificity_candidate"), ".3f")}'
-                f'<br>changes {_bound(ref.get("specificity_changes"))}'
-                if "specificity_changes" in ref and not (ref.get("not_evaluated") or {}).get("specificity")
-                else _na_reason(ref, "specificity"))
+    ref_sens, ref_spec = _rate_cell(ref, "sensitivity"), _rate_cell(ref, "specificity")
     fl = clin["flips"]
     flips_bound = {"changes": fl["n"], "n": fl.get("n_images", 0), "upper95": fl.get("upper95")}
     rows.append([f"<b>referral</b> ({_e(ref['rule'])})", "", "", _num(ref.get("n_positive")),

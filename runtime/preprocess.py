@@ -522,6 +522,11 @@ def detect_fov(rgb: np.ndarray, threshold: float = 10.0) -> tuple[float, float, 
 _REDUCED = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
 
 
+def _dct_scales(w: int, h: int, below: int = 16) -> tuple[int, ...]:
+    """The JPEG DCT scales (8, 4, 2) under ``below`` that divide both sides, largest first."""
+    return tuple(f for f in (8, 4, 2) if f < below and w % f == 0 and h % f == 0)
+
+
 def _jpeg_reduction(data: bytes, cfg: PreprocessConfig) -> int:
     """The largest JPEG DCT scale (1, 2, 4, 8) keeping the short side >= decode_min_ratio x size and >= decode_min_side."""
     if not cfg.fast_decode or data[:2] != b"\xff\xd8" or _looks_truncated(data):
@@ -539,10 +544,7 @@ def _jpeg_reduction(data: bytes, cfg: PreprocessConfig) -> int:
     # (docs/results.md, "Preprocessing cost"): model inputs 0.9 grey levels apart
     # on average, no gate verdict changes at 224 px, 9 at 256 px.
     need = max(cfg.decode_min_ratio * cfg.size * (1.0 + cfg.fov_margin), cfg.decode_min_side)
-    for f in (8, 4, 2):
-        if min(w, h) / f >= need and w % f == 0 and h % f == 0:
-            return f
-    return 1
+    return next((f for f in _dct_scales(w, h) if min(w, h) / f >= need), 1)
 
 
 def _finer_scale(data: bytes, scale: int, fov_side_full: float, cfg: PreprocessConfig) -> int:
@@ -550,10 +552,7 @@ def _finer_scale(data: bytes, scale: int, fov_side_full: float, cfg: PreprocessC
     if fov_side_full / scale * _MAX_ENLARGE >= cfg.size:
         return scale
     w, h = _jpeg_size(data) or (0, 0)
-    for f in (4, 2):
-        if f < scale and fov_side_full / f * _MAX_ENLARGE >= cfg.size and w % f == 0 and h % f == 0:
-            return f
-    return 1
+    return next((f for f in _dct_scales(w, h, below=scale) if fov_side_full / f * _MAX_ENLARGE >= cfg.size), 1)
 
 
 def _decode_at(data: bytes, scale: int, cfg: PreprocessConfig, source: str | None) -> np.ndarray:

@@ -128,7 +128,7 @@ def test_refused_without_a_recorded_pytorch_pass(tmp_path: Path, labelled_csv: P
     bundle = make_tiny_bundle(tmp_path / "bundle", int8=False)
     before = (bundle / "manifest.json").read_bytes()
     err = _refusal(bundle, tmp_path, capsys, labelled_csv)
-    assert "model.onnx has no parity record (never validated)" in err
+    assert "model.onnx has no parity record (run `uopsl validate` on this bundle)" in err
     assert "uopsl validate BUNDLE --checkpoint CKPT --data DATA --out OUT" in err
     assert "PASS on ort-cpu against the PyTorch checkpoint" in err
     assert (bundle / "manifest.json").read_bytes() == before
