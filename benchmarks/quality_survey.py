@@ -83,6 +83,9 @@ def main() -> None:
         "central 60% crop": (lambda a: a[a.shape[0] // 5 : -a.shape[0] // 5, a.shape[1] // 5 : -a.shape[1] // 5], "no_fov"),
         "noise sigma 25": (lambda a: np.clip(a + rng.normal(0, 25, a.shape), 0, 255).astype(np.uint8), "noisy"),
         "haze 90%": (_haze, "low_contrast"),
+        # Exports some cameras and PACS make: both eyes side by side, a row of photographs.
+        "two side by side": (lambda a: np.hstack([a, a[:, ::-1]]), "several_fov"),
+        "six in a row": (lambda a: np.hstack([a] * 6), "refused"),
         "original": (lambda a: a, ""),
     }
     paths = sorted(label)[args.offset :: args.every]
@@ -92,7 +95,7 @@ def main() -> None:
         for pth in paths:
             a = decode(read_bytes(args.tvhl / pth))
             v = assess(preprocess(_enc(fn(a))))
-            ok = (not v.reasons) if not tag else tag in v.reasons
+            ok = (not v.reasons) if not tag else (not v.gradable) if tag == "refused" else tag in v.reasons
             grp = "DME batch" if label[pth] == "dme" else "DR-graded"
             hits[grp][0] += ok
             hits[grp][1] += 1

@@ -355,6 +355,13 @@ def build_calibration_set(
                 "the quality gate would refuse it",
             ))
             continue
+        if require_fov and pre.geometry.fov_count > 1:
+            skipped.append(SkippedImage(
+                str(path), "several_fov",
+                f"{path}: {pre.geometry.fov_count} fields of view in one image (both eyes or a montage); "
+                "the quality gate would refuse it",
+            ))
+            continue
         kept.append((int(i), pre.image))
     _log_skipped(skipped)
     if not kept:

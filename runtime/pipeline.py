@@ -477,7 +477,7 @@ def scale_geometry(g: Geometry, shape: tuple[int, int]) -> Geometry:
     return Geometry(
         orig_h=shape[0], orig_w=shape[1], cx=g.cx * sx, cy=g.cy * sy, radius=g.radius * s,
         x0=int(round(g.x0 * sx)), y0=int(round(g.y0 * sy)), side=max(2, int(round(g.side * s))),
-        size=g.size, fov_found=g.fov_found, fov_fill=g.fov_fill,
+        size=g.size, fov_found=g.fov_found, fov_fill=g.fov_fill, fov_count=g.fov_count,
     )
 
 

@@ -16,6 +16,12 @@ compact (its boundary at most ``_MAX_EDGE_RATIO`` times a disc's), its free edge
 is an arc of the fitted circle and the mask fills that circle, so a
 checkerboard, a landscape photo or an OCT B-scan is reported as
 ``fov_found=False`` (the quality gate turns that into an 'ungradable' verdict).
+So is a circle that the frame shows less than half of (a strip cut from a much
+larger disc, or a row of photographs merged into one lit band). A second lit
+region of comparable size (both eyes side by side, a montage) is counted in
+``Geometry.fov_count``: the geometry describes the largest field, and the
+quality gate refuses the image, since one model input would show one eye of
+several.
 """
 
 from __future__ import annotations
@@ -63,6 +69,19 @@ _MAX_ARC_RESIDUAL = 0.07
 # Most a reduced-scale decode may leave the field of view to be enlarged by the final resize
 # (TVHL at 256 px: a 242 px field, 1.06x); a narrower field makes preprocess decode finer.
 _MAX_ENLARGE = 1.1
+# Least part of the fitted circle's area that the frame must show (TVHL photographs,
+# clipped above and below: at least 0.78; a 3072x512 row of six photographs, merged
+# into one lit band at detection size: 0.23).
+_MIN_VISIBLE_CIRCLE = 0.5
+# A lit region at least this fraction of the largest one's area is another field of view
+# (TVHL photographs: the second largest region is at most 0.016 of the largest; two
+# photographs side by side: 0.99).
+_OTHER_FIELD_RATIO = 0.25
+# Frames at least this much longer than wide are also searched half by half for two fields
+# of view that touch (cameras: 4:3 to 16:9, 1.78; both eyes side by side: 2 and more).
+_SPLIT_ASPECT = 1.6
+# Least lit part of the circle fitted in such a half for it to count as a field of its own.
+_HALF_FIELD_MIN_FILL = 0.5
 # Largest crop side shrunk through float32 by resize_square (2-core x86 box: 460-1000 px
 # crops 20-30 % cheaper than the uint8 kernel, 1500 px even, 2300 px 30 % dearer).
 _FLOAT_AREA_MAX_SIDE = 1024
@@ -186,6 +205,9 @@ class Geometry:
     size: int
     fov_found: bool
     fov_fill: float
+    # Separate fields of view of comparable size in the image (2+: both eyes side by
+    # side, a montage; the other fields above describe the largest).
+    fov_count: int = 1
 
     def fov_mask(self, size: int | None = None, *, shrink: float = 1.0) -> np.ndarray:
         """Boolean ``(size, size)`` mask of the model-input pixels that show the field of view.
@@ -440,6 +462,54 @@ def detect_fov(rgb: np.ndarray, threshold: float = 10.0) -> tuple[float, float, 
     ``fill`` is the fraction of the fitted circle (inside the frame) covered by
     the bright mask and ``mask`` is the detection mask at reduced resolution.
     """
+    return find_fov(rgb, threshold)[:5]
+
+
+def _visible_circle_fraction(cx: float, cy: float, r: float, w: int, h: int) -> float:
+    """Part of the disc (cx, cy, r) that lies inside the frame [0, w) x [0, h), on a 64 x 64 grid of its box."""
+    t = (np.arange(64) + 0.5) / 64 * 2 - 1  # -1..1 across the disc's bounding box
+    xs, ys = cx + r * t, cy + r * t
+    in_disc = np.add.outer(t * t, t * t) <= 1.0
+    in_frame = np.outer((ys >= 0) & (ys < h), (xs >= 0) & (xs < w))
+    n_disc = int(np.count_nonzero(in_disc))
+    return float(np.count_nonzero(in_disc & in_frame)) / n_disc if n_disc else 0.0
+
+
+def find_fov(rgb: np.ndarray, threshold: float = 10.0) -> tuple[float, float, float, float, np.ndarray, int]:
+    """:func:`detect_fov`, plus how many separate fields of view of comparable size the image holds.
+
+    The count is 1 for an ordinary photograph (and for one without a field of
+    view); 2 or more when other lit regions reach ``_OTHER_FIELD_RATIO`` of the
+    largest one's area (both eyes side by side, a montage), or when each half of
+    a frame at least ``_SPLIT_ASPECT`` times longer than wide holds a field of
+    its own (two fields that fill their halves touch and light one region).
+    """
+    found = _find_fov_once(rgb, threshold)
+    h, w = rgb.shape[:2]
+    if found[5] == 1 and max(h, w) >= _SPLIT_ASPECT * min(h, w) and _own_field_in_each_half(rgb, threshold):
+        return found[:5] + (2,)
+    return found
+
+
+def _own_field_in_each_half(rgb: np.ndarray, threshold: float) -> bool:
+    """Whether both halves of ``rgb`` (split across its long side) hold a field of view centred away from the cut.
+
+    One field in the middle of a wide frame is cut in two by the split, and
+    each half's fit finds a circle centred on the cut; two photographs side by
+    side give each half its own circle, centred about a radius from it.
+    """
+    h, w = rgb.shape[:2]
+    wide = w >= h
+    half = (w if wide else h) // 2
+    for part, seam in ((rgb[:, :half] if wide else rgb[:half], half), (rgb[:, half:] if wide else rgb[half:], 0)):
+        cx, cy, r, fill, _, _ = _find_fov_once(part, threshold)
+        ph, pw = part.shape[:2]
+        if fill < _HALF_FIELD_MIN_FILL or r < 0.25 * min(ph, pw) or abs((cx if wide else cy) - seam) < 0.5 * r:
+            return False
+    return True
+
+
+def _find_fov_once(rgb: np.ndarray, threshold: float) -> tuple[float, float, float, float, np.ndarray, int]:
     h, w = rgb.shape[:2]
     scale = min(1.0, _DETECT_SIDE / max(h, w))
     if scale < 1.0:
@@ -463,25 +533,27 @@ def detect_fov(rgb: np.ndarray, threshold: float = 10.0) -> tuple[float, float, 
     cut = surround + float(np.clip(0.4 * (level - surround), 3.0, threshold))
     if surround > 0.6 * level:
         # No darker surround at all: not a fundus field of view.
-        return w / 2.0, h / 2.0, min(h, w) / 2.0, 0.0, np.zeros_like(bright, np.uint8)
+        return w / 2.0, h / 2.0, min(h, w) / 2.0, 0.0, np.zeros_like(bright, np.uint8), 1
     mask = (bright > cut).astype(np.uint8)
     # Labels without statistics, areas by bincount: ~3x cheaper than connectedComponentsWithStats.
     n, labels = cv2.connectedComponents(mask, connectivity=8, ltype=cv2.CV_32S)
     if n <= 1:
-        return w / 2.0, h / 2.0, min(h, w) / 2.0, 0.0, mask
+        return w / 2.0, h / 2.0, min(h, w) / 2.0, 0.0, mask, 1
+    fields = 1
     if n == 2:  # one lit region (the usual case): it is the mask
         area = cv2.countNonZero(mask)
     else:
         areas = np.bincount(labels.ravel(), minlength=n)
         largest = 1 + int(np.argmax(areas[1:]))
         area = int(areas[largest])
+        fields = int(np.count_nonzero(areas[1:] >= _OTHER_FIELD_RATIO * area))
         mask = (labels == largest).astype(np.uint8)
     # A field of view is one compact lit region; a pattern (checkerboard, text,
     # a grid) has a boundary many times that of a disc of the same area.
     all_edges, _ = cv2.findContours(mask, cv2.RETR_LIST, cv2.CHAIN_APPROX_SIMPLE)
     perimeter = sum(cv2.arcLength(c, True) for c in all_edges)
     if perimeter > _MAX_EDGE_RATIO * 2.0 * np.sqrt(np.pi * float(area)):
-        return w / 2.0, h / 2.0, min(h, w) / 2.0, 0.0, mask
+        return w / 2.0, h / 2.0, min(h, w) / 2.0, 0.0, mask, 1
     # The field is convex: its hull closes dark lesions or under-exposed areas
     # that reach the rim, which would otherwise bend the circle fit.
     contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
@@ -500,12 +572,14 @@ def detect_fov(rgb: np.ndarray, threshold: float = 10.0) -> tuple[float, float, 
         fcx, fcy, fr = fit
         dist = np.hypot(pts[inner, 0] + 0.5 - fcx, pts[inner, 1] + 0.5 - fcy)
         if float(np.median(np.abs(dist - fr))) > _MAX_ARC_RESIDUAL * fr:
-            return w / 2.0, h / 2.0, min(h, w) / 2.0, 0.0, mask
+            return w / 2.0, h / 2.0, min(h, w) / 2.0, 0.0, mask, 1
     else:
         # Filled edge to edge (or nearly): use the circle around the hull's box.
         x, y, bw, bh = cv2.boundingRect(hull_mask)
         fit = (x + bw / 2.0, y + bh / 2.0, max(bw, bh) / 2.0)
     cx, cy, r = fit
+    if _visible_circle_fraction(cx, cy, r, sw, sh) < _MIN_VISIBLE_CIRCLE:
+        return w / 2.0, h / 2.0, min(h, w) / 2.0, 0.0, mask, 1
     yy, xx = np.ogrid[0:sh, 0:sw]
     inside = (xx + 0.5 - cx) ** 2 + (yy + 0.5 - cy) ** 2 <= r * r
     # Counts instead of boolean indexing (same ratios of integers, no gathered copies).
@@ -516,7 +590,7 @@ def detect_fov(rgb: np.ndarray, threshold: float = 10.0) -> tuple[float, float, 
     outside_frac = (hull_area - np.count_nonzero(hull_mask.view(bool) & inside)) / max(1.0, float(hull_area))
     if outside_frac > 0.05:
         fill = min(fill, 1.0 - outside_frac)
-    return cx / scale, cy / scale, r / scale, fill, mask
+    return cx / scale, cy / scale, r / scale, fill, mask, fields
 
 
 _REDUCED = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
@@ -643,7 +717,7 @@ def preprocess(
             f"{w}x{h} pixels is too small for a fundus photograph (need >= {MIN_DECODE_SIDE} px a side)",
             source=source,
         )
-    cx, cy, r, fill, _ = detect_fov(rgb, cfg.fov_threshold)
+    cx, cy, r, fill, _, fields = find_fov(rgb, cfg.fov_threshold)
     found = fill >= cfg.fov_min_fill and r >= 0.2 * min(h, w)
     if found and scale > 1 and isinstance(data, bytes) and not cfg.uses_legacy_decode_rule:
         # The decode scale was chosen from the frame's short side; a field of view much
@@ -653,7 +727,7 @@ def preprocess(
             scale = finer
             rgb = _decode_at(data, scale, cfg, source)
             h, w = rgb.shape[:2]
-            cx, cy, r, fill, _ = detect_fov(rgb, cfg.fov_threshold)
+            cx, cy, r, fill, _, fields = find_fov(rgb, cfg.fov_threshold)
             found = fill >= cfg.fov_min_fill and r >= 0.2 * min(h, w)
     if not found:
         cx, cy, r = w / 2.0, h / 2.0, min(h, w) / 2.0
@@ -665,6 +739,7 @@ def preprocess(
     geom = Geometry(
         orig_h=h * scale, orig_w=w * scale, cx=cx * scale, cy=cy * scale, radius=r * scale, x0=x0 * scale,
         y0=y0 * scale, side=side * scale, size=cfg.size, fov_found=bool(found), fov_fill=float(fill),
+        fov_count=fields,
     )
     # FOV statistics on the model input (cheap) rather than the full original.
     fov = geom.fov_mask().view(np.uint8)

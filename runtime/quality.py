@@ -16,6 +16,9 @@ Reasons (machine tags, in this order):
 
 - ``no_fov``: no circular field of view was found, or less than
   ``min_fov_fill`` of the fitted circle is lit.
+- ``several_fov``: the image holds more than one field of view of comparable
+  size (both eyes side by side, a montage): the model input would show only
+  the largest one, so a finding in the other eye would go unseen.
 - ``too_dark`` / ``too_bright``: mean FOV intensity (0-255, RGB mean) outside
   ``[min_brightness, max_brightness]``.
 - ``low_contrast``: standard deviation of the luminance of the lit field below
@@ -105,7 +108,7 @@ _LAPLACIAN_NOISE_GAIN = _noise_gain(_smoothed_laplacian)
 _DETAIL_NOISE_GAIN = _noise_gain(_detail)
 
 #: Every reason tag :func:`assess` can give, in reporting order.
-REASONS = ("no_fov", "too_dark", "too_bright", "low_contrast", "blurred", "noisy", "grayscale", "too_small")
+REASONS = ("no_fov", "several_fov", "too_dark", "too_bright", "low_contrast", "blurred", "noisy", "grayscale", "too_small")
 
 
 @dataclass(frozen=True)
@@ -291,6 +294,7 @@ def measure(pre: Preprocessed) -> dict[str, float]:
     brightness = float(pre.mean_intensity)
     return {
         "fov_fill": float(g.fov_fill),
+        "fov_count": float(g.fov_count),
         "brightness": brightness,
         "contrast": contrast,
         "sharpness": sharpness,
@@ -312,6 +316,7 @@ def assess(pre: Preprocessed, config: QualityConfig | None = None) -> QualityVer
     checks = [
         ("no_fov", not pre.geometry.fov_found or m["fov_fill"] < c.min_fov_fill,
          _margin_score(m["fov_fill"], c.min_fov_fill, 1.0) if pre.geometry.fov_found else 0.0),
+        ("several_fov", pre.geometry.fov_count > 1, 0.0 if pre.geometry.fov_count > 1 else 1.0),
         ("too_dark", m["brightness"] < c.min_brightness,
          _margin_score(m["brightness"], c.min_brightness, 3.0 * c.min_brightness)),
         ("too_bright", m["brightness"] > c.max_brightness,

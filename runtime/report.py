@@ -97,6 +97,10 @@ REASON_TEXT: dict[str, ReasonText] = {
         "use the colour photograph."),
     "no_fov": ReasonText("retina not in view", _RETAKE_NO_FOV),
     "no_fundus_field_of_view": ReasonText("retina not in view", _RETAKE_NO_FOV),
+    "several_fov": ReasonText(
+        "several eyes in one image",
+        "The image shows more than one view of the retina (both eyes side by side, or a montage): "
+        "screen each eye's own photograph."),
     "low_contrast": ReasonText(
         "hazy or washed out",
         "Hazy or washed out: clean the lens, check focus and reflections (a cataract can cause this), retake."),
@@ -123,9 +127,10 @@ REASON_TEXT: dict[str, ReasonText] = {
 }
 # Which tag explains the others: a black frame is also "no retina", "low contrast", "blurred" and
 # "greyscale", so exposure comes first; a greyscale image has no round colour field either.
-_REASON_ORDER = ("unreadable", "undecodable", "too_large", "too_small", "too_dark", "too_bright", "grayscale",
-                 "no_fov", "no_fundus_field_of_view", "low_contrast", "blurred", "noisy", "inference_error",
-                 "internal_error")
+# Several fields of view come before exposure: each eye may be well exposed, and the retake is another image.
+_REASON_ORDER = ("unreadable", "undecodable", "too_large", "too_small", "several_fov", "too_dark", "too_bright",
+                 "grayscale", "no_fov", "no_fundus_field_of_view", "low_contrast", "blurred", "noisy",
+                 "inference_error", "internal_error")
 
 
 def reason_text(tag: str) -> ReasonText:

@@ -64,6 +64,8 @@ DEGRADATIONS: dict[str, tuple[Callable[[np.ndarray], np.ndarray], str]] = {
     "grayscale": (lambda a: cv2.cvtColor(cv2.cvtColor(a, cv2.COLOR_RGB2GRAY), cv2.COLOR_GRAY2RGB), "grayscale"),
     "downscaled": (lambda a: cv2.resize(a, (a.shape[1] // 3, a.shape[0] // 3), interpolation=cv2.INTER_AREA),
                    "too_small"),
+    # Both eyes side by side (an export some cameras and PACS make): the model would see one of them.
+    "two_eyes": (lambda a: np.hstack([a, a[:, ::-1]]), "several_fov"),
 }
 
 
@@ -184,6 +186,28 @@ def test_score_is_half_exactly_at_a_threshold(synthetic: np.ndarray) -> None:
     above = QualityConfig(min_contrast=math.nextafter(m["contrast"], math.inf))
     v = assess(pre, above)
     assert v.reasons == ("low_contrast",) and v.score < 0.5
+
+
+@pytest.mark.parametrize("n", [3, 6])
+def test_a_row_of_photographs_is_refused(n: int, real_sample: list[tuple[str, np.ndarray]]) -> None:
+    """A montage is not one eye: however its fields merge at detection size, the gate refuses it."""
+    for name, rgb in real_sample:
+        v = assess(preprocess(_jpeg(np.hstack([rgb] * n))))
+        _check_invariants(v)
+        assert not v.gradable and set(v.reasons) & {"no_fov", "several_fov"}, f"{n} x {name}: {v.reasons}"
+
+
+def test_two_eyes_geometry_describes_the_largest_field(synthetic: np.ndarray) -> None:
+    small = cv2.resize(synthetic, (384, 384), interpolation=cv2.INTER_AREA)
+    frame = np.zeros((512, 1024, 3), np.uint8)
+    frame[:, 512:] = synthetic
+    frame[64:448, 40:424] = small
+    pre = preprocess(frame)
+    g = pre.geometry
+    assert g.fov_count == 2 and g.fov_found
+    assert g.cx > 512, "the crop is the larger field"
+    v = assess(pre)
+    assert v.reasons == ("several_fov",) and v.score == 0.0 and v.metrics["fov_count"] == 2.0
 
 
 def test_no_field_scores_zero() -> None:
