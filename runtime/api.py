@@ -20,7 +20,7 @@ import contextlib
 import logging
 import os
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -330,10 +330,12 @@ class Screener:
             try:
                 try:
                     for r in self._pipeline(side).run(todo()):
+                        r = self._apart_from_earlier_photograph(store, r)
                         row = r.to_row()
                         row["screened_at"] = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
                         row["bundle_sha256"] = self.identity.bundle_sha256
                         row["model_sha256"] = self.identity.model_sha256
+                        row.update(self._model_file_columns())
                         self._write_images(out, r, overlays, report)
                         buffer.append(row)
                         summary.screened += 1
@@ -395,7 +397,8 @@ class Screener:
                  inputs: Iterable[Any] | None = None) -> list[dict[str, Any]]:
         """Regenerate results.csv (and report.html) atomically from the jsonl; returns the rows they list."""
         rows = store.latest_rows()
-        write_csv(out / CSV, rows, self.manifest.class_names)
+        write_csv(out / CSV, rows, self.manifest.class_names,
+                  referable=[c.name for c in self.manifest.classes if c.referable])
         if report:
             info: dict[str, Any] = {"backend": self.backend.describe(), "bundle_sha256": self.identity.bundle_sha256}
             if inputs is not None:
@@ -408,6 +411,27 @@ class Screener:
             self.finalize(out, store, report=report, inputs=inputs)
         except Exception as exc:  # noqa: BLE001 - the original failure is the one to report
             log.warning("could not rewrite results.csv/report.html after the failure: %s", exc)
+
+    def _apart_from_earlier_photograph(self, store: ResultStore, r: ScreenResult) -> ScreenResult:
+        """``r`` with an id of its own when its file held another photograph at an earlier screening.
+
+        Ids follow the path; without this the new photograph's thumbnail and
+        heatmap would overwrite those of the earlier patient's row, which stays listed.
+        """
+        if not r.content_sha256:
+            return r
+        old = store.replaced_photograph(key_path(r.key), r.content_sha256)
+        if old is None:
+            return r
+        log.warning("%s holds another photograph than the one screened under this name at %s (%s); "
+                    "both are listed", display_path(r.source), old.get("screened_at") or "an earlier run",
+                    "referred" if old.get("refer") else str(old.get("status")))
+        return replace(r, id=f"{r.id}-{r.content_sha256[:8]}")
+
+    def _model_file_columns(self) -> dict[str, str]:
+        """Which backend, precision and bundle file decided a row (one folder can hold runs of several)."""
+        sel = self.selection
+        return {} if sel is None else {"backend": sel.backend, "precision": sel.precision, "model_file": sel.file}
 
     def _moved_row(self, out: Path, old: dict[str, Any], it: InputItem) -> dict[str, Any]:
         """``old`` (the same photograph's row under a path that is gone) for its new path, images renamed."""

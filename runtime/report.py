@@ -229,6 +229,13 @@ def _thumbnail_belongs(row: Mapping[str, Any]) -> bool:
     return status in ("ok", "ungradable") or (status == "error" and "inference_error" in (row.get("reasons") or ()))
 
 
+def _decided_by(rows: Sequence[Mapping[str, Any]]) -> list[tuple[tuple[str, str, str], int]]:
+    """(backend, precision, model file) and how many photographs each screened, most first (rows that name one)."""
+    seen = Counter((str(r["backend"]), str(r.get("precision") or "?"), str(r.get("model_file") or "?"))
+                   for r in rows if r.get("backend"))
+    return seen.most_common()
+
+
 def _trusted_image(path: Path, row: Mapping[str, Any], kind: str, thumb_mtime: float | None) -> bool:
     """Whether the file at ``path`` shows this row's photograph, as this row judged it.
 
@@ -621,6 +628,7 @@ def report_parts(rows: Sequence[dict[str, Any]], out_dir: str | os.PathLike[str]
                     if r.get("model_sha256") and str(r["model_sha256"]) != model_sha]
     folders = _folders(ordered, info)
     example = _example(manifest)
+    decided_by = _decided_by(ordered)
 
     yield from [
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
@@ -631,7 +639,10 @@ def report_parts(rows: Sequence[dict[str, Any]], out_dir: str | os.PathLike[str]
         f"<dt>Generated</dt><dd>{_e(generated)} on {_e(socket.gethostname())} by uopsl {_e(__version__)}</dd>",
         f"<dt>Model</dt><dd>{_e(model)}, toolkit {_e(manifest.toolkit_version)}</dd>",
         f"<dt>Bundle</dt><dd>content {_e(bundle_hash)} (sha256 of the manifest), created {_e(created_s)}</dd>",
-        (f"<dt>Backend</dt><dd>{_e(info['backend'])}</dd>" if info.get("backend") else ""),
+        (f"<dt>Backend</dt><dd>{_e(info['backend'])}</dd>" if info.get("backend") and len(decided_by) <= 1 else ""),
+        (("<dt>Model files</dt><dd>" + "<br>".join(
+            f"{_e(f)} ({_e(p)} on {_e(b)}): {k} photograph{'s' if k != 1 else ''}" for (b, p, f), k in decided_by)
+          + "<br>Each row names its file in results.csv.</dd>") if len(decided_by) > 1 else ""),
         "<dt>Photographs from</dt><dd>"
         + ("<br>".join(_e(f) + (f" ({k})" if k else "") for f, k in folders[:5])
            + (f"<br>and {len(folders) - 5} more folders" if len(folders) > 5 else "") if folders else "&mdash;")
@@ -710,7 +721,9 @@ def report_parts(rows: Sequence[dict[str, Any]], out_dir: str | os.PathLike[str]
         src_html = (f"<span class='fname' title='{_e(source)}'>{_e(name)}</span>"
                     + (f"<span class='dir'>{_e(folder)}</span>" if folder and folder != "." else "")
                     + (f"<span class='when'>screened {_e(_short_time(when, now))}</span>" if when is not None else "")
-                    + (f"<span class='dir'>moved from {_e(r['moved_from'])}</span>" if r.get("moved_from") else ""))
+                    + (f"<span class='dir'>moved from {_e(r['moved_from'])}</span>" if r.get("moved_from") else "")
+                    + ("<div class='dup'>This file has since been replaced by another photograph of the same "
+                       "name, listed separately.</div>" if r.get("file_replaced") else ""))
         if i - 1 in dup_of:
             src_html += "<div class='dup'>Same photograph as " + ", ".join(
                 f"#{j + 1} ({_e(Path(_text(ordered[j].get('source', ''))).name)})" for j in dup_of[i - 1]) + "</div>"

@@ -261,6 +261,7 @@ class ResultStore:
             self.referred: set[str] = set()
             self._reasons: dict[str, tuple[str, ...]] = {}
             self._by_name_size: dict[tuple[str, int], dict[str, str]] = {}  # -> {key: content sha256}
+            self._final_by_path: dict[str, tuple[str, str]] = {}  # path -> (content sha256, key) of its last final row
             self.n_rows = 0
             marks: dict[tuple[str, str], int] = {}  # (model_sha256, bundle_sha256) -> rows
             for offset, r in self._scan():
@@ -426,6 +427,8 @@ class ResultStore:
         key = str(row["key"])
         self.done[key] = str(row.get("status", ""))
         self._reasons[key] = tuple(str(x) for x in row.get("reasons") or ())
+        if row.get("sha256") and self.done[key] in FINAL_STATUSES:
+            self._final_by_path[_row_path(row)] = (str(row["sha256"]), key)
         if row.get("refer"):
             self.referred.add(key)
         else:
@@ -473,12 +476,27 @@ class ResultStore:
                 return self._row_of(old_key)
         return None
 
-    def latest_rows(self) -> list[dict[str, Any]]:
-        """One row per input file (the last one written for its path), in first-seen order, ready to display.
+    def replaced_photograph(self, path: str, sha256: str) -> dict[str, Any] | None:
+        """The ok/ungradable row of ANOTHER photograph screened earlier under ``path`` (other content), or None.
 
-        A row that says ``moved_from`` replaces the row of that old path. Text
-        is made valid Unicode (:func:`_display`); ``key`` and ``source_path``
-        keep the lossless form.
+        Why: cameras restart their file numbering, so ``IMG_0001.jpg`` can name
+        a new patient's photograph next week; the earlier patient's result must
+        stay listed (:meth:`latest_rows`), and the new one needs images of its own.
+        """
+        known = self._final_by_path.get(path)
+        if known is None or not sha256 or known[0] == sha256:
+            return None
+        return self._row_of(known[1])
+
+    def latest_rows(self) -> list[dict[str, Any]]:
+        """One row per photograph (the last one written for its path), in first-seen order, ready to display.
+
+        A row that says ``moved_from`` replaces the row of that old path. A
+        file replaced by *another* photograph (other content) keeps its earlier
+        final row too, marked ``file_replaced``: both were screened, and the
+        earlier patient's result must not drop out of the CSV and the report.
+        Text is made valid Unicode (:func:`_display`); ``key`` and
+        ``source_path`` keep the lossless form.
         """
         by_path: dict[str, dict[str, Any]] = {}
         for r in self.rows():
@@ -486,7 +504,9 @@ class ResultStore:
             moved = r.get("moved_from")
             if isinstance(moved, str):
                 by_path.pop(moved, None)
-            by_path.pop(path, None)  # re-insert: order follows the latest row
+            old = by_path.pop(path, None)  # re-insert: order follows the latest row
+            if old is not None and _another_photograph(old, r):
+                by_path[f"{path}|{old['sha256']}"] = {**old, "file_replaced": True}
             by_path[path] = r
         return [{k: (v if k in ("key", "source_path") else _display(v)) for k, v in r.items()}
                 for r in by_path.values()]
@@ -561,6 +581,16 @@ class ResultStore:
         self.close()
 
 
+def _another_photograph(old: dict[str, Any], new: dict[str, Any]) -> bool:
+    """Whether ``new`` (same path) holds other content than ``old``, a photograph that was decoded and judged.
+
+    A damaged file (a half-copied one) followed by a good one is the same
+    photograph copied again, not another one.
+    """
+    a, b = old.get("sha256"), new.get("sha256")
+    return bool(a) and bool(b) and a != b and old.get("status") in FINAL_STATUSES
+
+
 def csv_columns(class_names: Sequence[str]) -> list[str]:
     return [
         "id", "source", "status", "refer", "positive",
@@ -568,6 +598,8 @@ def csv_columns(class_names: Sequence[str]) -> list[str]:
         "gradable", "quality_score", "reasons", "error", "heatmap_class",
         "screened_at", "bundle_sha256",
         "read_ms", "preprocess_ms", "quality_ms", "infer_ms",
+        # Added later, so earlier columns keep their positions for scripts that read them by index.
+        "findings", "backend", "precision", "model_file", "file_replaced",
     ]
 
 
@@ -575,12 +607,26 @@ def _yes_no(v: Any) -> str:
     return "" if v is None else ("yes" if v else "no")
 
 
-def write_csv(path: str | os.PathLike[str], rows: Iterable[dict[str, Any]], class_names: Sequence[str]) -> int:
+# A spreadsheet runs a cell starting with these as a formula (a file named "=HYPERLINK(...).jpg").
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _cell(v: Any) -> Any:
+    """A text cell a spreadsheet shows as text: a leading formula character gets a ``'`` before it."""
+    return "'" + v if isinstance(v, str) and v.startswith(_FORMULA_START) else v
+
+
+def write_csv(path: str | os.PathLike[str], rows: Iterable[dict[str, Any]], class_names: Sequence[str],
+              referable: Sequence[str] | None = None) -> int:
     """Write ``rows`` (jsonl records) as CSV atomically; returns the number of rows.
 
     UTF-8 with a BOM (``utf-8-sig``): Excel on Windows reads a CSV without one
     in the local code page and garbles every non-ASCII file name. Booleans
-    are ``yes``/``no`` (empty when not decided).
+    are ``yes``/``no`` (empty when not decided). ``positive`` lists every
+    class at or above its threshold (``normal`` included); ``findings`` only
+    the ``referable`` ones of a gradable photograph, what the report calls
+    "Found". Text that a spreadsheet would run as a formula is prefixed with
+    ``'`` (:func:`_cell`).
     """
     cols = csv_columns(class_names)
     buf = io.StringIO()
@@ -594,6 +640,12 @@ def write_csv(path: str | os.PathLike[str], rows: Iterable[dict[str, Any]], clas
         flat["refer"] = _yes_no(r.get("refer"))
         flat["gradable"] = _yes_no(r.get("gradable"))
         flat["positive"] = ";".join(r.get("positive") or [])
+        if referable is not None:
+            flat["findings"] = ";".join(c for c in r.get("positive") or [] if c in referable) \
+                if r.get("status") == "ok" else ""
+        for k in ("backend", "precision", "model_file"):
+            flat[k] = r.get(k) or ""
+        flat["file_replaced"] = "yes" if r.get("file_replaced") else ""
         flat["reasons"] = ";".join(r.get("reasons") or [])
         q = r.get("quality_score")
         flat["quality_score"] = "" if q is None else q
@@ -602,7 +654,7 @@ def write_csv(path: str | os.PathLike[str], rows: Iterable[dict[str, Any]], clas
             flat[f"p_{c}"] = "" if v is None else f"{v:.6f}"
         for t, v in (r.get("timings_ms") or {}).items():
             flat[t] = f"{v:.2f}"
-        w.writerow(flat)
+        w.writerow({k: _cell(v) for k, v in flat.items()})
         n += 1
     write_text(path, buf.getvalue(), encoding="utf-8-sig")
     return n

@@ -46,6 +46,38 @@ def test_zero_shot_classes_are_marked_as_not_validated(tiny_bundle: Path) -> Non
     assert "npdr* 0.900" in page and "dme* " not in page
 
 
+def test_rows_from_two_model_files_are_named_in_the_header(tiny_bundle: Path) -> None:
+    m = read_manifest(tiny_bundle)
+    rows = [{**_row(i, "ok", False, 0.3), "backend": "ort-cpu", "precision": p, "model_file": f}
+            for i, (p, f) in enumerate([("int8-qdq-u8", "model.int8.onnx")] * 3 + [("fp32", "model.onnx")] * 2)]
+    page = render_report(rows, "/nonexistent", m, {"backend": "ort-cpu (fp32, model.onnx)"})
+    assert "model.int8.onnx (int8-qdq-u8 on ort-cpu): 3 photographs" in page
+    assert "model.onnx (fp32 on ort-cpu): 2 photographs" in page
+    assert "<dt>Backend</dt>" not in page, "one backend line would claim every row"
+    one = render_report(rows[3:], "/nonexistent", m, {"backend": "ort-cpu (fp32, model.onnx)"})
+    assert "<dt>Backend</dt><dd>ort-cpu (fp32, model.onnx)</dd>" in one and "Model files" not in one
+
+
+def test_csv_findings_model_file_and_formula_like_names(tiny_bundle: Path, tmp_path: Path) -> None:
+    import csv
+
+    from uopsl.runtime.results import write_csv
+
+    m = read_manifest(tiny_bundle)
+    referable = [c.name for c in m.classes if c.referable]
+    assert "normal" not in referable and "npdr" in referable
+    rows = [{**_row(0, "ok", True, 0.9), "positive": ["normal", "npdr"], "source": "=cmd|calc!A1.jpg",
+             "backend": "ort-cpu", "precision": "fp32", "model_file": "model.onnx"},
+            {**_row(1, "ungradable", None, None), "positive": [], "source": "@x.jpg", "file_replaced": True}]
+    write_csv(tmp_path / "r.csv", rows, m.class_names, referable=referable)
+    with open(tmp_path / "r.csv", encoding="utf-8-sig", newline="") as fh:
+        got = list(csv.DictReader(fh))
+    assert got[0]["positive"] == "normal;npdr" and got[0]["findings"] == "npdr"
+    assert got[0]["source"] == "'=cmd|calc!A1.jpg" and got[1]["source"] == "'@x.jpg"
+    assert (got[0]["backend"], got[0]["precision"], got[0]["model_file"]) == ("ort-cpu", "fp32", "model.onnx")
+    assert (got[0]["file_replaced"], got[1]["file_replaced"], got[1]["findings"]) == ("", "yes", "")
+
+
 @pytest.fixture(scope="module")
 def report_dir(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("report")

@@ -127,15 +127,40 @@ def test_resume_after_kill_gives_exactly_one_row_per_image(tiny_bundle: Path, tm
     assert len(_csv(out)) == 60
 
 
-def test_replaced_file_is_screened_again_and_keeps_one_row(tiny_bundle: Path, tmp_path: Path) -> None:
+def test_a_file_copied_again_keeps_one_row(tiny_bundle: Path, tmp_path: Path) -> None:
+    (p,) = _good(tmp_path / "in", 1)
+    out = tmp_path / "out"
+    args = ["run", str(tiny_bundle), str(p), "--out", str(out), "--backend", "ort-cpu", "--no-overlays"]
+    assert main(args) == 0
+    p.write_bytes(p.read_bytes())  # the same photograph copied from the camera again: a new mtime
+    os.utime(p, ns=(time.time_ns(), time.time_ns() + 10**9))
+    assert main(args) == 0
+    assert len(_jsonl(out)) == 2 and len(_csv(out)) == 1
+    assert _csv(out)[0]["file_replaced"] == ""
+
+
+def test_another_photograph_under_a_used_name_keeps_both_rows(tiny_bundle: Path, tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """Cameras restart their numbering: IMG_0001.jpg can be next week's patient; last week's result stays."""
     (p,) = _good(tmp_path / "in", 1)
     out = tmp_path / "out"
     args = ["run", str(tiny_bundle), str(p), "--out", str(out), "--backend", "ort-cpu", "--no-overlays"]
     assert main(args) == 0
     fundus_jpeg(p, seed=7)
     os.utime(p, ns=(time.time_ns(), time.time_ns() + 10**9))
+    capsys.readouterr()
     assert main(args) == 0
-    assert len(_jsonl(out)) == 2 and len(_csv(out)) == 1
+    assert "another photograph than the one screened under this name" in capsys.readouterr().err
+    rows = _csv(out)
+    assert len(rows) == 2 and [r["file_replaced"] for r in rows] == ["yes", ""]
+    first, second = _jsonl(out)
+    assert first["id"] != second["id"] and second["id"].startswith(first["id"])
+    assert (second["backend"], second["precision"], second["model_file"]) == ("ort-cpu", "fp32", "model.onnx")
+    thumbs = sorted(x.stem for x in (out / "thumbs").iterdir())
+    assert thumbs == sorted([first["id"], second["id"]]), "each photograph keeps its own thumbnail"
+    page = (out / "report.html").read_text(encoding="utf-8")
+    assert "replaced by another photograph of the same name" in page
+    assert main(args) == 0 and len(_csv(out)) == 2, "a rerun screens nothing again"
 
 
 def test_stable_files_ignores_a_file_still_being_written(tmp_path: Path) -> None:

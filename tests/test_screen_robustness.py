@@ -271,10 +271,18 @@ def test_6_a_replaced_photo_does_not_keep_the_old_pictures(tiny_bundle: Path, tm
     shutil.copy(zoo["not_an_image.jpg"][0], p1)  # unreadable now: no thumbnail, no heatmap
     shutil.copy(zoo["non_fundus.png"][0], p2)  # ungradable now: its own thumbnail, no heatmap
     assert _run(tiny_bundle, tmp_path / "rep", out, extra=("--overlays",)) == 1
+    # Other content under the same names: the earlier rows stay listed with their own pictures, and the new
+    # rows get ids of their own, with only the pictures their own verdicts allow.
+    rows = _csv(out)
+    assert [(r["status"], r["file_replaced"]) for r in rows] == [
+        ("ok", "yes"), ("error", ""), ("ok", "yes"), ("ungradable", "")]
     i1, i2 = ids["img0000.jpg"], ids["img0001.jpg"]
-    assert not (out / "thumbs" / f"{i1}.jpg").exists() and not (out / "overlays" / f"{i1}.png").exists()
-    assert (out / "thumbs" / f"{i2}.jpg").is_file() and not (out / "overlays" / f"{i2}.png").exists()
-    assert [r["status"] for r in _csv(out)] == ["error", "ungradable"]
+    assert [r["id"] for r in rows][::2] == [i1, i2]
+    n1, n2 = rows[1]["id"], rows[3]["id"]
+    assert n1 != i1 and n2 != i2
+    assert all((out / "thumbs" / f"{i}.jpg").is_file() and (out / "overlays" / f"{i}.png").is_file() for i in (i1, i2))
+    assert not (out / "thumbs" / f"{n1}.jpg").exists() and not (out / "overlays" / f"{n1}.png").exists()
+    assert (out / "thumbs" / f"{n2}.jpg").is_file() and not (out / "overlays" / f"{n2}.png").exists()
 
 
 # -- 7: failures that are not a property of the photograph are retried ----------------------------------------
