@@ -40,6 +40,7 @@ from uopsl.runtime.pipeline import (
     WalkState,
     as_items,
     check_inputs,
+    check_output_placement,
     display_path,
     iter_inputs,
     key_path,
@@ -162,6 +163,10 @@ class Screener:
         self.device = check_gpu_index(device)
         self.bundle = Path(bundle)
         self.manifest: Manifest = verify_or_raise(self.bundle) if verify else read_manifest(self.bundle)
+        self.verified = verify  # the report says when the checksums were not checked
+        if not verify:
+            log.warning("%s: bundle checksums NOT verified (verify=False / --no-verify); "
+                        "the report will say so", self.bundle)
         self.identity: ModelIdentity = model_identity(self.bundle, self.manifest)
         self.backend_name = backend
         self.precision = precision
@@ -211,14 +216,20 @@ class Screener:
                              thumbnail_side, self.config.infer_ungradable, self.config.max_inference_failures)
         return ScreeningPipeline(self.backend, self.manifest, cfg, self.quality_config, self._health)
 
-    def check_output(self, out_dir: str | os.PathLike[str]) -> None:
-        """Raise :class:`ConfigError` now if ``screen_to(out_dir, ...)`` could not write there.
+    def check_output(self, out_dir: str | os.PathLike[str], inputs: Iterable[Any] | None = None) -> None:
+        """Raise :class:`ConfigError` now if ``screen_to(out_dir, inputs)`` could not write there.
 
-        Checks what :meth:`screen_to` checks first (the folder can be created
-        and written, no other process holds it, it holds no other model's
-        results) without loading the model, so a command line can fail in
-        a second instead of after the model loaded. Creates the folder.
+        Checks what :meth:`screen_to` checks first (the inputs exist, the
+        folder does not hold them, it can be created and written, no other
+        process holds it, it holds no other model's results) without loading
+        the model, so a command line can fail in a second instead of after the
+        model (on a Jetson: a TensorRT engine) loaded. Creates the folder
+        unless an input check fails first.
         """
+        if inputs is not None:
+            given = list(inputs)
+            check_inputs(given)
+            check_output_placement(out_dir, given)
         ResultStore(out_dir, self.identity).close()
 
     # -- screening ---------------------------------------------------------------------------
@@ -285,6 +296,7 @@ class Screener:
         given = list(inputs) if isinstance(inputs, (list, tuple)) else None
         if given is not None:
             check_inputs(given)
+            check_output_placement(out, given)
         summary = RunSummary(out, backend=self.backend.describe(), bundle_sha256=self.identity.bundle_sha256)
         side = OVERLAY_SIDE if overlays else REPORT_THUMB_SIDE if report else 0
         if store is not None and os.path.realpath(out) != store._real:
@@ -400,7 +412,8 @@ class Screener:
         write_csv(out / CSV, rows, self.manifest.class_names,
                   referable=[c.name for c in self.manifest.classes if c.referable])
         if report:
-            info: dict[str, Any] = {"backend": self.backend.describe(), "bundle_sha256": self.identity.bundle_sha256}
+            info: dict[str, Any] = {"backend": self.backend.describe(), "bundle_sha256": self.identity.bundle_sha256,
+                                    "bundle_verified": self.verified}
             if inputs is not None:
                 info["inputs"] = [display_path(x) for x in inputs if isinstance(x, (str, os.PathLike))]
             write_report(rows, out, self.manifest, info)

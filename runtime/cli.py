@@ -5,7 +5,8 @@ overlays; resumes), ``watch`` (a folder a camera writes into), ``bench``
 (latency and throughput per backend), ``info`` (manifest, files, backends),
 ``verify`` (checksums). Exit codes: 0 all screened, 1 some images failed or
 were ungradable, 2 usage, bundle, output-folder or file-system error (or no
-photograph found), 130 interrupted (run the same command again to continue).
+photograph found), 130 interrupted (Ctrl-C), 143 stopped by SIGTERM (both save what
+was done: run the same command again to continue).
 Heavy modules are imported inside the commands, so ``--help`` stays instant.
 """
 
@@ -77,13 +78,19 @@ def _echo_summary(summary: Any, out: Path, failed: Sequence[tuple[str, str, Sequ
     click.echo(f"{'report' if report else 'results'}: {out / (REPORT if report else CSV)}", err=True)
 
 
-def _failures() -> tuple[list[tuple[str, str, Sequence[str]]], Callable[[Any], None]]:
-    """A list and an ``on_result`` callback that appends each photograph screened without a result to it."""
-    failed: list[tuple[str, str, Sequence[str]]] = []
+def _failures() -> tuple[dict[str, tuple[str, str, Sequence[str]]], Callable[[Any], None]]:
+    """A dict and an ``on_result`` callback that keeps, per file, the photograph screened without a result.
+
+    Keyed by file, so a file ``watch`` screened again (a half-copied file, then the whole one) is named
+    only for what its latest screening found.
+    """
+    failed: dict[str, tuple[str, str, Sequence[str]]] = {}
 
     def note(r: Any) -> None:
         if r.status != "ok":
-            failed.append((str(r.source), str(r.status), tuple(r.reasons)))
+            failed[str(r.source)] = (str(r.source), str(r.status), tuple(r.reasons))
+        else:
+            failed.pop(str(r.source), None)
 
     return failed, note
 
@@ -111,10 +118,12 @@ def run_cmd(bundle: Path, inputs: Sequence[Path], out: Path, backend: str, preci
 
     show = sys.stderr.isatty() if progress is None else progress
     failed, note = _failures()
-    with Screener(bundle, backend, precision=precision, threads=threads, batch_size=batch, workers=workers,
-                  verify=not no_verify) as s:
+    s = Screener(bundle, backend, precision=precision, threads=threads, batch_size=batch, workers=workers,
+                 verify=not no_verify)
+    s.check_output(out, list(inputs))  # before the model loads: a wrong --out fails in a second
+    with s:
         summary = s.screen_to(out, list(inputs), overlays=overlays, report=report, progress=show, on_result=note)
-    _echo_summary(summary, out, failed, report=report)
+    _echo_summary(summary, out, list(failed.values()), report=report)
     return summary.exit_code
 
 
@@ -123,7 +132,7 @@ def run_cmd(bundle: Path, inputs: Sequence[Path], out: Path, backend: str, preci
 @click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Output folder (results.csv, results.jsonl, report.html, overlays/), refreshed as photographs "
-                   "arrive; not inside FOLDER.")
+                   "arrive; it may sit inside FOLDER (it is never screened) but must not hold it.")
 @_backend_options
 @click.option("--overlays/--no-overlays", default=True, show_default=True, help="Write heatmap overlay PNGs.")
 @click.option("--settle-ms", type=click.IntRange(min=0), default=1000, show_default=True,
@@ -149,9 +158,11 @@ def watch_cmd(bundle: Path, folder: Path, out: Path, backend: str, precision: st
                                                    if r.reasons else ""), err=True)
         note(r)
 
-    with Screener(bundle, backend, precision=precision, threads=threads, batch_size=1) as s:
+    s = Screener(bundle, backend, precision=precision, threads=threads, batch_size=1)
+    s.check_output(out, [folder])  # before the model loads
+    with s:
         summary = watch_folder(s, folder, out, cfg, overlays=overlays, on_result=show)
-    _echo_summary(summary, out, failed)
+    _echo_summary(summary, out, list(failed.values()))
     return summary.exit_code
 
 

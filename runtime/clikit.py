@@ -12,16 +12,23 @@ traceback only with ``-v``) and the documented exit code:
   folder that cannot be used, no photographs found, an OS error (disk full,
   read-only, no permission) or a bug. 1 is never used for these, since a
   script reads 1 as "the batch ran; look at the failed photographs";
-* 130: interrupted (Ctrl-C); what was done is saved, and the message says so.
+* 130: interrupted (Ctrl-C); what was done is saved, and the message says so;
+* 143: stopped by SIGTERM (a shutdown, ``systemctl stop``, ``docker stop``),
+  handled as Ctrl-C is: the batch in hand is saved, CSV and report rewritten.
+  (``watch`` treats both as its normal stop and exits 0 or 1.)
 
 ``-v``/``-q`` work before or after the subcommand name.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -64,8 +71,44 @@ def _is_verbose_flag(a: str) -> bool:
     return a in ("-v", "--verbose") or (a.startswith("-v") and set(a[1:]) == {"v"})
 
 
+class _Sigterm:
+    received = False
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[_Sigterm]:
+    """Inside: SIGTERM raises KeyboardInterrupt in the main thread, so a shutdown saves work as Ctrl-C does.
+
+    Why: a clinic PC shutting down, ``systemctl stop`` or ``docker stop`` send
+    SIGTERM, whose default action ends the process at once: results.jsonl
+    stays consistent (rows are fsync'ed per batch), but results.csv and
+    report.html would only appear at the next run. Outside the main thread
+    (an embedding application) nothing is changed.
+    """
+    got = _Sigterm()
+    if threading.current_thread() is not threading.main_thread():
+        yield got
+        return
+
+    def on_term(signum: int, frame: Any) -> None:
+        got.received = True
+        raise KeyboardInterrupt("terminated (SIGTERM)")
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    try:
+        yield got
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main_entry(group: click.Group, argv: Sequence[str] | None = None, prog_name: str | None = None) -> int:
     """Run ``group``; map every failure to one line on stderr and an exit code (see the module docstring)."""
+    with sigterm_as_interrupt() as term:
+        rc = _main_entry(group, argv, prog_name)
+    return 143 if rc == 130 and term.received else rc
+
+
+def _main_entry(group: click.Group, argv: Sequence[str] | None, prog_name: str | None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     opts = args[: args.index("--")] if "--" in args else args
     verbose = any(_is_verbose_flag(a) for a in opts)

@@ -313,6 +313,29 @@ def check_inputs(inputs: Iterable[Any]) -> None:
                 raise output_folder_named(p)
 
 
+def check_output_placement(out: str | os.PathLike[str], inputs: Iterable[Any]) -> None:
+    """Raise :class:`ConfigError` when the output folder is, or holds, a top-level input.
+
+    Why: the walk never screens the output folder, so ``--out photos`` (or a
+    parent such as ``--out .``) would skip every photograph, say "no
+    photographs found" and leave the photo folder marked as an output folder.
+    An output folder *inside* the photo folder is fine (it is skipped). Checked
+    before anything is created.
+    """
+    real_out = os.path.realpath(os.fspath(out))
+    for raw in inputs:
+        if not isinstance(raw, (str, os.PathLike)) or not os.path.lexists(raw):
+            continue
+        real = os.path.realpath(os.fspath(raw))
+        if real == real_out or real.startswith(real_out.rstrip(os.sep) + os.sep):
+            p = Path(os.path.abspath(raw))
+            where = "is" if real == real_out else "holds"
+            suggestion = p.parent / f"{p.name}-screened" if p.is_dir() else p.parent.parent / f"{p.parent.name}-screened"
+            raise ConfigError(f"the output folder {display_path(out)} {where} the input {display_path(raw)}, so its "
+                              f"photographs would be skipped as results; choose an output folder outside it, "
+                              f"e.g. --out {display_path(suggestion)}")
+
+
 def iter_inputs(inputs: Iterable[str | os.PathLike[str]], *, state: WalkState | None = None) -> Iterator[InputItem]:
     """Expand files, folders (recursively: image files only) and list files (one path a line).
 
@@ -377,6 +400,23 @@ def _read_list(p: Path, state: WalkState, *, top: bool, lists: tuple[str, ...]) 
             yield from _expand(q, state, top=False, lists=(*lists, real))
 
 
+def check_rgb_array(a: np.ndarray, what: str = "the array") -> None:
+    """Raise :class:`ConfigError` unless ``a`` is what the API takes: uint8, (H, W, 3) RGB or (H, W) grey.
+
+    Why not convert: the value range of other types is a guess (12-bit data
+    in an int32 array would be clipped to white and called "too bright", a
+    float array in 0..1 or 0..255 can be either), and a wrongly shaped array
+    is the caller's bug, not a bad photograph to list with a retake advice.
+    """
+    if a.dtype != np.uint8:
+        raise ConfigError(f"{what} is {a.dtype}; expected uint8 RGB (0-255): convert it yourself (12-bit data: "
+                          "(a >> 4).astype(np.uint8); floats in 0..1: (a * 255).round().astype(np.uint8)), "
+                          "or pass the image file")
+    if not (a.ndim == 2 or (a.ndim == 3 and a.shape[2] == 3)):
+        raise ConfigError(f"{what} has shape {a.shape}; expected (H, W, 3) RGB or (H, W) greyscale: drop an alpha "
+                          "channel with a[..., :3], move channels last with a.transpose(1, 2, 0)")
+
+
 def as_items(things: Iterable[Any]) -> Iterator[InputItem]:
     """Accept InputItems, paths, bytes or RGB arrays (what the Python API takes)."""
     for i, t in enumerate(things):
@@ -385,6 +425,7 @@ def as_items(things: Iterable[Any]) -> Iterator[InputItem]:
         elif isinstance(t, (bytes, bytearray, memoryview)):
             yield item_for_data(bytes(t), f"bytes{i}")
         elif isinstance(t, np.ndarray):
+            check_rgb_array(t, f"array {i}")
             yield item_for_data(t, f"array{i}")
         elif isinstance(t, (str, os.PathLike)):
             yield from iter_inputs([t])

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 import os
+import stat
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
@@ -274,13 +275,30 @@ class Preprocessed:
 
 
 def read_bytes(path: str | os.PathLike[str]) -> bytes:
-    """Read a file, turning OS errors into :class:`ImageReadError` with the path."""
+    """Read a file, turning OS errors into :class:`ImageReadError` with the path.
+
+    Only regular files are read: a named pipe (or a device) called ``x.jpg``
+    would block the read for ever, so it is opened without blocking and refused.
+    """
+    fd = -1
     try:
-        return Path(path).read_bytes()
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise ImageReadError("is a directory, not an image file", source=str(path))
+        if not stat.S_ISREG(mode):
+            raise ImageReadError("is not a regular file (a pipe, socket or device): copy the photograph itself",
+                                 source=str(path))
+        with os.fdopen(fd, "rb") as fh:
+            fd = -1  # the file object owns it now
+            return fh.read()
     except IsADirectoryError as exc:
         raise ImageReadError("is a directory, not an image file", source=str(path)) from exc
     except OSError as exc:
         raise ImageReadError(f"cannot read file ({exc.strerror or exc})", source=str(path)) from exc
+    finally:
+        if fd >= 0:
+            os.close(fd)
 
 
 def _looks_truncated(data: bytes) -> bool:

@@ -638,7 +638,9 @@ def report_parts(rows: Sequence[dict[str, Any]], out_dir: str | os.PathLike[str]
         "<dl class='ident'>",
         f"<dt>Generated</dt><dd>{_e(generated)} on {_e(socket.gethostname())} by uopsl {_e(__version__)}</dd>",
         f"<dt>Model</dt><dd>{_e(model)}, toolkit {_e(manifest.toolkit_version)}</dd>",
-        f"<dt>Bundle</dt><dd>content {_e(bundle_hash)} (sha256 of the manifest), created {_e(created_s)}</dd>",
+        f"<dt>Bundle</dt><dd>content {_e(bundle_hash)} (sha256 of the manifest), created {_e(created_s)}"
+        + ("; <b>file checksums not verified in this run</b> (--no-verify)"
+           if info.get("bundle_verified") is False else "") + "</dd>",
         (f"<dt>Backend</dt><dd>{_e(info['backend'])}</dd>" if info.get("backend") and len(decided_by) <= 1 else ""),
         (("<dt>Model files</dt><dd>" + "<br>".join(
             f"{_e(f)} ({_e(p)} on {_e(b)}): {k} photograph{'s' if k != 1 else ''}" for (b, p, f), k in decided_by)

@@ -25,7 +25,7 @@ from pathlib import Path
 from uopsl.runtime.api import RunSummary, Screener
 from uopsl.runtime.errors import ConfigError
 from uopsl.runtime.pipeline import ScreenResult, WalkState, is_output_folder, output_folder_named, walk_images
-from uopsl.runtime.results import ResultStore
+from uopsl.runtime.results import FINAL_STATUSES, ResultStore, key_path
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +128,21 @@ def watch_folder(
         raise output_folder_named(src)
     out = Path(out_dir)
     total = RunSummary(out, backend=screener.backend.describe(), bundle_sha256=screener.identity.bundle_sha256)
+    # The latest screening of each file this session: (status, referred, content sha256).
+    latest: dict[str, tuple[str, bool, str]] = {}
+
+    def seen(r: ScreenResult) -> None:
+        """Count a file screened again (half-copied, then whole; or copied twice) once, as its report row does."""
+        path = key_path(r.key) or r.key
+        before = latest.get(path)
+        latest[path] = (r.status, bool(r.refer), r.content_sha256)
+        if before is not None and (before[0] not in FINAL_STATUSES or before[2] == r.content_sha256):
+            total.screened -= 1  # the batch's own counts (added after it) hold the new screening
+            total.counts[before[0]] = total.counts.get(before[0], 0) - 1
+            total.refer -= before[1]
+        if on_result is not None:
+            on_result(r)
+
     with ResultStore(out, screener.identity) as held:
         tracker = StableFiles(src, cfg.settle_ms, exclude=[out])
         t_start = time.monotonic()
@@ -141,7 +156,7 @@ def watch_folder(
                 if ready:
                     dirty = True  # before screening: an interrupt inside must still refresh
                     try:
-                        s = screener.screen_to(out, ready, overlays=overlays, finalize=False, on_result=on_result,
+                        s = screener.screen_to(out, ready, overlays=overlays, finalize=False, on_result=seen,
                                                require_images=False, store=held)
                     except KeyboardInterrupt as exc:  # ScreeningInterrupted: what the batch did is saved
                         _add(total, getattr(exc, "summary", None))

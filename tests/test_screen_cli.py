@@ -212,6 +212,35 @@ def test_watch_screens_new_images_and_waits_for_partial_ones(tiny_bundle: Path, 
     assert result["s"].exit_code == 0 and (out / "report.html").exists() and len(_csv(out)) == 2
 
 
+def test_watch_counts_a_file_screened_again_once(tiny_bundle: Path, tmp_path: Path) -> None:
+    """A half-copied file (the copy paused longer than the settle time), then the whole one: one image, ok."""
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    out = tmp_path / "out"
+    data = _good(tmp_path / "src", 1)[0].read_bytes()
+    with Screener(tiny_bundle, "ort-cpu", threads=1, batch_size=1) as s:
+        cfg = WatchConfig(settle_ms=100, poll_s=0.02, timeout_s=4, refresh_s=0)
+        result: dict = {}
+        seen: list[str] = []
+        t = threading.Thread(target=lambda: result.update(
+            s=watch_folder(s, inbox, out, cfg, on_result=lambda r: seen.append(r.status))))
+        t.start()
+        (inbox / "slow.jpg").write_bytes(data[: len(data) // 2])
+        deadline = time.monotonic() + 20
+        while not seen and time.monotonic() < deadline:
+            time.sleep(0.02)
+        (inbox / "slow.jpg").write_bytes(data)
+        while len(seen) < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        t.join(60)  # the watch stops on its own timeout
+    assert not t.is_alive()
+    assert seen == ["error", "ok"], seen
+    summary = result["s"]
+    assert (summary.screened, summary.counts) == (1, {"ok": 1, "ungradable": 0, "error": 0})
+    (row,) = _csv(out)
+    assert row["status"] == "ok" and summary.refer == (row["refer"] == "yes") and summary.exit_code == 0
+
+
 def test_watch_cli_stops_on_timeout(tiny_bundle: Path, tmp_path: Path) -> None:
     inbox = tmp_path / "inbox"
     _good(inbox, 1)

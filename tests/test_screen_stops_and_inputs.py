@@ -1,0 +1,125 @@
+"""``uopsl-screen`` and the API at their edges: where --out may go, SIGTERM, pipes, arrays, --no-verify."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tinybundle import fundus_jpeg, tiny_bundle  # noqa: F401 - session fixture
+from uopsl.runtime import api
+from uopsl.runtime.api import Screener
+from uopsl.runtime.cli import main
+from uopsl.runtime.errors import ConfigError
+from uopsl.runtime.preprocess import decode
+
+
+def _photos(folder: Path, n: int) -> list[Path]:
+    return [fundus_jpeg(folder / f"img{i:04d}.jpg", seed=i % 30) for i in range(n)]
+
+
+def _csv(out: Path) -> list[dict[str, str]]:
+    with open(out / "results.csv", encoding="utf-8-sig", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+@pytest.fixture(autouse=True)
+def _no_probe(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("UOPSL_AUTO_MEASURE", "0")
+
+
+@pytest.mark.parametrize("where", ["same", "parent"])
+def test_an_output_folder_holding_the_photographs_is_refused_before_anything_is_written(
+        where: str, tiny_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    photos = tmp_path / "clinic" / "photos"
+    _photos(photos, 2)
+    out = photos if where == "same" else tmp_path / "clinic"
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    assert main(["run", str(tiny_bundle), str(photos), "--out", str(out), "--backend", "ort-cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "photographs would be skipped as results" in err and "photos-screened" in err
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before, "nothing created"
+    # An output folder inside the photo folder still works (it is never screened).
+    assert main(["run", str(tiny_bundle), str(photos), "--out", str(photos / "results"), "--backend", "ort-cpu"]) == 0
+    assert len(_csv(photos / "results")) == 2
+
+
+def test_output_folder_errors_come_before_the_model_loads(tiny_bundle: Path, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    _photos(tmp_path / "in", 1)
+    (tmp_path / "afile").write_text("x")
+
+    def no_loading(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the model was loaded before the output folder was checked")
+
+    monkeypatch.setattr(api, "open_backend", no_loading)
+    rc = main(["run", str(tiny_bundle), str(tmp_path / "in"), "--out", str(tmp_path / "afile" / "out")])
+    assert rc == 2 and "error:" in capsys.readouterr().err
+    assert main(["run", str(tiny_bundle), str(tmp_path / "nope"), "--out", str(tmp_path / "o")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGTERM is a POSIX signal")
+def test_sigterm_saves_like_ctrl_c(tiny_bundle: Path, tmp_path: Path) -> None:
+    _photos(tmp_path / "in", 60)
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "uopsl.runtime.cli", "run", str(tiny_bundle), str(tmp_path / "in"),
+           "--out", str(out), "--backend", "ort-cpu", "--batch", "2", "--workers", "1", "--threads", "1",
+           "--overlays"]
+    proc = subprocess.Popen(cmd, env={**os.environ, "UOPSL_AUTO_MEASURE": "0"}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    jsonl = out / "results.jsonl"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        if jsonl.exists() and jsonl.read_bytes().count(b"\n") >= 6:
+            break
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert "run the same command again" in err
+    rows = [json.loads(x) for x in jsonl.read_text().splitlines() if x.strip()]
+    assert 0 < len(rows) < 60, "stopped halfway"
+    assert len(_csv(out)) == len(rows) and (out / "report.html").is_file(), "CSV and report rewritten on the way out"
+    assert main(cmd[3:]) == 0 and len(_csv(out)) == 60
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are POSIX")
+def test_a_named_pipe_called_jpg_gets_a_row_instead_of_hanging(tiny_bundle: Path, tmp_path: Path) -> None:
+    _photos(tmp_path / "in", 1)
+    os.mkfifo(tmp_path / "in" / "pipe.jpg")
+    out = tmp_path / "out"
+    assert main(["run", str(tiny_bundle), str(tmp_path / "in"), "--out", str(out), "--backend", "ort-cpu"]) == 1
+    rows = {Path(r["source"]).name: r for r in _csv(out)}
+    assert rows["img0000.jpg"]["status"] == "ok"
+    assert rows["pipe.jpg"]["status"] == "error" and "not a regular file" in rows["pipe.jpg"]["error"]
+
+
+def test_arrays_must_be_rgb_uint8(tiny_bundle: Path, tmp_path: Path) -> None:
+    rgb = decode(fundus_jpeg(tmp_path / "a.jpg", seed=1).read_bytes())
+    with Screener(tiny_bundle, "ort-cpu", threads=1) as s:
+        assert s.screen(rgb).status == "ok"
+        assert s.screen(rgb[:, :, 0]).status in ("ok", "ungradable")  # greyscale is a photograph (the gate judges it)
+        for bad, said in ((rgb.astype(np.int32) * 16, "int32"), (rgb / 255.0, "float64"),
+                          (np.dstack([rgb, rgb[:, :, :1]]), "(H, W, 3)"), (rgb.transpose(2, 0, 1), "(H, W, 3)")):
+            with pytest.raises(ConfigError, match=said.replace("(", r"\(").replace(")", r"\)")):
+                s.screen(bad)
+
+
+def test_a_run_without_verification_says_so_in_the_report(tiny_bundle: Path, tmp_path: Path) -> None:
+    _photos(tmp_path / "in", 1)
+    out = tmp_path / "out"
+    assert main(["run", str(tiny_bundle), str(tmp_path / "in"), "--out", str(out), "--backend", "ort-cpu",
+                 "--no-verify"]) == 0
+    assert "checksums not verified in this run" in (out / "report.html").read_text(encoding="utf-8")
+    assert main(["run", str(tiny_bundle), str(tmp_path / "in"), "--out", str(out), "--backend", "ort-cpu"]) == 0
+    assert "checksums not verified" not in (out / "report.html").read_text(encoding="utf-8")
