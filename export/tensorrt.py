@@ -525,6 +525,8 @@ def build_engine(
         log.info("building a %s TensorRT %s engine from %s for %s (sm %s); this takes minutes",
                  config.precision, api.version_text, onnx_path.name, gpu_name, cc)
         serialized = builder.build_serialized_network(network, bconfig)
+        if calibrator is not None:
+            _check_calibration(calibrator)
         if serialized is None:
             detail = " | ".join(logger.errors[-5:]) or "no error reported"
             raise BackendError(f"TensorRT {api.version_text} failed to build the engine from {onnx_path.name}: {detail}")
@@ -643,6 +645,20 @@ def _attach_timing_cache(bconfig: tensorrt.IBuilderConfig, path: Path) -> None:
         log.warning("timing cache %s does not fit this GPU/TensorRT; starting a new one (it will be overwritten)",
                     path)
         load_timing_cache(bconfig, b"")
+
+
+def _check_calibration(calibrator: Any) -> None:
+    """Raise what the calibrator's callbacks raised inside TensorRT (which swallows it), or a calibration that saw no batch."""
+    err = getattr(calibrator, "error", None)
+    if err is not None:
+        raise BackendError(f"INT8 calibration failed after {calibrator.used} images: {err}; no engine or "
+                           "calibration cache was written (fix the cause, e.g. GPU memory, and build again)") from err
+    if getattr(calibrator, "expects_batches", False):
+        if calibrator.used == 0:
+            raise BackendError("INT8 calibration used no image: every calibration batch was shorter than the "
+                               "calibration batch size; give more images or a smaller batch size")
+        log.info("INT8 calibration: %d images used, %d dropped (a short last batch)", calibrator.used,
+                 calibrator.dropped)
 
 
 def _legacy_calibrator(trt: Any, api: TrtApi, cuda: CudaApi, mode: str, calibration: LegacyCalibration,

@@ -65,10 +65,16 @@ def make_calibrator(
         raise ConfigError("the INT8 calibrator needs calibration batches or a calibration cache")
 
     class _Calibrator(base):  # type: ignore[misc,valid-type]
+        # TensorRT's Python wrapper catches any exception raised in get_batch (or in the cache
+        # callbacks), prints it and reads it as "no more batches": an error on the first batch then
+        # surfaces as "no scaling factors", one on a later batch as a quietly shorter calibration.
+        # So every callback keeps its exception in ``error`` for the builder to raise after the build.
         def __init__(self) -> None:
             super().__init__()
             self.used = 0
             self.dropped = 0
+            self.error: BaseException | None = None
+            self.expects_batches = batches is not None and cache is None  # TensorRT reads a cache instead
             self._it: Iterator[np.ndarray] | None = iter(batches) if batches is not None else None
             self._ptr: int | None = None
             self._host: np.ndarray | None = None
@@ -78,8 +84,16 @@ def make_calibrator(
             return int(input_shape[0])
 
         def get_batch(self, names: list[str], *args: Any) -> list[int] | None:
-            if self._it is None:
+            if self._it is None or self.error is not None:
                 return None
+            try:
+                return self._next_batch()
+            except BaseException as exc:  # noqa: BLE001 - TensorRT would swallow it; kept for the builder
+                self.error = exc
+                return None
+
+        def _next_batch(self) -> list[int] | None:
+            assert self._it is not None  # get_batch checked
             for batch in self._it:
                 arr = np.asarray(batch)
                 if arr.shape != tuple(input_shape):
@@ -107,9 +121,13 @@ def make_calibrator(
             return cache
 
         def write_calibration_cache(self, data: Any) -> None:
-            if cache_out is not None:
+            if cache_out is None or self.error is not None:  # never save a cache of a calibration that failed
+                return
+            try:
                 write_bytes(cache_out, bytes(memoryview(data)))
                 log.info("calibration cache written to %s", Path(cache_out))
+            except BaseException as exc:  # noqa: BLE001 - as in get_batch
+                self.error = exc
 
         def release(self) -> None:
             if self._ptr is not None:

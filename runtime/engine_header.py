@@ -201,14 +201,18 @@ class EngineHeader:
         # Unknown keys come from a newer toolkit; keep them readable, do not fail.
         kwargs = {k: v for k, v in d.items() if k in known}
         try:
-            kwargs["input_shape"] = tuple(int(x) for x in kwargs.get("input_shape", ()))
+            shape = kwargs.get("input_shape", ())
+            if not isinstance(shape, (list, tuple)) or not all(_is_int(x) for x in shape):
+                raise TypeError(f"input_shape must be a list of integers, got {shape!r}")
+            kwargs["input_shape"] = tuple(shape)
             h = cls(**kwargs)
+            # bool is an int to Python: "dla_core": true would otherwise read as DLA core 1.
             for name in ("min_batch", "opt_batch", "max_batch", "plan_size", "workspace_mib"):
-                if not isinstance(getattr(h, name), int):
+                if not _is_int(getattr(h, name)):
                     raise TypeError(f"{name} must be an integer, got {getattr(h, name)!r}")
-            if h.dla_core is not None and not isinstance(h.dla_core, int):
+            if h.dla_core is not None and not _is_int(h.dla_core):
                 raise TypeError(f"dla_core must be an integer or null, got {h.dla_core!r}")
-        except TypeError as exc:
+        except (TypeError, ValueError) as exc:
             raise BundleError(
                 f"{source}: engine header is malformed ({exc}); rebuild the engine with 'uopsl build-engine'"
             ) from exc

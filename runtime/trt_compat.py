@@ -129,7 +129,7 @@ def api_for(trt: Any) -> TrtApi:
         always_strongly_typed=major >= 11,
         weak_precision_flags=weak,
         implicit_int8=weak and hasattr(trt, "IInt8EntropyCalibrator2"),
-        implicit_int8_deprecated=major >= 10,
+        implicit_int8_deprecated=version[:2] >= (10, 1),  # the calibrator APIs: "Deprecated in TensorRT 10.1"
         memory_pool_api=hasattr(trt, "MemoryPoolType"),
         builder_optimization_level=version[:2] >= (8, 6),
         version_compatible_flag=hasattr(flags, "VERSION_COMPATIBLE"),

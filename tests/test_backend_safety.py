@@ -170,15 +170,60 @@ def test_ort_cuda_that_falls_back_to_the_cpu_is_an_error_not_a_mislabelled_cpu_r
 
 def test_tensorrt_ep_caches_its_engines_in_the_user_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("UOPSL_CACHE_DIR", str(tmp_path / "cache"))
-    opts = provider_options(["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"])
+    providers = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    opts = provider_options(providers, model_sha256="ab" * 32, ort_version="1.20.1")
     name, trt = opts[0]  # type: ignore[misc]
     assert name == "TensorrtExecutionProvider"
     assert opts[1:] == [("CUDAExecutionProvider", {"device_id": "0"}), "CPUExecutionProvider"]
     assert trt["trt_engine_cache_enable"] == "True" and trt["trt_timing_cache_enable"] == "True"
     folder = Path(trt["trt_engine_cache_path"])
-    assert folder.parent == tmp_path / "cache" / "ort-trt" and folder.is_dir()
-    assert folder.name.startswith("ort-") and "-trt-" in folder.name  # one folder per ORT and TensorRT version
+    versions = folder.parent
+    assert versions.parent == tmp_path / "cache" / "ort-trt" and folder.is_dir()
+    assert versions.name.startswith("ort-") and "-trt-" in versions.name  # one folder per ORT and TensorRT version
+    # ONNX Runtime keys a cached engine by file name and tensor names, not weights: one folder per model file,
+    # or a re-exported model.onnx of the same architecture would run the previous model's engine.
+    assert folder.name == "ab" * 8
+    other = provider_options(providers, model_sha256="cd" * 32, ort_version="1.20.1")[0][1]  # type: ignore[index]
+    assert Path(other["trt_engine_cache_path"]) != folder
+    assert trt["trt_timing_cache_path"] == str(versions) == other["trt_timing_cache_path"]  # timings are shared
+    assert "trt_int8_enable" not in trt
     assert provider_options(["CPUExecutionProvider"]) == ["CPUExecutionProvider"]
+
+
+@pytest.mark.parametrize("ort_version, timing, timing_path", [
+    ("1.14.1", False, False), ("1.15.0", True, False), ("1.16.3", True, False), ("1.17.0", True, True), ("", False, False)])
+def test_tensorrt_ep_options_an_older_onnxruntime_does_not_know_are_left_out(
+        ort_version: str, timing: bool, timing_path: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ONNX Runtime refuses an unknown TensorRT EP option and falls back to CUDA (JetPack 5 wheels are 1.14-1.16)."""
+    monkeypatch.setenv("UOPSL_CACHE_DIR", str(tmp_path / "cache"))
+    trt = provider_options(["TensorrtExecutionProvider"], model_sha256="ab" * 32, ort_version=ort_version)[0][1]  # type: ignore[index]
+    assert ("trt_timing_cache_enable" in trt, "trt_timing_cache_path" in trt) == (timing, timing_path)
+    assert trt["trt_engine_cache_enable"] == "True"  # since ONNX Runtime 1.9
+
+
+def test_tensorrt_ep_builds_a_qdq_file_with_its_int8_flag(tiny_bundle: Path, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """TensorRT 8.x refuses Q/DQ layers unless INT8 is enabled in the builder (ONNX Runtime issue 13381)."""
+    import onnxruntime as ort
+
+    from uopsl.runtime.fsio import sha256_file
+
+    monkeypatch.setenv("UOPSL_CACHE_DIR", str(tmp_path / "cache"))
+    seen: list[list] = []
+
+    class FakeSession:
+        def __init__(self, path: str, sess_options: object = None, providers: list | None = None) -> None:
+            seen.append(list(providers or []))
+            raise RuntimeError("no GPU here")
+
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["TensorrtExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(ort, "InferenceSession", FakeSession)
+    for name, precision in (("model.int8.onnx", "int8-qdq-u8"), ("model.onnx", "fp32")):
+        with pytest.raises(BackendError, match="no GPU here"):
+            OrtBackend(tiny_bundle / name, "tensorrt", threads=1, precision=precision).__enter__()
+    (int8, _), (fp32, _) = seen
+    assert int8[1]["trt_int8_enable"] == "True" and "trt_int8_enable" not in fp32[1]
+    assert Path(int8[1]["trt_engine_cache_path"]).name == sha256_file(tiny_bundle / "model.int8.onnx")[:16]
 
 
 def test_the_gpu_index_reaches_every_gpu_runtime_and_the_engine_check(tiny_bundle: Path, tmp_path: Path,

@@ -109,6 +109,16 @@ def test_unknown_keys_from_newer_toolkit_are_ignored(tmp_path: Path) -> None:
     assert eh.read_header(path).tensorrt_version == "8.5.2.2"
 
 
+@pytest.mark.parametrize("key, value", [("input_shape", ["a", 64, 3]), ("input_shape", "64x64"),
+                                        ("dla_core", True), ("max_batch", True), ("min_batch", "1")])
+def test_malformed_header_fields_say_rebuild(key: str, value: object) -> None:
+    """Not a raw ValueError, and not a bool read as an integer (``"dla_core": true`` is not DLA core 1)."""
+    d = _header().to_dict()
+    d[key] = value
+    with pytest.raises(BundleError, match=rf"x\.engine: engine header is malformed .*{key}.*rebuild the engine"):
+        eh.EngineHeader.from_dict(d, source="x.engine")
+
+
 def test_bad_precision_refused(tmp_path: Path) -> None:
     with pytest.raises(BundleError, match="precision"):
         eh.write_engine(tmp_path / "x.engine", PLAN, _header(precision="int4"))

@@ -280,11 +280,18 @@ def fake_trt(version: str, gpu: FakeGpu | None = None, *, dla_cores: int = 0, bu
                 cache = cal.read_calibration_cache()
                 calls["calibration"].append(("cache", cache))
                 if cache is None:
-                    n = 0
-                    while (ptrs := cal.get_batch(["image"])) is not None:
+                    # pyInt8.cpp: an exception in a callback is printed and read as "no more batches".
+                    def swallowed(fn: Any, *args: Any) -> Any:
+                        try:
+                            return fn(*args)
+                        except Exception as exc:  # noqa: BLE001 - what TensorRT's wrapper does
+                            calls["calibration"].append(("swallowed", repr(exc)))
+                            return None
+
+                    while (ptrs := swallowed(cal.get_batch, ["image"])) is not None:
                         calls["calibration"].append(("batch", ptrs))
-                        n += 1
-                    cal.write_calibration_cache(f"TRT-{major}-EntropyCalibration2\nimage: 3c010204\n".encode())
+                    swallowed(cal.write_calibration_cache,
+                              f"TRT-{major}-EntropyCalibration2\nimage: 3c010204\n".encode())
             (mn, opt, mx) = config.profiles[0].shapes[network.inputs[0].name]
             plan = {"version": version, "min": mn[0], "opt": opt[0], "max": mx[0], "sample": list(mn[1:]),
                     "dtype": network.inputs[0].dtype.name}
@@ -524,6 +531,7 @@ def test_api_for_each_version() -> None:
     assert a85.weak_precision_flags and a10.weak_precision_flags and not a11.weak_precision_flags
     assert a85.implicit_int8 and a10.implicit_int8 and not a11.implicit_int8
     assert not a85.implicit_int8_deprecated and a10.implicit_int8_deprecated
+    assert not trt_compat.api_for(fake_trt("10.0.1")).implicit_int8_deprecated  # "Deprecated in TensorRT 10.1"
     assert not a85.builder_optimization_level and a86.builder_optimization_level
     assert not a85.version_compatible_flag and a86.version_compatible_flag and a11.version_compatible_flag
     assert a85.version == (8, 5, 2, 2)
@@ -934,6 +942,34 @@ def test_build_int8_legacy_calibrator_feeds_batches(monkeypatch: pytest.MonkeyPa
     assert ptr not in gpu.mem  # the calibrator's device buffer was freed after the build
     assert out_cache.read_text().startswith("TRT-8-EntropyCalibration2")  # what TensorRT handed back, saved
     assert isinstance(trt.calls["configs"][0].int8_calibrator, trt.IInt8MinMaxCalibrator)
+
+
+@pytest.mark.parametrize("bad_at", [0, 2])
+def test_a_calibration_batch_error_fails_the_build_instead_of_being_swallowed(
+        bad_at: int, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, gpu: FakeGpu) -> None:
+    """TensorRT reads an exception in get_batch as "no more batches": first batch -> "no scaling factors",
+    a later one -> an engine calibrated on part of the set. Both must fail the build, and no cache be saved."""
+    install(monkeypatch, "8.6.1", gpu)
+    rng = np.random.default_rng(0)
+    batches = [rng.integers(0, 255, (2, H, W, 3), dtype=np.uint8) for _ in range(4)]
+    batches[bad_at] = rng.integers(0, 255, (2, H + 1, W, 3), dtype=np.uint8)  # another size
+    out_cache = tmp_path / "calib.cache"
+    cal = LegacyCalibration(batches=batches, batch_size=2, cache_file=str(out_cache), algorithm="entropy2")
+    with pytest.raises(BackendError, match=rf"INT8 calibration failed after {2 * bad_at} images: calibration batch "
+                                           r"has shape"):
+        build_engine(fake_onnx(tmp_path / "model.onnx"), tmp_path / "e.engine", EngineBuildConfig(precision="int8"),
+                     cal, cuda=FakeCuda(gpu))
+    assert not out_cache.exists() and not (tmp_path / "e.engine").exists()
+
+
+def test_a_calibration_with_only_short_batches_fails(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                     gpu: FakeGpu) -> None:
+    install(monkeypatch, "8.6.1", gpu)
+    batches = [np.zeros((1, H, W, 3), np.uint8)]
+    cal = LegacyCalibration(batches=batches, batch_size=2, algorithm="entropy2")
+    with pytest.raises(BackendError, match="used no image"):
+        build_engine(fake_onnx(tmp_path / "model.onnx"), tmp_path / "e.engine", EngineBuildConfig(precision="int8"),
+                     cal, cuda=FakeCuda(gpu))
 
 
 def test_build_int8_legacy_cache_from_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, gpu: FakeGpu,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from typing import Any
 
 import numpy as np
@@ -17,6 +18,7 @@ import numpy as np
 from uopsl.runtime.backends import ModelFileBackend
 from uopsl.runtime.backends.base import TensorSpec, check_gpu_index
 from uopsl.runtime.errors import BackendError, ConfigError
+from uopsl.runtime.fsio import sha256_file
 from uopsl.runtime.optional import dist_version, require
 
 log = logging.getLogger(__name__)
@@ -51,31 +53,49 @@ def available_providers() -> tuple[str, ...]:
     return tuple(ort.get_available_providers())
 
 
-def provider_options(providers: list[str], device: int = 0) -> list[str | tuple[str, dict[str, str]]]:
+def provider_options(providers: list[str], device: int = 0, *, model_sha256: str = "", int8_qdq: bool = False,
+                     ort_version: str = "") -> list[str | tuple[str, dict[str, str]]]:
     """``providers`` with the options this toolkit sets: the GPU ``device``, TensorRT EP engines cached on disk.
 
     Without a cache the TensorRT execution provider rebuilds its engine every
     time a session opens (minutes on a Jetson). The cache lives in the user
-    cache folder (``UOPSL_CACHE_DIR``); ONNX Runtime names each engine after
-    the model, its inputs and the GPU, so one folder serves every bundle.
+    cache folder (``UOPSL_CACHE_DIR``), one folder per model file
+    (``model_sha256``): ONNX Runtime names a cached engine after the file's
+    *name*, its tensor names and the library versions, never its weights
+    (``TRTGenerateId``), and every bundle's file is called ``model.onnx``, so
+    a shared folder would hand one model's engine to another model of the same
+    architecture. The timing cache (kernel timings, not weights) is shared.
+    ``int8_qdq``: the file holds Q/DQ nodes; TensorRT 8.x builds them only with
+    its INT8 flag on (``trt_int8_enable``; no calibration table is needed).
+    ``ort_version``: options newer than the installed ONNX Runtime are left
+    out, since it refuses unknown ones and falls back to the next provider
+    (timing cache: 1.15; its own path: 1.17).
     """
     from uopsl.runtime.backends import cache_dir
 
+    version = _version_tuple(ort_version)
     out: list[str | tuple[str, dict[str, str]]] = []
     for p in providers:
         if p == "TensorrtExecutionProvider":
             # One folder per ONNX Runtime and TensorRT version: ONNX Runtime's docs ask to clear
             # these caches when either changes, and a folder per pair never serves a stale one.
-            folder = cache_dir() / "ort-trt" / _runtime_versions()
+            shared = cache_dir() / "ort-trt" / _runtime_versions()
+            folder = shared / (model_sha256[:16] if model_sha256 else "unnamed-model")
+            opts = {"device_id": str(device)}
+            if int8_qdq:
+                opts["trt_int8_enable"] = "True"
             try:
                 folder.mkdir(parents=True, exist_ok=True)
             except OSError as exc:  # a read-only home: build every time rather than fail
                 log.warning("TensorRT EP engine cache off: cannot create %s (%s); set UOPSL_CACHE_DIR", folder, exc)
-                out.append((p, {"device_id": str(device)}))
+                out.append((p, opts))
                 continue
-            out.append((p, {"device_id": str(device), "trt_engine_cache_enable": "True",
-                            "trt_engine_cache_path": str(folder), "trt_timing_cache_enable": "True",
-                            "trt_timing_cache_path": str(folder)}))
+            opts.update({"trt_engine_cache_enable": "True", "trt_engine_cache_path": str(folder)})
+            if version >= (1, 15):
+                opts["trt_timing_cache_enable"] = "True"  # before 1.17 it lives beside the engines
+            if version >= (1, 17):
+                opts["trt_timing_cache_path"] = str(shared)
+            out.append((p, opts))
         elif p == "CUDAExecutionProvider":
             out.append((p, {"device_id": str(device)}))
         else:
@@ -83,11 +103,30 @@ def provider_options(providers: list[str], device: int = 0) -> list[str | tuple[
     return out
 
 
-def _runtime_versions() -> str:
-    """``ort-<version>-trt-<version>`` of the installed ONNX Runtime and TensorRT (pip metadata; ``unknown``)."""
+def _version_tuple(version: str) -> tuple[int, ...]:
+    """(1, 17, 3) from "1.17.3", "1.17.3+cu12" or "1.17.3rc1"; () when unparsable (no version-gated option is sent)."""
+    m = re.match(r"(\d+)(?:\.(\d+))?(?:\.(\d+))?", version)
+    return tuple(int(g) for g in m.groups() if g is not None) if m else ()
+
+
+def _tensorrt_version() -> str:
+    """TensorRT's version: pip metadata, else the module's own (JetPack installs it with apt, without metadata)."""
     from uopsl.runtime.backends import _installed_tensorrt
 
-    return f"ort-{dist_version('onnxruntime-gpu', 'onnxruntime') or 'unknown'}-trt-{_installed_tensorrt() or 'unknown'}"
+    found = _installed_tensorrt()
+    if found:
+        return found
+    try:
+        import tensorrt  # type: ignore[import-not-found,import-untyped,unused-ignore]
+
+        return str(tensorrt.__version__)
+    except Exception:  # noqa: BLE001 - absent or broken: the folder says unknown
+        return "unknown"
+
+
+def _runtime_versions() -> str:
+    """``ort-<version>-trt-<version>`` of the installed ONNX Runtime and TensorRT (``unknown`` when not found)."""
+    return f"ort-{dist_version('onnxruntime-gpu', 'onnxruntime') or 'unknown'}-trt-{_tensorrt_version()}"
 
 
 def _spec(node: Any) -> TensorSpec:
@@ -176,8 +215,10 @@ class OrtBackend(ModelFileBackend):
         if not self.spin:
             so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
-            self._session = ort.InferenceSession(str(self.path), sess_options=so,
-                                                 providers=provider_options(providers, self.device))
+            trt_ep = "TensorrtExecutionProvider" in providers
+            self._session = ort.InferenceSession(str(self.path), sess_options=so, providers=provider_options(
+                providers, self.device, model_sha256=sha256_file(self.path) if trt_ep else "",
+                int8_qdq=self.precision.startswith("int8"), ort_version=str(getattr(ort, "__version__", ""))))
         except Exception as exc:  # ORT raises its own exception types; report them as one line
             raise BackendError(f"ONNX Runtime cannot load {self.path}: {exc}") from exc
         used = self._session.get_providers()
