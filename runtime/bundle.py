@@ -415,8 +415,12 @@ def read_manifest(bundle: str | os.PathLike[str]) -> Manifest:
     """Read and parse ``bundle/manifest.json`` (no checksum verification)."""
     root = Path(bundle)
     path = root / MANIFEST
+    if not root.exists():
+        raise BundleError(f"{root}: no such bundle folder; check the path (a bundle is the folder "
+                          f"`uopsl export` wrote, holding {MANIFEST})")
     if not root.is_dir():
-        raise BundleError(f"{root}: not a bundle folder (expected a folder holding {MANIFEST})")
+        hint = f"; give its folder, {root.parent}" if (root.parent / MANIFEST).is_file() else ""
+        raise BundleError(f"{root}: not a bundle folder (expected a folder holding {MANIFEST}){hint}")
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:

@@ -26,7 +26,8 @@ from uopsl.runtime.version import __version__
 BACKEND_CHOICES = ["auto", "ort-cpu", "ort-cuda", "ort-trt", "openvino", "tensorrt"]
 PRECISION_CHOICES = ["auto", "fp32", "fp16", "int8"]
 
-_bundle_arg = click.argument("bundle", type=click.Path(file_okay=False, path_type=Path))
+# No file_okay=False: a file given as the bundle (model.onnx) gets the toolkit's own message, naming its folder.
+_bundle_arg = click.argument("bundle", type=click.Path(path_type=Path))
 
 
 def _backend_options(f: Any) -> Any:

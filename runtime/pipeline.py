@@ -178,6 +178,7 @@ class WalkState:
     visited: set[tuple[int, int]] = field(default_factory=set)
     skipped: collections.Counter[str] = field(default_factory=collections.Counter)
     skipped_names: list[str] = field(default_factory=list)
+    hidden_images: int = 0  # image-named files starting with '.' (a Mac's ._IMG_0001.jpg, an editor's temp file)
     excluded: list[str] = field(default_factory=list)
     said: set[str] = field(default_factory=set)
     _exclude_ids: set[tuple[int, int]] = field(default_factory=set, init=False, repr=False)
@@ -215,11 +216,14 @@ class WalkState:
     def skipped_message(self) -> str:
         """``"4 files skipped (not an image type: .HEIC 1, .dcm 1, ...; e.g. e.HEIC, g.dcm)"``, or ``""``."""
         n = sum(self.skipped.values())
+        hidden = (f"{self.hidden_images} hidden image file{'s' if self.hidden_images != 1 else ''} skipped "
+                  "(names starting with '.': a Mac's ._ copies, temporary files)") if self.hidden_images else ""
         if not n:
-            return ""
+            return hidden
         kinds = ", ".join(f"{k} {v}" for k, v in self.skipped.most_common(8))
         return (f"{n} file{'s' if n != 1 else ''} skipped (not an image type: {kinds}; "
-                f"e.g. {', '.join(self.skipped_names)}; taken: {', '.join(sorted(IMAGE_SUFFIXES))})")
+                f"e.g. {', '.join(self.skipped_names)}; taken: {', '.join(sorted(IMAGE_SUFFIXES))})"
+                + (f"; {hidden}" if hidden else ""))
 
 
 def is_output_folder(folder: str | os.PathLike[str]) -> bool:
@@ -270,6 +274,8 @@ def walk_images(folder: Path, state: WalkState | None = None) -> Iterator[Path]:
         return
     for e in entries:
         if e.name.startswith("."):
+            if image_suffix(e.name) in IMAGE_SUFFIXES:
+                state.hidden_images += 1
             continue
         try:
             is_dir = e.is_dir(follow_symlinks=True)

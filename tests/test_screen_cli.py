@@ -82,7 +82,7 @@ def test_run_exit_0_when_all_screened_and_rerun_skips(tiny_bundle: Path, tmp_pat
 def test_usage_and_bundle_errors_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["run", str(tmp_path / "nobundle"), str(tmp_path), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "not a bundle folder" in err
+    assert err.count("\n") == 1 and "no such bundle folder" in err
     assert main(["run", str(tmp_path)]) == 2  # missing --out
     assert main(["run", str(tmp_path), str(tmp_path), "--out", str(tmp_path / "o"), "--batch", "0"]) == 2
 

@@ -123,3 +123,21 @@ def test_a_run_without_verification_says_so_in_the_report(tiny_bundle: Path, tmp
     assert "checksums not verified in this run" in (out / "report.html").read_text(encoding="utf-8")
     assert main(["run", str(tiny_bundle), str(tmp_path / "in"), "--out", str(out), "--backend", "ort-cpu"]) == 0
     assert "checksums not verified" not in (out / "report.html").read_text(encoding="utf-8")
+
+
+def test_hidden_image_files_are_counted_not_silently_dropped(tiny_bundle: Path, tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    _photos(tmp_path / "in", 1)
+    (tmp_path / "in" / "._img0000.jpg").write_bytes(b"\x00\x05\x16\x07AppleDouble")  # what a Mac leaves on a card
+    out = tmp_path / "out"
+    assert main(["run", str(tiny_bundle), str(tmp_path / "in"), "--out", str(out), "--backend", "ort-cpu"]) == 0
+    assert "1 hidden image file skipped" in capsys.readouterr().err
+    assert [Path(r["source"]).name for r in _csv(out)] == ["img0000.jpg"]
+
+
+def test_a_bundle_path_that_is_missing_or_a_file_says_which(tiny_bundle: Path, tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["info", str(tmp_path / "nope")]) == 2
+    assert "no such bundle folder" in capsys.readouterr().err
+    assert main(["info", str(tiny_bundle / "model.onnx")]) == 2
+    assert f"give its folder, {tiny_bundle}" in capsys.readouterr().err
