@@ -147,7 +147,12 @@ def record_parity(bundle: str | os.PathLike[str], records: dict[str, dict[str, d
     anything but the PyTorch checkpoint (a device's ONNX reference) never
     replaces one judged against it for the same content on the same backend
     (:func:`kept_pytorch_verdict`: that one is kept, whatever either says);
-    a PyTorch-referenced verdict replaces any. A verdict that only repeats
+    a PyTorch-referenced verdict replaces any, with two exceptions
+    (:func:`kept_verdict`): an INCOMPLETE one never replaces a complete PASS
+    or FAIL, and a PASS never replaces a FAIL judged on other data: a failure
+    on one set of photographs is not undone by passing on another, so
+    running again on other data until a file passes cannot clear it (validate
+    again on the data it failed on, or change the file). A verdict that only repeats
     the recorded one (everything equal but its ``created`` time) leaves the
     record as it is, and when nothing changed the manifest is not rewritten:
     rerunning the same validation keeps the manifest's bytes, its content hash
@@ -172,6 +177,10 @@ def record_parity(bundle: str | os.PathLike[str], records: dict[str, dict[str, d
                                 "its verdict judged against PyTorch (%s)", f.path, b,
                                 v.get("reference_source") or "another reference", v.get("verdict"),
                                 guarded.get("verdict"))
+                elif (why := kept_verdict(kept.get(b), v)) is not None:
+                    guarded = kept[b]
+                    log.warning("%s on %s: %s is not recorded; the manifest keeps %s", f.path, b,
+                                v.get("verdict"), why)
                 new[b] = kept[b] if guarded is not None or _same_verdict(kept.get(b), v) else v
             # The overall verdict is not stored: parity_status derives it from the per-backend ones.
             entry = {"sha256": f.sha256, "backends": {**kept, **new}}
@@ -207,6 +216,40 @@ def kept_pytorch_verdict(entry: FileEntry, backend: str, new_kind: str) -> Mappi
     if isinstance(old, dict) and parity_reference_kind(old) == REFERENCE_PYTORCH:
         return old
     return None
+
+
+def kept_verdict(old: Any, new: Mapping[str, Any]) -> str | None:
+    """Why the recorded verdict ``old`` (same file content, same backend) stays instead of ``new``, or None.
+
+    An INCOMPLETE run (some gate could not be evaluated on its data) does not
+    replace a complete PASS or FAIL; a PASS does not replace a FAIL judged on
+    other photographs (another ``data.image_ids_sha256``, or ``data.images_sha256``
+    where both records have one). A FAIL replaces anything: it only keeps
+    ``auto`` off the file.
+    """
+    if not isinstance(old, dict) or old.get("verdict") not in ("PASS", "FAIL"):
+        return None
+    said = f"its {old['verdict']} on {_data_words(old)} ({old.get('created', '?')})"
+    if new.get("verdict") == "INCOMPLETE":
+        return f"{said}: an incomplete run does not replace a complete verdict"
+    if old["verdict"] == "FAIL" and new.get("verdict") == "PASS" and not _same_data(old, new):
+        return (f"{said}: a PASS on other data ({_data_words(new)}) does not clear a FAIL; validate again on "
+                "the data it failed on, or change the file")
+    return None
+
+
+def _data_words(rec: Mapping[str, Any]) -> str:
+    data = rec.get("data") if isinstance(rec.get("data"), dict) else {}
+    return f"{rec.get('n_images', '?')} images of {data.get('spec', 'unrecorded data')}"
+
+
+def _same_data(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    da = a.get("data") if isinstance(a.get("data"), dict) else {}
+    db = b.get("data") if isinstance(b.get("data"), dict) else {}
+    if not da.get("image_ids_sha256") or da.get("image_ids_sha256") != db.get("image_ids_sha256"):
+        return False
+    both = da.get("images_sha256") and db.get("images_sha256")
+    return not both or da["images_sha256"] == db["images_sha256"]
 
 
 def _same_verdict(old: Any, new: Any) -> bool:

@@ -222,7 +222,7 @@ def info_cmd(bundle: Path, as_json: bool) -> int:
         click.echo(json.dumps({"manifest": m.to_dict(), "checksums_ok": not bad, "checksum_failures": bad,
                                "backends": [{"backend": n, "usable": ok, "note": note} for n, ok, note in table]},
                               indent=2, default=str))
-        return 0
+        return 2 if bad else 0
     p = m.preprocess
     click.echo(f"bundle     {bundle}")
     click.echo(f"model      {m.model_name} ({m.backbone or 'backbone not recorded'}), head {m.head}, "
@@ -243,7 +243,9 @@ def info_cmd(bundle: Path, as_json: bool) -> int:
     for f in m.files:
         click.echo(f"  {f.path:28s} {f.kind:12s} {f.precision:12s} {f.size / 1e6:8.2f} MB  sha256 {f.sha256[:12]}"
                    + (f"  CHECKSUM FAILS: {bad[f.path]}" if f.path in bad else "")
-                   + (f"  parity {_parity_word(f, m)}" if f.kind in ("onnx", "engine") else ""))
+                   + ("  parity: not trusted, the file is not the one validated" if f.path in bad
+                      and f.kind in ("onnx", "engine") else
+                      f"  parity {_parity_word(f, m)}" if f.kind in ("onnx", "engine") else ""))
     if MANIFEST_NAME in bad:
         click.echo(f"  {MANIFEST_NAME:28s} CHECKSUM FAILS: {bad[MANIFEST_NAME]}")
     click.echo("checksums  " + ("all files match the manifest" if not bad else
@@ -251,7 +253,7 @@ def info_cmd(bundle: Path, as_json: bool) -> int:
     click.echo("backends here")
     for name, ok, note in table:
         click.echo(f"  {name:9s} {'yes' if ok else 'no ':3s}  {note}")
-    return 0
+    return 2 if bad else 0  # a bundle error, as `verify` says it: scripts must not read a tampered bundle as fine
 
 
 def _parity_word(entry: Any, manifest: Any = None) -> str:

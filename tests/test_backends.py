@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -141,22 +143,34 @@ def _validated(m, passed: bool = True, sha: str | None = None,  # type: ignore[n
     return replace(m, files=tuple(rec(f) for f in m.files))
 
 
-def _with_engines(bundle: Path, validated: bool = True):  # type: ignore[no-untyped-def]
+def _with_engines(bundle: Path, validated: bool = True, write_to: Path | None = None):  # type: ignore[no-untyped-def]
+    """The bundle's manifest plus an fp16 and an int8 engine; ``write_to``: a copy of the bundle there, engines on disk."""
+    sha = {"model.fp16.engine": "e16", "model.int8.engine": "e8"}
+    if write_to is not None:
+        shutil.copytree(bundle, write_to)
+        for name in sha:
+            (write_to / name).write_bytes(name.encode())
+            sha[name] = hashlib.sha256(name.encode()).hexdigest()
     m = read_manifest(bundle)
-    m = replace(m, files=m.files + (FileEntry("model.fp16.engine", "engine", "fp16", sha256="e16"),
-                                    FileEntry("model.int8.engine", "engine", "int8", sha256="e8")))
+    m = replace(m, files=m.files + (FileEntry("model.fp16.engine", "engine", "fp16", sha256=sha["model.fp16.engine"]),
+                                    FileEntry("model.int8.engine", "engine", "int8", sha256=sha["model.int8.engine"])))
     return _validated(m) if validated else m
 
 
-def test_auto_prefers_matching_tensorrt_engine(tiny_bundle: Path, cache: Path) -> None:
-    m = _with_engines(tiny_bundle)
+def test_auto_prefers_matching_tensorrt_engine(tiny_bundle: Path, cache: Path, tmp_path: Path) -> None:
+    root = tmp_path / "b"
+    m = _with_engines(tiny_bundle, write_to=root)
     av = Availability(ort_providers=("CUDAExecutionProvider",) + CPU, openvino=True, tensorrt=True)
-    sel = select_backend(tiny_bundle, manifest=m, availability=av, engine_check=lambda p: None)
+    sel = select_backend(root, manifest=m, availability=av, engine_check=lambda p: None)
     assert (sel.backend, sel.precision, sel.file) == ("tensorrt", "int8", "model.int8.engine")
     # int8 engine built for another GPU: the fp16 one is taken, and the reason says why.
-    sel = select_backend(tiny_bundle, manifest=m, availability=av,
+    sel = select_backend(root, manifest=m, availability=av,
                          engine_check=lambda p: "built for sm_87" if "int8" in p.name else None)
     assert sel.file == "model.fp16.engine"
+    # A PASS counts only for the bytes that passed: with verification off nothing else would notice.
+    (root / "model.int8.engine").write_bytes(b"changed after validation")
+    sel = select_backend(root, manifest=m, availability=av, engine_check=lambda p: None)
+    assert sel.file == "model.fp16.engine" and "is not the file that passed validation" in sel.reason
 
 
 def test_auto_falls_back_to_ort_cuda_when_no_engine_matches(tiny_bundle: Path, cache: Path) -> None:
@@ -208,6 +222,25 @@ def test_auto_uses_recorded_speedup_for_this_cpu_without_measuring(tiny_bundle: 
     assert (sel.backend, sel.precision) == ("ort-cpu", "fp32") and "unknown" in sel.reason
 
 
+def test_auto_takes_the_int8_file_that_passed_when_the_bundle_holds_several(tiny_bundle: Path, cache: Path,
+                                                                           tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """One INT8 file per calibration method: the first listed failed, a later one passed; auto runs the later one."""
+    monkeypatch.setattr(reg, "_measure_speedup", lambda *a, **k: 3.0)
+    root = tmp_path / "b"
+    shutil.copytree(tiny_bundle, root)
+    m = read_manifest(root)
+    first = next(f for f in m.files if f.precision == "int8-qdq-u8")
+    data = (root / first.path).read_bytes() + b"\0"  # another file's bytes (the check hashes them)
+    (root / "model.int8.percentile.onnx").write_bytes(data)
+    second = replace(first, path="model.int8.percentile.onnx", sha256=hashlib.sha256(data).hexdigest())
+    failed = _validated(replace(m, files=(*m.files,)), passed=False, backends=("ort-cpu",))
+    passed = _validated(replace(m, files=(second,)), backends=("ort-cpu",))
+    m2 = replace(failed, files=(*failed.files, *passed.files))
+    sel = select_backend(root, manifest=m2, availability=Availability(CPU))
+    assert (sel.backend, sel.file) == ("ort-cpu", "model.int8.percentile.onnx"), sel
+
+
 def test_auto_takes_int8_only_after_it_passed_parity_validation(tiny_bundle: Path, cache: Path,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """A faster INT8 file is not used unasked until `uopsl validate` passed that very file."""
@@ -223,7 +256,7 @@ def test_auto_takes_int8_only_after_it_passed_parity_validation(tiny_bundle: Pat
     # Passed on ONNX Runtime only: OpenVINO, which would run it first, never did; ONNX Runtime runs it.
     sel = select_backend(tiny_bundle, manifest=_validated(m, backends=("ort-cpu",)), availability=av)
     assert (sel.backend, sel.precision) == ("ort-cpu", "int8-qdq-u8"), sel
-    assert "no parity record on openvino" in sel.reason and "ONNX Runtime INT8 is 3.00x ORT FP32" in sel.reason
+    assert "no parity record on openvino" in sel.reason and "ONNX Runtime INT8 (model.int8.onnx) is 3.00x ORT FP32" in sel.reason
     # Failed on OpenVINO, passed on ONNX Runtime (the runtimes round differently): ONNX Runtime INT8.
     runs = _validated(m, backends=("ort-cpu",))
     both = _validated(m, passed=False, backends=("openvino",))

@@ -258,6 +258,36 @@ def test_reexport_with_a_classes_file_adds_an_unseen_class_without_retraining(
     assert report["candidates"][0]["numerical"]["max_abs_prob_diff"] < 1e-4  # 4 classes against 4 classes
 
 
+def test_a_fail_on_some_photographs_is_not_cleared_by_a_pass_on_others(exported: dict[str, Any],
+                                                                        tmp_path: Path) -> None:
+    """A validation engineer's review: a FAIL on 150 real photographs was replaced by a PASS on 300 synthetic
+    ones, and `auto` then used the file. A FAIL stands until the same data passes (or the file changes)."""
+    from uopsl.export.bundle_writer import record_parity
+    from uopsl.runtime.bundle import PARITY_GATE_DEFAULTS, parity_status
+
+    bundle = _copy(exported["bundle"], tmp_path / "b")
+
+    def run(verdict: str, spec: str, ids: str, n: int = 200, created: str = "2026-11-29T10:00:00+00:00") -> dict:
+        return {"passed": verdict == "PASS", "verdict": verdict, "reasons": [] if verdict == "PASS" else ["x"],
+                "n_images": n, "gates": dict(PARITY_GATE_DEFAULTS), "reference": "PyTorch", "created": created,
+                "data": {"spec": spec, "image_ids_sha256": ids}}
+
+    def verdict() -> str:
+        return read_manifest(bundle).file("model.onnx").info["parity"]["backends"]["ort-cpu"]["verdict"]
+
+    record_parity(bundle, {"model.onnx": {"ort-cpu": run("FAIL", "tvhl:real", "aa", 150)}})
+    record_parity(bundle, {"model.onnx": {"ort-cpu": run("PASS", "synthetic:test", "bb", 300)}})
+    assert verdict() == "FAIL" and not parity_status(read_manifest(bundle).file("model.onnx"), "ort-cpu")[0]
+    record_parity(bundle, {"model.onnx": {"ort-cpu": run("INCOMPLETE", "tvhl:real", "aa", 150)}})
+    assert verdict() == "FAIL", "an incomplete run replaces no complete verdict"
+    record_parity(bundle, {"model.onnx": {"ort-cpu": run("PASS", "tvhl:real", "aa", 150, "2026-11-29T11:00:00+00:00")}})
+    assert verdict() == "PASS", "passing on the data it failed on clears it"
+    record_parity(bundle, {"model.onnx": {"ort-cpu": run("INCOMPLETE", "other", "cc")}})
+    assert verdict() == "PASS", "and an incomplete run does not erase a PASS"
+    record_parity(bundle, {"model.onnx": {"ort-cpu": run("FAIL", "other", "cc")}})
+    assert verdict() == "FAIL", "a FAIL on any data is recorded"
+
+
 def test_parity_records_merge_per_backend_until_the_file_changes(exported: dict[str, Any], tmp_path: Path) -> None:
     from uopsl.export.bundle_writer import add_file, record_parity
     from uopsl.runtime.bundle import parity_status

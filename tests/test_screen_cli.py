@@ -271,10 +271,11 @@ def test_info_verify_and_tampered_bundle(tiny_bundle: Path, tmp_path: Path, caps
     # run refuses a tampered bundle too; info still describes it, and says which file fails
     assert main(["run", str(bad), str(tmp_path), "--out", str(tmp_path / "o")]) == 2
     capsys.readouterr()
-    assert main(["info", str(bad)]) == 0
+    assert main(["info", str(bad)]) == 2  # still described in full, but a script must not read it as fine
     out = capsys.readouterr().out
     assert "CHECKSUM FAILS: sha256 differs" in out and "1 file(s) FAIL: do not screen with this bundle" in out
-    assert main(["info", str(bad), "--json"]) == 0
+    assert "parity: not trusted, the file is not the one validated" in out
+    assert main(["info", str(bad), "--json"]) == 2
     assert list(json.loads(capsys.readouterr().out)["checksum_failures"]) == ["model.int8.onnx"]
 
 

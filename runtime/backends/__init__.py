@@ -39,7 +39,7 @@ from pathlib import Path
 from uopsl.runtime.backends.base import Backend, TensorSpec, check_gpu_index
 from uopsl.runtime.bundle import FileEntry, Manifest, parity_status, read_manifest
 from uopsl.runtime.errors import BackendError, BundleError, ConfigError, UopslError
-from uopsl.runtime.fsio import write_json
+from uopsl.runtime.fsio import sha256_file, write_json
 from uopsl.runtime.optional import available, dist_version
 
 log = logging.getLogger(__name__)
@@ -284,6 +284,45 @@ def cpu_int8_speedup(
 
 
 # -- file choice ------------------------------------------------------------------------
+def validated_file(root: Path, entry: FileEntry, runtime: str, manifest: Manifest) -> tuple[bool, str]:
+    """:func:`parity_status`, and, when it passes, the file's bytes still have the sha256 it was validated with.
+
+    Why hash here: ``parity_status`` compares the record with the manifest's
+    sha256, and with verification off (``--no-verify``, ``Screener(verify=False)``)
+    nothing else compares the manifest with the file, so a file changed after
+    its PASS would inherit it. One file is hashed, only when a PASS is about
+    to be trusted (tens of milliseconds for an INT8 file).
+    """
+    ok, why = parity_status(entry, runtime, manifest=manifest)
+    if not ok:
+        return ok, why
+    try:
+        actual = sha256_file(root / entry.path)
+    except OSError as exc:
+        return False, f"{entry.path} cannot be read ({exc.strerror or exc})"
+    if actual != entry.sha256:
+        return False, (f"{entry.path} is not the file that passed validation (its sha256 differs from the "
+                       "manifest's: changed after export); run `uopsl-screen verify`")
+    return True, why
+
+
+def _validated_cpu_int8(root: Path, manifest: Manifest, runtime: str) -> tuple[FileEntry | None, str]:
+    """The first CPU INT8 ONNX file validated on ``runtime`` (a bundle may hold several, one per calibration).
+
+    Returns (file, "") or, when none passed, (None, why the first one did not), or (None, "") without any.
+    """
+    first_why = ""
+    for p in _INT8_CPU_ORDER:
+        for f in manifest.files_of("onnx"):
+            if f.precision != p:
+                continue
+            ok, why = validated_file(root, f, runtime, manifest)
+            if ok:
+                return f, ""
+            first_why = first_why or why
+    return None, first_why
+
+
 def _onnx_file(manifest: Manifest, precision: str, gpu: bool) -> FileEntry | None:
     onnx = manifest.files_of("onnx")
     if precision == "int8":
@@ -351,14 +390,16 @@ def select_backend(
         measure = os.environ.get("UOPSL_AUTO_MEASURE", "1") != "0"
     notes: list[str] = []
 
+    chosen_int8: dict[str, FileEntry] = {}
+
     def cpu_int8_wins(runtime: str = "openvino") -> tuple[bool, str]:
-        fp32, int8 = _onnx_file(m, "fp32", False), _onnx_file(m, "int8", False)
+        fp32 = _onnx_file(m, "fp32", False)
         label = _RUNTIME_LABEL[runtime]
+        int8, why_not = _validated_cpu_int8(root, m, runtime)
         if int8 is None:
-            return False, "the bundle has no INT8 ONNX file"
-        validated, why_not = parity_status(int8, runtime, manifest=m)
-        if not validated:
-            return False, f"{label} INT8 not chosen unasked: {why_not}"
+            return False, (f"{label} INT8 not chosen unasked: {why_not}" if why_not
+                           else "the bundle has no INT8 ONNX file")
+        chosen_int8[runtime] = int8
         if fp32 is None:
             return True, "the bundle has no FP32 ONNX file"
         speedup, source = cpu_int8_speedup(root, fp32, int8, threads, measure=measure, runtime=runtime)
@@ -366,7 +407,7 @@ def select_backend(
             return False, f"{label} INT8 speed on this CPU unknown ({source}); FP32 is the safe default"
         verdict = speedup >= INT8_MIN_SPEEDUP
         rel = "faster" if verdict else "not enough faster (needs %.2fx)" % INT8_MIN_SPEEDUP
-        return verdict, f"{label} INT8 is {speedup:.2f}x ORT FP32 on this CPU, {rel} ({source})"
+        return verdict, f"{label} INT8 ({int8.path}) is {speedup:.2f}x ORT FP32 on this CPU, {rel} ({source})"
 
     # -- explicit backend ------------------------------------------------------------
     if name == "tensorrt":
@@ -374,9 +415,11 @@ def select_backend(
             raise BundleError("backend tensorrt needs TensorRT and a CUDA binding: pip install 'uopsl[trt]' (JetPack on Jetson)")
         reasons = []
         for e in _engines(m, precision):
-            if precision == "auto" and e.precision == "int8" and not parity_status(e, "tensorrt", manifest=m)[0]:
-                reasons.append(f"{e.path}: INT8 is not used unasked: {parity_status(e, 'tensorrt', manifest=m)[1]}")
-                continue
+            if precision == "auto" and e.precision == "int8":
+                ok, why_not = validated_file(root, e, "tensorrt", m)
+                if not ok:
+                    reasons.append(f"{e.path}: INT8 is not used unasked: {why_not}")
+                    continue
             why = engine_check(root / e.path) or engine_stale(root, m, e, device)
             if why is None:
                 return Selection("tensorrt", e.precision, e.path, f"engine {e.path} matches this GPU and TensorRT")
@@ -401,14 +444,14 @@ def select_backend(
                 p = "int8" if wins else "fp32"
             else:
                 p, why = "fp32", "fp32 is the default precision of ONNX Runtime backends"
-        f = _need_onnx(m, name, p)
+        f = chosen_int8["openvino"] if p == "int8" and "openvino" in chosen_int8 else _need_onnx(m, name, p)
         return Selection(name, f.precision, f.path, f"{name} requested; {why}")
 
     # -- auto --------------------------------------------------------------------------------
     if av.tensorrt and precision in ("auto", "int8", "fp16", "fp32"):
         for e in _engines(m, precision):
             if precision == "auto" and e.precision == "int8":
-                validated, why_not = parity_status(e, "tensorrt", manifest=m)
+                validated, why_not = validated_file(root, e, "tensorrt", m)
                 if not validated:
                     notes.append(f"engine {e.path} skipped: INT8 is not used unasked: {why_not}")
                     continue
@@ -438,7 +481,7 @@ def select_backend(
         else:
             wins, why = cpu_int8_wins()
             if wins:
-                f = _need_onnx(m, "openvino", "int8")
+                f = chosen_int8["openvino"]
                 return Selection("openvino", f.precision, f.path, "; ".join([*notes, why]))
             notes.append(why)
     elif precision in ("auto", "int8") and not av.openvino and _onnx_file(m, "int8", False) is not None:
@@ -448,7 +491,7 @@ def select_backend(
         # differently, so one's pass says nothing of the other's) and timed against ORT FP32.
         wins, why = cpu_int8_wins("ort-cpu")
         if wins:
-            f = _need_onnx(m, "ort-cpu", "int8")
+            f = chosen_int8["ort-cpu"]
             return Selection("ort-cpu", f.precision, f.path, "; ".join([*notes, why]))
         notes.append(why)
     p = "fp32" if precision == "auto" else precision
