@@ -294,6 +294,10 @@ def read_bytes(path: str | os.PathLike[str]) -> bytes:
             return fh.read()
     except IsADirectoryError as exc:
         raise ImageReadError("is a directory, not an image file", source=str(path)) from exc
+    except FileNotFoundError as exc:
+        if os.path.islink(path):
+            raise ImageReadError(f"is a link to {os.readlink(path)}, which does not exist", source=str(path)) from exc
+        raise ImageReadError(f"cannot read file ({exc.strerror or exc})", source=str(path)) from exc
     except OSError as exc:
         raise ImageReadError(f"cannot read file ({exc.strerror or exc})", source=str(path)) from exc
     finally:

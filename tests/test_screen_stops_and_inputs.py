@@ -141,3 +141,12 @@ def test_a_bundle_path_that_is_missing_or_a_file_says_which(tiny_bundle: Path, t
     assert "no such bundle folder" in capsys.readouterr().err
     assert main(["info", str(tiny_bundle / "model.onnx")]) == 2
     assert f"give its folder, {tiny_bundle}" in capsys.readouterr().err
+
+
+def test_a_broken_link_names_its_target(tmp_path: Path) -> None:
+    from uopsl.runtime.errors import ImageReadError
+    from uopsl.runtime.preprocess import read_bytes
+
+    (tmp_path / "IMG_1.jpg").symlink_to(tmp_path / "card" / "IMG_1.jpg")
+    with pytest.raises(ImageReadError, match=r"is a link to .*card/IMG_1\.jpg, which does not exist"):
+        read_bytes(tmp_path / "IMG_1.jpg")
