@@ -223,6 +223,9 @@ def prepare_folder(out: Path) -> None:
                           "choose another --out") from None
 
 
+_SAID_CORRUPT: set[tuple[str, int]] = set()  # (results.jsonl, line) already warned about in this process
+
+
 class ResultStore:
     """The results of one output folder, open for appending.
 
@@ -390,7 +393,10 @@ class ResultStore:
                 try:
                     row = json.loads(line)
                 except json.JSONDecodeError:
-                    log.warning("%s:%d: skipping a corrupt row", self.path, n)
+                    said = (os.path.realpath(self.path), n)
+                    if said not in _SAID_CORRUPT:  # a run reads the file more than once: say it once
+                        _SAID_CORRUPT.add(said)
+                        log.warning("%s:%d: skipping a corrupt row", self.path, n)
                     continue
                 if isinstance(row, dict):
                     yield start, row

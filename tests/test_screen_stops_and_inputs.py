@@ -150,3 +150,17 @@ def test_a_broken_link_names_its_target(tmp_path: Path) -> None:
     (tmp_path / "IMG_1.jpg").symlink_to(tmp_path / "card" / "IMG_1.jpg")
     with pytest.raises(ImageReadError, match=r"is a link to .*card/IMG_1\.jpg, which does not exist"):
         read_bytes(tmp_path / "IMG_1.jpg")
+
+
+def test_a_corrupt_row_is_skipped_and_said_once(tiny_bundle: Path, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    _photos(tmp_path / "in", 2)
+    out = tmp_path / "out"
+    args = ["run", str(tiny_bundle), str(tmp_path / "in"), "--out", str(out), "--backend", "ort-cpu"]
+    assert main(args) == 0
+    lines = (out / "results.jsonl").read_text(encoding="utf-8").splitlines()
+    (out / "results.jsonl").write_text("\n".join([lines[0], "{not json", *lines[1:]]) + "\n", encoding="utf-8")
+    capsys.readouterr()
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert err.count("skipping a corrupt row") == 1 and len(_csv(out)) == 2
