@@ -238,14 +238,17 @@ def kept_verdict(old: Any, new: Mapping[str, Any]) -> str | None:
     return None
 
 
+def _data_of(rec: Mapping[str, Any]) -> Mapping[str, Any]:
+    data = rec.get("data")
+    return data if isinstance(data, dict) else {}
+
+
 def _data_words(rec: Mapping[str, Any]) -> str:
-    data = rec.get("data") if isinstance(rec.get("data"), dict) else {}
-    return f"{rec.get('n_images', '?')} images of {data.get('spec', 'unrecorded data')}"
+    return f"{rec.get('n_images', '?')} images of {_data_of(rec).get('spec', 'unrecorded data')}"
 
 
 def _same_data(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
-    da = a.get("data") if isinstance(a.get("data"), dict) else {}
-    db = b.get("data") if isinstance(b.get("data"), dict) else {}
+    da, db = _data_of(a), _data_of(b)
     if not da.get("image_ids_sha256") or da.get("image_ids_sha256") != db.get("image_ids_sha256"):
         return False
     both = da.get("images_sha256") and db.get("images_sha256")

@@ -76,12 +76,23 @@ def _na_reason(row: Mapping[str, Any], metric: str) -> str:
     return f'<span class="na">n/a: {_e(why)}</span>' if why else '<span class="na">n/a</span>'
 
 
+def _ci(interval: Sequence[Any] | None) -> str:
+    """``[low, high]`` of a two-sided interval, or n/a."""
+    if not interval:
+        return '<span class="na">n/a</span>'
+    return f"[{_num(interval[0], '.3f')}, {_num(interval[1], '.3f')}]"
+
+
 def _rate_cell(row: Mapping[str, Any], metric: str) -> str:
-    """A class's or the referral's sensitivity/specificity cell: reference / candidate and the changed calls."""
+    """A class's or the referral's sensitivity/specificity cell: reference / candidate, their Wilson 95 % intervals
+    (when the report has them) and the changed calls."""
     if f"{metric}_changes" not in row or (row.get("not_evaluated") or {}).get(metric):
         return _na_reason(row, metric)
-    return (f'{_num(row.get(f"{metric}_reference"), ".3f")} / {_num(row.get(f"{metric}_candidate"), ".3f")}'
-            f'<br>changes {_bound(row.get(f"{metric}_changes"))}')
+    cell = f'{_num(row.get(f"{metric}_reference"), ".3f")} / {_num(row.get(f"{metric}_candidate"), ".3f")}'
+    if f"{metric}_reference_ci95" in row:
+        cell += (f'<br><span class="note">95 % CI {_ci(row.get(f"{metric}_reference_ci95"))} / '
+                 f'{_ci(row.get(f"{metric}_candidate_ci95"))}</span>')
+    return cell + f'<br>changes {_bound(row.get(f"{metric}_changes"))}'
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]], classes: Sequence[str] | None = None) -> str:
@@ -102,22 +113,41 @@ def _summary(report: Mapping[str, Any]) -> str:
     for c in report["candidates"]:
         if c.get("error"):
             rows.append([_e(c["name"]), _e(c["precision"]), _status(_cand_status(c)),
-                         f'<span class="fail">{_e(c["error"])}</span>', "", "", "", "", "", "", "", ""])
+                         f'<span class="fail">{_e(c["error"])}</span>', "", "", "", "", "", "", "", "", ""])
             continue
         num, clin = c["numerical"], c["clinical"]
         checks = {k["name"]: k for k in c["checks"]}
+        class_flip = checks.get("class_flip_rate", {})
+        worst_class = (clin.get("class_flips") or {}).get("worst_class")
         rows.append([
             _e(c["name"]), _e(c["precision"]), _status(_cand_status(c)),
             f"{clin['flips']['n']} ({_num(clin['flips']['rate'], '.2%')}; &le;{_num(clin['flips'].get('upper95'), '.1%')})",
-            _check_value(checks.get("class_flip_rate", {})),
+            # the class only when some call changed (with none, every class is "the worst")
+            (f"{_num(class_flip['value'], '.2%')} ({_e(worst_class)})" if worst_class and class_flip.get("value")
+             else _num(class_flip.get("value"), ".2%")),
+            _findings_cell(clin.get("finding_changes")),
             _num(num["max_abs_prob_diff"], ".2e"), _num(num["p99_abs_prob_diff"], ".2e"),
             _num(num["logit_cosine_min"], ".6f"), _num(num["site_map_corr_mean"], ".4f"),
             _check_value(checks.get("auc_drop", {})), _check_value(checks.get("sensitivity_drop", {})),
             _num(clin["top1_agreement"], ".2%"),
         ])
-    return _table(["candidate", "precision", "verdict", "referral flips (upper 95 %)", "worst class-call flips",
-                   "max |Δp|", "p99 |Δp|", "min logit cos", "site-map corr", "worst AUC drop", "worst sens. drop",
-                   "top-1 agreement"], rows)
+    return (_table(["candidate", "precision", "verdict", "referral flips (upper 95 %)",
+                    "class calls changed: worst class (gated)", "images with any finding changed (not gated)",
+                    "max |Δp|", "p99 |Δp|", "min logit cos", "site-map corr", "worst AUC drop", "worst sens. drop",
+                    "top-1 agreement"], rows)
+            + '<p class="note">The class-call gate (class_flip_rate) measures the largest share of images whose call '
+              "for one referable class changed (the worst single class). An image counts once in the next column "
+              "if its call changed for any referable class, so that share can be larger; it is reported, with its "
+              "exact one-sided 95 % upper bound, and not gated.</p>")
+
+
+def _findings_cell(fc: Mapping[str, Any] | None) -> str:
+    """``k (rate; <= upper)`` of the images with any changed referable finding (n/a in an older report)."""
+    if not fc:
+        return '<span class="na">n/a</span>'
+    if not fc.get("applicable", True):
+        return '<span class="na">no referable class</span>'
+    return f"{fc['changes']} ({_num(fc.get('rate'), '.2%')}; &le;{_num(fc.get('upper95'), '.1%')})"
 
 
 def _candidate(c: Mapping[str, Any], images: Mapping[str, str], max_rows: int) -> str:
@@ -161,8 +191,12 @@ def _candidate(c: Mapping[str, Any], images: Mapping[str, str], max_rows: int) -
                  _num(ref.get("n_negative")), "", "", "", ref_sens, ref_spec,
                  _bound(flips_bound) if "n_images" in fl else str(fl["n"])])
     parts.append(_table(["class", "threshold", "referable", "n+", "n-", "AUC ref", "AUC cand", "Δ AUC [95% CI]",
-                         "sens ref / cand", "spec ref / cand", "decision flips"], rows))
-    parts.append('<p class="note">Changes: images whose call differs from the reference\'s, among the positives '
+                         "sens ref / cand (Wilson 95 % CI)", "spec ref / cand (Wilson 95 % CI)", "decision flips"],
+                        rows))
+    parts.append('<p class="note">Sensitivity and specificity: reference / candidate at the manifest thresholds, '
+                 "each with its two-sided 95 % Wilson score interval (reported, not gated; with no labels the truth "
+                 "is the reference's own decisions, so its figures are 1 by construction). "
+                 "Changes: images whose call differs from the reference\'s, among the positives "
                  "(sensitivity), the negatives (specificity) or all images (decision flips), with the exact "
                  "one-sided 95 % upper bound on their rate (Clopper-Pearson). The gates compare the point values; "
                  "the bound shows how large the true rate may still be. n/a says why a figure is missing.</p>")
@@ -185,8 +219,32 @@ def _candidate(c: Mapping[str, Any], images: Mapping[str, str], max_rows: int) -
                             frows))
         if len(items) > max_rows:
             parts.append(f'<p class="note">{len(items) - max_rows} more in parity.json.</p>')
+    parts.append(_finding_changes(clin.get("finding_changes") or {}, images, max_rows))
     parts.append("</div>")
     return "".join(parts)
+
+
+def _finding_changes(fc: Mapping[str, Any], images: Mapping[str, str], max_rows: int) -> str:
+    """The images whose call for at least one referable class changed, with both models' findings."""
+    items = fc.get("items") or []
+    if not items:
+        return ""
+    rows = []
+    for it in items[:max_rows]:
+        thumb = images.get(f"thumb:{it['id']}")
+        rows.append([f'<img class="thumb" alt="" src="{thumb}">' if thumb else "", _e(it["id"]),
+                     _e(", ".join(it["changed"])), _e(", ".join(it["reference_findings"]) or "none"),
+                     _e(", ".join(it["candidate_findings"]) or "none"), "yes" if it["referral_changed"] else "no",
+                     _e(", ".join(f"{p:.4f}" for p in it["reference_probs"])),
+                     _e(", ".join(f"{p:.4f}" for p in it["candidate_probs"]))])
+    more = f'<p class="note">{len(items) - max_rows} more in parity.json.</p>' if len(items) > max_rows else ""
+    return (f"<h3>Images with a changed finding ({len(items)} of {fc.get('n')}; "
+            f"&le;{_num(fc.get('upper95'), '.1%')} upper 95 %)</h3>"
+            '<p class="note">Each image whose positive/negative call for at least one referable class differs '
+            "from the reference's, whether or not its referral changed (not gated; the class_flip_rate gate takes "
+            "the worst single class).</p>"
+            + _table(["", "image", "changed class(es)", "reference findings", "candidate findings",
+                      "referral changed", "reference probs", "candidate probs"], rows) + more)
 
 
 def _headroom(headroom: Mapping[str, Any]) -> str:
@@ -277,6 +335,7 @@ def render_html(report: Mapping[str, Any], images: Mapping[str, str] | None = No
         f"<b>{_TRUTH_WORDS.get(data['truth'], 'none (the reference could not be used)')}</b>"
         + (f"; classes with truth: {_e(', '.join(data['classes_with_truth']))}" if data["classes_with_truth"] else "")
         + ".</p>",
+        _unknown_labels(data.get("unknown_labels") or {}),
         _table(["gate", "limit"], gate_rows),
     ]
     if not report.get("gates_are_default", True):
@@ -308,7 +367,90 @@ def render_html(report: Mapping[str, Any], images: Mapping[str, str] | None = No
         parts.append("<h2>Images that could not be used</h2>")
         parts.append(_table(["image", "reason", "message"], [[_e(s["id"]), _e(s["reason"]), _e(s["message"])]
                                                              for s in report["skipped_images"][:max_rows]]))
+    parts.append(_signing(report))
     parts.append("<h2>Machine and context</h2>")
-    parts.append(f"<pre>{_e(json.dumps({'machine': report['machine'], 'context': report['context'], 'bundle_files': b['files']}, indent=2))}</pre>")
+    parts.append(_key_values(report.get("machine") or {}, _MACHINE_LABELS))
+    parts.append("<h3>Context</h3>")
+    parts.append(_key_values(report.get("context") or {}, _CONTEXT_LABELS))
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def _unknown_labels(u: Mapping[str, Any]) -> str:
+    """The line saying which images were left out for labels the bundle does not know (nothing when none was)."""
+    n = u.get("n_dropped_images") or 0
+    if not n:
+        return ""
+    near = u.get("near_misses") or {}
+    labels = ", ".join(f"{_e(lab)} ({k} image{'s' if k != 1 else ''}"
+                       + (f"; the bundle has {_e(near[lab])}" if lab in near else "") + ")"
+                       for lab, k in (u.get("labels") or {}).items())
+    return (f"<p class='fail'>{n} image{'s' if n != 1 else ''} left out (--unknown-labels "
+            f"{_e(u.get('policy'))}): they carry label(s) that are not classes of this bundle: {labels}. "
+            "Their ids are in parity.json (data.unknown_labels.dropped_ids).</p>")
+
+
+#: Row labels of the machine table (other keys are shown as they are).
+_MACHINE_LABELS = {"cpu": "CPU model", "cpu_count": "CPU cores", "arch": "architecture", "platform": "platform",
+                   "python": "Python", "torch": "PyTorch", "onnxruntime": "ONNX Runtime", "openvino": "OpenVINO",
+                   "tensorrt": "TensorRT", "numpy": "NumPy", "cv2": "OpenCV"}
+_CONTEXT_LABELS = {"command": "command line", "data": "--data", "data_description": "data read as",
+                   "limit": "--limit", "seed": "--seed", "bootstrap_seed": "bootstrap seed",
+                   "checkpoint": "checkpoint", "reference_kind": "reference kind", "device": "reference device",
+                   "checkpoint_weights_sha256": "checkpoint weights sha256",
+                   "checkpoint_manifest_differences": "checkpoint vs manifest",
+                   "other_checkpoint": "--other-checkpoint",
+                   "other_checkpoint_reason": "why another checkpoint", "onnx_reference": "ONNX reference",
+                   "unknown_labels": "--unknown-labels"}
+
+
+def _value(v: Any) -> str:
+    """A context value for a table cell: text as it is, lists one per line, mappings as compact key: value lines."""
+    if v is None or v == "" or v == [] or v == {}:
+        return '<span class="na">-</span>'
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, Mapping):
+        return "<br>".join(f"{_e(k)}: {_value(x) if not isinstance(x, (Mapping, list)) else _e(json.dumps(x))}"
+                           for k, x in v.items())
+    if isinstance(v, list):
+        return "<br>".join(_e(x) if not isinstance(x, (Mapping, list)) else _e(json.dumps(x)) for x in v)
+    return _e(v)
+
+
+def _key_values(d: Mapping[str, Any], labels: Mapping[str, str]) -> str:
+    """A two-column table of ``d``: the known keys first, in ``labels``' order, then the rest as they come."""
+    keys = [k for k in labels if k in d] + [k for k in d if k not in labels]
+    return _table(["", "value"], [[_e(labels.get(k, k)), _value(d[k])] for k in keys])
+
+
+def _signing(report: Mapping[str, Any]) -> str:
+    """What the verdicts are tied to: the files, the manifest, the images and their labels, the checkpoint."""
+    b, data, ref = report["bundle"], report["data"], report["reference"]
+    if "manifest_sha256" not in b and "images_sha256" not in data:
+        return ""  # a report from before these facts were recorded
+    rows = [["manifest.json sha256 (before this run recorded its verdicts)", _code(b.get("manifest_sha256"))],
+            ["manifest content sha256", _code(b.get("manifest_content_sha256"))],
+            ["images and labels (content) sha256", _code(data.get("images_sha256"))],
+            ["image ids (names only) sha256", _code(data.get("image_ids_sha256"))],
+            ["checkpoint weights sha256 the bundle records", _code(b.get("checkpoint_weights_sha256"))]]
+    if "checkpoint_weights_sha256" in ref:
+        match = ref.get("checkpoint_matches_bundle")
+        rows.append(["reference checkpoint weights sha256", _code(ref["checkpoint_weights_sha256"])
+                     + ("" if match is None else " (the bundle's)" if match else
+                        ' <span class="fail">(not the checkpoint the bundle records)</span>')])
+    if ref.get("sha256"):
+        rows.append([f"reference file {_e(ref.get('file'))} sha256", _code(ref["sha256"])])
+    rows.append(["reference fingerprint (output cache key)", _code(ref.get("fingerprint"))])
+    files = _table(["bundle file", "kind", "precision", "size (bytes)", "sha256"],
+                   [[_e(f["path"]), _e(f["kind"]), _e(f["precision"]), _num(f.get("size")), _code(f.get("sha256"))]
+                    for f in b["files"]])
+    return ("<h2>What was validated (checksums)</h2>"
+            '<p class="note">The verdicts hold for these bytes. Each file\'s sha256 was checked against the file when '
+            "the run started. The images' content digest: "
+            f"{_e(data.get('images_sha256_method', ''))}.</p>"
+            + _table(["", "sha256"], rows) + files)
+
+
+def _code(x: Any) -> str:
+    return f"<code>{_e(x)}</code>" if x else '<span class="na">not recorded</span>'

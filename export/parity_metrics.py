@@ -6,9 +6,10 @@ Two families, both computed on the same images fed to both models:
   the logit vectors, Pearson correlation of the site maps (per image);
 * clinical: per-class AUC of reference and candidate against the truth and
   their paired bootstrap difference, sensitivity/specificity at the manifest's
-  operating thresholds, referral decisions that flip (made by
-  :meth:`uopsl.runtime.bundle.Manifest.decide`, the one decision rule), and
-  top-1 agreement.
+  operating thresholds (each with its Wilson 95 % interval, reported), referral
+  decisions that flip (made by :meth:`uopsl.runtime.bundle.Manifest.decide`,
+  the one decision rule), images with any changed referable finding, and top-1
+  agreement.
 
 The truth is the dataset's labels when it has them; without labels the
 reference's own decisions stand in for the truth, so "sensitivity" then reads
@@ -37,7 +38,7 @@ import numpy as np
 
 from uopsl.runtime.bundle import Manifest, parity_gates_problem
 from uopsl.runtime.errors import ConfigError
-from uopsl.runtime.metrics import paired_auc_difference, rates_at_threshold, roc_auc
+from uopsl.runtime.metrics import WILSON, paired_auc_difference, proportion_interval, rates_at_threshold, roc_auc
 
 TRUTH_LABELS = "labels"
 TRUTH_REFERENCE = "reference_decisions"
@@ -48,6 +49,9 @@ PASS, FAIL, INCOMPLETE = "PASS", "FAIL", "INCOMPLETE"
 CONFIDENCE = 0.95
 #: Two-sided level of the paired bootstrap interval of each AUC difference (0.05: a 95 % interval).
 BOOTSTRAP_ALPHA = 0.05
+#: Two-sided level and method of the intervals of each sensitivity and specificity (reported, never gated).
+PROPORTION_ALPHA = 0.05
+PROPORTION_METHOD = WILSON
 
 # Why a figure could not be computed for a class; the gate lists the class with this reason.
 NO_LABELS = "no labels for this class in the data"
@@ -70,6 +74,9 @@ class ParityGates:
         clinician ("positive: amd, glaucoma"), and a changed call can hide
         behind an unchanged referral (an image referred for DR anyway), so the
         referral flips alone do not cover it. Same default as the flip gate.
+        It is the worst single class, not the share of images with any
+        changed finding (which can be larger; reported as
+        ``finding_changes``, not gated: :func:`finding_changes`).
     max_auc_drop: largest allowed ``AUC(reference) - AUC(candidate)`` of any class.
     max_sensitivity_drop: largest allowed sensitivity loss at the manifest
         thresholds, of any referable class and of the referral decision
@@ -391,9 +398,31 @@ class Flip:
     truth_refer: bool | None = None
 
 
-def _rates(truth: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
+def _rates(truth: np.ndarray, predicted: np.ndarray) -> dict[str, Any]:
     r = rates_at_threshold(truth, predicted.astype(np.float64), 0.5)
-    return {"sensitivity": r.sensitivity, "specificity": r.specificity, "tp": r.tp, "fp": r.fp, "tn": r.tn, "fn": r.fn}
+    return {"sensitivity": r.sensitivity, "specificity": r.specificity, "tp": r.tp, "fp": r.fp, "tn": r.tn, "fn": r.fn,
+            "sensitivity_ci95": _proportion_ci(int(r.tp), int(r.tp + r.fn)),
+            "specificity_ci95": _proportion_ci(int(r.tn), int(r.tn + r.fp))}
+
+
+def _proportion_ci(successes: int, total: int) -> list[float] | None:
+    """``[low, high]``: the two-sided 95 % Wilson score interval of ``successes / total`` (None when ``total`` is 0).
+
+    Why: a sensitivity of 1.000 on 19 positives reads as certainty; its interval
+    (0.83-1.00) says what 19 positives can show. Reported for the reference and
+    the candidate alike, never gated (the gates compare the two point values).
+    """
+    if total <= 0:
+        return None
+    iv = proportion_interval(successes, total, alpha=PROPORTION_ALPHA, method=PROPORTION_METHOD)
+    return [float(iv.low), float(iv.high)]
+
+
+def _with_intervals(row: dict[str, Any], ref: Mapping[str, Any], cand: Mapping[str, Any]) -> None:
+    """Copy the reference's and the candidate's sensitivity/specificity intervals into a report row."""
+    for metric in ("sensitivity", "specificity"):
+        row[f"{metric}_reference_ci95"] = ref[f"{metric}_ci95"]
+        row[f"{metric}_candidate_ci95"] = cand[f"{metric}_ci95"]
 
 
 def _call_changes(y: np.ndarray, ref_call: np.ndarray, cand_call: np.ndarray) -> dict[str, Any]:
@@ -473,6 +502,7 @@ def clinical(
         rr, cr = _rates(y, ref_pos[:, k]), _rates(y, cand_pos[:, k])
         row["sensitivity_reference"], row["sensitivity_candidate"] = rr["sensitivity"], cr["sensitivity"]
         row["specificity_reference"], row["specificity_candidate"] = rr["specificity"], cr["specificity"]
+        _with_intervals(row, rr, cr)
         row.update(_call_changes(y, ref_pos[:, k], cand_pos[:, k]))
         if missing:
             row["not_evaluated"] = missing
@@ -485,6 +515,7 @@ def clinical(
         referral.update({"n_positive": int(truth.refer.sum()), "n_negative": int((~truth.refer).sum()),
                          "sensitivity_reference": rr["sensitivity"], "sensitivity_candidate": cr["sensitivity"],
                          "specificity_reference": rr["specificity"], "specificity_candidate": cr["specificity"]})
+        _with_intervals(referral, rr, cr)
         referral.update(_call_changes(truth.refer, ref_refer, cand_refer))
         missing = {}
         if not truth.refer.any():
@@ -512,6 +543,7 @@ def clinical(
     top1_changes = int(np.sum(top_ref != top_cand))
     class_flips = {r["name"]: r["decision_changes"] for r in per_class if r["referable"]}
     worst = max(class_flips, key=lambda name: class_flips[name]["changes"]) if class_flips else None
+    findings = finding_changes(manifest, ref, cand, ref_pos, cand_pos, ref_refer, cand_refer, ids)
     return {
         "truth": truth.source,
         "per_class": per_class,
@@ -522,12 +554,50 @@ def clinical(
         "class_decision_agreement": float(np.mean(ref_pos == cand_pos)) if n else math.nan,
         "class_flips": {"referable": class_flips, "worst_class": worst,
                         "max_rate": class_flips[worst]["rate"] if worst is not None else None},
+        "finding_changes": findings,
         "flips": {"n": len(flips), "rate": len(flips) / n if n else math.nan,
                   "upper95": binomial_upper_bound(len(flips), n), "n_images": n,
                   "to_refer": int(np.sum(~ref_refer & cand_refer)),
                   "to_no_refer": int(np.sum(ref_refer & ~cand_refer)),
                   "items": [asdict(f) for f in flips]},
     }
+
+
+def finding_changes(manifest: Manifest, reference_probs: np.ndarray, candidate_probs: np.ndarray,
+                    reference_positive: np.ndarray, candidate_positive: np.ndarray, reference_refer: np.ndarray,
+                    candidate_refer: np.ndarray, ids: Sequence[str]) -> dict[str, Any]:
+    """The images whose call for at least one referable class differs from the reference's (reported, not gated).
+
+    The ``class_flip_rate`` gate takes the worst single class: the largest
+    share of images whose call for one referable class changed. A patient
+    whose AMD call changed and another whose DME call changed count once each
+    in their own class, so the share of images with ANY changed finding can be
+    larger than the gated figure (up to the number of referable classes times
+    it); a signer reads it here, with its exact upper bound and the images
+    listed (``items``: each image's changed classes, both models' referable
+    findings and probabilities, and whether its referral changed too).
+    """
+    mask = manifest.referable_mask
+    names = [c.name for c in manifest.classes]
+    n = len(ids)
+    referable = [k for k in range(len(names)) if mask[k]]
+    if referable:
+        changed = reference_positive[:, referable] != candidate_positive[:, referable]
+        rows = np.flatnonzero(changed.any(axis=1))
+    else:
+        changed, rows = np.zeros((n, 0), bool), np.zeros(0, int)
+    items = []
+    for i in (int(r) for r in rows):
+        items.append({
+            "id": ids[i],
+            "changed": [names[k] for j, k in enumerate(referable) if changed[i, j]],
+            "reference_findings": [names[k] for k in referable if reference_positive[i, k]],
+            "candidate_findings": [names[k] for k in referable if candidate_positive[i, k]],
+            "referral_changed": bool(reference_refer[i] != candidate_refer[i]),
+            "reference_probs": [float(v) for v in reference_probs[i]],
+            "candidate_probs": [float(v) for v in candidate_probs[i]],
+        })
+    return {**rate_bound(len(items), n), "applicable": bool(referable), "items": items}
 
 
 # -- decision headroom ---------------------------------------------------------------------------

@@ -36,13 +36,19 @@ ONNX reference adds ``reference_file`` and its full ``reference_sha256``, which
 that was (same file content, same backend): the report says which were kept.
 
 Outputs in ``out``: ``parity.json`` (every figure, the image ids used, the
-bootstrap's replicates, alpha and seed), ``parity.html``
+bootstrap's replicates, alpha and seed, and what the verdict is tied to: each
+file's and the manifest's sha256, a content digest of the images and their
+labels, the checkpoint's weights sha256 when the caller gives it in
+``context``, the CPU model and the runtimes' versions), ``parity.html``
 (self-contained, offline, printable: ROC overlays and thumbnails of flipped
 images embedded), ``roc_<candidate>.png`` and ``parity_config.json`` (the
 resolved configuration). Model outputs are cached per batch in
 ``out/.parity-cache``, so an interrupted run resumes and a rerun with other
 gates costs nothing; the cache is keyed by the files' checksums, the
-reference's fingerprint, the images and the preprocessing.
+reference's fingerprint, the images' content and the preprocessing.
+
+Labels that are no class of the bundle are refused, dropped or counted as
+negatives, by ``ValidateConfig.unknown_labels``; never silently.
 """
 
 from __future__ import annotations
@@ -69,6 +75,8 @@ from uopsl.export.bundle_writer import kept_pytorch_verdict, record_parity
 from uopsl.export.parity_metrics import (
     BOOTSTRAP_ALPHA,
     CONFIDENCE,
+    PROPORTION_ALPHA,
+    PROPORTION_METHOD,
     FAIL,
     PASS,
     ParityGates,
@@ -95,6 +103,7 @@ from uopsl.runtime.backends import (
 )
 from uopsl.runtime.backends.base import Backend
 from uopsl.runtime.bundle import (
+    MANIFEST,
     OUTPUT_NAMES,
     REFERENCE_ONNX,
     REFERENCE_PYTORCH,
@@ -105,7 +114,7 @@ from uopsl.runtime.bundle import (
     verify_or_raise,
 )
 from uopsl.runtime.errors import BundleError, ConfigError, UopslError
-from uopsl.runtime.fsio import write_bytes, write_json, write_text
+from uopsl.runtime.fsio import sha256_file, write_bytes, write_json, write_text
 from uopsl.runtime.metrics import roc_curve
 from uopsl.runtime.optional import available
 from uopsl.runtime.preprocess import PREPROCESS_VERSION, PreprocessConfig, preprocess, read_bytes
@@ -116,6 +125,18 @@ log = logging.getLogger(__name__)
 REPORT_FORMAT = "uopsl-parity/1"
 _CACHE_DIR = ".parity-cache"
 _INT8 = ("int8-qdq-u8", "int8-qdq-s8")
+#: ``ValidateConfig.unknown_labels``: what to do with images carrying a label that is no class of the bundle.
+UNKNOWN_LABELS_REFUSE, UNKNOWN_LABELS_DROP, UNKNOWN_LABELS_NEGATIVE = "refuse", "drop", "negative"
+UNKNOWN_LABEL_POLICIES = (UNKNOWN_LABELS_REFUSE, UNKNOWN_LABELS_DROP, UNKNOWN_LABELS_NEGATIVE)
+#: The manifest note holding the sha256 of the checkpoint's weights (``uopsl.train.checkpoint.CHECKPOINT_DIGEST_NOTE``;
+#: this layer never imports training code, a test keeps the two equal).
+CHECKPOINT_DIGEST_NOTE = "checkpoint_weights_sha256"
+_TEACHER_DIGEST_NOTE = "checkpoint_teacher_weights_sha256"  # uopsl.train.checkpoint.TEACHER_DIGEST_NOTE
+#: How ``data.images_sha256`` is computed (written into each report so a signer can recompute it).
+IMAGES_DIGEST_METHOD = ("sha256 of the UTF-8 text holding one line per image used, in the order of data.image_ids: "
+                        "the JSON array [sha256 of the file's bytes, its labels sorted (null: unlabelled)] as "
+                        "json.dumps(line, separators=(',', ':'), ensure_ascii=False) writes it, ended by a newline; "
+                        "file names and times do not enter it")
 T = TypeVar("T")
 
 
@@ -181,6 +202,13 @@ class ValidateConfig:
     threads: inference threads of CPU backends (None: their default).
     max_thumbnails: flipped images shown with a thumbnail per candidate in the HTML report.
     resume: reuse cached model outputs of an earlier run with identical inputs.
+    unknown_labels: images whose labels include a name that is no class of the bundle (``cataract``, a
+        misspelt ``Glaucoma``, TVHL's ``npdr`` for a bundle with ``dr``). ``"refuse"`` raises a ConfigError
+        naming each such label and the bundle class it looks like (the default); ``"drop"`` leaves those
+        images out of the run, and the report counts and lists them; ``"negative"`` (for callers that
+        compare a model with data labelled for other classes on purpose) counts each such image as a
+        negative for every bundle class and says so in the report's notes, its ``data.unknown_labels``
+        and the log.
     record: write each file's verdict into the bundle manifest (``FileEntry.info["parity"]``);
         ``auto`` backend selection uses an INT8 file or engine only with a passing record. A FAIL is
         always recorded; a PASS or INCOMPLETE only from a run with the default gates (or stricter) on at
@@ -203,9 +231,12 @@ class ValidateConfig:
     resume: bool = True
     show_progress: bool = True
     record: bool = True
+    unknown_labels: str = UNKNOWN_LABELS_REFUSE
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "backends", tuple(self.backends))
+        if self.unknown_labels not in UNKNOWN_LABEL_POLICIES:
+            raise ConfigError(f"unknown_labels must be one of {UNKNOWN_LABEL_POLICIES}, got {self.unknown_labels!r}")
         bad = [b for b in self.backends if b != "all" and b not in BACKEND_NAMES]
         if not self.backends or bad or ("all" in self.backends and len(self.backends) > 1):
             raise ConfigError(f"backends must be ('all',) or names from {BACKEND_NAMES}; got {self.backends}")
@@ -336,6 +367,66 @@ def open_candidate(bundle: Path, spec: CandidateSpec, threads: int | None) -> Ba
     return OrtBackend(path, providers, threads, precision=spec.precision)
 
 
+# -- labels the bundle does not know ---------------------------------------------------------------------
+def _label_key(name: str) -> str:
+    """A label name without case, spaces, ``_`` and ``-``: how a near miss (``Glaucoma``, ``macular-hole``) is found."""
+    return re.sub(r"[\s_\-]+", "", name.casefold())
+
+
+def unknown_labels(class_names: Sequence[str], images: Sequence[ImageRecord]) -> dict[str, int]:
+    """Each label carried by ``images`` that is no class in ``class_names``, with the number of images carrying it."""
+    known = set(class_names)
+    counts: dict[str, int] = {}
+    for rec in images:
+        for label in dict.fromkeys(rec.labels or ()):
+            if label not in known:
+                counts[label] = counts.get(label, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def label_near_misses(labels: Sequence[str], class_names: Sequence[str]) -> dict[str, str]:
+    """Unknown label -> the bundle class it only differs from in case, spaces, ``_`` or ``-``."""
+    keys = {_label_key(c): c for c in class_names}
+    return {lab: keys[_label_key(lab)] for lab in labels if _label_key(lab) in keys}
+
+
+def unknown_labels_message(unknown: Mapping[str, int], class_names: Sequence[str], *, hint: str = "",
+                           drop: str = f"ValidateConfig(unknown_labels={UNKNOWN_LABELS_DROP!r})") -> str:
+    """The refusal for labels that are no class of the bundle: each one, its near miss, ``hint``, and ``drop``."""
+    near = label_near_misses(list(unknown), class_names)
+    listed = ", ".join(f"{lab!r} ({n} image{'s' if n != 1 else ''}"
+                       + (f"; the bundle has {near[lab]!r}" if lab in near else "") + ")" for lab, n in unknown.items())
+    msg = (f"the data carry label(s) that are not classes of this bundle {list(class_names)}: {listed}; each such "
+           "image would count as a negative for every class of the bundle, a wrong truth")
+    if near:
+        msg += "; rename " + ", ".join(f"{a!r} to {b!r}" for a, b in near.items()) + " in the labels"
+    if hint:
+        msg += f"; {hint}"
+    return msg + f"; or pass {drop} to leave out every image carrying one (the report counts them)"
+
+
+def _image_sha256(path: Path) -> str | None:
+    """sha256 of an image file's bytes (None when it cannot be read; such an image is skipped by the run anyway)."""
+    try:
+        return hashlib.sha256(read_bytes(path)).hexdigest()
+    except UopslError:
+        return None
+
+
+def images_digest(digests: Sequence[str | None], labels: Sequence[tuple[str, ...] | None]) -> str:
+    """Content fingerprint of the images used and their labels, in order (:data:`IMAGES_DIGEST_METHOD`).
+
+    ``image_ids_sha256`` hashes the names only: two different sets of
+    photographs named alike share it. This one changes with any byte of any
+    image or any label, and not with a file's name, folder or time.
+    """
+    h = hashlib.sha256()
+    for digest, labs in zip(digests, labels, strict=True):
+        line = [digest, sorted(labs) if labs is not None else None]
+        h.update((json.dumps(line, separators=(",", ":"), ensure_ascii=False) + "\n").encode("utf-8"))
+    return h.hexdigest()
+
+
 # -- output cache -----------------------------------------------------------------------------------
 class _BatchCache:
     """Model outputs of each batch as ``.npz`` under a key; a different key empties the folder."""
@@ -379,14 +470,6 @@ class _BatchCache:
         payload: dict[str, Any] = {"meta": np.array(json.dumps(meta)), **arrays}
         np.savez(buf, **payload)
         write_bytes(self._path(index), buf.getvalue())
-
-
-def _file_key(path: Path) -> list[Any]:
-    try:
-        st = path.stat()
-        return [str(path), st.st_size, st.st_mtime_ns]
-    except OSError:
-        return [str(path), None, None]
 
 
 def _chunks(seq: Sequence[T], n: int) -> Iterator[Sequence[T]]:
@@ -561,11 +644,47 @@ def _preprocess_differences(a: PreprocessConfig, b: PreprocessConfig) -> dict[st
     return {key: [db[key], da[key]] for key in da if da[key] != db[key]}
 
 
+def _cpu_model() -> str | None:
+    """The CPU's model name (Linux: /proc/cpuinfo, else the device-tree model of a Jetson; else the platform's)."""
+    import platform
+
+    with contextlib.suppress(OSError):
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and value.strip():
+                    return value.strip()
+    with contextlib.suppress(OSError):
+        model = Path("/sys/firmware/devicetree/base/model").read_bytes().rstrip(b"\0").decode("utf-8", "replace")
+        if model.strip():
+            return model.strip()
+    return platform.processor() or None
+
+
+def _torch_version() -> str | None:
+    """PyTorch's version: the imported module's, else the installed package's (never imports torch)."""
+    import sys
+
+    mod = sys.modules.get("torch")
+    if mod is not None:
+        return str(getattr(mod, "__version__", "")) or None
+    from importlib import metadata
+
+    try:
+        return metadata.version("torch")
+    except metadata.PackageNotFoundError:
+        return None
+
+
 def _machine() -> dict[str, Any]:
+    """Where the run happened: CPU model and architecture, Python, and the versions of what computed the outputs."""
     import platform
 
     info: dict[str, Any] = {"python": platform.python_version(), "platform": platform.platform(),
-                            "arch": platform.machine()}
+                            "arch": platform.machine(), "cpu": _cpu_model(), "cpu_count": os.cpu_count()}
+    torch_version = _torch_version()
+    if torch_version:
+        info["torch"] = torch_version
     for mod in ("onnxruntime", "openvino", "tensorrt", "numpy", "cv2"):
         if available(mod):
             with contextlib.suppress(Exception):
@@ -589,7 +708,9 @@ def validate_bundle(
 
     label_space: the dataset's class names when ``images`` carry labels (None:
         unlabelled; the reference's decisions become the truth).
-    context: facts for the report and the saved config (checkpoint, data source, command line...).
+    context: facts for the report and the saved config (checkpoint, data source, command line...);
+        ``context["checkpoint_weights_sha256"]`` (the reference checkpoint's, as
+        ``uopsl.train.checkpoint.checkpoint_digest`` computes it) goes into the report's ``reference``.
     exclude: (file, backend) pairs not to judge, listed among the skipped candidates with their reason;
         the reference's own ``excluded_candidates`` are added (an ONNX reference leaves itself out).
     The reference may carry ``preprocess`` (its own PreprocessConfig), ``fingerprint``
@@ -601,11 +722,31 @@ def validate_bundle(
     cfg = config or ValidateConfig()
     root = Path(bundle)
     out_dir = Path(out)
+    try:  # the manifest as it stands before this run records anything in it (read before it is verified)
+        manifest_sha256: str | None = sha256_file(root / MANIFEST)
+    except OSError:
+        manifest_sha256 = None
     manifest = verify_or_raise(root)
     if not images:
         raise ConfigError("no images to validate on; check --data (and --limit)")
     if label_space is not None and any(r.labels is None for r in images):
         raise ConfigError("label_space is given but some images have no labels")
+    unknown = unknown_labels(manifest.class_names, images) if label_space is not None else {}
+    dropped: list[ImageRecord] = []
+    if unknown and cfg.unknown_labels == UNKNOWN_LABELS_REFUSE:
+        raise ConfigError(unknown_labels_message(unknown, manifest.class_names))
+    if unknown and cfg.unknown_labels == UNKNOWN_LABELS_DROP:
+        known = set(manifest.class_names)
+        dropped = [r for r in images if set(r.labels or ()) - known]
+        images = [r for r in images if not set(r.labels or ()) - known]
+        if not images:
+            raise ConfigError(f"every one of the {len(dropped)} images carries a label that is no class of this "
+                              f"bundle {list(manifest.class_names)} ({', '.join(unknown)}): nothing left to "
+                              "validate on")
+    near = label_near_misses(list(unknown), manifest.class_names)
+    unknown_report: dict[str, Any] = {
+        "policy": cfg.unknown_labels, "labels": unknown, "near_misses": near,
+        "n_dropped_images": len(dropped), "dropped_ids": [r.id for r in dropped]}
     av = availability or detect_availability()
     exclusions = (*exclude, *getattr(reference, "excluded_candidates", ()))
     specs, skipped_candidates = plan_candidates(root, manifest, cfg.backends, av, exclusions)
@@ -615,6 +756,14 @@ def validate_bundle(
     ref_pre: PreprocessConfig | None = getattr(reference, "preprocess", None)
     diffs = _preprocess_differences(manifest.preprocess, ref_pre) if ref_pre is not None else {}
     notes: list[str] = []
+    if unknown:
+        listed = ", ".join(f"{lab} ({k} image(s)" + (f"; the bundle has {near[lab]!r}" if lab in near else "") + ")"
+                           for lab, k in unknown.items())
+        notes.append(f"{len(dropped)} image(s) left out (unknown_labels={cfg.unknown_labels}): they carry label(s) "
+                     f"that are not classes of this bundle: {listed}" if dropped else
+                     f"label(s) that are not classes of this bundle, counted as negatives for every bundle class "
+                     f"(unknown_labels={cfg.unknown_labels}): {listed}")
+        log.warning(notes[-1])
     if diffs:
         notes.append("the manifest's preprocessing differs from the reference's (checkpoint) in "
                      + ", ".join(f"{k}: reference {v[0]!r}, bundle {v[1]!r}" for k, v in diffs.items())
@@ -630,10 +779,13 @@ def validate_bundle(
     ref_sha = getattr(reference, "reference_sha256", None)
     ref_class = parity_reference_kind({"reference_kind": ref_kind, "reference_source": ref_source,
                                        "reference_fingerprint": fingerprint})
+    # Each image's content: the report's data fingerprint, and the cache key (a changed photograph invalidates
+    # its cached outputs whatever its time; a copy with a new time keeps them).
+    image_sha = {r.id: _image_sha256(r.path) for r in images}
     key = None
     if cfg.resume and fingerprint:
         key = {"version": __version__, "preprocess_version": PREPROCESS_VERSION, "files": {f.path: f.sha256 for f in manifest.files},
-               "reference": fingerprint, "images": [[r.id, *_file_key(r.path)] for r in images],
+               "reference": fingerprint, "images": [[r.id, str(r.path), image_sha[r.id]] for r in images],
                "preprocess": manifest.preprocess.to_dict(), "reference_preprocess": ref_pre.to_dict() if ref_pre is not None and diffs else None,
                "candidates": [s.name for s in specs], "batch_size": cfg.batch_size}
     cache = _BatchCache(out_dir / _CACHE_DIR, key)
@@ -662,7 +814,7 @@ def validate_bundle(
     html_images: dict[str, str] = {}
     for spec in specs:
         entry: dict[str, Any] = {"name": spec.name, "backend": spec.backend, "file": spec.file,
-                                 "precision": spec.precision}
+                                 "precision": spec.precision, "sha256": manifest.file(spec.file).sha256}
         if spec.name in run.errors:
             entry.update({"passed": False, "verdict": FAIL, "error": run.errors[spec.name],
                           "reasons": [run.errors[spec.name]], "judged": False})
@@ -695,7 +847,8 @@ def validate_bundle(
         if png is not None:
             entry["roc_png"] = png.name
             html_images[f"roc:{spec.name}"] = _png_data_uri(png)
-        for item in clin["flips"]["items"][: cfg.max_thumbnails]:
+        for item in [*clin["flips"]["items"][: cfg.max_thumbnails],
+                     *clin["finding_changes"]["items"][: cfg.max_thumbnails]]:
             key_t = f"thumb:{item['id']}"
             if key_t not in html_images:
                 uri = _thumbnail(by_id[item["id"]], manifest.preprocess)
@@ -711,6 +864,7 @@ def validate_bundle(
     sizes = zero_change_sample_sizes(cfg.gates)
     data_spec = str((context or {}).get("data") or f"{len(images)} images passed to validate_bundle")
     weak = parity_run_problem(cfg.gates.to_dict(), n)
+    used_sha = [image_sha.get(i) for i in ids]
     report = jsonable({
         "format": REPORT_FORMAT,
         "created": created,
@@ -727,10 +881,17 @@ def validate_bundle(
                    "referral_threshold": manifest.referral_threshold,
                    "classes": [{"name": c.name, "threshold": c.threshold, "referable": c.referable}
                                for c in manifest.classes],
-                   "files": [{"path": f.path, "kind": f.kind, "precision": f.precision} for f in manifest.files]},
+                   # manifest.json's bytes as read before this run recorded its verdicts in it (recording changes
+                   # them); its content checksum; and what it says the bundle was exported from
+                   "manifest_sha256": manifest_sha256, "manifest_content_sha256": manifest.content_sha256,
+                   "checkpoint_weights_sha256": manifest.notes.get(CHECKPOINT_DIGEST_NOTE) or None,
+                   # each file's sha256, checked against its bytes when this run started (verify_or_raise)
+                   "files": [{"path": f.path, "kind": f.kind, "precision": f.precision, "sha256": f.sha256,
+                              "size": f.size} for f in manifest.files]},
         "reference": {"describe": _describe(reference), "fingerprint": fingerprint,
                       "kind": ref_kind, "source": ref_source,
                       **({"file": str(ref_file), "sha256": str(ref_sha)} if ref_file and ref_sha else {}),
+                      **_checkpoint_facts(context, manifest),
                       "preprocess": (ref_pre or manifest.preprocess).to_dict()},
         "preprocess": {"bundle": manifest.preprocess.to_dict(), "differences": diffs},
         "data": {"spec": data_spec, "n_images": len(images), "n_used": n, "n_skipped": len(run.skipped),
@@ -738,12 +899,18 @@ def validate_bundle(
                  "label_space": list(label_space) if label_space is not None else None,
                  "classes_with_truth": ([c.name for c, d in zip(manifest.classes, truth.defined) if d]
                                         if truth is not None else []),
-                 "image_ids": list(ids), "image_ids_sha256": _ids_digest(ids)},
+                 "image_ids": list(ids), "image_ids_sha256": _ids_digest(ids),
+                 "images_sha256": images_digest(used_sha, run.labels), "images_sha256_method": IMAGES_DIGEST_METHOD,
+                 "image_sha256": used_sha, "unknown_labels": unknown_report},
         "bootstrap": {"n_boot": cfg.n_boot, "alpha": BOOTSTRAP_ALPHA, "seed": cfg.seed,
                       "method": "paired percentile bootstrap of each class's AUC difference, stratified by the "
                                 "class's label"},
         "confidence": {"level": CONFIDENCE, "method": "exact (Clopper-Pearson) one-sided upper bound",
-                       "zero_change_min_images": sizes, "line": zero_change_line(sizes, n)},
+                       "zero_change_min_images": sizes, "line": zero_change_line(sizes, n),
+                       "proportion_intervals": {"level": 1.0 - PROPORTION_ALPHA, "method": PROPORTION_METHOD,
+                                                "two_sided": True, "gated": False,
+                                                "of": "each class's and the referral's sensitivity and specificity, "
+                                                      "reference and candidate (fields *_ci95: [low, high])"}},
         "context": dict(context or {}),
         "notes": notes,
         "skipped_images": run.skipped,
@@ -822,6 +989,20 @@ def _ids_digest(ids: Sequence[str]) -> str:
     return hashlib.sha256("\n".join(ids).encode("utf-8")).hexdigest()
 
 
+def _checkpoint_facts(context: Mapping[str, Any] | None, manifest: Manifest) -> dict[str, Any]:
+    """The reference checkpoint's weights sha256 (``context["checkpoint_weights_sha256"]``, as the caller computed
+    it with ``uopsl.train.checkpoint.checkpoint_digest``, the function export records with) and whether it is the
+    one the manifest names; nothing for a reference without a checkpoint (the ONNX one)."""
+    digest = (context or {}).get(CHECKPOINT_DIGEST_NOTE)
+    if not digest:
+        return {}
+    recorded = manifest.notes.get(CHECKPOINT_DIGEST_NOTE)
+    accepted = {str(recorded), str(manifest.notes.get(_TEACHER_DIGEST_NOTE) or recorded)}
+    # True: the checkpoint the manifest records (or the original of its `uopsl qat` checkpoint); None: not recorded
+    return {CHECKPOINT_DIGEST_NOTE: str(digest),
+            "checkpoint_matches_bundle": (str(digest) in accepted) if recorded else None}
+
+
 def _record(root: Path, candidates: Sequence[Mapping[str, Any]], cfg: ValidateConfig, *, n: int, truth: str,
             data: Mapping[str, Any], reference: Mapping[str, Any], created: str, report: Path,
             machine: Mapping[str, Any] | None = None) -> None:
@@ -851,7 +1032,9 @@ def _record(root: Path, candidates: Sequence[Mapping[str, Any]], cfg: ValidateCo
             "passed": bool(c["passed"]), "verdict": c["verdict"], "reasons": list(c.get("reasons", []))[:6],
             "gates": cfg.gates.to_dict(), "n_images": n, "truth": truth,
             "data": {"spec": data["spec"], "image_ids_sha256": data["image_ids_sha256"],
-                     "classes_with_truth": data["classes_with_truth"]},
+                     "images_sha256": data["images_sha256"], "classes_with_truth": data["classes_with_truth"],
+                     **({"n_dropped_unknown_labels": data["unknown_labels"]["n_dropped_images"]}
+                        if (data.get("unknown_labels") or {}).get("n_dropped_images") else {})},
             "reference": reference["describe"], "reference_fingerprint": reference["fingerprint"],
             "reference_kind": reference["kind"], "reference_source": reference["source"],
             **extra,

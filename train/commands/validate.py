@@ -32,6 +32,19 @@ or checkpoint error, or a missing chain of trust (a CI release gate).
   (``;``-separated) column; with ``path`` only, unlabelled.
 
 Without labels the reference's own decisions are the truth (the report says so).
+
+A label that is no class of the bundle (``cataract``, a misspelt ``Glaucoma``,
+TVHL's ``npdr`` for a bundle with ``dr``) would count as a negative for every
+class: ``validate`` refuses it (exit 2), naming each such label, the bundle
+class a near miss meant, and, for a dataset kind with tasks (``tvhl``,
+``aptos``, ``messidor2``, ``idrid``), the task whose labels are this bundle's
+classes. ``--unknown-labels drop`` leaves out the images carrying one instead,
+and the terminal, ``parity.json`` and ``parity.html`` count them.
+
+A bundle exported before ``uopsl export`` recorded its checkpoint's weights
+sha256 cannot tell which checkpoint it came from: ``validate`` then refuses
+(exit 2) a checkpoint whose backbone, input size or classes differ from the
+manifest's, instead of recording a FAIL for every file.
 """
 
 from __future__ import annotations
@@ -40,12 +53,16 @@ import csv
 import logging
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import numpy as np
 
 from uopsl.runtime.errors import ConfigError, DataError
+
+if TYPE_CHECKING:
+    from uopsl.runtime.bundle import Manifest
+    from uopsl.train.checkpoint import CheckpointMeta
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +148,78 @@ def resolve_data(spec: str) -> tuple[list[Any], tuple[str, ...] | None, str]:
     )
 
 
+def _task_labels(kind: str) -> dict[str, tuple[str, ...]]:
+    """The label space of each task of a dataset kind that has tasks (empty for the others)."""
+    from uopsl.train import data
+
+    if kind == "tvhl":
+        return dict(data.TVHL_TASKS)
+    graded = {task: labels for task, (labels, _multi) in data.GRADED_TASKS.items()}
+    if kind == "aptos":  # no DME grades: referable|grade (see uopsl.train.commands.common)
+        return {t: graded[t] for t in ("referable", "grade")}
+    if kind in ("messidor2", "idrid"):
+        return graded
+    return {}
+
+
+def _tvhl_mapping(task: str) -> str:
+    """How TVHL's ``task`` maps its raw labels: which become another name, which images are left out."""
+    from uopsl.train.datasets.tvhl import _TASK_MAP
+
+    mapping = _TASK_MAP[task]
+    raw = sorted({k for m in _TASK_MAP.values() for k in m})
+    renamed: dict[str, list[str]] = {}
+    for src, dst in mapping.items():
+        if src != dst:
+            renamed.setdefault(dst, []).append(src)
+    parts = [f"{' and '.join(srcs)} become{'s' if len(srcs) == 1 else ''} {dst}" for dst, srcs in renamed.items()]
+    left_out = [r for r in raw if r not in mapping]
+    if left_out:
+        parts.append(f"images labelled {', '.join(left_out)} are left out")
+    return "; ".join(parts)
+
+
+def task_hint(spec: str, class_names: tuple[str, ...]) -> str:
+    """For ``--data KIND:PATH[:opts]`` of a kind with tasks: the spec(s) whose labels are all classes of the bundle.
+
+    ``""`` when the spec is no such dataset; a sentence saying no task fits when none does.
+    """
+    import inspect
+
+    from uopsl.train import data
+    from uopsl.train.commands.common import parse_spec
+
+    head = spec.split(":", 1)[0]
+    if ":" not in spec or head not in data.READERS or Path(spec).exists():
+        return ""
+    try:
+        kind, path, opts = parse_spec(spec)
+    except ConfigError:
+        return ""
+    tasks = _task_labels(kind)
+    if not tasks:
+        return ""
+    param = inspect.signature(data.READERS[kind]).parameters.get("task")
+    current = opts.get("task") or (str(param.default) if param is not None else "")
+    classes = set(class_names)
+    fits = [t for t, labels in tasks.items() if t != current and set(labels) <= classes]
+    said = (f"{kind}'s task={current}{'' if 'task' in opts else ' (its default)'} gives the labels "
+            f"{', '.join(tasks[current])}" if current in tasks else "")
+    if not fits:
+        return (f"{said}; no task of the {kind} reader ({', '.join(tasks)}) gives only this bundle's classes"
+                if said else f"no task of the {kind} reader ({', '.join(tasks)}) gives only this bundle's classes")
+    ways = []
+    for t in fits:
+        spec_t = f"{kind}:{path}:" + ",".join(f"{k}={v}" for k, v in {**opts, "task": t}.items())
+        how = _tvhl_mapping(t) if kind == "tvhl" else ""
+        unlabelled = [c for c in class_names if c not in tasks[t]]
+        one = len(unlabelled) == 1
+        extra = (f"; this bundle's {', '.join(unlabelled)} then {'has' if one else 'have'} no labels, so "
+                 f"{'its' if one else 'their'} gates are INCOMPLETE" if unlabelled else "")
+        ways.append(f"--data {spec_t} (labels {', '.join(tasks[t])}{'; ' + how if how else ''}{extra})")
+    return (f"{said}; use " if said else "use ") + " or ".join(ways)
+
+
 def limit_records(records: list[Any], limit: int | None, seed: int) -> list[Any]:
     """A seeded random subset of ``limit`` records, kept in their original order (all when None)."""
     if limit is None or limit >= len(records):
@@ -172,7 +261,7 @@ def _torch_reference(bundle: Path, checkpoint: Path, device: str, other_checkpoi
     from uopsl.export.bundle_writer import CLASS_BANK_FILE
     from uopsl.runtime.bundle import read_manifest
     from uopsl.runtime.errors import CheckpointError
-    from uopsl.train.checkpoint import CHECKPOINT_DIGEST_NOTE, bundle_source_mismatch, read_meta
+    from uopsl.train.checkpoint import CHECKPOINT_DIGEST_NOTE, bundle_source_mismatch, checkpoint_digest, read_meta
     from uopsl.train.reference import TorchReference, manifest_mismatches
 
     manifest = read_manifest(bundle)
@@ -188,6 +277,15 @@ def _torch_reference(bundle: Path, checkpoint: Path, device: str, other_checkpoi
         log.warning("--other-checkpoint: no verdict is recorded in the manifest")
         may_record = False
     elif not manifest.notes.get(CHECKPOINT_DIGEST_NOTE):
+        # An older bundle cannot tell its checkpoint by its weights: what the manifest says of the model must match.
+        foreign = foreign_checkpoint(read_meta(checkpoint), manifest)
+        if foreign:
+            raise CheckpointError(
+                f"{checkpoint} cannot be the checkpoint {bundle} was exported from: {'; '.join(foreign)} (the bundle "
+                "was exported by an older uopsl and does not record its checkpoint's weights sha256, so these were "
+                "compared instead); validate against the checkpoint it was exported from, re-export the bundle from "
+                "this one (uopsl export), or pass --other-checkpoint to compare anyway (nothing is then recorded "
+                "in the manifest)")
         log.warning("%s does not record which checkpoint it was exported from (exported by an older uopsl); "
                     "make sure %s is that checkpoint", bundle, checkpoint)
     bank = None
@@ -200,9 +298,30 @@ def _torch_reference(bundle: Path, checkpoint: Path, device: str, other_checkpoi
     notes = manifest_mismatches(reference.meta, manifest) if reference.meta is not None else []
     for note in notes:
         log.warning("checkpoint vs bundle: %s", note)
-    return reference, {"checkpoint": str(checkpoint), "reference_kind": "pytorch", "device": str(reference.device),
+    return reference, {"checkpoint": str(checkpoint),
+                       # as `uopsl export` records it in the manifest (the same function): the two compare directly
+                       CHECKPOINT_DIGEST_NOTE: checkpoint_digest(checkpoint),
+                       "reference_kind": "pytorch", "device": str(reference.device),
                        "checkpoint_manifest_differences": notes, "other_checkpoint": other_checkpoint,
                        "other_checkpoint_reason": mismatch or ""}, may_record
+
+
+def foreign_checkpoint(meta: CheckpointMeta, manifest: Manifest) -> list[str]:
+    """What the checkpoint's ``checkpoint.json`` (``meta``) says differently from the manifest about the model.
+
+    Backbone (compared when the manifest names one a uopsl model can have), input size (export writes the
+    checkpoint's preprocessing size) and class list (names and order). Each: ``what: checkpoint X, bundle Y``.
+    """
+    from uopsl.train.backbones import names as backbone_names
+
+    out = []
+    if manifest.backbone in backbone_names() and meta.model.backbone != manifest.backbone:
+        out.append(f"backbone: checkpoint {meta.model.backbone}, bundle {manifest.backbone}")
+    if int(meta.preprocess.size) != int(manifest.preprocess.size):
+        out.append(f"input size: checkpoint {meta.preprocess.size} px, bundle {manifest.preprocess.size} px")
+    if tuple(meta.model.classes) != tuple(manifest.class_names):
+        out.append(f"classes: checkpoint {list(meta.model.classes)}, bundle {list(manifest.class_names)}")
+    return out
 
 
 def _onnx_reference(bundle: Path, threads: int | None) -> tuple[Any, dict[str, Any]]:
@@ -223,6 +342,18 @@ def _onnx_reference(bundle: Path, threads: int | None) -> tuple[Any, dict[str, A
                                           # they exist); parity.json's "machine" names this device's
                                           "proven_machine": proof.record.get("machine")},
                        "other_checkpoint": False, "other_checkpoint_reason": ""}
+
+
+def _refuse_unknown_labels(bundle: Path, records: list[Any], data_spec: str) -> None:
+    """ConfigError (exit 2) when ``records`` carry labels that are no class of the bundle, before any model runs."""
+    from uopsl.export.validate import unknown_labels, unknown_labels_message
+    from uopsl.runtime.bundle import read_manifest
+
+    names = read_manifest(bundle).class_names
+    unknown = unknown_labels(names, records)
+    if unknown:
+        raise ConfigError(unknown_labels_message(unknown, names, hint=task_hint(data_spec, names),
+                                                 drop="--unknown-labels drop"))
 
 
 @click.command("validate")
@@ -261,13 +392,16 @@ def _onnx_reference(bundle: Path, threads: int | None) -> tuple[Any, dict[str, A
 @click.option("--record/--no-record", default=True, show_default=True,
               help="Write each file's verdict into the bundle manifest; `auto` backend selection uses an INT8 "
                    "file or engine only after it passed.")
+@click.option("--unknown-labels", type=click.Choice(["refuse", "drop"]), default="refuse", show_default=True,
+              help="Images labelled with a name that is no class of the bundle: refuse the run (listing each such "
+                   "label and the class a near miss meant), or drop those images (counted in the report).")
 @click.option("--other-checkpoint", is_flag=True,
               help="Compare against a checkpoint other than the one the bundle was exported from (a study, not "
                    "a release check): allowed, reported, and never recorded in the manifest.")
 def command(bundle: Path, checkpoint: Path | None, onnx_reference: bool, data_spec: str, out: Path, backends: str,
             gates: str | None, per_layer: bool, per_layer_images: int, sqnr_threshold: float, limit: int | None,
             seed: int, bootstrap_seed: int | None, batch_size: int, n_boot: int, device: str, threads: int | None,
-            no_resume: bool, record: bool, other_checkpoint: bool) -> int:
+            no_resume: bool, record: bool, unknown_labels: str, other_checkpoint: bool) -> int:
     """Validate BUNDLE against its checkpoint (or, on a device, its proven FP32 ONNX file) on --data.
 
     Exit 0 when every candidate passes the gates.
@@ -277,6 +411,11 @@ def command(bundle: Path, checkpoint: Path | None, onnx_reference: bool, data_sp
     from uopsl.export.parity_metrics import failed_gate_headroom, parse_gates
     from uopsl.export.validate import ValidateConfig, validate_bundle
 
+    # The data first: a label the bundle does not know is refused before any model loads.
+    records, space, description = resolve_data(data_spec)
+    records = limit_records(records, limit, seed)
+    if space is not None and unknown_labels == "refuse":
+        _refuse_unknown_labels(bundle, records, data_spec)
     reference: Any
     if checkpoint is not None:
         reference, facts, may_record = _torch_reference(bundle, checkpoint, device, other_checkpoint)
@@ -288,17 +427,23 @@ def command(bundle: Path, checkpoint: Path | None, onnx_reference: bool, data_sp
     config = ValidateConfig(
         backends=names, gates=parse_gates(gates), batch_size=batch_size, n_boot=n_boot, seed=boot_seed,
         per_layer=per_layer, per_layer_images=per_layer_images, sqnr_threshold_db=sqnr_threshold,
-        threads=threads, resume=not no_resume, record=record,
+        threads=threads, resume=not no_resume, record=record, unknown_labels=unknown_labels,
     )
-    records, space, description = resolve_data(data_spec)
-    records = limit_records(records, limit, seed)
     context: dict[str, Any] = {**facts, "data": data_spec, "data_description": description,
                                "limit": limit, "seed": seed, "bootstrap_seed": boot_seed,
+                               "unknown_labels": unknown_labels,
                                "command": " ".join(["uopsl", *sys.argv[1:]]) if sys.argv else ""}
     with reference:  # loads the ONNX session (a no-op for the PyTorch reference)
         result = validate_bundle(bundle, reference, records, out, config, label_space=space, context=context)
     rep = result.report
     click.echo(f"{rep['data']['n_used']} images ({rep['data']['n_skipped']} unusable), truth: {rep['data']['truth']}")
+    dropped = rep["data"]["unknown_labels"]
+    if dropped["n_dropped_images"]:
+        click.echo(f"  left out {dropped['n_dropped_images']} image(s) carrying label(s) that are not classes of "
+                   "the bundle (--unknown-labels drop): "
+                   + ", ".join(f"{lab} ({k})" + (f" [the bundle has {dropped['near_misses'][lab]}]"
+                                                  if lab in dropped["near_misses"] else "")
+                               for lab, k in dropped["labels"].items()))
     for reason in rep.get("reasons", []):
         click.echo(f"  FAIL the run: {reason}")
     for c in rep["candidates"]:
@@ -306,9 +451,11 @@ def command(bundle: Path, checkpoint: Path | None, onnx_reference: bool, data_sp
         if c.get("error"):
             click.echo(f"  {status} {c['name']}: {c['error']}")
             continue
-        flips = c["clinical"]["flips"]
+        flips, findings = c["clinical"]["flips"], c["clinical"]["finding_changes"]
+        changed = (f", {findings['changes']} image(s) with a changed finding ({findings['rate']:.2%}, not gated)"
+                   if findings["applicable"] else "")
         click.echo(f"  {status} {c['name']} ({c['precision']}): {flips['n']} flips "
-                   f"(upper 95 % {flips['upper95']:.2%}), max |dp| {c['numerical']['max_abs_prob_diff']:.2e}"
+                   f"(upper 95 % {flips['upper95']:.2%}){changed}, max |dp| {c['numerical']['max_abs_prob_diff']:.2e}"
                    + (f"; {'; '.join(c['reasons'])}" if c["reasons"] else ""))
         for line in failed_gate_headroom(c):
             click.echo(f"      {line}")
