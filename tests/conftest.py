@@ -22,7 +22,8 @@
 from __future__ import annotations
 
 import csv
-from collections.abc import Callable, Iterable
+import logging
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +40,21 @@ from imagekit import (
 from tinymodel import export_tiny_onnx, random_fundus_batch
 from uopsl.runtime.preprocess import preprocess_file
 from uopsl.runtime.quality import assess
+
+@pytest.fixture(autouse=True)
+def _root_logging_restored() -> Iterator[None]:
+    """Put the root logger's handlers and level back after each test.
+
+    The CLIs configure logging onto the stderr they see (``logging.basicConfig(force=True)``); called
+    in-process under ``capsys`` that is pytest's capture stream, closed after the test. A later test whose
+    command logs without configuring logging again would then write to a closed file.
+    """
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
 
 @pytest.fixture(scope="session")
 def tvhl_dir() -> Path:
