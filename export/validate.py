@@ -113,6 +113,7 @@ from uopsl.runtime.bundle import (
     parity_run_problem,
     verify_or_raise,
 )
+from uopsl.runtime.cpuinfo import CPU_BACKENDS, int8_cpu_class
 from uopsl.runtime.errors import BundleError, ConfigError, UopslError
 from uopsl.runtime.fsio import sha256_file, write_bytes, write_json, write_text
 from uopsl.runtime.metrics import roc_curve
@@ -681,7 +682,8 @@ def _machine() -> dict[str, Any]:
     import platform
 
     info: dict[str, Any] = {"python": platform.python_version(), "platform": platform.platform(),
-                            "arch": platform.machine(), "cpu": _cpu_model(), "cpu_count": os.cpu_count()}
+                            "arch": platform.machine(), "cpu": _cpu_model(), "cpu_count": os.cpu_count(),
+                            "cpu_int8": int8_cpu_class()}
     torch_version = _torch_version()
     if torch_version:
         info["torch"] = torch_version
@@ -1051,8 +1053,12 @@ _BACKEND_RUNTIME = {"ort-cpu": "onnxruntime", "ort-cuda": "onnxruntime", "ort-tr
 
 
 def _backend_machine(backend: str, machine: Mapping[str, Any]) -> dict[str, Any]:
-    """The CPU architecture and ``backend``'s runtime version from the report's ``machine`` (what was present)."""
-    keys = ("arch", _BACKEND_RUNTIME.get(backend, ""))
+    """The CPU architecture and ``backend``'s runtime version from the report's ``machine`` (what was present).
+
+    CPU backends also keep the CPU's 8-bit arithmetic class (:mod:`uopsl.runtime.cpuinfo`): ``auto``
+    trusts a CPU INT8 PASS only on a CPU of the same class.
+    """
+    keys = ("arch", _BACKEND_RUNTIME.get(backend, ""), *(("cpu_int8",) if backend in CPU_BACKENDS else ()))
     return {k: machine[k] for k in keys if machine.get(k)}
 
 

@@ -28,6 +28,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from uopsl.runtime.cpuinfo import CPU_BACKENDS, int8_cpu_class, same_int8_arithmetic
 from uopsl.runtime.errors import BundleError
 from uopsl.runtime.fsio import sha256_bytes, sha256_file, write_json
 from uopsl.runtime.preprocess import PreprocessConfig
@@ -236,11 +237,14 @@ def _onnx_chain_problem(path: str, backend: str, r: Mapping[str, Any], manifest:
     return None
 
 
-def _record_problem(path: str, backend: str, r: Any, manifest: Manifest | None = None) -> str | None:
+def _record_problem(path: str, backend: str, r: Any, manifest: Manifest | None = None,
+                    int8: bool = False) -> str | None:
     """Why one backend's record does not show that ``path`` passed there (None: it does).
 
     A PASS judged against an ONNX reference also needs that reference file, as
     ``manifest`` lists it now, to still carry its PyTorch PASS on ``ort-cpu``.
+    ``int8``: the file computes in INT8; on a CPU backend its PASS then holds
+    only on a CPU of the class it was earned on (:mod:`uopsl.runtime.cpuinfo`).
     """
     if not isinstance(r, dict):
         return f"{path}'s parity record on {backend} is unreadable (re-run `uopsl validate --backends {backend}`)"
@@ -258,6 +262,15 @@ def _record_problem(path: str, backend: str, r: Any, manifest: Manifest | None =
     weak = parity_run_problem(gates if isinstance(gates, dict) else {}, r.get("n_images"))
     if weak:
         return f"{path} passed on {backend} under a run too weak to rely on: {weak}"
+    machine = r.get("machine")
+    recorded = machine.get("cpu_int8") if isinstance(machine, dict) else None
+    if int8 and backend in CPU_BACKENDS and isinstance(recorded, str):
+        here = int8_cpu_class()
+        if not same_int8_arithmetic(recorded, here):
+            return (f"{path} passed on {backend} on a {recorded} CPU, and this one is {here}: CPUs with and "
+                    "without VNNI (or ARM dot products) round 8-bit sums differently, so the verdict does not "
+                    "carry over; validate it on this kind of CPU (`uopsl validate --onnx-reference` needs no "
+                    "PyTorch)")
     if parity_reference_kind(r) == REFERENCE_ONNX:
         return _onnx_chain_problem(path, backend, r, manifest)
     return None
@@ -297,7 +310,7 @@ def parity_status(entry: FileEntry, backend: str | None = None, *,
                            f"run `uopsl validate --backends {backend}`)")
         runs = {backend: runs[backend]}
     for b, r in runs.items():
-        why = _record_problem(entry.path, b, r, manifest)
+        why = _record_problem(entry.path, b, r, manifest, int8=entry.precision.startswith("int8"))
         if why:
             return False, why
     desc = ", ".join(f"{b} on {r.get('n_images', '?')} images ({r.get('created', '?')})" for b, r in runs.items())

@@ -427,7 +427,7 @@ def test_an_onnx_verdict_is_recorded_where_no_pytorch_one_exists(proven_bundle: 
     assert run["reference_file"] == "model.onnx" and run["reference_sha256"] == sha
     assert sha in run["reference_fingerprint"] and "onnxruntime " in run["reference_fingerprint"]
     assert "FP32 ONNX file model.onnx" in run["reference"] and "against PyTorch on 120 images" in run["reference"]
-    assert set(run["machine"]) == {"arch", "onnxruntime"}
+    assert set(run["machine"]) == {"arch", "onnxruntime", "cpu_int8"}  # ort-cpu: the CPU's 8-bit arithmetic too
     assert parity_status(int8, "ort-cpu", manifest=m) == (True, parity_status(int8, "ort-cpu", manifest=m)[1])
     # without the manifest the chain cannot be checked: not trusted, and the reason says why
     ok, why = parity_status(int8, "ort-cpu")
