@@ -626,7 +626,8 @@ def _use_dla(trt: Any, builder: tensorrt.Builder, bconfig: tensorrt.IBuilderConf
     if core >= cores:
         raise ConfigError(
             f"--dla-core {core} requested but this device has {cores} DLA core(s)"
-            + (" (DLA exists on Jetson Xavier/Orin only)" if cores == 0 else f"; use 0..{cores - 1}")
+            + (" (Jetson Orin Nano and desktop GPUs have none; AGX Orin, Orin NX and Xavier do): leave out "
+               "--dla-core" if cores == 0 else f"; use 0..{cores - 1}")
         )
     bconfig.default_device_type = trt.DeviceType.DLA
     bconfig.DLA_core = core

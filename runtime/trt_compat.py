@@ -111,7 +111,7 @@ def api_for(trt: Any) -> TrtApi:
     if version[:2] < MIN_VERSION:
         raise ConfigError(
             f"TensorRT {text} is older than 8.5; uopsl supports TensorRT {SUPPORTED}. "
-            "Upgrade JetPack (5.1+ ships 8.5) or pip install 'uopsl[trt]'"
+            "On a Jetson use JetPack 6 (6.0 ships 8.6, 6.1/6.2 ship 10.3); elsewhere pip install 'uopsl[trt]'"
         )
     notes = []
     if version[0] > 11:

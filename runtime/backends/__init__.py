@@ -412,7 +412,8 @@ def select_backend(
     # -- explicit backend ------------------------------------------------------------
     if name == "tensorrt":
         if not av.tensorrt:
-            raise BundleError("backend tensorrt needs TensorRT and a CUDA binding: pip install 'uopsl[trt]' (JetPack on Jetson)")
+            raise BundleError("backend tensorrt needs TensorRT and a CUDA binding: pip install 'uopsl[trt]' "
+                              "(on a Jetson: sudo apt install python3-libnvinfer, and cuda-python of JetPack's CUDA)")
         reasons = []
         for e in _engines(m, precision):
             if precision == "auto" and e.precision == "int8":
