@@ -177,6 +177,44 @@ def test_interrupted_finetune_resumes_to_the_same_weights(tmp_path: Path, monkey
         assert torch.allclose(a, b, atol=1e-6), k
 
 
+def test_a_resumed_run_logs_each_step_once_and_reports_whole_epoch_means(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Killed after a logged step but before the next checkpoint: the rerun repeats that step; its log row and the
+    epoch's mean loss must come out as in an uninterrupted run (a review found a duplicated row and a mean
+    over the resumed steps only)."""
+    import csv
+
+    ds = tiny_dataset(tmp_path, n=24, augment=False)
+    cfg = TrainConfig(epochs=2, batch_size=4, save_every=2, seed=7, augment=False)
+    ref_model, meta = tiny_model()
+    _, ref = finetune(ref_model, ds, None, cfg, tmp_path / "ref", meta)
+
+    real_step = StageRunner.step
+    calls = {"n": 0}
+
+    def crashing_step(self: StageRunner, loss: torch.Tensor) -> None:
+        calls["n"] += 1
+        if calls["n"] == 10:  # second epoch, step 4: checkpoint after step 2 of it (global 8), step 3 logged
+            raise KeyboardInterrupt("simulated power loss")
+        real_step(self, loss)
+
+    model, meta = tiny_model()
+    monkeypatch.setattr(StageRunner, "step", crashing_step)
+    with pytest.raises(KeyboardInterrupt):
+        finetune(model, ds, None, cfg, tmp_path / "run", meta)
+    monkeypatch.setattr(StageRunner, "step", real_step)
+    model2, meta = tiny_model()
+    _, res = finetune(model2, ds, None, cfg, tmp_path / "run", meta)
+
+    def steps(folder: Path) -> list[tuple[str, str]]:
+        with open(folder / "log.csv", newline="") as fh:
+            return [(r["epoch"], r["step"]) for r in csv.DictReader(fh)]
+
+    assert steps(tmp_path / "run") == steps(tmp_path / "ref") and len(steps(tmp_path / "ref")) == 12
+    for got, want in zip(res["history"], ref["history"]):
+        assert got["epoch"] == want["epoch"] and got["loss"] == pytest.approx(want["loss"], rel=1e-5)
+
+
 def test_resume_with_other_settings_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     ds = tiny_dataset(tmp_path, n=12)
     model, meta = tiny_model()

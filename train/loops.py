@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import logging
 import os
@@ -31,6 +32,7 @@ import torch.distributed as dist
 from torch import nn
 
 from uopsl.runtime.errors import ConfigError
+from uopsl.runtime.fsio import write_text
 from uopsl.train import losses
 from uopsl.train.checkpoint import clear_state, load_state, save_state
 from uopsl.train.model import UopslModel
@@ -222,8 +224,43 @@ class StageRunner:
                 "rerun with the same settings to resume it, or use a new --out folder"
             )
         self.info = info
-        log.info("resuming %s at epoch %d, step %d", self.stage, info["epoch"], info["step"])
+        self._trim_log()
+        log.info("resuming %s at epoch %d of %d, after step %d", self.stage, info["epoch"] + 1, self.cfg.epochs,
+                 info["step"])
         return True
+
+    def _trim_log(self) -> None:
+        """Drop log.csv rows of this stage written after the checkpoint being resumed: they are run again."""
+        path = self.out / "log.csv"
+        if not self.dist.main or not path.is_file():
+            return
+        ep, step = self.info["epoch"] + 1, self.info["step"]  # rows count epochs and steps from 1
+        with open(path, newline="") as fh:
+            rows = list(csv.reader(fh))
+        if not rows:
+            return
+        head, body = rows[0], rows[1:]
+        try:
+            i_stage, i_ep, i_step = head.index("stage"), head.index("epoch"), head.index("step")
+        except ValueError:
+            return
+        kept = [r for r in body if len(r) <= max(i_stage, i_ep, i_step) or r[i_stage] != self.stage
+                or (int(r[i_ep]), int(r[i_step])) <= (ep, step)]
+        if len(kept) != len(body):
+            buf = io.StringIO()
+            csv.writer(buf, lineterminator="\n").writerows([head, *kept])
+            write_text(path, buf.getvalue())
+
+    def epoch_sums(self, start: int) -> tuple[dict[str, float], int]:
+        """The loss sums and step count of the epoch so far: restored when it resumes mid-epoch."""
+        part = self.info.get("partial")
+        if start > 0 and isinstance(part, dict):
+            return dict(part.get("sums") or {}), int(part.get("n") or 0)
+        return {}, 0
+
+    def note_partial(self, sums: dict[str, float], n: int) -> None:
+        """Keep the epoch's sums in the state a checkpoint saves, so a resumed epoch reports its whole mean."""
+        self.info["partial"] = {"sums": dict(sums), "n": n}
 
     def checkpoint(self, extra: Callable[[], None] | None = None) -> None:
         if self.dist.main:
@@ -276,6 +313,7 @@ def run_epochs(runner: StageRunner, n_items: int, epoch_fn: Callable[[int, int, 
         if on_epoch_end:
             on_epoch_end(ep, stats)
         runner.info.update(epoch=ep + 1, step=0)
+        runner.info.pop("partial", None)
         runner.info["history"].append({"epoch": ep + 1, **stats})
         runner.checkpoint()
 
@@ -297,8 +335,8 @@ def train_loop(runner: StageRunner, ds: PairDataset, loss_fn: Callable[[torch.Te
                     m.eval()  # frozen BatchNorm statistics
         order = epoch_order(ds.targets, ep, cfg.seed, cfg.balanced,
                             epoch_length(length or len(ds), cfg.batch_size, runner.dist))
-        sums: dict[str, float] = {}
-        n = 0
+        sums, n = runner.epoch_sums(start)
+        done_here = 0  # steps since this process started the epoch (the rate's own count)
         t0 = time.perf_counter()
         for step, x, y in batches(ds, order, cfg.batch_size, runner.dist, start):
             x, y = x.to(runner.device, non_blocking=True), y.to(runner.device, non_blocking=True)
@@ -306,10 +344,12 @@ def train_loop(runner: StageRunner, ds: PairDataset, loss_fn: Callable[[torch.Te
                 parts = loss_fn(x, y)
             runner.step(parts["loss"])
             n += 1
+            done_here += 1
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach())
+            runner.note_partial(sums, n)
             runner.info.update(step=step + 1, global_step=runner.info["global_step"] + 1)
-            rate = n * len(x) * runner.dist.world / max(time.perf_counter() - t0, 1e-9)
+            rate = done_here * len(x) * runner.dist.world / max(time.perf_counter() - t0, 1e-9)
             runner.log_row({"stage": runner.stage, "epoch": ep + 1, "step": step + 1,
                             **{k: round(float(v.detach()), 5) for k, v in parts.items()}, "img_per_s": round(rate, 2)})
             if bar is not None:

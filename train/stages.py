@@ -163,8 +163,7 @@ def pretrain(model: UopslModel, fundus: AnyDataset, oct_ds: AnyDataset | None, c
         fo = epoch_order(fundus.targets, ep, cfg.seed, cfg.balanced, length)
         oo = epoch_order(oct_ds.targets, ep, cfg.seed + 1, cfg.balanced, length) if use_oct and oct_ds is not None else None
         ob = batches(oct_ds, oo, cfg.batch_size, runner.dist, start) if oo is not None and oct_ds is not None else None
-        sums: dict[str, float] = {}
-        n = 0
+        sums, n = runner.epoch_sums(start)
         for step, xf, yf in batches(fundus, fo, cfg.batch_size, runner.dist, start):
             xo = yo = None
             if ob is not None:
@@ -176,6 +175,7 @@ def pretrain(model: UopslModel, fundus: AnyDataset, oct_ds: AnyDataset | None, c
             n += 1
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach())
+            runner.note_partial(sums, n)
             runner.info.update(step=step + 1, global_step=runner.info["global_step"] + 1)
             runner.log_row({"stage": "pretrain", "epoch": ep + 1, "step": step + 1,
                             **{k: round(float(v.detach()), 5) for k, v in parts.items()}})

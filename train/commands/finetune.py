@@ -44,7 +44,8 @@ def command(data_spec: str, val_spec: str | None, out: Path, from_ckpt: Path | N
             target_sensitivity: float, seed: int, cache_dir: Path | None, **train: object) -> None:
     """Fine-tune on fundus photographs; writes the checkpoint with its operating thresholds."""
     from uopsl.train.loops import TrainConfig
-    from uopsl.train.workflow import from_checkpoint, new_model, run_finetune
+    from uopsl.train.stages import effective_finetune_config
+    from uopsl.train.workflow import finished_run, from_checkpoint, new_model, run_finetune, run_identity
 
     src = load_source(data_spec)
     fundus = [i for i, smp in enumerate(src.samples) if smp.modality == "fundus"]
@@ -69,9 +70,14 @@ def command(data_spec: str, val_spec: str | None, out: Path, from_ckpt: Path | N
     else:
         model, meta = new_model(names, variant=variant or "uopsl", backbone=backbone, init=init, size=size,
                                 data_fingerprint=src.fingerprint, seed=seed)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "finetune.config.json", {"data": src.describe(), "val": val.describe(), "from": str(from_ckpt),
-                                              "model": meta.model.to_dict(), "train": cfg.to_dict(), "shots": shots})
-    _, meta = run_finetune(model, meta, items_for(src, names, "fundus"), items_for(val, names, "fundus"), cfg, out,
-                           cache_dir or out / "cache", target_sensitivity)
+    train_items, val_items = items_for(src, names, "fundus"), items_for(val, names, "fundus")
+    # Before anything is written: a folder holding another run's finished model is refused, not overwritten.
+    want = run_identity("finetune", effective_finetune_config(cfg, model), model.config, train_items, val_items)
+    if not finished_run(out, "finetune", want):
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / "finetune.config.json", {"data": src.describe(), "val": val.describe(),
+                                                  "from": str(from_ckpt), "model": meta.model.to_dict(),
+                                                  "train": cfg.to_dict(), "shots": shots})
+    _, meta = run_finetune(model, meta, train_items, val_items, cfg, out, cache_dir or out / "cache",
+                           target_sensitivity)
     click.echo(f"fine-tuned model written to {out} (thresholds {dict(zip(names, meta.thresholds))})")

@@ -32,7 +32,7 @@ def command(fundus_spec: str, oct_spec: str | None, out: Path, classes: str | No
             **train: object) -> None:
     """Pre-train encoders, prototypes and the predilection-sites matrix on unpaired pools."""
     from uopsl.train.loops import TrainConfig
-    from uopsl.train.workflow import new_model, run_pretrain
+    from uopsl.train.workflow import finished_run, new_model, run_identity, run_pretrain
 
     if variant == "uopsl" and not oct_spec:  # before loading data and weights
         raise ConfigError("--variant uopsl learns the predilection sites from OCT: pass --oct KIND:PATH (e.g. the same "
@@ -43,9 +43,12 @@ def command(fundus_spec: str, oct_spec: str | None, out: Path, classes: str | No
     cfg = TrainConfig(**train)  # type: ignore[arg-type]
     model, meta = new_model(names, variant=variant, backbone=backbone, init=init, dim=dim, sites=sites, head=head,
                             size=size, text_model=text_model, data_fingerprint=fsrc.fingerprint, seed=cfg.seed)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "pretrain.config.json", {"fundus": fsrc.describe(), "oct": osrc.describe() if osrc else None,
-                                              "model": meta.model.to_dict(), "train": cfg.to_dict()})
-    run_pretrain(model, meta, items_for(fsrc, names, "fundus"), items_for(osrc, names, "oct") if osrc else None,
-                 cfg, out, cache_dir or out / "cache")
+    fundus_items = items_for(fsrc, names, "fundus")
+    oct_items = items_for(osrc, names, "oct") if osrc else None
+    # Before anything is written: a folder holding another run's finished model is refused, not overwritten.
+    if not finished_run(out, "pretrain", run_identity("pretrain", cfg, model.config, fundus_items, oct_items)):
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / "pretrain.config.json", {"fundus": fsrc.describe(), "oct": osrc.describe() if osrc else None,
+                                                  "model": meta.model.to_dict(), "train": cfg.to_dict()})
+    run_pretrain(model, meta, fundus_items, oct_items, cfg, out, cache_dir or out / "cache")
     click.echo(f"pre-trained {variant} model written to {out}")
