@@ -200,8 +200,11 @@ def test_a_resumed_run_logs_each_step_once_and_reports_whole_epoch_means(tmp_pat
 
     model, meta = tiny_model()
     monkeypatch.setattr(StageRunner, "step", crashing_step)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt) as stopped:
         finetune(model, ds, None, cfg, tmp_path / "run", meta)
+    # what the user reads on Ctrl-C / SIGTERM: where the run can pick up from
+    assert "finetune interrupted in epoch 2 of 2; its last checkpoint, epoch 2 after step 2" in str(stopped.value)
+    assert "run the same command again to resume" in str(stopped.value)
     monkeypatch.setattr(StageRunner, "step", real_step)
     model2, meta = tiny_model()
     _, res = finetune(model2, ds, None, cfg, tmp_path / "run", meta)

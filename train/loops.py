@@ -213,6 +213,7 @@ class StageRunner:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         self.tag = run_tag(stage, cfg, fingerprint, self.dist.world)
         self.info: dict[str, Any] = {"tag": self.tag, "epoch": 0, "step": 0, "global_step": 0, "history": []}
+        self.saved_at: tuple[int, int] | None = None  # (epoch from 0, step) of the last checkpoint
 
     def resume(self) -> bool:
         info = load_state(self.out, self.model, self.opt)
@@ -224,6 +225,7 @@ class StageRunner:
                 "rerun with the same settings to resume it, or use a new --out folder"
             )
         self.info = info
+        self.saved_at = (int(info["epoch"]), int(info["step"]))
         self._trim_log()
         log.info("resuming %s at epoch %d of %d, after step %d", self.stage, info["epoch"] + 1, self.cfg.epochs,
                  info["step"])
@@ -263,6 +265,7 @@ class StageRunner:
         self.info["partial"] = {"sums": dict(sums), "n": n}
 
     def checkpoint(self, extra: Callable[[], None] | None = None) -> None:
+        self.saved_at = (int(self.info["epoch"]), int(self.info["step"]))
         if self.dist.main:
             save_state(self.out, self.model, self.opt, {**self.info, "stage": self.stage})
             if extra:
@@ -307,7 +310,16 @@ def run_epochs(runner: StageRunner, n_items: int, epoch_fn: Callable[[int, int, 
         ep = runner.info["epoch"]
         total = steps_per_epoch(n_items, cfg.batch_size, runner.dist)
         bar = runner.progress(total, runner.info["step"], f"{runner.stage} {ep + 1}/{cfg.epochs}")
-        stats = epoch_fn(ep, runner.info["step"], bar)
+        try:
+            stats = epoch_fn(ep, runner.info["step"], bar)
+        except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM (the CLI turns it into one): say what is saved
+            if bar is not None:
+                bar.close()
+            saved = runner.saved_at
+            where = (f"its last checkpoint, epoch {saved[0] + 1} after step {saved[1]}, is in {runner.out}"
+                     if saved is not None else f"no checkpoint was written yet to {runner.out}")
+            raise KeyboardInterrupt(f"{runner.stage} interrupted in epoch {ep + 1} of {cfg.epochs}; {where}: run "
+                                    "the same command again to resume") from exc
         if bar is not None:
             bar.close()
         if on_epoch_end:

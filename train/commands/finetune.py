@@ -80,4 +80,5 @@ def command(data_spec: str, val_spec: str | None, out: Path, from_ckpt: Path | N
                                                   "train": cfg.to_dict(), "shots": shots})
     _, meta = run_finetune(model, meta, train_items, val_items, cfg, out, cache_dir or out / "cache",
                            target_sensitivity)
-    click.echo(f"fine-tuned model written to {out} (thresholds {dict(zip(names, meta.thresholds))})")
+    shown = ", ".join(f"{n} {t:.3f}" for n, t in zip(names, meta.thresholds))
+    click.echo(f"fine-tuned model written to {out} (thresholds: {shown})")

@@ -429,7 +429,8 @@ class Collector:
                     return False
                 raise DataError(
                     f"{location}: image file {sample.path} not found. Fix the path (or the image "
-                    f"folder), or read with missing='skip' to leave such rows out."
+                    f"folder), or leave such rows out: add :missing=skip to the data spec "
+                    f"(e.g. csv:labels.csv:missing=skip; Python: missing='skip')."
                 )
             size = st.st_size
         self.samples.append(sample)
