@@ -195,11 +195,23 @@ def test_cli_evaluate_reads_csv_and_refuses_unknown_option(synth: Path, tmp_path
     from uopsl.train.checkpoint import save_model
 
     model, meta = tiny_model()
-    save_model(tmp_path / "ckpt", model, meta)
+    save_model(tmp_path / "ckpt", model, meta)  # classes normal, a, b: the synthetic data label only normal
     base = ["evaluate", str(tmp_path / "ckpt"), "--out", str(tmp_path / "out"), "--n-boot", "10", "--device", "cpu"]
     rc, err = _uopsl([*base, "--data", f"synthetic:{synth}:task=four_class"], capsys)
     assert rc == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert "dataset kind 'synthetic' has no option 'task'" in err
+    rc, err = _uopsl([*base, "--data", f"csv:{synth / 'labels.csv'}"], capsys)
+    assert rc == 2 and "covers 1 of 3 classes (normal)" in err  # a "macro AUC" of normal alone is refused
+    import dataclasses
+
+    import numpy as np
+
+    from uopsl.train.model import UopslModel
+
+    names = ("normal", "dr", "dme", "amd")  # the synthetic data's classes
+    cfg = dataclasses.replace(meta.model, classes=names)
+    meta = dataclasses.replace(meta, model=cfg, phrases=tuple((n,) for n in names))
+    save_model(tmp_path / "ckpt", UopslModel(cfg, np.zeros((len(names), 384), np.float32)), meta)
     rc, err = _uopsl([*base, "--data", f"csv:{synth / 'labels.csv'}"], capsys)
     assert rc == 0, err
     assert (tmp_path / "out" / "eval.json").is_file()

@@ -27,7 +27,7 @@ def test_explain_writes_one_panel_per_class_over_the_original(tmp_path: Path) ->
     out = tmp_path / "maps" / "eye_sites.png"
     assert res.output.strip() == str(out)
     panels = cv2.imread(str(out))
-    width = 384  # workflow.explain's default panel width
+    width = 384  # uopsl.train.explain's default panel width
     assert panels.shape == (round(480 * width / 400), width * len(classes), 3)
     # each panel is the photograph under that class's own heatmap: panels differ from each other
     # (below the caption row, which differs anyway)

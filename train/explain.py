@@ -1,0 +1,164 @@
+"""Per-class predilection maps over fundus photographs (``uopsl explain``).
+
+Inputs are files, folders (walked recursively for images, as ``uopsl-screen``
+does) and list files. Each photograph gets ``OUT/<stem>_sites.png``; where two
+inputs share a file name (``IMG_0001.jpg`` of two visits), or the name is
+already taken in ``OUT`` by another photograph, the map is named
+``<stem>-<hash>_sites.png`` instead, with the same short hash of the resolved
+path that ``uopsl-screen`` uses for its overlays, so no map overwrites another.
+``OUT/maps.csv`` says which photograph each PNG shows. A photograph that cannot
+be read or preprocessed is logged and skipped; the others are still drawn.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import os
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from uopsl.runtime.errors import ConfigError, ImageError
+
+log = logging.getLogger(__name__)
+
+#: The provenance table in the output folder: one row per PNG, the photograph it shows.
+INDEX = "maps.csv"
+
+
+@dataclass
+class ExplainResult:
+    """What :func:`explain_inputs` did: ``written`` (photograph, PNG) pairs and ``failed`` (photograph, reason)."""
+
+    written: list[tuple[str, Path]] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+
+
+def _read_index(out: Path) -> dict[str, str]:
+    """PNG name -> resolved photograph path, from an earlier run's ``maps.csv`` (empty if none or unreadable)."""
+    try:
+        text = (out / INDEX).read_text(encoding="utf-8")
+    except OSError:
+        return {}
+    rows = csv.DictReader(io.StringIO(text))
+    return {r["png"]: r["source"] for r in rows if r.get("png") and r.get("source")}
+
+
+def _write_index(out: Path, index: dict[str, str]) -> None:
+    from uopsl.runtime.fsio import write_text
+
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["png", "source"])
+    for png in sorted(index):
+        w.writerow([png, index[png]])
+    write_text(out / INDEX, buf.getvalue())
+
+
+def output_names(sources: Sequence[tuple[Path, str]], taken: dict[str, str]) -> list[str]:
+    """A PNG name per ``(path, id)`` input, none shared and none overwriting another photograph's map.
+
+    ``id`` is the input's ``uopsl-screen`` id (``<safe stem>-<hash of the resolved path>``); ``taken``
+    maps names already in the output folder to the resolved photograph they show.
+    """
+    stems = Counter(p.stem for p, _ in sources)
+    names = []
+    for path, ident in sources:
+        plain = f"{path.stem}_sites.png"
+        owner = taken.get(plain)
+        if stems[path.stem] == 1 and owner in (None, os.path.realpath(path)):
+            names.append(plain)
+        else:
+            names.append(f"{ident}_sites.png")
+    return names
+
+
+def explain_inputs(ckpt: Path, inputs: Sequence[str | os.PathLike[str]], out: Path,
+                   classes: Sequence[str] | None = None, width: int = 384) -> ExplainResult:
+    """Per-class site-attention heatmaps over each photograph: one PNG per photograph, a panel per class.
+
+    Raises :class:`ConfigError` for an unknown class, a missing input or when
+    no photograph is found; a photograph that cannot be read is recorded in
+    ``failed`` (and logged) and the batch goes on.
+    """
+    import cv2
+    import torch
+
+    from uopsl.runtime.fsio import write_bytes
+    from uopsl.runtime.overlay import encode_png, render_overlay
+    from uopsl.runtime.pipeline import WalkState, check_inputs, check_output_placement, display_path, iter_inputs
+    from uopsl.runtime.preprocess import preprocess_file
+    from uopsl.train.checkpoint import load_model, read_meta
+
+    meta = read_meta(ckpt)
+    names = list(classes or meta.model.classes)
+    unknown = [c for c in names if c not in meta.model.classes]
+    if unknown:
+        raise ConfigError(f"{unknown} are not classes of {ckpt}; it has {list(meta.model.classes)}")
+    check_inputs(inputs)
+    check_output_placement(out, inputs)
+    state = WalkState(exclude=(out,))
+    items = [it for it in iter_inputs(inputs, state=state) if it.path is not None]
+    if state.skipped_message():
+        log.info("%s", state.skipped_message())
+    if not items:
+        raise ConfigError(f"no photographs found in {', '.join(display_path(p) for p in inputs)}")
+    seen: set[str] = set()
+    unique = []
+    for it in items:  # the same file named twice (or through a link) is drawn once
+        real = os.path.realpath(it.path)  # type: ignore[arg-type]
+        if real not in seen:
+            seen.add(real)
+            unique.append(it)
+    index = _read_index(out)
+    dests = output_names([(Path(it.path), it.id) for it in unique], index)  # type: ignore[arg-type]
+    if any(d != f"{Path(it.path).stem}_sites.png" for it, d in zip(unique, dests)):  # type: ignore[arg-type]
+        log.info("photographs share a file name (or an earlier map has it): their maps are named "
+                 "<name>-<hash of the path>_sites.png; %s/%s lists which photograph each map shows", out, INDEX)
+
+    model, meta = load_model(ckpt)
+    model.eval()
+    result = ExplainResult()
+    for it, name in zip(unique, dests):
+        path = Path(it.path)  # type: ignore[arg-type]
+        try:
+            pre = preprocess_file(path, replace(meta.preprocess), keep_original=True)
+        except (ImageError, OSError) as exc:
+            log.warning("no map for %s", exc if str(path) in str(exc) else f"{display_path(path)}: {exc}")
+            result.failed.append((str(path), str(exc)))
+            continue
+        orig = pre.original
+        assert orig is not None  # keep_original=True
+        x = torch.from_numpy(pre.image).permute(2, 0, 1)[None].float()
+        with torch.no_grad():
+            o = model(x)
+        probs = model.probs(o["logits"])[0].numpy()
+        scale = width / orig.shape[1]
+        small = cv2.resize(orig, (width, max(1, round(orig.shape[0] * scale))), interpolation=cv2.INTER_AREA)
+        panels = []
+        for c in names:
+            k = model.config.classes.index(c)
+            heat = cv2.resize(pre.geometry.to_original(o["site_maps"][0, k].numpy()), small.shape[1::-1])
+            panel = render_overlay(small, heat)
+            cv2.putText(panel, f"{c} p={probs[k]:.2f}", (8, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (255, 255, 255), 2,
+                        cv2.LINE_AA)
+            panels.append(panel)
+        dest = out / name
+        write_bytes(dest, encode_png(np.concatenate(panels, axis=1)))
+        index[name] = os.path.realpath(path)
+        # Said at INFO where the name alone does not tell (a hash was added); the rest with -v; all in maps.csv.
+        log.log(logging.DEBUG if name == f"{path.stem}_sites.png" else logging.INFO, "%s <- %s", dest,
+                display_path(path))
+        result.written.append((str(path), dest))
+    if result.written:
+        _write_index(out, index)
+    if result.failed:
+        log.warning("%d of %d photographs could not be read and have no map: %s", len(result.failed), len(unique),
+                    "; ".join(display_path(s) for s, _ in result.failed[:5])
+                    + (" ..." if len(result.failed) > 5 else ""))
+    return result
