@@ -7,14 +7,13 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from tinybundle import fundus_jpeg, make_bad_zoo, tiny_bundle  # noqa: F401 - session fixture
+from tinybundle import fundus_jpeg, make_bad_zoo, screen_run_in_progress, tiny_bundle  # noqa: F401 - session fixture
 from uopsl.runtime.api import Screener
 from uopsl.runtime.cli import main
 from uopsl.runtime.watch import StableFiles, WatchConfig, watch_folder
@@ -105,22 +104,13 @@ def test_resume_after_truncated_last_line(tiny_bundle: Path, tmp_path: Path) -> 
 def test_resume_after_kill_gives_exactly_one_row_per_image(tiny_bundle: Path, tmp_path: Path) -> None:
     images = _good(tmp_path / "in", 60)
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "uopsl.runtime.cli", "run", str(tiny_bundle), str(tmp_path / "in"),
-           "--out", str(out), "--backend", "ort-cpu", "--batch", "2", "--workers", "1", "--threads", "1",
-           "--overlays"]
-    env = {**os.environ, "UOPSL_AUTO_MEASURE": "0"}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    jsonl = out / "results.jsonl"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and proc.poll() is None:
-        if jsonl.exists() and jsonl.read_bytes().count(b"\n") >= 6:
-            break
-        time.sleep(0.01)
+    proc, rerun = screen_run_in_progress(tiny_bundle, tmp_path / "in", out, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL)
     proc.kill()
     proc.wait()
     done_before = len(_jsonl(out))
     assert 0 < done_before < 60, "the run was not killed halfway; make it slower"
-    assert main(cmd[3:]) == 0
+    assert main(rerun) == 0
     rows = _jsonl(out)
     assert len(rows) == 60 and len({r["key"] for r in rows}) == 60
     assert sorted(r["source"] for r in rows) == sorted(str(p) for p in images)

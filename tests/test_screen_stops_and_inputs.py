@@ -8,13 +8,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tinybundle import fundus_jpeg, tiny_bundle  # noqa: F401 - session fixture
+from tinybundle import fundus_jpeg, screen_run_in_progress, tiny_bundle  # noqa: F401 - session fixture
 from uopsl.runtime import api
 from uopsl.runtime.api import Screener
 from uopsl.runtime.cli import main
@@ -72,17 +71,9 @@ def test_output_folder_errors_come_before_the_model_loads(tiny_bundle: Path, tmp
 def test_sigterm_saves_like_ctrl_c(tiny_bundle: Path, tmp_path: Path) -> None:
     _photos(tmp_path / "in", 60)
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "uopsl.runtime.cli", "run", str(tiny_bundle), str(tmp_path / "in"),
-           "--out", str(out), "--backend", "ort-cpu", "--batch", "2", "--workers", "1", "--threads", "1",
-           "--overlays"]
-    proc = subprocess.Popen(cmd, env={**os.environ, "UOPSL_AUTO_MEASURE": "0"}, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
     jsonl = out / "results.jsonl"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and proc.poll() is None:
-        if jsonl.exists() and jsonl.read_bytes().count(b"\n") >= 6:
-            break
-        time.sleep(0.01)
+    proc, rerun = screen_run_in_progress(tiny_bundle, tmp_path / "in", out, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.PIPE, text=True)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 143, err
@@ -90,7 +81,7 @@ def test_sigterm_saves_like_ctrl_c(tiny_bundle: Path, tmp_path: Path) -> None:
     rows = [json.loads(x) for x in jsonl.read_text().splitlines() if x.strip()]
     assert 0 < len(rows) < 60, "stopped halfway"
     assert len(_csv(out)) == len(rows) and (out / "report.html").is_file(), "CSV and report rewritten on the way out"
-    assert main(cmd[3:]) == 0 and len(_csv(out)) == 60
+    assert main(rerun) == 0 and len(_csv(out)) == 60
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are POSIX")

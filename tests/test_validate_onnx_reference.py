@@ -30,6 +30,7 @@ from typing import Any
 import pytest
 
 from tinybundle import CLASSES, fundus_jpeg, make_tiny_bundle
+from validatekit import CPU, uopsl_validate
 from uopsl.export.validate import ExcludedCandidate, ValidateConfig, plan_candidates, validate_bundle
 from uopsl.runtime.backends import Availability
 from uopsl.runtime.bundle import (
@@ -41,23 +42,11 @@ from uopsl.runtime.bundle import (
     verify_or_raise,
     write_manifest,
 )
-from uopsl.runtime.clikit import LazyGroup, main_entry
 from uopsl.runtime.errors import ConfigError
 
 N = 120
 assert N >= MIN_PARITY_IMAGES  # the PyTorch run must be strong enough for its PASS to be recorded
-CPU = Availability(("CPUExecutionProvider",))
-
-
-def _uopsl(argv: list[str]) -> int:
-    """Run ``uopsl validate`` in this process (same LazyGroup plumbing and exit-code mapping as the CLI)."""
-    import click
-
-    @click.group(cls=LazyGroup, lazy={"validate": "uopsl.train.commands.validate:command"})
-    def cli() -> None:
-        pass
-
-    return main_entry(cli, ["validate", *argv], prog_name="uopsl")
+_uopsl = uopsl_validate
 
 
 @pytest.fixture(scope="module")

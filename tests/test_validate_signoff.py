@@ -32,6 +32,7 @@ import numpy as np
 import pytest
 
 from tinybundle import fundus_jpeg
+from validatekit import CPU, DEMO_CLASSES, NAMES, PRE, THRESHOLDS, N, uopsl_validate
 from uopsl.export import validate as validate_mod
 from uopsl.export.parity_metrics import ParityGates, binomial_upper_bound, parse_gates
 from uopsl.export.validate import (
@@ -42,31 +43,12 @@ from uopsl.export.validate import (
     unknown_labels,
     validate_bundle,
 )
-from uopsl.runtime.backends import Availability
-from uopsl.runtime.bundle import ClassSpec, FileEntry, Manifest, describe_file, read_manifest, write_manifest
-from uopsl.runtime.clikit import LazyGroup, main_entry
+from uopsl.runtime.bundle import FileEntry, Manifest, describe_file, read_manifest, write_manifest
 from uopsl.runtime.errors import ConfigError
 from uopsl.runtime.preprocess import PreprocessConfig, preprocess, read_bytes
 
-CLASSES = (ClassSpec("normal", threshold=0.10487), ClassSpec("dr", threshold=0.87914, referable=True),
-           ClassSpec("dme", threshold=0.28952, referable=True), ClassSpec("amd", threshold=0.012007, referable=True),
-           ClassSpec("glaucoma", threshold=0.013595, referable=True))
-NAMES = tuple(c.name for c in CLASSES)
-THRESHOLDS = np.array([c.threshold for c in CLASSES])
-PRE = PreprocessConfig(size=32)
-N = 120
-CPU = Availability(("CPUExecutionProvider",))
-
-
-def _uopsl(argv: list[str]) -> int:
-    """Run ``uopsl validate`` in this process (same LazyGroup plumbing and exit-code mapping as the CLI)."""
-    import click
-
-    @click.group(cls=LazyGroup, lazy={"validate": "uopsl.train.commands.validate:command"})
-    def cli() -> None:
-        pass
-
-    return main_entry(cli, ["validate", *argv], prog_name="uopsl")
+CLASSES = DEMO_CLASSES
+_uopsl = uopsl_validate
 
 
 def _logits(p: np.ndarray) -> np.ndarray:

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from tinybundle import fundus_jpeg
+from validatekit import DEMO_CLASSES, NAMES, PRE, THRESHOLDS, N
 from uopsl.export import validate as validate_mod
 from uopsl.export.parity_metrics import (
     INCOMPLETE,
@@ -46,16 +47,8 @@ from uopsl.runtime.bundle import (
     read_manifest,
     write_manifest,
 )
-from uopsl.runtime.preprocess import PreprocessConfig, preprocess, read_bytes
+from uopsl.runtime.preprocess import preprocess, read_bytes
 
-# The demo bundle's classes and operating thresholds (/tmp/s8/demo_det/bundle, the review's input).
-DEMO_CLASSES = (ClassSpec("normal", threshold=0.10487), ClassSpec("dr", threshold=0.87914, referable=True),
-                ClassSpec("dme", threshold=0.28952, referable=True), ClassSpec("amd", threshold=0.012007, referable=True),
-                ClassSpec("glaucoma", threshold=0.013595, referable=True))
-NAMES = tuple(c.name for c in DEMO_CLASSES)
-THRESHOLDS = np.array([c.threshold for c in DEMO_CLASSES])
-PRE = PreprocessConfig(size=32)
-N = 120
 
 
 def _manifest(files: tuple[FileEntry, ...] = (FileEntry("model.onnx", "onnx", "fp32"),)) -> Manifest:

@@ -143,3 +143,26 @@ def results_jsonl(out: Path) -> list[dict]:
 def good_photos(folder: Path, n: int, start: int = 0) -> list[Path]:
     """``n`` gradable fundus-like JPEGs ``img0000.jpg``... in ``folder`` (30 distinct images, cycled)."""
     return [fundus_jpeg(folder / f"img{i:04d}.jpg", seed=i % 30) for i in range(start, start + n)]
+
+
+def screen_run_in_progress(bundle: Path, photos: Path, out: Path, rows: int = 6, **popen: object):  # type: ignore[no-untyped-def]
+    """``uopsl-screen run`` started in a subprocess (slowed: batch 2, one worker, one thread), returned once
+    ``rows`` results are written, so a test can stop it halfway (kill, SIGINT, SIGTERM); the caller waits on it.
+
+    Returns (the process, the command's arguments after ``uopsl-screen``, to rerun it with ``main()`` here).
+    """
+    import os
+    import subprocess
+    import sys
+    import time
+
+    cmd = [sys.executable, "-m", "uopsl.runtime.cli", "run", str(bundle), str(photos), "--out", str(out),
+           "--backend", "ort-cpu", "--batch", "2", "--workers", "1", "--threads", "1", "--overlays"]
+    proc = subprocess.Popen(cmd, env={**os.environ, "UOPSL_AUTO_MEASURE": "0"}, **popen)  # type: ignore[call-overload]
+    jsonl = out / "results.jsonl"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        if jsonl.exists() and jsonl.read_bytes().count(b"\n") >= rows:
+            break
+        time.sleep(0.01)
+    return proc, cmd[3:]
