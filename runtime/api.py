@@ -373,14 +373,14 @@ class Screener:
                 raise
             summary.skipped_files = dict(walk.skipped)
             summary.excluded = list(walk.excluded)
-            if walk.skipped or walk.hidden_images:
+            if walk.anything_skipped:
                 log.warning("%s", walk.skipped_message())
             if summary.total == 0 and require_images and not summary.interrupted:
                 named = ", ".join(display_path(x) for x in given or () if not isinstance(x, InputItem))
                 raise ConfigError(
                     f"no photographs found in {named or 'the inputs'} (looked for "
                     f"{', '.join(sorted(IMAGE_SUFFIXES))}"
-                    + (f"; {walk.skipped_message()}" if walk.skipped or walk.hidden_images else "")
+                    + (f"; {walk.skipped_message()}" if walk.anything_skipped else "")
                     + "): check the folder, or name the files"
                 )
             if finalize:

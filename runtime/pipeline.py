@@ -213,6 +213,11 @@ class WalkState:
         if len(self.skipped_names) < 5:
             self.skipped_names.append(display_path(name))
 
+    @property
+    def anything_skipped(self) -> bool:
+        """Whether :meth:`skipped_message` has something to say."""
+        return bool(self.skipped) or self.hidden_images > 0
+
     def skipped_message(self) -> str:
         """``"4 files skipped (not an image type: .HEIC 1, .dcm 1, ...; e.g. e.HEIC, g.dcm)"``, or ``""``."""
         n = sum(self.skipped.values())
