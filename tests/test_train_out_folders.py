@@ -49,9 +49,13 @@ def test_a_finished_run_is_reused_only_for_the_same_data_and_settings(
     assert _finetune(a, pre, out) == 0  # the same command again: nothing to do
     assert "already complete (same data and settings); reusing it" in capsys.readouterr().err
     assert _files(out) == first
-    # Another data set, or more epochs, into the same folder: refused, and nothing in it changes.
-    for data, extra, what in ((b, (), "data"), (a, ("--epochs", "2"), "settings")):
-        assert _finetune(data, pre, out, *extra) == 2
+    # Another data set, more epochs, or another starting model, into the same folder: refused, nothing changes.
+    other_start = tmp_path / "pre2"
+    model2, meta2 = tiny_model(seed=1)
+    save_model(other_start, model2, replace(meta2, stage="pretrain"))
+    for data, start, extra, what in ((b, pre, (), "data"), (a, pre, ("--epochs", "2"), "settings"),
+                                     (a, other_start, (), "model")):
+        assert _finetune(data, start, out, *extra) == 2
         err = capsys.readouterr().err
         assert f"holds a finished finetune run of another {what}" in err and "new --out" in err, err
         assert _files(out) == first

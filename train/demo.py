@@ -83,8 +83,10 @@ def run_demo(out: Path, cfg: DemoConfig) -> dict[str, object]:
     cache = out / "cache"
     common = dict(batch_size=16, seed=cfg.seed, freeze_encoder=cfg.freeze_encoder, augment=not cfg.freeze_encoder,
                   save_every=25)
-    run_pretrain(model, meta, items_for(train, classes, "fundus"), items_for(train, classes, "oct"),
-                 TrainConfig(epochs=cfg.pretrain_epochs, lr=2e-3, **common), ck / "pretrain", cache)  # type: ignore[arg-type]
+    # The pre-trained model is what run_pretrain returns: on a rerun it is the finished one it loads (pre-training
+    # trains `model` in place only when it runs), so a run stopped between the stages fine-tunes the right model.
+    model = run_pretrain(model, meta, items_for(train, classes, "fundus"), items_for(train, classes, "oct"),
+                         TrainConfig(epochs=cfg.pretrain_epochs, lr=2e-3, **common), ck / "pretrain", cache)  # type: ignore[arg-type]
     lap("pretrain")
     model, meta = run_finetune(model, meta, items_for(train, classes, "fundus"), items_for(val, classes, "fundus"),
                                TrainConfig(epochs=cfg.finetune_epochs, lr=2e-3, **common), ck / "finetune", cache)  # type: ignore[arg-type]

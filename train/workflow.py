@@ -92,13 +92,14 @@ RUN_IDENTITY_KEY = "run_identity"
 _SAID_REUSED: set[tuple[str, str]] = set()
 
 
-def run_identity(stage: str, cfg: TrainConfig, model_config: Any, *item_lists: Sequence[Item] | None) -> dict[str, str]:
+def run_identity(stage: str, cfg: TrainConfig, model: UopslModel, *item_lists: Sequence[Item] | None) -> dict[str, str]:
     """What a finished run in ``out`` must share with a new one for the new one to reuse it.
 
-    The stage, the model's configuration, the training settings (all but how
-    they are run: device, AMP, checkpoint interval) and the data (each image's
-    resolved path and target, in order, per list). Stored in the finished
-    checkpoint's metrics (:data:`RUN_IDENTITY_KEY`).
+    The stage, the model it starts from (its configuration and its weights:
+    another ``--from`` checkpoint or ``--init`` file is another run), the
+    training settings (all but how they are run: device, AMP, checkpoint
+    interval) and the data (each image's resolved path and target, in order,
+    per list). Stored in the finished checkpoint's metrics (:data:`RUN_IDENTITY_KEY`).
     """
     settings = {k: v for k, v in cfg.to_dict().items() if k not in _HOW_NOT_WHAT}
     data = hashlib.sha256()
@@ -110,7 +111,13 @@ def run_identity(stage: str, cfg: TrainConfig, model_config: Any, *item_lists: S
     def digest(obj: Any) -> str:
         return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
-    return {"stage": stage, "model": digest(model_config.to_dict()), "settings": digest(settings),
+    # Not the config's `init` (where the first weights came from): a loaded checkpoint reads it back as
+    # "random", and the weights themselves say where the run starts.
+    weights = hashlib.sha256(digest({k: v for k, v in model.config.to_dict().items() if k != "init"}).encode())
+    for name, tensor in model.state_dict().items():
+        weights.update(name.encode())
+        weights.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return {"stage": stage, "model": weights.hexdigest()[:16], "settings": digest(settings),
             "data": data.hexdigest()[:16]}
 
 
@@ -164,7 +171,7 @@ def dataset(items: Sequence[Item], pre: PreprocessConfig, cache: Path | None, au
 
 def run_pretrain(model: UopslModel, meta: CheckpointMeta, fundus: Sequence[Item], oct_items: Sequence[Item] | None,
                  cfg: TrainConfig, out: Path, cache: Path | None = None) -> UopslModel:
-    want = run_identity("pretrain", cfg, model.config, fundus, oct_items)
+    want = run_identity("pretrain", cfg, model, fundus, oct_items)
     if finished_run(out, "pretrain", want):
         return load_model(out)[0]
     pre = meta.preprocess
@@ -193,7 +200,7 @@ def run_finetune(model: UopslModel, meta: CheckpointMeta, train_items: Sequence[
                  cfg: TrainConfig, out: Path, cache: Path | None = None, target_sensitivity: float = 0.9,
                  select: str = "auc") -> tuple[UopslModel, CheckpointMeta]:
     """Fine-tune on fundus images; operating thresholds come from the validation images."""
-    want = run_identity("finetune", effective_finetune_config(cfg, model), model.config, train_items, val_items)
+    want = run_identity("finetune", effective_finetune_config(cfg, model), model, train_items, val_items)
     if finished_run(out, "finetune", want):
         return load_model(out)
     pre = meta.preprocess

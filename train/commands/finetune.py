@@ -73,7 +73,7 @@ def command(data_spec: str, val_spec: str | None, out: Path, from_ckpt: Path | N
                                 data_fingerprint=src.fingerprint, seed=seed)
     train_items, val_items = items_for(src, names, "fundus"), items_for(val, names, "fundus")
     # Before anything is written: a folder holding another run's finished model is refused, not overwritten.
-    want = run_identity("finetune", effective_finetune_config(cfg, model), model.config, train_items, val_items)
+    want = run_identity("finetune", effective_finetune_config(cfg, model), model, train_items, val_items)
     if not finished_run(out, "finetune", want):
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "finetune.config.json", {"data": src.describe(), "val": val.describe(),
