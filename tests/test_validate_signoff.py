@@ -24,15 +24,16 @@ import math
 import os
 import re
 import shutil
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 
-from tinybundle import fundus_jpeg
-from validatekit import CPU, DEMO_CLASSES, NAMES, PRE, THRESHOLDS, N, uopsl_validate
+from validatekit import (  # noqa: F401 - photos, image_keys: module fixtures
+    CPU, DEMO_CLASSES, NAMES, PRE, THRESHOLDS, N, Table, confident, image_keys, photos,
+    uopsl_validate,
+)
 from uopsl.export import validate as validate_mod
 from uopsl.export.parity_metrics import ParityGates, binomial_upper_bound, parse_gates
 from uopsl.export.validate import (
@@ -51,54 +52,8 @@ CLASSES = DEMO_CLASSES
 _uopsl = uopsl_validate
 
 
-def _logits(p: np.ndarray) -> np.ndarray:
-    p = np.clip(np.asarray(p, np.float64), 1e-7, 1 - 1e-7)
-    return np.log(p) - np.log1p(-p)
-
-
 def _labels(n: int) -> list[tuple[str, ...]]:
     return [(NAMES[i % len(NAMES)],) for i in range(n)]
-
-
-def _confident(labels: Sequence[tuple[str, ...]]) -> np.ndarray:
-    """Each labelled class well above its threshold, every other well below (unknown labels: all below)."""
-    pos = np.array([[n in lab for n in NAMES] for lab in labels])
-    return np.where(pos, THRESHOLDS + (1 - THRESHOLDS) * 0.6, THRESHOLDS * 0.4)
-
-
-def _key(image: np.ndarray) -> str:
-    return hashlib.sha1(np.ascontiguousarray(image).tobytes()).hexdigest()
-
-
-@pytest.fixture(scope="module")
-def photos(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
-    folder = tmp_path_factory.mktemp("photos")
-    return [fundus_jpeg(folder / f"i{i:03d}.jpg", size=96, seed=i) for i in range(N)]
-
-
-@pytest.fixture(scope="module")
-def image_keys(photos: list[Path]) -> dict[str, int]:
-    keys = {_key(preprocess(read_bytes(p), PRE, source=str(p)).image): i for i, p in enumerate(photos)}
-    assert len(keys) == len(photos)
-    return keys
-
-
-class _Table:
-    """A model whose outputs for each image are rows of ``probs()``, found by the preprocessed image."""
-
-    def __init__(self, keys: Mapping[str, int], probs: Callable[[], np.ndarray]) -> None:
-        self.keys, self.probs = keys, probs
-
-    def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        p = self.probs()[[self.keys[_key(x)] for x in batch]]
-        return {"probs": p.astype(np.float32), "logits": _logits(p).astype(np.float32),
-                "site_maps": np.zeros((len(p), len(NAMES), 4, 4), np.float32)}
-
-    def __enter__(self) -> _Table:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 class _Models:
@@ -106,11 +61,11 @@ class _Models:
 
     def __init__(self, keys: Mapping[str, int], monkeypatch: pytest.MonkeyPatch,
                  labels: Sequence[tuple[str, ...]]) -> None:
-        self.ref = _confident(labels)
+        self.ref = confident(labels)
         self.files = {"model.onnx": self.ref.copy(), "model.int8.onnx": self.ref.copy()}
-        self.reference = _Table(keys, lambda: self.ref)
+        self.reference = Table(keys, lambda: self.ref)
         monkeypatch.setattr(validate_mod, "open_candidate",
-                            lambda bundle, spec, threads: _Table(keys, lambda: self.files[spec.file]))
+                            lambda bundle, spec, threads: Table(keys, lambda: self.files[spec.file]))
 
 
 def _bundle(root: Path, *, backbone: str = "", size: int = PRE.size, notes: dict[str, Any] | None = None) -> Path:
@@ -488,7 +443,7 @@ def test_any_finding_bound_is_exact_and_the_docs_say_what_the_gate_measures() ->
     from uopsl.export.parity_metrics import finding_changes
 
     m = Manifest(classes=CLASSES, head="sigmoid", preprocess=PRE, files=(FileEntry("model.onnx", "onnx", "fp32"),))
-    ref = _confident(_labels(40))
+    ref = confident(_labels(40))
     cand = ref.copy()
     cand[[1, 6], NAMES.index("glaucoma")] = 0.9
     cand[6, NAMES.index("amd")] = 0.9  # one image with two changed findings counts once

@@ -12,15 +12,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-from tinybundle import fundus_jpeg
-from validatekit import DEMO_CLASSES, NAMES, PRE, THRESHOLDS, N
+from validatekit import (  # noqa: F401 - photos, image_keys: module fixtures
+    DEMO_CLASSES, NAMES, PRE, THRESHOLDS, N, Table, confident, image_keys, logits_of, photos,
+)
 from uopsl.export import validate as validate_mod
 from uopsl.export.parity_metrics import (
     INCOMPLETE,
@@ -47,71 +48,21 @@ from uopsl.runtime.bundle import (
     read_manifest,
     write_manifest,
 )
-from uopsl.runtime.preprocess import preprocess, read_bytes
-
 
 
 def _manifest(files: tuple[FileEntry, ...] = (FileEntry("model.onnx", "onnx", "fp32"),)) -> Manifest:
     return Manifest(classes=DEMO_CLASSES, head="sigmoid", preprocess=PRE, files=files, model_name="demo-like")
 
 
-def _logits(p: np.ndarray) -> np.ndarray:
-    p = np.clip(np.asarray(p, np.float64), 1e-7, 1 - 1e-7)
-    return np.log(p) - np.log1p(-p)
-
-
 def _outputs(p: np.ndarray) -> dict[str, np.ndarray]:
-    return {"probs": np.asarray(p, np.float64), "logits": _logits(p)}
+    return {"probs": np.asarray(p, np.float64), "logits": logits_of(p)}
 
 
 def _single_labels(n: int) -> list[tuple[str, ...]]:
     return [(NAMES[i % len(NAMES)],) for i in range(n)]
 
 
-def _confident(labels: list[tuple[str, ...]]) -> np.ndarray:
-    """Probabilities that call each labelled class well above its threshold and every other well below."""
-    pos = np.array([[n in lab for n in NAMES] for lab in labels])
-    return np.where(pos, THRESHOLDS + (1 - THRESHOLDS) * 0.6, THRESHOLDS * 0.4)
-
-
 # -- end-to-end fixtures --------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def photos(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
-    folder = tmp_path_factory.mktemp("photos")
-    return [fundus_jpeg(folder / f"i{i:03d}.jpg", size=96, seed=i) for i in range(N)]
-
-
-@pytest.fixture(scope="module")
-def image_keys(photos: list[Path]) -> dict[str, int]:
-    """sha1 of each preprocessed image -> its index: the stand-in models look their outputs up by it."""
-    keys = {_key(preprocess(read_bytes(p), PRE, source=str(p)).image): i for i, p in enumerate(photos)}
-    assert len(keys) == len(photos)
-    return keys
-
-
-def _key(image: np.ndarray) -> str:
-    return hashlib.sha1(np.ascontiguousarray(image).tobytes()).hexdigest()
-
-
-class _Table:
-    """A model whose outputs for each image are rows of ``probs`` (logits from them; NaN/inf pass through)."""
-
-    def __init__(self, keys: Mapping[str, int], probs: Callable[[], np.ndarray]) -> None:
-        self.keys, self.probs = keys, probs
-
-    def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        idx = [self.keys[_key(x)] for x in batch]
-        p = self.probs()[idx]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            logits = np.where(np.isfinite(p), _logits(p), p)
-        return {"probs": p.astype(np.float32), "logits": logits.astype(np.float32),
-                "site_maps": np.zeros((len(idx), len(NAMES), 4, 4), np.float32)}
-
-    def __enter__(self) -> _Table:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 @pytest.fixture
@@ -131,11 +82,11 @@ class _Models:
     """The reference and the two candidates' probabilities, changeable between runs."""
 
     def __init__(self, keys: Mapping[str, int], monkeypatch: pytest.MonkeyPatch, labels: list[tuple[str, ...]]) -> None:
-        self.ref = _confident(labels)
+        self.ref = confident(labels)
         self.files = {"model.onnx": self.ref.copy(), "model.int8.onnx": self.ref.copy()}
-        self.reference = _Table(keys, lambda: self.ref)
+        self.reference = Table(keys, lambda: self.ref)
         monkeypatch.setattr(validate_mod, "open_candidate",
-                            lambda bundle, spec, threads: _Table(keys, lambda: self.files[spec.file]))
+                            lambda bundle, spec, threads: Table(keys, lambda: self.files[spec.file]))
 
 
 def _run(bundle: Path, photos: list[Path], labels: list[tuple[str, ...]], models: _Models, out: Path,
@@ -222,7 +173,7 @@ def test_a_small_or_loosened_run_never_replaces_a_fail(bundle: Path, photos: lis
     assert ok and "ort-cpu on 120 images" in why
     run = read_manifest(bundle).file("model.int8.onnx").info["parity"]["backends"]["ort-cpu"]
     assert run["gates"] == dict(PARITY_GATE_DEFAULTS) and run["n_images"] == 120 and run["verdict"] == "PASS"
-    assert run["data"]["spec"] == "test table" and run["reference"] == "_Table"
+    assert run["data"]["spec"] == "test table" and run["reference"] == "Table"
     # a 3-image run cannot evaluate amd or glaucoma: INCOMPLETE, and it does not erase the complete PASS
     tiny = _run(bundle, photos[:3], labels[:3], models, tmp_path / "tiny")
     assert tiny.status == "INCOMPLETE" and tiny.exit_code == 1 and _status(bundle, "model.int8.onnx")[0]
@@ -258,7 +209,7 @@ def test_a_class_without_positives_is_listed_even_when_the_others_pass() -> None
     """The review's --limit 10 run: amd had 0 positives, yet the gate line read PASS, largest drop: dr."""
     m = _manifest()
     labels = [lab for lab in _single_labels(60) if lab != ("amd",)]
-    ref = _confident(labels)
+    ref = confident(labels)
     clin = clinical(m, truth_from_labels(m, labels, NAMES), ref, ref.copy(), [str(i) for i in range(len(labels))],
                     n_boot=0)
     v = judge(ParityGates(), numerical(_outputs(ref), _outputs(ref)), clin)
@@ -272,7 +223,7 @@ def test_a_class_without_positives_is_listed_even_when_the_others_pass() -> None
 def test_no_labels_and_no_positives_are_told_apart() -> None:
     m = _manifest()
     labels = [("normal",), ("dr",), ("dme",), ("normal",)] * 5  # no amd or glaucoma image, and no labels for them
-    ref = _confident(labels)
+    ref = confident(labels)
     clin = clinical(m, truth_from_labels(m, labels, ("normal", "dr", "dme")), ref, ref, [str(i) for i in range(20)],
                     n_boot=0)
     auc = {c.name: c for c in judge(ParityGates(), numerical(_outputs(ref), _outputs(ref)), clin).checks}["auc_drop"]
@@ -481,10 +432,10 @@ def test_a_candidate_that_cannot_load_here_leaves_its_earlier_pass_alone(
     assert _run(bundle, photos, labels, models, tmp_path / "pass").status == "PASS"
     assert _status(bundle, "model.int8.onnx")[0]
 
-    def broken(bundle_: Path, spec: Any, threads: Any) -> _Table:
+    def broken(bundle_: Path, spec: Any, threads: Any) -> Table:
         if spec.file == "model.int8.onnx":
             raise RuntimeError("CUDA out of memory")
-        return _Table(image_keys, lambda: models.files[spec.file])
+        return Table(image_keys, lambda: models.files[spec.file])
 
     monkeypatch.setattr(validate_mod, "open_candidate", broken)
     again = _run(bundle, photos, labels, models, tmp_path / "oom")
