@@ -117,6 +117,11 @@ def test_missing_path_is_said_first(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     (tmp_path / "t.csv").write_text("path,label\n", encoding="utf-8")
     with pytest.raises(ConfigError, match=r"cannot tell the dataset kind .*csv:t\.csv"):
         parse_spec("t.csv")
+    # A user's own folder holding a labels.csv is not taken for synthetic data (a research review's finding).
+    (tmp_path / "own").mkdir()
+    (tmp_path / "own" / "labels.csv").write_text("path,label\na.jpg,dr\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"own/labels\.csv is not a `uopsl synth` table .*csv:own/labels\.csv"):
+        parse_spec("own")
 
 
 # -- csv kind --------------------------------------------------------------------------------------

@@ -115,6 +115,15 @@ def parse_spec(spec: str) -> tuple[str, Path, dict[str, str]]:
         raise ConfigError(f"{path}: no such file or folder (dataset {spec!r}){hint}")
     if not kind:
         if (path / "labels.csv").is_file():
+            # A bare folder holding labels.csv is `uopsl synth` output; a user's own table is refused with the
+            # spec to use (it used to fail on the synthetic reader's missing columns, which says nothing useful).
+            with open(path / "labels.csv", encoding="utf-8-sig", errors="replace") as fh:
+                header = {c.strip() for c in fh.readline().split(",")}
+            if not {"patient", "modality", "labels"} <= header:
+                raise ConfigError(
+                    f"{path}/labels.csv is not a `uopsl synth` table (columns {', '.join(sorted(header))}); a bare "
+                    f"folder is read as synthetic data. For your own table write csv:{path / 'labels.csv'} (columns "
+                    f"path and label), or folder:{path} for {path}/<class>/*.jpg")
             kind = "synthetic"
         elif path.is_dir():
             kind = "folder"
