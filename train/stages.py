@@ -218,6 +218,8 @@ def finetune(model: UopslModel, train_ds: AnyDataset, val_ds: AnyDataset | None,
     cfg = effective_finetune_config(cfg, model, warn=True)
     runner = StageRunner(model, cfg, out, "finetune", meta.data_fingerprint)
     runner.resume()
+    log.info("finetune: %d training and %s validation images", len(train_ds),
+             len(val_ds) if val_ds is not None else "no")
     src_train: Any = as_features(train_ds, model.fundus.encoder, cfg, runner.device)
     src_val: Any = None if val_ds is None else as_features(val_ds, model.fundus.encoder, cfg, runner.device)
     feats = isinstance(src_train, FeatureDataset)
@@ -236,13 +238,21 @@ def finetune(model: UopslModel, train_ds: AnyDataset, val_ds: AnyDataset | None,
                 losses.classification(torch.logit(torch.from_numpy(probs).clamp(1e-6, 1 - 1e-6)),
                                       torch.from_numpy(src_val.targets), "sigmoid"))
         stats["val_score"] = float(score)
-        if score > state["best"] and runner.dist.main:
+        better = score > state["best"]
+        if better and runner.dist.main:
             state["best"] = float(score)
             runner.info["best"] = float(score)
             runner.info["best_epoch"] = ep + 1
             from safetensors.torch import save_file
 
             save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(best_file))
+        if runner.dist.main:  # one line per epoch on the console: what a researcher watches
+            what = ((f"validation {getattr(select, '__name__', 'score').replace('_', ' ')}" if select
+                     else "validation loss (negated)") if src_val is not None
+                    else "training loss (negated; no validation images)")
+            log.info("finetune epoch %d/%d: loss %.4f, %s %.3f%s", ep + 1, cfg.epochs, stats.get("loss", float("nan")),
+                     what, score, " (best so far: kept)" if better else f" (best {state['best']:.3f}, "
+                     f"epoch {runner.info.get('best_epoch', '?')})")
 
     with head_only_threads(feats):
         run_epochs(runner, len(src_train), train_loop(runner, src_train, loss_fn), on_epoch_end)
