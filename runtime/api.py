@@ -341,13 +341,14 @@ class Screener:
             buffer: list[dict[str, Any]] = []
             try:
                 try:
+                    model_file = self._model_file_columns()  # the same for every row of this run
                     for r in self._pipeline(side).run(todo()):
                         r = self._apart_from_earlier_photograph(store, r)
                         row = r.to_row()
                         row["screened_at"] = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
                         row["bundle_sha256"] = self.identity.bundle_sha256
                         row["model_sha256"] = self.identity.model_sha256
-                        row.update(self._model_file_columns())
+                        row.update(model_file)
                         self._write_images(out, r, overlays, report)
                         buffer.append(row)
                         summary.screened += 1

@@ -170,8 +170,10 @@ def dataset(items: Sequence[Item], pre: PreprocessConfig, cache: Path | None, au
 
 
 def run_pretrain(model: UopslModel, meta: CheckpointMeta, fundus: Sequence[Item], oct_items: Sequence[Item] | None,
-                 cfg: TrainConfig, out: Path, cache: Path | None = None) -> UopslModel:
-    want = run_identity("pretrain", cfg, model, fundus, oct_items)
+                 cfg: TrainConfig, out: Path, cache: Path | None = None,
+                 identity: dict[str, str] | None = None) -> UopslModel:
+    """Pre-train; ``identity``: :func:`run_identity` of this run when the caller already computed it."""
+    want = identity or run_identity("pretrain", cfg, model, fundus, oct_items)
     if finished_run(out, "pretrain", want):
         return load_model(out)[0]
     pre = meta.preprocess
@@ -198,9 +200,12 @@ def from_checkpoint(ckpt: Path, classes: Sequence[str] | None = None, text_model
 
 def run_finetune(model: UopslModel, meta: CheckpointMeta, train_items: Sequence[Item], val_items: Sequence[Item] | None,
                  cfg: TrainConfig, out: Path, cache: Path | None = None, target_sensitivity: float = 0.9,
-                 select: str = "auc") -> tuple[UopslModel, CheckpointMeta]:
-    """Fine-tune on fundus images; operating thresholds come from the validation images."""
-    want = run_identity("finetune", effective_finetune_config(cfg, model), model, train_items, val_items)
+                 select: str = "auc", identity: dict[str, str] | None = None) -> tuple[UopslModel, CheckpointMeta]:
+    """Fine-tune on fundus images; operating thresholds come from the validation images.
+
+    ``identity``: :func:`run_identity` of this run when the caller already computed it (it hashes the weights).
+    """
+    want = identity or run_identity("finetune", effective_finetune_config(cfg, model), model, train_items, val_items)
     if finished_run(out, "finetune", want):
         return load_model(out)
     pre = meta.preprocess

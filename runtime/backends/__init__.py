@@ -284,6 +284,17 @@ def cpu_int8_speedup(
 
 
 # -- file choice ------------------------------------------------------------------------
+def _file_sha256(path: Path) -> str:
+    """sha256 of ``path``, hashed once per file version (one selection asks for OpenVINO, then ONNX Runtime)."""
+    st = os.stat(path)
+    return _sha256_of_version(os.path.realpath(path), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=32)
+def _sha256_of_version(path: str, size: int, mtime_ns: int) -> str:
+    return sha256_file(path)
+
+
 def validated_file(root: Path, entry: FileEntry, runtime: str, manifest: Manifest) -> tuple[bool, str]:
     """:func:`parity_status`, and, when it passes, the file's bytes still have the sha256 it was validated with.
 
@@ -297,7 +308,7 @@ def validated_file(root: Path, entry: FileEntry, runtime: str, manifest: Manifes
     if not ok:
         return ok, why
     try:
-        actual = sha256_file(root / entry.path)
+        actual = _file_sha256(root / entry.path)
     except OSError as exc:
         return False, f"{entry.path} cannot be read ({exc.strerror or exc})"
     if actual != entry.sha256:

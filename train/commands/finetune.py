@@ -80,6 +80,6 @@ def command(data_spec: str, val_spec: str | None, out: Path, from_ckpt: Path | N
                                                   "from": str(from_ckpt), "model": meta.model.to_dict(),
                                                   "train": cfg.to_dict(), "shots": shots})
     _, meta = run_finetune(model, meta, train_items, val_items, cfg, out, cache_dir or out / "cache",
-                           target_sensitivity)
+                           target_sensitivity, identity=want)
     shown = ", ".join(f"{n} {t:.3f}" for n, t in zip(names, meta.thresholds))
     click.echo(f"fine-tuned model written to {out} (thresholds: {shown})")

@@ -47,9 +47,10 @@ def command(fundus_spec: str, oct_spec: str | None, out: Path, classes: str | No
     fundus_items = items_for(fsrc, names, "fundus")
     oct_items = items_for(osrc, names, "oct") if osrc else None
     # Before anything is written: a folder holding another run's finished model is refused, not overwritten.
-    if not finished_run(out, "pretrain", run_identity("pretrain", cfg, model, fundus_items, oct_items)):
+    want = run_identity("pretrain", cfg, model, fundus_items, oct_items)
+    if not finished_run(out, "pretrain", want):
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "pretrain.config.json", {"fundus": fsrc.describe(), "oct": osrc.describe() if osrc else None,
                                                   "model": meta.model.to_dict(), "train": cfg.to_dict()})
-    run_pretrain(model, meta, fundus_items, oct_items, cfg, out, cache_dir or out / "cache")
+    run_pretrain(model, meta, fundus_items, oct_items, cfg, out, cache_dir or out / "cache", identity=want)
     click.echo(f"pre-trained {variant} model written to {out}")
