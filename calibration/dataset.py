@@ -28,17 +28,17 @@ import json
 import logging
 import os
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any
 
 import cv2
 import numpy as np
 
 from uopsl.runtime.errors import ConfigError, DataError, ImageError
 from uopsl.runtime.fsio import atomic_open
-from uopsl.runtime.optional import available
+from uopsl.runtime.progress import track
 from uopsl.runtime.preprocess import PREPROCESS_VERSION, PreprocessConfig, preprocess, read_bytes
 
 log = logging.getLogger(__name__)
@@ -46,17 +46,6 @@ log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp"})
 LIST_SUFFIXES = frozenset({".txt", ".lst", ".list"})
 _CACHE_FORMAT = 1
-
-T = TypeVar("T")
-
-
-def progress(items: Iterable[T], *, total: int | None = None, desc: str = "", enabled: bool = True) -> Iterable[T]:
-    """Wrap a loop a person waits for in a tqdm bar when tqdm is installed (stderr)."""
-    if not enabled or not available("tqdm"):
-        return items
-    from tqdm.auto import tqdm
-
-    return cast(Iterable[T], tqdm(items, total=total, desc=desc, leave=False, dynamic_ncols=True))
 
 
 @dataclass(frozen=True)
@@ -336,7 +325,7 @@ def build_calibration_set(
     want = len(paths) if max_images is None else min(max_images, len(paths))
     kept: list[tuple[int, np.ndarray]] = []
     skipped: list[SkippedImage] = []
-    for i in progress(order, total=want, desc="preprocess", enabled=show_progress):
+    for i in track(order, total=want, desc="preprocess", show=show_progress):
         if len(kept) >= want:
             break
         path = paths[int(i)]

@@ -41,7 +41,8 @@ from typing import Any
 
 import numpy as np
 
-from uopsl.calibration.dataset import CalibrationSet, progress
+from uopsl.calibration.dataset import CalibrationSet
+from uopsl.runtime.progress import track
 from uopsl.calibration.table import METHODS, CalibrationTable, load_if_current
 from uopsl.runtime.errors import BackendError, ConfigError
 from uopsl.runtime.fsio import sha256_file
@@ -393,8 +394,8 @@ def collect_statistics(
         )
     hists = {name: ActivationHistogram(num_bins) for name in tensors}
     n_batches = -(-len(calib_set) // batch_size)
-    batches: Iterable[np.ndarray] = progress(
-        calib_set.batches(batch_size), total=n_batches, desc="calibrate", enabled=show_progress
+    batches: Iterable[np.ndarray] = track(
+        calib_set.batches(batch_size), total=n_batches, desc="calibrate", show=show_progress
     )
     for batch in batches:
         try:

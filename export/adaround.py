@@ -47,7 +47,7 @@ from typing import Any
 
 import numpy as np
 
-from uopsl.calibration.dataset import progress
+from uopsl.runtime.progress import track
 from uopsl.export.rounding_layers import (
     RoundableLayer,
     conv_padded,
@@ -242,7 +242,7 @@ def adaround(float_model: Any, qmodel: Any, images: np.ndarray, config: AdaRound
         log.info("AdaRound leaves %d quantized layer(s) with nearest rounding: %s", len(skipped),
                  "; ".join(skipped[:5]) + (" ..." if len(skipped) > 5 else ""))
     reports: list[AdaRoundReport] = []
-    for layer in progress(layers, total=len(layers), desc="AdaRound", enabled=show_progress):
+    for layer in track(layers, total=len(layers), desc="AdaRound", show=show_progress):
         x_q = tensor_values(qmodel, layer.node.input[0], images)
         target = tensor_values(float_model, layer.float_output, images)
         low, high = layer.clamp

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from uopsl.calibration.dataset import progress
+from uopsl.runtime.progress import track
 from uopsl.export.layerwise import exposing_session, read_counts, truncated_model
 from uopsl.runtime.optional import require
 
@@ -146,7 +146,7 @@ def correct_biases(float_model: Any, qmodel: Any, images: np.ndarray, *, show_pr
     reference = _channel_means(float_model, [t.float_output for t in targets], images)
     inits = {i.name: i for i in qmodel.graph.initializer}
     corrected = 0
-    for t in progress(targets, total=len(targets), desc="bias correction", enabled=show_progress):
+    for t in track(targets, total=len(targets), desc="bias correction", show=show_progress):
         # Each layer is measured with every earlier layer already corrected (sequential, not one-shot:
         # correcting all layers from one measurement overshoots).
         part = truncated_model(qmodel, t.int8_output, purpose="INT8 bias correction")

@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from uopsl.calibration.dataset import progress
+from uopsl.runtime.progress import track
 from uopsl.export.rounding_layers import (
     RoundableLayer,
     conv_padded,
@@ -227,7 +227,7 @@ def gptq(float_model: Any, qmodel: Any, images: np.ndarray, config: GptqConfig =
         log.info("GPTQ leaves %d quantized layer(s) with nearest rounding: %s", len(skipped),
                  "; ".join(skipped[:5]) + (" ..." if len(skipped) > 5 else ""))
     reports: list[GptqReport] = []
-    for layer in progress(layers, total=len(layers), desc="GPTQ", enabled=show_progress):
+    for layer in track(layers, total=len(layers), desc="GPTQ", show=show_progress):
         x_q = tensor_values(qmodel, layer.node.input[0], images)
         ints, before, after = gptq_layer(layer, x_q, config)
         changed = write_rounding(qmodel, layer, ints)

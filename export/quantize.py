@@ -64,7 +64,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from uopsl.calibration.dataset import CalibrationSet, progress
+from uopsl.calibration.dataset import CalibrationSet
+from uopsl.runtime.progress import track
 from uopsl.export.adaround import AdaRoundConfig, adaround
 from uopsl.export.gptq import gptq
 from uopsl.export.bias_correction import correct_biases
@@ -510,7 +511,7 @@ def _sensitivities(prepared: Any, path: Path, table: CalibrationTable, calib_set
     reference = _run(_session(prepared.SerializeToString()), images)
     candidates = [n for n in prepared.graph.node if n.op_type in LAYER_OPS and n.name not in excluded]
     out: list[LayerSensitivity] = []
-    for node in progress(candidates, total=len(candidates), desc="sensitivity", enabled=show_progress):
+    for node in track(candidates, total=len(candidates), desc="sensitivity", show=show_progress):
         qmodel = _quantize_proto(prepared, table, config, nodes_to_quantize=[node.name])
         max_abs, cos = output_error(reference, _run(_session(qmodel.SerializeToString()), images))
         out.append(LayerSensitivity(node.name, node.op_type, max_abs, cos))

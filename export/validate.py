@@ -70,7 +70,7 @@ from typing import Any, Protocol, TypeVar
 import cv2
 import numpy as np
 
-from uopsl.calibration.dataset import progress
+from uopsl.runtime.progress import track
 from uopsl.export.bundle_writer import kept_pytorch_verdict, record_parity
 from uopsl.export.parity_metrics import (
     BOOTSTRAP_ALPHA,
@@ -554,8 +554,8 @@ def _run_all(bundle: Path, manifest: Manifest, reference: Reference, ref_cfg: Pr
                     log.error("%s: cannot load (%s)", spec.name, exc)
 
         n_batches = -(-len(images) // config.batch_size)
-        for index, records in enumerate(progress(_chunks(images, config.batch_size), total=n_batches,
-                                                 desc="validate", enabled=config.show_progress)):
+        for index, records in enumerate(track(_chunks(images, config.batch_size), total=n_batches,
+                                                 desc="validate", show=config.show_progress)):
             cached = cache.get(index)
             if cached is None:
                 ok, x, x_ref, skipped = _preprocess_batch(records, cfg, ref_cfg)

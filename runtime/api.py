@@ -29,6 +29,7 @@ from uopsl.runtime.backends import Selection, open_backend
 from uopsl.runtime.backends.base import Backend, check_gpu_index
 from uopsl.runtime.bundle import Manifest, read_manifest, verify_or_raise
 from uopsl.runtime.errors import ConfigError
+from uopsl.runtime import progress as progress_bars
 from uopsl.runtime.overlay import OVERLAY_DIR, THUMB_DIR, write_overlay, write_thumbnail
 from uopsl.runtime.pipeline import (
     IMAGE_SUFFIXES,
@@ -334,10 +335,11 @@ class Screener:
                 summary.skipped += 1
                 summary.counts[status] = summary.counts.get(status, 0) + 1
                 summary.refer += refer  # decided by the earlier run
-                if bar is not None:
-                    bar.update(1)
+                bar.update(1)
 
-            bar = _progress(_count(given, out) if progress and given is not None else None, progress)
+            show = progress and progress_bars.enabled()  # -q hides bars: then skip the counting walk too
+            bar = progress_bars.bar(total=_count(given, out) if show and given is not None else None, desc="screening",
+                                    unit="img", leave=True, show=show)
             buffer: list[dict[str, Any]] = []
             try:
                 try:
@@ -359,13 +361,11 @@ class Screener:
                         if len(buffer) >= self.config.batch_size:
                             store.append(buffer)
                             buffer = []
-                        if bar is not None:
-                            bar.update(1)
+                        bar.update(1)
                 finally:
                     store.append(buffer)
                     buffer = []
-                    if bar is not None:
-                        bar.close()
+                    bar.close()
             except KeyboardInterrupt:
                 summary.interrupted = True
             except Exception:
@@ -509,14 +509,3 @@ def _count_quietly(inputs: Iterable[Any] | None, out: Path) -> int | None:
         return None
     finally:
         logger.setLevel(level)
-
-
-def _progress(total: int | None, enabled: bool) -> Any:
-    if not enabled:
-        return None
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        log.debug("tqdm not installed; no progress bar")
-        return None
-    return tqdm(total=total, unit="img", desc="screening", dynamic_ncols=True, leave=True)

@@ -34,6 +34,7 @@ from typing import Any
 
 import click
 
+from uopsl.runtime import progress as progress_bars
 from uopsl.runtime.errors import UopslError
 
 log = logging.getLogger(__name__)
@@ -63,8 +64,10 @@ class LazyGroup(click.Group):
 
 
 def setup_logging(verbose: int) -> None:
+    """Log level from ``-v`` (1: INFO, 2: DEBUG) or ``-q`` (-1: warnings and errors, and no progress bars)."""
     level = logging.DEBUG if verbose >= 2 else logging.INFO if verbose >= 0 else logging.WARNING
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr, force=True)
+    progress_bars.set_enabled(verbose >= 0)
 
 
 def _is_verbose_flag(a: str) -> bool:

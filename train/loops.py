@@ -33,6 +33,7 @@ from torch import nn
 
 from uopsl.runtime.errors import ConfigError
 from uopsl.runtime.fsio import write_text
+from uopsl.runtime import progress as progress_bars
 from uopsl.train import losses
 from uopsl.train.checkpoint import clear_state, load_state, save_state
 from uopsl.train.model import UopslModel
@@ -308,11 +309,7 @@ class StageRunner:
             w.writerow(row)
 
     def progress(self, total: int, initial: int, desc: str):  # type: ignore[no-untyped-def]
-        try:
-            from tqdm import tqdm
-        except ImportError:
-            return None
-        return tqdm(total=total, initial=initial, desc=desc, disable=not self.dist.main, leave=False, mininterval=1.0)
+        return progress_bars.bar(total=total, initial=initial, desc=desc, show=self.dist.main, mininterval=1.0)
 
     def finish(self) -> None:
         if self.dist.main:
@@ -330,15 +327,13 @@ def run_epochs(runner: StageRunner, n_items: int, epoch_fn: Callable[[int, int, 
         try:
             stats = epoch_fn(ep, runner.info["step"], bar)
         except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM (the CLI turns it into one): say what is saved
-            if bar is not None:
-                bar.close()
+            bar.close()
             saved = runner.saved_at
             where = (f"its last checkpoint, epoch {saved[0] + 1} after step {saved[1]}, is in {runner.out}"
                      if saved is not None else f"no checkpoint was written yet to {runner.out}")
             raise KeyboardInterrupt(f"{runner.stage} interrupted in epoch {ep + 1} of {cfg.epochs}; {where}: run "
                                     "the same command again to resume") from exc
-        if bar is not None:
-            bar.close()
+        bar.close()
         if on_epoch_end:
             on_epoch_end(ep, stats)
         runner.info.update(epoch=ep + 1, step=0)
@@ -381,9 +376,8 @@ def train_loop(runner: StageRunner, ds: PairDataset, loss_fn: Callable[[torch.Te
             rate = done_here * len(x) * runner.dist.world / max(time.perf_counter() - t0, 1e-9)
             runner.log_row({"stage": runner.stage, "epoch": ep + 1, "step": step + 1,
                             **{k: round(float(v.detach()), 5) for k, v in parts.items()}, "img_per_s": round(rate, 2)})
-            if bar is not None:
-                bar.set_postfix(loss=f"{float(parts['loss'].detach()):.4f}", img_s=f"{rate:.1f}")
-                bar.update(1)
+            bar.set_postfix(loss=f"{float(parts['loss'].detach()):.4f}", img_s=f"{rate:.1f}")
+            bar.update(1)
             if cfg.save_every and runner.info["global_step"] % cfg.save_every == 0:
                 runner.checkpoint()
         return {k: v / max(n, 1) for k, v in sums.items()}

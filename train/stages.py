@@ -179,9 +179,8 @@ def pretrain(model: UopslModel, fundus: AnyDataset, oct_ds: AnyDataset | None, c
             runner.info.update(step=step + 1, global_step=runner.info["global_step"] + 1)
             runner.log_row({"stage": "pretrain", "epoch": ep + 1, "step": step + 1,
                             **{k: round(float(v.detach()), 5) for k, v in parts.items()}})
-            if bar is not None:
-                bar.set_postfix(loss=f"{float(parts['loss'].detach()):.4f}")
-                bar.update(1)
+            bar.set_postfix(loss=f"{float(parts['loss'].detach()):.4f}")
+            bar.update(1)
             if cfg.save_every and runner.info["global_step"] % cfg.save_every == 0:
                 runner.checkpoint()
         return {k: v / max(n, 1) for k, v in sums.items()}

@@ -60,7 +60,7 @@ import numpy as np
 from uopsl.runtime.configs import config_from_dict
 from uopsl.runtime.errors import ConfigError
 from uopsl.runtime.fsio import atomic_open, write_bytes, write_json
-from uopsl.runtime.optional import available
+from uopsl.runtime import progress as progress_bars
 
 log = logging.getLogger(__name__)
 
@@ -1195,12 +1195,6 @@ def _render_many(jobs: Sequence[_Job], config: SynthConfig, out_dir: str) -> int
     return len(jobs)
 
 
-def _progress(total: int, enabled: bool) -> Any:
-    if enabled and available("tqdm"):
-        from tqdm.auto import tqdm
-
-        return tqdm(total=total, desc="synth", unit="img", leave=False)
-    return None
 
 
 def _chunks(seq: Sequence[_Job], n: int) -> Iterator[Sequence[_Job]]:
@@ -1268,7 +1262,7 @@ def make_dataset(
     out.mkdir(parents=True, exist_ok=True)
     write_json(settings_path, settings)
     log.info("generating %d of %d synthetic images in %s (%d worker(s))", len(todo), len(jobs), out, workers)
-    bar = _progress(len(todo), progress)
+    bar = progress_bars.bar(total=len(todo), desc="synth", unit="img", show=progress)
     try:
         if workers == 1 or len(todo) < 8:
             cv2_threads = cv2.getNumThreads()
@@ -1276,8 +1270,7 @@ def make_dataset(
             try:
                 for job in todo:
                     _render(job, cfg, out)
-                    if bar is not None:
-                        bar.update(1)
+                    bar.update(1)
             finally:
                 cv2.setNumThreads(cv2_threads)
         else:
@@ -1287,11 +1280,9 @@ def make_dataset(
                 futures = [pool.submit(_render_many, part, cfg, str(out)) for part in _chunks(todo, chunk)]
                 for fut in as_completed(futures):
                     done = fut.result()
-                    if bar is not None:
-                        bar.update(done)
+                    bar.update(done)
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
     with atomic_open(csv_path, "w", encoding="utf-8", newline="") as fh:
         writer = csv.writer(fh, lineterminator="\n")
         writer.writerow(CSV_COLUMNS)

@@ -22,6 +22,7 @@ from torch.utils.data import Dataset
 from uopsl.runtime.errors import DataError, ImageError
 from uopsl.runtime.fsio import atomic_open
 from uopsl.runtime.preprocess import PREPROCESS_VERSION, PreprocessConfig, preprocess_file
+from uopsl.runtime.progress import track
 
 log = logging.getLogger(__name__)
 
@@ -35,12 +36,6 @@ class Item:
     group: str = ""
 
 
-def _progress(it, total: int, desc: str):  # type: ignore[no-untyped-def]
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return it
-    return tqdm(it, total=total, desc=desc, leave=False, mininterval=1.0)
 
 
 def cache_images(paths: Sequence[Path], pre: PreprocessConfig, cache_dir: Path | None) -> tuple[np.ndarray, np.ndarray]:
@@ -55,7 +50,7 @@ def cache_images(paths: Sequence[Path], pre: PreprocessConfig, cache_dir: Path |
             return np.load(img_file, mmap_mode="r"), np.load(ok_file)
     out = np.zeros((len(paths), pre.size, pre.size, 3), np.uint8)
     ok = np.zeros(len(paths), bool)
-    for i, p in enumerate(_progress(paths, len(paths), "preprocess")):
+    for i, p in enumerate(track(paths, total=len(paths), desc="preprocess", mininterval=1.0)):
         try:
             out[i] = preprocess_file(p, pre).image
             ok[i] = True

@@ -28,6 +28,7 @@ import numpy as np
 
 from uopsl.runtime.errors import ConfigError, DataError
 from uopsl.runtime.fsio import sha256_file
+from uopsl.runtime.progress import track
 
 log = logging.getLogger(__name__)
 
@@ -273,13 +274,9 @@ def fingerprint(
 
 def progress(items: Sequence[T], desc: str, *, enabled: bool = True, min_items: int = 2000) -> Sequence[T]:
     """tqdm over ``items`` when tqdm is installed, the loop is long and stderr is a terminal."""
-    if not enabled or len(items) < min_items:
+    if len(items) < min_items:
         return items
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return items
-    return tqdm(items, desc=desc, disable=None, leave=False)  # type: ignore[no-any-return]
+    return track(items, desc=desc, show=enabled, terminal_only=True)  # type: ignore[return-value]
 
 
 # ---------------------------------------------------------------- tables

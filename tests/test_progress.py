@@ -1,0 +1,74 @@
+"""One switch hides every progress bar: ``-q`` on both CLIs, or set_enabled in an application."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tinybundle import fundus_jpeg, tiny_bundle  # noqa: F401 - session fixture (tiny_bundle)
+from uopsl.runtime import progress
+from uopsl.runtime.cli import main
+
+
+@pytest.fixture(autouse=True)
+def _restore() -> Iterator[None]:
+    yield
+    progress.set_enabled(True)
+
+
+def test_bar_draws_on_stderr_when_enabled(capsys: pytest.CaptureFixture[str]) -> None:
+    with progress.bar(total=3, desc="counting") as b:
+        for _ in range(3):
+            b.update(1)
+    err = capsys.readouterr().err
+    assert "counting" in err and "/3" in err
+
+
+def test_hidden_bars_draw_nothing_and_still_iterate(capsys: pytest.CaptureFixture[str]) -> None:
+    progress.set_enabled(False)
+    assert not progress.enabled()
+    assert list(progress.track(range(4), total=4, desc="hidden")) == [0, 1, 2, 3]
+    b = progress.bar(total=2, desc="hidden")
+    b.update(2)
+    b.set_postfix(loss="0.1")
+    b.close()
+    assert isinstance(b, progress.NoBar) and b.n == 2
+    assert capsys.readouterr().err == ""
+
+
+def test_show_false_hides_one_bar_only(capsys: pytest.CaptureFixture[str]) -> None:
+    assert list(progress.track(iter("ab"), desc="quiet rank", show=False)) == ["a", "b"]
+    assert capsys.readouterr().err == ""
+    assert progress.enabled()
+
+
+def test_tqdm_disable_in_the_environment_is_respected() -> None:
+    # tqdm reads TQDM_* when it is imported, hence a fresh interpreter.
+    code = "from uopsl.runtime.progress import track\nfor _ in track(range(3), total=3, desc='env-hidden'): pass\n"
+    shown = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    hidden = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                            env={**os.environ, "TQDM_DISABLE": "1"})
+    assert "env-hidden" in shown.stderr and "env-hidden" not in hidden.stderr
+
+
+def test_screen_run_quiet_hides_the_bar_even_when_asked_for(tiny_bundle: Path, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("UOPSL_CACHE_DIR", str(tmp_path / "cache"))
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(3):
+        fundus_jpeg(src / f"p{i}.jpg", seed=i)
+    base = ["run", str(tiny_bundle), str(src), "--backend", "ort-cpu", "--no-overlays", "--progress"]
+    assert main(base + ["--out", str(tmp_path / "loud")]) == 0
+    assert "screening" in capsys.readouterr().err  # the bar is there without -q ...
+    assert main(base + ["--out", str(tmp_path / "quiet"), "-q"]) == 0
+    err = capsys.readouterr().err
+    assert "screening" not in err and "it/s" not in err and "img/s" not in err  # ... and gone with it
+    assert len((tmp_path / "quiet" / "results.csv").read_text().splitlines()) == 4
+
