@@ -253,7 +253,7 @@ def run_bench(bundle: str | os.PathLike[str], backend: str = "auto", precision: 
     for name, prec in _cases(root, m, backend, precision):
         # As a screening run opens it (Screener): ONNX Runtime without spin-waiting.
         b = open_backend(root, name, prec, cfg.threads, manifest=m, measure=False if name != "auto" else None,
-                         spin=False)
+                         spin=False, batch=max(cfg.batches))
         opened = b.selection
         if opened is None:  # open_backend always records its choice; a None here is a bug, not bad input
             raise BackendError(f"open_backend({name!r}, {prec!r}) returned a backend without its selection")

@@ -248,3 +248,112 @@ def test_the_gpu_index_reaches_every_gpu_runtime_and_the_engine_check(tiny_bundl
         Screener(tiny_bundle, "ort-cpu", device=-1)
     with pytest.raises(ConfigError, match="GPU index >= 0"):
         OrtBackend(tiny_bundle / "model.onnx", "cpu", device=True)
+
+
+class _OrtNode:
+    """What an ONNX Runtime session's get_inputs()/get_outputs() list (for fake sessions)."""
+
+    def __init__(self, name: str, shape: list, type_: str) -> None:
+        self.name, self.shape, self.type = name, shape, type_
+
+
+def test_tensorrt_ep_gets_one_batch_range_and_runs_larger_batches_in_chunks(
+        tiny_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without a profile the TensorRT EP rebuilds its engine for each new batch range (minutes on a Jetson)."""
+    import onnxruntime as ort
+
+    from uopsl.runtime.backends import open_backend
+    from uopsl.runtime.backends.onnxruntime import TrtProfile
+    from uopsl.runtime.errors import ConfigError
+
+    monkeypatch.setenv("UOPSL_CACHE_DIR", str(tmp_path / "cache"))
+    profile = TrtProfile("image", (64, 64, 3), 1, 4, 16)
+    trt = provider_options(["TensorrtExecutionProvider"], model_sha256="ab" * 32, ort_version="1.20.1",
+                           profile=profile)[0][1]  # type: ignore[index]
+    assert (trt["trt_profile_min_shapes"], trt["trt_profile_opt_shapes"], trt["trt_profile_max_shapes"]) == (
+        "image:1x64x64x3", "image:4x64x64x3", "image:16x64x64x3")
+    plain = provider_options(["TensorrtExecutionProvider"], model_sha256="ab" * 32, ort_version="1.20.1")[0][1]  # type: ignore[index]
+    assert trt["trt_engine_cache_path"] != plain["trt_engine_cache_path"]  # an engine per batch range
+    old = provider_options(["TensorrtExecutionProvider"], model_sha256="ab" * 32, ort_version="1.14.1",
+                           profile=profile)[0][1]  # type: ignore[index]
+    assert not any(k.startswith("trt_profile") for k in old)  # ONNX Runtime 1.14 would refuse them
+    for bad in ({"min_batch": 0}, {"opt_batch": 32}, {"input_name": "a:b"}, {"sample_shape": (0, 64, 3)}):
+        with pytest.raises(ConfigError):
+            replace(profile, **bad)  # type: ignore[arg-type]
+
+    # open_backend sizes the range from the manifest and the caller's batch.
+    av = Availability(ort_providers=("TensorrtExecutionProvider", "CPUExecutionProvider"))
+    size = read_manifest(tiny_bundle).preprocess.size
+    b = open_backend(tiny_bundle, "ort-trt", "fp32", availability=av, measure=False, batch=24)
+    assert b.trt_profile == TrtProfile("image", (size, size, 3), 1, 24, 24)  # type: ignore[attr-defined]
+    assert open_backend(tiny_bundle, "ort-cpu", "fp32", availability=av, measure=False).trt_profile is None  # type: ignore[attr-defined]
+
+    # The session runs at most max_batch images at a time; the outputs come back whole and in order.
+    runs: list[int] = []
+
+    class FakeSession:
+        def __init__(self, path: str, sess_options: object = None, providers: list | None = None) -> None:
+            assert providers and providers[0][1]["trt_profile_max_shapes"] == f"image:16x{size}x{size}x3"
+
+        def get_providers(self) -> list[str]:
+            return ["TensorrtExecutionProvider", "CPUExecutionProvider"]
+
+        def get_inputs(self) -> list[_OrtNode]:
+            return [_OrtNode("image", ["N", size, size, 3], "tensor(uint8)")]
+
+        def get_outputs(self) -> list[_OrtNode]:
+            return [_OrtNode("probs", ["N", 2], "tensor(float)")]
+
+        def run(self, names: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+            x = feeds["image"]
+            runs.append(len(x))
+            return [x[:, 0, 0, :2].astype(np.float32)]
+
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["TensorrtExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(ort, "InferenceSession", FakeSession)
+    batch = np.zeros((21, size, size, 3), np.uint8)
+    batch[:, 0, 0, 0] = np.arange(21)
+    with OrtBackend(tiny_bundle / "model.onnx", "tensorrt", threads=1,
+                    trt_profile=TrtProfile("image", (size, size, 3), 1, 8, 16)) as backend:
+        probs = backend.infer(batch)["probs"]
+        assert runs == [16, 5] and probs[:, 0].tolist() == list(range(21))
+        backend.infer(batch[:3])
+        assert runs[-1] == 3
+
+
+def test_tensorrt_ep_that_refuses_the_profile_is_opened_without_it(tiny_bundle: Path, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    """A graph ONNX Runtime splits between TensorRT and CUDA needs profiles for every subgraph input: fall back."""
+    import onnxruntime as ort
+
+    from uopsl.runtime.backends.onnxruntime import TrtProfile
+
+    monkeypatch.setenv("UOPSL_CACHE_DIR", str(tmp_path / "cache"))
+    attempts: list[bool] = []
+
+    class FakeSession:
+        def __init__(self, path: str, sess_options: object = None, providers: list | None = None) -> None:
+            with_profile = "trt_profile_min_shapes" in providers[0][1]  # type: ignore[index]
+            attempts.append(with_profile)
+            if with_profile:
+                raise RuntimeError("User needs to provide all the dynamic shape inputs with associated profiles")
+
+        def get_providers(self) -> list[str]:
+            return ["TensorrtExecutionProvider"]
+
+        def get_inputs(self) -> list[_OrtNode]:
+            return [_OrtNode("image", ["N", 8, 8, 3], "tensor(uint8)")]
+
+        def get_outputs(self) -> list[_OrtNode]:
+            return [_OrtNode("probs", ["N", 2], "tensor(float)")]
+
+        def run(self, names: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+            return [np.zeros((len(feeds["image"]), 2), np.float32)]
+
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["TensorrtExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(ort, "InferenceSession", FakeSession)
+    with caplog.at_level(logging.WARNING), OrtBackend(tiny_bundle / "model.onnx", "tensorrt", threads=1,
+                                                      trt_profile=TrtProfile("image", (8, 8, 3))) as b:
+        assert attempts == [True, False] and "refused the batch profile" in caplog.text
+        assert b.infer(np.zeros((20, 8, 8, 3), np.uint8))["probs"].shape == (20, 2)  # one run: no range to keep to

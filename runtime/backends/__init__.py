@@ -522,6 +522,7 @@ def open_backend(
     measure: bool | None = None,
     spin: bool = True,
     device: int = 0,
+    batch: int = 8,
 ) -> Backend:
     """Select (see :func:`select_backend`) and construct a backend; enter it with ``with``.
 
@@ -529,7 +530,12 @@ def open_backend(
     ``spin=False``: ONNX Runtime's threads do not busy-wait between operators
     (see :class:`~uopsl.runtime.backends.onnxruntime.OrtBackend`); the
     screening pipeline asks for it because its decoders share the cores.
+    ``batch``: the batch size the caller will mostly send; the TensorRT
+    execution provider tunes its one engine for it (batches 1 to at least 16
+    run on that engine, see :class:`~uopsl.runtime.backends.onnxruntime.TrtProfile`).
     """
+    if batch < 1:
+        raise ConfigError(f"batch must be >= 1, got {batch}")
     root = Path(bundle)
     m = manifest or read_manifest(root)
     sel = select_backend(root, name, precision, manifest=m, threads=threads, availability=availability, measure=measure,
@@ -550,10 +556,13 @@ def open_backend(
             raise BundleError(f"the native TensorRT backend is not available in this build ({exc})") from exc
         backend = TensorRTBackend(path, device=device)
     else:
-        from uopsl.runtime.backends.onnxruntime import OrtBackend
+        from uopsl.runtime.backends.onnxruntime import OrtBackend, TrtProfile
 
         providers = {"ort-cpu": "cpu", "ort-cuda": "cuda", "ort-trt": "tensorrt"}[sel.backend]
-        backend = OrtBackend(path, providers, threads, precision=sel.precision, spin=spin, device=device)
+        size = m.preprocess.size
+        profile = TrtProfile(m.input_name, (size, size, 3), 1, batch, max(16, batch)) if providers == "tensorrt" else None
+        backend = OrtBackend(path, providers, threads, precision=sel.precision, spin=spin, device=device,
+                             trt_profile=profile)
     backend.selection = sel
     return backend
 

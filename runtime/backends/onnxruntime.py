@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -53,8 +54,46 @@ def available_providers() -> tuple[str, ...]:
     return tuple(ort.get_available_providers())
 
 
+@dataclass(frozen=True)
+class TrtProfile:
+    """The batch range the TensorRT execution provider builds its engine for, on the model input.
+
+    Without it ONNX Runtime builds for the first batch shape it sees and builds
+    again whenever a batch falls outside the shapes seen so far (batch 8, then
+    a last batch of 3, then batch 1 for ``screen()``): minutes each on a
+    Jetson, in the middle of a clinic's run. With it, one engine covers
+    ``min_batch``..``max_batch`` (tuned for ``opt_batch``), the native engines'
+    defaults (``uopsl build-engine``); the backend splits larger batches.
+    ``sample_shape``: one image's shape, (H, W, 3).
+    """
+
+    input_name: str
+    sample_shape: tuple[int, ...]
+    min_batch: int = 1
+    opt_batch: int = 8
+    max_batch: int = 16
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min_batch <= self.opt_batch <= self.max_batch:
+            raise ConfigError(f"TensorRT EP batch profile needs 1 <= min <= opt <= max, got min {self.min_batch}, "
+                              f"opt {self.opt_batch}, max {self.max_batch}")
+        if not self.sample_shape or any(d < 1 for d in self.sample_shape):
+            raise ConfigError(f"TensorRT EP profile needs a positive sample shape, got {self.sample_shape}")
+        if not self.input_name or any(c in self.input_name for c in ":,"):
+            # ONNX Runtime splits the option strings on ',' and ':'.
+            raise ConfigError(f"input name {self.input_name!r} cannot be written in a TensorRT EP shape option")
+
+    def options(self) -> dict[str, str]:
+        """ONNX Runtime's ``trt_profile_{min,opt,max}_shapes`` options (``name:1x224x224x3``)."""
+        def shape(n: int) -> str:
+            return f"{self.input_name}:" + "x".join(str(d) for d in (n, *self.sample_shape))
+
+        return {"trt_profile_min_shapes": shape(self.min_batch), "trt_profile_opt_shapes": shape(self.opt_batch),
+                "trt_profile_max_shapes": shape(self.max_batch)}
+
+
 def provider_options(providers: list[str], device: int = 0, *, model_sha256: str = "", int8_qdq: bool = False,
-                     ort_version: str = "") -> list[str | tuple[str, dict[str, str]]]:
+                     ort_version: str = "", profile: TrtProfile | None = None) -> list[str | tuple[str, dict[str, str]]]:
     """``providers`` with the options this toolkit sets: the GPU ``device``, TensorRT EP engines cached on disk.
 
     Without a cache the TensorRT execution provider rebuilds its engine every
@@ -69,7 +108,10 @@ def provider_options(providers: list[str], device: int = 0, *, model_sha256: str
     its INT8 flag on (``trt_int8_enable``; no calibration table is needed).
     ``ort_version``: options newer than the installed ONNX Runtime are left
     out, since it refuses unknown ones and falls back to the next provider
-    (timing cache: 1.15; its own path: 1.17).
+    (timing cache and explicit shape profiles: 1.15; the timing cache's own
+    path: 1.17). ``profile``: the batch range of the TensorRT EP's engine
+    (:class:`TrtProfile`); engines are cached in a folder per range, so an
+    engine built for one range is never offered for another.
     """
     from uopsl.runtime.backends import cache_dir
 
@@ -84,6 +126,9 @@ def provider_options(providers: list[str], device: int = 0, *, model_sha256: str
             opts = {"device_id": str(device)}
             if int8_qdq:
                 opts["trt_int8_enable"] = "True"
+            if profile is not None and version >= (1, 15):
+                opts.update(profile.options())
+                folder = folder.with_name(f"{folder.name}-b{profile.min_batch}-{profile.opt_batch}-{profile.max_batch}")
             try:
                 folder.mkdir(parents=True, exist_ok=True)
             except OSError as exc:  # a read-only home: build every time rather than fail
@@ -149,6 +194,9 @@ class OrtBackend(ModelFileBackend):
         default: lowest latency when inference has the cores to itself). False
         when other work shares the cores, e.g. the screening pipeline's image
         decoding: spinning threads then take CPU time the decoders need.
+    trt_profile: the batch range of the TensorRT execution provider's engine
+        (:class:`TrtProfile`; ``open_backend`` sets it from the manifest);
+        batches above its maximum are run in chunks.
     """
 
     def __init__(
@@ -161,9 +209,12 @@ class OrtBackend(ModelFileBackend):
         precision: str = "fp32",
         spin: bool = True,
         device: int = 0,
+        trt_profile: TrtProfile | None = None,
     ) -> None:
         super().__init__(path, threads, precision)
         self.spin = spin
+        self.trt_profile = trt_profile
+        self._chunk: int | None = None  # the largest batch one run takes (TensorRT EP with a profile)
         self.device = check_gpu_index(device)
         if optimization not in _OPT_LEVELS:
             raise ConfigError(f"optimization must be one of {_OPT_LEVELS}, got {optimization!r}")
@@ -214,11 +265,27 @@ class OrtBackend(ModelFileBackend):
         so.log_severity_level = 3
         if not self.spin:
             so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        trt_ep = "TensorrtExecutionProvider" in providers
+        digest = sha256_file(self.path) if trt_ep else ""
+
+        def session(profile: TrtProfile | None) -> Any:
+            return ort.InferenceSession(str(self.path), sess_options=so, providers=provider_options(
+                providers, self.device, model_sha256=digest, int8_qdq=self.precision.startswith("int8"),
+                ort_version=str(getattr(ort, "__version__", "")), profile=profile))
+
+        profile = self.trt_profile if trt_ep else None
         try:
-            trt_ep = "TensorrtExecutionProvider" in providers
-            self._session = ort.InferenceSession(str(self.path), sess_options=so, providers=provider_options(
-                providers, self.device, model_sha256=sha256_file(self.path) if trt_ep else "",
-                int8_qdq=self.precision.startswith("int8"), ort_version=str(getattr(ort, "__version__", ""))))
+            try:
+                self._session = session(profile)
+            except Exception as exc:  # noqa: BLE001 - retried once, then reported below
+                if profile is None or "profile" not in str(exc).lower():
+                    raise
+                # ONNX Runtime wants a profile for every dynamic input of every TensorRT subgraph; when it
+                # splits this graph (a node TensorRT cannot run), the model input's profile is not enough.
+                log.warning("%s: the TensorRT EP refused the batch profile (%s); building per batch shape instead",
+                            self.path.name, str(exc).splitlines()[0][:200])
+                profile = None
+                self._session = session(None)
         except Exception as exc:  # ORT raises its own exception types; report them as one line
             raise BackendError(f"ONNX Runtime cannot load {self.path}: {exc}") from exc
         used = self._session.get_providers()
@@ -233,6 +300,8 @@ class OrtBackend(ModelFileBackend):
                 "this onnxruntime-gpu was built for; ONNX Runtime's log says which). Fix the GPU libraries, "
                 "or choose --backend ort-cpu (or openvino) explicitly"
             )
+        if used and used[0].startswith("Tensorrt") and profile is not None:
+            self._chunk = profile.max_batch
         if self.name == "ort":
             self.name = "ort-trt" if used[0].startswith("Tensorrt") else "ort-cuda" if used[0].startswith("CUDA") else "ort-cpu"
         self._inputs = tuple(_spec(n) for n in self._session.get_inputs())
@@ -248,8 +317,13 @@ class OrtBackend(ModelFileBackend):
 
     def _infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         names = [o.name for o in self._outputs]
+        step = self._chunk or len(batch) or 1
+        parts = []
         try:
-            values = self._session.run(names, {self._inputs[0].name: batch})
+            for start in range(0, max(len(batch), 1), step):
+                parts.append(self._session.run(names, {self._inputs[0].name: batch[start:start + step]}))
         except Exception as exc:
             raise BackendError(f"{self.name}: inference failed on a batch of shape {batch.shape}: {exc}") from exc
-        return dict(zip(names, values))
+        if len(parts) == 1:
+            return dict(zip(names, parts[0]))
+        return {n: np.concatenate([p[i] for p in parts]) for i, n in enumerate(names)}
