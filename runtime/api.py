@@ -47,7 +47,7 @@ from uopsl.runtime.pipeline import (
     key_path,
 )
 from uopsl.runtime.report import write_report
-from uopsl.runtime.results import CSV, ModelIdentity, ResultStore, model_identity, write_csv
+from uopsl.runtime.results import CSV, CSV_STYLES, ModelIdentity, ResultStore, model_identity, write_csv
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +160,11 @@ class Screener:
         infer_ungradable: bool = False,
         max_inference_failures: int = 3,
         device: int = 0,
+        csv_style: str = "comma",
     ) -> None:
+        if csv_style not in CSV_STYLES:
+            raise ConfigError(f"csv_style must be one of {', '.join(CSV_STYLES)}, got {csv_style!r}")
+        self.csv_style = csv_style
         self.device = check_gpu_index(device)
         self.bundle = Path(bundle)
         self.manifest: Manifest = verify_or_raise(self.bundle) if verify else read_manifest(self.bundle)
@@ -191,7 +195,7 @@ class Screener:
             # No spin-waiting: the pipeline's decoding threads share the cores with inference
             # (2-core x86, ResNet-18 INT8 on ONNX Runtime: ~10 % more photographs per second).
             b = open_backend(self.bundle, self.backend_name, self.precision, self.threads, manifest=self.manifest,
-                             spin=False, device=self.device)
+                             spin=False, device=self.device, batch=self.config.batch_size)
             b.__enter__()
             self._backend = b
             self._health = InferenceHealth(self.config.max_inference_failures)
@@ -411,7 +415,7 @@ class Screener:
         """Regenerate results.csv (and report.html) atomically from the jsonl; returns the rows they list."""
         rows = store.latest_rows()
         write_csv(out / CSV, rows, self.manifest.class_names,
-                  referable=[c.name for c in self.manifest.classes if c.referable])
+                  referable=[c.name for c in self.manifest.classes if c.referable], style=self.csv_style)
         if report:
             info: dict[str, Any] = {"backend": self.backend.describe(), "bundle_sha256": self.identity.bundle_sha256,
                                     "bundle_verified": self.verified}

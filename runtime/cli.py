@@ -108,9 +108,13 @@ def _failures() -> tuple[dict[str, tuple[str, str, Sequence[str]]], Callable[[An
 @click.option("--report/--no-report", default=True, show_default=True, help="Write report.html.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar on stderr (default: when it is a terminal).")
 @click.option("--no-verify", is_flag=True, help="Skip the bundle checksum verification.")
+@click.option("--csv", "csv_style", type=click.Choice(["comma", "semicolon"]), default="comma", show_default=True,
+              envvar="UOPSL_CSV", show_envvar=True,
+              help="results.csv layout: comma (decimal point) or semicolon (decimal comma, for Excel where the "
+                   "comma is the decimal mark).")
 def run_cmd(bundle: Path, inputs: Sequence[Path], out: Path, backend: str, precision: str, threads: int | None,
             batch: int, workers: int | None, overlays: bool, report: bool, progress: bool | None,
-            no_verify: bool) -> int:
+            no_verify: bool, csv_style: str) -> int:
     """Screen INPUTS (files, folders searched recursively, or .txt list files) into --out.
 
     Rerunning with the same --out skips the images already screened.
@@ -120,7 +124,7 @@ def run_cmd(bundle: Path, inputs: Sequence[Path], out: Path, backend: str, preci
     show = sys.stderr.isatty() if progress is None else progress
     failed, note = _failures()
     s = Screener(bundle, backend, precision=precision, threads=threads, batch_size=batch, workers=workers,
-                 verify=not no_verify)
+                 verify=not no_verify, csv_style=csv_style)
     s.check_output(out, list(inputs))  # before the model loads: a wrong --out fails in a second
     with s:
         summary = s.screen_to(out, list(inputs), overlays=overlays, report=report, progress=show, on_result=note)
@@ -141,8 +145,13 @@ def run_cmd(bundle: Path, inputs: Sequence[Path], out: Path, backend: str, preci
 @click.option("--poll", "poll_s", type=click.FloatRange(min=0.01), default=0.5, show_default=True, help="Scan interval (s).")
 @click.option("--max-images", type=click.IntRange(min=1), default=None, help="Stop after screening this many new photographs (ones screened before into --out do not count).")
 @click.option("--timeout", "timeout_s", type=click.FloatRange(min=0), default=None, help="Stop after this many seconds.")
+@click.option("--csv", "csv_style", type=click.Choice(["comma", "semicolon"]), default="comma", show_default=True,
+              envvar="UOPSL_CSV", show_envvar=True,
+              help="results.csv layout: comma (decimal point) or semicolon (decimal comma, for Excel where the "
+                   "comma is the decimal mark).")
 def watch_cmd(bundle: Path, folder: Path, out: Path, backend: str, precision: str, threads: int | None,
-              overlays: bool, settle_ms: int, poll_s: float, max_images: int | None, timeout_s: float | None) -> int:
+              overlays: bool, settle_ms: int, poll_s: float, max_images: int | None, timeout_s: float | None,
+              csv_style: str) -> int:
     """Screen photographs as they appear in FOLDER (until Ctrl-C, --max-images or --timeout)."""
     from uopsl.runtime.api import Screener
     from uopsl.runtime.watch import WatchConfig, watch_folder
@@ -159,7 +168,7 @@ def watch_cmd(bundle: Path, folder: Path, out: Path, backend: str, precision: st
                                                    if r.reasons else ""), err=True)
         note(r)
 
-    s = Screener(bundle, backend, precision=precision, threads=threads, batch_size=1)
+    s = Screener(bundle, backend, precision=precision, threads=threads, batch_size=1, csv_style=csv_style)
     s.check_output(out, [folder])  # before the model loads
     with s:
         summary = watch_folder(s, folder, out, cfg, overlays=overlays, on_result=show)
@@ -248,6 +257,11 @@ def info_cmd(bundle: Path, as_json: bool) -> int:
                       f"  parity {_parity_word(f, m)}" if f.kind in ("onnx", "engine") else ""))
     if MANIFEST_NAME in bad:
         click.echo(f"  {MANIFEST_NAME:28s} CHECKSUM FAILS: {bad[MANIFEST_NAME]}")
+    records = [line for f in m.files if f.kind in ("onnx", "engine") for line in _parity_records(f)]
+    if records:
+        click.echo("parity records (uopsl validate; the report file has every figure)")
+        for line in records:
+            click.echo(f"  {line}")
     click.echo("checksums  " + ("all files match the manifest" if not bad else
                                 f"{len(bad)} file(s) FAIL: do not screen with this bundle (`uopsl-screen verify`)"))
     click.echo("backends here")
@@ -281,6 +295,35 @@ def _parity_word(entry: Any, manifest: Any = None) -> str:
         words.append(f"{b} {verdict}")
     overall = "PASS" if parity_status(entry, manifest=manifest)[0] else "not passed"
     return f"{overall} ({', '.join(words)})" + (f"; {doubts[0]}" if doubts else "")
+
+
+def _parity_records(entry: Any) -> list[str]:
+    """One line per backend a file was validated on: verdict, images and their data, reference, date, machine.
+
+    What a validation engineer checks before trusting a verdict: what it was measured on and when, not only PASS.
+    """
+    from uopsl.runtime.bundle import PARITY_KEY
+
+    rec = entry.info.get(PARITY_KEY)
+    runs = rec.get("backends") if isinstance(rec, dict) else None
+    if not isinstance(runs, dict):
+        return []
+    stale = "" if rec.get("sha256") == entry.sha256 else "  [file changed since]"
+    lines = []
+    for b in sorted(runs):
+        r = runs[b] if isinstance(runs[b], dict) else {}
+        verdict = str(r.get("verdict") or ("PASS" if r.get("passed") else "FAIL"))
+        data: dict[str, Any] = r["data"] if isinstance(r.get("data"), dict) else {}
+        machine: dict[str, Any] = r["machine"] if isinstance(r.get("machine"), dict) else {}
+        parts = [f"{r.get('n_images', '?')} images" + (f" of {data['spec']}" if data.get("spec") else ""),
+                 f"truth: {r['truth']}" if r.get("truth") else "",
+                 f"vs {r['reference_kind']}" if r.get("reference_kind") else "",
+                 str(r.get("created") or "")[:10],
+                 "/".join(str(machine[k]) for k in ("arch", "cpu_int8", "gpu") if machine.get(k))]
+        reasons = [str(x) for x in r.get("reasons") or ()]
+        why = f"; {reasons[0]}" + (f" (+{len(reasons) - 1} more)" if len(reasons) > 1 else "") if reasons and verdict != "PASS" else ""
+        lines.append(f"{entry.path:28s} {b:9s} {verdict:10s} " + ", ".join(x for x in parts if x) + why + stale)
+    return lines
 
 
 @cli.command("verify")

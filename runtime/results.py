@@ -202,14 +202,15 @@ def _release(real: str) -> None:
     lock.release()
 
 
-def prepare_folder(out: Path) -> None:
-    """Create ``out`` and prove it is writable, or raise one clear :class:`ConfigError`.
+def prepare_folder(out: Path) -> bool:
+    """Create ``out`` and prove it is writable, or raise one clear :class:`ConfigError`; True if it was created.
 
     Why a probe file: a read-only mount, a path under a file or a folder in
     ``/proc`` otherwise fail later, halfway through a run, as a raw OSError.
     """
     if out.exists() and not out.is_dir():
         raise ConfigError(f"output folder {out} exists and is not a folder; choose another --out")
+    created = not out.exists()
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -221,6 +222,7 @@ def prepare_folder(out: Path) -> None:
     except OSError as exc:
         raise ConfigError(f"cannot write to output folder {out} ({exc.strerror or exc}); "
                           "choose another --out") from None
+    return created
 
 
 _SAID_CORRUPT: set[tuple[str, int]] = set()  # (results.jsonl, line) already warned about in this process
@@ -246,7 +248,8 @@ class ResultStore:
         self.out_dir = Path(out_dir)
         self.path = self.out_dir / JSONL
         self.identity = identity
-        prepare_folder(self.out_dir)
+        self._created = prepare_folder(self.out_dir)  # removed again on close if nothing was written into it
+        self._record: dict[str, Any] | None = None  # run.json to write with the first rows (see _check_model)
         self._real = os.path.realpath(self.out_dir)  # the lock is released under this name (finding: cwd changes)
         first = _acquire(self.out_dir, self._real)
         self._locked = True
@@ -353,13 +356,14 @@ class ResultStore:
                           "bundle": identity.bundle})
         if any(recorded.get(k) != v for k, v in entry.items()):
             same_model = rec[0] == identity.model_sha256
-            write_json(self.out_dir / RUN_JSON, {
+            # Written with the first rows, not now: a run that finds no photographs leaves no trace.
+            self._record = {
                 "what": "uopsl-screen output folder: the results of one model (model_sha256)",
                 **entry,
                 "created": (recorded.get("created") if same_model else None)
                 or datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 "toolkit_version": __version__,
-            })
+            }
 
     def _read_run_json(self) -> dict[str, Any] | None:
         try:
@@ -529,6 +533,9 @@ class ResultStore:
         self._pending_by_key = {}
         if not rows and not pending:
             return
+        if self._record is not None:
+            write_json(self.out_dir / RUN_JSON, self._record)
+            self._record = None
         if self._fh is None:
             self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - kept open across batches
             self._end = self._size()
@@ -579,12 +586,24 @@ class ResultStore:
         if getattr(self, "_locked", False):
             self._locked = False
             _release(self._real)
+            if getattr(self, "_created", False) and not getattr(self, "n_rows", 0):
+                _remove_unused_folder(self.out_dir)
 
     def __enter__(self) -> ResultStore:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _remove_unused_folder(out: Path) -> None:
+    """Remove ``out``, which this run created, if it holds nothing but the lock file (a run that found no photographs)."""
+    try:
+        if {p.name for p in out.iterdir()} <= {LOCK_NAME}:
+            (out / LOCK_NAME).unlink(missing_ok=True)
+            out.rmdir()
+    except OSError as exc:  # someone else wrote into it meanwhile, or it went away: leave it
+        log.debug("kept the output folder %s (%s)", out, exc)
 
 
 def _another_photograph(old: dict[str, Any], new: dict[str, Any]) -> bool:
@@ -622,9 +641,18 @@ def _cell(v: Any) -> Any:
     return "'" + v if isinstance(v, str) and v.startswith(_FORMULA_START) else v
 
 
+CSV_STYLES = ("comma", "semicolon")
+
+
 def write_csv(path: str | os.PathLike[str], rows: Iterable[dict[str, Any]], class_names: Sequence[str],
-              referable: Sequence[str] | None = None) -> int:
+              referable: Sequence[str] | None = None, style: str = "comma") -> int:
     """Write ``rows`` (jsonl records) as CSV atomically; returns the number of rows.
+
+    ``style``: ``comma`` (comma-separated, decimal point: scripts, and
+    spreadsheets set to English) or ``semicolon`` (semicolon-separated,
+    decimal comma: what Excel opens into columns where the comma is the
+    decimal mark, most of Europe and Latin America; lists inside a cell are
+    then comma-separated).
 
     UTF-8 with a BOM (``utf-8-sig``): Excel on Windows reads a CSV without one
     in the local code page and garbles every non-ASCII file name. Booleans
@@ -634,9 +662,19 @@ def write_csv(path: str | os.PathLike[str], rows: Iterable[dict[str, Any]], clas
     "Found". Text that a spreadsheet would run as a formula is prefixed with
     ``'`` (:func:`_cell`).
     """
+    if style not in CSV_STYLES:
+        raise ConfigError(f"CSV style must be one of {', '.join(CSV_STYLES)}, got {style!r}")
+    semicolon = style == "semicolon"
+    sep = "," if semicolon else ";"  # between the items of a list inside one cell
+
+    def number(v: float, digits: int) -> str:
+        text = f"{v:.{digits}f}"
+        return text.replace(".", ",") if semicolon else text
+
     cols = csv_columns(class_names)
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore", lineterminator="\n")
+    w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore", lineterminator="\n",
+                       delimiter=";" if semicolon else ",")
     w.writeheader()
     n = 0
     for r in rows:
@@ -645,21 +683,21 @@ def write_csv(path: str | os.PathLike[str], rows: Iterable[dict[str, Any]], clas
                                                       "screened_at", "bundle_sha256")}
         flat["refer"] = _yes_no(r.get("refer"))
         flat["gradable"] = _yes_no(r.get("gradable"))
-        flat["positive"] = ";".join(r.get("positive") or [])
+        flat["positive"] = sep.join(r.get("positive") or [])
         if referable is not None:
-            flat["findings"] = ";".join(c for c in r.get("positive") or [] if c in referable) \
+            flat["findings"] = sep.join(c for c in r.get("positive") or [] if c in referable) \
                 if r.get("status") == "ok" else ""
         for k in ("backend", "precision", "model_file"):
             flat[k] = r.get(k) or ""
         flat["file_replaced"] = "yes" if r.get("file_replaced") else ""
-        flat["reasons"] = ";".join(r.get("reasons") or [])
+        flat["reasons"] = sep.join(r.get("reasons") or [])
         q = r.get("quality_score")
-        flat["quality_score"] = "" if q is None else q
+        flat["quality_score"] = "" if q is None else str(q).replace(".", ",") if semicolon else q
         for c in class_names:
             v = (r.get("probs") or {}).get(c)
-            flat[f"p_{c}"] = "" if v is None else f"{v:.6f}"
+            flat[f"p_{c}"] = "" if v is None else number(v, 6)
         for t, v in (r.get("timings_ms") or {}).items():
-            flat[t] = f"{v:.2f}"
+            flat[t] = number(v, 2)
         w.writerow({k: _cell(v) for k, v in flat.items()})
         n += 1
     write_text(path, buf.getvalue(), encoding="utf-8-sig")

@@ -78,6 +78,37 @@ def test_csv_findings_model_file_and_formula_like_names(tiny_bundle: Path, tmp_p
     assert (got[0]["file_replaced"], got[1]["file_replaced"], got[1]["findings"]) == ("", "yes", "")
 
 
+def test_csv_for_spreadsheets_with_a_decimal_comma(tiny_bundle: Path, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Excel set to a decimal-comma locale opens a comma-separated file as one column and 0.9 as text."""
+    import csv
+
+    from uopsl.runtime.cli import main
+    from uopsl.runtime.errors import ConfigError
+    from uopsl.runtime.results import write_csv
+
+    m = read_manifest(tiny_bundle)
+    referable = [c.name for c in m.classes if c.referable]
+    rows = [{**_row(0, "ok", True, 0.9), "positive": ["normal", "npdr"], "reasons": ["dark", "blurred"],
+             "quality_score": 0.8123, "timings_ms": {"infer_ms": 12.5}}]
+    write_csv(tmp_path / "eu.csv", rows, m.class_names, referable=referable, style="semicolon")
+    with open(tmp_path / "eu.csv", encoding="utf-8-sig", newline="") as fh:
+        got = next(csv.DictReader(fh, delimiter=";"))
+    assert (got["p_npdr"], got["p_normal"], got["quality_score"], got["infer_ms"]) == ("0,900000", "0,500000",
+                                                                                       "0,8123", "12,50")
+    assert got["positive"] == "normal,npdr" and got["reasons"] == "dark,blurred" and got["findings"] == "npdr"
+    with pytest.raises(ConfigError, match="CSV style must be one of comma, semicolon"):
+        write_csv(tmp_path / "x.csv", rows, m.class_names, style="tab")
+    # The CLI takes it as --csv, or once per clinic PC from UOPSL_CSV.
+    monkeypatch.setenv("UOPSL_CACHE_DIR", str(tmp_path / "cache"))
+    fundus_jpeg(tmp_path / "in" / "a.jpg", seed=1)
+    monkeypatch.setenv("UOPSL_CSV", "semicolon")
+    assert main(["run", str(tiny_bundle), str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--backend",
+                 "ort-cpu", "--no-overlays", "--no-report"]) == 0
+    header = (tmp_path / "out" / "results.csv").read_text(encoding="utf-8-sig").splitlines()[0]
+    assert header.startswith("id;source;status;")
+
+
 @pytest.fixture(scope="module")
 def report_dir(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("report")

@@ -413,7 +413,7 @@ def test_watch_out_has_help(capsys: pytest.CaptureFixture[str]) -> None:
 # -- print, in a real browser ----------------------------------------------------------------------------------
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (apt-get install -y chromium)")
 def test_printed_pages_repeat_the_identity_line(tmp_path: Path) -> None:
-    """14: Chromium prints nothing in @page margin boxes; the table's thead/tfoot repeat on every A4 page.
+    """14: the table's thead/tfoot repeat on every A4 page, and each page says "page N of M".
 
     The page count needs only Chromium; the text of each page is checked where poppler's pdftotext exists.
     """
@@ -434,8 +434,9 @@ def test_printed_pages_repeat_the_identity_line(tmp_path: Path) -> None:
     text = subprocess.run([pdftotext, "-layout", str(pdf), "-"], check=True, capture_output=True, text=True).stdout
     per_page = [p for p in text.split("\f") if p.strip()]
     assert len(per_page) == pages
-    for p in per_page:
+    for n, p in enumerate(per_page, 1):
         flat = " ".join(p.split())
         assert flat.count("Retinal screening report - 80 images - generated") == 2, flat[:300]  # header + footer
         assert "screening support, not a diagnosis" in flat
+        assert f"page {n} of {pages}" in flat  # @page margin box (Chromium 131+)
     assert "img000.jpg" in text and "img079.jpg" in text

@@ -298,3 +298,26 @@ def test_info_shows_a_pass_that_auto_does_not_trust_and_why() -> None:
     word = _parity_word(entry)
     assert word.startswith("not passed (openvino PASS, not trusted, ort-cpu FAIL); ")
     assert "model.int8.onnx" in word.split("; ", 1)[1]
+
+
+def test_info_lists_what_each_parity_verdict_was_measured_on() -> None:
+    """A verdict without its data, reference, date and machine cannot be signed (validation review)."""
+    from uopsl.runtime.bundle import FileEntry
+    from uopsl.runtime.cli import _parity_records
+
+    runs = {"ort-cpu": {"passed": False, "verdict": "FAIL", "n_images": 300, "truth": "labels",
+                        "data": {"spec": "csv:clinic.csv"}, "reference_kind": "pytorch",
+                        "created": "2026-11-29T20:01:22+00:00", "machine": {"arch": "x86_64", "cpu_int8": "x86-vnni"},
+                        "reasons": ["flip_rate 0.01 > 0.005", "auc_drop 0.02 > 0.005"]},
+            "openvino": {"passed": True, "verdict": "PASS", "n_images": 300, "reasons": []}}
+    entry = FileEntry("model.int8.onnx", "onnx", "int8-qdq-u8", sha256="abc",
+                      info={"parity": {"sha256": "abc", "backends": runs}})
+    openvino, ort_cpu = _parity_records(entry)
+    assert openvino.split() == ["model.int8.onnx", "openvino", "PASS", "300", "images"]
+    assert ort_cpu.split(None, 3)[:3] == ["model.int8.onnx", "ort-cpu", "FAIL"]
+    assert ort_cpu.endswith("300 images of csv:clinic.csv, truth: labels, vs pytorch, 2026-11-29, x86_64/x86-vnni; "
+                            "flip_rate 0.01 > 0.005 (+1 more)")
+    changed = FileEntry("model.int8.onnx", "onnx", "int8-qdq-u8", sha256="def",
+                        info={"parity": {"sha256": "abc", "backends": runs}})
+    assert all(line.endswith("[file changed since]") for line in _parity_records(changed))
+    assert _parity_records(FileEntry("model.onnx", "onnx", "fp32", sha256="abc")) == []

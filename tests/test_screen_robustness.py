@@ -323,6 +323,10 @@ def test_8_a_missing_input_or_no_photographs_exit_2(tiny_bundle: Path, tmp_path:
     line = _err_line(capsys)
     assert line.startswith(f"error: no photographs found in {tmp_path / 'empty'} (looked for .bmp, .jfif,")
     assert "1 file skipped (not an image type: .docx 1" in line
+    assert not (tmp_path / "out_empty").exists()  # the folder the run created is gone again, run.json with it
+    (tmp_path / "kept").mkdir()  # a folder the user made stays, and gets no run.json for a run that wrote nothing
+    assert _run(tiny_bundle, tmp_path / "empty", tmp_path / "kept") == 2
+    assert (tmp_path / "kept").is_dir() and not (tmp_path / "kept" / "run.json").exists()
 
 
 # -- 9: the same photograph by another path ------------------------------------------------------------------
