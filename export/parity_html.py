@@ -327,7 +327,8 @@ def render_html(report: Mapping[str, Any], images: Mapping[str, str] | None = No
         + (f"; {counts['FAIL']} failed" if counts["FAIL"] else "")
         + "".join(f"; {_e(r)}" for r in report.get("reasons", []))
         + "</div>",
-        f"<p class='note'>Created {_e(report['created'])} by uopsl {_e(report['toolkit_version'])}. "
+        f"<p class='note'>Created {_e(report['created'])} by uopsl {_e(report['toolkit_version'])}"
+        f"{_e(_revision_words(report.get('toolkit_source')))}. "
         f"Reference: {_e(report['reference']['describe'])}.</p>",
         "<h2>Summary</h2>", _summary(report),
         "<h2>Data and gates</h2>",
@@ -454,3 +455,10 @@ def _signing(report: Mapping[str, Any]) -> str:
 
 def _code(x: Any) -> str:
     return f"<code>{_e(x)}</code>" if x else '<span class="na">not recorded</span>'
+
+
+def _revision_words(source: Any) -> str:
+    """`` (git 1ac9ce7e3def, with local changes)`` for a report made from a checkout, else nothing."""
+    if not isinstance(source, dict) or not source.get("git_commit"):
+        return ""
+    return f" (git {str(source['git_commit'])[:12]}" + (", with local changes)" if source.get("git_dirty") else ")")

@@ -119,7 +119,7 @@ from uopsl.runtime.fsio import sha256_file, write_bytes, write_json, write_text
 from uopsl.runtime.metrics import roc_curve
 from uopsl.runtime.optional import available
 from uopsl.runtime.preprocess import PREPROCESS_VERSION, PreprocessConfig, preprocess, read_bytes
-from uopsl.runtime.version import __version__
+from uopsl.runtime.version import __version__, source_revision
 
 log = logging.getLogger(__name__)
 
@@ -871,6 +871,7 @@ def validate_bundle(
         "format": REPORT_FORMAT,
         "created": created,
         "toolkit_version": __version__,
+        "toolkit_source": source_revision(),
         "machine": _machine(),
         "passed": passed,
         "verdict": status,
@@ -1040,7 +1041,8 @@ def _record(root: Path, candidates: Sequence[Mapping[str, Any]], cfg: ValidateCo
             "reference": reference["describe"], "reference_fingerprint": reference["fingerprint"],
             "reference_kind": reference["kind"], "reference_source": reference["source"],
             **extra,
-            "bootstrap_seed": cfg.seed, "created": created, "toolkit_version": __version__, "report": str(report),
+            "bootstrap_seed": cfg.seed, "created": created, "toolkit_version": __version__,
+            "toolkit_source": source_revision(), "report": str(report),
         })
     record_parity(root, records)
     log.info("parity verdicts recorded in %s: %s", root / "manifest.json",
