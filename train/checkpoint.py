@@ -28,6 +28,7 @@ from uopsl.runtime.fsio import atomic_open, sha256_file, write_json
 from uopsl.runtime.preprocess import PreprocessConfig
 from uopsl.runtime.version import __version__
 from uopsl.train.model import ModelConfig, UopslModel
+from uopsl.train.text import DEFAULT_MODEL as DEFAULT_TEXT_MODEL
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,10 @@ class CheckpointMeta:
     metrics: dict[str, Any] = field(default_factory=dict)
     data_fingerprint: str = ""
     toolkit_version: str = __version__
+    # The sentence encoder that made the class prototypes: new class descriptions (re-targeted
+    # fine-tunes, zero-shot, export --classes) must be encoded by the same one, or their prototypes
+    # land in another embedding space (of the same width, so nothing else would notice).
+    text_model: str = DEFAULT_TEXT_MODEL
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -54,6 +59,7 @@ class CheckpointMeta:
             "thresholds": list(self.thresholds), "referable": list(self.referable),
             "train_config": self.train_config, "metrics": self.metrics,
             "data_fingerprint": self.data_fingerprint, "toolkit_version": self.toolkit_version,
+            "text_model": self.text_model,
         }
 
     @classmethod
@@ -64,6 +70,8 @@ class CheckpointMeta:
             thresholds=tuple(d.get("thresholds", ())), referable=tuple(d.get("referable", ())),
             train_config=d.get("train_config", {}), metrics=d.get("metrics", {}),
             data_fingerprint=d.get("data_fingerprint", ""), toolkit_version=d.get("toolkit_version", "?"),
+            # Checkpoints written before the field: the packaged default (what every command used unless told).
+            text_model=d.get("text_model", DEFAULT_TEXT_MODEL),
         )
 
 

@@ -353,7 +353,8 @@ def get(name: str) -> DiseaseDescription:
         hint = f" Did you mean {', '.join(close)}?" if close else ""
         raise ConfigError(
             f"no built-in description for class {name!r}.{hint} Known classes: {', '.join(_BY_NAME)}. "
-            "Describe a new class in a TOML/JSON file (uopsl export --classes FILE)."
+            "Describe a new class in a TOML/JSON file: --classes-file FILE (uopsl pretrain, finetune, zero-shot) "
+            "or uopsl export --classes FILE."
         ) from None
 
 

@@ -38,6 +38,9 @@ class Item:
 
 
 
+_NAMED_BAD = 5  # unreadable images named one by one before the rest only count
+
+
 def cache_images(paths: Sequence[Path], pre: PreprocessConfig, cache_dir: Path | None) -> tuple[np.ndarray, np.ndarray]:
     """Preprocess ``paths``; returns (images (N, S, S, 3) uint8, ok (N,) bool)."""
     key = hashlib.sha256(
@@ -50,12 +53,15 @@ def cache_images(paths: Sequence[Path], pre: PreprocessConfig, cache_dir: Path |
             return np.load(img_file, mmap_mode="r"), np.load(ok_file)
     out = np.zeros((len(paths), pre.size, pre.size, 3), np.uint8)
     ok = np.zeros(len(paths), bool)
+    n_bad = 0
     for i, p in enumerate(track(paths, total=len(paths), desc="preprocess", mininterval=1.0)):
         try:
             out[i] = preprocess_file(p, pre).image
             ok[i] = True
         except ImageError as exc:
-            log.warning("skipping %s: %s", p, exc)
+            n_bad += 1
+            # The first few by name; ImageDataset counts them all (also when read back from the cache).
+            log.log(logging.WARNING if n_bad <= _NAMED_BAD else logging.DEBUG, "skipping %s: %s", p, exc)
     if cache_dir is not None:
         cache_dir.mkdir(parents=True, exist_ok=True)
         with atomic_open(img_file, "wb") as fh:
@@ -78,6 +84,12 @@ class ImageDataset(Dataset):
         self.index = np.flatnonzero(ok)
         if len(self.index) == 0:
             raise DataError(f"none of the {len(items)} images could be read")
+        #: The images left out because they could not be decoded or preprocessed.
+        self.unreadable = [items[int(i)].path for i in np.flatnonzero(~np.asarray(ok, bool))]
+        if self.unreadable:
+            log.warning("%d of %d images could not be read and are left out (e.g. %s)%s", len(self.unreadable),
+                        len(items), self.unreadable[0], "; -vv lists them" if len(self.unreadable) > 1 else "")
+            log.debug("unreadable images left out: %s", ", ".join(str(p) for p in self.unreadable))
         self.items = [items[int(i)] for i in self.index]
         self.targets = np.stack([it.target for it in self.items]).astype(np.float32)
         self.augment = augment

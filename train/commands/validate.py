@@ -164,10 +164,10 @@ def _task_labels(kind: str) -> dict[str, tuple[str, ...]]:
 
 def _tvhl_mapping(task: str) -> str:
     """How TVHL's ``task`` maps its raw labels: which become another name, which images are left out."""
-    from uopsl.train.datasets.tvhl import _TASK_MAP
+    from uopsl.train.datasets.tvhl import TVHL_TASK_LABELS
 
-    mapping = _TASK_MAP[task]
-    raw = sorted({k for m in _TASK_MAP.values() for k in m})
+    mapping = TVHL_TASK_LABELS[task]
+    raw = sorted({k for m in TVHL_TASK_LABELS.values() for k in m})
     renamed: dict[str, list[str]] = {}
     for src, dst in mapping.items():
         if src != dst:

@@ -34,7 +34,8 @@ TVHL_TASKS: dict[str, tuple[str, ...]] = {
     "referable_dr": ("normal", "dr"),
     "dme": ("normal", "dme"),
 }
-_TASK_MAP: dict[str, dict[str, str]] = {
+# Per task: TVHL's raw label -> the task's class; raw labels absent from a task's map are left out of it.
+TVHL_TASK_LABELS: dict[str, dict[str, str]] = {
     "four_class": {"normal": "normal", "npdr": "npdr", "pdr": "pdr", "dme": "dme"},
     "referable_dr": {"normal": "normal", "npdr": "dr", "pdr": "dr"},
     "dme": {"normal": "normal", "dme": "dme"},
@@ -62,7 +63,7 @@ def read_tvhl(
         raise ConfigError(f"TVHL task {task!r} unknown; choose one of {list(TVHL_TASKS)}")
     if modality not in (*MODALITIES, "both"):
         raise ConfigError(f"modality must be 'fundus', 'oct' or 'both', got {modality!r}")
-    mapping = _TASK_MAP[task]
+    mapping = TVHL_TASK_LABELS[task]
     col = Collector(f"tvhl-{modality}-{task}", root, LabelSpace(TVHL_TASKS[task], multi_label=False), missing)
     for mod in MODALITIES if modality == "both" else (modality,):
         _, rows = read_table(root / f"{mod}.csv", TVHL_COLUMNS)
