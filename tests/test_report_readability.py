@@ -303,7 +303,8 @@ def test_file_name_first_bold_and_wrapped_anywhere_with_a_footer_on_every_page()
     tfoot = page[page.index("<tfoot>"):page.index("</tfoot>")]
     ident = "Retinal screening report - 1 image - generated "
     assert ident in thead and ident in tfoot and "bundle 3975d2dbe11b" in tfoot
-    assert "thead tr.pagehead { display: table-row; }" in page and "@page { size: A4 portrait;" in page
+    assert "thead tr.pagehead { display: table-row; }" in page
+    assert "size: A4 portrait; margin: 12mm 10mm;" in page and "counter(pages)" in page
     assert "class='noprint'" in page  # the print hint is screen-only
 
 
