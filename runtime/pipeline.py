@@ -181,6 +181,9 @@ class WalkState:
     hidden_images: int = 0  # image-named files starting with '.' (a Mac's ._IMG_0001.jpg, an editor's temp file)
     excluded: list[str] = field(default_factory=list)
     said: set[str] = field(default_factory=set)
+    #: Every folder walked -> (st_mtime_ns, st_ino) read before it was listed: ``watch`` walks again
+    #: only when one of them changes (a file created, removed or renamed in it).
+    folders: dict[str, tuple[int, int]] = field(default_factory=dict)
     _exclude_ids: set[tuple[int, int]] = field(default_factory=set, init=False, repr=False)
     _exclude_real: list[str] = field(default_factory=list, init=False, repr=False)
 
@@ -272,6 +275,7 @@ def walk_images(folder: Path, state: WalkState | None = None) -> Iterator[Path]:
                       display_path(folder), JSONL)
         return
     state.visited.add(ident)
+    state.folders[os.fspath(folder)] = (st.st_mtime_ns, st.st_ino)
     try:
         entries = sorted(os.scandir(folder), key=lambda e: e.name)
     except OSError as exc:

@@ -11,6 +11,14 @@ thumbnails would otherwise be screened, and theirs, without end). Polling (no
 inotify) keeps it portable to network shares and Windows. A file rewritten
 later gets a new key (size, mtime) and is screened again; the outputs keep its
 latest row.
+
+A drop folder grows for months, so a poll does not look at every file: the
+folder tree is walked again only when a folder's modification time changes (a
+file created, removed or renamed in it) or every ``rescan_s``; in between only
+the files not yet taken are checked. A photograph rewritten in place, which
+changes no folder, is therefore noticed within ``rescan_s`` (at once in the
+``rescan_s`` after it was taken: a copy that paused and went on), as is a new
+one on a file system that updates folder times late (some network shares).
 """
 
 from __future__ import annotations
@@ -38,6 +46,7 @@ class WatchConfig:
     count: the watch goes on until this many were screened now.
     timeout_s: stop after this many seconds (None: never; Ctrl-C stops).
     refresh_s: rewrite results.csv/report.html at most this often while watching.
+    rescan_s: walk the whole folder tree at least this often (see the module doc).
     """
 
     settle_ms: int = 1000
@@ -45,11 +54,13 @@ class WatchConfig:
     max_images: int | None = None
     timeout_s: float | None = None
     refresh_s: float = 10.0
+    rescan_s: float = 30.0
 
     def __post_init__(self) -> None:
-        if self.settle_ms < 0 or self.poll_s <= 0 or self.refresh_s < 0:
+        if self.settle_ms < 0 or self.poll_s <= 0 or self.refresh_s < 0 or self.rescan_s < 0:
             raise ConfigError(
-                f"settle_ms >= 0, poll_s > 0 and refresh_s >= 0 expected, got {self.settle_ms}, {self.poll_s}, {self.refresh_s}"
+                f"settle_ms >= 0, poll_s > 0, refresh_s >= 0 and rescan_s >= 0 expected, got {self.settle_ms}, "
+                f"{self.poll_s}, {self.refresh_s}, {self.rescan_s}"
             )
         if self.max_images is not None and self.max_images < 1:
             raise ConfigError(f"max_images must be >= 1, got {self.max_images}")
@@ -60,11 +71,13 @@ class StableFiles:
 
     exclude: folders never looked into (the output folder). empty_settle_ms:
     how long an empty file must stay empty before it is reported (default ten
-    times ``settle_ms``, at least one second).
+    times ``settle_ms``, at least one second). rescan_s: walk the whole tree at
+    least this often; otherwise only when a folder in it changed (module doc).
     """
 
     def __init__(self, folder: Path, settle_ms: int, clock: Callable[[], float] = time.monotonic, *,
-                 exclude: Sequence[str | os.PathLike[str]] = (), empty_settle_ms: int | None = None) -> None:
+                 exclude: Sequence[str | os.PathLike[str]] = (), empty_settle_ms: int | None = None,
+                 rescan_s: float = 30.0) -> None:
         self.folder = folder
         self.settle_s = settle_ms / 1000.0
         self.empty_settle_s = (empty_settle_ms / 1000.0 if empty_settle_ms is not None
@@ -73,7 +86,16 @@ class StableFiles:
         self.exclude = tuple(exclude)
         self._state: dict[Path, tuple[int, int, float]] = {}
         self._taken: dict[Path, tuple[int, int]] = {}
+        # When each was taken: for rescan_s after that it is checked at every poll, since a copy that
+        # paused longer than settle_ms (a half-copied photograph, screened as truncated) goes on soon.
+        self._taken_at: dict[Path, float] = {}
         self._said: set[str] = set()  # warnings already given (a folder that cannot be listed: once, not every poll)
+        self.rescan_s = rescan_s
+        self._files: list[Path] = []  # image files found by the last walk
+        self._watch: list[Path] = []  # those looked at between walks (not yet taken, or taken lately)
+        self._folders: dict[str, tuple[int, int]] = {}  # folder -> (mtime, inode) when the last walk listed it
+        self._walked_at: float | None = None
+        self.walks = 0  # how many times the tree was walked (for tests and -vv)
 
     def poll(self, limit: int | None = None) -> list[Path]:
         """Files that are complete and not yet returned in their current version.
@@ -82,10 +104,16 @@ class StableFiles:
         a later poll (a file is marked taken only when returned).
         """
         now = self.clock()
+        walk = self._walked_at is None or now - self._walked_at >= self.rescan_s or self._folders_changed()
+        if walk:
+            state = WalkState(exclude=self.exclude, said=self._said)
+            self._files = list(walk_images(self.folder, state))
+            self._folders, self._walked_at = state.folders, now
+            self.walks += 1
         ready: list[Path] = []
-        present: set[Path] = set()
-        for p in walk_images(self.folder, WalkState(exclude=self.exclude, said=self._said)):
-            present.add(p)
+        # Between walks only the files still to settle or recently taken are looked at.
+        candidates = self._files if walk else self._watch
+        for p in candidates:
             try:
                 st = p.stat()
             except OSError:
@@ -98,11 +126,32 @@ class StableFiles:
             wait = self.settle_s if st.st_size > 0 else self.empty_settle_s
             if now - old[2] >= wait and self._taken.get(p) != sig and (limit is None or len(ready) < limit):
                 self._taken[p] = sig
+                self._taken_at[p] = now
                 ready.append(p)
-        for gone in set(self._state) - present:
-            self._state.pop(gone, None)
-            self._taken.pop(gone, None)
+        self._watch = [p for p in candidates if not self._quiet(p, now)]
+        if walk:
+            for gone in set(self._state) - set(self._files):
+                self._state.pop(gone, None)
+                self._taken.pop(gone, None)
+                self._taken_at.pop(gone, None)
         return ready
+
+    def _quiet(self, p: Path, now: float) -> bool:
+        """Taken as it is now, longer than rescan_s ago: left to the next walk (a rewrite in place)."""
+        known = self._state.get(p)
+        return (known is not None and self._taken.get(p) == known[:2]
+                and now - self._taken_at.get(p, now) >= self.rescan_s)
+
+    def _folders_changed(self) -> bool:
+        """Whether a folder of the last walk was modified (or went away) since it was listed."""
+        for folder, sig in self._folders.items():
+            try:
+                st = os.stat(folder)
+            except OSError:
+                return True
+            if (st.st_mtime_ns, st.st_ino) != sig:
+                return True
+        return False
 
 
 def watch_folder(
@@ -144,7 +193,7 @@ def watch_folder(
             on_result(r)
 
     with ResultStore(out, screener.identity) as held:
-        tracker = StableFiles(src, cfg.settle_ms, exclude=[out])
+        tracker = StableFiles(src, cfg.settle_ms, exclude=[out], rescan_s=cfg.rescan_s)
         t_start = time.monotonic()
         last_refresh = 0.0
         dirty = False

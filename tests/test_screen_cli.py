@@ -321,3 +321,46 @@ def test_info_lists_what_each_parity_verdict_was_measured_on() -> None:
                         info={"parity": {"sha256": "abc", "backends": runs}})
     assert all(line.endswith("[file changed since]") for line in _parity_records(changed))
     assert _parity_records(FileEntry("model.onnx", "onnx", "fp32", sha256="abc")) == []
+
+
+def test_watch_walks_a_large_drop_folder_only_when_it_changes(tmp_path: Path) -> None:
+    """A drop folder holds months of photographs: walking and stat-ing all of them every 0.5 s took ~0.3 s of CPU
+    per poll at 20,000 files. Now a poll walks the tree only when a folder changed, or every rescan_s."""
+    now = [0.0]
+    tracker = StableFiles(tmp_path, settle_ms=0, clock=lambda: now[0], rescan_s=30)
+    old = [tmp_path / "day1" / f"{i}.jpg" for i in range(3)]
+    for p in old:
+        p.parent.mkdir(exist_ok=True)
+        p.write_bytes(b"\xff\xd8old")
+    assert tracker.poll() == [] and tracker.walks == 1
+    now[0] = 1.0
+    assert sorted(tracker.poll()) == old and tracker.walks == 1  # settled files found without walking again
+    now[0] = 2.0
+    assert tracker.poll() == [] and tracker.walks == 1  # nothing changed: no walk
+    new = tmp_path / "day1" / "new.jpg"
+    new.write_bytes(b"\xff\xd8new")
+    now[0] = 3.0
+    assert tracker.poll() == [] and tracker.walks == 2  # its folder changed: walked, and the new file seen
+    now[0] = 4.0
+    assert tracker.poll() == [new] and tracker.walks == 2
+    (tmp_path / "day2").mkdir()
+    now[0] = 5.0
+    tracker.poll()
+    (tmp_path / "day2" / "a.jpg").write_bytes(b"\xff\xd8a")  # a file in a folder that holds no photograph yet
+    now[0] = 6.0
+    assert tracker.poll() == [] and tracker.walks == 4
+    now[0] = 7.0
+    assert tracker.poll() == [tmp_path / "day2" / "a.jpg"]
+    # A photograph rewritten in place long after it was taken changes no folder: found at the next full walk
+    # (rescan_s), and taken again. (In the rescan_s after it was taken it is checked at every poll.)
+    now[0] = 40.0
+    assert tracker.poll() == [] and tracker.walks == 5  # the periodic walk
+    st = old[0].stat()
+    old[0].write_bytes(b"\xff\xd8rewritten, longer")
+    os.utime(old[0], ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    now[0] = 45.0
+    assert tracker.poll() == [] and tracker.walks == 5  # not looked at between walks
+    now[0] = 71.0
+    assert tracker.poll() == [] and tracker.walks == 6  # the next walk sees the new version ...
+    now[0] = 72.0
+    assert tracker.poll() == [old[0]]  # ... and takes it once settled
