@@ -39,11 +39,11 @@ import numpy as np
 from uopsl.runtime.errors import ConfigError, DataError, ImageError
 from uopsl.runtime.fsio import atomic_open
 from uopsl.runtime.progress import track
+from uopsl.runtime.pipeline import IMAGE_SUFFIXES, WalkState, walk_images
 from uopsl.runtime.preprocess import PREPROCESS_VERSION, PreprocessConfig, preprocess, read_bytes
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp"})
 LIST_SUFFIXES = frozenset({".txt", ".lst", ".list"})
 _CACHE_FORMAT = 1
 
@@ -195,9 +195,15 @@ def list_images(source: str | os.PathLike[str]) -> tuple[list[Path], list[str] |
     """Resolve a folder, CSV or text list into image paths (and labels when the CSV has them)."""
     src = Path(source)
     if src.is_dir():
-        paths = sorted(p for p in src.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        # The screening runtime's own walk: the same image types, and no hidden files, no symbolic-link
+        # loops and no uopsl-screen output folder (its overlays and thumbnails are no calibration images).
+        state = WalkState()
+        paths = list(walk_images(src, state))
         if not paths:
-            raise DataError(f"{src}: no images found (looked for {sorted(IMAGE_SUFFIXES)}, recursively)")
+            raise DataError(f"{src}: no images found (looked for {', '.join(sorted(IMAGE_SUFFIXES))}, recursively"
+                            + (f"; {state.skipped_message()}" if state.anything_skipped else "") + ")")
+        if state.excluded:
+            log.info("%s: left out %s (uopsl-screen output)", src, ", ".join(state.excluded))
         return paths, None
     if not src.is_file():
         raise DataError(f"{src}: no such file or folder; expected an image folder, a CSV or a text list of paths")

@@ -446,3 +446,24 @@ def test_a_table_of_an_older_range_algorithm_is_recomputed_not_reused(tmp_path: 
     assert (old is not None) is reused
     table.save(path)  # the current algorithm's table is reused
     assert load_if_current(path, model_sha256="m", set_fingerprint="s", method=method, percentile=pct) == table
+
+
+def test_a_calibration_folder_is_walked_as_the_screening_runtime_walks_it(tmp_path: Path) -> None:
+    """Overlays and thumbnails of a uopsl-screen output folder inside the photo folder are no calibration images."""
+    import cv2
+
+    from uopsl.calibration.dataset import list_images
+    from uopsl.runtime.errors import DataError
+
+    photos = tmp_path / "photos"
+    (photos / "screen-2026-11-29" / "overlays").mkdir(parents=True)
+    jpeg = cv2.imencode(".jpg", random_fundus_batch(1, 64, seed=3)[0])[1].tobytes()
+    for name in ("a.jpg", "b.jfif", "screen-2026-11-29/overlays/a.png", ".hidden.jpg"):
+        (photos / name).write_bytes(jpeg)
+    (photos / "screen-2026-11-29" / "results.jsonl").write_text("")
+    paths, labels = list_images(photos)
+    assert [p.name for p in paths] == ["a.jpg", "b.jfif"] and labels is None
+    (tmp_path / "none").mkdir()
+    (tmp_path / "none" / "scan.dcm").write_bytes(b"x")
+    with pytest.raises(DataError, match=r"no images found \(looked for .*\.jfif.*1 file skipped \(not an image type"):
+        list_images(tmp_path / "none")
