@@ -215,13 +215,26 @@ class FolderLock:
         """
         if self._fd is not None:
             return True
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666 & ~current_umask())
-        try:
-            state = _lock_fd(fd)
+        for _ in range(3):
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666 & ~current_umask())
+            try:
+                state = _lock_fd(fd)
+            except BaseException:
+                os.close(fd)
+                raise
             if state is None:
                 self.holder = _owner(fd)
                 os.close(fd)
                 return False
+            if not state or _still_named(fd, self.path):
+                break
+            # The holder removed the file (and perhaps its folder: see release_and_remove) between our open
+            # and our lock: this lock guards nothing. Open again; a removed folder makes open fail.
+            _unlock_fd(fd)
+            os.close(fd)
+        else:
+            raise OSError(errno.EAGAIN, "the lock file kept being removed", str(self.path))
+        try:
             if not state:
                 log.warning("%s: this file system cannot lock files; nothing stops a second process "
                             "from writing into the same folder", self.path)
@@ -241,6 +254,37 @@ class FolderLock:
             with contextlib.suppress(OSError):
                 _unlock_fd(fd)
             os.close(fd)
+
+    def release_and_remove(self) -> bool:
+        """Release the lock and remove the folder if it holds nothing but the lock file; True if removed.
+
+        On POSIX the file and folder go while the lock is still held, and
+        :meth:`acquire` checks that the file it locked is still there, so no
+        process is left holding a lock on a removed file. Windows refuses to
+        remove a file another process has open, which closes the same gap.
+        """
+        folder = self.path.parent
+        removed = False
+        try:
+            if self._fd is not None and {e.name for e in os.scandir(folder)} <= {self.path.name}:
+                if sys.platform == "win32":
+                    self.release()
+                os.unlink(self.path)
+                os.rmdir(folder)
+                removed = True
+        except OSError as exc:  # someone wrote into it meanwhile, or it went away: leave it
+            log.debug("kept %s (%s)", folder, exc)
+        self.release()
+        return removed
+
+
+def _still_named(fd: int, path: Path) -> bool:
+    """Whether ``path`` still names the file open as ``fd`` (not removed, not replaced)."""
+    try:
+        a, b = os.fstat(fd), os.stat(path)
+    except OSError:
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
 _WIN_LOCK_OFFSET = 1 << 20  # Windows locks a byte range: lock one far beyond the pid, so others can read it

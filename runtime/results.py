@@ -18,6 +18,7 @@ a time writes a folder: :class:`ResultStore` holds an exclusive lock
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -187,9 +188,10 @@ def _acquire(out: Path, real: str) -> bool:
         return True
 
 
-def _release(real: str) -> None:
+def _release(real: str, remove_if_unused: bool = False) -> None:
     """Release the lock taken for ``real``: the path resolved when it was taken (the working folder may
-    have changed, or the folder been renamed, since)."""
+    have changed, or the folder been renamed, since). ``remove_if_unused``: the last holder also removes
+    the folder if it holds nothing but the lock file (see :meth:`FolderLock.release_and_remove`)."""
     with _HELD_GUARD:
         held = _HELD.get(real)
         if held is None:
@@ -199,7 +201,10 @@ def _release(real: str) -> None:
             _HELD[real] = (lock, owner, depth - 1)
             return
         del _HELD[real]
-    lock.release()
+    if remove_if_unused:
+        lock.release_and_remove()
+    else:
+        lock.release()
 
 
 def prepare_folder(out: Path) -> bool:
@@ -585,25 +590,18 @@ class ResultStore:
             fh.close()
         if getattr(self, "_locked", False):
             self._locked = False
-            _release(self._real)
-            if getattr(self, "_created", False) and not getattr(self, "n_rows", 0):
-                _remove_unused_folder(self.out_dir)
+            if getattr(self, "_record", None) is not None and getattr(self, "n_rows", 0):
+                # A rerun that screened nothing new still records today's bundle path and toolkit version.
+                with contextlib.suppress(OSError):
+                    write_json(self.out_dir / RUN_JSON, self._record)
+            # A folder this store created and nothing was written into (no photographs found) goes again.
+            _release(self._real, remove_if_unused=getattr(self, "_created", False) and not getattr(self, "n_rows", 0))
 
     def __enter__(self) -> ResultStore:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _remove_unused_folder(out: Path) -> None:
-    """Remove ``out``, which this run created, if it holds nothing but the lock file (a run that found no photographs)."""
-    try:
-        if {p.name for p in out.iterdir()} <= {LOCK_NAME}:
-            (out / LOCK_NAME).unlink(missing_ok=True)
-            out.rmdir()
-    except OSError as exc:  # someone else wrote into it meanwhile, or it went away: leave it
-        log.debug("kept the output folder %s (%s)", out, exc)
 
 
 def _another_photograph(old: dict[str, Any], new: dict[str, Any]) -> bool:

@@ -292,3 +292,36 @@ def test_11_an_output_folder_named_as_input_is_a_clear_error(tiny_bundle: Path, 
             watch_folder(s, out, tmp_path / "out3", WatchConfig(timeout_s=1))
         # A photo folder that merely contains an output folder is still screened (the output folder is not).
         assert s.screen_to(photos / "screen", [photos]).screened == 2
+
+
+def test_removing_an_unused_output_folder_never_leaves_a_lock_on_a_removed_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run that found nothing removes the folder it created; another process that opened the lock file just
+    before must not end up "holding" a lock on the removed file while a third one locks a new folder there."""
+    import uopsl.runtime.fsio as fsio
+
+    out = tmp_path / "out"
+    out.mkdir()
+    first = FolderLock(out, LOCK_NAME)
+    assert first.acquire()
+    second = FolderLock(out, LOCK_NAME)
+    real_lock = fsio._lock_fd
+    calls = [0]
+
+    def lock_after_the_first_removed_it(fd: int) -> bool | None:
+        calls[0] += 1
+        if calls[0] == 1:  # the second process opened the file; now the first one finishes and cleans up
+            assert first.release_and_remove()
+        return real_lock(fd)
+
+    monkeypatch.setattr(fsio, "_lock_fd", lock_after_the_first_removed_it)
+    with pytest.raises(OSError):  # its lock guards a removed file: it opens again and finds no folder
+        second.acquire()
+    assert not second.held and not out.exists()
+    # A folder someone wrote into meanwhile is kept, and so is its lock file.
+    out.mkdir()
+    lock = FolderLock(out, LOCK_NAME)
+    assert lock.acquire()
+    (out / "results.jsonl").write_text("")
+    assert not lock.release_and_remove()
+    assert sorted(p.name for p in out.iterdir()) == sorted([LOCK_NAME, "results.jsonl"])
