@@ -259,28 +259,43 @@ def walk_images(folder: Path, state: WalkState | None = None) -> Iterator[Path]:
     stopping the walk.
     """
     state = state if state is not None else WalkState()
+    for path, is_folder in list_folder(folder, state):
+        if is_folder:
+            yield from walk_images(path, state)
+        else:
+            yield path
+
+
+def list_folder(folder: Path, state: WalkState) -> list[tuple[Path, bool]]:
+    """One folder's entries a walk takes, in name order, as (path, is it a folder); see :func:`walk_images`.
+
+    Empty for a folder already walked, left out (``exclude``, an output
+    folder) or unreadable; ``state`` says why. ``watch`` lists the folders
+    that changed with it, and keeps the other folders' listings.
+    """
     try:
         st = os.stat(folder)
     except OSError as exc:
         state.say(logging.WARNING, "cannot open folder %s: %s", display_path(folder), exc.strerror or exc)
-        return
+        return []
     ident = (st.st_dev, st.st_ino)
     if ident in state.visited:
         state.say(logging.INFO, "not walking %s again (a link to a folder already walked)", display_path(folder))
-        return
+        return []
     if ident in state._exclude_ids or state.inside_excluded(folder) or is_output_folder(folder):
         state.excluded.append(display_path(folder))
         if not (ident in state._exclude_ids or state.inside_excluded(folder)):
             state.say(logging.WARNING, "not screening %s: it is a uopsl-screen output folder (it holds %s)",
                       display_path(folder), JSONL)
-        return
+        return []
     state.visited.add(ident)
     state.folders[os.fspath(folder)] = (st.st_mtime_ns, st.st_ino)
     try:
         entries = sorted(os.scandir(folder), key=lambda e: e.name)
     except OSError as exc:
         state.say(logging.WARNING, "cannot list %s: %s", display_path(folder), exc.strerror or exc)
-        return
+        return []
+    out: list[tuple[Path, bool]] = []
     for e in entries:
         if e.name.startswith("."):
             if image_suffix(e.name) in IMAGE_SUFFIXES:
@@ -289,14 +304,15 @@ def walk_images(folder: Path, state: WalkState | None = None) -> Iterator[Path]:
         try:
             is_dir = e.is_dir(follow_symlinks=True)
         except OSError:
-            yield Path(e.path)  # e.g. a symbolic-link loop: reading it gives the row its reason
+            out.append((Path(e.path), False))  # e.g. a symbolic-link loop: reading it gives the row its reason
             continue
         if is_dir:
-            yield from walk_images(Path(e.path), state)
+            out.append((Path(e.path), True))
         elif image_suffix(e.name) in IMAGE_SUFFIXES:
-            yield Path(e.path)
+            out.append((Path(e.path), False))
         else:
             state.note_skipped(e.name)
+    return out
 
 
 def _missing_input(p: Path, exc: OSError) -> ConfigError:

@@ -12,13 +12,18 @@ inotify) keeps it portable to network shares and Windows. A file rewritten
 later gets a new key (size, mtime) and is screened again; the outputs keep its
 latest row.
 
-A drop folder grows for months, so a poll does not look at every file: the
-folder tree is walked again only when a folder's modification time changes (a
-file created, removed or renamed in it) or every ``rescan_s``; in between only
-the files not yet taken are checked. A photograph rewritten in place, which
-changes no folder, is therefore noticed within ``rescan_s`` (at once in the
-``rescan_s`` after it was taken: a copy that paused and went on), as is a new
-one on a file system that updates folder times late (some network shares).
+A drop folder grows for months, so a poll does not look at every file. It
+reads each folder's modification time and lists again only the folders whose
+time changed (a file created, removed or renamed in it), or changed so lately
+that a second file created in the same timestamp tick would not have moved it
+(2 s on FAT, a few ms on Linux before 6.13); it then reads the size and time
+of new files and of those not yet settled. Every ``rescan_s`` it looks at
+every folder and file: a photograph rewritten in place, which changes no
+folder, is seen then (and at once in the ``rescan_s`` after it was taken: a
+copy that paused and went on), as is a new one on a file system that updates
+folder times late (some network shares). With more than ``check_all_up_to``
+folders (one per patient, kept for years), folders unchanged for an hour are
+left to that full check too.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ from pathlib import Path
 
 from uopsl.runtime.api import RunSummary, Screener
 from uopsl.runtime.errors import ConfigError
-from uopsl.runtime.pipeline import ScreenResult, WalkState, is_output_folder, output_folder_named, walk_images
+from uopsl.runtime.pipeline import ScreenResult, WalkState, is_output_folder, list_folder, output_folder_named
 from uopsl.runtime.results import FINAL_STATUSES, ResultStore, key_path
 
 log = logging.getLogger(__name__)
@@ -66,36 +71,52 @@ class WatchConfig:
             raise ConfigError(f"max_images must be >= 1, got {self.max_images}")
 
 
+@dataclass
+class _Listing:
+    """One folder as last listed: its signature then, when it was listed, and its entries."""
+
+    sig: tuple[int, int]  # (st_mtime_ns, st_ino) read before listing
+    listed_ns: int  # wall clock (ns) when it was listed
+    changed_at: float  # StableFiles' clock when its signature last changed (or it was first seen)
+    files: list[Path]
+    folders: list[Path]
+
+
 class StableFiles:
     """Tracks files in a folder and reports those whose size and mtime have settled.
 
     exclude: folders never looked into (the output folder). empty_settle_ms:
     how long an empty file must stay empty before it is reported (default ten
-    times ``settle_ms``, at least one second). rescan_s: walk the whole tree at
-    least this often; otherwise only when a folder in it changed (module doc).
+    times ``settle_ms``, at least one second). rescan_s: look at every folder
+    and file at least this often; in between, only at folders (their times)
+    and at files not yet settled (module doc). check_all_up_to: up to this
+    many folders, every folder's time is read at every poll; beyond it (a
+    folder per patient, for years), only those changed in the last ``hot_s``
+    seconds, the others at the full check.
     """
 
     def __init__(self, folder: Path, settle_ms: int, clock: Callable[[], float] = time.monotonic, *,
                  exclude: Sequence[str | os.PathLike[str]] = (), empty_settle_ms: int | None = None,
-                 rescan_s: float = 30.0) -> None:
+                 rescan_s: float = 30.0, hot_s: float = 3600.0, check_all_up_to: int = 2000) -> None:
         self.folder = folder
         self.settle_s = settle_ms / 1000.0
         self.empty_settle_s = (empty_settle_ms / 1000.0 if empty_settle_ms is not None
                                else max(10 * self.settle_s, 1.0))
         self.clock = clock
         self.exclude = tuple(exclude)
+        self.rescan_s = rescan_s
+        self.hot_s = hot_s
+        self.check_all_up_to = check_all_up_to
         self._state: dict[Path, tuple[int, int, float]] = {}
         self._taken: dict[Path, tuple[int, int]] = {}
         # When each was taken: for rescan_s after that it is checked at every poll, since a copy that
         # paused longer than settle_ms (a half-copied photograph, screened as truncated) goes on soon.
         self._taken_at: dict[Path, float] = {}
         self._said: set[str] = set()  # warnings already given (a folder that cannot be listed: once, not every poll)
-        self.rescan_s = rescan_s
-        self._files: list[Path] = []  # image files found by the last walk
-        self._watch: list[Path] = []  # those looked at between walks (not yet taken, or taken lately)
-        self._folders: dict[str, tuple[int, int]] = {}  # folder -> (mtime, inode) when the last walk listed it
-        self._walked_at: float | None = None
-        self.walks = 0  # how many times the tree was walked (for tests and -vv)
+        self._listings: dict[str, _Listing] = {}
+        self._watch: list[Path] = []  # files looked at between full checks (not yet taken, or taken lately)
+        self._checked_at: float | None = None  # last full check (every folder and file)
+        self.listings = 0  # how many folder listings were made (for tests and benchmarks)
 
     def poll(self, limit: int | None = None) -> list[Path]:
         """Files that are complete and not yet returned in their current version.
@@ -104,15 +125,18 @@ class StableFiles:
         a later poll (a file is marked taken only when returned).
         """
         now = self.clock()
-        walk = self._walked_at is None or now - self._walked_at >= self.rescan_s or self._folders_changed()
-        if walk:
-            state = WalkState(exclude=self.exclude, said=self._said)
-            self._files = list(walk_images(self.folder, state))
-            self._folders, self._walked_at = state.folders, now
-            self.walks += 1
+        full = self._checked_at is None or now - self._checked_at >= self.rescan_s
+        files: list[Path] = []
+        new: list[Path] = []
+        seen: set[str] = set()
+        self._scan(self.folder, WalkState(exclude=self.exclude, said=self._said), now, full, files, new, seen)
+        for gone in set(self._listings) - seen:
+            del self._listings[gone]
+        if full:
+            self._checked_at = now
         ready: list[Path] = []
-        # Between walks only the files still to settle or recently taken are looked at.
-        candidates = self._files if walk else self._watch
+        # Between full checks only new files and those still to settle (or taken lately) are looked at.
+        candidates = files if full else self._watch + [p for p in new if p not in self._state]
         for p in candidates:
             try:
                 st = p.stat()
@@ -128,30 +152,60 @@ class StableFiles:
                 self._taken[p] = sig
                 self._taken_at[p] = now
                 ready.append(p)
-        self._watch = [p for p in candidates if not self._quiet(p, now)]
-        if walk:
-            for gone in set(self._state) - set(self._files):
+        self._watch = list(dict.fromkeys(p for p in candidates if not self._quiet(p, now)))
+        if full:
+            for gone in set(self._state) - set(files):
                 self._state.pop(gone, None)
                 self._taken.pop(gone, None)
                 self._taken_at.pop(gone, None)
         return ready
 
+    def _scan(self, folder: Path, state: WalkState, now: float, full: bool, files: list[Path], new: list[Path],
+              seen: set[str]) -> None:
+        """Collect the image files under ``folder``, listing again only the folders that changed."""
+        key = os.fspath(folder)
+        seen.add(key)
+        known = self._listings.get(key)
+        hot = (known is None or full or len(self._listings) <= self.check_all_up_to
+               or now - known.changed_at < self.hot_s or self._racy(known))
+        if hot:
+            try:
+                st = os.stat(folder)
+                sig = (st.st_mtime_ns, st.st_ino)
+            except OSError:
+                sig = None
+            if known is None or sig is None or sig != known.sig or self._racy(known):
+                listed_ns = time.time_ns()
+                entries = list_folder(folder, state)
+                self.listings += 1
+                sig = state.folders.get(key, sig or (0, 0))
+                changed = known is None or sig != known.sig
+                listing = _Listing(sig, listed_ns, now if changed or known is None else known.changed_at,
+                                   [p for p, is_dir in entries if not is_dir], [p for p, is_dir in entries if is_dir])
+                before = set(known.files) if known is not None else set()
+                new.extend(p for p in listing.files if p not in before)
+                self._listings[key] = known = listing
+        if known is None:
+            return
+        if full:
+            files.extend(known.files)
+        for sub in known.folders:
+            self._scan(sub, state, now, full, files, new, seen)
+
+    @staticmethod
+    def _racy(listing: _Listing) -> bool:
+        """Listed so soon after its last change that a file created in the same timestamp tick (2 s on FAT,
+        a few ms on Linux before 6.13) would not have changed the folder's time: list it again."""
+        return abs(listing.listed_ns - listing.sig[0]) < _RACY_NS
+
     def _quiet(self, p: Path, now: float) -> bool:
-        """Taken as it is now, longer than rescan_s ago: left to the next walk (a rewrite in place)."""
+        """Taken as it is now, longer than rescan_s ago: left to the next full check (a rewrite in place)."""
         known = self._state.get(p)
         return (known is not None and self._taken.get(p) == known[:2]
                 and now - self._taken_at.get(p, now) >= self.rescan_s)
 
-    def _folders_changed(self) -> bool:
-        """Whether a folder of the last walk was modified (or went away) since it was listed."""
-        for folder, sig in self._folders.items():
-            try:
-                st = os.stat(folder)
-            except OSError:
-                return True
-            if (st.st_mtime_ns, st.st_ino) != sig:
-                return True
-        return False
+
+_RACY_NS = 3_000_000_000  # FAT stores times to 2 s; a margin for clocks that differ a little (network shares)
 
 
 def watch_folder(

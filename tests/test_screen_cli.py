@@ -323,44 +323,82 @@ def test_info_lists_what_each_parity_verdict_was_measured_on() -> None:
     assert _parity_records(FileEntry("model.onnx", "onnx", "fp32", sha256="abc")) == []
 
 
-def test_watch_walks_a_large_drop_folder_only_when_it_changes(tmp_path: Path) -> None:
-    """A drop folder holds months of photographs: walking and stat-ing all of them every 0.5 s took ~0.3 s of CPU
-    per poll at 20,000 files. Now a poll walks the tree only when a folder changed, or every rescan_s."""
+def test_watch_lists_again_only_the_folders_that_changed(tmp_path: Path) -> None:
+    """A drop folder holds months of photographs: listing and stat-ing all of them every 0.5 s took ~0.3 s of CPU
+    per poll at 20,000 files. A poll now lists again only folders whose time changed, or that changed so lately
+    that a file created in the same timestamp tick could hide (FAT: 2 s; Linux before 6.13: a few ms)."""
     now = [0.0]
-    tracker = StableFiles(tmp_path, settle_ms=0, clock=lambda: now[0], rescan_s=30)
-    old = [tmp_path / "day1" / f"{i}.jpg" for i in range(3)]
+    # check_all_up_to=0: as in a tree of thousands of folders, only those changed in the last hot_s are watched.
+    tracker = StableFiles(tmp_path, settle_ms=0, clock=lambda: now[0], rescan_s=1000, hot_s=100, check_all_up_to=0)
+
+    def settle(folder: Path, ago_s: float = 3600) -> None:  # as if the last change was long ago (not racy)
+        t = time.time() - ago_s
+        os.utime(folder, (t, t))
+
+    old = [tmp_path / "day1" / f"{i}.jpg" for i in range(3)] + [tmp_path / "day2" / "a.jpg"]
     for p in old:
         p.parent.mkdir(exist_ok=True)
         p.write_bytes(b"\xff\xd8old")
-    assert tracker.poll() == [] and tracker.walks == 1
+    for folder in (tmp_path / "day1", tmp_path / "day2", tmp_path):
+        settle(folder)
+    assert tracker.poll() == [] and tracker.listings == 3
     now[0] = 1.0
-    assert sorted(tracker.poll()) == old and tracker.walks == 1  # settled files found without walking again
+    assert sorted(tracker.poll()) == old and tracker.listings == 3  # settled files found without listing again
     now[0] = 2.0
-    assert tracker.poll() == [] and tracker.walks == 1  # nothing changed: no walk
+    assert tracker.poll() == [] and tracker.listings == 3  # nothing changed: nothing listed
     new = tmp_path / "day1" / "new.jpg"
     new.write_bytes(b"\xff\xd8new")
+    settle(tmp_path / "day1", ago_s=10)
     now[0] = 3.0
-    assert tracker.poll() == [] and tracker.walks == 2  # its folder changed: walked, and the new file seen
+    assert tracker.poll() == [] and tracker.listings == 4  # only day1 listed again
     now[0] = 4.0
-    assert tracker.poll() == [new] and tracker.walks == 2
-    (tmp_path / "day2").mkdir()
+    assert tracker.poll() == [new] and tracker.listings == 4
+    # Changed just now: listed at every poll until its time is older than a timestamp tick could be.
+    b = tmp_path / "day2" / "b.jpg"
+    b.write_bytes(b"\xff\xd8b")
     now[0] = 5.0
-    tracker.poll()
-    (tmp_path / "day2" / "a.jpg").write_bytes(b"\xff\xd8a")  # a file in a folder that holds no photograph yet
+    assert tracker.poll() == [] and tracker.listings == 5
+    sig = os.stat(tmp_path / "day2")
+    c = tmp_path / "day2" / "c.jpg"
+    c.write_bytes(b"\xff\xd8c")  # created in the same tick: a coarse clock leaves the folder's time as it was
+    os.utime(tmp_path / "day2", ns=(sig.st_atime_ns, sig.st_mtime_ns))
     now[0] = 6.0
-    assert tracker.poll() == [] and tracker.walks == 4
+    assert tracker.poll() == [b] and tracker.listings == 6  # racy: listed again, and c seen
     now[0] = 7.0
-    assert tracker.poll() == [tmp_path / "day2" / "a.jpg"]
-    # A photograph rewritten in place long after it was taken changes no folder: found at the next full walk
-    # (rescan_s), and taken again. (In the rescan_s after it was taken it is checked at every poll.)
-    now[0] = 40.0
-    assert tracker.poll() == [] and tracker.walks == 5  # the periodic walk
+    assert tracker.poll() == [c]
+    # A folder quiet for longer than hot_s is looked at only by the full check (rescan_s).
+    settle(tmp_path / "day2")
+    now[0] = 8.0
+    tracker.poll()
+    now[0] = 150.0
+    late = tmp_path / "day1" / "late.jpg"
+    late.write_bytes(b"\xff\xd8late")
+    settle(tmp_path / "day1", ago_s=5)  # another time than the last change's, even on FAT's 2 s clock
+    listed = tracker.listings
+    assert tracker.poll() == [] and tracker.listings == listed  # day1 is cold: not looked at
+    # A photograph rewritten in place changes no folder: the full check finds it too.
     st = old[0].stat()
     old[0].write_bytes(b"\xff\xd8rewritten, longer")
     os.utime(old[0], ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
-    now[0] = 45.0
-    assert tracker.poll() == [] and tracker.walks == 5  # not looked at between walks
-    now[0] = 71.0
-    assert tracker.poll() == [] and tracker.walks == 6  # the next walk sees the new version ...
-    now[0] = 72.0
-    assert tracker.poll() == [old[0]]  # ... and takes it once settled
+    now[0] = 1001.0
+    assert tracker.poll() == []  # the full check: late.jpg and the new version of 0.jpg seen ...
+    now[0] = 1002.0
+    assert sorted(tracker.poll()) == sorted([old[0], late])  # ... and taken once settled
+
+
+def test_watch_sees_a_photograph_in_a_folder_quiet_for_hours_at_once(tmp_path: Path) -> None:
+    """A flat drop folder at a quiet clinic: a photograph after hours of nothing is taken at the next polls."""
+    now = [0.0]
+    tracker = StableFiles(tmp_path, settle_ms=0, clock=lambda: now[0])
+    assert tracker.poll() == []
+    now[0] = 5 * 3600.0
+    tracker.poll()
+    p = tmp_path / "late.jpg"
+    p.write_bytes(b"\xff\xd8late")
+    t = time.time() - 10
+    os.utime(tmp_path, (t, t))  # not racy: only the folder's new time can show the file
+    now[0] += 0.5
+    tracker.poll()
+    now[0] += 0.5
+    assert tracker.poll() == [p]
+
