@@ -96,6 +96,13 @@ def _failures() -> tuple[dict[str, tuple[str, str, Sequence[str]]], Callable[[An
     return failed, note
 
 
+_csv_option = click.option(
+    "--csv", "csv_style", type=click.Choice(["comma", "semicolon"], case_sensitive=False), default="comma",
+    show_default=True, envvar="UOPSL_CSV", show_envvar=True,
+    help="results.csv layout: comma (decimal point) or semicolon (decimal comma, for Excel where the comma is "
+         "the decimal mark); UOPSL_CSV sets it once for every run and watch on a PC.")
+
+
 @cli.command("run")
 @_bundle_arg
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
@@ -108,10 +115,7 @@ def _failures() -> tuple[dict[str, tuple[str, str, Sequence[str]]], Callable[[An
 @click.option("--report/--no-report", default=True, show_default=True, help="Write report.html.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar on stderr (default: when it is a terminal).")
 @click.option("--no-verify", is_flag=True, help="Skip the bundle checksum verification.")
-@click.option("--csv", "csv_style", type=click.Choice(["comma", "semicolon"]), default="comma", show_default=True,
-              envvar="UOPSL_CSV", show_envvar=True,
-              help="results.csv layout: comma (decimal point) or semicolon (decimal comma, for Excel where the "
-                   "comma is the decimal mark).")
+@_csv_option
 def run_cmd(bundle: Path, inputs: Sequence[Path], out: Path, backend: str, precision: str, threads: int | None,
             batch: int, workers: int | None, overlays: bool, report: bool, progress: bool | None,
             no_verify: bool, csv_style: str) -> int:
@@ -145,10 +149,7 @@ def run_cmd(bundle: Path, inputs: Sequence[Path], out: Path, backend: str, preci
 @click.option("--poll", "poll_s", type=click.FloatRange(min=0.01), default=0.5, show_default=True, help="Scan interval (s).")
 @click.option("--max-images", type=click.IntRange(min=1), default=None, help="Stop after screening this many new photographs (ones screened before into --out do not count).")
 @click.option("--timeout", "timeout_s", type=click.FloatRange(min=0), default=None, help="Stop after this many seconds.")
-@click.option("--csv", "csv_style", type=click.Choice(["comma", "semicolon"]), default="comma", show_default=True,
-              envvar="UOPSL_CSV", show_envvar=True,
-              help="results.csv layout: comma (decimal point) or semicolon (decimal comma, for Excel where the "
-                   "comma is the decimal mark).")
+@_csv_option
 def watch_cmd(bundle: Path, folder: Path, out: Path, backend: str, precision: str, threads: int | None,
               overlays: bool, settle_ms: int, poll_s: float, max_images: int | None, timeout_s: float | None,
               csv_style: str) -> int:
@@ -257,7 +258,8 @@ def info_cmd(bundle: Path, as_json: bool) -> int:
                       f"  parity {_parity_word(f, m)}" if f.kind in ("onnx", "engine") else ""))
     if MANIFEST_NAME in bad:
         click.echo(f"  {MANIFEST_NAME:28s} CHECKSUM FAILS: {bad[MANIFEST_NAME]}")
-    records = [line for f in m.files if f.kind in ("onnx", "engine") for line in _parity_records(f)]
+    records = [line for f in m.files if f.kind in ("onnx", "engine")
+               for line in _parity_records(f, m, checksum_fails=f.path in bad)]
     if records:
         click.echo("parity records (uopsl validate; the report file has every figure)")
         for line in records:
@@ -297,12 +299,13 @@ def _parity_word(entry: Any, manifest: Any = None) -> str:
     return f"{overall} ({', '.join(words)})" + (f"; {doubts[0]}" if doubts else "")
 
 
-def _parity_records(entry: Any) -> list[str]:
+def _parity_records(entry: Any, manifest: Any = None, checksum_fails: bool = False) -> list[str]:
     """One line per backend a file was validated on: verdict, images and their data, reference, date, machine.
 
     What a validation engineer checks before trusting a verdict: what it was measured on and when, not only PASS.
+    A PASS that ``auto`` does not trust, or of a file whose checksum fails, says so, as the files list does.
     """
-    from uopsl.runtime.bundle import PARITY_KEY
+    from uopsl.runtime.bundle import PARITY_KEY, parity_status
 
     rec = entry.info.get(PARITY_KEY)
     runs = rec.get("backends") if isinstance(rec, dict) else None
@@ -313,16 +316,20 @@ def _parity_records(entry: Any) -> list[str]:
     for b in sorted(runs):
         r = runs[b] if isinstance(runs[b], dict) else {}
         verdict = str(r.get("verdict") or ("PASS" if r.get("passed") else "FAIL"))
+        if verdict == "PASS" and (checksum_fails or not parity_status(entry, b, manifest=manifest)[0]):
+            verdict = "PASS, not trusted"
         data: dict[str, Any] = r["data"] if isinstance(r.get("data"), dict) else {}
         machine: dict[str, Any] = r["machine"] if isinstance(r.get("machine"), dict) else {}
+        runtime = ", ".join(f"{k} {v}" for k, v in machine.items() if k not in ("arch", "cpu_int8") and v)
         parts = [f"{r.get('n_images', '?')} images" + (f" of {data['spec']}" if data.get("spec") else ""),
                  f"truth: {r['truth']}" if r.get("truth") else "",
                  f"vs {r['reference_kind']}" if r.get("reference_kind") else "",
                  str(r.get("created") or "")[:10],
-                 "/".join(str(machine[k]) for k in ("arch", "cpu_int8", "gpu") if machine.get(k))]
+                 "/".join(str(machine[k]) for k in ("arch", "cpu_int8") if machine.get(k)), runtime]
         reasons = [str(x) for x in r.get("reasons") or ()]
         why = f"; {reasons[0]}" + (f" (+{len(reasons) - 1} more)" if len(reasons) > 1 else "") if reasons and verdict != "PASS" else ""
-        lines.append(f"{entry.path:28s} {b:9s} {verdict:10s} " + ", ".join(x for x in parts if x) + why + stale)
+        lines.append(f"{entry.path:28s} {b:9s} {verdict:10s} " + ", ".join(x for x in parts if x) + why + stale
+                     + ("  [checksum fails]" if checksum_fails else ""))
     return lines
 
 

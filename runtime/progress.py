@@ -10,8 +10,9 @@ the same small interface that draws nothing, so callers never test for None.
 
 from __future__ import annotations
 
+import sys
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sized
 from typing import Any, Generic, TypeVar
 
 from uopsl.runtime.optional import available
@@ -43,6 +44,9 @@ class NoBar(Generic[T]):
 
     def __iter__(self) -> Iterator[T]:
         return iter(self.iterable if self.iterable is not None else ())
+
+    def __len__(self) -> int:
+        return len(self.iterable) if isinstance(self.iterable, Sized) else 0
 
     def update(self, n: int = 1) -> None:
         self.n += n
@@ -83,15 +87,21 @@ def bar(iterable: Iterable[T] | None = None, *, total: float | None = None, desc
     terminal (for loops that also run inside long unattended jobs, whose logs a
     bar would fill with carriage returns).
     """
-    if not (show and _enabled and available("tqdm")):
+    if not (show and _enabled and available("tqdm")) or (terminal_only and not _stderr_is_terminal()):
         return NoBar(iterable)
     from tqdm.auto import tqdm
 
-    # ``disable`` is passed only when needed: tqdm reads TQDM_DISABLE=1 from the
-    # environment for the arguments a caller leaves out.
-    extra: dict[str, Any] = {"disable": None} if terminal_only else {}
+    # ``disable`` is never passed: tqdm (>= 4.66) reads TQDM_DISABLE from the environment
+    # only for the arguments a caller leaves out.
     return tqdm(iterable, total=total, desc=desc, unit=unit, initial=initial, leave=leave,
-                mininterval=mininterval, dynamic_ncols=True, **extra)
+                mininterval=mininterval, dynamic_ncols=True)
+
+
+def _stderr_is_terminal() -> bool:
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):  # replaced or closed stderr
+        return False
 
 
 def track(items: Iterable[T], *, total: float | None = None, desc: str = "", show: bool = True,

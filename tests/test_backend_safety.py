@@ -286,6 +286,10 @@ def test_tensorrt_ep_gets_one_batch_range_and_runs_larger_batches_in_chunks(
     size = read_manifest(tiny_bundle).preprocess.size
     b = open_backend(tiny_bundle, "ort-trt", "fp32", availability=av, measure=False, batch=24)
     assert b.trt_profile == TrtProfile("image", (size, size, 3), 1, 24, 24)  # type: ignore[attr-defined]
+    # run (8), watch (1) and bench (1,8) share one range, so a device builds one engine, not one per command.
+    ranges = {open_backend(tiny_bundle, "ort-trt", "fp32", availability=av, measure=False,  # type: ignore[attr-defined]
+                           batch=n).trt_profile for n in (1, 8, 16)}
+    assert ranges == {TrtProfile("image", (size, size, 3), 1, 8, 16)}
     assert open_backend(tiny_bundle, "ort-cpu", "fp32", availability=av, measure=False).trt_profile is None  # type: ignore[attr-defined]
 
     # The session runs at most max_batch images at a time; the outputs come back whole and in order.
@@ -332,12 +336,15 @@ def test_tensorrt_ep_that_refuses_the_profile_is_opened_without_it(tiny_bundle: 
     monkeypatch.setenv("UOPSL_CACHE_DIR", str(tmp_path / "cache"))
     attempts: list[bool] = []
 
+    class EPFail(Exception):  # what ONNX Runtime raises for EP_FAIL: not a RuntimeError, which its own
+        pass                    # InferenceSession would catch to fall back to CUDA
+
     class FakeSession:
         def __init__(self, path: str, sess_options: object = None, providers: list | None = None) -> None:
             with_profile = "trt_profile_min_shapes" in providers[0][1]  # type: ignore[index]
             attempts.append(with_profile)
             if with_profile:
-                raise RuntimeError("User needs to provide all the dynamic shape inputs with associated profiles")
+                raise EPFail("User needs to provide all the dynamic shape inputs with associated profiles")
 
         def get_providers(self) -> list[str]:
             return ["TensorrtExecutionProvider"]

@@ -41,6 +41,16 @@ def test_hidden_bars_draw_nothing_and_still_iterate(capsys: pytest.CaptureFixtur
     assert capsys.readouterr().err == ""
 
 
+def test_terminal_only_bars_stay_out_of_logs_and_hidden_ones_keep_their_length(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    assert isinstance(progress.bar(range(3), terminal_only=True), progress.NoBar)  # stderr is no terminal here
+    monkeypatch.setattr(progress, "_stderr_is_terminal", lambda: True)
+    assert not isinstance(progress.bar(range(3), terminal_only=True), progress.NoBar)
+    progress.set_enabled(False)
+    assert len(progress.bar([1, 2, 3])) == 3 and len(progress.bar(iter([1]))) == 0
+    capsys.readouterr()
+
+
 def test_show_false_hides_one_bar_only(capsys: pytest.CaptureFixture[str]) -> None:
     assert list(progress.track(iter("ab"), desc="quiet rank", show=False)) == ["a", "b"]
     assert capsys.readouterr().err == ""

@@ -102,7 +102,7 @@ def test_csv_for_spreadsheets_with_a_decimal_comma(tiny_bundle: Path, tmp_path: 
     # The CLI takes it as --csv, or once per clinic PC from UOPSL_CSV.
     monkeypatch.setenv("UOPSL_CACHE_DIR", str(tmp_path / "cache"))
     fundus_jpeg(tmp_path / "in" / "a.jpg", seed=1)
-    monkeypatch.setenv("UOPSL_CSV", "semicolon")
+    monkeypatch.setenv("UOPSL_CSV", "Semicolon")  # as typed on a clinic PC: any case
     assert main(["run", str(tiny_bundle), str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--backend",
                  "ort-cpu", "--no-overlays", "--no-report"]) == 0
     header = (tmp_path / "out" / "results.csv").read_text(encoding="utf-8-sig").splitlines()[0]

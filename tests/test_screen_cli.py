@@ -307,16 +307,19 @@ def test_info_lists_what_each_parity_verdict_was_measured_on() -> None:
 
     runs = {"ort-cpu": {"passed": False, "verdict": "FAIL", "n_images": 300, "truth": "labels",
                         "data": {"spec": "csv:clinic.csv"}, "reference_kind": "pytorch",
-                        "created": "2026-11-29T20:01:22+00:00", "machine": {"arch": "x86_64", "cpu_int8": "x86-vnni"},
+                        "created": "2026-11-29T20:01:22+00:00",
+                        "machine": {"arch": "x86_64", "onnxruntime": "1.32.0", "cpu_int8": "x86-vnni"},
                         "reasons": ["flip_rate 0.01 > 0.005", "auc_drop 0.02 > 0.005"]},
             "openvino": {"passed": True, "verdict": "PASS", "n_images": 300, "reasons": []}}
     entry = FileEntry("model.int8.onnx", "onnx", "int8-qdq-u8", sha256="abc",
                       info={"parity": {"sha256": "abc", "backends": runs}})
     openvino, ort_cpu = _parity_records(entry)
-    assert openvino.split() == ["model.int8.onnx", "openvino", "PASS", "300", "images"]
+    # A PASS without the record auto needs (gates, data, reference) is shown as the files list shows it.
+    assert openvino.split() == ["model.int8.onnx", "openvino", "PASS,", "not", "trusted", "300", "images"]
     assert ort_cpu.split(None, 3)[:3] == ["model.int8.onnx", "ort-cpu", "FAIL"]
-    assert ort_cpu.endswith("300 images of csv:clinic.csv, truth: labels, vs pytorch, 2026-11-29, x86_64/x86-vnni; "
-                            "flip_rate 0.01 > 0.005 (+1 more)")
+    assert ort_cpu.endswith("300 images of csv:clinic.csv, truth: labels, vs pytorch, 2026-11-29, x86_64/x86-vnni, "
+                            "onnxruntime 1.32.0; flip_rate 0.01 > 0.005 (+1 more)")
+    assert all(line.endswith("[checksum fails]") for line in _parity_records(entry, checksum_fails=True))
     changed = FileEntry("model.int8.onnx", "onnx", "int8-qdq-u8", sha256="def",
                         info={"parity": {"sha256": "abc", "backends": runs}})
     assert all(line.endswith("[file changed since]") for line in _parity_records(changed))

@@ -530,9 +530,10 @@ def open_backend(
     ``spin=False``: ONNX Runtime's threads do not busy-wait between operators
     (see :class:`~uopsl.runtime.backends.onnxruntime.OrtBackend`); the
     screening pipeline asks for it because its decoders share the cores.
-    ``batch``: the batch size the caller will mostly send; the TensorRT
-    execution provider tunes its one engine for it (batches 1 to at least 16
-    run on that engine, see :class:`~uopsl.runtime.backends.onnxruntime.TrtProfile`).
+    ``batch``: the largest batch the caller will send; the TensorRT execution
+    provider builds one engine for batches 1 to max(16, batch), tuned for 8
+    (for ``batch`` itself above 16), so run, watch and bench share it (see
+    :class:`~uopsl.runtime.backends.onnxruntime.TrtProfile`).
     """
     if batch < 1:
         raise ConfigError(f"batch must be >= 1, got {batch}")
@@ -560,7 +561,9 @@ def open_backend(
 
         providers = {"ort-cpu": "cpu", "ort-cuda": "cuda", "ort-trt": "tensorrt"}[sel.backend]
         size = m.preprocess.size
-        profile = TrtProfile(m.input_name, (size, size, 3), 1, batch, max(16, batch)) if providers == "tensorrt" else None
+        # One range for run (batch 8), watch (batch 1) and bench: one engine build per device, not one each.
+        opt = 8 if batch <= 16 else batch
+        profile = TrtProfile(m.input_name, (size, size, 3), 1, opt, max(16, batch)) if providers == "tensorrt" else None
         backend = OrtBackend(path, providers, threads, precision=sel.precision, spin=spin, device=device,
                              trt_profile=profile)
     backend.selection = sel

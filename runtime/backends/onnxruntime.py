@@ -274,6 +274,13 @@ class OrtBackend(ModelFileBackend):
                 ort_version=str(getattr(ort, "__version__", "")), profile=profile))
 
         profile = self.trt_profile if trt_ep else None
+        if trt_ep:
+            from uopsl.runtime.backends import cache_dir
+
+            log.info("%s: TensorRT EP engine for batches %s (built on first use on this GPU, minutes on a Jetson; "
+                     "then cached under %s)", self.path.name,
+                     f"{profile.min_batch}-{profile.max_batch}" if profile is not None else "as they come",
+                     cache_dir() / "ort-trt")
         try:
             try:
                 self._session = session(profile)

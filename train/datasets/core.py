@@ -28,7 +28,7 @@ import numpy as np
 
 from uopsl.runtime.errors import ConfigError, DataError
 from uopsl.runtime.fsio import sha256_file
-from uopsl.runtime.progress import track
+from uopsl.runtime.progress import NoBar, track
 
 log = logging.getLogger(__name__)
 
@@ -276,7 +276,8 @@ def progress(items: Sequence[T], desc: str, *, enabled: bool = True, min_items: 
     """tqdm over ``items`` when tqdm is installed, the loop is long and stderr is a terminal."""
     if len(items) < min_items:
         return items
-    return track(items, desc=desc, show=enabled, terminal_only=True)  # type: ignore[return-value]
+    drawn = track(items, desc=desc, show=enabled, terminal_only=True)
+    return items if isinstance(drawn, NoBar) else drawn  # type: ignore[return-value]  # a Sequence when hidden
 
 
 # ---------------------------------------------------------------- tables
