@@ -404,13 +404,34 @@ def decode(data: bytes, *, source: str | None = None, max_pixels: int = 120_000_
         _check_pixels(header[0], header[1], max_pixels, source)
     buf = np.frombuffer(data, np.uint8)
     # IMREAD_UNCHANGED ignores the Exif orientation; it is applied below, for JPEGs only.
-    img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED | cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)
+    img = _imdecode(buf, cv2.IMREAD_UNCHANGED | cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR, source)
     if img is None:
         raise ImageDecodeError(
             f"not a decodable image ({len(data)} bytes; expected JPEG, PNG, TIFF or BMP)", source=source
         )
     _check_pixels(img.shape[1], img.shape[0], max_pixels, source)
     return apply_orientation(_to_rgb(_to_uint8(img), source), jpeg_orientation(data))
+
+
+def _imdecode(buf: np.ndarray, flags: int, source: str | None) -> np.ndarray | None:
+    """``cv2.imdecode``, with OpenCV's own refusals as image errors.
+
+    Formats whose header :func:`_header_size` does not read (PPM, Sun raster,
+    WebP, JPEG 2000, BigTIFF) reach OpenCV's pixel limit, which raises
+    ``cv2.error`` instead of returning None; a training run, a validation or a
+    calibration must skip such a file, not stop.
+    """
+    try:
+        return cv2.imdecode(buf, flags)
+    except cv2.error as exc:
+        text = str(exc)
+        if "CV_IO_MAX_IMAGE_PIXELS" in text or "pixels <=" in text:
+            raise ImageTooLargeError("image is larger than OpenCV decodes (its header states too many pixels)",
+                                     source=source) from None
+        raise ImageDecodeError(f"not a decodable image (OpenCV: {text.strip().splitlines()[-1][:160]})",
+                               source=source) from None
+    except MemoryError:
+        raise ImageTooLargeError("not enough memory to decode this image", source=source) from None
 
 
 def _to_rgb(img: np.ndarray, source: str | None) -> np.ndarray:
@@ -662,7 +683,7 @@ def _decode_reduced(data: bytes, scale: int, source: str | None) -> np.ndarray:
     OpenCV's own orientation handling is switched off so that both paths use
     the same tag reader and the same transform (:mod:`uopsl.runtime.exif`).
     """
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), _REDUCED[scale] | cv2.IMREAD_IGNORE_ORIENTATION)
+    img = _imdecode(np.frombuffer(data, np.uint8), _REDUCED[scale] | cv2.IMREAD_IGNORE_ORIENTATION, source)
     if img is None or img.ndim != 3:
         raise ImageDecodeError(f"not a decodable JPEG ({len(data)} bytes)", source=source)
     return apply_orientation(cv2.cvtColor(img, cv2.COLOR_BGR2RGB), jpeg_orientation(data))
