@@ -722,6 +722,7 @@ def validate_bundle(
     match the reference, :class:`ConfigError` for unusable inputs.
     """
     cfg = config or ValidateConfig()
+    source_revision()  # the code this run starts with (cached), not what a checkout holds hours later
     root = Path(bundle)
     out_dir = Path(out)
     try:  # the manifest as it stands before this run records anything in it (read before it is verified)
@@ -1041,8 +1042,9 @@ def _record(root: Path, candidates: Sequence[Mapping[str, Any]], cfg: ValidateCo
             "reference": reference["describe"], "reference_fingerprint": reference["fingerprint"],
             "reference_kind": reference["kind"], "reference_source": reference["source"],
             **extra,
-            "bootstrap_seed": cfg.seed, "created": created, "toolkit_version": __version__,
-            "toolkit_source": source_revision(), "report": str(report),
+            # The git commit stays in parity.json: a re-validation with the same result must leave the manifest
+            # (the bundle's identity) as it is, whatever was committed meanwhile.
+            "bootstrap_seed": cfg.seed, "created": created, "toolkit_version": __version__, "report": str(report),
         })
     record_parity(root, records)
     log.info("parity verdicts recorded in %s: %s", root / "manifest.json",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import subprocess
 from pathlib import Path
 
@@ -15,7 +16,7 @@ def source_revision() -> dict[str, object]:
 
     A validation report is signed against code, and ``0.1.0`` names many
     commits of a checkout. Returns ``{"git_commit": sha, "git_dirty": bool}``
-    (dirty: tracked files changed since that commit), or ``{}`` for an
+    (dirty: the package's code changed since that commit, new files included), or ``{}`` for an
     installed wheel, no git, or a checkout of another project that merely
     contains this file.
     """
@@ -25,17 +26,26 @@ def source_revision() -> dict[str, object]:
 def revision_of(file: Path) -> dict[str, object]:
     """:func:`source_revision` for ``file``, a ``runtime/version.py`` that may sit in a git checkout."""
     here = file.resolve()
+    # GIT_DIR / GIT_INDEX_FILE inherited from a hook or an IDE would point git at another repository or index.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
+    flags = getattr(subprocess, "CREATE_NO_WINDOW", 0)  # no console window per call under pythonw (Windows)
 
     def git(*args: str) -> str:
-        return subprocess.run(["git", "-C", str(here.parent), *args], capture_output=True, text=True,
-                              timeout=10, check=True).stdout.strip()
+        return subprocess.run(["git", "--no-optional-locks", "-C", str(here.parent), *args], capture_output=True,
+                              encoding="utf-8", errors="surrogateescape", env=env, timeout=10, check=True,
+                              creationflags=flags).stdout.strip()
 
     try:
         top = Path(git("rev-parse", "--show-toplevel")).resolve()
         if not (top / "runtime" / "version.py").resolve() == here:
             return {}
         commit = git("rev-parse", "HEAD")
-        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+        # Changes to the package's code only (tracked or new files), not to docs or tests.
+        dirty = bool(git("status", "--porcelain", "--untracked-files=all", "--",
+                         *(f":(top){p}" for p in _PACKAGE_FOLDERS)))
     except (OSError, subprocess.SubprocessError, ValueError):
         return {}
     return {"git_commit": commit, "git_dirty": dirty}
+
+
+_PACKAGE_FOLDERS = ("runtime", "calibration", "export", "train", "pyproject.toml")
