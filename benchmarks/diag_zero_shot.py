@@ -62,14 +62,17 @@ from uopsl.runtime.metrics import per_class_auc  # noqa: E402
 from uopsl.train import bank as banks  # noqa: E402
 from uopsl.train.checkpoint import load_model  # noqa: E402
 from uopsl.train.model import UopslModel  # noqa: E402
+from uopsl.train.workflow import text_model_of  # noqa: E402
 
 
 def zero_shot_model(run: Path) -> UopslModel:
     """The checkpoint with the experiment's class bank: its seen classes plus the unseen ones."""
-    model, _ = load_model(run)
+    model, meta = load_model(run)
     if model.config.variant == "fundus_only":
         raise SystemExit(f"{run}: a fundus_only model has no site attention to compare")
-    return model.with_classes(ex.ALL, banks.build(ex.ALL, seen=ex.CLASSES).text, seen_names=ex.CLASSES).eval()
+    encoder = text_model_of(run, model, meta)  # the encoder that made the checkpoint, checked
+    return model.with_classes(ex.ALL, banks.build(ex.ALL, text_model=encoder, seen=ex.CLASSES).text,
+                              seen_names=ex.CLASSES).eval()
 
 
 @torch.no_grad()

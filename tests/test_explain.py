@@ -15,7 +15,7 @@ from uopsl.train.cli import cli
 
 
 def test_explain_writes_one_panel_per_class_over_the_original(tmp_path: Path) -> None:
-    model, meta = tiny_model()
+    model, meta = tiny_model(random_text=True)  # untrained: distinct prototypes give visibly distinct maps
     ckpt = tmp_path / "ckpt"
     save_model(ckpt, model, meta)
     photo = tmp_path / "eye.jpg"

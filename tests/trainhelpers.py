@@ -36,15 +36,30 @@ def tiny_dataset(root: Path, n: int = 24, augment: bool = False) -> ImageDataset
     return ImageDataset(tiny_items(root / "imgs", n), PreprocessConfig(size=64), root / "cache", augment=augment)
 
 
-def tiny_model(variant: str = "uopsl", seed: int = 0) -> tuple[UopslModel, CheckpointMeta]:
+def tiny_model(variant: str = "uopsl", seed: int = 0, random_text: bool = False) -> tuple[UopslModel, CheckpointMeta]:
+    """A small random ResNet-18 model for classes normal, a, b.
+
+    Its class prototypes are the packaged encoder's, as in a real checkpoint; ``random_text``: random
+    orthogonal-ish ones instead (class maps of an untrained model then differ more), for tests that never
+    describe new classes.
+    """
     import torch
 
     torch.manual_seed(seed)
     cfg = ModelConfig(backbone="resnet18", init="random", classes=CLASSES, dim=32, sites=2, variant=variant)  # type: ignore[arg-type]
-    text = np.random.default_rng(seed).standard_normal((3, 384)).astype(np.float32)
-    meta = CheckpointMeta(model=cfg, preprocess=PreprocessConfig(size=64), phrases=(("n",), ("a",), ("b",)),
-                          data_fingerprint="tiny")
+    phrases = (("a healthy retina",), ("a yellow spot at the centre",), ("a blue spot at the centre",))
+    # The packaged encoder's prototypes of its phrases, as a real checkpoint holds them: commands that describe
+    # new classes check the checkpoint's encoder by encoding its phrases again.
+    text = (np.random.default_rng(seed).standard_normal((3, 384)).astype(np.float32) if random_text
+            else _prototypes(phrases))
+    meta = CheckpointMeta(model=cfg, preprocess=PreprocessConfig(size=64), phrases=phrases, data_fingerprint="tiny")
     return UopslModel(cfg, text), meta
+
+
+def _prototypes(phrases: tuple[tuple[str, ...], ...]) -> np.ndarray:
+    from uopsl.train.text import TextEncoder
+
+    return TextEncoder().prototypes(phrases)
 
 
 def feature_batch(model: UopslModel, n: int = 4, grid: int = 8) -> tuple[Any, Any]:

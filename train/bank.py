@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from uopsl.runtime.errors import ConfigError
 from uopsl.train import descriptions
 from uopsl.train.text import DEFAULT_MODEL, TextEncoder
 
@@ -33,9 +34,17 @@ def resolve(names: Sequence[str], classes_file: str | Path | None = None) -> lis
     user = {d.name: d for d in descriptions.load_classes(classes_file)} if classes_file else {}
     out = []
     for n in names:
-        key = descriptions.normalize_name(n)
-        key = descriptions.ALIASES.get(key, key)
-        out.append(user[key] if key in user else descriptions.get(n))
+        key = descriptions.canonical(n)
+        if key in user:
+            out.append(user[key])
+            continue
+        try:
+            out.append(descriptions.get(n))
+        except ConfigError as exc:
+            if not classes_file:
+                raise
+            raise ConfigError(f"class {n!r} is neither described in {classes_file} (which describes "
+                              f"{', '.join(sorted(user)) or 'no class'}) nor built in: add it to that file") from exc
     return out
 
 

@@ -59,7 +59,7 @@ def run_demo(out: Path, cfg: DemoConfig) -> dict[str, object]:
     from uopsl.train.commands.common import items_for
     from uopsl.train.loops import TrainConfig
     from uopsl.train.synthetic import SEEN_CLASSES, SynthConfig, make_dataset
-    from uopsl.train.workflow import new_model, run_evaluate, run_export, run_finetune, run_pretrain
+    from uopsl.train.workflow import earlier_images, new_model, run_evaluate, run_export, run_finetune, run_pretrain
 
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
@@ -89,7 +89,8 @@ def run_demo(out: Path, cfg: DemoConfig) -> dict[str, object]:
                          TrainConfig(epochs=cfg.pretrain_epochs, lr=2e-3, **common), ck / "pretrain", cache)  # type: ignore[arg-type]
     lap("pretrain")
     model, meta = run_finetune(model, meta, items_for(train, classes, "fundus"), items_for(val, classes, "fundus"),
-                               TrainConfig(epochs=cfg.finetune_epochs, lr=2e-3, **common), ck / "finetune", cache)  # type: ignore[arg-type]
+                               TrainConfig(epochs=cfg.finetune_epochs, lr=2e-3, **common), ck / "finetune", cache,  # type: ignore[arg-type]
+                               seen_before=earlier_images(ck / "pretrain"))
     lap("finetune")
     test_masks = [s.extra.get("masks") for s in test.samples if s.modality == "fundus"]
     report = run_evaluate(ck / "finetune", items_for(test, classes, "fundus"), out / "eval", n_boot=200, cache=cache,

@@ -337,6 +337,12 @@ def normalize_name(name: str) -> str:
     return re.sub(r"[\s\-]+", "_", name.strip().lower())
 
 
+def canonical(name: str) -> str:
+    """The dictionary's name for ``name`` (an alias or any spelling of it), the key of class files too."""
+    key = normalize_name(name)
+    return ALIASES.get(key, key)
+
+
 def names() -> tuple[str, ...]:
     """Canonical names of the built-in classes, in dictionary order."""
     return tuple(_BY_NAME)

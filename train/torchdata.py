@@ -19,9 +19,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from uopsl.runtime.errors import DataError, ImageError
+from uopsl.runtime.errors import DataError, ImageError, ImageReadError
 from uopsl.runtime.fsio import atomic_open
-from uopsl.runtime.preprocess import PREPROCESS_VERSION, PreprocessConfig, preprocess_file
+from uopsl.runtime.preprocess import PREPROCESS_VERSION, PreprocessConfig, preprocess, read_bytes
 from uopsl.runtime.progress import track
 
 log = logging.getLogger(__name__)
@@ -41,34 +41,46 @@ class Item:
 _NAMED_BAD = 5  # unreadable images named one by one before the rest only count
 
 
-def cache_images(paths: Sequence[Path], pre: PreprocessConfig, cache_dir: Path | None) -> tuple[np.ndarray, np.ndarray]:
-    """Preprocess ``paths``; returns (images (N, S, S, 3) uint8, ok (N,) bool)."""
+def cache_images(paths: Sequence[Path], pre: PreprocessConfig,
+                 cache_dir: Path | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Preprocess ``paths``; returns (images (N, S, S, 3) uint8, ok (N,) bool, content digests (N,) uint64).
+
+    A content digest is the first 8 bytes of the file's sha256 (0 for a file
+    that could not be read): which photographs made a checkpoint, without
+    their names (see :func:`uopsl.train.workflow.image_keys`). Nothing is
+    cached when a file could not be *read* (an I/O error, a file locked by
+    another program): it may read next time, and a cache would leave it out for good.
+    """
     key = hashlib.sha256(
         json.dumps([[str(p), p.stat().st_size if p.exists() else -1] for p in paths]
                    + [pre.to_dict(), PREPROCESS_VERSION]).encode()
     ).hexdigest()[:20]
     if cache_dir is not None:
-        img_file, ok_file = cache_dir / f"img-{key}.npy", cache_dir / f"ok-{key}.npy"
-        if img_file.is_file() and ok_file.is_file():
-            return np.load(img_file, mmap_mode="r"), np.load(ok_file)
+        img_file, ok_file, sha_file = (cache_dir / f"{kind}-{key}.npy" for kind in ("img", "ok", "sha"))
+        if img_file.is_file() and ok_file.is_file() and sha_file.is_file():
+            return np.load(img_file, mmap_mode="r"), np.load(ok_file), np.load(sha_file)
     out = np.zeros((len(paths), pre.size, pre.size, 3), np.uint8)
     ok = np.zeros(len(paths), bool)
+    digests = np.zeros(len(paths), np.uint64)
     n_bad = 0
+    read_failed = False
     for i, p in enumerate(track(paths, total=len(paths), desc="preprocess", mininterval=1.0)):
         try:
-            out[i] = preprocess_file(p, pre).image
+            data = read_bytes(p)
+            digests[i] = int.from_bytes(hashlib.sha256(data).digest()[:8], "big")
+            out[i] = preprocess(data, pre, source=str(p)).image
             ok[i] = True
-        except ImageError as exc:
+        except (ImageError, ValueError, MemoryError) as exc:  # a bad file is skipped, never the run
             n_bad += 1
+            read_failed |= isinstance(exc, ImageReadError)
             # The first few by name; ImageDataset counts them all (also when read back from the cache).
             log.log(logging.WARNING if n_bad <= _NAMED_BAD else logging.DEBUG, "skipping %s: %s", p, exc)
-    if cache_dir is not None:
+    if cache_dir is not None and not read_failed:
         cache_dir.mkdir(parents=True, exist_ok=True)
-        with atomic_open(img_file, "wb") as fh:
-            np.save(fh, out)
-        with atomic_open(ok_file, "wb") as fh:
-            np.save(fh, ok)
-    return out, ok
+        for path, array in ((img_file, out), (ok_file, ok), (sha_file, digests)):
+            with atomic_open(path, "wb") as fh:
+                np.save(fh, array)
+    return out, ok, digests
 
 
 class ImageDataset(Dataset):
@@ -78,7 +90,7 @@ class ImageDataset(Dataset):
                  augment: bool = False) -> None:
         if not items:
             raise DataError("the dataset is empty: no images to train or evaluate on")
-        images, ok = cache_images([it.path for it in items], pre, cache_dir)
+        images, ok, digests = cache_images([it.path for it in items], pre, cache_dir)
         self.pre = pre
         self.images = images
         self.index = np.flatnonzero(ok)
@@ -91,6 +103,8 @@ class ImageDataset(Dataset):
                         len(items), self.unreadable[0], "; -vv lists them" if len(self.unreadable) > 1 else "")
             log.debug("unreadable images left out: %s", ", ".join(str(p) for p in self.unreadable))
         self.items = [items[int(i)] for i in self.index]
+        #: Per kept image, the first 8 bytes of its file's sha256 (see :func:`cache_images`).
+        self.digests = np.asarray(digests)[self.index]
         self.targets = np.stack([it.target for it in self.items]).astype(np.float32)
         self.augment = augment
 

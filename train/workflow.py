@@ -25,6 +25,7 @@ from uopsl.runtime.fsio import write_json
 from uopsl.runtime.preprocess import PreprocessConfig, preprocess_file
 from uopsl.train import bank as banks
 from uopsl.train import descriptions
+from uopsl.train.text import DEFAULT_MODEL as DEFAULT_TEXT_MODEL
 from uopsl.runtime.errors import CheckpointError
 from uopsl.train.checkpoint import (
     CHECKPOINT_DIGEST_NOTE,
@@ -69,9 +70,9 @@ def new_model(classes: Sequence[str], *, variant: str = "uopsl", backbone: str =
     cfg = ModelConfig(backbone=backbone, init=init, dim=dim, sites=sites, text_dim=int(bank.text.shape[1]),
                       head=head, variant=variant, classes=tuple(classes), seen=bank.seen,  # type: ignore[arg-type]
                       fov_margin=pre.fov_margin)
-    ref = tuple(c != "normal" for c in classes) if referable is None else tuple(c in referable for c in classes)
+    ref = referable_flags(classes, classes_file) if referable is None else tuple(c in referable for c in classes)
     meta = CheckpointMeta(model=cfg, preprocess=pre, phrases=bank.phrases,
-                          referable=ref, data_fingerprint=data_fingerprint, text_model=text_model)
+                          referable=ref, data_fingerprint=data_fingerprint, text_model=stored_text_model(text_model))
     with torch.random.fork_rng(devices=[]):  # the caller's random state is left as it was
         torch.manual_seed(seed)
         model = UopslModel(cfg, bank.text)
@@ -166,35 +167,65 @@ def _record_identity(out: Path, want: dict[str, str], extra: dict[str, Any] | No
                replace(meta, metrics={**meta.metrics, **(extra or {}), RUN_IDENTITY_KEY: want}).to_dict())
 
 
-SEEN_KEY = "images_seen"
-SEEN_ROLES = {"pretrain": "pre-training", "train": "fine-tuning", "validation": "validation (thresholds, best epoch)"}
+SEEN_KEY = "images_seen"  # in metrics: images per role (the digests themselves are in SEEN_FILE)
+SEEN_FILE = "images_seen.json"
+SEEN_ROLES = {"earlier": "the checkpoint this one was fine-tuned from", "pretrain": "pre-training",
+              "train": "fine-tuning", "validation": "validation (thresholds, best epoch)"}
 
 
-def image_keys(items: Sequence[Item]) -> list[str]:
-    """Short digests of each image's file name and byte size, sorted and unique: which photographs a run used.
+def _is_main_process() -> bool:
+    dist = torch.distributed
+    return not (dist.is_available() and dist.is_initialized() and dist.get_rank() != 0)
 
-    Name and size, not the path, so a copy of the data on another disk is still
-    recognised; not the content, which would mean reading every image again.
-    Two different photographs rarely share both. An unreadable path is skipped.
+
+def record_images_seen(out: Path, roles: dict[str, Any]) -> dict[str, int]:
+    """Write which photographs made the checkpoint in ``out`` (SEEN_FILE); returns the count per role.
+
+    Each photograph is the first 8 bytes of its file's sha256
+    (:attr:`ImageDataset.digests`), so a copy under another name or path is
+    still recognised, and the file names, which may carry patient
+    identifiers, are not kept. It is a separate file so that it can be left
+    out when a checkpoint is shared: anyone holding a photograph can tell
+    whether it was among them.
     """
-    keys = set()
-    for it in items:
-        try:
-            size = os.stat(it.path).st_size
-        except OSError:
-            continue
-        keys.add(hashlib.sha256(f"{Path(it.path).name}\t{size}".encode()).hexdigest()[:12])
-    return sorted(keys)
+    lists = {role: sorted({f"{int(d):016x}" for d in digests if int(d)}) for role, digests in roles.items()}
+    if _is_main_process():
+        write_json(out / SEEN_FILE, {"format": 1, "digest": "sha256 of each image file, first 8 bytes, hex",
+                                     "roles": lists})
+    return {role: len(v) for role, v in lists.items()}
 
 
-def seen_overlap(meta: CheckpointMeta, items: Sequence[Item]) -> dict[str, int]:
-    """How many of ``items`` the checkpoint's runs used, per role (:data:`SEEN_ROLES`); empty when none or unrecorded."""
-    seen = meta.metrics.get(SEEN_KEY)
-    if not isinstance(seen, dict):
-        return {}
-    mine = set(image_keys(items))
-    counts = {role: len(mine & set(seen.get(role) or ())) for role in SEEN_ROLES}
-    return {role: n for role, n in counts.items() if n}
+def read_images_seen(ckpt: Path) -> dict[str, set[str]] | None:
+    """The digests per role of SEEN_FILE in ``ckpt``; None when the checkpoint does not record them."""
+    try:
+        data = json.loads((Path(ckpt) / SEEN_FILE).read_text(encoding="utf-8"))
+        return {str(role): set(v) for role, v in dict(data["roles"]).items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def earlier_images(ckpt: Path) -> list[int]:
+    """Every photograph the checkpoint ``ckpt`` and its own ancestors were made from (to carry forward)."""
+    seen = read_images_seen(ckpt) or {}
+    return sorted({int(d, 16) for digests in seen.values() for d in digests})
+
+
+def images_seen_note(ckpt: Path, ds: ImageDataset) -> tuple[dict[str, int] | None, str]:
+    """How many of ``ds``'s photographs made the checkpoint (None: not recorded), and a note to show, or ""."""
+    seen = read_images_seen(ckpt)
+    if seen is None:
+        return None, ("this checkpoint does not record which photographs made it (made before uopsl recorded them): "
+                      "make sure the evaluated photographs were not among them")
+    mine = [f"{int(d):016x}" for d in ds.digests]
+    per_role = {role: sum(d in seen.get(role, ()) for d in mine) for role in SEEN_ROLES}
+    per_role = {r: n for r, n in per_role.items() if n}
+    anywhere = set().union(*seen.values()) if seen else set()
+    n = sum(d in anywhere for d in mine)
+    if not n:
+        return per_role, ""
+    return per_role, (f"{n} of {len(mine)} evaluated photographs (same file content) were used to make this "
+                      "checkpoint (" + ", ".join(f"{k} in {SEEN_ROLES[r]}" for r, k in per_role.items())
+                      + "); these figures overstate how it does on new photographs: evaluate on held-out images")
 
 
 def dataset(items: Sequence[Item], pre: PreprocessConfig, cache: Path | None, augment: bool) -> ImageDataset:
@@ -212,34 +243,93 @@ def run_pretrain(model: UopslModel, meta: CheckpointMeta, fundus: Sequence[Item]
     fds = dataset(fundus, pre, cache, cfg.augment)
     ods = dataset(oct_items, pre, cache, cfg.augment) if oct_items and model.config.uses_oct else None
     trained = pretrain(model, fds, ods, cfg, out, meta)
-    _record_identity(out, want, {SEEN_KEY: {"pretrain": image_keys(fundus)}})
+    _record_identity(out, want, {SEEN_KEY: record_images_seen(out, {"pretrain": fds.digests})})
     return trained
 
 
+def referable_flags(classes: Sequence[str], classes_file: str | Path | None = None) -> tuple[bool, ...]:
+    """Which classes refer a patient: ``referable`` from the class file where it says, else all but ``normal``.
+
+    A ``threshold`` in the file is for ``uopsl export --classes`` (classes no image trained); training picks
+    each threshold on the validation images, so it is ignored here, with a warning.
+    """
+    overrides = descriptions.load_operating_points(classes_file) if classes_file else {}
+    flags = []
+    for c in classes:
+        o = overrides.get(descriptions.canonical(c))
+        if o is not None and o.threshold is not None:
+            log.warning("%s: the threshold of class %r is not used in training (the validation images choose it); "
+                        "it applies to `uopsl export --classes`", classes_file, c)
+        flags.append(o.referable if o is not None and o.referable is not None else c != "normal")
+    return tuple(flags)
+
+
+def stored_text_model(text_model: str) -> str:
+    """``text_model`` as a checkpoint records it: the packaged name, or a folder's absolute path.
+
+    A relative folder would name another folder, or none, when the checkpoint is used from elsewhere.
+    """
+    if text_model == DEFAULT_TEXT_MODEL or not Path(text_model).exists():
+        return text_model
+    return str(Path(text_model).resolve())
+
+
+def text_model_of(ckpt: Path, model: UopslModel, meta: CheckpointMeta, given: str | None = None) -> str:
+    """The sentence encoder that made ``ckpt``'s class prototypes, checked before new descriptions are encoded.
+
+    The checkpoint's own phrases, encoded again, must give its stored
+    prototypes: a checkpoint made before the encoder was recorded reads as
+    the packaged default, and a recorded folder may have moved or changed.
+    ``given`` (``--text-model``) names the encoder instead; it passes the same check.
+    """
+    name = given or meta.text_model
+    try:
+        again = banks.TextEncoder(name).prototypes(meta.phrases)
+    except ConfigError as exc:
+        raise ConfigError(f"{ckpt} was made with the sentence encoder {name!r}, which cannot be used here ({exc}); "
+                          "pass --text-model with that encoder's folder") from exc
+    stored = model.class_text.detach().cpu().numpy()
+    if again.shape != stored.shape or float(np.min(np.sum(again * stored, axis=1))) < 0.999:
+        raise ConfigError(
+            f"{ckpt}'s class prototypes were not made by the sentence encoder {name!r}"
+            + (" (the checkpoint does not name one, so the packaged default was assumed)"
+               if not given and name == DEFAULT_TEXT_MODEL else "")
+            + ": new class descriptions would land in another embedding space; pass --text-model with the "
+            "encoder that made it")
+    return stored_text_model(name)
+
+
 def from_checkpoint(ckpt: Path, classes: Sequence[str] | None = None, variant: str | None = None,
-                    classes_file: str | Path | None = None) -> tuple[UopslModel, CheckpointMeta]:
+                    classes_file: str | Path | None = None,
+                    text_model: str | None = None) -> tuple[UopslModel, CheckpointMeta]:
     """Load a checkpoint to continue training, re-targeting it to ``classes`` if they differ.
 
     New classes are described from ``classes_file`` (else the built-in
-    dictionary) and encoded by the checkpoint's own sentence encoder.
+    dictionary) and encoded by the checkpoint's own sentence encoder
+    (:func:`text_model_of`; ``text_model`` names it for a checkpoint that does not).
     """
     model, meta = load_model(ckpt)
     if variant and variant != model.config.variant:
         raise ConfigError(f"{ckpt} is a {model.config.variant!r} model; cannot fine-tune it as {variant!r}")
+    if text_model is not None:
+        meta = replace(meta, text_model=text_model_of(ckpt, model, meta, text_model))
     if classes and tuple(classes) != model.config.classes:
+        meta = replace(meta, text_model=text_model_of(ckpt, model, meta, text_model))
         bank = banks.build(classes, classes_file, meta.text_model)
         model = model.with_classes(tuple(classes), bank.text, seen_names=tuple(classes))
-        meta = replace(meta, model=model.config, phrases=bank.phrases,
-                       referable=tuple(c != "normal" for c in classes))
+        meta = replace(meta, model=model.config, phrases=bank.phrases, referable=referable_flags(classes, classes_file))
     return model, meta
 
 
 def run_finetune(model: UopslModel, meta: CheckpointMeta, train_items: Sequence[Item], val_items: Sequence[Item] | None,
                  cfg: TrainConfig, out: Path, cache: Path | None = None, target_sensitivity: float = 0.9,
-                 select: str = "auc", identity: dict[str, str] | None = None) -> tuple[UopslModel, CheckpointMeta]:
+                 select: str = "auc", identity: dict[str, str] | None = None,
+                 seen_before: Sequence[int] = ()) -> tuple[UopslModel, CheckpointMeta]:
     """Fine-tune on fundus images; operating thresholds come from the validation images.
 
     ``identity``: :func:`run_identity` of this run when the caller already computed it (it hashes the weights).
+    ``seen_before``: the photographs the starting checkpoint was made from (:func:`earlier_images`), recorded
+    with this run's own so that ``evaluate`` can warn about any of them.
     """
     want = identity or run_identity("finetune", effective_finetune_config(cfg, model), model, train_items, val_items)
     if finished_run(out, "finetune", want):
@@ -268,16 +358,12 @@ def run_finetune(model: UopslModel, meta: CheckpointMeta, train_items: Sequence[
                    train_config=effective_finetune_config(cfg, model).to_dict(),
                    metrics={**result, "target_sensitivity": target_sensitivity,
                             "operating_points": [p.to_dict() for p in points], RUN_IDENTITY_KEY: want,
-                            # What the model learnt from, here and in the pre-training it started from.
-                            SEEN_KEY: {**_pretrain_seen(meta), "train": image_keys(train_items),
-                                       "validation": image_keys(val_items or ())}})
+                            # What the model learnt from, here and in the checkpoints it started from.
+                            SEEN_KEY: record_images_seen(out, {
+                                "earlier": seen_before, "train": tr.digests,
+                                "validation": va.digests if va is not None else ()})})
     save_model(out, model, meta)
     return model, meta
-
-
-def _pretrain_seen(meta: CheckpointMeta) -> dict[str, list[str]]:
-    seen = meta.metrics.get(SEEN_KEY) if meta.stage == "pretrain" else None
-    return {"pretrain": list(seen.get("pretrain") or ())} if isinstance(seen, dict) else {}
 
 
 def run_evaluate(ckpt: Path, items: Sequence[Item], out: Path | None, n_boot: int = 1000, seed: int = 0,
@@ -310,12 +396,8 @@ def run_evaluate(ckpt: Path, items: Sequence[Item], out: Path | None, n_boot: in
     report["checkpoint"] = str(ckpt)
     report["n_unreadable"] = len(ds.unreadable)  # left out of every figure above
     report["unreadable"] = [str(p) for p in ds.unreadable[:100]]
-    overlap = seen_overlap(meta, ds.items)
-    report["images_seen_in_training"] = overlap
-    if overlap:
-        note = (f"{sum(overlap.values())} of {len(ds.items)} evaluated images (by file name and size) were used to make "
-                f"this checkpoint: " + ", ".join(f"{n} in {SEEN_ROLES[r]}" for r, n in overlap.items())
-                + "; these figures overstate how it does on new photographs: evaluate on held-out images")
+    report["images_seen_in_training"], note = images_seen_note(ckpt, ds)  # None: not recorded
+    if note:
         report["notes"].append(note)
         log.warning("%s", note)
     if out is not None:
@@ -324,7 +406,8 @@ def run_evaluate(ckpt: Path, items: Sequence[Item], out: Path | None, n_boot: in
 
 
 def run_zero_shot(ckpt: Path, items: Sequence[Item], names: Sequence[str], out: Path | None,
-                  classes_file: str | Path | None = None, cache: Path | None = None, n_boot: int = 1000) -> dict[str, Any]:
+                  classes_file: str | Path | None = None, cache: Path | None = None, n_boot: int = 1000,
+                  text_model: str | None = None) -> dict[str, Any]:
     """Score classes given only by name + description, with and without site attention.
 
     ``readings``: the raw and against-the-healthy-description readings,
@@ -337,12 +420,17 @@ def run_zero_shot(ckpt: Path, items: Sequence[Item], names: Sequence[str], out: 
     from uopsl.train.zero_shot import reading_scores, site_comparisons
 
     model, meta = load_model(ckpt)
-    bank = banks.build(names, classes_file, meta.text_model, seen=[n for n in names if n in model.config.classes])
+    encoder = text_model_of(ckpt, model, meta, text_model)
+    bank = banks.build(names, classes_file, encoder, seen=[n for n in names if n in model.config.classes])
     zs = model.with_classes(tuple(names), bank.text, seen_names=model.config.classes).eval()
     ds = dataset(items, meta.preprocess, cache, False)
     ref = zs.reference_class()
     res: dict[str, Any] = {"classes": list(names), "seen": list(bank.seen), "checkpoint": str(ckpt),
-                           "healthy_class": None if ref is None else names[ref]}
+                           "healthy_class": None if ref is None else names[ref], "notes": []}
+    res["images_seen_in_training"], note = images_seen_note(ckpt, ds)  # the seen classes' AUCs, above all
+    if note:
+        res["notes"].append(note)
+        log.warning("%s", note)
     scores = reading_scores(zs, ds)
     clusters = patient_clusters([it.group for it in ds.items])
     res["bootstrap"] = {"n_boot": n_boot, "seed": 0, "unit": "image" if clusters is None else "patient",
@@ -400,10 +488,11 @@ def class_decisions(names: Sequence[str], known: Sequence[str], thresholds: Sequ
 
 
 def run_export(ckpt: Path, out: Path, classes_file: str | Path | None = None, opset: int = 17,
-               force: bool = False) -> Path:
+               force: bool = False, text_model: str | None = None) -> Path:
     """Fold the checkpoint into ONNX and write a verified deployment bundle.
 
-    ``classes_file``: a new class bank, encoded by the checkpoint's own sentence encoder.
+    ``classes_file``: a new class bank, encoded by the checkpoint's own sentence encoder
+    (:func:`text_model_of`; ``text_model`` names it for a checkpoint that does not).
     """
     import tempfile
 
@@ -420,7 +509,7 @@ def run_export(ckpt: Path, out: Path, classes_file: str | Path | None = None, op
     referable = list(meta.referable or [c != "normal" for c in model.config.classes])
     phrases = list(meta.phrases)
     if classes_file is not None:
-        bank = banks.from_file(classes_file, meta.text_model, seen=model.config.classes)
+        bank = banks.from_file(classes_file, text_model_of(ckpt, model, meta, text_model), seen=model.config.classes)
         old = model.config.classes
         model = model.with_classes(bank.names, bank.text, seen_names=old)
         thresholds, referable = class_decisions(bank.names, old, thresholds, referable,

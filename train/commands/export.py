@@ -17,7 +17,11 @@ import click
 @click.option("--triton", type=click.Path(path_type=Path), default=None,
               help="Also write a Triton Inference Server model repository here.")
 @click.option("--force", is_flag=True, help="Replace an existing bundle folder.")
-def command(checkpoint: Path, out: Path, classes_file: Path | None, opset: int, triton: Path | None, force: bool) -> None:
+@click.option("--text-model", default=None,
+              help="With --classes: the sentence encoder that made CHECKPOINT, for a checkpoint that does not "
+                   "record it (checked).")
+def command(checkpoint: Path, out: Path, classes_file: Path | None, opset: int, triton: Path | None, force: bool,
+            text_model: str | None) -> None:
     """Export CHECKPOINT to a bundle (model.onnx, class_bank.npy, manifest.json with checksums)."""
     from uopsl.runtime.bundle import verify_or_raise
     from uopsl.train.workflow import run_export
@@ -26,7 +30,7 @@ def command(checkpoint: Path, out: Path, classes_file: Path | None, opset: int, 
         from uopsl.export.triton import check_repository_target
 
         check_repository_target(triton, force)
-    bundle = run_export(checkpoint, out, classes_file, opset, force)
+    bundle = run_export(checkpoint, out, classes_file, opset, force, text_model=text_model)
     m = verify_or_raise(bundle)
     click.echo(f"bundle {bundle}: {len(m.classes)} classes, {len(m.files)} files verified")
     if triton is not None:

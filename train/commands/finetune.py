@@ -24,7 +24,7 @@ from uopsl.train.commands.common import items_for, load_source, split_classes, t
               help="TOML/JSON file describing classes the built-in dictionary lacks (name + phrases).")
 @click.option("--text-model", default=None,
               help="Sentence encoder of a new model: the packaged default or a local sentence-transformers "
-                   "folder (with --from: the checkpoint's own, always).")
+                   "folder. With --from, only to name the encoder that made that checkpoint (checked).")
 @click.option("--variant", type=click.Choice(["uopsl", "p_only", "fundus_only"]), default=None,
               help="For a fresh model (default uopsl); must match a --from checkpoint.")
 @click.option("--backbone", default="efficientnet_lite0", show_default=True,
@@ -51,7 +51,8 @@ def command(data_spec: str, val_spec: str | None, out: Path, from_ckpt: Path | N
     from uopsl.train.loops import TrainConfig, pick_device
     from uopsl.train.stages import effective_finetune_config
     from uopsl.train.text import DEFAULT_MODEL as DEFAULT_TEXT_MODEL
-    from uopsl.train.workflow import finished_run, from_checkpoint, new_model, run_finetune, run_identity
+    from uopsl.train.workflow import (earlier_images, finished_run, from_checkpoint, new_model, run_finetune,
+                                      run_identity)
 
     src = load_source(data_spec)
     fundus = [i for i, smp in enumerate(src.samples) if smp.modality == "fundus"]
@@ -69,10 +70,9 @@ def command(data_spec: str, val_spec: str | None, out: Path, from_ckpt: Path | N
                       seed=seed, **train)  # type: ignore[arg-type]  # click checked each option's type
     pick_device(cfg.device)  # a device that is not there stops here, before anything is written
     if from_ckpt:
-        if text_model is not None:
-            raise ConfigError(f"--text-model with --from: {from_ckpt}'s class prototypes were made by its own "
-                              "sentence encoder, and new classes must be encoded by the same one; omit --text-model")
-        model, meta = from_checkpoint(from_ckpt, names, variant=variant, classes_file=classes_file)
+        # With --from, --text-model only names the encoder that made the checkpoint (checked, see text_model_of).
+        model, meta = from_checkpoint(from_ckpt, names, variant=variant, classes_file=classes_file,
+                                      text_model=text_model)
         given = click.get_current_context().get_parameter_source("size")
         if given is not None and given.name == "COMMANDLINE" and size != meta.preprocess.size:
             raise ConfigError(f"--size {size} differs from {from_ckpt}'s input size {meta.preprocess.size}; "
@@ -88,8 +88,11 @@ def command(data_spec: str, val_spec: str | None, out: Path, from_ckpt: Path | N
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "finetune.config.json", {"data": src.describe(), "val": val.describe(),
                                                   "from": str(from_ckpt), "model": meta.model.to_dict(),
-                                                  "train": cfg.to_dict(), "shots": shots})
+                                                  "train": cfg.to_dict(), "shots": shots,
+                                                  "text_model": meta.text_model,
+                                                  "classes_file": str(classes_file) if classes_file else None})
     _, meta = run_finetune(model, meta, train_items, val_items, cfg, out, cache_dir or out / "cache",
-                           target_sensitivity, identity=want)
+                           target_sensitivity, identity=want,
+                           seen_before=earlier_images(from_ckpt) if from_ckpt else ())
     shown = ", ".join(f"{n} {t:.3f}" for n, t in zip(names, meta.thresholds))
     click.echo(f"fine-tuned model written to {out} (thresholds: {shown})")

@@ -55,6 +55,8 @@ def command(fundus_spec: str, oct_spec: str | None, out: Path, classes: str | No
     if not finished_run(out, "pretrain", want):
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "pretrain.config.json", {"fundus": fsrc.describe(), "oct": osrc.describe() if osrc else None,
-                                                  "model": meta.model.to_dict(), "train": cfg.to_dict()})
+                                                  "model": meta.model.to_dict(), "train": cfg.to_dict(),
+                                                  "text_model": meta.text_model,
+                                                  "classes_file": str(classes_file) if classes_file else None})
     run_pretrain(model, meta, fundus_items, oct_items, cfg, out, cache_dir or out / "cache", identity=want)
     click.echo(f"pre-trained {variant} model written to {out}")

@@ -164,10 +164,10 @@ def _task_labels(kind: str) -> dict[str, tuple[str, ...]]:
 
 def _tvhl_mapping(task: str) -> str:
     """How TVHL's ``task`` maps its raw labels: which become another name, which images are left out."""
-    from uopsl.train.datasets.tvhl import TVHL_TASK_LABELS
+    from uopsl.train.datasets.tvhl import TVHL_RAW_LABELS, TVHL_TASK_LABELS
 
     mapping = TVHL_TASK_LABELS[task]
-    raw = sorted({k for m in TVHL_TASK_LABELS.values() for k in m})
+    raw = sorted(TVHL_RAW_LABELS)
     renamed: dict[str, list[str]] = {}
     for src, dst in mapping.items():
         if src != dst:

@@ -17,10 +17,12 @@ from uopsl.train.commands.common import items_for, load_source, split_classes
 @click.option("--classes-file", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
               help="TOML/JSON file describing new classes (name + phrases).")
 @click.option("--out", type=click.Path(path_type=Path), required=True)
+@click.option("--text-model", default=None,
+              help="The sentence encoder that made CHECKPOINT, for a checkpoint that does not record it (checked).")
 @click.option("--n-boot", type=click.IntRange(100, 100_000), default=1000, show_default=True,
               help="Bootstrap resamples for the interval of each with/without-sites difference.")
 def command(checkpoint: Path, data_spec: str, classes: str, classes_file: Path | None, out: Path,
-            n_boot: int) -> None:
+            text_model: str | None, n_boot: int) -> None:
     """AUC per class with site attention and without it (the 'plain CLIP' reading).
 
     Two readings (the class description alone; against the healthy class's
@@ -33,7 +35,7 @@ def command(checkpoint: Path, data_spec: str, classes: str, classes_file: Path |
     names = split_classes(classes) or ()
     src = load_source(data_spec)
     res = run_zero_shot(checkpoint, items_for(src, names, "fundus"), names, out, classes_file, cache=out / "cache",
-                        n_boot=n_boot)
+                        n_boot=n_boot, text_model=text_model)
     for n in names:
         if res["site_attention"][n] is None:
             click.echo(f"{n:>14}: AUC undefined (the data has no image with, or none without, this class)")

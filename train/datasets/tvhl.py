@@ -40,7 +40,7 @@ TVHL_TASK_LABELS: dict[str, dict[str, str]] = {
     "referable_dr": {"normal": "normal", "npdr": "dr", "pdr": "dr"},
     "dme": {"normal": "normal", "dme": "dme"},
 }
-_RAW_LABELS = ("dme", "normal", "npdr", "pdr", "unknown")
+TVHL_RAW_LABELS = ("dme", "normal", "npdr", "pdr", "unknown")  # the label column's values
 _DR_VALUES = {"none": 0, "npdr": 1, "pdr": 2, "unknown": None}
 
 
@@ -69,8 +69,8 @@ def read_tvhl(
         _, rows = read_table(root / f"{mod}.csv", TVHL_COLUMNS)
         for row in rows:
             label = row.require("label")
-            if label not in _RAW_LABELS:
-                raise DataError(f"{row.where}: unknown label {label!r}; allowed labels: {list(_RAW_LABELS)}.")
+            if label not in TVHL_RAW_LABELS:
+                raise DataError(f"{row.where}: unknown label {label!r}; allowed labels: {list(TVHL_RAW_LABELS)}.")
             dme = row.integer("dme", (0, 1))
             dr = row.require("dr")
             if dr not in _DR_VALUES:
