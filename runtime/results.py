@@ -590,12 +590,15 @@ class ResultStore:
             fh.close()
         if getattr(self, "_locked", False):
             self._locked = False
-            if getattr(self, "_record", None) is not None and getattr(self, "n_rows", 0):
+            rows: int = getattr(self, "n_rows", 0)
+            record: dict[str, Any] | None = getattr(self, "_record", None)
+            if record is not None and rows:
                 # A rerun that screened nothing new still records today's bundle path and toolkit version.
                 with contextlib.suppress(OSError):
-                    write_json(self.out_dir / RUN_JSON, self._record)
+                    write_json(self.out_dir / RUN_JSON, record)
             # A folder this store created and nothing was written into (no photographs found) goes again.
-            _release(self._real, remove_if_unused=getattr(self, "_created", False) and not getattr(self, "n_rows", 0))
+            created: bool = getattr(self, "_created", False)
+            _release(self._real, remove_if_unused=created and rows == 0)
 
     def __enter__(self) -> ResultStore:
         return self

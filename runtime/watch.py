@@ -130,8 +130,8 @@ class StableFiles:
         new: list[Path] = []
         seen: set[str] = set()
         self._scan(self.folder, WalkState(exclude=self.exclude, said=self._said), now, full, files, new, seen)
-        for gone in set(self._listings) - seen:
-            del self._listings[gone]
+        for folder in set(self._listings) - seen:
+            del self._listings[folder]
         if full:
             self._checked_at = now
         ready: list[Path] = []
