@@ -136,7 +136,8 @@ class StableFiles:
             self._checked_at = now
         ready: list[Path] = []
         # Between full checks only new files and those still to settle (or taken lately) are looked at.
-        candidates = files if full else self._watch + [p for p in new if p not in self._state]
+        # (A new name may have a stale entry: a file removed and written again between two full checks.)
+        candidates = files if full else list(dict.fromkeys(self._watch + new))
         for p in candidates:
             try:
                 st = p.stat()

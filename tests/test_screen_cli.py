@@ -405,3 +405,25 @@ def test_watch_sees_a_photograph_in_a_folder_quiet_for_hours_at_once(tmp_path: P
     now[0] += 0.5
     assert tracker.poll() == [p]
 
+
+
+def test_watch_takes_a_photograph_removed_and_written_again_between_full_checks(tmp_path: Path) -> None:
+    """Long after it was taken (no longer looked at between full checks), a photograph is removed and another
+    one written under its name: taken at the next polls, not at the next full check."""
+    now = [0.0]
+    tracker = StableFiles(tmp_path, settle_ms=0, clock=lambda: now[0], rescan_s=10)
+    p = tmp_path / "IMG_0001.jpg"
+    p.write_bytes(b"\xff\xd8first")
+    tracker.poll()
+    now[0] = 1.0
+    assert tracker.poll() == [p]
+    now[0] = 11.0
+    assert tracker.poll() == []  # a full check; p is quiet from now on
+    p.unlink()
+    now[0] = 12.0
+    assert tracker.poll() == []
+    p.write_bytes(b"\xff\xd8second photograph, under the camera's restarted numbering")
+    now[0] = 13.0
+    tracker.poll()
+    now[0] = 14.0
+    assert tracker.poll() == [p]  # before the next full check at 21
