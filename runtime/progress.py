@@ -105,7 +105,11 @@ def _stderr_is_terminal() -> bool:
 
 
 def track(items: Iterable[T], *, total: float | None = None, desc: str = "", show: bool = True,
-          terminal_only: bool = False, mininterval: float = 0.1) -> Iterable[T]:
-    """``items``, drawn as a progress bar while the loop runs (see :func:`bar`)."""
+          terminal_only: bool = True, mininterval: float = 0.1) -> Iterable[T]:
+    """``items``, drawn as a progress bar while the loop runs (see :func:`bar`).
+
+    Terminal-only by default: the library's long loops (training, calibration, quantization, validation)
+    also run in jobs whose stderr is a log file, which a bar would fill with carriage-return lines.
+    """
     return bar(items, total=total, desc=desc, show=show, terminal_only=terminal_only,  # type: ignore[no-any-return]
                mininterval=mininterval)

@@ -32,7 +32,7 @@ def test_bar_draws_on_stderr_when_enabled(capsys: pytest.CaptureFixture[str]) ->
 def test_hidden_bars_draw_nothing_and_still_iterate(capsys: pytest.CaptureFixture[str]) -> None:
     progress.set_enabled(False)
     assert not progress.enabled()
-    assert list(progress.track(range(4), total=4, desc="hidden")) == [0, 1, 2, 3]
+    assert list(progress.track(range(4), total=4, desc="hidden", terminal_only=False)) == [0, 1, 2, 3]
     b = progress.bar(total=2, desc="hidden")
     b.update(2)
     b.set_postfix(loss="0.1")
@@ -59,7 +59,8 @@ def test_show_false_hides_one_bar_only(capsys: pytest.CaptureFixture[str]) -> No
 
 def test_tqdm_disable_in_the_environment_is_respected() -> None:
     # tqdm reads TQDM_* when it is imported, hence a fresh interpreter.
-    code = "from uopsl.runtime.progress import track\nfor _ in track(range(3), total=3, desc='env-hidden'): pass\n"
+    code = ("from uopsl.runtime.progress import track\n"
+            "for _ in track(range(3), total=3, desc='env-hidden', terminal_only=False): pass\n")
     shown = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     hidden = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                             env={**os.environ, "TQDM_DISABLE": "1"})
@@ -82,3 +83,10 @@ def test_screen_run_quiet_hides_the_bar_even_when_asked_for(tiny_bundle: Path, t
     assert "screening" not in err and "it/s" not in err and "img/s" not in err  # ... and gone with it
     assert len((tmp_path / "quiet" / "results.csv").read_text().splitlines()) == 4
 
+
+
+def test_library_loops_draw_no_bar_into_a_log_file(capsys: pytest.CaptureFixture[str]) -> None:
+    """`uopsl pretrain ... 2> train.log` got thousands of carriage-return bar redraws in the log."""
+    for _ in progress.track(range(5), total=5, desc="calibrate"):
+        pass
+    assert capsys.readouterr().err == ""  # stderr is captured here, not a terminal

@@ -309,7 +309,8 @@ class StageRunner:
             w.writerow(row)
 
     def progress(self, total: int, initial: int, desc: str):  # type: ignore[no-untyped-def]
-        return progress_bars.bar(total=total, initial=initial, desc=desc, show=self.dist.main, mininterval=1.0)
+        return progress_bars.bar(total=total, initial=initial, desc=desc, show=self.dist.main, mininterval=1.0,
+                                 terminal_only=True)  # a log file gets the per-epoch lines, not bar redraws
 
     def finish(self) -> None:
         if self.dist.main:

@@ -1262,7 +1262,7 @@ def make_dataset(
     out.mkdir(parents=True, exist_ok=True)
     write_json(settings_path, settings)
     log.info("generating %d of %d synthetic images in %s (%d worker(s))", len(todo), len(jobs), out, workers)
-    bar = progress_bars.bar(total=len(todo), desc="synth", unit="img", show=progress)
+    bar = progress_bars.bar(total=len(todo), desc="synth", unit="img", show=progress, terminal_only=True)
     try:
         if workers == 1 or len(todo) < 8:
             cv2_threads = cv2.getNumThreads()
