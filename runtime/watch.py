@@ -14,22 +14,25 @@ latest row.
 
 A drop folder grows for months, so a poll does not look at every file. It
 reads each folder's modification time and lists again only the folders whose
-time changed (a file created, removed or renamed in it), or changed so lately
-that a second file created in the same timestamp tick would not have moved it
-(2 s on FAT, a few ms on Linux before 6.13); it then reads the size and time
-of new files and of those not yet settled. Every ``rescan_s`` it looks at
-every folder and file: a photograph rewritten in place, which changes no
+time changed (a file created, removed or renamed in it), and a folder that
+changed in the last 3 s at every poll (a second file created in the same
+timestamp tick would not move its time again: 2 s on FAT, a few ms on Linux
+before 6.13); it then reads the size and time of the files of the folders it
+listed and of those not yet settled. Every ``rescan_s`` it lists every folder
+and looks at every file: a photograph rewritten in place, which changes no
 folder, is seen then (and at once in the ``rescan_s`` after it was taken: a
-copy that paused and went on), as is a new one on a file system that updates
-folder times late (some network shares). With more than ``check_all_up_to``
-folders (one per patient, kept for years), folders unchanged for an hour are
-left to that full check too.
+copy that paused and went on), as is a new one on a file system whose folder
+times do not move (some network shares, FAT's root folder), or in a folder
+that could not be listed before. With more than ``check_all_up_to`` folders
+(one per patient, kept for years), folders unchanged for an hour are left to
+that full check too.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import stat
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -75,8 +78,7 @@ class WatchConfig:
 class _Listing:
     """One folder as last listed: its signature then, when it was listed, and its entries."""
 
-    sig: tuple[int, int]  # (st_mtime_ns, st_ino) read before listing
-    listed_ns: int  # wall clock (ns) when it was listed
+    sig: tuple[int, int] | None  # (st_mtime_ns, st_ino) read before listing; None when it could not be listed
     changed_at: float  # StableFiles' clock when its signature last changed (or it was first seen)
     files: list[Path]
     folders: list[Path]
@@ -143,6 +145,8 @@ class StableFiles:
                 st = p.stat()
             except OSError:
                 continue
+            if not stat.S_ISREG(st.st_mode):  # a photograph's name now holding a folder (or a device)
+                continue
             sig = (st.st_size, st.st_mtime_ns)
             old = self._state.get(p)
             if old is None or (old[0], old[1]) != sig:
@@ -163,28 +167,31 @@ class StableFiles:
 
     def _scan(self, folder: Path, state: WalkState, now: float, full: bool, files: list[Path], new: list[Path],
               seen: set[str]) -> None:
-        """Collect the image files under ``folder``, listing again only the folders that changed."""
+        """Collect the image files under ``folder``, listing again only the folders that changed (all at a full check)."""
         key = os.fspath(folder)
         seen.add(key)
         known = self._listings.get(key)
-        hot = (known is None or full or len(self._listings) <= self.check_all_up_to
-               or now - known.changed_at < self.hot_s or self._racy(known))
+        # Changed lately: a second file created in the same timestamp tick as the change (FAT: 2 s; Linux before
+        # 6.13: a few ms) would not move the folder's time again, so it is listed at every poll for a while.
+        settling = known is not None and now - known.changed_at < _SETTLE_S
+        hot = (known is None or full or settling or len(self._listings) <= self.check_all_up_to
+               or now - known.changed_at < self.hot_s)
         if hot:
             try:
                 st = os.stat(folder)
-                sig = (st.st_mtime_ns, st.st_ino)
+                sig: tuple[int, int] | None = (st.st_mtime_ns, st.st_ino)
             except OSError:
                 sig = None
-            if known is None or sig is None or sig != known.sig or self._racy(known):
-                listed_ns = time.time_ns()
+            if full or known is None or known.sig is None or sig != known.sig or settling:
                 entries = list_folder(folder, state)
                 self.listings += 1
-                sig = state.folders.get(key, sig or (0, 0))
-                changed = known is None or sig != known.sig
-                listing = _Listing(sig, listed_ns, now if changed or known is None else known.changed_at,
+                listed = state.folders.get(key)  # None: left out or not listable: tried again at the next poll
+                changed = known is None or listed != known.sig
+                listing = _Listing(listed, now if changed or known is None else known.changed_at,
                                    [p for p, is_dir in entries if not is_dir], [p for p, is_dir in entries if is_dir])
-                before = set(known.files) if known is not None else set()
-                new.extend(p for p in listing.files if p not in before)
+                # Every file of a folder listed again is looked at: a new name, or another photograph written
+                # (or renamed) over an old name.
+                new.extend(listing.files)
                 self._listings[key] = known = listing
         if known is None:
             return
@@ -193,12 +200,6 @@ class StableFiles:
         for sub in known.folders:
             self._scan(sub, state, now, full, files, new, seen)
 
-    @staticmethod
-    def _racy(listing: _Listing) -> bool:
-        """Listed so soon after its last change that a file created in the same timestamp tick (2 s on FAT,
-        a few ms on Linux before 6.13) would not have changed the folder's time: list it again."""
-        return abs(listing.listed_ns - listing.sig[0]) < _RACY_NS
-
     def _quiet(self, p: Path, now: float) -> bool:
         """Taken as it is now, longer than rescan_s ago: left to the next full check (a rewrite in place)."""
         known = self._state.get(p)
@@ -206,7 +207,7 @@ class StableFiles:
                 and now - self._taken_at.get(p, now) >= self.rescan_s)
 
 
-_RACY_NS = 3_000_000_000  # FAT stores times to 2 s; a margin for clocks that differ a little (network shares)
+_SETTLE_S = 3.0  # after a folder changed, list it at every poll this long (FAT stores times to 2 s)
 
 
 def watch_folder(

@@ -328,13 +328,13 @@ def test_info_lists_what_each_parity_verdict_was_measured_on() -> None:
 
 def test_watch_lists_again_only_the_folders_that_changed(tmp_path: Path) -> None:
     """A drop folder holds months of photographs: listing and stat-ing all of them every 0.5 s took ~0.3 s of CPU
-    per poll at 20,000 files. A poll now lists again only folders whose time changed, or that changed so lately
-    that a file created in the same timestamp tick could hide (FAT: 2 s; Linux before 6.13: a few ms)."""
+    per poll at 20,000 files. A poll now lists again only folders whose time changed, and for 3 s after a change
+    at every poll (a file created in the same timestamp tick could hide: FAT 2 s, Linux before 6.13 a few ms)."""
     now = [0.0]
     # check_all_up_to=0: as in a tree of thousands of folders, only those changed in the last hot_s are watched.
     tracker = StableFiles(tmp_path, settle_ms=0, clock=lambda: now[0], rescan_s=1000, hot_s=100, check_all_up_to=0)
 
-    def settle(folder: Path, ago_s: float = 3600) -> None:  # as if the last change was long ago (not racy)
+    def settle(folder: Path, ago_s: float = 3600) -> None:  # give the folder a time of its own, in the past
         t = time.time() - ago_s
         os.utime(folder, (t, t))
 
@@ -345,34 +345,33 @@ def test_watch_lists_again_only_the_folders_that_changed(tmp_path: Path) -> None
     for folder in (tmp_path / "day1", tmp_path / "day2", tmp_path):
         settle(folder)
     assert tracker.poll() == [] and tracker.listings == 3
-    now[0] = 1.0
+    now[0] = 5.0
     assert sorted(tracker.poll()) == old and tracker.listings == 3  # settled files found without listing again
-    now[0] = 2.0
+    now[0] = 6.0
     assert tracker.poll() == [] and tracker.listings == 3  # nothing changed: nothing listed
     new = tmp_path / "day1" / "new.jpg"
     new.write_bytes(b"\xff\xd8new")
     settle(tmp_path / "day1", ago_s=10)
-    now[0] = 3.0
+    now[0] = 7.0
     assert tracker.poll() == [] and tracker.listings == 4  # only day1 listed again
-    now[0] = 4.0
-    assert tracker.poll() == [new] and tracker.listings == 4
-    # Changed just now: listed at every poll until its time is older than a timestamp tick could be.
+    now[0] = 8.0
+    assert tracker.poll() == [new] and tracker.listings == 5  # changed 1 s ago: listed at every poll for 3 s
+    now[0] = 11.0
+    assert tracker.poll() == [] and tracker.listings == 5
+    # A file created in the same timestamp tick as the last change leaves the folder's time as it was.
     b = tmp_path / "day2" / "b.jpg"
     b.write_bytes(b"\xff\xd8b")
-    now[0] = 5.0
-    assert tracker.poll() == [] and tracker.listings == 5
+    now[0] = 12.0
+    assert tracker.poll() == [] and tracker.listings == 6
     sig = os.stat(tmp_path / "day2")
     c = tmp_path / "day2" / "c.jpg"
-    c.write_bytes(b"\xff\xd8c")  # created in the same tick: a coarse clock leaves the folder's time as it was
-    os.utime(tmp_path / "day2", ns=(sig.st_atime_ns, sig.st_mtime_ns))
-    now[0] = 6.0
-    assert tracker.poll() == [b] and tracker.listings == 6  # racy: listed again, and c seen
-    now[0] = 7.0
+    c.write_bytes(b"\xff\xd8c")
+    os.utime(tmp_path / "day2", ns=(sig.st_atime_ns, sig.st_mtime_ns))  # as a coarse clock would leave it
+    now[0] = 13.0
+    assert tracker.poll() == [b] and tracker.listings == 7  # listed again within 3 s of the change: c seen
+    now[0] = 14.0
     assert tracker.poll() == [c]
     # A folder quiet for longer than hot_s is looked at only by the full check (rescan_s).
-    settle(tmp_path / "day2")
-    now[0] = 8.0
-    tracker.poll()
     now[0] = 150.0
     late = tmp_path / "day1" / "late.jpg"
     late.write_bytes(b"\xff\xd8late")
@@ -384,9 +383,49 @@ def test_watch_lists_again_only_the_folders_that_changed(tmp_path: Path) -> None
     old[0].write_bytes(b"\xff\xd8rewritten, longer")
     os.utime(old[0], ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
     now[0] = 1001.0
-    assert tracker.poll() == []  # the full check: late.jpg and the new version of 0.jpg seen ...
+    assert tracker.poll() == [] and tracker.listings == listed + 3  # the full check lists every folder ...
     now[0] = 1002.0
-    assert sorted(tracker.poll()) == sorted([old[0], late])  # ... and taken once settled
+    assert sorted(tracker.poll()) == sorted([old[0], late])  # ... and the two are taken once settled
+
+
+def test_watch_lists_a_folder_again_when_its_time_never_moves(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Some file systems keep a folder's time (FAT's root, some shares): the full check lists it anyway, and a
+    folder that could not be listed is tried again at the next poll."""
+    now = [0.0]
+    tracker = StableFiles(tmp_path, settle_ms=0, clock=lambda: now[0], rescan_s=30)
+    frozen = os.stat(tmp_path)
+    tracker.poll()
+    p = tmp_path / "IMG_0001.jpg"
+    p.write_bytes(b"\xff\xd8x")
+    os.utime(tmp_path, ns=(frozen.st_atime_ns, frozen.st_mtime_ns))
+    now[0] = 10.0
+    assert tracker.poll() == []  # nothing shows the new file ...
+    now[0] = 31.0
+    tracker.poll()  # ... until the full check lists the folder
+    now[0] = 32.0
+    assert tracker.poll() == [p]
+    sub = tmp_path / "share"
+    sub.mkdir()
+    (sub / "a.jpg").write_bytes(b"\xff\xd8a")
+    import uopsl.runtime.watch as watch_mod
+
+    real = watch_mod.list_folder
+    failed: list[Path] = []
+
+    def list_failing_once(folder: Path, state: object) -> list:  # a share reconnecting, a permission fixed later
+        if folder == sub and not failed:
+            failed.append(folder)
+            return []
+        return real(folder, state)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(watch_mod, "list_folder", list_failing_once)
+    now[0] = 40.0
+    tracker.poll()
+    assert failed == [sub]
+    now[0] = 50.0
+    tracker.poll()  # its time has not changed since: listed again because the last listing failed
+    now[0] = 51.0
+    assert tracker.poll() == [sub / "a.jpg"]
 
 
 def test_watch_sees_a_photograph_in_a_folder_quiet_for_hours_at_once(tmp_path: Path) -> None:
