@@ -425,7 +425,8 @@ def _imdecode(buf: np.ndarray, flags: int, source: str | None) -> np.ndarray | N
         return cv2.imdecode(buf, flags)
     except cv2.error as exc:
         text = str(exc)
-        if "CV_IO_MAX_IMAGE_PIXELS" in text or "pixels <=" in text:
+        if any(k in text for k in ("CV_IO_MAX_IMAGE_PIXELS", "pixels <=", "CV_IO_MAX_IMAGE_WIDTH",
+                                   "CV_IO_MAX_IMAGE_HEIGHT", "Insufficient memory", "Failed to allocate")):
             raise ImageTooLargeError("image is larger than OpenCV decodes (its header states too many pixels)",
                                      source=source) from None
         raise ImageDecodeError(f"not a decodable image (OpenCV: {text.strip().splitlines()[-1][:160]})",

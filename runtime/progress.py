@@ -10,6 +10,7 @@ the same small interface that draws nothing, so callers never test for None.
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 from collections.abc import Iterable, Iterator, Sized
@@ -82,12 +83,16 @@ def bar(iterable: Iterable[T] | None = None, *, total: float | None = None, desc
     """A tqdm bar over ``iterable`` (or one updated by hand), or a :class:`NoBar`.
 
     Nothing is drawn when ``show`` is False (the caller's own reason: a worker
-    rank, a short loop), when bars are switched off (:func:`set_enabled`), or
-    when tqdm is not installed. ``terminal_only``: draw only when stderr is a
-    terminal (for loops that also run inside long unattended jobs, whose logs a
-    bar would fill with carriage returns).
+    rank, a short loop), when bars are switched off (:func:`set_enabled`,
+    ``UOPSL_PROGRESS=never``), or when tqdm is not installed. ``terminal_only``:
+    draw only when stderr is a terminal or a Jupyter kernel runs us (for loops
+    that also run inside long unattended jobs, whose logs a bar would fill with
+    carriage returns), unless ``UOPSL_PROGRESS=always`` (an IDE console, ``| tee``).
     """
-    if not (show and _enabled and available("tqdm")) or (terminal_only and not _stderr_is_terminal()):
+    mode = os.environ.get("UOPSL_PROGRESS", "auto").strip().lower()
+    if not (show and _enabled and available("tqdm")) or mode == "never":
+        return NoBar(iterable)
+    if terminal_only and mode != "always" and not (_stderr_is_terminal() or "ipykernel" in sys.modules):
         return NoBar(iterable)
     from tqdm.auto import tqdm
 

@@ -31,9 +31,17 @@ def revision_of(file: Path) -> dict[str, object]:
     flags = getattr(subprocess, "CREATE_NO_WINDOW", 0)  # no console window per call under pythonw (Windows)
 
     def git(*args: str) -> str:
-        return subprocess.run(["git", "--no-optional-locks", "-C", str(here.parent), *args], capture_output=True,
-                              encoding="utf-8", errors="surrogateescape", env=env, timeout=10, check=True,
-                              creationflags=flags).stdout.strip()
+        def run(*lead: str) -> str:
+            return subprocess.run(["git", *lead, "-C", str(here.parent), *args], capture_output=True,
+                                  encoding="utf-8", errors="surrogateescape", env=env, timeout=10, check=True,
+                                  creationflags=flags).stdout.strip()
+
+        try:
+            return run("--no-optional-locks")
+        except subprocess.CalledProcessError as exc:
+            if "optional-locks" not in (exc.stderr or ""):
+                raise
+            return run()  # git before 2.15 has no such option
 
     try:
         top = Path(git("rev-parse", "--show-toplevel")).resolve()

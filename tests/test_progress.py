@@ -90,3 +90,23 @@ def test_library_loops_draw_no_bar_into_a_log_file(capsys: pytest.CaptureFixture
     for _ in progress.track(range(5), total=5, desc="calibrate"):
         pass
     assert capsys.readouterr().err == ""  # stderr is captured here, not a terminal
+
+
+def test_uopsl_progress_forces_or_hides_bars(monkeypatch: pytest.MonkeyPatch,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """An IDE console or `| tee` is no terminal: UOPSL_PROGRESS=always draws the library's bars there anyway."""
+    monkeypatch.setenv("UOPSL_PROGRESS", "always")
+    for _ in progress.track(range(3), total=3, desc="forced"):
+        pass
+    assert "forced" in capsys.readouterr().err
+    monkeypatch.setenv("UOPSL_PROGRESS", "never")
+    assert isinstance(progress.bar(total=3, desc="asked for"), progress.NoBar)  # even a bar asked for
+
+
+def test_synth_progress_flag_forces_its_bar(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from uopsl.train.synthetic import SynthConfig, make_dataset
+
+    make_dataset(tmp_path / "a", 2, 0, SynthConfig(size=64), workers=1, progress=True)
+    assert "synth" in capsys.readouterr().err
+    make_dataset(tmp_path / "b", 2, 0, SynthConfig(size=64), workers=1)  # default: only on a terminal
+    assert "synth" not in capsys.readouterr().err

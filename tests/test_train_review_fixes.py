@@ -337,6 +337,11 @@ def test_evaluate_warns_when_the_images_were_used_to_make_the_checkpoint(tmp_pat
                  seen_before=earlier_images(tmp_path / "ft"))
     again = run_evaluate(tmp_path / "ft2", train[:3], None, n_boot=0, device="cpu")
     assert again["images_seen_in_training"] == {"earlier": 3}
+    # Started from a checkpoint that records nothing: said, not read as a clean result.
+    run_finetune(*tiny_model(seed=2), fresh[:4], fresh[4:], cfg, tmp_path / "ft3", seen_before=None)
+    unsure = run_evaluate(tmp_path / "ft3", train[:3], None, n_boot=0, device="cpu")
+    assert unsure["images_seen_in_training"] == {}
+    assert any(n.startswith("What made the checkpoint this one was made from is not recorded") for n in unsure["notes"])
     # A photograph in two roles is one photograph; a checkpoint without the record says so.
     (tmp_path / "ft" / SEEN_FILE).write_text(json.dumps({"format": 1, "roles": {
         "pretrain": json.loads(record)["roles"]["train"], "train": json.loads(record)["roles"]["train"]}}))
@@ -469,3 +474,25 @@ def test_a_file_opencv_refuses_is_skipped_and_a_read_error_is_not_cached(tmp_pat
     monkeypatch.setattr(td, "read_bytes", flaky)
     assert len(td.ImageDataset(fresh, PreprocessConfig(size=64), tmp_path / "cache2").unreadable) == 1
     assert td.ImageDataset(fresh, PreprocessConfig(size=64), tmp_path / "cache2").unreadable == []  # read again
+
+
+def test_a_missing_training_image_does_not_stop_the_cache(tmp_path: Path) -> None:
+    """A path that is not there is a lasting fault (the cache key says so): the cache is written anyway, so the
+    next build does not decode every image again; a file replaced in place is preprocessed again."""
+    from trainhelpers import tiny_items
+
+    import uopsl.train.torchdata as td
+    from uopsl.runtime.preprocess import PreprocessConfig
+
+    items = tiny_items(tmp_path / "imgs", n=5)
+    items[0].path.unlink()
+    td.ImageDataset(items, PreprocessConfig(size=64), tmp_path / "cache")
+    assert len(list((tmp_path / "cache").glob("sha-*.npy"))) == 1
+    again = td.ImageDataset(items, PreprocessConfig(size=64), tmp_path / "cache")
+    assert again.unreadable == [items[0].path] and len(list((tmp_path / "cache").glob("img-*.npy"))) == 1
+    import os
+
+    st = items[1].path.stat()
+    os.utime(items[1].path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # as a file written again in place
+    td.ImageDataset(items, PreprocessConfig(size=64), tmp_path / "cache")
+    assert len(list((tmp_path / "cache").glob("img-*.npy"))) == 2  # not served from the old cache

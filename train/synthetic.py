@@ -1210,7 +1210,7 @@ def make_dataset(
     *,
     write_masks: bool = True,
     workers: int = 1,
-    progress: bool = True,
+    progress: bool | None = None,
 ) -> Path:
     """Generate a dataset folder and return the path of its ``labels.csv``.
 
@@ -1262,7 +1262,8 @@ def make_dataset(
     out.mkdir(parents=True, exist_ok=True)
     write_json(settings_path, settings)
     log.info("generating %d of %d synthetic images in %s (%d worker(s))", len(todo), len(jobs), out, workers)
-    bar = progress_bars.bar(total=len(todo), desc="synth", unit="img", show=progress, terminal_only=True)
+    bar = progress_bars.bar(total=len(todo), desc="synth", unit="img", show=progress is not False,
+                            terminal_only=progress is None)  # --progress forces it, as uopsl-screen run's does
     try:
         if workers == 1 or len(todo) < 8:
             cv2_threads = cv2.getNumThreads()

@@ -50,6 +50,24 @@ def _model_dir(model: str) -> Path:
     return p
 
 
+def _folder_tag(folder: Path) -> str:
+    """A short digest of the encoder folder's path and of every file's name, size and time in it.
+
+    The embedding cache is keyed by it: an encoder retrained or replaced in the same folder gets a new cache
+    instead of the old weights' embeddings (the check of a checkpoint's encoder relies on this).
+    """
+    h = hashlib.sha256(str(folder.resolve()).encode())
+    for root, dirs, files in os.walk(folder):
+        dirs.sort()
+        for name in sorted(files):
+            try:
+                st = os.stat(os.path.join(root, name))
+            except OSError:
+                continue
+            h.update(f"{os.path.relpath(os.path.join(root, name), folder)}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:12]
+
+
 class TextEncoder:
     """Encodes phrases to L2-normalised vectors, caching them on disk."""
 
@@ -59,7 +77,7 @@ class TextEncoder:
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
         self._st = None
         self._mem: dict[str, np.ndarray] = {}
-        tag = hashlib.sha256(str(self.model_dir.resolve()).encode()).hexdigest()[:12]
+        tag = _folder_tag(self.model_dir)
         self._cache_file = self.cache_dir / f"{self.model_dir.name}-{tag}.npz"
         if self._cache_file.is_file():
             try:

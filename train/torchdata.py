@@ -14,6 +14,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -51,10 +52,8 @@ def cache_images(paths: Sequence[Path], pre: PreprocessConfig,
     cached when a file could not be *read* (an I/O error, a file locked by
     another program): it may read next time, and a cache would leave it out for good.
     """
-    key = hashlib.sha256(
-        json.dumps([[str(p), p.stat().st_size if p.exists() else -1] for p in paths]
-                   + [pre.to_dict(), PREPROCESS_VERSION]).encode()
-    ).hexdigest()[:20]
+    key = hashlib.sha256(json.dumps([_file_key(p) for p in paths] + [pre.to_dict(), PREPROCESS_VERSION]).encode()
+                         ).hexdigest()[:20]
     if cache_dir is not None:
         img_file, ok_file, sha_file = (cache_dir / f"{kind}-{key}.npy" for kind in ("img", "ok", "sha"))
         if img_file.is_file() and ok_file.is_file() and sha_file.is_file():
@@ -72,7 +71,9 @@ def cache_images(paths: Sequence[Path], pre: PreprocessConfig,
             ok[i] = True
         except (ImageError, ValueError, MemoryError) as exc:  # a bad file is skipped, never the run
             n_bad += 1
-            read_failed |= isinstance(exc, ImageReadError)
+            # A file that is there but could not be read (I/O error, locked) may read next time; a missing
+            # path or a folder is in the cache key already (size -1) and is cached like any bad image.
+            read_failed |= isinstance(exc, ImageReadError) and p.is_file()
             # The first few by name; ImageDataset counts them all (also when read back from the cache).
             log.log(logging.WARNING if n_bad <= _NAMED_BAD else logging.DEBUG, "skipping %s: %s", p, exc)
     if cache_dir is not None and not read_failed:
@@ -81,6 +82,15 @@ def cache_images(paths: Sequence[Path], pre: PreprocessConfig,
             with atomic_open(path, "wb") as fh:
                 np.save(fh, array)
     return out, ok, digests
+
+
+def _file_key(p: Path) -> list[Any]:
+    """Path, size and modification time (-1 for a missing file): a file replaced in place is preprocessed again."""
+    try:
+        st = p.stat()
+    except OSError:
+        return [str(p), -1, -1]
+    return [str(p), st.st_size, st.st_mtime_ns]
 
 
 class ImageDataset(Dataset):

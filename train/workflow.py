@@ -169,8 +169,9 @@ def _record_identity(out: Path, want: dict[str, str], extra: dict[str, Any] | No
 
 SEEN_KEY = "images_seen"  # in metrics: images per role (the digests themselves are in SEEN_FILE)
 SEEN_FILE = "images_seen.json"
-SEEN_ROLES = {"earlier": "the checkpoint this one was fine-tuned from", "pretrain": "pre-training",
-              "train": "fine-tuning", "validation": "validation (thresholds, best epoch)"}
+SEEN_ROLES = {"earlier": "the checkpoint this one was made from", "pretrain": "pre-training",
+              "train": "fine-tuning", "validation": "validation (thresholds, best epoch)",
+              "qat": "quantization-aware fine-tuning (without labels)"}
 
 
 def _is_main_process() -> bool:
@@ -178,7 +179,7 @@ def _is_main_process() -> bool:
     return not (dist.is_available() and dist.is_initialized() and dist.get_rank() != 0)
 
 
-def record_images_seen(out: Path, roles: dict[str, Any]) -> dict[str, int]:
+def record_images_seen(out: Path, roles: dict[str, Any]) -> dict[str, int | None]:
     """Write which photographs made the checkpoint in ``out`` (SEEN_FILE); returns the count per role.
 
     Each photograph is the first 8 bytes of its file's sha256
@@ -188,26 +189,31 @@ def record_images_seen(out: Path, roles: dict[str, Any]) -> dict[str, int]:
     out when a checkpoint is shared: anyone holding a photograph can tell
     whether it was among them.
     """
-    lists = {role: sorted({f"{int(d):016x}" for d in digests if int(d)}) for role, digests in roles.items()}
+    # None: the role's photographs are not known (a starting checkpoint made before they were recorded).
+    lists = {role: None if digests is None else sorted({f"{int(d):016x}" for d in digests if int(d)})
+             for role, digests in roles.items()}
     if _is_main_process():
         write_json(out / SEEN_FILE, {"format": 1, "digest": "sha256 of each image file, first 8 bytes, hex",
                                      "roles": lists})
-    return {role: len(v) for role, v in lists.items()}
+    return {role: None if v is None else len(v) for role, v in lists.items()}
 
 
-def read_images_seen(ckpt: Path) -> dict[str, set[str]] | None:
-    """The digests per role of SEEN_FILE in ``ckpt``; None when the checkpoint does not record them."""
+def read_images_seen(ckpt: Path) -> dict[str, set[str] | None] | None:
+    """The digests per role of SEEN_FILE in ``ckpt`` (None for a role not known); None when it has no record."""
     try:
         data = json.loads((Path(ckpt) / SEEN_FILE).read_text(encoding="utf-8"))
-        return {str(role): set(v) for role, v in dict(data["roles"]).items()}
+        return {str(role): None if v is None else set(v) for role, v in dict(data["roles"]).items()}
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
 
 
-def earlier_images(ckpt: Path) -> list[int]:
-    """Every photograph the checkpoint ``ckpt`` and its own ancestors were made from (to carry forward)."""
-    seen = read_images_seen(ckpt) or {}
-    return sorted({int(d, 16) for digests in seen.values() for d in digests})
+def earlier_images(ckpt: Path) -> list[int] | None:
+    """Every photograph the checkpoint ``ckpt`` and its own ancestors were made from (to carry forward);
+    None when that is not known (no record, or an ancestor without one)."""
+    seen = read_images_seen(ckpt)
+    if seen is None or any(v is None for v in seen.values()):
+        return None
+    return sorted({int(d, 16) for digests in seen.values() for d in digests or ()})
 
 
 def images_seen_note(ckpt: Path, ds: ImageDataset) -> tuple[dict[str, int] | None, str]:
@@ -217,15 +223,19 @@ def images_seen_note(ckpt: Path, ds: ImageDataset) -> tuple[dict[str, int] | Non
         return None, ("this checkpoint does not record which photographs made it (made before uopsl recorded them): "
                       "make sure the evaluated photographs were not among them")
     mine = [f"{int(d):016x}" for d in ds.digests]
-    per_role = {role: sum(d in seen.get(role, ()) for d in mine) for role in SEEN_ROLES}
+    per_role = {role: sum(d in (seen.get(role) or ()) for d in mine) for role in SEEN_ROLES}
     per_role = {r: n for r, n in per_role.items() if n}
-    anywhere = set().union(*seen.values()) if seen else set()
+    anywhere: set[str] = set().union(*(v for v in seen.values() if v))
     n = sum(d in anywhere for d in mine)
+    unknown = [SEEN_ROLES.get(r, r) for r, v in seen.items() if v is None]
+    caveat = (f"; what made {' and '.join(unknown)} is not recorded (made before uopsl recorded it): make sure the "
+              "evaluated photographs were not among them") if unknown else ""
     if not n:
-        return per_role, ""
+        return per_role, caveat[2].upper() + caveat[3:] if caveat else ""
     return per_role, (f"{n} of {len(mine)} evaluated photographs (same file content) were used to make this "
                       "checkpoint (" + ", ".join(f"{k} in {SEEN_ROLES[r]}" for r, k in per_role.items())
-                      + "); these figures overstate how it does on new photographs: evaluate on held-out images")
+                      + "); these figures overstate how it does on new photographs: evaluate on held-out images"
+                      + caveat)
 
 
 def dataset(items: Sequence[Item], pre: PreprocessConfig, cache: Path | None, augment: bool) -> ImageDataset:
@@ -313,6 +323,10 @@ def from_checkpoint(ckpt: Path, classes: Sequence[str] | None = None, variant: s
         raise ConfigError(f"{ckpt} is a {model.config.variant!r} model; cannot fine-tune it as {variant!r}")
     if text_model is not None:
         meta = replace(meta, text_model=text_model_of(ckpt, model, meta, text_model))
+    if classes_file is not None and (not classes or tuple(classes) == model.config.classes):
+        # The same classes: their descriptions (and prototypes) stay; the file's referable flags apply.
+        meta = replace(meta, referable=referable_flags(model.config.classes, classes_file))
+        log.info("%s: the classes are the checkpoint's own; of %s only 'referable' is used", ckpt, classes_file)
     if classes and tuple(classes) != model.config.classes:
         meta = replace(meta, text_model=text_model_of(ckpt, model, meta, text_model))
         bank = banks.build(classes, classes_file, meta.text_model)
@@ -324,12 +338,12 @@ def from_checkpoint(ckpt: Path, classes: Sequence[str] | None = None, variant: s
 def run_finetune(model: UopslModel, meta: CheckpointMeta, train_items: Sequence[Item], val_items: Sequence[Item] | None,
                  cfg: TrainConfig, out: Path, cache: Path | None = None, target_sensitivity: float = 0.9,
                  select: str = "auc", identity: dict[str, str] | None = None,
-                 seen_before: Sequence[int] = ()) -> tuple[UopslModel, CheckpointMeta]:
+                 seen_before: Sequence[int] | None = ()) -> tuple[UopslModel, CheckpointMeta]:
     """Fine-tune on fundus images; operating thresholds come from the validation images.
 
     ``identity``: :func:`run_identity` of this run when the caller already computed it (it hashes the weights).
-    ``seen_before``: the photographs the starting checkpoint was made from (:func:`earlier_images`), recorded
-    with this run's own so that ``evaluate`` can warn about any of them.
+    ``seen_before``: the photographs the starting checkpoint was made from (:func:`earlier_images`; None: not
+    known), recorded with this run's own so that ``evaluate`` can warn about any of them.
     """
     want = identity or run_identity("finetune", effective_finetune_config(cfg, model), model, train_items, val_items)
     if finished_run(out, "finetune", want):

@@ -44,6 +44,7 @@ def command(checkpoint: Path, data_spec: str, out: Path, images: int | None, epo
     from uopsl.train.checkpoint import TEACHER_DIGEST_KEY, checkpoint_digest, load_model
     from uopsl.train.qat import QatConfig, qat_finetune
     from uopsl.train.torchdata import ImageDataset
+    from uopsl.train.workflow import earlier_images, record_images_seen
 
     cfg = QatConfig(epochs=epochs, batch_size=batch_size, lr=lr, bias_lr=bias_lr, calib_images=calib_images, seed=seed,
                     augment=augment, device=device, save_every=save_every)
@@ -56,6 +57,8 @@ def command(checkpoint: Path, data_spec: str, out: Path, images: int | None, epo
         items = items[:images]
     ds = ImageDataset(items, meta.preprocess, cache_dir or out / "cache", augment=augment)
     _, result = qat_finetune(model, meta, ds, cfg, out)
+    # What made the original, and the (unlabelled) photographs the distillation saw.
+    record_images_seen(out, {"earlier": earlier_images(checkpoint), "qat": ds.digests})
     last = result["history"][-1] if result["history"] else {}
     click.echo(f"QAT checkpoint written to {out} (logit MSE under simulated INT8, last epoch: "
                f"{last.get('logit_mse', float('nan')):.5f})")

@@ -40,7 +40,8 @@ def _split_classes(values: tuple[str, ...]) -> tuple[str, ...]:
               help="File format of the fundus photographs (OCT is always PNG).")
 @click.option("--workers", type=click.IntRange(min=1), default=None,
               help="Processes to use (the output does not depend on it).  [default: CPU count, at most 8]")
-@click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
+@click.option("--progress/--no-progress", default=None,
+              help="Progress bar on stderr (default: when it is a terminal).")
 def command(
     out_dir: Path,
     n_fundus: int,
@@ -53,7 +54,7 @@ def command(
     p_normal: float,
     fundus_format: str,
     workers: int | None,
-    progress: bool,
+    progress: bool | None,
 ) -> None:
     """Generate a synthetic retina dataset with known lesion sites.
 
