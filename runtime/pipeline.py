@@ -289,12 +289,12 @@ def list_folder(folder: Path, state: WalkState) -> list[tuple[Path, bool]]:
                       display_path(folder), JSONL)
         return []
     state.visited.add(ident)
-    state.folders[os.fspath(folder)] = (st.st_mtime_ns, st.st_ino)
     try:
         entries = sorted(os.scandir(folder), key=lambda e: e.name)
     except OSError as exc:
         state.say(logging.WARNING, "cannot list %s: %s", display_path(folder), exc.strerror or exc)
         return []
+    state.folders[os.fspath(folder)] = (st.st_mtime_ns, st.st_ino)  # the time read before listing; listed
     out: list[tuple[Path, bool]] = []
     for e in entries:
         if e.name.startswith("."):

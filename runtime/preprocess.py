@@ -425,12 +425,12 @@ def _imdecode(buf: np.ndarray, flags: int, source: str | None) -> np.ndarray | N
         return cv2.imdecode(buf, flags)
     except cv2.error as exc:
         text = str(exc)
-        if any(k in text for k in ("CV_IO_MAX_IMAGE_PIXELS", "pixels <=", "CV_IO_MAX_IMAGE_WIDTH",
-                                   "CV_IO_MAX_IMAGE_HEIGHT", "Insufficient memory", "Failed to allocate")):
+        if any(k in text for k in ("CV_IO_MAX_IMAGE", "pixels <=", "Insufficient memory", "Failed to allocate")):
             raise ImageTooLargeError("image is larger than OpenCV decodes (its header states too many pixels)",
                                      source=source) from None
-        raise ImageDecodeError(f"not a decodable image (OpenCV: {text.strip().splitlines()[-1][:160]})",
-                               source=source) from None
+        said = (text.strip().splitlines() or [""])[-1]
+        said = said.split("error: ", 1)[-1].split(" in function", 1)[0]  # without OpenCV's build path
+        raise ImageDecodeError(f"not a decodable image (OpenCV: {said[:160]})", source=source) from None
     except MemoryError:
         raise ImageTooLargeError("not enough memory to decode this image", source=source) from None
 

@@ -253,10 +253,17 @@ class ResultStore:
         self.out_dir = Path(out_dir)
         self.path = self.out_dir / JSONL
         self.identity = identity
-        self._created = prepare_folder(self.out_dir)  # removed again on close if nothing was written into it
         self._record: dict[str, Any] | None = None  # run.json to write with the first rows (see _check_model)
-        self._real = os.path.realpath(self.out_dir)  # the lock is released under this name (finding: cwd changes)
-        first = _acquire(self.out_dir, self._real)
+        for attempt in (1, 2):
+            self._created = prepare_folder(self.out_dir)  # removed again on close if nothing was written into it
+            self._real = os.path.realpath(self.out_dir)  # the lock is released under this name (cwd changes)
+            try:
+                first = _acquire(self.out_dir, self._real)
+                break
+            except ConfigError:
+                # Another uopsl-screen that found nothing removed the (empty) folder just now: make it again.
+                if attempt == 2 or self.out_dir.exists():
+                    raise
         self._locked = True
         self._fh: io.TextIOWrapper | None = None
         self._pending: list[dict[str, Any]] = []  # rows noted but not yet written (see :meth:`defer`)

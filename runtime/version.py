@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import subprocess
 from pathlib import Path
@@ -28,20 +29,13 @@ def revision_of(file: Path) -> dict[str, object]:
     here = file.resolve()
     # GIT_DIR / GIT_INDEX_FILE inherited from a hook or an IDE would point git at another repository or index.
     env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
+    env["GIT_OPTIONAL_LOCKS"] = "0"  # status must not rewrite the user's index (older git ignores it)
     flags = getattr(subprocess, "CREATE_NO_WINDOW", 0)  # no console window per call under pythonw (Windows)
 
     def git(*args: str) -> str:
-        def run(*lead: str) -> str:
-            return subprocess.run(["git", *lead, "-C", str(here.parent), *args], capture_output=True,
-                                  encoding="utf-8", errors="surrogateescape", env=env, timeout=10, check=True,
-                                  creationflags=flags).stdout.strip()
-
-        try:
-            return run("--no-optional-locks")
-        except subprocess.CalledProcessError as exc:
-            if "optional-locks" not in (exc.stderr or ""):
-                raise
-            return run()  # git before 2.15 has no such option
+        return subprocess.run(["git", "-C", str(here.parent), *args], capture_output=True, encoding="utf-8",
+                              errors="surrogateescape", env=env, timeout=10, check=True,
+                              creationflags=flags).stdout.strip()
 
     try:
         top = Path(git("rev-parse", "--show-toplevel")).resolve()
@@ -51,7 +45,8 @@ def revision_of(file: Path) -> dict[str, object]:
         # Changes to the package's code only (tracked or new files), not to docs or tests.
         dirty = bool(git("status", "--porcelain", "--untracked-files=all", "--",
                          *(f":(top){p}" for p in _PACKAGE_FOLDERS)))
-    except (OSError, subprocess.SubprocessError, ValueError):
+    except (OSError, subprocess.SubprocessError, ValueError) as exc:
+        logging.getLogger(__name__).debug("no git revision for %s: %s", here, exc)
         return {}
     return {"git_commit": commit, "git_dirty": dirty}
 

@@ -325,3 +325,46 @@ def test_removing_an_unused_output_folder_never_leaves_a_lock_on_a_removed_file(
     (out / "results.jsonl").write_text("")
     assert not lock.release_and_remove()
     assert sorted(p.name for p in out.iterdir()) == sorted([LOCK_NAME, "results.jsonl"])
+
+
+def test_a_folder_another_run_removed_just_now_is_made_again(tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another uopsl-screen that found nothing removed the empty --out between our mkdir and our lock."""
+    import uopsl.runtime.results as results
+    from uopsl.runtime.errors import ConfigError
+    from uopsl.runtime.results import ResultStore
+
+    real = results._acquire
+    calls = [0]
+
+    def removed_first(out: Path, real_path: str) -> bool:
+        calls[0] += 1
+        if calls[0] == 1:
+            shutil.rmtree(out)
+            raise ConfigError(f"cannot write to output folder {out} (No such file or directory); choose another --out")
+        return real(out, real_path)
+
+    monkeypatch.setattr(results, "_acquire", removed_first)
+    with ResultStore(tmp_path / "out") as store:
+        store.append([{"key": "a.jpg|1|1", "status": "ok"}])
+    assert calls[0] == 2 and (tmp_path / "out" / "results.jsonl").is_file()
+
+
+def test_a_folder_whose_listing_failed_records_no_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """watch lists a folder again when its time changed; a failed listing must not record the time it saw."""
+    from uopsl.runtime.pipeline import WalkState, list_folder
+
+    (tmp_path / "a.jpg").write_bytes(b"x")
+    real = os.scandir
+
+    def failing(path: object = ".") -> object:
+        if Path(os.fspath(path)) == tmp_path:  # type: ignore[arg-type]
+            raise OSError(5, "Input/output error")
+        return real(path)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "scandir", failing)
+    state = WalkState()
+    assert list_folder(tmp_path, state) == [] and os.fspath(tmp_path) not in state.folders
+    monkeypatch.setattr(os, "scandir", real)
+    state = WalkState()
+    assert list_folder(tmp_path, state) == [(tmp_path / "a.jpg", False)] and os.fspath(tmp_path) in state.folders

@@ -496,3 +496,14 @@ def test_a_missing_training_image_does_not_stop_the_cache(tmp_path: Path) -> Non
     os.utime(items[1].path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # as a file written again in place
     td.ImageDataset(items, PreprocessConfig(size=64), tmp_path / "cache")
     assert len(list((tmp_path / "cache").glob("img-*.npy"))) == 2  # not served from the old cache
+
+
+def test_opencv_size_limits_are_too_large_and_its_messages_stay_short() -> None:
+    from uopsl.runtime.errors import ImageDecodeError, ImageTooLargeError
+    from uopsl.runtime.preprocess import decode
+
+    with pytest.raises(ImageTooLargeError):
+        decode(b"P6\n2000000 1\n255\n" + b"\0" * 64)  # OpenCV's width limit
+    with pytest.raises(ImageDecodeError) as exc:
+        decode(b"P6\n4 4\n255\n")  # a header and no pixels
+    assert "/io/opencv" not in str(exc.value) and "loadsave.cpp" not in str(exc.value)
