@@ -228,14 +228,15 @@ class Screener:
         folder does not hold them, it can be created and written, no other
         process holds it, it holds no other model's results) without loading
         the model, so a command line can fail in a second instead of after the
-        model (on a Jetson: a TensorRT engine) loaded. Creates the folder
-        unless an input check fails first.
+        model (on a Jetson: a TensorRT engine) loaded. Writes nothing: a
+        folder it had to create is removed again, and ``run.json`` is left as
+        it is until the screening writes rows.
         """
         if inputs is not None:
             given = list(inputs)
             check_inputs(given)
             check_output_placement(out_dir, given)
-        ResultStore(out_dir, self.identity).close()
+        ResultStore(out_dir, self.identity, check_only=True).close()
 
     # -- screening ---------------------------------------------------------------------------
     def screen(self, image: Any) -> ScreenResult:

@@ -246,14 +246,17 @@ class ResultStore:
     lock (another process gets a :class:`ConfigError`), removes temporaries a
     killed run left, cuts a half-written last row, and, given ``identity``,
     refuses a folder written by another model. Close it (``with``) to release
-    the lock.
+    the lock. ``check_only``: opened only to check the folder (before a model
+    loads); ``run.json`` is then left as it is.
     """
 
-    def __init__(self, out_dir: str | os.PathLike[str], identity: ModelIdentity | None = None) -> None:
+    def __init__(self, out_dir: str | os.PathLike[str], identity: ModelIdentity | None = None, *,
+                 check_only: bool = False) -> None:
         self.out_dir = Path(out_dir)
         self.path = self.out_dir / JSONL
         self.identity = identity
         self._record: dict[str, Any] | None = None  # run.json to write with the first rows (see _check_model)
+        self._check_only = check_only  # opened to check the folder before a model loads: record nothing
         for attempt in (1, 2):
             self._created = prepare_folder(self.out_dir)  # removed again on close if nothing was written into it
             self._real = os.path.realpath(self.out_dir)  # the lock is released under this name (cwd changes)
@@ -599,7 +602,7 @@ class ResultStore:
             self._locked = False
             rows: int = getattr(self, "n_rows", 0)
             record: dict[str, Any] | None = getattr(self, "_record", None)
-            if record is not None and rows:
+            if record is not None and rows and not getattr(self, "_check_only", False):
                 # A rerun that screened nothing new still records today's bundle path and toolkit version.
                 with contextlib.suppress(OSError):
                     write_json(self.out_dir / RUN_JSON, record)

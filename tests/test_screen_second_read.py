@@ -368,3 +368,22 @@ def test_a_folder_whose_listing_failed_records_no_time(tmp_path: Path, monkeypat
     monkeypatch.setattr(os, "scandir", real)
     state = WalkState()
     assert list_folder(tmp_path, state) == [(tmp_path / "a.jpg", False)] and os.fspath(tmp_path) in state.folders
+
+
+def test_checking_the_output_folder_writes_nothing(tiny_bundle: Path, tmp_path: Path) -> None:
+    """`run` checks --out before the model loads; a model that then fails to load must leave no trace."""
+    import json
+
+    from uopsl.runtime.api import Screener
+
+    _good(tmp_path / "in", 1)
+    s = Screener(tiny_bundle, "ort-cpu", threads=1)
+    s.check_output(tmp_path / "new", [tmp_path / "in"])
+    assert not (tmp_path / "new").exists()
+    with s:
+        s.screen_to(tmp_path / "out", [tmp_path / "in"], report=False)
+    run_json = tmp_path / "out" / "run.json"
+    before = json.loads(run_json.read_text())
+    run_json.write_text(json.dumps({**before, "bundle": "/elsewhere/bundle"}))
+    s.check_output(tmp_path / "out", [tmp_path / "in"])
+    assert json.loads(run_json.read_text())["bundle"] == "/elsewhere/bundle"  # left as it is
