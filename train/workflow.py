@@ -321,17 +321,18 @@ def from_checkpoint(ckpt: Path, classes: Sequence[str] | None = None, variant: s
     model, meta = load_model(ckpt)
     if variant and variant != model.config.variant:
         raise ConfigError(f"{ckpt} is a {model.config.variant!r} model; cannot fine-tune it as {variant!r}")
-    if text_model is not None:
+    new_classes = tuple(classes or ())
+    retarget = bool(new_classes) and new_classes != model.config.classes
+    if text_model is not None or retarget:  # checked once: recorded as the checkpoint's from now on
         meta = replace(meta, text_model=text_model_of(ckpt, model, meta, text_model))
-    if classes_file is not None and (not classes or tuple(classes) == model.config.classes):
+    if classes_file is not None and not retarget:
         # The same classes: their descriptions (and prototypes) stay; the file's referable flags apply.
         meta = replace(meta, referable=referable_flags(model.config.classes, classes_file))
         log.info("%s: the classes are the checkpoint's own; of %s only 'referable' is used", ckpt, classes_file)
-    if classes and tuple(classes) != model.config.classes:
-        meta = replace(meta, text_model=text_model_of(ckpt, model, meta, text_model))
-        bank = banks.build(classes, classes_file, meta.text_model)
-        model = model.with_classes(tuple(classes), bank.text, seen_names=tuple(classes))
-        meta = replace(meta, model=model.config, phrases=bank.phrases, referable=referable_flags(classes, classes_file))
+    if retarget:
+        bank = banks.build(new_classes, classes_file, meta.text_model)
+        model = model.with_classes(new_classes, bank.text, seen_names=new_classes)
+        meta = replace(meta, model=model.config, phrases=bank.phrases, referable=referable_flags(new_classes, classes_file))
     return model, meta
 
 
