@@ -498,12 +498,21 @@ def test_a_missing_training_image_does_not_stop_the_cache(tmp_path: Path) -> Non
     assert len(list((tmp_path / "cache").glob("img-*.npy"))) == 2  # not served from the old cache
 
 
-def test_opencv_size_limits_are_too_large_and_its_messages_stay_short() -> None:
+def test_opencv_size_limits_are_too_large_and_its_messages_stay_short(monkeypatch: pytest.MonkeyPatch) -> None:
+    import cv2
+
+    import uopsl.runtime.preprocess as pp
     from uopsl.runtime.errors import ImageDecodeError, ImageTooLargeError
-    from uopsl.runtime.preprocess import decode
 
     with pytest.raises(ImageTooLargeError):
-        decode(b"P6\n2000000 1\n255\n" + b"\0" * 64)  # OpenCV's width limit
+        pp.decode(b"P6\n2000000 1\n255\n" + b"\0" * 64)  # OpenCV's width limit
+
+    def refuse(buf: object, flags: int) -> None:
+        raise cv2.error("OpenCV(5.0.0) /io/opencv/modules/imgcodecs/src/grfmt_tiff.cpp:123: error: (-2:Unspecified "
+                        "error) Unsupported TIFF compression in function 'readData'\n")
+
+    monkeypatch.setattr(pp.cv2, "imdecode", refuse)
     with pytest.raises(ImageDecodeError) as exc:
-        decode(b"P6\n4 4\n255\n")  # a header and no pixels
-    assert "/io/opencv" not in str(exc.value) and "loadsave.cpp" not in str(exc.value)
+        pp.decode(b"II*\x00" + b"\0" * 64)
+    assert str(exc.value).endswith("not a decodable image (OpenCV: (-2:Unspecified error) Unsupported TIFF "
+                                   "compression)")
