@@ -272,29 +272,48 @@ def info_cmd(bundle: Path, as_json: bool) -> int:
     return 2 if bad else 0  # a bundle error, as `verify` says it: scripts must not read a tampered bundle as fine
 
 
+def _parity_runs(entry: Any) -> tuple[dict[str, Any], dict[str, dict[str, Any]]] | None:
+    """The parity record `uopsl validate` keeps for ``entry`` and its runs per backend; None when there is none."""
+    from uopsl.runtime.bundle import PARITY_KEY
+
+    rec = entry.info.get(PARITY_KEY)
+    runs = rec.get("backends") if isinstance(rec, dict) else None
+    if not isinstance(runs, dict) or not runs:
+        return None
+    return rec, {b: (r if isinstance(r, dict) else {}) for b, r in sorted(runs.items())}
+
+
+def _verdict(entry: Any, backend: str, run: dict[str, Any], manifest: Any, doubt: bool = False) -> tuple[str, str]:
+    """``PASS`` / ``FAIL`` / ``PASS, not trusted`` (a PASS ``auto`` ignores, or ``doubt``), and why not trusted."""
+    from uopsl.runtime.bundle import parity_status
+
+    verdict = str(run.get("verdict") or ("PASS" if run.get("passed") else "FAIL"))
+    if verdict != "PASS":
+        return verdict, ""
+    trusted, why = parity_status(entry, backend, manifest=manifest)
+    return ("PASS", "") if trusted and not doubt else ("PASS, not trusted", "" if trusted else why)
+
+
 def _parity_word(entry: Any, manifest: Any = None) -> str:
     """PASS / FAIL per backend, not validated, or stale, from the record `uopsl validate` keeps in the manifest.
 
     ``manifest``: the bundle's, so a PASS judged against the bundle's FP32 ONNX file is trusted only while that
     file still carries its PyTorch PASS, as ``auto`` decides.
     """
-    from uopsl.runtime.bundle import PARITY_KEY, parity_status
+    from uopsl.runtime.bundle import parity_status
 
-    rec = entry.info.get(PARITY_KEY)
-    runs = rec.get("backends") if isinstance(rec, dict) else None
-    if not isinstance(runs, dict) or not runs:
+    found = _parity_runs(entry)
+    if found is None:
         return "not validated"
+    rec, runs = found
     if rec.get("sha256") != entry.sha256:
         return "stale (file changed since validation)"
     words, doubts = [], []
-    for b in sorted(runs):
-        r = runs[b] if isinstance(runs[b], dict) else {}
-        verdict = str(r.get("verdict") or ("PASS" if r.get("passed") else "FAIL"))
-        trusted, why = parity_status(entry, b, manifest=manifest)
-        if verdict == "PASS" and not trusted:
-            verdict = "PASS, not trusted"  # too few images, looser gates or an old record: auto ignores it
-            doubts.append(why)
+    for b, r in runs.items():
+        verdict, why = _verdict(entry, b, r, manifest)  # too few images, looser gates, an old record
         words.append(f"{b} {verdict}")
+        if why:
+            doubts.append(why)
     overall = "PASS" if parity_status(entry, manifest=manifest)[0] else "not passed"
     return f"{overall} ({', '.join(words)})" + (f"; {doubts[0]}" if doubts else "")
 
@@ -305,19 +324,14 @@ def _parity_records(entry: Any, manifest: Any = None, checksum_fails: bool = Fal
     What a validation engineer checks before trusting a verdict: what it was measured on and when, not only PASS.
     A PASS that ``auto`` does not trust, or of a file whose checksum fails, says so, as the files list does.
     """
-    from uopsl.runtime.bundle import PARITY_KEY, parity_status
-
-    rec = entry.info.get(PARITY_KEY)
-    runs = rec.get("backends") if isinstance(rec, dict) else None
-    if not isinstance(runs, dict):
+    found = _parity_runs(entry)
+    if found is None:
         return []
+    rec, runs = found
     stale = "" if rec.get("sha256") == entry.sha256 else "  [file changed since]"
     lines = []
-    for b in sorted(runs):
-        r = runs[b] if isinstance(runs[b], dict) else {}
-        verdict = str(r.get("verdict") or ("PASS" if r.get("passed") else "FAIL"))
-        if verdict == "PASS" and (checksum_fails or not parity_status(entry, b, manifest=manifest)[0]):
-            verdict = "PASS, not trusted"
+    for b, r in runs.items():
+        verdict, _ = _verdict(entry, b, r, manifest, doubt=checksum_fails)
         data: dict[str, Any] = r["data"] if isinstance(r.get("data"), dict) else {}
         machine: dict[str, Any] = r["machine"] if isinstance(r.get("machine"), dict) else {}
         runtime = ", ".join(f"{k} {v}" for k, v in machine.items() if k not in ("arch", "cpu_int8") and v)

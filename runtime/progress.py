@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import sys
-import threading
 from collections.abc import Iterable, Iterator, Sized
 from typing import Any, Generic, TypeVar
 
@@ -20,15 +19,13 @@ from uopsl.runtime.optional import available
 
 T = TypeVar("T")
 
-_lock = threading.Lock()
 _enabled = True
 
 
 def set_enabled(flag: bool) -> None:
     """Show (True, the default) or hide (False) every progress bar created from now on."""
     global _enabled
-    with _lock:
-        _enabled = bool(flag)
+    _enabled = bool(flag)
 
 
 def enabled() -> bool:
@@ -37,7 +34,10 @@ def enabled() -> bool:
 
 
 class NoBar(Generic[T]):
-    """What :func:`bar` returns when nothing is drawn: iterates ``iterable`` and ignores updates."""
+    """What :func:`bar` returns when nothing is drawn: iterates ``iterable`` and ignores updates.
+
+    It has the part of tqdm's interface this package uses (update, set_postfix, close, len, iteration).
+    """
 
     def __init__(self, iterable: Iterable[T] | None = None) -> None:
         self.iterable = iterable
@@ -53,18 +53,6 @@ class NoBar(Generic[T]):
         self.n += n
 
     def set_postfix(self, *args: Any, **kwargs: Any) -> None:
-        pass
-
-    def set_postfix_str(self, *args: Any, **kwargs: Any) -> None:
-        pass
-
-    def set_description(self, *args: Any, **kwargs: Any) -> None:
-        pass
-
-    def write(self, *args: Any, **kwargs: Any) -> None:
-        pass
-
-    def refresh(self) -> None:
         pass
 
     def close(self) -> None:
