@@ -46,7 +46,7 @@ from uopsl.runtime.pipeline import (
     iter_inputs,
     key_path,
 )
-from uopsl.runtime.report import write_report
+from uopsl.runtime.report_days import write_reports
 from uopsl.runtime.results import CSV, CSV_STYLES, ModelIdentity, ResultStore, model_identity, write_csv
 
 log = logging.getLogger(__name__)
@@ -422,7 +422,7 @@ class Screener:
                                     "bundle_verified": self.verified}
             if inputs is not None:
                 info["inputs"] = [display_path(x) for x in inputs if isinstance(x, (str, os.PathLike))]
-            write_report(rows, out, self.manifest, info)
+            write_reports(rows, out, self.manifest, info)
         return rows
 
     def _finalize_quietly(self, out: Path, store: ResultStore, report: bool, inputs: Iterable[Any] | None) -> None:

@@ -28,8 +28,8 @@ import os
 import socket
 from collections import Counter, OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
-from datetime import datetime, timezone
+from dataclasses import dataclass, field
+from datetime import date, datetime, timezone
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -180,12 +180,12 @@ def _text(value: object) -> str:
         return raw.decode("cp1252", "replace")
 
 
-def _e(value: object) -> str:
+def esc(value: object) -> str:
     """HTML-escaped text (quotes too, so it is safe in attributes): file names and manifests are not trusted."""
     return html.escape(_text(value), quote=True)
 
 
-def _local(dt: datetime) -> str:
+def local_time(dt: datetime) -> str:
     """Local time with its UTC offset ("2026-11-29 13:46 (UTC+01:00)"): a printed report travels between clinics."""
     loc = dt.astimezone()
     off = loc.strftime("%z")
@@ -199,7 +199,7 @@ def _short_time(dt: datetime, today: datetime) -> str:
     return f"{loc:%H:%M}" if loc.date() == ref.date() else f"{loc:%Y-%m-%d %H:%M}"
 
 
-def _parse_time(value: object) -> datetime | None:
+def parse_time(value: object) -> datetime | None:
     """An ISO-8601 string (a trailing Z allowed) or epoch seconds; None when it is neither."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         try:
@@ -252,7 +252,7 @@ def _trusted_image(path: Path, row: Mapping[str, Any], kind: str, thumb_mtime: f
     mtime = _mtime(path)
     if mtime is None:
         return False
-    when = _parse_time(row.get("screened_at"))
+    when = parse_time(row.get("screened_at"))
     if when is not None and mtime < when.timestamp() - _MTIME_SLACK_S:
         return False
     return not (kind == "overlay" and thumb_mtime is not None and mtime < thumb_mtime - _MTIME_SLACK_S)
@@ -465,11 +465,14 @@ def _folders(rows: Sequence[Mapping[str, Any]], run_info: Mapping[str, Any]) -> 
     and the report also lists rows earlier runs left in the folder. The caller's ``inputs`` are used only
     when no row has a source.
     """
-    counts: Counter[str] = Counter()
+    raw: Counter[str] = Counter()
     for r in rows:
         src = str(r.get("source", ""))
         if src:
-            counts[str(Path(_split_key(r)[0] or src).parent)] += 1
+            raw[os.path.dirname(_split_key(r)[0] or src)] += 1  # strings: a Path per row is slow at 20,000 rows
+    counts: Counter[str] = Counter()
+    for folder, k in raw.items():
+        counts[str(Path(folder)) if folder else "."] += k  # the form Path(...).parent gives
     if not counts:
         given = run_info.get("inputs")
         return [(str(x), 0) for x in given] if isinstance(given, (list, tuple)) else []
@@ -494,11 +497,11 @@ def _legend(manifest: Manifest, zero_shot: set[str]) -> str:
     for c in manifest.classes:
         words = CLASS_WORDS.get(c.name.lower(), "")
         desc = "; ".join(c.descriptions[:2])
-        meaning = (f"{_e(words)}" if words else "") + (
-            f"<div class='desc'>{_e(desc)}</div>" if desc else "")
+        meaning = (f"{esc(words)}" if words else "") + (
+            f"<div class='desc'>{esc(desc)}</div>" if desc else "")
         refers = "yes" if c.referable else "no" + (" (zero-shot: not validated)" if c.name in zero_shot else "")
         lines.append(
-            f"<tr><td><b>{_e(c.name)}</b>{'*' if c.name in zero_shot else ''}</td>"
+            f"<tr><td><b>{esc(c.name)}</b>{'*' if c.name in zero_shot else ''}</td>"
             f"<td class='desc'>{meaning or '&mdash;'}</td><td>{c.threshold:.3f}</td><td>{refers}</td></tr>")
     lines.append("</tbody></table>")
     return "".join(lines)
@@ -515,8 +518,8 @@ def _example(manifest: Manifest) -> str:
     above = above if above >= t else t
     a1, b1 = _fmt_pair(below, c.threshold)
     a2, b2 = _fmt_pair(above, c.threshold)
-    return (f": <span class='probs'>{_e(c.name)} {a1} &lt; {b1}</span> is below it; "
-            f"<span class='probs'><b>{_e(c.name)} {a2} &ge; {b2}</b></span> in bold is at or above it, a finding")
+    return (f": <span class='probs'>{esc(c.name)} {a1} &lt; {b1}</span> is below it; "
+            f"<span class='probs'><b>{esc(c.name)} {a2} &ge; {b2}</b></span> in bold is at or above it, a finding")
 
 
 def _fmt_pair(p: float, t: float) -> tuple[str, str]:
@@ -543,12 +546,12 @@ def _probs_html(row: Mapping[str, Any], manifest: Manifest, zero_shot: set[str],
         p = float(probs[c])
         star = "*" if c in zero_shot else ""
         if c not in thr:
-            out.append(f"<span>{_e(c)}{star} {p:.3f}</span>")
+            out.append(f"<span>{esc(c)}{star} {p:.3f}</span>")
             continue
         a, b = _fmt_pair(p, float(thr[c]))
         sign = "&ge;" if p >= thr[c] else "&lt;"
         cls = " class='pos'" if c in findings else ""
-        out.append(f"<span{cls}>{_e(c)}{star} {a} <span class='cmp'>{sign} {b}</span></span>")
+        out.append(f"<span{cls}>{esc(c)}{star} {a} <span class='cmp'>{sign} {b}</span></span>")
     if manifest.referral_rule == "referable_sum" and row.get("status") == "ok":
         total = sum(float(probs[c.name]) for c in manifest.classes if c.referable and c.name in probs)
         sign = "&ge;" if total >= manifest.referral_threshold else "&lt;"
@@ -561,17 +564,17 @@ def _finding(name: str) -> str:
     """``<b>dr</b> (diabetic retinopathy)``; ``<b>glaucoma</b> (suspected, ...)`` where the words repeat the name."""
     words = CLASS_WORDS.get(name.lower(), "")
     if not words:
-        return f"<b>{_e(name)}</b>"
+        return f"<b>{esc(name)}</b>"
     if words.lower().startswith(name.lower()):
         rest = words[len(name):].strip()
-        return f"<b>{_e(name)}</b>" + (f" {_e(rest)}" if rest else "")
-    return f"<b>{_e(name)}</b> ({_e(words)})"
+        return f"<b>{esc(name)}</b>" + (f" {esc(rest)}" if rest else "")
+    return f"<b>{esc(name)}</b> ({esc(words)})"
 
 
 def _result_html(row: Mapping[str, Any], manifest: Manifest, findings: list[str], referable: Sequence[str]) -> str:
     """Verdict, then what was found (referable classes only) or why there is no result and what to do."""
     cls, word = _verdict(row)
-    parts = [f"<div class='verdict {cls}'>{_e(word)}</div>"]
+    parts = [f"<div class='verdict {cls}'>{esc(word)}</div>"]
     status = row.get("status")
     if status == "ok" and row.get("refer"):
         if findings:
@@ -579,27 +582,115 @@ def _result_html(row: Mapping[str, Any], manifest: Manifest, findings: list[str]
             parts.append(f"<div class='find'>Found: {named}</div>")
         else:
             parts.append(f"<div class='find'>Referable classes together at or above "
-                         f"{manifest.referral_threshold:.2f} ({_e(', '.join(referable))})</div>")
+                         f"{manifest.referral_threshold:.2f} ({esc(', '.join(referable))})</div>")
     tags = order_reasons(row.get("reasons") or [])
     if status in ("ungradable", "error") and tags:
         main = reason_text(tags[0])
-        why = [f"<div class='main' title='{_e(tags[0])}'>{_e(main.advice)}</div>"]
+        why = [f"<div class='main' title='{esc(tags[0])}'>{esc(main.advice)}</div>"]
         also = [t for t in tags[1:] if reason_text(t).label != main.label]
         if also:
             why.append("<div class='also'>Also: " + ", ".join(
-                f"<span title='{_e(t)}'>{_e(reason_text(t).label)}</span>" for t in also) + "</div>")
+                f"<span title='{esc(t)}'>{esc(reason_text(t).label)}</span>" for t in also) + "</div>")
         parts.append("<div class='why'>" + "".join(why) + "</div>")
-        parts.append(f"<div class='tags'>codes: {_e(', '.join(tags))}</div>")
+        parts.append(f"<div class='tags'>codes: {esc(', '.join(tags))}</div>")
     elif status in ("ungradable", "error"):
         parts.append("<div class='why'><div class='main'>No result: take or copy the photograph again.</div></div>")
     if row.get("error"):
-        parts.append(f"<div class='tags'>detail: {_e(row['error'])}</div>")
+        parts.append(f"<div class='tags'>detail: {esc(row['error'])}</div>")
     return "".join(parts)
 
 
+@dataclass(frozen=True)
+class PageInfo:
+    """Where one page of a report split into pages sits (see :mod:`uopsl.runtime.report_days`).
+
+    label: what the page holds, in words ("2026-11-29", "2026-11-29, part 2 of 3").
+    day: the local screening day of its rows (None for rows without a screening time); row times on the
+    page are then shown as clock times of that day.
+    links: (text, href) pairs of the navigation line: the index and the neighbouring pages.
+    elsewhere: for a row (by :func:`row_ident`), the same photograph on other pages as (text, href) pairs.
+    """
+
+    label: str
+    day: date | None = None
+    links: tuple[tuple[str, str], ...] = ()
+    elsewhere: Mapping[tuple[str, str], tuple[tuple[str, str], ...]] = field(default_factory=dict)
+
+
+def row_ident(row: Mapping[str, Any]) -> tuple[str, str]:
+    """What tells one displayed row from every other: its input key and screening time."""
+    return str(row.get("key", "")), str(row.get("screened_at", ""))
+
+
+def row_anchor(row: Mapping[str, Any]) -> str:
+    """The HTML id of a row's line in the table (ids are file-name safe, so they are safe here too)."""
+    return f"r-{row.get('id', '')}"
+
+
+def head_html(title: str) -> str:
+    """The page's head: title and the inlined style sheet."""
+    return ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>\n"
+            "<meta name='viewport' content='width=device-width, initial-scale=1'>\n"
+            f"<title>{esc(title)}</title><style>{_css()}</style></head><body>")
+
+
+def ident_html(manifest: Manifest, info: Mapping[str, Any], generated: str, rows: Sequence[Mapping[str, Any]],
+               out: Path, extra: str = "") -> str:
+    """The identity block (when, by what, which model and bundle, from where, to where) of a page."""
+    bundle_sha = manifest.content_sha256 or str(info.get("bundle_sha256") or "")
+    bundle_hash = bundle_sha[:12] if bundle_sha else "not recorded"
+    created = parse_time(manifest.created)
+    created_s = local_time(created) if created is not None else (manifest.created or "not recorded")
+    model = f"{manifest.model_name}" + (f" ({manifest.backbone})" if manifest.backbone else "")
+    decided_by = _decided_by(rows)
+    folders = _folders(rows, info)
+    return "".join([
+        "<dl class='ident'>",
+        extra,
+        f"<dt>Generated</dt><dd>{esc(generated)} on {esc(socket.gethostname())} by uopsl {esc(__version__)}</dd>",
+        f"<dt>Model</dt><dd>{esc(model)}, toolkit {esc(manifest.toolkit_version)}</dd>",
+        f"<dt>Bundle</dt><dd>content {esc(bundle_hash)} (sha256 of the manifest), created {esc(created_s)}"
+        + ("; <b>file checksums not verified in this run</b> (--no-verify)"
+           if info.get("bundle_verified") is False else "") + "</dd>",
+        (f"<dt>Backend</dt><dd>{esc(info['backend'])}</dd>" if info.get("backend") and len(decided_by) <= 1 else ""),
+        (("<dt>Model files</dt><dd>" + "<br>".join(
+            f"{esc(f)} ({esc(p)} on {esc(b)}): {k} photograph{'s' if k != 1 else ''}" for (b, p, f), k in decided_by)
+          + "<br>Each row names its file in results.csv.</dd>") if len(decided_by) > 1 else ""),
+        "<dt>Photographs from</dt><dd>"
+        + ("<br>".join(esc(f) + (f" ({k})" if k else "") for f, k in folders[:5])
+           + (f"<br>and {len(folders) - 5} more folders" if len(folders) > 5 else "") if folders else "&mdash;")
+        + "</dd>",
+        f"<dt>Results folder</dt><dd>{esc(out.absolute())} (results.csv has every score)</dd>",
+        "</dl>",
+    ])
+
+
+def verdict_counts(rows: Sequence[Mapping[str, Any]]) -> Counter[str]:
+    """Rows by verdict: ``refer``, ``routine`` (screened, no referable finding), ``ungradable``, ``error``."""
+    return Counter(("refer" if r.get("refer") else "routine") if r.get("status") == "ok"
+                   else ("ungradable" if r.get("status") == "ungradable" else "error") for r in rows)
+
+
+def summary_html(counts: Mapping[str, int]) -> str:
+    """The row of count cards under the identity block."""
+    n = sum(counts.values())
+    return "".join([
+        "<div class='summary'>",
+        f"<div class='card total'><b>{n}</b>{'image' if n == 1 else 'images'}</div>",
+        f"<div class='card refer'><b id='n-refer'>{counts.get('refer', 0)}</b>refer</div>",
+        f"<div class='card ok'><b>{counts.get('routine', 0)}</b>no referable finding</div>",
+        f"<div class='card ungradable'><b>{counts.get('ungradable', 0)}</b>ungradable (retake)</div>",
+        f"<div class='card error'><b>{counts.get('error', 0)}</b>unreadable or not screened</div>",
+        "</div>",
+    ])
+
+
 def report_parts(rows: Sequence[dict[str, Any]], out_dir: str | os.PathLike[str], manifest: Manifest,
-                 run_info: dict[str, Any] | None = None) -> Iterator[str]:
-    """The report page, piece by piece (a report of thousands of images never sits in memory whole)."""
+                 run_info: dict[str, Any] | None = None, *, page: PageInfo | None = None) -> Iterator[str]:
+    """The report page, piece by piece (a report of thousands of images never sits in memory whole).
+
+    ``page`` makes it one page of a report split by screening day (:mod:`uopsl.runtime.report_days`).
+    """
     out = Path(out_dir)
     referable = [c.name for c in manifest.classes if c.referable]
     referable_set = set(referable)
@@ -607,18 +698,17 @@ def report_parts(rows: Sequence[dict[str, Any]], out_dir: str | os.PathLike[str]
     info = dict(run_info or {})
     ordered = sorted(rows, key=lambda r: urgency_key(r, referable))
     n = len(ordered)
-    counts = Counter("refer" if r.get("status") == "ok" and r.get("refer") else r.get("status", "error")
-                     for r in ordered)
-    n_ok = sum(1 for r in ordered if r.get("status") == "ok")
     now = datetime.now(timezone.utc)
-    generated = _local(now)
+    # A day's page shows clock times of its own day, whenever it is read.
+    shown_day = now if page is None or page.day is None else datetime(
+        page.day.year, page.day.month, page.day.day, 12).astimezone()
+    generated = local_time(now)
     bundle_sha = manifest.content_sha256 or str(info.get("bundle_sha256") or "")
     bundle_hash = bundle_sha[:12] if bundle_sha else "not recorded"
-    created = _parse_time(manifest.created)
-    created_s = _local(created) if created is not None else (manifest.created or "not recorded")
     model = f"{manifest.model_name}" + (f" ({manifest.backbone})" if manifest.backbone else "")
     images_word = "image" if n == 1 else "images"
-    ident_line = (f"Retinal screening report - {n} {images_word} - generated {generated} - model {model}, "
+    what = f"{page.label} - " if page is not None else ""
+    ident_line = (f"Retinal screening report - {what}{n} {images_word} - generated {generated} - model {model}, "
                   f"bundle {bundle_hash} - uopsl {__version__}")
     dups = find_duplicates(ordered)
     # Rows of another model: compare the decision-relevant hash (a re-validated bundle has a new
@@ -626,42 +716,24 @@ def report_parts(rows: Sequence[dict[str, Any]], out_dir: str | os.PathLike[str]
     model_sha = model_sha256(manifest)
     other_bundle = [i for i, r in enumerate(ordered, 1)
                     if r.get("model_sha256") and str(r["model_sha256"]) != model_sha]
-    folders = _folders(ordered, info)
     example = _example(manifest)
-    decided_by = _decided_by(ordered)
+    nav = ""
+    if page is not None:
+        nav = ("<p class='nav noprint'>" + " &middot; ".join(f"<a href='{esc(h)}'>{esc(t)}</a>" for t, h in page.links)
+               + "</p>")
 
     yield from [
-        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
-        "<meta name='viewport' content='width=device-width, initial-scale=1'>",
-        f"<title>Screening report - {n} {images_word} - {_e(generated)}</title><style>{_css()}</style></head><body>",
-        "<h1>Retinal screening report</h1>",
-        "<dl class='ident'>",
-        f"<dt>Generated</dt><dd>{_e(generated)} on {_e(socket.gethostname())} by uopsl {_e(__version__)}</dd>",
-        f"<dt>Model</dt><dd>{_e(model)}, toolkit {_e(manifest.toolkit_version)}</dd>",
-        f"<dt>Bundle</dt><dd>content {_e(bundle_hash)} (sha256 of the manifest), created {_e(created_s)}"
-        + ("; <b>file checksums not verified in this run</b> (--no-verify)"
-           if info.get("bundle_verified") is False else "") + "</dd>",
-        (f"<dt>Backend</dt><dd>{_e(info['backend'])}</dd>" if info.get("backend") and len(decided_by) <= 1 else ""),
-        (("<dt>Model files</dt><dd>" + "<br>".join(
-            f"{_e(f)} ({_e(p)} on {_e(b)}): {k} photograph{'s' if k != 1 else ''}" for (b, p, f), k in decided_by)
-          + "<br>Each row names its file in results.csv.</dd>") if len(decided_by) > 1 else ""),
-        "<dt>Photographs from</dt><dd>"
-        + ("<br>".join(_e(f) + (f" ({k})" if k else "") for f, k in folders[:5])
-           + (f"<br>and {len(folders) - 5} more folders" if len(folders) > 5 else "") if folders else "&mdash;")
-        + "</dd>",
-        f"<dt>Results folder</dt><dd>{_e(out.absolute())} (results.csv has every score)</dd>",
-        "</dl>",
-        "<div class='summary'>",
-        f"<div class='card total'><b>{n}</b>{images_word}</div>",
-        f"<div class='card refer'><b id='n-refer'>{counts.get('refer', 0)}</b>refer</div>",
-        f"<div class='card ok'><b>{n_ok - counts.get('refer', 0)}</b>no referable finding</div>",
-        f"<div class='card ungradable'><b>{counts.get('ungradable', 0)}</b>ungradable (retake)</div>",
-        f"<div class='card error'><b>{counts.get('error', 0)}</b>unreadable or not screened</div>",
-        "</div>",
+        head_html(f"Screening report - {what}{n} {images_word} - {generated}"),
+        "<h1>Retinal screening report" + (f" &middot; {esc(page.label)}" if page is not None else "") + "</h1>",
+        nav,
+        ident_html(manifest, info, generated, ordered, out,
+                   extra="" if page is None else f"<dt>Page</dt><dd>{esc(page.label)}: one page of this folder's "
+                   "report (report.html lists every day)</dd>"),
+        summary_html(verdict_counts(ordered)),
     ]
     if dups.groups:
         listed = "; ".join(
-            " = ".join(f"#{i + 1} {_e(Path(_text(ordered[i].get('source', ''))).name)}" for i in g)
+            " = ".join(f"#{i + 1} {esc(Path(_text(ordered[i].get('source', ''))).name)}" for i in g)
             for g in dups.groups[:_MAX_LISTED])
         more = f"; and {len(dups.groups) - _MAX_LISTED} more" if len(dups.groups) > _MAX_LISTED else ""
         yield (f"<div class='warn' id='duplicates'><b>{len(dups.groups)} photograph"
@@ -679,7 +751,7 @@ def report_parts(rows: Sequence[dict[str, Any]], out_dir: str | os.PathLike[str]
         "<p><b class='v-refer'>Refer</b>: the model found signs of an eye disease that needs an eye specialist. "
         "Refer the patient to an eye specialist as your local protocol says. This tool supports screening; "
         "it does not diagnose, and a qualified grader should confirm each result.</p>"
-        f"<p>{_e(_rule_sentence(manifest, referable))}</p>"
+        f"<p>{esc(_rule_sentence(manifest, referable))}</p>"
         "<p><b class='v-routine'>No referable finding</b>: no referable class reached its threshold; "
         "follow your routine screening schedule. "
         "<b class='v-ungradable'>Ungradable - retake</b>: the photograph is too poor for a result; the row "
@@ -688,7 +760,7 @@ def report_parts(rows: Sequence[dict[str, Any]], out_dir: str | os.PathLike[str]
         f"<p>Scores are the model's probability for each class (0 to 1) next to that class's threshold{example}. "
         "Non-referable classes (such as normal) are never findings. Heatmaps show where the model looked "
         "for the class named under them (red: most attention); they are not outlines of lesions.</p>"
-        + (f"<p>* zero-shot (no training images, scores not validated): {_e(', '.join(sorted(zero_shot)))}</p>"
+        + (f"<p>* zero-shot (no training images, scores not validated): {esc(', '.join(sorted(zero_shot)))}</p>"
            if zero_shot else "")
         + _legend(manifest, zero_shot)
         + "<p class='noprint'>To print: your browser's Print (Ctrl+P), A4 portrait; each page repeats the "
@@ -698,10 +770,10 @@ def report_parts(rows: Sequence[dict[str, Any]], out_dir: str | os.PathLike[str]
         "<table id='results' class='results'>"
         "<colgroup><col class='c-n'><col class='c-src'><col class='c-img'><col class='c-img'><col class='c-res'>"
         "<col class='c-probs'></colgroup><thead>"
-        f"<tr class='pagehead'><th colspan='6'>{_e(ident_line)}</th></tr>"
+        f"<tr class='pagehead'><th colspan='6'>{esc(ident_line)}</th></tr>"
         "<tr><th>#</th><th>Photograph</th><th>Image</th><th>Heatmap</th><th>Result</th>"
         "<th>Score vs threshold</th></tr></thead>"
-        f"<tfoot><tr><td colspan='6'>{_e(ident_line)} - screening support, not a diagnosis</td></tr></tfoot><tbody>"
+        f"<tfoot><tr><td colspan='6'>{esc(ident_line)} - screening support, not a diagnosis</td></tr></tfoot><tbody>"
     )
     dup_of: dict[int, list[int]] = {i: [j for j in g if j != i] for g in dups.groups for i in g}
     _reserve_uris(2 * len(ordered))  # a thumbnail and a heatmap per row
@@ -719,25 +791,30 @@ def report_parts(rows: Sequence[dict[str, Any]], out_dir: str | os.PathLike[str]
         source = _text(r.get("source", ""))
         name = Path(source).name or source
         folder = str(Path(source).parent) if Path(source).name else ""
-        when = _parse_time(r.get("screened_at"))
-        src_html = (f"<span class='fname' title='{_e(source)}'>{_e(name)}</span>"
-                    + (f"<span class='dir'>{_e(folder)}</span>" if folder and folder != "." else "")
-                    + (f"<span class='when'>screened {_e(_short_time(when, now))}</span>" if when is not None else "")
-                    + (f"<span class='dir'>moved from {_e(r['moved_from'])}</span>" if r.get("moved_from") else "")
+        when = parse_time(r.get("screened_at"))
+        src_html = (f"<span class='fname' title='{esc(source)}'>{esc(name)}</span>"
+                    + (f"<span class='dir'>{esc(folder)}</span>" if folder and folder != "." else "")
+                    + (f"<span class='when'>screened {esc(_short_time(when, shown_day))}</span>"
+                       if when is not None else "")
+                    + (f"<span class='dir'>moved from {esc(r['moved_from'])}</span>" if r.get("moved_from") else "")
                     + ("<div class='dup'>This file has since been replaced by another photograph of the same "
                        "name, listed separately.</div>" if r.get("file_replaced") else ""))
         if i - 1 in dup_of:
             src_html += "<div class='dup'>Same photograph as " + ", ".join(
-                f"#{j + 1} ({_e(Path(_text(ordered[j].get('source', ''))).name)})" for j in dup_of[i - 1]) + "</div>"
+                f"#{j + 1} ({esc(Path(_text(ordered[j].get('source', ''))).name)})" for j in dup_of[i - 1]) + "</div>"
+        if page is not None and row_ident(r) in page.elsewhere:
+            src_html += "<div class='dup'>Same photograph as " + ", ".join(
+                f"<a href='{esc(h)}'>{esc(t)}</a>" for t, h in page.elsewhere[row_ident(r)]) + "</div>"
         result = _result_html(r, manifest, findings, referable)
         if i in other:
             result += (f"<div class='other'>Screened with another model "
-                       f"(bundle {_e(str(r.get('bundle_sha256') or '?')[:12])}); screen again.</div>")
-        cap = f"<div class='cap'>heatmap: {_e(r['heatmap_class'])}</div>" if over and r.get("heatmap_class") else ""
+                       f"(bundle {esc(str(r.get('bundle_sha256') or '?')[:12])}); screen again.</div>")
+        cap = f"<div class='cap'>heatmap: {esc(r['heatmap_class'])}</div>" if over and r.get("heatmap_class") else ""
         thumb_img = f'<img alt="thumbnail" src="{thumb}">' if thumb else "&mdash;"
         over_img = f'<img alt="heatmap" src="{over}">{cap}' if over else "&mdash;"
         yield (
-            f"<tr class='result {cls}' data-status='{_e(r.get('status'))}'><td class='n'>{i}</td>"
+            f"<tr class='result {cls}' data-status='{esc(r.get('status'))}' id='{esc(row_anchor(r))}'>"
+            f"<td class='n'>{i}</td>"
             f"<td class='src'>{src_html}</td>"
             f"<td class='img'>{thumb_img}</td><td class='img'>{over_img}</td>"
             f"<td class='res'>{result}</td>"
@@ -771,6 +848,7 @@ def write_report(rows: Sequence[dict[str, Any]], out_dir: str | os.PathLike[str]
     return path
 
 
-__all__ = ["CLASS_WORDS", "REASON_TEXT", "REPORT", "DuplicateCheck", "ReasonText", "find_duplicates",
-           "max_referable_prob", "order_reasons", "reason_label", "reason_text", "render_report", "report_parts",
-           "urgency_key", "write_report"]
+__all__ = ["CLASS_WORDS", "REASON_TEXT", "REPORT", "DuplicateCheck", "PageInfo", "ReasonText", "esc",
+           "find_duplicates", "head_html", "ident_html", "local_time", "max_referable_prob", "order_reasons",
+           "parse_time", "reason_label", "reason_text", "render_report", "report_parts", "row_anchor", "row_ident",
+           "summary_html", "urgency_key", "verdict_counts", "write_report"]

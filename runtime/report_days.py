@@ -1,0 +1,308 @@
+"""A results folder too big for one page: ``report.html`` becomes an index, and each screening day gets pages.
+
+Why: ``report.html`` embeds every thumbnail and heatmap (about 9 KB a photograph) so that it stays one file
+a clinic can copy, mail and print. A drop folder watched for a month collects tens of thousands of
+photographs; one page would grow to hundreds of megabytes, which browsers open slowly or not at all, and
+``watch`` would rewrite all of it every few seconds. So above ``ONE_PAGE_MAX_ROWS`` photographs:
+
+- ``days/YYYY-MM-DD.html`` holds the photographs screened on that local day, in the report's urgency
+  order, ``ONE_PAGE_MAX_ROWS`` a page at most (then ``YYYY-MM-DD-2.html``, ...). Each page is a whole
+  report (identity, how to read it, counts), printable on its own: a clinic prints the day's page.
+- ``report.html`` is the index: counts over the folder, one line per day with its pages, the referred
+  photographs (newest first), and photographs found twice anywhere in the folder.
+
+A page is rewritten only when what it shows changed (its rows, their image files, the bundle, the
+toolkit); ``days/pages.json`` records each page's fingerprint. A refresh under ``watch`` therefore
+rewrites today's pages and the index, not the month behind them. Up to ``ONE_PAGE_MAX_ROWS``
+photographs the report stays one page, as before, and no ``days/`` folder is left behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime, timezone
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from uopsl.runtime.bundle import Manifest
+from uopsl.runtime.errors import ConfigError
+from uopsl.runtime.fsio import atomic_open
+from uopsl.runtime.overlay import OVERLAY_DIR, THUMB_DIR
+from uopsl.runtime.report import (
+    REPORT,
+    DuplicateCheck,
+    PageInfo,
+    esc,
+    find_duplicates,
+    head_html,
+    ident_html,
+    local_time,
+    parse_time,
+    report_parts,
+    row_anchor,
+    row_ident,
+    summary_html,
+    urgency_key,
+    verdict_counts,
+    write_report,
+)
+from uopsl.runtime.version import __version__
+
+log = logging.getLogger(__name__)
+
+#: Above this many photographs the report is split by screening day (and a day into pages of this many).
+ONE_PAGE_MAX_ROWS = 1000
+DAYS_DIR = "days"
+FINGERPRINTS = "pages.json"
+_PAGE_NAME = re.compile(r"(?:\d{4}-\d{2}-\d{2}|undated)(?:-\d+)?\.html")
+_MAX_REFERRALS = 500  # listed on the index, newest first (text only: ~0.3 KB each)
+_LAYOUT = 1  # raise when a day page's layout changes, so pages written before are rewritten
+
+
+@dataclass(frozen=True)
+class DayPage:
+    """One page of a split report: its file in ``days/``, what it holds, and its rows (indices, urgency order)."""
+
+    name: str
+    label: str
+    day: date | None
+    rows: tuple[int, ...]
+
+
+def screening_day(row: Mapping[str, Any]) -> date | None:
+    """The local calendar day a row was screened on (None when the row carries no screening time)."""
+    when = parse_time(row.get("screened_at"))
+    return None if when is None else when.astimezone().date()
+
+
+def plan_pages(rows: Sequence[Mapping[str, Any]], referable: Sequence[str],
+               max_rows: int = ONE_PAGE_MAX_ROWS) -> list[DayPage]:
+    """The pages of a split report, oldest day first, rows without a screening time last."""
+    if max_rows < 1:
+        raise ConfigError(f"max_rows must be >= 1 (photographs a report page may hold), got {max_rows}")
+    by_day: dict[date | None, list[int]] = {}
+    for i, r in enumerate(rows):
+        by_day.setdefault(screening_day(r), []).append(i)
+    pages: list[DayPage] = []
+    for day in sorted(by_day, key=lambda d: (d is None, d or date.min)):
+        order = sorted(by_day[day], key=lambda i: urgency_key(dict(rows[i]), referable))
+        chunks = [order[k : k + max_rows] for k in range(0, len(order), max_rows)]
+        stem = day.isoformat() if day is not None else "undated"
+        what = day.isoformat() if day is not None else "photographs without a screening time"
+        for k, chunk in enumerate(chunks, 1):
+            label = what + (f", part {k} of {len(chunks)}" if len(chunks) > 1 else "")
+            pages.append(DayPage(f"{stem}.html" if k == 1 else f"{stem}-{k}.html", label, day, tuple(chunk)))
+    return pages
+
+
+def write_reports(rows: Sequence[dict[str, Any]], out_dir: str | os.PathLike[str], manifest: Manifest,
+                  run_info: dict[str, Any] | None = None, *, max_rows: int | None = None) -> Path:
+    """Write the report of a results folder: one page up to ``max_rows`` photographs, else an index and day pages.
+
+    ``max_rows`` defaults to :data:`ONE_PAGE_MAX_ROWS`. Returns the path of ``report.html`` (the page or
+    the index). Every file is written atomically, day pages before the index, so the index never links
+    to a page that is not there yet.
+    """
+    max_rows = ONE_PAGE_MAX_ROWS if max_rows is None else max_rows
+    if max_rows < 1:
+        raise ConfigError(f"max_rows must be >= 1 (photographs a report page may hold), got {max_rows}")
+    out = Path(out_dir)
+    if len(rows) <= max_rows:
+        path = write_report(rows, out, manifest, run_info)
+        _remove_pages(out / DAYS_DIR, keep=set())
+        return path
+    info = dict(run_info or {})
+    referable = [c.name for c in manifest.classes if c.referable]
+    pages = plan_pages(rows, referable, max_rows)
+    dups = find_duplicates(rows)
+    elsewhere = _duplicates_elsewhere(rows, pages, dups)
+    folder = out / DAYS_DIR
+    known = _read_fingerprints(folder)
+    written: dict[str, str] = {}
+    n_written = 0
+    for k, page in enumerate(pages):
+        links = [("all days (report.html)", f"../{REPORT}")]
+        if k > 0:
+            links.append((f"previous: {pages[k - 1].label}", pages[k - 1].name))
+        if k + 1 < len(pages):
+            links.append((f"next: {pages[k + 1].label}", pages[k + 1].name))
+        page_rows = [rows[i] for i in page.rows]
+        info_page = PageInfo(label=page.label, day=page.day, links=tuple(links),
+                             elsewhere={row_ident(rows[i]): elsewhere[i] for i in page.rows if i in elsewhere})
+        fp = _fingerprint(page_rows, out, manifest, info, info_page)
+        written[page.name] = fp
+        if known.get(page.name) == fp and (folder / page.name).is_file():
+            continue
+        with atomic_open(folder / page.name, "w", encoding="utf-8") as fh:
+            for part in report_parts(page_rows, out, manifest, info, page=info_page):
+                fh.write(part)
+                fh.write("\n")
+        n_written += 1
+    _write_fingerprints(folder, written)
+    _remove_pages(folder, keep=set(written))
+    path = out / REPORT
+    with atomic_open(path, "w", encoding="utf-8") as fh:
+        for part in _index_parts(rows, pages, dups, out, manifest, info, max_rows):
+            fh.write(part)
+            fh.write("\n")
+    log.debug("report: %d day pages, %d rewritten", len(pages), n_written)
+    return path
+
+
+def _duplicates_elsewhere(rows: Sequence[Mapping[str, Any]], pages: Sequence[DayPage],
+                          dups: DuplicateCheck) -> dict[int, tuple[tuple[str, str], ...]]:
+    """For each row with a copy on another page: (text, link) of each such copy (copies on its own page are
+    named by the page itself)."""
+    page_of = {i: p for p in pages for i in p.rows}
+    out: dict[int, tuple[tuple[str, str], ...]] = {}
+    for group in dups.groups:
+        for i in group:
+            others = tuple((f"{_name(rows[j])} ({page_of[j].label})", f"{page_of[j].name}#{row_anchor(rows[j])}")
+                           for j in group if page_of[j] is not page_of[i])
+            if others:
+                out[i] = others
+    return out
+
+
+def _name(row: Mapping[str, Any]) -> str:
+    source = str(row.get("source", ""))
+    return Path(source).name or source
+
+
+def _file_state(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_size, st.st_mtime_ns
+
+
+def _fingerprint(page_rows: Sequence[Mapping[str, Any]], out: Path, manifest: Manifest, info: Mapping[str, Any],
+                 page: PageInfo) -> str:
+    """What a day page shows, hashed: rewrite the page when this changes.
+
+    The image files count because the page embeds them and trusts them by their times; the style sheet and
+    toolkit version because they shape every page. The generation time does not: an unchanged page keeps
+    the time it was made.
+    """
+    thumbs, overlays = os.path.join(out, THUMB_DIR, ""), os.path.join(out, OVERLAY_DIR, "")  # str: Path is slow
+    images = [(_file_state(f"{thumbs}{r.get('id', '')}.jpg"), _file_state(f"{overlays}{r.get('id', '')}.png"))
+              for r in page_rows]
+    css = (resources.files("uopsl.runtime") / "templates" / "report.css").read_bytes()
+    payload = {
+        "layout": _LAYOUT, "toolkit": __version__, "css": hashlib.sha256(css).hexdigest(),
+        "manifest": manifest.content_sha256, "model": manifest.model_name, "info": info,
+        "page": [page.label, str(page.day), page.links, sorted(page.elsewhere.items())],
+        "rows": page_rows, "images": images, "out": str(out.absolute()),
+    }
+    text = json.dumps(payload, sort_keys=True, default=str, ensure_ascii=True)
+    return hashlib.sha256(text.encode("ascii")).hexdigest()
+
+
+def _read_fingerprints(folder: Path) -> dict[str, str]:
+    try:
+        data = json.loads((folder / FINGERPRINTS).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}  # none yet, or unreadable: every page is written again
+    pages = data.get("pages") if isinstance(data, dict) else None
+    return {str(k): str(v) for k, v in pages.items()} if isinstance(pages, dict) else {}
+
+
+def _write_fingerprints(folder: Path, pages: Mapping[str, str]) -> None:
+    with atomic_open(folder / FINGERPRINTS, "w", encoding="utf-8") as fh:
+        json.dump({"format": 1, "pages": dict(pages)}, fh, indent=1, sort_keys=True)
+
+
+def _remove_pages(folder: Path, keep: set[str]) -> None:
+    """Remove the day pages this module wrote that the report no longer has (and the folder, once empty)."""
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return
+    for name in names:
+        if name in keep or not (_PAGE_NAME.fullmatch(name) or (name == FINGERPRINTS and not keep)):
+            continue
+        try:
+            os.unlink(folder / name)
+        except OSError as exc:
+            log.warning("could not remove the old report page %s: %s", folder / name, exc)
+    if not keep:
+        try:
+            folder.rmdir()  # only when empty: anything the user put there stays
+        except OSError:
+            pass
+
+
+def _index_parts(rows: Sequence[Mapping[str, Any]], pages: Sequence[DayPage], dups: DuplicateCheck, out: Path,
+                 manifest: Manifest, info: Mapping[str, Any], max_rows: int) -> list[str]:
+    """The index page: the folder's counts, its days with their pages, referrals, duplicates."""
+    generated = local_time(datetime.now(timezone.utc))
+    referable = {c.name for c in manifest.classes if c.referable}
+    n = len(rows)
+    days: dict[date | None, list[DayPage]] = {}
+    for p in pages:
+        days.setdefault(p.day, []).append(p)
+    parts = [
+        head_html(f"Screening report - {n} images on {len(days)} days - {generated}"),
+        "<h1>Retinal screening report</h1>",
+        ident_html(manifest, info, generated, rows, out),
+        summary_html(verdict_counts(rows)),
+        f"<p class='note'>{n} photographs are too many for one page, so each screening day has its own pages "
+        f"({max_rows} photographs a page at most, most urgent first) in the folder {esc(DAYS_DIR)} next to this "
+        "file. Open a day to see its photographs and heatmaps; each day's page prints on its own.</p>",
+    ]
+    if dups.groups:
+        page_of = {i: p for p in pages for i in p.rows}
+        listed = "; ".join(" = ".join(
+            f"<a href='{esc(DAYS_DIR)}/{esc(page_of[i].name)}#{esc(row_anchor(rows[i]))}'>{esc(_name(rows[i]))}</a>"
+            f" ({esc(page_of[i].label)})" for i in g) for g in dups.groups[:10])
+        more = f"; and {len(dups.groups) - 10} more" if len(dups.groups) > 10 else ""
+        parts.append(f"<div class='warn' id='duplicates'><b>{len(dups.groups)} photograph"
+                     f"{'s appear' if len(dups.groups) > 1 else ' appears'} more than once</b> (identical files "
+                     f"under different names): {listed}{more}. A duplicate can mean a photograph filed under the "
+                     "wrong patient: check which patient each one belongs to.</div>")
+    parts.append("<table class='days'><thead><tr><th>Screening day</th><th>Photographs</th><th>Refer</th>"
+                 "<th>No referable finding</th><th>Ungradable</th><th>Unreadable or not screened</th>"
+                 "<th>Pages</th></tr></thead><tbody>")
+    for day in sorted(days, key=lambda d: (d is not None, d or date.min), reverse=True):  # newest first
+        day_rows = [rows[i] for p in days[day] for i in p.rows]
+        c = verdict_counts(day_rows)
+        links = ", ".join(f"<a href='{esc(DAYS_DIR)}/{esc(p.name)}'>{esc(p.label)}</a>" for p in days[day])
+        parts.append(f"<tr><td>{esc(day.isoformat() if day is not None else 'no screening time')}</td>"
+                     f"<td>{len(day_rows)}</td><td class='refer'>{c.get('refer', 0)}</td>"
+                     f"<td>{c.get('routine', 0)}</td><td>{c.get('ungradable', 0)}</td><td>{c.get('error', 0)}</td>"
+                     f"<td>{links}</td></tr>")
+    parts.append("</tbody></table>")
+    referred = [i for p in pages for i in p.rows if rows[i].get("status") == "ok" and rows[i].get("refer")]
+    if referred:
+        page_of = {i: p for p in pages for i in p.rows}
+        referred.sort(key=lambda i: str(rows[i].get("screened_at", "")), reverse=True)
+        shown = referred[:_MAX_REFERRALS]
+        newest = f", the newest {len(shown)} listed" if len(shown) < len(referred) else ""
+        parts.append(f"<h2>Referred photographs ({len(referred)}{newest})</h2>"
+                     "<table class='days referred'><thead><tr><th>Screened</th><th>Photograph</th><th>Folder</th>"
+                     "<th>Findings</th></tr></thead><tbody>")
+        for i in shown:
+            r = rows[i]
+            when = parse_time(r.get("screened_at"))
+            source = str(r.get("source", ""))
+            folder = str(Path(source).parent) if Path(source).name else ""
+            found = ", ".join(str(x) for x in (r.get("positive") or []) if x in referable)
+            parts.append(f"<tr><td>{esc(local_time(when) if when is not None else '')}</td>"
+                         f"<td><a href='{esc(DAYS_DIR)}/{esc(page_of[i].name)}#{esc(row_anchor(r))}'>"
+                         f"{esc(_name(r))}</a></td><td>{esc(folder)}</td><td>{esc(found)}</td></tr>")
+        parts.append("</tbody></table>")
+    parts.append("<p class='note'>Screening support only: a referral decision comes from the model's operating "
+                 "thresholds in the bundle manifest and must be confirmed by a qualified grader.</p></body></html>")
+    return parts
+
+
+__all__ = ["DAYS_DIR", "FINGERPRINTS", "ONE_PAGE_MAX_ROWS", "DayPage", "plan_pages", "screening_day",
+           "write_reports"]
