@@ -1,22 +1,40 @@
-"""Worker for the torchrun test: a few fine-tuning steps, then this rank's weight digest."""
+"""Worker for the torchrun test: fine-tuning as ``uopsl finetune`` runs it, then this rank's weight digest.
+
+Every rank trains; only rank 0 may write the checkpoint (two ranks writing one folder race on its files),
+so each call of ``save_model`` is recorded with the rank that made it.
+"""
 
 import hashlib
+import os
 import sys
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from trainhelpers import tiny_dataset, tiny_model  # noqa: E402
+from trainhelpers import tiny_items, tiny_model  # noqa: E402
 
+import uopsl.train.checkpoint as checkpoint  # noqa: E402
+import uopsl.train.stages as stages  # noqa: E402
+import uopsl.train.workflow as workflow  # noqa: E402
 from uopsl.train.loops import TrainConfig  # noqa: E402
-from uopsl.train.stages import finetune  # noqa: E402
 
 out = Path(sys.argv[1])
-rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else int(__import__("os").environ["RANK"])
-ds = tiny_dataset(out / f"data{__import__('os').environ['RANK']}", n=24)
+rank = os.environ["RANK"]
+real_save = checkpoint.save_model
+
+
+def recording_save(folder, model, meta):  # type: ignore[no-untyped-def]
+    with open(out / f"saved_by_rank{rank}.txt", "a") as fh:
+        fh.write(f"{folder}\n")
+    real_save(folder, model, meta)
+
+
+stages.save_model = recording_save
+workflow.save_model = recording_save
+items = tiny_items(out / f"data{rank}" / "imgs", n=24)
 model, meta = tiny_model()
 cfg = TrainConfig(epochs=1, batch_size=4, save_every=0, augment=False, seed=3)
-model, _ = finetune(model, ds, None, cfg, out / "ckpt", meta)
+model, meta = workflow.run_finetune(model, meta, items, None, cfg, out / "ckpt", cache=out / f"data{rank}" / "cache")
 digest = hashlib.sha256(b"".join(v.detach().numpy().tobytes() for v in model.state_dict().values())).hexdigest()
 (out / f"rank{torch.distributed.get_rank()}.txt").write_text(digest)

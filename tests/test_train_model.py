@@ -243,7 +243,7 @@ def test_resume_with_other_settings_is_refused(tmp_path: Path, monkeypatch: pyte
         finetune(tiny_model()[0], ds, None, TrainConfig(epochs=1, batch_size=4, lr=0.5), tmp_path / "run", meta)
 
 
-def test_torchrun_two_processes_end_with_identical_weights(tmp_path: Path) -> None:
+def test_torchrun_two_processes_end_with_identical_weights_and_one_writer(tmp_path: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parent)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
            str(Path(__file__).parent / "ddp_worker.py"), str(tmp_path)]
@@ -251,6 +251,9 @@ def test_torchrun_two_processes_end_with_identical_weights(tmp_path: Path) -> No
     assert proc.returncode == 0, proc.stderr[-3000:]
     a, b = (tmp_path / "rank0.txt").read_text(), (tmp_path / "rank1.txt").read_text()
     assert a == b
+    # The checkpoint is written by rank 0 only (run_finetune used to save it again on every rank).
+    assert (tmp_path / "saved_by_rank0.txt").is_file() and not (tmp_path / "saved_by_rank1.txt").exists()
+    assert (tmp_path / "ckpt" / "checkpoint.json").is_file()
 
 
 def test_a_set_smaller_than_one_batch_still_trains(tmp_path: Path) -> None:

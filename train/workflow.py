@@ -160,7 +160,7 @@ def finished_run(out: Path, stage: str, want: dict[str, str]) -> bool:
 
 def _record_identity(out: Path, want: dict[str, str], extra: dict[str, Any] | None = None) -> None:
     """Add the run's identity (and ``extra`` metrics) to the finished checkpoint's metadata (the main process only)."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
+    if not _is_main_process():
         return
     meta = read_meta(out)
     write_json(out / "checkpoint.json",
@@ -377,7 +377,8 @@ def run_finetune(model: UopslModel, meta: CheckpointMeta, train_items: Sequence[
                             SEEN_KEY: record_images_seen(out, {
                                 "earlier": seen_before, "train": tr.digests,
                                 "validation": va.digests if va is not None else ()})})
-    save_model(out, model, meta)
+    if _is_main_process():  # under torchrun every rank gets here; one writes the checkpoint
+        save_model(out, model, meta)
     return model, meta
 
 
