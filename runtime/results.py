@@ -188,34 +188,39 @@ def _acquire(out: Path, real: str) -> bool:
         return True
 
 
-def _release(real: str, remove_if_unused: bool = False) -> None:
+def _release(real: str, remove_if_unused: bool = False) -> bool:
     """Release the lock taken for ``real``: the path resolved when it was taken (the working folder may
     have changed, or the folder been renamed, since). ``remove_if_unused``: the last holder also removes
     the folder if it holds nothing but the lock file (see :meth:`FolderLock.release_and_remove`)."""
     with _HELD_GUARD:
         held = _HELD.get(real)
         if held is None:
-            return
+            return False
         lock, owner, depth = held
         if depth > 1:
             _HELD[real] = (lock, owner, depth - 1)
-            return
+            return False
         del _HELD[real]
     if remove_if_unused:
-        lock.release_and_remove()
-    else:
-        lock.release()
+        return lock.release_and_remove()
+    lock.release()
+    return False
 
 
-def prepare_folder(out: Path) -> bool:
-    """Create ``out`` and prove it is writable, or raise one clear :class:`ConfigError`; True if it was created.
+def prepare_folder(out: Path) -> tuple[Path, ...]:
+    """Create ``out`` and prove it is writable, or raise one clear :class:`ConfigError`.
 
-    Why a probe file: a read-only mount, a path under a file or a folder in
-    ``/proc`` otherwise fail later, halfway through a run, as a raw OSError.
+    Returns the folders it created, ``out`` first, then the parents it had to make (absolute paths), so
+    that a run that wrote nothing can remove them again. Why a probe file: a read-only mount, a path
+    under a file or a folder in ``/proc`` otherwise fail later, halfway through a run, as a raw OSError.
     """
     if out.exists() and not out.is_dir():
         raise ConfigError(f"output folder {out} exists and is not a folder; choose another --out")
-    created = not out.exists()
+    created: list[Path] = []
+    folder = out.absolute()
+    while not os.path.lexists(folder) and folder != folder.parent:
+        created.append(folder)
+        folder = folder.parent
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -227,7 +232,7 @@ def prepare_folder(out: Path) -> bool:
     except OSError as exc:
         raise ConfigError(f"cannot write to output folder {out} ({exc.strerror or exc}); "
                           "choose another --out") from None
-    return created
+    return tuple(created)
 
 
 _SAID_CORRUPT: set[tuple[str, int]] = set()  # (results.jsonl, line) already warned about in this process
@@ -606,9 +611,15 @@ class ResultStore:
                 # A rerun that screened nothing new still records today's bundle path and toolkit version.
                 with contextlib.suppress(OSError):
                     write_json(self.out_dir / RUN_JSON, record)
-            # A folder this store created and nothing was written into (no photographs found) goes again.
-            created: bool = getattr(self, "_created", False)
-            _release(self._real, remove_if_unused=created and rows == 0)
+            # A folder this store created and nothing was written into (no photographs found) goes again,
+            # with the parents it had to create (--out new/2026/11/29), as far as they are still empty.
+            created: tuple[Path, ...] = getattr(self, "_created", ())
+            if _release(self._real, remove_if_unused=bool(created) and rows == 0):
+                for parent in created[1:]:
+                    try:
+                        os.rmdir(parent)
+                    except OSError:  # something else is in it now, or it went: leave it and those above
+                        break
 
     def __enter__(self) -> ResultStore:
         return self

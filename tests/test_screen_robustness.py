@@ -327,6 +327,13 @@ def test_8_a_missing_input_or_no_photographs_exit_2(tiny_bundle: Path, tmp_path:
     (tmp_path / "kept").mkdir()  # a folder the user made stays, and gets no run.json for a run that wrote nothing
     assert _run(tiny_bundle, tmp_path / "empty", tmp_path / "kept") == 2
     assert (tmp_path / "kept").is_dir() and not (tmp_path / "kept" / "run.json").exists()
+    # The parents a run had to create go with it, up to the first folder that was there before.
+    assert _run(tiny_bundle, tmp_path / "empty", tmp_path / "kept" / "2026" / "11" / "29") == 2
+    assert (tmp_path / "kept").is_dir() and not (tmp_path / "kept" / "2026").exists()
+    (tmp_path / "kept" / "2026").mkdir()
+    (tmp_path / "kept" / "2026" / "notes.txt").write_text("mine")
+    assert _run(tiny_bundle, tmp_path / "empty", tmp_path / "kept" / "2026" / "12" / "01") == 2
+    assert sorted(os.listdir(tmp_path / "kept" / "2026")) == ["notes.txt"]
 
 
 # -- 9: the same photograph by another path ------------------------------------------------------------------
