@@ -155,7 +155,7 @@ def reason_label(tags: Sequence[str]) -> str:
 
 
 @lru_cache(maxsize=1)
-def _css() -> str:
+def report_css() -> str:
     """The style sheet, kept in templates/ so it can be edited as CSS; inlined so the report stays one file."""
     return (resources.files("uopsl.runtime") / "templates" / "report.css").read_text(encoding="utf-8")
 
@@ -260,11 +260,11 @@ def _trusted_image(path: Path, row: Mapping[str, Any], kind: str, thumb_mtime: f
 
 #: (path, side) -> (size, mtime_ns, data URI), least recently used first: kept for watch's refreshes.
 _URIS: OrderedDict[tuple[str, int], tuple[int, int, str]] = OrderedDict()
-_MAX_URIS = 4096  # about 10 KB each; a report with more images raises it (see :func:`_reserve_uris`)
+_MAX_URIS = 4096  # about 10 KB each; a report with more images raises it (see :func:`reserve_image_cache`)
 _uri_capacity = _MAX_URIS
 
 
-def _reserve_uris(n_images: int) -> None:
+def reserve_image_cache(n_images: int) -> None:
     """Let the cache hold ``n_images`` (a report's thumbnails and heatmaps) so a refresh hits every one.
 
     Why: watch renders the same rows in the same order every few seconds; a cache smaller than that set
@@ -608,13 +608,16 @@ class PageInfo:
     day: the local screening day of its rows (None for rows without a screening time); row times on the
     page are then shown as clock times of that day.
     links: (text, href) pairs of the navigation line: the index and the neighbouring pages.
-    elsewhere: for a row (by :func:`row_ident`), the same photograph on other pages as (text, href) pairs.
+    elsewhere: for a row (by :func:`row_ident`), its copies on other pages: (text, href) of the first few,
+    and how many there are in all.
+    first: the number of the page's first row (a day's second page of 1,000 starts at 1001).
     """
 
     label: str
     day: date | None = None
     links: tuple[tuple[str, str], ...] = ()
-    elsewhere: Mapping[tuple[str, str], tuple[tuple[str, str], ...]] = field(default_factory=dict)
+    elsewhere: Mapping[tuple[str, str], tuple[tuple[tuple[str, str], ...], int]] = field(default_factory=dict)
+    first: int = 1
 
 
 def row_ident(row: Mapping[str, Any]) -> tuple[str, str]:
@@ -631,7 +634,7 @@ def head_html(title: str) -> str:
     """The page's head: title and the inlined style sheet."""
     return ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>\n"
             "<meta name='viewport' content='width=device-width, initial-scale=1'>\n"
-            f"<title>{esc(title)}</title><style>{_css()}</style></head><body>")
+            f"<title>{esc(title)}</title><style>{report_css()}</style></head><body>")
 
 
 def ident_html(manifest: Manifest, info: Mapping[str, Any], generated: str, rows: Sequence[Mapping[str, Any]],
@@ -714,7 +717,8 @@ def report_parts(rows: Sequence[dict[str, Any]], out_dir: str | os.PathLike[str]
     # Rows of another model: compare the decision-relevant hash (a re-validated bundle has a new
     # manifest hash but the same model); rows without one are not judged.
     model_sha = model_sha256(manifest)
-    other_bundle = [i for i, r in enumerate(ordered, 1)
+    first = page.first if page is not None else 1  # the number of the page's first row (parts continue)
+    other_bundle = [first + k for k, r in enumerate(ordered)
                     if r.get("model_sha256") and str(r["model_sha256"]) != model_sha]
     example = _example(manifest)
     nav = ""
@@ -733,7 +737,7 @@ def report_parts(rows: Sequence[dict[str, Any]], out_dir: str | os.PathLike[str]
     ]
     if dups.groups:
         listed = "; ".join(
-            " = ".join(f"#{i + 1} {esc(Path(_text(ordered[i].get('source', ''))).name)}" for i in g)
+            " = ".join(f"#{first + i} {esc(Path(_text(ordered[i].get('source', ''))).name)}" for i in g)
             for g in dups.groups[:_MAX_LISTED])
         more = f"; and {len(dups.groups) - _MAX_LISTED} more" if len(dups.groups) > _MAX_LISTED else ""
         yield (f"<div class='warn' id='duplicates'><b>{len(dups.groups)} photograph"
@@ -776,9 +780,11 @@ def report_parts(rows: Sequence[dict[str, Any]], out_dir: str | os.PathLike[str]
         f"<tfoot><tr><td colspan='6'>{esc(ident_line)} - screening support, not a diagnosis</td></tr></tfoot><tbody>"
     )
     dup_of: dict[int, list[int]] = {i: [j for j in g if j != i] for g in dups.groups for i in g}
-    _reserve_uris(2 * len(ordered))  # a thumbnail and a heatmap per row
+    if page is None:  # a split report's writer sizes the cache for all the pages it refreshes
+        reserve_image_cache(2 * len(ordered))  # a thumbnail and a heatmap per row
     other = set(other_bundle)
-    for i, r in enumerate(ordered, 1):
+    for k, r in enumerate(ordered):
+        i = first + k
         cls, _ = _verdict(r)
         rid = str(r.get("id", ""))
         tpath = out / THUMB_DIR / f"{rid}.jpg"
@@ -799,12 +805,18 @@ def report_parts(rows: Sequence[dict[str, Any]], out_dir: str | os.PathLike[str]
                     + (f"<span class='dir'>moved from {esc(r['moved_from'])}</span>" if r.get("moved_from") else "")
                     + ("<div class='dup'>This file has since been replaced by another photograph of the same "
                        "name, listed separately.</div>" if r.get("file_replaced") else ""))
-        if i - 1 in dup_of:
-            src_html += "<div class='dup'>Same photograph as " + ", ".join(
-                f"#{j + 1} ({esc(Path(_text(ordered[j].get('source', ''))).name)})" for j in dup_of[i - 1]) + "</div>"
+        # The first few copies only: a photograph copied a thousand times must not list a million links.
+        here = dup_of.get(k, [])
+        copies = [f"#{first + j} ({esc(Path(_text(ordered[j].get('source', ''))).name)})" for j in here[:_MAX_LISTED]]
+        n_copies = len(here)
         if page is not None and row_ident(r) in page.elsewhere:
-            src_html += "<div class='dup'>Same photograph as " + ", ".join(
-                f"<a href='{esc(h)}'>{esc(t)}</a>" for t, h in page.elsewhere[row_ident(r)]) + "</div>"
+            links, n_there = page.elsewhere[row_ident(r)]
+            copies += [f"<a href='{esc(h)}'>{esc(t)}</a>" for t, h in links]
+            n_copies += n_there
+        if copies:
+            shown = copies[:_MAX_LISTED]
+            src_html += ("<div class='dup'>Same photograph as " + ", ".join(shown)
+                         + (f" and {n_copies - len(shown)} more" if n_copies > len(shown) else "") + "</div>")
         result = _result_html(r, manifest, findings, referable)
         if i in other:
             result += (f"<div class='other'>Screened with another model "
@@ -849,6 +861,6 @@ def write_report(rows: Sequence[dict[str, Any]], out_dir: str | os.PathLike[str]
 
 
 __all__ = ["CLASS_WORDS", "REASON_TEXT", "REPORT", "DuplicateCheck", "PageInfo", "ReasonText", "esc",
-           "find_duplicates", "head_html", "ident_html", "local_time", "max_referable_prob", "order_reasons",
-           "parse_time", "reason_label", "reason_text", "render_report", "report_parts", "row_anchor", "row_ident",
-           "summary_html", "urgency_key", "verdict_counts", "write_report"]
+           "find_duplicates", "head_html", "ident_html", "local_time", "max_referable_prob", "order_reasons", "parse_time", "reason_label", "reason_text", "render_report", "report_css",
+           "report_parts", "reserve_image_cache", "row_anchor", "row_ident", "summary_html", "urgency_key",
+           "verdict_counts", "write_report"]

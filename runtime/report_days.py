@@ -24,10 +24,11 @@ import json
 import logging
 import os
 import re
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
-from importlib import resources
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ from uopsl.runtime.bundle import Manifest
 from uopsl.runtime.errors import ConfigError
 from uopsl.runtime.fsio import atomic_open
 from uopsl.runtime.overlay import OVERLAY_DIR, THUMB_DIR
+from uopsl.runtime import report
 from uopsl.runtime.report import (
     REPORT,
     DuplicateCheck,
@@ -45,7 +47,9 @@ from uopsl.runtime.report import (
     ident_html,
     local_time,
     parse_time,
+    report_css,
     report_parts,
+    reserve_image_cache,
     row_anchor,
     row_ident,
     summary_html,
@@ -53,6 +57,7 @@ from uopsl.runtime.report import (
     verdict_counts,
     write_report,
 )
+from uopsl.runtime.results import model_sha256
 from uopsl.runtime.version import __version__
 
 log = logging.getLogger(__name__)
@@ -63,7 +68,7 @@ DAYS_DIR = "days"
 FINGERPRINTS = "pages.json"
 _PAGE_NAME = re.compile(r"(?:\d{4}-\d{2}-\d{2}|undated)(?:-\d+)?\.html")
 _MAX_REFERRALS = 500  # listed on the index, newest first (text only: ~0.3 KB each)
-_LAYOUT = 1  # raise when a day page's layout changes, so pages written before are rewritten
+_MAX_COPIES = 10  # copies of a photograph on other pages named per row (with how many there are in all)
 
 
 @dataclass(frozen=True)
@@ -74,6 +79,7 @@ class DayPage:
     label: str
     day: date | None
     rows: tuple[int, ...]
+    first: int = 1  # the number of its first row: a day's later parts go on counting
 
 
 def screening_day(row: Mapping[str, Any]) -> date | None:
@@ -98,7 +104,8 @@ def plan_pages(rows: Sequence[Mapping[str, Any]], referable: Sequence[str],
         what = day.isoformat() if day is not None else "photographs without a screening time"
         for k, chunk in enumerate(chunks, 1):
             label = what + (f", part {k} of {len(chunks)}" if len(chunks) > 1 else "")
-            pages.append(DayPage(f"{stem}.html" if k == 1 else f"{stem}-{k}.html", label, day, tuple(chunk)))
+            pages.append(DayPage(f"{stem}.html" if k == 1 else f"{stem}-{k}.html", label, day, tuple(chunk),
+                                 first=(k - 1) * max_rows + 1))
     return pages
 
 
@@ -123,6 +130,12 @@ def write_reports(rows: Sequence[dict[str, Any]], out_dir: str | os.PathLike[str
     pages = plan_pages(rows, referable, max_rows)
     dups = find_duplicates(rows)
     elsewhere = _duplicates_elsewhere(rows, pages, dups)
+    # Keep every image of the busiest day for the next refresh: a new referral reorders all of a
+    # day's parts, and a cache smaller than the day would decode them all again each time.
+    per_day: dict[date | None, int] = {}
+    for p in pages:
+        per_day[p.day] = per_day.get(p.day, 0) + len(p.rows)
+    reserve_image_cache(2 * max(per_day.values()))
     folder = out / DAYS_DIR
     known = _read_fingerprints(folder)
     written: dict[str, str] = {}
@@ -134,7 +147,7 @@ def write_reports(rows: Sequence[dict[str, Any]], out_dir: str | os.PathLike[str
         if k + 1 < len(pages):
             links.append((f"next: {pages[k + 1].label}", pages[k + 1].name))
         page_rows = [rows[i] for i in page.rows]
-        info_page = PageInfo(label=page.label, day=page.day, links=tuple(links),
+        info_page = PageInfo(label=page.label, day=page.day, links=tuple(links), first=page.first,
                              elsewhere={row_ident(rows[i]): elsewhere[i] for i in page.rows if i in elsewhere})
         fp = _fingerprint(page_rows, out, manifest, info, info_page)
         written[page.name] = fp
@@ -146,28 +159,43 @@ def write_reports(rows: Sequence[dict[str, Any]], out_dir: str | os.PathLike[str
                 fh.write("\n")
         n_written += 1
     _write_fingerprints(folder, written)
-    _remove_pages(folder, keep=set(written))
     path = out / REPORT
     with atomic_open(path, "w", encoding="utf-8") as fh:
         for part in _index_parts(rows, pages, dups, out, manifest, info, max_rows):
             fh.write(part)
             fh.write("\n")
+    _remove_pages(folder, keep=set(written))  # after the index stopped linking to them
     log.debug("report: %d day pages, %d rewritten", len(pages), n_written)
     return path
 
 
 def _duplicates_elsewhere(rows: Sequence[Mapping[str, Any]], pages: Sequence[DayPage],
-                          dups: DuplicateCheck) -> dict[int, tuple[tuple[str, str], ...]]:
-    """For each row with a copy on another page: (text, link) of each such copy (copies on its own page are
-    named by the page itself)."""
-    page_of = {i: p for p in pages for i in p.rows}
-    out: dict[int, tuple[tuple[str, str], ...]] = {}
+                          dups: DuplicateCheck) -> dict[int, tuple[tuple[tuple[str, str], ...], int]]:
+    """For each row with copies on other pages: (text, link) of the first few, and how many there are.
+
+    Copies on the row's own page are named by the page itself. Worked out once per page of a group,
+    not per row: a photograph copied a thousand times costs a thousand rows, not a million links.
+    """
+    page_of = {i: p.name for p in pages for i in p.rows}
+    label_of = {p.name: p.label for p in pages}
+    out: dict[int, tuple[tuple[tuple[str, str], ...], int]] = {}
     for group in dups.groups:
+        on_page: dict[str, int] = {}
         for i in group:
-            others = tuple((f"{_name(rows[j])} ({page_of[j].label})", f"{page_of[j].name}#{row_anchor(rows[j])}")
-                           for j in group if page_of[j] is not page_of[i])
-            if others:
-                out[i] = others
+            on_page[page_of[i]] = on_page.get(page_of[i], 0) + 1
+        for name, n_here in on_page.items():
+            if n_here == len(group):
+                continue
+            links: list[tuple[str, str]] = []
+            for j in group:
+                if page_of[j] != name:
+                    links.append((f"{_name(rows[j])} ({label_of[page_of[j]]})", f"{page_of[j]}#{row_anchor(rows[j])}"))
+                    if len(links) == _MAX_COPIES:
+                        break
+            found = (tuple(links), len(group) - n_here)
+            for i in group:
+                if page_of[i] == name:
+                    out[i] = found
     return out
 
 
@@ -184,22 +212,40 @@ def _file_state(path: str) -> tuple[int, int] | None:
     return st.st_size, st.st_mtime_ns
 
 
+@lru_cache(maxsize=1)
+def _code_hash() -> str:
+    """The rendering code and style sheet this process runs: a toolkit fix reaches old pages too.
+
+    The version number alone would not do: it changes at releases, not at every fix.
+    """
+    h = hashlib.sha256(__version__.encode())
+    for path in (report.__file__, __file__):
+        if path:
+            with open(path, "rb") as fh:
+                h.update(fh.read())
+    h.update(report_css().encode("utf-8"))
+    return h.hexdigest()
+
+
 def _fingerprint(page_rows: Sequence[Mapping[str, Any]], out: Path, manifest: Manifest, info: Mapping[str, Any],
                  page: PageInfo) -> str:
     """What a day page shows, hashed: rewrite the page when this changes.
 
-    The image files count because the page embeds them and trusts them by their times; the style sheet and
-    toolkit version because they shape every page. The generation time does not: an unchanged page keeps
+    The image files count because the page embeds them and trusts them by their times; the code and
+    style sheet because they shape every page; the time zone because rows show local clock times. The
+    command's inputs count only where the page shows them (no row has a source), so a ``run`` with other
+    arguments does not rewrite the month. The generation time does not count: an unchanged page keeps
     the time it was made.
     """
     thumbs, overlays = os.path.join(out, THUMB_DIR, ""), os.path.join(out, OVERLAY_DIR, "")  # str: Path is slow
     images = [(_file_state(f"{thumbs}{r.get('id', '')}.jpg"), _file_state(f"{overlays}{r.get('id', '')}.png"))
               for r in page_rows]
-    css = (resources.files("uopsl.runtime") / "templates" / "report.css").read_bytes()
+    shown_info = {k: v for k, v in info.items()
+                  if k != "inputs" or not any(r.get("source") for r in page_rows)}
     payload = {
-        "layout": _LAYOUT, "toolkit": __version__, "css": hashlib.sha256(css).hexdigest(),
-        "manifest": manifest.content_sha256, "model": manifest.model_name, "info": info,
-        "page": [page.label, str(page.day), page.links, sorted(page.elsewhere.items())],
+        "code": _code_hash(), "tz": [time.tzname, time.timezone, time.altzone, time.daylight],
+        "manifest": repr(manifest), "info": shown_info,
+        "page": [page.label, str(page.day), page.links, page.first, sorted(page.elsewhere.items())],
         "rows": page_rows, "images": images, "out": str(out.absolute()),
     }
     text = json.dumps(payload, sort_keys=True, default=str, ensure_ascii=True)
@@ -249,8 +295,9 @@ def _index_parts(rows: Sequence[Mapping[str, Any]], pages: Sequence[DayPage], du
     days: dict[date | None, list[DayPage]] = {}
     for p in pages:
         days.setdefault(p.day, []).append(p)
+    n_days = sum(1 for d in days if d is not None)
     parts = [
-        head_html(f"Screening report - {n} images on {len(days)} days - {generated}"),
+        head_html(f"Screening report - {n} images on {n_days} day{'s' if n_days != 1 else ''} - {generated}"),
         "<h1>Retinal screening report</h1>",
         ident_html(manifest, info, generated, rows, out),
         summary_html(verdict_counts(rows)),
@@ -268,6 +315,12 @@ def _index_parts(rows: Sequence[Mapping[str, Any]], pages: Sequence[DayPage], du
                      f"{'s appear' if len(dups.groups) > 1 else ' appears'} more than once</b> (identical files "
                      f"under different names): {listed}{more}. A duplicate can mean a photograph filed under the "
                      "wrong patient: check which patient each one belongs to.</div>")
+    model_sha = model_sha256(manifest)
+    other = [r for r in rows if r.get("model_sha256") and str(r["model_sha256"]) != model_sha]
+    if other:
+        parts.append(f"<div class='warn' id='other-bundle'><b>{len(other)} photograph(s) were screened with "
+                     "another model bundle</b> than the one described here: their scores and thresholds differ. "
+                     "Their rows say so on their day's page; screen them again into a new folder.</div>")
     parts.append("<table class='days'><thead><tr><th>Screening day</th><th>Photographs</th><th>Refer</th>"
                  "<th>No referable finding</th><th>Ungradable</th><th>Unreadable or not screened</th>"
                  "<th>Pages</th></tr></thead><tbody>")
@@ -283,7 +336,11 @@ def _index_parts(rows: Sequence[Mapping[str, Any]], pages: Sequence[DayPage], du
     referred = [i for p in pages for i in p.rows if rows[i].get("status") == "ok" and rows[i].get("refer")]
     if referred:
         page_of = {i: p for p in pages for i in p.rows}
-        referred.sort(key=lambda i: str(rows[i].get("screened_at", "")), reverse=True)
+        def when(i: int) -> float:
+            t = parse_time(rows[i].get("screened_at"))
+            return t.timestamp() if t is not None else float("-inf")
+
+        referred.sort(key=when, reverse=True)
         shown = referred[:_MAX_REFERRALS]
         newest = f", the newest {len(shown)} listed" if len(shown) < len(referred) else ""
         parts.append(f"<h2>Referred photographs ({len(referred)}{newest})</h2>"
@@ -291,16 +348,19 @@ def _index_parts(rows: Sequence[Mapping[str, Any]], pages: Sequence[DayPage], du
                      "<th>Findings</th></tr></thead><tbody>")
         for i in shown:
             r = rows[i]
-            when = parse_time(r.get("screened_at"))
+            at = parse_time(r.get("screened_at"))
             source = str(r.get("source", ""))
             folder = str(Path(source).parent) if Path(source).name else ""
             found = ", ".join(str(x) for x in (r.get("positive") or []) if x in referable)
-            parts.append(f"<tr><td>{esc(local_time(when) if when is not None else '')}</td>"
+            parts.append(f"<tr><td>{esc(local_time(at) if at is not None else '')}</td>"
                          f"<td><a href='{esc(DAYS_DIR)}/{esc(page_of[i].name)}#{esc(row_anchor(r))}'>"
                          f"{esc(_name(r))}</a></td><td>{esc(folder)}</td><td>{esc(found)}</td></tr>")
         parts.append("</tbody></table>")
+    unchecked = (f" Duplicate check: {dups.unchecked} photograph(s) could not be compared (moved, changed "
+                 "since screening, or too much to read)." if dups.unchecked else "")
     parts.append("<p class='note'>Screening support only: a referral decision comes from the model's operating "
-                 "thresholds in the bundle manifest and must be confirmed by a qualified grader.</p></body></html>")
+                 f"thresholds in the bundle manifest and must be confirmed by a qualified grader.{unchecked}</p>"
+                 "</body></html>")
     return parts
 
 

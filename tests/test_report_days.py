@@ -235,3 +235,100 @@ def test_index_and_a_day_page_render_in_headless_chromium(tmp_path: Path) -> Non
                           capture_output=True, timeout=120, text=True).stdout
     assert len(re.findall(r'<tr class="result [^"]*" data-status="ok"', page)) == 3
     assert page.count('<img alt="thumbnail" src="data:image/jpeg;base64,') == 3
+
+
+# -- review of the split (session 13): what the fingerprint must cover, and what the index must say -----------
+def _inodes(out: Path) -> dict[str, int]:
+    return {p.name: p.stat().st_ino for p in (out / DAYS_DIR).glob("*.html")}
+
+
+def test_pages_are_made_again_when_the_rendering_code_or_the_time_zone_changes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    import uopsl.runtime.report_days as report_days
+
+    rows = [_row(i, DAY1 + timedelta(minutes=i)) for i in range(2)] + [_row(9, DAY2)]
+    write_reports(rows, tmp_path, _manifest(), max_rows=2)
+    before = _inodes(tmp_path)
+    monkeypatch.setattr(report_days, "_code_hash", lambda: "a toolkit with a fixed advice text")
+    write_reports(rows, tmp_path, _manifest(), max_rows=2)
+    after = _inodes(tmp_path)
+    assert all(after[n] != before[n] for n in before), "old days must show the fixed text too"
+
+    monkeypatch.setenv("TZ", "Asia/Kolkata")
+    time.tzset()
+    try:
+        write_reports(rows, tmp_path, _manifest(), max_rows=2)
+        day = screening_day(rows[0])
+        page = (tmp_path / DAYS_DIR / f"{day}.html").read_text(encoding="utf-8")
+        assert "screened 17:30</span>" in page, "12:00 UTC is 17:30 in India"
+        assert all(_inodes(tmp_path)[n] != after[n] for n in after)
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+
+
+def test_other_arguments_to_run_do_not_make_the_month_again(tmp_path: Path) -> None:
+    rows = [_row(i, DAY1) for i in range(2)] + [_row(9, DAY2)]
+    write_reports(rows, tmp_path, _manifest(), {"inputs": ["/drop/a"]}, max_rows=2)
+    before = _inodes(tmp_path)
+    write_reports(rows, tmp_path, _manifest(), {"inputs": ["/drop/b", "/drop/c"]}, max_rows=2)
+    assert _inodes(tmp_path) == before
+
+
+def test_the_index_warns_of_rows_of_another_model_and_an_incomplete_duplicate_check(tmp_path: Path) -> None:
+    rows = [_row(0, DAY1, dr=0.9), _row(1, DAY1), _row(9, DAY2)]
+    rows[1]["model_sha256"] = "ff" * 32
+    rows[2]["sha256"] = ""
+    rows[2]["key"] = "/drop/p009.jpg|missing"  # no content hash and no file to read: it cannot be compared
+    write_reports(rows, tmp_path, _manifest(), max_rows=2)
+    index = (tmp_path / "report.html").read_text(encoding="utf-8")
+    assert "id='other-bundle'><b>1 photograph(s) were screened with another model bundle</b>" in index
+    assert "Duplicate check: 1 photograph(s) could not be compared" in index
+
+
+def test_a_busy_day_refresh_decodes_only_the_new_photographs_images(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    import uopsl.runtime.report as report
+
+    rows = [_row(i, DAY1 + timedelta(seconds=i), dr=0.01 * (i % 50)) for i in range(100)] + [_row(500, DAY2)]
+    (tmp_path / THUMB_DIR).mkdir()
+    (tmp_path / OVERLAY_DIR).mkdir()
+    rgb = np.full((16, 16, 3), 120, np.uint8)
+    for r in rows + [_row(200, DAY1)]:
+        (tmp_path / THUMB_DIR / f"{r['id']}.jpg").write_bytes(encode_jpeg(rgb, 80))
+        (tmp_path / OVERLAY_DIR / f"{r['id']}.png").write_bytes(encode_png(rgb))
+    monkeypatch.setattr(report, "_MAX_URIS", 4)  # a small floor, so the test needs few photographs
+    report._URIS.clear()
+    write_reports(rows, tmp_path, _manifest(), max_rows=10)
+    made = []
+    real = report._uri_put
+    monkeypatch.setattr(report, "_uri_put", lambda path, *a: made.append(path.name) or real(path, *a))
+    # A new referral on day 1 comes first and moves every one of the day's 100 rows to another part.
+    write_reports(rows + [_row(200, DAY1 + timedelta(hours=1), dr=0.95)], tmp_path, _manifest(), max_rows=10)
+    assert sorted(made) == ["p200.jpg", "p200.png"], f"{len(made)} images made again for one new photograph"
+
+
+def test_a_photograph_copied_many_times_lists_a_few_copies_and_how_many(tmp_path: Path) -> None:
+    same = "ee" * 32
+    rows = [_row(i, DAY1, sha=same) for i in range(15)] + [_row(100 + i, DAY2, sha=same) for i in range(15)]
+    write_reports(rows, tmp_path, _manifest(), max_rows=20)
+    page = _pages(tmp_path)[f"{screening_day(rows[0])}.html"]
+    notes = re.findall(r"<div class='dup'>Same photograph as (.*?)</div>", page)
+    assert len(notes) == 15
+    assert all(n.count("#") - n.count("#r-") == 10 and n.endswith(" and 19 more") for n in notes), notes[0]
+
+
+def test_parts_of_a_day_go_on_numbering_and_referrals_are_newest_first_across_time_zones(tmp_path: Path) -> None:
+    rows = [_row(i, DAY1 + timedelta(minutes=i)) for i in range(5)] + [_row(9, DAY2)]
+    write_reports(rows, tmp_path, _manifest(), max_rows=3)
+    d1 = screening_day(rows[0])
+    part2 = (tmp_path / DAYS_DIR / f"{d1}-2.html").read_text(encoding="utf-8")
+    assert re.findall(r"<td class='n'>(\d+)</td>", part2) == ["4", "5"]
+    # Two referrals written with different offsets: 10:00+05:30 (04:30 UTC) is older than 05:00 UTC.
+    a, b = _row(20, None, dr=0.9), _row(21, None, dr=0.9)
+    a["screened_at"], b["screened_at"] = "2026-11-26T10:00:00+05:30", "2026-11-26T05:00:00+00:00"
+    write_reports(rows + [a, b], tmp_path, _manifest(), max_rows=3)
+    index = (tmp_path / "report.html").read_text(encoding="utf-8")
+    assert re.findall(r"#r-(p02\d)'>", index.split("Referred photographs")[1]) == ["p021", "p020"]
