@@ -489,3 +489,43 @@ def test_take_shots():
     assert set(D.take_shots(multi, 5).tolist()) == {0, 1, 2}
     with pytest.raises(ConfigError, match="n_per_class"):
         D.take_shots(samples, 0)
+
+
+# -- a --val set that shares images or patients with --data is refused (session 13) -----------------------------
+def _source(root: Path, rows: list[tuple[str, str | None]]) -> D.DatasetSource:
+    """A one-class set of the files ``rows`` names (relative to ``root``, made if missing) with their patients."""
+    samples = []
+    for name, patient in rows:
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.exists():
+            path.write_bytes(b"jpeg")
+        samples.append(D.Sample(path, ("normal",), patient=patient))
+    return D.DatasetSource("set", root, tuple(samples), D.LabelSpace(("normal",)), "fp")
+
+
+def test_validation_sharing_a_patient_or_an_image_with_training_is_refused(tmp_path):
+    train = _source(tmp_path, [("a1.jpg", "p1"), ("a2.jpg", "p1"), ("b1.jpg", "p2")])
+    D.check_apart(train, _source(tmp_path, [("c1.jpg", "p3")]))  # other patients, same dataset: fine
+    with pytest.raises(ConfigError, match=r"--val set overlaps the training data set: 1 patient\(s\) have images "
+                                          r"on both sides \(e.g. patient p2\)"):
+        D.check_apart(train, _source(tmp_path, [("b2.jpg", "p2"), ("c1.jpg", "p3")]))
+    # The same file, reached from another dataset folder through a link, is the same image.
+    (tmp_path / "other").mkdir()
+    os.symlink(tmp_path / "a1.jpg", tmp_path / "other" / "linked.jpg")
+    with pytest.raises(ConfigError, match=r"1 of its 2 images are training images too .*linked\.jpg"):
+        D.check_apart(train, _source(tmp_path / "other", [("linked.jpg", None), ("x.jpg", None)]))
+    # Patient ids of another dataset folder are another namespace: patient p1 there is someone else.
+    D.check_apart(train, _source(tmp_path / "another_study", [("z.jpg", "p1")]))
+
+
+def test_finetune_with_the_training_folder_as_val_stops_before_training(tmp_path):
+    fx.make_folder_dataset(tmp_path / "photos", {"normal": 2, "dr": 2})
+    proc = subprocess.run(
+        [sys.executable, "-m", "uopsl.train.cli", "finetune", "--data", f"folder:{tmp_path / 'photos'}",
+         "--val", f"folder:{tmp_path / 'photos'}", "--out", str(tmp_path / "o"), "--backbone", "resnet18",
+         "--init", "random", "--size", "64", "--device", "cpu"],
+        capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "4 of its 4 images are training images too" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "o").exists()

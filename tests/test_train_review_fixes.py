@@ -516,3 +516,26 @@ def test_opencv_size_limits_are_too_large_and_its_messages_stay_short(monkeypatc
         pp.decode(b"II*\x00" + b"\0" * 64)
     assert str(exc.value).endswith("not a decodable image (OpenCV: (-2:Unspecified error) Unsupported TIFF "
                                    "compression)")
+
+
+def test_validation_copies_of_training_photographs_are_counted_and_warned(tmp_path: Path,
+                                                                         caplog: pytest.LogCaptureFixture) -> None:
+    import shutil
+
+    from trainhelpers import tiny_items
+    from uopsl.train.torchdata import Item
+    from uopsl.train.workflow import dataset, warn_shared_images
+
+    items = tiny_items(tmp_path / "train", n=6)
+    (tmp_path / "val").mkdir()
+    shutil.copy(items[0].path, tmp_path / "val" / "renamed.png")  # the same photograph under another name
+    other = tiny_items(tmp_path / "fresh", n=9)[6:]  # photographs training never saw
+    val_items = [Item(tmp_path / "val" / "renamed.png", items[0].target), *other]
+    pre = PreprocessConfig(size=64)
+    train_ds, val_ds = dataset(items, pre, tmp_path / "cache", False), dataset(val_items, pre, tmp_path / "cache", False)
+    with caplog.at_level(logging.WARNING, logger="uopsl.train.workflow"):
+        assert warn_shared_images(train_ds, val_ds) == 1
+    assert "1 of 4 validation photographs have the same file content as training photographs" in caplog.text
+    caplog.clear()
+    assert warn_shared_images(train_ds, dataset(other, pre, tmp_path / "cache", False)) == 0
+    assert not caplog.text

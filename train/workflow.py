@@ -238,6 +238,22 @@ def images_seen_note(ckpt: Path, ds: ImageDataset) -> tuple[dict[str, int] | Non
                       + caveat)
 
 
+def warn_shared_images(train: ImageDataset, val: ImageDataset) -> int:
+    """Warn when validation photographs have the same file content as training ones; returns how many.
+
+    A warning, not an error: public datasets hold a few exact duplicates, and the same photograph filed
+    under two names is worth knowing about, not always a mistake. Shared paths and patients are refused
+    before anything is read (:func:`uopsl.train.datasets.splits.check_apart`).
+    """
+    mine = {int(d) for d in train.digests if int(d)}
+    shared = sum(1 for d in val.digests if int(d) and int(d) in mine)
+    if shared:
+        log.warning("%d of %d validation photographs have the same file content as training photographs "
+                    "(copies under other names): the operating thresholds and the best epoch are judged partly "
+                    "on images the model trained on; remove the copies from one side", shared, len(val.digests))
+    return shared
+
+
 def dataset(items: Sequence[Item], pre: PreprocessConfig, cache: Path | None, augment: bool) -> ImageDataset:
     return ImageDataset(list(items), pre, cache, augment=augment)
 
@@ -352,6 +368,8 @@ def run_finetune(model: UopslModel, meta: CheckpointMeta, train_items: Sequence[
     pre = meta.preprocess
     tr = dataset(train_items, pre, cache, cfg.augment)
     va = dataset(val_items, pre, cache, False) if val_items else None
+    if va is not None:
+        warn_shared_images(tr, va)
 
     def macro_auc(probs: np.ndarray, targets: np.ndarray) -> float:
         from uopsl.runtime.metrics import per_class_auc

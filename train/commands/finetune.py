@@ -15,7 +15,8 @@ from uopsl.train.commands.common import items_for, load_source, split_classes, t
 @click.command("finetune")
 @click.option("--data", "data_spec", required=True, help="Fundus training images, KIND:PATH[:opts] (forms: `uopsl --help`).")
 @click.option("--val", "val_spec", default=None,
-              help="Validation images (operating thresholds and model selection). Default: 15 % of --data's patients.")
+              help="Validation images (operating thresholds and model selection). Default: 15 % of --data's "
+                   "patients. Refused when it shares image files, or patients of the same dataset folder, with --data.")
 @click.option("--out", type=click.Path(path_type=Path), required=True)
 @click.option("--from", "from_ckpt", type=click.Path(path_type=Path, exists=True), default=None,
               help="Pre-trained checkpoint to start from (else a fresh model).")
@@ -60,6 +61,7 @@ def command(data_spec: str, val_spec: str | None, out: Path, from_ckpt: Path | N
         src = src.subset(fundus, f"{src.name}[fundus]")
     if val_spec:
         val = load_source(val_spec)
+        datamod.check_apart(src, val, "--val")
     else:
         parts = datamod.patient_split(src.samples, fractions=(0.85, 0.15, 0.0), seed=seed)
         val, src = src.subset(parts.val, f"{src.name}[val]"), src.subset(parts.train, f"{src.name}[train]")

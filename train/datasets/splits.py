@@ -14,6 +14,7 @@ first. Indices are numpy int64 arrays into the given sample sequence, sorted.
 from __future__ import annotations
 
 import logging
+import os
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -159,3 +160,35 @@ def take_shots(
         if have < n_per_class:
             log.warning("take_shots: class %r has only %d images, %d asked", name, have, n_per_class)
     return np.asarray(sorted(taken), np.int64)
+
+
+def check_apart(train: DatasetSource, held_out: DatasetSource, what: str = "--val") -> None:
+    """Refuse a held-out set that shares images or patients with the training set.
+
+    Why: validation images choose the operating thresholds and the best epoch; any that the model
+    trained on make both look better than they are, and the thresholds then miss disease in the
+    clinic. An image counts as shared by its resolved path; a patient by its id, compared only when
+    both sets come from the same dataset folder (ids of two datasets are different namespaces:
+    patient "12" of one study is not patient "12" of another). Identical files under different names
+    are found later, by content (:func:`uopsl.train.workflow.warn_shared_images`).
+    """
+    def resolved(samples: Sequence[Sample]) -> dict[str, Sample]:
+        return {os.path.realpath(s.path): s for s in samples}
+
+    mine = resolved(train.samples)
+    same_files = [s for p, s in resolved(held_out.samples).items() if p in mine]
+    same_patients: list[str] = []
+    if os.path.realpath(train.root) == os.path.realpath(held_out.root):
+        patients = {s.patient for s in train.samples if s.patient is not None}
+        same_patients = sorted({s.patient for s in held_out.samples if s.patient is not None and s.patient in patients})
+    if not same_files and not same_patients:
+        return
+    found = []
+    if same_files:
+        found.append(f"{len(same_files)} of its {len(held_out)} images are training images too "
+                     f"(e.g. {same_files[0].path})")
+    if same_patients:
+        found.append(f"{len(same_patients)} patient(s) have images on both sides (e.g. patient {same_patients[0]})")
+    raise ConfigError(f"{what} {held_out.name} overlaps the training data {train.name}: {'; '.join(found)}. "
+                      "Validation must be images of other patients: give a set without them, or leave out "
+                      f"{what} to hold out 15 % of the training data's patients")
