@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import logging
 import os
@@ -210,7 +211,7 @@ def list_images(source: str | os.PathLike[str]) -> tuple[list[Path], list[str] |
     if src.suffix.lower() == ".csv":
         return _read_csv(src)
     if src.suffix.lower() in LIST_SUFFIXES:
-        lines = [ln.strip() for ln in src.read_text(encoding="utf-8").splitlines()]
+        lines = [ln.strip() for ln in _read_text(src).splitlines()]
         paths = [_resolve(src.parent, ln) for ln in lines if ln and not ln.startswith("#")]
         if not paths:
             raise DataError(f"{src}: the list holds no image paths")
@@ -226,13 +227,24 @@ def _resolve(base: Path, entry: str) -> Path:
     return p if p.is_absolute() else base / p
 
 
+def _read_text(path: Path) -> str:
+    """A list or CSV file's text: UTF-8, with or without the byte-order mark Excel writes; else one clear error."""
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason}); save it as UTF-8 "
+                        "(Excel: CSV UTF-8) and try again") from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
+
+
 def _read_csv(path: Path) -> tuple[list[Path], list[str] | None]:
-    with path.open(newline="", encoding="utf-8") as fh:
-        reader = csv.DictReader(fh)
-        fields = reader.fieldnames or []
-        if "path" not in fields:
-            raise DataError(f"{path}: a calibration CSV needs a 'path' column; its columns are {fields}")
-        rows = list(reader)
+    reader = csv.DictReader(io.StringIO(_read_text(path), newline=""))
+    fields = [f.strip() for f in reader.fieldnames or []]
+    reader.fieldnames = fields
+    if "path" not in fields:
+        raise DataError(f"{path}: a calibration CSV needs a 'path' column; its columns are {fields}")
+    rows = list(reader)
     if not rows:
         raise DataError(f"{path}: the CSV lists no images")
     paths = [_resolve(path.parent, (r["path"] or "").strip()) for r in rows]

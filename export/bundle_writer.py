@@ -46,6 +46,38 @@ MODEL_FILE = "model.onnx"
 CLASS_BANK_FILE = "class_bank.npy"
 
 
+def check_replaceable(target: str | os.PathLike[str], keep: Sequence[str | os.PathLike[str]] = ()) -> None:
+    """Raise :class:`BundleError` unless ``--force`` may replace ``target``: missing, an empty folder, or a bundle.
+
+    Why: replacing means deleting. A mistyped ``--out`` (the runs folder, the checkpoint, the folder you
+    are in) must not take a checkpoint or anyone's files with it. ``keep``: paths that must survive
+    (the checkpoint, the class file), refused when they are ``target`` or inside it.
+    """
+    path = Path(target)
+    if not os.path.lexists(path):
+        return
+    if not path.is_dir() or path.is_symlink():
+        raise BundleError(f"{path} is a file (or a link), not a bundle folder; --force replaces only a bundle "
+                          "folder or an empty one: choose another --out")
+    real = path.resolve()
+    for other in (Path.cwd(), *map(Path, keep)):
+        o = other.resolve()
+        if o == real or real in o.parents:
+            what = "the folder you are in" if other == Path.cwd() else str(other)
+            raise BundleError(f"--out {path} is or holds {what}, which replacing it would delete: choose another --out")
+    if not any(path.iterdir()):
+        return
+    if not (path / "manifest.json").is_file():
+        raise BundleError(f"{path} is not a uopsl bundle (it holds no manifest.json); --force replaces only a bundle "
+                          "folder or an empty one, so that nothing else is deleted: choose another --out")
+    try:
+        read_manifest(path)
+    except BundleError as exc:
+        raise BundleError(f"{path} holds a manifest.json that is not a readable uopsl manifest ({exc}); --force does "
+                          "not delete it: remove the folder yourself if it is an old bundle, or choose another --out"
+                          ) from None
+
+
 def write_bundle(
     out: str | os.PathLike[str],
     onnx_path: str | os.PathLike[str],
@@ -64,9 +96,10 @@ def write_bundle(
     overwrite: bool = False,
 ) -> Manifest:
     """Create bundle folder ``out`` holding ``model.onnx``, ``class_bank.npy`` and ``manifest.json``."""
-    target = Path(out)
+    target = Path(os.path.abspath(out))  # "." has no name to build the temporary folder's from
     if target.exists() and not overwrite:
         raise BundleError(f"{target} already exists; pass overwrite=True (--force) to replace it")
+    check_replaceable(target)
     if class_bank.shape[0] != len(classes):
         raise BundleError(f"class bank has {class_bank.shape[0]} rows for {len(classes)} classes")
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -130,10 +163,14 @@ def add_file(
     if not dest.is_file():
         raise BundleError(f"{dest} does not exist; nothing to add to the bundle")
     entry = describe_file(root, FileEntry(name, kind, precision, info=dict(info or {})))
-    files = tuple(f for f in manifest.files if f.path != name) + (entry,)
-    manifest = replace(manifest, files=files, **manifest_updates)
-    write_manifest(root, manifest)
-    return manifest
+    # In place when listed already: re-adding what is there changes nothing, not even the manifest's hash.
+    names = [f.path for f in manifest.files]
+    files = (tuple(entry if f.path == name else f for f in manifest.files) if name in names
+             else manifest.files + (entry,))
+    updated = replace(manifest, files=files, **manifest_updates)
+    if updated != manifest:
+        write_manifest(root, updated)
+    return updated
 
 
 def record_parity(bundle: str | os.PathLike[str], records: dict[str, dict[str, dict[str, Any]]]) -> Manifest:

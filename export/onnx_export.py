@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 _Model = TypeVar("_Model")  # an onnx.ModelProto (onnx is an optional import)
 
+MIN_OPSET = 14  # opset 13 leaves the outputs' class dimension symbolic after shape inference
 MAX_OPSET = 20
 DEFAULT_OPSET = 17
 
@@ -51,8 +52,8 @@ def export_onnx(module: object, path: str | os.PathLike[str], size: int, opset: 
     """Export ``module`` (a torch ``nn.Module`` with the deployed contract) to ``path`` atomically."""
     torch = require("torch", "ONNX export")
     onnx = require("onnx", "ONNX export")
-    if not 13 <= opset <= MAX_OPSET:
-        raise ConfigError(f"opset must be in 13..{MAX_OPSET} (ONNX Runtime INT8 and TensorRT), got {opset}")
+    if not MIN_OPSET <= opset <= MAX_OPSET:
+        raise ConfigError(f"opset must be in {MIN_OPSET}..{MAX_OPSET} (ONNX Runtime INT8 and TensorRT), got {opset}")
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     module.eval()  # type: ignore[attr-defined]
@@ -75,6 +76,11 @@ def export_onnx(module: object, path: str | os.PathLike[str], size: int, opset: 
             raise ExportError(f"the exported graph fails onnx.checker / shape inference: {exc}") from exc
         inferred = _tidy(inferred, onnx)
         onnx.checker.check_model(inferred, full_check=True)
+        symbolic = {o.name: _dims(o) for o in inferred.graph.output
+                    if any(not isinstance(d, int) or d <= 0 for d in _dims(o)[1:])}
+        if symbolic:  # the runtime and Triton check outputs against the manifest: a name is no class count
+            raise ConfigError(f"opset {opset}: shape inference left outputs without fixed sizes ({symbolic}); "
+                              f"export with another opset ({MIN_OPSET}..{MAX_OPSET}, default {DEFAULT_OPSET})")
         inferred.doc_string = "uopsl deployed model: uint8 NHWC RGB in; probs, logits, site_maps out"
         onnx.save(inferred, tmp)
         set_mode(tmp, new_file_mode(target))  # mkstemp made it 0600; give it the mode open(target, "w") would

@@ -191,6 +191,8 @@ class QuantizeResult:
     bias_corrected: int = 0
     rounding: str = "nearest"
     rounded_layers: int = 0
+    reduce_range: bool = False
+    table_sha256: str = ""  # sha256 of the calibration table's file, when the caller read it from one
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -209,6 +211,8 @@ class QuantizeResult:
             "calibration_method": self.calibration_method,
             "calibration_percentile": self.calibration_percentile,
             "calibration_fingerprint": self.set_fingerprint,
+            "calibration_sha256": self.table_sha256,
+            "reduce_range": self.reduce_range,
             "source_sha256": self.model_sha256,
         }
 
@@ -572,12 +576,13 @@ def quantize_model(
     if config.auto_exclude:
         if calib_set is None:
             raise ConfigError("--auto-exclude needs the calibration images (--images) for its sensitivity pass")
-        sens = _sensitivities(prepared, path, table, calib_set, config, requested, show_progress)
-        if config.auto_exclude > len(sens):
+        n_candidates = sum(1 for n in prepared.graph.node if n.op_type in LAYER_OPS and n.name not in requested)
+        if config.auto_exclude > n_candidates:  # before the sensitivity pass, not after it
             raise ConfigError(
-                f"--auto-exclude {config.auto_exclude} asks for more layers than the {len(sens)} candidate "
-                f"layers ({sorted(LAYER_OPS & {s.op_type for s in sens})}) of this model"
+                f"--auto-exclude {config.auto_exclude} asks for more layers than the {n_candidates} candidate "
+                f"layers ({', '.join(sorted(LAYER_OPS))} not already kept in float) of this model"
             )
+        sens = _sensitivities(prepared, path, table, calib_set, config, requested, show_progress)
         auto = tuple(s.node for s in sens[: config.auto_exclude])
         log.info("auto-excluded (most sensitive) layers: %s", ", ".join(auto))
     excluded = requested + tuple(a for a in auto if a not in requested)
@@ -621,4 +626,5 @@ def quantize_model(
         bias_corrected=corrected,
         rounding=config.rounding,
         rounded_layers=rounded,
+        reduce_range=config.reduce_range,
     )

@@ -25,7 +25,7 @@ import torch
 
 from trainhelpers import CLASSES, tiny_model
 from uopsl.runtime.bundle import read_manifest, verify, verify_or_raise
-from uopsl.runtime.errors import BundleError
+from uopsl.runtime.errors import BundleError, ConfigError
 from uopsl.runtime.fsio import sha256_file
 from uopsl.train.checkpoint import save_model
 from uopsl.train.workflow import run_export
@@ -198,15 +198,17 @@ def test_uopsl_screen_verify_exits_2_naming_the_file(exported: dict[str, Any], t
 
 
 # -- re-export with a new class bank -------------------------------------------------------------
+# normal and a keep what they were trained with (listed without phrases); b is described anew, so its
+# scores move and the file must give it a threshold chosen for them; retinal_detachment is new.
 CLASSES_TOML = """
 [[classes]]
 name = "normal"
 [[classes]]
 name = "a"
-phrases = ["yellow spot at the centre of the disc"]
 [[classes]]
 name = "b"
 phrases = ["blue spot at the centre of the disc"]
+threshold = 0.42
 [[classes]]
 name = "retinal_detachment"
 phrases = ["grey, elevated retina with undulating folds", "retina lifted off the pigment epithelium"]
@@ -238,8 +240,13 @@ def test_reexport_with_a_classes_file_adds_an_unseen_class_without_retraining(
     assert new.descriptions == ("grey, elevated retina with undulating folds",
                                 "retina lifted off the pigment epithelium")
     assert [c.seen_in_training for c in m.classes[:3]] == [True] * 3
-    assert tuple(c.threshold for c in m.classes[:3]) == pytest.approx(THRESHOLDS)
-    assert np.load(out / "class_bank.npy").shape == (4, 384)
+    assert tuple(c.threshold for c in m.classes[:3]) == pytest.approx(THRESHOLDS[:2] + (0.42,))
+    bank = np.load(out / "class_bank.npy")
+    assert bank.shape == (4, 384)
+    # The classes listed without phrases keep the trained prototypes exactly (their thresholds stay valid).
+    trained = np.load(exported["bundle"] / "class_bank.npy")
+    assert np.array_equal(bank[:2], trained[:2]) and not np.allclose(bank[2], trained[2])
+    assert m.classes[1].descriptions == read_manifest(exported["bundle"]).classes[1].descriptions
     sess = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
     probs = sess.run(["probs"], {"image": np.zeros((2, SIZE, SIZE, 3), np.uint8)})[0]
     assert probs.shape == (2, 4) and np.isfinite(probs).all()
@@ -256,6 +263,24 @@ def test_reexport_with_a_classes_file_adds_an_unseen_class_without_retraining(
     assert res.exit_code == 0, res.output + repr(res.exception)
     report = json.loads((tmp_path / "parity" / "parity.json").read_text())
     assert report["candidates"][0]["numerical"]["max_abs_prob_diff"] < 1e-4  # 4 classes against 4 classes
+
+
+def test_new_phrases_for_a_trained_class_need_a_new_threshold(exported: dict[str, Any], tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """A validation review: new phrases silently moved a trained class's scores across its validated threshold."""
+    from click.testing import CliRunner
+
+    from uopsl.train.cli import cli
+
+    monkeypatch.setenv("UOPSL_CACHE", str(tmp_path / "cache"))
+    classes_file = tmp_path / "classes.toml"
+    classes_file.write_text('[[classes]]\nname = "normal"\nphrases = ["a retina without disease"]\n'
+                            '[[classes]]\nname = "a"\n[[classes]]\nname = "b"\n')
+    res = CliRunner().invoke(cli, ["export", str(exported["ckpt"]), "--out", str(tmp_path / "b2"),
+                                   "--classes", str(classes_file)])
+    assert res.exit_code != 0 and isinstance(res.exception, ConfigError)
+    assert "new phrases for 'normal', which the model was trained on, change their scores" in str(res.exception)
+    assert not (tmp_path / "b2").exists()
 
 
 def test_a_fail_on_some_photographs_is_not_cleared_by_a_pass_on_others(exported: dict[str, Any],

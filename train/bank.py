@@ -8,7 +8,7 @@ phrases), including classes that never had an image.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -64,7 +64,15 @@ def build(names: Sequence[str], classes_file: str | Path | None = None, text_mod
 
 
 def from_file(classes_file: str | Path, text_model: str = DEFAULT_MODEL, seen: Sequence[str] = (),
-              cache_dir: str | Path | None = None) -> ClassBank:
-    """A bank of every class listed in a user TOML/JSON file, in file order."""
-    descs = descriptions.load_classes(classes_file)
-    return build([d.name for d in descs], classes_file, text_model, seen, cache_dir)
+              cache_dir: str | Path | None = None, known: Mapping[str, Sequence[str]] | None = None) -> ClassBank:
+    """A bank of every class listed in a user TOML/JSON file, in file order.
+
+    ``known``: a checkpoint's classes and their phrases; one listed without phrases keeps them.
+    """
+    descs = descriptions.load_classes(classes_file, known)
+    by_name = {d.name: d for d in descs}
+    phrases = tuple(by_name[d.name].phrases for d in descs)
+    text = TextEncoder(text_model, cache_dir).prototypes(phrases)
+    seen_set = set(seen)
+    names = tuple(d.name for d in descs)
+    return ClassBank(names, phrases, text, tuple(n in seen_set for n in names))

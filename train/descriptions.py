@@ -20,7 +20,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -378,7 +378,8 @@ class OperatingPointOverride:
     referable: bool | None = None
 
 
-def load_operating_points(path: str | os.PathLike[str]) -> dict[str, OperatingPointOverride]:
+def load_operating_points(path: str | os.PathLike[str],
+                          known: Mapping[str, Sequence[str]] | None = None) -> dict[str, OperatingPointOverride]:
     """``threshold`` / ``referable`` per class of a class file (canonical names), for classes that give one.
 
     A threshold must be a probability strictly between 0 and 1, ``referable``
@@ -388,7 +389,7 @@ def load_operating_points(path: str | os.PathLike[str]) -> dict[str, OperatingPo
     p = Path(path)
     out: dict[str, OperatingPointOverride] = {}
     for i, entry in enumerate(_read_entries(p), start=1):
-        desc = _parse_entry(entry, f"{p}: class #{i}")
+        desc = _parse_entry(entry, f"{p}: class #{i}", known)
         where = f"{p}: class #{i} ({desc.name!r})"
         threshold, referable = entry.get("threshold"), entry.get("referable")
         if threshold is not None:
@@ -403,7 +404,8 @@ def load_operating_points(path: str | os.PathLike[str]) -> dict[str, OperatingPo
     return out
 
 
-def load_classes(path: str | os.PathLike[str]) -> tuple[DiseaseDescription, ...]:
+def load_classes(path: str | os.PathLike[str],
+                 known: Mapping[str, Sequence[str]] | None = None) -> tuple[DiseaseDescription, ...]:
     """Read an ordered class list from a TOML or JSON file (e.g. for a zero-shot re-export).
 
     TOML::
@@ -421,7 +423,9 @@ def load_classes(path: str | os.PathLike[str]) -> tuple[DiseaseDescription, ...]
         ]
 
     JSON: ``{"classes": [{"name": ..., "phrases": [...]}, ...]}`` or the bare list.
-    A built-in name with ``phrases`` replaces the built-in phrases. Errors
+    A built-in name with ``phrases`` replaces the built-in phrases. ``known``: the phrases of the
+    classes a checkpoint was trained with; such a class listed without ``phrases`` keeps them (its
+    prototype, scores and threshold stay those of the trained model), before any built-in ones. Errors
     (unreadable file, unknown keys, empty or repeated phrases, duplicate class
     names, unknown modality) raise :class:`ConfigError` naming the file and entry.
     """
@@ -431,7 +435,7 @@ def load_classes(path: str | os.PathLike[str]) -> tuple[DiseaseDescription, ...]
     first_seen: dict[str, int] = {}
     for i, entry in enumerate(entries, start=1):
         where = f"{p}: class #{i}"
-        desc = _parse_entry(entry, where)
+        desc = _parse_entry(entry, where, known)
         if desc.name in first_seen:
             raise ConfigError(
                 f"{where}: class {desc.name!r} is already defined by class #{first_seen[desc.name]}; "
@@ -441,6 +445,16 @@ def load_classes(path: str | os.PathLike[str]) -> tuple[DiseaseDescription, ...]
         out.append(desc)
     _warn_shared_phrases(out, p)
     return tuple(out)
+
+
+def classes_giving_phrases(path: str | os.PathLike[str]) -> frozenset[str]:
+    """The (canonical) names of the classes a class file describes with phrases of its own."""
+    out = set()
+    for entry in _read_entries(Path(path)):
+        if isinstance(entry, Mapping) and "phrases" in entry and isinstance(entry.get("name"), str):
+            key = normalize_name(entry["name"])
+            out.add(ALIASES.get(key, key))
+    return frozenset(out)
 
 
 def _read_entries(p: Path) -> list[Any]:
@@ -481,7 +495,7 @@ def _toml_loads(text: str) -> Any:
     return toml.loads(text)
 
 
-def _parse_entry(entry: Any, where: str) -> DiseaseDescription:
+def _parse_entry(entry: Any, where: str, known: Mapping[str, Sequence[str]] | None = None) -> DiseaseDescription:
     if not isinstance(entry, Mapping):
         raise ConfigError(f"{where}: expected a table with 'name' and 'phrases'; got {type(entry).__name__}")
     unknown = set(entry) - _CLASS_KEYS
@@ -497,6 +511,11 @@ def _parse_entry(entry: Any, where: str) -> DiseaseDescription:
     if display is not None and (not isinstance(display, str) or not display.strip()):
         raise ConfigError(f"{where} ({raw_name!r}): 'display' must be a non-empty string; got {display!r}")
     if "phrases" not in entry:
+        if known and key in known:
+            trained = tuple(known[key])
+            name = display or (builtin.display if builtin else key.replace("_", " ").capitalize())
+            both: tuple[Modality, ...] = tuple("both" for _ in trained)
+            return DiseaseDescription(key, name, trained, both)
         if builtin is None:
             raise ConfigError(
                 f"{where}: class {raw_name!r} has no 'phrases' and is not a built-in class; "

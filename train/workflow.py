@@ -521,6 +521,43 @@ def class_decisions(names: Sequence[str], known: Sequence[str], thresholds: Sequ
     return out_t, out_r
 
 
+def trained_prototypes_kept(bank: banks.ClassBank, model: UopslModel, meta: CheckpointMeta,
+                            points: dict[str, descriptions.OperatingPointOverride],
+                            source: str | Path) -> tuple[np.ndarray, tuple[tuple[str, ...], ...]]:
+    """The re-exported bank's prototypes and phrases, the trained classes' own where their description is unchanged.
+
+    Why: a trained class's threshold was validated on its scores, which depend on its prototype. A class
+    file that lists it without phrases (or with its trained phrases) keeps the checkpoint's prototype
+    exactly, so its scores and threshold stay valid. New phrases for it move its scores; its old
+    threshold then means nothing, so a new one, chosen on labelled images, is required.
+    """
+    given = descriptions.classes_giving_phrases(source)
+    trained = model.config.classes
+    text = np.array(bank.text, np.float32, copy=True)
+    phrases = list(bank.phrases)
+    moved = []
+    for i, name in enumerate(bank.names):
+        if name not in trained:
+            continue
+        j = trained.index(name)
+        own = tuple(meta.phrases[j]) if j < len(meta.phrases) else ()
+        if name not in given or tuple(bank.phrases[i]) == own:
+            text[i] = model.class_text[j].detach().cpu().numpy()
+            phrases[i] = own or bank.phrases[i]
+        elif points.get(name, descriptions.OperatingPointOverride()).threshold is None:
+            moved.append(name)
+        else:
+            log.warning("class %r: new phrases in %s replace the ones it was trained with; its scores change, "
+                        "and the threshold given there replaces the validated one", name, source)
+    if moved:
+        raise ConfigError(
+            f"{source}: new phrases for {', '.join(repr(n) for n in moved)}, which the model was trained on, change "
+            "their scores, so their validated thresholds no longer apply: drop 'phrases' for "
+            f"{'them' if len(moved) > 1 else 'it'} to keep the trained description, or give threshold = ... chosen "
+            "on labelled images with the new phrases")
+    return text, tuple(phrases)
+
+
 def run_export(ckpt: Path, out: Path, classes_file: str | Path | None = None, opset: int = 17,
                force: bool = False, text_model: str | None = None) -> Path:
     """Fold the checkpoint into ONNX and write a verified deployment bundle.
@@ -535,6 +572,9 @@ def run_export(ckpt: Path, out: Path, classes_file: str | Path | None = None, op
 
     if Path(out).exists() and not force:  # before minutes of export work, not after
         raise ConfigError(f"{out} already exists; pass --force (force=True) to replace it, or choose another --out")
+    from uopsl.export.bundle_writer import check_replaceable
+
+    check_replaceable(out, keep=[ckpt] + ([classes_file] if classes_file is not None else []))
     model, meta = load_model(ckpt)
     if not meta.thresholds:
         log.warning("%s stores no operating thresholds (not fine-tuned with validation data?); "
@@ -543,12 +583,14 @@ def run_export(ckpt: Path, out: Path, classes_file: str | Path | None = None, op
     referable = list(meta.referable or [c != "normal" for c in model.config.classes])
     phrases = list(meta.phrases)
     if classes_file is not None:
-        bank = banks.from_file(classes_file, text_model_of(ckpt, model, meta, text_model), seen=model.config.classes)
         old = model.config.classes
-        model = model.with_classes(bank.names, bank.text, seen_names=old)
-        thresholds, referable = class_decisions(bank.names, old, thresholds, referable,
-                                                descriptions.load_operating_points(classes_file), classes_file)
-        phrases = list(bank.phrases)
+        known = dict(zip(old, meta.phrases))
+        points = descriptions.load_operating_points(classes_file, known)
+        bank = banks.from_file(classes_file, text_model_of(ckpt, model, meta, text_model), seen=old, known=known)
+        text, bank_phrases = trained_prototypes_kept(bank, model, meta, points, classes_file)
+        model = model.with_classes(bank.names, text, seen_names=old)
+        thresholds, referable = class_decisions(bank.names, old, thresholds, referable, points, classes_file)
+        phrases = list(bank_phrases)
     size = meta.preprocess.size
     deploy = DeployModel(model.eval(), size)
     with tempfile.TemporaryDirectory() as tmp:

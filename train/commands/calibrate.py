@@ -24,6 +24,7 @@ import click
 from uopsl.calibration.dataset import CalibrationSet, build_calibration_set
 from uopsl.runtime.bundle import MANIFEST, read_manifest, verify_or_raise
 from uopsl.runtime.errors import BundleError, ConfigError
+from uopsl.runtime.fsio import sha256_file
 from uopsl.runtime.optional import require
 from uopsl.runtime.preprocess import PreprocessConfig
 
@@ -67,7 +68,12 @@ def resolve_model(model: Path, size: int | None, preprocess_from: Path | None) -
         except BundleError as exc:  # some other tool's manifest.json: the model is a plain ONNX file
             log.debug("%s is not a uopsl bundle manifest (%s)", model.parent / MANIFEST, exc)
         else:
-            if any(f.path == model.name for f in manifest.files):
+            entry = next((f for f in manifest.files if f.path == model.name), None)
+            if entry is not None and entry.precision != "fp32":
+                raise ConfigError(
+                    f"{model} is the bundle's {entry.precision} file; calibration and quantization start from the "
+                    f"FP32 model: give the bundle folder {model.parent} (or its FP32 ONNX file)")
+            if entry is not None:
                 bundle, cfg = model.parent, manifest.preprocess
     if preprocess_from is not None:
         if preprocess_from.is_dir() or preprocess_from.name == MANIFEST:
@@ -87,6 +93,7 @@ def resolve_model(model: Path, size: int | None, preprocess_from: Path | None) -
                     f"preprocessing parameters ({exc})"
                 ) from exc
     model_size = model_input_size(model)
+    _refuse_quantized(model)
     if cfg is None:
         cfg = PreprocessConfig(size=size or model_size or PreprocessConfig().size)
     elif size is not None and size != cfg.size:
@@ -94,6 +101,17 @@ def resolve_model(model: Path, size: int | None, preprocess_from: Path | None) -
     if model_size is not None and cfg.size != model_size:
         raise ConfigError(f"{model}: the model takes {model_size} px images, but preprocessing gives {cfg.size} px")
     return ModelSource(model, bundle, cfg)
+
+
+def check_out(source: ModelSource, out: Path, table: Path | None = None) -> None:
+    """Refuse an ``--out`` that would overwrite the source model (or the table the command reads), before any work."""
+    real = out.resolve()
+    if real == source.model.resolve():
+        raise ConfigError(f"--out {out} is the model being read ({source.model}); choose another --out "
+                          "(or leave it at its default)")
+    if table is not None and real == table.resolve():
+        raise ConfigError(f"--out {out} is the calibration table being read; choose another --out "
+                          "(or leave it at its default)")
 
 
 def bundle_target(source: ModelSource, out: Path, kind: str) -> Path | None:
@@ -118,6 +136,19 @@ def bundle_target(source: ModelSource, out: Path, kind: str) -> Path | None:
     return bundle
 
 
+_QDQ_OPS = {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "DynamicQuantizeLinear"}
+
+
+def _refuse_quantized(model: Path) -> None:
+    """An already quantized graph is no source for ranges or for another quantization: say so, not later."""
+    onnx = require("onnx", "reading the model")
+    graph = onnx.load(str(model), load_external_data=False).graph
+    found = sorted({n.op_type for n in graph.node} & _QDQ_OPS)
+    if found:
+        raise ConfigError(f"{model} is already quantized (it holds {', '.join(found)}); calibration and quantization "
+                          "start from the FP32 model: give that ONNX file (or its bundle folder)")
+
+
 def model_input_size(model: Path) -> int | None:
     """The static H (= W) of the model's NHWC input, or None when dynamic."""
     onnx = require("onnx", "reading the model's input size")
@@ -133,17 +164,39 @@ def model_input_size(model: Path) -> int | None:
     return None
 
 
-def default_set_cache(images: str, preprocess: PreprocessConfig) -> Path:
-    """Where the preprocessed set of ``images`` is cached (per source and preprocessing)."""
+def default_set_cache(images: str, preprocess: PreprocessConfig, max_images: int | None = None, seed: int = 0,
+                      require_fov: bool = True) -> Path:
+    """Where the preprocessed set of ``images`` is cached (per source, preprocessing and draw).
+
+    The draw is part of the key, so ``calibrate`` and ``quantize`` drawing different sets from one
+    folder keep one cached set each instead of rebuilding over each other.
+    """
     base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "uopsl" / "calibration-sets"
-    key = hashlib.sha256(f"{Path(images).resolve()}|{preprocess}".encode()).hexdigest()[:20]
+    draw = f"|{max_images}|{seed}|{require_fov}" if (max_images, seed, require_fov) != (None, 0, True) else ""
+    key = hashlib.sha256(f"{Path(images).resolve()}|{preprocess}{draw}".encode()).hexdigest()[:20]
     return base / f"{key}.npz"
+
+
+def _say_stale_int8(bundle: Path, table_sha256: str) -> None:
+    """Warn about the bundle's INT8 files that were quantized from another table than the one just written.
+
+    They still run, and their parity records still hold for them (each file is validated on its own), but
+    the bundle no longer has one table behind every INT8 consumer: re-make them from this one.
+    """
+    stale = [f.path for f in read_manifest(bundle).files_of("onnx")
+             if f.precision.startswith("int8") and f.info.get("calibration_sha256") != table_sha256]
+    if stale:
+        log.warning("%s: %s %s quantized from another calibration table than the new one; re-make %s with "
+                    "`uopsl quantize %s` (and validate again) so that every INT8 file comes from one table",
+                    bundle, ", ".join(stale), "was" if len(stale) == 1 else "were",
+                    "it" if len(stale) == 1 else "them", bundle)
 
 
 def load_set(images: str, source: ModelSource, *, max_images: int | None, seed: int, require_fov: bool,
              set_cache: Path | None, use_cache: bool) -> CalibrationSet:
     """Build (or load) the calibration set; skipped images are logged (warnings) with their reason."""
-    cache = (set_cache or default_set_cache(images, source.preprocess)) if use_cache else None
+    cache = (set_cache or default_set_cache(images, source.preprocess, max_images, seed, require_fov)
+             ) if use_cache else None
     calib_set = build_calibration_set(
         images, source.preprocess, max_images=max_images, seed=seed, require_fov=require_fov, cache=cache
     )
@@ -159,16 +212,17 @@ def load_set(images: str, source: ModelSource, *, max_images: int | None, seed: 
               help="Calibration images: a folder, a CSV (path[,label] columns), a text list, or a .npz set.")
 @click.option("--method", type=click.Choice(["minmax", "entropy", "percentile"]), default="entropy",
               show_default=True, help="Range method.")
-@click.option("--percentile", type=float, default=99.99, show_default=True,
-              help="Percentile of |x| kept by the percentile method.")
+@click.option("--percentile", type=click.FloatRange(50.0, 100.0, min_open=True), default=99.99, show_default=True,
+              help="Percentile of |x| kept by the percentile method, in percent (99.99, not 0.9999).")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Table to write [default: BUNDLE/calibration.json, or MODEL.calibration.json].")
 @click.option("--size", type=int, default=None, help="Model input size (default: the model's or the manifest's).")
 @click.option("--preprocess", "preprocess_from", type=click.Path(exists=True, path_type=Path), default=None,
               help="Preprocessing from a bundle folder, a manifest.json or a JSON file of its parameters.")
-@click.option("--max-images", type=int, default=None, help="Use at most this many images (seeded random draw).")
+@click.option("--max-images", type=click.IntRange(1), default=None,
+              help="Use at most this many images (seeded random draw).")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--batch-size", type=int, default=8, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1), default=8, show_default=True)
 @click.option("--require-fov/--allow-no-fov", default=True, show_default=True,
               help="Skip photographs without a detected field of view (the quality gate refuses them).")
 @click.option("--set-cache", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -185,11 +239,13 @@ def command(model: Path, images: str, method: str, percentile: float, out: Path 
     source = resolve_model(model, size, preprocess_from)
     if out is None:
         out = source.bundle / TABLE_FILE if source.bundle else source.model.with_suffix(".calibration.json")
+    check_out(source, out)
     bundle = bundle_target(source, out, "calibration")
     if bundle is not None:  # never re-sign a manifest that fails its own checksums
         verify_or_raise(bundle)
     calib_set = load_set(images, source, max_images=max_images, seed=seed, require_fov=require_fov,
                          set_cache=set_cache, use_cache=not no_cache)
+    before = sha256_file(out) if out.is_file() else None
     table = calibrate(source.model, calib_set, method=method, percentile=percentile, out=out,
                       force=force, batch_size=batch_size)
     if bundle is not None:  # the bundle's manifest lists the table, with the set it came from
@@ -197,6 +253,9 @@ def command(model: Path, images: str, method: str, percentile: float, out: Path 
 
         add_file(bundle, None, out.name, "calibration", calibration_fingerprint=table.set_fingerprint)
         click.echo(f"{bundle}: manifest lists {out.name}")
+        after = sha256_file(out)
+        if after != before:
+            _say_stale_int8(bundle, after)
     n_skipped = len(calib_set.skipped)
     click.echo(
         f"{out}: {table.method} ranges of {len(table.ranges)} tensors from {table.num_images} images "

@@ -12,7 +12,7 @@ import click
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Bundle folder to write.")
 @click.option("--classes", "classes_file", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
               help="Re-export with a new class bank (TOML/JSON: names + descriptions), without retraining.")
-@click.option("--opset", type=click.IntRange(13, 20), default=17, show_default=True,
+@click.option("--opset", type=click.IntRange(14, 20), default=17, show_default=True,
               help="ONNX opset. Above 17 the file does not parse on TensorRT 8.x (JetPack 5, JetPack 6.0).")
 @click.option("--triton", type=click.Path(path_type=Path), default=None,
               help="Also write a Triton Inference Server model repository here.")

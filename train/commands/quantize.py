@@ -12,8 +12,8 @@ into MODEL's bundle is added to the bundle's manifest (with its checksum and
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
 import logging
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import click
@@ -22,7 +22,7 @@ from uopsl.calibration.table import TABLE_FILE, CalibrationTable
 from uopsl.export.quantize import ROUNDINGS, VARIANTS, QuantizeConfig
 from uopsl.runtime.bundle import verify_or_raise
 from uopsl.runtime.fsio import sha256_file, write_json
-from uopsl.train.commands.calibrate import bundle_target, load_set, resolve_model
+from uopsl.train.commands.calibrate import bundle_target, check_out, load_set, resolve_model
 
 log = logging.getLogger(__name__)
 
@@ -46,11 +46,16 @@ def record_path(out: Path) -> Path:
 @click.option("--per-channel/--per-tensor", default=True, show_default=True, help="Weight scales per output channel.")
 @click.option("--exclude", multiple=True,
               help="Node name or op type to keep in float (repeat, or separate with commas).")
-@click.option("--auto-exclude", type=int, default=0, show_default=True,
+@click.option("--auto-exclude", type=click.IntRange(0), default=0, show_default=True,
               help="Keep the N layers whose quantization hurts the outputs most in float (needs --images).")
 @click.option("--images", default=None,
               help="Calibration images for weight rounding, bias correction and --auto-exclude (same forms as "
-                   "`calibrate`).")
+                   "`calibrate`; give the same --max-images, --seed and --allow-no-fov to draw the same set).")
+@click.option("--max-images", type=click.IntRange(1), default=None, help="Use at most this many of --images "
+              "(seeded random draw, as `calibrate` draws them).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the --max-images draw.")
+@click.option("--require-fov/--allow-no-fov", default=True, show_default=True,
+              help="Skip photographs of --images without a detected field of view (as `calibrate` does).")
 @click.option("--bias-correction/--no-bias-correction", default=True, show_default=True,
               help="Correct each layer's per-channel output mean on the calibration images (needs --images).")
 @click.option("--rounding", type=click.Choice(ROUNDINGS), default=QuantizeConfig.rounding,
@@ -73,7 +78,8 @@ def record_path(out: Path) -> Path:
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="INT8 model to write [default: model.int8.onnx / model.int8.trt.onnx beside MODEL].")
 def command(model: Path, table: Path | None, variant: str, per_channel: bool, exclude: tuple[str, ...],
-            auto_exclude: int, images: str | None, bias_correction: bool, rounding: str, rounding_images: int,
+            auto_exclude: int, images: str | None, max_images: int | None, seed: int, require_fov: bool,
+            bias_correction: bool, rounding: str, rounding_images: int,
             adaround_iterations: int,
             float_head: bool,
             sensitivity_images: int, reduce_range: bool, size: int | None, preprocess_from: Path | None,
@@ -83,11 +89,12 @@ def command(model: Path, table: Path | None, variant: str, per_channel: bool, ex
 
     source = resolve_model(model, size, preprocess_from)
     out = out or default_output(source.model, variant)
+    if table is None:
+        table = source.bundle / TABLE_FILE if source.bundle else source.model.with_suffix(".calibration.json")
+    check_out(source, out, table)
     bundle = bundle_target(source, out, "onnx")
     if bundle is not None:  # before any work: never re-sign a manifest that fails its own checksums
         verify_or_raise(bundle)
-    if table is None:
-        table = source.bundle / TABLE_FILE if source.bundle else source.model.with_suffix(".calibration.json")
     calib_table = CalibrationTable.load(table, model_sha256=sha256_file(source.model))
     config = QuantizeConfig(
         variant=variant,
@@ -104,12 +111,13 @@ def command(model: Path, table: Path | None, variant: str, per_channel: bool, ex
     )
     calib_set = None
     if images is not None:
-        calib_set = load_set(images, source, max_images=None, seed=0, require_fov=True, set_cache=None,
-                             use_cache=True)
+        calib_set = load_set(images, source, max_images=max_images, seed=seed, require_fov=require_fov,
+                             set_cache=None, use_cache=True)
         if calib_set.fingerprint != calib_table.set_fingerprint:
             log.warning("--images is not the set the table was calibrated on (fingerprints differ); "
                         "weight rounding, bias correction and the sensitivity pass use it anyway")
     result = quantize_model(source.model, calib_table, out, config, calib_set=calib_set)
+    result = replace(result, table_sha256=sha256_file(table))  # which table file: a later recalibration tells
     write_json(record_path(out), {"config": asdict(config), "result": result.to_dict(),
                                   "manifest_info": result.manifest_info()})
     if bundle is not None:  # listed with its checksum, so verify, validate and the backends see it

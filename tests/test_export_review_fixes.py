@@ -1,0 +1,224 @@
+"""The export stage at its edges (session 13 review): what `export --force`, `calibrate` and `quantize` may
+overwrite, what the manifest must record, and bad inputs that must be one clear line."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import cv2
+import pytest
+
+from tinymodel import random_fundus_batch
+from tinybundle import make_tiny_bundle
+from uopsl.runtime.bundle import read_manifest, verify_or_raise
+from uopsl.runtime.clikit import LazyGroup, main_entry
+from uopsl.runtime.errors import BundleError
+from uopsl.runtime.fsio import sha256_file
+
+SIZE = 64
+
+
+def _cli() -> LazyGroup:
+    return LazyGroup(name="uopsl", lazy={"calibrate": "uopsl.train.commands.calibrate:command",
+                                         "quantize": "uopsl.train.commands.quantize:command"})
+
+
+def _images(folder: Path, n: int = 6) -> Path:
+    folder.mkdir(parents=True)
+    for i, img in enumerate(random_fundus_batch(n, 96, seed=11)):
+        cv2.imwrite(str(folder / f"img{i}.png"), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+    return folder
+
+
+@pytest.fixture()
+def bundle(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    return make_tiny_bundle(tmp_path / "bundle", size=SIZE)
+
+
+# -- export --force replaces a bundle, never anything else -------------------------------------------------------
+def test_force_replaces_only_a_bundle_or_an_empty_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from uopsl.export.bundle_writer import check_replaceable
+
+    runs = tmp_path / "runs"
+    (runs / "ft").mkdir(parents=True)
+    (runs / "notes.txt").write_text("mine")
+    with pytest.raises(BundleError, match=r"not a uopsl bundle \(it holds no manifest.json\)"):
+        check_replaceable(runs)
+    with pytest.raises(BundleError, match="is or holds .*ft, which replacing it would delete"):
+        check_replaceable(runs, keep=[runs / "ft"])
+    monkeypatch.chdir(runs / "ft")
+    with pytest.raises(BundleError, match="is or holds the folder you are in"):
+        check_replaceable(runs)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "empty").mkdir()
+    check_replaceable(tmp_path / "empty")
+    check_replaceable(make_tiny_bundle(tmp_path / "b", size=SIZE))
+    (tmp_path / "b" / "manifest.json").write_text("{broken")
+    with pytest.raises(BundleError, match="not a readable uopsl manifest .* remove the folder yourself"):
+        check_replaceable(tmp_path / "b")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(BundleError, match="is a file"):
+        check_replaceable(tmp_path / "file")
+    assert (runs / "notes.txt").read_text() == "mine"
+
+
+def test_export_force_onto_the_runs_folder_deletes_nothing(tmp_path: Path) -> None:
+    """The review's repro: `uopsl export runs/ft --out runs --force` used to wipe the checkpoint."""
+    from dataclasses import replace
+
+    from trainhelpers import tiny_model
+    from uopsl.train.checkpoint import save_model
+    from uopsl.train.workflow import run_export
+
+    model, meta = tiny_model()
+    ckpt = tmp_path / "runs" / "ft"
+    save_model(ckpt, model, replace(meta, stage="finetune", thresholds=(0.5, 0.5, 0.5)))
+    (tmp_path / "runs" / "notes.txt").write_text("mine")
+    with pytest.raises(BundleError, match="holds .*ft, which replacing it would delete"):
+        run_export(ckpt, tmp_path / "runs", force=True)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("theirs")
+    with pytest.raises(BundleError, match="not a uopsl bundle"):
+        run_export(ckpt, tmp_path / "other", force=True)
+    with pytest.raises(BundleError, match="which replacing it would delete"):
+        run_export(ckpt, ckpt, force=True)
+    assert (ckpt / "checkpoint.json").is_file() and (tmp_path / "runs" / "notes.txt").read_text() == "mine"
+    assert (tmp_path / "other" / "notes.txt").read_text() == "theirs"
+    # --out . is the folder you are in: refused before the export (it used to fail with a ValueError after it).
+    os.chdir(tmp_path)
+    try:
+        (tmp_path / "here").mkdir()
+        os.chdir(tmp_path / "here")
+        with pytest.raises(BundleError, match="the folder you are in"):
+            run_export(ckpt, Path("."), force=True)
+    finally:
+        os.chdir(tmp_path)
+
+
+def test_export_refuses_opset_13_before_any_work() -> None:
+    from uopsl.export.onnx_export import MIN_OPSET, export_onnx
+    from uopsl.runtime.errors import ConfigError
+
+    assert MIN_OPSET == 14
+    with pytest.raises(ConfigError, match="opset must be in 14..20"):
+        export_onnx(object(), "/nonexistent/m.onnx", 64, 13)
+
+
+# -- calibrate and quantize: what they read stays as it was -------------------------------------------------------
+def test_an_int8_file_is_no_source_for_calibration_or_quantization(bundle: Path, tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    images = _images(tmp_path / "imgs")
+    assert main_entry(_cli(), ["calibrate", str(bundle), "--images", str(images), "--method", "minmax"]) == 0
+    assert main_entry(_cli(), ["quantize", str(bundle), "--rounding", "nearest", "--no-bias-correction"]) == 0
+    table_before = (bundle / "calibration.json").read_bytes()
+    capsys.readouterr()
+    assert main_entry(_cli(), ["calibrate", str(bundle / "model.int8.onnx"), "--images", str(images)]) == 2
+    assert "is the bundle's int8-qdq-u8 file; calibration and quantization start from the FP32 model" in \
+        capsys.readouterr().err
+    assert (bundle / "calibration.json").read_bytes() == table_before
+    # The same INT8 graph copied out of the bundle: refused for what it holds.
+    shutil.copy(bundle / "model.int8.onnx", tmp_path / "loose.onnx")
+    assert main_entry(_cli(), ["calibrate", str(tmp_path / "loose.onnx"), "--images", str(images)]) == 2
+    assert "is already quantized (it holds DequantizeLinear, QuantizeLinear)" in capsys.readouterr().err
+
+
+def test_out_never_overwrites_the_model_or_the_table_read(bundle: Path, tmp_path: Path) -> None:
+    images = _images(tmp_path / "imgs")
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    shutil.copy(bundle / "model.onnx", plain / "m.onnx")
+    model_bytes = (plain / "m.onnx").read_bytes()
+    assert main_entry(_cli(), ["calibrate", str(plain / "m.onnx"), "--images", str(images),
+                               "--out", str(plain / "m.onnx")]) == 2
+    assert main_entry(_cli(), ["calibrate", str(plain / "m.onnx"), "--images", str(images), "--method", "minmax"]) == 0
+    table = (plain / "m.calibration.json").read_bytes()
+    assert main_entry(_cli(), ["quantize", str(plain / "m.onnx"), "--out", str(plain / "m.onnx"),
+                               "--no-bias-correction", "--rounding", "nearest"]) == 2
+    assert main_entry(_cli(), ["quantize", str(plain / "m.onnx"), "--out", str(plain / "m.calibration.json"),
+                               "--no-bias-correction", "--rounding", "nearest"]) == 2
+    assert (plain / "m.onnx").read_bytes() == model_bytes and (plain / "m.calibration.json").read_bytes() == table
+
+
+# -- the manifest records what was done, and only when something changed ------------------------------------------
+def test_int8_entries_record_their_table_and_reduce_range_and_a_new_table_names_them(
+        bundle: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    images = _images(tmp_path / "imgs")
+    assert main_entry(_cli(), ["calibrate", str(bundle), "--images", str(images), "--method", "minmax"]) == 0
+    assert main_entry(_cli(), ["quantize", str(bundle), "--reduce-range", "--rounding", "nearest",
+                               "--no-bias-correction"]) == 0
+    info = {f.path: f for f in read_manifest(bundle).files}["model.int8.onnx"].info
+    assert info["reduce_range"] is True and info["calibration_sha256"] == sha256_file(bundle / "calibration.json")
+    # The same calibration again: the table is reused and the manifest is not rewritten (same bundle hash).
+    manifest_before = (bundle / "manifest.json").read_bytes()
+    assert main_entry(_cli(), ["calibrate", str(bundle), "--images", str(images), "--method", "minmax"]) == 0
+    assert (bundle / "manifest.json").read_bytes() == manifest_before
+    # Another method: a new table, and the INT8 file made from the old one is named.
+    with caplog.at_level("WARNING"):
+        assert main_entry(_cli(), ["calibrate", str(bundle), "--images", str(images), "--method", "percentile"]) == 0
+    assert "model.int8.onnx was quantized from another calibration table than the new one" in caplog.text
+    verify_or_raise(bundle)
+    listed = [f.path for f in read_manifest(bundle).files]
+    assert listed.index("calibration.json") < listed.index("model.int8.onnx"), "the table kept its place"
+
+
+def test_quantize_draws_the_set_calibrate_drew(bundle: Path, tmp_path: Path,
+                                               caplog: pytest.LogCaptureFixture) -> None:
+    images = _images(tmp_path / "imgs", n=8)
+    assert main_entry(_cli(), ["calibrate", str(bundle), "--images", str(images), "--method", "minmax",
+                               "--max-images", "5", "--seed", "3"]) == 0
+    with caplog.at_level("WARNING"):
+        assert main_entry(_cli(), ["quantize", str(bundle), "--images", str(images), "--max-images", "5",
+                                   "--seed", "3", "--rounding", "nearest"]) == 0
+    assert "not the set the table was calibrated on" not in caplog.text
+    caches = sorted((tmp_path / "cache").rglob("*.npz"))
+    assert len(caches) == 1, "one draw, one cached set (the two commands no longer rebuild over each other)"
+
+
+# -- bad inputs are one line, before the work --------------------------------------------------------------------
+@pytest.mark.parametrize("args, said", [
+    (["--batch-size", "0"], "Invalid value for '--batch-size'"),
+    (["--percentile", "0.9999", "--method", "percentile"], "Invalid value for '--percentile'"),
+    (["--max-images", "0"], "Invalid value for '--max-images'"),
+])
+def test_bad_numbers_are_refused_by_the_option(bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                               args: list[str], said: str) -> None:
+    images = _images(tmp_path / "imgs", n=2)
+    assert main_entry(_cli(), ["calibrate", str(bundle), "--images", str(images), *args]) == 2
+    err = capsys.readouterr().err
+    assert said in err and "Traceback" not in err
+
+
+def test_csv_from_excel_and_lists_that_are_not_utf8(bundle: Path, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    images = _images(tmp_path / "imgs", n=3)
+    bom = tmp_path / "set.csv"
+    bom.write_text("path,label\n" + "".join(f"{p.name},normal\n" for p in sorted(images.iterdir())),
+                   encoding="utf-8-sig")  # what Excel's "CSV UTF-8" writes
+    shutil.copy(bom, images / "set.csv")
+    assert main_entry(_cli(), ["calibrate", str(bundle), "--images", str(images / "set.csv"),
+                               "--method", "minmax"]) == 0
+    latin = images / "list.txt"
+    latin.write_bytes("img0.png\n# caf\xe9\n".encode("latin-1"))
+    capsys.readouterr()
+    assert main_entry(_cli(), ["calibrate", str(bundle), "--images", str(latin), "--method", "minmax"]) == 2
+    err = capsys.readouterr().err
+    assert "not UTF-8 text" in err and "save it as UTF-8" in err and "Traceback" not in err
+
+
+def test_auto_exclude_beyond_the_layers_is_refused_before_the_sensitivity_pass(bundle: Path, tmp_path: Path,
+                                                                                monkeypatch: pytest.MonkeyPatch,
+                                                                                capsys: pytest.CaptureFixture[str]
+                                                                                ) -> None:
+    import uopsl.export.quantize as q
+
+    images = _images(tmp_path / "imgs", n=2)
+    assert main_entry(_cli(), ["calibrate", str(bundle), "--images", str(images), "--method", "minmax"]) == 0
+    monkeypatch.setattr(q, "_sensitivities", lambda *a: pytest.fail("the sensitivity pass ran"))
+    capsys.readouterr()
+    assert main_entry(_cli(), ["quantize", str(bundle), "--images", str(images), "--auto-exclude", "999"]) == 2
+    assert "--auto-exclude 999 asks for more layers than the" in capsys.readouterr().err
+    assert json.loads((bundle / "manifest.json").read_text())
