@@ -8,29 +8,23 @@ import os
 import shutil
 from pathlib import Path
 
-import cv2
 import pytest
 
-from tinymodel import random_fundus_batch
+from tinymodel import calibrate_cli, fundus_png_folder
 from tinybundle import make_tiny_bundle
 from uopsl.runtime.bundle import read_manifest, verify_or_raise
-from uopsl.runtime.clikit import LazyGroup, main_entry
+from uopsl.runtime.clikit import main_entry
 from uopsl.runtime.errors import BundleError
 from uopsl.runtime.fsio import sha256_file
 
 SIZE = 64
 
 
-def _cli() -> LazyGroup:
-    return LazyGroup(name="uopsl", lazy={"calibrate": "uopsl.train.commands.calibrate:command",
-                                         "quantize": "uopsl.train.commands.quantize:command"})
+_cli = calibrate_cli
 
 
 def _images(folder: Path, n: int = 6) -> Path:
-    folder.mkdir(parents=True)
-    for i, img in enumerate(random_fundus_batch(n, 96, seed=11)):
-        cv2.imwrite(str(folder / f"img{i}.png"), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
-    return folder
+    return fundus_png_folder(folder, n)
 
 
 @pytest.fixture()

@@ -6,14 +6,13 @@ import json
 import shutil
 from pathlib import Path
 
-import cv2
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
 from onnx import numpy_helper
 
-from tinymodel import export_tiny_onnx, random_fundus_batch
+from tinymodel import calibrate_cli, export_tiny_onnx, fundus_png_folder, random_fundus_batch
 from uopsl.calibration.dataset import CalibrationSet
 from uopsl.calibration.ranges import ActivationStats, collect_statistics
 from uopsl.calibration.table import CalibrationTable
@@ -292,17 +291,11 @@ def test_config_is_validated() -> None:
 
 # -- CLIs -------------------------------------------------------------------------------
 def _cli() -> LazyGroup:
-    # train/cli.py registers these lazily under the same names.
-    return LazyGroup(name="uopsl", lazy={"calibrate": "uopsl.train.commands.calibrate:command",
-                                         "quantize": "uopsl.train.commands.quantize:command"})
+    return calibrate_cli()
 
 
 def _image_folder(folder: Path, n: int = 6) -> Path:
-    folder.mkdir(parents=True)
-    for i, img in enumerate(random_fundus_batch(n, 96, seed=11)):
-        cv2.imwrite(str(folder / f"img{i}.png"), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
-    (folder / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
-    return folder
+    return fundus_png_folder(folder, n, broken=True)
 
 
 def test_calibrate_and_quantize_commands_on_a_model_file(tmp_path, tiny, monkeypatch, capsys) -> None:

@@ -104,3 +104,23 @@ def rounding_against_nearest(out: Path, model: Path, table: Any, calib_set: Any,
     errs = [float(((last_conv_features(Path(r.path), images) - reference) ** 2).mean()) for r in results]
     assert results[0].rounded_layers == 0
     return results[1], errs[0], errs[1]
+
+
+def calibrate_cli() -> Any:
+    """``uopsl calibrate`` and ``uopsl quantize`` as train/cli.py registers them (lazily, under the same names)."""
+    from uopsl.runtime.clikit import LazyGroup
+
+    return LazyGroup(name="uopsl", lazy={"calibrate": "uopsl.train.commands.calibrate:command",
+                                         "quantize": "uopsl.train.commands.quantize:command"})
+
+
+def fundus_png_folder(folder: Path, n: int = 6, *, broken: bool = False) -> Path:
+    """``n`` 96 px synthetic fundus PNGs (seed 11) in ``folder``; ``broken``: plus a JPEG that does not decode."""
+    import cv2
+
+    folder.mkdir(parents=True)
+    for i, img in enumerate(random_fundus_batch(n, 96, seed=11)):
+        cv2.imwrite(str(folder / f"img{i}.png"), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+    if broken:
+        (folder / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    return folder
