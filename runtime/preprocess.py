@@ -30,7 +30,6 @@ import math
 import os
 import stat
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Literal
 
 import cv2
