@@ -9,12 +9,14 @@ the calibration table) re-hashes them and rewrites the manifest atomically.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -37,13 +39,38 @@ from uopsl.runtime.bundle import (
     write_manifest,
 )
 from uopsl.runtime.errors import BundleError
-from uopsl.runtime.fsio import new_dir_mode, set_mode
+from uopsl.runtime.fsio import FolderLock, new_dir_mode, set_mode
 from uopsl.runtime.preprocess import PreprocessConfig
 
 log = logging.getLogger(__name__)
 
 MODEL_FILE = "model.onnx"
 CLASS_BANK_FILE = "class_bank.npy"
+MANIFEST_LOCK = ".manifest.lock"
+_LOCK_WAIT_S = 30.0  # a manifest update takes milliseconds; a holder longer than this is stuck or someone's editor
+
+
+@contextlib.contextmanager
+def manifest_update(bundle: str | os.PathLike[str]) -> Iterator[None]:
+    """Hold the bundle's manifest lock while the manifest is read, changed and written back.
+
+    Why: ``quantize --variant cpu`` and ``--variant trt``, ``validate`` and ``build-engine`` may run side
+    by side on one bundle; each rewrites the whole manifest, and without the lock the last writer drops
+    the others' entries. The lock is the kernel's (released if the process dies); a second writer waits
+    for it up to ``_LOCK_WAIT_S``.
+    """
+    lock = FolderLock(bundle, MANIFEST_LOCK)
+    deadline = time.monotonic() + _LOCK_WAIT_S
+    while not lock.acquire():
+        if time.monotonic() > deadline:
+            who = f"pid {lock.holder}" if lock.holder else "another process"
+            raise BundleError(f"{who} has been updating {Path(bundle) / 'manifest.json'} for {_LOCK_WAIT_S:.0f} s; "
+                              "wait for that uopsl command to finish, then run this one again")
+        time.sleep(0.05)
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def check_replaceable(target: str | os.PathLike[str], keep: Sequence[str | os.PathLike[str]] = ()) -> None:
@@ -152,7 +179,6 @@ def add_file(
     manifest fields (e.g. ``calibration_fingerprint``) in the same atomic write.
     """
     root = Path(bundle)
-    manifest = read_manifest(root)
     dest = root / name
     if Path(name).is_absolute() or ".." in Path(name).parts:
         raise BundleError(f"bundle file names must stay inside the bundle, got {name!r}")
@@ -163,13 +189,15 @@ def add_file(
     if not dest.is_file():
         raise BundleError(f"{dest} does not exist; nothing to add to the bundle")
     entry = describe_file(root, FileEntry(name, kind, precision, info=dict(info or {})))
-    # In place when listed already: re-adding what is there changes nothing, not even the manifest's hash.
-    names = [f.path for f in manifest.files]
-    files = (tuple(entry if f.path == name else f for f in manifest.files) if name in names
-             else manifest.files + (entry,))
-    updated = replace(manifest, files=files, **manifest_updates)
-    if updated != manifest:
-        write_manifest(root, updated)
+    with manifest_update(root):
+        manifest = read_manifest(root)
+        # In place when listed already: re-adding what is there changes nothing, not even the manifest's hash.
+        names = [f.path for f in manifest.files]
+        files = (tuple(entry if f.path == name else f for f in manifest.files) if name in names
+                 else manifest.files + (entry,))
+        updated = replace(manifest, files=files, **manifest_updates)
+        if updated != manifest:
+            write_manifest(root, updated)
     return updated
 
 
@@ -196,6 +224,11 @@ def record_parity(bundle: str | os.PathLike[str], records: dict[str, dict[str, d
     and so the identity of the bundle that screening results are tied to.
     """
     root = Path(bundle)
+    with manifest_update(root):
+        return _record_parity(root, records)
+
+
+def _record_parity(root: Path, records: dict[str, dict[str, dict[str, Any]]]) -> Manifest:
     manifest = read_manifest(root)
     unknown = sorted(set(records) - {f.path for f in manifest.files})
     if unknown:

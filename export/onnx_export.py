@@ -76,9 +76,9 @@ def export_onnx(module: object, path: str | os.PathLike[str], size: int, opset: 
             raise ExportError(f"the exported graph fails onnx.checker / shape inference: {exc}") from exc
         inferred = _tidy(inferred, onnx)
         onnx.checker.check_model(inferred, full_check=True)
-        symbolic = {o.name: _dims(o) for o in inferred.graph.output
-                    if any(not isinstance(d, int) or d <= 0 for d in _dims(o)[1:])}
-        if symbolic:  # the runtime and Triton check outputs against the manifest: a name is no class count
+        symbolic = {o.name: _dims(o) for o in inferred.graph.output if o.name in ("probs", "logits")
+                    and any(not isinstance(d, int) or d <= 0 for d in _dims(o)[1:])}
+        if symbolic:  # the runtime and Triton check the class count against the manifest: a name is no count
             raise ConfigError(f"opset {opset}: shape inference left outputs without fixed sizes ({symbolic}); "
                               f"export with another opset ({MIN_OPSET}..{MAX_OPSET}, default {DEFAULT_OPSET})")
         inferred.doc_string = "uopsl deployed model: uint8 NHWC RGB in; probs, logits, site_maps out"

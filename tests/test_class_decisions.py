@@ -56,7 +56,7 @@ def test_export_refuses_a_referable_zero_shot_class_without_threshold_in_one_lin
     model, meta = tiny_model()  # classes normal, a, b
     save_model(tmp_path / "ck", model, meta)
     (tmp_path / "c.toml").write_text(
-        '[[classes]]\nname = "normal"\n[[classes]]\nname = "a"\nphrases = ["yellow spot"]\n'
+        '[[classes]]\nname = "normal"\n[[classes]]\nname = "a"\n'
         '[[classes]]\nname = "retinal_detachment"\nphrases = ["grey, elevated retina"]\nreferable = true\n')
     rc = main_entry(cli, ["export", str(tmp_path / "ck"), "--out", str(tmp_path / "bundle"),
                           "--classes", str(tmp_path / "c.toml")], prog_name="uopsl")

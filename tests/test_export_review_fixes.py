@@ -216,3 +216,53 @@ def test_auto_exclude_beyond_the_layers_is_refused_before_the_sensitivity_pass(b
     assert main_entry(_cli(), ["quantize", str(bundle), "--images", str(images), "--auto-exclude", "999"]) == 2
     assert "--auto-exclude 999 asks for more layers than the" in capsys.readouterr().err
     assert json.loads((bundle / "manifest.json").read_text())
+
+
+# -- one writer of the manifest at a time ---------------------------------------------------------------------------
+def test_manifest_updates_from_several_writers_all_land(bundle: Path) -> None:
+    """quantize cpu and trt side by side (or a validate during a build) each rewrite the whole manifest."""
+    import threading
+
+    from uopsl.export.bundle_writer import add_file
+
+    for i in range(16):
+        (bundle / f"extra{i}.bin").write_bytes(bytes([i]) * 10)
+
+    def writer(names: range) -> None:
+        for i in names:
+            add_file(bundle, None, f"extra{i}.bin", "other")
+
+    threads = [threading.Thread(target=writer, args=(range(k, 16, 4),)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    listed = {f.path for f in read_manifest(bundle).files}
+    assert {f"extra{i}.bin" for i in range(16)} <= listed
+    verify_or_raise(bundle)
+
+
+def test_a_stuck_manifest_writer_is_named_not_waited_for_forever(bundle: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    import subprocess
+    import sys
+
+    import uopsl.export.bundle_writer as bw
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from uopsl.runtime.fsio import FolderLock; "
+         f"lock = FolderLock({str(bundle)!r}, '.manifest.lock'); assert lock.acquire(); print('held', flush=True); "
+         "sys.stdin.readline()"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        monkeypatch.setattr(bw, "_LOCK_WAIT_S", 0.3)
+        (bundle / "late.bin").write_bytes(b"x")
+        with pytest.raises(BundleError, match=rf"pid {holder.pid} has been updating .*manifest.json"):
+            bw.add_file(bundle, None, "late.bin", "other")
+    finally:
+        assert holder.stdin is not None
+        holder.stdin.write("\n")
+        holder.stdin.close()
+        holder.wait(timeout=30)
+    bw.add_file(bundle, None, "late.bin", "other")
+    assert "late.bin" in {f.path for f in read_manifest(bundle).files}

@@ -235,8 +235,9 @@ def command(bundle: Path, precision: str, min_batch: int | None, opt_batch: int 
             calib_max_images: int, strongly_typed: bool | None, fp16_fallback: bool, opt_level: int | None,
             version_compatible: bool, device: int, out: str | None) -> None:
     """Build a TensorRT engine for this GPU into BUNDLE and record it in the manifest."""
+    from uopsl.export.bundle_writer import add_file
     from uopsl.export.tensorrt import EngineBuildConfig, build_engine, check_implicit_int8
-    from uopsl.runtime.bundle import FileEntry, describe_file, read_manifest, write_manifest
+    from uopsl.runtime.bundle import read_manifest
     from uopsl.runtime.trt_compat import load_cuda, load_tensorrt
 
     manifest = read_manifest(bundle)
@@ -270,10 +271,8 @@ def command(bundle: Path, precision: str, min_batch: int | None, opt_batch: int 
             timing_cache = default_timing_cache(api.version_text, cc)
         config = replace(config, timing_cache=str(timing_cache))
     info = build_engine(onnx, bundle / out_name, config, calibration, cuda=cuda)
-    entry = describe_file(bundle, FileEntry(out_name, "engine", precision,  # type: ignore[arg-type]
-                                            info=info.header.to_dict()))
-    files = tuple(f for f in manifest.files if f.path != out_name) + (entry,)
-    write_manifest(bundle, replace(manifest, files=files))
+    # The manifest as it is now, not as it was before minutes of building (a validate may have written it).
+    add_file(bundle, None, out_name, "engine", precision, info=info.header.to_dict())  # type: ignore[arg-type]
     h = info.header
     click.echo(f"{bundle / out_name}: {h.precision}"
                + (f" ({h.int8_mode})" if h.int8_mode else "")
