@@ -123,9 +123,10 @@ def run_cmd(bundle: Path, inputs: Sequence[Path], out: Path, backend: str, preci
 
     Rerunning with the same --out skips the images already screened.
     """
+    from uopsl.runtime import progress as progress_bars
     from uopsl.runtime.api import Screener
 
-    show = sys.stderr.isatty() if progress is None else progress
+    show = progress_bars.terminal_wants_bars() if progress is None else progress
     failed, note = _failures()
     s = Screener(bundle, backend, precision=precision, threads=threads, batch_size=batch, workers=workers,
                  verify=not no_verify, csv_style=csv_style)

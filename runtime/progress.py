@@ -80,7 +80,7 @@ def bar(iterable: Iterable[T] | None = None, *, total: float | None = None, desc
     mode = os.environ.get("UOPSL_PROGRESS", "auto").strip().lower()
     if not (show and _enabled and available("tqdm")) or mode == "never":
         return NoBar(iterable)
-    if terminal_only and mode != "always" and not (_stderr_is_terminal() or "ipykernel" in sys.modules):
+    if terminal_only and not terminal_wants_bars():
         return NoBar(iterable)
     from tqdm.auto import tqdm
 
@@ -88,6 +88,18 @@ def bar(iterable: Iterable[T] | None = None, *, total: float | None = None, desc
     # only for the arguments a caller leaves out.
     return tqdm(iterable, total=total, desc=desc, unit=unit, initial=initial, leave=leave,
                 mininterval=mininterval, dynamic_ncols=True)
+
+
+def terminal_wants_bars() -> bool:
+    """Whether a terminal-only bar is drawn here: stderr is a terminal, Jupyter runs us, or ``UOPSL_PROGRESS=always``.
+
+    For commands that decide on their own bar before drawing it (``uopsl-screen run`` without
+    ``--progress``), so that the environment variable forces theirs too.
+    """
+    mode = os.environ.get("UOPSL_PROGRESS", "auto").strip().lower()
+    if mode == "never":
+        return False
+    return mode == "always" or _stderr_is_terminal() or "ipykernel" in sys.modules
 
 
 def _stderr_is_terminal() -> bool:

@@ -40,3 +40,24 @@ def test_bad_dataset_spec_is_one_clean_line(tmp_path) -> None:  # type: ignore[n
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("error:") and "Traceback" not in proc.stderr
+
+
+def test_imagenet_init_is_what_the_backbone_has(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """--init imagenet by name, for a backbone without offline weights, is refused; left at its default, the
+    encoder starts random and the checkpoint says so (it used to say imagenet)."""
+    import json
+
+    import fixtures_data as fx
+
+    fx.make_folder_dataset(tmp_path / "photos", {"normal": 4, "dr": 4})
+    common = [sys.executable, "-m", "uopsl.train.cli", "finetune", "--data", f"folder:{tmp_path / 'photos'}",
+              "--backbone", "resnet18", "--size", "64", "--device", "cpu", "--epochs", "1", "--batch-size", "4"]
+    asked = subprocess.run([*common, "--init", "imagenet", "--out", str(tmp_path / "a")], capture_output=True,
+                           text=True, timeout=300)
+    assert asked.returncode == 2 and "Traceback" not in asked.stderr
+    assert "--init imagenet: no offline ImageNet weights exist for resnet18" in asked.stderr
+    assert not (tmp_path / "a").exists()
+    default = subprocess.run([*common, "--out", str(tmp_path / "b")], capture_output=True, text=True, timeout=300)
+    assert default.returncode == 0, default.stderr[-2000:]
+    assert "resnet18 has no offline ImageNet weights" in default.stderr
+    assert json.loads((tmp_path / "b" / "checkpoint.json").read_text())["model"]["init"] == "random"

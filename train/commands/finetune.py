@@ -9,7 +9,8 @@ import click
 from uopsl.runtime.errors import ConfigError
 from uopsl.runtime.fsio import write_json
 from uopsl.train import data as datamod
-from uopsl.train.commands.common import items_for, load_source, split_classes, train_options
+from uopsl.train.commands.common import (INIT_HELP, items_for, load_source, resolve_init, split_classes,
+                                         train_options)
 
 
 @click.command("finetune")
@@ -30,7 +31,7 @@ from uopsl.train.commands.common import items_for, load_source, split_classes, t
               help="For a fresh model (default uopsl); must match a --from checkpoint.")
 @click.option("--backbone", default="efficientnet_lite0", show_default=True,
               help="resnet18, resnet50, mobilenet_v3_large, efficientnet_b0, efficientnet_lite0/1/2.")
-@click.option("--init", default="imagenet", show_default=True)
+@click.option("--init", default="imagenet", show_default=True, help=INIT_HELP)
 @click.option("--size", type=click.IntRange(64, 1024), default=320, show_default=True)
 @click.option("--freeze-sites", is_flag=True, help="Keep P, G and the site attention fixed (the site guide is then off).")
 @click.option("--site-loss", "w_site_finetune", type=click.FloatRange(0.0), default=0.0, show_default=True,
@@ -80,6 +81,7 @@ def command(data_spec: str, val_spec: str | None, out: Path, from_ckpt: Path | N
             raise ConfigError(f"--size {size} differs from {from_ckpt}'s input size {meta.preprocess.size}; "
                               "fine-tuning keeps the checkpoint's size (omit --size, or pretrain at that size)")
     else:
+        init = resolve_init(backbone, init)
         model, meta = new_model(names, variant=variant or "uopsl", backbone=backbone, init=init, size=size,
                                 text_model=text_model or DEFAULT_TEXT_MODEL, classes_file=classes_file,
                                 data_fingerprint=src.fingerprint, seed=seed)

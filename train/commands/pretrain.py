@@ -8,7 +8,8 @@ import click
 
 from uopsl.runtime.errors import ConfigError
 from uopsl.runtime.fsio import write_json
-from uopsl.train.commands.common import items_for, load_source, split_classes, train_options
+from uopsl.train.commands.common import (INIT_HELP, items_for, load_source, resolve_init, split_classes,
+                                         train_options)
 
 
 @click.command("pretrain")
@@ -21,7 +22,7 @@ from uopsl.train.commands.common import items_for, load_source, split_classes, t
 @click.option("--variant", type=click.Choice(["uopsl", "p_only", "fundus_only"]), default="uopsl", show_default=True)
 @click.option("--backbone", default="efficientnet_lite0", show_default=True,
               help="resnet18, resnet50, mobilenet_v3_large, efficientnet_b0, efficientnet_lite0/1/2.")
-@click.option("--init", default="imagenet", show_default=True, help="imagenet, random, or a local weights file.")
+@click.option("--init", default="imagenet", show_default=True, help=INIT_HELP)
 @click.option("--size", type=click.IntRange(64, 1024), default=320, show_default=True, help="Model input side.")
 @click.option("--dim", type=click.IntRange(8), default=256, show_default=True)
 @click.option("--sites", type=click.IntRange(1), default=4, show_default=True, help="Site queries per class.")
@@ -45,6 +46,7 @@ def command(fundus_spec: str, oct_spec: str | None, out: Path, classes: str | No
     names = split_classes(classes) or fsrc.label_space.classes
     cfg = TrainConfig(**train)  # type: ignore[arg-type]
     pick_device(cfg.device)  # a device that is not there stops here, before anything is written
+    init = resolve_init(backbone, init)
     model, meta = new_model(names, variant=variant, backbone=backbone, init=init, dim=dim, sites=sites, head=head,
                             size=size, text_model=text_model, classes_file=classes_file,
                             data_fingerprint=fsrc.fingerprint, seed=cfg.seed)
