@@ -662,6 +662,19 @@ def _wilson_bounds(p: float, n: float, alpha: float) -> tuple[float, float]:
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
+def _single_unit_side(pos: np.ndarray, cluster_of: np.ndarray | None) -> str:
+    """Why an AUC interval cannot be estimated here ("" when it can): one side comes from a single unit."""
+    if not pos.any() or pos.all():
+        return ""
+    units = np.arange(len(pos)) if cluster_of is None else cluster_of
+    unit = "image" if cluster_of is None else "patient"
+    for side, mask in (("positive", pos), ("negative", ~pos)):
+        if len(np.unique(units[mask])) < 2:
+            return (f"the {side} cases come from one {unit}, which every resample keeps, so no interval reflects "
+                    "how the figure would vary with other cases")
+    return ""
+
+
 def _clustered_zero_width(iv: Interval, cases: np.ndarray, cluster_of: np.ndarray) -> tuple[Interval, str] | None:
     """A Wilson interval on the effective sample size for a cluster-bootstrapped proportion of zero width.
 
@@ -1214,6 +1227,13 @@ def classification_report(
             return out
 
         ci = bootstrap_many(class_statistic, n, strata=y[:, j] if stratified else None, **boot)
+        single = _single_unit_side(y[:, j] > 0, cluster_of)
+        if single and math.isfinite(ci["auc"].estimate) and ci["auc"].n_boot:
+            # Every stratified resample keeps that one patient (or image): the interval would show only the
+            # other side's spread and look far surer than one case allows. Undefined, and said so.
+            a = ci["auc"]
+            ci["auc"] = Interval(a.estimate, math.nan, math.nan, a.n_boot, a.n_valid, a.alpha, a.method)
+            zero_width[names[j]].append(f"auc: interval undefined: {single}")
         if clustered and cluster_of is not None and proportion_method != BOOTSTRAP:
             pos, called = y[:, j], s[:, j] >= thr[j]
             for m, cases in zip(_PROPORTIONS, (pos, ~pos, called, ~called)):
@@ -1230,12 +1250,16 @@ def classification_report(
     n_pos, n_neg = counts[:, 0] + counts[:, 3], counts[:, 2] + counts[:, 1]
     point_auc = np.array([a(_ones(n))[0] for a in aucs])
     point_f1 = _rates(*(counts[:, i].astype(np.float64) for i in range(4)))["f1"]
+    # Every one-vs-rest macro figure averages the same classes, those with positives and negatives here (what
+    # the reports call the evaluated classes): a class without positives would pull macro F1 to 0 and add a
+    # specificity the macro AUC does not share.
+    evaluable = (n_pos > 0) & (n_neg > 0)
     defined = {
-        "auc": np.isfinite(point_auc),
-        "sensitivity": n_pos > 0,
-        "specificity": n_neg > 0,
-        "f1": np.isfinite(point_f1),
-        "balanced_accuracy": (n_pos > 0) & (n_neg > 0),
+        "auc": np.isfinite(point_auc) & evaluable,
+        "sensitivity": evaluable,
+        "specificity": evaluable,
+        "f1": np.isfinite(point_f1) & evaluable,
+        "balanced_accuracy": evaluable,
     }
 
     def macro_statistic(w: np.ndarray) -> dict[str, np.ndarray]:

@@ -422,3 +422,41 @@ def test_binary_as_two_classes_is_consistent() -> None:
     assert aucs[0] == pytest.approx(aucs[1]) == pytest.approx(M.roc_auc(y, s1))
     pred = (s1 >= 0.5).astype(int)
     assert M.balanced_accuracy(y, pred) == pytest.approx(M.rates_at_threshold(y, s1, 0.5).balanced_accuracy)
+
+
+def test_every_macro_figure_averages_the_evaluated_classes_only() -> None:
+    """A class without positives in the data (review, session 13) pulled macro F1 towards 0 and added its
+    specificity, while the report said the macro figures covered the other classes."""
+    rng = np.random.default_rng(0)
+    n = 60
+    y = np.zeros((n, 3), np.int64)
+    y[:30, 0] = 1
+    y[30:, 1] = 1  # class 2 ("b") has no positive image
+    s = np.clip(y * 0.5 + rng.uniform(0, 0.7, (n, 3)), 0, 1)  # some false positives in every class, b's too
+    rep = M.classification_report(y, s, [0.5, 0.5, 0.5], ["normal", "a", "b"], n_boot=0)
+    per = {c["name"]: c for c in rep["classes"]}
+    for m in ("f1", "specificity", "sensitivity", "auc"):
+        expected = np.mean([per[c][m]["estimate"] for c in ("normal", "a")])
+        assert rep["macro"][m]["estimate"] == pytest.approx(expected), m
+
+
+def test_an_auc_from_one_positive_patient_has_no_interval_and_says_why() -> None:
+    """Review (session 13): TVHL's pdr (2 photographs of one patient) got AUC 0.213 [0.163, 0.266]: every
+    stratified resample kept that patient, so the interval showed only the negatives' spread."""
+    rng = np.random.default_rng(1)
+    n = 40
+    y = np.zeros((n, 2), np.int64)
+    y[:, 0] = 1
+    y[:2, 0], y[:2, 1] = 0, 1  # class "pdr": two images, one patient
+    s = rng.uniform(0, 1, (n, 2))
+    patients = np.array([0, 0] + list(range(1, n - 1)))
+    rep = M.classification_report(y, s, [0.5, 0.5], ["normal", "pdr"], n_boot=200, clusters=patients)
+    pdr = rep["classes"][1]
+    assert pdr["auc"]["estimate"] is not None and pdr["auc"]["low"] is None and pdr["auc"]["high"] is None
+    assert any("auc: interval undefined: the positive cases come from one patient" in x for x in pdr["notes"])
+    # Without patients, two positive images are two units: the interval is estimated.
+    rep = M.classification_report(y, s, [0.5, 0.5], ["normal", "pdr"], n_boot=200)
+    assert rep["classes"][1]["auc"]["low"] is not None
+    one = y.copy()
+    one[1, 1], one[1, 0] = 0, 1  # one positive image
+    assert M.classification_report(one, s, [0.5, 0.5], ["normal", "pdr"], n_boot=200)["classes"][1]["auc"]["low"] is None

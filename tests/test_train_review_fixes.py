@@ -539,3 +539,83 @@ def test_validation_copies_of_training_photographs_are_counted_and_warned(tmp_pa
     caplog.clear()
     assert warn_shared_images(train_ds, dataset(other, pre, tmp_path / "cache", False)) == 0
     assert not caplog.text
+
+
+# -- session 13 review of evaluate / zero-shot / explain ---------------------------------------------------------
+def test_evaluate_refuses_when_unreadable_images_leave_one_class(tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """The only `a` photograph cannot be read: 'macro AUC over 1 of 3 classes (normal)' used to pass, exit 0."""
+    ck = _checkpoint(tmp_path / "ck", ("normal", "a", "b"))
+    table = _labelled_csv(tmp_path / "data", ["normal", "a", "normal", "dme", "normal", "dme"])
+    (tmp_path / "data" / "img" / "1.jpg").write_bytes(b"\xff\xd8 cut short")
+    (tmp_path / "ev").mkdir()
+    (tmp_path / "ev" / "eval.json").write_text('{"an earlier": "complete report"}')
+    rc, _, err = _uopsl(["evaluate", str(ck), "--data", f"csv:{table}", "--out", str(tmp_path / "ev"),
+                         "--n-boot", "10", "--device", "cpu"], capsys)
+    assert rc == 2 and "covers 1 of 3 classes (normal)" in err, err
+    assert json.loads((tmp_path / "ev" / "eval.json").read_text()) == {"an earlier": "complete report"}
+
+
+def test_evaluate_and_zero_shot_refuse_an_out_inside_the_data(tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    from fixtures_data import make_folder_dataset
+
+    ck = _checkpoint(tmp_path / "ck", ("normal", "dr"))
+    make_folder_dataset(tmp_path / "photos", {"normal": 2, "dr": 2})
+    for cmd in (["evaluate", str(ck)], ["zero-shot", str(ck), "--classes", "normal,dr"]):
+        rc, _, err = _uopsl([*cmd, "--data", f"folder:{tmp_path / 'photos'}", "--out",
+                             str(tmp_path / "photos" / "ev"), "--device", "cpu"]
+                            if cmd[0] == "evaluate" else
+                            [*cmd, "--data", f"folder:{tmp_path / 'photos'}", "--out", str(tmp_path / "photos" / "zs")],
+                            capsys)
+        assert rc == 2 and "is inside the data folder" in err, err
+    assert sorted(p.name for p in (tmp_path / "photos").iterdir()) == ["dr", "normal"]
+
+
+def test_zero_shot_scores_trained_classes_as_trained_and_refuses_data_without_them(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Trained classes keep the prototype they were trained with (`a` is no built-in class: it could not be
+    named at all); data labelling none of --classes is refused instead of printing an empty table."""
+    from trainhelpers import tiny_items, tiny_model
+    from uopsl.train.workflow import run_evaluate, run_zero_shot
+
+    model, meta = tiny_model()
+    save_model(tmp_path / "ck", model, meta)
+    items = tiny_items(tmp_path / "imgs", n=18)
+    zs = run_zero_shot(tmp_path / "ck", items, ("normal", "a", "b"), None, n_boot=0)
+    ev = run_evaluate(tmp_path / "ck", items, None, n_boot=0)
+    own = {c["name"]: c["auc"]["estimate"] for c in ev["classes"]}
+    for name in ("normal", "a", "b"):  # the same model, the same scores: the same AUC
+        assert zs["site_attention"][name] == pytest.approx(own[name], abs=1e-9), name
+    table = _labelled_csv(tmp_path / "other", ["amd", "glaucoma", "amd"])
+    rc, _, err = _uopsl(["zero-shot", str(tmp_path / "ck"), "--data", f"csv:{table}", "--classes", "normal,a",
+                         "--out", str(tmp_path / "zs")], capsys)
+    assert rc == 2 and "has no class of --classes with both positive and negative photographs" in err, err
+    assert not (tmp_path / "zs" / "zero_shot.json").exists()
+
+
+def test_explain_exits_2_when_nothing_is_drawn_and_refuses_an_empty_class_list(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ck = _checkpoint(tmp_path / "ck", ("normal", "dr"))
+    bad = tmp_path / "in" / "cut.jpg"
+    bad.parent.mkdir()
+    bad.write_bytes(b"\xff\xd8 cut short")
+    rc, out, err = _uopsl(["explain", str(ck), str(bad), "--out", str(tmp_path / "maps")], capsys)
+    assert rc == 2 and out == "" and "no heatmap written" in err, err
+    rc, _, err = _uopsl(["explain", str(ck), str(_photo(tmp_path / "in" / "ok.jpg", 1)), "--out",
+                         str(tmp_path / "maps"), "--classes", ","], capsys)
+    assert rc == 2 and "no class name in ','" in err, err
+
+
+def test_a_model_without_site_attention_gets_no_site_maps_or_comparisons_made_up(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from trainhelpers import tiny_items, tiny_model
+    from uopsl.train.workflow import run_zero_shot
+
+    model, meta = tiny_model("fundus_only")
+    save_model(tmp_path / "ck", model, meta)
+    rc, _, err = _uopsl(["explain", str(tmp_path / "ck"), str(_photo(tmp_path / "in" / "ok.jpg", 1)), "--out",
+                         str(tmp_path / "maps")], capsys)
+    assert rc == 2 and "fundus_only model: it has no site attention to draw" in err, err
+    res = run_zero_shot(tmp_path / "ck", tiny_items(tmp_path / "imgs", n=9), ("normal", "a", "b"), None, n_boot=0)
+    assert any("without site attention" in n and "0 by construction" in n for n in res["notes"])

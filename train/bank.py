@@ -29,14 +29,21 @@ class ClassBank:
     seen: tuple[bool, ...] = ()
 
 
-def resolve(names: Sequence[str], classes_file: str | Path | None = None) -> list[descriptions.DiseaseDescription]:
-    """Descriptions for ``names``: from ``classes_file`` first (if given), else the built-in dictionary."""
-    user = {d.name: d for d in descriptions.load_classes(classes_file)} if classes_file else {}
+def resolve(names: Sequence[str], classes_file: str | Path | None = None,
+            known: Mapping[str, Sequence[str]] | None = None) -> list[descriptions.DiseaseDescription]:
+    """Descriptions for ``names``: from ``classes_file`` first (if given), then ``known`` (a checkpoint's
+    classes and the phrases it was trained with), else the built-in dictionary."""
+    user = {d.name: d for d in descriptions.load_classes(classes_file, known)} if classes_file else {}
     out = []
     for n in names:
         key = descriptions.canonical(n)
         if key in user:
             out.append(user[key])
+            continue
+        if known and n in known:
+            phrases = tuple(known[n])
+            both: tuple[descriptions.Modality, ...] = tuple("both" for _ in phrases)
+            out.append(descriptions.DiseaseDescription(key, key.replace("_", " ").capitalize(), phrases, both))
             continue
         try:
             out.append(descriptions.get(n))
@@ -49,14 +56,15 @@ def resolve(names: Sequence[str], classes_file: str | Path | None = None) -> lis
 
 
 def build(names: Sequence[str], classes_file: str | Path | None = None, text_model: str = DEFAULT_MODEL,
-          seen: Sequence[str] | None = None, cache_dir: str | Path | None = None) -> ClassBank:
+          seen: Sequence[str] | None = None, cache_dir: str | Path | None = None,
+          known: Mapping[str, Sequence[str]] | None = None) -> ClassBank:
     """Encode the class descriptions into prototypes (mean of normalised phrase embeddings).
 
     All phrases of a class (fundus and OCT ones) form its single shared
     prototype: text is the bridge between the two unpaired image pools, so
     both pools are scored against the same ``e_k`` (DESIGN.md section 1).
     """
-    descs = resolve(names, classes_file)
+    descs = resolve(names, classes_file, known)
     phrases = tuple(tuple(d.phrases) for d in descs)
     text = TextEncoder(text_model, cache_dir).prototypes(phrases)
     seen_set = set(names if seen is None else seen)

@@ -222,7 +222,8 @@ class ClassCoverage:
             parts.append("the data's " + ", ".join(f"{n} ({c} image{'s' if c != 1 else ''})"
                                                   for n, c in self.data_only.items())
                          + (" is not a class" if len(self.data_only) == 1 else " are not classes")
-                         + " of the model (ignored)")
+                         + " of the model (those labels are dropped: an image with no model class counts as a "
+                         "negative for every model class)")
         return "; ".join(parts)
 
 
@@ -300,9 +301,12 @@ def evaluate(probs: np.ndarray, targets: np.ndarray, thresholds: Sequence[float]
     report["class_coverage"] = class_coverage(targets, names).to_dict()
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-        write_json(out / "eval.json", report)
         curves = {names[k]: metrics.roc_curve(targets[:, k], probs[:, k]) for k in keep}
-        plots.roc_plot(curves, out / "roc.png", title=title or "ROC")
+        if curves:  # the plot first: eval.json is the last thing written, so it never describes a failed run
+            plots.roc_plot(curves, out / "roc.png", title=title or "ROC")
+        else:
+            log.warning("no class has positive and negative images here: no ROC curve to plot")
+        write_json(out / "eval.json", report)
     return report
 
 

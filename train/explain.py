@@ -96,6 +96,9 @@ def explain_inputs(ckpt: Path, inputs: Sequence[str | os.PathLike[str]], out: Pa
     from uopsl.train.checkpoint import load_model, read_meta
 
     meta = read_meta(ckpt)
+    if meta.model.variant == "fundus_only":
+        raise ConfigError(f"{ckpt} is a fundus_only model: it has no site attention to draw (its maps would be "
+                          "uniform); explain a uopsl or p_only checkpoint")
     names = list(classes or meta.model.classes)
     unknown = [c for c in names if c not in meta.model.classes]
     if unknown:

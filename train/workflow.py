@@ -11,7 +11,7 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -38,7 +38,9 @@ from uopsl.train.checkpoint import (
     save_model,
 )
 from uopsl.train.evaluate import (
+    ClassCoverage,
     choose_operating_points,
+    class_coverage,
     default_operating_points,
     evaluate,
     patient_clusters,
@@ -402,14 +404,24 @@ def run_finetune(model: UopslModel, meta: CheckpointMeta, train_items: Sequence[
 
 def run_evaluate(ckpt: Path, items: Sequence[Item], out: Path | None, n_boot: int = 1000, seed: int = 0,
                  cache: Path | None = None, device: str = "auto",
-                 masks: Sequence[str | Path | None] | None = None) -> dict[str, Any]:
+                 masks: Sequence[str | Path | None] | None = None,
+                 check: Callable[[ClassCoverage], None] | None = None) -> dict[str, Any]:
     """Clinical metrics of a checkpoint on ``items``; with ``masks`` (per item, a site-mask file or
-    None) also where its predilection maps point (``site_concentration``, per class)."""
+    None) also where its predilection maps point (``site_concentration``, per class).
+
+    ``check``: called with the class coverage of the images that could be read, before anything is computed
+    or written; it may raise (the command refuses data whose readable images cover too few classes).
+    """
     if masks is not None and len(masks) != len(items):
         raise ConfigError(f"masks must have one entry per item: got {len(masks)} for {len(items)} items")
     model, meta = load_model(ckpt)
+    if not meta.thresholds:
+        log.warning("%s stores no operating thresholds (stage %s: not fine-tuned with validation data?); "
+                    "sensitivity and specificity are reported at 0.5, which no validation chose", ckpt, meta.stage)
     model.to(pick_device(device))
     ds = dataset(items, meta.preprocess, cache, False)
+    if check is not None:
+        check(class_coverage(ds.targets, model.config.classes))
     with_maps = masks is not None and any(masks) and model.config.variant != "fundus_only"
     pred = predict(model, ds, with_maps=with_maps)
     probs = pred["probs"]
@@ -455,14 +467,28 @@ def run_zero_shot(ckpt: Path, items: Sequence[Item], names: Sequence[str], out: 
 
     model, meta = load_model(ckpt)
     encoder = text_model_of(ckpt, model, meta, text_model)
-    bank = banks.build(names, classes_file, encoder, seen=[n for n in names if n in model.config.classes])
-    zs = model.with_classes(tuple(names), bank.text, seen_names=model.config.classes).eval()
+    trained = model.config.classes
+    # A trained class is scored with the prototype it was trained with (unless the class file describes it
+    # anew): rebuilt from the built-in dictionary, it could differ from the checkpoint's own description.
+    bank = banks.build(names, classes_file, encoder, seen=[n for n in names if n in trained],
+                       known=dict(zip(trained, meta.phrases)))
+    given = descriptions.classes_giving_phrases(classes_file) if classes_file else frozenset()
+    text = np.array(bank.text, np.float32, copy=True)
+    for i, name in enumerate(names):
+        if name in trained and name not in given:
+            text[i] = model.class_text[trained.index(name)].detach().cpu().numpy()
+    zs = model.with_classes(tuple(names), text, seen_names=trained).eval()
     ds = dataset(items, meta.preprocess, cache, False)
     ref = zs.reference_class()
     res: dict[str, Any] = {"classes": list(names), "seen": list(bank.seen), "checkpoint": str(ckpt),
                            "healthy_class": None if ref is None else names[ref], "notes": []}
     res["images_seen_in_training"], note = images_seen_note(ckpt, ds)  # the seen classes' AUCs, above all
     if note:
+        res["notes"].append(note)
+        log.warning("%s", note)
+    if model.config.variant == "fundus_only":
+        note = (f"{ckpt} is a fundus_only model, without site attention: its 'with sites' scores are its scores "
+                "without them, and every with/without comparison is 0 by construction")
         res["notes"].append(note)
         log.warning("%s", note)
     scores = reading_scores(zs, ds)

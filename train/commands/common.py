@@ -221,10 +221,27 @@ def resolve_init(backbone: str, init: str) -> str:
     return "random"
 
 
+def check_out_outside_data(out: Path, src: data.DatasetSource, option: str = "--out") -> None:
+    """Refuse a report folder inside (or equal to) the data folder, before anything is written.
+
+    Why: a folder dataset reads every subfolder as a class, so the report (its ROC plot, its cache of
+    preprocessed test images) would be evaluated as data the next time.
+    """
+    import os
+
+    real_out, root = os.path.realpath(out), os.path.realpath(src.root)
+    if real_out == root or real_out.startswith(root.rstrip(os.sep) + os.sep):
+        raise ConfigError(f"{option} {out} is inside the data folder {src.root}; the next run would read the "
+                          f"report as data: choose an {option} outside it")
+
+
 def split_classes(value: str | None) -> tuple[str, ...] | None:
     if not value:
         return None
     names = tuple(v.strip() for v in value.split(",") if v.strip())
+    if not names:  # "," or " , ": the user meant some classes, not every class
+        raise ConfigError(f"no class name in {value!r}; give comma-separated class names (or leave the option out "
+                          "for every class)")
     if len(set(names)) != len(names):
         raise ConfigError(f"a class is listed twice in {value!r}")
     return names

@@ -10,15 +10,17 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from uopsl.runtime.errors import ConfigError
-from uopsl.train.commands.common import items_for, load_source
+from uopsl.train.commands.common import check_out_outside_data, items_for, load_source
 
 if TYPE_CHECKING:
     from uopsl.train.evaluate import ClassCoverage
 
+
 log = logging.getLogger(__name__)
 
 
-def check_coverage(cov: ClassCoverage, data_spec: str, checkpoint: Path, data_classes: list[str]) -> None:
+def check_coverage(cov: ClassCoverage, data_spec: str, checkpoint: Path, data_classes: list[str],
+                   quiet: bool = False) -> None:
     """Warn when the data leave model classes out or hold classes the model lacks; refuse when <= 1 is left.
 
     Why: the macro figures are means over the classes the data can evaluate
@@ -28,7 +30,7 @@ def check_coverage(cov: ClassCoverage, data_spec: str, checkpoint: Path, data_cl
     """
     problems = cov.problems()
     if cov.usable():
-        if problems:
+        if problems and not quiet:
             log.warning("%s on %s: %s; the macro figures cover %s", checkpoint, data_spec, problems, cov.summary())
         return
     from uopsl.train.commands.validate import task_hint
@@ -59,11 +61,12 @@ def command(checkpoint: Path, data_spec: str, out: Path, n_boot: int, seed: int,
 
     from uopsl.runtime.fsio import write_json
     from uopsl.train.checkpoint import read_meta
-    from uopsl.train.evaluate import class_coverage
+    from uopsl.train.evaluate import ClassCoverage, class_coverage
     from uopsl.train.workflow import run_evaluate
 
     names = read_meta(checkpoint).model.classes
     src = load_source(data_spec)
+    check_out_outside_data(out, src)
     items = items_for(src, names, "fundus")
     # Before the model runs: which of its classes these data can evaluate (eval.json records it again, after
     # unreadable images are dropped).
@@ -77,8 +80,15 @@ def command(checkpoint: Path, data_spec: str, out: Path, n_boot: int, seed: int,
                    + sorted(c for c in counts if c not in src.label_space.classes))
     # Site masks (synthetic data) travel as a sample extra, in the order items_for keeps.
     masks = [s.extra.get("masks") for s in src.samples if s.modality == "fundus"]
-    report = run_evaluate(checkpoint, items, out, n_boot=n_boot, seed=seed,
-                          cache=out / "cache", device=device, masks=masks if any(masks) else None)
+    data_classes = ([c for c in src.label_space.classes if counts.get(c)]
+                    + sorted(c for c in counts if c not in src.label_space.classes))
+
+    def readable_cover_enough(readable: ClassCoverage) -> None:  # unreadable images may have taken a class away
+        check_coverage(ClassCoverage(readable.model_classes, readable.evaluated, readable.left_out, cov.data_only),
+                       data_spec, checkpoint, data_classes, quiet=True)
+
+    report = run_evaluate(checkpoint, items, out, n_boot=n_boot, seed=seed, cache=out / "cache", device=device,
+                          masks=masks if any(masks) else None, check=readable_cover_enough)
     final = class_coverage_from_report(report, cov)
     report["class_coverage"] = final.to_dict()
     write_json(out / "eval.json", report)

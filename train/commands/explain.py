@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from uopsl.runtime.errors import ConfigError
 from uopsl.train.commands.common import split_classes
 
 
@@ -28,4 +29,7 @@ def command(checkpoint: Path, images: tuple[Path, ...], out: Path, classes: str 
     result = explain_inputs(checkpoint, images, out, split_classes(classes))
     for _source, png in result.written:
         click.echo(str(png))
+    if not result.written:
+        raise ConfigError(f"no heatmap written: {len(result.failed)} photograph(s) could not be read (logged above); "
+                          "check the paths and the files")
     return 1 if result.failed else 0

@@ -7,7 +7,8 @@ from typing import Any
 
 import click
 
-from uopsl.train.commands.common import items_for, load_source, split_classes
+from uopsl.runtime.errors import ConfigError
+from uopsl.train.commands.common import check_out_outside_data, items_for, load_source, split_classes
 
 
 @click.command("zero-shot")
@@ -32,10 +33,22 @@ def command(checkpoint: Path, data_spec: str, classes: str, classes_file: Path |
     """
     from uopsl.train.workflow import run_zero_shot
 
+    import numpy as np
+
+    from uopsl.train.evaluate import class_coverage
+
     names = split_classes(classes) or ()
     src = load_source(data_spec)
-    res = run_zero_shot(checkpoint, items_for(src, names, "fundus"), names, out, classes_file, cache=out / "cache",
-                        n_boot=n_boot, text_model=text_model)
+    check_out_outside_data(out, src)
+    items = items_for(src, names, "fundus")
+    cov = class_coverage(np.stack([it.target for it in items]) if items else np.zeros((0, len(names))), names)
+    if not cov.evaluated:  # before the model runs: an empty table says nothing
+        labelled = sorted({n for s in src.samples for n in s.labels})
+        raise ConfigError(f"{data_spec} has no class of --classes with both positive and negative photographs "
+                          f"({', '.join(f'{n}: {why}' for n, why in cov.left_out.items())}); its labels are "
+                          f"{', '.join(labelled) or 'none'}: give data labelled with the classes to score")
+    res = run_zero_shot(checkpoint, items, names, out, classes_file, cache=out / "cache", n_boot=n_boot,
+                        text_model=text_model)
     for n in names:
         if res["site_attention"][n] is None:
             click.echo(f"{n:>14}: AUC undefined (the data has no image with, or none without, this class)")
