@@ -1291,6 +1291,16 @@ def classification_report(
         correct = int(np.trace(conf(_ones(n))[0]))
         macro["accuracy"] = proportion_interval(correct, n, alpha=alpha, method=proportion_method)
     elif conf is not None and clustered and cluster_of is not None and proportion_method != BOOTSTRAP:
+        if macro_strata is not None:
+            # Resampling within each true class freezes the class mix, which the accuracy depends on: its
+            # interval came out narrower with patients known than the Wilson interval without them. The
+            # accuracy gets a bootstrap of whole patients of its own, unstratified.
+            confusion = conf
+
+            def accuracy_statistic(w: np.ndarray) -> dict[str, np.ndarray]:
+                return {"accuracy": _accuracy_from_confusion(confusion(w))}
+
+            macro["accuracy"] = bootstrap_many(accuracy_statistic, n, strata=None, **boot)["accuracy"]
         fixed = _clustered_zero_width(macro["accuracy"], np.ones(n, bool), cluster_of)
         if fixed is not None:
             macro["accuracy"] = fixed[0]
