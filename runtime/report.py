@@ -328,14 +328,14 @@ def _data_uri(path: Path, side: int = _THUMB) -> str:
     return uri
 
 
-def max_referable_prob(row: dict[str, Any], referable: Sequence[str]) -> float:
+def max_referable_prob(row: Mapping[str, Any], referable: Sequence[str]) -> float:
     """The highest probability among the referable classes (-1 without any): the order within a group."""
     probs = row.get("probs") or {}
     vals = [float(probs[c]) for c in referable if c in probs]
     return max(vals) if vals else -1.0
 
 
-def urgency_key(row: dict[str, Any], referable: Sequence[str]) -> tuple[int, float]:
+def urgency_key(row: Mapping[str, Any], referable: Sequence[str]) -> tuple[int, float]:
     """Sort key: referable (0), ungradable or unreadable (1), the rest (2); then by referable probability."""
     if row.get("status") == "ok" and row.get("refer"):
         group = 0

@@ -98,7 +98,7 @@ def plan_pages(rows: Sequence[Mapping[str, Any]], referable: Sequence[str],
         by_day.setdefault(screening_day(r), []).append(i)
     pages: list[DayPage] = []
     for day in sorted(by_day, key=lambda d: (d is None, d or date.min)):
-        order = sorted(by_day[day], key=lambda i: urgency_key(dict(rows[i]), referable))
+        order = sorted(by_day[day], key=lambda i: urgency_key(rows[i], referable))
         chunks = [order[k : k + max_rows] for k in range(0, len(order), max_rows)]
         stem = day.isoformat() if day is not None else "undated"
         what = day.isoformat() if day is not None else "photographs without a screening time"
@@ -295,6 +295,7 @@ def _index_parts(rows: Sequence[Mapping[str, Any]], pages: Sequence[DayPage], du
     days: dict[date | None, list[DayPage]] = {}
     for p in pages:
         days.setdefault(p.day, []).append(p)
+    page_of = {i: p for p in pages for i in p.rows}
     n_days = sum(1 for d in days if d is not None)
     parts = [
         head_html(f"Screening report - {n} images on {n_days} day{'s' if n_days != 1 else ''} - {generated}"),
@@ -306,7 +307,6 @@ def _index_parts(rows: Sequence[Mapping[str, Any]], pages: Sequence[DayPage], du
         "file. Open a day to see its photographs and heatmaps; each day's page prints on its own.</p>",
     ]
     if dups.groups:
-        page_of = {i: p for p in pages for i in p.rows}
         listed = "; ".join(" = ".join(
             f"<a href='{esc(DAYS_DIR)}/{esc(page_of[i].name)}#{esc(row_anchor(rows[i]))}'>{esc(_name(rows[i]))}</a>"
             f" ({esc(page_of[i].label)})" for i in g) for g in dups.groups[:10])
@@ -335,7 +335,6 @@ def _index_parts(rows: Sequence[Mapping[str, Any]], pages: Sequence[DayPage], du
     parts.append("</tbody></table>")
     referred = [i for p in pages for i in p.rows if rows[i].get("status") == "ok" and rows[i].get("refer")]
     if referred:
-        page_of = {i: p for p in pages for i in p.rows}
         def when(i: int) -> float:
             t = parse_time(rows[i].get("screened_at"))
             return t.timestamp() if t is not None else float("-inf")

@@ -472,11 +472,7 @@ def run_zero_shot(ckpt: Path, items: Sequence[Item], names: Sequence[str], out: 
     # anew): rebuilt from the built-in dictionary, it could differ from the checkpoint's own description.
     bank = banks.build(names, classes_file, encoder, seen=[n for n in names if n in trained],
                        known=dict(zip(trained, meta.phrases)))
-    given = descriptions.classes_giving_phrases(classes_file) if classes_file else frozenset()
-    text = np.array(bank.text, np.float32, copy=True)
-    for i, name in enumerate(names):
-        if name in trained and name not in given:
-            text[i] = model.class_text[trained.index(name)].detach().cpu().numpy()
+    text, _, _ = with_trained_prototypes(bank, model, meta, classes_file)
     zs = model.with_classes(tuple(names), text, seen_names=trained).eval()
     ds = dataset(items, meta.preprocess, cache, False)
     ref = zs.reference_class()
@@ -547,17 +543,16 @@ def class_decisions(names: Sequence[str], known: Sequence[str], thresholds: Sequ
     return out_t, out_r
 
 
-def trained_prototypes_kept(bank: banks.ClassBank, model: UopslModel, meta: CheckpointMeta,
-                            points: dict[str, descriptions.OperatingPointOverride],
-                            source: str | Path) -> tuple[np.ndarray, tuple[tuple[str, ...], ...]]:
-    """The re-exported bank's prototypes and phrases, the trained classes' own where their description is unchanged.
+def with_trained_prototypes(bank: banks.ClassBank, model: UopslModel, meta: CheckpointMeta,
+                            classes_file: str | Path | None
+                            ) -> tuple[np.ndarray, tuple[tuple[str, ...], ...], list[str]]:
+    """``bank``'s prototypes and phrases, with each trained class's own where the class file does not describe
+    it anew; and the trained classes it does describe anew (their scores move).
 
-    Why: a trained class's threshold was validated on its scores, which depend on its prototype. A class
-    file that lists it without phrases (or with its trained phrases) keeps the checkpoint's prototype
-    exactly, so its scores and threshold stay valid. New phrases for it move its scores; its old
-    threshold then means nothing, so a new one, chosen on labelled images, is required.
+    Why the checkpoint's own rows and not a fresh encoding: they are what the class was trained and
+    validated with, bit for bit, whatever the built-in dictionary says today.
     """
-    given = descriptions.classes_giving_phrases(source)
+    given = descriptions.classes_giving_phrases(classes_file) if classes_file is not None else frozenset()
     trained = model.config.classes
     text = np.array(bank.text, np.float32, copy=True)
     phrases = list(bank.phrases)
@@ -570,9 +565,25 @@ def trained_prototypes_kept(bank: banks.ClassBank, model: UopslModel, meta: Chec
         if name not in given or tuple(bank.phrases[i]) == own:
             text[i] = model.class_text[j].detach().cpu().numpy()
             phrases[i] = own or bank.phrases[i]
-        elif points.get(name, descriptions.OperatingPointOverride()).threshold is None:
-            moved.append(name)
         else:
+            moved.append(name)
+    return text, tuple(phrases), moved
+
+
+def trained_prototypes_kept(bank: banks.ClassBank, model: UopslModel, meta: CheckpointMeta,
+                            points: dict[str, descriptions.OperatingPointOverride],
+                            source: str | Path) -> tuple[np.ndarray, tuple[tuple[str, ...], ...]]:
+    """The re-exported bank's prototypes and phrases (:func:`with_trained_prototypes`), refusing new phrases
+    for a trained class without a new threshold.
+
+    Why: a trained class's threshold was validated on its scores, which depend on its prototype. New
+    phrases move its scores; its old threshold then means nothing, so one chosen on labelled images with
+    the new phrases is required.
+    """
+    text, phrases, described_anew = with_trained_prototypes(bank, model, meta, source)
+    moved = [n for n in described_anew if points.get(n, descriptions.OperatingPointOverride()).threshold is None]
+    for name in described_anew:
+        if name not in moved:
             log.warning("class %r: new phrases in %s replace the ones it was trained with; its scores change, "
                         "and the threshold given there replaces the validated one", name, source)
     if moved:
@@ -581,7 +592,7 @@ def trained_prototypes_kept(bank: banks.ClassBank, model: UopslModel, meta: Chec
             "their scores, so their validated thresholds no longer apply: drop 'phrases' for "
             f"{'them' if len(moved) > 1 else 'it'} to keep the trained description, or give threshold = ... chosen "
             "on labelled images with the new phrases")
-    return text, tuple(phrases)
+    return text, phrases
 
 
 def run_export(ckpt: Path, out: Path, classes_file: str | Path | None = None, opset: int = 17,

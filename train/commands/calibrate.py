@@ -18,6 +18,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -92,8 +93,9 @@ def resolve_model(model: Path, size: int | None, preprocess_from: Path | None) -
                     f"{preprocess_from}: expected a bundle folder, a manifest.json or a JSON object of "
                     f"preprocessing parameters ({exc})"
                 ) from exc
-    model_size = model_input_size(model)
-    _refuse_quantized(model)
+    graph = _graph(model)
+    _refuse_quantized(model, graph)
+    model_size = model_input_size(model, graph)
     if cfg is None:
         cfg = PreprocessConfig(size=size or model_size or PreprocessConfig().size)
     elif size is not None and size != cfg.size:
@@ -139,23 +141,26 @@ def bundle_target(source: ModelSource, out: Path, kind: str) -> Path | None:
 _QDQ_OPS = {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "DynamicQuantizeLinear"}
 
 
-def _refuse_quantized(model: Path) -> None:
-    """An already quantized graph is no source for ranges or for another quantization: say so, not later."""
+def _graph(model: Path) -> Any:
+    """The model's ONNX graph (weights stored outside the file are not read), or one clear ConfigError."""
     onnx = require("onnx", "reading the model")
-    graph = onnx.load(str(model), load_external_data=False).graph
+    try:
+        return onnx.load(str(model), load_external_data=False).graph
+    except Exception as exc:  # noqa: BLE001 - onnx raises several types for a bad file
+        raise ConfigError(f"{model}: not a readable ONNX model ({exc})") from exc
+
+
+def _refuse_quantized(model: Path, graph: Any) -> None:
+    """An already quantized graph is no source for ranges or for another quantization: say so, not later."""
     found = sorted({n.op_type for n in graph.node} & _QDQ_OPS)
     if found:
         raise ConfigError(f"{model} is already quantized (it holds {', '.join(found)}); calibration and quantization "
                           "start from the FP32 model: give that ONNX file (or its bundle folder)")
 
 
-def model_input_size(model: Path) -> int | None:
-    """The static H (= W) of the model's NHWC input, or None when dynamic."""
-    onnx = require("onnx", "reading the model's input size")
-    try:
-        graph = onnx.load(str(model), load_external_data=False).graph
-    except Exception as exc:  # noqa: BLE001 - onnx raises several types for a bad file
-        raise ConfigError(f"{model}: not a readable ONNX model ({exc})") from exc
+def model_input_size(model: Path, graph: Any = None) -> int | None:
+    """The static H (= W) of the model's NHWC input, or None when dynamic (``graph``: already loaded)."""
+    graph = _graph(model) if graph is None else graph
     inits = {i.name for i in graph.initializer}
     inp = next(i for i in graph.input if i.name not in inits)
     dims = [d.dim_value if d.HasField("dim_value") else None for d in inp.type.tensor_type.shape.dim]
