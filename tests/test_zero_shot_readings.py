@@ -195,3 +195,18 @@ def test_cli_without_a_healthy_class_reports_the_description_reading_only(
     res = json.loads((tmp_path / "zs" / "zero_shot.json").read_text())
     assert res["healthy_class"] is None and set(res["readings"]) == {"raw"} and set(res["readings"]["raw"]) == {"all"}
     assert "no healthy class in the bank" in out and "vs " not in out
+
+
+def test_a_difference_from_one_positive_patient_has_no_interval() -> None:
+    """Review (session 13): TVHL's pdr (2 photographs, 1 patient) read +0.510 [+0.421, +0.597]; every resample
+    kept that patient, and the footnote told readers to trust the interval."""
+    rng = np.random.default_rng(0)
+    y = np.zeros(40, bool)
+    y[:2] = True
+    with_sites, without = rng.uniform(0, 1, 40), rng.uniform(0, 1, 40)
+    patients = np.array([0, 0] + list(range(1, 39)))
+    c = compare(y, with_sites, without, n_boot=200, clusters=patients)
+    assert c.difference is not None and c.low is None and c.high is None
+    assert any("interval undefined: the positive images come from one patient" in n for n in c.notes)
+    two = compare(y, with_sites, without, n_boot=200)  # two positive images, patients unknown: two units
+    assert two.low is not None and two.high is not None

@@ -453,7 +453,7 @@ def run_evaluate(ckpt: Path, items: Sequence[Item], out: Path | None, n_boot: in
 
 def run_zero_shot(ckpt: Path, items: Sequence[Item], names: Sequence[str], out: Path | None,
                   classes_file: str | Path | None = None, cache: Path | None = None, n_boot: int = 1000,
-                  text_model: str | None = None) -> dict[str, Any]:
+                  text_model: str | None = None, seed: int = 0) -> dict[str, Any]:
     """Score classes given only by name + description, with and without site attention.
 
     ``readings``: the raw and against-the-healthy-description readings,
@@ -489,10 +489,10 @@ def run_zero_shot(ckpt: Path, items: Sequence[Item], names: Sequence[str], out: 
         log.warning("%s", note)
     scores = reading_scores(zs, ds)
     clusters = patient_clusters([it.group for it in ds.items])
-    res["bootstrap"] = {"n_boot": n_boot, "seed": 0, "unit": "image" if clusters is None else "patient",
+    res["bootstrap"] = {"n_boot": n_boot, "seed": seed, "unit": "image" if clusters is None else "patient",
                         "n_units": len(ds) if clusters is None else int(clusters.max()) + 1}
     res["readings"] = site_comparisons(ds.targets, list(names), ref, scores["site_attention"],
-                                       scores["no_site_attention"], n_boot=n_boot, clusters=clusters)
+                                       scores["no_site_attention"], n_boot=n_boot, seed=seed, clusters=clusters)
     raw_all = res["readings"]["raw"]["all"]
     for arm, key in (("site_attention", "with_sites"), ("no_site_attention", "without")):
         res[arm] = {n: raw_all[n][key] for n in names}

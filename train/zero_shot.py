@@ -152,8 +152,16 @@ def compare(y: np.ndarray, with_sites: np.ndarray, without: np.ndarray, n_boot: 
     if diff.n_valid and diff.low == diff.high and diff.estimate != 0:
         notes.append(f"every bootstrap resample gave the same difference {diff.low:+.4g}: the zero-width interval "
                      "understates the uncertainty")
+    low, high = _finite(diff.low), _finite(diff.high)
+    units = np.asarray(clusters) if unit == "patient" else np.arange(len(y))
+    for side, mask in (("positive", y), ("negative", ~y)):
+        if len(np.unique(units[mask])) < 2:
+            # Every resample keeps that one case: the interval would show the other side's spread only.
+            low = high = None
+            notes.append(f"interval undefined: the {side} images come from one {unit}, which every resample keeps")
+            break
     return SiteComparison(_finite(roc_auc(y, with_sites)), _finite(roc_auc(y, without)), _finite(diff.estimate),
-                          _finite(diff.low), _finite(diff.high), _finite(dl.p_value), pos, neg, tuple(notes), unit)
+                          low, high, _finite(dl.p_value), pos, neg, tuple(notes), unit)
 
 
 def healthy_only(targets: np.ndarray, reference: int | None) -> np.ndarray | None:

@@ -22,8 +22,9 @@ from uopsl.train.commands.common import check_out_outside_data, items_for, load_
               help="The sentence encoder that made CHECKPOINT, for a checkpoint that does not record it (checked).")
 @click.option("--n-boot", type=click.IntRange(100, 100_000), default=1000, show_default=True,
               help="Bootstrap resamples for the interval of each with/without-sites difference.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the bootstrap resamples.")
 def command(checkpoint: Path, data_spec: str, classes: str, classes_file: Path | None, out: Path,
-            text_model: str | None, n_boot: int) -> None:
+            text_model: str | None, n_boot: int, seed: int) -> None:
     """AUC per class with site attention and without it (the 'plain CLIP' reading).
 
     Two readings (the class description alone; against the healthy class's
@@ -48,7 +49,7 @@ def command(checkpoint: Path, data_spec: str, classes: str, classes_file: Path |
                           f"({', '.join(f'{n}: {why}' for n, why in cov.left_out.items())}); its labels are "
                           f"{', '.join(labelled) or 'none'}: give data labelled with the classes to score")
     res = run_zero_shot(checkpoint, items, names, out, classes_file, cache=out / "cache", n_boot=n_boot,
-                        text_model=text_model)
+                        text_model=text_model, seed=seed)
     for n in names:
         if res["site_attention"][n] is None:
             click.echo(f"{n:>14}: AUC undefined (the data has no image with, or none without, this class)")
