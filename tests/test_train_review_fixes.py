@@ -554,6 +554,12 @@ def test_evaluate_refuses_when_unreadable_images_leave_one_class(tmp_path: Path,
                          "--n-boot", "10", "--device", "cpu"], capsys)
     assert rc == 2 and "covers 1 of 3 classes (normal)" in err, err
     assert json.loads((tmp_path / "ev" / "eval.json").read_text()) == {"an earlier": "complete report"}
+    # With the a photograph readable again: a report, which says what stage the checkpoint is and why 0.5.
+    _labelled_csv(tmp_path / "data", ["normal", "a", "normal", "dme", "normal", "dme"])
+    rc, _, err = _uopsl(["evaluate", str(ck), "--data", f"csv:{table}", "--out", str(tmp_path / "ev"),
+                         "--n-boot", "10", "--device", "cpu"], capsys)
+    assert rc == 0 and "stores no operating thresholds" in err, err
+    assert json.loads((tmp_path / "ev" / "eval.json").read_text())["checkpoint_stage"] == "finetune"
 
 
 def test_evaluate_and_zero_shot_refuse_an_out_inside_the_data(tmp_path: Path,

@@ -440,6 +440,7 @@ def run_evaluate(ckpt: Path, items: Sequence[Item], out: Path | None, n_boot: in
         report["site_concentration"] = site_concentration_report(pred["site_maps"], ds.targets, model.config.classes,
                                                                  kept, geoms)
     report["checkpoint"] = str(ckpt)
+    report["checkpoint_stage"] = meta.stage  # a pretrain checkpoint's sensitivities sit at an unvalidated 0.5
     report["n_unreadable"] = len(ds.unreadable)  # left out of every figure above
     report["unreadable"] = [str(p) for p in ds.unreadable[:100]]
     report["images_seen_in_training"], note = images_seen_note(ckpt, ds)  # None: not recorded
