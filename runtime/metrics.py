@@ -662,8 +662,11 @@ def _wilson_bounds(p: float, n: float, alpha: float) -> tuple[float, float]:
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def _single_unit_side(pos: np.ndarray, cluster_of: np.ndarray | None) -> str:
-    """Why an AUC interval cannot be estimated here ("" when it can): one side comes from a single unit."""
+def single_unit_side(pos: np.ndarray, cluster_of: np.ndarray | None) -> str:
+    """Why a bootstrap interval of an AUC cannot be estimated ("" when it can): one side comes from a single unit.
+
+    ``cluster_of``: one id per case (its patient), or None when every case is its own unit.
+    """
     if not pos.any() or pos.all():
         return ""
     units = np.arange(len(pos)) if cluster_of is None else cluster_of
@@ -1227,7 +1230,7 @@ def classification_report(
             return out
 
         ci = bootstrap_many(class_statistic, n, strata=y[:, j] if stratified else None, **boot)
-        single = _single_unit_side(y[:, j] > 0, cluster_of)
+        single = single_unit_side(y[:, j] > 0, cluster_of)
         if single and math.isfinite(ci["auc"].estimate) and ci["auc"].n_boot:
             # Every stratified resample keeps that one patient (or image): the interval would show only the
             # other side's spread and look far surer than one case allows. Undefined, and said so.

@@ -207,6 +207,6 @@ def test_a_difference_from_one_positive_patient_has_no_interval() -> None:
     patients = np.array([0, 0] + list(range(1, 39)))
     c = compare(y, with_sites, without, n_boot=200, clusters=patients)
     assert c.difference is not None and c.low is None and c.high is None
-    assert any("interval undefined: the positive images come from one patient" in n for n in c.notes)
+    assert any("interval undefined: the positive cases come from one patient" in n for n in c.notes)
     two = compare(y, with_sites, without, n_boot=200)  # two positive images, patients unknown: two units
     assert two.low is not None and two.high is not None

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from uopsl.runtime.errors import ConfigError
-from uopsl.runtime.metrics import delong_test, paired_auc_difference, roc_auc
+from uopsl.runtime.metrics import delong_test, paired_auc_difference, roc_auc, single_unit_side
 from uopsl.train.model import UopslModel
 
 log = logging.getLogger(__name__)
@@ -153,13 +153,10 @@ def compare(y: np.ndarray, with_sites: np.ndarray, without: np.ndarray, n_boot: 
         notes.append(f"every bootstrap resample gave the same difference {diff.low:+.4g}: the zero-width interval "
                      "understates the uncertainty")
     low, high = _finite(diff.low), _finite(diff.high)
-    units = np.asarray(clusters) if unit == "patient" else np.arange(len(y))
-    for side, mask in (("positive", y), ("negative", ~y)):
-        if len(np.unique(units[mask])) < 2:
-            # Every resample keeps that one case: the interval would show the other side's spread only.
-            low = high = None
-            notes.append(f"interval undefined: the {side} images come from one {unit}, which every resample keeps")
-            break
+    single = single_unit_side(y, np.asarray(clusters) if unit == "patient" else None)
+    if single:  # every resample keeps that one case: the interval would show the other side's spread only
+        low = high = None
+        notes.append(f"interval undefined: {single}")
     return SiteComparison(_finite(roc_auc(y, with_sites)), _finite(roc_auc(y, without)), _finite(diff.estimate),
                           low, high, _finite(dl.p_value), pos, neg, tuple(notes), unit)
 
