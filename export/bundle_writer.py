@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import errno
 import logging
 import os
 import shutil
@@ -61,7 +62,7 @@ def manifest_update(bundle: str | os.PathLike[str]) -> Iterator[None]:
     """
     lock = FolderLock(bundle, MANIFEST_LOCK)
     deadline = time.monotonic() + _LOCK_WAIT_S
-    while not lock.acquire():
+    while not _try(lock):
         if time.monotonic() > deadline:
             who = f"pid {lock.holder}" if lock.holder else "another process"
             raise BundleError(f"{who} has been updating {Path(bundle) / 'manifest.json'} for {_LOCK_WAIT_S:.0f} s; "
@@ -70,7 +71,26 @@ def manifest_update(bundle: str | os.PathLike[str]) -> Iterator[None]:
     try:
         yield
     finally:
+        # The lock file goes with the update, so a bundle copied to a device carries none. Removed while
+        # held (POSIX): a waiter that locked the old file sees it is gone and opens the new one
+        # (FolderLock.acquire). Windows refuses to remove an open file: released first, then removed.
+        if os.name != "nt":
+            with contextlib.suppress(OSError):
+                os.unlink(lock.path)
         lock.release()
+        if os.name == "nt":
+            with contextlib.suppress(OSError):
+                os.unlink(lock.path)
+
+
+def _try(lock: FolderLock) -> bool:
+    """One attempt at the manifest lock; a lock file removed under us again and again counts as busy."""
+    try:
+        return lock.acquire()
+    except OSError as exc:
+        if exc.errno == errno.EAGAIN:
+            return False
+        raise
 
 
 def check_replaceable(target: str | os.PathLike[str], keep: Sequence[str | os.PathLike[str]] = ()) -> None:

@@ -240,6 +240,7 @@ def test_manifest_updates_from_several_writers_all_land(bundle: Path) -> None:
     listed = {f.path for f in read_manifest(bundle).files}
     assert {f"extra{i}.bin" for i in range(16)} <= listed
     verify_or_raise(bundle)
+    assert not (bundle / ".manifest.lock").exists(), "a copied bundle carries no lock file"
 
 
 def test_a_stuck_manifest_writer_is_named_not_waited_for_forever(bundle: Path,
