@@ -71,16 +71,7 @@ def manifest_update(bundle: str | os.PathLike[str]) -> Iterator[None]:
     try:
         yield
     finally:
-        # The lock file goes with the update, so a bundle copied to a device carries none. Removed while
-        # held (POSIX): a waiter that locked the old file sees it is gone and opens the new one
-        # (FolderLock.acquire). Windows refuses to remove an open file: released first, then removed.
-        if os.name != "nt":
-            with contextlib.suppress(OSError):
-                os.unlink(lock.path)
-        lock.release()
-        if os.name == "nt":
-            with contextlib.suppress(OSError):
-                os.unlink(lock.path)
+        lock.release_and_unlink()  # the lock file goes with the update: a bundle copied to a device carries none
 
 
 def _try(lock: FolderLock) -> bool:

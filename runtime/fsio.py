@@ -255,6 +255,20 @@ class FolderLock:
                 _unlock_fd(fd)
             os.close(fd)
 
+    def release_and_unlink(self) -> None:
+        """Release the lock and remove its file, for a lock that should leave nothing behind.
+
+        As in :meth:`release_and_remove`: on POSIX the file goes while the lock is still held (a waiter
+        that locked the removed file sees it is gone and opens the new one, see :meth:`acquire`); Windows
+        refuses to remove an open file, so there it is released first.
+        """
+        if self._fd is not None:
+            if sys.platform == "win32":
+                self.release()
+            with contextlib.suppress(OSError):
+                os.unlink(self.path)
+        self.release()
+
     def release_and_remove(self) -> bool:
         """Release the lock and remove the folder if it holds nothing but the lock file; True if removed.
 

@@ -637,14 +637,19 @@ def head_html(title: str) -> str:
             f"<title>{esc(title)}</title><style>{report_css()}</style></head><body>")
 
 
+def _model_and_bundle(manifest: Manifest, info: Mapping[str, Any]) -> tuple[str, str]:
+    """("uopsl (efficientnet_lite0)", the bundle's short hash or "not recorded"): how every page names them."""
+    bundle_sha = manifest.content_sha256 or str(info.get("bundle_sha256") or "")
+    model = f"{manifest.model_name}" + (f" ({manifest.backbone})" if manifest.backbone else "")
+    return model, bundle_sha[:12] if bundle_sha else "not recorded"
+
+
 def ident_html(manifest: Manifest, info: Mapping[str, Any], generated: str, rows: Sequence[Mapping[str, Any]],
                out: Path, extra: str = "") -> str:
     """The identity block (when, by what, which model and bundle, from where, to where) of a page."""
-    bundle_sha = manifest.content_sha256 or str(info.get("bundle_sha256") or "")
-    bundle_hash = bundle_sha[:12] if bundle_sha else "not recorded"
+    model, bundle_hash = _model_and_bundle(manifest, info)
     created = parse_time(manifest.created)
     created_s = local_time(created) if created is not None else (manifest.created or "not recorded")
-    model = f"{manifest.model_name}" + (f" ({manifest.backbone})" if manifest.backbone else "")
     decided_by = _decided_by(rows)
     folders = _folders(rows, info)
     return "".join([
@@ -706,9 +711,7 @@ def report_parts(rows: Sequence[dict[str, Any]], out_dir: str | os.PathLike[str]
     shown_day = now if page is None or page.day is None else datetime(
         page.day.year, page.day.month, page.day.day, 12).astimezone()
     generated = local_time(now)
-    bundle_sha = manifest.content_sha256 or str(info.get("bundle_sha256") or "")
-    bundle_hash = bundle_sha[:12] if bundle_sha else "not recorded"
-    model = f"{manifest.model_name}" + (f" ({manifest.backbone})" if manifest.backbone else "")
+    model, bundle_hash = _model_and_bundle(manifest, info)
     images_word = "image" if n == 1 else "images"
     what = f"{page.label} - " if page is not None else ""
     ident_line = (f"Retinal screening report - {what}{n} {images_word} - generated {generated} - model {model}, "

@@ -215,7 +215,8 @@ def test_auto_exclude_beyond_the_layers_is_refused_before_the_sensitivity_pass(b
     capsys.readouterr()
     assert main_entry(_cli(), ["quantize", str(bundle), "--images", str(images), "--auto-exclude", "999"]) == 2
     assert "--auto-exclude 999 asks for more layers than the" in capsys.readouterr().err
-    assert json.loads((bundle / "manifest.json").read_text())
+    assert not (bundle / "model.int8.onnx").exists()
+    assert "model.int8.onnx" not in [f["path"] for f in json.loads((bundle / "manifest.json").read_text())["files"]]
 
 
 # -- one writer of the manifest at a time ---------------------------------------------------------------------------

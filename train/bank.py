@@ -41,9 +41,7 @@ def resolve(names: Sequence[str], classes_file: str | Path | None = None,
             out.append(user[key])
             continue
         if known and n in known:
-            phrases = tuple(known[n])
-            both: tuple[descriptions.Modality, ...] = tuple("both" for _ in phrases)
-            out.append(descriptions.DiseaseDescription(key, key.replace("_", " ").capitalize(), phrases, both))
+            out.append(descriptions.trained_description(key, known[n]))
             continue
         try:
             out.append(descriptions.get(n))
@@ -78,9 +76,4 @@ def from_file(classes_file: str | Path, text_model: str = DEFAULT_MODEL, seen: S
     ``known``: a checkpoint's classes and their phrases; one listed without phrases keeps them.
     """
     descs = descriptions.load_classes(classes_file, known)
-    by_name = {d.name: d for d in descs}
-    phrases = tuple(by_name[d.name].phrases for d in descs)
-    text = TextEncoder(text_model, cache_dir).prototypes(phrases)
-    seen_set = set(seen)
-    names = tuple(d.name for d in descs)
-    return ClassBank(names, phrases, text, tuple(n in seen_set for n in names))
+    return build([d.name for d in descs], classes_file, text_model, seen, cache_dir, known)

@@ -447,6 +447,12 @@ def load_classes(path: str | os.PathLike[str],
     return tuple(out)
 
 
+def trained_description(name: str, phrases: Sequence[str], display: str | None = None) -> DiseaseDescription:
+    """The description a checkpoint's class was trained with (its phrases, each for both modalities)."""
+    both: tuple[Modality, ...] = tuple("both" for _ in phrases)
+    return DiseaseDescription(name, display or name.replace("_", " ").capitalize(), tuple(phrases), both)
+
+
 def classes_giving_phrases(path: str | os.PathLike[str]) -> frozenset[str]:
     """The (canonical) names of the classes a class file describes with phrases of its own."""
     out = set()
@@ -512,10 +518,7 @@ def _parse_entry(entry: Any, where: str, known: Mapping[str, Sequence[str]] | No
         raise ConfigError(f"{where} ({raw_name!r}): 'display' must be a non-empty string; got {display!r}")
     if "phrases" not in entry:
         if known and key in known:
-            trained = tuple(known[key])
-            name = display or (builtin.display if builtin else key.replace("_", " ").capitalize())
-            both: tuple[Modality, ...] = tuple("both" for _ in trained)
-            return DiseaseDescription(key, name, trained, both)
+            return trained_description(key, known[key], display or (builtin.display if builtin else None))
         if builtin is None:
             raise ConfigError(
                 f"{where}: class {raw_name!r} has no 'phrases' and is not a built-in class; "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections import Counter
 from pathlib import Path
@@ -84,8 +85,8 @@ def command(checkpoint: Path, data_spec: str, out: Path, n_boot: int, seed: int,
                     + sorted(c for c in counts if c not in src.label_space.classes))
 
     def readable_cover_enough(readable: ClassCoverage) -> None:  # unreadable images may have taken a class away
-        check_coverage(ClassCoverage(readable.model_classes, readable.evaluated, readable.left_out, cov.data_only),
-                       data_spec, checkpoint, data_classes, quiet=True)
+        check_coverage(dataclasses.replace(readable, data_only=cov.data_only), data_spec, checkpoint, data_classes,
+                       quiet=True)
 
     report = run_evaluate(checkpoint, items, out, n_boot=n_boot, seed=seed, cache=out / "cache", device=device,
                           masks=masks if any(masks) else None, check=readable_cover_enough)
