@@ -38,7 +38,7 @@ import cv2
 import numpy as np
 
 from uopsl.runtime.errors import ConfigError, DataError, ImageError
-from uopsl.runtime.fsio import atomic_open
+from uopsl.runtime.fsio import atomic_open, read_user_text
 from uopsl.runtime.progress import track
 from uopsl.runtime.pipeline import IMAGE_SUFFIXES, WalkState, walk_images
 from uopsl.runtime.preprocess import PREPROCESS_VERSION, PreprocessConfig, preprocess, read_bytes
@@ -229,13 +229,7 @@ def _resolve(base: Path, entry: str) -> Path:
 
 def _read_text(path: Path) -> str:
     """A list or CSV file's text: UTF-8, with or without the byte-order mark Excel writes; else one clear error."""
-    try:
-        return path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason}); save it as UTF-8 "
-                        "(Excel: CSV UTF-8) and try again") from None
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    return read_user_text(path, "calibration list" if path.suffix.lower() in LIST_SUFFIXES else "calibration CSV")
 
 
 def _read_csv(path: Path) -> tuple[list[Path], list[str] | None]:

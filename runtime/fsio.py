@@ -1,4 +1,4 @@
-"""Atomic file writes and content hashes.
+"""Atomic file writes, content hashes, and reading the text files people write.
 
 A crash or power loss never leaves a half-written output: everything is written
 to a temporary file in the same folder, flushed, then renamed over the target.
@@ -27,6 +27,8 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
+
+from uopsl.runtime.errors import DataError, UopslError
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +137,30 @@ def write_text(path: str | os.PathLike[str], text: str, encoding: str = "utf-8")
     """Write ``text`` atomically. ``encoding="utf-8-sig"`` adds the BOM Excel on Windows needs to read UTF-8."""
     with atomic_open(path, "w", encoding=encoding) as fh:
         fh.write(text)
+
+
+def read_user_text(path: str | os.PathLike[str], what: str, error: type[UopslError] = DataError) -> str:
+    """A text file a person wrote (a CSV, an image list, a class file): UTF-8, with or without a byte-order mark.
+
+    Notepad and Excel ("CSV UTF-8") on Windows start UTF-8 files with a BOM,
+    which would otherwise become part of the first column name or make a JSON
+    file invalid. Anything else (a legacy code page, UTF-16) is one ``error``
+    naming the file, the byte and what to do; so is a file that cannot be read.
+    """
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except FileNotFoundError:
+        raise error(f"{p}: {what} not found; check the path") from None
+    except IsADirectoryError:
+        raise error(f"{p}: is a folder, expected the {what} (a file)") from None
+    except OSError as exc:
+        raise error(f"{p}: cannot read the {what} ({exc.strerror or exc})") from None
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise error(f"{p}: the {what} is not UTF-8 text (byte {exc.start}: {exc.reason}); save it as UTF-8 "
+                    "(Excel: CSV UTF-8) and try again") from None
 
 
 def write_json(path: str | os.PathLike[str], obj: Any) -> None:

@@ -562,6 +562,32 @@ def test_evaluate_refuses_when_unreadable_images_leave_one_class(tmp_path: Path,
     assert json.loads((tmp_path / "ev" / "eval.json").read_text())["checkpoint_stage"] == "finetune"
 
 
+def test_evaluate_writes_eval_json_once_with_the_data_only_labels(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """eval.json was written three times (evaluate, run_evaluate, the command); now once, complete, last."""
+    import uopsl.runtime.fsio as fsio
+
+    ck = _checkpoint(tmp_path / "ck", ("normal", "a"))
+    table = _labelled_csv(tmp_path / "data", ["normal", "a", "normal", "dme", "a", "dme"])
+    writes: list[Path] = []
+    real = fsio.write_json
+
+    def counting(path: Path, obj: object, *args: object, **kwargs: object) -> None:
+        writes.append(Path(path))
+        real(path, obj, *args, **kwargs)  # type: ignore[arg-type]
+
+    for mod in ("uopsl.train.evaluate", "uopsl.train.workflow", "uopsl.runtime.fsio"):
+        monkeypatch.setattr(f"{mod}.write_json", counting)
+    rc, out, err = _uopsl(["evaluate", str(ck), "--data", f"csv:{table}", "--out", str(tmp_path / "ev"),
+                           "--n-boot", "10", "--device", "cpu"], capsys)
+    assert rc == 0, err
+    assert [p.name for p in writes] == ["eval.json"]
+    report = json.loads((tmp_path / "ev" / "eval.json").read_text())
+    assert report["class_coverage"]["data_classes_not_in_model"] == {"dme": 2}
+    assert report["class_coverage"]["evaluated"] == ["normal", "a"]
+    assert "macro AUC over" in out
+
+
 def test_evaluate_and_zero_shot_refuse_an_out_inside_the_data(tmp_path: Path,
                                                               capsys: pytest.CaptureFixture[str]) -> None:
     from fixtures_data import make_folder_dataset

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from uopsl.runtime.errors import ConfigError
+from uopsl.runtime.fsio import read_user_text
 from uopsl.runtime.optional import require
 
 log = logging.getLogger(__name__)
@@ -467,17 +468,9 @@ def _read_entries(p: Path) -> list[Any]:
     suffix = p.suffix.lower()
     if suffix not in (".toml", ".json"):
         raise ConfigError(f"{p}: class files must end in .toml or .json; got {suffix or 'no suffix'!r}")
+    text = read_user_text(p, "class file", ConfigError)  # a BOM (Notepad's UTF-8) is not part of the JSON/TOML
     try:
-        raw = p.read_bytes()
-    except FileNotFoundError:
-        raise ConfigError(f"{p}: class file not found; check the path") from None
-    except OSError as exc:
-        raise ConfigError(f"{p}: cannot read the class file ({exc})") from exc
-    try:
-        text = raw.decode("utf-8")
         data: Any = _toml_loads(text) if suffix == ".toml" else json.loads(text)
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{p}: not UTF-8 text ({exc}); save the file as UTF-8") from exc
     except ValueError as exc:  # json.JSONDecodeError and tomllib.TOMLDecodeError are ValueErrors
         raise ConfigError(f"{p}: not valid {suffix[1:].upper()} ({exc})") from exc
     if isinstance(data, Mapping):

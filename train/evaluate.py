@@ -253,7 +253,8 @@ def class_coverage(targets: np.ndarray, names: Sequence[str],
 
 def evaluate(probs: np.ndarray, targets: np.ndarray, thresholds: Sequence[float], names: Sequence[str], out: Path | None,
              n_boot: int = 1000, seed: int = 0, title: str = "", *, patients: Sequence[str | None] | None = None,
-             head: str = "sigmoid", ordinal: bool | None = None) -> dict[str, Any]:
+             head: str = "sigmoid", ordinal: bool | None = None, data_counts: dict[str, int] | None = None,
+             write_report: bool = True) -> dict[str, Any]:
     """Clinical metrics (with CIs) of ``probs`` against multi-hot ``targets``; writes eval.json + roc.png.
 
     ``patients`` (one id per row, None or "" when unknown): the bootstrap
@@ -264,7 +265,10 @@ def evaluate(probs: np.ndarray, targets: np.ndarray, thresholds: Sequence[float]
     space (``ordinal``; default: the classes are the DR grades
     ``DR_GRADE_NAMES`` in order), the quadratic weighted kappa. A sigmoid
     (multi-label) head, or rows without exactly one label, keep the
-    one-vs-rest figures at the thresholds.
+    one-vs-rest figures at the thresholds. ``data_counts``: images per label
+    in the data, so the coverage names labels the model lacks.
+    ``write_report=False``: write roc.png only (a caller that adds to the
+    report writes eval.json itself, once).
     """
     keep = [k for k in range(targets.shape[1]) if 0 < targets[:, k].sum() < len(targets)]
     hot = np.asarray(targets) > 0.5
@@ -298,7 +302,7 @@ def evaluate(probs: np.ndarray, targets: np.ndarray, thresholds: Sequence[float]
             boot["note"] = "resampled images: the images' patients were not given"
     report["evaluated_classes"] = [names[k] for k in keep]
     # What the macro figures cover: the classes with positives and negatives here; the others and why.
-    report["class_coverage"] = class_coverage(targets, names).to_dict()
+    report["class_coverage"] = class_coverage(targets, names, data_counts).to_dict()
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         curves = {names[k]: metrics.roc_curve(targets[:, k], probs[:, k]) for k in keep}
@@ -306,7 +310,8 @@ def evaluate(probs: np.ndarray, targets: np.ndarray, thresholds: Sequence[float]
             plots.roc_plot(curves, out / "roc.png", title=title or "ROC")
         else:
             log.warning("no class has positive and negative images here: no ROC curve to plot")
-        write_json(out / "eval.json", report)
+        if write_report:
+            write_json(out / "eval.json", report)
     return report
 
 

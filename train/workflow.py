@@ -405,12 +405,15 @@ def run_finetune(model: UopslModel, meta: CheckpointMeta, train_items: Sequence[
 def run_evaluate(ckpt: Path, items: Sequence[Item], out: Path | None, n_boot: int = 1000, seed: int = 0,
                  cache: Path | None = None, device: str = "auto",
                  masks: Sequence[str | Path | None] | None = None,
-                 check: Callable[[ClassCoverage], None] | None = None) -> dict[str, Any]:
+                 check: Callable[[ClassCoverage], None] | None = None,
+                 data_counts: dict[str, int] | None = None) -> dict[str, Any]:
     """Clinical metrics of a checkpoint on ``items``; with ``masks`` (per item, a site-mask file or
     None) also where its predilection maps point (``site_concentration``, per class).
 
     ``check``: called with the class coverage of the images that could be read, before anything is computed
     or written; it may raise (the command refuses data whose readable images cover too few classes).
+    ``data_counts``: images per label in the data; the report's class coverage then also names the labels
+    the model lacks. eval.json (when ``out`` is given) is written once, last.
     """
     if masks is not None and len(masks) != len(items):
         raise ConfigError(f"masks must have one entry per item: got {len(masks)} for {len(items)} items")
@@ -428,7 +431,7 @@ def run_evaluate(ckpt: Path, items: Sequence[Item], out: Path | None, n_boot: in
     thr = meta.thresholds or tuple([0.5] * model.num_classes)
     report = evaluate(probs, ds.targets, thr, model.config.classes, out, n_boot=n_boot, seed=seed,
                       title=f"{Path(ckpt).name}: {model.config.variant}", patients=[it.group for it in ds.items],
-                      head=model.config.head)
+                      head=model.config.head, data_counts=data_counts, write_report=False)
     report["operating_points"] = meta.metrics.get("operating_points") if meta.thresholds else None
     if report["operating_points"] is None:
         report["notes"].append("operating_points: the checkpoint does not record how its thresholds were chosen "

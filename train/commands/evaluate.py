@@ -60,7 +60,6 @@ def command(checkpoint: Path, data_spec: str, out: Path, n_boot: int, seed: int,
     """Per-class AUC, sensitivity/specificity at the stored thresholds, macro-F1, kappa; eval.json + roc.png."""
     import numpy as np
 
-    from uopsl.runtime.fsio import write_json
     from uopsl.train.checkpoint import read_meta
     from uopsl.train.evaluate import ClassCoverage, class_coverage
     from uopsl.train.workflow import run_evaluate
@@ -89,10 +88,8 @@ def command(checkpoint: Path, data_spec: str, out: Path, n_boot: int, seed: int,
                        quiet=True)
 
     report = run_evaluate(checkpoint, items, out, n_boot=n_boot, seed=seed, cache=out / "cache", device=device,
-                          masks=masks if any(masks) else None, check=readable_cover_enough)
+                          masks=masks if any(masks) else None, check=readable_cover_enough, data_counts=dict(counts))
     final = class_coverage_from_report(report, cov)
-    report["class_coverage"] = final.to_dict()
-    write_json(out / "eval.json", report)
     auc = report["macro"].get("auc", {})
     click.echo(f"macro AUC over {final.summary()}: {_fmt(auc.get('estimate'))} "
                f"(95% CI {_fmt(auc.get('low'))}-{_fmt(auc.get('high'))}); report in {out}/eval.json")
@@ -102,11 +99,11 @@ def command(checkpoint: Path, data_spec: str, out: Path, n_boot: int, seed: int,
 
 
 def class_coverage_from_report(report: dict[str, Any], before: ClassCoverage) -> ClassCoverage:
-    """The coverage eval.json records (after unreadable images were dropped), with the data-only classes added."""
+    """The coverage eval.json records (after unreadable images were dropped); ``before`` when it records none."""
     from uopsl.train.evaluate import ClassCoverage
 
     got = report.get("class_coverage") or {}
     if not got:
         return before
     return ClassCoverage(tuple(got["model_classes"]), tuple(got["evaluated"]), dict(got["left_out"]),
-                         dict(before.data_only))
+                         dict(got.get("data_classes_not_in_model") or {}))

@@ -50,6 +50,7 @@ manifest's, instead of recording a FAIL for every file.
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import sys
 from pathlib import Path
@@ -96,13 +97,11 @@ def _unlabelled(paths: list[Path], root: Path) -> list[Any]:
 
 
 def _csv_records(path: Path) -> tuple[list[Any], tuple[str, ...] | None]:
+    from uopsl.runtime.fsio import read_user_text
     from uopsl.train import data
 
-    try:
-        with open(path, encoding="utf-8-sig", newline="") as fh:
-            header = next(csv.reader(fh), [])
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read ({exc})") from exc
+    text = read_user_text(path, "validation CSV")
+    header = next(csv.reader(io.StringIO(text, newline="")), [])
     cols = {c.strip() for c in header}
     if "path" not in cols:
         raise DataError(f"{path}: a validation CSV needs a 'path' column (and optionally 'label' or 'labels'); "
@@ -113,8 +112,7 @@ def _csv_records(path: Path) -> tuple[list[Any], tuple[str, ...] | None]:
         return _records_from_source(data.read_csv(path, data.CsvLayout(label_column="label")))
     if "labels" in cols:
         return _records_from_source(data.read_csv(path, data.CsvLayout(multi_label_column="labels")))
-    with open(path, encoding="utf-8-sig", newline="") as fh:
-        rows = [r["path"].strip() for r in csv.DictReader(fh) if (r.get("path") or "").strip()]
+    rows = [r["path"].strip() for r in csv.DictReader(io.StringIO(text, newline="")) if (r.get("path") or "").strip()]
     return _unlabelled([Path(r) if Path(r).is_absolute() else path.parent / r for r in rows], path.parent), None
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import logging
 import os
 import stat
@@ -27,7 +28,7 @@ from typing import Any, Literal, TypeVar
 import numpy as np
 
 from uopsl.runtime.errors import ConfigError, DataError
-from uopsl.runtime.fsio import sha256_file
+from uopsl.runtime.fsio import read_user_text, sha256_file
 from uopsl.runtime.progress import NoBar, track
 
 log = logging.getLogger(__name__)
@@ -340,8 +341,9 @@ def read_table(path: Path, required: Sequence[str]) -> tuple[list[str], Sequence
         raise DataError(f"{path}: CSV file not found; check the dataset root and the file name.")
     rows: list[Row] = []
     number = 0
+    text = read_user_text(path, "CSV table")
     try:
-        with open(path, newline="", encoding="utf-8-sig") as fh:
+        with io.StringIO(text, newline="") as fh:
             reader = csv.reader(fh)
             raw_header = next(reader, None)
             if raw_header is None:
@@ -365,8 +367,6 @@ def read_table(path: Path, required: Sequence[str]) -> tuple[list[str], Sequence
                     )
                 values = {h: c.strip() for h, c in zip(header, cells) if h}
                 rows.append(Row(path, number, reader.line_num, values))
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not a UTF-8 text file ({exc}); export the table as UTF-8 CSV.") from exc
     except csv.Error as exc:
         raise DataError(f"{where(path, number + 1)}: malformed CSV ({exc}).") from exc
     return header, progress(rows, f"reading {path.name}")
