@@ -105,20 +105,36 @@ ODIR_HEADER = ["ID", "Patient Age", "Patient Sex", "Left-Fundus", "Right-Fundus"
                "filename"]
 
 
+# Per patient: (left keywords, right keywords), as ODIR writes them (full-width commas between keywords).
+ODIR_PATIENTS: dict[int, tuple[str, str]] = {
+    0: ("cataract", "normal fundus"),
+    1: ("mild nonproliferative retinopathy", "moderate non proliferative retinopathy"),
+    2: ("normal fundus", "glaucoma"),
+    3: ("lens dust\uff0cnormal fundus", "macular epiretinal membrane\uff0cdiabetic retinopathy"),
+    4: ("anterior segment image", "low image quality"),
+}
+# The rows Kaggle's full_df.csv holds (one per image; not every eye of every patient is listed).
+ODIR_ROWS = [(0, "right"), (0, "left"), (1, "right"), (1, "left"), (2, "right"), (3, "right"), (3, "left"),
+             (4, "left"), (4, "right")]
+# The 'labels' column: ONE code per image, from its first keyword (so 3_right, ERM first, is ['O']).
+ODIR_FIRST_CODE = {(0, "right"): "N", (0, "left"): "C", (1, "right"): "D", (1, "left"): "D", (2, "right"): "G",
+                   (3, "right"): "O", (3, "left"): "N", (4, "left"): "O", (4, "right"): "O"}
+
+
 def make_odir(root: Path) -> Path:
-    """full_df.csv rows as Kaggle ships them: one per image, list-literal labels, one-hot target."""
-    spec = [(0, "right", "['N']", "normal fundus"), (0, "left", "['C']", "cataract"),
-            (1, "right", "['D']", "moderate non proliferative retinopathy"), (1, "left", "['D']", "mild nonproliferative retinopathy"),
-            (2, "right", "['G']", "glaucoma")]
+    """full_df.csv rows as Kaggle ships them: one per image, both eyes' keywords, patient flags, one first code."""
+    patient_codes = {0: "NC", 1: "D", 2: "NG", 3: "NDO", 4: ""}  # the union over both eyes
     rows = []
-    for pid, eye, labels, kw in spec:
+    for pid, eye in ODIR_ROWS:
         fn = f"{pid}_{eye}.jpg"
         write_image(root / "preprocessed_images" / fn, seed=pid)
-        flags = [int(c in labels) for c in "NDGCAHMO"]
-        target = str([int(c in labels) for c in "NDGCAHMO"])
-        rows.append([pid, 57, "Female", f"{pid}_left.jpg", f"{pid}_right.jpg", kw if eye == "left" else "normal fundus",
-                     kw if eye == "right" else "normal fundus", *flags,
-                     f"../input/ocular-disease-recognition-odir5k/ODIR-5K/ODIR-5K/Training Images/{fn}", labels, target, fn])
+        left, right = ODIR_PATIENTS[pid]
+        code = ODIR_FIRST_CODE[(pid, eye)]
+        flags = [int(c in patient_codes[pid]) for c in "NDGCAHMO"]
+        target = str([int(c == code) for c in "NDGCAHMO"])
+        rows.append([pid, 57, "Female", f"{pid}_left.jpg", f"{pid}_right.jpg", left, right, *flags,
+                     f"../input/ocular-disease-recognition-odir5k/ODIR-5K/ODIR-5K/Training Images/{fn}",
+                     f"['{code}']", target, fn])
     write_csv(root / "full_df.csv", ODIR_HEADER, rows)
     return root
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -258,8 +259,11 @@ def test_tvhl_inconsistent_or_unknown_label_names_row(tmp_path):
 def test_aptos(tmp_path):
     fx.make_aptos(tmp_path)
     src = D.read_aptos(tmp_path)
-    assert src.counts() == {"normal": 2, "dr": 4}
+    # Referable: moderate NPDR or worse; mild NPDR (grade 1) is not referable, and not 'normal' either.
+    assert src.counts() == {"non_referable": 2, "referable_dr": 4}
     assert [s.extra["dr_grade"] for s in src.samples] == [0, 1, 2, 3, 4, 2]
+    any_dr = D.read_aptos(tmp_path, task="any_dr")  # 'dr' as ODIR, RFMiD, TVHL and its description mean it
+    assert [s.labels for s in any_dr.samples] == [("normal",)] + [("dr",)] * 5
     graded = D.read_aptos(tmp_path, task="grade")
     assert graded.label_space.classes == D.DR_GRADE_NAMES
     assert graded.samples[4].labels == ("pdr",)
@@ -273,23 +277,49 @@ def test_aptos_bad_grade_names_row(tmp_path):
         D.read_aptos(tmp_path)
 
 
-def test_odir(tmp_path):
+def test_odir(tmp_path, caplog):
     fx.make_odir(tmp_path)
-    src = D.read_odir(tmp_path)
-    assert [s.labels for s in src.samples] == [("normal",), ("cataract",), ("dr",), ("dr",), ("glaucoma",)]
-    assert [s.eye for s in src.samples] == ["right", "left", "right", "left", "right"]
-    assert [s.patient for s in src.samples] == ["0", "0", "1", "1", "2"]
+    with caplog.at_level(logging.WARNING):
+        src = D.read_odir(tmp_path)
+    # Each eye's own keywords, every disease in them: 3_right's 'labels' column says only O (its first
+    # keyword, an epiretinal membrane); it has diabetic retinopathy too, which used to be a negative.
+    assert [s.labels for s in src.samples] == [("normal",), ("cataract",), ("dr",), ("dr",), ("glaucoma",),
+                                               ("dr", "other"), ("normal",)]
+    assert [s.eye for s in src.samples] == ["right", "left", "right", "left", "right", "right", "left"]
+    assert [s.patient for s in src.samples] == ["0", "0", "1", "1", "2", "3", "3"]
+    assert src.samples[5].extra["first_keyword_code"] == "O" and src.samples[6].extra["image_comments"] == ("lens dust",)
     assert src.samples[1].extra["keywords"] == "cataract"
     assert src.samples[2].extra["patient_flags"]["D"] == "1"
+    # An anterior-segment photograph is no fundus; 'low image quality' alone gives no diagnosis.
+    assert src.dropped == {"not_fundus": 1, "no_diagnosis": 1}
+    assert "patient-level flags" not in caplog.text  # the fixture's flags are the union of both eyes' codes
     raw = D.read_odir(tmp_path, vocabulary="raw")
     assert raw.label_space.classes == tuple("NDGCAHMO") and raw.samples[1].labels == ("C",)
+    assert raw.samples[5].labels == ("D", "O")
 
 
-def test_odir_unknown_code_names_row(tmp_path):
+def test_odir_keywords_and_flag_check(tmp_path, caplog):
+    codes = D.odir_keyword_codes
+    assert codes("wet age-related macular degeneration\uff0cdiabetic retinopathy") == (("D", "A"), ())
+    assert codes("suspected glaucoma, myopic maculopathy") == (("G", "M"), ())
+    assert codes("normal fundus, lens dust") == (("N",), ("lens dust",))
+    assert codes("normal fundus, drusen") == (("O",), ())  # a finding beats 'normal'
+    assert codes("hypertensive retinopathy") == (("H",), ())  # not diabetic
+    assert codes("severe proliferative diabetic retinopathy") == (("D",), ())
     fx.make_odir(tmp_path)
     csv_path = tmp_path / "full_df.csv"
-    csv_path.write_text(csv_path.read_text().replace("['G']", "['X']"))
-    with pytest.raises(DataError, match=r"full_df\.csv, row 5 \(line 6\): unknown label 'X'"):
+    csv_path.write_text(csv_path.read_text().replace("mild nonproliferative retinopathy", "cataract"))
+    with caplog.at_level(logging.WARNING):
+        src = D.read_odir(tmp_path)
+    assert src.samples[3].labels == ("cataract",)
+    assert "on 2 rows the patient-level flags N..O differ" in caplog.text
+
+
+def test_odir_needs_the_eye_in_the_file_name(tmp_path):
+    fx.make_odir(tmp_path)
+    csv_path = tmp_path / "full_df.csv"
+    csv_path.write_text(csv_path.read_text().replace(",0_right.jpg\n", ",0_r.jpg\n", 1))
+    with pytest.raises(DataError, match=r"full_df\.csv, row 1 .*'0_r\.jpg' does not end in _left or _right"):
         D.read_odir(tmp_path)
 
 
@@ -307,11 +337,13 @@ def test_rfmid(tmp_path):
 def test_idrid_real_header_quirks(tmp_path):
     fx.make_idrid(tmp_path)
     src = D.read_idrid(tmp_path)
-    assert [s.labels for s in src.samples] == [("dr",), ("normal",), ("dr",), ("normal",)]
+    assert [s.labels for s in src.samples] == [("referable_dr",), ("non_referable",), ("referable_dr",),
+                                               ("non_referable",)]
     assert [(s.extra["dr_grade"], s.extra["dme_grade"]) for s in src.samples] == [(3, 2), (0, 0), (2, 0), (1, 1)]
     multi = D.read_idrid(tmp_path, task="dr_dme")
     assert multi.label_space.multi_label
-    assert [s.labels for s in multi.samples] == [("dr", "dme"), ("normal",), ("dr",), ("dme",)]
+    # DME risk 1 (exudates beyond one disc diameter of the macula) is not DME; risk 2 is.
+    assert [s.labels for s in multi.samples] == [("dr", "dme"), ("normal",), ("dr",), ("dr",)]
     missing_col = tmp_path / "2. Groundtruths" / fx.IDRID_CSV
     missing_col.write_text(missing_col.read_text().replace("Retinopathy grade", "DR grade"))
     with pytest.raises(DataError) as err:
@@ -409,7 +441,7 @@ def test_subset_refingerprints_without_disk(tmp_path):
     assert [s.extra["dr_grade"] for s in sub.samples] == [4, 0]
     assert sub.fingerprint == D.fingerprint(sub.samples, tmp_path)
     assert sub.fingerprint != src.fingerprint
-    assert src.describe()["counts"] == {"normal": 2, "dr": 4}
+    assert src.describe()["counts"] == {"non_referable": 2, "referable_dr": 4}
     with pytest.raises(ConfigError, match="out of range"):
         src.subset([6])
 
@@ -529,3 +561,123 @@ def test_finetune_with_the_training_folder_as_val_stops_before_training(tmp_path
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "4 of its 4 images are training images too" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "o").exists()
+
+
+# ---------------------------------------------------------------- session-14 review of the public-set readers
+
+
+def test_every_vocabulary_class_has_a_description():
+    """ODIR/RFMiD/OCTDL emitted myopia, other, media_haze, rao, vmi: `finetune --data odir:DIR` stopped there."""
+    from uopsl.train import descriptions
+
+    for name in D.VOCABULARY:
+        assert descriptions.get(name).name == name
+    for table in (D.ODIR_CODES, D.RFMID_CODES, D.OCT2017_CLASSES, D.OCTDL_CLASSES):
+        assert set(table.values()) <= set(D.VOCABULARY)
+    for labels, _multi in D.GRADED_TASKS.values():
+        assert set(labels) <= set(D.VOCABULARY)
+
+
+def test_referable_by_default_follows_the_referable_grade():
+    from uopsl.train.descriptions import referable_by_default
+    from uopsl.train.workflow import referable_flags
+
+    assert referable_flags(D.DR_GRADE_NAMES) == (False, False, True, True, True)
+    assert referable_flags(("non_referable", "referable_dr")) == (False, True)
+    assert referable_by_default("healthy") is False and referable_by_default("other") is True
+
+
+def test_rfmid_reads_the_publishers_and_kaggles_layouts(tmp_path):
+    official, kaggle = tmp_path / "official", tmp_path / "kaggle"
+    fx.make_rfmid(tmp_path / "flat")
+    for split, letter, setname, csvname in (("train", "a", "Training", "Training"), ("val", "b", "Validation", "Validation"),
+                                            ("test", "c", "Testing", "Testing")):
+        fx.make_rfmid(tmp_path / "tmp" / split)
+        src_csv = tmp_path / "tmp" / split / "RFMiD_Training_Labels.csv"
+        (official / "2. Groundtruths").mkdir(parents=True, exist_ok=True)
+        (official / "2. Groundtruths" / f"{letter}. RFMiD_{csvname}_Labels.csv").write_bytes(src_csv.read_bytes())
+        (official / "1. Original Images").mkdir(parents=True, exist_ok=True)
+        os.replace(tmp_path / "tmp" / split / "Training", official / "1. Original Images" / f"{letter}. {setname} Set")
+        kaggle_set = {"train": ("Training_Set", "Training"), "val": ("Evaluation_Set", "Validation"),
+                      "test": ("Test_Set", "Test")}[split]
+        inner = kaggle / kaggle_set[0] / kaggle_set[0]
+        inner.mkdir(parents=True)
+        (inner / f"RFMiD_{csvname}_Labels.csv").write_bytes(src_csv.read_bytes())
+        (inner / kaggle_set[1]).symlink_to(official / "1. Original Images" / f"{letter}. {setname} Set")
+    flat = [s.labels for s in D.read_rfmid(tmp_path / "flat").samples]
+    for root in (official, kaggle):
+        for split in ("train", "val", "test"):
+            src = D.read_rfmid(root, split=split)
+            assert [s.labels for s in src.samples] == flat and src.samples[0].path.is_file()
+    with pytest.raises(DataError, match=r"RFMiD val label CSV not found; looked for: .*2\. Groundtruths/b\. RFMiD_Validation"):
+        D.read_rfmid(tmp_path / "flat", split="val")
+    assert D.RFMID_CODES["CSR"] == "csc" and D.RFMID_CODES["MYA"] == "pathologic_myopia"
+
+
+def test_messidor2_pairs_the_eyes_of_an_exam(tmp_path, caplog):
+    fx.make_messidor2(tmp_path)
+    with caplog.at_level(logging.WARNING):
+        alone = D.read_messidor2(tmp_path)
+    assert "messidor-2.csv (the exam list pairing each patient's two eyes) not found" in caplog.text
+    assert [s.patient for s in alone.samples] == [None, None, None]
+    # ADCIS's list (semicolons, .tif/.JPG names the mirror converted to PNG), beside the dataset folder.
+    (tmp_path / "messidor-2.csv").write_text("left;right\n20051020_43808_0100_PP.tif;20051020_43832_0100_PP.tif\n"
+                                             "IM000001.JPG;IM000002.JPG\n")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        paired = D.read_messidor2(tmp_path)
+    assert not caplog.text
+    assert [(s.patient, s.eye) for s in paired.samples] == [("20051020_43808_0100_PP", "left"),
+                                                            ("20051020_43808_0100_PP", "right"), ("IM000001", "left")]
+    # Referable: grade >= 2 or referable DME.
+    assert [s.labels for s in paired.samples] == [("non_referable",), ("referable_dr",), ("referable_dr",)]
+    for seed in range(5):  # the two eyes of the first exam always land in the same part
+        split = D.patient_split(paired.samples, (0.5, 0.0, 0.5), seed=seed)
+        assert {0, 1} <= set(split.train.tolist()) or {0, 1} <= set(split.test.tolist())
+    (tmp_path / "messidor-2.csv").write_text("left;right\nonly_one.tif\n")
+    with pytest.raises(DataError, match=r"messidor-2\.csv, line 2: expected two image names"):
+        D.read_messidor2(tmp_path)
+
+
+def test_messidor2_reads_the_kaggle_mirror_columns(tmp_path):
+    fx.make_messidor2(tmp_path)
+    table = tmp_path / "messidor_data.csv"
+    table.write_text(table.read_text().replace("image_id,adjudicated_dr_grade", "id_code,diagnosis"))
+    preprocess = tmp_path / "messidor-2" / "messidor-2" / "preprocess"
+    preprocess.parent.mkdir(parents=True)
+    os.replace(tmp_path / "IMAGES", preprocess)
+    src = D.read_messidor2(tmp_path, task="dr_dme")
+    assert [s.labels for s in src.samples] == [("normal",), ("dr", "dme"), ("dr",)]
+    assert src.samples[0].path.parent == preprocess
+    table.write_text(table.read_text().replace("id_code", "picture"))
+    with pytest.raises(DataError, match=r"missing column 'image_id' or 'id_code'; columns found"):
+        D.read_messidor2(tmp_path)
+
+
+def test_oct2017_findings_vocabulary_and_wrong_root(tmp_path):
+    fx.make_oct2017(tmp_path)
+    assert D.read_oct2017(tmp_path, vocabulary="findings").counts() == {"normal": 2, "dme": 1, "cnv": 2,
+                                                                        "drusen": 1}
+    with pytest.raises(DataError, match=r"OCT2017: .*/val not found; point at the folder that holds train/ and test/"):
+        D.read_oct2017(tmp_path, split="val")
+    with pytest.raises(ConfigError, match=r"vocabulary must be one of \['mapped', 'findings', 'raw'\]"):
+        D.read_oct2017(tmp_path, vocabulary="x")
+
+
+def test_octdl_labels_csv_beside_the_archive(tmp_path):
+    fx.make_octdl(tmp_path / "OCTDL", with_csv=True)
+    os.replace(tmp_path / "OCTDL" / "OCTDL_labels.csv", tmp_path / "OCTDL_labels.csv")
+    src = D.read_octdl(tmp_path / "OCTDL")
+    assert src.samples[0].extra["subcategory"] == "MNV"  # read from the CSV, not parsed from file names
+
+
+def test_csv_written_on_windows_and_a_path_holding_an_equals_sign(tmp_path):
+    from uopsl.train.commands.common import parse_spec
+
+    root = tmp_path / "set=v2"
+    fx.write_image(root / "img" / "a.jpg", seed=0)
+    (root / "labels.csv").write_text("path,label\nimg\\a.jpg,dme\n")
+    src = D.read_csv(root / "labels.csv", D.CsvLayout(label_column="label"))
+    assert src.samples[0].path == root / "img" / "a.jpg"
+    assert parse_spec(f"folder:{root}")[1:] == (root, {})
+    assert parse_spec(f"folder:{root}:classes=dme")[1:] == (root, {"classes": "dme"})

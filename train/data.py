@@ -50,6 +50,7 @@ from uopsl.train.datasets.fundus_sets import (
     ODIR_CODES,
     REFERABLE_GRADE,
     RFMID_CODES,
+    odir_keyword_codes,
     read_aptos,
     read_idrid,
     read_messidor2,
@@ -109,7 +110,8 @@ __all__ = [
     "DR_GRADE_NAMES", "EYES", "GRADED_TASKS", "IMAGE_EXTENSIONS", "MODALITIES", "OCT2017_CLASSES",
     "OCTDL_CLASSES", "ODIR_CODES", "READERS", "REFERABLE_GRADE", "RFMID_CODES", "TVHL_TASKS", "VOCABULARY",
     "CsvLayout", "DatasetSource", "LabelSpace", "Sample", "Split",
-    "check_apart", "fingerprint", "group_keys", "group_kfold", "load_dataset", "order_classes", "patient_split",
+    "check_apart", "fingerprint", "group_keys", "group_kfold", "load_dataset", "odir_keyword_codes", "order_classes",
+    "patient_split",
     "read_aptos", "read_csv", "read_folder", "read_idrid", "read_messidor2", "read_oct2017", "read_octdl",
     "read_odir", "read_rfmid", "read_synthetic", "read_tvhl", "reader_options", "take_shots",
 ]

@@ -174,6 +174,13 @@ _BUILTIN: tuple[DiseaseDescription, ...] = (
         (O, "center-involving macular thickening with intraretinal fluid in a diabetic eye"),
     ),
     _d(
+        "non_referable", "No referable diabetic retinopathy",
+        (F, "no diabetic retinopathy or only a few isolated microaneurysms"),
+        (F, "no hemorrhages, exudates or new vessels that would need an ophthalmologist"),
+        (F, "a diabetic fundus fit for routine annual rescreening"),
+        (O, "normal central retinal thickness without intraretinal or subretinal fluid"),
+    ),
+    _d(
         "dme", "Diabetic macular edema",
         (F, "hard exudates within one disc diameter of the center of the macula"),
         (F, "circinate ring of yellow exudates around leaking microaneurysms near the fovea"),
@@ -304,9 +311,49 @@ _BUILTIN: tuple[DiseaseDescription, ...] = (
         (F, "cellophane-like glistening sheen over the macula"),
         (F, "retinal striae with small vessels drawn toward the membrane"),
     ),
+    _d(
+        "vmi", "Vitreomacular interface disease",
+        (O, "vitreomacular traction distorting the foveal contour"),
+        (O, "partial posterior vitreous detachment still attached at the fovea"),
+        (O, "lamellar defect of the inner fovea at the vitreomacular interface"),
+        (F, "an irregular, distorted foveal light reflex at the macula"),
+    ),
+    # ---- further findings of the public sets (ODIR, RFMiD, OCTDL)
+    _d(
+        "rao", "Retinal artery occlusion",
+        (F, "pale, whitened ischemic retina with a cherry-red spot at the fovea"),
+        (F, "attenuated arterioles with segmented blood columns"),
+        (F, "a refractile embolus at an arteriolar bifurcation with sectoral retinal whitening"),
+        (O, "hyperreflective, thickened inner retinal layers from acute ischemia"),
+        (O, "thinned, atrophic inner retina after an old arterial occlusion"),
+    ),
+    _d(
+        "media_haze", "Media haze",
+        (F, "a hazy, low-contrast fundus view through cloudy ocular media"),
+        (F, "retinal vessels and optic disc blurred by an opacity in front of the retina"),
+        (F, "a diffuse veil over the whole photograph from a vitreous or lens opacity"),
+        (O, "a faint, noisy B-scan with weak signal through an opaque lens or vitreous"),
+    ),
+    _d(
+        "other", "Other retinal abnormality",
+        (F, "a retinal or optic disc abnormality other than the named screening diseases"),
+        (F, "an uncommon fundus finding such as chorioretinal atrophy, a coloboma or laser scars"),
+        (F, "an abnormal fundus that fits none of the common disease classes"),
+        (O, "an abnormal retinal profile that none of the named findings describes"),
+    ),
 )
 
 _BY_NAME: dict[str, DiseaseDescription] = {d.name: d for d in _BUILTIN}
+
+# Classes that do not refer a patient unless a class file says otherwise: a healthy eye, and the DR
+# findings below the referable grade (moderate NPDR or worse refers; ICDR, and REFERABLE_GRADE of the
+# graded datasets). Every other class refers by default.
+NOT_REFERABLE_BY_DEFAULT: frozenset[str] = frozenset({"normal", "non_referable", "mild_npdr"})
+
+
+def referable_by_default(name: str) -> bool:
+    """Whether class ``name`` (any spelling) refers a patient when no class file sets ``referable``."""
+    return canonical(name) not in NOT_REFERABLE_BY_DEFAULT
 
 # Long forms and common spellings accepted by :func:`get` (and in user files).
 ALIASES: dict[str, str] = {
@@ -326,6 +373,9 @@ ALIASES: dict[str, str] = {
     "choroidal_neovascularization": "cnv",
     "choroidal_neovascularisation": "cnv",
     "epiretinal_membrane": "erm",
+    "retinal_artery_occlusion": "rao",
+    "vitreomacular_interface_disease": "vmi",
+    "no_referable_dr": "non_referable",
     "intraretinal_cysts": "dme_cysts",
     "srf": "subretinal_fluid",
 }

@@ -276,7 +276,8 @@ def run_pretrain(model: UopslModel, meta: CheckpointMeta, fundus: Sequence[Item]
 
 
 def referable_flags(classes: Sequence[str], classes_file: str | Path | None = None) -> tuple[bool, ...]:
-    """Which classes refer a patient: ``referable`` from the class file where it says, else all but ``normal``.
+    """Which classes refer a patient: ``referable`` from the class file where it says, else
+    :func:`descriptions.referable_by_default` (all but ``normal``, ``non_referable`` and ``mild_npdr``).
 
     A ``threshold`` in the file is for ``uopsl export --classes`` (classes no image trained); training picks
     each threshold on the validation images, so it is ignored here, with a warning.
@@ -288,7 +289,7 @@ def referable_flags(classes: Sequence[str], classes_file: str | Path | None = No
         if o is not None and o.threshold is not None:
             log.warning("%s: the threshold of class %r is not used in training (the validation images choose it); "
                         "it applies to `uopsl export --classes`", classes_file, c)
-        flags.append(o.referable if o is not None and o.referable is not None else c != "normal")
+        flags.append(o.referable if o is not None and o.referable is not None else descriptions.referable_by_default(c))
     return tuple(flags)
 
 
@@ -621,7 +622,7 @@ def run_export(ckpt: Path, out: Path, classes_file: str | Path | None = None, op
         log.warning("%s stores no operating thresholds (not fine-tuned with validation data?); "
                     "exporting with 0.5 for every class", ckpt)
     thresholds = list(meta.thresholds or [0.5] * model.num_classes)
-    referable = list(meta.referable or [c != "normal" for c in model.config.classes])
+    referable = list(meta.referable or [descriptions.referable_by_default(c) for c in model.config.classes])
     phrases = list(meta.phrases)
     if classes_file is not None:
         old = model.config.classes

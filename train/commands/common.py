@@ -11,12 +11,12 @@ values joined with ``+`` (``classes=normal+dr``). The options of each kind:
   ``classes``, ``name``, ``missing``;
 * ``tvhl:DIR``: ``task=four_class|referable_dr|dme``, ``modality=fundus|oct|both``,
   ``missing`` (e.g. ``tvhl:../shared/data/tvhl:task=four_class,modality=oct``);
-* ``aptos:DIR``: ``task=referable|grade``, ``missing``;
-* ``messidor2:DIR``: ``task=referable|grade|dr_dme``, ``images_dir``, ``missing``;
-* ``idrid:DIR``: ``split=train|test``, ``task=referable|grade|dr_dme``, ``images_dir``, ``missing``;
+* ``aptos:DIR``: ``task=referable|any_dr|grade``, ``missing``;
+* ``messidor2:DIR``: ``task=referable|any_dr|grade|dr_dme``, ``images_dir``, ``missing``;
+* ``idrid:DIR``: ``split=train|test``, ``task=referable|any_dr|grade|dr_dme``, ``images_dir``, ``missing``;
 * ``rfmid:DIR``: ``split=train|val|test``, ``vocabulary=mapped|raw``, ``images_dir``, ``missing``;
 * ``odir:DIR``: ``vocabulary``, ``images_dir``, ``missing``;
-* ``oct2017:DIR``: ``split=train|test|val|all``, ``vocabulary``;
+* ``oct2017:DIR``: ``split=train|test|val|all``, ``vocabulary=mapped|findings|raw``;
 * ``octdl:DIR``: ``vocabulary``, ``labels_csv``, ``missing``.
 
 A bare folder holding ``labels.csv`` is read as synthetic, any other bare
@@ -102,7 +102,8 @@ def parse_spec(spec: str) -> tuple[str, Path, dict[str, str]]:
     """``KIND:PATH[:k=v,...]`` -> (kind, path, options as written); the path must exist."""
     kind, rest = (spec.split(":", 1) if ":" in spec and spec.split(":", 1)[0] in data.READERS else ("", spec))
     opts: dict[str, str] = {}
-    if ":" in rest and "=" in rest.rsplit(":", 1)[1]:
+    # A path whose last part holds '=' (a folder named set=v2) is a path, not options, when it exists as written.
+    if ":" in rest and "=" in rest.rsplit(":", 1)[1] and not Path(rest).exists():
         rest, tail = rest.rsplit(":", 1)
         for kv in tail.split(","):
             if "=" not in kv:

@@ -153,8 +153,8 @@ def _task_labels(kind: str) -> dict[str, tuple[str, ...]]:
     if kind == "tvhl":
         return dict(data.TVHL_TASKS)
     graded = {task: labels for task, (labels, _multi) in data.GRADED_TASKS.items()}
-    if kind == "aptos":  # no DME grades: referable|grade (see uopsl.train.commands.common)
-        return {t: graded[t] for t in ("referable", "grade")}
+    if kind == "aptos":  # no DME grades: no dr_dme (see uopsl.train.commands.common)
+        return {t: labels for t, labels in graded.items() if t != "dr_dme"}
     if kind in ("messidor2", "idrid"):
         return graded
     return {}

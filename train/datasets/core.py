@@ -46,10 +46,10 @@ T = TypeVar("T")
 VOCABULARY: tuple[str, ...] = (
     "normal", "dr", "dme", "amd", "glaucoma", "rp", "macular_hole",
     # DR severity (international 5-point scale, TVHL's npdr/pdr)
-    "mild_npdr", "moderate_npdr", "severe_npdr", "npdr", "pdr",
+    "mild_npdr", "moderate_npdr", "severe_npdr", "npdr", "pdr", "non_referable", "referable_dr",
     # other retinal / ocular findings of the public sets
-    "cnv", "drusen", "erm", "vmi", "rvo", "rao", "hypertensive_retinopathy",
-    "myopia", "cataract", "media_haze", "other",
+    "cnv", "drusen", "erm", "vmi", "rvo", "rao", "csc", "hypertensive_retinopathy",
+    "pathologic_myopia", "cataract", "media_haze", "other",
 )
 
 _EYE_WORDS = {

@@ -17,9 +17,10 @@ Assumptions
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 from typing import Any
 
 from uopsl.runtime.errors import ConfigError, DataError
@@ -186,7 +187,7 @@ def read_csv(
         if modality not in MODALITIES:
             raise DataError(f"{row.where}: modality {modality!r}; expected one of {list(MODALITIES)}.")
         sample = Sample(
-            image_root / row.require(layout.path_column),
+            cell_path(image_root, row.require(layout.path_column)),
             layout.labels(row),
             patient=(row.get(layout.patient_column) or None) if layout.patient_column else None,
             eye=parse_eye(row.get(layout.eye_column), where=row.where) if layout.eye_column else None,
@@ -195,6 +196,14 @@ def read_csv(
         col.add(sample, row.where)
     options: dict[str, Any] = {"reader": "csv", "csv": csv_path, "classes": classes, **asdict(layout)}
     return col.build(options, multi_label=layout.multi_label)
+
+
+def cell_path(root: Path, cell: str) -> Path:
+    """An image path from a CSV cell, relative to ``root``; a table written on Windows (``img\\a.jpg``) works here too."""
+    p = root / cell
+    if "\\" in cell and os.sep == "/" and not p.exists():
+        return root / PureWindowsPath(cell).as_posix()
+    return p
 
 
 SYNTHETIC_COLUMNS = ("path", "patient", "eye", "modality", "labels", "masks")

@@ -12,14 +12,17 @@ What each adapter assumes:
   When ``OCTDL_labels.csv`` is present it drives the reader: columns
   ``file_name`` (with or without extension), ``disease`` (the class folder) and
   ``patient_id`` are required; ``subcategory`` and ``eye`` are read when present.
-  Without it the folders are scanned and the patient id parsed from the file
+  The CSV is looked for in the root and beside it (Mendeley ships the archive
+  and the CSV as two files). Without it the folders are scanned and the patient id parsed from the file
   name (a name that does not parse gets no patient: its own split group). The
   CSV's exact column set is taken from public code that reads it; only those
   three columns are relied on.
 
 Mapping onto the project vocabulary (``vocabulary='raw'`` keeps the folder names):
 OCT2017 ``CNV`` (neovascular AMD) and ``DRUSEN`` (early AMD) -> ``amd``, ``DME`` ->
-``dme``, ``NORMAL`` -> ``normal``; OCTDL ``AMD`` -> ``amd``, ``DME`` -> ``dme``,
+``dme``, ``NORMAL`` -> ``normal`` (the unpaired pools meet the fundus sets' ``amd``
+that way); ``vocabulary='findings'`` keeps the four classes of the published
+benchmark as ``cnv``, ``dme``, ``drusen``, ``normal``; OCTDL ``AMD`` -> ``amd``, ``DME`` -> ``dme``,
 ``ERM`` -> ``erm``, ``NO`` -> ``normal``, ``RAO`` -> ``rao``, ``RVO`` -> ``rvo``,
 ``VID`` (vitreomacular interface disease) -> ``vmi``. ``extra['raw_label']``
 keeps the folder name. Both are single-label.
@@ -48,6 +51,7 @@ from uopsl.train.datasets.core import (
 log = logging.getLogger(__name__)
 
 OCT2017_CLASSES: dict[str, str] = {"CNV": "amd", "DME": "dme", "DRUSEN": "amd", "NORMAL": "normal"}
+OCT2017_FINDINGS: dict[str, str] = {"CNV": "cnv", "DME": "dme", "DRUSEN": "drusen", "NORMAL": "normal"}
 OCT2017_SPLITS = ("train", "test", "val")
 OCTDL_CLASSES: dict[str, str] = {
     "AMD": "amd", "DME": "dme", "ERM": "erm", "NO": "normal", "RAO": "rao", "RVO": "rvo", "VID": "vmi",
@@ -56,10 +60,10 @@ _KERMANY_NAME = re.compile(r"([A-Z]+)-(\d+)-(\d+)")
 _OCTDL_NAME = re.compile(r"([A-Za-z]+)_(\d+)_(\d+)")
 
 
-def _space(mapping: dict[str, str], vocabulary: str) -> LabelSpace:
-    if vocabulary not in ("mapped", "raw"):
-        raise ConfigError(f"vocabulary must be 'mapped' or 'raw', got {vocabulary!r}")
-    return LabelSpace(order_classes(mapping.values()) if vocabulary == "mapped" else tuple(mapping), False)
+def _space(mapping: dict[str, str], vocabulary: str, allowed: tuple[str, ...] = ("mapped", "raw")) -> LabelSpace:
+    if vocabulary not in allowed:
+        raise ConfigError(f"vocabulary must be one of {list(allowed)}, got {vocabulary!r}")
+    return LabelSpace(tuple(mapping) if vocabulary == "raw" else order_classes(mapping.values()), False)
 
 
 def read_oct2017(
@@ -67,12 +71,16 @@ def read_oct2017(
 ) -> DatasetSource:
     """OCT2017 / Kermany (see module doc); split 'train', 'test', 'val' or 'all' (those present)."""
     root = Path(root)
-    space = _space(OCT2017_CLASSES, vocabulary)
+    mapping = OCT2017_FINDINGS if vocabulary == "findings" else OCT2017_CLASSES
+    space = _space(mapping, vocabulary, ("mapped", "findings", "raw"))
     if split not in (*OCT2017_SPLITS, "all"):
         raise ConfigError(f"OCT2017 split must be one of {[*OCT2017_SPLITS, 'all']}, got {split!r}")
     splits = [s for s in OCT2017_SPLITS if (root / s).is_dir()] if split == "all" else [split]
-    if not splits:
-        raise DataError(f"OCT2017: none of {[str(root / s) for s in OCT2017_SPLITS]} exists; point at the OCT2017 folder.")
+    missing_split = [s for s in splits if not (root / s).is_dir()]
+    if not splits or missing_split:
+        raise DataError(f"OCT2017: {root / (missing_split or ['train'])[0]} not found; point at the folder that "
+                        "holds train/ and test/ (Kaggle's archive adds val/ and names the folder 'OCT2017 ', "
+                        "with a trailing space)")
     col = Collector(f"oct2017-{split}-{vocabulary}", root, space)
     for sp in splits:
         for cls, path, size in scan_class_folders(root / sp, tuple(OCT2017_CLASSES), "OCT2017"):
@@ -82,7 +90,7 @@ def read_oct2017(
                     f"{path}: file name does not follow <CLASS>-<patient>-<n> with CLASS={cls} "
                     f"(the OCT2017 naming); rename it or move it to its class folder."
                 )
-            label = OCT2017_CLASSES[cls] if vocabulary == "mapped" else cls
+            label = cls if vocabulary == "raw" else mapping[cls]
             sample = Sample(path, (label,), patient=m.group(2), modality="oct", extra={"raw_label": cls, "split": sp})
             col.add(sample, str(path), size)
     return col.build({"reader": "oct2017", "root": root, "split": split, "vocabulary": vocabulary}, False)
@@ -100,8 +108,9 @@ def read_octdl(
     space = _space(OCTDL_CLASSES, vocabulary)
     col = Collector(f"octdl-{vocabulary}", root, space, missing)
     options = {"reader": "octdl", "root": root, "vocabulary": vocabulary, "labels_csv": labels_csv}
-    csv_path = root / labels_csv
+    csv_path = next((p for p in (root / labels_csv, root.parent / labels_csv) if p.is_file()), root / labels_csv)
     if csv_path.is_file():
+        log.info("OCTDL: labels from %s", csv_path)
         header, rows = read_table(csv_path, ("file_name", "disease", "patient_id"))
         folders: dict[str, StemIndex] = {}
         for row in rows:
