@@ -72,11 +72,18 @@ def _echo_summary(summary: Any, out: Path, failed: Sequence[tuple[str, str, Sequ
     )
     n_bad = c.get("ungradable", 0) + c.get("error", 0)
     if n_bad:
-        named = [f"{Path(src).name or src} ({reason_label(reasons) or st})" for src, st, reasons in failed[:_MAX_NAMED]]
+        # repr-style escapes for control characters: a newline in a file name must not split the line.
+        named = [f"{_one_line_name(Path(src).name or src)} ({reason_label(reasons) or st})"
+                 for src, st, reasons in failed[:_MAX_NAMED]]
         rest = n_bad - len(named)
         click.echo("  retake or check: " + ", ".join(named)
                    + (f"{', ' if named else ''}{rest} more in the report" if rest else ""), err=True)
     click.echo(f"{'report' if report else 'results'}: {out / (REPORT if report else CSV)}", err=True)
+
+
+def _one_line_name(name: str) -> str:
+    """``name`` with control characters (a newline, a tab) written as escapes, for one console line."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in name)
 
 
 def _failures() -> tuple[dict[str, tuple[str, str, Sequence[str]]], Callable[[Any], None]]:

@@ -38,6 +38,12 @@ class ImageDecodeError(ImageError):
     reason = "undecodable"
 
 
+class ImageFormatError(ImageDecodeError):
+    """The file is an image format (or a variant: 12-bit, lossless JPEG) the runtime does not read."""
+
+    reason = "unsupported_format"
+
+
 class ImageReadError(ImageError):
     """The file cannot be read at all (missing, a folder, no permission, I/O error)."""
 

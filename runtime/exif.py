@@ -1,4 +1,4 @@
-"""EXIF orientation of JPEG photographs: read the tag, turn the pixels upright.
+"""EXIF orientation of JPEG (and PNG, WebP) photographs: read the tag, turn the pixels upright.
 
 Cameras (and phones on fundus adapters) store pixels in sensor order and
 record how to turn them upright in the Exif ``Orientation`` tag (0x0112).
@@ -28,9 +28,11 @@ import cv2
 import numpy as np
 
 ORIENTATION_TAG = 0x0112
-# Bytes of a JPEG scanned for the Exif segment. The Exif APP1 comes first (after an
-# optional JFIF APP0); this leaves room for a few 64 KiB APPn segments before it.
-_MAX_SCAN = 256 * 1024
+# Bytes of a JPEG scanned for the Exif segment. The walk jumps from segment to segment
+# (its cost is the number of segments, not of bytes), so the cap only bounds a corrupt
+# header: the Exif APP1 usually comes first, but some software writes several 64 KiB
+# ICC or XMP segments before it (a tag after 256 KiB was missed: a photograph sideways).
+_MAX_SCAN = 16 * 1024 * 1024
 _EXIF_HEADER = b"Exif\x00\x00"
 _SOS, _EOI = 0xDA, 0xD9
 _TYPE_SHORT, _TYPE_LONG = 3, 4
@@ -77,6 +79,44 @@ def jpeg_orientation(data: bytes) -> int:
             # The whole segment must be present (not cut by the file end or the cap).
             return tiff_orientation(data[i + 10 : i + 2 + length]) if i + 2 + length <= end else 1
     return 1
+
+
+def png_orientation(data: bytes) -> int:
+    """The Orientation of a PNG's ``eXIf`` chunk (PNG 1.5; it must precede the image data); 1 when absent."""
+    if data[:8] != b"\x89PNG\r\n\x1a\n":
+        return 1
+    i = 8
+    while i + 8 <= min(len(data), _MAX_SCAN):
+        length, kind = int.from_bytes(data[i : i + 4], "big"), data[i + 4 : i + 8]
+        if kind == b"eXIf":
+            return tiff_orientation(data[i + 8 : i + 8 + length])
+        if kind in (b"IDAT", b"IEND"):
+            return 1
+        i += 12 + length
+    return 1
+
+
+def webp_orientation(data: bytes) -> int:
+    """The Orientation of an extended WebP's ``EXIF`` chunk (some writers keep the ``Exif\\0\\0`` prefix); 1 when absent."""
+    if data[:4] != b"RIFF" or data[8:12] != b"WEBP":
+        return 1
+    i = 12
+    while i + 8 <= min(len(data), _MAX_SCAN):
+        kind, length = data[i : i + 4], int.from_bytes(data[i + 4 : i + 8], "little")
+        if kind == b"EXIF":
+            block = data[i + 8 : i + 8 + length]
+            return tiff_orientation(block[6:] if block.startswith(_EXIF_HEADER) else block)
+        i += 8 + length + (length & 1)  # chunks are padded to an even size
+    return 1
+
+
+def image_orientation(data: bytes) -> int:
+    """The Exif Orientation of a JPEG, PNG or WebP file (TIFF orientation is applied by the decoder itself)."""
+    if data[:2] == b"\xff\xd8":
+        return jpeg_orientation(data)
+    if data[:4] == b"\x89PNG":
+        return png_orientation(data)
+    return webp_orientation(data)
 
 
 def tiff_orientation(block: bytes) -> int:

@@ -26,11 +26,11 @@ several.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import stat
 from dataclasses import asdict, dataclass
-from typing import Literal
 
 import cv2
 import numpy as np
@@ -39,18 +39,24 @@ from uopsl.runtime.configs import config_from_dict
 from uopsl.runtime.errors import (
     ConfigError,
     ImageDecodeError,
+    ImageFormatError,
     ImageReadError,
     ImageTooLargeError,
     ImageTooSmallError,
 )
-from uopsl.runtime.exif import apply_orientation, jpeg_orientation, jpeg_segments
+from uopsl.runtime.exif import apply_orientation, image_orientation, jpeg_orientation
+from uopsl.runtime.imagefile import SUPPORTED, header_size, image_format, is_truncated, jpeg_frame, other_format
+
+log = logging.getLogger(__name__)
 
 # Bumped whenever the same input bytes and parameters give other pixels (caches of
 # preprocessed images key on it): 2 = reduced-scale JPEG decoding, 3 = JPEGs turned
-# upright by their Exif Orientation tag on every decode path. (The reduced-decode rule
+# upright by their Exif Orientation tag on every decode path, 4 = 16-bit images scaled by the
+# full 16-bit range (not their own peak), JPEGs ending in libjpeg's grey fill refused, the Exif
+# orientation of PNG and WebP files applied. (The reduced-decode rule
 # lives in config fields, decode_min_ratio and decode_min_side, so a config keeps its
 # pixels without a bump.)
-PREPROCESS_VERSION = 3
+PREPROCESS_VERSION = 4
 
 # The reduced-decode ratio of configs stored before PreprocessConfig.decode_min_ratio existed.
 LEGACY_DECODE_MIN_RATIO = 2.0
@@ -273,16 +279,27 @@ class Preprocessed:
     unenhanced: np.ndarray | None = None
 
 
-def read_bytes(path: str | os.PathLike[str]) -> bytes:
+#: Largest file :func:`read_bytes` reads: above an uncompressed 16-bit RGB image of
+#: PreprocessConfig's default pixel limit (720 MB); a disk image or a video named .jpg
+#: would otherwise be read whole, on every preprocessing thread at once.
+MAX_FILE_BYTES = 1 << 30
+
+
+def read_bytes(path: str | os.PathLike[str], max_bytes: int = MAX_FILE_BYTES) -> bytes:
     """Read a file, turning OS errors into :class:`ImageReadError` with the path.
 
     Only regular files are read: a named pipe (or a device) called ``x.jpg``
     would block the read for ever, so it is opened without blocking and refused.
+    A file larger than ``max_bytes`` is refused (:class:`ImageTooLargeError`) before it is read.
     """
     fd = -1
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-        mode = os.fstat(fd).st_mode
+        st = os.fstat(fd)
+        mode = st.st_mode
+        if stat.S_ISREG(mode) and st.st_size > max_bytes:
+            raise ImageTooLargeError(f"the file is {st.st_size / 1e9:.1f} GB, more than any photograph this program "
+                                     f"reads ({max_bytes / 1e9:.1f} GB): is it a photograph?", source=str(path))
         if stat.S_ISDIR(mode):
             raise ImageReadError("is a directory, not an image file", source=str(path))
         if not stat.S_ISREG(mode):
@@ -304,57 +321,29 @@ def read_bytes(path: str | os.PathLike[str]) -> bytes:
             os.close(fd)
 
 
-def _looks_truncated(data: bytes) -> bool:
-    # OpenCV decodes a truncated JPEG silently (grey fill); the end-of-image marker tells.
-    if data[:2] == b"\xff\xd8":
-        return data.rstrip(b"\x00")[-2:] != b"\xff\xd9"
-    if data[:8] == b"\x89PNG\r\n\x1a\n":
-        return b"IEND" not in data[-16:]
-    return False
-
-
-def _header_size(data: bytes) -> tuple[int, int] | None:
-    """(width, height) from a PNG, JPEG, BMP or TIFF header without decoding; None if unknown.
-
-    Lets :func:`decode` refuse a decompression bomb before allocating it.
-    """
-    try:
-        if data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR":
-            return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
-        if data[:2] == b"BM" and len(data) >= 26:
-            w = int.from_bytes(data[18:22], "little", signed=True)
-            h = int.from_bytes(data[22:26], "little", signed=True)
-            return abs(w), abs(h)
-        if data[:4] in (b"II*\x00", b"MM\x00*"):
-            return _tiff_size(data)
-        if data[:2] == b"\xff\xd8":
-            return _jpeg_size(data)
-    except (IndexError, ValueError):
-        return None
-    return None
-
-
 def _jpeg_size(data: bytes) -> tuple[int, int] | None:
-    for marker, i, _ in jpeg_segments(data):
-        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # start of frame
-            if i + 9 > len(data):
-                return None
-            return int.from_bytes(data[i + 7 : i + 9], "big"), int.from_bytes(data[i + 5 : i + 7], "big")
-    return None
+    frame = jpeg_frame(data)
+    return None if frame is None else frame[:2]
 
 
-def _tiff_size(data: bytes) -> tuple[int, int] | None:
-    order: Literal["little", "big"] = "little" if data[:2] == b"II" else "big"
-    ifd = int.from_bytes(data[4:8], order)
-    n = int.from_bytes(data[ifd : ifd + 2], order)
-    size: dict[int, int] = {}
-    for k in range(n):
-        e = ifd + 2 + 12 * k
-        tag, typ = int.from_bytes(data[e : e + 2], order), int.from_bytes(data[e + 2 : e + 4], order)
-        if tag in (256, 257):
-            nbytes = 2 if typ == 3 else 4
-            size[tag] = int.from_bytes(data[e + 8 : e + 8 + nbytes], order)
-    return (size[256], size[257]) if len(size) == 2 else None
+# libjpeg fills the part of a JPEG it could not decode (data cut short, then closed by an end-of-image
+# marker; a zeroed or foreign block) with grey 128, and only warns. The last block of the stored
+# raster is then exactly that grey; a photograph's corner (black surround, JPEG noise) never is.
+_FILL_GREY = 128
+_FILL_TAIL = (2, 16)  # rows x columns at the end of the stored raster that must all be fill
+
+
+def _ends_in_fill(img: np.ndarray) -> bool:
+    """Whether a JPEG decoded in stored order (before any orientation) ends in libjpeg's grey fill."""
+    rows, cols = _FILL_TAIL
+    if img.shape[0] < rows or img.shape[1] < cols:
+        return False
+    return bool((img[-rows:, -cols:] == _FILL_GREY).all())
+
+
+def _damaged(source: str | None) -> ImageDecodeError:
+    return ImageDecodeError("the image data ends early (the bottom of the picture is missing: libjpeg filled it "
+                            "with grey); the file is damaged", source=source)
 
 
 def _to_uint8(img: np.ndarray) -> np.ndarray:
@@ -363,12 +352,11 @@ def _to_uint8(img: np.ndarray) -> np.ndarray:
     if img.dtype == np.bool_:
         return img.astype(np.uint8) * 255
     if img.dtype == np.uint16:
-        # Cameras store 10/12/14-bit data in 16-bit containers: scale by the
-        # effective bit depth so a 12-bit image is not shown 16x too dark.
-        peak = int(img.max())
-        bits = min(16, max(8, int(np.ceil(np.log2(peak + 1))) if peak > 0 else 8))
-        bits = next(b for b in (10, 12, 14, 16) if b >= bits) if bits > 8 else 8
-        return np.clip(img.astype(np.float32) * (255.0 / (2**bits - 1)) + 0.5, 0, 255).astype(np.uint8)
+        # The full 16-bit range, whatever the picture's own brightest pixel: guessing the bit depth from it
+        # brightened a dark photograph past the gate's too-dark check (a 16-bit PNG of a too-dark photograph
+        # came out gradable). PNG stores fewer significant bits scaled up to 16 already; 12-bit data left
+        # unscaled in a 16-bit TIFF comes out dark, and the gate says so.
+        return cv2.convertScaleAbs(img, alpha=255.0 / 65535.0)
     if np.issubdtype(img.dtype, np.floating):
         scale = 255.0 if float(np.nanmax(img)) <= 1.0 else 1.0
         return np.clip(np.nan_to_num(img) * scale + 0.5, 0, 255).astype(np.uint8)
@@ -388,28 +376,55 @@ def decode(data: bytes, *, source: str | None = None, max_pixels: int = 120_000_
     """Decode image bytes (JPEG, PNG, TIFF incl. 16-bit, BMP, ...) to uint8 HWC RGB.
 
     Grayscale is replicated to three channels, RGBA is composited over black.
-    A JPEG is turned upright by its Exif Orientation tag (:mod:`uopsl.runtime.exif`),
-    as a viewer shows it and as the reduced-scale decode of ``fast_decode`` does;
-    other formats are returned as stored.
+    A JPEG, PNG or WebP is turned upright by its Exif Orientation tag
+    (:mod:`uopsl.runtime.exif`), as a viewer shows it and as the reduced-scale
+    decode of ``fast_decode`` does; OpenCV turns a TIFF itself; other formats
+    are returned as stored.
     Raises :class:`ImageDecodeError` for empty, truncated or non-image data.
     """
-    if not data:
-        raise ImageDecodeError("file is empty (0 bytes)", source=source)
-    if _looks_truncated(data):
-        raise ImageDecodeError("image data is truncated (no end-of-image marker)", source=source)
-    # Check the header's pixel count before allocating a decompression bomb.
-    header = _header_size(data)
-    if header is not None:
-        _check_pixels(header[0], header[1], max_pixels, source)
+    fmt = check_image_bytes(data, max_pixels, source)
     buf = np.frombuffer(data, np.uint8)
     # IMREAD_UNCHANGED ignores the Exif orientation; it is applied below, for JPEGs only.
     img = _imdecode(buf, cv2.IMREAD_UNCHANGED | cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR, source)
     if img is None:
-        raise ImageDecodeError(
-            f"not a decodable image ({len(data)} bytes; expected JPEG, PNG, TIFF or BMP)", source=source
-        )
+        frame = jpeg_frame(data) if fmt == "jpeg" else None
+        if frame is not None and (frame[2] != 8 or frame[3]):
+            kind = f"{frame[2]}-bit {'lossless ' if frame[3] else ''}JPEG"
+            raise ImageFormatError(f"a {kind} (the runtime reads 8-bit JPEGs); export the photograph as an "
+                                   "ordinary JPEG or a PNG", source=source)
+        raise ImageDecodeError(f"not a decodable image ({len(data)} bytes; the header says {fmt}, but the "
+                               "data cannot be decoded)", source=source)
     _check_pixels(img.shape[1], img.shape[0], max_pixels, source)
-    return apply_orientation(_to_rgb(_to_uint8(img), source), jpeg_orientation(data))
+    if fmt == "jpeg" and _ends_in_fill(img):
+        raise _damaged(source)
+    return apply_orientation(_to_rgb(_to_uint8(img), source), image_orientation(data))
+
+
+def check_image_bytes(data: bytes, max_pixels: int, source: str | None = None) -> str:
+    """What :func:`decode` checks before decoding; returns the format (:func:`imagefile.image_format`).
+
+    Empty, cut short (a JPEG or PNG without the end of its image data), in a
+    format the runtime does not read, or declaring more than ``max_pixels``
+    pixels (a decompression bomb is refused before it is allocated): an
+    :class:`ImageError` saying which.
+    """
+    if not data:
+        raise ImageDecodeError("file is empty (0 bytes)", source=source)
+    fmt = image_format(data)
+    if fmt is None:
+        other = other_format(data)
+        if other is not None:
+            raise ImageFormatError(f"a {other} file (the runtime reads {SUPPORTED}); export the photograph as an "
+                                   "ordinary JPEG and screen that", source=source)
+        raise ImageDecodeError(f"not an image file ({len(data)} bytes; expected {SUPPORTED}, judged from the "
+                               "content, not the name)", source=source)
+    if is_truncated(data):
+        raise ImageDecodeError("image data is truncated (no end-of-image marker)", source=source)
+    header = header_size(data)
+    if header is None:
+        raise ImageDecodeError(f"the {fmt} header cannot be read (damaged file)", source=source)
+    _check_pixels(header[0], header[1], max_pixels, source)
+    return fmt
 
 
 def _imdecode(buf: np.ndarray, flags: int, source: str | None) -> np.ndarray | None:
@@ -646,12 +661,12 @@ def _dct_scales(w: int, h: int, below: int = 16) -> tuple[int, ...]:
 
 def _jpeg_reduction(data: bytes, cfg: PreprocessConfig) -> int:
     """The largest JPEG DCT scale (1, 2, 4, 8) keeping the short side >= decode_min_ratio x size and >= decode_min_side."""
-    if not cfg.fast_decode or data[:2] != b"\xff\xd8" or _looks_truncated(data):
+    if not cfg.fast_decode or data[:2] != b"\xff\xd8" or is_truncated(data):
         return 1
-    size = _jpeg_size(data)
-    if size is None:
+    frame = jpeg_frame(data)
+    if frame is None or frame[3] or frame[2] != 8:  # libjpeg scales 8-bit DCT frames only (not lossless)
         return 1
-    w, h = size
+    w, h = frame[:2]
     # DCT scaling is itself a band-limited downscale (it keeps the low-frequency
     # coefficients), so decoding down to the model size loses little the final
     # resize would keep. The field of view spans about the short side, so at
@@ -672,9 +687,20 @@ def _finer_scale(data: bytes, scale: int, fov_side_full: float, cfg: PreprocessC
     return next((f for f in _dct_scales(w, h, below=scale) if fov_side_full / f * _MAX_ENLARGE >= cfg.size), 1)
 
 
-def _decode_at(data: bytes, scale: int, cfg: PreprocessConfig, source: str | None) -> np.ndarray:
-    """``data`` decoded in full (scale 1) or at 1/``scale`` by DCT scaling."""
-    return decode(data, source=source, max_pixels=cfg.max_pixels) if scale == 1 else _decode_reduced(data, scale, source)
+def _decode_at(data: bytes, scale: int, cfg: PreprocessConfig, source: str | None) -> tuple[np.ndarray, int]:
+    """``data`` decoded in full (scale 1) or at 1/``scale`` by DCT scaling, and the scale it was decoded at.
+
+    The scale is checked against the pixels libjpeg returned (ceil of the stored size / scale): a frame
+    it does not scale comes back in full, and its geometry must not be multiplied.
+    """
+    if scale == 1:
+        return decode(data, source=source, max_pixels=cfg.max_pixels), 1
+    rgb = _decode_reduced(data, scale, source)
+    w, h = _jpeg_size(data) or (0, 0)
+    if sorted(rgb.shape[:2]) != sorted((-(-h // scale), -(-w // scale))):
+        log.debug("%s: libjpeg did not decode at 1/%d (got %s); decoding in full", source, scale, rgb.shape[:2])
+        return decode(data, source=source, max_pixels=cfg.max_pixels), 1
+    return rgb, scale
 
 
 def _decode_reduced(data: bytes, scale: int, source: str | None) -> np.ndarray:
@@ -686,6 +712,8 @@ def _decode_reduced(data: bytes, scale: int, source: str | None) -> np.ndarray:
     img = _imdecode(np.frombuffer(data, np.uint8), _REDUCED[scale] | cv2.IMREAD_IGNORE_ORIENTATION, source)
     if img is None or img.ndim != 3:
         raise ImageDecodeError(f"not a decodable JPEG ({len(data)} bytes)", source=source)
+    if _ends_in_fill(img):
+        raise _damaged(source)
     return apply_orientation(cv2.cvtColor(img, cv2.COLOR_BGR2RGB), jpeg_orientation(data))
 
 
@@ -752,8 +780,8 @@ def preprocess(
     else:
         scale = _jpeg_reduction(data, cfg)
         if scale > 1:
-            _check_pixels(*(_jpeg_size(data) or (0, 0)), cfg.max_pixels, source)
-        rgb = _decode_at(data, scale, cfg, source)
+            check_image_bytes(data, cfg.max_pixels, source)
+        rgb, scale = _decode_at(data, scale, cfg, source)
     h, w = rgb.shape[:2]
     if min(h, w) < MIN_DECODE_SIDE:
         raise ImageTooSmallError(
@@ -767,8 +795,7 @@ def preprocess(
         # narrower than the frame would then be enlarged. Decode finer (once) instead.
         finer = _finer_scale(data, scale, 2 * r * (1.0 + cfg.fov_margin) * scale, cfg)
         if finer != scale:
-            scale = finer
-            rgb = _decode_at(data, scale, cfg, source)
+            rgb, scale = _decode_at(data, finer, cfg, source)
             h, w = rgb.shape[:2]
             cx, cy, r, fill, _, fields = find_fov(rgb, cfg.fov_threshold)
             found = fill >= cfg.fov_min_fill and r >= 0.2 * min(h, w)

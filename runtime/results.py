@@ -48,7 +48,7 @@ IMAGE_DIRS = ("thumbs", "overlays")  # overlay.THUMB_DIR, overlay.OVERLAY_DIR (n
 #: Error reasons that are a property of the file's bytes: screening the same version again gives the same
 #: answer, so a rerun skips it. Any other error (unreadable, inference_error, internal_error, ...) depends on
 #: the moment (a permission fixed with chmod keeps the mtime; an out-of-memory passes) and is retried.
-CONTENT_ERRORS = frozenset({"undecodable", "too_small", "too_large"})
+CONTENT_ERRORS = frozenset({"undecodable", "unsupported_format", "too_small", "too_large"})
 #: Statuses that are final for a file version (an error is final only with content reasons).
 FINAL_STATUSES = frozenset({"ok", "ungradable"})
 

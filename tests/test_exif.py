@@ -227,7 +227,7 @@ def _malformed_jpegs() -> dict[str, bytes]:
     good = _with_exif(base, _tiff(6))
     exif_at = good.index(b"Exif") - 4
     seg_len = int.from_bytes(good[exif_at + 2 : exif_at + 4], "big")
-    filler = b"".join(_segment(0xE2, bytes(60_000)) for _ in range(5))  # 300 KB of APP2 before the Exif
+    filler = b"".join(_segment(0xE2, bytes(60_000)) for _ in range(290))  # 17.4 MB of APP2 before the Exif
     cases = {
         "not a jpeg": b"\x89PNG\r\n\x1a\n" + good[2:],
         "soi only": b"\xff\xd8",
@@ -262,7 +262,7 @@ def test_malformed_jpeg_exif_is_orientation_1_never_an_error_and_fast() -> None:
 
 
 def test_scan_cap_leaves_room_for_large_segments_before_the_exif() -> None:
-    # The control for "exif beyond the scan cap": 180 KB of APP2 (an ICC profile) before it is fine.
+    # The control for "exif beyond the scan cap" (16 MiB): 180 KB of APP2 (an ICC profile) before it is fine.
     filler = b"".join(_segment(0xE2, bytes(60_000)) for _ in range(3))
     assert jpeg_orientation(_with_exif(_jpeg(draw_fake_fundus(64)), _tiff(8, "big"), before=filler)) == 8
 
@@ -304,3 +304,36 @@ def test_screener_sees_the_upright_photograph(orientation: int, h: int, w: int, 
     assert (g.cx, g.cy, g.radius, g.x0, g.y0, g.side) == (k * p.cx, k * p.cy, k * p.radius, k * p.x0, k * p.y0, k * p.side)
     # The overlay is drawn on the thumbnail's grid: the same upright shape.
     assert by_bytes.heatmap(shape=by_bytes.thumbnail.shape[:2]).shape == by_bytes.thumbnail.shape[:2]
+
+
+def test_orientation_after_large_icc_segments_is_applied() -> None:
+    """Exif written after 5 x 64 KiB ICC segments (past the old 256 KiB cap) was ignored: the photograph sideways."""
+    rgb = draw_fake_fundus(96, seed=3)[:, :80]  # not square, so sideways shows in the shape
+    icc = b"".join(_segment(0xE2, b"ICC_PROFILE\x00" + bytes(65_000)) for _ in range(5))
+    data = _with_exif(_jpeg(rgb), _tiff(6), before=icc)
+    assert len(data) > 300_000 and jpeg_orientation(data) == 6
+    assert decode(data).shape[:2] == (80, 96)
+
+
+def _png_chunk(kind: bytes, body: bytes) -> bytes:
+    import zlib
+
+    return len(body).to_bytes(4, "big") + kind + body + zlib.crc32(kind + body).to_bytes(4, "big")
+
+
+def test_png_and_webp_exif_orientation() -> None:
+    """A phone's PNG or WebP with Orientation 6 was screened sideways (only JPEG tags were read)."""
+    from uopsl.runtime.exif import image_orientation, webp_orientation
+
+    rgb = draw_fake_fundus(96, seed=4)[:, :80]
+    ok, buf = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    png = buf.tobytes()
+    ihdr_end = 8 + 8 + 13 + 4
+    tagged = png[:ihdr_end] + _png_chunk(b"eXIf", _tiff(6, "big")) + png[ihdr_end:]
+    assert image_orientation(tagged) == 6 and image_orientation(png) == 1
+    np.testing.assert_array_equal(decode(tagged), _upright_by_definition(decode(png), 6))
+    exif = b"EXIF" + len(b"Exif\x00\x00" + _tiff(8)).to_bytes(4, "little") + b"Exif\x00\x00" + _tiff(8)
+    vp8x = b"VP8X" + (10).to_bytes(4, "little") + b"\x08" + bytes(3) + (79).to_bytes(3, "little") + (95).to_bytes(3, "little")
+    body = b"WEBP" + vp8x + b"ICCP" + (3).to_bytes(4, "little") + b"abc\x00" + exif
+    webp = b"RIFF" + len(body).to_bytes(4, "little") + body
+    assert webp_orientation(webp) == 8  # after an odd-sized chunk and its padding byte

@@ -387,6 +387,12 @@ def test_run_ends_with_the_report_path_and_names_the_bad_files(tiny_bundle: Path
     assert err[-2] == "  retake or check: text.jpg (damaged file)"
     assert err[-3].startswith("2 images: ") and err[-3].endswith(", 0 ungradable, 1 unreadable "
                                                                  "(2 screened now, 0 from an earlier run)")
+    # A newline in a file name stays on the line, escaped.
+    (tmp_path / "in" / "bad\nname.jpg").write_text("not a photograph")
+    assert main(["run", str(tiny_bundle), str(tmp_path / "in" / "bad\nname.jpg"), "--out", str(tmp_path / "out2"),
+                 "--backend", "ort-cpu", "--threads", "1"]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert err[-2] == "  retake or check: bad\\nname.jpg (damaged file)"
 
 
 def test_backend_choice_is_one_short_info_line_and_the_reason_is_debug(tiny_bundle: Path,

@@ -1,0 +1,210 @@
+"""What an image file's bytes say before they are decoded: format, pixel size, completeness.
+
+The decoder (OpenCV) is only reached once these checks pass, so:
+
+* a decompression bomb (a few bytes that declare a huge picture) is refused from
+  its header, for every format the runtime accepts (:func:`header_size`); a
+  format whose header is not read here is refused as unsupported rather than
+  decoded blind (:func:`image_format`);
+* a JPEG is complete when its end-of-image marker follows the image data,
+  whatever comes after it (phones append trailers and whole videos, transfers
+  add padding): :func:`is_truncated`;
+* a JPEG variant libjpeg cannot scale while decoding (lossless) is known before
+  a reduced-scale decode is asked for (:func:`jpeg_frame`).
+
+Everything here reads bytes only, never raises on malformed input (``None`` or
+``False`` instead) and is cheap: headers are parsed, image data is not touched
+except for one ``find`` of the end-of-image marker.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from uopsl.runtime.exif import jpeg_segments
+
+ImageFormat = Literal["jpeg", "png", "bmp", "tiff", "bigtiff", "webp", "jp2", "j2k", "pnm"]
+
+_PNG = b"\x89PNG\r\n\x1a\n"
+_PNG_IEND = b"IEND\xaeB`\x82"  # the IEND chunk's type and its fixed CRC
+_JP2 = b"\x00\x00\x00\x0cjP  \r\n\x87\n"
+_J2K = b"\xff\x4f\xff\x51"  # SOC then SIZ
+_SOS, _EOI = 0xDA, 0xD9
+# Start-of-frame markers (not DHT C4, JPG C8, DAC CC) and the lossless ones among them.
+_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+_LOSSLESS_SOF = frozenset({0xC3, 0xC7, 0xCB, 0xCF})
+
+#: What the runtime accepts, for messages.
+SUPPORTED = "JPEG, PNG, TIFF, BMP, WebP, JPEG 2000 or PNM"
+
+
+def image_format(data: bytes) -> ImageFormat | None:
+    """The container format from the first bytes (not the file name); None when it is none of :data:`SUPPORTED`."""
+    if data[:2] == b"\xff\xd8":
+        return "jpeg"
+    if data[:8] == _PNG:
+        return "png"
+    if data[:2] == b"BM":
+        return "bmp"
+    if data[:4] in (b"II*\x00", b"MM\x00*"):
+        return "tiff"
+    if data[:4] in (b"II+\x00", b"MM\x00+"):
+        return "bigtiff"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "webp"
+    if data[:12] == _JP2:
+        return "jp2"
+    if data[:4] == _J2K:
+        return "j2k"
+    if len(data) >= 3 and data[0:1] == b"P" and data[1:2] in b"123456" and data[2:3] in b" \t\r\n#":
+        return "pnm"
+    return None
+
+
+def other_format(data: bytes) -> str | None:
+    """The name of a known image format the runtime does not read (a phone's HEIC, DICOM, GIF, ...), or None."""
+    if data[4:8] == b"ftyp":
+        brand = data[8:12]
+        if brand in (b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1"):
+            return "HEIC/HEIF (a phone's photo format)"
+        if brand in (b"avif", b"avis"):
+            return "AVIF"
+    if data[128:132] == b"DICM":
+        return "DICOM"
+    if data[:6] in (b"GIF87a", b"GIF89a"):
+        return "GIF"
+    if data[:4] == b"8BPS":
+        return "Photoshop (PSD)"
+    if data[:4] == b"\x76\x2f\x31\x01":
+        return "OpenEXR"
+    if data[:2] == b"#?" and (b"RADIANCE" in data[:16] or b"RGBE" in data[:16]):
+        return "Radiance HDR"
+    return None
+
+
+def header_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) the header declares, without decoding; None when it cannot be read."""
+    try:
+        fmt = image_format(data)
+        if fmt == "png" and data[12:16] == b"IHDR":
+            return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+        if fmt == "bmp" and len(data) >= 26:
+            w = int.from_bytes(data[18:22], "little", signed=True)
+            h = int.from_bytes(data[22:26], "little", signed=True)
+            return abs(w), abs(h)
+        if fmt in ("tiff", "bigtiff"):
+            return _tiff_size(data, big=fmt == "bigtiff")
+        if fmt == "jpeg":
+            frame = jpeg_frame(data)
+            return None if frame is None else frame[:2]
+        if fmt == "webp":
+            return _webp_size(data)
+        if fmt == "jp2":
+            return _jp2_size(data)
+        if fmt == "j2k":
+            return _siz_size(data, 2)
+        if fmt == "pnm":
+            return _pnm_size(data)
+    except (IndexError, ValueError):
+        return None
+    return None
+
+
+def jpeg_frame(data: bytes) -> tuple[int, int, int, bool] | None:
+    """(width, height, precision in bits, lossless) from a JPEG's start-of-frame segment; None if absent."""
+    for marker, i, _ in jpeg_segments(data):
+        if marker in _SOF:
+            if i + 9 > len(data):
+                return None
+            w, h = int.from_bytes(data[i + 7 : i + 9], "big"), int.from_bytes(data[i + 5 : i + 7], "big")
+            return w, h, data[i + 4], marker in _LOSSLESS_SOF
+    return None
+
+
+def jpeg_scan_start(data: bytes) -> int | None:
+    """Offset of a JPEG's first start-of-scan marker (after all header segments); None if not found."""
+    i = 2
+    for _marker, offset, length in jpeg_segments(data):
+        i = offset + 2 + length
+    while i + 1 < len(data) and data[i] == 0xFF and data[i + 1] == 0xFF:  # fill bytes
+        i += 1
+    return i if data[i : i + 2] == b"\xff\xda" else None
+
+
+def is_truncated(data: bytes) -> bool:
+    """Whether a JPEG or PNG was cut short (the end marker of its image data is missing).
+
+    JPEG: inside entropy-coded data a 0xFF byte is always followed by 0x00 or a
+    restart marker, so the first end-of-image marker after the first scan is the
+    image's own; what follows it (a camera trailer, padding, a phone's motion
+    video) does not matter. PNG: the IEND chunk. Other formats: False (their
+    decoders refuse short data themselves).
+    """
+    fmt = image_format(data)
+    if fmt == "jpeg":
+        start = jpeg_scan_start(data)
+        if start is None:  # no scan found by the header walk: the end of the file must be the marker
+            return data.rstrip(b"\x00")[-2:] != b"\xff\xd9"
+        return data.find(b"\xff\xd9", start) < 0
+    if fmt == "png":
+        return data.rfind(_PNG_IEND) < 0
+    return False
+
+
+def _tiff_size(data: bytes, *, big: bool) -> tuple[int, int] | None:
+    order: Literal["little", "big"] = "little" if data[:2] == b"II" else "big"
+    if big:  # BigTIFF: 8-byte IFD offset and entry count, 20-byte entries with 8-byte values
+        ifd = int.from_bytes(data[8:16], order)
+        n, first, entry, value_at = int.from_bytes(data[ifd : ifd + 8], order), ifd + 8, 20, 12
+    else:
+        ifd = int.from_bytes(data[4:8], order)
+        n, first, entry, value_at = int.from_bytes(data[ifd : ifd + 2], order), ifd + 2, 12, 8
+    size: dict[int, int] = {}
+    for k in range(min(n, 4096)):
+        e = first + entry * k
+        if e + entry > len(data):
+            return None
+        tag, typ = int.from_bytes(data[e : e + 2], order), int.from_bytes(data[e + 2 : e + 4], order)
+        if tag in (256, 257):
+            nbytes = {3: 2, 4: 4, 16: 8}.get(typ, 4)
+            size[tag] = int.from_bytes(data[e + value_at : e + value_at + nbytes], order)
+    return (size[256], size[257]) if len(size) == 2 else None
+
+
+def _webp_size(data: bytes) -> tuple[int, int] | None:
+    chunk = data[12:16]
+    if chunk == b"VP8 " and data[23:26] == b"\x9d\x01\x2a":  # lossy: key frame start code, then 14-bit sizes
+        return int.from_bytes(data[26:28], "little") & 0x3FFF, int.from_bytes(data[28:30], "little") & 0x3FFF
+    if chunk == b"VP8L" and data[20:21] == b"\x2f":  # lossless: 14-bit width-1 and height-1, packed
+        bits = int.from_bytes(data[21:25], "little")
+        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+    if chunk == b"VP8X" and len(data) >= 30:  # extended: 24-bit canvas width-1 and height-1
+        return int.from_bytes(data[24:27], "little") + 1, int.from_bytes(data[27:30], "little") + 1
+    return None
+
+
+def _jp2_size(data: bytes) -> tuple[int, int] | None:
+    at = data.find(b"ihdr", 12, 4096)  # the image header box sits inside the first header box
+    if at < 0:
+        return None
+    return int.from_bytes(data[at + 8 : at + 12], "big"), int.from_bytes(data[at + 4 : at + 8], "big")
+
+
+def _siz_size(data: bytes, siz: int) -> tuple[int, int] | None:
+    """Image size from a JPEG 2000 codestream's SIZ segment (its marker at ``siz``)."""
+    x, y = int.from_bytes(data[siz + 6 : siz + 10], "big"), int.from_bytes(data[siz + 10 : siz + 14], "big")
+    x0, y0 = int.from_bytes(data[siz + 14 : siz + 18], "big"), int.from_bytes(data[siz + 18 : siz + 22], "big")
+    if len(data) < siz + 22 or x < x0 or y < y0:
+        return None
+    return x - x0, y - y0
+
+
+def _pnm_size(data: bytes) -> tuple[int, int] | None:
+    tokens: list[bytes] = []
+    for line in data[:4096].split(b"\n"):
+        tokens += line.split(b"#", 1)[0].split()
+        if len(tokens) >= 3:
+            break
+    if len(tokens) < 3 or not (tokens[1].isdigit() and tokens[2].isdigit()):
+        return None
+    return int(tokens[1]), int(tokens[2])

@@ -1,0 +1,169 @@
+"""Image files as cameras, phones and file transfers leave them (session-14 review of awkward files).
+
+Trailing data after a JPEG's end marker, damaged JPEGs that libjpeg fills with
+grey, 16-bit files, decompression bombs in every accepted format, formats the
+runtime does not read, lossless JPEGs and oversized files.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from imagekit import draw_fake_fundus
+from uopsl.runtime import imagefile
+from uopsl.runtime import preprocess as P
+from uopsl.runtime.errors import ImageDecodeError, ImageFormatError, ImageTooLargeError
+from uopsl.runtime.preprocess import PreprocessConfig, decode, preprocess
+from uopsl.runtime.quality import assess
+
+TVHL = Path(__file__).resolve().parents[2] / "shared" / "data" / "tvhl" / "fundus"
+
+
+def _jpeg(rgb: np.ndarray, params: list[int] | None = None) -> bytes:
+    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), params or [cv2.IMWRITE_JPEG_QUALITY, 92])
+    assert ok
+    return buf.tobytes()
+
+
+def _encode(ext: str, img: np.ndarray) -> bytes:
+    ok, buf = cv2.imencode(ext, img)
+    assert ok, ext
+    return buf.tobytes()
+
+
+def _cut_and_closed(data: bytes, fraction: float) -> bytes:
+    """The file cut short inside its image data and closed with an end-of-image marker (a broken copy)."""
+    start = imagefile.jpeg_scan_start(data)
+    assert start is not None
+    at = start + int((len(data) - start) * fraction)
+    return data[:at] + b"\xff\xd9"
+
+
+@pytest.mark.parametrize("tail", [b"SEFH" + bytes(40) + b"SEFT", b"\r\n", b"\xff" * 64,
+                                  b"\x00\x00\x00\x18ftypmp42" + b"\xff\xd9\xff\xd8" * 100])
+def test_data_after_the_jpeg_end_marker_is_not_damage(tail: bytes) -> None:
+    """Phones append trailers and motion-photo videos; transfers add padding: all were 'damaged file'."""
+    data = _jpeg(draw_fake_fundus(256, seed=1))
+    assert not imagefile.is_truncated(data + tail)
+    np.testing.assert_array_equal(decode(data + tail), decode(data))
+    assert imagefile.is_truncated(data[: len(data) // 2])  # cut short: still refused
+    with pytest.raises(ImageDecodeError, match="truncated"):
+        decode(data[: len(data) // 2] + tail[:2].replace(b"\xff", b"\x00"))
+
+
+def test_png_with_trailing_bytes_and_a_cut_png() -> None:
+    png = _encode(".png", draw_fake_fundus(128, seed=2))
+    assert decode(png + b"trailer").shape == (128, 128, 3)
+    with pytest.raises(ImageDecodeError, match="truncated"):
+        decode(png[:-20])
+
+
+@pytest.mark.parametrize("fraction", [0.5, 0.7, 0.95])
+def test_a_jpeg_cut_short_and_closed_is_refused_on_every_decode_path(fraction: float) -> None:
+    """libjpeg fills what it could not decode with grey and only warns; the gate passed such photographs."""
+    data = _cut_and_closed(_jpeg(draw_fake_fundus(512, seed=4)), fraction)
+    with pytest.raises(ImageDecodeError, match="ends early"):
+        decode(data)
+    for size in (224, 320):  # 224: decoded at 1/2 scale; 320: in full
+        with pytest.raises(ImageDecodeError, match="ends early"):
+            preprocess(data, PreprocessConfig(size=size))
+
+
+@pytest.mark.skipif(not TVHL.is_dir(), reason="../shared/data/tvhl not present")
+def test_no_real_photograph_looks_like_grey_fill() -> None:
+    paths = sorted(TVHL.glob("*.jpg"))[:300]
+    assert len(paths) == 300
+    for p in paths:
+        data = p.read_bytes()
+        assert preprocess(data, PreprocessConfig(size=224)).image.shape == (224, 224, 3), p  # 1/2-scale decode
+        decode(data)
+
+
+def test_a_dark_16bit_photograph_stays_too_dark() -> None:
+    """16-bit data used to be scaled by its own peak: a too-dark photograph came out gradable."""
+    dark = (draw_fake_fundus(320, seed=5).astype(np.float64) * 0.06).round().astype(np.uint8)
+    png8 = _encode(".png", cv2.cvtColor(dark, cv2.COLOR_RGB2BGR))
+    png16 = _encode(".png", cv2.cvtColor(dark.astype(np.uint16) * 257, cv2.COLOR_RGB2BGR))
+    np.testing.assert_array_equal(decode(png16), decode(png8))
+    cfg = PreprocessConfig(size=320)
+    v8, v16 = assess(preprocess(png8, cfg)), assess(preprocess(png16, cfg))
+    assert "too_dark" in v8.reasons and v16.reasons == v8.reasons
+
+
+def test_header_sizes_of_every_accepted_format() -> None:
+    img = cv2.cvtColor(draw_fake_fundus(96, seed=6)[:, :80], cv2.COLOR_RGB2BGR)
+    for ext in (".jpg", ".png", ".bmp", ".tif", ".webp", ".jp2", ".ppm"):
+        data = _encode(ext, img)
+        assert imagefile.header_size(data) == (80, 96), ext
+        assert decode(data).shape == (96, 80, 3), ext
+    assert imagefile.header_size(_encode(".webp", img[:, :, :1].repeat(3, 2))) == (80, 96)
+
+
+def _webp_vp8x(width: int, height: int) -> bytes:
+    body = b"VP8X" + (10).to_bytes(4, "little") + bytes(4) + (width - 1).to_bytes(3, "little") \
+        + (height - 1).to_bytes(3, "little")
+    return b"RIFF" + (len(body) + 4).to_bytes(4, "little") + b"WEBP" + body
+
+
+def _j2k(width: int, height: int) -> bytes:
+    siz = b"\xff\x51" + (41).to_bytes(2, "big") + bytes(2) + width.to_bytes(4, "big") + height.to_bytes(4, "big") \
+        + bytes(8) + width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes(8) + (3).to_bytes(2, "big")
+    return b"\xff\x4f" + siz + bytes(64)
+
+
+@pytest.mark.parametrize("data", [_webp_vp8x(16383, 12000), _j2k(12000, 12000), b"P6\n60000 60000\n255\n" + bytes(64)],
+                         ids=["webp", "j2k", "ppm"])
+def test_bombs_are_refused_from_the_header(data: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 38-byte WebP cost 1.1 GiB and a 4 KB JPEG 2000 2.1 GiB before the pixel limit was checked."""
+    monkeypatch.setattr(P, "_imdecode", lambda *a, **k: pytest.fail("decoded before the size was checked"))
+    with pytest.raises(ImageTooLargeError, match="exceeds the limit"):
+        decode(data)
+
+
+@pytest.mark.parametrize(("data", "name"), [
+    (b"\x00\x00\x00\x18ftypheic" + bytes(64), "HEIC"),
+    (bytes(128) + b"DICM" + bytes(64), "DICOM"),
+    (b"GIF89a" + bytes(64), "GIF"),
+])
+def test_known_formats_the_runtime_does_not_read(data: bytes, name: str) -> None:
+    with pytest.raises(ImageFormatError, match=f"a {name}.*export the photograph as an ordinary JPEG") as err:
+        decode(data)
+    assert err.value.reason == "unsupported_format"
+    with pytest.raises(ImageDecodeError, match=r"not an image file \(11 bytes"):
+        decode(b"hello world")
+
+
+def test_a_lossless_jpeg_is_not_decoded_at_reduced_scale(monkeypatch: pytest.MonkeyPatch) -> None:
+    """libjpeg cannot scale a lossless frame: it came back full size and the geometry was doubled."""
+    data = _jpeg(draw_fake_fundus(512, seed=7))
+    cfg = PreprocessConfig(size=224)
+    assert P._jpeg_reduction(data, cfg) == 2
+    sof = data.index(b"\xff\xc0")
+    lossless = data[:sof] + b"\xff\xc3" + data[sof + 2 :]
+    assert imagefile.jpeg_frame(lossless) == (512, 512, 8, True) and P._jpeg_reduction(lossless, cfg) == 1
+    # And if a decoder ever returns another size than asked for, the geometry follows what it returned.
+    monkeypatch.setattr(P, "_decode_reduced", lambda d, s, src: decode(d))
+    pre = preprocess(data, cfg)
+    assert (pre.geometry.orig_w, pre.geometry.orig_h) == (512, 512) and pre.original_shape == (512, 512, 3)
+
+
+def test_a_12bit_jpeg_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    data = _jpeg(draw_fake_fundus(128, seed=8))
+    sof = data.index(b"\xff\xc0")
+    twelve = data[: sof + 4] + b"\x0c" + data[sof + 5 :]  # the frame's sample precision
+    monkeypatch.setattr(P, "_imdecode", lambda *a, **k: None)  # as OpenCV builds without 12-bit support answer
+    with pytest.raises(ImageFormatError, match="a 12-bit JPEG"):
+        decode(twelve)
+
+
+def test_a_file_larger_than_any_photograph_is_not_read(tmp_path: Path) -> None:
+    big = tmp_path / "disk.jpg"
+    with open(big, "wb") as fh:
+        fh.truncate(5000)  # sparse
+    with pytest.raises(ImageTooLargeError, match="is it a photograph"):
+        P.read_bytes(big, max_bytes=4096)
+    assert len(P.read_bytes(big)) == 5000
