@@ -7,7 +7,7 @@ Every bundle file Triton can serve becomes one model of the repository::
       <name>/config.pbtxt         the model configuration (protobuf text format)
       <name>/1/model.onnx         ONNX models: platform "onnxruntime_onnx"
       <name>/1/model.plan         TensorRT engines: platform "tensorrt_plan" (the raw plan)
-      <name>/labels.txt           class names, one a line (``label_filename`` of ``probs``)
+      <name>/labels.txt           class names, one a line (``label_filename`` of a softmax ``probs``)
       <name>/uopsl_manifest.json  byte copy of the bundle manifest (thresholds, preprocessing...)
 
 Model names: ``model.onnx`` -> ``<base>``, ``model.int8.onnx`` -> ``<base>_int8``,
@@ -28,8 +28,25 @@ TensorRT engines carry a uopsl header before the plan
 (:mod:`uopsl.runtime.engine_header`); Triton needs the bare plan, so the header
 is stripped here, and its facts (TensorRT version, GPU) become parameters: a
 Triton server runs an engine only under the TensorRT version and on the GPU
-architecture that built it. The engine's optimisation profile bounds the batch,
-so its ``max_batch_size`` is at most the profile's maximum.
+architecture that built it (a version-compatible engine also under later
+versions, once the server runs with ``--backend-config=tensorrt,version-compatible=true``).
+The engine's optimisation profile bounds the batch, so its ``max_batch_size`` is
+at most the profile's maximum; an engine of one fixed batch N > 1 (DLA) is
+served with ``max_batch_size: 0`` and the batch in its dims (clients send
+exactly N images), and one whose profile starts above 1 but varies is left out.
+
+Only what the runtime itself would run is served: an engine built from an ONNX
+file the bundle no longer holds is left out, and so is a reduced-precision file
+(INT8, FP16) without a passing ``uopsl validate`` record, unless
+``include_unvalidated`` (its ``uopsl_parity`` parameter then says why it is
+not validated). The left-out files and the options are recorded in
+``uopsl_triton.json``.
+
+Triton serves the model, not the screening: a client must preprocess the
+photograph exactly as the runtime does (RGB, field-of-view crop and mask, never
+a plain resize), apply the quality gate, and turn ``probs`` into decisions with
+the bundle's thresholds and referral rule (``docs/deployment.md``, "Serving with
+Triton", has a client).
 
 The repository is assembled in a temporary sibling folder and renamed into
 place, so a crash never leaves a half-written repository that Triton would load.
@@ -99,6 +116,7 @@ class TritonModel:
     kind: str
     parameters: dict[str, str]
     secondary_dla: int | None = None
+    fixed_batch: int | None = None  # an engine of one batch size: max_batch 0, the batch in the dims
 
 
 def write_triton_repository(
@@ -112,6 +130,7 @@ def write_triton_repository(
     max_queue_delay_us: int = 0,
     onnx_device: OnnxDevice = "auto",
     overwrite: bool = False,
+    include_unvalidated: bool = False,
 ) -> Path:
     """Write a Triton model repository at ``repo_dir`` serving every ONNX model and engine of the bundle.
 
@@ -123,6 +142,8 @@ def write_triton_repository(
     others on a GPU when the server has one (``KIND_AUTO``); ``cpu``/``gpu``
     force it. TensorRT engines always run on the GPU. ``overwrite`` replaces a
     repository this function wrote before (never another folder).
+    ``include_unvalidated``: also serve reduced-precision files without a
+    passing parity record (stale engines are never served).
 
     The bundle is verified first (sha256 of every file); a tampered bundle
     raises :class:`BundleError` and nothing is written. Returns ``repo_dir``.
@@ -154,7 +175,7 @@ def write_triton_repository(
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
-        models = _plan_models(bundle, manifest, entries, base, max_batch, instance_count, onnx_device)
+        models, left_out = _plan_models(bundle, manifest, entries, base, max_batch, onnx_device, include_unvalidated)
         manifest_bytes = (bundle / MANIFEST).read_bytes()
         labels = "".join(f"{n}\n" for n in manifest.class_names)
         for m in models:
@@ -162,8 +183,12 @@ def write_triton_repository(
                          max_queue_delay_us)
         write_json(tmp / REPO_MARKER, {
             "bundle": str(bundle.resolve()), "manifest_sha256": sha256_bytes(manifest_bytes),
-            "models": {m.name: {"platform": m.platform, "source": m.source.path, "precision": m.source.precision}
-                       for m in models},
+            "models": {m.name: {"platform": m.platform, "source": m.source.path, "precision": m.source.precision,
+                                "parity": m.parameters.get("uopsl_parity", "")} for m in models},
+            "left_out": left_out,
+            "options": {"model_name": base, "max_batch": max_batch, "instance_count": instance_count,
+                        "dynamic_batching": dynamic_batching, "max_queue_delay_us": max_queue_delay_us,
+                        "onnx_device": onnx_device, "include_unvalidated": include_unvalidated},
         })
         set_mode(tmp, new_dir_mode())  # once filled: mkdtemp's 0700 would hide the repository from Triton's account
         _swap_into_place(tmp, target)
@@ -217,8 +242,13 @@ def _swap_into_place(tmp: Path, target: Path) -> None:
 
 # -- what each model looks like -------------------------------------------------------------
 def _plan_models(bundle: Path, manifest: Manifest, entries: Sequence[FileEntry], base: str, max_batch: int,
-                 instance_count: int, onnx_device: str) -> list[TritonModel]:
+                 onnx_device: str, include_unvalidated: bool) -> tuple[list[TritonModel], dict[str, str]]:
+    """The models to write, and the bundle files left out with the reason for each."""
+    from uopsl.runtime.backends import engine_stale
+    from uopsl.runtime.bundle import parity_status
+
     models: list[TritonModel] = []
+    left_out: dict[str, str] = {}
     names: dict[str, str] = {}
     onnx_specs: dict[str, tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]] = {}
     for f in manifest.files_of("onnx"):
@@ -232,11 +262,24 @@ def _plan_models(bundle: Path, manifest: Manifest, entries: Sequence[FileEntry],
             )
         names[name] = f.path
         params = _common_parameters(manifest, f)
+        if f.precision != "fp32":  # the runtime runs a reduced-precision file only after a parity PASS
+            passed, why = parity_status(f, None, manifest=manifest)
+            if not passed and not include_unvalidated:
+                left_out[f.path] = f"not validated: {why}"
+                log.warning("Triton: %s left out (%s); validate it with `uopsl validate`, or pass "
+                            "--include-unvalidated", f.path, why)
+                continue
+            params["uopsl_parity"] = "PASS" if passed else f"not validated: {why}"
         if f.kind == "onnx":
             inputs, outputs = onnx_specs[f.path]
             kind = _KIND[onnx_device] if onnx_device != "auto" else (
                 "KIND_CPU" if f.precision == "int8-qdq-u8" else "KIND_AUTO")
             models.append(TritonModel(name, ONNX_PLATFORM, f, "model.onnx", inputs, outputs, max_batch, kind, params))
+            continue
+        stale = engine_stale(bundle, manifest, f)
+        if stale is not None:
+            left_out[f.path] = stale
+            log.warning("Triton: %s left out (%s)", f.path, stale)
             continue
         header = read_header(bundle / f.path)
         inputs, outputs = onnx_specs.get(header.source_onnx) or _contract_io(manifest)
@@ -245,25 +288,45 @@ def _plan_models(bundle: Path, manifest: Manifest, entries: Sequence[FileEntry],
                 f"{f.path}: the engine was built for input shape {list(header.input_shape)} but the model takes "
                 f"{list(inputs[0].dims)}; rebuild the engine from this bundle with 'uopsl build-engine'"
             )
-        batch = min(max_batch, header.max_batch)
-        if batch < max_batch:
-            log.warning("%s: its optimisation profile allows batches up to %d, so Triton's max_batch_size is %d "
-                        "(not %d); rebuild it with --max-batch %d for larger batches",
-                        f.path, header.max_batch, batch, max_batch, max_batch)
-        if header.min_batch > 1:
-            log.warning("%s: its profile starts at batch %d; Triton requests with fewer images will fail. "
-                        "Rebuild it with --min-batch 1", f.path, header.min_batch)
+        fixed: int | None = None
+        if header.min_batch > 1 and header.min_batch == header.max_batch:
+            # One fixed batch (a DLA engine): Triton's batcher would send 1..N images, outside the profile.
+            # Without Triton batching the batch is part of the dims and clients send exactly N.
+            fixed, batch = header.min_batch, 0
+            log.warning("%s: the engine runs batches of exactly %d images; its Triton model has "
+                        "max_batch_size 0 and dims [%d, ...]: each request must hold %d images",
+                        f.path, fixed, fixed, fixed)
+        elif header.min_batch > 1:
+            left_out[f.path] = (f"its optimisation profile starts at batch {header.min_batch}, and Triton sends "
+                                "batches from 1: rebuild it with --min-batch 1")
+            log.warning("Triton: %s left out (%s)", f.path, left_out[f.path])
+            continue
+        else:
+            batch = min(max_batch, header.max_batch)
+            if batch < max_batch:
+                log.warning("%s: its optimisation profile allows batches up to %d, so Triton's max_batch_size is "
+                            "%d (not %d); rebuild it with --max-batch %d for larger batches",
+                            f.path, header.max_batch, batch, max_batch, max_batch)
         params.update({
             "uopsl_tensorrt_version": header.tensorrt_version,
             "uopsl_gpu_name": header.gpu_name,
             "uopsl_compute_capability": header.compute_capability,
             "uopsl_engine_precision": header.precision,
+            "uopsl_version_compatible": "true" if header.version_compatible else "false",
         })
         models.append(TritonModel(name, PLAN_PLATFORM, f, "model.plan", inputs, outputs, batch, "KIND_GPU",
-                                  params, header.dla_core))
-        log.info("%s: Triton must run TensorRT %s on a GPU of compute capability %s (built on %s)",
-                 name, header.tensorrt_version, header.compute_capability, header.gpu_name)
-    return models
+                                  params, header.dla_core, fixed))
+        if header.version_compatible:
+            log.info("%s: a version-compatible engine (TensorRT %s or a later supported version); Triton loads it "
+                     "only when started with --backend-config=tensorrt,version-compatible=true (it then runs "
+                     "code from the engine file: serve engines you built)", name, header.tensorrt_version)
+        else:
+            log.info("%s: Triton must run TensorRT %s on a GPU of compute capability %s (built on %s)",
+                     name, header.tensorrt_version, header.compute_capability, header.gpu_name)
+    if not models:
+        raise BundleError(f"{bundle}: no file of the bundle can be served: "
+                          + "; ".join(f"{p}: {why}" for p, why in left_out.items()))
+    return models, left_out
 
 
 def _model_name(base: str, entry: FileEntry) -> str:
@@ -384,18 +447,20 @@ def _write_model(root: Path, bundle: Path, m: TritonModel, manifest_bytes: bytes
 def render_config(m: TritonModel, instance_count: int = 1, dynamic_batching: bool = True,
                   max_queue_delay_us: int = 0) -> str:
     """The ``config.pbtxt`` text (protobuf text format of Triton's ``ModelConfig``) for ``m``."""
+    lead = () if m.fixed_batch is None else (m.fixed_batch,)
+    label = m.parameters.get("uopsl_head") == "softmax"  # top-n of sigmoid scores are rankings, not calls
     lines = [
         f"name: {_q(m.name)}",
         f"platform: {_q(m.platform)}",
         f"max_batch_size: {m.max_batch}",
         "input [",
-        ",\n".join(_tensor(s) for s in m.inputs),
+        ",\n".join(_tensor(s, lead=lead) for s in m.inputs),
         "]",
         "output [",
-        ",\n".join(_tensor(s, label=s.name == "probs") for s in m.outputs),
+        ",\n".join(_tensor(s, label=label and s.name == "probs", lead=lead) for s in m.outputs),
         "]",
     ]
-    if dynamic_batching:
+    if dynamic_batching and m.fixed_batch is None:
         lines.append(f"dynamic_batching {{ max_queue_delay_microseconds: {max_queue_delay_us} }}"
                      if max_queue_delay_us else "dynamic_batching { }")
     group = [f"    count: {instance_count}", f"    kind: {m.kind}"]
@@ -407,9 +472,9 @@ def render_config(m: TritonModel, instance_count: int = 1, dynamic_batching: boo
     return "\n".join(lines) + "\n"
 
 
-def _tensor(s: TensorSpec, label: bool = False) -> str:
+def _tensor(s: TensorSpec, label: bool = False, lead: tuple[int, ...] = ()) -> str:
     body = [f"    name: {_q(s.name)}", f"    data_type: {s.data_type}",
-            f"    dims: [ {', '.join(str(d) for d in s.dims)} ]"]
+            f"    dims: [ {', '.join(str(d) for d in lead + s.dims)} ]"]
     if label:
         body.append(f"    label_filename: {_q(LABELS_FILE)}")
     return "  {\n" + "\n".join(body) + "\n  }"

@@ -14,7 +14,9 @@ type fails the parse, as it fails Triton's.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 import shutil
 from pathlib import Path
 from typing import Any
@@ -154,16 +156,25 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     quantize_qdq_u8(out / "model.onnx", root / "int8.onnx", SIZE)
     add_file(out, root / "int8.onnx", "model.int8.onnx", "onnx", "int8-qdq-u8")
     header = EngineHeader(tensorrt_version="10.13.0.35", gpu_name="NVIDIA Jetson AGX Orin", compute_capability="8.7",
-                          precision="fp16", source_onnx="model.onnx", source_onnx_sha256="0" * 64, min_batch=1,
+                          precision="fp16", source_onnx="model.onnx", source_onnx_sha256=_sha(out / "model.onnx"),
+                          min_batch=1,
                           opt_batch=2, max_batch=4, input_name="image", input_shape=(SIZE, SIZE, 3))
     write_engine(out / "model.fp16.engine", FAKE_PLAN, header)
     add_file(out, None, "model.fp16.engine", "engine", "fp16")
     return out
 
 
+def _sha(path: Path) -> str:
+    from uopsl.runtime.fsio import sha256_file
+
+    return sha256_file(path)
+
+
 @pytest.fixture(scope="module")
 def repo(bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_triton_repository(bundle, tmp_path_factory.mktemp("repo") / "models", model_name="retina")
+    # The fixture's INT8 file and engine carry no parity record: served only when asked to.
+    return write_triton_repository(bundle, tmp_path_factory.mktemp("repo") / "models", model_name="retina",
+                                   include_unvalidated=True)
 
 
 def _onnx_dims(path: Path) -> dict[str, list[int]]:
@@ -186,8 +197,11 @@ def test_layout_one_model_per_servable_file(repo: Path, bundle: Path) -> None:
         assert (folder / "labels.txt").read_text().splitlines() == list(CLASSES)
         assert (folder / "uopsl_manifest.json").read_bytes() == (bundle / "manifest.json").read_bytes()
     marker = json.loads((repo / "uopsl_triton.json").read_text())
-    assert marker["models"]["retina_int8"] == {"platform": "onnxruntime_onnx", "source": "model.int8.onnx",
-                                               "precision": "int8-qdq-u8"}
+    assert marker["models"]["retina_int8"] == {
+        "platform": "onnxruntime_onnx", "source": "model.int8.onnx", "precision": "int8-qdq-u8",
+        "parity": "not validated: model.int8.onnx has no parity record (run `uopsl validate` on this bundle)"}
+    assert marker["models"]["retina"]["parity"] == "" and marker["left_out"] == {}
+    assert marker["options"]["include_unvalidated"] is True and marker["options"]["max_batch"] == 8
     assert not [p for p in repo.parent.iterdir() if p.name.startswith(".")], "temporary folder left behind"
 
 
@@ -213,7 +227,7 @@ def test_onnx_config_matches_the_graph_and_manifest(repo: Path, bundle: Path, na
     assert {o.name: list(o.dims) for o in cfg.output} == expected
     assert {o: dims[o][1:] for o in expected} == expected
     assert {enum_name(o, "data_type") for o in cfg.output} == {"TYPE_FP32"}
-    assert [o.label_filename for o in cfg.output] == ["labels.txt", "", ""]
+    assert [o.label_filename for o in cfg.output] == ["", "", ""]  # sigmoid: top-n scores are not calls
     assert cfg.HasField("dynamic_batching")
     assert [(g.count, enum_name(g, "kind")) for g in cfg.instance_group] == [(1, kind)]
     p = {key: v.string_value for key, v in cfg.parameters.items()}
@@ -237,7 +251,7 @@ def test_engine_config_is_a_gpu_plan_bounded_by_its_profile(repo: Path) -> None:
 
 def test_options_reach_the_config(bundle: Path, tmp_path: Path) -> None:
     repo = write_triton_repository(bundle, tmp_path / "r", max_batch=2, instance_count=3, dynamic_batching=False,
-                                   onnx_device="gpu")
+                                   onnx_device="gpu", include_unvalidated=True)
     cfg = parse_config(repo / "uopsl" / "config.pbtxt")  # the manifest's model name
     assert cfg.max_batch_size == 2 and not cfg.HasField("dynamic_batching")
     assert [(g.count, enum_name(g, "kind")) for g in cfg.instance_group] == [(3, "KIND_GPU")]
@@ -249,11 +263,12 @@ def test_options_reach_the_config(bundle: Path, tmp_path: Path) -> None:
 def test_dla_engine_gets_a_secondary_device(bundle: Path, tmp_path: Path) -> None:
     b = shutil.copytree(bundle, tmp_path / "b")
     header = EngineHeader(tensorrt_version="8.6.2", gpu_name="Orin", compute_capability="8.7", precision="int8",
-                          source_onnx="model.onnx", source_onnx_sha256="0" * 64, min_batch=1, opt_batch=1,
-                          max_batch=1, dla_core=1)
+                          source_onnx="model.onnx", source_onnx_sha256=_sha(b / "model.onnx"), min_batch=1,
+                          opt_batch=1, max_batch=1, dla_core=1)
     write_engine(b / "model.int8.dla1.engine", b"plan", header)
     add_file(b, None, "model.int8.dla1.engine", "engine", "int8")
-    cfg = parse_config(write_triton_repository(b, tmp_path / "r") / "uopsl_int8_dla1_plan" / "config.pbtxt")
+    cfg = parse_config(write_triton_repository(b, tmp_path / "r", include_unvalidated=True)
+                       / "uopsl_int8_dla1_plan" / "config.pbtxt")
     assert cfg.max_batch_size == 1
     assert [(enum_name(d, "kind"), d.device_id) for d in cfg.instance_group[0].secondary_devices] == [("KIND_NVDLA", 1)]
 
@@ -276,7 +291,7 @@ def test_existing_repository_needs_overwrite_and_a_foreign_folder_is_never_repla
     with pytest.raises(ConfigError, match="overwrite"):
         write_triton_repository(bundle, repo)
     (repo / "uopsl" / "stale.txt").write_text("x")
-    write_triton_repository(bundle, repo, model_name="again", overwrite=True)
+    write_triton_repository(bundle, repo, model_name="again", overwrite=True, include_unvalidated=True)
     assert sorted(p.name for p in repo.iterdir() if p.is_dir()) == ["again", "again_fp16_plan", "again_int8"]
     foreign = tmp_path / "foreign"
     (foreign / "someone_elses_model" / "1").mkdir(parents=True)
@@ -299,8 +314,8 @@ def test_bad_arguments_are_config_errors(bundle: Path, tmp_path: Path, kwargs: d
 def test_engine_built_for_another_input_size_is_refused(bundle: Path, tmp_path: Path) -> None:
     b = shutil.copytree(bundle, tmp_path / "b")
     header = EngineHeader(tensorrt_version="10.13.0.35", gpu_name="g", compute_capability="8.9", precision="fp32",
-                          source_onnx="other.onnx", source_onnx_sha256="0" * 64, min_batch=1, opt_batch=1,
-                          max_batch=8, input_shape=(320, 320, 3))
+                          source_onnx="model.onnx", source_onnx_sha256=_sha(b / "model.onnx"), min_batch=1,
+                          opt_batch=1, max_batch=8, input_shape=(320, 320, 3))
     write_engine(b / "model.fp32.engine", b"plan", header)
     add_file(b, None, "model.fp32.engine", "engine", "fp32")
     with pytest.raises(BundleError, match=r"model\.fp32\.engine.*input shape \[320, 320, 3\]"):
@@ -319,3 +334,107 @@ def test_strings_are_escaped_for_text_format(bundle: Path, tmp_path: Path) -> No
     cfg = parse_config(write_triton_repository(b, tmp_path / "r") / "uopsl" / "config.pbtxt")
     assert json.loads(cfg.parameters["uopsl_classes"].string_value) == list(odd)
     assert np.isclose(float(cfg.parameters["uopsl_referral_threshold"].string_value), m.referral_threshold)
+
+
+# -- session-14 review: serve what the runtime would run; engines Triton can batch ------------------------------
+def _add_engine(b: Path, path: str, precision: str = "fp16", **fields: Any) -> None:
+    values: dict[str, Any] = {"tensorrt_version": "10.13.0.35", "gpu_name": "g", "compute_capability": "8.7",
+                              "precision": precision, "source_onnx": "model.onnx",
+                              "source_onnx_sha256": _sha(b / "model.onnx"), "min_batch": 1, "opt_batch": 1,
+                              "max_batch": 8, "input_shape": (SIZE, SIZE, 3), **fields}
+    write_engine(b / path, b"plan", EngineHeader(**values))
+    add_file(b, None, path, "engine", precision)
+
+
+def test_unvalidated_and_stale_files_are_left_out(bundle: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The repository served INT8/FP16 files that never passed `uopsl validate`, and engines of an older model."""
+    b = shutil.copytree(bundle, tmp_path / "b")
+    _add_engine(b, "model.old.engine", "fp32", source_onnx_sha256="0" * 64)
+    with caplog.at_level(logging.WARNING, logger="uopsl.export.triton"):
+        repo = write_triton_repository(b, tmp_path / "r")
+    assert sorted(p.name for p in repo.iterdir() if p.is_dir()) == ["uopsl"]
+    left = json.loads((repo / "uopsl_triton.json").read_text())["left_out"]
+    assert sorted(left) == ["model.fp16.engine", "model.int8.onnx", "model.old.engine"]
+    assert left["model.int8.onnx"].startswith("not validated: model.int8.onnx has no parity record")
+    assert left["model.old.engine"].startswith("stale: built from model.onnx with sha256 000000000000")
+    assert "--include-unvalidated" in caplog.text
+    again = write_triton_repository(b, tmp_path / "r2", include_unvalidated=True)  # never the stale engine
+    assert "uopsl_old_plan" not in {p.name for p in again.iterdir()}
+
+
+def test_a_fixed_batch_engine_is_served_without_triton_batching(bundle: Path, tmp_path: Path) -> None:
+    """A DLA engine of batch 4 got max_batch_size 4 and dynamic batching: every lone request failed."""
+    b = shutil.copytree(bundle, tmp_path / "b")
+    _add_engine(b, "model.int8.dla0.engine", "int8", min_batch=4, opt_batch=4, max_batch=4, dla_core=0)
+    _add_engine(b, "model.ranged.engine", "fp32", min_batch=2, opt_batch=4, max_batch=8)
+    repo = write_triton_repository(b, tmp_path / "r", include_unvalidated=True)
+    cfg = parse_config(repo / "uopsl_int8_dla0_plan" / "config.pbtxt")
+    assert cfg.max_batch_size == 0 and not cfg.HasField("dynamic_batching")
+    assert list(cfg.input[0].dims) == [4, SIZE, SIZE, 3]
+    assert {o.name: list(o.dims)[0] for o in cfg.output} == {"probs": 4, "logits": 4, "site_maps": 4}
+    left = json.loads((repo / "uopsl_triton.json").read_text())["left_out"]
+    assert "starts at batch 2" in left["model.ranged.engine"]
+
+
+def test_version_compatible_engines_say_what_triton_needs(bundle: Path, tmp_path: Path,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    b = shutil.copytree(bundle, tmp_path / "b")
+    _add_engine(b, "model.vc.engine", "fp32", version_compatible=True)
+    with caplog.at_level(logging.INFO, logger="uopsl.export.triton"):
+        repo = write_triton_repository(b, tmp_path / "r", include_unvalidated=True)
+    p = parse_config(repo / "uopsl_vc_plan" / "config.pbtxt").parameters
+    assert p["uopsl_version_compatible"].string_value == "true"
+    assert "--backend-config=tensorrt,version-compatible=true" in caplog.text
+
+
+def test_a_softmax_head_keeps_its_label_file(bundle: Path, tmp_path: Path) -> None:
+    from uopsl.runtime.bundle import write_manifest
+
+    b = shutil.copytree(bundle, tmp_path / "b")
+    write_manifest(b, dataclasses.replace(read_manifest(b), head="softmax"))
+    cfg = parse_config(write_triton_repository(b, tmp_path / "r") / "uopsl" / "config.pbtxt")
+    assert [o.label_filename for o in cfg.output] == ["labels.txt", "", ""]
+
+
+def test_the_triton_command(bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from uopsl.runtime.clikit import main_entry
+    from uopsl.train.cli import cli
+
+    def main(argv: list[str]) -> int:
+        return main_entry(cli, argv, prog_name="uopsl")
+
+    rc = main(["triton", str(bundle), "--out", str(tmp_path / "r"), "--model-name", "eye", "--max-batch", "2"])
+    out, err = capsys.readouterr()
+    assert rc == 0 and "Triton model repository" in out and ": eye" in out
+    assert "left out model.int8.onnx: not validated" in err
+    assert parse_config(tmp_path / "r" / "eye" / "config.pbtxt").max_batch_size == 2
+    rc = main(["triton", str(bundle), "--out", str(tmp_path / "r"), "--include-unvalidated", "--force"])
+    assert rc == 0 and (tmp_path / "r" / "uopsl_int8").is_dir()
+
+
+def test_the_documented_triton_client_steps_give_the_screeners_decisions(bundle: Path, tmp_path: Path) -> None:
+    """docs/deployment.md, "Serving with Triton": preprocess, gate, infer, decide; ONNX Runtime stands in for Triton."""
+    import onnxruntime as ort
+
+    from imagekit import draw_fake_fundus
+    from uopsl.runtime.api import Screener
+    from uopsl.runtime.preprocess import preprocess, read_bytes
+    from uopsl.runtime.quality import assess
+
+    import cv2
+
+    photo = tmp_path / "eye.jpg"
+    cv2.imwrite(str(photo), cv2.cvtColor(draw_fake_fundus(256, seed=11), cv2.COLOR_RGB2BGR))
+    manifest = read_manifest(bundle)
+    pre = preprocess(read_bytes(photo), manifest.preprocess)
+    verdict = assess(pre)
+    session = ort.InferenceSession(str(write_triton_repository(bundle, tmp_path / "r") / "uopsl" / "1" / "model.onnx"),
+                                   providers=["CPUExecutionProvider"])
+    probs = session.run(["probs"], {manifest.input_name: pre.image[None]})[0]
+    positive, refer = manifest.decide(probs)
+    with Screener(bundle, backend="ort-cpu") as screener:
+        r = screener.screen(photo)
+    assert verdict.gradable and r.gradable
+    assert tuple(c for c, f in zip(manifest.class_names, positive[0]) if f) == r.positive
+    assert bool(refer[0]) == r.refer
+    assert [r.probs[c] for c in manifest.class_names] == pytest.approx(probs[0].tolist(), abs=1e-6)

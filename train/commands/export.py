@@ -15,7 +15,8 @@ import click
 @click.option("--opset", type=click.IntRange(14, 20), default=17, show_default=True,
               help="ONNX opset. Above 17 the file does not parse on TensorRT 8.x (JetPack 5, JetPack 6.0).")
 @click.option("--triton", type=click.Path(path_type=Path), default=None,
-              help="Also write a Triton Inference Server model repository here.")
+              help="Also write a Triton Inference Server model repository here (FP32 only: after quantize, "
+                   "build-engine and validate, `uopsl triton BUNDLE --out DIR` serves those files too).")
 @click.option("--force", is_flag=True, help="Replace an existing bundle folder.")
 @click.option("--text-model", default=None,
               help="With --classes: the sentence encoder that made CHECKPOINT, for a checkpoint that does not "
