@@ -117,6 +117,8 @@ class TritonModel:
     parameters: dict[str, str]
     secondary_dla: int | None = None
     fixed_batch: int | None = None  # an engine of one batch size: max_batch 0, the batch in the dims
+    # ONNX Runtime's GPU accelerator: (name, parameters) of onnxruntime_backend's optimization block.
+    gpu_accelerator: tuple[str, tuple[tuple[str, str], ...]] | None = None
 
 
 def write_triton_repository(
@@ -274,7 +276,12 @@ def _plan_models(bundle: Path, manifest: Manifest, entries: Sequence[FileEntry],
             inputs, outputs = onnx_specs[f.path]
             kind = _KIND[onnx_device] if onnx_device != "auto" else (
                 "KIND_CPU" if f.precision == "int8-qdq-u8" else "KIND_AUTO")
-            models.append(TritonModel(name, ONNX_PLATFORM, f, "model.onnx", inputs, outputs, max_batch, kind, params))
+            # The TensorRT-targeted INT8 file (s8 Q/DQ) only runs as INT8 through the TensorRT execution provider;
+            # on the CUDA provider its Q/DQ pairs are emulated in float (the same numbers, no INT8 speed).
+            accel = (("tensorrt", (("precision_mode", "INT8"), ("trt_engine_cache_enable", "1")))
+                     if f.precision == "int8-qdq-s8" else None)
+            models.append(TritonModel(name, ONNX_PLATFORM, f, "model.onnx", inputs, outputs, max_batch, kind, params,
+                                      gpu_accelerator=accel))
             continue
         stale = engine_stale(bundle, manifest, f)
         if stale is not None:
@@ -463,6 +470,12 @@ def render_config(m: TritonModel, instance_count: int = 1, dynamic_batching: boo
     if dynamic_batching and m.fixed_batch is None:
         lines.append(f"dynamic_batching {{ max_queue_delay_microseconds: {max_queue_delay_us} }}"
                      if max_queue_delay_us else "dynamic_batching { }")
+    if m.gpu_accelerator is not None:
+        accel_name, accel_params = m.gpu_accelerator
+        lines += ["optimization { execution_accelerators {", "  gpu_execution_accelerator : [ {",
+                  f"    name : {_q(accel_name)}",
+                  *(f"    parameters {{ key: {_q(k)} value: {_q(v)} }}" for k, v in accel_params),
+                  "  } ]", "} }"]
     group = [f"    count: {instance_count}", f"    kind: {m.kind}"]
     if m.secondary_dla is not None:
         group.append(f"    secondary_devices [ {{ kind: KIND_NVDLA device_id: {m.secondary_dla} }} ]")
