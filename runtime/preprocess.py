@@ -400,6 +400,12 @@ def decode(data: bytes, *, source: str | None = None, max_pixels: int = 120_000_
     return apply_orientation(_to_rgb(_to_uint8(img), source), image_orientation(data))
 
 
+# Formats whose unreadable header (an odd but valid layout) still goes to the decoder, as before the header
+# readers existed: libjpeg, libpng and libtiff read the size themselves and the pixel limit is checked on
+# what they return. The others are refused without a readable size.
+_SIZE_CHECKED_AFTER_DECODE = frozenset({"jpeg", "png", "bmp", "tiff"})
+
+
 def check_image_bytes(data: bytes, max_pixels: int, source: str | None = None) -> str:
     """What :func:`decode` checks before decoding; returns the format (:func:`imagefile.image_format`).
 
@@ -421,9 +427,11 @@ def check_image_bytes(data: bytes, max_pixels: int, source: str | None = None) -
     if is_truncated(data):
         raise ImageDecodeError("image data is truncated (no end-of-image marker)", source=source)
     header = header_size(data)
-    if header is None:
+    if header is not None:
+        _check_pixels(header[0], header[1], max_pixels, source)
+    elif fmt not in _SIZE_CHECKED_AFTER_DECODE:
+        # No other guard: OpenCV would decode it blind (a 38-byte WebP asked for 1.1 GiB).
         raise ImageDecodeError(f"the {fmt} header cannot be read (damaged file)", source=source)
-    _check_pixels(header[0], header[1], max_pixels, source)
     return fmt
 
 

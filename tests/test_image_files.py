@@ -167,3 +167,9 @@ def test_a_file_larger_than_any_photograph_is_not_read(tmp_path: Path) -> None:
     with pytest.raises(ImageTooLargeError, match="is it a photograph"):
         P.read_bytes(big, max_bytes=4096)
     assert len(P.read_bytes(big)) == 5000
+
+
+def test_a_webp_whose_size_cannot_be_read_is_not_decoded_blind(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(P, "_imdecode", lambda *a, **k: pytest.fail("decoded without a size"))
+    with pytest.raises(ImageDecodeError, match="the webp header cannot be read"):
+        decode(b"RIFF\x20\x00\x00\x00WEBPXYZW" + bytes(24))
