@@ -178,7 +178,7 @@ def main() -> None:
 
     ref, _ = new_model(CLASSES, size=args.size, init=args.init)
     fds_img = ImageDataset(fitems, pre, out / "cache")
-    ods_img = ImageDataset(oitems, pre, out / "cache")
+    ods_img = ImageDataset(oitems, pre, out / "cache", modality="oct")
     if len(fds_img) != len(fitems) or len(ods_img) != len(oitems):
         raise SystemExit("some TVHL images could not be read; see the log")
     cpu = torch.device("cpu")

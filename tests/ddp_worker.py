@@ -38,3 +38,13 @@ cfg = TrainConfig(epochs=1, batch_size=4, save_every=0, augment=False, seed=3)
 model, meta = workflow.run_finetune(model, meta, items, None, cfg, out / "ckpt", cache=out / f"data{rank}" / "cache")
 digest = hashlib.sha256(b"".join(v.detach().numpy().tobytes() for v in model.state_dict().values())).hexdigest()
 (out / f"rank{torch.distributed.get_rank()}.txt").write_text(digest)
+
+# Pre-training keeps no best epoch to reload, so its weights show whether the ranks trained one model: before
+# session 14 the losses went around DistributedDataParallel and each rank trained its own (finetune hid it by
+# reloading rank 0's best weights on every rank).
+pre_model, pre_meta = tiny_model("p_only", seed=1)
+pre_model = workflow.run_pretrain(pre_model, pre_meta, items, None, TrainConfig(epochs=2, batch_size=4, save_every=0,
+                                                                                augment=True, seed=5),
+                                  out / "pre", cache=out / f"data{rank}" / "cache")
+digest = hashlib.sha256(b"".join(v.detach().numpy().tobytes() for v in pre_model.state_dict().values())).hexdigest()
+(out / f"pre_rank{torch.distributed.get_rank()}.txt").write_text(digest)

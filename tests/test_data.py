@@ -681,3 +681,26 @@ def test_csv_written_on_windows_and_a_path_holding_an_equals_sign(tmp_path):
     assert src.samples[0].path == root / "img" / "a.jpg"
     assert parse_spec(f"folder:{root}")[1:] == (root, {})
     assert parse_spec(f"folder:{root}:classes=dme")[1:] == (root, {"classes": "dme"})
+
+
+def test_an_oct_bscan_enters_whole(tmp_path):
+    """B-scans went through the fundus preprocessing, which kept their central square (44 % of the width)."""
+    import cv2
+
+    from uopsl.runtime.preprocess import PreprocessConfig
+    from uopsl.train.torchdata import Item, ImageDataset, bscan_input
+
+    scan = np.full((168, 384, 3), 40, np.uint8)
+    scan[:, :20] = 250  # a bright band at the far left of the scan
+    p = tmp_path / "scan.png"
+    cv2.imwrite(str(p), scan)
+    pre = PreprocessConfig(size=96)
+    x = bscan_input(p.read_bytes(), pre)
+    assert x.shape == (96, 96, 3)
+    rows = slice(48 - 15, 48 + 15)  # the scan's 168/384 of the height, centred: rows 27-69
+    assert x[rows, :4].min() > 200 and x[rows, 10:].max() < 60  # the left band is there, at the left
+    assert x[:20].max() == 0 and x[-20:].max() == 0  # black above and below
+    ds_oct = ImageDataset([Item(p, np.ones(1, np.float32))], pre, tmp_path / "cache", modality="oct")
+    ds_fundus = ImageDataset([Item(p, np.ones(1, np.float32))], pre, tmp_path / "cache")
+    np.testing.assert_array_equal(ds_oct.images[0], x)
+    assert ds_fundus.images[0][rows, :4].max() < 60  # the fundus path cuts the band off

@@ -141,7 +141,7 @@ def test_qat_lowers_the_simulated_error_and_writes_a_checkpoint_with_the_same_th
     # Only the encoder trained: the deployed head is the original one.
     original, _ = lite0_model(init="imagenet")
     assert torch.equal(trained.bias, original.bias)
-    assert torch.equal(trained.fundus.tokens.weight, original.fundus.tokens.weight)
+    assert torch.equal(trained.fundus.glob.weight, original.fundus.glob.weight)  # the token projection too
 
 
 def test_an_interrupted_run_resumes_to_the_same_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -112,7 +112,7 @@ def test_finetune_guide_term_matches_the_parts_and_only_moves_the_site_attention
     parts["guide"].backward()
     # The target is a constant and the tokens are read as constants: the global and token
     # projections (and an encoder under them) and the prototypes get nothing from the guide.
-    for p in (model.fundus.glob.weight, model.text_proj.weight, model.fundus.tokens.weight):
+    for p in (model.fundus.glob.weight, model.text_proj.weight, *model.fundus.tokens.parameters()):
         assert p.grad is None or float(p.grad.abs().sum()) == 0.0
     assert float(model.delta.grad.abs().sum()) > 0
     assert float(model.sites.k.weight.grad.abs().sum()) > 0

@@ -251,6 +251,8 @@ def test_torchrun_two_processes_end_with_identical_weights_and_one_writer(tmp_pa
     assert proc.returncode == 0, proc.stderr[-3000:]
     a, b = (tmp_path / "rank0.txt").read_text(), (tmp_path / "rank1.txt").read_text()
     assert a == b
+    # Pre-training (BatchNorm in train mode, augmentation on, two epochs, nothing reloaded): one model too.
+    assert (tmp_path / "pre_rank0.txt").read_text() == (tmp_path / "pre_rank1.txt").read_text()
     # The checkpoint is written by rank 0 only (run_finetune used to save it again on every rank).
     assert (tmp_path / "saved_by_rank0.txt").is_file() and not (tmp_path / "saved_by_rank1.txt").exists()
     assert (tmp_path / "ckpt" / "checkpoint.json").is_file()

@@ -1,10 +1,15 @@
 """Training loops for both stages, resumable, deterministic, single- or multi-process.
 
 Multi-GPU and multi-node runs go through ``torchrun``: when ``WORLD_SIZE`` is
-set the loop joins the process group (nccl on GPU, gloo on CPU), wraps the
-model in DistributedDataParallel and shards each epoch's deterministic index
-permutation by rank. There is no other distributed code path; one process is
-simply world size 1.
+set the loop joins the process group (nccl on GPU, gloo on CPU), shards each
+epoch's deterministic index permutation by rank, averages the gradients over
+the ranks after every backward pass and gives every rank rank 0's buffers
+(BatchNorm statistics) after every step: synchronous data parallelism, as
+DistributedDataParallel does. (The losses call the model's branches directly,
+not ``forward``, which DistributedDataParallel needs to see to synchronise;
+wrapped, each rank trained a model of its own.) There is no other distributed
+code path; one process is simply world size 1. The contrastive losses see the
+process's own batch: ``--batch-size`` is per process.
 
 Resume: the full training state (model, optimizer, RNG, position in the epoch)
 is saved atomically every ``save_every`` steps and at each epoch end. Rerunning
@@ -211,10 +216,15 @@ class StageRunner:
         self.model = model.to(self.device)
         enc_params: list[nn.Parameter] = []
         other: list[nn.Parameter] = []
+        # What this stage freezes it gives back in finish(): a freeze lasts one stage, so a model object
+        # pre-trained with a frozen encoder is not still frozen when it is then fine-tuned "train all".
+        self._frozen_here: list[nn.Parameter] = []
         for name, p in model.named_parameters():
             is_enc = ".encoder." in f".{name}"
             is_site = name.startswith(("sites.", "delta", "generator."))
             if (is_enc and cfg.freeze_encoder) or (is_site and cfg.freeze_sites):
+                if p.requires_grad:
+                    self._frozen_here.append(p)
                 p.requires_grad_(False)
             elif p.requires_grad:
                 (enc_params if is_enc else other).append(p)
@@ -223,10 +233,11 @@ class StageRunner:
             groups.append({"params": enc_params, "lr": cfg.lr_encoder})
         # Typed as any optimiser: QAT (qat.py) replaces this one with its own Adam.
         self.opt: torch.optim.Optimizer = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
+        # The module the loops switch between train and eval mode (the model itself; under torchrun the
+        # gradients are averaged in step(), see the module docstring).
         self.ddp: nn.Module = model
         if self.dist.world > 1:
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            self.ddp = nn.parallel.DistributedDataParallel(model, device_ids=ids, find_unused_parameters=True)
+            self.broadcast_buffers()  # every rank starts from rank 0's statistics (the weights are seeded alike)
         self.amp = cfg.amp and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         self.tag = run_tag(stage, cfg, fingerprint, self.dist.world)
@@ -294,8 +305,45 @@ class StageRunner:
     def step(self, loss: torch.Tensor) -> None:
         self.opt.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
+        if self.dist.world > 1:
+            self.average_gradients()
         self.scaler.step(self.opt)
         self.scaler.update()
+        if self.dist.world > 1:
+            self.broadcast_buffers()
+
+    def average_gradients(self) -> None:
+        """All-reduce the optimiser's gradients to their mean over the ranks (in place).
+
+        A parameter that got a gradient on some ranks and none on others (a
+        class absent from one rank's batch) gets zeros where it had none, so
+        every rank reduces the same list; one that got none anywhere stays
+        None and the optimiser skips it everywhere alike.
+        """
+        params = [p for group in self.opt.param_groups for p in group["params"]]
+        if not params:
+            return
+        present = torch.tensor([p.grad is not None for p in params], dtype=torch.float32, device=self.device)
+        dist.all_reduce(present)
+        grads = []
+        for p, n in zip(params, present.tolist()):
+            if n == 0:
+                continue
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            grads.append(p.grad)
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat)
+        flat /= self.dist.world
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset : offset + g.numel()].view_as(g))
+            offset += g.numel()
+
+    def broadcast_buffers(self) -> None:
+        """Rank 0's buffers (BatchNorm running statistics) on every rank, as DistributedDataParallel keeps them."""
+        for b in self.model.buffers():
+            dist.broadcast(b, 0)
 
     def log_row(self, row: dict[str, Any]) -> None:
         if not self.dist.main:
@@ -312,7 +360,21 @@ class StageRunner:
         return progress_bars.bar(total=total, initial=initial, desc=desc, show=self.dist.main, mininterval=1.0,
                                  terminal_only=True)  # a log file gets the per-epoch lines, not bar redraws
 
+    def set_train_mode(self, eval_mode: bool = False) -> None:
+        """Train mode for the epoch, except a frozen encoder (and ``eval_mode``: everything) in eval mode.
+
+        A frozen encoder must not move its BatchNorm statistics (nor drop out): its outputs would change
+        while its weights stay, unlike the cached features a frozen run without augmentation uses.
+        """
+        self.ddp.train(not eval_mode)
+        if self.cfg.freeze_encoder:
+            for m in self.model.modules():
+                if hasattr(m, "trunk"):
+                    m.eval()
+
     def finish(self) -> None:
+        for p in self._frozen_here:
+            p.requires_grad_(True)
         if self.dist.main:
             clear_state(self.out)
 
@@ -353,11 +415,7 @@ def train_loop(runner: StageRunner, ds: PairDataset, loss_fn: Callable[[torch.Te
     cfg = runner.cfg
 
     def epoch(ep: int, start: int, bar: Any) -> dict[str, float]:
-        runner.ddp.train(not eval_mode)
-        if cfg.freeze_encoder:
-            for m in runner.model.modules():
-                if hasattr(m, "trunk"):
-                    m.eval()  # frozen BatchNorm statistics
+        runner.set_train_mode(eval_mode)
         order = epoch_order(ds.targets, ep, cfg.seed, cfg.balanced,
                             epoch_length(length or len(ds), cfg.batch_size, runner.dist))
         sums, n = runner.epoch_sums(start)
@@ -415,8 +473,8 @@ def pretrain_losses(model: UopslModel, cfg: TrainConfig, features: bool = False)
     return fn
 
 
-def finetune_losses(model: UopslModel, features: bool = False, w_site: float = 0.0,
-                    w_guide: float = 0.0) -> Callable[[torch.Tensor, torch.Tensor], dict[str, torch.Tensor]]:
+def finetune_losses(model: UopslModel, features: bool = False, w_site: float = 0.0, w_guide: float = 0.0,
+                    w_gen: float = TrainConfig.w_gen) -> Callable[[torch.Tensor, torch.Tensor], dict[str, torch.Tensor]]:
     """Loss of one stage-2 step; ``features``: batches are cached backbone features, not images.
 
     No pos_weight: the class-balanced sampler already evens the classes out.
@@ -425,6 +483,7 @@ def finetune_losses(model: UopslModel, features: bool = False, w_site: float = 0
     makes each class's site-pooled feature carry that class's evidence.
     ``w_guide`` > 0 adds the site guide: each present class's map must follow
     the evidence maps of the global projection (``losses.evidence_maps``).
+    ``w_gen``: the generator fit's weight (``TrainConfig.w_gen``, as in stage 1).
     """
     guide = w_guide > 0 and model.config.variant != "fundus_only"
     reference = model.reference_class()
@@ -435,7 +494,7 @@ def finetune_losses(model: UopslModel, features: bool = False, w_site: float = 0
         parts = {"cls": loss}
         if model.config.variant != "fundus_only":
             parts["gen"] = losses.generator_fit(model.delta, model.seen)
-            loss = loss + 0.1 * parts["gen"]
+            loss = loss + w_gen * parts["gen"]
             if w_site > 0:
                 parts["site"] = losses.site_loss(out["site_features"], model.prototypes(), y, model.tau)
                 loss = loss + w_site * parts["site"]

@@ -42,10 +42,13 @@ from uopsl.train.backbones import Encoder, spec
 Variant = Literal["uopsl", "p_only", "fundus_only"]
 Head = Literal["sigmoid", "softmax"]
 Attention = Literal["cosine", "dot"]
+TokenProjection = Literal["global", "separate"]
 # What a checkpoint whose config predates the ``attention`` field used.
 LEGACY_ATTENTION: Attention = "dot"
 # What a checkpoint whose config predates ``fov_token_mask`` used: attention over every token.
 LEGACY_FOV_TOKEN_MASK = False
+# Checkpoints written before ModelConfig.tokens existed project tokens with a separate 1x1 convolution.
+LEGACY_TOKENS: TokenProjection = "separate"
 # Supersampling of one token cell (per axis) when measuring how much of it lies inside the FOV.
 FOV_SUPERSAMPLE = 16
 
@@ -105,6 +108,11 @@ class ModelConfig:
     # is the preprocessing's (PreprocessConfig.fov_margin), copied when the model is created.
     fov_token_mask: bool = True
     fov_margin: float = 0.0
+    # How each branch's tokens enter the shared space: "global" projects every feature-map cell with the
+    # branch's global projection (so the tokens' mean is g, which the text contrastive aligns, and the
+    # fundus tokens share the OCT tokens' space from stage 1 on); "separate" gives them a 1x1 convolution
+    # of their own, which in the full variant nothing trained on fundus tokens before stage 2.
+    tokens: TokenProjection = "global"
     classes: tuple[str, ...] = ()
     seen: tuple[bool, ...] = ()
 
@@ -121,6 +129,8 @@ class ModelConfig:
         if not 0 < self.attention_temp_init <= self.attention_temp_max:
             raise ConfigError("need 0 < attention_temp_init <= attention_temp_max, got "
                               f"{self.attention_temp_init} and {self.attention_temp_max}")
+        if self.tokens not in ("global", "separate"):
+            raise ConfigError(f"tokens must be global or separate, got {self.tokens!r}")
         if not 0 <= self.fov_margin <= 1:
             raise ConfigError(f"fov_margin must be in [0, 1] (as PreprocessConfig), got {self.fov_margin}")
         if self.dim < 8 or self.sites < 1:
@@ -143,11 +153,13 @@ class ModelConfig:
     def from_dict(cls, d: dict[str, object]) -> ModelConfig:
         """Config from checkpoint JSON; keys a config predates take the value it was trained with.
 
-        No ``attention``: ``"dot"``; no ``fov_token_mask``: attention over every token.
+        No ``attention``: ``"dot"``; no ``fov_token_mask``: attention over every token;
+        no ``tokens``: a separate token projection.
         """
         d = dict(d)
         d.setdefault("attention", LEGACY_ATTENTION)
         d.setdefault("fov_token_mask", LEGACY_FOV_TOKEN_MASK)
+        d.setdefault("tokens", LEGACY_TOKENS)
         d["classes"] = tuple(d.get("classes", ()))  # type: ignore[arg-type]
         d["seen"] = tuple(d.get("seen", ()))  # type: ignore[arg-type]
         return cls(**d)  # type: ignore[arg-type]
@@ -216,14 +228,34 @@ class SiteAttention(nn.Module):
         return logits.softmax(dim=-1).reshape(tokens.shape[0], k, s, -1).mean(dim=2)
 
 
+class TiedTokens(nn.Module):
+    """The tokens of ``ModelConfig.tokens = "global"``: the global projection applied to every cell.
+
+    A 1x1 convolution whose weights are the ``nn.Linear``'s own (not a copy: one
+    parameter trains both); the Linear is held outside the module tree, so the
+    state dict lists it once, under the branch.
+    """
+
+    def __init__(self, glob: nn.Linear) -> None:
+        super().__init__()
+        object.__setattr__(self, "_glob", glob)
+
+    def forward(self, feat: torch.Tensor) -> torch.Tensor:
+        glob = self.__dict__["_glob"]
+        return F.conv2d(feat, glob.weight[:, :, None, None], glob.bias)
+
+
 class Branch(nn.Module):
     """One image modality: encoder -> tokens (N, T, d) and a global vector (N, d)."""
 
-    def __init__(self, backbone: str, init: str, dim: int) -> None:
+    def __init__(self, backbone: str, init: str, dim: int, tokens: TokenProjection = "separate") -> None:
         super().__init__()
         self.encoder = Encoder(backbone, init)
-        self.tokens = nn.Conv2d(self.encoder.channels, dim, 1)
+        # In this order for "separate": its models initialise as they did before the choice existed.
+        self.tokens: nn.Module = nn.Conv2d(self.encoder.channels, dim, 1) if tokens == "separate" else nn.Identity()
         self.glob = nn.Linear(self.encoder.channels, dim)
+        if tokens == "global":
+            self.tokens = TiedTokens(self.glob)
 
     def from_features(self, feat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
         t = self.tokens(feat)
@@ -259,8 +291,8 @@ class UopslModel(nn.Module):
             )
         self.config = config
         d, s = config.dim, config.sites
-        self.fundus = Branch(config.backbone, config.init, d)
-        self.oct = Branch(config.oct_backbone or config.backbone, config.init, d) if config.uses_oct else None
+        self.fundus = Branch(config.backbone, config.init, d, config.tokens)
+        self.oct = Branch(config.oct_backbone or config.backbone, config.init, d, config.tokens) if config.uses_oct else None
         self.text_proj = nn.Linear(config.text_dim, d)
         self.generator = nn.Sequential(nn.Linear(config.text_dim, d), nn.GELU(), nn.Linear(d, s * d))
         self.delta = nn.Parameter(torch.zeros(k, s, d))
@@ -287,14 +319,19 @@ class UopslModel(nn.Module):
         base = self.generator(self.class_text).view(k, self.config.sites, self.config.dim)
         return base + self.delta * self.seen.view(k, 1, 1).to(self.delta.dtype)
 
-    def with_classes(self, names: tuple[str, ...], class_text: np.ndarray, seen_names: tuple[str, ...]) -> UopslModel:
-        """A copy of this model scoring a new class bank (zero-shot / re-export).
+    def with_classes(self, names: tuple[str, ...], class_text: np.ndarray, seen_names: tuple[str, ...], *,
+                     to_train: bool = False) -> UopslModel:
+        """A copy of this model scoring a new class bank (zero-shot / re-export), or to fine-tune on it.
 
         Classes already known keep their ``delta`` and bias; new ones get site
-        queries from ``G`` alone and the mean bias of the known classes.
+        queries from ``G`` alone and the mean bias of the known classes. A class
+        counts as seen when it is in ``seen_names`` and this model knew it; with
+        ``to_train`` (fine-tuning on images of every class of ``names``) every
+        class is seen, so a new class's ``delta`` trains and its bundle entry is
+        not marked zero-shot.
         """
         cfg = replace(self.config, classes=tuple(names),
-                      seen=tuple(n in seen_names and n in self.config.classes for n in names))
+                      seen=tuple(to_train or (n in seen_names and n in self.config.classes) for n in names))
         new = copy.deepcopy(self)
         new.config = cfg
         k = len(names)
@@ -404,7 +441,9 @@ class UopslModel(nn.Module):
         """OCT branch for pre-training: global vector, site-pooled class features, maps.
 
         ``features``: ``x`` is already the OCT backbone's feature map. No FOV
-        mask: an OCT B-scan fills its whole frame.
+        mask: the whole B-scan is in the input, letterboxed
+        (:func:`uopsl.train.torchdata.bscan_input`), and the black bands above
+        and below it are left to the attention to ignore.
         """
         if self.oct is None:
             raise ConfigError(f"variant {self.config.variant!r} has no OCT branch")

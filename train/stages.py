@@ -39,7 +39,7 @@ from uopsl.train.loops import (
     train_loop,
 )
 from uopsl.train.model import UopslModel
-from uopsl.train.torchdata import ImageDataset
+from uopsl.train.torchdata import OCT_INPUT, ImageDataset
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +103,8 @@ def features_fingerprint(encoder: torch.nn.Module, ds: ImageDataset) -> str:
     """What a feature cache depends on: each image file (path, size, mtime), the preprocessing, the encoder weights."""
     h = hashlib.sha256()
     h.update(repr(tuple(ds.images.shape[1:])).encode())
-    h.update(json.dumps([ds.pre.to_dict(), PREPROCESS_VERSION], sort_keys=True).encode())
+    inputs: list[Any] = [ds.pre.to_dict(), PREPROCESS_VERSION] + ([OCT_INPUT] if ds.modality == "oct" else [])
+    h.update(json.dumps(inputs, sort_keys=True).encode())
     for it in ds.items:
         st = os.stat(it.path)
         h.update(f"{os.path.abspath(it.path)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
@@ -159,7 +160,7 @@ def pretrain(model: UopslModel, fundus: AnyDataset, oct_ds: AnyDataset | None, c
                           cfg.batch_size, runner.dist)
 
     def epoch(ep: int, start: int, bar: Any) -> dict[str, float]:
-        runner.ddp.train()
+        runner.set_train_mode()
         fo = epoch_order(fundus.targets, ep, cfg.seed, cfg.balanced, length)
         oo = epoch_order(oct_ds.targets, ep, cfg.seed + 1, cfg.balanced, length) if use_oct and oct_ds is not None else None
         ob = batches(oct_ds, oo, cfg.batch_size, runner.dist, start) if oo is not None and oct_ds is not None else None
@@ -223,7 +224,8 @@ def finetune(model: UopslModel, train_ds: AnyDataset, val_ds: AnyDataset | None,
     src_val: Any = None if val_ds is None else as_features(val_ds, model.fundus.encoder, cfg, runner.device)
     feats = isinstance(src_train, FeatureDataset)
 
-    loss_fn = finetune_losses(model, features=feats, w_site=cfg.w_site_finetune, w_guide=cfg.w_site_guide)
+    loss_fn = finetune_losses(model, features=feats, w_site=cfg.w_site_finetune, w_guide=cfg.w_site_guide,
+                              w_gen=cfg.w_gen)
 
     best_file = out / "best.safetensors"
     state = {"best": runner.info.get("best", -np.inf)}
@@ -233,9 +235,11 @@ def finetune(model: UopslModel, train_ds: AnyDataset, val_ds: AnyDataset | None,
             score = -stats.get("loss", 0.0)
         else:
             probs = predict(model, src_val, device=runner.device)["probs"]
+            p = torch.from_numpy(probs).clamp(1e-6, 1 - 1e-6)
+            head = model.config.head  # logits the head's loss reads back: log-odds (sigmoid), log-probabilities (softmax)
             score = select(probs, src_val.targets) if select else -float(
-                losses.classification(torch.logit(torch.from_numpy(probs).clamp(1e-6, 1 - 1e-6)),
-                                      torch.from_numpy(src_val.targets), "sigmoid"))
+                losses.classification(torch.logit(p) if head == "sigmoid" else torch.log(p),
+                                      torch.from_numpy(src_val.targets), head))
         stats["val_score"] = float(score)
         better = score > state["best"]
         if better and runner.dist.main:
@@ -258,7 +262,7 @@ def finetune(model: UopslModel, train_ds: AnyDataset, val_ds: AnyDataset | None,
     if best_file.is_file():
         from safetensors.torch import load_file
 
-        model.load_state_dict(load_file(str(best_file)), strict=False)
+        model.load_state_dict(load_file(str(best_file)), strict=True)
     result = {"history": runner.info["history"], "best_epoch": runner.info.get("best_epoch"),
               "best_val_score": runner.info.get("best")}
     if runner.dist.main:

@@ -1,9 +1,11 @@
 """Torch datasets over preprocessed images, with a disk cache of the preprocessed pixels.
 
-Images go through :func:`uopsl.runtime.preprocess.preprocess` (the same code the
-device runs) once; the uint8 results are kept in a memory-mapped ``.npy`` keyed
-by the file list and the preprocessing parameters, so later epochs, folds and
-runs skip decoding. Unreadable images are reported and dropped, never fatal.
+Fundus photographs go through :func:`uopsl.runtime.preprocess.preprocess` (the
+same code the device runs) once; OCT B-scans, which have no circular field of
+view, are letterboxed whole (:func:`bscan_input`). The uint8 results are kept in
+a memory-mapped ``.npy`` keyed by the file list, the modality and the
+preprocessing parameters, so later epochs, folds and runs skip decoding.
+Unreadable images are reported and dropped, never fatal.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -22,7 +24,7 @@ from torch.utils.data import Dataset
 
 from uopsl.runtime.errors import DataError, ImageError, ImageReadError
 from uopsl.runtime.fsio import atomic_open
-from uopsl.runtime.preprocess import PREPROCESS_VERSION, PreprocessConfig, preprocess, read_bytes
+from uopsl.runtime.preprocess import PREPROCESS_VERSION, PreprocessConfig, decode, preprocess, read_bytes, resize_square
 from uopsl.runtime.progress import track
 
 log = logging.getLogger(__name__)
@@ -41,9 +43,31 @@ class Item:
 
 _NAMED_BAD = 5  # unreadable images named one by one before the rest only count
 
+ImageModality = Literal["fundus", "oct"]
+#: How a B-scan becomes the square model input (part of the cache key and of a run's identity).
+#: Before it, B-scans went through the fundus preprocessing, which finds no field of view on a
+#: B-scan and kept the frame's central square: 44 % of a synthetic scan's width, with most of the
+#: peripheral lesions (dr foci, the glaucoma band, rp's outer-layer loss) cut away.
+OCT_INPUT = "letterbox-1"
 
-def cache_images(paths: Sequence[Path], pre: PreprocessConfig,
-                 cache_dir: Path | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+
+def bscan_input(data: bytes, pre: PreprocessConfig, source: str | None = None) -> np.ndarray:
+    """An OCT B-scan as the (size, size, 3) uint8 model input: the whole scan, centred on black, resized.
+
+    Padding rather than stretching keeps the retina's layers at their thickness
+    and a lesion's position along the scan proportional to where it is.
+    """
+    rgb = decode(data, source=source, max_pixels=pre.max_pixels)
+    h, w = rgb.shape[:2]
+    side = max(h, w)
+    square = np.zeros((side, side, 3), np.uint8)
+    y0, x0 = (side - h) // 2, (side - w) // 2
+    square[y0 : y0 + h, x0 : x0 + w] = rgb
+    return resize_square(square, pre.size)
+
+
+def cache_images(paths: Sequence[Path], pre: PreprocessConfig, cache_dir: Path | None,
+                 modality: ImageModality = "fundus") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Preprocess ``paths``; returns (images (N, S, S, 3) uint8, ok (N,) bool, content digests (N,) uint64).
 
     A content digest is the first 8 bytes of the file's sha256 (0 for a file
@@ -52,8 +76,8 @@ def cache_images(paths: Sequence[Path], pre: PreprocessConfig,
     cached when a file could not be *read* (an I/O error, a file locked by
     another program): it may read next time, and a cache would leave it out for good.
     """
-    key = hashlib.sha256(json.dumps([_file_key(p) for p in paths] + [pre.to_dict(), PREPROCESS_VERSION]).encode()
-                         ).hexdigest()[:20]
+    how: list[Any] = [pre.to_dict(), PREPROCESS_VERSION] + ([OCT_INPUT] if modality == "oct" else [])
+    key = hashlib.sha256(json.dumps([_file_key(p) for p in paths] + how).encode()).hexdigest()[:20]
     if cache_dir is not None:
         img_file, ok_file, sha_file = (cache_dir / f"{kind}-{key}.npy" for kind in ("img", "ok", "sha"))
         if img_file.is_file() and ok_file.is_file() and sha_file.is_file():
@@ -67,7 +91,7 @@ def cache_images(paths: Sequence[Path], pre: PreprocessConfig,
         try:
             data = read_bytes(p)
             digests[i] = int.from_bytes(hashlib.sha256(data).digest()[:8], "big")
-            out[i] = preprocess(data, pre, source=str(p)).image
+            out[i] = bscan_input(data, pre, str(p)) if modality == "oct" else preprocess(data, pre, source=str(p)).image
             ok[i] = True
         except (ImageError, ValueError, MemoryError) as exc:  # a bad file is skipped, never the run
             n_bad += 1
@@ -97,11 +121,12 @@ class ImageDataset(Dataset):
     """(image float (3, S, S) in 0..255, target (K,)) pairs, with light augmentation when training."""
 
     def __init__(self, items: Sequence[Item], pre: PreprocessConfig, cache_dir: Path | None = None,
-                 augment: bool = False) -> None:
+                 augment: bool = False, modality: ImageModality = "fundus") -> None:
         if not items:
             raise DataError("the dataset is empty: no images to train or evaluate on")
-        images, ok, digests = cache_images([it.path for it in items], pre, cache_dir)
+        images, ok, digests = cache_images([it.path for it in items], pre, cache_dir, modality)
         self.pre = pre
+        self.modality = modality
         self.images = images
         self.index = np.flatnonzero(ok)
         if len(self.index) == 0:

@@ -22,7 +22,7 @@ import torch
 from uopsl.runtime.bundle import ClassSpec
 from uopsl.runtime.errors import ConfigError
 from uopsl.runtime.fsio import write_json
-from uopsl.runtime.preprocess import PreprocessConfig, preprocess_file
+from uopsl.runtime.preprocess import PREPROCESS_VERSION, PreprocessConfig, preprocess_file
 from uopsl.train import bank as banks
 from uopsl.train import descriptions
 from uopsl.train.text import DEFAULT_MODEL as DEFAULT_TEXT_MODEL
@@ -49,7 +49,7 @@ from uopsl.train.evaluate import (
 from uopsl.train.loops import TrainConfig, pick_device, predict
 from uopsl.train.model import DeployModel, ModelConfig, UopslModel
 from uopsl.train.stages import effective_finetune_config, finetune, pretrain
-from uopsl.train.torchdata import ImageDataset, Item
+from uopsl.train.torchdata import OCT_INPUT, ImageDataset, ImageModality, Item
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +105,8 @@ def run_identity(stage: str, cfg: TrainConfig, model: UopslModel, *item_lists: S
     per list). Stored in the finished checkpoint's metrics (:data:`RUN_IDENTITY_KEY`).
     """
     settings = {k: v for k, v in cfg.to_dict().items() if k not in _HOW_NOT_WHAT}
+    # How files become pixels: a model trained on other pixels of the same files is another run.
+    settings["inputs"] = [PREPROCESS_VERSION, OCT_INPUT]
     data = hashlib.sha256()
     for items in item_lists:
         for it in items or ():
@@ -256,8 +258,9 @@ def warn_shared_images(train: ImageDataset, val: ImageDataset) -> int:
     return shared
 
 
-def dataset(items: Sequence[Item], pre: PreprocessConfig, cache: Path | None, augment: bool) -> ImageDataset:
-    return ImageDataset(list(items), pre, cache, augment=augment)
+def dataset(items: Sequence[Item], pre: PreprocessConfig, cache: Path | None, augment: bool,
+            modality: ImageModality = "fundus") -> ImageDataset:
+    return ImageDataset(list(items), pre, cache, augment=augment, modality=modality)
 
 
 def run_pretrain(model: UopslModel, meta: CheckpointMeta, fundus: Sequence[Item], oct_items: Sequence[Item] | None,
@@ -269,7 +272,7 @@ def run_pretrain(model: UopslModel, meta: CheckpointMeta, fundus: Sequence[Item]
         return load_model(out)[0]
     pre = meta.preprocess
     fds = dataset(fundus, pre, cache, cfg.augment)
-    ods = dataset(oct_items, pre, cache, cfg.augment) if oct_items and model.config.uses_oct else None
+    ods = dataset(oct_items, pre, cache, cfg.augment, "oct") if oct_items and model.config.uses_oct else None
     trained = pretrain(model, fds, ods, cfg, out, meta)
     _record_identity(out, want, {SEEN_KEY: record_images_seen(out, {"pretrain": fds.digests})})
     return trained
@@ -350,9 +353,30 @@ def from_checkpoint(ckpt: Path, classes: Sequence[str] | None = None, variant: s
         log.info("%s: the classes are the checkpoint's own; of %s only 'referable' is used", ckpt, classes_file)
     if retarget:
         bank = banks.build(new_classes, classes_file, meta.text_model)
-        model = model.with_classes(new_classes, bank.text, seen_names=new_classes)
+        model = model.with_classes(new_classes, bank.text, seen_names=new_classes, to_train=True)
         meta = replace(meta, model=model.config, phrases=bank.phrases, referable=referable_flags(new_classes, classes_file))
     return model, meta
+
+
+def check_one_label_each(items: Sequence[Item], classes: Sequence[str], what: str) -> None:
+    """A softmax head needs exactly one of its classes per image; refuse (ConfigError) images with none or several.
+
+    Cross-entropy on the arg-max of an all-zero target trains such an image as the first class (``normal``),
+    and a multi-label one as its first label only; with ``--classes`` a subset of the data's labels, images
+    of the other diseases would be taught as healthy.
+    """
+    counts = [int(np.count_nonzero(np.asarray(it.target) > 0.5)) for it in items]
+    none = [it for it, c in zip(items, counts) if c == 0]
+    several = [it for it, c in zip(items, counts) if c > 1]
+    if none or several:
+        parts = []
+        if none:
+            parts.append(f"{len(none)} have none of the classes {', '.join(classes)} (e.g. {none[0].path})")
+        if several:
+            parts.append(f"{len(several)} have several (e.g. {several[0].path})")
+        raise ConfigError(f"a softmax head needs exactly one label per image; of the {len(items)} {what} images "
+                          f"{' and '.join(parts)}: use --head sigmoid (multi-label), or --classes that give every "
+                          "image one label")
 
 
 def run_finetune(model: UopslModel, meta: CheckpointMeta, train_items: Sequence[Item], val_items: Sequence[Item] | None,
@@ -365,6 +389,9 @@ def run_finetune(model: UopslModel, meta: CheckpointMeta, train_items: Sequence[
     ``seen_before``: the photographs the starting checkpoint was made from (:func:`earlier_images`; None: not
     known), recorded with this run's own so that ``evaluate`` can warn about any of them.
     """
+    if model.config.head == "softmax":
+        check_one_label_each(train_items, model.config.classes, "training")
+        check_one_label_each(val_items or (), model.config.classes, "validation")
     want = identity or run_identity("finetune", effective_finetune_config(cfg, model), model, train_items, val_items)
     if finished_run(out, "finetune", want):
         return load_model(out)
