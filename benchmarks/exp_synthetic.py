@@ -176,7 +176,7 @@ def main() -> None:
         aucs = per_class_auc(ftest.targets, p)
         entry = {"macro_auc": float(np.nanmean(aucs)), "auc": dict(zip(CLASSES, map(float, aucs)))}
         if variant != "fundus_only":
-            entry["site_concentration"] = concentration(maps, test_src, test_items, pre)
+            entry["site_concentration"] = concentration(maps, test_src, test_items, pre, not args.no_fov_mask)
             entry["outside_fov_mass"] = outside_fov_mass(maps, pre)
         res["ablations"][variant] = entry  # type: ignore[index]
         log.warning("%s: %s (%.0f s)", variant, entry, time.time() - t0)
@@ -213,13 +213,16 @@ def outside_fov_mass(maps: np.ndarray, pre: PreprocessConfig) -> dict[str, float
     return {c: float(share[:, CLASSES.index(c)].mean()) for c in SEEN_CLASSES}
 
 
-def concentration(maps: np.ndarray, src: data.DatasetSource, its: list[Item], pre: PreprocessConfig) -> dict[str, float]:
-    """Per seen disease class: mean ratio of site-attention mass in the true mask to the mask's area fraction."""
+def concentration(maps: np.ndarray, src: data.DatasetSource, its: list[Item], pre: PreprocessConfig,
+                  fov_mask: bool = True) -> dict[str, dict[str, float]]:
+    """Per seen disease class: :func:`site_concentration_report`'s figures (the ratio over the field of view
+    when the maps weigh the FOV only, the grid-wide one, and the fixed-map yardsticks)."""
     by_path = {s.path: s for s in src.samples}
     masks = [by_path[it.path].extra.get("masks") for it in its]
     geoms = [preprocess_file(it.path, pre).geometry if m else None for it, m in zip(its, masks)]
-    rep = site_concentration_report(maps, np.stack([it.target for it in its]), CLASSES, masks, geoms)
-    return {c: rep[c]["mean"] if c in rep else float("nan") for c in SEEN_CLASSES}
+    inside = fov_token_mask(maps.shape[2], maps.shape[3], pre.fov_margin) if fov_mask else None
+    rep = site_concentration_report(maps, np.stack([it.target for it in its]), CLASSES, masks, geoms, inside)
+    return {c: rep.get(c, {"mean": float("nan")}) for c in SEEN_CLASSES}
 
 if __name__ == "__main__":
     main()

@@ -62,7 +62,8 @@ def test_demo_writes_the_documented_layout(demo: Path) -> None:
     conc = json.loads((demo / "eval" / "eval.json").read_text())["site_concentration"]
     assert set(conc) == {"dr", "dme", "amd", "glaucoma"}
     assert all(v["n_images"] > 0 and v["mean"] >= 0 for v in conc.values())
-    assert summary["site_concentration"] == {k: v["mean"] for k, v in conc.items()}
+    assert summary["site_concentration"] == conc
+    assert all(v["pooled_prior"] > 0 and v["class_prior"] > 0 for v in conc.values())  # the yardsticks
 
 
 def test_demo_bundle_verifies_and_holds_fp32_int8_and_calibration(demo: Path) -> None:

@@ -40,8 +40,10 @@ def test_report_averages_over_images_with_the_class_and_its_mask(tmp_path) -> No
     geoms = [_geometry(), _geometry(), None, None]
     rep = site_concentration_report(maps, targets, names, masks, geoms)
     assert set(rep) == {"a", "b"}  # normal has no mask
-    assert rep["a"] == {"mean": pytest.approx(8.5), "n_images": 2}
-    assert rep["b"] == {"mean": pytest.approx(1.0), "n_images": 1}
+    assert (rep["a"]["mean"], rep["a"]["n_images"]) == (pytest.approx(8.5), 2)
+    assert (rep["b"]["mean"], rep["b"]["n_images"]) == (pytest.approx(1.0), 1)
+    assert rep["a"]["mass_in_mask"] == pytest.approx((1.0 + 1 / 16) / 2)
+    assert rep["a"]["class_prior"] == pytest.approx(16.0) and rep["a"]["on_other_sites"] is None
 
 
 def test_a_class_absent_from_an_image_is_not_measured_there(tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -80,3 +82,34 @@ def test_evaluate_keeps_masks_in_step_when_an_image_cannot_be_read(tmp_path) -> 
     assert conc["a"]["n_images"] == 1 and conc["b"]["n_images"] == 2
     with pytest.raises(Exception, match="one entry per item"):
         run_evaluate(tmp_path / "ck", items, None, n_boot=0, masks=masks[:-1], device="cpu")
+
+
+def test_chance_is_one_over_the_cells_the_map_may_weigh() -> None:
+    """Maps that weigh the field of view only scored 1.23 for an even spread on an 8 x 8 grid (chance was 'one')."""
+    inside = np.ones((4, 4), bool)
+    inside[0, 0] = inside[0, 3] = inside[3, 0] = inside[3, 3] = False  # the corners outside the field of view
+    even = inside / inside.sum()
+    cover = np.zeros((4, 4), np.float32)
+    cover[1, 1] = 1.0
+    assert site_concentration(even, cover, inside) == pytest.approx(1.0)
+    assert site_concentration(even, cover) == pytest.approx(16 / 12)  # the grid-wide share: above 1 by construction
+
+
+def test_yardsticks_a_fixed_map_and_other_classes_sites(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Fixed sites make a fixed map score high; a class's maps are also scored on the other classes' sites."""
+    names = ("a", "b")
+    ma, mb = np.zeros((SIDE, SIDE), np.uint8), np.zeros((SIDE, SIDE), np.uint8)
+    ma[:16, :16] = 1  # cell (0, 0)
+    mb[48:, 48:] = 1  # cell (3, 3)
+    np.savez(tmp_path / "a.npz", a=ma)
+    np.savez(tmp_path / "b.npz", b=mb)
+    maps = np.zeros((2, 2, 4, 4), np.float32)
+    maps[:, 0, 0, 0] = 1.0  # class a's map always on a's site
+    maps[:, 1, 0, 0] = 1.0  # class b's map also on a's site: it has not found b's
+    targets = np.array([[1, 0], [0, 1]], np.float32)
+    rep = site_concentration_report(maps, targets, names, [tmp_path / "a.npz", tmp_path / "b.npz"],
+                                    [_geometry(), _geometry()])
+    assert rep["a"]["mean"] == pytest.approx(16.0) and rep["a"]["on_other_sites"] == pytest.approx(0.0)
+    assert rep["b"]["mean"] == pytest.approx(0.0) and rep["b"]["on_other_sites"] == pytest.approx(16.0)
+    assert rep["a"]["class_prior"] == pytest.approx(16.0)  # its own mean mask: one cell
+    assert rep["a"]["pooled_prior"] == pytest.approx(8.0)  # half the pooled map lies on a's cell

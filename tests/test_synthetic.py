@@ -98,8 +98,8 @@ def test_fundus_site_masks_are_nonempty_inside_the_fov_and_at_the_class_site(cls
             assert np.median(d_fovea) < 0.2 and d_fovea.max() < 0.45
         elif cls == "macular_hole":  # fovea
             assert d_fovea.max() < 0.15
-        elif cls == "glaucoma":  # disc and its nerve-fibre layer
-            assert np.median(d_disc) < 0.2 and d_disc.max() < 0.35
+        elif cls == "glaucoma":  # disc and its nerve-fibre layer, as far out as the wedge darkens (0.34 R)
+            assert np.median(d_disc) < 0.2 and 0.31 < d_disc.max() < 0.35
         elif cls == "rp":  # mid-periphery, not the macula
             assert np.quantile(d_fovea, 0.1) > 0.3 and np.median(d_fovea) > 0.5
 

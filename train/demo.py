@@ -139,7 +139,7 @@ def run_demo(out: Path, cfg: DemoConfig) -> dict[str, object]:
     res = {
         "out": str(out), "config": cfg.__dict__, "seconds": timings, "total_seconds": round(time.perf_counter() - t0, 1),
         "test_macro_auc": report["macro"]["auc"],
-        "site_concentration": {n: v["mean"] for n, v in report.get("site_concentration", {}).items()},
+        "site_concentration": report.get("site_concentration", {}),
         "screened": summary.total, "referred": summary.refer,
         "report": str(out / "screen" / "report.html"), "bundle": str(bundle),
         "parity": verdicts, "parity_failures": why, "parity_report": str(parity.html_path),

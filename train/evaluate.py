@@ -331,41 +331,99 @@ def mask_to_grid(mask: np.ndarray, geometry: Geometry, h: int, w: int) -> np.nda
     return cv2.resize(crop, (w, h), interpolation=cv2.INTER_AREA)
 
 
-def site_concentration(att: np.ndarray, cover: np.ndarray) -> float:
-    """Attention mass inside the true site mask divided by the mask's area fraction (1 = chance)."""
+def site_concentration(att: np.ndarray, cover: np.ndarray, inside: np.ndarray | None = None) -> float:
+    """Attention mass inside the true site mask divided by the mask's share of the cells the map may weigh.
+
+    ``inside`` (bool, the grid's shape): the cells the site attention may weigh
+    (the field of view of a model with ``fov_token_mask``); ``None``: all of
+    them. 1 = a map spread evenly over those cells. Taking the mask's share of
+    the whole grid while the map only weighs the field of view (the definition
+    before session 14, :func:`site_concentration` without ``inside``) puts
+    chance at about 1.23 on an 8 x 8 grid.
+    """
     a = att / max(float(att.sum()), 1e-12)
-    frac = float(cover.mean())
+    region = np.ones_like(cover, dtype=bool) if inside is None else np.asarray(inside, bool)
+    frac = float(cover[region].sum()) / max(int(region.sum()), 1)
     if frac <= 0:
         return float("nan")
-    return float((a * cover).sum() / frac)
+    return float((a * cover * region).sum() / frac)
+
+
+CONCENTRATION_LEGEND = ("site concentration (attention mass in the true site mask / the mask's share of the field "
+                        "of view; 1 = a map spread evenly; in brackets a fixed map per class and one fixed map for "
+                        "all classes, which look at no image)")
+
+
+def concentration_summary(report: dict[str, Any]) -> str:
+    """One line of :func:`site_concentration_report`'s figures: ``dr 2.85 (3.30, 3.02), ...`` (see the legend)."""
+    return ", ".join(f"{name} {v['mean']:.2f} ({v['class_prior']:.2f}, {v['pooled_prior']:.2f})"
+                     for name, v in report.items())
 
 
 def site_concentration_report(maps: np.ndarray, targets: np.ndarray, names: Sequence[str],
-                              masks: Sequence[str | Path | None], geometries: Sequence[Geometry | None]) -> dict[str, Any]:
+                              masks: Sequence[str | Path | None], geometries: Sequence[Geometry | None],
+                              inside: np.ndarray | None = None) -> dict[str, Any]:
     """Where the predilection maps point, measured against true site masks (synthetic data carries them).
 
     maps (N, K, h, w) site maps on the model's token grid; masks[i] a site-mask
     ``.npz`` (class name -> mask in the original image's pixels, see
     :func:`uopsl.train.synthetic.load_masks`) or None; geometries[i] the crop
-    that took image i to the model input. Per class: the mean of
-    :func:`site_concentration` over the images that have the class and its
-    mask (1 = chance), and how many images that is. Classes never masked
-    (e.g. ``normal``) are left out.
+    that took image i to the model input; ``inside`` the (h, w) cells the maps
+    may weigh (see :func:`site_concentration`). Classes never masked (e.g.
+    ``normal``) are left out. Per class, over the images that have the class
+    and its mask:
+
+    - ``mean``: the mean :func:`site_concentration` (1 = a map spread evenly);
+      ``mean_over_grid``: the same with the mask's share of the whole grid (the
+      figure reported before session 14);
+    - ``mass_in_mask``: the attention mass inside the mask (0-1);
+    - the same ratio for maps that ignore the image, as yardsticks: because the
+      synthetic sites sit at fixed places of the field of view (the macula,
+      the disc), a fixed map scores high without looking at the image.
+      ``class_prior``: the class's own mean mask over these images (the best
+      one fixed map per class can do here: an oracle); ``pooled_prior``: one
+      fixed map for every class, the mean of all classes' masks;
+    - ``on_other_sites``: this class's maps scored against the masks of the
+      other classes, on images that have those and not this one (a map that
+      finds its own class's sites scores lower there than on its own).
     """
     from uopsl.train.synthetic import load_masks
 
     if not len(maps) == len(targets) == len(masks) == len(geometries):
         raise ConfigError(f"site_concentration_report needs one map, target, mask and geometry per image, got "
                           f"{len(maps)}, {len(targets)}, {len(masks)} and {len(geometries)}")
-    ratios: dict[str, list[float]] = {}
     h, w = maps.shape[2:]
+    pairs: list[tuple[int, int, np.ndarray]] = []  # (image, class, mask cover on the grid)
     for i, (mfile, geom) in enumerate(zip(masks, geometries)):
         if not mfile or geom is None:
             continue
         per_class = load_masks(mfile)
         for k, name in enumerate(names):
             if name in per_class and targets[i, k] > 0:
-                r = site_concentration(maps[i, k], mask_to_grid(per_class[name], geom, h, w))
-                if np.isfinite(r):
-                    ratios.setdefault(name, []).append(r)
-    return {n: {"mean": float(np.mean(ratios[n])), "n_images": len(ratios[n])} for n in names if n in ratios}
+                cover = mask_to_grid(per_class[name], geom, h, w)
+                if float(cover.sum()) > 0:
+                    pairs.append((i, k, cover))
+    if not pairs:
+        return {}
+    region = np.ones((h, w), bool) if inside is None else np.asarray(inside, bool)
+    priors = {k: np.mean([c for _, kk, c in pairs if kk == k], axis=0) * region for k in {k for _, k, _ in pairs}}
+    pooled = np.mean([c for _, _, c in pairs], axis=0) * region
+    out: dict[str, Any] = {}
+    for k, name in enumerate(names):
+        own = [(i, c) for i, kk, c in pairs if kk == k]
+        if not own:
+            continue
+        ratios = [site_concentration(maps[i, k], c, inside) for i, c in own]
+        grid = [site_concentration(maps[i, k], c) for i, c in own]
+        mass = [float((maps[i, k] / max(float(maps[i, k].sum()), 1e-12) * c).sum()) for i, c in own]
+        others = [site_concentration(maps[i, k], c, inside) for i, kk, c in pairs
+                  if kk != k and targets[i, k] <= 0]
+        out[name] = {
+            "mean": float(np.nanmean(ratios)), "n_images": len(own),
+            "mean_over_grid": float(np.nanmean(grid)),
+            "mass_in_mask": float(np.mean(mass)),
+            "class_prior": float(np.nanmean([site_concentration(priors[k], c, inside) for _, c in own])),
+            "pooled_prior": float(np.nanmean([site_concentration(pooled, c, inside) for _, c in own])),
+            "on_other_sites": float(np.nanmean(others)) if others else None,
+        }
+    return out

@@ -82,8 +82,11 @@ PREDILECTION_SITES: dict[str, str] = {
     "macular_hole": "fovea",
 }
 
-# Bumped whenever a change alters the pixels: a folder made by another version is not resumed.
-GENERATOR_VERSION = 2  # 2: the 18:01-18:29 changes of session 1 (brighter disc, severity-scaled lesions, distractors, illumination)
+# Bumped whenever a change alters the pixels, the masks or the table: a folder made by another version is not
+# resumed. 2: the 18:01-18:29 changes of session 1 (brighter disc, severity-scaled lesions, distractors,
+# illumination). 3 (session 14): the glaucoma mask reaches as far as the wedge's darkening (0.34 R, not 0.30 R:
+# 22 % of it lay outside), patient ids carry the seed (two folders' F00000 are not one patient); same pixels.
+GENERATOR_VERSION = 3
 CSV_COLUMNS: tuple[str, ...] = ("path", "patient", "eye", "modality", "labels", "masks")
 
 
@@ -701,7 +704,7 @@ def _draw_disc(rng: np.random.Generator, eye: _Eye, albedo: np.ndarray, cdr: flo
         sheen *= f32(1.0) - wedge
         dark = f32(0.04 + 0.08 * glaucoma) * wedge * np.exp((f32(rd) - dist) / f32(0.3 * R))
         a *= (f32(1.0) - dark)[..., None]
-        masks.region("glaucoma", sl, (wedge > 0.5) & (dist < f32(0.3 * R)))
+        masks.region("glaucoma", sl, (wedge > 0.5) & (dist < f32(reach)))
     a += sheen[..., None] * np.array([0.6, 0.62, 0.58], f32)
     # 2. disc: bright yellow-orange rim, whiter cup offset slightly temporally; soft margin
     roi = _roi(eye.dx, eye.dy, 1.6 * rd * eye.disc_aspect, S, S)
@@ -1141,7 +1144,7 @@ def _jobs(config: SynthConfig, n_fundus: int, n_oct: int, write_masks: bool) -> 
             stem = f"{modality[0]}{i:06d}"
             jobs.append(_Job(
                 modality, i, labels,
-                eye=EYES[i % 2], patient=f"{modality[0].upper()}{i // 2:05d}",
+                eye=EYES[i % 2], patient=f"{modality[0].upper()}{config.seed}-{i // 2:05d}",
                 image=f"{modality}/{stem}.{ext}",
                 masks=f"masks/{stem}.npz" if write_masks and labels else "",
             ))

@@ -468,8 +468,9 @@ def run_evaluate(ckpt: Path, items: Sequence[Item], out: Path | None, n_boot: in
     if with_maps and masks is not None:
         kept = [masks[int(i)] for i in ds.index]  # the dataset drops unreadable images; keep masks in step
         geoms = [preprocess_file(it.path, meta.preprocess).geometry if m else None for it, m in zip(ds.items, kept)]
+        h, w = pred["site_maps"].shape[2:]
         report["site_concentration"] = site_concentration_report(pred["site_maps"], ds.targets, model.config.classes,
-                                                                 kept, geoms)
+                                                                 kept, geoms, model.config.token_mask(h, w))
     report["checkpoint"] = str(ckpt)
     report["checkpoint_stage"] = meta.stage  # a pretrain checkpoint's sensitivities sit at an unvalidated 0.5
     report["n_unreadable"] = len(ds.unreadable)  # left out of every figure above

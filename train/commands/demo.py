@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import click
 
@@ -29,10 +29,11 @@ def command(out: Path, quick: bool, seed: int) -> None:
     click.echo(f"demo finished in {res['total_seconds']} s: test macro AUC {auc_s}, "
                f"{res['screened']} photographs screened, {res['referred']} referred")
     # The sections run_demo writes (``res`` is typed dict[str, object]).
-    conc = cast("dict[str, float]", res.get("site_concentration") or {})
+    conc = cast("dict[str, Any]", res.get("site_concentration") or {})
     if conc:
-        click.echo("site concentration (mass in the true site mask / its area; 1 = chance): "
-                   + ", ".join(f"{k} {v:.2f}" for k, v in conc.items()))
+        from uopsl.train.evaluate import CONCENTRATION_LEGEND, concentration_summary
+
+        click.echo(f"{CONCENTRATION_LEGEND}: {concentration_summary(conc)}")
     click.echo(f"report: {res['report']}")
     click.echo(f"bundle: {res['bundle']}")
     verdicts = cast("dict[str, str]", res.get("parity") or {})

@@ -94,8 +94,9 @@ def command(checkpoint: Path, data_spec: str, out: Path, n_boot: int, seed: int,
     click.echo(f"macro AUC over {final.summary()}: {_fmt(auc.get('estimate'))} "
                f"(95% CI {_fmt(auc.get('low'))}-{_fmt(auc.get('high'))}); report in {out}/eval.json")
     if report.get("site_concentration"):
-        parts = ", ".join(f"{n} {v['mean']:.2f}" for n, v in report["site_concentration"].items())
-        click.echo(f"site concentration (attention mass in the true site mask / its area; 1 = chance): {parts}")
+        from uopsl.train.evaluate import CONCENTRATION_LEGEND, concentration_summary
+
+        click.echo(f"{CONCENTRATION_LEGEND}: {concentration_summary(report['site_concentration'])}")
 
 
 def class_coverage_from_report(report: dict[str, Any], before: ClassCoverage) -> ClassCoverage:
