@@ -45,7 +45,8 @@ def main() -> None:
     res: dict[str, object] = {"checkpoint": str(args.checkpoint), "macro_auc": float(np.nanmean(aucs)),
                               "auc": dict(zip(ex.CLASSES, map(float, aucs)))}
     if model.config.variant != "fundus_only":
-        res["site_concentration"] = ex.concentration(maps, test_src, its, pre)
+        # The checkpoint's own token mask and margin (exp_synthetic's concentration takes the margin from `pre`).
+        res["site_concentration"] = ex.concentration(maps, test_src, its, meta.preprocess, model.config.fov_token_mask)
         res["fuse_weight"] = float(model.fuse_weight().detach())
     if args.zero_shot:
         zs_src = ex.pool(args.data, "zeroshot", args.n_test, 0, 4000 + args.seed, 384, True)

@@ -48,7 +48,7 @@ from uopsl.train.loops import TrainConfig, predict
 from uopsl.train.model import UopslModel, fov_token_mask
 from uopsl.train.stages import FeatureDataset, finetune, pretrain
 from uopsl.train.synthetic import SEEN_CLASSES, UNSEEN_CLASSES, SynthConfig, make_dataset
-from uopsl.train.torchdata import ImageDataset, Item
+from uopsl.train.torchdata import ImageDataset, ImageModality, Item
 from uopsl.train.workflow import new_model
 
 log = logging.getLogger("exp_synthetic")
@@ -67,9 +67,10 @@ def items(src: data.DatasetSource, names: tuple[str, ...], modality: str) -> lis
     return [Item(s.path, space.encode(s.labels, strict=False), s.patient or "") for s in src.samples if s.modality == modality]
 
 
-def features(encoder: torch.nn.Module, its: list[Item], pre: PreprocessConfig, cache: Path, name: str) -> FeatureDataset:
+def features(encoder: torch.nn.Module, its: list[Item], pre: PreprocessConfig, cache: Path, name: str,
+             modality: ImageModality = "fundus") -> FeatureDataset:
     return FeatureDataset.cached(cache / f"features-{name}-{pre.size}.safetensors", encoder,
-                                 ImageDataset(its, pre, cache), torch.device("cpu"))
+                                 ImageDataset(its, pre, cache, modality=modality), torch.device("cpu"))
 
 
 def probs_of(model, fds: FeatureDataset, use_sites: bool = True) -> tuple[np.ndarray, np.ndarray]:  # type: ignore[no-untyped-def]
@@ -157,7 +158,7 @@ def main() -> None:
     enc, oenc = ref_model.fundus.encoder, ref_model.oct.encoder  # type: ignore[union-attr]
     cache = shared / "cache"
     ftr = features(enc, items(train_src, CLASSES, "fundus"), pre, cache, "train")
-    foct = features(oenc, items(train_src, CLASSES, "oct"), pre, cache, "oct")
+    foct = features(oenc, items(train_src, CLASSES, "oct"), pre, cache, "oct", modality="oct")
     fval = features(enc, items(val_src, CLASSES, "fundus"), pre, cache, "val")
     test_items = items(test_src, CLASSES, "fundus")
     ftest = features(enc, test_items, pre, cache, "test")
@@ -182,7 +183,7 @@ def main() -> None:
         log.warning("%s: %s (%.0f s)", variant, entry, time.time() - t0)
 
     # zero-shot: unseen classes from their descriptions only
-    zs = {variant: zero_shot_aucs(models[variant], fzs)  # type: ignore[arg-type]
+    zs = {variant: zero_shot_aucs(models[variant], fzs)
           for variant in [v for v in ("p_only", "uopsl") if v in models] if "zeroshot" in parts}
     res["zero_shot"] = zs
     log.warning("zero-shot: %s", zs)

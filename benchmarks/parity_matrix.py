@@ -111,7 +111,7 @@ from uopsl.train.loops import TrainConfig, predict
 from uopsl.train.reference import TorchReference
 from uopsl.train.stages import FeatureDataset, finetune, pretrain
 from uopsl.train.synthetic import SEEN_CLASSES
-from uopsl.train.torchdata import ImageDataset, Item
+from uopsl.train.torchdata import OCT_INPUT, ImageDataset, ImageModality, Item
 from uopsl.train.workflow import is_done, new_model, run_export
 
 log = logging.getLogger("parity_matrix")
@@ -140,7 +140,7 @@ def checkpoint_digest(folder: Path) -> str:
     return h.hexdigest()
 
 
-def items(src: data.DatasetSource, modality: str = "fundus") -> list[Item]:
+def items(src: data.DatasetSource, modality: ImageModality = "fundus") -> list[Item]:
     """Training items of one modality with multi-hot targets over the model's classes."""
     space = data.LabelSpace(CLASSES)
     return [Item(s.path, space.encode(s.labels, strict=False), s.patient or "") for s in src.samples
@@ -190,14 +190,15 @@ def prepare_checkpoint(src_ckpt: Path, val_dir: Path, out: Path, name: str = "ef
 
 
 def feature_set(encoder: torch.nn.Module, its: list[Item], pre: Any, image_cache: Path, path: Path,
-                key: str) -> FeatureDataset:
+                key: str, modality: ImageModality = "fundus") -> FeatureDataset:
     """Frozen-encoder features, cached as .npz (float16) under a key of the encoder weights and images."""
     if path.is_file():
         with np.load(path, allow_pickle=False) as z:
             if str(z["key"]) == key:
                 return FeatureDataset(torch.from_numpy(z["features"]), z["targets"])
     t0 = time.time()
-    fds = FeatureDataset.compute(encoder, ImageDataset(its, pre, image_cache), torch.device("cpu"), batch_size=16)
+    fds = FeatureDataset.compute(encoder, ImageDataset(its, pre, image_cache, modality=modality),
+                                 torch.device("cpu"), batch_size=16)
     tmp = path.with_name(f".{path.name}.tmp.npz")
     np.savez(tmp, features=fds.features.numpy(), targets=fds.targets, key=np.array(key))
     os.replace(tmp, path)
@@ -206,7 +207,7 @@ def feature_set(encoder: torch.nn.Module, its: list[Item], pre: Any, image_cache
 
 
 def recalibrate_batchnorm(encoder: torch.nn.Module, its: list[Item], pre: Any, image_cache: Path,
-                          batch_size: int = 32) -> int:
+                          batch_size: int = 32, modality: ImageModality = "fundus") -> int:
     """Re-estimate every BatchNorm's running mean/variance of a random-init encoder on ``its``.
 
     torchvision's random init leaves running mean 0 / variance 1, so in eval mode
@@ -220,7 +221,7 @@ def recalibrate_batchnorm(encoder: torch.nn.Module, its: list[Item], pre: Any, i
     for m in bns:
         m.reset_running_stats()
         m.momentum = None  # cumulative moving average over all batches
-    ds = ImageDataset(its, pre, image_cache)
+    ds = ImageDataset(its, pre, image_cache, modality=modality)
     encoder.train()
     with torch.no_grad():
         for i in range(0, len(ds), batch_size):
@@ -262,14 +263,14 @@ def prepare_resnet50(synth: Path, out: Path, epochs: int, seed: int, bn_images: 
     pre = meta.preprocess
     ftr_items, oct_list, val_items = items(train_src), items(train_src, "oct"), items(val_src)
     rng = np.random.default_rng(seed)
-    for enc, its in ((model.fundus.encoder, ftr_items), (model.oct.encoder, oct_list)):
+    for enc, its, modality in ((model.fundus.encoder, ftr_items, "fundus"), (model.oct.encoder, oct_list, "oct")):
         pick = np.sort(rng.choice(len(its), min(bn_images, len(its)), replace=False))
-        recalibrate_batchnorm(enc, [its[i] for i in pick], pre, cache / "images")
+        recalibrate_batchnorm(enc, [its[i] for i in pick], pre, cache / "images", modality=modality)
     fkey, okey = state_digest(model.fundus.encoder), state_digest(model.oct.encoder)
     ftr = feature_set(model.fundus.encoder, ftr_items, pre, cache / "images", cache / "train_fundus.npz",
                       fkey + train_src.fingerprint)
     foct = feature_set(model.oct.encoder, oct_list, pre, cache / "images", cache / "train_oct.npz",
-                       okey + train_src.fingerprint)
+                       okey + train_src.fingerprint + OCT_INPUT, modality="oct")
     fval = feature_set(model.fundus.encoder, val_items, pre, cache / "images", cache / "val_fundus.npz",
                        fkey + val_src.fingerprint)
     # No site guide: the matrix's documented models were trained before it existed (it is not what is tested here).

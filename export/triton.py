@@ -37,7 +37,8 @@ exactly N images), and one whose profile starts above 1 but varies is left out.
 
 Only what the runtime itself would run is served: an engine built from an ONNX
 file the bundle no longer holds is left out, and so is a reduced-precision file
-(INT8, FP16) without a passing ``uopsl validate`` record, unless
+(INT8, FP16) without a passing ``uopsl validate`` record on the runtime backend that
+stands for how Triton runs it (:func:`_runtime_backends`), unless
 ``include_unvalidated`` (its ``uopsl_parity`` parameter then says why it is
 not validated). The left-out files and the options are recorded in
 ``uopsl_triton.json``.
@@ -264,18 +265,23 @@ def _plan_models(bundle: Path, manifest: Manifest, entries: Sequence[FileEntry],
             )
         names[name] = f.path
         params = _common_parameters(manifest, f)
-        if f.precision != "fp32":  # the runtime runs a reduced-precision file only after a parity PASS
-            passed, why = parity_status(f, None, manifest=manifest)
-            if not passed and not include_unvalidated:
-                left_out[f.path] = f"not validated: {why}"
-                log.warning("Triton: %s left out (%s); validate it with `uopsl validate`, or pass "
-                            "--include-unvalidated", f.path, why)
-                continue
-            params["uopsl_parity"] = "PASS" if passed else f"not validated: {why}"
+        kind = "KIND_GPU"
         if f.kind == "onnx":
-            inputs, outputs = onnx_specs[f.path]
             kind = _KIND[onnx_device] if onnx_device != "auto" else (
                 "KIND_CPU" if f.precision == "int8-qdq-u8" else "KIND_AUTO")
+        if f.precision != "fp32":  # the runtime runs a reduced-precision file only after a parity PASS there
+            runs_on = _runtime_backends(f, kind)
+            verdicts = [(b, *parity_status(f, b, manifest=manifest)) for b in runs_on]
+            missing = [f"{b}: {why}" for b, ok, why in verdicts if not ok]
+            if missing and not include_unvalidated:
+                left_out[f.path] = f"not validated where Triton runs it ({', '.join(runs_on)}): {'; '.join(missing)}"
+                log.warning("Triton: %s left out (%s); validate it there with `uopsl validate`, or pass "
+                            "--include-unvalidated", f.path, left_out[f.path])
+                continue
+            params["uopsl_parity"] = (f"PASS on {', '.join(runs_on)}" if not missing
+                                      else f"not validated: {'; '.join(missing)}")
+        if f.kind == "onnx":
+            inputs, outputs = onnx_specs[f.path]
             # The TensorRT-targeted INT8 file (s8 Q/DQ) only runs as INT8 through the TensorRT execution provider;
             # on the CUDA provider its Q/DQ pairs are emulated in float (the same numbers, no INT8 speed).
             accel = (("tensorrt", (("precision_mode", "INT8"), ("trt_engine_cache_enable", "1")))
@@ -334,6 +340,18 @@ def _plan_models(bundle: Path, manifest: Manifest, entries: Sequence[FileEntry],
         raise BundleError(f"{bundle}: no file of the bundle can be served: "
                           + "; ".join(f"{p}: {why}" for p, why in left_out.items()))
     return models, left_out
+
+
+def _runtime_backends(entry: FileEntry, kind: str) -> tuple[str, ...]:
+    """The uopsl runtime backends whose parity verdicts stand for how Triton runs ``entry`` on ``kind``.
+
+    A TensorRT plan: ``tensorrt``. An ONNX file on the CPU: ``ort-cpu``; on a GPU: ``ort-cuda``, or
+    ``ort-trt`` for the TensorRT-targeted INT8 file (its TensorRT accelerator); ``KIND_AUTO`` may be either.
+    """
+    if entry.kind == "engine":
+        return ("tensorrt",)
+    gpu = "ort-trt" if entry.precision == "int8-qdq-s8" else "ort-cuda"
+    return {"KIND_CPU": ("ort-cpu",), "KIND_GPU": (gpu,)}.get(kind, ("ort-cpu", gpu))
 
 
 def _model_name(base: str, entry: FileEntry) -> str:

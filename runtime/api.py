@@ -46,6 +46,7 @@ from uopsl.runtime.pipeline import (
     iter_inputs,
     key_path,
 )
+from uopsl.runtime.preprocess import PREPROCESS_VERSION
 from uopsl.runtime.report_days import write_reports
 from uopsl.runtime.results import CSV, CSV_STYLES, ModelIdentity, ResultStore, model_identity, write_csv
 
@@ -172,7 +173,8 @@ class Screener:
         if not verify:
             log.warning("%s: bundle checksums NOT verified (verify=False / --no-verify); "
                         "the report will say so", self.bundle)
-        self.identity: ModelIdentity = model_identity(self.bundle, self.manifest)
+        self.identity: ModelIdentity = replace(model_identity(self.bundle, self.manifest),
+                                               preprocess_version=PREPROCESS_VERSION)
         self.backend_name = backend
         self.precision = precision
         self.threads = threads
@@ -280,8 +282,9 @@ class Screener:
         Resuming: an input whose file version (resolved path, size, mtime) has
         a final row in ``out_dir/results.jsonl`` is skipped: ``ok``,
         ``ungradable``, or an error that is a property of the file's content
-        (``undecodable``, ``too_small``, ``too_large``). Other failures
-        (unreadable, inference failed) are screened again. A photograph whose
+        (``undecodable``, ``unsupported_format``, ``too_small``, ``too_large``). Other failures
+        (unreadable, inference failed), and rows screened under another preprocessing version
+        (``PREPROCESS_VERSION``: an upgrade that decodes some files differently), are screened again. A photograph whose
         old path is gone but which is found, same name, size and content
         (sha256), under a new path (a card mounted elsewhere) gets its earlier
         result under the new path instead of a second screening. Rows are
@@ -355,6 +358,7 @@ class Screener:
                         row["screened_at"] = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
                         row["bundle_sha256"] = self.identity.bundle_sha256
                         row["model_sha256"] = self.identity.model_sha256
+                        row["preprocess_version"] = PREPROCESS_VERSION
                         row.update(model_file)
                         self._write_images(out, r, overlays, report)
                         buffer.append(row)

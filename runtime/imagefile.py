@@ -171,6 +171,34 @@ def _tiff_size(data: bytes, *, big: bool) -> tuple[int, int] | None:
     return (size[256], size[257]) if len(size) == 2 else None
 
 
+def tiff_sample_max(data: bytes) -> int | None:
+    """The largest sample value a classic TIFF declares below 16 bits (MaxSampleValue, else BitsPerSample), or None.
+
+    Cameras and DICOM exports store 10-, 12- or 14-bit data in 16-bit TIFFs and say so in these tags; a
+    file that says nothing is read over the full 16-bit range.
+    """
+    try:
+        if data[:4] not in (b"II*\x00", b"MM\x00*"):
+            return None
+        order: Literal["little", "big"] = "little" if data[:2] == b"II" else "big"
+        ifd = int.from_bytes(data[4:8], order)
+        n = int.from_bytes(data[ifd : ifd + 2], order)
+        found: dict[int, int] = {}
+        for k in range(min(n, 4096)):
+            e = ifd + 2 + 12 * k
+            tag, typ, count = (int.from_bytes(data[e : e + 2], order), int.from_bytes(data[e + 2 : e + 4], order),
+                               int.from_bytes(data[e + 4 : e + 8], order))
+            if tag in (258, 281) and typ == 3:  # SHORT values: inline when they fit in 4 bytes, else at an offset
+                at = e + 8 if count * 2 <= 4 else int.from_bytes(data[e + 8 : e + 12], order)
+                found[tag] = int.from_bytes(data[at : at + 2], order)
+        if 0 < found.get(281, 0) < 65535:
+            return found[281]
+        bits = found.get(258, 16)
+        return (1 << bits) - 1 if 8 < bits < 16 else None
+    except (IndexError, ValueError):
+        return None
+
+
 def _webp_size(data: bytes) -> tuple[int, int] | None:
     chunk = data[12:16]
     if chunk == b"VP8 " and data[23:26] == b"\x9d\x01\x2a":  # lossy: key frame start code, then 14-bit sizes

@@ -411,14 +411,14 @@ def _expand(p: Path, state: WalkState, *, top: bool, lists: tuple[str, ...]) -> 
 def _read_list(p: Path, state: WalkState, *, top: bool, lists: tuple[str, ...]) -> Iterator[InputItem]:
     real = os.path.realpath(p)
     try:
-        fh = open(p, encoding="utf-8-sig", errors="replace")  # noqa: SIM115 - closed below; lazy on purpose
+        fh = open(p, encoding="utf-8-sig")  # noqa: SIM115 - closed below; lazy on purpose
     except OSError as exc:
         if top:
             raise _missing_input(p, exc) from None
         yield item_for_path(p)
         return
     with fh:
-        for n, line in enumerate(fh, 1):
+        for n, line in _strict_lines(fh, p):
             entry = line.strip()
             if not entry or entry.startswith("#"):
                 continue
@@ -429,6 +429,19 @@ def _read_list(p: Path, state: WalkState, *, top: bool, lists: tuple[str, ...]) 
                             "itself); entry skipped", display_path(p), n, display_path(entry))
                 continue
             yield from _expand(q, state, top=False, lists=(*lists, real))
+
+
+def _strict_lines(fh: Any, p: Path) -> Iterator[tuple[int, str]]:
+    """(line number, line) of a list file, read lazily; text that is not UTF-8 is one ConfigError.
+
+    Decoding with replacement characters turned each non-ASCII name of a list saved in a Windows code
+    page into a "missing file" row (``M\ufffdller.png``), one per photograph.
+    """
+    try:
+        yield from enumerate(fh, 1)
+    except UnicodeDecodeError as exc:  # text files decode in chunks: the position would be the chunk's
+        raise ConfigError(f"{display_path(p)}: the image list is not UTF-8 text ({exc.reason}); save it as UTF-8 "
+                          "(Notepad: Save as, Encoding UTF-8) and run again") from None
 
 
 def check_rgb_array(a: np.ndarray, what: str = "the array") -> None:

@@ -45,7 +45,15 @@ from uopsl.runtime.errors import (
     ImageTooSmallError,
 )
 from uopsl.runtime.exif import apply_orientation, image_orientation, jpeg_orientation
-from uopsl.runtime.imagefile import SUPPORTED, header_size, image_format, is_truncated, jpeg_frame, other_format
+from uopsl.runtime.imagefile import (
+    SUPPORTED,
+    header_size,
+    image_format,
+    is_truncated,
+    jpeg_frame,
+    other_format,
+    tiff_sample_max,
+)
 
 log = logging.getLogger(__name__)
 
@@ -334,11 +342,15 @@ _FILL_TAIL = (2, 16)  # rows x columns at the end of the stored raster that must
 
 
 def _ends_in_fill(img: np.ndarray) -> bool:
-    """Whether a JPEG decoded in stored order (before any orientation) ends in libjpeg's grey fill."""
+    """Whether a JPEG decoded in stored order (before any orientation) ends in libjpeg's grey fill.
+
+    A flat background of exactly that grey (Ben Graham's Kaggle preprocessing, grey padding) decodes to
+    128 as well; it surrounds the picture, so it is at the start of the raster too, where a fill never is.
+    """
     rows, cols = _FILL_TAIL
     if img.shape[0] < rows or img.shape[1] < cols:
         return False
-    return bool((img[-rows:, -cols:] == _FILL_GREY).all())
+    return bool((img[-rows:, -cols:] == _FILL_GREY).all()) and not bool((img[:rows, :cols] == _FILL_GREY).all())
 
 
 def _damaged(source: str | None) -> ImageDecodeError:
@@ -346,17 +358,17 @@ def _damaged(source: str | None) -> ImageDecodeError:
                             "with grey); the file is damaged", source=source)
 
 
-def _to_uint8(img: np.ndarray) -> np.ndarray:
+def _to_uint8(img: np.ndarray, sample_max: int | None = None) -> np.ndarray:
     if img.dtype == np.uint8:
         return img
     if img.dtype == np.bool_:
         return img.astype(np.uint8) * 255
     if img.dtype == np.uint16:
-        # The full 16-bit range, whatever the picture's own brightest pixel: guessing the bit depth from it
-        # brightened a dark photograph past the gate's too-dark check (a 16-bit PNG of a too-dark photograph
-        # came out gradable). PNG stores fewer significant bits scaled up to 16 already; 12-bit data left
-        # unscaled in a 16-bit TIFF comes out dark, and the gate says so.
-        return cv2.convertScaleAbs(img, alpha=255.0 / 65535.0)
+        # The range the file declares (a TIFF's MaxSampleValue or BitsPerSample: 12-bit camera data), else
+        # the full 16 bits, never the picture's own brightest pixel: guessing the depth from it brightened
+        # a dark photograph past the gate's too-dark check. PNG stores fewer significant bits scaled up to
+        # 16 already.
+        return cv2.convertScaleAbs(img, alpha=255.0 / float(sample_max or 65535))
     if np.issubdtype(img.dtype, np.floating):
         scale = 255.0 if float(np.nanmax(img)) <= 1.0 else 1.0
         return np.clip(np.nan_to_num(img) * scale + 0.5, 0, 255).astype(np.uint8)
@@ -397,7 +409,8 @@ def decode(data: bytes, *, source: str | None = None, max_pixels: int = 120_000_
     _check_pixels(img.shape[1], img.shape[0], max_pixels, source)
     if fmt == "jpeg" and _ends_in_fill(img):
         raise _damaged(source)
-    return apply_orientation(_to_rgb(_to_uint8(img), source), image_orientation(data))
+    sample_max = tiff_sample_max(data) if fmt == "tiff" else None
+    return apply_orientation(_to_rgb(_to_uint8(img, sample_max), source), image_orientation(data))
 
 
 # Formats whose unreadable header (an odd but valid layout) still goes to the decoder, as before the header

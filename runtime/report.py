@@ -71,8 +71,24 @@ CLASS_WORDS: dict[str, str] = {
     "brvo": "branch retinal vein occlusion",
     "cataract": "cataract",
     "myopia": "pathological myopia",
+    "pathologic_myopia": "pathological myopia",
     "hypertensive": "hypertensive retinopathy",
+    "hypertensive_retinopathy": "hypertensive retinopathy",
     "drusen": "drusen",
+    "referable_dr": "diabetic retinopathy that needs an eye specialist (moderate or worse, or macular edema)",
+    "non_referable": "no diabetic retinopathy that needs referral (not a finding)",
+    "mild_npdr": "mild diabetic retinopathy (microaneurysms only)",
+    "moderate_npdr": "moderate non-proliferative diabetic retinopathy",
+    "severe_npdr": "severe non-proliferative diabetic retinopathy",
+    "early_amd": "early age-related macular degeneration",
+    "late_amd": "late age-related macular degeneration",
+    "csc": "central serous chorioretinopathy (fluid under the retina)",
+    "rao": "retinal artery occlusion",
+    "erm": "epiretinal membrane (a film on the retina)",
+    "cnv": "choroidal neovascularization (new vessels under the retina)",
+    "vmi": "vitreomacular interface disease",
+    "media_haze": "hazy view (clouded lens or vitreous)",
+    "other": "another retinal abnormality",
 }
 
 
@@ -117,7 +133,7 @@ REASON_TEXT: dict[str, ReasonText] = {
         "The file is damaged or not an image (empty, cut short or another format): copy it again from the camera."),
     "unsupported_format": ReasonText(
         "file type not supported",
-        "The file is not an ordinary photograph file (JPEG, PNG, TIFF, BMP, WebP or JPEG 2000), or uses a variant "
+        "The file is not an ordinary photograph file (JPEG, PNG, TIFF, BMP, WebP, JPEG 2000 or PNM), or uses a variant "
         "this program cannot read (12-bit or lossless JPEG): export the photograph as an ordinary JPEG, then screen it."),
     "unreadable": ReasonText(
         "cannot open file",

@@ -71,6 +71,10 @@ class ModelIdentity:
     classes: tuple[str, ...] = ()
     bundle: str = ""
     model_sha256: str = ""
+    #: How this runtime turns files into pixels (``preprocess.PREPROCESS_VERSION``; 0: not checked). A row
+    #: written under another version is screened again: the same file may now give other pixels or a
+    #: different verdict (a JPEG with a trailer was "damaged", a dark 16-bit PNG was brightened).
+    preprocess_version: int = 0
 
     @property
     def short(self) -> str:
@@ -286,6 +290,7 @@ class ResultStore:
             self.done: dict[str, str] = {}
             self.referred: set[str] = set()
             self._reasons: dict[str, tuple[str, ...]] = {}
+            self._versions: dict[str, Any] = {}  # key -> the preprocess_version its row was screened under
             self._by_name_size: dict[tuple[str, int], dict[str, str]] = {}  # -> {key: content sha256}
             self._final_by_path: dict[str, tuple[str, str]] = {}  # path -> (content sha256, key) of its last final row
             self.n_rows = 0
@@ -457,6 +462,7 @@ class ResultStore:
         key = str(row["key"])
         self.done[key] = str(row.get("status", ""))
         self._reasons[key] = tuple(str(x) for x in row.get("reasons") or ())
+        self._versions[key] = row.get("preprocess_version")
         if row.get("sha256") and self.done[key] in FINAL_STATUSES:
             self._final_by_path[_row_path(row)] = (str(row["sha256"]), key)
         if row.get("refer"):
@@ -474,8 +480,15 @@ class ResultStore:
                 del group[k]  # that file is gone: its row no longer stands for anything
 
     def is_done(self, key: str) -> bool:
-        """Whether ``key`` already has a final row (see :func:`is_final`); a failed one is retried."""
-        return key in self.done and is_final(self.done[key], self._reasons.get(key, ()))
+        """Whether ``key`` already has a final row (see :func:`is_final`) made by this runtime's decoding.
+
+        A failed row is retried, and so is one written under another preprocessing version (see
+        :attr:`ModelIdentity.preprocess_version`).
+        """
+        if key not in self.done or not is_final(self.done[key], self._reasons.get(key, ())):
+            return False
+        want = self.identity.preprocess_version if self.identity is not None else 0
+        return not want or self._versions.get(key) == want
 
     def find_moved(self, key: str, path: str | os.PathLike[str]) -> dict[str, Any] | None:
         """The final row of this same photograph screened under a path that no longer exists, or None.

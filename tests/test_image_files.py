@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from imagekit import draw_fake_fundus
+from tinybundle import tiny_bundle  # noqa: F401 - session fixture
 from uopsl.runtime import imagefile
 from uopsl.runtime import preprocess as P
 from uopsl.runtime.errors import ImageDecodeError, ImageFormatError, ImageTooLargeError
@@ -173,3 +174,73 @@ def test_a_webp_whose_size_cannot_be_read_is_not_decoded_blind(monkeypatch: pyte
     monkeypatch.setattr(P, "_imdecode", lambda *a, **k: pytest.fail("decoded without a size"))
     with pytest.raises(ImageDecodeError, match="the webp header cannot be read"):
         decode(b"RIFF\x20\x00\x00\x00WEBPXYZW" + bytes(24))
+
+
+def test_a_photograph_on_a_grey_background_is_not_taken_for_fill() -> None:
+    """Ben Graham's preprocessing (the common Kaggle copies of APTOS/EyePACS) leaves grey 128 around the field."""
+    img = draw_fake_fundus(256, seed=12)
+    field = img.max(axis=2) > 10
+    img[~field] = 128
+    data = _jpeg(img, [cv2.IMWRITE_JPEG_QUALITY, 95])
+    assert decode(data).shape == (256, 256, 3)
+    assert preprocess(data, PreprocessConfig(size=224)).image.shape == (224, 224, 3)
+
+
+def _tiff16(rgb16: np.ndarray, max_sample: int | None = None) -> bytes:
+    """A minimal uncompressed little-endian RGB TIFF of uint16 samples, with MaxSampleValue when given."""
+    import struct
+
+    h, w, _ = rgb16.shape
+    pixels = rgb16.astype("<u2").tobytes()
+    entries: list[tuple[int, int, int, int | bytes]] = [
+        (256, 3, 1, w), (257, 3, 1, h), (258, 3, 3, struct.pack("<3H", 16, 16, 16)), (259, 3, 1, 1),
+        (262, 3, 1, 2), (273, 4, 1, 0), (277, 3, 1, 3), (278, 3, 1, h), (279, 4, 1, len(pixels)), (284, 3, 1, 1)]
+    if max_sample is not None:
+        entries.append((281, 3, 3, struct.pack("<3H", *(max_sample,) * 3)))
+    entries.sort()
+    ifd_at = 8
+    extra_at = ifd_at + 2 + 12 * len(entries) + 4
+    extra = b""
+    body = b""
+    for tag, typ, count, value in entries:
+        if isinstance(value, bytes):
+            field = struct.pack("<I", extra_at + len(extra))
+            extra += value
+        elif tag == 273:
+            field = b"STRP"  # patched below, once the strip's offset is known
+        else:
+            field = struct.pack("<H", value) + b"\0\0" if typ == 3 else struct.pack("<I", value)
+        body += struct.pack("<HHI", tag, typ, count) + field
+    strip_at = extra_at + len(extra)
+    body = body.replace(b"STRP", struct.pack("<I", strip_at))
+    return b"II*\0" + struct.pack("<I", ifd_at) + struct.pack("<H", len(entries)) + body + b"\0" * 4 + extra + pixels
+
+
+def test_a_16bit_tiff_that_declares_12bit_data_is_scaled_by_it() -> None:
+    """12-bit camera data in a 16-bit TIFF came out 16x too dark once 16-bit files were read over the full range."""
+    img = draw_fake_fundus(64, seed=9)
+    twelve = ((img.astype(np.uint32) * 4095 + 127) // 255).astype(np.uint16)
+    declared = decode(_tiff16(twelve, max_sample=4095))
+    assert np.abs(declared.astype(int) - img).max() <= 1
+    silent = decode(_tiff16(twelve))  # no tag: the full 16-bit range, dark (the gate says so)
+    assert silent.max() <= 16
+
+
+def test_results_from_an_earlier_decoding_are_screened_again(tiny_bundle: Path, tmp_path: Path) -> None:
+    """A rerun skipped rows by file and model only: an upgrade's decoding fixes never reached an existing folder."""
+    import json
+
+    from tinybundle import fundus_jpeg
+    from uopsl.runtime.api import Screener
+
+    photos = [fundus_jpeg(tmp_path / "in" / f"{i}.jpg") for i in range(2)]
+    out = tmp_path / "out"
+    with Screener(tiny_bundle, backend="ort-cpu") as s:
+        assert s.screen_to(out, [str(p) for p in photos]).screened == 2
+        assert s.screen_to(out, [str(p) for p in photos]).screened == 0  # same decoding: skipped
+        rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+        assert {r["preprocess_version"] for r in rows} == {P.PREPROCESS_VERSION}
+        rows[0]["preprocess_version"] = P.PREPROCESS_VERSION - 1
+        del rows[1]["preprocess_version"]  # a row written before the field existed
+        (out / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        assert s.screen_to(out, [str(p) for p in photos]).screened == 2

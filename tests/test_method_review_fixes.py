@@ -91,3 +91,22 @@ def test_a_softmax_head_refuses_images_without_exactly_one_label(tmp_path: Path)
                                           r"1 have several .*--head sigmoid"):
         run_finetune(model, meta, items + [none, two], None, cfg, tmp_path / "ft")
     assert not (tmp_path / "ft").exists()
+
+
+def test_pretraining_reads_the_oct_pool_as_bscans(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The OCT pool must go through bscan_input (whole, letterboxed), not the fundus field-of-view crop."""
+    import uopsl.train.workflow as wf
+
+    built: list[str] = []
+    real = wf.ImageDataset
+
+    def recording(items, pre, cache=None, augment=False, modality="fundus"):  # type: ignore[no-untyped-def]
+        built.append(modality)
+        return real(items, pre, cache, augment=augment, modality=modality)
+
+    monkeypatch.setattr(wf, "ImageDataset", recording)
+    model, meta = tiny_model("uopsl")
+    items = tiny_items(tmp_path / "imgs", n=8)
+    wf.run_pretrain(model, meta, items, items, TrainConfig(epochs=1, batch_size=4, save_every=0, augment=False),
+                    tmp_path / "pre", cache=tmp_path / "cache")
+    assert built == ["fundus", "oct"]

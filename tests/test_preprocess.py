@@ -195,12 +195,13 @@ def test_decode_16bit_full_range(ext: str) -> None:
 
 
 def test_decode_12bit_in_16bit_container() -> None:
-    """16-bit data is read over the full 16-bit range, never by its own peak.
+    """16-bit data that declares no smaller range is read over the full 16-bit range, never by its own peak.
 
     Guessing the bit depth from the brightest pixel (the rule before session 14)
     brightened every dark 16-bit photograph past the gate's too-dark check. A
-    12-bit frame left unscaled in a 16-bit TIFF now comes out dark, and the gate
-    says so: a retake request, not a screening of an unseen retina.
+    12-bit frame left unscaled in a 16-bit TIFF that does not say so comes out
+    dark, and the gate says so: a retake request, not a screening of an unseen
+    retina (one that declares MaxSampleValue: tests/test_image_files.py).
     """
     img = draw_fake_fundus(128, seed=9)
     twelve = ((img.astype(np.uint32) * 4095 + 127) // 255).astype(np.uint16)

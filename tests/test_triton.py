@@ -215,7 +215,8 @@ def test_layout_one_model_per_servable_file(repo: Path, bundle: Path) -> None:
     marker = json.loads((repo / "uopsl_triton.json").read_text())
     assert marker["models"]["retina_int8"] == {
         "platform": "onnxruntime_onnx", "source": "model.int8.onnx", "precision": "int8-qdq-u8",
-        "parity": "not validated: model.int8.onnx has no parity record (run `uopsl validate` on this bundle)"}
+        "parity": "not validated: ort-cpu: model.int8.onnx has no parity record (run `uopsl validate` on this "
+                  "bundle)"}
     assert marker["models"]["retina"]["parity"] == "" and marker["left_out"] == {}
     assert marker["options"]["include_unvalidated"] is True and marker["options"]["max_batch"] == 8
     assert not [p for p in repo.parent.iterdir() if p.name.startswith(".")], "temporary folder left behind"
@@ -371,7 +372,8 @@ def test_unvalidated_and_stale_files_are_left_out(bundle: Path, tmp_path: Path, 
     assert sorted(p.name for p in repo.iterdir() if p.is_dir()) == ["uopsl"]
     left = json.loads((repo / "uopsl_triton.json").read_text())["left_out"]
     assert sorted(left) == ["model.fp16.engine", "model.int8.onnx", "model.old.engine"]
-    assert left["model.int8.onnx"].startswith("not validated: model.int8.onnx has no parity record")
+    assert left["model.int8.onnx"].startswith("not validated where Triton runs it (ort-cpu): ort-cpu: model.int8.onnx "
+                                              "has no parity record")
     assert left["model.old.engine"].startswith("stale: built from model.onnx with sha256 000000000000")
     assert "--include-unvalidated" in caplog.text
     again = write_triton_repository(b, tmp_path / "r2", include_unvalidated=True)  # never the stale engine
@@ -467,3 +469,23 @@ def test_the_tensorrt_int8_onnx_asks_for_the_tensorrt_accelerator(bundle: Path, 
     assert accel.name == "tensorrt" and dict(accel.parameters) == {"precision_mode": "INT8",
                                                                    "trt_engine_cache_enable": "1"}
     assert not parse_config(repo / "uopsl_int8" / "config.pbtxt").HasField("optimization")
+
+
+def test_a_file_is_served_where_it_passed_validation_only(bundle: Path, tmp_path: Path) -> None:
+    """The gate asked for a PASS on every recorded backend, not on the one Triton runs the file on."""
+    from uopsl.export.bundle_writer import record_parity
+    from uopsl.runtime.bundle import PARITY_GATE_DEFAULTS
+
+    ok = {"passed": True, "verdict": "PASS", "reasons": [], "n_images": 150, "gates": dict(PARITY_GATE_DEFAULTS),
+          "data": {"spec": "synthetic:test"}, "reference": "PyTorch"}
+    bad = {"passed": False, "verdict": "FAIL", "reasons": ["flip_rate 0.1 > 0.005"]}
+    b = shutil.copytree(bundle, tmp_path / "b")
+    record_parity(b, {"model.int8.onnx": {"ort-cpu": ok, "openvino": bad}})  # Triton's CPU instance is ORT
+    repo = write_triton_repository(b, tmp_path / "r")
+    cfg = parse_config(repo / "uopsl_int8" / "config.pbtxt")
+    assert cfg.parameters["uopsl_parity"].string_value == "PASS on ort-cpu"
+    assert enum_name(cfg.instance_group[0], "kind") == "KIND_CPU"
+    # Moved to a GPU, the same file runs on ONNX Runtime's CUDA provider, where it was never validated.
+    gpu = write_triton_repository(b, tmp_path / "r2", onnx_device="gpu")
+    left = json.loads((gpu / "uopsl_triton.json").read_text())["left_out"]
+    assert left["model.int8.onnx"].startswith("not validated where Triton runs it (ort-cuda): ort-cuda: ")

@@ -70,3 +70,16 @@ def test_validation_csv_with_a_bom_or_a_code_page(tmp_path: Path) -> None:
     p.write_bytes("path\nÖ.jpg\n".encode("cp1252"))
     with pytest.raises(DataError, match="the validation CSV is not UTF-8 text"):
         _csv_records(p)
+
+
+def test_a_screening_list_in_a_code_page_is_one_error(tmp_path: Path) -> None:
+    """A list saved in a Windows code page gave one 'missing file' row per non-ASCII name (M\ufffdller.png)."""
+    from uopsl.runtime.pipeline import iter_inputs
+
+    good = tmp_path / "list.txt"
+    good.write_bytes(BOM + "a.jpg\nMüller.png\n".encode())
+    assert [Path(it.source).name for it in iter_inputs([good])] == ["a.jpg", "Müller.png"]
+    bad = tmp_path / "old.txt"
+    bad.write_bytes("a.jpg\nMüller.png\n".encode("cp1252"))
+    with pytest.raises(ConfigError, match=r"old\.txt: the image list is not UTF-8 text \(invalid"):
+        list(iter_inputs([bad]))

@@ -189,6 +189,15 @@ def save_state(folder: Path, model: torch.nn.Module, opt: torch.optim.Optimizer,
     write_json(folder / "state.json", {**info, "param_groups": sd["param_groups"]})
 
 
+def peek_state(folder: Path) -> dict[str, Any] | None:
+    """The info of the training state in ``folder`` (its tag, stage, position), without loading tensors; or None."""
+    sj, st = folder / "state.json", folder / "state.safetensors"
+    if not (sj.is_file() and st.is_file()):
+        return None
+    info = json.loads(sj.read_text())
+    return info if isinstance(info, dict) else None
+
+
 def load_state(folder: Path, model: torch.nn.Module, opt: torch.optim.Optimizer) -> dict[str, Any] | None:
     """Restore a training state if the folder has one; returns its info or None."""
     sj, st = folder / "state.json", folder / "state.safetensors"
@@ -196,7 +205,11 @@ def load_state(folder: Path, model: torch.nn.Module, opt: torch.optim.Optimizer)
         return None
     info = json.loads(sj.read_text())
     tensors = _load_tensors(st)
-    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    try:
+        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    except RuntimeError as exc:  # another architecture: missing/unexpected keys or other shapes
+        raise CheckpointError(f"{st}: the interrupted run's weights do not fit this model "
+                              f"({str(exc).splitlines()[0]}); rerun in a new --out folder") from None
     state: dict[int, dict[str, torch.Tensor]] = {}
     for k, v in tensors.items():
         if k.startswith("opt."):

@@ -367,6 +367,7 @@ ALIASES: dict[str, str] = {
     "diabetic_macular_oedema": "dme",
     "age_related_macular_degeneration": "amd",
     "pathological_myopia": "pathologic_myopia",
+    "myopia": "pathologic_myopia",  # ODIR's and RFMiD's myopia codes are its fundus signs
     "retinitis_pigmentosa": "rp",
     "central_serous_chorioretinopathy": "csc",
     "retinal_vein_occlusion": "rvo",

@@ -393,6 +393,7 @@ def site_concentration_report(maps: np.ndarray, targets: np.ndarray, names: Sequ
         raise ConfigError(f"site_concentration_report needs one map, target, mask and geometry per image, got "
                           f"{len(maps)}, {len(targets)}, {len(masks)} and {len(geometries)}")
     h, w = maps.shape[2:]
+    region = np.ones((h, w), bool) if inside is None else np.asarray(inside, bool)
     pairs: list[tuple[int, int, np.ndarray]] = []  # (image, class, mask cover on the grid)
     for i, (mfile, geom) in enumerate(zip(masks, geometries)):
         if not mfile or geom is None:
@@ -401,11 +402,10 @@ def site_concentration_report(maps: np.ndarray, targets: np.ndarray, names: Sequ
         for k, name in enumerate(names):
             if name in per_class and targets[i, k] > 0:
                 cover = mask_to_grid(per_class[name], geom, h, w)
-                if float(cover.sum()) > 0:
+                if float(cover[region].sum()) > 0:  # a mask wholly outside the cells the map weighs: no ratio
                     pairs.append((i, k, cover))
     if not pairs:
         return {}
-    region = np.ones((h, w), bool) if inside is None else np.asarray(inside, bool)
     priors = {k: np.mean([c for _, kk, c in pairs if kk == k], axis=0) * region for k in {k for _, k, _ in pairs}}
     pooled = np.mean([c for _, _, c in pairs], axis=0) * region
     out: dict[str, Any] = {}

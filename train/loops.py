@@ -38,10 +38,12 @@ from torch import nn
 
 from uopsl.runtime.errors import ConfigError
 from uopsl.runtime.fsio import write_text
+from uopsl.runtime.preprocess import PREPROCESS_VERSION
 from uopsl.runtime import progress as progress_bars
 from uopsl.train import losses
-from uopsl.train.checkpoint import clear_state, load_state, save_state
+from uopsl.train.checkpoint import clear_state, load_state, peek_state, save_state
 from uopsl.train.model import UopslModel
+from uopsl.train.torchdata import OCT_INPUT
 
 log = logging.getLogger(__name__)
 
@@ -191,8 +193,9 @@ def steps_per_epoch(n: int, bs: int, d: Dist) -> int:
     return epoch_length(n, bs, d) // (bs * d.world)
 
 
-def run_tag(stage: str, cfg: TrainConfig, fingerprint: str, world: int) -> str:
-    """What a resumed run must share with the interrupted one: stage, settings, data, world size.
+def run_tag(stage: str, cfg: TrainConfig, fingerprint: str, world: int, model: dict[str, Any] | None = None) -> str:
+    """What a resumed run must share with the interrupted one: stage, settings, data, world size, and
+    (``model``) the architecture and how files become pixels.
 
     ``w_site_guide`` counts only where it acts (fine-tuning, weight > 0), so
     runs interrupted before the option existed resume (fine-tuning ones with
@@ -201,7 +204,8 @@ def run_tag(stage: str, cfg: TrainConfig, fingerprint: str, world: int) -> str:
     settings = cfg.to_dict()
     if stage != "finetune" or not cfg.w_site_guide:
         settings.pop("w_site_guide")
-    return hashlib.sha256(json.dumps([stage, settings, fingerprint, world]).encode()).hexdigest()[:16]
+    parts: list[Any] = [stage, settings, fingerprint, world] + ([model] if model is not None else [])
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]  # without model: the tag runs had before
 
 
 # -- the loop -------------------------------------------------------------------
@@ -240,19 +244,24 @@ class StageRunner:
             self.broadcast_buffers()  # every rank starts from rank 0's statistics (the weights are seeded alike)
         self.amp = cfg.amp and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
-        self.tag = run_tag(stage, cfg, fingerprint, self.dist.world)
+        self.tag = run_tag(stage, cfg, fingerprint, self.dist.world,
+                           {"config": model.config.to_dict(), "inputs": [PREPROCESS_VERSION, OCT_INPUT]})
         self.info: dict[str, Any] = {"tag": self.tag, "epoch": 0, "step": 0, "global_step": 0, "history": []}
         self.saved_at: tuple[int, int] | None = None  # (epoch from 0, step) of the last checkpoint
 
     def resume(self) -> bool:
+        peek = peek_state(self.out)
+        if peek is None:
+            return False
+        if peek.get("tag") != self.tag:  # before any tensor loads: another model's weights would not fit
+            raise ConfigError(
+                f"{self.out} holds an interrupted {peek.get('stage', 'training')} run with other settings, data "
+                "or model (or one made by an earlier uopsl, whose models or preprocessing differ); rerun with the "
+                "same settings to resume it, or use a new --out folder"
+            )
         info = load_state(self.out, self.model, self.opt)
         if info is None:
             return False
-        if info.get("tag") != self.tag:
-            raise ConfigError(
-                f"{self.out} holds an interrupted {info.get('stage', 'training')} run with other settings or data; "
-                "rerun with the same settings to resume it, or use a new --out folder"
-            )
         self.info = info
         self.saved_at = (int(info["epoch"]), int(info["step"]))
         self._trim_log()
@@ -332,6 +341,8 @@ class StageRunner:
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
             grads.append(p.grad)
+        if not grads:  # no parameter got a gradient on any rank: nothing to average
+            return
         flat = torch.cat([g.reshape(-1) for g in grads])
         dist.all_reduce(flat)
         flat /= self.dist.world
@@ -341,9 +352,21 @@ class StageRunner:
             offset += g.numel()
 
     def broadcast_buffers(self) -> None:
-        """Rank 0's buffers (BatchNorm running statistics) on every rank, as DistributedDataParallel keeps them."""
-        for b in self.model.buffers():
-            dist.broadcast(b, 0)
+        """Rank 0's BatchNorm running statistics on every rank, as DistributedDataParallel keeps buffers.
+
+        Only BatchNorm's: the model's other buffers (class text, masks, normalisation) never change in
+        training. One collective per dtype, not per buffer.
+        """
+        bufs = [b for m in self.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+                for b in m.buffers(recurse=False)]
+        for dtype in sorted({b.dtype for b in bufs}, key=str):
+            group = [b for b in bufs if b.dtype == dtype]
+            flat = torch.cat([b.reshape(-1) for b in group])
+            dist.broadcast(flat, 0)
+            offset = 0
+            for b in group:
+                b.copy_(flat[offset : offset + b.numel()].view_as(b))
+                offset += b.numel()
 
     def log_row(self, row: dict[str, Any]) -> None:
         if not self.dist.main:

@@ -106,7 +106,7 @@ def run_identity(stage: str, cfg: TrainConfig, model: UopslModel, *item_lists: S
     """
     settings = {k: v for k, v in cfg.to_dict().items() if k not in _HOW_NOT_WHAT}
     # How files become pixels: a model trained on other pixels of the same files is another run.
-    settings["inputs"] = [PREPROCESS_VERSION, OCT_INPUT]
+    settings["inputs"] = [PREPROCESS_VERSION] + ([OCT_INPUT] if stage == "pretrain" and model.config.uses_oct else [])
     data = hashlib.sha256()
     for items in item_lists:
         for it in items or ():
@@ -153,8 +153,9 @@ def finished_run(out: Path, stage: str, want: dict[str, str]) -> bool:
     differ = [k for k in ("model", "settings", "data") if have.get(k) != want.get(k)]
     if differ:
         raise ConfigError(
-            f"{out} holds a finished {stage} run of another {', '.join(differ)} than this command's; it is not "
-            "reused or overwritten: write to a new --out, or delete the folder to train it again")
+            f"{out} holds a finished {stage} run of another {', '.join(differ)} than this command's (or one made "
+            "by an earlier uopsl, whose models or preprocessing differ); it is not reused or overwritten: write to a "
+            "new --out, or delete the folder to train it again")
     said = (str(out), stage)
     if said not in _SAID_REUSED:  # a command checks before writing its config, then the stage checks again
         _SAID_REUSED.add(said)

@@ -35,7 +35,9 @@ log = logging.getLogger(__name__)
 
 MODALITIES: tuple[str, ...] = ("fundus", "oct")
 EYES: tuple[str, ...] = ("left", "right")
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp"})
+# What the runtime decodes (runtime.pipeline.IMAGE_SUFFIXES), so a folder dataset reads what screening reads.
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".tif", ".tiff", ".bmp", ".webp", ".jp2",
+                              ".ppm", ".pgm"})
 OnMissing = Literal["error", "skip"]
 T = TypeVar("T")
 
