@@ -313,6 +313,12 @@ class Screener:
                               "pass the store of that same output folder, or none")
         opened = contextlib.nullcontext(store) if store is not None else ResultStore(out, self.identity)
         with opened as store:
+            again = store.earlier_version_rows()
+            if again and not store.said_earlier_versions:
+                store.said_earlier_versions = True
+                log.warning("%s: %d photograph(s) were screened by an earlier uopsl that decoded some files "
+                            "differently; each is screened again when it is among the inputs (the new row "
+                            "replaces the old; start a new --out to keep the earlier results)", out, again)
             seen: set[str] = set()
             walk = WalkState(exclude=[out])
             source = given if given is not None else inputs

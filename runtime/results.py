@@ -291,6 +291,7 @@ class ResultStore:
             self.referred: set[str] = set()
             self._reasons: dict[str, tuple[str, ...]] = {}
             self._versions: dict[str, Any] = {}  # key -> the preprocess_version its row was screened under
+            self.said_earlier_versions = False  # screen_to's note about them, once per store (watch reuses one)
             self._by_name_size: dict[tuple[str, int], dict[str, str]] = {}  # -> {key: content sha256}
             self._final_by_path: dict[str, tuple[str, str]] = {}  # path -> (content sha256, key) of its last final row
             self.n_rows = 0
@@ -489,6 +490,14 @@ class ResultStore:
             return False
         want = self.identity.preprocess_version if self.identity is not None else 0
         return not want or self._versions.get(key) == want
+
+    def earlier_version_rows(self) -> int:
+        """How many photographs have a final row screened under another preprocessing version (screened again)."""
+        want = self.identity.preprocess_version if self.identity is not None else 0
+        if not want:
+            return 0
+        return sum(1 for k, st in self.done.items()
+                   if is_final(st, self._reasons.get(k, ())) and self._versions.get(k) != want)
 
     def find_moved(self, key: str, path: str | os.PathLike[str]) -> dict[str, Any] | None:
         """The final row of this same photograph screened under a path that no longer exists, or None.

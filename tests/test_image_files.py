@@ -7,6 +7,7 @@ runtime does not read, lossless JPEGs and oversized files.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import cv2
@@ -226,7 +227,8 @@ def test_a_16bit_tiff_that_declares_12bit_data_is_scaled_by_it() -> None:
     assert silent.max() <= 16
 
 
-def test_results_from_an_earlier_decoding_are_screened_again(tiny_bundle: Path, tmp_path: Path) -> None:
+def test_results_from_an_earlier_decoding_are_screened_again(tiny_bundle: Path, tmp_path: Path,
+                                                             caplog: pytest.LogCaptureFixture) -> None:
     """A rerun skipped rows by file and model only: an upgrade's decoding fixes never reached an existing folder."""
     import json
 
@@ -243,4 +245,6 @@ def test_results_from_an_earlier_decoding_are_screened_again(tiny_bundle: Path, 
         rows[0]["preprocess_version"] = P.PREPROCESS_VERSION - 1
         del rows[1]["preprocess_version"]  # a row written before the field existed
         (out / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-        assert s.screen_to(out, [str(p) for p in photos]).screened == 2
+        with caplog.at_level(logging.WARNING, logger="uopsl.runtime.api"):
+            assert s.screen_to(out, [str(p) for p in photos]).screened == 2
+        assert "2 photograph(s) were screened by an earlier uopsl" in caplog.text
