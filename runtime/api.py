@@ -25,10 +25,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from uopsl.runtime.backends import Selection, open_backend
+import numpy as np
+
+from uopsl.runtime.backends import Selection, detect_availability, open_backend
 from uopsl.runtime.backends.base import Backend, check_gpu_index
 from uopsl.runtime.bundle import Manifest, read_manifest, verify_or_raise
-from uopsl.runtime.errors import ConfigError
+from uopsl.runtime.errors import BackendError, ConfigError
 from uopsl.runtime import progress as progress_bars
 from uopsl.runtime.overlay import OVERLAY_DIR, THUMB_DIR, write_overlay, write_thumbnail
 from uopsl.runtime.pipeline import (
@@ -45,6 +47,7 @@ from uopsl.runtime.pipeline import (
     display_path,
     iter_inputs,
     key_path,
+    one_or_many,
 )
 from uopsl.runtime.preprocess import PREPROCESS_VERSION
 from uopsl.runtime.report_days import write_reports
@@ -177,20 +180,27 @@ class Screener:
                                                preprocess_version=PREPROCESS_VERSION)
         self.backend_name = backend
         self.precision = precision
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+            raise ConfigError(f"threads must be an integer >= 1 (or None: the runtime's default), got {threads!r}")
         self.threads = threads
         self.config = PipelineConfig(batch_size=batch_size, workers=workers, infer_ungradable=infer_ungradable,
                                      max_inference_failures=max_inference_failures)
         self.quality_config = quality_config
         self._backend: Backend | None = None
+        self._depth = 0  # nested `with` blocks open on this Screener
         self._health = InferenceHealth(max_inference_failures)
 
     # -- lifecycle ---------------------------------------------------------------------------
     def __enter__(self) -> Screener:
         self.open()
+        self._depth += 1  # a nested `with` on the same Screener leaves the outer one open
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.close()
+        self._depth -= 1
+        if self._depth <= 0:
+            self._depth = 0
+            self.close()
 
     def open(self) -> None:
         if self._backend is None:
@@ -198,7 +208,23 @@ class Screener:
             # (2-core x86, ResNet-18 INT8 on ONNX Runtime: ~10 % more photographs per second).
             b = open_backend(self.bundle, self.backend_name, self.precision, self.threads, manifest=self.manifest,
                              spin=False, device=self.device, batch=self.config.batch_size)
-            b.__enter__()
+            try:
+                b.__enter__()
+            except BackendError as exc:
+                if self.backend_name != "auto" or b.name not in ("ort-cuda", "ort-trt", "tensorrt"):
+                    raise
+                # ONNX Runtime lists its GPU providers whenever the GPU wheel is installed, even where no GPU
+                # or no matching CUDA works: `auto` then picks what cannot start. Choose again without the GPU.
+                log.warning("backend %s could not start (%s); choosing again without the GPU", b.name, exc)
+                av = detect_availability()
+                cpu_only = replace(av, ort_providers=tuple(p for p in av.ort_providers
+                                                           if p not in ("CUDAExecutionProvider",
+                                                                        "TensorrtExecutionProvider")),
+                                   tensorrt=False)
+                b = open_backend(self.bundle, "auto", self.precision, self.threads, manifest=self.manifest,
+                                 availability=cpu_only, spin=False, device=self.device,
+                                 batch=self.config.batch_size)
+                b.__enter__()
             self._backend = b
             self._health = InferenceHealth(self.config.max_inference_failures)
 
@@ -302,6 +328,10 @@ class Screener:
         again, which would read all of results.jsonl each time. It is left open.
         """
         out = Path(out_dir)
+        if isinstance(inputs, (bytes, bytearray, memoryview, np.ndarray)):  # before the output folder exists
+            raise ConfigError("screen_to screens files (paths, folders, list files): it writes rows keyed by "
+                              "the file; for image bytes or arrays use screen() or screen_many()")
+        inputs = one_or_many(inputs)  # one path is one input, not its characters
         given = list(inputs) if isinstance(inputs, (list, tuple)) else None
         if given is not None:
             check_inputs(given)

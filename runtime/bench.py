@@ -157,8 +157,14 @@ def time_backend(backend: Backend, batches: tuple[int, ...], iters: int, warmup:
     return rows
 
 
-def time_preprocess(blobs: list[bytes], manifest: Manifest) -> dict[str, Any]:
-    """Per-image decode + preprocess latency, single thread."""
+def time_preprocess(blobs: list[bytes], manifest: Manifest, warmup: int = 2) -> dict[str, Any]:
+    """Per-image decode + preprocess latency, single thread; the first ``warmup`` images untimed (caches, lazy
+    imports: the cold first call took ~6x the median)."""
+    for data in blobs[: min(warmup, max(len(blobs) - 1, 0))]:
+        try:
+            preprocess(data, manifest.preprocess)
+        except UopslError:
+            pass
     durations = []
     for data in blobs:
         t0 = time.perf_counter()
@@ -234,13 +240,17 @@ def run_bench(bundle: str | os.PathLike[str], backend: str = "auto", precision: 
         blobs = [synthetic_jpeg(i) for i in range(cfg.preprocess_images)]
         e2e_sources = [blobs[i % len(blobs)] for i in range(cfg.e2e_images)]
         data_desc = "synthetic 512x512 JPEG fundus-like images"
-    prep = time_preprocess(blobs, m)
-    model_inputs = []
-    for data in blobs[: max(cfg.batches)]:
+    prep = time_preprocess(blobs, m, cfg.warmup)
+    model_inputs: list[np.ndarray] = []
+    for data in blobs:  # the first max(batches) photographs that preprocess (broken ones are skipped)
+        if len(model_inputs) >= max(cfg.batches):
+            break
         try:
             model_inputs.append(preprocess(data, m.preprocess).image)
         except UopslError:
             continue
+    if not model_inputs:
+        raise ConfigError(f"none of the {len(blobs)} benchmark images could be preprocessed")
     batch_images = np.stack(model_inputs)
     result: dict[str, Any] = {"machine": machine_info(), "bundle": str(root), "model": m.model_name,
                               "backbone": m.backbone, "input_size": m.preprocess.size, "data": data_desc,
@@ -250,7 +260,9 @@ def run_bench(bundle: str | os.PathLike[str], backend: str = "auto", precision: 
         result["auto"] = {"backend": sel.backend, "precision": sel.precision, "file": sel.file, "reason": sel.reason}
     except UopslError as exc:
         result["auto"] = {"error": str(exc)}
-    for name, prec in _cases(root, m, backend, precision):
+    cases = _cases(root, m, backend, precision)
+    result["failed"] = []
+    for name, prec in cases:
         # As a screening run opens it (Screener): ONNX Runtime without spin-waiting.
         b = open_backend(root, name, prec, cfg.threads, manifest=m, measure=False if name != "auto" else None,
                          spin=False, batch=max(cfg.batches))
@@ -258,7 +270,16 @@ def run_bench(bundle: str | os.PathLike[str], backend: str = "auto", precision: 
         if opened is None:  # open_backend always records its choice; a None here is a bug, not bad input
             raise BackendError(f"open_backend({name!r}, {prec!r}) returned a backend without its selection")
         log.info("bench: %s", b.describe())
-        with b:
+        try:
+            b.__enter__()
+        except UopslError as exc:
+            if len(cases) == 1:
+                raise
+            # One backend that cannot start here (a GPU wheel without a working GPU) must not lose the others.
+            log.warning("bench: %s %s could not start: %s", name, prec, exc)
+            result["failed"].append({"backend": name, "precision": prec, "error": str(exc)})
+            continue
+        try:
             rows = time_backend(b, cfg.batches, cfg.iters, cfg.warmup, batch_images)
             for r in rows:
                 result["cases"].append({"backend": opened.backend, "precision": opened.precision, "file": opened.file,
@@ -270,6 +291,8 @@ def run_bench(bundle: str | os.PathLike[str], backend: str = "auto", precision: 
                 e2e["inference_ips"] = pure
                 e2e["ratio"] = round(e2e["throughput_ips"] / pure, 3)
                 result["e2e"].append({"backend": opened.backend, "precision": opened.precision, "requested": name, **e2e})
+        finally:
+            b.__exit__(None, None, None)
     return result
 
 
@@ -284,6 +307,8 @@ def format_table(result: dict[str, Any]) -> str:
     if "auto" in result:
         a = result["auto"]
         lines.append(f"auto picks: {a.get('backend')} {a.get('precision')} ({a.get('reason', a.get('error'))})")
+    for f in result.get("failed", []):
+        lines.append(f"not measured: {f['backend']} {f['precision']}: {f['error']}")
     hdr = f"{'backend':10s} {'precision':12s} {'batch':>5s} {'p50 ms':>9s} {'p90 ms':>9s} {'p99 ms':>9s} {'img/s':>9s}"
     lines += ["", hdr, "-" * len(hdr)]
     for c in result["cases"]:

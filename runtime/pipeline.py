@@ -139,7 +139,10 @@ def file_key(path: str | os.PathLike[str]) -> str:
     once. ``os.path.realpath`` rather than ``Path.resolve``: it never raises on
     a symbolic-link loop (Python 3.10 raises RuntimeError there).
     """
-    p = os.path.realpath(os.fspath(path))
+    try:
+        p = os.path.realpath(os.fspath(path))
+    except OSError:  # a link it may not read (/proc/1/cwd): the path as given, made absolute
+        p = os.path.abspath(os.fspath(path))
     try:
         st = os.stat(p)
     except OSError:
@@ -461,9 +464,20 @@ def check_rgb_array(a: np.ndarray, what: str = "the array") -> None:
                           "channel with a[..., :3], move channels last with a.transpose(1, 2, 0)")
 
 
+def one_or_many(inputs: Any) -> Iterable[Any]:
+    """``inputs`` as an iterable of inputs: a single path, bytes or array is one input, not a sequence of them.
+
+    A path string iterated is its characters, and an absolute one starts with ``/``: screening that walked
+    the whole file system.
+    """
+    if isinstance(inputs, (str, os.PathLike, bytes, bytearray, memoryview, np.ndarray, InputItem)):
+        return [inputs]
+    return inputs
+
+
 def as_items(things: Iterable[Any]) -> Iterator[InputItem]:
-    """Accept InputItems, paths, bytes or RGB arrays (what the Python API takes)."""
-    for i, t in enumerate(things):
+    """Accept InputItems, paths, bytes or RGB arrays (what the Python API takes); a single one is one input."""
+    for i, t in enumerate(one_or_many(things)):
         if isinstance(t, InputItem):
             yield t
         elif isinstance(t, (bytes, bytearray, memoryview)):

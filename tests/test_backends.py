@@ -288,11 +288,14 @@ def test_auto_without_openvino_or_int8_is_ort_cpu_fp32(tiny_bundle: Path, cache:
     assert sel.backend == "ort-cpu" and "no INT8" in sel.reason
 
 
-def test_explicit_gpu_backends_without_gpu_are_bundle_errors(tiny_bundle: Path) -> None:
+def test_explicit_gpu_backends_without_gpu_are_clear_errors(tiny_bundle: Path) -> None:
+    from uopsl.runtime.errors import MissingDependencyError
+
     av = Availability(CPU)
-    with pytest.raises(BundleError, match="onnxruntime-gpu"):
+    # A missing package is the documented MissingDependencyError (an ImportError to catch and fall back).
+    with pytest.raises(MissingDependencyError, match="onnxruntime-gpu"):
         select_backend(tiny_bundle, "ort-cuda", availability=av)
-    with pytest.raises(BundleError, match="TensorRT"):
+    with pytest.raises(MissingDependencyError, match="TensorRT"):
         select_backend(tiny_bundle, "tensorrt", availability=av)
     with pytest.raises(BundleError, match="has none"):
         select_backend(tiny_bundle, "tensorrt", availability=Availability(CPU, tensorrt=True))

@@ -38,7 +38,7 @@ from pathlib import Path
 
 from uopsl.runtime.backends.base import Backend, TensorSpec, check_gpu_index
 from uopsl.runtime.bundle import FileEntry, Manifest, parity_status, read_manifest
-from uopsl.runtime.errors import BackendError, BundleError, ConfigError, UopslError
+from uopsl.runtime.errors import BackendError, BundleError, ConfigError, MissingDependencyError, UopslError
 from uopsl.runtime.fsio import sha256_file, write_json
 from uopsl.runtime.optional import available, dist_version
 
@@ -112,7 +112,7 @@ class ModelFileBackend(Backend):
         return self.name
 
     def describe(self) -> str:
-        threads = f", {self.threads} threads" if self.threads else ""
+        threads = f", {self.threads} thread{'s' if self.threads != 1 else ''}" if self.threads else ""
         return f"{self._label()} ({self._precision}, {self.path.name}{threads})"
 
     def _check_file(self) -> None:
@@ -225,9 +225,10 @@ def _measure_speedup(fp32: Path, int8: Path, fp32_precision: str, int8_precision
                 times.append(time.perf_counter() - t0)
         return float(np.median(times)) * 1e3
 
-    ort_ms = median_ms(OrtBackend(fp32, "cpu", threads, precision=fp32_precision))
+    # Without spin-waiting, as the Screener runs ONNX Runtime (spinning moves batch-1 latency by up to ~1 ms).
+    ort_ms = median_ms(OrtBackend(fp32, "cpu", threads, precision=fp32_precision, spin=False))
     int8_backend: Backend = (OpenVinoBackend(int8, "CPU", threads, precision=int8_precision) if runtime == "openvino"
-                             else OrtBackend(int8, "cpu", threads, precision=int8_precision))
+                             else OrtBackend(int8, "cpu", threads, precision=int8_precision, spin=False))
     int8_ms = median_ms(int8_backend)
     log.info("measured batch-1 latency: ORT CPU FP32 %.1f ms, %s INT8 %.1f ms", ort_ms, _RUNTIME_LABEL[runtime],
              int8_ms)
@@ -252,7 +253,8 @@ def cpu_int8_speedup(
     ``(None, why)`` when nothing is known.
     """
     key = "|".join([fp32.sha256 or fp32.path, int8.sha256 or int8.path, cpu_name(), _lib_versions(), str(threads)]
-                   + ([] if runtime == "openvino" else [runtime]))  # OpenVINO keys stay those of older caches
+                   + ([] if runtime == "openvino" else [runtime])  # OpenVINO keys stay those of older caches
+                   + ["no-spin"])  # figures measured with spin-waiting (before session 14) are measured again
     cache = cache_dir() / "cpu_int8_speedup.json"
     try:
         known = json.loads(cache.read_text(encoding="utf-8"))
@@ -423,7 +425,7 @@ def select_backend(
     # -- explicit backend ------------------------------------------------------------
     if name == "tensorrt":
         if not av.tensorrt:
-            raise BundleError("backend tensorrt needs TensorRT and a CUDA binding: pip install 'uopsl[trt]' "
+            raise MissingDependencyError("backend tensorrt needs TensorRT and a CUDA binding: pip install 'uopsl[trt]' "
                               "(on a Jetson: sudo apt install python3-libnvinfer, and cuda-python of JetPack's CUDA)")
         reasons = []
         for e in _engines(m, precision):
@@ -443,11 +445,13 @@ def select_backend(
         )
     if name in ("ort-cpu", "ort-cuda", "ort-trt", "openvino"):
         if name == "openvino" and not av.openvino:
-            raise BundleError("backend openvino needs OpenVINO: pip install 'uopsl[openvino]'")
+            raise MissingDependencyError("backend openvino needs OpenVINO: pip install 'uopsl[openvino]'")
         if name == "ort-cuda" and not av.ort_cuda:
-            raise BundleError(f"backend ort-cuda needs onnxruntime-gpu; this ONNX Runtime offers {list(av.ort_providers)}")
+            raise MissingDependencyError(f"backend ort-cuda needs onnxruntime-gpu; this ONNX Runtime offers "
+                                         f"{list(av.ort_providers)}")
         if name == "ort-trt" and not av.ort_trt:
-            raise BundleError(f"backend ort-trt needs onnxruntime-gpu with TensorRT; this one offers {list(av.ort_providers)}")
+            raise MissingDependencyError(f"backend ort-trt needs onnxruntime-gpu with TensorRT; this one offers "
+                                         f"{list(av.ort_providers)}")
         p = precision
         why = f"{p} requested"
         if p == "auto":
@@ -589,8 +593,14 @@ def backend_table(bundle: str | os.PathLike[str], manifest: Manifest | None = No
         rows.append(("tensorrt", False, "needs TensorRT and a CUDA binding (pip install 'uopsl[trt]')"))
     else:
         for e in engines:
-            why = engine_mismatch(root / e.path)
-            rows.append(("tensorrt", why is None, f"{e.path} ({e.precision}): " + ("matches this machine" if why is None else why)))
+            # What `auto` checks too: the machine, and that the engine was built from the bundle's model as it is.
+            why = engine_mismatch(root / e.path) or engine_stale(root, m, e)
+            note = "matches this machine" if why is None else why
+            if why is None and e.precision == "int8":
+                ok, why_not = validated_file(root, e, "tensorrt", m)
+                if not ok:
+                    note += f"; INT8 is not used unasked: {why_not}"
+            rows.append(("tensorrt", why is None, f"{e.path} ({e.precision}): {note}"))
     return rows
 
 
