@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import numbers
 import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
@@ -27,10 +28,10 @@ from typing import Any
 
 import numpy as np
 
-from uopsl.runtime.backends import Selection, detect_availability, open_backend
+from uopsl.runtime.backends import Selection, open_and_enter
 from uopsl.runtime.backends.base import Backend, check_gpu_index
 from uopsl.runtime.bundle import Manifest, read_manifest, verify_or_raise
-from uopsl.runtime.errors import BackendError, ConfigError
+from uopsl.runtime.errors import ConfigError
 from uopsl.runtime import progress as progress_bars
 from uopsl.runtime.overlay import OVERLAY_DIR, THUMB_DIR, write_overlay, write_thumbnail
 from uopsl.runtime.pipeline import (
@@ -109,6 +110,14 @@ class ScreeningInterrupted(KeyboardInterrupt):
         self.summary = summary
 
 
+def _refuse_in_memory(inputs: Iterable[Any]) -> None:
+    """screen_to writes rows keyed by the file: image bytes, arrays or in-memory items are a ConfigError."""
+    for x in inputs:
+        if isinstance(x, (bytes, bytearray, memoryview, np.ndarray)) or (isinstance(x, InputItem) and x.path is None):
+            raise ConfigError("screen_to screens files (paths, folders, list files): it writes rows keyed by the "
+                              "file; for image bytes or arrays use screen() or screen_many()")
+
+
 class Screener:
     """Screen fundus photographs with a bundle: a context manager owning the backend.
 
@@ -180,9 +189,10 @@ class Screener:
                                                preprocess_version=PREPROCESS_VERSION)
         self.backend_name = backend
         self.precision = precision
-        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, numbers.Integral)
+                                    or threads < 1):
             raise ConfigError(f"threads must be an integer >= 1 (or None: the runtime's default), got {threads!r}")
-        self.threads = threads
+        self.threads = None if threads is None else int(threads)
         self.config = PipelineConfig(batch_size=batch_size, workers=workers, infer_ungradable=infer_ungradable,
                                      max_inference_failures=max_inference_failures)
         self.quality_config = quality_config
@@ -206,25 +216,8 @@ class Screener:
         if self._backend is None:
             # No spin-waiting: the pipeline's decoding threads share the cores with inference
             # (2-core x86, ResNet-18 INT8 on ONNX Runtime: ~10 % more photographs per second).
-            b = open_backend(self.bundle, self.backend_name, self.precision, self.threads, manifest=self.manifest,
-                             spin=False, device=self.device, batch=self.config.batch_size)
-            try:
-                b.__enter__()
-            except BackendError as exc:
-                if self.backend_name != "auto" or b.name not in ("ort-cuda", "ort-trt", "tensorrt"):
-                    raise
-                # ONNX Runtime lists its GPU providers whenever the GPU wheel is installed, even where no GPU
-                # or no matching CUDA works: `auto` then picks what cannot start. Choose again without the GPU.
-                log.warning("backend %s could not start (%s); choosing again without the GPU", b.name, exc)
-                av = detect_availability()
-                cpu_only = replace(av, ort_providers=tuple(p for p in av.ort_providers
-                                                           if p not in ("CUDAExecutionProvider",
-                                                                        "TensorrtExecutionProvider")),
-                                   tensorrt=False)
-                b = open_backend(self.bundle, "auto", self.precision, self.threads, manifest=self.manifest,
-                                 availability=cpu_only, spin=False, device=self.device,
-                                 batch=self.config.batch_size)
-                b.__enter__()
+            b = open_and_enter(self.bundle, self.backend_name, self.precision, self.threads, manifest=self.manifest,
+                               spin=False, device=self.device, batch=self.config.batch_size)
             self._backend = b
             self._health = InferenceHealth(self.config.max_inference_failures)
 
@@ -261,7 +254,8 @@ class Screener:
         it is until the screening writes rows.
         """
         if inputs is not None:
-            given = list(inputs)
+            given = list(one_or_many(inputs))
+            _refuse_in_memory(given)
             check_inputs(given)
             check_output_placement(out_dir, given)
         ResultStore(out_dir, self.identity, check_only=True).close()
@@ -328,11 +322,9 @@ class Screener:
         again, which would read all of results.jsonl each time. It is left open.
         """
         out = Path(out_dir)
-        if isinstance(inputs, (bytes, bytearray, memoryview, np.ndarray)):  # before the output folder exists
-            raise ConfigError("screen_to screens files (paths, folders, list files): it writes rows keyed by "
-                              "the file; for image bytes or arrays use screen() or screen_many()")
         inputs = one_or_many(inputs)  # one path is one input, not its characters
         given = list(inputs) if isinstance(inputs, (list, tuple)) else None
+        _refuse_in_memory(given if given is not None else [])  # before the output folder exists
         if given is not None:
             check_inputs(given)
             check_output_placement(out, given)
@@ -343,9 +335,9 @@ class Screener:
                               "pass the store of that same output folder, or none")
         opened = contextlib.nullcontext(store) if store is not None else ResultStore(out, self.identity)
         with opened as store:
-            again = store.earlier_version_rows()
-            if again and not store.said_earlier_versions:
-                store.said_earlier_versions = True
+            again = 0 if store.said_earlier_versions else store.earlier_version_rows()
+            store.said_earlier_versions = True  # watch reuses one store: count and say it once
+            if again:
                 log.warning("%s: %d photograph(s) were screened by an earlier uopsl that decoded some files "
                             "differently; each is screened again when it is among the inputs (the new row "
                             "replaces the old; start a new --out to keep the earlier results)", out, again)
@@ -355,6 +347,7 @@ class Screener:
 
             def todo() -> Iterator[InputItem]:
                 for x in source:
+                    _refuse_in_memory([x])  # a generator's items are seen only here
                     for it in [x] if isinstance(x, InputItem) else iter_inputs([x], state=walk):
                         yield from _skip_done(it)
 

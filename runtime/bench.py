@@ -23,7 +23,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from uopsl.runtime.backends import BACKEND_NAMES, detect_availability, open_backend, select_backend
+from uopsl.runtime.backends import BACKEND_NAMES, detect_availability, open_and_enter, select_backend
 from uopsl.runtime.backends.base import Backend
 from uopsl.runtime.bundle import Manifest, read_manifest
 from uopsl.runtime.errors import BackendError, ConfigError, UopslError
@@ -158,9 +158,9 @@ def time_backend(backend: Backend, batches: tuple[int, ...], iters: int, warmup:
 
 
 def time_preprocess(blobs: list[bytes], manifest: Manifest, warmup: int = 2) -> dict[str, Any]:
-    """Per-image decode + preprocess latency, single thread; the first ``warmup`` images untimed (caches, lazy
-    imports: the cold first call took ~6x the median)."""
-    for data in blobs[: min(warmup, max(len(blobs) - 1, 0))]:
+    """Per-image decode + preprocess latency, single thread, after the first ``warmup`` images were run once
+    untimed (caches, lazy imports: the cold first call took ~6x the median); every image is then timed."""
+    for data in blobs[:warmup]:
         try:
             preprocess(data, manifest.preprocess)
         except UopslError:
@@ -249,9 +249,7 @@ def run_bench(bundle: str | os.PathLike[str], backend: str = "auto", precision: 
             model_inputs.append(preprocess(data, m.preprocess).image)
         except UopslError:
             continue
-    if not model_inputs:
-        raise ConfigError(f"none of the {len(blobs)} benchmark images could be preprocessed")
-    batch_images = np.stack(model_inputs)
+    batch_images = np.stack(model_inputs)  # not empty: time_preprocess found one that preprocesses
     result: dict[str, Any] = {"machine": machine_info(), "bundle": str(root), "model": m.model_name,
                               "backbone": m.backbone, "input_size": m.preprocess.size, "data": data_desc,
                               "config": asdict(cfg), "preprocess": prep, "cases": [], "e2e": []}
@@ -263,15 +261,11 @@ def run_bench(bundle: str | os.PathLike[str], backend: str = "auto", precision: 
     cases = _cases(root, m, backend, precision)
     result["failed"] = []
     for name, prec in cases:
-        # As a screening run opens it (Screener): ONNX Runtime without spin-waiting.
-        b = open_backend(root, name, prec, cfg.threads, manifest=m, measure=False if name != "auto" else None,
-                         spin=False, batch=max(cfg.batches))
-        opened = b.selection
-        if opened is None:  # open_backend always records its choice; a None here is a bug, not bad input
-            raise BackendError(f"open_backend({name!r}, {prec!r}) returned a backend without its selection")
-        log.info("bench: %s", b.describe())
+        # As a screening run opens it (Screener): ONNX Runtime without spin-waiting; `auto` that picked a GPU
+        # which cannot start falls back to the CPU, as a run does.
         try:
-            b.__enter__()
+            b = open_and_enter(root, name, prec, cfg.threads, manifest=m, measure=False if name != "auto" else None,
+                               spin=False, batch=max(cfg.batches))
         except UopslError as exc:
             if len(cases) == 1:
                 raise
@@ -279,6 +273,14 @@ def run_bench(bundle: str | os.PathLike[str], backend: str = "auto", precision: 
             log.warning("bench: %s %s could not start: %s", name, prec, exc)
             result["failed"].append({"backend": name, "precision": prec, "error": str(exc)})
             continue
+        opened = b.selection
+        if opened is None:  # open_backend always records its choice; a None here is a bug, not bad input
+            b.__exit__(None, None, None)
+            raise BackendError(f"open_backend({name!r}, {prec!r}) returned a backend without its selection")
+        log.info("bench: %s", b.describe())
+        if name == "auto" and result.get("auto", {}).get("backend") not in (None, opened.backend):
+            result["auto"] = {"backend": opened.backend, "precision": opened.precision, "file": opened.file,
+                              "reason": f"{opened.reason} ({result['auto']['backend']} could not start here)"}
         try:
             rows = time_backend(b, cfg.batches, cfg.iters, cfg.warmup, batch_images)
             for r in rows:
@@ -293,6 +295,9 @@ def run_bench(bundle: str | os.PathLike[str], backend: str = "auto", precision: 
                 result["e2e"].append({"backend": opened.backend, "precision": opened.precision, "requested": name, **e2e})
         finally:
             b.__exit__(None, None, None)
+    if not result["cases"]:
+        raise BackendError("no backend could start here: " + "; ".join(f"{f['backend']} {f['precision']}: {f['error']}"
+                                                                      for f in result["failed"]))
     return result
 
 

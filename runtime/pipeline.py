@@ -141,11 +141,11 @@ def file_key(path: str | os.PathLike[str]) -> str:
     """
     try:
         p = os.path.realpath(os.fspath(path))
-    except OSError:  # a link it may not read (/proc/1/cwd): the path as given, made absolute
+    except (OSError, ValueError):  # a link it may not read (/proc/1/cwd), a NUL byte: the path as given
         p = os.path.abspath(os.fspath(path))
     try:
         st = os.stat(p)
-    except OSError:
+    except (OSError, ValueError):
         return f"{p}|missing"
     return f"{p}|{st.st_size}|{st.st_mtime_ns}"
 
@@ -441,7 +441,11 @@ def _strict_lines(fh: Any, p: Path) -> Iterator[tuple[int, str]]:
     page into a "missing file" row (``M\ufffdller.png``), one per photograph.
     """
     try:
-        yield from enumerate(fh, 1)
+        for n, line in enumerate(fh, 1):
+            if "\x00" in line:  # UTF-16 without a byte-order mark decodes as UTF-8 with a NUL in every other place
+                raise ConfigError(f"{display_path(p)}, line {n}: the image list holds NUL characters (UTF-16 text?); "
+                                  "save it as UTF-8 (Notepad: Save as, Encoding UTF-8) and run again")
+            yield n, line
     except UnicodeDecodeError as exc:  # text files decode in chunks: the position would be the chunk's
         raise ConfigError(f"{display_path(p)}: the image list is not UTF-8 text ({exc.reason}); save it as UTF-8 "
                           "(Notepad: Save as, Encoding UTF-8) and run again") from None

@@ -492,12 +492,16 @@ class ResultStore:
         return not want or self._versions.get(key) == want
 
     def earlier_version_rows(self) -> int:
-        """How many photographs have a final row screened under another preprocessing version (screened again)."""
+        """How many photographs still here, unchanged, have a final row screened under another preprocessing
+        version (they are screened again when they are among the inputs); one stat per such row."""
         want = self.identity.preprocess_version if self.identity is not None else 0
         if not want:
             return 0
+        from uopsl.runtime.pipeline import file_key  # the pipeline imports this module
+
         return sum(1 for k, st in self.done.items()
-                   if is_final(st, self._reasons.get(k, ())) and self._versions.get(k) != want)
+                   if is_final(st, self._reasons.get(k, ())) and self._versions.get(k) != want
+                   and file_key(key_path(k)) == k)
 
     def find_moved(self, key: str, path: str | os.PathLike[str]) -> dict[str, Any] | None:
         """The final row of this same photograph screened under a path that no longer exists, or None.

@@ -10,7 +10,6 @@ import pytest
 
 from tinybundle import fundus_jpeg, make_tiny_bundle, tiny_bundle  # noqa: F401 - session fixture
 from uopsl.runtime import backends as B
-from uopsl.runtime import api as A
 from uopsl.runtime.api import Screener
 from uopsl.runtime.errors import ConfigError, MissingDependencyError
 
@@ -26,8 +25,13 @@ def test_one_path_string_is_one_input(tiny_bundle: Path, tmp_path: Path) -> None
         assert sorted(got) == ["0.jpg", "1.jpg"]
         assert s.screen_to(tmp_path / "out", str(photos.resolve())).screened == 2
         assert s.screen_to(tmp_path / "out2", photos).screened == 2  # a Path too
+        blob = (photos / "0.jpg").read_bytes()
+        for bad in (blob, [blob], [str(photos / "0.jpg"), blob]):
+            with pytest.raises(ConfigError, match="screen_to screens files"):
+                s.screen_to(tmp_path / "out3", bad)
         with pytest.raises(ConfigError, match="screen_to screens files"):
-            s.screen_to(tmp_path / "out3", (photos / "0.jpg").read_bytes())
+            s.screen_to(tmp_path / "out4", (x for x in [blob]))  # a generator: refused at the item
+        s.check_output(tmp_path / "out5", str(photos.resolve()))  # one path, checked as one input
     assert not (tmp_path / "out3").exists()  # refused before the output folder was made
 
 
@@ -36,12 +40,20 @@ def test_auto_falls_back_when_the_gpu_provider_cannot_start(tiny_bundle: Path, m
     """onnxruntime-gpu lists CUDA without a working GPU: auto picked ort-cuda and then failed to open."""
     listed = B.Availability(ort_providers=("CUDAExecutionProvider", "CPUExecutionProvider"))
     monkeypatch.setattr(B, "detect_availability", lambda: listed)
-    monkeypatch.setattr(A, "detect_availability", lambda: listed)
     assert B.select_backend(tiny_bundle, "auto", measure=False).backend == "ort-cuda"
-    with caplog.at_level(logging.WARNING, logger="uopsl.runtime.api"):
+    with caplog.at_level(logging.WARNING, logger="uopsl.runtime.backends"):
         with Screener(tiny_bundle) as s:
             assert s.backend.name == "ort-cpu"
     assert "backend ort-cuda could not start" in caplog.text and "without the GPU" in caplog.text
+    # bench's default `auto` too; and a backend named explicitly is never replaced.
+    from uopsl.runtime.bench import BenchConfig, run_bench
+    from uopsl.runtime.errors import BackendError
+
+    res = run_bench(tiny_bundle, "auto", "auto", BenchConfig(batches=(1,), iters=1, warmup=0, e2e=False))
+    assert [c["backend"] for c in res["cases"]] == ["ort-cpu"]
+    with pytest.raises(BackendError, match="CUDAExecutionProvider"):
+        with Screener(tiny_bundle, backend="ort-cuda"):
+            pass
 
 
 def test_info_does_not_call_a_stale_engine_usable(tiny_bundle: Path, tmp_path: Path,
@@ -82,7 +94,7 @@ def test_bench_skips_photographs_that_do_not_decode(tiny_bundle: Path, tmp_path:
                     BenchConfig(batches=(1,), iters=2, warmup=1, e2e=False, preprocess_images=4), images=imgs)
     assert res["cases"] and res["cases"][0]["batch"] == 1 and res["preprocess"]["images"] == 1
     (imgs / "p0.jpg").unlink()
-    with pytest.raises(ConfigError, match="could be preprocessed"):
+    with pytest.raises(ConfigError, match="no benchmark image could be preprocessed"):
         run_bench(tiny_bundle, "ort-cpu", "fp32", BenchConfig(batches=(1,), iters=2, warmup=1, e2e=False), images=imgs)
 
 

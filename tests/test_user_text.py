@@ -83,3 +83,12 @@ def test_a_screening_list_in_a_code_page_is_one_error(tmp_path: Path) -> None:
     bad.write_bytes("a.jpg\nMüller.png\n".encode("cp1252"))
     with pytest.raises(ConfigError, match=r"old\.txt: the image list is not UTF-8 text \(invalid"):
         list(iter_inputs([bad]))
+
+
+def test_a_utf16_list_without_a_bom_is_one_error(tmp_path: Path) -> None:
+    from uopsl.runtime.pipeline import iter_inputs
+
+    p = tmp_path / "u16.txt"
+    p.write_bytes("a.jpg\nb.jpg\n".encode("utf-16-le"))
+    with pytest.raises(ConfigError, match=r"u16\.txt, line 1: the image list holds NUL characters"):
+        list(iter_inputs([p]))

@@ -33,8 +33,9 @@ import os
 import platform
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from uopsl.runtime.backends.base import Backend, TensorSpec, check_gpu_index
 from uopsl.runtime.bundle import FileEntry, Manifest, parity_status, read_manifest
@@ -253,7 +254,7 @@ def cpu_int8_speedup(
     ``(None, why)`` when nothing is known.
     """
     key = "|".join([fp32.sha256 or fp32.path, int8.sha256 or int8.path, cpu_name(), _lib_versions(), str(threads)]
-                   + ([] if runtime == "openvino" else [runtime])  # OpenVINO keys stay those of older caches
+                   + ([] if runtime == "openvino" else [runtime])  # the runtime names only the ORT INT8 case
                    + ["no-spin"])  # figures measured with spin-waiting (before session 14) are measured again
     cache = cache_dir() / "cpu_int8_speedup.json"
     try:
@@ -574,6 +575,36 @@ def open_backend(
     return backend
 
 
+_GPU_BACKENDS = ("ort-cuda", "ort-trt", "tensorrt")
+_GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+
+
+def open_and_enter(bundle: str | os.PathLike[str], name: str = "auto", precision: str = "auto",
+                   threads: int | None = None, **kwargs: Any) -> Backend:
+    """:func:`open_backend`, entered; for ``auto``, a GPU choice that cannot start gives way to the CPU.
+
+    ONNX Runtime lists its GPU providers whenever the GPU wheel is installed, even where no GPU or no
+    matching CUDA works, so ``auto`` can pick what cannot start. It then chooses again with the GPU
+    providers and TensorRT taken away (a warning says why). A backend named explicitly is never replaced.
+    Leave the returned backend with ``backend.__exit__(None, None, None)`` (or a ``with`` block that does
+    not enter it again).
+    """
+    b = open_backend(bundle, name, precision, threads, **kwargs)
+    try:
+        b.__enter__()
+        return b
+    except BackendError as exc:
+        if name != "auto" or b.name not in _GPU_BACKENDS:
+            raise
+        log.warning("backend %s could not start (%s); choosing again without the GPU", b.name, exc)
+    av = kwargs.pop("availability", None) or detect_availability()
+    cpu_only = replace(av, ort_providers=tuple(p for p in av.ort_providers if p not in _GPU_PROVIDERS),
+                       tensorrt=False)
+    b = open_backend(bundle, "auto", precision, threads, availability=cpu_only, **kwargs)
+    b.__enter__()
+    return b
+
+
 def backend_table(bundle: str | os.PathLike[str], manifest: Manifest | None = None,
                   availability: Availability | None = None) -> list[tuple[str, bool, str]]:
     """For ``info``: (backend, usable here, note) for every registry name."""
@@ -616,6 +647,7 @@ __all__ = [
     "cpu_int8_speedup",
     "detect_availability",
     "engine_mismatch",
+    "open_and_enter",
     "open_backend",
     "select_backend",
 ]
