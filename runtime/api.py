@@ -111,11 +111,13 @@ class ScreeningInterrupted(KeyboardInterrupt):
 
 
 def _refuse_in_memory(inputs: Iterable[Any]) -> None:
-    """screen_to writes rows keyed by the file: image bytes, arrays or in-memory items are a ConfigError."""
+    """screen_to takes paths and InputItems: raw image bytes or arrays (which a path walk would choke on) are a
+    ConfigError that says how to pass them."""
     for x in inputs:
-        if isinstance(x, (bytes, bytearray, memoryview, np.ndarray)) or (isinstance(x, InputItem) and x.path is None):
-            raise ConfigError("screen_to screens files (paths, folders, list files): it writes rows keyed by the "
-                              "file; for image bytes or arrays use screen() or screen_many()")
+        if isinstance(x, (bytes, bytearray, memoryview, np.ndarray)):
+            raise ConfigError("screen_to screens paths, folders, list files and InputItems; wrap image bytes or an "
+                              "array with uopsl.runtime.pipeline.item_for_data(data, name), or use screen() or "
+                              "screen_many()")
 
 
 class Screener:

@@ -27,9 +27,9 @@ def test_one_path_string_is_one_input(tiny_bundle: Path, tmp_path: Path) -> None
         assert s.screen_to(tmp_path / "out2", photos).screened == 2  # a Path too
         blob = (photos / "0.jpg").read_bytes()
         for bad in (blob, [blob], [str(photos / "0.jpg"), blob]):
-            with pytest.raises(ConfigError, match="screen_to screens files"):
+            with pytest.raises(ConfigError, match="screen_to screens paths.*item_for_data"):
                 s.screen_to(tmp_path / "out3", bad)
-        with pytest.raises(ConfigError, match="screen_to screens files"):
+        with pytest.raises(ConfigError, match="screen_to screens paths"):
             s.screen_to(tmp_path / "out4", (x for x in [blob]))  # a generator: refused at the item
         s.check_output(tmp_path / "out5", str(photos.resolve()))  # one path, checked as one input
     assert not (tmp_path / "out3").exists()  # refused before the output folder was made

@@ -60,7 +60,7 @@ def test_output_folder_errors_come_before_the_model_loads(tiny_bundle: Path, tmp
     def no_loading(*args: object, **kwargs: object) -> None:
         raise AssertionError("the model was loaded before the output folder was checked")
 
-    monkeypatch.setattr(api, "open_backend", no_loading)
+    monkeypatch.setattr(api, "open_and_enter", no_loading)
     rc = main(["run", str(tiny_bundle), str(tmp_path / "in"), "--out", str(tmp_path / "afile" / "out")])
     assert rc == 2 and "error:" in capsys.readouterr().err
     assert main(["run", str(tiny_bundle), str(tmp_path / "nope"), "--out", str(tmp_path / "o")]) == 2
