@@ -19,6 +19,7 @@ except for one ``find`` of the end-of-image marker.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Literal
 
 from uopsl.runtime.exif import jpeg_segments
@@ -151,23 +152,33 @@ def is_truncated(data: bytes) -> bool:
     return False
 
 
-def _tiff_size(data: bytes, *, big: bool) -> tuple[int, int] | None:
+def _first_ifd(data: bytes, *, big: bool) -> Iterator[tuple[int, int, int, int, Literal["little", "big"]]]:
+    """(tag, type, count, offset of the value field, byte order) of each entry of a TIFF's first IFD.
+
+    BigTIFF: 8-byte IFD offset and entry count, 20-byte entries with 8-byte values; classic: 4, 2, 12, 4.
+    Stops at the end of the data (a truncated IFD yields what is there).
+    """
     order: Literal["little", "big"] = "little" if data[:2] == b"II" else "big"
-    if big:  # BigTIFF: 8-byte IFD offset and entry count, 20-byte entries with 8-byte values
+    if big:
         ifd = int.from_bytes(data[8:16], order)
         n, first, entry, value_at = int.from_bytes(data[ifd : ifd + 8], order), ifd + 8, 20, 12
     else:
         ifd = int.from_bytes(data[4:8], order)
         n, first, entry, value_at = int.from_bytes(data[ifd : ifd + 2], order), ifd + 2, 12, 8
-    size: dict[int, int] = {}
     for k in range(min(n, 4096)):
         e = first + entry * k
         if e + entry > len(data):
-            return None
-        tag, typ = int.from_bytes(data[e : e + 2], order), int.from_bytes(data[e + 2 : e + 4], order)
+            return
+        yield (int.from_bytes(data[e : e + 2], order), int.from_bytes(data[e + 2 : e + 4], order),
+               int.from_bytes(data[e + 4 : e + value_at], order), e + value_at, order)
+
+
+def _tiff_size(data: bytes, *, big: bool) -> tuple[int, int] | None:
+    size: dict[int, int] = {}
+    for tag, typ, _count, at, order in _first_ifd(data, big=big):
         if tag in (256, 257):
             nbytes = {3: 2, 4: 4, 16: 8}.get(typ, 4)
-            size[tag] = int.from_bytes(data[e + value_at : e + value_at + nbytes], order)
+            size[tag] = int.from_bytes(data[at : at + nbytes], order)
     return (size[256], size[257]) if len(size) == 2 else None
 
 
@@ -180,17 +191,11 @@ def tiff_sample_max(data: bytes) -> int | None:
     try:
         if data[:4] not in (b"II*\x00", b"MM\x00*"):
             return None
-        order: Literal["little", "big"] = "little" if data[:2] == b"II" else "big"
-        ifd = int.from_bytes(data[4:8], order)
-        n = int.from_bytes(data[ifd : ifd + 2], order)
         found: dict[int, int] = {}
-        for k in range(min(n, 4096)):
-            e = ifd + 2 + 12 * k
-            tag, typ, count = (int.from_bytes(data[e : e + 2], order), int.from_bytes(data[e + 2 : e + 4], order),
-                               int.from_bytes(data[e + 4 : e + 8], order))
+        for tag, typ, count, at, order in _first_ifd(data, big=False):
             if tag in (258, 281) and typ == 3:  # SHORT values: inline when they fit in 4 bytes, else at an offset
-                at = e + 8 if count * 2 <= 4 else int.from_bytes(data[e + 8 : e + 12], order)
-                found[tag] = int.from_bytes(data[at : at + 2], order)
+                where = at if count * 2 <= 4 else int.from_bytes(data[at : at + 4], order)
+                found[tag] = int.from_bytes(data[where : where + 2], order)
         if 0 < found.get(281, 0) < 65535:
             return found[281]
         bits = found.get(258, 16)
