@@ -146,7 +146,8 @@ def is_truncated(data: bytes) -> bool:
         start = jpeg_scan_start(data)
         if start is None:  # no scan found by the header walk: the end of the file must be the marker
             return data.rstrip(b"\x00")[-2:] != b"\xff\xd9"
-        return data.find(b"\xff\xd9", start) < 0
+        # Any end marker after the scan starts; searched from the end, where it sits in an ordinary file.
+        return data.rfind(b"\xff\xd9", start) < 0
     if fmt == "png":
         return data.rfind(_PNG_IEND) < 0
     return False
