@@ -26,8 +26,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from uopsl.runtime.backends import Selection, open_and_enter
 from uopsl.runtime.backends.base import Backend, check_gpu_index
 from uopsl.runtime.bundle import Manifest, read_manifest, verify_or_raise
@@ -35,6 +33,7 @@ from uopsl.runtime.errors import ConfigError
 from uopsl.runtime import progress as progress_bars
 from uopsl.runtime.overlay import OVERLAY_DIR, THUMB_DIR, write_overlay, write_thumbnail
 from uopsl.runtime.pipeline import (
+    IMAGE_DATA,
     IMAGE_SUFFIXES,
     InferenceHealth,
     InputItem,
@@ -114,7 +113,7 @@ def _refuse_in_memory(inputs: Iterable[Any]) -> None:
     """screen_to takes paths and InputItems: raw image bytes or arrays (which a path walk would choke on) are a
     ConfigError that says how to pass them."""
     for x in inputs:
-        if isinstance(x, (bytes, bytearray, memoryview, np.ndarray)):
+        if isinstance(x, IMAGE_DATA):
             raise ConfigError("screen_to screens paths, folders, list files and InputItems; wrap image bytes or an "
                               "array with uopsl.runtime.pipeline.item_for_data(data, name), or use screen() or "
                               "screen_many()")
@@ -389,7 +388,7 @@ class Screener:
                         row["screened_at"] = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
                         row["bundle_sha256"] = self.identity.bundle_sha256
                         row["model_sha256"] = self.identity.model_sha256
-                        row["preprocess_version"] = PREPROCESS_VERSION
+                        row["preprocess_version"] = self.identity.preprocess_version
                         row.update(model_file)
                         self._write_images(out, r, overlays, report)
                         buffer.append(row)

@@ -468,13 +468,17 @@ def check_rgb_array(a: np.ndarray, what: str = "the array") -> None:
                           "channel with a[..., :3], move channels last with a.transpose(1, 2, 0)")
 
 
+#: An image held in memory (encoded bytes or decoded pixels), not a path to one.
+IMAGE_DATA = (bytes, bytearray, memoryview, np.ndarray)
+
+
 def one_or_many(inputs: Any) -> Iterable[Any]:
     """``inputs`` as an iterable of inputs: a single path, bytes or array is one input, not a sequence of them.
 
     A path string iterated is its characters, and an absolute one starts with ``/``: screening that walked
     the whole file system.
     """
-    if isinstance(inputs, (str, os.PathLike, bytes, bytearray, memoryview, np.ndarray, InputItem)):
+    if isinstance(inputs, (str, os.PathLike, InputItem, *IMAGE_DATA)):
         return [inputs]
     return inputs
 

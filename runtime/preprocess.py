@@ -31,6 +31,7 @@ import math
 import os
 import stat
 from dataclasses import asdict, dataclass
+from typing import Literal
 
 import cv2
 import numpy as np
@@ -329,11 +330,6 @@ def read_bytes(path: str | os.PathLike[str], max_bytes: int = MAX_FILE_BYTES) ->
             os.close(fd)
 
 
-def _jpeg_size(data: bytes) -> tuple[int, int] | None:
-    frame = jpeg_frame(data)
-    return None if frame is None else frame[:2]
-
-
 # libjpeg fills the part of a JPEG it could not decode (data cut short, then closed by an end-of-image
 # marker; a zeroed or foreign block) with grey 128, and only warns. The last block of the stored
 # raster is then exactly that grey; a photograph's corner (black surround, JPEG noise) never is.
@@ -394,7 +390,11 @@ def decode(data: bytes, *, source: str | None = None, max_pixels: int = 120_000_
     are returned as stored.
     Raises :class:`ImageDecodeError` for empty, truncated or non-image data.
     """
-    fmt = check_image_bytes(data, max_pixels, source)
+    return _decode_checked(data, check_image_bytes(data, max_pixels, source), max_pixels, source)
+
+
+def _decode_checked(data: bytes, fmt: str, max_pixels: int, source: str | None) -> np.ndarray:
+    """:func:`decode` of bytes :func:`check_image_bytes` passed (``fmt``: what it found)."""
     buf = np.frombuffer(data, np.uint8)
     # IMREAD_UNCHANGED ignores the Exif orientation; it is applied below, for JPEGs only.
     img = _imdecode(buf, cv2.IMREAD_UNCHANGED | cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR, source)
@@ -680,11 +680,16 @@ def _dct_scales(w: int, h: int, below: int = 16) -> tuple[int, ...]:
     return tuple(f for f in (8, 4, 2) if f < below and w % f == 0 and h % f == 0)
 
 
-def _jpeg_reduction(data: bytes, cfg: PreprocessConfig) -> int:
-    """The largest JPEG DCT scale (1, 2, 4, 8) keeping the short side >= decode_min_ratio x size and >= decode_min_side."""
-    if not cfg.fast_decode or data[:2] != b"\xff\xd8" or is_truncated(data):
+def _jpeg_reduction(data: bytes, cfg: PreprocessConfig,
+                    frame: tuple[int, int, int, bool] | None | Literal[False] = False) -> int:
+    """The largest JPEG DCT scale (1, 2, 4, 8) keeping the short side >= decode_min_ratio x size and >= decode_min_side.
+
+    ``frame``: :func:`imagefile.jpeg_frame` of ``data`` when the caller has it (``False``: read it here).
+    """
+    if not cfg.fast_decode or data[:2] != b"\xff\xd8":
         return 1
-    frame = jpeg_frame(data)
+    if frame is False:
+        frame = jpeg_frame(data)
     if frame is None or frame[3] or frame[2] != 8:  # libjpeg scales 8-bit DCT frames only (not lossless)
         return 1
     w, h = frame[:2]
@@ -700,27 +705,30 @@ def _jpeg_reduction(data: bytes, cfg: PreprocessConfig) -> int:
     return next((f for f in _dct_scales(w, h) if min(w, h) / f >= need), 1)
 
 
-def _finer_scale(data: bytes, scale: int, fov_side_full: float, cfg: PreprocessConfig) -> int:
-    """``scale``, or a finer DCT scale when the field of view would be enlarged by more than _MAX_ENLARGE."""
+def _finer_scale(size: tuple[int, int], scale: int, fov_side_full: float, cfg: PreprocessConfig) -> int:
+    """``scale``, or a finer DCT scale when the field of view would be enlarged by more than _MAX_ENLARGE
+    (``size``: the JPEG's stored width and height)."""
     if fov_side_full / scale * _MAX_ENLARGE >= cfg.size:
         return scale
-    w, h = _jpeg_size(data) or (0, 0)
+    w, h = size
     return next((f for f in _dct_scales(w, h, below=scale) if fov_side_full / f * _MAX_ENLARGE >= cfg.size), 1)
 
 
-def _decode_at(data: bytes, scale: int, cfg: PreprocessConfig, source: str | None) -> tuple[np.ndarray, int]:
-    """``data`` decoded in full (scale 1) or at 1/``scale`` by DCT scaling, and the scale it was decoded at.
+def _decode_at(data: bytes, fmt: str, size: tuple[int, int], scale: int, cfg: PreprocessConfig,
+               source: str | None) -> tuple[np.ndarray, int]:
+    """Checked bytes (``fmt``, stored ``size`` from :func:`check_image_bytes` and the frame) decoded in full
+    (scale 1) or at 1/``scale`` by DCT scaling, and the scale it was decoded at.
 
     The scale is checked against the pixels libjpeg returned (ceil of the stored size / scale): a frame
     it does not scale comes back in full, and its geometry must not be multiplied.
     """
     if scale == 1:
-        return decode(data, source=source, max_pixels=cfg.max_pixels), 1
+        return _decode_checked(data, fmt, cfg.max_pixels, source), 1
     rgb = _decode_reduced(data, scale, source)
-    w, h = _jpeg_size(data) or (0, 0)
+    w, h = size
     if sorted(rgb.shape[:2]) != sorted((-(-h // scale), -(-w // scale))):
         log.debug("%s: libjpeg did not decode at 1/%d (got %s); decoding in full", source, scale, rgb.shape[:2])
-        return decode(data, source=source, max_pixels=cfg.max_pixels), 1
+        return _decode_checked(data, fmt, cfg.max_pixels, source), 1
     return rgb, scale
 
 
@@ -797,12 +805,14 @@ def preprocess(
         elif rgb.ndim != 3 or rgb.shape[2] != 3:
             raise ImageDecodeError(f"expected an HxWx3 RGB array, got shape {rgb.shape}", source=source)
         rgb = _to_uint8(rgb)
-        scale = 1
+        scale, fmt, stored = 1, "", (0, 0)
     else:
-        scale = _jpeg_reduction(data, cfg)
-        if scale > 1:
-            check_image_bytes(data, cfg.max_pixels, source)
-        rgb, scale = _decode_at(data, scale, cfg, source)
+        # The header is read once: format, completeness, pixel limit, and the JPEG frame for the decode scale.
+        fmt = check_image_bytes(data, cfg.max_pixels, source)
+        frame = jpeg_frame(data) if fmt == "jpeg" else None
+        stored = frame[:2] if frame is not None else (0, 0)
+        scale = _jpeg_reduction(data, cfg, frame)
+        rgb, scale = _decode_at(data, fmt, stored, scale, cfg, source)
     h, w = rgb.shape[:2]
     if min(h, w) < MIN_DECODE_SIDE:
         raise ImageTooSmallError(
@@ -814,9 +824,9 @@ def preprocess(
     if found and scale > 1 and isinstance(data, bytes) and not cfg.uses_legacy_decode_rule:
         # The decode scale was chosen from the frame's short side; a field of view much
         # narrower than the frame would then be enlarged. Decode finer (once) instead.
-        finer = _finer_scale(data, scale, 2 * r * (1.0 + cfg.fov_margin) * scale, cfg)
+        finer = _finer_scale(stored, scale, 2 * r * (1.0 + cfg.fov_margin) * scale, cfg)
         if finer != scale:
-            rgb, scale = _decode_at(data, finer, cfg, source)
+            rgb, scale = _decode_at(data, fmt, stored, finer, cfg, source)
             h, w = rgb.shape[:2]
             cx, cy, r, fill, _, fields = find_fov(rgb, cfg.fov_threshold)
             found = fill >= cfg.fov_min_fill and r >= 0.2 * min(h, w)

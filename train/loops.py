@@ -38,12 +38,11 @@ from torch import nn
 
 from uopsl.runtime.errors import ConfigError
 from uopsl.runtime.fsio import write_text
-from uopsl.runtime.preprocess import PREPROCESS_VERSION
 from uopsl.runtime import progress as progress_bars
 from uopsl.train import losses
 from uopsl.train.checkpoint import clear_state, load_state, peek_state, save_state
 from uopsl.train.model import UopslModel
-from uopsl.train.torchdata import OCT_INPUT
+from uopsl.train.torchdata import pixels_version
 
 log = logging.getLogger(__name__)
 
@@ -245,7 +244,8 @@ class StageRunner:
         self.amp = cfg.amp and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         self.tag = run_tag(stage, cfg, fingerprint, self.dist.world,
-                           {"config": model.config.to_dict(), "inputs": [PREPROCESS_VERSION, OCT_INPUT]})
+                           {"config": model.config.to_dict(),
+                            "inputs": pixels_version(stage == "pretrain" and model.config.uses_oct)})
         self.info: dict[str, Any] = {"tag": self.tag, "epoch": 0, "step": 0, "global_step": 0, "history": []}
         self.saved_at: tuple[int, int] | None = None  # (epoch from 0, step) of the last checkpoint
 

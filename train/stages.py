@@ -23,7 +23,6 @@ import numpy as np
 import torch
 
 from uopsl.runtime.errors import DataError
-from uopsl.runtime.preprocess import PREPROCESS_VERSION
 from uopsl.train import losses
 from uopsl.train.checkpoint import CheckpointMeta, save_model
 from uopsl.train.loops import (
@@ -39,7 +38,7 @@ from uopsl.train.loops import (
     train_loop,
 )
 from uopsl.train.model import UopslModel
-from uopsl.train.torchdata import OCT_INPUT, ImageDataset
+from uopsl.train.torchdata import ImageDataset, pixels_version
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +102,7 @@ def features_fingerprint(encoder: torch.nn.Module, ds: ImageDataset) -> str:
     """What a feature cache depends on: each image file (path, size, mtime), the preprocessing, the encoder weights."""
     h = hashlib.sha256()
     h.update(repr(tuple(ds.images.shape[1:])).encode())
-    inputs: list[Any] = [ds.pre.to_dict(), PREPROCESS_VERSION] + ([OCT_INPUT] if ds.modality == "oct" else [])
+    inputs: list[Any] = [ds.pre.to_dict(), *pixels_version(ds.modality == "oct")]
     h.update(json.dumps(inputs, sort_keys=True).encode())
     for it in ds.items:
         st = os.stat(it.path)

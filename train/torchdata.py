@@ -51,6 +51,12 @@ ImageModality = Literal["fundus", "oct"]
 OCT_INPUT = "letterbox-1"
 
 
+def pixels_version(oct_scans: bool) -> list[Any]:
+    """How files become model inputs, for cache keys and run identities: the preprocessing version, and
+    :data:`OCT_INPUT` when B-scans are among the inputs."""
+    return [PREPROCESS_VERSION, *([OCT_INPUT] if oct_scans else [])]
+
+
 def bscan_input(data: bytes, pre: PreprocessConfig, source: str | None = None) -> np.ndarray:
     """An OCT B-scan as the (size, size, 3) uint8 model input: the whole scan, centred on black, resized.
 
@@ -76,7 +82,7 @@ def cache_images(paths: Sequence[Path], pre: PreprocessConfig, cache_dir: Path |
     cached when a file could not be *read* (an I/O error, a file locked by
     another program): it may read next time, and a cache would leave it out for good.
     """
-    how: list[Any] = [pre.to_dict(), PREPROCESS_VERSION] + ([OCT_INPUT] if modality == "oct" else [])
+    how: list[Any] = [pre.to_dict(), *pixels_version(modality == "oct")]
     key = hashlib.sha256(json.dumps([_file_key(p) for p in paths] + how).encode()).hexdigest()[:20]
     if cache_dir is not None:
         img_file, ok_file, sha_file = (cache_dir / f"{kind}-{key}.npy" for kind in ("img", "ok", "sha"))

@@ -22,7 +22,7 @@ import torch
 from uopsl.runtime.bundle import ClassSpec
 from uopsl.runtime.errors import ConfigError
 from uopsl.runtime.fsio import write_json
-from uopsl.runtime.preprocess import PREPROCESS_VERSION, PreprocessConfig, preprocess_file
+from uopsl.runtime.preprocess import PreprocessConfig, preprocess_file
 from uopsl.train import bank as banks
 from uopsl.train import descriptions
 from uopsl.train.text import DEFAULT_MODEL as DEFAULT_TEXT_MODEL
@@ -49,7 +49,7 @@ from uopsl.train.evaluate import (
 from uopsl.train.loops import TrainConfig, pick_device, predict
 from uopsl.train.model import DeployModel, ModelConfig, UopslModel
 from uopsl.train.stages import effective_finetune_config, finetune, pretrain
-from uopsl.train.torchdata import OCT_INPUT, ImageDataset, ImageModality, Item
+from uopsl.train.torchdata import ImageDataset, ImageModality, Item, pixels_version
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ def run_identity(stage: str, cfg: TrainConfig, model: UopslModel, *item_lists: S
     """
     settings = {k: v for k, v in cfg.to_dict().items() if k not in _HOW_NOT_WHAT}
     # How files become pixels: a model trained on other pixels of the same files is another run.
-    settings["inputs"] = [PREPROCESS_VERSION] + ([OCT_INPUT] if stage == "pretrain" and model.config.uses_oct else [])
+    settings["inputs"] = pixels_version(stage == "pretrain" and model.config.uses_oct)
     data = hashlib.sha256()
     for items in item_lists:
         for it in items or ():
