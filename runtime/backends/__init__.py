@@ -33,7 +33,7 @@ import os
 import platform
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -80,7 +80,6 @@ class Selection:
     precision: str
     file: str
     reason: str
-    alternatives: tuple[str, ...] = field(default=())
 
 
 def detect_availability() -> Availability:
