@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
@@ -30,7 +31,7 @@ import numpy as np
 
 from uopsl.runtime.cpuinfo import CPU_BACKENDS, int8_cpu_class, same_int8_arithmetic
 from uopsl.runtime.errors import BundleError
-from uopsl.runtime.fsio import sha256_bytes, sha256_file, write_json
+from uopsl.runtime.fsio import load_json_strict, sha256_bytes, sha256_file, write_json
 from uopsl.runtime.preprocess import PreprocessConfig
 from uopsl.runtime.version import __version__
 
@@ -55,17 +56,56 @@ Precision = Literal["fp32", "fp16", "int8-qdq-u8", "int8-qdq-s8", "int8", "none"
 
 INPUT_NAME = "image"
 OUTPUT_NAMES = ("probs", "logits", "site_maps")
+#: Largest manifest.json read: a real one is a few hundred kB (parity records included).
+MAX_MANIFEST_BYTES = 16 << 20
+
+
+def _is_real(x: object) -> bool:
+    return isinstance(x, numbers.Real) and not isinstance(x, (bool, np.bool_))
+
+
+def _is_flag(x: object) -> bool:
+    return isinstance(x, (bool, np.bool_))
+
+
+def probability(value: object, what: str) -> float:
+    """``value`` as a float when it is a finite probability in [0, 1], else :class:`BundleError`.
+
+    An operating threshold that is NaN, infinite or missing makes its class
+    never positive (``p >= nan`` is false): a referable disease would silently
+    never be referred. So a threshold is refused wherever one is read.
+    """
+    if not _is_real(value) or not 0.0 <= float(value) <= 1.0:  # NaN fails the comparison
+        raise BundleError(f"{what} must be a probability between 0 and 1, got {value!r}")
+    return float(value)
 
 
 @dataclass(frozen=True)
 class ClassSpec:
-    """One output class: name, the descriptions its prototype came from, its operating point."""
+    """One output class: name, the descriptions its prototype came from, its operating point.
+
+    Checked when made, from a manifest or by the exporter alike: a non-empty
+    name, a finite threshold in [0, 1], true/false flags (a string "false" is
+    not false).
+    """
 
     name: str
     descriptions: tuple[str, ...] = ()
     threshold: float = 0.5
     referable: bool = False
     seen_in_training: bool = True
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name.strip():
+            raise BundleError(f"a class name must be a non-empty string, got {self.name!r}")
+        if not all(isinstance(t, str) for t in self.descriptions):
+            raise BundleError(f"class {self.name!r}: descriptions must be strings, got {self.descriptions!r}")
+        object.__setattr__(self, "threshold", probability(self.threshold, f"class {self.name!r}: threshold"))
+        for flag in ("referable", "seen_in_training"):
+            value = getattr(self, flag)
+            if not _is_flag(value):
+                raise BundleError(f"class {self.name!r}: {flag} must be true or false, got {value!r}")
+            object.__setattr__(self, flag, bool(value))
 
 
 @dataclass(frozen=True)
@@ -80,6 +120,34 @@ class FileEntry:
     # Free-form facts about the file (e.g. TensorRT version of an engine,
     # excluded nodes of an INT8 graph). Kept JSON-serialisable.
     info: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        problem = bundle_path_problem(self.path)
+        if problem:
+            raise BundleError(f"file entry {self.path!r}: {problem}")
+        if not isinstance(self.size, int) or isinstance(self.size, bool) or self.size < 0:
+            raise BundleError(f"file entry {self.path!r}: size must be a whole number of bytes >= 0, got {self.size!r}")
+        if not isinstance(self.sha256, str):  # (any other string simply fails verification)
+            raise BundleError(f"file entry {self.path!r}: sha256 must be a string, got {self.sha256!r}")
+        if not isinstance(self.info, dict):
+            raise BundleError(f"file entry {self.path!r}: info must be an object, got {type(self.info).__name__}")
+
+
+def bundle_path_problem(name: object) -> str | None:
+    """Why ``name`` cannot name a file inside a bundle folder, or None when it can.
+
+    Only plain relative names with forward slashes: no absolute or drive
+    paths, no ``..``, no backslash or colon (on Windows ``\\x`` and ``C:x``
+    are not absolute, yet lead out of the folder).
+    """
+    if not isinstance(name, str) or not name:
+        return f"a file name must be a non-empty string, got {name!r}"
+    if "\\" in name or ":" in name or "\x00" in name:
+        return "a file name may not hold a backslash, a colon or a NUL character"
+    parts = name.split("/")
+    if name.startswith("/") or ".." in parts or "" in parts or "." in parts:
+        return "path leaves the bundle folder (only plain relative names are allowed)"
+    return None
 
 
 PARITY_KEY = "parity"  # FileEntry.info key written by `uopsl validate`
@@ -391,7 +459,10 @@ class Manifest:
     @classmethod
     def from_dict(cls, d: dict[str, Any], *, source: str = MANIFEST) -> Manifest:
         try:
-            fv = int(d.get("format_version", -1))
+            fv = d.get("format_version", -1)
+            if not isinstance(fv, int) or isinstance(fv, bool):
+                raise BundleError(f"{source}: format_version must be a whole number, got {fv!r}; "
+                                  "re-export the bundle or restore the original file")
             if fv not in SUPPORTED_FORMAT_VERSIONS:
                 newer = fv > FORMAT_VERSION
                 raise BundleError(
@@ -408,20 +479,48 @@ class Manifest:
             d["site_map_size"] = tuple(d.get("site_map_size", (10, 10)))
             d["output_names"] = tuple(d.get("output_names", OUTPUT_NAMES))
             m = cls(**d)
-        except BundleError:
-            raise
+        except BundleError as exc:
+            if str(exc).startswith(source):
+                raise
+            raise BundleError(f"{source}: {exc}; re-export the bundle or restore the original file") from exc
         except (KeyError, TypeError, ValueError) as exc:
             raise BundleError(
                 f"{source}: malformed manifest ({exc.__class__.__name__}: {exc}); "
                 "re-export the bundle or restore the original file"
             ) from exc
-        if m.head not in ("sigmoid", "softmax"):
-            raise BundleError(f"{source}: head must be 'sigmoid' or 'softmax', got {m.head!r}")
-        if m.referral_rule not in ("any_referable", "referable_sum"):
-            raise BundleError(f"{source}: unknown referral rule {m.referral_rule!r}")
-        if not m.classes:
-            raise BundleError(f"{source}: the manifest lists no classes")
+        problem = m.problem()
+        if problem:
+            raise BundleError(f"{source}: {problem}")
         return m
+
+    def problem(self) -> str | None:
+        """What makes this manifest unusable (beyond what each class and file entry checks), or None.
+
+        The exporter calls it before writing and :meth:`from_dict` after reading, so a bundle
+        that could not be screened correctly is neither written nor loaded.
+        """
+        if self.head not in ("sigmoid", "softmax"):
+            return f"head must be 'sigmoid' or 'softmax', got {self.head!r}"
+        if self.referral_rule not in ("any_referable", "referable_sum"):
+            return f"unknown referral rule {self.referral_rule!r}"
+        if not self.classes:
+            return "the manifest lists no classes"
+        names = [c.name for c in self.classes]
+        if len(set(names)) != len(names):
+            return f"class names must be unique, got {names}"
+        if not _is_real(self.referral_threshold) or not 0.0 <= float(self.referral_threshold) <= len(names):
+            return (f"referral_threshold must be a number between 0 and the number of classes ({len(names)}), "
+                    f"got {self.referral_threshold!r}")
+        if (len(self.site_map_size) != 2
+                or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in self.site_map_size)):
+            return f"site_map_size must be two whole numbers > 0, got {self.site_map_size!r}"
+        if (len(self.output_names) != 3 or not all(isinstance(v, str) and v for v in self.output_names)
+                or len(set(self.output_names)) != 3):
+            return f"output_names must be three different names (probs, logits, site maps), got {self.output_names!r}"
+        paths = [f.path for f in self.files]
+        if len(set(paths)) != len(paths):
+            return f"a file is listed twice: {sorted(p for p in set(paths) if paths.count(p) > 1)}"
+        return None
 
 
 def read_manifest(bundle: str | os.PathLike[str]) -> Manifest:
@@ -434,15 +533,26 @@ def read_manifest(bundle: str | os.PathLike[str]) -> Manifest:
     if not root.is_dir():
         hint = f"; give its folder, {root.parent}" if (root.parent / MANIFEST).is_file() else ""
         raise BundleError(f"{root}: not a bundle folder (expected a folder holding {MANIFEST}){hint}")
+    if not path.exists():
+        raise BundleError(f"{root}: no {MANIFEST}; is this a uopsl bundle folder?")
+    return Manifest.from_dict(read_manifest_json(path), source=str(path))
+
+
+def read_manifest_json(path: Path) -> dict[str, Any]:
+    """The raw JSON object of a manifest file: size-capped, duplicate keys and runaway nesting refused."""
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise BundleError(f"{root}: no {MANIFEST}; is this a uopsl bundle folder?") from exc
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BundleError(f"{path}: unreadable manifest ({exc}); re-export the bundle") from exc
+        with open(path, "rb") as fh:
+            data = fh.read(MAX_MANIFEST_BYTES + 1)
+        if len(data) > MAX_MANIFEST_BYTES:
+            raise BundleError(f"{path}: larger than {MAX_MANIFEST_BYTES >> 20} MiB; not a manifest uopsl wrote "
+                              "(re-export the bundle)")
+        raw = load_json_strict(data.decode("utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:  # JSONDecodeError is a ValueError
+        why = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+        raise BundleError(f"{path}: unreadable manifest ({why}); re-export the bundle") from exc
     if not isinstance(raw, dict):
         raise BundleError(f"{path}: expected a JSON object, got {type(raw).__name__}")
-    return Manifest.from_dict(raw, source=str(path))
+    return raw
 
 
 def _content_hash(d: dict[str, Any]) -> str:
@@ -451,6 +561,9 @@ def _content_hash(d: dict[str, Any]) -> str:
 
 
 def write_manifest(bundle: str | os.PathLike[str], manifest: Manifest) -> None:
+    problem = manifest.problem()
+    if problem:
+        raise BundleError(f"not writing {Path(bundle) / MANIFEST}: {problem}")
     d = manifest.to_dict()
     d["content_sha256"] = _content_hash(json.loads(json.dumps(d, default=str)))
     write_json(Path(bundle) / MANIFEST, d)
@@ -478,7 +591,7 @@ def verify(bundle: str | os.PathLike[str], manifest: Manifest | None = None) -> 
     root = Path(bundle)
     m = manifest or read_manifest(root)
     out: list[FileCheck] = []
-    raw = json.loads((root / MANIFEST).read_text(encoding="utf-8"))
+    raw = read_manifest_json(root / MANIFEST)
     if not raw.get("content_sha256"):
         out.append(FileCheck(MANIFEST, False, "no content checksum (written by an older exporter?); re-export"))
     elif _content_hash(raw) != raw["content_sha256"]:
@@ -487,8 +600,8 @@ def verify(bundle: str | os.PathLike[str], manifest: Manifest | None = None) -> 
         out.append(FileCheck(MANIFEST, True))
     for f in m.files:
         p = root / f.path
-        if Path(f.path).is_absolute() or ".." in Path(f.path).parts:
-            out.append(FileCheck(f.path, False, "path leaves the bundle folder"))
+        if bundle_path_problem(f.path) or not _inside(root, p):
+            out.append(FileCheck(f.path, False, "path leaves the bundle folder (a link or a name out of it)"))
         elif not p.is_file():
             out.append(FileCheck(f.path, False, "missing"))
         elif f.size and p.stat().st_size != f.size:
@@ -498,6 +611,17 @@ def verify(bundle: str | os.PathLike[str], manifest: Manifest | None = None) -> 
         else:
             out.append(FileCheck(f.path, True))
     return out
+
+
+def _inside(root: Path, p: Path) -> bool:
+    """Whether ``p`` is a file of ``root`` itself: no link on the way, as the folder was copied."""
+    rel = p.relative_to(root)
+    at = root
+    for part in rel.parts:
+        at = at / part
+        if at.is_symlink():
+            return False
+    return True
 
 
 def verify_or_raise(bundle: str | os.PathLike[str], manifest: Manifest | None = None) -> Manifest:

@@ -54,7 +54,7 @@ from pathlib import Path
 from typing import Any
 
 from uopsl.runtime.errors import BundleError, EngineMismatchError
-from uopsl.runtime.fsio import atomic_open, sha256_bytes
+from uopsl.runtime.fsio import atomic_open, load_json_strict, sha256_bytes
 from uopsl.runtime.version import __version__
 
 log = logging.getLogger(__name__)
@@ -267,9 +267,10 @@ def _parse(data: bytes, source: str) -> tuple[EngineHeader, int]:
             "after the prefix (truncated or corrupt); rebuild the engine or copy the bundle again"
         )
     try:
-        raw = json.loads(data[_PREFIX.size:_PREFIX.size + n].decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BundleError(f"{source}: engine header is not valid JSON ({exc}); rebuild the engine") from exc
+        raw = load_json_strict(data[_PREFIX.size:_PREFIX.size + n].decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # JSONDecodeError is a ValueError
+        why = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+        raise BundleError(f"{source}: engine header is not valid JSON ({why}); rebuild the engine") from exc
     if not isinstance(raw, dict):
         raise BundleError(f"{source}: engine header must be a JSON object, got {type(raw).__name__}")
     missing = [k for k in ("tensorrt_version", "gpu_name", "compute_capability", "precision",

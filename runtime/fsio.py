@@ -367,3 +367,22 @@ def _unlock_fd(fd: int) -> None:
     import fcntl
 
     fcntl.flock(fd, fcntl.LOCK_UN)
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [k for k, _ in pairs]
+    if len(set(keys)) != len(keys):
+        dup = sorted({k for k in keys if keys.count(k) > 1})
+        raise ValueError(f"duplicate key(s) {dup} in one object")
+    return dict(pairs)
+
+
+def load_json_strict(text: str | bytes) -> Any:
+    """``json.loads`` that refuses duplicate keys.
+
+    For files a device trusts (a bundle's manifest, an engine header): a person
+    reading one sees a key's first value, ``json`` keeps the last, so a
+    duplicated threshold could say one thing and do another. Raises
+    ``ValueError`` (as ``json`` does) and ``RecursionError`` for runaway nesting.
+    """
+    return json.loads(text, object_pairs_hook=_unique_keys)

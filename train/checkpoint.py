@@ -23,7 +23,8 @@ from typing import Any
 
 import torch
 
-from uopsl.runtime.errors import CheckpointError
+from uopsl.runtime.bundle import probability
+from uopsl.runtime.errors import BundleError, CheckpointError
 from uopsl.runtime.fsio import atomic_open, sha256_file, write_json
 from uopsl.runtime.preprocess import PreprocessConfig
 from uopsl.runtime.version import __version__
@@ -64,10 +65,23 @@ class CheckpointMeta:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> CheckpointMeta:
+        # Operating points are checked as a bundle's are (a NaN threshold would make its class never
+        # positive in the exported bundle); ValueError reaches read_meta's CheckpointError.
+        n = len(d["phrases"])
+        thresholds, referable = d.get("thresholds", ()), d.get("referable", ())
+        for what, values in (("thresholds", thresholds), ("referable", referable)):
+            if not isinstance(values, (list, tuple)) or len(values) not in (0, n):
+                raise ValueError(f"{what} must list one value per class ({n}), got {values!r}")
+        try:
+            thresholds = tuple(probability(t, f"thresholds[{i}]") for i, t in enumerate(thresholds))
+        except BundleError as exc:
+            raise ValueError(str(exc)) from exc
+        if not all(isinstance(r, bool) for r in referable):
+            raise ValueError(f"referable must hold true or false per class, got {referable!r}")
         return cls(
             model=ModelConfig.from_dict(d["model"]), preprocess=PreprocessConfig.from_dict(d["preprocess"]),
             phrases=tuple(tuple(p) for p in d["phrases"]), stage=d.get("stage", "finetune"),
-            thresholds=tuple(d.get("thresholds", ())), referable=tuple(d.get("referable", ())),
+            thresholds=thresholds, referable=tuple(referable),
             train_config=d.get("train_config", {}), metrics=d.get("metrics", {}),
             data_fingerprint=d.get("data_fingerprint", ""), toolkit_version=d.get("toolkit_version", "?"),
             # Checkpoints written before the field: the packaged default (what every command used unless told).

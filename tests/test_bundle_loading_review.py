@@ -1,0 +1,158 @@
+"""What a device refuses in a bundle it did not make (session-15 review of bundle loading)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import pytest
+
+from tinybundle import make_tiny_bundle
+from uopsl.runtime.bundle import (
+    MANIFEST,
+    ClassSpec,
+    FileEntry,
+    _content_hash,
+    bundle_path_problem,
+    read_manifest,
+    verify,
+    verify_or_raise,
+)
+from uopsl.runtime.errors import BundleError
+
+
+def _reseal(bundle: Path, edit) -> None:  # type: ignore[no-untyped-def]
+    """Edit the raw manifest and recompute its content checksum, as a careful forger would."""
+    raw = json.loads((bundle / MANIFEST).read_text())
+    edit(raw)
+    raw["content_sha256"] = _content_hash(raw)
+    (bundle / MANIFEST).write_text(json.dumps(raw))
+
+
+@pytest.fixture()
+def bundle(tmp_path: Path) -> Path:
+    return make_tiny_bundle(tmp_path / "b")
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, None, -0.1, 1.5, "0.5", True])
+def test_a_threshold_that_is_not_a_probability_is_refused_on_read(bundle: Path, value: object) -> None:
+    # NaN or null made the class never positive: a referable disease at p = 0.98 was not referred.
+    def edit(raw: dict) -> None:  # type: ignore[type-arg]
+        raw["classes"][1]["threshold"] = value
+
+    if isinstance(value, float) and not math.isfinite(value):
+        text = (bundle / MANIFEST).read_text()
+        raw = json.loads(text)
+        edit(raw)
+        raw["content_sha256"] = _content_hash(json.loads(json.dumps(raw)))
+        (bundle / MANIFEST).write_text(json.dumps(raw))  # json writes NaN / Infinity
+    else:
+        _reseal(bundle, edit)
+    with pytest.raises(BundleError, match=r"manifest.json: class 'npdr': threshold must be a probability"):
+        read_manifest(bundle)
+
+
+@pytest.mark.parametrize(("field", "value"), [("referable", "false"), ("seen_in_training", 1)])
+def test_a_flag_must_be_true_or_false(bundle: Path, field: str, value: object) -> None:
+    # The string "false" is truthy: it made every class referable.
+    _reseal(bundle, lambda raw: raw["classes"][0].__setitem__(field, value))
+    with pytest.raises(BundleError, match=rf"class 'normal': {field} must be true or false"):
+        read_manifest(bundle)
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    (lambda raw: raw["classes"][1].__setitem__("name", "normal"), "class names must be unique"),
+    (lambda raw: raw.__setitem__("referral_threshold", None), "referral_threshold must be a number"),
+    (lambda raw: raw.__setitem__("format_version", "2"), "format_version must be a whole number"),
+    (lambda raw: raw.__setitem__("site_map_size", [8, 0]), "site_map_size must be two whole numbers"),
+    (lambda raw: raw.__setitem__("output_names", ["probs", "probs", "site_maps"]), "output_names must be three"),
+    (lambda raw: raw["files"][0].__setitem__("path", 123), "a file name must be a non-empty string"),
+    (lambda raw: raw["files"][0].__setitem__("size", -1), "size must be a whole number of bytes"),
+    (lambda raw: raw["files"].append(dict(raw["files"][0])), "a file is listed twice"),
+])
+def test_a_manifest_that_could_not_be_screened_correctly_is_refused_naming_the_field(bundle: Path, edit, message: str) -> None:  # type: ignore[no-untyped-def]
+    _reseal(bundle, edit)
+    with pytest.raises(BundleError, match=message) as err:
+        read_manifest(bundle)
+    assert "manifest.json" in str(err.value)
+
+
+def test_duplicate_keys_are_refused(bundle: Path) -> None:
+    # A person reading the file sees the first threshold; json keeps the last.
+    text = (bundle / MANIFEST).read_text()
+    text = text.replace('"threshold": 0.5', '"threshold": 0.5, "threshold": 0.001', 1)
+    assert '"threshold": 0.001' in text
+    (bundle / MANIFEST).write_text(text)
+    with pytest.raises(BundleError, match="duplicate key"):
+        read_manifest(bundle)
+
+
+def test_runaway_nesting_and_huge_manifests_are_bundle_errors(bundle: Path) -> None:
+    raw = json.loads((bundle / MANIFEST).read_text())
+    (bundle / MANIFEST).write_text(json.dumps(raw)[:-1] + ', "notes_deep": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    with pytest.raises(BundleError, match="nested too deeply"):
+        read_manifest(bundle)
+    with open(bundle / MANIFEST, "wb") as fh:
+        fh.truncate(17 << 20)
+    with pytest.raises(BundleError, match="larger than 16 MiB"):
+        read_manifest(bundle)
+
+
+@pytest.mark.parametrize("name", ["../x", "/abs", "C:x", "\\x", "a\\..\\x", "./model.onnx", "a//b", ""])
+def test_only_plain_relative_names_can_name_a_bundle_file(name: str) -> None:
+    assert bundle_path_problem(name) is not None
+    with pytest.raises(BundleError):
+        FileEntry(name, "other")
+
+
+def test_plain_names_in_subfolders_are_fine() -> None:
+    assert bundle_path_problem("engines/model.fp16.engine") is None
+
+
+def test_a_link_out_of_the_bundle_fails_verification(bundle: Path, tmp_path: Path) -> None:
+    outside = tmp_path / "outside.onnx"
+    outside.write_bytes((bundle / "model.onnx").read_bytes())
+    (bundle / "model.onnx").unlink()
+    os.symlink(outside, bundle / "model.onnx")
+    bad = [c for c in verify(bundle) if not c.ok]
+    assert [(c.path, c.reason.split(" (")[0]) for c in bad] == [("model.onnx", "path leaves the bundle folder")]
+    with pytest.raises(BundleError, match="model.onnx: path leaves the bundle folder"):
+        verify_or_raise(bundle)
+
+
+def test_the_exporter_cannot_write_a_class_without_a_real_threshold() -> None:
+    with pytest.raises(BundleError, match="threshold must be a probability"):
+        ClassSpec("dr", threshold=float("nan"), referable=True)
+    assert ClassSpec("dr", threshold=1, referable=True).threshold == 1.0  # saturated scores: a valid edge
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("thresholds", "nan", "thresholds\\[1\\] must be a probability"),
+    ("thresholds", "short", "thresholds must list one value per class"),
+    ("referable", "string", "referable must hold true or false"),
+])
+def test_a_checkpoint_with_a_broken_operating_point_is_refused(tmp_path: Path, field: str, value: str,
+                                                              message: str) -> None:
+    # It exported into a bundle that verified, with a class that could never be called.
+    from trainhelpers import tiny_model
+
+    from uopsl.runtime.errors import CheckpointError
+    from uopsl.train.checkpoint import read_meta, save_model
+
+    model, meta = tiny_model()
+    k = len(meta.phrases)
+    from dataclasses import replace
+    save_model(tmp_path / "ck", model, replace(meta, thresholds=(0.5,) * k, referable=(True,) * k))
+    path = tmp_path / "ck" / "checkpoint.json"
+    raw = json.loads(path.read_text())
+    if value == "nan":
+        raw["thresholds"][1] = math.nan
+    elif value == "short":
+        raw["thresholds"] = raw["thresholds"][:-1]
+    else:
+        raw["referable"][0] = "false"
+    path.write_text(json.dumps(raw))
+    with pytest.raises(CheckpointError, match=message):
+        read_meta(tmp_path / "ck")
