@@ -42,7 +42,7 @@ class ContractScreen(nn.Module):
         self.eval()
 
     def forward(self, image):
-        f = self.trunk((image.permute(0, 3, 1, 2).float() - self.mean) / self.std)
+        f = self.trunk((image.float().permute(0, 3, 1, 2) - self.mean) / self.std)
         logits = self.fc(f.mean((2, 3)))
         cam = torch.einsum("nchw,kc->nkhw", f, self.fc.weight)
         n, k, h, w = cam.shape

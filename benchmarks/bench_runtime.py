@@ -88,7 +88,7 @@ def build_bundle(root: Path, size: int, calib_images: list[Path], arch: str = "r
             self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1) * 255)
 
         def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-            x = (image.permute(0, 3, 1, 2).float() - self.mean) / self.std
+            x = (image.float().permute(0, 3, 1, 2) - self.mean) / self.std
             f = self.body(x)  # N, 512, h, w
             logits = self.fc(f.mean(dim=(2, 3)))
             cam = nn.functional.conv2d(f, self.fc.weight[:, :, None, None])  # N, K, h, w

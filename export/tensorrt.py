@@ -144,8 +144,6 @@ class EngineBuildConfig:
         if self.dla_core is not None:
             if isinstance(self.dla_core, bool) or not isinstance(self.dla_core, int) or self.dla_core < 0:
                 raise ConfigError(f"dla_core must be an integer >= 0 or None, got {self.dla_core!r}")
-            if self.precision == "fp32":
-                raise ConfigError("DLA runs FP16 and INT8 only; build with --precision fp16 or int8 for --dla-core")
             if not self.min_batch == self.opt_batch == self.max_batch:
                 raise ConfigError(
                     f"dla_core {self.dla_core} with a dynamic batch (min {self.min_batch}, opt {self.opt_batch}, "
@@ -364,6 +362,10 @@ def plan_build(api: TrtApi, config: EngineBuildConfig, *, onnx_qdq: bool,
                 "--calib-cache FILE, or --int8-mode legacy-calibrator --calib-images DIR), or --precision fp16"
             )
     strongly = _strong_typing(api, config, int8_mode)
+    if strongly and config.precision == "int8" and config.fp16_fallback:
+        warnings.append("--fp16-fallback has no effect on a strongly typed network (the Q/DQ model's types decide "
+                        "each layer's precision)" + ("; build with --no-strongly-typed to use it"
+                                                     if api.weak_precision_flags else ""))
     if not strongly:
         if config.precision == "fp16":
             set_flags.append("FP16")
@@ -388,6 +390,16 @@ def plan_build(api: TrtApi, config: EngineBuildConfig, *, onnx_qdq: bool,
     if config.dla_core is not None:
         if not api.dla:
             raise ConfigError(f"TensorRT {v} offers no DLA device type; drop --dla-core")
+        if config.precision == "fp32":
+            if api.weak_precision_flags:
+                raise ConfigError("DLA runs FP16 and INT8 only; build with --precision fp16 or int8 for --dla-core")
+            # 11.x: no precision flags; the ONNX's tensor types decide, and FP16 on the DLA comes from an
+            # ONNX converted to FP16 (TensorRT 11.4 "Strongly Typed Networks for DLA").
+            warnings.append(
+                f"--precision fp32 on DLA core {config.dla_core} under TensorRT {v}: the ONNX's own tensor types "
+                "decide the precision; DLA runs FP16 and INT8 layers only, so give an ONNX converted to FP16 "
+                "(ModelOpt AutoCast) or the Q/DQ INT8 model, or FP32 layers will "
+                + ("run on the GPU" if config.gpu_fallback else "fail to build (no --gpu-fallback)"))
         if config.gpu_fallback:
             set_flags.append("GPU_FALLBACK")
     if config.version_compatible:
@@ -496,6 +508,8 @@ def build_engine(
                 + " | ".join(errors)
             )
         input_name, sample_shape, input_dtype = _input_of(trt, network, config)
+        if input_dtype == np.uint8:
+            _check_uint8_input(trt, network, input_name, onnx_path)
         bconfig: tensorrt.IBuilderConfig = builder.create_builder_config()
         set_workspace(trt, api, bconfig, config.workspace_bytes)
         for name in plan.set_flags:
@@ -619,6 +633,28 @@ def _input_of(trt: Any, network: tensorrt.INetworkDefinition,
         raise ConfigError(f"input '{tensor.name}' has a fixed batch of {shape[0]}; re-export the ONNX with a dynamic "
                           f"batch or build with --min-batch/--opt-batch/--max-batch {shape[0]}")
     return str(tensor.name), sample, nptype(trt, tensor.dtype)
+
+
+def _check_uint8_input(trt: Any, network: tensorrt.INetworkDefinition, name: str, onnx_path: Path) -> None:
+    """Refuse a network whose uint8 input reaches any layer but a cast, before a build that would fail obscurely.
+
+    TensorRT converts a uint8 network input only in a cast (an identity layer on 8.5); every other layer,
+    even a transpose or reshape, rejects it (``DataType.UINT8``'s documentation; NVIDIA/TensorRT#3985,
+    where the build gives a network without outputs). Bundles exported before uopsl cast first have
+    Transpose -> Cast there.
+    """
+    allowed = {getattr(trt.LayerType, n) for n in ("CAST", "IDENTITY") if hasattr(trt.LayerType, n)}
+    for i in range(network.num_layers):
+        layer = network.get_layer(i)
+        reads = any((t := layer.get_input(j)) is not None and t.name == name for j in range(layer.num_inputs))
+        if reads and layer.type not in allowed:
+            kind = getattr(layer.type, "name", str(layer.type))
+            raise ConfigError(
+                f"{onnx_path.name}: the uint8 input '{name}' goes into a {kind} layer ({layer.name}) before it is "
+                "converted to float; TensorRT reads a uint8 input only in a cast. The bundle was exported by an "
+                "older uopsl: export it again with this version (`uopsl export CHECKPOINT --out BUNDLE`; the "
+                "model's numbers do not change), then build the engine"
+            )
 
 
 def _use_dla(trt: Any, builder: tensorrt.Builder, bconfig: tensorrt.IBuilderConfig, core: int) -> None:

@@ -75,8 +75,8 @@ def probability(value: object, what: str) -> float:
     never positive (``p >= nan`` is false): a referable disease would silently
     never be referred. So a threshold is refused wherever one is read.
     """
-    if not _is_real(value) or not 0.0 <= float(value) <= 1.0:  # NaN fails the comparison
-        raise BundleError(f"{what} must be a probability between 0 and 1, got {value!r}")
+    if not isinstance(value, numbers.Real) or isinstance(value, (bool, np.bool_)) or not 0.0 <= float(value) <= 1.0:
+        raise BundleError(f"{what} must be a probability between 0 and 1, got {value!r}")  # (NaN fails the test)
     return float(value)
 
 

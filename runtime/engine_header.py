@@ -210,8 +210,11 @@ class EngineHeader:
             for name in ("min_batch", "opt_batch", "max_batch", "plan_size", "workspace_mib"):
                 if not _is_int(getattr(h, name)):
                     raise TypeError(f"{name} must be an integer, got {getattr(h, name)!r}")
-            if h.dla_core is not None and not _is_int(h.dla_core):
-                raise TypeError(f"dla_core must be an integer or null, got {h.dla_core!r}")
+            if h.dla_core is not None and not (_is_int(h.dla_core) and h.dla_core >= 0):
+                raise TypeError(f"dla_core must be an integer >= 0 or null, got {h.dla_core!r}")
+            if not 1 <= h.min_batch <= h.opt_batch <= h.max_batch:
+                raise ValueError(f"batch sizes must satisfy 1 <= min <= opt <= max, got {h.min_batch}, "
+                                 f"{h.opt_batch}, {h.max_batch}")
         except (TypeError, ValueError) as exc:
             raise BundleError(
                 f"{source}: engine header is malformed ({exc}); rebuild the engine with 'uopsl build-engine'"

@@ -110,12 +110,14 @@ def test_unknown_keys_from_newer_toolkit_are_ignored(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("key, value", [("input_shape", ["a", 64, 3]), ("input_shape", "64x64"),
-                                        ("dla_core", True), ("max_batch", True), ("min_batch", "1")])
+                                        ("dla_core", True), ("max_batch", True), ("min_batch", "1"),
+                                        ("dla_core", -1), ("min_batch", 0)])
 def test_malformed_header_fields_say_rebuild(key: str, value: object) -> None:
     """Not a raw ValueError, and not a bool read as an integer (``"dla_core": true`` is not DLA core 1)."""
     d = _header().to_dict()
     d[key] = value
-    with pytest.raises(BundleError, match=rf"x\.engine: engine header is malformed .*{key}.*rebuild the engine"):
+    with pytest.raises(BundleError, match=rf"x\.engine: engine header is malformed .*({key}|batch sizes).*rebuild "
+                                          "the engine"):
         eh.EngineHeader.from_dict(d, source="x.engine")
 
 
@@ -338,3 +340,12 @@ def test_rebuild_command_targets_the_gpu_the_engine_is_opened_on() -> None:
     h = _header(precision="fp16", int8_mode="")
     assert "--device" not in eh.rebuild_command(h)
     assert "--device 1 " in eh.rebuild_command(h, device=1) + " "
+
+
+@pytest.mark.parametrize("body", [b"[" * 100_000 + b"]" * 100_000, b'{"a": 1, "a": 2}'])
+def test_hostile_header_json_is_a_bundle_error(tmp_path: Path, body: bytes) -> None:
+    # Runaway nesting raised RecursionError past every handler; duplicate keys let a reader see another value.
+    path = tmp_path / "h.engine"
+    path.write_bytes(struct.pack("<8sII", b"UOPSLENG", 1, len(body)) + body + PLAN)
+    with pytest.raises(BundleError, match="h.engine: engine header is not valid JSON"):
+        eh.read_header(path)

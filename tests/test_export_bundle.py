@@ -97,6 +97,21 @@ def test_onnx_passes_the_full_checker_is_folded_and_has_a_dynamic_batch(exported
         assert out[name][0].dim_param and [d.dim_value for d in out[name][1:]] == shape, name
 
 
+def uint8_input_readers(path: Path) -> list[str]:
+    """The op types that read the graph's image input."""
+    import onnx
+
+    model = onnx.load(str(path))
+    (image,) = model.graph.input
+    return [n.op_type for n in model.graph.node if image.name in n.input]
+
+
+def test_the_uint8_image_goes_straight_into_a_cast(exported: dict[str, Any]) -> None:
+    # TensorRT reads a uint8 network input only in a cast; before session 15 a Transpose read it first
+    # and every engine build would have failed (NVIDIA/TensorRT#3985).
+    assert uint8_input_readers(exported["bundle"] / "model.onnx") == ["Cast"]
+
+
 def test_onnx_declares_static_output_dims_in_the_file(exported: dict[str, Any]) -> None:
     import onnx
 

@@ -66,8 +66,9 @@ class FakeGpu:
 
 
 def fake_onnx(path: Path, *, qdq: bool = False, batch: int = -1, dtype: str = "uint8", bad: bool = False,
-              size: int = H) -> Path:
-    spec = {"input": "image", "shape": [batch, size, size, 3], "dtype": dtype, "bad": bad}
+              size: int = H, first: str = "CAST") -> Path:
+    """``first``: the TensorRT layer type that reads the input (bundles before session 15: SHUFFLE, a transpose)."""
+    spec = {"input": "image", "shape": [batch, size, size, 3], "dtype": dtype, "bad": bad, "first": first}
     body = json.dumps(spec).encode() + (b" QuantizeLinear DequantizeLinear" if qdq else b"")
     path.write_bytes(FAKE_ONNX_MAGIC + body)
     return path
@@ -128,13 +129,25 @@ def fake_trt(version: str, gpu: FakeGpu | None = None, *, dla_cores: int = 0, bu
         def __init__(self, name: str, shape: tuple[int, ...], dtype: Any) -> None:
             self.name, self.shape, self.dtype = name, shape, dtype
 
+    mod.LayerType = _enum("LayerType", {"CONVOLUTION": 0, "SHUFFLE": 1, "IDENTITY": 2, "CAST": 3})
+
     class Layer:
-        def __init__(self, out: Tensor) -> None:
+        def __init__(self, out: Tensor, kind: str = "CONVOLUTION", reads: Tensor | None = None) -> None:
             self.num_outputs = 1
             self._out = out
+            self.type = getattr(mod.LayerType, kind)
+            self.name = f"/{kind.lower()}_0"
+            self._in = [reads or Tensor("prev", (-1, 4), mod.DataType.FLOAT)]
 
         def get_output(self, i: int) -> Tensor:
             return self._out
+
+        @property
+        def num_inputs(self) -> int:
+            return len(self._in)
+
+        def get_input(self, i: int) -> Tensor:
+            return self._in[i]
 
     class Network:
         def __init__(self, flags: int) -> None:
@@ -185,7 +198,10 @@ def fake_trt(version: str, gpu: FakeGpu | None = None, *, dla_cores: int = 0, bu
                 self.errors = [ParserError("No importer registered for op: FancyOp", 7),
                                ParserError("Failed to parse onnx file", -1)]
                 return False
-            self.network.inputs.append(Tensor(spec["input"], tuple(spec["shape"]), dt_of[spec["dtype"]]))
+            image = Tensor(spec["input"], tuple(spec["shape"]), dt_of[spec["dtype"]])
+            self.network.inputs.append(image)
+            first = Layer(Tensor("image_f", tuple(spec["shape"]), mod.DataType.FLOAT), spec.get("first", "CAST"), image)
+            self.network.layers.insert(0, first)
             return True
 
         @property
@@ -673,7 +689,6 @@ def api(version: str) -> trt_compat.TrtApi:
     (dict(max_batch=0), "max_batch"),
     (dict(workspace_mib=0), "workspace_mib"),
     (dict(precision="int4"), "precision"),
-    (dict(precision="fp32", dla_core=0), "DLA runs FP16 and INT8"),
     (dict(dla_core=-1), "dla_core"),
     (dict(dla_core=0), r"dla_core 0 with a dynamic batch \(min 1, opt 8, max 16\): TensorRT's DLA does not support "
                        r"dynamic dimensions.*min_batch = opt_batch = max_batch"),
@@ -761,6 +776,21 @@ def test_plan_dla_version_compat_opt_level() -> None:
         plan_build(api("8.5.2"), EngineBuildConfig(builder_optimization_level=5), onnx_qdq=False)
 
 
+@pytest.mark.parametrize("version", ["8.6.1", "10.3.0"])
+def test_plan_fp32_on_dla_is_refused_where_precision_flags_exist(version: str) -> None:
+    with pytest.raises(ConfigError, match="DLA runs FP16 and INT8 only"):
+        plan_build(api(version), EngineBuildConfig(precision="fp32", dla_core=0, **DLA1), onnx_qdq=False)
+
+
+def test_plan_fp32_on_dla_under_11_takes_the_onnx_types() -> None:
+    # TensorRT 11 has no FP16 flag: FP16 on the DLA comes from an ONNX converted to FP16, built as "fp32"
+    # (the ONNX's own types). Before, 11.x refused fp16 and the config refused fp32 + DLA: no DLA FP16 at all.
+    p = plan_build(api("11.4.0"), EngineBuildConfig(precision="fp32", dla_core=0, **DLA1), onnx_qdq=False)
+    assert p.strongly_typed and p.set_flags == ("GPU_FALLBACK",)
+    assert len(p.warnings) == 1 and "ONNX's own tensor types decide" in p.warnings[0]
+    assert "run on the GPU" in p.warnings[0]
+
+
 def test_plan_dla_int8_on_8x_refuses_qdq_and_takes_the_cache_route() -> None:
     """DLA under TensorRT 8.x runs no Q/DQ model: the legacy cache route is used, Q/DQ is a ConfigError."""
     cal = LegacyCalibration(amax={"image": 255.0})
@@ -799,7 +829,9 @@ def test_plan_warns_once_about_weak_precision_flags_from_10_12() -> None:
     with pytest.raises(ConfigError, match="no FP16 builder flag"):
         plan_build(api("11.0.0"), EngineBuildConfig(precision="fp16"), onnx_qdq=False)
     p11 = plan_build(api("11.0.0"), EngineBuildConfig(precision="int8", fp16_fallback=True), onnx_qdq=True)
-    assert (p11.strongly_typed, p11.set_flags, p11.warnings) == (True, (), ())
+    assert (p11.strongly_typed, p11.set_flags) == (True, ())
+    assert p11.warnings == ("--fp16-fallback has no effect on a strongly typed network (the Q/DQ model's types "
+                            "decide each layer's precision)",)  # it was dropped without a word
 
 
 def test_plan_warns_when_opset_is_above_the_parser() -> None:
@@ -892,6 +924,23 @@ def test_build_fp16_flow(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, gpu: F
     assert h.source_onnx == "model.onnx" and len(h.source_onnx_sha256) == 64 and h.workspace_mib == 256
     assert read_plan(info.path)[1].startswith(b"FAKEPLAN")
     assert cuda.active == 0  # activate/deactivate balanced
+
+
+@pytest.mark.parametrize("first, builds", [("CAST", True), ("IDENTITY", True), ("SHUFFLE", False)])
+def test_a_uint8_input_must_go_straight_into_a_cast(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, gpu: FakeGpu,
+                                                    first: str, builds: bool) -> None:
+    # Bundles exported before session 15 had image -> Transpose -> Cast: TensorRT rejects a uint8 input
+    # anywhere but in a cast (an identity layer is TensorRT 8.5's cast), so the build is refused up front.
+    trt = install(monkeypatch, "10.3.0", gpu)
+    onnx = fake_onnx(tmp_path / "model.onnx", first=first)
+    cfg = EngineBuildConfig(precision="fp16", min_batch=1, opt_batch=1, max_batch=1)
+    if builds:
+        build_engine(onnx, tmp_path / "m.engine", cfg, cuda=FakeCuda(gpu))
+        assert (tmp_path / "m.engine").is_file()
+    else:
+        with pytest.raises(ConfigError, match=r"uint8 input 'image' goes into a SHUFFLE layer.*export it again"):
+            build_engine(onnx, tmp_path / "m.engine", cfg, cuda=FakeCuda(gpu))
+        assert not (tmp_path / "m.engine").exists() and trt.calls["configs"] == []
 
 
 def test_build_int8_qdq_strongly_typed_on_10_and_11(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,

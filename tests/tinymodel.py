@@ -41,7 +41,7 @@ class TinyScreen(nn.Module):
         self.eval()
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        x = (image.permute(0, 3, 1, 2).float() - self.mean) / self.std
+        x = (image.float().permute(0, 3, 1, 2) - self.mean) / self.std
         t = self.features(x)  # N, C, h, w
         n, c, h, w = t.shape
         tokens = t.flatten(2).transpose(1, 2)  # N, hw, C

@@ -529,7 +529,9 @@ class DeployModel(nn.Module):
                 self.register_buffer("uniform", (place.sum(0) / len(idx)).unsqueeze(-1))  # (T, 1)
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        x = image.permute(0, 3, 1, 2).to(torch.float32) - self.mean
+        # Cast before anything else: TensorRT takes a uint8 network input only straight into a cast
+        # (not even a transpose may read it); the values are the same either way.
+        x = image.to(torch.float32).permute(0, 3, 1, 2) - self.mean
         feat = self.trunk(x)
         h, w, k = self.h, self.w, self.k
         tokens = self.tokens(feat).flatten(2).transpose(1, 2)  # (N, T, d)
