@@ -34,6 +34,8 @@ from uopsl.runtime.bundle import (
     Manifest,
     Precision,
     ReferralRule,
+    bundle_path_problem,
+    check_manifest_checksum,
     describe_file,
     parity_reference_kind,
     read_manifest,
@@ -191,8 +193,9 @@ def add_file(
     """
     root = Path(bundle)
     dest = root / name
-    if Path(name).is_absolute() or ".." in Path(name).parts:
-        raise BundleError(f"bundle file names must stay inside the bundle, got {name!r}")
+    problem = bundle_path_problem(name)
+    if problem:
+        raise BundleError(f"cannot add {name!r} to the bundle: {problem}")
     if src is not None and Path(src).resolve() != dest.resolve():
         tmp = dest.with_name(f".{dest.name}.tmp")
         shutil.copyfile(src, tmp)
@@ -201,6 +204,7 @@ def add_file(
         raise BundleError(f"{dest} does not exist; nothing to add to the bundle")
     entry = describe_file(root, FileEntry(name, kind, precision, info=dict(info or {})))
     with manifest_update(root):
+        check_manifest_checksum(root)
         manifest = read_manifest(root)
         # In place when listed already: re-adding what is there changes nothing, not even the manifest's hash.
         names = [f.path for f in manifest.files]
@@ -212,8 +216,15 @@ def add_file(
     return updated
 
 
-def record_parity(bundle: str | os.PathLike[str], records: dict[str, dict[str, dict[str, Any]]]) -> Manifest:
+def record_parity(bundle: str | os.PathLike[str], records: dict[str, dict[str, dict[str, Any]]],
+                  validated: Mapping[str, str] | None = None) -> Manifest:
     """Store ``uopsl validate``'s verdicts in the manifest (``FileEntry.info["parity"]``), atomically.
+
+    ``validated``: the sha256 of each file as it was validated. A file the
+    manifest lists with other content by now (``uopsl quantize`` replaced it
+    during the run) gets no record: the verdict is about the old content, and
+    filed under the new checksum it would let ``auto`` trust a file never
+    validated.
 
     ``records`` maps a bundle file to ``{backend: verdict}``. Verdicts are
     merged per backend into the file's record while its sha256 is unchanged
@@ -236,11 +247,18 @@ def record_parity(bundle: str | os.PathLike[str], records: dict[str, dict[str, d
     """
     root = Path(bundle)
     with manifest_update(root):
-        return _record_parity(root, records)
+        return _record_parity(root, records, validated or {})
 
 
-def _record_parity(root: Path, records: dict[str, dict[str, dict[str, Any]]]) -> Manifest:
+def _record_parity(root: Path, records: dict[str, dict[str, dict[str, Any]]],
+                   validated: Mapping[str, str]) -> Manifest:
+    check_manifest_checksum(root)
     manifest = read_manifest(root)
+    listed = {f.path: f.sha256 for f in manifest.files}
+    for path in [p for p in records if p in validated and listed.get(p) != validated[p]]:
+        log.warning("%s changed while it was validated (the manifest lists other content now); its verdict is not "
+                    "recorded: validate it again", path)
+        records = {k: v for k, v in records.items() if k != path}
     unknown = sorted(set(records) - {f.path for f in manifest.files})
     if unknown:
         raise BundleError(f"cannot record parity for files the manifest of {root} does not list: {unknown}")

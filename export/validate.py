@@ -982,7 +982,8 @@ def validate_bundle(
     if to_record:  # after the reports: a read-only bundle costs the record, not the run
         try:
             _record(root, to_record, cfg, n=n, truth=str(report["data"]["truth"]), data=report["data"],
-                    reference=report["reference"], created=created, report=json_path, machine=report["machine"])
+                    reference=report["reference"], created=created, report=json_path, machine=report["machine"],
+                    validated={f.path: f.sha256 for f in manifest.files})
         except OSError as exc:
             log.warning("the parity verdicts could not be recorded in %s (%s); the reports are in %s",
                         root / "manifest.json", exc, out_dir)
@@ -1009,7 +1010,7 @@ def _checkpoint_facts(context: Mapping[str, Any] | None, manifest: Manifest) -> 
 
 def _record(root: Path, candidates: Sequence[Mapping[str, Any]], cfg: ValidateConfig, *, n: int, truth: str,
             data: Mapping[str, Any], reference: Mapping[str, Any], created: str, report: Path,
-            machine: Mapping[str, Any] | None = None) -> None:
+            validated: Mapping[str, str], machine: Mapping[str, Any] | None = None) -> None:
     """Each validated file's verdict per backend into the manifest; see ``ValidateConfig.record``.
 
     The record holds what :func:`uopsl.runtime.bundle.parity_status` needs to
@@ -1046,7 +1047,7 @@ def _record(root: Path, candidates: Sequence[Mapping[str, Any]], cfg: ValidateCo
             # (the bundle's identity) as it is, whatever was committed meanwhile.
             "bootstrap_seed": cfg.seed, "created": created, "toolkit_version": __version__, "report": str(report),
         })
-    record_parity(root, records)
+    record_parity(root, records, validated)
     log.info("parity verdicts recorded in %s: %s", root / "manifest.json",
              ", ".join(f"{f} on {b} {v['verdict']}" for f, per in records.items() for b, v in per.items()))
 

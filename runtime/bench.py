@@ -25,7 +25,7 @@ import numpy as np
 
 from uopsl.runtime.backends import BACKEND_NAMES, detect_availability, open_and_enter, select_backend
 from uopsl.runtime.backends.base import Backend
-from uopsl.runtime.bundle import Manifest, read_manifest
+from uopsl.runtime.bundle import Manifest, verify_or_raise
 from uopsl.runtime.errors import BackendError, ConfigError, UopslError
 from uopsl.runtime.pipeline import PipelineConfig, ScreeningPipeline, item_for_data, item_for_path, walk_images
 from uopsl.runtime.preprocess import preprocess, read_bytes
@@ -227,7 +227,7 @@ def run_bench(bundle: str | os.PathLike[str], backend: str = "auto", precision: 
     """Benchmark the requested backends on ``bundle``; returns a JSON-serialisable dict."""
     cfg = config or BenchConfig()
     root = Path(bundle)
-    m = read_manifest(root)
+    m = verify_or_raise(root)  # figures are attributed to the bundle's files: they must be those files
     if images is not None:
         img_dir = Path(images)
         paths = [img_dir] if img_dir.is_file() else list(walk_images(img_dir))

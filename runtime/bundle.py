@@ -332,6 +332,12 @@ def _record_problem(path: str, backend: str, r: Any, manifest: Manifest | None =
         return f"{path} passed on {backend} under a run too weak to rely on: {weak}"
     machine = r.get("machine")
     recorded = machine.get("cpu_int8") if isinstance(machine, dict) else None
+    if int8 and backend in CPU_BACKENDS and not isinstance(recorded, str):
+        # As any other field a record lacks: written before uopsl kept the CPU class, so the verdict may
+        # come from a CPU with other 8-bit rounding.
+        return (f"{path}'s INT8 parity record on {backend} does not say which kind of CPU it was judged on "
+                f"(written by an older uopsl); validate it again here (`uopsl validate --backends {backend}`, "
+                "or `--onnx-reference` without PyTorch)")
     if int8 and backend in CPU_BACKENDS and isinstance(recorded, str):
         here = int8_cpu_class()
         if not same_int8_arithmetic(recorded, here):
@@ -442,6 +448,13 @@ class Manifest:
         p = np.asarray(probs, np.float64)
         if p.ndim != 2 or p.shape[1] != len(self.classes):
             raise BundleError(f"probabilities must be (N, {len(self.classes)}), got shape {p.shape}")
+        # A NaN is never above a threshold (a disease silently not called), and values outside [0, 1] are
+        # not probabilities (output names that do not fit the model: logits read as probabilities).
+        bad = ~((p >= -1e-6) & (p <= 1.0 + 1e-6))
+        if bad.any():
+            raise BundleError(f"the model's '{self.output_names[0]}' output holds values outside [0, 1] "
+                              f"(e.g. {p[bad][0]:.4g}): the manifest's output names do not fit this model file; "
+                              "export the bundle again or copy it again from its source")
         positive = p >= self.thresholds[None, :]
         mask = self.referable_mask
         if self.referral_rule == "any_referable":
@@ -611,6 +624,20 @@ def verify(bundle: str | os.PathLike[str], manifest: Manifest | None = None) -> 
         else:
             out.append(FileCheck(f.path, True))
     return out
+
+
+def check_manifest_checksum(bundle: str | os.PathLike[str]) -> None:
+    """BundleError unless the manifest's content matches its own checksum.
+
+    Every writer that rewrites a manifest (adding a file, recording parity) calls this
+    under the manifest lock just before it rewrites: a rewrite computes a fresh checksum,
+    so without this a hand-edited manifest would come out verifying.
+    """
+    path = Path(bundle) / MANIFEST
+    raw = read_manifest_json(path)
+    if raw.get("content_sha256") and _content_hash(raw) != raw["content_sha256"]:
+        raise BundleError(f"{path}: content differs from its checksum (edited or corrupted); not rewriting it. "
+                          "Copy the bundle again from its source, or export it again")
 
 
 def _inside(root: Path, p: Path) -> bool:

@@ -304,8 +304,13 @@ def read_header(path: str | os.PathLike[str]) -> EngineHeader:
     return _parse(_read_prefix(p), str(p))[0]
 
 
-def read_plan(path: str | os.PathLike[str], *, verify: bool = True) -> tuple[EngineHeader, bytes]:
-    """Header and serialized plan; with ``verify`` the plan must match its recorded size and sha256."""
+def read_plan(path: str | os.PathLike[str], *, verify: bool = True,
+              expected_sha256: str | None = None) -> tuple[EngineHeader, bytes]:
+    """Header and serialized plan; with ``verify`` the plan must match its recorded size and sha256.
+
+    ``expected_sha256``: the whole file's sha256 as the bundle's manifest lists it; the plan returned
+    then comes from exactly the bytes the bundle was verified with.
+    """
     p = Path(path)
     try:
         data = p.read_bytes()
@@ -313,6 +318,9 @@ def read_plan(path: str | os.PathLike[str], *, verify: bool = True) -> tuple[Eng
         raise BundleError(f"{p}: engine file not found; build it with 'uopsl build-engine'") from exc
     except OSError as exc:
         raise BundleError(f"{p}: cannot read the engine file ({exc})") from exc
+    if expected_sha256 is not None and sha256_bytes(data) != expected_sha256:
+        raise BundleError(f"{p} is not the engine the bundle's manifest lists (its sha256 differs: replaced or "
+                          "damaged since the bundle was verified); copy the bundle again or rebuild the engine")
     header, start = _parse(data, str(p))
     plan = data[start:]
     if verify:

@@ -14,6 +14,7 @@ from uopsl.runtime.bundle import (
     MANIFEST,
     ClassSpec,
     FileEntry,
+    Manifest,
     _content_hash,
     bundle_path_problem,
     read_manifest,
@@ -21,6 +22,7 @@ from uopsl.runtime.bundle import (
     verify_or_raise,
 )
 from uopsl.runtime.errors import BundleError
+from uopsl.runtime.preprocess import PreprocessConfig
 
 
 def _reseal(bundle: Path, edit) -> None:  # type: ignore[no-untyped-def]
@@ -156,3 +158,112 @@ def test_a_checkpoint_with_a_broken_operating_point_is_refused(tmp_path: Path, f
     path.write_text(json.dumps(raw))
     with pytest.raises(CheckpointError, match=message):
         read_meta(tmp_path / "ck")
+
+
+def test_an_edited_manifest_is_not_resealed_by_the_next_writer(bundle: Path) -> None:
+    # build-engine's add_file used to recompute the checksum over whatever the manifest said:
+    # a hand-edited threshold came out of the next engine build verifying.
+    from uopsl.export.bundle_writer import add_file, record_parity
+
+    text = (bundle / MANIFEST).read_text()
+    (bundle / MANIFEST).write_text(text.replace('"threshold": 0.5', '"threshold": 0.999', 1))
+    (bundle / "extra.bin").write_bytes(b"x")
+    with pytest.raises(BundleError, match="content differs from its checksum.*not rewriting it"):
+        add_file(bundle, None, "extra.bin", "other")
+    with pytest.raises(BundleError, match="not rewriting it"):
+        record_parity(bundle, {"model.onnx": {}})
+    assert '"threshold": 0.999' in (bundle / MANIFEST).read_text()
+    assert [c.path for c in verify(bundle) if not c.ok] == [MANIFEST]
+
+
+def test_a_verdict_about_a_file_replaced_during_validation_is_not_recorded(bundle: Path, caplog) -> None:  # type: ignore[no-untyped-def]
+    from uopsl.export.bundle_writer import add_file, record_parity
+
+    before = read_manifest(bundle).file("model.onnx").sha256
+    (bundle / "model.onnx").write_bytes((bundle / "model.onnx").read_bytes() + b"\0")  # what quantize would do
+    add_file(bundle, None, "model.onnx", "onnx", "fp32")
+    verdict = {"passed": True, "verdict": "PASS"}
+    record_parity(bundle, {"model.onnx": {"ort-cpu": verdict}}, validated={"model.onnx": before})
+    assert "parity" not in read_manifest(bundle).file("model.onnx").info
+    assert "changed while it was validated" in caplog.text
+    record_parity(bundle, {"model.onnx": {"ort-cpu": verdict}},
+                  validated={"model.onnx": read_manifest(bundle).file("model.onnx").sha256})
+    assert read_manifest(bundle).file("model.onnx").info["parity"]["backends"]["ort-cpu"] == verdict
+
+
+def test_the_model_that_runs_is_the_file_that_was_verified(bundle: Path) -> None:
+    # The Screener hashed the files when it was made and loaded them later from disk: a file swapped in
+    # between ran, and the report said "verified".
+    from tinymodel import export_tiny_onnx
+
+    from uopsl.runtime.api import Screener
+    from uopsl.runtime.errors import BackendError
+
+    s = Screener(bundle, backend="ort-cpu")
+    export_tiny_onnx(bundle / "model.onnx", num_classes=3, size=64, head="sigmoid", seed=7)
+    with pytest.raises(BackendError, match="model.onnx is not the file the bundle's manifest lists"):
+        with s:
+            pass
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    (lambda raw: raw["classes"].pop(), r"output 'probs' has shape \(None, 3\), the manifest implies \(batch, 2\)"),
+    (lambda raw: raw.__setitem__("output_names", ["p", "logits", "site_maps"]), r"the model has no output \['p'\]"),
+])
+def test_a_manifest_that_does_not_fit_its_model_is_refused_when_the_model_loads(bundle: Path, edit,  # type: ignore[no-untyped-def]
+                                                                                message: str) -> None:
+    # A class count that did not fit failed only at the first batch, naming neither the bundle nor the fix.
+    from uopsl.runtime.backends import open_and_enter
+
+    _reseal(bundle, edit)
+    with pytest.raises(BundleError, match=message + ".*the manifest does not belong to this model file"):
+        open_and_enter(bundle, "ort-cpu")
+
+
+def test_site_map_dims_the_model_declares_must_fit_the_manifest(bundle: Path) -> None:
+    import numpy as np
+
+    from uopsl.runtime.backends import output_mismatch
+    from uopsl.runtime.backends.base import TensorSpec
+
+    m = read_manifest(bundle)  # 3 classes, 8 x 8 site maps
+    f = np.dtype(np.float32)
+    outs = [TensorSpec("probs", (None, 3), f), TensorSpec("logits", (None, 3), f),
+            TensorSpec("site_maps", (None, 3, 8, 8), f)]
+    assert output_mismatch(outs, m) is None
+    outs[2] = TensorSpec("site_maps", (None, 3, 10, 10), f)
+    assert output_mismatch(outs, m) == "output 'site_maps' has shape (None, 3, 10, 10), the manifest implies (batch, 3, 8, 8)"
+    outs[2] = TensorSpec("site_maps", (None, None, None, None), f)  # dynamic dimensions are not compared
+    assert output_mismatch(outs, m) is None
+
+
+def test_swapped_output_names_are_caught_at_the_first_batch(bundle: Path, tmp_path: Path) -> None:
+    # probs and logits have one shape, so the model's metadata cannot tell them apart; the values can:
+    # logits screened as probabilities gave referrals without a word.
+    from tinybundle import fundus_jpeg
+
+    from uopsl.runtime.api import Screener
+
+    _reseal(bundle, lambda raw: raw.__setitem__("output_names", ["logits", "probs", "site_maps"]))
+    with Screener(bundle, backend="ort-cpu") as s:  # a bundle error stops the run: every row would be wrong
+        with pytest.raises(BundleError, match=r"the model's 'logits' output holds values outside \[0, 1\]"):
+            s.screen(fundus_jpeg(tmp_path / "a.jpg", 256))
+
+
+def test_decide_refuses_what_is_not_a_probability() -> None:
+    import numpy as np
+
+    m = Manifest(classes=(ClassSpec("a", threshold=0.5, referable=True),), head="sigmoid",
+                 preprocess=PreprocessConfig(), files=())
+    assert m.decide(np.array([[0.7]]))[1].tolist() == [True]
+    for bad in (np.array([[np.nan]]), np.array([[2.79]]), np.array([[-3.1]])):
+        with pytest.raises(BundleError, match=r"outside \[0, 1\]"):
+            m.decide(bad)
+
+
+def test_bench_verifies_the_bundle_first(bundle: Path) -> None:
+    from uopsl.runtime.bench import BenchConfig, run_bench
+
+    (bundle / "model.onnx").write_bytes((bundle / "model.onnx").read_bytes()[:-10])
+    with pytest.raises(BundleError, match=r"model.onnx: size .* \(truncated\?\)"):
+        run_bench(bundle, "ort-cpu", config=BenchConfig(iters=1, warmup=0, e2e=False))

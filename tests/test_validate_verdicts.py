@@ -48,6 +48,7 @@ from uopsl.runtime.bundle import (
     read_manifest,
     write_manifest,
 )
+from uopsl.runtime.cpuinfo import int8_cpu_class
 
 
 def _manifest(files: tuple[FileEntry, ...] = (FileEntry("model.onnx", "onnx", "fp32"),)) -> Manifest:
@@ -112,7 +113,8 @@ def test_the_runtime_and_export_share_the_default_gates() -> None:
 
 def _record(**over: Any) -> dict[str, Any]:
     return {"passed": True, "verdict": "PASS", "reasons": [], "gates": dict(PARITY_GATE_DEFAULTS), "n_images": 120,
-            "data": {"spec": "synthetic:test"}, "reference": "PyTorch", "created": "2026-11-29", **over}
+            "data": {"spec": "synthetic:test"}, "reference": "PyTorch", "created": "2026-11-29",
+            "machine": {"cpu_int8": int8_cpu_class()}, **over}  # what validate records for a CPU backend
 
 
 def _entry(run: Mapping[str, Any]) -> FileEntry:

@@ -32,7 +32,7 @@ import logging
 import os
 import platform
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -571,6 +571,7 @@ def open_backend(
         backend = OrtBackend(path, providers, threads, precision=sel.precision, spin=spin, device=device,
                              trt_profile=profile)
     backend.selection = sel
+    backend.expected_sha256 = m.file(sel.file).sha256 or None
     return backend
 
 
@@ -588,10 +589,12 @@ def open_and_enter(bundle: str | os.PathLike[str], name: str = "auto", precision
     Leave the returned backend with ``backend.__exit__(None, None, None)`` (or a ``with`` block that does
     not enter it again).
     """
+    if kwargs.get("manifest") is None:
+        kwargs["manifest"] = read_manifest(bundle)
     b = open_backend(bundle, name, precision, threads, **kwargs)
     try:
         b.__enter__()
-        return b
+        return _checked(b, kwargs["manifest"], bundle)
     except BackendError as exc:
         if name != "auto" or b.name not in _GPU_BACKENDS:
             raise
@@ -601,7 +604,38 @@ def open_and_enter(bundle: str | os.PathLike[str], name: str = "auto", precision
                        tensorrt=False)
     b = open_backend(bundle, "auto", precision, threads, availability=cpu_only, **kwargs)
     b.__enter__()
-    return b
+    return _checked(b, kwargs["manifest"], bundle)
+
+
+def output_mismatch(outputs: Sequence[TensorSpec], m: Manifest) -> str | None:
+    """How a loaded model's outputs disagree with its manifest, or None.
+
+    The manifest says which output holds the probabilities and how many classes
+    there are; a model whose outputs say otherwise (a manifest from another
+    export, names in another order) would be screened wrongly or fail at the
+    first batch. Dynamic dimensions are not compared.
+    """
+    k = len(m.classes)
+    have = {o.name: o.shape for o in outputs}
+    missing = [n for n in m.output_names if n not in have]
+    if missing:
+        return f"the model has no output {missing} (it has {sorted(have)})"
+    expect = {m.output_names[0]: (k,), m.output_names[1]: (k,), m.output_names[2]: (k, *m.site_map_size)}
+    for n, dims in expect.items():
+        shape = have[n]
+        if shape and (len(shape) != len(dims) + 1
+                      or any(d is not None and d != e for d, e in zip(shape[1:], dims, strict=True))):
+            return f"output {n!r} has shape {tuple(shape)}, the manifest implies (batch, {', '.join(map(str, dims))})"
+    return None
+
+
+def _checked(b: Backend, m: Manifest, bundle: str | os.PathLike[str]) -> Backend:
+    problem = output_mismatch(b.outputs, m)
+    if problem is None:
+        return b
+    b.__exit__(None, None, None)
+    raise BundleError(f"bundle {bundle}: {problem}: the manifest does not belong to this model file; "
+                      "export the bundle again or copy it again from its source")
 
 
 def backend_table(bundle: str | os.PathLike[str], manifest: Manifest | None = None,

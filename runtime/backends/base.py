@@ -12,12 +12,14 @@ from __future__ import annotations
 import abc
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from uopsl.runtime.errors import BackendError, ConfigError
+from uopsl.runtime.fsio import sha256_bytes
 
 if TYPE_CHECKING:
     from uopsl.runtime.backends import Selection
@@ -46,6 +48,10 @@ class Backend(abc.ABC):
     name: str = "backend"
     #: what ``open_backend`` chose and why; None for a backend built directly
     selection: Selection | None = None
+    #: the sha256 the bundle's manifest lists for the model file (set by ``open_backend``): the file is
+    #: read once, checked against it and loaded from those bytes, so what runs is what was verified,
+    #: even when the file is replaced between verification and loading. None: not checked.
+    expected_sha256: str | None = None
 
     def __init__(self) -> None:
         self._active = False
@@ -134,3 +140,15 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def _infer(self, batch: np.ndarray) -> dict[str, np.ndarray]: ...
+
+
+def read_verified(path: Path, expected_sha256: str | None) -> bytes:
+    """The bytes of a model file, checked against the manifest's sha256 when one is given."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise BackendError(f"cannot read {path} ({exc}); check the bundle with 'uopsl-screen verify'") from exc
+    if expected_sha256 is not None and sha256_bytes(data) != expected_sha256:
+        raise BackendError(f"{path} is not the file the bundle's manifest lists (its sha256 differs: replaced or "
+                           "damaged since the bundle was verified); copy the bundle again from its source")
+    return data

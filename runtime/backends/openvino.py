@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from uopsl.runtime.backends import ModelFileBackend
-from uopsl.runtime.backends.base import TensorSpec
+from uopsl.runtime.backends.base import TensorSpec, read_verified
 from uopsl.runtime.errors import BackendError, ConfigError
 from uopsl.runtime.optional import require
 
@@ -99,7 +99,7 @@ class OpenVinoBackend(ModelFileBackend):
             if self.threads is not None:
                 config["INFERENCE_NUM_THREADS"] = self.threads
         try:
-            model = core.read_model(str(self.path))
+            model = core.read_model(read_verified(self.path, self.expected_sha256))
             self._compiled = core.compile_model(model, self.device, config)
         except Exception as exc:  # OpenVINO raises RuntimeError subclasses with long texts
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

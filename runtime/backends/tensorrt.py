@@ -125,7 +125,7 @@ class TensorRTBackend(Backend):
             self._load()
 
     def _load(self) -> None:
-        header, plan = read_plan(self.path)
+        header, plan = read_plan(self.path, expected_sha256=self.expected_sha256)
         trt, api = load_tensorrt("running a TensorRT engine")
         cuda = self._cuda_arg or load_cuda("running a TensorRT engine")
         gpu_name, cc = cuda.device_properties(self.device)

@@ -237,13 +237,15 @@ def command(bundle: Path, precision: str, min_batch: int | None, opt_batch: int 
     """Build a TensorRT engine for this GPU into BUNDLE and record it in the manifest."""
     from uopsl.export.bundle_writer import add_file
     from uopsl.export.tensorrt import EngineBuildConfig, build_engine, check_implicit_int8
-    from uopsl.runtime.bundle import read_manifest
+    from uopsl.runtime.bundle import bundle_path_problem, verify_or_raise
     from uopsl.runtime.trt_compat import load_cuda, load_tensorrt
 
-    manifest = read_manifest(bundle)
+    # Checked before a minutes-long build, and because the build rewrites the manifest with a fresh checksum.
+    manifest = verify_or_raise(bundle)
     out_name = out or default_engine_name(precision, dla_core)
-    if Path(out_name).is_absolute() or ".." in Path(out_name).parts:
-        raise ConfigError(f"--out must be a file name inside the bundle, got {out_name!r}")
+    problem = bundle_path_problem(out_name)
+    if problem:
+        raise ConfigError(f"--out must be a file name inside the bundle, got {out_name!r}: {problem}")
     if calib_batch < 1:
         raise ConfigError(f"--calib-batch must be >= 1, got {calib_batch}")
     min_batch, opt_batch, max_batch = resolve_batches(min_batch, opt_batch, max_batch, dla_core)
