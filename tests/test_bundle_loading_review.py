@@ -267,3 +267,11 @@ def test_bench_verifies_the_bundle_first(bundle: Path) -> None:
     (bundle / "model.onnx").write_bytes((bundle / "model.onnx").read_bytes()[:-10])
     with pytest.raises(BundleError, match=r"model.onnx: size .* \(truncated\?\)"):
         run_bench(bundle, "ort-cpu", config=BenchConfig(iters=1, warmup=0, e2e=False))
+
+
+def test_verify_prints_the_fingerprint_to_compare_out_of_band(bundle: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    from uopsl.runtime.cli import main
+
+    assert main(["verify", str(bundle)]) == 0
+    raw = json.loads((bundle / MANIFEST).read_text())
+    assert f"bundle fingerprint (manifest content sha256): {raw['content_sha256']}" in capsys.readouterr().err
