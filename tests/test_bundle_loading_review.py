@@ -275,3 +275,39 @@ def test_verify_prints_the_fingerprint_to_compare_out_of_band(bundle: Path, caps
     assert main(["verify", str(bundle)]) == 0
     raw = json.loads((bundle / MANIFEST).read_text())
     assert f"bundle fingerprint (manifest content sha256): {raw['content_sha256']}" in capsys.readouterr().err
+
+
+# -- Manifest.decide against hand-worked answers (the audit found tests comparing decide with itself) ----------
+def _three_class(rule: str, referral_threshold: float = 0.5) -> Manifest:
+    classes = (ClassSpec("normal", threshold=0.5), ClassSpec("dr", threshold=0.4, referable=True),
+               ClassSpec("dme", threshold=0.35, referable=True))
+    return Manifest(classes=classes, head="softmax" if rule == "referable_sum" else "sigmoid",
+                    preprocess=PreprocessConfig(), files=(), referral_rule=rule,  # type: ignore[arg-type]
+                    referral_threshold=referral_threshold)
+
+
+@pytest.mark.parametrize(("probs", "refer"), [
+    ([0.4, 0.3, 0.3], True),    # 0.3 + 0.3 >= 0.5 although neither class reaches its own threshold
+    ([0.6, 0.2, 0.2], False),   # 0.4 < 0.5
+    ([0.5, 0.25, 0.25], True),  # exactly the referral threshold refers
+    ([0.45, 0.05, 0.5], True),  # one referable class alone
+    ([0.55, 0.45, 0.0], False),  # normal is not referable however high
+])
+def test_referable_sum_refers_on_the_summed_referable_probability(probs: list[float], refer: bool) -> None:
+    import numpy as np
+
+    positive, r = _three_class("referable_sum").decide(np.array([probs], np.float32))  # as a model gives them
+    assert r.tolist() == [refer]
+    assert positive.tolist() == [[np.float32(p) >= np.float32(t) for p, t in zip(probs, (0.5, 0.4, 0.35), strict=True)]]
+
+
+@pytest.mark.parametrize(("probs", "refer"), [
+    ([0.9, 0.39, 0.34], False),  # each referable class just under its own threshold
+    ([0.1, 0.4, 0.0], True),    # dr exactly at its threshold
+    ([0.1, 0.0, 0.35], True),
+    ([0.99, 0.0, 0.0], False),  # normal is not referable
+])
+def test_any_referable_refers_when_a_referable_class_reaches_its_threshold(probs: list[float], refer: bool) -> None:
+    import numpy as np
+
+    assert _three_class("any_referable").decide(np.array([probs], np.float32))[1].tolist() == [refer]

@@ -311,7 +311,9 @@ def test_recalibration_is_skipped_when_model_and_set_match(tmp_path, tiny, calib
         again = calibrate(tiny, calib_set, method="entropy", out=out, show_progress=False)
     assert again == first
     assert "calibration skipped" in caplog.text
-    # Another method, another set or --force: the cache does not apply.
+    # Another model, another method, another set or --force: the cache does not apply.
+    assert load_if_current(out, model_sha256="0" * 64, set_fingerprint=calib_set.fingerprint,
+                           method="entropy") is None
     assert load_if_current(out, model_sha256=sha256_file(tiny), set_fingerprint=calib_set.fingerprint,
                            method="minmax") is None
     other = CalibrationSet.from_images(random_fundus_batch(6, SIZE, seed=9))
@@ -319,6 +321,18 @@ def test_recalibration_is_skipped_when_model_and_set_match(tmp_path, tiny, calib
                            method="entropy") is None
     with pytest.raises(AssertionError, match="must not be run"):
         calibrate(tiny, calib_set, method="entropy", out=out, force=True, show_progress=False)
+
+
+def test_a_table_for_another_model_in_the_same_place_is_made_again(tmp_path, tiny, calib_set, caplog) -> None:
+    # A re-exported model calibrated into the same --out with the same images must not get the old ranges.
+    out = tmp_path / "calibration.json"
+    first = calibrate(tiny, calib_set, method="minmax", out=out, show_progress=False)
+    other = export_tiny_onnx(tmp_path / "other.onnx", num_classes=3, size=SIZE, seed=5)
+    with caplog.at_level(logging.INFO, logger="uopsl.calibration.table"):
+        second = calibrate(other, calib_set, method="minmax", out=out, show_progress=False)
+    assert "calibration skipped" not in caplog.text
+    assert second.model_sha256 == sha256_file(other) != first.model_sha256
+    assert CalibrationTable.load(out).model_sha256 == sha256_file(other)
 
 
 # -- calibration sets ------------------------------------------------------------

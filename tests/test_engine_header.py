@@ -137,6 +137,8 @@ def test_bad_precision_refused(tmp_path: Path) -> None:
         ("10.3.0", "10.4.0", False, False),
         ("10.3.0", "10.4.0", True, True),  # version compatible: later minor of the same major
         ("10.4.0", "10.3.0", True, False),  # ... never an older runtime
+        ("10.3.1", "10.3.0", True, False),  # ... not even an older patch release
+        ("10.3.0", "10.3.1", True, True),
         ("8.6.2", "10.3.0", True, True),  # ... and the two cross-major pairs NVIDIA supports: 8 -> 10 (JetPack 6.1)
         ("10.3.0", "11.0.0", True, True),  # ... and 10 -> 11
         ("8.6.1", "11.0.0", True, False),  # ... but no other: 8 -> 11

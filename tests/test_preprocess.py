@@ -114,6 +114,20 @@ def test_detect_fov_finds_known_circle(size: int, field: float, dx: int, dy: int
     assert abs(g.cx - cx) < tol and abs(g.cy - cy) < tol and abs(g.radius - r) < tol, (g, (cx, cy, r))
 
 
+def test_fov_margin_widens_the_crop_around_the_field() -> None:
+    # A bundle's fov_margin must reach the crop (a test audit found it could be dropped unnoticed).
+    img, cx, cy, r = _shifted_field(400, 0.4, 0, 0, (400, 400))
+    tight = preprocess(img, PreprocessConfig(size=128)).geometry
+    wide_pre = preprocess(img, PreprocessConfig(size=128, fov_margin=0.2))
+    wide = wide_pre.geometry
+    assert tight.side == pytest.approx(2 * tight.radius, abs=1.5)
+    assert wide.side == pytest.approx(2 * 1.2 * wide.radius, abs=1.5)
+    assert (wide.cx, wide.cy, wide.radius) == (tight.cx, tight.cy, tight.radius)
+    # the field covers 1/1.2^2 as much of the wider model input
+    ratio = wide.fov_mask().mean() / tight.fov_mask().mean()
+    assert ratio == pytest.approx(1 / 1.44, rel=0.03)
+
+
 @pytest.mark.parametrize("size", [96, 320, 512])
 def test_to_original_maps_model_pixels_back(size: int) -> None:
     img, cx, cy, r = _shifted_field(600, 0.45, 0, 0, (480, 640))  # clipped: the crop leaves the frame

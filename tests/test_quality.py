@@ -177,6 +177,24 @@ def test_thresholds_are_parameters(synthetic: np.ndarray) -> None:
     assert assess(preprocess(_jpeg(_noise(synthetic))), lenient).gradable
 
 
+@pytest.mark.parametrize(("field", "metric", "reason", "upper"), [
+    ("min_contrast", "contrast", "low_contrast", False),
+    ("min_sharpness", "sharpness", "blurred", False),
+    ("max_noise", "noise", "noisy", True),
+    ("min_colourfulness", "colourfulness", "grayscale", False),
+    ("min_brightness", "brightness", "too_dark", False),
+    ("max_brightness", "brightness", "too_bright", True),
+])
+def test_each_threshold_passes_at_its_value_and_fails_just_past_it(synthetic: np.ndarray, field: str, metric: str,
+                                                                   reason: str, upper: bool) -> None:
+    # Pins each comparison itself (a test audit found the noise limit could be doubled unnoticed without TVHL).
+    pre = preprocess(synthetic)
+    value = measure(pre)[metric]
+    assert assess(pre, QualityConfig(**{field: value})).gradable
+    past = math.nextafter(value, -math.inf if upper else math.inf)
+    assert assess(pre, QualityConfig(**{field: past})).reasons == (reason,)
+
+
 def test_score_is_half_exactly_at_a_threshold(synthetic: np.ndarray) -> None:
     pre = preprocess(synthetic)
     m = measure(pre)

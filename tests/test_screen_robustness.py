@@ -362,6 +362,19 @@ def test_9_a_card_back_under_another_path_resumes(tiny_bundle: Path, tmp_path: P
     assert len(moved) == 3 and all(Path(r["moved_from"]).parent == (tmp_path / "usb1").resolve() for r in moved)
 
 
+def test_9_a_copy_of_screened_photographs_is_not_a_move(tiny_bundle: Path, tmp_path: Path) -> None:
+    # The originals are still there: each copy gets a row of its own (flagged as a duplicate), and the
+    # originals keep theirs. Only a path that is gone may hand its row over (the test above).
+    _good(tmp_path / "usb1", 3)
+    out = tmp_path / "out"
+    assert _run(tiny_bundle, tmp_path / "usb1", out) == 0
+    shutil.copytree(tmp_path / "usb1", tmp_path / "usb2")
+    _run(tiny_bundle, tmp_path / "usb2", out)
+    rows = _csv(out)
+    assert sorted(Path(r["source"]).parent.name for r in rows) == ["usb1"] * 3 + ["usb2"] * 3
+    assert not [r for r in _jsonl(out) if "moved_from" in r]
+
+
 # -- 10: Ctrl-C ----------------------------------------------------------------------------------------------
 def test_10_ctrl_c_saves_csv_and_report_and_says_how_to_continue(tiny_bundle: Path, tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch,
