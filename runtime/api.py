@@ -279,6 +279,11 @@ class Screener:
     def screen_many(self, images: Iterable[Any], *, thumbnail_side: int = 0) -> Iterator[ScreenResult]:
         """Screen many images (paths, folders, list files, bytes, arrays), streaming, in input order.
 
+        It reads up to ``batch_size x (prefetch_batches + 1)`` inputs ahead before the first result is
+        yielded (decoding overlaps inference); a source that produces its next photograph only after the
+        previous result was seen (a live camera loop) should call :meth:`screen` per photograph instead.
+        Closing the Screener while the iterator is in use ends it with :class:`BackendClosedError`.
+
         While the returned iterator is unfinished, OpenCV runs single-threaded in the whole process
         (:func:`uopsl.runtime.pipeline.opencv_single_threaded`); its setting comes back when the
         iterator is exhausted or closed, so close one you abandon (``it.close()``).
@@ -297,6 +302,7 @@ class Screener:
         finalize: bool = True,
         require_images: bool = True,
         store: ResultStore | None = None,
+        keep: Callable[[ScreenResult], bool] | None = None,
     ) -> RunSummary:
         """Screen ``inputs`` into ``out_dir`` (results.jsonl/csv, thumbs/, overlays/, report.html).
 
@@ -321,6 +327,9 @@ class Screener:
         ``store``: a :class:`ResultStore` already open on ``out_dir`` (``watch``
         holds one for its whole session), used instead of opening the folder
         again, which would read all of results.jsonl each time. It is left open.
+
+        ``keep``: a result it returns False for gets no row and is not counted (``watch`` drops a
+        photograph that was moved away between being found and being read: it is screened where it went).
         """
         out = Path(out_dir)
         inputs = one_or_many(inputs)  # one path is one input, not its characters
@@ -383,6 +392,9 @@ class Screener:
                 try:
                     model_file = self._model_file_columns()  # the same for every row of this run
                     for r in self._pipeline(side).run(todo()):
+                        if keep is not None and not keep(r):
+                            bar.update(1)
+                            continue
                         r = self._apart_from_earlier_photograph(store, r)
                         row = r.to_row()
                         row["screened_at"] = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
@@ -398,12 +410,12 @@ class Screener:
                         if on_result is not None:
                             on_result(r)
                         if len(buffer) >= self.config.batch_size:
-                            store.append(buffer)
-                            buffer = []
+                            rows, buffer = buffer, []  # handed over first: a failed write is not retried below
+                            store.append(rows)
                         bar.update(1)
                 finally:
-                    store.append(buffer)
-                    buffer = []
+                    rows, buffer = buffer, []
+                    store.append(rows)
                     bar.close()
             except KeyboardInterrupt:
                 summary.interrupted = True

@@ -78,6 +78,14 @@ class BackendError(UopslError):
     """An inference backend cannot run the model or was fed the wrong input."""
 
 
+class BackendClosedError(BackendError):
+    """Inference was asked of a backend that is not open (never entered, or closed meanwhile).
+
+    Not a failure of the model or the device: the screening pipeline stops at once
+    instead of recording the photographs as inference failures.
+    """
+
+
 class CheckpointError(UopslError):
     """A checkpoint is missing, malformed or does not fit the model."""
 

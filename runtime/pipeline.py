@@ -44,7 +44,7 @@ import numpy as np
 
 from uopsl.runtime.backends.base import Backend
 from uopsl.runtime.bundle import Manifest
-from uopsl.runtime.errors import BackendError, ConfigError, ImageDecodeError, ImageError, UopslError
+from uopsl.runtime.errors import BackendClosedError, BackendError, ConfigError, ImageDecodeError, ImageError, UopslError
 from uopsl.runtime.preprocess import Geometry, Preprocessed, preprocess, read_bytes
 from uopsl.runtime.results import JSONL, LOCK_NAME, key_path
 
@@ -802,6 +802,8 @@ class ScreeningPipeline:
             try:
                 outputs = self.backend.infer(x)
                 self.health.succeeded()
+            except BackendClosedError:  # not these photographs' failure: stop, write no rows for them
+                raise
             except UopslError as exc:
                 failure = str(exc)
                 log.error("inference failed on a batch of %d: %s", len(runnable), exc)

@@ -30,7 +30,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from uopsl.runtime.bundle import MANIFEST, Manifest
 from uopsl.runtime.errors import ConfigError
@@ -242,6 +242,15 @@ def prepare_folder(out: Path) -> tuple[Path, ...]:
 _SAID_CORRUPT: set[tuple[str, int]] = set()  # (results.jsonl, line) already warned about in this process
 
 
+def _complete_row(tail: bytes) -> bool:
+    """Whether ``tail`` (a last line without its newline) is a whole row: a JSON object with a key."""
+    try:
+        row = json.loads(tail.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return False
+    return isinstance(row, dict) and "key" in row
+
+
 class ResultStore:
     """The results of one output folder, open for appending.
 
@@ -334,7 +343,16 @@ class ResultStore:
                         pos = pos - step + nl + 1
                         break
                     pos -= step
+                fh.seek(pos)
+                tail = fh.read(min(size - pos, 1 << 20))
         except FileNotFoundError:
+            return
+        if _complete_row(tail):  # a whole row without its newline (an editor, writeback cut just before it)
+            log.warning("%s: the last row had no line end; adding it", self.path)
+            with open(self.path, "ab") as fh:
+                fh.write(b"\n")
+                fh.flush()
+                os.fsync(fh.fileno())
             return
         log.warning("%s: dropping a partly written last row (%d bytes) left by an interrupted run",
                     self.path, size - pos)
@@ -585,6 +603,17 @@ class ResultStore:
         if self._fh is None:
             self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - kept open across batches
             self._end = self._size()
+        try:
+            self._write_rows(self._fh, pending, rows)
+        except BaseException:
+            # A full disk or an interrupt mid-write: drop the handle (its buffer holds rows that must not be
+            # written later by accident, e.g. by close) and let the next open cut a torn last line.
+            fh, self._fh = self._fh, None
+            with contextlib.suppress(OSError):
+                fh.close()
+            raise
+
+    def _write_rows(self, fh: TextIO, pending: list[dict[str, Any]], rows: Sequence[dict[str, Any]]) -> None:
         newline = len(os.linesep)  # text mode writes "\n" as os.linesep
         deferred = {id(r) for r in pending}
         for r in [*pending, *rows]:
@@ -594,15 +623,15 @@ class ResultStore:
             except UnicodeEncodeError:
                 line = json.dumps(r, ensure_ascii=True, separators=(",", ":"))
                 data = line.encode("utf-8")
-            self._fh.write(line + "\n")
+            fh.write(line + "\n")
             self._offsets[str(r["key"])] = self._end
             self._end += len(data) + newline
             if id(r) not in deferred:  # deferred rows were noted when deferred
                 self._note(r)
                 self.n_rows += 1
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
-        self._end = os.fstat(self._fh.fileno()).st_size
+        fh.flush()
+        os.fsync(fh.fileno())
+        self._end = os.fstat(fh.fileno()).st_size
 
     def defer(self, row: dict[str, Any]) -> None:
         """Count ``row`` as written now (``done``, lookups) and write it with the next :meth:`append`.
@@ -626,9 +655,14 @@ class ResultStore:
 
     def _close(self) -> None:
         fh = getattr(self, "_fh", None)
-        if fh is not None:
-            self._fh = None
-            fh.close()
+        try:
+            if fh is not None:
+                self._fh = None
+                fh.close()
+        finally:
+            self._release_lock()
+
+    def _release_lock(self) -> None:
         if getattr(self, "_locked", False):
             self._locked = False
             rows: int = getattr(self, "n_rows", 0)

@@ -31,6 +31,7 @@ that full check too.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import stat
 import time
@@ -41,7 +42,7 @@ from pathlib import Path
 from uopsl.runtime.api import RunSummary, Screener
 from uopsl.runtime.errors import ConfigError
 from uopsl.runtime.pipeline import ScreenResult, WalkState, is_output_folder, list_folder, output_folder_named
-from uopsl.runtime.results import FINAL_STATUSES, ResultStore, key_path
+from uopsl.runtime.results import FINAL_STATUSES, ResultStore, is_final, key_path
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +115,10 @@ class StableFiles:
         # When each was taken: for rescan_s after that it is checked at every poll, since a copy that
         # paused longer than settle_ms (a half-copied photograph, screened as truncated) goes on soon.
         self._taken_at: dict[Path, float] = {}
+        # Files whose screening failed for a reason outside their content (a lock, a failed inference):
+        # taken again once this time has passed, with a doubling wait (see retry_later).
+        self._retry_at: dict[Path, float] = {}
+        self._retries: dict[Path, int] = {}
         self._said: set[str] = set()  # warnings already given (a folder that cannot be listed: once, not every poll)
         self._listings: dict[str, _Listing] = {}
         self._watch: list[Path] = []  # files looked at between full checks (not yet taken, or taken lately)
@@ -153,9 +158,11 @@ class StableFiles:
                 self._state[p] = (*sig, now)
                 continue
             wait = self.settle_s if st.st_size > 0 else self.empty_settle_s
-            if now - old[2] >= wait and self._taken.get(p) != sig and (limit is None or len(ready) < limit):
+            due = self._taken.get(p) != sig or now >= self._retry_at.get(p, math.inf)
+            if now - old[2] >= wait and due and (limit is None or len(ready) < limit):
                 self._taken[p] = sig
                 self._taken_at[p] = now
+                self._retry_at.pop(p, None)
                 ready.append(p)
         self._watch = list(dict.fromkeys(p for p in candidates if not self._quiet(p, now)))
         if full:
@@ -163,7 +170,30 @@ class StableFiles:
                 self._state.pop(gone, None)
                 self._taken.pop(gone, None)
                 self._taken_at.pop(gone, None)
+                self._retry_at.pop(gone, None)
+                self._retries.pop(gone, None)
         return ready
+
+    def retry_later(self, p: Path) -> None:
+        """Take ``p`` again later although it has not changed: its screening failed for a reason outside
+        its content (the camera software still held it open, a network share's lock, a failed inference).
+
+        The wait doubles with each failure of the same file (``RETRY_FIRST_S`` up to ``RETRY_MAX_S``), so a
+        file that stays locked is not read at every poll; a file that changes is taken at once as before.
+        """
+        n = self._retries.get(p, 0)
+        self._retries[p] = n + 1
+        self._retry_at[p] = self.clock() + min(RETRY_FIRST_S * 2 ** n, RETRY_MAX_S)
+
+    def settled(self, p: Path) -> None:
+        """``p`` got a final result: no more retries for it."""
+        self._retry_at.pop(p, None)
+        self._retries.pop(p, None)
+
+    def forget(self, p: Path) -> None:
+        """``p`` is gone: if a file appears under its name again, it is new."""
+        for d in (self._state, self._taken, self._taken_at, self._retry_at, self._retries):
+            d.pop(p, None)
 
     def _scan(self, folder: Path, state: WalkState, now: float, full: bool, files: list[Path], new: list[Path],
               seen: set[str]) -> None:
@@ -203,11 +233,14 @@ class StableFiles:
     def _quiet(self, p: Path, now: float) -> bool:
         """Taken as it is now, longer than rescan_s ago: left to the next full check (a rewrite in place)."""
         known = self._state.get(p)
-        return (known is not None and self._taken.get(p) == known[:2]
+        return (known is not None and p not in self._retry_at and self._taken.get(p) == known[:2]
                 and now - self._taken_at.get(p, now) >= self.rescan_s)
 
 
 _SETTLE_S = 3.0  # after a folder changed, list it at every poll this long (FAT stores times to 2 s)
+#: First wait before a file whose screening failed outside its content is taken again, and the longest.
+RETRY_FIRST_S = 2.0
+RETRY_MAX_S = 300.0
 
 
 def watch_folder(
@@ -239,6 +272,10 @@ def watch_folder(
     def seen(r: ScreenResult) -> None:
         """Count a file screened again (half-copied, then whole; or copied twice) once, as its report row does."""
         path = key_path(r.key) or r.key
+        if is_final(r.status, r.reasons):
+            tracker.settled(Path(path))
+        else:
+            tracker.retry_later(Path(path))
         before = latest.get(path)
         latest[path] = (r.status, bool(r.refer), r.content_sha256)
         if before is not None and (before[0] not in FINAL_STATUSES or before[2] == r.content_sha256):
@@ -247,6 +284,18 @@ def watch_folder(
             total.refer -= before[1]
         if on_result is not None:
             on_result(r)
+
+    def still_there(r: ScreenResult) -> bool:
+        """False for a file that could not be read because it is gone (filed away by the camera software just
+        after it settled): no row for the old name; it is screened where it went."""
+        if r.status != "error" or "unreadable" not in r.reasons:
+            return True
+        path = Path(key_path(r.key) or r.key)
+        if os.path.lexists(path):
+            return True
+        log.info("%s went away before it was read; not recorded", path)
+        tracker.forget(path)
+        return False
 
     with ResultStore(out, screener.identity) as held:
         tracker = StableFiles(src, cfg.settle_ms, exclude=[out], rescan_s=cfg.rescan_s)
@@ -262,7 +311,7 @@ def watch_folder(
                     dirty = True  # before screening: an interrupt inside must still refresh
                     try:
                         s = screener.screen_to(out, ready, overlays=overlays, finalize=False, on_result=seen,
-                                               require_images=False, store=held)
+                                               require_images=False, store=held, keep=still_there)
                     except KeyboardInterrupt as exc:  # ScreeningInterrupted: what the batch did is saved
                         _add(total, getattr(exc, "summary", None))
                         raise

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from uopsl.runtime.errors import BackendError, ConfigError
+from uopsl.runtime.errors import BackendClosedError, BackendError, ConfigError
 from uopsl.runtime.fsio import sha256_bytes
 
 if TYPE_CHECKING:
@@ -130,12 +130,14 @@ class Backend(abc.ABC):
         Thread-safe: concurrent calls on one backend run one after another.
         """
         if not self._active:
-            raise BackendError(f"{self.name}: use the backend as a context manager ('with backend: ...')")
+            raise BackendClosedError(f"{self.name}: the backend is not open: use it as a context manager "
+                                     "('with backend: ...'); a Screener closed while screen_many was still "
+                                     "iterating closes its backend too")
         self.check_input(batch)
         x = np.ascontiguousarray(batch)
         with self._lock:
             if not self._active:  # closed by another thread while this call waited
-                raise BackendError(f"{self.name}: the backend was closed while this call waited for it")
+                raise BackendClosedError(f"{self.name}: the backend was closed while this call waited for it")
             return self._infer(x)
 
     @abc.abstractmethod
