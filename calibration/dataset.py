@@ -232,6 +232,10 @@ def _read_text(path: Path) -> str:
     return read_user_text(path, "calibration list" if path.suffix.lower() in LIST_SUFFIXES else "calibration CSV")
 
 
+#: The class-balance name of a CSV row whose label cell is empty (not a class of its own called "").
+UNLABELLED = "(no label)"
+
+
 def _read_csv(path: Path) -> tuple[list[Path], list[str] | None]:
     reader = csv.DictReader(io.StringIO(_read_text(path), newline=""))
     fields = [f.strip() for f in reader.fieldnames or []]
@@ -239,10 +243,16 @@ def _read_csv(path: Path) -> tuple[list[Path], list[str] | None]:
     if "path" not in fields:
         raise DataError(f"{path}: a calibration CSV needs a 'path' column; its columns are {fields}")
     rows = list(reader)
+    # Rows without a path (Excel leaves separator-only rows at the end) are not images: left out, said once.
+    blank = [i + 2 for i, r in enumerate(rows) if not (r["path"] or "").strip()]
+    if blank:
+        log.warning("%s: %d row(s) without a path left out (line%s %s)", path, len(blank),
+                    "s" if len(blank) > 1 else "", ", ".join(map(str, blank[:10])) + (" ..." if len(blank) > 10 else ""))
+        rows = [r for r in rows if (r["path"] or "").strip()]
     if not rows:
         raise DataError(f"{path}: the CSV lists no images")
     paths = [_resolve(path.parent, (r["path"] or "").strip()) for r in rows]
-    labels = [(r.get("label") or "").strip() for r in rows] if "label" in fields else None
+    labels = [(r.get("label") or "").strip() or UNLABELLED for r in rows] if "label" in fields else None
     return paths, labels
 
 
@@ -304,6 +314,12 @@ def build_calibration_set(
                 f"{source}: this set was preprocessed with {loaded.preprocess}, not the requested {cfg}; "
                 "rebuild it from the images"
             )
+        if labels is not None:
+            raise ConfigError(f"{source}: a saved set keeps the labels it was built with; labels apply to images")
+        if max_images is not None:  # the same seeded draw as for images (its fingerprint follows the subset)
+            if max_images < 1:
+                raise ConfigError(f"max_images must be >= 1, got {max_images}")
+            loaded = loaded.subset(max_images, seed)
         return loaded
     if isinstance(source, (str, os.PathLike)):
         paths, csv_labels = list_images(source)

@@ -96,6 +96,30 @@ def export_onnx(module: object, path: str | os.PathLike[str], size: int, opset: 
     return report
 
 
+def constants_to_initializers(model: _Model, onnx: object) -> int:
+    """Turn ``Constant`` nodes (with a ``value`` tensor) into initializers of the same name; returns how many.
+
+    Why: ONNX Runtime's quantizer takes a Constant node's output for an activation
+    and needs a calibrated range for it, which no calibration gives a constant;
+    as an initializer it is a weight. A plain ``torch.onnx.export`` leaves scalar
+    constants (``x * 0.5``) as such nodes; ``uopsl export`` and ``uopsl quantize`` convert them.
+    """
+    g = model.graph  # type: ignore[attr-defined]
+    numpy_helper = onnx.numpy_helper  # type: ignore[attr-defined]
+    keep, n = [], 0
+    for node in g.node:
+        if node.op_type == "Constant" and len(node.attribute) == 1 and node.attribute[0].name == "value":
+            t = onnx.helper.get_attribute_value(node.attribute[0])  # type: ignore[attr-defined]
+            g.initializer.append(numpy_helper.from_array(numpy_helper.to_array(t), node.output[0]))
+            n += 1
+        else:
+            keep.append(node)
+    if n:
+        del g.node[:]
+        g.node.extend(keep)
+    return n
+
+
 def _tidy(model: _Model, onnx: object) -> _Model:
     """Turn Constant nodes into initializers and drop Identity nodes (the exporter leaves both).
 
@@ -103,16 +127,12 @@ def _tidy(model: _Model, onnx: object) -> _Model:
     file itself says ``probs`` is (batch, K) rather than a symbolic name.
     """
     g = model.graph  # type: ignore[attr-defined]
-    numpy_helper = onnx.numpy_helper  # type: ignore[attr-defined]
+    constants_to_initializers(model, onnx)
     outputs = {o.name for o in g.output}
     rename: dict[str, str] = {}
     keep = []
     for node in g.node:
-        if node.op_type == "Constant" and len(node.attribute) == 1 and node.attribute[0].name == "value":
-            t = onnx.helper.get_attribute_value(node.attribute[0])  # type: ignore[attr-defined]
-            init = numpy_helper.from_array(numpy_helper.to_array(t), node.output[0])
-            g.initializer.append(init)
-        elif node.op_type == "Identity" and node.output[0] not in outputs:
+        if node.op_type == "Identity" and node.output[0] not in outputs:
             rename[node.output[0]] = node.input[0]
         else:
             keep.append(node)

@@ -69,6 +69,7 @@ from uopsl.runtime.progress import track
 from uopsl.export.adaround import AdaRoundConfig, adaround
 from uopsl.export.gptq import gptq
 from uopsl.export.bias_correction import correct_biases
+from uopsl.export.onnx_export import constants_to_initializers
 from uopsl.calibration.table import CalibrationTable
 from uopsl.runtime.errors import BackendError, ConfigError
 from uopsl.runtime.fsio import sha256_file, write_bytes
@@ -232,6 +233,7 @@ def _load_prepared(model_path: Path) -> Any:
             f"{model_path}: opset {opset}; INT8 QDQ export needs 13 <= opset <= {MAX_OPSET} "
             "(per-channel Q/DQ from 13; TensorRT 8.5/8.6 parse up to opset 17, 10.0 up to 20). Re-export with `uopsl export --opset 17`"
         )
+    constants_to_initializers(model, onnx)  # a model from a plain torch.onnx.export (uopsl export did it already)
     seen: set[str] = set()
     for i, node in enumerate(model.graph.node):
         if not node.name or node.name in seen:

@@ -351,6 +351,30 @@ def image_folder(tmp_path: Path) -> Path:
     return folder
 
 
+def test_a_saved_set_honours_max_images_and_refuses_labels(image_folder: Path, tmp_path: Path) -> None:
+    # --max-images was silently ignored for a .npz set: 4 asked, all calibrated.
+    full = build_calibration_set(image_folder, PreprocessConfig(size=SIZE), show_progress=False)
+    full.save(tmp_path / "set.npz")
+    four = build_calibration_set(tmp_path / "set.npz", max_images=4, seed=1, show_progress=False)
+    assert len(four) == 4 and four.fingerprint != full.fingerprint
+    assert four.fingerprint == full.subset(4, seed=1).fingerprint
+    assert len(build_calibration_set(tmp_path / "set.npz", show_progress=False)) == len(full)
+    with pytest.raises(ConfigError, match="keeps the labels it was built with"):
+        build_calibration_set(tmp_path / "set.npz", labels=["a"] * len(full), show_progress=False)
+
+
+def test_csv_rows_without_a_path_or_a_label(image_folder: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # A separator-only row was "skipped: <csv folder> is a directory" (and calibrate exited 1); an empty label
+    # was a class named "".
+    csv_file = image_folder / "set.csv"
+    csv_file.write_text("path,label\ngood0.png,dr\ngood1.png,\ngood2.png,normal\n,\n", encoding="utf-8")
+    with caplog.at_level(logging.WARNING):
+        cs = build_calibration_set(csv_file, PreprocessConfig(size=SIZE), show_progress=False)
+    assert len(cs) == 3 and not cs.skipped
+    assert cs.class_balance() == {"dr": 1, "(no label)": 1, "normal": 1}
+    assert "1 row(s) without a path left out (line 5)" in caplog.text
+
+
 def test_bad_images_are_skipped_and_listed_with_reasons(image_folder: Path) -> None:
     cs = build_calibration_set(image_folder, PreprocessConfig(size=SIZE), show_progress=False)
     assert len(cs) == 5 and cs.images.shape == (5, SIZE, SIZE, 3) and cs.images.dtype == np.uint8

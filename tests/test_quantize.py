@@ -602,3 +602,37 @@ def test_bias_correction_gives_layers_sharing_a_bias_initializer_their_own_copy(
 
     for t in ("a", "y"):
         assert np.abs(means(qmodel, t) - means(float_model, t)).max() < 1e-4, t
+
+
+@pytest.mark.parametrize("variant", ["cpu", "trt"])
+def test_a_model_with_constant_nodes_quantizes(tmp_path: Path, variant: str) -> None:
+    # A plain torch.onnx.export leaves scalar constants (x * 0.5 + 1.0) as Constant nodes; ONNX Runtime's
+    # quantizer took them for activations without a range and `uopsl quantize` stopped with "a bug".
+    import torch
+    from torch import nn
+
+    class Scaled(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(0)
+            self.conv, self.fc = nn.Conv2d(3, 8, 3, padding=1), nn.Linear(8, 3)
+
+        def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            h = self.conv(image.float().permute(0, 3, 1, 2) / 255.0) * 0.5 + 1.0
+            logits = self.fc(h.mean((2, 3)))
+            return torch.sigmoid(logits), logits
+
+    path = tmp_path / "scaled.onnx"
+    torch.onnx.export(Scaled().eval(), (torch.zeros(1, 32, 32, 3, dtype=torch.uint8),), str(path),
+                      input_names=["image"], output_names=["probs", "logits"], opset_version=17, dynamo=False,
+                      dynamic_axes={"image": {0: "b"}, "probs": {0: "b"}, "logits": {0: "b"}})
+    assert any(n.op_type == "Constant" for n in onnx.load(str(path)).graph.node)
+    table = collect_statistics(path, CalibrationSet.from_images(random_fundus_batch(8, 32, seed=2)),
+                               show_progress=False).table("minmax")
+    result = quantize_model(path, table, tmp_path / "q.onnx", QuantizeConfig(variant=variant, **RAW),
+                            show_progress=False)
+    assert result.quantize_nodes > 0
+    x = random_fundus_batch(4, 32, seed=3)
+    ref = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(["probs"], {"image": x})[0]
+    q = ort.InferenceSession(str(result.path), providers=["CPUExecutionProvider"]).run(["probs"], {"image": x})[0]
+    assert np.abs(q - ref).max() < 0.05
