@@ -97,6 +97,8 @@ from uopsl.export.parity_metrics import (
 from uopsl.runtime.backends import (
     BACKEND_NAMES,
     Availability,
+    Selection,
+    construct_backend,
     detect_availability,
     engine_mismatch,
     select_backend,
@@ -351,21 +353,10 @@ def _runtime_choices(bundle: Path, manifest: Manifest, backend: str, availabilit
     return files
 
 
-def open_candidate(bundle: Path, spec: CandidateSpec, threads: int | None) -> Backend:
-    """Construct (not enter) the backend for ``spec``; TensorRT is imported only here."""
-    path = bundle / spec.file
-    if spec.backend == "openvino":
-        from uopsl.runtime.backends.openvino import OpenVinoBackend
-
-        return OpenVinoBackend(path, "CPU", threads, precision=spec.precision)
-    if spec.backend == "tensorrt":
-        from uopsl.runtime.backends.tensorrt import TensorRTBackend
-
-        return TensorRTBackend(path, device=0)
-    from uopsl.runtime.backends.onnxruntime import OrtBackend
-
-    providers = {"ort-cpu": "cpu", "ort-cuda": "cuda", "ort-trt": "tensorrt"}[spec.backend]
-    return OrtBackend(path, providers, threads, precision=spec.precision)
+def open_candidate(bundle: Path, spec: CandidateSpec, threads: int | None, manifest: Manifest) -> Backend:
+    """Construct (not enter) the backend for ``spec``, as the runtime builds it (TensorRT is imported only then)."""
+    sel = Selection(spec.backend, spec.precision, spec.file, "uopsl validate candidate")
+    return construct_backend(bundle, sel, manifest, threads)
 
 
 # -- labels the bundle does not know ---------------------------------------------------------------------
@@ -548,7 +539,7 @@ def _run_all(bundle: Path, manifest: Manifest, reference: Reference, ref_cfg: Pr
                 if spec.name in run.errors:
                     continue
                 try:
-                    opened[spec.name] = stack.enter_context(open_candidate(bundle, spec, config.threads))
+                    opened[spec.name] = stack.enter_context(open_candidate(bundle, spec, config.threads, manifest))
                 except Exception as exc:  # noqa: BLE001 - a broken candidate must not stop the others
                     run.errors[spec.name] = f"cannot load: {exc}"
                     log.error("%s: cannot load (%s)", spec.name, exc)

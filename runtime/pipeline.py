@@ -546,8 +546,14 @@ class ScreenResult:
             raise ConfigError(f"unknown class {name!r}; the model has {list(self.class_names)}")
         m = self.site_maps[self.class_names.index(name)]
         g = self.geometry
-        if shape is not None and shape != (g.orig_h, g.orig_w):
-            g = scale_geometry(g, shape)
+        if shape is not None and tuple(shape) != (g.orig_h, g.orig_w):
+            h, w = shape
+            # One scale for both axes (the crop is square): another aspect ratio would misplace the map.
+            # (each side rounded to whole pixels: within half a pixel of the exact scale on each axis)
+            if not (h >= 1 and w >= 1 and abs(h * g.orig_w - w * g.orig_h) <= 0.5 * (g.orig_w + g.orig_h) + 1e-9):
+                raise ConfigError(f"heatmap shape {tuple(shape)} is not the photograph's {g.orig_h}x{g.orig_w} scaled "
+                                  f"down (h, w); give e.g. ({max(1, round(g.orig_h * w / g.orig_w))}, {w})")
+            g = scale_geometry(g, (h, w))
         return g.to_original(m)
 
     def to_row(self) -> dict[str, Any]:

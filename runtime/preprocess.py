@@ -257,13 +257,24 @@ class Geometry:
         return tuple(masks)
 
     def to_original(self, heatmap: np.ndarray) -> np.ndarray:
-        """Map a 2-D map over the model input (any resolution) onto the original image grid.
+        """Map a 2-D map over the model input onto the original image grid.
 
+        ``heatmap`` is (h, w) over a grid of stride ``size / w``: a site map of
+        tokens, or a map at the model's own resolution (stride 1). Token j is
+        placed where it looks, on model pixel ``j * size / w`` (see below).
         Returns a float32 (orig_h, orig_w) array; pixels outside the crop are 0.
         """
         if heatmap.ndim != 2:
             raise ConfigError(f"heatmap must be 2-D, got shape {heatmap.shape}")
-        full = cv2.resize(heatmap.astype(np.float32), (self.side, self.side), interpolation=cv2.INTER_LINEAR)
+        # Where a token looks: every registered backbone downsamples with stride-2 layers padded
+        # symmetrically, so token j of a stride-s grid is centred on model pixel s*j (not on the middle of
+        # the cell [s*j, s*(j+1)), (s-1)/2 pixels further on: 15.5 at stride 32). A crop pixel x (centre
+        # x + 0.5) is at model position (x + 0.5) * size / side, i.e. at token (that - 0.5) / s.
+        h, w = heatmap.shape
+        ax, ay = w / self.side, h / self.side
+        warp = np.float32([[ax, 0.0, 0.5 * ax - 0.5 * w / self.size], [0.0, ay, 0.5 * ay - 0.5 * h / self.size]])
+        full = cv2.warpAffine(heatmap.astype(np.float32), warp, (self.side, self.side),
+                              flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE)
         out = np.zeros((self.orig_h, self.orig_w), np.float32)
         sx0, sy0 = max(0, -self.x0), max(0, -self.y0)
         dx0, dy0 = max(0, self.x0), max(0, self.y0)

@@ -16,6 +16,7 @@ from uopsl.runtime import backends as reg
 from uopsl.runtime.backends import Availability, open_backend, select_backend
 from uopsl.runtime.backends.onnxruntime import OrtBackend
 from uopsl.runtime.bundle import PARITY_GATE_DEFAULTS, FileEntry, read_manifest
+from uopsl.runtime.cpuinfo import CPU_BACKENDS, int8_cpu_class
 from uopsl.runtime.errors import BackendError, BundleError, ConfigError
 from uopsl.runtime.optional import available
 
@@ -137,7 +138,9 @@ def _validated(m, passed: bool = True, sha: str | None = None,  # type: ignore[n
         runs = {b: {"passed": passed, "verdict": "PASS" if passed else "FAIL", "n_images": 200,
                     "gates": dict(PARITY_GATE_DEFAULTS), "data": {"spec": "synthetic:test"}, "reference": "PyTorch",
                     "created": "2026-11-28T20:00:00+00:00",
-                    "reasons": [] if passed else ["flip_rate 0.03 > 0.005"]} for b in backends}
+                    "reasons": [] if passed else ["flip_rate 0.03 > 0.005"],
+                    # validate keeps the CPU class for CPU backends (8-bit rounding differs between classes)
+                    **({"machine": {"cpu_int8": int8_cpu_class()}} if b in CPU_BACKENDS else {})} for b in backends}
         parity = {"sha256": f.sha256 if sha is None else sha, "backends": runs}
         return replace(f, info={**f.info, "parity": parity})
     return replace(m, files=tuple(rec(f) for f in m.files))
@@ -299,3 +302,17 @@ def test_explicit_gpu_backends_without_gpu_are_clear_errors(tiny_bundle: Path) -
         select_backend(tiny_bundle, "tensorrt", availability=av)
     with pytest.raises(BundleError, match="has none"):
         select_backend(tiny_bundle, "tensorrt", availability=Availability(CPU, tensorrt=True))
+
+
+def test_validate_builds_its_candidates_as_the_runtime_builds_them(tiny_bundle: Path) -> None:
+    # validate opened the TensorRT EP without the batch profile: another engine than run/watch/bench use,
+    # built again for every new batch shape (minutes each on a Jetson).
+    from uopsl.export.validate import CandidateSpec, open_candidate
+
+    av = Availability(ort_providers=("TensorrtExecutionProvider", "CUDAExecutionProvider") + CPU)
+    m = read_manifest(tiny_bundle)
+    runtime = open_backend(tiny_bundle, "ort-trt", "fp32", manifest=m, availability=av)
+    candidate = open_candidate(tiny_bundle, CandidateSpec("ort-trt fp32", "ort-trt", "model.onnx", "fp32"), None, m)
+    assert isinstance(candidate, OrtBackend) and candidate.trt_profile is not None
+    assert candidate.trt_profile == runtime.trt_profile  # type: ignore[attr-defined]
+    assert candidate.expected_sha256 == m.file("model.onnx").sha256 == runtime.expected_sha256

@@ -81,6 +81,10 @@ def test_heatmap_is_mapped_onto_the_original_geometry(tmp_path: Path, screener: 
     assert full[:, :60].max() == 0 and full[:, 100:380].max() > 0
     small = r.heatmap("npdr", shape=(160, 220))
     assert small.shape == (160, 220)
+    # Another aspect ratio would misplace the map (up to 144 px in the review); refused, with a shape that fits.
+    with pytest.raises(ConfigError, match=r"heatmap shape \(256, 256\) is not the photograph's 320x440 scaled down.*"
+                                          r"\(186, 256\)"):
+        r.heatmap("npdr", shape=(256, 256))
     with pytest.raises(ConfigError, match="unknown class"):
         r.heatmap("glaucoma")
 

@@ -69,16 +69,22 @@ def test_real_fov_geometry_is_plausible(tvhl_fundus_survey: list[SurveyRow]) -> 
 
 
 def test_real_photograph_round_trip(tvhl_dir: Path) -> None:
-    """A heatmap marking the crop centre maps back to the FOV centre of a real photograph."""
+    """A map at the model's resolution marking the crop centre maps back to the FOV centre of a real photograph;
+    a token map lands where its tokens look (token j of a stride-s grid on model pixel s*j)."""
     path = tvhl_dir / "fundus" / "1221_OD_f_1.jpg"
     pre = preprocess_file(path, PreprocessConfig(size=320))
     g = pre.geometry
-    heat = np.zeros((40, 40), np.float32)  # any resolution over the model input
-    heat[19:21, 19:21] = 1.0
+    heat = np.zeros((320, 320), np.float32)  # stride 1: pixel for pixel
+    heat[155:165, 155:165] = 1.0
     back = g.to_original(heat)
     assert back.shape == (g.orig_h, g.orig_w)
     ys, xs = np.nonzero(back > 0.5 * back.max())
     assert abs(xs.mean() + 0.5 - g.cx) < 2.0 and abs(ys.mean() + 0.5 - g.cy) < 2.0, (xs.mean(), ys.mean(), g)
+    tokens = np.zeros((40, 40), np.float32)  # stride 8: tokens 19 and 20 look at model pixels 152 and 160
+    tokens[19:21, 19:21] = 1.0
+    ys, xs = np.nonzero(g.to_original(tokens) > 0.5 * g.to_original(tokens).max())
+    expect = g.x0 + (8 * 19.5 + 0.5) * g.side / 320
+    assert abs(xs.mean() + 0.5 - expect) < 2.0 and abs(ys.mean() + 0.5 - (g.y0 - g.x0 + expect)) < 2.0
 
 
 # -- geometry on synthetic fields with known circles ----------------------------------------------
@@ -112,6 +118,24 @@ def test_detect_fov_finds_known_circle(size: int, field: float, dx: int, dy: int
     assert g.fov_found, g
     tol = 0.02 * r + 1.0
     assert abs(g.cx - cx) < tol and abs(g.cy - cy) < tol and abs(g.radius - r) < tol, (g, (cx, cy, r))
+
+
+@pytest.mark.parametrize(("size", "grid"), [(256, 8), (224, 7), (320, 10)])
+def test_a_token_lands_where_it_looks(size: int, grid: int) -> None:
+    # Token j of a stride-s backbone (stride-2 layers, symmetric padding) is centred on model pixel s*j; the
+    # maps were drawn at the cell centre, (s-1)/2 = 15.5 model pixels down and right of it (session-15 review).
+    img, cx, cy, r = _shifted_field(600, 0.45, 40, -20, (640, 800))
+    g = preprocess(img, PreprocessConfig(size=size)).geometry
+    s = size / grid
+    for i, j in [(grid // 2, grid // 2), (1, grid - 2), (grid - 2, 2)]:
+        tokens = np.zeros((grid, grid), np.float32)
+        tokens[i, j] = 1.0
+        back = g.to_original(tokens)
+        py, px = np.unravel_index(int(np.argmax(back)), back.shape)
+        ex = g.x0 + (s * j + 0.5) * g.side / size  # the pixel the token looks at, in original coordinates
+        ey = g.y0 + (s * i + 0.5) * g.side / size
+        assert abs(px + 0.5 - ex) <= g.side / size + 0.5 and abs(py + 0.5 - ey) <= g.side / size + 0.5, (
+            (px, py), (ex, ey))
 
 
 def test_fov_margin_widens_the_crop_around_the_field() -> None:

@@ -8,7 +8,9 @@ import pytest
 from uopsl.runtime.preprocess import Geometry
 from uopsl.train.evaluate import site_concentration, site_concentration_report
 
-SIDE = 64  # original image and crop: the identity geometry, so grid cells are 16 x 16 px on a 4 x 4 grid
+# Original image and crop: the identity geometry. A 4 x 4 grid has stride 15, so token j looks at pixel 15*j
+# and is measured on the window [15j - 7, 15j + 8) (an odd stride keeps the windows on whole pixels).
+SIDE = 60
 
 
 def _geometry() -> Geometry:
@@ -29,7 +31,7 @@ def test_site_concentration_is_one_for_a_uniform_map_and_inverse_area_when_all_m
 def test_report_averages_over_images_with_the_class_and_its_mask(tmp_path) -> None:  # type: ignore[no-untyped-def]
     names = ("normal", "a", "b")
     lesion = np.zeros((SIDE, SIDE), np.uint8)
-    lesion[16:32, 32:48] = 1  # exactly grid cell (1, 2)
+    lesion[8:23, 23:38] = 1  # exactly the window of token (1, 2)
     np.savez(tmp_path / "m0.npz", a=lesion)
     np.savez(tmp_path / "m1.npz", a=lesion, b=lesion)
     maps = np.full((4, 3, 4, 4), 1 / 16, np.float32)
@@ -99,13 +101,13 @@ def test_yardsticks_a_fixed_map_and_other_classes_sites(tmp_path) -> None:  # ty
     """Fixed sites make a fixed map score high; a class's maps are also scored on the other classes' sites."""
     names = ("a", "b")
     ma, mb = np.zeros((SIDE, SIDE), np.uint8), np.zeros((SIDE, SIDE), np.uint8)
-    ma[:16, :16] = 1  # cell (0, 0)
-    mb[48:, 48:] = 1  # cell (3, 3)
+    ma[8:23, 8:23] = 1  # token (1, 1)'s window
+    mb[38:53, 38:53] = 1  # token (3, 3)'s window
     np.savez(tmp_path / "a.npz", a=ma)
     np.savez(tmp_path / "b.npz", b=mb)
     maps = np.zeros((2, 2, 4, 4), np.float32)
-    maps[:, 0, 0, 0] = 1.0  # class a's map always on a's site
-    maps[:, 1, 0, 0] = 1.0  # class b's map also on a's site: it has not found b's
+    maps[:, 0, 1, 1] = 1.0  # class a's map always on a's site
+    maps[:, 1, 1, 1] = 1.0  # class b's map also on a's site: it has not found b's
     targets = np.array([[1, 0], [0, 1]], np.float32)
     rep = site_concentration_report(maps, targets, names, [tmp_path / "a.npz", tmp_path / "b.npz"],
                                     [_geometry(), _geometry()])
@@ -113,3 +115,18 @@ def test_yardsticks_a_fixed_map_and_other_classes_sites(tmp_path) -> None:  # ty
     assert rep["b"]["mean"] == pytest.approx(0.0) and rep["b"]["on_other_sites"] == pytest.approx(16.0)
     assert rep["a"]["class_prior"] == pytest.approx(16.0)  # its own mean mask: one cell
     assert rep["a"]["pooled_prior"] == pytest.approx(8.0)  # half the pooled map lies on a's cell
+
+
+def test_a_token_is_measured_on_the_window_it_looks_at() -> None:
+    # Token j of a stride-32 grid looks at model pixel 32*j; the cells [32j, 32j+32) put every mask
+    # 15.5 pixels off the tokens (session-15 review: concentrations understated, amd 6.5 -> 11 on the demo).
+    from uopsl.train.evaluate import mask_to_grid
+
+    size, grid = 256, 8
+    g = Geometry(orig_h=size, orig_w=size, cx=size / 2, cy=size / 2, radius=size / 2, x0=0, y0=0, side=size,
+                 size=size, fov_found=True, fov_fill=1.0, fov_count=1)
+    mask = np.zeros((size, size), np.uint8)
+    mask[96 - 16:96 + 16, 128 - 16:128 + 16] = 1  # the 32 x 32 window around model pixel (y 96, x 128): token (3, 4)
+    cover = mask_to_grid(mask, g, grid, grid)
+    assert cover[3, 4] == pytest.approx(1.0, abs=0.05)
+    assert cover.sum() == pytest.approx(1.0, abs=0.05)

@@ -476,8 +476,11 @@ def test_a_file_is_served_where_it_passed_validation_only(bundle: Path, tmp_path
     from uopsl.export.bundle_writer import record_parity
     from uopsl.runtime.bundle import PARITY_GATE_DEFAULTS
 
+    from uopsl.runtime.cpuinfo import int8_cpu_class
+
     ok = {"passed": True, "verdict": "PASS", "reasons": [], "n_images": 150, "gates": dict(PARITY_GATE_DEFAULTS),
-          "data": {"spec": "synthetic:test"}, "reference": "PyTorch"}
+          "data": {"spec": "synthetic:test"}, "reference": "PyTorch",
+          "machine": {"cpu_int8": int8_cpu_class()}}  # validate keeps the CPU class of a CPU INT8 verdict
     bad = {"passed": False, "verdict": "FAIL", "reasons": ["flip_rate 0.1 > 0.005"]}
     b = shutil.copytree(bundle, tmp_path / "b")
     record_parity(b, {"model.int8.onnx": {"ort-cpu": ok, "openvino": bad}})  # Triton's CPU instance is ORT

@@ -65,7 +65,7 @@ class _Models:
         self.files = {"model.onnx": self.ref.copy(), "model.int8.onnx": self.ref.copy()}
         self.reference = Table(keys, lambda: self.ref)
         monkeypatch.setattr(validate_mod, "open_candidate",
-                            lambda bundle, spec, threads: Table(keys, lambda: self.files[spec.file]))
+                            lambda bundle, spec, threads, manifest: Table(keys, lambda: self.files[spec.file]))
 
 
 def _bundle(root: Path, *, backbone: str = "", size: int = PRE.size, notes: dict[str, Any] | None = None) -> Path:

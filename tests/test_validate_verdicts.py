@@ -87,7 +87,7 @@ class _Models:
         self.files = {"model.onnx": self.ref.copy(), "model.int8.onnx": self.ref.copy()}
         self.reference = Table(keys, lambda: self.ref)
         monkeypatch.setattr(validate_mod, "open_candidate",
-                            lambda bundle, spec, threads: Table(keys, lambda: self.files[spec.file]))
+                            lambda bundle, spec, threads, manifest: Table(keys, lambda: self.files[spec.file]))
 
 
 def _run(bundle: Path, photos: list[Path], labels: list[tuple[str, ...]], models: _Models, out: Path,
@@ -434,7 +434,7 @@ def test_a_candidate_that_cannot_load_here_leaves_its_earlier_pass_alone(
     assert _run(bundle, photos, labels, models, tmp_path / "pass").status == "PASS"
     assert _status(bundle, "model.int8.onnx")[0]
 
-    def broken(bundle_: Path, spec: Any, threads: Any) -> Table:
+    def broken(bundle_: Path, spec: Any, threads: Any, manifest: Any) -> Table:
         if spec.file == "model.int8.onnx":
             raise RuntimeError("CUDA out of memory")
         return Table(image_keys, lambda: models.files[spec.file])

@@ -316,10 +316,14 @@ def evaluate(probs: np.ndarray, targets: np.ndarray, thresholds: Sequence[float]
 
 
 def mask_to_grid(mask: np.ndarray, geometry: Geometry, h: int, w: int) -> np.ndarray:
-    """Fraction of each (h, w) token cell covered by ``mask`` (original-image coordinates).
+    """Fraction of each token's window covered by ``mask`` (original-image coordinates), on the (h, w) grid.
 
     The mask goes through the same crop as the image (``geometry``), then is
-    area-averaged onto the token grid.
+    area-averaged onto windows of one stride centred where each token looks:
+    token j of a stride-s grid is centred on model pixel s*j
+    (:meth:`~uopsl.runtime.preprocess.Geometry.to_original`), not on the middle
+    of the cell [s*j, s*(j+1)), which lies (s-1)/2 pixels further on (15.5 at
+    stride 32; the figures before session 15 used those cells).
     """
     m = (mask > 0).astype(np.float32)
     crop = np.zeros((geometry.side, geometry.side), np.float32)
@@ -328,6 +332,11 @@ def mask_to_grid(mask: np.ndarray, geometry: Geometry, h: int, w: int) -> np.nda
     ch = min(geometry.orig_h - sy0, geometry.side - dy0)
     if cw > 0 and ch > 0:
         crop[dy0 : dy0 + ch, dx0 : dx0 + cw] = m[sy0 : sy0 + ch, sx0 : sx0 + cw]
+    # Move the mask (s-1)/2 model pixels down and right (border: no mask), so that cell j holds token j's window.
+    shift_x = (geometry.size / w - 1.0) / 2.0 * geometry.side / geometry.size
+    shift_y = (geometry.size / h - 1.0) / 2.0 * geometry.side / geometry.size
+    crop = cv2.warpAffine(crop, np.float32([[1, 0, shift_x], [0, 1, shift_y]]), (geometry.side, geometry.side),
+                          flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0.0)
     return cv2.resize(crop, (w, h), interpolation=cv2.INTER_AREA)
 
 

@@ -548,6 +548,18 @@ def open_backend(
     # One short line at INFO (what uopsl-screen shows); the reasoning is for -vv and engineers.
     log.info("backend: %s %s (%s)", sel.backend, sel.precision, sel.file)
     log.debug("backend choice: %s", sel.reason)
+    return construct_backend(root, sel, m, threads, spin=spin, device=device, batch=batch)
+
+
+def construct_backend(root: Path, sel: Selection, m: Manifest, threads: int | None = None, *, spin: bool = True,
+                      device: int = 0, batch: int = 8) -> Backend:
+    """The backend for a made choice (not entered): the one place backends are built for a bundle's file.
+
+    ``uopsl validate`` builds its candidates here too, so the file it judges runs exactly as ``run``,
+    ``watch`` and ``bench`` run it (the same TensorRT EP profile and engine cache, the same checked bytes).
+    """
+    if batch < 1:
+        raise ConfigError(f"batch must be >= 1, got {batch}")
     path = root / sel.file
     backend: Backend
     if sel.backend == "openvino":
