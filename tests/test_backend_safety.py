@@ -168,6 +168,18 @@ def test_ort_cuda_that_falls_back_to_the_cpu_is_an_error_not_a_mislabelled_cpu_r
         b.__enter__()
 
 
+def test_ort_auto_runs_on_what_starts_and_says_so(tiny_bundle: Path, monkeypatch: pytest.MonkeyPatch,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    """providers="auto" is "whichever this build has, best first": a GPU wheel listing CUDA that cannot start
+    runs on the CPU with a warning (before: BackendError, as for an explicit "cuda")."""
+    import onnxruntime as ort
+
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    with caplog.at_level(logging.WARNING), OrtBackend(tiny_bundle / "model.onnx", "auto", threads=1) as b:
+        assert b.name == "ort-cpu" and b.providers[0] == "CPUExecutionProvider"
+    assert "could not start CUDAExecutionProvider here and runs on CPUExecutionProvider instead" in caplog.text
+
+
 def test_tensorrt_ep_caches_its_engines_in_the_user_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("UOPSL_CACHE_DIR", str(tmp_path / "cache"))
     providers = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]

@@ -297,7 +297,11 @@ class OrtBackend(ModelFileBackend):
         except Exception as exc:  # ORT raises its own exception types; report them as one line
             raise BackendError(f"ONNX Runtime cannot load {self.path}: {exc}") from exc
         used = self._session.get_providers()
-        if providers and used and used[0] != providers[0]:
+        if providers and used and used[0] != providers[0] and self._providers_arg == "auto":
+            # "auto" is whichever works, best first: the fallback is what it asks for (said, not hidden).
+            log.warning("%s: ONNX Runtime could not start %s here and runs on %s instead", self.path.name,
+                        providers[0], used[0])
+        elif providers and used and used[0] != providers[0]:
             # ONNX Runtime lists CUDA/TensorRT whenever the GPU wheel is installed, even
             # when their libraries cannot load, and then quietly runs on the next
             # provider: a backend called ort-cuda would screen on the CPU.
