@@ -334,3 +334,12 @@ def test_openvino_refuses_a_model_with_a_fixed_batch_saying_why(tiny_bundle: Pat
             pass
     # (Unchecked, this file's probabilities came out 0.07 off ONNX Runtime's with OpenVINO 2026.4: the bug that
     # test_openvino_raw_batched_head_matches_onnxruntime tracks.)
+
+
+def test_ort_trt_is_not_given_the_cpu_int8_variant(tiny_bundle: Path) -> None:
+    # TensorRT's explicit quantization is symmetric (zero point 0); the CPU variant's u8 activations are not.
+    av = Availability(ort_providers=("TensorrtExecutionProvider", "CUDAExecutionProvider") + CPU)
+    assert [f.precision for f in read_manifest(tiny_bundle).files_of("onnx")] == ["fp32", "int8-qdq-u8"]
+    with pytest.raises(BundleError, match="TensorRT takes the symmetric INT8 variant only: .*--variant trt"):
+        select_backend(tiny_bundle, "ort-trt", "int8", availability=av)
+    assert select_backend(tiny_bundle, "ort-cuda", "int8", availability=av).precision == "int8-qdq-u8"

@@ -336,10 +336,15 @@ def _validated_cpu_int8(root: Path, manifest: Manifest, runtime: str) -> tuple[F
     return None, first_why
 
 
-def _onnx_file(manifest: Manifest, precision: str, gpu: bool) -> FileEntry | None:
+def _onnx_file(manifest: Manifest, precision: str, gpu: bool, tensorrt: bool = False) -> FileEntry | None:
+    """The bundle's ONNX file for ``precision``; INT8 in the order the runtime prefers.
+
+    ``tensorrt``: for ONNX Runtime's TensorRT provider, which takes symmetric s8 Q/DQ only (TensorRT's explicit
+    quantization has zero point 0): the CPU variant's u8 activations are not offered to it.
+    """
     onnx = manifest.files_of("onnx")
     if precision == "int8":
-        for p in _INT8_GPU_ORDER if gpu else _INT8_CPU_ORDER:
+        for p in ("int8-qdq-s8",) if tensorrt else _INT8_GPU_ORDER if gpu else _INT8_CPU_ORDER:
             for f in onnx:
                 if f.precision == p:
                     return f
@@ -362,12 +367,14 @@ def _precision_word(p: str) -> str:
 
 def _need_onnx(manifest: Manifest, backend: str, precision: str) -> FileEntry:
     gpu = backend in ("ort-cuda", "ort-trt")
-    f = _onnx_file(manifest, precision, gpu)
+    f = _onnx_file(manifest, precision, gpu, tensorrt=backend == "ort-trt")
     if f is None:
         have = [f"{x.path} ({x.precision})" for x in manifest.files_of("onnx")]
+        hint = ("; TensorRT takes the symmetric INT8 variant only: make it with `uopsl quantize BUNDLE --variant trt`"
+                if backend == "ort-trt" and precision == "int8" else "")
         raise BundleError(
-            f"backend {backend} at precision {precision} needs an ONNX file of that precision; the bundle has {have}. "
-            "Choose another --precision or re-export the bundle with it"
+            f"backend {backend} at precision {precision} needs an ONNX file of that precision; the bundle has {have}"
+            f"{hint}. Choose another --precision or re-export the bundle with it"
         )
     return f
 
