@@ -272,7 +272,8 @@ class Geometry:
         # x + 0.5) is at model position (x + 0.5) * size / side, i.e. at token (that - 0.5) / s.
         h, w = heatmap.shape
         ax, ay = w / self.side, h / self.side
-        warp = np.float32([[ax, 0.0, 0.5 * ax - 0.5 * w / self.size], [0.0, ay, 0.5 * ay - 0.5 * h / self.size]])
+        warp = np.array([[ax, 0.0, 0.5 * ax - 0.5 * w / self.size], [0.0, ay, 0.5 * ay - 0.5 * h / self.size]],
+                        np.float32)
         full = cv2.warpAffine(heatmap.astype(np.float32), warp, (self.side, self.side),
                               flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE)
         out = np.zeros((self.orig_h, self.orig_w), np.float32)

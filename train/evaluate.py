@@ -335,9 +335,10 @@ def mask_to_grid(mask: np.ndarray, geometry: Geometry, h: int, w: int) -> np.nda
     # Move the mask (s-1)/2 model pixels down and right (border: no mask), so that cell j holds token j's window.
     shift_x = (geometry.size / w - 1.0) / 2.0 * geometry.side / geometry.size
     shift_y = (geometry.size / h - 1.0) / 2.0 * geometry.side / geometry.size
-    crop = cv2.warpAffine(crop, np.float32([[1, 0, shift_x], [0, 1, shift_y]]), (geometry.side, geometry.side),
-                          flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0.0)
-    return cv2.resize(crop, (w, h), interpolation=cv2.INTER_AREA)
+    shifted = cv2.warpAffine(crop, np.array([[1, 0, shift_x], [0, 1, shift_y]], np.float32),
+                             (geometry.side, geometry.side), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
+                             borderValue=0.0)
+    return cv2.resize(shifted, (w, h), interpolation=cv2.INTER_AREA)
 
 
 def site_concentration(att: np.ndarray, cover: np.ndarray, inside: np.ndarray | None = None) -> float:
