@@ -51,7 +51,7 @@ from uopsl.runtime.pipeline import (
 )
 from uopsl.runtime.preprocess import PREPROCESS_VERSION
 from uopsl.runtime.report_days import write_reports
-from uopsl.runtime.results import CSV, CSV_STYLES, ModelIdentity, ResultStore, model_identity, write_csv
+from uopsl.runtime.results import CSV, CSV_STYLES, JSONL, ModelIdentity, ResultStore, model_identity, write_csv
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +86,8 @@ class RunSummary:
     skipped_files: dict[str, int] = field(default_factory=dict)
     excluded: list[str] = field(default_factory=list)
     interrupted: bool = False
+    #: outputs that could not be rewritten because another program holds them open (Excel on results.csv)
+    not_updated: tuple[str, ...] = ()
 
     @property
     def total(self) -> int:
@@ -183,6 +185,7 @@ class Screener:
         self.bundle = Path(bundle)
         self.manifest: Manifest = verify_or_raise(self.bundle) if verify else read_manifest(self.bundle)
         self.verified = verify  # the report says when the checksums were not checked
+        self.busy_outputs: tuple[str, ...] = ()  # see finalize
         if not verify:
             log.warning("%s: bundle checksums NOT verified (verify=False / --no-verify); "
                         "the report will say so", self.bundle)
@@ -437,6 +440,7 @@ class Screener:
                 )
             if finalize:
                 rows = self.finalize(out, store, report=report, inputs=given)
+                summary.not_updated = self.busy_outputs
                 mine = {key_path(k) or k for k in seen}
                 summary.in_folder = len(rows)
                 summary.other_inputs = sum(1 for r in rows if (key_path(str(r.get("key", ""))) or r.get("key"))
@@ -459,17 +463,41 @@ class Screener:
 
     def finalize(self, out: Path, store: ResultStore, *, report: bool = True,
                  inputs: Iterable[Any] | None = None) -> list[dict[str, Any]]:
-        """Regenerate results.csv (and report.html) atomically from the jsonl; returns the rows they list."""
+        """Regenerate results.csv (and report.html) atomically from the jsonl; returns the rows they list.
+
+        A file another program holds open (Excel on results.csv: Windows will not replace it) is left as it
+        was and named in :attr:`busy_outputs`, once in the log; the other outputs are still written, and the
+        rows are safe in results.jsonl. The next call tries again (``watch`` does at its next refresh).
+        """
         rows = store.latest_rows()
-        write_csv(out / CSV, rows, self.manifest.class_names,
-                  referable=[c.name for c in self.manifest.classes if c.referable], style=self.csv_style)
+        busy: list[str] = []
+        with self._unless_busy(out / CSV, busy):
+            write_csv(out / CSV, rows, self.manifest.class_names,
+                      referable=[c.name for c in self.manifest.classes if c.referable], style=self.csv_style)
         if report:
             info: dict[str, Any] = {"backend": self.backend.describe(), "bundle_sha256": self.identity.bundle_sha256,
                                     "bundle_verified": self.verified}
             if inputs is not None:
                 info["inputs"] = [display_path(x) for x in inputs if isinstance(x, (str, os.PathLike))]
-            write_reports(rows, out, self.manifest, info)
+            with self._unless_busy(out / "report.html", busy):
+                write_reports(rows, out, self.manifest, info)
+        for name in sorted(set(self.busy_outputs) - set(busy)):
+            log.info("%s updated again", name)
+        self.busy_outputs = tuple(busy)
         return rows
+
+    @contextlib.contextmanager
+    def _unless_busy(self, path: Path, busy: list[str]) -> Iterator[None]:
+        try:
+            yield
+        except PermissionError as exc:
+            if not path.exists():  # not a file held open: a folder without write permission, say
+                raise
+            busy.append(str(path))
+            if str(path) not in self.busy_outputs:  # once per episode, not at every refresh
+                log.warning("%s is open in another program (Excel?) and was not updated (%s); the results are safe "
+                            "in %s. Close it: watch rewrites it at its next refresh, run rewrites it when run "
+                            "again", path, exc.strerror or exc, JSONL)
 
     def _finalize_quietly(self, out: Path, store: ResultStore, report: bool, inputs: Iterable[Any] | None) -> None:
         try:

@@ -79,6 +79,9 @@ def _echo_summary(summary: Any, out: Path, failed: Sequence[tuple[str, str, Sequ
         click.echo("  retake or check: " + ", ".join(named)
                    + (f"{', ' if named else ''}{rest} more in the report" if rest else ""), err=True)
     click.echo(f"{'report' if report else 'results'}: {out / (REPORT if report else CSV)}", err=True)
+    for path in summary.not_updated:
+        click.echo(f"NOT updated: {path} is open in another program (Excel?); close it and run the same command "
+                   "again to rewrite it (nothing is screened twice)", err=True)
 
 
 def _one_line_name(name: str) -> str:

@@ -97,15 +97,26 @@ def sigterm_as_interrupt() -> Iterator[_Sigterm]:
         got.received = True
         raise KeyboardInterrupt("terminated (SIGTERM)")
 
-    previous = signal.signal(signal.SIGTERM, on_term)
+    # Windows delivers no SIGTERM from outside; Ctrl-Break (SIGBREAK) is its console's other stop key.
+    # (Closing the console window or shutting Windows down ends the process without this: results.jsonl
+    # is kept, results.csv and the report are brought up to date by the next run.)
+    names = [n for n in ("SIGTERM", "SIGBREAK") if hasattr(signal, n)]
+    previous = {n: signal.signal(getattr(signal, n), on_term) for n in names}
     try:
         yield got
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for n, handler in previous.items():
+            signal.signal(getattr(signal, n), handler)
 
 
 def main_entry(group: click.Group, argv: Sequence[str] | None = None, prog_name: str | None = None) -> int:
     """Run ``group``; map every failure to one line on stderr and an exit code (see the module docstring)."""
+    # Redirected output on Windows is encoded in the ANSI code page, strictly: a bundle path or file name
+    # outside it (Cyrillic, CJK) crashed `info > info.txt` with "a bug". Escapes instead, as on stderr.
+    reconfigure = getattr(sys.stdout, "reconfigure", None)
+    if reconfigure is not None and (getattr(sys.stdout, "errors", "strict") or "strict") == "strict":
+        with contextlib.suppress(Exception):
+            reconfigure(errors="backslashreplace")
     with sigterm_as_interrupt() as term:
         rc = _main_entry(group, argv, prog_name)
     return 143 if rc == 130 and term.received else rc

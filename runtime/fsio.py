@@ -24,6 +24,7 @@ import stat
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -121,11 +122,50 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "w", **kwargs: Any) ->
             fh.flush()
             set_mode(tmp, new_file_mode(target), fh.fileno())
             os.fsync(fh.fileno())
-        os.replace(tmp, target)
+        replace_patiently(tmp, target)
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(OSError):  # (a read-only leftover must not hide the real error)
             os.unlink(tmp)
         raise
+
+
+#: How long :func:`replace_patiently` keeps trying, and the pause between tries (seconds).
+REPLACE_RETRY_S = 1.0
+_REPLACE_PAUSE_S = 0.2
+
+
+def replace_patiently(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+    """``os.replace``, tried again for about a second when the target is busy.
+
+    Why: on Windows a file another program holds open (Excel on results.csv;
+    an antivirus scanner, the search indexer or OneDrive for a moment after
+    each write) cannot be replaced ("PermissionError: [WinError 5/32]"); pip
+    retries the same way. A target with the read-only attribute (which Windows,
+    unlike POSIX, will not replace) gets its write bit back once. Raises the last
+    ``PermissionError`` if the target stays busy.
+    """
+    deadline = time.monotonic() + REPLACE_RETRY_S
+    cleared = False
+    while True:
+        try:
+            os.replace(src, dst)
+            return
+        except PermissionError:
+            if sys.platform == "win32" and not cleared and _read_only(dst):
+                cleared = True
+                with contextlib.suppress(OSError):
+                    os.chmod(dst, stat.S_IWRITE | stat.S_IREAD)
+                continue
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(_REPLACE_PAUSE_S)
+
+
+def _read_only(path: str | os.PathLike[str]) -> bool:
+    try:
+        return not os.stat(path).st_mode & stat.S_IWRITE
+    except OSError:
+        return False
 
 
 def write_bytes(path: str | os.PathLike[str], data: bytes) -> None:

@@ -178,7 +178,7 @@ class WalkState:
     """
 
     exclude: Sequence[str | os.PathLike[str]] = ()
-    visited: set[tuple[int, int]] = field(default_factory=set)
+    visited: set[tuple[int, int] | str] = field(default_factory=set)  # (st_dev, st_ino), or the real path
     skipped: collections.Counter[str] = field(default_factory=collections.Counter)
     skipped_names: list[str] = field(default_factory=list)
     hidden_images: int = 0  # image-named files starting with '.' (a Mac's ._IMG_0001.jpg, an editor's temp file)
@@ -195,7 +195,8 @@ class WalkState:
             self._exclude_real.append(os.path.realpath(os.fspath(x)))
             try:
                 st = os.stat(x)
-                self._exclude_ids.add((st.st_dev, st.st_ino))
+                if st.st_ino:  # 0: no identity (matched by its path instead)
+                    self._exclude_ids.add((st.st_dev, st.st_ino))
             except OSError:
                 pass  # not created yet: matched by its path
 
@@ -281,7 +282,9 @@ def list_folder(folder: Path, state: WalkState) -> list[tuple[Path, bool]]:
     except OSError as exc:
         state.say(logging.WARNING, "cannot open folder %s: %s", display_path(folder), exc.strerror or exc)
         return []
-    ident = (st.st_dev, st.st_ino)
+    # Where Windows reports no file index (st_ino 0: some network redirectors, FAT through some drivers) the
+    # pair identifies nothing; the resolved path stands in (loops through links are still caught by it).
+    ident: tuple[int, int] | str = (st.st_dev, st.st_ino) if st.st_ino else os.path.realpath(folder)
     if ident in state.visited:
         state.say(logging.INFO, "not walking %s again (a link to a folder already walked)", display_path(folder))
         return []
@@ -425,6 +428,7 @@ def _read_list(p: Path, state: WalkState, *, top: bool, lists: tuple[str, ...]) 
             entry = line.strip()
             if not entry or entry.startswith("#"):
                 continue
+            entry = _unquoted(entry, p.parent)
             q = Path(entry)
             q = q if q.is_absolute() else p.parent / q
             if q.suffix.lower() in LIST_SUFFIXES and os.path.realpath(q) in (*lists, real):
@@ -432,6 +436,21 @@ def _read_list(p: Path, state: WalkState, *, top: bool, lists: tuple[str, ...]) 
                             "itself); entry skipped", display_path(p), n, display_path(entry))
                 continue
             yield from _expand(q, state, top=False, lists=(*lists, real))
+
+
+def _unquoted(entry: str, base: Path) -> str:
+    """``entry`` without one pair of surrounding double quotes, unless a file is named with them.
+
+    Windows Explorer's "Copy as path" copies ``"C:\\photos\\img 1.jpg"`` quoted; a list built from it made
+    every entry "unreadable". (A quote is not allowed in a Windows file name; on POSIX the quoted name is
+    kept when such a file exists.)
+    """
+    if len(entry) < 2 or not entry[0] == entry[-1] == '"':
+        return entry
+    q = Path(entry)
+    if os.path.lexists(q if q.is_absolute() else base / q):
+        return entry
+    return entry[1:-1].strip()
 
 
 def _strict_lines(fh: Any, p: Path) -> Iterator[tuple[int, str]]:

@@ -319,7 +319,8 @@ def watch_folder(
                 now = time.monotonic()
                 if dirty and now - last_refresh >= cfg.refresh_s:
                     _refresh(screener, out, held)
-                    last_refresh, dirty = now, False
+                    # An output held open by another program (Excel) is tried again at the next refresh.
+                    last_refresh, dirty = now, bool(screener.busy_outputs)
                 if cfg.max_images is not None and total.screened >= cfg.max_images:
                     break
                 if cfg.timeout_s is not None and now - t_start >= cfg.timeout_s:
@@ -332,6 +333,7 @@ def watch_folder(
             screener._finalize_quietly(out, held, True, None)
             raise
         total.in_folder = _refresh(screener, out, held)  # always: rows appended since the last refresh
+        total.not_updated = screener.busy_outputs
     return total
 
 

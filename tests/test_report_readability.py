@@ -347,7 +347,7 @@ def test_a_thousand_rows_render_fast(tmp_path: Path) -> None:
 # -- 18, 22: the terminal ------------------------------------------------------------------------------------
 def _summary(counts: dict[str, int], refer: int, screened: int, skipped: int = 0) -> SimpleNamespace:
     return SimpleNamespace(counts=counts, refer=refer, screened=screened, skipped=skipped,
-                           total=sum(counts.values()))
+                           total=sum(counts.values()), not_updated=())
 
 
 def test_summary_names_failed_files_and_ends_with_the_report(capsys: pytest.CaptureFixture[str]) -> None:

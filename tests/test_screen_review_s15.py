@@ -6,6 +6,7 @@ import errno
 import json
 import logging
 import os
+import shutil
 import threading
 from pathlib import Path
 
@@ -178,3 +179,129 @@ def test_watch_keeps_no_row_for_a_photograph_filed_away_before_it_was_read(tiny_
     assert moved and [Path(r["source"]).parent.name for r in rows] == ["patient7"]
     assert rows[0]["status"] == "ok" and summary.exit_code == 0
     assert json.dumps(results_jsonl(tmp_path / "out")).count("unreadable") == 0
+
+
+# -- Windows: results.csv open in Excel ------------------------------------------------------------------------
+def _excel_holds(monkeypatch: pytest.MonkeyPatch, held: set[str]) -> None:
+    """Windows will not replace a file Excel holds open (PermissionError, WinError 32); simulated here."""
+    from uopsl.runtime import fsio
+
+    real = os.replace
+    monkeypatch.setattr(fsio, "REPLACE_RETRY_S", 0.3)
+
+    def replace(src, dst):  # type: ignore[no-untyped-def]
+        if os.path.realpath(dst) in held:
+            raise PermissionError(errno.EACCES, "The process cannot access the file because it is being used by "
+                                  "another process", os.fspath(src), 32, os.fspath(dst))
+        return real(src, dst)
+
+    monkeypatch.setattr(fsio.os, "replace", replace)
+
+
+def test_run_with_results_csv_open_in_excel_screens_writes_the_report_and_says_so(
+        tiny_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: F811
+    # Before: every photograph screened, then exit 2 with an old report and a message about permissions.
+    from uopsl.runtime.cli import main
+
+    out = tmp_path / "out"
+    good_photos(tmp_path / "in", 2)
+    assert main(["run", str(tiny_bundle), str(tmp_path / "in"), "--out", str(out), "--backend", "ort-cpu"]) == 0
+    good_photos(tmp_path / "in", 2, start=2)
+    held = {os.path.realpath(out / "results.csv")}
+    _excel_holds(monkeypatch, held)
+    before = (out / "results.csv").read_bytes()
+    capsys.readouterr()
+    assert main(["run", str(tiny_bundle), str(tmp_path / "in"), "--out", str(out), "--backend", "ort-cpu"]) == 0
+    err = capsys.readouterr().err
+    assert "NOT updated: " in err and "results.csv is open in another program (Excel?)" in err
+    assert (out / "results.csv").read_bytes() == before  # left as Excel shows it
+    assert (out / "report.html").read_text(encoding="utf-8").count("img0003") >= 1  # the report has the new rows
+    held.clear()
+    assert main(["run", str(tiny_bundle), str(tmp_path / "in"), "--out", str(out), "--backend", "ort-cpu"]) == 0
+    assert len(results_csv(out)) == 4 and "NOT updated" not in capsys.readouterr().err
+
+
+def test_watch_keeps_screening_while_results_csv_is_open_in_excel(tiny_bundle: Path, tmp_path: Path,  # noqa: F811
+                                                                   monkeypatch: pytest.MonkeyPatch,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    inbox, out = tmp_path / "inbox", tmp_path / "out"
+    inbox.mkdir()
+    held: set[str] = {os.path.realpath(out / "results.csv")}
+    _excel_holds(monkeypatch, held)
+    results: list[str] = []
+
+    def drop_more(r) -> None:  # type: ignore[no-untyped-def]
+        results.append(r.status)
+        if len(results) == 1:
+            good_photos(inbox, 1, start=1)  # the camera goes on while results.csv is held
+        if len(results) == 2:
+            held.clear()  # the nurse closes Excel
+
+    good_photos(inbox, 1)
+    (out).mkdir()
+    (out / "results.csv").write_text("held\n", encoding="utf-8")
+    with caplog.at_level(logging.INFO), Screener(tiny_bundle, "ort-cpu", threads=1, batch_size=1) as s:
+        summary = watch_folder(s, inbox, out, WatchConfig(settle_ms=0, poll_s=0.05, timeout_s=2.5, refresh_s=0.2),
+                               on_result=drop_more)
+    assert results == ["ok", "ok"] and summary.exit_code == 0 and summary.not_updated == ()
+    assert caplog.text.count("is open in another program (Excel?)") == 1  # once, not at every refresh
+    assert "results.csv updated again" in caplog.text
+    assert len(results_csv(out)) == 2
+
+
+def test_a_list_of_paths_copied_with_explorers_copy_as_path(tiny_bundle: Path, tmp_path: Path) -> None:  # noqa: F811
+    photos = good_photos(tmp_path / "in", 2)
+    lst = tmp_path / "list.txt"
+    lst.write_text("".join(f'"{p}"\r\n' for p in photos), encoding="utf-8")
+    with Screener(tiny_bundle, "ort-cpu", threads=1) as s:
+        summary = s.screen_to(tmp_path / "out", [lst], report=False)
+    assert summary.counts["ok"] == 2 and summary.exit_code == 0
+
+
+def test_folders_without_a_file_index_are_each_walked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Windows reports st_ino 0 for some network and FAT folders: every subfolder after the first was taken
+    # for "a link to a folder already walked", and an --out on the same share excluded the photographs.
+    import stat as stat_mod
+
+    from uopsl.runtime.pipeline import WalkState, iter_inputs
+
+    share = tmp_path / "share"
+    good_photos(share / "patientA", 1)
+    good_photos(share / "patientB", 1, start=1)
+    good_photos(share, 1, start=2)
+    (tmp_path / "out").mkdir()
+    real = os.stat
+
+    class NoIndex:
+        def __init__(self, st: os.stat_result) -> None:
+            self._st = st
+
+        def __getattr__(self, k: str) -> object:
+            return 0 if k == "st_ino" else getattr(self._st, k)
+
+    def stat(p, *a, **k):  # type: ignore[no-untyped-def]
+        st = real(p, *a, **k)
+        return NoIndex(st) if stat_mod.S_ISDIR(st.st_mode) and str(os.fspath(p)).startswith(str(tmp_path)) else st
+
+    monkeypatch.setattr(os, "stat", stat)
+    found = sorted(it.path.name for it in iter_inputs([share], state=WalkState(exclude=[tmp_path / "out"])))
+    assert found == ["img0000.jpg", "img0001.jpg", "img0002.jpg"]
+
+
+def test_info_redirected_to_a_file_in_a_windows_code_page(tiny_bundle: Path, tmp_path: Path,  # noqa: F811
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    # A redirected stdout on Windows is cp1252 with strict errors: a Cyrillic bundle path crashed `info` ("a bug").
+    import io
+    import sys
+
+    from uopsl.runtime.cli import main
+
+    bundle = tmp_path / "пакет"
+    shutil.copytree(tiny_bundle, bundle)
+    raw = io.BytesIO()
+    out = io.TextIOWrapper(raw, encoding="cp1252", errors="strict")
+    monkeypatch.setattr(sys, "stdout", out)
+    rc = main(["info", str(bundle)])
+    out.flush()
+    assert rc == 0
+    assert b"\\u043f\\u0430\\u043a\\u0435\\u0442" in raw.getvalue()
