@@ -30,6 +30,7 @@ from uopsl.runtime.backends import Selection, open_and_enter
 from uopsl.runtime.backends.base import Backend, check_gpu_index
 from uopsl.runtime.bundle import Manifest, read_manifest, verify_or_raise
 from uopsl.runtime.errors import ConfigError
+from uopsl.runtime.fsio import sha256_file
 from uopsl.runtime import progress as progress_bars
 from uopsl.runtime.overlay import OVERLAY_DIR, THUMB_DIR, write_overlay, write_thumbnail
 from uopsl.runtime.pipeline import (
@@ -405,7 +406,7 @@ class Screener:
                         row["model_sha256"] = self.identity.model_sha256
                         row["preprocess_version"] = self.identity.preprocess_version
                         row.update(model_file)
-                        self._write_images(out, r, overlays, report)
+                        row.update(self._write_images(out, r, overlays, report))
                         buffer.append(row)
                         summary.screened += 1
                         summary.counts[r.status] = summary.counts.get(r.status, 0) + 1
@@ -542,27 +543,33 @@ class Screener:
                  shown, display_path(str(row["moved_from"])))
         return row
 
-    def _write_images(self, out: Path, r: ScreenResult, overlays: bool, report: bool) -> None:
+    def _write_images(self, out: Path, r: ScreenResult, overlays: bool, report: bool) -> dict[str, str]:
         """Write this row's thumbnail and overlay; delete those an earlier version of the file left.
 
         Ids follow the path, so a photograph replaced by an unreadable one
         would otherwise show the old picture (and heatmap) next to its new
-        verdict.
+        verdict. Returns the row's fields naming what was written
+        (``thumb_sha256``, ``overlay_sha256``: the first 16 hex digits of each
+        file's content), by which the report knows its images without
+        trusting file times (FAT drives shift them by an hour at a
+        daylight-saving change; a file server stamps its own clock).
         """
         wrote_thumb = wrote_overlay = False
+        written: dict[str, str] = {}
         if r.thumbnail is not None:
             if report:
-                write_thumbnail(out, r.id, r.thumbnail)
+                written["thumb_sha256"] = sha256_file(write_thumbnail(out, r.id, r.thumbnail))[:16]
                 wrote_thumb = True
             if overlays and r.site_maps is not None and r.geometry is not None and r.status == "ok":
                 heat = r.heatmap(shape=r.thumbnail.shape[:2])
-                write_overlay(out, r.id, r.thumbnail, heat)
+                written["overlay_sha256"] = sha256_file(write_overlay(out, r.id, r.thumbnail, heat))[:16]
                 wrote_overlay = True
         for wrote, stale in ((wrote_thumb, out / THUMB_DIR / f"{r.id}.jpg"),
                              (wrote_overlay, out / OVERLAY_DIR / f"{r.id}.png")):
             if not wrote:
                 with contextlib.suppress(FileNotFoundError):
                     stale.unlink()
+        return written
 
 
 def _count(inputs: Iterable[Any] | None, out: Path) -> int | None:

@@ -39,7 +39,7 @@ import cv2
 import numpy as np
 
 from uopsl.runtime.bundle import Manifest
-from uopsl.runtime.fsio import atomic_open
+from uopsl.runtime.fsio import atomic_open, sha256_file
 from uopsl.runtime.overlay import OVERLAY_DIR, THUMB_DIR, encode_jpeg
 from uopsl.runtime.results import model_sha256
 from uopsl.runtime.version import __version__
@@ -269,6 +269,9 @@ def _trusted_image(path: Path, row: Mapping[str, Any], kind: str, thumb_mtime: f
         return False
     if kind == "thumb" and not _thumbnail_belongs(row):
         return False
+    recorded = row.get(f"{kind}_sha256")
+    if isinstance(recorded, str) and recorded:  # rows since session 15 name their images' content
+        return _content_sha16(path) == recorded
     mtime = _mtime(path)
     if mtime is None:
         return False
@@ -276,6 +279,30 @@ def _trusted_image(path: Path, row: Mapping[str, Any], kind: str, thumb_mtime: f
     if when is not None and mtime < when.timestamp() - _MTIME_SLACK_S:
         return False
     return not (kind == "overlay" and thumb_mtime is not None and mtime < thumb_mtime - _MTIME_SLACK_S)
+
+
+#: path -> (size, mtime_ns, first 16 hex digits of the content's sha256): watch refreshes read each image once.
+_SHAS: OrderedDict[str, tuple[int, int, str]] = OrderedDict()
+
+
+def _content_sha16(path: Path) -> str | None:
+    """The first 16 hex digits of the file's sha256 (None when unreadable), kept while the file is unchanged."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    hit = _SHAS.get(str(path))
+    if hit is not None and hit[:2] == (st.st_size, st.st_mtime_ns):
+        _SHAS.move_to_end(str(path))
+        return hit[2]
+    try:
+        digest = sha256_file(path)[:16]
+    except OSError:
+        return None
+    _SHAS[str(path)] = (st.st_size, st.st_mtime_ns, digest)
+    while len(_SHAS) > _uri_capacity:
+        _SHAS.popitem(last=False)
+    return digest
 
 
 #: (path, side) -> (size, mtime_ns, data URI), least recently used first: kept for watch's refreshes.

@@ -216,6 +216,23 @@ def test_files_older_than_the_rows_screening_time_are_not_trusted(tmp_path: Path
     assert re.search(r"<span class='when'>screened (\d{4}-\d\d-\d\d )?\d\d:\d\d</span>", page)
 
 
+def test_images_the_row_names_by_content_are_shown_whatever_their_file_times(tmp_path: Path) -> None:
+    """A FAT output drive shifts every file time by an hour at a daylight-saving change (and a file server
+    stamps its own clock): rows since session 15 name their images' content, and the report trusts that."""
+    from uopsl.runtime.fsio import sha256_file
+
+    _images(tmp_path, "shifted", age_s=3600)  # written with the row, read an hour older after the change
+    _images(tmp_path, "replaced", age_s=0)
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())
+    shifted = _row("shifted.jpg", refer=False, probs={"dr": 0.2}, screened_at=stamp)
+    shifted["thumb_sha256"] = sha256_file(tmp_path / THUMB_DIR / "shifted.jpg")[:16]
+    shifted["overlay_sha256"] = sha256_file(tmp_path / OVERLAY_DIR / "shifted.png")[:16]
+    replaced = _row("replaced.jpg", refer=False, probs={"dr": 0.1}, screened_at=stamp)
+    replaced["thumb_sha256"] = replaced["overlay_sha256"] = "0123456789abcdef"  # files of another photograph
+    page = render_report([shifted, replaced], tmp_path, _manifest())
+    assert _shown(page) == [(True, True), (False, False)]
+
+
 def test_thumbnail_is_read_without_cv2_imread(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """24: cv2.imread cannot open non-ASCII paths on Windows; np.fromfile + cv2.imdecode can."""
     out = tmp_path / "ünïcødé_眼底"

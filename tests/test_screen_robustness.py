@@ -384,11 +384,11 @@ def test_10_ctrl_c_saves_csv_and_report_and_says_how_to_continue(tiny_bundle: Pa
     real = Screener._write_images
     calls = [0]
 
-    def interrupt_at_the_fourth(self: Screener, *a: object, **k: object) -> None:
+    def interrupt_at_the_fourth(self: Screener, *a: object, **k: object) -> dict[str, str]:
         calls[0] += 1
         if calls[0] == 4:
             raise KeyboardInterrupt
-        real(self, *a, **k)  # type: ignore[arg-type]
+        return real(self, *a, **k)  # type: ignore[arg-type]
 
     monkeypatch.setattr(Screener, "_write_images", interrupt_at_the_fourth)
     assert _run(tiny_bundle, tmp_path / "in", out, extra=("--batch", "1")) == 130
