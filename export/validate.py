@@ -830,9 +830,16 @@ def validate_bundle(
             candidates.append(entry)
             continue
         num = numerical(ref, cand)
-        clin = clinical(manifest, truth, ref["probs"], cand["probs"], ids, n_boot=cfg.n_boot, seed=cfg.seed,
-                        alpha=BOOTSTRAP_ALPHA, reference_logits=ref.get("logits"),
-                        candidate_logits=cand.get("logits"))
+        try:
+            clin = clinical(manifest, truth, ref["probs"], cand["probs"], ids, n_boot=cfg.n_boot, seed=cfg.seed,
+                            alpha=BOOTSTRAP_ALPHA, reference_logits=ref.get("logits"),
+                            candidate_logits=cand.get("logits"))
+        except BundleError as exc:  # e.g. this file's probabilities outside [0, 1]: its FAIL, not the run's end
+            why = str(exc)
+            entry.update({"passed": False, "verdict": FAIL, "error": why, "reasons": [why], "numerical": num})
+            log.error("%s: FAIL (%s)", spec.name, why)
+            candidates.append(entry)
+            continue
         verdict = judge(cfg.gates, num, clin)
         entry.update({"passed": verdict.passed, "verdict": verdict.status, "reasons": list(verdict.reasons),
                       "checks": [asdict(c) for c in verdict.checks], "numerical": num, "clinical": clin,

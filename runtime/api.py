@@ -372,6 +372,11 @@ class Screener:
                 if store.is_done(it.key):
                     _count_earlier(store.done[it.key], it.key in store.referred)
                     return
+                if it.path is not None and (same := store.find_retimed(it.key, it.path)) is not None:
+                    row = {**same, "key": it.key}  # the same file under a new time: its result, its images
+                    store.defer(row)
+                    _count_earlier(str(row.get("status")), bool(row.get("refer")))
+                    return
                 if it.path is not None:
                     old = store.find_moved(it.key, it.path)
                     if old is not None:
@@ -463,7 +468,7 @@ class Screener:
         return summary
 
     def finalize(self, out: Path, store: ResultStore, *, report: bool = True,
-                 inputs: Iterable[Any] | None = None) -> list[dict[str, Any]]:
+                 inputs: Iterable[Any] | None = None, only_busy: bool = False) -> list[dict[str, Any]]:
         """Regenerate results.csv (and report.html) atomically from the jsonl; returns the rows they list.
 
         A file another program holds open (Excel on results.csv: Windows will not replace it) is left as it
@@ -472,25 +477,29 @@ class Screener:
         """
         rows = store.latest_rows()
         busy: list[str] = []
-        with self._unless_busy(out / CSV, busy):
-            write_csv(out / CSV, rows, self.manifest.class_names,
-                      referable=[c.name for c in self.manifest.classes if c.referable], style=self.csv_style)
-        if report:
+        only = set(self.busy_outputs) if only_busy else None  # watch between new rows: the held files alone
+        if only is None or str(out / CSV) in only:
+            self._write_unless_busy(out / CSV, busy, lambda: write_csv(
+                out / CSV, rows, self.manifest.class_names,
+                referable=[c.name for c in self.manifest.classes if c.referable], style=self.csv_style))
+        if report and (only is None or str(out / "report.html") in only):
             info: dict[str, Any] = {"backend": self.backend.describe(), "bundle_sha256": self.identity.bundle_sha256,
                                     "bundle_verified": self.verified}
             if inputs is not None:
                 info["inputs"] = [display_path(x) for x in inputs if isinstance(x, (str, os.PathLike))]
-            with self._unless_busy(out / "report.html", busy):
-                write_reports(rows, out, self.manifest, info)
-        for name in sorted(set(self.busy_outputs) - set(busy)):
+            self._write_unless_busy(out / "report.html", busy, lambda: write_reports(rows, out, self.manifest, info))
+        done = set(self.busy_outputs) - set(busy) if only is None else only - set(busy)
+        for name in sorted(done):
             log.info("%s updated again", name)
         self.busy_outputs = tuple(busy)
         return rows
 
-    @contextlib.contextmanager
-    def _unless_busy(self, path: Path, busy: list[str]) -> Iterator[None]:
+    def _write_unless_busy(self, path: Path, busy: list[str], write: Callable[[], object]) -> None:
+        if str(path) in self.busy_outputs and _held_open(path):  # still held: not a second of retries again
+            busy.append(str(path))
+            return
         try:
-            yield
+            write()
         except PermissionError as exc:
             if not path.exists():  # not a file held open: a folder without write permission, say
                 raise
@@ -570,6 +579,17 @@ class Screener:
                 with contextlib.suppress(FileNotFoundError):
                     stale.unlink()
         return written
+
+
+def _held_open(path: Path) -> bool:
+    """Whether another program holds ``path`` so that it cannot be opened for writing (Windows: Excel)."""
+    try:
+        with open(path, "r+b"):
+            return False
+    except PermissionError:
+        return True
+    except OSError:
+        return False
 
 
 def _count(inputs: Iterable[Any] | None, out: Path) -> int | None:

@@ -449,7 +449,8 @@ class Manifest:
         if p.ndim != 2 or p.shape[1] != len(self.classes):
             raise BundleError(f"probabilities must be (N, {len(self.classes)}), got shape {p.shape}")
         # A NaN is never above a threshold (a disease silently not called), and values outside [0, 1] are
-        # not probabilities (output names that do not fit the model: logits read as probabilities).
+        # not probabilities (output names that do not fit the model: logits read as probabilities). The
+        # screening pipeline takes a photograph's non-finite row out first (its inference error).
         bad = ~((p >= -1e-6) & (p <= 1.0 + 1e-6))
         if bad.any():
             raise BundleError(f"the model's '{self.output_names[0]}' output holds values outside [0, 1] "
@@ -635,7 +636,10 @@ def check_manifest_checksum(bundle: str | os.PathLike[str]) -> None:
     """
     path = Path(bundle) / MANIFEST
     raw = read_manifest_json(path)
-    if raw.get("content_sha256") and _content_hash(raw) != raw["content_sha256"]:
+    if not raw.get("content_sha256"):
+        raise BundleError(f"{path}: no content checksum (removed, or written by an older exporter); not "
+                          "rewriting it. Copy the bundle again from its source, or export it again")
+    if _content_hash(raw) != raw["content_sha256"]:
         raise BundleError(f"{path}: content differs from its checksum (edited or corrupted); not rewriting it. "
                           "Copy the bundle again from its source, or export it again")
 

@@ -113,12 +113,20 @@ def main_entry(group: click.Group, argv: Sequence[str] | None = None, prog_name:
     """Run ``group``; map every failure to one line on stderr and an exit code (see the module docstring)."""
     # Redirected output on Windows is encoded in the ANSI code page, strictly: a bundle path or file name
     # outside it (Cyrillic, CJK) crashed `info > info.txt` with "a bug". Escapes instead, as on stderr.
+    # (Put back afterwards: an application that calls main() in-process keeps its own stdout policy.)
     reconfigure = getattr(sys.stdout, "reconfigure", None)
+    escaped = False
     if reconfigure is not None and (getattr(sys.stdout, "errors", "strict") or "strict") == "strict":
         with contextlib.suppress(Exception):
             reconfigure(errors="backslashreplace")
-    with sigterm_as_interrupt() as term:
-        rc = _main_entry(group, argv, prog_name)
+            escaped = True
+    try:
+        with sigterm_as_interrupt() as term:
+            rc = _main_entry(group, argv, prog_name)
+    finally:
+        if escaped and reconfigure is not None:
+            with contextlib.suppress(Exception):
+                reconfigure(errors="strict")
     return 143 if rc == 130 and term.received else rc
 
 

@@ -429,6 +429,8 @@ def _read_list(p: Path, state: WalkState, *, top: bool, lists: tuple[str, ...]) 
             if not entry or entry.startswith("#"):
                 continue
             entry = _unquoted(entry, p.parent)
+            if not entry:  # "" (an empty spreadsheet cell) would name the list's own folder
+                continue
             q = Path(entry)
             q = q if q.is_absolute() else p.parent / q
             if q.suffix.lower() in LIST_SUFFIXES and os.path.realpath(q) in (*lists, real):
@@ -836,8 +838,15 @@ class ScreeningPipeline:
             infer_ms = (time.perf_counter() - t0) * 1e3 / len(runnable)
         probs = outputs.get(self._probs_name)
         maps = outputs.get(self._maps_name)
+        bad_rows: np.ndarray = np.zeros(len(runnable), bool)
         if probs is not None:
-            positive, refer = self.manifest.decide(probs)
+            # A photograph whose probabilities are not finite (an FP16 overflow, say) is that photograph's
+            # inference error; finite values outside [0, 1] are the bundle's (decide says so and stops).
+            bad_rows = np.asarray(~np.isfinite(np.asarray(probs, np.float64)).all(axis=1), bool)
+            if bad_rows.any():
+                log.error("the model gave probabilities that are not finite for %d photograph(s) of a batch of %d",
+                          int(bad_rows.sum()), len(runnable))
+            positive, refer = self.manifest.decide(np.where(bad_rows[:, None], 0.0, probs))
         results: list[ScreenResult] = []
         j = 0
         for p in batch:
@@ -846,10 +855,11 @@ class ScreeningPipeline:
                 continue
             k = j
             j += 1
-            if probs is None:
+            if probs is None or bad_rows[k]:
+                why = failure if probs is None else "the model's probabilities for it are not finite (NaN or inf)"
                 results.append(ScreenResult(
                     id=p.item.id, source=p.item.source, key=p.item.key, status="error",
-                    error=f"inference failed: {failure}", reasons=("inference_error",), timings=p.timings,
+                    error=f"inference failed: {why}", reasons=("inference_error",), timings=p.timings,
                     thumbnail=p.thumbnail, class_names=self.class_names, content_sha256=p.sha256))
                 continue
             pr = {c: float(v) for c, v in zip(self.class_names, probs[k])}

@@ -259,9 +259,10 @@ class Geometry:
     def to_original(self, heatmap: np.ndarray) -> np.ndarray:
         """Map a 2-D map over the model input onto the original image grid.
 
-        ``heatmap`` is (h, w) over a grid of stride ``size / w``: a site map of
-        tokens, or a map at the model's own resolution (stride 1). Token j is
-        placed where it looks, on model pixel ``j * size / w`` (see below).
+        ``heatmap`` is (h, w): a site map of tokens (a power-of-two stride,
+        :func:`token_stride`), or a map at the model's own resolution (stride
+        1). Token j of a stride-s grid is placed where it looks, on model pixel
+        ``s * j`` (see below).
         Returns a float32 (orig_h, orig_w) array; pixels outside the crop are 0.
         """
         if heatmap.ndim != 2:
@@ -271,9 +272,9 @@ class Geometry:
         # the cell [s*j, s*(j+1)), (s-1)/2 pixels further on: 15.5 at stride 32). A crop pixel x (centre
         # x + 0.5) is at model position (x + 0.5) * size / side, i.e. at token (that - 0.5) / s.
         h, w = heatmap.shape
-        ax, ay = w / self.side, h / self.side
-        warp = np.array([[ax, 0.0, 0.5 * ax - 0.5 * w / self.size], [0.0, ay, 0.5 * ay - 0.5 * h / self.size]],
-                        np.float32)
+        sx, sy = token_stride(self.size, w), token_stride(self.size, h)
+        ax, ay = self.size / (self.side * sx), self.size / (self.side * sy)
+        warp = np.array([[ax, 0.0, 0.5 * ax - 0.5 / sx], [0.0, ay, 0.5 * ay - 0.5 / sy]], np.float32)
         full = cv2.warpAffine(heatmap.astype(np.float32), warp, (self.side, self.side),
                               flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE)
         out = np.zeros((self.orig_h, self.orig_w), np.float32)
@@ -284,6 +285,19 @@ class Geometry:
         if w > 0 and h > 0:
             out[dy0 : dy0 + h, dx0 : dx0 + w] = full[sy0 : sy0 + h, sx0 : sx0 + w]
         return out
+
+
+def token_stride(size: int, n: int) -> float:
+    """Model pixels per token of an ``n``-token grid over a ``size``-pixel input: a power of two.
+
+    Every registered backbone halves the resolution in stride-2 layers and
+    pads an input that is not a multiple of its stride (a 300 px input gives
+    10 tokens of stride 32, not 30), so the stride is the power of two
+    nearest ``size / n``; 1 for a map at the model's own resolution.
+    """
+    if n <= 0 or size <= 0:
+        raise ConfigError(f"token_stride needs a positive size and grid, got {size} and {n}")
+    return float(2 ** max(0, round(math.log2(size / n))))
 
 
 @dataclass(frozen=True)

@@ -288,6 +288,7 @@ class ResultStore:
         self._locked = True
         self._fh: io.TextIOWrapper | None = None
         self._pending: list[dict[str, Any]] = []  # rows noted but not yet written (see :meth:`defer`)
+        self._broken: str = ""  # why a write failed: this store writes no more (its counts are not the file's)
         self._pending_by_key: dict[str, dict[str, Any]] = {}
         self._offsets: dict[str, int] = {}  # key -> byte offset of its latest row in the jsonl (find_moved)
         try:
@@ -550,6 +551,28 @@ class ResultStore:
                 return self._row_of(old_key)
         return None
 
+    def find_retimed(self, key: str, path: str | os.PathLike[str]) -> dict[str, Any] | None:
+        """The final row of this same photograph at this same path under another file time, or None.
+
+        Why: a FAT-formatted camera card shows every file an hour older or newer after a daylight-saving
+        change (FAT keeps local time), and file times are part of a key, so a rerun over the card would
+        screen every photograph again. Only a file whose path has a final row of the same size is read,
+        and it must have that row's sha256 (other content under the name is a new photograph).
+        """
+        here = key_path(key)
+        known = self._final_by_path.get(here)
+        if known is None:
+            return None
+        sha, old_key = known
+        if old_key == key or key_size(old_key) != key_size(key) or not self.is_done(old_key):
+            return None
+        try:
+            if sha256_file(path) != sha:
+                return None
+        except OSError:
+            return None
+        return self._row_of(old_key)
+
     def replaced_photograph(self, path: str, sha256: str) -> dict[str, Any] | None:
         """The ok/ungradable row of ANOTHER photograph screened earlier under ``path`` (other content), or None.
 
@@ -597,6 +620,9 @@ class ResultStore:
         self._pending_by_key = {}
         if not rows and not pending:
             return
+        if self._broken:
+            raise ConfigError(f"{self.path}: an earlier write failed ({self._broken}); open the folder again "
+                              "(rows written before the failure are kept, the rest are screened again)")
         if self._record is not None:
             write_json(self.out_dir / RUN_JSON, self._record)
             self._record = None
@@ -605,9 +631,11 @@ class ResultStore:
             self._end = self._size()
         try:
             self._write_rows(self._fh, pending, rows)
-        except BaseException:
+        except BaseException as exc:
             # A full disk or an interrupt mid-write: drop the handle (its buffer holds rows that must not be
-            # written later by accident, e.g. by close) and let the next open cut a torn last line.
+            # written later by accident, e.g. by close) and let the next open cut a torn last line. The rows
+            # were already counted as done here, so this store takes no more rows.
+            self._broken = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             fh, self._fh = self._fh, None
             with contextlib.suppress(OSError):
                 fh.close()

@@ -119,6 +119,8 @@ class StableFiles:
         # taken again once this time has passed, with a doubling wait (see retry_later).
         self._retry_at: dict[Path, float] = {}
         self._retries: dict[Path, int] = {}
+        # Results name files by their real path (a relative or linked watch folder lists them otherwise).
+        self._by_real: dict[str, Path] = {}
         self._said: set[str] = set()  # warnings already given (a folder that cannot be listed: once, not every poll)
         self._listings: dict[str, _Listing] = {}
         self._watch: list[Path] = []  # files looked at between full checks (not yet taken, or taken lately)
@@ -163,6 +165,7 @@ class StableFiles:
                 self._taken[p] = sig
                 self._taken_at[p] = now
                 self._retry_at.pop(p, None)
+                self._by_real[os.path.realpath(p)] = p
                 ready.append(p)
         self._watch = list(dict.fromkeys(p for p in candidates if not self._quiet(p, now)))
         if full:
@@ -172,6 +175,7 @@ class StableFiles:
                 self._taken_at.pop(gone, None)
                 self._retry_at.pop(gone, None)
                 self._retries.pop(gone, None)
+            self._by_real = {r: p for r, p in self._by_real.items() if p in self._state}
         return ready
 
     def retry_later(self, p: Path) -> None:
@@ -181,19 +185,26 @@ class StableFiles:
         The wait doubles with each failure of the same file (``RETRY_FIRST_S`` up to ``RETRY_MAX_S``), so a
         file that stays locked is not read at every poll; a file that changes is taken at once as before.
         """
+        p = self._tracked(p)
         n = self._retries.get(p, 0)
         self._retries[p] = n + 1
         self._retry_at[p] = self.clock() + min(RETRY_FIRST_S * 2 ** n, RETRY_MAX_S)
 
     def settled(self, p: Path) -> None:
         """``p`` got a final result: no more retries for it."""
+        p = self._tracked(p)
         self._retry_at.pop(p, None)
         self._retries.pop(p, None)
 
     def forget(self, p: Path) -> None:
         """``p`` is gone: if a file appears under its name again, it is new."""
+        p = self._tracked(p)
         for d in (self._state, self._taken, self._taken_at, self._retry_at, self._retries):
             d.pop(p, None)
+
+    def _tracked(self, p: Path) -> Path:
+        """The path this tracker lists for ``p`` (a result's real path)."""
+        return self._by_real.get(os.path.realpath(p), p)
 
     def _scan(self, folder: Path, state: WalkState, now: float, full: bool, files: list[Path], new: list[Path],
               seen: set[str]) -> None:
@@ -319,8 +330,11 @@ def watch_folder(
                 now = time.monotonic()
                 if dirty and now - last_refresh >= cfg.refresh_s:
                     _refresh(screener, out, held)
-                    # An output held open by another program (Excel) is tried again at the next refresh.
-                    last_refresh, dirty = now, bool(screener.busy_outputs)
+                    last_refresh, dirty = now, False
+                elif screener.busy_outputs and now - last_refresh >= cfg.refresh_s:
+                    # An output another program held open (Excel): only it is tried again, at each refresh.
+                    screener.finalize(out, held, only_busy=True)
+                    last_refresh = now
                 if cfg.max_images is not None and total.screened >= cfg.max_images:
                     break
                 if cfg.timeout_s is not None and now - t_start >= cfg.timeout_s:

@@ -311,3 +311,22 @@ def test_any_referable_refers_when_a_referable_class_reaches_its_threshold(probs
     import numpy as np
 
     assert _three_class("any_referable").decide(np.array([probs], np.float32))[1].tolist() == [refer]
+
+
+def test_a_manifest_without_its_checksum_is_not_resealed(bundle: Path) -> None:
+    from uopsl.export.bundle_writer import add_file
+
+    raw = json.loads((bundle / MANIFEST).read_text())
+    raw["classes"][1]["threshold"] = 0.999
+    del raw["content_sha256"]
+    (bundle / MANIFEST).write_text(json.dumps(raw))
+    (bundle / "extra.bin").write_bytes(b"x")
+    with pytest.raises(BundleError, match="no content checksum .*not rewriting it"):
+        add_file(bundle, None, "extra.bin", "other")
+
+
+def test_token_stride_for_inputs_the_grid_does_not_tile() -> None:
+    from uopsl.runtime.preprocess import token_stride
+
+    assert [token_stride(256, 8), token_stride(224, 7), token_stride(320, 320), token_stride(320, 40)] == [32, 32, 1, 8]
+    assert token_stride(300, 10) == 32 and token_stride(1000, 32) == 32  # padded up by the backbone

@@ -305,3 +305,105 @@ def test_info_redirected_to_a_file_in_a_windows_code_page(tiny_bundle: Path, tmp
     out.flush()
     assert rc == 0
     assert b"\\u043f\\u0430\\u043a\\u0435\\u0442" in raw.getvalue()
+
+
+def test_a_card_whose_file_times_moved_an_hour_is_not_screened_again(tiny_bundle: Path, tmp_path: Path,  # noqa: F811
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    # A FAT camera card after a daylight-saving change: every file an hour "older", the same photographs.
+    from uopsl.runtime.cli import main
+
+    photos = good_photos(tmp_path / "card", 3)
+    out = tmp_path / "out"
+    args = ["run", str(tiny_bundle), str(tmp_path / "card"), "--out", str(out), "--backend", "ort-cpu"]
+    assert main(args) == 0
+    for p in photos:
+        st = p.stat()
+        os.utime(p, ns=(st.st_atime_ns - 3600 * 10**9, st.st_mtime_ns - 3600 * 10**9))
+    (tmp_path / "card" / "img0001.jpg").write_bytes((tmp_path / "card" / "img0002.jpg").read_bytes())  # new content
+    capsys.readouterr()
+    assert main(args) == 0
+    assert "(1 screened now, 2 from an earlier run)" in capsys.readouterr().err
+    assert len(results_csv(out)) == 4  # the three, and the earlier photograph img0001.jpg held (both listed)
+
+
+# -- from the review of this session's own changes ---------------------------------------------------------
+def test_a_photograph_without_finite_probabilities_is_its_own_error(tiny_bundle: Path, tmp_path: Path,  # noqa: F811
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    # One NaN row (an FP16 overflow) used to stop the whole run as "the manifest does not fit the model".
+    import numpy as np
+
+    from uopsl.runtime.backends.onnxruntime import OrtBackend
+
+    real = OrtBackend._infer
+
+    def one_nan(self, batch):  # type: ignore[no-untyped-def]
+        out = real(self, batch)
+        out["probs"] = out["probs"].copy()
+        out["probs"][0, 1] = np.nan
+        return out
+
+    monkeypatch.setattr(OrtBackend, "_infer", one_nan)
+    photos = good_photos(tmp_path / "in", 4)
+    with Screener(tiny_bundle, "ort-cpu", threads=1, batch_size=2) as s:
+        rows = list(s.screen_many(photos))
+    assert [r.status for r in rows] == ["error", "ok", "error", "ok"]
+    assert rows[0].reasons == ("inference_error",) and "not finite" in rows[0].error
+
+
+def test_an_empty_quoted_list_entry_is_no_path(tiny_bundle: Path, tmp_path: Path) -> None:  # noqa: F811
+    # '""' (an empty spreadsheet cell) became the list's own folder and screened all of it.
+    (p,) = good_photos(tmp_path / "in", 1)
+    good_photos(tmp_path / "in", 3, start=1)  # others in the same folder, not listed
+    lst = tmp_path / "in" / "list.txt"
+    lst.write_text(f'""\n"{p}"\n', encoding="utf-8")
+    with Screener(tiny_bundle, "ort-cpu", threads=1) as s:
+        summary = s.screen_to(tmp_path / "out", [lst], report=False)
+    assert summary.total == 1
+
+
+def test_a_store_whose_write_failed_takes_no_more_rows(tiny_bundle: Path, tmp_path: Path,  # noqa: F811
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from uopsl.runtime.errors import ConfigError
+
+    with Screener(tiny_bundle, "ort-cpu", threads=1) as s:
+        identity = s.identity
+    with ResultStore(tmp_path / "out", identity) as store:
+        _fail_fsync(monkeypatch, 2, OSError(errno.ENOSPC, "No space left on device"))  # 1: run.json
+        with pytest.raises(OSError):
+            store.append([{"key": "a|1|1", "status": "ok"}])
+        monkeypatch.undo()
+        with pytest.raises(ConfigError, match="an earlier write failed .*open the folder again"):
+            store.append([{"key": "b|1|1", "status": "ok"}])
+
+
+def test_watch_retries_in_a_folder_named_relatively(tiny_bundle: Path, tmp_path: Path,  # noqa: F811
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    inbox = tmp_path / "inbox"
+    good_photos(inbox, 1)
+    real, calls = pipeline_mod.read_bytes, []
+
+    def read_bytes(path, *a, **k):  # type: ignore[no-untyped-def]
+        calls.append(path)
+        if len(calls) == 1:
+            raise ImageReadError("cannot read file (Permission denied)", source=str(path))
+        return real(path, *a, **k)
+
+    monkeypatch.setattr(pipeline_mod, "read_bytes", read_bytes)
+    monkeypatch.setattr("uopsl.runtime.watch.RETRY_FIRST_S", 0.2)
+    monkeypatch.chdir(tmp_path)
+    with Screener(tiny_bundle, "ort-cpu", threads=1, batch_size=1) as s:
+        summary = watch_folder(s, Path("inbox"), tmp_path / "out",
+                               WatchConfig(settle_ms=0, poll_s=0.05, timeout_s=2.0, refresh_s=0))
+    assert len(calls) == 2 and summary.exit_code == 0
+
+
+def test_main_puts_the_stdout_policy_back(tiny_bundle: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    import io
+    import sys
+
+    from uopsl.runtime.cli import main
+
+    out = io.TextIOWrapper(io.BytesIO(), encoding="cp1252", errors="strict")
+    monkeypatch.setattr(sys, "stdout", out)
+    main(["verify", str(tiny_bundle)])
+    assert out.errors == "strict"

@@ -8,14 +8,15 @@ import pytest
 from uopsl.runtime.preprocess import Geometry
 from uopsl.train.evaluate import site_concentration, site_concentration_report
 
-# Original image and crop: the identity geometry. A 4 x 4 grid has stride 15, so token j looks at pixel 15*j
-# and is measured on the window [15j - 7, 15j + 8) (an odd stride keeps the windows on whole pixels).
-SIDE = 60
+# A 128 px original cropped whole (x0 = y0 = 0) into a 64 px model input: a 4 x 4 grid has stride 16, so
+# token j looks at model pixel 16j, original pixel 32j + 1, and is measured on the original window
+# [32j - 15, 32j + 17) (two original pixels per model pixel keep the windows on whole pixels).
+SIDE = 128
 
 
 def _geometry() -> Geometry:
     return Geometry(orig_h=SIDE, orig_w=SIDE, cx=SIDE / 2, cy=SIDE / 2, radius=SIDE / 2, x0=0, y0=0, side=SIDE,
-                    size=SIDE, fov_found=True, fov_fill=1.0)
+                    size=SIDE // 2, fov_found=True, fov_fill=1.0)
 
 
 def test_site_concentration_is_one_for_a_uniform_map_and_inverse_area_when_all_mass_is_inside() -> None:
@@ -31,7 +32,7 @@ def test_site_concentration_is_one_for_a_uniform_map_and_inverse_area_when_all_m
 def test_report_averages_over_images_with_the_class_and_its_mask(tmp_path) -> None:  # type: ignore[no-untyped-def]
     names = ("normal", "a", "b")
     lesion = np.zeros((SIDE, SIDE), np.uint8)
-    lesion[8:23, 23:38] = 1  # exactly the window of token (1, 2)
+    lesion[17:49, 49:81] = 1  # exactly the window of token (1, 2)
     np.savez(tmp_path / "m0.npz", a=lesion)
     np.savez(tmp_path / "m1.npz", a=lesion, b=lesion)
     maps = np.full((4, 3, 4, 4), 1 / 16, np.float32)
@@ -101,8 +102,8 @@ def test_yardsticks_a_fixed_map_and_other_classes_sites(tmp_path) -> None:  # ty
     """Fixed sites make a fixed map score high; a class's maps are also scored on the other classes' sites."""
     names = ("a", "b")
     ma, mb = np.zeros((SIDE, SIDE), np.uint8), np.zeros((SIDE, SIDE), np.uint8)
-    ma[8:23, 8:23] = 1  # token (1, 1)'s window
-    mb[38:53, 38:53] = 1  # token (3, 3)'s window
+    ma[17:49, 17:49] = 1  # token (1, 1)'s window
+    mb[81:113, 81:113] = 1  # token (3, 3)'s window
     np.savez(tmp_path / "a.npz", a=ma)
     np.savez(tmp_path / "b.npz", b=mb)
     maps = np.zeros((2, 2, 4, 4), np.float32)

@@ -447,3 +447,17 @@ def test_a_candidate_that_cannot_load_here_leaves_its_earlier_pass_alone(
     assert "could not be run here, so not judged" in again.report["record"]["note"]
     ok, why = _status(bundle, "model.int8.onnx")
     assert ok and "passed parity validation" in why
+
+
+def test_a_candidate_whose_probabilities_are_not_probabilities_fails_alone(
+        bundle: Path, photos: list[Path], image_keys: dict[str, int], monkeypatch: pytest.MonkeyPatch,
+        tmp_path: Path) -> None:
+    # Logits read as probabilities (finite, outside [0, 1]) ended the whole run without a report.
+    labels = _single_labels(N)
+    models = _Models(image_keys, monkeypatch, labels)
+    models.files["model.int8.onnx"] = models.files["model.int8.onnx"] * 4.0 - 1.0
+    result = _run(bundle, photos, labels, models, tmp_path / "out")
+    bad = _cand(result.report, "model.int8.onnx")
+    assert bad["verdict"] == "FAIL" and "outside [0, 1]" in bad["reasons"][0]
+    assert _cand(result.report, "model.onnx")["verdict"] == "PASS"
+    assert (tmp_path / "out" / "parity.html").is_file()

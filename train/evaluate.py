@@ -32,7 +32,7 @@ import numpy as np
 from uopsl.runtime import metrics, plots
 from uopsl.runtime.errors import ConfigError
 from uopsl.runtime.fsio import write_json
-from uopsl.runtime.preprocess import Geometry
+from uopsl.runtime.preprocess import Geometry, token_stride
 
 log = logging.getLogger(__name__)
 
@@ -333,12 +333,17 @@ def mask_to_grid(mask: np.ndarray, geometry: Geometry, h: int, w: int) -> np.nda
     if cw > 0 and ch > 0:
         crop[dy0 : dy0 + ch, dx0 : dx0 + cw] = m[sy0 : sy0 + ch, sx0 : sx0 + cw]
     # Move the mask (s-1)/2 model pixels down and right (border: no mask), so that cell j holds token j's window.
-    shift_x = (geometry.size / w - 1.0) / 2.0 * geometry.side / geometry.size
-    shift_y = (geometry.size / h - 1.0) / 2.0 * geometry.side / geometry.size
-    shifted = cv2.warpAffine(crop, np.array([[1, 0, shift_x], [0, 1, shift_y]], np.float32),
+    sx, sy = token_stride(geometry.size, w), token_stride(geometry.size, h)
+    # Window j is [s*j - (s-1)/2, s*j + (s+1)/2) model pixels: the crop, scaled so one stride is one cell,
+    # moved by (s-1)/2 (border: no mask), then area-averaged cell by cell.
+    k = geometry.size / geometry.side  # model pixels per crop pixel
+    shifted = cv2.warpAffine(crop, np.array([[1, 0, (sx - 1) / 2 / k], [0, 1, (sy - 1) / 2 / k]], np.float32),
                              (geometry.side, geometry.side), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
                              borderValue=0.0)
-    return cv2.resize(shifted, (w, h), interpolation=cv2.INTER_AREA)
+    span_x, span_y = int(round(w * sx / k)), int(round(h * sy / k))  # the grid's extent in crop pixels
+    grid = np.zeros((max(span_y, geometry.side), max(span_x, geometry.side)), np.float32)
+    grid[: geometry.side, : geometry.side] = shifted
+    return cv2.resize(grid[:span_y, :span_x], (w, h), interpolation=cv2.INTER_AREA)
 
 
 def site_concentration(att: np.ndarray, cover: np.ndarray, inside: np.ndarray | None = None) -> float:
