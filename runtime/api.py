@@ -307,6 +307,7 @@ class Screener:
         require_images: bool = True,
         store: ResultStore | None = None,
         keep: Callable[[ScreenResult], bool] | None = None,
+        on_kept: Callable[[dict[str, Any]], None] | None = None,
     ) -> RunSummary:
         """Screen ``inputs`` into ``out_dir`` (results.jsonl/csv, thumbs/, overlays/, report.html).
 
@@ -334,6 +335,8 @@ class Screener:
 
         ``keep``: a result it returns False for gets no row and is not counted (``watch`` drops a
         photograph that was moved away between being found and being read: it is screened where it went).
+        ``on_kept``: called with each earlier row carried over to an input (a card mounted elsewhere, file
+        times moved) instead of a screening; ``watch`` counts a file once per session with it.
         """
         out = Path(out_dir)
         inputs = one_or_many(inputs)  # one path is one input, not its characters
@@ -373,9 +376,12 @@ class Screener:
                     _count_earlier(store.done[it.key], it.key in store.referred)
                     return
                 if it.path is not None and (same := store.find_retimed(it.key, it.path)) is not None:
-                    row = {**same, "key": it.key}  # the same file under a new time: its result, its images
+                    # The same file under a new time: its result and images (not where it once came from).
+                    row = {**{k: v for k, v in same.items() if k != "moved_from"}, "key": it.key}
                     store.defer(row)
                     _count_earlier(str(row.get("status")), bool(row.get("refer")))
+                    if on_kept is not None:
+                        on_kept(row)
                     return
                 if it.path is not None:
                     old = store.find_moved(it.key, it.path)
@@ -384,6 +390,8 @@ class Screener:
                         store.defer(row)  # written with the next batch: no fsync per photograph
                         summary.moved += 1
                         _count_earlier(str(row.get("status")), bool(row.get("refer")))
+                        if on_kept is not None:
+                            on_kept(row)
                         return
                 yield it
 

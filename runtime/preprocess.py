@@ -290,13 +290,19 @@ class Geometry:
 def token_stride(size: int, n: int) -> float:
     """Model pixels per token of an ``n``-token grid over a ``size``-pixel input: a power of two.
 
-    Every registered backbone halves the resolution in stride-2 layers and
-    pads an input that is not a multiple of its stride (a 300 px input gives
-    10 tokens of stride 32, not 30), so the stride is the power of two
-    nearest ``size / n``; 1 for a map at the model's own resolution.
+    Every registered backbone halves the resolution in stride-2 layers, each
+    rounding up (a 300 px input gives 10 tokens of stride 32, not 30), so the
+    stride is the smallest power of two ``s`` with ``ceil(size / s) == n``;
+    1 for a map at the model's own resolution. A grid no power of two gives
+    (a map of another kind) gets the power of two nearest ``size / n``.
     """
     if n <= 0 or size <= 0:
         raise ConfigError(f"token_stride needs a positive size and grid, got {size} and {n}")
+    s = 1
+    while s <= size:
+        if -(-size // s) == n:
+            return float(s)
+        s *= 2
     return float(2 ** max(0, round(math.log2(size / n))))
 
 

@@ -38,6 +38,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from uopsl.runtime.api import RunSummary, Screener
 from uopsl.runtime.errors import ConfigError
@@ -296,6 +297,18 @@ def watch_folder(
         if on_result is not None:
             on_result(r)
 
+    def kept(row: dict[str, Any]) -> None:
+        """An earlier row carried over to a file taken again (touched, copied over with the same bytes):
+        counted once, as ``seen`` does for screenings."""
+        path = key_path(str(row["key"])) or str(row["key"])
+        before = latest.get(path)
+        status, refer = str(row.get("status")), bool(row.get("refer"))
+        latest[path] = (status, refer, str(row.get("sha256") or ""))
+        if before is not None:  # the batch's own counts (added after it) hold it again
+            total.skipped -= 1
+            total.counts[status] = total.counts.get(status, 0) - 1
+            total.refer -= refer
+
     def still_there(r: ScreenResult) -> bool:
         """False for a file that could not be read because it is gone (filed away by the camera software just
         after it settled): no row for the old name; it is screened where it went."""
@@ -322,7 +335,8 @@ def watch_folder(
                     dirty = True  # before screening: an interrupt inside must still refresh
                     try:
                         s = screener.screen_to(out, ready, overlays=overlays, finalize=False, on_result=seen,
-                                               require_images=False, store=held, keep=still_there)
+                                               require_images=False, store=held, keep=still_there,
+                                               on_kept=kept)
                     except KeyboardInterrupt as exc:  # ScreeningInterrupted: what the batch did is saved
                         _add(total, getattr(exc, "summary", None))
                         raise

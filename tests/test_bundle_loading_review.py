@@ -325,8 +325,9 @@ def test_a_manifest_without_its_checksum_is_not_resealed(bundle: Path) -> None:
         add_file(bundle, None, "extra.bin", "other")
 
 
-def test_token_stride_for_inputs_the_grid_does_not_tile() -> None:
+@pytest.mark.parametrize(("size", "n", "stride"), [(33, 2, 32), (45, 2, 32), (65, 3, 32), (67, 3, 32), (300, 10, 32),
+                                                   (256, 8, 32), (320, 40, 8), (64, 64, 1)])
+def test_token_stride_is_the_backbones(size: int, n: int, stride: int) -> None:
     from uopsl.runtime.preprocess import token_stride
 
-    assert [token_stride(256, 8), token_stride(224, 7), token_stride(320, 320), token_stride(320, 40)] == [32, 32, 1, 8]
-    assert token_stride(300, 10) == 32 and token_stride(1000, 32) == 32  # padded up by the backbone
+    assert token_stride(size, n) == stride

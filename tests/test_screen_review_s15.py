@@ -407,3 +407,45 @@ def test_main_puts_the_stdout_policy_back(tiny_bundle: Path, monkeypatch: pytest
     monkeypatch.setattr(sys, "stdout", out)
     main(["verify", str(tiny_bundle)])
     assert out.errors == "strict"
+
+
+def test_watch_counts_a_touched_photograph_once(tiny_bundle: Path, tmp_path: Path) -> None:  # noqa: F811
+    inbox = tmp_path / "inbox"
+    photos = good_photos(inbox, 2)
+
+    def toucher() -> None:
+        import time
+
+        time.sleep(1.0)
+        photos[1].write_bytes(photos[1].read_bytes())  # copied over again, the same bytes
+        st = photos[0].stat()
+        os.utime(photos[0], ns=(st.st_atime_ns, st.st_mtime_ns - 3600 * 10**9))  # an hour older (FAT, DST)
+
+    t = threading.Thread(target=toucher, daemon=True)
+    t.start()
+    with Screener(tiny_bundle, "ort-cpu", threads=1, batch_size=1) as s:
+        summary = watch_folder(s, inbox, tmp_path / "out", WatchConfig(settle_ms=0, poll_s=0.05, timeout_s=2.5,
+                                                                      refresh_s=0, rescan_s=0.2))
+    t.join()
+    assert summary.total == 2 and summary.refer <= 2 and len(results_csv(tmp_path / "out")) == 2
+    assert summary.screened + summary.skipped == 2
+
+
+def test_a_retimed_row_does_not_carry_where_it_once_came_from(tiny_bundle: Path, tmp_path: Path) -> None:  # noqa: F811
+    # A card seen under a new mount point got rows with moved_from; a later time shift must not apply that
+    # old path again (it hid a newer photograph screened there since).
+    (p,) = good_photos(tmp_path / "usb1", 1)
+    out = tmp_path / "out"
+    with Screener(tiny_bundle, "ort-cpu", threads=1) as s:
+        s.screen_to(out, [tmp_path / "usb1"], report=False)
+        os.rename(tmp_path / "usb1", tmp_path / "usb2")
+        s.screen_to(out, [tmp_path / "usb2"], report=False)  # moved: moved_from usb1
+        good_photos(tmp_path / "usb1", 1, start=5)  # a new card at the old mount point, same file name
+        s.screen_to(out, [tmp_path / "usb1"], report=False)
+        moved = tmp_path / "usb2" / p.name
+        st = moved.stat()
+        os.utime(moved, ns=(st.st_atime_ns, st.st_mtime_ns - 3600 * 10**9))
+        s.screen_to(out, [tmp_path / "usb2"], report=False)
+    sources = sorted(Path(r["source"]).parent.name for r in results_csv(out))
+    assert sources == ["usb1", "usb2"]
+    assert "moved_from" not in results_jsonl(out)[-1]

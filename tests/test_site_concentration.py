@@ -131,3 +131,13 @@ def test_a_token_is_measured_on_the_window_it_looks_at() -> None:
     cover = mask_to_grid(mask, g, grid, grid)
     assert cover[3, 4] == pytest.approx(1.0, abs=0.05)
     assert cover.sum() == pytest.approx(1.0, abs=0.05)
+
+
+def test_the_last_token_of_a_padded_grid_keeps_its_part_of_the_mask() -> None:
+    # 300 px: 10 tokens of stride 32 cover 320 px; token 9's window [272.5, 304.5) holds 27.5 px of image.
+    from uopsl.train.evaluate import mask_to_grid
+
+    g = Geometry(orig_h=300, orig_w=300, cx=150, cy=150, radius=150, x0=0, y0=0, side=300, size=300,
+                 fov_found=True, fov_fill=1.0, fov_count=1)
+    cover = mask_to_grid(np.ones((300, 300), np.uint8), g, 10, 10)
+    assert cover[5, 9] == pytest.approx(27.5 / 32, abs=0.02) and cover[5, 5] == pytest.approx(1.0, abs=1e-3)

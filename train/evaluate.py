@@ -337,13 +337,11 @@ def mask_to_grid(mask: np.ndarray, geometry: Geometry, h: int, w: int) -> np.nda
     # Window j is [s*j - (s-1)/2, s*j + (s+1)/2) model pixels: the crop, scaled so one stride is one cell,
     # moved by (s-1)/2 (border: no mask), then area-averaged cell by cell.
     k = geometry.size / geometry.side  # model pixels per crop pixel
-    shifted = cv2.warpAffine(crop, np.array([[1, 0, (sx - 1) / 2 / k], [0, 1, (sy - 1) / 2 / k]], np.float32),
-                             (geometry.side, geometry.side), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
-                             borderValue=0.0)
     span_x, span_y = int(round(w * sx / k)), int(round(h * sy / k))  # the grid's extent in crop pixels
-    grid = np.zeros((max(span_y, geometry.side), max(span_x, geometry.side)), np.float32)
-    grid[: geometry.side, : geometry.side] = shifted
-    return cv2.resize(grid[:span_y, :span_x], (w, h), interpolation=cv2.INTER_AREA)
+    shifted = cv2.warpAffine(crop, np.array([[1, 0, (sx - 1) / 2 / k], [0, 1, (sy - 1) / 2 / k]], np.float32),
+                             (span_x, span_y), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
+                             borderValue=0.0)
+    return cv2.resize(shifted, (w, h), interpolation=cv2.INTER_AREA)
 
 
 def site_concentration(att: np.ndarray, cover: np.ndarray, inside: np.ndarray | None = None) -> float:
