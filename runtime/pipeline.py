@@ -828,13 +828,14 @@ class ScreeningPipeline:
             t0 = time.perf_counter()
             try:
                 outputs = self.backend.infer(x)
-                self.health.succeeded()
             except BackendClosedError:  # not these photographs' failure: stop, write no rows for them
                 raise
             except UopslError as exc:
                 failure = str(exc)
                 log.error("inference failed on a batch of %d: %s", len(runnable), exc)
                 self.health.failed(exc, getattr(self.backend, "name", "backend"))
+            else:
+                self._judge_health(outputs)
             infer_ms = (time.perf_counter() - t0) * 1e3 / len(runnable)
         probs = outputs.get(self._probs_name)
         maps = outputs.get(self._maps_name)
@@ -878,6 +879,16 @@ class ScreeningPipeline:
                 thumbnail=p.thumbnail, class_names=self.class_names, content_sha256=p.sha256,
             ))
         return results
+
+    def _judge_health(self, outputs: dict[str, np.ndarray]) -> None:
+        """A batch with no finite probability at all counts as a failed inference (a GPU in a failed state
+        can return NaN for everything: after ``max_inference_failures`` such batches the run stops)."""
+        probs = outputs.get(self._probs_name)
+        if probs is not None and len(probs) and not np.isfinite(np.asarray(probs, np.float64)).all(axis=1).any():
+            self.health.failed(BackendError(f"{getattr(self.backend, 'name', 'backend')}: no finite probability "
+                                            "in a whole batch"), getattr(self.backend, "name", "backend"))
+        else:
+            self.health.succeeded()
 
     def _heatmap_class(self, probs: np.ndarray, positive: tuple[str, ...]) -> str:
         # Show the map of the most probable positive referable class, else positive, else the top class.

@@ -449,3 +449,28 @@ def test_a_retimed_row_does_not_carry_where_it_once_came_from(tiny_bundle: Path,
     sources = sorted(Path(r["source"]).parent.name for r in results_csv(out))
     assert sources == ["usb1", "usb2"]
     assert "moved_from" not in results_jsonl(out)[-1]
+
+
+def test_a_backend_returning_nan_for_everything_stops_the_run(tiny_bundle: Path, tmp_path: Path,  # noqa: F811
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    # A GPU in a failed state can return NaN for every photograph: error rows for a whole card otherwise.
+    import numpy as np
+
+    from uopsl.runtime.backends.onnxruntime import OrtBackend
+    from uopsl.runtime.errors import BackendError
+
+    real = OrtBackend._infer
+
+    def all_nan(self, batch):  # type: ignore[no-untyped-def]
+        out = real(self, batch)
+        out["probs"] = np.full_like(out["probs"], np.nan)
+        return out
+
+    monkeypatch.setattr(OrtBackend, "_infer", all_nan)
+    photos = good_photos(tmp_path / "in", 10)
+    with Screener(tiny_bundle, "ort-cpu", threads=1, batch_size=2) as s:
+        seen: list[str] = []
+        with pytest.raises(BackendError, match="inference failed 3 times in a row .*no finite probability"):
+            for r in s.screen_many(photos):
+                seen.append(r.status)
+    assert seen == ["error"] * 4  # two batches written as errors; the third stops the run
