@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 
 from uopsl.runtime.backends import ModelFileBackend
-from uopsl.runtime.backends.base import TensorSpec, check_gpu_index, read_verified
+from uopsl.runtime.backends.base import TensorSpec, check_gpu_index, check_model_file
 from uopsl.runtime.errors import BackendError, ConfigError
-from uopsl.runtime.fsio import sha256_bytes
+from uopsl.runtime.fsio import sha256_file
 from uopsl.runtime.optional import dist_version, require
 
 log = logging.getLogger(__name__)
@@ -266,11 +266,11 @@ class OrtBackend(ModelFileBackend):
         if not self.spin:
             so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         trt_ep = "TensorrtExecutionProvider" in providers
-        data = read_verified(self.path, self.expected_sha256)
-        digest = (self.expected_sha256 or sha256_bytes(data)) if trt_ep else ""
+        check_model_file(self.path, self.expected_sha256)
+        digest = (self.expected_sha256 or sha256_file(self.path)) if trt_ep else ""
 
         def session(profile: TrtProfile | None) -> Any:
-            return ort.InferenceSession(data, sess_options=so, providers=provider_options(
+            return ort.InferenceSession(str(self.path), sess_options=so, providers=provider_options(
                 providers, self.device, model_sha256=digest, int8_qdq=self.precision.startswith("int8"),
                 ort_version=str(getattr(ort, "__version__", "")), profile=profile))
 
@@ -296,6 +296,11 @@ class OrtBackend(ModelFileBackend):
                 self._session = session(None)
         except Exception as exc:  # ORT raises its own exception types; report them as one line
             raise BackendError(f"ONNX Runtime cannot load {self.path}: {exc}") from exc
+        try:
+            check_model_file(self.path, self.expected_sha256)  # and still that file once read
+        except BackendError:
+            self._session = None
+            raise
         used = self._session.get_providers()
         if providers and used and used[0] != providers[0] and self._providers_arg == "auto":
             # "auto" is whichever works, best first: the fallback is what it asks for (said, not hidden).

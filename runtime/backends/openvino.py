@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from uopsl.runtime.backends import ModelFileBackend
-from uopsl.runtime.backends.base import TensorSpec, read_verified
+from uopsl.runtime.backends.base import TensorSpec, check_model_file
 from uopsl.runtime.errors import BackendError, ConfigError
 from uopsl.runtime.optional import require
 
@@ -97,12 +97,14 @@ class OpenVinoBackend(ModelFileBackend):
         config: dict[str, Any] = {"PERFORMANCE_HINT": self.hint, "INFERENCE_PRECISION_HINT": self.inference_precision}
         if self.device == "CPU" and self.threads is not None:
             config["INFERENCE_NUM_THREADS"] = self.threads
+        check_model_file(self.path, self.expected_sha256)
         try:
-            model = core.read_model(read_verified(self.path, self.expected_sha256))
+            model = core.read_model(str(self.path))
             self._compiled = core.compile_model(model, self.device, config)
         except Exception as exc:  # OpenVINO raises RuntimeError subclasses with long texts
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise BackendError(f"OpenVINO cannot compile {self.path} for {self.device}: {first}") from exc
+        check_model_file(self.path, self.expected_sha256)  # and still that file once read
         self._request = self._compiled.create_infer_request()
         self._inputs = tuple(_spec(p) for p in self._compiled.inputs)
         self._outputs = tuple(_spec(p) for p in self._compiled.outputs)
