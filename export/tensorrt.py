@@ -652,8 +652,8 @@ def _check_uint8_input(trt: Any, network: tensorrt.INetworkDefinition, name: str
             raise ConfigError(
                 f"{onnx_path.name}: the uint8 input '{name}' goes into a {kind} layer ({layer.name}) before it is "
                 "converted to float; TensorRT reads a uint8 input only in a cast. The bundle was exported by an "
-                "older uopsl: export it again with this version (`uopsl export CHECKPOINT --out BUNDLE`; the "
-                "model's numbers do not change), then build the engine"
+                "older uopsl: export it again with this version (`uopsl export CHECKPOINT --out NEW_BUNDLE`; the "
+                "model's numbers do not change), calibrate, quantize and validate it again, then build the engine"
             )
 
 

@@ -283,8 +283,8 @@ class Screener:
     def screen_many(self, images: Iterable[Any], *, thumbnail_side: int = 0) -> Iterator[ScreenResult]:
         """Screen many images (paths, folders, list files, bytes, arrays), streaming, in input order.
 
-        It reads up to ``batch_size x (prefetch_batches + 1)`` inputs ahead before the first result is
-        yielded (decoding overlaps inference); a source that produces its next photograph only after the
+        It takes ``batch_size x (prefetch_batches + 2)`` inputs (32 by default; more when many are
+        ungradable) before the first result is yielded (decoding overlaps inference); a source that produces its next photograph only after the
         previous result was seen (a live camera loop) should call :meth:`screen` per photograph instead.
         Closing the Screener while the iterator is in use ends it with :class:`BackendClosedError`.
 

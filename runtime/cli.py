@@ -361,7 +361,8 @@ def _parity_records(entry: Any, manifest: Any = None, checksum_fails: bool = Fal
 @cli.command("verify")
 @_bundle_arg
 def verify_cmd(bundle: Path) -> int:
-    """Check every bundle file against the manifest's size and sha256 (exit 2 naming a bad file)."""
+    """Check the manifest (its fields and its own checksum) and every bundle file against its size and sha256
+    (exit 2 naming a bad file); prints the bundle fingerprint to compare with the one its maker sent."""
     from uopsl.runtime.bundle import read_manifest, verify
     from uopsl.runtime.errors import BundleError
 

@@ -563,7 +563,7 @@ def construct_backend(root: Path, sel: Selection, m: Manifest, threads: int | No
     """The backend for a made choice (not entered): the one place backends are built for a bundle's file.
 
     ``uopsl validate`` builds its candidates here too, so the file it judges runs exactly as ``run``,
-    ``watch`` and ``bench`` run it (the same TensorRT EP profile and engine cache, the same checked bytes).
+    ``watch`` and ``bench`` run it (the same TensorRT EP profile and engine cache, the same check of the model file).
     """
     if batch < 1:
         raise ConfigError(f"batch must be >= 1, got {batch}")

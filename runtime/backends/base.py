@@ -49,8 +49,8 @@ class Backend(abc.ABC):
     #: what ``open_backend`` chose and why; None for a backend built directly
     selection: Selection | None = None
     #: the sha256 the bundle's manifest lists for the model file (set by ``open_backend``): the file is
-    #: read once, checked against it and loaded from those bytes, so what runs is what was verified,
-    #: even when the file is replaced between verification and loading. None: not checked.
+    #: checked against it just before and after loading (TensorRT: the engine bytes read once are), so
+    #: what runs is what was verified, even when the file is replaced after verification. None: not checked.
     expected_sha256: str | None = None
 
     def __init__(self) -> None:
@@ -150,7 +150,7 @@ def check_model_file(path: Path, expected_sha256: str | None) -> None:
     The ONNX backends call it just before and just after loading a file by its path, so the model that
     runs is the one the bundle was verified with, even when the file is replaced in between. (Loading from
     bytes read once would close the window entirely, but ONNX Runtime keeps those bytes for the session's
-    life: +45 MB resident for a ResNet-18, measured.)
+    life: +42 MB resident for a ResNet-18, measured.)
     """
     if expected_sha256 is None:
         return
