@@ -30,7 +30,6 @@ from uopsl.runtime.backends import Selection, open_and_enter
 from uopsl.runtime.backends.base import Backend, check_gpu_index
 from uopsl.runtime.bundle import Manifest, read_manifest, verify_or_raise
 from uopsl.runtime.errors import ConfigError
-from uopsl.runtime.fsio import sha256_file
 from uopsl.runtime import progress as progress_bars
 from uopsl.runtime.overlay import OVERLAY_DIR, THUMB_DIR, write_overlay, write_thumbnail
 from uopsl.runtime.pipeline import (
@@ -575,11 +574,11 @@ class Screener:
         written: dict[str, str] = {}
         if r.thumbnail is not None:
             if report:
-                written["thumb_sha256"] = sha256_file(write_thumbnail(out, r.id, r.thumbnail))[:16]
+                written["thumb_sha256"] = write_thumbnail(out, r.id, r.thumbnail)
                 wrote_thumb = True
             if overlays and r.site_maps is not None and r.geometry is not None and r.status == "ok":
                 heat = r.heatmap(shape=r.thumbnail.shape[:2])
-                written["overlay_sha256"] = sha256_file(write_overlay(out, r.id, r.thumbnail, heat))[:16]
+                written["overlay_sha256"] = write_overlay(out, r.id, r.thumbnail, heat)
                 wrote_overlay = True
         for wrote, stale in ((wrote_thumb, out / THUMB_DIR / f"{r.id}.jpg"),
                              (wrote_overlay, out / OVERLAY_DIR / f"{r.id}.png")):

@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 
 from uopsl.runtime.errors import ConfigError
-from uopsl.runtime.fsio import write_bytes
+from uopsl.runtime.fsio import sha256_bytes, write_bytes
 
 OVERLAY_DIR = "overlays"
 THUMB_DIR = "thumbs"
@@ -49,15 +49,21 @@ def encode_jpeg(rgb: np.ndarray, quality: int = 80) -> bytes:
     return buf.tobytes()
 
 
-def write_overlay(out_dir: str | os.PathLike[str], image_id: str, rgb: np.ndarray, heat: np.ndarray) -> Path:
-    """Write ``overlays/<id>.png`` atomically; returns its path."""
-    path = Path(out_dir) / OVERLAY_DIR / f"{image_id}.png"
-    write_bytes(path, encode_png(render_overlay(rgb, heat)))
-    return path
+def write_overlay(out_dir: str | os.PathLike[str], image_id: str, rgb: np.ndarray, heat: np.ndarray) -> str:
+    """Write ``overlays/<id>.png`` atomically; returns :func:`content_id` of what was written."""
+    data = encode_png(render_overlay(rgb, heat))
+    write_bytes(Path(out_dir) / OVERLAY_DIR / f"{image_id}.png", data)
+    return content_id(data)
 
 
-def write_thumbnail(out_dir: str | os.PathLike[str], image_id: str, rgb: np.ndarray) -> Path:
-    """Write ``thumbs/<id>.jpg`` (for the report) atomically; returns its path."""
-    path = Path(out_dir) / THUMB_DIR / f"{image_id}.jpg"
-    write_bytes(path, encode_jpeg(rgb))
-    return path
+def write_thumbnail(out_dir: str | os.PathLike[str], image_id: str, rgb: np.ndarray) -> str:
+    """Write ``thumbs/<id>.jpg`` (for the report) atomically; returns :func:`content_id` of what was written."""
+    data = encode_jpeg(rgb)
+    write_bytes(Path(out_dir) / THUMB_DIR / f"{image_id}.jpg", data)
+    return content_id(data)
+
+
+def content_id(data: bytes) -> str:
+    """The first 16 hex digits of ``data``'s sha256: how a result row names its thumbnail and heatmap, so the
+    report knows them by content rather than by file time (see ``uopsl.runtime.report._trusted_image``)."""
+    return sha256_bytes(data)[:16]

@@ -39,8 +39,8 @@ import cv2
 import numpy as np
 
 from uopsl.runtime.bundle import Manifest
-from uopsl.runtime.fsio import atomic_open, sha256_file
-from uopsl.runtime.overlay import OVERLAY_DIR, THUMB_DIR, encode_jpeg
+from uopsl.runtime.fsio import atomic_open
+from uopsl.runtime.overlay import OVERLAY_DIR, THUMB_DIR, content_id, encode_jpeg
 from uopsl.runtime.results import model_sha256
 from uopsl.runtime.version import __version__
 
@@ -296,7 +296,7 @@ def _content_sha16(path: Path) -> str | None:
         _SHAS.move_to_end(str(path))
         return hit[2]
     try:
-        digest = sha256_file(path)[:16]
+        digest = content_id(path.read_bytes())
     except OSError:
         return None
     _SHAS[str(path)] = (st.st_size, st.st_mtime_ns, digest)
