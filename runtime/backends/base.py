@@ -150,7 +150,7 @@ def check_model_file(path: Path, expected_sha256: str | None) -> None:
     The ONNX backends call it just before and just after loading a file by its path, so the model that
     runs is the one the bundle was verified with, even when the file is replaced in between. (Loading from
     bytes read once would close the window entirely, but ONNX Runtime keeps those bytes for the session's
-    life: +42 MB resident for a ResNet-18, measured.)
+    life: +39 MB resident for a ResNet-18, ``benchmarks/load_memory.py``.)
     """
     if expected_sha256 is None:
         return
