@@ -10,7 +10,6 @@ loading the bytes the bundle check hashed costs about the file's size for as lon
 from __future__ import annotations
 
 import argparse
-import re
 import subprocess
 import sys
 
