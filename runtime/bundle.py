@@ -605,13 +605,8 @@ def verify(bundle: str | os.PathLike[str], manifest: Manifest | None = None) -> 
     root = Path(bundle)
     m = manifest or read_manifest(root)
     out: list[FileCheck] = []
-    raw = read_manifest_json(root / MANIFEST)
-    if not raw.get("content_sha256"):
-        out.append(FileCheck(MANIFEST, False, "no content checksum (written by an older exporter?); re-export"))
-    elif _content_hash(raw) != raw["content_sha256"]:
-        out.append(FileCheck(MANIFEST, False, "content differs from its checksum (edited or corrupted)"))
-    else:
-        out.append(FileCheck(MANIFEST, True))
+    problem = _checksum_problem(read_manifest_json(root / MANIFEST))
+    out.append(FileCheck(MANIFEST, False, problem) if problem else FileCheck(MANIFEST, True))
     for f in m.files:
         p = root / f.path
         if bundle_path_problem(f.path) or not _inside(root, p):
@@ -635,13 +630,19 @@ def check_manifest_checksum(bundle: str | os.PathLike[str]) -> None:
     so without this a hand-edited manifest would come out verifying.
     """
     path = Path(bundle) / MANIFEST
-    raw = read_manifest_json(path)
+    problem = _checksum_problem(read_manifest_json(path))
+    if problem:
+        raise BundleError(f"{path}: {problem}; not rewriting it. Copy the bundle again from its source, or "
+                          "export it again")
+
+
+def _checksum_problem(raw: dict[str, Any]) -> str | None:
+    """What is wrong with a raw manifest's own content checksum, or None (shared by verify and the writers)."""
     if not raw.get("content_sha256"):
-        raise BundleError(f"{path}: no content checksum (removed, or written by an older exporter); not "
-                          "rewriting it. Copy the bundle again from its source, or export it again")
+        return "no content checksum (removed, or written by an older exporter); re-export"
     if _content_hash(raw) != raw["content_sha256"]:
-        raise BundleError(f"{path}: content differs from its checksum (edited or corrupted); not rewriting it. "
-                          "Copy the bundle again from its source, or export it again")
+        return "content differs from its checksum (edited or corrupted)"
+    return None
 
 
 def _inside(root: Path, p: Path) -> bool:

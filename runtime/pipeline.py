@@ -834,8 +834,6 @@ class ScreeningPipeline:
                 failure = str(exc)
                 log.error("inference failed on a batch of %d: %s", len(runnable), exc)
                 self.health.failed(exc, getattr(self.backend, "name", "backend"))
-            else:
-                self._judge_health(outputs)
             infer_ms = (time.perf_counter() - t0) * 1e3 / len(runnable)
         probs = outputs.get(self._probs_name)
         maps = outputs.get(self._maps_name)
@@ -844,10 +842,13 @@ class ScreeningPipeline:
             # A photograph whose probabilities are not finite (an FP16 overflow, say) is that photograph's
             # inference error; finite values outside [0, 1] are the bundle's (decide says so and stops).
             bad_rows = np.asarray(~np.isfinite(np.asarray(probs, np.float64)).all(axis=1), bool)
+            self._judge_health(bad_rows)
             if bad_rows.any():
                 log.error("the model gave probabilities that are not finite for %d photograph(s) of a batch of %d",
                           int(bad_rows.sum()), len(runnable))
             positive, refer = self.manifest.decide(np.where(bad_rows[:, None], 0.0, probs))
+        elif outputs:
+            self.health.succeeded()
         results: list[ScreenResult] = []
         j = 0
         for p in batch:
@@ -880,11 +881,11 @@ class ScreeningPipeline:
             ))
         return results
 
-    def _judge_health(self, outputs: dict[str, np.ndarray]) -> None:
-        """A batch with no finite probability at all counts as a failed inference (a GPU in a failed state
-        can return NaN for everything: after ``max_inference_failures`` such batches the run stops)."""
-        probs = outputs.get(self._probs_name)
-        if probs is not None and len(probs) and not np.isfinite(np.asarray(probs, np.float64)).all(axis=1).any():
+    def _judge_health(self, bad_rows: np.ndarray) -> None:
+        """A batch with no finite probability at all (``bad_rows`` all set) counts as a failed inference (a GPU
+        in a failed state can return NaN for everything: after ``max_inference_failures`` such batches the run
+        stops); any other answered batch as a success."""
+        if len(bad_rows) and bad_rows.all():
             self.health.failed(BackendError(f"{getattr(self.backend, 'name', 'backend')}: no finite probability "
                                             "in a whole batch"), getattr(self.backend, "name", "backend"))
         else:

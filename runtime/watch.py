@@ -278,8 +278,7 @@ def watch_folder(
         raise output_folder_named(src)
     out = Path(out_dir)
     total = RunSummary(out, backend=screener.backend.describe(), bundle_sha256=screener.identity.bundle_sha256)
-    # The latest screening of each file this session: (status, referred, content sha256).
-    latest: dict[str, tuple[str, bool, str]] = {}
+    latest: dict[str, tuple[str, bool, str, str]] = {}  # path -> (status, referred, sha256, screened|skipped)
 
     def seen(r: ScreenResult) -> None:
         """Count a file screened again (half-copied, then whole; or copied twice) once, as its report row does."""
@@ -288,26 +287,25 @@ def watch_folder(
             tracker.settled(Path(path))
         else:
             tracker.retry_later(Path(path))
-        before = latest.get(path)
-        latest[path] = (r.status, bool(r.refer), r.content_sha256)
-        if before is not None and (before[0] not in FINAL_STATUSES or before[2] == r.content_sha256):
-            total.screened -= 1  # the batch's own counts (added after it) hold the new screening
-            total.counts[before[0]] = total.counts.get(before[0], 0) - 1
-            total.refer -= before[1]
+        count_once(path, r.status, bool(r.refer), r.content_sha256, "screened")
         if on_result is not None:
             on_result(r)
 
     def kept(row: dict[str, Any]) -> None:
-        """An earlier row carried over to a file taken again (touched, copied over with the same bytes):
-        counted once, as ``seen`` does for screenings."""
-        path = key_path(str(row["key"])) or str(row["key"])
+        """An earlier row carried over to a file taken again (touched, copied over with the same bytes)."""
+        count_once(key_path(str(row["key"])) or str(row["key"]), str(row.get("status")), bool(row.get("refer")),
+                   str(row.get("sha256") or ""), "skipped")
+
+    def count_once(path: str, status: str, refer: bool, sha: str, how: str) -> None:
+        """Count a file taken again this session (half-copied, then whole; copied twice; touched) once, as its
+        report row does: the batch's own counts (added after this) hold the new entry, so the earlier one
+        goes. ``how``: whether the new entry counts as ``screened`` or ``skipped`` (an earlier result)."""
         before = latest.get(path)
-        status, refer = str(row.get("status")), bool(row.get("refer"))
-        latest[path] = (status, refer, str(row.get("sha256") or ""))
-        if before is not None:  # the batch's own counts (added after it) hold it again
-            total.skipped -= 1
-            total.counts[status] = total.counts.get(status, 0) - 1
-            total.refer -= refer
+        latest[path] = (status, refer, sha, how)
+        if before is not None and (before[0] not in FINAL_STATUSES or before[2] == sha):
+            setattr(total, before[3], getattr(total, before[3]) - 1)
+            total.counts[before[0]] = total.counts.get(before[0], 0) - 1
+            total.refer -= before[1]
 
     def still_there(r: ScreenResult) -> bool:
         """False for a file that could not be read because it is gone (filed away by the camera software just
