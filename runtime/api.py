@@ -565,7 +565,7 @@ class Screener:
         Ids follow the path, so a photograph replaced by an unreadable one
         would otherwise show the old picture (and heatmap) next to its new
         verdict. Returns the row's fields naming what was written
-        (``thumb_sha256``, ``overlay_sha256``: the first 16 hex digits of each
+        (``thumb_id``, ``overlay_id``: :func:`~uopsl.runtime.overlay.content_id` of each
         file's content), by which the report knows its images without
         trusting file times (FAT drives shift them by an hour at a
         daylight-saving change; a file server stamps its own clock).
@@ -574,11 +574,11 @@ class Screener:
         written: dict[str, str] = {}
         if r.thumbnail is not None:
             if report:
-                written["thumb_sha256"] = write_thumbnail(out, r.id, r.thumbnail)
+                written["thumb_id"] = write_thumbnail(out, r.id, r.thumbnail)
                 wrote_thumb = True
             if overlays and r.site_maps is not None and r.geometry is not None and r.status == "ok":
                 heat = r.heatmap(shape=r.thumbnail.shape[:2])
-                written["overlay_sha256"] = write_overlay(out, r.id, r.thumbnail, heat)
+                written["overlay_id"] = write_overlay(out, r.id, r.thumbnail, heat)
                 wrote_overlay = True
         for wrote, stale in ((wrote_thumb, out / THUMB_DIR / f"{r.id}.jpg"),
                              (wrote_overlay, out / OVERLAY_DIR / f"{r.id}.png")):

@@ -269,7 +269,7 @@ def _trusted_image(path: Path, row: Mapping[str, Any], kind: str, thumb_mtime: f
         return False
     if kind == "thumb" and not _thumbnail_belongs(row):
         return False
-    recorded = row.get(f"{kind}_sha256")
+    recorded = row.get(f"{kind}_id")
     if isinstance(recorded, str) and recorded:  # rows since session 15 name their images' content
         return _content_sha16(path) == recorded
     mtime = _mtime(path)

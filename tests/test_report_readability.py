@@ -225,10 +225,10 @@ def test_images_the_row_names_by_content_are_shown_whatever_their_file_times(tmp
     _images(tmp_path, "replaced", age_s=0)
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())
     shifted = _row("shifted.jpg", refer=False, probs={"dr": 0.2}, screened_at=stamp)
-    shifted["thumb_sha256"] = sha256_file(tmp_path / THUMB_DIR / "shifted.jpg")[:16]
-    shifted["overlay_sha256"] = sha256_file(tmp_path / OVERLAY_DIR / "shifted.png")[:16]
+    shifted["thumb_id"] = sha256_file(tmp_path / THUMB_DIR / "shifted.jpg")[:16]
+    shifted["overlay_id"] = sha256_file(tmp_path / OVERLAY_DIR / "shifted.png")[:16]
     replaced = _row("replaced.jpg", refer=False, probs={"dr": 0.1}, screened_at=stamp)
-    replaced["thumb_sha256"] = replaced["overlay_sha256"] = "0123456789abcdef"  # files of another photograph
+    replaced["thumb_id"] = replaced["overlay_id"] = "0123456789abcdef"  # files of another photograph
     page = render_report([shifted, replaced], tmp_path, _manifest())
     assert _shown(page) == [(True, True), (False, False)]
 
