@@ -67,7 +67,7 @@ def main() -> None:
             pre = preprocess(_jpeg(img), cfg)
             v = assess(pre)
             good = (not v.gradable and bool({"several_fov", "no_fov"} & set(v.reasons))) if refuse \
-                else pre.geometry.fov_count == 1
+                else pre.geometry.fov_found and pre.geometry.fov_count == 1  # one field, and found
             counts = ok.setdefault(name, [0, 0])
             counts[0] += good
             counts[1] += 1

@@ -62,10 +62,11 @@ log = logging.getLogger(__name__)
 # preprocessed images key on it): 2 = reduced-scale JPEG decoding, 3 = JPEGs turned
 # upright by their Exif Orientation tag on every decode path, 4 = 16-bit images scaled by the
 # full 16-bit range (not their own peak), JPEGs ending in libjpeg's grey fill refused, the Exif
-# orientation of PNG and WebP files applied. (The reduced-decode rule
+# orientation of PNG and WebP files applied, 5 = straight cuts inside the frame left out of
+# the field-of-view fit (clipped fields padded into a larger frame are found). (The reduced-decode rule
 # lives in config fields, decode_min_ratio and decode_min_side, so a config keeps its
 # pixels without a bump.)
-PREPROCESS_VERSION = 4
+PREPROCESS_VERSION = 5
 
 # The reduced-decode ratio of configs stored before PreprocessConfig.decode_min_ratio existed.
 LEGACY_DECODE_MIN_RATIO = 2.0
@@ -674,10 +675,25 @@ def _find_fov_once(rgb: np.ndarray, threshold: float) -> tuple[float, float, flo
     sh, sw = mask.shape
     contours, _ = cv2.findContours(hull_mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
     pts = np.concatenate([c.reshape(-1, 2) for c in contours]).astype(np.float64)
-    # Points on the frame border are where the sensor clipped the circle, not its edge.
+    # Points on the frame border are where the sensor clipped the circle, not its edge; so are the
+    # points of a straight cut inside the frame (a clipped field padded to a square or a wider frame).
     inner = (pts[:, 0] > 1) & (pts[:, 0] < sw - 2) & (pts[:, 1] > 1) & (pts[:, 1] < sh - 2)
-    fit = _fit_circle(pts[inner, 0] + 0.5, pts[inner, 1] + 0.5)
-    if fit is not None and inner.sum() >= 0.05 * 2 * (sh + sw):
+    enough = 0.05 * 2 * (sh + sw)
+    hull_area = cv2.countNonZero(hull_mask)
+    on_cut, cuts = _straight_cuts(pts, hull.reshape(-1, 2), hull_area, (sh, sw))
+    fit = None
+    if cuts and (inner & ~on_cut).sum() >= enough:
+        fit = _fit_circle(pts[inner & ~on_cut, 0] + 0.5, pts[inner & ~on_cut, 1] + 0.5)
+        # A cut is a chord of the field: both its ends lie on the circle (a horizon or the edge of a
+        # rectangular picture does not end there). Otherwise everything is judged as before, cut included.
+        if fit is not None and all(abs(math.hypot(x + 0.5 - fit[0], y + 0.5 - fit[1]) - fit[2]) <= _MAX_ARC_RESIDUAL * fit[2]
+                                   for x0, y0, x1, y1 in cuts for x, y in ((x0, y0), (x1, y1))):
+            inner &= ~on_cut
+        else:
+            fit = None
+    if fit is None:
+        fit = _fit_circle(pts[inner, 0] + 0.5, pts[inner, 1] + 0.5)
+    if fit is not None and inner.sum() >= enough:
         # The free edge must be an arc of the fitted circle (a horizon, a straight
         # border or an irregular blob is not).
         fcx, fcy, fr = fit
@@ -697,11 +713,102 @@ def _find_fov_once(rgb: np.ndarray, threshold: float) -> tuple[float, float, flo
     n_inside = np.count_nonzero(inside)
     fill = np.count_nonzero(mask.view(bool) & inside) / n_inside if n_inside else 0.0
     # A hull reaching well outside the circle means the bright area is not a circle.
-    hull_area = np.count_nonzero(hull_mask)
     outside_frac = (hull_area - np.count_nonzero(hull_mask.view(bool) & inside)) / max(1.0, float(hull_area))
     if outside_frac > 0.05:
         fill = min(fill, 1.0 - outside_frac)
     return cx / scale, cy / scale, r / scale, fill, mask, fields
+
+
+def _straight_cuts(pts: np.ndarray, hull: np.ndarray, hull_area: int,
+                   frame: tuple[int, int]) -> tuple[np.ndarray, list[tuple[int, int, int, int]]]:
+    """Which contour points ``pts`` (N x 2) lie on a long horizontal or vertical stretch of the convex ``hull``
+    inside the ``frame`` (h, w), and each stretch's ends (x0, y0, x1, y1); stretches along the frame's
+    border are left to the caller's border test.
+
+    Such a stretch is a cut, not the circle: a field clipped by the sensor and then padded (a square
+    dataset mirror, a letterboxed export) keeps its straight clipped edges inside the frame, and a
+    circle fitted through them comes out too small and fails the arc check (the whole photograph
+    then reads "no field of view"). A stretch is a run of consecutive hull edges within a 2-pixel
+    band (the hull splits a rasterised straight edge into pieces a pixel apart). A rasterised circle
+    is flat within 2 pixels for about 4.5 sqrt(r) pixels at its top, bottom and sides; a stretch counts
+    as a cut from the longer of r / 2 and 6 sqrt(r) (r from the hull's area). Only axis-aligned stretches count,
+    so a chord the hull draws across a shadowed rim is fitted as before.
+    """
+    on_cut = np.zeros(len(pts), bool)
+    ends: list[tuple[int, int, int, int]] = []
+    n = len(hull)
+    if n < 3 or hull_area <= 0:
+        return on_cut, ends
+    r = math.sqrt(hull_area / math.pi)
+    min_len = max(0.5 * r, 6.0 * math.sqrt(r), 8.0)
+    v = hull.astype(np.int64)
+    w = np.concatenate((v[1:], v[:1]))  # edge i: vertex i -> i + 1 (np.roll costs more than the rest here)
+    d = np.abs(w - v)
+    # flat[i, c]: edge i keeps coordinate c within a pixel, off the frame's border; most hulls have no
+    # stretch long enough, which the flat edges' total length shows without a loop.
+    flat_all = (d <= 1) & (np.minimum(v, w) > 1) & (np.maximum(v, w) < np.array([frame[1], frame[0]]) - 2)
+    total = (d[:, ::-1] * flat_all).sum(axis=0)
+    for along in (0, 1):  # 0: horizontal stretches (x varies), 1: vertical ones
+        flat = flat_all[:, 1 - along]
+        if total[1 - along] < min_len or flat.all():
+            continue
+        first = int(np.argmin(flat)) + 1  # walk from after a non-flat edge, so no stretch wraps around
+        flat_r = np.concatenate((flat[first:], flat[:first]))
+        span_r = np.concatenate((d[first:, along], d[:first, along])) * flat_r
+        if np.bincount(np.cumsum(~flat_r), weights=span_r).max() < min_len:
+            continue  # no run of consecutive flat edges is long enough (a circle's top and bottom together were)
+        a, b, fl = v[:, along].tolist(), v[:, 1 - along].tolist(), flat.tolist()
+        i = 0
+        while i < n:
+            e = (first + i) % n
+            if not fl[e]:
+                i += 1
+                continue
+            lo_a = hi_a = a[e]
+            lo_b = hi_b = b[e]
+            k = 0
+            while i + k < n and fl[(e + k) % n]:
+                j = (e + k + 1) % n
+                if max(hi_b, b[j]) - min(lo_b, b[j]) > 2:
+                    break
+                lo_a, hi_a, lo_b, hi_b = min(lo_a, a[j]), max(hi_a, a[j]), min(lo_b, b[j]), max(hi_b, b[j])
+                k += 1
+            if hi_a - lo_a >= min_len:
+                ca, cb = pts[:, along], pts[:, 1 - along]
+                on_cut |= (cb >= lo_b - 1) & (cb <= hi_b + 1) & (ca >= lo_a) & (ca <= hi_a)
+                mid = (lo_b + hi_b) // 2
+                ends.append((lo_a, mid, hi_a, mid) if along == 0 else (mid, lo_a, mid, hi_a))
+            i += max(k, 1)
+    return on_cut, ends
+    r = math.sqrt(hull_area / math.pi)
+    min_len = max(0.5 * r, 6.0 * math.sqrt(r), 8.0)
+    v = hull.astype(np.int64)
+    for along in (0, 1):  # 0: horizontal stretches (x varies), 1: vertical ones
+        a, b = v[:, along], v[:, 1 - along]
+        flat = np.abs(np.roll(b, -1) - b) <= 1  # edge i: vertex i -> i + 1
+        if flat.all():
+            continue
+        first = int(np.argmin(flat))  # start the walk after a non-flat edge, so no run wraps around
+        i = 0
+        while i < n:
+            e = (first + 1 + i) % n
+            if not flat[e]:
+                i += 1
+                continue
+            run = [e]
+            while i + len(run) < n and flat[(e + len(run)) % n]:
+                nxt = (e + len(run)) % n
+                idx = [(k + d) % n for k in run + [nxt] for d in (0, 1)]
+                if b[idx].max() - b[idx].min() > 2:
+                    break
+                run.append(nxt)
+            idx = [(k + d) % n for k in run for d in (0, 1)]
+            lo_a, hi_a, lo_b, hi_b = a[idx].min(), a[idx].max(), b[idx].min(), b[idx].max()
+            if hi_a - lo_a >= min_len:
+                on_cut |= ((pts[:, 1 - along] >= lo_b - 1) & (pts[:, 1 - along] <= hi_b + 1)
+                           & (pts[:, along] >= lo_a) & (pts[:, along] <= hi_a))
+            i += len(run)
+    return on_cut
 
 
 _REDUCED = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}

@@ -120,6 +120,77 @@ def test_detect_fov_finds_known_circle(size: int, field: float, dx: int, dy: int
     assert abs(g.cx - cx) < tol and abs(g.cy - cy) < tol and abs(g.radius - r) < tol, (g, (cx, cy, r))
 
 
+@pytest.mark.parametrize(
+    "pad",
+    [
+        (80, 80, 0, 0),  # clipped above and below by the sensor, then letterboxed to a square
+        (0, 0, 150, 150),  # the same frame padded wider
+        (30, 130, 200, 10),  # padded unevenly on every side
+    ],
+)
+def test_a_clipped_field_padded_into_a_larger_frame_is_found(pad: tuple[int, int, int, int]) -> None:
+    # The straight edges the sensor cut now lie inside the frame; a circle fitted through them came out
+    # too small and the photograph read "no field of view" (80 of TVHL's 1,058 photographs padded so).
+    img, cx, cy, r = _shifted_field(600, 0.45, 0, 0, (480, 640))
+    top, bottom, left, right = pad
+    padded = cv2.copyMakeBorder(img, top, bottom, left, right, cv2.BORDER_CONSTANT)
+    g = preprocess(padded).geometry
+    assert g.fov_found, g
+    tol = 0.02 * r + 1.0
+    assert abs(g.cx - (cx + left)) < tol and abs(g.cy - (cy + top)) < tol and abs(g.radius - r) < tol, (g, (cx, cy, r))
+
+
+@pytest.mark.parametrize("radius", [8, 15, 30, 60, 90, 128, 160])
+def test_a_whole_circle_has_no_straight_cut(radius: int) -> None:
+    # What keeps every photograph whose field has no straight edge inside the frame on its old geometry:
+    # the flat runs of a rasterised circle are shorter than a cut.
+    from uopsl.runtime.preprocess import _straight_cuts
+
+    side = 2 * radius + 40
+    mask = np.zeros((side, side), np.uint8)
+    cv2.circle(mask, (side // 2, side // 2), radius, 1, -1)
+    contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    hull = cv2.convexHull(np.concatenate(contours))
+    edge, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    pts = np.concatenate([c.reshape(-1, 2) for c in edge]).astype(np.float64)
+    assert not _straight_cuts(pts, hull.reshape(-1, 2), cv2.countNonZero(mask), mask.shape)[0].any()
+    # ... and the same circle cut straight above and below by padding is: those points, and only those.
+    mask[: side // 2 - int(0.8 * radius)] = 0
+    mask[side // 2 + int(0.8 * radius) + 1 :] = 0
+    contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    hull = cv2.convexHull(np.concatenate(contours))
+    edge, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    pts = np.concatenate([c.reshape(-1, 2) for c in edge]).astype(np.float64)
+    cut = _straight_cuts(pts, hull.reshape(-1, 2), cv2.countNonZero(mask), mask.shape)[0]
+    rows = pts[:, 1]
+    on_lines = (rows == side // 2 - int(0.8 * radius)) | (rows == side // 2 + int(0.8 * radius))
+    if radius >= 30:  # a chord of 1.2 r: long enough to count from r = 30 on (6 sqrt(r) <= 1.2 r from r = 25)
+        assert cut[on_lines].mean() > 0.9, cut[on_lines].mean()
+    # Nothing of the arc itself beyond the 2-pixel band a stretch may take and a pixel either side.
+    away = np.minimum(np.abs(rows - (side // 2 - int(0.8 * radius))), np.abs(rows - (side // 2 + int(0.8 * radius))))
+    assert not cut[away > 3].any()
+
+
+def test_a_padded_real_photograph_keeps_its_field(tvhl_dir: Path) -> None:
+    # A TVHL photograph of the DR-graded cohort: its field is clipped on all four sides by the 512 px frame.
+    data = (tvhl_dir / "fundus" / "1958_OD_f_1.jpg").read_bytes()
+    rgb = cv2.cvtColor(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    plain = preprocess(rgb).geometry
+    for top, bottom, left, right in ((0, 0, 128, 128), (128, 128, 0, 0), (30, 90, 200, 10)):
+        g = preprocess(cv2.copyMakeBorder(rgb, top, bottom, left, right, cv2.BORDER_CONSTANT)).geometry
+        assert g.fov_found, (top, bottom, left, right, g)
+        tol = 0.02 * plain.radius
+        assert abs(g.cx - plain.cx - left) < tol and abs(g.cy - plain.cy - top) < tol, (g, plain)
+        assert abs(g.radius - plain.radius) < tol, (g, plain)
+    # The OCT B-scan filed among TVHL's fundus photographs has straight edges too; padded and saved as JPEG,
+    # its rectangle's ends are not on a circle, so it still has no field of view.
+    oct_scan = decode((tvhl_dir / "fundus" / "1258_OI_f_2.jpg").read_bytes())
+    for left, right in ((199, 199), (79, 319)):
+        padded = cv2.copyMakeBorder(oct_scan, 0, 0, left, right, cv2.BORDER_CONSTANT)
+        ok, buf = cv2.imencode(".jpg", cv2.cvtColor(padded, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 90])
+        assert ok and not preprocess(buf.tobytes()).geometry.fov_found
+
+
 @pytest.mark.parametrize(("size", "grid"), [(256, 8), (224, 7), (320, 10)])
 def test_a_token_lands_where_it_looks(size: int, grid: int) -> None:
     # Token j of a stride-s backbone (stride-2 layers, symmetric padding) is centred on model pixel s*j; the
