@@ -26,6 +26,7 @@ _COMMANDS = {
     "validate": "uopsl.train.commands.validate:command",
     "build-engine": "uopsl.train.commands.build_engine:command",
     "qat": "uopsl.train.commands.qat:command",
+    "duplicates": "uopsl.train.commands.duplicates:command",
 }
 
 
@@ -36,7 +37,8 @@ Datasets (--data, --fundus, --oct, --val): KIND:PATH[:key=value,...]
   csv:FILE          path + label/labels       tvhl:DIR:task=four_class|referable_dr|dme
   aptos, messidor2, idrid, rfmid, odir, oct2017, octdl: the public sets' layouts
   Every kind: split=train|val|test (patient-level 70/15/15; the publisher's own
-  split on idrid, rfmid, oct2017), fold=I/K, notfold=I/K; lists joined with +
+  split on idrid, rfmid, oct2017), fold=I/K, notfold=I/K; duplicates=0.9 keeps
+  copies of a photograph (uopsl duplicates) on one side; lists joined with +
   (classes=normal+dr). A bare folder with labels.csv is synthetic, else folder.
   Hold out by patient: train on KIND:DIR:split=train (+ --val ...:split=val;
   on idrid, which ships no val part: split=train,notfold=1/5 + --val

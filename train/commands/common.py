@@ -47,7 +47,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_SPLIT_KEYS = ("split", "split_seed", "fold", "notfold", "fold_seed")
+_SPLIT_KEYS = ("split", "split_seed", "fold", "notfold", "fold_seed", "duplicates")
 
 # One working spec per kind, quoted by the error for a wrong option.
 EXAMPLES: dict[str, str] = {
@@ -153,11 +153,12 @@ def load_source(spec: str) -> data.DatasetSource:
             )
     values = {k: _coerce(kind, k, v, hints.get(k), accepted[k].annotation) for k, v in opts.items()}
     src = data.load_dataset(kind, path, **values)
+    links = _duplicate_links(spec, src, sel)
     if "split" in sel:
         name = sel["split"]
         if name not in ("train", "val", "test"):
             raise ConfigError(f"{spec!r}: split must be train, val or test, got {name!r}")
-        parts = data.patient_split(src.samples, seed=_int_option(spec, sel, "split_seed"))
+        parts = data.patient_split(src.samples, seed=_int_option(spec, sel, "split_seed"), links=links)
         src = src.subset(getattr(parts, name), f"{src.name}[{name}]")
     for key in ("fold", "notfold"):
         if key in sel:
@@ -167,7 +168,8 @@ def load_source(spec: str) -> data.DatasetSource:
                 raise ConfigError(f"{key} must look like I/K (e.g. 1/3), got {sel[key]!r}") from None
             if not 1 <= i <= k:
                 raise ConfigError(f"{key}={sel[key]}: I must be in 1..K")
-            train_idx, test_idx = data.group_kfold(src.samples, k, seed=_int_option(spec, sel, "fold_seed"))[i - 1]
+            train_idx, test_idx = data.group_kfold(src.samples, k, seed=_int_option(spec, sel, "fold_seed"),
+                                                   links=links)[i - 1]
             src = src.subset(test_idx if key == "fold" else train_idx, f"{src.name}[{key}={i}/{k}]")
     modalities: dict[str, int] = {}
     for smp in src.samples:
@@ -175,6 +177,26 @@ def load_source(spec: str) -> data.DatasetSource:
     log.info("%s: %s %s", spec, ", ".join(f"{n} {m}" for m, n in sorted(modalities.items())) or "0 images",
              src.counts())
     return src
+
+
+def _duplicate_links(spec: str, src: data.DatasetSource, sel: dict[str, str]) -> list[tuple[int, int]] | None:
+    """``duplicates=T``: copies of one photograph (signature correlation >= T) kept on one side of split=/fold=."""
+    if "duplicates" not in sel:
+        return None
+    if not {"split", "fold", "notfold"} & set(sel):
+        raise ConfigError(f"{spec!r}: duplicates= keeps copies of a photograph on one side of split= or fold=, and "
+                          "this spec has neither; to list the copies in a dataset run `uopsl duplicates SPEC`")
+    from uopsl.runtime.backends import cache_dir
+    from uopsl.train.datasets.duplicates import DuplicateConfig, find_duplicates
+
+    try:
+        threshold = float(sel["duplicates"])
+    except ValueError:
+        raise ConfigError(f"{spec!r}: duplicates must be a correlation such as 0.9, got {sel['duplicates']!r}") from None
+    report = find_duplicates(src.samples, DuplicateConfig(threshold=threshold), cache_dir() / "duplicates")
+    log.info("%s: %d set(s) of copies (%d pair(s)) kept on one side of the split", spec, len(report.groups),
+             len(report.pairs))
+    return report.links()
 
 
 def _int_option(spec: str, sel: dict[str, str], key: str) -> int:

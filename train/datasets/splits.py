@@ -2,7 +2,8 @@
 
 One patient's images (several photographs, both eyes, fundus and OCT) always
 fall on the same side of a split, or the evaluation leaks. Images without a
-patient id are each their own group. Everything is a pure function of the
+patient id are each their own group. Links (copies of one photograph under
+two patients, :mod:`uopsl.train.datasets.duplicates`) merge groups. Everything is a pure function of the
 samples and the seed: same inputs, same indices, whatever the input order of
 equal samples' groups (groups are sorted by id before the seeded shuffle).
 
@@ -34,9 +35,35 @@ def _samples(samples: Samples) -> Sequence[Sample]:
     return samples.samples if isinstance(samples, DatasetSource) else samples
 
 
-def group_keys(samples: Samples) -> list[str]:
-    """The split group of each sample: its patient id, or a unique key when it has none."""
-    return [s.patient if s.patient is not None else f"\x00image-{i}" for i, s in enumerate(_samples(samples))]
+Links: TypeAlias = "Sequence[tuple[int, int]] | None"
+
+
+def group_keys(samples: Samples, links: Links = None) -> list[str]:
+    """The split group of each sample: its patient id, or a unique key when it has none.
+
+    ``links``: pairs of sample indices that must share a side (the same photograph under two patient ids,
+    :func:`uopsl.train.datasets.duplicates.find_duplicates`); their groups merge, under the smallest of their
+    keys. Without links the keys, and so every split, are what they were.
+    """
+    seq = _samples(samples)
+    keys = [s.patient if s.patient is not None else f"\x00image-{i}" for i, s in enumerate(seq)]
+    if not links:
+        return keys
+    parent: dict[str, str] = {}
+
+    def root(k: str) -> str:
+        while parent.get(k, k) != k:
+            k = parent[k]
+        return k
+
+    for a, b in links:
+        if not (0 <= a < len(keys) and 0 <= b < len(keys)):
+            raise ConfigError(f"a link ({a}, {b}) names a sample outside the {len(keys)} given")
+        ra, rb = root(keys[a]), root(keys[b])
+        if ra != rb:
+            lo, hi = sorted((ra, rb))
+            parent[hi] = lo
+    return [root(k) for k in keys]
 
 
 @dataclass(frozen=True)
@@ -46,9 +73,9 @@ class _Group:
     stratum: str
 
 
-def _groups(samples: Sequence[Sample], seed: int) -> list[_Group]:
+def _groups(samples: Sequence[Sample], seed: int, links: Links = None) -> list[_Group]:
     """Groups ordered rarest stratum first, seeded shuffle within a stratum, then larger groups first."""
-    keys = group_keys(samples)
+    keys = group_keys(samples, links)
     members: dict[str, list[int]] = defaultdict(list)
     for i, k in enumerate(keys):
         members[k].append(i)
@@ -66,15 +93,15 @@ def _groups(samples: Sequence[Sample], seed: int) -> list[_Group]:
     return sorted(shuffled, key=lambda g: (freq.get(g.stratum, 0), g.stratum, -len(g.members)))
 
 
-def group_kfold(samples: Samples, k: int, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
-    """``k`` (train_idx, test_idx) pairs; each group is in exactly one test fold.
+def group_kfold(samples: Samples, k: int, seed: int = 0, links: Links = None) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``k`` (train_idx, test_idx) pairs; each group is in exactly one test fold (``links``: :func:`group_keys`).
 
     Each group goes to the fold holding the fewest images of its stratum (ties:
     fewest images overall, then the lower fold), which balances class
     proportions and fold sizes.
     """
     seq = _samples(samples)
-    groups = _groups(seq, seed)
+    groups = _groups(seq, seed, links)
     if not isinstance(k, int) or k < 2:
         raise ConfigError(f"k must be an integer >= 2, got {k!r}")
     if k > len(groups):
@@ -102,9 +129,9 @@ class Split:
 
 
 def patient_split(
-    samples: Samples, fractions: tuple[float, float, float] = (0.7, 0.15, 0.15), seed: int = 0
+    samples: Samples, fractions: tuple[float, float, float] = (0.7, 0.15, 0.15), seed: int = 0, links: Links = None
 ) -> Split:
-    """Patient-level train/val/test split with the given image fractions (val may be 0).
+    """Patient-level train/val/test split with the given image fractions (val may be 0; ``links``: :func:`group_keys`).
 
     Groups are dealt, rarest stratum first, to the part furthest below its
     target share of that stratum's images; the fractions hold to within a group.
@@ -112,7 +139,7 @@ def patient_split(
     if len(fractions) != 3 or any(f < 0 for f in fractions) or abs(sum(fractions) - 1.0) > 1e-6:
         raise ConfigError(f"fractions must be three non-negative numbers summing to 1, got {fractions!r}")
     seq = _samples(samples)
-    groups = _groups(seq, seed)
+    groups = _groups(seq, seed, links)
     stratum_total: Counter[str] = Counter()
     for g in groups:
         stratum_total[g.stratum] += len(g.members)

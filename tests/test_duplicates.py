@@ -1,0 +1,206 @@
+"""Copies of one photograph: found by content, kept on one side of a split, listed by `uopsl duplicates`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from uopsl.runtime.errors import ConfigError
+from uopsl.train.cli import cli
+from uopsl.train.datasets.core import Sample
+from uopsl.train.datasets.duplicates import (
+    DuplicateConfig,
+    find_duplicates,
+    groups_of,
+    signature,
+    similar_pairs,
+)
+from uopsl.train.datasets.splits import group_keys, group_kfold, patient_split
+
+# TVHL photographs of five patients, none a copy of another (`uopsl duplicates` on the whole set).
+ORIGINALS = ("1958_OD_f_1", "1313_OI_f_4", "0004_OD_f_1", "0200_OD_f_1", "1304_OI_f_2")
+
+
+def _jpeg(bgr: np.ndarray, quality: int = 90) -> bytes:
+    ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    assert ok
+    return buf.tobytes()
+
+
+def _copies(bgr: np.ndarray) -> dict[str, bytes]:
+    """What mirrors and export tools do to a photograph."""
+    h, w = bgr.shape[:2]
+    return {
+        "q60": _jpeg(bgr, 60),
+        "big": _jpeg(cv2.resize(bgr, (2 * w, 2 * h), interpolation=cv2.INTER_CUBIC)),
+        "small": _jpeg(cv2.resize(bgr, (w * 3 // 5, h * 3 // 5), interpolation=cv2.INTER_AREA)),
+        "darker": _jpeg((bgr * 0.7).astype(np.uint8)),
+        "padded": cv2.imencode(".png", cv2.copyMakeBorder(bgr, 0, 0, w // 4, w // 4, cv2.BORDER_CONSTANT))[1].tobytes(),
+    }
+
+
+@pytest.fixture()
+def copies_folder(tvhl_dir: Path, tmp_path: Path) -> tuple[list[Sample], dict[str, str]]:
+    """The originals and five altered copies of each, every file filed under a patient of its own."""
+    samples: list[Sample] = []
+    origin: dict[str, str] = {}
+    for k, name in enumerate(ORIGINALS):
+        data = (tvhl_dir / "fundus" / f"{name}.jpg").read_bytes()
+        bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        files = {"orig": data, **_copies(bgr)}
+        for kind, blob in files.items():
+            p = tmp_path / f"{name}-{kind}.{'png' if kind == 'padded' else 'jpg'}"
+            p.write_bytes(blob)
+            samples.append(Sample(p, ("dr",), patient=f"p{k}-{kind}"))
+            origin[str(p)] = name
+    return samples, origin
+
+
+def test_altered_copies_are_found_and_nothing_else(copies_folder: tuple[list[Sample], dict[str, str]],
+                                                   tmp_path: Path) -> None:
+    samples, origin = copies_folder
+    report = find_duplicates(samples, DuplicateConfig(), tmp_path / "cache")
+    assert report.skipped == {}
+    got = {frozenset(str(samples[i].path) for i in g) for g in report.groups}
+    want = {frozenset(p for p, o in origin.items() if o == name) for name in ORIGINALS}
+    assert got == want
+    assert all(c.similarity >= 0.9 for c in report.pairs)
+    # Different photographs stay well below the threshold.
+    sims = [c.similarity for c in similar_pairs(np.stack([signature(_model_input(s.path)) for s in samples]), -1.0)
+            if origin[str(samples[c.a].path)] != origin[str(samples[c.b].path)]]
+    assert max(sims) < 0.8, max(sims)
+
+
+def _model_input(path: Path) -> np.ndarray:
+    from uopsl.runtime.preprocess import PreprocessConfig, preprocess
+
+    return preprocess(path.read_bytes(), PreprocessConfig(size=128)).image
+
+
+def test_signatures_are_cached_by_content(copies_folder: tuple[list[Sample], dict[str, str]], tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    samples, _ = copies_folder
+    first = find_duplicates(samples, DuplicateConfig(), tmp_path / "cache")
+    assert list((tmp_path / "cache").glob("signatures-*.npz"))
+    # Renamed files: the same content, so nothing is decoded again.
+    renamed = []
+    for i, s in enumerate(samples):
+        q = s.path.with_name(f"renamed-{i}{s.path.suffix}")
+        s.path.rename(q)
+        renamed.append(Sample(q, s.labels, patient=s.patient))
+    import uopsl.train.datasets.duplicates as dup
+
+    def no_decoding(*args: object, **kwargs: object) -> None:
+        raise AssertionError("decoded although the cache holds this content")
+
+    monkeypatch.setattr(dup, "preprocess", no_decoding)
+    again = find_duplicates(renamed, DuplicateConfig(), tmp_path / "cache")
+    assert again.groups == first.groups and again.pairs == first.pairs
+
+
+def test_blank_and_unreadable_photographs_are_skipped_with_a_reason(tmp_path: Path) -> None:
+    black = tmp_path / "black.png"
+    cv2.imwrite(str(black), np.zeros((300, 300, 3), np.uint8))
+    text = tmp_path / "notes.jpg"
+    text.write_text("not a photograph")
+    samples = [Sample(black, ("normal",)), Sample(text, ("normal",)), Sample(tmp_path / "gone.jpg", ("normal",)),
+               Sample(black, ("normal",), modality="oct")]
+    report = find_duplicates(samples, DuplicateConfig(), None)
+    assert report.groups == () and report.pairs == ()
+    assert "too little detail" in report.skipped[0]
+    assert report.skipped[1].startswith("not decodable")
+    assert report.skipped[2].startswith("unreadable")
+    assert "not a fundus photograph" in report.skipped[3]
+
+
+@pytest.mark.parametrize("bad", [0.0, -0.5, 1.5, float("nan")])
+def test_a_threshold_outside_0_1_is_refused(bad: float) -> None:
+    with pytest.raises(ConfigError, match="correlation in"):
+        DuplicateConfig(threshold=bad)
+
+
+def test_groups_join_through_pairs() -> None:
+    assert groups_of(6, [(4, 1), (1, 2), (5, 3)]) == ((1, 2, 4), (3, 5))
+    assert groups_of(3, []) == ()
+
+
+def _patients(n: int) -> list[Sample]:
+    labels = ("normal", "dr", "dme")
+    return [Sample(Path(f"/x/{i}.jpg"), (labels[i % 3],), patient=f"{i // 2:03d}") for i in range(n)]
+
+
+def test_links_keep_copies_on_one_side_and_change_nothing_without_them() -> None:
+    samples = _patients(60)
+    links = [(0, 59), (10, 31), (31, 44)]
+    for seed in range(5):
+        plain = group_kfold(samples, 3, seed=seed)
+        assert all(np.array_equal(a, b) and np.array_equal(c, d)
+                   for (a, c), (b, d) in zip(plain, group_kfold(samples, 3, seed=seed, links=None)))
+        folds = group_kfold(samples, 3, seed=seed, links=links)
+        fold_of = {int(i): f for f, (_, test) in enumerate(folds) for i in test}
+        for a, b in links:
+            assert fold_of[a] == fold_of[b]
+            # ... and the rest of each patient follows: patient 000 (0, 1) with patient 029 (58, 59)
+        assert fold_of[1] == fold_of[58] == fold_of[0]
+        split = patient_split(samples, seed=seed, links=links)
+        part = {int(i): k for k, idx in enumerate((split.train, split.val, split.test)) for i in idx}
+        assert all(part[a] == part[b] for a, b in links)
+    keys = group_keys(samples, links)
+    assert keys[0] == keys[59] == keys[1] == "000" and keys[10] == keys[31] == keys[44] == "005"
+    with pytest.raises(ConfigError, match="outside the 60"):
+        group_keys(samples, [(0, 60)])
+
+
+def _csv_dataset(samples: list[Sample], root: Path) -> Path:
+    lines = ["path,label,patient"] + [f"{s.path.name},{s.labels[0]},{s.patient}" for s in samples]
+    (root / "labels.csv").write_text("\n".join(lines) + "\n")
+    return root / "labels.csv"
+
+
+def test_the_duplicates_dataset_option_keeps_copies_in_one_fold(copies_folder: tuple[list[Sample], dict[str, str]],
+                                                                tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from uopsl.train.commands.common import load_source
+
+    monkeypatch.setenv("UOPSL_CACHE_DIR", str(tmp_path / "usercache"))
+    samples, origin = copies_folder
+    table = _csv_dataset(samples, samples[0].path.parent)
+    seen: dict[str, set[int]] = {}
+    for i in (1, 2, 3):
+        part = load_source(f"csv:{table}:fold={i}/3,duplicates=0.9")
+        for s in part.samples:
+            seen.setdefault(origin[str(s.path)], set()).add(i)
+    assert all(len(f) == 1 for f in seen.values()), seen
+    assert set(seen) == set(ORIGINALS)
+    # Without the option, copies filed under other patients are spread over the folds.
+    spread = {}
+    for i in (1, 2, 3):
+        for s in load_source(f"csv:{table}:fold={i}/3").samples:
+            spread.setdefault(origin[str(s.path)], set()).add(i)
+    assert any(len(f) > 1 for f in spread.values())
+    with pytest.raises(ConfigError, match="neither"):
+        load_source(f"csv:{table}:duplicates=0.9")
+    with pytest.raises(ConfigError, match="correlation"):
+        load_source(f"csv:{table}:fold=1/3,duplicates=high")
+
+
+def test_the_command_lists_copies_and_what_they_are_filed_under(copies_folder: tuple[list[Sample], dict[str, str]],
+                                                              tmp_path: Path) -> None:
+    samples, _ = copies_folder
+    table = _csv_dataset(samples, samples[0].path.parent)
+    out = tmp_path / "dups.json"
+    res = CliRunner().invoke(cli, ["duplicates", f"csv:{table}", "--folds", "3", "--out", str(out),
+                                   "--cache", str(tmp_path / "c")])
+    assert res.exit_code == 0, res.output
+    report = json.loads(out.read_text())
+    s = report["summary"]
+    assert s["photographs"] == len(samples) == s["compared"]
+    assert s["sets_of_copies"] == len(ORIGINALS) and s["photographs_in_sets"] == len(samples)
+    assert s["sets_across_patients"] == len(ORIGINALS) and s["sets_with_two_labels"] == 0
+    assert 0 < s["sets_across_folds"] <= len(ORIGINALS)
+    assert all(g["flags"] == ["patients"] for g in report["groups"])
+    assert "sets across patients: 5" in res.output
