@@ -35,7 +35,8 @@ float32 and multiplies by 127 to get the dynamic range; caches produced by
 TensorRT itself in public repositories (``TRT-8401-EntropyCalibration2``,
 ``TRT-100300-EntropyCalibration2`` for TensorRT 10.3). TensorRT prints the
 hex without zero padding, which only shows for a zero scale (``tensor: 0``);
-this writer does the same, and the reader accepts 1-8 hex digits. The
+this writer pads nothing either, and the reader accepts 1-8 hex digits. It
+never writes a zero scale, though (:func:`format_cache`). The
 version-integer formulas are those of ``NvInferVersion.h`` / ``NvInfer.h``
 (``NV_TENSORRT_VERSION``) in 8.x and 10.x.
 """
@@ -59,6 +60,7 @@ _HEADER = re.compile(r"^TRT-(\d+)-([A-Za-z0-9]+)$")
 _HEX = re.compile(r"^[0-9a-fA-F]{1,8}$")
 INT8_MAX = 127.0
 _FLOAT32_MAX = 3.4028234663852886e38
+_FLOAT32_TINY = 1.1754943508222875e-38  # smallest normal float32 (numpy.finfo(numpy.float32).tiny)
 
 
 def version_int(trt_version: str) -> int:
@@ -123,7 +125,16 @@ def format_cache(amax: Mapping[str, float], trt_version: str, algorithm: str = "
             raise ConfigError(f"tensor {name!r}: amax must be a finite value >= 0, got {value!r}")
         if v > _FLOAT32_MAX:
             raise ConfigError(f"tensor {name!r}: amax {v} does not fit a float32")
-        lines.append(f"{name}: {scale_hex(amax_to_scale(v))}")
+        scale = amax_to_scale(v)
+        # A tensor that was zero on every calibration image has no range. TensorRT writes such a scale as
+        # 0, and zero scales are suspected in INT8 build failures on 8.5 and 8.6, the versions this file is
+        # for (NVIDIA/TensorRT#4446, JetPack 5.1: "Assertion getter(i) != 0 failed" in quantizeBiasCommon,
+        # though its reporter later found another cause; #3020, 8.6.1). ONNX Runtime's quantizer gives such a tensor scale 1.0 in the Q/DQ files (compute_scale_zp: a
+        # scale below float32's smallest normal becomes 1.0); the cache does the same, so engines built
+        # either way agree. For a tensor that stays zero any scale gives the same result.
+        if scale < _FLOAT32_TINY:
+            scale = 1.0
+        lines.append(f"{name}: {scale_hex(scale)}")
     return "\n".join(lines) + "\n"
 
 

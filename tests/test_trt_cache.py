@@ -14,8 +14,11 @@ from uopsl.runtime.errors import ConfigError, DataError
 
 def test_exact_format() -> None:
     # 1/127 scale for amax 1.0; bits of float32(1/127) = 0x3c010204.
-    text = trt_cache.format_cache({"image": 1.0, "conv1:0": 127.0, "dead": 0.0}, "8.6.1")
-    assert text == "TRT-8601-EntropyCalibration2\nimage: 3c010204\nconv1:0: 3f800000\ndead: 0\n"
+    text = trt_cache.format_cache({"image": 1.0, "conv1:0": 127.0, "dead": 0.0, "denormal": 1e-37}, "8.6.1")
+    # A tensor with no range gets scale 1.0, as in ONNX Runtime's Q/DQ files: zero scales are suspected in TensorRT
+    # 8.5/8.6 INT8 build failures (NVIDIA/TensorRT#4446, #3020), and a scale under float32's smallest normal is no better.
+    assert text == ("TRT-8601-EntropyCalibration2\nimage: 3c010204\nconv1:0: 3f800000\ndead: 3f800000\n"
+                    "denormal: 3f800000\n")
 
 
 def test_scale_bits_are_float32_big_endian() -> None:
