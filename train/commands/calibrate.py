@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ import click
 from uopsl.calibration.dataset import CalibrationSet, build_calibration_set
 from uopsl.runtime.bundle import MANIFEST, read_manifest, verify_or_raise
 from uopsl.runtime.errors import BundleError, ConfigError
-from uopsl.runtime.fsio import sha256_file
+from uopsl.runtime.fsio import sha256_file, user_cache_dir
 from uopsl.runtime.optional import require
 from uopsl.runtime.preprocess import PreprocessConfig
 
@@ -176,7 +175,7 @@ def default_set_cache(images: str, preprocess: PreprocessConfig, max_images: int
     The draw is part of the key, so ``calibrate`` and ``quantize`` drawing different sets from one
     folder keep one cached set each instead of rebuilding over each other.
     """
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "uopsl" / "calibration-sets"
+    base = user_cache_dir() / "calibration-sets"
     draw = f"|{max_images}|{seed}|{require_fov}" if (max_images, seed, require_fov) != (None, 0, True) else ""
     key = hashlib.sha256(f"{Path(images).resolve()}|{preprocess}{draw}".encode()).hexdigest()[:20]
     return base / f"{key}.npz"
@@ -231,7 +230,7 @@ def load_set(images: str, source: ModelSource, *, max_images: int | None, seed: 
 @click.option("--require-fov/--allow-no-fov", default=True, show_default=True,
               help="Skip photographs without a detected field of view (the quality gate refuses them).")
 @click.option("--set-cache", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Where to cache the preprocessed set [default: ~/.cache/uopsl/calibration-sets/].")
+              help="Where to cache the preprocessed set [default: $UOPSL_CACHE_DIR or ~/.cache/uopsl, /calibration-sets/].")
 @click.option("--no-cache", is_flag=True, help="Neither read nor write the set cache.")
 @click.option("--force", is_flag=True, help="Recalibrate even if --out already matches model, set and method.")
 def command(model: Path, images: str, method: str, percentile: float, out: Path | None, size: int | None,
