@@ -292,9 +292,21 @@ def watch_folder(
             on_result(r)
 
     def kept(row: dict[str, Any]) -> None:
-        """An earlier row carried over to a file taken again (touched, copied over with the same bytes)."""
+        """An earlier row carried over to a file taken again (touched, copied over with the same bytes), or to
+        a file moved to another folder (``moved_from``): moved inside this session, it was counted under its
+        old path, which its row no longer lists."""
+        old = str(row.get("moved_from") or "")
+        before = latest.pop(old, None) if old else None
+        if before is not None:
+            uncount(before)
         count_once(key_path(str(row["key"])) or str(row["key"]), str(row.get("status")), bool(row.get("refer")),
                    str(row.get("sha256") or ""), "skipped")
+
+    def uncount(entry: tuple[str, bool, str, str]) -> None:
+        status, refer, _, how = entry
+        setattr(total, how, getattr(total, how) - 1)
+        total.counts[status] = total.counts.get(status, 0) - 1
+        total.refer -= refer
 
     def count_once(path: str, status: str, refer: bool, sha: str, how: str) -> None:
         """Count a file taken again this session (half-copied, then whole; copied twice; touched) once, as its
@@ -303,9 +315,7 @@ def watch_folder(
         before = latest.get(path)
         latest[path] = (status, refer, sha, how)
         if before is not None and (before[0] not in FINAL_STATUSES or before[2] == sha):
-            setattr(total, before[3], getattr(total, before[3]) - 1)
-            total.counts[before[0]] = total.counts.get(before[0], 0) - 1
-            total.refer -= before[1]
+            uncount(before)
 
     def still_there(r: ScreenResult) -> bool:
         """False for a file that could not be read because it is gone (filed away by the camera software just

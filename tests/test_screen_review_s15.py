@@ -416,6 +416,31 @@ def test_watch_counts_a_touched_photograph_once(tiny_bundle: Path, tmp_path: Pat
     assert summary.screened + summary.skipped == 2
 
 
+def test_watch_counts_a_photograph_moved_to_another_folder_once(tiny_bundle: Path, tmp_path: Path) -> None:  # noqa: F811
+    # Filed into a patient's folder by the camera software after it was screened: its row moves with it
+    # (moved_from); the session's totals counted it under both paths.
+    inbox = tmp_path / "inbox"
+    photos = good_photos(inbox, 2)
+
+    def filer() -> None:
+        import time
+
+        time.sleep(1.0)
+        (inbox / "patient7").mkdir()
+        os.rename(photos[0], inbox / "patient7" / photos[0].name)
+
+    t = threading.Thread(target=filer, daemon=True)
+    t.start()
+    with Screener(tiny_bundle, "ort-cpu", threads=1, batch_size=1) as s:
+        summary = watch_folder(s, inbox, tmp_path / "out", WatchConfig(settle_ms=0, poll_s=0.05, timeout_s=2.5,
+                                                                      refresh_s=0, rescan_s=0.2))
+    t.join()
+    rows = results_csv(tmp_path / "out")
+    assert len(rows) == 2 and any("patient7" in r["source"] for r in rows)
+    assert summary.moved == 1
+    assert summary.total == 2 and summary.screened + summary.skipped == 2, summary
+
+
 def test_a_retimed_row_does_not_carry_where_it_once_came_from(tiny_bundle: Path, tmp_path: Path) -> None:  # noqa: F811
     # A card seen under a new mount point got rows with moved_from; a later time shift must not apply that
     # old path again (it hid a newer photograph screened there since).
