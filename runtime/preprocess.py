@@ -731,8 +731,10 @@ def _straight_cuts(pts: np.ndarray, hull: np.ndarray, hull_area: int,
     then reads "no field of view"). A stretch is a run of consecutive hull edges within a 2-pixel
     band (the hull splits a rasterised straight edge into pieces a pixel apart). A rasterised circle
     is flat within 2 pixels for about 4.5 sqrt(r) pixels at its top, bottom and sides; a stretch counts
-    as a cut from the longer of r / 2 and 6 sqrt(r) (r from the hull's area). Only axis-aligned stretches count,
-    so a chord the hull draws across a shadowed rim is fitted as before.
+    as a cut from the longer of r / 2 and 6 sqrt(r) (r from the hull's area). Only axis-aligned stretches count:
+    a slanted chord the hull draws across a shadowed rim is fitted as before, a horizontal or vertical one is
+    left out like a cut when its ends lie on the circle (TVHL ``0073_OI_f_1``, whose dim right side left a
+    vertical edge: its circle moved onto the visible rim).
     """
     on_cut = np.zeros(len(pts), bool)
     ends: list[tuple[int, int, int, int]] = []
@@ -780,35 +782,6 @@ def _straight_cuts(pts: np.ndarray, hull: np.ndarray, hull_area: int,
                 ends.append((lo_a, mid, hi_a, mid) if along == 0 else (mid, lo_a, mid, hi_a))
             i += max(k, 1)
     return on_cut, ends
-    r = math.sqrt(hull_area / math.pi)
-    min_len = max(0.5 * r, 6.0 * math.sqrt(r), 8.0)
-    v = hull.astype(np.int64)
-    for along in (0, 1):  # 0: horizontal stretches (x varies), 1: vertical ones
-        a, b = v[:, along], v[:, 1 - along]
-        flat = np.abs(np.roll(b, -1) - b) <= 1  # edge i: vertex i -> i + 1
-        if flat.all():
-            continue
-        first = int(np.argmin(flat))  # start the walk after a non-flat edge, so no run wraps around
-        i = 0
-        while i < n:
-            e = (first + 1 + i) % n
-            if not flat[e]:
-                i += 1
-                continue
-            run = [e]
-            while i + len(run) < n and flat[(e + len(run)) % n]:
-                nxt = (e + len(run)) % n
-                idx = [(k + d) % n for k in run + [nxt] for d in (0, 1)]
-                if b[idx].max() - b[idx].min() > 2:
-                    break
-                run.append(nxt)
-            idx = [(k + d) % n for k in run for d in (0, 1)]
-            lo_a, hi_a, lo_b, hi_b = a[idx].min(), a[idx].max(), b[idx].min(), b[idx].max()
-            if hi_a - lo_a >= min_len:
-                on_cut |= ((pts[:, 1 - along] >= lo_b - 1) & (pts[:, 1 - along] <= hi_b + 1)
-                           & (pts[:, along] >= lo_a) & (pts[:, along] <= hi_a))
-            i += len(run)
-    return on_cut
 
 
 _REDUCED = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}

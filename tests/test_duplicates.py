@@ -152,6 +152,9 @@ def test_links_keep_copies_on_one_side_and_change_nothing_without_them() -> None
         assert all(part[a] == part[b] for a, b in links)
     keys = group_keys(samples, links)
     assert keys[0] == keys[59] == keys[1] == "000" and keys[10] == keys[31] == keys[44] == "005"
+    # Without links, the keys (so every split) are what they always were: the patient, or the image itself.
+    unlinked = samples[:3] + [Sample(Path("/x/lone.jpg"), ("dr",))]
+    assert group_keys(unlinked) == group_keys(unlinked, []) == ["000", "000", "001", "\x00image-3"]
     with pytest.raises(ConfigError, match="outside the 60"):
         group_keys(samples, [(0, 60)])
 
@@ -204,3 +207,48 @@ def test_the_command_lists_copies_and_what_they_are_filed_under(copies_folder: t
     assert 0 < s["sets_across_folds"] <= len(ORIGINALS)
     assert all(g["flags"] == ["patients"] for g in report["groups"])
     assert "sets across patients: 5" in res.output
+
+
+def test_copies_stay_together_in_folds_of_a_split_part(copies_folder: tuple[list[Sample], dict[str, str]],
+                                                       tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The links are found on the whole set; split= keeps a part of it, whose folds index that part (a review
+    # found the whole set's indices applied to the part: an error on TVHL, copies split on a small set).
+    from uopsl.train.commands.common import load_source
+
+    monkeypatch.setenv("UOPSL_CACHE_DIR", str(tmp_path / "usercache"))
+    samples, origin = copies_folder
+    table = _csv_dataset(samples, samples[0].path.parent)
+    for seed in range(3):
+        whole = load_source(f"csv:{table}:split=train,split_seed={seed},duplicates=0.9")
+        part = {origin[str(s.path)] for s in whole.samples}
+        assert all(sum(origin[str(s.path)] == o for s in whole.samples) == 6 for o in part)  # all copies, or none
+        seen: dict[str, set[int]] = {}
+        for i in (1, 2):
+            spec = f"csv:{table}:split=train,split_seed={seed},notfold={i}/2,duplicates=0.9"
+            for s in load_source(spec).samples:
+                seen.setdefault(origin[str(s.path)], set()).add(i)
+        assert set(seen) == part and all(len(f) == 1 for f in seen.values()), (seed, seen)
+
+
+def test_a_publishers_split_is_not_moved_and_the_message_says_so(tmp_path: Path) -> None:
+    from uopsl.train.commands.common import load_source
+
+    for part in ("train", "test"):
+        folder = tmp_path / "oct2017" / part / "NORMAL"
+        folder.mkdir(parents=True)
+        for k in range(3):
+            cv2.imwrite(str(folder / f"NORMAL-{k}-1.jpeg"), np.full((64, 64, 3), 40 * k, np.uint8))
+    with pytest.raises(ConfigError, match="publisher's own"):
+        load_source(f"oct2017:{tmp_path / 'oct2017'}:split=test,duplicates=0.9")
+
+
+def test_a_threshold_of_one_finds_identical_files(tvhl_dir: Path, tmp_path: Path) -> None:
+    # float16 signatures correlate with themselves at 1 +- 3e-5; a threshold of 1.0 must still find byte copies.
+    samples = []
+    for k, name in enumerate(ORIGINALS):
+        for copy in range(2):
+            q = tmp_path / f"{name}-{copy}.jpg"
+            q.write_bytes((tvhl_dir / "fundus" / f"{name}.jpg").read_bytes())
+            samples.append(Sample(q, ("dr",), patient=f"{k}-{copy}"))
+    report = find_duplicates(samples, DuplicateConfig(threshold=1.0), None)
+    assert len(report.groups) == len(ORIGINALS) and all(c.similarity == 1.0 for c in report.pairs)

@@ -23,7 +23,8 @@ Q/DQ models, so INT8 on DLA there takes the calibration-cache route
 and fails, saying so, without calibration data.
 
 The kernel timing cache defaults to one file per TensorRT version and GPU in
-the user cache folder (``uopsl.runtime.fsio.user_cache_dir``: $UOPSL_CACHE_DIR, else ~/.cache/uopsl), so rebuilding
+the user cache folder (``uopsl.runtime.fsio.user_cache_dir``: $UOPSL_CACHE_DIR, else
+$XDG_CACHE_HOME/uopsl or ~/.cache/uopsl), so rebuilding
 on the same device reuses the measured timings.
 """
 

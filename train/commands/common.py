@@ -153,13 +153,15 @@ def load_source(spec: str) -> data.DatasetSource:
             )
     values = {k: _coerce(kind, k, v, hints.get(k), accepted[k].annotation) for k, v in opts.items()}
     src = data.load_dataset(kind, path, **values)
-    links = _duplicate_links(spec, src, sel)
+    links = _duplicate_links(spec, src, sel, publisher_split="split" in values)
     if "split" in sel:
         name = sel["split"]
         if name not in ("train", "val", "test"):
             raise ConfigError(f"{spec!r}: split must be train, val or test, got {name!r}")
         parts = data.patient_split(src.samples, seed=_int_option(spec, sel, "split_seed"), links=links)
-        src = src.subset(getattr(parts, name), f"{src.name}[{name}]")
+        kept = getattr(parts, name)
+        src = src.subset(kept, f"{src.name}[{name}]")
+        links = _links_within(links, kept)  # the folds below index the subset
     for key in ("fold", "notfold"):
         if key in sel:
             try:
@@ -179,11 +181,26 @@ def load_source(spec: str) -> data.DatasetSource:
     return src
 
 
-def _duplicate_links(spec: str, src: data.DatasetSource, sel: dict[str, str]) -> list[tuple[int, int]] | None:
-    """``duplicates=T``: copies of one photograph (signature correlation >= T) kept on one side of split=/fold=."""
+def _links_within(links: list[tuple[int, int]] | None, kept: Any) -> list[tuple[int, int]] | None:
+    """``links`` (indices into a sample list) as indices into its subset ``kept`` (sorted indices); links with an
+    end outside the subset are dropped (that copy is on the other side already)."""
+    if links is None:
+        return None
+    at = {int(i): j for j, i in enumerate(kept)}
+    return [(at[a], at[b]) for a, b in links if a in at and b in at]
+
+
+def _duplicate_links(spec: str, src: data.DatasetSource, sel: dict[str, str],
+                     publisher_split: bool = False) -> list[tuple[int, int]] | None:
+    """``duplicates=T``: copies of one photograph (signature correlation >= T) kept on one side of split=/fold=
+    (indices into ``src``)."""
     if "duplicates" not in sel:
         return None
     if not {"split", "fold", "notfold"} & set(sel):
+        if publisher_split:
+            raise ConfigError(f"{spec!r}: this split= is the publisher's own, which duplicates= cannot move; it "
+                              "keeps copies on one side of fold=/notfold= (add one), and `uopsl duplicates SPEC` "
+                              "lists the copies, also across the publisher's parts (give both parts' specs)")
         raise ConfigError(f"{spec!r}: duplicates= keeps copies of a photograph on one side of split= or fold=, and "
                           "this spec has neither; to list the copies in a dataset run `uopsl duplicates SPEC`")
     from uopsl.runtime.backends import cache_dir

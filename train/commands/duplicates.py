@@ -21,7 +21,7 @@ from uopsl.train.commands.common import load_source
 @click.option("--fold-seed", type=int, default=0, show_default=True)
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Write the report as JSON here.")
 @click.option("--cache", "cache_dir", type=click.Path(path_type=Path), default=None,
-              help="Signature cache folder [default: ~/.cache/uopsl/duplicates].")
+              help="Signature cache folder [default: the user cache folder ($UOPSL_CACHE_DIR, else ~/.cache/uopsl)/duplicates].")
 def command(specs: tuple[str, ...], threshold: float, folds: int | None, fold_seed: int, out: Path | None,
             cache_dir: Path | None) -> int:
     """List the photographs of SPECS (datasets, KIND:PATH[:key=value,...]) that are copies of each other.
@@ -59,7 +59,8 @@ def command(specs: tuple[str, ...], threshold: float, folds: int | None, fold_se
                                         ("labels", len(labels) > 1)) if hit]
         entry: dict[str, Any] = {
             "flags": flags,
-            "similarity_min": min(v for (a, b), v in sim.items() if a in members and b in members),
+            "similarity_min": min(  # of the pairs that link the set (not every pair of it)
+                v for (a, b), v in sim.items() if a in members and b in members),
             "members": [{"path": str(samples[i].path), "patient": samples[i].patient, "eye": samples[i].eye,
                          "labels": list(samples[i].labels), **({"fold": fold_of[i]} if fold_of else {})}
                         for i in members],
@@ -80,8 +81,8 @@ def command(specs: tuple[str, ...], threshold: float, folds: int | None, fold_se
         "threshold": threshold,
     }
     for g in groups:
-        click.echo(f"copies (similarity >= {g['similarity_min']:.3f})" + (f"  [differ in: {', '.join(g['flags'])}]"
-                                                                           if g["flags"] else ""))
+        click.echo(f"copies (linked pairs >= {g['similarity_min']:.3f})" + (f"  [differ in: {', '.join(g['flags'])}]"
+                                                                             if g["flags"] else ""))
         for m in g["members"]:
             fold = f"  fold {m['fold']}" if "fold" in m else ""
             click.echo(f"  {m['path']}  patient {m['patient']}  eye {m['eye']}  {'+'.join(m['labels']) or '-'}{fold}")

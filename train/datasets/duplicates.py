@@ -26,8 +26,9 @@ a mirrored copy, is not.
 
 Signatures are cached by file content (sha256), so a renamed or moved file is
 not decoded again. Cost: one decode and preprocess per photograph, then a
-matrix product of the N signatures (N^2 x 1,600 multiply-adds: seconds for
-thousands of photographs, minutes for 50,000).
+matrix product of the N signatures (8,224 values each at 128 px: N^2 / 2 x
+8,224 multiply-adds: 9 s for 5,000 photographs on two shared cores, growing
+with the square), in memory about 16 KB per photograph (float16).
 """
 
 from __future__ import annotations
@@ -119,7 +120,10 @@ def signature(image: np.ndarray, size: int = 128) -> np.ndarray | None:
 
 
 def _cache_file(cache_dir: Path, size: int) -> Path:
-    return cache_dir / f"signatures-v{SIGNATURE_VERSION}-p{PREPROCESS_VERSION}-{size}.npz"
+    """One file per way of making signatures: everything a signature depends on besides the file's bytes."""
+    how = repr((SIGNATURE_VERSION, PREPROCESS_VERSION, PreprocessConfig(size=size).to_dict(), _SIGMA_FINE,
+                _SIGMA_COARSE, _DISC, MIN_DETAIL))
+    return cache_dir / f"signatures-{size}-{hashlib.sha256(how.encode()).hexdigest()[:16]}.npz"
 
 
 def _load_cache(path: Path) -> dict[str, np.ndarray | None]:
@@ -184,21 +188,34 @@ def signatures(paths: Sequence[Path], config: DuplicateConfig | None = None,
     return out, skipped
 
 
+def _unit_rows(sigs: np.ndarray) -> np.ndarray:
+    """float32 rows scaled to unit length (zero rows stay zero): the dot product is then the correlation, and a
+    row's product with itself is 1 to float32 precision despite the float16 rounding of the stored signature."""
+    x = sigs.astype(np.float32)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return np.divide(x, norms, out=np.zeros_like(x), where=norms > 0)
+
+
 def similar_pairs(sigs: np.ndarray, threshold: float, *, block: int = 512) -> list[Copy]:
-    """Every pair (i < j) of rows whose correlation is at least ``threshold``; zero rows match nothing."""
+    """Every pair (i < j) of rows whose correlation is at least ``threshold``; zero rows match nothing.
+
+    Blocks of ``block`` rows are converted to float32 as they are used, so memory stays near that of the
+    float16 signatures (plus two blocks and a block x N product), not four times it.
+    """
     n, dim = sigs.shape
     pairs: list[Copy] = []
     if n < 2 or dim == 0:
         return pairs
-    x = sigs.astype(np.float32) / np.float32(dim)
-    y = sigs.astype(np.float32)
+    cut = threshold - 1e-5  # float32 sums: identical signatures must reach a threshold of 1.0
     for s in range(0, n, block):
-        corr = x[s : s + block] @ y[s:].T  # rows s.. against columns s.. (the upper triangle and the diagonal block)
-        ii, jj = np.nonzero(corr >= threshold)
-        for i, j in zip(ii.tolist(), jj.tolist()):
-            a, b = s + i, s + j
-            if a < b:
-                pairs.append(Copy(a, b, round(float(corr[i, j]), 4)))
+        x = _unit_rows(sigs[s : s + block])
+        for t in range(s, n, block):
+            corr = x @ _unit_rows(sigs[t : t + block]).T
+            ii, jj = np.nonzero(corr >= cut)
+            for i, j in zip(ii.tolist(), jj.tolist()):
+                a, b = s + i, t + j
+                if a < b:
+                    pairs.append(Copy(a, b, round(min(float(corr[i, j]), 1.0), 4)))
     return sorted(pairs, key=lambda c: (c.a, c.b))
 
 
