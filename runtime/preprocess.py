@@ -96,6 +96,11 @@ _OTHER_FIELD_RATIO = 0.25
 # Frames at least this much longer than wide are also searched half by half for two fields
 # of view that touch (cameras: 4:3 to 16:9, 1.78; both eyes side by side: 2 and more).
 _SPLIT_ASPECT = 1.6
+# Padding of one colour at least this bright (any channel) is trimmed before detection (_bright_margins);
+# JPEG moves a flat band by a few levels, hence the tolerance.
+_PAD_MIN_LEVEL = 60
+_PAD_TOLERANCE = 8
+_PAD_RING = 16
 # Least lit part of the circle fitted in such a half for it to count as a field of its own.
 _HALF_FIELD_MIN_FILL = 0.5
 # Largest crop side shrunk through float32 by resize_square (2-core x86 box: 460-1000 px
@@ -596,11 +601,57 @@ def find_fov(rgb: np.ndarray, threshold: float = 10.0) -> tuple[float, float, fl
     a frame at least ``_SPLIT_ASPECT`` times longer than wide holds a field of
     its own (two fields that fill their halves touch and light one region).
     """
+    top, bottom, left, right = _bright_margins(rgb)
+    if top or bottom or left or right:
+        # Detection assumes a surround darker than the field; a grey or white padding (a dataset mirror's, a
+        # viewer's letterbox) is not one. Detect on the frame inside it; the geometry stays in rgb's pixels.
+        h, w = rgb.shape[:2]
+        cx, cy, r, fill, mask, fields = _find_fov_framed(rgb[top : h - bottom, left : w - right], threshold)
+        return cx + left, cy + top, r, fill, mask, fields
+    return _find_fov_framed(rgb, threshold)
+
+
+def _find_fov_framed(rgb: np.ndarray, threshold: float) -> tuple[float, float, float, float, np.ndarray, int]:
     found = _find_fov_once(rgb, threshold)
     h, w = rgb.shape[:2]
     if found[5] == 1 and max(h, w) >= _SPLIT_ASPECT * min(h, w) and _own_field_in_each_half(rgb, threshold):
         return found[:5] + (2,)
     return found
+
+
+def _bright_margins(rgb: np.ndarray) -> tuple[int, int, int, int]:
+    """Rows / columns of uniform, bright padding at each edge (top, bottom, left, right) of an RGB image.
+
+    A margin is a run of edge rows (or columns) each within ``_PAD_TOLERANCE`` grey levels of itself in
+    every channel and at least ``_PAD_MIN_LEVEL`` bright: grey or white padding. A camera's own surround is
+    dark (TVHL's grey ones read 17-40) and is left to the detector, so photographs with a dark surround
+    never take this path (a corner test returns at once). At most a third of each side is taken.
+    """
+    h, w = rgb.shape[:2]
+    if rgb.ndim != 3 or h < 16 or w < 16:
+        return 0, 0, 0, 0
+    corners = rgb[[0, 0, h - 1, h - 1], [0, w - 1, 0, w - 1]]
+    if int(corners.max()) < _PAD_MIN_LEVEL:
+        return 0, 0, 0, 0
+
+    def run(band: np.ndarray) -> int:
+        """How many leading rows of ``band`` (rows, pixels, 3) are padding: uniform and bright, then up to
+        ``_PAD_RING`` more whose median stays near the padding's colour (JPEG rings across the padding's edge
+        for up to a 16-pixel chroma block; those rows would read as part of the field)."""
+        b = band.astype(np.int16)
+        uniform = ((b.max(axis=1) - b.min(axis=1)).max(axis=1) <= _PAD_TOLERANCE) & (b.max(axis=(1, 2)) >= _PAD_MIN_LEVEL)
+        m = len(uniform) if uniform.all() else int(np.argmin(uniform))
+        if m == 0:
+            return 0
+        colour = np.median(b[m - 1], axis=0)
+        near = np.abs(np.median(b[m : m + _PAD_RING], axis=1) - colour).max(axis=1) <= 3 * _PAD_TOLERANCE
+        m += len(near) if near.all() else int(np.argmin(near))
+        # Plus two: the row where padding meets the picture is a blend of both (resampling, DCT-scaled
+        # decoding), lit where the picture's corner is dark, which would fill a clipped field's corners.
+        return min(m + 2, len(b))
+
+    return (run(rgb[: h // 3]), run(rgb[h - 1 : h - 1 - h // 3 : -1]), run(rgb[:, : w // 3].transpose(1, 0, 2)),
+            run(rgb[:, w - 1 : w - 1 - w // 3 : -1].transpose(1, 0, 2)))
 
 
 def _own_field_in_each_half(rgb: np.ndarray, threshold: float) -> bool:

@@ -140,6 +140,36 @@ def test_a_clipped_field_padded_into_a_larger_frame_is_found(pad: tuple[int, int
     assert abs(g.cx - (cx + left)) < tol and abs(g.cy - (cy + top)) < tol and abs(g.radius - r) < tol, (g, (cx, cy, r))
 
 
+@pytest.mark.parametrize("colour", [(128, 128, 128), (255, 255, 255), (200, 190, 60)])
+def test_a_field_padded_in_grey_or_white_is_found(tvhl_dir: Path, colour: tuple[int, int, int]) -> None:
+    # Detection needs a surround darker than the field; a light padding (a mirror's, a viewer's letterbox) made
+    # every such photograph "no field of view". Saved as JPEG, as a mirror would.
+    from uopsl.runtime.preprocess import _bright_margins
+
+    data = (tvhl_dir / "fundus" / "1958_OD_f_1.jpg").read_bytes()  # clipped on all four sides
+    rgb = cv2.cvtColor(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    plain = preprocess(rgb).geometry
+    assert _bright_margins(rgb) == (0, 0, 0, 0)  # a dark surround never takes the padding path
+    for top, bottom, left, right in ((0, 0, 85, 85), (60, 60, 0, 0), (20, 70, 130, 0)):
+        padded = cv2.copyMakeBorder(rgb, top, bottom, left, right, cv2.BORDER_CONSTANT, value=colour)
+        ok, buf = cv2.imencode(".jpg", cv2.cvtColor(padded, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 90])
+        g = preprocess(buf.tobytes()).geometry
+        assert g.fov_found, (colour, top, bottom, left, right, g)
+        tol = 0.02 * plain.radius
+        assert abs(g.cx - plain.cx - left) < tol and abs(g.cy - plain.cy - top) < tol, (g, plain)
+        assert abs(g.radius - plain.radius) < tol, (g, plain)
+
+
+def test_a_white_line_around_the_frame_is_not_the_field(tvhl_dir: Path) -> None:
+    data = (tvhl_dir / "fundus" / "0004_OD_f_1.jpg").read_bytes()  # a whole circle inside the frame
+    rgb = cv2.cvtColor(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    plain = preprocess(rgb).geometry
+    framed = rgb.copy()
+    cv2.rectangle(framed, (0, 0), (rgb.shape[1] - 1, rgb.shape[0] - 1), (255, 255, 255), 2)
+    g = preprocess(framed).geometry
+    assert g.fov_found and abs(g.radius - plain.radius) < 0.02 * plain.radius, (g, plain)
+
+
 @pytest.mark.parametrize("radius", [8, 15, 30, 60, 90, 128, 160])
 def test_a_whole_circle_has_no_straight_cut(radius: int) -> None:
     # What keeps every photograph whose field has no straight edge inside the frame on its old geometry:
