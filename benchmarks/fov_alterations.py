@@ -113,7 +113,7 @@ def main() -> None:
     cfg = PreprocessConfig(size=args.size)
     rows = sorted(csv.DictReader(open(args.tvhl / "fundus.csv", encoding="utf-8")), key=lambda r: r["path"])
     rows = rows[:: args.every]
-    tally = {name: [0, 0, 0, 0] for name in ALTERATIONS}  # photographs, found, wrong, silent
+    tally = {name: [0, 0, 0, 0, 0, 0] for name in ALTERATIONS}  # photographs, found, wrong, silent; DR-graded, found
     for r in rows:
         bgr = cv2.imread(str(args.tvhl / r["path"]), cv2.IMREAD_COLOR)
         rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
@@ -133,12 +133,15 @@ def main() -> None:
             t[1] += g.fov_found
             t[2] += wrong
             t[3] += wrong and assess(pre).gradable
+            if r["label"] != "dme":  # TVHL's DR-graded cohort: fields clipped on all four sides
+                t[4] += 1
+                t[5] += g.fov_found
     n = tally["none (JPEG 95)"][0]
     print(f"{n} TVHL photographs (every {args.every}th by path, field found unaltered), {args.size} px")
-    print("| alteration | field found | found, wrong circle | wrong and judged gradable |")
-    print("|---|---|---|---|")
-    for name, (k, found, wrong, silent) in tally.items():
-        print(f"| {name} | {found / k:.0%} | {wrong / k:.0%} | {silent / k:.0%} |")
+    print("| alteration | field found | found, DR-graded (clipped fields) | found, wrong circle | wrong and judged gradable |")
+    print("|---|---|---|---|---|")
+    for name, (k, found, wrong, silent, k_dr, found_dr) in tally.items():
+        print(f"| {name} | {found / k:.0%} | {found_dr / max(k_dr, 1):.0%} | {wrong / k:.0%} | {silent / k:.0%} |")
 
 
 if __name__ == "__main__":
