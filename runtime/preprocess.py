@@ -63,7 +63,8 @@ log = logging.getLogger(__name__)
 # upright by their Exif Orientation tag on every decode path, 4 = 16-bit images scaled by the
 # full 16-bit range (not their own peak), JPEGs ending in libjpeg's grey fill refused, the Exif
 # orientation of PNG and WebP files applied, 5 = straight cuts inside the frame left out of
-# the field-of-view fit (clipped fields padded into a larger frame are found). (The reduced-decode rule
+# the field-of-view fit (clipped fields padded into a larger frame are found) and grey or white
+# padding trimmed before detection (only where a corner pixel is that bright). (The reduced-decode rule
 # lives in config fields, decode_min_ratio and decode_min_side, so a config keeps its
 # pixels without a bump.)
 PREPROCESS_VERSION = 5
@@ -577,7 +578,8 @@ def detect_fov(rgb: np.ndarray, threshold: float = 10.0) -> tuple[float, float, 
 
     Returns ``(cx, cy, radius, fill, mask)`` in the image's own pixels, where
     ``fill`` is the fraction of the fitted circle (inside the frame) covered by
-    the bright mask and ``mask`` is the detection mask at reduced resolution.
+    the bright mask and ``mask`` is the detection mask at reduced resolution
+    (of the frame inside a grey or white padding, when the image has one).
     """
     return find_fov(rgb, threshold)[:5]
 
