@@ -102,6 +102,11 @@ _SPLIT_ASPECT = 1.6
 _PAD_MIN_LEVEL = 60
 _PAD_TOLERANCE = 8
 _PAD_RING = 16
+# Hull points over dark pixels, at least this share of the fitted ones, that lie at least _BRIDGE_OUTSIDE x r
+# outside the circle fitted on the lit points are bridges to a mark outside the field (_without_bridges).
+_MIN_BRIDGE = 0.05
+_BRIDGE_OUTSIDE = 0.03
+_NEAR = np.ones((5, 5), np.uint8)
 # Least lit part of the circle fitted in such a half for it to count as a field of its own.
 _HALF_FIELD_MIN_FILL = 0.5
 # Largest crop side shrunk through float32 by resize_square (2-core x86 box: 460-1000 px
@@ -747,6 +752,8 @@ def _find_fov_once(rgb: np.ndarray, threshold: float) -> tuple[float, float, flo
     if fit is None:
         fit = _fit_circle(pts[inner, 0] + 0.5, pts[inner, 1] + 0.5)
     if fit is not None and inner.sum() >= enough:
+        fit, inner = _without_bridges(pts, inner, mask, fit, enough)
+    if fit is not None and inner.sum() >= enough:
         # The free edge must be an arc of the fitted circle (a horizon, a straight
         # border or an irregular blob is not).
         fcx, fcy, fr = fit
@@ -770,6 +777,37 @@ def _find_fov_once(rgb: np.ndarray, threshold: float) -> tuple[float, float, flo
     if outside_frac > 0.05:
         fill = min(fill, 1.0 - outside_frac)
     return cx / scale, cy / scale, r / scale, fill, mask, fields
+
+
+def _without_bridges(pts: np.ndarray, inner: np.ndarray, mask: np.ndarray, fit: tuple[float, float, float],
+                     enough: float) -> tuple[tuple[float, float, float], np.ndarray]:
+    """The circle refitted without the hull's bridges to something outside the field, and the points it used.
+
+    A label, a header band or burned-in text that touches the field joins its lit region; the hull then
+    spans the dark gap between them with straight chords, whose points pull the circle towards the mark
+    (a grey header band moved it in two thirds of TVHL photographs, and the gate passed them). Hull
+    points over dark pixels are such bridges, or chords across a shadowed rim. Refitted on the lit points
+    alone, a bridge to an outside mark lies outside the new circle, a shadow chord inside it: only the
+    first case takes the refit, so photographs with neither (or with shadows only) keep their circle.
+    """
+    xs, ys = pts[:, 0].astype(np.intp), pts[:, 1].astype(np.intp)
+    # The hull's outline runs a pixel or two off a rasterised circle's: lit means lit within 2 pixels.
+    near_lit = cv2.dilate(mask, _NEAR)
+    dark = inner & (near_lit[ys, xs] == 0)
+    n_dark = int(dark.sum())
+    if n_dark < _MIN_BRIDGE * int(inner.sum()):
+        return fit, inner
+    lit = inner & ~dark
+    if lit.sum() < enough:
+        return fit, inner
+    refit = _fit_circle(pts[lit, 0] + 0.5, pts[lit, 1] + 0.5)
+    if refit is None:
+        return fit, inner
+    cx, cy, r = refit
+    outside = np.hypot(pts[dark, 0] + 0.5 - cx, pts[dark, 1] + 0.5 - cy) - r
+    if float(np.median(outside)) <= _BRIDGE_OUTSIDE * r:
+        return fit, inner
+    return refit, lit
 
 
 def _straight_cuts(pts: np.ndarray, hull: np.ndarray, hull_area: int,

@@ -160,6 +160,21 @@ def test_a_field_padded_in_grey_or_white_is_found(tvhl_dir: Path, colour: tuple[
         assert abs(g.radius - plain.radius) < tol, (g, plain)
 
 
+@pytest.mark.parametrize("name", ["0004_OD_f_1", "0200_OD_f_1", "0150_OI_f_1"])  # whole circles inside the frame
+def test_a_header_band_joined_to_the_field_does_not_pull_the_circle(tvhl_dir: Path, name: str) -> None:
+    # A grey band across the top (a PACS export's header) joins the field; the hull's chords from the band's
+    # corners to the circle pulled the fit up and out, and the gate passed the shifted crop.
+    data = (tvhl_dir / "fundus" / f"{name}.jpg").read_bytes()
+    rgb = cv2.cvtColor(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    plain = preprocess(rgb).geometry
+    banded = rgb.copy()
+    banded[: int(0.055 * rgb.shape[0])] = (45, 45, 45)
+    g = preprocess(banded).geometry
+    tol = 0.03 * plain.radius
+    assert g.fov_found and abs(g.cx - plain.cx) < tol and abs(g.cy - plain.cy) < tol, (g, plain)
+    assert abs(g.radius - plain.radius) < tol, (g, plain)
+
+
 def test_a_white_line_around_the_frame_is_not_the_field(tvhl_dir: Path) -> None:
     data = (tvhl_dir / "fundus" / "0004_OD_f_1.jpg").read_bytes()  # a whole circle inside the frame
     rgb = cv2.cvtColor(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
