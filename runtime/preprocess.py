@@ -63,8 +63,9 @@ log = logging.getLogger(__name__)
 # upright by their Exif Orientation tag on every decode path, 4 = 16-bit images scaled by the
 # full 16-bit range (not their own peak), JPEGs ending in libjpeg's grey fill refused, the Exif
 # orientation of PNG and WebP files applied, 5 = straight cuts inside the frame left out of
-# the field-of-view fit (clipped fields padded into a larger frame are found) and grey or white
-# padding trimmed before detection (only where a corner pixel is that bright). (The reduced-decode rule
+# the field-of-view fit (clipped fields padded into a larger frame are found), grey or white
+# padding trimmed before detection (only where a corner pixel is that bright), and the circle
+# refitted without hull bridges to a mark outside the field (a header band, a label). (The reduced-decode rule
 # lives in config fields, decode_min_ratio and decode_min_side, so a config keeps its
 # pixels without a bump.)
 PREPROCESS_VERSION = 5
