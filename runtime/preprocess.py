@@ -609,12 +609,20 @@ def find_fov(rgb: np.ndarray, threshold: float = 10.0) -> tuple[float, float, fl
     a frame at least ``_SPLIT_ASPECT`` times longer than wide holds a field of
     its own (two fields that fill their halves touch and light one region).
     """
-    top, bottom, left, right = _bright_margins(rgb)
-    if top or bottom or left or right:
+    margins = _bright_margins(rgb)
+    if any(pad for pad, _ in margins):
         # Detection assumes a surround darker than the field; a grey or white padding (a dataset mirror's, a
-        # viewer's letterbox) is not one. Detect on the frame inside it; the geometry stays in rgb's pixels.
+        # viewer's letterbox) is not one. Detect on the frame inside it (the rows JPEG blurred across the
+        # padding's edge blacked out, not cut off: cut off, they would make whatever touches them look
+        # clipped by the sensor); the geometry stays in rgb's pixels.
         h, w = rgb.shape[:2]
-        cx, cy, r, fill, mask, fields = _find_fov_framed(rgb[top : h - bottom, left : w - right], threshold)
+        (top, t_ring), (bottom, b_ring), (left, l_ring), (right, r_ring) = margins
+        view = rgb[top : h - bottom, left : w - right].copy()
+        vh, vw = view.shape[:2]
+        view[:t_ring], view[vh - b_ring :], view[:, :l_ring], view[:, vw - r_ring :] = 0, 0, 0, 0
+        cx, cy, r, fill, mask, fields = _find_fov_framed(view, threshold)
+        if fill == 0.0:  # no field: the whole frame's fallback, as without padding
+            return w / 2.0, h / 2.0, min(h, w) / 2.0, 0.0, mask, fields
         return cx + left, cy + top, r, fill, mask, fields
     return _find_fov_framed(rgb, threshold)
 
@@ -627,39 +635,56 @@ def _find_fov_framed(rgb: np.ndarray, threshold: float) -> tuple[float, float, f
     return found
 
 
-def _bright_margins(rgb: np.ndarray) -> tuple[int, int, int, int]:
-    """Rows / columns of uniform, bright padding at each edge (top, bottom, left, right) of an RGB image.
+def _bright_margins(rgb: np.ndarray) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int], tuple[int, int]]:
+    """Uniform bright padding at each edge (top, bottom, left, right) of an RGB image: for each, how many
+    rows (columns) are padding, and how many after those JPEG blurred across the padding's edge.
 
-    A margin is a run of edge rows (or columns) each within ``_PAD_TOLERANCE`` grey levels of itself in
-    every channel and at least ``_PAD_MIN_LEVEL`` bright: grey or white padding. A camera's own surround is
-    dark (TVHL's grey ones read 17-40) and is left to the detector, so photographs with a dark surround
-    never take this path (a corner test returns at once). At most a third of each side is taken.
+    Padding is a run of edge rows each within ``_PAD_TOLERANCE`` grey levels of itself in every channel and
+    at least ``_PAD_MIN_LEVEL`` bright (grey or white); then up to ``_PAD_RING`` rows whose median stays
+    near its colour (JPEG rings across the edge for up to a 16-pixel chroma block), and two more: the row
+    where padding meets the picture is a blend of both. A camera's own surround is dark (TVHL's grey ones
+    read 17-40) and is left to the detector: photographs whose four corner pixels are darker never take
+    this path. At most a third of each side; rows are read in small chunks, so a large photograph whose
+    edge is not uniform costs little.
     """
     h, w = rgb.shape[:2]
+    none = ((0, 0), (0, 0), (0, 0), (0, 0))
     if rgb.ndim != 3 or h < 16 or w < 16:
-        return 0, 0, 0, 0
+        return none
     corners = rgb[[0, 0, h - 1, h - 1], [0, w - 1, 0, w - 1]]
     if int(corners.max()) < _PAD_MIN_LEVEL:
-        return 0, 0, 0, 0
+        return none
+    if all(int(np.ptp(line.reshape(-1, 3), axis=0).max()) <= _PAD_TOLERANCE for line in (rgb[h // 2], rgb[:, w // 2])):
+        return none  # uniform across the middle both ways: no picture is padded here (a blank or grey frame)
 
-    def run(band: np.ndarray) -> int:
-        """How many leading rows of ``band`` (rows, pixels, 3) are padding: uniform and bright, then up to
-        ``_PAD_RING`` more whose median stays near the padding's colour (JPEG rings across the padding's edge
-        for up to a 16-pixel chroma block; those rows would read as part of the field)."""
-        b = band.astype(np.int16)
-        uniform = ((b.max(axis=1) - b.min(axis=1)).max(axis=1) <= _PAD_TOLERANCE) & (b.max(axis=(1, 2)) >= _PAD_MIN_LEVEL)
-        m = len(uniform) if uniform.all() else int(np.argmin(uniform))
+    def run(band: np.ndarray) -> tuple[int, int]:
+        """(padding rows, rows blurred across its edge) at the start of ``band`` (rows, pixels, 3)."""
+        m = 0
+        while m < len(band):
+            b = band[m : m + 8].astype(np.int16)
+            uniform = ((b.max(axis=1) - b.min(axis=1)).max(axis=1) <= _PAD_TOLERANCE) & \
+                      (b.max(axis=(1, 2)) >= _PAD_MIN_LEVEL)
+            if not uniform.all():
+                m += int(np.argmin(uniform))
+                break
+            m += len(b)
         if m == 0:
-            return 0
-        colour = np.median(b[m - 1], axis=0)
-        near = np.abs(np.median(b[m : m + _PAD_RING], axis=1) - colour).max(axis=1) <= 3 * _PAD_TOLERANCE
-        m += len(near) if near.all() else int(np.argmin(near))
-        # Plus two: the row where padding meets the picture is a blend of both (resampling, DCT-scaled
-        # decoding), lit where the picture's corner is dark, which would fill a clipped field's corners.
-        return min(m + 2, len(b))
+            return 0, 0
+        colour = np.median(band[m - 1].astype(np.int16), axis=0)
+        near = np.abs(np.median(band[m : m + _PAD_RING].astype(np.int16), axis=1) - colour).max(axis=1) \
+            <= 3 * _PAD_TOLERANCE
+        ring = len(near) if near.all() else int(np.argmin(near))
+        return m, min(ring + 2, len(band) - m)
 
-    return (run(rgb[: h // 3]), run(rgb[h - 1 : h - 1 - h // 3 : -1]), run(rgb[:, : w // 3].transpose(1, 0, 2)),
-            run(rgb[:, w - 1 : w - 1 - w // 3 : -1].transpose(1, 0, 2)))
+    top = run(rgb[: h // 3])
+    bottom = run(rgb[h - 1 : h - 1 - h // 3 : -1])
+    if top[0] >= h // 3 and bottom[0] >= h // 3:  # uniform from top to bottom: no picture to pad, nothing to trim
+        return none
+    left = run(rgb[:, : w // 3].transpose(1, 0, 2))
+    right = run(rgb[:, w - 1 : w - 1 - w // 3 : -1].transpose(1, 0, 2))
+    if left[0] >= w // 3 and right[0] >= w // 3:
+        return none
+    return top, bottom, left, right
 
 
 def _own_field_in_each_half(rgb: np.ndarray, threshold: float) -> bool:

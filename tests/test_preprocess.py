@@ -149,15 +149,32 @@ def test_a_field_padded_in_grey_or_white_is_found(tvhl_dir: Path, colour: tuple[
     data = (tvhl_dir / "fundus" / "1958_OD_f_1.jpg").read_bytes()  # clipped on all four sides
     rgb = cv2.cvtColor(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
     plain = preprocess(rgb).geometry
-    assert _bright_margins(rgb) == (0, 0, 0, 0)  # a dark surround never takes the padding path
+    assert _bright_margins(rgb) == ((0, 0),) * 4  # a dark surround never takes the padding path
     for top, bottom, left, right in ((0, 0, 85, 85), (60, 60, 0, 0), (20, 70, 130, 0)):
         padded = cv2.copyMakeBorder(rgb, top, bottom, left, right, cv2.BORDER_CONSTANT, value=colour)
         ok, buf = cv2.imencode(".jpg", cv2.cvtColor(padded, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 90])
         g = preprocess(buf.tobytes()).geometry
         assert g.fov_found, (colour, top, bottom, left, right, g)
-        tol = 0.02 * plain.radius
+        # 3 %, not the 2 % of black padding: the rows JPEG blurred across the padding's edge are blacked out, not
+        # cut off (cut off, they made a non-round object on a grey backdrop look sensor-clipped: the test below),
+        # so the field's clipped edge is a cut inside the frame, fitted a little less exactly (up to 2.3 % here).
+        tol = 0.03 * plain.radius
         assert abs(g.cx - plain.cx - left) < tol and abs(g.cy - plain.cy - top) < tol, (g, plain)
         assert abs(g.radius - plain.radius) < tol, (g, plain)
+
+
+@pytest.mark.parametrize("backdrop", [60, 90, 140])
+def test_a_face_on_a_grey_backdrop_is_not_a_field(backdrop: int) -> None:
+    # A skin-coloured ellipse on a plain backdrop (a review's case): with the padding's blurred rows cut off, its
+    # tips looked clipped by the sensor and the rest passed as a circle.
+    from uopsl.runtime.preprocess import detect_fov
+
+    for axes in ((150, 190), (150, 220), (120, 200)):
+        img = np.full((512, 512, 3), backdrop, np.uint8)
+        cv2.ellipse(img, (256, 256), axes, 0, 0, 360, (210, 170, 150), -1)
+        assert not preprocess(img).geometry.fov_found, axes
+        cx, cy, r, fill, _ = detect_fov(img)
+        assert (cx, cy, r, fill) == (256.0, 256.0, 256.0, 0.0)  # the whole frame's fallback, not the inner one's
 
 
 @pytest.mark.parametrize("name", ["0004_OD_f_1", "0200_OD_f_1", "0150_OI_f_1"])  # whole circles inside the frame
