@@ -203,14 +203,14 @@ def _duplicate_links(spec: str, src: data.DatasetSource, sel: dict[str, str],
                               "lists the copies, also across the publisher's parts (give both parts' specs)")
         raise ConfigError(f"{spec!r}: duplicates= keeps copies of a photograph on one side of split= or fold=, and "
                           "this spec has neither; to list the copies in a dataset run `uopsl duplicates SPEC`")
-    from uopsl.runtime.backends import cache_dir
+    from uopsl.runtime.fsio import user_cache_dir
     from uopsl.train.datasets.duplicates import DuplicateConfig, find_duplicates
 
     try:
         threshold = float(sel["duplicates"])
     except ValueError:
         raise ConfigError(f"{spec!r}: duplicates must be a correlation such as 0.9, got {sel['duplicates']!r}") from None
-    report = find_duplicates(src.samples, DuplicateConfig(threshold=threshold), cache_dir() / "duplicates")
+    report = find_duplicates(src.samples, DuplicateConfig(threshold=threshold), user_cache_dir() / "duplicates")
     log.info("%s: %d set(s) of copies (%d pair(s)) kept on one side of the split", spec, len(report.groups),
              len(report.pairs))
     return report.links()

@@ -35,7 +35,7 @@ def command(specs: tuple[str, ...], threshold: float, folds: int | None, fold_se
     side), copies with two labels are a labelling conflict.
     Exit 0 (copies or not), 2 on a usage or data error.
     """
-    from uopsl.runtime.backends import cache_dir as user_cache
+    from uopsl.runtime.fsio import user_cache_dir
     from uopsl.train import data
     from uopsl.train.datasets.core import Sample
     from uopsl.train.datasets.duplicates import DuplicateConfig, find_duplicates
@@ -44,7 +44,7 @@ def command(specs: tuple[str, ...], threshold: float, folds: int | None, fold_se
     samples: list[Sample] = []
     for spec in specs:
         samples.extend(load_source(spec).samples)
-    report = find_duplicates(samples, cfg, cache_dir or user_cache() / "duplicates")
+    report = find_duplicates(samples, cfg, cache_dir or user_cache_dir() / "duplicates")
     fold_of: dict[int, int] = {}
     if folds is not None:
         for f, (_, test_idx) in enumerate(data.group_kfold(samples, folds, seed=fold_seed)):

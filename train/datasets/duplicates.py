@@ -48,6 +48,7 @@ from uopsl.runtime.fsio import atomic_open
 from uopsl.runtime.preprocess import PREPROCESS_VERSION, PreprocessConfig, preprocess, read_bytes
 from uopsl.runtime.progress import track
 from uopsl.train.datasets.core import Sample
+from uopsl.train.datasets.splits import representatives
 
 log = logging.getLogger(__name__)
 
@@ -220,23 +221,11 @@ def similar_pairs(sigs: np.ndarray, threshold: float, *, block: int = 512) -> li
 
 
 def groups_of(n: int, pairs: Sequence[Copy] | Sequence[tuple[int, int]]) -> tuple[tuple[int, ...], ...]:
-    """Sets of two or more indices joined through ``pairs`` (union-find), each sorted, ordered by first member."""
-    parent = list(range(n))
-
-    def root(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    for pair in pairs:
-        a, b = (pair.a, pair.b) if isinstance(pair, Copy) else pair
-        ra, rb = root(a), root(b)
-        if ra != rb:
-            parent[max(ra, rb)] = min(ra, rb)
+    """Sets of two or more indices joined through ``pairs``, each sorted, ordered by first member."""
+    rep = representatives(n, [(p.a, p.b) if isinstance(p, Copy) else p for p in pairs])
     members: dict[int, list[int]] = {}
-    for i in range(n):
-        members.setdefault(root(i), []).append(i)
+    for i, r in enumerate(rep):
+        members.setdefault(r, []).append(i)
     return tuple(tuple(m) for _, m in sorted(members.items()) if len(m) > 1)
 
 

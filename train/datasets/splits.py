@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import os
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TypeAlias
 
@@ -49,21 +49,30 @@ def group_keys(samples: Samples, links: Links = None) -> list[str]:
     keys = [s.patient if s.patient is not None else f"\x00image-{i}" for i, s in enumerate(seq)]
     if not links:
         return keys
-    parent: dict[str, str] = {}
-
-    def root(k: str) -> str:
-        while parent.get(k, k) != k:
-            k = parent[k]
-        return k
-
     for a, b in links:
         if not (0 <= a < len(keys) and 0 <= b < len(keys)):
             raise ConfigError(f"a link ({a}, {b}) names a sample outside the {len(keys)} given")
-        ra, rb = root(keys[a]), root(keys[b])
+    names = sorted(set(keys))  # a merged group takes its smallest key: the representative is the smallest index
+    at = {k: i for i, k in enumerate(names)}
+    rep = representatives(len(names), [(at[keys[a]], at[keys[b]]) for a, b in links])
+    return [names[rep[at[k]]] for k in keys]
+
+
+def representatives(n: int, pairs: Iterable[tuple[int, int]]) -> list[int]:
+    """Union-find over ``n`` items joined by ``pairs``: each item's representative, the smallest index of its set."""
+    parent = list(range(n))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for a, b in pairs:
+        ra, rb = root(a), root(b)
         if ra != rb:
-            lo, hi = sorted((ra, rb))
-            parent[hi] = lo
-    return [root(k) for k in keys]
+            parent[max(ra, rb)] = min(ra, rb)
+    return [root(i) for i in range(n)]
 
 
 @dataclass(frozen=True)
