@@ -9,6 +9,7 @@ import os
 import shutil
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -394,48 +395,45 @@ def test_main_puts_the_stdout_policy_back(tiny_bundle: Path, monkeypatch: pytest
     assert out.errors == "strict"
 
 
-def test_watch_counts_a_touched_photograph_once(tiny_bundle: Path, tmp_path: Path) -> None:  # noqa: F811
+def _watch_while(tiny_bundle: Path, tmp_path: Path, change: Any) -> tuple[Any, list[dict[str, str]]]:
+    """Watch an inbox of two photographs for 2.5 s while ``change(photos)`` runs a second in; summary and rows."""
+    import time
+
     inbox = tmp_path / "inbox"
     photos = good_photos(inbox, 2)
 
-    def toucher() -> None:
-        import time
-
+    def later() -> None:
         time.sleep(1.0)
-        photos[1].write_bytes(photos[1].read_bytes())  # copied over again, the same bytes
-        st = photos[0].stat()
-        os.utime(photos[0], ns=(st.st_atime_ns, st.st_mtime_ns - 3600 * 10**9))  # an hour older (FAT, DST)
+        change(photos)
 
-    t = threading.Thread(target=toucher, daemon=True)
+    t = threading.Thread(target=later, daemon=True)
     t.start()
     with Screener(tiny_bundle, "ort-cpu", threads=1, batch_size=1) as s:
         summary = watch_folder(s, inbox, tmp_path / "out", WatchConfig(settle_ms=0, poll_s=0.05, timeout_s=2.5,
                                                                       refresh_s=0, rescan_s=0.2))
     t.join()
-    assert summary.total == 2 and summary.refer <= 2 and len(results_csv(tmp_path / "out")) == 2
+    return summary, results_csv(tmp_path / "out")
+
+
+def test_watch_counts_a_touched_photograph_once(tiny_bundle: Path, tmp_path: Path) -> None:  # noqa: F811
+    def touch(photos: list[Path]) -> None:
+        photos[1].write_bytes(photos[1].read_bytes())  # copied over again, the same bytes
+        st = photos[0].stat()
+        os.utime(photos[0], ns=(st.st_atime_ns, st.st_mtime_ns - 3600 * 10**9))  # an hour older (FAT, DST)
+
+    summary, rows = _watch_while(tiny_bundle, tmp_path, touch)
+    assert summary.total == 2 and summary.refer <= 2 and len(rows) == 2
     assert summary.screened + summary.skipped == 2
 
 
 def test_watch_counts_a_photograph_moved_to_another_folder_once(tiny_bundle: Path, tmp_path: Path) -> None:  # noqa: F811
     # Filed into a patient's folder by the camera software after it was screened: its row moves with it
     # (moved_from); the session's totals counted it under both paths.
-    inbox = tmp_path / "inbox"
-    photos = good_photos(inbox, 2)
+    def file_away(photos: list[Path]) -> None:
+        (photos[0].parent / "patient7").mkdir()
+        os.rename(photos[0], photos[0].parent / "patient7" / photos[0].name)
 
-    def filer() -> None:
-        import time
-
-        time.sleep(1.0)
-        (inbox / "patient7").mkdir()
-        os.rename(photos[0], inbox / "patient7" / photos[0].name)
-
-    t = threading.Thread(target=filer, daemon=True)
-    t.start()
-    with Screener(tiny_bundle, "ort-cpu", threads=1, batch_size=1) as s:
-        summary = watch_folder(s, inbox, tmp_path / "out", WatchConfig(settle_ms=0, poll_s=0.05, timeout_s=2.5,
-                                                                      refresh_s=0, rescan_s=0.2))
-    t.join()
-    rows = results_csv(tmp_path / "out")
+    summary, rows = _watch_while(tiny_bundle, tmp_path, file_away)
     assert len(rows) == 2 and any("patient7" in r["source"] for r in rows)
     assert summary.moved == 1
     assert summary.total == 2 and summary.screened + summary.skipped == 2, summary
