@@ -123,6 +123,8 @@ def main() -> None:
         for name, alter in ALTERATIONS.items():
             img, a = alter(rgb)
             ok, buf = cv2.imencode(".jpg", cv2.cvtColor(img, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95])
+            if not ok:
+                raise SystemExit(f"JPEG encoding failed for {r['path']} ({name})")
             pre = preprocess(buf.tobytes(), cfg)
             g = pre.geometry
             cx, cy = a @ np.array([base.cx, base.cy, 1.0])

@@ -152,8 +152,7 @@ def test_a_field_padded_in_grey_or_white_is_found(tvhl_dir: Path, colour: tuple[
     assert _bright_margins(rgb) == ((0, 0),) * 4  # a dark surround never takes the padding path
     for top, bottom, left, right in ((0, 0, 85, 85), (60, 60, 0, 0), (20, 70, 130, 0)):
         padded = cv2.copyMakeBorder(rgb, top, bottom, left, right, cv2.BORDER_CONSTANT, value=colour)
-        ok, buf = cv2.imencode(".jpg", cv2.cvtColor(padded, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 90])
-        g = preprocess(buf.tobytes()).geometry
+        g = preprocess(_encode(".jpg", _bgr(padded), [cv2.IMWRITE_JPEG_QUALITY, 90])).geometry
         assert g.fov_found, (colour, top, bottom, left, right, g)
         # 3 %, not the 2 % of black padding: the rows JPEG blurred across the padding's edge are blacked out, not
         # cut off (cut off, they made a non-round object on a grey backdrop look sensor-clipped: the test below),
@@ -249,8 +248,7 @@ def test_a_padded_real_photograph_keeps_its_field(tvhl_dir: Path) -> None:
     oct_scan = decode((tvhl_dir / "fundus" / "1258_OI_f_2.jpg").read_bytes())
     for left, right in ((199, 199), (79, 319)):
         padded = cv2.copyMakeBorder(oct_scan, 0, 0, left, right, cv2.BORDER_CONSTANT)
-        ok, buf = cv2.imencode(".jpg", cv2.cvtColor(padded, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 90])
-        assert ok and not preprocess(buf.tobytes()).geometry.fov_found
+        assert not preprocess(_encode(".jpg", _bgr(padded), [cv2.IMWRITE_JPEG_QUALITY, 90])).geometry.fov_found
 
 
 @pytest.mark.parametrize(("size", "grid"), [(256, 8), (224, 7), (320, 10)])
