@@ -9,7 +9,8 @@ Protocol:
   (npdr or pdr) and ``dme`` (multi-label sigmoid head). DME images without a DR
   grade count as dr-negative in training (their grade is unknown).
 * patient-grouped 3-fold cross-validation (``uopsl.train.data.group_kfold``,
-  seed --seed); inside each training part, 15 % of the patients are held out
+  seed --seed; ``--duplicates 0.9`` also keeps copies of one photograph filed
+  under two patient ids on one side, which draws other folds); inside each training part, 15 % of the patients are held out
   for model selection and operating thresholds.
 * OCT pool for stage 1: TVHL OCT B-scans with a known label, of the training
   folds' patients only (no test patient's OCT is ever seen).
@@ -47,6 +48,7 @@ from uopsl.runtime.fsio import write_json
 from uopsl.runtime.metrics import auc_ci, roc_auc
 from uopsl.runtime.preprocess import PreprocessConfig
 from uopsl.train import data
+from uopsl.train.datasets.duplicates import DuplicateConfig, find_duplicates
 from uopsl.train.loops import TrainConfig
 from uopsl.train.stages import FeatureDataset, finetune, pretrain
 from uopsl.train.torchdata import ImageDataset, Item
@@ -99,7 +101,8 @@ def brightness_features(images: np.ndarray) -> np.ndarray:
 
 def zero_shot_dr(args: argparse.Namespace, fsrc: data.DatasetSource, osrc: data.DatasetSource,
                  ffeat: FeatureDataset, ofeat: FeatureDataset, fy: np.ndarray, oy: np.ndarray,
-                 folds: list[tuple[np.ndarray, np.ndarray]], lab: np.ndarray, t0: float) -> dict[str, object]:
+                 folds: list[tuple[np.ndarray, np.ndarray]], lab: np.ndarray, t0: float,
+                 links: list[tuple[int, int]] | None = None) -> dict[str, object]:
     """``--zero-shot-dr``: train on normal + dme without any DR-graded eye, score ``dr`` from its description."""
     from uopsl.train import bank as banks
     from uopsl.train.zero_shot import compare, reading_scores
@@ -119,7 +122,8 @@ def zero_shot_dr(args: argparse.Namespace, fsrc: data.DatasetSource, osrc: data.
                   for arm in ("site_attention", "no_site_attention")} for v in variants}
     for f, (tr, te) in enumerate(folds):
         trs = fsrc.subset(tr)
-        split = data.patient_split(trs.samples, fractions=(0.85, 0.15, 0.0), seed=args.seed)
+        split = data.patient_split(trs.samples, fractions=(0.85, 0.15, 0.0), seed=args.seed,
+                                   links=data.links_within(links, tr))
         tr_idx = tr[split.train][no_dr_f[tr[split.train]]]
         va_idx = tr[split.val][no_dr_f[tr[split.val]]]
         train_patients = {fsrc.samples[i].patient for i in tr}
@@ -162,6 +166,10 @@ def main() -> None:
     ap.add_argument("--variants", default="fundus_only,p_only,uopsl")
     ap.add_argument("--site-guide", type=float, default=0.0,
                     help="stage-2 site guide weight (0, the default here: as the documented runs, which predate it)")
+    ap.add_argument("--duplicates", type=float, default=None, metavar="T",
+                    help="keep copies of one photograph (signature correlation >= T, `uopsl duplicates`) on one side "
+                         "of every fold and of the model-selection split; default: patients only, as the runs "
+                         "before session 17")
     ap.add_argument("--zero-shot-dr", action="store_true",
                     help="hold DR out of training and score it zero-shot (see the module docstring)")
     args = ap.parse_args()
@@ -189,9 +197,16 @@ def main() -> None:
     log.warning("features ready after %.0f s", time.time() - t0)
 
     labels = [s.labels[0] for s in fsrc.samples]
-    folds = data.group_kfold(fsrc.samples, args.folds, seed=args.seed)
+    links = None
+    if args.duplicates is not None:
+        report = find_duplicates(fsrc.samples, DuplicateConfig(threshold=args.duplicates), out / "cache")
+        links = report.links()
+        patients = {s.patient for g in report.groups for s in (fsrc.samples[i] for i in g)}
+        log.warning("duplicates >= %.2f: %d sets of copies (%d photographs, %d patient ids) kept on one side",
+                    args.duplicates, len(report.groups), sum(map(len, report.groups)), len(patients))
+    folds = data.group_kfold(fsrc.samples, args.folds, seed=args.seed, links=links)
     if args.zero_shot_dr:
-        result = zero_shot_dr(args, fsrc, osrc, ffeat, ofeat, fy, oy, folds, np.array(labels), t0)
+        result = zero_shot_dr(args, fsrc, osrc, ffeat, ofeat, fy, oy, folds, np.array(labels), t0, links)
         write_json(out / "zero_shot_dr.json", result)
         print(json.dumps(result, indent=1))
         return
@@ -203,7 +218,8 @@ def main() -> None:
     for f, (tr, te) in enumerate(folds):
         fold_of[te] = f
         trs = fsrc.subset(tr)
-        split = data.patient_split(trs.samples, fractions=(0.85, 0.15, 0.0), seed=args.seed)
+        split = data.patient_split(trs.samples, fractions=(0.85, 0.15, 0.0), seed=args.seed,
+                                   links=data.links_within(links, tr))
         tr_idx, va_idx = tr[split.train], tr[split.val]
         train_patients = {fsrc.samples[i].patient for i in tr}
         oidx = np.flatnonzero(np.isin(opatients, list(train_patients)))

@@ -20,7 +20,7 @@ from uopsl.train.datasets.duplicates import (
     signature,
     similar_pairs,
 )
-from uopsl.train.datasets.splits import group_keys, group_kfold, patient_split
+from uopsl.train.datasets.splits import group_keys, group_kfold, links_within, patient_split
 
 # TVHL photographs of five patients, none a copy of another (`uopsl duplicates` on the whole set).
 ORIGINALS = ("1958_OD_f_1", "1313_OI_f_4", "0004_OD_f_1", "0200_OD_f_1", "1304_OI_f_2")
@@ -157,6 +157,20 @@ def test_links_keep_copies_on_one_side_and_change_nothing_without_them() -> None
     assert group_keys(unlinked) == group_keys(unlinked, []) == ["000", "000", "001", "\x00image-3"]
     with pytest.raises(ConfigError, match="outside the 60"):
         group_keys(samples, [(0, 60)])
+
+
+def test_links_within_a_subset_follow_it_and_drop_links_that_leave_it() -> None:
+    samples = _patients(60)
+    links = [(0, 59), (10, 31), (31, 44), (2, 40)]
+    kept = np.array([0, 2, 10, 31, 44, 59])  # 40 is outside: (2, 40) is already split apart
+    assert links_within(links, kept) == [(0, 5), (2, 3), (3, 4)]
+    assert links_within(None, kept) is None
+    # A split of the subset keeps the mapped links together, as one of the whole set keeps the originals.
+    sub = [samples[i] for i in kept]
+    for seed in range(5):
+        folds = group_kfold(sub, 2, seed=seed, links=links_within(links, kept))
+        fold_of = {int(i): f for f, (_, test) in enumerate(folds) for i in test}
+        assert fold_of[0] == fold_of[5] and fold_of[2] == fold_of[3] == fold_of[4]
 
 
 def _csv_dataset(samples: list[Sample], root: Path) -> Path:

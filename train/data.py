@@ -59,7 +59,15 @@ from uopsl.train.datasets.fundus_sets import (
 )
 from uopsl.train.datasets.generic import CsvLayout, read_csv, read_folder, read_synthetic
 from uopsl.train.datasets.oct_sets import OCT2017_CLASSES, OCTDL_CLASSES, read_oct2017, read_octdl
-from uopsl.train.datasets.splits import Split, check_apart, group_keys, group_kfold, patient_split, take_shots
+from uopsl.train.datasets.splits import (
+    Split,
+    check_apart,
+    group_keys,
+    group_kfold,
+    links_within,
+    patient_split,
+    take_shots,
+)
 from uopsl.train.datasets.tvhl import TVHL_TASKS, read_tvhl
 
 READERS: dict[str, Callable[..., DatasetSource]] = {
@@ -110,7 +118,8 @@ __all__ = [
     "DR_GRADE_NAMES", "EYES", "GRADED_TASKS", "IMAGE_EXTENSIONS", "MODALITIES", "OCT2017_CLASSES",
     "OCTDL_CLASSES", "ODIR_CODES", "READERS", "REFERABLE_GRADE", "RFMID_CODES", "TVHL_TASKS", "VOCABULARY",
     "CsvLayout", "DatasetSource", "LabelSpace", "Sample", "Split",
-    "check_apart", "fingerprint", "group_keys", "group_kfold", "load_dataset", "odir_keyword_codes", "order_classes",
+    "check_apart", "fingerprint", "group_keys", "group_kfold", "links_within", "load_dataset", "odir_keyword_codes",
+    "order_classes",
     "patient_split",
     "read_aptos", "read_csv", "read_folder", "read_idrid", "read_messidor2", "read_oct2017", "read_octdl",
     "read_odir", "read_rfmid", "read_synthetic", "read_tvhl", "reader_options", "take_shots",

@@ -161,7 +161,7 @@ def load_source(spec: str) -> data.DatasetSource:
         parts = data.patient_split(src.samples, seed=_int_option(spec, sel, "split_seed"), links=links)
         kept = getattr(parts, name)
         src = src.subset(kept, f"{src.name}[{name}]")
-        links = _links_within(links, kept)  # the folds below index the subset
+        links = data.links_within(links, kept)  # the folds below index the subset
     for key in ("fold", "notfold"):
         if key in sel:
             try:
@@ -179,15 +179,6 @@ def load_source(spec: str) -> data.DatasetSource:
     log.info("%s: %s %s", spec, ", ".join(f"{n} {m}" for m, n in sorted(modalities.items())) or "0 images",
              src.counts())
     return src
-
-
-def _links_within(links: list[tuple[int, int]] | None, kept: Any) -> list[tuple[int, int]] | None:
-    """``links`` (indices into a sample list) as indices into its subset ``kept`` (sorted indices); links with an
-    end outside the subset are dropped (that copy is on the other side already)."""
-    if links is None:
-        return None
-    at = {int(i): j for j, i in enumerate(kept)}
-    return [(at[a], at[b]) for a, b in links if a in at and b in at]
 
 
 def _duplicate_links(spec: str, src: data.DatasetSource, sel: dict[str, str],

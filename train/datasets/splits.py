@@ -58,6 +58,16 @@ def group_keys(samples: Samples, links: Links = None) -> list[str]:
     return [names[rep[at[k]]] for k in keys]
 
 
+def links_within(links: Links, kept: Iterable[int]) -> list[tuple[int, int]] | None:
+    """``links`` (indices into a sample list) as indices into its subset ``kept`` (sorted indices), so a split of
+    the subset keeps them; links with an end outside the subset are dropped (that copy is on the other side
+    already). None stays None."""
+    if links is None:
+        return None
+    at = {int(i): j for j, i in enumerate(kept)}
+    return [(at[a], at[b]) for a, b in links if a in at and b in at]
+
+
 def representatives(n: int, pairs: Iterable[tuple[int, int]]) -> list[int]:
     """Union-find over ``n`` items joined by ``pairs``: each item's representative, the smallest index of its set."""
     parent = list(range(n))
