@@ -34,12 +34,14 @@ def _pad(im: np.ndarray, top: int, bottom: int, left: int, right: int, colour: t
     return out, np.array([[1.0, 0.0, left], [0.0, 1.0, top]])
 
 
-def text_in_corners(im: np.ndarray) -> Altered:
-    out, (h, w), s = im.copy(), im.shape[:2], im.shape[1] / 512
-    for txt, org in (("PATIENT 0123456", (int(8 * s), int(22 * s))), ("OD  45deg", (int(8 * s), int(44 * s))),
-                     ("2019-03-14 10:22", (int(w - 165 * s), h - int(10 * s)))):
-        cv2.putText(out, txt, org, cv2.FONT_HERSHEY_SIMPLEX, 0.5 * s, (255, 255, 255), 1, cv2.LINE_AA)
-    return out, IDENTITY
+def text_in_corners(scale: float = 0.5, thickness: int = 1) -> Callable[[np.ndarray], Altered]:
+    def alter(im: np.ndarray) -> Altered:
+        out, (h, w), s = im.copy(), im.shape[:2], im.shape[1] / 512
+        for txt, org in (("PATIENT 0123456", (int(8 * s), int(22 * s))), ("OD  45deg", (int(8 * s), int(44 * s))),
+                         ("2019-03-14 10:22", (int(w - 330 * s * scale), h - int(10 * s)))):
+            cv2.putText(out, txt, org, cv2.FONT_HERSHEY_SIMPLEX, scale * s, (255, 255, 255), thickness, cv2.LINE_AA)
+        return out, IDENTITY
+    return alter
 
 
 def header_band(im: np.ndarray) -> Altered:
@@ -88,7 +90,8 @@ ALTERATIONS: dict[str, Callable[[np.ndarray], Altered]] = {
     "padded black to 4:3": lambda im: _pad(im, 0, 0, im.shape[0] // 6, im.shape[0] // 6, (0, 0, 0)),
     "padded grey (128) to 4:3": lambda im: _pad(im, 0, 0, im.shape[0] // 6, im.shape[0] // 6, (128, 128, 128)),
     "padded white to 4:3": lambda im: _pad(im, 0, 0, im.shape[0] // 6, im.shape[0] // 6, (255, 255, 255)),
-    "white text in the corners": text_in_corners,
+    "white text in the corners": text_in_corners(),
+    "white text in the corners, twice the size, bold": text_in_corners(1.0, 2),
     "grey header band (5.5 %)": header_band,
     "white frame line, 2 px": frame_line,
     "rotated 10 degrees": rotate(10.0),
@@ -143,7 +146,7 @@ def main() -> None:
     print("| alteration | field found | found, DR-graded (clipped fields) | found, wrong circle | wrong and judged gradable |")
     print("|---|---|---|---|---|")
     for name, (k, found, wrong, silent, k_dr, found_dr) in tally.items():
-        print(f"| {name} | {found / k:.0%} | {found_dr / max(k_dr, 1):.0%} | {wrong / k:.0%} | {silent / k:.0%} |")
+        print(f"| {name} | {found / k:.0%} | {found_dr / max(k_dr, 1):.0%} | {wrong} ({wrong / k:.0%}) | {silent} ({silent / k:.0%}) |")
 
 
 if __name__ == "__main__":

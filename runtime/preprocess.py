@@ -65,10 +65,11 @@ log = logging.getLogger(__name__)
 # orientation of PNG and WebP files applied, 5 = straight cuts inside the frame left out of
 # the field-of-view fit (clipped fields padded into a larger frame are found), grey or white
 # padding trimmed before detection (only where a corner pixel is that bright), and the circle
-# refitted without hull bridges to a mark outside the field (a header band, a label). (The reduced-decode rule
+# refitted without hull bridges to a mark outside the field (a header band, a label), 6 = then also without
+# the hull points on thin lit marks joined to the field (burned-in text, a notch mark). (The reduced-decode rule
 # lives in config fields, decode_min_ratio and decode_min_side, so a config keeps its
 # pixels without a bump.)
-PREPROCESS_VERSION = 5
+PREPROCESS_VERSION = 6
 
 # The reduced-decode ratio of configs stored before PreprocessConfig.decode_min_ratio existed.
 LEGACY_DECODE_MIN_RATIO = 2.0
@@ -107,7 +108,10 @@ _PAD_RING = 16
 # outside the circle fitted on the lit points are bridges to a mark outside the field (_without_bridges).
 _MIN_BRIDGE = 0.05
 _BRIDGE_OUTSIDE = 0.03
-_NEAR = np.ones((5, 5), np.uint8)
+_NEAR = 2  # "lit" means a lit pixel within this many pixels of a hull point
+# Lit parts of the mask thinner than 2 x _THIN + 1 pixels (at _DETECT_SIDE) count as dark in the bridge test's
+# second pass: burned-in text, a date line or a camera's notch mark joined to the field (_without_bridges).
+_THIN = 7
 # Least lit part of the circle fitted in such a half for it to count as a field of its own.
 _HALF_FIELD_MIN_FILL = 0.5
 # Largest crop side shrunk through float32 by resize_square (2-core x86 box: 460-1000 px
@@ -815,25 +819,49 @@ def _without_bridges(pts: np.ndarray, inner: np.ndarray, mask: np.ndarray, fit: 
     points over dark pixels are such bridges, or chords across a shadowed rim. Refitted on the lit points
     alone, a bridge to an outside mark lies outside the new circle, a shadow chord inside it: only the
     first case takes the refit, so photographs with neither (or with shadows only) keep their circle.
+
+    Text is lit, so the hull also runs along the letters' own outline, which stays in that fit. A second
+    pass then leaves out, on the same terms, the bridges left over together with the hull points lit only
+    by thin parts of the mask (narrower than ``2 * _THIN + 1`` detection pixels: strokes, a line of text, a
+    camera's notch mark, a flare speck on the rim). White text in the corners of TVHL's clipped fields
+    (``benchmarks/fov_alterations.py``): wrong circles 58 -> 1 of 212, twice the size and bold 161 -> 6.
+    Two passes, not the second alone: a shadowed rim's lit speckles are thin too, and counted in the
+    first pass they outvoted a header band's bridges (two of 212 photographs got their wrong circle back).
     """
     xs, ys = pts[:, 0].astype(np.intp), pts[:, 1].astype(np.intp)
-    # The hull's outline runs a pixel or two off a rasterised circle's: lit means lit within 2 pixels.
-    near_lit = cv2.dilate(mask, _NEAR)
-    dark = inner & (near_lit[ys, xs] == 0)
-    n_dark = int(dark.sum())
-    if n_dark < _MIN_BRIDGE * int(inner.sum()):
+    # Lit means lit within _NEAR pixels (the hull's outline runs a pixel or two off a rasterised circle's);
+    # solid, near a part of the mask that a (2t + 1)-pixel square fits in (an opening: the erosion's cores,
+    # grown by t + _NEAR). Square elements: OpenCV runs them as two 1-D passes (a disc costs ~5x more).
+    box = 2 * _NEAR + 1
+    lit_px = cv2.dilate(mask, np.ones((box, box), np.uint8))[ys, xs] > 0
+    t = max(1, round(_THIN * max(mask.shape) / _DETECT_SIDE))
+    solid = cv2.erode(mask, np.ones((2 * t + 1, 2 * t + 1), np.uint8))
+    solid_px = cv2.dilate(solid, np.ones((2 * t + box, 2 * t + box), np.uint8))[ys, xs] > 0
+    first = inner & ~lit_px
+    fit, inner = _refit_without(pts, inner, first, fit, enough)
+    second = inner & ~solid_px
+    if not np.array_equal(second, first):  # no thin mark: the first pass already answered (most photographs)
+        fit, inner = _refit_without(pts, inner, second, fit, enough)
+    return fit, inner
+
+
+def _refit_without(pts: np.ndarray, inner: np.ndarray, off: np.ndarray, fit: tuple[float, float, float],
+                   enough: float) -> tuple[tuple[float, float, float], np.ndarray]:
+    """``fit`` refitted on ``inner`` without the points ``off``, if those are enough of them (_MIN_BRIDGE) and
+    lie outside the refitted circle (a median of _BRIDGE_OUTSIDE x r); else ``fit`` and ``inner`` unchanged."""
+    if int(off.sum()) < _MIN_BRIDGE * int(inner.sum()):
         return fit, inner
-    lit = inner & ~dark
-    if lit.sum() < enough:
+    kept = inner & ~off
+    if kept.sum() < enough:
         return fit, inner
-    refit = _fit_circle(pts[lit, 0] + 0.5, pts[lit, 1] + 0.5)
+    refit = _fit_circle(pts[kept, 0] + 0.5, pts[kept, 1] + 0.5)
     if refit is None:
         return fit, inner
     cx, cy, r = refit
-    outside = np.hypot(pts[dark, 0] + 0.5 - cx, pts[dark, 1] + 0.5 - cy) - r
+    outside = np.hypot(pts[off, 0] + 0.5 - cx, pts[off, 1] + 0.5 - cy) - r
     if float(np.median(outside)) <= _BRIDGE_OUTSIDE * r:
         return fit, inner
-    return refit, lit
+    return refit, kept
 
 
 def _straight_cuts(pts: np.ndarray, hull: np.ndarray, hull_area: int,
