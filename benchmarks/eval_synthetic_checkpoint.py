@@ -46,7 +46,8 @@ def main() -> None:
                               "auc": dict(zip(ex.CLASSES, map(float, aucs)))}
     if model.config.variant != "fundus_only":
         # The checkpoint's own token mask and margin (exp_synthetic's concentration takes the margin from `pre`).
-        res["site_concentration"] = ex.concentration(maps, test_src, its, meta.preprocess, model.config.fov_token_mask)
+        res["site_concentration"] = ex.concentration(maps, test_src, its, meta.preprocess, model.config.fov_token_mask,
+                                                     model.config.token_centres)
         res["fuse_weight"] = float(model.fuse_weight().detach())
     if args.zero_shot:
         zs_src = ex.pool(args.data, "zeroshot", args.n_test, 0, 4000 + args.seed, 384, True)

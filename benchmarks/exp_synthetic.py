@@ -45,7 +45,7 @@ from uopsl.runtime.preprocess import PreprocessConfig, preprocess_file
 from uopsl.train import data
 from uopsl.train.evaluate import site_concentration_report
 from uopsl.train.loops import TrainConfig, predict
-from uopsl.train.model import UopslModel, fov_token_mask
+from uopsl.train.model import TokenCentres, UopslModel, fov_token_mask
 from uopsl.train.stages import FeatureDataset, finetune, pretrain
 from uopsl.train.synthetic import SEEN_CLASSES, UNSEEN_CLASSES, SynthConfig, make_dataset
 from uopsl.train.torchdata import ImageDataset, ImageModality, Item
@@ -177,8 +177,9 @@ def main() -> None:
         aucs = per_class_auc(ftest.targets, p)
         entry = {"macro_auc": float(np.nanmean(aucs)), "auc": dict(zip(CLASSES, map(float, aucs)))}
         if variant != "fundus_only":
-            entry["site_concentration"] = concentration(maps, test_src, test_items, pre, not args.no_fov_mask)
-            entry["outside_fov_mass"] = outside_fov_mass(maps, pre)
+            entry["site_concentration"] = concentration(maps, test_src, test_items, pre, not args.no_fov_mask,
+                                                        m.config.token_centres)
+            entry["outside_fov_mass"] = outside_fov_mass(maps, pre, m.config.token_centres)
         res["ablations"][variant] = entry  # type: ignore[index]
         log.warning("%s: %s (%.0f s)", variant, entry, time.time() - t0)
 
@@ -207,21 +208,22 @@ def main() -> None:
     print(json.dumps(res, indent=1))
 
 
-def outside_fov_mass(maps: np.ndarray, pre: PreprocessConfig) -> dict[str, float]:
-    """Per seen disease class: mean share of site-attention mass on tokens outside the FOV (all test images)."""
-    out = ~fov_token_mask(maps.shape[2], maps.shape[3], pre.fov_margin)
+def outside_fov_mass(maps: np.ndarray, pre: PreprocessConfig, centres: TokenCentres = "token") -> dict[str, float]:
+    """Per seen disease class: mean share of site-attention mass on tokens outside the FOV (all test images;
+    ``centres``: the model's ``ModelConfig.token_centres``)."""
+    out = ~fov_token_mask(maps.shape[2], maps.shape[3], pre.fov_margin, centres=centres)
     share = maps[:, :, out].sum(axis=-1) / maps.sum(axis=(2, 3))  # (N, K)
     return {c: float(share[:, CLASSES.index(c)].mean()) for c in SEEN_CLASSES}
 
 
 def concentration(maps: np.ndarray, src: data.DatasetSource, its: list[Item], pre: PreprocessConfig,
-                  fov_mask: bool = True) -> dict[str, dict[str, float]]:
+                  fov_mask: bool = True, centres: TokenCentres = "token") -> dict[str, dict[str, float]]:
     """Per seen disease class: :func:`site_concentration_report`'s figures (the ratio over the field of view
     when the maps weigh the FOV only, the grid-wide one, and the fixed-map yardsticks)."""
     by_path = {s.path: s for s in src.samples}
     masks = [by_path[it.path].extra.get("masks") for it in its]
     geoms = [preprocess_file(it.path, pre).geometry if m else None for it, m in zip(its, masks)]
-    inside = fov_token_mask(maps.shape[2], maps.shape[3], pre.fov_margin) if fov_mask else None
+    inside = fov_token_mask(maps.shape[2], maps.shape[3], pre.fov_margin, centres=centres) if fov_mask else None
     rep = site_concentration_report(maps, np.stack([it.target for it in its]), CLASSES, masks, geoms, inside)
     return {c: rep.get(c, {"mean": float("nan")}) for c in SEEN_CLASSES}
 

@@ -16,7 +16,7 @@ classes), at the token grid of EfficientNet-Lite0 at ``--size`` px:
 Each is given both ways: over the field of view (the definition since
 session 14) and over the whole grid (the figures reported before).
 
-    python benchmarks/site_concentration_yardsticks.py --out runs/yardsticks
+    python benchmarks/site_concentration_yardsticks.py --out runs/yardsticks [--centres token|cell]
 """
 
 from __future__ import annotations
@@ -72,10 +72,13 @@ def main() -> int:
     ap.add_argument("--size", type=int, default=256, help="model input size (the token grid follows)")
     ap.add_argument("--seed", type=int, default=0, help="exp_synthetic's seed: the test pool is 3000 + seed")
     ap.add_argument("--prior-seed", type=int, default=1000, help="generator seed of the pool the priors come from")
+    ap.add_argument("--centres", choices=("token", "cell"), default="token",
+                    help="the field-of-view token mask's windows: where the tokens look (models since session 17) "
+                         "or their grid cells (before; the figures of sessions 14-16)")
     args = ap.parse_args()
     pre = PreprocessConfig(size=args.size)
     g = grid_of(args.size)
-    inside = fov_token_mask(g, g, pre.fov_margin)
+    inside = fov_token_mask(g, g, pre.fov_margin, centres=args.centres)
     test = pool(args.out, "test", args.n, 0, 3000 + args.seed, 384, False)
     prior_pool = pool(args.out, "prior", args.n, 0, args.prior_seed, 384, False)
     targets, masks, geoms = masks_and_geometry(test, pre)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -11,6 +12,7 @@ import pytest
 import torch
 
 from trainhelpers import tiny_model
+from uopsl.runtime.errors import ConfigError
 from uopsl.train.checkpoint import load_model, save_model
 from uopsl.train.model import DeployModel, ModelConfig, UopslModel, fov_token_mask
 
@@ -18,21 +20,22 @@ GRID = 8  # resnet18 (stride 32) at 256 px
 SIZE = 256
 
 
-def cell_inside_fraction(h: int, w: int, i: int, j: int, radius: float, n: int = 20000) -> float:
+def cell_inside_fraction(h: int, w: int, i: int, j: int, radius: float, n: int = 20000, shift: float = 0.0) -> float:
     """Exact-in-y area fraction of cell (i, j) inside the circle (centre 0.5, ``radius``), by the chord in y.
 
     Independent of :func:`fov_token_mask`'s 2-D supersampling: for each of ``n``
     x positions the circle's chord is clipped to the cell's y range analytically.
+    ``shift``: the window moved by that many cells (-0.5: centred on the token, ``centres="token"``).
     """
-    x = (j + (np.arange(n) + 0.5) / n) / w - 0.5
+    x = (j + shift + (np.arange(n) + 0.5) / n) / w - 0.5
     half = np.sqrt(np.clip(radius**2 - x**2, 0.0, None))
-    y0, y1 = i / h - 0.5, (i + 1) / h - 0.5
+    y0, y1 = (i + shift) / h - 0.5, (i + 1 + shift) / h - 0.5
     chord = np.clip(np.minimum(half, y1) - np.maximum(-half, y0), 0.0, None)
     return float(chord.mean() / (y1 - y0))
 
 
 def test_mask_of_an_8x8_grid_without_margin_leaves_out_three_cells_per_corner() -> None:
-    mask = fov_token_mask(8, 8, 0.0)
+    mask = fov_token_mask(8, 8, 0.0, centres="cell")  # grid cells: what models before session 17 were trained with
     frac = np.array([[cell_inside_fraction(8, 8, i, j, 0.5) for j in range(8)] for i in range(8)])
     # No cell is near the 1/2 threshold, so the 16x16 supersampling decides every cell as the exact area does.
     assert np.abs(frac - 0.5).min() > 0.1
@@ -46,13 +49,32 @@ def test_mask_of_an_8x8_grid_without_margin_leaves_out_three_cells_per_corner() 
     np.testing.assert_array_equal(mask, mask.T)
 
 
+@pytest.mark.parametrize("n", [8, 10, 12, 16])
+def test_token_windows_are_centred_where_the_tokens_look(n: int) -> None:
+    # Token j of a stride-s grid looks at model pixel s * j (benchmarks/receptive_fields.py): its window is the
+    # grid cell moved half a token up and left. At 8 x 8, token 4 sits on the circle's centre, so the mask is
+    # symmetric about token 4 (not about the grid's middle) and token (0, 4) touches the circle's top.
+    mask = fov_token_mask(n, n, 0.0)
+    frac = np.array([[cell_inside_fraction(n, n, i, j, 0.5, shift=-0.5) for j in range(n)] for i in range(n)])
+    near = np.abs(frac - 0.5) < 0.02  # where 16 x 16 samples may decide otherwise than the exact area
+    np.testing.assert_array_equal(mask[~near], (frac >= 0.5)[~near])
+    np.testing.assert_array_equal(mask, mask.T)
+    c = n // 2
+    inner = mask[1:, 1:]  # rows/columns 1..n-1: symmetric about token c
+    np.testing.assert_array_equal(inner, inner[::-1, ::-1])
+    assert not np.array_equal(mask, fov_token_mask(n, n, 0.0, centres="cell"))
+    assert mask[c, 0] and mask[0, c]  # half inside: the window straddles the circle's leftmost / top point
+    if n == 8:
+        assert int(mask.sum()) == 47 and int(fov_token_mask(8, 8, 0.0, centres="cell").sum()) == 52
+
+
 def test_a_wider_margin_shrinks_the_circle_and_every_2x2_cell_is_inside() -> None:
-    assert fov_token_mask(2, 2).all()  # pi/4 of each quarter lies inside
+    assert fov_token_mask(2, 2, centres="cell").all()  # pi/4 of each quarter lies inside
     counts = [int(fov_token_mask(8, 8, m).sum()) for m in (0.0, 0.1, 0.5, 1.0)]
     assert counts == sorted(counts, reverse=True) and counts[0] > counts[-1]
     r = 0.5 / 1.5
     frac = np.array([[cell_inside_fraction(8, 8, i, j, r) for j in range(8)] for i in range(8)])
-    np.testing.assert_array_equal(fov_token_mask(8, 8, 0.5), frac >= 0.5)
+    np.testing.assert_array_equal(fov_token_mask(8, 8, 0.5, centres="cell"), frac >= 0.5)
 
 
 def model_8x8(variant: str = "uopsl", attention: str = "cosine", mask: bool = True) -> UopslModel:
@@ -108,11 +130,14 @@ def test_p_only_stage1_site_loss_ignores_tokens_outside_the_fov() -> None:
 
 
 def test_an_empty_token_mask_is_refused() -> None:
-    from uopsl.runtime.errors import ConfigError
-
     with pytest.raises(ConfigError, match="no token of the 2x2 grid"):
-        fov_token_mask(2, 2, 0.5)
-    assert fov_token_mask(2, 2, 0.0).all()
+        fov_token_mask(2, 2, 0.5, centres="cell")
+    assert fov_token_mask(2, 2, 0.0, centres="cell").all()
+    # Centred where it looks, a 1 x 1 grid's token sits on the input's corner: a quarter of a circle's disc.
+    with pytest.raises(ConfigError, match="no token of the 1x1 grid"):
+        fov_token_mask(1, 1)
+    with pytest.raises(ConfigError, match="token centres must be"):
+        fov_token_mask(8, 8, centres="middle")  # type: ignore[arg-type]
 
 
 def test_oct_branch_attends_to_every_token() -> None:
@@ -130,7 +155,7 @@ def test_config_without_the_key_loads_without_the_mask_and_computes_as_before(tm
     save_model(tmp_path, old, replace(meta, model=old.config))
     ckpt = tmp_path / "checkpoint.json"
     raw = json.loads(ckpt.read_text())
-    for key in ("fov_token_mask", "fov_margin"):  # a checkpoint older than the fields
+    for key in ("fov_token_mask", "fov_margin", "token_centres"):  # a checkpoint older than the fields
         del raw["model"][key]
     ckpt.write_text(json.dumps(raw))
     loaded, meta2 = load_model(tmp_path)
@@ -150,6 +175,28 @@ def test_config_without_the_key_loads_without_the_mask_and_computes_as_before(tm
     assert not DeployModel(loaded, SIZE).masked
 
 
+def test_a_checkpoint_without_token_centres_keeps_its_grid_cell_mask(tmp_path: Path) -> None:
+    # Masked models trained before session 17 judged tokens by their grid cells; they must load with that mask,
+    # in training code and in the exported graph alike.
+    assert ModelConfig().token_centres == "token" and ModelConfig.from_dict({}).token_centres == "cell"
+    model = model_8x8()
+    _, meta = tiny_model()
+    cell_model = copy.deepcopy(model)
+    cell_model.config = replace(model.config, token_centres="cell")
+    save_model(tmp_path, cell_model, replace(meta, model=cell_model.config))
+    ckpt = tmp_path / "checkpoint.json"
+    raw = json.loads(ckpt.read_text())
+    del raw["model"]["token_centres"]
+    ckpt.write_text(json.dumps(raw))
+    loaded, meta2 = load_model(tmp_path)
+    cells = fov_token_mask(GRID, GRID, centres="cell")
+    assert meta2.model.token_centres == "cell"
+    np.testing.assert_array_equal(loaded.inside_tokens(GRID, GRID, torch.device("cpu")).numpy(), cells.reshape(-1))
+    assert DeployModel(loaded.eval(), SIZE).inside_idx.numel() == int(cells.sum()) == 52
+    with pytest.raises(ConfigError, match="token_centres must be"):
+        replace(model.config, token_centres="middle")  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize("attention", ["cosine", "dot"])
 @pytest.mark.parametrize("variant", ["uopsl", "p_only", "fundus_only"])
 def test_deploy_graph_equals_training_model_with_the_mask(variant: str, attention: str) -> None:
@@ -159,7 +206,7 @@ def test_deploy_graph_equals_training_model_with_the_mask(variant: str, attentio
         ref = model(x.permute(0, 3, 1, 2).float())
         deploy = DeployModel(model, SIZE)
         probs, logits, maps = deploy(x)
-    assert deploy.masked and deploy.inside_idx.numel() == 52
+    assert deploy.masked and deploy.inside_idx.numel() == int(fov_token_mask(GRID, GRID).sum()) == 47
     assert torch.allclose(logits, ref["logits"], atol=1e-4), (logits - ref["logits"]).abs().max()
     assert torch.allclose(probs, model.probs(ref["logits"]), atol=1e-5)
     assert maps.shape == (2, model.num_classes, GRID, GRID)

@@ -43,12 +43,15 @@ Variant = Literal["uopsl", "p_only", "fundus_only"]
 Head = Literal["sigmoid", "softmax"]
 Attention = Literal["cosine", "dot"]
 TokenProjection = Literal["global", "separate"]
+TokenCentres = Literal["token", "cell"]
 # What a checkpoint whose config predates the ``attention`` field used.
 LEGACY_ATTENTION: Attention = "dot"
 # What a checkpoint whose config predates ``fov_token_mask`` used: attention over every token.
 LEGACY_FOV_TOKEN_MASK = False
 # Checkpoints written before ModelConfig.tokens existed project tokens with a separate 1x1 convolution.
 LEGACY_TOKENS: TokenProjection = "separate"
+# Checkpoints written before ModelConfig.token_centres existed judged each token by its grid cell.
+LEGACY_TOKEN_CENTRES: TokenCentres = "cell"
 # Supersampling of one token cell (per axis) when measuring how much of it lies inside the FOV.
 FOV_SUPERSAMPLE = 16
 
@@ -57,21 +60,30 @@ FOV_SUPERSAMPLE = 16
 HEALTHY_CLASS = "normal"
 
 
-def fov_token_mask(h: int, w: int, fov_margin: float = 0.0, supersample: int = FOV_SUPERSAMPLE) -> np.ndarray:
-    """(h, w) bool: the tokens whose grid cell lies at least half inside the FOV circle.
+def fov_token_mask(h: int, w: int, fov_margin: float = 0.0, supersample: int = FOV_SUPERSAMPLE,
+                   centres: TokenCentres = "token") -> np.ndarray:
+    """(h, w) bool: the tokens whose window (one stride square) lies at least half inside the FOV circle.
 
     The model input is the square crop of ``uopsl.runtime.preprocess``: the FOV
     circle is centred and its radius is ``size / 2 / (1 + fov_margin)`` pixels,
     so in units of the input side the circle has centre 0.5 and radius
-    ``0.5 / (1 + fov_margin)`` whatever the size. The token grid tiles the
-    input evenly; a cell's inside fraction is measured on ``supersample`` x
-    ``supersample`` points at the centres of equal sub-cells.
+    ``0.5 / (1 + fov_margin)`` whatever the size. ``centres="token"``: token j's
+    window is centred where it looks, on model pixel ``s * j`` (stride ``s``;
+    every registered backbone pads its stride-2 layers symmetrically, see
+    ``benchmarks/receptive_fields.py``); the half pixel to that pixel's centre
+    is below the sampling here and left out. ``"cell"``: the grid cell
+    ``[s * j, s * (j + 1))``, half a token further down and right (what models
+    trained before session 17 used; their checkpoints say so). A window's
+    inside fraction is measured on ``supersample`` x ``supersample`` points at
+    the centres of equal sub-windows.
     """
     if h < 1 or w < 1 or supersample < 1:
         raise ConfigError(f"need h, w, supersample >= 1, got {h}, {w}, {supersample}")
+    if centres not in ("token", "cell"):
+        raise ConfigError(f"token centres must be 'token' or 'cell', got {centres!r}")
     radius = 0.5 / (1.0 + fov_margin)
-    sub = (np.arange(supersample) + 0.5) / supersample
-    ys = ((np.arange(h)[:, None] + sub[None, :]) / h - 0.5)  # (h, ss) sample y per cell
+    sub = (np.arange(supersample) + 0.5) / supersample - (0.5 if centres == "token" else 0.0)
+    ys = ((np.arange(h)[:, None] + sub[None, :]) / h - 0.5)  # (h, ss) sample y per window
     xs = ((np.arange(w)[:, None] + sub[None, :]) / w - 0.5)  # (w, ss)
     inside = ys[:, None, :, None] ** 2 + xs[None, :, None, :] ** 2 <= radius**2  # (h, w, ss, ss)
     mask = inside.mean(axis=(2, 3)) >= 0.5
@@ -108,6 +120,9 @@ class ModelConfig:
     # is the preprocessing's (PreprocessConfig.fov_margin), copied when the model is created.
     fov_token_mask: bool = True
     fov_margin: float = 0.0
+    # Which window judges a token for that mask: the one centred where the token looks ("token"), or its grid
+    # cell, half a token off ("cell": checkpoints written before the field existed).
+    token_centres: TokenCentres = "token"
     # How each branch's tokens enter the shared space: "global" projects every feature-map cell with the
     # branch's global projection (so the tokens' mean is g, which the text contrastive aligns, and the
     # fundus tokens share the OCT tokens' space from stage 1 on); "separate" gives them a 1x1 convolution
@@ -131,6 +146,8 @@ class ModelConfig:
                               f"{self.attention_temp_init} and {self.attention_temp_max}")
         if self.tokens not in ("global", "separate"):
             raise ConfigError(f"tokens must be global or separate, got {self.tokens!r}")
+        if self.token_centres not in ("token", "cell"):
+            raise ConfigError(f"token_centres must be token or cell, got {self.token_centres!r}")
         if not 0 <= self.fov_margin <= 1:
             raise ConfigError(f"fov_margin must be in [0, 1] (as PreprocessConfig), got {self.fov_margin}")
         if self.dim < 8 or self.sites < 1:
@@ -147,19 +164,20 @@ class ModelConfig:
 
     def token_mask(self, h: int, w: int) -> np.ndarray | None:
         """(h, w) bool mask of the fundus tokens the site attention may weigh; None: all of them."""
-        return fov_token_mask(h, w, self.fov_margin) if self.fov_token_mask else None
+        return fov_token_mask(h, w, self.fov_margin, centres=self.token_centres) if self.fov_token_mask else None
 
     @classmethod
     def from_dict(cls, d: dict[str, object]) -> ModelConfig:
         """Config from checkpoint JSON; keys a config predates take the value it was trained with.
 
         No ``attention``: ``"dot"``; no ``fov_token_mask``: attention over every token;
-        no ``tokens``: a separate token projection.
+        no ``tokens``: a separate token projection; no ``token_centres``: the mask judged grid cells.
         """
         d = dict(d)
         d.setdefault("attention", LEGACY_ATTENTION)
         d.setdefault("fov_token_mask", LEGACY_FOV_TOKEN_MASK)
         d.setdefault("tokens", LEGACY_TOKENS)
+        d.setdefault("token_centres", LEGACY_TOKEN_CENTRES)
         d["classes"] = tuple(d.get("classes", ()))  # type: ignore[arg-type]
         d["seen"] = tuple(d.get("seen", ()))  # type: ignore[arg-type]
         return cls(**d)  # type: ignore[arg-type]
