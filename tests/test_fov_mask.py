@@ -80,7 +80,8 @@ def test_a_wider_margin_shrinks_the_circle_and_every_2x2_cell_is_inside() -> Non
 def model_8x8(variant: str = "uopsl", attention: str = "cosine", mask: bool = True) -> UopslModel:
     model, _ = tiny_model(variant)
     torch.manual_seed(0)
-    cfg = replace(model.config, attention=attention, fov_token_mask=mask)  # type: ignore[arg-type]
+    # tiny_model's config is made for a 2 x 2 grid; at 8 x 8 the mask is the new models' default one.
+    cfg = replace(model.config, attention=attention, fov_token_mask=mask, token_centres="token")  # type: ignore[arg-type]
     return UopslModel(cfg, model.class_text.numpy()).eval()
 
 
@@ -238,3 +239,18 @@ def test_onnx_graph_gathers_the_inside_tokens_and_matches_pytorch(tmp_path: Path
     assert np.abs(logits - ref[1].numpy()).max() <= 1e-4
     assert np.abs(maps - ref[2].numpy()).max() <= 1e-4
     assert np.all(maps[:, :, ~fov_token_mask(GRID, GRID)] == 0)
+
+
+def test_a_model_too_small_for_its_site_attention_is_named_when_made(caplog: pytest.LogCaptureFixture) -> None:
+    from uopsl.train.workflow import new_model
+
+    with caplog.at_level("WARNING", logger="uopsl.train.workflow"):
+        new_model(("normal", "dr"), backbone="resnet18", init="random", size=64)
+    assert "1 token(s) of the field of view" in caplog.text and "2x2 grid" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="uopsl.train.workflow"):
+        model, _ = new_model(("normal", "dr"), backbone="resnet18", init="random", size=256)
+    assert "token(s) of the field of view" not in caplog.text
+    assert model.inside_tokens(8, 8, torch.device("cpu")).sum() == 47  # the grid a 256 px input gives
+    with pytest.raises(ConfigError, match="no token of the 1x1 grid"):  # 32 px: one token, on the input's corner
+        new_model(("normal", "dr"), backbone="resnet18", init="random", size=32)
