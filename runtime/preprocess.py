@@ -825,28 +825,34 @@ def _without_bridges(pts: np.ndarray, inner: np.ndarray, mask: np.ndarray, fit: 
     by thin parts of the mask (narrower than ``2 * _THIN + 1`` detection pixels: strokes, a line of text, a
     camera's notch mark, a flare speck on the rim). White text in the corners of TVHL's clipped fields
     (``benchmarks/fov_alterations.py``): wrong circles 58 -> 1 of 212, twice the size and bold 161 -> 6.
-    Two passes, not the second alone: a shadowed rim's lit speckles are thin too, and counted in the
-    first pass they outvoted a header band's bridges (two of 212 photographs got their wrong circle back).
+    The second pass runs only where the first had enough bridges to be tried: a mark joined through dark gaps
+    leaves them, and the other photographs (74 % of TVHL's) skip the morphology. Two passes, not the second
+    alone: a shadowed rim's lit speckles are thin too, and counted in the first pass they outvoted a header
+    band's bridges (two of 212 photographs got their wrong circle back).
     Not thin points alone in the second pass either: without the bridges the first pass kept, the large
     text's refit failed (33 % wrong). The price: where the first pass kept its points, the second judges
     them again with the thin ones by one median, which can tip a borderline case (a review's probe: two
     photographs of 7,632 moved further, to 3.7 and 4.0 % of the radius, still under the 5 % of "wrong").
     """
     xs, ys = pts[:, 0].astype(np.intp), pts[:, 1].astype(np.intp)
-    # Lit means lit within _NEAR pixels (the hull's outline runs a pixel or two off a rasterised circle's);
-    # solid, near a part of the mask that a (2t + 1)-pixel square fits in (an opening: the erosion's cores,
-    # grown by t + _NEAR). Square elements: OpenCV runs them as two 1-D passes (a disc costs ~5x more).
+    # Lit means lit within _NEAR pixels (the hull's outline runs a pixel or two off a rasterised circle's).
     box = 2 * _NEAR + 1
-    lit_px = cv2.dilate(mask, np.ones((box, box), np.uint8))[ys, xs] > 0
+    first = inner & (cv2.dilate(mask, np.ones((box, box), np.uint8))[ys, xs] == 0)
+    if int(first.sum()) < _MIN_BRIDGE * int(inner.sum()):
+        # Too few bridges to try. A mark that joins the field through dark gaps (text, a notch) leaves more,
+        # so the thin-mark pass is skipped too, and with it the morphology (~0.1 ms; 74 % of TVHL photographs).
+        return fit, inner
+    fit, inner = _refit_without(pts, inner, first, fit, enough)
+    # Solid means near a part of the mask that a (2t + 1)-pixel square fits in (an opening: the erosion's
+    # cores, grown by t + _NEAR). Square elements: OpenCV runs them as two 1-D passes (a disc costs ~5x more).
+    # Solid implies lit: a core's square lies within t + _NEAR of the point, so the point is within _NEAR of
+    # a lit pixel; the second set therefore holds the first pass's points if it kept them, plus thin ones.
     t = max(1, round(_THIN * max(mask.shape) / _DETECT_SIDE))
     # OpenCV erodes as if the frame continued lit beyond its border, so a field clipped by the frame keeps its
     # cut edge, and a mark glued to the border counts as solid from half the thickness (t + 1 pixels).
     solid = cv2.erode(mask, np.ones((2 * t + 1, 2 * t + 1), np.uint8))
-    solid_px = cv2.dilate(solid, np.ones((2 * t + box, 2 * t + box), np.uint8))[ys, xs] > 0
-    first = inner & ~lit_px
-    fit, inner = _refit_without(pts, inner, first, fit, enough)
-    second = inner & ~solid_px
-    # Equal sets happen only when the first pass kept its points and no thin mark adds any: the answer is known.
+    second = inner & (cv2.dilate(solid, np.ones((2 * t + box, 2 * t + box), np.uint8))[ys, xs] == 0)
+    # Equal sets: the first pass refused its refit and no thin mark adds a point, so the answer is known.
     if not np.array_equal(second, first):
         fit, inner = _refit_without(pts, inner, second, fit, enough)
     return fit, inner
