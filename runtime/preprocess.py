@@ -823,16 +823,12 @@ def _without_bridges(pts: np.ndarray, inner: np.ndarray, mask: np.ndarray, fit: 
     Text is lit, so the hull also runs along the letters' own outline, which stays in that fit. A second
     pass then leaves out, on the same terms, the bridges left over together with the hull points lit only
     by thin parts of the mask (narrower than ``2 * _THIN + 1`` detection pixels: strokes, a line of text, a
-    camera's notch mark, a flare speck on the rim). White text in the corners of TVHL's clipped fields
-    (``benchmarks/fov_alterations.py``): wrong circles 58 -> 1 of 212, twice the size and bold 161 -> 6.
-    The second pass runs only where the first had enough bridges to be tried: a mark joined through dark gaps
-    leaves them, and the other photographs (74 % of TVHL's) skip the morphology. Two passes, not the second
-    alone: a shadowed rim's lit speckles are thin too, and counted in the first pass they outvoted a header
-    band's bridges (two of 212 photographs got their wrong circle back).
-    Not thin points alone in the second pass either: without the bridges the first pass kept, the large
-    text's refit failed (33 % wrong). The price: where the first pass kept its points, the second judges
-    them again with the thin ones by one median, which can tip a borderline case (a review's probe: two
-    photographs of 7,632 moved further, to 3.7 and 4.0 % of the radius, still under the 5 % of "wrong").
+    camera's notch mark). It runs only where the first pass had enough bridges to try: a mark joined to the
+    field through dark gaps leaves them, and most photographs skip the morphology. Why two passes, and
+    why the second keeps the first's bridges: a shadowed rim's lit speckles are thin too, and counted in
+    the first pass they outvote a header band's bridges; without the bridges, large text's refit fails.
+    The cost is that a borderline first-pass point set can be tipped by the thin points it is judged with
+    (``docs/results.md``, section 2, has the figures of each choice).
     """
     xs, ys = pts[:, 0].astype(np.intp), pts[:, 1].astype(np.intp)
     # Lit means lit within _NEAR pixels (the hull's outline runs a pixel or two off a rasterised circle's).

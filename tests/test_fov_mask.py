@@ -53,19 +53,19 @@ def test_mask_of_an_8x8_grid_without_margin_leaves_out_three_cells_per_corner() 
 def test_token_windows_are_centred_where_the_tokens_look(n: int) -> None:
     # Token j of a stride-s grid looks at model pixel s * j (benchmarks/receptive_fields.py): its window is the
     # grid cell moved half a token up and left. At 8 x 8, token 4 sits on the circle's centre, so the mask is
-    # symmetric about token 4 (not about the grid's middle) and token (0, 4) touches the circle's top.
+    # symmetric about token 4 (not about the grid's middle), and token (0, 4) straddles the input's top edge
+    # at the circle's top point: 49 % inside by area, exactly half of the 16 x 16 samples, and left out.
     mask = fov_token_mask(n, n, 0.0)
     frac = np.array([[cell_inside_fraction(n, n, i, j, 0.5, shift=-0.5) for j in range(n)] for i in range(n)])
-    near = np.abs(frac - 0.5) < 0.02  # where 16 x 16 samples may decide otherwise than the exact area
-    np.testing.assert_array_equal(mask[~near], (frac >= 0.5)[~near])
+    np.testing.assert_array_equal(mask, frac > 0.5)  # the samples decide every token as the exact area does
     np.testing.assert_array_equal(mask, mask.T)
     c = n // 2
     inner = mask[1:, 1:]  # rows/columns 1..n-1: symmetric about token c
     np.testing.assert_array_equal(inner, inner[::-1, ::-1])
     assert not np.array_equal(mask, fov_token_mask(n, n, 0.0, centres="cell"))
-    assert mask[c, 0] and mask[0, c]  # half inside: the window straddles the circle's leftmost / top point
+    assert not mask[c, 0] and not mask[0, c] and 0.48 < frac[0, c] < 0.5
     if n == 8:
-        assert int(mask.sum()) == 47 and int(fov_token_mask(8, 8, 0.0, centres="cell").sum()) == 52
+        assert int(mask.sum()) == 45 and int(fov_token_mask(8, 8, 0.0, centres="cell").sum()) == 52
 
 
 def test_a_wider_margin_shrinks_the_circle_and_every_2x2_cell_is_inside() -> None:
@@ -194,7 +194,7 @@ def test_a_checkpoint_without_token_centres_keeps_its_grid_cell_mask(tmp_path: P
     assert meta2.model.token_centres == "cell"
     np.testing.assert_array_equal(loaded.inside_tokens(GRID, GRID, torch.device("cpu")).numpy(), cells.reshape(-1))
     assert DeployModel(loaded.eval(), SIZE).inside_idx.numel() == int(cells.sum()) == 52
-    with pytest.raises(ConfigError, match="token_centres must be"):
+    with pytest.raises(ConfigError, match="token centres must be"):
         replace(model.config, token_centres="middle")  # type: ignore[arg-type]
 
 
@@ -207,7 +207,7 @@ def test_deploy_graph_equals_training_model_with_the_mask(variant: str, attentio
         ref = model(x.permute(0, 3, 1, 2).float())
         deploy = DeployModel(model, SIZE)
         probs, logits, maps = deploy(x)
-    assert deploy.masked and deploy.inside_idx.numel() == int(fov_token_mask(GRID, GRID).sum()) == 47
+    assert deploy.masked and deploy.inside_idx.numel() == int(fov_token_mask(GRID, GRID).sum()) == 45
     assert torch.allclose(logits, ref["logits"], atol=1e-4), (logits - ref["logits"]).abs().max()
     assert torch.allclose(probs, model.probs(ref["logits"]), atol=1e-5)
     assert maps.shape == (2, model.num_classes, GRID, GRID)
@@ -246,11 +246,19 @@ def test_a_model_too_small_for_its_site_attention_is_named_when_made(caplog: pyt
 
     with caplog.at_level("WARNING", logger="uopsl.train.workflow"):
         new_model(("normal", "dr"), backbone="resnet18", init="random", size=64)
+        new_model(("normal", "dr"), backbone="resnet18", init="random", size=96)
     assert "1 token(s) of the field of view" in caplog.text and "2x2 grid" in caplog.text
+    assert "4 token(s) of the field of view" in caplog.text and "3x3 grid" in caplog.text
+    assert "multiple" not in caplog.text
     caplog.clear()
     with caplog.at_level("WARNING", logger="uopsl.train.workflow"):
         model, _ = new_model(("normal", "dr"), backbone="resnet18", init="random", size=256)
-    assert "token(s) of the field of view" not in caplog.text
-    assert model.inside_tokens(8, 8, torch.device("cpu")).sum() == 47  # the grid a 256 px input gives
-    with pytest.raises(ConfigError, match="no token of the 1x1 grid"):  # 32 px: one token, on the input's corner
-        new_model(("normal", "dr"), backbone="resnet18", init="random", size=32)
+    assert "token(s) of the field of view" not in caplog.text and "multiple" not in caplog.text
+    assert model.inside_tokens(8, 8, torch.device("cpu")).sum() == 45  # the grid a 256 px input gives
+    with caplog.at_level("WARNING", logger="uopsl.train.workflow"):
+        new_model(("normal", "dr"), backbone="resnet18", init="random", size=300)
+    assert "300 px is not a multiple of the backbone's stride" in caplog.text
+    # 32 px: one token, on the input's corner, none inside; refused when made, whatever the variant
+    for variant in ("uopsl", "fundus_only"):
+        with pytest.raises(ConfigError, match=r"no token of the 1x1 grid.*--size"):
+            new_model(("normal", "dr"), backbone="resnet18", init="random", size=32, variant=variant)

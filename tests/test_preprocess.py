@@ -218,17 +218,36 @@ def test_text_burned_into_the_corners_does_not_pull_the_circle(tvhl_dir: Path, n
 
 
 def test_a_thin_mark_on_the_rim_does_not_pull_the_circle() -> None:
-    # A camera's notch mark or a flare speck: a thin lit sliver sticking out of the field's edge.
+    # Thin lit marks sticking out of the field's edge (as a camera's notch mark does), ~50 px beyond the rim.
     img = np.zeros((512, 512, 3), np.uint8)
     cv2.circle(img, (256, 256), 230, (150, 90, 40), -1, cv2.LINE_AA)
     plain = preprocess(img).geometry
     marked = img.copy()
-    cv2.line(marked, (256 + 150, 256 + 150), (256 + 200, 256 + 200), (150, 90, 40), 5, cv2.LINE_AA)  # ~20 px out
+    cv2.line(marked, (256 + 150, 256 + 150), (256 + 200, 256 + 200), (150, 90, 40), 5, cv2.LINE_AA)
     cv2.line(marked, (256 - 150, 256 - 150), (256 - 195, 256 - 195), (150, 90, 40), 4, cv2.LINE_AA)
     g = preprocess(_encode(".jpg", _bgr(marked), [cv2.IMWRITE_JPEG_QUALITY, 95])).geometry
     assert plain.fov_found and abs(plain.cx - 256) < 1.5 and abs(plain.cy - 256) < 1.5, plain
     assert g.fov_found and abs(g.cx - plain.cx) < 1.5 and abs(g.cy - plain.cy) < 1.5, (g, plain)
     assert abs(g.radius - plain.radius) < 1.5, (g, plain)
+
+
+def test_the_thin_mark_pass_leaves_photographs_without_bridges_alone(tvhl_dir: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    # Where the bridge pass has too few dark hull points to try, the thin-mark pass is skipped with it: no
+    # erosion, no refit, the session-16 circle (74 % of TVHL photographs; 0004_OD_f_1 is one).
+    import uopsl.runtime.preprocess as P
+
+    calls: list[str] = []
+    real_erode, real_refit = P.cv2.erode, P._refit_without
+    monkeypatch.setattr(P.cv2, "erode", lambda *a, **k: calls.append("erode") or real_erode(*a, **k))
+    monkeypatch.setattr(P, "_refit_without", lambda *a, **k: calls.append("refit") or real_refit(*a, **k))
+    preprocess((tvhl_dir / "fundus" / "0004_OD_f_1.jpg").read_bytes())
+    assert calls == []
+    # ... and a photograph with corner text takes both passes.
+    data = (tvhl_dir / "fundus" / "1221_OI_f_4.jpg").read_bytes()
+    rgb = cv2.cvtColor(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    preprocess(_corner_text(rgb, 0.5, 1))
+    assert calls.count("erode") >= 1 and calls.count("refit") == 2
 
 
 def test_a_white_line_around_the_frame_is_not_the_field(tvhl_dir: Path) -> None:

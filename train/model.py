@@ -71,11 +71,18 @@ def fov_token_mask(h: int, w: int, fov_margin: float = 0.0, supersample: int = F
     window is centred where it looks, on model pixel ``s * j`` (stride ``s``;
     every registered backbone pads its stride-2 layers symmetrically, see
     ``benchmarks/receptive_fields.py``); the half pixel to that pixel's centre
-    is below the sampling here and left out. ``"cell"``: the grid cell
+    is below the sampling here and left out. The grid alone does not give the
+    input size, so the stride is taken as ``size / w``: exact for inputs that
+    are a multiple of 32 px (every default), up to half a window off at the far
+    edge otherwise (``new_model`` warns). ``"cell"``: the grid cell
     ``[s * j, s * (j + 1))``, half a token further down and right (what models
     trained before session 17 used; their checkpoints say so). A window's
     inside fraction is measured on ``supersample`` x ``supersample`` points at
-    the centres of equal sub-windows.
+    the centres of equal sub-windows; a token window counts when more than
+    half is inside. A window centred on the input's edge at the circle's top
+    (or left) point has its outer half outside the input and 49 % inside: the
+    samples put it at exactly one half, and the strict test leaves it out
+    (``"cell"`` keeps its ``>=``, as trained).
     """
     if h < 1 or w < 1 or supersample < 1:
         raise ConfigError(f"need h, w, supersample >= 1, got {h}, {w}, {supersample}")
@@ -86,12 +93,13 @@ def fov_token_mask(h: int, w: int, fov_margin: float = 0.0, supersample: int = F
     ys = ((np.arange(h)[:, None] + sub[None, :]) / h - 0.5)  # (h, ss) sample y per window
     xs = ((np.arange(w)[:, None] + sub[None, :]) / w - 0.5)  # (w, ss)
     inside = ys[:, None, :, None] ** 2 + xs[None, :, None, :] ** 2 <= radius**2  # (h, w, ss, ss)
-    mask = inside.mean(axis=(2, 3)) >= 0.5
+    frac = inside.mean(axis=(2, 3))
+    mask = frac > 0.5 if centres == "token" else frac >= 0.5
     if not mask.any():
         # An empty mask would turn every attention logit into -inf (NaN maps and losses).
         raise ConfigError(
             f"no token of the {h}x{w} grid lies at least half inside the FOV circle (fov_margin {fov_margin}); "
-            "use a larger model input, a smaller fov_margin, or fov_token_mask=False"
+            "use a larger model input (--size; 256 px or more), a smaller fov_margin, or fov_token_mask=False"
         )
     return mask
 
@@ -147,7 +155,7 @@ class ModelConfig:
         if self.tokens not in ("global", "separate"):
             raise ConfigError(f"tokens must be global or separate, got {self.tokens!r}")
         if self.token_centres not in ("token", "cell"):
-            raise ConfigError(f"token_centres must be token or cell, got {self.token_centres!r}")
+            raise ConfigError(f"token centres must be 'token' or 'cell', got {self.token_centres!r}")
         if not 0 <= self.fov_margin <= 1:
             raise ConfigError(f"fov_margin must be in [0, 1] (as PreprocessConfig), got {self.fov_margin}")
         if self.dim < 8 or self.sites < 1:

@@ -48,7 +48,7 @@ from uopsl.train.evaluate import (
     site_concentration_report,
 )
 from uopsl.train.loops import TrainConfig, pick_device, predict
-from uopsl.train.model import DeployModel, ModelConfig, UopslModel, fov_token_mask
+from uopsl.train.model import DeployModel, ModelConfig, UopslModel
 from uopsl.train.stages import effective_finetune_config, finetune, pretrain
 from uopsl.train.torchdata import ImageDataset, ImageModality, Item, pixels_version
 
@@ -79,13 +79,18 @@ def new_model(classes: Sequence[str], *, variant: str = "uopsl", backbone: str =
     with torch.random.fork_rng(devices=[]):  # the caller's random state is left as it was
         torch.manual_seed(seed)
         model = UopslModel(cfg, bank.text)
-    if cfg.variant != "fundus_only" and cfg.fov_token_mask:
-        grid = math.ceil(size / 32)  # every registered backbone has stride 32 (train/backbones.py)
-        inside = int(fov_token_mask(grid, grid, cfg.fov_margin, centres=cfg.token_centres).sum())
-        if inside < 4:
+    # Every registered backbone has stride 32 (train/backbones.py). The mask is made here once, so a size that
+    # leaves no token inside the field of view fails now, not at the first forward pass or the export.
+    grid = math.ceil(size / 32)
+    mask = cfg.token_mask(grid, grid)
+    if mask is not None and cfg.variant != "fundus_only":
+        if int(mask.sum()) < 9:
             log.warning("at %d px the site attention has %d token(s) of the field of view to choose between (a %dx%d "
-                        "grid); its maps say nothing below ~128 px (9 tokens) and mean most from 256 px (47 of 64)",
-                        size, inside, grid, grid)
+                        "grid): its maps say little below 128 px; 256 px or more is what they were made for",
+                        size, int(mask.sum()), grid, grid)
+        if size % 32:
+            log.warning("%d px is not a multiple of the backbone's stride (32): the field-of-view token mask places "
+                        "its windows up to half a token off at the grid's far edge", size)
     return model, meta
 
 
