@@ -25,9 +25,9 @@ import argparse
 import concurrent.futures
 import os
 import statistics
-import threading
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 import numpy as np

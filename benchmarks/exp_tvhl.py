@@ -9,9 +9,10 @@ Protocol:
   (npdr or pdr) and ``dme`` (multi-label sigmoid head). DME images without a DR
   grade count as dr-negative in training (their grade is unknown).
 * patient-grouped 3-fold cross-validation (``uopsl.train.data.group_kfold``,
-  seed --seed; ``--duplicates 0.9`` also keeps copies of one photograph filed
-  under two patient ids on one side, which draws other folds); inside each training part, 15 % of the patients are held out
-  for model selection and operating thresholds.
+  seed --seed; ``--duplicates 0.9`` also keeps copies of one photograph
+  filed under two patient ids on one side, which draws other folds); inside
+  each training part, 15 % of the patients are held out for model selection
+  and operating thresholds.
 * OCT pool for stage 1: TVHL OCT B-scans with a known label, of the training
   folds' patients only (no test patient's OCT is ever seen).
 * encoder: EfficientNet-Lite0, ImageNet weights (or random with --init random),
