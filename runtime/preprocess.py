@@ -842,7 +842,7 @@ def _without_bridges(pts: np.ndarray, inner: np.ndarray, mask: np.ndarray, fit: 
     # Solid means near a part of the mask that a (2t + 1)-pixel square fits in (an opening: the erosion's
     # cores, grown by t + _NEAR). Square elements: OpenCV runs them as two 1-D passes (a disc costs ~5x more).
     # Solid implies lit: a core's square lies within t + _NEAR of the point, so the point is within _NEAR of
-    # a lit pixel; the second set therefore holds the first pass's points if it kept them, plus thin ones.
+    # a lit pixel; the second set therefore holds the first pass's points if its refit was refused, plus thin ones.
     t = max(1, round(_THIN * max(mask.shape) / _DETECT_SIDE))
     # OpenCV erodes as if the frame continued lit beyond its border, so a field clipped by the frame keeps its
     # cut edge, and a mark glued to the border counts as solid from half the thickness (t + 1 pixels).

@@ -62,7 +62,7 @@ HEALTHY_CLASS = "normal"
 
 def fov_token_mask(h: int, w: int, fov_margin: float = 0.0, supersample: int = FOV_SUPERSAMPLE,
                    centres: TokenCentres = "token") -> np.ndarray:
-    """(h, w) bool: the tokens whose window (one stride square) lies at least half inside the FOV circle.
+    """(h, w) bool: the tokens whose window (one stride square) lies more than half inside the FOV circle.
 
     The model input is the square crop of ``uopsl.runtime.preprocess``: the FOV
     circle is centred and its radius is ``size / 2 / (1 + fov_margin)`` pixels,
@@ -98,7 +98,7 @@ def fov_token_mask(h: int, w: int, fov_margin: float = 0.0, supersample: int = F
     if not mask.any():
         # An empty mask would turn every attention logit into -inf (NaN maps and losses).
         raise ConfigError(
-            f"no token of the {h}x{w} grid lies at least half inside the FOV circle (fov_margin {fov_margin}); "
+            f"no token of the {h}x{w} grid lies half inside the FOV circle (fov_margin {fov_margin}); "
             "use a larger model input (--size; 256 px or more), a smaller fov_margin, or fov_token_mask=False"
         )
     return mask
