@@ -40,6 +40,7 @@ import argparse
 import json
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -49,8 +50,10 @@ from uopsl.runtime.fsio import write_json
 from uopsl.runtime.metrics import auc_ci, roc_auc
 from uopsl.runtime.preprocess import PreprocessConfig
 from uopsl.train import data
+from uopsl.train.checkpoint import CheckpointMeta
 from uopsl.train.datasets.duplicates import DuplicateConfig, find_duplicates
 from uopsl.train.loops import TrainConfig
+from uopsl.train.model import UopslModel
 from uopsl.train.stages import FeatureDataset, finetune, pretrain
 from uopsl.train.torchdata import ImageDataset, Item
 from uopsl.train.workflow import new_model
@@ -100,6 +103,14 @@ def brightness_features(images: np.ndarray) -> np.ndarray:
     return np.asarray(out, np.float64)
 
 
+def with_token_centres(model: UopslModel, meta: CheckpointMeta, centres: str) -> tuple[UopslModel, CheckpointMeta]:
+    """The model judging its field-of-view tokens by ``centres`` (``ModelConfig.token_centres``; weights unchanged)."""
+    if centres != model.config.token_centres:
+        model.config = replace(model.config, token_centres=centres)  # type: ignore[arg-type]
+        meta = replace(meta, model=model.config)
+    return model, meta
+
+
 def zero_shot_dr(args: argparse.Namespace, fsrc: data.DatasetSource, osrc: data.DatasetSource,
                  ffeat: FeatureDataset, ofeat: FeatureDataset, fy: np.ndarray, oy: np.ndarray,
                  folds: list[tuple[np.ndarray, np.ndarray]], lab: np.ndarray, t0: float,
@@ -130,7 +141,8 @@ def zero_shot_dr(args: argparse.Namespace, fsrc: data.DatasetSource, osrc: data.
         train_patients = {fsrc.samples[i].patient for i in tr}
         oidx = np.flatnonzero(np.isin(opatients, list(train_patients)) & no_dr_o)
         for v in variants:
-            model, meta = new_model(seen, variant=v, size=args.size, init=args.init, seed=args.seed)
+            model, meta = with_token_centres(*new_model(seen, variant=v, size=args.size, init=args.init,
+                                                        seed=args.seed), args.token_centres)
             torch.manual_seed(args.seed)
             cfg = TrainConfig(epochs=args.epochs, batch_size=32, lr=1e-3, seed=args.seed, freeze_encoder=True,
                               augment=False, save_every=0, balanced=True, w_site_guide=args.site_guide)
@@ -171,6 +183,9 @@ def main() -> None:
                     help="keep copies of one photograph (signature correlation >= T, `uopsl duplicates`) on one side "
                          "of every fold and of the model-selection split; default: patients only, as the runs "
                          "before session 17")
+    ap.add_argument("--token-centres", choices=("cell", "token"), default="cell",
+                    help="the site attention's field-of-view token mask: grid cells (the default) or windows centred "
+                         "where the tokens look (ModelConfig.token_centres; session 17's experiment)")
     ap.add_argument("--zero-shot-dr", action="store_true",
                     help="hold DR out of training and score it zero-shot (see the module docstring)")
     args = ap.parse_args()
@@ -228,7 +243,8 @@ def main() -> None:
             for name, x in (("brightness", bright), ("imagenet_lr", pooled)):
                 base[name][te, k] = logistic(x[tr], fy[tr, k], x[te])
         for v in variants:
-            model, meta = new_model(CLASSES, variant=v, size=args.size, init=args.init, seed=args.seed)
+            model, meta = with_token_centres(*new_model(CLASSES, variant=v, size=args.size, init=args.init,
+                                                        seed=args.seed), args.token_centres)
             torch.manual_seed(args.seed)
             cfg = TrainConfig(epochs=args.epochs, batch_size=32, lr=1e-3, seed=args.seed, freeze_encoder=True,
                               augment=False, save_every=0, balanced=True, w_site_guide=args.site_guide)

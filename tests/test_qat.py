@@ -29,9 +29,7 @@ SIZE = 64
 def lite0_model(seed: int = 0, init: str = "random") -> tuple[UopslModel, CheckpointMeta]:
     """A small UOPSL model on EfficientNet-Lite0; ``init="imagenet"``: the real weights (offline package)."""
     torch.manual_seed(seed)
-    # 64 px: a 2 x 2 token grid, whose cells keep all four tokens in the field-of-view mask (see trainhelpers).
-    cfg = ModelConfig(backbone="efficientnet_lite0", init=init, classes=CLASSES, dim=32, sites=2,  # type: ignore[arg-type]
-                      token_centres="cell")
+    cfg = ModelConfig(backbone="efficientnet_lite0", init=init, classes=CLASSES, dim=32, sites=2)  # type: ignore[arg-type]
     text = np.random.default_rng(seed).standard_normal((3, 384)).astype(np.float32)
     model = UopslModel(cfg, text).eval()
     if init == "random":  # random BatchNorm statistics, so the fold is not the identity

@@ -46,10 +46,7 @@ def tiny_model(variant: str = "uopsl", seed: int = 0, random_text: bool = False)
     import torch
 
     torch.manual_seed(seed)
-    # A 64 px input gives a 2 x 2 token grid. Judged where the tokens look, only one of them lies inside the
-    # field of view and site attention would have nothing to choose between; the grid cells keep all four.
-    cfg = ModelConfig(backbone="resnet18", init="random", classes=CLASSES, dim=32, sites=2, variant=variant,  # type: ignore[arg-type]
-                      token_centres="cell")
+    cfg = ModelConfig(backbone="resnet18", init="random", classes=CLASSES, dim=32, sites=2, variant=variant)  # type: ignore[arg-type]
     phrases = (("a healthy retina",), ("a yellow spot at the centre",), ("a blue spot at the centre",))
     # The packaged encoder's prototypes of its phrases, as a real checkpoint holds them: commands that describe
     # new classes check the checkpoint's encoder by encoding its phrases again.

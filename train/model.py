@@ -50,7 +50,7 @@ LEGACY_ATTENTION: Attention = "dot"
 LEGACY_FOV_TOKEN_MASK = False
 # Checkpoints written before ModelConfig.tokens existed project tokens with a separate 1x1 convolution.
 LEGACY_TOKENS: TokenProjection = "separate"
-# Checkpoints written before ModelConfig.token_centres existed judged each token by its grid cell.
+# Checkpoints written before ModelConfig.token_centres existed judged each token by its grid cell (the default).
 LEGACY_TOKEN_CENTRES: TokenCentres = "cell"
 # Supersampling of one token cell (per axis) when measuring how much of it lies inside the FOV.
 FOV_SUPERSAMPLE = 16
@@ -61,7 +61,7 @@ HEALTHY_CLASS = "normal"
 
 
 def fov_token_mask(h: int, w: int, fov_margin: float = 0.0, supersample: int = FOV_SUPERSAMPLE,
-                   centres: TokenCentres = "token") -> np.ndarray:
+                   centres: TokenCentres = "cell") -> np.ndarray:
     """(h, w) bool: the tokens whose window (one stride square) lies more than half inside the FOV circle.
 
     The model input is the square crop of ``uopsl.runtime.preprocess``: the FOV
@@ -74,9 +74,9 @@ def fov_token_mask(h: int, w: int, fov_margin: float = 0.0, supersample: int = F
     is below the sampling here and left out. The grid alone does not give the
     input size, so the stride is taken as ``size / w``: exact for inputs that
     are a multiple of 32 px (every default), up to half a window off at the far
-    edge otherwise (``new_model`` warns). ``"cell"``: the grid cell
-    ``[s * j, s * (j + 1))``, half a token further down and right (what models
-    trained before session 17 used; their checkpoints say so). A window's
+    edge otherwise. ``"cell"``: the grid cell
+    ``[s * j, s * (j + 1))``, half a token further down and right (what every
+    model is trained with by default; ``ModelConfig.token_centres``). A window's
     inside fraction is measured on ``supersample`` x ``supersample`` points at
     the centres of equal sub-windows; a token window counts when more than
     half is inside. A window centred on the input's edge at the circle's top
@@ -128,9 +128,11 @@ class ModelConfig:
     # is the preprocessing's (PreprocessConfig.fov_margin), copied when the model is created.
     fov_token_mask: bool = True
     fov_margin: float = 0.0
-    # Which window judges a token for that mask: the one centred where the token looks ("token"), or its grid
-    # cell, half a token off ("cell": checkpoints written before the field existed).
-    token_centres: TokenCentres = "token"
+    # Which window judges a token for that mask: its grid cell, half a token off where it looks ("cell", what
+    # every model has used), or the window centred where it looks ("token"). "token" is the geometrically right
+    # one, but on TVHL it lowered uopsl's referable-DR AUC from 0.793 to 0.691 in all three folds (one seed,
+    # docs/results.md), so it stays an option until more runs say which is better.
+    token_centres: TokenCentres = "cell"
     # How each branch's tokens enter the shared space: "global" projects every feature-map cell with the
     # branch's global projection (so the tokens' mean is g, which the text contrastive aligns, and the
     # fundus tokens share the OCT tokens' space from stage 1 on); "separate" gives them a 1x1 convolution

@@ -88,9 +88,6 @@ def new_model(classes: Sequence[str], *, variant: str = "uopsl", backbone: str =
             log.warning("at %d px the site attention has %d token(s) of the field of view to choose between (a %dx%d "
                         "grid): its maps say little below 128 px; 256 px or more is what they were made for",
                         size, int(mask.sum()), grid, grid)
-        if size % 32:
-            log.warning("%d px is not a multiple of the backbone's stride (32): the field-of-view token mask places "
-                        "its windows up to half a token off at the grid's far edge", size)
     return model, meta
 
 
