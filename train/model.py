@@ -62,7 +62,8 @@ HEALTHY_CLASS = "normal"
 
 def fov_token_mask(h: int, w: int, fov_margin: float = 0.0, supersample: int = FOV_SUPERSAMPLE,
                    centres: TokenCentres = "cell") -> np.ndarray:
-    """(h, w) bool: the tokens whose window (one stride square) lies more than half inside the FOV circle.
+    """(h, w) bool: the tokens whose window (one stride square) lies half inside the FOV circle (grid cells: at
+    least half; windows where the tokens look: more than half).
 
     The model input is the square crop of ``uopsl.runtime.preprocess``: the FOV
     circle is centred and its radius is ``size / 2 / (1 + fov_margin)`` pixels,
