@@ -253,7 +253,7 @@ def test_a_model_too_small_for_its_site_attention_is_named_when_made(caplog: pyt
         model, _ = new_model(("normal", "dr"), backbone="resnet18", init="random", size=256)
         new_model(("normal", "dr"), backbone="resnet18", init="random", size=96)  # 9 cells of 9
         new_model(("normal", "dr"), backbone="resnet18", init="random", size=300)  # cells: no window to drift
-    assert caplog.text == ""
+    assert not [r for r in caplog.records if r.name == "uopsl.train.workflow"]  # other loggers may speak
     assert model.inside_tokens(8, 8, torch.device("cpu")).sum() == 52  # the grid a 256 px input gives
     # Judged where they look, 32 px leaves no token inside (one, on the input's corner): refused when the mask is
     # made, whatever the variant; 300 px windows drift from where the tokens look, and that is said.
