@@ -9,7 +9,8 @@ Protocol:
   (npdr or pdr) and ``dme`` (multi-label sigmoid head). DME images without a DR
   grade count as dr-negative in training (their grade is unknown).
 * patient-grouped 3-fold cross-validation (``uopsl.train.data.group_kfold``,
-  seed --seed; ``--duplicates 0.9`` also keeps copies of one photograph
+  seed --seed; ``--train-seed`` trains other models on the same folds;
+  ``--duplicates 0.9`` also keeps copies of one photograph
   filed under two patient ids on one side, which draws other folds); inside
   each training part, 15 % of the patients are held out for model selection
   and operating thresholds.
@@ -103,6 +104,11 @@ def brightness_features(images: np.ndarray) -> np.ndarray:
     return np.asarray(out, np.float64)
 
 
+def train_seed(args: argparse.Namespace) -> int:
+    """The seed of the models' initialisation and batch order: ``--train-seed``, else ``--seed``."""
+    return int(args.seed if args.train_seed is None else args.train_seed)
+
+
 def with_token_centres(model: UopslModel, meta: CheckpointMeta, centres: str) -> tuple[UopslModel, CheckpointMeta]:
     """The model judging its field-of-view tokens by ``centres`` (``ModelConfig.token_centres``; weights unchanged)."""
     if centres != model.config.token_centres:
@@ -142,9 +148,9 @@ def zero_shot_dr(args: argparse.Namespace, fsrc: data.DatasetSource, osrc: data.
         oidx = np.flatnonzero(np.isin(opatients, list(train_patients)) & no_dr_o)
         for v in variants:
             model, meta = with_token_centres(*new_model(seen, variant=v, size=args.size, init=args.init,
-                                                        seed=args.seed), args.token_centres)
-            torch.manual_seed(args.seed)
-            cfg = TrainConfig(epochs=args.epochs, batch_size=32, lr=1e-3, seed=args.seed, freeze_encoder=True,
+                                                        seed=train_seed(args)), args.token_centres)
+            torch.manual_seed(train_seed(args))
+            cfg = TrainConfig(epochs=args.epochs, batch_size=32, lr=1e-3, seed=train_seed(args), freeze_encoder=True,
                               augment=False, save_every=0, balanced=True, w_site_guide=args.site_guide)
             run = args.out / "zero_shot_dr" / f"fold{f}" / v
             pretrain(model, f2.subset(tr_idx), o2.subset(oidx) if v == "uopsl" else None, cfg, run / "pretrain", meta)
@@ -172,6 +178,9 @@ def main() -> None:
     ap.add_argument("--tvhl", type=Path, default=Path("../shared/data/tvhl"))
     ap.add_argument("--out", type=Path, default=Path("runs/tvhl"))
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--train-seed", type=int, default=None,
+                    help="seed of the models' initialisation and batch order (default: --seed); --seed alone keeps "
+                         "drawing the folds, so other values train other models on the same folds")
     ap.add_argument("--size", type=int, default=320)
     ap.add_argument("--folds", type=int, default=3)
     ap.add_argument("--epochs", type=int, default=20)
@@ -244,9 +253,9 @@ def main() -> None:
                 base[name][te, k] = logistic(x[tr], fy[tr, k], x[te])
         for v in variants:
             model, meta = with_token_centres(*new_model(CLASSES, variant=v, size=args.size, init=args.init,
-                                                        seed=args.seed), args.token_centres)
-            torch.manual_seed(args.seed)
-            cfg = TrainConfig(epochs=args.epochs, batch_size=32, lr=1e-3, seed=args.seed, freeze_encoder=True,
+                                                        seed=train_seed(args)), args.token_centres)
+            torch.manual_seed(train_seed(args))
+            cfg = TrainConfig(epochs=args.epochs, batch_size=32, lr=1e-3, seed=train_seed(args), freeze_encoder=True,
                               augment=False, save_every=0, balanced=True, w_site_guide=args.site_guide)
             run = out / f"fold{f}" / v
             pretrain(model, ffeat.subset(tr_idx), ofeat.subset(oidx) if v == "uopsl" else None, cfg, run / "pretrain", meta)
