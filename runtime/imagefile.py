@@ -153,18 +153,16 @@ def is_truncated(data: bytes) -> bool:
     return False
 
 
-def _first_ifd(data: bytes, *, big: bool) -> Iterator[tuple[int, int, int, int, Literal["little", "big"]]]:
-    """(tag, type, count, offset of the value field, byte order) of each entry of a TIFF's first IFD.
+def _ifd_entries(data: bytes, ifd: int, *, big: bool) -> Iterator[tuple[int, int, int, int, Literal["little", "big"]]]:
+    """(tag, type, count, offset of the value field, byte order) of each entry of the TIFF IFD at ``ifd``.
 
-    BigTIFF: 8-byte IFD offset and entry count, 20-byte entries with 8-byte values; classic: 4, 2, 12, 4.
+    BigTIFF: 8-byte entry count, 20-byte entries with 8-byte values; classic: 2, 12, 4.
     Stops at the end of the data (a truncated IFD yields what is there).
     """
     order: Literal["little", "big"] = "little" if data[:2] == b"II" else "big"
     if big:
-        ifd = int.from_bytes(data[8:16], order)
         n, first, entry, value_at = int.from_bytes(data[ifd : ifd + 8], order), ifd + 8, 20, 12
     else:
-        ifd = int.from_bytes(data[4:8], order)
         n, first, entry, value_at = int.from_bytes(data[ifd : ifd + 2], order), ifd + 2, 12, 8
     for k in range(min(n, 4096)):
         e = first + entry * k
@@ -172,6 +170,62 @@ def _first_ifd(data: bytes, *, big: bool) -> Iterator[tuple[int, int, int, int, 
             return
         yield (int.from_bytes(data[e : e + 2], order), int.from_bytes(data[e + 2 : e + 4], order),
                int.from_bytes(data[e + 4 : e + value_at], order), e + value_at, order)
+
+
+def _ifd_offsets(data: bytes, *, big: bool) -> Iterator[int]:
+    """The offsets of a TIFF's IFDs along its chain, one per page (or thumbnail, or mask).
+
+    Stops at the chain's end (offset 0), a pointer outside the data, a loop, or :data:`_MAX_IFDS` IFDs.
+    """
+    order: Literal["little", "big"] = "little" if data[:2] == b"II" else "big"
+    size, count_size, entry = (8, 8, 20) if big else (4, 2, 12)
+    at = int.from_bytes(data[8:16] if big else data[4:8], order)
+    seen: set[int] = set()
+    while 0 < at < len(data) and at not in seen and len(seen) < _MAX_IFDS:
+        seen.add(at)
+        yield at
+        n = int.from_bytes(data[at : at + count_size], order)
+        nxt = at + count_size + entry * min(n, 4096)
+        at = int.from_bytes(data[nxt : nxt + size], order) if nxt + size <= len(data) else 0
+
+
+# More IFDs than any photograph file chains (a page each, plus thumbnails and masks); a longer chain stops here.
+_MAX_IFDS = 1024
+
+
+def _first_ifd(data: bytes, *, big: bool) -> Iterator[tuple[int, int, int, int, Literal["little", "big"]]]:
+    """:func:`_ifd_entries` of a TIFF's first IFD (the page OpenCV decodes)."""
+    for at in _ifd_offsets(data, big=big):
+        yield from _ifd_entries(data, at, big=big)
+        return
+
+
+def tiff_pages(data: bytes) -> int | None:
+    """How many full-size pictures a TIFF (classic or BigTIFF) chains; None when it is no TIFF or has no IFD.
+
+    A thumbnail (NewSubfileType bit 0, or the old SubfileType 2) and a transparency mask (bit 2) are not
+    pictures of their own; a page of a multi-page file (bit 1) is. OpenCV decodes the first IFD only, so a
+    file holding a series, or both eyes, would be screened by its first picture alone.
+    """
+    fmt = image_format(data)
+    if fmt not in ("tiff", "bigtiff"):
+        return None
+    big = fmt == "bigtiff"
+    try:
+        pages = 0
+        n_ifds = 0
+        for at in _ifd_offsets(data, big=big):
+            n_ifds += 1
+            kind = 0
+            for tag, typ, _count, value, order in _ifd_entries(data, at, big=big):
+                if tag == 254:  # NewSubfileType, LONG
+                    kind = int.from_bytes(data[value : value + 4], order) & 0b101
+                elif tag == 255 and typ == 3:  # SubfileType, SHORT: 2 = reduced resolution
+                    kind = 1 if int.from_bytes(data[value : value + 2], order) == 2 else kind
+            pages += kind == 0
+        return pages if n_ifds else None
+    except (IndexError, ValueError):
+        return None
 
 
 def _tiff_size(data: bytes, *, big: bool) -> tuple[int, int] | None:
@@ -203,6 +257,38 @@ def tiff_sample_max(data: bytes) -> int | None:
         return (1 << bits) - 1 if 8 < bits < 16 else None
     except (IndexError, ValueError):
         return None
+
+
+def png_significant_bits(data: bytes) -> int | None:
+    """The significant bits of a 16-bit PNG's colour samples (its sBIT chunk), when below 16; else None.
+
+    The PNG specification has an encoder scale fewer bits up to the full 16 and
+    record the original depth in sBIT; some scientific and medical cameras
+    instead store 10-14-bit data unscaled and only declare it there.
+    :func:`uopsl.runtime.preprocess.decode` tells the two apart by the pixels.
+    """
+    try:
+        if data[:8] != _PNG or data[12:16] != b"IHDR" or data[24] != 16:
+            return None
+        colour = data[25]
+        channels = {0: 1, 2: 3, 4: 1, 6: 3}.get(colour)  # alpha's own sBIT byte is left out
+        if channels is None:
+            return None
+        at = 8
+        while at + 8 <= len(data):
+            length, kind = int.from_bytes(data[at : at + 4], "big"), data[at + 4 : at + 8]
+            if kind in (b"IDAT", b"IEND"):  # sBIT must come before the image data
+                return None
+            if kind == b"sBIT":
+                body = data[at + 8 : at + 8 + length]
+                if len(body) < channels:
+                    return None
+                bits = max(body[:channels])
+                return bits if 0 < bits < 16 else None
+            at += 12 + length
+    except IndexError:
+        return None
+    return None
 
 
 def _webp_size(data: bytes) -> tuple[int, int] | None:

@@ -53,6 +53,8 @@ from uopsl.runtime.imagefile import (
     is_truncated,
     jpeg_frame,
     other_format,
+    png_significant_bits,
+    tiff_pages,
     tiff_sample_max,
 )
 
@@ -411,13 +413,34 @@ def _to_uint8(img: np.ndarray, sample_max: int | None = None) -> np.ndarray:
     if img.dtype == np.uint16:
         # The range the file declares (a TIFF's MaxSampleValue or BitsPerSample: 12-bit camera data), else
         # the full 16 bits, never the picture's own brightest pixel: guessing the depth from it brightened
-        # a dark photograph past the gate's too-dark check. PNG stores fewer significant bits scaled up to
-        # 16 already.
+        # a dark photograph past the gate's too-dark check. A PNG's declared depth counts only for data left
+        # unscaled (_png_sample_max).
         return cv2.convertScaleAbs(img, alpha=255.0 / float(sample_max or 65535))
     if np.issubdtype(img.dtype, np.floating):
         scale = 255.0 if float(np.nanmax(img)) <= 1.0 else 1.0
         return np.clip(np.nan_to_num(img) * scale + 0.5, 0, 255).astype(np.uint8)
     return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def _png_sample_max(data: bytes, img: np.ndarray) -> int | None:
+    """The largest sample value of a 16-bit PNG that stores fewer significant bits unscaled, else None.
+
+    A PNG declaring ``s`` significant bits (sBIT) should hold them scaled up to 16 bits, by a shift (the
+    low ``16 - s`` bits zero) or by repeating the high bits (zero too wherever the value is below ``2**s``).
+    Data left unscaled (a 12-bit camera writing 0-4095) has no sample above ``2**s - 1`` and some with
+    low bits set: only then is it read over its declared range; a scaled file, however dark, is not.
+    """
+    if img.dtype != np.uint16:
+        return None
+    bits = png_significant_bits(data)
+    if bits is None:
+        return None
+    top = (1 << bits) - 1
+    low = (1 << (16 - bits)) - 1
+    colour = img[..., :3] if img.ndim == 3 else img  # OpenCV's BGR(A): the alpha plane has its own depth
+    if int(colour.max()) > top or not (colour & low).any():
+        return None
+    return top
 
 
 def _check_pixels(w: int, h: int, max_pixels: int, source: str | None) -> None:
@@ -458,7 +481,7 @@ def _decode_checked(data: bytes, fmt: str, max_pixels: int, source: str | None) 
     _check_pixels(img.shape[1], img.shape[0], max_pixels, source)
     if fmt == "jpeg" and _ends_in_fill(img):
         raise _damaged(source)
-    sample_max = tiff_sample_max(data) if fmt == "tiff" else None
+    sample_max = tiff_sample_max(data) if fmt == "tiff" else _png_sample_max(data, img) if fmt == "png" else None
     return apply_orientation(_to_rgb(_to_uint8(img, sample_max), source), image_orientation(data))
 
 
@@ -472,7 +495,7 @@ def check_image_bytes(data: bytes, max_pixels: int, source: str | None = None) -
     """What :func:`decode` checks before decoding; returns the format (:func:`imagefile.image_format`).
 
     Empty, cut short (a JPEG or PNG without the end of its image data), in a
-    format the runtime does not read, or declaring more than ``max_pixels``
+    format the runtime does not read, a TIFF holding several pictures, or declaring more than ``max_pixels``
     pixels (a decompression bomb is refused before it is allocated): an
     :class:`ImageError` saying which.
     """
@@ -488,6 +511,12 @@ def check_image_bytes(data: bytes, max_pixels: int, source: str | None = None) -
                                "content, not the name)", source=source)
     if is_truncated(data):
         raise ImageDecodeError("image data is truncated (no end-of-image marker)", source=source)
+    pages = tiff_pages(data) if fmt in ("tiff", "bigtiff") else None
+    if pages is not None and pages > 1:
+        # OpenCV would decode the first picture only: a file holding both eyes, or a series, must not pass as one.
+        raise ImageFormatError(f"a TIFF holding {pages} full-size pictures (the runtime screens one photograph per "
+                               "file, and would see only the first); save each page as its own file and screen "
+                               "those", source=source)
     header = header_size(data)
     if header is not None:
         _check_pixels(header[0], header[1], max_pixels, source)

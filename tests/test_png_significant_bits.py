@@ -1,0 +1,68 @@
+"""16-bit PNGs holding fewer significant bits: the specification has them scaled up to 16 bits and declared
+in sBIT, but some cameras write 10-14-bit data unscaled (0-4095) and only declare it. Those came out 16x too
+dark (``too_dark``); a scaled file, however dark, must still read as it is."""
+
+from __future__ import annotations
+
+import struct
+import zlib
+
+import cv2
+import numpy as np
+import pytest
+
+from imagekit import draw_fake_fundus
+from uopsl.runtime import imagefile
+from uopsl.runtime.preprocess import PreprocessConfig, decode, preprocess
+
+
+def _png16(rgb16: np.ndarray, sbit: bytes | None = None, *, after_idat: bool = False) -> bytes:
+    """A 16-bit PNG of ``rgb16`` (RGB order) with an sBIT chunk carrying ``sbit`` (before IDAT, or after it)."""
+    img = cv2.cvtColor(rgb16, cv2.COLOR_RGB2BGR) if rgb16.ndim == 3 else rgb16
+    ok, buf = cv2.imencode(".png", img)
+    assert ok
+    data = buf.tobytes()
+    if sbit is None:
+        return data
+    chunk = struct.pack(">I", len(sbit)) + b"sBIT" + sbit + struct.pack(">I", zlib.crc32(b"sBIT" + sbit))
+    at = data.index(b"IEND") - 4 if after_idat else 8 + 25  # after IHDR (8 signature + 25 chunk bytes)
+    return data[:at] + chunk + data[at:]
+
+
+def _twelve_bit(img: np.ndarray) -> np.ndarray:
+    return ((img.astype(np.uint32) * 4095 + 127) // 255).astype(np.uint16)
+
+
+def test_the_declared_bits_are_read_from_the_header() -> None:
+    img16 = _twelve_bit(draw_fake_fundus(64, seed=1))
+    assert imagefile.png_significant_bits(_png16(img16, b"\x0c\x0c\x0c")) == 12
+    assert imagefile.png_significant_bits(_png16(img16, b"\x0a\x0c\x0b")) == 12  # the widest channel
+    assert imagefile.png_significant_bits(_png16(img16[..., 0], b"\x0e")) == 14  # grey
+    assert imagefile.png_significant_bits(_png16(img16, b"\x10\x10\x10")) is None  # all 16 bits
+    assert imagefile.png_significant_bits(_png16(img16)) is None  # nothing declared
+    assert imagefile.png_significant_bits(_png16(img16, b"\x0c\x0c\x0c", after_idat=True)) is None  # misplaced
+    assert imagefile.png_significant_bits(_png16(img16, b"\x0c")) is None  # too short for RGB
+    ok, eight = cv2.imencode(".png", draw_fake_fundus(64, seed=1))
+    assert ok and imagefile.png_significant_bits(eight.tobytes()) is None  # 8-bit: nothing to scale
+
+
+def test_unscaled_12bit_data_is_read_over_its_declared_range() -> None:
+    img = draw_fake_fundus(256, seed=2)
+    data = _png16(_twelve_bit(img), b"\x0c\x0c\x0c")
+    assert np.abs(decode(data).astype(int) - img).max() <= 1
+    undeclared = decode(_png16(_twelve_bit(img)))
+    assert undeclared.max() <= 16  # as before: the full 16-bit range, dark
+    cfg = PreprocessConfig(size=128)
+    assert np.array_equal(preprocess(data, cfg).image, preprocess(img, cfg).image)
+
+
+@pytest.mark.parametrize("scaling", ["shift", "replicate"])
+def test_scaled_data_is_read_as_it_is(scaling: str) -> None:
+    """What the specification asks for: 12 bits scaled up (by a shift, or repeating the high bits)."""
+    twelve = _twelve_bit(draw_fake_fundus(128, seed=3)).astype(np.uint32)
+    scaled = (twelve << 4) if scaling == "shift" else (twelve << 4) | (twelve >> 8)
+    plain = decode(_png16(scaled.astype(np.uint16)))
+    assert np.array_equal(decode(_png16(scaled.astype(np.uint16), b"\x0c\x0c\x0c")), plain)
+    dark = (scaled // 32).astype(np.uint16) & 0xFFF0  # a dark but scaled photograph: every value below 4096
+    assert dark.max() < 4096
+    assert np.array_equal(decode(_png16(dark, b"\x0c\x0c\x0c")), decode(_png16(dark)))  # not brightened 16x
