@@ -218,8 +218,8 @@ def tiff_pages(data: bytes) -> int | None:
             n_ifds += 1
             kind = 0
             for tag, typ, _count, value, order in _ifd_entries(data, at, big=big):
-                if tag == 254:  # NewSubfileType, LONG
-                    kind = int.from_bytes(data[value : value + 4], order) & 0b101
+                if tag == 254:  # NewSubfileType: a LONG (a few writers use a SHORT)
+                    kind = int.from_bytes(data[value : value + (2 if typ == 3 else 4)], order) & 0b101
                 elif tag == 255 and typ == 3:  # SubfileType, SHORT: 2 = reduced resolution
                     kind = 1 if int.from_bytes(data[value : value + 2], order) == 2 else kind
             pages += kind == 0

@@ -18,12 +18,15 @@ from uopsl.runtime.errors import ImageFormatError
 from uopsl.runtime.preprocess import PreprocessConfig, decode, preprocess
 
 
-def _tiff(pages: list[tuple[np.ndarray, int | None]], *, big: bool = False, loop: bool = False) -> bytes:
-    """An uncompressed little-endian 8-bit RGB TIFF (BigTIFF with ``big``), one IFD per ``(rgb, NewSubfileType)``.
+def _tiff(pages: list[tuple[np.ndarray, int | None]], *, big: bool = False, loop: bool = False,
+          motorola: bool = False, short_subfile: bool = False) -> bytes:
+    """An uncompressed 8-bit RGB TIFF (BigTIFF with ``big``), one IFD per ``(rgb, NewSubfileType)``.
 
-    ``NewSubfileType`` None leaves the tag out. ``loop``: the last IFD points back to the first.
+    ``NewSubfileType`` None leaves the tag out; ``short_subfile`` writes it as a SHORT. ``loop``: the last
+    IFD points back to the first. ``motorola``: big-endian ("MM") instead of little-endian ("II").
     """
-    word, count_fmt, off_fmt = ("<Q", "<Q", "<Q") if big else ("<I", "<H", "<I")
+    o = ">" if motorola else "<"
+    word, count_fmt, off_fmt = (o + "Q", o + "Q", o + "Q") if big else (o + "I", o + "H", o + "I")
     head = 16 if big else 8
     entry_size = 20 if big else 12
     blobs: list[bytes] = []
@@ -33,7 +36,7 @@ def _tiff(pages: list[tuple[np.ndarray, int | None]], *, big: bool = False, loop
         entries = [(256, 4, 1, w), (257, 4, 1, h), (258, 3, 1, 8), (259, 3, 1, 1), (262, 3, 1, 2),
                    (273, 4, 1, -1), (277, 3, 1, 3), (278, 4, 1, h), (279, 4, 1, rgb.size), (284, 3, 1, 1)]
         if subfile is not None:
-            entries.append((254, 4, 1, subfile))
+            entries.append((254, 3 if short_subfile else 4, 1, subfile))
         ifds.append(sorted(entries))
         blobs.append(np.ascontiguousarray(rgb, np.uint8).tobytes())
     # Layout: header, then each IFD followed by its strip.
@@ -42,16 +45,18 @@ def _tiff(pages: list[tuple[np.ndarray, int | None]], *, big: bool = False, loop
     for entries, blob in zip(ifds, blobs):
         offsets.append(at)
         at += struct.calcsize(count_fmt) + entry_size * len(entries) + struct.calcsize(off_fmt) + len(blob)
-    out = bytearray(b"II+\0" + struct.pack("<HHQ", 8, 0, head) if big else b"II*\0" + struct.pack("<I", head))
+    magic = b"MM\0" if motorola else b"II"
+    out = bytearray(magic + (b"+" if motorola else b"+\0") + struct.pack(o + "HHQ", 8, 0, head) if big
+                    else magic + (b"*" if motorola else b"*\0") + struct.pack(o + "I", head))
     for k, (entries, blob) in enumerate(zip(ifds, blobs)):
         ifd_size = struct.calcsize(count_fmt) + entry_size * len(entries) + struct.calcsize(off_fmt)
         strip_at = offsets[k] + ifd_size
         out += struct.pack(count_fmt, len(entries))
         for tag, typ, count, value in entries:
             value = strip_at if value == -1 else value
-            # Values sit left-justified in the value field: a SHORT in its first two bytes.
-            field = struct.pack("<H", value).ljust(8 if big else 4, b"\0") if typ == 3 else struct.pack(word, value)
-            out += struct.pack("<HH", tag, typ) + struct.pack(word, count) + field
+            # Values sit left-justified in the value field (a SHORT in its first 2 bytes, a LONG in its first 4).
+            field = struct.pack(o + ("H" if typ == 3 else "I"), value).ljust(8 if big else 4, b"\0")
+            out += struct.pack(o + "HH", tag, typ) + struct.pack(word, count) + field
         nxt = offsets[k + 1] if k + 1 < len(offsets) else (offsets[0] if loop else 0)
         out += struct.pack(off_fmt, nxt) + blob
     return bytes(out)
@@ -77,6 +82,19 @@ def test_pictures_are_counted_and_thumbnails_and_masks_are_not(big: bool) -> Non
     assert imagefile.tiff_pages(_tiff([(a, 0), (a, 4)], big=big)) == 1  # transparency mask
     assert imagefile.tiff_pages(_tiff([(a, 2), (b, 2)], big=big)) == 2  # pages of a multi-page file
     assert imagefile.tiff_pages(_tiff([(a, None), (b, None), (thumb, 1), (a, None)], big=big)) == 3
+
+
+@pytest.mark.parametrize("big", [False, True])
+def test_big_endian_files_and_a_subfile_type_written_as_a_short(big: bool) -> None:
+    """NewSubfileType is a LONG; a SHORT sits in the value field's first two bytes, which in a big-endian
+    file read as a LONG give 65,536 times the value (a thumbnail counted as a picture)."""
+    a, thumb = _fundus(1), cv2.resize(_fundus(1), (32, 32))
+    for short in (False, True):
+        data = _tiff([(a, 0), (thumb, 1)], big=big, motorola=True, short_subfile=short)
+        got = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        assert got is not None and np.array_equal(cv2.cvtColor(got, cv2.COLOR_BGR2RGB), a)
+        assert imagefile.tiff_pages(data) == 1
+        assert imagefile.tiff_pages(_tiff([(a, 2), (a, 2)], big=big, motorola=True, short_subfile=short)) == 2
 
 
 def test_a_looping_or_broken_chain_ends() -> None:
