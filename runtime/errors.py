@@ -44,6 +44,15 @@ class ImageFormatError(ImageDecodeError):
     reason = "unsupported_format"
 
 
+class ImageReaderMissingError(ImageFormatError):
+    """The file's format needs an optional reader that is not installed here (DICOM without pydicom).
+
+    Not a property of the file: a rerun after installing the reader screens it (its reason is not final).
+    """
+
+    reason = "reader_missing"
+
+
 class ImageReadError(ImageError):
     """The file cannot be read at all (missing, a folder, no permission, I/O error)."""
 

@@ -36,7 +36,7 @@ _SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 _LOSSLESS_SOF = frozenset({0xC3, 0xC7, 0xCB, 0xCF})
 
 #: What the runtime accepts, for messages.
-SUPPORTED = "JPEG, PNG, TIFF, BMP, WebP, JPEG 2000 or PNM"
+SUPPORTED = "JPEG, PNG, TIFF, BMP, WebP, JPEG 2000, PNM or DICOM"
 
 
 def image_format(data: bytes) -> ImageFormat | None:
@@ -63,15 +63,15 @@ def image_format(data: bytes) -> ImageFormat | None:
 
 
 def other_format(data: bytes) -> str | None:
-    """The name of a known image format the runtime does not read (a phone's HEIC, DICOM, GIF, ...), or None."""
+    """The name of a known image format the runtime does not read (a phone's HEIC, GIF, ...), or None.
+
+    DICOM is read (:mod:`uopsl.runtime.dicomfile`) before the format is asked for."""
     if data[4:8] == b"ftyp":
         brand = data[8:12]
         if brand in (b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1"):
             return "HEIC/HEIF (a phone's photo format)"
         if brand in (b"avif", b"avis"):
             return "AVIF"
-    if data[128:132] == b"DICM":
-        return "DICOM"
     if data[:6] in (b"GIF87a", b"GIF89a"):
         return "GIF"
     if data[:4] == b"8BPS":

@@ -81,9 +81,10 @@ def opencv_single_threaded() -> Iterator[None]:
                 cv2.setNumThreads(_cv_saved)
 
 
-# .jfif/.jpe: what Windows and some cameras call a JPEG file.
+# .jfif/.jpe: what Windows and some cameras call a JPEG file. .dcm/.dicom: DICOM (read with pydicom, an optional
+# dependency; without it each gets a row saying what to install).
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".tif", ".tiff", ".bmp", ".jp2", ".webp",
-                            ".ppm", ".pgm"})
+                            ".ppm", ".pgm", ".dcm", ".dicom"})
 LIST_SUFFIXES = frozenset({".txt", ".lst", ".list"})
 STATUSES = ("ok", "ungradable", "error")
 

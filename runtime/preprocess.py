@@ -45,6 +45,7 @@ from uopsl.runtime.errors import (
     ImageTooLargeError,
     ImageTooSmallError,
 )
+from uopsl.runtime.dicomfile import dicom_picture, is_dicom
 from uopsl.runtime.exif import apply_orientation, image_orientation, jpeg_orientation
 from uopsl.runtime.imagefile import (
     SUPPORTED,
@@ -462,6 +463,11 @@ def decode(data: bytes, *, source: str | None = None, max_pixels: int = 120_000_
     are returned as stored.
     Raises :class:`ImageDecodeError` for empty, truncated or non-image data.
     """
+    if is_dicom(data):
+        inner = dicom_picture(data, max_pixels, source)
+        if isinstance(inner, np.ndarray):
+            return inner
+        data = inner  # the JPEG or JPEG 2000 it wraps, decoded as that file would be
     return _decode_checked(data, check_image_bytes(data, max_pixels, source), max_pixels, source)
 
 
@@ -1091,6 +1097,9 @@ def preprocess(
     False, the quality gate decides).
     """
     cfg = config or PreprocessConfig()
+    if isinstance(data, bytes) and is_dicom(data):
+        # The JPEG or JPEG 2000 it wraps (decoded, and scaled down, as that file would be), or its pixels.
+        data = dicom_picture(data, cfg.max_pixels, source)
     if isinstance(data, np.ndarray):
         rgb = data
         if rgb.ndim in (2, 3):

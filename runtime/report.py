@@ -133,8 +133,13 @@ REASON_TEXT: dict[str, ReasonText] = {
         "The file is damaged or not an image (empty, cut short or another format): copy it again from the camera."),
     "unsupported_format": ReasonText(
         "file type not supported",
-        "The file is not an ordinary photograph file (JPEG, PNG, TIFF, BMP, WebP, JPEG 2000 or PNM), or uses a variant "
-        "this program cannot read (12-bit or lossless JPEG): export the photograph as an ordinary JPEG, then screen it."),
+        "The file is not an ordinary photograph file (JPEG, PNG, TIFF, BMP, WebP, JPEG 2000, PNM or DICOM), holds "
+        "several pictures, or uses a variant this program cannot read (12-bit or lossless JPEG): export the "
+        "photograph as an ordinary JPEG, one per file, then screen it."),
+    "reader_missing": ReasonText(
+        "reader not installed",
+        "This file type needs an optional reader that is not installed on this computer (DICOM: pip install "
+        "'uopsl[dicom]'): install it and run the same command again, or export the photograph as JPEG."),
     "unreadable": ReasonText(
         "cannot open file",
         "The file could not be opened (missing, moved or not permitted): check it is there, or copy it again."),
@@ -148,8 +153,8 @@ REASON_TEXT: dict[str, ReasonText] = {
 # Which tag explains the others: a black frame is also "no retina", "low contrast", "blurred" and
 # "greyscale", so exposure comes first; a greyscale image has no round colour field either.
 # Several fields of view come before exposure: each eye may be well exposed, and the retake is another image.
-_REASON_ORDER = ("unreadable", "undecodable", "unsupported_format", "too_large", "too_small", "several_fov", "too_dark", "too_bright",
-                 "grayscale", "no_fov", "no_fundus_field_of_view", "low_contrast", "blurred", "noisy",
+_REASON_ORDER = ("unreadable", "undecodable", "unsupported_format", "reader_missing", "too_large", "too_small",
+                 "several_fov", "too_dark", "too_bright", "grayscale", "no_fov", "no_fundus_field_of_view", "low_contrast", "blurred", "noisy",
                  "inference_error", "internal_error")
 
 

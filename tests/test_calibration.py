@@ -502,6 +502,6 @@ def test_a_calibration_folder_is_walked_as_the_screening_runtime_walks_it(tmp_pa
     paths, labels = list_images(photos)
     assert [p.name for p in paths] == ["a.jpg", "b.jfif"] and labels is None
     (tmp_path / "none").mkdir()
-    (tmp_path / "none" / "scan.dcm").write_bytes(b"x")
+    (tmp_path / "none" / "scan.psd").write_bytes(b"x")
     with pytest.raises(DataError, match=r"no images found \(looked for .*\.jfif.*1 file skipped \(not an image type"):
         list_images(tmp_path / "none")

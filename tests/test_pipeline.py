@@ -213,7 +213,7 @@ def test_screener_says_which_backend_it_chose_once_open(tiny_bundle: Path) -> No
 def test_walk_takes_each_folder_once_and_leaves_output_folders_out(tmp_path: Path) -> None:
     """A link back to a parent is not walked again; the output folder and any folder of results are skipped."""
     root = tmp_path / "in"
-    for name in ("a.jpg", "sub/b.jpg", "out/thumbs/t.jpg", "old_session/c.jpg", "notes.txt", "scan.dcm"):
+    for name in ("a.jpg", "sub/b.jpg", "out/thumbs/t.jpg", "old_session/c.jpg", "notes.txt", "scan.psd"):
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         (root / name).write_bytes(b"x")
     (root / "old_session" / "results.jsonl").write_text("")
@@ -222,7 +222,7 @@ def test_walk_takes_each_folder_once_and_leaves_output_folders_out(tmp_path: Pat
     got = [p.relative_to(root).as_posix() for p in walk_images(root, state)]
     assert got == ["a.jpg", "sub/b.jpg"]
     assert sorted(Path(x).name for x in state.excluded) == ["old_session", "out"]
-    assert dict(state.skipped) == {".txt": 1, ".dcm": 1}
+    assert dict(state.skipped) == {".txt": 1, ".psd": 1}
     # A top-level input inside the output folder is left out as well.
     assert list(iter_inputs([root / "out" / "thumbs" / "t.jpg"], state=state)) == []
 

@@ -321,7 +321,7 @@ def test_8_a_missing_input_or_no_photographs_exit_2(tiny_bundle: Path, tmp_path:
     (tmp_path / "empty" / "notes.docx").write_bytes(b"x")
     assert _run(tiny_bundle, tmp_path / "empty", tmp_path / "out_empty") == 2
     line = _err_line(capsys)
-    assert line.startswith(f"error: no photographs found in {tmp_path / 'empty'} (looked for .bmp, .jfif,")
+    assert line.startswith(f"error: no photographs found in {tmp_path / 'empty'} (looked for .bmp, .dcm, .dicom, .jfif,")
     assert "1 file skipped (not an image type: .docx 1" in line
     assert not (tmp_path / "out_empty").exists()  # the folder the run created is gone again, run.json with it
     (tmp_path / "kept").mkdir()  # a folder the user made stays, and gets no run.json for a run that wrote nothing
@@ -434,13 +434,13 @@ def test_15_skipped_files_are_counted_and_named_and_jfif_is_taken(tiny_bundle: P
     (src,) = _good(tmp_path / "src", 1)
     fmt = tmp_path / "fmt"
     fmt.mkdir()
-    for name in ("a.jpg", "d.jfif", "e.HEIC", "f.jpg ", "g.dcm", "h.dcm"):
+    for name in ("a.jpg", "d.jfif", "e.HEIC", "f.jpg ", "g.psd", "h.psd"):
         shutil.copy(src, fmt / name)
     with Screener(tiny_bundle, "ort-cpu", threads=1) as s, caplog.at_level(logging.WARNING):
         summary = s.screen_to(tmp_path / "out", [fmt], report=False)
     assert summary.counts["ok"] == 3 and summary.total == 3  # a.jpg, d.jfif and "f.jpg "
-    assert summary.skipped_files == {".heic": 1, ".dcm": 2}
-    assert "3 files skipped (not an image type: .dcm 2, .heic 1; e.g. e.HEIC, g.dcm, h.dcm;" in caplog.text
+    assert summary.skipped_files == {".heic": 1, ".psd": 2}
+    assert "3 files skipped (not an image type: .psd 2, .heic 1; e.g. e.HEIC, g.psd, h.psd;" in caplog.text
 
 
 # -- 16: watch and an empty file -----------------------------------------------------------------------------

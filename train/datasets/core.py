@@ -29,15 +29,15 @@ import numpy as np
 
 from uopsl.runtime.errors import ConfigError, DataError
 from uopsl.runtime.fsio import read_user_text, sha256_file
+from uopsl.runtime.pipeline import IMAGE_SUFFIXES
 from uopsl.runtime.progress import NoBar, track
 
 log = logging.getLogger(__name__)
 
 MODALITIES: tuple[str, ...] = ("fundus", "oct")
 EYES: tuple[str, ...] = ("left", "right")
-# What the runtime decodes (runtime.pipeline.IMAGE_SUFFIXES), so a folder dataset reads what screening reads.
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".tif", ".tiff", ".bmp", ".webp", ".jp2",
-                              ".ppm", ".pgm"})
+# What the runtime decodes, so a folder dataset reads what screening reads.
+IMAGE_EXTENSIONS = IMAGE_SUFFIXES
 OnMissing = Literal["error", "skip"]
 T = TypeVar("T")
 

@@ -1,0 +1,204 @@
+"""DICOM photographs (ophthalmic photography and secondary capture, as hospital cameras and PACS export them).
+
+Files are written with pydicom (the test extra installs it): raw RGB in both VR encodings, 12-bit and
+inverted greyscale, YBR colour, RLE, a wrapped JPEG and JPEG 2000 (which must give the pixels of the same
+picture saved as its own file), and the files that are refused with a reason.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from imagekit import draw_fake_fundus
+from tinybundle import tiny_bundle  # noqa: F401 - session fixture
+from uopsl.runtime.dicomfile import is_dicom
+from uopsl.runtime.errors import ImageDecodeError, ImageFormatError, ImageReaderMissingError, ImageTooLargeError
+from uopsl.runtime.preprocess import PreprocessConfig, decode, preprocess
+
+pydicom = pytest.importorskip("pydicom", reason="pydicom is installed by the test extra (uopsl[dicom])")
+from pydicom.dataset import Dataset, FileMetaDataset  # noqa: E402
+from pydicom.encaps import encapsulate  # noqa: E402
+from pydicom.uid import (  # noqa: E402
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    JPEGLSLossless,
+    RLELossless,
+    generate_uid,
+)
+
+OPHTHALMIC_8BIT = "1.2.840.10008.5.1.4.1.1.77.1.5.1"  # Ophthalmic Photography 8 Bit Image Storage
+
+
+def _dicom(pixels: np.ndarray | None, *, syntax: str = ExplicitVRLittleEndian, photometric: str = "RGB",
+           bits_stored: int | None = None, data: bytes | None = None, frames: int | None = None,
+           rows_cols: tuple[int, int] | None = None, sop_class: str = OPHTHALMIC_8BIT) -> bytes:
+    """A DICOM Part-10 file; ``data`` replaces the pixel data (encapsulated frames); ``pixels`` None: no picture."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop_class
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = syntax
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = sop_class, meta.MediaStorageSOPInstanceUID, "OP"
+    ds.PatientID = "TEST-1"
+    if pixels is not None:
+        ds.Rows, ds.Columns = rows_cols or pixels.shape[:2]
+        ds.SamplesPerPixel = 3 if pixels.ndim == 3 else 1
+        ds.PhotometricInterpretation = photometric
+        if pixels.ndim == 3:
+            ds.PlanarConfiguration = 0
+        ds.BitsAllocated = 8 * pixels.dtype.itemsize
+        ds.BitsStored = bits_stored or ds.BitsAllocated
+        ds.HighBit = ds.BitsStored - 1
+        ds.PixelRepresentation = 0
+        if frames is not None:
+            ds.NumberOfFrames = frames
+        ds.PixelData = data if data is not None else pixels.tobytes()
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def _jpeg(rgb: np.ndarray, ext: str = ".jpg") -> bytes:
+    ok, buf = cv2.imencode(ext, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    assert ok
+    return buf.tobytes()
+
+
+@pytest.fixture(scope="module")
+def photo() -> np.ndarray:
+    return draw_fake_fundus(256, seed=11)
+
+
+@pytest.mark.parametrize("syntax", [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+def test_raw_rgb_pixels_are_read_as_stored(photo: np.ndarray, syntax: str) -> None:
+    data = _dicom(photo, syntax=syntax)
+    assert is_dicom(data)
+    assert np.array_equal(decode(data), photo)
+    cfg = PreprocessConfig(size=128)
+    assert np.array_equal(preprocess(data, cfg).image, preprocess(photo, cfg).image)
+
+
+def test_12bit_and_inverted_greyscale(photo: np.ndarray) -> None:
+    grey = cv2.cvtColor(photo, cv2.COLOR_RGB2GRAY)
+    twelve = ((grey.astype(np.uint32) * 4095 + 127) // 255).astype(np.uint16)
+    got = decode(_dicom(twelve, photometric="MONOCHROME2", bits_stored=12))
+    assert got.shape == (256, 256, 3) and np.abs(got[..., 0].astype(int) - grey).max() <= 1
+    inverted = decode(_dicom(4095 - twelve, photometric="MONOCHROME1", bits_stored=12))
+    assert np.abs(inverted.astype(int) - got).max() <= 1
+    assert decode(_dicom(grey, photometric="MONOCHROME2"))[..., 1].tolist() == grey.tolist()
+
+
+def test_ybr_colour_and_rle_come_back_as_rgb(photo: np.ndarray) -> None:
+    from pydicom.pixels import convert_color_space
+
+    ybr = convert_color_space(photo, "RGB", "YBR_FULL")
+    assert np.abs(decode(_dicom(ybr, photometric="YBR_FULL")).astype(int) - photo).max() <= 2
+    ds = pydicom.dcmread(io.BytesIO(_dicom(photo)))
+    ds.compress(RLELossless)
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    assert pydicom.dcmread(io.BytesIO(buf.getvalue())).file_meta.TransferSyntaxUID == RLELossless
+    assert np.array_equal(decode(buf.getvalue()), photo)
+
+
+@pytest.mark.parametrize(("ext", "syntax"), [(".jpg", JPEGBaseline8Bit), (".jp2", JPEG2000Lossless)])
+def test_a_wrapped_jpeg_gives_the_pixels_of_the_same_jpeg_file(ext: str, syntax: str) -> None:
+    """The frame is handed to the runtime's own decoder: same checks, same reduced-scale decode, same pixels."""
+    big = cv2.resize(draw_fake_fundus(256, seed=12), (1024, 1024), interpolation=cv2.INTER_CUBIC)
+    inner = _jpeg(big, ext)
+    if ext == ".jp2":  # DICOM wraps the bare codestream, without the JP2 boxes
+        inner = inner[inner.index(b"\xff\x4f\xff\x51"):]
+    data = _dicom(big, syntax=syntax, photometric="YBR_FULL_422" if ext == ".jpg" else "RGB",
+                  data=encapsulate([inner]))
+    assert np.array_equal(decode(data), decode(inner))
+    cfg = PreprocessConfig(size=224)
+    a, b = preprocess(data, cfg), preprocess(inner, cfg)
+    assert np.array_equal(a.image, b.image) and a.geometry == b.geometry
+
+
+def test_files_that_are_not_one_photograph_are_refused(photo: np.ndarray) -> None:
+    with pytest.raises(ImageFormatError, match="holding 2 frames.*export each frame") as err:
+        decode(_dicom(np.stack([photo, photo]), frames=2, rows_cols=(256, 256)))
+    assert err.value.reason == "unsupported_format"
+    with pytest.raises(ImageFormatError, match="a DICOM file without a picture .*Basic Text SR"):
+        decode(_dicom(None, sop_class="1.2.840.10008.5.1.4.1.1.88.11"))
+    with pytest.raises(ImageFormatError, match="compressed as JPEG-LS Lossless.*export the photograph as JPEG"):
+        decode(_dicom(photo, syntax=JPEGLSLossless, data=encapsulate([b"\xff\xd8\xff\xd9"])))
+    with pytest.raises(ImageDecodeError, match="a damaged DICOM file"):
+        decode(bytes(128) + b"DICM" + bytes(64))
+
+
+@pytest.mark.parametrize("wrapped", [False, True])
+def test_a_file_cut_short_is_damaged(photo: np.ndarray, wrapped: bool) -> None:
+    data = (_dicom(photo, syntax=JPEGBaseline8Bit, photometric="YBR_FULL_422", data=encapsulate([_jpeg(photo)]))
+            if wrapped else _dicom(photo))
+    for cut in (0.6, 0.95):
+        with pytest.raises(ImageDecodeError, match="damaged|truncated|ends early") as err:
+            preprocess(data[: int(len(data) * cut)], PreprocessConfig(size=128))
+        assert err.value.reason == "undecodable"
+
+
+def test_a_picture_larger_than_the_limit_is_refused_from_its_header(photo: np.ndarray) -> None:
+    data = _dicom(photo[:8, :8], rows_cols=(60000, 60000))  # 192 bytes of pixels that claim 3.6 gigapixels
+    with pytest.raises(ImageTooLargeError, match="60000x60000 pixels exceeds the limit"):
+        preprocess(data, PreprocessConfig(size=128))
+
+
+def test_without_pydicom_the_row_says_what_to_install(photo: np.ndarray, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = _dicom(photo[:64, :64])
+    monkeypatch.setitem(sys.modules, "pydicom", None)  # what an environment without it gives: ImportError
+    with pytest.raises(ImageReaderMissingError, match=r"pip install 'uopsl\[dicom\]'\) and run again") as err:
+        decode(data)
+    assert err.value.reason == "reader_missing"
+
+
+def test_a_folder_of_dicom_files_is_screened(tiny_bundle: Path, tmp_path: Path, photo: np.ndarray) -> None:  # noqa: F811
+    """The walk takes .dcm files; a wrapped JPEG screens as its JPEG does; a row per file."""
+    from uopsl.runtime.api import Screener
+
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    inner = _jpeg(photo)
+    (inputs / "eye.dcm").write_bytes(_dicom(photo, syntax=JPEGBaseline8Bit, photometric="YBR_FULL_422",
+                                            data=encapsulate([inner])))
+    (inputs / "same.jpg").write_bytes(inner)
+    (inputs / "series.dcm").write_bytes(_dicom(np.stack([photo, photo]), frames=2, rows_cols=(256, 256)))
+    out = tmp_path / "out"
+    with Screener(tiny_bundle, backend="ort-cpu") as s:
+        s.screen_to(out, [str(inputs)])
+    rows = {Path(r["source"]).name: r for r in map(json.loads, (out / "results.jsonl").read_text().splitlines())}
+    assert sorted(rows) == ["eye.dcm", "same.jpg", "series.dcm"]
+    assert rows["eye.dcm"]["status"] == rows["same.jpg"]["status"] != "error"
+    assert rows["eye.dcm"]["probs"] == rows["same.jpg"]["probs"]
+    assert rows["series.dcm"]["status"] == "error" and rows["series.dcm"]["reasons"] == ["unsupported_format"]
+
+
+def test_a_rerun_after_installing_pydicom_screens_the_file(tiny_bundle: Path, tmp_path: Path,  # noqa: F811
+                                                           photo: np.ndarray, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``reader_missing`` is not a property of the file: the row is not final, unlike ``unsupported_format``."""
+    from uopsl.runtime.api import Screener
+
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    (inputs / "eye.dcm").write_bytes(_dicom(photo))
+    out = tmp_path / "out"
+    with Screener(tiny_bundle, backend="ort-cpu") as s:
+        with monkeypatch.context() as m:
+            m.setitem(sys.modules, "pydicom", None)
+            s.screen_to(out, [str(inputs)])
+        first = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+        assert [r["reasons"] for r in first] == [["reader_missing"]]
+        assert "pip install 'uopsl[dicom]'" in first[0]["error"]
+        assert s.screen_to(out, [str(inputs)]).screened == 1
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert rows[-1]["status"] != "error" and rows[-1]["probs"]
