@@ -399,6 +399,10 @@ def build_calibration_set(
     if set_.labels is not None:
         log.info("calibration set class balance: %s", set_.class_balance())
     log.info("calibration set: %d images, %d skipped, fingerprint %s...", len(set_), len(skipped), set_.fingerprint[:12])
-    if cache is not None:
+    missing_reader = sum(s.reason == "reader_missing" for s in skipped)
+    if cache is not None and missing_reader:
+        # Those files read once the reader is installed: a cache would leave them out for good.
+        log.info("calibration set not cached: %d image(s) need a reader that is not installed", missing_reader)
+    elif cache is not None:
         set_.save(cache, request_key=key)
     return set_

@@ -28,6 +28,7 @@ import logging
 import signal
 import sys
 import threading
+import warnings
 from collections.abc import Iterator
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -68,6 +69,18 @@ def setup_logging(verbose: int) -> None:
     level = logging.DEBUG if verbose >= 2 else logging.INFO if verbose >= 0 else logging.WARNING
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr, force=True)
     progress_bars.set_enabled(verbose >= 0)
+    if verbose < 2:
+        # pydicom reports each oddity of a DICOM file twice (a log line and a Python warning, neither naming the
+        # file; a decoder's failure with its traceback); the file's row says what matters. -vv shows them. pydicom
+        # sets its logger's level when it is imported (lazily, later), so its records are filtered at the handler.
+        # Only the commands do this: an application embedding the runtime keeps its own settings.
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(_not_pydicom)
+        warnings.filterwarnings("ignore", module=r"pydicom(\.|$)")
+
+
+def _not_pydicom(record: logging.LogRecord) -> bool:
+    return not (record.name == "pydicom" or record.name.startswith("pydicom."))
 
 
 def _is_verbose_flag(a: str) -> bool:

@@ -4,25 +4,31 @@ Hospital fundus cameras and PACS export DICOM: a JPEG (or JPEG 2000) wrapped in
 a header, or raw pixels. :func:`dicom_picture` returns what the rest of the
 runtime decodes as any other file:
 
-* the wrapped JPEG / JPEG 2000 bytes, unchanged, so that a DICOM photograph
-  goes through exactly the checks, reduced-scale decoding and pixels of the
-  same picture saved as a ``.jpg`` (or ``.j2k``);
-* otherwise (raw pixels, RLE, or a codec a pydicom plug-in decodes) the
-  picture as uint8 RGB: ``BitsStored`` sets the range of 10-16-bit data,
-  MONOCHROME1 is inverted, YBR colour converted, palette colour applied.
+* the wrapped 8-bit JPEG / JPEG 2000 bytes, so that a DICOM photograph goes
+  through the checks, reduced-scale decoding and pixels of the same picture
+  saved as a ``.jpg`` (or ``.j2k``). One change: a JPEG the header calls RGB
+  (no colour transform) gets an Adobe marker saying so, which libjpeg would
+  otherwise take for YCbCr;
+* otherwise (raw pixels, RLE, or a codec a pydicom plug-in decodes: 12-bit
+  JPEG, JPEG-LS, lossless JPEG) the picture as uint8 RGB: ``BitsStored`` sets
+  the range of 9-16-bit data, MONOCHROME1 is inverted, YBR colour converted,
+  palette colour applied.
 
 Refused with a reason: several frames (a series or both eyes in one file; the
 runtime screens one photograph per file), no picture at all (a report, an
-encapsulated PDF), a picture larger than the pixel limit (checked from the
-header before decoding), codecs nothing installed decodes (JPEG-LS, lossless
-JPEG without a plug-in). pydicom is an optional dependency
-(``pip install 'uopsl[dicom]'``); without it a DICOM file gets a
-``reader_missing`` row, which a rerun screens again once it is installed.
+encapsulated PDF), a picture larger than the pixel limit (from the header,
+before anything is decoded or inflated), signed or wider-than-16-bit samples
+(no photograph stores those), files cut short. pydicom 3 is an optional
+dependency (``pip install 'uopsl[dicom]'``); without it, or without the plug-in
+a codec needs, the row's reason is ``reader_missing``, which a rerun screens
+again once it is installed.
 """
 
 from __future__ import annotations
 
 import io
+import zlib
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -34,33 +40,92 @@ from uopsl.runtime.errors import (
     ImageTooLargeError,
     MissingDependencyError,
 )
+from uopsl.runtime.exif import jpeg_segments
+from uopsl.runtime.imagefile import jpeg_frame
 from uopsl.runtime.optional import require
 
-# Transfer syntaxes whose pixel data is a JPEG (baseline or extended) or a JPEG 2000 codestream that the
-# runtime's own decoder reads; the frame's bytes are handed on as they are.
+# Transfer syntaxes whose pixel data is a JPEG (baseline or extended) or a JPEG 2000 codestream.
 _JPEG_SYNTAXES = frozenset({"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51"})
 _J2K_SYNTAXES = frozenset({"1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91"})
+_DEFLATED = "1.2.840.10008.1.2.1.99"
+# An APP14 "Adobe" segment with transform 0: the three components are R, G and B, not YCbCr.
+_ADOBE_RGB = b"\xff\xee\x00\x0eAdobe\x00\x64\x00\x00\x00\x00\x00"
+# Bytes a raw picture at the pixel limit may take (16-bit RGB), plus the header's own elements.
+_BYTES_PER_PIXEL = 6
+_HEADER_ALLOWANCE = 16 << 20
+# Plug-ins pydicom names when it cannot decode a compressed transfer syntax.
+_PLUGINS = "pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg (or pyjpegls for JPEG-LS)"
 
 
 def _said(exc: BaseException) -> str:
     """pydicom's message in one line (a row's reason is one line; its plug-in lists run over several)."""
     text = " ".join(str(exc).split())
-    return text if len(text) <= 160 else text[:157] + "..."
+    return text if len(text) <= 200 else text[:197] + "..."
 
 
 def is_dicom(data: bytes) -> bool:
-    """A DICOM file (Part 10): a 128-byte preamble, then ``DICM``."""
-    return data[128:132] == b"DICM"
+    """A DICOM file: Part 10 (a 128-byte preamble, then ``DICM``), or a bare dataset as some PACS write it.
+
+    A bare dataset starts with its first element: group 0x0002 (file meta) or 0x0008 (identification),
+    little-endian, followed by an explicit VR (two capital letters) or an implicit 4-byte length.
+    """
+    if data[128:132] == b"DICM":
+        return True
+    if len(data) < 12 or data[:2] not in (b"\x02\x00", b"\x08\x00") or int.from_bytes(data[2:4], "little") > 0x1000:
+        return False
+    vr = data[4:6]
+    if vr.isalpha() and vr.isupper():
+        return True
+    return int.from_bytes(data[4:8], "little") < 1 << 16  # implicit VR: a short first value
+
+
+def _checked_pydicom() -> Any:
+    pydicom = require("pydicom", "reading DICOM files")
+    major = str(getattr(pydicom, "__version__", "0")).split(".")[0]
+    if not major.isdigit() or int(major) < 3:
+        raise MissingDependencyError(f"reading DICOM files needs pydicom 3, found {pydicom.__version__}")
+    return pydicom
 
 
 def _pydicom(source: str | None) -> Any:
     try:
-        return require("pydicom", "reading DICOM files")
+        return _checked_pydicom()
     except MissingDependencyError as exc:
+        found = "an older pydicom is installed" if "found" in str(exc) else "pydicom is not installed here"
         raise ImageReaderMissingError(
-            "a DICOM file: reading DICOM needs the optional package pydicom, which is not installed here; "
-            "install it (pip install 'uopsl[dicom]') and run again, or export the photograph as JPEG",
-            source=source) from exc
+            f"a DICOM file: reading DICOM needs the optional package pydicom 3 ({found}); install it "
+            "(pip install 'uopsl[dicom]') and run again, or export the photograph as JPEG", source=source) from None
+
+
+def _meta_syntax(data: bytes) -> str:
+    """The transfer syntax UID a Part-10 file's meta group names (always explicit VR little endian), or ""."""
+    group_len = int.from_bytes(data[140:144], "little")  # (0002,0000) UL, the first element after DICM
+    at = data.find(b"\x02\x00\x10\x00UI", 132, 144 + group_len)
+    if at < 0:
+        return ""
+    n = int.from_bytes(data[at + 6 : at + 8], "little")
+    return data[at + 8 : at + 8 + n].rstrip(b"\x00 ").decode("ascii", "replace")
+
+
+def _check_inflated_size(data: bytes, max_pixels: int, source: str | None) -> None:
+    """Refuse a Deflated-syntax file whose dataset inflates past what a picture at the pixel limit needs.
+
+    pydicom inflates the whole dataset while reading it, before Rows and Columns can be looked at: a few
+    hundred KB of zeros would otherwise take gigabytes.
+    """
+    if data[128:132] != b"DICM":
+        return  # a bare dataset has no file meta, so no Deflated syntax
+    group_len = int.from_bytes(data[140:144], "little")  # (0002,0000) UL, the first element after DICM
+    start = 144 + group_len
+    cap = max_pixels * _BYTES_PER_PIXEL + _HEADER_ALLOWANCE
+    try:
+        inflated = zlib.decompressobj(-zlib.MAX_WBITS).decompress(data[start:], cap + 1)
+    except zlib.error as exc:
+        raise ImageDecodeError(f"a damaged DICOM file (its deflated data: {exc})", source=source) from None
+    if len(inflated) > cap:
+        raise ImageTooLargeError(f"a deflated DICOM file that inflates to more than {cap >> 20} MB, more than a "
+                                 f"picture of the pixel limit ({max_pixels}) needs: is it a photograph?",
+                                 source=source)
 
 
 def dicom_picture(data: bytes, max_pixels: int, source: str | None = None) -> bytes | np.ndarray:
@@ -69,13 +134,23 @@ def dicom_picture(data: bytes, max_pixels: int, source: str | None = None) -> by
     Raises :class:`ImageError` subclasses saying why a file is not one screenable photograph.
     """
     pydicom = _pydicom(source)
+    bare = data[128:132] != b"DICM"
     try:
-        ds = pydicom.dcmread(io.BytesIO(data))
-        meta = ds.file_meta
-        syntax = str(meta.get("TransferSyntaxUID", ""))
+        if not bare and _meta_syntax(data) == _DEFLATED:
+            _check_inflated_size(data, max_pixels, source)
+        ds = pydicom.dcmread(io.BytesIO(data), force=bare)
+        if "TransferSyntaxUID" not in ds.file_meta:
+            # What pydicom found reading it, so that pixel_array knows how the raw pixels are laid out.
+            implicit, little = ds.original_encoding
+            ds.file_meta.TransferSyntaxUID = (pydicom.uid.ImplicitVRLittleEndian if implicit else
+                                              pydicom.uid.ExplicitVRLittleEndian if little else
+                                              pydicom.uid.ExplicitVRBigEndian)
+        syntax = str(ds.file_meta.get("TransferSyntaxUID", ""))
         has_pixels = "PixelData" in ds
         frames = int(ds.get("NumberOfFrames", 1) or 1)
         rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+    except (ImageDecodeError, ImageTooLargeError):
+        raise
     except Exception as exc:  # noqa: BLE001 - pydicom raises many types for a damaged header
         raise ImageDecodeError(f"a damaged DICOM file ({type(exc).__name__}: {_said(exc)})", source=source) from None
     if not has_pixels and "SOPClassUID" not in ds:
@@ -85,53 +160,138 @@ def dicom_picture(data: bytes, max_pixels: int, source: str | None = None) -> by
                                source=source)
     if not has_pixels:
         uid = ds.get("SOPClassUID")
-        name = str(getattr(uid, "name", "") or uid or "no SOP class")
+        name = str(getattr(uid, "name", "") or uid)
         raise ImageFormatError(f"a DICOM file without a picture ({name}: a report or a document?); screen the "
                                "photograph's own file", source=source)
-    if frames > 1:
-        raise ImageFormatError(f"a DICOM file holding {frames} frames (the runtime screens one photograph per "
-                               "file, and would see only the first); export each frame as its own file and screen "
-                               "those", source=source)
     if rows * cols > max_pixels:
         raise ImageTooLargeError(
             f"{cols}x{rows} pixels exceeds the limit of {max_pixels}; export a smaller copy from the camera "
             "software (Python API: PreprocessConfig.max_pixels raises the limit)", source=source)
+    if int(ds.get("PixelRepresentation", 0) or 0) != 0:
+        raise ImageFormatError("a DICOM picture with signed samples (PixelRepresentation 1), which no photograph "
+                               "stores; export the photograph as JPEG", source=source)
+    encapsulated = bool(getattr(ds.file_meta.get("TransferSyntaxUID"), "is_encapsulated", False))
+    if encapsulated:
+        frames = max(frames, _encapsulated_frames(pydicom, ds.PixelData, syntax))
+    else:
+        frames = max(frames, _raw_frames(ds, rows, cols))
+    if frames > 1:
+        raise ImageFormatError(f"a DICOM file holding {frames} frames (the runtime screens one photograph per "
+                               "file, and would see only the first); export each frame as its own file and screen "
+                               "those", source=source)
     if syntax in _JPEG_SYNTAXES or syntax in _J2K_SYNTAXES:
         try:
-            return bytes(next(pydicom.encaps.generate_frames(ds.PixelData, number_of_frames=1)))
+            frame = bytes(next(pydicom.encaps.generate_frames(ds.PixelData, number_of_frames=1)))
         except Exception as exc:  # noqa: BLE001
             raise ImageDecodeError(f"a damaged DICOM file: its JPEG data cannot be unwrapped ({_said(exc)})",
                                    source=source) from None
+        if syntax in _J2K_SYNTAXES:
+            return frame
+        head = jpeg_frame(frame)
+        if head is None:
+            return frame  # no frame header: the decoder says the file is damaged
+        if head[2] == 8:
+            rgb = str(ds.get("PhotometricInterpretation", "")).strip().upper() == "RGB"
+            return _as_rgb_jpeg(frame) if rgb else frame
+        # A 12-bit JPEG (extended process): the runtime's libjpeg reads 8 bits; a pydicom plug-in may read it.
+    return _as_rgb8(ds, _pixel_array(ds, syntax, source), pydicom, source)
+
+
+def _encapsulated_frames(pydicom: Any, pixel_data: bytes, syntax: str) -> int:
+    """Frames an encapsulated pixel data element holds by its offset table, else by fragments that start one.
+
+    A file holding several frames without NumberOfFrames breaks the standard, but exists; its first frame
+    alone would be screened.
+    """
     try:
-        pixels = ds.pixel_array  # raw, RLE, or any codec an installed plug-in decodes; YBR comes back as RGB
+        offsets = pydicom.encaps.parse_basic_offsets(pixel_data)
+        if len(offsets) > 1:
+            return len(offsets)
+        _, starts = pydicom.encaps.parse_fragments(pixel_data)
+    except Exception:  # noqa: BLE001 - a damaged element is reported when the frame is unwrapped
+        return 1
+    soi = b"\xff\xd8" if syntax in _JPEG_SYNTAXES else b"\xff\x4f\xff\x51" if syntax in _J2K_SYNTAXES else None
+    if soi is None:
+        return 1
+    # Each fragment: an item tag (4 bytes) and its length (4 bytes), then the data.
+    return max(1, sum(pixel_data[s + 8 : s + 8 + len(soi)] == soi for s in starts))
+
+
+def _raw_frames(ds: Any, rows: int, cols: int) -> int:
+    """How many pictures raw pixel data holds by its length (pydicom would infer frames from an excess)."""
+    per = rows * cols * int(ds.get("SamplesPerPixel", 1) or 1) * int(ds.get("BitsAllocated", 8) or 8)
+    if per <= 0:
+        return 1
+    return max(1, (8 * len(ds.PixelData)) // per)
+
+
+def _as_rgb_jpeg(frame: bytes) -> bytes:
+    """A JPEG whose header calls it RGB, marked so for libjpeg (an Adobe APP14 segment with transform 0).
+
+    libjpeg takes three components for YCbCr unless a JFIF, an Adobe marker or the component ids say
+    otherwise; the DICOM header is the only place such a frame says RGB. A JFIF marker means YCbCr and wins.
+    """
+    for marker, i, length in jpeg_segments(frame):
+        if marker == 0xE0 and frame[i + 4 : i + 9] == b"JFIF\x00":
+            return frame
+        if marker == 0xEE and frame[i + 4 : i + 9] == b"Adobe" and length >= 14:
+            t = i + 4 + 11  # the transform byte
+            return frame if frame[t] == 0 else frame[:t] + b"\x00" + frame[t + 1 :]
+    return frame[:2] + _ADOBE_RGB + frame[2:]
+
+
+def _pixel_array(ds: Any, syntax: str, source: str | None) -> np.ndarray:
+    try:
+        return np.asarray(ds.pixel_array)  # raw, RLE, or any codec a plug-in decodes; YBR comes back as RGB
     except Exception as exc:  # noqa: BLE001 - no plug-in for the codec, or damaged pixel data
-        codec = getattr(meta.get("TransferSyntaxUID"), "name", syntax) or "unknown"
-        if getattr(meta.get("TransferSyntaxUID"), "is_compressed", False):
-            raise ImageFormatError(f"a DICOM file compressed as {codec}, which cannot be decoded here ({_said(exc)}); "
-                                   "export the photograph as JPEG", source=source) from None
-        raise ImageDecodeError(f"a damaged DICOM file: its pixel data cannot be read ({_said(exc)})", source=source) from None
-    return _as_rgb8(ds, np.asarray(pixels), pydicom, source)
+        uid = ds.file_meta.get("TransferSyntaxUID")
+        codec = str(getattr(uid, "name", "") or syntax or "an unknown syntax")
+        text = str(exc)
+        # pydicom's words when no installed plug-in decodes the codec (or this variant of it, as 12-bit JPEG).
+        if any(k in text for k in ("missing dependencies", "all available plugins", "no pixel data decoders")):
+            raise ImageReaderMissingError(f"a DICOM file compressed as {codec}: decoding it needs a pydicom plug-in "
+                                          f"that is not installed ({_PLUGINS}), or export the photograph as JPEG",
+                                          source=source) from None
+        if getattr(uid, "is_compressed", False):
+            raise ImageFormatError(f"a DICOM file compressed as {codec}, which cannot be decoded here "
+                                   f"({_said(exc)}); export the photograph as JPEG", source=source) from None
+        raise ImageDecodeError(f"a damaged DICOM file: its pixel data cannot be read ({_said(exc)})",
+                               source=source) from None
+
+
+@lru_cache(maxsize=32)
+def _to_8bit(bits: int, inverted: bool) -> np.ndarray:
+    """uint8 lookup table from 0..2**bits-1 (rounded), reversed for MONOCHROME1 (0 is white)."""
+    top = (1 << bits) - 1
+    lut = ((np.arange(top + 1, dtype=np.int64) * 255 + top // 2) // top).astype(np.uint8)
+    return lut[::-1].copy() if inverted else lut
 
 
 def _as_rgb8(ds: Any, pixels: np.ndarray, pydicom: Any, source: str | None) -> np.ndarray:
-    """uint8 RGB from pixel_array's output, by the header's photometric interpretation and stored bits."""
+    """uint8 RGB from pixel_array's output, by the header's photometric interpretation and stored bits.
+
+    Through a lookup table on the native dtype: one temporary of the pixels' own size, not int64 copies.
+    """
     photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
     if photometric == "PALETTE COLOR":
         pixels = np.asarray(pydicom.pixels.apply_color_lut(pixels, ds))
-        bits = 16 if pixels.dtype.itemsize > 1 else 8
+        bits = 8 * pixels.dtype.itemsize
     else:
         bits = int(ds.get("BitsStored", 8 * pixels.dtype.itemsize) or 8 * pixels.dtype.itemsize)
     if pixels.ndim not in (2, 3) or (pixels.ndim == 3 and pixels.shape[2] not in (1, 3)):
         raise ImageFormatError(f"a DICOM picture of shape {pixels.shape} (expected rows x columns, with 1 or 3 "
                                "samples)", source=source)
-    top = (1 << min(max(bits, 1), 16)) - 1
-    values = np.clip(pixels.astype(np.int64), 0, top)  # a signed picture's negative values: below black
-    if photometric == "MONOCHROME1":  # 0 is white
-        values = top - values
-    if top == 255:
-        rgb8 = values.astype(np.uint8)
+    if not 1 <= bits <= 16 or pixels.dtype.kind not in "ub":
+        raise ImageFormatError(f"a DICOM picture of {bits}-bit {pixels.dtype} samples (a photograph has 8-16-bit "
+                               "unsigned ones); export the photograph as JPEG", source=source)
+    if pixels.dtype == np.bool_:
+        pixels = pixels.view(np.uint8)  # 1-bit data: indices, not a mask
+    inverted = photometric == "MONOCHROME1"
+    if bits == 8 and pixels.dtype == np.uint8 and not inverted:
+        rgb8 = pixels
     else:
-        rgb8 = ((values * 255 + top // 2) // top).astype(np.uint8)
+        top = (1 << bits) - 1
+        rgb8 = _to_8bit(bits, inverted)[np.minimum(pixels, top) if int(pixels.max(initial=0)) > top else pixels]
     if rgb8.ndim == 3 and rgb8.shape[2] == 1:
         rgb8 = rgb8[..., 0]
     if rgb8.ndim == 2:

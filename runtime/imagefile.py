@@ -20,6 +20,7 @@ except for one ``find`` of the end-of-image marker.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Literal
 
 from uopsl.runtime.exif import jpeg_segments
@@ -191,6 +192,8 @@ def _ifd_offsets(data: bytes, *, big: bool) -> Iterator[int]:
 
 # More IFDs than any photograph file chains (a page each, plus thumbnails and masks); a longer chain stops here.
 _MAX_IFDS = 1024
+# Entries read along a chain at most: a crafted file of overlapping 4096-entry IFDs would otherwise cost seconds.
+_MAX_ENTRIES = 1 << 16
 
 
 def _first_ifd(data: bytes, *, big: bool) -> Iterator[tuple[int, int, int, int, Literal["little", "big"]]]:
@@ -200,32 +203,63 @@ def _first_ifd(data: bytes, *, big: bool) -> Iterator[tuple[int, int, int, int, 
         return
 
 
-def tiff_pages(data: bytes) -> int | None:
-    """How many full-size pictures a TIFF (classic or BigTIFF) chains; None when it is no TIFF or has no IFD.
+@dataclass(frozen=True)
+class TiffPictures:
+    """What a TIFF's IFD chain holds, for deciding whether OpenCV's first-IFD decode is the photograph.
 
-    A thumbnail (NewSubfileType bit 0, or the old SubfileType 2) and a transparency mask (bit 2) are not
-    pictures of their own; a page of a multi-page file (bit 1) is. OpenCV decodes the first IFD only, so a
-    file holding a series, or both eyes, would be screened by its first picture alone.
+    full_size: pictures of their own: an IFD with a width and height, not flagged a reduced copy or a mask
+    (NewSubfileType bits 0 and 2, SubfileType 2), and at least a quarter of the largest picture's pixels
+    (an Exif thumbnail page is often not flagged). first / largest: (width, height) of the first IFD and of
+    the largest one (first None: the first IFD has no size). complete: the whole chain was read.
+    """
+
+    full_size: int
+    first: tuple[int, int] | None
+    largest: tuple[int, int]
+    complete: bool
+
+
+def tiff_pictures(data: bytes) -> TiffPictures | None:
+    """The pictures a TIFF (classic or BigTIFF) chains; None when it is no TIFF or no IFD has a size.
+
+    OpenCV decodes the first IFD only, so a file holding a series, or both eyes, would be screened by its
+    first picture alone, and a file whose first IFD is a thumbnail by the thumbnail.
     """
     fmt = image_format(data)
     if fmt not in ("tiff", "bigtiff"):
         return None
     big = fmt == "bigtiff"
+    sizes: list[tuple[int, int, bool]] = []  # (width, height, flagged a reduced copy or a mask)
+    first: tuple[int, int] | None = None
+    entries = 0
+    complete = True
     try:
-        pages = 0
-        n_ifds = 0
-        for at in _ifd_offsets(data, big=big):
-            n_ifds += 1
+        for k, at in enumerate(_ifd_offsets(data, big=big)):
             kind = 0
+            dims: dict[int, int] = {}
             for tag, typ, _count, value, order in _ifd_entries(data, at, big=big):
-                if tag == 254:  # NewSubfileType: a LONG (a few writers use a SHORT)
-                    kind = int.from_bytes(data[value : value + (2 if typ == 3 else 4)], order) & 0b101
+                entries += 1
+                nbytes = {3: 2, 4: 4, 16: 8}.get(typ, 4)  # SHORT, LONG, LONG8
+                if tag == 254:  # NewSubfileType: a LONG (a few writers use a SHORT or a LONG8)
+                    kind = int.from_bytes(data[value : value + nbytes], order) & 0b101
                 elif tag == 255 and typ == 3:  # SubfileType, SHORT: 2 = reduced resolution
                     kind = 1 if int.from_bytes(data[value : value + 2], order) == 2 else kind
-            pages += kind == 0
-        return pages if n_ifds else None
+                elif tag in (256, 257):
+                    dims[tag] = int.from_bytes(data[value : value + nbytes], order)
+            if len(dims) == 2:
+                sizes.append((dims[256], dims[257], kind != 0))
+                if k == 0:
+                    first = (dims[256], dims[257])
+            if entries > _MAX_ENTRIES:
+                complete = False
+                break
     except (IndexError, ValueError):
+        complete = False
+    if not sizes:
         return None
+    width, height, _ = max(sizes, key=lambda s: s[0] * s[1])
+    full = sum(1 for w, h, flagged in sizes if not flagged and 4 * w * h >= width * height)
+    return TiffPictures(full, first, (width, height), complete)
 
 
 def _tiff_size(data: bytes, *, big: bool) -> tuple[int, int] | None:
@@ -308,6 +342,33 @@ def _jp2_size(data: bytes) -> tuple[int, int] | None:
     if at < 0:
         return None
     return int.from_bytes(data[at + 8 : at + 12], "big"), int.from_bytes(data[at + 4 : at + 8], "big")
+
+
+def j2k_precision(data: bytes) -> tuple[int, bool] | None:
+    """(bits, signed) of a JPEG 2000 file's first component, from the JP2 header or the codestream's SIZ.
+
+    OpenCV returns 9-16-bit samples unscaled in uint16, so the file's own depth says what white is (as a
+    TIFF's BitsPerSample does); it refuses signed samples. None when neither header can be read.
+    """
+    try:
+        fmt = image_format(data)
+        if fmt == "jp2":
+            at = data.find(b"ihdr", 12, 4096)
+            bpc = data[at + 14] if at >= 0 else 255
+            if bpc != 255:  # 255: the depth varies by component; the codestream has each
+                return (bpc & 0x7F) + 1, bool(bpc & 0x80)
+            siz = data.find(_J2K)
+            siz = siz + 2 if siz >= 0 else -1
+        elif fmt == "j2k":
+            siz = 2
+        else:
+            return None
+        if siz < 0 or data[siz : siz + 2] != b"\xff\x51":
+            return None
+        ssiz = data[siz + 40]  # after Lsiz, Rsiz, eight 4-byte sizes and offsets, Csiz
+        return (ssiz & 0x7F) + 1, bool(ssiz & 0x80)
+    except IndexError:
+        return None
 
 
 def _siz_size(data: bytes, siz: int) -> tuple[int, int] | None:

@@ -26,6 +26,7 @@ several.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -52,10 +53,12 @@ from uopsl.runtime.imagefile import (
     header_size,
     image_format,
     is_truncated,
+    j2k_precision,
     jpeg_frame,
     other_format,
     png_significant_bits,
-    tiff_pages,
+    TiffPictures,
+    tiff_pictures,
     tiff_sample_max,
 )
 
@@ -406,11 +409,17 @@ def _damaged(source: str | None) -> ImageDecodeError:
                             "with grey); the file is damaged", source=source)
 
 
-def _to_uint8(img: np.ndarray, sample_max: int | None = None) -> np.ndarray:
+def _to_uint8(img: np.ndarray, sample_max: int | None = None, *, alpha_max: int | None = None) -> np.ndarray:
+    """8-bit samples; ``alpha_max``: a 4th (alpha) plane's own range, when it differs from the colour's."""
     if img.dtype == np.uint8:
         return img
     if img.dtype == np.bool_:
         return img.astype(np.uint8) * 255
+    if img.dtype == np.uint16 and alpha_max is not None and img.ndim == 3 and img.shape[2] == 4:
+        out = np.empty(img.shape, np.uint8)
+        out[..., :3] = _to_uint8(img[..., :3], sample_max)
+        out[..., 3] = cv2.convertScaleAbs(img[..., 3], alpha=255.0 / float(alpha_max))
+        return out
     if img.dtype == np.uint16:
         # The range the file declares (a TIFF's MaxSampleValue or BitsPerSample: 12-bit camera data), else
         # the full 16 bits, never the picture's own brightest pixel: guessing the depth from it brightened
@@ -423,13 +432,33 @@ def _to_uint8(img: np.ndarray, sample_max: int | None = None) -> np.ndarray:
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
+@functools.lru_cache(maxsize=16)
+def _png_scaled_values(bits: int) -> np.ndarray:
+    """(65536,) bool: the 16-bit values an encoder scaling ``bits``-bit samples as PNG describes can write.
+
+    The specification's recommended scaling (v * 65535 / (2**bits - 1), rounded), left-bit replication, and a
+    plain left shift.
+    """
+    top = (1 << bits) - 1
+    v = np.arange(top + 1, dtype=np.int64)
+    ok = np.zeros(65536, bool)
+    ok[(v * 65535 + top // 2) // top] = True
+    replicated = np.zeros_like(v)
+    for shift in range(16 - bits, -bits, -bits):
+        replicated |= (v << shift) if shift >= 0 else (v >> -shift)
+    ok[replicated & 0xFFFF] = True
+    ok[v << (16 - bits)] = True
+    return ok
+
+
 def _png_sample_max(data: bytes, img: np.ndarray) -> int | None:
     """The largest sample value of a 16-bit PNG that stores fewer significant bits unscaled, else None.
 
-    A PNG declaring ``s`` significant bits (sBIT) should hold them scaled up to 16 bits, by a shift (the
-    low ``16 - s`` bits zero) or by repeating the high bits (zero too wherever the value is below ``2**s``).
-    Data left unscaled (a 12-bit camera writing 0-4095) has no sample above ``2**s - 1`` and some with
-    low bits set: only then is it read over its declared range; a scaled file, however dark, is not.
+    A PNG declaring ``s`` significant bits (sBIT) holds them scaled up to 16 bits (rounded linear scaling,
+    bit replication or a shift): every sample is then one of the values those scalings give. Data left
+    unscaled (a 12-bit camera writing 0-4095) has no sample above ``2**s - 1``, and a photograph's samples
+    are not all on that grid: only then is it read over its declared range. A scaled file, however dark,
+    is read as it is. The alpha plane has its own depth and is not looked at.
     """
     if img.dtype != np.uint16:
         return None
@@ -437,9 +466,8 @@ def _png_sample_max(data: bytes, img: np.ndarray) -> int | None:
     if bits is None:
         return None
     top = (1 << bits) - 1
-    low = (1 << (16 - bits)) - 1
-    colour = img[..., :3] if img.ndim == 3 else img  # OpenCV's BGR(A): the alpha plane has its own depth
-    if int(colour.max()) > top or not (colour & low).any():
+    colour = img[..., :3] if img.ndim == 3 else img  # OpenCV's BGR(A)
+    if int(colour.max()) > top or bool(_png_scaled_values(bits)[colour].all()):
         return None
     return top
 
@@ -473,6 +501,10 @@ def decode(data: bytes, *, source: str | None = None, max_pixels: int = 120_000_
 
 def _decode_checked(data: bytes, fmt: str, max_pixels: int, source: str | None) -> np.ndarray:
     """:func:`decode` of bytes :func:`check_image_bytes` passed (``fmt``: what it found)."""
+    j2k = j2k_precision(data) if fmt in ("j2k", "jp2") else None
+    if j2k is not None and j2k[1]:
+        raise ImageFormatError(f"a JPEG 2000 picture with signed {j2k[0]}-bit samples (no photograph stores "
+                               "those); export the photograph as an ordinary JPEG", source=source)
     buf = np.frombuffer(data, np.uint8)
     # IMREAD_UNCHANGED ignores the Exif orientation; it is applied below, for JPEGs only.
     img = _imdecode(buf, cv2.IMREAD_UNCHANGED | cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR, source)
@@ -487,14 +519,36 @@ def _decode_checked(data: bytes, fmt: str, max_pixels: int, source: str | None) 
     _check_pixels(img.shape[1], img.shape[0], max_pixels, source)
     if fmt == "jpeg" and _ends_in_fill(img):
         raise _damaged(source)
-    sample_max = tiff_sample_max(data) if fmt == "tiff" else _png_sample_max(data, img) if fmt == "png" else None
-    return apply_orientation(_to_rgb(_to_uint8(img, sample_max), source), image_orientation(data))
+    if fmt == "tiff":
+        sample_max = tiff_sample_max(data)
+    elif fmt == "png":
+        sample_max = _png_sample_max(data, img)
+    else:  # a JPEG 2000's depth from its header (9-15 bits come back unscaled), nothing for the others
+        sample_max = (1 << j2k[0]) - 1 if j2k is not None and 8 < j2k[0] < 16 else None
+    # A PNG's sBIT rule reads the colour planes only; its alpha keeps the full 16 bits.
+    alpha_max = 65535 if fmt == "png" and sample_max is not None else None
+    return apply_orientation(_to_rgb(_to_uint8(img, sample_max, alpha_max=alpha_max), source), image_orientation(data))
 
 
 # Formats whose unreadable header (an odd but valid layout) still goes to the decoder, as before the header
 # readers existed: libjpeg, libpng and libtiff read the size themselves and the pixel limit is checked on
 # what they return. The others are refused without a readable size.
 _SIZE_CHECKED_AFTER_DECODE = frozenset({"jpeg", "png", "bmp", "tiff"})
+
+
+def _check_tiff_pictures(p: TiffPictures, source: str | None) -> None:
+    """OpenCV decodes a TIFF's first IFD only: refuse a file where that is not its one photograph."""
+    if p.full_size > 1:
+        many = f"{p.full_size}" if p.complete else f"at least {p.full_size}"
+        raise ImageFormatError(f"a TIFF holding {many} full-size pictures (the runtime screens one photograph per "
+                               "file, and would see only the first); save each page as its own file and screen "
+                               "those", source=source)
+    w, h = p.largest
+    if p.first is None or 4 * p.first[0] * p.first[1] < w * h:
+        first = "no picture" if p.first is None else f"a reduced copy ({p.first[0]}x{p.first[1]})"
+        raise ImageFormatError(f"a TIFF whose first page is {first} of the photograph on a later page ({w}x{h}); "
+                               "the runtime would screen that first page: save the photograph as its own file",
+                               source=source)
 
 
 def check_image_bytes(data: bytes, max_pixels: int, source: str | None = None) -> str:
@@ -517,12 +571,9 @@ def check_image_bytes(data: bytes, max_pixels: int, source: str | None = None) -
                                "content, not the name)", source=source)
     if is_truncated(data):
         raise ImageDecodeError("image data is truncated (no end-of-image marker)", source=source)
-    pages = tiff_pages(data) if fmt in ("tiff", "bigtiff") else None
-    if pages is not None and pages > 1:
-        # OpenCV would decode the first picture only: a file holding both eyes, or a series, must not pass as one.
-        raise ImageFormatError(f"a TIFF holding {pages} full-size pictures (the runtime screens one photograph per "
-                               "file, and would see only the first); save each page as its own file and screen "
-                               "those", source=source)
+    pictures = tiff_pictures(data) if fmt in ("tiff", "bigtiff") else None
+    if pictures is not None:
+        _check_tiff_pictures(pictures, source)
     header = header_size(data)
     if header is not None:
         _check_pixels(header[0], header[1], max_pixels, source)

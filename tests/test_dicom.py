@@ -52,9 +52,10 @@ def _dicom(pixels: np.ndarray | None, *, syntax: str = ExplicitVRLittleEndian, p
     ds.PatientID = "TEST-1"
     if pixels is not None:
         ds.Rows, ds.Columns = rows_cols or pixels.shape[:2]
-        ds.SamplesPerPixel = 3 if pixels.ndim == 3 else 1
+        colour = pixels.shape[-1] == 3 and pixels.ndim >= 3
+        ds.SamplesPerPixel = 3 if colour else 1
         ds.PhotometricInterpretation = photometric
-        if pixels.ndim == 3:
+        if colour:
             ds.PlanarConfiguration = 0
         ds.BitsAllocated = 8 * pixels.dtype.itemsize
         ds.BitsStored = bits_stored or ds.BitsAllocated
@@ -132,7 +133,7 @@ def test_files_that_are_not_one_photograph_are_refused(photo: np.ndarray) -> Non
     assert err.value.reason == "unsupported_format"
     with pytest.raises(ImageFormatError, match="a DICOM file without a picture .*Basic Text SR"):
         decode(_dicom(None, sop_class="1.2.840.10008.5.1.4.1.1.88.11"))
-    with pytest.raises(ImageFormatError, match="compressed as JPEG-LS Lossless.*export the photograph as JPEG"):
+    with pytest.raises(ImageReaderMissingError, match="compressed as JPEG-LS Lossless.*needs a pydicom plug-in"):
         decode(_dicom(photo, syntax=JPEGLSLossless, data=encapsulate([b"\xff\xd8\xff\xd9"])))
     with pytest.raises(ImageDecodeError, match="a damaged DICOM file"):
         decode(bytes(128) + b"DICM" + bytes(64))
@@ -202,3 +203,96 @@ def test_a_rerun_after_installing_pydicom_screens_the_file(tiny_bundle: Path, tm
         assert s.screen_to(out, [str(inputs)]).screened == 1
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert rows[-1]["status"] != "error" and rows[-1]["probs"]
+
+
+TEST_FILES = Path(pydicom.__file__).parent / "data" / "test_files"  # real files shipped inside pydicom's wheel
+
+
+@pytest.mark.parametrize("name", ["SC_jpeg_no_color_transform.dcm", "SC_rgb_jpeg.dcm"])
+def test_a_jpeg_the_header_calls_rgb_keeps_its_colours(name: str) -> None:
+    """libjpeg takes three components for YCbCr: these near-white pictures came out flat magenta."""
+    path = TEST_FILES / name
+    if not path.is_file():
+        pytest.skip(f"{name} is not in this pydicom's test files")
+    rgb = decode(path.read_bytes())
+    means = rgb.reshape(-1, 3).mean(axis=0)
+    assert means.min() > 230 and np.ptp(means) < 3, means
+
+
+def test_an_older_pydicom_says_so(photo: np.ndarray, monkeypatch: pytest.MonkeyPatch) -> None:
+    """pydicom 2 lacks the frame and colour functions used here: wrong rows, not errors, would follow."""
+    monkeypatch.setattr(pydicom, "__version__", "2.4.4")
+    with pytest.raises(ImageReaderMissingError, match="needs the optional package pydicom 3 \\(an older"):
+        decode(_dicom(photo[:32, :32]))
+
+
+def test_a_deflated_file_is_refused_before_it_inflates_past_the_limit() -> None:
+    """A few hundred KB of deflated zeros declaring an 8x8 picture inflated to gigabytes inside pydicom."""
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    small = np.zeros((8, 8, 3), np.uint8)
+    bomb = _dicom(small, syntax=DeflatedExplicitVRLittleEndian, data=bytes(20 << 20))  # inflates to 20 MB
+    assert len(bomb) < 64 << 10
+    with pytest.raises(ImageTooLargeError, match="deflated DICOM file that inflates to more than"):
+        preprocess(bomb, PreprocessConfig(size=64, max_pixels=100_000))
+    fine = _dicom(draw_fake_fundus(64, seed=2), syntax=DeflatedExplicitVRLittleEndian)
+    assert np.array_equal(decode(fine), draw_fake_fundus(64, seed=2))
+
+
+def test_undeclared_frames_and_signed_samples_are_refused(photo: np.ndarray) -> None:
+    two = _dicom(photo, data=photo.tobytes() * 2)  # raw data for two pictures, NumberOfFrames absent
+    with pytest.raises(ImageFormatError, match="holding 2 frames"):
+        decode(two)
+    jpegs = encapsulate([_jpeg(photo), _jpeg(photo)], has_bot=True)  # an offset table with two frames
+    with pytest.raises(ImageFormatError, match="holding 2 frames"):
+        decode(_dicom(photo, syntax=JPEGBaseline8Bit, photometric="YBR_FULL_422", data=jpegs))
+    ds = pydicom.dcmread(io.BytesIO(_dicom(photo[..., 0])))
+    ds.PixelRepresentation = 1
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    with pytest.raises(ImageFormatError, match="signed samples"):
+        decode(buf.getvalue())
+
+
+def test_a_dataset_without_the_part10_header_is_read(photo: np.ndarray) -> None:
+    """Some PACS write the bare dataset (no 128-byte preamble, no file meta)."""
+    ds = pydicom.dcmread(io.BytesIO(_dicom(photo)))
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=False, implicit_vr=False, little_endian=True)
+    bare = buf.getvalue()
+    bare = bare[bare.index(b"\x08\x00"):] if bare[128:132] == b"DICM" else bare
+    assert bare[:2] == b"\x08\x00" and is_dicom(bare)
+    assert np.array_equal(decode(bare), photo)
+
+
+def test_a_12bit_jpeg_needs_a_plugin() -> None:
+    path = TEST_FILES / "JPGExtended.dcm"
+    if not path.is_file():
+        pytest.skip("JPGExtended.dcm is not in this pydicom's test files")
+    try:
+        import pylibjpeg  # noqa: F401
+    except ImportError:
+        with pytest.raises(ImageReaderMissingError, match="JPEG Extended.*pip install pylibjpeg"):
+            decode(path.read_bytes())
+    else:
+        assert decode(path.read_bytes()).shape[:2] == (1024, 256)
+
+
+def test_the_commands_hide_pydicoms_own_log_lines_unless_vv(capsys: pytest.CaptureFixture[str]) -> None:
+    """pydicom logs each oddity (and a decoder's failure with its traceback) besides the row's reason."""
+    import logging
+
+    from uopsl.runtime.clikit import setup_logging
+
+    try:
+        setup_logging(0)
+        logging.getLogger("pydicom").warning("Expected explicit VR, but found implicit VR")
+        logging.getLogger("uopsl.runtime.api").warning("a uopsl warning")
+        err = capsys.readouterr().err
+        assert "a uopsl warning" in err and "explicit VR" not in err
+        setup_logging(2)
+        logging.getLogger("pydicom").warning("Expected explicit VR, but found implicit VR")
+        assert "explicit VR" in capsys.readouterr().err
+    finally:
+        logging.basicConfig(force=True)
+        logging.getLogger().setLevel(logging.WARNING)

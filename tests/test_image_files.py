@@ -248,3 +248,30 @@ def test_results_from_an_earlier_decoding_are_screened_again(tiny_bundle: Path, 
         with caplog.at_level(logging.WARNING, logger="uopsl.runtime.api"):
             assert s.screen_to(out, [str(p) for p in photos]).screened == 2
         assert "2 photograph(s) were screened by an earlier uopsl" in caplog.text
+
+
+def _jp2_16bit(img: np.ndarray) -> bytes:
+    ok, buf = cv2.imencode(".jp2", img)
+    assert ok
+    return buf.tobytes()
+
+
+def test_jpeg2000_depth_is_read_from_its_header(monkeypatch: pytest.MonkeyPatch) -> None:
+    """OpenCV returns 9-15-bit JPEG 2000 samples unscaled: the header's depth says what white is (a 12-bit
+    picture was read over 16 bits, 16x too dark), and signed samples are refused by name."""
+    data = _jp2_16bit(np.zeros((32, 32, 3), np.uint16))
+    assert imagefile.j2k_precision(data) == (16, False)
+    codestream = data[data.index(b"\xff\x4f\xff\x51"):]
+    assert imagefile.j2k_precision(codestream) == (16, False)
+    twelve_bit_header = bytearray(codestream)
+    twelve_bit_header[2 + 40] = 11  # Ssiz of the first component: unsigned, 12 bits
+    assert imagefile.j2k_precision(bytes(twelve_bit_header)) == (12, False)
+    img = draw_fake_fundus(64, seed=6)
+    twelve = ((img.astype(np.uint32) * 4095 + 127) // 255).astype(np.uint16)
+    stored = _jp2_16bit(cv2.cvtColor(twelve, cv2.COLOR_RGB2BGR))  # OpenCV writes 16-bit: declare 12 by hand
+    monkeypatch.setattr(P, "j2k_precision", lambda _data: (12, False))
+    diff = np.abs(decode(stored).astype(int) - img)  # read over 16 bits it would be 16x darker (diff up to 240)
+    assert diff.mean() < 0.5 and diff.max() <= 3  # OpenCV's JPEG 2000 encoder rounds a little
+    monkeypatch.setattr(P, "j2k_precision", lambda _data: (12, True))
+    with pytest.raises(ImageFormatError, match="signed 12-bit samples"):
+        decode(stored)

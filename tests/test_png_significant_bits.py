@@ -66,3 +66,32 @@ def test_scaled_data_is_read_as_it_is(scaling: str) -> None:
     dark = (scaled // 32).astype(np.uint16) & 0xFFF0  # a dark but scaled photograph: every value below 4096
     assert dark.max() < 4096
     assert np.array_equal(decode(_png16(dark, b"\x0c\x0c\x0c")), decode(_png16(dark)))  # not brightened 16x
+
+
+@pytest.mark.parametrize("bits", [10, 12, 14])
+def test_the_specifications_rounded_scaling_is_read_as_it_is(bits: int) -> None:
+    """PNG's recommended scaling, v * 65535 / (2**bits - 1) rounded, sets low bits too: a dark photograph
+    scaled so (every sample below 2**bits) was once taken for unscaled data and brightened up to 69x."""
+    top = (1 << bits) - 1
+    # As dark as it must be for every scaled sample to stay below 2**bits: 1/64 of full scale at 10 bits.
+    dark = draw_fake_fundus(128, seed=4).astype(np.int64) * ((1 << (2 * bits - 16)) - 1) // 255
+    scaled = ((dark * 65535 + top // 2) // top).astype(np.uint16)
+    assert scaled.max() <= top and (scaled & ((1 << (16 - bits)) - 1)).any()  # the case the old rule missed
+    sbit = bytes([bits]) * 3
+    assert np.array_equal(decode(_png16(scaled, sbit)), decode(_png16(scaled)))
+
+
+def test_the_alpha_plane_keeps_its_own_range() -> None:
+    """Only the colour planes are read over the declared range: half-transparent stays half-transparent."""
+    img = draw_fake_fundus(64, seed=5)
+    twelve = _twelve_bit(img)
+    rgba = np.dstack([cv2.cvtColor(twelve, cv2.COLOR_RGB2BGR), np.full(twelve.shape[:2], 32768, np.uint16)])
+    ok, buf = cv2.imencode(".png", rgba)
+    assert ok
+    data = buf.tobytes()
+    chunk_body = b"\x0c\x0c\x0c\x10"
+    chunk = struct.pack(">I", 4) + b"sBIT" + chunk_body + struct.pack(">I", zlib.crc32(b"sBIT" + chunk_body))
+    data = data[:33] + chunk + data[33:]
+    got = decode(data).astype(int)
+    expected = (img.astype(int) * 32768 + 32767) // 65535  # composited over black at half opacity
+    assert np.abs(got - expected).max() <= 2

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from uopsl.runtime.errors import DataError, ImageError, ImageReadError
+from uopsl.runtime.errors import DataError, ImageError, ImageReaderMissingError, ImageReadError
 from uopsl.runtime.fsio import atomic_open
 from uopsl.runtime.preprocess import PREPROCESS_VERSION, PreprocessConfig, decode, preprocess, read_bytes, resize_square
 from uopsl.runtime.progress import track
@@ -104,6 +104,8 @@ def cache_images(paths: Sequence[Path], pre: PreprocessConfig, cache_dir: Path |
             # A file that is there but could not be read (I/O error, locked) may read next time; a missing
             # path or a folder is in the cache key already (size -1) and is cached like any bad image.
             read_failed |= isinstance(exc, ImageReadError) and p.is_file()
+            # A reader installed later (pydicom for DICOM) reads it: not a property of the file either.
+            read_failed |= isinstance(exc, ImageReaderMissingError)
             # The first few by name; ImageDataset counts them all (also when read back from the cache).
             log.log(logging.WARNING if n_bad <= _NAMED_BAD else logging.DEBUG, "skipping %s: %s", p, exc)
     if cache_dir is not None and not read_failed:

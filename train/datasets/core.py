@@ -36,8 +36,10 @@ log = logging.getLogger(__name__)
 
 MODALITIES: tuple[str, ...] = ("fundus", "oct")
 EYES: tuple[str, ...] = ("left", "right")
-# What the runtime decodes, so a folder dataset reads what screening reads.
-IMAGE_EXTENSIONS = IMAGE_SUFFIXES
+# What the runtime decodes (runtime.pipeline.IMAGE_SUFFIXES), so a folder dataset reads what screening reads,
+# less DICOM: a folder dataset's contents must not change with a toolkit update, and PACS exports often hold
+# each photograph as both .dcm and .jpg (counted twice, perhaps across folds). A list or CSV can name .dcm files.
+IMAGE_EXTENSIONS = IMAGE_SUFFIXES - {".dcm", ".dicom"}
 OnMissing = Literal["error", "skip"]
 T = TypeVar("T")
 
