@@ -72,10 +72,12 @@ log = logging.getLogger(__name__)
 # the field-of-view fit (clipped fields padded into a larger frame are found), grey or white
 # padding trimmed before detection (only where a corner pixel is that bright), and the circle
 # refitted without hull bridges to a mark outside the field (a header band, a label), 6 = then also without
-# the hull points on thin lit marks joined to the field (burned-in text, a notch mark). (The reduced-decode rule
+# the hull points on thin lit marks joined to the field (burned-in text, a notch mark), 7 = a TIFF holding
+# several pictures (or a thumbnail first) refused, a 16-bit PNG's unscaled sBIT depth and a JPEG 2000's depth
+# read, DICOM files read (pydicom). (The reduced-decode rule
 # lives in config fields, decode_min_ratio and decode_min_side, so a config keeps its
 # pixels without a bump.)
-PREPROCESS_VERSION = 6
+PREPROCESS_VERSION = 7
 
 # The reduced-decode ratio of configs stored before PreprocessConfig.decode_min_ratio existed.
 LEGACY_DECODE_MIN_RATIO = 2.0
