@@ -131,8 +131,8 @@ class ModelConfig:
     fov_margin: float = 0.0
     # Which window judges a token for that mask: its grid cell, half a token off where it looks ("cell", what
     # every model has used), or the window centred where it looks ("token"). "token" is the geometrically right
-    # one, but on TVHL it lowered uopsl's referable-DR AUC from 0.793 to 0.691 in all three folds (one seed,
-    # docs/results.md), so it stays an option until more runs say which is better.
+    # one; on TVHL the two are indistinguishable over three training seeds (docs/results.md, session 18), so
+    # "cell" stays the default: every trained checkpoint uses it.
     token_centres: TokenCentres = "cell"
     # How each branch's tokens enter the shared space: "global" projects every feature-map cell with the
     # branch's global projection (so the tokens' mean is g, which the text contrastive aligns, and the
