@@ -108,15 +108,12 @@ def _meta_syntax(data: bytes) -> str:
 
 
 def _check_inflated_size(data: bytes, max_pixels: int, source: str | None) -> None:
-    """Refuse a Deflated-syntax file whose dataset inflates past what a picture at the pixel limit needs.
+    """Refuse a Deflated-syntax Part-10 file whose dataset inflates past what a picture at the pixel limit needs.
 
     pydicom inflates the whole dataset while reading it, before Rows and Columns can be looked at: a few
     hundred KB of zeros would otherwise take gigabytes.
     """
-    if data[128:132] != b"DICM":
-        return  # a bare dataset has no file meta, so no Deflated syntax
-    group_len = int.from_bytes(data[140:144], "little")  # (0002,0000) UL, the first element after DICM
-    start = 144 + group_len
+    start = 144 + int.from_bytes(data[140:144], "little")  # the dataset starts after the file meta group
     cap = max_pixels * _BYTES_PER_PIXEL + _HEADER_ALLOWANCE
     try:
         inflated = zlib.decompressobj(-zlib.MAX_WBITS).decompress(data[start:], cap + 1)
