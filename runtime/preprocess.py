@@ -484,7 +484,7 @@ def _check_pixels(w: int, h: int, max_pixels: int, source: str | None) -> None:
 
 
 def decode(data: bytes, *, source: str | None = None, max_pixels: int = 120_000_000) -> np.ndarray:
-    """Decode image bytes (JPEG, PNG, TIFF incl. 16-bit, BMP, ...) to uint8 HWC RGB.
+    """Decode image bytes (JPEG, PNG, TIFF incl. 16-bit, BMP, ...; DICOM with pydicom) to uint8 HWC RGB.
 
     Grayscale is replicated to three channels, RGBA is composited over black.
     A JPEG, PNG or WebP is turned upright by its Exif Orientation tag
@@ -547,10 +547,10 @@ def _check_tiff_pictures(p: TiffPictures, source: str | None) -> None:
                                "those", source=source)
     w, h = p.largest
     if p.first is None or 4 * p.first[0] * p.first[1] < w * h:
-        first = "no picture" if p.first is None else f"a reduced copy ({p.first[0]}x{p.first[1]})"
-        raise ImageFormatError(f"a TIFF whose first page is {first} of the photograph on a later page ({w}x{h}); "
-                               "the runtime would screen that first page: save the photograph as its own file",
-                               source=source)
+        first = "has no picture size" if p.first is None else f"is a reduced copy ({p.first[0]}x{p.first[1]})"
+        raise ImageFormatError(f"a TIFF whose first page {first} and whose photograph is on a later page "
+                               f"({w}x{h}); the runtime would screen that first page: save the photograph as its "
+                               "own file", source=source)
 
 
 def check_image_bytes(data: bytes, max_pixels: int, source: str | None = None) -> str:

@@ -150,8 +150,8 @@ def test_camera_thumbnails_pass_and_a_thumbnail_first_is_refused() -> None:
     small = cv2.resize(img, (64, 48))
     assert np.array_equal(decode(_tiff([(img, None), (small, None)])), img)  # unflagged, 1/21 of the pixels
     assert np.array_equal(decode(_tiff([(img, None), (small, None)], sized=False)), img)  # no size at all
-    with pytest.raises(ImageFormatError, match=r"first page is a reduced copy \(64x48\) of the photograph on a "
-                                               r"later page \(256x256\)"):
+    with pytest.raises(ImageFormatError, match=r"first page is a reduced copy \(64x48\) and whose photograph is "
+                                               r"on a later page \(256x256\)"):
         decode(_tiff([(small, 1), (img, 0)]))
     with pytest.raises(ImageFormatError, match="2 full-size pictures"):
         decode(_tiff([(img, None), (cv2.resize(img, (200, 200)), None)]))  # two of similar size: two pictures
