@@ -39,6 +39,7 @@ from uopsl.runtime.errors import (
     ImageReaderMissingError,
     ImageTooLargeError,
     MissingDependencyError,
+    too_many_pixels,
 )
 from uopsl.runtime.exif import jpeg_segments
 from uopsl.runtime.imagefile import jpeg_frame
@@ -161,9 +162,7 @@ def dicom_picture(data: bytes, max_pixels: int, source: str | None = None) -> by
         raise ImageFormatError(f"a DICOM file without a picture ({name}: a report or a document?); screen the "
                                "photograph's own file", source=source)
     if rows * cols > max_pixels:
-        raise ImageTooLargeError(
-            f"{cols}x{rows} pixels exceeds the limit of {max_pixels}; export a smaller copy from the camera "
-            "software (Python API: PreprocessConfig.max_pixels raises the limit)", source=source)
+        raise too_many_pixels(cols, rows, max_pixels, source)
     if int(ds.get("PixelRepresentation", 0) or 0) != 0:
         raise ImageFormatError("a DICOM picture with signed samples (PixelRepresentation 1), which no photograph "
                                "stores; export the photograph as JPEG", source=source)

@@ -71,6 +71,15 @@ class ImageTooLargeError(ImageError):
     reason = "too_large"
 
 
+def too_many_pixels(w: int, h: int, max_pixels: int, source: str | None = None) -> ImageTooLargeError:
+    """The error for a picture over the pixel limit: one message wherever its size was found (a header, a decode)."""
+    return ImageTooLargeError(
+        f"{w}x{h} pixels exceeds the limit of {max_pixels}; export a smaller copy from the camera "
+        "software (Python API: PreprocessConfig.max_pixels raises the limit)",
+        source=source,
+    )
+
+
 class DataError(UopslError):
     """A dataset file (CSV, folder layout, label) is malformed."""
 

@@ -45,6 +45,7 @@ from uopsl.runtime.errors import (
     ImageReadError,
     ImageTooLargeError,
     ImageTooSmallError,
+    too_many_pixels,
 )
 from uopsl.runtime.dicomfile import dicom_picture, is_dicom
 from uopsl.runtime.exif import apply_orientation, image_orientation, jpeg_orientation
@@ -476,11 +477,7 @@ def _png_sample_max(data: bytes, img: np.ndarray) -> int | None:
 
 def _check_pixels(w: int, h: int, max_pixels: int, source: str | None) -> None:
     if w * h > max_pixels:
-        raise ImageTooLargeError(
-            f"{w}x{h} pixels exceeds the limit of {max_pixels}; export a smaller copy from the camera "
-            "software (Python API: PreprocessConfig.max_pixels raises the limit)",
-            source=source,
-        )
+        raise too_many_pixels(w, h, max_pixels, source)
 
 
 def decode(data: bytes, *, source: str | None = None, max_pixels: int = 120_000_000) -> np.ndarray:
