@@ -10,7 +10,12 @@ The decoder (OpenCV) is only reached once these checks pass, so:
   whatever comes after it (phones append trailers and whole videos, transfers
   add padding): :func:`is_truncated`;
 * a JPEG variant libjpeg cannot scale while decoding (lossless) is known before
-  a reduced-scale decode is asked for (:func:`jpeg_frame`).
+  a reduced-scale decode is asked for (:func:`jpeg_frame`);
+* a TIFF whose first page (all OpenCV decodes) is not its one photograph is
+  known (:func:`tiff_pictures`);
+* the depth 16-bit samples were written at, where OpenCV does not apply it: a
+  TIFF's (:func:`tiff_sample_max`), a PNG's sBIT (:func:`png_significant_bits`),
+  a JPEG 2000's (:func:`j2k_precision`).
 
 Everything here reads bytes only, never raises on malformed input (``None`` or
 ``False`` instead) and is cheap: headers are parsed, image data is not touched
