@@ -31,7 +31,7 @@ import threading
 import warnings
 from collections.abc import Iterator
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import click
 
@@ -69,14 +69,25 @@ def setup_logging(verbose: int) -> None:
     level = logging.DEBUG if verbose >= 2 else logging.INFO if verbose >= 0 else logging.WARNING
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr, force=True)
     progress_bars.set_enabled(verbose >= 0)
+    # pydicom reports each oddity of a DICOM file twice (a log line and a Python warning, neither naming the
+    # file; a decoder's failure with its traceback); the file's row says what matters. -vv shows them. pydicom
+    # sets its logger's level when it is imported (lazily, later), so its records are filtered at the handler.
+    # Only the commands do this: an application embedding the runtime keeps its own settings. The last call
+    # decides (``-vv`` before or after the subcommand).
+    filters = cast("list[Any]", warnings.filters)  # typed as a Sequence; it is the module's own list
+    filters[:] = [f for f in filters if not _is_pydicom_filter(f)]
     if verbose < 2:
-        # pydicom reports each oddity of a DICOM file twice (a log line and a Python warning, neither naming the
-        # file; a decoder's failure with its traceback); the file's row says what matters. -vv shows them. pydicom
-        # sets its logger's level when it is imported (lazily, later), so its records are filtered at the handler.
-        # Only the commands do this: an application embedding the runtime keeps its own settings.
         for handler in logging.getLogger().handlers:
             handler.addFilter(_not_pydicom)
-        warnings.filterwarnings("ignore", module=r"pydicom(\.|$)")
+        warnings.filterwarnings("ignore", module=_PYDICOM_MODULES)
+
+
+_PYDICOM_MODULES = r"pydicom(\.|$)"
+
+
+def _is_pydicom_filter(f: Any) -> bool:
+    module = f[3]
+    return f[0] == "ignore" and module is not None and getattr(module, "pattern", None) == _PYDICOM_MODULES
 
 
 def _not_pydicom(record: logging.LogRecord) -> bool:

@@ -70,7 +70,7 @@ def is_dicom(data: bytes) -> bool:
     A bare dataset starts with its first element: group 0x0002 (file meta) or 0x0008 (identification),
     little-endian, followed by an explicit VR (two capital letters) or an implicit 4-byte length.
     """
-    if data[128:132] == b"DICM":
+    if data[128:132] == b"DICM" and data[132:134] == b"\x02\x00":  # the file meta group follows DICM
         return True
     if len(data) < 12 or data[:2] not in (b"\x02\x00", b"\x08\x00") or int.from_bytes(data[2:4], "little") > 0x1000:
         return False
@@ -98,29 +98,48 @@ def _pydicom(source: str | None) -> Any:
             "(pip install 'uopsl[dicom]') and run again, or export the photograph as JPEG", source=source) from None
 
 
-def _meta_syntax(data: bytes) -> str:
-    """The transfer syntax UID a Part-10 file's meta group names (always explicit VR little endian), or ""."""
-    group_len = int.from_bytes(data[140:144], "little")  # (0002,0000) UL, the first element after DICM
-    at = data.find(b"\x02\x00\x10\x00UI", 132, 144 + group_len)
-    if at < 0:
-        return ""
-    n = int.from_bytes(data[at + 6 : at + 8], "little")
-    return data[at + 8 : at + 8 + n].rstrip(b"\x00 ").decode("ascii", "replace")
+# Explicit VRs whose length is 4 bytes after 2 reserved ones (the others have a 2-byte length).
+_LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"})
 
 
-def _check_inflated_size(data: bytes, max_pixels: int, source: str | None) -> None:
-    """Refuse a Deflated-syntax Part-10 file whose dataset inflates past what a picture at the pixel limit needs.
+def _file_meta(data: bytes) -> tuple[str, int]:
+    """(transfer syntax UID, offset where the dataset starts) from the file meta group, wherever it is.
+
+    After the preamble and ``DICM`` (Part 10), or at the start of a bare file that begins with it. Walked
+    element by element (always explicit VR little endian), not by its group length, which a file may lack.
+    ("", offset) when there is no meta group or no transfer syntax in it.
+    """
+    at = 132 if data[128:132] == b"DICM" else 0
+    syntax = ""
+    while at + 8 <= len(data) and data[at : at + 2] == b"\x02\x00":
+        element, vr = int.from_bytes(data[at + 2 : at + 4], "little"), data[at + 4 : at + 6]
+        if vr in _LONG_VRS:
+            n, value = int.from_bytes(data[at + 8 : at + 12], "little"), at + 12
+        else:
+            n, value = int.from_bytes(data[at + 6 : at + 8], "little"), at + 8
+        if element == 0x0010:
+            syntax = data[value : value + n].rstrip(b"\x00 ").decode("ascii", "replace")
+        at = value + n
+    return syntax, at
+
+
+def _check_inflated_size(data: bytes, start: int, max_pixels: int, source: str | None) -> None:
+    """Refuse a Deflated-syntax file whose dataset inflates past what a picture at the pixel limit needs.
 
     pydicom inflates the whole dataset while reading it, before Rows and Columns can be looked at: a few
-    hundred KB of zeros would otherwise take gigabytes.
+    hundred KB of zeros would otherwise take gigabytes. Counted in chunks, so the check holds little itself.
     """
-    start = 144 + int.from_bytes(data[140:144], "little")  # the dataset starts after the file meta group
     cap = max_pixels * _BYTES_PER_PIXEL + _HEADER_ALLOWANCE
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    total = 0
+    pending = data[start:]
     try:
-        inflated = zlib.decompressobj(-zlib.MAX_WBITS).decompress(data[start:], cap + 1)
+        while pending and total <= cap:
+            total += len(inflater.decompress(pending, 1 << 22))
+            pending = inflater.unconsumed_tail
     except zlib.error as exc:
         raise ImageDecodeError(f"a damaged DICOM file (its deflated data: {exc})", source=source) from None
-    if len(inflated) > cap:
+    if total > cap:
         raise ImageTooLargeError(f"a deflated DICOM file that inflates to more than {cap >> 20} MB, more than a "
                                  f"picture of the pixel limit ({max_pixels}) needs: is it a photograph?",
                                  source=source)
@@ -133,9 +152,10 @@ def dicom_picture(data: bytes, max_pixels: int, source: str | None = None) -> by
     """
     pydicom = _pydicom(source)
     bare = data[128:132] != b"DICM"
+    meta_syntax, dataset_start = _file_meta(data)
+    if meta_syntax == _DEFLATED:
+        _check_inflated_size(data, dataset_start, max_pixels, source)
     try:
-        if not bare and _meta_syntax(data) == _DEFLATED:
-            _check_inflated_size(data, max_pixels, source)
         ds = pydicom.dcmread(io.BytesIO(data), force=bare)
         if "TransferSyntaxUID" not in ds.file_meta:
             # What pydicom found reading it, so that pixel_array knows how the raw pixels are laid out.
@@ -147,10 +167,15 @@ def dicom_picture(data: bytes, max_pixels: int, source: str | None = None) -> by
         has_pixels = "PixelData" in ds
         frames = int(ds.get("NumberOfFrames", 1) or 1)
         rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
-    except (ImageDecodeError, ImageTooLargeError):
-        raise
+        signed = int(ds.get("PixelRepresentation", 0) or 0) != 0
+        uid = ds.file_meta.get("TransferSyntaxUID")
+        known = not syntax or getattr(uid, "is_transfer_syntax", False)
+        encapsulated = bool(uid.is_encapsulated) if known and syntax else False
     except Exception as exc:  # noqa: BLE001 - pydicom raises many types for a damaged header
         raise ImageDecodeError(f"a damaged DICOM file ({type(exc).__name__}: {_said(exc)})", source=source) from None
+    if not known:
+        raise ImageFormatError(f"a DICOM file in a transfer syntax this pydicom does not know ({syntax}); export the "
+                               "photograph as JPEG", source=source)
     if not has_pixels and "SOPClassUID" not in ds:
         # Every DICOM object names its SOP class; pydicom returns an empty dataset for a file cut short
         # inside its wrapped JPEG data.
@@ -163,14 +188,14 @@ def dicom_picture(data: bytes, max_pixels: int, source: str | None = None) -> by
                                "photograph's own file", source=source)
     if rows * cols > max_pixels:
         raise too_many_pixels(cols, rows, max_pixels, source)
-    if int(ds.get("PixelRepresentation", 0) or 0) != 0:
+    if signed:
         raise ImageFormatError("a DICOM picture with signed samples (PixelRepresentation 1), which no photograph "
                                "stores; export the photograph as JPEG", source=source)
-    encapsulated = bool(getattr(ds.file_meta.get("TransferSyntaxUID"), "is_encapsulated", False))
-    if encapsulated:
-        frames = max(frames, _encapsulated_frames(pydicom, ds.PixelData, syntax))
-    else:
-        frames = max(frames, _raw_frames(ds, rows, cols))
+    try:
+        found = _encapsulated_frames(pydicom, ds.PixelData, syntax) if encapsulated else _raw_frames(ds, rows, cols)
+    except (TypeError, ValueError) as exc:
+        raise ImageDecodeError(f"a damaged DICOM file ({type(exc).__name__}: {_said(exc)})", source=source) from None
+    frames = max(frames, found)
     if frames > 1:
         raise ImageFormatError(f"a DICOM file holding {frames} frames (the runtime screens one photograph per "
                                "file, and would see only the first); export each frame as its own file and screen "
@@ -225,14 +250,15 @@ def _as_rgb_jpeg(frame: bytes) -> bytes:
     """A JPEG whose header calls it RGB, marked so for libjpeg (an Adobe APP14 segment with transform 0).
 
     libjpeg takes three components for YCbCr unless a JFIF, an Adobe marker or the component ids say
-    otherwise; the DICOM header is the only place such a frame says RGB. A JFIF marker means YCbCr and wins.
+    otherwise; the DICOM header is the only place such a frame says RGB. A JFIF marker (YCbCr) or a whole
+    Adobe segment (its own transform) wins over the header, as in pydicom; a short Adobe segment, which
+    libjpeg ignores, does not.
     """
     for marker, i, length in jpeg_segments(frame):
         if marker == 0xE0 and frame[i + 4 : i + 9] == b"JFIF\x00":
             return frame
         if marker == 0xEE and frame[i + 4 : i + 9] == b"Adobe" and length >= 14:
-            t = i + 4 + 11  # the transform byte
-            return frame if frame[t] == 0 else frame[:t] + b"\x00" + frame[t + 1 :]
+            return frame  # a whole Adobe segment states the transform itself (writers label YCbCr frames RGB)
     return frame[:2] + _ADOBE_RGB + frame[2:]
 
 
@@ -269,11 +295,14 @@ def _as_rgb8(ds: Any, pixels: np.ndarray, pydicom: Any, source: str | None) -> n
     Through a lookup table on the native dtype: one temporary of the pixels' own size, not int64 copies.
     """
     photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
-    if photometric == "PALETTE COLOR":
-        pixels = np.asarray(pydicom.pixels.apply_color_lut(pixels, ds))
-        bits = 8 * pixels.dtype.itemsize
-    else:
-        bits = int(ds.get("BitsStored", 8 * pixels.dtype.itemsize) or 8 * pixels.dtype.itemsize)
+    try:
+        if photometric == "PALETTE COLOR":
+            pixels = np.asarray(pydicom.pixels.apply_color_lut(pixels, ds))
+            bits = 8 * pixels.dtype.itemsize
+        else:
+            bits = int(ds.get("BitsStored", 8 * pixels.dtype.itemsize) or 8 * pixels.dtype.itemsize)
+    except (TypeError, ValueError) as exc:  # no colour table, or a header value that is not one number
+        raise ImageDecodeError(f"a damaged DICOM file ({type(exc).__name__}: {_said(exc)})", source=source) from None
     if pixels.ndim not in (2, 3) or (pixels.ndim == 3 and pixels.shape[2] not in (1, 3)):
         raise ImageFormatError(f"a DICOM picture of shape {pixels.shape} (expected rows x columns, with 1 or 3 "
                                "samples)", source=source)

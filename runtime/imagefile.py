@@ -213,8 +213,8 @@ class TiffPictures:
     """What a TIFF's IFD chain holds, for deciding whether OpenCV's first-IFD decode is the photograph.
 
     full_size: pictures of their own: an IFD with a width and height, not flagged a reduced copy or a mask
-    (NewSubfileType bits 0 and 2, SubfileType 2), and at least a quarter of the largest picture's pixels
-    (an Exif thumbnail page is often not flagged). first / largest: (width, height) of the first IFD and of
+    (NewSubfileType bits 0 and 2, SubfileType 2), and more than a quarter of the largest picture's pixels
+    (an Exif thumbnail page is often not flagged; a half-size preview is a quarter). first / largest: (width, height) of the first IFD and of
     the largest one (first None: the first IFD has no size). complete: the whole chain was read.
     """
 
@@ -263,7 +263,7 @@ def tiff_pictures(data: bytes) -> TiffPictures | None:
     if not sizes:
         return None
     width, height, _ = max(sizes, key=lambda s: s[0] * s[1])
-    full = sum(1 for w, h, flagged in sizes if not flagged and 4 * w * h >= width * height)
+    full = sum(1 for w, h, flagged in sizes if not flagged and 4 * w * h > width * height)
     return TiffPictures(full, first, (width, height), complete)
 
 

@@ -45,6 +45,7 @@ import numpy as np
 from uopsl.runtime.backends.base import Backend
 from uopsl.runtime.bundle import Manifest
 from uopsl.runtime.errors import BackendClosedError, BackendError, ConfigError, ImageDecodeError, ImageError, UopslError
+from uopsl.runtime.optional import available
 from uopsl.runtime.preprocess import Geometry, Preprocessed, preprocess, read_bytes
 from uopsl.runtime.results import JSONL, LOCK_NAME, key_path
 
@@ -82,9 +83,10 @@ def opencv_single_threaded() -> Iterator[None]:
 
 
 # .jfif/.jpe: what Windows and some cameras call a JPEG file. .dcm/.dicom: DICOM (read with pydicom, an optional
-# dependency; without it each gets a row saying what to install).
+# dependency; a folder walk without it counts them, a file named directly gets a row saying what to install).
+DICOM_SUFFIXES = frozenset({".dcm", ".dicom"})
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".tif", ".tiff", ".bmp", ".jp2", ".webp",
-                            ".ppm", ".pgm", ".dcm", ".dicom"})
+                            ".ppm", ".pgm"}) | DICOM_SUFFIXES
 LIST_SUFFIXES = frozenset({".txt", ".lst", ".list"})
 STATUSES = ("ok", "ungradable", "error")
 
@@ -183,6 +185,10 @@ class WalkState:
     skipped: collections.Counter[str] = field(default_factory=collections.Counter)
     skipped_names: list[str] = field(default_factory=list)
     hidden_images: int = 0  # image-named files starting with '.' (a Mac's ._IMG_0001.jpg, an editor's temp file)
+    #: DICOM files a folder walk left out: no DICOM reader installed; a photograph of the same name beside it
+    #: (PACS exports write both: each photograph would be screened twice).
+    dicom_unread: int = 0
+    dicom_copies: int = 0
     excluded: list[str] = field(default_factory=list)
     said: set[str] = field(default_factory=set)
     #: Every folder walked -> (st_mtime_ns, st_ino) read before it was listed: ``watch`` walks again
@@ -224,19 +230,28 @@ class WalkState:
     @property
     def anything_skipped(self) -> bool:
         """Whether :meth:`skipped_message` has something to say."""
-        return bool(self.skipped) or self.hidden_images > 0
+        return bool(self.skipped) or self.hidden_images > 0 or self.dicom_unread > 0 or self.dicom_copies > 0
 
     def skipped_message(self) -> str:
         """``"4 files skipped (not an image type: .HEIC 1, .dcm 1, ...; e.g. e.HEIC, g.dcm)"``, or ``""``."""
         n = sum(self.skipped.values())
-        hidden = (f"{self.hidden_images} hidden image file{'s' if self.hidden_images != 1 else ''} skipped "
-                  "(names starting with '.': a Mac's ._ copies, temporary files)") if self.hidden_images else ""
+        notes = []
+        if self.hidden_images:
+            notes.append(f"{self.hidden_images} hidden image file{'s' if self.hidden_images != 1 else ''} skipped "
+                         "(names starting with '.': a Mac's ._ copies, temporary files)")
+        if self.dicom_unread:
+            notes.append(f"{self.dicom_unread} DICOM file{'s' if self.dicom_unread != 1 else ''} skipped (no DICOM "
+                         "reader here: pip install 'uopsl[dicom]' to screen them)")
+        if self.dicom_copies:
+            notes.append(f"{self.dicom_copies} DICOM file{'s' if self.dicom_copies != 1 else ''} skipped (a "
+                         "photograph of the same name is beside each, screened instead)")
+        extra = "; ".join(notes)
         if not n:
-            return hidden
+            return extra
         kinds = ", ".join(f"{k} {v}" for k, v in self.skipped.most_common(8))
         return (f"{n} file{'s' if n != 1 else ''} skipped (not an image type: {kinds}; "
                 f"e.g. {', '.join(self.skipped_names)}; taken: {', '.join(sorted(IMAGE_SUFFIXES))})"
-                + (f"; {hidden}" if hidden else ""))
+                + (f"; {extra}" if extra else ""))
 
 
 def is_output_folder(folder: str | os.PathLike[str]) -> bool:
@@ -303,6 +318,11 @@ def list_folder(folder: Path, state: WalkState) -> list[tuple[Path, bool]]:
         return []
     state.folders[os.fspath(folder)] = (st.st_mtime_ns, st.st_ino)  # the time read before listing; listed
     out: list[tuple[Path, bool]] = []
+    # DICOM files are taken only where they can be read (a default install has no reader: they are counted,
+    # not given error rows) and only when no other photograph of the same name is beside them.
+    photo_stems = {os.path.splitext(e.name)[0].lower() for e in entries
+                   if image_suffix(e.name) in IMAGE_SUFFIXES - DICOM_SUFFIXES}
+    dicom_readable: bool | None = None
     for e in entries:
         if e.name.startswith("."):
             if image_suffix(e.name) in IMAGE_SUFFIXES:
@@ -315,6 +335,16 @@ def list_folder(folder: Path, state: WalkState) -> list[tuple[Path, bool]]:
             continue
         if is_dir:
             out.append((Path(e.path), True))
+        elif image_suffix(e.name) in DICOM_SUFFIXES:
+            if os.path.splitext(e.name)[0].lower() in photo_stems:
+                state.dicom_copies += 1
+                continue
+            if dicom_readable is None:
+                dicom_readable = available("pydicom")
+            if dicom_readable:
+                out.append((Path(e.path), False))
+            else:
+                state.dicom_unread += 1
         elif image_suffix(e.name) in IMAGE_SUFFIXES:
             out.append((Path(e.path), False))
         else:

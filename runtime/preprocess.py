@@ -543,7 +543,7 @@ def _check_tiff_pictures(p: TiffPictures, source: str | None) -> None:
                                "file, and would see only the first); save each page as its own file and screen "
                                "those", source=source)
     w, h = p.largest
-    if p.first is None or 4 * p.first[0] * p.first[1] < w * h:
+    if p.first is None or 4 * p.first[0] * p.first[1] <= w * h:
         first = "has no picture size" if p.first is None else f"is a reduced copy ({p.first[0]}x{p.first[1]})"
         raise ImageFormatError(f"a TIFF whose first page {first} and whose photograph is on a later page "
                                f"({w}x{h}); the runtime would screen that first page: save the photograph as its "

@@ -138,8 +138,9 @@ REASON_TEXT: dict[str, ReasonText] = {
         "photograph as an ordinary JPEG, one per file, then screen it."),
     "reader_missing": ReasonText(
         "reader not installed",
-        "This file type needs an optional reader that is not installed on this computer (DICOM: pip install "
-        "'uopsl[dicom]'): install it and run the same command again, or export the photograph as JPEG."),
+        "This file needs an optional reader or decoder that is not installed on this computer (the detail "
+        "names it; DICOM: pip install 'uopsl[dicom]'): install it and run the same command again, or export "
+        "the photograph as JPEG."),
     "unreadable": ReasonText(
         "cannot open file",
         "The file could not be opened (missing, moved or not permitted): check it is there, or copy it again."),

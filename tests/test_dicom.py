@@ -136,7 +136,7 @@ def test_files_that_are_not_one_photograph_are_refused(photo: np.ndarray) -> Non
     with pytest.raises(ImageReaderMissingError, match="compressed as JPEG-LS Lossless.*needs a pydicom plug-in"):
         decode(_dicom(photo, syntax=JPEGLSLossless, data=encapsulate([b"\xff\xd8\xff\xd9"])))
     with pytest.raises(ImageDecodeError, match="a damaged DICOM file"):
-        decode(bytes(128) + b"DICM" + bytes(64))
+        decode(bytes(128) + b"DICM" + b"\x02\x00\x00\x00UL\x04\x00" + bytes(60))
 
 
 @pytest.mark.parametrize("wrapped", [False, True])
@@ -196,11 +196,11 @@ def test_a_rerun_after_installing_pydicom_screens_the_file(tiny_bundle: Path, tm
     with Screener(tiny_bundle, backend="ort-cpu") as s:
         with monkeypatch.context() as m:
             m.setitem(sys.modules, "pydicom", None)
-            s.screen_to(out, [str(inputs)])
+            s.screen_to(out, [str(inputs / "eye.dcm")])  # named directly: a row (a folder walk counts it)
         first = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
         assert [r["reasons"] for r in first] == [["reader_missing"]]
         assert "pip install 'uopsl[dicom]'" in first[0]["error"]
-        assert s.screen_to(out, [str(inputs)]).screened == 1
+        assert s.screen_to(out, [str(inputs / "eye.dcm")]).screened == 1
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert rows[-1]["status"] != "error" and rows[-1]["probs"]
 
@@ -293,6 +293,88 @@ def test_the_commands_hide_pydicoms_own_log_lines_unless_vv(capsys: pytest.Captu
         setup_logging(2)
         logging.getLogger("pydicom").warning("Expected explicit VR, but found implicit VR")
         assert "explicit VR" in capsys.readouterr().err
+        # -vv after the subcommand (a later call) shows pydicom's Python warnings too.
+        setup_logging(0)
+        setup_logging(2)
+        with pytest.warns(UserWarning, match="from pydicom"):
+            import warnings
+
+            warnings.warn_explicit("from pydicom", UserWarning, "misc.py", 1, module="pydicom.misc")
     finally:
         logging.basicConfig(force=True)
         logging.getLogger().setLevel(logging.WARNING)
+
+
+
+def test_a_whole_adobe_segment_keeps_its_own_transform(photo: np.ndarray) -> None:
+    """Writers label YCbCr frames RGB; an Adobe segment saying YCbCr (transform 1) is the frame's own word."""
+    jpeg = _jpeg(photo)
+    assert jpeg[2:4] == b"\xff\xe0"  # OpenCV's JFIF segment, replaced by an Adobe one saying YCbCr
+    adobe_ycc = b"\xff\xee\x00\x0eAdobe\x00\x64\x00\x00\x00\x00\x01"
+    frame = jpeg[:2] + adobe_ycc + jpeg[4 + int.from_bytes(jpeg[4:6], "big"):]
+    data = _dicom(photo, syntax=JPEGBaseline8Bit, photometric="RGB", data=encapsulate([frame]))
+    assert np.array_equal(decode(data), decode(frame))
+    assert np.abs(decode(data).astype(int) - photo).mean() < 2
+
+
+@pytest.mark.parametrize("layout", ["bare", "no_group_length"])
+def test_the_deflate_cap_holds_for_every_layout(layout: str) -> None:
+    """The cap once read the meta group's length at a fixed place: a bare file, or one without (0002,0000),
+    went past it and inflated gigabytes."""
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    bomb = _dicom(np.zeros((8, 8, 3), np.uint8), syntax=DeflatedExplicitVRLittleEndian, data=bytes(20 << 20))
+    assert bomb[132:136] == b"\x02\x00\x00\x00"  # (0002,0000) group length, 12 bytes
+    data = bomb[132:] if layout == "bare" else bomb[:132] + bomb[144:]
+    assert is_dicom(data)
+    with pytest.raises(ImageTooLargeError, match="deflated DICOM file that inflates to more than"):
+        preprocess(data, PreprocessConfig(size=64, max_pixels=100_000))
+
+
+def test_header_oddities_are_image_errors_not_program_failures(photo: np.ndarray) -> None:
+    """An unknown transfer syntax, a palette without its colour table and a two-valued header field raised
+    ValueError or TypeError: 'program failure' rows, and a stopped training cache."""
+    known = _dicom(photo, syntax=JPEGBaseline8Bit, data=encapsulate([_jpeg(photo)]))
+    unknown = known.replace(b"1.2.840.10008.1.2.4.50", b"1.2.840.10008.1.2.4.98", 1)  # same length, no such syntax
+    with pytest.raises(ImageFormatError, match=r"transfer syntax this pydicom does not know \(1.2.840.10008.1.2.4.98"):
+        decode(unknown)
+    with pytest.raises(ImageDecodeError, match="a damaged DICOM file"):
+        decode(_dicom(photo[..., 0], photometric="PALETTE COLOR"))
+    ds = pydicom.dcmread(io.BytesIO(_dicom(photo)))
+    ds.SamplesPerPixel = [3, 3]
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    with pytest.raises(ImageDecodeError, match="a damaged DICOM file"):
+        decode(buf.getvalue())
+
+
+def test_a_jpeg_with_dicm_at_byte_128_is_a_jpeg(photo: np.ndarray) -> None:
+    """A comment that happens to put 'DICM' at byte 128 made an ordinary JPEG a 'damaged DICOM file'."""
+    jpeg = _jpeg(photo)
+    text = b"x" * 122 + b"DICM" + b"note"  # SOI (2) + COM marker and length (4) + 122 bytes: DICM at 128
+    com = b"\xff\xfe" + (len(text) + 2).to_bytes(2, "big") + text
+    data = jpeg[:2] + com + jpeg[2:]
+    assert data[128:132] == b"DICM" and not is_dicom(data)
+    assert np.array_equal(decode(data), decode(jpeg))
+
+
+def test_a_folder_walk_counts_dicom_it_cannot_read_or_that_copies_a_photograph(
+        tmp_path: Path, photo: np.ndarray, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A PACS export holds each photograph as .jpg and .dcm: screened once. Without pydicom, .dcm files are
+    counted with what to install, not given error rows (a default install exited 1 on such folders)."""
+    from uopsl.runtime.pipeline import WalkState, walk_images
+
+    folder = tmp_path / "export"
+    folder.mkdir()
+    (folder / "IMG1.jpg").write_bytes(_jpeg(photo))
+    (folder / "IMG1.dcm").write_bytes(_dicom(photo[:32, :32]))
+    (folder / "IMG2.dcm").write_bytes(_dicom(photo[:32, :32]))
+    state = WalkState()
+    assert [p.name for p in walk_images(folder, state)] == ["IMG1.jpg", "IMG2.dcm"]
+    assert (state.dicom_copies, state.dicom_unread) == (1, 0)
+    assert "1 DICOM file skipped (a photograph of the same name is beside each" in state.skipped_message()
+    monkeypatch.setitem(sys.modules, "pydicom", None)
+    state = WalkState()
+    assert [p.name for p in walk_images(folder, state)] == ["IMG1.jpg"]
+    assert (state.dicom_copies, state.dicom_unread) == (1, 1)
+    assert "pip install 'uopsl[dicom]' to screen them" in state.skipped_message()

@@ -155,6 +155,10 @@ def test_camera_thumbnails_pass_and_a_thumbnail_first_is_refused() -> None:
         decode(_tiff([(small, 1), (img, 0)]))
     with pytest.raises(ImageFormatError, match="2 full-size pictures"):
         decode(_tiff([(img, None), (cv2.resize(img, (200, 200)), None)]))  # two of similar size: two pictures
+    half = cv2.resize(img, (128, 128))  # an unflagged half-size preview: a quarter of the pixels
+    assert np.array_equal(decode(_tiff([(img, None), (half, None)])), img)
+    with pytest.raises(ImageFormatError, match=r"first page is a reduced copy \(128x128\)"):
+        decode(_tiff([(half, None), (img, None)]))
 
 
 def test_a_tiff_with_a_thumbnail_is_screened_as_before() -> None:
