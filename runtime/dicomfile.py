@@ -135,7 +135,7 @@ def _check_inflated_size(data: bytes, start: int, max_pixels: int, source: str |
     pending = data[start:]
     try:
         while pending and total <= cap:
-            total += len(inflater.decompress(pending, 1 << 22))
+            total += len(inflater.decompress(pending, 1 << 24))  # 16 MB of output at a time
             pending = inflater.unconsumed_tail
     except zlib.error as exc:
         raise ImageDecodeError(f"a damaged DICOM file (its deflated data: {exc})", source=source) from None
