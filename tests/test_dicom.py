@@ -378,3 +378,20 @@ def test_a_folder_walk_counts_dicom_it_cannot_read_or_that_copies_a_photograph(
     assert [p.name for p in walk_images(folder, state)] == ["IMG1.jpg"]
     assert (state.dicom_copies, state.dicom_unread) == (1, 1)
     assert "pip install 'uopsl[dicom]' to screen them" in state.skipped_message()
+
+
+def test_the_dicom_screen_benchmark_runs(tiny_bundle: Path, tmp_path: Path) -> None:  # noqa: F811
+    """benchmarks/dicom_screen.py, the command behind results.md's DICOM table: wrapped JPEGs give the JPEGs' rows."""
+    import subprocess
+
+    from tinybundle import fundus_jpeg
+
+    for i in range(3):
+        fundus_jpeg(tmp_path / "in" / f"p{i}.jpg", seed=i)
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "dicom_screen.py"
+    done = subprocess.run([sys.executable, str(script), str(tiny_bundle), "--images", str(tmp_path / "in"),
+                           "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    got = json.loads(done.stdout)
+    assert got["n"] == 3 and got["wrapped_vs_jpeg"]["identical_rows"] == 3
+    assert got["raw_vs_jpeg"]["photographs"] == 3
