@@ -17,7 +17,9 @@ runtime decodes as any other file:
 Refused with a reason: several frames (a series or both eyes in one file; the
 runtime screens one photograph per file), no picture at all (a report, an
 encapsulated PDF), a picture larger than the pixel limit (from the header,
-before anything is decoded or inflated), signed or wider-than-16-bit samples
+before anything is decoded; a Deflated-syntax file is first refused when what
+it inflates to, counted and discarded, exceeds what such a picture needs),
+signed or wider-than-16-bit samples
 (no photograph stores those), files cut short. pydicom 3 is an optional
 dependency (``pip install 'uopsl[dicom]'``); without it, or without the plug-in
 a codec needs, the row's reason is ``reader_missing``, which a rerun screens
