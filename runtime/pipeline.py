@@ -191,6 +191,9 @@ class WalkState:
     dicom_copies: int = 0
     excluded: list[str] = field(default_factory=list)
     said: set[str] = field(default_factory=set)
+    #: Files without an image suffix whose first bytes were read (:func:`dicom_media_file`): path -> (size,
+    #: mtime_ns, is DICOM). ``watch`` keeps one across polls, so an unchanged file is read once.
+    sniffed: dict[str, tuple[int, int, bool]] = field(default_factory=dict)
     #: Every folder walked -> (st_mtime_ns, st_ino) read before it was listed: ``watch`` walks again
     #: only when one of them changes (a file created, removed or renamed in it).
     folders: dict[str, tuple[int, int]] = field(default_factory=dict)
@@ -335,8 +338,11 @@ def list_folder(folder: Path, state: WalkState) -> list[tuple[Path, bool]]:
             continue
         if is_dir:
             out.append((Path(e.path), True))
-        elif image_suffix(e.name) in DICOM_SUFFIXES:
-            if os.path.splitext(e.name)[0].lower() in photo_stems:
+        elif image_suffix(e.name) in DICOM_SUFFIXES or (image_suffix(e.name) not in IMAGE_SUFFIXES
+                                                         and dicom_media_file(e, state)):
+            # A media file's whole name is its stem (IM000001, or a UID whose last part is no suffix).
+            stem = os.path.splitext(e.name)[0] if image_suffix(e.name) in DICOM_SUFFIXES else e.name.rstrip()
+            if stem.lower() in photo_stems:
                 state.dicom_copies += 1
                 continue
             if dicom_readable is None:
@@ -350,6 +356,44 @@ def list_folder(folder: Path, state: WalkState) -> list[tuple[Path, bool]]:
         else:
             state.note_skipped(e.name)
     return out
+
+
+#: Most entries :attr:`WalkState.sniffed` holds before it starts again (a watched folder kept for years).
+_SNIFFED_MAX = 200_000
+
+
+def dicom_media_file(entry: os.DirEntry[str], state: WalkState) -> bool:
+    """Whether a file a folder walk would otherwise skip is a DICOM Part 10 file named the way DICOM media name them.
+
+    Why: DICOM media (a CD or USB export with a ``DICOMDIR``, PS3.12) name their files without a suffix
+    (``IM000001``), and PACS exports often by the instance UID (``1.2.840.113619.2.55.3.604``), whose last
+    part reads as a suffix of digits. Only such names are read (the first 134 bytes: the 128-byte preamble,
+    ``DICM``, and the file meta group's first tag), so a folder of other files costs nothing. ``DICOMDIR``
+    itself is an index, not a photograph. A file too short to tell yet (a copy that has just begun) is read
+    again at the next listing; others are remembered by size and modification time in ``state.sniffed``.
+    """
+    suffix = image_suffix(entry.name)
+    if (suffix and not suffix[1:].isdigit()) or entry.name.strip().upper() == "DICOMDIR":
+        return False
+    try:
+        st = entry.stat(follow_symlinks=True)
+    except OSError:
+        return False
+    if not stat.S_ISREG(st.st_mode) or st.st_size < 134:
+        return False
+    known = state.sniffed.get(entry.path)
+    if known is not None and known[:2] == (st.st_size, st.st_mtime_ns):
+        return known[2]
+    try:
+        with open(entry.path, "rb") as fh:
+            head = fh.read(134)
+    except OSError:
+        return False  # unreadable now: not remembered, so it is read again at the next listing
+    found = head[128:132] == b"DICM" and head[132:134] == b"\x02\x00"
+    if len(state.sniffed) >= _SNIFFED_MAX:
+        state.sniffed.clear()
+    state.sniffed[entry.path] = (st.st_size, st.st_mtime_ns, found)
+    return found
 
 
 def _missing_input(p: Path, exc: OSError) -> ConfigError:

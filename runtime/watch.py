@@ -123,6 +123,7 @@ class StableFiles:
         # Results name files by their real path (a relative or linked watch folder lists them otherwise).
         self._by_real: dict[str, Path] = {}
         self._said: set[str] = set()  # warnings already given (a folder that cannot be listed: once, not every poll)
+        self._sniffed: dict[str, tuple[int, int, bool]] = {}  # DICOM media files found by content (WalkState)
         self._listings: dict[str, _Listing] = {}
         self._watch: list[Path] = []  # files looked at between full checks (not yet taken, or taken lately)
         self._checked_at: float | None = None  # last full check (every folder and file)
@@ -139,7 +140,7 @@ class StableFiles:
         files: list[Path] = []
         new: list[Path] = []
         seen: set[str] = set()
-        self._scan(self.folder, WalkState(exclude=self.exclude, said=self._said), now, full, files, new, seen)
+        self._scan(self.folder, WalkState(exclude=self.exclude, said=self._said, sniffed=self._sniffed), now, full, files, new, seen)
         for folder in set(self._listings) - seen:
             del self._listings[folder]
         if full:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -395,3 +396,84 @@ def test_the_dicom_screen_benchmark_runs(tiny_bundle: Path, tmp_path: Path) -> N
     got = json.loads(done.stdout)
     assert got["n"] == 3 and got["wrapped_vs_jpeg"]["identical_rows"] == 3
     assert got["raw_vs_jpeg"]["photographs"] == 3
+
+
+def test_dicom_media_files_without_a_suffix_are_walked(tiny_bundle: Path, tmp_path: Path,  # noqa: F811
+                                                       photo: np.ndarray, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A DICOM CD or USB export names its files IM000001 (PS3.12), a PACS export by instance UID: the walk reads
+    the first bytes of such names only, takes the Part 10 files, and leaves DICOMDIR and other files out."""
+    from uopsl.runtime.api import Screener
+    from uopsl.runtime.pipeline import WalkState, walk_images
+
+    media = tmp_path / "DICOM" / "PAT00001"
+    media.mkdir(parents=True)
+    (tmp_path / "DICOM" / "DICOMDIR").write_bytes(_dicom(None))  # the media's index: a Part 10 file, no picture
+    (media / "IM000001").write_bytes(_dicom(photo))
+    uid = "1.2.826.0.1.3680043.8.498.10"  # its last part reads as a suffix of digits
+    (media / uid).write_bytes(_dicom(photo, syntax=JPEGBaseline8Bit, photometric="YBR_FULL_422",
+                                     data=encapsulate([_jpeg(photo)])))
+    (media / "IM000002").write_bytes(_dicom(photo))
+    (media / "IM000002.jpg").write_bytes(_jpeg(photo))  # the same photograph exported twice: screened once
+    (media / "README").write_bytes(b"exported by the camera's software\n" * 10)
+    (media / "notes.123").write_bytes(bytes(200))
+    (media / "EMPTY").write_bytes(b"")  # a copy that has just begun: too short to tell
+
+    read: list[str] = []
+    real_open = open
+
+    def counting_open(file: object, *args: object, **kwargs: object) -> object:
+        read.append(Path(str(file)).name)
+        return real_open(file, *args, **kwargs)  # type: ignore[call-overload]
+
+    state = WalkState()
+    with monkeypatch.context() as m:
+        m.setattr("builtins.open", counting_open)
+        found = [p.name for p in walk_images(tmp_path, state)]
+    assert found == [uid, "IM000001", "IM000002.jpg"]
+    assert sorted(read) == sorted(["IM000001", "IM000002", uid, "README", "notes.123"]), \
+        "only names without an image suffix are read, and DICOMDIR and files too short to tell are not"
+    assert state.dicom_copies == 1
+    assert state.skipped == {"(no suffix)": 3, ".123": 1}  # DICOMDIR, README, EMPTY; notes.123
+    read.clear()
+    with monkeypatch.context() as m:
+        m.setattr("builtins.open", counting_open)
+        assert [p.name for p in walk_images(tmp_path, WalkState(sniffed=state.sniffed))] == found
+    assert read == [], "an unchanged file is read once (watch keeps what was read across polls)"
+    (media / "EMPTY").write_bytes(_dicom(photo))  # the copy finished
+    assert "EMPTY" in [p.name for p in walk_images(tmp_path, WalkState(sniffed=state.sniffed))]
+
+    with monkeypatch.context() as m:
+        m.setitem(sys.modules, "pydicom", None)
+        state = WalkState()
+        assert [p.name for p in walk_images(tmp_path, state)] == ["IM000002.jpg"]
+        assert state.dicom_unread == 3 and "pip install 'uopsl[dicom]'" in state.skipped_message()
+
+    (media / "EMPTY").unlink()
+    out = tmp_path / "out"
+    with Screener(tiny_bundle, backend="ort-cpu") as s:
+        s.screen_to(out, [str(tmp_path / "DICOM")])
+    rows = {Path(r["source"]).name: r for r in map(json.loads, (out / "results.jsonl").read_text().splitlines())}
+    assert sorted(rows) == [uid, "IM000001", "IM000002.jpg"]
+    assert rows[uid]["probs"] == rows["IM000002.jpg"]["probs"], "the wrapped JPEG screens as the JPEG file does"
+    assert all(r["status"] != "error" for r in rows.values())
+
+
+def test_watch_takes_a_dicom_media_file_once_its_copy_is_long_enough(tmp_path: Path, photo: np.ndarray) -> None:
+    """A file too short to tell at the first listing is read again later (here: at the full check)."""
+    from uopsl.runtime.watch import StableFiles
+
+    now = [0.0]
+    tracker = StableFiles(tmp_path, settle_ms=0, clock=lambda: now[0], rescan_s=30)
+    data = _dicom(photo)
+    p = tmp_path / "IM000001"
+    p.write_bytes(data[:64])
+    assert tracker.poll() == []
+    frozen = os.stat(tmp_path)
+    p.write_bytes(data)  # written in place: the folder's time does not move
+    os.utime(tmp_path, ns=(frozen.st_atime_ns, frozen.st_mtime_ns))
+    now[0] = 10.0
+    assert tracker.poll() == []
+    now[0] = 31.0
+    tracker.poll()
+    now[0] = 32.0
+    assert tracker.poll() == [p]
