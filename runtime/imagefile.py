@@ -298,20 +298,21 @@ def tiff_sample_max(data: bytes) -> int | None:
         return None
 
 
-def png_significant_bits(data: bytes) -> int | None:
+def png_significant_bits(data: bytes, *, alpha: bool = False) -> int | None:
     """The significant bits of a 16-bit PNG's colour samples (its sBIT chunk), when below 16; else None.
 
     The PNG specification has an encoder scale fewer bits up to the full 16 and
     record the original depth in sBIT; some scientific and medical cameras
     instead store 10-14-bit data unscaled and only declare it there.
     :func:`uopsl.runtime.preprocess.decode` tells the two apart by the pixels.
+    ``alpha``: the alpha plane's own figure instead (its last sBIT byte; None without an alpha plane).
     """
     try:
         if data[:8] != _PNG or data[12:16] != b"IHDR" or data[24] != 16:
             return None
         colour = data[25]
         channels = {0: 1, 2: 3, 4: 1, 6: 3}.get(colour)  # alpha's own sBIT byte is left out
-        if channels is None:
+        if channels is None or (alpha and colour not in (4, 6)):
             return None
         at = 8
         while at + 8 <= len(data):
@@ -320,9 +321,9 @@ def png_significant_bits(data: bytes) -> int | None:
                 return None
             if kind == b"sBIT":
                 body = data[at + 8 : at + 8 + length]
-                if len(body) < channels:
+                if len(body) < channels + alpha:
                     return None
-                bits = max(body[:channels])
+                bits = body[channels] if alpha else max(body[:channels])
                 return bits if 0 < bits < 16 else None
             at += 12 + length
     except IndexError:

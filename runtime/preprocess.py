@@ -454,23 +454,27 @@ def _png_scaled_values(bits: int) -> np.ndarray:
     return ok
 
 
-def _png_sample_max(data: bytes, img: np.ndarray) -> int | None:
+def _png_sample_max(data: bytes, img: np.ndarray, *, alpha: bool = False) -> int | None:
     """The largest sample value of a 16-bit PNG that stores fewer significant bits unscaled, else None.
 
     A PNG declaring ``s`` significant bits (sBIT) holds them scaled up to 16 bits (rounded linear scaling,
     bit replication or a shift): every sample is then one of the values those scalings give. Data left
     unscaled (a 12-bit camera writing 0-4095) has no sample above ``2**s - 1``, and a photograph's samples
     are not all on that grid: only then is it read over its declared range. A scaled file, however dark,
-    is read as it is. The alpha plane has its own depth and is not looked at.
+    is read as it is. ``alpha``: the same rule for the alpha plane, which declares its own depth (an
+    opaque plane left unscaled is all ``2**s - 1``, which no scaling writes).
     """
-    if img.dtype != np.uint16:
+    if img.dtype != np.uint16 or (alpha and not (img.ndim == 3 and img.shape[2] in (2, 4))):
         return None
-    bits = png_significant_bits(data)
+    bits = png_significant_bits(data, alpha=alpha)
     if bits is None:
         return None
     top = (1 << bits) - 1
-    colour = img[..., :3] if img.ndim == 3 else img  # OpenCV's BGR(A)
-    if int(colour.max()) > top or bool(_png_scaled_values(bits)[colour].all()):
+    if alpha:
+        plane = img[..., -1]
+    else:
+        plane = img[..., :3] if img.ndim == 3 and img.shape[2] >= 3 else img  # OpenCV's BGR(A)
+    if int(plane.max()) > top or bool(_png_scaled_values(bits)[plane].all()):
         return None
     return top
 
@@ -524,8 +528,12 @@ def _decode_checked(data: bytes, fmt: str, max_pixels: int, source: str | None) 
         sample_max = _png_sample_max(data, img)
     else:  # a JPEG 2000's depth from its header (9-15 bits come back unscaled), nothing for the others
         sample_max = (1 << j2k[0]) - 1 if j2k is not None and 8 < j2k[0] < 16 else None
-    # A PNG's sBIT rule reads the colour planes only; its alpha keeps the full 16 bits.
-    alpha_max = 65535 if fmt == "png" and sample_max is not None else None
+    # A PNG's alpha plane has its own sBIT depth, and its own answer to "scaled or not".
+    alpha_max = None
+    if fmt == "png":
+        alpha_max = _png_sample_max(data, img, alpha=True)
+        if alpha_max is None and sample_max is not None:
+            alpha_max = 65535
     return apply_orientation(_to_rgb(_to_uint8(img, sample_max, alpha_max=alpha_max), source), image_orientation(data))
 
 

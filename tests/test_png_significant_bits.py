@@ -95,3 +95,47 @@ def test_the_alpha_plane_keeps_its_own_range() -> None:
     got = decode(data).astype(int)
     expected = (img.astype(int) * 32768 + 32767) // 65535  # composited over black at half opacity
     assert np.abs(got - expected).max() <= 2
+
+
+def _rgba16_png(rgb16: np.ndarray, alpha16: np.ndarray, sbit: bytes) -> bytes:
+    ok, buf = cv2.imencode(".png", np.dstack([cv2.cvtColor(rgb16, cv2.COLOR_RGB2BGR), alpha16]))
+    assert ok
+    data = buf.tobytes()
+    chunk = struct.pack(">I", len(sbit)) + b"sBIT" + sbit + struct.pack(">I", zlib.crc32(b"sBIT" + sbit))
+    return data[:33] + chunk + data[33:]
+
+
+def _grey_alpha16_png(grey16: np.ndarray, alpha16: np.ndarray, sbit: bytes) -> bytes:
+    """A 16-bit grey + alpha PNG (colour type 4), written by hand: OpenCV's encoder does not write that type."""
+    h, w = grey16.shape
+    rows = np.dstack([grey16, alpha16]).astype(">u2").reshape(h, w * 2)
+    raw = b"".join(b"\x00" + row.tobytes() for row in rows)
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, 4, 0, 0, 0))
+            + chunk(b"sBIT", sbit) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+def test_an_unscaled_alpha_plane_is_read_over_its_own_declared_range() -> None:
+    """A camera that leaves its colour unscaled may leave an opaque alpha at 4095 too: that is opaque, not 6 %
+    opaque (the photograph came out black: too_dark). Each plane answers "scaled or not" for itself."""
+    img = draw_fake_fundus(64, seed=6)
+    twelve = _twelve_bit(img)
+    opaque12 = np.full(img.shape[:2], 4095, np.uint16)
+    assert imagefile.png_significant_bits(_rgba16_png(twelve, opaque12, b"\x0c\x0c\x0c\x0c"), alpha=True) == 12
+    assert imagefile.png_significant_bits(_png16(twelve, b"\x0c\x0c\x0c"), alpha=True) is None  # no alpha plane
+    both = decode(_rgba16_png(twelve, opaque12, b"\x0c\x0c\x0c\x0c"))
+    assert np.abs(both.astype(int) - img).max() <= 1
+    shifted = twelve << 4  # colour scaled as the specification asks, alpha left unscaled
+    assert np.abs(decode(_rgba16_png(shifted, opaque12, b"\x0c\x0c\x0c\x0c")).astype(int) - img).max() <= 1
+    # The alpha declared 12 bits but scaled (opaque = 65535): read as it is.
+    scaled_alpha = decode(_rgba16_png(twelve, np.full(img.shape[:2], 65535, np.uint16), b"\x0c\x0c\x0c\x0c"))
+    assert np.array_equal(scaled_alpha, both)
+    half12 = np.full(img.shape[:2], 2047, np.uint16)  # unscaled half opacity
+    half = decode(_rgba16_png(twelve, half12, b"\x0c\x0c\x0c\x0c")).astype(int)
+    assert np.abs(half - (img.astype(int) * 2047 + 2047) // 4095).max() <= 2
+    grey = (twelve[..., 1]).astype(np.uint16)
+    got = decode(_grey_alpha16_png(grey, opaque12, b"\x0c\x0c"))
+    assert np.abs(got[..., 0].astype(int) - img[..., 1]).max() <= 1
