@@ -311,9 +311,10 @@ def png_significant_bits(data: bytes, *, alpha: bool = False) -> int | None:
         if data[:8] != _PNG or data[12:16] != b"IHDR" or data[24] != 16:
             return None
         colour = data[25]
-        channels = {0: 1, 2: 3, 4: 1, 6: 3}.get(colour)  # alpha's own sBIT byte is left out
+        channels = {0: 1, 2: 3, 4: 1, 6: 3}.get(colour)  # the colour bytes; an alpha plane's byte follows them
         if channels is None or (alpha and colour not in (4, 6)):
             return None
+        expected = channels + (colour in (4, 6))
         at = 8
         while at + 8 <= len(data):
             length, kind = int.from_bytes(data[at : at + 4], "big"), data[at + 4 : at + 8]
@@ -321,7 +322,7 @@ def png_significant_bits(data: bytes, *, alpha: bool = False) -> int | None:
                 return None
             if kind == b"sBIT":
                 body = data[at + 8 : at + 8 + length]
-                if len(body) < channels + alpha:
+                if len(body) != expected:  # libpng ignores an sBIT chunk of the wrong length ("bad length")
                     return None
                 bits = body[channels] if alpha else max(body[:channels])
                 return bits if 0 < bits < 16 else None

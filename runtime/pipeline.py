@@ -192,8 +192,10 @@ class WalkState:
     excluded: list[str] = field(default_factory=list)
     said: set[str] = field(default_factory=set)
     #: Files without an image suffix whose first bytes were read (:func:`dicom_media_file`): path -> (size,
-    #: mtime_ns, is DICOM). ``watch`` keeps one across polls, so an unchanged file is read once.
-    sniffed: dict[str, tuple[int, int, bool]] = field(default_factory=dict)
+    #: mtime_ns, ctime_ns, is DICOM). ``watch`` keeps one across polls, so an unchanged file is read once.
+    sniffed: dict[str, tuple[int, int, int, bool]] = field(default_factory=dict)
+    #: The paths :func:`dicom_media_file` looked up in this walk (``watch`` keeps only those after a full check).
+    sniff_seen: set[str] = field(default_factory=set)
     #: Every folder walked -> (st_mtime_ns, st_ino) read before it was listed: ``watch`` walks again
     #: only when one of them changes (a file created, removed or renamed in it).
     folders: dict[str, tuple[int, int]] = field(default_factory=dict)
@@ -358,8 +360,10 @@ def list_folder(folder: Path, state: WalkState) -> list[tuple[Path, bool]]:
     return out
 
 
-#: Most entries :attr:`WalkState.sniffed` holds before it starts again (a watched folder kept for years).
-_SNIFFED_MAX = 200_000
+#: A file's first bytes are remembered as "not DICOM" only once it has not been written for this long: a
+#: file still being written (or preallocated) may become one without its size or times moving past the
+#: resolution of the file system (FAT: 2 s).
+_SNIFF_SETTLED_NS = 10_000_000_000
 
 
 def dicom_media_file(entry: os.DirEntry[str], state: WalkState) -> bool:
@@ -367,10 +371,12 @@ def dicom_media_file(entry: os.DirEntry[str], state: WalkState) -> bool:
 
     Why: DICOM media (a CD or USB export with a ``DICOMDIR``, PS3.12) name their files without a suffix
     (``IM000001``), and PACS exports often by the instance UID (``1.2.840.113619.2.55.3.604``), whose last
-    part reads as a suffix of digits. Only such names are read (the first 134 bytes: the 128-byte preamble,
-    ``DICM``, and the file meta group's first tag), so a folder of other files costs nothing. ``DICOMDIR``
-    itself is an index, not a photograph. A file too short to tell yet (a copy that has just begun) is read
-    again at the next listing; others are remembered by size and modification time in ``state.sniffed``.
+    part reads as a suffix of digits. Only such names are examined: a stat per listing, and the first 134
+    bytes (the 128-byte preamble, ``DICM``, and the file meta group's first tag) once per run, or once per
+    change of the file while ``watch`` runs. ``DICOMDIR`` itself is an index, not a photograph. A file too
+    short to tell yet (a copy that has just begun) is read again at the next listing; a result is
+    remembered in ``state.sniffed`` by size, modification and change time (a "no" only for a file not
+    written in the last 10 s).
     """
     suffix = image_suffix(entry.name)
     if (suffix and not suffix[1:].isdigit()) or entry.name.strip().upper() == "DICOMDIR":
@@ -381,18 +387,21 @@ def dicom_media_file(entry: os.DirEntry[str], state: WalkState) -> bool:
         return False
     if not stat.S_ISREG(st.st_mode) or st.st_size < 134:
         return False
+    state.sniff_seen.add(entry.path)
+    sig = (st.st_size, st.st_mtime_ns, st.st_ctime_ns)
     known = state.sniffed.get(entry.path)
-    if known is not None and known[:2] == (st.st_size, st.st_mtime_ns):
-        return known[2]
+    if known is not None and known[:3] == sig:
+        return known[3]
     try:
         with open(entry.path, "rb") as fh:
             head = fh.read(134)
     except OSError:
         return False  # unreadable now: not remembered, so it is read again at the next listing
     found = head[128:132] == b"DICM" and head[132:134] == b"\x02\x00"
-    if len(state.sniffed) >= _SNIFFED_MAX:
-        state.sniffed.clear()
-    state.sniffed[entry.path] = (st.st_size, st.st_mtime_ns, found)
+    if found or time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) >= _SNIFF_SETTLED_NS:
+        state.sniffed[entry.path] = (*sig, found)
+    else:
+        state.sniffed.pop(entry.path, None)
     return found
 
 

@@ -5,7 +5,8 @@ when its size and modification time have stayed the same for ``settle_ms``.
 An empty file is usually a write that has not started yet, so it must stay
 empty ten times as long; then it is taken anyway, and its row says "file is
 empty", so a camera write that failed is not invisible. Hidden and temporary
-names (``.x.jpg``, ``x.jpg.part``) are never taken: only image suffixes count.
+names (``.x.jpg``, ``x.jpg.part``) are never taken: only image suffixes count, and DICOM files named as
+DICOM media and PACS exports name them (no suffix, or an instance UID), found by their first bytes.
 The output folder is never watched, even inside the watched folder (its
 thumbnails would otherwise be screened, and theirs, without end). Polling (no
 inotify) keeps it portable to network shares and Windows. A file rewritten
@@ -123,7 +124,7 @@ class StableFiles:
         # Results name files by their real path (a relative or linked watch folder lists them otherwise).
         self._by_real: dict[str, Path] = {}
         self._said: set[str] = set()  # warnings already given (a folder that cannot be listed: once, not every poll)
-        self._sniffed: dict[str, tuple[int, int, bool]] = {}  # DICOM media files found by content (WalkState)
+        self._sniffed: dict[str, tuple[int, int, int, bool]] = {}  # DICOM media files found by content (WalkState)
         self._listings: dict[str, _Listing] = {}
         self._watch: list[Path] = []  # files looked at between full checks (not yet taken, or taken lately)
         self._checked_at: float | None = None  # last full check (every folder and file)
@@ -140,9 +141,12 @@ class StableFiles:
         files: list[Path] = []
         new: list[Path] = []
         seen: set[str] = set()
-        self._scan(self.folder, WalkState(exclude=self.exclude, said=self._said, sniffed=self._sniffed), now, full, files, new, seen)
+        walk = WalkState(exclude=self.exclude, said=self._said, sniffed=self._sniffed)
+        self._scan(self.folder, walk, now, full, files, new, seen)
         for folder in set(self._listings) - seen:
             del self._listings[folder]
+        if full:  # every folder was listed: what was read of files no longer there is dropped
+            self._sniffed = {p: v for p, v in self._sniffed.items() if p in walk.sniff_seen}
         if full:
             self._checked_at = now
         ready: list[Path] = []

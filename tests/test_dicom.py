@@ -416,6 +416,7 @@ def test_dicom_media_files_without_a_suffix_are_walked(tiny_bundle: Path, tmp_pa
     (media / "IM000002.jpg").write_bytes(_jpeg(photo))  # the same photograph exported twice: screened once
     (media / "README").write_bytes(b"exported by the camera's software\n" * 10)
     (media / "notes.123").write_bytes(bytes(200))
+    (media / "IM000003").write_bytes(bytes(128) + b"DICM" + b"\x08\x00" + bytes(64))  # no file meta group
     (media / "EMPTY").write_bytes(b"")  # a copy that has just begun: too short to tell
 
     read: list[str] = []
@@ -425,22 +426,34 @@ def test_dicom_media_files_without_a_suffix_are_walked(tiny_bundle: Path, tmp_pa
         read.append(Path(str(file)).name)
         return real_open(file, *args, **kwargs)  # type: ignore[call-overload]
 
+    def walk(state: WalkState) -> list[str]:
+        read.clear()
+        with monkeypatch.context() as m:
+            m.setattr("builtins.open", counting_open)
+            return [p.name for p in walk_images(tmp_path, state)]
+
     state = WalkState()
-    with monkeypatch.context() as m:
-        m.setattr("builtins.open", counting_open)
-        found = [p.name for p in walk_images(tmp_path, state)]
+    found = walk(state)
     assert found == [uid, "IM000001", "IM000002.jpg"]
-    assert sorted(read) == sorted(["IM000001", "IM000002", uid, "README", "notes.123"]), \
+    assert sorted(read) == sorted(["IM000001", "IM000002", "IM000003", uid, "README", "notes.123"]), \
         "only names without an image suffix are read, and DICOMDIR and files too short to tell are not"
     assert state.dicom_copies == 1
-    assert state.skipped == {"(no suffix)": 3, ".123": 1}  # DICOMDIR, README, EMPTY; notes.123
-    read.clear()
-    with monkeypatch.context() as m:
-        m.setattr("builtins.open", counting_open)
-        assert [p.name for p in walk_images(tmp_path, WalkState(sniffed=state.sniffed))] == found
-    assert read == [], "an unchanged file is read once (watch keeps what was read across polls)"
+    assert state.skipped == {"(no suffix)": 4, ".123": 1}  # DICOMDIR, IM000003, README, EMPTY; notes.123
+    assert walk(WalkState(sniffed=state.sniffed)) == found
+    assert sorted(read) == ["IM000003", "README", "notes.123"], \
+        "DICOM files are remembered; a 'no' only for a file not written lately (it may still become one)"
+    monkeypatch.setattr("uopsl.runtime.pipeline._SNIFF_SETTLED_NS", 0)
+    cache = WalkState().sniffed
+    walk(WalkState(sniffed=cache))
+    assert walk(WalkState(sniffed=cache)) == found and read == [], "an unchanged file is read once"
+    readme = media / "README"
+    before = readme.stat()
+    readme.write_bytes(_dicom(photo)[: before.st_size])  # replaced: same size, same modification time
+    os.utime(readme, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert "README" in walk(WalkState(sniffed=cache)) and read == ["README"], "its change time moved"
+    readme.write_bytes(b"exported by the camera's software\n" * 10)
     (media / "EMPTY").write_bytes(_dicom(photo))  # the copy finished
-    assert "EMPTY" in [p.name for p in walk_images(tmp_path, WalkState(sniffed=state.sniffed))]
+    assert "EMPTY" in walk(WalkState(sniffed=cache))
 
     with monkeypatch.context() as m:
         m.setitem(sys.modules, "pydicom", None)
@@ -477,3 +490,35 @@ def test_watch_takes_a_dicom_media_file_once_its_copy_is_long_enough(tmp_path: P
     tracker.poll()
     now[0] = 32.0
     assert tracker.poll() == [p]
+
+
+def test_watch_reads_a_dicom_media_file_once_and_forgets_files_removed(tmp_path: Path, photo: np.ndarray,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Polls list changed folders every half second and every folder at the full check: an unchanged file's
+    first bytes are read once; what was read of a file no longer there is dropped at the next full check."""
+    from uopsl.runtime.watch import StableFiles
+
+    monkeypatch.setattr("uopsl.runtime.pipeline._SNIFF_SETTLED_NS", 0)
+    now = [0.0]
+    tracker = StableFiles(tmp_path, settle_ms=0, clock=lambda: now[0], rescan_s=30)
+    (tmp_path / "IM000001").write_bytes(_dicom(photo))
+    (tmp_path / "NOTES").write_bytes(bytes(300))
+    read: list[str] = []
+    real_open = open
+
+    def counting_open(file: object, *args: object, **kwargs: object) -> object:
+        read.append(Path(str(file)).name)
+        return real_open(file, *args, **kwargs)  # type: ignore[call-overload]
+
+    monkeypatch.setattr("builtins.open", counting_open)
+    taken = []
+    for t in (0.0, 1.0, 2.0, 31.0, 32.0, 61.0):  # two full checks among them
+        now[0] = t
+        taken += tracker.poll()
+    assert taken == [tmp_path / "IM000001"]
+    assert sorted(read) == ["IM000001", "NOTES"]
+    assert set(tracker._sniffed) == {str(tmp_path / "IM000001"), str(tmp_path / "NOTES")}
+    (tmp_path / "NOTES").unlink()
+    now[0] = 91.0
+    tracker.poll()
+    assert set(tracker._sniffed) == {str(tmp_path / "IM000001")}

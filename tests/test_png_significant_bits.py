@@ -42,6 +42,7 @@ def test_the_declared_bits_are_read_from_the_header() -> None:
     assert imagefile.png_significant_bits(_png16(img16)) is None  # nothing declared
     assert imagefile.png_significant_bits(_png16(img16, b"\x0c\x0c\x0c", after_idat=True)) is None  # misplaced
     assert imagefile.png_significant_bits(_png16(img16, b"\x0c")) is None  # too short for RGB
+    assert imagefile.png_significant_bits(_png16(img16, b"\x0c\x0c\x0c\x0c")) is None  # too long: libpng ignores it
     ok, eight = cv2.imencode(".png", draw_fake_fundus(64, seed=1))
     assert ok and imagefile.png_significant_bits(eight.tobytes()) is None  # 8-bit: nothing to scale
 
@@ -136,6 +137,8 @@ def test_an_unscaled_alpha_plane_is_read_over_its_own_declared_range() -> None:
     half12 = np.full(img.shape[:2], 2047, np.uint16)  # unscaled half opacity
     half = decode(_rgba16_png(twelve, half12, b"\x0c\x0c\x0c\x0c")).astype(int)
     assert np.abs(half - (img.astype(int) * 2047 + 2047) // 4095).max() <= 2
+    # An RGBA sBIT of 3 bytes is one libpng ignores ("bad length"): so is it here, for both planes.
+    assert imagefile.png_significant_bits(_rgba16_png(twelve, opaque12, b"\x0c\x0c\x0c")) is None
     grey = (twelve[..., 1]).astype(np.uint16)
     got = decode(_grey_alpha16_png(grey, opaque12, b"\x0c\x0c"))
     assert np.abs(got[..., 0].astype(int) - img[..., 1]).max() <= 1
