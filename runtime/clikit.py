@@ -13,7 +13,8 @@ traceback only with ``-v``) and the documented exit code:
   read-only, no permission) or a bug. 1 is never used for these, since a
   script reads 1 as "the batch ran; look at the failed photographs";
 * 130: interrupted (Ctrl-C); what was done is saved, and the message says so;
-* 143: stopped by SIGTERM (a shutdown, ``systemctl stop``, ``docker stop``),
+* 143: stopped by SIGTERM (a shutdown, ``systemctl stop``, ``docker stop``; on
+  Windows Ctrl-Break, closing the console window, logging off, shutting down),
   handled as Ctrl-C is: the batch in hand is saved, CSV and report rewritten.
   (``watch`` treats both as its normal stop and exits 0 or 1.)
 
@@ -121,16 +122,94 @@ def sigterm_as_interrupt() -> Iterator[_Sigterm]:
         got.received = True
         raise KeyboardInterrupt("terminated (SIGTERM)")
 
-    # Windows delivers no SIGTERM from outside; Ctrl-Break (SIGBREAK) is its console's other stop key.
-    # (Closing the console window or shutting Windows down ends the process without this: results.jsonl
-    # is kept, results.csv and the report are brought up to date by the next run.)
+    # Windows delivers no SIGTERM from outside; Ctrl-Break (SIGBREAK) is its console's other stop key, and
+    # closing the console window, logging off or shutting down come through windows_console_close below.
     names = [n for n in ("SIGTERM", "SIGBREAK") if hasattr(signal, n)]
     previous = {n: signal.signal(getattr(signal, n), on_term) for n in names}
     try:
-        yield got
+        with windows_console_close(got):
+            yield got
     finally:
         for n, handler in previous.items():
             signal.signal(getattr(signal, n), handler)
+
+
+#: Windows console control events after which the system ends the process (CTRL_CLOSE_EVENT, CTRL_LOGOFF_EVENT,
+#: CTRL_SHUTDOWN_EVENT), and how long the handler holds the process for the outputs to be written: Windows ends
+#: it 5 s after a close whatever the handler does.
+_CLOSE_EVENTS = {2: "the console window was closed", 5: "the user is logging off", 6: "Windows is shutting down"}
+CLOSE_GRACE_S = 4.5
+
+
+class ConsoleCloseHandler:
+    """The console control handler of :func:`windows_console_close` (a plain object, so tests can call it).
+
+    Called by Windows in a thread of its own with the event's code. For a close, logoff or shutdown it
+    interrupts the main thread as Ctrl-C does and waits until ``done`` is set (the command has written
+    results.csv and the report) or ``grace_s`` has passed, then returns 1 (handled; Windows then ends the
+    process). Other events (Ctrl-C, Ctrl-Break) return 0: the C runtime's own handler turns them into
+    SIGINT and SIGBREAK, which Python handles.
+    """
+
+    def __init__(self, got: _Sigterm, interrupt: Callable[[], None], grace_s: float = CLOSE_GRACE_S) -> None:
+        self.got = got
+        self.interrupt = interrupt
+        self.grace_s = grace_s
+        self.done = threading.Event()
+
+    def __call__(self, event: int) -> int:
+        why = _CLOSE_EVENTS.get(int(event))
+        if why is None:
+            return 0
+        self.got.received = True
+        log.warning("%s: saving what was screened (up to %.1f s)", why, self.grace_s)
+        self.interrupt()
+        self.done.wait(self.grace_s)
+        return 1
+
+
+@contextlib.contextmanager
+def windows_console_close(got: _Sigterm, kernel32: Any = None,
+                          callback: Callable[[ConsoleCloseHandler], Any] | None = None) -> Iterator[None]:
+    """On Windows, inside: closing the console window, logging off or shutting down stop the command as Ctrl-C
+    does, so results.csv and report.html are written before the process ends.
+
+    Why: the C runtime turns these events into SIGBREAK, but its handler only sets a flag and Windows ends the
+    process at once; CPython installs no console control handler of its own. So one is installed here
+    (``SetConsoleCtrlHandler``, kernel32). ``kernel32`` and ``callback`` (wrapping the handler as a C
+    function) stand in for ctypes in tests. Elsewhere, or where the handler cannot be installed, nothing
+    changes (results.jsonl is kept in any case; the next run rewrites the other two).
+    """
+    if kernel32 is None:
+        if sys.platform != "win32":
+            yield
+            return
+        try:
+            import ctypes
+
+            kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)  # type: ignore[attr-defined]
+            prototype = ctypes.WINFUNCTYPE(ctypes.c_int, ctypes.c_uint)  # type: ignore[attr-defined]
+            callback = prototype
+        except (ImportError, OSError, AttributeError) as exc:
+            log.debug("no console control handler: %s", exc)
+            yield
+            return
+    import _thread
+
+    handler = ConsoleCloseHandler(got, _thread.interrupt_main)
+    c_handler = callback(handler) if callback is not None else handler  # kept referenced while installed
+    try:
+        installed = bool(kernel32.SetConsoleCtrlHandler(c_handler, 1))
+    except Exception as exc:  # noqa: BLE001 - a console quirk must not stop the command
+        log.debug("no console control handler: %s", exc)
+        installed = False
+    try:
+        yield
+    finally:
+        handler.done.set()  # the outputs are written: a close being handled may let Windows end the process
+        if installed:
+            with contextlib.suppress(Exception):
+                kernel32.SetConsoleCtrlHandler(c_handler, 0)
 
 
 def main_entry(group: click.Group, argv: Sequence[str] | None = None, prog_name: str | None = None) -> int:

@@ -155,3 +155,87 @@ def test_a_corrupt_row_is_skipped_and_said_once(tiny_bundle: Path, tmp_path: Pat
     assert main(args) == 0
     err = capsys.readouterr().err
     assert err.count("skipping a corrupt row") == 1 and len(_csv(out)) == 2
+
+
+def test_the_windows_console_handler_answers_only_close_logoff_and_shutdown() -> None:
+    """Ctrl-C and Ctrl-Break go on to the C runtime (SIGINT, SIGBREAK); a close interrupts the main thread and
+    holds the process until the command is done, at most the grace time (Windows ends it 5 s after a close)."""
+    import threading
+    import time
+
+    from uopsl.runtime.clikit import ConsoleCloseHandler, _Sigterm, windows_console_close
+
+    calls: list[str] = []
+    got = _Sigterm()
+    h = ConsoleCloseHandler(got, lambda: calls.append("interrupt"), grace_s=0.2)
+    assert (h(0), h(1), calls, got.received) == (0, 0, [], False)
+    t0 = time.monotonic()
+    assert h(6) == 1 and calls == ["interrupt"] and got.received
+    assert 0.15 <= time.monotonic() - t0 < 2.0, "nobody set done: it waited out the grace time"
+
+    class FakeKernel32:
+        def __init__(self) -> None:
+            self.calls: list[tuple[object, int]] = []
+
+        def SetConsoleCtrlHandler(self, handler: object, add: int) -> int:  # noqa: N802 - the Windows name
+            self.calls.append((handler, add))
+            return 1
+
+    k = FakeKernel32()
+    answers: list[int] = []
+    with windows_console_close(_Sigterm(), kernel32=k, callback=lambda f: f):
+        installed = k.calls[0][0]
+        assert isinstance(installed, ConsoleCloseHandler) and k.calls[0][1] == 1
+        installed.interrupt = lambda: calls.append("interrupt 2")  # the real one would raise KeyboardInterrupt here
+        waiter = threading.Thread(target=lambda: answers.append(installed(2)))
+        waiter.start()
+        time.sleep(0.1)
+        assert waiter.is_alive() and answers == [], "held while the command is still saving"
+    waiter.join(timeout=5)
+    assert answers == [1] and k.calls[1] == (installed, 0), "released when the command ends, then removed"
+    with windows_console_close(_Sigterm()):  # not Windows: nothing installed, nothing raised
+        pass
+
+
+def test_closing_the_console_saves_like_ctrl_c(tiny_bundle: Path, tmp_path: Path) -> None:
+    """The console-close path end to end, with the Windows call faked: a subprocess runs `uopsl-screen run`
+    whose console handler gets CTRL_CLOSE_EVENT halfway; the run stops, and CSV and report are rewritten."""
+    _photos(tmp_path / "in", 60)
+    out = tmp_path / "out"
+    driver = f"""
+import functools, sys, threading, time
+from pathlib import Path
+import uopsl.runtime.clikit as clikit
+
+class Kernel32:
+    def SetConsoleCtrlHandler(self, handler, add):
+        if add:
+            threading.Thread(target=close_halfway, args=(handler,), daemon=True).start()
+        return 1
+
+def close_halfway(handler):
+    jsonl = Path({str(out / "results.jsonl")!r})
+    while not jsonl.exists() or jsonl.read_bytes().count(b"\\n") < 6:
+        time.sleep(0.01)
+    t0 = time.monotonic()
+    answer = handler(2)
+    print(f"handler answered {{answer}} after {{time.monotonic() - t0:.2f}} s", file=sys.stderr, flush=True)
+
+clikit.windows_console_close = functools.partial(clikit.windows_console_close, kernel32=Kernel32(),
+                                                 callback=lambda f: f)
+from uopsl.runtime.cli import main
+rc = main(sys.argv[1:])
+time.sleep(0.5)  # the handler's thread reports once it is released
+sys.exit(rc)
+"""
+    cmd = [sys.executable, "-c", driver, "run", str(tiny_bundle), str(tmp_path / "in"), "--out", str(out),
+           "--backend", "ort-cpu", "--batch", "2", "--workers", "1", "--threads", "1", "--overlays"]
+    proc = subprocess.run(cmd, env={**os.environ, "UOPSL_AUTO_MEASURE": "0"}, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 143, proc.stderr
+    assert "the console window was closed" in proc.stderr and "handler answered 1 after" in proc.stderr
+    waited = float(proc.stderr.split("handler answered 1 after ")[1].split(" s")[0])
+    assert waited < 4.0, "released when the outputs were written, not by the grace time running out"
+    rows = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines() if x.strip()]
+    assert 0 < len(rows) < 60, "stopped halfway"
+    assert len(_csv(out)) == len(rows) and (out / "report.html").is_file(), "CSV and report rewritten on the way out"
