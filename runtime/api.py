@@ -52,6 +52,7 @@ from uopsl.runtime.pipeline import (
 from uopsl.runtime.preprocess import PREPROCESS_VERSION
 from uopsl.runtime.report_days import write_reports
 from uopsl.runtime.results import CSV, CSV_STYLES, JSONL, ModelIdentity, ResultStore, model_identity, write_csv
+from uopsl.runtime.stopping import saving_outputs
 
 log = logging.getLogger(__name__)
 
@@ -482,6 +483,11 @@ class Screener:
         was and named in :attr:`busy_outputs`, once in the log; the other outputs are still written, and the
         rows are safe in results.jsonl. The next call tries again (``watch`` does at its next refresh).
         """
+        with saving_outputs():  # a stop from outside (the console closed) waits for this instead of cutting it
+            return self._finalize(out, store, report=report, inputs=inputs, only_busy=only_busy)
+
+    def _finalize(self, out: Path, store: ResultStore, *, report: bool, inputs: Iterable[Any] | None,
+                  only_busy: bool) -> list[dict[str, Any]]:
         rows = store.latest_rows()
         busy: list[str] = []
         only = set(self.busy_outputs) if only_busy else None  # watch between new rows: the held files alone

@@ -14,7 +14,7 @@ traceback only with ``-v``) and the documented exit code:
   script reads 1 as "the batch ran; look at the failed photographs";
 * 130: interrupted (Ctrl-C); what was done is saved, and the message says so;
 * 143: stopped by SIGTERM (a shutdown, ``systemctl stop``, ``docker stop``; on
-  Windows Ctrl-Break, closing the console window, logging off, shutting down),
+  Windows Ctrl-Break or closing the console window),
   handled as Ctrl-C is: the batch in hand is saved, CSV and report rewritten.
   (``watch`` treats both as its normal stop and exits 0 or 1.)
 
@@ -29,6 +29,7 @@ import logging
 import signal
 import sys
 import threading
+import time
 import warnings
 from collections.abc import Iterator
 from collections.abc import Callable, Sequence
@@ -38,6 +39,7 @@ import click
 
 from uopsl.runtime import progress as progress_bars
 from uopsl.runtime.errors import UopslError
+from uopsl.runtime.stopping import wait_until_saved
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +125,7 @@ def sigterm_as_interrupt() -> Iterator[_Sigterm]:
         raise KeyboardInterrupt("terminated (SIGTERM)")
 
     # Windows delivers no SIGTERM from outside; Ctrl-Break (SIGBREAK) is its console's other stop key, and
-    # closing the console window, logging off or shutting down come through windows_console_close below.
+    # closing the console window comes through windows_console_close below.
     names = [n for n in ("SIGTERM", "SIGBREAK") if hasattr(signal, n)]
     previous = {n: signal.signal(getattr(signal, n), on_term) for n in names}
     try:
@@ -134,21 +136,37 @@ def sigterm_as_interrupt() -> Iterator[_Sigterm]:
             signal.signal(getattr(signal, n), handler)
 
 
-#: Windows console control events after which the system ends the process (CTRL_CLOSE_EVENT, CTRL_LOGOFF_EVENT,
-#: CTRL_SHUTDOWN_EVENT), and how long the handler holds the process for the outputs to be written: Windows ends
-#: it 5 s after a close whatever the handler does.
+#: Windows console control events after which the system ends the process: CTRL_CLOSE_EVENT, and
+#: CTRL_LOGOFF_EVENT and CTRL_SHUTDOWN_EVENT, which reach only console processes that never loaded user32 (this
+#: one does: others are ended at logoff and shutdown without any event). How long the handler holds the process
+#: for the outputs to be written: by default Windows ends it 5 s after a close whatever the handler does.
 _CLOSE_EVENTS = {2: "the console window was closed", 5: "the user is logging off", 6: "Windows is shutting down"}
 CLOSE_GRACE_S = 4.5
+
+
+def interrupt_main_thread() -> None:
+    """Raise KeyboardInterrupt in the main thread, as Ctrl-C does, from any thread.
+
+    ``signal.raise_signal`` runs Python's C-level SIGINT handler, which on Windows also wakes a main thread
+    waiting in ``time.sleep`` (``watch`` between polls); ``_thread.interrupt_main`` would leave it asleep.
+    """
+    try:
+        signal.raise_signal(signal.SIGINT)
+    except (ValueError, OSError):
+        import _thread
+
+        _thread.interrupt_main()
 
 
 class ConsoleCloseHandler:
     """The console control handler of :func:`windows_console_close` (a plain object, so tests can call it).
 
-    Called by Windows in a thread of its own with the event's code. For a close, logoff or shutdown it
-    interrupts the main thread as Ctrl-C does and waits until ``done`` is set (the command has written
-    results.csv and the report) or ``grace_s`` has passed, then returns 1 (handled; Windows then ends the
-    process). Other events (Ctrl-C, Ctrl-Break) return 0: the C runtime's own handler turns them into
-    SIGINT and SIGBREAK, which Python handles.
+    Called by Windows in a thread of its own with the event's code. For a close (logoff, shutdown) it
+    interrupts the main thread as Ctrl-C does, after any rewrite of the outputs in progress has ended
+    (:mod:`uopsl.runtime.stopping`: an interrupt would abandon it), and waits until ``done`` is set (the
+    command has written results.csv and the report) or ``grace_s`` has passed; then returns 1 (handled;
+    Windows then ends the process). Other events (Ctrl-C, Ctrl-Break) return 0: the C runtime's own
+    handler turns them into SIGINT and SIGBREAK, which Python handles.
     """
 
     def __init__(self, got: _Sigterm, interrupt: Callable[[], None], grace_s: float = CLOSE_GRACE_S) -> None:
@@ -161,24 +179,29 @@ class ConsoleCloseHandler:
         why = _CLOSE_EVENTS.get(int(event))
         if why is None:
             return 0
+        deadline = time.monotonic() + self.grace_s
         self.got.received = True
+        if wait_until_saved(deadline) and not self.done.is_set():
+            self.interrupt()
         log.warning("%s: saving what was screened (up to %.1f s)", why, self.grace_s)
-        self.interrupt()
-        self.done.wait(self.grace_s)
+        self.done.wait(max(0.0, deadline - time.monotonic()))
         return 1
 
 
 @contextlib.contextmanager
 def windows_console_close(got: _Sigterm, kernel32: Any = None,
-                          callback: Callable[[ConsoleCloseHandler], Any] | None = None) -> Iterator[None]:
-    """On Windows, inside: closing the console window, logging off or shutting down stop the command as Ctrl-C
-    does, so results.csv and report.html are written before the process ends.
+                          callback: Callable[[ConsoleCloseHandler], Any] | None = None,
+                          interrupt: Callable[[], None] = interrupt_main_thread) -> Iterator[None]:
+    """On Windows, inside: closing the console window stops the command as Ctrl-C does, so results.csv and
+    report.html are written before the process ends.
 
     Why: the C runtime turns these events into SIGBREAK, but its handler only sets a flag and Windows ends the
     process at once; CPython installs no console control handler of its own. So one is installed here
     (``SetConsoleCtrlHandler``, kernel32). ``kernel32`` and ``callback`` (wrapping the handler as a C
     function) stand in for ctypes in tests. Elsewhere, or where the handler cannot be installed, nothing
-    changes (results.jsonl is kept in any case; the next run rewrites the other two).
+    changes (results.jsonl is kept in any case; the next run rewrites the other two). Not run on Windows:
+    the tests fake kernel32. A pip-installed ``uopsl-screen.exe`` runs Python as a child of a launcher,
+    which may be ended first and take it along (not verified).
     """
     if kernel32 is None:
         if sys.platform != "win32":
@@ -194,9 +217,7 @@ def windows_console_close(got: _Sigterm, kernel32: Any = None,
             log.debug("no console control handler: %s", exc)
             yield
             return
-    import _thread
-
-    handler = ConsoleCloseHandler(got, _thread.interrupt_main)
+    handler = ConsoleCloseHandler(got, interrupt)
     c_handler = callback(handler) if callback is not None else handler  # kept referenced while installed
     try:
         installed = bool(kernel32.SetConsoleCtrlHandler(c_handler, 1))
@@ -223,9 +244,14 @@ def main_entry(group: click.Group, argv: Sequence[str] | None = None, prog_name:
         with contextlib.suppress(Exception):
             reconfigure(errors="backslashreplace")
             escaped = True
+    term = _Sigterm()
     try:
         with sigterm_as_interrupt() as term:
             rc = _main_entry(group, argv, prog_name)
+    except KeyboardInterrupt:
+        if not term.received:
+            raise
+        rc = 130  # a stop from outside that landed after the command had saved and returned
     finally:
         if escaped and reconfigure is not None:
             with contextlib.suppress(Exception):

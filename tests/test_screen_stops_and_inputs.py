@@ -157,21 +157,39 @@ def test_a_corrupt_row_is_skipped_and_said_once(tiny_bundle: Path, tmp_path: Pat
     assert err.count("skipping a corrupt row") == 1 and len(_csv(out)) == 2
 
 
-def test_the_windows_console_handler_answers_only_close_logoff_and_shutdown() -> None:
-    """Ctrl-C and Ctrl-Break go on to the C runtime (SIGINT, SIGBREAK); a close interrupts the main thread and
-    holds the process until the command is done, at most the grace time (Windows ends it 5 s after a close)."""
+def test_the_windows_console_handler_answers_only_close_logoff_and_shutdown(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C and Ctrl-Break go on to the C runtime (SIGINT, SIGBREAK); a close interrupts the main thread (after
+    any rewrite of the outputs in progress) and holds the process until the command is done, at most the grace
+    time (Windows ends it 5 s after a close)."""
+    import ctypes
     import threading
     import time
 
     from uopsl.runtime.clikit import ConsoleCloseHandler, _Sigterm, windows_console_close
+    from uopsl.runtime.stopping import saving_outputs
 
-    calls: list[str] = []
+    calls: list[tuple[str, float]] = []
     got = _Sigterm()
-    h = ConsoleCloseHandler(got, lambda: calls.append("interrupt"), grace_s=0.2)
+    h = ConsoleCloseHandler(got, lambda: calls.append(("interrupt", time.monotonic())), grace_s=0.2)
     assert (h(0), h(1), calls, got.received) == (0, 0, [], False)
     t0 = time.monotonic()
-    assert h(6) == 1 and calls == ["interrupt"] and got.received
+    assert h(6) == 1 and [c[0] for c in calls] == ["interrupt"] and got.received
     assert 0.15 <= time.monotonic() - t0 < 2.0, "nobody set done: it waited out the grace time"
+
+    calls.clear()
+    saved_at: list[float] = []
+
+    def save() -> None:
+        with saving_outputs():
+            time.sleep(0.3)
+            saved_at.append(time.monotonic())
+
+    saver = threading.Thread(target=save)
+    saver.start()
+    time.sleep(0.05)
+    assert ConsoleCloseHandler(_Sigterm(), lambda: calls.append(("interrupt", time.monotonic())), grace_s=2.0)(2) == 1
+    saver.join()
+    assert calls and calls[0][1] >= saved_at[0], "the rewrite in progress ended before the interrupt"
 
     class FakeKernel32:
         def __init__(self) -> None:
@@ -183,53 +201,95 @@ def test_the_windows_console_handler_answers_only_close_logoff_and_shutdown() ->
 
     k = FakeKernel32()
     answers: list[int] = []
-    with windows_console_close(_Sigterm(), kernel32=k, callback=lambda f: f):
+    calls.clear()
+    with windows_console_close(_Sigterm(), kernel32=k, callback=lambda f: f, interrupt=lambda: calls.append(("i", 0))):
         installed = k.calls[0][0]
         assert isinstance(installed, ConsoleCloseHandler) and k.calls[0][1] == 1
-        installed.interrupt = lambda: calls.append("interrupt 2")  # the real one would raise KeyboardInterrupt here
         waiter = threading.Thread(target=lambda: answers.append(installed(2)))
         waiter.start()
         time.sleep(0.1)
-        assert waiter.is_alive() and answers == [], "held while the command is still saving"
+        assert waiter.is_alive() and answers == [] and calls, "interrupted, and held while the command saves"
     waiter.join(timeout=5)
     assert answers == [1] and k.calls[1] == (installed, 0), "released when the command ends, then removed"
     with windows_console_close(_Sigterm()):  # not Windows: nothing installed, nothing raised
         pass
 
+    # The ctypes path itself, on this platform: WINFUNCTYPE is CFUNCTYPE off Windows, kernel32 a stand-in.
+    k = FakeKernel32()
+    monkeypatch.setattr(sys, "platform", "win32")
+    monkeypatch.setattr(ctypes, "WinDLL", lambda name, use_last_error=False: k, raising=False)
+    monkeypatch.setattr(ctypes, "WINFUNCTYPE", ctypes.CFUNCTYPE, raising=False)
+    calls.clear()
+    with windows_console_close(_Sigterm(), interrupt=lambda: calls.append(("i", 0))):
+        c_function = k.calls[0][0]
+        assert isinstance(c_function, ctypes._CFuncPtr) and c_function(1) == 0  # type: ignore[attr-defined]
+        answers.clear()
+        waiter = threading.Thread(target=lambda: answers.append(c_function(2)))  # type: ignore[operator]
+        waiter.start()
+        time.sleep(0.1)
+        assert calls == [("i", 0)] and answers == []
+    waiter.join(timeout=5)
+    assert answers == [1] and k.calls[1] == (c_function, 0)
 
-def test_closing_the_console_saves_like_ctrl_c(tiny_bundle: Path, tmp_path: Path) -> None:
-    """The console-close path end to end, with the Windows call faked: a subprocess runs `uopsl-screen run`
-    whose console handler gets CTRL_CLOSE_EVENT halfway; the run stops, and CSV and report are rewritten."""
-    _photos(tmp_path / "in", 60)
-    out = tmp_path / "out"
-    driver = f"""
+
+_CLOSE_DRIVER = """
 import functools, sys, threading, time
 from pathlib import Path
+import uopsl.runtime.api as api
 import uopsl.runtime.clikit as clikit
 
+mode, jsonl = sys.argv[1], Path(sys.argv[2])
+threads = []
+
+def close(handler):
+    t0 = time.monotonic()
+    answer = handler(2)
+    print(f"handler answered {answer} after {time.monotonic() - t0:.2f} s", file=sys.stderr, flush=True)
+
 class Kernel32:
+    handler = None
     def SetConsoleCtrlHandler(self, handler, add):
         if add:
-            threading.Thread(target=close_halfway, args=(handler,), daemon=True).start()
+            Kernel32.handler = handler
+            if mode == "halfway":
+                threads.append(threading.Thread(target=close_halfway, args=(handler,)))
+                threads[-1].start()
         return 1
 
 def close_halfway(handler):
-    jsonl = Path({str(out / "results.jsonl")!r})
     while not jsonl.exists() or jsonl.read_bytes().count(b"\\n") < 6:
         time.sleep(0.01)
-    t0 = time.monotonic()
-    answer = handler(2)
-    print(f"handler answered {{answer}} after {{time.monotonic() - t0:.2f}} s", file=sys.stderr, flush=True)
+    close(handler)
+
+real_finalize = api.Screener._finalize
+def finalize_closed_meanwhile(self, *args, **kwargs):  # the console is closed while the outputs are written
+    if mode == "saving" and not threads:
+        threads.append(threading.Thread(target=close, args=(Kernel32.handler,)))
+        threads[-1].start()
+        time.sleep(0.3)
+    return real_finalize(self, *args, **kwargs)
+api.Screener._finalize = finalize_closed_meanwhile
 
 clikit.windows_console_close = functools.partial(clikit.windows_console_close, kernel32=Kernel32(),
                                                  callback=lambda f: f)
 from uopsl.runtime.cli import main
-rc = main(sys.argv[1:])
-time.sleep(0.5)  # the handler's thread reports once it is released
+rc = main(sys.argv[3:])
+for t in threads:
+    t.join(timeout=10)
 sys.exit(rc)
 """
-    cmd = [sys.executable, "-c", driver, "run", str(tiny_bundle), str(tmp_path / "in"), "--out", str(out),
-           "--backend", "ort-cpu", "--batch", "2", "--workers", "1", "--threads", "1", "--overlays"]
+
+
+@pytest.mark.parametrize("when", ["halfway", "saving"])
+def test_closing_the_console_saves_like_ctrl_c(when: str, tiny_bundle: Path, tmp_path: Path) -> None:
+    """The console-close path end to end, with only the Windows call faked: a subprocess runs `uopsl-screen run`
+    whose console handler gets CTRL_CLOSE_EVENT halfway, or while the outputs are being written at the end;
+    either way the run stops, and CSV and report are written in full."""
+    _photos(tmp_path / "in", 60)
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-c", _CLOSE_DRIVER, when, str(out / "results.jsonl"), "run", str(tiny_bundle),
+           str(tmp_path / "in"), "--out", str(out), "--backend", "ort-cpu", "--batch", "2", "--workers", "1",
+           "--threads", "1", "--overlays"]
     proc = subprocess.run(cmd, env={**os.environ, "UOPSL_AUTO_MEASURE": "0"}, capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 143, proc.stderr
@@ -237,5 +297,5 @@ sys.exit(rc)
     waited = float(proc.stderr.split("handler answered 1 after ")[1].split(" s")[0])
     assert waited < 4.0, "released when the outputs were written, not by the grace time running out"
     rows = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines() if x.strip()]
-    assert 0 < len(rows) < 60, "stopped halfway"
-    assert len(_csv(out)) == len(rows) and (out / "report.html").is_file(), "CSV and report rewritten on the way out"
+    assert (0 < len(rows) < 60) if when == "halfway" else len(rows) == 60
+    assert len(_csv(out)) == len(rows) and (out / "report.html").is_file(), "CSV and report written on the way out"
