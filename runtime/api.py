@@ -453,7 +453,12 @@ class Screener:
                     + "): check the folder, or name the files"
                 )
             if finalize:
-                rows = self.finalize(out, store, report=report, inputs=given)
+                try:
+                    rows = self.finalize(out, store, report=report, inputs=given)
+                except KeyboardInterrupt:  # a stop landing as the rewrite began: it is what a stop asks for
+                    summary.interrupted = True
+                    log.warning("stopped while writing %s and the report: writing them once more", CSV)
+                    rows = self.finalize(out, store, report=report, inputs=given)
                 summary.not_updated = self.busy_outputs
                 mine = {key_path(k) or k for k in seen}
                 summary.in_folder = len(rows)

@@ -14,8 +14,9 @@ traceback only with ``-v``) and the documented exit code:
   script reads 1 as "the batch ran; look at the failed photographs";
 * 130: interrupted (Ctrl-C); what was done is saved, and the message says so;
 * 143: stopped by SIGTERM (a shutdown, ``systemctl stop``, ``docker stop``; on
-  Windows Ctrl-Break or closing the console window),
-  handled as Ctrl-C is: the batch in hand is saved, CSV and report rewritten.
+  Windows Ctrl-Break), handled as Ctrl-C is: the batch in hand is saved, CSV
+  and report rewritten. (Closing the console window on Windows saves the same
+  way, and Windows then ends the process with an exit code of its own.)
   (``watch`` treats both as its normal stop and exits 0 or 1.)
 
 ``-v``/``-q`` work before or after the subcommand name.
@@ -145,11 +146,16 @@ CLOSE_GRACE_S = 4.5
 
 
 def interrupt_main_thread() -> None:
-    """Raise KeyboardInterrupt in the main thread, as Ctrl-C does, from any thread.
+    """Raise KeyboardInterrupt in the main thread, as Ctrl-C does, from any thread, if Ctrl-C would.
 
     ``signal.raise_signal`` runs Python's C-level SIGINT handler, which on Windows also wakes a main thread
     waiting in ``time.sleep`` (``watch`` between polls); ``_thread.interrupt_main`` would leave it asleep.
+    Where Ctrl-C is ignored or ends the process at once (SIGINT set to SIG_IGN or SIG_DFL: a job started in
+    the background, an embedding application), nothing is raised: the stop then behaves as before.
     """
+    if not callable(signal.getsignal(signal.SIGINT)):
+        log.debug("Ctrl-C is not handled by Python here: the stop cannot save first")
+        return
     try:
         signal.raise_signal(signal.SIGINT)
     except (ValueError, OSError):

@@ -5,8 +5,9 @@ when its size and modification time have stayed the same for ``settle_ms``.
 An empty file is usually a write that has not started yet, so it must stay
 empty ten times as long; then it is taken anyway, and its row says "file is
 empty", so a camera write that failed is not invisible. Hidden and temporary
-names (``.x.jpg``, ``x.jpg.part``) are never taken: only image suffixes count, and DICOM files named as
-DICOM media and PACS exports name them (no suffix, or an instance UID), found by their first bytes.
+names (``.x.jpg``, ``x.jpg.part``) are never taken: only files with an image suffix count, and DICOM
+files named the way DICOM media and PACS exports name them (no suffix, or an instance UID), which are
+recognised by their first bytes.
 The output folder is never watched, even inside the watched folder (its
 thumbnails would otherwise be screened, and theirs, without end). Polling (no
 inotify) keeps it portable to network shares and Windows. A file rewritten
@@ -373,7 +374,11 @@ def watch_folder(
             # The original error is the one to show: a failing rewrite only logs a warning here.
             screener._finalize_quietly(out, held, True, None)
             raise
-        total.in_folder = _refresh(screener, out, held)  # always: rows appended since the last refresh
+        try:
+            total.in_folder = _refresh(screener, out, held)  # always: rows appended since the last refresh
+        except KeyboardInterrupt:  # a stop landing as the rewrite began: it is what a stop asks for
+            log.warning("stopped while writing the outputs: writing them once more")
+            total.in_folder = _refresh(screener, out, held)
         total.not_updated = screener.busy_outputs
     return total
 

@@ -299,3 +299,56 @@ def test_closing_the_console_saves_like_ctrl_c(when: str, tiny_bundle: Path, tmp
     rows = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines() if x.strip()]
     assert (0 < len(rows) < 60) if when == "halfway" else len(rows) == 60
     assert len(_csv(out)) == len(rows) and (out / "report.html").is_file(), "CSV and report written on the way out"
+
+
+def test_a_rewrite_marker_never_leaks_and_is_reentrant() -> None:
+    """An interrupt anywhere in a rewrite leaves no rewrite marked as under way (else a later close would wait
+    its whole grace time), and a signal handler of the application may rewrite while the marker's lock is held."""
+    import time
+
+    from uopsl.runtime import stopping
+
+    with pytest.raises(KeyboardInterrupt):
+        with stopping.saving_outputs():
+            with stopping.saving_outputs():
+                raise KeyboardInterrupt
+    assert stopping.wait_until_saved(time.monotonic()), "nothing left marked"
+    with stopping._lock:  # the main thread inside the module when the handler runs
+        with stopping.saving_outputs():
+            assert not stopping.wait_until_saved(time.monotonic() + 0.05)
+    assert stopping.wait_until_saved(time.monotonic())
+
+
+def test_ctrl_c_that_python_does_not_handle_is_not_raised(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A job started with Ctrl-C ignored (SIG_IGN) or left to the system (SIG_DFL): a close cannot save first,
+    and must not end the process with the default action instead."""
+    from uopsl.runtime.clikit import interrupt_main_thread
+
+    raised: list[int] = []
+    monkeypatch.setattr(signal, "raise_signal", lambda s: raised.append(s))
+    for handling in (signal.SIG_IGN, signal.SIG_DFL):
+        monkeypatch.setattr(signal, "getsignal", lambda s, h=handling: h)
+        interrupt_main_thread()
+    assert raised == []
+    monkeypatch.setattr(signal, "getsignal", lambda s: signal.default_int_handler)
+    interrupt_main_thread()
+    assert raised == [signal.SIGINT]
+
+
+def test_a_stop_landing_as_the_final_rewrite_begins_still_writes_it(tiny_bundle: Path, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    _photos(tmp_path / "in", 3)
+    out = tmp_path / "out"
+    real = api.Screener._finalize
+    hits: list[int] = []
+
+    def interrupted_once(self: api.Screener, *args: object, **kwargs: object) -> object:
+        hits.append(1)
+        if len(hits) == 1:
+            raise KeyboardInterrupt
+        return real(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(api.Screener, "_finalize", interrupted_once)
+    rc = main(["run", str(tiny_bundle), str(tmp_path / "in"), "--out", str(out), "--backend", "ort-cpu"])
+    assert rc == 130 and len(hits) == 2
+    assert len(_csv(out)) == 3 and (out / "report.html").is_file()
