@@ -322,7 +322,9 @@ def png_significant_bits(data: bytes, *, alpha: bool = False) -> int | None:
                 return None
             if kind == b"sBIT":
                 body = data[at + 8 : at + 8 + length]
-                if len(body) != expected:  # libpng ignores an sBIT chunk of the wrong length ("bad length")
+                # libpng ignores an sBIT chunk of the wrong length ("bad length"), or with a byte of 0 or
+                # above the bit depth ("invalid"): so does this.
+                if len(body) != expected or any(b == 0 or b > 16 for b in body):
                     return None
                 bits = body[channels] if alpha else max(body[:channels])
                 return bits if 0 < bits < 16 else None

@@ -43,6 +43,8 @@ def test_the_declared_bits_are_read_from_the_header() -> None:
     assert imagefile.png_significant_bits(_png16(img16, b"\x0c\x0c\x0c", after_idat=True)) is None  # misplaced
     assert imagefile.png_significant_bits(_png16(img16, b"\x0c")) is None  # too short for RGB
     assert imagefile.png_significant_bits(_png16(img16, b"\x0c\x0c\x0c\x0c")) is None  # too long: libpng ignores it
+    assert imagefile.png_significant_bits(_png16(img16, b"\x0c\x00\x0c")) is None  # a 0 byte: libpng ignores it
+    assert imagefile.png_significant_bits(_png16(img16, b"\x0c\x11\x0c")) is None  # 17 bits in a 16-bit file
     ok, eight = cv2.imencode(".png", draw_fake_fundus(64, seed=1))
     assert ok and imagefile.png_significant_bits(eight.tobytes()) is None  # 8-bit: nothing to scale
 
