@@ -66,13 +66,22 @@ def _said(exc: BaseException) -> str:
     return text if len(text) <= 200 else text[:197] + "..."
 
 
+#: Bytes :func:`is_part10` needs: the 128-byte preamble, ``DICM``, and the first tag's group.
+PART10_HEAD = 134
+
+
+def is_part10(head: bytes) -> bool:
+    """A DICOM Part 10 file's start: a 128-byte preamble, ``DICM``, then the file meta group (0x0002)."""
+    return head[128:132] == b"DICM" and head[132:134] == b"\x02\x00"
+
+
 def is_dicom(data: bytes) -> bool:
     """A DICOM file: Part 10 (a 128-byte preamble, then ``DICM``), or a bare dataset as some PACS write it.
 
     A bare dataset starts with its first element: group 0x0002 (file meta) or 0x0008 (identification),
     little-endian, followed by an explicit VR (two capital letters) or an implicit 4-byte length.
     """
-    if data[128:132] == b"DICM" and data[132:134] == b"\x02\x00":  # the file meta group follows DICM
+    if is_part10(data):
         return True
     if len(data) < 12 or data[:2] not in (b"\x02\x00", b"\x08\x00") or int.from_bytes(data[2:4], "little") > 0x1000:
         return False

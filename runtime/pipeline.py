@@ -44,6 +44,7 @@ import numpy as np
 
 from uopsl.runtime.backends.base import Backend
 from uopsl.runtime.bundle import Manifest
+from uopsl.runtime.dicomfile import PART10_HEAD, is_part10
 from uopsl.runtime.errors import BackendClosedError, BackendError, ConfigError, ImageDecodeError, ImageError, UopslError
 from uopsl.runtime.optional import available
 from uopsl.runtime.preprocess import Geometry, Preprocessed, preprocess, read_bytes
@@ -385,7 +386,7 @@ def dicom_media_file(entry: os.DirEntry[str], state: WalkState) -> bool:
         st = entry.stat(follow_symlinks=True)
     except OSError:
         return False
-    if not stat.S_ISREG(st.st_mode) or st.st_size < 134:
+    if not stat.S_ISREG(st.st_mode) or st.st_size < PART10_HEAD:
         return False
     state.sniff_seen.add(entry.path)
     sig = (st.st_size, st.st_mtime_ns, st.st_ctime_ns)
@@ -394,10 +395,10 @@ def dicom_media_file(entry: os.DirEntry[str], state: WalkState) -> bool:
         return known[3]
     try:
         with open(entry.path, "rb") as fh:
-            head = fh.read(134)
+            head = fh.read(PART10_HEAD)
     except OSError:
         return False  # unreadable now: not remembered, so it is read again at the next listing
-    found = head[128:132] == b"DICM" and head[132:134] == b"\x02\x00"
+    found = is_part10(head)
     if found or time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) >= _SNIFF_SETTLED_NS:
         state.sniffed[entry.path] = (*sig, found)
     else:
