@@ -134,6 +134,7 @@ def write_triton_repository(
     onnx_device: OnnxDevice = "auto",
     overwrite: bool = False,
     include_unvalidated: bool = False,
+    gpus: Sequence[int] = (),
 ) -> Path:
     """Write a Triton model repository at ``repo_dir`` serving every ONNX model and engine of the bundle.
 
@@ -146,12 +147,17 @@ def write_triton_repository(
     force it. TensorRT engines always run on the GPU. ``overwrite`` replaces a
     repository this function wrote before (never another folder).
     ``include_unvalidated``: also serve reduced-precision files without a
-    passing parity record (stale engines are never served).
+    passing parity record (stale engines are never served). ``gpus``: the
+    GPU indices that get instances of the models placed on a GPU (``KIND_GPU``:
+    engines, ``--onnx-device gpu``); empty means every GPU, Triton's default.
+    An engine runs only on the GPU model it was built on, so a server with
+    GPUs of several kinds needs the indices of that kind.
 
     The bundle is verified first (sha256 of every file); a tampered bundle
     raises :class:`BundleError` and nothing is written. Returns ``repo_dir``.
     """
-    _check_args(max_batch, instance_count, max_queue_delay_us, onnx_device)
+    _check_args(max_batch, instance_count, max_queue_delay_us, onnx_device, gpus)
+    gpus = tuple(gpus)
     bundle = Path(bundle_dir)
     manifest = verify_or_raise(bundle)
     base = model_name if model_name is not None else manifest.model_name
@@ -183,7 +189,7 @@ def write_triton_repository(
         labels = "".join(f"{n}\n" for n in manifest.class_names)
         for m in models:
             _write_model(tmp, bundle, m, manifest_bytes, labels, instance_count, dynamic_batching,
-                         max_queue_delay_us)
+                         max_queue_delay_us, gpus)
         write_json(tmp / REPO_MARKER, {
             "bundle": str(bundle.resolve()), "manifest_sha256": sha256_bytes(manifest_bytes),
             "models": {m.name: {"platform": m.platform, "source": m.source.path, "precision": m.source.precision,
@@ -191,7 +197,8 @@ def write_triton_repository(
             "left_out": left_out,
             "options": {"model_name": base, "max_batch": max_batch, "instance_count": instance_count,
                         "dynamic_batching": dynamic_batching, "max_queue_delay_us": max_queue_delay_us,
-                        "onnx_device": onnx_device, "include_unvalidated": include_unvalidated},
+                        "onnx_device": onnx_device, "include_unvalidated": include_unvalidated,
+                        "gpus": list(gpus)},
         })
         set_mode(tmp, new_dir_mode())  # once filled: mkdtemp's 0700 would hide the repository from Triton's account
         _swap_into_place(tmp, target)
@@ -203,7 +210,8 @@ def write_triton_repository(
 
 
 # -- checks -------------------------------------------------------------------------------
-def _check_args(max_batch: int, instance_count: int, max_queue_delay_us: int, onnx_device: str) -> None:
+def _check_args(max_batch: int, instance_count: int, max_queue_delay_us: int, onnx_device: str,
+                gpus: Sequence[int] = ()) -> None:
     if not isinstance(max_batch, int) or max_batch < 1:
         raise ConfigError(f"max_batch must be an integer >= 1 (Triton's max_batch_size), got {max_batch!r}")
     if not isinstance(instance_count, int) or instance_count < 1:
@@ -212,6 +220,9 @@ def _check_args(max_batch: int, instance_count: int, max_queue_delay_us: int, on
         raise ConfigError(f"max_queue_delay_us must be an integer >= 0, got {max_queue_delay_us!r}")
     if onnx_device not in _KIND:
         raise ConfigError(f"onnx_device must be one of {sorted(_KIND)}, got {onnx_device!r}")
+    listed = list(gpus)
+    if any(not isinstance(g, int) or isinstance(g, bool) or g < 0 for g in listed) or len(set(listed)) != len(listed):
+        raise ConfigError(f"gpus must be distinct GPU indices (integers >= 0), got {listed!r}")
 
 
 def check_repository_target(target: Path, overwrite: bool) -> None:
@@ -451,7 +462,7 @@ def _common_parameters(manifest: Manifest, entry: FileEntry) -> dict[str, str]:
 
 # -- writing ---------------------------------------------------------------------------------
 def _write_model(root: Path, bundle: Path, m: TritonModel, manifest_bytes: bytes, labels: str, instance_count: int,
-                 dynamic_batching: bool, max_queue_delay_us: int) -> None:
+                 dynamic_batching: bool, max_queue_delay_us: int, gpus: tuple[int, ...] = ()) -> None:
     folder = root / m.name
     (folder / VERSION).mkdir(parents=True)
     dest = folder / VERSION / m.filename
@@ -466,12 +477,15 @@ def _write_model(root: Path, bundle: Path, m: TritonModel, manifest_bytes: bytes
             raise BundleError(f"{src} changed while it was copied into the Triton repository; try again")
     write_bytes(folder / MANIFEST_COPY, manifest_bytes)
     write_text(folder / LABELS_FILE, labels)
-    write_text(folder / CONFIG_FILE, render_config(m, instance_count, dynamic_batching, max_queue_delay_us))
+    write_text(folder / CONFIG_FILE, render_config(m, instance_count, dynamic_batching, max_queue_delay_us, gpus))
 
 
 def render_config(m: TritonModel, instance_count: int = 1, dynamic_batching: bool = True,
-                  max_queue_delay_us: int = 0) -> str:
-    """The ``config.pbtxt`` text (protobuf text format of Triton's ``ModelConfig``) for ``m``."""
+                  max_queue_delay_us: int = 0, gpus: tuple[int, ...] = ()) -> str:
+    """The ``config.pbtxt`` text (protobuf text format of Triton's ``ModelConfig``) for ``m``.
+
+    ``gpus`` lists the GPUs of a ``KIND_GPU`` instance group (others: Triton allows no list).
+    """
     lead = () if m.fixed_batch is None else (m.fixed_batch,)
     label = m.parameters.get("uopsl_head") == "softmax"  # top-n of sigmoid scores are rankings, not calls
     lines = [
@@ -495,6 +509,8 @@ def render_config(m: TritonModel, instance_count: int = 1, dynamic_batching: boo
                   *(f"    parameters {{ key: {_q(k)} value: {_q(v)} }}" for k, v in accel_params),
                   "  } ]", "} }"]
     group = [f"    count: {instance_count}", f"    kind: {m.kind}"]
+    if gpus and m.kind == "KIND_GPU":
+        group.append(f"    gpus: [ {', '.join(str(g) for g in gpus)} ]")
     if m.secondary_dla is not None:
         group.append(f"    secondary_devices [ {{ kind: KIND_NVDLA device_id: {m.secondary_dla} }} ]")
     lines += ["instance_group [", "  {", *group, "  }", "]"]

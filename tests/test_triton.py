@@ -277,6 +277,19 @@ def test_options_reach_the_config(bundle: Path, tmp_path: Path) -> None:
     assert parse_config(repo2 / "uopsl" / "config.pbtxt").dynamic_batching.max_queue_delay_microseconds == 500
 
 
+def test_gpu_indices_reach_the_gpu_models_only(bundle: Path, tmp_path: Path) -> None:
+    """An engine runs only on the GPU model it was built on: a server with GPUs of several kinds lists them."""
+    repo = write_triton_repository(bundle, tmp_path / "r", gpus=[0, 2], include_unvalidated=True)
+    plan = parse_config(repo / "uopsl_fp16_plan" / "config.pbtxt").instance_group[0]
+    assert enum_name(plan, "kind") == "KIND_GPU" and list(plan.gpus) == [0, 2]
+    for cpu_or_auto in ("uopsl", "uopsl_int8"):  # KIND_AUTO / KIND_CPU: Triton takes no GPU list there
+        assert list(parse_config(repo / cpu_or_auto / "config.pbtxt").instance_group[0].gpus) == []
+    on_gpu = write_triton_repository(bundle, tmp_path / "g", gpus=[1], onnx_device="gpu", include_unvalidated=True)
+    assert list(parse_config(on_gpu / "uopsl" / "config.pbtxt").instance_group[0].gpus) == [1]
+    every = write_triton_repository(bundle, tmp_path / "all", include_unvalidated=True)
+    assert list(parse_config(every / "uopsl_fp16_plan" / "config.pbtxt").instance_group[0].gpus) == []
+
+
 def test_dla_engine_gets_a_secondary_device(bundle: Path, tmp_path: Path) -> None:
     b = shutil.copytree(bundle, tmp_path / "b")
     header = EngineHeader(tensorrt_version="8.6.2", gpu_name="Orin", compute_capability="8.7", precision="int8",
@@ -321,6 +334,7 @@ def test_existing_repository_needs_overwrite_and_a_foreign_folder_is_never_repla
     ({"max_batch": 0}, "max_batch"), ({"instance_count": 0}, "instance_count"),
     ({"onnx_device": "tpu"}, "onnx_device"), ({"model_name": "../up"}, "model name"),
     ({"max_queue_delay_us": -1}, "max_queue_delay_us"),
+    ({"gpus": [-1]}, "gpus"), ({"gpus": [0, 0]}, "gpus"), ({"gpus": [True]}, "gpus"),
 ])
 def test_bad_arguments_are_config_errors(bundle: Path, tmp_path: Path, kwargs: dict[str, Any], match: str) -> None:
     with pytest.raises(ConfigError, match=match):
@@ -428,6 +442,11 @@ def test_the_triton_command(bundle: Path, tmp_path: Path, capsys: pytest.Capture
     assert parse_config(tmp_path / "r" / "eye" / "config.pbtxt").max_batch_size == 2
     rc = main(["triton", str(bundle), "--out", str(tmp_path / "r"), "--include-unvalidated", "--force"])
     assert rc == 0 and (tmp_path / "r" / "uopsl_int8").is_dir()
+    rc = main(["triton", str(bundle), "--out", str(tmp_path / "r"), "--gpus", "0, 3", "--include-unvalidated", "--force"])
+    assert rc == 0 and list(parse_config(tmp_path / "r" / "uopsl_fp16_plan" / "config.pbtxt").instance_group[0].gpus) == [0, 3]
+    capsys.readouterr()
+    assert main(["triton", str(bundle), "--out", str(tmp_path / "r2"), "--gpus", "first"]) == 2
+    assert "--gpus" in capsys.readouterr().err and not (tmp_path / "r2").exists()
 
 
 def test_the_documented_triton_client_steps_give_the_screeners_decisions(bundle: Path, tmp_path: Path) -> None:

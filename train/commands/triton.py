@@ -21,12 +21,15 @@ import click
               help="How long a request may wait for others to batch with (microseconds).")
 @click.option("--onnx-device", type=click.Choice(["auto", "cpu", "gpu"]), default="auto", show_default=True,
               help="Where ONNX Runtime models run (auto: the CPU INT8 file on the CPU, the others on a GPU if any).")
+@click.option("--gpus", default="", metavar="0,1",
+              help="GPU indices that get the GPU models' instances (default: every GPU). An engine runs only on "
+                   "the GPU model it was built on: list the GPUs of that kind.")
 @click.option("--include-unvalidated", is_flag=True,
               help="Also serve INT8/FP16 files without a passing `uopsl validate` record (stale engines never).")
 @click.option("--force", is_flag=True, help="Replace a repository this command wrote before.")
 def command(bundle: Path, out: Path, model_name: str | None, max_batch: int, instance_count: int,
-            dynamic_batching: bool, max_queue_delay_us: int, onnx_device: str, include_unvalidated: bool,
-            force: bool) -> None:
+            dynamic_batching: bool, max_queue_delay_us: int, onnx_device: str, gpus: str,
+            include_unvalidated: bool, force: bool) -> None:
     """Write a Triton model repository serving BUNDLE's validated models (run it after quantize,
     build-engine and validate). Triton serves the model, not the screening: clients preprocess,
     gate and decide as docs/deployment.md, "Serving with Triton", shows."""
@@ -35,10 +38,14 @@ def command(bundle: Path, out: Path, model_name: str | None, max_batch: int, ins
 
     from uopsl.export.triton import REPO_MARKER, OnnxDevice, write_triton_repository
 
+    try:
+        indices = tuple(int(g) for g in gpus.replace(" ", "").split(",") if g)
+    except ValueError:
+        raise click.BadParameter(f"expected GPU indices such as 0,1; got {gpus!r}", param_hint="--gpus") from None
     repo = write_triton_repository(bundle, out, model_name=model_name, max_batch=max_batch,
                                    instance_count=instance_count, dynamic_batching=dynamic_batching,
                                    max_queue_delay_us=max_queue_delay_us, onnx_device=cast(OnnxDevice, onnx_device),
-                                   overwrite=force, include_unvalidated=include_unvalidated)
+                                   overwrite=force, include_unvalidated=include_unvalidated, gpus=indices)
     record = json.loads((repo / REPO_MARKER).read_text(encoding="utf-8"))
     click.echo(f"Triton model repository {repo}: {', '.join(record['models'])}")
     for path, why in record["left_out"].items():
