@@ -484,7 +484,8 @@ def render_config(m: TritonModel, instance_count: int = 1, dynamic_batching: boo
                   max_queue_delay_us: int = 0, gpus: tuple[int, ...] = ()) -> str:
     """The ``config.pbtxt`` text (protobuf text format of Triton's ``ModelConfig``) for ``m``.
 
-    ``gpus`` lists the GPUs of a ``KIND_GPU`` instance group (others: Triton allows no list).
+    ``gpus`` lists the GPUs of a ``KIND_GPU`` instance group (not of ``KIND_CPU`` ones, which Triton
+    refuses with a list, nor of ``KIND_AUTO`` ones, which may land on the CPU).
     """
     lead = () if m.fixed_batch is None else (m.fixed_batch,)
     label = m.parameters.get("uopsl_head") == "softmax"  # top-n of sigmoid scores are rankings, not calls
