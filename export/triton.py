@@ -61,7 +61,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -134,7 +134,7 @@ def write_triton_repository(
     onnx_device: OnnxDevice = "auto",
     overwrite: bool = False,
     include_unvalidated: bool = False,
-    gpus: Sequence[int] = (),
+    gpus: Iterable[int] = (),
 ) -> Path:
     """Write a Triton model repository at ``repo_dir`` serving every ONNX model and engine of the bundle.
 
@@ -156,8 +156,8 @@ def write_triton_repository(
     The bundle is verified first (sha256 of every file); a tampered bundle
     raises :class:`BundleError` and nothing is written. Returns ``repo_dir``.
     """
+    gpus = tuple(gpus)  # once: a generator would be used up by the check
     _check_args(max_batch, instance_count, max_queue_delay_us, onnx_device, gpus)
-    gpus = tuple(gpus)
     bundle = Path(bundle_dir)
     manifest = verify_or_raise(bundle)
     base = model_name if model_name is not None else manifest.model_name

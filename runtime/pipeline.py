@@ -339,12 +339,12 @@ def list_folder(folder: Path, state: WalkState) -> list[tuple[Path, bool]]:
         except OSError:
             out.append((Path(e.path), False))  # e.g. a symbolic-link loop: reading it gives the row its reason
             continue
+        suffix = image_suffix(e.name)
         if is_dir:
             out.append((Path(e.path), True))
-        elif image_suffix(e.name) in DICOM_SUFFIXES or (image_suffix(e.name) not in IMAGE_SUFFIXES
-                                                         and dicom_media_file(e, state)):
+        elif suffix in DICOM_SUFFIXES or (suffix not in IMAGE_SUFFIXES and dicom_media_file(e, state)):
             # A media file's whole name is its stem (IM000001, or a UID whose last part is no suffix).
-            stem = os.path.splitext(e.name)[0] if image_suffix(e.name) in DICOM_SUFFIXES else e.name.rstrip()
+            stem = os.path.splitext(e.name)[0] if suffix in DICOM_SUFFIXES else e.name.rstrip()
             if stem.lower() in photo_stems:
                 state.dicom_copies += 1
                 continue
@@ -354,7 +354,7 @@ def list_folder(folder: Path, state: WalkState) -> list[tuple[Path, bool]]:
                 out.append((Path(e.path), False))
             else:
                 state.dicom_unread += 1
-        elif image_suffix(e.name) in IMAGE_SUFFIXES:
+        elif suffix in IMAGE_SUFFIXES:
             out.append((Path(e.path), False))
         else:
             state.note_skipped(e.name)

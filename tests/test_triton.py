@@ -284,7 +284,8 @@ def test_gpu_indices_reach_the_gpu_models_only(bundle: Path, tmp_path: Path) -> 
     assert enum_name(plan, "kind") == "KIND_GPU" and list(plan.gpus) == [0, 2]
     for cpu_or_auto in ("uopsl", "uopsl_int8"):  # KIND_AUTO / KIND_CPU: they may run on the CPU
         assert list(parse_config(repo / cpu_or_auto / "config.pbtxt").instance_group[0].gpus) == []
-    on_gpu = write_triton_repository(bundle, tmp_path / "g", gpus=[1], onnx_device="gpu", include_unvalidated=True)
+    on_gpu = write_triton_repository(bundle, tmp_path / "g", gpus=(g for g in [1]), onnx_device="gpu",
+                                     include_unvalidated=True)  # any iterable, a generator included
     assert list(parse_config(on_gpu / "uopsl" / "config.pbtxt").instance_group[0].gpus) == [1]
     every = write_triton_repository(bundle, tmp_path / "all", include_unvalidated=True)
     assert list(parse_config(every / "uopsl_fp16_plan" / "config.pbtxt").instance_group[0].gpus) == []
