@@ -39,10 +39,12 @@ from uopsl.runtime.bundle import (
     describe_file,
     parity_reference_kind,
     read_manifest,
+    verify_or_raise,
     write_manifest,
 )
 from uopsl.runtime.errors import BundleError
 from uopsl.runtime.fsio import FolderLock, new_dir_mode, set_mode
+from uopsl.runtime.intended_use import IntendedUse
 from uopsl.runtime.preprocess import PreprocessConfig
 
 log = logging.getLogger(__name__)
@@ -134,8 +136,12 @@ def write_bundle(
     training_data_fingerprint: str = "",
     notes: dict[str, Any] | None = None,
     overwrite: bool = False,
+    intended_use: IntendedUse | None = None,
 ) -> Manifest:
-    """Create bundle folder ``out`` holding ``model.onnx``, ``class_bank.npy`` and ``manifest.json``."""
+    """Create bundle folder ``out`` holding ``model.onnx``, ``class_bank.npy`` and ``manifest.json``.
+
+    ``intended_use``: what the model may be used for (None: not stated, and every report says so).
+    """
     target = Path(os.path.abspath(out))  # "." has no name to build the temporary folder's from
     if target.exists() and not overwrite:
         raise BundleError(f"{target} already exists; pass overwrite=True (--force) to replace it")
@@ -157,6 +163,7 @@ def write_bundle(
             site_map_size=tuple(site_map_size), opset=opset, backbone=backbone,  # type: ignore[arg-type]
             training_data_fingerprint=training_data_fingerprint,
             created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), notes=dict(notes or {}),
+            intended_use=intended_use or IntendedUse(),
         )
         write_manifest(tmp, manifest)
         # mkdtemp made the folder owner-only (0700): give it the mode mkdir would, once it is filled (a fresh
@@ -213,6 +220,30 @@ def add_file(
         updated = replace(manifest, files=files, **manifest_updates)
         if updated != manifest:
             write_manifest(root, updated)
+    return updated
+
+
+def set_intended_use(bundle: str | os.PathLike[str], use: IntendedUse) -> Manifest:
+    """Restate what ``bundle``'s model may be used for, atomically (``uopsl intended-use``).
+
+    The statement is about these files, so a bundle that fails verification is
+    refused rather than labelled. Results already screened with the bundle stay
+    tied to it: the intended use is not part of the model's identity
+    (:data:`uopsl.runtime.results.model_sha256` leaves it out), only of the
+    manifest's own hash. Restating the same use leaves the manifest as it was.
+    """
+    root = Path(bundle)
+    if not use.stated:
+        raise BundleError("an intended use must be stated: demonstration, research or clinical")
+    with manifest_update(root):
+        check_manifest_checksum(root)
+        manifest = verify_or_raise(root)
+        if manifest.intended_use == use:
+            log.info("%s already states this intended use; the manifest is left as it was", root / "manifest.json")
+            return manifest
+        write_manifest(root, replace(manifest, intended_use=use))
+        updated = read_manifest(root)  # with the content hash just written
+    log.info("%s: intended use now %s", root, use.status)
     return updated
 
 

@@ -30,6 +30,7 @@ from uopsl.runtime.backends import Selection, open_and_enter
 from uopsl.runtime.backends.base import Backend, check_gpu_index
 from uopsl.runtime.bundle import Manifest, read_manifest, verify_or_raise
 from uopsl.runtime.errors import ConfigError
+from uopsl.runtime.intended_use import IntendedUse
 from uopsl.runtime import progress as progress_bars
 from uopsl.runtime.overlay import OVERLAY_DIR, THUMB_DIR, write_overlay, write_thumbnail
 from uopsl.runtime.pipeline import (
@@ -186,6 +187,9 @@ class Screener:
         self.bundle = Path(bundle)
         self.manifest: Manifest = verify_or_raise(self.bundle) if verify else read_manifest(self.bundle)
         self.verified = verify  # the report says when the checksums were not checked
+        caution = self.manifest.intended_use.warning()
+        if caution:  # every report says it too; a caller of the API may show no report
+            log.warning("%s: %s", self.bundle, caution)
         self.busy_outputs: tuple[str, ...] = ()  # see finalize
         if not verify:
             log.warning("%s: bundle checksums NOT verified (verify=False / --no-verify); "
@@ -236,6 +240,12 @@ class Screener:
         if self._backend is None:
             raise ConfigError("the Screener is not open; use 'with Screener(...) as s:' or call open()")
         return self._backend
+
+    @property
+    def intended_use(self) -> IntendedUse:
+        """What the bundle's maker states the model may be used for; ``.for_patients`` is True only for
+        ``clinical``, and ``.warning()`` is the caution to show with every result otherwise."""
+        return self.manifest.intended_use
 
     @property
     def selection(self) -> Selection | None:

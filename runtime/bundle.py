@@ -32,6 +32,7 @@ import numpy as np
 from uopsl.runtime.cpuinfo import CPU_BACKENDS, int8_cpu_class, same_int8_arithmetic
 from uopsl.runtime.errors import BundleError
 from uopsl.runtime.fsio import load_json_strict, sha256_bytes, sha256_file, write_json
+from uopsl.runtime.intended_use import IntendedUse
 from uopsl.runtime.preprocess import PreprocessConfig
 from uopsl.runtime.version import __version__
 
@@ -39,8 +40,10 @@ from uopsl.runtime.version import __version__
 # decode_min_side). A manifest is written with the lowest version that can hold it,
 # so a bundle made before the rule existed stays version 1 when it is rewritten
 # (a parity record, an engine added) and older runtimes keep reading it.
-FORMAT_VERSION = 2
-SUPPORTED_FORMAT_VERSIONS = (1, 2)
+# 3: the manifest states the model's intended use (``intended_use``); a runtime
+# that cannot show it must refuse the bundle rather than screen without it.
+FORMAT_VERSION = 3
+SUPPORTED_FORMAT_VERSIONS = (1, 2, 3)
 MANIFEST = "manifest.json"
 
 HeadType = Literal["sigmoid", "softmax"]
@@ -413,6 +416,8 @@ class Manifest:
     format_version: int = FORMAT_VERSION
     created: str = ""
     notes: dict[str, Any] = field(default_factory=dict)
+    # What the maker says the model may be used for (runtime/intended_use.py); "unstated" for older bundles.
+    intended_use: IntendedUse = field(default_factory=IntendedUse)
     # sha256 of the manifest's own content (canonical JSON without this field):
     # an edited threshold or class fails verification like a modified model file.
     content_sha256: str = ""
@@ -467,7 +472,13 @@ class Manifest:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["preprocess"] = self.preprocess.to_dict()
-        d["format_version"] = 2 if "decode_min_ratio" in d["preprocess"] else 1
+        # The lowest version that holds the content, so older runtimes keep reading what they can show.
+        if self.intended_use.stated:
+            d["intended_use"] = self.intended_use.to_dict()
+            d["format_version"] = 3
+        else:
+            del d["intended_use"]
+            d["format_version"] = 2 if "decode_min_ratio" in d["preprocess"] else 1
         return d
 
     @classmethod
@@ -492,6 +503,12 @@ class Manifest:
             d["preprocess"] = PreprocessConfig.from_dict(d["preprocess"])
             d["site_map_size"] = tuple(d.get("site_map_size", (10, 10)))
             d["output_names"] = tuple(d.get("output_names", OUTPUT_NAMES))
+            if "intended_use" in d:
+                if fv < 3:
+                    raise BundleError(f"intended_use needs format_version 3, the manifest says {fv}")
+                d["intended_use"] = IntendedUse.from_dict(d["intended_use"])
+            elif fv >= 3:
+                raise BundleError("format_version 3 needs an intended_use statement, the manifest has none")
             m = cls(**d)
         except BundleError as exc:
             if str(exc).startswith(source):

@@ -240,7 +240,9 @@ def info_cmd(bundle: Path, as_json: bool) -> int:
     table = backend_table(bundle, m)
     bad = {c.path: c.reason for c in verify(bundle, m) if not c.ok}  # info must not show a tampered bundle as fine
     if as_json:
-        click.echo(json.dumps({"manifest": m.to_dict(), "checksums_ok": not bad, "checksum_failures": bad,
+        use = {**m.intended_use.to_dict(), "warning": m.intended_use.warning()}
+        click.echo(json.dumps({"manifest": m.to_dict(), "intended_use": use, "checksums_ok": not bad,
+                               "checksum_failures": bad,
                                "backends": [{"backend": n, "usable": ok, "note": note} for n, ok, note in table]},
                               indent=2, default=str))
         return 2 if bad else 0
@@ -248,6 +250,7 @@ def info_cmd(bundle: Path, as_json: bool) -> int:
     click.echo(f"bundle     {bundle}")
     click.echo(f"model      {m.model_name} ({m.backbone or 'backbone not recorded'}), head {m.head}, "
                f"toolkit {m.toolkit_version}, format {m.format_version}")
+    click.echo(f"use        {m.intended_use.describe()}")
     click.echo(f"input      {p.size}x{p.size} uint8 RGB, clahe={p.clahe}, site maps {m.site_map_size[0]}x{m.site_map_size[1]}")
     if not p.fast_decode:
         click.echo("decode     JPEGs at full size (fast_decode off)")

@@ -697,6 +697,28 @@ def _model_and_bundle(manifest: Manifest, info: Mapping[str, Any]) -> tuple[str,
     return model, bundle_sha[:12] if bundle_sha else "not recorded"
 
 
+def use_notice_html(manifest: Manifest) -> str:
+    """The banner that opens every page of a bundle not stated for clinical use ("" for a clinical one).
+
+    A demonstration model's report must not pass for a screening: its banner is
+    the first thing on the page and the printed sheets repeat its short form.
+    """
+    use = manifest.intended_use
+    warning = use.warning()
+    if warning is None:
+        return ""
+    trained = f" Trained on: {esc(use.trained_on)}." if use.trained_on else ""
+    statement = f" Maker's statement: {esc(use.statement)}" if use.statement else ""
+    return (f"<div class='use use-{esc(use.status)}' id='intended-use' role='note'><b>{esc(use.short())}</b>"
+            f"<br>{esc(warning)}{trained}{statement}</div>")
+
+
+def use_header(manifest: Manifest) -> str:
+    """The intended use's short form that starts the header line every printed sheet repeats ("" if clinical)."""
+    use = manifest.intended_use
+    return "" if use.for_patients else use.short()
+
+
 def ident_html(manifest: Manifest, info: Mapping[str, Any], generated: str, rows: Sequence[Mapping[str, Any]],
                out: Path, extra: str = "") -> str:
     """The identity block (when, by what, which model and bundle, from where, to where) of a page."""
@@ -710,6 +732,7 @@ def ident_html(manifest: Manifest, info: Mapping[str, Any], generated: str, rows
         extra,
         f"<dt>Generated</dt><dd>{esc(generated)} on {esc(socket.gethostname())} by uopsl {esc(__version__)}</dd>",
         f"<dt>Model</dt><dd>{esc(model)}, toolkit {esc(manifest.toolkit_version)}</dd>",
+        f"<dt>Intended use</dt><dd>{esc(_use_line(manifest))}</dd>",
         f"<dt>Bundle</dt><dd>content {esc(bundle_hash)} (sha256 of the manifest), created {esc(created_s)}"
         + ("; <b>file checksums not verified in this run</b> (--no-verify)"
            if info.get("bundle_verified") is False else "") + "</dd>",
@@ -724,6 +747,14 @@ def ident_html(manifest: Manifest, info: Mapping[str, Any], generated: str, rows
         f"<dt>Results folder</dt><dd>{esc(out.absolute())} (results.csv has every score)</dd>",
         "</dl>",
     ])
+
+
+def _use_line(manifest: Manifest) -> str:
+    use = manifest.intended_use
+    text = (f"clinical, as the bundle's maker states: {use.statement}" if use.for_patients
+            else {"demonstration": "demonstration only (not for patients)", "research": "research use only",
+                  "unstated": "not stated by the bundle"}[use.status])
+    return text + (f"; trained on {use.trained_on}" if use.trained_on else "")
 
 
 def verdict_counts(rows: Sequence[Mapping[str, Any]]) -> Counter[str]:
@@ -769,6 +800,8 @@ def report_parts(rows: Sequence[dict[str, Any]], out_dir: str | os.PathLike[str]
     what = f"{page.label} - " if page is not None else ""
     ident_line = (f"Retinal screening report - {what}{n} {images_word} - generated {generated} - model {model}, "
                   f"bundle {bundle_hash} - uopsl {__version__}")
+    use_short = use_header(manifest)
+    use_html = f"<b class='use-short'>{esc(use_short)}</b> - " if use_short else ""
     dups = find_duplicates(ordered)
     # Rows of another model: compare the decision-relevant hash (a re-validated bundle has a new
     # manifest hash but the same model); rows without one are not judged.
@@ -785,6 +818,7 @@ def report_parts(rows: Sequence[dict[str, Any]], out_dir: str | os.PathLike[str]
     yield from [
         head_html(f"Screening report - {what}{n} {images_word} - {generated}"),
         "<h1>Retinal screening report" + (f" &middot; {esc(page.label)}" if page is not None else "") + "</h1>",
+        use_notice_html(manifest),
         nav,
         ident_html(manifest, info, generated, ordered, out,
                    extra="" if page is None else f"<dt>Page</dt><dd>{esc(page.label)}: one page of this folder's "
@@ -830,10 +864,11 @@ def report_parts(rows: Sequence[dict[str, Any]], out_dir: str | os.PathLike[str]
         "<table id='results' class='results'>"
         "<colgroup><col class='c-n'><col class='c-src'><col class='c-img'><col class='c-img'><col class='c-res'>"
         "<col class='c-probs'></colgroup><thead>"
-        f"<tr class='pagehead'><th colspan='6'>{esc(ident_line)}</th></tr>"
+        f"<tr class='pagehead'><th colspan='6'>{use_html}{esc(ident_line)}</th></tr>"
         "<tr><th>#</th><th>Photograph</th><th>Image</th><th>Heatmap</th><th>Result</th>"
         "<th>Score vs threshold</th></tr></thead>"
-        f"<tfoot><tr><td colspan='6'>{esc(ident_line)} - screening support, not a diagnosis</td></tr></tfoot><tbody>"
+        f"<tfoot><tr><td colspan='6'>{use_html}{esc(ident_line)} - screening support, not a diagnosis</td></tr>"
+        "</tfoot><tbody>"
     )
     dup_of: dict[int, list[int]] = {i: [j for j in g if j != i] for g in dups.groups for i in g}
     if page is None:  # a split report's writer sizes the cache for all the pages it refreshes

@@ -54,6 +54,7 @@ from uopsl.runtime.report import (
     row_ident,
     summary_html,
     urgency_key,
+    use_notice_html,
     verdict_counts,
     write_report,
 )
@@ -300,6 +301,7 @@ def _index_parts(rows: Sequence[Mapping[str, Any]], pages: Sequence[DayPage], du
     parts = [
         head_html(f"Screening report - {n} images on {n_days} day{'s' if n_days != 1 else ''} - {generated}"),
         "<h1>Retinal screening report</h1>",
+        use_notice_html(manifest),
         ident_html(manifest, info, generated, rows, out),
         summary_html(verdict_counts(rows)),
         f"<p class='note'>{n} photographs are too many for one page, so each screening day has its own pages "

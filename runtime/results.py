@@ -85,7 +85,7 @@ class ModelIdentity:
 
 
 #: Manifest fields that do not change what the model decides (see :class:`ModelIdentity`).
-_NOT_THE_MODEL = ("content_sha256", "created", "notes", "toolkit_version", "format_version")
+_NOT_THE_MODEL = ("content_sha256", "created", "notes", "toolkit_version", "format_version", "intended_use")
 
 
 def model_sha256(manifest: Manifest) -> str:

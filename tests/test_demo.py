@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from uopsl.runtime.bundle import verify
+from uopsl.runtime.bundle import read_manifest, verify
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -79,6 +79,10 @@ def test_demo_report_has_a_row_per_photograph(demo: Path) -> None:
     assert len(rows) == n
     html = (demo / "screen" / "report.html").read_text()
     assert html.startswith("<!DOCTYPE html") or html.lower().startswith("<!doctype html")
+    # Trained on synthetic photographs: the bundle says so, and so does the report's first line.
+    use = read_manifest(demo / "bundle").intended_use
+    assert use.status == "demonstration" and "synthetic" in use.trained_on
+    assert "<div class='use use-demonstration' id='intended-use'" in html
 
 
 def test_evaluate_command_reports_where_the_maps_point_on_synthetic_data(demo: Path, tmp_path: Path) -> None:

@@ -52,6 +52,12 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return {"model": model.eval(), "meta": meta, "ckpt": ckpt, "bundle": bundle, "root": root}
 
 
+def test_an_exported_bundle_is_for_research_unless_its_maker_states_otherwise(exported: dict[str, Any]) -> None:
+    use = read_manifest(exported["bundle"]).intended_use
+    assert (use.status, use.for_patients) == ("research", False)
+    assert json.loads((exported["bundle"] / "manifest.json").read_text())["format_version"] == 3
+
+
 def _flip_one_byte(path: Path) -> None:
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0xFF

@@ -19,6 +19,7 @@ _COMMANDS = {
     "zero-shot": "uopsl.train.commands.zero_shot:command",
     "explain": "uopsl.train.commands.explain:command",
     "export": "uopsl.train.commands.export:command",
+    "intended-use": "uopsl.train.commands.intended_use:command",
     "triton": "uopsl.train.commands.triton:command",
     "calibrate": "uopsl.train.commands.calibrate:command",
     "quantize": "uopsl.train.commands.quantize:command",

@@ -59,6 +59,7 @@ def run_demo(out: Path, cfg: DemoConfig) -> dict[str, object]:
     from uopsl.train.commands.common import items_for
     from uopsl.train.loops import TrainConfig
     from uopsl.train.synthetic import SEEN_CLASSES, SynthConfig, make_dataset
+    from uopsl.runtime.intended_use import IntendedUse
     from uopsl.train.workflow import earlier_images, new_model, run_evaluate, run_export, run_finetune, run_pretrain
 
     t0 = time.perf_counter()
@@ -99,7 +100,9 @@ def run_demo(out: Path, cfg: DemoConfig) -> dict[str, object]:
 
     bundle = out / "bundle"
     if not (bundle / "manifest.json").is_file():
-        run_export(ck / "finetune", bundle)
+        run_export(ck / "finetune", bundle, intended_use=IntendedUse(
+            "demonstration", trained_on=f"{cfg.n_train} synthetic fundus photographs and {cfg.n_oct} synthetic OCT "
+            "B-scans drawn by uopsl's generator (uopsl demo)"))
     lap("export")
     calib_paths = [s.path for s in train.samples if s.modality == "fundus"]
     cset = build_calibration_set(calib_paths, meta.preprocess, max_images=cfg.calib_images, seed=cfg.seed,

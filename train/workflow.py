@@ -23,6 +23,7 @@ import torch
 from uopsl.runtime.bundle import ClassSpec
 from uopsl.runtime.errors import ConfigError
 from uopsl.runtime.fsio import write_json
+from uopsl.runtime.intended_use import IntendedUse
 from uopsl.runtime.preprocess import PreprocessConfig, preprocess_file
 from uopsl.train import bank as banks
 from uopsl.train import descriptions
@@ -640,11 +641,14 @@ def trained_prototypes_kept(bank: banks.ClassBank, model: UopslModel, meta: Chec
 
 
 def run_export(ckpt: Path, out: Path, classes_file: str | Path | None = None, opset: int = 17,
-               force: bool = False, text_model: str | None = None) -> Path:
+               force: bool = False, text_model: str | None = None,
+               intended_use: IntendedUse | None = None) -> Path:
     """Fold the checkpoint into ONNX and write a verified deployment bundle.
 
     ``classes_file``: a new class bank, encoded by the checkpoint's own sentence encoder
     (:func:`text_model_of`; ``text_model`` names it for a checkpoint that does not).
+    ``intended_use``: what the model may be used for (None: research use only, the
+    honest default for a model nobody has validated clinically yet).
     """
     import tempfile
 
@@ -686,7 +690,7 @@ def run_export(ckpt: Path, out: Path, classes_file: str | Path | None = None, op
                             **({TEACHER_DIGEST_NOTE: meta.train_config[TEACHER_DIGEST_KEY]}
                                if meta.train_config.get(TEACHER_DIGEST_KEY) else {}),
                             "train_config": meta.train_config},
-                     overwrite=force)
+                     overwrite=force, intended_use=intended_use or IntendedUse("research"))
     write_json(out.parent / f"{out.name}.export.json", {"checkpoint": str(ckpt), "opset": opset, "op_count": report.op_count,
                                                        "ops": report.ops, "classes_file": str(classes_file) if classes_file else None})
     return out
