@@ -16,12 +16,15 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from uopsl.runtime.clikit import main_entry, verbose_option
 from uopsl.runtime.version import __version__
+
+if TYPE_CHECKING:
+    from uopsl.runtime.intended_use import IntendedUse
 
 BACKEND_CHOICES = ["auto", "ort-cpu", "ort-cuda", "ort-trt", "openvino", "tensorrt"]
 PRECISION_CHOICES = ["auto", "fp32", "fp16", "int8"]
@@ -54,11 +57,12 @@ _MAX_NAMED = 5
 
 
 def _echo_summary(summary: Any, out: Path, failed: Sequence[tuple[str, str, Sequence[str]]] = (),
-                  report: bool = True) -> None:
+                  report: bool = True, use: IntendedUse | None = None) -> None:
     """Counts, the files that need attention by name (at most five), then where to look: the report.
 
     ``failed``: (source, status, reasons) of the photographs screened now that got no result. Rows an
-    earlier run already had are counted but not named (the report lists them).
+    earlier run already had are counted but not named (the report lists them). ``use``: the bundle's
+    intended use; unless clinical, its short form ends the summary (the counts read like a screening).
     """
     from uopsl.runtime.report import REPORT, reason_label
     from uopsl.runtime.results import CSV
@@ -82,6 +86,8 @@ def _echo_summary(summary: Any, out: Path, failed: Sequence[tuple[str, str, Sequ
     for path in summary.not_updated:
         click.echo(f"NOT updated: {path} is open in another program (Excel?); close it and run the same command "
                    "again to rewrite it (nothing is screened twice)", err=True)
+    if use is not None and not use.for_patients:
+        click.echo(f"{use.short()}: {use.warning()}", err=True)
 
 
 def _one_line_name(name: str) -> str:
@@ -143,7 +149,7 @@ def run_cmd(bundle: Path, inputs: Sequence[Path], out: Path, backend: str, preci
     s.check_output(out, list(inputs))  # before the model loads: a wrong --out fails in a second
     with s:
         summary = s.screen_to(out, list(inputs), overlays=overlays, report=report, progress=show, on_result=note)
-    _echo_summary(summary, out, list(failed.values()), report=report)
+    _echo_summary(summary, out, list(failed.values()), report=report, use=s.intended_use)
     return summary.exit_code
 
 
@@ -184,7 +190,7 @@ def watch_cmd(bundle: Path, folder: Path, out: Path, backend: str, precision: st
     s.check_output(out, [folder])  # before the model loads
     with s:
         summary = watch_folder(s, folder, out, cfg, overlays=overlays, on_result=show)
-    _echo_summary(summary, out, list(failed.values()))
+    _echo_summary(summary, out, list(failed.values()), use=s.intended_use)
     return summary.exit_code
 
 

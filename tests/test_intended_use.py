@@ -239,3 +239,20 @@ def test_screener_and_info_say_what_the_bundle_may_be_used_for(tiny_bundle: Path
     with caplog.at_level(logging.WARNING, logger="uopsl.runtime.api"):
         Screener(bundle, backend="ort-cpu")
     assert not caplog.records
+
+
+def test_run_ends_its_summary_with_the_caution(tiny_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    from tinybundle import fundus_jpeg
+    from uopsl.runtime.cli import main
+
+    monkeypatch.setenv("UOPSL_CACHE_DIR", str(tmp_path / "cache"))
+    bundle = _copy(tiny_bundle, tmp_path)
+    use = _with_use(bundle, IntendedUse("demonstration")).intended_use
+    fundus_jpeg(tmp_path / "in" / "a.jpg", seed=1)
+    argv = ["run", str(bundle), str(tmp_path / "in"), "--backend", "ort-cpu", "--no-overlays", "--no-report"]
+    main([*argv, "--out", str(tmp_path / "out")])
+    assert capsys.readouterr().err.rstrip().splitlines()[-1] == f"{use.short()}: {use.warning()}"
+    _with_use(bundle, IntendedUse("clinical", STATEMENT))
+    main([*argv, "--out", str(tmp_path / "out2")])
+    assert use.short() not in capsys.readouterr().err
