@@ -62,12 +62,14 @@ def _echo_summary(summary: Any, out: Path, failed: Sequence[tuple[str, str, Sequ
 
     ``failed``: (source, status, reasons) of the photographs screened now that got no result. Rows an
     earlier run already had are counted but not named (the report lists them). ``use``: the bundle's
-    intended use; unless clinical, its short form ends the summary (the counts read like a screening).
+    intended use; unless clinical, its caution opens the summary (the counts read like a screening).
     """
     from uopsl.runtime.report import REPORT, reason_label
     from uopsl.runtime.results import CSV
 
     c = summary.counts
+    if use is not None and not use.for_patients:
+        click.echo(f"{use.short()}: {use.warning()}", err=True)
     click.echo(
         f"{_plural(summary.total, 'image')}: {summary.refer} refer, {c.get('ok', 0) - summary.refer} no referable "
         f"finding, {c.get('ungradable', 0)} ungradable, {c.get('error', 0)} unreadable "
@@ -86,8 +88,6 @@ def _echo_summary(summary: Any, out: Path, failed: Sequence[tuple[str, str, Sequ
     for path in summary.not_updated:
         click.echo(f"NOT updated: {path} is open in another program (Excel?); close it and run the same command "
                    "again to rewrite it (nothing is screened twice)", err=True)
-    if use is not None and not use.for_patients:
-        click.echo(f"{use.short()}: {use.warning()}", err=True)
 
 
 def _one_line_name(name: str) -> str:

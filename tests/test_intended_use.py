@@ -241,7 +241,7 @@ def test_screener_and_info_say_what_the_bundle_may_be_used_for(tiny_bundle: Path
     assert not caplog.records
 
 
-def test_run_ends_its_summary_with_the_caution(tiny_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+def test_run_opens_its_summary_with_the_caution(tiny_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                capsys: pytest.CaptureFixture[str]) -> None:
     from tinybundle import fundus_jpeg
     from uopsl.runtime.cli import main
@@ -252,7 +252,10 @@ def test_run_ends_its_summary_with_the_caution(tiny_bundle: Path, tmp_path: Path
     fundus_jpeg(tmp_path / "in" / "a.jpg", seed=1)
     argv = ["run", str(bundle), str(tmp_path / "in"), "--backend", "ort-cpu", "--no-overlays", "--no-report"]
     main([*argv, "--out", str(tmp_path / "out")])
-    assert capsys.readouterr().err.rstrip().splitlines()[-1] == f"{use.short()}: {use.warning()}"
+    err = capsys.readouterr().err.rstrip().splitlines()
+    # Just above the counts, which read like a screening; the report's path stays the last line.
+    assert err[-3] == f"{use.short()}: {use.warning()}" and err[-2].startswith("1 image: ")
+    assert err[-1].startswith("results: ")
     _with_use(bundle, IntendedUse("clinical", STATEMENT))
     main([*argv, "--out", str(tmp_path / "out2")])
     assert use.short() not in capsys.readouterr().err
