@@ -11,7 +11,9 @@ and :attr:`uopsl.runtime.api.Screener.intended_use`.
 The toolkit records the statement; it does not check it. ``clinical`` means
 the bundle's maker says they validated this model for the use the statement
 describes (population, cameras, the study), which is theirs to prove; the
-toolkit only refuses the label without a statement.
+toolkit refuses the label without a statement, and ``uopsl export`` refuses it
+for a model whose checkpoint records that every stage teaching it its classes
+trained on synthetic photographs (``uopsl.train.workflow.resolve_use``).
 
 Bundles exported before uopsl recorded an intended use read as ``unstated``
 and are shown with a notice that asks whether the model was validated.

@@ -52,6 +52,10 @@ class CheckpointMeta:
     # fine-tunes, zero-shot, export --classes) must be encoded by the same one, or their prototypes
     # land in another embedding space (of the same width, so nothing else would notice).
     text_model: str = DEFAULT_TEXT_MODEL
+    # What each stage trained on (uopsl.train.workflow.data_record), oldest first: the exporter
+    # describes the model's training data from it, and refuses to state clinical use for a model
+    # that only ever saw synthetic photographs. Empty for checkpoints written before the field.
+    training_data: tuple[dict[str, Any], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -60,7 +64,7 @@ class CheckpointMeta:
             "thresholds": list(self.thresholds), "referable": list(self.referable),
             "train_config": self.train_config, "metrics": self.metrics,
             "data_fingerprint": self.data_fingerprint, "toolkit_version": self.toolkit_version,
-            "text_model": self.text_model,
+            "text_model": self.text_model, "training_data": [dict(r) for r in self.training_data],
         }
 
     @classmethod
@@ -78,6 +82,9 @@ class CheckpointMeta:
             raise ValueError(str(exc)) from exc
         if not all(isinstance(r, bool) for r in referable):
             raise ValueError(f"referable must hold true or false per class, got {referable!r}")
+        records = d.get("training_data", [])
+        if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+            raise ValueError(f"training_data must be a list of objects, got {records!r}")
         return cls(
             model=ModelConfig.from_dict(d["model"]), preprocess=PreprocessConfig.from_dict(d["preprocess"]),
             phrases=tuple(tuple(p) for p in d["phrases"]), stage=d.get("stage", "finetune"),
@@ -86,6 +93,7 @@ class CheckpointMeta:
             data_fingerprint=d.get("data_fingerprint", ""), toolkit_version=d.get("toolkit_version", "?"),
             # Checkpoints written before the field: the packaged default (what every command used unless told).
             text_model=d.get("text_model", DEFAULT_TEXT_MODEL),
+            training_data=tuple(dict(r) for r in records),
         )
 
 

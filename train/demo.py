@@ -59,8 +59,16 @@ def run_demo(out: Path, cfg: DemoConfig) -> dict[str, object]:
     from uopsl.train.commands.common import items_for
     from uopsl.train.loops import TrainConfig
     from uopsl.train.synthetic import SEEN_CLASSES, SynthConfig, make_dataset
-    from uopsl.runtime.intended_use import IntendedUse
-    from uopsl.train.workflow import earlier_images, new_model, run_evaluate, run_export, run_finetune, run_pretrain
+    from uopsl.train.workflow import (
+        data_record,
+        earlier_images,
+        new_model,
+        run_evaluate,
+        run_export,
+        run_finetune,
+        run_pretrain,
+        with_training_data,
+    )
 
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
@@ -86,10 +94,12 @@ def run_demo(out: Path, cfg: DemoConfig) -> dict[str, object]:
                   save_every=25)
     # The pre-trained model is what run_pretrain returns: on a rerun it is the finished one it loads (pre-training
     # trains `model` in place only when it runs), so a run stopped between the stages fine-tunes the right model.
+    meta = with_training_data(meta, data_record("pretrain", train, "fundus"), data_record("pretrain", train, "oct"))
     model = run_pretrain(model, meta, items_for(train, classes, "fundus"), items_for(train, classes, "oct"),
                          TrainConfig(epochs=cfg.pretrain_epochs, lr=2e-3, **common), ck / "pretrain", cache)  # type: ignore[arg-type]
     lap("pretrain")
-    model, meta = run_finetune(model, meta, items_for(train, classes, "fundus"), items_for(val, classes, "fundus"),
+    model, meta = run_finetune(model, with_training_data(meta, data_record("finetune", train, "fundus")),
+                               items_for(train, classes, "fundus"), items_for(val, classes, "fundus"),
                                TrainConfig(epochs=cfg.finetune_epochs, lr=2e-3, **common), ck / "finetune", cache,  # type: ignore[arg-type]
                                seen_before=earlier_images(ck / "pretrain"))
     lap("finetune")
@@ -100,9 +110,7 @@ def run_demo(out: Path, cfg: DemoConfig) -> dict[str, object]:
 
     bundle = out / "bundle"
     if not (bundle / "manifest.json").is_file():
-        run_export(ck / "finetune", bundle, intended_use=IntendedUse(
-            "demonstration", trained_on=f"{cfg.n_train} synthetic fundus photographs and {cfg.n_oct} synthetic OCT "
-            "B-scans drawn by uopsl's generator (uopsl demo)"))
+        run_export(ck / "finetune", bundle, use_status="demonstration")
     lap("export")
     calib_paths = [s.path for s in train.samples if s.modality == "fundus"]
     cset = build_calibration_set(calib_paths, meta.preprocess, max_images=cfg.calib_images, seed=cfg.seed,

@@ -23,11 +23,12 @@ import torch
 from uopsl.runtime.bundle import ClassSpec
 from uopsl.runtime.errors import ConfigError
 from uopsl.runtime.fsio import write_json
-from uopsl.runtime.intended_use import IntendedUse
+from uopsl.runtime.intended_use import MAX_TRAINED_ON_CHARS, IntendedUse, check_choice
 from uopsl.runtime.preprocess import PreprocessConfig, preprocess_file
 from uopsl.train import bank as banks
 from uopsl.train import descriptions
 from uopsl.train.text import DEFAULT_MODEL as DEFAULT_TEXT_MODEL
+from uopsl.train.datasets.core import DatasetSource
 from uopsl.runtime.errors import CheckpointError
 from uopsl.train.checkpoint import (
     CHECKPOINT_DIGEST_NOTE,
@@ -54,6 +55,50 @@ from uopsl.train.stages import effective_finetune_config, finetune, pretrain
 from uopsl.train.torchdata import ImageDataset, ImageModality, Item, pixels_version
 
 log = logging.getLogger(__name__)
+
+
+def data_record(stage: str, src: DatasetSource, modality: str | None = None) -> dict[str, Any]:
+    """What ``stage`` trained on, for :attr:`CheckpointMeta.training_data`: the source's name, reader,
+    counts of ``modality``'s images (all when None) and patients, fingerprint, and whether it is the
+    synthetic generator's."""
+    samples = [s for s in src.samples if modality is None or s.modality == modality]
+    return {"stage": stage, "source": src.name, "reader": str(src.options.get("reader", "")),
+            "modality": modality or "any", "n_images": len(samples),
+            "n_patients": len({s.patient for s in samples if s.patient is not None}),
+            "fingerprint": src.fingerprint, "synthetic": src.options.get("reader") == "synthetic"}
+
+
+def with_training_data(meta: CheckpointMeta, *records: dict[str, Any]) -> CheckpointMeta:
+    """``meta`` with ``records`` (:func:`data_record`) after the ones of earlier stages."""
+    return replace(meta, training_data=meta.training_data + tuple(records))
+
+
+def describe_training_data(meta: CheckpointMeta) -> str:
+    """One line for a bundle's ``trained_on``: what each stage saw ("" when the checkpoint does not say)."""
+    parts = []
+    for r in meta.training_data:
+        what = {"fundus": "fundus photographs", "oct": "OCT B-scans"}.get(str(r.get("modality")), "images")
+        source = str(r.get("source", "?"))
+        if r.get("synthetic") and not source.startswith("synthetic"):
+            source = f"synthetic, {source}"
+        parts.append(f"{r.get('stage', '?')}: {r.get('n_images', '?')} {what} ({source})")
+    # A bundle keeps a short line (every report page shows it); the checkpoint keeps every record.
+    line = "; ".join(parts)
+    while len(line) > MAX_TRAINED_ON_CHARS and len(parts) > 1:
+        parts.pop()
+        line = "; ".join(parts) + f"; and {len(meta.training_data) - len(parts)} more stages (see the checkpoint)"
+    return line[:MAX_TRAINED_ON_CHARS]
+
+
+#: Stages that learn what the classes look like (QAT only distils the model into INT8, on any photographs).
+_LABEL_STAGES = ("pretrain", "finetune")
+
+
+def synthetic_only(meta: CheckpointMeta) -> bool:
+    """Whether every stage that taught the model its classes trained on synthetic photographs only (False when
+    none is recorded: an older checkpoint says nothing either way)."""
+    taught = [r for r in meta.training_data if r.get("stage") in _LABEL_STAGES]
+    return bool(taught) and all(r.get("synthetic") is True for r in taught)
 
 
 def new_model(classes: Sequence[str], *, variant: str = "uopsl", backbone: str = "efficientnet_lite0",
@@ -640,15 +685,33 @@ def trained_prototypes_kept(bank: banks.ClassBank, model: UopslModel, meta: Chec
     return text, phrases
 
 
+def resolve_use(meta: CheckpointMeta, status: str | None = None, statement: str = "",
+                trained_on: str = "") -> IntendedUse:
+    """The intended use a bundle of ``meta``'s model states (see :mod:`uopsl.runtime.intended_use`).
+
+    ``status`` None: ``demonstration`` for a model that only ever trained on synthetic photographs,
+    else ``research`` (nobody has validated it clinically yet). ``trained_on`` "": what the
+    checkpoint records of its training data. ``clinical`` is refused for a synthetic-only model.
+    """
+    if status is None and statement:
+        raise ConfigError("a use statement needs the intended use it describes (--intended-use)")
+    synthetic = synthetic_only(meta)
+    if status == "clinical" and synthetic:
+        raise ConfigError("this model only ever trained on synthetic photographs "
+                          f"({describe_training_data(meta)}); it cannot be stated for clinical use. "
+                          "Train on real photographs, or export it as research or demonstration")
+    chosen = status or ("demonstration" if synthetic else "research")
+    return check_choice(chosen, statement, trained_on or describe_training_data(meta))
+
+
 def run_export(ckpt: Path, out: Path, classes_file: str | Path | None = None, opset: int = 17,
-               force: bool = False, text_model: str | None = None,
-               intended_use: IntendedUse | None = None) -> Path:
+               force: bool = False, text_model: str | None = None, use_status: str | None = None,
+               use_statement: str = "", trained_on: str = "") -> Path:
     """Fold the checkpoint into ONNX and write a verified deployment bundle.
 
     ``classes_file``: a new class bank, encoded by the checkpoint's own sentence encoder
     (:func:`text_model_of`; ``text_model`` names it for a checkpoint that does not).
-    ``intended_use``: what the model may be used for (None: research use only, the
-    honest default for a model nobody has validated clinically yet).
+    ``use_status``, ``use_statement``, ``trained_on``: the bundle's intended use (:func:`resolve_use`).
     """
     import tempfile
 
@@ -661,6 +724,7 @@ def run_export(ckpt: Path, out: Path, classes_file: str | Path | None = None, op
 
     check_replaceable(out, keep=[ckpt] + ([classes_file] if classes_file is not None else []))
     model, meta = load_model(ckpt)
+    use = resolve_use(meta, use_status, use_statement, trained_on)
     if not meta.thresholds:
         log.warning("%s stores no operating thresholds (not fine-tuned with validation data?); "
                     "exporting with 0.5 for every class", ckpt)
@@ -690,7 +754,7 @@ def run_export(ckpt: Path, out: Path, classes_file: str | Path | None = None, op
                             **({TEACHER_DIGEST_NOTE: meta.train_config[TEACHER_DIGEST_KEY]}
                                if meta.train_config.get(TEACHER_DIGEST_KEY) else {}),
                             "train_config": meta.train_config},
-                     overwrite=force, intended_use=intended_use or IntendedUse("research"))
+                     overwrite=force, intended_use=use)
     write_json(out.parent / f"{out.name}.export.json", {"checkpoint": str(ckpt), "opset": opset, "op_count": report.op_count,
                                                        "ops": report.ops, "classes_file": str(classes_file) if classes_file else None})
     return out

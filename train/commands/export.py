@@ -18,32 +18,35 @@ import click
               help="Also write a Triton Inference Server model repository here (FP32 only: after quantize, "
                    "build-engine and validate, `uopsl triton BUNDLE --out DIR` serves those files too).")
 @click.option("--force", is_flag=True, help="Replace an existing bundle folder.")
-@click.option("--intended-use", type=click.Choice(["research", "clinical", "demonstration"]), default="research",
-              show_default=True,
-              help="What the model may be used for; every report and run shows it. 'clinical' states that you "
+@click.option("--intended-use", type=click.Choice(["research", "clinical", "demonstration"]), default=None,
+              help="What the model may be used for; every report and run shows it (default: demonstration for a "
+                   "model trained on synthetic photographs only, else research). 'clinical' states that you "
                    "validated it for the use --use-statement describes (the toolkit records, it does not check).")
 @click.option("--use-statement", default="",
               help="Your statement of the intended use: population, cameras, the validation and where its evidence "
                    "is (required with --intended-use clinical; shown on every report page).")
 @click.option("--trained-on", default="",
-              help="What the model was trained on, in a few words (shown next to the intended use).")
+              help="What the model was trained on, in a few words (default: what the checkpoint records of each "
+                   "training stage's data).")
 @click.option("--text-model", default=None,
               help="With --classes: the sentence encoder that made CHECKPOINT, for a checkpoint that does not "
                    "record it (checked).")
 def command(checkpoint: Path, out: Path, classes_file: Path | None, opset: int, triton: Path | None, force: bool,
-            intended_use: str, use_statement: str, trained_on: str, text_model: str | None) -> None:
+            intended_use: str | None, use_statement: str, trained_on: str, text_model: str | None) -> None:
     """Export CHECKPOINT to a bundle (model.onnx, class_bank.npy, manifest.json with checksums)."""
     from uopsl.runtime.bundle import verify_or_raise
     from uopsl.runtime.intended_use import check_choice
     from uopsl.train.workflow import run_export
 
-    use = check_choice(intended_use, use_statement, trained_on)  # a missing statement stops here, not after export
+    if intended_use is not None:
+        check_choice(intended_use, use_statement, trained_on)  # a missing statement stops here, before any loading
 
     if triton is not None:  # refuse an unusable repository path before exporting, not after
         from uopsl.export.triton import check_repository_target
 
         check_repository_target(triton, force)
-    bundle = run_export(checkpoint, out, classes_file, opset, force, text_model=text_model, intended_use=use)
+    bundle = run_export(checkpoint, out, classes_file, opset, force, text_model=text_model, use_status=intended_use,
+                        use_statement=use_statement, trained_on=trained_on)
     m = verify_or_raise(bundle)
     click.echo(f"bundle {bundle}: {len(m.classes)} classes, {len(m.files)} files verified")
     if triton is not None:

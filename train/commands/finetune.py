@@ -53,8 +53,8 @@ def command(data_spec: str, val_spec: str | None, out: Path, from_ckpt: Path | N
     from uopsl.train.loops import TrainConfig, pick_device
     from uopsl.train.stages import effective_finetune_config
     from uopsl.train.text import DEFAULT_MODEL as DEFAULT_TEXT_MODEL
-    from uopsl.train.workflow import (earlier_images, finished_run, from_checkpoint, new_model, run_finetune,
-                                      run_identity)
+    from uopsl.train.workflow import (data_record, earlier_images, finished_run, from_checkpoint, new_model,
+                                      run_finetune, run_identity, with_training_data)
 
     src = load_source(data_spec)
     fundus = [i for i, smp in enumerate(src.samples) if smp.modality == "fundus"]
@@ -85,6 +85,7 @@ def command(data_spec: str, val_spec: str | None, out: Path, from_ckpt: Path | N
         model, meta = new_model(names, variant=variant or "uopsl", backbone=backbone, init=init, size=size,
                                 text_model=text_model or DEFAULT_TEXT_MODEL, classes_file=classes_file,
                                 data_fingerprint=src.fingerprint, seed=seed)
+    meta = with_training_data(meta, data_record("finetune", src, "fundus"))
     train_items, val_items = items_for(src, names, "fundus"), items_for(val, names, "fundus")
     # Before anything is written: a folder holding another run's finished model is refused, not overwritten.
     want = run_identity("finetune", effective_finetune_config(cfg, model), model, train_items, val_items)

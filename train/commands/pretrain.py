@@ -36,7 +36,14 @@ def command(fundus_spec: str, oct_spec: str | None, out: Path, classes: str | No
             **train: object) -> None:
     """Pre-train encoders, prototypes and the predilection-sites matrix on unpaired pools."""
     from uopsl.train.loops import TrainConfig, pick_device
-    from uopsl.train.workflow import finished_run, new_model, run_identity, run_pretrain
+    from uopsl.train.workflow import (
+        data_record,
+        finished_run,
+        new_model,
+        run_identity,
+        run_pretrain,
+        with_training_data,
+    )
 
     if variant == "uopsl" and not oct_spec:  # before loading data and weights
         raise ConfigError("--variant uopsl learns the predilection sites from OCT: pass --oct KIND:PATH (e.g. the same "
@@ -50,6 +57,8 @@ def command(fundus_spec: str, oct_spec: str | None, out: Path, classes: str | No
     model, meta = new_model(names, variant=variant, backbone=backbone, init=init, dim=dim, sites=sites, head=head,
                             size=size, text_model=text_model, classes_file=classes_file,
                             data_fingerprint=fsrc.fingerprint, seed=cfg.seed)
+    meta = with_training_data(meta, data_record("pretrain", fsrc, "fundus"),
+                              *([data_record("pretrain", osrc, "oct")] if osrc else []))
     fundus_items = items_for(fsrc, names, "fundus")
     oct_items = items_for(osrc, names, "oct") if osrc else None
     # Before anything is written: a folder holding another run's finished model is refused, not overwritten.

@@ -44,7 +44,7 @@ def command(checkpoint: Path, data_spec: str, out: Path, images: int | None, epo
     from uopsl.train.checkpoint import TEACHER_DIGEST_KEY, checkpoint_digest, load_model
     from uopsl.train.qat import QatConfig, qat_finetune
     from uopsl.train.torchdata import ImageDataset
-    from uopsl.train.workflow import earlier_images, record_images_seen
+    from uopsl.train.workflow import data_record, earlier_images, record_images_seen, with_training_data
 
     cfg = QatConfig(epochs=epochs, batch_size=batch_size, lr=lr, bias_lr=bias_lr, calib_images=calib_images, seed=seed,
                     augment=augment, device=device, save_every=save_every)
@@ -55,6 +55,7 @@ def command(checkpoint: Path, data_spec: str, out: Path, images: int | None, epo
     items = items_for(src, meta.model.classes, "fundus")
     if images is not None:
         items = items[:images]
+    meta = with_training_data(meta, {**data_record("qat", src, "fundus"), "n_images": len(items)})
     ds = ImageDataset(items, meta.preprocess, cache_dir or out / "cache", augment=augment)
     _, result = qat_finetune(model, meta, ds, cfg, out)
     # What made the original, and the (unlabelled) photographs the distillation saw.
