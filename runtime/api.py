@@ -20,7 +20,7 @@ import contextlib
 import logging
 import numbers
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -31,6 +31,7 @@ from uopsl.runtime.backends.base import Backend, check_gpu_index
 from uopsl.runtime.bundle import Manifest, read_manifest, verify_or_raise
 from uopsl.runtime.errors import ConfigError
 from uopsl.runtime.intended_use import IntendedUse
+from uopsl.runtime.signing import SignatureCheck, load_trusted_keys, require_signature, trusted_keys_from_env
 from uopsl.runtime import progress as progress_bars
 from uopsl.runtime.overlay import OVERLAY_DIR, THUMB_DIR, write_overlay, write_thumbnail
 from uopsl.runtime.pipeline import (
@@ -131,6 +132,11 @@ class Screener:
     checksums before loading (a few hundred ms for a typical bundle).
     max_inference_failures: see below. device: the GPU index (as ``nvidia-smi`` numbers
     them) for TensorRT and ONNX Runtime CUDA/TensorRT; engines are checked against that GPU.
+    trusted_keys: PEM public-key files of the makers this device trusts (None: those
+    ``UOPSL_TRUSTED_KEYS`` lists); with any, the bundle must carry a valid signature by one
+    of them covering it as it is (:mod:`uopsl.runtime.signing`), or construction raises
+    :class:`~uopsl.runtime.errors.BundleError`. allow_device_engines: also take TensorRT
+    engines added after signing whose header names a signed ONNX file (weaker; see there).
 
     Errors (all :class:`~uopsl.runtime.errors.UopslError`, each message says
     what to do):
@@ -179,13 +185,25 @@ class Screener:
         max_inference_failures: int = 3,
         device: int = 0,
         csv_style: str = "comma",
+        trusted_keys: Sequence[str | os.PathLike[str]] | None = None,
+        allow_device_engines: bool = False,
     ) -> None:
         if csv_style not in CSV_STYLES:
             raise ConfigError(f"csv_style must be one of {', '.join(CSV_STYLES)}, got {csv_style!r}")
         self.csv_style = csv_style
         self.device = check_gpu_index(device)
         self.bundle = Path(bundle)
+        # A device that trusts its maker's keys screens only with bundles that maker signed (runtime/signing.py).
+        keys = tuple(trusted_keys_from_env() if trusted_keys is None else trusted_keys)
+        if keys and not verify:
+            raise ConfigError("a trusted key needs the bundle's checksums checked: drop verify=False (--no-verify)")
         self.manifest: Manifest = verify_or_raise(self.bundle) if verify else read_manifest(self.bundle)
+        #: what the bundle's signature check found (None: no trusted key configured, nothing checked)
+        self.signature: SignatureCheck | None = (
+            require_signature(self.bundle, load_trusted_keys(keys), allow_device_engines=allow_device_engines)
+            if keys else None)
+        if self.signature is not None:
+            log.info("%s: %s", self.bundle, self.signature.describe())
         self.verified = verify  # the report says when the checksums were not checked
         caution = self.manifest.intended_use.warning()
         if caution:  # every report says it too; a caller of the API may show no report

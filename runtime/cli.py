@@ -33,6 +33,21 @@ PRECISION_CHOICES = ["auto", "fp32", "fp16", "int8"]
 _bundle_arg = click.argument("bundle", type=click.Path(path_type=Path))
 
 
+def _trust_options(f: Any) -> Any:
+    f = click.option("--trust-device-engines", is_flag=True,
+                     help="With a trusted key: also take TensorRT engines built here after the bundle was signed "
+                          "(their header must name a signed ONNX file; weaker, see docs/deployment.md).")(f)
+    return click.option("--trusted-key", "trusted_keys", multiple=True,
+                        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                        help="PEM public key of a bundle maker this device trusts (repeatable; default: the files "
+                             "UOPSL_TRUSTED_KEYS lists). With one, only bundles it signed are screened.")(f)
+
+
+def _keys(trusted_keys: Sequence[Path]) -> Sequence[Path] | None:
+    """The command line's keys, or None to let the Screener read UOPSL_TRUSTED_KEYS."""
+    return tuple(trusted_keys) or None
+
+
 def _backend_options(f: Any) -> Any:
     f = click.option("--threads", type=click.IntRange(min=1), default=None,
                      help="Inference threads (default: the backend's own, all cores).")(f)
@@ -132,9 +147,10 @@ _csv_option = click.option(
 @click.option("--progress/--no-progress", default=None, help="Progress bar on stderr (default: when it is a terminal).")
 @click.option("--no-verify", is_flag=True, help="Skip the bundle checksum verification.")
 @_csv_option
+@_trust_options
 def run_cmd(bundle: Path, inputs: Sequence[Path], out: Path, backend: str, precision: str, threads: int | None,
             batch: int, workers: int | None, overlays: bool, report: bool, progress: bool | None,
-            no_verify: bool, csv_style: str) -> int:
+            no_verify: bool, csv_style: str, trusted_keys: Sequence[Path], trust_device_engines: bool) -> int:
     """Screen INPUTS (files, folders searched recursively, or .txt list files) into --out.
 
     Rerunning with the same --out skips the images already screened.
@@ -145,7 +161,8 @@ def run_cmd(bundle: Path, inputs: Sequence[Path], out: Path, backend: str, preci
     show = progress_bars.terminal_wants_bars() if progress is None else progress
     failed, note = _failures()
     s = Screener(bundle, backend, precision=precision, threads=threads, batch_size=batch, workers=workers,
-                 verify=not no_verify, csv_style=csv_style)
+                 verify=not no_verify, csv_style=csv_style, trusted_keys=_keys(trusted_keys),
+                 allow_device_engines=trust_device_engines)
     s.check_output(out, list(inputs))  # before the model loads: a wrong --out fails in a second
     with s:
         summary = s.screen_to(out, list(inputs), overlays=overlays, report=report, progress=show, on_result=note)
@@ -167,9 +184,10 @@ def run_cmd(bundle: Path, inputs: Sequence[Path], out: Path, backend: str, preci
 @click.option("--max-images", type=click.IntRange(min=1), default=None, help="Stop after screening this many new photographs (ones screened before into --out do not count).")
 @click.option("--timeout", "timeout_s", type=click.FloatRange(min=0), default=None, help="Stop after this many seconds.")
 @_csv_option
+@_trust_options
 def watch_cmd(bundle: Path, folder: Path, out: Path, backend: str, precision: str, threads: int | None,
               overlays: bool, settle_ms: int, poll_s: float, max_images: int | None, timeout_s: float | None,
-              csv_style: str) -> int:
+              csv_style: str, trusted_keys: Sequence[Path], trust_device_engines: bool) -> int:
     """Screen photographs as they appear in FOLDER (until Ctrl-C, --max-images or --timeout)."""
     from uopsl.runtime.api import Screener
     from uopsl.runtime.watch import WatchConfig, watch_folder
@@ -186,7 +204,8 @@ def watch_cmd(bundle: Path, folder: Path, out: Path, backend: str, precision: st
                                                    if r.reasons else ""), err=True)
         note(r)
 
-    s = Screener(bundle, backend, precision=precision, threads=threads, batch_size=1, csv_style=csv_style)
+    s = Screener(bundle, backend, precision=precision, threads=threads, batch_size=1, csv_style=csv_style,
+                 trusted_keys=_keys(trusted_keys), allow_device_engines=trust_device_engines)
     s.check_output(out, [folder])  # before the model loads
     with s:
         summary = watch_folder(s, folder, out, cfg, overlays=overlays, on_result=show)
@@ -257,6 +276,9 @@ def info_cmd(bundle: Path, as_json: bool) -> int:
     click.echo(f"model      {m.model_name} ({m.backbone or 'backbone not recorded'}), head {m.head}, "
                f"toolkit {m.toolkit_version}, format {m.format_version}")
     click.echo(f"use        {m.intended_use.describe()}")
+    from uopsl.runtime.signing import check_signature, load_trusted_keys, trusted_keys_from_env
+
+    click.echo(f"signature  {check_signature(bundle, load_trusted_keys(trusted_keys_from_env())).describe()}")
     click.echo(f"input      {p.size}x{p.size} uint8 RGB, clahe={p.clahe}, site maps {m.site_map_size[0]}x{m.site_map_size[1]}")
     if not p.fast_decode:
         click.echo("decode     JPEGs at full size (fast_decode off)")
@@ -369,11 +391,14 @@ def _parity_records(entry: Any, manifest: Any = None, checksum_fails: bool = Fal
 
 @cli.command("verify")
 @_bundle_arg
-def verify_cmd(bundle: Path) -> int:
+@_trust_options
+def verify_cmd(bundle: Path, trusted_keys: Sequence[Path], trust_device_engines: bool) -> int:
     """Check the manifest (its fields and its own checksum) and every bundle file against its size and sha256
-    (exit 2 naming a bad file); prints the bundle fingerprint to compare with the one its maker sent."""
+    (exit 2 naming a bad file); prints the bundle fingerprint to compare with the one its maker sent. With a
+    trusted key (--trusted-key, UOPSL_TRUSTED_KEYS), the bundle's signature must be valid and cover it."""
     from uopsl.runtime.bundle import read_manifest, verify
     from uopsl.runtime.errors import BundleError
+    from uopsl.runtime.signing import check_signature, load_trusted_keys, trusted_keys_from_env
 
     m = read_manifest(bundle)
     checks = verify(bundle, m)
@@ -387,7 +412,12 @@ def verify_cmd(bundle: Path) -> int:
             + ". Copy the bundle again from its source"
         )
     click.echo(f"all {len(checks)} files verified", err=True)
-    # Keyless checksums prove integrity, not origin: compare this with the value the bundle's maker sent.
+    keys = load_trusted_keys(tuple(trusted_keys) or trusted_keys_from_env())
+    sig = check_signature(bundle, keys, allow_device_engines=trust_device_engines)
+    click.echo(f"signature: {sig.describe()}", err=True)
+    if keys and not sig.trusted:
+        raise BundleError(f"bundle {bundle} is not trusted here: {sig.describe()}")
+    # Without a trusted key, checksums prove integrity, not origin: compare this with the value its maker sent.
     click.echo(f"bundle fingerprint (manifest content sha256): {m.content_sha256}", err=True)
     return 0
 

@@ -27,6 +27,7 @@ _HINTS: dict[str, str] = {
     "safetensors": "pip install 'uopsl[train]'",
     "sentence_transformers": "pip install 'uopsl[train]'",
     "tqdm": "pip install tqdm",
+    "cryptography": "pip install 'uopsl[sign]'",
 }
 
 

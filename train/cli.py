@@ -20,6 +20,8 @@ _COMMANDS = {
     "explain": "uopsl.train.commands.explain:command",
     "export": "uopsl.train.commands.export:command",
     "intended-use": "uopsl.train.commands.intended_use:command",
+    "keygen": "uopsl.train.commands.sign:keygen_command",
+    "sign": "uopsl.train.commands.sign:sign_command",
     "triton": "uopsl.train.commands.triton:command",
     "calibrate": "uopsl.train.commands.calibrate:command",
     "quantize": "uopsl.train.commands.quantize:command",

@@ -1,0 +1,51 @@
+"""``uopsl keygen`` and ``uopsl sign``: sign finished bundles so devices that trust the key take only those."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import click
+
+from uopsl.runtime.errors import ConfigError
+
+
+def _password(env: str | None) -> bytes | None:
+    """The password held by environment variable ``env`` (None: no password); never from the command line,
+    where it would stay in the shell's history and the process list."""
+    if env is None:
+        return None
+    value = os.environ.get(env)
+    if not value:
+        raise ConfigError(f"--password-env {env}: that environment variable is not set or empty")
+    return value.encode("utf-8")
+
+
+@click.command("keygen")
+@click.option("--out", type=click.Path(path_type=Path, file_okay=False), required=True,
+              help="Folder for NAME.key (private: keep it off devices) and NAME.pub (give it to devices).")
+@click.option("--name", default="uopsl-signing", show_default=True, help="File name stem of the two keys.")
+@click.option("--password-env", default=None, metavar="VAR",
+              help="Encrypt the private key with the password in environment variable VAR.")
+def keygen_command(out: Path, name: str, password_env: str | None) -> None:
+    """Make an Ed25519 key pair for signing bundles (never overwrites a key)."""
+    from uopsl.runtime.signing import generate_keypair
+
+    private, public, kid = generate_keypair(out, name, _password(password_env))
+    click.echo(f"key {kid}: private {private} (owner-only; keep it off devices), public {public} "
+               "(devices: --trusted-key or UOPSL_TRUSTED_KEYS)")
+
+
+@click.command("sign")
+@click.argument("bundle", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.option("--key", "key_path", type=click.Path(path_type=Path, exists=True, dir_okay=False), required=True,
+              help="The PEM Ed25519 private key (`uopsl keygen`).")
+@click.option("--password-env", default=None, metavar="VAR",
+              help="The private key's password is in environment variable VAR.")
+def sign_command(bundle: Path, key_path: Path, password_env: str | None) -> None:
+    """Sign BUNDLE (verified first) as it is now: run it last, after quantize, validate, intended-use and any
+    engine you ship; anything added later (other than parity records) voids the signature on devices."""
+    from uopsl.runtime.signing import SIGNATURE_FILE, sign_bundle
+
+    kid = sign_bundle(bundle, key_path, _password(password_env))
+    click.echo(f"{bundle / SIGNATURE_FILE}: signed with key {kid}")
