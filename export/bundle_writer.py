@@ -44,7 +44,7 @@ from uopsl.runtime.bundle import (
 )
 from uopsl.runtime.errors import BundleError
 from uopsl.runtime.fsio import FolderLock, new_dir_mode, set_mode
-from uopsl.runtime.intended_use import IntendedUse
+from uopsl.runtime.intended_use import SYNTHETIC_CLINICAL, TRAINING_DATA_NOTE, IntendedUse, synthetic_only
 from uopsl.runtime.preprocess import PreprocessConfig
 
 log = logging.getLogger(__name__)
@@ -166,6 +166,7 @@ def write_bundle(
             intended_use=intended_use or IntendedUse(),
         )
         write_manifest(tmp, manifest)
+        manifest = read_manifest(tmp)  # as written (its content hash, the format version to_dict chose)
         # mkdtemp made the folder owner-only (0700): give it the mode mkdir would, once it is filled (a fresh
         # bundle, not the replaced one's mode), so the account that screens can read a copied bundle.
         set_mode(tmp, new_dir_mode())
@@ -238,6 +239,9 @@ def set_intended_use(bundle: str | os.PathLike[str], use: IntendedUse) -> Manife
     with manifest_update(root):
         check_manifest_checksum(root)
         manifest = verify_or_raise(root)
+        records = manifest.notes.get(TRAINING_DATA_NOTE)
+        if use.for_patients and isinstance(records, list) and synthetic_only(r for r in records if isinstance(r, dict)):
+            raise BundleError(SYNTHETIC_CLINICAL.format(manifest.intended_use.trained_on or "see the manifest's notes"))
         if manifest.intended_use == use:
             log.info("%s already states this intended use; the manifest is left as it was", root / "manifest.json")
             return manifest

@@ -456,6 +456,9 @@ def _common_parameters(manifest: Manifest, entry: FileEntry) -> dict[str, str]:
         "uopsl_source_file": entry.path,
         "uopsl_source_sha256": entry.sha256,
         "uopsl_toolkit_version": manifest.toolkit_version,
+        # What the model may be used for: a client must show the caution with results unless it is clinical.
+        "uopsl_intended_use": json.dumps({**manifest.intended_use.to_dict(),
+                                          "warning": manifest.intended_use.warning()}, sort_keys=True),
         "uopsl_manifest": MANIFEST_COPY,
     }
 

@@ -548,6 +548,8 @@ class Manifest:
         if (len(self.output_names) != 3 or not all(isinstance(v, str) and v for v in self.output_names)
                 or len(set(self.output_names)) != 3):
             return f"output_names must be three different names (probs, logits, site maps), got {self.output_names!r}"
+        if not isinstance(self.intended_use, IntendedUse):
+            return f"intended_use must be an IntendedUse, got {type(self.intended_use).__name__}"
         paths = [f.path for f in self.files]
         if len(set(paths)) != len(paths):
             return f"a file is listed twice: {sorted(p for p in set(paths) if paths.count(p) > 1)}"

@@ -21,8 +21,10 @@ and are shown with a notice that asks whether the model was validated.
 
 from __future__ import annotations
 
+import unicodedata
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from uopsl.runtime.errors import BundleError
 
@@ -57,12 +59,16 @@ _SHORT = {
 
 
 def _clean_text(value: object, what: str, limit: int) -> str:
-    """``value`` as one line of text (whitespace runs folded), or BundleError saying what is wrong."""
+    """``value`` as one line of text (whitespace runs folded), or BundleError saying what is wrong.
+
+    Control and format characters (C0/C1 controls, bidirectional overrides, zero-width
+    characters) are refused: they could make a terminal or a page show other text than is stored.
+    """
     if not isinstance(value, str):
         raise BundleError(f"intended_use.{what} must be text, got {type(value).__name__}")
-    if any(ord(ch) < 32 and ch not in "\t\n\r" or ord(ch) == 127 for ch in value):
-        raise BundleError(f"intended_use.{what} holds control characters; write plain text")
     text = " ".join(value.split())
+    if any(unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp") for ch in text):
+        raise BundleError(f"intended_use.{what} holds control or formatting characters; write plain text")
     if len(text) > limit:
         raise BundleError(f"intended_use.{what} is {len(text)} characters long; at most {limit} are kept on "
                           "every report page: shorten it and refer to the full document")
@@ -135,6 +141,28 @@ class IntendedUse:
         if status == "unstated":  # never written: a manifest without a statement leaves the field out
             raise BundleError("intended_use.status 'unstated' is not written; leave the field out instead")
         return cls(status=status, statement=d.get("statement", ""), trained_on=d.get("trained_on", ""))  # type: ignore[arg-type]
+
+
+#: Training stages that teach a model its classes (QAT only distils a model into INT8, on any photographs).
+LABEL_STAGES = ("pretrain", "finetune")
+
+
+def synthetic_only(records: Iterable[Mapping[str, Any]]) -> bool:
+    """Whether the training-data ``records`` (``uopsl.train.workflow.data_record``) say every fundus photograph
+    that taught the model its classes was synthetic. False when none is recorded: nothing is known.
+
+    Fundus only: the model screens fundus photographs, and OCT pools (real or not) teach it where lesions
+    sit, not what a real photograph looks like.
+    """
+    taught = [r for r in records if r.get("stage") in LABEL_STAGES and r.get("modality") == "fundus"]
+    return bool(taught) and all(r.get("synthetic") is True for r in taught)
+
+
+#: The manifest ``notes`` key under which ``uopsl export`` keeps the checkpoint's training-data records.
+TRAINING_DATA_NOTE = "training_data"
+
+SYNTHETIC_CLINICAL = ("this model only ever learned from synthetic fundus photographs ({}); it cannot be stated "
+                      "for clinical use. Train on real photographs, or state it as research or demonstration")
 
 
 def check_choice(status: str, statement: str = "", trained_on: str = "") -> IntendedUse:

@@ -719,6 +719,19 @@ def use_header(manifest: Manifest) -> str:
     return "" if use.for_patients else use.short()
 
 
+def use_header_html(manifest: Manifest) -> str:
+    """:func:`use_header` as the start of a page-header or footer line ("" if clinical)."""
+    short = use_header(manifest)
+    return f"<b class='use-short'>{esc(short)}</b> - " if short else ""
+
+
+def use_title(manifest: Manifest, title: str) -> str:
+    """A page title, led by the caution for a bundle not stated for patients (the browser tab and the name a
+    saved PDF gets then say it too)."""
+    short = use_header(manifest)
+    return f"{short} - {title}" if short else title
+
+
 def ident_html(manifest: Manifest, info: Mapping[str, Any], generated: str, rows: Sequence[Mapping[str, Any]],
                out: Path, extra: str = "") -> str:
     """The identity block (when, by what, which model and bundle, from where, to where) of a page."""
@@ -800,8 +813,7 @@ def report_parts(rows: Sequence[dict[str, Any]], out_dir: str | os.PathLike[str]
     what = f"{page.label} - " if page is not None else ""
     ident_line = (f"Retinal screening report - {what}{n} {images_word} - generated {generated} - model {model}, "
                   f"bundle {bundle_hash} - uopsl {__version__}")
-    use_short = use_header(manifest)
-    use_html = f"<b class='use-short'>{esc(use_short)}</b> - " if use_short else ""
+    use_html = use_header_html(manifest)
     dups = find_duplicates(ordered)
     # Rows of another model: compare the decision-relevant hash (a re-validated bundle has a new
     # manifest hash but the same model); rows without one are not judged.
@@ -816,7 +828,7 @@ def report_parts(rows: Sequence[dict[str, Any]], out_dir: str | os.PathLike[str]
                + "</p>")
 
     yield from [
-        head_html(f"Screening report - {what}{n} {images_word} - {generated}"),
+        head_html(use_title(manifest, f"Screening report - {what}{n} {images_word} - {generated}")),
         "<h1>Retinal screening report" + (f" &middot; {esc(page.label)}" if page is not None else "") + "</h1>",
         use_notice_html(manifest),
         nav,

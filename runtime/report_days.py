@@ -54,7 +54,9 @@ from uopsl.runtime.report import (
     row_ident,
     summary_html,
     urgency_key,
+    use_header_html,
     use_notice_html,
+    use_title,
     verdict_counts,
     write_report,
 )
@@ -298,8 +300,12 @@ def _index_parts(rows: Sequence[Mapping[str, Any]], pages: Sequence[DayPage], du
         days.setdefault(p.day, []).append(p)
     page_of = {i: p for p in pages for i in p.rows}
     n_days = sum(1 for d in days if d is not None)
+    title = f"Screening report - {n} images on {n_days} day{'s' if n_days != 1 else ''} - {generated}"
+    # Repeated at the top and bottom of every printed sheet of the index's tables, as on the day pages.
+    sheet_line = use_header_html(manifest) + esc(f"Retinal screening report (index) - {n} images - generated "
+                                                 f"{generated} - uopsl {__version__}")
     parts = [
-        head_html(f"Screening report - {n} images on {n_days} day{'s' if n_days != 1 else ''} - {generated}"),
+        head_html(use_title(manifest, title)),
         "<h1>Retinal screening report</h1>",
         use_notice_html(manifest),
         ident_html(manifest, info, generated, rows, out),
@@ -323,9 +329,12 @@ def _index_parts(rows: Sequence[Mapping[str, Any]], pages: Sequence[DayPage], du
         parts.append(f"<div class='warn' id='other-bundle'><b>{len(other)} photograph(s) were screened with "
                      "another model bundle</b> than the one described here: their scores and thresholds differ. "
                      "Their rows say so on their day's page; screen them again into a new folder.</div>")
-    parts.append("<table class='days'><thead><tr><th>Screening day</th><th>Photographs</th><th>Refer</th>"
+    parts.append("<table class='days'><thead>"
+                 f"<tr class='pagehead'><th colspan='7'>{sheet_line}</th></tr>"
+                 "<tr><th>Screening day</th><th>Photographs</th><th>Refer</th>"
                  "<th>No referable finding</th><th>Ungradable</th><th>Unreadable or not screened</th>"
-                 "<th>Pages</th></tr></thead><tbody>")
+                 f"<th>Pages</th></tr></thead><tfoot class='pagefoot'><tr><td colspan='7'>{sheet_line}</td></tr>"
+                 "</tfoot><tbody>")
     for day in sorted(days, key=lambda d: (d is not None, d or date.min), reverse=True):  # newest first
         day_rows = [rows[i] for p in days[day] for i in p.rows]
         c = verdict_counts(day_rows)
@@ -345,8 +354,11 @@ def _index_parts(rows: Sequence[Mapping[str, Any]], pages: Sequence[DayPage], du
         shown = referred[:_MAX_REFERRALS]
         newest = f", the newest {len(shown)} listed" if len(shown) < len(referred) else ""
         parts.append(f"<h2>Referred photographs ({len(referred)}{newest})</h2>"
-                     "<table class='days referred'><thead><tr><th>Screened</th><th>Photograph</th><th>Folder</th>"
-                     "<th>Findings</th></tr></thead><tbody>")
+                     "<table class='days referred'><thead>"
+                     f"<tr class='pagehead'><th colspan='4'>{sheet_line}</th></tr>"
+                     "<tr><th>Screened</th><th>Photograph</th><th>Folder</th>"
+                     f"<th>Findings</th></tr></thead><tfoot class='pagefoot'><tr><td colspan='4'>{sheet_line}</td>"
+                     "</tr></tfoot><tbody>")
         for i in shown:
             r = rows[i]
             at = parse_time(r.get("screened_at"))

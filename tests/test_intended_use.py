@@ -53,8 +53,12 @@ def test_clinical_needs_a_statement_and_unknown_statuses_are_refused() -> None:
 def test_statements_are_one_line_of_plain_text_of_bounded_length() -> None:
     use = IntendedUse("research", "  Internal\n study   only. ", "TVHL\tfundus photographs")
     assert (use.statement, use.trained_on) == ("Internal study only.", "TVHL fundus photographs")
-    with pytest.raises(BundleError, match="control characters"):
-        IntendedUse("research", "bell \x07")
+    # Controls and formatting characters (a C1 CSI, a right-to-left override, a zero-width space) could make a
+    # terminal or a page show other text than is stored.
+    for bad in ("bell \x07", "csi \x9b2J", "right\u202eto left", "zero\u200bwidth"):
+        with pytest.raises(BundleError, match="control or formatting characters"):
+            IntendedUse("research", bad)
+    assert IntendedUse("research", "line\u2028separator").statement == "line separator"  # whitespace: folded
     with pytest.raises(BundleError, match="1001 characters long; at most 1000"):
         IntendedUse("research", "x" * 1001)
     with pytest.raises(BundleError, match="trained_on must be text"):
@@ -141,12 +145,19 @@ def test_intended_use_command_shows_and_restates_keeping_what_is_not_given(tiny_
     assert res.exit_code == 0 and "unstated. This bundle does not state" in res.output
     res = run(cli, ["intended-use", str(bundle), "research", "--trained-on", "TVHL photographs"])
     assert res.exit_code == 0, res.output
-    res = run(cli, ["intended-use", str(bundle), "clinical"])
+    res = run(cli, ["intended-use", str(bundle), "clinical", "--use-statement", "  "])
     assert isinstance(res.exception, BundleError) and "needs a statement" in str(res.exception)
+    res = run(cli, ["intended-use", str(bundle), "research", "--use-statement", "Internal pilot only; NOT validated"])
+    assert res.exit_code == 0, res.output
+    # A statement written for another use never becomes the clinical one.
+    res = run(cli, ["intended-use", str(bundle), "clinical"])
+    assert res.exit_code == 2 and "needs its own statement" in res.output
     res = run(cli, ["intended-use", str(bundle), "clinical", "--use-statement", STATEMENT])
     assert res.exit_code == 0, res.output
     use = read_manifest(bundle).intended_use
     assert (use.status, use.statement, use.trained_on) == ("clinical", STATEMENT, "TVHL photographs")
+    res = run(cli, ["intended-use", str(bundle), "research"])  # and the clinical claim does not linger
+    assert res.exit_code == 0 and read_manifest(bundle).intended_use.statement == ""
     res = run(cli, ["intended-use", str(bundle), "--trained-on", "x"])
     assert res.exit_code == 2 and "give the STATUS" in res.output
 
@@ -179,6 +190,7 @@ def test_reports_of_bundles_not_for_patients_open_with_a_banner_that_every_print
     assert use.short() in banner.group(2) and esc(use.warning()) in banner.group(2)
     assert "Trained on: 400 synthetic photographs." in banner.group(2)
     assert html.index("id='intended-use'") < html.index("<dl class='ident'>")  # before anything else
+    assert re.search(r"<title>(.*?)</title>", html).group(1).startswith(f"{use.short()} - Screening report")  # type: ignore[union-attr]
     head = re.search(r"<tr class='pagehead'><th colspan='6'>(.*?)</th>", html)
     foot = re.search(r"<tfoot><tr><td colspan='6'>(.*?)</td>", html)
     for line in (head, foot):
@@ -212,8 +224,24 @@ def test_the_day_split_index_page_carries_the_banner_too(tiny_bundle: Path, tmp_
     index = write_reports(rows, out, read_manifest(bundle), {}, max_rows=2)
     pages = [index, *sorted((out / "days").glob("*.html"))]
     assert len(pages) >= 3
+    short = IntendedUse("demonstration").short()
     for page in pages:
-        assert "<div class='use use-demonstration' id='intended-use'" in page.read_text(encoding="utf-8"), page
+        html = page.read_text(encoding="utf-8")
+        assert "<div class='use use-demonstration' id='intended-use'" in html, page
+        # Every printed sheet: each table's repeated header and footer lines open with the caution.
+        tables = re.findall(r"<table[^>]*class='(?:results|days[^']*)'>.*?</table>", html, re.S)
+        assert tables, page
+        for t in tables:
+            assert re.search(rf"<tr class='pagehead'><th colspan='\d'><b class='use-short'>{short}</b> - ", t), page
+            assert re.search(rf"<tfoot[^>]*><tr><td colspan='\d'><b class='use-short'>{short}</b> - ", t), page
+
+
+def test_a_manifest_with_a_wrong_kind_of_intended_use_is_refused_cleanly(tiny_bundle: Path, tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    bundle = _copy(tiny_bundle, tmp_path)
+    with pytest.raises(BundleError, match="intended_use must be an IntendedUse, got str"):
+        write_manifest(bundle, replace(read_manifest(bundle), intended_use="clinical"))  # type: ignore[arg-type]
 
 
 def test_screener_and_info_say_what_the_bundle_may_be_used_for(tiny_bundle: Path, tmp_path: Path,
@@ -257,5 +285,6 @@ def test_run_opens_its_summary_with_the_caution(tiny_bundle: Path, tmp_path: Pat
     assert err[-3] == f"{use.short()}: {use.warning()}" and err[-2].startswith("1 image: ")
     assert err[-1].startswith("results: ")
     _with_use(bundle, IntendedUse("clinical", STATEMENT))
-    main([*argv, "--out", str(tmp_path / "out2")])
-    assert use.short() not in capsys.readouterr().err
+    assert main([*argv, "--out", str(tmp_path / "out2")]) == 0
+    err = capsys.readouterr().err
+    assert use.short() not in err and "\n1 image: " in "\n" + err

@@ -17,7 +17,7 @@ from click.testing import CliRunner
 
 from tinybundle import tiny_bundle  # noqa: F401 - session fixture
 from uopsl.runtime import engine_header as eh
-from uopsl.runtime.bundle import MANIFEST, FileEntry, describe_file, read_manifest, verify_or_raise, write_manifest
+from uopsl.runtime.bundle import MANIFEST, describe_file, read_manifest, verify_or_raise, write_manifest
 from uopsl.runtime.errors import BundleError, ConfigError, MissingDependencyError
 from uopsl.runtime.signing import (
     SIGNATURE_FILE,

@@ -54,11 +54,30 @@ def test_a_synthetic_only_model_exports_as_a_demonstration_and_never_as_clinical
     assert use.trained_on.startswith("finetune: ") and "8 fundus photographs (synthetic[fundus][train])" in use.trained_on
     capsys.readouterr()
     assert export(tmp_path / "c", "--intended-use", "clinical", "--use-statement", "validated at X") == 2
-    assert "only ever trained on synthetic photographs" in capsys.readouterr().err
+    assert "only ever learned from synthetic fundus photographs" in capsys.readouterr().err
     assert not (tmp_path / "c").exists()
     assert export(tmp_path / "d", "--intended-use", "research", "--trained-on", "our own words") == 0
     use = read_manifest(tmp_path / "d").intended_use
     assert (use.status, use.trained_on) == ("research", "our own words")
+    # Restating it later cannot make it clinical either: the bundle keeps the records it was judged by.
+    assert read_manifest(tmp_path / "b").notes["training_data"][0]["synthetic"] is True
+    capsys.readouterr()
+    assert main_entry(cli, ["intended-use", str(tmp_path / "b"), "clinical", "--use-statement", "validated at X"],
+                      prog_name="uopsl") == 2
+    assert "only ever learned from synthetic fundus photographs" in capsys.readouterr().err
+    assert read_manifest(tmp_path / "b").intended_use.status == "demonstration"
+
+
+def test_pretrain_records_oct_only_where_the_variant_learns_from_it(tmp_path: Path) -> None:
+    pool = tiny_synth(tmp_path / "pool", 6, 4)
+    common = ["--fundus", f"synthetic:{pool}", "--oct", f"synthetic:{pool}", "--backbone", "resnet18", "--init",
+              "random", "--size", "64", "--epochs", "1", "--device", "cpu"]
+    for variant, modalities in (("p_only", ["fundus"]), ("uopsl", ["fundus", "oct"])):
+        out = tmp_path / variant
+        assert main_entry(cli, ["pretrain", *common, "--variant", variant, "--out", str(out)], prog_name="uopsl") == 0
+        records = json.loads((out / "checkpoint.json").read_text())["training_data"]
+        assert [(r["stage"], r["modality"]) for r in records] == [("pretrain", m) for m in modalities], variant
+        assert all(r["synthetic"] for r in records)
 
 
 def test_use_defaults_follow_what_the_model_learned_from() -> None:
@@ -69,8 +88,10 @@ def test_use_defaults_follow_what_the_model_learned_from() -> None:
     use = resolve_use(real, "clinical", "Validated at X on 2,000 patients.")
     assert use.for_patients and use.trained_on == ("pretrain: 10 OCT B-scans (synthetic, pool); "
                                                    "finetune: 700 fundus photographs (pool)")
-    # Distilling a synthetic model on real photographs (QAT) teaches it no disease.
-    distilled = with_training_data(meta, _record("finetune", True), _record("qat", False))
+    # Distilling a synthetic model on real photographs (QAT) teaches it no disease; nor does a real OCT pool
+    # teach it what a real fundus photograph looks like.
+    distilled = with_training_data(meta, _record("finetune", True), _record("qat", False),
+                                   _record("pretrain", False, modality="oct"))
     assert synthetic_only(distilled) and resolve_use(distilled).status == "demonstration"
     with pytest.raises(ConfigError, match="cannot be stated for clinical use"):
         resolve_use(distilled, "clinical", "Validated at X.")

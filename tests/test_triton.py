@@ -254,6 +254,8 @@ def test_onnx_config_matches_the_graph_and_manifest(repo: Path, bundle: Path, na
     assert json.loads(p["uopsl_preprocess"])["size"] == SIZE
     m = read_manifest(bundle)
     assert p["uopsl_source_sha256"] == m.file(source).sha256 and p["uopsl_precision"] == m.file(source).precision
+    # The caution a client must show with results (this bundle states no use).
+    assert json.loads(p["uopsl_intended_use"]) == {**m.intended_use.to_dict(), "warning": m.intended_use.warning()}
 
 
 def test_engine_config_is_a_gpu_plan_bounded_by_its_profile(repo: Path) -> None:

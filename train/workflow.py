@@ -23,6 +23,7 @@ import torch
 from uopsl.runtime.bundle import ClassSpec
 from uopsl.runtime.errors import ConfigError
 from uopsl.runtime.fsio import write_json
+from uopsl.runtime import intended_use
 from uopsl.runtime.intended_use import MAX_TRAINED_ON_CHARS, IntendedUse, check_choice
 from uopsl.runtime.preprocess import PreprocessConfig, preprocess_file
 from uopsl.train import bank as banks
@@ -90,15 +91,9 @@ def describe_training_data(meta: CheckpointMeta) -> str:
     return line[:MAX_TRAINED_ON_CHARS]
 
 
-#: Stages that learn what the classes look like (QAT only distils the model into INT8, on any photographs).
-_LABEL_STAGES = ("pretrain", "finetune")
-
-
 def synthetic_only(meta: CheckpointMeta) -> bool:
-    """Whether every stage that taught the model its classes trained on synthetic photographs only (False when
-    none is recorded: an older checkpoint says nothing either way)."""
-    taught = [r for r in meta.training_data if r.get("stage") in _LABEL_STAGES]
-    return bool(taught) and all(r.get("synthetic") is True for r in taught)
+    """:func:`uopsl.runtime.intended_use.synthetic_only` of the checkpoint's records."""
+    return intended_use.synthetic_only(meta.training_data)
 
 
 def new_model(classes: Sequence[str], *, variant: str = "uopsl", backbone: str = "efficientnet_lite0",
@@ -697,9 +692,7 @@ def resolve_use(meta: CheckpointMeta, status: str | None = None, statement: str 
         raise ConfigError("a use statement needs the intended use it describes (--intended-use)")
     synthetic = synthetic_only(meta)
     if status == "clinical" and synthetic:
-        raise ConfigError("this model only ever trained on synthetic photographs "
-                          f"({describe_training_data(meta)}); it cannot be stated for clinical use. "
-                          "Train on real photographs, or export it as research or demonstration")
+        raise ConfigError(intended_use.SYNTHETIC_CLINICAL.format(describe_training_data(meta)))
     chosen = status or ("demonstration" if synthetic else "research")
     return check_choice(chosen, statement, trained_on or describe_training_data(meta))
 
@@ -753,7 +746,9 @@ def run_export(ckpt: Path, out: Path, classes_file: str | Path | None = None, op
                             "checkpoint": str(ckpt), CHECKPOINT_DIGEST_NOTE: checkpoint_digest(ckpt),
                             **({TEACHER_DIGEST_NOTE: meta.train_config[TEACHER_DIGEST_KEY]}
                                if meta.train_config.get(TEACHER_DIGEST_KEY) else {}),
-                            "train_config": meta.train_config},
+                            "train_config": meta.train_config,
+                            # what each stage trained on: `uopsl intended-use` judges a clinical statement by it
+                            intended_use.TRAINING_DATA_NOTE: [dict(r) for r in meta.training_data]},
                      overwrite=force, intended_use=use)
     write_json(out.parent / f"{out.name}.export.json", {"checkpoint": str(ckpt), "opset": opset, "op_count": report.op_count,
                                                        "ops": report.ops, "classes_file": str(classes_file) if classes_file else None})

@@ -12,7 +12,7 @@ import click
 @click.argument("status", type=click.Choice(["research", "clinical", "demonstration"]), required=False)
 @click.option("--use-statement", "statement", default=None,
               help="The maker's statement: population, cameras, the validation and where its evidence is "
-                   "(required for clinical; default: keep the bundle's).")
+                   "(required to state clinical use; default: keep the bundle's if the status stays, else none).")
 @click.option("--trained-on", default=None, help="What the model was trained on (default: keep the bundle's).")
 def command(bundle: Path, status: str | None, statement: str | None, trained_on: str | None) -> None:
     """Show BUNDLE's intended use, or restate it as STATUS (the bundle is verified first).
@@ -32,7 +32,12 @@ def command(bundle: Path, status: str | None, statement: str | None, trained_on:
             raise click.UsageError("give the STATUS to restate (research, clinical or demonstration)")
         click.echo(f"{bundle}: {current.status}. {current.describe()}")
         return
-    use = check_choice(status, current.statement if statement is None else statement,
+    if statement is None and status == "clinical" and current.status != "clinical":
+        raise click.UsageError("stating clinical use needs its own statement: give --use-statement (who validated "
+                               "the model, for which population and cameras, where the evidence is)")
+    # A statement belongs to the use it was written for: a new status starts without one.
+    kept = current.statement if status == current.status else ""
+    use = check_choice(status, kept if statement is None else statement,
                        current.trained_on if trained_on is None else trained_on)
     m = set_intended_use(bundle, use)
     click.echo(f"{bundle}: intended use {m.intended_use.status} (manifest {m.content_sha256[:12]})")

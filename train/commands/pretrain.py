@@ -57,8 +57,9 @@ def command(fundus_spec: str, oct_spec: str | None, out: Path, classes: str | No
     model, meta = new_model(names, variant=variant, backbone=backbone, init=init, dim=dim, sites=sites, head=head,
                             size=size, text_model=text_model, classes_file=classes_file,
                             data_fingerprint=fsrc.fingerprint, seed=cfg.seed)
+    # OCT is recorded only where the variant learns from it (p_only and fundus_only leave it out).
     meta = with_training_data(meta, data_record("pretrain", fsrc, "fundus"),
-                              *([data_record("pretrain", osrc, "oct")] if osrc else []))
+                              *([data_record("pretrain", osrc, "oct")] if osrc and model.config.uses_oct else []))
     fundus_items = items_for(fsrc, names, "fundus")
     oct_items = items_for(osrc, names, "oct") if osrc else None
     # Before anything is written: a folder holding another run's finished model is refused, not overwritten.
