@@ -531,6 +531,8 @@ class Screener:
         if report and (only is None or str(out / "report.html") in only):
             info: dict[str, Any] = {"backend": self.backend.describe(), "bundle_sha256": self.identity.bundle_sha256,
                                     "bundle_verified": self.verified}
+            if self.signature is not None:  # checked against a trusted key when the Screener opened the bundle
+                info["bundle_signature"] = f"signed by key {self.signature.key_id}, checked against a trusted key"
             if inputs is not None:
                 info["inputs"] = [display_path(x) for x in inputs if isinstance(x, (str, os.PathLike))]
             self._write_unless_busy(out / "report.html", busy, lambda: write_reports(rows, out, self.manifest, info))

@@ -748,7 +748,8 @@ def ident_html(manifest: Manifest, info: Mapping[str, Any], generated: str, rows
         f"<dt>Intended use</dt><dd>{esc(_use_line(manifest))}</dd>",
         f"<dt>Bundle</dt><dd>content {esc(bundle_hash)} (sha256 of the manifest), created {esc(created_s)}"
         + ("; <b>file checksums not verified in this run</b> (--no-verify)"
-           if info.get("bundle_verified") is False else "") + "</dd>",
+           if info.get("bundle_verified") is False else "")
+        + (f"; {esc(info['bundle_signature'])}" if info.get("bundle_signature") else "") + "</dd>",
         (f"<dt>Backend</dt><dd>{esc(info['backend'])}</dd>" if info.get("backend") and len(decided_by) <= 1 else ""),
         (("<dt>Model files</dt><dd>" + "<br>".join(
             f"{esc(f)} ({esc(p)} on {esc(b)}): {k} photograph{'s' if k != 1 else ''}" for (b, p, f), k in decided_by)

@@ -207,6 +207,19 @@ def test_a_screener_with_trusted_keys_takes_only_signed_bundles(signed: Path, ti
     assert Screener(tiny_bundle, backend="ort-cpu").signature is None  # no key: nothing checked, as before
 
 
+def test_the_report_says_the_bundle_signature_was_checked(signed: Path, tmp_path: Path, keys: dict[str, Path],
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    from tinybundle import fundus_jpeg
+    from uopsl.runtime.api import Screener
+
+    monkeypatch.setenv("UOPSL_CACHE_DIR", str(tmp_path / "cache"))
+    fundus_jpeg(tmp_path / "in" / "a.jpg", seed=1)
+    with Screener(signed, backend="ort-cpu", trusted_keys=[keys["public"]]) as s:
+        s.screen_to(tmp_path / "out", [tmp_path / "in"], overlays=False)
+    kid = load_trusted_keys([keys["public"]])[0].key_id
+    assert f"signed by key {kid}, checked against a trusted key</dd>" in (tmp_path / "out" / "report.html").read_text()
+
+
 def test_screen_cli_verify_and_run_check_the_signature(signed: Path, tmp_path: Path, keys: dict[str, Path],
                                                        monkeypatch: pytest.MonkeyPatch,
                                                        capsys: pytest.CaptureFixture[str]) -> None:
