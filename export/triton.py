@@ -66,11 +66,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from uopsl.runtime.bundle import MANIFEST, FileEntry, Manifest, verify_or_raise
+from uopsl.runtime.bundle import MANIFEST, FileEntry, Manifest
 from uopsl.runtime.engine_header import read_header, read_plan
 from uopsl.runtime.errors import BundleError, ConfigError
 from uopsl.runtime.fsio import new_dir_mode, set_mode, sha256_bytes, sha256_file, write_bytes, write_json, write_text
 from uopsl.runtime.optional import require
+from uopsl.runtime.signing import open_trusted
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +160,7 @@ def write_triton_repository(
     gpus = tuple(gpus)  # once: a generator would be used up by the check
     _check_args(max_batch, instance_count, max_queue_delay_us, onnx_device, gpus)
     bundle = Path(bundle_dir)
-    manifest = verify_or_raise(bundle)
+    manifest, _ = open_trusted(bundle)  # where this machine trusts signing keys, signed bundles only
     base = model_name if model_name is not None else manifest.model_name
     if not _NAME_RE.fullmatch(base):
         raise ConfigError(

@@ -28,10 +28,10 @@ from typing import Any
 
 from uopsl.runtime.backends import Selection, open_and_enter
 from uopsl.runtime.backends.base import Backend, check_gpu_index
-from uopsl.runtime.bundle import Manifest, read_manifest, verify_or_raise
+from uopsl.runtime.bundle import Manifest
 from uopsl.runtime.errors import ConfigError
 from uopsl.runtime.intended_use import IntendedUse
-from uopsl.runtime.signing import SignatureCheck, load_trusted_keys, require_signature, trusted_keys_from_env
+from uopsl.runtime.signing import SignatureCheck, open_trusted
 from uopsl.runtime import progress as progress_bars
 from uopsl.runtime.overlay import OVERLAY_DIR, THUMB_DIR, write_overlay, write_thumbnail
 from uopsl.runtime.pipeline import (
@@ -132,11 +132,11 @@ class Screener:
     checksums before loading (a few hundred ms for a typical bundle).
     max_inference_failures: see below. device: the GPU index (as ``nvidia-smi`` numbers
     them) for TensorRT and ONNX Runtime CUDA/TensorRT; engines are checked against that GPU.
-    trusted_keys: PEM public-key files of the makers this device trusts (None: those
-    ``UOPSL_TRUSTED_KEYS`` lists); with any, the bundle must carry a valid signature by one
-    of them covering it as it is (:mod:`uopsl.runtime.signing`), or construction raises
-    :class:`~uopsl.runtime.errors.BundleError`. allow_device_engines: also take TensorRT
-    engines added after signing whose header names a signed ONNX file (weaker; see there).
+    trusted_keys: PEM public-key files of bundle makers to trust, added to those this
+    machine trusts anyway (its trusted-keys folder and ``UOPSL_TRUSTED_KEYS``,
+    :func:`uopsl.runtime.signing.trusted_keys_for`); with any key, the bundle must carry a
+    valid signature by one of them covering it as it is, or construction raises
+    :class:`~uopsl.runtime.errors.BundleError`.
 
     Errors (all :class:`~uopsl.runtime.errors.UopslError`, each message says
     what to do):
@@ -185,23 +185,19 @@ class Screener:
         max_inference_failures: int = 3,
         device: int = 0,
         csv_style: str = "comma",
-        trusted_keys: Sequence[str | os.PathLike[str]] | None = None,
-        allow_device_engines: bool = False,
+        trusted_keys: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None = None,
     ) -> None:
         if csv_style not in CSV_STYLES:
             raise ConfigError(f"csv_style must be one of {', '.join(CSV_STYLES)}, got {csv_style!r}")
         self.csv_style = csv_style
         self.device = check_gpu_index(device)
         self.bundle = Path(bundle)
-        # A device that trusts its maker's keys screens only with bundles that maker signed (runtime/signing.py).
-        keys = tuple(trusted_keys_from_env() if trusted_keys is None else trusted_keys)
-        if keys and not verify:
-            raise ConfigError("a trusted key needs the bundle's checksums checked: drop verify=False (--no-verify)")
-        self.manifest: Manifest = verify_or_raise(self.bundle) if verify else read_manifest(self.bundle)
-        #: what the bundle's signature check found (None: no trusted key configured, nothing checked)
-        self.signature: SignatureCheck | None = (
-            require_signature(self.bundle, load_trusted_keys(keys), allow_device_engines=allow_device_engines)
-            if keys else None)
+        # A device that trusts its maker's keys screens only with bundles that maker signed (runtime/signing.py);
+        # the checksums and the signature are checked on one read of the manifest, the one used from here on.
+        self.manifest: Manifest
+        #: what the bundle's signature check found (None: this machine trusts no key, nothing checked)
+        self.signature: SignatureCheck | None
+        self.manifest, self.signature = open_trusted(self.bundle, verify=verify, trusted_keys=trusted_keys)
         if self.signature is not None:
             log.info("%s: %s", self.bundle, self.signature.describe())
         self.verified = verify  # the report says when the checksums were not checked

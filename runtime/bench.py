@@ -16,6 +16,7 @@ import logging
 import os
 import platform
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -25,11 +26,12 @@ import numpy as np
 
 from uopsl.runtime.backends import BACKEND_NAMES, detect_availability, open_and_enter, select_backend
 from uopsl.runtime.backends.base import Backend
-from uopsl.runtime.bundle import Manifest, verify_or_raise
+from uopsl.runtime.bundle import Manifest
 from uopsl.runtime.errors import BackendError, ConfigError, UopslError
 from uopsl.runtime.pipeline import PipelineConfig, ScreeningPipeline, item_for_data, item_for_path, walk_images
 from uopsl.runtime.preprocess import preprocess, read_bytes
 from uopsl.runtime.version import __version__
+from uopsl.runtime.signing import open_trusted
 
 log = logging.getLogger(__name__)
 
@@ -223,11 +225,17 @@ def _cases(bundle: Path, manifest: Manifest, backend: str, precision: str) -> li
 
 
 def run_bench(bundle: str | os.PathLike[str], backend: str = "auto", precision: str = "auto",
-              config: BenchConfig | None = None, *, images: str | os.PathLike[str] | None = None) -> dict[str, Any]:
-    """Benchmark the requested backends on ``bundle``; returns a JSON-serialisable dict."""
+              config: BenchConfig | None = None, *, images: str | os.PathLike[str] | None = None,
+              trusted_keys: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None = None) -> dict[str, Any]:
+    """Benchmark the requested backends on ``bundle``; returns a JSON-serialisable dict.
+
+    ``trusted_keys``: as :class:`uopsl.runtime.api.Screener`'s (a machine that trusts signing keys runs
+    only signed bundles, benchmarks included).
+    """
     cfg = config or BenchConfig()
     root = Path(bundle)
-    m = verify_or_raise(root)  # figures are attributed to the bundle's files: they must be those files
+    # Figures are attributed to the bundle's files: they must be those files (and signed, where keys are trusted).
+    m, _ = open_trusted(root, trusted_keys=trusted_keys)
     if images is not None:
         img_dir = Path(images)
         paths = [img_dir] if img_dir.is_file() else list(walk_images(img_dir))

@@ -558,6 +558,16 @@ class Manifest:
 
 def read_manifest(bundle: str | os.PathLike[str]) -> Manifest:
     """Read and parse ``bundle/manifest.json`` (no checksum verification)."""
+    return read_manifest_raw(bundle)[0]
+
+
+def read_manifest_raw(bundle: str | os.PathLike[str]) -> tuple[Manifest, dict[str, Any]]:
+    """``bundle``'s manifest parsed, and the JSON object it was parsed from: one read of the file.
+
+    Checks that must agree on one manifest (its own checksum, the files' hashes, a signature) take
+    both from here: reading the file again for each would let a manifest swapped in between pass
+    one check as itself and another as the original.
+    """
     root = Path(bundle)
     path = root / MANIFEST
     if not root.exists():
@@ -568,7 +578,8 @@ def read_manifest(bundle: str | os.PathLike[str]) -> Manifest:
         raise BundleError(f"{root}: not a bundle folder (expected a folder holding {MANIFEST}){hint}")
     if not path.exists():
         raise BundleError(f"{root}: no {MANIFEST}; is this a uopsl bundle folder?")
-    return Manifest.from_dict(read_manifest_json(path), source=str(path))
+    raw = read_manifest_json(path)
+    return Manifest.from_dict(raw, source=str(path)), raw
 
 
 def read_manifest_json(path: Path) -> dict[str, Any]:
@@ -615,16 +626,20 @@ class FileCheck:
     reason: str = ""
 
 
-def verify(bundle: str | os.PathLike[str], manifest: Manifest | None = None) -> list[FileCheck]:
+def verify(bundle: str | os.PathLike[str], manifest: Manifest | None = None,
+           raw: dict[str, Any] | None = None) -> list[FileCheck]:
     """Check every file listed in the manifest against its size and sha256.
 
     Returns one :class:`FileCheck` per file (never raises for a bad file, so a
-    report can list them all); see :func:`verify_or_raise`.
+    report can list them all); see :func:`verify_or_raise`. ``manifest`` and
+    ``raw``: what :func:`read_manifest_raw` returned; checks that must agree with
+    others on one manifest (a signature's) pass both.
     """
     root = Path(bundle)
-    m = manifest or read_manifest(root)
+    manifest, raw = _manifest_and_raw(root, manifest, raw)
+    m = manifest
     out: list[FileCheck] = []
-    problem = _checksum_problem(read_manifest_json(root / MANIFEST))
+    problem = _checksum_problem(raw)
     out.append(FileCheck(MANIFEST, False, problem) if problem else FileCheck(MANIFEST, True))
     for f in m.files:
         p = root / f.path
@@ -639,6 +654,19 @@ def verify(bundle: str | os.PathLike[str], manifest: Manifest | None = None) -> 
         else:
             out.append(FileCheck(f.path, True))
     return out
+
+
+def _manifest_and_raw(root: Path, manifest: Manifest | None,
+                      raw: dict[str, Any] | None) -> tuple[Manifest, dict[str, Any]]:
+    """Both forms of the manifest, read once when neither is given (a caller holding only the parsed one
+    gets the file's JSON read again, as before)."""
+    if manifest is None and raw is None:
+        return read_manifest_raw(root)
+    if raw is None:
+        return manifest, read_manifest_json(root / MANIFEST)  # type: ignore[return-value]
+    if manifest is None:
+        return Manifest.from_dict(raw, source=str(root / MANIFEST)), raw
+    return manifest, raw
 
 
 def check_manifest_checksum(bundle: str | os.PathLike[str]) -> None:
@@ -675,9 +703,12 @@ def _inside(root: Path, p: Path) -> bool:
     return True
 
 
-def verify_or_raise(bundle: str | os.PathLike[str], manifest: Manifest | None = None) -> Manifest:
-    m = manifest or read_manifest(bundle)
-    bad = [c for c in verify(bundle, m) if not c.ok]
+def verify_or_raise(bundle: str | os.PathLike[str], manifest: Manifest | None = None,
+                    raw: dict[str, Any] | None = None) -> Manifest:
+    """:func:`verify`, raising BundleError naming every bad file; returns the manifest the files were checked
+    against (``manifest`` and ``raw`` as there)."""
+    m, raw = _manifest_and_raw(Path(bundle), manifest, raw)
+    bad = [c for c in verify(bundle, m, raw) if not c.ok]
     if bad:
         detail = "; ".join(f"{c.path}: {c.reason}" for c in bad)
         raise BundleError(

@@ -34,18 +34,11 @@ _bundle_arg = click.argument("bundle", type=click.Path(path_type=Path))
 
 
 def _trust_options(f: Any) -> Any:
-    f = click.option("--trust-device-engines", is_flag=True,
-                     help="With a trusted key: also take TensorRT engines built here after the bundle was signed "
-                          "(their header must name a signed ONNX file; weaker, see docs/deployment.md).")(f)
     return click.option("--trusted-key", "trusted_keys", multiple=True,
                         type=click.Path(exists=True, dir_okay=False, path_type=Path),
-                        help="PEM public key of a bundle maker this device trusts (repeatable; default: the files "
-                             "UOPSL_TRUSTED_KEYS lists). With one, only bundles it signed are screened.")(f)
-
-
-def _keys(trusted_keys: Sequence[Path]) -> Sequence[Path] | None:
-    """The command line's keys, or None to let the Screener read UOPSL_TRUSTED_KEYS."""
-    return tuple(trusted_keys) or None
+                        help="PEM public key of a bundle maker to trust (repeatable), besides the machine's own "
+                             "(its trusted-keys folder, UOPSL_TRUSTED_KEYS). With any, only bundles one of them "
+                             "signed are used.")(f)
 
 
 def _backend_options(f: Any) -> Any:
@@ -150,7 +143,7 @@ _csv_option = click.option(
 @_trust_options
 def run_cmd(bundle: Path, inputs: Sequence[Path], out: Path, backend: str, precision: str, threads: int | None,
             batch: int, workers: int | None, overlays: bool, report: bool, progress: bool | None,
-            no_verify: bool, csv_style: str, trusted_keys: Sequence[Path], trust_device_engines: bool) -> int:
+            no_verify: bool, csv_style: str, trusted_keys: Sequence[Path]) -> int:
     """Screen INPUTS (files, folders searched recursively, or .txt list files) into --out.
 
     Rerunning with the same --out skips the images already screened.
@@ -161,8 +154,7 @@ def run_cmd(bundle: Path, inputs: Sequence[Path], out: Path, backend: str, preci
     show = progress_bars.terminal_wants_bars() if progress is None else progress
     failed, note = _failures()
     s = Screener(bundle, backend, precision=precision, threads=threads, batch_size=batch, workers=workers,
-                 verify=not no_verify, csv_style=csv_style, trusted_keys=_keys(trusted_keys),
-                 allow_device_engines=trust_device_engines)
+                 verify=not no_verify, csv_style=csv_style, trusted_keys=trusted_keys)
     s.check_output(out, list(inputs))  # before the model loads: a wrong --out fails in a second
     with s:
         summary = s.screen_to(out, list(inputs), overlays=overlays, report=report, progress=show, on_result=note)
@@ -187,7 +179,7 @@ def run_cmd(bundle: Path, inputs: Sequence[Path], out: Path, backend: str, preci
 @_trust_options
 def watch_cmd(bundle: Path, folder: Path, out: Path, backend: str, precision: str, threads: int | None,
               overlays: bool, settle_ms: int, poll_s: float, max_images: int | None, timeout_s: float | None,
-              csv_style: str, trusted_keys: Sequence[Path], trust_device_engines: bool) -> int:
+              csv_style: str, trusted_keys: Sequence[Path]) -> int:
     """Screen photographs as they appear in FOLDER (until Ctrl-C, --max-images or --timeout)."""
     from uopsl.runtime.api import Screener
     from uopsl.runtime.watch import WatchConfig, watch_folder
@@ -205,7 +197,7 @@ def watch_cmd(bundle: Path, folder: Path, out: Path, backend: str, precision: st
         note(r)
 
     s = Screener(bundle, backend, precision=precision, threads=threads, batch_size=1, csv_style=csv_style,
-                 trusted_keys=_keys(trusted_keys), allow_device_engines=trust_device_engines)
+                 trusted_keys=trusted_keys)
     s.check_output(out, [folder])  # before the model loads
     with s:
         summary = watch_folder(s, folder, out, cfg, overlays=overlays, on_result=show)
@@ -231,8 +223,10 @@ def watch_cmd(bundle: Path, folder: Path, out: Path, backend: str, precision: st
               help="Photographs the end-to-end run screens (cycled when fewer exist).")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write the figures as JSON here (as well as the table).")
+@_trust_options
 def bench_cmd(bundle: Path, backend: str, precision: str, batches: str, iters: int, warmup: int, threads: int | None,
-              workers: int | None, images: Path | None, e2e: bool, e2e_images: int, json_out: Path | None) -> int:
+              workers: int | None, images: Path | None, e2e: bool, e2e_images: int, json_out: Path | None,
+              trusted_keys: Sequence[Path]) -> int:
     """Latency (p50/p90/p99) and throughput per backend and batch size; preprocessing separately."""
     from uopsl.runtime.bench import BenchConfig, format_table, run_bench
     from uopsl.runtime.errors import ConfigError
@@ -244,7 +238,7 @@ def bench_cmd(bundle: Path, backend: str, precision: str, batches: str, iters: i
         raise ConfigError(f"--batch takes comma-separated integers like 1,8; got {batches!r}") from exc
     cfg = BenchConfig(batches=sizes, iters=iters, warmup=warmup, threads=threads, e2e=e2e, e2e_images=e2e_images,
                       workers=workers)
-    result = run_bench(bundle, backend, precision, cfg, images=images)
+    result = run_bench(bundle, backend, precision, cfg, images=images, trusted_keys=trusted_keys)
     click.echo(format_table(result))
     if json_out is not None:
         write_json(json_out, result)
@@ -255,30 +249,36 @@ def bench_cmd(bundle: Path, backend: str, precision: str, batches: str, iters: i
 @cli.command("info")
 @_bundle_arg
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest and backend table as JSON.")
-def info_cmd(bundle: Path, as_json: bool) -> int:
-    """Manifest summary, files and precisions, backends usable here, engine compatibility."""
+@_trust_options
+def info_cmd(bundle: Path, as_json: bool, trusted_keys: Sequence[Path]) -> int:
+    """Manifest summary, files and precisions, backends usable here, engine compatibility (exit 2 when a file
+    fails its checksum, or the bundle is not signed by a key this machine trusts)."""
     from uopsl.runtime.backends import backend_table
     from uopsl.runtime.bundle import MANIFEST as MANIFEST_NAME
-    from uopsl.runtime.bundle import read_manifest, verify
+    from uopsl.runtime.bundle import read_manifest_raw, verify
+    from uopsl.runtime.signing import check_signature, trusted_keys_for
 
-    m = read_manifest(bundle)
+    keys = trusted_keys_for(trusted_keys)
+    m, raw = read_manifest_raw(bundle)
     table = backend_table(bundle, m)
-    bad = {c.path: c.reason for c in verify(bundle, m) if not c.ok}  # info must not show a tampered bundle as fine
+    bad = {c.path: c.reason for c in verify(bundle, m, raw) if not c.ok}  # info must not show a tampered bundle as fine
+    sig = check_signature(bundle, keys, raw=raw)
+    refused = bool(bad) or (bool(keys) and not sig.trusted)
     if as_json:
         use = {**m.intended_use.to_dict(), "warning": m.intended_use.warning()}
         click.echo(json.dumps({"manifest": m.to_dict(), "intended_use": use, "checksums_ok": not bad,
                                "checksum_failures": bad,
+                               "signature": {**sig.to_dict(), "keys_trusted_here": [k.key_id for k in keys]},
                                "backends": [{"backend": n, "usable": ok, "note": note} for n, ok, note in table]},
                               indent=2, default=str))
-        return 2 if bad else 0
+        return 2 if refused else 0
     p = m.preprocess
     click.echo(f"bundle     {bundle}")
     click.echo(f"model      {m.model_name} ({m.backbone or 'backbone not recorded'}), head {m.head}, "
                f"toolkit {m.toolkit_version}, format {m.format_version}")
     click.echo(f"use        {m.intended_use.describe()}")
-    from uopsl.runtime.signing import check_signature, load_trusted_keys, trusted_keys_from_env
-
-    click.echo(f"signature  {check_signature(bundle, load_trusted_keys(trusted_keys_from_env())).describe()}")
+    click.echo(f"signature  {sig.describe()}" + ("  (REFUSED here: this machine trusts only signed bundles)"
+                                                 if keys and not sig.trusted else ""))
     click.echo(f"input      {p.size}x{p.size} uint8 RGB, clahe={p.clahe}, site maps {m.site_map_size[0]}x{m.site_map_size[1]}")
     if not p.fast_decode:
         click.echo("decode     JPEGs at full size (fast_decode off)")
@@ -311,7 +311,7 @@ def info_cmd(bundle: Path, as_json: bool) -> int:
     click.echo("backends here")
     for name, ok, note in table:
         click.echo(f"  {name:9s} {'yes' if ok else 'no ':3s}  {note}")
-    return 2 if bad else 0  # a bundle error, as `verify` says it: scripts must not read a tampered bundle as fine
+    return 2 if refused else 0  # a bundle error, as `verify` says it: scripts must not read a tampered bundle as fine
 
 
 def _parity_runs(entry: Any) -> tuple[dict[str, Any], dict[str, dict[str, Any]]] | None:
@@ -392,16 +392,18 @@ def _parity_records(entry: Any, manifest: Any = None, checksum_fails: bool = Fal
 @cli.command("verify")
 @_bundle_arg
 @_trust_options
-def verify_cmd(bundle: Path, trusted_keys: Sequence[Path], trust_device_engines: bool) -> int:
+def verify_cmd(bundle: Path, trusted_keys: Sequence[Path]) -> int:
     """Check the manifest (its fields and its own checksum) and every bundle file against its size and sha256
-    (exit 2 naming a bad file); prints the bundle fingerprint to compare with the one its maker sent. With a
-    trusted key (--trusted-key, UOPSL_TRUSTED_KEYS), the bundle's signature must be valid and cover it."""
-    from uopsl.runtime.bundle import read_manifest, verify
+    (exit 2 naming a bad file); prints the bundle fingerprint to compare with the one its maker sent. Where
+    this machine trusts signing keys (--trusted-key, its trusted-keys folder, UOPSL_TRUSTED_KEYS), the
+    bundle's signature must be valid and cover it."""
+    from uopsl.runtime.bundle import read_manifest_raw, verify
     from uopsl.runtime.errors import BundleError
-    from uopsl.runtime.signing import check_signature, load_trusted_keys, trusted_keys_from_env
+    from uopsl.runtime.signing import check_signature, trusted_keys_for
 
-    m = read_manifest(bundle)
-    checks = verify(bundle, m)
+    keys = trusted_keys_for(trusted_keys)
+    m, raw = read_manifest_raw(bundle)  # one read: the files and the signature are checked against it
+    checks = verify(bundle, m, raw)
     for c in checks:
         click.echo(f"{'ok ' if c.ok else 'BAD'} {c.path}" + (f": {c.reason}" if c.reason else ""))
     bad = [c for c in checks if not c.ok]
@@ -412,8 +414,7 @@ def verify_cmd(bundle: Path, trusted_keys: Sequence[Path], trust_device_engines:
             + ". Copy the bundle again from its source"
         )
     click.echo(f"all {len(checks)} files verified", err=True)
-    keys = load_trusted_keys(tuple(trusted_keys) or trusted_keys_from_env())
-    sig = check_signature(bundle, keys, allow_device_engines=trust_device_engines)
+    sig = check_signature(bundle, keys, raw=raw)
     click.echo(f"signature: {sig.describe()}", err=True)
     if keys and not sig.trusted:
         raise BundleError(f"bundle {bundle} is not trusted here: {sig.describe()}")

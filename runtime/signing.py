@@ -10,21 +10,27 @@ is unsigned, signed by another key, or changed since it was signed.
 What a signature covers (:func:`signed_content`): every manifest field that
 decides or describes a screening (classes and thresholds, head, referral
 rule, preprocessing, output names, intended use, ...) and, per file listed at
-signing time, its path, kind, precision, size and sha256 (so with
-:func:`uopsl.runtime.bundle.verify`, every byte of every signed file). What it
-leaves out, because a device writes it after the maker signed: each file's
-``info`` (``uopsl validate``'s parity records). A forged parity record can
-therefore make ``auto`` choose a signed INT8 file it would not otherwise use;
-it cannot bring in unsigned bytes. Any file added after signing (an INT8 file,
-an engine) fails the check until the bundle is signed again.
+signing time, its path, kind, precision, size and sha256; with
+:func:`uopsl.runtime.bundle.verify`, run on the same read of the manifest
+(:func:`open_trusted`), the bytes of every listed file. What it leaves out,
+because a device writes it after the maker signed: each file's ``info``
+(``uopsl validate``'s parity records). A forged parity record can therefore
+make ``auto`` choose a signed INT8 file it would not otherwise use. Any file
+added after signing, a TensorRT engine included, fails the check until the
+bundle is signed again: build engines on a device of the same kind (GPU model,
+JetPack / TensorRT version) before signing, and ship the signed bundle.
 
-TensorRT engines are built on the device that runs them, after the maker
-signed. Sign the bundle after building its engine on a device of the same kind
-(a signed engine is covered like any file), or let the device accept engines
-it built itself (``allow_device_engines``, ``--trust-device-engines``): an
-engine added after signing is then taken when its header names a signed ONNX
-file with that file's sha256. That is weaker: the header is not signed, so
-whoever can write the device's bundle folder can put any engine there.
+Where a device's keys come from (:func:`trusted_keys_for`): the ``*.pub``
+files of a folder only an administrator writes (``/etc/uopsl/trusted-keys``,
+on Windows ``%PROGRAMDATA%\\uopsl\\trusted-keys``; ``UOPSL_TRUSTED_KEYS_DIR``
+names another), the files ``UOPSL_TRUSTED_KEYS`` lists, and those a caller
+passes. Each source adds keys; none removes them, so a service started without
+the environment variable still checks.
+
+Not covered: a file replaced between the checksum check and the load and put
+back after it (the backends hash each model file just before and after loading
+it, by path); ONNX external-data files (``uopsl sign`` refuses models that use
+them); rollback to an older bundle the same key signed.
 
 ``cryptography`` is needed to sign and to check (``pip install 'uopsl[sign]'``).
 """
@@ -42,9 +48,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from uopsl.runtime.bundle import MANIFEST, read_manifest_json
-from uopsl.runtime.engine_header import read_header
-from uopsl.runtime.errors import BundleError, ConfigError, UopslError
+from uopsl.runtime.bundle import MANIFEST, Manifest, read_manifest_json, read_manifest_raw, verify_or_raise
+from uopsl.runtime.errors import BundleError, ConfigError
 from uopsl.runtime.fsio import load_json_strict, write_json
 from uopsl.runtime.optional import require
 
@@ -52,10 +57,12 @@ SIGNATURE_FILE = "signature.json"
 SIGNATURE_FORMAT = 1
 #: Where a device lists the public keys it trusts (PEM files), separated like PATH.
 TRUSTED_KEYS_ENV = "UOPSL_TRUSTED_KEYS"
+#: A folder of trusted public keys (``*.pub``), read whatever the environment says; this variable moves it.
+TRUSTED_KEYS_DIR_ENV = "UOPSL_TRUSTED_KEYS_DIR"
 #: Manifest fields a signature does not cover: the file list is covered entry by entry, and the rest is
 #: bookkeeping that a rewrite on the device recomputes.
 _UNSIGNED_FIELDS = ("files", "content_sha256", "format_version")
-_MAX_SIGNATURE_BYTES = 1 << 20
+_MAX_SIGNATURE_BYTES = 32 << 20  # the signed content repeats the manifest's fields (manifests: <= 16 MiB)
 
 
 def _ed25519() -> Any:
@@ -119,7 +126,40 @@ def load_trusted_keys(paths: Iterable[str | os.PathLike[str]]) -> tuple[TrustedK
 def trusted_keys_from_env(environ: dict[str, str] | None = None) -> tuple[str, ...]:
     """The key files :data:`TRUSTED_KEYS_ENV` lists (empty when unset)."""
     value = (os.environ if environ is None else environ).get(TRUSTED_KEYS_ENV, "")
-    return tuple(p for p in value.split(os.pathsep) if p.strip())
+    return tuple(p.strip() for p in value.split(os.pathsep) if p.strip())
+
+
+def trusted_keys_dir(environ: dict[str, str] | None = None) -> Path:
+    """The folder of keys every run reads (:data:`TRUSTED_KEYS_DIR_ENV`, else the system's)."""
+    env = os.environ if environ is None else environ
+    if env.get(TRUSTED_KEYS_DIR_ENV):
+        return Path(env[TRUSTED_KEYS_DIR_ENV])
+    if os.name == "nt":
+        return Path(env.get("PROGRAMDATA", r"C:\ProgramData")) / "uopsl" / "trusted-keys"
+    return Path("/etc/uopsl/trusted-keys")
+
+
+def configured_key_files(environ: dict[str, str] | None = None) -> tuple[str, ...]:
+    """Every key file this machine is configured to trust: the folder's ``*.pub`` files, then the variable's."""
+    folder = trusted_keys_dir(environ)
+    try:
+        in_folder = tuple(str(p) for p in sorted(folder.glob("*.pub")) if p.is_file())
+    except OSError as exc:  # an unreadable key folder must not pass for an empty one
+        raise ConfigError(f"{folder}: cannot list the trusted keys ({exc}); fix its permissions") from exc
+    return in_folder + trusted_keys_from_env(environ)
+
+
+def trusted_keys_for(extra: str | os.PathLike[str] | Iterable[str | os.PathLike[str]] | None = None,
+                     environ: dict[str, str] | None = None) -> tuple[TrustedKey, ...]:
+    """The keys this machine trusts (:func:`configured_key_files`) plus ``extra`` (a file or several)."""
+    if extra is None:
+        given: list[str | os.PathLike[str]] = []
+    elif isinstance(extra, (str, os.PathLike)):
+        given = [extra]
+    else:
+        given = list(extra)
+    files = list(dict.fromkeys([*configured_key_files(environ), *(os.fspath(p) for p in given)]))
+    return load_trusted_keys(files)
 
 
 def signed_content(raw: dict[str, Any]) -> dict[str, Any]:
@@ -163,6 +203,26 @@ def sign_bundle(bundle: str | os.PathLike[str], private_key: str | os.PathLike[s
     return str(payload["key_id"])
 
 
+def open_trusted(bundle: str | os.PathLike[str], *, verify: bool = True,
+                 trusted_keys: str | os.PathLike[str] | Iterable[str | os.PathLike[str]] | None = None,
+                 ) -> tuple[Manifest, SignatureCheck | None]:
+    """``bundle``'s manifest, with its files checked (``verify``) and, where this machine trusts any key
+    (:func:`trusted_keys_for`), its signature required: every check on one read of the manifest.
+
+    Returns the manifest and the signature check (None: no key trusted here, nothing checked). Every
+    path that loads a bundle's model calls this first (the Screener, ``bench``, ``validate``).
+    """
+    keys = trusted_keys_for(trusted_keys)
+    if keys and not verify:
+        raise ConfigError("this machine trusts bundle signing keys, which needs the bundle's checksums checked: "
+                          "drop --no-verify (verify=False)")
+    manifest, raw = read_manifest_raw(bundle)
+    if verify:
+        verify_or_raise(bundle, manifest, raw)
+    check = require_signature(bundle, keys, raw=raw) if keys else None
+    return manifest, check
+
+
 @dataclass(frozen=True)
 class SignatureCheck:
     """What :func:`check_signature` found. ``trusted``: signed by a given key and nothing changed since."""
@@ -172,17 +232,16 @@ class SignatureCheck:
     signed_at: str = ""
     trusted: bool = False
     problem: str = ""
-    device_engines: tuple[str, ...] = ()
 
     def describe(self) -> str:
         if not self.signed:
             return self.problem or "not signed"
         who = f"signed by key {self.key_id} on {self.signed_at}"
-        if self.trusted:
-            extra = f"; engines built on this device from signed files: {', '.join(self.device_engines)}" \
-                if self.device_engines else ""
-            return f"{who}: signature valid, key trusted{extra}"
-        return f"{who}: {self.problem}"
+        return f"{who}: signature valid, key trusted" if self.trusted else f"{who}: {self.problem}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"signed": self.signed, "key_id": self.key_id, "signed_at": self.signed_at,
+                "trusted": self.trusted, "problem": self.problem}
 
 
 def _read_signature(root: Path) -> dict[str, Any] | None:
@@ -204,11 +263,11 @@ def _read_signature(root: Path) -> dict[str, Any] | None:
 
 
 def check_signature(bundle: str | os.PathLike[str], trusted: Sequence[TrustedKey] = (), *,
-                    allow_device_engines: bool = False) -> SignatureCheck:
+                    raw: dict[str, Any] | None = None) -> SignatureCheck:
     """Whether ``bundle``'s signature is valid for one of ``trusted`` and covers its manifest as it is now.
 
-    ``allow_device_engines``: accept engines added after signing that name a signed ONNX file (see the
-    module docstring for what that gives up).
+    ``raw``: the manifest's JSON as the caller read it for its other checks (else read here): compare the
+    signature with the very manifest whose files were hashed.
 
     Never raises for a bad signature (the result says what is wrong); raises
     BundleError for an unreadable ``signature.json``. The files' bytes are
@@ -241,54 +300,40 @@ def check_signature(bundle: str | os.PathLike[str], trusted: Sequence[TrustedKey
             raise
         return SignatureCheck(True, kid, when, problem=f"the signature does not match {SIGNATURE_FILE}'s content "
                               "(edited after signing, or signed by another key of the same id)")
-    problem, engines = _changed_since_signing(root, payload.get("content"), read_manifest_json(root / MANIFEST),
-                                              allow_device_engines)
+    problem = _changed_since_signing(payload.get("content"), raw if raw is not None else
+                                     read_manifest_json(root / MANIFEST))
     if problem:
         return SignatureCheck(True, kid, when, problem=problem)
-    return SignatureCheck(True, kid, when, trusted=True, device_engines=engines)
+    return SignatureCheck(True, kid, when, trusted=True)
 
 
-def _changed_since_signing(root: Path, signed: Any, raw: dict[str, Any],
-                           allow_device_engines: bool) -> tuple[str, tuple[str, ...]]:
-    """What differs between the signed content and the manifest ``raw`` ("" when nothing a signature covers),
-    and the engines accepted as built on the device."""
+def _changed_since_signing(signed: Any, raw: dict[str, Any]) -> str:
+    """What differs between the signed content and the manifest ``raw`` ("" when nothing a signature covers)."""
     if not isinstance(signed, dict) or not isinstance(signed.get("files"), dict):
-        return "the signed content is malformed", ()
+        return "the signed content is malformed"
     now = signed_content(raw)
     if now["manifest"] != signed.get("manifest"):
         fields = sorted(k for k in set(now["manifest"]) | set(signed.get("manifest") or {})
                         if now["manifest"].get(k) != (signed.get("manifest") or {}).get(k))
-        return f"manifest field(s) {', '.join(fields)} changed since signing: sign the bundle again", ()
+        return f"manifest field(s) {', '.join(fields)} changed since signing: sign the bundle again"
     signed_files: dict[str, Any] = signed["files"]
     for path, entry in signed_files.items():
         if now["files"].get(path) != entry:
             what = "no longer listed" if path not in now["files"] else "changed"
-            return f"{path} {what} since signing: sign the bundle again, or copy it again from its source", ()
-    engines = []
+            return f"{path} {what} since signing: sign the bundle again, or copy it again from its source"
     for path, entry in now["files"].items():
-        if path in signed_files:
-            continue
-        if entry.get("kind") != "engine":
-            return f"{path} was added after signing: sign the bundle again", ()
-        if not allow_device_engines:
-            return (f"engine {path} was added after signing: sign the bundle again after building it, or let "
-                    "this device take the engines it builds (--trust-device-engines)"), ()
-        try:
-            header = read_header(root / path)
-        except (UopslError, OSError) as exc:
-            return f"{path} was added after signing and its header is unreadable ({exc})", ()
-        source = signed_files.get(header.source_onnx)
-        if source is None or source.get("kind") != "onnx" or source.get("sha256") != header.source_onnx_sha256:
-            return (f"{path} was added after signing and was not built from a signed ONNX file "
-                    f"(its header names {header.source_onnx or 'none'}): build it again on this device"), ()
-        engines.append(path)
-    return "", tuple(engines)
+        if path not in signed_files:
+            if entry.get("kind") == "engine":
+                return (f"engine {path} was added after signing: build engines on a device of the same kind "
+                        "before signing, then copy the signed bundle (docs/deployment.md, \"Signed bundles\")")
+            return f"{path} was added after signing: sign the bundle again"
+    return ""
 
 
 def require_signature(bundle: str | os.PathLike[str], trusted: Sequence[TrustedKey], *,
-                      allow_device_engines: bool = False) -> SignatureCheck:
+                      raw: dict[str, Any] | None = None) -> SignatureCheck:
     """:func:`check_signature`, raising BundleError unless the bundle is signed by a trusted key, unchanged."""
-    check = check_signature(bundle, trusted, allow_device_engines=allow_device_engines)
+    check = check_signature(bundle, trusted, raw=raw)
     if not check.trusted:
         raise BundleError(f"bundle {bundle} is not trusted here: {check.describe()}. Use a bundle its maker "
                           "signed, or ask them to sign this one (uopsl sign)")
@@ -311,10 +356,18 @@ def generate_keypair(out_dir: str | os.PathLike[str], name: str = "uopsl-signing
     private_pem = key.private_bytes(ser.Encoding.PEM, ser.PrivateFormat.PKCS8, enc)
     public = key.public_key()
     public_pem = public.public_bytes(ser.Encoding.PEM, ser.PublicFormat.SubjectPublicKeyInfo)
-    fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(private_pem)
-    public_path.write_bytes(public_pem)
+    written: list[Path] = []
+    try:
+        # O_EXCL: never through a link or over a file made meanwhile; the private key is owner-only (POSIX).
+        for path, data, mode in ((private_path, private_pem, 0o600), (public_path, public_pem, 0o644)):
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), mode)
+            written.append(path)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+    except BaseException:
+        for path in written:  # no half pair left behind to block the next attempt
+            path.unlink(missing_ok=True)
+        raise
     return private_path, public_path, key_id(public.public_bytes(ser.Encoding.Raw, ser.PublicFormat.Raw))
 
 

@@ -42,6 +42,14 @@ from uopsl.runtime.preprocess import preprocess_file
 from uopsl.runtime.quality import assess
 
 @pytest.fixture(autouse=True)
+def _no_machine_trusted_keys(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Tests see no signing keys configured on the machine running them (a developer's own trusted-keys folder
+    or UOPSL_TRUSTED_KEYS would make every unsigned test bundle refused); tests of the policy set their own."""
+    monkeypatch.setenv("UOPSL_TRUSTED_KEYS_DIR", str(tmp_path_factory.getbasetemp() / "no-trusted-keys"))
+    monkeypatch.delenv("UOPSL_TRUSTED_KEYS", raising=False)
+
+
+@pytest.fixture(autouse=True)
 def _root_logging_restored() -> Iterator[None]:
     """Put the root logger's handlers and level back after each test.
 

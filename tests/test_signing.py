@@ -17,7 +17,7 @@ from click.testing import CliRunner
 
 from tinybundle import tiny_bundle  # noqa: F401 - session fixture
 from uopsl.runtime import engine_header as eh
-from uopsl.runtime.bundle import MANIFEST, describe_file, read_manifest, verify_or_raise, write_manifest
+from uopsl.runtime.bundle import MANIFEST, FileEntry, describe_file, read_manifest, verify_or_raise, write_manifest
 from uopsl.runtime.errors import BundleError, ConfigError, MissingDependencyError
 from uopsl.runtime.signing import (
     SIGNATURE_FILE,
@@ -77,6 +77,8 @@ def test_keygen_writes_an_owner_only_private_key_and_never_overwrites(tmp_path: 
     assert b"ENCRYPTED" in (tmp_path / "enc" / "uopsl-signing.key").read_bytes()
     with pytest.raises(ConfigError, match="wrong password|password"):
         sign_bundle(tmp_path, tmp_path / "enc" / "uopsl-signing.key", b"wrong")
+    res = CliRunner().invoke(cli, ["keygen", "--out", str(tmp_path / "plain")])
+    assert res.exit_code == 0 and "not encrypted" in res.output
 
 
 def _text(path: Path, text: str) -> Path:
@@ -140,22 +142,19 @@ def _add_engine(bundle: Path, source_sha: str) -> None:
     add_file(bundle, None, "model.fp16.engine", "engine", "fp16", info=header.to_dict())
 
 
-def test_engines_built_on_the_device_are_taken_only_when_allowed_and_built_from_a_signed_file(
-        signed: Path, keys: dict[str, Path]) -> None:
+def test_an_engine_added_after_signing_is_refused_and_a_signed_one_is_covered(signed: Path,
+                                                                              keys: dict[str, Path]) -> None:
+    """A review showed that an engine whose (unsigned) header names a signed ONNX file proves nothing: anyone
+    handling the bundle in transit can write such a header. Engines count only when signed."""
     onnx_sha = read_manifest(signed).file("model.onnx").sha256
     _add_engine(signed, onnx_sha)
-    strict = check_signature(signed, _trusted(keys))
-    assert not strict.trusted and "--trust-device-engines" in strict.problem
-    allowed = check_signature(signed, _trusted(keys), allow_device_engines=True)
-    assert allowed.trusted and allowed.device_engines == ("model.fp16.engine",)
-    assert "engines built on this device from signed files: model.fp16.engine" in allowed.describe()
-    _add_engine(signed, "0" * 64)  # an engine whose header names other content
-    check = check_signature(signed, _trusted(keys), allow_device_engines=True)
-    assert not check.trusted and "was not built from a signed ONNX file" in check.problem
-    # Signed with the engine in it, the engine is covered like any file.
-    _add_engine(signed, onnx_sha)
-    sign_bundle(signed, keys["private"])
+    check = check_signature(signed, _trusted(keys))
+    assert not check.trusted
+    assert check.problem.startswith("engine model.fp16.engine was added after signing: build engines on a device")
+    sign_bundle(signed, keys["private"])  # built on a device of the same kind, then signed
     assert check_signature(signed, _trusted(keys)).trusted
+    _add_engine(signed, "0" * 64)  # replaced by an engine of other bytes
+    assert "model.fp16.engine changed since signing" in check_signature(signed, _trusted(keys)).problem
 
 
 @pytest.mark.parametrize("edit", ["payload", "signature", "garbage"])
@@ -199,12 +198,65 @@ def test_a_screener_with_trusted_keys_takes_only_signed_bundles(signed: Path, ti
         Screener(tiny_bundle, backend="ort-cpu", trusted_keys=[keys["public"]])
     with pytest.raises(ConfigError, match="needs the bundle's checksums checked"):
         Screener(signed, backend="ort-cpu", trusted_keys=[keys["public"]], verify=False)
-    monkeypatch.setenv(TRUSTED_KEYS_ENV, str(keys["other_public"]))  # what a device maker sets once
+    monkeypatch.setenv(TRUSTED_KEYS_ENV, str(keys["other_public"]))
     with pytest.raises(BundleError, match="does not trust"):
         Screener(signed, backend="ort-cpu")
+    # Keys given add to the machine's; an empty list does not switch them off.
     assert Screener(signed, backend="ort-cpu", trusted_keys=[keys["public"]]).signature.trusted  # type: ignore[union-attr]
+    with pytest.raises(BundleError, match="is not trusted here: not signed"):
+        Screener(tiny_bundle, backend="ort-cpu", trusted_keys=[])
     monkeypatch.delenv(TRUSTED_KEYS_ENV)
     assert Screener(tiny_bundle, backend="ort-cpu").signature is None  # no key: nothing checked, as before
+    assert Screener(signed, backend="ort-cpu", trusted_keys=str(keys["public"])).signature.trusted  # type: ignore[union-attr]
+
+
+def test_the_machines_key_folder_is_read_whatever_the_environment_says(signed: Path, tiny_bundle: Path,
+                                                                       tmp_path: Path, keys: dict[str, Path],
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A review: a service started without UOPSL_TRUSTED_KEYS screened unsigned bundles (fail-open)."""
+    from uopsl.runtime.api import Screener
+
+    folder = tmp_path / "trusted-keys"
+    folder.mkdir()
+    shutil.copyfile(keys["public"], folder / "maker.pub")
+    monkeypatch.setenv("UOPSL_TRUSTED_KEYS_DIR", str(folder))
+    with pytest.raises(BundleError, match="not signed"):
+        Screener(tiny_bundle, backend="ort-cpu")
+    assert Screener(signed, backend="ort-cpu").signature.trusted  # type: ignore[union-attr]
+
+
+def test_the_signature_is_compared_with_the_manifest_whose_files_were_hashed(
+        signed: Path, keys: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A review raced manifest.json between two reads: a forged manifest (re-sealed, listing another model and
+    new thresholds) for the checksum read, the signed one for the signature read; 19-26 of 60 tries passed.
+    Every check now works on one read."""
+    import uopsl.runtime.bundle as bundle_mod
+    from uopsl.runtime.signing import open_trusted
+
+    signed_raw = json.loads((signed / MANIFEST).read_text())
+    shutil.copyfile(signed / "model.onnx", signed / "evil.onnx")
+    with open(signed / "evil.onnx", "ab") as fh:
+        fh.write(b"\0")
+    m = read_manifest(signed)
+    _reseal(signed, classes=tuple(replace(c, threshold=1.0) for c in m.classes),
+            files=m.files + (describe_file(signed, FileEntry("evil.onnx", "onnx", "fp32")),))
+    forged = json.loads((signed / MANIFEST).read_text())
+    reads = []
+    real = bundle_mod.read_manifest_json
+
+    def swapping(path: Path) -> dict:  # type: ignore[type-arg]
+        reads.append(path)
+        return forged if len(reads) == 1 else signed_raw  # the attacker's timing, at its best
+
+    import uopsl.runtime.signing as signing_mod
+
+    for mod in (bundle_mod, signing_mod):  # wherever the manifest could be read again
+        monkeypatch.setattr(mod, "read_manifest_json", swapping)
+    with pytest.raises(BundleError, match="changed since signing"):
+        open_trusted(signed, trusted_keys=[keys["public"]])
+    assert len(reads) == 1  # one read of the manifest for every check
+    for mod in (bundle_mod, signing_mod):
+        monkeypatch.setattr(mod, "read_manifest_json", real)
 
 
 def test_the_report_says_the_bundle_signature_was_checked(signed: Path, tmp_path: Path, keys: dict[str, Path],
@@ -218,6 +270,42 @@ def test_the_report_says_the_bundle_signature_was_checked(signed: Path, tmp_path
         s.screen_to(tmp_path / "out", [tmp_path / "in"], overlays=False)
     kid = load_trusted_keys([keys["public"]])[0].key_id
     assert f"signed by key {kid}, checked against a trusted key</dd>" in (tmp_path / "out" / "report.html").read_text()
+
+
+def test_bench_and_info_obey_the_machines_keys(signed: Path, tiny_bundle: Path, keys: dict[str, Path],
+                                               monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """A review: with a key configured, `run` refused an unsigned bundle but `bench` ran it and `info` said 0."""
+    from uopsl.runtime.cli import main
+
+    monkeypatch.setenv(TRUSTED_KEYS_ENV, str(keys["public"]))
+    assert main(["bench", str(tiny_bundle), "--backend", "ort-cpu", "--iters", "1", "--warmup", "0",
+                 "--batch", "1", "--no-e2e"]) == 2
+    assert "not signed" in capsys.readouterr().err
+    assert main(["info", str(tiny_bundle)]) == 2
+    assert "REFUSED here" in capsys.readouterr().out
+    assert main(["info", str(signed), "--json"]) == 0
+    sig = json.loads(capsys.readouterr().out)["signature"]
+    assert sig["trusted"] and sig["keys_trusted_here"] == [sig["key_id"]]
+
+
+def test_sign_refuses_onnx_files_with_external_data(tiny_bundle: Path, tmp_path: Path,
+                                                    keys: dict[str, Path]) -> None:
+    """A review: weights kept in an external-data file are read by path and were not covered by the signature."""
+    import onnx
+
+    from uopsl.export.bundle_writer import add_file
+    from uopsl.train.cli import cli
+
+    bundle = tmp_path / "b"
+    shutil.copytree(tiny_bundle, bundle)
+    model = onnx.load(str(bundle / "model.onnx"))
+    onnx.save(model, str(bundle / "ext.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
+              location="ext.weights", size_threshold=0)
+    add_file(bundle, None, "ext.onnx", "onnx", "fp32")
+    res = CliRunner().invoke(cli, ["sign", str(bundle), "--key", str(keys["private"])])
+    assert isinstance(res.exception, ConfigError) and "external data" in str(res.exception)
+    assert not (bundle / SIGNATURE_FILE).exists()
 
 
 def test_screen_cli_verify_and_run_check_the_signature(signed: Path, tmp_path: Path, keys: dict[str, Path],
@@ -249,4 +337,3 @@ def test_without_cryptography_the_error_says_what_to_install(signed: Path, keys:
     with pytest.raises(MissingDependencyError, match=r"uopsl\[sign\]"):
         load_trusted_keys([keys["public"]])
     assert not check_signature(signed).trusted  # looking without a key needs no cryptography
-    assert (signed / MANIFEST).is_file()

@@ -21,6 +21,22 @@ def _password(env: str | None) -> bytes | None:
     return value.encode("utf-8")
 
 
+def _refuse_external_data(bundle: Path, manifest: object) -> None:
+    """ConfigError for an ONNX file whose tensors live in other files: the runtimes read those by path, and the
+    manifest (so the signature) does not list them."""
+    from uopsl.runtime.optional import require
+
+    onnx = require("onnx", "Checking the bundle's ONNX files before signing")
+    for f in manifest.files:  # type: ignore[attr-defined]
+        if f.kind != "onnx":
+            continue
+        model = onnx.load(str(bundle / f.path), load_external_data=False)
+        tensors = list(model.graph.initializer) + [a.t for n in model.graph.node for a in n.attribute if a.HasField("t")]
+        if any(t.data_location == onnx.TensorProto.EXTERNAL for t in tensors):
+            raise ConfigError(f"{f.path} keeps tensors in external data files, which a signature would not cover; "
+                              "save it as one file (onnx.save(..., save_as_external_data=False)) and sign again")
+
+
 @click.command("keygen")
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False), required=True,
               help="Folder for NAME.key (private: keep it off devices) and NAME.pub (give it to devices).")
@@ -31,9 +47,13 @@ def keygen_command(out: Path, name: str, password_env: str | None) -> None:
     """Make an Ed25519 key pair for signing bundles (never overwrites a key)."""
     from uopsl.runtime.signing import generate_keypair
 
-    private, public, kid = generate_keypair(out, name, _password(password_env))
+    password = _password(password_env)
+    private, public, kid = generate_keypair(out, name, password)
     click.echo(f"key {kid}: private {private} (owner-only; keep it off devices), public {public} "
-               "(devices: --trusted-key or UOPSL_TRUSTED_KEYS)")
+               "(devices: their trusted-keys folder, --trusted-key or UOPSL_TRUSTED_KEYS)")
+    if password is None:
+        click.echo("note: the private key is not encrypted; anyone who copies it can sign bundles your devices "
+                   "trust (--password-env VAR encrypts it; use a long passphrase)", err=True)
 
 
 @click.command("sign")
@@ -45,7 +65,9 @@ def keygen_command(out: Path, name: str, password_env: str | None) -> None:
 def sign_command(bundle: Path, key_path: Path, password_env: str | None) -> None:
     """Sign BUNDLE (verified first) as it is now: run it last, after quantize, validate, intended-use and any
     engine you ship; anything added later (other than parity records) voids the signature on devices."""
+    from uopsl.runtime.bundle import read_manifest
     from uopsl.runtime.signing import SIGNATURE_FILE, sign_bundle
 
+    _refuse_external_data(bundle, read_manifest(bundle))
     kid = sign_bundle(bundle, key_path, _password(password_env))
     click.echo(f"{bundle / SIGNATURE_FILE}: signed with key {kid}")
