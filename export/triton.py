@@ -66,10 +66,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from uopsl.runtime.bundle import MANIFEST, FileEntry, Manifest
+from uopsl.runtime.bundle import MANIFEST, FileEntry, Manifest, content_hash
 from uopsl.runtime.engine_header import read_header, read_plan
 from uopsl.runtime.errors import BundleError, ConfigError
-from uopsl.runtime.fsio import new_dir_mode, set_mode, sha256_bytes, sha256_file, write_bytes, write_json, write_text
+from uopsl.runtime.fsio import (
+    load_json_strict,
+    new_dir_mode,
+    set_mode,
+    sha256_bytes,
+    sha256_file,
+    write_bytes,
+    write_json,
+    write_text,
+)
 from uopsl.runtime.optional import require
 from uopsl.runtime.signing import open_trusted
 
@@ -187,6 +196,11 @@ def write_triton_repository(
     try:
         models, left_out = _plan_models(bundle, manifest, entries, base, max_batch, onnx_device, include_unvalidated)
         manifest_bytes = (bundle / MANIFEST).read_bytes()
+        # The copy every model carries must be the manifest just verified (its content hash covers every field).
+        copied = load_json_strict(manifest_bytes.decode("utf-8"))
+        if not isinstance(copied, dict) or copied.get("content_sha256") != manifest.content_sha256 \
+                or content_hash(copied) != manifest.content_sha256:
+            raise BundleError(f"{bundle / MANIFEST} changed while the repository was written; try again")
         labels = "".join(f"{n}\n" for n in manifest.class_names)
         for m in models:
             _write_model(tmp, bundle, m, manifest_bytes, labels, instance_count, dynamic_batching,
@@ -472,7 +486,7 @@ def _write_model(root: Path, bundle: Path, m: TritonModel, manifest_bytes: bytes
     dest = folder / VERSION / m.filename
     src = bundle / m.source.path
     if m.platform == PLAN_PLATFORM:
-        _, plan = read_plan(src)
+        _, plan = read_plan(src, expected_sha256=m.source.sha256)  # the bytes the bundle was verified with
         write_bytes(dest, plan)
     else:
         shutil.copyfile(src, dest)

@@ -599,7 +599,8 @@ def read_manifest_json(path: Path) -> dict[str, Any]:
     return raw
 
 
-def _content_hash(d: dict[str, Any]) -> str:
+def content_hash(d: dict[str, Any]) -> str:
+    """The content sha256 of a manifest's JSON object ``d`` (every field but ``content_sha256`` itself)."""
     body = {k: v for k, v in d.items() if k != "content_sha256"}
     return sha256_bytes(json.dumps(body, sort_keys=True, separators=(",", ":"), default=str).encode("utf-8"))
 
@@ -609,7 +610,7 @@ def write_manifest(bundle: str | os.PathLike[str], manifest: Manifest) -> None:
     if problem:
         raise BundleError(f"not writing {Path(bundle) / MANIFEST}: {problem}")
     d = manifest.to_dict()
-    d["content_sha256"] = _content_hash(json.loads(json.dumps(d, default=str)))
+    d["content_sha256"] = content_hash(json.loads(json.dumps(d, default=str)))
     write_json(Path(bundle) / MANIFEST, d)
 
 
@@ -687,7 +688,7 @@ def _checksum_problem(raw: dict[str, Any]) -> str | None:
     """What is wrong with a raw manifest's own content checksum, or None (shared by verify and the writers)."""
     if not raw.get("content_sha256"):
         return "no content checksum (removed, or written by an older exporter); re-export"
-    if _content_hash(raw) != raw["content_sha256"]:
+    if content_hash(raw) != raw["content_sha256"]:
         return "content differs from its checksum (edited or corrupted)"
     return None
 

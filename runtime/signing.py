@@ -20,12 +20,14 @@ added after signing, a TensorRT engine included, fails the check until the
 bundle is signed again: build engines on a device of the same kind (GPU model,
 JetPack / TensorRT version) before signing, and ship the signed bundle.
 
-Where a device's keys come from (:func:`trusted_keys_for`): the ``*.pub``
-files of a folder only an administrator writes (``/etc/uopsl/trusted-keys``,
-on Windows ``%PROGRAMDATA%\\uopsl\\trusted-keys``; ``UOPSL_TRUSTED_KEYS_DIR``
-names another), the files ``UOPSL_TRUSTED_KEYS`` lists, and those a caller
-passes. Each source adds keys; none removes them, so a service started without
-the environment variable still checks.
+Where a device's keys come from (:func:`trusted_keys_for`): the ``*.pub`` /
+``*.pem`` files of a folder only an administrator writes
+(``/etc/uopsl/trusted-keys``, on Windows ``%PROGRAMDATA%\\uopsl\\trusted-keys``,
+whose permissions the administrator must restrict), of the folder
+``UOPSL_TRUSTED_KEYS_DIR`` names, the files ``UOPSL_TRUSTED_KEYS`` lists, and
+those a caller passes. Each source adds keys; none removes them, so a service
+started without the environment variables still checks; a folder that
+exists but cannot be read stops every run instead of counting as empty.
 
 Not covered: a file replaced between the checksum check and the load and put
 back after it (the backends hash each model file just before and after loading
@@ -109,7 +111,7 @@ def load_trusted_keys(paths: Iterable[str | os.PathLike[str]]) -> tuple[TrustedK
     if not paths:  # nothing to load: no need for cryptography
         return ()
     ser, ed = _serialization(), _ed25519()
-    keys = []
+    keys: list[TrustedKey] = []
     for path in paths:
         data = _read_pem(path, "public key")
         try:
@@ -119,7 +121,8 @@ def load_trusted_keys(paths: Iterable[str | os.PathLike[str]]) -> tuple[TrustedK
         if not isinstance(key, ed.Ed25519PublicKey):
             raise ConfigError(f"{path}: a {type(key).__name__}, expected an Ed25519 public key (`uopsl keygen`)")
         raw = key.public_bytes(ser.Encoding.Raw, ser.PublicFormat.Raw)
-        keys.append(TrustedKey(key_id(raw), raw, str(path)))
+        if all(k.raw != raw for k in keys):  # the same key in the folder and on the command line: once
+            keys.append(TrustedKey(key_id(raw), raw, str(path)))
     return tuple(keys)
 
 
@@ -129,24 +132,56 @@ def trusted_keys_from_env(environ: dict[str, str] | None = None) -> tuple[str, .
     return tuple(p.strip() for p in value.split(os.pathsep) if p.strip())
 
 
-def trusted_keys_dir(environ: dict[str, str] | None = None) -> Path:
-    """The folder of keys every run reads (:data:`TRUSTED_KEYS_DIR_ENV`, else the system's)."""
+def system_keys_dir(environ: dict[str, str] | None = None) -> Path:
+    """The machine's own folder of trusted keys, read by every run whatever the environment says."""
     env = os.environ if environ is None else environ
-    if env.get(TRUSTED_KEYS_DIR_ENV):
-        return Path(env[TRUSTED_KEYS_DIR_ENV])
     if os.name == "nt":
-        return Path(env.get("PROGRAMDATA", r"C:\ProgramData")) / "uopsl" / "trusted-keys"
+        return Path(env.get("PROGRAMDATA") or r"C:\ProgramData") / "uopsl" / "trusted-keys"
     return Path("/etc/uopsl/trusted-keys")
 
 
-def configured_key_files(environ: dict[str, str] | None = None) -> tuple[str, ...]:
-    """Every key file this machine is configured to trust: the folder's ``*.pub`` files, then the variable's."""
-    folder = trusted_keys_dir(environ)
+#: Key file names taken from a trusted-keys folder (any case); other names (a README) are left alone.
+_KEY_SUFFIXES = (".pub", ".pem")
+
+
+def _keys_in_folder(folder: Path, *, required: bool) -> tuple[str, ...]:
+    """The key files of ``folder``. Fails closed: a folder that exists but cannot be listed, a file where the
+    folder should be, a key name that is not a readable file (a broken link), or a ``required`` folder that is
+    missing is a ConfigError, never "no keys" (which would screen unsigned bundles)."""
     try:
-        in_folder = tuple(str(p) for p in sorted(folder.glob("*.pub")) if p.is_file())
-    except OSError as exc:  # an unreadable key folder must not pass for an empty one
-        raise ConfigError(f"{folder}: cannot list the trusted keys ({exc}); fix its permissions") from exc
-    return in_folder + trusted_keys_from_env(environ)
+        entries = sorted(os.scandir(folder), key=lambda e: e.name)
+    except FileNotFoundError:
+        if required:
+            raise ConfigError(f"{folder}: no such trusted-keys folder ({TRUSTED_KEYS_DIR_ENV} names it); fix the "
+                              "path or create the folder") from None
+        return ()
+    except OSError as exc:
+        raise ConfigError(f"{folder}: cannot list the trusted keys ({exc.strerror or exc}); fix the folder or its "
+                          "permissions (a machine that cannot read its keys screens nothing)") from exc
+    found = []
+    for e in entries:
+        if not e.name.lower().endswith(_KEY_SUFFIXES):
+            continue
+        if not os.path.isfile(e.path):
+            raise ConfigError(f"{e.path}: listed as a trusted key but not a readable file (a broken link?); "
+                              "fix or remove it")
+        found.append(e.path)
+    return tuple(found)
+
+
+def configured_key_files(environ: dict[str, str] | None = None) -> tuple[str, ...]:
+    """Every key file this machine trusts: the system folder's, then those of the folder
+    :data:`TRUSTED_KEYS_DIR_ENV` names (an addition, not a replacement), then the files
+    :data:`TRUSTED_KEYS_ENV` lists."""
+    env = os.environ if environ is None else environ
+    files = list(_keys_in_folder(_system_dir_for_tests or system_keys_dir(env), required=False))
+    if env.get(TRUSTED_KEYS_DIR_ENV):
+        files += _keys_in_folder(Path(env[TRUSTED_KEYS_DIR_ENV]), required=True)
+    return tuple(files) + trusted_keys_from_env(env)
+
+
+#: Set by the test suite to a folder of its own, so a developer's configured keys do not change the tests.
+_system_dir_for_tests: Path | None = None
 
 
 def trusted_keys_for(extra: str | os.PathLike[str] | Iterable[str | os.PathLike[str]] | None = None,
@@ -178,10 +213,8 @@ def signed_content(raw: dict[str, Any]) -> dict[str, Any]:
 
 def sign_bundle(bundle: str | os.PathLike[str], private_key: str | os.PathLike[str],
                 password: bytes | None = None) -> str:
-    """Sign ``bundle`` (already verified by the caller) with the PEM Ed25519 key file ``private_key``;
-    writes ``signature.json`` atomically and returns the key id."""
-    from uopsl.runtime.bundle import verify_or_raise
-
+    """Sign ``bundle`` (verified here, on the read that is signed) with the PEM Ed25519 key file
+    ``private_key``; writes ``signature.json`` atomically and returns the key id."""
     ser, ed = _serialization(), _ed25519()
     root = Path(bundle)
     data = _read_pem(private_key, "private key")
@@ -193,11 +226,12 @@ def sign_bundle(bundle: str | os.PathLike[str], private_key: str | os.PathLike[s
         raise ConfigError(f"{private_key}: not a readable private key, or a wrong password ({exc})") from exc
     if not isinstance(key, ed.Ed25519PrivateKey):
         raise ConfigError(f"{private_key}: a {type(key).__name__}, expected an Ed25519 private key (`uopsl keygen`)")
-    verify_or_raise(root)  # never sign what fails its own checksums
+    manifest, raw = read_manifest_raw(root)
+    verify_or_raise(root, manifest, raw)  # never sign what fails its own checksums; sign what was checked
     public_raw = key.public_key().public_bytes(ser.Encoding.Raw, ser.PublicFormat.Raw)
     payload = {"format": SIGNATURE_FORMAT, "algorithm": "ed25519", "key_id": key_id(public_raw),
                "signed_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-               "content": signed_content(read_manifest_json(root / MANIFEST))}
+               "content": signed_content(raw)}
     signature = key.sign(_canonical(payload))
     write_json(root / SIGNATURE_FILE, {"payload": payload, "signature": base64.b64encode(signature).decode("ascii")})
     return str(payload["key_id"])
@@ -252,7 +286,7 @@ def _read_signature(root: Path) -> dict[str, Any] | None:
         with open(path, "rb") as fh:
             data = fh.read(_MAX_SIGNATURE_BYTES + 1)
         if len(data) > _MAX_SIGNATURE_BYTES:
-            raise ValueError("larger than 1 MiB")
+            raise ValueError(f"larger than {_MAX_SIGNATURE_BYTES >> 20} MiB")
         doc = load_json_strict(data.decode("utf-8"))
     except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise BundleError(f"{path}: unreadable signature ({exc}); sign the bundle again or copy it again") from exc
@@ -269,12 +303,15 @@ def check_signature(bundle: str | os.PathLike[str], trusted: Sequence[TrustedKey
     ``raw``: the manifest's JSON as the caller read it for its other checks (else read here): compare the
     signature with the very manifest whose files were hashed.
 
-    Never raises for a bad signature (the result says what is wrong); raises
-    BundleError for an unreadable ``signature.json``. The files' bytes are
-    :func:`uopsl.runtime.bundle.verify`'s job: call it too.
+    Never raises for a bad or unreadable signature (the result says what is
+    wrong). The files' bytes are :func:`uopsl.runtime.bundle.verify`'s job:
+    call it on the same ``raw`` (:func:`open_trusted` does both).
     """
     root = Path(bundle)
-    doc = _read_signature(root)
+    try:
+        doc = _read_signature(root)
+    except BundleError as exc:  # refused where a key is trusted; only reported elsewhere
+        return SignatureCheck(True, problem=str(exc))
     if doc is None:
         return SignatureCheck(False, problem=f"not signed (no {SIGNATURE_FILE})")
     payload = doc["payload"]

@@ -41,12 +41,23 @@ from tinymodel import export_tiny_onnx, random_fundus_batch
 from uopsl.runtime.preprocess import preprocess_file
 from uopsl.runtime.quality import assess
 
-@pytest.fixture(autouse=True)
-def _no_machine_trusted_keys(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+def pytest_configure(config: pytest.Config) -> None:
     """Tests see no signing keys configured on the machine running them (a developer's own trusted-keys folder
-    or UOPSL_TRUSTED_KEYS would make every unsigned test bundle refused); tests of the policy set their own."""
-    monkeypatch.setenv("UOPSL_TRUSTED_KEYS_DIR", str(tmp_path_factory.getbasetemp() / "no-trusted-keys"))
-    monkeypatch.delenv("UOPSL_TRUSTED_KEYS", raising=False)
+    or UOPSL_TRUSTED_KEYS would make every unsigned test bundle refused); tests of the policy set their own.
+
+    Set once, before any fixture of any scope. Subprocesses inherit the environment; they still read the
+    machine's own folder (/etc/uopsl/trusted-keys), which CI machines do not have.
+    """
+    import os
+
+    import uopsl.runtime.signing as signing
+
+    for name in ("UOPSL_TRUSTED_KEYS", "UOPSL_TRUSTED_KEYS_DIR"):
+        os.environ.pop(name, None)
+    import tempfile
+
+    # A folder that does not exist reads as "no keys" (one that cannot be listed would stop every run).
+    signing._system_dir_for_tests = Path(tempfile.gettempdir()) / f"uopsl-tests-no-trusted-keys-{os.getpid()}"
 
 
 @pytest.fixture(autouse=True)

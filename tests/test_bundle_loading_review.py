@@ -15,7 +15,7 @@ from uopsl.runtime.bundle import (
     ClassSpec,
     FileEntry,
     Manifest,
-    _content_hash,
+    content_hash,
     bundle_path_problem,
     read_manifest,
     verify,
@@ -29,7 +29,7 @@ def _reseal(bundle: Path, edit) -> None:  # type: ignore[no-untyped-def]
     """Edit the raw manifest and recompute its content checksum, as a careful forger would."""
     raw = json.loads((bundle / MANIFEST).read_text())
     edit(raw)
-    raw["content_sha256"] = _content_hash(raw)
+    raw["content_sha256"] = content_hash(raw)
     (bundle / MANIFEST).write_text(json.dumps(raw))
 
 
@@ -48,7 +48,7 @@ def test_a_threshold_that_is_not_a_probability_is_refused_on_read(bundle: Path, 
         text = (bundle / MANIFEST).read_text()
         raw = json.loads(text)
         edit(raw)
-        raw["content_sha256"] = _content_hash(json.loads(json.dumps(raw)))
+        raw["content_sha256"] = content_hash(json.loads(json.dumps(raw)))
         (bundle / MANIFEST).write_text(json.dumps(raw))  # json writes NaN / Infinity
     else:
         _reseal(bundle, edit)

@@ -12,6 +12,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -171,8 +172,9 @@ def test_a_tampered_signature_file_is_refused(signed: Path, keys: dict[str, Path
         assert "malformed" in check_signature(signed, _trusted(keys)).problem
     else:
         path.write_text("{")
-        with pytest.raises(BundleError, match="unreadable signature"):
-            check_signature(signed, _trusted(keys))
+        check = check_signature(signed, _trusted(keys))  # refused where keys are trusted, reported elsewhere
+        assert not check.trusted and "unreadable signature" in check.problem
+        assert "unreadable signature" in check_signature(signed).describe()
 
 
 def test_signing_refuses_a_bundle_that_fails_its_checksums(tiny_bundle: Path, tmp_path: Path,
@@ -216,13 +218,47 @@ def test_the_machines_key_folder_is_read_whatever_the_environment_says(signed: P
     """A review: a service started without UOPSL_TRUSTED_KEYS screened unsigned bundles (fail-open)."""
     from uopsl.runtime.api import Screener
 
+    import uopsl.runtime.signing as signing
+
     folder = tmp_path / "trusted-keys"
     folder.mkdir()
-    shutil.copyfile(keys["public"], folder / "maker.pub")
-    monkeypatch.setenv("UOPSL_TRUSTED_KEYS_DIR", str(folder))
+    shutil.copyfile(keys["public"], folder / "maker.PUB")  # any case
+    (folder / "README.txt").write_text("keys of our bundle makers")  # other names are left alone
+    monkeypatch.setattr(signing, "_system_dir_for_tests", folder)  # the machine's own folder
     with pytest.raises(BundleError, match="not signed"):
         Screener(tiny_bundle, backend="ort-cpu")
     assert Screener(signed, backend="ort-cpu").signature.trusted  # type: ignore[union-attr]
+    # The variable adds a folder; it cannot hide the machine's own.
+    other = tmp_path / "other-keys"
+    other.mkdir()
+    monkeypatch.setenv("UOPSL_TRUSTED_KEYS_DIR", str(other))
+    with pytest.raises(BundleError, match="not signed"):
+        Screener(tiny_bundle, backend="ort-cpu")
+
+
+@pytest.mark.parametrize("broken", ["named folder missing", "a file where the folder is", "a broken link"])
+def test_a_key_folder_that_cannot_be_read_stops_every_run(tiny_bundle: Path, tmp_path: Path, broken: str,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A second review: an unlistable folder, a file copied where the folder should be, a broken link or a
+    mistyped folder name all read as "no keys" and let unsigned bundles through (fail-open)."""
+    import uopsl.runtime.signing as signing
+    from uopsl.runtime.api import Screener
+
+    folder = tmp_path / "trusted-keys"
+    if broken == "named folder missing":
+        monkeypatch.setenv("UOPSL_TRUSTED_KEYS_DIR", str(folder))  # mistyped, or never created
+        match = "no such trusted-keys folder"
+    elif broken == "a file where the folder is":
+        folder.write_text("-----BEGIN PUBLIC KEY-----")  # `cp maker.pub /etc/uopsl/trusted-keys`, no folder yet
+        monkeypatch.setattr(signing, "_system_dir_for_tests", folder)
+        match = "cannot list the trusted keys"
+    else:
+        folder.mkdir()
+        (folder / "maker.pub").symlink_to(tmp_path / "gone.pub")
+        monkeypatch.setattr(signing, "_system_dir_for_tests", folder)
+        match = "not a readable file"
+    with pytest.raises(ConfigError, match=match):
+        Screener(tiny_bundle, backend="ort-cpu")
 
 
 def test_the_signature_is_compared_with_the_manifest_whose_files_were_hashed(
@@ -306,6 +342,27 @@ def test_sign_refuses_onnx_files_with_external_data(tiny_bundle: Path, tmp_path:
     res = CliRunner().invoke(cli, ["sign", str(bundle), "--key", str(keys["private"])])
     assert isinstance(res.exception, ConfigError) and "external data" in str(res.exception)
     assert not (bundle / SIGNATURE_FILE).exists()
+
+    # Inside a subgraph (an If branch) too: a second review edited such weights after the first check passed.
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.full(4, 2.0, np.float32), "w")
+    branch = helper.make_graph([helper.make_node("Identity", ["w"], ["y"])], "branch", [],
+                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])], initializer=[w])
+    cond = helper.make_tensor_value_info("c", TensorProto.BOOL, [])
+    graph = helper.make_graph([helper.make_node("If", ["c"], ["out"], then_branch=branch, else_branch=branch)],
+                              "g", [cond], [helper.make_tensor_value_info("out", TensorProto.FLOAT, [4])])
+    sub = helper.make_model(graph)
+    onnx.save(sub, str(tmp_path / "sub.onnx"), save_as_external_data=True, location="sub.weights", size_threshold=0)
+    from uopsl.train.commands.sign import _refuse_external_data
+
+    with pytest.raises(ConfigError, match="external data"):
+        _refuse_external_data(tmp_path, type("M", (), {"files": (FileEntry("sub.onnx", "onnx"),)})())
+
+    # A damaged bundle gets the checksum's message, not a parser's.
+    (bundle / "ext.onnx").write_bytes(b"damaged")
+    res = CliRunner().invoke(cli, ["sign", str(bundle), "--key", str(keys["private"])])
+    assert isinstance(res.exception, BundleError) and "ext.onnx" in str(res.exception)
 
 
 def test_screen_cli_verify_and_run_check_the_signature(signed: Path, tmp_path: Path, keys: dict[str, Path],

@@ -270,6 +270,12 @@ def command(bundle: Path, precision: str, min_batch: int | None, opt_batch: int 
     info = build_engine(onnx, bundle / out_name, config, calibration, cuda=cuda)
     # The manifest as it is now, not as it was before minutes of building (a validate may have written it).
     add_file(bundle, None, out_name, "engine", precision, info=info.header.to_dict())  # type: ignore[arg-type]
+    from uopsl.runtime.signing import SIGNATURE_FILE
+
+    if (bundle / SIGNATURE_FILE).exists():
+        log.warning("%s is signed, and the engine was added after signing: machines that trust signing keys will "
+                    "refuse the bundle until it is signed again (uopsl sign; docs/deployment.md, \"Signed "
+                    "bundles\")", bundle)
     h = info.header
     click.echo(f"{bundle / out_name}: {h.precision}"
                + (f" ({h.int8_mode})" if h.int8_mode else "")

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -27,12 +29,26 @@ def _refuse_external_data(bundle: Path, manifest: object) -> None:
     from uopsl.runtime.optional import require
 
     onnx = require("onnx", "Checking the bundle's ONNX files before signing")
+
+    def tensors(graph: Any) -> Iterator[Any]:
+        """Every tensor of ``graph`` and of its subgraphs (If / Loop / Scan bodies)."""
+        yield from graph.initializer
+        yield from (s.values for s in graph.sparse_initializer)
+        for node in graph.node:
+            for a in node.attribute:
+                if a.HasField("t"):
+                    yield a.t
+                yield from a.tensors
+                if a.HasField("g"):
+                    yield from tensors(a.g)
+                for g in a.graphs:
+                    yield from tensors(g)
+
     for f in manifest.files:  # type: ignore[attr-defined]
         if f.kind != "onnx":
             continue
         model = onnx.load(str(bundle / f.path), load_external_data=False)
-        tensors = list(model.graph.initializer) + [a.t for n in model.graph.node for a in n.attribute if a.HasField("t")]
-        if any(t.data_location == onnx.TensorProto.EXTERNAL for t in tensors):
+        if any(t.data_location == onnx.TensorProto.EXTERNAL for t in tensors(model.graph)):
             raise ConfigError(f"{f.path} keeps tensors in external data files, which a signature would not cover; "
                               "save it as one file (onnx.save(..., save_as_external_data=False)) and sign again")
 
@@ -65,9 +81,10 @@ def keygen_command(out: Path, name: str, password_env: str | None) -> None:
 def sign_command(bundle: Path, key_path: Path, password_env: str | None) -> None:
     """Sign BUNDLE (verified first) as it is now: run it last, after quantize, validate, intended-use and any
     engine you ship; anything added later (other than parity records) voids the signature on devices."""
-    from uopsl.runtime.bundle import read_manifest
+    from uopsl.runtime.bundle import verify_or_raise
     from uopsl.runtime.signing import SIGNATURE_FILE, sign_bundle
 
-    _refuse_external_data(bundle, read_manifest(bundle))
+    # Checksums first (a damaged file gets the checksum's message, not a parser's), then what they cannot see.
+    _refuse_external_data(bundle, verify_or_raise(bundle))
     kid = sign_bundle(bundle, key_path, _password(password_env))
     click.echo(f"{bundle / SIGNATURE_FILE}: signed with key {kid}")
