@@ -45,7 +45,7 @@ import datetime as _dt
 import hashlib
 import json
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -126,13 +126,13 @@ def load_trusted_keys(paths: Iterable[str | os.PathLike[str]]) -> tuple[TrustedK
     return tuple(keys)
 
 
-def trusted_keys_from_env(environ: dict[str, str] | None = None) -> tuple[str, ...]:
+def trusted_keys_from_env(environ: Mapping[str, str] | None = None) -> tuple[str, ...]:
     """The key files :data:`TRUSTED_KEYS_ENV` lists (empty when unset)."""
     value = (os.environ if environ is None else environ).get(TRUSTED_KEYS_ENV, "")
     return tuple(p.strip() for p in value.split(os.pathsep) if p.strip())
 
 
-def system_keys_dir(environ: dict[str, str] | None = None) -> Path:
+def system_keys_dir(environ: Mapping[str, str] | None = None) -> Path:
     """The machine's own folder of trusted keys, read by every run whatever the environment says."""
     env = os.environ if environ is None else environ
     if os.name == "nt":
@@ -169,7 +169,7 @@ def _keys_in_folder(folder: Path, *, required: bool) -> tuple[str, ...]:
     return tuple(found)
 
 
-def configured_key_files(environ: dict[str, str] | None = None) -> tuple[str, ...]:
+def configured_key_files(environ: Mapping[str, str] | None = None) -> tuple[str, ...]:
     """Every key file this machine trusts: the system folder's, then those of the folder
     :data:`TRUSTED_KEYS_DIR_ENV` names (an addition, not a replacement), then the files
     :data:`TRUSTED_KEYS_ENV` lists."""
@@ -185,7 +185,7 @@ _system_dir_for_tests: Path | None = None
 
 
 def trusted_keys_for(extra: str | os.PathLike[str] | Iterable[str | os.PathLike[str]] | None = None,
-                     environ: dict[str, str] | None = None) -> tuple[TrustedKey, ...]:
+                     environ: Mapping[str, str] | None = None) -> tuple[TrustedKey, ...]:
     """The keys this machine trusts (:func:`configured_key_files`) plus ``extra`` (a file or several)."""
     if extra is None:
         given: list[str | os.PathLike[str]] = []

@@ -325,10 +325,11 @@ def foreign_checkpoint(meta: CheckpointMeta, manifest: Manifest) -> list[str]:
 def _onnx_reference(bundle: Path, threads: int | None) -> tuple[Any, dict[str, Any]]:
     """(ONNX reference, context facts) for ``--onnx-reference``; refuses before anything runs (see the module doc)."""
     from uopsl.export.onnx_reference import OnnxReference
-    from uopsl.runtime.signing import open_trusted
+    from uopsl.runtime.signing import open_trusted, trusted_keys_for
 
-    # On a device that trusts signing keys, the reference file is loaded only from a signed bundle.
-    manifest, _ = open_trusted(bundle)
+    # On a device that trusts signing keys, the reference file is loaded only from a signed bundle. Elsewhere the
+    # reference's own chain check comes first: it says why a changed file is refused (a stale parity record).
+    manifest = open_trusted(bundle)[0] if trusted_keys_for() else None
     reference = OnnxReference.from_bundle(bundle, threads, manifest=manifest)
     proof = reference.proof
     return reference, {"checkpoint": None, "reference_kind": "onnx", "device": "cpu (ONNX Runtime)",
