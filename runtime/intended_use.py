@@ -38,9 +38,9 @@ STATED: tuple[str, ...] = ("demonstration", "research", "clinical")
 MAX_STATEMENT_CHARS = 1000
 MAX_TRAINED_ON_CHARS = 300
 
-#: Formatting characters that can make displayed text differ from the stored text (bidi embeddings, overrides
-#: and isolates; zero-width space; byte-order mark).
-_SPOOFING = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200b\ufeff")
+#: The formatting characters a statement may hold: zero-width non-joiner and joiner (Persian, Indic scripts),
+#: soft hyphen. None of them can reorder or hide text.
+_KEPT_FORMAT = frozenset("\u200c\u200d\u00ad")
 
 #: Banner texts. A report shows them above everything else; a run logs them as a warning.
 _WARNINGS = {
@@ -65,16 +65,18 @@ _SHORT = {
 def _clean_text(value: object, what: str, limit: int) -> str:
     """``value`` as one line of text (whitespace runs folded), or BundleError saying what is wrong.
 
-    Control characters (C0, C1), bidirectional embeddings, overrides and isolates,
-    the zero-width space and the byte-order mark are refused: they could make a terminal
-    or a page show other text than is stored. Other formatting characters that scripts
-    need (the zero-width (non-)joiner of Persian or Indic text, left-to-right and
-    right-to-left marks, the soft hyphen) are kept.
+    Control characters (C0, C1) and invisible formatting characters (bidirectional
+    marks, embeddings, overrides and isolates, zero-width space, word joiner, tags,
+    the byte-order mark) are refused: they could make a terminal or a page show other
+    text than is stored ("ages 18 - 65" can display as "ages 65 - 18"). The three that
+    scripts need and that cannot reorder text are kept: the zero-width non-joiner and
+    joiner of Persian or Indic spelling, and the soft hyphen.
     """
     if not isinstance(value, str):
         raise BundleError(f"intended_use.{what} must be text, got {type(value).__name__}")
     text = " ".join(value.split())
-    if any(unicodedata.category(ch) == "Cc" or ch in _SPOOFING for ch in text):
+    if any(unicodedata.category(ch) == "Cc" or (unicodedata.category(ch) == "Cf" and ch not in _KEPT_FORMAT)
+           for ch in text):
         raise BundleError(f"intended_use.{what} holds control or formatting characters; write plain text")
     if len(text) > limit:
         raise BundleError(f"intended_use.{what} is {len(text)} characters long; at most {limit} are kept on "

@@ -44,6 +44,7 @@ import binascii
 import datetime as _dt
 import hashlib
 import json
+import logging
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -55,11 +56,13 @@ from uopsl.runtime.errors import BundleError, ConfigError
 from uopsl.runtime.fsio import load_json_strict, write_json
 from uopsl.runtime.optional import require
 
+log = logging.getLogger(__name__)
+
 SIGNATURE_FILE = "signature.json"
 SIGNATURE_FORMAT = 1
 #: Where a device lists the public keys it trusts (PEM files), separated like PATH.
 TRUSTED_KEYS_ENV = "UOPSL_TRUSTED_KEYS"
-#: A folder of trusted public keys (``*.pub``), read whatever the environment says; this variable moves it.
+#: Another folder of trusted public keys (``*.pub``, ``*.pem``), read besides the machine's own.
 TRUSTED_KEYS_DIR_ENV = "UOPSL_TRUSTED_KEYS_DIR"
 #: Manifest fields a signature does not cover: the file list is covered entry by entry, and the rest is
 #: bookkeeping that a rewrite on the device recomputes.
@@ -133,7 +136,8 @@ def trusted_keys_from_env(environ: Mapping[str, str] | None = None) -> tuple[str
 
 
 def system_keys_dir(environ: Mapping[str, str] | None = None) -> Path:
-    """The machine's own folder of trusted keys, read by every run whatever the environment says."""
+    """The machine's own folder of trusted keys, read by every run whatever the uopsl variables say (on Windows
+    it lies under ``%PROGRAMDATA%`` as the process sees it)."""
     env = os.environ if environ is None else environ
     if os.name == "nt":
         return Path(env.get("PROGRAMDATA") or r"C:\ProgramData") / "uopsl" / "trusted-keys"
@@ -145,9 +149,12 @@ _KEY_SUFFIXES = (".pub", ".pem")
 
 
 def _keys_in_folder(folder: Path, *, required: bool) -> tuple[str, ...]:
-    """The key files of ``folder``. Fails closed: a folder that exists but cannot be listed, a file where the
-    folder should be, a key name that is not a readable file (a broken link), or a ``required`` folder that is
-    missing is a ConfigError, never "no keys" (which would screen unsigned bundles)."""
+    """The key files of ``folder``. Fails closed: a folder that exists but cannot be listed or holds no key,
+    a broken link or a file where the folder should be, a key name that is not a readable file, or a
+    ``required`` folder that is missing is a ConfigError, never "no keys" (which would screen unsigned
+    bundles). Only a folder that is not there at all means this machine trusts no key from it."""
+    if os.path.islink(folder) and not os.path.exists(folder):
+        raise ConfigError(f"{folder}: the trusted-keys folder is a broken link; fix or remove it")
     try:
         entries = sorted(os.scandir(folder), key=lambda e: e.name)
     except FileNotFoundError:
@@ -166,6 +173,9 @@ def _keys_in_folder(folder: Path, *, required: bool) -> tuple[str, ...]:
             raise ConfigError(f"{e.path}: listed as a trusted key but not a readable file (a broken link?); "
                               "fix or remove it")
         found.append(e.path)
+    if not found:  # made for keys (by an administrator, a mount) yet holding none: a mistake, not a choice
+        raise ConfigError(f"{folder}: the trusted-keys folder holds no key (*.pub or *.pem files); put the bundle "
+                          "makers' public keys there, or remove the folder if this machine trusts none")
     return tuple(found)
 
 
@@ -250,6 +260,8 @@ def open_trusted(bundle: str | os.PathLike[str], *, verify: bool = True,
     if keys and not verify:
         raise ConfigError("this machine trusts bundle signing keys, which needs the bundle's checksums checked: "
                           "drop --no-verify (verify=False)")
+    if keys:
+        log.info("trusted signing keys here: %s", ", ".join(f"{k.key_id} ({k.source})" for k in keys))
     manifest, raw = read_manifest_raw(bundle)
     if verify:
         verify_or_raise(bundle, manifest, raw)
@@ -268,7 +280,7 @@ class SignatureCheck:
     problem: str = ""
 
     def describe(self) -> str:
-        if not self.signed:
+        if not self.signed or not self.key_id:  # no signature, or one that could not be read
             return self.problem or "not signed"
         who = f"signed by key {self.key_id} on {self.signed_at}"
         return f"{who}: signature valid, key trusted" if self.trusted else f"{who}: {self.problem}"

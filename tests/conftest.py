@@ -55,9 +55,18 @@ def pytest_configure(config: pytest.Config) -> None:
     for name in ("UOPSL_TRUSTED_KEYS", "UOPSL_TRUSTED_KEYS_DIR"):
         os.environ.pop(name, None)
     import tempfile
+    import warnings
 
-    # A folder that does not exist reads as "no keys" (one that cannot be listed would stop every run).
-    signing._system_dir_for_tests = Path(tempfile.gettempdir()) / f"uopsl-tests-no-trusted-keys-{os.getpid()}"
+    # A folder that does not exist reads as "no keys" (one that cannot be listed would stop every run). Inside a
+    # fresh owner-only temporary folder, nobody else can create it meanwhile.
+    signing._system_dir_for_tests = Path(tempfile.mkdtemp(prefix="uopsl-tests-")) / "no-trusted-keys"
+    try:
+        machine_keys = signing._keys_in_folder(signing.system_keys_dir(), required=False)
+    except Exception:  # noqa: BLE001 - a broken folder is as bad as keys, for the subprocess tests
+        machine_keys = ("?",)
+    if machine_keys:
+        warnings.warn(f"this machine trusts bundle signing keys ({signing.system_keys_dir()}): tests that start "
+                      "uopsl in a subprocess read them and refuse the suite's unsigned bundles", stacklevel=1)
 
 
 @pytest.fixture(autouse=True)

@@ -55,11 +55,12 @@ def test_statements_are_one_line_of_plain_text_of_bounded_length() -> None:
     assert (use.statement, use.trained_on) == ("Internal study only.", "TVHL fundus photographs")
     # Controls and formatting characters (a C1 CSI, a right-to-left override, a zero-width space) could make a
     # terminal or a page show other text than is stored.
-    for bad in ("bell \x07", "csi \x9b2J", "right\u202eto left", "iso\u2066late", "zero\u200bwidth", "\ufeffbom"):
+    for bad in ("bell \x07", "csi \x9b2J", "right\u202eto left", "iso\u2066late", "zero\u200bwidth", "\ufeffbom",
+                "ages \u200f18 - 65", "word\u2060joiner", "tag\U000e0041"):
         with pytest.raises(BundleError, match="control or formatting characters"):
             IntendedUse("research", bad)
-    # Formatting characters that scripts need stay: Persian's zero-width non-joiner, direction marks, soft hyphen.
-    for fine in ("\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645", "a\u200eb\u200fc", "retino\u00adpathy"):
+    # What scripts need and cannot reorder stays: Persian's zero-width non-joiner, the joiner, the soft hyphen.
+    for fine in ("\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645", "\u0915\u094d\u200d\u0937", "retino\u00adpathy"):
         assert IntendedUse("research", fine).statement == fine
     assert IntendedUse("research", "line\u2028separator").statement == "line separator"  # whitespace: folded
     with pytest.raises(BundleError, match="1001 characters long; at most 1000"):

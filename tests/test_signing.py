@@ -174,7 +174,7 @@ def test_a_tampered_signature_file_is_refused(signed: Path, keys: dict[str, Path
         path.write_text("{")
         check = check_signature(signed, _trusted(keys))  # refused where keys are trusted, reported elsewhere
         assert not check.trusted and "unreadable signature" in check.problem
-        assert "unreadable signature" in check_signature(signed).describe()
+        assert check_signature(signed).describe().startswith(f"{path}: unreadable signature")
 
 
 def test_signing_refuses_a_bundle_that_fails_its_checksums(tiny_bundle: Path, tmp_path: Path,
@@ -231,12 +231,15 @@ def test_the_machines_key_folder_is_read_whatever_the_environment_says(signed: P
     # The variable adds a folder; it cannot hide the machine's own.
     other = tmp_path / "other-keys"
     other.mkdir()
+    shutil.copyfile(keys["other_public"], other / "other.pem")
     monkeypatch.setenv("UOPSL_TRUSTED_KEYS_DIR", str(other))
     with pytest.raises(BundleError, match="not signed"):
         Screener(tiny_bundle, backend="ort-cpu")
+    assert Screener(signed, backend="ort-cpu").signature.trusted  # type: ignore[union-attr]
 
 
-@pytest.mark.parametrize("broken", ["named folder missing", "a file where the folder is", "a broken link"])
+@pytest.mark.parametrize("broken", ["named folder missing", "a file where the folder is", "a broken link",
+                                    "the folder a broken link", "no key in the folder"])
 def test_a_key_folder_that_cannot_be_read_stops_every_run(tiny_bundle: Path, tmp_path: Path, broken: str,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """A second review: an unlistable folder, a file copied where the folder should be, a broken link or a
@@ -252,11 +255,20 @@ def test_a_key_folder_that_cannot_be_read_stops_every_run(tiny_bundle: Path, tmp
         folder.write_text("-----BEGIN PUBLIC KEY-----")  # `cp maker.pub /etc/uopsl/trusted-keys`, no folder yet
         monkeypatch.setattr(signing, "_system_dir_for_tests", folder)
         match = "cannot list the trusted keys"
-    else:
+    elif broken == "a broken link":
         folder.mkdir()
         (folder / "maker.pub").symlink_to(tmp_path / "gone.pub")
         monkeypatch.setattr(signing, "_system_dir_for_tests", folder)
         match = "not a readable file"
+    elif broken == "the folder a broken link":
+        folder.symlink_to(tmp_path / "unmounted")
+        monkeypatch.setattr(signing, "_system_dir_for_tests", folder)
+        match = "is a broken link"
+    else:  # made for keys (an empty bind mount, a key saved as maker.pub.txt) but holding none
+        folder.mkdir()
+        (folder / "maker.pub.txt").write_text("-----BEGIN PUBLIC KEY-----")
+        monkeypatch.setattr(signing, "_system_dir_for_tests", folder)
+        match = "holds no key"
     with pytest.raises(ConfigError, match=match):
         Screener(tiny_bundle, backend="ort-cpu")
 
@@ -358,6 +370,21 @@ def test_sign_refuses_onnx_files_with_external_data(tiny_bundle: Path, tmp_path:
 
     with pytest.raises(ConfigError, match="external data"):
         _refuse_external_data(tmp_path, type("M", (), {"files": (FileEntry("sub.onnx", "onnx"),)})())
+    # And a sparse initializer whose indices live in an external file (a third review's case).
+    values = numpy_helper.from_array(np.array([1.0, 2.0], np.float32), "sw")
+    indices = numpy_helper.from_array(np.array([0, 3], np.int64), "sw_idx")
+    sparse = helper.make_sparse_tensor(values, indices, [4])
+    g2 = helper.make_graph([helper.make_node("Identity", ["sw"], ["o"])], "g2", [],
+                           [helper.make_tensor_value_info("o", TensorProto.FLOAT, [4])], sparse_initializer=[sparse])
+    m2 = helper.make_model(g2)
+    from onnx.external_data_helper import set_external_data
+
+    set_external_data(m2.graph.sparse_initializer[0].indices, location="idx.bin")
+    (tmp_path / "idx.bin").write_bytes(m2.graph.sparse_initializer[0].indices.raw_data or b"")
+    m2.graph.sparse_initializer[0].indices.data_location = TensorProto.EXTERNAL
+    onnx.save(m2, str(tmp_path / "sparse.onnx"))
+    with pytest.raises(ConfigError, match="external data"):
+        _refuse_external_data(tmp_path, type("M", (), {"files": (FileEntry("sparse.onnx", "onnx"),)})())
 
     # A damaged bundle gets the checksum's message, not a parser's.
     (bundle / "ext.onnx").write_bytes(b"damaged")

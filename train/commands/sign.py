@@ -30,25 +30,42 @@ def _refuse_external_data(bundle: Path, manifest: object) -> None:
 
     onnx = require("onnx", "Checking the bundle's ONNX files before signing")
 
-    def tensors(graph: Any) -> Iterator[Any]:
-        """Every tensor of ``graph`` and of its subgraphs (If / Loop / Scan bodies)."""
-        yield from graph.initializer
-        yield from (s.values for s in graph.sparse_initializer)
-        for node in graph.node:
+    def sparse(s: Any) -> Iterator[Any]:
+        yield s.values
+        yield s.indices
+
+    def in_nodes(nodes: Any) -> Iterator[Any]:
+        for node in nodes:
             for a in node.attribute:
                 if a.HasField("t"):
                     yield a.t
                 yield from a.tensors
+                if a.HasField("sparse_tensor"):
+                    yield from sparse(a.sparse_tensor)
+                for s in a.sparse_tensors:
+                    yield from sparse(s)
                 if a.HasField("g"):
                     yield from tensors(a.g)
                 for g in a.graphs:
                     yield from tensors(g)
 
+    def tensors(graph: Any) -> Iterator[Any]:
+        """Every tensor of ``graph`` and of its subgraphs (If / Loop / Scan bodies), sparse ones included."""
+        yield from graph.initializer
+        for s in graph.sparse_initializer:
+            yield from sparse(s)
+        yield from in_nodes(graph.node)
+
+    def model_tensors(model: Any) -> Iterator[Any]:
+        yield from tensors(model.graph)
+        for function in model.functions:  # local functions' constant attributes
+            yield from in_nodes(function.node)
+
     for f in manifest.files:  # type: ignore[attr-defined]
         if f.kind != "onnx":
             continue
         model = onnx.load(str(bundle / f.path), load_external_data=False)
-        if any(t.data_location == onnx.TensorProto.EXTERNAL for t in tensors(model.graph)):
+        if any(t.data_location == onnx.TensorProto.EXTERNAL for t in model_tensors(model)):
             raise ConfigError(f"{f.path} keeps tensors in external data files, which a signature would not cover; "
                               "save it as one file (onnx.save(..., save_as_external_data=False)) and sign again")
 
