@@ -637,8 +637,7 @@ def verify(bundle: str | os.PathLike[str], manifest: Manifest | None = None,
     others on one manifest (a signature's) pass both.
     """
     root = Path(bundle)
-    manifest, raw = _manifest_and_raw(root, manifest, raw)
-    m = manifest
+    m, raw = _manifest_and_raw(root, manifest, raw)
     out: list[FileCheck] = []
     problem = _checksum_problem(raw)
     out.append(FileCheck(MANIFEST, False, problem) if problem else FileCheck(MANIFEST, True))

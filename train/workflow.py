@@ -684,9 +684,10 @@ def resolve_use(meta: CheckpointMeta, status: str | None = None, statement: str 
                 trained_on: str = "") -> IntendedUse:
     """The intended use a bundle of ``meta``'s model states (see :mod:`uopsl.runtime.intended_use`).
 
-    ``status`` None: ``demonstration`` for a model that only ever trained on synthetic photographs,
-    else ``research`` (nobody has validated it clinically yet). ``trained_on`` "": what the
-    checkpoint records of its training data. ``clinical`` is refused for a synthetic-only model.
+    ``status`` None: ``demonstration`` for a model whose every fundus photograph in pre-training and
+    fine-tuning was synthetic (:func:`uopsl.runtime.intended_use.synthetic_only`), else ``research``
+    (nobody has validated it clinically yet). ``trained_on`` "": what the checkpoint records of its
+    training data. ``clinical`` is refused for such a synthetic-only model.
     """
     if status is None and statement:
         raise ConfigError("a use statement needs the intended use it describes (--intended-use)")
