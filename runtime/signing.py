@@ -222,9 +222,13 @@ def signed_content(raw: dict[str, Any]) -> dict[str, Any]:
 
 
 def sign_bundle(bundle: str | os.PathLike[str], private_key: str | os.PathLike[str],
-                password: bytes | None = None) -> str:
-    """Sign ``bundle`` (verified here, on the read that is signed) with the PEM Ed25519 key file
-    ``private_key``; writes ``signature.json`` atomically and returns the key id."""
+                password: bytes | None = None, *, verified: tuple[Manifest, dict[str, Any]] | None = None) -> str:
+    """Sign ``bundle`` with the PEM Ed25519 key file ``private_key``; writes ``signature.json`` atomically and
+    returns the key id.
+
+    What is signed is the read of the manifest that was verified: here, or by the caller, who then passes
+    ``verified`` (:func:`uopsl.runtime.bundle.read_manifest_raw`'s pair, after ``verify_or_raise`` on it).
+    """
     ser, ed = _serialization(), _ed25519()
     root = Path(bundle)
     data = _read_pem(private_key, "private key")
@@ -236,8 +240,11 @@ def sign_bundle(bundle: str | os.PathLike[str], private_key: str | os.PathLike[s
         raise ConfigError(f"{private_key}: not a readable private key, or a wrong password ({exc})") from exc
     if not isinstance(key, ed.Ed25519PrivateKey):
         raise ConfigError(f"{private_key}: a {type(key).__name__}, expected an Ed25519 private key (`uopsl keygen`)")
-    manifest, raw = read_manifest_raw(root)
-    verify_or_raise(root, manifest, raw)  # never sign what fails its own checksums; sign what was checked
+    if verified is None:
+        manifest, raw = read_manifest_raw(root)
+        verify_or_raise(root, manifest, raw)  # never sign what fails its own checksums; sign what was checked
+    else:
+        manifest, raw = verified
     public_raw = key.public_key().public_bytes(ser.Encoding.Raw, ser.PublicFormat.Raw)
     payload = {"format": SIGNATURE_FORMAT, "algorithm": "ed25519", "key_id": key_id(public_raw),
                "signed_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

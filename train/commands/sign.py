@@ -98,10 +98,13 @@ def keygen_command(out: Path, name: str, password_env: str | None) -> None:
 def sign_command(bundle: Path, key_path: Path, password_env: str | None) -> None:
     """Sign BUNDLE (verified first) as it is now: run it last, after quantize, validate, intended-use and any
     engine you ship; anything added later (other than parity records) voids the signature on devices."""
-    from uopsl.runtime.bundle import verify_or_raise
+    from uopsl.runtime.bundle import read_manifest_raw, verify_or_raise
     from uopsl.runtime.signing import SIGNATURE_FILE, sign_bundle
 
-    # Checksums first (a damaged file gets the checksum's message, not a parser's), then what they cannot see.
-    _refuse_external_data(bundle, verify_or_raise(bundle))
-    kid = sign_bundle(bundle, key_path, _password(password_env))
+    # One read: checksums first (a damaged file gets the checksum's message, not a parser's), then what they
+    # cannot see, then the signature over that same read.
+    manifest, raw = read_manifest_raw(bundle)
+    verify_or_raise(bundle, manifest, raw)
+    _refuse_external_data(bundle, manifest)
+    kid = sign_bundle(bundle, key_path, _password(password_env), verified=(manifest, raw))
     click.echo(f"{bundle / SIGNATURE_FILE}: signed with key {kid}")
