@@ -192,12 +192,14 @@ def watch_cmd(bundle: Path, folder: Path, out: Path, backend: str, precision: st
 
     def show(r: Any) -> None:
         verdict = "REFER" if r.refer else r.status if r.status != "ok" else "no referable finding"  # as in run's summary
-        click.echo(f"{verdict:20s} {r.source}" + (f"  ({reason_label(r.reasons)}; {', '.join(r.reasons)})"
-                                                   if r.reasons else ""), err=True)
+        # For hours, this line is all a clinic sees of each result: it carries the bundle's caution too.
+        click.echo(f"{tag}{verdict:20s} {r.source}" + (f"  ({reason_label(r.reasons)}; {', '.join(r.reasons)})"
+                                                        if r.reasons else ""), err=True)
         note(r)
 
     s = Screener(bundle, backend, precision=precision, threads=threads, batch_size=1, csv_style=csv_style,
                  trusted_keys=trusted_keys)
+    tag = s.intended_use.tag()
     s.check_output(out, [folder])  # before the model loads
     with s:
         summary = watch_folder(s, folder, out, cfg, overlays=overlays, on_result=show)

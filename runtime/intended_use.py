@@ -53,6 +53,10 @@ _WARNINGS = {
                  "results."),
 }
 
+#: Marks for per-result console lines.
+_TAG = {"demonstration": "[demonstration model] ", "research": "[research use only] ",
+        "unstated": "[intended use not stated] "}
+
 #: Short forms for a page header that every printed sheet repeats, and for one-line summaries.
 _SHORT = {
     "demonstration": "DEMONSTRATION MODEL - not for patients",
@@ -126,6 +130,10 @@ class IntendedUse:
     def short(self) -> str:
         """A few words for page headers and one-line summaries."""
         return _SHORT[self.status]
+
+    def tag(self) -> str:
+        """A bracketed mark for lines that show one result each (``watch``'s console), "" for ``clinical``."""
+        return _TAG.get(self.status, "")
 
     def describe(self) -> str:
         """One paragraph: status, statement and training data, for ``info`` and logs."""

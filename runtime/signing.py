@@ -235,7 +235,8 @@ def sign_bundle(bundle: str | os.PathLike[str], private_key: str | os.PathLike[s
     try:
         key = ser.load_pem_private_key(data, password=password)
     except TypeError as exc:  # a password given for an unencrypted key, or none for an encrypted one
-        raise ConfigError(f"{private_key}: {exc}") from exc
+        hint = (" (uopsl sign --password-prompt, or --password-env VAR)" if password is None else "")
+        raise ConfigError(f"{private_key}: {exc}{hint}") from exc
     except ValueError as exc:
         raise ConfigError(f"{private_key}: not a readable private key, or a wrong password ({exc})") from exc
     if not isinstance(key, ed.Ed25519PrivateKey):

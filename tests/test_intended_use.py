@@ -292,3 +292,22 @@ def test_run_opens_its_summary_with_the_caution(tiny_bundle: Path, tmp_path: Pat
     assert main([*argv, "--out", str(tmp_path / "out2")]) == 0
     err = capsys.readouterr().err
     assert use.short() not in err and "\n1 image: " in "\n" + err
+
+
+def test_watch_marks_every_result_line_unless_the_bundle_is_clinical(tiny_bundle: Path, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """For hours of `watch`, the per-photograph line is all a clinic sees of each result (a review's note)."""
+    from tinybundle import fundus_jpeg
+    from uopsl.runtime.cli import main
+
+    monkeypatch.setenv("UOPSL_CACHE_DIR", str(tmp_path / "cache"))
+    bundle = _copy(tiny_bundle, tmp_path)
+    for status, statement, tag in (("demonstration", "", "[demonstration model] "), ("clinical", STATEMENT, "")):
+        _with_use(bundle, IntendedUse(status, statement))  # type: ignore[arg-type]
+        inbox = tmp_path / f"inbox-{status}"
+        fundus_jpeg(inbox / "a.jpg", seed=1)
+        assert main(["watch", str(bundle), str(inbox), "--out", str(tmp_path / f"out-{status}"), "--backend",
+                     "ort-cpu", "--settle-ms", "50", "--poll", "0.05", "--timeout", "1"]) == 0
+        lines = [x for x in capsys.readouterr().err.splitlines() if x.rstrip().endswith("a.jpg")]
+        assert len(lines) == 1 and lines[0].startswith(tag) and lines[0].startswith("[") == bool(tag), lines

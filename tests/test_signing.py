@@ -57,7 +57,7 @@ def _reseal(bundle: Path, **changes: object) -> None:
 
 
 # -- keys -------------------------------------------------------------------------------------------------
-def test_keygen_writes_an_owner_only_private_key_and_never_overwrites(tmp_path: Path,
+def test_keygen_writes_an_owner_only_private_key_and_never_overwrites(tmp_path: Path, tiny_bundle: Path,
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     private, public, kid = generate_keypair(tmp_path, "k")
     assert stat.S_IMODE(private.stat().st_mode) == 0o600
@@ -80,6 +80,17 @@ def test_keygen_writes_an_owner_only_private_key_and_never_overwrites(tmp_path: 
         sign_bundle(tmp_path, tmp_path / "enc" / "uopsl-signing.key", b"wrong")
     res = CliRunner().invoke(cli, ["keygen", "--out", str(tmp_path / "plain")])
     assert res.exit_code == 0 and "not encrypted" in res.output
+    # Typed at a hidden prompt (twice for a new key), as an interactive user would.
+    res = CliRunner().invoke(cli, ["keygen", "--out", str(tmp_path / "typed"), "--password-prompt"],
+                             input="long passphrase\nlong passphrase\n")
+    assert res.exit_code == 0 and "long passphrase" not in res.output, res.output
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, bundle)
+    res = CliRunner().invoke(cli, ["sign", str(bundle), "--key", str(tmp_path / "typed" / "uopsl-signing.key")])
+    assert isinstance(res.exception, ConfigError) and "--password-prompt" in str(res.exception)
+    res = CliRunner().invoke(cli, ["sign", str(bundle), "--key", str(tmp_path / "typed" / "uopsl-signing.key"),
+                                   "--password-prompt"], input="long passphrase\n")
+    assert res.exit_code == 0 and (bundle / SIGNATURE_FILE).is_file(), res.output
 
 
 def _text(path: Path, text: str) -> Path:

@@ -35,6 +35,19 @@ def finetuned(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+def test_finetune_records_its_validation_images_too(tmp_path: Path) -> None:
+    """The images that chose the operating thresholds are recorded (they teach no class)."""
+    pool, val = tiny_synth(tmp_path / "pool", 8, 0), tiny_synth(tmp_path / "val", 6, 0)
+    pre = tmp_path / "pre"
+    model, meta = tiny_model()
+    save_model(pre, model, replace(meta, stage="pretrain"))
+    assert main_entry(cli, ["finetune", "--data", str(pool), "--val", f"synthetic:{val}", "--from", str(pre),
+                            "--out", str(tmp_path / "ft"), "--epochs", "1", "--batch-size", "4", "--device", "cpu",
+                            "--no-augment"], prog_name="uopsl") == 0
+    records = json.loads((tmp_path / "ft" / "checkpoint.json").read_text())["training_data"]
+    assert [(r["stage"], r["n_images"]) for r in records] == [("finetune", 8), ("validation", 6)]
+
+
 def test_finetune_records_its_data_in_the_checkpoint(finetuned: Path) -> None:
     records = json.loads((finetuned / "checkpoint.json").read_text())["training_data"]
     assert len(records) == 1
@@ -91,7 +104,7 @@ def test_use_defaults_follow_what_the_model_learned_from() -> None:
     # Distilling a synthetic model on real photographs (QAT) teaches it no disease; nor does a real OCT pool
     # teach it what a real fundus photograph looks like.
     distilled = with_training_data(meta, _record("finetune", True), _record("qat", False),
-                                   _record("pretrain", False, modality="oct"))
+                                   _record("pretrain", False, modality="oct"), _record("validation", False))
     assert synthetic_only(distilled) and resolve_use(distilled).status == "demonstration"
     with pytest.raises(ConfigError, match="cannot be stated for clinical use"):
         resolve_use(distilled, "clinical", "Validated at X.")

@@ -98,7 +98,8 @@ def run_demo(out: Path, cfg: DemoConfig) -> dict[str, object]:
     model = run_pretrain(model, meta, items_for(train, classes, "fundus"), items_for(train, classes, "oct"),
                          TrainConfig(epochs=cfg.pretrain_epochs, lr=2e-3, **common), ck / "pretrain", cache)  # type: ignore[arg-type]
     lap("pretrain")
-    model, meta = run_finetune(model, with_training_data(meta, data_record("finetune", train, "fundus")),
+    model, meta = run_finetune(model, with_training_data(meta, data_record("finetune", train, "fundus"),
+                                                         data_record("validation", val, "fundus")),
                                items_for(train, classes, "fundus"), items_for(val, classes, "fundus"),
                                TrainConfig(epochs=cfg.finetune_epochs, lr=2e-3, **common), ck / "finetune", cache,  # type: ignore[arg-type]
                                seen_before=earlier_images(ck / "pretrain"))

@@ -85,7 +85,9 @@ def command(data_spec: str, val_spec: str | None, out: Path, from_ckpt: Path | N
         model, meta = new_model(names, variant=variant or "uopsl", backbone=backbone, init=init, size=size,
                                 text_model=text_model or DEFAULT_TEXT_MODEL, classes_file=classes_file,
                                 data_fingerprint=src.fingerprint, seed=seed)
-    meta = with_training_data(meta, data_record("finetune", src, "fundus"))
+    # The validation images choose the operating thresholds: recorded too (they teach no class).
+    meta = with_training_data(meta, data_record("finetune", src, "fundus"),
+                              *([data_record("validation", val, "fundus")] if val.samples else []))
     train_items, val_items = items_for(src, names, "fundus"), items_for(val, names, "fundus")
     # Before anything is written: a folder holding another run's finished model is refused, not overwritten.
     want = run_identity("finetune", effective_finetune_config(cfg, model), model, train_items, val_items)

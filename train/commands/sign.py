@@ -12,9 +12,17 @@ import click
 from uopsl.runtime.errors import ConfigError
 
 
-def _password(env: str | None) -> bytes | None:
-    """The password held by environment variable ``env`` (None: no password); never from the command line,
-    where it would stay in the shell's history and the process list."""
+def _password(env: str | None, prompt: bool = False, *, confirm: bool = False) -> bytes | None:
+    """The key's password: typed at a hidden prompt (``prompt``), or held by environment variable ``env``
+    (for scripts), or None. Never from the command line, where it would stay in the shell's history and the
+    process list."""
+    if env is not None and prompt:
+        raise click.UsageError("give --password-env or --password-prompt, not both")
+    if prompt:
+        value = click.prompt("Password for the private key", hide_input=True, confirmation_prompt=confirm)
+        if not value:
+            raise ConfigError("an empty password encrypts nothing; give one, or leave out --password-prompt")
+        return str(value).encode("utf-8")
     if env is None:
         return None
     value = os.environ.get(env)
@@ -76,17 +84,18 @@ def _refuse_external_data(bundle: Path, manifest: object) -> None:
 @click.option("--name", default="uopsl-signing", show_default=True, help="File name stem of the two keys.")
 @click.option("--password-env", default=None, metavar="VAR",
               help="Encrypt the private key with the password in environment variable VAR.")
-def keygen_command(out: Path, name: str, password_env: str | None) -> None:
+@click.option("--password-prompt", is_flag=True, help="Encrypt the private key with a password typed (hidden) now.")
+def keygen_command(out: Path, name: str, password_env: str | None, password_prompt: bool) -> None:
     """Make an Ed25519 key pair for signing bundles (never overwrites a key)."""
     from uopsl.runtime.signing import generate_keypair
 
-    password = _password(password_env)
+    password = _password(password_env, password_prompt, confirm=True)
     private, public, kid = generate_keypair(out, name, password)
     click.echo(f"key {kid}: private {private} (owner-only; keep it off devices), public {public} "
                "(devices: their trusted-keys folder, --trusted-key or UOPSL_TRUSTED_KEYS)")
     if password is None:
         click.echo("note: the private key is not encrypted; anyone who copies it can sign bundles your devices "
-                   "trust (--password-env VAR encrypts it; use a long passphrase)", err=True)
+                   "trust (--password-prompt or --password-env VAR encrypt it; use a long passphrase)", err=True)
 
 
 @click.command("sign")
@@ -95,7 +104,8 @@ def keygen_command(out: Path, name: str, password_env: str | None) -> None:
               help="The PEM Ed25519 private key (`uopsl keygen`).")
 @click.option("--password-env", default=None, metavar="VAR",
               help="The private key's password is in environment variable VAR.")
-def sign_command(bundle: Path, key_path: Path, password_env: str | None) -> None:
+@click.option("--password-prompt", is_flag=True, help="Ask for the private key's password (hidden).")
+def sign_command(bundle: Path, key_path: Path, password_env: str | None, password_prompt: bool) -> None:
     """Sign BUNDLE (verified first) as it is now: run it last, after quantize, validate, intended-use and any
     engine you ship; anything added later (other than parity records) voids the signature on devices."""
     from uopsl.runtime.bundle import read_manifest_raw, verify_or_raise
@@ -106,5 +116,5 @@ def sign_command(bundle: Path, key_path: Path, password_env: str | None) -> None
     manifest, raw = read_manifest_raw(bundle)
     verify_or_raise(bundle, manifest, raw)
     _refuse_external_data(bundle, manifest)
-    kid = sign_bundle(bundle, key_path, _password(password_env), verified=(manifest, raw))
+    kid = sign_bundle(bundle, key_path, _password(password_env, password_prompt), verified=(manifest, raw))
     click.echo(f"{bundle / SIGNATURE_FILE}: signed with key {kid}")
