@@ -19,10 +19,10 @@ def _password(env: str | None, prompt: bool = False, *, confirm: bool = False) -
     if env is not None and prompt:
         raise click.UsageError("give --password-env or --password-prompt, not both")
     if prompt:
-        value = click.prompt("Password for the private key", hide_input=True, confirmation_prompt=confirm)
-        if not value:
+        typed = str(click.prompt("Password for the private key", hide_input=True, confirmation_prompt=confirm))
+        if not typed:
             raise ConfigError("an empty password encrypts nothing; give one, or leave out --password-prompt")
-        return str(value).encode("utf-8")
+        return typed.encode("utf-8")
     if env is None:
         return None
     value = os.environ.get(env)
