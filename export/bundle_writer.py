@@ -237,8 +237,7 @@ def set_intended_use(bundle: str | os.PathLike[str], use: IntendedUse) -> Manife
     if not use.stated:
         raise BundleError("an intended use must be stated: demonstration, research or clinical")
     with manifest_update(root):
-        check_manifest_checksum(root)
-        manifest = verify_or_raise(root)
+        manifest = verify_or_raise(root)  # the manifest's own checksum included
         records = manifest.notes.get(TRAINING_DATA_NOTE)
         if use.for_patients and isinstance(records, list) and synthetic_only(r for r in records if isinstance(r, dict)):
             raise BundleError(SYNTHETIC_CLINICAL.format(manifest.intended_use.trained_on or "see the manifest's notes"))

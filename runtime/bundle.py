@@ -658,15 +658,15 @@ def verify(bundle: str | os.PathLike[str], manifest: Manifest | None = None,
 
 def _manifest_and_raw(root: Path, manifest: Manifest | None,
                       raw: dict[str, Any] | None) -> tuple[Manifest, dict[str, Any]]:
-    """Both forms of the manifest, read once when neither is given (a caller holding only the parsed one
-    gets the file's JSON read again, as before)."""
-    if manifest is None and raw is None:
-        return read_manifest_raw(root)
-    if raw is None:
-        return manifest, read_manifest_json(root / MANIFEST)  # type: ignore[return-value]
-    if manifest is None:
-        return Manifest.from_dict(raw, source=str(root / MANIFEST)), raw
-    return manifest, raw
+    """Both forms of one read of the manifest. Without ``raw`` the file is read here once; a ``manifest``
+    the caller parsed earlier must still be what the file holds, or the files would be hashed against one
+    manifest and the checksum (or a signature) judged on another."""
+    if raw is not None:
+        return (manifest if manifest is not None else Manifest.from_dict(raw, source=str(root / MANIFEST))), raw
+    parsed, raw = read_manifest_raw(root)
+    if manifest is not None and manifest != parsed:
+        raise BundleError(f"{root / MANIFEST} changed since it was read; read the bundle again")
+    return parsed, raw
 
 
 def check_manifest_checksum(bundle: str | os.PathLike[str]) -> None:

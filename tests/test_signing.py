@@ -432,3 +432,17 @@ def test_without_cryptography_the_error_says_what_to_install(signed: Path, keys:
     with pytest.raises(MissingDependencyError, match=r"uopsl\[sign\]"):
         load_trusted_keys([keys["public"]])
     assert not check_signature(signed).trusted  # looking without a key needs no cryptography
+
+
+def test_verify_refuses_a_parsed_manifest_the_file_no_longer_holds(signed: Path) -> None:
+    """A caller that parsed the manifest earlier must not get its files hashed against that copy while the
+    checksum is judged on the file's current content (the split a review raced)."""
+    from uopsl.runtime.bundle import verify
+
+    m = read_manifest(signed)
+    assert all(c.ok for c in verify(signed, m))
+    _reseal(signed, referral_threshold=m.referral_threshold + 0.1)
+    with pytest.raises(BundleError, match="changed since it was read"):
+        verify(signed, m)
+    with pytest.raises(BundleError, match="changed since it was read"):
+        verify_or_raise(signed, m)
