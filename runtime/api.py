@@ -432,6 +432,8 @@ class Screener:
             try:
                 try:
                     model_file = self._model_file_columns()  # the same for every row of this run
+                    # Per row, not per folder: a bundle restated after some rows keeps its results folder.
+                    use_status = self.manifest.intended_use.status
                     for r in self._pipeline(side).run(todo()):
                         if keep is not None and not keep(r):
                             bar.update(1)
@@ -442,6 +444,7 @@ class Screener:
                         row["bundle_sha256"] = self.identity.bundle_sha256
                         row["model_sha256"] = self.identity.model_sha256
                         row["preprocess_version"] = self.identity.preprocess_version
+                        row["intended_use"] = use_status
                         row.update(model_file)
                         row.update(self._write_images(out, r, overlays, report))
                         buffer.append(row)

@@ -734,7 +734,7 @@ def csv_columns(class_names: Sequence[str]) -> list[str]:
         "screened_at", "bundle_sha256",
         "read_ms", "preprocess_ms", "quality_ms", "infer_ms",
         # Added later, so earlier columns keep their positions for scripts that read them by index.
-        "findings", "backend", "precision", "model_file", "file_replaced",
+        "findings", "backend", "precision", "model_file", "file_replaced", "intended_use",
     ]
 
 
@@ -769,8 +769,9 @@ def write_csv(path: str | os.PathLike[str], rows: Iterable[dict[str, Any]], clas
     are ``yes``/``no`` (empty when not decided). ``positive`` lists every
     class at or above its threshold (``normal`` included); ``findings`` only
     the ``referable`` ones of a gradable photograph, what the report calls
-    "Found". Text that a spreadsheet would run as a formula is prefixed with
-    ``'`` (:func:`_cell`).
+    "Found". ``intended_use`` is the bundle's stated use when the row was
+    screened (empty in rows from before it was recorded). Text that a
+    spreadsheet would run as a formula is prefixed with ``'`` (:func:`_cell`).
     """
     if style not in CSV_STYLES:
         raise ConfigError(f"CSV style must be one of {', '.join(CSV_STYLES)}, got {style!r}")
@@ -800,6 +801,7 @@ def write_csv(path: str | os.PathLike[str], rows: Iterable[dict[str, Any]], clas
         for k in ("backend", "precision", "model_file"):
             flat[k] = r.get(k) or ""
         flat["file_replaced"] = "yes" if r.get("file_replaced") else ""
+        flat["intended_use"] = r.get("intended_use") or ""  # empty in rows screened before uopsl recorded it
         flat["reasons"] = sep.join(r.get("reasons") or [])
         q = r.get("quality_score")
         flat["quality_score"] = "" if q is None else str(q).replace(".", ",") if semicolon else q

@@ -294,6 +294,32 @@ def test_run_opens_its_summary_with_the_caution(tiny_bundle: Path, tmp_path: Pat
     assert use.short() not in err and "\n1 image: " in "\n" + err
 
 
+def test_each_results_row_records_the_use_stated_when_it_was_screened(tiny_bundle: Path, tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A restated bundle keeps its results folder, so the use is a row's, not the folder's."""
+    import csv
+
+    from tinybundle import fundus_jpeg
+    from uopsl.runtime.cli import main
+
+    monkeypatch.setenv("UOPSL_CACHE_DIR", str(tmp_path / "cache"))
+    bundle = _copy(tiny_bundle, tmp_path)
+    _with_use(bundle, IntendedUse("demonstration"))
+    fundus_jpeg(tmp_path / "in" / "a.jpg", seed=1)
+    argv = ["run", str(bundle), str(tmp_path / "in"), "--backend", "ort-cpu", "--no-overlays", "--no-report",
+            "--out", str(tmp_path / "out")]
+    assert main(argv) == 0
+    _with_use(bundle, IntendedUse("clinical", STATEMENT))
+    fundus_jpeg(tmp_path / "in" / "b.jpg", seed=2)
+    assert main(argv) == 0
+    with open(tmp_path / "out" / "results.csv", encoding="utf-8-sig", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert sorted((Path(r["source"]).name, r["intended_use"]) for r in rows) == [("a.jpg", "demonstration"),
+                                                                                ("b.jpg", "clinical")]
+    jsonl = [json.loads(line) for line in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
+    assert sorted(r["intended_use"] for r in jsonl if "source" in r) == ["clinical", "demonstration"]
+
+
 def test_watch_marks_every_result_line_unless_the_bundle_is_clinical(tiny_bundle: Path, tmp_path: Path,
                                                                      monkeypatch: pytest.MonkeyPatch,
                                                                      capsys: pytest.CaptureFixture[str]) -> None:
