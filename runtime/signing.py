@@ -29,10 +29,15 @@ those a caller passes. Each source adds keys; none removes them, so a service
 started without the environment variables still checks; a folder that
 exists but cannot be read stops every run instead of counting as empty.
 
+Recalls: a trusted-keys folder's :data:`REVOCATIONS_FILE` withdraws a key, the
+bundles a key signed before a date (which also stops a rollback to them), or
+one signed release (:func:`read_revocations`); it wins over every source of keys.
+
 Not covered: a file replaced between the checksum check and the load and put
 back after it (the backends hash each model file just before and after loading
 it, by path); ONNX external-data files (``uopsl sign`` refuses models that use
-them); rollback to an older bundle the same key signed.
+them); rollback to an older bundle the same key signed, until a revocation
+list names a cut-off.
 
 ``cryptography`` is needed to sign and to check (``pip install 'uopsl[sign]'``).
 """
@@ -47,7 +52,7 @@ import json
 import logging
 import os
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +69,8 @@ SIGNATURE_FORMAT = 1
 TRUSTED_KEYS_ENV = "UOPSL_TRUSTED_KEYS"
 #: Another folder of trusted public keys (``*.pub``, ``*.pem``), read besides the machine's own.
 TRUSTED_KEYS_DIR_ENV = "UOPSL_TRUSTED_KEYS_DIR"
+#: The revocation list a trusted-keys folder may hold (:func:`read_revocations`).
+REVOCATIONS_FILE = "revoked.txt"
 #: Manifest fields a signature does not cover: the file list is covered entry by entry, and the rest is
 #: bookkeeping that a rewrite on the device recomputes.
 _UNSIGNED_FIELDS = ("files", "content_sha256", "format_version")
@@ -80,6 +87,20 @@ def _serialization() -> Any:
 
 def _canonical(obj: Any) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=str).encode("ascii")
+
+
+def signature_id(payload: Mapping[str, Any]) -> str:
+    """A signed release's name: the sha256 of its signed payload (key, time, content), 64 hex digits. Signing
+    the same bundle again makes another; a revocation list names a release by it."""
+    return hashlib.sha256(_canonical(payload)).hexdigest()
+
+
+def _signed_time(text: str) -> _dt.datetime | None:
+    try:
+        when = _dt.datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith("Z") else text)
+    except ValueError:
+        return None
+    return when if when.tzinfo is not None else None
 
 
 def key_id(public_raw: bytes) -> str:
@@ -100,12 +121,49 @@ def _read_pem(path: str | os.PathLike[str], what: str) -> bytes:
 
 
 @dataclass(frozen=True)
+class Revocation:
+    """One line of a revocation list: a key withdrawn (from ``before`` on, when given) or one signed release.
+
+    ``kind``: ``key`` (``ident`` a key id) or ``release`` (``ident`` a signature id,
+    :func:`signature_id`). ``before``: for a key, only bundles it signed earlier are
+    refused (a recall of older releases, and what stops a rollback to them); None
+    withdraws the key. ``source``: ``file:line``, for messages.
+    """
+
+    kind: str
+    ident: str
+    before: _dt.datetime | None = None
+    reason: str = ""
+    source: str = ""
+
+    def refuses(self, key_id_: str, signature_id_: str, signed_at: _dt.datetime | None) -> bool:
+        if self.kind == "release":
+            return signature_id_ == self.ident
+        if key_id_ != self.ident:
+            return False
+        # A signing time that cannot be read cannot prove it is after the cut-off.
+        return self.before is None or signed_at is None or signed_at < self.before
+
+    def describe(self) -> str:
+        if self.kind == "release":
+            what = f"this signed release ({self.ident}) is revoked"
+        elif self.before is None:
+            what = f"key {self.ident} is revoked"
+        else:
+            what = (f"key {self.ident}'s bundles signed before {self.before.isoformat()} are revoked (use one it "
+                    "signed since)")
+        return f"{what} by {self.source}" + (f": {self.reason}" if self.reason else "")
+
+
+@dataclass(frozen=True)
 class TrustedKey:
-    """A public key a device trusts, with where it came from (for messages)."""
+    """A public key a device trusts, with where it came from (for messages) and the revocations that apply to
+    the bundles it signs (this machine's revocation lists: every release entry, and the entries for this key)."""
 
     key_id: str
     raw: bytes
     source: str
+    revocations: tuple[Revocation, ...] = ()
 
 
 def load_trusted_keys(paths: Iterable[str | os.PathLike[str]]) -> tuple[TrustedKey, ...]:
@@ -179,6 +237,83 @@ def _keys_in_folder(folder: Path, *, required: bool) -> tuple[str, ...]:
     return tuple(found)
 
 
+def _parse_time(text: str, where: str) -> _dt.datetime:
+    """An ISO 8601 date or date-time with its zone (a date alone is midnight UTC); ConfigError otherwise."""
+    value = text[:-1] + "+00:00" if text.endswith(("Z", "z")) else text  # Python 3.10 reads no "Z"
+    try:
+        when = _dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise ConfigError(f"{where}: {text!r} is not a date (expected e.g. 2026-12-01 or "
+                          "2026-12-01T09:30:00+00:00)") from None
+    if len(value) == 10:  # YYYY-MM-DD
+        return when.replace(tzinfo=_dt.timezone.utc)
+    if when.tzinfo is None:
+        raise ConfigError(f"{where}: {text!r} has no time zone; add one (+00:00 or Z for UTC), as signatures "
+                          "record theirs")
+    return when
+
+
+_HEX = frozenset("0123456789abcdef")
+
+
+def read_revocations(path: str | os.PathLike[str]) -> tuple[Revocation, ...]:
+    """The entries of the revocation list ``path`` (UTF-8 text; ``#`` starts a comment, which becomes the
+    entry's reason). One entry a line::
+
+        key KEY_ID                        # withdrawn: every bundle it signed is refused
+        key KEY_ID before 2026-12-01      # its bundles signed before then are refused (recall, no rollback)
+        release SIGNATURE_ID              # one signed release (uopsl sign and uopsl-screen verify print it)
+
+    Fails closed: a line it cannot read stops every run (ConfigError with the line), as a device that
+    misreads its revocations would screen with a recalled model.
+    """
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{p}: cannot read the revocation list ({getattr(exc, 'strerror', None) or exc}); fix "
+                          "the file or its permissions (a machine that cannot read it screens nothing)") from exc
+    entries: list[Revocation] = []
+    for n, line in enumerate(text.splitlines(), 1):
+        body, _, comment = line.partition("#")
+        words = body.split()
+        if not words:
+            continue
+        where = f"{p}:{n}"
+        kind, ident = words[0].lower(), (words[1].lower() if len(words) > 1 else "")
+        expected_len = {"key": 16, "release": 64}.get(kind)
+        shape_ok = expected_len is not None and len(ident) == expected_len and set(ident) <= _HEX
+        tail = [w.lower() for w in words[2:]]
+        if not shape_ok or not (tail == [] or (kind == "key" and len(tail) == 2 and tail[0] == "before")):
+            raise ConfigError(f"{where}: cannot read {line.strip()!r}; expected 'key KEY_ID' (16 hex digits), "
+                              "'key KEY_ID before DATE' or 'release SIGNATURE_ID' (64 hex digits), then an "
+                              "optional '# reason'")
+        before = _parse_time(words[3], where) if tail else None
+        entries.append(Revocation(kind, ident, before, comment.strip(), where))
+    return tuple(entries)
+
+
+def _revocations_in_folder(folder: Path) -> tuple[Revocation, ...]:
+    path = folder / REVOCATIONS_FILE
+    if not os.path.lexists(path):
+        return ()
+    if not os.path.isfile(path):
+        raise ConfigError(f"{path}: the revocation list is not a readable file (a broken link, a folder?); fix or "
+                          "remove it")
+    return read_revocations(path)
+
+
+def configured_revocations(environ: Mapping[str, str] | None = None) -> tuple[Revocation, ...]:
+    """The entries of the :data:`REVOCATIONS_FILE` of this machine's trusted-keys folder and of the folder
+    :data:`TRUSTED_KEYS_DIR_ENV` names: a revocation wins over every source of keys, so a key an operator
+    added by hand (``--trusted-key``) is refused once its maker revokes it."""
+    env = os.environ if environ is None else environ
+    folders = [_system_dir_for_tests or system_keys_dir(env)]
+    if env.get(TRUSTED_KEYS_DIR_ENV):
+        folders.append(Path(env[TRUSTED_KEYS_DIR_ENV]))
+    return tuple(r for folder in folders for r in _revocations_in_folder(folder))
+
+
 def configured_key_files(environ: Mapping[str, str] | None = None) -> tuple[str, ...]:
     """Every key file this machine trusts: the system folder's, then those of the folder
     :data:`TRUSTED_KEYS_DIR_ENV` names (an addition, not a replacement), then the files
@@ -204,7 +339,12 @@ def trusted_keys_for(extra: str | os.PathLike[str] | Iterable[str | os.PathLike[
     else:
         given = list(extra)
     files = list(dict.fromkeys([*configured_key_files(environ), *(os.fspath(p) for p in given)]))
-    return load_trusted_keys(files)
+    keys = load_trusted_keys(files)
+    if not keys:
+        return keys
+    revoked = configured_revocations(environ)
+    return tuple(replace(k, revocations=tuple(r for r in revoked if r.kind == "release" or r.ident == k.key_id))
+                 for k in keys)
 
 
 def signed_content(raw: dict[str, Any]) -> dict[str, Any]:
@@ -221,10 +361,20 @@ def signed_content(raw: dict[str, Any]) -> dict[str, Any]:
     return {"manifest": fields, "files": files}
 
 
+@dataclass(frozen=True)
+class SignedRelease:
+    """What :func:`sign_bundle` made: the key's id, the signature's (record it: a recall names it) and when."""
+
+    key_id: str
+    signature_id: str
+    signed_at: str
+
+
 def sign_bundle(bundle: str | os.PathLike[str], private_key: str | os.PathLike[str],
-                password: bytes | None = None, *, verified: tuple[Manifest, dict[str, Any]] | None = None) -> str:
+                password: bytes | None = None, *, verified: tuple[Manifest, dict[str, Any]] | None = None,
+                ) -> SignedRelease:
     """Sign ``bundle`` with the PEM Ed25519 key file ``private_key``; writes ``signature.json`` atomically and
-    returns the key id.
+    returns the release's ids.
 
     What is signed is the read of the manifest that was verified: here, or by the caller, who then passes
     ``verified`` (:func:`uopsl.runtime.bundle.read_manifest_raw`'s pair, after ``verify_or_raise`` on it).
@@ -252,7 +402,7 @@ def sign_bundle(bundle: str | os.PathLike[str], private_key: str | os.PathLike[s
                "content": signed_content(raw)}
     signature = key.sign(_canonical(payload))
     write_json(root / SIGNATURE_FILE, {"payload": payload, "signature": base64.b64encode(signature).decode("ascii")})
-    return str(payload["key_id"])
+    return SignedRelease(str(payload["key_id"]), signature_id(payload), str(payload["signed_at"]))
 
 
 def open_trusted(bundle: str | os.PathLike[str], *, verify: bool = True,
@@ -286,6 +436,7 @@ class SignatureCheck:
     signed_at: str = ""
     trusted: bool = False
     problem: str = ""
+    signature_id: str = ""
 
     def describe(self) -> str:
         if not self.signed or not self.key_id:  # no signature, or one that could not be read
@@ -295,7 +446,7 @@ class SignatureCheck:
 
     def to_dict(self) -> dict[str, Any]:
         return {"signed": self.signed, "key_id": self.key_id, "signed_at": self.signed_at,
-                "trusted": self.trusted, "problem": self.problem}
+                "trusted": self.trusted, "problem": self.problem, "signature_id": self.signature_id}
 
 
 def _read_signature(root: Path) -> dict[str, Any] | None:
@@ -336,32 +487,39 @@ def check_signature(bundle: str | os.PathLike[str], trusted: Sequence[TrustedKey
         return SignatureCheck(False, problem=f"not signed (no {SIGNATURE_FILE})")
     payload = doc["payload"]
     kid, when = str(payload.get("key_id", "")), str(payload.get("signed_at", ""))
+    sid = signature_id(payload)
+
+    def result(problem: str = "", trusted: bool = False) -> SignatureCheck:
+        return SignatureCheck(True, kid, when, trusted=trusted, problem=problem, signature_id=sid)
+
     if payload.get("format") != SIGNATURE_FORMAT or payload.get("algorithm") != "ed25519":
-        return SignatureCheck(True, kid, when, problem=f"signature format {payload.get('format')!r} / algorithm "
-                              f"{payload.get('algorithm')!r} is not one this uopsl reads (format "
-                              f"{SIGNATURE_FORMAT}, ed25519): upgrade uopsl on this device")
+        return result(f"signature format {payload.get('format')!r} / algorithm {payload.get('algorithm')!r} is "
+                      f"not one this uopsl reads (format {SIGNATURE_FORMAT}, ed25519): upgrade uopsl on this device")
     if not trusted:
-        return SignatureCheck(True, kid, when, problem="not checked (no trusted key given)")
+        return result("not checked (no trusted key given)")
     key = next((k for k in trusted if k.key_id == kid), None)
     if key is None:
-        return SignatureCheck(True, kid, when, problem=f"signed by a key this device does not trust (trusted: "
-                              f"{', '.join(k.key_id for k in trusted)})")
+        return result(f"signed by a key this device does not trust (trusted: {', '.join(k.key_id for k in trusted)})")
     ed = _ed25519()
     try:
         sig = base64.b64decode(doc["signature"], validate=True)
         ed.Ed25519PublicKey.from_public_bytes(key.raw).verify(sig, _canonical(payload))
     except (binascii.Error, ValueError) as exc:
-        return SignatureCheck(True, kid, when, problem=f"the signature is malformed ({exc})")
+        return result(f"the signature is malformed ({exc})")
     except Exception as exc:  # cryptography's InvalidSignature
         if type(exc).__name__ != "InvalidSignature":
             raise
-        return SignatureCheck(True, kid, when, problem=f"the signature does not match {SIGNATURE_FILE}'s content "
-                              "(edited after signing, or signed by another key of the same id)")
+        return result(f"the signature does not match {SIGNATURE_FILE}'s content (edited after signing, or "
+                      "signed by another key of the same id)")
+    signed_at = _signed_time(when)  # signed, so the maker's clock, not whoever copied the bundle
+    revoked = next((r for r in key.revocations if r.refuses(kid, sid, signed_at)), None)
+    if revoked is not None:
+        return result(revoked.describe())
     problem = _changed_since_signing(payload.get("content"), raw if raw is not None else
                                      read_manifest_json(root / MANIFEST))
     if problem:
-        return SignatureCheck(True, kid, when, problem=problem)
-    return SignatureCheck(True, kid, when, trusted=True)
+        return result(problem)
+    return result(trusted=True)
 
 
 def _changed_since_signing(signed: Any, raw: dict[str, Any]) -> str:

@@ -446,3 +446,108 @@ def test_verify_refuses_a_parsed_manifest_the_file_no_longer_holds(signed: Path)
         verify(signed, m)
     with pytest.raises(BundleError, match="changed since it was read"):
         verify_or_raise(signed, m)
+
+
+# -- revocation -------------------------------------------------------------------------------------------
+def _machine_folder(tmp_path: Path, keys: dict[str, Path], monkeypatch: pytest.MonkeyPatch,
+                    revoked: str | None = None) -> Path:
+    import uopsl.runtime.signing as signing
+
+    folder = tmp_path / "trusted-keys"
+    folder.mkdir(exist_ok=True)
+    shutil.copyfile(keys["public"], folder / "maker.pub")
+    if revoked is not None:
+        (folder / "revoked.txt").write_text(revoked)
+    monkeypatch.setattr(signing, "_system_dir_for_tests", folder)
+    return folder
+
+
+def test_a_revocation_list_withdraws_a_key_recalls_older_releases_or_names_one(
+        signed: Path, tmp_path: Path, keys: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A maker who recalls a model (or whose key leaked) must stop devices screening with bundles already
+    signed: before revocation lists, a signed bundle stayed trusted for as long as its key did."""
+    import datetime as dt
+
+    from uopsl.runtime.api import Screener
+    from uopsl.runtime.signing import signature_id
+
+    payload = json.loads((signed / SIGNATURE_FILE).read_text())["payload"]
+    kid, sid = payload["key_id"], signature_id(payload)
+    signed_at = dt.datetime.fromisoformat(payload["signed_at"])
+    folder = _machine_folder(tmp_path, keys, monkeypatch, "# nothing revoked yet\n\n")
+    assert Screener(signed, backend="ort-cpu").signature.signature_id == sid  # type: ignore[union-attr]
+
+    def refused(text: str) -> str:
+        (folder / "revoked.txt").write_text(text)
+        with pytest.raises(BundleError) as err:
+            # A key the operator adds by hand is refused too: the revocation wins over every source.
+            Screener(signed, backend="ort-cpu", trusted_keys=[keys["public"]])
+        return str(err.value)
+
+    msg = refused(f"key {kid}   # key left on a laptop that was stolen\n")
+    assert f"key {kid} is revoked by {folder / 'revoked.txt'}:1: key left on a laptop that was stolen" in msg
+    later = (signed_at + dt.timedelta(seconds=1)).isoformat()
+    msg = refused(f"# recall\nkey {kid.upper()} before {later}  # misses DME in dark photographs\n")
+    assert f"signed before {later}" in msg and "revoked.txt:2: misses DME" in msg
+    day = (signed_at + dt.timedelta(days=1)).date().isoformat()  # a date alone: midnight UTC
+    assert f"before {day}T00:00:00+00:00" in refused(f"key {kid} before {day}\n")
+    msg = refused(f"release {sid}\n")
+    assert f"this signed release ({sid}) is revoked" in msg
+    # Bundles signed at or after the cut-off, other releases and other keys' entries pass.
+    (folder / "revoked.txt").write_text(f"key {kid} before {payload['signed_at']}\nrelease {'0' * 64}\n"
+                                        f"key {'f' * 16}\n")
+    assert Screener(signed, backend="ort-cpu").signature.trusted  # type: ignore[union-attr]
+    # A second folder (UOPSL_TRUSTED_KEYS_DIR) adds its own list.
+    (folder / "revoked.txt").unlink()
+    extra = tmp_path / "site-keys"
+    extra.mkdir()
+    shutil.copyfile(keys["other_public"], extra / "other.pub")
+    (extra / "revoked.txt").write_text(f"release {sid}\n")
+    monkeypatch.setenv("UOPSL_TRUSTED_KEYS_DIR", str(extra))
+    with pytest.raises(BundleError, match="is revoked by"):
+        Screener(signed, backend="ort-cpu")
+
+
+@pytest.mark.parametrize("line,match", [
+    ("key abc", "cannot read 'key abc'"),
+    ("release 1234", "cannot read"),
+    ("bundle " + "a" * 64, "cannot read"),
+    ("key 0123456789abcdef after 2026-12-01", "cannot read"),
+    ("key 0123456789abcdef before", "cannot read"),
+    ("key 0123456789abcdef before 2026-13-01", "is not a date"),
+    ("key 0123456789abcdef before 2026-12-01T10:00:00", "has no time zone"),
+    ("release " + "g" * 64, "cannot read"),
+])
+def test_a_revocation_list_it_cannot_read_stops_every_run(signed: Path, tmp_path: Path, keys: dict[str, Path],
+                                                          monkeypatch: pytest.MonkeyPatch, line: str,
+                                                          match: str) -> None:
+    """Fail closed: a misread list would let a recalled bundle screen."""
+    from uopsl.runtime.api import Screener
+
+    folder = _machine_folder(tmp_path, keys, monkeypatch, f"# ok\n{line}\n")
+    with pytest.raises(ConfigError, match=match) as err:
+        Screener(signed, backend="ort-cpu")
+    assert f"{folder / 'revoked.txt'}:2" in str(err.value)
+    (folder / "revoked.txt").unlink()
+    (folder / "revoked.txt").mkdir()
+    with pytest.raises(ConfigError, match="not a readable file"):
+        Screener(signed, backend="ort-cpu")
+
+
+def test_sign_verify_and_info_show_the_signature_id_a_recall_names(tiny_bundle: Path, tmp_path: Path,
+                                                                   keys: dict[str, Path],
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    import re
+
+    from uopsl.runtime.cli import main
+    from uopsl.train.cli import cli
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, bundle)
+    res = CliRunner().invoke(cli, ["sign", str(bundle), "--key", str(keys["private"])])
+    assert res.exit_code == 0, res.output
+    sid = re.search(r"signature id ([0-9a-f]{64})", res.output).group(1)  # type: ignore[union-attr]
+    assert main(["verify", str(bundle), "--trusted-key", str(keys["public"])]) == 0
+    assert f"signature id: {sid}" in capsys.readouterr().err
+    assert main(["info", str(bundle), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["signature"]["signature_id"] == sid

@@ -116,5 +116,7 @@ def sign_command(bundle: Path, key_path: Path, password_env: str | None, passwor
     manifest, raw = read_manifest_raw(bundle)
     verify_or_raise(bundle, manifest, raw)
     _refuse_external_data(bundle, manifest)
-    kid = sign_bundle(bundle, key_path, _password(password_env, password_prompt), verified=(manifest, raw))
-    click.echo(f"{bundle / SIGNATURE_FILE}: signed with key {kid}")
+    done = sign_bundle(bundle, key_path, _password(password_env, password_prompt), verified=(manifest, raw))
+    click.echo(f"{bundle / SIGNATURE_FILE}: signed with key {done.key_id} at {done.signed_at}")
+    # What a recall names in the devices' revocation lists (docs/deployment.md, "Revoking").
+    click.echo(f"signature id {done.signature_id} (keep it with the release)")
