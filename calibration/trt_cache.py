@@ -170,6 +170,21 @@ def parse_cache(text: str, *, source: str = "calibration cache") -> TrtCalibrati
     return TrtCalibrationCache(int(m.group(1)), m.group(2), scales)
 
 
+def retag_cache(text: str, trt_version: str) -> str:
+    """``text`` (a cache) with its header naming TensorRT ``trt_version``, every scale line kept as it is.
+
+    TensorRT refuses a cache whose ``TRT-<version>-<algorithm>`` header is not its own (a TensorRT 10 build
+    given an 8.6 cache stops with "Calibration table does not match calibrator algorithm type", then fails
+    with no data to calibrate from). The scales mean the same in every version (amax / 127), so a cache
+    carried across a JetPack upgrade only needs the running version's tag.
+    """
+    head, sep, rest = text.partition("\n")
+    m = _HEADER.match(head.strip())
+    if m is None:
+        raise DataError(f"first line {head[:60]!r} is not a TensorRT calibration cache header")
+    return f"TRT-{version_int(trt_version)}-{m.group(2)}{sep}{rest}"
+
+
 def read_cache(path: str | os.PathLike[str]) -> TrtCalibrationCache:
     """Read and parse a cache file."""
     p = Path(path)
@@ -190,6 +205,7 @@ __all__ = [
     "hex_scale",
     "parse_cache",
     "read_cache",
+    "retag_cache",
     "scale_hex",
     "version_int",
     "write_cache",

@@ -519,20 +519,30 @@ def build_engine(
         profile = builder.create_optimization_profile()
         profile.set_shape(input_name, dims(trt, (config.min_batch, *sample_shape)),
                           dims(trt, (config.opt_batch, *sample_shape)), dims(trt, (config.max_batch, *sample_shape)))
-        bconfig.add_optimization_profile(profile)
+        if bconfig.add_optimization_profile(profile) < 0:  # -1: TensorRT found the profile invalid
+            raise ConfigError(f"TensorRT {api.version_text} refused the batch profile min/opt/max "
+                              f"{config.min_batch}/{config.opt_batch}/{config.max_batch} for input '{input_name}'; "
+                              "give 1 <= --min-batch <= --opt-batch <= --max-batch")
         if config.builder_optimization_level is not None:
             bconfig.builder_optimization_level = config.builder_optimization_level
         if config.dla_core is not None:
-            _use_dla(trt, builder, bconfig, config.dla_core)
+            _use_dla(trt, api, builder, bconfig, config.dla_core)
         if plan.int8_mode in LEGACY_MODES:
             assert calibration is not None  # plan_build guarantees it for legacy modes
+            fixed = shape_of(network.get_input(0).shape)[0]
+            if fixed >= 0 and fixed != calibration.batch_size:
+                raise ConfigError(f"input '{input_name}' has a fixed batch of {fixed}, so INT8 calibration must "
+                                  f"use batches of {fixed}, not {calibration.batch_size}: build with --calib-batch "
+                                  f"{fixed}")
             calibrator = _legacy_calibrator(trt, api, cuda, plan.int8_mode, calibration,
                                             sample_shape, input_dtype, network)
             setattr(bconfig, "int8_calibrator", calibrator)  # removed from 11.x stubs; 8.x/10.x only
             cal_profile = builder.create_optimization_profile()
             shape = dims(trt, (calibration.batch_size, *sample_shape))
             cal_profile.set_shape(input_name, shape, shape, shape)
-            bconfig.set_calibration_profile(cal_profile)
+            if bconfig.set_calibration_profile(cal_profile) is False:  # documented to return a bool
+                raise ConfigError(f"TensorRT {api.version_text} refused the calibration profile (batch "
+                                  f"{calibration.batch_size}) for input '{input_name}'")
         cache_path = Path(config.timing_cache) if config.timing_cache else None
         if cache_path is not None:
             _attach_timing_cache(bconfig, cache_path)
@@ -657,14 +667,18 @@ def _check_uint8_input(trt: Any, network: tensorrt.INetworkDefinition, name: str
             )
 
 
-def _use_dla(trt: Any, builder: tensorrt.Builder, bconfig: tensorrt.IBuilderConfig, core: int) -> None:
+def _use_dla(trt: Any, api: TrtApi, builder: tensorrt.Builder, bconfig: tensorrt.IBuilderConfig,
+             core: int) -> None:
     cores = int(builder.num_DLA_cores)
     if core >= cores:
-        raise ConfigError(
-            f"--dla-core {core} requested but this device has {cores} DLA core(s)"
-            + (" (Jetson Orin Nano and desktop GPUs have none; AGX Orin, Orin NX and Xavier do): leave out "
-               "--dla-core" if cores == 0 else f"; use 0..{cores - 1}")
-        )
+        why = " (Jetson Orin Nano and desktop GPUs have none; AGX Orin, Orin NX and Xavier do): leave out --dla-core"
+        if cores == 0 and api.version[0] >= 11:
+            # NVIDIA's "Working with DLA" (11.4.1): no DLA in 11.0-11.3, 11.4.0 on Windows on ARM only; Jetson
+            # AGX Orin from 11.4.1 on JetPack 7.2.2+; JetPack 6 stays on TensorRT 10.x (<= 10.7 has DLA).
+            why = (f" (TensorRT {api.version_text} may be why: DLA needs TensorRT 11.4.1+ on JetPack 7.2.2+, or "
+                   "TensorRT 10.x on JetPack 6; Orin Nano and desktop GPUs have none): leave out --dla-core")
+        raise ConfigError(f"--dla-core {core} requested but this device has {cores} DLA core(s)"
+                          + (why if cores == 0 else f"; use 0..{cores - 1}"))
     bconfig.default_device_type = trt.DeviceType.DLA
     bconfig.DLA_core = core
 
@@ -710,34 +724,53 @@ def _legacy_calibrator(trt: Any, api: TrtApi, cuda: CudaApi, mode: str, calibrat
         if calibration.amax is not None:
             algo = "MinMaxCalibration" if calibration.algorithm == "minmax" else "EntropyCalibration2"
             text = trt_cache.format_cache(calibration.amax, api.version_text, algo)
-            _report_cache_coverage(calibration.amax, network)
+            _report_cache_coverage(trt, calibration.amax, network)
             cache = text.encode("utf-8")
             cache_out = None
         else:
             assert calibration.cache_file is not None  # has_cache checked by plan_build
             parsed = trt_cache.read_cache(calibration.cache_file)
-            if parsed.version != trt_cache.version_int(api.version_text):
-                log.warning("calibration cache %s was written for TensorRT %d, this is %s (tag %d); TensorRT may "
-                            "refuse it", calibration.cache_file, parsed.version, api.version_text,
-                            trt_cache.version_int(api.version_text))
-            _report_cache_coverage({k: v * trt_cache.INT8_MAX for k, v in parsed.scales.items()}, network)
-            cache = Path(calibration.cache_file).read_bytes()
+            # TensorRT takes a cache only from a calibrator of the algorithm its header names.
+            algorithm = _CACHE_ALGORITHMS.get(parsed.algorithm)
+            if algorithm is None:
+                raise ConfigError(
+                    f"calibration cache {calibration.cache_file} was written by TensorRT's {parsed.algorithm} "
+                    f"calibrator, which uopsl does not build ({', '.join(_CACHE_ALGORITHMS)}); give the bundle's "
+                    "calibration table instead (--int8-mode legacy-cache without --calib-cache), or calibrate "
+                    "again (--int8-mode legacy-calibrator --calib-images DIR)")
+            _report_cache_coverage(trt, {k: v * trt_cache.INT8_MAX for k, v in parsed.scales.items()}, network)
+            text = Path(calibration.cache_file).read_text(encoding="utf-8")
+            running = trt_cache.version_int(api.version_text)
+            if parsed.version != running:
+                log.info("calibration cache %s was written by TensorRT tag %d; handing its scales to TensorRT %s "
+                         "under its own tag %d (TensorRT refuses another version's header; the scales do not "
+                         "depend on it)", calibration.cache_file, parsed.version, api.version_text, running)
+                text = trt_cache.retag_cache(text, api.version_text)
+            cache = text.encode("utf-8")
             cache_out = None
+            return make_calibrator(trt, cuda, input_shape=(calibration.batch_size, *sample_shape),
+                                   input_dtype=input_dtype, cache=cache, algorithm=algorithm)
     else:
         batches = calibration.batches
     return make_calibrator(trt, cuda, input_shape=(calibration.batch_size, *sample_shape), input_dtype=input_dtype,
                            batches=batches, cache=cache, cache_out=cache_out, algorithm=calibration.algorithm)
 
 
-def _report_cache_coverage(amax: Mapping[str, float], network: tensorrt.INetworkDefinition) -> None:
-    """Log network tensors without a range: TensorRT runs those layers in float."""
+#: Cache header algorithm -> the calibrator that must hand it to TensorRT.
+_CACHE_ALGORITHMS = {"EntropyCalibration2": "entropy2", "MinMaxCalibration": "minmax"}
+
+
+def _report_cache_coverage(trt: Any, amax: Mapping[str, float], network: tensorrt.INetworkDefinition) -> None:
+    """Log float network tensors without a range: TensorRT runs those layers in float. Integer, boolean and
+    uint8 tensors (the image input, shapes) never have one and are not counted."""
+    floats = {getattr(trt.DataType, n) for n in ("FLOAT", "HALF", "BF16") if hasattr(trt.DataType, n)}
     names: set[str] = set()
-    for i in range(network.num_layers):
-        layer = network.get_layer(i)
-        for j in range(layer.num_outputs):
-            names.add(layer.get_output(j).name)
-    for i in range(network.num_inputs):
-        names.add(network.get_input(i).name)
+    tensors = [network.get_layer(i).get_output(j) for i in range(network.num_layers)
+               for j in range(network.get_layer(i).num_outputs)]
+    tensors += [network.get_input(i) for i in range(network.num_inputs)]
+    for t in tensors:
+        if t.dtype in floats:
+            names.add(t.name)
     missing = sorted(names - set(amax))
     if missing:
         log.warning("the calibration ranges cover %d of %d network tensors; TensorRT keeps the other %d in float "

@@ -28,7 +28,7 @@ import numpy as np
 
 from uopsl.runtime.errors import ConfigError
 from uopsl.runtime.fsio import write_bytes
-from uopsl.runtime.trt_compat import CudaApi
+from uopsl.runtime.trt_compat import CudaApi, PinnedBuffer
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,8 @@ def make_calibrator(
             self.expects_batches = batches is not None and cache is None  # TensorRT reads a cache instead
             self._it: Iterator[np.ndarray] | None = iter(batches) if batches is not None else None
             self._ptr: int | None = None
-            self._host: np.ndarray | None = None
+            self._pinned: PinnedBuffer | None = None  # page-locked: pycuda's async copy requires it
+            self._host: np.ndarray | None = None  # a view of _pinned
             self._stream: Any = None
 
         def get_batch_size(self) -> int:
@@ -106,8 +107,10 @@ def make_calibrator(
                         "(uint8 NHWC images from uopsl.runtime.preprocess)"
                     )
                 if self._ptr is None:
-                    self._host = np.empty(input_shape, input_dtype)
-                    self._ptr = cuda.malloc(self._host.nbytes)
+                    nbytes = int(np.prod(input_shape)) * np.dtype(input_dtype).itemsize
+                    self._pinned = cuda.host_alloc(nbytes)
+                    self._host = self._pinned.view(np.dtype(input_dtype), input_shape)
+                    self._ptr = cuda.malloc(nbytes)
                     self._stream = cuda.stream_create()
                 assert self._host is not None  # allocated together with _ptr just above
                 np.copyto(self._host, arr, casting="unsafe")
@@ -130,10 +133,17 @@ def make_calibrator(
                 self.error = exc
 
         def release(self) -> None:
+            # Called while the builder's CUDA context is still current: every CUDA object goes here, none is
+            # left to the garbage collector (pycuda frees a stream when its object goes, which needs that context).
             if self._ptr is not None:
                 cuda.free(self._ptr)
                 cuda.stream_destroy(self._stream)
                 self._ptr = None
+            self._stream = None
+            self._host = None
+            if self._pinned is not None:
+                cuda.host_free(self._pinned)
+                self._pinned = None
 
     return _Calibrator()
 

@@ -300,6 +300,12 @@ def network_flags(trt: Any, api: TrtApi, strongly_typed: bool) -> int:
     if api.explicit_batch_flag:
         flags |= 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
     if strongly_typed:
+        if api.always_strongly_typed:
+            # 11.x: every network is strongly typed and the flag is "deprecated and ignored" (NVIDIA, 11.0): set
+            # while it exists, never required, so a release that drops it still builds.
+            if hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):
+                flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+            return flags
         if not api.strongly_typed_flag:
             raise ConfigError(
                 f"strongly typed networks need TensorRT 10 or later; this is TensorRT {api.version_text}. "

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from uopsl.calibration.trt_cache import version_int as trt_cache_version_int
 from uopsl.runtime import trt_compat
 from uopsl.runtime.engine_header import read_header, read_plan, write_engine
 from uopsl.runtime.errors import BackendError, ConfigError, EngineMismatchError, MissingDependencyError
@@ -82,6 +83,7 @@ def fake_trt(version: str, gpu: FakeGpu | None = None, *, dla_cores: int = 0, bu
     calls: dict[str, Any] = {"deserialize": [], "networks": [], "configs": [], "calibration": []}
     mod.calls = calls
     gpu = gpu or FakeGpu()
+    vint = trt_cache_version_int(version)  # the tag of the caches this TensorRT writes and accepts
 
     flags = {"FP16": 0, "INT8": 1, "DEBUG": 2, "GPU_FALLBACK": 3, "TF32": 6}
     if (major, minor) >= (8, 6):
@@ -295,6 +297,12 @@ def fake_trt(version: str, gpu: FakeGpu | None = None, *, dla_cores: int = 0, bu
             if cal is not None:  # what TensorRT does with an implicit-INT8 calibrator
                 cache = cal.read_calibration_cache()
                 calls["calibration"].append(("cache", cache))
+                algo = "MinMaxCalibration" if isinstance(cal, mod.IInt8MinMaxCalibrator) else "EntropyCalibration2"
+                if cache is not None and bytes(cache).split(b"\n")[0].decode() != f"TRT-{vint}-{algo}":
+                    # Reported on Jetson (TensorRT 10 given an 8.6 cache): refused, then no data to calibrate.
+                    self.logger.log(ILogger.Severity.ERROR, "Calibration table does not match calibrator "
+                                    "algorithm type")
+                    return None
                 if cache is None:
                     # pyInt8.cpp: an exception in a callback is printed and read as "no more batches".
                     def swallowed(fn: Any, *args: Any) -> Any:
@@ -571,6 +579,10 @@ def test_network_flags_per_version() -> None:
     assert trt_compat.network_flags(t11, trt_compat.api_for(t11), True) == 2
     with pytest.raises(ConfigError, match="TensorRT 10"):
         trt_compat.network_flags(t85, trt_compat.api_for(t85), True)
+    # 11.x deprecated the flag ("deprecated and ignored": every network is strongly typed); one that drops it builds.
+    t11_later = fake_trt("11.9.0")
+    t11_later.NetworkDefinitionCreationFlag = _enum("NetworkDefinitionCreationFlag", {"EXPLICIT_BATCH": 0})
+    assert trt_compat.network_flags(t11_later, trt_compat.api_for(t11_later), True) == 0
 
 
 def test_workspace_pool_api_and_legacy_attribute() -> None:
@@ -989,6 +1001,8 @@ def test_build_int8_legacy_calibrator_feeds_batches(monkeypatch: pytest.MonkeyPa
     assert len(fed) == 3
     ptr = fed[-1][1][0]
     assert ptr not in gpu.mem  # the calibrator's device buffer was freed after the build
+    # Staged through page-locked memory (pycuda's async copy requires it), freed with the stream.
+    assert cuda.host == [] and cuda.streams == 0
     assert out_cache.read_text().startswith("TRT-8-EntropyCalibration2")  # what TensorRT handed back, saved
     assert isinstance(trt.calls["configs"][0].int8_calibrator, trt.IInt8MinMaxCalibrator)
 
@@ -1025,14 +1039,36 @@ def test_build_int8_legacy_cache_from_file(monkeypatch: pytest.MonkeyPatch, tmp_
                                            caplog: pytest.LogCaptureFixture) -> None:
     from uopsl.calibration import trt_cache
 
+    """A review: after a JetPack 6.0 -> 6.1 upgrade the rebuild command hands TensorRT 10.3 the cache 8.6 wrote,
+    which TensorRT refuses by its header; and a MinMax cache went through an entropy calibrator."""
+    caplog.set_level("INFO")
     trt = install(monkeypatch, "10.3.0", gpu)
-    cache = trt_cache.write_cache(tmp_path / "old.cache", {"image": 255.0}, "8.6.1")
+    cache = trt_cache.write_cache(tmp_path / "old.cache", {"image_f": 255.0, "conv_out": 6.0, "probs": 1.0}, "8.6.1")
     cal = LegacyCalibration(cache_file=str(cache), batch_size=2)
     build_engine(fake_onnx(tmp_path / "m.onnx"), tmp_path / "e.engine",
                  EngineBuildConfig(precision="int8", int8_mode="legacy-cache"), cal, cuda=FakeCuda(gpu))
-    assert trt.calls["calibration"] == [("cache", cache.read_bytes())]  # handed to TensorRT as written
-    assert any("written for TensorRT 8601" in r.getMessage() for r in caplog.records)
+    old = cache.read_text()
+    # The same scale lines under the running version's tag; the file itself is left as it was.
+    assert trt.calls["calibration"] == [("cache", old.replace("TRT-8601-", "TRT-100300-", 1).encode())]
+    assert cache.read_text() == old and old.startswith("TRT-8601-EntropyCalibration2\n")
+    assert any("written by TensorRT tag 8601" in r.getMessage() for r in caplog.records)
     assert any("deprecated since TensorRT 10.1" in r.getMessage() for r in caplog.records)
+    # Only float tensors need a range: the uint8 image input is not reported as kept in float.
+    assert not any("calibration ranges cover" in r.getMessage() for r in caplog.records)
+
+    minmax = trt_cache.write_cache(tmp_path / "mm.cache", {"image_f": 255.0, "conv_out": 6.0}, "10.3.0",
+                                   "MinMaxCalibration")
+    trt.calls["calibration"].clear()
+    build_engine(fake_onnx(tmp_path / "m.onnx"), tmp_path / "e2.engine",
+                 EngineBuildConfig(precision="int8", int8_mode="legacy-cache"),
+                 LegacyCalibration(cache_file=str(minmax), batch_size=2), cuda=FakeCuda(gpu))
+    assert trt.calls["calibration"] == [("cache", minmax.read_bytes())]  # taken: a MinMax calibrator handed it
+
+    legacy = trt_cache.write_cache(tmp_path / "lg.cache", {"image_f": 255.0}, "10.3.0", "LegacyCalibration")
+    with pytest.raises(ConfigError, match="LegacyCalibration calibrator, which uopsl does not build"):
+        build_engine(fake_onnx(tmp_path / "m.onnx"), tmp_path / "e3.engine",
+                     EngineBuildConfig(precision="int8", int8_mode="legacy-cache"),
+                     LegacyCalibration(cache_file=str(legacy), batch_size=2), cuda=FakeCuda(gpu))
 
 
 def test_parser_errors_are_all_listed(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, gpu: FakeGpu) -> None:
@@ -1075,6 +1111,48 @@ def test_build_dla_and_input_checks(monkeypatch: pytest.MonkeyPatch, tmp_path: P
     with pytest.raises(ConfigError, match="fixed batch of 1"):
         build_engine(fake_onnx(tmp_path / "fixed.onnx", batch=1), tmp_path / "e.engine", EngineBuildConfig(),
                      cuda=FakeCuda(gpu))
+    # A review: TensorRT 11.0-11.4.0 has no DLA on Jetson, so "none on this board" would blame the wrong thing.
+    install(monkeypatch, "11.0.0", gpu)
+    with pytest.raises(ConfigError, match=r"has 0 DLA core.*TensorRT 11\.0\.0 may be why.*11\.4\.1"):
+        build_engine(onnx, tmp_path / "e.engine", EngineBuildConfig(precision="fp32", dla_core=0, **DLA1),
+                     cuda=FakeCuda(gpu))
+
+
+def test_profiles_tensorrt_refuses_are_errors_not_obscure_build_failures(monkeypatch: pytest.MonkeyPatch,
+                                                                         tmp_path: Path, gpu: FakeGpu) -> None:
+    """A review: the return values of add_optimization_profile (-1: invalid) and set_calibration_profile were
+    ignored, and a fixed-batch ONNX calibrated with another batch failed only inside the build."""
+    from uopsl.calibration import trt_cache
+
+    trt = install(monkeypatch, "8.6.1", gpu)
+    cache = trt_cache.write_cache(tmp_path / "c.cache", {"image_f": 255.0, "conv_out": 6.0, "probs": 1.0}, "8.6.1")
+    fixed = dict(min_batch=2, opt_batch=2, max_batch=2)
+    with pytest.raises(ConfigError, match="fixed batch of 2.*--calib-batch 2"):
+        build_engine(fake_onnx(tmp_path / "f.onnx", batch=2), tmp_path / "e.engine",
+                     EngineBuildConfig(precision="int8", int8_mode="legacy-cache", **fixed),
+                     LegacyCalibration(cache_file=str(cache), batch_size=8), cuda=FakeCuda(gpu))
+    build_engine(fake_onnx(tmp_path / "f.onnx", batch=2), tmp_path / "e.engine",
+                 EngineBuildConfig(precision="int8", int8_mode="legacy-cache", **fixed),
+                 LegacyCalibration(cache_file=str(cache), batch_size=2), cuda=FakeCuda(gpu))
+    make_config = trt.Builder.create_builder_config
+
+    def refusing(method: str, value: Any) -> None:
+        def create(self: Any) -> Any:
+            cfg = make_config(self)
+            setattr(cfg, method, lambda *a: value)
+            return cfg
+
+        monkeypatch.setattr(trt.Builder, "create_builder_config", create)
+
+    refusing("add_optimization_profile", -1)
+    with pytest.raises(ConfigError, match="refused the batch profile min/opt/max 1/4/8"):
+        build_engine(fake_onnx(tmp_path / "m.onnx"), tmp_path / "e.engine", EngineBuildConfig(opt_batch=4,
+                     max_batch=8), cuda=FakeCuda(gpu))
+    refusing("set_calibration_profile", False)
+    with pytest.raises(ConfigError, match="refused the calibration profile"):
+        build_engine(fake_onnx(tmp_path / "m.onnx"), tmp_path / "e.engine",
+                     EngineBuildConfig(precision="int8", int8_mode="legacy-cache"),
+                     LegacyCalibration(cache_file=str(cache), batch_size=2), cuda=FakeCuda(gpu))
 
 
 def test_build_logs_deprecation_once_and_records_opset_and_options(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
