@@ -132,13 +132,13 @@ def _summary(report: Mapping[str, Any]) -> str:
             _num(clin["top1_agreement"], ".2%"),
         ])
     return (_table(["candidate", "precision", "verdict", "referral flips (upper 95 %)",
-                    "class calls changed: worst class (gated)", "images with any finding changed (not gated)",
+                    "class calls changed: worst class (gated)", "images with any finding changed (gated)",
                     "max |Δp|", "p99 |Δp|", "min logit cos", "site-map corr", "worst AUC drop", "worst sens. drop",
                     "top-1 agreement"], rows)
             + '<p class="note">The class-call gate (class_flip_rate) measures the largest share of images whose call '
               "for one referable class changed (the worst single class). An image counts once in the next column "
-              "if its call changed for any referable class, so that share can be larger; it is reported, with its "
-              "exact one-sided 95 % upper bound, and not gated.</p>")
+              "if its call changed for any referable class, so that share can be larger; it has its own gate "
+              "(finding_change_rate) and its exact one-sided 95 % upper bound.</p>")
 
 
 def _findings_cell(fc: Mapping[str, Any] | None) -> str:
@@ -178,6 +178,9 @@ def _candidate(c: Mapping[str, Any], images: Mapping[str, str], max_rows: int) -
         diff = r.get("auc_difference")
         ci = (f'{_num(diff["estimate"], "+.4f")} [{_num(diff["low"], "+.4f")}, {_num(diff["high"], "+.4f")}]'
               if diff else _na_reason(r, "auc"))
+        if diff and diff.get("note"):
+            ci += f'<br><span class="na">{_e(diff["note"])}</span>'
+
         sens, spec = _rate_cell(r, "sensitivity"), _rate_cell(r, "specificity")
         rows.append([_e(r["name"]), _num(r["threshold"], ".4g"), "yes" if r["referable"] else "no",
                      _num(r.get("n_positive")), _num(r.get("n_negative")),
@@ -190,7 +193,8 @@ def _candidate(c: Mapping[str, Any], images: Mapping[str, str], max_rows: int) -
     rows.append([f"<b>referral</b> ({_e(ref['rule'])})", "", "", _num(ref.get("n_positive")),
                  _num(ref.get("n_negative")), "", "", "", ref_sens, ref_spec,
                  _bound(flips_bound) if "n_images" in fl else str(fl["n"])])
-    parts.append(_table(["class", "threshold", "referable", "n+", "n-", "AUC ref", "AUC cand", "Δ AUC [95% CI]",
+    parts.append(_table(["class", "threshold", "referable", "n+", "n-", "AUC ref", "AUC cand",
+                         "Δ AUC, candidate − reference [95% CI]",
                          "sens ref / cand (Wilson 95 % CI)", "spec ref / cand (Wilson 95 % CI)", "decision flips"],
                         rows))
     parts.append('<p class="note">Sensitivity and specificity: reference / candidate at the manifest thresholds, '
@@ -241,8 +245,8 @@ def _finding_changes(fc: Mapping[str, Any], images: Mapping[str, str], max_rows:
     return (f"<h3>Images with a changed finding ({len(items)} of {fc.get('n')}; "
             f"&le;{_num(fc.get('upper95'), '.1%')} upper 95 %)</h3>"
             '<p class="note">Each image whose positive/negative call for at least one referable class differs '
-            "from the reference's, whether or not its referral changed (not gated; the class_flip_rate gate takes "
-            "the worst single class).</p>"
+            "from the reference's, whether or not its referral changed (gated as finding_change_rate; the "
+            "class_flip_rate gate takes the worst single class).</p>"
             + _table(["", "image", "changed class(es)", "reference findings", "candidate findings",
                       "referral changed", "reference probs", "candidate probs"], rows) + more)
 

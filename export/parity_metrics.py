@@ -38,7 +38,14 @@ import numpy as np
 
 from uopsl.runtime.bundle import Manifest, parity_gates_problem
 from uopsl.runtime.errors import ConfigError
-from uopsl.runtime.metrics import WILSON, paired_auc_difference, proportion_interval, rates_at_threshold, roc_auc
+from uopsl.runtime.metrics import (
+    WILSON,
+    paired_auc_difference,
+    proportion_interval,
+    rates_at_threshold,
+    roc_auc,
+    single_unit_side,
+)
 
 TRUTH_LABELS = "labels"
 TRUTH_REFERENCE = "reference_decisions"
@@ -75,8 +82,14 @@ class ParityGates:
         behind an unchanged referral (an image referred for DR anyway), so the
         referral flips alone do not cover it. Same default as the flip gate.
         It is the worst single class, not the share of images with any
-        changed finding (which can be larger; reported as
-        ``finding_changes``, not gated: :func:`finding_changes`).
+        changed finding (which can be larger): that is ``max_finding_change_rate``.
+    max_finding_change_rate: share of images with at least one referable
+        class's call changed (:func:`finding_changes`), the export issue's
+        "screening decisions flipped at the operating thresholds <= 1 %" read
+        per image: one patient whose AMD call changed and another whose DME
+        call changed are two images, which the worst-class gate counts once
+        each in different classes (a review passed 3 such images of 200,
+        1.5 %, under the 0.5 % gates).
     max_auc_drop: largest allowed ``AUC(reference) - AUC(candidate)`` of any class.
     max_sensitivity_drop: largest allowed sensitivity loss at the manifest
         thresholds, of any referable class and of the referral decision
@@ -96,6 +109,7 @@ class ParityGates:
     # The defaults are uopsl.runtime.bundle.PARITY_GATE_DEFAULTS (the runtime judges records against them).
     max_flip_rate: float = 0.005
     max_class_flip_rate: float = 0.005
+    max_finding_change_rate: float = 0.01
     max_auc_drop: float = 0.005
     max_sensitivity_drop: float = 0.01
     max_prob_diff: float | None = None
@@ -125,7 +139,8 @@ class ParityGates:
 #: ``--gates`` keys: the field names and short aliases.
 GATE_ALIASES: dict[str, str] = {
     "flips": "max_flip_rate", "flip_rate": "max_flip_rate", "class_flips": "max_class_flip_rate",
-    "class_flip_rate": "max_class_flip_rate", "auc": "max_auc_drop", "auc_drop": "max_auc_drop",
+    "class_flip_rate": "max_class_flip_rate", "findings": "max_finding_change_rate",
+    "finding_changes": "max_finding_change_rate", "auc": "max_auc_drop", "auc_drop": "max_auc_drop",
     "sens": "max_sensitivity_drop", "sensitivity": "max_sensitivity_drop", "prob": "max_prob_diff",
     "prob_diff": "max_prob_diff", "top1": "min_top1_agreement", "top1_agreement": "min_top1_agreement",
 }
@@ -279,13 +294,14 @@ def zero_change_sample_sizes(gates: ParityGates, confidence: float = CONFIDENCE)
     """:func:`min_images_for_zero_changes` for each gate on a rate of changes (referral, class calls, top-1)."""
     return {"max_flip_rate": min_images_for_zero_changes(gates.max_flip_rate, confidence),
             "max_class_flip_rate": min_images_for_zero_changes(gates.max_class_flip_rate, confidence),
+            "max_finding_change_rate": min_images_for_zero_changes(gates.max_finding_change_rate, confidence),
             "min_top1_agreement": min_images_for_zero_changes(round(1.0 - gates.min_top1_agreement, 12), confidence)}
 
 
 def zero_change_line(sizes: Mapping[str, int | None], n: int, confidence: float = CONFIDENCE) -> str:
     """One sentence: from how many images 0 changes shows each rate gate, next to this run's size."""
     names = {"max_flip_rate": "referral flips", "max_class_flip_rate": "class-call flips",
-             "min_top1_agreement": "top-1 changes"}
+             "max_finding_change_rate": "images with a changed finding", "min_top1_agreement": "top-1 changes"}
     parts = [f"{names.get(k, k)} {v}" if v is not None else f"{names.get(k, k)} never (limit 0)"
              for k, v in sizes.items()]
     return (f"0 changes shows a rate within the gate with {confidence:.0%} confidence only from: "
@@ -491,6 +507,9 @@ def clinical(
             diff = paired_auc_difference(y, ref[:, k], cand[:, k], n_boot=n_boot, seed=seed, alpha=alpha)
             # Interval.to_dict leaves n_boot and alpha out: a signer needs them next to the interval.
             row["auc_difference"] = {**diff.to_dict(), "n_boot": diff.n_boot, "alpha": diff.alpha}
+            single = single_unit_side(y, None)
+            if single:  # every resample keeps that one image: a tight interval that means nothing (a review)
+                row["auc_difference"].update(low=None, high=None, note=f"interval undefined: {single}")
         else:
             row["auc_difference"] = None
             missing["auc"] = no_pos if not y.any() else no_neg
@@ -566,15 +585,16 @@ def clinical(
 def finding_changes(manifest: Manifest, reference_probs: np.ndarray, candidate_probs: np.ndarray,
                     reference_positive: np.ndarray, candidate_positive: np.ndarray, reference_refer: np.ndarray,
                     candidate_refer: np.ndarray, ids: Sequence[str]) -> dict[str, Any]:
-    """The images whose call for at least one referable class differs from the reference's (reported, not gated).
+    """The images whose call for at least one referable class differs from the reference's (gated by
+    ``max_finding_change_rate``).
 
     The ``class_flip_rate`` gate takes the worst single class: the largest
     share of images whose call for one referable class changed. A patient
     whose AMD call changed and another whose DME call changed count once each
     in their own class, so the share of images with ANY changed finding can be
-    larger than the gated figure (up to the number of referable classes times
-    it); a signer reads it here, with its exact upper bound and the images
-    listed (``items``: each image's changed classes, both models' referable
+    larger than that figure (up to the number of referable classes times
+    it); this one is gated on its own, and a signer reads it here with its
+    exact upper bound and the images listed (``items``: each image's changed classes, both models' referable
     findings and probabilities, and whether its referral changed too).
     """
     mask = manifest.referable_mask
@@ -886,6 +906,13 @@ def judge(gates: ParityGates, numeric: Mapping[str, Any], clin: Mapping[str, Any
                              f"largest: class {name} ({flips_k} call(s) changed)"))
     else:
         checks.append(GateCheck("class_flip_rate", None, gates.max_class_flip_rate, True,
+                                "no referable class in the bundle: nothing to gate"))
+    found = clin.get("finding_changes") or {}
+    if referable and _finite(found.get("rate")):
+        checks.append(_check("finding_change_rate", float(found["rate"]), gates.max_finding_change_rate,
+                             f"{found.get('changes', '?')} image(s) with a referable class's call changed"))
+    else:
+        checks.append(GateCheck("finding_change_rate", None, gates.max_finding_change_rate, True,
                                 "no referable class in the bundle: nothing to gate"))
 
     def skipped_of(items: Sequence[Mapping[str, Any]], metric: str) -> list[tuple[str, str]]:

@@ -162,6 +162,7 @@ PARITY_KEY = "parity"  # FileEntry.info key written by `uopsl validate`
 PARITY_GATE_DEFAULTS: Mapping[str, float | None] = MappingProxyType({
     "max_flip_rate": 0.005,
     "max_class_flip_rate": 0.005,
+    "max_finding_change_rate": 0.01,
     "max_auc_drop": 0.005,
     "max_sensitivity_drop": 0.01,
     "max_prob_diff": None,
@@ -187,6 +188,9 @@ REFERENCE_ONNX = "onnx"
 REFERENCE_UNKNOWN = "unknown"
 #: The backend an ONNX reference runs on, and on which its file must carry a PyTorch-referenced PASS.
 ONNX_REFERENCE_BACKEND = "ort-cpu"
+#: Issue 4's FP32 tolerance (max |prob diff| against PyTorch): the FP32 file's ``ort-cpu`` PASS is judged by it
+#: as well as by the decision gates, and a record that did not hold it cannot make that file a reference.
+REFERENCE_MAX_PROB_DIFF = 1e-4
 
 
 def parity_gates_problem(gates: Mapping[str, Any]) -> str | None:
@@ -279,7 +283,14 @@ def pytorch_pass_problem(entry: FileEntry, backend: str = ONNX_REFERENCE_BACKEND
             return (f"{entry.path}'s {backend} {verdict} names {named}, not the PyTorch checkpoint (a runtime "
                     "backend used as the reference proves nothing about the checkpoint)")
     ok, why = parity_status(entry, backend)
-    return None if ok else why
+    if not ok:
+        return why
+    limit = run.get("gates", {}).get("max_prob_diff") if isinstance(run, dict) else None
+    if not isinstance(limit, (int, float)) or isinstance(limit, bool) or not limit <= REFERENCE_MAX_PROB_DIFF:
+        return (f"{entry.path}'s {backend} PASS did not also hold max |prob diff| <= {REFERENCE_MAX_PROB_DIFF:g} "
+                f"against PyTorch (its gates: max_prob_diff={limit!r}; recorded by an older uopsl), which a "
+                "reference must")
+    return None
 
 
 def _onnx_chain_problem(path: str, backend: str, r: Mapping[str, Any], manifest: Manifest | None) -> str | None:

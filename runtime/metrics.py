@@ -488,7 +488,17 @@ def _threshold(t: Any) -> float:
         raise ConfigError(f"threshold must be a number; got {t!r}") from exc
     if math.isnan(v):
         raise ConfigError("threshold must be a number; got NaN")
-    return v
+    return _as_runtime_threshold(v)
+
+
+def _as_runtime_threshold(t: Any) -> Any:
+    """``t`` rounded through float32, as :attr:`uopsl.runtime.bundle.Manifest.thresholds` holds it, so a
+    figure counts the calls the runtime makes (a review: 0.7 is 0.69999999 in float32, and an output of exactly
+    that was a positive on the device but a false negative in ``eval.json``). Chosen thresholds are float32
+    values already; hand-set ones such as 0.7 are not."""
+    if isinstance(t, np.ndarray):
+        return t.astype(np.float32).astype(np.float64)
+    return float(np.float32(t)) if math.isfinite(t) else t
 
 
 def threshold_for_sensitivity(y_true: Any, scores: Any, target: float = 0.9) -> OperatingPoint:
@@ -1116,7 +1126,7 @@ def _thresholds(thresholds: float | Sequence[float] | np.ndarray, k: int) -> np.
         t = np.full(k, float(t))
     if t.shape != (k,) or not np.all(np.isfinite(t)):
         raise ConfigError(f"thresholds must be one finite number or {k} (one per class); got {thresholds!r}")
-    return t
+    return _as_runtime_threshold(t)
 
 
 _PROPORTIONS = ("sensitivity", "specificity", "ppv", "npv")

@@ -478,3 +478,15 @@ def test_accuracy_with_patients_known_is_not_surer_than_without() -> None:
                                       clusters=patients)["macro"]["accuracy"]
     assert grouped["estimate"] == pytest.approx(plain["estimate"])
     assert grouped["high"] - grouped["low"] >= 0.9 * (plain["high"] - plain["low"]), (grouped, plain)
+
+
+def test_thresholds_are_compared_as_the_runtime_holds_them() -> None:
+    """A review: the manifest keeps thresholds in float32 (0.7 -> 0.69999999); an output of exactly that value
+    was positive on the device and a false negative in evaluate's figures."""
+    t32 = float(np.float32(0.7))
+    assert t32 < 0.7
+    report = M.classification_report([[1], [0]], np.array([[t32], [0.1]]), [0.7], ["dr"], n_boot=0)
+    dr = report["classes"][0]
+    assert (dr["tp"], dr["fn"]) == (1, 0) and dr["threshold"] == t32
+    rates = M.rates_at_threshold([1, 0], [t32, 0.1], 0.7)
+    assert (rates.tp, rates.fn, rates.threshold) == (1, 0, t32)

@@ -575,3 +575,32 @@ def test_another_onnx_runtime_than_the_proving_one_is_warned_about(proven_bundle
     (warning,) = [r.getMessage() for r in caplog.records]
     assert f"onnxruntime 0.0.1 there, {ref.ort_version} here" in warning
     assert f"arch x86_64-elsewhere there, {proven['arch']} here" in warning and "stricter gates" in warning
+
+
+def test_the_reference_pass_holds_the_fp32_tolerance_too(proven_bundle: Path, tmp_path: Path) -> None:
+    """A review: an FP32 file off by 1e-2 everywhere passed the decision gates, and that PASS made it the
+    reference devices judge their engines against. Its ort-cpu PASS now holds max |dp| <= 1e-4 as well."""
+    from uopsl.export.onnx_reference import check_reference_chain
+    from uopsl.export.parity_metrics import ParityGates
+    from uopsl.export.validate import CandidateSpec, candidate_gates
+    from uopsl.runtime.bundle import REFERENCE_MAX_PROB_DIFF
+
+    run = read_manifest(proven_bundle).file("model.onnx").info["parity"]["backends"]["ort-cpu"]
+    assert run["gates"]["max_prob_diff"] == REFERENCE_MAX_PROB_DIFF == 1e-4
+    # What judges which file: the user's stricter limit is kept; a looser one or none becomes 1e-4 there only.
+    fp32_cpu = CandidateSpec("ort-cpu:model.onnx", "ort-cpu", "model.onnx", "fp32")
+    assert candidate_gates(ParityGates(), fp32_cpu).max_prob_diff == 1e-4
+    assert candidate_gates(ParityGates(max_prob_diff=1e-5), fp32_cpu).max_prob_diff == 1e-5
+    assert candidate_gates(ParityGates(max_prob_diff=1e-2), fp32_cpu).max_prob_diff == 1e-4
+    for other in (CandidateSpec("ort-cuda:model.onnx", "ort-cuda", "model.onnx", "fp32"),
+                  CandidateSpec("ort-cpu:model.int8.onnx", "ort-cpu", "model.int8.onnx", "int8-qdq-u8")):
+        assert candidate_gates(ParityGates(), other) == ParityGates()
+    # A record from before the tolerance (its gates say max_prob_diff None) proves nothing as a reference.
+    bundle = _copy(proven_bundle, tmp_path / "bundle")
+
+    def before(r: dict[str, Any]) -> None:
+        r["gates"]["max_prob_diff"] = None
+
+    _edit_fp32_run(bundle, before)
+    with pytest.raises(ConfigError, match=r"did not also hold max \|prob diff\| <= 0.0001"):
+        check_reference_chain(bundle)

@@ -251,7 +251,7 @@ def test_cli_drop_counts_the_images_left_out_on_the_terminal(
                    "--backends", "ort-cpu", "--unknown-labels", "drop", "--n-boot", "0", "--no-record"])
     printed = capsys.readouterr().out
     assert code == 0 and "PASS ort-cpu:model.int8.onnx" in printed  # every class keeps positives among the 18
-    assert "18 images (0 unusable)" in printed and "0 image(s) with a changed finding (0.00%, not gated)" in printed
+    assert "18 images (0 unusable)" in printed and "0 image(s) with a changed finding (0.00%)" in printed
     assert "left out 2 image(s) carrying label(s) that are not classes of the bundle (--unknown-labels drop): " \
            "cataract (2)" in printed
     report = json.loads((tmp_path / "out" / "parity.json").read_text())
@@ -404,11 +404,12 @@ def test_the_content_digest_follows_the_bytes_and_labels_not_the_times(
 
 
 # -- finding 6: images with any changed finding, next to the gated worst class ------------------------------------
-def test_images_with_any_changed_finding_are_counted_and_listed_the_gate_unchanged(
+def test_images_with_any_changed_finding_are_counted_listed_and_gated(
         bundle: Path, photos: list[Path], image_keys: dict[str, int], monkeypatch: pytest.MonkeyPatch,
         tmp_path: Path) -> None:
     """One image's AMD call and another's DME call change behind unchanged referrals (both are referred for DR):
-    the worst class has 1 change in 120, within class_flips=0.01; 2 images of 120 had a finding changed."""
+    the worst class has 1 change in 120, within class_flips=0.01; 2 images of 120 had a finding changed, over
+    the 1 % finding gate (a later review: that share was reported only, and a file passed with 1.5 %)."""
     labels = _labels(N)
     models = _Models(image_keys, monkeypatch, labels)
     dr_images = [i for i, lab in enumerate(labels) if lab == ("dr",)]
@@ -422,8 +423,10 @@ def test_images_with_any_changed_finding_are_counted_and_listed_the_gate_unchang
     checks = {c["name"]: c for c in int8["checks"]}
     # the gate: worst single class, as before
     assert checks["class_flip_rate"]["value"] == pytest.approx(1 / N) and checks["class_flip_rate"]["passed"] is True
-    assert clin["flips"]["n"] == 0 and int8["verdict"] == "PASS"
-    # the new figure: any referable finding, reported with its bound, not gated
+    assert clin["flips"]["n"] == 0 and int8["verdict"] == "FAIL"
+    assert checks["finding_change_rate"]["passed"] is False
+    assert checks["finding_change_rate"]["value"] == pytest.approx(2 / N)
+    # any referable finding: gated, reported with its bound
     fc = clin["finding_changes"]
     assert (fc["changes"], fc["n"], fc["applicable"]) == (2, N, True) and fc["rate"] == pytest.approx(2 / N)
     assert fc["upper95"] == pytest.approx(binomial_upper_bound(2, N))
@@ -435,7 +438,7 @@ def test_images_with_any_changed_finding_are_counted_and_listed_the_gate_unchang
     section = html.split("ort-cpu:model.int8.onnx —", 1)[1]
     assert f"<h3>Images with a changed finding (2 of {N};" in section
     assert f"<td>i{a:03d}</td><td>amd</td><td>dr</td><td>dr, amd</td><td>no</td>" in section
-    assert "images with any finding changed (not gated)" in html and "2 (1.67%;" in html
+    assert "images with any finding changed (gated)" in html and "2 (1.67%;" in html
     assert "largest share of images whose call for one referable class changed" in html
 
 
@@ -455,7 +458,7 @@ def test_any_finding_bound_is_exact_and_the_docs_say_what_the_gate_measures() ->
     docs = (Path(__file__).resolve().parents[1] / "docs" / "deployment.md").read_text(encoding="utf-8")
     text = re.sub(r"\s+", " ", docs)
     assert "the largest share of images whose call for one referable class changed" in text
-    assert "finding_changes" in text and "not gated" in text
+    assert "finding_changes" in text and "`findings` <= 1 %: the share of images with any referable class" in text
 
 
 # -- finding 10: intervals of the absolute figures ---------------------------------------------------------------

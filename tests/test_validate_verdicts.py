@@ -161,7 +161,7 @@ def test_a_small_or_loosened_run_never_replaces_a_fail(bundle: Path, photos: lis
     ok, why = _status(bundle, "model.int8.onnx")
     assert not ok and "failed parity validation on ort-cpu (flip_rate 0.04167 > 0.005" in why
     # all images, gates loosened until the file passes: reported as PASS, recorded as nothing
-    loose = parse_gates("flips=0.05,class_flips=0.05,sens=0.25")
+    loose = parse_gates("flips=0.05,class_flips=0.05,findings=0.05,sens=0.25")
     loosened = _run(bundle, photos, labels, models, tmp_path / "loose", gates=loose)
     assert loosened.status == "PASS" and "gates looser than the defaults" in loosened.report["record"]["note"]
     assert not _status(bundle, "model.int8.onnx")[0]
@@ -310,7 +310,7 @@ def test_report_shows_the_bounds_next_to_each_rate(bundle: Path, photos: list[Pa
     assert dr["sensitivity_changes"]["upper95"] == pytest.approx(1 - 0.05 ** (1 / 24))
     assert dr["specificity_changes"]["n"] == 96
     assert res.report["confidence"]["zero_change_min_images"] == {
-        "max_flip_rate": 598, "max_class_flip_rate": 598, "min_top1_agreement": 299}
+        "max_flip_rate": 598, "max_class_flip_rate": 598, "max_finding_change_rate": 299, "min_top1_agreement": 299}
     html = res.html_path.read_text(encoding="utf-8")
     assert "0/120 (&le;2.5%)" in html and "this run has 120" in html
     # the bound is reported, not gated: 0 changes in 120 images passes the 0.5 % point gate
@@ -350,7 +350,7 @@ def test_changed_class_calls_fail_even_behind_unchanged_referrals() -> None:
     assert amd["sensitivity_changes"]["changes"] == 20 and amd["sensitivity_changes"]["n"] == 40
     assert (amd["sensitivity_changes"]["tp_to_fn"], amd["sensitivity_changes"]["fn_to_tp"]) == (10, 10)
     # configurable through --gates like the others
-    loose = parse_gates("class_flips=0.06")
+    loose = parse_gates("class_flips=0.06,findings=0.06")
     assert loose.max_class_flip_rate == 0.06 and parse_gates("class_flip_rate=0.01").max_class_flip_rate == 0.01
     loose_checks = {c.name: c for c in judge(loose, nums, clin).checks}
     assert loose_checks["class_flip_rate"].status == "PASS"
@@ -461,3 +461,21 @@ def test_a_candidate_whose_probabilities_are_not_probabilities_fails_alone(
     assert bad["verdict"] == "FAIL" and "outside [0, 1]" in bad["reasons"][0]
     assert _cand(result.report, "model.onnx")["verdict"] == "PASS"
     assert (tmp_path / "out" / "parity.html").is_file()
+
+
+def test_an_fp32_file_off_by_more_than_the_fp32_tolerance_fails_on_ort_cpu(
+        bundle: Path, photos: list[Path], image_keys: dict[str, int], monkeypatch: pytest.MonkeyPatch,
+        tmp_path: Path) -> None:
+    """No decision moves, yet the FP32 file is 1e-3 off: its ort-cpu PASS would make it a device's reference."""
+    labels = _single_labels(N)
+    models = _Models(image_keys, monkeypatch, labels)
+    models.files["model.onnx"] = np.clip(models.ref + 1e-3, 0.0, 1.0)
+    models.files["model.int8.onnx"] = models.files["model.onnx"].copy()
+    res = _run(bundle, photos, labels, models, tmp_path / "out")
+    fp32, int8 = _cand(res.report, "model.onnx"), _cand(res.report, "model.int8.onnx")
+    checks = {c["name"]: c for c in fp32["checks"]}
+    assert fp32["verdict"] == "FAIL" and checks["max_prob_diff"]["limit"] == 1e-4
+    assert checks["max_prob_diff"]["value"] == pytest.approx(1e-3, rel=1e-3)
+    assert {c["name"] for c in fp32["checks"] if c["passed"] is False} == {"max_prob_diff"}
+    assert int8["verdict"] == "PASS" and "max_prob_diff" not in {c["name"] for c in int8["checks"]}
+    assert not _status(bundle, "model.onnx")[0] and _status(bundle, "model.int8.onnx")[0]

@@ -31,6 +31,7 @@ def _manifest() -> Manifest:
 
 def test_gates_parse_validate_and_default() -> None:
     assert ParityGates().is_default and parse_gates(None) == ParityGates()
+    assert parse_gates("findings=0.005").max_finding_change_rate == 0.005
     g = parse_gates("flips=0.01, auc_drop=0.02,sens=0,prob=1e-4,top1=0.95")
     assert (g.max_flip_rate, g.max_auc_drop, g.max_sensitivity_drop, g.max_prob_diff) == (0.01, 0.02, 0.0, 1e-4)
     assert g.min_top1_agreement == 0.95 and ParityGates().min_top1_agreement == 0.99
@@ -61,8 +62,39 @@ def test_flips_auc_and_sensitivity_are_counted_under_the_manifest_rule() -> None
     assert names["flip_rate"].passed is False and names["auc_drop"].passed is True
     assert names["sensitivity_drop"].passed is False and names["sensitivity_drop"].value == pytest.approx(1 / 3)
     assert names["class_flip_rate"].passed is False and names["class_flip_rate"].value == pytest.approx(1 / 6)
-    assert judge(ParityGates(max_flip_rate=0.2, max_class_flip_rate=0.2, max_sensitivity_drop=0.34), numerical(
+    assert judge(ParityGates(max_flip_rate=0.2, max_class_flip_rate=0.2, max_finding_change_rate=0.2,
+                             max_sensitivity_drop=0.34), numerical(
         {"probs": ref, "logits": ref}, {"probs": cand, "logits": cand}), clin).passed
+
+
+def test_images_with_any_changed_finding_are_gated_per_image() -> None:
+    """A review: three images with one changed call each, in three classes and under unchanged referrals,
+    passed every 0.5 % per-class gate while 1.5 % of the images had a changed screening decision."""
+    names = ("normal", "dr", "amd", "glaucoma")
+    m = Manifest(classes=(ClassSpec("normal", threshold=0.5),
+                          *(ClassSpec(c, threshold=0.5, referable=True) for c in names[1:])),
+                 head="sigmoid", preprocess=PreprocessConfig(size=64), files=(FileEntry("model.onnx", "onnx", "fp32"),))
+    n = 200
+    y = np.zeros((n, 4), bool)
+    y[:, 0] = True
+    y[:60, 1], y[60:100, 2], y[100:130, 3], y[:130, 0] = True, True, True, False
+    ref = np.where(y, 0.9, 0.1)
+    ref[0, 2] = ref[1, 3] = 0.55  # second findings of images referred for DR anyway
+    ref[100, 1] = 0.45
+    cand = ref.copy()
+    cand[0, 2] = cand[1, 3] = 0.45
+    cand[100, 1] = 0.55  # gained, on an image referred for glaucoma anyway
+    truth = truth_from_labels(m, [tuple(c for c, v in zip(names, r) if v) for r in y], names)
+    clin = clinical(m, truth, ref, cand, [str(i) for i in range(n)], n_boot=20)
+    assert clin["flips"]["n"] == 0 and clin["class_flips"]["max_rate"] == pytest.approx(0.005)
+    verdict = judge(ParityGates(), numerical({"probs": ref, "logits": ref}, {"probs": cand, "logits": cand}), clin)
+    checks = {c.name: c for c in verdict.checks}
+    assert checks["flip_rate"].passed and checks["class_flip_rate"].passed
+    assert checks["finding_change_rate"].passed is False and checks["finding_change_rate"].value == pytest.approx(0.015)
+    assert verdict.status == "FAIL" and "finding_change_rate 0.015 > 0.01 (3 image(s)" in verdict.reasons[0]
+    looser = judge(ParityGates(max_finding_change_rate=0.015),
+                   numerical({"probs": ref, "logits": ref}, {"probs": cand, "logits": cand}), clin)
+    assert {c.name: c for c in looser.checks}["finding_change_rate"].passed
 
 
 def test_top1_agreement_is_a_gate_of_its_own() -> None:
@@ -116,3 +148,23 @@ def test_candidates_follow_the_runtime_selection(screen_bundle) -> None:  # noqa
     assert {s["name"] for s in skipped} == {"ort-trt"}  # no engines in the bundle: tensorrt is not mentioned
     runs, skipped = plan_candidates(screen_bundle, m, ("tensorrt", "ort-cpu"), Availability(("CPUExecutionProvider",)))
     assert [c.backend for c in runs] == ["ort-cpu", "ort-cpu"] and skipped[0]["name"] == "tensorrt"
+
+
+def test_an_auc_difference_from_a_single_positive_image_has_no_interval() -> None:
+    """A review: every stratified resample keeps the one positive, so the interval showed only how the
+    negatives vary (-0.126 to -0.050 around -0.085) and read as a precise figure."""
+    m = _manifest()
+    rng = np.random.default_rng(4)
+    ref = rng.uniform(0.0, 1.0, (40, 2))
+    cand = np.clip(ref + rng.normal(0.0, 0.05, ref.shape), 0.0, 1.0)
+    labels = [("dr",)] + [("normal",)] * 39
+    clin = clinical(m, truth_from_labels(m, labels, ("normal", "dr")), ref, cand, [str(i) for i in range(40)],
+                    n_boot=100)
+    dr = clin["per_class"][1]["auc_difference"]
+    assert dr["low"] is None and dr["high"] is None and math.isfinite(dr["estimate"])
+    assert "interval undefined: the positive cases come from one image" in dr["note"]
+    normal = clin["per_class"][0]["auc_difference"]  # 39 positives, 1 negative: the same on the other side
+    assert normal["low"] is None and "the negative cases come from one image" in normal["note"]
+    two = clinical(m, truth_from_labels(m, [("dr",)] * 2 + [("normal",)] * 38, ("normal", "dr")), ref, cand,
+                   [str(i) for i in range(40)], n_boot=100)
+    assert two["per_class"][1]["auc_difference"]["low"] is not None and "note" not in two["per_class"][1]["auc_difference"]

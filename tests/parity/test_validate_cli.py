@@ -65,6 +65,7 @@ def test_labelled_folder_passes_and_writes_self_contained_reports(tiny_ckpt_bund
     report = _strict_json(out / "parity.json")
     assert report["passed"] and report["data"]["truth"] == "labels" and report["data"]["n_used"] == 120
     assert report["gates"] == {"max_flip_rate": 0.005, "max_class_flip_rate": 0.005, "max_auc_drop": 0.005,
+                               "max_finding_change_rate": 0.01,
                                "max_sensitivity_drop": 0.01, "max_prob_diff": None, "min_top1_agreement": 0.99}
     config = _strict_json(out / "parity_config.json")
     assert config["context"]["checkpoint"] == str(ckpt) and config["config"]["backends"] == ["ort-cpu"]
@@ -192,7 +193,8 @@ def test_bootstrap_seed_changes_the_interval_not_the_images(tiny_ckpt_bundle: tu
     assert _uopsl([*base, "--out", str(tmp_path / "b"), "--bootstrap-seed", "7"]) == 0
     printed = capsys.readouterr().out
     # once per report: how many images 0 changes needs to show each rate gate, next to this run's size
-    assert "referral flips 598, class-call flips 598, top-1 changes 299 images; this run has 24" in printed
+    assert ("referral flips 598, class-call flips 598, images with a changed finding 299, top-1 changes 299 images; "
+            "this run has 24") in printed
     a, b = _strict_json(tmp_path / "a" / "parity.json"), _strict_json(tmp_path / "b" / "parity.json")
     assert a["bootstrap"] == {**b["bootstrap"], "seed": 3} and b["bootstrap"]["seed"] == 7
     assert a["bootstrap"]["n_boot"] == 50 and a["bootstrap"]["alpha"] == 0.05

@@ -454,7 +454,7 @@ def command(bundle: Path, checkpoint: Path | None, onnx_reference: bool, data_sp
             click.echo(f"  {status} {c['name']}: {c['error']}")
             continue
         flips, findings = c["clinical"]["flips"], c["clinical"]["finding_changes"]
-        changed = (f", {findings['changes']} image(s) with a changed finding ({findings['rate']:.2%}, not gated)"
+        changed = (f", {findings['changes']} image(s) with a changed finding ({findings['rate']:.2%})"
                    if findings["applicable"] else "")
         click.echo(f"  {status} {c['name']} ({c['precision']}): {flips['n']} flips "
                    f"(upper 95 % {flips['upper95']:.2%}){changed}, max |dp| {c['numerical']['max_abs_prob_diff']:.2e}"
