@@ -23,9 +23,9 @@ Design:
 
 from __future__ import annotations
 
-import dataclasses
-
 import collections
+import contextlib
+import dataclasses
 import hashlib
 import logging
 import os
@@ -1000,36 +1000,75 @@ class ScreeningPipeline:
         )
 
     def run(self, items: Iterable[Any]) -> Iterator[ScreenResult]:
-        """Screen ``items`` (InputItems, paths, bytes or arrays); one result per input, in order."""
+        """Screen ``items`` (InputItems, paths, bytes or arrays); one result per input, in order.
+
+        An input that cannot be taken at all (``None``, an object of another type, a missing path not
+        named like a photograph) or an exception from ``items`` itself (a camera that disconnects)
+        reaches the caller only after every result before it: inputs are read ahead, and those already
+        taken would otherwise be lost. The exception gets ``input_index``, the number of results yielded
+        before it (the position of the failing input, counting each photograph of a folder). A backend
+        that fails ``max_inference_failures`` times in a row raises :class:`BackendError` with
+        ``unscreened``: the inputs taken from ``items`` that got no result, to screen again after reopening.
+        """
         bs = self.config.batch_size
         window = bs * (self.config.prefetch_batches + 1)
         source = iter(as_items(items))
-        pending: collections.deque[Future[_Prepared]] = collections.deque()
+        pending: collections.deque[tuple[InputItem, Future[_Prepared]]] = collections.deque()
+        taken = 0
+        broken: list[Exception] = []  # what the source raised: taken after the results before it
         with opencv_single_threaded(), ThreadPoolExecutor(self.config.n_workers, thread_name_prefix="uopsl-prep") as pool:
 
             def fill() -> None:
-                while len(pending) < window:
-                    nxt = next(source, None)
+                nonlocal taken
+                while len(pending) < window and not broken:
+                    try:
+                        nxt = next(source, None)
+                    except Exception as exc:  # noqa: BLE001 - re-raised in order below; Ctrl-C passes at once
+                        broken.append(exc)
+                        return
                     if nxt is None:
                         return
-                    pending.append(pool.submit(self.prepare, nxt))
+                    pending.append((nxt, pool.submit(self.prepare, nxt)))
+                    taken += 1
+
+            def finish(batch: list[_Prepared]) -> list[ScreenResult]:
+                try:
+                    return self._finish(batch)
+                except BackendError as exc:
+                    if not isinstance(exc, BackendClosedError):
+                        _annotate(exc, "unscreened", tuple(p.item for p in batch) + tuple(i for i, _ in pending),
+                                  "the inputs without a result are in its .unscreened")
+                    raise
 
             try:
                 fill()
                 batch: list[_Prepared] = []
                 n_run = 0
                 while pending:
-                    prep = pending.popleft().result()
+                    prep = pending.popleft()[1].result()
                     fill()
                     batch.append(prep)
                     n_run += prep.runnable
-                    # Flush on a full batch, at the end, or when failures pile up (bounded memory).
+                    # Flush on a full batch, at the end (or before the source's exception), or when failures
+                    # pile up (bounded memory).
                     if n_run >= bs or not pending or len(batch) >= 4 * bs:
-                        yield from self._finish(batch)
+                        yield from finish(batch)
                         batch, n_run = [], 0
+                if broken:
+                    _annotate(broken[0], "input_index", taken, f"raised at input {taken} (0-based); every "
+                              "input before it has its result")
+                    raise broken[0]
             finally:
-                for f in pending:
+                for _, f in pending:
                     f.cancel()
+
+
+def _annotate(exc: BaseException, name: str, value: Any, note: str) -> None:
+    """Attach ``value`` to ``exc`` as ``name`` and, on Python 3.11+, a note for its traceback."""
+    with contextlib.suppress(AttributeError, TypeError):  # an exception type without a __dict__
+        setattr(exc, name, value)
+    if hasattr(exc, "add_note"):
+        exc.add_note(f"uopsl: {note}")
 
 
 def _one_line(exc: BaseException, source: str) -> str:

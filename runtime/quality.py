@@ -39,6 +39,12 @@ Reasons (machine tags, in this order):
 - ``grayscale``: colourfulness below ``min_colourfulness``: a colour fundus
   photograph is red-orange; a grayscale image (an OCT B-scan, a red-free
   photograph, a scanned print) is not what the model was trained on.
+- ``not_fundus_colour``: the lit field's mean red over its mean blue is below
+  ``min_red_blue`` (not judged on a field too dark to show colour). The retina is red-orange in every colour fundus camera;
+  a blue-dominant picture is either one whose channels came in BGR order (an
+  array from OpenCV's ``cv2.imread``, passed as if it were RGB) or not a
+  fundus photograph at all (a review screened a night sky as ``ok`` and got
+  a referral).
 - ``too_small``: the original's short side is below ``min_side`` pixels.
 
 The score is in [0, 1]: each criterion gives 0.5 exactly at its threshold,
@@ -108,7 +114,8 @@ _LAPLACIAN_NOISE_GAIN = _noise_gain(_smoothed_laplacian)
 _DETAIL_NOISE_GAIN = _noise_gain(_detail)
 
 #: Every reason tag :func:`assess` can give, in reporting order.
-REASONS = ("no_fov", "several_fov", "too_dark", "too_bright", "low_contrast", "blurred", "noisy", "grayscale", "too_small")
+REASONS = ("no_fov", "several_fov", "too_dark", "too_bright", "low_contrast", "blurred", "noisy", "grayscale",
+           "not_fundus_colour", "too_small")
 
 
 @dataclass(frozen=True)
@@ -146,6 +153,13 @@ class QualityConfig:
     min_colourfulness: least mean chroma (max-min over RGB) over the mean RGB
         intensity of the lit field. TVHL photographs: at least 0.19; a
         grayscale image: 0.
+    min_red_blue: least mean red over mean blue of the lit field. TVHL: at
+        least 0.87 on every gradable photograph (median 2.93; below 0.8 only
+        on four nearly black ones, which are too dark to judge); the
+        synthetic photographs 3.2 and above. The same photographs decoded by
+        OpenCV and passed as RGB (BGR order): flagged for 98.6 % of TVHL's
+        (1,023 of the 1,037 not too dark) and every synthetic one
+        (``benchmarks/check_colour_gate.py``).
     min_side: least short side of the original image in pixels: a 1000 px
         camera frame downscaled 4x; below it microaneurysms vanish.
     """
@@ -158,6 +172,7 @@ class QualityConfig:
     max_noise: float = 2.0
     min_colourfulness: float = 0.1
     min_side: int = 256
+    min_red_blue: float = 0.8
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.min_fov_fill <= 1.0:
@@ -167,7 +182,7 @@ class QualityConfig:
                 "need 0 < min_brightness < max_brightness < 255, got "
                 f"{self.min_brightness} and {self.max_brightness}"
             )
-        for name in ("min_contrast", "min_sharpness", "max_noise", "min_colourfulness"):
+        for name in ("min_contrast", "min_sharpness", "max_noise", "min_colourfulness", "min_red_blue"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
         if self.min_side < 1:
@@ -270,7 +285,9 @@ def measure(pre: Preprocessed) -> dict[str, float]:
     r, gr, b = cv2.split(img)  # OpenCV's per-pixel max/min are ~15x faster than numpy's axis reductions
     chroma = cv2.subtract(cv2.max(cv2.max(r, gr), b), cv2.min(cv2.min(r, gr), b))
     # Integer sums, so these two are exactly numpy's chroma[fill].mean() and img[fill].mean().
-    rgb_mean = sum(_masked_sums(img, fill_u8)) / (3 * n_fill)
+    channel_sums = _masked_sums(img, fill_u8)
+    rgb_mean = sum(channel_sums) / (3 * n_fill)
+    red_blue = channel_sums[0] / max(channel_sums[2], 1.0)
     colourfulness = (_masked_sums(chroma, fill_u8)[0] / n_fill) / max(rgb_mean, 1.0)
     contrast = math.sqrt(_masked_moments(lum, fill_u8, n_fill)[1])
     inner = inner_circle & (cv2.erode(fill_u8, _disk(_ERODE)) > 0)
@@ -301,6 +318,7 @@ def measure(pre: Preprocessed) -> dict[str, float]:
         "laplacian_var": raw_lap_var,
         "noise": noise,
         "colourfulness": colourfulness,
+        "red_blue": float(red_blue),
         "short_side": float(min(g.orig_h, g.orig_w)),
     }
 
@@ -312,6 +330,7 @@ def assess(pre: Preprocessed, config: QualityConfig | None = None) -> QualityVer
         raise ConfigError(f"assess needs a QualityConfig or None, got {type(cfg).__name__}")
     m = measure(pre)
     c = cfg
+    bad_colour = m["red_blue"] < c.min_red_blue and m["brightness"] >= c.min_brightness
     # (tag, failed, sub-score) per criterion; the comfortable margins are this module's choice.
     checks = [
         ("no_fov", not pre.geometry.fov_found or m["fov_fill"] < c.min_fov_fill,
@@ -328,6 +347,11 @@ def assess(pre: Preprocessed, config: QualityConfig | None = None) -> QualityVer
         ("noisy", m["noise"] > c.max_noise, _margin_score(m["noise"], c.max_noise, 0.5 * c.max_noise)),
         ("grayscale", m["colourfulness"] < c.min_colourfulness,
          _margin_score(m["colourfulness"], c.min_colourfulness, 2.0 * c.min_colourfulness)),
+        # Pass or fail only: a colour balance says nothing about how gradable a fundus photograph is, so it
+        # does not lower the score of one that passes. Not judged on a too-dark field, whose colour is JPEG
+        # noise (four nearly black TVHL photographs read 0.67-0.79).
+        ("not_fundus_colour", bad_colour,
+         _margin_score(m["red_blue"], c.min_red_blue, 2.0 * c.min_red_blue) if bad_colour else 1.0),
         ("too_small", m["short_side"] < c.min_side, _margin_score(m["short_side"], c.min_side, 2.0 * c.min_side)),
     ]
     reasons = tuple(tag for tag, failed, _ in checks if failed)

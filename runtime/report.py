@@ -111,6 +111,11 @@ REASON_TEXT: dict[str, ReasonText] = {
         "not a colour photograph",
         "Not a colour fundus photograph (greyscale: an OCT scan, red-free or scanned image?): "
         "use the colour photograph."),
+    "not_fundus_colour": ReasonText(
+        "colours not of a fundus photograph",
+        "Blue where a retina is red: not a colour fundus photograph, or (from your own software) an image "
+        "passed in BGR channel order: convert it to RGB (cv2.cvtColor(image, cv2.COLOR_BGR2RGB)) or pass the "
+        "file."),
     "no_fov": ReasonText("retina not in view", _RETAKE_NO_FOV),
     "no_fundus_field_of_view": ReasonText("retina not in view", _RETAKE_NO_FOV),
     "several_fov": ReasonText(
@@ -155,7 +160,7 @@ REASON_TEXT: dict[str, ReasonText] = {
 # "greyscale", so exposure comes first; a greyscale image has no round colour field either.
 # Several fields of view come before exposure: each eye may be well exposed, and the retake is another image.
 _REASON_ORDER = ("unreadable", "undecodable", "unsupported_format", "reader_missing", "too_large", "too_small",
-                 "several_fov", "too_dark", "too_bright", "grayscale", "no_fov", "no_fundus_field_of_view", "low_contrast", "blurred", "noisy",
+                 "several_fov", "too_dark", "too_bright", "grayscale", "not_fundus_colour", "no_fov", "no_fundus_field_of_view", "low_contrast", "blurred", "noisy",
                  "inference_error", "internal_error")
 
 

@@ -255,3 +255,52 @@ def test_inference_health_gives_up_after_the_limit_in_a_row() -> None:
     with pytest.raises(BackendError, match="ort-cpu: inference failed 2 times in a row \\(last: c\\)"):
         h.failed(BackendError("c"), "ort-cpu")
     InferenceHealth(limit=0).failed(BackendError("never raises"), "x")
+
+
+@pytest.mark.parametrize("bad", ["a missing path without a photograph's suffix", "None", "the caller's generator"])
+def test_an_input_that_raises_comes_after_every_result_before_it(tmp_path: Path, screener: Screener,
+                                                                 bad: str) -> None:
+    """A review: screen_many reads ahead, and one input that raises (or a camera generator that fails)
+    threw away the results of the photographs already taken (10 good + 1 bad gave 0 results)."""
+    good = [fundus_jpeg(tmp_path / f"g{i}.jpg", seed=i) for i in range(10)]
+    after = [fundus_jpeg(tmp_path / f"h{i}.jpg", seed=20 + i) for i in range(3)]
+
+    def source() -> Iterator[object]:
+        yield from good
+        if bad == "the caller's generator":
+            raise OSError("camera disconnected")
+        yield tmp_path / "IM000123" if bad.startswith("a missing") else None
+        yield from after
+
+    results = []
+    with pytest.raises((ConfigError, OSError)) as err:
+        for r in screener.screen_many(source()):
+            results.append(r)
+    assert [r.source for r in results] == [str(p) for p in good] and all(r.status == "ok" for r in results)
+    assert err.value.input_index == 10  # type: ignore[union-attr]
+    if hasattr(err.value, "add_note"):  # Python 3.11+: the traceback says it too
+        assert any("raised at input 10" in note for note in err.value.__notes__)
+
+
+def test_a_backend_that_keeps_failing_names_the_inputs_left_without_a_result(tiny_bundle: Path,
+                                                                             tmp_path: Path) -> None:
+    paths = [fundus_jpeg(tmp_path / f"g{i}.jpg", seed=i) for i in range(12)]
+    with Screener(tiny_bundle, "ort-cpu", threads=1, batch_size=2, workers=2, max_inference_failures=2) as s:
+        real, calls = s.backend.infer, [0]
+
+        def sticky(x: np.ndarray) -> dict[str, np.ndarray]:
+            calls[0] += 1
+            if calls[0] == 1:
+                return real(x)
+            raise BackendError("tensorrt: an illegal memory access")
+
+        s.backend.infer = sticky  # type: ignore[method-assign]
+        results = []
+        with pytest.raises(BackendError, match="inference failed 2 times in a row") as err:
+            for r in s.screen_many(paths):
+                results.append(r)
+    unscreened = [it.source for it in err.value.unscreened]  # type: ignore[attr-defined]
+    assert [r.status for r in results] == ["ok", "ok", "error", "error"]
+    # Every input taken from the caller has a result or is named: none lost, none twice.
+    assert [r.source for r in results] + unscreened == [str(p) for p in paths[:len(results) + len(unscreened)]]
+    assert len(unscreened) >= 2

@@ -66,6 +66,8 @@ DEGRADATIONS: dict[str, tuple[Callable[[np.ndarray], np.ndarray], str]] = {
                    "too_small"),
     # Both eyes side by side (an export some cameras and PACS make): the model would see one of them.
     "two_eyes": (lambda a: np.hstack([a, a[:, ::-1]]), "several_fov"),
+    # An array from cv2.imread passed as RGB (a review: screened "ok", with other findings).
+    "bgr_order": (lambda a: np.ascontiguousarray(a[..., ::-1]), "not_fundus_colour"),
 }
 
 
@@ -184,6 +186,7 @@ def test_thresholds_are_parameters(synthetic: np.ndarray) -> None:
     ("min_colourfulness", "colourfulness", "grayscale", False),
     ("min_brightness", "brightness", "too_dark", False),
     ("max_brightness", "brightness", "too_bright", True),
+    ("min_red_blue", "red_blue", "not_fundus_colour", False),
 ])
 def test_each_threshold_passes_at_its_value_and_fails_just_past_it(synthetic: np.ndarray, field: str, metric: str,
                                                                    reason: str, upper: bool) -> None:
@@ -281,3 +284,22 @@ def test_masked_sums_are_numpys_exactly() -> None:
         mean, var = _masked_moments(x, mask.view(np.uint8), n)
         assert mean == pytest.approx(float(x[mask].astype(np.float64).mean()), rel=1e-6, abs=1e-9)
         assert var == pytest.approx(float(x[mask].astype(np.float64).var()), rel=1e-6)
+
+
+def test_blue_dominant_pictures_are_not_fundus_photographs_unless_too_dark_to_tell(synthetic: np.ndarray) -> None:
+    """A review screened scikit-image's rocket launch (a dark blue sky filling the frame, which the field-of-view
+    search took for a retina) as "ok" and referred it for DME and glaucoma."""
+    rocket = pytest.importorskip("skimage.data").rocket()
+    v = assess(preprocess(_jpeg(rocket)))
+    assert v.reasons == ("not_fundus_colour",) and v.metrics["red_blue"] < 0.7, (v.reasons, v.metrics)
+    bgr = np.ascontiguousarray(synthetic[..., ::-1])
+    dark = assess(preprocess((bgr * 0.03).astype(np.uint8)))
+    assert "too_dark" in dark.reasons and "not_fundus_colour" not in dark.reasons  # its colour is noise
+    # Passing it costs nothing: the colour balance does not lower a gradable photograph's score.
+    pre = preprocess(synthetic)
+    assert assess(pre).score == assess(pre, QualityConfig(min_red_blue=1e-6)).score
+
+
+def test_the_colour_check_changes_no_verdict_on_real_photographs(tvhl_fundus_survey: list[SurveyRow]) -> None:
+    assert [r.path for r in tvhl_fundus_survey if "not_fundus_colour" in r.verdict.reasons] == []
+    assert len(tvhl_fundus_survey) > 1000
