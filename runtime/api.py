@@ -26,7 +26,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from uopsl.runtime.backends import Selection, open_and_enter
+from uopsl.runtime.backends import BACKEND_NAMES, PRECISIONS, Selection, open_and_enter
 from uopsl.runtime.backends.base import Backend, check_gpu_index
 from uopsl.runtime.bundle import Manifest
 from uopsl.runtime.errors import ConfigError
@@ -210,6 +210,11 @@ class Screener:
                         "the report will say so", self.bundle)
         self.identity: ModelIdentity = replace(model_identity(self.bundle, self.manifest),
                                                preprocess_version=PREPROCESS_VERSION)
+        # Plain names, checked now rather than at open() (after the bundle's files were hashed).
+        if backend != "auto" and backend not in BACKEND_NAMES:
+            raise ConfigError(f"unknown backend {backend!r}; expected 'auto' or one of {', '.join(BACKEND_NAMES)}")
+        if precision not in PRECISIONS:
+            raise ConfigError(f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
         self.backend_name = backend
         self.precision = precision
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, numbers.Integral)
@@ -295,9 +300,13 @@ class Screener:
 
         Paths and bytes of a JPEG larger than the model size may be decoded at
         1/2-1/8 scale by libjpeg (``PreprocessConfig.fast_decode``, ``decode_min_ratio``),
-        as in training; an array decoded elsewhere at full size then gives a
-        model input a grey level or two apart, and probabilities that can
-        differ in the second decimal. Pass the file when it must match.
+        as in training and ``uopsl validate``; an array decoded elsewhere at full
+        size gives a model input about a grey level apart, and a sensitive model
+        can then call some findings differently (a review: the demo's model, on
+        real photographs it never saw in training, moved probabilities by up to
+        0.69 and changed findings on 10 of 39). Pass the file, or the camera's
+        JPEG bytes, which give exactly the file's result. An array in BGR order
+        (``cv2.imread``) comes back ungradable (``not_fundus_colour``).
         """
         items = list(as_items([image]))
         if len(items) != 1:

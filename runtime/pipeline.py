@@ -28,6 +28,7 @@ import contextlib
 import dataclasses
 import hashlib
 import logging
+import numbers
 import os
 import stat
 import threading
@@ -602,7 +603,10 @@ def as_items(things: Iterable[Any]) -> Iterator[InputItem]:
         elif isinstance(t, (str, os.PathLike)):
             yield from iter_inputs([t])
         else:
-            raise ConfigError(f"cannot screen a {type(t).__name__}; pass a path, image bytes or an RGB uint8 array")
+            hint = (" (a PIL image: numpy.asarray(image.convert('RGB')))"
+                    if hasattr(t, "convert") and hasattr(t, "mode") else "")
+            raise ConfigError(f"cannot screen a {type(t).__name__}; pass a path, image bytes or an RGB uint8 "
+                              f"array{hint}")
 
 
 # -- results -----------------------------------------------------------------------------
@@ -765,6 +769,10 @@ class PipelineConfig:
     max_inference_failures: int = 3
 
     def __post_init__(self) -> None:
+        for name in ("batch_size", "prefetch_batches", "thumbnail_side", "max_inference_failures", "workers"):
+            v = getattr(self, name)
+            if not (v is None and name == "workers") and (isinstance(v, bool) or not isinstance(v, numbers.Integral)):
+                raise ConfigError(f"{name} must be an integer, got {v!r}")
         if self.batch_size < 1:
             raise ConfigError(f"batch size must be >= 1, got {self.batch_size}")
         if self.workers is not None and self.workers < 1:

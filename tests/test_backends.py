@@ -117,8 +117,20 @@ def test_openvino_raw_batched_head_matches_onnxruntime(tiny_bundle: Path) -> Non
 def test_open_backend_explicit_names(tiny_bundle: Path, cache: Path) -> None:
     b = open_backend(tiny_bundle, "ort-cpu", threads=1)
     assert b.selection is not None and b.selection.backend == "ort-cpu" and b.selection.file == "model.onnx"
+    assert b.selection.validated is None  # FP32: the reference precision
     b8 = open_backend(tiny_bundle, "ort-cpu", "int8", threads=1)
     assert b8.selection is not None and b8.selection.file == "model.int8.onnx" and b8.precision == "int8-qdq-u8"
+
+
+def test_an_int8_file_asked_for_by_name_runs_but_says_it_is_not_validated(
+        tiny_bundle: Path, cache: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A review: precision="int8" ran a file that FAILED validation and said so only at DEBUG."""
+    b8 = open_backend(tiny_bundle, "ort-cpu", "int8", threads=1)
+    assert b8.selection is not None and b8.selection.validated is False
+    assert "NOT validated here: " in b8.selection.reason
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("model.int8.onnx on ort-cpu is not a validated file" in w and "'int8' was asked for" in w
+               for w in warned), warned
     with pytest.raises(BundleError, match="fp16"):
         open_backend(tiny_bundle, "ort-cpu", "fp16")
     with pytest.raises(ConfigError, match="unknown backend"):

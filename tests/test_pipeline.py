@@ -304,3 +304,25 @@ def test_a_backend_that_keeps_failing_names_the_inputs_left_without_a_result(tin
     # Every input taken from the caller has a result or is named: none lost, none twice.
     assert [r.source for r in results] + unscreened == [str(p) for p in paths[:len(results) + len(unscreened)]]
     assert len(unscreened) >= 2
+
+
+def test_bad_arguments_are_refused_when_the_screener_is_made(tiny_bundle: Path) -> None:
+    """A review: an unknown backend was refused only at open(), and batch_size="8" gave a bare TypeError."""
+    for kwargs, match in (({"backend": "onnxruntime"}, "unknown backend 'onnxruntime'"),
+                          ({"precision": "int4"}, "unknown precision 'int4'"),
+                          ({"batch_size": "8"}, "batch_size must be an integer, got '8'"),
+                          ({"workers": 2.5}, "workers must be an integer"),
+                          ({"max_inference_failures": True}, "max_inference_failures must be an integer")):
+        with pytest.raises(ConfigError, match=match):
+            Screener(tiny_bundle, **kwargs)  # type: ignore[arg-type]
+
+
+def test_a_pil_image_is_refused_with_how_to_convert_it(screener: Screener) -> None:
+    class FakePil:  # what the message keys on: PIL images have .mode and .convert
+        mode = "RGB"
+
+        def convert(self, mode: str) -> FakePil:
+            return self
+
+    with pytest.raises(ConfigError, match=r"cannot screen a FakePil; .*numpy.asarray\(image.convert\('RGB'\)\)"):
+        screener.screen(FakePil())

@@ -74,12 +74,18 @@ class Availability:
 
 @dataclass(frozen=True)
 class Selection:
-    """The backend ``open_backend`` chose: registry name, precision, bundle file and why."""
+    """The backend ``open_backend`` chose: registry name, precision, bundle file and why.
+
+    ``validated``: for a reduced-precision file (INT8, FP16), whether ``uopsl validate`` passed it on this
+    backend (``auto`` takes none that did not; an explicit ``precision=`` runs it anyway, with a warning);
+    None for an FP32 file, which is the reference precision.
+    """
 
     backend: str
     precision: str
     file: str
     reason: str
+    validated: bool | None = None
 
 
 def detect_availability() -> Availability:
@@ -548,6 +554,15 @@ def open_backend(
     m = manifest or read_manifest(root)
     sel = select_backend(root, name, precision, manifest=m, threads=threads, availability=availability, measure=measure,
                          device=device)
+    if sel.precision != "fp32":
+        ok, why = validated_file(root, m.file(sel.file), sel.backend, m)
+        if not ok and precision != "auto":
+            # Asked for by name (auto takes no unvalidated INT8 file): run it, but say so where it is seen (a
+            # review: a file that FAILED the release gate ran with nothing above DEBUG).
+            log.warning("%s on %s is not a validated file: %s; running it because precision %r was asked for, "
+                        "so its results may differ from the validated model's", sel.file, sel.backend, why, precision)
+            sel = replace(sel, reason=f"{sel.reason}; NOT validated here: {why}")
+        sel = replace(sel, validated=ok)
     # One short line at INFO (what uopsl-screen shows); the reasoning is for -vv and engineers.
     log.info("backend: %s %s (%s)", sel.backend, sel.precision, sel.file)
     log.debug("backend choice: %s", sel.reason)
