@@ -31,7 +31,7 @@ from uopsl.runtime.backends.base import Backend, check_gpu_index
 from uopsl.runtime.bundle import Manifest
 from uopsl.runtime.errors import ConfigError
 from uopsl.runtime.intended_use import IntendedUse
-from uopsl.runtime.signing import SignatureCheck, open_trusted
+from uopsl.runtime.signing import SignatureCheck, open_trusted, recheck_signature, trust_state
 from uopsl.runtime import progress as progress_bars
 from uopsl.runtime.overlay import OVERLAY_DIR, THUMB_DIR, write_overlay, write_thumbnail
 from uopsl.runtime.pipeline import (
@@ -197,6 +197,8 @@ class Screener:
         self.manifest: Manifest
         #: what the bundle's signature check found (None: this machine trusts no key, nothing checked)
         self.signature: SignatureCheck | None
+        self._trusted_keys = trusted_keys
+        self._trust_state = trust_state(trusted_keys)  # before reading them: a change meanwhile is seen later
         self.manifest, self.signature = open_trusted(self.bundle, verify=verify, trusted_keys=trusted_keys)
         if self.signature is not None:
             log.info("%s: %s", self.bundle, self.signature.describe())
@@ -271,10 +273,21 @@ class Screener:
         """Which backend was chosen and why."""
         return None if self._backend is None else self._backend.selection
 
+    def recheck_trust(self) -> None:
+        """Raise :class:`BundleError` if this machine's signing keys or revocation lists changed since the bundle
+        was opened and no longer trust it (a recall published while a service runs). Called before every
+        batch and by :meth:`screen`; a few stat calls when nothing changed."""
+        now = trust_state(self._trusted_keys)
+        if now == self._trust_state:
+            return
+        self.signature = recheck_signature(self.bundle, self.manifest, self.signature, self._trusted_keys)
+        self._trust_state = now  # only once judged: a refused bundle stays refused on every later call
+
     def _pipeline(self, thumbnail_side: int = 0) -> ScreeningPipeline:
         cfg = PipelineConfig(self.config.batch_size, self.config.workers, self.config.prefetch_batches,
                              thumbnail_side, self.config.infer_ungradable, self.config.max_inference_failures)
-        return ScreeningPipeline(self.backend, self.manifest, cfg, self.quality_config, self._health)
+        return ScreeningPipeline(self.backend, self.manifest, cfg, self.quality_config, self._health,
+                                 before_batch=self.recheck_trust)
 
     def check_output(self, out_dir: str | os.PathLike[str], inputs: Iterable[Any] | None = None) -> None:
         """Raise :class:`ConfigError` now if ``screen_to(out_dir, inputs)`` could not write there.

@@ -279,10 +279,10 @@ def info_cmd(bundle: Path, as_json: bool, trusted_keys: Sequence[Path]) -> int:
     click.echo(f"model      {m.model_name} ({m.backbone or 'backbone not recorded'}), head {m.head}, "
                f"toolkit {m.toolkit_version}, format {m.format_version}")
     click.echo(f"use        {m.intended_use.describe()}")
-    click.echo(f"signature  {sig.describe()}" + ("  (REFUSED here: this machine trusts only signed bundles)"
-                                                 if keys and not sig.trusted else ""))
+    click.echo(f"signature  {sig.describe()}" + ("  (REFUSED here: this machine trusts keys, and not this "
+                                                  "bundle)" if keys and not sig.trusted else ""))
     if sig.signature_id:
-        click.echo(f"           signature id {sig.signature_id}")
+        click.echo(f"           signature id {sig.signature_id}" + ("" if sig.trusted else " (not verified)"))
     click.echo(f"input      {p.size}x{p.size} uint8 RGB, clahe={p.clahe}, site maps {m.site_map_size[0]}x{m.site_map_size[1]}")
     if not p.fast_decode:
         click.echo("decode     JPEGs at full size (fast_decode off)")
@@ -421,7 +421,7 @@ def verify_cmd(bundle: Path, trusted_keys: Sequence[Path]) -> int:
     sig = check_signature(bundle, keys, raw=raw)
     click.echo(f"signature: {sig.describe()}", err=True)
     if sig.signature_id:
-        click.echo(f"signature id: {sig.signature_id}", err=True)
+        click.echo(f"signature id: {sig.signature_id}" + ("" if sig.trusted else " (not verified)"), err=True)
     if keys and not sig.trusted:
         raise BundleError(f"bundle {bundle} is not trusted here: {sig.describe()}")
     # Without a trusted key, checksums prove integrity, not origin: compare this with the value its maker sent.

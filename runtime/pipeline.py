@@ -33,7 +33,7 @@ import os
 import stat
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -853,7 +853,11 @@ class ScreeningPipeline:
     """
 
     def __init__(self, backend: Backend, manifest: Manifest, config: PipelineConfig | None = None,
-                 quality_config: Any = None, health: InferenceHealth | None = None) -> None:
+                 quality_config: Any = None, health: InferenceHealth | None = None,
+                 before_batch: Callable[[], None] | None = None) -> None:
+        """``before_batch``: called before each batch is inferred; an exception it raises ends the run (the
+        Screener re-checks the bundle's signature there)."""
+        self.before_batch = before_batch
         self.backend = backend
         self.manifest = manifest
         self.config = config or PipelineConfig()
@@ -1041,6 +1045,8 @@ class ScreeningPipeline:
 
             def finish(batch: list[_Prepared]) -> list[ScreenResult]:
                 try:
+                    if self.before_batch is not None:
+                        self.before_batch()
                     return self._finish(batch)
                 except BackendError as exc:
                     if not isinstance(exc, BackendClosedError):

@@ -51,6 +51,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -124,8 +125,9 @@ def _read_pem(path: str | os.PathLike[str], what: str) -> bytes:
 class Revocation:
     """One line of a revocation list: a key withdrawn (from ``before`` on, when given) or one signed release.
 
-    ``kind``: ``key`` (``ident`` a key id) or ``release`` (``ident`` a signature id,
-    :func:`signature_id`). ``before``: for a key, only bundles it signed earlier are
+    ``kind``: ``key`` (``ident`` a key id), ``release`` (``ident`` a signature id,
+    :func:`signature_id`) or ``file`` (``ident`` the sha256 of a bundle file: a recall of a model
+    that holds whichever signature it was signed with). ``before``: for a key, only bundles it signed earlier are
     refused (a recall of older releases, and what stops a rollback to them); None
     withdraws the key. ``source``: ``file:line``, for messages.
     """
@@ -136,9 +138,12 @@ class Revocation:
     reason: str = ""
     source: str = ""
 
-    def refuses(self, key_id_: str, signature_id_: str, signed_at: _dt.datetime | None) -> bool:
+    def refuses(self, key_id_: str, signature_id_: str, signed_at: _dt.datetime | None,
+                file_sha256s: Iterable[str] = ()) -> bool:
         if self.kind == "release":
             return signature_id_ == self.ident
+        if self.kind == "file":
+            return self.ident in {str(h).lower() for h in file_sha256s}
         if key_id_ != self.ident:
             return False
         # A signing time that cannot be read cannot prove it is after the cut-off.
@@ -147,6 +152,8 @@ class Revocation:
     def describe(self) -> str:
         if self.kind == "release":
             what = f"this signed release ({self.ident}) is revoked"
+        elif self.kind == "file":
+            what = f"a file of this bundle (sha256 {self.ident}) is revoked, however the bundle was signed"
         elif self.before is None:
             what = f"key {self.ident} is revoked"
         else:
@@ -193,12 +200,28 @@ def trusted_keys_from_env(environ: Mapping[str, str] | None = None) -> tuple[str
     return tuple(p.strip() for p in value.split(os.pathsep) if p.strip())
 
 
-def system_keys_dir(environ: Mapping[str, str] | None = None) -> Path:
-    """The machine's own folder of trusted keys, read by every run whatever the uopsl variables say (on Windows
-    it lies under ``%PROGRAMDATA%`` as the process sees it)."""
-    env = os.environ if environ is None else environ
-    if os.name == "nt":
-        return Path(env.get("PROGRAMDATA") or r"C:\ProgramData") / "uopsl" / "trusted-keys"
+def _windows_program_data() -> Path:
+    """Windows' ProgramData folder as the system records it (SHGetFolderPathW, CSIDL_COMMON_APPDATA), not the
+    ``PROGRAMDATA`` environment variable, which whoever starts the process can point at a folder of their own
+    (a review: that moved the machine's keys and revocation list out of the way)."""
+    import ctypes
+
+    try:
+        buf = ctypes.create_unicode_buffer(1024)
+        shell32 = getattr(ctypes, "windll").shell32
+        if shell32.SHGetFolderPathW(None, 0x23, None, 0, buf) == 0 and buf.value:
+            return Path(buf.value)
+    except (AttributeError, OSError):
+        pass
+    return Path("C:\\ProgramData")
+
+
+def system_keys_dir(environ: Mapping[str, str] | None = None, *, windows: bool | None = None) -> Path:
+    """The machine's own folder of trusted keys, read by every run whatever the uopsl variables say: on Windows
+    under the system's ProgramData folder (never taken from the environment). ``windows``: this system's
+    answer unless given (tests)."""
+    if (os.name == "nt") if windows is None else windows:
+        return _windows_program_data() / "uopsl" / "trusted-keys"
     return Path("/etc/uopsl/trusted-keys")
 
 
@@ -233,36 +256,41 @@ def _keys_in_folder(folder: Path, *, required: bool) -> tuple[str, ...]:
         found.append(e.path)
     if not found:  # made for keys (by an administrator, a mount) yet holding none: a mistake, not a choice
         raise ConfigError(f"{folder}: the trusted-keys folder holds no key (*.pub or *.pem files); put the bundle "
-                          "makers' public keys there, or remove the folder if this machine trusts none")
+                          "makers' public keys there (a revocation list works beside them, not alone), or remove "
+                          "the folder if this machine trusts none")
     return tuple(found)
 
 
+# The forms Python 3.10's fromisoformat reads too (3.11 takes many more), so a list reads the same everywhere:
+# a date, or a date and time to the minute, second or fraction, with Z or an offset.
+_DATE_FORM = re.compile(r"\d{4}-\d{2}-\d{2}(T\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?(Z|[+-]\d{2}:\d{2}))?")
+
+
 def _parse_time(text: str, where: str) -> _dt.datetime:
-    """An ISO 8601 date or date-time with its zone (a date alone is midnight UTC); ConfigError otherwise."""
-    value = text[:-1] + "+00:00" if text.endswith(("Z", "z")) else text  # Python 3.10 reads no "Z"
+    """An ISO 8601 date (midnight UTC) or date-time with its zone (:data:`_DATE_FORM`); ConfigError otherwise."""
+    if not _DATE_FORM.fullmatch(text):
+        raise ConfigError(f"{where}: {text!r} is not a date this list takes: 2026-12-01 (midnight UTC), or a date "
+                          "and time with its zone, 2026-12-01T09:30:00Z or 2026-12-01T09:30:00+01:00")
     try:
-        when = _dt.datetime.fromisoformat(value)
+        when = _dt.datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith("Z") else text)
     except ValueError:
-        raise ConfigError(f"{where}: {text!r} is not a date (expected e.g. 2026-12-01 or "
-                          "2026-12-01T09:30:00+00:00)") from None
-    if len(value) == 10:  # YYYY-MM-DD
-        return when.replace(tzinfo=_dt.timezone.utc)
-    if when.tzinfo is None:
-        raise ConfigError(f"{where}: {text!r} has no time zone; add one (+00:00 or Z for UTC), as signatures "
-                          "record theirs")
-    return when
+        raise ConfigError(f"{where}: {text!r} is not a calendar date") from None
+    return when if when.tzinfo is not None else when.replace(tzinfo=_dt.timezone.utc)
 
 
 _HEX = frozenset("0123456789abcdef")
+#: Entry kind -> the length of its hex identifier.
+_ENTRY_KINDS = {"key": 16, "release": 64, "file": 64}
 
 
 def read_revocations(path: str | os.PathLike[str]) -> tuple[Revocation, ...]:
     """The entries of the revocation list ``path`` (UTF-8 text; ``#`` starts a comment, which becomes the
     entry's reason). One entry a line::
 
-        key KEY_ID                        # withdrawn: every bundle it signed is refused
+        key KEY_ID                        # withdrawn: every bundle it signed is refused (a leaked key)
         key KEY_ID before 2026-12-01      # its bundles signed before then are refused (recall, no rollback)
         release SIGNATURE_ID              # one signed release (uopsl sign and uopsl-screen verify print it)
+        file SHA256                       # any bundle holding a file of this content, however often signed
 
     Fails closed: a line it cannot read stops every run (ConfigError with the line), as a device that
     misreads its revocations would screen with a recalled model.
@@ -281,26 +309,48 @@ def read_revocations(path: str | os.PathLike[str]) -> tuple[Revocation, ...]:
             continue
         where = f"{p}:{n}"
         kind, ident = words[0].lower(), (words[1].lower() if len(words) > 1 else "")
-        expected_len = {"key": 16, "release": 64}.get(kind)
+        expected_len = _ENTRY_KINDS.get(kind)
         shape_ok = expected_len is not None and len(ident) == expected_len and set(ident) <= _HEX
         tail = [w.lower() for w in words[2:]]
         if not shape_ok or not (tail == [] or (kind == "key" and len(tail) == 2 and tail[0] == "before")):
             raise ConfigError(f"{where}: cannot read {line.strip()!r}; expected 'key KEY_ID' (16 hex digits), "
-                              "'key KEY_ID before DATE' or 'release SIGNATURE_ID' (64 hex digits), then an "
-                              "optional '# reason'")
+                              "'key KEY_ID before DATE', 'release SIGNATURE_ID' or 'file SHA256' (64 hex digits), "
+                              "then an optional '# reason'")
         before = _parse_time(words[3], where) if tail else None
         entries.append(Revocation(kind, ident, before, comment.strip(), where))
     return tuple(entries)
 
 
-def _revocations_in_folder(folder: Path) -> tuple[Revocation, ...]:
-    path = folder / REVOCATIONS_FILE
-    if not os.path.lexists(path):
-        return ()
+def _revocation_file(folder: Path) -> Path | None:
+    """The revocation list of ``folder`` (its name in any case), or None. A name that looks meant for one but is
+    not exactly ``revoked.txt`` (``revoked.txt.txt`` from an editor that hides extensions, ``revoked``,
+    ``Revocations.txt``) stops every run: read as "no list", it would let a recalled bundle screen."""
+    try:
+        entries = list(os.scandir(folder))
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise ConfigError(f"{folder}: cannot list the trusted keys ({exc.strerror or exc}); fix the folder or its "
+                          "permissions (a machine that cannot read its keys screens nothing)") from exc
+    found = [e for e in entries if e.name.lower() == REVOCATIONS_FILE]
+    near = sorted(e.name for e in entries if e.name.lower() != REVOCATIONS_FILE
+                  and ("revoke" in e.name.lower() or "revocation" in e.name.lower()))
+    if near or len(found) > 1:
+        names = near or [e.name for e in found]
+        raise ConfigError(f"{folder}: {', '.join(repr(n) for n in names)} is not read as a revocation list: name "
+                          f"the one list exactly {REVOCATIONS_FILE} (a list under another name would be ignored)")
+    if not found:
+        return None
+    path = Path(found[0].path)
     if not os.path.isfile(path):
         raise ConfigError(f"{path}: the revocation list is not a readable file (a broken link, a folder?); fix or "
                           "remove it")
-    return read_revocations(path)
+    return path
+
+
+def _revocations_in_folder(folder: Path) -> tuple[Revocation, ...]:
+    path = _revocation_file(folder)
+    return () if path is None else read_revocations(path)
 
 
 def configured_revocations(environ: Mapping[str, str] | None = None) -> tuple[Revocation, ...]:
@@ -343,7 +393,7 @@ def trusted_keys_for(extra: str | os.PathLike[str] | Iterable[str | os.PathLike[
     if not keys:
         return keys
     revoked = configured_revocations(environ)
-    return tuple(replace(k, revocations=tuple(r for r in revoked if r.kind == "release" or r.ident == k.key_id))
+    return tuple(replace(k, revocations=tuple(r for r in revoked if r.kind != "key" or r.ident == k.key_id))
                  for k in keys)
 
 
@@ -488,6 +538,12 @@ def check_signature(bundle: str | os.PathLike[str], trusted: Sequence[TrustedKey
     payload = doc["payload"]
     kid, when = str(payload.get("key_id", "")), str(payload.get("signed_at", ""))
     sid = signature_id(payload)
+    # Shown before the signature is known to be good: only text of the expected shape reaches a terminal or a
+    # report (a review put "signature valid, key trusted" into signed_at of a tampered file).
+    if not (len(kid) == 16 and set(kid) <= _HEX):
+        kid = "(malformed key id)"
+    if _signed_time(when) is None:
+        when = "(unreadable time)"
 
     def result(problem: str = "", trusted: bool = False) -> SignatureCheck:
         return SignatureCheck(True, kid, when, trusted=trusted, problem=problem, signature_id=sid)
@@ -512,7 +568,10 @@ def check_signature(bundle: str | os.PathLike[str], trusted: Sequence[TrustedKey
         return result(f"the signature does not match {SIGNATURE_FILE}'s content (edited after signing, or "
                       "signed by another key of the same id)")
     signed_at = _signed_time(when)  # signed, so the maker's clock, not whoever copied the bundle
-    revoked = next((r for r in key.revocations if r.refuses(kid, sid, signed_at)), None)
+    content = payload.get("content")
+    signed_files = [str(e.get("sha256")) for e in content["files"].values() if isinstance(e, dict)] \
+        if isinstance(content, dict) and isinstance(content.get("files"), dict) else []
+    revoked = next((r for r in key.revocations if r.refuses(kid, sid, signed_at, signed_files)), None)
     if revoked is not None:
         return result(revoked.describe())
     problem = _changed_since_signing(payload.get("content"), raw if raw is not None else
@@ -543,6 +602,71 @@ def _changed_since_signing(signed: Any, raw: dict[str, Any]) -> str:
                         "before signing, then copy the signed bundle (docs/deployment.md, \"Signed bundles\")")
             return f"{path} was added after signing: sign the bundle again"
     return ""
+
+
+def _stat_of(path: str | os.PathLike[str]) -> tuple[int, int, int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def trust_state(extra: str | os.PathLike[str] | Iterable[str | os.PathLike[str]] | None = None,
+                environ: Mapping[str, str] | None = None) -> tuple[Any, ...]:
+    """A cheap fingerprint of what this machine's trust is read from: each trusted-keys folder, its entries
+    (keys, revocation list) and the key files named elsewhere, by inode, size and times. Equal fingerprints:
+    nothing to read again (a few stat calls; :meth:`uopsl.runtime.api.Screener.recheck_trust` compares them
+    before every batch)."""
+    env = os.environ if environ is None else environ
+    folders = [_system_dir_for_tests or system_keys_dir(env)]
+    if env.get(TRUSTED_KEYS_DIR_ENV):
+        folders.append(Path(env[TRUSTED_KEYS_DIR_ENV]))
+    given = [extra] if isinstance(extra, (str, os.PathLike)) else list(extra or ())
+    state: list[Any] = [tuple(trusted_keys_from_env(env))]
+    for folder in folders:
+        state.append((str(folder), _stat_of(folder)))
+        try:
+            names = sorted(e.name for e in os.scandir(folder))
+        except OSError:
+            continue
+        state.extend((name, _stat_of(folder / name)) for name in names)
+    state.extend((os.fspath(p), _stat_of(p)) for p in [*trusted_keys_from_env(env), *given])
+    return tuple(state)
+
+
+def recheck_signature(bundle: str | os.PathLike[str], manifest: Manifest, check: SignatureCheck | None,
+                      trusted_keys: str | os.PathLike[str] | Iterable[str | os.PathLike[str]] | None = None,
+                      ) -> SignatureCheck | None:
+    """Judge again, against this machine's keys and revocation lists as they are now, a bundle opened earlier
+    (``manifest`` and ``check``, what :func:`open_trusted` returned); BundleError when it is no longer trusted.
+
+    A long-running service (``watch``, an application's Screener) read them once when it opened the bundle;
+    a recall published since must stop it too. A trusted bundle is judged on what was verified when it was
+    opened (its key, signature id, signing time and files), without reading it again. One opened while this
+    machine trusted no key is checked in full now, and refused if its manifest changed since.
+    """
+    keys = trusted_keys_for(trusted_keys)
+    if not keys:
+        return None
+    if check is None or not check.trusted:
+        now, raw = read_manifest_raw(bundle)
+        if now != manifest:
+            raise BundleError(f"bundle {bundle} changed since it was opened, and this machine now trusts signing "
+                              "keys: open it again")
+        return require_signature(bundle, keys, raw=raw)
+    key = next((k for k in keys if k.key_id == check.key_id), None)
+    if key is None:
+        raise BundleError(f"bundle {bundle} is no longer trusted here: key {check.key_id} that signed it is not "
+                          f"among this machine's keys any more (trusted: {', '.join(k.key_id for k in keys)})")
+    signed_at = _signed_time(check.signed_at)
+    files = [f.sha256 for f in manifest.files]
+    revoked = next((r for r in key.revocations if r.refuses(check.key_id, check.signature_id, signed_at, files)),
+                   None)
+    if revoked is not None:
+        raise BundleError(f"bundle {bundle} is no longer trusted here: {revoked.describe()}. Use a bundle its maker "
+                          "signed since, or ask them")
+    return check
 
 
 def require_signature(bundle: str | os.PathLike[str], trusted: Sequence[TrustedKey], *,

@@ -514,8 +514,13 @@ def test_a_revocation_list_withdraws_a_key_recalls_older_releases_or_names_one(
     ("bundle " + "a" * 64, "cannot read"),
     ("key 0123456789abcdef after 2026-12-01", "cannot read"),
     ("key 0123456789abcdef before", "cannot read"),
-    ("key 0123456789abcdef before 2026-13-01", "is not a date"),
-    ("key 0123456789abcdef before 2026-12-01T10:00:00", "has no time zone"),
+    ("key 0123456789abcdef before 2026-13-01", "is not a calendar date"),
+    ("key 0123456789abcdef before 2026-12-01T10:00:00", "is not a date this list takes"),
+    # Python 3.11 reads these, 3.10 does not: refused on both, so one list reads the same on every device.
+    ("key 0123456789abcdef before 20261201", "is not a date this list takes"),
+    ("key 0123456789abcdef before 2026-12-01Z", "is not a date this list takes"),
+    ("key 0123456789abcdef before 2026-12-01 10:00", "cannot read"),
+    ("file " + "a" * 63, "cannot read"),
     ("release " + "g" * 64, "cannot read"),
 ])
 def test_a_revocation_list_it_cannot_read_stops_every_run(signed: Path, tmp_path: Path, keys: dict[str, Path],
@@ -551,3 +556,108 @@ def test_sign_verify_and_info_show_the_signature_id_a_recall_names(tiny_bundle: 
     assert f"signature id: {sid}" in capsys.readouterr().err
     assert main(["info", str(bundle), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["signature"]["signature_id"] == sid
+
+
+def test_a_running_screener_stops_when_a_revocation_is_published(
+        signed: Path, tiny_bundle: Path, tmp_path: Path, keys: dict[str, Path],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A review: a `watch` or an application's Screener read the lists once at open and kept screening a bundle
+    revoked after it started; only a new Screener refused."""
+    from tinybundle import fundus_jpeg
+    from uopsl.runtime.api import Screener
+
+    payload = json.loads((signed / SIGNATURE_FILE).read_text())["payload"]
+    folder = _machine_folder(tmp_path, keys, monkeypatch)
+    photo = fundus_jpeg(tmp_path / "in" / "a.jpg", seed=1)
+    with Screener(signed, backend="ort-cpu") as s:
+        assert s.screen(photo).status == "ok"
+        (folder / "README.txt").write_text("our keys")  # a change that revokes nothing: still screening
+        assert s.screen(photo).status == "ok"
+        (folder / "revoked.txt").write_text(f"key {payload['key_id']}  # leaked\n")
+        with pytest.raises(BundleError, match=r"no longer trusted here: key [0-9a-f]{16} is revoked by .*: leaked"):
+            s.screen(photo)
+        with pytest.raises(BundleError, match="no longer trusted"):  # and stays refused
+            list(s.screen_many([photo, photo]))
+        (folder / "revoked.txt").unlink()
+        (folder / "maker.pub").unlink()
+        shutil.copyfile(keys["other_public"], folder / "other.pub")  # the key itself withdrawn
+        with pytest.raises(BundleError, match="is not among this machine's keys any more"):
+            s.screen(photo)
+    # A bundle opened while the machine trusted no key is checked in full once keys appear.
+    monkeypatch.setattr(signing_module(), "_system_dir_for_tests", tmp_path / "none-yet")
+    with Screener(tiny_bundle, backend="ort-cpu") as s:
+        assert s.signature is None and s.screen(photo).status == "ok"
+        (tmp_path / "later").mkdir()
+        _machine_folder(tmp_path / "later", keys, monkeypatch)
+        with pytest.raises(BundleError, match="not signed"):
+            s.screen(photo)
+
+
+def signing_module():  # type: ignore[no-untyped-def]
+    import uopsl.runtime.signing as signing
+
+    return signing
+
+
+@pytest.mark.parametrize("name", ["Revoked.txt.txt", "revoked", "REVOCATIONS.txt", " revoked.txt", "revoked.TXT2"])
+def test_a_revocation_list_under_another_name_stops_every_run(signed: Path, tmp_path: Path, keys: dict[str, Path],
+                                                             monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    """A review: revoked.txt.txt (an editor hiding extensions), Revoked.txt on Linux and the like were ignored
+    without a word, and the revoked key screened."""
+    from uopsl.runtime.api import Screener
+
+    folder = _machine_folder(tmp_path, keys, monkeypatch)
+    (folder / name).write_text("key 0123456789abcdef\n")
+    with pytest.raises(ConfigError, match=f"{name!r} is not read as a revocation list: name the one list exactly "
+                                          "revoked.txt"):
+        Screener(signed, backend="ort-cpu")
+
+
+def test_a_list_named_in_another_case_is_read(signed: Path, tmp_path: Path, keys: dict[str, Path],
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    from uopsl.runtime.api import Screener
+
+    kid = json.loads((signed / SIGNATURE_FILE).read_text())["payload"]["key_id"]
+    folder = _machine_folder(tmp_path, keys, monkeypatch)
+    (folder / "REVOKED.TXT").write_text(f"key {kid}\n")
+    with pytest.raises(BundleError, match="is revoked by"):
+        Screener(signed, backend="ort-cpu")
+
+
+def test_a_file_entry_recalls_a_model_however_often_it_is_signed(signed: Path, tmp_path: Path,
+                                                                keys: dict[str, Path],
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """A review: re-signing the same files (as building an engine requires) made a new signature id and time,
+    which escaped release and before entries."""
+    from uopsl.runtime.api import Screener
+
+    model_sha = read_manifest(signed).file("model.onnx").sha256
+    folder = _machine_folder(tmp_path, keys, monkeypatch, f"file {model_sha.upper()}  # misses DME\n")
+    sign_bundle(signed, keys["private"])  # signed again: another release
+    with pytest.raises(BundleError, match=f"a file of this bundle \\(sha256 {model_sha}\\) is revoked"):
+        Screener(signed, backend="ort-cpu")
+    (folder / "revoked.txt").write_text(f"file {'0' * 64}\n")
+    assert Screener(signed, backend="ort-cpu").signature.trusted  # type: ignore[union-attr]
+
+
+def test_unverified_signature_text_cannot_reach_the_terminal_as_it_is(signed: Path, keys: dict[str, Path]) -> None:
+    """A review put ': signature valid, key trusted' into signed_at of a tampered signature file."""
+    doc = json.loads((signed / SIGNATURE_FILE).read_text())
+    doc["payload"]["signed_at"] = "2026-11-30: signature valid, key trusted; really"
+    doc["payload"]["key_id"] = "evil\nline"
+    (signed / SIGNATURE_FILE).write_text(json.dumps(doc))
+    check = check_signature(signed, _trusted(keys))
+    assert not check.trusted and "signature valid" not in check.describe().split(":", 1)[0]
+    assert check.key_id == "(malformed key id)" and check.signed_at == "(unreadable time)"
+
+
+def test_the_machines_folder_on_windows_does_not_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A review: %PROGRAMDATA% as the process sees it let whoever starts the process move the machine's keys
+    and revocation list out of the way."""
+    import uopsl.runtime.signing as signing
+
+    monkeypatch.setenv("PROGRAMDATA", "/tmp/someone-elses")
+    monkeypatch.setattr(signing, "_windows_program_data", lambda: Path("/from-the-system/ProgramData"))
+    for environ in (None, {"PROGRAMDATA": "/tmp/someone-elses"}):
+        got = signing.system_keys_dir(environ, windows=True)
+        assert got == Path("/from-the-system/ProgramData/uopsl/trusted-keys")
