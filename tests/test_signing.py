@@ -661,3 +661,38 @@ def test_the_machines_folder_on_windows_does_not_come_from_the_environment(monke
     for environ in (None, {"PROGRAMDATA": "/tmp/someone-elses"}):
         got = signing.system_keys_dir(environ, windows=True)
         assert got == Path("/from-the-system/ProgramData/uopsl/trusted-keys")
+
+
+def test_watch_stops_with_exit_2_when_its_bundle_is_revoked_while_it_runs(
+        signed: Path, tmp_path: Path, keys: dict[str, Path], monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    import threading
+    import time
+
+    from tinybundle import fundus_jpeg
+    from uopsl.runtime.cli import main
+
+    monkeypatch.setenv("UOPSL_CACHE_DIR", str(tmp_path / "cache"))
+    kid = json.loads((signed / SIGNATURE_FILE).read_text())["payload"]["key_id"]
+    folder = _machine_folder(tmp_path, keys, monkeypatch)
+    inbox, out = tmp_path / "inbox", tmp_path / "out"
+    fundus_jpeg(inbox / "a.jpg", seed=1)
+
+    def recall_after_the_first_photograph() -> None:  # the watch loop runs in this test's main thread
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if (out / "results.jsonl").is_file() and "a.jpg" in (out / "results.jsonl").read_text():
+                break
+            time.sleep(0.05)
+        (folder / "revoked.txt").write_text(f"key {kid}  # recalled\n")
+        fundus_jpeg(inbox / "b.jpg", seed=2)
+
+    helper = threading.Thread(target=recall_after_the_first_photograph)
+    helper.start()
+    rc = main(["watch", str(signed), str(inbox), "--out", str(out), "--backend", "ort-cpu", "--settle-ms", "50",
+               "--poll", "0.05", "--timeout", "30"])
+    helper.join()
+    err = capsys.readouterr().err
+    assert rc == 2 and "no longer trusted here" in err and "recalled" in err, err[-800:]
+    rows = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
+    assert [Path(r["source"]).name for r in rows if "source" in r] == ["a.jpg"]  # nothing screened after it
