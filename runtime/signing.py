@@ -174,7 +174,10 @@ class TrustedKey:
 
 
 def load_trusted_keys(paths: Iterable[str | os.PathLike[str]]) -> tuple[TrustedKey, ...]:
-    """The Ed25519 public keys in PEM files ``paths`` (ConfigError for a file that holds none)."""
+    """The Ed25519 public keys in PEM files ``paths`` (ConfigError for a file that holds none).
+
+    Without this machine's revocation lists: checking a bundle against these alone ignores every recall.
+    :func:`trusted_keys_for` (what :func:`open_trusted` uses) attaches them."""
     paths = list(paths)
     if not paths:  # nothing to load: no need for cryptography
         return ()
