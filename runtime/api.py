@@ -37,6 +37,7 @@ from uopsl.runtime.overlay import OVERLAY_DIR, THUMB_DIR, write_overlay, write_t
 from uopsl.runtime.pipeline import (
     IMAGE_DATA,
     IMAGE_SUFFIXES,
+    ImageInput,
     InferenceHealth,
     InputItem,
     PipelineConfig,
@@ -308,7 +309,7 @@ class Screener:
         ResultStore(out_dir, self.identity, check_only=True).close()
 
     # -- screening ---------------------------------------------------------------------------
-    def screen(self, image: Any) -> ScreenResult:
+    def screen(self, image: ImageInput) -> ScreenResult:
         """Screen one image: a path, encoded bytes, or an RGB uint8 (H, W, 3) array.
 
         Paths and bytes of a JPEG larger than the model size may be decoded at
@@ -326,7 +327,7 @@ class Screener:
             raise ConfigError(f"screen() takes one image; {image!r} expanded to {len(items)} inputs (use screen_many)")
         return next(self._pipeline().run(items))
 
-    def screen_many(self, images: Iterable[Any], *, thumbnail_side: int = 0) -> Iterator[ScreenResult]:
+    def screen_many(self, images: Iterable[ImageInput], *, thumbnail_side: int = 0) -> Iterator[ScreenResult]:
         """Screen many images (paths, folders, list files, bytes, arrays), streaming, in input order.
 
         It takes ``batch_size x (prefetch_batches + 2)`` inputs (32 by default; more when many are

@@ -38,7 +38,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Union
 
 import cv2
 import numpy as np
@@ -129,6 +129,11 @@ class InputItem:
     id: str
     path: Path | None = None
     data: bytes | np.ndarray | None = None
+
+
+#: What :meth:`uopsl.runtime.api.Screener.screen` takes: a path (or, for ``screen_many``, a folder or a list
+#: file), encoded image bytes, an RGB uint8 (H, W, 3) array, or an :class:`InputItem`.
+ImageInput = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview, np.ndarray, InputItem]
 
 
 def _safe_stem(name: str) -> str:
