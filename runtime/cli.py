@@ -266,11 +266,16 @@ def info_cmd(bundle: Path, as_json: bool, trusted_keys: Sequence[Path]) -> int:
     bad = {c.path: c.reason for c in verify(bundle, m, raw) if not c.ok}  # info must not show a tampered bundle as fine
     sig = check_signature(bundle, keys, raw=raw)
     refused = bool(bad) or (bool(keys) and not sig.trusted)
+    # The revocations this machine applies (every source; those for keys it does not trust change nothing).
+    revoked = {(r.kind, r.ident, r.before, r.reason, r.source): r for k in keys for r in k.revocations}
+    revocations = [{"kind": r.kind, "id": r.ident, "before": r.before.isoformat() if r.before else None,
+                    "reason": r.reason, "source": r.source} for r in revoked.values()]
     if as_json:
         use = {**m.intended_use.to_dict(), "warning": m.intended_use.warning()}
         click.echo(json.dumps({"manifest": m.to_dict(), "intended_use": use, "checksums_ok": not bad,
                                "checksum_failures": bad,
-                               "signature": {**sig.to_dict(), "keys_trusted_here": [k.key_id for k in keys]},
+                               "signature": {**sig.to_dict(), "keys_trusted_here": [k.key_id for k in keys],
+                                             "revocations_here": revocations},
                                "backends": [{"backend": n, "usable": ok, "note": note} for n, ok, note in table]},
                               indent=2, default=str))
         return 2 if refused else 0
@@ -283,6 +288,9 @@ def info_cmd(bundle: Path, as_json: bool, trusted_keys: Sequence[Path]) -> int:
                                                   "bundle)" if keys and not sig.trusted else ""))
     if sig.signature_id:
         click.echo(f"           signature id {sig.signature_id}" + ("" if sig.trusted else " (not verified)"))
+    if revocations:
+        sources = sorted({str(r["source"]).rsplit(":", 1)[0] for r in revocations})
+        click.echo(f"           {len(revocations)} revocation(s) in force here ({', '.join(sources)})")
     click.echo(f"input      {p.size}x{p.size} uint8 RGB, clahe={p.clahe}, site maps {m.site_map_size[0]}x{m.site_map_size[1]}")
     if not p.fast_decode:
         click.echo("decode     JPEGs at full size (fast_decode off)")

@@ -463,7 +463,8 @@ def _machine_folder(tmp_path: Path, keys: dict[str, Path], monkeypatch: pytest.M
 
 
 def test_a_revocation_list_withdraws_a_key_recalls_older_releases_or_names_one(
-        signed: Path, tmp_path: Path, keys: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+        signed: Path, tmp_path: Path, keys: dict[str, Path], monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
     """A maker who recalls a model (or whose key leaked) must stop devices screening with bundles already
     signed: before revocation lists, a signed bundle stayed trusted for as long as its key did."""
     import datetime as dt
@@ -493,6 +494,12 @@ def test_a_revocation_list_withdraws_a_key_recalls_older_releases_or_names_one(
     assert f"before {day}T00:00:00+00:00" in refused(f"key {kid} before {day}\n")
     msg = refused(f"release {sid}\n")
     assert f"this signed release ({sid}) is revoked" in msg
+    from uopsl.runtime.cli import main
+
+    assert main(["info", str(signed), "--json"]) == 2  # refused here, and says what is in force
+    info = json.loads(capsys.readouterr().out)["signature"]
+    assert not info["trusted"] and info["revocations_here"] == [
+        {"kind": "release", "id": sid, "before": None, "reason": "", "source": f"{folder / 'revoked.txt'}:1"}]
     # Bundles signed at or after the cut-off, other releases and other keys' entries pass.
     (folder / "revoked.txt").write_text(f"key {kid} before {payload['signed_at']}\nrelease {'0' * 64}\n"
                                         f"key {'f' * 16}\n")
