@@ -12,10 +12,13 @@ decides or describes a screening (classes and thresholds, head, referral
 rule, preprocessing, output names, intended use, ...) and, per file listed at
 signing time, its path, kind, precision, size and sha256; with
 :func:`uopsl.runtime.bundle.verify`, run on the same read of the manifest
-(:func:`open_trusted`), the bytes of every listed file. What it leaves out,
-because a device writes it after the maker signed: each file's ``info``
-(``uopsl validate``'s parity records). A forged parity record can therefore
-make ``auto`` choose a signed INT8 file it would not otherwise use. Any file
+(:func:`open_trusted`), the bytes of every listed file. Each file's parity
+records (``uopsl validate``'s verdicts, which a device may add after signing)
+are signed beside that, as they were at signing: adding one later is no change
+to the bundle, but where signatures are required only the signed ones decide
+which INT8 file or engine ``auto`` runs (:func:`with_signed_parity`; before,
+a forged record could make ``auto`` run a signed INT8 file that failed
+validation). Any file
 added after signing, a TensorRT engine included, fails the check until the
 bundle is signed again: build engines on a device of the same kind (GPU model,
 JetPack / TensorRT version) before signing, and ship the signed bundle.
@@ -53,11 +56,18 @@ import logging
 import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from uopsl.runtime.bundle import MANIFEST, Manifest, read_manifest_json, read_manifest_raw, verify_or_raise
+from uopsl.runtime.bundle import (
+    MANIFEST,
+    PARITY_KEY,
+    Manifest,
+    read_manifest_json,
+    read_manifest_raw,
+    verify_or_raise,
+)
 from uopsl.runtime.errors import BundleError, ConfigError
 from uopsl.runtime.fsio import load_json_strict, write_json
 from uopsl.runtime.optional import require
@@ -414,6 +424,45 @@ def signed_content(raw: dict[str, Any]) -> dict[str, Any]:
     return {"manifest": fields, "files": files}
 
 
+def signed_parity_of(raw: dict[str, Any]) -> dict[str, Any]:
+    """Each file's parity record (``uopsl validate``'s verdicts, ``info["parity"]``) in the manifest ``raw``.
+
+    Signed next to :func:`signed_content` but not part of it: a device may add records after signing
+    (that is no change to the bundle), but where signatures are required only these signed ones decide
+    which INT8 file or engine ``auto`` runs (:func:`with_signed_parity`)."""
+    out: dict[str, Any] = {}
+    for f in raw.get("files") or []:
+        if isinstance(f, dict) and isinstance(f.get("info"), dict) and PARITY_KEY in f["info"]:
+            out[str(f.get("path"))] = f["info"][PARITY_KEY]
+    return out
+
+
+def with_signed_parity(manifest: Manifest, signed: Mapping[str, Any] | None) -> Manifest:
+    """``manifest`` with each file's parity record replaced by the one its signature covers (``signed``; None: a
+    signature made before uopsl signed records, which covers none), so a record written after signing (or
+    forged: a review showed it could make ``auto`` run a signed INT8 file that FAILED validation) decides
+    nothing where signatures are required. What is set aside is logged."""
+    signed = signed or {}
+    files, set_aside = [], []
+    for f in manifest.files:
+        have = f.info.get(PARITY_KEY)
+        want = signed.get(f.path)
+        if have == want:
+            files.append(f)
+            continue
+        if have is not None:
+            set_aside.append(f.path)
+        info = {k: v for k, v in f.info.items() if k != PARITY_KEY}
+        if want is not None:
+            info[PARITY_KEY] = want
+        files.append(replace(f, info=info))
+    if set_aside:
+        log.info("parity records not covered by the bundle's signature are not used (this machine requires "
+                 "signed bundles): %s; validate before signing, or sign again after validating",
+                 ", ".join(set_aside))
+    return replace(manifest, files=tuple(files)) if files != list(manifest.files) else manifest
+
+
 @dataclass(frozen=True)
 class SignedRelease:
     """What :func:`sign_bundle` made: the key's id, the signature's (record it: a recall names it) and when."""
@@ -452,7 +501,7 @@ def sign_bundle(bundle: str | os.PathLike[str], private_key: str | os.PathLike[s
     public_raw = key.public_key().public_bytes(ser.Encoding.Raw, ser.PublicFormat.Raw)
     payload = {"format": SIGNATURE_FORMAT, "algorithm": "ed25519", "key_id": key_id(public_raw),
                "signed_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-               "content": signed_content(raw)}
+               "content": {**signed_content(raw), "parity": signed_parity_of(raw)}}
     signature = key.sign(_canonical(payload))
     write_json(root / SIGNATURE_FILE, {"payload": payload, "signature": base64.b64encode(signature).decode("ascii")})
     return SignedRelease(str(payload["key_id"]), signature_id(payload), str(payload["signed_at"]))
@@ -477,6 +526,11 @@ def open_trusted(bundle: str | os.PathLike[str], *, verify: bool = True,
     if verify:
         verify_or_raise(bundle, manifest, raw)
     check = require_signature(bundle, keys, raw=raw) if keys else None
+    if check is not None:
+        if check.signed_parity is None:
+            log.warning("%s: its signature (made by an older uopsl) covers no parity records, so no INT8 file or "
+                        "engine is used unasked on this machine; sign the bundle again with this uopsl", bundle)
+        manifest = with_signed_parity(manifest, check.signed_parity)
     return manifest, check
 
 
@@ -490,6 +544,8 @@ class SignatureCheck:
     trusted: bool = False
     problem: str = ""
     signature_id: str = ""
+    #: the parity records the signature covers, by file (None: a signature from before they were signed)
+    signed_parity: Mapping[str, Any] | None = field(default=None, compare=False, repr=False)
 
     def describe(self) -> str:
         if not self.signed or not self.key_id:  # no signature, or one that could not be read
@@ -581,7 +637,8 @@ def check_signature(bundle: str | os.PathLike[str], trusted: Sequence[TrustedKey
                                      read_manifest_json(root / MANIFEST))
     if problem:
         return result(problem)
-    return result(trusted=True)
+    parity = content.get("parity") if isinstance(content, dict) else None
+    return replace(result(trusted=True), signed_parity=parity if isinstance(parity, dict) else None)
 
 
 def _changed_since_signing(signed: Any, raw: dict[str, Any]) -> str:

@@ -703,3 +703,49 @@ def test_watch_stops_with_exit_2_when_its_bundle_is_revoked_while_it_runs(
     assert rc == 2 and "no longer trusted here" in err and "recalled" in err, err[-800:]
     rows = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
     assert [Path(r["source"]).name for r in rows if "source" in r] == ["a.jpg"]  # nothing screened after it
+
+
+def test_only_signed_parity_records_decide_where_signatures_are_required(
+        signed: Path, tiny_bundle: Path, tmp_path: Path, keys: dict[str, Path], caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Parity records sat outside the signature: a forged PASS written into manifest.json on a device could make
+    `auto` run a signed INT8 file that FAILED validation. Now the signature covers the records present at
+    signing, and a machine that requires signatures uses only those."""
+    import base64 as b64
+
+    from cryptography.hazmat.primitives import serialization
+
+    from uopsl.export.bundle_writer import record_parity
+    from uopsl.runtime.signing import _canonical, open_trusted
+
+    caplog.set_level("INFO")
+    forged = {"model.int8.onnx": {"ort-cpu": {"verdict": "PASS", "passed": True}}}
+    record_parity(signed, forged)  # after signing: outside the signature
+    assert "parity" in read_manifest(signed).file("model.int8.onnx").info
+    view, check = open_trusted(signed, trusted_keys=[keys["public"]])
+    assert check is not None and check.trusted and check.signed_parity == {}
+    assert "parity" not in view.file("model.int8.onnx").info
+    assert any("not covered by the bundle's signature are not used" in r.getMessage() and "model.int8.onnx" in
+               r.getMessage() for r in caplog.records)
+    view, _ = open_trusted(signed)  # a machine that trusts no key reads the manifest as it is
+    assert "parity" in view.file("model.int8.onnx").info
+    # Validated, then signed (the documented order): the records count.
+    sign_bundle(signed, keys["private"])
+    view, check = open_trusted(signed, trusted_keys=[keys["public"]])
+    assert check is not None and set(check.signed_parity or {}) == {"model.int8.onnx"}
+    assert view.file("model.int8.onnx").info["parity"] == read_manifest(signed).file("model.int8.onnx").info["parity"]
+    # A record edited after signing reads as the signed one.
+    record_parity(signed, {"model.int8.onnx": {"openvino": {"verdict": "PASS", "passed": True}}})
+    view, _ = open_trusted(signed, trusted_keys=[keys["public"]])
+    assert set(view.file("model.int8.onnx").info["parity"]["backends"]) == {"ort-cpu"}
+    # A signature made before records were signed covers none: nothing INT8 is used unasked, and it says so.
+    doc = json.loads((signed / SIGNATURE_FILE).read_text())
+    del doc["payload"]["content"]["parity"]
+    private = serialization.load_pem_private_key(keys["private"].read_bytes(), password=None)
+    doc["signature"] = b64.b64encode(private.sign(_canonical(doc["payload"]))).decode()  # type: ignore[union-attr]
+    (signed / SIGNATURE_FILE).write_text(json.dumps(doc))
+    caplog.clear()
+    view, check = open_trusted(signed, trusted_keys=[keys["public"]])
+    assert check is not None and check.trusted and check.signed_parity is None
+    assert all("parity" not in f.info for f in view.files)
+    assert any("covers no parity records" in r.getMessage() for r in caplog.records)
