@@ -303,6 +303,14 @@ def info_cmd(bundle: Path, as_json: bool, trusted_keys: Sequence[Path]) -> int:
     for c in m.classes:
         flags = ", ".join(x for x in ("referable" if c.referable else "", "" if c.seen_in_training else "zero-shot") if x)
         click.echo(f"  {c.name:16s} threshold {c.threshold:.3f}" + (f"  ({flags})" if flags else ""))
+    if keys and sig.trusted:  # what auto reads here: the records the signature covers
+        from uopsl.runtime.signing import with_signed_parity
+
+        view = with_signed_parity(m, sig.signed_parity)
+        aside = [f.path for f, g in zip(m.files, view.files) if f.info.get("parity") != g.info.get("parity")]
+        if aside:
+            click.echo(f"           parity records not covered by the signature, not used here: {', '.join(aside)}")
+        m = view
     click.echo("files")
     for f in m.files:
         click.echo(f"  {f.path:28s} {f.kind:12s} {f.precision:12s} {f.size / 1e6:8.2f} MB  sha256 {f.sha256[:12]}"

@@ -707,7 +707,7 @@ def test_watch_stops_with_exit_2_when_its_bundle_is_revoked_while_it_runs(
 
 def test_only_signed_parity_records_decide_where_signatures_are_required(
         signed: Path, tiny_bundle: Path, tmp_path: Path, keys: dict[str, Path], caplog: pytest.LogCaptureFixture,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     """Parity records sat outside the signature: a forged PASS written into manifest.json on a device could make
     `auto` run a signed INT8 file that FAILED validation. Now the signature covers the records present at
     signing, and a machine that requires signatures uses only those."""
@@ -749,3 +749,10 @@ def test_only_signed_parity_records_decide_where_signatures_are_required(
     assert check is not None and check.trusted and check.signed_parity is None
     assert all("parity" not in f.info for f in view.files)
     assert any("covers no parity records" in r.getMessage() for r in caplog.records)
+    from uopsl.runtime.cli import main
+
+    record_parity(signed, forged)
+    sign_bundle(signed, keys["private"])
+    record_parity(signed, {"model.onnx": {"ort-cpu": {"verdict": "PASS", "passed": True}}})
+    assert main(["info", str(signed), "--trusted-key", str(keys["public"])]) == 0
+    assert "parity records not covered by the signature, not used here: model.onnx" in capsys.readouterr().out
