@@ -20,6 +20,7 @@ import contextlib
 import logging
 import numbers
 import os
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
@@ -29,7 +30,7 @@ from typing import Any
 from uopsl.runtime.backends import BACKEND_NAMES, PRECISIONS, Selection, open_and_enter
 from uopsl.runtime.backends.base import Backend, check_gpu_index
 from uopsl.runtime.bundle import Manifest
-from uopsl.runtime.errors import ConfigError
+from uopsl.runtime.errors import ConfigError, UopslError
 from uopsl.runtime.intended_use import IntendedUse
 from uopsl.runtime.signing import SignatureCheck, open_trusted, recheck_signature, trust_state
 from uopsl.runtime import progress as progress_bars
@@ -198,9 +199,16 @@ class Screener:
         self.manifest: Manifest
         #: what the bundle's signature check found (None: this machine trusts no key, nothing checked)
         self.signature: SignatureCheck | None
-        self._trusted_keys = trusted_keys
-        self._trust_state = trust_state(trusted_keys)  # before reading them: a change meanwhile is seen later
-        self.manifest, self.signature = open_trusted(self.bundle, verify=verify, trusted_keys=trusted_keys)
+        # Read once, as absolute paths: a one-shot iterable (a glob) must not be used up by the first of the
+        # reads below, and a later chdir must not move the files the re-checks read (a review).
+        keys_given = None if trusted_keys is None else [
+            os.path.abspath(k) for k in ([trusted_keys] if isinstance(trusted_keys, (str, os.PathLike))
+                                         else trusted_keys)]
+        self._trusted_keys = keys_given
+        self._trust_state = trust_state(keys_given)  # before reading them: a change meanwhile is seen later
+        self._trust_checked = time.monotonic()
+        self._untrusted = False
+        self.manifest, self.signature = open_trusted(self.bundle, verify=verify, trusted_keys=keys_given)
         if self.signature is not None:
             log.info("%s: %s", self.bundle, self.signature.describe())
         self.verified = verify  # the report says when the checksums were not checked
@@ -274,21 +282,35 @@ class Screener:
         """Which backend was chosen and why."""
         return None if self._backend is None else self._backend.selection
 
+    #: Seconds between the re-checks :meth:`_recheck_trust_now_and_then` makes before batches (a trusted-keys
+    #: folder on a slow or hung network share must not stall every batch).
+    TRUST_RECHECK_S = 2.0
+
     def recheck_trust(self) -> None:
         """Raise :class:`BundleError` if this machine's signing keys or revocation lists changed since the bundle
-        was opened and no longer trust it (a recall published while a service runs). Called before every
-        batch and by :meth:`screen`; a few stat calls when nothing changed."""
+        was opened and no longer trust it (a recall published while a service runs); a few stat calls when
+        nothing changed. Screening calls it before batches, at most every :attr:`TRUST_RECHECK_S` seconds."""
         now = trust_state(self._trusted_keys)
+        self._trust_checked = time.monotonic()
         if now == self._trust_state:
             return
-        self.signature = recheck_signature(self.bundle, self.manifest, self.signature, self._trusted_keys)
-        self._trust_state = now  # only once judged: a refused bundle stays refused on every later call
+        try:
+            self.signature = recheck_signature(self.bundle, self.manifest, self.signature, self._trusted_keys)
+        except UopslError:
+            self._untrusted = True  # judged again at every batch until keys and lists trust it again
+            raise
+        self._untrusted = False
+        self._trust_state = now
+
+    def _recheck_trust_now_and_then(self) -> None:
+        if self._untrusted or time.monotonic() - self._trust_checked >= self.TRUST_RECHECK_S:
+            self.recheck_trust()
 
     def _pipeline(self, thumbnail_side: int = 0) -> ScreeningPipeline:
         cfg = PipelineConfig(self.config.batch_size, self.config.workers, self.config.prefetch_batches,
                              thumbnail_side, self.config.infer_ungradable, self.config.max_inference_failures)
         return ScreeningPipeline(self.backend, self.manifest, cfg, self.quality_config, self._health,
-                                 before_batch=self.recheck_trust)
+                                 before_batch=self._recheck_trust_now_and_then)
 
     def check_output(self, out_dir: str | os.PathLike[str], inputs: Iterable[Any] | None = None) -> None:
         """Raise :class:`ConfigError` now if ``screen_to(out_dir, inputs)`` could not write there.

@@ -319,6 +319,21 @@ def _onnx_chain_problem(path: str, backend: str, r: Mapping[str, Any], manifest:
     return None
 
 
+def _with_implied_finding_gate(gates: dict[str, Any], manifest: Manifest | None) -> dict[str, Any]:
+    """``gates`` of a record written before ``max_finding_change_rate`` existed, with the limit its class gate
+    already implies: an image with a changed finding changed at least one referable class's call, so their
+    share is at most the number of referable classes times the worst class's. With two referable classes and
+    the 0.5 % class gate that is the 1 % finding gate itself, and such records keep counting; with more, the
+    implied limit is looser and the record is treated as lacking the gate (validate again)."""
+    key = "max_finding_change_rate"
+    per_class = gates.get("max_class_flip_rate")
+    if key in gates or manifest is None or not isinstance(per_class, (int, float)) or not _is_number(per_class):
+        return gates
+    implied = float(per_class) * max(1, int(manifest.referable_mask.sum()))
+    limit = PARITY_GATE_DEFAULTS[key]
+    return {**gates, key: implied} if limit is not None and implied <= limit else gates
+
+
 def _record_problem(path: str, backend: str, r: Any, manifest: Manifest | None = None,
                     int8: bool = False) -> str | None:
     """Why one backend's record does not show that ``path`` passed there (None: it does).
@@ -337,6 +352,7 @@ def _record_problem(path: str, backend: str, r: Any, manifest: Manifest | None =
     missing = [k for k in PARITY_RECORD_FIELDS if k not in r]
     gates = r.get("gates")
     if isinstance(gates, dict):
+        gates = _with_implied_finding_gate(gates, manifest)
         missing += [f"gate {k}" for k in PARITY_GATE_DEFAULTS if k not in gates]
     if missing:
         return (f"{path}'s parity record on {backend} was written by an older uopsl (it lacks "

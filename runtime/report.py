@@ -113,9 +113,10 @@ REASON_TEXT: dict[str, ReasonText] = {
         "use the colour photograph."),
     "not_fundus_colour": ReasonText(
         "colours not of a fundus photograph",
-        "Blue where a retina is red: not a colour fundus photograph, or (from your own software) an image "
-        "passed in BGR channel order: convert it to RGB (cv2.cvtColor(image, cv2.COLOR_BGR2RGB)) or pass the "
-        "file."),
+        "Not the red-orange of a colour fundus photograph (blue or green instead): a red-free or filtered "
+        "photograph, a picture of something else, or (from your own software) an image in BGR channel order: "
+        "use the colour photograph, or convert the image to RGB (cv2.cvtColor(image, cv2.COLOR_BGR2RGB)) or "
+        "pass the file."),
     "no_fov": ReasonText("retina not in view", _RETAKE_NO_FOV),
     "no_fundus_field_of_view": ReasonText("retina not in view", _RETAKE_NO_FOV),
     "several_fov": ReasonText(

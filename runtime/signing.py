@@ -276,7 +276,7 @@ def _keys_in_folder(folder: Path, *, required: bool) -> tuple[str, ...]:
 
 # The forms Python 3.10's fromisoformat reads too (3.11 takes many more), so a list reads the same everywhere:
 # a date, or a date and time to the minute, second or fraction, with Z or an offset.
-_DATE_FORM = re.compile(r"\d{4}-\d{2}-\d{2}(T\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?(Z|[+-]\d{2}:\d{2}))?")
+_DATE_FORM = re.compile(r"\d{4}-\d{2}-\d{2}(T\d{2}:\d{2}(:\d{2}(\.(\d{3}|\d{6}))?)?(Z|[+-]\d{2}:\d{2}))?")
 
 
 def _parse_time(text: str, where: str) -> _dt.datetime:
@@ -334,6 +334,25 @@ def read_revocations(path: str | os.PathLike[str]) -> tuple[Revocation, ...]:
     return tuple(entries)
 
 
+# Names a list may have been given by mistake, once case, spaces and any ".txt" are taken off.
+_NEAR_MISS_STEMS = frozenset({"revoked", "revoke", "revokes", "revocation", "revocations", "revoked.text",
+                              "revocation.list", "revoked.list"})
+# Files an editor or a careful writer leaves beside a list (swap files, backups, the temporary file of an
+# atomic replace): never the list, never a mistake to stop for.
+_SCRATCH_SUFFIXES = ("~", ".swp", ".swo", ".swx", ".tmp", ".temp", ".bak", ".orig", ".old", ".new", ".part")
+
+
+def _meant_as_list(name: str) -> bool:
+    """Whether ``name`` looks like a revocation list under a wrong name (``revoked.txt.txt``, ``revoked``,
+    ``Revocations.txt``, `` revoked.txt``), as opposed to an editor's or writer's scratch file."""
+    low = name.strip().lower()
+    if name.startswith(".") or low.endswith(_SCRATCH_SUFFIXES):
+        return False
+    while low.endswith(".txt"):
+        low = low[: -len(".txt")]
+    return low in _NEAR_MISS_STEMS
+
+
 def _revocation_file(folder: Path) -> Path | None:
     """The revocation list of ``folder`` (its name in any case), or None. A name that looks meant for one but is
     not exactly ``revoked.txt`` (``revoked.txt.txt`` from an editor that hides extensions, ``revoked``,
@@ -346,8 +365,7 @@ def _revocation_file(folder: Path) -> Path | None:
         raise ConfigError(f"{folder}: cannot list the trusted keys ({exc.strerror or exc}); fix the folder or its "
                           "permissions (a machine that cannot read its keys screens nothing)") from exc
     found = [e for e in entries if e.name.lower() == REVOCATIONS_FILE]
-    near = sorted(e.name for e in entries if e.name.lower() != REVOCATIONS_FILE
-                  and ("revoke" in e.name.lower() or "revocation" in e.name.lower()))
+    near = sorted(e.name for e in entries if e.name.lower() != REVOCATIONS_FILE and _meant_as_list(e.name))
     if near or len(found) > 1:
         names = near or [e.name for e in found]
         raise ConfigError(f"{folder}: {', '.join(repr(n) for n in names)} is not read as a revocation list: name "

@@ -527,6 +527,7 @@ def test_a_revocation_list_withdraws_a_key_recalls_older_releases_or_names_one(
     ("key 0123456789abcdef before 20261201", "is not a date this list takes"),
     ("key 0123456789abcdef before 2026-12-01Z", "is not a date this list takes"),
     ("key 0123456789abcdef before 2026-12-01 10:00", "cannot read"),
+    ("key 0123456789abcdef before 2026-12-01T09:30:00.5Z", "is not a date this list takes"),  # 3.10: 3 or 6 digits
     ("file " + "a" * 63, "cannot read"),
     ("release " + "g" * 64, "cannot read"),
 ])
@@ -573,6 +574,7 @@ def test_a_running_screener_stops_when_a_revocation_is_published(
     from tinybundle import fundus_jpeg
     from uopsl.runtime.api import Screener
 
+    monkeypatch.setattr(Screener, "TRUST_RECHECK_S", 0.0)  # every batch (2 s in service)
     payload = json.loads((signed / SIGNATURE_FILE).read_text())["payload"]
     folder = _machine_folder(tmp_path, keys, monkeypatch)
     photo = fundus_jpeg(tmp_path / "in" / "a.jpg", seed=1)
@@ -606,7 +608,7 @@ def signing_module():  # type: ignore[no-untyped-def]
     return signing
 
 
-@pytest.mark.parametrize("name", ["Revoked.txt.txt", "revoked", "REVOCATIONS.txt", " revoked.txt", "revoked.TXT2"])
+@pytest.mark.parametrize("name", ["Revoked.txt.txt", "revoked", "REVOCATIONS.txt", " revoked.txt", "revoke.txt"])
 def test_a_revocation_list_under_another_name_stops_every_run(signed: Path, tmp_path: Path, keys: dict[str, Path],
                                                              monkeypatch: pytest.MonkeyPatch, name: str) -> None:
     """A review: revoked.txt.txt (an editor hiding extensions), Revoked.txt on Linux and the like were ignored
@@ -620,15 +622,38 @@ def test_a_revocation_list_under_another_name_stops_every_run(signed: Path, tmp_
         Screener(signed, backend="ort-cpu")
 
 
-def test_a_list_named_in_another_case_is_read(signed: Path, tmp_path: Path, keys: dict[str, Path],
-                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_list_named_in_another_case_is_read_and_scratch_files_are_left_alone(
+        signed: Path, tmp_path: Path, keys: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A second review: editor swap files and the temporary file of an atomic replace stopped a running service."""
     from uopsl.runtime.api import Screener
 
     kid = json.loads((signed / SIGNATURE_FILE).read_text())["payload"]["key_id"]
     folder = _machine_folder(tmp_path, keys, monkeypatch)
+    for scratch in (".revoked.txt.swp", "revoked.txt~", "revoked.txt.tmp", ".revoked.txt.new", "revoked.txt.bak"):
+        (folder / scratch).write_text("key 0123456789abcdef\n")
+    assert Screener(signed, backend="ort-cpu").signature.trusted  # type: ignore[union-attr]
     (folder / "REVOKED.TXT").write_text(f"key {kid}\n")
     with pytest.raises(BundleError, match="is revoked by"):
         Screener(signed, backend="ort-cpu")
+
+
+def test_keys_given_as_a_one_shot_iterable_or_relative_paths_keep_working(
+        signed: Path, tiny_bundle: Path, tmp_path: Path, keys: dict[str, Path],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A second review: a glob passed as trusted_keys was used up before the signature check, so an unsigned
+    bundle screened; and relative key paths were read again after the application changed directory."""
+    from tinybundle import fundus_jpeg
+    from uopsl.runtime.api import Screener
+
+    with pytest.raises(BundleError, match="not signed"):
+        Screener(tiny_bundle, backend="ort-cpu", trusted_keys=keys["public"].parent.glob("maker.pub"))
+    monkeypatch.setattr(Screener, "TRUST_RECHECK_S", 0.0)
+    photo = fundus_jpeg(tmp_path / "in" / "a.jpg", seed=1)
+    for given in (iter(["maker.pub"]), ["maker.pub"]):
+        monkeypatch.chdir(keys["public"].parent)
+        with Screener(signed, backend="ort-cpu", trusted_keys=given) as s:
+            monkeypatch.chdir(tmp_path)  # "maker.pub" here names nothing: the key must not move with the cwd
+            assert s.screen(photo).status == "ok" and s.signature is not None and s.signature.trusted
 
 
 def test_a_file_entry_recalls_a_model_however_often_it_is_signed(signed: Path, tmp_path: Path,
@@ -679,6 +704,9 @@ def test_watch_stops_with_exit_2_when_its_bundle_is_revoked_while_it_runs(
     from tinybundle import fundus_jpeg
     from uopsl.runtime.cli import main
 
+    from uopsl.runtime.api import Screener
+
+    monkeypatch.setattr(Screener, "TRUST_RECHECK_S", 0.0)
     monkeypatch.setenv("UOPSL_CACHE_DIR", str(tmp_path / "cache"))
     kid = json.loads((signed / SIGNATURE_FILE).read_text())["payload"]["key_id"]
     folder = _machine_folder(tmp_path, keys, monkeypatch)

@@ -479,3 +479,25 @@ def test_an_fp32_file_off_by_more_than_the_fp32_tolerance_fails_on_ort_cpu(
     assert {c["name"] for c in fp32["checks"] if c["passed"] is False} == {"max_prob_diff"}
     assert int8["verdict"] == "PASS" and "max_prob_diff" not in {c["name"] for c in int8["checks"]}
     assert not _status(bundle, "model.onnx")[0] and _status(bundle, "model.int8.onnx")[0]
+
+
+def test_records_from_before_the_finding_gate_count_where_the_class_gate_implies_it() -> None:
+    """A review: every record written before the finding gate lacked it, so `auto` stopped using every validated
+    INT8 file. With two referable classes, the 0.5 % class gate already bounds the images with a changed finding
+    by 1 %, the new limit; with more it does not, and those are validated again."""
+    from uopsl.runtime.preprocess import PreprocessConfig
+
+    old = _record(gates={k: v for k, v in PARITY_GATE_DEFAULTS.items() if k != "max_finding_change_rate"})
+
+    def manifest(n_referable: int) -> Manifest:
+        classes = (ClassSpec("normal"), *(ClassSpec(f"c{i}", referable=True) for i in range(n_referable)))
+        return Manifest(classes=classes, head="sigmoid", preprocess=PreprocessConfig(size=64), files=())
+
+    ok, why = parity_status(_entry(old), "openvino", manifest=manifest(2))
+    assert ok, why
+    ok, why = parity_status(_entry(old), "openvino", manifest=manifest(4))
+    assert not ok and "lacks gate max_finding_change_rate" in why
+    loose_class = _record(gates={**{k: v for k, v in PARITY_GATE_DEFAULTS.items() if k != "max_finding_change_rate"},
+                                 "max_class_flip_rate": 0.01})
+    assert not parity_status(_entry(loose_class), "openvino", manifest=manifest(2))[0]
+    assert not parity_status(_entry(old), "openvino")[0]  # without the manifest nothing is implied

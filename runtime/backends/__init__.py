@@ -77,8 +77,9 @@ class Selection:
     """The backend ``open_backend`` chose: registry name, precision, bundle file and why.
 
     ``validated``: for a reduced-precision file (INT8, FP16), whether ``uopsl validate`` passed it on this
-    backend (``auto`` takes none that did not; an explicit ``precision=`` runs it anyway, with a warning);
-    None for an FP32 file, which is the reference precision.
+    backend. ``auto`` takes no INT8 file or engine that did not, but runs an FP16 engine without a record
+    (``validated`` False then, without a warning); an explicit ``precision=`` runs an unvalidated file with a
+    warning. None for an FP32 file, the reference precision.
     """
 
     backend: str
