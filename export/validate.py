@@ -115,6 +115,7 @@ from uopsl.runtime.bundle import (
     Manifest,
     parity_reference_kind,
     parity_run_problem,
+    read_manifest,
 )
 from uopsl.runtime.cpuinfo import CPU_BACKENDS, int8_cpu_class
 from uopsl.runtime.errors import BundleError, ConfigError, UopslError
@@ -941,8 +942,11 @@ def validate_bundle(
         held = [f"{c['name']} {c['verdict']}" for c in judged if c["verdict"] != FAIL and weak]
         # A verdict against anything but PyTorch (a device's ONNX reference) never replaces one against PyTorch
         # for the same content and backend, whatever either says (record_parity enforces it too).
+        # The manifest as the file holds it: where signatures are required, `manifest` is the signed view, which
+        # may not show a record written since (record_parity reads the file too).
+        on_disk = read_manifest(root)
         for c in list(to_record):
-            old = kept_pytorch_verdict(manifest.file(c["file"]), c["backend"], ref_class)
+            old = kept_pytorch_verdict(on_disk.file(c["file"]), c["backend"], ref_class)
             if old is not None:
                 kept.append((c, old))
                 to_record.remove(c)

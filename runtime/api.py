@@ -30,9 +30,9 @@ from typing import Any
 from uopsl.runtime.backends import BACKEND_NAMES, PRECISIONS, Selection, open_and_enter
 from uopsl.runtime.backends.base import Backend, check_gpu_index
 from uopsl.runtime.bundle import Manifest
-from uopsl.runtime.errors import ConfigError, UopslError
+from uopsl.runtime.errors import BundleError, ConfigError, UopslError
 from uopsl.runtime.intended_use import IntendedUse
-from uopsl.runtime.signing import SignatureCheck, open_trusted, recheck_signature, trust_state
+from uopsl.runtime.signing import SignatureCheck, open_trusted, recheck_signature, trust_state, with_signed_parity
 from uopsl.runtime import progress as progress_bars
 from uopsl.runtime.overlay import OVERLAY_DIR, THUMB_DIR, write_overlay, write_thumbnail
 from uopsl.runtime.pipeline import (
@@ -253,6 +253,7 @@ class Screener:
 
     def open(self) -> None:
         if self._backend is None:
+            self.recheck_trust()  # keys or lists may have changed since the bundle was read
             # No spin-waiting: the pipeline's decoding threads share the cores with inference
             # (2-core x86, ResNet-18 INT8 on ONNX Runtime: ~10 % more photographs per second).
             b = open_and_enter(self.bundle, self.backend_name, self.precision, self.threads, manifest=self.manifest,
@@ -295,10 +296,17 @@ class Screener:
         if now == self._trust_state:
             return
         try:
-            self.signature = recheck_signature(self.bundle, self.manifest, self.signature, self._trusted_keys)
+            check = recheck_signature(self.bundle, self.manifest, self.signature, self._trusted_keys)
+            if check is not None and self.signature is None and \
+                    with_signed_parity(self.manifest, check.signed_parity) != self.manifest:
+                # Opened while this machine trusted no key: its backend may rest on parity records the signature
+                # does not cover, which a machine that requires signatures does not use.
+                raise BundleError(f"{self.bundle}: this machine now requires signed bundles, and the backend was "
+                                  "chosen with parity records the signature does not cover: open the Screener again")
         except UopslError:
             self._untrusted = True  # judged again at every batch until keys and lists trust it again
             raise
+        self.signature = check
         self._untrusted = False
         self._trust_state = now
 

@@ -262,10 +262,16 @@ def info_cmd(bundle: Path, as_json: bool, trusted_keys: Sequence[Path]) -> int:
 
     keys = trusted_keys_for(trusted_keys)
     m, raw = read_manifest_raw(bundle)
-    table = backend_table(bundle, m)
     bad = {c.path: c.reason for c in verify(bundle, m, raw) if not c.ok}  # info must not show a tampered bundle as fine
     sig = check_signature(bundle, keys, raw=raw)
     refused = bool(bad) or (bool(keys) and not sig.trusted)
+    aside: list[str] = []
+    if keys and sig.trusted:  # what auto reads here: the records the signature covers (and later refusals)
+        from uopsl.runtime.signing import set_aside_paths, with_signed_parity
+
+        aside = set_aside_paths(m, sig.signed_parity)
+        m = with_signed_parity(m, sig.signed_parity)
+    table = backend_table(bundle, m)
     # The revocations this machine applies (every source; those for keys it does not trust change nothing).
     revoked = {(r.kind, r.ident, r.before, r.reason, r.source): r for k in keys for r in k.revocations}
     revocations = [{"kind": r.kind, "id": r.ident, "before": r.before.isoformat() if r.before else None,
@@ -275,7 +281,8 @@ def info_cmd(bundle: Path, as_json: bool, trusted_keys: Sequence[Path]) -> int:
         click.echo(json.dumps({"manifest": m.to_dict(), "intended_use": use, "checksums_ok": not bad,
                                "checksum_failures": bad,
                                "signature": {**sig.to_dict(), "keys_trusted_here": [k.key_id for k in keys],
-                                             "revocations_here": revocations},
+                                             "revocations_here": revocations,
+                                             "parity_set_aside": aside},
                                "backends": [{"backend": n, "usable": ok, "note": note} for n, ok, note in table]},
                               indent=2, default=str))
         return 2 if refused else 0
@@ -303,14 +310,8 @@ def info_cmd(bundle: Path, as_json: bool, trusted_keys: Sequence[Path]) -> int:
     for c in m.classes:
         flags = ", ".join(x for x in ("referable" if c.referable else "", "" if c.seen_in_training else "zero-shot") if x)
         click.echo(f"  {c.name:16s} threshold {c.threshold:.3f}" + (f"  ({flags})" if flags else ""))
-    if keys and sig.trusted:  # what auto reads here: the records the signature covers
-        from uopsl.runtime.signing import with_signed_parity
-
-        view = with_signed_parity(m, sig.signed_parity)
-        aside = [f.path for f, g in zip(m.files, view.files) if f.info.get("parity") != g.info.get("parity")]
-        if aside:
-            click.echo(f"           parity records not covered by the signature, not used here: {', '.join(aside)}")
-        m = view
+    if aside:
+        click.echo(f"           parity records not covered by the signature, not used here: {', '.join(aside)}")
     click.echo("files")
     for f in m.files:
         click.echo(f"  {f.path:28s} {f.kind:12s} {f.precision:12s} {f.size / 1e6:8.2f} MB  sha256 {f.sha256[:12]}"

@@ -455,21 +455,37 @@ def signed_parity_of(raw: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _merged_record(signed: Any, have: Any, sha256: str) -> Any:
+    """The parity record to use where signatures are required: ``signed`` (the record the signature covers),
+    with every run of ``have`` (the record on disk now) that is not a PASS for this same content laid over it.
+    Records outside the signature may restrict but never permit: a FAIL a device recorded after signing still
+    keeps ``auto`` off the file (a review: the view had put an older signed PASS back over it)."""
+    runs = have.get("backends") if isinstance(have, dict) and have.get("sha256") == sha256 else None
+    refusals = {b: r for b, r in runs.items()
+                if not (isinstance(r, dict) and r.get("passed") is True and r.get("verdict", "PASS") == "PASS")} \
+        if isinstance(runs, dict) else {}
+    if not refusals:
+        return signed
+    base: dict[str, Any] = signed if isinstance(signed, dict) and isinstance(signed.get("backends"), dict) else \
+        {"sha256": sha256, "backends": {}}
+    runs_now: dict[str, Any] = {**base["backends"], **refusals}
+    return {**base, "backends": runs_now}
+
+
 def with_signed_parity(manifest: Manifest, signed: Mapping[str, Any] | None) -> Manifest:
     """``manifest`` with each file's parity record replaced by the one its signature covers (``signed``; None: a
     signature made before uopsl signed records, which covers none), so a record written after signing (or
     forged: a review showed it could make ``auto`` run a signed INT8 file that FAILED validation) decides
-    nothing where signatures are required. What is set aside is logged."""
+    nothing where signatures are required, except that a verdict other than PASS recorded since for the same
+    file content still counts (:func:`_merged_record`). What is set aside is logged."""
+    files, set_aside = [], set_aside_paths(manifest, signed)
     signed = signed or {}
-    files, set_aside = [], []
     for f in manifest.files:
         have = f.info.get(PARITY_KEY)
-        want = signed.get(f.path)
+        want = _merged_record(signed.get(f.path), have, f.sha256)
         if have == want:
             files.append(f)
             continue
-        if have is not None:
-            set_aside.append(f.path)
         info = {k: v for k, v in f.info.items() if k != PARITY_KEY}
         if want is not None:
             info[PARITY_KEY] = want
@@ -479,6 +495,13 @@ def with_signed_parity(manifest: Manifest, signed: Mapping[str, Any] | None) -> 
                  "signed bundles): %s; validate before signing, or sign again after validating",
                  ", ".join(set_aside))
     return replace(manifest, files=tuple(files)) if files != list(manifest.files) else manifest
+
+
+def set_aside_paths(manifest: Manifest, signed: Mapping[str, Any] | None) -> list[str]:
+    """The files whose parity record on disk differs from the one used where signatures are required."""
+    signed = signed or {}
+    return [f.path for f in manifest.files if f.info.get(PARITY_KEY) is not None
+            and f.info.get(PARITY_KEY) != _merged_record(signed.get(f.path), f.info.get(PARITY_KEY), f.sha256)]
 
 
 @dataclass(frozen=True)
@@ -592,6 +615,15 @@ def _read_signature(root: Path) -> dict[str, Any] | None:
             or not isinstance(doc.get("signature"), str)):
         raise BundleError(f"{path}: not a uopsl signature (expected payload and signature)")
     return doc
+
+
+def current_signature_id(bundle: str | os.PathLike[str]) -> str:
+    """The signature id of the signature ``bundle`` holds now ("" when it holds none or one that cannot be read)."""
+    try:
+        doc = _read_signature(Path(bundle))
+    except BundleError:
+        return ""
+    return signature_id(doc["payload"]) if doc is not None else ""
 
 
 def check_signature(bundle: str | os.PathLike[str], trusted: Sequence[TrustedKey] = (), *,

@@ -784,3 +784,50 @@ def test_only_signed_parity_records_decide_where_signatures_are_required(
     record_parity(signed, {"model.onnx": {"ort-cpu": {"verdict": "PASS", "passed": True}}})
     assert main(["info", str(signed), "--trusted-key", str(keys["public"])]) == 0
     assert "parity records not covered by the signature, not used here: model.onnx" in capsys.readouterr().out
+
+
+def test_a_refusal_recorded_after_signing_still_counts_where_signatures_are_required(
+        signed: Path, keys: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    """A third review: the signed view put an older signed PASS back over a FAIL a device recorded since, and
+    `info --json` reported the raw records. Records outside the signature may restrict, never permit."""
+    from uopsl.export.bundle_writer import record_parity
+    from uopsl.runtime.bundle import parity_status
+    from uopsl.runtime.cli import main
+    from uopsl.runtime.signing import open_trusted
+    from uopsl.train.cli import cli
+
+    passed = {"verdict": "PASS", "passed": True}
+    record_parity(signed, {"model.int8.onnx": {"ort-cpu": passed, "openvino": passed}})
+    res = CliRunner().invoke(cli, ["sign", str(signed), "--key", str(keys["private"])])
+    assert res.exit_code == 0 and "note: this replaces release " in res.output, res.output
+    record_parity(signed, {"model.int8.onnx": {"ort-cpu": {"verdict": "FAIL", "passed": False,
+                                                           "reasons": ["flip_rate 0.02 > 0.005"]}}})
+    view, check = open_trusted(signed, trusted_keys=[keys["public"]])
+    runs = view.file("model.int8.onnx").info["parity"]["backends"]
+    assert runs["ort-cpu"]["verdict"] == "FAIL" and runs["openvino"]["verdict"] == "PASS"  # the signed PASS stays
+    ok, why = parity_status(view.file("model.int8.onnx"), "ort-cpu", manifest=view)
+    assert not ok and "failed parity validation on ort-cpu (flip_rate 0.02" in why
+    assert main(["info", str(signed), "--json", "--trusted-key", str(keys["public"])]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["signature"]["parity_set_aside"] == []  # the FAIL is used, nothing set aside
+    f = next(x for x in info["manifest"]["files"] if x["path"] == "model.int8.onnx")
+    assert f["info"]["parity"]["backends"]["ort-cpu"]["verdict"] == "FAIL"
+
+
+def test_a_screener_opened_before_keys_existed_stops_if_its_choice_rested_on_unsigned_records(
+        signed: Path, tmp_path: Path, keys: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    import uopsl.runtime.signing as signing
+    from tinybundle import fundus_jpeg
+    from uopsl.export.bundle_writer import record_parity
+    from uopsl.runtime.api import Screener
+
+    monkeypatch.setattr(Screener, "TRUST_RECHECK_S", 0.0)
+    record_parity(signed, {"model.int8.onnx": {"ort-cpu": {"verdict": "PASS", "passed": True}}})  # unsigned
+    photo = fundus_jpeg(tmp_path / "in" / "a.jpg", seed=1)
+    monkeypatch.setattr(signing, "_system_dir_for_tests", tmp_path / "no-keys-yet")
+    with Screener(signed, backend="ort-cpu") as s:
+        assert s.signature is None and s.screen(photo).status == "ok"
+        _machine_folder(tmp_path, keys, monkeypatch)
+        with pytest.raises(BundleError, match="parity records the signature does not cover: open the Screener"):
+            s.screen(photo)
+    assert Screener(signed, backend="ort-cpu").signature.trusted  # type: ignore[union-attr]  # opened again: fine

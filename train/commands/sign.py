@@ -109,14 +109,20 @@ def sign_command(bundle: Path, key_path: Path, password_env: str | None, passwor
     """Sign BUNDLE (verified first) as it is now: run it last, after quantize, validate, intended-use and any
     engine you ship; anything added later (other than parity records) voids the signature on devices."""
     from uopsl.runtime.bundle import read_manifest_raw, verify_or_raise
-    from uopsl.runtime.signing import SIGNATURE_FILE, sign_bundle
+    from uopsl.runtime.signing import SIGNATURE_FILE, current_signature_id, sign_bundle
 
     # One read: checksums first (a damaged file gets the checksum's message, not a parser's), then what they
     # cannot see, then the signature over that same read.
     manifest, raw = read_manifest_raw(bundle)
     verify_or_raise(bundle, manifest, raw)
     _refuse_external_data(bundle, manifest)
+    earlier = current_signature_id(bundle)
     done = sign_bundle(bundle, key_path, _password(password_env, password_prompt), verified=(manifest, raw))
     click.echo(f"{bundle / SIGNATURE_FILE}: signed with key {done.key_id} at {done.signed_at}")
     # What a recall names in the devices' revocation lists (docs/deployment.md, "Revoking").
     click.echo(f"signature id {done.signature_id} (keep it with the release)")
+    if earlier and earlier != done.signature_id:
+        # The earlier signature.json stays valid for these files: a copy of it can be put back (a review).
+        click.echo(f"note: this replaces release {earlier}, which devices keep accepting for these files; if it "
+                   f"must not be used any more (a verdict that turned FAIL), publish 'release {earlier}' in their "
+                   "revocation lists (docs/deployment.md, \"Revoking\")")
