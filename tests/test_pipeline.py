@@ -285,16 +285,10 @@ def test_an_input_that_raises_comes_after_every_result_before_it(tmp_path: Path,
 def test_a_backend_that_keeps_failing_names_the_inputs_left_without_a_result(tiny_bundle: Path,
                                                                              tmp_path: Path) -> None:
     paths = [fundus_jpeg(tmp_path / f"g{i}.jpg", seed=i) for i in range(12)]
+    from tinybundle import fail_after_first_batch
+
     with Screener(tiny_bundle, "ort-cpu", threads=1, batch_size=2, workers=2, max_inference_failures=2) as s:
-        real, calls = s.backend.infer, [0]
-
-        def sticky(x: np.ndarray) -> dict[str, np.ndarray]:
-            calls[0] += 1
-            if calls[0] == 1:
-                return real(x)
-            raise BackendError("tensorrt: an illegal memory access")
-
-        s.backend.infer = sticky  # type: ignore[method-assign]
+        fail_after_first_batch(s.backend, "tensorrt: an illegal memory access")
         results = []
         with pytest.raises(BackendError, match="inference failed 2 times in a row") as err:
             for r in s.screen_many(paths):

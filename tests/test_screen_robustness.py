@@ -579,17 +579,11 @@ def test_23_leftover_temporaries_are_removed(tiny_bundle: Path, tmp_path: Path) 
 # -- device review 19: a backend that keeps failing ------------------------------------------------------------
 def test_device19_repeated_inference_failures_raise_and_say_reopen(tiny_bundle: Path, tmp_path: Path) -> None:
     good = _good(tmp_path / "in", 5)
+    from tinybundle import fail_after_first_batch
+
     with Screener(tiny_bundle, "ort-cpu", threads=1, batch_size=1, max_inference_failures=3) as s:
         real = s.backend.infer
-        calls = [0]
-
-        def sticky(x: np.ndarray) -> dict[str, np.ndarray]:
-            calls[0] += 1
-            if calls[0] == 1:
-                return real(x)
-            raise BackendError("tensorrt: cudaStreamSynchronize failed (an illegal memory access)")
-
-        s.backend.infer = sticky  # type: ignore[method-assign]
+        fail_after_first_batch(s.backend, "tensorrt: cudaStreamSynchronize failed (an illegal memory access)")
         with pytest.raises(BackendError, match="inference failed 3 times in a row .*close the Screener and open a "
                                                "new one"):
             s.screen_to(tmp_path / "out", [tmp_path / "in"])

@@ -166,3 +166,19 @@ def screen_run_in_progress(bundle: Path, photos: Path, out: Path, rows: int = 6,
             break
         time.sleep(0.01)
     return proc, cmd[3:]
+
+
+def fail_after_first_batch(backend: object, message: str) -> None:
+    """Make ``backend.infer`` answer its first call and raise ``BackendError(message)`` on every later one (a GPU
+    that goes into a sticky error state)."""
+    from uopsl.runtime.errors import BackendError
+
+    real, calls = backend.infer, [0]  # type: ignore[attr-defined]
+
+    def sticky(x: np.ndarray) -> dict[str, np.ndarray]:
+        calls[0] += 1
+        if calls[0] == 1:
+            return real(x)  # type: ignore[no-any-return]
+        raise BackendError(message)
+
+    backend.infer = sticky  # type: ignore[attr-defined]
