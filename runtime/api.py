@@ -344,13 +344,13 @@ class Screener:
 
         Paths and bytes of a JPEG larger than the model size may be decoded at
         1/2-1/8 scale by libjpeg (``PreprocessConfig.fast_decode``, ``decode_min_ratio``),
-        as in training and ``uopsl validate``. An array decoded elsewhere is shrunk
-        by the same factor with area averaging, which comes close but not exactly
-        (TVHL: 0.17 grey levels apart on average, against 0.5 without; the demo's
-        model, on real photographs it never saw in training, still moved by up to
-        0.36 in probability; ``benchmarks/compare_array_inputs.py``). Pass the file,
-        or the camera's JPEG bytes, which give exactly the file's result. An array
-        in BGR order (``cv2.imread``) comes back ungradable (``not_fundus_colour``).
+        as in training and ``uopsl validate``; an array decoded elsewhere at full
+        size gives a model input about a grey level apart, and a sensitive model
+        can then call some findings differently (a review: the demo's model, on
+        real photographs it never saw in training, moved probabilities by up to
+        0.69 and changed findings on 10 of 39). Pass the file, or the camera's
+        JPEG bytes, which give exactly the file's result. An array in BGR order
+        (``cv2.imread``) comes back ungradable (``not_fundus_colour``).
         """
         items = list(as_items([image]))
         if len(items) != 1:

@@ -1060,23 +1060,8 @@ def _jpeg_reduction(data: bytes, cfg: PreprocessConfig,
     # enlarged a little). On the 1,058 TVHL photographs against a full decode
     # (docs/results.md, "Preprocessing cost"): model inputs 0.9 grey levels apart
     # on average, no gate verdict changes at 224 px, 9 at 256 px.
-    return _reduction_for(w, h, cfg)
-
-
-def _reduction_for(w: int, h: int, cfg: PreprocessConfig) -> int:
-    """The largest DCT scale of a ``w`` x ``h`` frame that keeps the short side at what the model needs."""
     need = max(cfg.decode_min_ratio * cfg.size * (1.0 + cfg.fov_margin), cfg.decode_min_side)
     return next((f for f in _dct_scales(w, h) if min(w, h) / f >= need), 1)
-
-
-def _reduce_array(rgb: np.ndarray, scale: int) -> np.ndarray:
-    """``rgb`` shrunk by the integer ``scale`` with area averaging: for an array decoded elsewhere, what
-    libjpeg's DCT scaling gives a file (a block average, band-limited). A review measured arrays against their
-    files: the model input 0.88 grey levels apart without this, 0.36 with it."""
-    if scale == 1:
-        return rgb
-    h, w = rgb.shape[:2]
-    return cv2.resize(rgb, (w // scale, h // scale), interpolation=cv2.INTER_AREA)
 
 
 def _finer_scale(size: tuple[int, int], scale: int, fov_side_full: float, cfg: PreprocessConfig) -> int:
@@ -1170,7 +1155,6 @@ def preprocess(
     False, the quality gate decides).
     """
     cfg = config or PreprocessConfig()
-    given_array = isinstance(data, np.ndarray)
     if isinstance(data, bytes) and is_dicom(data):
         # The JPEG or JPEG 2000 it wraps (decoded, and scaled down, as that file would be), or its pixels.
         data = dicom_picture(data, cfg.max_pixels, source)
@@ -1182,13 +1166,8 @@ def preprocess(
             rgb = cv2.cvtColor(_to_uint8(rgb), cv2.COLOR_GRAY2RGB)
         elif rgb.ndim != 3 or rgb.shape[2] != 3:
             raise ImageDecodeError(f"expected an HxWx3 RGB array, got shape {rgb.shape}", source=source)
-        full = _to_uint8(rgb)
-        fmt, stored = "", (full.shape[1], full.shape[0])
-        # An array given by a caller is reduced as a JPEG file of its size would be decoded (fast_decode), so
-        # it gets nearly the pixels its file would: training, calibration and validation all read files. A
-        # DICOM file's raw pixels keep their full-size path (PREPROCESS_VERSION 7; results folders hold them).
-        scale = _reduction_for(full.shape[1], full.shape[0], cfg) if cfg.fast_decode and given_array else 1
-        rgb = _reduce_array(full, scale)
+        rgb = _to_uint8(rgb)
+        scale, fmt, stored = 1, "", (0, 0)
     else:
         # The header is read once: format, completeness, pixel limit, and the JPEG frame for the decode scale.
         fmt = check_image_bytes(data, cfg.max_pixels, source)
@@ -1204,15 +1183,12 @@ def preprocess(
         )
     cx, cy, r, fill, _, fields = find_fov(rgb, cfg.fov_threshold)
     found = fill >= cfg.fov_min_fill and r >= 0.2 * min(h, w)
-    if found and scale > 1 and not cfg.uses_legacy_decode_rule:
+    if found and scale > 1 and isinstance(data, bytes) and not cfg.uses_legacy_decode_rule:
         # The decode scale was chosen from the frame's short side; a field of view much
         # narrower than the frame would then be enlarged. Decode finer (once) instead.
         finer = _finer_scale(stored, scale, 2 * r * (1.0 + cfg.fov_margin) * scale, cfg)
         if finer != scale:
-            if isinstance(data, np.ndarray):  # only a caller's array is reduced (see above)
-                rgb, scale = _reduce_array(full, finer), finer
-            else:
-                rgb, scale = _decode_at(data, fmt, stored, finer, cfg, source)
+            rgb, scale = _decode_at(data, fmt, stored, finer, cfg, source)
             h, w = rgb.shape[:2]
             cx, cy, r, fill, _, fields = find_fov(rgb, cfg.fov_threshold)
             found = fill >= cfg.fov_min_fill and r >= 0.2 * min(h, w)

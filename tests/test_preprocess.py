@@ -567,32 +567,6 @@ def test_large_jpeg_fast_decode_matches_full_decode() -> None:
     assert diff.mean() < 2.0, diff.mean()  # DCT-domain scaling vs area resampling: sub-grey-level on average
 
 
-def test_an_array_is_reduced_as_its_jpeg_file_would_be_decoded() -> None:
-    """A review: an array decoded by the caller skipped the reduced-scale decode its file gets, so the model saw
-    other pixels (0.5 grey levels on TVHL) and a sensitive model other findings. It is now shrunk by the same
-    factor with area averaging."""
-    import cv2
-
-    from imagekit import draw_fake_fundus
-    from uopsl.runtime.preprocess import PreprocessConfig, preprocess
-
-    big = cv2.resize(draw_fake_fundus(512, seed=3), (2880, 2560), interpolation=cv2.INTER_CUBIC)
-    data = cv2.imencode(".jpg", cv2.cvtColor(big, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 92])[1].tobytes()
-    rgb = cv2.cvtColor(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
-    cfg = PreprocessConfig(size=320)
-    from_file, from_array = preprocess(data, cfg), preprocess(rgb, cfg)
-    unreduced = preprocess(rgb, PreprocessConfig(size=320, fast_decode=False))
-    assert from_array.original_shape == from_file.original_shape == (2560, 2880, 3)
-    g, h = from_array.geometry, from_file.geometry
-    assert abs(g.cx - h.cx) <= 8 and abs(g.cy - h.cy) <= 8 and abs(g.radius - h.radius) <= 8
-
-    def apart(a: np.ndarray) -> float:
-        return float(np.abs(a.astype(np.int16) - from_file.image.astype(np.int16)).mean())
-
-    assert apart(from_array.image) < apart(unreduced.image)  # closer to the file than a full-size path
-    assert apart(from_array.image) < 0.5, apart(from_array.image)
-
-
 # -- fast paths that must give the same numbers as the straightforward code -----------------------
 @pytest.mark.parametrize("n", [37, 100, 225, 257, 300, 449, 460, 512, 513, 640, 1000, 1100])
 def test_resize_square_is_cv2_resize_pixel_for_pixel(n: int) -> None:
