@@ -345,12 +345,12 @@ class Screener:
         Paths and bytes of a JPEG larger than the model size may be decoded at
         1/2-1/8 scale by libjpeg (``PreprocessConfig.fast_decode``, ``decode_min_ratio``),
         as in training and ``uopsl validate``; an array decoded elsewhere at full
-        size gives a model input about a grey level apart, and a sensitive model
-        can then call some findings differently (a review: the demo's model, on
-        real photographs it never saw in training, moved probabilities by up to
-        0.69 and changed findings on 10 of 39). Pass the file, or the camera's
-        JPEG bytes, which give exactly the file's result. An array in BGR order
-        (``cv2.imread``) comes back ungradable (``not_fundus_colour``).
+        size gives a model input about half a grey level apart (TVHL), and a
+        sensitive model can then call some findings differently (the demo's
+        model, on real photographs it never saw in training, moved by up to 0.61
+        in probability; ``benchmarks/compare_array_inputs.py``). Pass the file, or
+        the camera's JPEG bytes, which give exactly the file's result. An array in
+        BGR order (``cv2.imread``) comes back ungradable (``not_fundus_colour``).
         """
         items = list(as_items([image]))
         if len(items) != 1:
