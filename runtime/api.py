@@ -29,7 +29,7 @@ from typing import Any
 
 from uopsl.runtime.backends import BACKEND_NAMES, PRECISIONS, Selection, open_and_enter
 from uopsl.runtime.backends.base import Backend, check_gpu_index
-from uopsl.runtime.bundle import Manifest
+from uopsl.runtime.bundle import Manifest, parity_status
 from uopsl.runtime.errors import BundleError, ConfigError, UopslError
 from uopsl.runtime.intended_use import IntendedUse
 from uopsl.runtime.signing import SignatureCheck, open_trusted, recheck_signature, trust_state, with_signed_parity
@@ -297,18 +297,32 @@ class Screener:
             return
         try:
             check = recheck_signature(self.bundle, self.manifest, self.signature, self._trusted_keys)
-            if check is not None and self.signature is None and \
-                    with_signed_parity(self.manifest, check.signed_parity) != self.manifest:
-                # Opened while this machine trusted no key: its backend may rest on parity records the signature
-                # does not cover, which a machine that requires signatures does not use.
-                raise BundleError(f"{self.bundle}: this machine now requires signed bundles, and the backend was "
-                                  "chosen with parity records the signature does not cover: open the Screener again")
+            view = self.manifest
+            if check is not None and self.signature is None:
+                # Opened while this machine trusted no key: from now on only the parity records the signature
+                # covers count, and the file already chosen must still be one auto would choose.
+                view = with_signed_parity(self.manifest, check.signed_parity)
+                problem = self._choice_problem(view)
+                if problem:
+                    raise BundleError(f"{self.bundle}: this machine now requires signed bundles, and {problem}; "
+                                      "make a new Screener for it")
         except UopslError:
             self._untrusted = True  # judged again at every batch until keys and lists trust it again
             raise
+        self.manifest = view
         self.signature = check
         self._untrusted = False
         self._trust_state = now
+
+    def _choice_problem(self, view: Manifest) -> str:
+        """Why the file this open Screener runs would not be chosen under ``view`` ("" when it would, or when
+        nothing was chosen unasked: FP32, a precision asked for by name, a Screener not open yet)."""
+        b = self._backend
+        sel = getattr(b, "selection", None) if b is not None else None
+        if sel is None or sel.precision == "fp32" or self.precision != "auto":
+            return ""
+        ok, why = parity_status(view.file(sel.file), sel.backend, manifest=view)
+        return "" if ok else f"{sel.file} on {sel.backend} was chosen by parity records it does not sign ({why})"
 
     def _recheck_trust_now_and_then(self) -> None:
         if self._untrusted or time.monotonic() - self._trust_checked >= self.TRUST_RECHECK_S:

@@ -266,6 +266,7 @@ def info_cmd(bundle: Path, as_json: bool, trusted_keys: Sequence[Path]) -> int:
     sig = check_signature(bundle, keys, raw=raw)
     refused = bool(bad) or (bool(keys) and not sig.trusted)
     aside: list[str] = []
+    as_read = m  # --json shows the manifest as the file holds it
     if keys and sig.trusted:  # what auto reads here: the records the signature covers (and later refusals)
         from uopsl.runtime.signing import set_aside_paths, with_signed_parity
 
@@ -278,7 +279,7 @@ def info_cmd(bundle: Path, as_json: bool, trusted_keys: Sequence[Path]) -> int:
                     "reason": r.reason, "source": r.source} for r in revoked.values()]
     if as_json:
         use = {**m.intended_use.to_dict(), "warning": m.intended_use.warning()}
-        click.echo(json.dumps({"manifest": m.to_dict(), "intended_use": use, "checksums_ok": not bad,
+        click.echo(json.dumps({"manifest": as_read.to_dict(), "intended_use": use, "checksums_ok": not bad,
                                "checksum_failures": bad,
                                "signature": {**sig.to_dict(), "keys_trusted_here": [k.key_id for k in keys],
                                              "revocations_here": revocations,

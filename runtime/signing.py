@@ -498,10 +498,27 @@ def with_signed_parity(manifest: Manifest, signed: Mapping[str, Any] | None) -> 
 
 
 def set_aside_paths(manifest: Manifest, signed: Mapping[str, Any] | None) -> list[str]:
-    """The files whose parity record on disk differs from the one used where signatures are required."""
+    """The runs on disk ("FILE on BACKEND") that are not the ones used where signatures are required: recorded
+    after signing, or changed since (a non-PASS recorded since is used, so it is not listed)."""
     signed = signed or {}
-    return [f.path for f in manifest.files if f.info.get(PARITY_KEY) is not None
-            and f.info.get(PARITY_KEY) != _merged_record(signed.get(f.path), f.info.get(PARITY_KEY), f.sha256)]
+    out = []
+    for f in manifest.files:
+        have = f.info.get(PARITY_KEY)
+        if not isinstance(have, dict) or not isinstance(have.get("backends"), dict):
+            continue
+        runs: dict[str, Any] = have["backends"]
+        merged = _merged_record(signed.get(f.path), have, f.sha256)
+        used: dict[str, Any] = {}
+        if isinstance(merged, dict) and isinstance(merged.get("backends"), dict) and \
+                merged.get("sha256") == have.get("sha256"):
+            used = merged["backends"]
+        out += [f"{f.path} on {b}" for b, r in sorted(runs.items()) if used.get(b) != r]
+    return out
+
+
+def _without_parity(manifest: Manifest) -> Manifest:
+    return replace(manifest, files=tuple(replace(f, info={k: v for k, v in f.info.items() if k != PARITY_KEY})
+                                         for f in manifest.files))
 
 
 @dataclass(frozen=True)
@@ -761,7 +778,9 @@ def recheck_signature(bundle: str | os.PathLike[str], manifest: Manifest, check:
         return None
     if check is None or not check.trusted:
         now, raw = read_manifest_raw(bundle)
-        if now != manifest:
+        # Parity records aside: ``manifest`` may be the signed view of an earlier check (keys removed, then
+        # put back), and a device may add records; neither is a change to the bundle.
+        if _without_parity(now) != _without_parity(manifest):
             raise BundleError(f"bundle {bundle} changed since it was opened, and this machine now trusts signing "
                               "keys: open it again")
         return require_signature(bundle, keys, raw=raw)

@@ -783,7 +783,8 @@ def test_only_signed_parity_records_decide_where_signatures_are_required(
     sign_bundle(signed, keys["private"])
     record_parity(signed, {"model.onnx": {"ort-cpu": {"verdict": "PASS", "passed": True}}})
     assert main(["info", str(signed), "--trusted-key", str(keys["public"])]) == 0
-    assert "parity records not covered by the signature, not used here: model.onnx" in capsys.readouterr().out
+    assert "parity records not covered by the signature, not used here: model.onnx on ort-cpu" in \
+        capsys.readouterr().out
 
 
 def test_a_refusal_recorded_after_signing_still_counts_where_signatures_are_required(
@@ -816,18 +817,45 @@ def test_a_refusal_recorded_after_signing_still_counts_where_signatures_are_requ
 
 def test_a_screener_opened_before_keys_existed_stops_if_its_choice_rested_on_unsigned_records(
         signed: Path, tmp_path: Path, keys: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only a file chosen unasked on the strength of unsigned records stops it (a fourth review: an FP32
+    Screener was stopped too, and the message said its choice rested on records)."""
+    import uopsl.runtime.signing as signing
+    from tinybundle import fundus_jpeg
+    from uopsl.export.bundle_writer import record_parity
+    from uopsl.runtime.api import Screener
+    from uopsl.runtime.backends import Selection
+
+    monkeypatch.setattr(Screener, "TRUST_RECHECK_S", 0.0)
+    record_parity(signed, {"model.int8.onnx": {"ort-cpu": {"verdict": "PASS", "passed": True}}})  # unsigned
+    photo = fundus_jpeg(tmp_path / "in" / "a.jpg", seed=1)
+    monkeypatch.setattr(signing, "_system_dir_for_tests", tmp_path / "no-keys-yet")
+    with Screener(signed, backend="ort-cpu") as fp32, Screener(signed, backend="ort-cpu") as int8:
+        # As if auto had picked the INT8 file on its (unsigned) PASS.
+        int8._backend.selection = Selection("ort-cpu", "int8-qdq-u8", "model.int8.onnx", "auto")  # type: ignore[union-attr]
+        assert fp32.signature is None and fp32.screen(photo).status == "ok"
+        _machine_folder(tmp_path, keys, monkeypatch)
+        assert fp32.screen(photo).status == "ok"  # FP32: nothing rested on a record
+        assert fp32.signature is not None and "parity" not in fp32.manifest.file("model.int8.onnx").info
+        with pytest.raises(BundleError, match="model.int8.onnx on ort-cpu was chosen by parity records it does "
+                                              "not sign .*make a new Screener"):
+            int8.screen(photo)
+    assert Screener(signed, backend="ort-cpu").signature.trusted  # type: ignore[union-attr]  # a new one: fine
+
+
+def test_keys_removed_and_put_back_do_not_read_as_a_changed_bundle(
+        signed: Path, tmp_path: Path, keys: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
     import uopsl.runtime.signing as signing
     from tinybundle import fundus_jpeg
     from uopsl.export.bundle_writer import record_parity
     from uopsl.runtime.api import Screener
 
     monkeypatch.setattr(Screener, "TRUST_RECHECK_S", 0.0)
-    record_parity(signed, {"model.int8.onnx": {"ort-cpu": {"verdict": "PASS", "passed": True}}})  # unsigned
+    record_parity(signed, {"model.int8.onnx": {"ort-cpu": {"verdict": "PASS", "passed": True}}})  # set aside
     photo = fundus_jpeg(tmp_path / "in" / "a.jpg", seed=1)
-    monkeypatch.setattr(signing, "_system_dir_for_tests", tmp_path / "no-keys-yet")
+    folder = _machine_folder(tmp_path, keys, monkeypatch)
     with Screener(signed, backend="ort-cpu") as s:
-        assert s.signature is None and s.screen(photo).status == "ok"
-        _machine_folder(tmp_path, keys, monkeypatch)
-        with pytest.raises(BundleError, match="parity records the signature does not cover: open the Screener"):
-            s.screen(photo)
-    assert Screener(signed, backend="ort-cpu").signature.trusted  # type: ignore[union-attr]  # opened again: fine
+        assert s.screen(photo).status == "ok"
+        monkeypatch.setattr(signing, "_system_dir_for_tests", tmp_path / "keys-gone")
+        assert s.screen(photo).status == "ok" and s.signature is None
+        monkeypatch.setattr(signing, "_system_dir_for_tests", folder)
+        assert s.screen(photo).status == "ok" and s.signature is not None and s.signature.trusted
