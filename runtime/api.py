@@ -315,11 +315,12 @@ class Screener:
         self._trust_state = now
 
     def _choice_problem(self, view: Manifest) -> str:
-        """Why the file this open Screener runs would not be chosen under ``view`` ("" when it would, or when
-        nothing was chosen unasked: FP32, a precision asked for by name, a Screener not open yet)."""
+        """Why the file this open Screener runs would not be chosen under ``view`` ("" when it would, or when no
+        parity record decided it: FP32 or FP16 (``auto`` checks records for INT8 only), a precision asked for by
+        name, a Screener not open yet)."""
         b = self._backend
         sel = getattr(b, "selection", None) if b is not None else None
-        if sel is None or sel.precision == "fp32" or self.precision != "auto":
+        if sel is None or not sel.precision.startswith("int8") or self.precision != "auto":
             return ""
         ok, why = parity_status(view.file(sel.file), sel.backend, manifest=view)
         return "" if ok else f"{sel.file} on {sel.backend} was chosen by parity records it does not sign ({why})"

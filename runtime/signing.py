@@ -778,8 +778,9 @@ def recheck_signature(bundle: str | os.PathLike[str], manifest: Manifest, check:
         return None
     if check is None or not check.trusted:
         now, raw = read_manifest_raw(bundle)
-        # Parity records aside: ``manifest`` may be the signed view of an earlier check (keys removed, then
-        # put back), and a device may add records; neither is a change to the bundle.
+        # Parity records aside: ``manifest`` may be the signed view of an earlier check (keys removed, then put
+        # back). A record written since also changes the manifest's content hash, and that is refused too: fail
+        # closed (open the bundle again).
         if _without_parity(now) != _without_parity(manifest):
             raise BundleError(f"bundle {bundle} changed since it was opened, and this machine now trusts signing "
                               "keys: open it again")

@@ -829,12 +829,16 @@ def test_a_screener_opened_before_keys_existed_stops_if_its_choice_rested_on_uns
     record_parity(signed, {"model.int8.onnx": {"ort-cpu": {"verdict": "PASS", "passed": True}}})  # unsigned
     photo = fundus_jpeg(tmp_path / "in" / "a.jpg", seed=1)
     monkeypatch.setattr(signing, "_system_dir_for_tests", tmp_path / "no-keys-yet")
-    with Screener(signed, backend="ort-cpu") as fp32, Screener(signed, backend="ort-cpu") as int8:
-        # As if auto had picked the INT8 file on its (unsigned) PASS.
+    with Screener(signed, backend="ort-cpu") as fp32, Screener(signed, backend="ort-cpu") as int8, \
+            Screener(signed, backend="ort-cpu") as fp16:
+        # As if auto had picked the INT8 file on its (unsigned) PASS, or an FP16 engine (auto reads no record
+        # for those: a fifth review found them stopped too).
         int8._backend.selection = Selection("ort-cpu", "int8-qdq-u8", "model.int8.onnx", "auto")  # type: ignore[union-attr]
+        fp16._backend.selection = Selection("tensorrt", "fp16", "model.onnx", "auto")  # type: ignore[union-attr]
         assert fp32.signature is None and fp32.screen(photo).status == "ok"
         _machine_folder(tmp_path, keys, monkeypatch)
         assert fp32.screen(photo).status == "ok"  # FP32: nothing rested on a record
+        assert fp16.screen(photo).status == "ok"
         assert fp32.signature is not None and "parity" not in fp32.manifest.file("model.int8.onnx").info
         with pytest.raises(BundleError, match="model.int8.onnx on ort-cpu was chosen by parity records it does "
                                               "not sign .*make a new Screener"):
