@@ -194,6 +194,11 @@ class Screener:
         self.csv_style = csv_style
         self.device = check_gpu_index(device)
         self.bundle = Path(bundle)
+        # Plain names, checked before the bundle's files are hashed (they were refused only at open()).
+        if backend != "auto" and backend not in BACKEND_NAMES:
+            raise ConfigError(f"unknown backend {backend!r}; expected 'auto' or one of {', '.join(BACKEND_NAMES)}")
+        if precision not in PRECISIONS:
+            raise ConfigError(f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
         # A device that trusts its maker's keys screens only with bundles that maker signed (runtime/signing.py);
         # the checksums and the signature are checked on one read of the manifest, the one used from here on.
         self.manifest: Manifest
@@ -221,11 +226,6 @@ class Screener:
                         "the report will say so", self.bundle)
         self.identity: ModelIdentity = replace(model_identity(self.bundle, self.manifest),
                                                preprocess_version=PREPROCESS_VERSION)
-        # Plain names, checked now rather than at open() (after the bundle's files were hashed).
-        if backend != "auto" and backend not in BACKEND_NAMES:
-            raise ConfigError(f"unknown backend {backend!r}; expected 'auto' or one of {', '.join(BACKEND_NAMES)}")
-        if precision not in PRECISIONS:
-            raise ConfigError(f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
         self.backend_name = backend
         self.precision = precision
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, numbers.Integral)

@@ -744,7 +744,7 @@ def trust_state(extra: str | os.PathLike[str] | Iterable[str | os.PathLike[str]]
     """A cheap fingerprint of what this machine's trust is read from: each trusted-keys folder, its entries
     (keys, revocation list) and the key files named elsewhere, by inode, size and times. Equal fingerprints:
     nothing to read again (a few stat calls; :meth:`uopsl.runtime.api.Screener.recheck_trust` compares them
-    before every batch)."""
+    before batches, at most every ``TRUST_RECHECK_S`` seconds)."""
     env = os.environ if environ is None else environ
     folders = [_system_dir_for_tests or system_keys_dir(env)]
     if env.get(TRUSTED_KEYS_DIR_ENV):
