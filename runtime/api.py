@@ -32,7 +32,14 @@ from uopsl.runtime.backends.base import Backend, check_gpu_index
 from uopsl.runtime.bundle import Manifest, parity_status
 from uopsl.runtime.errors import BundleError, ConfigError, UopslError
 from uopsl.runtime.intended_use import IntendedUse
-from uopsl.runtime.signing import SignatureCheck, open_trusted, recheck_signature, trust_state, with_signed_parity
+from uopsl.runtime.signing import (
+    SignatureCheck,
+    key_paths,
+    open_trusted,
+    recheck_signature,
+    trust_state,
+    with_signed_parity,
+)
 from uopsl.runtime import progress as progress_bars
 from uopsl.runtime.overlay import OVERLAY_DIR, THUMB_DIR, write_overlay, write_thumbnail
 from uopsl.runtime.pipeline import (
@@ -206,9 +213,7 @@ class Screener:
         self.signature: SignatureCheck | None
         # Read once, as absolute paths: a one-shot iterable (a glob) must not be used up by the first of the
         # reads below, and a later chdir must not move the files the re-checks read (a review).
-        keys_given = None if trusted_keys is None else [
-            os.path.abspath(k) for k in ([trusted_keys] if isinstance(trusted_keys, (str, os.PathLike))
-                                         else trusted_keys)]
+        keys_given = key_paths(trusted_keys)
         self._trusted_keys = keys_given
         self._trust_state = trust_state(keys_given)  # before reading them: a change meanwhile is seen later
         self._trust_checked = time.monotonic()

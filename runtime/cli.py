@@ -268,10 +268,9 @@ def info_cmd(bundle: Path, as_json: bool, trusted_keys: Sequence[Path]) -> int:
     aside: list[str] = []
     as_read = m  # --json shows the manifest as the file holds it
     if keys and sig.trusted:  # what auto reads here: the records the signature covers (and later refusals)
-        from uopsl.runtime.signing import set_aside_paths, with_signed_parity
+        from uopsl.runtime.signing import signed_parity_view
 
-        aside = set_aside_paths(m, sig.signed_parity)
-        m = with_signed_parity(m, sig.signed_parity)
+        m, aside = signed_parity_view(m, sig.signed_parity)
     table = backend_table(bundle, m)
     # The revocations this machine applies (every source; those for keys it does not trust change nothing).
     revoked = {(r.kind, r.ident, r.before, r.reason, r.source): r for k in keys for r in k.revocations}

@@ -384,15 +384,29 @@ def _revocations_in_folder(folder: Path) -> tuple[Revocation, ...]:
     return () if path is None else read_revocations(path)
 
 
+def _trust_folders(env: Mapping[str, str]) -> list[Path]:
+    """The machine's trusted-keys folder, then the one :data:`TRUSTED_KEYS_DIR_ENV` names (if set)."""
+    folders = [_system_dir_for_tests or system_keys_dir(env)]
+    if env.get(TRUSTED_KEYS_DIR_ENV):
+        folders.append(Path(env[TRUSTED_KEYS_DIR_ENV]))
+    return folders
+
+
+def key_paths(keys: str | os.PathLike[str] | Iterable[str | os.PathLike[str]] | None) -> list[str]:
+    """``keys`` (one key file or several, a one-shot iterable included) as a list of absolute paths, read once:
+    what later reads of the same keys use, whatever the working directory is by then."""
+    if keys is None:
+        return []
+    given = [keys] if isinstance(keys, (str, os.PathLike)) else list(keys)
+    return [os.path.abspath(k) for k in given]
+
+
 def configured_revocations(environ: Mapping[str, str] | None = None) -> tuple[Revocation, ...]:
     """The entries of the :data:`REVOCATIONS_FILE` of this machine's trusted-keys folder and of the folder
     :data:`TRUSTED_KEYS_DIR_ENV` names: a revocation wins over every source of keys, so a key an operator
     added by hand (``--trusted-key``) is refused once its maker revokes it."""
     env = os.environ if environ is None else environ
-    folders = [_system_dir_for_tests or system_keys_dir(env)]
-    if env.get(TRUSTED_KEYS_DIR_ENV):
-        folders.append(Path(env[TRUSTED_KEYS_DIR_ENV]))
-    return tuple(r for folder in folders for r in _revocations_in_folder(folder))
+    return tuple(r for folder in _trust_folders(env) for r in _revocations_in_folder(folder))
 
 
 def configured_key_files(environ: Mapping[str, str] | None = None) -> tuple[str, ...]:
@@ -400,9 +414,7 @@ def configured_key_files(environ: Mapping[str, str] | None = None) -> tuple[str,
     :data:`TRUSTED_KEYS_DIR_ENV` names (an addition, not a replacement), then the files
     :data:`TRUSTED_KEYS_ENV` lists."""
     env = os.environ if environ is None else environ
-    files = list(_keys_in_folder(_system_dir_for_tests or system_keys_dir(env), required=False))
-    if env.get(TRUSTED_KEYS_DIR_ENV):
-        files += _keys_in_folder(Path(env[TRUSTED_KEYS_DIR_ENV]), required=True)
+    files = [f for i, folder in enumerate(_trust_folders(env)) for f in _keys_in_folder(folder, required=i > 0)]
     return tuple(files) + trusted_keys_from_env(env)
 
 
@@ -413,13 +425,7 @@ _system_dir_for_tests: Path | None = None
 def trusted_keys_for(extra: str | os.PathLike[str] | Iterable[str | os.PathLike[str]] | None = None,
                      environ: Mapping[str, str] | None = None) -> tuple[TrustedKey, ...]:
     """The keys this machine trusts (:func:`configured_key_files`) plus ``extra`` (a file or several)."""
-    if extra is None:
-        given: list[str | os.PathLike[str]] = []
-    elif isinstance(extra, (str, os.PathLike)):
-        given = [extra]
-    else:
-        given = list(extra)
-    files = list(dict.fromkeys([*configured_key_files(environ), *(os.fspath(p) for p in given)]))
+    files = list(dict.fromkeys([*configured_key_files(environ), *key_paths(extra)]))
     keys = load_trusted_keys(files)
     if not keys:
         return keys
@@ -478,11 +484,26 @@ def with_signed_parity(manifest: Manifest, signed: Mapping[str, Any] | None) -> 
     forged: a review showed it could make ``auto`` run a signed INT8 file that FAILED validation) decides
     nothing where signatures are required, except that a verdict other than PASS recorded since for the same
     file content still counts (:func:`_merged_record`). What is set aside is logged."""
-    files, set_aside = [], set_aside_paths(manifest, signed)
+    view, set_aside = signed_parity_view(manifest, signed)
+    if set_aside:
+        log.info("parity records not covered by the bundle's signature are not used (this machine requires "
+                 "signed bundles): %s; validate before signing, or sign again after validating",
+                 ", ".join(set_aside))
+    return view
+
+
+def signed_parity_view(manifest: Manifest, signed: Mapping[str, Any] | None) -> tuple[Manifest, list[str]]:
+    """:func:`with_signed_parity`'s manifest, without logging, and the runs on disk ("FILE on BACKEND") it does
+    not use: recorded after signing, or changed since (a non-PASS recorded since is used, so it is not listed)."""
     signed = signed or {}
+    files, set_aside = [], []
     for f in manifest.files:
         have = f.info.get(PARITY_KEY)
         want = _merged_record(signed.get(f.path), have, f.sha256)
+        if isinstance(have, dict) and isinstance(have.get("backends"), dict):
+            used = want["backends"] if isinstance(want, dict) and isinstance(want.get("backends"), dict) and \
+                want.get("sha256") == have.get("sha256") else {}
+            set_aside += [f"{f.path} on {b}" for b, r in sorted(have["backends"].items()) if used.get(b) != r]
         if have == want:
             files.append(f)
             continue
@@ -490,30 +511,8 @@ def with_signed_parity(manifest: Manifest, signed: Mapping[str, Any] | None) -> 
         if want is not None:
             info[PARITY_KEY] = want
         files.append(replace(f, info=info))
-    if set_aside:
-        log.info("parity records not covered by the bundle's signature are not used (this machine requires "
-                 "signed bundles): %s; validate before signing, or sign again after validating",
-                 ", ".join(set_aside))
-    return replace(manifest, files=tuple(files)) if files != list(manifest.files) else manifest
-
-
-def set_aside_paths(manifest: Manifest, signed: Mapping[str, Any] | None) -> list[str]:
-    """The runs on disk ("FILE on BACKEND") that are not the ones used where signatures are required: recorded
-    after signing, or changed since (a non-PASS recorded since is used, so it is not listed)."""
-    signed = signed or {}
-    out = []
-    for f in manifest.files:
-        have = f.info.get(PARITY_KEY)
-        if not isinstance(have, dict) or not isinstance(have.get("backends"), dict):
-            continue
-        runs: dict[str, Any] = have["backends"]
-        merged = _merged_record(signed.get(f.path), have, f.sha256)
-        used: dict[str, Any] = {}
-        if isinstance(merged, dict) and isinstance(merged.get("backends"), dict) and \
-                merged.get("sha256") == have.get("sha256"):
-            used = merged["backends"]
-        out += [f"{f.path} on {b}" for b, r in sorted(runs.items()) if used.get(b) != r]
-    return out
+    view = replace(manifest, files=tuple(files)) if files != list(manifest.files) else manifest
+    return view, set_aside
 
 
 def _without_parity(manifest: Manifest) -> Manifest:
@@ -746,12 +745,9 @@ def trust_state(extra: str | os.PathLike[str] | Iterable[str | os.PathLike[str]]
     nothing to read again (a few stat calls; :meth:`uopsl.runtime.api.Screener.recheck_trust` compares them
     before batches, at most every ``TRUST_RECHECK_S`` seconds)."""
     env = os.environ if environ is None else environ
-    folders = [_system_dir_for_tests or system_keys_dir(env)]
-    if env.get(TRUSTED_KEYS_DIR_ENV):
-        folders.append(Path(env[TRUSTED_KEYS_DIR_ENV]))
-    given = [extra] if isinstance(extra, (str, os.PathLike)) else list(extra or ())
+    given = key_paths(extra)
     state: list[Any] = [tuple(trusted_keys_from_env(env))]
-    for folder in folders:
+    for folder in _trust_folders(env):
         state.append((str(folder), _stat_of(folder)))
         try:
             names = sorted(e.name for e in os.scandir(folder))
