@@ -56,6 +56,13 @@ def test_finetune_records_its_data_in_the_checkpoint(finetuned: Path) -> None:
     assert r["n_images"] == 8 and r["fingerprint"]  # the training part of the pool (8 of 8 here: none left to validate)
 
 
+def test_a_finetune_from_a_checkpoint_fingerprints_its_own_data(finetuned: Path) -> None:
+    """The bundle's ``training_data_fingerprint`` is the fine-tuning set's, not the starting checkpoint's."""
+    saved = json.loads((finetuned / "checkpoint.json").read_text())
+    assert saved["data_fingerprint"] == saved["training_data"][0]["fingerprint"]
+    assert saved["data_fingerprint"] != tiny_model()[1].data_fingerprint
+
+
 def test_a_synthetic_only_model_exports_as_a_demonstration_and_never_as_clinical(
         finetuned: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     def export(out: Path, *extra: str) -> int:

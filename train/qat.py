@@ -292,12 +292,14 @@ def distillation_loss(student: nn.Module, teacher: nn.Module, x: torch.Tensor) -
 
 
 def qat_finetune(model: UopslModel, meta: CheckpointMeta, train_ds: ImageDataset, cfg: QatConfig,
-                 out: Path) -> tuple[UopslModel, dict[str, Any]]:
+                 out: Path, run_key: str = "") -> tuple[UopslModel, dict[str, Any]]:
     """Fine-tune ``model``'s encoder under simulated INT8 towards its own FP32 outputs; write the checkpoint.
 
     ``train_ds``: fundus photographs (targets unused). Resumes an interrupted
     run in ``out`` when rerun with the same settings. Returns the model and
-    the per-epoch history (logit MSE under simulated INT8).
+    the per-epoch history (logit MSE under simulated INT8). ``run_key``: what an interrupted run must share
+    with this one besides the settings (the command passes the teacher's weights and the photographs; default:
+    the checkpoint's data fingerprint, which says nothing of ``train_ds``).
     """
     if len(train_ds) < cfg.calib_images:
         raise ConfigError(f"QAT needs at least calib_images={cfg.calib_images} images, got {len(train_ds)}")
@@ -311,7 +313,8 @@ def qat_finetune(model: UopslModel, meta: CheckpointMeta, train_ds: ImageDataset
         p.requires_grad_(".encoder." in f".{name}")
     tcfg = cfg.train_config()
     # Every QAT setting (bias_lr and calib_images are not in TrainConfig) keys the resume check.
-    runner = StageRunner(model, tcfg, out, "qat", f"{meta.data_fingerprint}|{json.dumps(asdict(cfg), sort_keys=True)}")
+    runner = StageRunner(model, tcfg, out, "qat",
+                         f"{run_key or meta.data_fingerprint}|{json.dumps(asdict(cfg), sort_keys=True)}")
     # The runner's own optimiser has one rate for the encoder; QAT replaces it (before any
     # resume, so a resumed run loads its state into this one).
     weights = [p for n, p in model.named_parameters() if p.requires_grad and not n.endswith("bias")]

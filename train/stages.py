@@ -143,12 +143,17 @@ def as_features(ds: AnyDataset, encoder: torch.nn.Module, cfg: TrainConfig, devi
 
 
 def pretrain(model: UopslModel, fundus: AnyDataset, oct_ds: AnyDataset | None, cfg: TrainConfig, out: Path,
-             meta: CheckpointMeta) -> UopslModel:
-    """Stage 1 on two unpaired pools; writes ``out/model.safetensors`` + ``checkpoint.json``."""
+             meta: CheckpointMeta, run_key: str = "") -> UopslModel:
+    """Stage 1 on two unpaired pools; writes ``out/model.safetensors`` + ``checkpoint.json``.
+
+    ``run_key``: what an interrupted run in ``out`` must share with this one to be resumed (the workflow passes
+    its run identity: starting weights, settings, every image of both pools); default: the checkpoint's data
+    fingerprint, which covers the fundus pool only.
+    """
     if model.config.uses_oct and oct_ds is None:
         raise DataError("the full UOPSL variant needs an OCT pool for pre-training (or use --variant p_only)")
     out.mkdir(parents=True, exist_ok=True)
-    runner = StageRunner(model, cfg, out, "pretrain", meta.data_fingerprint)
+    runner = StageRunner(model, cfg, out, "pretrain", run_key or meta.data_fingerprint)
     runner.resume()
     fundus = as_features(fundus, model.fundus.encoder, cfg, runner.device)
     if model.oct is not None and oct_ds is not None:
@@ -206,8 +211,11 @@ def effective_finetune_config(cfg: TrainConfig, model: UopslModel, warn: bool = 
 
 
 def finetune(model: UopslModel, train_ds: AnyDataset, val_ds: AnyDataset | None, cfg: TrainConfig, out: Path,
-             meta: CheckpointMeta, select: Any = None) -> tuple[UopslModel, dict[str, Any]]:
+             meta: CheckpointMeta, select: Any = None, run_key: str = "") -> tuple[UopslModel, dict[str, Any]]:
     """Stage 2 on fundus images; keeps the epoch with the best validation score.
+
+    ``run_key``: as :func:`pretrain`'s (the workflow's run identity covers the validation images too, which
+    choose the kept epoch).
 
     ``select(probs, targets) -> float`` scores an epoch on ``val_ds`` (higher is
     better; default: negative validation loss). The OCT branch is dropped.
@@ -215,7 +223,7 @@ def finetune(model: UopslModel, train_ds: AnyDataset, val_ds: AnyDataset | None,
     model.oct = None
     out.mkdir(parents=True, exist_ok=True)
     cfg = effective_finetune_config(cfg, model, warn=True)
-    runner = StageRunner(model, cfg, out, "finetune", meta.data_fingerprint)
+    runner = StageRunner(model, cfg, out, "finetune", run_key or meta.data_fingerprint)
     runner.resume()
     log.info("finetune: %d training and %s validation images", len(train_ds),
              len(val_ds) if val_ds is not None else "no")

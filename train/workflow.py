@@ -146,6 +146,14 @@ RUN_IDENTITY_KEY = "run_identity"
 _SAID_REUSED: set[tuple[str, str]] = set()
 
 
+def resume_key(identity: dict[str, str]) -> str:
+    """The key an interrupted run is resumed by (:class:`~uopsl.train.loops.StageRunner`'s tag): the run's
+    :func:`run_identity`, so a run restarted on other images (``--data``, ``--val``, the OCT pool), from other
+    weights (``--from``) or with other settings is refused instead of continuing the interrupted one's state.
+    """
+    return "identity:" + json.dumps(identity, sort_keys=True)
+
+
 def run_identity(stage: str, cfg: TrainConfig, model: UopslModel, *item_lists: Sequence[Item] | None) -> dict[str, str]:
     """What a finished run in ``out`` must share with a new one for the new one to reuse it.
 
@@ -325,7 +333,7 @@ def run_pretrain(model: UopslModel, meta: CheckpointMeta, fundus: Sequence[Item]
     pre = meta.preprocess
     fds = dataset(fundus, pre, cache, cfg.augment)
     ods = dataset(oct_items, pre, cache, cfg.augment, "oct") if oct_items and model.config.uses_oct else None
-    trained = pretrain(model, fds, ods, cfg, out, meta)
+    trained = pretrain(model, fds, ods, cfg, out, meta, run_key=resume_key(want))
     _record_identity(out, want, {SEEN_KEY: record_images_seen(out, {"pretrain": fds.digests})})
     return trained
 
@@ -459,7 +467,8 @@ def run_finetune(model: UopslModel, meta: CheckpointMeta, train_items: Sequence[
         aucs = per_class_auc(targets, probs)
         return float(np.nanmean(aucs)) if np.isfinite(aucs).any() else 0.0
 
-    model, result = finetune(model, tr, va, cfg, out, meta, select=macro_auc if select == "auc" else None)
+    model, result = finetune(model, tr, va, cfg, out, meta, select=macro_auc if select == "auc" else None,
+                             run_key=resume_key(want))
     names = model.config.classes
     if va is not None:
         probs = predict(model, va, device=pick_device(cfg.device))["probs"]

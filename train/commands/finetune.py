@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -76,6 +77,9 @@ def command(data_spec: str, val_spec: str | None, out: Path, from_ckpt: Path | N
         # With --from, --text-model only names the encoder that made the checkpoint (checked, see text_model_of).
         model, meta = from_checkpoint(from_ckpt, names, variant=variant, classes_file=classes_file,
                                       text_model=text_model)
+        # The checkpoint's fingerprint is of the data it was trained on (pre-training's); this model's classifier
+        # is made from --data (every stage's data stays listed in meta.training_data).
+        meta = replace(meta, data_fingerprint=src.fingerprint)
         given = click.get_current_context().get_parameter_source("size")
         if given is not None and given.name == "COMMANDLINE" and size != meta.preprocess.size:
             raise ConfigError(f"--size {size} differs from {from_ckpt}'s input size {meta.preprocess.size}; "

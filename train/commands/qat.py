@@ -44,7 +44,14 @@ def command(checkpoint: Path, data_spec: str, out: Path, images: int | None, epo
     from uopsl.train.checkpoint import TEACHER_DIGEST_KEY, checkpoint_digest, load_model
     from uopsl.train.qat import QatConfig, qat_finetune
     from uopsl.train.torchdata import ImageDataset
-    from uopsl.train.workflow import data_record, earlier_images, record_images_seen, with_training_data
+    from uopsl.train.workflow import (
+        data_record,
+        earlier_images,
+        record_images_seen,
+        resume_key,
+        run_identity,
+        with_training_data,
+    )
 
     cfg = QatConfig(epochs=epochs, batch_size=batch_size, lr=lr, bias_lr=bias_lr, calib_images=calib_images, seed=seed,
                     augment=augment, device=device, save_every=save_every)
@@ -56,8 +63,10 @@ def command(checkpoint: Path, data_spec: str, out: Path, images: int | None, epo
     if images is not None:
         items = items[:images]
     meta = with_training_data(meta, {**data_record("qat", src, "fundus"), "n_images": len(items)})
+    # An interrupted run resumes only with the same teacher weights and photographs (and settings).
+    key = resume_key(run_identity("qat", cfg.train_config(), model, items))
     ds = ImageDataset(items, meta.preprocess, cache_dir or out / "cache", augment=augment)
-    _, result = qat_finetune(model, meta, ds, cfg, out)
+    _, result = qat_finetune(model, meta, ds, cfg, out, run_key=key)
     # What made the original, and the (unlabelled) photographs the distillation saw.
     record_images_seen(out, {"earlier": earlier_images(checkpoint), "qat": ds.digests})
     last = result["history"][-1] if result["history"] else {}
