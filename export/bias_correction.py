@@ -61,7 +61,8 @@ def _channel_means(model: Any, names: list[str], images: np.ndarray) -> dict[str
     out: dict[str, np.ndarray] = {}
     for first in range(0, len(names), _TENSORS_PER_PASS):
         chunk = names[first : first + _TENSORS_PER_PASS]
-        # Optimised: measured through the integer kernels the deployment runs.
+        # The exact QDQ arithmetic every correct INT8 backend computes, not this CPU's kernels (see
+        # layerwise.exact_qdq_options); optimised otherwise, for speed.
         sess = exposing_session(model, chunk, optimize=True, purpose="INT8 bias correction")
         feed = sess.get_inputs()[0].name
         sums: dict[str, np.ndarray] = {}

@@ -231,14 +231,39 @@ def fake_quantize(x: np.ndarray, scale: np.ndarray, zero_point: np.ndarray) -> n
     return (q - z) * s
 
 
+def exact_qdq_options(ort: Any, optimize: bool = True) -> Any:
+    """ONNX Runtime CPU session options that run a QDQ graph in its exact arithmetic, on any CPU.
+
+    The quantizer measures INT8 files this way (bias correction, the
+    sensitivity pass, weight rounding), never through this machine's integer
+    kernels: on x86 without VNNI those sum pairs of u8 x s8 products in 16
+    bits and saturate (``docs/results.md``, section 4, session 22: 8-10 dB of
+    logits SQNR on the demo's EfficientNet-Lite0), so a correction fitted
+    through them would fit one CPU's error into a file meant for every
+    backend, and the same command would write different files on different
+    machines. ``optimize``: other graph optimisations stay on (only the
+    fusion of Q/DQ pairs into integer kernels is off); False: none at all.
+    """
+    opts = ort.SessionOptions()
+    if optimize:
+        opts.add_session_config_entry("session.disable_quant_qdq", "1")
+    else:
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    opts.log_severity_level = 3
+    return opts
+
+
 def exposing_session(model: Any, names: Iterable[str], *, types: dict[str, int] | None = None,
                      optimize: bool = False, purpose: str = "per-layer diagnosis") -> Any:
     """A CPU session of a copy of ``model`` that also returns the intermediate tensors ``names``.
 
-    ``optimize=False`` runs QDQ graphs as written (float arithmetic between
-    Q/DQ pairs, so every tensor is observable); ``True`` lets ONNX Runtime fuse
-    them into the integer kernels a deployment runs. ``types``: element types
-    of the exposed tensors (None: left for ONNX Runtime to infer).
+    QDQ graphs run in their exact arithmetic (float between Q/DQ pairs; see
+    :func:`exact_qdq_options`), so the figures do not depend on this CPU's
+    integer kernels. ``optimize=False`` runs the graph as written, so every
+    tensor is observable; ``True`` lets ONNX Runtime fold and fuse the rest
+    (faster; intermediate tensors inside a fusion may not be exposed).
+    ``types``: element types of the exposed tensors (None: left for ONNX
+    Runtime to infer).
     """
     onnx = require("onnx", purpose)
     ort = require("onnxruntime", purpose)
@@ -250,12 +275,9 @@ def exposing_session(model: Any, names: Iterable[str], *, types: dict[str, int] 
             m.graph.output.append(onnx.helper.make_tensor_value_info(name, types.get(name, 1), None)
                                   if types is not None else onnx.ValueInfoProto(name=name))
             existing.add(name)
-    opts = ort.SessionOptions()
-    if not optimize:
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    opts.log_severity_level = 3
     try:
-        return ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(m.SerializeToString(), exact_qdq_options(ort, optimize),
+                                    providers=["CPUExecutionProvider"])
     except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
         raise BackendError(f"ONNX Runtime cannot run the graph with its intermediate tensors exposed "
                            f"({purpose}): {exc}") from exc

@@ -172,6 +172,7 @@ def _candidate(c: Mapping[str, Any], images: Mapping[str, str], max_rows: int) -
         f'{_e(top1_source)})', _num(clin["class_decision_agreement"], ".2%")]]))
     for note in num.get("notes", []):
         parts.append(f'<p class="note">{_e(note)}</p>')
+    parts.append(_arithmetic(c.get("arithmetic")))
     parts.append(_headroom(c.get("headroom") or {}))
     rows = []
     for r in clin["per_class"]:
@@ -249,6 +250,17 @@ def _finding_changes(fc: Mapping[str, Any], images: Mapping[str, str], max_rows:
             "class_flip_rate gate takes the worst single class).</p>"
             + _table(["", "image", "changed class(es)", "reference findings", "candidate findings",
                       "referral changed", "reference probs", "candidate probs"], rows) + more)
+
+
+def _arithmetic(a: dict[str, Any] | None) -> str:
+    """The CPU INT8 file in its exact arithmetic against what this CPU's kernels computed (logits SQNR)."""
+    if not a:
+        return ""
+    line = (f'INT8 arithmetic (logits SQNR): the file {_num(a["file_db"], ".1f")} dB from the reference; this CPU '
+            f'({_e(a["cpu_int8"])}) {_num(a["kernels_db"], ".1f")} dB from the file\'s exact arithmetic'
+            f'{"" if a["faithful"] else " (below " + _num(a["faithful_db"], "g") + " dB: not faithful)"}.')
+    note = f'<br><span class="fail">{_e(a["note"])}</span>' if a.get("note") else ""
+    return f'<p class="note">{line}{note}</p>'
 
 
 def _headroom(headroom: Mapping[str, Any]) -> str:

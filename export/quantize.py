@@ -70,6 +70,7 @@ from uopsl.export.adaround import AdaRoundConfig, adaround
 from uopsl.export.gptq import gptq
 from uopsl.export.bias_correction import correct_biases
 from uopsl.export.onnx_export import constants_to_initializers
+from uopsl.export.layerwise import exact_qdq_options
 from uopsl.calibration.table import CalibrationTable
 from uopsl.runtime.errors import BackendError, ConfigError
 from uopsl.runtime.fsio import sha256_file, write_bytes
@@ -460,11 +461,11 @@ def _keep_outputs_float(model: Any) -> None:
 
 # -- sensitivity -----------------------------------------------------------------
 def _session(model_bytes: bytes) -> Any:
+    """A CPU session that runs a QDQ model in its exact arithmetic (the sensitivity ranking must not be this
+    CPU's: see :func:`uopsl.export.layerwise.exact_qdq_options`)."""
     ort = require("onnxruntime", "INT8 quantization")
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
     try:
-        return ort.InferenceSession(model_bytes, opts, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(model_bytes, exact_qdq_options(ort), providers=["CPUExecutionProvider"])
     except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
         raise BackendError(f"ONNX Runtime cannot load the quantized model: {exc}") from exc
 

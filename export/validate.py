@@ -72,6 +72,7 @@ import numpy as np
 
 from uopsl.runtime.progress import track
 from uopsl.export.bundle_writer import kept_pytorch_verdict, record_parity
+from uopsl.export.int8_arithmetic import ExactRunner, arithmetic_check
 from uopsl.export.parity_metrics import (
     BOOTSTRAP_ALPHA,
     CONFIDENCE,
@@ -118,7 +119,7 @@ from uopsl.runtime.bundle import (
     read_manifest,
 )
 from uopsl.runtime.cpuinfo import CPU_BACKENDS, int8_cpu_class
-from uopsl.runtime.errors import BundleError, ConfigError, UopslError
+from uopsl.runtime.errors import BackendError, BundleError, ConfigError, UopslError
 from uopsl.runtime.fsio import sha256_file, write_bytes, write_json, write_text
 from uopsl.runtime.metrics import roc_curve
 from uopsl.runtime.optional import available
@@ -127,6 +128,9 @@ from uopsl.runtime.version import __version__, source_revision
 from uopsl.runtime.signing import open_trusted
 
 log = logging.getLogger(__name__)
+
+# Outputs of a file run in its exact arithmetic, among the batch arrays (see export.int8_arithmetic).
+EXACT_PREFIX = "exact:"
 
 REPORT_FORMAT = "uopsl-parity/1"
 _CACHE_DIR = ".parity-cache"
@@ -533,8 +537,12 @@ def _run_all(bundle: Path, manifest: Manifest, reference: Reference, ref_cfg: Pr
     run = _Run()
     k = len(manifest.classes)
     cfg = manifest.preprocess
+    # Each CPU INT8 file also runs in its exact arithmetic, once however many CPU backends run it: the check of
+    # this CPU's integer kernels (export.int8_arithmetic). A diagnosis, never a verdict.
+    exact_files = sorted({s.file for s in specs if s.precision.startswith("int8") and s.backend in CPU_BACKENDS})
     with contextlib.ExitStack() as stack:
         opened: dict[str, Backend] = {}
+        exact: dict[str, ExactRunner] = {}
         started = False
 
         def open_all() -> None:
@@ -546,6 +554,11 @@ def _run_all(bundle: Path, manifest: Manifest, reference: Reference, ref_cfg: Pr
                 except Exception as exc:  # noqa: BLE001 - a broken candidate must not stop the others
                     run.errors[spec.name] = f"cannot load: {exc}"
                     log.error("%s: cannot load (%s)", spec.name, exc)
+            for file in exact_files:
+                try:
+                    exact[file] = ExactRunner(bundle / file, config.threads)
+                except (BackendError, ImportError) as exc:
+                    log.info("%s: no check of this CPU's INT8 arithmetic (%s)", file, exc)
 
         n_batches = -(-len(images) // config.batch_size)
         for index, records in enumerate(track(_chunks(images, config.batch_size), total=n_batches,
@@ -572,6 +585,12 @@ def _run_all(bundle: Path, manifest: Manifest, reference: Reference, ref_cfg: Pr
                             log.error("%s: %s", spec.name, errors[spec.name])
                             continue
                         arrays.update({f"{spec.name}__{n}": a for n, a in out.items()})
+                    for file, runner in list(exact.items()):
+                        try:
+                            arrays[f"{EXACT_PREFIX}{file}__logits"] = runner.logits(x)
+                        except Exception as exc:  # noqa: BLE001 - a diagnosis: its failure stops nothing
+                            log.info("%s: no check of this CPU's INT8 arithmetic (%s)", file, exc)
+                            del exact[file]
                 meta = {"ok": ok, "skipped": skipped, "errors": {**run.errors, **errors}}
                 cache.put(index, arrays, meta)
                 cached = {"arrays": arrays, **meta}
@@ -583,7 +602,7 @@ def _run_all(bundle: Path, manifest: Manifest, reference: Reference, ref_cfg: Pr
                 continue
             run.ids.extend(records[i].id for i in ok)
             run.labels.extend(records[i].labels for i in ok)
-            for source in ["ref", *(s.name for s in specs)]:
+            for source in ["ref", *(s.name for s in specs), *(EXACT_PREFIX + f for f in exact_files)]:
                 part = {kk.split("__", 1)[1]: v for kk, v in cached["arrays"].items() if kk.startswith(f"{source}__")}
                 if part:
                     run.add(source, part)
@@ -844,6 +863,14 @@ def validate_bundle(
             log.error("%s: FAIL (%s)", spec.name, why)
             candidates.append(entry)
             continue
+        exact_out = run.stacked(EXACT_PREFIX + spec.file).get("logits") if spec.backend in CPU_BACKENDS else None
+        if exact_out is not None and len(exact_out) == len(cand["logits"]) and np.isfinite(exact_out).all():
+            file_info = manifest.file(spec.file).info
+            entry["arithmetic"] = arithmetic_check(ref["logits"], cand["logits"], exact_out, backend=spec.backend,
+                                                   cpu_int8=int8_cpu_class(),
+                                                   reduce_range=bool(file_info.get("reduce_range")))
+            if entry["arithmetic"]["note"]:
+                log.info("%s: %s", spec.name, entry["arithmetic"]["note"])
         gates = candidate_gates(cfg.gates, spec)
         verdict = judge(gates, num, clin)
         entry.update({"passed": verdict.passed, "verdict": verdict.status, "reasons": list(verdict.reasons),

@@ -12,7 +12,7 @@ import onnxruntime as ort
 import pytest
 from onnx import numpy_helper
 
-from tinymodel import calibrate_cli, export_tiny_onnx, fundus_png_folder, random_fundus_batch
+from tinymodel import calibrate_cli, exact_int8_options, export_tiny_onnx, fundus_png_folder, random_fundus_batch
 from uopsl.calibration.dataset import CalibrationSet
 from uopsl.calibration.ranges import ActivationStats, collect_statistics
 from uopsl.calibration.table import CalibrationTable
@@ -50,7 +50,9 @@ def held_out() -> np.ndarray:
 
 
 def _run(path: str | Path, images: np.ndarray) -> list[np.ndarray]:
-    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"image": images})
+    """The model's outputs in its exact arithmetic (an INT8 file as defined, not this CPU's kernels)."""
+    return ort.InferenceSession(str(path), exact_int8_options(), providers=["CPUExecutionProvider"]).run(
+        None, {"image": images})
 
 
 def _inits(model: onnx.ModelProto) -> dict[str, np.ndarray]:
@@ -456,7 +458,8 @@ def test_resnet18_contract_model_quantizes_to_integer_kernels(tmp_path) -> None:
 def _channel_mean(model_path: str | Path, tensor: str, images: np.ndarray) -> np.ndarray:
     m = onnx.load(str(model_path))
     m.graph.output.append(onnx.ValueInfoProto(name=tensor))
-    out = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run([tensor], {"image": images})
+    out = ort.InferenceSession(m.SerializeToString(), exact_int8_options(), providers=["CPUExecutionProvider"]).run(
+        [tensor], {"image": images})
     return np.asarray(out[0], np.float64).mean(axis=(0, 2, 3))
 
 
@@ -597,8 +600,8 @@ def test_bias_correction_gives_layers_sharing_a_bias_initializer_their_own_copy(
         m2 = onnx.ModelProto()
         m2.CopyFrom(m)
         m2.graph.output.append(onnx.ValueInfoProto(name=t))
-        return ort.InferenceSession(m2.SerializeToString(), providers=["CPUExecutionProvider"]).run(
-            [t], {"x": images})[0].mean(axis=(0, 2, 3))
+        return ort.InferenceSession(m2.SerializeToString(), exact_int8_options(),
+                                    providers=["CPUExecutionProvider"]).run([t], {"x": images})[0].mean(axis=(0, 2, 3))
 
     for t in ("a", "y"):
         assert np.abs(means(qmodel, t) - means(float_model, t)).max() < 1e-4, t

@@ -461,6 +461,12 @@ def command(bundle: Path, checkpoint: Path | None, onnx_reference: bool, data_sp
                    + (f"; {'; '.join(c['reasons'])}" if c["reasons"] else ""))
         for line in failed_gate_headroom(c):
             click.echo(f"      {line}")
+        arith = c.get("arithmetic")
+        if arith:
+            click.echo(f"      INT8 arithmetic (logits SQNR): the file {arith['file_db']:.1f} dB from the reference, "
+                       f"this CPU ({arith['cpu_int8']}) {arith['kernels_db']:.1f} dB from the file's exact arithmetic")
+            if arith.get("note"):
+                click.echo(f"      {arith['note']}")
     for s in rep["skipped_candidates"]:
         click.echo(f"  not run: {s['name']} ({s['reason']})")
     for file, d in rep["per_layer"].items():

@@ -1,0 +1,107 @@
+"""`uopsl validate` tells a file that quantized badly from a CPU that computes it badly.
+
+Each CPU INT8 file also runs in its exact QDQ arithmetic; the report gives the distance of each from the
+reference and from each other (logits SQNR), and where this CPU's kernels are the larger error (x86 without VNNI,
+whose 8-bit kernels saturate) it says what to do.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from tinybundle import CLASSES, fundus_jpeg, make_tiny_bundle
+from validatekit import CPU
+
+from uopsl.export.int8_arithmetic import FAITHFUL_DB, ExactRunner, arithmetic_check
+from uopsl.export.validate import ValidateConfig, validate_bundle
+from uopsl.runtime.bundle import read_manifest
+from uopsl.runtime.preprocess import preprocess_file
+
+
+def _logits(n: int = 40, k: int = 4, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).normal(size=(n, k)).astype(np.float32) * 3.0
+
+
+def _noisy(x: np.ndarray, db: float, seed: int) -> np.ndarray:
+    """``x`` plus white noise ``db`` below its energy."""
+    noise = np.random.default_rng(seed).normal(size=x.shape)
+    noise *= np.sqrt((x.astype(np.float64) ** 2).sum() / (noise**2).sum() / 10 ** (db / 10))
+    return (x + noise).astype(np.float32)
+
+
+def test_faithful_kernels_get_no_advice() -> None:
+    ref = _logits()
+    exact = _noisy(ref, 24.0, 1)
+    kernels = _noisy(exact, 40.0, 2)
+    a = arithmetic_check(ref, kernels, exact, backend="ort-cpu", cpu_int8="x86-vnni", reduce_range=False)
+    assert a["file_db"] == pytest.approx(24.0, abs=0.5) and a["kernels_db"] == pytest.approx(40.0, abs=0.5)
+    assert a["faithful"] and a["note"] is None
+
+
+def test_saturating_kernels_on_x86_without_vnni_are_told_to_use_7_bit_weights() -> None:
+    ref = _logits()
+    exact = _noisy(ref, 23.6, 1)
+    kernels = _noisy(exact, 9.0, 2)
+    a = arithmetic_check(ref, kernels, exact, backend="openvino", cpu_int8="x86-no-vnni", reduce_range=False)
+    assert not a["faithful"] and a["kernels_db"] < FAITHFUL_DB
+    assert a["note"].startswith("openvino computes this file 9.0 dB from its own arithmetic on this CPU (x86 without "
+                                "VNNI: its 8-bit kernels sum u8 x s8 pairs in 16 bits and saturate), a larger error "
+                                "than the quantization's (23.6 dB from the reference): quantize with --reduce-range")
+    # A file that already has 7-bit weights: nothing left to quantize differently, FP32 is the answer.
+    a = arithmetic_check(ref, kernels, exact, backend="ort-cpu", cpu_int8="x86-no-vnni", reduce_range=True)
+    assert "run FP32 on CPUs like it" in a["note"] and "--reduce-range" not in a["note"]
+    # Another CPU class: named, not diagnosed as VNNI's absence.
+    a = arithmetic_check(ref, kernels, exact, backend="ort-cpu", cpu_int8="arm64-no-dotprod", reduce_range=False)
+    assert "this CPU (arm64-no-dotprod)" in a["note"] and "VNNI" not in a["note"]
+
+
+def test_kernels_far_off_but_closer_than_a_bad_quantization_get_no_advice() -> None:
+    # The file itself is the larger error: a better quantization, not another CPU, is what helps.
+    ref = _logits()
+    exact = _noisy(ref, 8.0, 1)
+    kernels = _noisy(exact, 15.0, 2)
+    a = arithmetic_check(ref, kernels, exact, backend="ort-cpu", cpu_int8="x86-no-vnni", reduce_range=False)
+    assert not a["faithful"] and a["note"] is None
+
+
+def test_the_exact_runner_computes_the_qdq_graph_as_written(tmp_path: Path) -> None:
+    root = make_tiny_bundle(tmp_path / "bundle", int8=True)
+    pre = read_manifest(root).preprocess
+    x = np.stack([preprocess_file(fundus_jpeg(tmp_path / f"p{i}.jpg", size=96, seed=i), pre).image for i in range(6)])
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # every Q/DQ pair as written
+    as_written = ort.InferenceSession(str(root / "model.int8.onnx"), opts,
+                                      providers=["CPUExecutionProvider"]).run(["logits"], {"image": x})[0]
+    np.testing.assert_allclose(ExactRunner(root / "model.int8.onnx").logits(x), as_written, rtol=0, atol=1e-5)
+
+
+def test_validate_reports_the_arithmetic_of_each_cpu_int8_candidate(tmp_path: Path) -> None:
+    from tinymodel import TinyScreen
+    from uopsl.train.commands.validate import resolve_data
+    from uopsl.train.reference import TorchReference
+
+    root = make_tiny_bundle(tmp_path / "bundle", int8=True)
+    rows = ["path,label"]
+    for i in range(24):
+        p = fundus_jpeg(tmp_path / "photos" / f"i{i:03d}.jpg", size=96, seed=i)
+        rows.append(f"{p.name},{CLASSES[i % len(CLASSES)].name}")
+    (tmp_path / "photos" / "set.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    records, space, _ = resolve_data(str(tmp_path / "photos" / "set.csv"))
+    reference = TorchReference(TinyScreen(len(CLASSES), seed=0), read_manifest(root).preprocess, device="cpu",
+                               fingerprint="tinyscreen-seed0", source="TinyScreen(seed=0)")
+    result = validate_bundle(root, reference, records, tmp_path / "run",
+                             ValidateConfig(backends=("ort-cpu",), n_boot=0, show_progress=False, record=False),
+                             label_space=space, availability=CPU)
+    by_file = {c["file"]: c for c in result.report["candidates"]}
+    assert "arithmetic" not in by_file["model.onnx"]  # FP32: nothing to check
+    a = by_file["model.int8.onnx"]["arithmetic"]
+    assert {"file_db", "backend_db", "kernels_db", "cpu_int8", "reduce_range", "faithful", "note"} <= set(a)
+    assert all(np.isfinite(a[k]) for k in ("file_db", "backend_db", "kernels_db"))
+    assert a["reduce_range"] is False  # the tiny bundle's INT8 file has 8-bit weights (its manifest says)
+    on_disk = json.loads(result.json_path.read_text())
+    assert any(c.get("arithmetic") == a for c in on_disk["candidates"])
+    assert "INT8 arithmetic (logits SQNR): the file" in result.html_path.read_text()
