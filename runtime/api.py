@@ -27,7 +27,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from uopsl.runtime.backends import BACKEND_NAMES, PRECISIONS, Selection, open_and_enter
+from uopsl.runtime.backends import BACKEND_NAMES, PRECISIONS, Selection, open_and_enter, validated_file
 from uopsl.runtime.backends.base import Backend, check_gpu_index
 from uopsl.runtime.bundle import Manifest, parity_status
 from uopsl.runtime.errors import BundleError, ConfigError, UopslError
@@ -311,6 +311,7 @@ class Screener:
                 if problem:
                     raise BundleError(f"{self.bundle}: this machine now requires signed bundles, and {problem}; "
                                       "make a new Screener for it")
+                self._revalidate_selection(view)
         except UopslError:
             self._untrusted = True  # judged again at every batch until keys and lists trust it again
             raise
@@ -329,6 +330,21 @@ class Screener:
             return ""
         ok, why = parity_status(view.file(sel.file), sel.backend, manifest=view)
         return "" if ok else f"{sel.file} on {sel.backend} was chosen by parity records it does not sign ({why})"
+
+    def _revalidate_selection(self, view: Manifest) -> None:
+        """Keep ``selection.validated`` true to ``view`` (the signed records, once this machine requires them):
+        a reduced-precision file asked for by name keeps running, and says when its PASS no longer counts."""
+        b = self._backend
+        sel = getattr(b, "selection", None) if b is not None else None
+        if sel is None or sel.validated is None:
+            return
+        ok, why = validated_file(self.bundle, view.file(sel.file), sel.backend, view)
+        if ok != sel.validated:
+            if not ok:
+                log.warning("%s on %s is no longer a validated file on this machine, which now requires signed "
+                            "bundles: %s; it keeps running because it was asked for by name", sel.file, sel.backend,
+                            why)
+            b.selection = replace(sel, validated=ok)  # type: ignore[union-attr]
 
     def _recheck_trust_now_and_then(self) -> None:
         if self._untrusted or time.monotonic() - self._trust_checked >= self.TRUST_RECHECK_S:

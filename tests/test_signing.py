@@ -6,6 +6,7 @@ The checksums alone caught a damaged copy, not someone who edited a file and rec
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import stat
 import sys
@@ -816,7 +817,8 @@ def test_a_refusal_recorded_after_signing_still_counts_where_signatures_are_requ
 
 
 def test_a_screener_opened_before_keys_existed_stops_if_its_choice_rested_on_unsigned_records(
-        signed: Path, tmp_path: Path, keys: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+        signed: Path, tmp_path: Path, keys: dict[str, Path], monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
     """Only a file chosen unasked on the strength of unsigned records stops it (a fourth review: an FP32
     Screener was stopped too, and the message said its choice rested on records)."""
     import uopsl.runtime.signing as signing
@@ -830,15 +832,23 @@ def test_a_screener_opened_before_keys_existed_stops_if_its_choice_rested_on_uns
     photo = fundus_jpeg(tmp_path / "in" / "a.jpg", seed=1)
     monkeypatch.setattr(signing, "_system_dir_for_tests", tmp_path / "no-keys-yet")
     with Screener(signed, backend="ort-cpu") as fp32, Screener(signed, backend="ort-cpu") as int8, \
-            Screener(signed, backend="ort-cpu") as fp16:
+            Screener(signed, backend="ort-cpu") as fp16, Screener(signed, backend="ort-cpu", precision="int8") as named:
         # As if auto had picked the INT8 file on its (unsigned) PASS, or an FP16 engine (auto reads no record
         # for those: a fifth review found them stopped too).
         int8._backend.selection = Selection("ort-cpu", "int8-qdq-u8", "model.int8.onnx", "auto")  # type: ignore[union-attr]
         fp16._backend.selection = Selection("tensorrt", "fp16", "model.onnx", "auto")  # type: ignore[union-attr]
+        # Asked for by name, and validated by that unsigned record when it opened.
+        named._backend.selection = Selection(  # type: ignore[union-attr]
+            "ort-cpu", "int8-qdq-u8", "model.int8.onnx", "asked", validated=True)
         assert fp32.signature is None and fp32.screen(photo).status == "ok"
         _machine_folder(tmp_path, keys, monkeypatch)
         assert fp32.screen(photo).status == "ok"  # FP32: nothing rested on a record
         assert fp16.screen(photo).status == "ok"
+        # It keeps running (the user asked for it), but no longer reads as validated (a leftover of session 21).
+        with caplog.at_level(logging.WARNING, logger="uopsl.runtime.api"):
+            assert named.screen(photo).status == "ok"
+        assert named.selection is not None and named.selection.validated is False
+        assert "model.int8.onnx on ort-cpu is no longer a validated file on this machine" in caplog.text
         assert fp32.signature is not None and "parity" not in fp32.manifest.file("model.int8.onnx").info
         with pytest.raises(BundleError, match="model.int8.onnx on ort-cpu was chosen by parity records it does "
                                               "not sign .*make a new Screener"):
