@@ -139,8 +139,10 @@ def run_demo(out: Path, cfg: DemoConfig) -> dict[str, object]:
                              ValidateConfig(n_boot=200, show_progress=False), label_space=space,
                              context={"data": f"synthetic:{test_dir}", "checkpoint": str(ck / "finetune")})
     verdicts = {c["name"]: c.get("verdict") or ("PASS" if c["passed"] else "FAIL") for c in parity.report["candidates"]}
-    # Why a file failed, and whether a more precise one could pass (decision headroom).
+    # Why a file failed, whether a more precise one could pass (decision headroom), and whether this CPU's INT8
+    # kernels rather than the file are to blame (x86 without VNNI).
     why = {c["name"]: list(c.get("reasons", ())) + failed_gate_headroom(c)
+           + ([c["arithmetic"]["note"]] if (c.get("arithmetic") or {}).get("note") else [])
            for c in parity.report["candidates"] if not c["passed"]}
     lap("validate")
 
