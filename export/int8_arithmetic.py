@@ -57,25 +57,42 @@ def _sqnr(reference: np.ndarray, test: np.ndarray) -> float:
 
 
 def arithmetic_check(reference_logits: np.ndarray, candidate_logits: np.ndarray, exact_logits: np.ndarray,
-                     *, backend: str, cpu_int8: str, reduce_range: bool) -> dict[str, Any]:
+                     *, backend: str, cpu_int8: str, reduce_range: bool,
+                     precision: str = "int8-qdq-u8") -> dict[str, Any]:
     """The three distances (logits SQNR, dB) and, where this CPU's kernels are the larger error, what to do.
 
-    ``file_db``: the file's exact arithmetic against the reference (the quantization's own error);
-    ``backend_db``: what ``backend`` computed against the reference; ``kernels_db``: what it computed against
-    the file's exact arithmetic (this CPU's and backend's own error).
+    ``file_db``: the file's exact arithmetic against the reference (the quantization's own error, plus any
+    export or preprocessing difference from the reference), ``file_top1`` its top-1 agreement with the
+    reference; ``backend_db``: what ``backend`` computed against
+    the reference; ``kernels_db``: what it computed against the file's exact arithmetic (this CPU's and
+    backend's own error). ``precision``: the file's (an ``int8-qdq-s8`` file is the TensorRT variant, which
+    no CPU backend runs unasked).
     """
     file_db = _sqnr(reference_logits, exact_logits)
     backend_db = _sqnr(reference_logits, candidate_logits)
     kernels_db = _sqnr(exact_logits, candidate_logits)
+    ref_top = np.asarray(reference_logits).argmax(axis=1)
     out: dict[str, Any] = {"file_db": round(file_db, 2), "backend_db": round(backend_db, 2),
-                           "kernels_db": round(kernels_db, 2), "cpu_int8": cpu_int8, "reduce_range": reduce_range,
+                           "kernels_db": round(kernels_db, 2),
+                           # the top-1 agreement the file itself reaches (what a faithful CPU would show)
+                           "file_top1": float((np.asarray(exact_logits).argmax(axis=1) == ref_top).mean()),
+                           "cpu_int8": cpu_int8, "reduce_range": reduce_range,
                            "faithful_db": FAITHFUL_DB, "faithful": kernels_db >= FAITHFUL_DB, "note": None}
-    if kernels_db < FAITHFUL_DB and kernels_db < file_db:
-        where = "this CPU" + (" (x86 without VNNI: its 8-bit kernels sum u8 x s8 pairs in 16 bits and saturate)"
-                              if cpu_int8 == "x86-no-vnni" else f" ({cpu_int8})")
-        remedy = ("quantize with --reduce-range (7-bit weights) for CPUs like it, and validate that file here"
-                  if not reduce_range and cpu_int8 == "x86-no-vnni" else
-                  "run FP32 on CPUs like it (auto does, while this file fails here)")
-        out["note"] = (f"{backend} computes this file {kernels_db:.1f} dB from its own arithmetic on {where}, a larger "
-                       f"error than the quantization's ({file_db:.1f} dB from the reference): {remedy}")
+    if kernels_db >= FAITHFUL_DB or kernels_db >= file_db:
+        return out
+    if cpu_int8 == "x86-no-vnni":
+        where = "this CPU (x86 without VNNI: its 8-bit kernels sum u8 x s8 pairs in 16 bits and saturate)"
+    elif cpu_int8 == "x86":
+        where = "this x86 CPU (its flags could not be read; without VNNI its 8-bit kernels saturate)"
+    else:
+        where = f"this CPU ({cpu_int8})"
+    if precision.endswith("s8"):
+        remedy = "this is the TensorRT (s8) file; CPUs run the u8 file of the cpu variant"
+    elif reduce_range or cpu_int8 not in ("x86-no-vnni", "x86"):
+        remedy = "CPUs like it need FP32 for this file (auto runs FP32 unless this file passes here)"
+    else:
+        remedy = ("for CPUs like it, quantize with --reduce-range (7-bit weights) and validate that file on one"
+                  + ("" if cpu_int8 == "x86-no-vnni" else ", if this CPU lacks VNNI"))
+    out["note"] = (f"{backend} computes this file {kernels_db:.1f} dB from the file's exact arithmetic on {where}, "
+                   f"a larger error than the file's own ({file_db:.1f} dB from the reference): {remedy}")
     return out

@@ -240,13 +240,16 @@ def exact_qdq_options(ort: Any, optimize: bool = True) -> Any:
     bits and saturate (``docs/results.md``, section 4, session 22: 8-10 dB of
     logits SQNR on the demo's EfficientNet-Lite0), so a correction fitted
     through them would fit one CPU's error into a file meant for every
-    backend, and the same command would write different files on different
-    machines. ``optimize``: other graph optimisations stay on (only the
-    fusion of Q/DQ pairs into integer kernels is off); False: none at all.
+    backend. (Float kernels still round a little differently from one CPU
+    to another, so files made on two machines may differ in the last bit
+    of a bias.) ``optimize``: other graph optimisations stay on (only the
+    fusion of Q/DQ pairs into integer kernels, and the merging of chained
+    Q/DQ pairs into one grid, are off); False: none at all.
     """
     opts = ort.SessionOptions()
     if optimize:
         opts.add_session_config_entry("session.disable_quant_qdq", "1")
+        opts.add_session_config_entry("session.disable_double_qdq_remover", "1")
     else:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     opts.log_severity_level = 3

@@ -256,7 +256,8 @@ def _arithmetic(a: dict[str, Any] | None) -> str:
     """The CPU INT8 file in its exact arithmetic against what this CPU's kernels computed (logits SQNR)."""
     if not a:
         return ""
-    line = (f'INT8 arithmetic (logits SQNR): the file {_num(a["file_db"], ".1f")} dB from the reference; this CPU '
+    line = (f'INT8 arithmetic (logits SQNR): the file {_num(a["file_db"], ".1f")} dB from the reference '
+            f'(top-1 {_num(a.get("file_top1"), ".1%")} in its exact arithmetic); this CPU '
             f'({_e(a["cpu_int8"])}) {_num(a["kernels_db"], ".1f")} dB from the file\'s exact arithmetic'
             f'{"" if a["faithful"] else " (below " + _num(a["faithful_db"], "g") + " dB: not faithful)"}.')
     note = f'<br><span class="fail">{_e(a["note"])}</span>' if a.get("note") else ""

@@ -216,6 +216,10 @@ class QuantizeResult:
             "calibration_sha256": self.table_sha256,
             "reduce_range": self.reduce_range,
             "source_sha256": self.model_sha256,
+            # Bias correction, weight rounding and the sensitivity pass measured the file in its exact QDQ
+            # arithmetic (since session 22; before, bias correction used the quantizing CPU's integer kernels,
+            # and files made on x86 without VNNI carry that CPU's error). Absent from older records.
+            "fitted_in": "exact-qdq",
         }
 
 

@@ -131,6 +131,8 @@ log = logging.getLogger(__name__)
 
 # Outputs of a file run in its exact arithmetic, among the batch arrays (see export.int8_arithmetic).
 EXACT_PREFIX = "exact:"
+# What the cached batches hold beyond the candidates' outputs (a change here invalidates older caches).
+CACHE_ARRAYS = ("exact-int8-logits/1",)
 
 REPORT_FORMAT = "uopsl-parity/1"
 _CACHE_DIR = ".parity-cache"
@@ -603,7 +605,8 @@ def _run_all(bundle: Path, manifest: Manifest, reference: Reference, ref_cfg: Pr
             run.ids.extend(records[i].id for i in ok)
             run.labels.extend(records[i].labels for i in ok)
             for source in ["ref", *(s.name for s in specs), *(EXACT_PREFIX + f for f in exact_files)]:
-                part = {kk.split("__", 1)[1]: v for kk, v in cached["arrays"].items() if kk.startswith(f"{source}__")}
+                # By prefix, not by splitting at "__": a file's own name may hold "__".
+                part = {kk[len(source) + 2:]: v for kk, v in cached["arrays"].items() if kk.startswith(f"{source}__")}
                 if part:
                     run.add(source, part)
     return run
@@ -804,7 +807,11 @@ def validate_bundle(
         key = {"version": __version__, "preprocess_version": PREPROCESS_VERSION, "files": {f.path: f.sha256 for f in manifest.files},
                "reference": fingerprint, "images": [[r.id, str(r.path), image_sha[r.id]] for r in images],
                "preprocess": manifest.preprocess.to_dict(), "reference_preprocess": ref_pre.to_dict() if ref_pre is not None and diffs else None,
-               "candidates": [s.name for s in specs], "batch_size": cfg.batch_size}
+               "candidates": [s.name for s in specs], "batch_size": cfg.batch_size,
+               # Outputs depend on the machine too (the CPU's INT8 kernels, the runtimes' versions), and batches
+               # cached before a CPU INT8 file also ran in its exact arithmetic lack those outputs.
+               "machine": {k: v for k, v in _machine().items() if k in ("cpu_int8", "onnxruntime", "openvino")},
+               "arrays": CACHE_ARRAYS}
     cache = _BatchCache(out_dir / _CACHE_DIR, key)
     run = _run_all(root, manifest, reference, ref_pre if diffs else None, images, specs, cfg, cache)
     n = len(run.ids)
@@ -863,14 +870,18 @@ def validate_bundle(
             log.error("%s: FAIL (%s)", spec.name, why)
             candidates.append(entry)
             continue
-        exact_out = run.stacked(EXACT_PREFIX + spec.file).get("logits") if spec.backend in CPU_BACKENDS else None
-        if exact_out is not None and len(exact_out) == len(cand["logits"]) and np.isfinite(exact_out).all():
-            file_info = manifest.file(spec.file).info
-            entry["arithmetic"] = arithmetic_check(ref["logits"], cand["logits"], exact_out, backend=spec.backend,
-                                                   cpu_int8=int8_cpu_class(),
-                                                   reduce_range=bool(file_info.get("reduce_range")))
-            if entry["arithmetic"]["note"]:
-                log.info("%s: %s", spec.name, entry["arithmetic"]["note"])
+        if spec.precision.startswith("int8") and spec.backend in CPU_BACKENDS:
+            exact_out = run.stacked(EXACT_PREFIX + spec.file).get("logits")
+            if exact_out is not None and len(exact_out) == len(cand["logits"]) and np.isfinite(exact_out).all():
+                file_info = manifest.file(spec.file).info
+                entry["arithmetic"] = arithmetic_check(ref["logits"], cand["logits"], exact_out, backend=spec.backend,
+                                                       cpu_int8=int8_cpu_class(), precision=spec.precision,
+                                                       reduce_range=bool(file_info.get("reduce_range")))
+                if entry["arithmetic"]["note"]:
+                    log.info("%s: %s", spec.name, entry["arithmetic"]["note"])
+            else:
+                log.warning("%s: no check of this CPU's INT8 arithmetic (the file could not be run in its exact "
+                            "arithmetic on every image; see the INFO log)", spec.name)
         gates = candidate_gates(cfg.gates, spec)
         verdict = judge(gates, num, clin)
         entry.update({"passed": verdict.passed, "verdict": verdict.status, "reasons": list(verdict.reasons),

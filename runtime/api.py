@@ -341,10 +341,12 @@ class Screener:
         ok, why = validated_file(self.bundle, view.file(sel.file), sel.backend, view)
         if ok != sel.validated:
             if not ok:
+                how = ("it was asked for by name" if self.precision != "auto" else
+                       f"auto chooses {sel.precision} files without a parity record")
                 log.warning("%s on %s is no longer a validated file on this machine, which now requires signed "
-                            "bundles: %s; it keeps running because it was asked for by name", sel.file, sel.backend,
-                            why)
-            b.selection = replace(sel, validated=ok)  # type: ignore[union-attr]
+                            "bundles: %s; it keeps running because %s", sel.file, sel.backend, why, how)
+            note = f"{sel.reason}; validated: {ok} under the signed records"
+            b.selection = replace(sel, validated=ok, reason=note)  # type: ignore[union-attr]
 
     def _recheck_trust_now_and_then(self) -> None:
         if self._untrusted or time.monotonic() - self._trust_checked >= self.TRUST_RECHECK_S:

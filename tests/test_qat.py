@@ -229,7 +229,8 @@ def test_cli_writes_the_qat_checkpoint(tmp_path: Path) -> None:
     assert bundle_source_mismatch(tmp_path / "stranger", notes) is not None
 
 
-def test_cli_resumes_only_the_same_teacher_and_photographs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cli_resumes_only_the_same_teacher_and_photographs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
     """The resume key held the teacher checkpoint's data fingerprint, which says nothing of QAT's own --data."""
     from uopsl.runtime.clikit import main_entry
     from uopsl.train.cli import cli
@@ -254,12 +255,16 @@ def test_cli_resumes_only_the_same_teacher_and_photographs(tmp_path: Path, monke
     assert main_entry(cli, args(), prog_name="uopsl") != 0
     assert (tmp_path / "out" / "state.json").is_file()
     monkeypatch.setattr(qat, "distillation_loss", real)
+    state = (tmp_path / "out" / "state.json").read_bytes()
     # Fewer of the photographs (same checkpoint, same settings): another run.
     assert main_entry(cli, args("--images", "8"), prog_name="uopsl") == 2
+    assert "holds an interrupted qat run with other settings, data" in capsys.readouterr().err
     # Another teacher of the same data fingerprint.
     other = lite0_model(seed=1)[0]
     save_model(tmp_path / "ckpt", other, meta)
     assert main_entry(cli, args(), prog_name="uopsl") == 2
+    assert "holds an interrupted qat run with other settings, data" in capsys.readouterr().err
+    assert (tmp_path / "out" / "state.json").read_bytes() == state  # refused before anything was written
     save_model(tmp_path / "ckpt", model, meta)
     assert main_entry(cli, args(), prog_name="uopsl") == 0
     assert not (tmp_path / "out" / "state.json").exists() and read_meta(tmp_path / "out").stage == "qat"

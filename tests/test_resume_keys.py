@@ -83,3 +83,24 @@ def test_the_resume_key_is_the_run_identity(tmp_path: Path) -> None:
     assert key == resume_key(run_identity("finetune", CFG, tiny_model()[0], items[:3], items[3:]))
     assert key != resume_key(run_identity("finetune", CFG, model, items[:2], items[3:]))
     assert key != resume_key(run_identity("finetune", CFG, model, items[:3], items[4:]))
+
+
+def test_the_same_photographs_elsewhere_are_the_same_run(tmp_path: Path) -> None:
+    """A data folder moved or copied (another disk, a job's scratch folder, a torchrun rank's own copy) keeps the
+    key, as the dataset fingerprint does; other photographs under the same names do not."""
+    import shutil
+    from dataclasses import replace
+
+    items = tiny_items(tmp_path / "a" / "imgs", n=6)
+    shutil.copytree(tmp_path / "a", tmp_path / "elsewhere" / "b")
+    moved = [replace(it, path=tmp_path / "elsewhere" / "b" / "imgs" / Path(it.path).name) for it in items]
+    model = tiny_model()[0]
+    assert run_identity("finetune", CFG, model, items[:4], items[4:]) == \
+        run_identity("finetune", CFG, model, moved[:4], moved[4:])
+    other = tiny_items(tmp_path / "c" / "imgs", n=7)[1:]  # the same names, other pictures
+    for a, b in zip(items, other):
+        Path(b.path).replace(tmp_path / "c" / "imgs" / Path(a.path).name)
+    renamed = [replace(it, path=tmp_path / "c" / "imgs" / Path(it.path).name) for it in items]
+    assert run_identity("finetune", CFG, model, items[:4], items[4:])["data"] != \
+        run_identity("finetune", CFG, model, renamed[:4], renamed[4:])["data"]
+

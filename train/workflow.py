@@ -160,16 +160,29 @@ def run_identity(stage: str, cfg: TrainConfig, model: UopslModel, *item_lists: S
     The stage, the model it starts from (its configuration and its weights:
     another ``--from`` checkpoint or ``--init`` file is another run), the
     training settings (all but how they are run: device, AMP, checkpoint
-    interval) and the data (each image's resolved path and target, in order,
-    per list). Stored in the finished checkpoint's metrics (:data:`RUN_IDENTITY_KEY`).
+    interval) and the data (each image's path relative to the folder that
+    holds them all, its size in bytes and its target, in order, per list: as
+    with the dataset fingerprint, a copy of the data elsewhere, a moved
+    folder or another torchrun rank's copy is the same data). Stored in the
+    finished checkpoint's metrics (:data:`RUN_IDENTITY_KEY`).
     """
     settings = {k: v for k, v in cfg.to_dict().items() if k not in _HOW_NOT_WHAT}
     # How files become pixels: a model trained on other pixels of the same files is another run.
     settings["inputs"] = pixels_version(stage == "pretrain" and model.config.uses_oct)
+    real = [[os.path.realpath(it.path) for it in items or ()] for items in item_lists]
+    try:
+        root = os.path.commonpath([os.path.dirname(p) for paths in real for p in paths]) if any(real) else ""
+    except ValueError:  # paths on different Windows drives: no common folder
+        root = ""
     data = hashlib.sha256()
-    for items in item_lists:
-        for it in items or ():
-            data.update(f"{os.path.realpath(it.path)}\t{np.asarray(it.target).tolist()}\n".encode())
+    for items, paths in zip(item_lists, real):
+        for it, path in zip(items or (), paths):
+            rel = Path(os.path.relpath(path, root) if root else path).as_posix()
+            try:
+                size = os.path.getsize(path)
+            except OSError:  # unreadable: the dataset says so, with the file's name, when it loads
+                size = -1
+            data.update(f"{rel}\t{size}\t{np.asarray(it.target).tolist()}\n".encode())
         data.update(b"--\n")
 
     def digest(obj: Any) -> str:

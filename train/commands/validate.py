@@ -463,8 +463,9 @@ def command(bundle: Path, checkpoint: Path | None, onnx_reference: bool, data_sp
             click.echo(f"      {line}")
         arith = c.get("arithmetic")
         if arith:
-            click.echo(f"      INT8 arithmetic (logits SQNR): the file {arith['file_db']:.1f} dB from the reference, "
-                       f"this CPU ({arith['cpu_int8']}) {arith['kernels_db']:.1f} dB from the file's exact arithmetic")
+            click.echo(f"      INT8 arithmetic (logits SQNR): the file {arith['file_db']:.1f} dB from the reference "
+                       f"(top-1 {arith['file_top1']:.1%} in its exact arithmetic), this CPU ({arith['cpu_int8']}) "
+                       f"{arith['kernels_db']:.1f} dB from the file's exact arithmetic")
             if arith.get("note"):
                 click.echo(f"      {arith['note']}")
     for s in rep["skipped_candidates"]:
