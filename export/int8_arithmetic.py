@@ -1,14 +1,14 @@
 """How far this CPU's INT8 kernels compute a QDQ file from the file's own arithmetic.
 
 A QDQ INT8 file defines its arithmetic exactly: dequantize, compute in float,
-quantize. VNNI CPUs, OpenVINO on them and TensorRT reproduce it up to
-rounding. x86 CPUs without VNNI (AVX2, AVX-512 without VNNI) sum pairs of
-u8 x s8 products in 16 bits first and saturate; ONNX Runtime and OpenVINO
-both do. On this project's EfficientNet-Lite0 demo model the kernels of such a
-CPU sat 8-10 dB (logits SQNR) from the file's arithmetic, a larger error than
-the quantization itself, while a file with 7-bit weights (``uopsl quantize
---reduce-range``) stayed within 26-27 dB of it (``docs/results.md``,
-section 4, session 22).
+quantize. ONNX Runtime and OpenVINO on CPUs with VNNI reproduce it up to
+rounding. On x86 CPUs without VNNI (AVX2, AVX-512 without VNNI) both sum
+pairs of u8 x s8 products in 16 bits first, which saturates. On this
+project's EfficientNet-Lite0 demo model the kernels of such a CPU sat 5-10 dB
+(logits SQNR) from the file's arithmetic, a larger error than the
+quantization itself, while a file with 7-bit weights (``uopsl quantize
+--reduce-range``) stayed 26-29 dB from it (``docs/results.md``, section 4,
+session 22).
 
 ``uopsl validate`` runs every CPU INT8 file a second time in its exact
 arithmetic (ONNX Runtime with the fusion of Q/DQ pairs into integer kernels

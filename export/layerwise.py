@@ -237,7 +237,7 @@ def exact_qdq_options(ort: Any, optimize: bool = True) -> Any:
     The quantizer measures INT8 files this way (bias correction, the
     sensitivity pass, weight rounding), never through this machine's integer
     kernels: on x86 without VNNI those sum pairs of u8 x s8 products in 16
-    bits and saturate (``docs/results.md``, section 4, session 22: 8-10 dB of
+    bits and saturate (``docs/results.md``, section 4, session 22: 5-10 dB of
     logits SQNR on the demo's EfficientNet-Lite0), so a correction fitted
     through them would fit one CPU's error into a file meant for every
     backend. (Float kernels still round a little differently from one CPU
