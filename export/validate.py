@@ -802,6 +802,7 @@ def validate_bundle(
     # Each image's content: the report's data fingerprint, and the cache key (a changed photograph invalidates
     # its cached outputs whatever its time; a copy with a new time keeps them).
     image_sha = {r.id: _image_sha256(r.path) for r in images}
+    machine = _machine()
     key = None
     if cfg.resume and fingerprint:
         key = {"version": __version__, "preprocess_version": PREPROCESS_VERSION, "files": {f.path: f.sha256 for f in manifest.files},
@@ -810,7 +811,7 @@ def validate_bundle(
                "candidates": [s.name for s in specs], "batch_size": cfg.batch_size,
                # Outputs depend on the machine too (the CPU's INT8 kernels, the runtimes' versions), and batches
                # cached before a CPU INT8 file also ran in its exact arithmetic lack those outputs.
-               "machine": {k: v for k, v in _machine().items() if k in ("cpu_int8", "onnxruntime", "openvino")},
+               "machine": {k: v for k, v in machine.items() if k in ("cpu_int8", "onnxruntime", "openvino")},
                "arrays": CACHE_ARRAYS}
     cache = _BatchCache(out_dir / _CACHE_DIR, key)
     run = _run_all(root, manifest, reference, ref_pre if diffs else None, images, specs, cfg, cache)
@@ -914,7 +915,7 @@ def validate_bundle(
         "created": created,
         "toolkit_version": __version__,
         "toolkit_source": source_revision(),
-        "machine": _machine(),
+        "machine": machine,
         "passed": passed,
         "verdict": status,
         "reasons": run_reasons,
