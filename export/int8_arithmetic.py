@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from uopsl.export.layerwise import exact_qdq_options, sqnr_db
+from uopsl.runtime.backends.base import check_model_file
 from uopsl.runtime.errors import BackendError
 from uopsl.runtime.optional import require
 
@@ -36,15 +37,19 @@ FAITHFUL_DB = 20.0
 class ExactRunner:
     """A QDQ file run in its exact arithmetic on the CPU (whatever this CPU's integer kernels do)."""
 
-    def __init__(self, path: Path, threads: int | None = None) -> None:
+    def __init__(self, path: Path, threads: int | None = None, expected_sha256: str | None = None) -> None:
+        """``expected_sha256``: the manifest's, checked just before and after loading (as the backends do), so
+        the file measured is the file validated."""
         ort = require("onnxruntime", "the INT8 arithmetic check of `uopsl validate`")
         opts = exact_qdq_options(ort)
         if threads:
             opts.intra_op_num_threads = int(threads)
+        check_model_file(path, expected_sha256)
         try:
             self._session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
             raise BackendError(f"ONNX Runtime cannot load {path} in its exact arithmetic: {exc}") from exc
+        check_model_file(path, expected_sha256)
         self._input = self._session.get_inputs()[0].name
 
     def logits(self, batch: np.ndarray) -> np.ndarray:

@@ -558,7 +558,7 @@ def _run_all(bundle: Path, manifest: Manifest, reference: Reference, ref_cfg: Pr
                     log.error("%s: cannot load (%s)", spec.name, exc)
             for file in exact_files:
                 try:
-                    exact[file] = ExactRunner(bundle / file, config.threads)
+                    exact[file] = ExactRunner(bundle / file, config.threads, manifest.file(file).sha256)
                 except (BackendError, ImportError) as exc:
                     log.info("%s: no check of this CPU's INT8 arithmetic (%s)", file, exc)
 

@@ -19,6 +19,7 @@ from validatekit import CPU
 from uopsl.export.int8_arithmetic import FAITHFUL_DB, ExactRunner, arithmetic_check
 from uopsl.export.validate import ValidateConfig, validate_bundle
 from uopsl.runtime.bundle import read_manifest
+from uopsl.runtime.errors import BackendError
 from uopsl.runtime.preprocess import preprocess_file
 
 
@@ -85,7 +86,12 @@ def test_the_exact_runner_computes_the_qdq_graph_as_written(tmp_path: Path) -> N
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # every Q/DQ pair as written
     as_written = ort.InferenceSession(str(root / "model.int8.onnx"), opts,
                                       providers=["CPUExecutionProvider"]).run(["logits"], {"image": x})[0]
-    np.testing.assert_allclose(ExactRunner(root / "model.int8.onnx").logits(x), as_written, rtol=0, atol=1e-5)
+    sha = read_manifest(root).file("model.int8.onnx").sha256
+    np.testing.assert_allclose(ExactRunner(root / "model.int8.onnx", expected_sha256=sha).logits(x), as_written,
+                               rtol=0, atol=1e-5)
+    # Another file under that name is not measured (validate logs it and goes on without the check).
+    with pytest.raises(BackendError, match="is not the file the bundle's manifest lists"):
+        ExactRunner(root / "model.int8.onnx", expected_sha256="0" * 64)
 
 
 def test_validate_reports_the_arithmetic_of_each_cpu_int8_candidate(tmp_path: Path) -> None:
