@@ -148,22 +148,28 @@ def test_qat_lowers_the_simulated_error_and_writes_a_checkpoint_with_the_same_th
     assert torch.equal(trained.fundus.glob.weight, original.fundus.glob.weight)  # the token projection too
 
 
+def _dies_at_step(monkeypatch: pytest.MonkeyPatch, step: int):  # type: ignore[no-untyped-def]
+    """Make QAT's loss raise KeyboardInterrupt (a power loss) at its ``step``-th call; returns the real loss."""
+    real = qat.distillation_loss
+    calls = {"n": 0}
+
+    def dying(*args, **kwargs):  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        if calls["n"] == step:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(qat, "distillation_loss", dying)
+    return real
+
+
 def test_an_interrupted_run_resumes_to_the_same_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     ds = tiny_dataset(tmp_path / "data", n=24, augment=False)
     cfg = qat.QatConfig(epochs=2, batch_size=8, lr=1e-3, calib_images=8, augment=False, save_every=1)
     model, meta = lite0_model()
     straight, _ = qat.qat_finetune(model, meta, ds, cfg, tmp_path / "straight")
 
-    calls = {"n": 0}
-    real = qat.distillation_loss
-
-    def dies_at_step_4(*args, **kwargs):  # type: ignore[no-untyped-def]
-        calls["n"] += 1
-        if calls["n"] == 4:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(qat, "distillation_loss", dies_at_step_4)
+    real = _dies_at_step(monkeypatch, 4)
     model, meta = lite0_model()
     with pytest.raises(KeyboardInterrupt):
         qat.qat_finetune(model, meta, ds, cfg, tmp_path / "resumed")
@@ -242,16 +248,7 @@ def test_cli_resumes_only_the_same_teacher_and_photographs(tmp_path: Path, monke
                 str(tmp_path / "out"), "--epochs", "2", "--batch-size", "4", "--calib-images", "4", "--no-augment",
                 "--save-every", "1", *more]
 
-    real = qat.distillation_loss
-    calls = {"n": 0}
-
-    def dies_at_step_3(*a, **k):  # type: ignore[no-untyped-def]
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    monkeypatch.setattr(qat, "distillation_loss", dies_at_step_3)
+    real = _dies_at_step(monkeypatch, 3)
     assert main_entry(cli, args(), prog_name="uopsl") != 0
     assert (tmp_path / "out" / "state.json").is_file()
     monkeypatch.setattr(qat, "distillation_loss", real)
