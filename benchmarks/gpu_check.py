@@ -17,7 +17,8 @@ Steps:
    the median of its own probabilities on the demo images; INT8 QDQ variants
    (CPU u8 and TensorRT s8) from a calibration on the demo images; TensorRT
    FP16 and INT8 engines where TensorRT is present;
-3. the parity suite's GPU tests (``pytest -m "gpu or trt" tests/parity``);
+3. the suite's GPU tests (``pytest -m "gpu or trt" tests/parity tests/test_gpu_training.py``: parity on
+   CUDA and TensorRT, training with AMP on CUDA, torchrun with nccl where there are two GPUs);
 4. ``uopsl-screen bench`` on every backend available (one subprocess each);
 5. ``uopsl validate`` of the bundle against its checkpoint on every backend,
    with the layer-wise INT8 diagnosis.
@@ -134,7 +135,8 @@ def make_importable(repo: Path, work: Path) -> dict[str, str]:
 
 def environment(repo: Path, env: dict[str, str]) -> dict[str, Any]:
     info: dict[str, Any] = {"date": _now(), "host": platform.node(), "python": platform.python_version(),
-                            "platform": platform.platform(), "cpu_count": os.cpu_count()}
+                            "platform": platform.platform(), "cpu_count": os.cpu_count(),
+                            "ld_library_path": env.get("LD_LIBRARY_PATH", "")}
     smi = shutil.which("nvidia-smi")
     info["gpu_found"] = False
     if smi:
@@ -161,6 +163,7 @@ def environment(repo: Path, env: dict[str, str]) -> dict[str, Any]:
         "        v[m] = None\n"
         "try:\n"
         "    import onnxruntime as ort; v['onnxruntime_providers'] = ort.get_available_providers()\n"
+        "    v['onnxruntime_file'] = ort.__file__; v['onnxruntime_device'] = ort.get_device()\n"
         "except Exception: pass\n"
         "try:\n"
         "    import torch\n"
@@ -312,7 +315,8 @@ def demo_bundle(rec: Recorder, env: dict[str, str], work: Path, profile: dict[st
 # -- parity tests ------------------------------------------------------------------------------------
 def parity_tests(rec: Recorder, env: dict[str, str], repo: Path, work: Path, budget: float) -> dict[str, Any]:
     junit = work / "parity_gpu_junit.xml"
-    r = run([sys.executable, "-m", "pytest", "tests/parity", "-m", "gpu or trt", "-q", "-rs", "-p", "no:cacheprovider",
+    r = run([sys.executable, "-m", "pytest", "tests/parity", "tests/test_gpu_training.py", "-m", "gpu or trt", "-q",
+             "-rs", "-p", "no:cacheprovider",
              f"--junitxml={junit}"], min(budget, rec.left() - 30), env, cwd=repo)
     summary: dict[str, Any] = {"rc": r["rc"], "seconds": r["seconds"], "output_tail": r["stdout_tail"][-1500:]}
     if junit.is_file():
@@ -420,10 +424,10 @@ def validate(rec: Recorder, env: dict[str, str], bundle: Path, ckpt: Path, data:
 
 # -- main -------------------------------------------------------------------------------------------------------
 PROFILES = {
-    # e2e (decode-to-decision throughput) is left out: it preprocesses 200 photographs per case on the CPU
-    # and would not fit the 8 minutes with every backend and precision.
+    # e2e (decode-to-decision throughput at the largest batch, once per precision) preprocesses 200
+    # photographs per precision on the CPU: seconds on a GPU machine's many cores, too long in the quick one.
     "full": {"backbone": "efficientnet_lite0", "size": 320, "images": 48, "batches": "1,8,16", "iters": 30,
-             "warmup": 5, "e2e": False, "demo_timeout": 200, "bench_timeout": 75, "per_layer_images": 4},
+             "warmup": 5, "e2e": True, "demo_timeout": 200, "bench_timeout": 100, "per_layer_images": 4},
     "quick": {"backbone": "resnet18", "size": 96, "images": 24, "batches": "1,8", "iters": 5, "warmup": 1,
               "e2e": False, "demo_timeout": 180, "bench_timeout": 60, "per_layer_images": 4},
 }

@@ -246,7 +246,7 @@ def test_resume_with_other_settings_is_refused(tmp_path: Path, monkeypatch: pyte
 def test_torchrun_two_processes_end_with_identical_weights_and_one_writer(tmp_path: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parent)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
-           str(Path(__file__).parent / "ddp_worker.py"), str(tmp_path)]
+           str(Path(__file__).parent / "ddp_worker.py"), str(tmp_path), "cpu"]  # gloo; test_gpu_training runs nccl
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     a, b = (tmp_path / "rank0.txt").read_text(), (tmp_path / "rank1.txt").read_text()

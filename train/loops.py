@@ -109,6 +109,11 @@ def setup_distributed(device: torch.device) -> Dist:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return Dist()
+    if device.type == "cuda":
+        # nccl runs each rank's collectives on the current CUDA device; left at cuda:0, every rank of a
+        # several-GPU machine would share GPU 0 (nccl refuses that) while its model sits on cuda:LOCAL_RANK.
+        # A bare "cuda" (no index) means this rank's own GPU.
+        torch.cuda.set_device(device.index if device.index is not None else int(os.environ.get("LOCAL_RANK", "0")))
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))

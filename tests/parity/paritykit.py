@@ -157,9 +157,9 @@ def write_contract_bundle(out: Path, module: Any, names: Sequence[str], threshol
     return out
 
 
-def tiny_checkpoint(folder: Path, seed: int = 0) -> Path:
-    """The tiny UOPSL model saved as a checkpoint folder."""
-    model, meta = tiny_model(seed=seed)
+def tiny_checkpoint(folder: Path, seed: int = 0, random_text: bool = False) -> Path:
+    """The tiny UOPSL model saved as a checkpoint folder (``random_text``: see ``trainhelpers.tiny_model``)."""
+    model, meta = tiny_model(seed=seed, random_text=random_text)
     save_model(folder, model, meta)
     return folder
 

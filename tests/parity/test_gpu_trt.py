@@ -1,8 +1,9 @@
-"""GPU parity: PyTorch on CUDA vs ONNX Runtime CUDA, and TensorRT FP16/INT8 engines vs PyTorch.
+"""GPU parity: PyTorch on CUDA vs ONNX Runtime CPU and CUDA, and TensorRT FP16/INT8 engines vs PyTorch.
 
 Skipped with a reason where there is no CUDA GPU, no onnxruntime-gpu or no
 TensorRT. Tolerances (stated, never widened):
 
+* PyTorch on CUDA (TF32 off) vs ORT CPU FP32: |dp| <= 1e-4, the CPU parity tolerance.
 * ORT CUDA FP32 vs PyTorch FP32: |dp| <= 2e-3. The reference runs with TF32
   off; ONNX Runtime's CUDA provider may run FP32 convolutions and matmuls in
   TF32 (10-bit mantissa) on Ampere and later GPUs, ~1e-3 relative.
@@ -22,6 +23,7 @@ from uopsl.export.validate import ImageRecord, ValidateConfig, validate_bundle
 from uopsl.runtime.optional import available
 from uopsl.runtime.preprocess import PreprocessConfig
 
+FP32_PROB_TOLERANCE = 1e-4  # as tests/parity/test_fp32_parity.py: FP32 on both sides, TF32 off in the reference
 ORT_CUDA_PROB_TOLERANCE = 2e-3
 TRT_FP16_PROB_TOLERANCE = 5e-3
 
@@ -47,17 +49,47 @@ needs_trt = pytest.mark.skipif(not available("tensorrt"),
                                reason="TensorRT is not importable here (pip install 'uopsl[trt]', or JetPack on a Jetson)")
 
 
+@pytest.fixture(scope="module")
+def gpu_ckpt_bundle(tmp_path_factory: pytest.TempPathFactory, cast_sets: dict) -> tuple[Path, Path]:
+    """(checkpoint, FP32 bundle) of the tiny UOPSL model with random class prototypes: GPU machines may lack
+    the packaged text encoder, and these tests describe no new classes."""
+    from paritykit import export_checkpoint, tiny_checkpoint
+
+    root = tmp_path_factory.mktemp("gpu")
+    ckpt = tiny_checkpoint(root / "ckpt", random_text=True)
+    return ckpt, export_checkpoint(ckpt, root / "bundle", cast_sets["val"][:48])
+
+
 def _records(cast_sets: dict) -> list[ImageRecord]:
     return [ImageRecord(f"{p.parent.name}/{p.name}", p, (p.parent.name,)) for p in cast_sets["val"]]
 
 
 @pytest.mark.gpu
 @needs_cuda
-@needs_ort_cuda
-def test_pytorch_cuda_vs_ort_cuda_fp32(tiny_ckpt_bundle: tuple[Path, Path], cast_sets: dict, tmp_path: Path) -> None:
+def test_pytorch_cuda_vs_ort_cpu_fp32(gpu_ckpt_bundle: tuple[Path, Path], cast_sets: dict, tmp_path: Path) -> None:
+    """The model as trained on a GPU (its reference on CUDA, TF32 off) against the deployed CPU graph."""
     from uopsl.train.reference import TorchReference
 
-    ckpt, bundle = tiny_ckpt_bundle
+    ckpt, bundle = gpu_ckpt_bundle
+    result = validate_bundle(bundle, TorchReference.from_checkpoint(ckpt, "cuda"), _records(cast_sets)[:48],
+                             tmp_path / "out", ValidateConfig(backends=("ort-cpu",), show_progress=False, record=False),
+                             label_space=("normal", "a", "b"))
+    cands = [c for c in result.report["candidates"] if c["precision"] == "fp32"]
+    assert cands, result.report["skipped_candidates"]
+    for cand in cands:
+        assert "error" not in cand, cand
+        assert cand["numerical"]["max_abs_prob_diff"] <= FP32_PROB_TOLERANCE, cand["numerical"]
+        assert cand["clinical"]["flips"]["n"] == 0, cand["clinical"]
+        assert cand["passed"], cand["reasons"]
+
+
+@pytest.mark.gpu
+@needs_cuda
+@needs_ort_cuda
+def test_pytorch_cuda_vs_ort_cuda_fp32(gpu_ckpt_bundle: tuple[Path, Path], cast_sets: dict, tmp_path: Path) -> None:
+    from uopsl.train.reference import TorchReference
+
+    ckpt, bundle = gpu_ckpt_bundle
     result = validate_bundle(bundle, TorchReference.from_checkpoint(ckpt, "cuda"), _records(cast_sets)[:48],
                              tmp_path / "out", ValidateConfig(backends=("ort-cuda",), show_progress=False, record=False),
                              label_space=("normal", "a", "b"))
