@@ -137,7 +137,7 @@ class Screener:
     """Screen fundus photographs with a bundle: a context manager owning the backend.
 
     backend / precision / threads: see :func:`uopsl.runtime.backends.open_backend`.
-    batch_size, workers: see :class:`PipelineConfig`. verify: check the bundle's
+    batch_size, workers, worker_pool: see :class:`PipelineConfig`. verify: check the bundle's
     checksums before loading (a few hundred ms for a typical bundle).
     max_inference_failures: see below. device: the GPU index (as ``nvidia-smi`` numbers
     them) for TensorRT and ONNX Runtime CUDA/TensorRT; engines are checked against that GPU.
@@ -188,6 +188,7 @@ class Screener:
         threads: int | None = None,
         batch_size: int = 8,
         workers: int | None = None,
+        worker_pool: str = "threads",
         verify: bool = True,
         quality_config: Any = None,
         infer_ungradable: bool = False,
@@ -238,7 +239,7 @@ class Screener:
             raise ConfigError(f"threads must be an integer >= 1 (or None: the runtime's default), got {threads!r}")
         self.threads = None if threads is None else int(threads)
         self.config = PipelineConfig(batch_size=batch_size, workers=workers, infer_ungradable=infer_ungradable,
-                                     max_inference_failures=max_inference_failures)
+                                     max_inference_failures=max_inference_failures, worker_pool=worker_pool)
         self.quality_config = quality_config
         self._backend: Backend | None = None
         self._depth = 0  # nested `with` blocks open on this Screener
@@ -353,8 +354,7 @@ class Screener:
             self.recheck_trust()
 
     def _pipeline(self, thumbnail_side: int = 0) -> ScreeningPipeline:
-        cfg = PipelineConfig(self.config.batch_size, self.config.workers, self.config.prefetch_batches,
-                             thumbnail_side, self.config.infer_ungradable, self.config.max_inference_failures)
+        cfg = replace(self.config, thumbnail_side=thumbnail_side)
         return ScreeningPipeline(self.backend, self.manifest, cfg, self.quality_config, self._health,
                                  before_batch=self._recheck_trust_now_and_then)
 

@@ -28,7 +28,14 @@ from uopsl.runtime.backends import BACKEND_NAMES, detect_availability, open_and_
 from uopsl.runtime.backends.base import Backend
 from uopsl.runtime.bundle import Manifest
 from uopsl.runtime.errors import BackendError, ConfigError, UopslError
-from uopsl.runtime.pipeline import PipelineConfig, ScreeningPipeline, item_for_data, item_for_path, walk_images
+from uopsl.runtime.pipeline import (
+    WORKER_POOLS,
+    PipelineConfig,
+    ScreeningPipeline,
+    item_for_data,
+    item_for_path,
+    walk_images,
+)
 from uopsl.runtime.preprocess import preprocess, read_bytes
 from uopsl.runtime.version import __version__
 from uopsl.runtime.signing import open_trusted
@@ -40,7 +47,8 @@ log = logging.getLogger(__name__)
 class BenchConfig:
     """batches: batch sizes to time. iters/warmup: timed and untimed calls per case.
     threads: inference threads. e2e: also time the whole pipeline, with
-    ``workers`` preprocessing threads (None: the pipeline's default).
+    ``workers`` preprocessing threads or processes (None: the pipeline's default); ``worker_pool``: the
+    pipeline's (``PipelineConfig.worker_pool``).
     e2e_images: how many photographs the end-to-end run screens (cycled if fewer exist).
     """
 
@@ -52,12 +60,15 @@ class BenchConfig:
     e2e_images: int = 200
     preprocess_images: int = 64
     workers: int | None = None
+    worker_pool: str = "threads"
 
     def __post_init__(self) -> None:
         if not self.batches or any(b < 1 for b in self.batches):
             raise ConfigError(f"batch sizes must be >= 1, got {self.batches}")
         if self.iters < 1 or self.warmup < 0 or self.e2e_images < 1 or self.preprocess_images < 1:
             raise ConfigError("iters, e2e_images and preprocess_images must be >= 1 and warmup >= 0")
+        if self.worker_pool not in WORKER_POOLS:
+            raise ConfigError(f"worker_pool must be one of {', '.join(WORKER_POOLS)}, got {self.worker_pool!r}")
 
 
 # -- synthetic photographs ----------------------------------------------------------------
@@ -182,9 +193,10 @@ def time_preprocess(blobs: list[bytes], manifest: Manifest, warmup: int = 2) -> 
 
 
 def time_end_to_end(backend: Backend, manifest: Manifest, sources: list[Any], batch: int,
-                    workers: int | None = None) -> dict[str, Any]:
+                    workers: int | None = None, worker_pool: str = "threads") -> dict[str, Any]:
     """Images per second of the whole pipeline (read to decision) at ``batch``."""
-    pipe = ScreeningPipeline(backend, manifest, PipelineConfig(batch_size=batch, workers=workers))
+    config = PipelineConfig(batch_size=batch, workers=workers, worker_pool=worker_pool)
+    pipe = ScreeningPipeline(backend, manifest, config)
     items = [item_for_path(s) if isinstance(s, Path) else item_for_data(s, f"synthetic{i}") for i, s in enumerate(sources)]
     # Warm the pool, the page cache and the backend on one batch.
     for _ in pipe.run(items[:batch]):
@@ -195,7 +207,8 @@ def time_end_to_end(backend: Backend, manifest: Manifest, sources: list[Any], ba
         statuses[r.status] = statuses.get(r.status, 0) + 1
     dt = time.perf_counter() - t0
     return {"batch": batch, "images": len(items), "seconds": round(dt, 3),
-            "throughput_ips": round(len(items) / dt, 2), "statuses": statuses}
+            "throughput_ips": round(len(items) / dt, 2), "statuses": statuses,
+            "workers": config.n_workers, "worker_pool": config.pool_for(getattr(backend, "name", ""))}
 
 
 def _cases(bundle: Path, manifest: Manifest, backend: str, precision: str) -> list[tuple[str, str]]:
@@ -296,7 +309,7 @@ def run_bench(bundle: str | os.PathLike[str], backend: str = "auto", precision: 
                                         "requested": name, **r})
             if cfg.e2e:
                 bmax = max(cfg.batches)
-                e2e = time_end_to_end(b, m, e2e_sources, bmax, cfg.workers)
+                e2e = time_end_to_end(b, m, e2e_sources, bmax, cfg.workers, cfg.worker_pool)
                 pure = next(r["throughput_ips"] for r in rows if r["batch"] == bmax)
                 e2e["inference_ips"] = pure
                 e2e["ratio"] = round(e2e["throughput_ips"] / pure, 3)

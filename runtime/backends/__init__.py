@@ -37,7 +37,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from uopsl.runtime.backends.base import Backend, TensorSpec, check_gpu_index
+from uopsl.runtime.backends.base import GPU_BACKENDS, Backend, TensorSpec, check_gpu_index
 from uopsl.runtime.bundle import FileEntry, Manifest, parity_status, read_manifest
 from uopsl.runtime.errors import BackendError, BundleError, ConfigError, MissingDependencyError, UopslError
 from uopsl.runtime.fsio import sha256_file, user_cache_dir, write_json
@@ -606,7 +606,6 @@ def construct_backend(root: Path, sel: Selection, m: Manifest, threads: int | No
     return backend
 
 
-_GPU_BACKENDS = ("ort-cuda", "ort-trt", "tensorrt")
 _GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
 
 
@@ -627,7 +626,7 @@ def open_and_enter(bundle: str | os.PathLike[str], name: str = "auto", precision
         b.__enter__()
         return _checked(b, kwargs["manifest"], bundle)
     except BackendError as exc:
-        if name != "auto" or b.name not in _GPU_BACKENDS:
+        if name != "auto" or b.name not in GPU_BACKENDS:
             raise
         log.warning("backend %s could not start (%s); choosing again without the GPU", b.name, exc)
     av = kwargs.pop("availability", None) or detect_availability()

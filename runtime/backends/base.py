@@ -25,6 +25,10 @@ if TYPE_CHECKING:
     from uopsl.runtime.backends import Selection
 
 
+#: Registry names of the backends whose inference runs on a GPU.
+GPU_BACKENDS = frozenset({"ort-cuda", "ort-trt", "tensorrt"})
+
+
 def check_gpu_index(device: object) -> int:
     """``device`` if it is a GPU index (``nvidia-smi``'s numbering, >= 0), else :class:`ConfigError`."""
     if not isinstance(device, int) or isinstance(device, bool) or device < 0:

@@ -1,0 +1,107 @@
+"""Preparing photographs in worker processes: same results as threads, a dead worker is a clear error.
+
+Why processes exist: on a 16-core GPU machine (session 23) worker threads stopped scaling at ~1.5x, capping
+the pipeline far below the GPU; ``PipelineConfig.pool_for`` picks processes for GPU backends.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from tinybundle import fundus_jpeg, make_bad_zoo, tiny_bundle  # noqa: F401 - session fixture
+from uopsl.runtime.api import Screener
+from uopsl.runtime.backends import open_backend
+from uopsl.runtime.bundle import read_manifest
+from uopsl.runtime.cli import cli
+from uopsl.runtime.errors import BackendError, ConfigError
+from uopsl.runtime.pipeline import InputItem, PipelineConfig, ScreeningPipeline, item_for_path, worker_processes
+
+
+def test_worker_pool_setting_is_checked_and_auto_follows_the_backend() -> None:
+    with pytest.raises(ConfigError, match="worker_pool must be one of auto, threads, processes, got 'fork'"):
+        PipelineConfig(worker_pool="fork")
+    assert PipelineConfig().worker_pool == "threads"  # the library spawns no process unasked (the CLI: auto)
+    auto = PipelineConfig(workers=4, worker_pool="auto")
+    assert auto.pool_for("ort-cuda") == auto.pool_for("tensorrt") == auto.pool_for("ort-trt") == "processes"
+    assert auto.pool_for("ort-cpu") == auto.pool_for("openvino") == "threads"
+    assert PipelineConfig(workers=1).pool_for("tensorrt") == "threads"  # one worker: nothing to gain
+    assert PipelineConfig(workers=4, worker_pool="processes").pool_for("ort-cpu") == "processes"
+    assert PipelineConfig(workers=4, worker_pool="threads").pool_for("tensorrt") == "threads"
+
+
+def test_processes_give_the_rows_threads_give_bad_files_included(tmp_path: Path, tiny_bundle: Path) -> None:
+    zoo = make_bad_zoo(tmp_path / "zoo")
+    good = [fundus_jpeg(tmp_path / "good" / f"g{i}.jpg", seed=i) for i in range(6)]
+    inputs = good[:3] + [p for p, _ in zoo.values()] + good[3:]
+    rows = {}
+    for pool in ("threads", "processes"):
+        with Screener(tiny_bundle, "ort-cpu", threads=1, batch_size=4, workers=2, worker_pool=pool) as s:
+            rows[pool] = list(s.screen_many(inputs))
+    a, b = rows["threads"], rows["processes"]
+    assert [r.source for r in b] == [str(p) for p in inputs]
+    assert [(r.status, r.reasons, r.error, r.refer, r.positive) for r in a] == \
+           [(r.status, r.reasons, r.error, r.refer, r.positive) for r in b]
+    for x, y in zip(a, b):
+        assert x.probs == y.probs and x.content_sha256 == y.content_sha256  # the same arithmetic, bit for bit
+        if x.site_maps is not None:
+            assert np.array_equal(x.site_maps, y.site_maps) and x.geometry == y.geometry
+    assert {r.status for r in b} == {"ok", "ungradable", "error"}
+
+
+class _KillsItsWorker:
+    """Unpickling this ends the process that does it: a worker dying mid-run (killed for memory, say)."""
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (os._exit, (3,))
+
+
+def test_a_worker_process_that_dies_stops_the_run_with_a_clear_error_and_the_next_run_works(
+        tmp_path: Path, tiny_bundle: Path) -> None:
+    m = read_manifest(tiny_bundle)
+    good = [fundus_jpeg(tmp_path / f"g{i}.jpg", seed=i) for i in range(4)]
+    killer = InputItem(source="killer", key="killer", id="killer", data=_KillsItsWorker())  # type: ignore[arg-type]
+    cfg = PipelineConfig(batch_size=2, workers=2, worker_pool="processes")
+    with open_backend(tiny_bundle, "ort-cpu", "fp32", 1, manifest=m, measure=False) as backend:
+        pipe = ScreeningPipeline(backend, m, cfg)
+        got = []
+        with pytest.raises(BackendError, match="a preprocessing worker process stopped") as info:
+            for r in pipe.run([item_for_path(p) for p in good[:2]] + [killer] + [item_for_path(p) for p in good[2:]]):
+                got.append(r.source)
+        assert "killer" not in got and "--worker-pool threads" in str(info.value)
+        unscreened = getattr(info.value, "unscreened", ())
+        assert {i.source for i in unscreened} | set(got) >= {str(p) for p in good} | {"killer"}
+        # a fresh pool for the next run
+        assert [r.status for r in pipe.run([item_for_path(p) for p in good])] == ["ok"] * 4
+    assert not getattr(worker_processes(2), "_broken", False)
+
+
+def test_cli_run_and_bench_take_the_worker_pool(tmp_path: Path, tiny_bundle: Path) -> None:
+    photos = tmp_path / "photos"
+    for i in range(3):
+        fundus_jpeg(photos / f"p{i}.jpg", seed=i)
+    runner = CliRunner()
+    res = runner.invoke(cli, ["run", str(tiny_bundle), str(photos), "--out", str(tmp_path / "out"),
+                              "--backend", "ort-cpu", "--worker-pool", "processes", "--no-overlays", "--no-report"])
+    assert res.exit_code == 0, res.output
+    assert len((tmp_path / "out" / "results.csv").read_text(encoding="utf-8-sig").splitlines()) == 4
+    res = runner.invoke(cli, ["run", str(tiny_bundle), str(photos), "--out", str(tmp_path / "o2"),
+                              "--worker-pool", "fork"])
+    assert res.exit_code == 2 and "fork" in res.output
+    out = tmp_path / "bench.json"
+    res = runner.invoke(cli, ["bench", str(tiny_bundle), "--backend", "ort-cpu", "--precision", "fp32", "--batch", "2",
+                              "--iters", "2", "--warmup", "0", "--e2e-images", "8", "--worker-pool", "processes",
+                              "--json", str(out)])
+    assert res.exit_code == 0, res.output
+    import json
+
+    e2e = json.loads(out.read_text())["e2e"][0]
+    assert e2e["worker_pool"] == "processes" and e2e["statuses"] == {"ok": 8}
+    res = runner.invoke(cli, ["bench", str(tiny_bundle), "--backend", "ort-cpu", "--precision", "fp32", "--batch", "2",
+                              "--iters", "2", "--warmup", "0", "--e2e-images", "4", "--json", str(out)])
+    assert res.exit_code == 0, res.output
+    assert json.loads(out.read_text())["e2e"][0]["worker_pool"] == "threads"  # auto, on a CPU backend
