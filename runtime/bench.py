@@ -196,6 +196,7 @@ def time_end_to_end(backend: Backend, manifest: Manifest, sources: list[Any], ba
                     workers: int | None = None, worker_pool: str = "threads") -> dict[str, Any]:
     """Images per second of the whole pipeline (read to decision) at ``batch``."""
     config = PipelineConfig(batch_size=batch, workers=workers, worker_pool=worker_pool)
+    pool = config.pool_for(getattr(backend, "name", ""))
     pipe = ScreeningPipeline(backend, manifest, config)
     items = [item_for_path(s) if isinstance(s, Path) else item_for_data(s, f"synthetic{i}") for i, s in enumerate(sources)]
     # Warm the pool, the page cache and the backend on one batch.
@@ -208,7 +209,7 @@ def time_end_to_end(backend: Backend, manifest: Manifest, sources: list[Any], ba
     dt = time.perf_counter() - t0
     return {"batch": batch, "images": len(items), "seconds": round(dt, 3),
             "throughput_ips": round(len(items) / dt, 2), "statuses": statuses,
-            "workers": config.n_workers, "worker_pool": config.pool_for(getattr(backend, "name", ""))}
+            "workers": config.workers_for(pool), "worker_pool": pool}
 
 
 def _cases(bundle: Path, manifest: Manifest, backend: str, precision: str) -> list[tuple[str, str]]:

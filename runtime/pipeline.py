@@ -821,7 +821,18 @@ class PipelineConfig:
         """
         if self.worker_pool != "auto":
             return self.worker_pool
-        return "processes" if backend_name in GPU_BACKENDS and self.n_workers >= 2 else "threads"
+        many = (self.workers or os.cpu_count() or 1) >= 2
+        return "processes" if backend_name in GPU_BACKENDS and many else "threads"
+
+    def workers_for(self, pool: str) -> int:
+        """``workers``, or the default for this kind of pool: threads, the cores (at most 4); processes, the
+        cores less one for inference and the results (at least 2 where there are 2 cores, at most 8: on 16
+        cores the pipeline read 593, 1,010, 986 and 926 photographs/s with 4, 8, 12 and 15 processes, its
+        own results-side work the limit from 8 on)."""
+        if self.workers:
+            return self.workers
+        cores = os.cpu_count() or 1
+        return max(min(2, cores), min(8, cores - 1)) if pool == "processes" else self.n_workers
 
 
 class InferenceHealth:
@@ -1107,8 +1118,8 @@ class ScreeningPipeline:
 
     def _worker_pool(self, processes: bool) -> contextlib.AbstractContextManager[Executor]:
         if not processes:
-            return ThreadPoolExecutor(self.config.n_workers, thread_name_prefix="uopsl-prep")
-        return contextlib.nullcontext(worker_processes(self.config.n_workers))  # shared: outlives the run
+            return ThreadPoolExecutor(self.config.workers_for("threads"), thread_name_prefix="uopsl-prep")
+        return contextlib.nullcontext(worker_processes(self.config.workers_for("processes")))  # outlives the run
 
     def run(self, items: Iterable[Any]) -> Iterator[ScreenResult]:
         """Screen ``items`` (InputItems, paths, bytes or arrays); one result per input, in order.

@@ -32,6 +32,15 @@ def test_worker_pool_setting_is_checked_and_auto_follows_the_backend() -> None:
     assert PipelineConfig(workers=1).pool_for("tensorrt") == "threads"  # one worker: nothing to gain
     assert PipelineConfig(workers=4, worker_pool="processes").pool_for("ort-cpu") == "processes"
     assert PipelineConfig(workers=4, worker_pool="threads").pool_for("tensorrt") == "threads"
+    assert PipelineConfig(workers=3).workers_for("processes") == PipelineConfig(workers=3).workers_for("threads") == 3
+
+
+@pytest.mark.parametrize(("cores", "threads", "processes"), [(1, 1, 1), (2, 2, 2), (4, 4, 3), (16, 4, 8)])
+def test_default_worker_counts(monkeypatch: pytest.MonkeyPatch, cores: int, threads: int, processes: int) -> None:
+    monkeypatch.setattr(os, "cpu_count", lambda: cores)
+    cfg = PipelineConfig(worker_pool="auto")
+    assert (cfg.workers_for("threads"), cfg.workers_for("processes")) == (threads, processes)
+    assert cfg.pool_for("tensorrt") == ("processes" if cores >= 2 else "threads")
 
 
 def test_processes_give_the_rows_threads_give_bad_files_included(tmp_path: Path, tiny_bundle: Path) -> None:
