@@ -114,3 +114,23 @@ def test_cli_run_and_bench_take_the_worker_pool(tmp_path: Path, tiny_bundle: Pat
                               "--iters", "2", "--warmup", "0", "--e2e-images", "4", "--json", str(out)])
     assert res.exit_code == 0, res.output
     assert json.loads(out.read_text())["e2e"][0]["worker_pool"] == "threads"  # auto, on a CPU backend
+
+
+def test_a_script_without_a_main_guard_is_told_the_rule(tmp_path: Path, tiny_bundle: Path) -> None:
+    import subprocess
+    import sys
+
+    photo = fundus_jpeg(tmp_path / "p.jpg", seed=1)
+    script = tmp_path / "unguarded.py"
+    script.write_text(
+        "from uopsl.runtime.api import Screener\n"
+        f"with Screener({str(tiny_bundle)!r}, 'ort-cpu', workers=2, worker_pool='processes') as s:\n"
+        f"    print(s.screen({str(photo)!r}).status)\n", encoding="utf-8")
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert "BackendError" in proc.stderr and 'if __name__ == "__main__":' in proc.stderr, proc.stderr[-2000:]
+    guarded = tmp_path / "guarded.py"
+    guarded.write_text("if __name__ == '__main__':\n" + "".join(
+        "    " + line + "\n" for line in script.read_text(encoding="utf-8").splitlines()), encoding="utf-8")
+    proc = subprocess.run([sys.executable, str(guarded)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
