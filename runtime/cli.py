@@ -139,7 +139,8 @@ _csv_option = click.option(
 @_backend_options
 @click.option("--batch", type=click.IntRange(min=1), default=8, show_default=True, help="Images per inference call.")
 @click.option("--workers", type=click.IntRange(min=1), default=None,
-              help="Preprocessing threads or processes (default: cores, max 4).")
+              help="Preprocessing threads or processes (default: threads, the cores up to 4; processes, the "
+                   "cores less one, 2 to 8).")
 @_worker_pool_option
 @click.option("--overlays/--no-overlays", default=True, show_default=True, help="Write heatmap overlay PNGs.")
 @click.option("--report/--no-report", default=True, show_default=True, help="Write report.html.")
@@ -223,7 +224,8 @@ def watch_cmd(bundle: Path, folder: Path, out: Path, backend: str, precision: st
 @click.option("--warmup", type=click.IntRange(min=0), default=5, show_default=True, help="Untimed warm-up iterations.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="Inference threads.")
 @click.option("--workers", type=click.IntRange(min=1), default=None,
-              help="Preprocessing threads or processes of the end-to-end run (default: cores, max 4).")
+              help="Preprocessing threads or processes of the end-to-end run (default: threads, the cores up to "
+                   "4; processes, the cores less one, 2 to 8).")
 @_worker_pool_option
 @click.option("--images", "images", type=click.Path(exists=True, path_type=Path), default=None,
               help="Folder of real photographs for preprocessing and end-to-end timing (default: synthetic).")

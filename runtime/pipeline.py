@@ -761,7 +761,7 @@ class PipelineConfig:
     """How the pipeline runs.
 
     batch_size: images per inference call. workers: preprocessing threads or
-    processes (None: the number of CPU cores, at most 4). worker_pool: ``threads``,
+    processes (None: see :meth:`workers_for`). worker_pool: ``threads``,
     ``processes`` (spawned at first use and kept, :func:`worker_processes`) or ``auto``
     (see :meth:`pool_for`; the command line's default). Threads are the library's
     default because a spawned process imports the program's main script again:
@@ -947,7 +947,6 @@ def prepare_item(item: InputItem, spec: PrepareSpec) -> _Prepared:
         out.error = f"{type(exc).__name__}: {exc}"
         out.reasons = ("internal_error",)
     return out
-
 
 
 _process_pools: dict[int, ProcessPoolExecutor] = {}

@@ -56,11 +56,12 @@ def test_finetune_with_amp_on_cuda_trains_and_saves_weights_the_cpu_reads(tmp_pa
 
     loaded, _ = load_model(tmp_path / "run")
     assert next(loaded.parameters()).device.type == "cpu"
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     try:
         on_gpu = predict(model.eval(), ds, device=torch.device("cuda"))["probs"]
     finally:
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
     on_cpu = predict(loaded.eval(), ds, device=torch.device("cpu"))["probs"]
     assert np.abs(on_gpu - on_cpu).max() <= FP32_PROB_TOLERANCE
 
