@@ -38,6 +38,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import BrokenExecutor, Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeoutError  # not the builtin before Python 3.11
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -982,6 +983,10 @@ def shutdown_worker_processes() -> None:
 atexit.register(shutdown_worker_processes)
 
 
+def _worker_alive() -> bool:
+    return True
+
+
 def _worker_process_start() -> None:
     """Initializer of a worker process: OpenCV single-threaded (as the threads run it), and Ctrl-C left to
     the parent, which stops the run and the pool (a child of its own would print a traceback per worker)."""
@@ -1115,6 +1120,27 @@ class ScreeningPipeline:
             content_sha256=p.sha256,
         )
 
+    def _fresh_processes(self, exc: BaseException, item: InputItem,
+                         pending: collections.deque[tuple[InputItem, Future[_Prepared]]]) -> Executor:
+        """A new worker pool after one broke, checked with a trivial task; BackendError if it cannot run one."""
+        with _process_pools_lock:
+            for k in [k for k, v in _process_pools.items() if getattr(v, "_broken", False)]:
+                del _process_pools[k]
+        pool = worker_processes(self.config.workers_for("processes"))
+        try:
+            if pool.submit(_worker_alive).result(timeout=120):
+                return pool
+        except (BrokenExecutor, FutureTimeoutError, OSError):
+            pass
+        err = BackendError(
+            f"preprocessing worker processes stop as they start ({exc}), at {display_path(item.source)}; "
+            "use worker threads (--worker-pool threads), or from a Python script keep its top-level code "
+            "under `if __name__ == \"__main__\":` (worker processes import the main script again); "
+            "photographs already screened are kept")
+        _annotate(err, "unscreened", (item,) + tuple(i for i, _ in pending),
+                  "the inputs without a result are in its .unscreened")
+        raise err from exc
+
     def _worker_pool(self, processes: bool) -> contextlib.AbstractContextManager[Executor]:
         if not processes:
             return ThreadPoolExecutor(self.config.workers_for("threads"), thread_name_prefix="uopsl-prep")
@@ -1154,6 +1180,24 @@ class ScreeningPipeline:
                                     else pool.submit(self.prepare, nxt)))
                     taken += 1
 
+            def recover(item: InputItem, exc: BaseException) -> _Prepared:
+                """The worker pool broke (a process died: a decoder crashed on a file, or it was killed for
+                memory). Run ``item`` alone in a fresh pool: if that breaks too, ``item`` is the cause and gets
+                an error row; then resubmit everything still pending. A pool that cannot run even a trivial
+                task (no process can start) stops the run instead."""
+                nonlocal pool
+                pool = self._fresh_processes(exc, item, pending)
+                try:
+                    prep = pool.submit(prepare_item, item, self._spec).result()
+                except BrokenExecutor:
+                    log.error("%s: preparing it stopped a worker process", display_path(item.source))
+                    prep = _Prepared(item, error="preparing this photograph stopped the worker process that read "
+                                     "it (a damaged or unusual file, or too little memory)", reasons=("decoder_crash",))
+                    pool = self._fresh_processes(exc, item, pending)
+                for k, (waiting, _) in enumerate(pending):
+                    pending[k] = (waiting, pool.submit(prepare_item, waiting, self._spec))
+                return prep
+
             def finish(batch: list[_Prepared]) -> list[ScreenResult]:
                 try:
                     if self.before_batch is not None:
@@ -1174,21 +1218,7 @@ class ScreeningPipeline:
                     try:
                         prep = future.result()
                     except BrokenExecutor as exc:
-                        # A worker process died (killed for memory, or a decoder crashed on a file): the
-                        # photographs in flight get no row; everything before them has one.
-                        pending.appendleft((item, future))
-                        with _process_pools_lock:  # the next run starts a fresh pool
-                            for k in [k for k, v in _process_pools.items() if getattr(v, "_broken", False)]:
-                                del _process_pools[k]
-                        err = BackendError(
-                            f"a preprocessing worker process stopped ({exc}) while photographs up to "
-                            f"{display_path(item.source)} were being read; run the same command again to "
-                            "screen the rest (those already screened are kept), or use worker threads "
-                            "(--worker-pool threads). From a Python script, its top-level code must be under "
-                            "`if __name__ == \"__main__\":` for worker processes to start")
-                        _annotate(err, "unscreened", tuple(p.item for p in batch) + tuple(i for i, _ in pending),
-                                  "the inputs without a result are in its .unscreened")
-                        raise err from exc
+                        prep = recover(item, exc)
                     fill()
                     batch.append(prep)
                     n_run += prep.runnable

@@ -150,6 +150,11 @@ REASON_TEXT: dict[str, ReasonText] = {
     "unreadable": ReasonText(
         "cannot open file",
         "The file could not be opened (missing, moved or not permitted): check it is there, or copy it again."),
+    "decoder_crash": ReasonText(
+        "file stopped the reader",
+        "Reading this file stopped the program's image reader (a damaged or unusual file, or too little memory); "
+        "the other photographs were screened: copy it again from the camera or export it as JPEG, then run the "
+        "same command again; if it repeats, send this file to support."),
     "inference_error": ReasonText(
         "program failure",
         "The screening program failed on this photograph (not the photograph's fault): run the same command again."),
@@ -162,7 +167,7 @@ REASON_TEXT: dict[str, ReasonText] = {
 # Several fields of view come before exposure: each eye may be well exposed, and the retake is another image.
 _REASON_ORDER = ("unreadable", "undecodable", "unsupported_format", "reader_missing", "too_large", "too_small",
                  "several_fov", "too_dark", "too_bright", "grayscale", "not_fundus_colour", "no_fov", "no_fundus_field_of_view", "low_contrast", "blurred", "noisy",
-                 "inference_error", "internal_error")
+                 "decoder_crash", "inference_error", "internal_error")
 
 
 def reason_text(tag: str) -> ReasonText:

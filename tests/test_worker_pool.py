@@ -18,7 +18,7 @@ from uopsl.runtime.api import Screener
 from uopsl.runtime.backends import open_backend
 from uopsl.runtime.bundle import read_manifest
 from uopsl.runtime.cli import cli
-from uopsl.runtime.errors import BackendError, ConfigError
+from uopsl.runtime.errors import ConfigError
 from uopsl.runtime.pipeline import InputItem, PipelineConfig, ScreeningPipeline, item_for_path, worker_processes
 
 
@@ -69,23 +69,23 @@ class _KillsItsWorker:
         return (os._exit, (3,))
 
 
-def test_a_worker_process_that_dies_stops_the_run_with_a_clear_error_and_the_next_run_works(
+def test_a_photograph_that_kills_its_worker_gets_an_error_row_and_the_run_goes_on(
         tmp_path: Path, tiny_bundle: Path) -> None:
     m = read_manifest(tiny_bundle)
-    good = [fundus_jpeg(tmp_path / f"g{i}.jpg", seed=i) for i in range(4)]
+    good = [fundus_jpeg(tmp_path / f"g{i}.jpg", seed=i) for i in range(6)]
     killer = InputItem(source="killer", key="killer", id="killer", data=_KillsItsWorker())  # type: ignore[arg-type]
+    items = [item_for_path(p) for p in good[:3]] + [killer] + [item_for_path(p) for p in good[3:]]
     cfg = PipelineConfig(batch_size=2, workers=2, worker_pool="processes")
     with open_backend(tiny_bundle, "ort-cpu", "fp32", 1, manifest=m, measure=False) as backend:
         pipe = ScreeningPipeline(backend, m, cfg)
-        got = []
-        with pytest.raises(BackendError, match="a preprocessing worker process stopped") as info:
-            for r in pipe.run([item_for_path(p) for p in good[:2]] + [killer] + [item_for_path(p) for p in good[2:]]):
-                got.append(r.source)
-        assert "killer" not in got and "--worker-pool threads" in str(info.value)
-        unscreened = getattr(info.value, "unscreened", ())
-        assert {i.source for i in unscreened} | set(got) >= {str(p) for p in good} | {"killer"}
-        # a fresh pool for the next run
-        assert [r.status for r in pipe.run([item_for_path(p) for p in good])] == ["ok"] * 4
+        rows = list(pipe.run(items))
+        assert [r.source for r in rows] == [i.source for i in items]  # one row each, in order
+        by = {r.source: r for r in rows}
+        assert by["killer"].status == "error" and by["killer"].reasons == ("decoder_crash",)
+        assert "stopped the worker process" in by["killer"].error
+        assert [by[str(p)].status for p in good] == ["ok"] * 6
+        # the pool in use afterwards is a working one
+        assert [r.status for r in pipe.run([item_for_path(p) for p in good[:2]])] == ["ok"] * 2
     assert not getattr(worker_processes(2), "_broken", False)
 
 
