@@ -818,7 +818,7 @@ class PipelineConfig:
         its time, so threads stop scaling at about 1.5x (session 23, 16 cores: 1.57x at 4 threads, slower
         beyond), which capped a GPU pipeline at ~110 photographs/s against 5,800/s of inference; processes
         reached 3.7x there. On a CPU backend the inference already takes every core, and each process adds
-        its own ~60 MB of numpy and OpenCV, so threads stay the default.
+        its own ~70 MB (resident; numpy, OpenCV and the runtime), so threads stay the default.
         """
         if self.worker_pool != "auto":
             return self.worker_pool
