@@ -62,14 +62,22 @@ class Availability:
     ort_providers: tuple[str, ...] = ()
     openvino: bool = False
     tensorrt: bool = False
+    #: TensorRT's library (libnvinfer) can be found. ONNX Runtime's GPU wheel lists its TensorRT provider
+    #: whether or not TensorRT is installed (seen on the session-23 GPU machine), and the provider fails
+    #: only when a session starts; True where not probed (tests that inject providers).
+    nvinfer: bool = True
 
     @property
     def ort_cuda(self) -> bool:
         return "CUDAExecutionProvider" in self.ort_providers
 
     @property
-    def ort_trt(self) -> bool:
+    def ort_trt_listed(self) -> bool:
         return "TensorrtExecutionProvider" in self.ort_providers
+
+    @property
+    def ort_trt(self) -> bool:
+        return self.ort_trt_listed and self.nvinfer
 
 
 @dataclass(frozen=True)
@@ -93,11 +101,34 @@ def detect_availability() -> Availability:
     """Probe the installed runtimes (never raises; nothing is loaded onto a GPU)."""
     from uopsl.runtime.backends.onnxruntime import available_providers
 
+    providers = available_providers()
     return Availability(
-        ort_providers=available_providers(),
+        ort_providers=providers,
         openvino=available("openvino"),
         tensorrt=available("tensorrt") and (available("cuda.bindings") or available("cuda") or available("pycuda")),
+        nvinfer=nvinfer_found() if "TensorrtExecutionProvider" in providers else False,
     )
+
+
+_NVINFER_NAMES = ("nvinfer", "nvinfer_11", "nvinfer_10", "nvinfer_8")  # Linux, then Windows DLL names
+
+
+def nvinfer_found() -> bool:
+    """Whether TensorRT's runtime library can be found: the ``tensorrt`` Python package (it loads its own
+    libraries), the loader's cache and standard folders (``ctypes.util.find_library``: JetPack, apt), or a
+    folder of ``LD_LIBRARY_PATH``. Never raises."""
+    import ctypes.util
+    import glob
+
+    if available("tensorrt"):
+        return True
+    try:
+        if any(ctypes.util.find_library(n) for n in _NVINFER_NAMES):
+            return True
+    except Exception:  # noqa: BLE001 - find_library runs ldconfig/gcc; a broken one means "not found"
+        pass
+    return any(glob.glob(os.path.join(d, "libnvinfer.so*"))
+               for d in os.environ.get("LD_LIBRARY_PATH", "").split(os.pathsep) if d)
 
 
 class ModelFileBackend(Backend):
@@ -459,6 +490,11 @@ def select_backend(
         if name == "ort-cuda" and not av.ort_cuda:
             raise MissingDependencyError(f"backend ort-cuda needs onnxruntime-gpu; this ONNX Runtime offers "
                                          f"{list(av.ort_providers)}")
+        if name == "ort-trt" and av.ort_trt_listed and not av.ort_trt:
+            raise MissingDependencyError("backend ort-trt needs TensorRT's library (libnvinfer), which is not "
+                                         "found here although ONNX Runtime lists its TensorRT provider: install "
+                                         "TensorRT (pip install 'uopsl[trt]', or JetPack on a Jetson) or put its "
+                                         "lib folder on LD_LIBRARY_PATH")
         if name == "ort-trt" and not av.ort_trt:
             raise MissingDependencyError(f"backend ort-trt needs onnxruntime-gpu with TensorRT; this one offers "
                                          f"{list(av.ort_providers)}")
@@ -678,7 +714,9 @@ def backend_table(bundle: str | os.PathLike[str], manifest: Manifest | None = No
     onnx = ", ".join(f"{f.path} ({f.precision})" for f in m.files_of("onnx")) or "no ONNX files"
     rows.append(("ort-cpu", "CPUExecutionProvider" in av.ort_providers, onnx))
     rows.append(("ort-cuda", av.ort_cuda, onnx if av.ort_cuda else "needs onnxruntime-gpu and a CUDA GPU"))
-    rows.append(("ort-trt", av.ort_trt, onnx if av.ort_trt else "needs onnxruntime-gpu built with TensorRT"))
+    rows.append(("ort-trt", av.ort_trt, onnx if av.ort_trt else
+                 "needs TensorRT's library (libnvinfer), not found here" if av.ort_trt_listed else
+                 "needs onnxruntime-gpu built with TensorRT"))
     rows.append(("openvino", av.openvino, onnx if av.openvino else "pip install 'uopsl[openvino]'"))
     engines = m.files_of("engine")
     if not engines:
