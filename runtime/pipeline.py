@@ -1120,8 +1120,7 @@ class ScreeningPipeline:
             content_sha256=p.sha256,
         )
 
-    def _fresh_processes(self, exc: BaseException, item: InputItem,
-                         pending: collections.deque[tuple[InputItem, Future[_Prepared]]]) -> Executor:
+    def _fresh_processes(self, exc: BaseException, item: InputItem) -> Executor:
         """A new worker pool after one broke, checked with a trivial task; BackendError if it cannot run one."""
         with _process_pools_lock:
             for k in [k for k, v in _process_pools.items() if getattr(v, "_broken", False)]:
@@ -1137,8 +1136,6 @@ class ScreeningPipeline:
             "use worker threads (--worker-pool threads), or from a Python script keep its top-level code "
             "under `if __name__ == \"__main__\":` (worker processes import the main script again); "
             "photographs already screened are kept")
-        _annotate(err, "unscreened", (item,) + tuple(i for i, _ in pending),
-                  "the inputs without a result are in its .unscreened")
         raise err from exc
 
     def _worker_pool(self, processes: bool) -> contextlib.AbstractContextManager[Executor]:
@@ -1186,15 +1183,25 @@ class ScreeningPipeline:
                 an error row; then resubmit everything still pending. A pool that cannot run even a trivial
                 task (no process can start) stops the run instead."""
                 nonlocal pool
-                pool = self._fresh_processes(exc, item, pending)
+
+                def fresh() -> Executor:
+                    try:
+                        return self._fresh_processes(exc, item)
+                    except BackendError as err:
+                        _annotate(err, "unscreened", tuple(p.item for p in batch) + (item,)
+                                  + tuple(i for i, _ in pending), "the inputs without a result are in its .unscreened")
+                        raise
+
+                pool = fresh()
                 try:
                     prep = pool.submit(prepare_item, item, self._spec).result()
                 except BrokenExecutor:
                     log.error("%s: preparing it stopped a worker process", display_path(item.source))
                     prep = _Prepared(item, error="preparing this photograph stopped the worker process that read "
                                      "it (a damaged or unusual file, or too little memory)", reasons=("decoder_crash",))
-                    pool = self._fresh_processes(exc, item, pending)
-                for k, (waiting, _) in enumerate(pending):
+                    pool = fresh()
+                for k in range(len(pending)):
+                    waiting = pending[k][0]
                     pending[k] = (waiting, pool.submit(prepare_item, waiting, self._spec))
                 return prep
 
