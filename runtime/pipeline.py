@@ -32,12 +32,20 @@ import logging
 import multiprocessing
 import numbers
 import os
+import pickle
 import signal
 import stat
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import BrokenExecutor, Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import (
+    BrokenExecutor,
+    CancelledError,
+    Executor,
+    Future,
+    ProcessPoolExecutor,
+    ThreadPoolExecutor,
+)
 from concurrent.futures import TimeoutError as FutureTimeoutError  # not the builtin before Python 3.11
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -816,8 +824,8 @@ class PipelineConfig:
         ``auto``: processes when the model runs on a GPU (the CPU cores are the workers' alone) and there are
         two or more workers; threads otherwise. Why: the per-photograph work holds Python's GIL for part of
         its time, so threads stop scaling at about 1.5x (session 23, 16 cores: 1.57x at 4 threads, slower
-        beyond), which capped a GPU pipeline at ~110 photographs/s against 5,800/s of inference; processes
-        reached 3.7x there. On a CPU backend the inference already takes every core, and each process adds
+        beyond), which capped a GPU pipeline at 306 photographs/s against 5,900/s of inference; processes
+        reached 3.7x there (1,010/s end to end with 8). On a CPU backend the inference already takes every core, and each process adds
         its own ~70 MB (resident; numpy, OpenCV and the runtime), so threads stay the default.
         """
         if self.worker_pool != "auto":
@@ -971,6 +979,27 @@ def worker_processes(n: int) -> ProcessPoolExecutor:
         return pool
 
 
+#: Breaks of the worker pool one run recovers from before it stops (each costs a pool restart, ~1 s).
+MAX_POOL_RESTARTS = 10
+
+
+def _discard_pool(pool: ProcessPoolExecutor, terminate: bool = False) -> None:
+    """Let go of a pool that broke or hangs, without waiting for it."""
+    # Before Python 3.12 a worker dying while the call queue's pipe is full can leave that queue's feeder
+    # thread blocked and the interpreter's exit waiting on it (CPython gh-94777); not waiting for it avoids
+    # that (private attribute, hence getattr).
+    with contextlib.suppress(Exception):
+        queue = getattr(pool, "_call_queue", None)
+        if queue is not None:
+            queue.cancel_join_thread()
+    if terminate:
+        for proc in list((getattr(pool, "_processes", None) or {}).values()):
+            with contextlib.suppress(Exception):
+                proc.terminate()
+    with contextlib.suppress(Exception):
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
 def shutdown_worker_processes() -> None:
     """Stop every preprocessing worker process (a long-running program that screens no more may call it)."""
     with _process_pools_lock:
@@ -1121,22 +1150,44 @@ class ScreeningPipeline:
         )
 
     def _fresh_processes(self, exc: BaseException, item: InputItem) -> Executor:
-        """A new worker pool after one broke, checked with a trivial task; BackendError if it cannot run one."""
+        """A new shared worker pool after one broke, checked with a trivial task; BackendError if it cannot
+        run one (no worker process can start)."""
+        n = self.config.workers_for("processes")
         with _process_pools_lock:
-            for k in [k for k, v in _process_pools.items() if getattr(v, "_broken", False)]:
-                del _process_pools[k]
-        pool = worker_processes(self.config.workers_for("processes"))
+            old = _process_pools.pop(n, None)
+        if old is not None:
+            _discard_pool(old)
+        pool = worker_processes(n)
         try:
             if pool.submit(_worker_alive).result(timeout=120):
                 return pool
-        except (BrokenExecutor, FutureTimeoutError, OSError):
+        except (BrokenExecutor, FutureTimeoutError, OSError, RuntimeError):
             pass
+        with _process_pools_lock:
+            if _process_pools.get(n) is pool:
+                del _process_pools[n]
+        _discard_pool(pool, terminate=True)
         err = BackendError(
             f"preprocessing worker processes stop as they start ({exc}), at {display_path(item.source)}; "
             "use worker threads (--worker-pool threads), or from a Python script keep its top-level code "
             "under `if __name__ == \"__main__\":` (worker processes import the main script again); "
             "photographs already screened are kept")
         raise err from exc
+
+    def _prepare_alone(self, item: InputItem) -> _Prepared:
+        """``item`` in a one-worker pool of its own (shared with nothing, so nothing else can break it): an
+        error row if the worker dies on it."""
+        solo = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_process_start)
+        try:
+            return solo.submit(prepare_item, item, self._spec).result()
+        except BrokenExecutor:
+            log.error("%s: preparing it stopped a worker process", display_path(item.source))
+            return _Prepared(item, error="preparing this photograph stopped the worker process that read it (a "
+                             "damaged or unusual file, or too little memory)", reasons=("decoder_crash",))
+        except Exception as exc:  # noqa: BLE001 - this photograph's failure, not the run's
+            return _Prepared(item, error=f"{type(exc).__name__}: {exc}", reasons=("internal_error",))
+        finally:
+            _discard_pool(solo)
 
     def _worker_pool(self, processes: bool) -> contextlib.AbstractContextManager[Executor]:
         if not processes:
@@ -1161,6 +1212,13 @@ class ScreeningPipeline:
         taken = 0
         broken: list[Exception] = []  # what the source raised: taken after the results before it
         processes = self.config.pool_for(getattr(self.backend, "name", "")) == "processes"
+        restarts = 0
+        if processes:
+            try:
+                pickle.dumps(self._spec)
+            except Exception as exc:  # noqa: BLE001 - whatever pickling raises
+                raise ConfigError(f"worker processes need a quality_config that can be pickled ({exc}); use "
+                                  "worker_pool='threads'") from exc
         with opencv_single_threaded(), self._worker_pool(processes) as pool:
 
             def fill() -> None:
@@ -1173,36 +1231,48 @@ class ScreeningPipeline:
                         return
                     if nxt is None:
                         return
-                    pending.append((nxt, pool.submit(prepare_item, nxt, self._spec) if processes
-                                    else pool.submit(self.prepare, nxt)))
+                    pending.append((nxt, submit(nxt)))
                     taken += 1
+
+            def submit(item: InputItem) -> Future[_Prepared]:
+                if not processes:
+                    return pool.submit(self.prepare, item)
+                try:
+                    return pool.submit(prepare_item, item, self._spec)
+                except (BrokenExecutor, RuntimeError) as exc:
+                    # A pool broken (or shut down) since the last result refuses new work at once: the
+                    # failure is taken up in input order, by recover().
+                    failed: Future[_Prepared] = Future()
+                    failed.set_exception(exc if isinstance(exc, BrokenExecutor) else BrokenExecutor(str(exc)))
+                    return failed
 
             def recover(item: InputItem, exc: BaseException) -> _Prepared:
                 """The worker pool broke (a process died: a decoder crashed on a file, or it was killed for
-                memory). Run ``item`` alone in a fresh pool: if that breaks too, ``item`` is the cause and gets
-                an error row; then resubmit everything still pending. A pool that cannot run even a trivial
-                task (no process can start) stops the run instead."""
-                nonlocal pool
+                memory). Start a fresh pool, run ``item`` alone in a private one to learn whether it is the
+                cause (then it gets an error row), and resubmit what is still pending. A pool that cannot run
+                a trivial task, or more than ``MAX_POOL_RESTARTS`` breaks in one run, stop the run."""
+                nonlocal pool, restarts
 
-                def fresh() -> Executor:
-                    try:
-                        return self._fresh_processes(exc, item)
-                    except BackendError as err:
-                        _annotate(err, "unscreened", tuple(p.item for p in batch) + (item,)
-                                  + tuple(i for i, _ in pending), "the inputs without a result are in its .unscreened")
-                        raise
+                def stop(err: BackendError) -> BackendError:
+                    _annotate(err, "unscreened", tuple(p.item for p in batch) + (item,)
+                              + tuple(i for i, _ in pending), "the inputs without a result are in its .unscreened")
+                    return err
 
-                pool = fresh()
+                restarts += 1
+                if restarts > MAX_POOL_RESTARTS:
+                    raise stop(BackendError(
+                        f"preprocessing worker processes stopped {restarts} times in this run (last: {exc}); "
+                        "too little memory? Use fewer --workers or --worker-pool threads; photographs already "
+                        "screened are kept")) from exc
                 try:
-                    prep = pool.submit(prepare_item, item, self._spec).result()
-                except BrokenExecutor:
-                    log.error("%s: preparing it stopped a worker process", display_path(item.source))
-                    prep = _Prepared(item, error="preparing this photograph stopped the worker process that read "
-                                     "it (a damaged or unusual file, or too little memory)", reasons=("decoder_crash",))
-                    pool = fresh()
+                    pool = self._fresh_processes(exc, item)
+                except BackendError as err:
+                    raise stop(err) from exc
+                prep = self._prepare_alone(item)
                 for k in range(len(pending)):
-                    waiting = pending[k][0]
-                    pending[k] = (waiting, pool.submit(prepare_item, waiting, self._spec))
+                    waiting, f = pending[k]
+                    if not (f.done() and not f.cancelled() and f.exception() is None):  # keep finished work
+                        pending[k] = (waiting, submit(waiting))
                 return prep
 
             def finish(batch: list[_Prepared]) -> list[ScreenResult]:
@@ -1224,8 +1294,14 @@ class ScreeningPipeline:
                     item, future = pending.popleft()
                     try:
                         prep = future.result()
-                    except BrokenExecutor as exc:
+                    except (BrokenExecutor, CancelledError) as exc:
+                        if not processes:
+                            raise
                         prep = recover(item, exc)
+                    except Exception as exc:  # noqa: BLE001 - a task that could not travel to or from a worker
+                        if not processes:
+                            raise
+                        prep = _Prepared(item, error=f"{type(exc).__name__}: {exc}", reasons=("internal_error",))
                     fill()
                     batch.append(prep)
                     n_run += prep.runnable

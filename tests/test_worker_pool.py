@@ -18,8 +18,14 @@ from uopsl.runtime.api import Screener
 from uopsl.runtime.backends import open_backend
 from uopsl.runtime.bundle import read_manifest
 from uopsl.runtime.cli import cli
-from uopsl.runtime.errors import ConfigError
-from uopsl.runtime.pipeline import InputItem, PipelineConfig, ScreeningPipeline, item_for_path, worker_processes
+from uopsl.runtime.errors import BackendError, ConfigError
+from uopsl.runtime.pipeline import (
+    InputItem,
+    PipelineConfig,
+    ScreeningPipeline,
+    item_for_path,
+    shutdown_worker_processes,
+)
 
 
 def test_worker_pool_setting_is_checked_and_auto_follows_the_backend() -> None:
@@ -86,7 +92,53 @@ def test_a_photograph_that_kills_its_worker_gets_an_error_row_and_the_run_goes_o
         assert [by[str(p)].status for p in good] == ["ok"] * 6
         # the pool in use afterwards is a working one
         assert [r.status for r in pipe.run([item_for_path(p) for p in good[:2]])] == ["ok"] * 2
-    assert not getattr(worker_processes(2), "_broken", False)
+
+
+def test_a_pool_shut_down_or_broken_between_results_is_replaced_in_input_order(
+        tmp_path: Path, tiny_bundle: Path) -> None:
+    """submit() on a broken or shut-down pool raises at once; those inputs must still get their rows."""
+    m = read_manifest(tiny_bundle)
+    good = [fundus_jpeg(tmp_path / f"g{i}.jpg", seed=i) for i in range(10)]
+    cfg = PipelineConfig(batch_size=2, workers=2, worker_pool="processes", prefetch_batches=1)
+    with open_backend(tiny_bundle, "ort-cpu", "fp32", 1, manifest=m, measure=False) as backend:
+        rows = []
+        for r in ScreeningPipeline(backend, m, cfg).run([item_for_path(p) for p in good]):
+            rows.append(r)
+            if len(rows) == 2:
+                shutdown_worker_processes()  # what another thread may do; every later submit() is refused
+        assert [r.source for r in rows] == [str(p) for p in good]
+        assert [r.status for r in rows] == ["ok"] * 10
+
+
+def test_an_unpicklable_quality_config_is_refused_up_front(tmp_path: Path, tiny_bundle: Path) -> None:
+    fundus_path = fundus_jpeg(tmp_path / "p.jpg", seed=0)
+    m = read_manifest(tiny_bundle)
+    with open_backend(tiny_bundle, "ort-cpu", "fp32", 1, manifest=m, measure=False) as backend:
+        pipe = ScreeningPipeline(backend, m, PipelineConfig(workers=2, worker_pool="processes"),
+                                 quality_config=lambda pre: None)
+        with pytest.raises(ConfigError, match="quality_config that can be pickled"):
+            list(pipe.run([item_for_path(fundus_path)]))
+
+
+def test_a_run_whose_workers_keep_dying_stops_after_the_restart_limit(
+        tmp_path: Path, tiny_bundle: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import uopsl.runtime.pipeline as pipeline_mod
+
+    monkeypatch.setattr(pipeline_mod, "MAX_POOL_RESTARTS", 2)
+    m = read_manifest(tiny_bundle)
+    good = fundus_jpeg(tmp_path / "g.jpg", seed=0)
+    killers = [InputItem(source=f"k{i}", key=f"k{i}", id=f"k{i}", data=_KillsItsWorker()) for i in range(3)]  # type: ignore[arg-type]
+    cfg = PipelineConfig(batch_size=1, workers=2, worker_pool="processes", prefetch_batches=1)
+    with open_backend(tiny_bundle, "ort-cpu", "fp32", 1, manifest=m, measure=False) as backend:
+        got = []
+        with pytest.raises(BackendError, match="stopped 3 times in this run") as info:
+            for r in ScreeningPipeline(backend, m, cfg).run(killers + [item_for_path(good)]):
+                got.append((r.source, r.reasons))
+        # k0 and k1 got their error rows but wait in the batch (failed rows flush with the next runnable one):
+        # every input without a result is in .unscreened, nothing is lost.
+        unscreened = {i.source for i in info.value.unscreened}  # type: ignore[attr-defined]
+        assert not ({s for s, _ in got} & unscreened) and {s for s, _ in got} | unscreened == {"k0", "k1", "k2", str(good)}
+        assert all(reasons == ("decoder_crash",) for _, reasons in got)
 
 
 def test_cli_run_and_bench_take_the_worker_pool(tmp_path: Path, tiny_bundle: Path) -> None:
