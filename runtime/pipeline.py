@@ -953,9 +953,15 @@ def prepare_item(item: InputItem, spec: PrepareSpec) -> _Prepared:
         out.reasons = ("too_large",)
     except Exception as exc:  # noqa: BLE001 - a bad file must never stop the batch
         log.debug("unexpected failure on %s", item.source, exc_info=True)
-        out.error = f"{type(exc).__name__}: {exc}"
-        out.reasons = ("internal_error",)
+        return _internal_error(item, exc, out.timings, out.sha256)
     return out
+
+
+def _internal_error(item: InputItem, exc: BaseException, timings: dict[str, float] | None = None,
+                    sha256: str = "") -> _Prepared:
+    """The row of an input whose preparation failed in a way no photograph should make it fail."""
+    return _Prepared(item, error=f"{type(exc).__name__}: {exc}", reasons=("internal_error",),
+                     timings=dict(timings or {}), sha256=sha256)
 
 
 _process_pools: dict[int, ProcessPoolExecutor] = {}
@@ -973,10 +979,13 @@ def worker_processes(n: int) -> ProcessPoolExecutor:
     with _process_pools_lock:
         pool = _process_pools.get(n)
         if pool is None or getattr(pool, "_broken", False):
-            pool = ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn"),
-                                       initializer=_worker_process_start)
+            pool = _new_process_pool(n)
             _process_pools[n] = pool
         return pool
+
+
+def _new_process_pool(n: int) -> ProcessPoolExecutor:
+    return ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_process_start)
 
 
 #: Breaks of the worker pool one run recovers from before it stops (each costs a pool restart, ~1 s).
@@ -1177,7 +1186,7 @@ class ScreeningPipeline:
     def _prepare_alone(self, item: InputItem) -> _Prepared:
         """``item`` in a one-worker pool of its own (shared with nothing, so nothing else can break it): an
         error row if the worker dies on it."""
-        solo = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_process_start)
+        solo = _new_process_pool(1)
         try:
             return solo.submit(prepare_item, item, self._spec).result()
         except BrokenExecutor:
@@ -1185,7 +1194,7 @@ class ScreeningPipeline:
             return _Prepared(item, error="preparing this photograph stopped the worker process that read it (a "
                              "damaged or unusual file, or too little memory)", reasons=("decoder_crash",))
         except Exception as exc:  # noqa: BLE001 - this photograph's failure, not the run's
-            return _Prepared(item, error=f"{type(exc).__name__}: {exc}", reasons=("internal_error",))
+            return _internal_error(item, exc)
         finally:
             _discard_pool(solo)
 
@@ -1301,7 +1310,7 @@ class ScreeningPipeline:
                     except Exception as exc:  # noqa: BLE001 - a task that could not travel to or from a worker
                         if not processes:
                             raise
-                        prep = _Prepared(item, error=f"{type(exc).__name__}: {exc}", reasons=("internal_error",))
+                        prep = _internal_error(item, exc)
                     fill()
                     batch.append(prep)
                     n_run += prep.runnable

@@ -66,37 +66,27 @@ def _records(cast_sets: dict) -> list[ImageRecord]:
 
 @pytest.mark.gpu
 @needs_cuda
-def test_pytorch_cuda_vs_ort_cpu_fp32(gpu_ckpt_bundle: tuple[Path, Path], cast_sets: dict, tmp_path: Path) -> None:
-    """The model as trained on a GPU (its reference on CUDA, TF32 off) against the deployed CPU graph."""
+@pytest.mark.parametrize(("backend", "tolerance"), [
+    pytest.param("ort-cpu", FP32_PROB_TOLERANCE, id="ort-cpu"),
+    pytest.param("ort-cuda", ORT_CUDA_PROB_TOLERANCE, id="ort-cuda", marks=needs_ort_cuda),
+])
+def test_pytorch_cuda_vs_ort_fp32(backend: str, tolerance: float, gpu_ckpt_bundle: tuple[Path, Path], cast_sets: dict,
+                                  tmp_path: Path) -> None:
+    """The model as trained on a GPU (its reference on CUDA, TF32 off) against the deployed FP32 graph on ONNX
+    Runtime's CPU and CUDA providers. ``passed`` includes the flip gate: on 48 images, no decision changed."""
     from uopsl.train.reference import TorchReference
 
     ckpt, bundle = gpu_ckpt_bundle
     result = validate_bundle(bundle, TorchReference.from_checkpoint(ckpt, "cuda"), _records(cast_sets)[:48],
-                             tmp_path / "out", ValidateConfig(backends=("ort-cpu",), show_progress=False, record=False),
+                             tmp_path / "out", ValidateConfig(backends=(backend,), show_progress=False, record=False),
                              label_space=("normal", "a", "b"))
     cands = [c for c in result.report["candidates"] if c["precision"] == "fp32"]
     assert cands, result.report["skipped_candidates"]
     for cand in cands:
         assert "error" not in cand, cand
-        assert cand["numerical"]["max_abs_prob_diff"] <= FP32_PROB_TOLERANCE, cand["numerical"]
+        assert cand["numerical"]["max_abs_prob_diff"] <= tolerance, cand["numerical"]
         assert cand["clinical"]["flips"]["n"] == 0, cand["clinical"]
         assert cand["passed"], cand["reasons"]
-
-
-@pytest.mark.gpu
-@needs_cuda
-@needs_ort_cuda
-def test_pytorch_cuda_vs_ort_cuda_fp32(gpu_ckpt_bundle: tuple[Path, Path], cast_sets: dict, tmp_path: Path) -> None:
-    from uopsl.train.reference import TorchReference
-
-    ckpt, bundle = gpu_ckpt_bundle
-    result = validate_bundle(bundle, TorchReference.from_checkpoint(ckpt, "cuda"), _records(cast_sets)[:48],
-                             tmp_path / "out", ValidateConfig(backends=("ort-cuda",), show_progress=False, record=False),
-                             label_space=("normal", "a", "b"))
-    cand = result.report["candidates"][0]
-    assert "error" not in cand, cand
-    assert cand["numerical"]["max_abs_prob_diff"] <= ORT_CUDA_PROB_TOLERANCE, cand["numerical"]
-    assert cand["passed"], cand["reasons"]
 
 
 @pytest.mark.gpu
