@@ -23,17 +23,14 @@ Design:
 
 from __future__ import annotations
 
-import atexit
 import collections
 import contextlib
 import dataclasses
 import hashlib
 import logging
-import multiprocessing
 import numbers
 import os
 import pickle
-import signal
 import stat
 import threading
 import time
@@ -43,7 +40,6 @@ from concurrent.futures import (
     CancelledError,
     Executor,
     Future,
-    ProcessPoolExecutor,
     ThreadPoolExecutor,
 )
 from concurrent.futures import TimeoutError as FutureTimeoutError  # not the builtin before Python 3.11
@@ -62,6 +58,15 @@ from uopsl.runtime.errors import BackendClosedError, BackendError, ConfigError, 
 from uopsl.runtime.optional import available
 from uopsl.runtime.preprocess import Geometry, Preprocessed, PreprocessConfig, preprocess, read_bytes
 from uopsl.runtime.results import JSONL, LOCK_NAME, key_path
+from uopsl.runtime.workerpool import (
+    discard_pool,
+    forget_worker_processes,
+    new_process_pool,
+    replace_worker_processes,
+    wait_prepared,
+    worker_alive,
+    worker_processes,
+)
 
 log = logging.getLogger(__name__)
 
@@ -771,7 +776,7 @@ class PipelineConfig:
 
     batch_size: images per inference call. workers: preprocessing threads or
     processes (None: see :meth:`workers_for`). worker_pool: ``threads``,
-    ``processes`` (spawned at first use and kept, :func:`worker_processes`) or ``auto``
+    ``processes`` (spawned at first use and kept, :func:`uopsl.runtime.workerpool.worker_processes`) or ``auto``
     (see :meth:`pool_for`; the command line's default). Threads are the library's
     default because a spawned process imports the program's main script again:
     with processes, a script must keep its top-level code under
@@ -964,72 +969,8 @@ def _internal_error(item: InputItem, exc: BaseException, timings: dict[str, floa
                      timings=dict(timings or {}), sha256=sha256)
 
 
-_process_pools: dict[int, ProcessPoolExecutor] = {}
-_process_pools_lock = threading.Lock()
-
-
-def worker_processes(n: int) -> ProcessPoolExecutor:
-    """The process pool of ``n`` preprocessing workers, started at first use and kept for later runs.
-
-    Kept because starting one costs ~0.5-1 s (each process imports numpy and OpenCV), which a device
-    screening a few photographs at a time would pay again and again. It ends with the program, or with
-    :func:`shutdown_worker_processes`. Spawned, not forked: this process holds ONNX Runtime, CUDA and
-    TensorRT threads and state that a forked child would inherit half-copied.
-    """
-    with _process_pools_lock:
-        pool = _process_pools.get(n)
-        if pool is None or getattr(pool, "_broken", False):
-            pool = _new_process_pool(n)
-            _process_pools[n] = pool
-        return pool
-
-
-def _new_process_pool(n: int) -> ProcessPoolExecutor:
-    return ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_process_start)
-
-
 #: Breaks of the worker pool one run recovers from before it stops (each costs a pool restart, ~1 s).
 MAX_POOL_RESTARTS = 10
-
-
-def _discard_pool(pool: ProcessPoolExecutor, terminate: bool = False) -> None:
-    """Let go of a pool that broke or hangs, without waiting for it."""
-    # Before Python 3.12 a worker dying while the call queue's pipe is full can leave that queue's feeder
-    # thread blocked and the interpreter's exit waiting on it (CPython gh-94777); not waiting for it avoids
-    # that (private attribute, hence getattr).
-    with contextlib.suppress(Exception):
-        queue = getattr(pool, "_call_queue", None)
-        if queue is not None:
-            queue.cancel_join_thread()
-    if terminate:
-        for proc in list((getattr(pool, "_processes", None) or {}).values()):
-            with contextlib.suppress(Exception):
-                proc.terminate()
-    with contextlib.suppress(Exception):
-        pool.shutdown(wait=False, cancel_futures=True)
-
-
-def shutdown_worker_processes() -> None:
-    """Stop every preprocessing worker process (a long-running program that screens no more may call it)."""
-    with _process_pools_lock:
-        pools = list(_process_pools.values())
-        _process_pools.clear()
-    for pool in pools:
-        pool.shutdown(wait=True, cancel_futures=True)
-
-
-atexit.register(shutdown_worker_processes)
-
-
-def _worker_alive() -> bool:
-    return True
-
-
-def _worker_process_start() -> None:
-    """Initializer of a worker process: OpenCV single-threaded (as the threads run it), and Ctrl-C left to
-    the parent, which stops the run and the pool (a child of its own would print a traceback per worker)."""
-    cv2.setNumThreads(1)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 class ScreeningPipeline:
@@ -1161,21 +1102,13 @@ class ScreeningPipeline:
     def _fresh_processes(self, exc: BaseException, item: InputItem) -> Executor:
         """A new shared worker pool after one broke, checked with a trivial task; BackendError if it cannot
         run one (no worker process can start)."""
-        n = self.config.workers_for("processes")
-        with _process_pools_lock:
-            old = _process_pools.pop(n, None)
-        if old is not None:
-            _discard_pool(old)
-        pool = worker_processes(n)
+        pool = replace_worker_processes(self.config.workers_for("processes"))
         try:
-            if pool.submit(_worker_alive).result(timeout=120):
+            if pool.submit(worker_alive).result(timeout=120):
                 return pool
         except (BrokenExecutor, FutureTimeoutError, OSError, RuntimeError):
             pass
-        with _process_pools_lock:
-            if _process_pools.get(n) is pool:
-                del _process_pools[n]
-        _discard_pool(pool, terminate=True)
+        forget_worker_processes(pool)
         err = BackendError(
             f"preprocessing worker processes stop as they start ({exc}), at {display_path(item.source)}; "
             "use worker threads (--worker-pool threads), or from a Python script keep its top-level code "
@@ -1186,9 +1119,9 @@ class ScreeningPipeline:
     def _prepare_alone(self, item: InputItem) -> _Prepared:
         """``item`` in a one-worker pool of its own (shared with nothing, so nothing else can break it): an
         error row if the worker dies on it."""
-        solo = _new_process_pool(1)
+        solo = new_process_pool(1)
         try:
-            return solo.submit(prepare_item, item, self._spec).result()
+            return wait_prepared(solo.submit(prepare_item, item, self._spec), solo)
         except BrokenExecutor:
             log.error("%s: preparing it stopped a worker process", display_path(item.source))
             return _Prepared(item, error="preparing this photograph stopped the worker process that read it (a "
@@ -1196,7 +1129,7 @@ class ScreeningPipeline:
         except Exception as exc:  # noqa: BLE001 - this photograph's failure, not the run's
             return _internal_error(item, exc)
         finally:
-            _discard_pool(solo)
+            discard_pool(solo)
 
     def _worker_pool(self, processes: bool) -> contextlib.AbstractContextManager[Executor]:
         if not processes:
@@ -1302,7 +1235,7 @@ class ScreeningPipeline:
                 while pending:
                     item, future = pending.popleft()
                     try:
-                        prep = future.result()
+                        prep = wait_prepared(future, pool) if processes else future.result()
                     except (BrokenExecutor, CancelledError) as exc:
                         if not processes:
                             raise

@@ -7,6 +7,7 @@ the pipeline far below the GPU; ``PipelineConfig.pool_for`` picks processes for 
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -24,8 +25,8 @@ from uopsl.runtime.pipeline import (
     PipelineConfig,
     ScreeningPipeline,
     item_for_path,
-    shutdown_worker_processes,
 )
+from uopsl.runtime.workerpool import shutdown_worker_processes
 
 
 def test_worker_pool_setting_is_checked_and_auto_follows_the_backend() -> None:
@@ -186,3 +187,99 @@ def test_a_script_without_a_main_guard_is_told_the_rule(tmp_path: Path, tiny_bun
         "    " + line + "\n" for line in script.read_text(encoding="utf-8").splitlines()), encoding="utf-8")
     proc = subprocess.run([sys.executable, str(guarded)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
+
+
+def _manager_dies_first(self, cause):  # type: ignore[no-untyped-def]
+    """What CPython 3.11's race can leave (submit() and a worker's death at once): the manager thread marks
+    the pool broken and dies before it fails the pending futures or stops the remaining workers."""
+    executor = self.executor_reference()
+    if executor is not None:
+        executor._broken = "simulated"
+    raise RuntimeError("simulated: dictionary changed size during iteration")
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_pool_whose_manager_thread_died_neither_hangs_the_run_nor_leaves_workers(
+        tmp_path: Path, tiny_bundle: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import concurrent.futures.process as cfp
+    import multiprocessing
+
+    from uopsl.runtime import workerpool
+
+    monkeypatch.setattr(cfp._ExecutorManagerThread, "terminate_broken", _manager_dies_first)
+    monkeypatch.setattr(workerpool, "POLL_S", 0.05)
+    shutdown_worker_processes()
+    m = read_manifest(tiny_bundle)
+    good = [fundus_jpeg(tmp_path / f"g{i}.jpg", seed=i) for i in range(4)]
+    killer = InputItem(source="killer", key="killer", id="killer", data=_KillsItsWorker())  # type: ignore[arg-type]
+    items = [item_for_path(p) for p in good[:2]] + [killer] + [item_for_path(p) for p in good[2:]]
+    cfg = PipelineConfig(batch_size=2, workers=2, worker_pool="processes")
+    rows: list = []
+    with open_backend(tiny_bundle, "ort-cpu", "fp32", 1, manifest=m, measure=False) as backend:
+        # in a thread, so that a regression fails here instead of hanging the suite
+        runner = threading.Thread(target=lambda: rows.extend(ScreeningPipeline(backend, m, cfg).run(items)),
+                                  daemon=True)
+        runner.start()
+        runner.join(120)
+        assert not runner.is_alive(), "the run waited forever on a pool that can no longer complete its work"
+    assert [r.source for r in rows] == [i.source for i in items]
+    assert [r.reasons for r in rows if r.source == "killer"] == [("decoder_crash",)]
+    assert [r.status for r in rows if r.source != "killer"] == ["ok"] * 4
+    live = workerpool.worker_processes(2)
+    ours = set((live._processes or {}).values())  # type: ignore[attr-defined]
+    for _ in range(40):  # terminated workers are reaped by active_children()
+        strays = [p for p in multiprocessing.active_children()
+                  if isinstance(p, workerpool.WorkerProcess) and p not in ours]
+        if not strays:
+            break
+        import time
+
+        time.sleep(0.05)
+    assert strays == []
+    shutdown_worker_processes()
+
+
+def test_wait_prepared_gives_up_on_a_future_a_dead_pool_will_never_complete(monkeypatch: pytest.MonkeyPatch) -> None:
+    from concurrent.futures import BrokenExecutor, Future
+
+    from uopsl.runtime import workerpool
+
+    monkeypatch.setattr(workerpool, "POLL_S", 0.01)
+
+    class _Pool:
+        _broken: object = False
+        _executor_manager_thread = None
+
+    pool = _Pool()
+    done: Future[int] = Future()
+    done.set_result(7)
+    assert workerpool.wait_prepared(done, pool) == 7
+    pool._broken = "a child process terminated abruptly"
+    with pytest.raises(BrokenExecutor, match="broke while this photograph waited"):
+        workerpool.wait_prepared(Future(), pool)
+
+
+def test_a_program_exits_though_a_pool_manager_died_with_a_worker_alive(tmp_path: Path) -> None:
+    """CI once ran out of time after every test passed: multiprocessing's exit join waited on such a worker."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "orphan.py"
+    script.write_text(
+        "import concurrent.futures.process as cfp, os, time\n"
+        "from concurrent.futures import wait\n"
+        "def dies(self, cause):\n"
+        "    raise RuntimeError('simulated')\n"
+        "if __name__ == '__main__':\n"
+        "    cfp._ExecutorManagerThread.terminate_broken = dies\n"
+        "    from uopsl.runtime.workerpool import worker_processes\n"
+        "    pool = worker_processes(2)\n"
+        "    wait([pool.submit(time.sleep, 0.3) for _ in range(2)])\n"
+        "    pool.submit(os._exit, 3)\n"
+        "    for _ in range(100):\n"
+        "        if sum(p.is_alive() for p in pool._processes.values()) == 1:\n"
+        "            break\n"
+        "        time.sleep(0.05)\n"
+        "    print('left alive:', sum(p.is_alive() for p in pool._processes.values()))\n", encoding="utf-8")
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=90)
+    assert proc.returncode == 0 and proc.stdout.strip() == "left alive: 1", proc.stderr[-2000:]
