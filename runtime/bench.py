@@ -37,6 +37,7 @@ from uopsl.runtime.pipeline import (
     walk_images,
 )
 from uopsl.runtime.preprocess import preprocess, read_bytes
+from uopsl.runtime.optional import import_optional
 from uopsl.runtime.version import __version__
 from uopsl.runtime.signing import open_trusted
 
@@ -137,7 +138,7 @@ def machine_info() -> dict[str, Any]:
                             "uopsl": __version__}
     for mod in ("onnxruntime", "openvino", "tensorrt", "cv2", "numpy"):
         try:
-            info[mod] = __import__(mod).__version__
+            info[mod] = import_optional(mod).__version__
         except Exception:  # noqa: BLE001 - absent optional package
             pass
     return info

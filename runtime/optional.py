@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import sys
 from types import ModuleType
 
 from uopsl.runtime.errors import MissingDependencyError
@@ -31,10 +32,30 @@ _HINTS: dict[str, str] = {
 }
 
 
+def import_optional(name: str) -> ModuleType:
+    """``importlib.import_module(name)``, except that OpenVINO is imported without its usage telemetry.
+
+    Why: ``import openvino`` (2024 and later) reports a ``general_import`` event to Google Analytics
+    from a forked process, and writes a client ID under ``~/intel``, unless the user ran OpenVINO's
+    ``opt_in_out --opt_out``. A screening toolkit that runs offline in clinics should contact nobody, and
+    forking a process that holds inference threads is unsafe. OpenVINO's converter falls back to its own
+    no-op telemetry stub when ``openvino_telemetry`` cannot be imported, so it is hidden for that one
+    import; a program that imported ``openvino_telemetry`` itself keeps it (its choice).
+    """
+    if name.split(".")[0] != "openvino" or "openvino" in sys.modules or "openvino_telemetry" in sys.modules:
+        return importlib.import_module(name)
+    sys.modules["openvino_telemetry"] = None  # type: ignore[assignment] - None makes `import` raise ImportError
+    try:
+        return importlib.import_module(name)
+    finally:
+        if "openvino_telemetry" in sys.modules and sys.modules["openvino_telemetry"] is None:
+            del sys.modules["openvino_telemetry"]
+
+
 def require(name: str, purpose: str) -> ModuleType:
     """Import ``name`` or raise :class:`MissingDependencyError` naming what to install."""
     try:
-        return importlib.import_module(name)
+        return import_optional(name)
     except ImportError as exc:
         top = name.split(".")[0]
         hint = _HINTS.get(name) or _HINTS.get(top) or f"pip install {top}"
@@ -47,7 +68,7 @@ def require(name: str, purpose: str) -> ModuleType:
 def available(name: str) -> bool:
     """True when ``name`` imports; never raises."""
     try:
-        importlib.import_module(name)
+        import_optional(name)
     except Exception:  # noqa: BLE001 - a broken install counts as absent
         return False
     return True

@@ -69,6 +69,25 @@ def pytest_configure(config: pytest.Config) -> None:
                       "uopsl in a subprocess read them and refuse the suite's unsigned bundles", stacklevel=1)
 
 
+def pytest_terminal_summary(terminalreporter) -> None:  # type: ignore[no-untyped-def]
+    """Name what is still running when the tests end: a non-daemon thread or a child process that never
+    ends keeps the interpreter from exiting after the summary (a CI run once timed out that way), and
+    this line is then the only clue. The shared preprocessing pool's workers are expected (kept until
+    exit, when they are stopped)."""
+    import multiprocessing
+    import threading
+
+    from uopsl.runtime import workerpool
+
+    threads = [t.name for t in threading.enumerate()
+               if t is not threading.main_thread() and not t.daemon and t.is_alive()]
+    shared = {p for pool in list(workerpool._shared.values()) for p in (getattr(pool, "_processes", None) or {}).values()}
+    children = [f"{type(p).__name__} {p.pid}" for p in multiprocessing.active_children() if p not in shared]
+    if threads or children:
+        terminalreporter.write_line(f"still running at the end of the tests: threads {threads}, "
+                                    f"child processes {children}")
+
+
 @pytest.fixture(autouse=True)
 def _root_logging_restored() -> Iterator[None]:
     """Put the root logger's handlers and level back after each test.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -48,3 +49,29 @@ def test_runtime_is_python_310_compatible() -> None:
     proc = subprocess.run(["vermin", "-t=3.10-", "--no-tips", "--violations", str(RUNTIME)],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_openvino_is_imported_without_its_usage_telemetry(tmp_path: Path) -> None:
+    """``import openvino`` reports to Google Analytics from a forked process and writes a client ID under
+    ~/intel unless opted out; uopsl's imports of it (availability checks, the backend) must do neither."""
+    import importlib.util
+
+    if importlib.util.find_spec("openvino") is None:  # not importorskip: importing it here would send the event
+        pytest.skip("OpenVINO is not installed (pip install 'uopsl[openvino]')")
+    code = (
+        "import multiprocessing, sys, threading\n"
+        "from uopsl.runtime.optional import available, require\n"
+        "assert available('openvino')\n"
+        "ov = require('openvino', 'a test')\n"
+        "import openvino.tools.ovc.telemetry_utils as tu\n"
+        "print(tu.tm.__name__)\n"
+        "print(sorted(t.name for t in threading.enumerate()), multiprocessing.active_children())\n"
+        "import openvino_telemetry\n"  # hidden only for that import: the program's own use still works
+        "print('telemetry importable afterwards')\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("CI", "TF_BUILD", "JENKINS_URL")}
+    env["HOME"] = str(tmp_path)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.splitlines() == ["openvino.tools.ovc.telemetry_stub", "['MainThread'] []",
+                                        "telemetry importable afterwards"]
+    assert not (tmp_path / "intel").exists()

@@ -41,7 +41,7 @@ from uopsl.runtime.backends.base import GPU_BACKENDS, Backend, TensorSpec, check
 from uopsl.runtime.bundle import FileEntry, Manifest, parity_status, read_manifest
 from uopsl.runtime.errors import BackendError, BundleError, ConfigError, MissingDependencyError, UopslError
 from uopsl.runtime.fsio import sha256_file, user_cache_dir, write_json
-from uopsl.runtime.optional import available, dist_version
+from uopsl.runtime.optional import available, dist_version, import_optional
 
 log = logging.getLogger(__name__)
 
@@ -231,7 +231,7 @@ def _lib_versions() -> str:
     out = []
     for mod in ("onnxruntime", "openvino"):
         try:
-            out.append(f"{mod}={__import__(mod).__version__}")
+            out.append(f"{mod}={import_optional(mod).__version__}")
         except Exception:  # noqa: BLE001
             out.append(f"{mod}=absent")
     return ",".join(out)
