@@ -44,7 +44,8 @@ def import_optional(name: str) -> ModuleType:
     """
     if name.split(".")[0] != "openvino" or "openvino" in sys.modules or "openvino_telemetry" in sys.modules:
         return importlib.import_module(name)
-    sys.modules["openvino_telemetry"] = None  # type: ignore[assignment] - None makes `import` raise ImportError
+    # A None entry makes `import openvino_telemetry` raise ImportError.
+    sys.modules["openvino_telemetry"] = None  # type: ignore[assignment]
     try:
         return importlib.import_module(name)
     finally:

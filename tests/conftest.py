@@ -52,6 +52,12 @@ def pytest_configure(config: pytest.Config) -> None:
 
     import uopsl.runtime.signing as signing
 
+    import faulthandler
+    import signal
+    import sys
+
+    if hasattr(signal, "SIGUSR1"):  # .ci/run sends it to a run that hangs: every thread's stack, to stderr
+        faulthandler.register(signal.SIGUSR1, file=sys.__stderr__, all_threads=True, chain=False)
     for name in ("UOPSL_TRUSTED_KEYS", "UOPSL_TRUSTED_KEYS_DIR"):
         os.environ.pop(name, None)
     import tempfile
