@@ -942,6 +942,8 @@ def prepare_item(item: InputItem, spec: PrepareSpec) -> _Prepared:
             pre = dataclasses.replace(pre, original=None)  # keep only the thumbnail in memory
         out.verdict = assess(pre, spec.quality_config)
         out.timings["quality_ms"] = (time.perf_counter() - t2) * 1e3
+        if pre.unenhanced is not None:  # only the gate reads it: not carried to the batch (nor between processes)
+            pre = dataclasses.replace(pre, unenhanced=None)
         if out.verdict.gradable or spec.infer_ungradable:
             out.pre = pre
         else:
@@ -962,12 +964,20 @@ def prepare_item(item: InputItem, spec: PrepareSpec) -> _Prepared:
     return out
 
 
+def prepare_items(items: list[InputItem], spec: PrepareSpec) -> list[_Prepared]:
+    """:func:`prepare_item` for each of ``items``: one task for a worker process carries several."""
+    return [prepare_item(item, spec) for item in items]
+
+
 def _internal_error(item: InputItem, exc: BaseException, timings: dict[str, float] | None = None,
                     sha256: str = "") -> _Prepared:
     """The row of an input whose preparation failed in a way no photograph should make it fail."""
     return _Prepared(item, error=f"{type(exc).__name__}: {exc}", reasons=("internal_error",),
                      timings=dict(timings or {}), sha256=sha256)
 
+
+#: Most inputs one task carries to a worker process (see ScreeningPipeline._window).
+MAX_PER_TASK = 8
 
 #: Breaks of the worker pool one run recovers from before it stops (each costs a pool restart, ~1 s).
 MAX_POOL_RESTARTS = 10
@@ -1001,6 +1011,26 @@ class ScreeningPipeline:
     def prepare(self, item: InputItem) -> _Prepared:
         """Read, decode, preprocess and gate one input; never raises for bad input."""
         return prepare_item(item, self._spec)
+
+    def _prepare_many(self, chunk: list[InputItem]) -> list[_Prepared]:
+        return [self.prepare(item) for item in chunk]
+
+    def _window(self, processes: bool) -> tuple[int, int]:
+        """How many inputs may be taken ahead of the results, and how many go to a worker per task.
+
+        Threads: ``batch_size * (prefetch_batches + 1)``, one per task. Processes: each task costs the
+        parent ~0.6 ms of GIL-holding work (the executor's threads pickle, receive and unpickle it; 2-core
+        AVX2 box, session 24), which capped the pipeline near 1,000 photographs/s on a 16-core GPU machine,
+        so a task carries several inputs, as many as still leaves two tasks per worker in flight; the
+        window is at least 4 inputs per worker for that (32 with 8 workers).
+        """
+        window = self.config.batch_size * (self.config.prefetch_batches + 1)
+        if not processes:
+            return window, 1
+        workers = self.config.workers_for("processes")
+        window = max(window, 4 * workers)
+        per_task = max(1, min(MAX_PER_TASK, window // (2 * workers)))
+        return window, per_task
 
     # -- batches (main thread) -----------------------------------------------------------------
     def _finish(self, batch: list[_Prepared]) -> list[ScreenResult]:
@@ -1148,12 +1178,13 @@ class ScreeningPipeline:
         ``unscreened``: the inputs taken from ``items`` that got no result, to screen again after reopening.
         """
         bs = self.config.batch_size
-        window = bs * (self.config.prefetch_batches + 1)
+        processes = self.config.pool_for(getattr(self.backend, "name", "")) == "processes"
+        window, per_task = self._window(processes)
         source = iter(as_items(items))
-        pending: collections.deque[tuple[InputItem, Future[_Prepared]]] = collections.deque()
+        # (input, its task, its place in the task, the task's size)
+        pending: collections.deque[tuple[InputItem, Future[list[_Prepared]], int, int]] = collections.deque()
         taken = 0
         broken: list[Exception] = []  # what the source raised: taken after the results before it
-        processes = self.config.pool_for(getattr(self.backend, "name", "")) == "processes"
         restarts = 0
         if processes:
             try:
@@ -1164,40 +1195,56 @@ class ScreeningPipeline:
         with opencv_single_threaded(), self._worker_pool(processes) as pool:
 
             def fill() -> None:
+                """Take inputs until the window is full, ``per_task`` of them per task."""
                 nonlocal taken
-                while len(pending) < window and not broken:
-                    try:
-                        nxt = next(source, None)
-                    except Exception as exc:  # noqa: BLE001 - re-raised in order below; Ctrl-C passes at once
-                        broken.append(exc)
+                while window - len(pending) >= per_task and not broken:
+                    chunk: list[InputItem] = []
+                    while len(chunk) < per_task:
+                        try:
+                            nxt = next(source, None)
+                        except Exception as exc:  # noqa: BLE001 - re-raised in order below; Ctrl-C passes at once
+                            broken.append(exc)
+                            break
+                        if nxt is None:
+                            break
+                        chunk.append(nxt)
+                    if chunk:
+                        taken += len(chunk)
+                        future = submit(chunk)
+                        pending.extend((it, future, j, len(chunk)) for j, it in enumerate(chunk))
+                    if len(chunk) < per_task:  # the source ended or raised
                         return
-                    if nxt is None:
-                        return
-                    pending.append((nxt, submit(nxt)))
-                    taken += 1
 
-            def submit(item: InputItem) -> Future[_Prepared]:
+            def submit(chunk: list[InputItem]) -> Future[list[_Prepared]]:
                 if not processes:
-                    return pool.submit(self.prepare, item)
+                    return pool.submit(self._prepare_many, chunk)
                 try:
-                    return pool.submit(prepare_item, item, self._spec)
+                    return pool.submit(prepare_items, chunk, self._spec)
                 except (BrokenExecutor, RuntimeError) as exc:
                     # A pool broken (or shut down) since the last result refuses new work at once: the
                     # failure is taken up in input order, by recover().
-                    failed: Future[_Prepared] = Future()
+                    failed: Future[list[_Prepared]] = Future()
                     failed.set_exception(exc if isinstance(exc, BrokenExecutor) else BrokenExecutor(str(exc)))
                     return failed
+
+            def resubmit_alone(which: Callable[[Future[list[_Prepared]]], bool]) -> None:
+                """Send the pending inputs whose task ``which`` picks again, one per task."""
+                for k in range(len(pending)):
+                    waiting, f, _, _ = pending[k]
+                    if which(f):
+                        pending[k] = (waiting, submit([waiting]), 0, 1)
 
             def recover(item: InputItem, exc: BaseException) -> _Prepared:
                 """The worker pool broke (a process died: a decoder crashed on a file, or it was killed for
                 memory). Start a fresh pool, run ``item`` alone in a private one to learn whether it is the
-                cause (then it gets an error row), and resubmit what is still pending. A pool that cannot run
-                a trivial task, or more than ``MAX_POOL_RESTARTS`` breaks in one run, stop the run."""
+                cause (then it gets an error row), and resubmit what is still pending, one input per task. A
+                pool that cannot run a trivial task, or more than ``MAX_POOL_RESTARTS`` breaks in one run,
+                stop the run."""
                 nonlocal pool, restarts
 
                 def stop(err: BackendError) -> BackendError:
                     _annotate(err, "unscreened", tuple(p.item for p in batch) + (item,)
-                              + tuple(i for i, _ in pending), "the inputs without a result are in its .unscreened")
+                              + tuple(i for i, *_ in pending), "the inputs without a result are in its .unscreened")
                     return err
 
                 restarts += 1
@@ -1211,10 +1258,8 @@ class ScreeningPipeline:
                 except BackendError as err:
                     raise stop(err) from exc
                 prep = self._prepare_alone(item)
-                for k in range(len(pending)):
-                    waiting, f = pending[k]
-                    if not (f.done() and not f.cancelled() and f.exception() is None):  # keep finished work
-                        pending[k] = (waiting, submit(waiting))
+                # keep finished work
+                resubmit_alone(lambda f: not (f.done() and not f.cancelled() and f.exception() is None))
                 return prep
 
             def finish(batch: list[_Prepared]) -> list[ScreenResult]:
@@ -1224,7 +1269,7 @@ class ScreeningPipeline:
                     return self._finish(batch)
                 except BackendError as exc:
                     if not isinstance(exc, BackendClosedError):
-                        _annotate(exc, "unscreened", tuple(p.item for p in batch) + tuple(i for i, _ in pending),
+                        _annotate(exc, "unscreened", tuple(p.item for p in batch) + tuple(i for i, *_ in pending),
                                   "the inputs without a result are in its .unscreened")
                     raise
 
@@ -1233,9 +1278,9 @@ class ScreeningPipeline:
                 batch: list[_Prepared] = []
                 n_run = 0
                 while pending:
-                    item, future = pending.popleft()
+                    item, future, j, n = pending.popleft()
                     try:
-                        prep = wait_prepared(future, pool) if processes else future.result()
+                        prep = (wait_prepared(future, pool) if processes else future.result())[j]
                     except (BrokenExecutor, CancelledError) as exc:
                         if not processes:
                             raise
@@ -1243,7 +1288,11 @@ class ScreeningPipeline:
                     except Exception as exc:  # noqa: BLE001 - a task that could not travel to or from a worker
                         if not processes:
                             raise
-                        prep = _internal_error(item, exc)
+                        if n == 1:
+                            prep = _internal_error(item, exc)
+                        else:  # one input of the task may be the cause: each again on its own
+                            resubmit_alone(lambda f, failed=future: f is failed)  # type: ignore[misc]
+                            prep = self._prepare_alone(item)
                     fill()
                     batch.append(prep)
                     n_run += prep.runnable
@@ -1257,7 +1306,7 @@ class ScreeningPipeline:
                               "input before it has its result")
                     raise broken[0]
             finally:
-                for _, f in pending:
+                for _, f, _, _ in pending:
                     f.cancel()
 
 

@@ -85,10 +85,21 @@ def pytest_terminal_summary(terminalreporter) -> None:  # type: ignore[no-untype
 
     from uopsl.runtime import workerpool
 
-    threads = [t.name for t in threading.enumerate()
-               if t is not threading.main_thread() and not t.daemon and t.is_alive()]
-    shared = {p for pool in list(workerpool._shared.values()) for p in (getattr(pool, "_processes", None) or {}).values()}
-    children = [f"{type(p).__name__} {p.pid}" for p in multiprocessing.active_children() if p not in shared]
+    import time
+
+    pools = list(workerpool._shared.values())
+    managers = {getattr(pool, "_executor_manager_thread", None) for pool in pools}
+    shared = {p for pool in pools for p in (getattr(pool, "_processes", None) or {}).values()}
+    deadline = time.monotonic() + 5  # pools let go without waiting (discard_pool) may still be ending
+    while True:
+        threads = [t for t in threading.enumerate()
+                   if t is not threading.main_thread() and not t.daemon and t.is_alive() and t not in managers]
+        children = [p for p in multiprocessing.active_children() if p not in shared]
+        if not (threads or children) or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    threads = [t.name for t in threads]
+    children = [f"{type(p).__name__} {p.pid}" for p in children]
     if threads or children:
         terminalreporter.write_line(f"still running at the end of the tests: threads {threads}, "
                                     f"child processes {children}")

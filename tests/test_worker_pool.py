@@ -283,3 +283,39 @@ def test_a_program_exits_though_a_pool_manager_died_with_a_worker_alive(tmp_path
         "    print('left alive:', sum(p.is_alive() for p in pool._processes.values()))\n", encoding="utf-8")
     proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=90)
     assert proc.returncode == 0 and proc.stdout.strip() == "left alive: 1", proc.stderr[-2000:]
+
+
+class _CannotTravel:
+    """An input whose data cannot be pickled to a worker process."""
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        raise TypeError("this object cannot be pickled")
+
+
+def test_several_inputs_travel_per_task_and_one_that_cannot_travel_costs_only_its_own_row(
+        tmp_path: Path, tiny_bundle: Path) -> None:
+    m = read_manifest(tiny_bundle)
+    cfg = PipelineConfig(batch_size=4, workers=2, worker_pool="processes")
+    with open_backend(tiny_bundle, "ort-cpu", "fp32", 1, manifest=m, measure=False) as backend:
+        pipe = ScreeningPipeline(backend, m, cfg)
+        assert pipe._window(True) == (12, 3)  # 4 x 3 ahead, 3 per task: two tasks per worker in flight
+        assert pipe._window(False) == (12, 1)
+        good = [fundus_jpeg(tmp_path / f"g{i}.jpg", seed=i) for i in range(8)]
+        odd = InputItem(source="odd", key="odd", id="odd", data=_CannotTravel())  # type: ignore[arg-type]
+        items = [item_for_path(p) for p in good[:4]] + [odd] + [item_for_path(p) for p in good[4:]]
+        rows = list(pipe.run(items))
+    assert [r.source for r in rows] == [i.source for i in items]
+    by = {r.source: r for r in rows}
+    assert by["odd"].status == "error" and by["odd"].reasons == ("internal_error",)
+    assert "cannot be pickled" in by["odd"].error
+    assert [by[str(p)].status for p in good] == ["ok"] * 8
+
+
+@pytest.mark.parametrize(("batch", "prefetch", "workers", "expected"),
+                         [(8, 2, 8, (32, 2)), (16, 2, 8, (48, 3)), (1, 1, 2, (8, 2)), (64, 2, 2, (192, 8))])
+def test_inputs_per_task_leave_two_tasks_per_worker(batch: int, prefetch: int, workers: int,
+                                                    expected: tuple[int, int], tiny_bundle: Path) -> None:
+    m = read_manifest(tiny_bundle)
+    cfg = PipelineConfig(batch_size=batch, prefetch_batches=prefetch, workers=workers, worker_pool="processes")
+    with open_backend(tiny_bundle, "ort-cpu", "fp32", 1, manifest=m, measure=False) as backend:
+        assert ScreeningPipeline(backend, m, cfg)._window(True) == expected
