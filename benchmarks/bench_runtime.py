@@ -24,6 +24,7 @@ Usage::
     python benchmarks/bench_runtime.py --size 224 --out benchmarks/results/runtime_224.json
     python benchmarks/bench_runtime.py --size 224 --memory-images 5000 --skip-latency
     python benchmarks/bench_runtime.py --arch efficientnet_lite0 --size 320
+    python benchmarks/bench_runtime.py --size 224 --worker-pool processes
 
 Torch and onnx are used only to build the bundle; the timed code is the runtime's.
 """
@@ -241,6 +242,8 @@ def main() -> int:
     ap.add_argument("--e2e-images", type=int, default=400)
     ap.add_argument("--memory-images", type=int, default=0, help="also run the resident-memory test on this many")
     ap.add_argument("--skip-latency", action="store_true")
+    ap.add_argument("--worker-pool", choices=("auto", "threads", "processes"), default="threads",
+                    help="the end-to-end run's preprocessing workers (uopsl-screen's --worker-pool)")
     ap.add_argument("--out", type=Path, default=None, help="write all figures as JSON here")
     ap.add_argument("--bundle", type=Path, default=None,
                     help="benchmark this bundle (e.g. a trained model's) instead of building the random-weight one; "
@@ -267,7 +270,7 @@ def main() -> int:
 
         os.environ["UOPSL_CACHE_DIR"] = str(args.work / "cache")  # auto measures afresh for this bundle
         cfg = BenchConfig(batches=(1, 8), iters=args.iters, warmup=args.warmup, threads=args.threads,
-                          e2e=True, e2e_images=args.e2e_images)
+                          e2e=True, e2e_images=args.e2e_images, worker_pool=args.worker_pool)
         t0 = time.time()
         # Parity first: `auto` takes the INT8 file only once it passed validation. A given bundle
         # keeps the records `uopsl validate` wrote against its own checkpoint.
