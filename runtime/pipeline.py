@@ -1019,7 +1019,7 @@ class ScreeningPipeline:
         """How many inputs may be taken ahead of the results, and how many go to a worker per task.
 
         Threads: ``batch_size * (prefetch_batches + 1)``, one per task. Processes: each task costs the
-        parent ~0.6 ms of GIL-holding work (the executor's threads pickle, receive and unpickle it; 2-core
+        parent ~0.7 ms of GIL-holding work (the executor's threads pickle, receive and unpickle it; 2-core
         AVX2 box, session 24), which capped the pipeline near 1,000 photographs/s on a 16-core GPU machine,
         so a task carries several inputs, as many as still leaves two tasks per worker in flight; the
         window is at least 4 inputs per worker for that (32 with 8 workers).
@@ -1129,10 +1129,10 @@ class ScreeningPipeline:
             content_sha256=p.sha256,
         )
 
-    def _fresh_processes(self, exc: BaseException, item: InputItem) -> Executor:
-        """A new shared worker pool after one broke, checked with a trivial task; BackendError if it cannot
-        run one (no worker process can start)."""
-        pool = replace_worker_processes(self.config.workers_for("processes"))
+    def _fresh_processes(self, failed: Executor, exc: BaseException, item: InputItem) -> Executor:
+        """A new shared worker pool after ``failed`` broke, checked with a trivial task; BackendError if it
+        cannot run one (no worker process can start)."""
+        pool = replace_worker_processes(self.config.workers_for("processes"), failed)
         try:
             if pool.submit(worker_alive).result(timeout=120):
                 return pool
@@ -1185,7 +1185,7 @@ class ScreeningPipeline:
         pending: collections.deque[tuple[InputItem, Future[list[_Prepared]], int, int]] = collections.deque()
         taken = 0
         broken: list[Exception] = []  # what the source raised: taken after the results before it
-        restarts = 0
+        restarts = innocent = 0  # breaks of the worker pool in this run; those whose first input was not the cause
         if processes:
             try:
                 pickle.dumps(self._spec)
@@ -1240,24 +1240,29 @@ class ScreeningPipeline:
                 cause (then it gets an error row), and resubmit what is still pending, one input per task. A
                 pool that cannot run a trivial task, or more than ``MAX_POOL_RESTARTS`` breaks in one run,
                 stop the run."""
-                nonlocal pool, restarts
+                nonlocal pool, restarts, innocent
 
                 def stop(err: BackendError) -> BackendError:
                     _annotate(err, "unscreened", tuple(p.item for p in batch) + (item,)
                               + tuple(i for i, *_ in pending), "the inputs without a result are in its .unscreened")
                     return err
 
+                # A break is blamed on the input first in line. When that input then runs alone without
+                # harm (another input of the same moment was the cause, found at the next break), the break
+                # is counted apart, so that each photograph that crashes its worker costs one of the
+                # MAX_POOL_RESTARTS, however the inputs were grouped into tasks.
                 restarts += 1
-                if restarts > MAX_POOL_RESTARTS:
+                if restarts - innocent > MAX_POOL_RESTARTS or innocent > MAX_POOL_RESTARTS:
                     raise stop(BackendError(
                         f"preprocessing worker processes stopped {restarts} times in this run (last: {exc}); "
                         "too little memory? Use fewer --workers or --worker-pool threads; photographs already "
                         "screened are kept")) from exc
                 try:
-                    pool = self._fresh_processes(exc, item)
+                    pool = self._fresh_processes(pool, exc, item)
                 except BackendError as err:
                     raise stop(err) from exc
                 prep = self._prepare_alone(item)
+                innocent += prep.reasons != ("decoder_crash",)
                 # keep finished work
                 resubmit_alone(lambda f: not (f.done() and not f.cancelled() and f.exception() is None))
                 return prep
@@ -1288,11 +1293,11 @@ class ScreeningPipeline:
                     except Exception as exc:  # noqa: BLE001 - a task that could not travel to or from a worker
                         if not processes:
                             raise
-                        if n == 1:
-                            prep = _internal_error(item, exc)
-                        else:  # one input of the task may be the cause: each again on its own
+                        if n > 1:  # one input of the task may be the cause: each again on its own, in order
                             resubmit_alone(lambda f, failed=future: f is failed)  # type: ignore[misc]
-                            prep = self._prepare_alone(item)
+                            pending.appendleft((item, submit([item]), 0, 1))
+                            continue
+                        prep = _internal_error(item, exc)
                     fill()
                     batch.append(prep)
                     n_run += prep.runnable

@@ -23,9 +23,8 @@ import multiprocessing.util  # imported before the atexit hook below, so that ho
 import signal
 import threading
 import time
-from concurrent.futures import BrokenExecutor, Future, ProcessPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeoutError  # not the builtin before Python 3.11
-from typing import TypeVar
+from concurrent.futures import BrokenExecutor, Future, ProcessPoolExecutor, wait
+from typing import Any, TypeVar
 
 import cv2
 
@@ -41,7 +40,16 @@ EXIT_GRACE_S = 2.0
 
 class WorkerProcess(multiprocessing.context.SpawnProcess):
     """A preprocessing worker: a spawned process of a class of ours, so leftovers can be told apart from
-    other children of the program at exit."""
+    other children of the program at exit.
+
+    Daemonic as well: ``multiprocessing``'s own exit handler terminates daemonic children before it joins
+    the rest, which covers a leftover even where that handler runs before ours (calling
+    ``multiprocessing.get_logger()`` registers it again, last). A worker starts no process of its own.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.daemon = True
 
 
 class _WorkerContext(multiprocessing.context.SpawnContext):
@@ -60,6 +68,8 @@ def _worker_start() -> None:
     the parent, which stops the run and the pool (a child of its own would print a traceback per worker)."""
     cv2.setNumThreads(1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if hasattr(signal, "SIGUSR1"):  # asks the parent for its threads' stacks (faulthandler); not a stop
+        signal.signal(signal.SIGUSR1, signal.SIG_IGN)
 
 
 def worker_alive() -> bool:
@@ -79,18 +89,28 @@ def worker_processes(n: int) -> ProcessPoolExecutor:
     screening a few photographs at a time would pay again and again. It ends with the program, or with
     :func:`shutdown_worker_processes`.
     """
+    broken = None
     with _lock:
         pool = _shared.get(n)
         if pool is None or getattr(pool, "_broken", False):
+            broken = pool
             pool = new_process_pool(n)
             _shared[n] = pool
-        return pool
+    if broken is not None:
+        discard_pool(broken)
+    return pool
 
 
-def replace_worker_processes(n: int) -> ProcessPoolExecutor:
-    """A new shared pool of ``n`` workers in place of one that broke or was shut down."""
+def replace_worker_processes(n: int, failed: object) -> ProcessPoolExecutor:
+    """The shared pool of ``n`` workers, a new one if it is still ``failed`` (a pool that broke or was shut
+    down under a run). A pool another run has already put in its place is kept: replacing it would cancel
+    that run's work."""
     with _lock:
-        old = _shared.pop(n, None)
+        old = _shared.get(n)
+        if old is failed or old is None:
+            _shared.pop(n, None)
+        else:
+            old = None
     if old is not None:
         discard_pool(old)
     return worker_processes(n)
@@ -116,12 +136,13 @@ def pool_is_dead(pool: object) -> bool:
 def wait_prepared(future: Future[T], pool: object) -> T:
     """``future.result()``, but a future that ``pool`` can no longer complete raises
     :class:`BrokenExecutor` instead of waiting forever (the CPython 3.11 race in the module docstring)."""
-    while True:
-        try:
-            return future.result(timeout=POLL_S)
-        except FutureTimeoutError:
-            if not future.done() and pool_is_dead(pool):
-                raise BrokenExecutor("the worker pool broke while this photograph waited for a worker") from None
+    # future.done(), not wait(): a future cancelled by a shutdown is done but never reaches the state wait()
+    # looks for, so waiting on it alone would never end.
+    while not future.done():
+        wait([future], timeout=POLL_S)
+        if not future.done() and pool_is_dead(pool):
+            raise BrokenExecutor("the worker pool broke while this photograph waited for a worker")
+    return future.result()  # the task's result or its own exception (a TimeoutError or a cancellation included)
 
 
 def discard_pool(pool: ProcessPoolExecutor, terminate: bool = False) -> None:

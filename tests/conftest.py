@@ -57,7 +57,9 @@ def pytest_configure(config: pytest.Config) -> None:
     import sys
 
     if hasattr(signal, "SIGUSR1"):  # .ci/run sends it to a run that hangs: every thread's stack, to stderr
-        faulthandler.register(signal.SIGUSR1, file=sys.__stderr__, all_threads=True, chain=False)
+        # A copy of the real stderr, taken while pytest's capture is suspended: during a test, fd 2 is
+        # pytest's capture file, which the kill that follows would throw away.
+        faulthandler.register(signal.SIGUSR1, file=os.dup(sys.__stderr__.fileno()), all_threads=True, chain=False)
     for name in ("UOPSL_TRUSTED_KEYS", "UOPSL_TRUSTED_KEYS_DIR"):
         os.environ.pop(name, None)
     import tempfile

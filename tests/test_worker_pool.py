@@ -254,9 +254,53 @@ def test_wait_prepared_gives_up_on_a_future_a_dead_pool_will_never_complete(monk
     done: Future[int] = Future()
     done.set_result(7)
     assert workerpool.wait_prepared(done, pool) == 7
+    from concurrent.futures import CancelledError
+
+    cancelled: Future[int] = Future()  # cancelled by a shutdown: done, though wait() never reports it
+    cancelled.cancel()
+    with pytest.raises(CancelledError):
+        workerpool.wait_prepared(cancelled, pool)
+    timed_out: Future[int] = Future()  # the task's own TimeoutError (the builtin is the futures' one from 3.11)
+    timed_out.set_exception(TimeoutError("the task's own"))
+    with pytest.raises(TimeoutError, match="the task's own"):
+        workerpool.wait_prepared(timed_out, pool)
     pool._broken = "a child process terminated abruptly"
     with pytest.raises(BrokenExecutor, match="broke while this photograph waited"):
         workerpool.wait_prepared(Future(), pool)
+
+
+def test_a_pool_another_run_already_replaced_is_kept() -> None:
+    """Two runs on one shared pool both see it break; the second must not replace (and so cancel the work
+    of) the pool the first one just made."""
+    from uopsl.runtime import workerpool
+
+    first = workerpool.worker_processes(3)
+    second = workerpool.replace_worker_processes(3, first)
+    assert second is not first and first._shutdown_thread  # type: ignore[attr-defined]
+    assert workerpool.replace_worker_processes(3, first) is second
+    assert not second._shutdown_thread  # type: ignore[attr-defined]
+    assert workerpool.worker_processes(3) is second
+    shutdown_worker_processes()
+
+
+def test_a_photograph_that_crashes_behind_another_in_its_task_costs_one_restart(
+        tmp_path: Path, tiny_bundle: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The break is first blamed on the innocent photograph ahead of it in the task; that costs no restart."""
+    import uopsl.runtime.pipeline as pipeline_mod
+
+    monkeypatch.setattr(pipeline_mod, "MAX_POOL_RESTARTS", 1)
+    m = read_manifest(tiny_bundle)
+    good = [fundus_jpeg(tmp_path / f"g{i}.jpg", seed=i) for i in range(5)]
+    killer = InputItem(source="killer", key="killer", id="killer", data=_KillsItsWorker())  # type: ignore[arg-type]
+    items = [item_for_path(good[0]), killer] + [item_for_path(p) for p in good[1:]]
+    cfg = PipelineConfig(batch_size=1, workers=2, worker_pool="processes", prefetch_batches=1)
+    with open_backend(tiny_bundle, "ort-cpu", "fp32", 1, manifest=m, measure=False) as backend:
+        pipe = ScreeningPipeline(backend, m, cfg)
+        assert pipe._window(True) == (8, 2)  # the killer shares its task with good[0], behind it
+        rows = list(pipe.run(items))
+    assert [r.source for r in rows] == [i.source for i in items]
+    assert [r.reasons for r in rows if r.source == "killer"] == [("decoder_crash",)]
+    assert [r.status for r in rows if r.source != "killer"] == ["ok"] * 5
 
 
 def test_a_program_exits_though_a_pool_manager_died_with_a_worker_alive(tmp_path: Path) -> None:
