@@ -1238,8 +1238,8 @@ class ScreeningPipeline:
                 """The worker pool broke (a process died: a decoder crashed on a file, or it was killed for
                 memory). Start a fresh pool, run ``item`` alone in a private one to learn whether it is the
                 cause (then it gets an error row), and resubmit what is still pending, one input per task. A
-                pool that cannot run a trivial task, or more than ``MAX_POOL_RESTARTS`` breaks in one run,
-                stop the run."""
+                pool that cannot run a trivial task, more than ``MAX_POOL_RESTARTS`` inputs that crash their
+                worker, or more than ``MAX_POOL_RESTARTS`` breaks that no input explains stop the run."""
                 nonlocal pool, restarts, innocent
 
                 def stop(err: BackendError) -> BackendError:
