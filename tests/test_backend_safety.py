@@ -186,7 +186,7 @@ def test_tensorrt_ep_caches_its_engines_in_the_user_cache(tmp_path: Path, monkey
     opts = provider_options(providers, model_sha256="ab" * 32, ort_version="1.20.1")
     name, trt = opts[0]  # type: ignore[misc]
     assert name == "TensorrtExecutionProvider"
-    assert opts[1:] == [("CUDAExecutionProvider", {"device_id": "0"}), "CPUExecutionProvider"]
+    assert opts[1:] == [("CUDAExecutionProvider", {"device_id": "0", "use_tf32": "0"}), "CPUExecutionProvider"]
     assert trt["trt_engine_cache_enable"] == "True" and trt["trt_timing_cache_enable"] == "True"
     folder = Path(trt["trt_engine_cache_path"])
     versions = folder.parent
@@ -248,6 +248,10 @@ def test_the_gpu_index_reaches_every_gpu_runtime_and_the_engine_check(tiny_bundl
     monkeypatch.setenv("UOPSL_CACHE_DIR", str(tmp_path / "cache"))
     opts = provider_options(["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"], 1)
     assert opts[0][1]["device_id"] == "1" and opts[1] == ("CUDAExecutionProvider", {"device_id": "1"})  # type: ignore[index]
+    # no ONNX Runtime version given: no version-gated option (use_tf32 needs 1.18)
+    assert provider_options(["CUDAExecutionProvider"], 1, ort_version="1.17.3") == [("CUDAExecutionProvider", {"device_id": "1"})]
+    assert provider_options(["CUDAExecutionProvider"], 1, ort_version="1.18.0") == [
+        ("CUDAExecutionProvider", {"device_id": "1", "use_tf32": "0"})]
     root, m = _bundle_with_engine(tiny_bundle, tmp_path / "b", None)
     seen: list[int] = []
     monkeypatch.setattr(reg, "engine_mismatch", lambda path, device=0: seen.append(device) or None)

@@ -109,7 +109,13 @@ def provider_options(providers: list[str], device: int = 0, *, model_sha256: str
     ``ort_version``: options newer than the installed ONNX Runtime are left
     out, since it refuses unknown ones and falls back to the next provider
     (timing cache and explicit shape profiles: 1.15; the timing cache's own
-    path: 1.17). ``profile``: the batch range of the TensorRT EP's engine
+    path: 1.17; the CUDA provider's ``use_tf32``: 1.18). The CUDA provider
+    runs FP32 convolutions and matrix products in TF32 on Ampere and newer
+    GPUs unless ``use_tf32`` is 0: on an H200 that moved the demo model's
+    probabilities by up to 0.011 from FP32 (session 23). uopsl turns it off, as
+    it does for the TensorRT engines it builds; before 1.18 only the
+    environment variable ``NVIDIA_TF32_OVERRIDE=0`` does that. (The TensorRT
+    execution provider has no such option; its FP32 engines may use TF32.) ``profile``: the batch range of the TensorRT EP's engine
     (:class:`TrtProfile`); engines are cached in a folder per range, so an
     engine built for one range is never offered for another.
     """
@@ -142,7 +148,10 @@ def provider_options(providers: list[str], device: int = 0, *, model_sha256: str
                 opts["trt_timing_cache_path"] = str(shared)
             out.append((p, opts))
         elif p == "CUDAExecutionProvider":
-            out.append((p, {"device_id": str(device)}))
+            cuda = {"device_id": str(device)}
+            if version >= (1, 18):
+                cuda["use_tf32"] = "0"  # FP32 means FP32, as for the engines uopsl builds (TF32 off there too)
+            out.append((p, cuda))
         else:
             out.append(p)
     return out
