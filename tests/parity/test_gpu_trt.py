@@ -6,7 +6,10 @@ TensorRT. Tolerances (stated, never widened):
 * PyTorch on CUDA (TF32 off) vs ORT CPU FP32: |dp| <= 1e-4, the CPU parity tolerance.
 * ORT CUDA FP32 vs PyTorch FP32: |dp| <= 2e-3. The reference runs with TF32
   off; ONNX Runtime's CUDA provider may run FP32 convolutions and matmuls in
-  TF32 (10-bit mantissa) on Ampere and later GPUs, ~1e-3 relative.
+  TF32 (10-bit mantissa) on Ampere and later GPUs, ~1e-3 relative. Since
+  session 24 the backend sets ``use_tf32=0`` (ONNX Runtime >= 1.18), which
+  should bring it near the CPU's 1e-4; that has not run on a GPU yet, so the
+  bound stays the one measured (tighten it once a GPU run shows the figure).
 * TensorRT FP16 vs PyTorch FP32: |dp| <= 5e-3 (FP16 keeps 11 significant bits).
 * every GPU candidate: the default clinical gates (flips <= 0.5 %, AUC drop
   <= 0.005, sensitivity drop <= 1 point); INT8 engines are held to these only.
