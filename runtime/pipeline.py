@@ -782,7 +782,8 @@ class PipelineConfig:
     with processes, a script must keep its top-level code under
     ``if __name__ == "__main__":``, as Python requires of any spawned process.
     prefetch_batches: how many
-    batches the workers may prepare ahead (bounds memory).
+    batches the workers may prepare ahead (bounds memory; with worker processes
+    at least 4 photographs per worker are read ahead, see ``ScreeningPipeline._window``).
     thumbnail_side: keep a downscaled copy of the original (longest side, px)
     for overlays and reports; 0 keeps none (fastest).
     infer_ungradable: also run the model on ungradable images (probabilities
