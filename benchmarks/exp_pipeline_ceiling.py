@@ -13,6 +13,10 @@ per photograph, and the speed-up over one worker. Settings are interleaved over 
     python benchmarks/exp_pipeline_ceiling.py BUNDLE --workers 1,2,4,8,16 --images 1000
     python benchmarks/exp_pipeline_ceiling.py BUNDLE --switch 0.005,0.0002 --backend ort-cuda --real
     python benchmarks/exp_pipeline_ceiling.py BUNDLE --prep-only --workers 1,4,16
+    python benchmarks/exp_pipeline_ceiling.py BUNDLE --pool processes --workers 8 --max-per-task 1,4,8
+
+``--max-per-task``: with worker processes, the most photographs one task carries (the pipeline's
+``MAX_PER_TASK``; 1 is how session 23 ran), to see what sending several per task buys on this machine.
 
 ``--prep-only``: no pipeline, only its per-photograph work (decode, preprocess, quality gate) mapped over the
 photographs by a pool of threads and by a pool of processes (spawned, started before timing), to see how far
@@ -110,6 +114,8 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--prep-only", action="store_true")
+    ap.add_argument("--max-per-task", default=None,
+                    help="comma-separated values of the pipeline's MAX_PER_TASK to compare [default: its own]")
     ap.add_argument("--pool", choices=("threads", "processes"), default="threads",
                     help="the pipeline's worker pool (processes: the CPU column is the parent's alone)")
     args = ap.parse_args()
@@ -134,33 +140,39 @@ def main() -> int:
         items = [item_for_data(blobs[i % len(blobs)], f"synthetic{i}") for i in range(args.images)]
         first = blobs[: args.batch]
     batch = np.stack([preprocess(b, m.preprocess).image for b in first])
+    import uopsl.runtime.pipeline as pipeline_mod
+
     workers = [int(w) for w in args.workers.split(",")]
     switches = [float(s) for s in args.switch.split(",")]
-    settings = [(w, s) for s in switches for w in workers]
-    res: dict[tuple[int, float], list[tuple[float, float]]] = {k: [] for k in settings}
+    default_max = pipeline_mod.MAX_PER_TASK
+    maxes = [int(m) for m in args.max_per_task.split(",")] if args.max_per_task else [default_max]
+    settings = [(w, s, m) for m in maxes for s in switches for w in workers]
+    res: dict[tuple[int, float, int], list[tuple[float, float]]] = {k: [] for k in settings}
     default_switch = sys.getswitchinterval()
     with open_backend(args.bundle, args.backend, args.precision, None, manifest=m, measure=False) as b:
         backend: Any = b if args.real else _Instant(b, batch)
         for r in range(args.rounds):
-            for w, s in settings if r % 2 == 0 else settings[::-1]:
+            for w, s, mx in settings if r % 2 == 0 else settings[::-1]:
                 sys.setswitchinterval(s)
+                pipeline_mod.MAX_PER_TASK = mx
                 try:
-                    res[(w, s)].append(run_once(backend, m, items, args.batch, w, args.pool))
+                    res[(w, s, mx)].append(run_once(backend, m, items, args.batch, w, args.pool))
                 finally:
                     sys.setswitchinterval(default_switch)
-    one = {s: statistics.median(x[0] for x in res[(workers[0], s)]) for s in switches}
+                    pipeline_mod.MAX_PER_TASK = default_max
+    one = {(s, mx): statistics.median(x[0] for x in res[(workers[0], s, mx)]) for s in switches for mx in maxes}
     print(f"bundle {args.bundle} ({m.preprocess.size} px), {'real ' + args.backend if args.real else 'instant'} "
           f"inference, worker {args.pool}, batch {args.batch}, {args.images} photographs, {os.cpu_count()} cores, "
           f"{args.rounds} rounds (medians)")
-    print("| switch interval | workers | photographs/s | CPU ms per photograph | vs first worker count |")
-    print("|---|---|---|---|---|")
+    print("| switch interval | max per task | workers | photographs/s | CPU ms per photograph | vs first worker count |")
+    print("|---|---|---|---|---|---|")
     rows = []
-    for w, s in settings:
-        ips = statistics.median(x[0] for x in res[(w, s)])
-        cpu = statistics.median(x[1] for x in res[(w, s)])
-        rows.append({"workers": w, "switch_s": s, "ips": round(ips, 1), "cpu_ms": round(cpu, 2),
-                     "rounds": [round(x[0], 1) for x in res[(w, s)]]})
-        print(f"| {s * 1000:g} ms | {w} | {ips:.1f} | {cpu:.2f} | {ips / one[s]:.2f}x |")
+    for w, s, mx in settings:
+        ips = statistics.median(x[0] for x in res[(w, s, mx)])
+        cpu = statistics.median(x[1] for x in res[(w, s, mx)])
+        rows.append({"workers": w, "switch_s": s, "max_per_task": mx, "ips": round(ips, 1), "cpu_ms": round(cpu, 2),
+                     "rounds": [round(x[0], 1) for x in res[(w, s, mx)]]})
+        print(f"| {s * 1000:g} ms | {mx} | {w} | {ips:.1f} | {cpu:.2f} | {ips / one[(s, mx)]:.2f}x |")
     if args.json:
         args.json.write_text(json.dumps({"rows": rows, "cores": os.cpu_count(), "real": args.real,
                                          "backend": args.backend, "images": args.images}, indent=1))
