@@ -6,23 +6,18 @@ a pool broken without the lock that ``submit`` takes, so a photograph submitted 
 accepted into a pool that is already being torn down: its future never completes, and the manager thread
 can die (``RuntimeError: dictionary changed size during iteration``) before it stops the workers. A
 worker left that way waits for work forever, and ``multiprocessing`` joins every live child at exit, so
-the program never ends (CI ran out of time that way). Hence: every worker is of a class of ours
-(:class:`WorkerProcess`) so that :func:`_end_worker_processes` can find and stop leftovers before
-``multiprocessing`` joins them, and :func:`wait_prepared` gives up on a future whose pool can no longer
-complete it.
+the program never ends (CI ran out of time that way). Hence: every worker is daemonic (a process of our
+own class, :class:`WorkerProcess`), which ``multiprocessing``'s exit handler terminates instead of joining,
+and :func:`wait_prepared` gives up on a future whose pool can no longer complete it.
 """
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import logging
-import multiprocessing
 import multiprocessing.context
-import multiprocessing.util  # imported before the atexit hook below, so that hook runs before its exit join
 import signal
 import threading
-import time
 from concurrent.futures import BrokenExecutor, Future, ProcessPoolExecutor, wait
 from typing import Any, TypeVar
 
@@ -34,17 +29,16 @@ T = TypeVar("T")
 
 #: Seconds between checks that a pool can still complete the future being waited on.
 POLL_S = 0.5
-#: Seconds a worker left over at exit gets to end on its own before it is terminated.
-EXIT_GRACE_S = 2.0
 
 
 class WorkerProcess(multiprocessing.context.SpawnProcess):
-    """A preprocessing worker: a spawned process of a class of ours, so leftovers can be told apart from
-    other children of the program at exit.
+    """A preprocessing worker: a spawned, daemonic process.
 
-    Daemonic as well: ``multiprocessing``'s own exit handler terminates daemonic children before it joins
-    the rest, which covers a leftover even where that handler runs before ours (calling
-    ``multiprocessing.get_logger()`` registers it again, last). A worker starts no process of its own.
+    Daemonic because ``multiprocessing``'s exit handler terminates daemonic children and joins the others:
+    a worker whose pool's manager thread died is never told to stop, and joining it would keep the program
+    from ending. By then Python's own exit has stopped every healthy pool (``concurrent.futures`` joins
+    their manager threads first), so only such leftovers are terminated. A worker starts no process of
+    its own, which a daemonic process may not.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -174,28 +168,3 @@ def shutdown_worker_processes() -> None:
         _shared.clear()
     for pool in pools:
         pool.shutdown(wait=True, cancel_futures=True)
-
-
-def _end_worker_processes() -> None:
-    """At exit: stop the shared pools, then any worker still alive (one whose pool's manager thread died
-    never gets told to stop), so that ``multiprocessing``'s exit join does not wait forever."""
-    with _lock:
-        pools = list(_shared.values())
-        _shared.clear()
-    for pool in pools:
-        discard_pool(pool)
-    leftovers = [p for p in multiprocessing.active_children() if isinstance(p, WorkerProcess)]
-    deadline = time.monotonic() + EXIT_GRACE_S
-    for proc in leftovers:
-        proc.join(max(0.0, deadline - time.monotonic()))
-    for proc in leftovers:
-        if proc.is_alive():
-            log.debug("terminating preprocessing worker %s left over at exit", proc.pid)
-            proc.terminate()
-            proc.join(1.0)
-        if proc.is_alive():
-            proc.kill()
-            proc.join(1.0)
-
-
-atexit.register(_end_worker_processes)

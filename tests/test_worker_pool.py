@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -232,8 +233,6 @@ def test_a_pool_whose_manager_thread_died_neither_hangs_the_run_nor_leaves_worke
                   if isinstance(p, workerpool.WorkerProcess) and p not in ours]
         if not strays:
             break
-        import time
-
         time.sleep(0.05)
     assert strays == []
     shutdown_worker_processes()
