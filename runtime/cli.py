@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
 BACKEND_CHOICES = ["auto", "ort-cpu", "ort-cuda", "ort-trt", "openvino", "tensorrt"]
 PRECISION_CHOICES = ["auto", "fp32", "fp16", "int8"]
+WORKER_POOL_CHOICES = ["auto", "threads", "processes"]  # spelled out: importing the pipeline here would slow --help
 
 # No file_okay=False: a file given as the bundle (model.onnx) gets the toolkit's own message, naming its folder.
 _bundle_arg = click.argument("bundle", type=click.Path(path_type=Path))
@@ -121,7 +122,7 @@ def _failures() -> tuple[dict[str, tuple[str, str, Sequence[str]]], Callable[[An
 
 
 _worker_pool_option = click.option(
-    "--worker-pool", type=click.Choice(["auto", "threads", "processes"]), default="auto", show_default=True,
+    "--worker-pool", type=click.Choice(WORKER_POOL_CHOICES), default="auto", show_default=True,
     help="How photographs are prepared in parallel. auto: processes when the model runs on a GPU (threads "
          "stop scaling at about 1.5x there), threads on a CPU backend.")
 _csv_option = click.option(

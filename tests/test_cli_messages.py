@@ -60,3 +60,19 @@ def test_pretrain_uopsl_without_oct_stops_before_loading_anything(tmp_path: Path
                     prog_name="uopsl")
     err = capsys.readouterr().err
     assert rc == 2 and "pass --oct" in err and "not-read" not in err  # the fundus pool was not even opened
+
+
+def test_cli_choices_match_the_runtime_names() -> None:
+    """The CLI spells its choices out (importing backends and the pipeline would slow ``--help``), so a
+    backend, precision or worker pool added to the runtime must be added there too."""
+    from uopsl.runtime import cli
+    from uopsl.runtime.backends import BACKEND_NAMES, PRECISIONS
+    from uopsl.runtime.pipeline import WORKER_POOLS
+
+    assert cli.BACKEND_CHOICES == ["auto", *BACKEND_NAMES]
+    assert cli.PRECISION_CHOICES == list(PRECISIONS)
+    assert cli.WORKER_POOL_CHOICES == list(WORKER_POOLS)
+    for command in ("run", "bench"):  # bench's --backend also takes lists and 'all': a string it parses itself
+        options = {p.name: p for p in cli.cli.commands[command].params}
+        assert list(options["worker_pool"].type.choices) == cli.WORKER_POOL_CHOICES
+    assert list({p.name: p for p in cli.cli.commands["run"].params}["backend"].type.choices) == cli.BACKEND_CHOICES
