@@ -461,6 +461,15 @@ def _strong_typing(api: TrtApi, config: EngineBuildConfig, int8_mode: str) -> bo
         return int8_mode == "qdq" and api.strongly_typed_flag and api.family != "8"
     if config.strongly_typed and not api.strongly_typed_flag:
         raise ConfigError(f"strongly typed networks need TensorRT 10 or later; this is {api.version_text}")
+    if config.strongly_typed and int8_mode in LEGACY_MODES:
+        # EngineBuildConfig refuses a legacy mode given by name; this is int8_mode auto resolved to one (a float
+        # ONNX with calibration data). Strongly typed, TensorRT would set no INT8 flag, never call the calibrator
+        # and build an FP32 engine labelled INT8.
+        raise ConfigError(
+            f"INT8 from this float ONNX goes through implicit calibration ({int8_mode}), which cannot be strongly "
+            "typed: TensorRT would build an FP32 engine. Drop strongly_typed (--strongly-typed) or give the Q/DQ "
+            "model (the bundle's int8-qdq-s8 ONNX, --int8-mode qdq)"
+        )
     return config.strongly_typed
 
 

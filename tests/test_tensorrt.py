@@ -769,6 +769,13 @@ def test_plan_int8_mismatched_inputs() -> None:
                    calibration=LegacyCalibration(amax={"x": 1.0}))
     with pytest.raises(ConfigError, match="TensorRT 10 or later"):
         plan_build(api("8.6.1"), EngineBuildConfig(precision="int8", strongly_typed=True), onnx_qdq=True)
+    # int8_mode auto resolving to implicit calibration: strongly typed, TensorRT would set no INT8 flag and
+    # build an FP32 engine labelled INT8 (the config check alone sees only "auto").
+    for calibration in (LegacyCalibration(amax={"x": 1.0}),
+                        LegacyCalibration(batches=[np.zeros((8, H, W, 3), np.uint8)])):
+        with pytest.raises(ConfigError, match=r"implicit calibration \(legacy-.*cannot be strongly typed.*FP32 engine"):
+            plan_build(api("10.3.0"), EngineBuildConfig(precision="int8", strongly_typed=True), onnx_qdq=False,
+                       calibration=calibration)
 
 
 DLA1 = dict(min_batch=1, opt_batch=1, max_batch=1)  # DLA needs one fixed batch
