@@ -400,6 +400,15 @@ def plan_build(api: TrtApi, config: EngineBuildConfig, *, onnx_qdq: bool,
                 "decide the precision; DLA runs FP16 and INT8 layers only, so give an ONNX converted to FP16 "
                 "(ModelOpt AutoCast) or the Q/DQ INT8 model, or FP32 layers will "
                 + ("run on the GPU" if config.gpu_fallback else "fail to build (no --gpu-fallback)"))
+        if config.precision == "int8" and strongly and api.weak_precision_flags:
+            # 10.x: a strongly typed Q/DQ network keeps every layer outside a Q/DQ pair (the input's cast, the
+            # float head, excluded layers) in FP32, which the DLA does not run. Weak typing with FP16 may.
+            warnings.append(
+                f"strongly typed INT8 on DLA core {config.dla_core} under TensorRT {v}: layers the Q/DQ model keeps "
+                "in float stay FP32, which DLA does not run, so they "
+                + ("run on the GPU" if config.gpu_fallback else "fail to build (no --gpu-fallback)")
+                + "; --no-strongly-typed --fp16-fallback lets them run FP16 on the DLA (check the layer placement "
+                "with the engine inspector either way)")
         if config.gpu_fallback:
             set_flags.append("GPU_FALLBACK")
     if config.version_compatible:

@@ -822,6 +822,15 @@ def test_plan_dla_int8_on_8x_refuses_qdq_and_takes_the_cache_route() -> None:
         assert (p.int8_mode, p.set_flags) == ("legacy-cache", ("INT8", "GPU_FALLBACK"))
     p = plan_build(api("10.3.0"), EngineBuildConfig(precision="int8", dla_core=0, **DLA1), onnx_qdq=True)
     assert (p.int8_mode, p.strongly_typed, p.set_flags) == ("qdq", True, ("GPU_FALLBACK",))
+    # Strongly typed, the Q/DQ model's float layers stay FP32, which DLA does not run: the plan says so.
+    dla_warning, = p.warnings
+    assert "stay FP32, which DLA does not run, so they run on the GPU" in dla_warning
+    assert "--no-strongly-typed --fp16-fallback" in dla_warning
+    p = plan_build(api("10.3.0"), EngineBuildConfig(precision="int8", dla_core=0, strongly_typed=False,
+                                                    fp16_fallback=True, **DLA1), onnx_qdq=True)
+    assert (p.strongly_typed, p.set_flags, p.warnings) == (False, ("INT8", "FP16", "GPU_FALLBACK"), ())
+    p = plan_build(api("11.0.0"), EngineBuildConfig(precision="int8", dla_core=0, **DLA1), onnx_qdq=True)
+    assert not any("DLA does not run" in w for w in p.warnings)  # 11.x: no FP16 flag to offer instead
 
 
 def _deprecations(p: Any) -> list[str]:
