@@ -11,7 +11,8 @@
             ...
 
 ``Screener.screen_to(out_dir, inputs)`` is what ``uopsl-screen run`` does:
-results.jsonl/csv, thumbnails, overlays and the report, resuming a killed run.
+results.jsonl/csv, thumbnails, the report and (``overlays=True``; ``run``'s
+default) overlays, resuming a killed run.
 """
 
 from __future__ import annotations
@@ -139,6 +140,11 @@ class Screener:
     backend / precision / threads: see :func:`uopsl.runtime.backends.open_backend`.
     batch_size, workers, worker_pool: see :class:`PipelineConfig`. verify: check the bundle's
     checksums before loading (a few hundred ms for a typical bundle).
+    quality_config: a :class:`uopsl.runtime.quality.QualityConfig` replacing the gradability
+    gate's defaults (None: the defaults). infer_ungradable: run the model on ungradable
+    photographs too (their rows keep the ungradable status; the probabilities are recorded for
+    information, and no decision is made).
+    csv_style: ``"comma"`` or ``"semicolon"``, the layout of the results.csv :meth:`screen_to` writes.
     max_inference_failures: see below. device: the GPU index (as ``nvidia-smi`` numbers
     them) for TensorRT and ONNX Runtime CUDA/TensorRT; engines are checked against that GPU.
     trusted_keys: PEM public-key files of bundle makers to trust, added to those this
@@ -158,9 +164,9 @@ class Screener:
       :class:`~uopsl.runtime.errors.EngineMismatchError` for a TensorRT engine
       built for another TensorRT version or GPU,
       :class:`~uopsl.runtime.errors.MissingDependencyError` when the backend's
-      package is not installed, :class:`~uopsl.runtime.errors.ConfigError` for
-      an unknown backend or precision, and
-      :class:`~uopsl.runtime.errors.BackendError` when the model cannot load;
+      package is not installed, and
+      :class:`~uopsl.runtime.errors.BackendError` when the model cannot load
+      (an unknown backend or precision is a construction-time ConfigError);
     * :meth:`screen`, :meth:`screen_many` and :meth:`screen_to` never raise for
       a bad photograph or a failed inference: the result has
       ``status="error"`` and its ``reasons`` say why (``unreadable``,
@@ -398,6 +404,9 @@ class Screener:
     def screen_many(self, images: Iterable[ImageInput], *, thumbnail_side: int = 0) -> Iterator[ScreenResult]:
         """Screen many images (paths, folders, list files, bytes, arrays), streaming, in input order.
 
+        thumbnail_side: also keep a downscaled RGB copy of each original as ``result.thumbnail``
+        (longest side in px, for a report or a viewer; 0: none).
+
         It takes ``batch_size x (prefetch_batches + 2)`` inputs (32 by default; more when many are
         ungradable) before the first result is yielded (decoding overlaps inference); a source that produces its next photograph only after the
         previous result was seen (a live camera loop) should call :meth:`screen` per photograph instead.
@@ -424,7 +433,8 @@ class Screener:
         keep: Callable[[ScreenResult], bool] | None = None,
         on_kept: Callable[[dict[str, Any]], None] | None = None,
     ) -> RunSummary:
-        """Screen ``inputs`` into ``out_dir`` (results.jsonl/csv, thumbs/, overlays/, report.html).
+        """Screen ``inputs`` into ``out_dir`` (results.jsonl/csv, thumbs/, report.html; overlays/ with
+        ``overlays=True``, which ``uopsl-screen run`` passes by default).
 
         Resuming: an input whose file version (resolved path, size, mtime) has
         a final row in ``out_dir/results.jsonl`` is skipped: ``ok``,

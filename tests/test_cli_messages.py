@@ -76,3 +76,17 @@ def test_cli_choices_match_the_runtime_names() -> None:
         options = {p.name: p for p in cli.cli.commands[command].params}
         assert list(options["worker_pool"].type.choices) == cli.WORKER_POOL_CHOICES
     assert list({p.name: p for p in cli.cli.commands["run"].params}["backend"].type.choices) == cli.BACKEND_CHOICES
+
+
+def test_validate_help_spells_every_default_gate() -> None:
+    """``uopsl validate --help`` shows the default gates; a gate added to ParityGates must appear there."""
+    from click.testing import CliRunner
+
+    from uopsl.export.parity_metrics import ParityGates, parse_gates
+    from uopsl.train.commands.validate import DEFAULT_GATES_TEXT
+
+    assert parse_gates(DEFAULT_GATES_TEXT) == ParityGates()
+    named = {item.split("=")[0] for item in DEFAULT_GATES_TEXT.split(",")}
+    assert len(named) == len([v for v in ParityGates().to_dict().values() if v is not None])
+    out = CliRunner().invoke(cli, ["validate", "--help"], terminal_width=400).output
+    assert DEFAULT_GATES_TEXT in " ".join(out.split())

@@ -61,6 +61,9 @@ import numpy as np
 
 from uopsl.runtime.errors import ConfigError, DataError
 
+#: The default gates as ``--gates`` spells them (tests/test_cli_messages.py holds them to ParityGates' defaults).
+DEFAULT_GATES_TEXT = "flips=0.005,class_flips=0.005,findings=0.01,auc=0.005,sens=0.01,top1=0.99"
+
 if TYPE_CHECKING:
     from uopsl.runtime.bundle import Manifest
     from uopsl.train.checkpoint import CheckpointMeta
@@ -373,7 +376,7 @@ def _refuse_unknown_labels(bundle: Path, records: list[Any], data_spec: str) -> 
 @click.option("--backends", default="all", show_default=True,
               help="'all' (every backend available here) or a comma list: ort-cpu,ort-cuda,ort-trt,openvino,tensorrt.")
 @click.option("--gates", default=None,
-              help="Override gates: flips=0.005,class_flips=0.005,auc=0.005,sens=0.01,top1=0.99[,prob=1e-4] "
+              help=f"Override gates: {DEFAULT_GATES_TEXT}[,prob=1e-4] "
                    "(the defaults are strict; a run with looser ones records no pass).")
 @click.option("--per-layer", is_flag=True, help="Layer-wise SQNR/cosine of each INT8 ONNX file vs FP32, "
                                                 "with a suggested --exclude list for `uopsl quantize`.")
