@@ -13,11 +13,13 @@ from types import ModuleType
 
 from uopsl.runtime.errors import MissingDependencyError
 
+_CUDA_HINT = ("pip install 'cuda-python>=12,<13' on a CUDA 12 driver (JetPack 6), plain cuda-python on CUDA 13, "
+              "'cuda-python>=11.8,<12' on CUDA 11; pycuda works as well")
 # module name -> how to get it (pip extra, or the JetPack package on Jetson)
 _HINTS: dict[str, str] = {
     "tensorrt": "pip install 'uopsl[trt]' (desktop) or install JetPack's python3-libnvinfer (Jetson)",
-    "cuda": "pip install 'cuda-python>=12,<13' on a CUDA 12 driver (JetPack 6), plain cuda-python on CUDA 13; pycuda works as well",
-    "cuda.bindings": "pip install 'cuda-python>=12,<13' on a CUDA 12 driver (JetPack 6), plain cuda-python on CUDA 13; pycuda works as well",
+    "cuda": _CUDA_HINT,
+    "cuda.bindings": _CUDA_HINT,
     "pycuda": "pip install pycuda",
     "openvino": "pip install 'uopsl[openvino]'",
     "onnxruntime": "pip install 'uopsl[runtime]'",

@@ -614,7 +614,8 @@ DRIVER_MISMATCH_HINT = (
     "A CUDA binding works only with an NVIDIA driver whose CUDA major version is at least the binding's "
     "(cuda-python 13.x needs a CUDA 13 driver; JetPack 6 ships a CUDA 12.x driver; nvidia-smi shows the "
     "driver's CUDA version). Install the binding that matches the driver: pip install 'cuda-python>=12,<13' "
-    "for a CUDA 12 driver (or pip install pycuda), or upgrade the driver. If the driver is recent enough, check "
+    "for a CUDA 12 driver, 'cuda-python>=11.8,<12' for CUDA 11 (TensorRT 8.5/8.6 desktops), or pip install pycuda; "
+    "or upgrade the driver. If the driver is recent enough, check "
     "that a GPU is visible (nvidia-smi, tegrastats on Jetson, CUDA_VISIBLE_DEVICES)"
 )
 
@@ -1068,7 +1069,8 @@ def load_cuda(purpose: str) -> CudaApi:
         f"('cuda.bindings.runtime', 'cuda.cudart') nor pycuda ('pycuda.driver') "
         f"({type(cause).__name__}: {cause}). Install the cuda-python whose major version matches the driver's "
         "CUDA major (nvidia-smi shows it; JetPack 6 ships CUDA 12.x): pip install 'cuda-python>=12,<13' for a "
-        "CUDA 12 driver, 'cuda-python>=13,<14' for CUDA 13; a newer major than the driver's cannot work. "
+        "CUDA 12 driver, 'cuda-python>=13,<14' for CUDA 13, 'cuda-python>=11.8,<12' for CUDA 11; a newer major "
+        "than the driver's cannot work. "
         "pycuda works as well (pip install pycuda)"
     ) from errors[0]
 
