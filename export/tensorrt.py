@@ -54,7 +54,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from uopsl.calibration import trt_cache
-from uopsl.runtime.engine_header import BUILD_OPTIONS_KEY, BuildOptions, EngineHeader, now_utc, write_engine
+from uopsl.runtime.engine_header import BUILD_OPTIONS_KEY, BuildOptions, EngineHeader, now_utc, this_platform, write_engine
 from uopsl.runtime.errors import BackendError, ConfigError
 from uopsl.runtime.fsio import sha256_file, write_bytes
 from uopsl.runtime.trt_compat import (
@@ -602,6 +602,7 @@ def build_engine(
         input_name=input_name,
         input_shape=tuple(sample_shape),
         built_at=now_utc(),
+        platform=this_platform(),
         extra={"build_seconds": round(seconds, 1), "flags": list(plan.set_flags), "onnx_opset": opset,
                BUILD_OPTIONS_KEY: recorded_options(config, plan, calibration).to_dict()},
     )

@@ -26,6 +26,10 @@ are not portable across different GPU architectures"):
   equal or later TensorRT of the same major version, and across exactly the
   two major-version pairs NVIDIA supports: 8.x (>= 8.6) -> 10.x and
   10.x -> 11.x. See :func:`version_mismatch` for the sources.
+* Platform: the operating system and CPU architecture (``platform``,
+  ``"Linux-aarch64"``) must be equal when the header records them ("Serialized
+  engines are not portable across platforms", NVIDIA's support matrix);
+  headers written before the field existed are not checked.
 * GPU: the compute capability (``"8.7"``) must be equal. The same compute
   capability under another GPU name (e.g. two Ampere boards) is accepted with a
   warning: TensorRT runs it, though the kernels were timed on the other board.
@@ -45,6 +49,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import platform
 import re
 import struct
 from collections.abc import Callable
@@ -183,6 +188,7 @@ class EngineHeader:
     input_shape: tuple[int, ...] = ()  # per-sample shape, e.g. (320, 320, 3)
     built_at: str = ""
     toolkit_version: str = __version__
+    platform: str = ""  # this_platform() of the building machine; "" in headers from before it was recorded
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -220,6 +226,11 @@ class EngineHeader:
                 f"{source}: engine header is malformed ({exc}); rebuild the engine with 'uopsl build-engine'"
             ) from exc
         return h
+
+
+def this_platform() -> str:
+    """``"<system>-<machine>"`` of this machine (``"Linux-x86_64"``, ``"Linux-aarch64"``, ``"Windows-AMD64"``)."""
+    return f"{platform.system()}-{platform.machine()}"
 
 
 def now_utc() -> str:
@@ -552,6 +563,7 @@ def check_compatible(
     *,
     engine_path: str | os.PathLike[str] | None = None,
     device: int = 0,
+    running_platform: str | None = None,
 ) -> None:
     """Raise :class:`EngineMismatchError` when the engine cannot run here; see the module rule.
 
@@ -559,6 +571,7 @@ def check_compatible(
     ``tensorrt`` package, the GPU name and compute capability of ``device``
     from the CUDA binding (both raise :class:`MissingDependencyError` when
     absent). Passing them keeps this function free of TensorRT and a GPU.
+    ``running_platform``: :func:`this_platform` when None.
     """
     if running_trt_version is None or gpu_name is None or compute_capability is None:
         from uopsl.runtime import trt_compat
@@ -570,6 +583,10 @@ def check_compatible(
             gpu_name = name if gpu_name is None else gpu_name
             compute_capability = cc if compute_capability is None else compute_capability
     problems = []
+    running_platform = this_platform() if running_platform is None else running_platform
+    if header.platform and header.platform != running_platform:
+        problems.append(f"it was built on {header.platform}, this is {running_platform}; engines are not portable "
+                        "across operating systems and CPU architectures")
     why = version_mismatch(header.tensorrt_version, running_trt_version, header.version_compatible)
     if why:
         problems.append(f"TensorRT {header.tensorrt_version} built it, TensorRT {running_trt_version} is running ({why})")
@@ -607,6 +624,7 @@ __all__ = [
     "read_header",
     "read_plan",
     "rebuild_command",
+    "this_platform",
     "version_mismatch",
     "write_engine",
 ]

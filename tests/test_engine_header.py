@@ -351,3 +351,23 @@ def test_hostile_header_json_is_a_bundle_error(tmp_path: Path, body: bytes) -> N
     path.write_bytes(struct.pack("<8sII", b"UOPSLENG", 1, len(body)) + body + PLAN)
     with pytest.raises(BundleError, match="h.engine: engine header is not valid JSON"):
         eh.read_header(path)
+
+
+def test_platform_recorded_and_checked() -> None:
+    """Engines do not move between operating systems or CPU architectures (NVIDIA's support matrix): a header
+    that records where it was built is refused elsewhere, before TensorRT's own bare deserialisation error."""
+    assert eh.this_platform().count("-") >= 1 and eh.this_platform().split("-")[0]
+    h = _header(tensorrt_version="10.3.0", platform="Linux-aarch64")
+    eh.check_compatible(h, "10.3.0", "Orin", "8.7", running_platform="Linux-aarch64")
+    with pytest.raises(EngineMismatchError, match=r"built on Linux-aarch64, this is Windows-AMD64; engines are not "
+                                                  r"portable .*Rebuild it on this device: uopsl build-engine"):
+        eh.check_compatible(h, "10.3.0", "Orin", "8.7", running_platform="Windows-AMD64")
+    with pytest.raises(EngineMismatchError, match="built on Linux-aarch64, this is Linux-x86_64"):
+        eh.check_compatible(h, "10.3.0", "Orin", "8.7", running_platform="Linux-x86_64")
+    # A header from before the field existed reads back with platform "" and is not checked for it.
+    old = {k: v for k, v in h.to_dict().items() if k != "platform"}
+    back = eh.EngineHeader.from_dict(old)
+    assert back.platform == ""
+    eh.check_compatible(back, "10.3.0", "Orin", "8.7", running_platform="Windows-AMD64")
+    # What is written is what is read.
+    assert eh.EngineHeader.from_dict(h.to_dict()).platform == "Linux-aarch64"

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import platform
 import shlex
 import struct
 import sys
@@ -950,6 +951,7 @@ def test_build_fp16_flow(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, gpu: F
     assert (h.tensorrt_version, h.gpu_name, h.compute_capability, h.precision) == (version, "Orin", "8.7", "fp16")
     assert (h.min_batch, h.opt_batch, h.max_batch, h.input_name, h.input_shape) == (1, 4, 8, "image", (H, W, 3))
     assert h.source_onnx == "model.onnx" and len(h.source_onnx_sha256) == 64 and h.workspace_mib == 256
+    assert h.platform == f"{platform.system()}-{platform.machine()}"
     assert read_plan(info.path)[1].startswith(b"FAKEPLAN")
     assert cuda.active == 0  # activate/deactivate balanced
 
