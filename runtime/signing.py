@@ -71,6 +71,7 @@ from uopsl.runtime.bundle import (
 from uopsl.runtime.errors import BundleError, ConfigError
 from uopsl.runtime.fsio import load_json_strict, write_json
 from uopsl.runtime.optional import require
+from uopsl.runtime.pkcs8 import PBKDF2_ITERATIONS, WEAK_BELOW, encrypt_pkcs8_pem, pbkdf2_iterations
 
 log = logging.getLogger(__name__)
 
@@ -550,6 +551,12 @@ def sign_bundle(bundle: str | os.PathLike[str], private_key: str | os.PathLike[s
         raise ConfigError(f"{private_key}: not a readable private key, or a wrong password ({exc})") from exc
     if not isinstance(key, ed.Ed25519PrivateKey):
         raise ConfigError(f"{private_key}: a {type(key).__name__}, expected an Ed25519 private key (`uopsl keygen`)")
+    rounds = pbkdf2_iterations(data)
+    if rounds is not None and rounds < WEAK_BELOW:  # keys from uopsl keygen before it wrote PBKDF2_ITERATIONS
+        log.warning("%s: its password is stretched with only %d PBKDF2 rounds, cheap to guess against if the file "
+                    "is stolen; re-encrypt it with %d: openssl pkcs8 -topk8 -v2 aes-256-cbc -v2prf hmacWithSHA256 "
+                    "-iter %d -in %s -out NEW.key (then replace the old file)",
+                    private_key, rounds, PBKDF2_ITERATIONS, PBKDF2_ITERATIONS, private_key)
     if verified is None:
         manifest, raw = read_manifest_raw(root)
         verify_or_raise(root, manifest, raw)  # never sign what fails its own checksums; sign what was checked
@@ -817,8 +824,11 @@ def generate_keypair(out_dir: str | os.PathLike[str], name: str = "uopsl-signing
             raise ConfigError(f"{p} already exists; keys are never overwritten (choose another --name or folder)")
     out.mkdir(parents=True, exist_ok=True)
     key = ed.Ed25519PrivateKey.generate()
-    enc = ser.BestAvailableEncryption(password) if password else ser.NoEncryption()
-    private_pem = key.private_bytes(ser.Encoding.PEM, ser.PrivateFormat.PKCS8, enc)
+    if password:  # not BestAvailableEncryption: its 2,048 PBKDF2 rounds are cheap to guess against
+        private_pem = encrypt_pkcs8_pem(key.private_bytes(ser.Encoding.DER, ser.PrivateFormat.PKCS8,
+                                                          ser.NoEncryption()), password)
+    else:
+        private_pem = key.private_bytes(ser.Encoding.PEM, ser.PrivateFormat.PKCS8, ser.NoEncryption())
     public = key.public_key()
     public_pem = public.public_bytes(ser.Encoding.PEM, ser.PublicFormat.SubjectPublicKeyInfo)
     written: list[Path] = []
