@@ -1147,6 +1147,29 @@ class ScreeningPipeline:
             "photographs already screened are kept")
         raise err from exc
 
+    def _check_spec_loads_in_a_worker(self) -> None:
+        """ConfigError unless a worker process can load this run's settings. A quality_config whose class
+        the main script defines under its ``__main__`` guard, or a notebook cell, pickles in the parent but
+        not in a spawned worker, which then dies on every task: each photograph would be blamed in turn and
+        given a ``decoder_crash`` row."""
+        n = self.config.workers_for("processes")
+        pool = worker_processes(n)
+        try:
+            wait_prepared(pool.submit(worker_alive, self._spec), pool)
+            return
+        except BrokenExecutor as exc:
+            cause: BaseException = exc
+        pool = replace_worker_processes(n, pool)
+        try:
+            wait_prepared(pool.submit(worker_alive), pool)  # without the settings: do workers start at all?
+        except BrokenExecutor:
+            return  # they do not: the run's own recovery says so, with its advice
+        raise ConfigError(
+            f"the quality_config ({type(self._spec.quality_config).__qualname__}) cannot be loaded in a worker "
+            "process: its class is defined where a worker does not see it (under `if __name__ == \"__main__\":` "
+            "or in a notebook). Define it at the top level of an importable module, or use worker_pool='threads'"
+        ) from cause
+
     def _prepare_alone(self, item: InputItem) -> _Prepared:
         """``item`` in a one-worker pool of its own (shared with nothing, so nothing else can break it): an
         error row if the worker dies on it."""
@@ -1186,13 +1209,17 @@ class ScreeningPipeline:
         pending: collections.deque[tuple[InputItem, Future[list[_Prepared]], int, int]] = collections.deque()
         taken = 0
         broken: list[Exception] = []  # what the source raised: taken after the results before it
-        restarts = innocent = 0  # breaks of the worker pool in this run; those whose first input was not the cause
+        # Breaks of the worker pool in this run; inputs found to crash their worker; breaks since the last such
+        # input that the input first in line did not explain.
+        restarts = culprits = unexplained = 0
         if processes:
             try:
-                pickle.dumps(self._spec)
+                pickled = pickle.dumps(self._spec)
             except Exception as exc:  # noqa: BLE001 - whatever pickling raises
                 raise ConfigError(f"worker processes need a quality_config that can be pickled ({exc}); use "
                                   "worker_pool='threads'") from exc
+            if b"__main__" in pickled:  # a class of the main script: a worker may not have it
+                self._check_spec_loads_in_a_worker()
         with opencv_single_threaded(), self._worker_pool(processes) as pool:
 
             def fill() -> None:
@@ -1241,7 +1268,7 @@ class ScreeningPipeline:
                 cause (then it gets an error row), and resubmit what is still pending, one input per task. A
                 pool that cannot run a trivial task, more than ``MAX_POOL_RESTARTS`` inputs that crash their
                 worker, or more than ``MAX_POOL_RESTARTS`` breaks that no input explains stop the run."""
-                nonlocal pool, restarts, innocent
+                nonlocal pool, restarts, culprits, unexplained
 
                 def stop(err: BackendError) -> BackendError:
                     _annotate(err, "unscreened", tuple(p.item for p in batch) + (item,)
@@ -1249,11 +1276,13 @@ class ScreeningPipeline:
                     return err
 
                 # A break is blamed on the input first in line. When that input then runs alone without
-                # harm (another input of the same moment was the cause, found at the next break), the break
+                # harm (another input of the same moment was the cause, found at a later break), the break
                 # is counted apart, so that each photograph that crashes its worker costs one of the
-                # MAX_POOL_RESTARTS, however the inputs were grouped into tasks.
+                # MAX_POOL_RESTARTS, however the inputs were grouped into tasks; and each such photograph
+                # found clears the unexplained breaks before it (resubmitted in parallel, a crashing input
+                # typically breaks the pool once while an innocent one is first in line).
                 restarts += 1
-                if restarts - innocent > MAX_POOL_RESTARTS or innocent > MAX_POOL_RESTARTS:
+                if culprits + 1 > MAX_POOL_RESTARTS or unexplained > MAX_POOL_RESTARTS:
                     raise stop(BackendError(
                         f"preprocessing worker processes stopped {restarts} times in this run (last: {exc}); "
                         "too little memory? Use fewer --workers or --worker-pool threads; photographs already "
@@ -1263,7 +1292,11 @@ class ScreeningPipeline:
                 except BackendError as err:
                     raise stop(err) from exc
                 prep = self._prepare_alone(item)
-                innocent += prep.reasons != ("decoder_crash",)
+                if prep.reasons == ("decoder_crash",):
+                    culprits += 1
+                    unexplained = 0
+                else:
+                    unexplained += 1
                 # keep finished work
                 resubmit_alone(lambda f: not (f.done() and not f.cancelled() and f.exception() is None))
                 return prep

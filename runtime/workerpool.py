@@ -17,6 +17,7 @@ import contextlib
 import logging
 import multiprocessing.context
 import signal
+import sys
 import threading
 from concurrent.futures import BrokenExecutor, Future, ProcessPoolExecutor, wait
 from typing import Any, TypeVar
@@ -29,6 +30,10 @@ T = TypeVar("T")
 
 #: Seconds between checks that a pool can still complete the future being waited on.
 POLL_S = 0.5
+#: Whether this Python's pool unblocks its own call-queue feeder when broken (CPython gh-94777, 3.11.5+).
+FEEDER_FIXED = sys.version_info >= (3, 11, 5)
+#: How long :func:`discard_pool` lets a broken pool's feeder thread end by itself before unblocking it.
+FEEDER_GRACE_S = 1.0
 
 
 class WorkerProcess(multiprocessing.context.SpawnProcess):
@@ -59,21 +64,46 @@ _lock = threading.Lock()
 
 def _worker_start() -> None:
     """Initializer of a worker process: OpenCV single-threaded (as the threads run it), and Ctrl-C left to
-    the parent, which stops the run and the pool (a child of its own would print a traceback per worker)."""
+    the parent, which stops the run and the pool (a child of its own would print a traceback per worker).
+    SIGINT arrives blocked (:class:`WorkerPool`), so a Ctrl-C while the worker was still importing is
+    dropped here, not raised in the middle of an import."""
     cv2.setNumThreads(1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if hasattr(signal, "SIGUSR1"):  # asks the parent for its threads' stacks (faulthandler); not a stop
         signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
-def worker_alive() -> bool:
-    """A trivial task: a pool that returns it can start a worker and run work."""
+class WorkerPool(ProcessPoolExecutor):
+    """A process pool whose workers start with SIGINT blocked.
+
+    A worker spends its first second or so importing (the main script again, numpy, OpenCV) before its
+    initializer can ignore Ctrl-C; a Ctrl-C in that time (the terminal sends it to every process of the
+    group) would print a traceback per starting worker and break the pool. Workers are started by
+    ``submit`` (in the thread that calls it), and a child inherits that thread's signal mask, so
+    ``submit`` blocks SIGINT in the calling thread for its own duration (a Ctrl-C meanwhile reaches the
+    parent just after).
+    """
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Future[Any]:
+        if not hasattr(signal, "pthread_sigmask"):  # Windows: no POSIX signals to block
+            return super().submit(fn, *args, **kwargs)
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            return super().submit(fn, *args, **kwargs)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def worker_alive(*_: object) -> bool:
+    """A trivial task: a pool that returns it can start a worker and run work (and load its arguments)."""
     return True
 
 
 def new_process_pool(n: int) -> ProcessPoolExecutor:
     """A pool of ``n`` worker processes of its own (not shared); :func:`discard_pool` lets it go."""
-    return ProcessPoolExecutor(n, mp_context=_CONTEXT, initializer=_worker_start)
+    return WorkerPool(n, mp_context=_CONTEXT, initializer=_worker_start)
 
 
 def worker_processes(n: int) -> ProcessPoolExecutor:
@@ -143,28 +173,52 @@ def discard_pool(pool: ProcessPoolExecutor, terminate: bool = False) -> None:
     """Let go of a pool that broke, hangs or is done, without waiting for it.
 
     A broken pool's workers are terminated (``terminate`` forces it for any pool): its manager thread
-    normally does that, but may have died first. Before Python 3.12 a worker dying while the call queue's
-    pipe is full can leave that queue's feeder thread blocked and the interpreter's exit waiting on it
-    (CPython gh-94777); not joining that thread avoids it. Private attributes, hence getattr.
+    normally does that, but may have died first. A worker dying while the call queue's feeder thread is
+    writing a large task into the full pipe (photographs passed in memory) leaves that thread blocked; on a
+    Python without CPython's fix for gh-94777 (3.10, JetPack 6's Python; 3.11 before 3.11.5) the manager
+    thread then waits for it forever and the interpreter's exit waits for the manager. There, a feeder
+    still running :data:`FEEDER_GRACE_S` after a broken pool's workers were stopped has its pipe's read end
+    closed, CPython's own fix: it gets EPIPE and ends. (Only then: the manager thread and the feeder close
+    that end themselves when nothing is stuck, and one file closed twice from two threads can close
+    another file that reused its number.) Private attributes, hence getattr.
     """
     processes = list((getattr(pool, "_processes", None) or {}).values())
+    broken = bool(getattr(pool, "_broken", False))
+    queue = getattr(pool, "_call_queue", None)
     with contextlib.suppress(Exception):
-        queue = getattr(pool, "_call_queue", None)
         if queue is not None:
             queue.cancel_join_thread()
     with contextlib.suppress(Exception):
         pool.shutdown(wait=False, cancel_futures=True)
-    if terminate or getattr(pool, "_broken", False):
+    if terminate or broken:
         for proc in processes:
             with contextlib.suppress(Exception):
                 proc.terminate()
+        if queue is not None and not FEEDER_FIXED:
+            _unblock_feeder(queue)
+
+
+def _unblock_feeder(queue: Any) -> None:
+    """Close the read end of a dead pool's call queue if its feeder thread is still writing into it."""
+    feeder = getattr(queue, "_thread", None)
+    if feeder is None:
+        return
+    feeder.join(FEEDER_GRACE_S)
+    if feeder.is_alive():
+        log.debug("closing the call queue of a broken worker pool under its blocked feeder thread (gh-94777)")
+        with contextlib.suppress(Exception):
+            queue._reader.close()
 
 
 def shutdown_worker_processes() -> None:
     """Stop every shared preprocessing worker process (a long-running program that screens no more may
-    call it). Waits for the workers to finish what they hold."""
+    call it). Waits for the workers to finish what they hold; a broken pool's are stopped instead (waiting
+    on it could hang: see :func:`discard_pool`)."""
     with _lock:
         pools = list(_shared.values())
         _shared.clear()
     for pool in pools:
-        pool.shutdown(wait=True, cancel_futures=True)
+        if getattr(pool, "_broken", False):
+            discard_pool(pool)
+        else:
+            pool.shutdown(wait=True, cancel_futures=True)

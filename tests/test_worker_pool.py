@@ -362,3 +362,111 @@ def test_inputs_per_task_leave_two_tasks_per_worker(batch: int, prefetch: int, w
     cfg = PipelineConfig(batch_size=batch, prefetch_batches=prefetch, workers=workers, worker_pool="processes")
     with open_backend(tiny_bundle, "ort-cpu", "fp32", 1, manifest=m, measure=False) as backend:
         assert ScreeningPipeline(backend, m, cfg)._window(True) == expected
+
+
+def test_a_quality_config_a_worker_cannot_load_is_refused_not_blamed_on_photographs(
+        tmp_path: Path, tiny_bundle: Path) -> None:
+    """A gate class defined under the script's main guard pickles in the parent, but a spawned worker does not
+    have it and dies on every task: each photograph would be blamed in turn (``decoder_crash`` rows). The
+    run refuses it instead; the same class at the script's top level loads in the workers and screens."""
+    import subprocess
+    import sys
+
+    photos = [fundus_jpeg(tmp_path / f"p{i}.jpg", seed=i) for i in range(3)]
+    body = (
+        "class StricterGate(QualityConfig):\n"
+        "    pass\n"
+        f"with Screener({str(tiny_bundle)!r}, 'ort-cpu', workers=2, worker_pool='processes',\n"
+        "              quality_config=StricterGate()) as s:\n"
+        f"    print(*[r.status for r in s.screen_many({[str(p) for p in photos]!r})])\n")
+    head = "from uopsl.runtime.api import Screener\nfrom uopsl.runtime.quality import QualityConfig\n"
+    guarded = tmp_path / "guarded_class.py"
+    guarded.write_text(head + "if __name__ == '__main__':\n" + "".join("    " + line + "\n"
+                                                                       for line in body.splitlines()))
+    proc = subprocess.run([sys.executable, str(guarded)], capture_output=True, text=True, timeout=180)
+    assert proc.returncode != 0 and proc.stdout == ""  # no row made: before, each photograph got decoder_crash
+    assert "ConfigError: the quality_config (StricterGate) cannot be loaded in a worker process" in proc.stderr, \
+        proc.stderr[-2000:]
+    top_level = tmp_path / "top_level_class.py"
+    top_level.write_text(head + body.replace("with Screener", "if __name__ == '__main__':\n  with Screener")
+                         .replace("\n              quality_config", "\n                quality_config")
+                         .replace("\n    print", "\n      print"))
+    proc = subprocess.run([sys.executable, str(top_level)], capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0 and proc.stdout.split() == ["ok", "ok", "ok"], proc.stderr[-2000:]
+
+
+def test_discard_pool_unblocks_a_stuck_feeder_only_where_python_does_not(monkeypatch: pytest.MonkeyPatch) -> None:
+    """CPython gh-94777 (fixed in 3.11.5; not in 3.10, JetPack 6's Python): a worker dies while the call
+    queue's feeder writes a large task; the manager thread then waits on that feeder forever, and the
+    interpreter's exit on the manager. Where Python lacks the fix, discard_pool closes the parent's read end of
+    a broken pool's pipe, but only under a feeder still running after the grace time (closing it under a
+    feeder that closes it too could close another file). (On 3.10.13 by hand, 8 MB tasks and a worker
+    killed: the program ended in 4-5 s with this, and hung until killed without it.)"""
+    import threading
+    from types import SimpleNamespace
+
+    from uopsl.runtime import workerpool
+
+    monkeypatch.setattr(workerpool, "FEEDER_GRACE_S", 0.05)
+
+    def fake(broken: bool, feeder_stuck: bool) -> SimpleNamespace:
+        release = threading.Event()
+        feeder = threading.Thread(target=release.wait, args=(None if feeder_stuck else 0,), daemon=True)
+        feeder.start()
+        reader = SimpleNamespace(closed=False)
+        reader.close = lambda: (setattr(reader, "closed", True), release.set())
+        queue = SimpleNamespace(_reader=reader, _thread=feeder, cancelled=False)
+        queue.cancel_join_thread = lambda: setattr(queue, "cancelled", True)
+        proc = SimpleNamespace(terminated=False)
+        proc.terminate = lambda: setattr(proc, "terminated", True)
+        pool = SimpleNamespace(_processes={1: proc}, _broken=broken, _call_queue=queue, shut=None, proc=proc)
+        pool.shutdown = lambda wait, cancel_futures: setattr(pool, "shut", (wait, cancel_futures))
+        return pool
+
+    monkeypatch.setattr(workerpool, "FEEDER_FIXED", False)  # a Python without the fix
+    for broken, stuck, expected in ((True, True, True), (True, False, False), (False, True, False)):
+        pool = fake(broken, stuck)
+        workerpool.discard_pool(pool)  # type: ignore[arg-type]
+        assert pool._call_queue._reader.closed is expected, (broken, stuck)
+        assert pool.shut == (False, True) and pool._call_queue.cancelled and pool.proc.terminated is broken
+        pool._call_queue._reader.close()  # ends a fake feeder still waiting
+    monkeypatch.setattr(workerpool, "FEEDER_FIXED", True)  # 3.11.5+: the pool's own manager does it
+    pool = fake(True, True)
+    workerpool.discard_pool(pool)  # type: ignore[arg-type]
+    assert not pool._call_queue._reader.closed
+    pool._call_queue._reader.close()
+    # shutdown_worker_processes() must not wait on a broken shared pool: it discards it.
+    monkeypatch.setattr(workerpool, "FEEDER_FIXED", False)
+    stuck = fake(True, True)
+    with workerpool._lock:
+        workerpool._shared[99] = stuck  # type: ignore[assignment]
+    shutdown_worker_processes()
+    assert stuck.shut == (False, True) and stuck._call_queue._reader.closed and 99 not in workerpool._shared
+
+
+def _sigint_state() -> tuple[bool, bool]:
+    """In a worker: (SIGINT ignored, SIGINT blocked)."""
+    import signal
+
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    return signal.getsignal(signal.SIGINT) == signal.SIG_IGN, signal.SIGINT in blocked
+
+
+@pytest.mark.skipif(not hasattr(__import__("signal"), "pthread_sigmask"), reason="no POSIX signal masks (Windows)")
+def test_ctrl_c_while_workers_start_neither_kills_them_nor_breaks_the_pool() -> None:
+    """A terminal's Ctrl-C reaches every process of the group; a worker still importing (before its initializer
+    ignores SIGINT) died with a traceback and broke the pool. Workers now start with SIGINT blocked."""
+    import signal
+
+    from uopsl.runtime import workerpool
+
+    pool = workerpool.new_process_pool(2)
+    try:
+        futures = [pool.submit(_sigint_state) for _ in range(2)]
+        for proc in list(pool._processes.values()):  # type: ignore[attr-defined]
+            os.kill(proc.pid, signal.SIGINT)  # at once: the worker is starting up
+        assert [f.result(timeout=120) for f in futures] == [(True, False)] * 2  # ignored, and unblocked again
+        assert not pool._broken  # type: ignore[attr-defined]
+        assert signal.SIGINT not in signal.pthread_sigmask(signal.SIG_BLOCK, [])  # the parent's mask is restored
+    finally:
+        workerpool.discard_pool(pool, terminate=True)
