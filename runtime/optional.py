@@ -6,10 +6,14 @@ that use them call :func:`require` at the point of use.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.metadata
+import signal
 import sys
-from types import ModuleType
+import threading
+from collections.abc import Iterator
+from types import FrameType, ModuleType
 
 from uopsl.runtime.errors import MissingDependencyError
 
@@ -34,8 +38,44 @@ _HINTS: dict[str, str] = {
 }
 
 
+@contextlib.contextmanager
+def _ctrl_c_after() -> Iterator[None]:
+    """Hold a Ctrl-C back until the block ends, then deliver it (main thread only; elsewhere a no-op).
+
+    Why: ONNX Runtime's extension imports numpy from C++ and turns any failure, a KeyboardInterrupt
+    included, into ``ImportError: import numpy failed``, and leaves itself half-registered (the next
+    import fails with "already registered"). A Ctrl-C in the first half second of ``uopsl-screen run``
+    then read as "onnxruntime is not installed": the run stopped with a wrong install hint, or ``auto``
+    quietly took another backend and screened everything. Python runs signal handlers in the main
+    thread, whichever thread the signal reached, so replacing the handler there covers them all.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[FrameType | None] = []
+    previous = signal.getsignal(signal.SIGINT)
+    if previous is None:  # a handler set outside Python, which could not be put back
+        yield
+        return
+    try:
+        signal.signal(signal.SIGINT, lambda _sig, frame: caught.append(frame))
+    except (ValueError, OSError):  # no signals here (an embedded interpreter)
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if caught:
+            if callable(previous):
+                previous(signal.SIGINT, caught[0])  # the program's own handler (a graceful stop), or KeyboardInterrupt
+            elif previous == signal.SIG_DFL:
+                raise KeyboardInterrupt
+
+
 def import_optional(name: str) -> ModuleType:
-    """``importlib.import_module(name)``, except that OpenVINO is imported without its usage telemetry.
+    """``importlib.import_module(name)``, with a Ctrl-C held back until the import ends (see
+    :func:`_ctrl_c_after`), and OpenVINO imported without its usage telemetry.
 
     Why: ``import openvino`` (2024 and later) reports a ``general_import`` event to Google Analytics
     from a forked process, and writes a client ID under ``~/intel``, unless the user ran OpenVINO's
@@ -44,6 +84,13 @@ def import_optional(name: str) -> ModuleType:
     no-op telemetry stub when ``openvino_telemetry`` cannot be imported, so it is hidden for that one
     import; a program that imported ``openvino_telemetry`` itself keeps it (its choice).
     """
+    if name in sys.modules:  # the common case: no handler swapping for an import already done
+        return importlib.import_module(name)
+    with _ctrl_c_after():
+        return _import_quietly(name)
+
+
+def _import_quietly(name: str) -> ModuleType:
     if name.split(".")[0] != "openvino" or "openvino" in sys.modules or "openvino_telemetry" in sys.modules:
         return importlib.import_module(name)
     # A None entry makes `import openvino_telemetry` raise ImportError.

@@ -75,3 +75,39 @@ def test_openvino_is_imported_without_its_usage_telemetry(tmp_path: Path) -> Non
     assert proc.stdout.splitlines() == ["openvino.tools.ovc.telemetry_stub", "['MainThread'] []",
                                         "telemetry importable afterwards"]
     assert not (tmp_path / "intel").exists()
+
+
+_CTRL_C_DURING_IMPORT = r"""
+import os, signal, sys, threading
+from uopsl.runtime.optional import available, import_optional
+threading.Timer(0.01, lambda: os.kill(os.getpid(), signal.SIGINT)).start()  # onnxruntime takes far longer
+try:
+    got = available("onnxruntime") if sys.argv[1] == "available" else import_optional("onnxruntime")
+    print("RESULT", got)
+except KeyboardInterrupt:
+    print("RESULT KeyboardInterrupt")
+except BaseException as exc:
+    print("RESULT", type(exc).__name__, exc)
+# A program's own handler (a graceful stop) is called once the import is done, not bypassed.
+events = []
+signal.signal(signal.SIGINT, lambda *a: events.append("handler"))
+sys.path.insert(0, sys.argv[2])
+threading.Timer(0.01, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
+import_optional("slow_to_import")
+events.append("imported")
+print("EVENTS", ",".join(events))
+"""
+
+
+@pytest.mark.parametrize("how", ["import_optional", "available"])
+def test_ctrl_c_while_onnxruntime_imports_stays_a_ctrl_c(how: str, tmp_path: Path) -> None:
+    """ONNX Runtime turns a KeyboardInterrupt during its import into ``ImportError: import numpy failed``:
+    a Ctrl-C early in a run read as "onnxruntime is not installed" (a wrong install hint, or ``auto`` quietly
+    taking another backend). The import now holds the Ctrl-C back and delivers it after."""
+    pytest.importorskip("onnxruntime")
+    (tmp_path / "slow_to_import.py").write_text("import time\ntime.sleep(0.5)\n")
+    proc = subprocess.run([sys.executable, "-c", _CTRL_C_DURING_IMPORT, how, str(tmp_path)], capture_output=True,
+                          text=True, timeout=120)
+    lines = proc.stdout.splitlines()
+    assert "RESULT KeyboardInterrupt" in lines, proc.stdout + proc.stderr[-2000:]
+    assert "EVENTS handler,imported" in lines, proc.stdout + proc.stderr[-2000:]
