@@ -382,6 +382,9 @@ def read_bytes(path: str | os.PathLike[str], max_bytes: int = MAX_FILE_BYTES) ->
             raise ImageReadError(f"is a link to {os.readlink(path)}, which does not exist", source=str(path)) from exc
         raise ImageReadError(f"cannot read file ({exc.strerror or exc})", source=str(path)) from exc
     except OSError as exc:
+        if os.path.isdir(path):  # a folder a walk could not open or list (no permission)
+            raise ImageReadError(f"is a folder that cannot be opened ({exc.strerror or exc}): the photographs in "
+                                 "it were NOT screened; make it readable and run again", source=str(path)) from exc
         raise ImageReadError(f"cannot read file ({exc.strerror or exc})", source=str(path)) from exc
     finally:
         if fd >= 0:

@@ -139,6 +139,22 @@ def _row_path(row: dict[str, Any]) -> str:
     return key_path(key) or str(row.get("source", ""))
 
 
+def _drop_listed_folder_rows(by_path: dict[str, dict[str, Any]], path: str) -> None:
+    """Drop the error rows of ``path``'s folders: a folder that could not be listed got a row of its own
+    (:func:`uopsl.runtime.pipeline.walk_images`), and a row from inside it means a later run listed it, so
+    its photographs have rows of their own and the folder's row is history. (A file is never the folder of
+    another path, so only such folder rows can match.)"""
+    head = os.path.dirname(path)
+    while head:
+        row = by_path.get(head)
+        if row is not None and row.get("status") == "error":
+            del by_path[head]
+        parent = os.path.dirname(head)
+        if parent == head:
+            break
+        head = parent
+
+
 def _display(value: Any) -> Any:
     """``value`` with lone surrogates (undecodable file-name bytes) replaced, so UTF-8 files can hold it."""
     if isinstance(value, str):
@@ -605,6 +621,8 @@ class ResultStore:
             if old is not None and _another_photograph(old, r):
                 by_path[f"{path}|{old['sha256']}"] = {**old, "file_replaced": True}
             by_path[path] = r
+            if not path.startswith("sha1:"):
+                _drop_listed_folder_rows(by_path, path)
         return [{k: (v if k in ("key", "source_path") else _display(v)) for k, v in r.items()}
                 for r in by_path.values()]
 

@@ -352,3 +352,47 @@ def test_a_stop_landing_as_the_final_rewrite_begins_still_writes_it(tiny_bundle:
     rc = main(["run", str(tiny_bundle), str(tmp_path / "in"), "--out", str(out), "--backend", "ort-cpu"])
     assert rc == 130 and len(hits) == 2
     assert len(_csv(out)) == 3 and (out / "report.html").is_file()
+
+
+def test_a_folder_that_cannot_be_listed_gets_a_row_and_exit_1_not_silence(
+        tiny_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A day's folder without read permission used to leave one console warning and no row: the run could end
+    "all screened" (exit 0) with that day's patients never screened. It gets an error row saying so (exit 1);
+    once readable, a rerun screens its photographs and the folder's row is history. (No permission is
+    simulated: root, which CI may run as, can list any folder.)"""
+    _photos(tmp_path / "in" / "day1", 2)
+    day2 = tmp_path / "in" / "day2"
+    _photos(day2, 2)
+    real_scandir, real_open = os.scandir, os.open
+
+    def denied(path: object) -> bool:
+        return os.fspath(path) == os.fspath(day2)  # type: ignore[arg-type]
+
+    def scandir(path: object = ".") -> object:
+        if denied(path):
+            raise PermissionError(13, "Permission denied", os.fspath(path))  # type: ignore[arg-type]
+        return real_scandir(path)  # type: ignore[arg-type]
+
+    def open_(path: object, *args: object, **kwargs: object) -> int:
+        if denied(path):
+            raise PermissionError(13, "Permission denied", os.fspath(path))  # type: ignore[arg-type]
+        return real_open(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    out = tmp_path / "out"
+    with monkeypatch.context() as m:
+        m.setattr(os, "scandir", scandir)
+        m.setattr(os, "open", open_)
+        rc = main(["run", str(tiny_bundle), str(tmp_path / "in"), "--out", str(out), "--backend", "ort-cpu",
+                   "--no-overlays", "--worker-pool", "threads"])
+    assert rc == 1
+    rows = {Path(r["source"]).name: r for r in _csv(out)}
+    assert sorted(rows) == ["day2", "img0000.jpg", "img0001.jpg"]
+    assert rows["day2"]["status"] == "error" and "unreadable" in rows["day2"]["reasons"]
+    assert "folder that cannot be opened (Permission denied): the photographs in it were NOT screened" in \
+        rows["day2"]["error"]
+    assert "day2" in (out / "report.html").read_text(encoding="utf-8")
+    # Readable again: its photographs are screened, and the folder's row leaves the CSV.
+    assert main(["run", str(tiny_bundle), str(tmp_path / "in"), "--out", str(out), "--backend", "ort-cpu",
+                 "--no-overlays"]) == 0
+    names = sorted(Path(r["source"]).as_posix().split("/in/")[-1] for r in _csv(out))
+    assert names == ["day1/img0000.jpg", "day1/img0001.jpg", "day2/img0000.jpg", "day2/img0001.jpg"]
