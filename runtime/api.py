@@ -564,9 +564,10 @@ class Screener:
                     bar.close()
             except KeyboardInterrupt:
                 summary.interrupted = True
-            except Exception:
-                if finalize:
-                    self._finalize_quietly(out, store, report, given)  # what was done stays readable
+            except Exception as exc:
+                if finalize:  # what was done stays readable, and the report says the run did not end
+                    self._finalize_quietly(out, store, report, given,
+                                           incomplete=f"the run stopped on an error ({type(exc).__name__}: {exc})")
                 raise
             summary.skipped_files = dict(walk.skipped)
             summary.excluded = list(walk.excluded)
@@ -580,13 +581,18 @@ class Screener:
                     + (f"; {walk.skipped_message()}" if walk.anything_skipped else "")
                     + "): check the folder, or name the files"
                 )
+            expected: int | None = None
+            if summary.interrupted:
+                expected = _count_quietly(given, out)
             if finalize:
                 try:
-                    rows = self.finalize(out, store, report=report, inputs=given)
+                    rows = self.finalize(out, store, report=report, inputs=given,
+                                         incomplete=_stopped_text(summary, expected))
                 except KeyboardInterrupt:  # a stop landing as the rewrite began: it is what a stop asks for
                     summary.interrupted = True
                     log.warning("stopped while writing %s and the report: writing them once more", CSV)
-                    rows = self.finalize(out, store, report=report, inputs=given)
+                    rows = self.finalize(out, store, report=report, inputs=given,
+                                         incomplete=_stopped_text(summary, expected))
                 summary.not_updated = self.busy_outputs
                 mine = {key_path(k) or k for k in seen}
                 summary.in_folder = len(rows)
@@ -599,7 +605,7 @@ class Screener:
         log.info("screened %d new, skipped %d already done: %s", summary.screened, summary.skipped,
                  ", ".join(f"{k} {v}" for k, v in summary.counts.items()))
         if summary.interrupted:
-            expected = _count_quietly(given, out)
+            expected = _count_quietly(given, out) if expected is None else expected
             done = summary.screened + summary.skipped
             of = f" of {expected}" if expected is not None and expected >= done else ""
             raise ScreeningInterrupted(
@@ -609,18 +615,24 @@ class Screener:
         return summary
 
     def finalize(self, out: Path, store: ResultStore, *, report: bool = True,
-                 inputs: Iterable[Any] | None = None, only_busy: bool = False) -> list[dict[str, Any]]:
+                 inputs: Iterable[Any] | None = None, only_busy: bool = False,
+                 incomplete: str | None = None) -> list[dict[str, Any]]:
         """Regenerate results.csv (and report.html) atomically from the jsonl; returns the rows they list.
+
+        ``incomplete``: why the run that writes them did not screen every input (stopped, or failed); the
+        report leads with it, so a printed page cannot pass for the whole session. The next complete run's
+        report drops it.
 
         A file another program holds open (Excel on results.csv: Windows will not replace it) is left as it
         was and named in :attr:`busy_outputs`, once in the log; the other outputs are still written, and the
         rows are safe in results.jsonl. The next call tries again (``watch`` does at its next refresh).
         """
         with saving_outputs():  # a stop from outside (the console closed) waits for this instead of cutting it
-            return self._finalize(out, store, report=report, inputs=inputs, only_busy=only_busy)
+            return self._finalize(out, store, report=report, inputs=inputs, only_busy=only_busy,
+                                  incomplete=incomplete)
 
     def _finalize(self, out: Path, store: ResultStore, *, report: bool, inputs: Iterable[Any] | None,
-                  only_busy: bool) -> list[dict[str, Any]]:
+                  only_busy: bool, incomplete: str | None = None) -> list[dict[str, Any]]:
         rows = store.latest_rows()
         busy: list[str] = []
         only = set(self.busy_outputs) if only_busy else None  # watch between new rows: the held files alone
@@ -635,6 +647,12 @@ class Screener:
                 info["bundle_signature"] = f"signed by key {self.signature.key_id}, checked against a trusted key"
             if inputs is not None:
                 info["inputs"] = [display_path(x) for x in inputs if isinstance(x, (str, os.PathLike))]
+            if incomplete:
+                info["incomplete"] = incomplete
+            sel = self.selection
+            if sel is not None and sel.validated is False:  # run on request, with a warning only on the console
+                info["unvalidated_file"] = (f"{sel.file} ({sel.precision} on {sel.backend}) has not passed "
+                                            "`uopsl validate` on this machine")
             self._write_unless_busy(out / "report.html", busy, lambda: write_reports(rows, out, self.manifest, info))
         done = set(self.busy_outputs) - set(busy) if only is None else only - set(busy)
         for name in sorted(done):
@@ -657,9 +675,10 @@ class Screener:
                             "in %s. Close it: watch rewrites it at its next refresh, run rewrites it when run "
                             "again", path, exc.strerror or exc, JSONL)
 
-    def _finalize_quietly(self, out: Path, store: ResultStore, report: bool, inputs: Iterable[Any] | None) -> None:
+    def _finalize_quietly(self, out: Path, store: ResultStore, report: bool, inputs: Iterable[Any] | None,
+                          incomplete: str | None = None) -> None:
         try:
-            self.finalize(out, store, report=report, inputs=inputs)
+            self.finalize(out, store, report=report, inputs=inputs, incomplete=incomplete)
         except Exception as exc:  # noqa: BLE001 - the original failure is the one to report
             log.warning("could not rewrite results.csv/report.html after the failure: %s", exc)
 
@@ -750,6 +769,15 @@ def _count(inputs: Iterable[Any] | None, out: Path) -> int | None:
         for it in [x] if isinstance(x, InputItem) else iter_inputs([x], state=walk):
             keys.add(it.key)
     return len(keys)
+
+
+def _stopped_text(summary: RunSummary, expected: int | None) -> str | None:
+    """What an interrupted run's report says of it (None: the run was not interrupted)."""
+    if not summary.interrupted:
+        return None
+    done = summary.screened + summary.skipped
+    of = f" of {expected}" if expected is not None and expected >= done else ""
+    return f"the run was stopped after {done}{of} photographs"
 
 
 def _count_quietly(inputs: Iterable[Any] | None, out: Path) -> int | None:

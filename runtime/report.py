@@ -849,6 +849,14 @@ def report_parts(rows: Sequence[dict[str, Any]], out_dir: str | os.PathLike[str]
                    "report (report.html lists every day)</dd>"),
         summary_html(verdict_counts(ordered)),
     ]
+    if info.get("incomplete"):
+        yield (f"<div class='warn' id='incomplete'><b>INCOMPLETE: {esc(info['incomplete'])}.</b> Photographs not "
+               "screened yet are not in this report: run the same command again to screen them (photographs "
+               "already screened are kept, not screened twice).</div>")
+    if info.get("unvalidated_file"):
+        yield (f"<div class='warn' id='unvalidated'><b>Not validated: {esc(info['unvalidated_file'])}.</b> It was "
+               "used because it was asked for by name; its decisions may differ from those of the validated model "
+               "file. Screen with the default model choice (auto) for results that were checked.</div>")
     if dups.groups:
         listed = "; ".join(
             " = ".join(f"#{first + i} {esc(Path(_text(ordered[i].get('source', ''))).name)}" for i in g)

@@ -411,6 +411,40 @@ def test_10_the_api_raises_a_keyboard_interrupt_with_the_summary(tiny_bundle: Pa
             s.screen_to(tmp_path / "out", [tmp_path / "in"], on_result=stop)
     assert isinstance(info.value, KeyboardInterrupt) and info.value.summary.screened == 1
     assert len(_csv(tmp_path / "out")) == 1
+    # The report says so at the top: a printed page must not pass for the whole session (a clinic-persona test).
+    page = (tmp_path / "out" / "report.html").read_text(encoding="utf-8")
+    assert "INCOMPLETE: the run was stopped after 1 of 4 photographs." in page
+    with Screener(tiny_bundle, "ort-cpu", threads=1, batch_size=2) as s:
+        s.screen_to(tmp_path / "out", [tmp_path / "in"])
+    page = (tmp_path / "out" / "report.html").read_text(encoding="utf-8")
+    assert "INCOMPLETE" not in page and len(_csv(tmp_path / "out")) == 4
+
+
+def test_10b_a_run_that_fails_leaves_a_report_that_says_it_did_not_end(tiny_bundle: Path, tmp_path: Path) -> None:
+    _good(tmp_path / "in", 3)
+
+    def fail(r: object) -> None:
+        raise RuntimeError("disk went away")
+
+    with Screener(tiny_bundle, "ort-cpu", threads=1, batch_size=1) as s:
+        with pytest.raises(RuntimeError, match="disk went away"):
+            s.screen_to(tmp_path / "out", [tmp_path / "in"], on_result=fail)
+    page = (tmp_path / "out" / "report.html").read_text(encoding="utf-8")
+    assert "INCOMPLETE: the run stopped on an error (RuntimeError: disk went away)." in page
+
+
+def test_10c_a_file_run_without_validation_is_named_on_the_report(tiny_bundle: Path, tmp_path: Path) -> None:
+    """``--precision int8`` runs an INT8 file that did not pass ``uopsl validate`` (the tiny bundle's has no
+    record): the console warned once; the report now says it too."""
+    _good(tmp_path / "in", 2)
+    with Screener(tiny_bundle, "ort-cpu", precision="int8", threads=1) as s:
+        s.screen_to(tmp_path / "out", [tmp_path / "in"])
+        assert s.selection is not None and s.selection.validated is False
+    page = (tmp_path / "out" / "report.html").read_text(encoding="utf-8")
+    assert "Not validated: model.int8.onnx (int8-qdq-u8 on ort-cpu) has not passed `uopsl validate`" in page
+    with Screener(tiny_bundle, "ort-cpu", threads=1) as s:  # the FP32 file: nothing to say
+        s.screen_to(tmp_path / "out2", [tmp_path / "in"])
+    assert "Not validated" not in (tmp_path / "out2" / "report.html").read_text(encoding="utf-8")
 
 
 # -- 11: rows from earlier runs for other inputs -------------------------------------------------------------
