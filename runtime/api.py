@@ -442,8 +442,8 @@ class Screener:
         (``undecodable``, ``unsupported_format``, ``too_small``, ``too_large``). Other failures
         (unreadable, inference failed), and rows screened under another preprocessing version
         (``PREPROCESS_VERSION``: an upgrade that decodes some files differently), are screened again. A photograph whose
-        old path is gone but which is found, same name, size and content
-        (sha256), under a new path (a card mounted elsewhere) gets its earlier
+        old path is gone but which is found, same size and content
+        (sha256), under a new path (a card mounted elsewhere, a file renamed) gets its earlier
         result under the new path instead of a second screening. Rows are
         appended and fsync'ed per batch, so a killed run resumes where it
         stopped; CSV and report are rewritten at the end, also after Ctrl-C,

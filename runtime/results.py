@@ -318,7 +318,7 @@ class ResultStore:
             self._reasons: dict[str, tuple[str, ...]] = {}
             self._versions: dict[str, Any] = {}  # key -> the preprocess_version its row was screened under
             self.said_earlier_versions = False  # screen_to's note about them, once per store (watch reuses one)
-            self._by_name_size: dict[tuple[str, int], dict[str, str]] = {}  # -> {key: content sha256}
+            self._by_size: dict[int, dict[str, str]] = {}  # file size -> {key: content sha256}
             self._final_by_path: dict[str, tuple[str, str]] = {}  # path -> (content sha256, key) of its last final row
             self.n_rows = 0
             marks: dict[tuple[str, str], int] = {}  # (model_sha256, bundle_sha256) -> rows
@@ -507,11 +507,10 @@ class ResultStore:
             self.referred.discard(key)
         size = key_size(key)
         if size is not None:
-            self._by_name_size.setdefault((os.path.basename(key_path(key)), size), {})[key] = str(
-                row.get("sha256") or "")
+            self._by_size.setdefault(size, {})[key] = str(row.get("sha256") or "")
         moved = row.get("moved_from")
         if isinstance(moved, str) and size is not None:
-            group = self._by_name_size.get((os.path.basename(moved), size), {})
+            group = self._by_size.get(size, {})
             for k in [k for k in group if key_path(k) == moved]:
                 del group[k]  # that file is gone: its row no longer stands for anything
 
@@ -542,15 +541,18 @@ class ResultStore:
         """The final row of this same photograph screened under a path that no longer exists, or None.
 
         Why: a memory card that comes back under another mount point (or a
-        folder renamed) would otherwise be screened again and listed twice.
-        Cheap for every other file: only a file whose name and size match a
-        done row whose file is gone is read, and it must have the same sha256.
+        folder renamed), or a photograph renamed (a clinic adding the patient's
+        number to its name; ``watch`` sees it as a new file), would otherwise be
+        screened again and listed twice, the report reading the pair as one
+        photograph filed under two patients. Cheap for every other file: only a
+        file whose size matches a done row whose file is gone is read, and it must
+        have the same sha256 (the same photograph, whatever its name).
         """
         size = key_size(key)
         if size is None:
             return None
         here = key_path(key)
-        group = self._by_name_size.get((os.path.basename(here), size))
+        group = self._by_size.get(size)
         if not group:
             return None
         digest: str | None = None

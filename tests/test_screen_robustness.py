@@ -362,6 +362,24 @@ def test_9_a_card_back_under_another_path_resumes(tiny_bundle: Path, tmp_path: P
     assert len(moved) == 3 and all(Path(r["moved_from"]).parent == (tmp_path / "usb1").resolve() for r in moved)
 
 
+def test_8b_a_renamed_photograph_keeps_its_row_under_the_new_name(tiny_bundle: Path, tmp_path: Path) -> None:
+    """A clinic renames a screened photograph (the patient's number added): same content, other name, old
+    name gone. It was screened again and listed under both names, and the report asked whether a photograph
+    had been filed under the wrong patient (a clinic-persona test with watch). Now its row moves."""
+    _good(tmp_path / "in", 2)
+    out = tmp_path / "out"
+    assert _run(tiny_bundle, tmp_path / "in", out) == 0
+    first = sorted((tmp_path / "in").iterdir())[0]
+    renamed = first.with_name("patient_0042_" + first.name)
+    os.rename(first, renamed)
+    assert _run(tiny_bundle, tmp_path / "in", out) == 0
+    rows = _csv(out)
+    assert sorted(Path(r["source"]).name for r in rows) == sorted(p.name for p in (tmp_path / "in").iterdir())
+    moved = [r for r in _jsonl(out) if "moved_from" in r]
+    assert [Path(r["moved_from"]).name for r in moved] == [first.name]
+    assert "more than once" not in (out / "report.html").read_text(encoding="utf-8")  # no duplicate warning
+
+
 def test_9_a_copy_of_screened_photographs_is_not_a_move(tiny_bundle: Path, tmp_path: Path) -> None:
     # The originals are still there: each copy gets a row of its own (flagged as a duplicate), and the
     # originals keep theirs. Only a path that is gone may hand its row over (the test above).
