@@ -86,13 +86,29 @@ def _ci(interval: Sequence[Any] | None) -> str:
 def _rate_cell(row: Mapping[str, Any], metric: str) -> str:
     """A class's or the referral's sensitivity/specificity cell: reference / candidate, their Wilson 95 % intervals
     (when the report has them) and the changed calls."""
-    if f"{metric}_changes" not in row or (row.get("not_evaluated") or {}).get(metric):
+    why = (row.get("not_evaluated") or {}).get(metric)
+    if f"{metric}_changes" not in row or (why and not _finite_number(row.get(f"{metric}_reference"))):
         return _na_reason(row, metric)
-    cell = f'{_num(row.get(f"{metric}_reference"), ".3f")} / {_num(row.get(f"{metric}_candidate"), ".3f")}'
+    cell = (f'<span class="incomplete">not gated: {_e(why)}</span><br>' if why else "")
+    cell += f'{_num(row.get(f"{metric}_reference"), ".3f")} / {_num(row.get(f"{metric}_candidate"), ".3f")}'
     if f"{metric}_reference_ci95" in row:
         cell += (f'<br><span class="note">95 % CI {_ci(row.get(f"{metric}_reference_ci95"))} / '
                  f'{_ci(row.get(f"{metric}_candidate_ci95"))}</span>')
+    diff = row.get(f"{metric}_difference")
+    if diff:
+        cell += (f'<br><span class="note">Δ cand − ref {_num(diff.get("estimate"), "+.3f")} '
+                 f'[{_num(diff.get("low"), "+.3f")}, {_num(diff.get("high"), "+.3f")}] (paired, Newcombe)</span>')
     return cell + f'<br>changes {_bound(row.get(f"{metric}_changes"))}'
+
+
+def _finite_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(float(x))
+
+
+def _patients(d: Mapping[str, Any]) -> str:
+    """`` (N patients)`` when the report counted the patients behind a change, else nothing."""
+    n = d.get("n_patients")
+    return f" ({n} patient{'s' if n != 1 else ''})" if n else ""
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]], classes: Sequence[str] | None = None) -> str:
@@ -121,7 +137,8 @@ def _summary(report: Mapping[str, Any]) -> str:
         worst_class = (clin.get("class_flips") or {}).get("worst_class")
         rows.append([
             _e(c["name"]), _e(c["precision"]), _status(_cand_status(c)),
-            f"{clin['flips']['n']} ({_num(clin['flips']['rate'], '.2%')}; &le;{_num(clin['flips'].get('upper95'), '.1%')})",
+            f"{clin['flips']['n']}{_patients(clin['flips'])} ({_num(clin['flips']['rate'], '.2%')}; "
+            f"&le;{_num(clin['flips'].get('upper95'), '.1%')})",
             # the class only when some call changed (with none, every class is "the worst")
             (f"{_num(class_flip['value'], '.2%')} ({_e(worst_class)})" if worst_class and class_flip.get("value")
              else _num(class_flip.get("value"), ".2%")),
@@ -147,7 +164,7 @@ def _findings_cell(fc: Mapping[str, Any] | None) -> str:
         return '<span class="na">n/a</span>'
     if not fc.get("applicable", True):
         return '<span class="na">no referable class</span>'
-    return f"{fc['changes']} ({_num(fc.get('rate'), '.2%')}; &le;{_num(fc.get('upper95'), '.1%')})"
+    return f"{fc['changes']}{_patients(fc)} ({_num(fc.get('rate'), '.2%')}; &le;{_num(fc.get('upper95'), '.1%')})"
 
 
 def _candidate(c: Mapping[str, Any], images: Mapping[str, str], max_rows: int) -> str:
@@ -181,6 +198,8 @@ def _candidate(c: Mapping[str, Any], images: Mapping[str, str], max_rows: int) -
               if diff else _na_reason(r, "auc"))
         if diff and diff.get("note"):
             ci += f'<br><span class="na">{_e(diff["note"])}</span>'
+        if diff and (r.get("not_evaluated") or {}).get("auc"):
+            ci += f'<br><span class="incomplete">not gated: {_e(r["not_evaluated"]["auc"])}</span>'
 
         sens, spec = _rate_cell(r, "sensitivity"), _rate_cell(r, "specificity")
         rows.append([_e(r["name"]), _num(r["threshold"], ".4g"), "yes" if r["referable"] else "no",
@@ -204,13 +223,18 @@ def _candidate(c: Mapping[str, Any], images: Mapping[str, str], max_rows: int) -
                  "Changes: images whose call differs from the reference\'s, among the positives "
                  "(sensitivity), the negatives (specificity) or all images (decision flips), with the exact "
                  "one-sided 95 % upper bound on their rate (Clopper-Pearson). The gates compare the point values; "
-                 "the bound shows how large the true rate may still be. n/a says why a figure is missing.</p>")
+                 "the bound shows how large the true rate may still be. Δ cand − ref: the candidate's sensitivity "
+                 "minus the reference's with its paired 95 % interval (Newcombe's method 10; reported, not "
+                 "gated). n/a says why a figure is missing; \"not gated\" marks a figure computed on too few "
+                 "cases for a gate to count it. Intervals and bounds treat images as independent"
+                 + (" (the AUC bootstrap resamples patients)" if (clin.get("patients") or {}).get("known") else "")
+                 + ".</p>")
     roc = images.get(f"roc:{c['name']}")
     if roc:
         parts.append(f'<img class="roc" alt="ROC overlay" src="{roc}">')
     items = clin["flips"]["items"]
     if items:
-        parts.append(f"<h3>Flipped referral decisions ({len(items)})</h3>")
+        parts.append(f"<h3>Flipped referral decisions ({len(items)}{_e(_patients(clin['flips']))})</h3>")
         frows = []
         for it in items[:max_rows]:
             thumb = images.get(f"thumb:{it['id']}")
@@ -243,7 +267,7 @@ def _finding_changes(fc: Mapping[str, Any], images: Mapping[str, str], max_rows:
                      _e(", ".join(f"{p:.4f}" for p in it["reference_probs"])),
                      _e(", ".join(f"{p:.4f}" for p in it["candidate_probs"]))])
     more = f'<p class="note">{len(items) - max_rows} more in parity.json.</p>' if len(items) > max_rows else ""
-    return (f"<h3>Images with a changed finding ({len(items)} of {fc.get('n')}; "
+    return (f"<h3>Images with a changed finding ({len(items)} of {fc.get('n')}{_e(_patients(fc))}; "
             f"&le;{_num(fc.get('upper95'), '.1%')} upper 95 %)</h3>"
             '<p class="note">Each image whose positive/negative call for at least one referable class differs '
             "from the reference's, whether or not its referral changed (gated as finding_change_rate; the "
@@ -338,12 +362,13 @@ def render_html(report: Mapping[str, Any], images: Mapping[str, str] | None = No
         f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{_e(title)}</title>",
         f"<style>{_CSS}</style></head><body>",
         f"<h1>{_e(title)}</h1>",
-        f"<div class='banner {css}'>{_e(status)}: "
+        f"<div class='banner {css}'>{_e(report.get('headline') or status)}: "
         f"{counts['PASS']} of {len(report['candidates'])} candidates evaluated in full and within the gates"
         + (f"; {counts['INCOMPLETE']} not evaluated in full (see each gate's detail)" if counts["INCOMPLETE"] else "")
         + (f"; {counts['FAIL']} failed" if counts["FAIL"] else "")
         + "".join(f"; {_e(r)}" for r in report.get("reasons", []))
         + "</div>",
+        _release(report),
         f"<p class='note'>Created {_e(report['created'])} by uopsl {_e(report['toolkit_version'])}"
         f"{_e(_revision_words(report.get('toolkit_source')))}. "
         f"Reference: {_e(report['reference']['describe'])}.</p>",
@@ -352,7 +377,7 @@ def render_html(report: Mapping[str, Any], images: Mapping[str, str] | None = No
         f"<p>{data['n_used']} of {data['n_images']} images used ({data['n_skipped']} could not be read); truth: "
         f"<b>{_TRUTH_WORDS.get(data['truth'], 'none (the reference could not be used)')}</b>"
         + (f"; classes with truth: {_e(', '.join(data['classes_with_truth']))}" if data["classes_with_truth"] else "")
-        + ".</p>",
+        + f". {_patient_words(data.get('patients'))}</p>",
         _unknown_labels(data.get("unknown_labels") or {}),
         _table(["gate", "limit"], gate_rows),
     ]
@@ -360,14 +385,21 @@ def render_html(report: Mapping[str, Any], images: Mapping[str, str] | None = No
         parts.append("<p class='fail'>The gates differ from the strict defaults"
                      + (f" ({_e(report['gates_looser_than_default'])})" if report.get("gates_looser_than_default")
                         else " (stricter)") + ".</p>")
+    if report.get("min_cases_per_class"):
+        mc = report["min_cases_per_class"]
+        parts.append(f"<p class='note'>A class counts as evaluated by the AUC and sensitivity gates from "
+                     f"{_e(mc['positive'])} positive and {_e(mc['negative'])} negative images (also the referral "
+                     f"decision); {_e(mc.get('why', ''))}.</p>")
     if conf.get("line"):
         parts.append(f"<p class='note'>{_e(conf['line'])}.</p>")
+    if conf.get("independence_note"):
+        parts.append(f"<p class='note'>Note: {_e(conf['independence_note'])}.</p>")
     if boot:
         parts.append(f"<p class='note'>Bootstrap: {_e(boot.get('method', ''))}; {_e(boot.get('n_boot'))} replicates, "
                      f"alpha {_e(boot.get('alpha'))} (two-sided), seed {_e(boot.get('seed'))}. The image ids used are "
                      "in parity.json (data.image_ids).</p>")
-    if record.get("note"):
-        parts.append(f"<p class='fail'>{_e(record['note'])}.</p>")
+    parts.append(_record_section(record))
+    parts.append(_outputs_words(report))
     diffs = report["preprocess"]["differences"]
     if diffs:
         parts.append(_table(["preprocessing parameter", "reference (checkpoint)", "bundle manifest"],
@@ -392,6 +424,67 @@ def render_html(report: Mapping[str, Any], images: Mapping[str, str] | None = No
     parts.append(_key_values(report.get("context") or {}, _CONTEXT_LABELS))
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def _release(report: Mapping[str, Any]) -> str:
+    """Why a PASS is not a release pass (looser gates, too few images, another checkpoint); nothing otherwise."""
+    reasons = report.get("release_pass_reasons") or []
+    if report.get("release_pass", True) or report.get("verdict") != "PASS" or not reasons:
+        return ""
+    return ("<p class='fail'>Not a release pass: " + "; ".join(_e(r) for r in reasons)
+            + ". The exit code is 0 because these are the gates and data asked for.</p>")
+
+
+def _patient_words(p: Mapping[str, Any] | None) -> str:
+    """The data's patients in words (nothing in a report from before they were counted)."""
+    if not p:
+        return ""
+    if not p.get("known"):
+        return "The data carry no patient ids: the AUC bootstrap resamples images."
+    alone = p.get("n_images_without_patient") or 0
+    return (f"{_e(p['n_patients'])} patients"
+            + (f" ({alone} image(s) without a patient id, each counted as a patient of its own)" if alone else "")
+            + ": the AUC bootstrap resamples patients.")
+
+
+def _record_section(record: Mapping[str, Any]) -> str:
+    """What this run wrote into the manifest, what the manifest kept instead and why, and what it never offered."""
+    if not record:
+        return ""
+    parts = ["<h3>Manifest record</h3>"]
+    if not record.get("enabled"):
+        parts.append("<p class='note'>Recording was off: nothing was written into the manifest.</p>")
+    recorded = record.get("recorded_verdicts") or [{"name": n, "verdict": ""} for n in record.get("recorded", [])]
+    parts.append("<p>Recorded in the manifest: "
+                 + (", ".join(f"{_e(v['name'])} {_e(v['verdict'])}" for v in recorded) if recorded else "nothing")
+                 + ".</p>")
+    rows = [[_e(k["name"]), _e(k["verdict"]), _e(k.get("kept_verdict")), _e(k.get("kept_created")),
+             _e(k.get("why", ""))] for k in record.get("kept") or []]
+    rows += [[_e(k["name"]), _e(k["verdict"]), '<span class="na">earlier record, if any</span>', "",
+              _e(k.get("why", ""))] for k in record.get("not_recorded") or []]
+    if rows:
+        parts.append(_table(["candidate", "verdict here", "verdict the manifest keeps", "kept since", "why"], rows))
+    if record.get("note"):
+        parts.append(f"<p class='fail'>{_e(record['note'])}.</p>")
+    return "".join(parts)
+
+
+def _outputs_words(report: Mapping[str, Any]) -> str:
+    """Where every image's outputs are (outputs.csv and its sha256) and whether they came from the cache."""
+    out = report.get("outputs_csv") or {}
+    cache = report.get("cache") or {}
+    words = []
+    if out:
+        words.append(f"Every image's outputs (reference and each candidate: probabilities, logits, referral "
+                     f"decision) are in {_e(out['file'])} (sha256 <code>{_e(out['sha256'])}</code>), from which "
+                     "each figure here can be recomputed.")
+    if cache:
+        said = {"all": "all came from the output cache of an earlier run (.parity-cache)",
+                "some": "some came from the output cache of an earlier run (.parity-cache)",
+                "none": "were computed by this run"}.get(str(cache.get("outputs_from_cache")), "")
+        if said:
+            words.append(f"The model outputs {said}.")
+    return f"<p class='note'>{' '.join(words)}</p>" if words else ""
 
 
 def _unknown_labels(u: Mapping[str, Any]) -> str:

@@ -19,12 +19,16 @@ reference's own AUC is 1 by construction. Reports say which truth was used.
 :class:`ParityGates` turns the figures into a verdict with three states: PASS
 (every gate evaluated for every class it applies to, all within their
 limits), FAIL (a gate is exceeded) and INCOMPLETE (nothing exceeded, but a gate
-could not be evaluated for some class: no labels for it, or no positive image
-among these images); only PASS lets a file be used unasked. Gates compare
+could not be evaluated for some class: no labels for it, no positive image
+among these images, or fewer than :data:`MIN_CASES_PER_CLASS` positive or
+negative images); only PASS lets a file be used unasked. Gates compare
 point estimates (the bootstrap interval and the exact upper bounds on the
 change rates are reported, not gated): a release gate must be reproducible and
 should not depend on the bootstrap seed. The upper bounds are there so that a
-signer sees what "0 changes" on a small set can and cannot show.
+signer sees what "0 changes" on a small set can and cannot show. With the
+images' patients known, the AUC bootstrap resamples patients; the exact bounds
+and the Wilson intervals still treat images as independent, and the report
+says so (:data:`INDEPENDENCE_NOTE`).
 """
 
 from __future__ import annotations
@@ -59,6 +63,16 @@ BOOTSTRAP_ALPHA = 0.05
 #: Two-sided level and method of the intervals of each sensitivity and specificity (reported, never gated).
 PROPORTION_ALPHA = 0.05
 PROPORTION_METHOD = WILSON
+
+#: Fewest positive and fewest negative images a class (and the referral decision) needs before the AUC and
+#: sensitivity gates count it as evaluated; with fewer, the class is listed as not evaluated and the verdict is
+#: INCOMPLETE, as for a class without labels. Why: on a handful of cases these figures say nothing a gate can
+#: vouch for. With 3 positives one changed call moves sensitivity by 33 points, and a sensitivity of 3/3 has
+#: the Wilson 95 % interval [0.44, 1]; an AUC on 2 positives moves by up to 0.5 with one image, so "AUC drop
+#: 0" there hides any loss. 10 of each is a floor that stops a gate from passing on such counts, not a
+#: sample-size calculation (10/10 still has the interval [0.72, 1]): the intervals in the report say how much
+#: more a run shows. The figures themselves are still computed and reported.
+MIN_CASES_PER_CLASS = 10
 
 # Why a figure could not be computed for a class; the gate lists the class with this reason.
 NO_LABELS = "no labels for this class in the data"
@@ -460,6 +474,97 @@ def _call_changes(y: np.ndarray, ref_call: np.ndarray, cand_call: np.ndarray) ->
     }
 
 
+def few_cases(n_positive: int, n_negative: int) -> str:
+    """Why a class with these counts does not count as evaluated by the AUC and sensitivity gates ("" when it does).
+
+    See :data:`MIN_CASES_PER_CLASS`.
+    """
+    few = [f"{k} {side} image{'s' if k != 1 else ''}" for k, side in ((n_positive, "positive"),
+                                                                      (n_negative, "negative"))
+           if k < MIN_CASES_PER_CLASS]
+    if not few:
+        return ""
+    return (f"only {' and '.join(few)} (a gate counts a class from {MIN_CASES_PER_CLASS} positive and "
+            f"{MIN_CASES_PER_CLASS} negative images; validate on more)")
+
+
+def patient_clusters(patients: Sequence[str | None] | None) -> np.ndarray | None:
+    """(N,) int cluster code per image for the bootstrap, or None when no image has a patient id.
+
+    Images of one patient (two eyes, repeat visits) are correlated: resampled
+    one by one, they give intervals that are too narrow. An image without a
+    patient id (None or ``""``) gets a code of its own, i.e. it is resampled
+    alone. With None the bootstrap resamples images, which the report says.
+    """
+    if patients is None:
+        return None
+    codes: dict[str, int] = {}
+    out = np.empty(len(patients), np.int64)
+    known = 0
+    for i, pid in enumerate(patients):
+        if pid is None or str(pid) == "":
+            out[i] = -1
+            continue
+        known += 1
+        out[i] = codes.setdefault(str(pid), len(codes))
+    if not known:
+        return None
+    unknown = out < 0
+    out[unknown] = len(codes) + np.arange(int(unknown.sum()))
+    return out
+
+
+#: What the report says next to the exact bounds and the Wilson intervals when the images' patients are known.
+INDEPENDENCE_NOTE = ("the exact (Clopper-Pearson) upper bounds on the change rates and the Wilson intervals of "
+                     "sensitivity and specificity treat every image as independent; images of one patient are "
+                     "correlated, so with several images per patient they may be too narrow (the AUC bootstrap "
+                     "resamples patients)")
+
+#: :func:`paired_proportion_difference`'s method, as the report names it.
+NEWCOMBE_PAIRED = "Newcombe (1998) method 10 for paired proportions (Wilson score limits combined with phi)"
+
+
+def paired_proportion_difference(both: int, first_only: int, second_only: int, neither: int,
+                                 alpha: float = PROPORTION_ALPHA) -> dict[str, Any]:
+    """``p_second - p_first`` of two proportions measured on the same cases, with its two-sided interval.
+
+    The table: ``both`` cases positive under the two, ``first_only``, ``second_only`` and ``neither``. Why
+    this method: the difference of a candidate's and the reference's sensitivity is paired (the same
+    positives), and a percentile bootstrap of it collapses to [0, 0] when no call changed, reading as
+    certainty; Newcombe's method 10 (Statistics in Medicine 17:2635-2650, 1998) combines the Wilson score
+    limits of each proportion through their correlation (phi; 0 where a margin is empty), does not collapse,
+    and stays within [-1, 1]. It assumes independent cases: with several images per patient it is too narrow,
+    like every closed-form interval in the report. NaN when there is no case.
+    """
+    counts = [int(both), int(first_only), int(second_only), int(neither)]
+    if any(k < 0 for k in counts):
+        raise ConfigError(f"paired_proportion_difference needs counts >= 0; got {counts}")
+    a, b, c, d = counts
+    n = a + b + c + d
+    if n == 0:
+        return {"estimate": math.nan, "low": math.nan, "high": math.nan, "method": NEWCOMBE_PAIRED}
+    p1, p2 = (a + b) / n, (a + c) / n
+    i1 = proportion_interval(a + b, n, alpha=alpha, method=WILSON)
+    i2 = proportion_interval(a + c, n, alpha=alpha, method=WILSON)
+    den = float(a + b) * float(c + d) * float(a + c) * float(b + d)
+    phi = (a * d - b * c) / math.sqrt(den) if den > 0 else 0.0
+    # Newcombe's distances below (delta) and above (eps) p1 - p2; for p2 - p1 (the candidate's minus the
+    # reference's) they swap sides.
+    delta = math.sqrt(max(0.0, (p1 - i1.low) ** 2 - 2 * phi * (p1 - i1.low) * (i2.high - p2) + (i2.high - p2) ** 2))
+    eps = math.sqrt(max(0.0, (i1.high - p1) ** 2 - 2 * phi * (i1.high - p1) * (p2 - i2.low) + (p2 - i2.low) ** 2))
+    diff = (c - b) / n
+    return {"estimate": diff, "low": max(-1.0, diff - eps), "high": min(1.0, diff + delta),
+            "method": NEWCOMBE_PAIRED}
+
+
+def _sensitivity_difference(y: np.ndarray, ref_call: np.ndarray, cand_call: np.ndarray) -> dict[str, Any]:
+    """The candidate's sensitivity minus the reference's among the positives of ``y``, with its paired interval."""
+    pos = y.astype(bool)
+    r, c = ref_call[pos].astype(bool), cand_call[pos].astype(bool)
+    return paired_proportion_difference(int(np.sum(r & c)), int(np.sum(r & ~c)), int(np.sum(~r & c)),
+                                        int(np.sum(~r & ~c)))
+
+
 def clinical(
     manifest: Manifest,
     truth: Truth,
@@ -472,6 +577,7 @@ def clinical(
     alpha: float = BOOTSTRAP_ALPHA,
     reference_logits: np.ndarray | None = None,
     candidate_logits: np.ndarray | None = None,
+    patients: Sequence[str | None] | None = None,
 ) -> dict[str, Any]:
     """Clinical comparison of two probability sets under the manifest's decision rule.
 
@@ -480,13 +586,23 @@ def clinical(
     hides real swaps and invents others; probabilities are the fallback, and
     ``top1_source`` says which was used. Each figure a gate could not use
     carries the reason in its row's ``not_evaluated`` (no labels for the class,
-    or no positive/negative image among these).
+    no positive/negative image among these, or fewer than
+    :data:`MIN_CASES_PER_CLASS` of either).
+
+    ``patients`` (one id per image, None or ``""`` when unknown): the AUC
+    bootstrap resamples patients (:func:`patient_clusters`), ``patients``
+    counts them, and the flips and changed findings say how many patients
+    they touch. The exact bounds and the Wilson intervals stay those of
+    independent images, which ``patients["note"]`` says.
     """
     ref = np.asarray(reference_probs, np.float64)
     cand = np.asarray(candidate_probs, np.float64)
     ref_pos, ref_refer = manifest.decide(ref)
     cand_pos, cand_refer = manifest.decide(cand)
     n = len(ids)
+    if patients is not None and len(patients) != n:
+        raise ConfigError(f"patients must hold one id per image ({n}); got {len(patients)}")
+    cluster_of = patient_clusters(patients)
     no_pos, no_neg = _NO_POSITIVE[truth.source], _NO_NEGATIVE[truth.source]
     per_class = []
     for k, spec in enumerate(manifest.classes):
@@ -504,10 +620,12 @@ def clinical(
         row["auc_candidate"] = roc_auc(y, cand[:, k])
         missing: dict[str, str] = {}
         if y.any() and not y.all():
-            diff = paired_auc_difference(y, ref[:, k], cand[:, k], n_boot=n_boot, seed=seed, alpha=alpha)
+            diff = paired_auc_difference(y, ref[:, k], cand[:, k], n_boot=n_boot, seed=seed, alpha=alpha,
+                                         clusters=cluster_of)
             # Interval.to_dict leaves n_boot and alpha out: a signer needs them next to the interval.
-            row["auc_difference"] = {**diff.to_dict(), "n_boot": diff.n_boot, "alpha": diff.alpha}
-            single = single_unit_side(y, None)
+            row["auc_difference"] = {**diff.to_dict(), "n_boot": diff.n_boot, "alpha": diff.alpha,
+                                     "unit": "image" if cluster_of is None else "patient"}
+            single = single_unit_side(y, cluster_of)
             if single:  # every resample keeps that one image: a tight interval that means nothing (a review)
                 row["auc_difference"].update(low=None, high=None, note=f"interval undefined: {single}")
         else:
@@ -518,10 +636,15 @@ def clinical(
             missing["sensitivity"] = no_pos
         if y.all():
             missing["specificity"] = no_neg
+        few = few_cases(row["n_positive"], row["n_negative"])
+        if few:  # the figures are reported; the gates do not count them (MIN_CASES_PER_CLASS)
+            missing.setdefault("auc", few)
+            missing.setdefault("sensitivity", few)
         rr, cr = _rates(y, ref_pos[:, k]), _rates(y, cand_pos[:, k])
         row["sensitivity_reference"], row["sensitivity_candidate"] = rr["sensitivity"], cr["sensitivity"]
         row["specificity_reference"], row["specificity_candidate"] = rr["specificity"], cr["specificity"]
         _with_intervals(row, rr, cr)
+        row["sensitivity_difference"] = _sensitivity_difference(y, ref_pos[:, k], cand_pos[:, k])
         row.update(_call_changes(y, ref_pos[:, k], cand_pos[:, k]))
         if missing:
             row["not_evaluated"] = missing
@@ -535,12 +658,16 @@ def clinical(
                          "sensitivity_reference": rr["sensitivity"], "sensitivity_candidate": cr["sensitivity"],
                          "specificity_reference": rr["specificity"], "specificity_candidate": cr["specificity"]})
         _with_intervals(referral, rr, cr)
+        referral["sensitivity_difference"] = _sensitivity_difference(truth.refer, ref_refer, cand_refer)
         referral.update(_call_changes(truth.refer, ref_refer, cand_refer))
         missing = {}
         if not truth.refer.any():
             missing["sensitivity"] = no_pos
         if truth.refer.all():
             missing["specificity"] = no_neg
+        few = few_cases(referral["n_positive"], referral["n_negative"])
+        if few:
+            missing.setdefault("sensitivity", few)
         if missing:
             referral["not_evaluated"] = missing
     elif referable.any():
@@ -563,8 +690,24 @@ def clinical(
     class_flips = {r["name"]: r["decision_changes"] for r in per_class if r["referable"]}
     worst = max(class_flips, key=lambda name: class_flips[name]["changes"]) if class_flips else None
     findings = finding_changes(manifest, ref, cand, ref_pos, cand_pos, ref_refer, cand_refer, ids)
+    flips_out: dict[str, Any] = {"n": len(flips), "rate": len(flips) / n if n else math.nan,
+                                 "upper95": binomial_upper_bound(len(flips), n), "n_images": n,
+                                 "to_refer": int(np.sum(~ref_refer & cand_refer)),
+                                 "to_no_refer": int(np.sum(ref_refer & ~cand_refer)),
+                                 "items": [asdict(f) for f in flips]}
+    units: dict[str, Any] = {"known": cluster_of is not None, "n_images": n}
+    if cluster_of is not None:
+        with_id = sum(1 for p in patients or () if p is not None and str(p) != "")
+        units.update({"n_patients": int(len(np.unique(cluster_of))), "n_images_without_patient": n - with_id,
+                      "note": INDEPENDENCE_NOTE})
+        # The patients behind the changes (an image without a patient id counts as one of its own).
+        mask = manifest.referable_mask
+        changed = np.flatnonzero((ref_pos[:, mask] != cand_pos[:, mask]).any(axis=1)) if mask.any() else []
+        flips_out["n_patients"] = int(len(np.unique(cluster_of[flipped])))
+        findings["n_patients"] = int(len(np.unique(cluster_of[changed])))
     return {
         "truth": truth.source,
+        "patients": units,
         "per_class": per_class,
         "referral": referral,
         "top1_agreement": float(np.mean(top_ref == top_cand)) if n else math.nan,
@@ -574,11 +717,7 @@ def clinical(
         "class_flips": {"referable": class_flips, "worst_class": worst,
                         "max_rate": class_flips[worst]["rate"] if worst is not None else None},
         "finding_changes": findings,
-        "flips": {"n": len(flips), "rate": len(flips) / n if n else math.nan,
-                  "upper95": binomial_upper_bound(len(flips), n), "n_images": n,
-                  "to_refer": int(np.sum(~ref_refer & cand_refer)),
-                  "to_no_refer": int(np.sum(ref_refer & ~cand_refer)),
-                  "items": [asdict(f) for f in flips]},
+        "flips": flips_out,
     }
 
 
@@ -916,21 +1055,25 @@ def judge(gates: ParityGates, numeric: Mapping[str, Any], clin: Mapping[str, Any
                                 "no referable class in the bundle: nothing to gate"))
 
     def skipped_of(items: Sequence[Mapping[str, Any]], metric: str) -> list[tuple[str, str]]:
-        return [(r["name"], str((r.get("not_evaluated") or {}).get(metric) or f"{metric} undefined")) for r in items]
+        return [(r["name"], _not_evaluated_reason(r, metric)) for r in items]
 
-    drops = [(r["name"], r["auc_reference"] - r["auc_candidate"]) for r in rows
-             if _finite(r.get("auc_reference")) and _finite(r.get("auc_candidate"))]
+    def evaluated(r: Mapping[str, Any], metric: str) -> bool:
+        # A figure can be computed yet not count: too few cases (MIN_CASES_PER_CLASS) puts it in not_evaluated.
+        return (_finite(r.get(f"{metric}_reference")) and _finite(r.get(f"{metric}_candidate"))
+                and metric not in (r.get("not_evaluated") or {}))
+
+    drops = [(r["name"], r["auc_reference"] - r["auc_candidate"]) for r in rows if evaluated(r, "auc")]
     name, worst = _worst(drops)
     checks.append(_check("auc_drop", worst, gates.max_auc_drop, f"largest drop: class {name}" if drops else "",
                          skipped_of([r for r in rows if r["name"] not in dict(drops)], "auc")))
-    sens_rows = [r for r in referable if _finite(r.get("sensitivity_reference")) and _finite(r.get("sensitivity_candidate"))]
+    sens_rows = [r for r in referable if evaluated(r, "sensitivity")]
     sens = [(r["name"], r["sensitivity_reference"] - r["sensitivity_candidate"]) for r in sens_rows]
     skipped = skipped_of([r for r in referable if r not in sens_rows], "sensitivity")
     ref = clin["referral"]
-    if _finite(ref.get("sensitivity_reference")) and _finite(ref.get("sensitivity_candidate")):
+    if evaluated(ref, "sensitivity"):
         sens.append(("referral", ref["sensitivity_reference"] - ref["sensitivity_candidate"]))
     elif ref.get("applicable", bool(referable)):
-        skipped.append(("referral", str((ref.get("not_evaluated") or {}).get("sensitivity") or "sensitivity undefined")))
+        skipped.append(("referral", _not_evaluated_reason(ref, "sensitivity")))
     if sens or skipped:
         name, worst = _worst(sens)
         checks.append(_check("sensitivity_drop", worst, gates.max_sensitivity_drop,
@@ -952,6 +1095,15 @@ def judge(gates: ParityGates, numeric: Mapping[str, Any], clin: Mapping[str, Any
     incomplete = [_incomplete_reason(c) for c in checks if c.status == INCOMPLETE]
     status = FAIL if failed else INCOMPLETE if incomplete else PASS
     return Verdict(status == PASS, tuple(checks), tuple(failed + incomplete), status)
+
+
+def _not_evaluated_reason(row: Mapping[str, Any], metric: str) -> str:
+    """Why ``row``'s ``metric`` is not gated, with its drop when it could be computed (a signer still sees it)."""
+    why = str((row.get("not_evaluated") or {}).get(metric) or f"{metric} undefined")
+    a, b = row.get(f"{metric}_reference"), row.get(f"{metric}_candidate")
+    if _finite(a) and _finite(b):
+        why += f"; its drop {float(a) - float(b):.4g} is reported, not gated"
+    return why
 
 
 def _incomplete_reason(c: GateCheck) -> str:

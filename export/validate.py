@@ -41,11 +41,21 @@ file's and the manifest's sha256, a content digest of the images and their
 labels, the checkpoint's weights sha256 when the caller gives it in
 ``context``, the CPU model and the runtimes' versions), ``parity.html``
 (self-contained, offline, printable: ROC overlays and thumbnails of flipped
-images embedded), ``roc_<candidate>.png`` and ``parity_config.json`` (the
-resolved configuration). Model outputs are cached per batch in
+images embedded), ``outputs.csv`` (every image's outputs, from which a signer
+recomputes the figures; its sha256 is in parity.json, see
+:func:`write_outputs_csv`), ``roc_<candidate>.png`` and ``parity_config.json``
+(the resolved configuration). Model outputs are cached per batch in
 ``out/.parity-cache``, so an interrupted run resumes and a rerun with other
 gates costs nothing; the cache is keyed by the files' checksums, the
-reference's fingerprint, the images' content and the preprocessing.
+reference's fingerprint, the images' content, the preprocessing, the runtimes'
+versions, the PyTorch version and the reference's device, and parity.json's
+``cache`` says whether the outputs came from it.
+
+Each image's patient (:attr:`ImageRecord.patient`) makes the AUC bootstrap
+resample patients; ``record.recorded`` lists what the manifest holds after the
+run, ``record.kept`` the verdicts it kept instead and why; ``release_pass`` and
+``headline`` say when a PASS is not one a release may rest on (looser gates,
+too few images, another checkpoint).
 
 Labels that are no class of the bundle are refused, dropped or counted as
 negatives, by ``ValidateConfig.unknown_labels``; never silently.
@@ -55,8 +65,10 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import csv
 import datetime as _dt
 import hashlib
+import io
 import json
 import logging
 import os
@@ -71,7 +83,7 @@ import cv2
 import numpy as np
 
 from uopsl.runtime.progress import track
-from uopsl.export.bundle_writer import kept_pytorch_verdict, record_parity
+from uopsl.export.bundle_writer import kept_pytorch_verdict, kept_verdict, record_parity
 from uopsl.export.int8_arithmetic import ExactRunner, arithmetic_check
 from uopsl.export.parity_metrics import (
     BOOTSTRAP_ALPHA,
@@ -79,6 +91,9 @@ from uopsl.export.parity_metrics import (
     PROPORTION_ALPHA,
     PROPORTION_METHOD,
     FAIL,
+    INDEPENDENCE_NOTE,
+    MIN_CASES_PER_CLASS,
+    NEWCOMBE_PAIRED,
     PASS,
     ParityGates,
     Truth,
@@ -90,6 +105,7 @@ from uopsl.export.parity_metrics import (
     nonfinite_reason,
     numerical,
     overall_status,
+    patient_clusters,
     truth_from_labels,
     truth_from_reference,
     zero_change_line,
@@ -108,12 +124,15 @@ from uopsl.runtime.backends.base import Backend
 from uopsl.runtime.bundle import (
     MANIFEST,
     ONNX_REFERENCE_BACKEND,
+    PARITY_KEY,
     OUTPUT_NAMES,
     REFERENCE_MAX_PROB_DIFF,
     REFERENCE_ONNX,
     REFERENCE_PYTORCH,
     REFERENCE_UNKNOWN,
+    FileEntry,
     Manifest,
+    parity_gates_problem,
     parity_reference_kind,
     parity_run_problem,
     read_manifest,
@@ -193,11 +212,17 @@ class ExcludedCandidate:
 
 @dataclass(frozen=True)
 class ImageRecord:
-    """One image to validate on: a display id, its file and its label names (None: unlabelled)."""
+    """One image to validate on: a display id, its file, its label names (None: unlabelled) and its patient.
+
+    ``patient`` (None: unknown): images of one patient (two eyes, repeat visits) are not independent, so the
+    bootstrap resamples them together and the report counts the patients behind each change; an image
+    without a patient id counts as a patient of its own.
+    """
 
     id: str
     path: Path
     labels: tuple[str, ...] | None = None
+    patient: str | None = None
 
 
 @dataclass(frozen=True)
@@ -465,8 +490,6 @@ class _BatchCache:
     def put(self, index: int, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> None:
         if not self.enabled:
             return
-        import io
-
         buf = io.BytesIO()
         payload: dict[str, Any] = {"meta": np.array(json.dumps(meta)), **arrays}
         np.savez(buf, **payload)
@@ -497,6 +520,10 @@ class _Run:
 
     ids: list[str] = field(default_factory=list)
     labels: list[tuple[str, ...] | None] = field(default_factory=list)
+    # From the records, never from the cache: a rerun with patient ids added uses them (outputs do not change).
+    patients: list[str | None] = field(default_factory=list)
+    batches: int = 0
+    batches_from_cache: int = 0
     outputs: dict[str, dict[str, list[np.ndarray]]] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
     skipped: list[dict[str, str]] = field(default_factory=list)
@@ -566,6 +593,8 @@ def _run_all(bundle: Path, manifest: Manifest, reference: Reference, ref_cfg: Pr
         for index, records in enumerate(track(_chunks(images, config.batch_size), total=n_batches,
                                                  desc="validate", show=config.show_progress)):
             cached = cache.get(index)
+            run.batches += 1
+            run.batches_from_cache += cached is not None
             if cached is None:
                 ok, x, x_ref, skipped = _preprocess_batch(records, cfg, ref_cfg)
                 arrays: dict[str, np.ndarray] = {}
@@ -604,6 +633,7 @@ def _run_all(bundle: Path, manifest: Manifest, reference: Reference, ref_cfg: Pr
                 continue
             run.ids.extend(records[i].id for i in ok)
             run.labels.extend(records[i].labels for i in ok)
+            run.patients.extend(records[i].patient for i in ok)
             for source in ["ref", *(s.name for s in specs), *(EXACT_PREFIX + f for f in exact_files)]:
                 # By prefix, not by splitting at "__": a file's own name may hold "__".
                 part = {kk[len(source) + 2:]: v for kk, v in cached["arrays"].items() if kk.startswith(f"{source}__")}
@@ -812,6 +842,9 @@ def validate_bundle(
                # Outputs depend on the machine too (the CPU's INT8 kernels, the runtimes' versions), and batches
                # cached before a CPU INT8 file also ran in its exact arithmetic lack those outputs.
                "machine": {k: v for k, v in machine.items() if k in ("cpu_int8", "onnxruntime", "openvino")},
+               # The reference's outputs depend on what computes them: another PyTorch, or the GPU instead of
+               # the CPU (TF32 off, but other kernels), must recompute them, not reuse them silently.
+               "torch": machine.get("torch"), "reference_device": _reference_device(reference, context),
                "arrays": CACHE_ARRAYS}
     cache = _BatchCache(out_dir / _CACHE_DIR, key)
     run = _run_all(root, manifest, reference, ref_pre if diffs else None, images, specs, cfg, cache)
@@ -864,7 +897,7 @@ def validate_bundle(
         try:
             clin = clinical(manifest, truth, ref["probs"], cand["probs"], ids, n_boot=cfg.n_boot, seed=cfg.seed,
                             alpha=BOOTSTRAP_ALPHA, reference_logits=ref.get("logits"),
-                            candidate_logits=cand.get("logits"))
+                            candidate_logits=cand.get("logits"), patients=run.patients)
         except BundleError as exc:  # e.g. this file's probabilities outside [0, 1]: its FAIL, not the run's end
             why = str(exc)
             entry.update({"passed": False, "verdict": FAIL, "error": why, "reasons": [why], "numerical": num})
@@ -910,6 +943,10 @@ def validate_bundle(
     data_spec = str((context or {}).get("data") or f"{len(images)} images passed to validate_bundle")
     weak = parity_run_problem(cfg.gates.to_dict(), n)
     used_sha = [image_sha.get(i) for i in ids]
+    patients = _patients_facts(run.patients)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # Before parity.json, which records its sha256: every figure can be recomputed from it (see write_outputs_csv).
+    outputs_csv = write_outputs_csv(out_dir / OUTPUTS_CSV, manifest, run, specs)
     report = jsonable({
         "format": REPORT_FORMAT,
         "created": created,
@@ -922,6 +959,12 @@ def validate_bundle(
         "gates": cfg.gates.to_dict(),
         "gates_are_default": cfg.gates.is_default,
         "gates_looser_than_default": cfg.gates.looser_than_default,
+        "min_cases_per_class": {"positive": MIN_CASES_PER_CLASS, "negative": MIN_CASES_PER_CLASS,
+                                "applies_to": "the auc_drop and sensitivity_drop gates, per class and for the "
+                                              "referral decision",
+                                "why": "with fewer, one image moves the figure by more than any gate allows: the "
+                                       "class is listed as not evaluated (INCOMPLETE) and its figures are "
+                                       "reported, not gated"},
         "bundle": {"path": str(root), "model_name": manifest.model_name, "backbone": manifest.backbone,
                    "head": manifest.head, "referral_rule": manifest.referral_rule,
                    "referral_threshold": manifest.referral_threshold,
@@ -947,18 +990,29 @@ def validate_bundle(
                                         if truth is not None else []),
                  "image_ids": list(ids), "image_ids_sha256": _ids_digest(ids),
                  "images_sha256": images_digest(used_sha, run.labels), "images_sha256_method": IMAGES_DIGEST_METHOD,
-                 "image_sha256": used_sha, "unknown_labels": unknown_report},
+                 "image_sha256": used_sha, "unknown_labels": unknown_report, "patients": patients,
+                 **({"image_patients": list(run.patients)} if patients["known"] else {})},
         "bootstrap": {"n_boot": cfg.n_boot, "alpha": BOOTSTRAP_ALPHA, "seed": cfg.seed,
-                      "method": "paired percentile bootstrap of each class's AUC difference, stratified by the "
-                                "class's label; images are resampled as independent units (validate has no patient "
-                                "ids: with two eyes of one patient the interval is too narrow); undefined when one "
-                                "side is a single image"},
+                      "unit": "patient" if patients["known"] else "image",
+                      **({"n_patients": patients["n_patients"]} if patients["known"] else {}),
+                      "method": bootstrap_method(patients)},
         "confidence": {"level": CONFIDENCE, "method": "exact (Clopper-Pearson) one-sided upper bound",
                        "zero_change_min_images": sizes, "line": zero_change_line(sizes, n),
+                       **({"independence_note": INDEPENDENCE_NOTE} if patients["known"] else {}),
                        "proportion_intervals": {"level": 1.0 - PROPORTION_ALPHA, "method": PROPORTION_METHOD,
                                                 "two_sided": True, "gated": False,
                                                 "of": "each class's and the referral's sensitivity and specificity, "
-                                                      "reference and candidate (fields *_ci95: [low, high])"}},
+                                                      "reference and candidate (fields *_ci95: [low, high])"},
+                       "sensitivity_difference": {"level": 1.0 - PROPORTION_ALPHA, "method": NEWCOMBE_PAIRED,
+                                                  "gated": False,
+                                                  "of": "candidate minus reference sensitivity, each class's and "
+                                                        "the referral's (field sensitivity_difference)"}},
+        "cache": {"enabled": cache.enabled, "batches": run.batches, "batches_from_cache": run.batches_from_cache,
+                  "outputs_from_cache": ("all" if run.batches and run.batches_from_cache == run.batches
+                                         else "some" if run.batches_from_cache else "none"),
+                  **({} if cache.enabled else {"why_disabled": "--no-resume" if not cfg.resume else
+                                               "the reference has no fingerprint to key its outputs by"})},
+        "outputs_csv": outputs_csv,
         "context": dict(context or {}),
         "notes": notes,
         "skipped_images": run.skipped,
@@ -968,7 +1022,9 @@ def validate_bundle(
     })
     record_note = None
     to_record: list[dict[str, Any]] = []
-    kept: list[tuple[dict[str, Any], Mapping[str, Any]]] = []
+    kept: list[Kept] = []
+    passed_over: list[tuple[Mapping[str, Any], str]] = []  # neither written nor checked against the manifest
+    records: dict[str, dict[str, dict[str, Any]]] = {}
     if cfg.record and not run_reasons:
         # A FAIL is always recorded (it keeps `auto` off the file). A PASS or INCOMPLETE only from a run that
         # parity_status would trust: a weaker run neither turns an earlier FAIL into a pass nor erases an
@@ -979,25 +1035,24 @@ def validate_bundle(
         judged = [c for c in report["candidates"] if c.get("judged") is not False]
         to_record = [c for c in judged if c["verdict"] == FAIL or weak is None]
         held = [f"{c['name']} {c['verdict']}" for c in judged if c["verdict"] != FAIL and weak]
-        # A verdict against anything but PyTorch (a device's ONNX reference) never replaces one against PyTorch
-        # for the same content and backend, whatever either says (record_parity enforces it too).
-        # The manifest as the file holds it: where signatures are required, `manifest` is the signed view, which
-        # may not show a record written since (record_parity reads the file too).
+        passed_over = ([(c, f"{weak}: a run like this records only a FAIL") for c in judged
+                        if c["verdict"] != FAIL and weak]
+                       + [(c, "could not be run here, so not judged") for c in unjudged])
+        records = _parity_records(to_record, cfg, n=n, truth=str(report["data"]["truth"]), data=report["data"],
+                                  reference=report["reference"], created=created, report=json_path_of(out_dir),
+                                  machine=report["machine"])
+        # What record_parity will keep instead, by its own rules (bundle_writer): a verdict against anything but
+        # PyTorch (a device's ONNX reference) never replaces one against PyTorch for the same content and
+        # backend, an INCOMPLETE run does not replace a complete verdict, a PASS on other data does not clear
+        # a FAIL. The manifest as the file holds it: where signatures are required, `manifest` is the signed
+        # view, which may not show a record written since (record_parity reads the file too).
         on_disk = read_manifest(root)
         for c in list(to_record):
-            old = kept_pytorch_verdict(on_disk.file(c["file"]), c["backend"], ref_class)
-            if old is not None:
-                kept.append((c, old))
+            why = _kept_reason(on_disk, c, records[c["file"]][c["backend"]], ref_class, ref_kind)
+            if why is not None:
+                kept.append((c, *why))
                 to_record.remove(c)
         notes_ = []
-        if kept:
-            kept_note = ("not recorded in the manifest, which keeps the verdict judged against PyTorch (a verdict "
-                         f"against the {ref_kind} reference never replaces it): "
-                         + ", ".join(f"{c['name']} {c['verdict']} here, {old.get('verdict', '?')} against PyTorch "
-                                     f"({old.get('created', '?')})" for c, old in kept))
-            # A warning when this run disagrees with the PyTorch verdict: worth a look, though the latter stands.
-            differ = any(str(c["verdict"]) != str(old.get("verdict")) for c, old in kept)
-            (log.warning if differ else log.info)("%s", kept_note)
         if held:
             notes_.append(f"not recorded in the manifest ({weak}): {', '.join(held)}; a run like this records "
                           "only a FAIL, never a pass, and `auto` keeps the earlier record")
@@ -1007,33 +1062,52 @@ def validate_bundle(
         if notes_:
             log.warning("%s", "; ".join(notes_))
         if kept:
+            kept_note = _kept_note(kept)
+            # A warning when this run disagrees with the kept verdict: worth a look, though the latter stands.
+            differ = any(str(c["verdict"]) != str(old.get("verdict")) for c, old, _why, _torch in kept)
+            (log.warning if differ else log.info)("%s", kept_note)
             notes_.insert(0, kept_note)
         record_note = "; ".join(notes_) or None
     elif cfg.record and run_reasons:
         record_note = "nothing recorded in the manifest: the reference's outputs could not be used"
         log.warning(record_note)
-    report["record"] = jsonable({"enabled": cfg.record, "run_problem": weak, "note": record_note,
-                                 "recorded": [c["name"] for c in to_record],
-                                 "kept_pytorch": [{"name": c["name"], "verdict": c["verdict"],
-                                                   "kept_verdict": old.get("verdict"),
-                                                   "kept_created": old.get("created")} for c, old in kept]})
-    out_dir.mkdir(parents=True, exist_ok=True)
+    _set_record(report, cfg, weak, record_note, to_record, kept, passed_over, error=None)
+    _set_release(report, weak, context)
     write_json(out_dir / "parity_config.json", jsonable({"bundle": str(root), "config": cfg.to_dict(),
                                                          "context": dict(context or {}),
                                                          "candidates": [asdict(s) for s in specs]}))
-    json_path, html_path = out_dir / "parity.json", out_dir / "parity.html"
-    write_json(json_path, report)
+    json_path, html_path = json_path_of(out_dir), out_dir / "parity.html"
     from uopsl.export.parity_html import render_html
 
+    write_json(json_path, report)
     write_text(html_path, render_html(report, html_images))
     if to_record:  # after the reports: a read-only bundle costs the record, not the run
+        error = None
+        written: Manifest | None = None
         try:
-            _record(root, to_record, cfg, n=n, truth=str(report["data"]["truth"]), data=report["data"],
-                    reference=report["reference"], created=created, report=json_path, machine=report["machine"],
-                    validated={f.path: f.sha256 for f in manifest.files})
+            written = _record(root, records, to_record, {f.path: f.sha256 for f in manifest.files})
         except OSError as exc:
+            error = str(exc)
             log.warning("the parity verdicts could not be recorded in %s (%s); the reports are in %s",
                         root / "manifest.json", exc, out_dir)
+        actual, late = _what_was_written(written, to_record, records)
+        if written is not None and actual:
+            log.info("parity verdicts recorded in %s: %s", root / "manifest.json",
+                     ", ".join(f"{c['file']} on {c['backend']} {c['verdict']}" for c in actual))
+        if error is not None or late:
+            # The manifest did not take what the report said it would: the reports say what it holds.
+            kept.extend(late)
+            if late:
+                record_note = "; ".join(x for x in (record_note, _kept_note(late)) if x)
+            if error is not None:
+                record_note = "; ".join(x for x in (record_note, f"nothing recorded: the manifest could not be "
+                                                                  f"written ({error})") if x)
+            _set_record(report, cfg, weak, record_note, actual if error is None else [], kept,
+                        passed_over + ([(c, f"the manifest could not be written ({error})") for c in to_record]
+                                       if error is not None else []), error=error)
+            _set_release(report, weak, context)
+            write_json(json_path, report)
+            write_text(html_path, render_html(report, html_images))
     return ParityReport(passed, report, json_path, html_path, status)
 
 
@@ -1072,10 +1146,10 @@ def candidate_gates(gates: ParityGates, spec: CandidateSpec) -> ParityGates:
     return replace(gates, max_prob_diff=limit)
 
 
-def _record(root: Path, candidates: Sequence[Mapping[str, Any]], cfg: ValidateConfig, *, n: int, truth: str,
-            data: Mapping[str, Any], reference: Mapping[str, Any], created: str, report: Path,
-            validated: Mapping[str, str], machine: Mapping[str, Any] | None = None) -> None:
-    """Each validated file's verdict per backend into the manifest; see ``ValidateConfig.record``.
+def _parity_records(candidates: Sequence[Mapping[str, Any]], cfg: ValidateConfig, *, n: int, truth: str,
+                    data: Mapping[str, Any], reference: Mapping[str, Any], created: str, report: Path,
+                    machine: Mapping[str, Any] | None = None) -> dict[str, dict[str, dict[str, Any]]]:
+    """Each candidate's verdict as the manifest records it, by file and backend; see ``ValidateConfig.record``.
 
     The record holds what :func:`uopsl.runtime.bundle.parity_status` needs to
     decide whether to trust it: every gate with its value, the number of
@@ -1111,9 +1185,241 @@ def _record(root: Path, candidates: Sequence[Mapping[str, Any]], cfg: ValidateCo
             # (the bundle's identity) as it is, whatever was committed meanwhile.
             "bootstrap_seed": cfg.seed, "created": created, "toolkit_version": __version__, "report": str(report),
         })
-    record_parity(root, records, validated)
-    log.info("parity verdicts recorded in %s: %s", root / "manifest.json",
-             ", ".join(f"{f} on {b} {v['verdict']}" for f, per in records.items() for b, v in per.items()))
+    return records
+
+
+def _record(root: Path, records: Mapping[str, Mapping[str, Mapping[str, Any]]],
+            candidates: Sequence[Mapping[str, Any]], validated: Mapping[str, str]) -> Manifest:
+    """Write ``candidates``' records (from ``records``) into the manifest; the manifest as it stands after."""
+    chosen: dict[str, dict[str, dict[str, Any]]] = {}
+    for c in candidates:
+        chosen.setdefault(c["file"], {})[c["backend"]] = dict(records[c["file"]][c["backend"]])
+    return record_parity(root, chosen, validated)
+
+
+def _recorded(entry: FileEntry | None, backend: str) -> Mapping[str, Any] | None:
+    """The verdict the manifest holds for ``entry``'s current content on ``backend`` (None: none)."""
+    rec = entry.info.get(PARITY_KEY) if entry is not None else None
+    if not isinstance(rec, dict) or rec.get("sha256") != entry.sha256 or not isinstance(rec.get("backends"), dict):
+        return None
+    old = rec["backends"].get(backend)
+    return old if isinstance(old, dict) else None
+
+
+def _kept_reason(manifest: Manifest, c: Mapping[str, Any], new: Mapping[str, Any], ref_class: str,
+                 ref_kind: str) -> tuple[Mapping[str, Any], str, bool] | None:
+    """(the recorded verdict, why it stays, whether it was judged against PyTorch and ``new`` was not) when
+    record_parity will keep it instead of ``new``; None when ``new`` is written.
+
+    The rules are bundle_writer's own (:func:`kept_pytorch_verdict`, :func:`kept_verdict`), asked before
+    writing so the report can say what the manifest will hold.
+    """
+    try:
+        entry = manifest.file(c["file"])
+    except (BundleError, KeyError):
+        return None
+    old = kept_pytorch_verdict(entry, c["backend"], ref_class)
+    if old is not None:
+        return old, (f"{old.get('verdict', '?')} against PyTorch ({old.get('created', '?')}): the manifest keeps the "
+                     f"verdict judged against PyTorch (a verdict against the {ref_kind} reference never replaces "
+                     "it)"), True
+    prev = _recorded(entry, c["backend"])
+    why = kept_verdict(prev, new)
+    return (prev, f"the manifest keeps {why}", False) if prev is not None and why is not None else None
+
+
+#: A verdict this run did not record: (the candidate, the record the manifest kept, why, kept as PyTorch's).
+Kept = tuple[Mapping[str, Any], Mapping[str, Any], str, bool]
+
+
+def _kept_note(kept: Sequence[Kept]) -> str:
+    """One sentence listing the verdicts this run did not record, the one the manifest kept for each and why."""
+    return "not recorded in the manifest: " + "; ".join(f"{c['name']} {c['verdict']} here, {why}"
+                                                        for c, _old, why, _torch in kept)
+
+
+def _what_was_written(written: Manifest | None, candidates: Sequence[dict[str, Any]],
+                      records: Mapping[str, Mapping[str, Mapping[str, Any]]]
+                      ) -> tuple[list[dict[str, Any]], list[Kept]]:
+    """(candidates whose record the manifest now holds, those it does not: with what it holds and why).
+
+    Read back from the manifest record_parity returned, so the report never lists as recorded a verdict that
+    was not written (a file changed while it was validated, a rule checked only there).
+    """
+    if written is None:
+        return [], []
+    done: list[dict[str, Any]] = []
+    late: list[Kept] = []
+    for c in candidates:
+        new = records[c["file"]][c["backend"]]
+        try:
+            held = _recorded(written.file(c["file"]), c["backend"])
+        except (BundleError, KeyError):
+            held = None
+        same = held is not None and ({k: v for k, v in held.items() if k != "created"}
+                                     == {k: v for k, v in new.items() if k != "created"})
+        if same:
+            done.append(c)
+        else:
+            late.append((c, held or {}, "the manifest did not take it (see the log: e.g. the file changed while "
+                                        "it was validated)", False))
+    return done, late
+
+
+def _set_record(report: dict[str, Any], cfg: ValidateConfig, weak: str | None, note: str | None,
+                recorded: Sequence[Mapping[str, Any]], kept: Sequence[Kept],
+                passed_over: Sequence[tuple[Mapping[str, Any], str]] = (), *, error: str | None) -> None:
+    """``report["record"]``: what the manifest holds from this run (``recorded``: written, or already there
+    word for word), the verdicts it kept instead of this run's (``kept``, with why), and the verdicts of
+    this run never offered to it (``not_recorded``: a weak run's pass, a candidate that could not run)."""
+    report["record"] = jsonable({
+        "enabled": cfg.record, "run_problem": weak, "note": note,
+        "recorded": [c["name"] for c in recorded],
+        "recorded_verdicts": [{"name": c["name"], "verdict": c["verdict"]} for c in recorded],
+        "kept": [{"name": c["name"], "verdict": c["verdict"], "kept_verdict": old.get("verdict"),
+                  "kept_created": old.get("created"), "why": why} for c, old, why, _torch in kept],
+        # the kept verdicts judged against PyTorch (a device's ONNX reference never replaces them)
+        "kept_pytorch": [{"name": c["name"], "verdict": c["verdict"], "kept_verdict": old.get("verdict"),
+                          "kept_created": old.get("created")} for c, old, _why, torch in kept if torch],
+        "not_recorded": [{"name": c["name"], "verdict": c["verdict"], "why": why} for c, why in passed_over],
+        **({"error": error} if error else {})})
+
+
+def _set_release(report: dict[str, Any], weak: str | None, context: Mapping[str, Any] | None) -> None:
+    """``release_pass`` (a PASS a release may rest on), its reasons when not, and the ``headline`` that says so.
+
+    A PASS under gates looser than the defaults, on fewer than
+    :data:`~uopsl.runtime.bundle.MIN_PARITY_IMAGES` images or against another
+    checkpoint is what the user asked for (exit 0), but not a release pass: the
+    headline says so in words, and ``release_pass`` says it to a script.
+    """
+    status = str(report["verdict"])
+    reasons: list[str] = []
+    if status != PASS:
+        reasons.append(f"the verdict is {status}")
+    if weak:  # each problem on its own, in parity_run_problem's words (the rule `auto` applies to records)
+        looser = parity_gates_problem(report["gates"])
+        few = parity_run_problem(ParityGates().to_dict(), report["data"]["n_used"])
+        reasons.extend(r for r in (looser, few) if r)
+    if (context or {}).get("other_checkpoint"):
+        reasons.append("judged against another checkpoint than the bundle's (--other-checkpoint: a study)")
+    report["release_pass"] = not reasons
+    report["release_pass_reasons"] = reasons
+    if status != PASS or not reasons:
+        report["headline"] = status
+        return
+    rec = report.get("record") or {}
+    if not rec.get("enabled"):
+        said = "nothing recorded (recording was off)"
+    elif rec.get("recorded"):
+        said = "recorded: " + ", ".join(f"{v['name']} {v['verdict']}" for v in rec.get("recorded_verdicts", []))
+    else:
+        said = "nothing recorded"
+    report["headline"] = f"PASS (not a release pass: {'; '.join(reasons)}; {said})"
+
+
+def json_path_of(out_dir: Path) -> Path:
+    """Where ``validate_bundle`` writes ``parity.json`` in ``out_dir``."""
+    return out_dir / "parity.json"
+
+
+def _patients_facts(patients: Sequence[str | None]) -> dict[str, Any]:
+    """``data.patients`` of the report: whether patient ids are known, how many patients and images without one."""
+    codes = patient_clusters(patients)
+    if codes is None:
+        return {"known": False, "n_patients": None, "n_images_without_patient": len(patients)}
+    without = sum(1 for p in patients if p is None or str(p) == "")
+    return {"known": True, "n_patients": int(len(np.unique(codes))), "n_images_without_patient": without}
+
+
+def bootstrap_method(patients: Mapping[str, Any]) -> str:
+    """The report's words for how the AUC differences were resampled (``patients``: ``data.patients``)."""
+    head = "paired percentile bootstrap of each class's AUC difference, stratified by the class's label; "
+    tail = "; undefined when one side comes from a single resampled unit"
+    if patients.get("known"):
+        alone = patients.get("n_images_without_patient") or 0
+        return (head + f"resampled by patient ({patients['n_patients']} patients: the images of one patient are "
+                "drawn together, a patient counting as positive when any of its images is"
+                + (f"; {alone} image(s) without a patient id each count as a patient of their own" if alone else "")
+                + ")" + tail)
+    return (head + "resampled by image, because the data carry no patient ids (with several images of one "
+            "patient, e.g. both eyes, the interval is too narrow; give the data a patient column)" + tail)
+
+
+#: The per-image outputs next to parity.json (see :func:`write_outputs_csv`).
+OUTPUTS_CSV = "outputs.csv"
+
+
+def _float_cell(v: float) -> str:
+    """A model output as the shortest text that reads back as the same float64 (the float32 output exactly)."""
+    return repr(float(v))
+
+
+def write_outputs_csv(path: Path, manifest: Manifest, run: _Run, specs: Sequence[CandidateSpec]) -> dict[str, Any]:
+    """Every image's outputs as ``outputs.csv`` (atomic); its file name, sha256, rows and columns for the report.
+
+    Why: the figures in parity.json are computed from these outputs, which otherwise live only in the
+    internal ``.parity-cache``; a signer recomputes every figure from this file. One row per image used, in
+    the order of ``data.image_ids``: ``id``, ``patient`` (empty when unknown), ``labels`` (``;``-joined,
+    empty when unlabelled), then for the reference and each candidate that ran on every image
+    ``<source>:p_<class>`` and ``<source>:logit_<class>`` per class (the exact float32 values, as the
+    shortest decimal that reads back to them: rounding could move a decision at a threshold) and
+    ``<source>:refer`` (``yes``/``no``, the manifest's referral rule). The conventions of ``results.csv``
+    (:func:`uopsl.runtime.results.write_csv`, comma style): UTF-8 with a BOM, comma-separated, ``yes``/``no``,
+    ``;`` between the items of a list, and text a spreadsheet would run as a formula prefixed with ``'``.
+    """
+    from uopsl.runtime.results import _cell
+
+    names = manifest.class_names
+    n = len(run.ids)
+    sources = [("reference", "ref")]
+    left_out = []
+    for spec in specs:
+        out = run.stacked(spec.name)
+        if len(out.get("probs", ())) == n and len(out.get("logits", ())) == n:
+            sources.append((spec.name, spec.name))
+        else:
+            left_out.append(spec.name)
+    columns = ["id", "patient", "labels"]
+    blocks = []
+    for label, key in sources:
+        out = run.stacked(key)
+        probs = np.asarray(out["probs"], np.float32).astype(np.float64)
+        logits = np.asarray(out["logits"], np.float32).astype(np.float64)
+        # A model whose outputs overflowed or left [0, 1] has no decision there (its FAIL says why): empty cells.
+        valid = np.isfinite(probs).all(axis=1) & (probs >= 0).all(axis=1) & (probs <= 1).all(axis=1)
+        refer = np.full(n, "", dtype=object)
+        if valid.any():
+            refer[valid] = np.where(manifest.decide(probs[valid])[1], "yes", "no")
+        columns += ([f"{label}:p_{c}" for c in names] + [f"{label}:logit_{c}" for c in names] + [f"{label}:refer"])
+        blocks.append((probs, logits, refer))
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(columns)
+    for i in range(n):
+        labels = run.labels[i]
+        # Text a spreadsheet would run as a formula gets its ' (a file named "=cmd|..."); numbers stay numbers.
+        row: list[Any] = [_cell(run.ids[i]), _cell(run.patients[i] or ""),
+                          _cell("" if labels is None else ";".join(labels))]
+        for probs, logits, refer in blocks:
+            row += [_float_cell(v) for v in probs[i]] + [_float_cell(v) for v in logits[i]]
+            row.append(refer[i])
+        w.writerow(row)
+    data = buf.getvalue().encode("utf-8-sig")
+    write_bytes(path, data)
+    return {"file": path.name, "sha256": hashlib.sha256(data).hexdigest(), "rows": n, "columns": columns,
+            "sources": [label for label, _ in sources],
+            **({"left_out": left_out, "left_out_why": "did not run on every image (see its error)"}
+               if left_out else {})}
+
+
+def _reference_device(reference: Any, context: Mapping[str, Any] | None) -> str | None:
+    """Where the reference computes (``cuda:0``, ``cpu``): the reference's ``device``, else the caller's words."""
+    device = getattr(reference, "device", None)
+    if device is not None and str(device):
+        return str(device)
+    said = (context or {}).get("device")
+    return str(said) if said else None
 
 
 #: The module whose version says what computed a backend's outputs (recorded with its verdicts).

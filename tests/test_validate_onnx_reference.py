@@ -406,7 +406,8 @@ def test_an_onnx_verdict_is_recorded_where_no_pytorch_one_exists(proven_bundle: 
     result = _onnx_run(bundle, labelled_csv, tmp_path / "out")
     assert result.passed and result.report["record"] == {
         "enabled": True, "run_problem": None, "note": None, "recorded": ["ort-cpu:model.int8.onnx"],
-        "kept_pytorch": []}
+        "recorded_verdicts": [{"name": "ort-cpu:model.int8.onnx", "verdict": "PASS"}], "kept": [],
+        "kept_pytorch": [], "not_recorded": []}
     m = read_manifest(bundle)
     sha = m.file("model.onnx").sha256
     int8 = m.file("model.int8.onnx")

@@ -242,16 +242,17 @@ def test_cli_drop_counts_the_images_left_out_on_the_terminal(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     models = _Models(image_keys, monkeypatch, _labels(N))
     _fake_torch(monkeypatch, models)
-    labels = [NAMES[i % len(NAMES)] for i in range(20)]
+    # every image: each class keeps at least MIN_CASES_PER_CLASS positives among the 118 left
+    labels = [NAMES[i % len(NAMES)] for i in range(N)]
     labels[2] = labels[5] = "cataract"
-    data = _csv(tmp_path / "unk.csv", photos[:20], labels)
+    data = _csv(tmp_path / "unk.csv", photos, labels)
     ckpt = _checkpoint(tmp_path / "ckpt")
     capsys.readouterr()
     code = _uopsl([str(bundle), "--checkpoint", str(ckpt), "--data", str(data), "--out", str(tmp_path / "out"),
                    "--backends", "ort-cpu", "--unknown-labels", "drop", "--n-boot", "0", "--no-record"])
     printed = capsys.readouterr().out
-    assert code == 0 and "PASS ort-cpu:model.int8.onnx" in printed  # every class keeps positives among the 18
-    assert "18 images (0 unusable)" in printed and "0 image(s) with a changed finding (0.00%)" in printed
+    assert code == 0 and "PASS ort-cpu:model.int8.onnx" in printed
+    assert "118 images (0 unusable)" in printed and "0 image(s) with a changed finding (0.00%)" in printed
     assert "left out 2 image(s) carrying label(s) that are not classes of the bundle (--unknown-labels drop): " \
            "cataract (2)" in printed
     report = json.loads((tmp_path / "out" / "parity.json").read_text())

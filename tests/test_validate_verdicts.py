@@ -154,10 +154,12 @@ def test_a_small_or_loosened_run_never_replaces_a_fail(bundle: Path, photos: lis
     full = _run(bundle, photos, labels, models, tmp_path / "full")
     assert full.status == "FAIL" and _cand(full.report, "model.int8.onnx")["verdict"] == "FAIL"
     assert not _status(bundle, "model.int8.onnx")[0] and _status(bundle, "model.onnx")[0]
-    # 10 images the INT8 file gets right: PASS on them, but too few to vouch; the FAIL stays
-    small = _run(bundle, photos[:10], labels[:10], models, tmp_path / "small")
+    # 90 images the INT8 file gets right (every class with MIN_CASES_PER_CLASS positives): PASS on them, but
+    # fewer than MIN_PARITY_IMAGES, too few to vouch; the FAIL stays
+    right = [i for i in range(N) if i not in lost][:90]
+    small = _run(bundle, [photos[i] for i in right], [labels[i] for i in right], models, tmp_path / "small")
     assert small.status == "PASS" and small.exit_code == 0
-    assert "only 10 images" in small.report["record"]["note"] and small.report["record"]["recorded"] == []
+    assert "only 90 images" in small.report["record"]["note"] and small.report["record"]["recorded"] == []
     ok, why = _status(bundle, "model.int8.onnx")
     assert not ok and "failed parity validation on ort-cpu (flip_rate 0.04167 > 0.005" in why
     # all images, gates loosened until the file passes: reported as PASS, recorded as nothing
@@ -224,9 +226,10 @@ def test_a_class_without_positives_is_listed_even_when_the_others_pass() -> None
 
 def test_no_labels_and_no_positives_are_told_apart() -> None:
     m = _manifest()
-    labels = [("normal",), ("dr",), ("dme",), ("normal",)] * 5  # no amd or glaucoma image, and no labels for them
+    # no amd or glaucoma image, and no labels for them; MIN_CASES_PER_CLASS positives of each other class
+    labels = [("normal",), ("dr",), ("dme",), ("normal",)] * 10
     ref = confident(labels)
-    clin = clinical(m, truth_from_labels(m, labels, ("normal", "dr", "dme")), ref, ref, [str(i) for i in range(20)],
+    clin = clinical(m, truth_from_labels(m, labels, ("normal", "dr", "dme")), ref, ref, [str(i) for i in range(40)],
                     n_boot=0)
     auc = {c.name: c for c in judge(ParityGates(), numerical(_outputs(ref), _outputs(ref)), clin).checks}["auc_drop"]
     assert auc.skipped == ({"class": "amd", "reason": "no labels for this class in the data"},
@@ -239,21 +242,21 @@ def test_no_labels_and_no_positives_are_told_apart() -> None:
 def test_a_nan_in_a_candidate_fails_it_and_the_others_are_still_judged(
         bundle: Path, photos: list[Path], image_keys: dict[str, int], monkeypatch: pytest.MonkeyPatch,
         tmp_path: Path) -> None:
-    labels = _single_labels(12)
+    labels = _single_labels(60)  # MIN_CASES_PER_CLASS positives of every class, fewer than MIN_PARITY_IMAGES
     models = _Models(image_keys, monkeypatch, _single_labels(N))
     models.files["model.int8.onnx"][3, 1] = np.nan  # t_parity.py (b): an overflowed output
     models.files["model.int8.onnx"][7, 2] = np.inf
-    res = _run(bundle, photos[:12], labels, models, tmp_path / "out")
+    res = _run(bundle, photos[:60], labels, models, tmp_path / "out")
     int8, fp32 = _cand(res.report, "model.int8.onnx"), _cand(res.report, "model.onnx")
     assert int8["verdict"] == "FAIL" and int8["reasons"] == [
-        "2 of 12 images gave non-finite outputs (NaN or inf; first: i003)"]
-    assert int8["non_finite"] == {"n": 2, "of": 12, "ids": ["i003", "i007"]}
+        "2 of 60 images gave non-finite outputs (NaN or inf; first: i003)"]
+    assert int8["non_finite"] == {"n": 2, "of": 60, "ids": ["i003", "i007"]}
     assert fp32["verdict"] == "PASS" and fp32["clinical"]["flips"]["n"] == 0  # judged as usual
-    assert res.status == "FAIL" and res.json_path.is_file() and "2 of 12 images gave non-finite" in (
+    assert res.status == "FAIL" and res.json_path.is_file() and "2 of 60 images gave non-finite" in (
         res.html_path.read_text(encoding="utf-8"))
     ok, why = _status(bundle, "model.int8.onnx")  # the FAIL is recorded: `auto` stays off the file
     assert not ok and "non-finite" in why
-    # 12 images: the FP32 PASS is not recorded (too few to vouch), the FAIL above is
+    # 60 images: the FP32 PASS is not recorded (too few to vouch), the FAIL above is
     assert "parity" not in read_manifest(bundle).file("model.onnx").info
     assert res.report["record"]["recorded"] == ["ort-cpu:model.int8.onnx"]
     assert "ort-cpu:model.onnx PASS; a run like this records only a FAIL, never a pass" in res.report["record"]["note"]

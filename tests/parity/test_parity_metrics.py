@@ -44,15 +44,17 @@ def test_gates_parse_validate_and_default() -> None:
 
 def test_flips_auc_and_sensitivity_are_counted_under_the_manifest_rule() -> None:
     m = _manifest()
-    ref = np.array([[0.9, 0.1], [0.2, 0.8], [0.3, 0.45], [0.8, 0.2], [0.1, 0.9], [0.6, 0.3]])
+    # six images ten times over: every class with MIN_CASES_PER_CLASS positives and negatives
+    ref = np.tile(np.array([[0.9, 0.1], [0.2, 0.8], [0.3, 0.45], [0.8, 0.2], [0.1, 0.9], [0.6, 0.3]]), (10, 1))
     cand = ref.copy()
-    cand[2, 1] = 0.35  # referable class drops below its 0.4 threshold: one referral flip (refer -> not)
-    truth = truth_from_labels(m, [("normal",), ("dr",), ("dr",), ("normal",), ("dr",), ("normal",)], ("normal", "dr"))
-    assert truth.refer is not None and truth.refer.tolist() == [False, True, True, False, True, False]
-    ids = [f"img{i}" for i in range(6)]
+    cand[2::6, 1] = 0.35  # referable class drops below its 0.4 threshold: a referral flip (refer -> not) in each six
+    truth = truth_from_labels(m, [("normal",), ("dr",), ("dr",), ("normal",), ("dr",), ("normal",)] * 10,
+                              ("normal", "dr"))
+    assert truth.refer is not None and truth.refer.tolist() == [False, True, True, False, True, False] * 10
+    ids = [f"img{i}" for i in range(60)]
     clin = clinical(m, truth, ref, cand, ids, n_boot=50)
-    assert clin["flips"]["n"] == 1 and clin["flips"]["items"][0]["id"] == "img2"
-    assert clin["flips"]["to_no_refer"] == 1 and clin["flips"]["rate"] == pytest.approx(1 / 6)
+    assert clin["flips"]["n"] == 10 and clin["flips"]["items"][0]["id"] == "img2"
+    assert clin["flips"]["to_no_refer"] == 10 and clin["flips"]["rate"] == pytest.approx(1 / 6)
     dr = clin["per_class"][1]
     assert dr["sensitivity_reference"] == 1.0 and dr["sensitivity_candidate"] == pytest.approx(2 / 3)
     assert dr["auc_reference"] == 1.0 and dr["auc_candidate"] == 1.0  # still ranked above every negative
@@ -102,7 +104,8 @@ def test_top1_agreement_is_a_gate_of_its_own() -> None:
     m = _manifest()
     # half the images referred, half not: every gate can be evaluated (a reference that refers every image
     # leaves the AUC undefined, and the verdict would be INCOMPLETE)
-    ref = np.array([[0.9, 0.8]] + [[0.1, 0.9]] * 49 + [[0.1, 0.2]] * 50)
+    # ... and MIN_CASES_PER_CLASS images called normal, so that class counts as evaluated too
+    ref = np.array([[0.9, 0.8]] + [[0.1, 0.9]] * 49 + [[0.9, 0.2]] * 10 + [[0.1, 0.2]] * 40)
     cand = ref.copy()
     cand[0] = [0.8, 0.9]  # both classes stay above their thresholds: no flip, but another top class
     truth = truth_from_reference(m, ref)

@@ -44,11 +44,11 @@ def test_labelled_folder_passes_and_writes_self_contained_reports(tiny_ckpt_bund
     out = tmp_path / "out"
     args = [str(bundle), "--checkpoint", str(ckpt), "--data", str(_val_folder(cast_sets)), "--out", str(out),
             "--backends", "ort-cpu", "--n-boot", "100", "--device", "cpu"]
-    # a 24-image run passes, but too few images to vouch for the file: it records nothing and says so in a line
-    assert _uopsl([*args[:6], str(tmp_path / "out24"), *args[7:], "--limit", "24"]) == 0
+    # a 60-image run passes, but too few images to vouch for the file: it records nothing and says so in a line
+    assert _uopsl([*args[:6], str(tmp_path / "out60"), *args[7:], "--limit", "60"]) == 0
     printed = capsys.readouterr().out
     assert "PASS ort-cpu:model.onnx" in printed and "not recorded in the manifest" in printed
-    assert "only 24 images" in printed and "parity" not in read_manifest(bundle).file("model.onnx").info
+    assert "only 60 images" in printed and "parity" not in read_manifest(bundle).file("model.onnx").info
     assert _uopsl(args) == 0  # all 120 images
     assert "PASS ort-cpu:model.onnx" in capsys.readouterr().out
     # the verdict is in the manifest, tied to the file's checksum, and the bundle still verifies
@@ -92,7 +92,7 @@ def test_unlabelled_images_use_the_reference_decisions(tiny_ckpt_bundle: tuple[P
     ckpt, bundle = tiny_ckpt_bundle
     flat = tmp_path / "photos"
     flat.mkdir()
-    for p in cast_sets["val"][:10]:
+    for p in cast_sets["val"][:60]:  # the reference's calls give every class MIN_CASES_PER_CLASS of each
         shutil.copy(p, flat / p.name)
     (flat / "broken.png").write_bytes(b"not an image")  # a bad file gets a row, it does not stop the run
     out = tmp_path / "out"
@@ -101,7 +101,7 @@ def test_unlabelled_images_use_the_reference_decisions(tiny_ckpt_bundle: tuple[P
                    "--backends", "ort-cpu", "--device", "cpu", "--no-resume", "--no-record"]) == 0
     assert (bundle / "manifest.json").read_bytes() == before  # --no-record leaves the bundle as it was
     report = _strict_json(out / "parity.json")
-    assert report["data"]["truth"] == "reference_decisions" and report["data"]["n_used"] == 10
+    assert report["data"]["truth"] == "reference_decisions" and report["data"]["n_used"] == 60
     assert [s["id"] for s in report["skipped_images"]] == ["broken.png"]
     assert any("no labels" in n for n in report["notes"])
 
@@ -188,18 +188,18 @@ def test_bootstrap_seed_changes_the_interval_not_the_images(tiny_ckpt_bundle: tu
     """--bootstrap-seed re-checks an interval on the very same images; --seed alone keeps seeding both."""
     ckpt, bundle = tiny_ckpt_bundle
     base = [str(bundle), "--checkpoint", str(ckpt), "--data", str(_val_folder(cast_sets)), "--backends", "ort-cpu",
-            "--limit", "24", "--seed", "3", "--n-boot", "50", "--device", "cpu", "--no-record"]
+            "--limit", "60", "--seed", "3", "--n-boot", "50", "--device", "cpu", "--no-record"]
     assert _uopsl([*base, "--out", str(tmp_path / "a")]) == 0
     assert _uopsl([*base, "--out", str(tmp_path / "b"), "--bootstrap-seed", "7"]) == 0
     printed = capsys.readouterr().out
     # once per report: how many images 0 changes needs to show each rate gate, next to this run's size
     assert ("referral flips 598, class-call flips 598, images with a changed finding 299, top-1 changes 299 images; "
-            "this run has 24") in printed
+            "this run has 60") in printed
     a, b = _strict_json(tmp_path / "a" / "parity.json"), _strict_json(tmp_path / "b" / "parity.json")
     assert a["bootstrap"] == {**b["bootstrap"], "seed": 3} and b["bootstrap"]["seed"] == 7
     assert a["bootstrap"]["n_boot"] == 50 and a["bootstrap"]["alpha"] == 0.05
     assert a["context"]["seed"] == b["context"]["seed"] == 3 and b["context"]["bootstrap_seed"] == 7
-    assert len(a["data"]["image_ids"]) == 24 and a["data"]["image_ids"] == b["data"]["image_ids"]
+    assert len(a["data"]["image_ids"]) == 60 and a["data"]["image_ids"] == b["data"]["image_ids"]
     row = next(r for r in a["candidates"][0]["clinical"]["per_class"] if r["auc_difference"])
     assert row["auc_difference"]["n_boot"] == 50 and row["auc_difference"]["alpha"] == 0.05
     html = (tmp_path / "a" / "parity.html").read_text(encoding="utf-8")

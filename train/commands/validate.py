@@ -18,8 +18,15 @@ here over the same preprocessed images, and writes ``OUT/parity.json`` and
 
 Exit code 0 when every candidate was evaluated in full and is within the gates
 (PASS), 1 when one is not (FAIL) or when a gate could not be evaluated for some
-class (INCOMPLETE: no labels for it, no positive image), 2 for a usage, bundle
-or checkpoint error, or a missing chain of trust (a CI release gate).
+class (INCOMPLETE: no labels for it, no positive image, fewer than 10 positive
+or negative images), 2 for a usage, bundle or checkpoint error, or a missing
+chain of trust (a CI release gate). A PASS under ``--gates`` looser than the
+defaults, on fewer than 100 images or with ``--other-checkpoint`` exits 0 (the
+run asked for) but is not a release pass: the last line says so, and
+``parity.json`` has ``release_pass: false`` with the reasons.
+
+Each image's patient (a ``patient`` column, or the dataset's own) travels with
+it: the AUC bootstrap resamples patients, and the report counts them.
 
 ``--data`` accepts:
 
@@ -72,6 +79,11 @@ log = logging.getLogger(__name__)
 
 
 def _records_from_source(src: Any) -> tuple[list[Any], tuple[str, ...]]:
+    """The fundus images of a dataset with their labels and patients, and the label space to score against.
+
+    The patient goes with each image: the bootstrap resamples patients, and the report counts the patients
+    behind each change (:mod:`uopsl.export.validate`).
+    """
     from uopsl.export.validate import ImageRecord
 
     records = []
@@ -82,8 +94,34 @@ def _records_from_source(src: Any) -> tuple[list[Any], tuple[str, ...]]:
             rid = str(Path(s.path).relative_to(src.root))
         except ValueError:
             rid = str(s.path)
-        records.append(ImageRecord(rid, Path(s.path), tuple(s.labels)))
-    return records, tuple(src.label_space.classes)
+        records.append(ImageRecord(rid, Path(s.path), tuple(s.labels), patient=s.patient or None))
+    return records, declared_classes(src)
+
+
+def declared_classes(src: Any) -> tuple[str, ...]:
+    """The label space of ``src`` as the dataset declares it, not as its labels happen to cover it.
+
+    A reader infers its label space from the labels present unless told the
+    classes; a class of the data with no positive image among these then
+    looks unlabelled ("no labels for this class"), and the referral figures,
+    which need every referable class labelled, are dropped. The synthetic
+    generator's set says which classes it draws (``synth_config.json``, with
+    ``normal`` implicit): there, a class without a positive image is a class
+    with no positive image, and the referral figures are computed. Other
+    readers keep their own space (explicit for the adapters with tasks; a CSV
+    without a class list keeps the labels present).
+    """
+    from uopsl.train.datasets.core import order_classes
+    from uopsl.train.datasets.generic import synthetic_classes
+
+    present = tuple(src.label_space.classes)
+    options = getattr(src, "options", {}) or {}
+    if options.get("reader") != "synthetic" or options.get("classes") is not None:
+        return present
+    declared = synthetic_classes(options.get("csv") or src.root)
+    if declared is None:
+        return present
+    return order_classes([*declared, *present])
 
 
 def _unlabelled(paths: list[Path], root: Path) -> list[Any]:
@@ -111,10 +149,12 @@ def _csv_records(path: Path) -> tuple[list[Any], tuple[str, ...] | None]:
                         f"found columns {sorted(cols)}")
     if {"modality", "labels", "masks"} <= cols:
         return _records_from_source(data.read_synthetic(path, modality="fundus"))
+    patient = "patient" if "patient" in cols else None  # each image's patient, when the CSV says it
     if "label" in cols:
-        return _records_from_source(data.read_csv(path, data.CsvLayout(label_column="label")))
+        return _records_from_source(data.read_csv(path, data.CsvLayout(label_column="label", patient_column=patient)))
     if "labels" in cols:
-        return _records_from_source(data.read_csv(path, data.CsvLayout(multi_label_column="labels")))
+        return _records_from_source(data.read_csv(path, data.CsvLayout(multi_label_column="labels",
+                                                                       patient_column=patient)))
     rows = [r["path"].strip() for r in csv.DictReader(io.StringIO(text, newline="")) if (r.get("path") or "").strip()]
     return _unlabelled([Path(r) if Path(r).is_absolute() else path.parent / r for r in rows], path.parent), None
 
@@ -441,7 +481,10 @@ def command(bundle: Path, checkpoint: Path | None, onnx_reference: bool, data_sp
     with reference:  # loads the ONNX session (a no-op for the PyTorch reference)
         result = validate_bundle(bundle, reference, records, out, config, label_space=space, context=context)
     rep = result.report
-    click.echo(f"{rep['data']['n_used']} images ({rep['data']['n_skipped']} unusable), truth: {rep['data']['truth']}")
+    pats = rep["data"]["patients"]
+    click.echo(f"{rep['data']['n_used']} images ({rep['data']['n_skipped']} unusable)"
+               + (f" of {pats['n_patients']} patients" if pats["known"] else ", no patient ids")
+               + f", truth: {rep['data']['truth']}")
     dropped = rep["data"]["unknown_labels"]
     if dropped["n_dropped_images"]:
         click.echo(f"  left out {dropped['n_dropped_images']} image(s) carrying label(s) that are not classes of "
@@ -457,9 +500,13 @@ def command(bundle: Path, checkpoint: Path | None, onnx_reference: bool, data_sp
             click.echo(f"  {status} {c['name']}: {c['error']}")
             continue
         flips, findings = c["clinical"]["flips"], c["clinical"]["finding_changes"]
-        changed = (f", {findings['changes']} image(s) with a changed finding ({findings['rate']:.2%})"
-                   if findings["applicable"] else "")
-        click.echo(f"  {status} {c['name']} ({c['precision']}): {flips['n']} flips "
+
+        def of_patients(d: dict[str, Any]) -> str:
+            return f" of {d['n_patients']} patient(s)" if d.get("n_patients") else ""
+
+        changed = (f", {findings['changes']} image(s){of_patients(findings)} with a changed finding "
+                   f"({findings['rate']:.2%})" if findings["applicable"] else "")
+        click.echo(f"  {status} {c['name']} ({c['precision']}): {flips['n']} flips{of_patients(flips)} "
                    f"(upper 95 % {flips['upper95']:.2%}){changed}, max |dp| {c['numerical']['max_abs_prob_diff']:.2e}"
                    + (f"; {'; '.join(c['reasons'])}" if c["reasons"] else ""))
         for line in failed_gate_headroom(c):
@@ -481,7 +528,10 @@ def command(bundle: Path, checkpoint: Path | None, onnx_reference: bool, data_sp
         else:
             click.echo(f"  per-layer {file}: no layer to exclude suggested")
     click.echo(f"  {rep['confidence']['line']}")
+    if pats["known"]:
+        click.echo(f"  AUC intervals resampled by patient ({pats['n_patients']} patients); the upper bounds "
+                   "assume independent images")
     if rep["record"].get("note"):
         click.echo(f"  {rep['record']['note']}")
-    click.echo(f"{result.status}: {result.json_path}, {result.html_path}")
+    click.echo(f"{rep.get('headline') or result.status}: {result.json_path}, {result.html_path}")
     return result.exit_code

@@ -17,6 +17,8 @@ Assumptions
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -37,6 +39,8 @@ from uopsl.train.datasets.core import (
     read_table,
     scan_class_folders,
 )
+
+log = logging.getLogger(__name__)
 
 _TRUE = {"1", "1.0", "true", "yes"}
 _FALSE = {"0", "0.0", "false", "no", ""}
@@ -207,6 +211,36 @@ def cell_path(root: Path, cell: str) -> Path:
 
 
 SYNTHETIC_COLUMNS = ("path", "patient", "eye", "modality", "labels", "masks")
+#: What ``uopsl synth`` writes next to ``labels.csv``: its settings, the classes it draws among them.
+SYNTHETIC_CONFIG = "synth_config.json"
+#: The label of a synthetic image without disease (not listed in the generator's classes: it is implicit).
+SYNTHETIC_NORMAL = "normal"
+
+
+def synthetic_classes(path: str | Path) -> tuple[str, ...] | None:
+    """The classes the synthetic set at ``path`` (``labels.csv`` or its folder) was drawn from, or None.
+
+    Read from ``synth_config.json`` (``config.classes``, plus the implicit
+    ``normal``), in vocabulary order. Why: a small set can hold no image of
+    a class the generator draws; the labels present then miss it, and an
+    evaluation would call it unlabelled when it is a class with no positive
+    image. None when the file is absent or does not list classes (a set made
+    by hand); the labels present are then all there is to go by.
+    """
+    path = Path(path)
+    config = (path if path.is_dir() else path.parent) / SYNTHETIC_CONFIG
+    try:
+        settings = json.loads(config.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        log.warning("%s is unreadable (%s): the label space comes from the labels present", config, exc)
+        return None
+    classes = (settings.get("config") or {}).get("classes") if isinstance(settings, dict) else None
+    if not isinstance(classes, list) or not all(isinstance(c, str) and c for c in classes):
+        log.warning("%s lists no classes (config.classes): the label space comes from the labels present", config)
+        return None
+    return order_classes([SYNTHETIC_NORMAL, *classes])
 
 
 def read_synthetic(
