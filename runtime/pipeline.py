@@ -1145,13 +1145,18 @@ class ScreeningPipeline:
 
     def _fresh_processes(self, failed: Executor, exc: BaseException, item: InputItem) -> Executor:
         """A new shared worker pool after ``failed`` broke, checked with a trivial task; BackendError if it
-        cannot run one (no worker process can start)."""
-        pool = replace_worker_processes(self.config.workers_for("processes"), failed)
-        try:
-            if pool.submit(worker_alive).result(timeout=120):
-                return pool
-        except (BrokenExecutor, FutureTimeoutError, OSError, RuntimeError):
-            pass
+        cannot run one (no worker process can start).
+
+        Twice: the pool is shared, and another run's photograph that crashes its worker can break the fresh
+        pool during the check; only a second fresh pool failing too says that workers cannot start."""
+        pool = failed
+        for _attempt in range(2):
+            pool = replace_worker_processes(self.config.workers_for("processes"), pool)
+            try:
+                if pool.submit(worker_alive).result(timeout=120):
+                    return pool
+            except (BrokenExecutor, FutureTimeoutError, OSError, RuntimeError):
+                continue
         forget_worker_processes(pool)
         err = BackendError(
             f"preprocessing worker processes stop as they start ({exc}), at {display_path(item.source)}; "

@@ -470,3 +470,36 @@ def test_ctrl_c_while_workers_start_neither_kills_them_nor_breaks_the_pool() -> 
         assert signal.SIGINT not in signal.pthread_sigmask(signal.SIG_BLOCK, [])  # the parent's mask is restored
     finally:
         workerpool.discard_pool(pool, terminate=True)
+
+
+def test_a_fresh_pool_broken_during_its_check_is_tried_once_more(
+        tmp_path: Path, tiny_bundle: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pool is shared: another run's crashing photograph can break the fresh pool while this run checks it.
+    That alone must not end this run with "worker processes stop as they start"; a second fresh pool decides."""
+    from concurrent.futures import BrokenExecutor
+
+    import uopsl.runtime.pipeline as pipeline_mod
+
+    class BreaksAtOnce:
+        _broken = True
+
+        def submit(self, *args: object, **kwargs: object) -> object:
+            raise BrokenExecutor("broken by another run's photograph")
+
+    real_replace = pipeline_mod.replace_worker_processes
+    handed: list[object] = []
+
+    def replace(n: int, failed: object) -> object:
+        pool = BreaksAtOnce() if not handed else real_replace(n, failed)
+        handed.append(pool)
+        return pool
+
+    monkeypatch.setattr(pipeline_mod, "replace_worker_processes", replace)
+    monkeypatch.setattr(pipeline_mod, "forget_worker_processes", lambda pool: None)
+    m = read_manifest(tiny_bundle)
+    with open_backend(tiny_bundle, "ort-cpu", "fp32", 1, manifest=m, measure=False) as backend:
+        pipe = ScreeningPipeline(backend, m, PipelineConfig(workers=2, worker_pool="processes"))
+        item = item_for_path(fundus_jpeg(tmp_path / "p.jpg", seed=0))
+        pool = pipe._fresh_processes(object(), RuntimeError("a worker died"), item)  # type: ignore[arg-type]
+    assert len(handed) == 2 and pool is handed[1] and not isinstance(pool, BreaksAtOnce)
+    shutdown_worker_processes()
