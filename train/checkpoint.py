@@ -200,6 +200,17 @@ def init_from(model: UopslModel, folder: str | Path, skip_prefixes: tuple[str, .
 
 
 # -- resumable training state -------------------------------------------------
+#: The key, in a stage's checkpoint metrics, that marks it as written before its run was complete: the stage's
+#: weights are saved and its training state cleared, then the workflow adds what makes the run whole (the run's
+#: identity; for fine-tuning, the thresholds chosen on the validation images). A stop in between left a
+#: checkpoint a rerun took as finished (a fine-tuned model without thresholds: 0.5 everywhere at export).
+UNFINISHED_KEY = "unfinished"
+
+#: Where in ``state.safetensors`` the state's info (position, tag, optimiser groups) is kept, so the tensors and
+#: the position they belong to are written in one atomic rename (``state.json`` is a copy for a quick look).
+_STATE_INFO = "uopsl_state_info"
+
+
 def save_state(folder: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, info: dict[str, Any]) -> None:
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
     sd = opt.state_dict()
@@ -207,8 +218,12 @@ def save_state(folder: Path, model: torch.nn.Module, opt: torch.optim.Optimizer,
         for name, val in st.items():
             tensors[f"opt.{idx}.{name}"] = val if torch.is_tensor(val) else torch.tensor(val)
     tensors["rng.torch"] = torch.get_rng_state()
-    _save_tensors(folder / "state.safetensors", tensors)
-    write_json(folder / "state.json", {**info, "param_groups": sd["param_groups"]})
+    full = {**info, "param_groups": sd["param_groups"]}
+    # Two files renamed one after the other: a kill between them paired new tensors with the old position, and
+    # the resumed run trained those steps again without a word (a review). The info inside the tensor file is
+    # the one load_state trusts.
+    _save_tensors(folder / "state.safetensors", tensors, {_STATE_INFO: json.dumps(full)})
+    write_json(folder / "state.json", full)
 
 
 def peek_state(folder: Path) -> dict[str, Any] | None:
@@ -216,7 +231,27 @@ def peek_state(folder: Path) -> dict[str, Any] | None:
     sj, st = folder / "state.json", folder / "state.safetensors"
     if not (sj.is_file() and st.is_file()):
         return None
-    info = json.loads(sj.read_text())
+    try:
+        info = json.loads(sj.read_text())
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{sj}: unreadable training state ({exc}); delete {sj.name} and state.safetensors "
+                              "in that folder to train this stage from its start") from exc
+    return info if isinstance(info, dict) else None
+
+
+def _state_info(path: Path) -> dict[str, Any] | None:
+    """The info saved inside ``state.safetensors`` (None in states written before it was kept there)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            raw = (fh.metadata() or {}).get(_STATE_INFO)
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(f"{path}: unreadable training state ({exc}); delete it and state.json in that "
+                              "folder to train this stage from its start") from exc
+    if raw is None:
+        return None
+    info = json.loads(raw)
     return info if isinstance(info, dict) else None
 
 
@@ -225,7 +260,9 @@ def load_state(folder: Path, model: torch.nn.Module, opt: torch.optim.Optimizer)
     sj, st = folder / "state.json", folder / "state.safetensors"
     if not (sj.is_file() and st.is_file()):
         return None
-    info = json.loads(sj.read_text())
+    info = _state_info(st) or peek_state(folder)
+    if info is None:
+        return None
     tensors = _load_tensors(st)
     try:
         model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})

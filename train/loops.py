@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import io
 import json
 import logging
 import os
@@ -37,7 +36,7 @@ import torch.distributed as dist
 from torch import nn
 
 from uopsl.runtime.errors import ConfigError
-from uopsl.runtime.fsio import write_text
+from uopsl.runtime.fsio import atomic_open
 from uopsl.runtime import progress as progress_bars
 from uopsl.train import losses
 from uopsl.train.checkpoint import clear_state, load_state, peek_state, save_state
@@ -197,6 +196,11 @@ def steps_per_epoch(n: int, bs: int, d: Dist) -> int:
     return epoch_length(n, bs, d) // (bs * d.world)
 
 
+#: TrainConfig fields that say how a run is carried out, not what it trains: a resumed or reused run may differ
+#: in them.
+HOW_NOT_WHAT = ("device", "amp", "save_every")
+
+
 def run_tag(stage: str, cfg: TrainConfig, fingerprint: str, world: int, model: dict[str, Any] | None = None) -> str:
     """What a resumed run must share with the interrupted one: stage, settings, data, world size, and
     (``model``) the architecture and how files become pixels.
@@ -205,7 +209,9 @@ def run_tag(stage: str, cfg: TrainConfig, fingerprint: str, world: int, model: d
     runs interrupted before the option existed resume (fine-tuning ones with
     ``--site-guide 0``, which is what they ran).
     """
-    settings = cfg.to_dict()
+    # How a run is carried out is not what it trains: an interrupted run resumes with another --save-every, on
+    # another device or with AMP switched (a review found each of them refused).
+    settings = {k: v for k, v in cfg.to_dict().items() if k not in HOW_NOT_WHAT}
     if stage != "finetune" or not cfg.w_site_guide:
         settings.pop("w_site_guide")
     parts: list[Any] = [stage, settings, fingerprint, world] + ([model] if model is not None else [])
@@ -257,6 +263,9 @@ class StageRunner:
     def resume(self) -> bool:
         peek = peek_state(self.out)
         if peek is None:
+            # A fresh start: log.csv rows of this stage come from an attempt stopped before its first checkpoint
+            # (or one trained again): kept, they appeared twice after this run's own.
+            self._trim_log(fresh=True)
             return False
         if peek.get("tag") != self.tag:  # before any tensor loads: another model's weights would not fit
             raise ConfigError(
@@ -274,12 +283,13 @@ class StageRunner:
                  info["step"])
         return True
 
-    def _trim_log(self) -> None:
-        """Drop log.csv rows of this stage written after the checkpoint being resumed: they are run again."""
+    def _trim_log(self, fresh: bool = False) -> None:
+        """Drop log.csv rows of this stage written after the checkpoint being resumed (``fresh``: all of this
+        stage's rows): they are run again."""
         path = self.out / "log.csv"
         if not self.dist.main or not path.is_file():
             return
-        ep, step = self.info["epoch"] + 1, self.info["step"]  # rows count epochs and steps from 1
+        ep, step = (0, 0) if fresh else (self.info["epoch"] + 1, self.info["step"])  # rows count from 1
         with open(path, newline="") as fh:
             rows = list(csv.reader(fh))
         if not rows:
@@ -292,9 +302,8 @@ class StageRunner:
         kept = [r for r in body if len(r) <= max(i_stage, i_ep, i_step) or r[i_stage] != self.stage
                 or (int(r[i_ep]), int(r[i_step])) <= (ep, step)]
         if len(kept) != len(body):
-            buf = io.StringIO()
-            csv.writer(buf, lineterminator="\n").writerows([head, *kept])
-            write_text(path, buf.getvalue())
+            with atomic_open(path, "w", encoding="utf-8", newline="") as fh:  # "\r\n", as log_row appends them
+                csv.writer(fh).writerows([head, *kept])
 
     def epoch_sums(self, start: int) -> tuple[dict[str, float], int]:
         """The loss sums and step count of the epoch so far: restored when it resumes mid-epoch."""
@@ -378,7 +387,7 @@ class StageRunner:
             return
         path = self.out / "log.csv"
         new = not path.exists()
-        with open(path, "a", newline="") as fh:
+        with open(path, "a", newline="", encoding="utf-8") as fh:
             w = csv.DictWriter(fh, fieldnames=list(row))
             if new:
                 w.writeheader()

@@ -24,7 +24,7 @@ import torch
 
 from uopsl.runtime.errors import DataError
 from uopsl.train import losses
-from uopsl.train.checkpoint import CheckpointMeta, save_model
+from uopsl.train.checkpoint import UNFINISHED_KEY, CheckpointMeta, save_model
 from uopsl.train.loops import (
     StageRunner,
     TrainConfig,
@@ -192,9 +192,9 @@ def pretrain(model: UopslModel, fundus: AnyDataset, oct_ds: AnyDataset | None, c
 
     with head_only_threads(isinstance(fundus, FeatureDataset)):
         run_epochs(runner, length, epoch)
-    if runner.dist.main:
+    if runner.dist.main:  # marked unfinished until the workflow records the run's identity
         save_model(out, model, replace(meta, stage="pretrain", train_config=cfg.to_dict(),
-                                       metrics={"history": runner.info["history"]}))
+                                       metrics={"history": runner.info["history"], UNFINISHED_KEY: True}))
     runner.finish()
     return model
 
@@ -272,8 +272,11 @@ def finetune(model: UopslModel, train_ds: AnyDataset, val_ds: AnyDataset | None,
         model.load_state_dict(load_file(str(best_file)), strict=True)
     result = {"history": runner.info["history"], "best_epoch": runner.info.get("best_epoch"),
               "best_val_score": runner.info.get("best")}
-    if runner.dist.main:
-        save_model(out, model, replace(meta, stage="finetune", train_config=cfg.to_dict(), metrics=result))
-        best_file.unlink(missing_ok=True)
+    if runner.dist.main:  # marked unfinished until the workflow adds the thresholds and the run's identity
+        save_model(out, model, replace(meta, stage="finetune", train_config=cfg.to_dict(),
+                                       metrics={**result, UNFINISHED_KEY: True}))
+    # The state goes first: resumed without the best epoch's file, a run would end on the last epoch's weights.
     runner.finish()
+    if runner.dist.main:
+        best_file.unlink(missing_ok=True)
     return model, result

@@ -35,6 +35,7 @@ from uopsl.train.checkpoint import (
     CHECKPOINT_DIGEST_NOTE,
     TEACHER_DIGEST_KEY,
     TEACHER_DIGEST_NOTE,
+    UNFINISHED_KEY,
     CheckpointMeta,
     checkpoint_digest,
     load_model,
@@ -50,7 +51,7 @@ from uopsl.train.evaluate import (
     patient_clusters,
     site_concentration_report,
 )
-from uopsl.train.loops import TrainConfig, pick_device, predict
+from uopsl.train.loops import HOW_NOT_WHAT, TrainConfig, pick_device, predict
 from uopsl.train.model import DeployModel, ModelConfig, UopslModel
 from uopsl.train.stages import effective_finetune_config, finetune, pretrain
 from uopsl.train.torchdata import ImageDataset, ImageModality, Item, pixels_version
@@ -140,8 +141,6 @@ def is_done(out: Path, stage: str) -> bool:
         return False
 
 
-# How a run is carried out, not what it trains: they may differ between a finished run and a rerun.
-_HOW_NOT_WHAT = ("device", "amp", "save_every")
 RUN_IDENTITY_KEY = "run_identity"
 _SAID_REUSED: set[tuple[str, str]] = set()
 
@@ -166,7 +165,7 @@ def run_identity(stage: str, cfg: TrainConfig, model: UopslModel, *item_lists: S
     folder or another torchrun rank's copy is the same data). Stored in the
     finished checkpoint's metrics (:data:`RUN_IDENTITY_KEY`).
     """
-    settings = {k: v for k, v in cfg.to_dict().items() if k not in _HOW_NOT_WHAT}
+    settings = {k: v for k, v in cfg.to_dict().items() if k not in HOW_NOT_WHAT}
     # How files become pixels: a model trained on other pixels of the same files is another run.
     settings["inputs"] = pixels_version(stage == "pretrain" and model.config.uses_oct)
     real = [[os.path.realpath(it.path) for it in items or ()] for items in item_lists]
@@ -217,6 +216,10 @@ def finished_run(out: Path, stage: str, want: dict[str, str]) -> bool:
         raise ConfigError(
             f"{out} holds a finished {meta.stage} model; {stage} would overwrite it: write to a new --out "
             f"(e.g. {out.parent / (out.name + '-' + stage)})")
+    if meta.metrics.get(UNFINISHED_KEY):
+        log.warning("%s: its %s run was stopped after its last epoch, before it was completed (%s); training "
+                    "it again", out, stage, "thresholds and identity" if stage == "finetune" else "identity")
+        return False
     have = meta.metrics.get(RUN_IDENTITY_KEY)
     if not isinstance(have, dict):
         log.warning("%s holds a finished %s model from a uopsl that did not record what it was trained on; "
@@ -240,8 +243,9 @@ def _record_identity(out: Path, want: dict[str, str], extra: dict[str, Any] | No
     if not _is_main_process():
         return
     meta = read_meta(out)
+    metrics = {k: v for k, v in meta.metrics.items() if k != UNFINISHED_KEY}  # complete from here on
     write_json(out / "checkpoint.json",
-               replace(meta, metrics={**meta.metrics, **(extra or {}), RUN_IDENTITY_KEY: want}).to_dict())
+               replace(meta, metrics={**metrics, **(extra or {}), RUN_IDENTITY_KEY: want}).to_dict())
 
 
 SEEN_KEY = "images_seen"  # in metrics: images per role (the digests themselves are in SEEN_FILE)

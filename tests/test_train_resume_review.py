@@ -1,0 +1,123 @@
+"""Resuming training, from a review that stopped runs at the moments between two writes.
+
+Each case was found by killing real runs (SIGTERM between the last epoch and the thresholds, SIGKILL between
+the two files of a training state, a stop before the first checkpoint); here the same moments are simulated.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+
+from trainhelpers import tiny_dataset, tiny_model
+from uopsl.train.checkpoint import UNFINISHED_KEY, read_meta, save_model
+from uopsl.train.loops import StageRunner, TrainConfig
+from uopsl.train.stages import finetune
+from uopsl.train.workflow import finished_run
+
+
+def _stop_at(monkeypatch: pytest.MonkeyPatch, n: int) -> None:
+    real = StageRunner.step
+    calls = {"n": 0}
+
+    def step(self: StageRunner, loss: torch.Tensor) -> None:
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise KeyboardInterrupt("simulated stop")
+        real(self, loss)
+
+    monkeypatch.setattr(StageRunner, "step", step)
+
+
+def _same(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+def _log_steps(folder: Path) -> list[tuple[str, str]]:
+    with open(folder / "log.csv", newline="", encoding="utf-8") as fh:
+        return [(r["epoch"], r["step"]) for r in csv.DictReader(fh)]
+
+
+def test_a_torn_training_state_resumes_from_the_tensors_own_position(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """state.safetensors and state.json were renamed one after the other: killed between them, the new tensors
+    met the old position and the resumed run trained those steps again. The position now travels inside the
+    tensor file."""
+    ds = tiny_dataset(tmp_path, n=24, augment=False)
+    cfg = TrainConfig(epochs=2, batch_size=4, save_every=1, seed=7, augment=False)
+    ref, meta = tiny_model()
+    ref, _ = finetune(ref, ds, None, cfg, tmp_path / "ref", meta)
+
+    _stop_at(monkeypatch, 9)
+    with pytest.raises(KeyboardInterrupt):
+        finetune(tiny_model()[0], ds, None, cfg, tmp_path / "run", meta)
+    monkeypatch.undo()
+    sj = tmp_path / "run" / "state.json"
+    torn = json.loads(sj.read_text())
+    assert (torn["epoch"], torn["step"]) == (1, 2)  # saved after global step 8: epoch 2, step 2
+    torn.update(step=torn["step"] - 2, global_step=torn["global_step"] - 2)  # the json of two steps before
+    sj.write_text(json.dumps(torn))
+    model, _ = finetune(tiny_model()[0], ds, None, cfg, tmp_path / "run", meta)
+    assert _same(model, ref)
+    assert _log_steps(tmp_path / "run") == _log_steps(tmp_path / "ref")
+
+
+def test_an_interrupted_run_resumes_with_another_save_interval(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """--save-every (like --device and --amp) says how a run is carried out, not what it trains; changing it
+    refused the resume ("other settings")."""
+    ds = tiny_dataset(tmp_path, n=24, augment=False)
+    cfg = TrainConfig(epochs=2, batch_size=4, save_every=1, seed=7, augment=False)
+    ref, meta = tiny_model()
+    ref, _ = finetune(ref, ds, None, cfg, tmp_path / "ref", meta)
+    _stop_at(monkeypatch, 9)
+    with pytest.raises(KeyboardInterrupt):
+        finetune(tiny_model()[0], ds, None, cfg, tmp_path / "run", meta)
+    monkeypatch.undo()
+    model, _ = finetune(tiny_model()[0], ds, None, TrainConfig(epochs=2, batch_size=4, save_every=5, seed=7,
+                                                               augment=False), tmp_path / "run", meta)
+    assert _same(model, ref)
+
+
+def test_a_run_stopped_before_its_first_checkpoint_logs_each_step_once(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    ds = tiny_dataset(tmp_path, n=24, augment=False)
+    cfg = TrainConfig(epochs=2, batch_size=4, save_every=0, seed=7, augment=False)  # checkpoints at epoch ends
+    finetune(tiny_model()[0], ds, None, cfg, tmp_path / "ref", tiny_model()[1])
+    _stop_at(monkeypatch, 4)  # in the first epoch: nothing saved yet
+    with pytest.raises(KeyboardInterrupt):
+        finetune(tiny_model()[0], ds, None, cfg, tmp_path / "run", tiny_model()[1])
+    monkeypatch.undo()
+    assert len(_log_steps(tmp_path / "run")) == 3 and not (tmp_path / "run" / "state.json").exists()
+    finetune(tiny_model()[0], ds, None, cfg, tmp_path / "run", tiny_model()[1])
+    assert _log_steps(tmp_path / "run") == _log_steps(tmp_path / "ref")
+    assert b"\r\n" in (tmp_path / "run" / "log.csv").read_bytes() and b"\r\r" not in (tmp_path / "run" / "log.csv").read_bytes()
+
+
+def test_a_stage_saved_before_its_run_was_completed_is_not_taken_as_finished(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The stage saves its weights and clears its state; the workflow then adds the thresholds (fine-tuning)
+    and the run's identity. Stopped in between, a rerun reused the checkpoint as finished: a fine-tuned model
+    without thresholds (0.5 for every class at export). Such a checkpoint is marked until it is completed."""
+    ds = tiny_dataset(tmp_path, n=12, augment=False)
+    model, meta = tiny_model()
+    finetune(model, ds, None, TrainConfig(epochs=1, batch_size=4, augment=False), tmp_path / "ft", meta)
+    assert read_meta(tmp_path / "ft").metrics.get(UNFINISHED_KEY) is True
+    assert not (tmp_path / "ft" / "state.json").exists() and not list((tmp_path / "ft").glob("best*"))
+    want = {"stage": "finetune", "model": "m", "settings": "s", "data": "d"}
+    with caplog.at_level(logging.WARNING):
+        assert finished_run(tmp_path / "ft", "finetune", want) is False
+    assert "stopped after its last epoch, before it was completed (thresholds and identity); training it again" \
+        in caplog.text
+    # Completed (what the workflow writes): the marker is gone and the run is reused.
+    done = read_meta(tmp_path / "ft")
+    metrics = {k: v for k, v in done.metrics.items() if k != UNFINISHED_KEY}
+    from dataclasses import replace
+
+    save_model(tmp_path / "ft", model, replace(done, metrics={**metrics, "run_identity": want}))
+    assert finished_run(tmp_path / "ft", "finetune", want) is True
