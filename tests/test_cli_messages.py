@@ -31,6 +31,21 @@ def test_finetune_refuses_a_size_the_checkpoint_does_not_have(synth: Path, tmp_p
     assert not (tmp_path / "ft" / "model.safetensors").exists()
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--backbone", "resnet50"], "--backbone resnet50 differs from"),
+    (["--init", "random"], "--init random with --from: the weights come from"),
+])
+def test_finetune_refuses_options_a_checkpoint_would_override(synth: Path, tmp_path: Path, args: list[str],
+                                                              message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """With --from, the checkpoint's encoder and weights are used: --backbone or --init were silently ignored."""
+    model, meta = tiny_model()
+    save_model(tmp_path / "pre", model, meta)
+    rc = main_entry(cli, ["finetune", "--data", str(synth), "--from", str(tmp_path / "pre"), *args,
+                          "--out", str(tmp_path / "ft"), "--epochs", "1", "--device", "cpu"], prog_name="uopsl")
+    err = capsys.readouterr().err
+    assert rc == 2 and message in err and not (tmp_path / "ft" / "model.safetensors").exists()
+
+
 def test_zero_shot_says_when_a_class_has_no_images(synth: Path, tmp_path: Path,
                                                    capsys: pytest.CaptureFixture[str]) -> None:
     model, meta = tiny_model()

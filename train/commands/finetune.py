@@ -80,10 +80,22 @@ def command(data_spec: str, val_spec: str | None, out: Path, from_ckpt: Path | N
         # The checkpoint's fingerprint is of the data it was trained on (pre-training's); this model's classifier
         # is made from --data (every stage's data stays listed in meta.training_data).
         meta = replace(meta, data_fingerprint=src.fingerprint)
-        given = click.get_current_context().get_parameter_source("size")
-        if given is not None and given.name == "COMMANDLINE" and size != meta.preprocess.size:
+        ctx = click.get_current_context()
+
+        def given(name: str) -> bool:
+            source = ctx.get_parameter_source(name)
+            return source is not None and source.name == "COMMANDLINE"
+
+        if given("size") and size != meta.preprocess.size:
             raise ConfigError(f"--size {size} differs from {from_ckpt}'s input size {meta.preprocess.size}; "
                               "fine-tuning keeps the checkpoint's size (omit --size, or pretrain at that size)")
+        # The checkpoint's encoder and weights are what fine-tuning starts from: these would be ignored.
+        if given("backbone") and backbone != meta.model.backbone:
+            raise ConfigError(f"--backbone {backbone} differs from {from_ckpt}'s encoder {meta.model.backbone}; "
+                              "fine-tuning keeps the checkpoint's encoder (omit --backbone)")
+        if given("init"):
+            raise ConfigError(f"--init {init} with --from: the weights come from {from_ckpt}; omit --init (it "
+                              "chooses the first weights of a fresh model)")
     else:
         init = resolve_init(backbone, init)
         model, meta = new_model(names, variant=variant or "uopsl", backbone=backbone, init=init, size=size,
