@@ -32,8 +32,16 @@ def test_demo_writes_the_documented_layout(demo: Path) -> None:
     assert (demo / "eval" / "roc.png").stat().st_size > 1000
     summary = json.loads((demo / "demo.json").read_text())
     assert summary["screened"] == len(list((demo / "data" / "test" / "fundus").iterdir()))
-    # the release gate ran on the test set and its verdicts are in the bundle's manifest
-    assert (demo / "parity" / "parity.html").is_file() and summary["parity"]["ort-cpu:model.onnx"] == "PASS"
+    # the release gate ran on the test set. The quick demo's 24 test photographs hold fewer than 10 positives of
+    # each disease: the FP32 file matches PyTorch on every figure (no flip), but the AUC and sensitivity gates
+    # cannot count those classes, so its verdict is INCOMPLETE, not PASS (MIN_CASES_PER_CLASS; the full
+    # demo's 120 photographs hold 20-42 of each)
+    assert (demo / "parity" / "parity.html").is_file() and summary["parity"]["ort-cpu:model.onnx"] == "INCOMPLETE"
+    fp32 = next(c for c in json.loads((demo / "parity" / "parity.json").read_text())["candidates"]
+                if c["name"] == "ort-cpu:model.onnx")
+    checks = {k["name"]: k for k in fp32["checks"]}
+    assert checks["flip_rate"]["passed"] and checks["finding_change_rate"]["passed"]
+    assert any("positive image" in s["reason"] for s in checks["auc_drop"]["skipped"])
     from uopsl.runtime.bundle import read_manifest
 
     from uopsl.runtime.bundle import parity_status
@@ -47,8 +55,9 @@ def test_demo_writes_the_documented_layout(demo: Path) -> None:
     int8 = {c["backend"]: c["verdict"] for c in first["candidates"] if c["file"] == "model.int8.onnx"}
     recorded = files["model.int8.onnx"].info.get("parity", {}).get("backends", {})
     assert {b for b, v in int8.items() if v == "FAIL"} == set(recorded)
-    # a failed file says why (the gates' reasons, then the decision headroom of a failed top-1 or flip gate)
-    failed = {name for name, verdict in summary["parity"].items() if verdict == "FAIL"}
+    # a file that did not pass says why (the gates' reasons, then the decision headroom of a failed top-1 or
+    # flip gate)
+    failed = {name for name, verdict in summary["parity"].items() if verdict != "PASS"}
     assert set(summary["parity_failures"]) == failed
     report = json.loads((demo / "parity" / "parity.json").read_text())
     for c in report["candidates"]:

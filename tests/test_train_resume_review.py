@@ -10,6 +10,7 @@ import csv
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -43,20 +44,26 @@ def _log_steps(folder: Path) -> list[tuple[str, str]]:
         return [(r["epoch"], r["step"]) for r in csv.DictReader(fh)]
 
 
+def _stopped_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Any, TrainConfig, torch.nn.Module, Any]:
+    """(data, settings, the uninterrupted run's model, meta), with ``tmp_path / "run"`` the same run stopped
+    after global step 8 (its checkpoint: epoch 2, step 2)."""
+    ds = tiny_dataset(tmp_path, n=24, augment=False)
+    cfg = TrainConfig(epochs=2, batch_size=4, save_every=1, seed=7, augment=False)
+    ref, meta = tiny_model()
+    ref, _ = finetune(ref, ds, None, cfg, tmp_path / "ref", meta)
+    _stop_at(monkeypatch, 9)
+    with pytest.raises(KeyboardInterrupt):
+        finetune(tiny_model()[0], ds, None, cfg, tmp_path / "run", meta)
+    monkeypatch.undo()
+    return ds, cfg, ref, meta
+
+
 def test_a_torn_training_state_resumes_from_the_tensors_own_position(tmp_path: Path,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """state.safetensors and state.json were renamed one after the other: killed between them, the new tensors
     met the old position and the resumed run trained those steps again. The position now travels inside the
     tensor file."""
-    ds = tiny_dataset(tmp_path, n=24, augment=False)
-    cfg = TrainConfig(epochs=2, batch_size=4, save_every=1, seed=7, augment=False)
-    ref, meta = tiny_model()
-    ref, _ = finetune(ref, ds, None, cfg, tmp_path / "ref", meta)
-
-    _stop_at(monkeypatch, 9)
-    with pytest.raises(KeyboardInterrupt):
-        finetune(tiny_model()[0], ds, None, cfg, tmp_path / "run", meta)
-    monkeypatch.undo()
+    ds, cfg, ref, meta = _stopped_run(tmp_path, monkeypatch)
     sj = tmp_path / "run" / "state.json"
     torn = json.loads(sj.read_text())
     assert (torn["epoch"], torn["step"]) == (1, 2)  # saved after global step 8: epoch 2, step 2
@@ -71,14 +78,7 @@ def test_an_interrupted_run_resumes_with_another_save_interval(tmp_path: Path,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """--save-every (like --device and --amp) says how a run is carried out, not what it trains; changing it
     refused the resume ("other settings")."""
-    ds = tiny_dataset(tmp_path, n=24, augment=False)
-    cfg = TrainConfig(epochs=2, batch_size=4, save_every=1, seed=7, augment=False)
-    ref, meta = tiny_model()
-    ref, _ = finetune(ref, ds, None, cfg, tmp_path / "ref", meta)
-    _stop_at(monkeypatch, 9)
-    with pytest.raises(KeyboardInterrupt):
-        finetune(tiny_model()[0], ds, None, cfg, tmp_path / "run", meta)
-    monkeypatch.undo()
+    ds, _cfg, ref, meta = _stopped_run(tmp_path, monkeypatch)
     model, _ = finetune(tiny_model()[0], ds, None, TrainConfig(epochs=2, batch_size=4, save_every=5, seed=7,
                                                                augment=False), tmp_path / "run", meta)
     assert _same(model, ref)
