@@ -702,7 +702,8 @@ def clinical(
                       "note": INDEPENDENCE_NOTE})
         # The patients behind the changes (an image without a patient id counts as one of its own).
         mask = manifest.referable_mask
-        changed = np.flatnonzero((ref_pos[:, mask] != cand_pos[:, mask]).any(axis=1)) if mask.any() else []
+        changed: np.ndarray = (np.flatnonzero((ref_pos[:, mask] != cand_pos[:, mask]).any(axis=1)) if mask.any()
+                               else np.zeros(0, np.int64))
         flips_out["n_patients"] = int(len(np.unique(cluster_of[flipped])))
         findings["n_patients"] = int(len(np.unique(cluster_of[changed])))
     return {
@@ -1101,7 +1102,7 @@ def _not_evaluated_reason(row: Mapping[str, Any], metric: str) -> str:
     """Why ``row``'s ``metric`` is not gated, with its drop when it could be computed (a signer still sees it)."""
     why = str((row.get("not_evaluated") or {}).get(metric) or f"{metric} undefined")
     a, b = row.get(f"{metric}_reference"), row.get(f"{metric}_candidate")
-    if _finite(a) and _finite(b):
+    if a is not None and b is not None and _finite(a) and _finite(b):
         why += f"; its drop {float(a) - float(b):.4g} is reported, not gated"
     return why
 

@@ -1048,9 +1048,9 @@ def validate_bundle(
         # view, which may not show a record written since (record_parity reads the file too).
         on_disk = read_manifest(root)
         for c in list(to_record):
-            why = _kept_reason(on_disk, c, records[c["file"]][c["backend"]], ref_class, ref_kind)
-            if why is not None:
-                kept.append((c, *why))
+            keeps = _kept_reason(on_disk, c, records[c["file"]][c["backend"]], ref_class, ref_kind)
+            if keeps is not None:
+                kept.append((c, *keeps))
                 to_record.remove(c)
         notes_ = []
         if held:
@@ -1199,7 +1199,9 @@ def _record(root: Path, records: Mapping[str, Mapping[str, Mapping[str, Any]]],
 
 def _recorded(entry: FileEntry | None, backend: str) -> Mapping[str, Any] | None:
     """The verdict the manifest holds for ``entry``'s current content on ``backend`` (None: none)."""
-    rec = entry.info.get(PARITY_KEY) if entry is not None else None
+    if entry is None:
+        return None
+    rec = entry.info.get(PARITY_KEY)
     if not isinstance(rec, dict) or rec.get("sha256") != entry.sha256 or not isinstance(rec.get("backends"), dict):
         return None
     old = rec["backends"].get(backend)

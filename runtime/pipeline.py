@@ -1149,9 +1149,10 @@ class ScreeningPipeline:
 
         Twice: the pool is shared, and another run's photograph that crashes its worker can break the fresh
         pool during the check; only a second fresh pool failing too says that workers cannot start."""
-        pool = failed
+        previous: object = failed
         for _attempt in range(2):
-            pool = replace_worker_processes(self.config.workers_for("processes"), pool)
+            pool = replace_worker_processes(self.config.workers_for("processes"), previous)
+            previous = pool
             try:
                 if pool.submit(worker_alive).result(timeout=120):
                     return pool

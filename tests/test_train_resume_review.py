@@ -122,3 +122,15 @@ def test_a_stage_saved_before_its_run_was_completed_is_not_taken_as_finished(
 
     save_model(tmp_path / "ft", model, replace(done, metrics={**metrics, "run_identity": want}))
     assert finished_run(tmp_path / "ft", "finetune", want) is True
+
+
+def test_a_state_saved_under_the_earlier_tag_still_resumes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """States saved before session 25 carry a tag over every setting, how the run is carried out included."""
+    ds, cfg, ref, meta = _stopped_run(tmp_path, monkeypatch)
+    sj = tmp_path / "run" / "state.json"
+    info = json.loads(sj.read_text())
+    runner = StageRunner(tiny_model()[0], cfg, tmp_path / "probe", "finetune", meta.data_fingerprint)
+    assert info["tag"] == runner.tag != runner._legacy_tag
+    sj.write_text(json.dumps({**info, "tag": runner._legacy_tag}))
+    model, _ = finetune(tiny_model()[0], ds, None, cfg, tmp_path / "run", meta)
+    assert _same(model, ref)

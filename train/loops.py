@@ -201,17 +201,19 @@ def steps_per_epoch(n: int, bs: int, d: Dist) -> int:
 HOW_NOT_WHAT = ("device", "amp", "save_every")
 
 
-def run_tag(stage: str, cfg: TrainConfig, fingerprint: str, world: int, model: dict[str, Any] | None = None) -> str:
+def run_tag(stage: str, cfg: TrainConfig, fingerprint: str, world: int, model: dict[str, Any] | None = None,
+            *, legacy: bool = False) -> str:
     """What a resumed run must share with the interrupted one: stage, settings, data, world size, and
     (``model``) the architecture and how files become pixels.
 
     ``w_site_guide`` counts only where it acts (fine-tuning, weight > 0), so
     runs interrupted before the option existed resume (fine-tuning ones with
-    ``--site-guide 0``, which is what they ran).
+    ``--site-guide 0``, which is what they ran). ``legacy``: the tag of states
+    saved before :data:`HOW_NOT_WHAT` was left out (session 25), which still resume.
     """
     # How a run is carried out is not what it trains: an interrupted run resumes with another --save-every, on
     # another device or with AMP switched (a review found each of them refused).
-    settings = {k: v for k, v in cfg.to_dict().items() if k not in HOW_NOT_WHAT}
+    settings = {k: v for k, v in cfg.to_dict().items() if legacy or k not in HOW_NOT_WHAT}
     if stage != "finetune" or not cfg.w_site_guide:
         settings.pop("w_site_guide")
     parts: list[Any] = [stage, settings, fingerprint, world] + ([model] if model is not None else [])
@@ -254,9 +256,10 @@ class StageRunner:
             self.broadcast_buffers()  # every rank starts from rank 0's statistics (the weights are seeded alike)
         self.amp = cfg.amp and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
-        self.tag = run_tag(stage, cfg, fingerprint, self.dist.world,
-                           {"config": model.config.to_dict(),
-                            "inputs": pixels_version(stage == "pretrain" and model.config.uses_oct)})
+        arch = {"config": model.config.to_dict(),
+                "inputs": pixels_version(stage == "pretrain" and model.config.uses_oct)}
+        self.tag = run_tag(stage, cfg, fingerprint, self.dist.world, arch)
+        self._legacy_tag = run_tag(stage, cfg, fingerprint, self.dist.world, arch, legacy=True)
         self.info: dict[str, Any] = {"tag": self.tag, "epoch": 0, "step": 0, "global_step": 0, "history": []}
         self.saved_at: tuple[int, int] | None = None  # (epoch from 0, step) of the last checkpoint
 
@@ -267,7 +270,7 @@ class StageRunner:
             # (or one trained again): kept, they appeared twice after this run's own.
             self._trim_log(fresh=True)
             return False
-        if peek.get("tag") != self.tag:  # before any tensor loads: another model's weights would not fit
+        if peek.get("tag") not in (self.tag, self._legacy_tag):  # before any tensor loads: another model's weights
             raise ConfigError(
                 f"{self.out} holds an interrupted {peek.get('stage', 'training')} run with other settings, data "
                 "or model (or one made by an earlier uopsl, whose models or preprocessing differ); rerun with the "
@@ -276,7 +279,7 @@ class StageRunner:
         info = load_state(self.out, self.model, self.opt)
         if info is None:
             return False
-        self.info = info
+        self.info = {**info, "tag": self.tag}  # a state saved under the legacy tag is saved under today's from now
         self.saved_at = (int(info["epoch"]), int(info["step"]))
         self._trim_log()
         log.info("resuming %s at epoch %d of %d, after step %d", self.stage, info["epoch"] + 1, self.cfg.epochs,
