@@ -139,6 +139,11 @@ def _row_path(row: dict[str, Any]) -> str:
     return key_path(key) or str(row.get("source", ""))
 
 
+#: :meth:`ResultStore.find_moved` looks at every done row of a new file's size up to this many (a renamed
+#: photograph is found); beyond, only at rows of the same name too.
+MOVED_BY_SIZE_UP_TO = 64
+
+
 def _drop_listed_folder_rows(by_path: dict[str, dict[str, Any]], path: str) -> None:
     """Drop the error rows of ``path``'s folders: a folder that could not be listed got a row of its own
     (:func:`uopsl.runtime.pipeline.walk_images`), and a row from inside it means a later run listed it, so
@@ -319,6 +324,7 @@ class ResultStore:
             self._versions: dict[str, Any] = {}  # key -> the preprocess_version its row was screened under
             self.said_earlier_versions = False  # screen_to's note about them, once per store (watch reuses one)
             self._by_size: dict[int, dict[str, str]] = {}  # file size -> {key: content sha256}
+            self._by_name_size: dict[tuple[str, int], dict[str, str]] = {}  # (file name, size) -> the same
             self._final_by_path: dict[str, tuple[str, str]] = {}  # path -> (content sha256, key) of its last final row
             self.n_rows = 0
             marks: dict[tuple[str, str], int] = {}  # (model_sha256, bundle_sha256) -> rows
@@ -507,12 +513,14 @@ class ResultStore:
             self.referred.discard(key)
         size = key_size(key)
         if size is not None:
-            self._by_size.setdefault(size, {})[key] = str(row.get("sha256") or "")
+            digest = str(row.get("sha256") or "")
+            self._by_size.setdefault(size, {})[key] = digest
+            self._by_name_size.setdefault((os.path.basename(key_path(key)), size), {})[key] = digest
         moved = row.get("moved_from")
         if isinstance(moved, str) and size is not None:
-            group = self._by_size.get(size, {})
-            for k in [k for k in group if key_path(k) == moved]:
-                del group[k]  # that file is gone: its row no longer stands for anything
+            for group in (self._by_size.get(size, {}), self._by_name_size.get((os.path.basename(moved), size), {})):
+                for k in [k for k in group if key_path(k) == moved]:
+                    del group[k]  # that file is gone: its row no longer stands for anything
 
     def is_done(self, key: str) -> bool:
         """Whether ``key`` already has a final row (see :func:`is_final`) made by this runtime's decoding.
@@ -546,13 +554,19 @@ class ResultStore:
         screened again and listed twice, the report reading the pair as one
         photograph filed under two patients. Cheap for every other file: only a
         file whose size matches a done row whose file is gone is read, and it must
-        have the same sha256 (the same photograph, whatever its name).
+        have the same sha256 (the same photograph, whatever its name). Where more than
+        :data:`MOVED_BY_SIZE_UP_TO` done rows share the size (an uncompressed camera
+        format gives every photograph the same size), only rows of the same name are
+        looked at: a stat per row of that size for every new file would grow with
+        the square of the folder.
         """
         size = key_size(key)
         if size is None:
             return None
         here = key_path(key)
         group = self._by_size.get(size)
+        if group is not None and len(group) > MOVED_BY_SIZE_UP_TO:
+            group = self._by_name_size.get((os.path.basename(here), size))
         if not group:
             return None
         digest: str | None = None

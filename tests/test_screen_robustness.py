@@ -380,6 +380,26 @@ def test_8b_a_renamed_photograph_keeps_its_row_under_the_new_name(tiny_bundle: P
     assert "more than once" not in (out / "report.html").read_text(encoding="utf-8")  # no duplicate warning
 
 
+def test_8c_many_rows_of_one_size_fall_back_to_the_name(tiny_bundle: Path, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every photograph of an uncompressed format has the same size: looking at every row of that size for each
+    new file would cost a stat per row, the square of the folder. Beyond MOVED_BY_SIZE_UP_TO rows of a size,
+    only a file of the same name is looked for (a card mounted elsewhere still is; a rename is not)."""
+    from uopsl.runtime import results
+
+    monkeypatch.setattr(results, "MOVED_BY_SIZE_UP_TO", 0)
+    _good(tmp_path / "in", 2)
+    out = tmp_path / "out"
+    assert _run(tiny_bundle, tmp_path / "in", out) == 0
+    first = sorted((tmp_path / "in").iterdir())[0]
+    os.rename(first, first.with_name("renamed_" + first.name))
+    assert _run(tiny_bundle, tmp_path / "in", out) == 0
+    assert not [r for r in _jsonl(out) if "moved_from" in r]  # screened again: the size alone is not looked at
+    os.rename(tmp_path / "in", tmp_path / "usb2")
+    assert _run(tiny_bundle, tmp_path / "usb2", out) == 0
+    assert len([r for r in _jsonl(out) if "moved_from" in r]) == 2  # same names: still found
+
+
 def test_9_a_copy_of_screened_photographs_is_not_a_move(tiny_bundle: Path, tmp_path: Path) -> None:
     # The originals are still there: each copy gets a row of its own (flagged as a duplicate), and the
     # originals keep theirs. Only a path that is gone may hand its row over (the test above).
