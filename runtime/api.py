@@ -584,15 +584,14 @@ class Screener:
             expected: int | None = None
             if summary.interrupted:
                 expected = _count_quietly(given, out)
+            stopped = _stopped_text(summary, expected)  # None when every input was screened
             if finalize:
                 try:
-                    rows = self.finalize(out, store, report=report, inputs=given,
-                                         incomplete=_stopped_text(summary, expected))
+                    rows = self.finalize(out, store, report=report, inputs=given, incomplete=stopped)
                 except KeyboardInterrupt:  # a stop landing as the rewrite began: it is what a stop asks for
                     summary.interrupted = True
                     log.warning("stopped while writing %s and the report: writing them once more", CSV)
-                    rows = self.finalize(out, store, report=report, inputs=given,
-                                         incomplete=_stopped_text(summary, expected))
+                    rows = self.finalize(out, store, report=report, inputs=given, incomplete=stopped)
                 summary.not_updated = self.busy_outputs
                 mine = {key_path(k) or k for k in seen}
                 summary.in_folder = len(rows)

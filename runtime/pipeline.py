@@ -1156,9 +1156,11 @@ class ScreeningPipeline:
             try:
                 if pool.submit(worker_alive).result(timeout=120):
                     return pool
-            except (BrokenExecutor, FutureTimeoutError, OSError, RuntimeError):
-                continue
-        forget_worker_processes(pool)
+            except BrokenExecutor:
+                continue  # perhaps broken by another run's photograph meanwhile: one more fresh pool
+            except (FutureTimeoutError, OSError, RuntimeError):
+                break  # hung or refused: no second wait of 120 s
+        forget_worker_processes(pool)  # terminates its workers, a hung one included
         err = BackendError(
             f"preprocessing worker processes stop as they start ({exc}), at {display_path(item.source)}; "
             "use worker threads (--worker-pool threads), or from a Python script keep its top-level code "
@@ -1170,19 +1172,23 @@ class ScreeningPipeline:
         """ConfigError unless a worker process can load this run's settings. A quality_config whose class
         the main script defines under its ``__main__`` guard, or a notebook cell, pickles in the parent but
         not in a spawned worker, which then dies on every task: each photograph would be blamed in turn and
-        given a ``decoder_crash`` row."""
-        n = self.config.workers_for("processes")
-        pool = worker_processes(n)
+        given a ``decoder_crash`` row. Checked in a one-worker pool of its own: breaking the shared pool would
+        break other runs that use it, and their crashes could break the check."""
+        solo = new_process_pool(1)
         try:
-            wait_prepared(pool.submit(worker_alive, self._spec), pool)
+            wait_prepared(solo.submit(worker_alive, self._spec), solo)
             return
         except BrokenExecutor as exc:
             cause: BaseException = exc
-        pool = replace_worker_processes(n, pool)
+        finally:
+            discard_pool(solo)
+        solo = new_process_pool(1)
         try:
-            wait_prepared(pool.submit(worker_alive), pool)  # without the settings: do workers start at all?
+            wait_prepared(solo.submit(worker_alive), solo)  # without the settings: do workers start at all?
         except BrokenExecutor:
             return  # they do not: the run's own recovery says so, with its advice
+        finally:
+            discard_pool(solo)
         raise ConfigError(
             f"the quality_config ({type(self._spec.quality_config).__qualname__}) cannot be loaded in a worker "
             "process: its class is defined where a worker does not see it (under `if __name__ == \"__main__\":` "

@@ -639,6 +639,14 @@ class ResultStore:
             by_path[path] = r
             if not path.startswith("sha1:"):
                 _drop_listed_folder_rows(by_path, path)
+        # A folder's row whose folder lists now, though no row from inside it came later (its photographs were
+        # all screened before it became unreadable, or it holds none): its photographs were not missed.
+        for path in [p for p, r in by_path.items() if r.get("status") == "error" and os.path.isdir(p)]:
+            try:
+                with os.scandir(path):
+                    del by_path[path]
+            except OSError:
+                continue
         return [{k: (v if k in ("key", "source_path") else _display(v)) for k, v in r.items()}
                 for r in by_path.values()]
 

@@ -396,3 +396,14 @@ def test_a_folder_that_cannot_be_listed_gets_a_row_and_exit_1_not_silence(
                  "--no-overlays"]) == 0
     names = sorted(Path(r["source"]).as_posix().split("/in/")[-1] for r in _csv(out))
     assert names == ["day1/img0000.jpg", "day1/img0001.jpg", "day2/img0000.jpg", "day2/img0001.jpg"]
+    # Screened, then unreadable for one run, then readable again: nothing new is screened in the third run, and
+    # the folder's row must still go (a review found it stayed, its photographs all done).
+    with monkeypatch.context() as m:
+        m.setattr(os, "scandir", scandir)
+        m.setattr(os, "open", open_)
+        assert main(["run", str(tiny_bundle), str(tmp_path / "in"), "--out", str(out), "--backend", "ort-cpu",
+                     "--no-overlays", "--worker-pool", "threads"]) == 1
+    assert "day2" in {Path(r["source"]).name for r in _csv(out)}
+    assert main(["run", str(tiny_bundle), str(tmp_path / "in"), "--out", str(out), "--backend", "ort-cpu",
+                 "--no-overlays"]) == 0
+    assert "day2" not in {Path(r["source"]).name for r in _csv(out)} and len(_csv(out)) == 4

@@ -120,6 +120,12 @@ def test_a_stage_saved_before_its_run_was_completed_is_not_taken_as_finished(
     metrics = {k: v for k, v in done.metrics.items() if k != UNFINISHED_KEY}
     from dataclasses import replace
 
+    from uopsl.runtime.errors import ConfigError
+    from uopsl.train.workflow import run_export
+
+    with pytest.raises(ConfigError, match="stopped after its last epoch.*thresholds were not chosen yet.*run the same "
+                                          "uopsl finetune command again"):
+        run_export(tmp_path / "ft", tmp_path / "bundle")  # before: exported with 0.5 for every class
     save_model(tmp_path / "ft", model, replace(done, metrics={**metrics, "run_identity": want}))
     assert finished_run(tmp_path / "ft", "finetune", want) is True
 

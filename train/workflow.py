@@ -197,6 +197,15 @@ def run_identity(stage: str, cfg: TrainConfig, model: UopslModel, *item_lists: S
             "data": data.hexdigest()[:16]}
 
 
+def refuse_unfinished(ckpt: Path, meta: CheckpointMeta) -> None:
+    """ConfigError for a checkpoint its training run stopped before completing (:data:`UNFINISHED_KEY`):
+    a fine-tuned model without the thresholds its validation images would have chosen."""
+    if meta.metrics.get(UNFINISHED_KEY):
+        raise ConfigError(f"{ckpt}: its {meta.stage} run was stopped after its last epoch, before it was completed"
+                          + (" (its operating thresholds were not chosen yet)" if meta.stage == "finetune" else "")
+                          + f"; run the same uopsl {meta.stage} command again to complete it")
+
+
 def finished_run(out: Path, stage: str, want: dict[str, str]) -> bool:
     """True when ``out`` holds this very run, finished (skip it); False when there is nothing to reuse.
 
@@ -524,6 +533,7 @@ def run_evaluate(ckpt: Path, items: Sequence[Item], out: Path | None, n_boot: in
     if masks is not None and len(masks) != len(items):
         raise ConfigError(f"masks must have one entry per item: got {len(masks)} for {len(items)} items")
     model, meta = load_model(ckpt)
+    refuse_unfinished(ckpt, meta)
     if not meta.thresholds:
         log.warning("%s stores no operating thresholds (stage %s: not fine-tuned with validation data?); "
                     "sensitivity and specificity are reported at 0.5, which no validation chose", ckpt, meta.stage)
@@ -744,6 +754,7 @@ def run_export(ckpt: Path, out: Path, classes_file: str | Path | None = None, op
 
     check_replaceable(out, keep=[ckpt] + ([classes_file] if classes_file is not None else []))
     model, meta = load_model(ckpt)
+    refuse_unfinished(ckpt, meta)
     use = resolve_use(meta, use_status, use_statement, trained_on)
     if not meta.thresholds:
         log.warning("%s stores no operating thresholds (not fine-tuned with validation data?); "
