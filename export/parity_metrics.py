@@ -45,6 +45,7 @@ from uopsl.runtime.errors import ConfigError
 from uopsl.runtime.metrics import (
     WILSON,
     paired_auc_difference,
+    patient_codes,
     proportion_interval,
     rates_at_threshold,
     roc_auc,
@@ -489,29 +490,10 @@ def few_cases(n_positive: int, n_negative: int) -> str:
 
 
 def patient_clusters(patients: Sequence[str | None] | None) -> np.ndarray | None:
-    """(N,) int cluster code per image for the bootstrap, or None when no image has a patient id.
-
-    Images of one patient (two eyes, repeat visits) are correlated: resampled
-    one by one, they give intervals that are too narrow. An image without a
-    patient id (None or ``""``) gets a code of its own, i.e. it is resampled
-    alone. With None the bootstrap resamples images, which the report says.
-    """
-    if patients is None:
-        return None
-    codes: dict[str, int] = {}
-    out = np.empty(len(patients), np.int64)
-    known = 0
-    for i, pid in enumerate(patients):
-        if pid is None or str(pid) == "":
-            out[i] = -1
-            continue
-        known += 1
-        out[i] = codes.setdefault(str(pid), len(codes))
-    if not known:
-        return None
-    unknown = out < 0
-    out[unknown] = len(codes) + np.arange(int(unknown.sum()))
-    return out
+    """(N,) int cluster code per image for the bootstrap, or None when no image has a patient id
+    (:func:`uopsl.runtime.metrics.patient_codes`); with None the bootstrap resamples images, which the
+    report says."""
+    return None if patients is None else patient_codes(patients)
 
 
 #: What the report says next to the exact bounds and the Wilson intervals when the images' patients are known.

@@ -782,6 +782,30 @@ def _strata_groups(strata: Any, n: int) -> list[np.ndarray]:
     return [np.flatnonzero(inverse == g) for g in range(int(inverse.max()) + 1)]
 
 
+def patient_codes(patients: Sequence[str | None]) -> np.ndarray | None:
+    """(N,) int cluster code per image for a bootstrap by patient, or None when no image has a patient id.
+
+    Images of one patient (two eyes, repeat visits) are correlated: resampled
+    one by one, they give intervals that are too narrow. An image without a
+    patient id (None or ``""``) gets a code of its own, i.e. it is resampled
+    alone.
+    """
+    codes: dict[str, int] = {}
+    out = np.empty(len(patients), np.int64)
+    known = 0
+    for i, pid in enumerate(patients):
+        if pid is None or str(pid) == "":
+            out[i] = -1
+            continue
+        known += 1
+        out[i] = codes.setdefault(str(pid), len(codes))
+    if not known:
+        return None
+    unknown = out < 0
+    out[unknown] = len(codes) + np.arange(int(unknown.sum()))
+    return out
+
+
 def _cluster_codes(clusters: Any, n: int) -> np.ndarray:
     """(N,) int cluster code per case from any hashable ids; None or NaN ids are refused."""
     a = np.asarray(clusters)

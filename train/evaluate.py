@@ -150,23 +150,12 @@ def default_operating_points(names: Sequence[str], why: str) -> list[OperatingPo
 def patient_clusters(patients: Sequence[str | None]) -> np.ndarray | None:
     """Integer patient code per image for the cluster bootstrap; None when no patient has two images.
 
-    An image of unknown patient (``None`` or ``""``) gets a code of its own,
-    i.e. it is resampled alone. None is returned when that makes every image
-    its own cluster (patients unknown, or one image each): the bootstrap then
-    resamples images, exactly as without patients.
+    An image of unknown patient gets a code of its own (:func:`uopsl.runtime.metrics.patient_codes`). None
+    is returned when that makes every image its own cluster (patients unknown, or one image each): the
+    bootstrap then resamples images, exactly as without patients.
     """
-    codes: dict[str, int] = {}
-    out = np.empty(len(patients), np.int64)
-    n_known = 0
-    for i, pid in enumerate(patients):
-        if pid is None or pid == "":
-            out[i] = -1
-            continue
-        n_known += 1
-        out[i] = codes.setdefault(str(pid), len(codes))
-    unknown = out < 0
-    out[unknown] = len(codes) + np.arange(int(unknown.sum()))
-    return out if len(codes) < n_known else None
+    codes = metrics.patient_codes(patients)
+    return codes if codes is not None and len(np.unique(codes)) < len(codes) else None
 
 
 def _graded(names: Sequence[str]) -> bool:
