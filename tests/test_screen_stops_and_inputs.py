@@ -270,6 +270,20 @@ def finalize_closed_meanwhile(self, *args, **kwargs):  # the console is closed w
     return real_finalize(self, *args, **kwargs)
 api.Screener._finalize = finalize_closed_meanwhile
 
+real_public_finalize = api.Screener.finalize
+lingered = []
+def finalize_then_linger(self, *args, **kwargs):
+    result = real_public_finalize(self, *args, **kwargs)
+    if mode == "saving" and not lingered:
+        lingered.append(1)
+        # The close's interrupt comes once the outputs are saved; on a loaded machine the command could finish
+        # before it lands (exit 0, everything saved: a CI run under load saw it). Lingering here, outside the
+        # save, keeps the command running until it lands, so the test always sees the stop it is about.
+        for _ in range(200):
+            time.sleep(0.05)
+    return result
+api.Screener.finalize = finalize_then_linger
+
 clikit.windows_console_close = functools.partial(clikit.windows_console_close, kernel32=Kernel32(),
                                                  callback=lambda f: f)
 from uopsl.runtime.cli import main
