@@ -138,5 +138,10 @@ def test_a_state_saved_under_the_earlier_tag_still_resumes(tmp_path: Path, monke
     runner = StageRunner(tiny_model()[0], cfg, tmp_path / "probe", "finetune", meta.data_fingerprint)
     assert info["tag"] == runner.tag != runner._legacy_tag
     sj.write_text(json.dumps({**info, "tag": runner._legacy_tag}))
+    # As such a state was written: the tensors without the info inside (load_state then reads state.json).
+    from safetensors.torch import load_file, save_file
+
+    st = tmp_path / "run" / "state.safetensors"
+    save_file(load_file(str(st)), str(st))
     model, _ = finetune(tiny_model()[0], ds, None, cfg, tmp_path / "run", meta)
     assert _same(model, ref)
