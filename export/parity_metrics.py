@@ -496,6 +496,16 @@ def patient_clusters(patients: Sequence[str | None] | None) -> np.ndarray | None
     return None if patients is None else patient_codes(patients)
 
 
+def patient_facts(patients: Sequence[str | None]) -> dict[str, Any]:
+    """Whether the images' patients are known, how many patients, and how many images have no patient id
+    (``n_patients`` None when none is known); ``data.patients`` of the report and ``clinical()["patients"]``."""
+    codes = patient_clusters(patients)
+    without = sum(1 for p in patients if p is None or str(p) == "")
+    if codes is None:
+        return {"known": False, "n_patients": None, "n_images_without_patient": without}
+    return {"known": True, "n_patients": int(len(np.unique(codes))), "n_images_without_patient": without}
+
+
 #: What the report says next to the exact bounds and the Wilson intervals when the images' patients are known.
 INDEPENDENCE_NOTE = ("the exact (Clopper-Pearson) upper bounds on the change rates and the Wilson intervals of "
                      "sensitivity and specificity treat every image as independent; images of one patient are "
@@ -677,11 +687,9 @@ def clinical(
                                  "to_refer": int(np.sum(~ref_refer & cand_refer)),
                                  "to_no_refer": int(np.sum(ref_refer & ~cand_refer)),
                                  "items": [asdict(f) for f in flips]}
-    units: dict[str, Any] = {"known": cluster_of is not None, "n_images": n}
+    units: dict[str, Any] = {**patient_facts(patients or [None] * n), "n_images": n}
     if cluster_of is not None:
-        with_id = sum(1 for p in patients or () if p is not None and str(p) != "")
-        units.update({"n_patients": int(len(np.unique(cluster_of))), "n_images_without_patient": n - with_id,
-                      "note": INDEPENDENCE_NOTE})
+        units["note"] = INDEPENDENCE_NOTE
         # The patients behind the changes (an image without a patient id counts as one of its own).
         mask = manifest.referable_mask
         changed: np.ndarray = (np.flatnonzero((ref_pos[:, mask] != cand_pos[:, mask]).any(axis=1)) if mask.any()

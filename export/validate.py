@@ -105,7 +105,7 @@ from uopsl.export.parity_metrics import (
     nonfinite_reason,
     numerical,
     overall_status,
-    patient_clusters,
+    patient_facts,
     truth_from_labels,
     truth_from_reference,
     zero_change_line,
@@ -943,7 +943,7 @@ def validate_bundle(
     data_spec = str((context or {}).get("data") or f"{len(images)} images passed to validate_bundle")
     weak = parity_run_problem(cfg.gates.to_dict(), n)
     used_sha = [image_sha.get(i) for i in ids]
-    patients = _patients_facts(run.patients)
+    patients = patient_facts(run.patients)
     out_dir.mkdir(parents=True, exist_ok=True)
     # Before parity.json, which records its sha256: every figure can be recomputed from it (see write_outputs_csv).
     outputs_csv = write_outputs_csv(out_dir / OUTPUTS_CSV, manifest, run, specs)
@@ -1323,15 +1323,6 @@ def _set_release(report: dict[str, Any], weak: str | None, context: Mapping[str,
 def json_path_of(out_dir: Path) -> Path:
     """Where ``validate_bundle`` writes ``parity.json`` in ``out_dir``."""
     return out_dir / "parity.json"
-
-
-def _patients_facts(patients: Sequence[str | None]) -> dict[str, Any]:
-    """``data.patients`` of the report: whether patient ids are known, how many patients and images without one."""
-    codes = patient_clusters(patients)
-    if codes is None:
-        return {"known": False, "n_patients": None, "n_images_without_patient": len(patients)}
-    without = sum(1 for p in patients if p is None or str(p) == "")
-    return {"known": True, "n_patients": int(len(np.unique(codes))), "n_images_without_patient": without}
 
 
 def bootstrap_method(patients: Mapping[str, Any]) -> str:
