@@ -220,9 +220,9 @@ class WalkState:
     sniffed: dict[str, tuple[int, int, int, bool]] = field(default_factory=dict)
     #: The paths :func:`dicom_media_file` looked up in this walk (``watch`` keeps only those after a full check).
     sniff_seen: set[str] = field(default_factory=set)
-    #: Folders that could not be opened or listed -> why (no permission, gone): :func:`walk_images` gives each
-    #: its own error row, so the photographs in it are not missed without a trace.
-    unlisted: dict[str, str] = field(default_factory=dict)
+    #: Folders that could not be opened or listed (no permission, gone): :func:`walk_images` gives each its own
+    #: error row (the reason is read again there), so the photographs in it are not missed without a trace.
+    unlisted: set[str] = field(default_factory=set)
     #: Every folder walked -> (st_mtime_ns, st_ino) read before it was listed: ``watch`` walks again
     #: only when one of them changes (a file created, removed or renamed in it).
     folders: dict[str, tuple[int, int]] = field(default_factory=dict)
@@ -335,7 +335,7 @@ def list_folder(folder: Path, state: WalkState) -> list[tuple[Path, bool]]:
         st = os.stat(folder)
     except OSError as exc:
         state.say(logging.WARNING, "cannot open folder %s: %s", display_path(folder), exc.strerror or exc)
-        state.unlisted[os.fspath(folder)] = str(exc.strerror or exc)
+        state.unlisted.add(os.fspath(folder))
         return []
     # Where Windows reports no file index (st_ino 0: some network redirectors, FAT through some drivers) the
     # pair identifies nothing; the resolved path stands in (loops through links are still caught by it).
@@ -354,10 +354,10 @@ def list_folder(folder: Path, state: WalkState) -> list[tuple[Path, bool]]:
         entries = sorted(os.scandir(folder), key=lambda e: e.name)
     except OSError as exc:
         state.say(logging.WARNING, "cannot list %s: %s", display_path(folder), exc.strerror or exc)
-        state.unlisted[os.fspath(folder)] = str(exc.strerror or exc)
+        state.unlisted.add(os.fspath(folder))
         state.visited.discard(ident)  # listed again by a later walk (watch) once it can be
         return []
-    state.unlisted.pop(os.fspath(folder), None)
+    state.unlisted.discard(os.fspath(folder))
     state.folders[os.fspath(folder)] = (st.st_mtime_ns, st.st_ino)  # the time read before listing; listed
     out: list[tuple[Path, bool]] = []
     # DICOM files are taken only where they can be read (a default install has no reader: they are counted,

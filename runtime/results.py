@@ -144,22 +144,6 @@ def _row_path(row: dict[str, Any]) -> str:
 MOVED_BY_SIZE_UP_TO = 64
 
 
-def _drop_listed_folder_rows(by_path: dict[str, dict[str, Any]], path: str) -> None:
-    """Drop the error rows of ``path``'s folders: a folder that could not be listed got a row of its own
-    (:func:`uopsl.runtime.pipeline.walk_images`), and a row from inside it means a later run listed it, so
-    its photographs have rows of their own and the folder's row is history. (A file is never the folder of
-    another path, so only such folder rows can match.)"""
-    head = os.path.dirname(path)
-    while head:
-        row = by_path.get(head)
-        if row is not None and row.get("status") == "error":
-            del by_path[head]
-        parent = os.path.dirname(head)
-        if parent == head:
-            break
-        head = parent
-
-
 def _display(value: Any) -> Any:
     """``value`` with lone surrogates (undecodable file-name bytes) replaced, so UTF-8 files can hold it."""
     if isinstance(value, str):
@@ -637,10 +621,9 @@ class ResultStore:
             if old is not None and _another_photograph(old, r):
                 by_path[f"{path}|{old['sha256']}"] = {**old, "file_replaced": True}
             by_path[path] = r
-            if not path.startswith("sha1:"):
-                _drop_listed_folder_rows(by_path, path)
-        # A folder's row whose folder lists now, though no row from inside it came later (its photographs were
-        # all screened before it became unreadable, or it holds none): its photographs were not missed.
+        # A folder that could not be listed had an error row of its own (pipeline.walk_images); once it lists,
+        # its photographs have rows (or it holds none), and the folder's row is history. Only error rows are
+        # looked at: a stat each, not one per row.
         for path in [p for p, r in by_path.items() if r.get("status") == "error" and os.path.isdir(p)]:
             try:
                 with os.scandir(path):
