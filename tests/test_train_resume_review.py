@@ -145,3 +145,48 @@ def test_a_state_saved_under_the_earlier_tag_still_resumes(tmp_path: Path, monke
     save_file(load_file(str(st)), str(st))
     model, _ = finetune(tiny_model()[0], ds, None, cfg, tmp_path / "run", meta)
     assert _same(model, ref)
+
+
+def test_the_amp_loss_scale_is_saved_and_restored_with_the_training_state(tmp_path: Path) -> None:
+    """A resumed AMP run started again from the initial loss scale (65536) and skipped its first steps as
+    overflows until the scale backed off. The scaler's state now travels with the training state. (CPU: the
+    scaler is swapped for a CPU one with AMP marked on; the CUDA path is test_gpu_training's.)"""
+    meta = tiny_model()[1]
+    cfg = TrainConfig(epochs=1, batch_size=4, augment=False)
+
+    def runner() -> StageRunner:
+        r = StageRunner(tiny_model()[0], cfg, tmp_path / "run", "finetune", meta.data_fingerprint)
+        r.amp, r.scaler = True, torch.amp.GradScaler("cpu", init_scale=65536.0)
+        return r
+
+    first = runner()
+    first.scaler.scale(torch.ones(()))  # the scale exists from the first scaled loss on
+    first.scaler.update(new_scale=512.0)
+    first.scaler._growth_tracker = torch.tensor(37, dtype=torch.int32)  # steps since the last back-off
+    first.checkpoint()
+    second = runner()
+    assert second.resume()
+    assert second.scaler.get_scale() == 512.0 and second.scaler.state_dict()["_growth_tracker"] == 37
+    assert "amp_scaler" not in second.info  # restored into the scaler, not carried as run info
+    # Resumed without AMP (how a run is carried out may change on resume): the saved scale is left alone.
+    third = StageRunner(tiny_model()[0], cfg, tmp_path / "run", "finetune", meta.data_fingerprint)
+    assert third.resume() and not third.scaler.is_enabled()
+
+
+def test_the_best_epoch_file_is_written_atomically(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """best.safetensors was written in place: a kill mid-write left a truncated file, which the resumed run
+    loaded at its end. It now goes through the checkpoint's atomic writer."""
+    import uopsl.train.stages as stages
+
+    written: list[str] = []
+    real = stages.save_tensors
+
+    def spy(path: Path, tensors: dict[str, torch.Tensor], meta: Any = None) -> None:
+        written.append(Path(path).name)
+        real(path, tensors, meta)
+
+    monkeypatch.setattr(stages, "save_tensors", spy)
+    ds = tiny_dataset(tmp_path, n=8, augment=False)
+    finetune(tiny_model()[0], ds, ds, TrainConfig(epochs=2, batch_size=4, augment=False), tmp_path / "ft",
+             tiny_model()[1])
+    assert "best.safetensors" in written

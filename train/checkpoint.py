@@ -97,7 +97,8 @@ class CheckpointMeta:
         )
 
 
-def _save_tensors(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, str] | None = None) -> None:
+def save_tensors(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, str] | None = None) -> None:
+    """Write ``tensors`` as one safetensors file, atomically (a kill leaves the old file or the new one)."""
     from safetensors.torch import save
 
     data = save({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, metadata=meta)
@@ -105,7 +106,8 @@ def _save_tensors(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, 
         fh.write(data)
 
 
-def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
+def load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """Read a safetensors file; a damaged one raises :class:`CheckpointError` naming it."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -118,7 +120,7 @@ def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
 def save_model(folder: Path, model: UopslModel, meta: CheckpointMeta) -> None:
     """Write model.safetensors + checkpoint.json (the deliverable of a training stage)."""
     folder.mkdir(parents=True, exist_ok=True)
-    _save_tensors(folder / "model.safetensors", model.state_dict())
+    save_tensors(folder / "model.safetensors", model.state_dict())
     write_json(folder / "checkpoint.json", meta.to_dict())
 
 
@@ -137,7 +139,7 @@ def load_model(folder: str | Path, init_backbone: bool = False) -> tuple[UopslMo
     folder = Path(folder)
     meta = read_meta(folder)
     cfg = meta.model if init_backbone else replace(meta.model, init="random")
-    tensors = _load_tensors(folder / "model.safetensors")
+    tensors = load_tensors(folder / "model.safetensors")
     if "class_text" not in tensors:
         raise CheckpointError(f"{folder}/model.safetensors has no class_text; not a uopsl model")
     model = UopslModel(cfg, tensors["class_text"].numpy())
@@ -190,7 +192,7 @@ def bundle_source_mismatch(folder: str | Path, notes: dict[str, Any]) -> str | N
 
 def init_from(model: UopslModel, folder: str | Path, skip_prefixes: tuple[str, ...] = ()) -> list[str]:
     """Copy matching tensors of another checkpoint into ``model`` (stage 1 -> stage 2); returns skipped keys."""
-    src = _load_tensors(Path(folder) / "model.safetensors")
+    src = load_tensors(Path(folder) / "model.safetensors")
     own = model.state_dict()
     use = {k: v for k, v in src.items() if k in own and own[k].shape == v.shape and not k.startswith(skip_prefixes)}
     skipped = sorted(set(src) - set(use))
@@ -222,7 +224,7 @@ def save_state(folder: Path, model: torch.nn.Module, opt: torch.optim.Optimizer,
     # Two files renamed one after the other: a kill between them paired new tensors with the old position, and
     # the resumed run trained those steps again without a word (a review). The info inside the tensor file is
     # the one load_state trusts.
-    _save_tensors(folder / "state.safetensors", tensors, {_STATE_INFO: json.dumps(full)})
+    save_tensors(folder / "state.safetensors", tensors, {_STATE_INFO: json.dumps(full)})
     write_json(folder / "state.json", full)
 
 
@@ -263,7 +265,7 @@ def load_state(folder: Path, model: torch.nn.Module, opt: torch.optim.Optimizer)
     info = _state_info(st) or peek_state(folder)
     if info is None:
         return None
-    tensors = _load_tensors(st)
+    tensors = load_tensors(st)
     try:
         model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     except RuntimeError as exc:  # another architecture: missing/unexpected keys or other shapes

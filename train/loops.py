@@ -279,6 +279,9 @@ class StageRunner:
         info = load_state(self.out, self.model, self.opt)
         if info is None:
             return False
+        scaler = info.pop("amp_scaler", None)
+        if self.amp and isinstance(scaler, dict) and scaler:  # none when saved without AMP (amp may change on resume)
+            self.scaler.load_state_dict(scaler)
         self.info = {**info, "tag": self.tag}  # a state saved under the legacy tag is saved under today's from now
         self.saved_at = (int(info["epoch"]), int(info["step"]))
         self._trim_log()
@@ -322,7 +325,10 @@ class StageRunner:
     def checkpoint(self, extra: Callable[[], None] | None = None) -> None:
         self.saved_at = (int(self.info["epoch"]), int(self.info["step"]))
         if self.dist.main:
-            save_state(self.out, self.model, self.opt, {**self.info, "stage": self.stage})
+            # The loss scale AMP reached: resumed from its initial 65536, the first steps after a resume were
+            # skipped as overflows until it backed off again.
+            scaler = {"amp_scaler": self.scaler.state_dict()} if self.amp else {}
+            save_state(self.out, self.model, self.opt, {**self.info, **scaler, "stage": self.stage})
             if extra:
                 extra()
         if self.dist.world > 1:

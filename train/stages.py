@@ -24,7 +24,7 @@ import torch
 
 from uopsl.runtime.errors import DataError
 from uopsl.train import losses
-from uopsl.train.checkpoint import UNFINISHED_KEY, CheckpointMeta, save_model
+from uopsl.train.checkpoint import UNFINISHED_KEY, CheckpointMeta, load_tensors, save_model, save_tensors
 from uopsl.train.loops import (
     StageRunner,
     TrainConfig,
@@ -253,9 +253,7 @@ def finetune(model: UopslModel, train_ds: AnyDataset, val_ds: AnyDataset | None,
             state["best"] = float(score)
             runner.info["best"] = float(score)
             runner.info["best_epoch"] = ep + 1
-            from safetensors.torch import save_file
-
-            save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(best_file))
+            save_tensors(best_file, model.state_dict())  # atomic: a kill mid-write left a truncated file to load
         if runner.dist.main:  # one line per epoch on the console: what a researcher watches
             what = ((f"validation {getattr(select, '__name__', 'score').replace('_', ' ')}" if select
                      else "validation loss (negated)") if src_val is not None
@@ -267,9 +265,7 @@ def finetune(model: UopslModel, train_ds: AnyDataset, val_ds: AnyDataset | None,
     with head_only_threads(feats):
         run_epochs(runner, len(src_train), train_loop(runner, src_train, loss_fn), on_epoch_end)
     if best_file.is_file():
-        from safetensors.torch import load_file
-
-        model.load_state_dict(load_file(str(best_file)), strict=True)
+        model.load_state_dict(load_tensors(best_file), strict=True)
     result = {"history": runner.info["history"], "best_epoch": runner.info.get("best_epoch"),
               "best_val_score": runner.info.get("best")}
     if runner.dist.main:  # marked unfinished until the workflow adds the thresholds and the run's identity
