@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import logging
+import os
 import signal
 import sys
 import threading
@@ -71,7 +72,16 @@ class LazyGroup(click.Group):
 def setup_logging(verbose: int) -> None:
     """Log level from ``-v`` (1: INFO, 2: DEBUG) or ``-q`` (-1: warnings and errors, and no progress bars)."""
     level = logging.DEBUG if verbose >= 2 else logging.INFO if verbose >= 0 else logging.WARNING
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr, force=True)
+    rank = _torchrun_rank()
+    fmt = "%(levelname)s %(name)s: %(message)s"
+    if rank is not None:
+        fmt = f"[rank {rank}] {fmt}"
+    logging.basicConfig(level=level, format=fmt, stream=sys.stderr, force=True)
+    if rank and verbose < 2:
+        # Under torchrun every rank ran the same command and printed every line once per process; rank 0
+        # speaks for the run, the others only warn (each names its rank). -vv shows every rank's lines.
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(_warnings_only)
     progress_bars.set_enabled(verbose >= 0)
     # pydicom reports each oddity of a DICOM file twice (a log line and a Python warning, neither naming the
     # file; a decoder's failure with its traceback); the file's row says what matters. -vv shows them. pydicom
@@ -87,6 +97,19 @@ def setup_logging(verbose: int) -> None:
 
 
 _PYDICOM_MODULES = r"pydicom(\.|$)"
+
+
+def _torchrun_rank() -> int | None:
+    """This process's rank when torchrun started it among several (its ``RANK``/``WORLD_SIZE``), else None."""
+    try:
+        world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
+    except ValueError:
+        return None
+    return rank if world > 1 else None
+
+
+def _warnings_only(record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.WARNING
 
 
 def _is_pydicom_filter(f: Any) -> bool:

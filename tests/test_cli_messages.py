@@ -105,3 +105,27 @@ def test_validate_help_spells_every_default_gate() -> None:
     assert len(named) == len([v for v in ParityGates().to_dict().values() if v is not None])
     out = CliRunner().invoke(cli, ["validate", "--help"], terminal_width=400).output
     assert DEFAULT_GATES_TEXT in " ".join(out.split())
+
+
+@pytest.mark.parametrize("rank", ["0", "1"])
+def test_under_torchrun_rank_0_speaks_for_the_run_and_the_others_only_warn(
+        rank: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Every rank runs the same command: each printed every line, so two processes showed each line twice."""
+    import logging
+
+    from uopsl.runtime.clikit import setup_logging
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", rank)
+    try:
+        setup_logging(0)
+        logging.getLogger("uopsl.train.stages").info("finetune: 24 training images")
+        logging.getLogger("uopsl.train.stages").warning("a warning")
+        err = capsys.readouterr().err
+        assert f"[rank {rank}] WARNING uopsl.train.stages: a warning" in err
+        assert ("finetune: 24 training images" in err) is (rank == "0")
+        setup_logging(2)  # -vv: every rank's lines, for a distributed problem
+        logging.getLogger("uopsl.train.stages").info("finetune: 24 training images")
+        assert f"[rank {rank}] INFO" in capsys.readouterr().err
+    finally:
+        logging.basicConfig(force=True)
