@@ -1,13 +1,20 @@
 """``uopsl-screen bench``: latency and throughput of each backend on this machine.
 
-Per (backend, precision, batch): p50/p90/p99 latency of one ``infer`` call and
-images per second, warm-up excluded. Preprocessing (decode + FOV + resize) is
+Per (backend, precision, batch): p50/p90/p99 latency of one ``infer`` call (a
+whole batch: per call, not per image) and images per second, warm-up excluded.
+Percentiles are nearest-rank (each is a latency some call had) and come with
+the number of calls they were read from. Preprocessing (decode + FOV + resize) is
 timed on its own, per image. End-to-end throughput runs the real screening
 pipeline (read, decode, preprocess, quality gate, batched inference, decision)
 over a set of photographs and is compared with pure inference throughput at the
-same batch size: if it falls far below, preprocessing is the bottleneck.
+same batch size: if it falls far below, preprocessing is the bottleneck. Only
+photographs that reached the model count as screened: a folder of ungradable
+ones is fast because it skips inference, not because the pipeline is.
 TensorRT backends that expose ``last_timings`` (host-to-device, compute,
-device-to-host) get those columns too.
+device-to-host) get those columns too, and ``host`` (the rest of the call:
+copies into pinned memory, casts, output copies), with the number of engine
+runs a batch took (``chunks``: a batch above the engine's maximum runs in
+several) and the engine's batch range.
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ from uopsl.runtime.pipeline import (
     ScreeningPipeline,
     item_for_data,
     item_for_path,
+    opencv_single_threaded,
     walk_images,
 )
 from uopsl.runtime.preprocess import preprocess, read_bytes
@@ -118,15 +126,27 @@ def synthetic_jpeg(seed: int, size: int = 512, quality: int = 90) -> bytes:
 
 
 # -- statistics ----------------------------------------------------------------------------
+#: Below this many timed calls a p99 is the slowest call or next to it; the table says so.
+P99_MIN_CALLS = 100
+
+
+def percentile_ms(ms: Any, q: float) -> float:
+    """Nearest-rank percentile (``higher``): a latency some call had. Linear interpolation between 49 calls of
+    10 ms and one of 100 ms read a p99 of 56 ms, a figure no call took."""
+    return round(float(np.percentile(np.asarray(ms, np.float64), q, method="higher")), 3)
+
+
 def latency_stats(seconds: list[float], batch: int = 1) -> dict[str, float]:
-    """p50/p90/p99/mean in ms and images per second from per-call durations."""
+    """p50/p90/p99/max/mean in ms per call, the number of calls, and images per second."""
     ms = np.asarray(seconds, np.float64) * 1e3
     mean = float(ms.mean())
     return {
-        "p50_ms": round(float(np.percentile(ms, 50)), 3),
-        "p90_ms": round(float(np.percentile(ms, 90)), 3),
-        "p99_ms": round(float(np.percentile(ms, 99)), 3),
+        "p50_ms": percentile_ms(ms, 50),
+        "p90_ms": percentile_ms(ms, 90),
+        "p99_ms": percentile_ms(ms, 99),
+        "max_ms": round(float(ms.max()), 3),
         "mean_ms": round(mean, 3),
+        "calls": int(ms.size),
         "throughput_ips": round(batch * 1e3 / mean, 2),
     }
 
@@ -135,13 +155,25 @@ def machine_info() -> dict[str, Any]:
     from uopsl.runtime.backends import cpu_name
 
     info: dict[str, Any] = {"cpu": cpu_name(), "cores": os.cpu_count(), "python": platform.python_version(),
-                            "uopsl": __version__}
+                            "uopsl": __version__, "opencv_threads": cv2.getNumThreads()}
+    board = _board_model()
+    if board:  # a Jetson's /proc/cpuinfo names no CPU model ("aarch64" above); its board says what it is
+        info["board"] = board
     for mod in ("onnxruntime", "openvino", "tensorrt", "cv2", "numpy"):
         try:
             info[mod] = import_optional(mod).__version__
         except Exception:  # noqa: BLE001 - absent optional package
             pass
     return info
+
+
+def _board_model() -> str | None:
+    """The device-tree model string (Jetson and other ARM boards), or None."""
+    try:
+        text = Path("/proc/device-tree/model").read_bytes().rstrip(b"\0").decode("utf-8", "replace").strip()
+    except OSError:
+        return None
+    return text or None
 
 
 # -- pieces ----------------------------------------------------------------------------------
@@ -156,24 +188,49 @@ def time_backend(backend: Backend, batches: tuple[int, ...], iters: int, warmup:
             backend.infer(x)
         durations: list[float] = []
         parts: dict[str, list[float]] = {}
+        host: list[float] = []
+        chunks = 0
         for _ in range(iters):
             t0 = time.perf_counter()
             backend.infer(x)
             durations.append(time.perf_counter() - t0)
             extra = getattr(backend, "last_timings", None)
-            if isinstance(extra, dict):
+            if isinstance(extra, dict) and extra:
                 for k, v in extra.items():
                     parts.setdefault(k, []).append(float(v))
+                host.append(durations[-1] * 1e3 - sum(float(v) for v in extra.values()))
+            chunks = max(chunks, int(getattr(backend, "last_chunks", 0) or 0))
         row: dict[str, Any] = {"batch": b, **latency_stats(durations, b)}
         for k, v in parts.items():
-            row[f"{k}_p50_ms"] = round(float(np.percentile(v, 50)), 3)
+            row[f"{k}_p50_ms"] = percentile_ms(v, 50)
+            row[f"{k}_p99_ms"] = percentile_ms(v, 99)
+        if host:  # the call's wall time outside the device events: copies into pinned memory, casts, output copies
+            row["host_p50_ms"] = percentile_ms(host, 50)
+        if chunks:
+            row["chunks"] = chunks
+        engine_range = getattr(backend, "batch_range", None)
+        if isinstance(engine_range, tuple) and len(engine_range) == 2:
+            row["engine_batch_range"] = [int(engine_range[0]), int(engine_range[1])]
+            if b > engine_range[1] or b < engine_range[0]:
+                log.warning("bench: batch %d is outside the engine's batch range %d-%d: it runs as %s", b,
+                            engine_range[0], engine_range[1],
+                            f"{chunks} engine runs" if b > engine_range[1] else
+                            f"a batch padded to {engine_range[0]}")
         rows.append(row)
     return rows
 
 
 def time_preprocess(blobs: list[bytes], manifest: Manifest, warmup: int = 2) -> dict[str, Any]:
     """Per-image decode + preprocess latency, single thread, after the first ``warmup`` images were run once
-    untimed (caches, lazy imports: the cold first call took ~6x the median); every image is then timed."""
+    untimed (caches, lazy imports: the cold first call took ~6x the median); every image is then timed.
+
+    OpenCV runs single-threaded here, as in the screening pipeline's workers (its own threads made this
+    figure a multi-threaded one under the table's "1 thread" label)."""
+    with opencv_single_threaded():
+        return _time_preprocess(blobs, manifest, warmup)
+
+
+def _time_preprocess(blobs: list[bytes], manifest: Manifest, warmup: int) -> dict[str, Any]:
     for data in blobs[:warmup]:
         try:
             preprocess(data, manifest.preprocess)
@@ -205,12 +262,20 @@ def time_end_to_end(backend: Backend, manifest: Manifest, sources: list[Any], ba
         pass
     t0 = time.perf_counter()
     statuses: dict[str, int] = {}
+    inferred = 0
     for r in pipe.run(items):
         statuses[r.status] = statuses.get(r.status, 0) + 1
+        inferred += "infer_ms" in r.timings  # reached the model (ungradable and unreadable ones mostly do not)
     dt = time.perf_counter() - t0
-    return {"batch": batch, "images": len(items), "seconds": round(dt, 3),
-            "throughput_ips": round(len(items) / dt, 2), "statuses": statuses,
-            "workers": config.workers_for(pool), "worker_pool": pool}
+    if inferred < len(items):
+        log.warning("bench: %d of %d photographs did not reach the model (%s); the end-to-end figure counts the "
+                    "%d that did", len(items) - inferred, len(items),
+                    ", ".join(f"{k} {v}" for k, v in sorted(statuses.items())), inferred)
+    # Screened photographs per second: the photographs that skipped the model (ungradable, unreadable) cost their
+    # time but do not count, or a folder of them would read as a fast pipeline.
+    return {"batch": batch, "images": len(items), "inferred": inferred, "seconds": round(dt, 3),
+            "throughput_ips": round(inferred / dt, 2), "inputs_ips": round(len(items) / dt, 2),
+            "statuses": statuses, "workers": config.workers_for(pool), "worker_pool": pool}
 
 
 def _cases(bundle: Path, manifest: Manifest, backend: str, precision: str) -> list[tuple[str, str]]:
@@ -273,9 +338,13 @@ def run_bench(bundle: str | os.PathLike[str], backend: str = "auto", precision: 
         except UopslError:
             continue
     batch_images = np.stack(model_inputs)  # not empty: time_preprocess found one that preprocesses
-    result: dict[str, Any] = {"machine": machine_info(), "bundle": str(root), "model": m.model_name,
+    result: dict[str, Any] = {"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                              "machine": machine_info(), "bundle": str(root.resolve()), "model": m.model_name,
                               "backbone": m.backbone, "input_size": m.preprocess.size, "data": data_desc,
-                              "config": asdict(cfg), "preprocess": prep, "cases": [], "e2e": []}
+                              "config": asdict(cfg), "preprocess": prep, "cases": [], "e2e": [],
+                              "units": {"p50_ms": "milliseconds per infer call (one whole batch)",
+                                        "throughput_ips": "images per second",
+                                        "percentiles": "nearest rank (numpy method 'higher')"}}
     try:
         sel = select_backend(root, "auto", "auto", manifest=m, threads=cfg.threads)
         result["auto"] = {"backend": sel.backend, "precision": sel.precision, "file": sel.file, "reason": sel.reason}
@@ -306,9 +375,14 @@ def run_bench(bundle: str | os.PathLike[str], backend: str = "auto", precision: 
                               "reason": f"{opened.reason} ({result['auto']['backend']} could not start here)"}
         try:
             rows = time_backend(b, cfg.batches, cfg.iters, cfg.warmup, batch_images)
+            entry = next((f for f in m.files if f.path == opened.file), None)
+            # What reproduces the figure: the file's digest, how the backend was opened (its thread count as
+            # set, None: the runtime's own choice), and the backend's description (engines: TensorRT and GPU).
+            said = {"file_sha256": entry.sha256 if entry is not None else None, "threads": cfg.threads,
+                    "described": b.describe()}
             for r in rows:
                 result["cases"].append({"backend": opened.backend, "precision": opened.precision, "file": opened.file,
-                                        "requested": name, **r})
+                                        "requested": name, **said, **r})
             if cfg.e2e:
                 bmax = max(cfg.batches)
                 e2e = time_end_to_end(b, m, e2e_sources, bmax, cfg.workers, cfg.worker_pool)
@@ -337,15 +411,28 @@ def format_table(result: dict[str, Any]) -> str:
         lines.append(f"auto picks: {a.get('backend')} {a.get('precision')} ({a.get('reason', a.get('error'))})")
     for f in result.get("failed", []):
         lines.append(f"not measured: {f['backend']} {f['precision']}: {f['error']}")
-    hdr = f"{'backend':10s} {'precision':12s} {'batch':>5s} {'p50 ms':>9s} {'p90 ms':>9s} {'p99 ms':>9s} {'img/s':>9s}"
-    lines += ["", hdr, "-" * len(hdr)]
+    hdr = (f"{'backend':10s} {'precision':12s} {'batch':>5s} {'calls':>5s} {'p50 ms':>9s} {'p90 ms':>9s} "
+           f"{'p99 ms':>9s} {'img/s':>9s}")
+    lines += ["", "latency per infer call (a whole batch), nearest-rank percentiles", hdr, "-" * len(hdr)]
     for c in result["cases"]:
         extra = "  ".join(f"{k}={v}" for k, v in c.items() if k.endswith("_p50_ms") and k != "p50_ms")
-        lines.append(f"{c['backend']:10s} {c['precision']:12s} {c['batch']:5d} {c['p50_ms']:9.2f} {c['p90_ms']:9.2f} "
-                     f"{c['p99_ms']:9.2f} {c['throughput_ips']:9.1f}" + (f"  {extra}" if extra else ""))
+        if c.get("chunks", 1) > 1:
+            extra += f"  engine runs per batch={c['chunks']} (engine batch {c['engine_batch_range']})"
+        calls = c.get("calls")
+        lines.append(f"{c['backend']:10s} {c['precision']:12s} {c['batch']:5d} {calls if calls else '?':>5} "
+                     f"{c['p50_ms']:9.2f} {c['p90_ms']:9.2f} {c['p99_ms']:9.2f} {c['throughput_ips']:9.1f}"
+                     + (f"  {extra.strip()}" if extra.strip() else ""))
+    if any(isinstance(c.get("calls"), int) and c["calls"] < P99_MIN_CALLS for c in result["cases"]):
+        lines.append(f"(p99 from fewer than {P99_MIN_CALLS} calls is the slowest call or next to it: use --iters "
+                     f"{P99_MIN_CALLS} or more to quote it)")
     if result["e2e"]:
         lines += ["", f"{'end-to-end':10s} {'precision':12s} {'batch':>5s} {'images':>7s} {'img/s':>9s} {'infer img/s':>12s} {'ratio':>6s}"]
         for e in result["e2e"]:
             lines.append(f"{e['backend']:10s} {e['precision']:12s} {e['batch']:5d} {e['images']:7d} "
                          f"{e['throughput_ips']:9.1f} {e['inference_ips']:12.1f} {e['ratio']:6.2f}")
+            inferred = e.get("inferred", e["images"])
+            if inferred < e["images"]:
+                lines.append(f"  only {inferred} of {e['images']} photographs reached the model "
+                             f"({', '.join(f'{k} {v}' for k, v in sorted(e.get('statuses', {}).items()))}); "
+                             "img/s counts those")
     return "\n".join(lines)

@@ -1285,9 +1285,13 @@ def test_bench_reports_transfer_and_compute_columns(monkeypatch: pytest.MonkeyPa
     _, path = build_fake_engine(monkeypatch, tmp_path, gpu, "10.3.0")
     images = np.zeros((4, H, W, 3), np.uint8)
     with TensorRTBackend(path, cuda=FakeCuda(gpu)) as backend:
-        rows = time_backend(backend, (1, 4), iters=2, warmup=1, images=images)
-    assert [r["batch"] for r in rows] == [1, 4]
-    assert all(r["h2d_p50_ms"] == r["compute_p50_ms"] == r["d2h_p50_ms"] == 1.5 for r in rows)
+        rows = time_backend(backend, (1, 4, 8), iters=2, warmup=1, images=images)
+    assert [r["batch"] for r in rows] == [1, 4, 8]
+    assert all(r["h2d_p50_ms"] == r["compute_p50_ms"] == r["d2h_p50_ms"] == 1.5 for r in rows[:2])
+    # A batch above the engine's maximum (4) runs as several engine runs: the row says so, it was silent.
+    assert rows[2]["chunks"] == 2 and rows[2]["compute_p50_ms"] == 3.0 and rows[2]["compute_p99_ms"] == 3.0
+    assert all(r["engine_batch_range"] == [2, 4] for r in rows) and rows[0]["chunks"] == 1
+    assert all("host_p50_ms" in r for r in rows)  # the call's time outside the device events
 
 
 def test_backend_reject_mode_and_input_checks(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, gpu: FakeGpu) -> None:

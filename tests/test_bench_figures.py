@@ -1,0 +1,69 @@
+"""What `uopsl-screen bench` figures mean, from a review by a device maker who quotes them in a datasheet."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from tinybundle import fundus_jpeg, tiny_bundle  # noqa: F401 - session fixture
+from uopsl.runtime import bench
+from uopsl.runtime.bench import BenchConfig, format_table, latency_stats, run_bench
+
+
+def test_percentiles_are_latencies_some_call_had() -> None:
+    """Linear interpolation read a p99 of 55.9 ms from 49 calls of 10 ms and one of 100 ms: no call took that."""
+    stats = latency_stats([0.010] * 49 + [0.100])
+    assert (stats["p50_ms"], stats["p90_ms"], stats["p99_ms"], stats["max_ms"]) == (10.0, 10.0, 100.0, 100.0)
+    assert stats["calls"] == 50
+    stats = latency_stats([0.001 * i for i in range(1, 201)], batch=8)  # 1..200 ms
+    assert (stats["p50_ms"], stats["p90_ms"], stats["p99_ms"]) == (101.0, 181.0, 199.0)
+    assert stats["throughput_ips"] == pytest.approx(8e3 / 100.5, abs=0.01)
+
+
+def test_end_to_end_counts_only_photographs_that_reached_the_model(tiny_bundle: Path, tmp_path: Path,  # noqa: F811
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    """Ungradable photographs skip inference: a folder of them read as a fast pipeline (ratio 0.92 on
+    checkerboards against 0.38 on fundus photographs, in the review)."""
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    fundus_jpeg(imgs / "a_fundus.jpg", seed=3)
+    board = (np.indices((320, 320)).sum(axis=0) // 40 % 2 * 255).astype(np.uint8)
+    cv2.imwrite(str(imgs / "b_board.jpg"), cv2.merge([board, board, board]))
+    with caplog.at_level(logging.WARNING, logger="uopsl.runtime.bench"):
+        res = run_bench(tiny_bundle, "ort-cpu", "fp32",
+                        BenchConfig(batches=(2,), iters=2, warmup=1, e2e_images=8, preprocess_images=2), images=imgs)
+    (e,) = res["e2e"]
+    assert e["images"] == 8 and e["inferred"] == 4, e  # the pipeline cycles the two files
+    assert e["statuses"].get("ok", 0) + e["statuses"].get("ungradable", 0) == 8
+    assert e["throughput_ips"] == pytest.approx(4 / e["seconds"], rel=0.02)
+    assert e["inputs_ips"] == pytest.approx(8 / e["seconds"], rel=0.02)
+    assert "4 of 8 photographs did not reach the model" in caplog.text
+    table = format_table(res)
+    assert "only 4 of 8 photographs reached the model" in table
+    # What reproduces a figure rides with it: the file's digest, the thread setting, the date, the unit.
+    (case,) = res["cases"]
+    assert len(case["file_sha256"]) == 64 and case["threads"] is None and case["described"]
+    assert res["created"].endswith("Z") and Path(res["bundle"]).is_absolute()
+    assert "per infer call" in res["units"]["p50_ms"] and "opencv_threads" in res["machine"]
+    assert "fewer than 100 calls" in table  # --iters 2
+
+
+def test_preprocessing_is_timed_on_one_opencv_thread(tiny_bundle: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    """The table says "1 thread"; OpenCV used its own pool (2 threads here) while the pipeline's workers use one."""
+    seen: set[int] = set()
+    real = bench.preprocess
+
+    def spy(data: bytes, cfg: object) -> object:
+        seen.add(cv2.getNumThreads())
+        return real(data, cfg)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(bench, "preprocess", spy)
+    from uopsl.runtime.bundle import read_manifest
+
+    before = cv2.getNumThreads()
+    bench.time_preprocess([bench.synthetic_jpeg(i, size=256) for i in range(3)], read_manifest(tiny_bundle), 1)
+    assert seen == {1} and cv2.getNumThreads() == before
