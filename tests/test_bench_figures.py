@@ -67,3 +67,27 @@ def test_preprocessing_is_timed_on_one_opencv_thread(tiny_bundle: Path, monkeypa
     before = cv2.getNumThreads()
     bench.time_preprocess([bench.synthetic_jpeg(i, size=256) for i in range(3)], read_manifest(tiny_bundle), 1)
     assert seen == {1} and cv2.getNumThreads() == before
+
+
+def test_info_says_what_each_engine_was_built_for_without_tensorrt(tiny_bundle: Path, tmp_path: Path) -> None:  # noqa: F811
+    """A device maker reading `info` on a machine without TensorRT saw only "needs TensorRT": the engine's own
+    header says for which GPU, TensorRT and batch range it was built."""
+    import shutil
+
+    from uopsl.export.bundle_writer import add_file
+    from uopsl.runtime import backends as B
+    from uopsl.runtime.engine_header import EngineHeader, write_engine
+
+    b = Path(shutil.copytree(tiny_bundle, tmp_path / "b"))
+    write_engine(b / "model.fp16.engine", b"plan", EngineHeader(
+        tensorrt_version="10.3.0", gpu_name="Orin", compute_capability="8.7", precision="fp16",
+        source_onnx="model.onnx", source_onnx_sha256="0" * 64, min_batch=1, opt_batch=4, max_batch=8))
+    add_file(b, None, "model.fp16.engine", "engine", "fp16")
+    (b / "broken.engine").write_bytes(b"x")
+    add_file(b, None, "broken.engine", "engine", "fp16")
+    rows = B.backend_table(b, availability=B.Availability(ort_providers=("CPUExecutionProvider",)))
+    trt = [r for r in rows if r[0] == "tensorrt"]
+    assert len(trt) == 2 and not any(r[1] for r in trt)
+    assert ("model.fp16.engine (fp16, built for Orin (compute 8.7) with TensorRT 10.3.0, batch 1-8): needs TensorRT"
+            in trt[0][2])
+    assert "broken.engine (fp16, header unreadable: " in trt[1][2]

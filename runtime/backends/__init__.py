@@ -722,7 +722,9 @@ def backend_table(bundle: str | os.PathLike[str], manifest: Manifest | None = No
     if not engines:
         rows.append(("tensorrt", False, "the bundle has no TensorRT engine"))
     elif not av.tensorrt:
-        rows.append(("tensorrt", False, "needs TensorRT and a CUDA binding (pip install 'uopsl[trt]')"))
+        for e in engines:  # what each engine was built for is in its header, readable without TensorRT
+            rows.append(("tensorrt", False, f"{e.path} ({e.precision}, {_built_for(root / e.path)}): needs TensorRT "
+                                            "and a CUDA binding (pip install 'uopsl[trt]')"))
     else:
         for e in engines:
             # What `auto` checks too: the machine, and that the engine was built from the bundle's model as it is.
@@ -732,8 +734,21 @@ def backend_table(bundle: str | os.PathLike[str], manifest: Manifest | None = No
                 ok, why_not = validated_file(root, e, "tensorrt", m)
                 if not ok:
                     note += f"; INT8 is not used unasked: {why_not}"
-            rows.append(("tensorrt", why is None, f"{e.path} ({e.precision}): {note}"))
+            rows.append(("tensorrt", why is None, f"{e.path} ({e.precision}, {_built_for(root / e.path)}): {note}"))
     return rows
+
+
+def _built_for(path: Path) -> str:
+    """What an engine's header says it was built for: GPU, TensorRT, batch range (DLA core)."""
+    try:
+        from uopsl.runtime import engine_header
+
+        h = engine_header.read_header(path)
+    except Exception as exc:  # noqa: BLE001 - info describes; engine_mismatch decides
+        return f"header unreadable: {exc}"
+    dla = f", DLA core {h.dla_core}" if h.dla_core is not None else ""
+    return (f"built for {h.gpu_name} (compute {h.compute_capability}{dla}) with TensorRT {h.tensorrt_version}, "
+            f"batch {h.min_batch}-{h.max_batch}")
 
 
 __all__ = [
