@@ -1396,6 +1396,8 @@ def classification_report(
             }
             for j, c in enumerate(curves)
         }
+        # JSON has no infinity: the first point of every curve (no case called positive) is the +inf threshold.
+        report["roc_thresholds_note"] = "the first threshold of each curve is +inf (no case called positive): null"
     return report
 
 

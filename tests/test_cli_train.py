@@ -61,3 +61,7 @@ def test_imagenet_init_is_what_the_backbone_has(tmp_path) -> None:  # type: igno
     assert default.returncode == 0, default.stderr[-2000:]
     assert "resnet18 has no offline ImageNet weights" in default.stderr
     assert json.loads((tmp_path / "b" / "checkpoint.json").read_text())["model"]["init"] == "random"
+    # Each threshold with what it gave on the validation images (or why none was chosen), not the bare number.
+    ops = json.loads((tmp_path / "b" / "checkpoint.json").read_text())["metrics"]["operating_points"]
+    for op in ops:
+        assert f"\n  {op['name']}: " in default.stdout, default.stdout

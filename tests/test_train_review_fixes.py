@@ -586,6 +586,9 @@ def test_evaluate_writes_eval_json_once_with_the_data_only_labels(tmp_path: Path
     assert report["class_coverage"]["data_classes_not_in_model"] == {"dme": 2}
     assert report["class_coverage"]["evaluated"] == ["normal", "a"]
     assert "macro AUC over" in out
+    # The device's referral call ("a" is referable by default, as export flags it), in the file and on screen.
+    assert report["referral"]["applicable"] and report["referral"]["referable_classes"] == ["a"]
+    assert "referral (a at its threshold; " in out
 
 
 def test_evaluate_and_zero_shot_refuse_an_out_inside_the_data(tmp_path: Path,

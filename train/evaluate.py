@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -116,8 +116,19 @@ def choose_operating_points(y_val: np.ndarray, p_val: np.ndarray, referable: Seq
             continue
         if referable[k]:
             op = metrics.threshold_for_sensitivity(y, p, target_sensitivity)
+            note = op.note
+            auc = metrics.roc_auc(y, p)
+            if op.specificity <= 0.0 or not auc > 0.5:
+                # Still the threshold that reaches the target (a referable class must not miss it), but one that
+                # calls every validation image, or a score that does not rank positives first: said, not silent.
+                why = (f"its validation AUC is {auc:.3f} (the scores do not rank positives above negatives)"
+                       if not auc > 0.5 else "it calls every validation negative positive (specificity 0)")
+                log.warning("class %r (referable): the threshold %.6g reaching sensitivity %.2f is not a useful "
+                            "operating point: %s. Every such image would be referred; check the class's training "
+                            "and validation labels", name, op.threshold, target_sensitivity, why)
+                note = "; ".join(x for x in (note, f"not a useful operating point: {why}") if x)
             out.append(OperatingPointRecord(name, float(op.threshold), "target_sensitivity", n_pos, n_neg,
-                                            op.sensitivity, op.specificity, target, op.note))
+                                            op.sensitivity, op.specificity, target, note))
             continue
         c = metrics.roc_curve(y, p)
         youden = c.tpr - c.fpr
@@ -243,7 +254,7 @@ def class_coverage(targets: np.ndarray, names: Sequence[str],
 def evaluate(probs: np.ndarray, targets: np.ndarray, thresholds: Sequence[float], names: Sequence[str], out: Path | None,
              n_boot: int = 1000, seed: int = 0, title: str = "", *, patients: Sequence[str | None] | None = None,
              head: str = "sigmoid", ordinal: bool | None = None, data_counts: dict[str, int] | None = None,
-             write_report: bool = True) -> dict[str, Any]:
+             write_report: bool = True, referable: Sequence[bool] | None = None) -> dict[str, Any]:
     """Clinical metrics (with CIs) of ``probs`` against multi-hot ``targets``; writes eval.json + roc.png.
 
     ``patients`` (one id per row, None or "" when unknown): the bootstrap
@@ -257,7 +268,9 @@ def evaluate(probs: np.ndarray, targets: np.ndarray, thresholds: Sequence[float]
     one-vs-rest figures at the thresholds. ``data_counts``: images per label
     in the data, so the coverage names labels the model lacks.
     ``write_report=False``: write roc.png only (a caller that adds to the
-    report writes eval.json itself, once).
+    report writes eval.json itself, once). ``referable`` (one flag per
+    class): also ``report["referral"]``, the device's referral call
+    (:func:`referral_figures`).
     """
     keep = [k for k in range(targets.shape[1]) if 0 < targets[:, k].sum() < len(targets)]
     hot = np.asarray(targets) > 0.5
@@ -289,6 +302,9 @@ def evaluate(probs: np.ndarray, targets: np.ndarray, thresholds: Sequence[float]
             boot["note"] = "resampled images: no patient has two images here (or the patients are unknown)"
         else:
             boot["note"] = "resampled images: the images' patients were not given"
+    if referable is not None:
+        report["referral"] = referral_figures(probs, targets, thresholds, referable, names, clusters=clusters,
+                                              n_boot=n_boot, seed=seed)
     report["evaluated_classes"] = [names[k] for k in keep]
     # What the macro figures cover: the classes with positives and negatives here; the others and why.
     report["class_coverage"] = class_coverage(targets, names, data_counts).to_dict()
@@ -296,12 +312,66 @@ def evaluate(probs: np.ndarray, targets: np.ndarray, thresholds: Sequence[float]
         out.mkdir(parents=True, exist_ok=True)
         curves = {names[k]: metrics.roc_curve(targets[:, k], probs[:, k]) for k in keep}
         if curves:  # the plot first: eval.json is the last thing written, so it never describes a failed run
-            plots.roc_plot(curves, out / "roc.png", title=title or "ROC")
+            plots.roc_plot(_roc_series(curves, report), out / "roc.png", title=title or "ROC",
+                           subtitle="dots: the operating thresholds")
         else:
             log.warning("no class has positive and negative images here: no ROC curve to plot")
         if write_report:
             write_json(out / "eval.json", report)
     return report
+
+
+def _roc_series(curves: dict[str, metrics.RocCurve], report: dict[str, Any]) -> list[plots.RocSeries]:
+    """One curve per class, each with its operating point (1 - specificity, sensitivity at the threshold) and
+    its AUC with the report's 95 % interval in the legend."""
+    rows = {c["name"]: c for c in report.get("classes", [])}
+    points: dict[str, tuple[float, float]] = {}
+    for name in curves:
+        row = rows.get(name, {})
+        sens, spec = (row.get(m, {}).get("estimate") for m in ("sensitivity", "specificity"))
+        if isinstance(sens, float) and isinstance(spec, float) and math.isfinite(sens) and math.isfinite(spec):
+            points[name] = (1.0 - spec, sens)
+    series = plots.per_class_series(curves, points)
+    out = []
+    for it in series:
+        auc = rows.get(it.label, {}).get("auc", {})
+        est, lo, hi = auc.get("estimate"), auc.get("low"), auc.get("high")
+        text = None
+        if all(isinstance(v, float) and math.isfinite(v) for v in (est, lo, hi)):
+            text = f"AUC {est:.3f}, 95 % CI {lo:.3f}-{hi:.3f}"
+        out.append(replace(it, auc_text=text))
+    return out
+
+
+def referral_figures(probs: np.ndarray, targets: np.ndarray, thresholds: Sequence[float], referable: Sequence[bool],
+                     names: Sequence[str], *, clusters: np.ndarray | None = None, n_boot: int = 1000,
+                     seed: int = 0) -> dict[str, Any]:
+    """How the device's referral call performs: a photograph is referred when any referable class reaches its
+    threshold (the rule ``uopsl export`` writes, ``any_referable``), truth = any referable label.
+
+    Each referable threshold is chosen on its own at the target sensitivity, so the combined call refers more
+    often than any one class does: its specificity can sit far below every class's, and a per-class table
+    alone overstates what the device does. Sensitivity, specificity, PPV and NPV with the same intervals as
+    the per-class figures (Wilson; patients resampled when ``clusters`` are given).
+    """
+    ref = np.asarray(list(referable), bool)
+    base: dict[str, Any] = {"rule": "any_referable",
+                            "rule_text": "referred when any referable class's probability >= its threshold",
+                            "referable_classes": [n for n, r in zip(names, ref) if r]}
+    if ref.size != len(names) or not ref.any():
+        return {**base, "applicable": False, "note": "no class of this model is referable: nothing is referred"}
+    # As Manifest.decide: float32 probabilities against float32 thresholds, `>=`.
+    p = np.asarray(probs, np.float32).astype(np.float64)
+    thr = np.asarray(list(thresholds), np.float32).astype(np.float64)
+    called = (p >= thr[None, :])[:, ref].any(axis=1)
+    truth = (np.asarray(targets) > 0.5)[:, ref].any(axis=1)
+    rep = metrics.classification_report(truth.astype(np.int64)[:, None], called.astype(np.float64)[:, None], [0.5],
+                                        ["referral"], n_boot=n_boot, seed=seed, clusters=clusters,
+                                        include_curves=False)
+    row = rep["classes"][0]
+    return {**base, "applicable": True, "n_positive": row["n_positive"], "n_negative": row["n_negative"],
+            "referred": int(called.sum()), **{k: row[k] for k in ("tp", "fp", "tn", "fn")},
+            **{k: row[k] for k in ("sensitivity", "specificity", "ppv", "npv")}, "notes": row.get("notes", [])}
 
 
 def mask_to_grid(mask: np.ndarray, geometry: Geometry, h: int, w: int) -> np.ndarray:

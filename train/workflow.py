@@ -547,7 +547,10 @@ def run_evaluate(ckpt: Path, items: Sequence[Item], out: Path | None, n_boot: in
     thr = meta.thresholds or tuple([0.5] * model.num_classes)
     report = evaluate(probs, ds.targets, thr, model.config.classes, out, n_boot=n_boot, seed=seed,
                       title=f"{Path(ckpt).name}: {model.config.variant}", patients=[it.group for it in ds.items],
-                      head=model.config.head, data_counts=data_counts, write_report=False)
+                      head=model.config.head, data_counts=data_counts, write_report=False,
+                      # As run_export flags them: the device's referral call is evaluated as the bundle makes it.
+                      referable=meta.referable or [descriptions.referable_by_default(c)
+                                                   for c in model.config.classes])
     report["operating_points"] = meta.metrics.get("operating_points") if meta.thresholds else None
     if report["operating_points"] is None:
         report["notes"].append("operating_points: the checkpoint does not record how its thresholds were chosen "

@@ -93,6 +93,13 @@ def command(checkpoint: Path, data_spec: str, out: Path, n_boot: int, seed: int,
     auc = report["macro"].get("auc", {})
     click.echo(f"macro AUC over {final.summary()}: {_fmt(auc.get('estimate'))} "
                f"(95% CI {_fmt(auc.get('low'))}-{_fmt(auc.get('high'))}); report in {out}/eval.json")
+    ref = report.get("referral") or {}
+    if ref.get("applicable"):  # the call the device makes: any referable class at its threshold
+        sens, spec = ref["sensitivity"], ref["specificity"]
+        click.echo(f"referral ({' or '.join(ref['referable_classes'])} at its threshold; {ref['n_positive']} "
+                   f"referable, {ref['n_negative']} not): sensitivity {_fmt(sens.get('estimate'))} "
+                   f"({_fmt(sens.get('low'))}-{_fmt(sens.get('high'))}), specificity {_fmt(spec.get('estimate'))} "
+                   f"({_fmt(spec.get('low'))}-{_fmt(spec.get('high'))})")
     if report.get("site_concentration"):
         from uopsl.train.evaluate import CONCENTRATION_LEGEND, concentration_summary
 

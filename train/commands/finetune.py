@@ -119,3 +119,15 @@ def command(data_spec: str, val_spec: str | None, out: Path, from_ckpt: Path | N
                            seen_before=earlier_images(from_ckpt) if from_ckpt else ())
     shown = ", ".join(f"{n} {t:.3f}" for n, t in zip(names, meta.thresholds))
     click.echo(f"fine-tuned model written to {out} (thresholds: {shown})")
+    for op in meta.metrics.get("operating_points") or []:  # what each threshold achieved on the validation images
+        if op.get("method") in ("target_sensitivity", "youden"):
+            click.echo(f"  {op['name']}: {op['method'].replace('_', ' ')}, on {op['n_positive']} + {op['n_negative']} "
+                       f"validation images sensitivity {_rate(op.get('sensitivity'))}, specificity "
+                       f"{_rate(op.get('specificity'))}" + (f" ({op['note']})" if "not a useful" in op.get("note", "")
+                                                            else ""))
+        else:
+            click.echo(f"  {op['name']}: {op.get('note') or op.get('method')}")
+
+
+def _rate(x: object) -> str:
+    return f"{x:.3f}" if isinstance(x, float) else "n/a"
