@@ -57,7 +57,7 @@ from uopsl.runtime.dicomfile import PART10_HEAD, is_part10
 from uopsl.runtime.errors import BackendClosedError, BackendError, ConfigError, ImageDecodeError, ImageError, UopslError
 from uopsl.runtime.optional import available
 from uopsl.runtime.preprocess import Geometry, Preprocessed, PreprocessConfig, preprocess, read_bytes
-from uopsl.runtime.results import JSONL, LOCK_NAME, key_path
+from uopsl.runtime.results import JSONL, LOCK_NAME, key_path, probability_value
 from uopsl.runtime.workerpool import (
     discard_pool,
     forget_worker_processes,
@@ -718,7 +718,7 @@ class ScreenResult:
             "status": self.status,
             "refer": self.refer,
             "positive": list(self.positive),
-            "probs": {k: round(float(v), 6) for k, v in self.probs.items()},
+            "probs": {k: probability_value(v) for k, v in self.probs.items()},
             "gradable": self.gradable,
             "quality_score": None if self.quality_score is None else round(float(self.quality_score), 4),
             "reasons": list(self.reasons),

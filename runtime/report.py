@@ -587,12 +587,15 @@ def _example(manifest: Manifest) -> str:
 
 
 def _fmt_pair(p: float, t: float) -> tuple[str, str]:
-    """Probability and threshold to 3 decimals, or more where 3 would print them equal (0.879 vs 0.879)."""
-    for nd in (3, 4, 5, 6):
+    """Probability and threshold to 3 decimals, or more where 3 would print them equal (0.879 vs 0.879): up to
+    the 9 that tell two neighbouring float32 values apart, which is how the decision compares them."""
+    if np.float32(p) == np.float32(t):
+        return f"{t:.3f}", f"{t:.3f}"
+    for nd in range(3, 10):
         a, b = f"{p:.{nd}f}", f"{t:.{nd}f}"
-        if a != b or p == t:
+        if a != b:
             return a, b
-    return f"{p:.6f}", f"{t:.6f}"
+    return repr(float(np.float32(p))), repr(float(np.float32(t)))
 
 
 def _probs_html(row: Mapping[str, Any], manifest: Manifest, zero_shot: set[str], findings: set[str]) -> str:
@@ -613,7 +616,7 @@ def _probs_html(row: Mapping[str, Any], manifest: Manifest, zero_shot: set[str],
             out.append(f"<span>{esc(c)}{star} {p:.3f}</span>")
             continue
         a, b = _fmt_pair(p, float(thr[c]))
-        sign = "&ge;" if p >= thr[c] else "&lt;"
+        sign = "&ge;" if np.float32(p) >= np.float32(thr[c]) else "&lt;"  # as Manifest.decide compares them
         cls = " class='pos'" if c in findings else ""
         out.append(f"<span{cls}>{esc(c)}{star} {a} <span class='cmp'>{sign} {b}</span></span>")
     if manifest.referral_rule == "referable_sum" and row.get("status") == "ok":

@@ -32,6 +32,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TextIO
 
+import numpy as np
+
 from uopsl.runtime.bundle import MANIFEST, Manifest
 from uopsl.runtime.errors import ConfigError
 from uopsl.runtime.fsio import FolderLock, remove_stale_temporaries, sha256_bytes, sha256_file, write_json, write_text
@@ -86,6 +88,27 @@ class ModelIdentity:
 
 #: Manifest fields that do not change what the model decides (see :class:`ModelIdentity`).
 _NOT_THE_MODEL = ("content_sha256", "created", "notes", "toolkit_version", "format_version", "intended_use")
+
+
+def probability_value(v: float) -> float:
+    """A model probability as stored in results: the float32 the model gave, exactly (its shortest decimal).
+
+    Rounded to 6 decimals, a probability within 1e-6 of its threshold could read below it in the results
+    while the decision (float32 against float32) had it at or above; chosen thresholds are some validation
+    image's exact score, so screening that image again showed a finding as "0.370000 < 0.370000".
+    """
+    return float(str(np.float32(v)))
+
+
+def probability_text(v: float, min_decimals: int = 6) -> str:
+    """``v`` with at least ``min_decimals`` decimals and as many more as its float32 needs to read back exactly
+    (most values keep 6; a value within a float32 step of another needs up to 9, a tiny one more)."""
+    x = np.float32(v)
+    for nd in range(min_decimals, 13):
+        text = f"{float(x):.{nd}f}"
+        if np.float32(text) == x:
+            return text
+    return repr(float(x))
 
 
 def model_sha256(manifest: Manifest) -> str:
@@ -832,7 +855,11 @@ def write_csv(path: str | os.PathLike[str], rows: Iterable[dict[str, Any]], clas
         flat["quality_score"] = "" if q is None else str(q).replace(".", ",") if semicolon else q
         for c in class_names:
             v = (r.get("probs") or {}).get(c)
-            flat[f"p_{c}"] = "" if v is None else number(v, 6)
+            if v is None:
+                flat[f"p_{c}"] = ""
+            else:
+                text = probability_text(v)
+                flat[f"p_{c}"] = text.replace(".", ",") if semicolon else text
         for t, v in (r.get("timings_ms") or {}).items():
             flat[t] = number(v, 2)
         w.writerow({k: _cell(v) for k, v in flat.items()})

@@ -146,3 +146,37 @@ def test_report_renders_in_headless_chromium(report_dir: Path, tmp_path: Path) -
     assert rows.count("error") == 6 and rows.count("ungradable") == 2 and rows.count("ok") == 7
     # Images decoded by the browser: every <img> in the DOM carries a data URI.
     assert dom.count('<img alt="thumbnail"') == 9  # all that decoded (6 errors have none)
+
+
+def test_a_probability_at_its_threshold_reads_as_the_decision_made_it(tiny_bundle: Path, tmp_path: Path) -> None:
+    """Stored at 6 decimals, a score one float32 step below its threshold read "0.370000 < 0.370000" and a score
+    equal to it could read below it: chosen thresholds are a validation image's exact score. Results keep the
+    float32 the model gave, exactly, and the report compares in float32 as Manifest.decide does."""
+    import csv
+    from dataclasses import replace as dc_replace
+
+    import numpy as np
+
+    from uopsl.runtime.report import _probs_html
+    from uopsl.runtime.results import probability_text, probability_value, write_csv
+
+    m = read_manifest(tiny_bundle)
+    name = next(c.name for c in m.classes if c.referable)
+    t = np.float32(0.3700000047683716)
+    m = dc_replace(m, classes=tuple(dc_replace(c, threshold=float(t)) if c.name == name else c for c in m.classes))
+    below = np.nextafter(t, np.float32(0))
+    for v in (t, below):
+        assert np.float32(probability_value(v)) == v and np.float32(probability_text(v)) == v
+    positive, _ = m.decide(np.array([[float(t) if c == name else 0.0 for c in m.class_names],
+                                     [float(below) if c == name else 0.0 for c in m.class_names]]))
+    k = m.class_names.index(name)
+    assert positive[0, k] and not positive[1, k]
+    at = _probs_html({"status": "ok", "probs": {name: probability_value(t)}}, m, set(), {name})
+    under = _probs_html({"status": "ok", "probs": {name: probability_value(below)}}, m, set(), set())
+    assert "0.370 <span class='cmp'>&ge; 0.370</span>" in at
+    assert "0.36999997 <span class='cmp'>&lt; 0.37000000</span>" in under
+    rows = [{**_row(0, "ok", True, 0.9), "probs": {name: probability_value(below)}}]
+    write_csv(tmp_path / "r.csv", rows, m.class_names)
+    with open(tmp_path / "r.csv", encoding="utf-8-sig", newline="") as fh:
+        got = next(csv.DictReader(fh))
+    assert np.float32(got[f"p_{name}"]) == below and got[f"p_{name}"] == "0.36999997"
