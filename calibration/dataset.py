@@ -16,7 +16,7 @@ Sources: a folder (searched recursively), a CSV file (``path`` column,
 optional ``label`` column, paths relative to the CSV), a text list (one path
 per line, relative to the list file), an explicit list of paths, or a ``.npz``
 written by this module. The preprocessed set is cached as ``.npz`` so it is
-not recomputed; the cache is keyed by the files' paths, sizes and mtimes and
+not recomputed; the cache is keyed by the files' paths, sizes, mtimes, change times and inodes and
 the preprocessing config.
 """
 
@@ -264,14 +264,16 @@ def _log_skipped(skipped: Sequence[SkippedImage]) -> None:
 
 def _request_key(paths: Sequence[Path], labels: Sequence[str] | None, cfg: PreprocessConfig,
                  max_images: int | None, seed: int, require_fov: bool) -> str:
-    # What decides the cache's content without reading the images: file identity and options.
+    # What decides the cache's content without reading the images: file identity and options. The change time
+    # and inode too: a file replaced by a copy keeping size and mtime (cp -p, rsync -t, tar x; fixed-size BMP,
+    # TIFF, DICOM) was served from the cache, and calibration was skipped with the old images' table.
     entries = []
     for p in paths:
         try:
             st = p.stat()
-            entries.append([str(p), st.st_size, st.st_mtime_ns])
+            entries.append([str(p), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino])
         except OSError:
-            entries.append([str(p), -1, -1])
+            entries.append([str(p), -1, -1, -1, -1])
     blob = json.dumps(
         {"files": entries, "labels": list(labels) if labels is not None else None, "preprocess": cfg.to_dict(),
          "preprocess_version": PREPROCESS_VERSION,
@@ -303,7 +305,7 @@ def build_calibration_set(
     require_fov: skip photographs without a detected field of view (the
         runtime's quality gate would refuse them, so they are not what the
         deployed model sees).
-    cache: ``.npz`` path; reused when the files (paths, sizes, mtimes) and
+    cache: ``.npz`` path; reused when the files (paths, sizes, mtimes, change times, inodes) and
         options are unchanged, written otherwise.
     """
     cfg = config or PreprocessConfig()

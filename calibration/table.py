@@ -30,6 +30,7 @@ from typing import Any
 
 from uopsl.runtime.errors import ConfigError
 from uopsl.runtime.fsio import write_json
+from uopsl.runtime.preprocess import PreprocessConfig
 from uopsl.runtime.version import __version__
 
 log = logging.getLogger(__name__)
@@ -119,6 +120,23 @@ class CalibrationTable:
                 f"the calibration table has no range for tensor {name!r} ({len(self.ranges)} tensors, "
                 f"e.g. {list(self.ranges)[:3]}); was it calibrated on another model?"
             ) from None
+
+    def preprocess_mismatch(self, expected: PreprocessConfig) -> str | None:
+        """How the preprocessing this table's images went through differs from ``expected`` (a bundle's), in
+        words; None when it is the same, or when the table does not record it (tables from before it did).
+
+        Ranges measured on other pixels (another size, CLAHE, decode rule) quantize a model for inputs its
+        runtime never gives it.
+        """
+        raw = self.notes.get("preprocess")
+        if not isinstance(raw, Mapping):
+            return None
+        try:
+            got = PreprocessConfig.from_dict(dict(raw))
+        except (ConfigError, TypeError, ValueError) as exc:
+            return f"its recorded preprocessing is unreadable ({exc})"
+        diffs = got.differences(expected)
+        return ", ".join(f"{k} {a!r} (bundle: {b!r})" for k, (a, b) in diffs.items()) or None
 
     def amax(self, name: str) -> float:
         """Symmetric range limit of tensor ``name``: ``max(|min|, |max|)``."""

@@ -195,6 +195,10 @@ class QuantizeResult:
     rounded_layers: int = 0
     reduce_range: bool = False
     table_sha256: str = ""  # sha256 of the calibration table's file, when the caller read it from one
+    # The images weight rounding, bias correction and the sensitivity pass fitted the file on, when given (they
+    # change the weights and the float layers): "" and 0 without them. May differ from the table's set.
+    images_fingerprint: str = ""
+    images_used: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -214,6 +218,8 @@ class QuantizeResult:
             "calibration_percentile": self.calibration_percentile,
             "calibration_fingerprint": self.set_fingerprint,
             "calibration_sha256": self.table_sha256,
+            "fitted_on_images_fingerprint": self.images_fingerprint,
+            "fitted_on_images": self.images_used,
             "reduce_range": self.reduce_range,
             "source_sha256": self.model_sha256,
             # Bias correction, weight rounding and the sensitivity pass measured the file in its exact QDQ
@@ -634,4 +640,6 @@ def quantize_model(
         rounding=config.rounding,
         rounded_layers=rounded,
         reduce_range=config.reduce_range,
+        images_fingerprint=calib_set.fingerprint if calib_set is not None else "",
+        images_used=len(calib_set) if calib_set is not None else 0,
     )

@@ -686,11 +686,6 @@ def _roc_png(out: Path, name: str, manifest: Manifest, truth: Truth, ref: np.nda
 
 
 # -- the entry point ---------------------------------------------------------------------------------------
-def _preprocess_differences(a: PreprocessConfig, b: PreprocessConfig) -> dict[str, list[Any]]:
-    da, db = a.to_dict(), b.to_dict()
-    return {key: [db[key], da[key]] for key in da if da[key] != db[key]}
-
-
 def _cpu_model() -> str | None:
     """The CPU's model name (Linux: /proc/cpuinfo, else the device-tree model of a Jetson; else the platform's)."""
     import platform
@@ -804,7 +799,8 @@ def validate_bundle(
         raise BundleError(f"no candidate to validate in {root} with backends {cfg.backends}: "
                           + "; ".join(f"{s['name']}: {s['reason']}" for s in skipped_candidates))
     ref_pre: PreprocessConfig | None = getattr(reference, "preprocess", None)
-    diffs = _preprocess_differences(manifest.preprocess, ref_pre) if ref_pre is not None else {}
+    diffs = ({k: [ref, bundle] for k, (bundle, ref) in manifest.preprocess.differences(ref_pre).items()}
+             if ref_pre is not None else {})
     notes: list[str] = []
     if unknown:
         listed = ", ".join(f"{lab} ({k} image(s)" + (f"; the bundle has {near[lab]!r}" if lab in near else "") + ")"

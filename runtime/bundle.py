@@ -18,6 +18,7 @@ file) lives here so a device can check a bundle without the training stack.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import numbers
 import os
@@ -43,6 +44,8 @@ from uopsl.runtime.version import __version__
 # 3: the manifest states the model's intended use (``intended_use``); a runtime
 # that cannot show it must refuse the bundle rather than screen without it.
 FORMAT_VERSION = 3
+
+log = logging.getLogger(__name__)
 SUPPORTED_FORMAT_VERSIONS = (1, 2, 3)
 MANIFEST = "manifest.json"
 
@@ -731,11 +734,20 @@ def _inside(root: Path, p: Path) -> bool:
 
 
 def verify_or_raise(bundle: str | os.PathLike[str], manifest: Manifest | None = None,
-                    raw: dict[str, Any] | None = None) -> Manifest:
+                    raw: dict[str, Any] | None = None, *, replacing: str | None = None) -> Manifest:
     """:func:`verify`, raising BundleError naming every bad file; returns the manifest the files were checked
-    against (``manifest`` and ``raw`` as there)."""
+    against (``manifest`` and ``raw`` as there).
+
+    ``replacing``: the listed file the caller is about to write anew. When it is the only file that fails (a
+    run of that command stopped between writing it and listing it), the bundle passes with a warning: the
+    command that repairs it refused before, telling the user to copy the bundle again. Its old content is
+    discarded, so nothing unverified enters the manifest."""
     m, raw = _manifest_and_raw(Path(bundle), manifest, raw)
     bad = [c for c in verify(bundle, m, raw) if not c.ok]
+    if bad and replacing is not None and all(c.path == replacing for c in bad):
+        log.warning("%s: %s does not match the manifest (%s), as a run stopped between writing it and listing it "
+                    "leaves it; it is written anew now", bundle, replacing, bad[0].reason)
+        return m
     if bad:
         detail = "; ".join(f"{c.path}: {c.reason}" for c in bad)
         raise BundleError(

@@ -32,7 +32,7 @@ import math
 import os
 import stat
 from dataclasses import asdict, dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import cv2
 import numpy as np
@@ -203,6 +203,11 @@ class PreprocessConfig:
             # the dict (calibration sets, training caches) still match for the same pixels.
             del d["decode_min_ratio"], d["decode_min_side"]
         return d
+
+    def differences(self, other: PreprocessConfig) -> dict[str, tuple[Any, Any]]:
+        """``{field: (this value, other's value)}`` for each field where the two configs differ."""
+        a, b = asdict(self), asdict(other)
+        return {k: (a[k], b[k]) for k in a if a[k] != b[k]}
 
     @property
     def uses_legacy_decode_rule(self) -> bool:

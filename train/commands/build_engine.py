@@ -169,6 +169,9 @@ def _legacy_calibration(bundle: Path, manifest: Any, mode: str, onnx: Path, cali
         from uopsl.calibration.table import TABLE_FILE, CalibrationTable
 
         table = CalibrationTable.load(bundle / TABLE_FILE, model_sha256=sha256_file(onnx))
+        from uopsl.train.commands.calibrate import refuse_table_of_other_preprocessing
+
+        refuse_table_of_other_preprocessing(bundle, table, bundle / TABLE_FILE)
         amax = {name: table.amax(name) for name in table.tensor_names}
         algo = "minmax" if table.method == "minmax" else "entropy2"
         return LegacyCalibration(amax=amax, algorithm=algo, batch_size=batch)

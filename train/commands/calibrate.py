@@ -137,6 +137,30 @@ def bundle_target(source: ModelSource, out: Path, kind: str) -> Path | None:
     return bundle
 
 
+def refuse_other_preprocessing(bundle: Path, cfg: PreprocessConfig, what: str) -> None:
+    """Refuse to put into ``bundle`` something measured on images preprocessed otherwise than it screens them.
+
+    A table or INT8 file measured with ``--preprocess``/``--size`` other than the bundle's own fits inputs its
+    runtime never gives (CLAHE on or off, another size, another JPEG decode rule): in a review its ranges were
+    up to 1.7x off, and the bundle verified as if nothing were wrong.
+    """
+    diffs = cfg.differences(read_manifest(bundle).preprocess)
+    if diffs:
+        said = ", ".join(f"{k} {a!r} (bundle: {b!r})" for k, (a, b) in diffs.items())
+        raise ConfigError(f"{bundle}: {what} would be measured on images preprocessed otherwise than the bundle "
+                          f"screens them ({said}); drop --preprocess/--size to use the bundle's own, or write it "
+                          "outside the bundle with --out")
+
+
+def refuse_table_of_other_preprocessing(bundle: Path, table: Any, table_path: Path) -> None:
+    """Refuse a calibration table whose images were preprocessed otherwise than ``bundle`` screens them."""
+    why = table.preprocess_mismatch(read_manifest(bundle).preprocess)
+    if why:
+        raise ConfigError(f"{table_path}: its ranges were measured on images preprocessed otherwise than the bundle "
+                          f"{bundle} screens them ({why}); calibrate again with the bundle's preprocessing: "
+                          f"uopsl calibrate {bundle} --images ...")
+
+
 _QDQ_OPS = {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "DynamicQuantizeLinear"}
 
 
@@ -245,8 +269,9 @@ def command(model: Path, images: str, method: str, percentile: float, out: Path 
         out = source.bundle / TABLE_FILE if source.bundle else source.model.with_suffix(".calibration.json")
     check_out(source, out)
     bundle = bundle_target(source, out, "calibration")
-    if bundle is not None:  # never re-sign a manifest that fails its own checksums
-        verify_or_raise(bundle)
+    if bundle is not None:  # never re-sign a manifest that fails its own checksums (the table is written anew)
+        verify_or_raise(bundle, replacing=out.name)
+        refuse_other_preprocessing(bundle, source.preprocess, "its calibration table")
     calib_set = load_set(images, source, max_images=max_images, seed=seed, require_fov=require_fov,
                          set_cache=set_cache, use_cache=not no_cache)
     before = sha256_file(out) if out.is_file() else None
@@ -261,8 +286,13 @@ def command(model: Path, images: str, method: str, percentile: float, out: Path 
         if after != before:
             _say_stale_int8(bundle, after)
     n_skipped = len(calib_set.skipped)
+    reused = before is not None and sha256_file(out) == before
     click.echo(
         f"{out}: {table.method} ranges of {len(table.ranges)} tensors from {table.num_images} images "
         f"({n_skipped} skipped); set fingerprint {table.set_fingerprint[:16]}"
+        # The fingerprint covers the pixels, not the labels or the files skipped: the table's own notes (class
+        # balance, skipped count) stay those of the run that measured it, which the counts above may not match.
+        + ("; ranges reused from the table already there (same model, images and method; its notes describe the "
+           "run that measured it, --force to measure again)" if reused else "")
     )
     return 1 if n_skipped else 0
