@@ -40,3 +40,26 @@ def test_explain_writes_one_panel_per_class_over_the_original(tmp_path: Path) ->
     res = CliRunner().invoke(cli, ["explain", str(ckpt), str(photo), "--out", str(tmp_path / "x"),
                                    "--classes", "no_such_class"])
     assert res.exit_code != 0 and "no_such_class" in str(res.exception or res.output)
+
+
+def test_explain_maps_go_straight_onto_the_panel_grid(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Each class's map was built at the photograph's full size, then shrunk to the 384 px panel: 192 MB per
+    class for an 8000x6000 photograph. No map is larger than the panel now."""
+    from uopsl.runtime.preprocess import Geometry
+
+    model, meta = tiny_model(random_text=True)
+    save_model(tmp_path / "ckpt", model, meta)
+    photo = tmp_path / "big.png"
+    assert cv2.imwrite(str(photo), cv2.cvtColor(draw_fake_fundus(1600, seed=2), cv2.COLOR_RGB2BGR))
+    shapes: list[tuple[int, ...]] = []
+    real = Geometry.to_original
+
+    def spy(self: Geometry, heatmap: np.ndarray) -> np.ndarray:
+        out = real(self, heatmap)
+        shapes.append(out.shape)
+        return out
+
+    monkeypatch.setattr(Geometry, "to_original", spy)
+    res = CliRunner().invoke(cli, ["explain", str(tmp_path / "ckpt"), str(photo), "--out", str(tmp_path / "maps")])
+    assert res.exit_code == 0, res.output
+    assert shapes and set(shapes) == {(384, 384)}

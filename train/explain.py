@@ -91,7 +91,14 @@ def explain_inputs(ckpt: Path, inputs: Sequence[str | os.PathLike[str]], out: Pa
 
     from uopsl.runtime.fsio import write_bytes
     from uopsl.runtime.overlay import encode_png, render_overlay
-    from uopsl.runtime.pipeline import WalkState, check_inputs, check_output_placement, display_path, iter_inputs
+    from uopsl.runtime.pipeline import (
+        WalkState,
+        check_inputs,
+        check_output_placement,
+        display_path,
+        iter_inputs,
+        scale_geometry,
+    )
     from uopsl.runtime.preprocess import preprocess_file
     from uopsl.train.checkpoint import load_model, read_meta
 
@@ -144,9 +151,12 @@ def explain_inputs(ckpt: Path, inputs: Sequence[str | os.PathLike[str]], out: Pa
         scale = width / orig.shape[1]
         small = cv2.resize(orig, (width, max(1, round(orig.shape[0] * scale))), interpolation=cv2.INTER_AREA)
         panels = []
+        # The maps go straight onto the panel's grid: at the photograph's own size first, an 8000x6000 one took a
+        # 192 MB array per class before being shrunk to the panel (a review).
+        on_panel = scale_geometry(pre.geometry, small.shape[:2])
         for c in names:
             k = model.config.classes.index(c)
-            heat = cv2.resize(pre.geometry.to_original(o["site_maps"][0, k].numpy()), small.shape[1::-1])
+            heat = on_panel.to_original(o["site_maps"][0, k].numpy())
             panel = render_overlay(small, heat)
             cv2.putText(panel, f"{c} p={probs[k]:.2f}", (8, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (255, 255, 255), 2,
                         cv2.LINE_AA)
