@@ -232,16 +232,25 @@ def test_copies_stay_together_in_folds_of_a_split_part(copies_folder: tuple[list
     monkeypatch.setenv("UOPSL_CACHE_DIR", str(tmp_path / "usercache"))
     samples, origin = copies_folder
     table = _csv_dataset(samples, samples[0].path.parent)
-    for seed in range(3):
+    checked = 0
+    for seed in range(8):
         whole = load_source(f"csv:{table}:split=train,split_seed={seed},duplicates=0.9")
         part = {origin[str(s.path)] for s in whole.samples}
         assert all(sum(origin[str(s.path)] == o for s in whole.samples) == 6 for o in part)  # all copies, or none
+        if len(part) < 2:  # one set of copies in the part: its two folds cannot both hold one (parts are hashed)
+            continue
         seen: dict[str, set[int]] = {}
-        for i in (1, 2):
-            spec = f"csv:{table}:split=train,split_seed={seed},notfold={i}/2,duplicates=0.9"
-            for s in load_source(spec).samples:
-                seen.setdefault(origin[str(s.path)], set()).add(i)
+        try:
+            for i in (1, 2):
+                spec = f"csv:{table}:split=train,split_seed={seed},notfold={i}/2,duplicates=0.9"
+                for s in load_source(spec).samples:
+                    seen.setdefault(origin[str(s.path)], set()).add(i)
+        except ConfigError as exc:  # 5 sets of copies: a fold of the part can be empty, and is said to be
+            assert "holds no image" in str(exc)
+            continue
         assert set(seen) == part and all(len(f) == 1 for f in seen.values()), (seed, seen)
+        checked += 1
+    assert checked >= 2
 
 
 def test_a_publishers_split_is_not_moved_and_the_message_says_so(tmp_path: Path) -> None:

@@ -66,6 +66,8 @@ from uopsl.train.datasets.splits import (
     group_kfold,
     links_within,
     patient_split,
+    spec_folds,
+    spec_split,
     take_shots,
 )
 from uopsl.train.datasets.tvhl import TVHL_TASKS, read_tvhl
@@ -122,5 +124,6 @@ __all__ = [
     "order_classes",
     "patient_split",
     "read_aptos", "read_csv", "read_folder", "read_idrid", "read_messidor2", "read_oct2017", "read_octdl",
-    "read_odir", "read_rfmid", "read_synthetic", "read_tvhl", "reader_options", "take_shots",
+    "read_odir", "read_rfmid", "read_synthetic", "read_tvhl", "reader_options", "spec_folds", "spec_split",
+    "take_shots",
 ]

@@ -21,10 +21,17 @@ values joined with ``+`` (``classes=normal+dr``). The options of each kind:
 
 A bare folder holding ``labels.csv`` is read as synthetic, any other bare
 folder as folder-per-class. Every kind also takes ``split=train|val|test``:
-that part of a patient-level 70/15/15 split (``split_seed=N``, default 0),
-except on ``idrid``, ``rfmid`` and ``oct2017``, whose ``split`` is the
-publisher's own; ``fold=I/K`` takes the I-th held-out fold of a
-patient-grouped K-fold (``fold_seed=N``) and ``notfold=I/K`` everything else.
+that part of a patient-level split of about 70/15/15 % of the patients
+(``split_seed=N``, default 0), except on ``idrid``, ``rfmid`` and ``oct2017``,
+whose ``split`` is the publisher's own; ``fold=I/K`` takes the I-th held-out
+fold of a patient-grouped K-fold (``fold_seed=N``) and ``notfold=I/K``
+everything else. Each patient's part (and fold) comes from a seeded hash of its
+id (an image without one: of its path under the dataset folder), so it is the
+same whatever ``task=``, ``modality=`` or ``classes=`` select: pre-training on
+``modality=oct,split=train`` and testing on ``split=test`` fundus photographs
+never share a patient. The parts are not exactly 70/15/15 % and not balanced
+by class (:func:`uopsl.train.data.group_kfold` deals balanced folds for
+scripts that build their own).
 An unknown option, a bad value or a missing path is one ConfigError line that
 lists what the kind accepts.
 """
@@ -151,16 +158,22 @@ def load_source(spec: str) -> data.DatasetSource:
                 f"{spec!r}: dataset kind {kind!r} has no option {key!r} (got {key}={value}); "
                 f"it accepts {', '.join(settable)}. Example: {EXAMPLES.get(kind, f'{kind}:PATH')}"
             )
+    for seed_key, needs in (("split_seed", ("split",)), ("fold_seed", ("fold", "notfold"))):
+        if seed_key in sel and not any(k in sel for k in needs):  # it would have changed nothing, silently
+            raise ConfigError(f"{spec!r}: {seed_key}= seeds {' or '.join(f'{k}=' for k in needs)}, and this spec "
+                              f"has none; add {needs[0]}=... or drop {seed_key}")
     values = {k: _coerce(kind, k, v, hints.get(k), accepted[k].annotation) for k, v in opts.items()}
     src = data.load_dataset(kind, path, **values)
     links = _duplicate_links(spec, src, sel, publisher_split="split" in values)
+    if sel.keys() & {"split", "fold", "notfold"}:
+        _say_unknown_patients(spec, src)
     if "split" in sel:
         name = sel["split"]
         if name not in ("train", "val", "test"):
             raise ConfigError(f"{spec!r}: split must be train, val or test, got {name!r}")
-        parts = data.patient_split(src.samples, seed=_int_option(spec, sel, "split_seed"), links=links)
+        parts = data.spec_split(src, seed=_int_option(spec, sel, "split_seed"), links=links)
         kept = getattr(parts, name)
-        src = src.subset(kept, f"{src.name}[{name}]")
+        src = _part(spec, src, kept, f"{src.name}[{name}]")
         links = data.links_within(links, kept)  # the folds below index the subset
     for key in ("fold", "notfold"):
         if key in sel:
@@ -170,9 +183,8 @@ def load_source(spec: str) -> data.DatasetSource:
                 raise ConfigError(f"{key} must look like I/K (e.g. 1/3), got {sel[key]!r}") from None
             if not 1 <= i <= k:
                 raise ConfigError(f"{key}={sel[key]}: I must be in 1..K")
-            train_idx, test_idx = data.group_kfold(src.samples, k, seed=_int_option(spec, sel, "fold_seed"),
-                                                   links=links)[i - 1]
-            src = src.subset(test_idx if key == "fold" else train_idx, f"{src.name}[{key}={i}/{k}]")
+            train_idx, test_idx = data.spec_folds(src, k, seed=_int_option(spec, sel, "fold_seed"), links=links)[i - 1]
+            src = _part(spec, src, test_idx if key == "fold" else train_idx, f"{src.name}[{key}={i}/{k}]")
     modalities: dict[str, int] = {}
     for smp in src.samples:
         modalities[smp.modality] = modalities.get(smp.modality, 0) + 1
@@ -207,11 +219,65 @@ def _duplicate_links(spec: str, src: data.DatasetSource, sel: dict[str, str],
     return report.links()
 
 
+def _say_unknown_patients(spec: str, src: data.DatasetSource) -> None:
+    """Warn that images without a patient id are split one by one: both eyes (or two visits) of one person can
+    then sit on both sides, which nothing else would tell."""
+    unknown = sum(1 for s in src.samples if s.patient is None)
+    if unknown:
+        log.warning("%s: %d of %d images name no patient, so split=/fold= place each on its own: two images of one "
+                    "person may fall on both sides. Give the table a patient column (csv:) to keep them together",
+                    spec, unknown, len(src))
+
+
+def _part(spec: str, src: data.DatasetSource, kept: Any, name: str) -> data.DatasetSource:
+    """The part of ``src`` a selector names; an empty one is an error, not an empty training or test set."""
+    if len(kept) == 0:
+        raise ConfigError(f"{spec!r}: {name} holds no image ({len(src)} images before it; parts are drawn per patient "
+                          "by a seeded hash, about 70/15/15 % or 1/K of the patients, so a small set can leave one "
+                          "empty); use another split_seed=/fold_seed=, fewer folds or a larger set")
+    return src.subset(kept, name)
+
+
 def _int_option(spec: str, sel: dict[str, str], key: str) -> int:
     try:
         return int(sel.get(key, 0))
     except ValueError:
         raise ConfigError(f"{spec!r}: {key} must be an integer, got {sel[key]!r}") from None
+
+
+def check_classes_in_data(pools: Sequence[tuple[data.DatasetSource, str]], classes: Sequence[str]) -> None:
+    """Say how the model's ``classes`` meet the labels of the training ``pools`` ((source, modality) pairs)
+    before anything trains.
+
+    A class without one positive image in any pool is refused (``--classes normal,DR`` on data labelled ``dr``
+    trained a ``DR`` class every photograph taught as absent, and each ``dr`` photograph as negative for
+    everything). Data labels that are no class are named with their counts: their images count as negatives
+    for every class (an OCT pool's AMD scans taught the site matrix "no class").
+    """
+    seen: dict[str, int] = {}
+    for src, modality in pools:
+        counts: dict[str, int] = {}
+        for s in src.samples:
+            if s.modality == modality:
+                for n in s.labels:
+                    counts[n] = counts.get(n, 0) + 1
+        for n, k in counts.items():
+            seen[n] = seen.get(n, 0) + k
+        unused = {n: k for n, k in counts.items() if n not in classes}
+        if unused:
+            log.warning("%s: %s label(s) %s are no class of the model (%s): those images count as negatives for "
+                        "every class", src.name, modality,
+                        ", ".join(f"{n} ({k} images)" for n, k in sorted(unused.items())), ", ".join(classes))
+    missing = [c for c in classes if seen.get(c, 0) == 0]
+    if missing and seen:
+        folded = {n.casefold(): n for n in seen}
+        near = [f"{c} (the data has {folded[c.casefold()]!r})" for c in missing if c.casefold() in folded]
+        raise ConfigError(
+            f"{' + '.join(src.name for src, _ in pools)}: no training image is labelled {', '.join(missing)}"
+            + (f"; {', '.join(near)}" if near else "")
+            + f". The data's labels: {', '.join(f'{n} ({k})' for n, k in sorted(seen.items()))}. Name classes as "
+            "the data spells them (--classes), or leave the class out: a class no image trains is added with "
+            "`uopsl export --classes FILE` (zero-shot)")
 
 
 def items_for(src: data.DatasetSource, classes: Sequence[str], modality: str | None = None) -> list["Item"]:

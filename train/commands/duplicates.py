@@ -42,13 +42,17 @@ def command(specs: tuple[str, ...], threshold: float, folds: int | None, fold_se
 
     cfg = DuplicateConfig(threshold=threshold)
     samples: list[Sample] = []
-    for spec in specs:
-        samples.extend(load_source(spec).samples)
+    sources = [load_source(spec) for spec in specs]
+    for src in sources:
+        samples.extend(src.samples)
     report = find_duplicates(samples, cfg, cache_dir or user_cache_dir() / "duplicates")
     fold_of: dict[int, int] = {}
-    if folds is not None:
-        for f, (_, test_idx) in enumerate(data.group_kfold(samples, folds, seed=fold_seed)):
-            fold_of.update({int(i): f + 1 for i in test_idx})
+    if folds is not None:  # the folds a spec's fold=I/K takes (each source's, as each spec draws its own)
+        start = 0
+        for src in sources:
+            for f, (_, test_idx) in enumerate(data.spec_folds(src, folds, seed=fold_seed)):
+                fold_of.update({start + int(i): f + 1 for i in test_idx})
+            start += len(src)
     sim = {(c.a, c.b): c.similarity for c in report.pairs}
     groups: list[dict[str, Any]] = []
     for members in report.groups:

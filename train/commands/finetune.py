@@ -10,8 +10,8 @@ import click
 from uopsl.runtime.errors import ConfigError
 from uopsl.runtime.fsio import write_json
 from uopsl.train import data as datamod
-from uopsl.train.commands.common import (INIT_HELP, items_for, load_source, resolve_init, split_classes,
-                                         train_options)
+from uopsl.train.commands.common import (INIT_HELP, check_classes_in_data, items_for, load_source, resolve_init,
+                                         split_classes, train_options)
 
 
 @click.command("finetune")
@@ -70,6 +70,7 @@ def command(data_spec: str, val_spec: str | None, out: Path, from_ckpt: Path | N
     if shots:
         src = src.subset(datamod.take_shots(src.samples, shots, seed=seed), f"{src.name}[{shots}-shot]")
     names = split_classes(classes) or src.label_space.classes
+    check_classes_in_data([(src, "fundus")], names)
     cfg = TrainConfig(freeze_sites=freeze_sites, w_site_finetune=w_site_finetune, w_site_guide=w_site_guide,
                       seed=seed, **train)  # type: ignore[arg-type]  # click checked each option's type
     pick_device(cfg.device)  # a device that is not there stops here, before anything is written

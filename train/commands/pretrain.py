@@ -8,7 +8,7 @@ import click
 
 from uopsl.runtime.errors import ConfigError
 from uopsl.runtime.fsio import write_json
-from uopsl.train.commands.common import (INIT_HELP, items_for, load_source, resolve_init, split_classes,
+from uopsl.train.commands.common import (INIT_HELP, check_classes_in_data, items_for, load_source, resolve_init, split_classes,
                                          train_options)
 
 
@@ -51,6 +51,8 @@ def command(fundus_spec: str, oct_spec: str | None, out: Path, classes: str | No
     fsrc = load_source(fundus_spec)
     osrc = load_source(oct_spec) if oct_spec else None
     names = split_classes(classes) or fsrc.label_space.classes
+    # Each class needs a positive in one pool or the other (no OCT shows glaucoma; a fundus pool may lack CNV).
+    check_classes_in_data([(fsrc, "fundus"), *([(osrc, "oct")] if osrc is not None else [])], names)
     cfg = TrainConfig(**train)  # type: ignore[arg-type]
     pick_device(cfg.device)  # a device that is not there stops here, before anything is written
     init = resolve_init(backbone, init)
