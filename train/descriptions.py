@@ -510,8 +510,7 @@ def classes_giving_phrases(path: str | os.PathLike[str]) -> frozenset[str]:
     out = set()
     for entry in _read_entries(Path(path)):
         if isinstance(entry, Mapping) and "phrases" in entry and isinstance(entry.get("name"), str):
-            key = normalize_name(entry["name"])
-            out.add(ALIASES.get(key, key))
+            out.add(canonical(entry["name"]))
     return frozenset(out)
 
 
@@ -557,6 +556,10 @@ def _parse_entry(entry: Any, where: str, known: Mapping[str, Sequence[str]] | No
     key = normalize_name(raw_name)
     key = ALIASES.get(key, key)
     builtin = _BY_NAME.get(key)
+    # A trained class keeps the checkpoint's own spelling (a folder named diabetic_retinopathy trains that name,
+    # whose canonical form is dr): matched by canonical name, or it became a new, unvalidated zero-shot class
+    # that never refers, and the trained one was dropped (a review).
+    key = next((k for k in (known or {}) if canonical(k) == key), key)
     display = entry.get("display")
     if display is not None and (not isinstance(display, str) or not display.strip()):
         raise ConfigError(f"{where} ({raw_name!r}): 'display' must be a non-empty string; got {display!r}")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -82,7 +83,7 @@ class TextEncoder:
             try:
                 with np.load(self._cache_file) as z:
                     self._mem = {k: z[k] for k in z.files}
-            except (OSError, ValueError) as exc:
+            except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:  # a truncated .npz: BadZipFile
                 log.warning("ignoring unreadable text cache %s (%s)", self._cache_file, exc)
 
     @staticmethod

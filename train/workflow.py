@@ -686,7 +686,7 @@ def with_trained_prototypes(bank: banks.ClassBank, model: UopslModel, meta: Chec
             continue
         j = trained.index(name)
         own = tuple(meta.phrases[j]) if j < len(meta.phrases) else ()
-        if name not in given or tuple(bank.phrases[i]) == own:
+        if descriptions.canonical(name) not in given or tuple(bank.phrases[i]) == own:
             text[i] = model.class_text[j].detach().cpu().numpy()
             phrases[i] = own or bank.phrases[i]
         else:
@@ -717,6 +717,36 @@ def trained_prototypes_kept(bank: banks.ClassBank, model: UopslModel, meta: Chec
             f"{'them' if len(moved) > 1 else 'it'} to keep the trained description, or give threshold = ... chosen "
             "on labelled images with the new phrases")
     return text, phrases
+
+
+def _check_class_set_change(trained: Sequence[str], referable: Sequence[bool], names: Sequence[str],
+                            points: dict[str, descriptions.OperatingPointOverride], head: str,
+                            source: str | Path) -> None:
+    """What a class file that adds or drops classes does to the trained ones, said or refused.
+
+    Dropped trained classes are named (a referable one no longer refers anyone). On a softmax head every
+    probability shares one denominator: adding or dropping a class moves the trained classes' probabilities
+    (in a review, 25 of 64 dr calls flipped when rp was added), so their validated thresholds no longer mean
+    what they did; the file must then give each kept trained class a threshold chosen with the new set.
+    """
+    dropped = [n for n in trained if n not in names]
+    if dropped:
+        gone = [n for n in dropped if referable[list(trained).index(n)]]
+        log.warning("%s leaves out trained class(es) %s%s: the bundle no longer reports %s", source,
+                    ", ".join(dropped), f" (referable: {', '.join(gone)}, which then refer nobody)" if gone else "",
+                    "them" if len(dropped) > 1 else "it")
+    added = [n for n in names if n not in trained]
+    if head != "softmax" or not (added or dropped):
+        return
+    unset = [n for n in names if n in trained and points.get(n, descriptions.OperatingPointOverride()).threshold
+             is None]
+    if unset:
+        raise ConfigError(
+            f"{source}: this model has a softmax head, whose probabilities share one denominator: "
+            f"{'adding ' + ', '.join(added) if added else ''}{' and ' if added and dropped else ''}"
+            f"{'dropping ' + ', '.join(dropped) if dropped else ''} moves the probabilities of the trained classes, "
+            f"so their validated thresholds no longer apply. Give threshold = ... for {', '.join(unset)}, chosen on "
+            "labelled images with the new class set, or keep the class set as trained")
 
 
 def resolve_use(meta: CheckpointMeta, status: str | None = None, statement: str = "",
@@ -772,6 +802,7 @@ def run_export(ckpt: Path, out: Path, classes_file: str | Path | None = None, op
         bank = banks.from_file(classes_file, text_model_of(ckpt, model, meta, text_model), seen=old, known=known)
         text, bank_phrases = trained_prototypes_kept(bank, model, meta, points, classes_file)
         model = model.with_classes(bank.names, text, seen_names=old)
+        _check_class_set_change(old, referable, bank.names, points, model.config.head, classes_file)
         thresholds, referable = class_decisions(bank.names, old, thresholds, referable, points, classes_file)
         phrases = list(bank_phrases)
     size = meta.preprocess.size
