@@ -82,3 +82,13 @@ def test_a_truncated_text_cache_is_ignored_not_a_crash(tmp_path: Path, caplog: p
         again = TextEncoder(cache_dir=tmp_path).prototypes((("a healthy retina",),))
     assert "ignoring unreadable text cache" in caplog.text
     np.testing.assert_allclose(again, want, atol=1e-6)
+
+
+def test_zero_shot_reads_new_phrases_for_a_trained_class_under_its_alias(tmp_path: Path) -> None:
+    from uopsl.train import bank as banks
+
+    known = {"diabetic_retinopathy": ("old phrase",), "normal": ("a healthy retina",)}
+    f = tmp_path / "c.toml"
+    f.write_text('[[classes]]\nname = "dr"\nphrases = ["new phrase"]\n')
+    (dr, normal) = banks.resolve(["diabetic_retinopathy", "normal"], f, known)
+    assert dr.phrases == ("new phrase",) and normal.phrases == ("a healthy retina",)

@@ -37,8 +37,8 @@ def resolve(names: Sequence[str], classes_file: str | Path | None = None,
     out = []
     for n in names:
         key = descriptions.canonical(n)
-        if key in user:
-            out.append(user[key])
+        if n in user or key in user:  # a trained class is named in the file's descriptions as it was trained
+            out.append(user[n] if n in user else user[key])
             continue
         if known and n in known:
             out.append(descriptions.trained_description(key, known[n]))
