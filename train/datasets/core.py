@@ -19,6 +19,7 @@ import io
 import logging
 import os
 import stat
+import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ from uopsl.runtime.errors import ConfigError, DataError
 from uopsl.runtime.fsio import read_user_text, sha256_file
 from uopsl.runtime.pipeline import DICOM_SUFFIXES, IMAGE_SUFFIXES
 from uopsl.runtime.progress import NoBar, track
+from uopsl.train.descriptions import canonical
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +42,8 @@ EYES: tuple[str, ...] = ("left", "right")
 # less DICOM: a folder dataset's contents must not change with a toolkit update, and PACS exports often hold
 # each photograph as both .dcm and .jpg (counted twice, perhaps across folds). A list or CSV can name .dcm files.
 IMAGE_EXTENSIONS = IMAGE_SUFFIXES - DICOM_SUFFIXES
+# Files a class folder may hold that are no photograph and not worth a warning (Windows' thumbnail caches).
+_FOLDER_JUNK = frozenset({"thumbs.db", "desktop.ini"})
 OnMissing = Literal["error", "skip"]
 T = TypeVar("T")
 
@@ -357,8 +361,8 @@ def read_table(path: Path, required: Sequence[str]) -> tuple[list[str], Sequence
             if missing:
                 found = [h for h in raw_header if h.strip()]
                 raise DataError(
-                    f"{path}: missing column(s) {missing}; columns found: {found}. "
-                    f"Rename the columns or tell the reader which columns to use."
+                    semicolon_hint(path, raw_header) or f"{path}: missing column(s) {missing}; columns found: "
+                    f"{found}. Rename the columns or tell the reader which columns to use."
                 )
             for cells in reader:
                 number += 1
@@ -376,6 +380,18 @@ def read_table(path: Path, required: Sequence[str]) -> tuple[list[str], Sequence
     return header, progress(rows, f"reading {path.name}")
 
 
+def semicolon_hint(path: Path | str, header: Sequence[str]) -> str | None:
+    """The error for a header that is one column holding ';' (a semicolon-separated file), else None."""
+    cols = [h.strip() for h in header if h.strip()]
+    if len(cols) != 1 or ";" not in cols[0]:
+        return None
+    return (
+        f"{path}: the header is one column {cols[0]!r}: the file looks semicolon-separated (as Excel writes CSV "
+        "in decimal-comma locales); expected comma-separated columns. Save it as comma-separated CSV (UTF-8) "
+        "and try again (Excel uses the system's list separator; LibreOffice asks for the field delimiter)."
+    )
+
+
 # ---------------------------------------------------------------- collecting samples
 
 
@@ -383,9 +399,15 @@ class Collector:
     """Accumulates samples for one reader: checks images, labels and builds the source.
 
     ``label_space`` fixed up front (an adapter's task) validates every sample's
-    labels; ``None`` infers the space from the data at :meth:`build`.
+    labels; ``None`` infers the space from the data at :meth:`build`, which
+    refuses two spellings of one class (``DR``/``dr``, ``healthy``/``normal``).
     ``missing='skip'`` leaves out rows whose image is absent (counted in
-    ``dropped['missing_image']``) instead of raising.
+    ``dropped['missing_image']``) instead of raising; with ``'error'`` the
+    error comes at :meth:`build`, once every row was looked at, so it can say
+    how many rows miss their image. A row naming an image an earlier row named
+    is left out (``dropped['duplicate_row']``) when it says the same, an error otherwise.
+    ``paths_from`` (e.g. "the CSV's folder") says what ``root`` is to the
+    table's paths, for the missing-image error.
     """
 
     def __init__(self, name: str, root: Path, label_space: LabelSpace | None, missing: OnMissing = "error") -> None:
@@ -395,9 +417,17 @@ class Collector:
         self.root = root
         self.label_space = label_space
         self.missing = missing
+        self.paths_from: str | None = None
         self.samples: list[Sample] = []
         self.sizes: list[int] = []
         self.dropped: Counter[str] = Counter()
+        self._locations: list[str] = []
+        # (device, inode) where the file was stat'ed: './a.jpg', 'x/../a.jpg', a link or another letter case
+        # on a case-insensitive disk are one image; the normalised path otherwise.
+        self._seen: dict[tuple[int, int] | str, int] = {}
+        self._repeat: tuple[str, str] | None = None
+        self._first_missing: tuple[str, Path] | None = None
+        self._n_missing = 0
 
     def drop(self, reason: str, n: int = 1) -> None:
         self.dropped[reason] += n
@@ -416,8 +446,9 @@ class Collector:
             )
 
     def add(self, sample: Sample, location: str, size: int | None = None) -> bool:
-        """Add ``sample`` (found at ``location``); False when its image is missing and skipped."""
+        """Add ``sample`` (found at ``location``); False when it is left out (image missing, or a repeated row)."""
         self.check_labels(sample.labels, location)
+        key: tuple[int, int] | str = os.path.normpath(sample.path)
         if size is None:
             try:
                 st = sample.path.stat()
@@ -428,33 +459,169 @@ class Collector:
                 if self.missing == "skip":
                     self.drop("missing_image")
                     log.debug("%s: image %s not found; skipped", location, sample.path)
-                    return False
-                raise DataError(
-                    f"{location}: image file {sample.path} not found. Fix the path (or the image "
-                    f"folder), or leave such rows out: add :missing=skip to the data spec "
-                    f"(e.g. csv:labels.csv:missing=skip; Python: missing='skip')."
-                )
+                else:
+                    self._n_missing += 1
+                    self._first_missing = self._first_missing or (location, sample.path)
+                return False
             size = st.st_size
+            if st.st_ino:
+                key = (st.st_dev, st.st_ino)
+        first = self._seen.get(key)
+        if first is not None:
+            self._repeated(sample, location, first)
+            return False
+        self._seen[key] = len(self.samples)
         self.samples.append(sample)
         self.sizes.append(size)
+        self._locations.append(location)
         return True
 
-    def build(self, options: Mapping[str, Any], multi_label: bool = True) -> DatasetSource:
-        if not self.samples:
-            dropped = f" (rows left out: {dict(self.dropped)})" if self.dropped else ""
+    def _repeated(self, sample: Sample, location: str, first: int) -> None:
+        """``sample`` names the image of ``samples[first]``: left out when it says the same, else an error."""
+        earlier = self.samples[first]
+        fields = {
+            "labels": (sorted(sample.labels), sorted(earlier.labels)),
+            "patient": (sample.patient, earlier.patient),
+            "eye": (sample.eye, earlier.eye),
+            "modality": (sample.modality, earlier.modality),
+        }
+        differ = [f"{k} {here!r} here, {there!r} there" for k, (here, there) in fields.items() if here != there]
+        if differ:
+            also = f" (as {earlier.path})" if earlier.path != sample.path else ""
             raise DataError(
-                f"{self.name}: no images found under {self.root}{dropped}; check the dataset root "
+                f"{location}: image {sample.path} is listed again, by {self._locations[first]}{also}, and the two "
+                f"rows disagree ({'; '.join(differ)}); one image needs one set of labels: keep one of the rows "
+                "(if graders disagree, settle the label first)."
+            )
+        self.drop("duplicate_row")
+        self._repeat = self._repeat or (location, self._locations[first])
+
+    def _missing_error(self) -> DataError:
+        """The first missing image, the folder its path was read against, a near match and how many miss."""
+        location, path = self._first_missing or ("", self.root)
+        base = count = ""
+        if self.paths_from:
+            base = f" (paths are read relative to {self.paths_from}, {os.path.abspath(self.root)})"
+        near = near_match(path, self.root, table=self.paths_from is not None)
+        found = len(self.samples) + self.dropped["duplicate_row"]
+        if self._n_missing > 1:
+            count = f"; {self._n_missing} of {self._n_missing + found} rows name a missing image"
+        if found:
+            todo = ("Fix the path (or the image folder), or leave such rows out: add :missing=skip to the data "
+                    "spec (e.g. csv:labels.csv:missing=skip; Python: missing='skip').")
+        else:
+            todo = ("No row's image was found: check the folder the paths are relative to"
+                    f"{' (or move the table next to the images)' if self.paths_from else ' (the dataset root)'}.")
+        return DataError(f"{location}: image file {path} not found{base}{near}{count}. {todo}")
+
+    def _check_spellings(self, where_: str, unit: str) -> None:
+        """Refuse class names that are spellings of one class: the text bank gives them one description."""
+        counts = Counter(n for s in self.samples for n in s.labels)
+        groups: dict[str, list[str]] = {}
+        for n in counts:
+            groups.setdefault(canonical(n), []).append(n)
+        clashes = [(key, names) for key, names in groups.items() if len(names) > 1]
+        if not clashes:
+            return
+        said = "; ".join(
+            " and ".join(f"{n!r} ({_plural(counts[n], unit)})" for n in sorted(names)) + f" are all class {key!r}"
+            for key, names in clashes
+        )
+        fix = "rename the class folders" if unit == "image" else "fix the label cells of the table"
+        raise ConfigError(
+            f"{where_}: labels spelled differently name one class: {said}; they would train as separate classes "
+            f"with the same description. Use one spelling per class (e.g. {clashes[0][0]!r}): {fix} and run again."
+        )
+
+    def build(self, options: Mapping[str, Any], multi_label: bool = True) -> DatasetSource:
+        if self._n_missing:
+            raise self._missing_error()
+        if not self.samples:
+            raise DataError(
+                f"{self.name}: no images found under {self.root}{_left_out(self.dropped)}; check the dataset root "
                 f"and layout (see the reader's docstring)."
             )
+        if self.label_space is None:
+            unit = "image" if options.get("reader") == "folder" else "row"
+            self._check_spellings(str(options.get("csv") or self.root), unit)
         space = self.label_space or LabelSpace(order_classes(n for s in self.samples for n in s.labels), multi_label)
         if self.missing == "skip" and self.dropped.get("missing_image"):
             log.warning("%s: %d rows left out because their image is missing", self.name, self.dropped["missing_image"])
+        if self._repeat is not None:
+            log.warning("%s: %d row(s) left out because they repeat an earlier row (same image, same labels), e.g. %s "
+                        "repeats %s", self.name, self.dropped["duplicate_row"], *self._repeat)
         samples = tuple(self.samples)
         sizes = tuple(self.sizes)
         return DatasetSource(
             self.name, self.root, samples, space, fingerprint(samples, self.root, sizes), sizes,
             dict(self.dropped), dict(options),
         )
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def _left_out(dropped: Mapping[str, int]) -> str:
+    """What the no-images error says about what was left out, with what to do for files folder: skips."""
+    exts = {k.split(":", 1)[1]: n for k, n in dropped.items() if k.startswith("not_an_image:")}
+    rows = {k: n for k, n in dropped.items() if not k.startswith("not_an_image:") and k != "file_in_subfolder"}
+    notes = [f"rows left out: {rows}"] if rows else []
+    if exts:
+        notes.append("files skipped by type: " + ", ".join(f"{n} {e}" for e, n in sorted(exts.items())))
+    if dropped.get("file_in_subfolder"):
+        notes.append(f"{_plural(dropped['file_in_subfolder'], 'file')} in sub-folders of the class folders not read "
+                     "(folder: reads root/<class>/<image>, one level; move them up a level)")
+    if DICOM_SUFFIXES & set(exts):
+        notes.append("DICOM files are not read by folder: (a PACS export often holds each photograph as both .dcm "
+                     "and .jpg); list them in a CSV with path,label columns (csv:FILE; reading DICOM needs "
+                     "pip install 'uopsl[dicom]') or export them as JPEG/PNG")
+    if exts:
+        notes.append(f"folder: reads {', '.join(sorted(IMAGE_EXTENSIONS))}")
+    return " (" + "; ".join(notes) + ")" if notes else ""
+
+
+def _folded(name: str) -> str:
+    return unicodedata.normalize("NFC", name).casefold()
+
+
+def near_match(path: Path, root: Path, *, table: bool = False) -> str:
+    """'; <hint>' naming a file the missing ``path`` probably means, else ''.
+
+    Two near misses are common: a table whose paths are relative to the folder
+    the user worked in instead of the table's folder, and a name that differs
+    from the file on disk in letter case (a table made on Windows or macOS) or
+    in Unicode form (NFC/NFD: names from macOS or a zip made there). The first
+    is looked for when ``table`` (``path`` is a table's cell joined to ``root``).
+    The file is named, never used: the table is what the user meant to say.
+    """
+    try:
+        rel = path.relative_to(root)
+    except ValueError:
+        rel = None
+    if table and rel is not None and not rel.is_absolute() and os.path.abspath(root) != os.getcwd() and rel.is_file():
+        fixed = os.path.relpath(os.path.abspath(rel), os.path.abspath(root))
+        return (f"; {rel} exists relative to the current folder {os.getcwd()}: write the paths relative to the "
+                f"table's folder (here {fixed}) or as absolute paths")
+    current = Path(path.anchor) if path.is_absolute() else Path(".")
+    case = unicode_form = False
+    for part in path.parts[1:] if path.is_absolute() else path.parts:
+        if not os.path.lexists(current / part):
+            try:
+                hits = sorted(n for n in os.listdir(current) if _folded(n) == _folded(part))
+            except OSError:
+                return ""
+            if not hits:
+                return ""
+            nfc = unicodedata.normalize("NFC", part) == unicodedata.normalize("NFC", hits[0])
+            unicode_form |= nfc
+            case |= not nfc
+            part = hits[0]
+        current = current / part
+    if not current.is_file() or not (case or unicode_form):
+        return ""
+    how = " and ".join(w for w, on in (("letter case", case), ("Unicode form (NFC/NFD)", unicode_form)) if on)
+    return f"; the disk holds {current}, which differs in {how}: rename the file or fix the path in the table"
 
 
 class StemIndex:
@@ -494,21 +661,58 @@ def first_existing(root: Path, candidates: Sequence[str], what: str, *, folder: 
     raise DataError(f"{what} not found; looked for: {tried}. Point the reader at the dataset root.")
 
 
-def scan_class_folders(root: Path, allowed: Sequence[str] | None, dataset: str) -> Iterator[tuple[str, Path, int]]:
+def scan_class_folders(
+    root: Path, allowed: Sequence[str] | None, dataset: str, dropped: Counter[str] | None = None
+) -> Iterator[tuple[str, Path, int]]:
     """Yield (folder name, image path, byte size) for ``root/<class>/<image>``, sorted.
 
-    Hidden entries and non-image files are skipped; a class folder whose name is
-    not in ``allowed`` (when given) is an unknown-label DataError naming it.
+    Hidden entries are skipped. Files of a type not read (:data:`IMAGE_EXTENSIONS`;
+    DICOM too) and files in sub-folders of a class folder are skipped with a
+    warning per class folder, and counted in ``dropped`` (when given) as
+    ``not_an_image:<.ext>`` and ``file_in_subfolder``. A class folder whose name
+    is not in ``allowed`` (when given) is an unknown-label DataError naming it.
     """
     if not root.is_dir():
         raise DataError(f"{dataset}: folder {root} not found; expected one sub-folder per class.")
     for d in sorted((e for e in os.scandir(root) if e.is_dir() and not e.name.startswith(".")), key=lambda e: e.name):
         if allowed is not None and d.name not in allowed:
             raise DataError(f"{d.path}: unknown label {d.name!r} (class folder); allowed labels: {list(allowed)}.")
+        types: Counter[str] = Counter()
+        nested: dict[str, int] = {}
         for f in sorted(os.scandir(d.path), key=lambda e: e.name):
-            if f.name.startswith(".") or not f.is_file():
+            if f.name.startswith(".") or f.name.lower() in _FOLDER_JUNK:
                 continue
-            if Path(f.name).suffix.lower() not in IMAGE_EXTENSIONS:
-                log.debug("%s: not an image extension; skipped", f.path)
+            if f.is_dir():
+                nested[f.name] = sum(
+                    1 for _, _, files in os.walk(f.path) for n in files if not n.startswith(".")
+                )
+                continue
+            if not f.is_file():
+                continue
+            ext = Path(f.name).suffix.lower()
+            if ext not in IMAGE_EXTENSIONS:
+                types[ext or "(no extension)"] += 1
                 continue
             yield d.name, Path(f.path), f.stat().st_size
+        if types or nested:
+            _warn_skipped(d.path, types, nested)
+        if dropped is not None:
+            for ext, n in types.items():
+                dropped[f"not_an_image:{ext}"] += n
+            if sum(nested.values()):
+                dropped["file_in_subfolder"] += sum(nested.values())
+
+
+def _warn_skipped(folder: str, types: Mapping[str, int], nested: Mapping[str, int]) -> None:
+    said = []
+    if types:
+        listed = ", ".join(f"{e}: {n}" for e, n in sorted(types.items()))
+        dicom = ""
+        if DICOM_SUFFIXES & set(types):
+            dicom = " (DICOM is not read from class folders; a CSV can list .dcm files)"
+        said.append(f"{_plural(sum(types.values()), 'file')} of a type not read ({listed}){dicom}")
+    if nested:
+        names = ", ".join(f"{k}/ ({_plural(n, 'file')})" for k, n in sorted(nested.items())[:5])
+        said.append(f"{_plural(len(nested), 'sub-folder')}, not read: only images directly in a class folder "
+                    f"count ({names})")
+    log.warning("%s: skipped %s", folder, "; ".join(said))

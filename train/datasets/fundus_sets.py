@@ -150,7 +150,7 @@ def _image_folder(root: Path, images_dir: str | None, candidates: tuple[str, ...
 
 
 def read_aptos(root: str | Path, *, task: str = "referable", missing: OnMissing = "error") -> DatasetSource:
-    """APTOS 2019 training set (see module doc); task 'referable' or 'grade'."""
+    """APTOS 2019 training set (see module doc); task 'referable', 'any_dr' or 'grade'."""
     root = Path(root)
     space = _graded_task(task, has_dme=False)
     _, rows = read_table(root / "train.csv", ("id_code", "diagnosis"))

@@ -2,14 +2,20 @@
 
 Assumptions
 - Folder-per-class: ``root/<class>/<image>``, one level; the folder name is the
-  class name (kept as is); hidden files and non-image extensions are skipped.
+  class name (kept as is); hidden files are skipped, and so are sub-folders and
+  files of other types (DICOM too), with a warning and a count in ``dropped``.
 - Generic CSV: a header line; one column with the image path (relative to the
   CSV's folder unless ``image_root`` says otherwise) and the labels in exactly
   one of three forms: one class name per row, several 0/1 columns (one per
   class) or one column of ';'-separated class names. Without a layout
   (``csv:FILE`` on the command line) the header says which: ``path`` plus
   ``label`` (one class) or ``labels`` (';'-joined), and ``patient``, ``eye``,
-  ``modality`` when present (:meth:`CsvLayout.infer`).
+  ``modality`` when present (:meth:`CsvLayout.infer`). A ``label`` cell holding
+  ``;``, ``,`` or ``|`` and a ``labels`` name holding another of them are errors
+  (several names in one class name). A row repeating an earlier row's image is
+  left out when it says the same, an error otherwise.
+- Two spellings of one class (``DR``/``dr``, ``healthy``/``normal``) are an error
+  when the label space comes from the data.
 - Synthetic CSV (``uopsl synth``): ``path,patient,eye,modality,labels,masks``,
   ``labels`` ';'-joined (``normal`` when no disease), ``path`` and ``masks``
   relative to the CSV folder, ``masks`` empty when none were written.
@@ -38,12 +44,15 @@ from uopsl.train.datasets.core import (
     parse_eye,
     read_table,
     scan_class_folders,
+    semicolon_hint,
 )
 
 log = logging.getLogger(__name__)
 
 _TRUE = {"1", "1.0", "true", "yes"}
 _FALSE = {"0", "0.0", "false", "no", ""}
+# What people join several class names with; inside one class name each is a mistake.
+_JOINERS = (";", ",", "|")
 
 
 def _space(classes: tuple[str, ...] | list[str] | None, multi_label: bool) -> LabelSpace | None:
@@ -66,7 +75,7 @@ def read_folder(
     if modality not in MODALITIES:
         raise ConfigError(f"modality must be one of {MODALITIES}, got {modality!r}")
     col = Collector(name, root, _space(classes, False))
-    for cls, path, size in scan_class_folders(root, classes, name):
+    for cls, path, size in scan_class_folders(root, classes, name, col.dropped):
         col.add(Sample(path, (cls,), modality=modality), str(path), size)
     return col.build({"reader": "folder", "root": root, "classes": classes, "modality": modality}, multi_label=False)
 
@@ -120,9 +129,10 @@ class CsvLayout:
         cols = {c.strip() for c in header}
         if "path" not in cols or not cols & {"label", "labels"}:
             raise DataError(
-                f"{source}: cannot tell the layout from columns {[c for c in header if c.strip()]}; expected a "
-                "'path' column and a 'label' (one class per row) or 'labels' (';'-joined class names) column. "
-                "Rename the columns, or call read_csv with a CsvLayout naming them."
+                semicolon_hint(source, header) or f"{source}: cannot tell the layout from columns "
+                f"{[c for c in header if c.strip()]}; expected a 'path' column and a 'label' (one class per row) "
+                "or 'labels' (';'-joined class names) column. Rename the columns in the CSV (Python: or pass "
+                "read_csv a CsvLayout naming them)."
             )
         single = "label" in cols
         return cls(
@@ -145,12 +155,29 @@ class CsvLayout:
 
     def labels(self, row: Row) -> tuple[str, ...]:
         if self.label_column is not None:
-            return (row.require(self.label_column),)
+            value = row.require(self.label_column)
+            joiner = next((j for j in _JOINERS if j in value), None)
+            if joiner is not None:
+                raise DataError(
+                    f"{row.where}: column {self.label_column!r} holds {value!r}, several class names joined by "
+                    f"{joiner!r}; that column takes one class per row. For images with several classes use a "
+                    "'labels' column instead, names joined by ';' (e.g. dr;dme)."
+                )
+            return (value,)
         if self.multi_label_column is not None:
             raw = row.require(self.multi_label_column)
             names = tuple(dict.fromkeys(n.strip() for n in raw.split(self.separator) if n.strip()))
             if not names:
                 raise DataError(f"{row.where}: column {self.multi_label_column!r} holds no class name ({raw!r}).")
+            for n in names:
+                joiner = next((j for j in _JOINERS if j in n), None)
+                if joiner is not None:
+                    example = self.separator.join(p.strip() for p in n.split(joiner))
+                    raise DataError(
+                        f"{row.where}: column {self.multi_label_column!r} holds {raw!r}, where {n!r} looks like "
+                        f"several class names joined by {joiner!r}; expected names joined by {self.separator!r} "
+                        f"(e.g. {example})."
+                    )
             return names
         on = []
         for c in self.label_columns:
@@ -186,6 +213,7 @@ def read_csv(
         classes = order_classes(list(layout.label_columns) + ([layout.none_label] if layout.none_label else []))
     image_root = csv_path.parent / layout.image_root if layout.image_root else csv_path.parent
     col = Collector(name or csv_path.stem, image_root, _space(classes, layout.multi_label), missing)
+    col.paths_from = f"image_root {layout.image_root!r}" if layout.image_root else "the CSV's folder"
     for row in rows:
         modality = row.require(layout.modality_column) if layout.modality_column else layout.modality
         if modality not in MODALITIES:
@@ -262,6 +290,7 @@ def read_synthetic(
     _, rows = read_table(csv_path, SYNTHETIC_COLUMNS)
     base = csv_path.parent
     col = Collector("synthetic", base, _space(classes, True), missing)
+    col.paths_from = "the CSV's folder"
     layout = CsvLayout(multi_label_column="labels")
     for row in rows:
         mod = row.require("modality")
