@@ -71,7 +71,10 @@ def test_classes_the_training_data_never_shows_are_refused_and_labels_no_class_t
         check_classes_in_data([(fundus, "fundus")], ["normal", "DR"])
     with caplog.at_level(logging.WARNING):
         check_classes_in_data([(fundus, "fundus")], ["normal"])
+        # Classes of the reader's own label space (not named by the user) that the data lacks: said, not refused.
+        check_classes_in_data([(fundus, "fundus")], ["normal", "dr", "glaucoma"], named=False)
     assert "label(s) dr (1 images) are no class of the model (normal)" in caplog.text
+    assert "is labelled glaucoma: it is trained from the description and negatives only" in caplog.text
     # Pre-training: a class needs a positive in one pool or the other (CNV only in OCT is fine).
     for name in ("0.png", "1.png"):
         write_image(tmp_path / "o" / "img" / name)

@@ -245,15 +245,25 @@ def _int_option(spec: str, sel: dict[str, str], key: str) -> int:
         raise ConfigError(f"{spec!r}: {key} must be an integer, got {sel[key]!r}") from None
 
 
-def check_classes_in_data(pools: Sequence[tuple[data.DatasetSource, str]], classes: Sequence[str]) -> None:
+def check_classes_in_data(pools: Sequence[tuple[data.DatasetSource, str]], classes: Sequence[str],
+                          held_out: Sequence[tuple[data.DatasetSource, str]] = (), *, named: bool = True) -> None:
     """Say how the model's ``classes`` meet the labels of the training ``pools`` ((source, modality) pairs)
     before anything trains.
 
-    A class without one positive image in any pool is refused (``--classes normal,DR`` on data labelled ``dr``
-    trained a ``DR`` class every photograph taught as absent, and each ``dr`` photograph as negative for
-    everything). Data labels that are no class are named with their counts: their images count as negatives
-    for every class (an OCT pool's AMD scans taught the site matrix "no class").
+    A class the user ``named`` (``--classes``) without one positive image in any pool, nor in the
+    ``held_out`` (validation) ones, is refused (``--classes normal,DR`` on data labelled ``dr`` trained a
+    ``DR`` class every photograph taught as absent, and each ``dr`` photograph as negative for everything);
+    a class of the reader's own label space that the data lacks (a small synthetic pool without glaucoma), or
+    one only the held-out images have, is warned about. Data labels that are no class are named with their
+    counts: their images count as negatives for every class (an OCT pool's AMD scans taught the site matrix
+    "no class").
     """
+    held: dict[str, int] = {}
+    for src, modality in held_out:
+        for s in src.samples:
+            if s.modality == modality:
+                for n in s.labels:
+                    held[n] = held.get(n, 0) + 1
     seen: dict[str, int] = {}
     for src, modality in pools:
         counts: dict[str, int] = {}
@@ -268,7 +278,17 @@ def check_classes_in_data(pools: Sequence[tuple[data.DatasetSource, str]], class
             log.warning("%s: %s label(s) %s are no class of the model (%s): those images count as negatives for "
                         "every class", src.name, modality,
                         ", ".join(f"{n} ({k} images)" for n, k in sorted(unused.items())), ", ".join(classes))
-    missing = [c for c in classes if seen.get(c, 0) == 0]
+    only_held = [c for c in classes if seen.get(c, 0) == 0 and held.get(c, 0)]
+    if only_held:
+        log.warning("no training image is labelled %s (the validation images have %s): %s trained from the "
+                    "description and negatives only", ", ".join(only_held),
+                    ", ".join(f"{held[c]} of {c}" for c in only_held), "it is" if len(only_held) == 1 else "they are")
+    missing = [c for c in classes if seen.get(c, 0) == 0 and not held.get(c, 0)]
+    if missing and seen and not named:
+        log.warning("no image of %s is labelled %s: %s trained from the description and negatives only",
+                    " + ".join(src.name for src, _ in pools), ", ".join(missing),
+                    "it is" if len(missing) == 1 else "they are")
+        return
     if missing and seen:
         folded = {n.casefold(): n for n in seen}
         near = [f"{c} (the data has {folded[c.casefold()]!r})" for c in missing if c.casefold() in folded]

@@ -70,7 +70,7 @@ def command(data_spec: str, val_spec: str | None, out: Path, from_ckpt: Path | N
     if shots:
         src = src.subset(datamod.take_shots(src.samples, shots, seed=seed), f"{src.name}[{shots}-shot]")
     names = split_classes(classes) or src.label_space.classes
-    check_classes_in_data([(src, "fundus")], names)
+    check_classes_in_data([(src, "fundus")], names, held_out=[(val, "fundus")], named=bool(split_classes(classes)))
     cfg = TrainConfig(freeze_sites=freeze_sites, w_site_finetune=w_site_finetune, w_site_guide=w_site_guide,
                       seed=seed, **train)  # type: ignore[arg-type]  # click checked each option's type
     pick_device(cfg.device)  # a device that is not there stops here, before anything is written

@@ -52,7 +52,8 @@ def command(fundus_spec: str, oct_spec: str | None, out: Path, classes: str | No
     osrc = load_source(oct_spec) if oct_spec else None
     names = split_classes(classes) or fsrc.label_space.classes
     # Each class needs a positive in one pool or the other (no OCT shows glaucoma; a fundus pool may lack CNV).
-    check_classes_in_data([(fsrc, "fundus"), *([(osrc, "oct")] if osrc is not None else [])], names)
+    check_classes_in_data([(fsrc, "fundus"), *([(osrc, "oct")] if osrc is not None else [])], names,
+                          named=bool(split_classes(classes)))
     cfg = TrainConfig(**train)  # type: ignore[arg-type]
     pick_device(cfg.device)  # a device that is not there stops here, before anything is written
     init = resolve_init(backbone, init)
