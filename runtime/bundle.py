@@ -46,6 +46,9 @@ from uopsl.runtime.version import __version__
 FORMAT_VERSION = 3
 
 log = logging.getLogger(__name__)
+
+#: Where a manifest keeps the display names a class file gave (``{class: display}``), shown by the report.
+CLASS_DISPLAY_NOTE = "class_display"
 SUPPORTED_FORMAT_VERSIONS = (1, 2, 3)
 MANIFEST = "manifest.json"
 
@@ -455,6 +458,12 @@ class Manifest:
     @property
     def class_names(self) -> tuple[str, ...]:
         return tuple(c.name for c in self.classes)
+
+    def display_name(self, name: str) -> str | None:
+        """The display name the maker's class file gave class ``name`` (``notes["class_display"]``), or None."""
+        shown = self.notes.get(CLASS_DISPLAY_NOTE)
+        value = shown.get(name) if isinstance(shown, Mapping) else None
+        return value if isinstance(value, str) and value.strip() else None
 
     @property
     def thresholds(self) -> np.ndarray:

@@ -559,7 +559,7 @@ def _legend(manifest: Manifest, zero_shot: set[str]) -> str:
     lines = ["<table class='legend'><thead><tr><th>Class</th><th>Meaning</th><th>Threshold</th>"
              "<th>Refers?</th></tr></thead><tbody>"]
     for c in manifest.classes:
-        words = CLASS_WORDS.get(c.name.lower(), "")
+        words = manifest.display_name(c.name) or CLASS_WORDS.get(c.name.lower(), "")
         desc = "; ".join(c.descriptions[:2])
         meaning = (f"{esc(words)}" if words else "") + (
             f"<div class='desc'>{esc(desc)}</div>" if desc else "")
@@ -627,9 +627,10 @@ def _probs_html(row: Mapping[str, Any], manifest: Manifest, zero_shot: set[str],
     return "<br>".join(out)
 
 
-def _finding(name: str) -> str:
-    """``<b>dr</b> (diabetic retinopathy)``; ``<b>glaucoma</b> (suspected, ...)`` where the words repeat the name."""
-    words = CLASS_WORDS.get(name.lower(), "")
+def _finding(name: str, display: str | None = None) -> str:
+    """``<b>dr</b> (diabetic retinopathy)``; ``<b>glaucoma</b> (suspected, ...)`` where the words repeat the name.
+    ``display``: the bundle's own words for the class (a class file's ``display``), before the built-in ones."""
+    words = display or CLASS_WORDS.get(name.lower(), "")
     if not words:
         return f"<b>{esc(name)}</b>"
     if words.lower().startswith(name.lower()):
@@ -645,7 +646,7 @@ def _result_html(row: Mapping[str, Any], manifest: Manifest, findings: list[str]
     status = row.get("status")
     if status == "ok" and row.get("refer"):
         if findings:
-            named = ", ".join(_finding(c) for c in findings)
+            named = ", ".join(_finding(c, manifest.display_name(c)) for c in findings)
             parts.append(f"<div class='find'>Found: {named}</div>")
         else:
             parts.append(f"<div class='find'>Referable classes together at or above "

@@ -92,3 +92,19 @@ def test_zero_shot_reads_new_phrases_for_a_trained_class_under_its_alias(tmp_pat
     f.write_text('[[classes]]\nname = "dr"\nphrases = ["new phrase"]\n')
     (dr, normal) = banks.resolve(["diabetic_retinopathy", "normal"], f, known)
     assert dr.phrases == ("new phrase",) and normal.phrases == ("a healthy retina",)
+
+
+def test_a_class_files_display_names_reach_the_report(tmp_path: Path) -> None:
+    """`display` was accepted, checked and then dropped: the report showed neither it nor anything for rp."""
+    from uopsl.runtime.report import _finding, _legend
+
+    ck = _checkpoint(tmp_path / "ck", ("normal", "dr"))
+    f = tmp_path / "c.toml"
+    f.write_text('[[classes]]\nname = "normal"\n[[classes]]\nname = "dr"\ndisplay = "Diabetic retinopathy (any)"\n'
+                 '[[classes]]\nname = "rd"\ndisplay = "Retinal detachment (RD)"\nphrases = ["a detached retina"]\n')
+    m = read_manifest(run_export(ck, tmp_path / "b", classes_file=f))
+    assert m.display_name("rd") == "Retinal detachment (RD)" and m.display_name("normal") is None
+    legend = _legend(m, {"rd"})
+    assert "Retinal detachment (RD)" in legend and "Diabetic retinopathy (any)" in legend
+    assert _finding("dr", m.display_name("dr")) == "<b>dr</b> (Diabetic retinopathy (any))"
+    assert read_manifest(run_export(ck, tmp_path / "plain")).display_name("dr") is None

@@ -505,6 +505,18 @@ def trained_description(name: str, phrases: Sequence[str], display: str | None =
     return DiseaseDescription(name, display or name.replace("_", " ").capitalize(), tuple(phrases), both)
 
 
+def display_names(path: str | os.PathLike[str], known: Mapping[str, Sequence[str]] | None = None) -> dict[str, str]:
+    """``{class: display}`` for the classes a class file gives a ``display`` name (as :func:`load_classes` names
+    them), for the bundle's report; the others keep the report's own words."""
+    p = Path(path)
+    out = {}
+    for i, entry in enumerate(_read_entries(p), start=1):
+        if isinstance(entry, Mapping) and entry.get("display") is not None:
+            desc = _parse_entry(entry, f"{p}: class #{i}", known)
+            out[desc.name] = desc.display
+    return out
+
+
 def classes_giving_phrases(path: str | os.PathLike[str]) -> frozenset[str]:
     """The (canonical) names of the classes a class file describes with phrases of its own."""
     out = set()

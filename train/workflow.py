@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from uopsl.runtime.bundle import ClassSpec
+from uopsl.runtime.bundle import CLASS_DISPLAY_NOTE, ClassSpec
 from uopsl.runtime.errors import ConfigError
 from uopsl.runtime.fsio import write_json
 from uopsl.runtime import intended_use
@@ -795,6 +795,7 @@ def run_export(ckpt: Path, out: Path, classes_file: str | Path | None = None, op
     thresholds = list(meta.thresholds or [0.5] * model.num_classes)
     referable = list(meta.referable or [descriptions.referable_by_default(c) for c in model.config.classes])
     phrases = list(meta.phrases)
+    shown: dict[str, str] = {}  # display names a class file gives, for the report
     if classes_file is not None:
         old = model.config.classes
         known = dict(zip(old, meta.phrases))
@@ -805,6 +806,7 @@ def run_export(ckpt: Path, out: Path, classes_file: str | Path | None = None, op
         _check_class_set_change(old, referable, bank.names, points, model.config.head, classes_file)
         thresholds, referable = class_decisions(bank.names, old, thresholds, referable, points, classes_file)
         phrases = list(bank_phrases)
+        shown = {n: d for n, d in descriptions.display_names(classes_file, known).items() if n in bank.names}
     size = meta.preprocess.size
     deploy = DeployModel(model.eval(), size)
     with tempfile.TemporaryDirectory() as tmp:
@@ -820,7 +822,8 @@ def run_export(ckpt: Path, out: Path, classes_file: str | Path | None = None, op
                                if meta.train_config.get(TEACHER_DIGEST_KEY) else {}),
                             "train_config": meta.train_config,
                             # what each stage trained on: `uopsl intended-use` judges a clinical statement by it
-                            intended_use.TRAINING_DATA_NOTE: [dict(r) for r in meta.training_data]},
+                            intended_use.TRAINING_DATA_NOTE: [dict(r) for r in meta.training_data],
+                            **({CLASS_DISPLAY_NOTE: shown} if shown else {})},
                      overwrite=force, intended_use=use)
     write_json(out.parent / f"{out.name}.export.json", {"checkpoint": str(ckpt), "opset": opset, "op_count": report.op_count,
                                                        "ops": report.ops, "classes_file": str(classes_file) if classes_file else None})
