@@ -58,7 +58,7 @@ import copy
 import logging
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -195,10 +195,10 @@ class QuantizeResult:
     rounded_layers: int = 0
     reduce_range: bool = False
     table_sha256: str = ""  # sha256 of the calibration table's file, when the caller read it from one
-    # The images weight rounding, bias correction and the sensitivity pass fitted the file on, when given (they
-    # change the weights and the float layers): "" and 0 without them. May differ from the table's set.
-    images_fingerprint: str = ""
-    images_used: int = 0
+    # The images each fitting step used, by step (``rounding``, ``bias_correction``, ``sensitivity``):
+    # {"images": n, "fingerprint": ...} of the seeded subset it drew; only steps that ran. These change the
+    # weights and the float layers, and may come from another set than the table's.
+    fitted_on: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -218,8 +218,7 @@ class QuantizeResult:
             "calibration_percentile": self.calibration_percentile,
             "calibration_fingerprint": self.set_fingerprint,
             "calibration_sha256": self.table_sha256,
-            "fitted_on_images_fingerprint": self.images_fingerprint,
-            "fitted_on_images": self.images_used,
+            "fitted_on": {step: dict(v) for step, v in self.fitted_on.items()},
             "reduce_range": self.reduce_range,
             "source_sha256": self.model_sha256,
             # Bias correction, weight rounding and the sensitivity pass measured the file in its exact QDQ
@@ -599,17 +598,28 @@ def quantize_model(
         auto = tuple(s.node for s in sens[: config.auto_exclude])
         log.info("auto-excluded (most sensitive) layers: %s", ", ".join(auto))
     excluded = requested + tuple(a for a in auto if a not in requested)
+    fitted: dict[str, dict[str, Any]] = {}
+
+    def used(step: str, n: int) -> CalibrationSet:
+        """The seeded subset a step draws (each step draws its own, seed 0), recorded as what it fitted on."""
+        assert calib_set is not None  # checked above for every step that draws one
+        sub = calib_set.subset(n)
+        fitted[step] = {"images": len(sub), "fingerprint": sub.fingerprint}
+        return sub
+
+    if sens:
+        used("sensitivity", config.sensitivity_images)
     qmodel = _quantize_proto(prepared, table, config, nodes_to_exclude=excluded)
     rounded = 0
     if config.rounding == "gptq" and calib_set is not None:
-        rounded = len(gptq(prepared, qmodel, calib_set.subset(config.rounding_images).images,
+        rounded = len(gptq(prepared, qmodel, used("rounding", config.rounding_images).images,
                            show_progress=show_progress))
     elif config.rounding == "adaround" and calib_set is not None:
-        rounded = len(adaround(prepared, qmodel, calib_set.subset(config.rounding_images).images,
+        rounded = len(adaround(prepared, qmodel, used("rounding", config.rounding_images).images,
                                AdaRoundConfig(iterations=config.adaround_iterations), show_progress=show_progress))
     corrected = 0
     if config.bias_correction and calib_set is not None:
-        corrected = correct_biases(prepared, qmodel, calib_set.subset(config.correction_images).images,
+        corrected = correct_biases(prepared, qmodel, used("bias_correction", config.correction_images).images,
                                    show_progress=show_progress)
     try:
         onnx.checker.check_model(qmodel, full_check=True)
@@ -640,6 +650,5 @@ def quantize_model(
         rounding=config.rounding,
         rounded_layers=rounded,
         reduce_range=config.reduce_range,
-        images_fingerprint=calib_set.fingerprint if calib_set is not None else "",
-        images_used=len(calib_set) if calib_set is not None else 0,
+        fitted_on=fitted,
     )

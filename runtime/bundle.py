@@ -22,7 +22,7 @@ import logging
 import math
 import numbers
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
@@ -742,24 +742,36 @@ def _inside(root: Path, p: Path) -> bool:
     return True
 
 
-def verify_or_raise(bundle: str | os.PathLike[str], manifest: Manifest | None = None,
-                    raw: dict[str, Any] | None = None, *, replacing: str | None = None) -> Manifest:
-    """:func:`verify`, raising BundleError naming every bad file; returns the manifest the files were checked
-    against (``manifest`` and ``raw`` as there).
+def verify_before_rewrite(bundle: str | os.PathLike[str], replacing: str) -> bool:
+    """:func:`verify_or_raise` for a command about to write the listed file ``replacing`` anew; True when that
+    file, and no other, fails (a run of the command stopped between writing it and listing it).
 
-    ``replacing``: the listed file the caller is about to write anew. When it is the only file that fails (a
-    run of that command stopped between writing it and listing it), the bundle passes with a warning: the
-    command that repairs it refused before, telling the user to copy the bundle again. Its old content is
-    discarded, so nothing unverified enters the manifest."""
-    m, raw = _manifest_and_raw(Path(bundle), manifest, raw)
+    Such a bundle passes, with a warning: the command that repairs it refused before, telling the user to copy
+    the bundle again. The caller must then write the file anew and never reuse what is there (a calibration
+    table whose recorded model and images still match was taken as current, and a hand-edited table got
+    listed under a fresh checksum), so nothing unverified enters the manifest."""
+    m, raw = _manifest_and_raw(Path(bundle), None, None)
     bad = [c for c in verify(bundle, m, raw) if not c.ok]
-    if bad and replacing is not None and all(c.path == replacing for c in bad):
+    if bad and all(c.path == replacing for c in bad):
         log.warning("%s: %s does not match the manifest (%s), as a run stopped between writing it and listing it "
                     "leaves it; it is written anew now", bundle, replacing, bad[0].reason)
-        return m
+        return True
+    _raise_bad(bundle, bad)
+    return False
+
+
+def verify_or_raise(bundle: str | os.PathLike[str], manifest: Manifest | None = None,
+                    raw: dict[str, Any] | None = None) -> Manifest:
+    """:func:`verify`, raising BundleError naming every bad file; returns the manifest the files were checked
+    against (``manifest`` and ``raw`` as there)."""
+    m, raw = _manifest_and_raw(Path(bundle), manifest, raw)
+    _raise_bad(bundle, [c for c in verify(bundle, m, raw) if not c.ok])
+    return m
+
+
+def _raise_bad(bundle: str | os.PathLike[str], bad: Sequence[Any]) -> None:
     if bad:
         detail = "; ".join(f"{c.path}: {c.reason}" for c in bad)
         raise BundleError(
             f"bundle {bundle} failed verification: {detail}. Copy the bundle again from its source"
         )
-    return m

@@ -72,7 +72,7 @@ class LazyGroup(click.Group):
 def setup_logging(verbose: int) -> None:
     """Log level from ``-v`` (1: INFO, 2: DEBUG) or ``-q`` (-1: warnings and errors, and no progress bars)."""
     level = logging.DEBUG if verbose >= 2 else logging.INFO if verbose >= 0 else logging.WARNING
-    rank = _torchrun_rank()
+    rank = torchrun_rank()
     fmt = "%(levelname)s %(name)s: %(message)s"
     if rank is not None:
         fmt = f"[rank {rank}] {fmt}"
@@ -99,13 +99,18 @@ def setup_logging(verbose: int) -> None:
 _PYDICOM_MODULES = r"pydicom(\.|$)"
 
 
-def _torchrun_rank() -> int | None:
+def torchrun_rank() -> int | None:
     """This process's rank when torchrun started it among several (its ``RANK``/``WORLD_SIZE``), else None."""
     try:
         world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
     except ValueError:
         return None
     return rank if world > 1 else None
+
+
+def speaks_for_the_run() -> bool:
+    """Whether this process prints a command's closing lines: always, except torchrun's ranks other than 0."""
+    return not torchrun_rank()
 
 
 def _warnings_only(record: logging.LogRecord) -> bool:

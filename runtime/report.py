@@ -630,7 +630,9 @@ def _probs_html(row: Mapping[str, Any], manifest: Manifest, zero_shot: set[str],
 def _finding(name: str, display: str | None = None) -> str:
     """``<b>dr</b> (diabetic retinopathy)``; ``<b>glaucoma</b> (suspected, ...)`` where the words repeat the name.
     ``display``: the bundle's own words for the class (a class file's ``display``), before the built-in ones."""
-    words = display or CLASS_WORDS.get(name.lower(), "")
+    if display:  # the maker's own words, whole (cutting the name off as a prefix cut "Glaucomatous" to "tous")
+        return f"<b>{esc(name)}</b> ({esc(display)})"
+    words = CLASS_WORDS.get(name.lower(), "")
     if not words:
         return f"<b>{esc(name)}</b>"
     if words.lower().startswith(name.lower()):

@@ -93,12 +93,20 @@ def test_the_manifest_records_the_images_an_int8_file_was_fitted_on(bundle: Path
     assert main_entry(calibrate_cli(), ["quantize", str(bundle), "--images", str(images), "--max-images", "6",
                                         "--seed", "4", "--rounding", "nearest"]) == 0
     info = {f.path: f for f in read_manifest(bundle).files}["model.int8.onnx"].info
-    assert info["fitted_on_images"] == 6 and len(info["fitted_on_images_fingerprint"]) == 64
-    assert info["fitted_on_images_fingerprint"] != info["calibration_fingerprint"]
-    assert main_entry(calibrate_cli(), ["quantize", str(bundle), "--rounding", "nearest",
+    assert set(info["fitted_on"]) == {"bias_correction"}  # the steps that ran (rounding nearest)
+    step = info["fitted_on"]["bias_correction"]
+    assert step["images"] == 6 and len(step["fingerprint"]) == 64 and step["fingerprint"] != \
+        info["calibration_fingerprint"]
+    # Each step records the subset it drew, not the whole set: 3 of the 6 images here.
+    assert main_entry(calibrate_cli(), ["quantize", str(bundle), "--images", str(images), "--max-images", "6",
+                                        "--seed", "4", "--rounding", "gptq", "--rounding-images", "3"]) == 0
+    fitted = {f.path: f for f in read_manifest(bundle).files}["model.int8.onnx"].info["fitted_on"]
+    assert fitted["rounding"]["images"] == 3 and fitted["bias_correction"]["images"] == 6
+    assert fitted["rounding"]["fingerprint"] != fitted["bias_correction"]["fingerprint"]
+    # --images given but no step drew from it: nothing is claimed.
+    assert main_entry(calibrate_cli(), ["quantize", str(bundle), "--images", str(images), "--rounding", "nearest",
                                         "--no-bias-correction"]) == 0
-    info = {f.path: f for f in read_manifest(bundle).files}["model.int8.onnx"].info
-    assert (info["fitted_on_images"], info["fitted_on_images_fingerprint"]) == (0, "")
+    assert {f.path: f for f in read_manifest(bundle).files}["model.int8.onnx"].info["fitted_on"] == {}
 
 
 def test_the_set_cache_notices_a_file_replaced_with_the_same_size_and_time(tmp_path: Path) -> None:
@@ -129,14 +137,17 @@ def test_a_bundle_stopped_between_writing_its_table_and_listing_it_is_repaired_b
     assert main_entry(calibrate_cli(), ["calibrate", str(bundle), "--images", str(images), "--method",
                                         "minmax"]) == 0
     table = json.loads((bundle / "calibration.json").read_text())
-    (bundle / "calibration.json").write_text(json.dumps({**table, "method": "percentile"}))  # written, not listed
+    first = next(iter(table["ranges"]))
+    edited = {**table, "ranges": {**table["ranges"], first: [-1000.0, 1000.0]}}  # same model, images, method
+    (bundle / "calibration.json").write_text(json.dumps(edited))  # written (or edited), not listed
     with pytest.raises(BundleError):
         verify_or_raise(bundle)
-    with caplog.at_level("WARNING"):
+    with caplog.at_level("WARNING"):  # no --force: the table there is measured again, never reused
         assert main_entry(calibrate_cli(), ["calibrate", str(bundle), "--images", str(images), "--method",
-                                            "minmax", "--force"]) == 0
+                                            "minmax"]) == 0
     assert "calibration.json does not match the manifest" in caplog.text
     verify_or_raise(bundle)
+    assert json.loads((bundle / "calibration.json").read_text())["ranges"][first] == table["ranges"][first]
     # Any other file failing still stops it: the manifest is never re-signed over a damaged bundle.
     with open(bundle / "model.onnx", "ab") as fh:
         fh.write(b"\0")

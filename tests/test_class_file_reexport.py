@@ -107,4 +107,6 @@ def test_a_class_files_display_names_reach_the_report(tmp_path: Path) -> None:
     legend = _legend(m, {"rd"})
     assert "Retinal detachment (RD)" in legend and "Diabetic retinopathy (any)" in legend
     assert _finding("dr", m.display_name("dr")) == "<b>dr</b> (Diabetic retinopathy (any))"
+    # Shown whole: the built-in words' name-prefix trimming cut "Glaucomatous ..." to "tous ...".
+    assert _finding("glaucoma", "Glaucomatous optic neuropathy") == "<b>glaucoma</b> (Glaucomatous optic neuropathy)"
     assert read_manifest(run_export(ck, tmp_path / "plain")).display_name("dr") is None

@@ -127,5 +127,8 @@ def test_under_torchrun_rank_0_speaks_for_the_run_and_the_others_only_warn(
         setup_logging(2)  # -vv: every rank's lines, for a distributed problem
         logging.getLogger("uopsl.train.stages").info("finetune: 24 training images")
         assert f"[rank {rank}] INFO" in capsys.readouterr().err
+        from uopsl.runtime.clikit import speaks_for_the_run
+
+        assert speaks_for_the_run() is (rank == "0")  # the commands' closing lines (click.echo), once per run
     finally:
         logging.basicConfig(force=True)

@@ -363,8 +363,8 @@ def referral_figures(probs: np.ndarray, targets: np.ndarray, thresholds: Sequenc
     # As Manifest.decide: float32 probabilities against float32 thresholds, `>=`.
     p = np.asarray(probs, np.float32).astype(np.float64)
     thr = np.asarray(list(thresholds), np.float32).astype(np.float64)
-    called = (p >= thr[None, :])[:, ref].any(axis=1)
-    truth = (np.asarray(targets) > 0.5)[:, ref].any(axis=1)
+    called = np.asarray((p >= thr[None, :])[:, ref].any(axis=1), bool)
+    truth = np.asarray((np.asarray(targets) > 0.5)[:, ref].any(axis=1), bool)
     rep = metrics.classification_report(truth.astype(np.int64)[:, None], called.astype(np.float64)[:, None], [0.5],
                                         ["referral"], n_boot=n_boot, seed=seed, clusters=clusters,
                                         include_curves=False)

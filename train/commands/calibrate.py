@@ -22,7 +22,7 @@ from typing import Any
 import click
 
 from uopsl.calibration.dataset import CalibrationSet, build_calibration_set
-from uopsl.runtime.bundle import MANIFEST, read_manifest, verify_or_raise
+from uopsl.runtime.bundle import MANIFEST, read_manifest, verify_before_rewrite
 from uopsl.runtime.errors import BundleError, ConfigError
 from uopsl.runtime.fsio import sha256_file, user_cache_dir
 from uopsl.runtime.optional import require
@@ -269,8 +269,8 @@ def command(model: Path, images: str, method: str, percentile: float, out: Path 
         out = source.bundle / TABLE_FILE if source.bundle else source.model.with_suffix(".calibration.json")
     check_out(source, out)
     bundle = bundle_target(source, out, "calibration")
-    if bundle is not None:  # never re-sign a manifest that fails its own checksums (the table is written anew)
-        verify_or_raise(bundle, replacing=out.name)
+    if bundle is not None:  # never re-sign a manifest that fails its own checksums (but the table, written anew)
+        force = verify_before_rewrite(bundle, out.name) or force
         refuse_other_preprocessing(bundle, source.preprocess, "its calibration table")
     calib_set = load_set(images, source, max_images=max_images, seed=seed, require_fov=require_fov,
                          set_cache=set_cache, use_cache=not no_cache)
@@ -286,7 +286,7 @@ def command(model: Path, images: str, method: str, percentile: float, out: Path 
         if after != before:
             _say_stale_int8(bundle, after)
     n_skipped = len(calib_set.skipped)
-    reused = before is not None and sha256_file(out) == before
+    reused = not force and before is not None and sha256_file(out) == before
     click.echo(
         f"{out}: {table.method} ranges of {len(table.ranges)} tensors from {table.num_images} images "
         f"({n_skipped} skipped); set fingerprint {table.set_fingerprint[:16]}"

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from uopsl.runtime.clikit import speaks_for_the_run
 from uopsl.runtime.errors import ConfigError
 from uopsl.runtime.fsio import write_json
 from uopsl.train import data as datamod
@@ -118,6 +119,8 @@ def command(data_spec: str, val_spec: str | None, out: Path, from_ckpt: Path | N
     _, meta = run_finetune(model, meta, train_items, val_items, cfg, out, cache_dir or out / "cache",
                            target_sensitivity, identity=want,
                            seen_before=earlier_images(from_ckpt) if from_ckpt else ())
+    if not speaks_for_the_run():  # under torchrun rank 0 says it once
+        return
     shown = ", ".join(f"{n} {t:.3f}" for n, t in zip(names, meta.thresholds))
     click.echo(f"fine-tuned model written to {out} (thresholds: {shown})")
     for op in meta.metrics.get("operating_points") or []:  # what each threshold achieved on the validation images

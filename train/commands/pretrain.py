@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from uopsl.runtime.clikit import speaks_for_the_run
 from uopsl.runtime.errors import ConfigError
 from uopsl.runtime.fsio import write_json
 from uopsl.train.commands.common import (INIT_HELP, check_classes_in_data, items_for, load_source, resolve_init, split_classes,
@@ -74,4 +75,5 @@ def command(fundus_spec: str, oct_spec: str | None, out: Path, classes: str | No
                                                   "text_model": meta.text_model,
                                                   "classes_file": str(classes_file) if classes_file else None})
     run_pretrain(model, meta, fundus_items, oct_items, cfg, out, cache_dir or out / "cache", identity=want)
-    click.echo(f"pre-trained {variant} model written to {out}")
+    if speaks_for_the_run():  # under torchrun rank 0 says it once
+        click.echo(f"pre-trained {variant} model written to {out}")

@@ -20,7 +20,7 @@ import click
 
 from uopsl.calibration.table import TABLE_FILE, CalibrationTable
 from uopsl.export.quantize import ROUNDINGS, VARIANTS, QuantizeConfig
-from uopsl.runtime.bundle import verify_or_raise
+from uopsl.runtime.bundle import verify_before_rewrite
 from uopsl.runtime.fsio import sha256_file, write_json
 from uopsl.train.commands.calibrate import (
     bundle_target,
@@ -101,11 +101,11 @@ def command(model: Path, table: Path | None, variant: str, per_channel: bool, ex
     check_out(source, out, table)
     bundle = bundle_target(source, out, "onnx")
     if bundle is not None:  # before any work: never re-sign a manifest that fails its own checksums
-        verify_or_raise(bundle, replacing=out.name)
+        verify_before_rewrite(bundle, out.name)  # the INT8 file is written anew either way
     calib_table = CalibrationTable.load(table, model_sha256=sha256_file(source.model))
-    if source.bundle is not None:  # the table's ranges and the --images set must be the bundle's pixels
-        refuse_table_of_other_preprocessing(source.bundle, calib_table, table)
-        if bundle is not None and images is not None:
+    if bundle is not None:  # into the bundle: the table's ranges and the --images set must be the bundle's pixels
+        refuse_table_of_other_preprocessing(bundle, calib_table, table)
+        if images is not None:
             refuse_other_preprocessing(bundle, source.preprocess, "its INT8 file")
     config = QuantizeConfig(
         variant=variant,
@@ -127,7 +127,7 @@ def command(model: Path, table: Path | None, variant: str, per_channel: bool, ex
         if calib_set.fingerprint != calib_table.set_fingerprint:
             log.warning("--images is not the set the table was calibrated on (fingerprints differ); "
                         "weight rounding, bias correction and the sensitivity pass use it anyway (the manifest "
-                        "records its fingerprint as fitted_on_images_fingerprint)")
+                        "records what each step drew from it, fitted_on)")
     result = quantize_model(source.model, calib_table, out, config, calib_set=calib_set)
     result = replace(result, table_sha256=sha256_file(table))  # which table file: a later recalibration tells
     write_json(record_path(out), {"config": asdict(config), "result": result.to_dict(),
