@@ -39,6 +39,7 @@ lists what the kind accepts.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 import types
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -258,21 +259,11 @@ def check_classes_in_data(pools: Sequence[tuple[data.DatasetSource, str]], class
     counts: their images count as negatives for every class (an OCT pool's AMD scans taught the site matrix
     "no class").
     """
-    held: dict[str, int] = {}
-    for src, modality in held_out:
-        for s in src.samples:
-            if s.modality == modality:
-                for n in s.labels:
-                    held[n] = held.get(n, 0) + 1
-    seen: dict[str, int] = {}
+    held = sum((_label_counts(src, modality) for src, modality in held_out), Counter())
+    seen: Counter[str] = Counter()
     for src, modality in pools:
-        counts: dict[str, int] = {}
-        for s in src.samples:
-            if s.modality == modality:
-                for n in s.labels:
-                    counts[n] = counts.get(n, 0) + 1
-        for n, k in counts.items():
-            seen[n] = seen.get(n, 0) + k
+        counts = _label_counts(src, modality)
+        seen.update(counts)
         unused = {n: k for n, k in counts.items() if n not in classes}
         if unused:
             log.warning("%s: %s label(s) %s are no class of the model (%s): those images count as negatives for "
@@ -298,6 +289,11 @@ def check_classes_in_data(pools: Sequence[tuple[data.DatasetSource, str]], class
             + f". The data's labels: {', '.join(f'{n} ({k})' for n, k in sorted(seen.items()))}. Name classes as "
             "the data spells them (--classes), or leave the class out: a class no image trains is added with "
             "`uopsl export --classes FILE` (zero-shot)")
+
+
+def _label_counts(src: data.DatasetSource, modality: str) -> Counter[str]:
+    """Images per label among ``src``'s images of ``modality``."""
+    return Counter(n for s in src.samples if s.modality == modality for n in s.labels)
 
 
 def items_for(src: data.DatasetSource, classes: Sequence[str], modality: str | None = None) -> list["Item"]:
