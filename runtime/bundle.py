@@ -687,7 +687,9 @@ def verify(bundle: str | os.PathLike[str], manifest: Manifest | None = None,
         elif not p.is_file():
             out.append(FileCheck(f.path, False, "missing"))
         elif f.size and p.stat().st_size != f.size:
-            out.append(FileCheck(f.path, False, f"size {p.stat().st_size} bytes, manifest says {f.size} (truncated?)"))
+            size = p.stat().st_size
+            how = "truncated or replaced" if size < f.size else "grown: appended to or replaced"
+            out.append(FileCheck(f.path, False, f"size {size} bytes, manifest says {f.size} ({how})"))
         elif sha256_file(p) != f.sha256:
             out.append(FileCheck(f.path, False, "sha256 differs from the manifest (modified or corrupted)"))
         else:

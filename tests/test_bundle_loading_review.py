@@ -265,8 +265,18 @@ def test_bench_verifies_the_bundle_first(bundle: Path) -> None:
     from uopsl.runtime.bench import BenchConfig, run_bench
 
     (bundle / "model.onnx").write_bytes((bundle / "model.onnx").read_bytes()[:-10])
-    with pytest.raises(BundleError, match=r"model.onnx: size .* \(truncated\?\)"):
+    with pytest.raises(BundleError, match=r"model.onnx: size .* \(truncated or replaced\)"):
         run_bench(bundle, "ort-cpu", config=BenchConfig(iters=1, warmup=0, e2e=False))
+
+
+def test_a_grown_file_is_not_called_truncated(bundle: Path) -> None:
+    from uopsl.runtime.bundle import verify
+
+    with open(bundle / "model.onnx", "ab") as fh:
+        fh.write(b"appended")
+    bad = {c.path: c.reason for c in verify(bundle) if not c.ok}
+    assert list(bad) == ["model.onnx"]
+    assert "grown" in bad["model.onnx"] and "truncated" not in bad["model.onnx"]
 
 
 def test_verify_prints_the_fingerprint_to_compare_out_of_band(bundle: Path, capsys) -> None:  # type: ignore[no-untyped-def]
