@@ -73,6 +73,10 @@ REPORT_THUMB_SIDE = 192
 OVERLAY_SIDE = 384
 
 
+#: how many earlier-run failures a :class:`RunSummary` keeps by name (the report lists every one)
+EARLIER_FAILED_KEPT = 20
+
+
 @dataclass
 class RunSummary:
     """What one ``screen_to`` call did; ``exit_code`` follows the CLI convention (0 all ok, 1 some not).
@@ -101,6 +105,9 @@ class RunSummary:
     interrupted: bool = False
     #: outputs that could not be rewritten because another program holds them open (Excel on results.csv)
     not_updated: tuple[str, ...] = ()
+    #: (path, status, reasons) of inputs whose row from an earlier run is ungradable or unreadable, the first
+    #: :data:`EARLIER_FAILED_KEPT` of them: a rerun names what still needs a retake, not only what it screened
+    earlier_failed: list[tuple[str, str, tuple[str, ...]]] = field(default_factory=list)
 
     @property
     def total(self) -> int:
@@ -498,7 +505,10 @@ class Screener:
                     return
                 seen.add(it.key)
                 if store.is_done(it.key):
-                    _count_earlier(store.done[it.key], it.key in store.referred)
+                    status = store.done[it.key]
+                    _count_earlier(status, it.key in store.referred)
+                    if status != "ok" and len(summary.earlier_failed) < EARLIER_FAILED_KEPT:
+                        summary.earlier_failed.append((key_path(it.key) or it.key, status, store.reasons_of(it.key)))
                     return
                 if it.path is not None and (same := store.find_retimed(it.key, it.path)) is not None:
                     # The same file under a new time: its result and images (not where it once came from).

@@ -69,9 +69,10 @@ def _echo_summary(summary: Any, out: Path, failed: Sequence[tuple[str, str, Sequ
                   report: bool = True, use: IntendedUse | None = None) -> None:
     """Counts, the files that need attention by name (at most five), then where to look: the report.
 
-    ``failed``: (source, status, reasons) of the photographs screened now that got no result. Rows an
-    earlier run already had are counted but not named (the report lists them). ``use``: the bundle's
-    intended use; unless clinical, its caution opens the summary (the counts read like a screening).
+    ``failed``: (source, status, reasons) of the photographs screened now that got no result; those an
+    earlier run already failed (``summary.earlier_failed``) are named after them, marked as such, so a
+    rerun still says which photographs need a retake. ``use``: the bundle's intended use; unless clinical,
+    its caution opens the summary (the counts read like a screening).
     """
     from uopsl.runtime.report import REPORT, reason_label
     from uopsl.runtime.results import CSV
@@ -90,6 +91,9 @@ def _echo_summary(summary: Any, out: Path, failed: Sequence[tuple[str, str, Sequ
         # repr-style escapes for control characters: a newline in a file name must not split the line.
         named = [f"{_one_line_name(Path(src).name or src)} ({reason_label(reasons) or st})"
                  for src, st, reasons in failed[:_MAX_NAMED]]
+        earlier = getattr(summary, "earlier_failed", ())[:_MAX_NAMED - len(named)]
+        named += [f"{_one_line_name(Path(src).name or src)} ({reason_label(reasons) or st}; earlier run)"
+                  for src, st, reasons in earlier]
         rest = n_bad - len(named)
         click.echo("  retake or check: " + ", ".join(named)
                    + (f"{', ' if named else ''}{rest} more in the report" if rest else ""), err=True)

@@ -529,6 +529,10 @@ class ResultStore:
                 for k in [k for k in group if key_path(k) == moved]:
                     del group[k]  # that file is gone: its row no longer stands for anything
 
+    def reasons_of(self, key: str) -> tuple[str, ...]:
+        """The reasons of ``key``'s latest row (empty for none, or for a key never screened)."""
+        return self._reasons.get(key, ())
+
     def is_done(self, key: str) -> bool:
         """Whether ``key`` already has a final row (see :func:`is_final`) made by this runtime's decoding.
 

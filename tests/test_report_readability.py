@@ -404,6 +404,13 @@ def test_run_ends_with_the_report_path_and_names_the_bad_files(tiny_bundle: Path
     assert err[-2] == "  retake or check: text.jpg (damaged file)"
     assert err[-3].startswith("2 images: ") and err[-3].endswith(", 0 ungradable, 1 unreadable "
                                                                  "(2 screened now, 0 from an earlier run)")
+    # A rerun screens nothing again, and still names the photograph that needs a look (it said "1 more in
+    # the report" before, naming nothing).
+    assert main(["run", str(tiny_bundle), str(good), str(tmp_path / "in" / "text.jpg"), "--out", str(out),
+                 "--backend", "ort-cpu", "--threads", "1"]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert err[-3].endswith("(0 screened now, 2 from an earlier run)")
+    assert err[-2] == "  retake or check: text.jpg (damaged file; earlier run)"
     # A newline in a file name stays on the line, escaped.
     (tmp_path / "in" / "bad\nname.jpg").write_text("not a photograph")
     assert main(["run", str(tiny_bundle), str(tmp_path / "in" / "bad\nname.jpg"), "--out", str(tmp_path / "out2"),
