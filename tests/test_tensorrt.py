@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import logging
 import platform
 import shlex
 import struct
@@ -1438,6 +1439,32 @@ def test_cli_build_engine_updates_manifest(monkeypatch: pytest.MonkeyPatch, tmp_
     rc, _, err = _cli(["build-engine", str(bundle), "--precision", "int8", "--no-timing-cache"], capsys)
     assert rc == 0, err
     assert [f.path for f in read_manifest(bundle).files].count("model.int8.engine") == 1
+
+
+def test_cli_rebuild_repairs_an_engine_stopped_before_listing(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                                gpu: FakeGpu, capsys: pytest.CaptureFixture[str],
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    """A rebuild stopped between writing the engine and listing it leaves the listed engine failing its
+    checksum; build-engine refused such a bundle as corrupt ('copy it again'), though building the engine
+    anew is what repairs it. Another file's damage still stops it."""
+    from uopsl.runtime.bundle import verify
+
+    install(monkeypatch, "10.3.0", gpu)
+    monkeypatch.setattr(trt_compat, "load_cuda", lambda purpose: FakeCuda(gpu))
+    monkeypatch.setenv("UOPSL_CACHE_DIR", str(tmp_path / "cache"))
+    bundle = _bundle(tmp_path, with_qdq=True, table=True)
+    args = ["build-engine", str(bundle), "--precision", "int8", "--no-timing-cache"]
+    assert _cli(args, capsys)[0] == 0
+    (bundle / "model.int8.engine").write_bytes(b"a half-finished rebuild's engine, never listed")
+    with caplog.at_level(logging.WARNING):
+        rc, _, err = _cli(args, capsys)
+    assert rc == 0, err
+    assert "model.int8.engine does not match the manifest" in caplog.text
+    assert all(c.ok for c in verify(bundle))
+    with open(bundle / "model.onnx", "ab") as fh:
+        fh.write(b"x")
+    rc, _, err = _cli(args, capsys)
+    assert rc == 2 and "model.onnx" in err
 
 
 def test_cli_legacy_calibrator_from_a_calibration_set(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,

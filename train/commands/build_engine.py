@@ -235,15 +235,18 @@ def command(bundle: Path, precision: str, min_batch: int | None, opt_batch: int 
     """Build a TensorRT engine for this GPU into BUNDLE and record it in the manifest."""
     from uopsl.export.bundle_writer import add_file
     from uopsl.export.tensorrt import EngineBuildConfig, build_engine, check_implicit_int8
-    from uopsl.runtime.bundle import bundle_path_problem, verify_or_raise
+    from uopsl.runtime.bundle import bundle_path_problem, read_manifest, verify_before_rewrite
     from uopsl.runtime.trt_compat import load_cuda, load_tensorrt
 
-    # Checked before a minutes-long build, and because the build rewrites the manifest with a fresh checksum.
-    manifest = verify_or_raise(bundle)
     out_name = out or default_engine_name(precision, dla_core)
     problem = bundle_path_problem(out_name)
     if problem:
         raise ConfigError(f"--out must be a file name inside the bundle, got {out_name!r}: {problem}")
+    # Checked before a minutes-long build, and because the build rewrites the manifest with a fresh checksum.
+    # The engine itself may fail: a rebuild stopped between writing it and listing it leaves it so, and it is
+    # built anew here either way.
+    verify_before_rewrite(bundle, out_name)
+    manifest = read_manifest(bundle)
     if calib_batch < 1:
         raise ConfigError(f"--calib-batch must be >= 1, got {calib_batch}")
     min_batch, opt_batch, max_batch = resolve_batches(min_batch, opt_batch, max_batch, dla_core)
