@@ -19,13 +19,16 @@ traceback only with ``-v``) and the documented exit code:
   way, and Windows then ends the process with an exit code of its own.)
   (``watch`` treats both as its normal stop and exits 0 or 1.)
 
-``-v``/``-q`` work before or after the subcommand name.
+``-v``/``-q`` work before or after the subcommand name. Under torchrun, every
+line a rank other than 0 writes starts with ``[rank N]`` (its log records, its
+error line, a library's Python warnings); such a rank draws no progress bars.
 """
 
 from __future__ import annotations
 
 import contextlib
 import importlib
+import io
 import logging
 import os
 import signal
@@ -74,15 +77,20 @@ def setup_logging(verbose: int) -> None:
     level = logging.DEBUG if verbose >= 2 else logging.INFO if verbose >= 0 else logging.WARNING
     rank = torchrun_rank()
     fmt = "%(levelname)s %(name)s: %(message)s"
-    if rank is not None:
-        fmt = f"[rank {rank}] {fmt}"
     logging.basicConfig(level=level, format=fmt, stream=sys.stderr, force=True)
+    if rank is not None:
+        for handler in logging.getLogger().handlers:
+            handler.setFormatter(_RankLines(fmt, rank))
     if rank and verbose < 2:
         # Under torchrun every rank ran the same command and printed every line once per process; rank 0
         # speaks for the run, the others only warn (each names its rank). -vv shows every rank's lines.
         for handler in logging.getLogger().handlers:
             handler.addFilter(_warnings_only)
-    progress_bars.set_enabled(verbose >= 0)
+    if rank:
+        # A library's warnings.warn (torch's, say, on every rank) reached stderr bare, naming no rank:
+        # through logging it gets the prefix. A bar cannot carry one, and rank 0's bar shows the progress.
+        logging.captureWarnings(True)
+    progress_bars.set_enabled(verbose >= 0 and not rank)
     # pydicom reports each oddity of a DICOM file twice (a log line and a Python warning, neither naming the
     # file; a decoder's failure with its traceback); the file's row says what matters. -vv shows them. pydicom
     # sets its logger's level when it is imported (lazily, later), so its records are filtered at the handler.
@@ -111,6 +119,37 @@ def torchrun_rank() -> int | None:
 def speaks_for_the_run() -> bool:
     """Whether this process prints a command's closing lines: always, except torchrun's ranks other than 0."""
     return not torchrun_rank()
+
+
+def rank_prefixed(text: str) -> str:
+    """``text`` with ``[rank N] `` before each line on torchrun's ranks other than 0 (as their log records have).
+
+    Every rank that fails prints its own error line to the same terminal: without the prefix the lines of two
+    ranks could not be told apart, nor from rank 0's. Rank 0 and a run without torchrun get ``text`` as it is.
+    """
+    rank = torchrun_rank()
+    if not rank:
+        return text
+    return "\n".join(f"[rank {rank}] {line}" for line in text.split("\n"))
+
+
+def _say(text: str) -> None:
+    """One message of :func:`main_entry` on stderr, rank-prefixed (:func:`rank_prefixed`)."""
+    click.echo(rank_prefixed(text), err=True)
+
+
+class _RankLines(logging.Formatter):
+    """``[rank N] `` before every line of a record: a traceback's and a Python warning's source line too.
+
+    A prefix in the format string marked the first line only; the rest of a multi-line record named no rank.
+    """
+
+    def __init__(self, fmt: str, rank: int) -> None:
+        super().__init__(fmt)
+        self.prefix = f"[rank {rank}] "
+
+    def format(self, record: logging.LogRecord) -> str:
+        return "\n".join(self.prefix + line for line in super().format(record).split("\n"))
 
 
 def _warnings_only(record: logging.LogRecord) -> bool:
@@ -305,28 +344,33 @@ def _main_entry(group: click.Group, argv: Sequence[str] | None, prog_name: str |
         # click turns Ctrl-C into Abort; the interrupt it wraps may say what was saved.
         cause = exc.__cause__ or exc.__context__
         said = str(cause).strip() if isinstance(cause, KeyboardInterrupt) else ""
-        click.echo(said or "aborted", err=True)
+        _say(said or "aborted")
         return 130
     except click.ClickException as exc:
-        exc.show()
+        if torchrun_rank():  # click writes usage and error itself: caught here to prefix each line
+            shown = io.StringIO()
+            exc.show(file=shown)
+            _say(shown.getvalue().rstrip("\n"))
+        else:
+            exc.show()
         return 2
     except click.exceptions.Exit as exc:
         return int(exc.exit_code)
     except UopslError as exc:
         _traceback(verbose)
-        click.echo(f"error: {_one_line(str(exc))}", err=True)
+        _say(f"error: {_one_line(str(exc))}")
         return exc.exit_code
     except KeyboardInterrupt as exc:
-        click.echo(_one_line(str(exc)) or "interrupted", err=True)
+        _say(_one_line(str(exc)) or "interrupted")
         return 130
     except OSError as exc:
         _traceback(verbose)
-        click.echo(f"error: {_os_error(exc)}", err=True)
+        _say(f"error: {_os_error(exc)}")
         return 2
     except Exception as exc:  # noqa: BLE001 - a bug still gets one line and exit 2, never a bare traceback
         _traceback(verbose)
-        click.echo(f"error: unexpected {type(exc).__name__}: {_one_line(str(exc))} (a bug: rerun with -v for "
-                   "the traceback and report it)", err=True)
+        _say(f"error: unexpected {type(exc).__name__}: {_one_line(str(exc))} (a bug: rerun with -v for "
+             "the traceback and report it)")
         return 2
     return int(rv) if isinstance(rv, int) else 0
 
@@ -335,7 +379,10 @@ def _traceback(verbose: bool) -> None:
     if verbose:
         import traceback
 
-        traceback.print_exc()
+        if torchrun_rank():
+            _say(traceback.format_exc().rstrip("\n"))
+        else:
+            traceback.print_exc()
 
 
 def _one_line(text: str) -> str:
