@@ -26,6 +26,9 @@ benchmark as ``cnv``, ``dme``, ``drusen``, ``normal``; OCTDL ``AMD`` -> ``amd``,
 ``ERM`` -> ``erm``, ``NO`` -> ``normal``, ``RAO`` -> ``rao``, ``RVO`` -> ``rvo``,
 ``VID`` (vitreomacular interface disease) -> ``vmi``. ``extra['raw_label']``
 keeps the folder name. Both are single-label.
+
+Files of a type not read and files in sub-folders of a class folder are skipped as ``folder:``
+skips them: a warning per class folder, and counted in the source's ``dropped``.
 """
 
 from __future__ import annotations
@@ -83,7 +86,9 @@ def read_oct2017(
                         "with a trailing space)")
     col = Collector(f"oct2017-{split}-{vocabulary}", root, space)
     for sp in splits:
-        for cls, path, size in scan_class_folders(root / sp, tuple(OCT2017_CLASSES), "OCT2017"):
+        # col.dropped: skipped files (other types, sub-folders) are counted as the folder: reader counts them,
+        # so the source's ``dropped`` and a no-images error say what was left out, not only the log.
+        for cls, path, size in scan_class_folders(root / sp, tuple(OCT2017_CLASSES), "OCT2017", col.dropped):
             m = _KERMANY_NAME.fullmatch(path.stem)
             if m is None or m.group(1) != cls:
                 raise DataError(
@@ -132,7 +137,7 @@ def read_octdl(
             col.add(sample, row.where)
         return col.build(options, False)
     unparsed = 0
-    for cls, path, size in scan_class_folders(root, tuple(OCTDL_CLASSES), "OCTDL"):
+    for cls, path, size in scan_class_folders(root, tuple(OCTDL_CLASSES), "OCTDL", col.dropped):  # counted too
         m = _OCTDL_NAME.fullmatch(path.stem)
         unparsed += m is None
         label = OCTDL_CLASSES[cls] if vocabulary == "mapped" else cls
