@@ -27,6 +27,17 @@ its observed ``(min, max)`` clipped to ``[-amax, amax]``, so a ReLU output
 keeps its zero minimum (what an asymmetric u8 encoding wants) while
 ``max(|min|, |max|)`` equals ``amax`` (what a symmetric s8 encoding wants).
 Clipped ranges are therefore never wider than the minmax ones.
+
+One exception to measuring: the tensors computed from the uint8 input image by
+a cast, layout ops (transpose, reshape) and arithmetic with constants (the
+mean subtraction) have ranges known exactly from the input's type
+(:func:`input_bound_ranges`), and the table holds those for every method. A
+measured range there is wrong in two ways: entropy on the cast input, whose
+histogram is dominated by the black border, chose [0, 20] on test images (a
+TensorRT 8.x implicit-INT8 engine reading the cache could run the transpose
+in INT8 on it and clip every pixel above 20), and any method's range ends at
+the brightest pixel of the calibration images, clipping brighter optic discs
+in the field.
 """
 
 from __future__ import annotations
@@ -35,7 +46,7 @@ import logging
 import math
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -302,10 +313,14 @@ class ActivationStats:
     num_images: int
     notes: dict[str, Any]
 
+    #: exact ranges of the tensors computed from the uint8 input alone (:func:`input_bound_ranges`); they
+    #: replace the measured ones in every method's table
+    pinned: dict[str, tuple[float, float]] = field(default_factory=dict)
+
     def ranges(self, method: str, percentile: float = DEFAULT_PERCENTILE) -> dict[str, tuple[float, float]]:
         if method not in METHODS:
             raise ConfigError(f"calibration method must be one of {METHODS}, got {method!r}")
-        return {name: h.range(method, percentile) for name, h in self.histograms.items()}
+        return {name: self.pinned.get(name) or h.range(method, percentile) for name, h in self.histograms.items()}
 
     def table(self, method: str, percentile: float = DEFAULT_PERCENTILE) -> CalibrationTable:
         """The calibration table for ``method`` (no inference: computed from the histograms)."""
@@ -318,6 +333,77 @@ class ActivationStats:
             percentile=percentile if method == "percentile" else None,
             notes=self.notes,
         )
+
+
+#: ops that move or copy values without changing them: the output's range is the input's
+_LAYOUT_OPS = frozenset({"Identity", "Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze"})
+_ARITHMETIC_OPS = frozenset({"Add", "Sub", "Mul", "Div"})
+
+
+def input_bound_ranges(model: Any) -> dict[str, tuple[float, float]]:
+    """Exact ranges of the tensors computed from uint8 graph inputs by Cast, layout ops and arithmetic with
+    constants, before any op with weights (name -> (lo, hi)).
+
+    Why: these ranges follow from the input's type and need no images. Interval arithmetic over the
+    constant's values gives bounds every input stays within and that an image reaches when it holds 0 and
+    255 in every channel (per-channel constants broadcast: the union over channels).
+    """
+    onnx = require("onnx", "calibration")
+    numpy_helper = onnx.numpy_helper
+    constants: dict[str, np.ndarray] = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Constant" and node.output:
+            for a in node.attribute:
+                if a.name == "value":
+                    constants[node.output[0]] = numpy_helper.to_array(a.t)
+    known: dict[str, tuple[float, float]] = {}
+    uint8 = {i.name for i in model.graph.input if i.type.tensor_type.elem_type == onnx.TensorProto.UINT8}
+    floats = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
+    for node in model.graph.node:  # topologically ordered (ONNX requires it)
+        if not node.output or not node.output[0]:
+            continue
+        out = node.output[0]
+        if node.op_type == "Cast" and node.input and node.input[0] in uint8:
+            to = next((a.i for a in node.attribute if a.name == "to"), None)
+            if to in floats:
+                known[out] = (0.0, 255.0)
+        elif node.op_type in _LAYOUT_OPS and node.input and node.input[0] in known:
+            known[out] = known[node.input[0]]
+        elif node.op_type in _ARITHMETIC_OPS and len(node.input) == 2:
+            a, b = node.input
+            if a in known and b in constants:
+                rng = _interval(node.op_type, known[a], constants[b], tensor_first=True)
+            elif b in known and a in constants:
+                rng = _interval(node.op_type, known[b], constants[a], tensor_first=False)
+            else:
+                continue
+            if rng is not None:
+                known[out] = rng
+    return known
+
+
+def _interval(op: str, rng: tuple[float, float], const: np.ndarray,
+              tensor_first: bool) -> tuple[float, float] | None:
+    """The range of ``op`` between a tensor in ``rng`` and every value of ``const`` (None: not bounded)."""
+    c = np.asarray(const, np.float64).ravel()
+    if c.size == 0 or not np.all(np.isfinite(c)):
+        return None
+    lo, hi = rng
+    if op == "Add":
+        vals = [lo + c.min(), hi + c.max()]
+    elif op == "Sub":
+        vals = [lo - c.max(), hi - c.min()] if tensor_first else [c.min() - hi, c.max() - lo]
+    elif op == "Mul":
+        vals = list(np.concatenate([lo * c, hi * c]))
+    elif tensor_first:  # Div by constants
+        if np.any(c == 0):
+            return None
+        vals = list(np.concatenate([lo / c, hi / c]))
+    else:  # a constant divided by the tensor: unbounded where the tensor can be 0
+        if lo <= 0 <= hi:
+            return None
+        vals = list(np.concatenate([c / lo, c / hi]))
+    return float(np.float32(min(vals))), float(np.float32(max(vals)))
 
 
 def activation_tensors(model: Any) -> dict[str, int]:
@@ -345,7 +431,8 @@ def activation_tensors(model: Any) -> dict[str, int]:
     return out
 
 
-def _augmented_session(model_path: Path) -> tuple[Any, list[str], str, tuple[Any, ...]]:
+def _augmented_session(model_path: Path) -> tuple[Any, list[str], str, tuple[Any, ...],
+                                                  dict[str, tuple[float, float]]]:
     onnx = require("onnx", "calibration")
     ort = require("onnxruntime", "calibration")
     try:
@@ -371,7 +458,8 @@ def _augmented_session(model_path: Path) -> tuple[Any, list[str], str, tuple[Any
             f"{model_path}: input {inp.name!r} is {inp.type}; calibration feeds the deployed-model contract "
             "(uint8 RGB NHWC images). Export the model with `uopsl export`"
         )
-    return sess, list(tensors), inp.name, tuple(inp.shape)
+    return sess, list(tensors), inp.name, tuple(inp.shape), {n: r for n, r in input_bound_ranges(model).items()
+                                                             if n in tensors}
 
 
 def collect_statistics(
@@ -384,7 +472,7 @@ def collect_statistics(
 ) -> ActivationStats:
     """Run the FP32 model over the set and histogram every float activation (one pass)."""
     path = Path(model)
-    sess, tensors, input_name, shape = _augmented_session(path)
+    sess, tensors, input_name, shape, pinned = _augmented_session(path)
     size = calib_set.preprocess.size
     hw = shape[1:3] if len(shape) == 4 else ()
     if len(shape) != 4 or shape[3] != 3 or any(isinstance(d, int) and d != size for d in hw):
@@ -414,7 +502,11 @@ def collect_statistics(
         "class_balance": calib_set.class_balance(),
         "histogram_bins": num_bins,
     }
-    return ActivationStats(hists, sha256_file(path), calib_set.fingerprint, len(calib_set), notes)
+    if pinned:
+        notes["exact_from_input"] = sorted(pinned)  # their ranges come from the uint8 input's type
+        log.info("%d tensor(s) computed from the uint8 input alone get their exact ranges, not measured ones: %s",
+                 len(pinned), ", ".join(sorted(pinned)))
+    return ActivationStats(hists, sha256_file(path), calib_set.fingerprint, len(calib_set), notes, pinned)
 
 
 def calibrate(

@@ -77,6 +77,7 @@ def test_minmax_ranges_are_sane_and_cover_every_observed_activation(tiny, calib_
     obs = _observed(tiny, calib_set.images)
     assert set(r) == set(obs)
     assert any("Conv" in n for n in r) and "logits" in r
+    assert stats.pinned and set(stats.pinned) < set(r)
     for name, (lo, hi) in r.items():
         assert np.isfinite(lo) and np.isfinite(hi) and lo <= hi, name
         # Same images, so minmax is the observed extent; the slack is float32 rounding (the
@@ -84,7 +85,46 @@ def test_minmax_ranges_are_sane_and_cover_every_observed_activation(tiny, calib_
         o_lo, o_hi = float(obs[name].min()), float(obs[name].max())
         slack = 1e-6 * max(1.0, abs(o_lo), abs(o_hi))
         assert lo <= o_lo + slack and hi >= o_hi - slack, name
-        assert lo == pytest.approx(o_lo, abs=slack) and hi == pytest.approx(o_hi, abs=slack), name
+        if name in stats.pinned:  # the input's exact range, which these images do not fill
+            assert (lo, hi) == stats.pinned[name], name
+        else:
+            assert lo == pytest.approx(o_lo, abs=slack) and hi == pytest.approx(o_hi, abs=slack), name
+
+
+def test_tensors_of_the_uint8_input_alone_hold_their_exact_range_in_every_method(tiny, stats) -> None:
+    """Entropy measured [0, 20] on the cast input of black-bordered images (a TensorRT 8.x implicit engine
+    could clip every pixel above 20 on it), and every method ended at the brightest calibration pixel."""
+    from uopsl.calibration.ranges import input_bound_ranges
+
+    m = onnx.load(str(tiny))
+    exact = input_bound_ranges(m)
+    cast = next(n.output[0] for n in m.graph.node if n.op_type == "Cast")
+    assert exact[cast] == (0.0, 255.0)
+    # Every tensor pinned lies on the chain from the input to the first weighted op, and a tensor fed by a
+    # convolution is never pinned.
+    conv_inputs = {n.input[0] for n in m.graph.node if n.op_type == "Conv"}
+    assert conv_inputs & set(exact) or all(n.op_type != "Sub" for n in m.graph.node)
+    conv_outputs = {n.output[0] for n in m.graph.node if n.op_type == "Conv"}
+    assert not conv_outputs & set(exact)
+    assert stats.histograms[cast].range("entropy", 99.99)[1] < 255  # what measuring alone gives here
+    for method in ("minmax", "entropy", "percentile"):
+        table = stats.table(method)
+        for name, rng in exact.items():
+            assert table.range(name) == rng, (method, name)
+        assert table.notes["exact_from_input"] == sorted(exact)
+
+
+def test_interval_arithmetic_of_the_input_chain() -> None:
+    from uopsl.calibration.ranges import _interval
+
+    mean = np.array([123.675, 116.28, 103.53], np.float32)
+    assert _interval("Sub", (0.0, 255.0), mean, tensor_first=True) == pytest.approx((-123.675, 151.47))
+    assert _interval("Sub", (0.0, 255.0), mean, tensor_first=False) == pytest.approx((-151.47, 123.675))
+    assert _interval("Mul", (-1.0, 2.0), np.array([-3.0, 0.5]), tensor_first=True) == (-6.0, 3.0)
+    assert _interval("Div", (0.0, 255.0), np.array([255.0]), tensor_first=True) == (0.0, 1.0)
+    assert _interval("Div", (0.0, 255.0), np.array([1.0, 0.0]), tensor_first=True) is None  # divides by zero
+    assert _interval("Div", (0.0, 255.0), np.array([1.0]), tensor_first=False) is None  # 1 / 0 reachable
+    assert _interval("Add", (0.0, 1.0), np.array([np.inf]), tensor_first=True) is None
 
 
 def test_entropy_and_percentile_never_widen_minmax_and_clip_some_tails(stats) -> None:
@@ -468,20 +508,26 @@ def test_real_tvhl_images_make_a_labelled_set() -> None:
     assert cs.images[:, 0, 0].max() == 0 and cs.images[:, 64, 64].mean() > 10
 
 
-@pytest.mark.parametrize("method, reused", [("entropy", False), ("minmax", True), ("percentile", True)])
+@pytest.mark.parametrize("method", ["entropy", "minmax", "percentile"])
+@pytest.mark.parametrize("written_as", [None, 1, 2])
 def test_a_table_of_an_older_range_algorithm_is_recomputed_not_reused(tmp_path: Path, method: str,
-                                                                      reused: bool) -> None:
-    """Entropy's search changed in session 9: a cached table from before must not stand in for the new one."""
+                                                                      written_as: int | None) -> None:
+    """Entropy's search changed in session 9, and every method's table pins the input's exact ranges since
+    session 27: a cached table from before must not stand in for the new one."""
     pct = 99.99 if method == "percentile" else None
     table = CalibrationTable(ranges={"x": (0.0, 1.0)}, method=method, model_sha256="m", set_fingerprint="s",
                              num_images=4, percentile=pct)
-    assert table.algorithm_version == (2 if method == "entropy" else 1)
+    assert table.algorithm_version == (3 if method == "entropy" else 2)
     raw = table.to_dict()
-    del raw["algorithm_version"]  # a table written before the field existed
+    if written_as is None:
+        del raw["algorithm_version"]  # a table written before the field existed
+    elif written_as >= table.algorithm_version:
+        return  # not an older version for this method
+    else:
+        raw["algorithm_version"] = written_as
     path = tmp_path / "calibration.json"
     path.write_text(json.dumps(raw))
-    old = load_if_current(path, model_sha256="m", set_fingerprint="s", method=method, percentile=pct)
-    assert (old is not None) is reused
+    assert load_if_current(path, model_sha256="m", set_fingerprint="s", method=method, percentile=pct) is None
     table.save(path)  # the current algorithm's table is reused
     assert load_if_current(path, model_sha256="m", set_fingerprint="s", method=method, percentile=pct) == table
 
