@@ -101,6 +101,7 @@ def setup_logging(verbose: int) -> None:
     if verbose < 2:
         for handler in logging.getLogger().handlers:
             handler.addFilter(_not_pydicom)
+            handler.addFilter(_not_onnxruntime_chatter)
         warnings.filterwarnings("ignore", module=_PYDICOM_MODULES)
 
 
@@ -163,6 +164,22 @@ def _is_pydicom_filter(f: Any) -> bool:
 
 def _not_pydicom(record: logging.LogRecord) -> bool:
     return not (record.name == "pydicom" or record.name.startswith("pydicom."))
+
+
+def _not_onnxruntime_chatter(record: logging.LogRecord) -> bool:
+    """Drop ONNX Runtime's quantizer INFO lines, which it logs on the root logger under no name of its own.
+
+    ``uopsl quantize`` and the demo printed one "Increased scale[...] for weight ..." line per convolution
+    whose bias would overflow int32 (27 for the demo model): routine for the quantizer, noise to a reader.
+    Its warnings still show but one: "Please consider (to run) pre-processing before quantization", printed
+    twice per quantization, asks for what `uopsl export` already did (constant folding, BatchNorm folding,
+    shape inference). ``-vv`` shows everything.
+    """
+    if record.name != "root" or f"{os.sep}onnxruntime{os.sep}" not in record.pathname:
+        return True
+    if record.levelno >= logging.WARNING:
+        return not str(record.msg).startswith("Please consider")
+    return False
 
 
 def _is_verbose_flag(a: str) -> bool:

@@ -132,3 +132,35 @@ def test_under_torchrun_rank_0_speaks_for_the_run_and_the_others_only_warn(
         assert speaks_for_the_run() is (rank == "0")  # the commands' closing lines (click.echo), once per run
     finally:
         logging.basicConfig(force=True)
+
+
+def test_onnxruntime_quantizer_info_lines_are_shown_at_vv_only(capsys: pytest.CaptureFixture[str]) -> None:
+    """The demo printed 27 'INFO root: Increased scale[...] for weight ...' lines from ONNX Runtime's quantizer,
+    which logs on the root logger; its warnings and uopsl's own lines must still show."""
+    import logging
+    import os
+
+    from uopsl.runtime.clikit import setup_logging
+
+    ort_file = os.path.join(os.sep, "site-packages", "onnxruntime", "quantization", "qdq_quantizer.py")
+
+    def emit(level: int, msg: str, pathname: str = ort_file) -> None:
+        root = logging.getLogger()
+        root.handle(root.makeRecord("root", level, pathname, 1, msg, (), None))
+
+    try:
+        setup_logging(0)
+        emit(logging.INFO, "Increased scale[0] for weight `w` by ratio 2.0")
+        emit(logging.WARNING, "an ORT quantizer warning")
+        emit(logging.WARNING, "Please consider pre-processing before quantization. See https://github.com/...")
+        emit(logging.INFO, "a root line from elsewhere", pathname="/app/main.py")
+        logging.getLogger("uopsl.export").info("a uopsl line")
+        err = capsys.readouterr().err
+        assert "Increased scale" not in err and "pre-processing" not in err
+        assert "an ORT quantizer warning" in err and "a root line from elsewhere" in err and "a uopsl line" in err
+        setup_logging(2)
+        emit(logging.INFO, "Increased scale[0] for weight `w` by ratio 2.0")
+        assert "Increased scale" in capsys.readouterr().err
+    finally:
+        logging.basicConfig(force=True)
+        logging.getLogger().setLevel(logging.WARNING)
