@@ -89,6 +89,21 @@ _UNSIGNED_FIELDS = ("files", "content_sha256", "format_version")
 _MAX_SIGNATURE_BYTES = 32 << 20  # the signed content repeats the manifest's fields (manifests: <= 16 MiB)
 
 
+def warn_if_signed(bundle: str | os.PathLike[str], change: str) -> bool:
+    """Warn, before ``change`` is made to ``bundle``, when the bundle is signed; True then.
+
+    calibrate, quantize, build-engine and intended-use rewrite the manifest or add a file the signature does
+    not cover: machines that trust signing keys then refuse the bundle until it is signed again. Said before
+    the work (minutes, for an engine), not found on the device afterwards.
+    """
+    path = Path(bundle)
+    if not (path / SIGNATURE_FILE).exists():
+        return False
+    log.warning("%s is signed: %s makes machines that trust signing keys refuse the bundle until it is signed "
+                "again (uopsl sign, where the private key is; docs/deployment.md, \"Signed bundles\")", path, change)
+    return True
+
+
 def _ed25519() -> Any:
     return require("cryptography.hazmat.primitives.asymmetric.ed25519", "Signing or checking a bundle signature")
 

@@ -873,3 +873,34 @@ def test_keys_removed_and_put_back_do_not_read_as_a_changed_bundle(
         assert s.screen(photo).status == "ok" and s.signature is None
         monkeypatch.setattr(signing, "_system_dir_for_tests", folder)
         assert s.screen(photo).status == "ok" and s.signature is not None and s.signature.trusted
+
+
+def test_commands_that_void_a_signature_warn_before_they_change_the_bundle(
+        signed: Path, tmp_path: Path, keys: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    """A review: intended-use (and calibrate, quantize) voided a signature without a word; build-engine warned."""
+    from tinymodel import fundus_png_folder
+    from uopsl.runtime.clikit import main_entry
+    from uopsl.train.cli import cli
+
+    def warned(*argv: str) -> list[str]:
+        try:
+            assert main_entry(cli, list(argv)) == 0, capsys.readouterr().err
+        finally:
+            logging.basicConfig(force=True)
+            logging.getLogger().setLevel(logging.WARNING)
+        return [line for line in capsys.readouterr().err.splitlines() if "is signed" in line]
+
+    images = fundus_png_folder(tmp_path / "imgs", 6)
+    first = "research" if read_manifest(signed).intended_use.status != "research" else "demonstration"
+    said = warned("intended-use", str(signed), first)
+    assert len(said) == 1 and "restating its intended use" in said[0] and "uopsl sign" in said[0]
+    said = warned("calibrate", str(signed), "--images", str(images), "--method", "minmax")
+    assert len(said) == 1 and "a calibration table listed now (calibration.json)" in said[0]
+    said = warned("quantize", str(signed), "--rounding", "nearest", "--no-bias-correction")
+    assert len(said) == 1 and "an INT8 file listed now (model.int8.onnx)" in said[0]
+    # The warnings were true: the signature no longer covers the bundle.
+    assert not check_signature(signed, _trusted(keys)).trusted
+    # A restatement that changes nothing, or an unsigned bundle: no warning.
+    assert warned("intended-use", str(signed), first) == []
+    (signed / SIGNATURE_FILE).unlink()
+    assert warned("intended-use", str(signed), "research" if first != "research" else "demonstration") == []

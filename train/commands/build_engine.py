@@ -273,12 +273,9 @@ def command(bundle: Path, precision: str, min_batch: int | None, opt_batch: int 
             _name, cc = cuda.device_properties(device)
             timing_cache = default_timing_cache(api.version_text, cc)
         config = replace(config, timing_cache=str(timing_cache))
-    from uopsl.runtime.signing import SIGNATURE_FILE
+    from uopsl.runtime.signing import warn_if_signed
 
-    if (bundle / SIGNATURE_FILE).exists():  # said before minutes of building, not after
-        log.warning("%s is signed: an engine added now makes machines that trust signing keys refuse the bundle "
-                    "until it is signed again (uopsl sign, where the private key is; docs/deployment.md, \"Signed "
-                    "bundles\")", bundle)
+    warn_if_signed(bundle, "an engine added now")  # said before minutes of building, not after
     info = build_engine(onnx, bundle / out_name, config, calibration, cuda=cuda)
     # The manifest as it is now, not as it was before minutes of building (a validate may have written it).
     add_file(bundle, None, out_name, "engine", precision, info=info.header.to_dict())  # type: ignore[arg-type]

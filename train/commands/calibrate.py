@@ -23,6 +23,7 @@ import click
 
 from uopsl.calibration.dataset import CalibrationSet, build_calibration_set
 from uopsl.runtime.bundle import MANIFEST, read_manifest, verify_before_rewrite
+from uopsl.runtime.signing import warn_if_signed
 from uopsl.runtime.errors import BundleError, ConfigError
 from uopsl.runtime.fsio import sha256_file, user_cache_dir
 from uopsl.runtime.optional import require
@@ -272,6 +273,7 @@ def command(model: Path, images: str, method: str, percentile: float, out: Path 
     if bundle is not None:  # never re-sign a manifest that fails its own checksums (but the table, written anew)
         force = verify_before_rewrite(bundle, out.name) or force
         refuse_other_preprocessing(bundle, source.preprocess, "its calibration table")
+        warn_if_signed(bundle, f"a calibration table listed now ({out.name})")
     calib_set = load_set(images, source, max_images=max_images, seed=seed, require_fov=require_fov,
                          set_cache=set_cache, use_cache=not no_cache)
     before = sha256_file(out) if out.is_file() else None

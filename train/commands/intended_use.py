@@ -25,6 +25,7 @@ def command(bundle: Path, status: str | None, statement: str | None, trained_on:
     from uopsl.export.bundle_writer import set_intended_use
     from uopsl.runtime.bundle import read_manifest
     from uopsl.runtime.intended_use import check_choice
+    from uopsl.runtime.signing import warn_if_signed
 
     current = read_manifest(bundle).intended_use
     if status is None:
@@ -39,5 +40,7 @@ def command(bundle: Path, status: str | None, statement: str | None, trained_on:
     kept = current.statement if status == current.status else ""
     use = check_choice(status, kept if statement is None else statement,
                        current.trained_on if trained_on is None else trained_on)
+    if use != current:
+        warn_if_signed(bundle, "restating its intended use")
     m = set_intended_use(bundle, use)
     click.echo(f"{bundle}: intended use {m.intended_use.status} (manifest {m.content_sha256[:12]})")
