@@ -144,7 +144,7 @@ def _validated(m, passed: bool = True, sha: str | None = None,  # type: ignore[n
                backends: tuple[str, ...] = ("openvino", "tensorrt")):
     """``m`` with a `uopsl validate` parity record on every INT8 file and engine, on ``backends``."""
     def rec(f: FileEntry) -> FileEntry:
-        if not f.precision.startswith("int8"):
+        if f.precision == "fp32":  # the reference precision: nothing to validate
             return f
         # what `uopsl validate` records: the verdict with its gates, image count, data and reference
         runs = {b: {"passed": passed, "verdict": "PASS" if passed else "FAIL", "n_images": 200,
@@ -156,6 +156,12 @@ def _validated(m, passed: bool = True, sha: str | None = None,  # type: ignore[n
         parity = {"sha256": f.sha256 if sha is None else sha, "backends": runs}
         return replace(f, info={**f.info, "parity": parity})
     return replace(m, files=tuple(rec(f) for f in m.files))
+
+
+def _validated_only(m, path: str):  # type: ignore[no-untyped-def]
+    """``m`` with a passing parity record on ``path`` alone."""
+    return replace(m, files=tuple(_validated(replace(m, files=(f,))).files[0] if f.path == path else f
+                                  for f in m.files))
 
 
 def _with_engines(bundle: Path, validated: bool = True, write_to: Path | None = None):  # type: ignore[no-untyped-def]
@@ -186,6 +192,31 @@ def test_auto_prefers_matching_tensorrt_engine(tiny_bundle: Path, cache: Path, t
     (root / "model.int8.engine").write_bytes(b"changed after validation")
     sel = select_backend(root, manifest=m, availability=av, engine_check=lambda p: None)
     assert sel.file == "model.fp16.engine" and "is not the file that passed validation" in sel.reason
+
+
+def test_auto_takes_no_unvalidated_fp16_engine(tiny_bundle: Path, cache: Path, tmp_path: Path,
+                                              caplog: pytest.LogCaptureFixture) -> None:
+    """A review: auto ran an FP16 engine no `uopsl validate` had passed, while the docs and the Triton
+    repository (which leaves such files out) promised only validated reduced-precision files."""
+    root = tmp_path / "b"
+    m = _with_engines(tiny_bundle, validated=False, write_to=root)
+    av = Availability(ort_providers=("CUDAExecutionProvider",) + CPU, openvino=True, tensorrt=True)
+    sel = select_backend(root, manifest=m, availability=av, engine_check=lambda p: None)
+    assert (sel.backend, sel.precision) == ("ort-cuda", "fp32")
+    assert "engine model.fp16.engine skipped: FP16 is not used unasked" in sel.reason
+    assert "engine model.int8.engine skipped: INT8 is not used unasked" in sel.reason
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("model.fp16.engine (fp16) not used" in w and "--onnx-reference" in w for w in warned), warned
+    # The explicit backend with precision auto says the same and stops: no engine it may run unasked.
+    with pytest.raises(BundleError, match="FP16 is not used unasked"):
+        select_backend(root, "tensorrt", manifest=m, availability=av, engine_check=lambda p: None)
+    # Asked for by precision, the engine is the one chosen (open_backend then warns that it is unvalidated).
+    sel = select_backend(root, "tensorrt", "fp16", manifest=m, availability=av, engine_check=lambda p: None)
+    assert sel.file == "model.fp16.engine"
+    # Once validated on tensorrt, auto takes it (int8 engine still unvalidated).
+    sel = select_backend(root, manifest=_validated_only(m, "model.fp16.engine"), availability=av,
+                         engine_check=lambda p: None)
+    assert (sel.backend, sel.file) == ("tensorrt", "model.fp16.engine")
 
 
 def test_auto_falls_back_to_ort_cuda_when_no_engine_matches(tiny_bundle: Path, cache: Path) -> None:
@@ -256,7 +287,7 @@ def test_auto_takes_the_int8_file_that_passed_when_the_bundle_holds_several(tiny
     assert (sel.backend, sel.file) == ("ort-cpu", "model.int8.percentile.onnx"), sel
 
 
-def test_auto_takes_int8_only_after_it_passed_parity_validation(tiny_bundle: Path, cache: Path,
+def test_auto_takes_int8_only_after_it_passed_parity_validation(tiny_bundle: Path, cache: Path, tmp_path: Path,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """A faster INT8 file is not used unasked until `uopsl validate` passed that very file."""
     monkeypatch.setattr(reg, "_measure_speedup", lambda *a, **k: 3.0)
@@ -284,9 +315,11 @@ def test_auto_takes_int8_only_after_it_passed_parity_validation(tiny_bundle: Pat
     assert select_backend(tiny_bundle, manifest=_validated(m), availability=av).precision == "int8-qdq-u8"
     # Asked for explicitly, INT8 runs without a record: the user decided.
     assert select_backend(tiny_bundle, "openvino", "int8", manifest=m, availability=av).precision == "int8-qdq-u8"
-    # TensorRT: an unvalidated INT8 engine is passed over for the FP16 one, with the reason.
+    # TensorRT: an unvalidated INT8 engine is passed over for the validated FP16 one, with the reason.
     gpu = Availability(ort_providers=("CUDAExecutionProvider",) + CPU, openvino=True, tensorrt=True)
-    sel = select_backend(tiny_bundle, manifest=_with_engines(tiny_bundle, validated=False), availability=gpu,
+    root = tmp_path / "b"
+    engines = _with_engines(tiny_bundle, validated=False, write_to=root)
+    sel = select_backend(root, manifest=_validated_only(engines, "model.fp16.engine"), availability=gpu,
                          engine_check=lambda p: None)
     assert sel.file == "model.fp16.engine" and "model.int8.engine has no parity record" in sel.reason
     sel = select_backend(tiny_bundle, "tensorrt", "int8", manifest=_with_engines(tiny_bundle, validated=False),

@@ -85,9 +85,8 @@ class Selection:
     """The backend ``open_backend`` chose: registry name, precision, bundle file and why.
 
     ``validated``: for a reduced-precision file (INT8, FP16), whether ``uopsl validate`` passed it on this
-    backend. ``auto`` takes no INT8 file or engine that did not, but runs an FP16 engine without a record
-    (``validated`` False then, without a warning); an explicit ``precision=`` runs an unvalidated file with a
-    warning. None for an FP32 file, the reference precision.
+    backend. ``auto`` takes no INT8 or FP16 file or engine that did not; an explicit ``precision=`` runs an
+    unvalidated file with a warning. None for an FP32 file, the reference precision.
     """
 
     backend: str
@@ -389,6 +388,12 @@ def _onnx_file(manifest: Manifest, precision: str, gpu: bool, tensorrt: bool = F
     return None
 
 
+# Engine precisions `auto` runs only after a parity PASS on this backend. FP16 too: its rounding can move a
+# finding across a threshold as INT8's can, and Triton (export/triton.py) already serves neither unvalidated.
+# FP32 engines are built with TF32 off, so they are the reference precision, as ORT FP32 is.
+_PASS_FIRST = frozenset({"int8", "fp16"})
+
+
 def _engines(manifest: Manifest, precision: str) -> list[FileEntry]:
     order = {"int8": 0, "fp16": 1, "fp32": 2}
     engines = [f for f in manifest.files_of("engine") if precision == "auto" or f.precision == precision]
@@ -470,15 +475,17 @@ def select_backend(
                               "(on a Jetson: sudo apt install python3-libnvinfer, and cuda-python of JetPack's CUDA)")
         reasons = []
         for e in _engines(m, precision):
-            if precision == "auto" and e.precision == "int8":
+            # The engine's fit first: after a JetPack upgrade that is the cause, not a missing record.
+            why = engine_check(root / e.path) or engine_stale(root, m, e, device)
+            if why is not None:
+                reasons.append(f"{e.path}: {why}")
+                continue
+            if precision == "auto" and e.precision in _PASS_FIRST:
                 ok, why_not = validated_file(root, e, "tensorrt", m)
                 if not ok:
-                    reasons.append(f"{e.path}: INT8 is not used unasked: {why_not}")
+                    reasons.append(f"{e.path}: {e.precision.upper()} is not used unasked: {why_not}")
                     continue
-            why = engine_check(root / e.path) or engine_stale(root, m, e, device)
-            if why is None:
-                return Selection("tensorrt", e.precision, e.path, f"engine {e.path} matches this GPU and TensorRT")
-            reasons.append(f"{e.path}: {why}")
+            return Selection("tensorrt", e.precision, e.path, f"engine {e.path} matches this GPU and TensorRT")
         raise BundleError(
             f"no TensorRT engine of precision {precision} in {root} can run here"
             + (f" ({'; '.join(reasons)})" if reasons else " (the bundle has none)")
@@ -512,19 +519,25 @@ def select_backend(
     # -- auto --------------------------------------------------------------------------------
     if av.tensorrt and precision in ("auto", "int8", "fp16", "fp32"):
         for e in _engines(m, precision):
-            if precision == "auto" and e.precision == "int8":
+            why = engine_check(root / e.path) or engine_stale(root, m, e, device)
+            if why is not None:
+                # Loud: after a JetPack upgrade every engine lands here and screening
+                # quietly falls back to a slower backend unless someone reads this.
+                log.warning("TensorRT engine %s not used: %s", e.path, why)
+                notes.append(f"engine {e.path} skipped: {why}")
+                continue
+            if precision == "auto" and e.precision in _PASS_FIRST:
                 validated, why_not = validated_file(root, e, "tensorrt", m)
                 if not validated:
-                    notes.append(f"engine {e.path} skipped: INT8 is not used unasked: {why_not}")
+                    # A warning too: an engine built on the device and not yet validated would
+                    # otherwise leave a Jetson screening on the CPU with nothing on the console.
+                    log.warning("TensorRT engine %s (%s) not used: it has not passed `uopsl validate` here (%s); "
+                                "validate it on this device (uopsl validate BUNDLE --onnx-reference --data DIR)",
+                                e.path, e.precision, why_not)
+                    notes.append(f"engine {e.path} skipped: {e.precision.upper()} is not used unasked: {why_not}")
                     continue
-            why = engine_check(root / e.path) or engine_stale(root, m, e, device)
-            if why is None:
-                return Selection("tensorrt", e.precision, e.path, "; ".join(
-                    [*notes, f"TensorRT engine {e.path} ({e.precision}) matches this GPU and TensorRT version"]))
-            # Loud: after a JetPack upgrade every engine lands here and screening
-            # quietly falls back to a slower backend unless someone reads this.
-            log.warning("TensorRT engine %s not used: %s", e.path, why)
-            notes.append(f"engine {e.path} skipped: {why}")
+            return Selection("tensorrt", e.precision, e.path, "; ".join(
+                [*notes, f"TensorRT engine {e.path} ({e.precision}) matches this GPU and TensorRT version"]))
     elif m.files_of("engine"):
         notes.append("TensorRT engines present but TensorRT/CUDA binding not installed")
     if av.ort_cuda:
@@ -594,7 +607,7 @@ def open_backend(
     if sel.precision != "fp32":
         ok, why = validated_file(root, m.file(sel.file), sel.backend, m)
         if not ok and precision != "auto":
-            # Asked for by name (auto takes no unvalidated INT8 file): run it, but say so where it is seen (a
+            # Asked for by name (auto takes no unvalidated INT8 or FP16 file): run it, but say so where it is seen (a
             # review: a file that FAILED the release gate ran with nothing above DEBUG).
             log.warning("%s on %s is not a validated file: %s; running it because precision %r was asked for, "
                         "so its results may differ from the validated model's", sel.file, sel.backend, why, precision)
@@ -730,10 +743,10 @@ def backend_table(bundle: str | os.PathLike[str], manifest: Manifest | None = No
             # What `auto` checks too: the machine, and that the engine was built from the bundle's model as it is.
             why = engine_mismatch(root / e.path) or engine_stale(root, m, e)
             note = "matches this machine" if why is None else why
-            if why is None and e.precision == "int8":
+            if why is None and e.precision in _PASS_FIRST:
                 ok, why_not = validated_file(root, e, "tensorrt", m)
                 if not ok:
-                    note += f"; INT8 is not used unasked: {why_not}"
+                    note += f"; {e.precision.upper()} is not used unasked: {why_not}"
             rows.append(("tensorrt", why is None, f"{e.path} ({e.precision}, {_built_for(root / e.path)}): {note}"))
     return rows
 
