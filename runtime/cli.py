@@ -223,7 +223,9 @@ def watch_cmd(bundle: Path, folder: Path, out: Path, backend: str, precision: st
 @_bundle_arg
 @click.option("--backend", default="auto", show_default=True,
               help="A backend name, a comma list, 'all' (every usable one) or auto.")
-@click.option("--precision", default="auto", show_default=True, help="auto, fp32, fp16, int8, a comma list, or all.")
+@click.option("--precision", default="auto", show_default=True,
+              help="auto (what `run` would use: INT8 or FP16 only once `uopsl validate` passed it here), fp32, "
+                   "fp16, int8, a comma list, or all (every file, validated or not).")
 @click.option("--batch", "batches", default="1,8", show_default=True, help="Comma-separated batch sizes.")
 @click.option("--iters", type=click.IntRange(min=1), default=50, show_default=True, help="Timed iterations per case.")
 @click.option("--warmup", type=click.IntRange(min=0), default=5, show_default=True, help="Untimed warm-up iterations.")

@@ -131,7 +131,13 @@ def test_under_torchrun_rank_0_speaks_for_the_run_and_the_others_only_warn(
 
         assert speaks_for_the_run() is (rank == "0")  # the commands' closing lines (click.echo), once per run
     finally:
+        # What setup_logging changed for the process, back as the other tests expect it.
+        from uopsl.runtime import progress
+
         logging.basicConfig(force=True)
+        logging.getLogger().setLevel(logging.WARNING)
+        logging.captureWarnings(False)
+        progress.set_enabled(True)
 
 
 def test_onnxruntime_quantizer_info_lines_are_shown_at_vv_only(capsys: pytest.CaptureFixture[str]) -> None:
