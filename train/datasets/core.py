@@ -538,8 +538,8 @@ class Collector:
             raise self._missing_error()
         if not self.samples:
             raise DataError(
-                f"{self.name}: no images found under {self.root}{_left_out(self.dropped)}; check the dataset root "
-                f"and layout (see the reader's docstring)."
+                f"{self.name}: no images found under {self.root}{_left_out(self.dropped, options)}; check the dataset "
+                f"root and layout (see the reader's docstring)."
             )
         if self.label_space is None:
             unit = "image" if options.get("reader") == "folder" else "row"
@@ -562,22 +562,43 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
-def _left_out(dropped: Mapping[str, int]) -> str:
-    """What the no-images error says about what was left out, with what to do for files folder: skips."""
+# How the no-images error names a reader that scans class folders (its spec kind) and the layout it reads;
+# a reader not listed here is spoken of as folder: (only folder: and these scan class folders).
+_FOLDER_LAYOUTS: dict[str, tuple[str, str]] = {
+    "folder": ("folder:", "root/<class>/<image>, one level"),
+    "oct2017": ("oct2017:", "root/<split>/<CLASS>/<image>, images directly in a class folder"),
+    "octdl": ("octdl:", "root/<CLASS>/<image>, one level"),
+}
+
+
+def _left_out(dropped: Mapping[str, int], options: Mapping[str, Any] | None = None) -> str:
+    """What the no-images error says about what was left out, with what to do for files the class-folder scan
+    skips, naming the reader of ``options['reader']`` (folder:, oct2017:, octdl:)."""
+    reader = str((options or {}).get("reader") or "folder")
+    kind, layout = _FOLDER_LAYOUTS.get(reader, _FOLDER_LAYOUTS["folder"])
+    special = ("file_in_subfolder", "not_in_csv")
     exts = {k.split(":", 1)[1]: n for k, n in dropped.items() if k.startswith("not_an_image:")}
-    rows = {k: n for k, n in dropped.items() if not k.startswith("not_an_image:") and k != "file_in_subfolder"}
+    rows = {k: n for k, n in dropped.items() if not k.startswith("not_an_image:") and k not in special}
     notes = [f"rows left out: {rows}"] if rows else []
+    if dropped.get("not_in_csv"):
+        csv_name = (options or {}).get("labels_csv") or "the labels CSV"
+        notes.append(f"{_plural(dropped['not_in_csv'], 'image file')} not listed in {csv_name} left out "
+                     "(the CSV says which files are read)")
     if exts:
         notes.append("files skipped by type: " + ", ".join(f"{n} {e}" for e, n in sorted(exts.items())))
     if dropped.get("file_in_subfolder"):
         notes.append(f"{_plural(dropped['file_in_subfolder'], 'file')} in sub-folders of the class folders not read "
-                     "(folder: reads root/<class>/<image>, one level; move them up a level)")
+                     f"({kind} reads {layout}; move them up a level)")
     if DICOM_SUFFIXES & set(exts):
-        notes.append("DICOM files are not read by folder: (a PACS export often holds each photograph as both .dcm "
-                     "and .jpg); list them in a CSV with path,label columns (csv:FILE; reading DICOM needs "
-                     "pip install 'uopsl[dicom]') or export them as JPEG/PNG")
+        if kind == "folder:":
+            notes.append("DICOM files are not read by folder: (a PACS export often holds each photograph as both "
+                         ".dcm and .jpg); list them in a CSV with path,label columns (csv:FILE; reading DICOM needs "
+                         "pip install 'uopsl[dicom]') or export them as JPEG/PNG")
+        else:
+            notes.append(f"DICOM files are not read by {kind}; export them as JPEG/PNG, or list them in a CSV with "
+                         "path,label,modality columns (csv:FILE; reading DICOM needs pip install 'uopsl[dicom]')")
     if exts:
-        notes.append(f"folder: reads {', '.join(sorted(IMAGE_EXTENSIONS))}")
+        notes.append(f"{kind} reads {', '.join(sorted(IMAGE_EXTENSIONS))}")
     return " (" + "; ".join(notes) + ")" if notes else ""
 
 

@@ -16,7 +16,9 @@ What each adapter assumes:
   and the CSV as two files). Without it the folders are scanned and the patient id parsed from the file
   name (a name that does not parse gets no patient: its own split group). The
   CSV's exact column set is taken from public code that reads it; only those
-  three columns are relied on.
+  three columns are relied on. Image files in the class folders that no row
+  names are not read; they are counted in the source's ``dropped['not_in_csv']``
+  with a warning.
 
 Mapping onto the project vocabulary (``vocabulary='raw'`` keeps the folder names):
 OCT2017 ``CNV`` (neovascular AMD) and ``DRUSEN`` (early AMD) -> ``amd``, ``DME`` ->
@@ -117,17 +119,21 @@ def read_octdl(
     if csv_path.is_file():
         log.info("OCTDL: labels from %s", csv_path)
         header, rows = read_table(csv_path, ("file_name", "disease", "patient_id"))
-        folders: dict[str, StemIndex] = {}
+        # Every class folder is listed once, up front: the rows look their files up there, and what no row
+        # names is counted (the CSV drives the reader; those files are not read).
+        folders = {cls: StemIndex(root / cls) for cls in OCTDL_CLASSES}
+        listed: set[Path] = set()
         for row in rows:
             disease = row.require("disease")
             if disease not in OCTDL_CLASSES:
                 raise DataError(
                     f"{row.where}: unknown label {disease!r} in column 'disease'; allowed labels: {list(OCTDL_CLASSES)}."
                 )
-            index = folders.setdefault(disease, StemIndex(root / disease))
+            path = folders[disease].find(row.require("file_name"))
+            listed.add(path)
             extra = {"raw_label": disease, "subcategory": row.get("subcategory") or None}
             sample = Sample(
-                index.find(row.require("file_name")),
+                path,
                 (OCTDL_CLASSES[disease] if vocabulary == "mapped" else disease,),
                 patient=row.require("patient_id"),
                 eye=parse_eye(row.get("eye"), strict=False) if "eye" in header else None,
@@ -135,6 +141,7 @@ def read_octdl(
                 extra=extra,
             )
             col.add(sample, row.where)
+        _count_unlisted(col, folders, listed, csv_path)
         return col.build(options, False)
     unparsed = 0
     for cls, path, size in scan_class_folders(root, tuple(OCTDL_CLASSES), "OCTDL", col.dropped):  # counted too
@@ -146,3 +153,19 @@ def read_octdl(
     if unparsed:
         log.warning("OCTDL: %d file names do not follow <class>_<patient>_<n>; they get no patient id", unparsed)
     return col.build(options, False)
+
+
+def _count_unlisted(col: Collector, folders: dict[str, StemIndex], listed: set[Path], csv_path: Path) -> None:
+    """Count (``dropped['not_in_csv']``) and warn about the class folders' image files no CSV row names.
+
+    Hidden files (macOS' ``._`` copies) are passed over, as the folder scan passes them over.
+    """
+    unlisted = sorted(p for index in folders.values() for p in index.by_name.values()
+                      if p not in listed and not p.name.startswith("."))
+    if not unlisted:
+        return
+    col.drop("not_in_csv", len(unlisted))
+    n = len(unlisted)
+    log.warning("OCTDL: %d image file%s not listed in %s left out (e.g. %s): the CSV says which files are read; "
+                "add a row for each to read them", n, "" if n == 1 else "s", csv_path.name,
+                unlisted[0].relative_to(col.root).as_posix())
