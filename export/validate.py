@@ -247,7 +247,7 @@ class ValidateConfig:
         negative for every bundle class and says so in the report's notes, its ``data.unknown_labels``
         and the log.
     record: write each file's verdict into the bundle manifest (``FileEntry.info["parity"]``);
-        ``auto`` backend selection uses an INT8 file or engine only with a passing record. A FAIL is
+        ``auto`` backend selection uses an INT8 file or an INT8/FP16 engine only with a passing record. A FAIL is
         always recorded; a PASS or INCOMPLETE only from a run with the default gates (or stricter) on at
         least :data:`uopsl.runtime.bundle.MIN_PARITY_IMAGES` images, so a smoke run or loosened gates never
         replace an earlier verdict with a pass (the report and the log say so).

@@ -28,7 +28,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from uopsl.runtime.backends import BACKEND_NAMES, PRECISIONS, Selection, open_and_enter, validated_file
+from uopsl.runtime.backends import (
+    BACKEND_NAMES,
+    PRECISIONS,
+    Selection,
+    auto_needs_pass,
+    open_and_enter,
+    validated_file,
+)
 from uopsl.runtime.backends.base import Backend, check_gpu_index
 from uopsl.runtime.bundle import Manifest, parity_status
 from uopsl.runtime.errors import BundleError, ConfigError, UopslError
@@ -336,11 +343,10 @@ class Screener:
 
     def _choice_problem(self, view: Manifest) -> str:
         """Why the file this open Screener runs would not be chosen under ``view`` ("" when it would, or when no
-        parity record decided it: FP32 or FP16 (``auto`` checks records for INT8 only), a precision asked for by
-        name, a Screener not open yet)."""
+        parity record decided it: FP32, a precision asked for by name, a Screener not open yet)."""
         b = self._backend
         sel = getattr(b, "selection", None) if b is not None else None
-        if sel is None or not sel.precision.startswith("int8") or self.precision != "auto":
+        if sel is None or not auto_needs_pass(sel.precision) or self.precision != "auto":
             return ""
         ok, why = parity_status(view.file(sel.file), sel.backend, manifest=view)
         return "" if ok else f"{sel.file} on {sel.backend} was chosen by parity records it does not sign ({why})"

@@ -390,7 +390,7 @@ def parity_status(entry: FileEntry, backend: str | None = None, *,
                   manifest: Manifest | None = None) -> tuple[bool, str]:
     """Whether ``uopsl validate`` passed this very file on ``backend`` within the gates, and a reason either way.
 
-    ``auto`` backend selection takes an INT8 file or engine only when this is
+    ``auto`` backend selection takes an INT8 file or an INT8/FP16 engine only when this is
     True for the backend that would run it: a reduced-precision model is used
     unasked only after it was shown, on that runtime, to keep the reference
     model's decisions. The record names the file's sha256, so a file replaced

@@ -16,7 +16,7 @@ signing time, its path, kind, precision, size and sha256; with
 records (``uopsl validate``'s verdicts, which a device may add after signing)
 are signed beside that, as they were at signing: adding one later is no change
 to the bundle, but where signatures are required only the signed ones decide
-which INT8 file or engine ``auto`` runs (:func:`with_signed_parity`; before,
+which INT8 file or INT8/FP16 engine ``auto`` runs (:func:`with_signed_parity`; before,
 a forged record could make ``auto`` run a signed INT8 file that failed
 validation). Any file
 added after signing, a TensorRT engine included, fails the check until the
@@ -469,7 +469,7 @@ def signed_parity_of(raw: dict[str, Any]) -> dict[str, Any]:
 
     Signed next to :func:`signed_content` but not part of it: a device may add records after signing
     (that is no change to the bundle), but where signatures are required only these signed ones decide
-    which INT8 file or engine ``auto`` runs (:func:`with_signed_parity`)."""
+    which INT8 file or INT8/FP16 engine ``auto`` runs (:func:`with_signed_parity`)."""
     out: dict[str, Any] = {}
     for f in raw.get("files") or []:
         if isinstance(f, dict) and isinstance(f.get("info"), dict) and PARITY_KEY in f["info"]:

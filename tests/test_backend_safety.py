@@ -143,7 +143,8 @@ def test_an_engine_of_the_current_model_is_taken(tiny_bundle: Path, tmp_path: Pa
     engine = next(f for f in m.files if f.path == "model.fp16.engine")  # type: ignore[attr-defined]
     assert engine_stale(root, m, engine) is None  # type: ignore[arg-type]
     av = Availability(ort_providers=("CPUExecutionProvider",), tensorrt=True)
-    sel = select_backend(root, "tensorrt", manifest=m, availability=av, engine_check=lambda p: None)  # type: ignore[arg-type]
+    # fp16 by name: auto would also want a parity PASS (tests/test_backends.py); this is about staleness
+    sel = select_backend(root, "tensorrt", "fp16", manifest=m, availability=av, engine_check=lambda p: None)  # type: ignore[arg-type]
     assert (sel.backend, sel.file) == ("tensorrt", "model.fp16.engine")
 
 
@@ -256,7 +257,7 @@ def test_the_gpu_index_reaches_every_gpu_runtime_and_the_engine_check(tiny_bundl
     seen: list[int] = []
     monkeypatch.setattr(reg, "engine_mismatch", lambda path, device=0: seen.append(device) or None)
     av = Availability(ort_providers=("CPUExecutionProvider",), tensorrt=True)
-    sel = select_backend(root, "tensorrt", manifest=m, availability=av, device=1)  # type: ignore[arg-type]
+    sel = select_backend(root, "tensorrt", "fp16", manifest=m, availability=av, device=1)  # type: ignore[arg-type]
     assert sel.file == "model.fp16.engine" and seen == [1]
     with pytest.raises(ConfigError, match="GPU index >= 0"):
         select_backend(root, manifest=m, availability=av, device=-1)  # type: ignore[arg-type]

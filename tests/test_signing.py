@@ -833,8 +833,8 @@ def test_a_screener_opened_before_keys_existed_stops_if_its_choice_rested_on_uns
     monkeypatch.setattr(signing, "_system_dir_for_tests", tmp_path / "no-keys-yet")
     with Screener(signed, backend="ort-cpu") as fp32, Screener(signed, backend="ort-cpu") as int8, \
             Screener(signed, backend="ort-cpu") as fp16, Screener(signed, backend="ort-cpu", precision="int8") as named:
-        # As if auto had picked the INT8 file on its (unsigned) PASS, or an FP16 engine (auto reads no record
-        # for those: a fifth review found them stopped too).
+        # As if auto had picked the INT8 file, or an FP16 engine, on an (unsigned) PASS: since session 28 auto
+        # takes an FP16 engine only with a PASS too, so it rested on a record as the INT8 file did.
         int8._backend.selection = Selection("ort-cpu", "int8-qdq-u8", "model.int8.onnx", "auto")  # type: ignore[union-attr]
         fp16._backend.selection = Selection("tensorrt", "fp16", "model.onnx", "auto")  # type: ignore[union-attr]
         # Asked for by name, and validated by that unsigned record when it opened.
@@ -843,7 +843,8 @@ def test_a_screener_opened_before_keys_existed_stops_if_its_choice_rested_on_uns
         assert fp32.signature is None and fp32.screen(photo).status == "ok"
         _machine_folder(tmp_path, keys, monkeypatch)
         assert fp32.screen(photo).status == "ok"  # FP32: nothing rested on a record
-        assert fp16.screen(photo).status == "ok"
+        with pytest.raises(BundleError, match="model.onnx on tensorrt was chosen by parity records it does not sign"):
+            fp16.screen(photo)
         # It keeps running (the user asked for it), but no longer reads as validated (a leftover of session 21).
         with caplog.at_level(logging.WARNING, logger="uopsl.runtime.api"):
             assert named.screen(photo).status == "ok"

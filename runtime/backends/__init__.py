@@ -394,6 +394,28 @@ def _onnx_file(manifest: Manifest, precision: str, gpu: bool, tensorrt: bool = F
 _PASS_FIRST = frozenset({"int8", "fp16"})
 
 
+_WARNED: set[tuple[str, str, str]] = set()
+
+
+def _warn_once(root: Path, entry: FileEntry, msg: str, *args: object) -> None:
+    """``log.warning`` once per process for this engine version and message: `bench` selects three times per
+    run (its plan, each case, the backend it opens) and said each skipped engine three times."""
+    key = (str(root.resolve() / entry.path), entry.sha256, msg % args)
+    if key in _WARNED:
+        log.debug(msg, *args)
+        return
+    if len(_WARNED) > 1000:  # a watch that runs for months: bounded
+        _WARNED.clear()
+    _WARNED.add(key)
+    log.warning(msg, *args)
+
+
+def auto_needs_pass(precision: str) -> bool:
+    """Whether ``auto`` runs a file of ``precision`` only with a parity PASS: every INT8 file and FP16 engine
+    (any precision but FP32, the reference)."""
+    return precision != "fp32"
+
+
 def _engines(manifest: Manifest, precision: str) -> list[FileEntry]:
     order = {"int8": 0, "fp16": 1, "fp32": 2}
     engines = [f for f in manifest.files_of("engine") if precision == "auto" or f.precision == precision]
@@ -486,10 +508,16 @@ def select_backend(
                     reasons.append(f"{e.path}: {e.precision.upper()} is not used unasked: {why_not}")
                     continue
             return Selection("tensorrt", e.precision, e.path, f"engine {e.path} matches this GPU and TensorRT")
+        unvalidated = [r for r in reasons if "is not used unasked" in r]
+        if reasons and len(unvalidated) == len(reasons):  # engines that fit, none validated here
+            todo = ("validate them on this device first (uopsl validate BUNDLE --onnx-reference --backends tensorrt "
+                    "--data DIR --out DIR), or run one unvalidated with --precision fp16|int8")
+        else:
+            todo = "build one on this device with 'uopsl build-engine BUNDLE' or use --backend ort-cuda"
         raise BundleError(
             f"no TensorRT engine of precision {precision} in {root} can run here"
             + (f" ({'; '.join(reasons)})" if reasons else " (the bundle has none)")
-            + "; build one on this device with 'uopsl build-engine BUNDLE' or use --backend ort-cuda"
+            + f"; {todo}"
         )
     if name in ("ort-cpu", "ort-cuda", "ort-trt", "openvino"):
         if name == "openvino" and not av.openvino:
@@ -523,7 +551,7 @@ def select_backend(
             if why is not None:
                 # Loud: after a JetPack upgrade every engine lands here and screening
                 # quietly falls back to a slower backend unless someone reads this.
-                log.warning("TensorRT engine %s not used: %s", e.path, why)
+                _warn_once(root, e, "TensorRT engine %s not used: %s", e.path, why)
                 notes.append(f"engine {e.path} skipped: {why}")
                 continue
             if precision == "auto" and e.precision in _PASS_FIRST:
@@ -531,9 +559,9 @@ def select_backend(
                 if not validated:
                     # A warning too: an engine built on the device and not yet validated would
                     # otherwise leave a Jetson screening on the CPU with nothing on the console.
-                    log.warning("TensorRT engine %s (%s) not used: it has not passed `uopsl validate` here (%s); "
-                                "validate it on this device (uopsl validate BUNDLE --onnx-reference --data DIR)",
-                                e.path, e.precision, why_not)
+                    _warn_once(root, e, "TensorRT engine %s (%s) not used: it has not passed `uopsl validate` here "
+                               "(%s); validate it on this device (uopsl validate BUNDLE --onnx-reference --backends "
+                               "tensorrt --data DIR --out DIR)", e.path, e.precision, why_not)
                     notes.append(f"engine {e.path} skipped: {e.precision.upper()} is not used unasked: {why_not}")
                     continue
             return Selection("tensorrt", e.precision, e.path, "; ".join(
