@@ -30,8 +30,10 @@ Clipped ranges are therefore never wider than the minmax ones.
 
 One exception to measuring: the tensors computed from the uint8 input image by
 a cast, layout ops (transpose, reshape) and arithmetic with constants (the
-mean subtraction) have ranges known exactly from the input's type
-(:func:`input_bound_ranges`), and the table holds those for every method. A
+mean subtraction) have ranges bounded from the input's type alone, exactly
+for what ``uopsl export`` writes (:func:`input_bound_ranges`), and the table
+holds those for each of its methods (TensorRT's own legacy calibrator, which
+does not read the table, measures them as it always does). A
 measured range there is wrong in two ways: entropy on the cast input, whose
 histogram is dominated by the black border, chose [0, 20] on test images (a
 TensorRT 8.x implicit-INT8 engine reading the cache could run the transpose
@@ -341,12 +343,17 @@ _ARITHMETIC_OPS = frozenset({"Add", "Sub", "Mul", "Div"})
 
 
 def input_bound_ranges(model: Any) -> dict[str, tuple[float, float]]:
-    """Exact ranges of the tensors computed from uint8 graph inputs by Cast, layout ops and arithmetic with
+    """Bounds of the tensors computed from uint8 graph inputs by Cast, layout ops and arithmetic with
     constants, before any op with weights (name -> (lo, hi)).
 
     Why: these ranges follow from the input's type and need no images. Interval arithmetic over the
-    constant's values gives bounds every input stays within and that an image reaches when it holds 0 and
-    255 in every channel (per-channel constants broadcast: the union over channels).
+    constant's values gives bounds every input stays within. With one constant per op, or one op of
+    per-channel constants (the mean subtraction ``uopsl export`` leaves: std is folded into the first
+    convolution), an image holding 0 and 255 in every channel reaches them: they are exact. A chain of two
+    per-channel ops takes the union over channels at each step, so its bounds may be wider than any image
+    reaches, never narrower. Arithmetic is followed in float32 only (what ONNX Runtime computes it in;
+    float32 rounding is monotonic, so the float32 results at the end points bound every other input's);
+    after a cast to float16 or bfloat16 only the cast and layout ops are pinned.
     """
     onnx = require("onnx", "calibration")
     numpy_helper = onnx.numpy_helper
@@ -356,54 +363,76 @@ def input_bound_ranges(model: Any) -> dict[str, tuple[float, float]]:
             for a in node.attribute:
                 if a.name == "value":
                     constants[node.output[0]] = numpy_helper.to_array(a.t)
+                elif a.name == "value_float":
+                    constants[node.output[0]] = np.asarray(a.f, np.float32)
+                elif a.name == "value_floats":
+                    constants[node.output[0]] = np.asarray(list(a.floats), np.float32)
     known: dict[str, tuple[float, float]] = {}
+    float32_chain: set[str] = set()  # tensors of ``known`` in float32, where arithmetic is followed
     uint8 = {i.name for i in model.graph.input if i.type.tensor_type.elem_type == onnx.TensorProto.UINT8}
     floats = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
+    casts = 0
     for node in model.graph.node:  # topologically ordered (ONNX requires it)
         if not node.output or not node.output[0]:
             continue
         out = node.output[0]
-        if node.op_type == "Cast" and node.input and node.input[0] in uint8:
+        if node.op_type in _LAYOUT_OPS and node.input and node.input[0] in uint8:
+            uint8.add(out)  # an Identity or Transpose before the cast keeps the pixels uint8
+        elif node.op_type == "Cast" and node.input and node.input[0] in uint8:
             to = next((a.i for a in node.attribute if a.name == "to"), None)
             if to in floats:
-                known[out] = (0.0, 255.0)
+                known[out] = (0.0, 255.0)  # 0..255 is exact in float32, float16 and bfloat16
+                casts += 1
+                if to == onnx.TensorProto.FLOAT:
+                    float32_chain.add(out)
         elif node.op_type in _LAYOUT_OPS and node.input and node.input[0] in known:
             known[out] = known[node.input[0]]
+            if node.input[0] in float32_chain:
+                float32_chain.add(out)
         elif node.op_type in _ARITHMETIC_OPS and len(node.input) == 2:
             a, b = node.input
-            if a in known and b in constants:
+            if a in float32_chain and b in constants:
                 rng = _interval(node.op_type, known[a], constants[b], tensor_first=True)
-            elif b in known and a in constants:
+            elif b in float32_chain and a in constants:
                 rng = _interval(node.op_type, known[b], constants[a], tensor_first=False)
             else:
                 continue
             if rng is not None:
                 known[out] = rng
+                float32_chain.add(out)
+    if uint8 and not casts:
+        log.warning("calibration: the uint8 input reaches no Cast to float through layout ops, so no range is "
+                    "pinned from its type; every range is measured (a model not exported by `uopsl export`?)")
     return known
 
 
 def _interval(op: str, rng: tuple[float, float], const: np.ndarray,
               tensor_first: bool) -> tuple[float, float] | None:
-    """The range of ``op`` between a tensor in ``rng`` and every value of ``const`` (None: not bounded)."""
+    """The float32 range of ``op`` between a float32 tensor in ``rng`` and every value of ``const`` (None: not
+    bounded). Each candidate end point is computed in float32, as the model computes it."""
     c = np.asarray(const, np.float64).ravel()
     if c.size == 0 or not np.all(np.isfinite(c)):
         return None
-    lo, hi = rng
-    if op == "Add":
-        vals = [lo + c.min(), hi + c.max()]
-    elif op == "Sub":
-        vals = [lo - c.max(), hi - c.min()] if tensor_first else [c.min() - hi, c.max() - lo]
-    elif op == "Mul":
-        vals = list(np.concatenate([lo * c, hi * c]))
-    elif tensor_first:  # Div by constants
-        if np.any(c == 0):
-            return None
-        vals = list(np.concatenate([lo / c, hi / c]))
-    else:  # a constant divided by the tensor: unbounded where the tensor can be 0
-        if lo <= 0 <= hi:
-            return None
-        vals = list(np.concatenate([c / lo, c / hi]))
-    return float(np.float32(min(vals))), float(np.float32(max(vals)))
+    c = c.astype(np.float32)
+    lo, hi = np.float32(rng[0]), np.float32(rng[1])
+    with np.errstate(over="ignore"):  # an overflow gives inf, refused below
+        if op == "Add":
+            vals = np.concatenate([lo + c, hi + c])
+        elif op == "Sub":
+            vals = np.concatenate([lo - c, hi - c]) if tensor_first else np.concatenate([c - hi, c - lo])
+        elif op == "Mul":
+            vals = np.concatenate([lo * c, hi * c])
+        elif tensor_first:  # Div by constants
+            if np.any(c == 0):
+                return None
+            vals = np.concatenate([lo / c, hi / c])
+        else:  # a constant divided by the tensor: unbounded where the tensor can be 0
+            if lo <= 0 <= hi:
+                return None
+            vals = np.concatenate([c / lo, c / hi])
+    if not np.all(np.isfinite(vals)):
+        return None
+    return float(vals.min()), float(vals.max())
 
 
 def activation_tensors(model: Any) -> dict[str, int]:

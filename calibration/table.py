@@ -46,8 +46,8 @@ INT8_MAX = 127
 # table of the old algorithm is recomputed, not reused: entropy 2 = every candidate
 # threshold searched (session 9; version 1 searched every few bins and could land up
 # to ~14 % away from NVIDIA's algorithm). Tables without the field are version 1.
-# minmax 2, entropy 3, percentile 2 (session 27): the tensors computed from the uint8 input
-# alone hold their exact ranges, not measured ones (uopsl.calibration.ranges.input_bound_ranges).
+# minmax 2, entropy 3, percentile 2 (session 28): the tensors computed from the uint8 input
+# alone hold their bounds from the input type, not measured ones (uopsl.calibration.ranges.input_bound_ranges).
 ALGORITHM_VERSIONS: Mapping[str, int] = MappingProxyType({"minmax": 2, "entropy": 3, "percentile": 2})
 
 

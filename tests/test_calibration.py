@@ -513,7 +513,7 @@ def test_real_tvhl_images_make_a_labelled_set() -> None:
 def test_a_table_of_an_older_range_algorithm_is_recomputed_not_reused(tmp_path: Path, method: str,
                                                                       written_as: int | None) -> None:
     """Entropy's search changed in session 9, and every method's table pins the input's exact ranges since
-    session 27: a cached table from before must not stand in for the new one."""
+    session 28: a cached table from before must not stand in for the new one."""
     pct = 99.99 if method == "percentile" else None
     table = CalibrationTable(ranges={"x": (0.0, 1.0)}, method=method, model_sha256="m", set_fingerprint="s",
                              num_images=4, percentile=pct)
@@ -551,3 +551,97 @@ def test_a_calibration_folder_is_walked_as_the_screening_runtime_walks_it(tmp_pa
     (tmp_path / "none" / "scan.psd").write_bytes(b"x")
     with pytest.raises(DataError, match=r"no images found \(looked for .*\.jfif.*1 file skipped \(not an image type"):
         list_images(tmp_path / "none")
+
+
+def _chain_model(steps: list[tuple[str, np.ndarray | None, bool]], cast_to: int, *, before_cast: str | None = None,
+                 constant_node: bool = False) -> onnx.ModelProto:
+    """uint8 NHWC input -> [before_cast] -> Cast(cast_to) -> Transpose -> each (op, constant, tensor_first)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes, inits = [], []
+    x = "x"
+    if before_cast:
+        nodes.append(helper.make_node(before_cast, [x], ["pre"], **({"perm": [0, 1, 2, 3]} if before_cast == "Transpose"
+                                                                   else {})))
+        x = "pre"
+    nodes.append(helper.make_node("Cast", [x], ["cast"], to=cast_to))
+    nodes.append(helper.make_node("Transpose", ["cast"], ["nchw"], perm=[0, 3, 1, 2]))
+    cur = "nchw"
+    np_type = {TensorProto.FLOAT: np.float32, TensorProto.FLOAT16: np.float16}[cast_to]
+    for k, (op, const, tensor_first) in enumerate(steps):
+        cname = f"c{k}"
+        value = np.asarray(const, np_type)
+        if constant_node and value.size == 1 and np_type is np.float32:
+            nodes.append(helper.make_node("Constant", [], [cname], value_float=float(value.ravel()[0])))
+        else:
+            inits.append(numpy_helper.from_array(value.reshape((1, -1, 1, 1)) if value.size == 3 else value, cname))
+        ins = [cur, cname] if tensor_first else [cname, cur]
+        nodes.append(helper.make_node(op, ins, [f"t{k}"]))
+        cur = f"t{k}"
+    elem = cast_to
+    graph = helper.make_graph(nodes, "chain", [helper.make_tensor_value_info("x", TensorProto.UINT8, [None, 4, 4, 3])],
+                              [helper.make_tensor_value_info(n, elem, [None, None, None, None] if n != "cast" else [None, 4, 4, 3]) for n in ["cast", "nchw"] +
+                               [f"t{k}" for k in range(len(steps))]], initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_pinned_ranges_hold_every_value_the_model_computes(seed: int) -> None:
+    """A review: interval arithmetic was tested on its own, never against what a model computes. Random chains
+    (reversed Sub, Mul and Div by mixed signs, per-channel constants, a Constant node); every output of every
+    input tried (all 0, all 255, each channel's extremes, random pixels) lies within its pin."""
+    import onnxruntime as ort
+    from onnx import TensorProto
+
+    from uopsl.calibration.ranges import input_bound_ranges
+
+    rng = np.random.default_rng(seed)
+    steps: list[tuple[str, np.ndarray | None, bool]] = []
+    for _ in range(int(rng.integers(1, 4))):
+        op = str(rng.choice(["Add", "Sub", "Mul", "Div"]))
+        const = rng.uniform(-300, 300, size=int(rng.choice([1, 3]))).astype(np.float32)
+        if op in ("Mul", "Div"):
+            const = rng.uniform(0.003, 3, size=const.size).astype(np.float32) * rng.choice([-1, 1], size=const.size)
+        tensor_first = bool(rng.integers(0, 2)) if op != "Div" else True
+        steps.append((op, const, tensor_first))
+    model = _chain_model(steps, TensorProto.FLOAT, before_cast=["Identity", "Transpose", None][seed % 3],
+                         constant_node=seed % 2 == 0)
+    onnx.checker.check_model(model)
+    pins = input_bound_ranges(model)
+    names = ["cast", "nchw"] + [f"t{k}" for k in range(len(steps))]
+    assert set(pins) == set(names)
+    inputs = [np.zeros((1, 4, 4, 3), np.uint8), np.full((1, 4, 4, 3), 255, np.uint8),
+              rng.integers(0, 256, (4, 4, 4, 3), dtype=np.uint8)]
+    for corner in range(8):  # each channel at 0 or 255
+        inputs.append(np.broadcast_to(np.array([255 * ((corner >> c) & 1) for c in range(3)], np.uint8),
+                                      (1, 4, 4, 3)).copy())
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    reached = {n: [np.inf, -np.inf] for n in names}
+    for x in inputs:
+        for n, v in zip(names, sess.run(names, {"x": x})):
+            lo, hi = pins[n]
+            assert lo <= v.min() and v.max() <= hi, (n, steps, (lo, hi), (v.min(), v.max()))
+            reached[n] = [min(reached[n][0], float(v.min())), max(reached[n][1], float(v.max()))]
+    # One op of per-channel constants (or scalar constants throughout): the pins are reached, so exact.
+    if sum(c.size > 1 for _, c, _ in steps) <= 1:
+        for n in names:
+            assert reached[n] == pytest.approx(pins[n], rel=1e-6, abs=1e-6), (n, steps)
+
+
+def test_after_a_float16_cast_only_the_cast_and_layout_are_pinned(caplog: pytest.LogCaptureFixture) -> None:
+    """float16 arithmetic rounds otherwise than the float32 bounds (255 - 0.05 is 255 in float16)."""
+    from onnx import TensorProto
+
+    from uopsl.calibration.ranges import input_bound_ranges
+
+    model = _chain_model([("Sub", np.array([0.05], np.float32), True)], TensorProto.FLOAT16)
+    assert input_bound_ranges(model) == {"cast": (0.0, 255.0), "nchw": (0.0, 255.0)}
+    # A uint8 input that reaches no cast pins nothing, and says so.
+    no_cast = _chain_model([], TensorProto.FLOAT)
+    del no_cast.graph.node[0]  # the Cast
+    no_cast.graph.node[0].input[0] = "x"
+    with caplog.at_level(logging.WARNING, logger="uopsl.calibration.ranges"):
+        assert input_bound_ranges(no_cast) == {}
+    assert "reaches no Cast to float" in caplog.text
