@@ -420,7 +420,8 @@ class Screener:
         thumbnail_side: also keep a downscaled RGB copy of each original as ``result.thumbnail``
         (longest side in px, for a report or a viewer; 0: none).
 
-        It takes ``4 x batch_size`` inputs (32 by default; more when many are
+        It takes ``4 x batch_size`` inputs with worker threads (32 by default; worker processes read at
+        least 4 per worker besides; more when many are
         ungradable) before the first result is yielded (decoding overlaps inference); a source that produces its next photograph only after the
         previous result was seen (a live camera loop) should call :meth:`screen` per photograph instead.
         Closing the Screener while the iterator is in use ends it with :class:`BackendClosedError`.

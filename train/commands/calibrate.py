@@ -273,7 +273,6 @@ def command(model: Path, images: str, method: str, percentile: float, out: Path 
     if bundle is not None:  # never re-sign a manifest that fails its own checksums (but the table, written anew)
         force = verify_before_rewrite(bundle, out.name) or force
         refuse_other_preprocessing(bundle, source.preprocess, "its calibration table")
-        warn_if_signed(bundle, f"a calibration table listed now ({out.name})")
     calib_set = load_set(images, source, max_images=max_images, seed=seed, require_fov=require_fov,
                          set_cache=set_cache, use_cache=not no_cache)
     before = sha256_file(out) if out.is_file() else None
@@ -286,6 +285,9 @@ def command(model: Path, images: str, method: str, percentile: float, out: Path 
         click.echo(f"{bundle}: manifest lists {out.name}")
         after = sha256_file(out)
         if after != before:
+            # Said once the table changed (measuring takes seconds to minutes): a table reused as it was
+            # leaves the manifest, and so the signature, as they were.
+            warn_if_signed(bundle, f"the calibration table listed now ({out.name})")
             _say_stale_int8(bundle, after)
     n_skipped = len(calib_set.skipped)
     reused = not force and before is not None and sha256_file(out) == before
