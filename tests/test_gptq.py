@@ -161,13 +161,27 @@ def test_gptq_lowers_the_layers_output_error_and_keeps_the_quantizers_grid(
 
 def test_quantize_with_gptq_brings_the_encoder_output_closer_to_fp32_and_says_so(
         tmp_path, tiny_onnx, tiny_minmax_table, tiny_calib_set) -> None:
+    from dataclasses import replace as dc_replace
+
+    from uopsl.calibration.ranges import collect_statistics
+
     images = random_fundus_batch(12, SIZE, seed=7)  # not the calibration images
     rounded, err_plain, err_gptq = rounding_against_nearest(tmp_path, tiny_onnx, tiny_minmax_table, tiny_calib_set,
                                                             images, rounding="gptq")
     convs = sum(1 for n in onnx.load(str(tiny_onnx)).graph.node if n.op_type == "Conv")
     assert rounded.rounded_layers == convs
     assert rounded.manifest_info()["weight_rounding"] == "gptq" and rounded.manifest_info()["rounded_layers"] == convs
-    assert err_gptq < 0.9 * err_plain, (err_gptq, err_plain)  # 0.82-0.86 over four image seeds
+    # With the table as calibrate writes it, the stem's input holds its bound from the uint8 type (0..255 less
+    # the mean), wider than these images reach: its rounding noise, which no weight rounding touches, is part
+    # of both errors (ratio 0.89-0.95 over image seeds 7-10, session 28).
+    assert err_gptq < err_plain, (err_gptq, err_plain)
+    # What GPTQ itself changes, the weights' rounding, shows with every range measured on the images (the
+    # table before session 28): 0.80-0.84 over the same seeds (0.82-0.86 in session 5).
+    stats = collect_statistics(tiny_onnx, tiny_calib_set, batch_size=8, show_progress=False)
+    measured = dc_replace(stats, pinned={}).table("minmax")
+    _, plain_m, gptq_m = rounding_against_nearest(tmp_path / "measured", tiny_onnx, measured, tiny_calib_set, images,
+                                                  rounding="gptq")
+    assert gptq_m < 0.9 * plain_m, (gptq_m, plain_m)
     onnx.checker.check_model(onnx.load(rounded.path), full_check=True)
 
 

@@ -132,7 +132,14 @@ class _Range:
         self.lo = min(self.lo, float(x.detach().min()))
         self.hi = max(self.hi, float(x.detach().max()))
 
+    def pin(self, lo: float, hi: float) -> None:
+        """Fix the grid to ``[lo, hi]`` now, whatever calibration sees (the stem input: see SimulatedInt8)."""
+        self.lo, self.hi = lo, hi
+        self.grid = uint8_grid(lo, hi)
+
     def freeze(self) -> None:
+        if self.grid is not None and self.lo <= self.hi:  # pinned: the calibration pass does not move it
+            return
         if self.lo > self.hi:
             raise ConfigError("an encoder layer saw no calibration data; the calibration pass did not run")
         self.grid = uint8_grid(self.lo, self.hi)
@@ -241,9 +248,14 @@ class SimulatedInt8:
     def __enter__(self) -> SimulatedInt8:
         pairs = _conv_bn_pairs(self.encoder.trunk)
         std = self.encoder.std.detach().reshape(-1).clone()
+        mean = self.encoder.mean.detach().reshape(-1)
         for i, (_, conv, bn) in enumerate(pairs):
             first = i == 0 and conv.in_channels == std.numel()
             sim = _SimConv(conv, bn, std if first else None)
+            if first:
+                # The deployed table bounds the stem's input, ``x - mean`` of 0..255 pixels, from the input
+                # type (uopsl.calibration.ranges.input_bound_ranges), not from the calibration images.
+                sim.input_range.pin(float(0.0 - mean.max()), float(255.0 - mean.min()))
             conv.forward = sim.forward  # type: ignore[method-assign]  # instance attribute, removed on exit
             self._patched.append(conv)
             self.layers.append(sim)
