@@ -338,8 +338,9 @@ def plan_build(api: TrtApi, config: EngineBuildConfig, *, onnx_qdq: bool,
     v = api.version_text
     if config.precision == "fp16" and not api.weak_precision_flags:
         raise ConfigError(
-            f"TensorRT {v} has no FP16 builder flag (removed in 11.x: networks are strongly typed). Build FP32 or "
-            "INT8 (Q/DQ) engines, or give an ONNX already converted to FP16 (ModelOpt AutoCast) with --precision fp32"
+            f"TensorRT {v} has no FP16 builder flag (removed in 11.x: networks are strongly typed, and the "
+            "bundle's ONNX is FP32; uopsl writes no FP16 ONNX). Build --precision fp32, or --precision int8 from "
+            "the Q/DQ model (`uopsl quantize BUNDLE --variant trt` first)"
         )
     ceiling = parser_max_opset(api)
     if onnx_opset is not None and ceiling is not None and onnx_opset > ceiling:
@@ -378,8 +379,8 @@ def plan_build(api: TrtApi, config: EngineBuildConfig, *, onnx_qdq: bool,
         if "INT8" in weak:  # with --fp16-fallback, FP16 goes too: a strongly typed Q/DQ model needs neither
             instead = ("build INT8 from the Q/DQ model strongly typed (--int8-mode qdq, the default on 10.x, "
                        "without --no-strongly-typed" + (" or --fp16-fallback)" if "FP16" in weak else ")"))
-        else:
-            instead = "convert the ONNX to FP16 (ModelOpt AutoCast) and build that with --precision fp32"
+        else:  # uopsl writes no FP16 ONNX for a strongly typed FP16 build
+            instead = "build --precision fp32, or --precision int8 from the Q/DQ model (11.x builds no FP16 engine here)"
         warnings.append(
             f"{' and '.join('BuilderFlag.' + f for f in weak)} {'is' if len(weak) == 1 else 'are'} deprecated since "
             f"TensorRT 10.12 in favour of strongly typed networks and removed in TensorRT 11; this engine still "
@@ -393,13 +394,13 @@ def plan_build(api: TrtApi, config: EngineBuildConfig, *, onnx_qdq: bool,
         if config.precision == "fp32":
             if api.weak_precision_flags:
                 raise ConfigError("DLA runs FP16 and INT8 only; build with --precision fp16 or int8 for --dla-core")
-            # 11.x: no precision flags; the ONNX's tensor types decide, and FP16 on the DLA comes from an
-            # ONNX converted to FP16 (TensorRT 11.4 "Strongly Typed Networks for DLA").
-            warnings.append(
-                f"--precision fp32 on DLA core {config.dla_core} under TensorRT {v}: the ONNX's own tensor types "
-                "decide the precision; DLA runs FP16 and INT8 layers only, so give an ONNX converted to FP16 "
-                "(ModelOpt AutoCast) or the Q/DQ INT8 model, or FP32 layers will "
-                + ("run on the GPU" if config.gpu_fallback else "fail to build (no --gpu-fallback)"))
+            # 11.x: no precision flags; the ONNX's tensor types decide (TensorRT 11.4 "Strongly Typed Networks
+            # for DLA"), and the bundle's ONNX is FP32 throughout: every layer would leave the DLA, an engine
+            # named for a DLA core that runs on the GPU (as a batch range with --dla-core would be).
+            raise ConfigError(
+                f"DLA runs FP16 and INT8 layers only, and under TensorRT {v} the ONNX's own types decide: the "
+                "bundle's FP32 ONNX would run wholly on the GPU. For the DLA build --precision int8 from the Q/DQ "
+                "model (`uopsl quantize BUNDLE --variant trt` first); for the GPU, leave --dla-core out")
         if config.precision == "int8" and strongly and api.weak_precision_flags:
             # 10.x: a strongly typed Q/DQ network keeps every layer outside a Q/DQ pair (the input's cast, the
             # float head, excluded layers) in FP32, which the DLA does not run. Weak typing with FP16 may.

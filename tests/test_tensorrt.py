@@ -803,13 +803,16 @@ def test_plan_fp32_on_dla_is_refused_where_precision_flags_exist(version: str) -
         plan_build(api(version), EngineBuildConfig(precision="fp32", dla_core=0, **DLA1), onnx_qdq=False)
 
 
-def test_plan_fp32_on_dla_under_11_takes_the_onnx_types() -> None:
-    # TensorRT 11 has no FP16 flag: FP16 on the DLA comes from an ONNX converted to FP16, built as "fp32"
-    # (the ONNX's own types). Before, 11.x refused fp16 and the config refused fp32 + DLA: no DLA FP16 at all.
-    p = plan_build(api("11.4.0"), EngineBuildConfig(precision="fp32", dla_core=0, **DLA1), onnx_qdq=False)
+def test_plan_fp32_on_dla_under_11_is_refused_and_int8_is_the_dla_route() -> None:
+    """TensorRT 11 has no FP16 flag (the ONNX's types decide) and the bundle's ONNX is FP32: an fp32 build with
+    --dla-core ran wholly on the GPU under a DLA name, and its warning suggested an FP16 ONNX that build-engine
+    had no way to take (a review, session 28)."""
+    with pytest.raises(ConfigError, match=r"would run wholly on the GPU.*--precision int8 from the Q/DQ model"):
+        plan_build(api("11.4.0"), EngineBuildConfig(precision="fp32", dla_core=0, **DLA1), onnx_qdq=False)
+    p = plan_build(api("11.4.0"), EngineBuildConfig(precision="int8", dla_core=0, **DLA1), onnx_qdq=True)
     assert p.strongly_typed and p.set_flags == ("GPU_FALLBACK",)
-    assert len(p.warnings) == 1 and "ONNX's own tensor types decide" in p.warnings[0]
-    assert "run on the GPU" in p.warnings[0]
+    with pytest.raises(ConfigError, match="uopsl writes no FP16 ONNX"):
+        plan_build(api("11.4.0"), EngineBuildConfig(precision="fp16"), onnx_qdq=False)
 
 
 def test_plan_dla_int8_on_8x_refuses_qdq_and_takes_the_cache_route() -> None:
@@ -844,7 +847,7 @@ def test_plan_warns_once_about_weak_precision_flags_from_10_12() -> None:
     fp16 = _deprecations(plan_build(api("10.12.0"), EngineBuildConfig(precision="fp16"), onnx_qdq=False))
     assert len(fp16) == 1 and fp16[0].startswith("BuilderFlag.FP16 is deprecated since TensorRT 10.12 in favour of "
                                                  "strongly typed networks and removed in TensorRT 11")
-    assert "ModelOpt AutoCast" in fp16[0] and "--precision fp32" in fp16[0]
+    assert "11.x builds no FP16 engine here" in fp16[0] and "--precision fp32" in fp16[0]
     weak = plan_build(api("10.13.0"), EngineBuildConfig(precision="int8", strongly_typed=False, fp16_fallback=True),
                       onnx_qdq=True)
     assert weak.set_flags == ("INT8", "FP16")
@@ -1133,8 +1136,8 @@ def test_build_dla_and_input_checks(monkeypatch: pytest.MonkeyPatch, tmp_path: P
     # A review: TensorRT 11.0-11.4.0 has no DLA on Jetson, so "none on this board" would blame the wrong thing.
     install(monkeypatch, "11.0.0", gpu)
     with pytest.raises(ConfigError, match=r"has 0 DLA core.*TensorRT 11\.0\.0 may be why.*11\.4\.1"):
-        build_engine(onnx, tmp_path / "e.engine", EngineBuildConfig(precision="fp32", dla_core=0, **DLA1),
-                     cuda=FakeCuda(gpu))
+        build_engine(fake_onnx(tmp_path / "q.onnx", qdq=True), tmp_path / "e.engine",
+                     EngineBuildConfig(precision="int8", dla_core=0, **DLA1), cuda=FakeCuda(gpu))
 
 
 def test_profiles_tensorrt_refuses_are_errors_not_obscure_build_failures(monkeypatch: pytest.MonkeyPatch,

@@ -201,7 +201,7 @@ def _legacy_calibration(bundle: Path, manifest: Any, mode: str, onnx: Path, cali
               help="Jetson DLA core (FP16/INT8; GPU fallback on). DLA has no dynamic shapes: the batch is fixed "
                    "(1 unless --min/--opt/--max-batch give one size N; a range is an error). INT8 on TensorRT 8.x "
                    "DLA needs calibration data (calibration.json, --calib-cache or --calib-images), not Q/DQ. "
-                   "TensorRT 11: FP16 on DLA comes from an FP16 ONNX built with --precision fp32.")
+                   "TensorRT 11 (no FP16 flag): INT8 from the Q/DQ model only.")
 @click.option("--no-gpu-fallback", is_flag=True, help="With --dla-core: fail instead of running layers on the GPU.")
 @click.option("--timing-cache", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Kernel timing cache file [default: per TensorRT version and GPU in the user cache folder].")
