@@ -527,6 +527,9 @@ class _Run:
     outputs: dict[str, dict[str, list[np.ndarray]]] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
     skipped: list[dict[str, str]] = field(default_factory=list)
+    # Each candidate's runtime settings (Backend.settings) as this run opened it; none when its outputs came
+    # from the cache of an earlier run.
+    settings: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def add(self, source: str, arrays: Mapping[str, np.ndarray]) -> None:
         slot = self.outputs.setdefault(source, {})
@@ -580,6 +583,8 @@ def _run_all(bundle: Path, manifest: Manifest, reference: Reference, ref_cfg: Pr
                     continue
                 try:
                     opened[spec.name] = stack.enter_context(open_candidate(bundle, spec, config.threads, manifest))
+                    settings = getattr(opened[spec.name], "settings", None)  # a stand-in backend may have none
+                    run.settings[spec.name] = settings() if callable(settings) else {}
                 except Exception as exc:  # noqa: BLE001 - a broken candidate must not stop the others
                     run.errors[spec.name] = f"cannot load: {exc}"
                     log.error("%s: cannot load (%s)", spec.name, exc)
@@ -868,7 +873,9 @@ def validate_bundle(
     html_images: dict[str, str] = {}
     for spec in specs:
         entry: dict[str, Any] = {"name": spec.name, "backend": spec.backend, "file": spec.file,
-                                 "precision": spec.precision, "sha256": manifest.file(spec.file).sha256}
+                                 "precision": spec.precision, "sha256": manifest.file(spec.file).sha256,
+                                 # the verdict holds for these settings (outputs from the cache: not reopened)
+                                 "runtime_settings": run.settings.get(spec.name)}
         if spec.name in run.errors:
             entry.update({"passed": False, "verdict": FAIL, "error": run.errors[spec.name],
                           "reasons": [run.errors[spec.name]], "judged": False})
@@ -958,9 +965,11 @@ def validate_bundle(
         "min_cases_per_class": {"positive": MIN_CASES_PER_CLASS, "negative": MIN_CASES_PER_CLASS,
                                 "applies_to": "the auc_drop and sensitivity_drop gates, per class and for the "
                                               "referral decision",
-                                "why": "with fewer, one image moves the figure by more than any gate allows: the "
-                                       "class is listed as not evaluated (INCOMPLETE) and its figures are "
-                                       "reported, not gated"},
+                                "why": "with fewer, the figure says almost nothing (one image moves an AUC or a "
+                                       "sensitivity by 0.1 or more): the class is listed as not evaluated "
+                                       "(INCOMPLETE) and its figures are reported, not gated. Above the minimum "
+                                       "the sensitivity gate still allows no lost positive below 1 / gate "
+                                       "positives (100 at the default 0.01): one lost case fails it"},
         "bundle": {"path": str(root), "model_name": manifest.model_name, "backbone": manifest.backbone,
                    "head": manifest.head, "referral_rule": manifest.referral_rule,
                    "referral_threshold": manifest.referral_threshold,
@@ -1294,7 +1303,11 @@ def _set_release(report: dict[str, Any], weak: str | None, context: Mapping[str,
     status = str(report["verdict"])
     reasons: list[str] = []
     if status != PASS:
-        reasons.append(f"the verdict is {status}")
+        # Which file failed on which backend, and why: "the verdict is FAIL" alone gave a release script nothing.
+        failing = [f"{c['name']} {c.get('verdict') or 'FAIL'}"
+                   + (f" ({'; '.join(map(str, c.get('reasons') or ())) or c.get('error') or 'no reason given'})")
+                   for c in report.get("candidates", ()) if not c.get("passed")]
+        reasons.append(f"the verdict is {status}" + (f": {' | '.join(failing)}" if failing else ""))
     if weak:  # each problem on its own, in parity_run_problem's words (the rule `auto` applies to records)
         looser = parity_gates_problem(report["gates"])
         few = parity_run_problem(ParityGates().to_dict(), report["data"]["n_used"])

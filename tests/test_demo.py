@@ -82,6 +82,21 @@ def test_demo_bundle_verifies_and_holds_fp32_int8_and_calibration(demo: Path) ->
     assert {"manifest.json", "model.onnx", "model.int8.onnx", "calibration.json", "class_bank.npy"} <= names
 
 
+def test_demo_release_gate_records_its_provenance(demo: Path) -> None:
+    """A review: the demo's parity.json had no command, device or checkpoint weights sha256, so it could not show
+    that the PyTorch reference was the checkpoint the bundle came from (its PASS is what devices build on)."""
+    report = json.loads((demo / "parity" / "parity.json").read_text())
+    ctx, ref = report["context"], report["reference"]
+    assert ctx["command"] == f"uopsl demo --out {demo} --quick" and ctx["device"] == "cpu"
+    assert ctx["data"].startswith("synthetic:") and ctx["data_description"]
+    assert ref["checkpoint_matches_bundle"] is True
+    assert ref["checkpoint_weights_sha256"] == read_manifest(demo / "bundle").notes["checkpoint_weights_sha256"]
+    # The settings each verdict holds for (ONNX Runtime's optimisation level alone moved INT8 outputs by 0.17).
+    ort = [c for c in report["candidates"] if c["backend"] == "ort-cpu"]
+    assert ort and all(c["runtime_settings"]["graph_optimization"] == "all" and
+                       c["runtime_settings"]["providers"] == ["CPUExecutionProvider"] for c in ort)
+
+
 def test_demo_report_has_a_row_per_photograph(demo: Path) -> None:
     rows = (demo / "screen" / "results.jsonl").read_text().strip().splitlines()
     n = len(list((demo / "data" / "test" / "fundus").iterdir()))

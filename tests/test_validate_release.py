@@ -352,6 +352,14 @@ def test_a_pass_under_looser_gates_is_not_a_release_pass(
     assert rep["headline"].startswith("PASS (not a release pass: ") and rep["headline"].endswith("nothing recorded)")
     html = (tmp_path / "loose" / "parity.html").read_text(encoding="utf-8")
     assert "banner pass'>PASS (not a release pass" in html and "Not a release pass: gates looser" in html
+    # The default gates fail it: the reasons name the file, the backend and the gate (a review: "the verdict is
+    # FAIL" alone gave a release script nothing).
+    assert uopsl_validate([*base, "--out", str(tmp_path / "strict")]) == 1
+    rep = json.loads((tmp_path / "strict" / "parity.json").read_text())
+    assert rep["release_pass"] is False and len(rep["release_pass_reasons"]) == 1
+    why = rep["release_pass_reasons"][0]
+    assert why.startswith("the verdict is FAIL: ort-cpu:model.int8.onnx FAIL (") and "flip" in why, why
+    assert "ort-cpu:model.onnx" not in why  # the FP32 file passed
     # too few images, default gates
     few = _csv(tmp_path / "few.csv", photos[:60], labels[:60])
     models.files["model.int8.onnx"] = models.ref.copy()

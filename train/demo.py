@@ -40,11 +40,14 @@ class DemoConfig:
     freeze_encoder: bool = True
     calib_images: int = 64
     seed: int = 0
+    # The release gate's bootstrap: `uopsl validate`'s default (200 left ~0.003 of Monte Carlo error in the
+    # interval ends, against gates of 0.005: a review).
+    n_boot: int = 1000
 
     @classmethod
     def quick(cls) -> DemoConfig:
         return cls(n_train=80, n_oct=40, n_val=30, n_test=24, image_size=256, model_size=128,
-                   pretrain_epochs=2, finetune_epochs=3, calib_images=16)
+                   pretrain_epochs=2, finetune_epochs=3, calib_images=16, n_boot=200)
 
 
 def run_demo(out: Path, cfg: DemoConfig) -> dict[str, object]:
@@ -131,13 +134,18 @@ def run_demo(out: Path, cfg: DemoConfig) -> dict[str, object]:
     # Its verdicts go into the manifest, so `auto` takes the INT8 file only if it passed.
     from uopsl.export.parity_metrics import failed_gate_headroom
     from uopsl.export.validate import ValidateConfig, validate_bundle
-    from uopsl.train.commands.validate import resolve_data
-    from uopsl.train.reference import TorchReference
+    from uopsl.train.commands.validate import resolve_data, torch_reference
 
-    records, space, _ = resolve_data(f"synthetic:{test_dir}")
-    parity = validate_bundle(bundle, TorchReference.from_checkpoint(ck / "finetune", "cpu"), records, out / "parity",
-                             ValidateConfig(n_boot=200, show_progress=False), label_space=space,
-                             context={"data": f"synthetic:{test_dir}", "checkpoint": str(ck / "finetune")})
+    records, space, description = resolve_data(f"synthetic:{test_dir}")
+    # The same reference and record as `uopsl validate --checkpoint` (the checkpoint's weights sha256 against
+    # the bundle's, device, the command): the demo's PASS of model.onnx is what device validation builds on.
+    reference, facts, _ = torch_reference(bundle, ck / "finetune", "cpu", False)
+    vcfg = ValidateConfig(n_boot=cfg.n_boot, show_progress=False)
+    context = {**facts, "data": f"synthetic:{test_dir}", "data_description": description, "limit": None,
+               "bootstrap_seed": vcfg.seed,
+               "command": (f"uopsl demo --out {out}" + (" --quick" if cfg == DemoConfig.quick() else "")
+                           if cfg in (DemoConfig(), DemoConfig.quick()) else f"run_demo({str(out)!r}, {cfg!r})")}
+    parity = validate_bundle(bundle, reference, records, out / "parity", vcfg, label_space=space, context=context)
     verdicts = {c["name"]: c.get("verdict") or ("PASS" if c["passed"] else "FAIL") for c in parity.report["candidates"]}
     # Why a file failed, whether a more precise one could pass (decision headroom), and whether this CPU's INT8
     # kernels rather than the file are to blame (x86 without VNNI).

@@ -110,6 +110,11 @@ class Backend(abc.ABC):
         """One line for logs and reports: backend, device, precision."""
         return f"{self.name} ({self.precision})"
 
+    def settings(self) -> dict[str, object]:
+        """The runtime settings its outputs depend on, for a parity report (a verdict holds for these only:
+        ONNX Runtime's graph optimisation level alone moved an INT8 file's outputs by 0.17)."""
+        return {"backend": self.name}
+
     # -- inference ---------------------------------------------------------
     def check_input(self, batch: np.ndarray) -> None:
         spec = self.inputs[0]

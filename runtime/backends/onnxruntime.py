@@ -341,6 +341,10 @@ class OrtBackend(ModelFileBackend):
     def providers(self) -> tuple[str, ...]:
         return tuple(self._session.get_providers()) if self._session is not None else ()
 
+    def settings(self) -> dict[str, object]:
+        return {**super().settings(), "threads": self.threads, "graph_optimization": self.optimization,
+                "providers": list(self.providers), "execution_mode": "sequential", "spin_wait": self.spin}
+
     def _infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         names = [o.name for o in self._outputs]
         step = self._chunk or len(batch) or 1

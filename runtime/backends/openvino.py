@@ -152,6 +152,10 @@ class OpenVinoBackend(ModelFileBackend):
     def _label(self) -> str:
         return f"openvino-{self.device.lower()}"
 
+    def settings(self) -> dict[str, object]:
+        return {**super().settings(), "threads": self.threads, "device": self.device, "hint": self.hint,
+                "inference_precision": self.inference_precision}
+
     def _infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         if self.split_batches and batch.shape[0] > 1:
             parts = [self._run(batch[i : i + 1]) for i in range(batch.shape[0])]

@@ -296,7 +296,7 @@ def _check_reference_options(checkpoint: Path | None, onnx_reference: bool) -> N
                               f"drop {them}")
 
 
-def _torch_reference(bundle: Path, checkpoint: Path, device: str, other_checkpoint: bool
+def torch_reference(bundle: Path, checkpoint: Path, device: str, other_checkpoint: bool
                      ) -> tuple[Any, dict[str, Any], bool]:
     """(PyTorch reference, context facts, whether verdicts may be recorded) for ``--checkpoint``."""
     from uopsl.export.bundle_writer import CLASS_BANK_FILE
@@ -463,7 +463,7 @@ def command(bundle: Path, checkpoint: Path | None, onnx_reference: bool, data_sp
         _refuse_unknown_labels(bundle, records, data_spec)
     reference: Any
     if checkpoint is not None:
-        reference, facts, may_record = _torch_reference(bundle, checkpoint, device, other_checkpoint)
+        reference, facts, may_record = torch_reference(bundle, checkpoint, device, other_checkpoint)
         record = record and may_record
     else:
         reference, facts = _onnx_reference(bundle, threads)
