@@ -354,7 +354,10 @@ def render_html(report: Mapping[str, Any], images: Mapping[str, str] | None = No
     css = {"PASS": "pass", "FAIL": "fail"}.get(status, "incomplete")
     counts = {s: sum(1 for c in report["candidates"] if _cand_status(c) == s) for s in ("PASS", "FAIL", "INCOMPLETE")}
     title = f"Parity report: {b['model_name']} ({b['path']})"
-    gate_rows = [[_e(k), _num(v, ".4g")] for k, v in gates.items()]
+    # A limit of None is no gate, except the FP32 tolerance, which the FP32 file on ort-cpu always has.
+    gate_rows = [[_e(k), (_num(v, ".4g") if v is not None or k != "max_prob_diff" else
+                          "none, but the FP32 file on ort-cpu: 1e-4 (issue 4's FP32 tolerance)")]
+                 for k, v in gates.items()]
     boot = report.get("bootstrap") or {}
     conf = report.get("confidence") or {}
     record = report.get("record") or {}
@@ -372,6 +375,8 @@ def render_html(report: Mapping[str, Any], images: Mapping[str, str] | None = No
         f"<p class='note'>Created {_e(report['created'])} by uopsl {_e(report['toolkit_version'])}"
         f"{_e(_revision_words(report.get('toolkit_source')))}. "
         f"Reference: {_e(report['reference']['describe'])}.</p>",
+        *([f"<p class='note'><b>Intended use of this bundle:</b> {_e(b['intended_use']['words'])}</p>"]
+          if (b.get("intended_use") or {}).get("words") else []),
         "<h2>Summary</h2>", _summary(report),
         "<h2>Data and gates</h2>",
         f"<p>{data['n_used']} of {data['n_images']} images used ({data['n_skipped']} could not be read); truth: "

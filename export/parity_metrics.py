@@ -1009,6 +1009,13 @@ def _check(name: str, value: float | None, limit: float, detail: str, skipped: S
                      limit, passed, detail, tuple({"class": c, "reason": why} for c, why in skipped), status)
 
 
+def _largest_drop(name: str | None, worst: float | None, prefix: str) -> str:
+    """"largest drop: class dr", or, where nothing dropped, that no figure fell (it read "largest drop: dr" at 0)."""
+    if worst is None or not worst > 0:
+        return "no drop in any class" if prefix else "no drop"
+    return f"largest drop: {prefix}{name}"
+
+
 def _worst(items: Sequence[tuple[str, float]]) -> tuple[str, float] | tuple[None, None]:
     return max(items, key=lambda d: d[1]) if items else (None, None)
 
@@ -1055,7 +1062,7 @@ def judge(gates: ParityGates, numeric: Mapping[str, Any], clin: Mapping[str, Any
 
     drops = [(r["name"], r["auc_reference"] - r["auc_candidate"]) for r in rows if evaluated(r, "auc")]
     name, worst = _worst(drops)
-    checks.append(_check("auc_drop", worst, gates.max_auc_drop, f"largest drop: class {name}" if drops else "",
+    checks.append(_check("auc_drop", worst, gates.max_auc_drop, _largest_drop(name, worst, "class ") if drops else "",
                          skipped_of([r for r in rows if r["name"] not in dict(drops)], "auc")))
     sens_rows = [r for r in referable if evaluated(r, "sensitivity")]
     sens = [(r["name"], r["sensitivity_reference"] - r["sensitivity_candidate"]) for r in sens_rows]
@@ -1068,7 +1075,7 @@ def judge(gates: ParityGates, numeric: Mapping[str, Any], clin: Mapping[str, Any
     if sens or skipped:
         name, worst = _worst(sens)
         checks.append(_check("sensitivity_drop", worst, gates.max_sensitivity_drop,
-                             f"largest drop: {name}" if sens else "", skipped))
+                             _largest_drop(name, worst, "") if sens else "", skipped))
     else:
         checks.append(GateCheck("sensitivity_drop", None, gates.max_sensitivity_drop, True,
                                 "no referable class in the bundle: nothing to gate"))

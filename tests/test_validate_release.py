@@ -372,6 +372,14 @@ def test_a_pass_under_looser_gates_is_not_a_release_pass(
     assert capsys.readouterr().out.strip().splitlines()[-1].startswith("PASS: ")
     rep = json.loads((tmp_path / "full" / "parity.json").read_text())
     assert rep["release_pass"] is True and rep["release_pass_reasons"] == [] and rep["headline"] == "PASS"
+    # A review of the labels: an unchanged file read "largest drop: dr"; the gates table showed the FP32
+    # tolerance as n/a; nothing said what the bundle may be used for.
+    int8 = next(c for c in rep["candidates"] if c["file"] == "model.int8.onnx")
+    details = " ".join(str(g) for g in int8["gates"]) if isinstance(int8.get("gates"), list) else json.dumps(int8)
+    assert "no drop in any class" in details and "largest drop: class" not in details
+    html = (tmp_path / "full" / "parity.html").read_text(encoding="utf-8")
+    assert "none, but the FP32 file on ort-cpu: 1e-4" in html
+    assert "Intended use of this bundle:" in html and rep["bundle"]["intended_use"]["status"]
 
 
 # -- item 6: outputs.csv ---------------------------------------------------------------------------------------
