@@ -377,6 +377,7 @@ def render_html(report: Mapping[str, Any], images: Mapping[str, str] | None = No
         f"Reference: {_e(report['reference']['describe'])}.</p>",
         *([f"<p class='note'><b>Intended use of this bundle:</b> {_e(b['intended_use']['words'])}</p>"]
           if (b.get("intended_use") or {}).get("words") else []),
+        _operating_points(b.get("operating_points")),
         "<h2>Summary</h2>", _summary(report),
         "<h2>Data and gates</h2>",
         f"<p>{data['n_used']} of {data['n_images']} images used ({data['n_skipped']} could not be read); truth: "
@@ -429,6 +430,26 @@ def render_html(report: Mapping[str, Any], images: Mapping[str, str] | None = No
     parts.append(_key_values(report.get("context") or {}, _CONTEXT_LABELS))
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def _operating_points(points: Any) -> str:
+    """Where each threshold came from, in one note ("" for a bundle that does not say)."""
+    if not isinstance(points, list) or not points:
+        return ""
+    words = []
+    for p in points:
+        if not isinstance(p, Mapping):
+            continue
+        how = str(p.get("source", ""))
+        if p.get("method") == "target_sensitivity" and p.get("target_sensitivity") is not None:
+            how = f"target sensitivity {float(p['target_sensitivity']):.2f}"
+        elif p.get("method"):
+            how = str(p["method"])
+        if p.get("n_positive") is not None:
+            how += f" on {p['n_positive']} positive / {p.get('n_negative')} negative validation images"
+        words.append(f"{_e(p.get('name'))} {_num(p.get('threshold'), '.3g')} ({_e(how)})")
+    return ("<p class='note'><b>Operating thresholds</b> (the decisions compared here), as the bundle records "
+            "them: " + "; ".join(words) + ".</p>")
 
 
 def _release(report: Mapping[str, Any]) -> str:

@@ -977,6 +977,8 @@ def validate_bundle(
                                for c in manifest.classes],
                    # what the model may be used for (a demonstration model's PASS is no clinical evidence)
                    "intended_use": {**manifest.intended_use.to_dict(), "words": manifest.intended_use.describe()},
+                   # how `uopsl export` says each threshold was chosen (None: a bundle from before the note)
+                   "operating_points": manifest.notes.get("operating_points"),
                    # manifest.json's bytes as read before this run recorded its verdicts in it (recording changes
                    # them); its content checksum; and what it says the bundle was exported from
                    "manifest_sha256": manifest_sha256, "manifest_content_sha256": manifest.content_sha256,

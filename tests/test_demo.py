@@ -91,6 +91,15 @@ def test_demo_release_gate_records_its_provenance(demo: Path) -> None:
     assert ctx["data"].startswith("synthetic:") and ctx["data_description"]
     assert ref["checkpoint_matches_bundle"] is True
     assert ref["checkpoint_weights_sha256"] == read_manifest(demo / "bundle").notes["checkpoint_weights_sha256"]
+    # Where each threshold came from: the checkpoint's operating points, in the manifest and the report.
+    points = read_manifest(demo / "bundle").notes["operating_points"]
+    manifest = read_manifest(demo / "bundle")
+    assert [p["name"] for p in points] == list(manifest.class_names)
+    assert all(p["source"] == "checkpoint validation data" and p["threshold"] == c.threshold and p["n_positive"] > 0
+               for p, c in zip(points, manifest.classes))
+    assert any(p["method"] == "target_sensitivity" for p in points)
+    assert report["bundle"]["operating_points"] == points
+    assert "Operating thresholds</b>" in (demo / "parity" / "parity.html").read_text(encoding="utf-8")
     # The settings each verdict holds for (ONNX Runtime's optimisation level alone moved INT8 outputs by 0.17).
     ort = [c for c in report["candidates"] if c["backend"] == "ort-cpu"]
     assert ort and all(c["runtime_settings"]["graph_optimization"] == "all" and

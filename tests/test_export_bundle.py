@@ -262,6 +262,11 @@ def test_reexport_with_a_classes_file_adds_an_unseen_class_without_retraining(
                                 "retina lifted off the pigment epithelium")
     assert [c.seen_in_training for c in m.classes[:3]] == [True] * 3
     assert tuple(c.threshold for c in m.classes[:3]) == pytest.approx(THRESHOLDS[:2] + (0.42,))
+    # Where each threshold came from (a validator's question before a flip count means anything).
+    sources = [p["source"] for p in m.notes["operating_points"]]
+    assert sources[2] == "class file classes.toml" and sources[3].startswith("chosen on no data")
+    assert all(s in ("checkpoint validation data", "the checkpoint's (how it was chosen is not recorded)")
+               for s in sources[:2]), sources
     bank = np.load(out / "class_bank.npy")
     assert bank.shape == (4, 384)
     # The classes listed without phrases keep the trained prototypes exactly (their thresholds stay valid).

@@ -767,6 +767,35 @@ def resolve_use(meta: CheckpointMeta, status: str | None = None, statement: str 
     return check_choice(chosen, statement, trained_on or describe_training_data(meta))
 
 
+#: Manifest note: where each class's operating threshold came from (:func:`threshold_provenance`).
+OPERATING_POINTS_NOTE = "operating_points"
+
+
+def threshold_provenance(names: Sequence[str], thresholds: Sequence[float], meta: CheckpointMeta,
+                         classes_file: str | Path | None, given: frozenset[str] = frozenset()
+                         ) -> list[dict[str, Any]]:
+    """Per exported class, how its threshold was chosen: the class file's (``given``: the classes it sets a
+    threshold for), else the checkpoint's operating-point record (method, target sensitivity, validation
+    positives and negatives, the sensitivity and specificity reached) where the threshold is that record's,
+    else a default chosen on no data."""
+    records = {str(r.get("name")): r for r in (meta.metrics or {}).get("operating_points") or []
+               if isinstance(r, dict)}
+    out: list[dict[str, Any]] = []
+    for name, t in zip(names, thresholds):
+        r = records.get(name)
+        if name in given and classes_file is not None:
+            out.append({"name": name, "threshold": float(t), "source": f"class file {Path(classes_file).name}"})
+        elif r is not None and r.get("threshold") is not None and float(r["threshold"]) == float(t):
+            out.append({**r, "source": "checkpoint validation data"})
+        elif meta.thresholds and name in meta.model.classes:  # a checkpoint from before the records
+            out.append({"name": name, "threshold": float(t), "source": "the checkpoint's (how it was chosen is "
+                                                                        "not recorded)"})
+        else:
+            out.append({"name": name, "threshold": float(t),
+                        "source": "chosen on no data (a default, not an operating point)"})
+    return out
+
+
 def run_export(ckpt: Path, out: Path, classes_file: str | Path | None = None, opset: int = 17,
                force: bool = False, text_model: str | None = None, use_status: str | None = None,
                use_statement: str = "", trained_on: str = "") -> Path:
@@ -796,10 +825,12 @@ def run_export(ckpt: Path, out: Path, classes_file: str | Path | None = None, op
     referable = list(meta.referable or [descriptions.referable_by_default(c) for c in model.config.classes])
     phrases = list(meta.phrases)
     shown: dict[str, str] = {}  # display names a class file gives, for the report
+    given: frozenset[str] = frozenset()  # classes whose threshold a class file sets
     if classes_file is not None:
         old = model.config.classes
         known = dict(zip(old, meta.phrases))
         points = descriptions.load_operating_points(classes_file, known)
+        given = frozenset(n for n, pt in points.items() if pt.threshold is not None)
         bank = banks.from_file(classes_file, text_model_of(ckpt, model, meta, text_model), seen=old, known=known)
         text, bank_phrases = trained_prototypes_kept(bank, model, meta, points, classes_file)
         model = model.with_classes(bank.names, text, seen_names=old)
@@ -807,6 +838,7 @@ def run_export(ckpt: Path, out: Path, classes_file: str | Path | None = None, op
         thresholds, referable = class_decisions(bank.names, old, thresholds, referable, points, classes_file)
         phrases = list(bank_phrases)
         shown = {n: d for n, d in descriptions.display_names(classes_file, known).items() if n in bank.names}
+    points_note = threshold_provenance(model.config.classes, thresholds, meta, classes_file, given)
     size = meta.preprocess.size
     deploy = DeployModel(model.eval(), size)
     with tempfile.TemporaryDirectory() as tmp:
@@ -823,7 +855,9 @@ def run_export(ckpt: Path, out: Path, classes_file: str | Path | None = None, op
                             "train_config": meta.train_config,
                             # what each stage trained on: `uopsl intended-use` judges a clinical statement by it
                             intended_use.TRAINING_DATA_NOTE: [dict(r) for r in meta.training_data],
-                            **({CLASS_DISPLAY_NOTE: shown} if shown else {})},
+                            **({CLASS_DISPLAY_NOTE: shown} if shown else {}),
+                            # where each threshold came from (a validator asks before trusting a flip count)
+                            OPERATING_POINTS_NOTE: points_note},
                      overwrite=force, intended_use=use)
     write_json(out.parent / f"{out.name}.export.json", {"checkpoint": str(ckpt), "opset": opset, "op_count": report.op_count,
                                                        "ops": report.ops, "classes_file": str(classes_file) if classes_file else None})
