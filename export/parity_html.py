@@ -213,8 +213,8 @@ def _candidate(c: Mapping[str, Any], images: Mapping[str, str], max_rows: int) -
     rows.append([f"<b>referral</b> ({_e(ref['rule'])})", "", "", _num(ref.get("n_positive")),
                  _num(ref.get("n_negative")), "", "", "", ref_sens, ref_spec,
                  _bound(flips_bound) if "n_images" in fl else str(fl["n"])])
-    parts.append(_table(["class", "threshold", "referable", "n+", "n-", "AUC ref", "AUC cand",
-                         "Δ AUC, candidate − reference [95% CI]",
+    parts.append(_table(["class", "threshold", "referable", "n+ (images)", "n- (images)", "AUC ref", "AUC cand",
+                         "Δ AUC, candidate − reference [95% CI] (the auc_drop gate: reference − candidate)",
                          "sens ref / cand (Wilson 95 % CI)", "spec ref / cand (Wilson 95 % CI)", "decision flips"],
                         rows))
     parts.append('<p class="note">Sensitivity and specificity: reference / candidate at the manifest thresholds, '

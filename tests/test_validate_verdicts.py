@@ -410,7 +410,7 @@ def test_report_keeps_the_bootstrap_settings_image_ids_and_class_counts(
     assert (row["name"], row["n_positive"], row["n_negative"]) == ("amd", 6, 24)
     assert row["auc_difference"]["n_boot"] == 20 and row["auc_difference"]["alpha"] == 0.05
     html = res.html_path.read_text(encoding="utf-8")
-    assert "<th>n+</th><th>n-</th>" in html and "<td>6</td><td>24</td>" in html
+    assert "<th>n+ (images)</th><th>n- (images)</th>" in html and "<td>6</td><td>24</td>" in html
 
 
 def test_repeating_a_validation_leaves_the_manifest_bytes_alone(bundle: Path, photos: list[Path],
