@@ -616,7 +616,9 @@ def read_manifest_raw(bundle: str | os.PathLike[str]) -> tuple[Manifest, dict[st
         hint = f"; give its folder, {root.parent}" if (root.parent / MANIFEST).is_file() else ""
         raise BundleError(f"{root}: not a bundle folder (expected a folder holding {MANIFEST}){hint}")
     if not path.exists():
-        raise BundleError(f"{root}: no {MANIFEST}; is this a uopsl bundle folder?")
+        # A folder of photographs given where the bundle goes (the arguments swapped) is the usual cause.
+        raise BundleError(f"{root}: no {MANIFEST}, so not a uopsl bundle folder (the bundle comes first: "
+                          "uopsl-screen run BUNDLE PHOTOS... --out FOLDER)")
     raw = read_manifest_json(path)
     return Manifest.from_dict(raw, source=str(path)), raw
 

@@ -170,3 +170,16 @@ def test_onnxruntime_quantizer_info_lines_are_shown_at_vv_only(capsys: pytest.Ca
     finally:
         logging.basicConfig(force=True)
         logging.getLogger().setLevel(logging.WARNING)
+
+
+def test_photographs_given_where_the_bundle_goes_say_the_bundle_comes_first(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A clinic review: swapped arguments read 'no manifest.json; is this a uopsl bundle folder?'."""
+    from uopsl.runtime.bundle import read_manifest
+    from uopsl.runtime.errors import BundleError
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "a.jpg").write_bytes(b"\xff\xd8")
+    with pytest.raises(BundleError, match=r"not a uopsl bundle folder \(the bundle comes first: uopsl-screen run "
+                                          r"BUNDLE PHOTOS\.\.\. --out FOLDER\)"):
+        read_manifest(photos)
