@@ -932,7 +932,8 @@ def report_parts(rows: Sequence[dict[str, Any]], out_dir: str | os.PathLike[str]
         when = parse_time(r.get("screened_at"))
         src_html = (f"<span class='fname' title='{esc(source)}'>{esc(name)}</span>"
                     + (f"<span class='dir'>{esc(folder)}</span>" if folder and folder != "." else "")
-                    + (f"<span class='when'>screened {esc(_short_time(when, shown_day))}</span>"
+                    + (f"<span class='when'>{'checked' if r.get('status') == 'error' else 'screened'} "
+                       f"{esc(_short_time(when, shown_day))}</span>"
                        if when is not None else "")
                     + (f"<span class='dir'>moved from {esc(r['moved_from'])}</span>" if r.get("moved_from") else "")
                     + ("<div class='dup'>This file has since been replaced by another photograph of the same "

@@ -482,3 +482,13 @@ def _chromium_major() -> int:
     m = _re.search(r"(\d+)\.\d+\.\d+", out)
     return int(m.group(1)) if m else 0
 
+
+
+def test_an_unreadable_file_reads_checked_not_screened(tmp_path: Path) -> None:
+    """A clinic review: "screened 05:40" under an empty file that was never screened."""
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())
+    rows = [_row("empty.jpg", "error", error="file is empty (0 bytes)", screened_at=stamp),
+            _row("good.jpg", refer=False, probs={"dr": 0.1}, screened_at=stamp)]
+    page = render_report(rows, tmp_path, _manifest())
+    whens = re.findall(r"<span class='when'>(\w+) ", page)
+    assert sorted(whens) == ["checked", "screened"], whens
