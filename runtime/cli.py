@@ -452,7 +452,11 @@ def verify_cmd(bundle: Path, trusted_keys: Sequence[Path]) -> int:
         )
     click.echo(f"all {len(checks)} files verified", err=True)
     sig = check_signature(bundle, keys, raw=raw)
-    click.echo(f"signature: {sig.describe()}", err=True)
+    click.echo(f"signature: {sig.describe()}"
+               + ("" if sig.signed or keys else
+                  " (fine where no signing key is set up on this machine: the checksums above show the files are "
+                  "unchanged; to know where they came from, compare the fingerprint below with the one the "
+                  "bundle's maker sent)"), err=True)
     if sig.signature_id:
         click.echo(f"signature id: {sig.signature_id}" + ("" if sig.trusted else " (not verified)"), err=True)
     if keys and not sig.trusted:

@@ -907,3 +907,16 @@ def test_commands_that_void_a_signature_warn_before_they_change_the_bundle(
     assert warned("intended-use", str(signed), first) == []
     (signed / SIGNATURE_FILE).unlink()
     assert warned("intended-use", str(signed), "research" if first != "research" else "demonstration") == []
+
+
+def test_verify_of_an_unsigned_bundle_says_whether_that_matters(tiny_bundle: Path, tmp_path: Path,  # noqa: F811
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A clinic review: 'signature: not signed' with no word on whether it matters or what to do."""
+    import uopsl.runtime.signing as signing
+    from uopsl.runtime.cli import cli as screen_cli
+
+    monkeypatch.setattr(signing, "_system_dir_for_tests", tmp_path / "no-keys")
+    res = CliRunner().invoke(screen_cli, ["verify", str(tiny_bundle)])
+    assert res.exit_code == 0, res.output
+    assert "signature: not signed (no signature.json) (fine where no signing key is set up on this machine" in \
+        res.output and "compare the fingerprint below" in res.output
