@@ -203,4 +203,4 @@ def test_bootstrap_seed_changes_the_interval_not_the_images(tiny_ckpt_bundle: tu
     row = next(r for r in a["candidates"][0]["clinical"]["per_class"] if r["auc_difference"])
     assert row["auc_difference"]["n_boot"] == 50 and row["auc_difference"]["alpha"] == 0.05
     html = (tmp_path / "a" / "parity.html").read_text(encoding="utf-8")
-    assert "<th>n+</th><th>n-</th>" in html and "seed 3" in html
+    assert "<th>n+ (images)</th><th>n- (images)</th>" in html and "seed 3" in html
