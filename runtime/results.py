@@ -787,6 +787,7 @@ def csv_columns(class_names: Sequence[str]) -> list[str]:
         "read_ms", "preprocess_ms", "quality_ms", "infer_ms",
         # Added later, so earlier columns keep their positions for scripts that read them by index.
         "findings", "backend", "precision", "model_file", "file_replaced", "intended_use",
+        "advice", "same_as",
     ]
 
 
@@ -822,11 +823,18 @@ def write_csv(path: str | os.PathLike[str], rows: Iterable[dict[str, Any]], clas
     class at or above its threshold (``normal`` included); ``findings`` only
     the ``referable`` ones of a gradable photograph, what the report calls
     "Found". ``intended_use`` is the bundle's stated use when the row was
-    screened (empty in rows from before it was recorded). Text that a
+    screened (empty in rows from before it was recorded). ``advice`` is the
+    report's sentence for an ungradable or unreadable photograph's main
+    cause (what to do: retake, export as JPEG, ...); ``same_as`` names the
+    row above whose file has the same bytes (one photograph under two names,
+    perhaps of two patients). Text that a
     spreadsheet would run as a formula is prefixed with ``'`` (:func:`_cell`).
     """
     if style not in CSV_STYLES:
         raise ConfigError(f"CSV style must be one of {', '.join(CSV_STYLES)}, got {style!r}")
+    from uopsl.runtime.report import order_reasons, reason_text  # report imports this module
+
+    first_of: dict[str, str] = {}  # sha256 -> the first row's source with those bytes
     semicolon = style == "semicolon"
     sep = "," if semicolon else ";"  # between the items of a list inside one cell
 
@@ -855,6 +863,15 @@ def write_csv(path: str | os.PathLike[str], rows: Iterable[dict[str, Any]], clas
         flat["file_replaced"] = "yes" if r.get("file_replaced") else ""
         flat["intended_use"] = r.get("intended_use") or ""  # empty in rows screened before uopsl recorded it
         flat["reasons"] = sep.join(r.get("reasons") or [])
+        # What to do, in the report's words (a clinic review: the CSV had only the codes), for the main cause.
+        tags = [str(t) for t in r.get("reasons") or []]
+        flat["advice"] = reason_text(order_reasons(tags)[0]).advice \
+            if tags and r.get("status") in ("ungradable", "error") else ""
+        # A byte-identical copy of a file listed above: one photograph under two names (possibly two patients).
+        digest = r.get("sha256")
+        flat["same_as"] = first_of.get(digest, "") if digest else ""
+        if digest:
+            first_of.setdefault(digest, str(r.get("source") or ""))
         q = r.get("quality_score")
         flat["quality_score"] = "" if q is None else str(q).replace(".", ",") if semicolon else q
         for c in class_names:

@@ -76,6 +76,17 @@ def test_csv_findings_model_file_and_formula_like_names(tiny_bundle: Path, tmp_p
     assert got[0]["source"] == "'=cmd|calc!A1.jpg" and got[1]["source"] == "'@x.jpg"
     assert (got[0]["backend"], got[0]["precision"], got[0]["model_file"]) == ("ort-cpu", "fp32", "model.onnx")
     assert (got[0]["file_replaced"], got[1]["file_replaced"], got[1]["findings"]) == ("", "yes", "")
+    # What to do, in the report's words, for the main cause (a clinic review: the CSV had only the codes).
+    rows = [{**_row(2, "ungradable", None, None), "reasons": ["low_contrast", "too_dark"], "sha256": "a" * 64},
+            {**_row(3, "error", None, None), "reasons": ["unreadable"], "error": "file is empty (0 bytes)"},
+            {**_row(4, "ok", False, 0.1), "reasons": [], "sha256": "a" * 64, "source": "copy of 2.jpg"}]
+    write_csv(tmp_path / "a.csv", rows, m.class_names, referable=referable)
+    with open(tmp_path / "a.csv", encoding="utf-8-sig", newline="") as fh:
+        got = list(csv.DictReader(fh))
+    assert got[0]["advice"] == "Too dark: check the flash and the pupil dilation, then retake."
+    assert got[1]["advice"] and got[2]["advice"] == ""
+    # A byte-identical copy names the row above it (the report showed duplicates; the CSV did not).
+    assert (got[0]["same_as"], got[1]["same_as"], got[2]["same_as"]) == ("", "", got[0]["source"])
 
 
 def test_csv_for_spreadsheets_with_a_decimal_comma(tiny_bundle: Path, tmp_path: Path,
