@@ -332,3 +332,15 @@ def test_parts_of_a_day_go_on_numbering_and_referrals_are_newest_first_across_ti
     write_reports(rows + [a, b], tmp_path, _manifest(), max_rows=3)
     index = (tmp_path / "report.html").read_text(encoding="utf-8")
     assert re.findall(r"#r-(p02\d)'>", index.split("Referred photographs")[1]) == ["p021", "p020"]
+
+
+def test_a_capped_referral_list_says_where_the_rest_are(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A clinic review: "Referred photographs (1020, the newest 500 listed)" did not say where the others were."""
+    import uopsl.runtime.report_days as report_days
+
+    monkeypatch.setattr(report_days, "_MAX_REFERRALS", 2)
+    rows = [_row(i, DAY1 + timedelta(minutes=i), dr=0.9) for i in range(3)] + [_row(10, DAY2, dr=0.95)]
+    write_reports(rows, tmp_path, _manifest(), max_rows=3)
+    index = (tmp_path / "report.html").read_text(encoding="utf-8")
+    assert ("Referred photographs (4, the newest 2 listed here; the other 2 are on their day's pages, linked "
+            "above)") in index
