@@ -441,12 +441,15 @@ def _operating_points(points: Any) -> str:
         if not isinstance(p, Mapping):
             continue
         how = str(p.get("source", ""))
+        chosen = p.get("method") in ("target_sensitivity", "youden")  # chosen on validation data
         if p.get("method") == "target_sensitivity" and p.get("target_sensitivity") is not None:
             how = f"target sensitivity {float(p['target_sensitivity']):.2f}"
-        elif p.get("method"):
+        elif chosen:
             how = str(p["method"])
-        if p.get("n_positive") is not None:
+        if chosen and p.get("n_positive") is not None:
             how += f" on {p['n_positive']} positive / {p.get('n_negative')} negative validation images"
+            if str(p.get("source", "")).startswith("the fine-tuned checkpoint's"):
+                how += ", before QAT"
         words.append(f"{_e(p.get('name'))} {_num(p.get('threshold'), '.3g')} ({_e(how)})")
     return ("<p class='note'><b>Operating thresholds</b> (the decisions compared here), as the bundle records "
             "them: " + "; ".join(words) + ".</p>")

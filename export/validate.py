@@ -584,7 +584,10 @@ def _run_all(bundle: Path, manifest: Manifest, reference: Reference, ref_cfg: Pr
                 try:
                     opened[spec.name] = stack.enter_context(open_candidate(bundle, spec, config.threads, manifest))
                     settings = getattr(opened[spec.name], "settings", None)  # a stand-in backend may have none
-                    run.settings[spec.name] = settings() if callable(settings) else {}
+                    try:
+                        run.settings[spec.name] = settings() if callable(settings) else {}
+                    except Exception as exc:  # noqa: BLE001 - a description must not fail a candidate that loaded
+                        run.settings[spec.name] = {"error": f"settings not read: {exc}"}
                 except Exception as exc:  # noqa: BLE001 - a broken candidate must not stop the others
                     run.errors[spec.name] = f"cannot load: {exc}"
                     log.error("%s: cannot load (%s)", spec.name, exc)

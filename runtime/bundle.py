@@ -600,6 +600,21 @@ def read_manifest(bundle: str | os.PathLike[str]) -> Manifest:
     return read_manifest_raw(bundle)[0]
 
 
+def _holds_photographs(folder: Path, look_at: int = 200) -> bool:
+    """Whether ``folder`` directly holds an image file (among its first ``look_at`` entries)."""
+    suffixes = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".jp2", ".webp", ".dcm", ".heic")
+    try:
+        with os.scandir(folder) as it:
+            for k, e in enumerate(it):
+                if k >= look_at:
+                    return False
+                if e.name.lower().endswith(suffixes):
+                    return True
+    except OSError:
+        return False
+    return False
+
+
 def read_manifest_raw(bundle: str | os.PathLike[str]) -> tuple[Manifest, dict[str, Any]]:
     """``bundle``'s manifest parsed, and the JSON object it was parsed from: one read of the file.
 
@@ -616,9 +631,11 @@ def read_manifest_raw(bundle: str | os.PathLike[str]) -> tuple[Manifest, dict[st
         hint = f"; give its folder, {root.parent}" if (root.parent / MANIFEST).is_file() else ""
         raise BundleError(f"{root}: not a bundle folder (expected a folder holding {MANIFEST}){hint}")
     if not path.exists():
-        # A folder of photographs given where the bundle goes (the arguments swapped) is the usual cause.
-        raise BundleError(f"{root}: no {MANIFEST}, so not a uopsl bundle folder (the bundle comes first: "
-                          "uopsl-screen run BUNDLE PHOTOS... --out FOLDER)")
+        hint = f"; was it copied whole? (a bundle is the folder `uopsl export` wrote, holding {MANIFEST})"
+        if _holds_photographs(root):  # photographs where the bundle goes: the arguments swapped
+            hint = ("; it holds photographs: the bundle comes first (uopsl-screen run BUNDLE PHOTOS... --out "
+                    "FOLDER)")
+        raise BundleError(f"{root}: no {MANIFEST}, so not a uopsl bundle folder{hint}")
     raw = read_manifest_json(path)
     return Manifest.from_dict(raw, source=str(path)), raw
 

@@ -107,11 +107,11 @@ DICOM_SUFFIXES = frozenset({".dcm", ".dicom"})
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".tif", ".tiff", ".bmp", ".jp2", ".webp",
                             ".ppm", ".pgm"}) | DICOM_SUFFIXES
 LIST_SUFFIXES = frozenset({".txt", ".lst", ".list"})
-#: Photographs in formats the runtime does not decode (a phone's HEIC, AVIF, a camera's RAW): a folder walk takes
-#: them so each gets a row ("file type not supported: export it as JPEG", judged by content) instead of a count on
-#: the console that the printed report never showed (a clinic review: a patient's HEIC photo vanished).
-PHOTO_SUFFIXES_NOT_READ = frozenset({".heic", ".heif", ".hif", ".avif", ".dng", ".cr2", ".cr3", ".nef", ".arw",
-                                     ".orf", ".rw2", ".raf"})
+#: Photographs in formats the runtime does not decode (a phone's HEIC/HEIF, AVIF): a folder walk takes them so
+#: each gets a row ("file type not supported: export it as JPEG", judged by content) instead of a count on the
+#: console that the printed report never showed (a clinic review: a patient's HEIC photo vanished). Not camera RAW:
+#: DNG, NEF and CR2 are TIFF containers whose first picture (a thumbnail or a processed preview) would be graded.
+PHOTO_SUFFIXES_NOT_READ = frozenset({".heic", ".heif", ".hif", ".avif"})
 STATUSES = ("ok", "ungradable", "error")
 
 
@@ -395,8 +395,10 @@ def list_folder(folder: Path, state: WalkState) -> list[tuple[Path, bool]]:
                 out.append((Path(e.path), False))
             else:
                 state.dicom_unread += 1
-        elif suffix in IMAGE_SUFFIXES or suffix in PHOTO_SUFFIXES_NOT_READ:
+        elif suffix in IMAGE_SUFFIXES:
             out.append((Path(e.path), False))
+        elif suffix in PHOTO_SUFFIXES_NOT_READ and os.path.splitext(e.name)[0].lower() not in photo_stems:
+            out.append((Path(e.path), False))  # a phone's HEIC beside its exported JPEG: the JPEG is screened
         else:
             state.note_skipped(e.name)
     return out

@@ -170,6 +170,10 @@ _REASON_ORDER = ("unreadable", "undecodable", "unsupported_format", "reader_miss
                  "decoder_crash", "inference_error", "internal_error")
 
 
+#: What a row without a result and without a reason (an older results file) is told to do.
+NO_RESULT_ADVICE = "No result: take or copy the photograph again."
+
+
 def reason_text(tag: str) -> ReasonText:
     """The label and advice for one tag; an unknown tag (a new error type) still says something usable."""
     known = REASON_TEXT.get(tag)
@@ -664,7 +668,7 @@ def _result_html(row: Mapping[str, Any], manifest: Manifest, findings: list[str]
         parts.append("<div class='why'>" + "".join(why) + "</div>")
         parts.append(f"<div class='tags'>codes: {esc(', '.join(tags))}</div>")
     elif status in ("ungradable", "error"):
-        parts.append("<div class='why'><div class='main'>No result: take or copy the photograph again.</div></div>")
+        parts.append(f"<div class='why'><div class='main'>{esc(NO_RESULT_ADVICE)}</div></div>")
     if row.get("error"):
         parts.append(f"<div class='tags'>detail: {esc(row['error'])}</div>")
     return "".join(parts)

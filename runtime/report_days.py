@@ -352,8 +352,10 @@ def _index_parts(rows: Sequence[Mapping[str, Any]], pages: Sequence[DayPage], du
 
         referred.sort(key=when, reverse=True)
         shown = referred[:_MAX_REFERRALS]
-        newest = (f", the newest {len(shown)} listed here; the other {len(referred) - len(shown)} are on their "
-                  "day's pages, linked above" if len(shown) < len(referred) else "")
+        rest = len(referred) - len(shown)
+        newest = (f", the newest {len(shown)} listed here; the other {rest} {'is' if rest == 1 else 'are'} on "
+                  f"{'its' if rest == 1 else 'their'} day's page{'' if rest == 1 else 's'}, linked above"
+                  if rest > 0 else "")
         parts.append(f"<h2>Referred photographs ({len(referred)}{newest})</h2>"
                      "<table class='days referred'><thead>"
                      f"<tr class='pagehead'><th colspan='4'>{sheet_line}</th></tr>"

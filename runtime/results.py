@@ -832,7 +832,7 @@ def write_csv(path: str | os.PathLike[str], rows: Iterable[dict[str, Any]], clas
     """
     if style not in CSV_STYLES:
         raise ConfigError(f"CSV style must be one of {', '.join(CSV_STYLES)}, got {style!r}")
-    from uopsl.runtime.report import order_reasons, reason_text  # report imports this module
+    from uopsl.runtime.report import NO_RESULT_ADVICE, order_reasons, reason_text  # report imports this module
 
     first_of: dict[str, str] = {}  # sha256 -> the first row's source with those bytes
     semicolon = style == "semicolon"
@@ -865,13 +865,18 @@ def write_csv(path: str | os.PathLike[str], rows: Iterable[dict[str, Any]], clas
         flat["reasons"] = sep.join(r.get("reasons") or [])
         # What to do, in the report's words (a clinic review: the CSV had only the codes), for the main cause.
         tags = [str(t) for t in r.get("reasons") or []]
-        flat["advice"] = reason_text(order_reasons(tags)[0]).advice \
-            if tags and r.get("status") in ("ungradable", "error") else ""
-        # A byte-identical copy of a file listed above: one photograph under two names (possibly two patients).
-        digest = r.get("sha256")
-        flat["same_as"] = first_of.get(digest, "") if digest else ""
+        flat["advice"] = (reason_text(order_reasons(tags)[0]).advice if tags else NO_RESULT_ADVICE) \
+            if r.get("status") in ("ungradable", "error") else ""
+        # A byte-identical copy of a photograph listed above: one photograph under two names (possibly two
+        # patients). As the report's duplicate check: screened rows only (every empty or cut-short file has the
+        # same bytes), one key form for every sha256.
+        own = r.get("sha256") or r.get("content_sha256")
+        digest = str(own).lower().removeprefix("sha256:") if own and r.get("status") in ("ok", "ungradable") else ""
+        source = str(r.get("source") or "")
+        first = first_of.get(digest, "") if digest else ""
+        flat["same_as"] = first if first != source else ""
         if digest:
-            first_of.setdefault(digest, str(r.get("source") or ""))
+            first_of.setdefault(digest, source)
         q = r.get("quality_score")
         flat["quality_score"] = "" if q is None else str(q).replace(".", ",") if semicolon else q
         for c in class_names:

@@ -180,6 +180,11 @@ def test_photographs_given_where_the_bundle_goes_say_the_bundle_comes_first(tmp_
     photos = tmp_path / "photos"
     photos.mkdir()
     (photos / "a.jpg").write_bytes(b"\xff\xd8")
-    with pytest.raises(BundleError, match=r"not a uopsl bundle folder \(the bundle comes first: uopsl-screen run "
-                                          r"BUNDLE PHOTOS\.\.\. --out FOLDER\)"):
+    with pytest.raises(BundleError, match=r"not a uopsl bundle folder; it holds photographs: the bundle comes first "
+                                          r"\(uopsl-screen run BUNDLE PHOTOS\.\.\. --out FOLDER\)"):
         read_manifest(photos)
+    # A folder without photographs (a half-copied bundle) is not told about run's arguments (a review).
+    (tmp_path / "half").mkdir()
+    (tmp_path / "half" / "model.onnx").write_bytes(b"x")
+    with pytest.raises(BundleError, match=r"not a uopsl bundle folder; was it copied whole\?"):
+        read_manifest(tmp_path / "half")

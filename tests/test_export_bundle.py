@@ -366,3 +366,28 @@ def test_parity_records_merge_per_backend_until_the_file_changes(exported: dict[
     assert set(fresh.info["parity"]["backends"]) == {"ort-cpu"} and parity_status(fresh)[0]
     with pytest.raises(BundleError, match="does not list"):
         record_parity(bundle, {"nope.onnx": {"ort-cpu": ok}})
+
+
+def test_threshold_provenance_says_when_no_data_chose_a_threshold_and_when_qat_moved_the_weights() -> None:
+    """A review: a 'default' or 'fallback' record (no usable validation data) read 'checkpoint validation
+    data', and a QAT checkpoint's records (measured before QAT) read the same."""
+    from uopsl.train.workflow import threshold_provenance
+
+    _, meta = tiny_model()
+    names = tuple(meta.model.classes)
+    thresholds = (0.3, 0.5, 0.7)[:len(names)]
+    records = [{"name": names[0], "threshold": thresholds[0], "method": "target_sensitivity",
+                "target_sensitivity": 0.9, "n_positive": 12, "n_negative": 30},
+               {"name": names[1], "threshold": thresholds[1], "method": "default", "n_positive": 0,
+                "n_negative": 0, "note": "no validation images"}]
+    meta = replace(meta, thresholds=thresholds, metrics={"operating_points": records})
+    got = threshold_provenance(names, thresholds, meta, None)
+    assert got[0]["source"] == "checkpoint validation data"
+    assert got[1]["source"] == "chosen on no data (no validation images)"
+    qat = threshold_provenance(names, thresholds, replace(meta, stage="qat"), None)
+    assert qat[0]["source"].startswith("the fine-tuned checkpoint's validation data, before QAT")
+    from uopsl.export.parity_html import _operating_points
+
+    line = _operating_points(got)
+    assert "target sensitivity 0.90 on 12 positive / 30 negative validation images" in line
+    assert "chosen on no data (no validation images)" in line and "0 positive" not in line

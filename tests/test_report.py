@@ -87,6 +87,16 @@ def test_csv_findings_model_file_and_formula_like_names(tiny_bundle: Path, tmp_p
     assert got[1]["advice"] and got[2]["advice"] == ""
     # A byte-identical copy names the row above it (the report showed duplicates; the CSV did not).
     assert (got[0]["same_as"], got[1]["same_as"], got[2]["same_as"]) == ("", "", got[0]["source"])
+    # Not for files without a result (every empty file has the same bytes), and every sha256 form matches.
+    rows = [{**_row(5, "error", None, None), "reasons": ["unreadable"], "sha256": "e" * 64},
+            {**_row(6, "error", None, None), "reasons": [], "sha256": "e" * 64},
+            {**_row(7, "ok", False, 0.1), "sha256": "sha256:" + "B" * 64},
+            {**_row(8, "ok", False, 0.1), "content_sha256": "b" * 64}]
+    write_csv(tmp_path / "b.csv", rows, m.class_names, referable=referable)
+    with open(tmp_path / "b.csv", encoding="utf-8-sig", newline="") as fh:
+        got = list(csv.DictReader(fh))
+    assert [g["same_as"] for g in got] == ["", "", "", got[2]["source"]]
+    assert got[1]["advice"] == "No result: take or copy the photograph again."  # an old row without reasons
 
 
 def test_csv_for_spreadsheets_with_a_decimal_comma(tiny_bundle: Path, tmp_path: Path,

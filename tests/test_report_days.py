@@ -344,3 +344,7 @@ def test_a_capped_referral_list_says_where_the_rest_are(tmp_path: Path, monkeypa
     index = (tmp_path / "report.html").read_text(encoding="utf-8")
     assert ("Referred photographs (4, the newest 2 listed here; the other 2 are on their day's pages, linked "
             "above)") in index
+    monkeypatch.setattr(report_days, "_MAX_REFERRALS", 3)
+    write_reports(rows, tmp_path, _manifest(), max_rows=3)
+    index = (tmp_path / "report.html").read_text(encoding="utf-8")
+    assert "the newest 3 listed here; the other 1 is on its day's page, linked above)" in index

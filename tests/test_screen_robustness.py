@@ -511,6 +511,8 @@ def test_15_skipped_files_are_counted_and_named_and_jfif_is_taken(tiny_bundle: P
     # A phone's real HEIC photograph: a row saying it was not screened and what to do, not a console count
     # the printed report never showed (a clinic review); e.HEIC, a JPEG so named, is judged by its content.
     (fmt / "i.heic").write_bytes(b"\x00\x00\x00\x18ftypheic" + bytes(64))
+    # ... but not a phone's HEIC beside the JPEG exported from it (a review): the JPEG is screened, the HEIC counted.
+    (fmt / "a.heic").write_bytes(b"\x00\x00\x00\x18ftypheic" + bytes(64))
     with Screener(tiny_bundle, "ort-cpu", threads=1) as s, caplog.at_level(logging.WARNING):
         summary = s.screen_to(tmp_path / "out", [fmt], report=False)
     assert summary.counts["ok"] == 4 and summary.total == 5  # a.jpg, d.jfif, e.HEIC and "f.jpg "; i.heic
@@ -518,8 +520,8 @@ def test_15_skipped_files_are_counted_and_named_and_jfif_is_taken(tiny_bundle: P
     rows = [json.loads(line) for line in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
     heic = next(r for r in rows if r["source"].endswith("i.heic"))
     assert heic["status"] == "error" and "HEIC" in heic["error"] and "JPEG" in heic["error"], heic
-    assert summary.skipped_files == {".psd": 2}
-    assert "2 files skipped (not an image type: .psd 2; e.g. g.psd, h.psd;" in caplog.text
+    assert summary.skipped_files == {".psd": 2, ".heic": 1}
+    assert "3 files skipped (not an image type: .psd 2, .heic 1; e.g. a.heic, g.psd, h.psd;" in caplog.text
 
 
 # -- 16: watch and an empty file -----------------------------------------------------------------------------

@@ -786,7 +786,13 @@ def threshold_provenance(names: Sequence[str], thresholds: Sequence[float], meta
         if name in given and classes_file is not None:
             out.append({"name": name, "threshold": float(t), "source": f"class file {Path(classes_file).name}"})
         elif r is not None and r.get("threshold") is not None and float(r["threshold"]) == float(t):
-            out.append({**r, "source": "checkpoint validation data"})
+            if r.get("method") in ("default", "fallback"):  # no usable validation data chose it (its note says why)
+                out.append({**r, "source": "chosen on no data" + (f" ({r['note']})" if r.get("note") else "")})
+            elif meta.stage == "qat":  # QAT keeps the fine-tuned model's thresholds and their records
+                out.append({**r, "source": "the fine-tuned checkpoint's validation data, before QAT changed the "
+                                           "weights (not measured again)"})
+            else:
+                out.append({**r, "source": "checkpoint validation data"})
         elif meta.thresholds and name in meta.model.classes:  # a checkpoint from before the records
             out.append({"name": name, "threshold": float(t), "source": "the checkpoint's (how it was chosen is "
                                                                         "not recorded)"})
