@@ -601,14 +601,15 @@ def read_manifest(bundle: str | os.PathLike[str]) -> Manifest:
 
 
 def _holds_photographs(folder: Path, look_at: int = 200) -> bool:
-    """Whether ``folder`` directly holds an image file (among its first ``look_at`` entries)."""
-    suffixes = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".jp2", ".webp", ".dcm", ".heic")
+    """Whether ``folder`` directly holds a file named like a photograph (among its first ``look_at`` entries)."""
+    from uopsl.runtime.pipeline import IMAGE_SUFFIXES, image_suffix  # pipeline imports this module
+
     try:
         with os.scandir(folder) as it:
             for k, e in enumerate(it):
                 if k >= look_at:
                     return False
-                if e.name.lower().endswith(suffixes):
+                if image_suffix(e.name) in IMAGE_SUFFIXES:
                     return True
     except OSError:
         return False

@@ -41,7 +41,7 @@ import numpy as np
 from uopsl.runtime.bundle import Manifest
 from uopsl.runtime.fsio import atomic_open
 from uopsl.runtime.overlay import OVERLAY_DIR, THUMB_DIR, content_id, encode_jpeg
-from uopsl.runtime.results import model_sha256
+from uopsl.runtime.results import content_hash, model_sha256
 from uopsl.runtime.version import __version__
 
 log = logging.getLogger(__name__)
@@ -491,11 +491,9 @@ def find_duplicates(rows: Sequence[Mapping[str, Any]]) -> DuplicateCheck:
     for i, r in enumerate(rows):
         if r.get("status") not in ("ok", "ungradable"):
             continue
-        own = r.get("sha256") or r.get("content_sha256")
+        own = content_hash(r)
         key = str(r.get("key", ""))
-        if own:
-            own = str(own).lower().removeprefix("sha256:")
-        elif key.startswith("sha1:"):
+        if not own and key.startswith("sha1:"):
             own = key
         if own:
             by_hash.setdefault(str(own), []).append(i)

@@ -26,7 +26,7 @@ import logging
 import os
 import tempfile
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -778,6 +778,15 @@ def _another_photograph(old: dict[str, Any], new: dict[str, Any]) -> bool:
     return bool(a) and bool(b) and a != b and old.get("status") in FINAL_STATUSES
 
 
+def content_hash(row: Mapping[str, Any]) -> str:
+    """A screened row's own sha256 in one form (bare lower-case hex), else "": rows without a result are left
+    out (every empty or cut-short file has the same bytes: not "the same photograph")."""
+    if row.get("status") not in ("ok", "ungradable"):
+        return ""
+    own = row.get("sha256") or row.get("content_sha256")
+    return str(own).lower().removeprefix("sha256:") if own else ""
+
+
 def csv_columns(class_names: Sequence[str]) -> list[str]:
     return [
         "id", "source", "status", "refer", "positive",
@@ -870,8 +879,7 @@ def write_csv(path: str | os.PathLike[str], rows: Iterable[dict[str, Any]], clas
         # A byte-identical copy of a photograph listed above: one photograph under two names (possibly two
         # patients). As the report's duplicate check: screened rows only (every empty or cut-short file has the
         # same bytes), one key form for every sha256.
-        own = r.get("sha256") or r.get("content_sha256")
-        digest = str(own).lower().removeprefix("sha256:") if own and r.get("status") in ("ok", "ungradable") else ""
+        digest = content_hash(r)
         source = str(r.get("source") or "")
         first = first_of.get(digest, "") if digest else ""
         flat["same_as"] = first if first != source else ""

@@ -388,12 +388,6 @@ def _onnx_file(manifest: Manifest, precision: str, gpu: bool, tensorrt: bool = F
     return None
 
 
-# Engine precisions `auto` runs only after a parity PASS on this backend. FP16 too: its rounding can move a
-# finding across a threshold as INT8's can, and Triton (export/triton.py) already serves neither unvalidated.
-# FP32 engines are built with TF32 off, so they are the reference precision, as ORT FP32 is.
-_PASS_FIRST = frozenset({"int8", "fp16"})
-
-
 _WARNED: set[tuple[str, str, str]] = set()
 
 
@@ -411,8 +405,10 @@ def _warn_once(root: Path, entry: FileEntry, msg: str, *args: object) -> None:
 
 
 def auto_needs_pass(precision: str) -> bool:
-    """Whether ``auto`` runs a file of ``precision`` only with a parity PASS: every INT8 file and FP16 engine
-    (any precision but FP32, the reference)."""
+    """Whether ``auto`` runs a file of ``precision`` only with a parity PASS on the backend that would run it:
+    every INT8 file and FP16 engine, any precision but FP32. FP16 too: its rounding can move a finding across
+    a threshold as INT8's can, and Triton (export/triton.py) serves neither unvalidated. FP32 engines are built
+    with TF32 off, so they are the reference precision, as ORT FP32 is."""
     return precision != "fp32"
 
 
@@ -496,20 +492,21 @@ def select_backend(
             raise MissingDependencyError("backend tensorrt needs TensorRT and a CUDA binding: pip install 'uopsl[trt]' "
                               "(on a Jetson: sudo apt install python3-libnvinfer, and cuda-python of JetPack's CUDA)")
         reasons = []
+        unvalidated = 0  # engines that fit this device but have no PASS here
         for e in _engines(m, precision):
             # The engine's fit first: after a JetPack upgrade that is the cause, not a missing record.
             why = engine_check(root / e.path) or engine_stale(root, m, e, device)
             if why is not None:
                 reasons.append(f"{e.path}: {why}")
                 continue
-            if precision == "auto" and e.precision in _PASS_FIRST:
+            if precision == "auto" and auto_needs_pass(e.precision):
                 ok, why_not = validated_file(root, e, "tensorrt", m)
                 if not ok:
                     reasons.append(f"{e.path}: {e.precision.upper()} is not used unasked: {why_not}")
+                    unvalidated += 1
                     continue
             return Selection("tensorrt", e.precision, e.path, f"engine {e.path} matches this GPU and TensorRT")
-        unvalidated = [r for r in reasons if "is not used unasked" in r]
-        if reasons and len(unvalidated) == len(reasons):  # engines that fit, none validated here
+        if reasons and unvalidated == len(reasons):  # engines that fit, none validated here
             todo = ("validate them on this device first (uopsl validate BUNDLE --onnx-reference --backends tensorrt "
                     "--data DIR --out DIR), or run one unvalidated with --precision fp16|int8")
         else:
@@ -554,7 +551,7 @@ def select_backend(
                 _warn_once(root, e, "TensorRT engine %s not used: %s", e.path, why)
                 notes.append(f"engine {e.path} skipped: {why}")
                 continue
-            if precision == "auto" and e.precision in _PASS_FIRST:
+            if precision == "auto" and auto_needs_pass(e.precision):
                 validated, why_not = validated_file(root, e, "tensorrt", m)
                 if not validated:
                     # A warning too: an engine built on the device and not yet validated would
@@ -771,7 +768,7 @@ def backend_table(bundle: str | os.PathLike[str], manifest: Manifest | None = No
             # What `auto` checks too: the machine, and that the engine was built from the bundle's model as it is.
             why = engine_mismatch(root / e.path) or engine_stale(root, m, e)
             note = "matches this machine" if why is None else why
-            if why is None and e.precision in _PASS_FIRST:
+            if why is None and auto_needs_pass(e.precision):
                 ok, why_not = validated_file(root, e, "tensorrt", m)
                 if not ok:
                     note += f"; {e.precision.upper()} is not used unasked: {why_not}"
