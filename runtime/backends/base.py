@@ -112,7 +112,8 @@ class Backend(abc.ABC):
 
     def settings(self) -> dict[str, object]:
         """The runtime settings its outputs depend on, for a parity report (a verdict holds for these only:
-        ONNX Runtime's graph optimisation level alone moved the demo's INT8 outputs by 0.168: benchmarks/ort_optimisation_levels.py)."""
+        ONNX Runtime's graph optimisation level alone moved the demo's INT8 outputs by 0.168, as
+        benchmarks/ort_optimisation_levels.py shows)."""
         return {"backend": self.name}
 
     # -- inference ---------------------------------------------------------
