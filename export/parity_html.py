@@ -12,6 +12,8 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from uopsl.runtime.bundle import describe_operating_point
+
 _CSS = """
 body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px;color:#222;max-width:1200px}
 h1{font-size:22px;margin:0 0 4px}h2{font-size:18px;margin:28px 0 8px;border-bottom:1px solid #ccc}
@@ -440,16 +442,7 @@ def _operating_points(points: Any) -> str:
     for p in points:
         if not isinstance(p, Mapping):
             continue
-        how = str(p.get("source", ""))
-        chosen = p.get("method") in ("target_sensitivity", "youden")  # chosen on validation data
-        if p.get("method") == "target_sensitivity" and p.get("target_sensitivity") is not None:
-            how = f"target sensitivity {float(p['target_sensitivity']):.2f}"
-        elif chosen:
-            how = str(p["method"])
-        if chosen and p.get("n_positive") is not None:
-            how += f" on {p['n_positive']} positive / {p.get('n_negative')} negative validation images"
-            if str(p.get("source", "")).startswith("the fine-tuned checkpoint's"):
-                how += ", before QAT"
+        how = describe_operating_point(p)
         words.append(f"{_e(p.get('name'))} {_num(p.get('threshold'), '.3g')} ({_e(how)})")
     return ("<p class='note'><b>Operating thresholds</b> (the decisions compared here), as the bundle records "
             "them: " + "; ".join(words) + ".</p>")

@@ -600,6 +600,24 @@ def read_manifest(bundle: str | os.PathLike[str]) -> Manifest:
     return read_manifest_raw(bundle)[0]
 
 
+def describe_operating_point(point: Mapping[str, Any]) -> str:
+    """How one class's threshold was chosen, in a few words, from the manifest's ``notes.operating_points``
+    (``uopsl export`` writes them): "target sensitivity 0.90 on 31 positive / 69 negative validation images",
+    "youden on ...", or the record's source ("chosen on no data", "class file ...")."""
+    method = point.get("method")
+    chosen = method in ("target_sensitivity", "youden")  # chosen on validation images
+    how = str(point.get("source", "")) or "not recorded"
+    if method == "target_sensitivity" and point.get("target_sensitivity") is not None:
+        how = f"target sensitivity {float(point['target_sensitivity']):.2f}"
+    elif chosen:
+        how = str(method)
+    if chosen and point.get("n_positive") is not None:
+        how += f" on {point['n_positive']} positive / {point.get('n_negative')} negative validation images"
+        if str(point.get("source", "")).startswith("the fine-tuned checkpoint's"):
+            how += ", before QAT"
+    return how
+
+
 def _holds_photographs(folder: Path, look_at: int = 200) -> bool:
     """Whether ``folder`` directly holds a file named like a photograph (among its first ``look_at`` entries)."""
     from uopsl.runtime.pipeline import IMAGE_SUFFIXES, image_suffix  # pipeline imports this module

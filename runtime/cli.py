@@ -273,7 +273,7 @@ def info_cmd(bundle: Path, as_json: bool, trusted_keys: Sequence[Path]) -> int:
     fails its checksum, or the bundle is not signed by a key this machine trusts)."""
     from uopsl.runtime.backends import backend_table
     from uopsl.runtime.bundle import MANIFEST as MANIFEST_NAME
-    from uopsl.runtime.bundle import read_manifest_raw, verify
+    from uopsl.runtime.bundle import describe_operating_point, read_manifest_raw, verify
     from uopsl.runtime.signing import check_signature, trusted_keys_for
 
     keys = trusted_keys_for(trusted_keys)
@@ -323,9 +323,11 @@ def info_cmd(bundle: Path, as_json: bool, trusted_keys: Sequence[Path]) -> int:
                    + (" (the rule of bundles made before decode_min_ratio existed)" if p.uses_legacy_decode_rule else ""))
     click.echo(f"referral   {m.referral_rule}" + (f" >= {m.referral_threshold}" if m.referral_rule == "referable_sum" else ""))
     click.echo("classes")
+    points = {str(p.get("name")): p for p in m.notes.get("operating_points") or [] if isinstance(p, dict)}
     for c in m.classes:
         flags = ", ".join(x for x in ("referable" if c.referable else "", "" if c.seen_in_training else "zero-shot") if x)
-        click.echo(f"  {c.name:16s} threshold {c.threshold:.3f}" + (f"  ({flags})" if flags else ""))
+        chosen = f"  threshold: {describe_operating_point(points[c.name])}" if c.name in points else ""
+        click.echo(f"  {c.name:16s} threshold {c.threshold:.3f}" + (f"  ({flags})" if flags else "") + chosen)
     if aside:
         click.echo(f"           parity records not covered by the signature, not used here: {', '.join(aside)}")
     click.echo("files")

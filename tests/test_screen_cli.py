@@ -466,3 +466,24 @@ def test_watch_takes_a_photograph_removed_and_written_again_between_full_checks(
     tracker.poll()
     now[0] = 14.0
     assert tracker.poll() == [p]  # before the next full check at 21
+
+
+def test_info_says_how_each_threshold_was_chosen(tiny_bundle: Path, tmp_path: Path,  # noqa: F811
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """A validation review: where a threshold came from was nowhere in the bundle; export now records it."""
+    from dataclasses import replace
+
+    from uopsl.runtime.bundle import read_manifest, write_manifest
+
+    bundle = tmp_path / "b"
+    shutil.copytree(tiny_bundle, bundle)
+    m = read_manifest(bundle)
+    first, second = m.class_names[:2]
+    points = [{"name": first, "threshold": m.classes[0].threshold, "method": "target_sensitivity",
+               "target_sensitivity": 0.9, "n_positive": 31, "n_negative": 69, "source": "checkpoint validation data"},
+              {"name": second, "threshold": m.classes[1].threshold, "source": "chosen on no data (a default)"}]
+    write_manifest(bundle, replace(m, notes={**m.notes, "operating_points": points}))
+    assert main(["info", str(bundle)]) == 0
+    out = capsys.readouterr().out
+    assert "threshold: target sensitivity 0.90 on 31 positive / 69 negative validation images" in out
+    assert "threshold: chosen on no data (a default)" in out
