@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -90,12 +91,16 @@ def _dicom_and_subfolder(folder: Path, stem: str) -> None:
     (folder / "extra" / "scan.txt").write_text("x")
 
 
+def _no_images_message(read: Any, root: Path) -> str:
+    with pytest.raises(DataError) as err:
+        read(root)
+    return str(err.value)
+
+
 def test_oct2017_no_images_error_names_oct2017_not_folder(tmp_path: Path) -> None:
     for cls in ("CNV", "NORMAL"):
         _dicom_and_subfolder(tmp_path / "train" / cls, f"{cls}-1-1")
-    with pytest.raises(DataError) as err:
-        D.read_oct2017(tmp_path)
-    msg = str(err.value)
+    msg = _no_images_message(D.read_oct2017, tmp_path)
     assert "no images found" in msg and "2 .dcm" in msg, msg
     assert "folder:" not in msg and "PACS" not in msg, msg
     assert "DICOM files are not read by oct2017:" in msg and "csv:FILE" in msg, msg
@@ -104,9 +109,7 @@ def test_oct2017_no_images_error_names_oct2017_not_folder(tmp_path: Path) -> Non
 
 def test_octdl_scanned_no_images_error_names_octdl_not_folder(tmp_path: Path) -> None:
     _dicom_and_subfolder(tmp_path / "AMD", "amd_1_1")
-    with pytest.raises(DataError) as err:
-        D.read_octdl(tmp_path)
-    msg = str(err.value)
+    msg = _no_images_message(D.read_octdl, tmp_path)
     assert "no images found" in msg and "1 .dcm" in msg, msg
     assert "folder:" not in msg, msg
     assert "DICOM files are not read by octdl:" in msg and "octdl: reads root/<CLASS>/<image>" in msg, msg
@@ -114,9 +117,7 @@ def test_octdl_scanned_no_images_error_names_octdl_not_folder(tmp_path: Path) ->
 
 def test_folder_no_images_error_keeps_its_wording(tmp_path: Path) -> None:
     _dicom_and_subfolder(tmp_path / "normal", "IM0001")
-    with pytest.raises(DataError) as err:
-        D.read_folder(tmp_path)
-    msg = str(err.value)
+    msg = _no_images_message(D.read_folder, tmp_path)
     assert "(folder: reads root/<class>/<image>, one level; move them up a level)" in msg, msg
     assert "DICOM files are not read by folder: (a PACS export often holds each photograph as both .dcm" in msg
     assert "folder: reads .bmp" in msg, msg

@@ -50,8 +50,9 @@ class DemoConfig:
                    pretrain_epochs=2, finetune_epochs=3, calib_images=16, n_boot=200)
 
 
-def run_demo(out: Path, cfg: DemoConfig) -> dict[str, object]:
-    """Run every stage into ``out``; returns a summary (also written to OUT/demo.json)."""
+def run_demo(out: Path, cfg: DemoConfig, command: str = "") -> dict[str, object]:
+    """Run every stage into ``out``; returns a summary (also written to OUT/demo.json). ``command``: what the
+    release gate's report records as the command that made it (the CLI passes its own)."""
     from uopsl.calibration.dataset import build_calibration_set
     from uopsl.calibration.ranges import calibrate
     from uopsl.export.bundle_writer import add_file
@@ -142,9 +143,7 @@ def run_demo(out: Path, cfg: DemoConfig) -> dict[str, object]:
     reference, facts, _ = torch_reference(bundle, ck / "finetune", "cpu", False)
     vcfg = ValidateConfig(n_boot=cfg.n_boot, show_progress=False)
     context = {**facts, "data": f"synthetic:{test_dir}", "data_description": description, "limit": None,
-               "bootstrap_seed": vcfg.seed,
-               "command": (f"uopsl demo --out {out}" + (" --quick" if cfg == DemoConfig.quick() else "")
-                           if cfg in (DemoConfig(), DemoConfig.quick()) else f"run_demo({str(out)!r}, {cfg!r})")}
+               "bootstrap_seed": vcfg.seed, "command": command or f"run_demo({str(out)!r}, {cfg!r})"}
     parity = validate_bundle(bundle, reference, records, out / "parity", vcfg, label_space=space, context=context)
     verdicts = {c["name"]: c.get("verdict") or ("PASS" if c["passed"] else "FAIL") for c in parity.report["candidates"]}
     # Why a file failed, whether a more precise one could pass (decision headroom), and whether this CPU's INT8

@@ -138,7 +138,7 @@ class _Range:
         self.grid = uint8_grid(lo, hi)
 
     def freeze(self) -> None:
-        if self.grid is not None and self.lo <= self.hi:  # pinned: the calibration pass does not move it
+        if self.grid is not None:  # pinned (or frozen already): the calibration pass does not move it
             return
         if self.lo > self.hi:
             raise ConfigError("an encoder layer saw no calibration data; the calibration pass did not run")

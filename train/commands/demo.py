@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any, cast
 
@@ -19,7 +20,8 @@ def command(out: Path, quick: bool, seed: int) -> None:
     from uopsl.train.demo import DemoConfig, run_demo
 
     cfg = replace(DemoConfig.quick() if quick else DemoConfig(), seed=seed)
-    res = run_demo(out, cfg)
+    # What the release gate's report records as the command that made it (as `uopsl validate` does).
+    res = run_demo(out, cfg, command=" ".join(["uopsl", *sys.argv[1:]]))
     auc = res["test_macro_auc"]
     if isinstance(auc, dict) and isinstance(auc.get("estimate"), float):
         auc_s = f"{auc['estimate']:.3f}" + (f" (95 % CI {auc['low']:.3f}-{auc['high']:.3f})"
