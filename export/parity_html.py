@@ -224,10 +224,14 @@ def _candidate(c: Mapping[str, Any], images: Mapping[str, str], max_rows: int) -
                  "is the reference's own decisions, so its figures are 1 by construction). "
                  "Changes: images whose call differs from the reference\'s, among the positives "
                  "(sensitivity), the negatives (specificity) or all images (decision flips), with the exact "
-                 "one-sided 95 % upper bound on their rate (Clopper-Pearson). The gates compare the point values; "
-                 "the bound shows how large the true rate may still be. Δ cand − ref: the candidate's sensitivity "
-                 "minus the reference's with its paired 95 % interval (Newcombe's method 10; reported, not "
-                 "gated). n/a says why a figure is missing; \"not gated\" marks a figure computed on too few "
+                 "one-sided 95 % upper bound on their rate (Clopper-Pearson). "
+                 + ("The gates compare these bounds and the far ends of the AUC and sensitivity intervals "
+                    "(--judge-on bounds). " if c.get("judged_on") == "bounds" else
+                    "The gates compare the point values; the bound shows how large the true rate may still be. ")
+                 + "Δ cand − ref: the candidate's sensitivity "
+                 "minus the reference's with its paired 95 % interval (Newcombe's method 10; "
+                 + ("gated by its low end" if c.get("judged_on") == "bounds" else "reported, not gated")
+                 + "). n/a says why a figure is missing; \"not gated\" marks a figure computed on too few "
                  "cases for a gate to count it. Intervals and bounds treat images as independent"
                  + (" (the AUC bootstrap resamples patients)" if (clin.get("patients") or {}).get("known") else "")
                  + ".</p>")
@@ -348,6 +352,17 @@ def _per_layer(per_layer: Mapping[str, Any], max_rows: int = 40) -> str:
     return "".join(parts)
 
 
+def _judged_on(on: Any) -> str:
+    """What the verdicts compared with the gates, in words (a report from before the option: the estimates)."""
+    if on == "bounds":
+        return ("<p><b>Judged on the 95 % bounds</b> (<code>--judge-on bounds</code>): each change rate's exact "
+                "one-sided upper bound, the far end of each AUC and sensitivity drop's two-sided 95 % interval "
+                "and the lower bound of top-1 agreement must be within its gate; a class whose interval is "
+                "undefined is not evaluated.</p>")
+    return ("<p class='note'>Judged on the point estimates (the default): the bounds beside each figure are "
+            "reported, not gated (<code>--judge-on bounds</code> gates them).</p>")
+
+
 def render_html(report: Mapping[str, Any], images: Mapping[str, str] | None = None, max_rows: int = 200) -> str:
     """The HTML page for a parity report (``images``: ``roc:<candidate>`` / ``thumb:<id>`` -> data URI)."""
     imgs = images or {}
@@ -388,6 +403,7 @@ def render_html(report: Mapping[str, Any], images: Mapping[str, str] | None = No
         + f". {_patient_words(data.get('patients'))}</p>",
         _unknown_labels(data.get("unknown_labels") or {}),
         _table(["gate", "limit"], gate_rows),
+        _judged_on(report.get("judged_on")),
     ]
     if not report.get("gates_are_default", True):
         parts.append("<p class='fail'>The gates differ from the strict defaults"

@@ -21,11 +21,15 @@ reference's own AUC is 1 by construction. Reports say which truth was used.
 limits), FAIL (a gate is exceeded) and INCOMPLETE (nothing exceeded, but a gate
 could not be evaluated for some class: no labels for it, no positive image
 among these images, or fewer than :data:`MIN_CASES_PER_CLASS` positive or
-negative images); only PASS lets a file be used unasked. Gates compare
-point estimates (the bootstrap interval and the exact upper bounds on the
-change rates are reported, not gated): a release gate must be reproducible and
-should not depend on the bootstrap seed. The upper bounds are there so that a
-signer sees what "0 changes" on a small set can and cannot show. With the
+negative images); only PASS lets a file be used unasked. By default gates
+compare point estimates (the bootstrap interval and the exact upper bounds on
+the change rates are reported, not gated): a release gate must be reproducible
+and should not depend on the bootstrap seed. The upper bounds are there so that
+a signer sees what "0 changes" on a small set can and cannot show. A signer who
+must claim more (each rate *is* within its gate, at 95 % confidence) judges on
+the bounds instead (:data:`ON_BOUNDS`, ``uopsl validate --judge-on bounds``):
+then 0 flips of 120 images FAILs the 0.5 % flip gate, as its bound (2.5 %)
+says it should. With the
 images' patients known, the AUC bootstrap resamples patients; the exact bounds
 and the Wilson intervals still treat images as independent, and the report
 says so (:data:`INDEPENDENCE_NOTE`).
@@ -59,6 +63,11 @@ TRUTH_REFERENCE = "reference_decisions"
 PASS, FAIL, INCOMPLETE = "PASS", "FAIL", "INCOMPLETE"
 #: Confidence of the exact upper bounds on change rates (one-sided).
 CONFIDENCE = 0.95
+#: What a verdict compares with the gates: the measured figures (the default) or their bounds: the exact
+#: one-sided 95 % upper bounds of the change rates (flips, class calls, findings, top-1 disagreement) and
+#: the far ends of the two-sided 95 % intervals of the AUC and sensitivity drops (one-sided 97.5 %).
+ON_ESTIMATES, ON_BOUNDS = "estimates", "bounds"
+JUDGE_ON = (ON_ESTIMATES, ON_BOUNDS)
 #: Two-sided level of the paired bootstrap interval of each AUC difference (0.05: a 95 % interval).
 BOOTSTRAP_ALPHA = 0.05
 #: Two-sided level and method of the intervals of each sensitivity and specificity (reported, never gated).
@@ -1020,7 +1029,8 @@ def _worst(items: Sequence[tuple[str, float]]) -> tuple[str, float] | tuple[None
     return max(items, key=lambda d: d[1]) if items else (None, None)
 
 
-def judge(gates: ParityGates, numeric: Mapping[str, Any], clin: Mapping[str, Any]) -> Verdict:
+def judge(gates: ParityGates, numeric: Mapping[str, Any], clin: Mapping[str, Any], *,
+          on: str = ON_ESTIMATES) -> Verdict:
     """Apply ``gates`` to one candidate's figures: PASS, FAIL or INCOMPLETE (see the module doc).
 
     The AUC gate applies to every class, the sensitivity gate to every
@@ -1029,62 +1039,84 @@ def judge(gates: ParityGates, numeric: Mapping[str, Any], clin: Mapping[str, Any
     positive image) is listed in its check and makes the verdict INCOMPLETE
     unless another gate FAILs. A gate that applies to nothing (a bundle
     without referable classes) has nothing to check and passes.
+
+    ``on``: :data:`ON_ESTIMATES` compares the measured figures with the gates;
+    :data:`ON_BOUNDS` their bounds (:data:`JUDGE_ON`), and a class whose
+    interval is undefined (no bootstrap, one patient on a side) counts as not
+    evaluated. ``max_prob_diff`` is a maximum over the images either way.
     """
+    if on not in JUDGE_ON:
+        raise ConfigError(f"judge on one of {JUDGE_ON}; got {on!r}")
+    bounds = on == ON_BOUNDS
+    said = "upper 95 % bound; " if bounds else ""
+
+    def rate(d: Mapping[str, Any]) -> float:
+        return float(d["upper95"] if bounds else d["rate"])
+
     checks: list[GateCheck] = []
     rows = clin["per_class"]
     fl = clin["flips"]
-    checks.append(_check("flip_rate", fl["rate"], gates.max_flip_rate, f"{fl['n']} referral decision(s) flipped"))
+    checks.append(_check("flip_rate", rate(fl), gates.max_flip_rate, f"{said}{fl['n']} referral decision(s) flipped"))
     referable = [r for r in rows if r["referable"]]
     if referable:
-        rates = [(r["name"], float(r["decision_changes"]["rate"])) for r in referable]
+        rates = [(r["name"], rate(r["decision_changes"])) for r in referable]
         name, worst = _worst(rates)
         flips_k = next(r["decision_flips"] for r in referable if r["name"] == name)
         checks.append(_check("class_flip_rate", worst, gates.max_class_flip_rate,
-                             f"largest: class {name} ({flips_k} call(s) changed)"))
+                             f"{said}largest: class {name} ({flips_k} call(s) changed)"))
     else:
         checks.append(GateCheck("class_flip_rate", None, gates.max_class_flip_rate, True,
                                 "no referable class in the bundle: nothing to gate"))
     found = clin.get("finding_changes") or {}
     if referable and _finite(found.get("rate")):
-        checks.append(_check("finding_change_rate", float(found["rate"]), gates.max_finding_change_rate,
-                             f"{found.get('changes', '?')} image(s) with a referable class's call changed"))
+        checks.append(_check("finding_change_rate", rate(found), gates.max_finding_change_rate,
+                             f"{said}{found.get('changes', '?')} image(s) with a referable class's call changed"))
     else:
         checks.append(GateCheck("finding_change_rate", None, gates.max_finding_change_rate, True,
                                 "no referable class in the bundle: nothing to gate"))
 
     def skipped_of(items: Sequence[Mapping[str, Any]], metric: str) -> list[tuple[str, str]]:
-        return [(r["name"], _not_evaluated_reason(r, metric)) for r in items]
+        return [(r["name"], _not_evaluated_reason(r, metric, bounds)) for r in items]
 
     def evaluated(r: Mapping[str, Any], metric: str) -> bool:
         # A figure can be computed yet not count: too few cases (MIN_CASES_PER_CLASS) puts it in not_evaluated.
         return (_finite(r.get(f"{metric}_reference")) and _finite(r.get(f"{metric}_candidate"))
-                and metric not in (r.get("not_evaluated") or {}))
+                and metric not in (r.get("not_evaluated") or {})
+                and (not bounds or _finite(_drop_bound(r, metric))))
 
-    drops = [(r["name"], r["auc_reference"] - r["auc_candidate"]) for r in rows if evaluated(r, "auc")]
+    def drop(r: Mapping[str, Any], metric: str) -> float:
+        if bounds:
+            return float(_drop_bound(r, metric) or 0.0)  # evaluated() checked it is finite
+        return float(r[f"{metric}_reference"] - r[f"{metric}_candidate"])
+
+    drops = [(r["name"], drop(r, "auc")) for r in rows if evaluated(r, "auc")]
     name, worst = _worst(drops)
-    checks.append(_check("auc_drop", worst, gates.max_auc_drop, _largest_drop(name, worst, "class ") if drops else "",
+    checks.append(_check("auc_drop", worst, gates.max_auc_drop,
+                         (said + _largest_drop(name, worst, "class ")) if drops else "",
                          skipped_of([r for r in rows if r["name"] not in dict(drops)], "auc")))
     sens_rows = [r for r in referable if evaluated(r, "sensitivity")]
-    sens = [(r["name"], r["sensitivity_reference"] - r["sensitivity_candidate"]) for r in sens_rows]
+    sens = [(r["name"], drop(r, "sensitivity")) for r in sens_rows]
     skipped = skipped_of([r for r in referable if r not in sens_rows], "sensitivity")
     ref = clin["referral"]
     if evaluated(ref, "sensitivity"):
-        sens.append(("referral", ref["sensitivity_reference"] - ref["sensitivity_candidate"]))
+        sens.append(("referral", drop(ref, "sensitivity")))
     elif ref.get("applicable", bool(referable)):
-        skipped.append(("referral", _not_evaluated_reason(ref, "sensitivity")))
+        skipped.append(("referral", _not_evaluated_reason(ref, "sensitivity", bounds)))
     if sens or skipped:
         name, worst = _worst(sens)
         checks.append(_check("sensitivity_drop", worst, gates.max_sensitivity_drop,
-                             _largest_drop(name, worst, "") if sens else "", skipped))
+                             (said + _largest_drop(name, worst, "")) if sens else "", skipped))
     else:
         checks.append(GateCheck("sensitivity_drop", None, gates.max_sensitivity_drop, True,
                                 "no referable class in the bundle: nothing to gate"))
     top1 = clin.get("top1_agreement")
+    if bounds and _finite(top1):
+        top1 = 1.0 - float(clin["top1_disagreement"]["upper95"])
     source = clin.get("top1_source", "probs")
     checks.append(_check("top1_agreement", float(top1) if isinstance(top1, (int, float)) and _finite(top1) else None,
                          gates.min_top1_agreement,
-                         f"share of images with the same top class (from the {source})" if _finite(top1)
-                         else "no images compared", at_least=True))
+                         (f"{'lower 95 % bound; ' if bounds else ''}share of images with the same top class "
+                          f"(from the {source})") if _finite(top1) else "no images compared", at_least=True))
     if gates.max_prob_diff is not None:
         checks.append(_check("max_prob_diff", numeric["max_abs_prob_diff"], gates.max_prob_diff,
                              "max |candidate - reference| over images and classes"))
@@ -1095,9 +1127,24 @@ def judge(gates: ParityGates, numeric: Mapping[str, Any], clin: Mapping[str, Any
     return Verdict(status == PASS, tuple(checks), tuple(failed + incomplete), status)
 
 
-def _not_evaluated_reason(row: Mapping[str, Any], metric: str) -> str:
+def _drop_bound(row: Mapping[str, Any], metric: str) -> float | None:
+    """The far end of the 95 % interval of ``row``'s ``metric`` drop (reference minus candidate; None: undefined).
+
+    Both intervals are of candidate minus reference (:func:`clinical`), so the largest drop is minus the low end.
+    """
+    interval = row.get("auc_difference" if metric == "auc" else f"{metric}_difference")
+    low: Any = interval.get("low") if isinstance(interval, Mapping) else None
+    return -float(low) if _finite(low) else None
+
+
+def _not_evaluated_reason(row: Mapping[str, Any], metric: str, bounds: bool = False) -> str:
     """Why ``row``'s ``metric`` is not gated, with its drop when it could be computed (a signer still sees it)."""
-    why = str((row.get("not_evaluated") or {}).get(metric) or f"{metric} undefined")
+    why = (row.get("not_evaluated") or {}).get(metric)
+    if not why and bounds and _drop_bound(row, metric) is None:
+        interval = row.get("auc_difference" if metric == "auc" else f"{metric}_difference")
+        why = f"its 95 % interval is undefined ({(interval or {}).get('note') or 'no bootstrap replicates'})" \
+            if metric == "auc" else "its 95 % interval is undefined"
+    why = str(why or f"{metric} undefined")
     a, b = row.get(f"{metric}_reference"), row.get(f"{metric}_candidate")
     if a is not None and b is not None and _finite(a) and _finite(b):
         why += f"; its drop {float(a) - float(b):.4g} is reported, not gated"

@@ -92,8 +92,10 @@ from uopsl.export.parity_metrics import (
     PROPORTION_METHOD,
     FAIL,
     INDEPENDENCE_NOTE,
+    JUDGE_ON,
     MIN_CASES_PER_CLASS,
     NEWCOMBE_PAIRED,
+    ON_ESTIMATES,
     PASS,
     ParityGates,
     Truth,
@@ -246,6 +248,9 @@ class ValidateConfig:
         compare a model with data labelled for other classes on purpose) counts each such image as a
         negative for every bundle class and says so in the report's notes, its ``data.unknown_labels``
         and the log.
+    judge_on: what the verdict compares with the gates: ``"estimates"`` (the measured figures, the default)
+        or ``"bounds"`` (their 95 % bounds, :data:`~uopsl.export.parity_metrics.JUDGE_ON`): a signer who must
+        claim each rate is within its gate at 95 % confidence, not only that it was on these images.
     record: write each file's verdict into the bundle manifest (``FileEntry.info["parity"]``);
         ``auto`` backend selection uses an INT8 file or an INT8/FP16 engine only with a passing record. A FAIL is
         always recorded; a PASS or INCOMPLETE only from a run with the default gates (or stricter) on at
@@ -269,9 +274,12 @@ class ValidateConfig:
     show_progress: bool = True
     record: bool = True
     unknown_labels: str = UNKNOWN_LABELS_REFUSE
+    judge_on: str = ON_ESTIMATES
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "backends", tuple(self.backends))
+        if self.judge_on not in JUDGE_ON:
+            raise ConfigError(f"judge_on must be one of {JUDGE_ON}, got {self.judge_on!r}")
         if self.unknown_labels not in UNKNOWN_LABEL_POLICIES:
             raise ConfigError(f"unknown_labels must be one of {UNKNOWN_LABEL_POLICIES}, got {self.unknown_labels!r}")
         bad = [b for b in self.backends if b != "all" and b not in BACKEND_NAMES]
@@ -923,8 +931,9 @@ def validate_bundle(
                 log.warning("%s: no check of this CPU's INT8 arithmetic (the file could not be run in its exact "
                             "arithmetic on every image; see the INFO log)", spec.name)
         gates = candidate_gates(cfg.gates, spec)
-        verdict = judge(gates, num, clin)
+        verdict = judge(gates, num, clin, on=cfg.judge_on)
         entry.update({"passed": verdict.passed, "verdict": verdict.status, "reasons": list(verdict.reasons),
+                      "judged_on": cfg.judge_on,
                       "checks": [asdict(c) for c in verdict.checks], "numerical": num, "clinical": clin,
                       "gates": gates.to_dict(), "headroom": decision_headroom(manifest, gates, ref, cand)})
         png = _roc_png(out_dir, spec.name, manifest, truth, ref["probs"], cand["probs"])
@@ -963,6 +972,7 @@ def validate_bundle(
         "verdict": status,
         "reasons": run_reasons,
         "gates": cfg.gates.to_dict(),
+        "judged_on": cfg.judge_on,
         "gates_are_default": cfg.gates.is_default,
         "gates_looser_than_default": cfg.gates.looser_than_default,
         "min_cases_per_class": {"positive": MIN_CASES_PER_CLASS, "negative": MIN_CASES_PER_CLASS,
@@ -1186,6 +1196,8 @@ def _parity_records(candidates: Sequence[Mapping[str, Any]], cfg: ValidateConfig
         records.setdefault(c["file"], {})[c["backend"]] = jsonable({
             "passed": bool(c["passed"]), "verdict": c["verdict"], "reasons": list(c.get("reasons", []))[:6],
             "gates": c.get("gates") or cfg.gates.to_dict(), "n_images": n, "truth": truth,
+            # Only when not the default: a re-validation as before must leave the manifest byte for byte.
+            **({"judged_on": cfg.judge_on} if cfg.judge_on != ON_ESTIMATES else {}),
             "data": {"spec": data["spec"], "image_ids_sha256": data["image_ids_sha256"],
                      "images_sha256": data["images_sha256"], "classes_with_truth": data["classes_with_truth"],
                      **({"n_dropped_unknown_labels": data["unknown_labels"]["n_dropped_images"]}

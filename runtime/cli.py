@@ -418,6 +418,7 @@ def _parity_records(entry: Any, manifest: Any = None, checksum_fails: bool = Fal
         runtime = ", ".join(f"{k} {v}" for k, v in machine.items() if k not in ("arch", "cpu_int8") and v)
         parts = [f"{r.get('n_images', '?')} images" + (f" of {data['spec']}" if data.get("spec") else ""),
                  f"truth: {r['truth']}" if r.get("truth") else "",
+                 "judged on 95 % bounds" if r.get("judged_on") == "bounds" else "",
                  f"vs {r['reference_kind']}" if r.get("reference_kind") else "",
                  str(r.get("created") or "")[:10],
                  "/".join(str(machine[k]) for k in ("arch", "cpu_int8") if machine.get(k)), runtime]

@@ -320,6 +320,11 @@ def test_info_lists_what_each_parity_verdict_was_measured_on() -> None:
     assert ort_cpu.endswith("300 images of csv:clinic.csv, truth: labels, vs pytorch, 2026-11-29, x86_64/x86-vnni, "
                             "onnxruntime 1.32.0; flip_rate 0.01 > 0.005 (+1 more)")
     assert all(line.endswith("[checksum fails]") for line in _parity_records(entry, checksum_fails=True))
+    # A verdict judged on the 95 % bounds (`uopsl validate --judge-on bounds`) says so.
+    bounds = {"ort-cpu": {**runs["ort-cpu"], "judged_on": "bounds"}}
+    (line,) = _parity_records(FileEntry("model.int8.onnx", "onnx", "int8-qdq-u8", sha256="abc",
+                                        info={"parity": {"sha256": "abc", "backends": bounds}}))
+    assert "truth: labels, judged on 95 % bounds, vs pytorch" in line
     changed = FileEntry("model.int8.onnx", "onnx", "int8-qdq-u8", sha256="def",
                         info={"parity": {"sha256": "abc", "backends": runs}})
     assert all(line.endswith("[file changed since]") for line in _parity_records(changed))

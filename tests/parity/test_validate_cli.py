@@ -204,3 +204,26 @@ def test_bootstrap_seed_changes_the_interval_not_the_images(tiny_ckpt_bundle: tu
     assert row["auc_difference"]["n_boot"] == 50 and row["auc_difference"]["alpha"] == 0.05
     html = (tmp_path / "a" / "parity.html").read_text(encoding="utf-8")
     assert "<th>n+ (images)</th><th>n- (images)</th>" in html and "seed 3" in html
+
+
+def test_judge_on_bounds_fails_what_120_images_cannot_prove_and_records_it(
+        tiny_ckpt_bundle: tuple[Path, Path], cast_sets: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    # The 120 images that PASS above (no flip) cannot show a flip rate under 0.5 % at 95 % confidence (bound
+    # 2.5 %): judged on the bounds the file FAILs, like a FAIL under stricter gates, and the record says how.
+    ckpt, shared = tiny_ckpt_bundle
+    bundle = Path(shutil.copytree(shared, tmp_path / "bundle"))
+    out = tmp_path / "out"
+    assert _uopsl([str(bundle), "--checkpoint", str(ckpt), "--data", str(_val_folder(cast_sets)), "--out", str(out),
+                   "--backends", "ort-cpu", "--n-boot", "100", "--device", "cpu", "--judge-on", "bounds"]) == 1
+    printed = capsys.readouterr().out
+    assert "FAIL ort-cpu:model.onnx" in printed and "upper 95 % bound" in printed
+    report = _strict_json(out / "parity.json")
+    assert report["judged_on"] == "bounds" and report["candidates"][0]["judged_on"] == "bounds"
+    flips = next(c for c in report["candidates"][0]["checks"] if c["name"] == "flip_rate")
+    assert flips["value"] == pytest.approx(report["candidates"][0]["clinical"]["flips"]["upper95"])
+    assert flips["value"] > 0.02 and flips["passed"] is False
+    run = read_manifest(bundle).file("model.onnx").info["parity"]["backends"]["ort-cpu"]
+    assert run["verdict"] == "FAIL" and run["judged_on"] == "bounds"
+    assert "Judged on the 95 % bounds" in (out / "parity.html").read_text(encoding="utf-8")
+    assert _uopsl([str(bundle), "--checkpoint", str(ckpt), "--data", str(_val_folder(cast_sets)), "--out",
+                   str(tmp_path / "bad"), "--judge-on", "worst"]) == 2

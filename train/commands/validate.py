@@ -418,6 +418,10 @@ def _refuse_unknown_labels(bundle: Path, records: list[Any], data_spec: str) -> 
 @click.option("--gates", default=None,
               help=f"Override gates: {DEFAULT_GATES_TEXT}[,prob=1e-4] "
                    "(the defaults are strict; a run with looser ones records no pass).")
+@click.option("--judge-on", type=click.Choice(["estimates", "bounds"]), default="estimates", show_default=True,
+              help="Compare the gates with the measured figures, or with their 95 % bounds (exact upper bounds "
+                   "of the change rates, interval ends of the AUC and sensitivity drops): 0 flips of 120 images "
+                   "then FAILs the 0.5 % flip gate, as its 2.5 % bound says it should.")
 @click.option("--per-layer", is_flag=True, help="Layer-wise SQNR/cosine of each INT8 ONNX file vs FP32, "
                                                 "with a suggested --exclude list for `uopsl quantize`.")
 @click.option("--per-layer-images", type=click.IntRange(1), default=8, show_default=True)
@@ -444,7 +448,8 @@ def _refuse_unknown_labels(bundle: Path, records: list[Any], data_spec: str) -> 
               help="Compare against a checkpoint other than the one the bundle was exported from (a study, not "
                    "a release check): allowed, reported, and never recorded in the manifest.")
 def command(bundle: Path, checkpoint: Path | None, onnx_reference: bool, data_spec: str, out: Path, backends: str,
-            gates: str | None, per_layer: bool, per_layer_images: int, sqnr_threshold: float, limit: int | None,
+            gates: str | None, judge_on: str, per_layer: bool, per_layer_images: int, sqnr_threshold: float,
+            limit: int | None,
             seed: int, bootstrap_seed: int | None, batch_size: int, n_boot: int, device: str, threads: int | None,
             no_resume: bool, record: bool, unknown_labels: str, other_checkpoint: bool) -> int:
     """Validate BUNDLE against its checkpoint (or, on a device, its proven FP32 ONNX file) on --data.
@@ -470,7 +475,8 @@ def command(bundle: Path, checkpoint: Path | None, onnx_reference: bool, data_sp
         click.echo(f"reference: {reference.describe()}")
     names = tuple(b.strip() for b in backends.split(",") if b.strip())
     config = ValidateConfig(
-        backends=names, gates=parse_gates(gates), batch_size=batch_size, n_boot=n_boot, seed=boot_seed,
+        backends=names, gates=parse_gates(gates), judge_on=judge_on, batch_size=batch_size, n_boot=n_boot,
+        seed=boot_seed,
         per_layer=per_layer, per_layer_images=per_layer_images, sqnr_threshold_db=sqnr_threshold,
         threads=threads, resume=not no_resume, record=record, unknown_labels=unknown_labels,
     )
