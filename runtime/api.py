@@ -53,6 +53,7 @@ from uopsl.runtime.overlay import OVERLAY_DIR, THUMB_DIR, write_overlay, write_t
 from uopsl.runtime.pipeline import (
     IMAGE_DATA,
     IMAGE_SUFFIXES,
+    LIST_SUFFIXES,
     ImageInput,
     InferenceHealth,
     InputItem,
@@ -67,8 +68,10 @@ from uopsl.runtime.pipeline import (
     iter_inputs,
     key_path,
     one_or_many,
+    refuse_empty_path,
 )
 from uopsl.runtime.preprocess import PREPROCESS_VERSION
+from uopsl.runtime.quality import QualityConfig
 from uopsl.runtime.report_days import write_reports
 from uopsl.runtime.results import CSV, CSV_STYLES, JSONL, ModelIdentity, ResultStore, model_identity, write_csv
 from uopsl.runtime.stopping import saving_outputs
@@ -260,6 +263,10 @@ class Screener:
         self.threads = None if threads is None else int(threads)
         self.config = PipelineConfig(batch_size=batch_size, workers=workers, infer_ungradable=infer_ungradable,
                                      max_inference_failures=max_inference_failures, worker_pool=worker_pool)
+        if quality_config is not None and not isinstance(quality_config, QualityConfig):
+            raise ConfigError(f"quality_config must be a uopsl.runtime.quality.QualityConfig or None (gate's "
+                              f"defaults), got {type(quality_config).__name__} {quality_config!r}; e.g. "
+                              "QualityConfig(min_brightness=15.0)")
         self.quality_config = quality_config
         self._backend: Backend | None = None
         self._depth = 0  # nested `with` blocks open on this Screener
@@ -409,6 +416,10 @@ class Screener:
         the camera's JPEG bytes, which give exactly the file's result. An array in
         BGR order (``cv2.imread``) comes back ungradable (``not_fundus_colour``).
         """
+        refuse_empty_path(image)
+        if isinstance(image, (str, os.PathLike)) and _names_many(Path(image)):
+            raise ConfigError(f"screen() takes one image; {display_path(image)} is a "
+                              f"{'folder' if os.path.isdir(image) else 'list file'} (use screen_many)")
         items = list(as_items([image]))
         if len(items) != 1:
             raise ConfigError(f"screen() takes one image; {image!r} expanded to {len(items)} inputs (use screen_many)")
@@ -762,6 +773,12 @@ class Screener:
                 with contextlib.suppress(FileNotFoundError):
                     stale.unlink()
         return written
+
+
+def _names_many(p: Path) -> bool:
+    """Whether the path ``p`` is a folder or a list file (inputs that name photographs, not one), without
+    walking it: a one-photograph folder must not pass for that photograph."""
+    return p.is_dir() or (p.suffix.lower() in LIST_SUFFIXES and p.is_file())
 
 
 def _held_open(path: Path) -> bool:

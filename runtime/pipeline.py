@@ -456,6 +456,18 @@ def _missing_input(p: Path, exc: OSError) -> ConfigError:
                        f"{'/'.join(sorted(LIST_SUFFIXES))} list file: check the path")
 
 
+def _named_like_a_photograph(p: Path) -> bool:
+    """Whether ``p``'s name is a photograph's, read or not (a missing one gets an error row, not a stop)."""
+    return image_suffix(p.name) in IMAGE_SUFFIXES | PHOTO_SUFFIXES_NOT_READ
+
+
+def refuse_empty_path(raw: Any) -> None:
+    """An empty path (``""``, an empty form field) is Python's current folder: never screen that unasked."""
+    if isinstance(raw, str) and not raw.strip():
+        raise ConfigError(f"an empty path ({raw!r}) names no photograph; pass a photograph, a folder or a list "
+                          "file (for the current folder, say '.')")
+
+
 def check_inputs(inputs: Iterable[Any]) -> None:
     """Raise :class:`ConfigError` for a top-level input that is missing and not named like a photograph.
 
@@ -466,12 +478,13 @@ def check_inputs(inputs: Iterable[Any]) -> None:
     so callers run it before loading a model or creating an output folder.
     """
     for raw in inputs:
+        refuse_empty_path(raw)
         if isinstance(raw, (str, os.PathLike)):
             p = Path(raw)
             try:
                 st = os.stat(p)
             except OSError as exc:
-                if image_suffix(p.name) not in IMAGE_SUFFIXES:
+                if not _named_like_a_photograph(p):
                     raise _missing_input(p, exc) from None
                 continue
             if stat.S_ISDIR(st.st_mode) and is_output_folder(p):
@@ -515,6 +528,7 @@ def iter_inputs(inputs: Iterable[str | os.PathLike[str]], *, state: WalkState | 
     """
     state = state if state is not None else WalkState()
     for raw in inputs:
+        refuse_empty_path(raw)
         yield from _expand(Path(raw), state, top=True, lists=())
 
 
@@ -529,7 +543,7 @@ def _expand(p: Path, state: WalkState, *, top: bool, lists: tuple[str, ...]) -> 
         st: os.stat_result | None = os.stat(p)
     except OSError as exc:
         st = None
-        if top and image_suffix(p.name) not in IMAGE_SUFFIXES:
+        if top and not _named_like_a_photograph(p):
             raise _missing_input(p, exc) from None
     if st is not None and stat.S_ISDIR(st.st_mode):
         if top and is_output_folder(p):
