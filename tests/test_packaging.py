@@ -30,3 +30,26 @@ def test_wheel_contains_every_module(tmp_path: Path) -> None:
     entry = next(n for n in names if n.endswith("entry_points.txt"))
     text = zipfile.ZipFile(wheel).read(entry).decode()
     assert "uopsl = uopsl.train.cli:main" in text and "uopsl-screen = uopsl.runtime.cli:main" in text
+
+
+def test_each_layer_imports_only_the_layers_below_it() -> None:
+    """runtime < calibration < export < train (docs: "How we write code"), lazy imports inside functions included:
+    a device installs the runtime alone, and a calibration that imported export code would drag torch in."""
+    import ast
+
+    rank = {"runtime": 0, "calibration": 1, "export": 2, "train": 3}
+    upward = []
+    for folder, own in rank.items():
+        for py in sorted((ROOT / folder).rglob("*.py")):
+            for node in ast.walk(ast.parse(py.read_text(encoding="utf-8"))):
+                if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    names = [node.module]
+                elif isinstance(node, ast.Import):
+                    names = [a.name for a in node.names]
+                else:
+                    continue
+                for name in names:
+                    parts = name.split(".")
+                    if parts[0] == "uopsl" and len(parts) > 1 and rank.get(parts[1], -1) > own:
+                        upward.append(f"{py.relative_to(ROOT)}:{node.lineno} imports {name}")
+    assert not upward, "a layer imports a layer above it:\n" + "\n".join(upward)
