@@ -156,7 +156,7 @@ _csv_option = click.option(
 def run_cmd(bundle: Path, inputs: Sequence[Path], out: Path, backend: str, precision: str, threads: int | None,
             batch: int, workers: int | None, worker_pool: str, overlays: bool, report: bool, progress: bool | None,
             no_verify: bool, csv_style: str, trusted_keys: Sequence[Path]) -> int:
-    """Screen INPUTS (files, folders searched recursively, or .txt list files) into --out.
+    """Screen INPUTS (files, folders searched recursively, or .txt/.lst/.list list files) into --out.
 
     Rerunning with the same --out skips the images already screened.
     """
