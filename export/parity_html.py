@@ -70,7 +70,10 @@ def _bound(b: Mapping[str, Any] | None) -> str:
     """``k/n (upper 95 % x %)`` for a change count with its exact bound."""
     if not b:
         return '<span class="na">n/a</span>'
-    return f'{b["changes"]}/{b["n"]} (&le;{_num(b.get("upper95"), ".1%")})'
+    by_patient = b.get("by_patient")
+    patients = (f'; patients {by_patient["changes"]}/{by_patient["n"]} &le;{_num(by_patient.get("upper95"), ".1%")}'
+                if isinstance(by_patient, Mapping) else "")
+    return f'{b["changes"]}/{b["n"]} (&le;{_num(b.get("upper95"), ".1%")}{patients})'
 
 
 def _na_reason(row: Mapping[str, Any], metric: str) -> str:
@@ -211,7 +214,8 @@ def _candidate(c: Mapping[str, Any], images: Mapping[str, str], max_rows: int) -
     ref = clin["referral"]
     ref_sens, ref_spec = _rate_cell(ref, "sensitivity"), _rate_cell(ref, "specificity")
     fl = clin["flips"]
-    flips_bound = {"changes": fl["n"], "n": fl.get("n_images", 0), "upper95": fl.get("upper95")}
+    flips_bound = {"changes": fl["n"], "n": fl.get("n_images", 0), "upper95": fl.get("upper95"),
+                   **({"by_patient": fl["by_patient"]} if fl.get("by_patient") else {})}
     rows.append([f"<b>referral</b> ({_e(ref['rule'])})", "", "", _num(ref.get("n_positive")),
                  _num(ref.get("n_negative")), "", "", "", ref_sens, ref_spec,
                  _bound(flips_bound) if "n_images" in fl else str(fl["n"])])
@@ -232,9 +236,14 @@ def _candidate(c: Mapping[str, Any], images: Mapping[str, str], max_rows: int) -
                  "minus the reference's with its paired 95 % interval (Newcombe's method 10; "
                  + ("gated by its low end" if c.get("judged_on") == "bounds" else "reported, not gated")
                  + "). n/a says why a figure is missing; \"not gated\" marks a figure computed on too few "
-                 "cases for a gate to count it. Intervals and bounds treat images as independent"
-                 + (" (the AUC bootstrap resamples patients)" if (clin.get("patients") or {}).get("known") else "")
-                 + ".</p>")
+                 "cases for a gate to count it. "
+                 + ("With the patients known, each change count is also bounded over patients (\"patients k/n\": "
+                    "patients with a change of all patients, which holds however one patient's images are "
+                    "correlated; --judge-on bounds gates the larger bound); the Wilson and Newcombe intervals "
+                    "treat images as independent (the AUC bootstrap resamples patients)."
+                    if (clin.get("patients") or {}).get("known") else "Intervals and bounds treat images as "
+                    "independent.")
+                 + "</p>")
     roc = images.get(f"roc:{c['name']}")
     if roc:
         parts.append(f'<img class="roc" alt="ROC overlay" src="{roc}">')

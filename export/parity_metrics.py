@@ -293,6 +293,31 @@ def rate_bound(changes: int, n: int, confidence: float = CONFIDENCE) -> dict[str
             "upper95": binomial_upper_bound(int(changes), int(n), confidence)}
 
 
+def patient_rate_bound(changed: np.ndarray, clusters: np.ndarray | None) -> dict[str, Any] | None:
+    """:func:`rate_bound` over patients: how many patients have an image with a change, of all patients.
+
+    Why it bounds the image rate whatever the correlation within a patient: a patient's chance of showing
+    a change is at least any one of its images' chance ``p``, and patients are independent, so the number
+    of patients with a change is at least Binomial(patients, p) in distribution, and its exact bound is one
+    on ``p``. Where patients have unequal numbers of images and the rate differs between them it is
+    approximate (one patient with many changed images weighs more among images than among patients).
+    None when the patients are unknown (``clusters`` None: :func:`patient_clusters`).
+    """
+    if clusters is None:
+        return None
+    mask = np.asarray(changed, bool)
+    return rate_bound(len(np.unique(clusters[mask])), len(np.unique(clusters)))
+
+
+def judged_bound(d: Mapping[str, Any]) -> tuple[float, str]:
+    """The bound ``--judge-on bounds`` gates for a change rate (the larger of by image and by patient) and which."""
+    by_patient = d.get("by_patient")
+    if isinstance(by_patient, Mapping) and _finite(by_patient.get("upper95")) \
+            and float(by_patient["upper95"]) > float(d["upper95"]):
+        return float(by_patient["upper95"]), "by patient"
+    return float(d["upper95"]), "by image"
+
+
 def min_images_for_zero_changes(limit: float, confidence: float = CONFIDENCE) -> int | None:
     """Fewest images on which 0 changes would show, with ``confidence``, a rate of at most ``limit``.
 
@@ -322,14 +347,17 @@ def zero_change_sample_sizes(gates: ParityGates, confidence: float = CONFIDENCE)
             "min_top1_agreement": min_images_for_zero_changes(round(1.0 - gates.min_top1_agreement, 12), confidence)}
 
 
-def zero_change_line(sizes: Mapping[str, int | None], n: int, confidence: float = CONFIDENCE) -> str:
-    """One sentence: from how many images 0 changes shows each rate gate, next to this run's size."""
+def zero_change_line(sizes: Mapping[str, int | None], n: int, confidence: float = CONFIDENCE,
+                     n_patients: int | None = None) -> str:
+    """One sentence: from how many images 0 changes shows each rate gate, next to this run's size (and, with
+    the patients known, that counting them by patient takes as many patients: :func:`patient_rate_bound`)."""
     names = {"max_flip_rate": "referral flips", "max_class_flip_rate": "class-call flips",
              "max_finding_change_rate": "images with a changed finding", "min_top1_agreement": "top-1 changes"}
     parts = [f"{names.get(k, k)} {v}" if v is not None else f"{names.get(k, k)} never (limit 0)"
              for k, v in sizes.items()]
     return (f"0 changes shows a rate within the gate with {confidence:.0%} confidence only from: "
-            + ", ".join(parts) + f" images; this run has {n}")
+            + ", ".join(parts) + f" images; this run has {n}"
+            + (f" (by patient, as many patients: this run has {n_patients})" if n_patients else ""))
 
 
 def nonfinite_images(outputs: Mapping[str, np.ndarray]) -> np.ndarray:
@@ -516,10 +544,13 @@ def patient_facts(patients: Sequence[str | None]) -> dict[str, Any]:
 
 
 #: What the report says next to the exact bounds and the Wilson intervals when the images' patients are known.
-INDEPENDENCE_NOTE = ("the exact (Clopper-Pearson) upper bounds on the change rates and the Wilson intervals of "
-                     "sensitivity and specificity treat every image as independent; images of one patient are "
-                     "correlated, so with several images per patient they may be too narrow (the AUC bootstrap "
-                     "resamples patients)")
+INDEPENDENCE_NOTE = ("the exact (Clopper-Pearson) upper bounds on the change rates treat every image as "
+                     "independent; images of one patient are correlated, so each rate is also bounded over "
+                     "patients (by_patient: patients with a change of all patients, a bound that holds however "
+                     "one patient's images are correlated, where patients have about equally many images), and "
+                     "--judge-on bounds gates the larger. The Wilson intervals of sensitivity and specificity and "
+                     "the Newcombe interval of the sensitivity drop still treat images as independent, so with "
+                     "several images per patient they may be too narrow (the AUC bootstrap resamples patients)")
 
 #: :func:`paired_proportion_difference`'s method, as the report names it.
 NEWCOMBE_PAIRED = "Newcombe (1998) method 10 for paired proportions (Wilson score limits combined with phi)"
@@ -556,6 +587,17 @@ def paired_proportion_difference(both: int, first_only: int, second_only: int, n
     diff = (c - b) / n
     return {"estimate": diff, "low": max(-1.0, diff - eps), "high": min(1.0, diff + delta),
             "method": NEWCOMBE_PAIRED}
+
+
+def _by_patient(changed: np.ndarray, clusters: np.ndarray | None) -> dict[str, Any]:
+    """``{"by_patient": ...}`` (:func:`patient_rate_bound`) when the patients are known, else nothing."""
+    bound = patient_rate_bound(changed, clusters)
+    return {} if bound is None else {"by_patient": bound}
+
+
+def _with_patients(d: dict[str, Any], changed: np.ndarray, clusters: np.ndarray | None) -> dict[str, Any]:
+    d.update(_by_patient(changed, clusters))
+    return d
 
 
 def _sensitivity_difference(y: np.ndarray, ref_call: np.ndarray, cand_call: np.ndarray) -> dict[str, Any]:
@@ -609,7 +651,9 @@ def clinical(
     for k, spec in enumerate(manifest.classes):
         flips_k = int(np.sum(ref_pos[:, k] != cand_pos[:, k]))
         row: dict[str, Any] = {"name": spec.name, "threshold": spec.threshold, "referable": spec.referable,
-                               "decision_flips": flips_k, "decision_changes": rate_bound(flips_k, n)}
+                               "decision_flips": flips_k,
+                               "decision_changes": _with_patients(rate_bound(flips_k, n),
+                                                                  ref_pos[:, k] != cand_pos[:, k], cluster_of)}
         if not truth.defined[k]:
             row["note"] = NO_LABELS
             row["not_evaluated"] = {"auc": NO_LABELS, "sensitivity": NO_LABELS, "specificity": NO_LABELS}
@@ -693,6 +737,7 @@ def clinical(
     findings = finding_changes(manifest, ref, cand, ref_pos, cand_pos, ref_refer, cand_refer, ids)
     flips_out: dict[str, Any] = {"n": len(flips), "rate": len(flips) / n if n else math.nan,
                                  "upper95": binomial_upper_bound(len(flips), n), "n_images": n,
+                                 **_by_patient(ref_refer != cand_refer, cluster_of),
                                  "to_refer": int(np.sum(~ref_refer & cand_refer)),
                                  "to_no_refer": int(np.sum(ref_refer & ~cand_refer)),
                                  "items": [asdict(f) for f in flips]}
@@ -701,10 +746,10 @@ def clinical(
         units["note"] = INDEPENDENCE_NOTE
         # The patients behind the changes (an image without a patient id counts as one of its own).
         mask = manifest.referable_mask
-        changed: np.ndarray = (np.flatnonzero((ref_pos[:, mask] != cand_pos[:, mask]).any(axis=1)) if mask.any()
-                               else np.zeros(0, np.int64))
+        changed = ((ref_pos[:, mask] != cand_pos[:, mask]).any(axis=1) if mask.any() else np.zeros(n, bool))
         flips_out["n_patients"] = int(len(np.unique(cluster_of[flipped])))
         findings["n_patients"] = int(len(np.unique(cluster_of[changed])))
+        findings.update(_by_patient(changed, cluster_of))
     return {
         "truth": truth.source,
         "patients": units,
@@ -712,7 +757,7 @@ def clinical(
         "referral": referral,
         "top1_agreement": float(np.mean(top_ref == top_cand)) if n else math.nan,
         "top1_source": top1_source,
-        "top1_disagreement": rate_bound(top1_changes, n),
+        "top1_disagreement": _with_patients(rate_bound(top1_changes, n), top_ref != top_cand, cluster_of),
         "class_decision_agreement": float(np.mean(ref_pos == cand_pos)) if n else math.nan,
         "class_flips": {"referable": class_flips, "worst_class": worst,
                         "max_rate": class_flips[worst]["rate"] if worst is not None else None},
@@ -1051,26 +1096,32 @@ def judge(gates: ParityGates, numeric: Mapping[str, Any], clin: Mapping[str, Any
     said = "upper 95 % bound; " if bounds else ""
 
     def rate(d: Mapping[str, Any]) -> float:
-        return float(d["upper95"] if bounds else d["rate"])
+        return judged_bound(d)[0] if bounds else float(d["rate"])
+
+    def bound_words(d: Mapping[str, Any]) -> str:
+        return f"upper 95 % bound {judged_bound(d)[1]}; " if bounds else ""
 
     checks: list[GateCheck] = []
     rows = clin["per_class"]
     fl = clin["flips"]
-    checks.append(_check("flip_rate", rate(fl), gates.max_flip_rate, f"{said}{fl['n']} referral decision(s) flipped"))
+    checks.append(_check("flip_rate", rate(fl), gates.max_flip_rate,
+                         f"{bound_words(fl)}{fl['n']} referral decision(s) flipped"))
     referable = [r for r in rows if r["referable"]]
     if referable:
         rates = [(r["name"], rate(r["decision_changes"])) for r in referable]
         name, worst = _worst(rates)
-        flips_k = next(r["decision_flips"] for r in referable if r["name"] == name)
+        worst_row = next(r for r in referable if r["name"] == name)
         checks.append(_check("class_flip_rate", worst, gates.max_class_flip_rate,
-                             f"{said}largest: class {name} ({flips_k} call(s) changed)"))
+                             f"{bound_words(worst_row['decision_changes'])}largest: class {name} "
+                             f"({worst_row['decision_flips']} call(s) changed)"))
     else:
         checks.append(GateCheck("class_flip_rate", None, gates.max_class_flip_rate, True,
                                 "no referable class in the bundle: nothing to gate"))
     found = clin.get("finding_changes") or {}
     if referable and _finite(found.get("rate")):
         checks.append(_check("finding_change_rate", rate(found), gates.max_finding_change_rate,
-                             f"{said}{found.get('changes', '?')} image(s) with a referable class's call changed"))
+                             f"{bound_words(found)}{found.get('changes', '?')} image(s) with a referable class's "
+                             "call changed"))
     else:
         checks.append(GateCheck("finding_change_rate", None, gates.max_finding_change_rate, True,
                                 "no referable class in the bundle: nothing to gate"))
@@ -1110,12 +1161,14 @@ def judge(gates: ParityGates, numeric: Mapping[str, Any], clin: Mapping[str, Any
         checks.append(GateCheck("sensitivity_drop", None, gates.max_sensitivity_drop, True,
                                 "no referable class in the bundle: nothing to gate"))
     top1 = clin.get("top1_agreement")
+    top1_words = ""
     if bounds and _finite(top1):
-        top1 = 1.0 - float(clin["top1_disagreement"]["upper95"])
+        bound, unit = judged_bound(clin["top1_disagreement"])
+        top1, top1_words = 1.0 - bound, f"lower 95 % bound {unit}; "
     source = clin.get("top1_source", "probs")
     checks.append(_check("top1_agreement", float(top1) if isinstance(top1, (int, float)) and _finite(top1) else None,
                          gates.min_top1_agreement,
-                         (f"{'lower 95 % bound; ' if bounds else ''}share of images with the same top class "
+                         (f"{top1_words}share of images with the same top class "
                           f"(from the {source})") if _finite(top1) else "no images compared", at_least=True))
     if gates.max_prob_diff is not None:
         checks.append(_check("max_prob_diff", numeric["max_abs_prob_diff"], gates.max_prob_diff,

@@ -1019,7 +1019,9 @@ def validate_bundle(
                       **({"n_patients": patients["n_patients"]} if patients["known"] else {}),
                       "method": bootstrap_method(patients)},
         "confidence": {"level": CONFIDENCE, "method": "exact (Clopper-Pearson) one-sided upper bound",
-                       "zero_change_min_images": sizes, "line": zero_change_line(sizes, n),
+                       "zero_change_min_images": sizes,
+                       "line": zero_change_line(sizes, n, n_patients=patients["n_patients"] if patients["known"]
+                                                else None),
                        **({"independence_note": INDEPENDENCE_NOTE} if patients["known"] else {}),
                        "proportion_intervals": {"level": 1.0 - PROPORTION_ALPHA, "method": PROPORTION_METHOD,
                                                 "two_sided": True, "gated": False,

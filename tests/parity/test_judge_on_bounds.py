@@ -17,6 +17,7 @@ from uopsl.export.parity_metrics import (
     ParityGates,
     binomial_upper_bound,
     clinical,
+    patient_rate_bound,
     judge,
     min_images_for_zero_changes,
     numerical,
@@ -47,11 +48,11 @@ def _population(n: int, rng: np.random.Generator) -> tuple[np.ndarray, list[tupl
     return np.clip(ref, 0.001, 0.999), labels
 
 
-def _judge(ref: np.ndarray, cand: np.ndarray, labels: list[tuple[str, ...]], on: str, n_boot: int = 300
-           ) -> tuple[dict[str, object], dict[str, object]]:
+def _judge(ref: np.ndarray, cand: np.ndarray, labels: list[tuple[str, ...]], on: str, n_boot: int = 300,
+           patients: list[str | None] | None = None) -> tuple[dict[str, object], dict[str, object]]:
     m = _manifest()
     clin = clinical(m, truth_from_labels(m, labels, NAMES), ref, cand, [f"i{i}" for i in range(len(ref))],
-                    n_boot=n_boot, seed=0)
+                    n_boot=n_boot, seed=0, patients=patients)
     v = judge(ParityGates(), numerical({"probs": ref, "logits": ref}, {"probs": cand, "logits": cand}), clin, on=on)
     return {"verdict": v, **{c.name: c for c in v.checks}}, clin
 
@@ -66,7 +67,7 @@ def test_identical_outputs_on_too_few_images_pass_on_estimates_and_fail_on_bound
     # The figure compared is the exact bound the report prints: 1 - 0.05^(1/120) = 2.47 %, five times 0.5 %.
     assert flips.value == pytest.approx(binomial_upper_bound(0, 120)) == pytest.approx(clin["flips"]["upper95"])
     assert flips.value == pytest.approx(1 - 0.05 ** (1 / 120)) and flips.passed is False
-    assert flips.detail.startswith("upper 95 % bound; 0 referral decision(s) flipped")
+    assert flips.detail.startswith("upper 95 % bound by image; 0 referral decision(s) flipped")
     # Top-1 agreement is judged on its lower bound (1 - the disagreement's upper bound).
     assert bnd["top1_agreement"].value == pytest.approx(1 - binomial_upper_bound(0, 120))
     assert bnd["top1_agreement"].passed is False
@@ -129,3 +130,41 @@ def test_an_unknown_basis_is_refused() -> None:
     ref, labels = _population(20, np.random.default_rng(4))
     with pytest.raises(ConfigError, match="judge on one of"):
         _judge(ref, ref, labels, "worst-case")
+
+
+def test_with_patients_known_each_rate_is_also_bounded_over_patients_and_bounds_gate_the_larger() -> None:
+    # 120 images of 60 patients (two eyes each, rows 2i and 2i + 1): images of one patient are correlated, so
+    # 0 changes bound the rate at 1 - 0.05^(1/60) = 4.87 % over patients, not 2.47 % over images.
+    ref, labels = _population(120, np.random.default_rng(5))
+    labels = [labels[2 * (i // 2)] for i in range(120)]  # both eyes of a patient carry the patient's labels
+    patients: list[str | None] = [f"p{i // 2}" for i in range(120)]
+    ref[[10, 11], 2] = 0.9  # patient p5 is referred for dme in both eyes, so its referral cannot change
+    cand = ref.copy()
+    cand[[10, 11], 1] = np.where(ref[[10, 11], 1] >= 0.4, 0.01, 0.99)  # p5's dr call changes in both eyes
+    bnd, clin = _judge(ref, cand, labels, ON_BOUNDS, patients=patients)
+    flips = clin["flips"]
+    assert flips["by_patient"] == {"changes": 0, "n": 60, "rate": 0.0, "upper95": binomial_upper_bound(0, 60)}
+    assert bnd["flip_rate"].value == pytest.approx(1 - 0.05 ** (1 / 60))
+    assert bnd["flip_rate"].detail.startswith("upper 95 % bound by patient; 0 referral decision(s) flipped")
+    dr = next(r for r in clin["per_class"] if r["name"] == "dr")["decision_changes"]
+    assert (dr["changes"], dr["n"], dr["by_patient"]["changes"], dr["by_patient"]["n"]) == (2, 120, 1, 60)
+    assert bnd["class_flip_rate"].value == pytest.approx(binomial_upper_bound(1, 60))
+    assert "by patient; largest: class dr (2 call(s) changed)" in bnd["class_flip_rate"].detail
+    assert clin["finding_changes"]["by_patient"]["changes"] == 1
+    top1 = clin["top1_disagreement"]
+    assert bnd["top1_agreement"].value == pytest.approx(1 - max(top1["upper95"], top1["by_patient"]["upper95"]))
+    # Estimates are unchanged by the patients: the same rates as without them.
+    est, _ = _judge(ref, cand, labels, ON_ESTIMATES, patients=patients)
+    plain, _ = _judge(ref, cand, labels, ON_ESTIMATES)
+    assert [c.value for c in est["verdict"].checks] == [c.value for c in plain["verdict"].checks]  # type: ignore[attr-defined]
+
+
+def test_each_image_its_own_patient_bounds_alike_and_unknown_patients_add_nothing() -> None:
+    changed = np.array([True, False, False, True, False])
+    assert patient_rate_bound(changed, None) is None
+    own = patient_rate_bound(changed, np.arange(5))
+    assert own is not None and own["changes"] == 2 and own["n"] == 5
+    assert own["upper95"] == pytest.approx(binomial_upper_bound(2, 5))
+    ref, labels = _population(40, np.random.default_rng(6))
+    _, clin = _judge(ref, ref.copy(), labels, ON_ESTIMATES)
+    assert "by_patient" not in clin["flips"] and "by_patient" not in clin["top1_disagreement"]

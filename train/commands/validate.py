@@ -513,7 +513,9 @@ def command(bundle: Path, checkpoint: Path | None, onnx_reference: bool, data_sp
         changed = (f", {findings['changes']} image(s){of_patients(findings)} with a changed finding "
                    f"({findings['rate']:.2%})" if findings["applicable"] else "")
         click.echo(f"  {status} {c['name']} ({c['precision']}): {flips['n']} flips{of_patients(flips)} "
-                   f"(upper 95 % {flips['upper95']:.2%}){changed}, max |dp| {c['numerical']['max_abs_prob_diff']:.2e}"
+                   f"(upper 95 % {flips['upper95']:.2%}"
+                   + (f", by patient {flips['by_patient']['upper95']:.2%}" if flips.get("by_patient") else "")
+                   + f"){changed}, max |dp| {c['numerical']['max_abs_prob_diff']:.2e}"
                    + (f"; {'; '.join(c['reasons'])}" if c["reasons"] else ""))
         for line in failed_gate_headroom(c):
             click.echo(f"      {line}")
@@ -535,8 +537,8 @@ def command(bundle: Path, checkpoint: Path | None, onnx_reference: bool, data_sp
             click.echo(f"  per-layer {file}: no layer to exclude suggested")
     click.echo(f"  {rep['confidence']['line']}")
     if pats["known"]:
-        click.echo(f"  AUC intervals resampled by patient ({pats['n_patients']} patients); the upper bounds "
-                   "assume independent images")
+        click.echo(f"  AUC intervals resampled by patient ({pats['n_patients']} patients); change rates bounded by "
+                   "image and by patient; the sensitivity and specificity intervals assume independent images")
     if rep["record"].get("note"):
         click.echo(f"  {rep['record']['note']}")
     click.echo(f"{rep.get('headline') or result.status}: {result.json_path}, {result.html_path}")
