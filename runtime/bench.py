@@ -395,6 +395,12 @@ def run_bench(bundle: str | os.PathLike[str], backend: str = "auto", precision: 
     if not result["cases"]:
         raise BackendError("no backend could start here: " + "; ".join(f"{f['backend']} {f['precision']}: {f['error']}"
                                                                       for f in result["failed"]))
+    if "auto" in (p.strip() for p in precision.split(",")):
+        # The default measures what a run would use; a bundle's INT8 file that failed (or never had) its parity
+        # check then goes unmeasured without a word, and "bench showed no INT8" reads as "there is none".
+        timed = {c["file"] for c in result["cases"]}
+        result["files_not_measured"] = [{"file": f.path, "precision": f.precision} for f in m.files
+                                        if f.kind in ("onnx", "engine") and f.path not in timed]
     return result
 
 
@@ -411,6 +417,11 @@ def format_table(result: dict[str, Any]) -> str:
         lines.append(f"auto picks: {a.get('backend')} {a.get('precision')} ({a.get('reason', a.get('error'))})")
     for f in result.get("failed", []):
         lines.append(f"not measured: {f['backend']} {f['precision']}: {f['error']}")
+    skipped = result.get("files_not_measured") or []
+    if skipped:
+        lines.append("not measured: " + ", ".join(f"{f['file']} ({f['precision']})" for f in skipped)
+                     + ": --precision auto times what `run` would use (INT8 and FP16 only once validated here); "
+                       "--precision all times every file this machine can run")
     hdr = (f"{'backend':10s} {'precision':12s} {'batch':>5s} {'calls':>5s} {'p50 ms':>9s} {'p90 ms':>9s} "
            f"{'p99 ms':>9s} {'img/s':>9s}")
     lines += ["", "latency per infer call (a whole batch), nearest-rank percentiles", hdr, "-" * len(hdr)]

@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from tinybundle import fundus_jpeg, tiny_bundle  # noqa: F401 - session fixture
+from tinybundle import fundus_jpeg, make_tiny_bundle, tiny_bundle  # noqa: F401 - session fixture
 from uopsl.runtime import bench
 from uopsl.runtime.bench import BenchConfig, format_table, latency_stats, run_bench
 
@@ -94,3 +94,17 @@ def test_info_says_what_each_engine_was_built_for_without_tensorrt(tiny_bundle: 
     assert ("model.fp16.engine (fp16, built for Orin (compute 8.7) with TensorRT 10.3.0, batch 1-8): needs TensorRT"
             in trt[0][2])
     assert "broken.engine (fp16, header unreadable: " in trt[1][2]
+
+
+def test_the_default_precision_names_the_files_it_did_not_time(tmp_path: Path) -> None:
+    """`bench --backend all` times what `run` would use; an unvalidated INT8 file went unmeasured without a word."""
+    bundle = make_tiny_bundle(tmp_path / "b", int8=True)
+    cfg = BenchConfig(batches=(1,), iters=1, warmup=0, e2e=False, preprocess_images=1)
+    res = run_bench(bundle, "ort-cpu", "auto", cfg)
+    assert {c["file"] for c in res["cases"]} == {"model.onnx"}  # never validated: auto keeps FP32
+    assert res["files_not_measured"] == [{"file": "model.int8.onnx", "precision": "int8-qdq-u8"}]
+    assert ("not measured: model.int8.onnx (int8-qdq-u8): --precision auto times what `run` would use"
+            in format_table(res))
+    every = run_bench(bundle, "ort-cpu", "all", cfg)
+    assert {c["file"] for c in every["cases"]} == {"model.onnx", "model.int8.onnx"}
+    assert "files_not_measured" not in every and "not measured" not in format_table(every)
