@@ -71,8 +71,13 @@ def _bound(b: Mapping[str, Any] | None) -> str:
     if not b:
         return '<span class="na">n/a</span>'
     by_patient = b.get("by_patient")
-    patients = (f'; patients {by_patient["changes"]}/{by_patient["n"]} &le;{_num(by_patient.get("upper95"), ".1%")}'
-                if isinstance(by_patient, Mapping) else "")
+    patients = ""
+    if isinstance(by_patient, Mapping):
+        sizes = by_patient.get("images_per_patient") or {}
+        spread = (f", {sizes['min']}-{sizes['max']} images each" if sizes and sizes.get("min") != sizes.get("max")
+                  else "")
+        bound = by_patient.get("upper95_images", by_patient.get("upper95"))
+        patients = f'; patients {by_patient["changes"]}/{by_patient["n"]}{spread} &le;{_num(bound, ".1%")}'
     return f'{b["changes"]}/{b["n"]} (&le;{_num(b.get("upper95"), ".1%")}{patients})'
 
 
@@ -238,8 +243,9 @@ def _candidate(c: Mapping[str, Any], images: Mapping[str, str], max_rows: int) -
                  + "). n/a says why a figure is missing; \"not gated\" marks a figure computed on too few "
                  "cases for a gate to count it. "
                  + ("With the patients known, each change count is also bounded over patients (\"patients k/n\": "
-                    "patients with a change of all patients, which holds however one patient's images are "
-                    "correlated; --judge-on bounds gates the larger bound); the Wilson and Newcombe intervals "
+                    "patients with a change of all patients, its bound widened by the largest patient's share of "
+                    "images where patients hold unequal numbers; it holds however one patient's images are "
+                    "correlated, and --judge-on bounds gates the larger bound); the Wilson and Newcombe intervals "
                     "treat images as independent (the AUC bootstrap resamples patients)."
                     if (clin.get("patients") or {}).get("known") else "Intervals and bounds treat images as "
                     "independent.")

@@ -293,28 +293,46 @@ def rate_bound(changes: int, n: int, confidence: float = CONFIDENCE) -> dict[str
             "upper95": binomial_upper_bound(int(changes), int(n), confidence)}
 
 
-def patient_rate_bound(changed: np.ndarray, clusters: np.ndarray | None) -> dict[str, Any] | None:
-    """:func:`rate_bound` over patients: how many patients have an image with a change, of all patients.
+def patient_rate_bound(changed: np.ndarray, clusters: np.ndarray | None,
+                       within: np.ndarray | None = None) -> dict[str, Any] | None:
+    """:func:`rate_bound` over patients (patients with a change of all patients), and from it a bound on the
+    image rate that holds however one patient's images are correlated (``upper95_images``).
 
-    Why it bounds the image rate whatever the correlation within a patient: a patient's chance of showing
-    a change is at least any one of its images' chance ``p``, and patients are independent, so the number
-    of patients with a change is at least Binomial(patients, p) in distribution, and its exact bound is one
-    on ``p``. Where patients have unequal numbers of images and the rate differs between them it is
-    approximate (one patient with many changed images weighs more among images than among patients).
-    None when the patients are unknown (``clusters`` None: :func:`patient_clusters`).
+    Why it holds: the share of a patient's images that change is at most 1, and 0 when none does, so its
+    expectation is at most the patient's chance ``q`` of showing a change. The image rate is the mean of those
+    shares weighted by images, so at most ``max images / mean images`` times the patients' mean ``q``; and
+    patients are independent, so the exact bound on the count of patients with a change bounds that mean
+    (patients of unequal risk only make it conservative: Hoeffding 1956). With equally many images per
+    patient the factor is 1. ``within``: only these images (e.g. the positives, for a sensitivity).
+    None when the patients are unknown (``clusters`` None: :func:`patient_clusters`) or no image is left.
     """
     if clusters is None:
         return None
-    mask = np.asarray(changed, bool)
-    return rate_bound(len(np.unique(clusters[mask])), len(np.unique(clusters)))
+    keep = np.ones(len(clusters), bool) if within is None else np.asarray(within, bool)
+    codes = clusters[keep]
+    if codes.size == 0:
+        return None
+    _, sizes = np.unique(codes, return_counts=True)
+    hit = np.unique(codes[np.asarray(changed, bool)[keep]])
+    bound = rate_bound(len(hit), len(sizes))
+    factor = float(sizes.max()) / float(sizes.mean())
+    bound["images_per_patient"] = {"min": int(sizes.min()), "max": int(sizes.max()),
+                                   "mean": round(float(sizes.mean()), 4)}
+    bound["upper95_images"] = min(1.0, bound["upper95"] * factor)
+    return bound
 
 
 def judged_bound(d: Mapping[str, Any]) -> tuple[float, str]:
-    """The bound ``--judge-on bounds`` gates for a change rate (the larger of by image and by patient) and which."""
+    """The bound ``--judge-on bounds`` gates for a change rate (the larger of by image and by patient) and which.
+
+    The image bound holds for independent images, the patient one (:func:`patient_rate_bound`) for any
+    correlation within a patient; the larger holds either way.
+    """
     by_patient = d.get("by_patient")
-    if isinstance(by_patient, Mapping) and _finite(by_patient.get("upper95")) \
-            and float(by_patient["upper95"]) > float(d["upper95"]):
-        return float(by_patient["upper95"]), "by patient"
+    if isinstance(by_patient, Mapping):
+        scaled = by_patient.get("upper95_images", by_patient.get("upper95"))
+        if _finite(scaled) and float(scaled) > float(d["upper95"]):
+            return float(scaled), "by patient"
     return float(d["upper95"]), "by image"
 
 
@@ -493,7 +511,8 @@ def _with_intervals(row: dict[str, Any], ref: Mapping[str, Any], cand: Mapping[s
         row[f"{metric}_candidate_ci95"] = cand[f"{metric}_ci95"]
 
 
-def _call_changes(y: np.ndarray, ref_call: np.ndarray, cand_call: np.ndarray) -> dict[str, Any]:
+def _call_changes(y: np.ndarray, ref_call: np.ndarray, cand_call: np.ndarray,
+                  clusters: np.ndarray | None = None) -> dict[str, Any]:
     """Gross changes of the positive/negative call among positives and among negatives of ``y``.
 
     Net sensitivity can stay put while calls swap (a true positive lost, a
@@ -502,7 +521,11 @@ def _call_changes(y: np.ndarray, ref_call: np.ndarray, cand_call: np.ndarray) ->
     """
     changed = ref_call != cand_call
     pos, neg = y.astype(bool), ~y.astype(bool)
+    lost = pos & ref_call & ~cand_call
     return {
+        # The positives whose positive call the candidate lost, of all positives: what ``--judge-on bounds``
+        # gates for a sensitivity (its exact bound; a net drop lets a gained positive offset a lost one).
+        "lost_positives": _with_patients(rate_bound(int(np.sum(lost)), int(pos.sum())), lost, clusters, pos),
         "sensitivity_changes": {**rate_bound(int(np.sum(changed & pos)), int(pos.sum())),
                                 "tp_to_fn": int(np.sum(pos & ref_call & ~cand_call)),
                                 "fn_to_tp": int(np.sum(pos & ~ref_call & cand_call))},
@@ -546,11 +569,12 @@ def patient_facts(patients: Sequence[str | None]) -> dict[str, Any]:
 #: What the report says next to the exact bounds and the Wilson intervals when the images' patients are known.
 INDEPENDENCE_NOTE = ("the exact (Clopper-Pearson) upper bounds on the change rates treat every image as "
                      "independent; images of one patient are correlated, so each rate is also bounded over "
-                     "patients (by_patient: patients with a change of all patients, a bound that holds however "
-                     "one patient's images are correlated, where patients have about equally many images), and "
-                     "--judge-on bounds gates the larger. The Wilson intervals of sensitivity and specificity and "
-                     "the Newcombe interval of the sensitivity drop still treat images as independent, so with "
-                     "several images per patient they may be too narrow (the AUC bootstrap resamples patients)")
+                     "patients (by_patient: patients with a change of all patients, widened by max / mean images "
+                     "per patient in upper95_images, a bound that holds however one patient's images are "
+                     "correlated), and --judge-on bounds gates the larger. The Wilson intervals of sensitivity "
+                     "and specificity and the Newcombe interval of the sensitivity drop treat images as "
+                     "independent, so with several images per patient they may be too narrow (the AUC bootstrap "
+                     "resamples patients)")
 
 #: :func:`paired_proportion_difference`'s method, as the report names it.
 NEWCOMBE_PAIRED = "Newcombe (1998) method 10 for paired proportions (Wilson score limits combined with phi)"
@@ -564,8 +588,8 @@ def paired_proportion_difference(both: int, first_only: int, second_only: int, n
     this method: the difference of a candidate's and the reference's sensitivity is paired (the same
     positives), and a percentile bootstrap of it collapses to [0, 0] when no call changed, reading as
     certainty; Newcombe's method 10 (Statistics in Medicine 17:2635-2650, 1998) combines the Wilson score
-    limits of each proportion through their correlation (phi; 0 where a margin is empty), does not collapse,
-    and stays within [-1, 1]. It assumes independent cases: with several images per patient it is too narrow,
+    limits of each proportion through their correlation (phi, with Newcombe's correction of its numerator; 0
+    where a margin is empty), does not collapse, and stays within [-1, 1]. It assumes independent cases: with several images per patient it is too narrow,
     like every closed-form interval in the report. NaN when there is no case.
     """
     counts = [int(both), int(first_only), int(second_only), int(neither)]
@@ -579,7 +603,12 @@ def paired_proportion_difference(both: int, first_only: int, second_only: int, n
     i1 = proportion_interval(a + b, n, alpha=alpha, method=WILSON)
     i2 = proportion_interval(a + c, n, alpha=alpha, method=WILSON)
     den = float(a + b) * float(c + d) * float(a + c) * float(b + d)
-    phi = (a * d - b * c) / math.sqrt(den) if den > 0 else 0.0
+    # Newcombe's corrected phi (as Altman et al., Statistics with Confidence, 2000, work it): a positive
+    # ad - bc less n / 2 (0 when that is negative); uncorrected, a table without discordant pairs gives
+    # phi = 1 and an interval of [0, 0].
+    cross = float(a * d - b * c)
+    cross = cross - n / 2.0 if cross > n / 2.0 else (cross if cross < 0 else 0.0)
+    phi = cross / math.sqrt(den) if den > 0 else 0.0
     # Newcombe's distances below (delta) and above (eps) p1 - p2; for p2 - p1 (the candidate's minus the
     # reference's) they swap sides.
     delta = math.sqrt(max(0.0, (p1 - i1.low) ** 2 - 2 * phi * (p1 - i1.low) * (i2.high - p2) + (i2.high - p2) ** 2))
@@ -589,14 +618,16 @@ def paired_proportion_difference(both: int, first_only: int, second_only: int, n
             "method": NEWCOMBE_PAIRED}
 
 
-def _by_patient(changed: np.ndarray, clusters: np.ndarray | None) -> dict[str, Any]:
+def _by_patient(changed: np.ndarray, clusters: np.ndarray | None, within: np.ndarray | None = None
+                ) -> dict[str, Any]:
     """``{"by_patient": ...}`` (:func:`patient_rate_bound`) when the patients are known, else nothing."""
-    bound = patient_rate_bound(changed, clusters)
+    bound = patient_rate_bound(changed, clusters, within)
     return {} if bound is None else {"by_patient": bound}
 
 
-def _with_patients(d: dict[str, Any], changed: np.ndarray, clusters: np.ndarray | None) -> dict[str, Any]:
-    d.update(_by_patient(changed, clusters))
+def _with_patients(d: dict[str, Any], changed: np.ndarray, clusters: np.ndarray | None,
+                   within: np.ndarray | None = None) -> dict[str, Any]:
+    d.update(_by_patient(changed, clusters, within))
     return d
 
 
@@ -690,7 +721,7 @@ def clinical(
         row["specificity_reference"], row["specificity_candidate"] = rr["specificity"], cr["specificity"]
         _with_intervals(row, rr, cr)
         row["sensitivity_difference"] = _sensitivity_difference(y, ref_pos[:, k], cand_pos[:, k])
-        row.update(_call_changes(y, ref_pos[:, k], cand_pos[:, k]))
+        row.update(_call_changes(y, ref_pos[:, k], cand_pos[:, k], cluster_of))
         if missing:
             row["not_evaluated"] = missing
         per_class.append(row)
@@ -704,7 +735,7 @@ def clinical(
                          "specificity_reference": rr["specificity"], "specificity_candidate": cr["specificity"]})
         _with_intervals(referral, rr, cr)
         referral["sensitivity_difference"] = _sensitivity_difference(truth.refer, ref_refer, cand_refer)
-        referral.update(_call_changes(truth.refer, ref_refer, cand_refer))
+        referral.update(_call_changes(truth.refer, ref_refer, cand_refer, cluster_of))
         missing = {}
         if not truth.refer.any():
             missing["sensitivity"] = no_pos
@@ -1008,7 +1039,8 @@ class GateCheck:
     """One gate applied to one candidate.
 
     ``passed``: whether the classes it could be evaluated for are within the
-    limit (None when it could be evaluated for none). ``skipped``: the classes
+    limit (None when it could be evaluated for none, or, judged on the bounds,
+    when the figures are within it and their bound, ``value``, is not). ``skipped``: the classes
     it applies to but could not be evaluated for, each ``{"class", "reason"}``;
     ``status`` is INCOMPLETE when any was skipped, so a gate never passes on a
     subset without saying so. ``detail`` says the same in words.
@@ -1085,94 +1117,21 @@ def judge(gates: ParityGates, numeric: Mapping[str, Any], clin: Mapping[str, Any
     unless another gate FAILs. A gate that applies to nothing (a bundle
     without referable classes) has nothing to check and passes.
 
-    ``on``: :data:`ON_ESTIMATES` compares the measured figures with the gates;
-    :data:`ON_BOUNDS` their bounds (:data:`JUDGE_ON`), and a class whose
-    interval is undefined (no bootstrap, one patient on a side) counts as not
-    evaluated. ``max_prob_diff`` is a maximum over the images either way.
+    ``on``: :data:`ON_ESTIMATES` compares the measured figures with the gates.
+    :data:`ON_BOUNDS` (:data:`JUDGE_ON`) first does the same, so a figure over
+    its gate FAILs as before; a gate whose figures are within it must then
+    also have its 95 % bound within it (:func:`_bound_check`), or it is
+    INCOMPLETE: "within the gate on these images, not shown at 95 %" says that
+    the data are too few, not that the file is worse, and an INCOMPLETE does
+    not replace a complete verdict in the manifest (a FAIL would, and the FP32
+    file's FAIL would end its role as the device's reference). ``max_prob_diff``
+    is a maximum over the images either way.
     """
     if on not in JUDGE_ON:
         raise ConfigError(f"judge on one of {JUDGE_ON}; got {on!r}")
-    bounds = on == ON_BOUNDS
-    said = "upper 95 % bound; " if bounds else ""
-
-    def rate(d: Mapping[str, Any]) -> float:
-        return judged_bound(d)[0] if bounds else float(d["rate"])
-
-    def bound_words(d: Mapping[str, Any]) -> str:
-        return f"upper 95 % bound {judged_bound(d)[1]}; " if bounds else ""
-
-    checks: list[GateCheck] = []
-    rows = clin["per_class"]
-    fl = clin["flips"]
-    checks.append(_check("flip_rate", rate(fl), gates.max_flip_rate,
-                         f"{bound_words(fl)}{fl['n']} referral decision(s) flipped"))
-    referable = [r for r in rows if r["referable"]]
-    if referable:
-        rates = [(r["name"], rate(r["decision_changes"])) for r in referable]
-        name, worst = _worst(rates)
-        worst_row = next(r for r in referable if r["name"] == name)
-        checks.append(_check("class_flip_rate", worst, gates.max_class_flip_rate,
-                             f"{bound_words(worst_row['decision_changes'])}largest: class {name} "
-                             f"({worst_row['decision_flips']} call(s) changed)"))
-    else:
-        checks.append(GateCheck("class_flip_rate", None, gates.max_class_flip_rate, True,
-                                "no referable class in the bundle: nothing to gate"))
-    found = clin.get("finding_changes") or {}
-    if referable and _finite(found.get("rate")):
-        checks.append(_check("finding_change_rate", rate(found), gates.max_finding_change_rate,
-                             f"{bound_words(found)}{found.get('changes', '?')} image(s) with a referable class's "
-                             "call changed"))
-    else:
-        checks.append(GateCheck("finding_change_rate", None, gates.max_finding_change_rate, True,
-                                "no referable class in the bundle: nothing to gate"))
-
-    def skipped_of(items: Sequence[Mapping[str, Any]], metric: str) -> list[tuple[str, str]]:
-        return [(r["name"], _not_evaluated_reason(r, metric, bounds)) for r in items]
-
-    def evaluated(r: Mapping[str, Any], metric: str) -> bool:
-        # A figure can be computed yet not count: too few cases (MIN_CASES_PER_CLASS) puts it in not_evaluated.
-        return (_finite(r.get(f"{metric}_reference")) and _finite(r.get(f"{metric}_candidate"))
-                and metric not in (r.get("not_evaluated") or {})
-                and (not bounds or _finite(_drop_bound(r, metric))))
-
-    def drop(r: Mapping[str, Any], metric: str) -> float:
-        if bounds:
-            return float(_drop_bound(r, metric) or 0.0)  # evaluated() checked it is finite
-        return float(r[f"{metric}_reference"] - r[f"{metric}_candidate"])
-
-    drops = [(r["name"], drop(r, "auc")) for r in rows if evaluated(r, "auc")]
-    name, worst = _worst(drops)
-    checks.append(_check("auc_drop", worst, gates.max_auc_drop,
-                         (said + _largest_drop(name, worst, "class ")) if drops else "",
-                         skipped_of([r for r in rows if r["name"] not in dict(drops)], "auc")))
-    sens_rows = [r for r in referable if evaluated(r, "sensitivity")]
-    sens = [(r["name"], drop(r, "sensitivity")) for r in sens_rows]
-    skipped = skipped_of([r for r in referable if r not in sens_rows], "sensitivity")
-    ref = clin["referral"]
-    if evaluated(ref, "sensitivity"):
-        sens.append(("referral", drop(ref, "sensitivity")))
-    elif ref.get("applicable", bool(referable)):
-        skipped.append(("referral", _not_evaluated_reason(ref, "sensitivity", bounds)))
-    if sens or skipped:
-        name, worst = _worst(sens)
-        checks.append(_check("sensitivity_drop", worst, gates.max_sensitivity_drop,
-                             (said + _largest_drop(name, worst, "")) if sens else "", skipped))
-    else:
-        checks.append(GateCheck("sensitivity_drop", None, gates.max_sensitivity_drop, True,
-                                "no referable class in the bundle: nothing to gate"))
-    top1 = clin.get("top1_agreement")
-    top1_words = ""
-    if bounds and _finite(top1):
-        bound, unit = judged_bound(clin["top1_disagreement"])
-        top1, top1_words = 1.0 - bound, f"lower 95 % bound {unit}; "
-    source = clin.get("top1_source", "probs")
-    checks.append(_check("top1_agreement", float(top1) if isinstance(top1, (int, float)) and _finite(top1) else None,
-                         gates.min_top1_agreement,
-                         (f"{top1_words}share of images with the same top class "
-                          f"(from the {source})") if _finite(top1) else "no images compared", at_least=True))
-    if gates.max_prob_diff is not None:
-        checks.append(_check("max_prob_diff", numeric["max_abs_prob_diff"], gates.max_prob_diff,
-                             "max |candidate - reference| over images and classes"))
+    checks = _estimate_checks(gates, numeric, clin)
+    if on == ON_BOUNDS:
+        checks = [_bound_check(c, clin) for c in checks]
     failed = [f"{c.name} {c.value:.4g} {'<' if c.name == 'top1_agreement' else '>'} {c.limit:.4g} ({c.detail})"
               for c in checks if c.passed is False]
     incomplete = [_incomplete_reason(c) for c in checks if c.status == INCOMPLETE]
@@ -1180,24 +1139,147 @@ def judge(gates: ParityGates, numeric: Mapping[str, Any], clin: Mapping[str, Any
     return Verdict(status == PASS, tuple(checks), tuple(failed + incomplete), status)
 
 
-def _drop_bound(row: Mapping[str, Any], metric: str) -> float | None:
-    """The far end of the 95 % interval of ``row``'s ``metric`` drop (reference minus candidate; None: undefined).
+def _evaluated(r: Mapping[str, Any], metric: str) -> bool:
+    """Whether a row's figure counts: computed for both, and not set aside (too few cases: MIN_CASES_PER_CLASS)."""
+    return (_finite(r.get(f"{metric}_reference")) and _finite(r.get(f"{metric}_candidate"))
+            and metric not in (r.get("not_evaluated") or {}))
 
-    Both intervals are of candidate minus reference (:func:`clinical`), so the largest drop is minus the low end.
+
+def _estimate_checks(gates: ParityGates, numeric: Mapping[str, Any], clin: Mapping[str, Any]) -> list[GateCheck]:
+    """Every gate on the measured figures (the verdict of ``--judge-on estimates``)."""
+    checks: list[GateCheck] = []
+    rows = clin["per_class"]
+    fl = clin["flips"]
+    checks.append(_check("flip_rate", fl["rate"], gates.max_flip_rate, f"{fl['n']} referral decision(s) flipped"))
+    referable = [r for r in rows if r["referable"]]
+    if referable:
+        rates = [(r["name"], float(r["decision_changes"]["rate"])) for r in referable]
+        name, worst = _worst(rates)
+        flips_k = next(r["decision_flips"] for r in referable if r["name"] == name)
+        checks.append(_check("class_flip_rate", worst, gates.max_class_flip_rate,
+                             f"largest: class {name} ({flips_k} call(s) changed)"))
+    else:
+        checks.append(GateCheck("class_flip_rate", None, gates.max_class_flip_rate, True,
+                                "no referable class in the bundle: nothing to gate"))
+    found = clin.get("finding_changes") or {}
+    if referable and _finite(found.get("rate")):
+        checks.append(_check("finding_change_rate", float(found["rate"]), gates.max_finding_change_rate,
+                             f"{found.get('changes', '?')} image(s) with a referable class's call changed"))
+    else:
+        checks.append(GateCheck("finding_change_rate", None, gates.max_finding_change_rate, True,
+                                "no referable class in the bundle: nothing to gate"))
+
+    def skipped_of(items: Sequence[Mapping[str, Any]], metric: str) -> list[tuple[str, str]]:
+        return [(r["name"], _not_evaluated_reason(r, metric)) for r in items]
+
+    drops = [(r["name"], r["auc_reference"] - r["auc_candidate"]) for r in rows if _evaluated(r, "auc")]
+    name, worst = _worst(drops)
+    checks.append(_check("auc_drop", worst, gates.max_auc_drop, _largest_drop(name, worst, "class ") if drops else "",
+                         skipped_of([r for r in rows if r["name"] not in dict(drops)], "auc")))
+    sens_rows = [r for r in referable if _evaluated(r, "sensitivity")]
+    sens = [(r["name"], r["sensitivity_reference"] - r["sensitivity_candidate"]) for r in sens_rows]
+    skipped = skipped_of([r for r in referable if r not in sens_rows], "sensitivity")
+    ref = clin["referral"]
+    if _evaluated(ref, "sensitivity"):
+        sens.append(("referral", ref["sensitivity_reference"] - ref["sensitivity_candidate"]))
+    elif ref.get("applicable", bool(referable)):
+        skipped.append(("referral", _not_evaluated_reason(ref, "sensitivity")))
+    if sens or skipped:
+        name, worst = _worst(sens)
+        checks.append(_check("sensitivity_drop", worst, gates.max_sensitivity_drop,
+                             _largest_drop(name, worst, "") if sens else "", skipped))
+    else:
+        checks.append(GateCheck("sensitivity_drop", None, gates.max_sensitivity_drop, True,
+                                "no referable class in the bundle: nothing to gate"))
+    top1 = clin.get("top1_agreement")
+    source = clin.get("top1_source", "probs")
+    checks.append(_check("top1_agreement", float(top1) if isinstance(top1, (int, float)) and _finite(top1) else None,
+                         gates.min_top1_agreement,
+                         f"share of images with the same top class (from the {source})" if _finite(top1)
+                         else "no images compared", at_least=True))
+    if gates.max_prob_diff is not None:
+        checks.append(_check("max_prob_diff", numeric["max_abs_prob_diff"], gates.max_prob_diff,
+                             "max |candidate - reference| over images and classes"))
+    return checks
+
+
+def _gate_bounds(name: str, clin: Mapping[str, Any]) -> tuple[list[tuple[str, float, str]], list[tuple[str, str]]]:
+    """The 95 % bounds of gate ``name``'s figures that count: ``([(what, bound, how)], [(class, why undefined)])``.
+
+    Change rates: :func:`judged_bound` (by image or by patient). AUC drop: the far end of the paired bootstrap
+    interval (two-sided 95 %). Sensitivity drop: the exact bound on the share of positives whose call was lost
+    (``lost_positives``), which a net drop cannot undercut (a gained positive does not offset a lost one).
+    Top-1: the bound on disagreement (1 minus it is the agreement's lower bound).
     """
-    interval = row.get("auc_difference" if metric == "auc" else f"{metric}_difference")
-    low: Any = interval.get("low") if isinstance(interval, Mapping) else None
-    return -float(low) if _finite(low) else None
+    rows = clin["per_class"]
+    referable = [r for r in rows if r["referable"]]
+    if name == "flip_rate":
+        b, how = judged_bound(clin["flips"])
+        return [("referral", b, how)], []
+    if name == "class_flip_rate":
+        return [(f"class {r['name']}", *judged_bound(r["decision_changes"])) for r in referable], []
+    if name == "finding_change_rate":
+        b, how = judged_bound(clin["finding_changes"])
+        return [("findings", b, how)], []
+    if name == "top1_agreement":
+        b, how = judged_bound(clin["top1_disagreement"])
+        return [("top-1", b, how)], []
+    out: list[tuple[str, float, str]] = []
+    undefined: list[tuple[str, str]] = []
+    if name == "auc_drop":
+        for r in rows:
+            if not _evaluated(r, "auc"):
+                continue
+            low: Any = (r.get("auc_difference") or {}).get("low")
+            if _finite(low):
+                out.append((f"class {r['name']}", -float(low), "by the bootstrap interval"))
+            else:
+                note = (r.get("auc_difference") or {}).get("note") or "no bootstrap replicates"
+                undefined.append((r["name"], f"its 95 % interval is undefined ({note})"))
+        return out, undefined
+    if name == "sensitivity_drop":
+        ref = clin["referral"]
+        for what, r in [*((r["name"], r) for r in referable), ("referral", ref)]:
+            if not _evaluated(r, "sensitivity"):
+                continue
+            lost = r.get("lost_positives")
+            if isinstance(lost, Mapping) and _finite(lost.get("upper95")):
+                b, how = judged_bound(lost)
+                out.append((what, b, f"{how}, {lost['changes']} of {lost['n']} positives lost"))
+            else:
+                undefined.append((what, "no count of lost positives"))
+        return out, undefined
+    return [], []
 
 
-def _not_evaluated_reason(row: Mapping[str, Any], metric: str, bounds: bool = False) -> str:
+def _bound_check(c: GateCheck, clin: Mapping[str, Any]) -> GateCheck:
+    """``c`` (a gate judged on the estimates) judged on the 95 % bounds as well (see :func:`judge`)."""
+    if c.passed is False or c.name == "max_prob_diff" or (c.passed is True and c.value is None):
+        return c  # over the gate already (the estimate says enough), a maximum, or a gate with nothing to gate
+    bounds, undefined = _gate_bounds(c.name, clin)
+    at_least = c.name == "top1_agreement"
+    skipped = [(s["class"], s["reason"]) for s in c.skipped] + undefined
+    if not bounds:
+        return GateCheck(c.name, None, c.limit, None, c.detail, tuple({"class": k, "reason": w} for k, w in skipped),
+                         INCOMPLETE)
+    what, worst, how = max(bounds, key=lambda t: t[1])
+    value = 1.0 - worst if at_least else worst
+    shown = value >= c.limit - _EPS if at_least else value <= c.limit + _EPS
+    word = "lower" if at_least else "upper"
+    detail = f"{word} 95 % bound {how} ({what}); estimate {c.value:.4g}" if c.value is not None else \
+        f"{word} 95 % bound {how} ({what})"
+    if not shown:
+        detail += ": within the gate on these images, not shown at 95 %"
+    if skipped:
+        detail += "; not evaluated for " + ", ".join(f"{k} ({w})" for k, w in skipped)
+    status = PASS if shown and not skipped else INCOMPLETE
+    return GateCheck(c.name, float(value), c.limit, True if shown else None, detail,
+                     tuple({"class": k, "reason": w} for k, w in skipped), status)
+
+
+def _not_evaluated_reason(row: Mapping[str, Any], metric: str) -> str:
     """Why ``row``'s ``metric`` is not gated, with its drop when it could be computed (a signer still sees it)."""
-    why = (row.get("not_evaluated") or {}).get(metric)
-    if not why and bounds and _drop_bound(row, metric) is None:
-        interval = row.get("auc_difference" if metric == "auc" else f"{metric}_difference")
-        why = f"its 95 % interval is undefined ({(interval or {}).get('note') or 'no bootstrap replicates'})" \
-            if metric == "auc" else "its 95 % interval is undefined"
-    why = str(why or f"{metric} undefined")
+    why = str((row.get("not_evaluated") or {}).get(metric) or f"{metric} undefined")
     a, b = row.get(f"{metric}_reference"), row.get(f"{metric}_candidate")
     if a is not None and b is not None and _finite(a) and _finite(b):
         why += f"; its drop {float(a) - float(b):.4g} is reported, not gated"
@@ -1205,8 +1287,12 @@ def _not_evaluated_reason(row: Mapping[str, Any], metric: str, bounds: bool = Fa
 
 
 def _incomplete_reason(c: GateCheck) -> str:
-    """Why ``c`` did not vouch in full: the classes it skipped with their reasons."""
+    """Why ``c`` did not vouch in full: the classes it skipped with their reasons, or (judged on bounds) that a
+    figure within the gate was not shown within it at 95 %."""
     skipped = ", ".join(f"{s['class']} ({s['reason']})" for s in c.skipped)
+    if c.passed is None and c.value is not None:  # _bound_check: the bound is over the gate
+        relation = "<" if c.name == "top1_agreement" else ">"
+        return f"{c.name} {c.value:.4g} {relation} {c.limit:.4g} ({c.detail})"
     if c.passed is None:
         return f"{c.name} not evaluated for {skipped}" if skipped else f"{c.name} not evaluated ({c.detail})"
     relation = ">=" if c.name == "top1_agreement" else "<="

@@ -420,8 +420,8 @@ def format_table(result: dict[str, Any]) -> str:
     skipped = result.get("files_not_measured") or []
     if skipped:
         lines.append("not measured: " + ", ".join(f"{f['file']} ({f['precision']})" for f in skipped)
-                     + ": --precision auto times what `run` would use (INT8 and FP16 only once validated here); "
-                       "--precision all times every file this machine can run")
+                     + ": --precision auto times only what `run` would use here; --precision all times every "
+                       "file this machine can run")
     hdr = (f"{'backend':10s} {'precision':12s} {'batch':>5s} {'calls':>5s} {'p50 ms':>9s} {'p90 ms':>9s} "
            f"{'p99 ms':>9s} {'img/s':>9s}")
     lines += ["", "latency per infer call (a whole batch), nearest-rank percentiles", hdr, "-" * len(hdr)]

@@ -103,7 +103,7 @@ def test_the_default_precision_names_the_files_it_did_not_time(tmp_path: Path) -
     res = run_bench(bundle, "ort-cpu", "auto", cfg)
     assert {c["file"] for c in res["cases"]} == {"model.onnx"}  # never validated: auto keeps FP32
     assert res["files_not_measured"] == [{"file": "model.int8.onnx", "precision": "int8-qdq-u8"}]
-    assert ("not measured: model.int8.onnx (int8-qdq-u8): --precision auto times what `run` would use"
+    assert ("not measured: model.int8.onnx (int8-qdq-u8): --precision auto times only what `run` would use here"
             in format_table(res))
     every = run_bench(bundle, "ort-cpu", "all", cfg)
     assert {c["file"] for c in every["cases"]} == {"model.onnx", "model.int8.onnx"}

@@ -33,19 +33,25 @@ def test_wheel_contains_every_module(tmp_path: Path) -> None:
 
 
 def test_each_layer_imports_only_the_layers_below_it() -> None:
-    """runtime < calibration < export < train (docs: "How we write code"), lazy imports inside functions included:
-    a device installs the runtime alone, and a calibration that imported export code would drag torch in."""
+    """runtime < calibration < export < train (docs: "How we write code"), lazy imports inside functions and the
+    lazily loaded commands ("uopsl.x.y:command" strings) included: a device installs the runtime alone, and a
+    calibration that imported export code would drag torch in."""
     import ast
+    import re
 
     rank = {"runtime": 0, "calibration": 1, "export": 2, "train": 3}
+    lazy = re.compile(r"^uopsl\.([a-z_]+)(\.[A-Za-z_.]+)?:[A-Za-z_]+$")
     upward = []
     for folder, own in rank.items():
         for py in sorted((ROOT / folder).rglob("*.py")):
             for node in ast.walk(ast.parse(py.read_text(encoding="utf-8"))):
                 if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                    names = [node.module]
+                    # `from uopsl import export` names the layer in the imported names
+                    names = ([f"uopsl.{a.name}" for a in node.names] if node.module == "uopsl" else [node.module])
                 elif isinstance(node, ast.Import):
                     names = [a.name for a in node.names]
+                elif isinstance(node, ast.Constant) and isinstance(node.value, str) and lazy.match(node.value):
+                    names = [node.value.split(":")[0]]
                 else:
                     continue
                 for name in names:
