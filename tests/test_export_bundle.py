@@ -265,8 +265,8 @@ def test_reexport_with_a_classes_file_adds_an_unseen_class_without_retraining(
     # Where each threshold came from (a validator's question before a flip count means anything).
     sources = [p["source"] for p in m.notes["operating_points"]]
     assert sources[2] == "class file classes.toml" and sources[3].startswith("chosen on no data")
-    assert all(s in ("checkpoint validation data", "the checkpoint's (how it was chosen is not recorded)")
-               for s in sources[:2]), sources
+    # The fixture's checkpoint carries thresholds without operating-point records.
+    assert sources[:2] == ["the checkpoint's (how it was chosen is not recorded)"] * 2, sources
     bank = np.load(out / "class_bank.npy")
     assert bank.shape == (4, 384)
     # The classes listed without phrases keep the trained prototypes exactly (their thresholds stay valid).
@@ -391,3 +391,37 @@ def test_threshold_provenance_says_when_no_data_chose_a_threshold_and_when_qat_m
     line = _operating_points(got)
     assert "target sensitivity 0.90 on 12 positive / 30 negative validation images" in line
     assert "chosen on no data (no validation images)" in line and "0 positive" not in line
+    # QAT: the records were measured before QAT moved the weights, and the words say so (a mutation audit:
+    # the QAT records were built here but never rendered).
+    from uopsl.runtime.bundle import describe_operating_point
+
+    assert describe_operating_point(qat[0]) == ("target sensitivity 0.90 on 12 positive / 30 negative validation "
+                                                "images, before QAT")
+    assert describe_operating_point(got[0]).endswith("validation images")
+
+
+def test_threshold_provenance_needs_the_records_own_threshold_and_names_each_way_it_was_chosen() -> None:
+    """A mutation audit (session 29): a record whose threshold is not the exported one was taken as its source,
+    a 'fallback' record read as validation data, and a Youden record lost its counts; no test noticed."""
+    from uopsl.runtime.bundle import describe_operating_point
+    from uopsl.train.workflow import threshold_provenance
+
+    _, meta = tiny_model()
+    names = tuple(meta.model.classes)
+    assert len(names) >= 3
+    thresholds = (0.3, 0.5, 0.7) + (0.5,) * (len(names) - 3)
+    records = [{"name": names[0], "threshold": 0.31, "method": "target_sensitivity", "target_sensitivity": 0.9,
+                "n_positive": 12, "n_negative": 30},  # measured at 0.31; the export writes 0.3
+               {"name": names[1], "threshold": thresholds[1], "method": "fallback", "n_positive": 3,
+                "n_negative": 40, "note": "fewer than 10 positive validation images"},
+               {"name": names[2], "threshold": thresholds[2], "method": "youden", "n_positive": 5,
+                "n_negative": 9}]
+    meta = replace(meta, thresholds=thresholds, metrics={"operating_points": records})
+    got = threshold_provenance(names, thresholds, meta, None)
+    assert got[0] == {"name": names[0], "threshold": 0.3,
+                      "source": "the checkpoint's (how it was chosen is not recorded)"}
+    assert got[1]["source"] == "chosen on no data (fewer than 10 positive validation images)"
+    assert got[2]["source"] == "checkpoint validation data"
+    assert describe_operating_point(got[2]) == "youden on 5 positive / 9 negative validation images"
+    assert describe_operating_point(got[0]) == "the checkpoint's (how it was chosen is not recorded)"
+    assert describe_operating_point(got[1]) == "chosen on no data (fewer than 10 positive validation images)"

@@ -174,7 +174,7 @@ def test_quantize_with_gptq_brings_the_encoder_output_closer_to_fp32_and_says_so
     # With the table as calibrate writes it, the stem's input holds its bound from the uint8 type (0..255 less
     # the mean), wider than these images reach: its rounding noise, which no weight rounding touches, is part
     # of both errors (ratio 0.89-0.95 over image seeds 7-10, session 28).
-    assert err_gptq < err_plain, (err_gptq, err_plain)
+    assert err_gptq < 0.97 * err_plain, (err_gptq, err_plain)  # 0.920 here (seed 7), session 29
     # What GPTQ itself changes, the weights' rounding, shows with every range measured on the images (the
     # table before session 28): 0.80-0.84 over the same seeds (0.82-0.86 in session 5).
     stats = collect_statistics(tiny_onnx, tiny_calib_set, batch_size=8, show_progress=False)

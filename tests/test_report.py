@@ -97,6 +97,17 @@ def test_csv_findings_model_file_and_formula_like_names(tiny_bundle: Path, tmp_p
         got = list(csv.DictReader(fh))
     assert [g["same_as"] for g in got] == ["", "", "", got[2]["source"]]
     assert got[1]["advice"] == "No result: take or copy the photograph again."  # an old row without reasons
+    # Three copies all name the first one (not the row just above), and a photograph screened again under its
+    # own name (the same source twice) is no copy of itself (a mutation audit: neither was pinned).
+    rows = [{**_row(9, "ok", False, 0.1), "sha256": "c" * 64, "source": "a.jpg"},
+            {**_row(10, "ok", False, 0.1), "sha256": "c" * 64, "source": "b.jpg"},
+            {**_row(11, "ok", False, 0.1), "sha256": "c" * 64, "source": "c.jpg"},
+            {**_row(12, "ok", False, 0.1), "sha256": "d" * 64, "source": "d.jpg"},
+            {**_row(13, "ok", False, 0.1), "sha256": "d" * 64, "source": "d.jpg"}]
+    write_csv(tmp_path / "c.csv", rows, m.class_names, referable=referable)
+    with open(tmp_path / "c.csv", encoding="utf-8-sig", newline="") as fh:
+        got = list(csv.DictReader(fh))
+    assert [g["same_as"] for g in got] == ["", "a.jpg", "a.jpg", "", ""]
 
 
 def test_csv_for_spreadsheets_with_a_decimal_comma(tiny_bundle: Path, tmp_path: Path,

@@ -691,3 +691,21 @@ def test_device19_one_failure_between_successes_only_costs_its_rows(tiny_bundle:
         s.backend.infer = flaky  # type: ignore[method-assign]
         results = list(s.screen_many(paths))
     assert [r.status for r in results] == ["ok", "error"] * 3
+
+
+@pytest.mark.parametrize("suffix", [".heic", ".heif", ".hif", ".avif", ".HEIC"])
+def test_each_phone_photo_type_is_walked_unless_its_exported_jpeg_is_beside_it(tmp_path: Path, suffix: str) -> None:
+    """Every suffix of PHOTO_SUFFIXES_NOT_READ gets a row of its own, and a phone photo beside the JPEG
+    exported from it is left out whatever the case of either name (a mutation audit: dropping .avif, or
+    comparing the names case-sensitively, left every test green). Camera RAW stays out (its TIFF thumbnail
+    would be graded)."""
+    from uopsl.runtime.pipeline import WalkState, walk_images
+
+    (tmp_path / f"alone{suffix}").write_bytes(b"\x00\x00\x00\x18ftypheic" + bytes(64))
+    (tmp_path / f"IMG_1{suffix}").write_bytes(b"\x00\x00\x00\x18ftypheic" + bytes(64))
+    fundus_jpeg(tmp_path / "img_1.jpg")
+    (tmp_path / "raw.dng").write_bytes(b"II*\x00" + bytes(64))
+    state = WalkState()
+    names = sorted(p.name for p in walk_images(tmp_path, state))
+    assert names == sorted([f"alone{suffix}", "img_1.jpg"])
+    assert dict(state.skipped) == {suffix.lower(): 1, ".dng": 1}

@@ -32,11 +32,12 @@ import pytest
 
 from test_validate_signoff import _bundle, _cand, _checkpoint, _csv, _fake_torch, _labels, _Models
 from validatekit import (  # noqa: F401 - photos, image_keys: module fixtures
-    CPU, NAMES, THRESHOLDS, N, image_keys, photos, uopsl_validate,
+    CPU, NAMES, THRESHOLDS, N, Table, image_keys, photos, uopsl_validate,
 )
 from uopsl.export import validate as validate_mod
 from uopsl.export.bundle_writer import record_parity
 from uopsl.export.parity_metrics import (
+    FAIL,
     INCOMPLETE,
     MIN_CASES_PER_CLASS,
     PASS,
@@ -49,7 +50,7 @@ from uopsl.export.parity_metrics import (
     truth_from_labels,
 )
 from uopsl.export.validate import ImageRecord, ValidateConfig, validate_bundle
-from uopsl.runtime.bundle import ClassSpec, FileEntry, Manifest, read_manifest
+from uopsl.runtime.bundle import MIN_PARITY_IMAGES, ClassSpec, FileEntry, Manifest, read_manifest
 from uopsl.runtime.metrics import paired_auc_difference, roc_auc
 from uopsl.runtime.preprocess import PreprocessConfig
 
@@ -346,17 +347,24 @@ def test_a_pass_under_looser_gates_is_not_a_release_pass(
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert last.startswith("PASS (not a release pass: gates looser than the defaults: max_flip_rate=0.05 "
                            "(default 0.005)"), last
-    assert last.split(": ")[-2].endswith("; nothing recorded)") or "; nothing recorded): " in last
+    # the line is "<headline>: <parity.json>, <parity.html>", the headline ending in what the manifest got
+    assert last == ("PASS (not a release pass: gates looser than the defaults: max_flip_rate=0.05 (default 0.005), "
+                    "max_class_flip_rate=0.05 (default 0.005), max_finding_change_rate=0.05 (default 0.01), "
+                    "max_sensitivity_drop=0.1 (default 0.01); nothing recorded): "
+                    f"{tmp_path / 'loose' / 'parity.json'}, {tmp_path / 'loose' / 'parity.html'}"), last
     rep = json.loads((tmp_path / "loose" / "parity.json").read_text())
     assert rep["verdict"] == PASS and rep["release_pass"] is False
     assert rep["release_pass_reasons"][0].startswith("gates looser than the defaults")
     assert rep["headline"].startswith("PASS (not a release pass: ") and rep["headline"].endswith("nothing recorded)")
+    assert last == f"{rep['headline']}: {tmp_path / 'loose' / 'parity.json'}, {tmp_path / 'loose' / 'parity.html'}"
     html = (tmp_path / "loose" / "parity.html").read_text(encoding="utf-8")
     assert "banner pass'>PASS (not a release pass" in html and "Not a release pass: gates looser" in html
     # The default gates fail it: the reasons name the file, the backend and the gate (a review: "the verdict is
     # FAIL" alone gave a release script nothing).
     assert uopsl_validate([*base, "--out", str(tmp_path / "strict")]) == 1
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("FAIL: ")  # the verdict, not "PASS (not..."
     rep = json.loads((tmp_path / "strict" / "parity.json").read_text())
+    assert rep["verdict"] == "FAIL" and rep["headline"] == "FAIL"
     assert rep["release_pass"] is False and len(rep["release_pass_reasons"]) == 1
     why = rep["release_pass_reasons"][0]
     assert why.startswith("the verdict is FAIL: ort-cpu:model.int8.onnx FAIL (") and "flip" in why, why
@@ -376,8 +384,9 @@ def test_a_pass_under_looser_gates_is_not_a_release_pass(
     # A review of the labels: an unchanged file read "largest drop: dr"; the gates table showed the FP32
     # tolerance as n/a; nothing said what the bundle may be used for.
     int8 = next(c for c in rep["candidates"] if c["file"] == "model.int8.onnx")
-    details = " ".join(str(g) for g in int8["gates"]) if isinstance(int8.get("gates"), list) else json.dumps(int8)
-    assert "no drop in any class" in details and "largest drop: class" not in details
+    checks = {c["name"]: c for c in int8["checks"]}
+    assert checks["auc_drop"]["detail"] == "no drop in any class" and checks["auc_drop"]["value"] == 0.0
+    assert not any("largest drop" in c["detail"] for c in int8["checks"])
     html = (tmp_path / "full" / "parity.html").read_text(encoding="utf-8")
     assert "none, but the FP32 file on ort-cpu: 1e-4" in html
     assert "Intended use of this bundle:" in html and rep["bundle"]["intended_use"]["status"]
@@ -473,3 +482,80 @@ def test_sensitivity_differences_are_reported_not_gated(
     assert diff["estimate"] == pytest.approx(-3 / 24) and diff["low"] < -3 / 24 < diff["high"] < 0.05
     assert diff["method"].startswith("Newcombe")
     assert rep["confidence"]["sensitivity_difference"]["gated"] is False
+
+
+# -- the release pass and the headline, unit by unit ----------------------------------------------------------
+def _release_report(verdict: str, candidates: Sequence[dict[str, Any]] = (), *,
+                    n_used: int = MIN_PARITY_IMAGES) -> dict[str, Any]:
+    """What ``_set_release`` reads of a report: the verdict, the candidates, the gates, the images used, the record."""
+    return {"verdict": verdict, "candidates": list(candidates), "gates": ParityGates().to_dict(),
+            "data": {"n_used": n_used},
+            "record": {"enabled": True, "recorded": ["ort-cpu:model.onnx"],
+                       "recorded_verdicts": [{"name": "ort-cpu:model.onnx", "verdict": verdict}]}}
+
+
+@pytest.mark.parametrize("verdict", [FAIL, INCOMPLETE])
+def test_a_run_that_did_not_pass_has_its_verdict_as_the_headline(verdict: str) -> None:
+    """Not a release pass, with the reason, but the headline is the verdict: never "PASS (not a release pass..."."""
+    rep = _release_report(verdict, [
+        {"name": "ort-cpu:model.onnx", "passed": True, "verdict": PASS, "reasons": []},
+        {"name": "ort-cpu:model.int8.onnx", "passed": False, "verdict": verdict, "reasons": ["flip rate 0.02"]}])
+    validate_mod._set_release(rep, None, {"data": "test table"})
+    assert rep["headline"] == verdict
+    assert rep["release_pass"] is False
+    assert rep["release_pass_reasons"] == [f"the verdict is {verdict}: ort-cpu:model.int8.onnx {verdict} "
+                                           "(flip rate 0.02)"]
+
+
+def test_a_pass_against_another_checkpoint_is_not_a_release_pass_even_under_the_default_gates() -> None:
+    """Default gates and enough images (no weak run): another checkpoint alone withholds the release pass."""
+    rep = _release_report(PASS, [{"name": "ort-cpu:model.onnx", "passed": True, "verdict": PASS, "reasons": []}])
+    validate_mod._set_release(rep, None, {"data": "test table", "other_checkpoint": True})
+    why = "judged against another checkpoint than the bundle's (--other-checkpoint: a study)"
+    assert rep["release_pass"] is False and rep["release_pass_reasons"] == [why]
+    assert "another checkpoint" in rep["release_pass_reasons"][0]
+    assert rep["headline"] == f"PASS (not a release pass: {why}; recorded: ort-cpu:model.onnx PASS)"
+    # the same run on the bundle's own checkpoint is a release pass, the verdict alone its headline
+    rep = _release_report(PASS, [{"name": "ort-cpu:model.onnx", "passed": True, "verdict": PASS, "reasons": []}])
+    validate_mod._set_release(rep, None, {"data": "test table", "other_checkpoint": False})
+    assert rep["release_pass"] is True and rep["release_pass_reasons"] == [] and rep["headline"] == PASS
+
+
+# -- what the report says of the runtime and the bundle ---------------------------------------------------------
+class _SettingsUnreadable(Table):
+    """A candidate that loads and runs but whose ``settings()`` raises (a backend that cannot describe itself)."""
+
+    def settings(self) -> dict[str, object]:
+        raise RuntimeError("the session's options are gone")
+
+
+def test_a_candidate_whose_settings_cannot_be_read_is_still_judged(
+        bundle: Path, photos: list[Path], image_keys: dict[str, int], monkeypatch: pytest.MonkeyPatch,
+        tmp_path: Path) -> None:
+    labels = _labels(N)
+    models = _Models(image_keys, monkeypatch, labels)
+    monkeypatch.setattr(validate_mod, "open_candidate", lambda bundle, spec, threads, manifest: _SettingsUnreadable(
+        image_keys, lambda: models.files[spec.file]))
+    res = _run(bundle, _records(photos, labels), models, tmp_path / "out")
+    assert res.status == PASS
+    for file in ("model.onnx", "model.int8.onnx"):
+        c = _cand(res.report, file)
+        assert c["verdict"] == PASS and c["passed"] is True and "error" not in c, c.get("error")
+        assert c["runtime_settings"] == {"error": "settings not read: the session's options are gone"}
+    assert res.report["record"]["recorded"] == ["ort-cpu:model.onnx", "ort-cpu:model.int8.onnx"]
+
+
+def test_the_report_carries_the_manifests_operating_points(
+        photos: list[Path], image_keys: dict[str, int], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    points = [{"name": "dr", "threshold": 0.3, "method": "target_sensitivity", "target_sensitivity": 0.9,
+               "n_positive": 31, "n_negative": 69, "source": "validation split"},
+              {"name": "glaucoma", "threshold": 0.5, "method": "fixed", "source": "chosen on no data"}]
+    root = _bundle(tmp_path / "bundle", notes={"operating_points": points})
+    assert read_manifest(root).notes["operating_points"] == points
+    labels = _labels(N)
+    res = _run(root, _records(photos, labels), _Models(image_keys, monkeypatch, labels), tmp_path / "out")
+    assert res.report["bundle"]["operating_points"] == points
+    assert json.loads(res.json_path.read_text())["bundle"]["operating_points"] == points
+    html = res.html_path.read_text(encoding="utf-8")
+    assert "Operating thresholds" in html
+    assert "dr 0.3 (target sensitivity 0.90 on 31 positive / 69 negative validation images)" in html
