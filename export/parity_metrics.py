@@ -1232,7 +1232,7 @@ def _gate_bounds(name: str, clin: Mapping[str, Any]) -> tuple[list[tuple[str, fl
                 continue
             low: Any = (r.get("auc_difference") or {}).get("low")
             if _finite(low):
-                out.append((f"class {r['name']}", -float(low), "by the bootstrap interval"))
+                out.append((f"class {r['name']}", 0.0 - float(low), "by the bootstrap interval"))  # 0.0 - x: never -0.0
             else:
                 note = (r.get("auc_difference") or {}).get("note") or "no bootstrap replicates"
                 undefined.append((r["name"], f"its 95 % interval is undefined ({note})"))

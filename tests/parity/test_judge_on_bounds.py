@@ -80,6 +80,7 @@ def test_identical_outputs_on_too_few_images_are_not_shown_within_the_gates() ->
     assert bnd["top1_agreement"].status == INCOMPLETE
     # Equal scores: the AUC drop's paired bootstrap interval is [0, 0], shown within the gate.
     assert bnd["auc_drop"].value == pytest.approx(0.0) and bnd["auc_drop"].status == PASS
+    assert f"{bnd['auc_drop'].value:.4g}" == "0"  # minus a low end of 0.0 read "-0" in the reasons
     # Sensitivity: no positive lost of 60, bound 1 - 0.05^(1/60) = 4.87 % (the worst of dr, dme, referral).
     assert bnd["sensitivity_drop"].value == pytest.approx(binomial_upper_bound(0, 60))
     assert "0 of 60 positives lost" in bnd["sensitivity_drop"].detail
