@@ -370,10 +370,13 @@ def _per_layer(per_layer: Mapping[str, Any], max_rows: int = 40) -> str:
 def _judged_on(on: Any) -> str:
     """What the verdicts compared with the gates, in words (a report from before the option: the estimates)."""
     if on == "bounds":
-        return ("<p><b>Judged on the 95 % bounds</b> (<code>--judge-on bounds</code>): each change rate's exact "
-                "one-sided upper bound, the far end of each AUC and sensitivity drop's two-sided 95 % interval "
-                "and the lower bound of top-1 agreement must be within its gate; a class whose interval is "
-                "undefined is not evaluated.</p>")
+        return ("<p><b>Judged on the 95 % bounds</b> (<code>--judge-on bounds</code>): a figure over its gate "
+                "fails as on the estimates; a figure within it must also have its bound within it, or the gate "
+                "reads INCOMPLETE (within the gate on these images, not shown at 95 %). The bounds: each change "
+                "rate's exact one-sided upper bound (by image or, larger, by patient), the lower bound of top-1 "
+                "agreement, the far end of each AUC drop's two-sided 95 % interval, and for each sensitivity the "
+                "exact upper bound of the share of positives lost; a class whose interval is undefined is not "
+                "evaluated.</p>")
     return ("<p class='note'>Judged on the point estimates (the default): the bounds beside each figure are "
             "reported, not gated (<code>--judge-on bounds</code> gates them).</p>")
 
