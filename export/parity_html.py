@@ -108,7 +108,10 @@ def _rate_cell(row: Mapping[str, Any], metric: str) -> str:
     if diff:
         cell += (f'<br><span class="note">Δ cand − ref {_num(diff.get("estimate"), "+.3f")} '
                  f'[{_num(diff.get("low"), "+.3f")}, {_num(diff.get("high"), "+.3f")}] (paired, Newcombe)</span>')
-    return cell + f'<br>changes {_bound(row.get(f"{metric}_changes"))}'
+    cell += f'<br>changes {_bound(row.get(f"{metric}_changes"))}'
+    if metric == "sensitivity" and row.get("lost_positives"):
+        cell += f'<br>lost {_bound(row.get("lost_positives"))}'
+    return cell
 
 
 def _finite_number(x: Any) -> bool:
@@ -142,7 +145,8 @@ def _summary(report: Mapping[str, Any]) -> str:
                          f'<span class="fail">{_e(c["error"])}</span>', "", "", "", "", "", "", "", "", ""])
             continue
         num, clin = c["numerical"], c["clinical"]
-        checks = {k["name"]: k for k in c["checks"]}
+        # The measured figures, whatever the verdict compared (judged on the bounds, "checks" hold the bounds).
+        checks = {k["name"]: k for k in c.get("estimate_checks") or c["checks"]}
         class_flip = checks.get("class_flip_rate", {})
         worst_class = (clin.get("class_flips") or {}).get("worst_class")
         rows.append([
@@ -233,14 +237,16 @@ def _candidate(c: Mapping[str, Any], images: Mapping[str, str], max_rows: int) -
                  "is the reference's own decisions, so its figures are 1 by construction). "
                  "Changes: images whose call differs from the reference\'s, among the positives "
                  "(sensitivity), the negatives (specificity) or all images (decision flips), with the exact "
-                 "one-sided 95 % upper bound on their rate (Clopper-Pearson). "
-                 + ("The gates compare these bounds and the far ends of the AUC and sensitivity intervals "
-                    "(--judge-on bounds). " if c.get("judged_on") == "bounds" else
+                 "one-sided 95 % upper bound on their rate (Clopper-Pearson); lost: the positives whose positive "
+                 "call the candidate lost, of all positives. "
+                 + ("Judged on the bounds (--judge-on bounds), the gates compare the decision flips' bounds, the "
+                    "lost positives' bound (sensitivity) and the far end of each AUC interval; the Wilson and "
+                    "Newcombe intervals and the specificity changes are reported, not gated. "
+                    if c.get("judged_on") == "bounds" else
                     "The gates compare the point values; the bound shows how large the true rate may still be. ")
                  + "Δ cand − ref: the candidate's sensitivity "
-                 "minus the reference's with its paired 95 % interval (Newcombe's method 10; "
-                 + ("gated by its low end" if c.get("judged_on") == "bounds" else "reported, not gated")
-                 + "). n/a says why a figure is missing; \"not gated\" marks a figure computed on too few "
+                 "minus the reference's with its paired 95 % interval (Newcombe's method 10; reported, not gated)"
+                 + ". n/a says why a figure is missing; \"not gated\" marks a figure computed on too few "
                  "cases for a gate to count it. "
                  + ("With the patients known, each change count is also bounded over patients (\"patients k/n\": "
                     "patients with a change of all patients, its bound widened by the largest patient's share of "

@@ -375,7 +375,8 @@ def zero_change_line(sizes: Mapping[str, int | None], n: int, confidence: float 
              for k, v in sizes.items()]
     return (f"0 changes shows a rate within the gate with {confidence:.0%} confidence only from: "
             + ", ".join(parts) + f" images; this run has {n}"
-            + (f" (by patient, as many patients: this run has {n_patients})" if n_patients else ""))
+            + (f" (by patient, as many patients where each holds as many images, more where they differ: this "
+               f"run has {n_patients})" if n_patients else ""))
 
 
 def nonfinite_images(outputs: Mapping[str, np.ndarray]) -> np.ndarray:
@@ -1095,6 +1096,23 @@ def _check(name: str, value: float | None, limit: float, detail: str, skipped: S
                      limit, passed, detail, tuple({"class": c, "reason": why} for c, why in skipped), status)
 
 
+def _figure(value: float, other: float) -> str:
+    """``value`` in 4 significant digits, or more where those would read as ``other`` (its limit) or as 1 when
+    it is neither: "top1_agreement 0.99 < 0.99" for 0.98996 said nothing."""
+    for digits in (4, 6, 8, 10, 12):
+        text = f"{value:.{digits}g}"
+        if (value == other or float(text) != other) and (value == 1.0 or float(text) != 1.0):
+            return text
+    return repr(value)
+
+
+def _relation(c: GateCheck) -> str:
+    """``"name value < limit"`` for a check whose figure is on the wrong side of its limit."""
+    assert c.value is not None  # only called for a check that compared a figure
+    return (f"{c.name} {_figure(c.value, c.limit)} {'<' if c.name == 'top1_agreement' else '>'} "
+            f"{_figure(c.limit, c.value)}")
+
+
 def _largest_drop(name: str | None, worst: float | None, prefix: str) -> str:
     """"largest drop: class dr", or, where nothing dropped, that no figure fell (it read "largest drop: dr" at 0)."""
     if worst is None or not worst > 0:
@@ -1132,8 +1150,7 @@ def judge(gates: ParityGates, numeric: Mapping[str, Any], clin: Mapping[str, Any
     checks = _estimate_checks(gates, numeric, clin)
     if on == ON_BOUNDS:
         checks = [_bound_check(c, clin) for c in checks]
-    failed = [f"{c.name} {c.value:.4g} {'<' if c.name == 'top1_agreement' else '>'} {c.limit:.4g} ({c.detail})"
-              for c in checks if c.passed is False]
+    failed = [f"{_relation(c)} ({c.detail})" for c in checks if c.passed is False]
     incomplete = [_incomplete_reason(c) for c in checks if c.status == INCOMPLETE]
     status = FAIL if failed else INCOMPLETE if incomplete else PASS
     return Verdict(status == PASS, tuple(checks), tuple(failed + incomplete), status)
@@ -1260,14 +1277,17 @@ def _bound_check(c: GateCheck, clin: Mapping[str, Any]) -> GateCheck:
     at_least = c.name == "top1_agreement"
     skipped = [(s["class"], s["reason"]) for s in c.skipped] + undefined
     if not bounds:
-        return GateCheck(c.name, None, c.limit, None, c.detail, tuple({"class": k, "reason": w} for k, w in skipped),
+        # (c.detail already names the classes the estimate skipped; these are the intervals left undefined)
+        detail = ((c.detail + "; " if c.detail else "") + "not evaluated for "
+                  + ", ".join(f"{k} ({w})" for k, w in undefined)) if undefined else c.detail
+        return GateCheck(c.name, None, c.limit, None, detail, tuple({"class": k, "reason": w} for k, w in skipped),
                          INCOMPLETE)
     what, worst, how = max(bounds, key=lambda t: t[1])
     value = 1.0 - worst if at_least else worst
     shown = value >= c.limit - _EPS if at_least else value <= c.limit + _EPS
     word = "lower" if at_least else "upper"
-    detail = f"{word} 95 % bound {how} ({what}); estimate {c.value:.4g}" if c.value is not None else \
-        f"{word} 95 % bound {how} ({what})"
+    detail = f"{word} 95 % bound {how} ({what}); estimate {_figure(c.value, c.limit)}" if c.value is not None \
+        else f"{word} 95 % bound {how} ({what})"
     if not shown:
         detail += ": within the gate on these images, not shown at 95 %"
     if skipped:
@@ -1291,12 +1311,13 @@ def _incomplete_reason(c: GateCheck) -> str:
     figure within the gate was not shown within it at 95 %."""
     skipped = ", ".join(f"{s['class']} ({s['reason']})" for s in c.skipped)
     if c.passed is None and c.value is not None:  # _bound_check: the bound is over the gate
-        relation = "<" if c.name == "top1_agreement" else ">"
-        return f"{c.name} {c.value:.4g} {relation} {c.limit:.4g} ({c.detail})"
+        return f"{_relation(c)} ({c.detail})"
     if c.passed is None:
         return f"{c.name} not evaluated for {skipped}" if skipped else f"{c.name} not evaluated ({c.detail})"
     relation = ">=" if c.name == "top1_agreement" else "<="
-    return f"{c.name} {c.value:.4g} {relation} {c.limit:.4g} but not evaluated for {skipped}"
+    assert c.value is not None  # passed is not None: a figure was compared
+    return (f"{c.name} {_figure(c.value, c.limit)} {relation} {_figure(c.limit, c.value)} but not evaluated for "
+            f"{skipped}")
 
 
 def overall_status(statuses: Sequence[str]) -> str:

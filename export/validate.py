@@ -932,6 +932,8 @@ def validate_bundle(
                             "arithmetic on every image; see the INFO log)", spec.name)
         gates = candidate_gates(cfg.gates, spec)
         verdict = judge(gates, num, clin, on=cfg.judge_on)
+        if cfg.judge_on != ON_ESTIMATES:  # the measured figures beside the bounds the verdict compared
+            entry["estimate_checks"] = [asdict(c) for c in judge(gates, num, clin).checks]
         entry.update({"passed": verdict.passed, "verdict": verdict.status, "reasons": list(verdict.reasons),
                       "judged_on": cfg.judge_on,
                       "checks": [asdict(c) for c in verdict.checks], "numerical": num, "clinical": clin,

@@ -210,3 +210,44 @@ def test_an_unknown_basis_is_refused() -> None:
     ref, labels = _population(20, np.random.default_rng(4))
     with pytest.raises(ConfigError, match="judge on one of"):
         _judge(ref, ref, labels, "worst-case")
+
+
+def test_figures_never_read_as_their_limit_or_as_one() -> None:
+    """A review: 0.98996 failed as "top1_agreement 0.99 < 0.99", and 0.99995 read "estimate 1"."""
+    from uopsl.export.parity_metrics import GateCheck, _incomplete_reason, _relation
+
+    assert _relation(GateCheck("top1_agreement", 0.98996, 0.99, False)) == "top1_agreement 0.98996 < 0.99"
+    assert _relation(GateCheck("flip_rate", 0.008333333, 0.005, False)) == "flip_rate 0.008333 > 0.005"
+    unproven = GateCheck("top1_agreement", 0.9998, 0.99995, None, "lower 95 % bound", (), INCOMPLETE)
+    assert _incomplete_reason(unproven) == "top1_agreement 0.9998 < 0.99995 (lower 95 % bound)"
+    partly = GateCheck("auc_drop", 0.0049996, 0.005, True, "", ({"class": "amd", "reason": "few"},), INCOMPLETE)
+    assert _incomplete_reason(partly).startswith("auc_drop 0.0049996 <= 0.005 but not evaluated for amd (few)")
+
+
+def test_all_intervals_undefined_says_so_in_the_detail() -> None:
+    ref, labels = _population(600, np.random.default_rng(3))
+    bnd, _ = _judge(ref, ref.copy(), labels, ON_BOUNDS, n_boot=0)
+    assert bnd["auc_drop"].detail == ("no drop in any class; not evaluated for " + ", ".join(
+        f"{k} (its 95 % interval is undefined (no bootstrap replicates))" for k in NAMES))
+
+
+def test_the_html_summary_shows_the_measured_figures_and_the_note_what_was_gated(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # A review: judged on the bounds, the summary's "worst sens. drop" read the lost-positives bound (0.0487)
+    # for a model that changed nothing, and the note said the Newcombe interval was gated.
+    from dataclasses import asdict
+
+    from uopsl.export.parity_html import _candidate, _summary
+
+    ref, labels = _population(120, np.random.default_rng(0))
+    bnd, clin = _judge(ref, ref.copy(), labels, ON_BOUNDS)
+    est, _ = _judge(ref, ref.copy(), labels, ON_ESTIMATES)
+    cand = {"name": "ort-cpu:model.onnx", "precision": "fp32", "verdict": INCOMPLETE, "passed": False,
+            "judged_on": ON_BOUNDS, "clinical": clin, "checks": [asdict(c) for c in bnd["verdict"].checks],
+            "estimate_checks": [asdict(c) for c in est["verdict"].checks],
+            "numerical": numerical({"probs": ref, "logits": ref}, {"probs": ref, "logits": ref})}
+    row = _summary({"candidates": [cand]}).split("<tr>")[2]
+    cells = [c.split("</td>")[0] for c in row.split("<td>")[1:]]
+    assert cells[4] == "0.00%" and cells[10] == "0" and cells[11] == "0"  # class calls, AUC drop, sens. drop
+    page = _candidate(cand, {}, 50)
+    assert "lost positives' bound (sensitivity)" in page and "gated by its low end" not in page
+    assert "lost 0/60 (&le;4.9%)" in page
