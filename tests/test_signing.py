@@ -899,6 +899,9 @@ def test_commands_that_void_a_signature_warn_before_they_change_the_bundle(
     assert len(said) == 1 and "the calibration table listed now (calibration.json)" in said[0]
     # The same images again: the table is reused, nothing in the bundle changes, nothing to warn about.
     assert warned("calibrate", str(signed), "--images", str(images), "--method", "minmax") == []
+    # Measured again (--force) to the same bytes: still nothing changed (a mutation audit: warning on --force
+    # alone went unnoticed).
+    assert warned("calibrate", str(signed), "--images", str(images), "--method", "minmax", "--force") == []
     said = warned("quantize", str(signed), "--rounding", "nearest", "--no-bias-correction")
     assert len(said) == 1 and "an INT8 file listed now (model.int8.onnx)" in said[0]
     # The warnings were true: the signature no longer covers the bundle.
