@@ -27,18 +27,8 @@ from uopsl.export.parity_metrics import (
     patient_rate_bound,
     truth_from_labels,
 )
-from uopsl.runtime.bundle import ClassSpec, FileEntry, Manifest
+from test_gate_limits import NAMES, _manifest  # the same three-class sigmoid bundle
 from uopsl.runtime.errors import ConfigError
-from uopsl.runtime.preprocess import PreprocessConfig
-
-NAMES = ("normal", "dr", "dme")
-
-
-def _manifest() -> Manifest:
-    classes = (ClassSpec("normal", threshold=0.5), ClassSpec("dr", threshold=0.4, referable=True),
-               ClassSpec("dme", threshold=0.5, referable=True))
-    return Manifest(classes=classes, head="sigmoid", preprocess=PreprocessConfig(size=64),
-                    files=(FileEntry("model.onnx", "onnx", "fp32"),))
 
 
 def _population(n: int, rng: np.random.Generator) -> tuple[np.ndarray, list[tuple[str, ...]]]:
