@@ -27,12 +27,13 @@ the change rates are reported, not gated): a release gate must be reproducible
 and should not depend on the bootstrap seed. The upper bounds are there so that
 a signer sees what "0 changes" on a small set can and cannot show. A signer who
 must claim more (each rate *is* within its gate, at 95 % confidence) judges on
-the bounds instead (:data:`ON_BOUNDS`, ``uopsl validate --judge-on bounds``):
-then 0 flips of 120 images FAILs the 0.5 % flip gate, as its bound (2.5 %)
-says it should. With the
-images' patients known, the AUC bootstrap resamples patients; the exact bounds
-and the Wilson intervals still treat images as independent, and the report
-says so (:data:`INDEPENDENCE_NOTE`).
+the bounds as well (:data:`ON_BOUNDS`, ``uopsl validate --judge-on bounds``):
+then 0 flips of 120 images is not shown within the 0.5 % flip gate (its bound
+is 2.5 %), and the verdict is INCOMPLETE (:func:`judge`). With the images'
+patients known, the AUC bootstrap resamples patients and each change rate is
+also bounded over patients (:func:`patient_rate_bound`); the Wilson and
+Newcombe intervals still treat images as independent, and the report says so
+(:data:`INDEPENDENCE_NOTE`).
 """
 
 from __future__ import annotations
@@ -63,9 +64,10 @@ TRUTH_REFERENCE = "reference_decisions"
 PASS, FAIL, INCOMPLETE = "PASS", "FAIL", "INCOMPLETE"
 #: Confidence of the exact upper bounds on change rates (one-sided).
 CONFIDENCE = 0.95
-#: What a verdict compares with the gates: the measured figures (the default) or their bounds: the exact
-#: one-sided 95 % upper bounds of the change rates (flips, class calls, findings, top-1 disagreement) and
-#: the far ends of the two-sided 95 % intervals of the AUC and sensitivity drops (one-sided 97.5 %).
+#: What a verdict compares with the gates: the measured figures (the default), or those and their bounds
+#: (:func:`judge`, :func:`_gate_bounds`): the exact one-sided 95 % upper bounds of the change rates (flips,
+#: class calls, findings, top-1 disagreement) and of the positives lost, and the far end of each AUC drop's
+#: two-sided 95 % interval (one-sided 97.5 %).
 ON_ESTIMATES, ON_BOUNDS = "estimates", "bounds"
 JUDGE_ON = (ON_ESTIMATES, ON_BOUNDS)
 #: Two-sided level of the paired bootstrap interval of each AUC difference (0.05: a 95 % interval).
@@ -590,8 +592,9 @@ def paired_proportion_difference(both: int, first_only: int, second_only: int, n
     positives), and a percentile bootstrap of it collapses to [0, 0] when no call changed, reading as
     certainty; Newcombe's method 10 (Statistics in Medicine 17:2635-2650, 1998) combines the Wilson score
     limits of each proportion through their correlation (phi, with Newcombe's correction of its numerator; 0
-    where a margin is empty), does not collapse, and stays within [-1, 1]. It assumes independent cases: with several images per patient it is too narrow,
-    like every closed-form interval in the report. NaN when there is no case.
+    where a margin is empty), does not collapse, and stays within [-1, 1]. It assumes independent cases: with
+    several images per patient it is too narrow, like every closed-form interval in the report. NaN when there
+    is no case.
     """
     counts = [int(both), int(first_only), int(second_only), int(neither)]
     if any(k < 0 for k in counts):
@@ -1249,7 +1252,8 @@ def _gate_bounds(name: str, clin: Mapping[str, Any]) -> tuple[list[tuple[str, fl
                 continue
             low: Any = (r.get("auc_difference") or {}).get("low")
             if _finite(low):
-                out.append((f"class {r['name']}", 0.0 - float(low), "by the bootstrap interval"))  # 0.0 - x: never -0.0
+                # 0.0 - x, not -x: a low end of 0.0 must not read "-0"
+                out.append((f"class {r['name']}", 0.0 - float(low), "by the bootstrap interval"))
             else:
                 note = (r.get("auc_difference") or {}).get("note") or "no bootstrap replicates"
                 undefined.append((r["name"], f"its 95 % interval is undefined ({note})"))

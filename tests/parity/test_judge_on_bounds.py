@@ -221,7 +221,7 @@ def test_all_intervals_undefined_says_so_in_the_detail() -> None:
         f"{k} (its 95 % interval is undefined (no bootstrap replicates))" for k in NAMES))
 
 
-def test_the_html_summary_shows_the_measured_figures_and_the_note_what_was_gated(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_the_html_summary_shows_the_measured_figures_and_the_note_what_was_gated() -> None:
     # A review: judged on the bounds, the summary's "worst sens. drop" read the lost-positives bound (0.0487)
     # for a model that changed nothing, and the note said the Newcombe interval was gated.
     from dataclasses import asdict
