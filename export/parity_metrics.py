@@ -1063,13 +1063,15 @@ class GateCheck:
 class Verdict:
     """A candidate's verdict: ``status`` PASS, FAIL or INCOMPLETE; ``passed`` is ``status == PASS``.
 
-    ``reasons``: each exceeded gate, then each gate not evaluated in full.
+    ``reasons``: each exceeded gate, then each gate not evaluated in full. ``estimate_checks``: judged on
+    the bounds, the same gates on the measured figures (what a report shows as the figures); else empty.
     """
 
     passed: bool
     checks: tuple[GateCheck, ...] = field(default=())
     reasons: tuple[str, ...] = field(default=())
     status: str = PASS
+    estimate_checks: tuple[GateCheck, ...] = field(default=())
 
     def __post_init__(self) -> None:
         if self.status not in (PASS, FAIL, INCOMPLETE) or self.passed != (self.status == PASS):
@@ -1150,13 +1152,13 @@ def judge(gates: ParityGates, numeric: Mapping[str, Any], clin: Mapping[str, Any
     """
     if on not in JUDGE_ON:
         raise ConfigError(f"judge on one of {JUDGE_ON}; got {on!r}")
-    checks = _estimate_checks(gates, numeric, clin)
-    if on == ON_BOUNDS:
-        checks = [_bound_check(c, clin) for c in checks]
+    estimates = _estimate_checks(gates, numeric, clin)
+    checks = [_bound_check(c, clin) for c in estimates] if on == ON_BOUNDS else estimates
     failed = [f"{_relation(c)} ({c.detail})" for c in checks if c.passed is False]
     incomplete = [_incomplete_reason(c) for c in checks if c.status == INCOMPLETE]
     status = FAIL if failed else INCOMPLETE if incomplete else PASS
-    return Verdict(status == PASS, tuple(checks), tuple(failed + incomplete), status)
+    return Verdict(status == PASS, tuple(checks), tuple(failed + incomplete), status,
+                   tuple(estimates) if on == ON_BOUNDS else ())
 
 
 def _evaluated(r: Mapping[str, Any], metric: str) -> bool:

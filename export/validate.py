@@ -249,8 +249,9 @@ class ValidateConfig:
         negative for every bundle class and says so in the report's notes, its ``data.unknown_labels``
         and the log.
     judge_on: what the verdict compares with the gates: ``"estimates"`` (the measured figures, the default)
-        or ``"bounds"`` (their 95 % bounds, :data:`~uopsl.export.parity_metrics.JUDGE_ON`): a signer who must
-        claim each rate is within its gate at 95 % confidence, not only that it was on these images.
+        or ``"bounds"`` (those, then their 95 % bounds: a figure within its gate whose bound is not reads
+        INCOMPLETE; :func:`~uopsl.export.parity_metrics.judge`): for a signer who must claim each rate is within
+        its gate at 95 % confidence, not only that it was on these images.
     record: write each file's verdict into the bundle manifest (``FileEntry.info["parity"]``);
         ``auto`` backend selection uses an INT8 file or an INT8/FP16 engine only with a passing record. A FAIL is
         always recorded; a PASS or INCOMPLETE only from a run with the default gates (or stricter) on at
@@ -932,8 +933,8 @@ def validate_bundle(
                             "arithmetic on every image; see the INFO log)", spec.name)
         gates = candidate_gates(cfg.gates, spec)
         verdict = judge(gates, num, clin, on=cfg.judge_on)
-        if cfg.judge_on != ON_ESTIMATES:  # the measured figures beside the bounds the verdict compared
-            entry["estimate_checks"] = [asdict(c) for c in judge(gates, num, clin).checks]
+        if verdict.estimate_checks:  # judged on the bounds: the measured figures beside the bounds compared
+            entry["estimate_checks"] = [asdict(c) for c in verdict.estimate_checks]
         entry.update({"passed": verdict.passed, "verdict": verdict.status, "reasons": list(verdict.reasons),
                       "judged_on": cfg.judge_on,
                       "checks": [asdict(c) for c in verdict.checks], "numerical": num, "clinical": clin,

@@ -264,8 +264,8 @@ class Screener:
         self.config = PipelineConfig(batch_size=batch_size, workers=workers, infer_ungradable=infer_ungradable,
                                      max_inference_failures=max_inference_failures, worker_pool=worker_pool)
         if quality_config is not None and not isinstance(quality_config, QualityConfig):
-            raise ConfigError(f"quality_config must be a uopsl.runtime.quality.QualityConfig or None (gate's "
-                              f"defaults), got {type(quality_config).__name__} {quality_config!r}; e.g. "
+            raise ConfigError(f"quality_config must be a uopsl.runtime.quality.QualityConfig or None (the "
+                              f"gate's defaults), got {type(quality_config).__name__} {quality_config!r}; e.g. "
                               "QualityConfig(min_brightness=15.0)")
         self.quality_config = quality_config
         self._backend: Backend | None = None
