@@ -17,12 +17,11 @@ from uopsl.runtime.errors import (
     ImageTooLargeError,
     ImageTooSmallError,
 )
+from uopsl.runtime.fov import detect_fov, percentile_u8
 from uopsl.runtime.preprocess import (
     Geometry,
     PreprocessConfig,
     decode,
-    detect_fov,
-    percentile_u8,
     preprocess,
     preprocess_file,
     read_bytes,
@@ -144,7 +143,7 @@ def test_a_clipped_field_padded_into_a_larger_frame_is_found(pad: tuple[int, int
 def test_a_field_padded_in_grey_or_white_is_found(tvhl_dir: Path, colour: tuple[int, int, int]) -> None:
     # Detection needs a surround darker than the field; a light padding (a mirror's, a viewer's letterbox) made
     # every such photograph "no field of view". Saved as JPEG, as a mirror would.
-    from uopsl.runtime.preprocess import _bright_margins
+    from uopsl.runtime.fov import _bright_margins
 
     data = (tvhl_dir / "fundus" / "1958_OD_f_1.jpg").read_bytes()  # clipped on all four sides
     rgb = cv2.cvtColor(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
@@ -166,7 +165,7 @@ def test_a_field_padded_in_grey_or_white_is_found(tvhl_dir: Path, colour: tuple[
 def test_a_face_on_a_grey_backdrop_is_not_a_field(backdrop: int) -> None:
     # A skin-coloured ellipse on a plain backdrop (a review's case): with the padding's blurred rows cut off, its
     # tips looked clipped by the sensor and the rest passed as a circle.
-    from uopsl.runtime.preprocess import detect_fov
+    from uopsl.runtime.fov import detect_fov
 
     for axes in ((150, 190), (150, 220), (120, 200)):
         img = np.full((512, 512, 3), backdrop, np.uint8)
@@ -235,7 +234,7 @@ def test_the_thin_mark_pass_leaves_photographs_without_bridges_alone(tvhl_dir: P
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     # Where the bridge pass has too few dark hull points to try, the thin-mark pass is skipped with it: no
     # erosion, no refit, the session-16 circle (74 % of TVHL photographs; 0004_OD_f_1 is one).
-    import uopsl.runtime.preprocess as P
+    import uopsl.runtime.fov as P
 
     calls: list[str] = []
     real_erode, real_refit = P.cv2.erode, P._refit_without
@@ -264,7 +263,7 @@ def test_a_white_line_around_the_frame_is_not_the_field(tvhl_dir: Path) -> None:
 def test_a_whole_circle_has_no_straight_cut(radius: int) -> None:
     # What keeps every photograph whose field has no straight edge inside the frame on its old geometry:
     # the flat runs of a rasterised circle are shorter than a cut.
-    from uopsl.runtime.preprocess import _straight_cuts
+    from uopsl.runtime.fov import _straight_cuts
 
     side = 2 * radius + 40
     mask = np.zeros((side, side), np.uint8)
