@@ -73,11 +73,10 @@ def _bound(b: Mapping[str, Any] | None) -> str:
     by_patient = b.get("by_patient")
     patients = ""
     if isinstance(by_patient, Mapping):
-        sizes = by_patient.get("images_per_patient") or {}
-        spread = (f", {sizes['min']}-{sizes['max']} images each" if sizes and sizes.get("min") != sizes.get("max")
-                  else "")
-        bound = by_patient.get("upper95_images", by_patient.get("upper95"))
-        patients = f'; patients {by_patient["changes"]}/{by_patient["n"]}{spread} &le;{_num(bound, ".1%")}'
+        sizes = by_patient["images_per_patient"]
+        spread = f", {sizes['min']}-{sizes['max']} images each" if sizes["min"] != sizes["max"] else ""
+        patients = (f'; patients {by_patient["changes"]}/{by_patient["n"]}{spread} '
+                    f'&le;{_num(by_patient["upper95_images"], ".1%")}')
     return f'{b["changes"]}/{b["n"]} (&le;{_num(b.get("upper95"), ".1%")}{patients})'
 
 

@@ -331,10 +331,8 @@ def judged_bound(d: Mapping[str, Any]) -> tuple[float, str]:
     correlation within a patient; the larger holds either way.
     """
     by_patient = d.get("by_patient")
-    if isinstance(by_patient, Mapping):
-        scaled = by_patient.get("upper95_images", by_patient.get("upper95"))
-        if _finite(scaled) and float(scaled) > float(d["upper95"]):
-            return float(scaled), "by patient"
+    if isinstance(by_patient, Mapping) and float(by_patient["upper95_images"]) > float(d["upper95"]):
+        return float(by_patient["upper95_images"]), "by patient"
     return float(d["upper95"]), "by image"
 
 

@@ -13,7 +13,7 @@ checkerboard, a landscape photo or an OCT B-scan is reported as
 So is a circle that the frame shows less than half of (a strip cut from a much
 larger disc, or a row of photographs merged into one lit band). A second lit
 region of comparable size (both eyes side by side, a montage) is counted in
-``Geometry.fov_count``: the geometry describes the largest field, and the
+:attr:`uopsl.runtime.preprocess.Geometry.fov_count`: the geometry describes the largest field, and the
 quality gate refuses the image, since one model input would show one eye of
 several.
 """

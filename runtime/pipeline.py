@@ -112,6 +112,7 @@ LIST_SUFFIXES = frozenset({".txt", ".lst", ".list"})
 #: console that the printed report never showed (a clinic review: a patient's HEIC photo vanished). Not camera RAW:
 #: DNG, NEF and CR2 are TIFF containers whose first picture (a thumbnail or a processed preview) would be graded.
 PHOTO_SUFFIXES_NOT_READ = frozenset({".heic", ".heif", ".hif", ".avif"})
+_PHOTO_NAMES = IMAGE_SUFFIXES | PHOTO_SUFFIXES_NOT_READ
 STATUSES = ("ok", "ungradable", "error")
 
 
@@ -458,7 +459,7 @@ def _missing_input(p: Path, exc: OSError) -> ConfigError:
 
 def _named_like_a_photograph(p: Path) -> bool:
     """Whether ``p``'s name is a photograph's, read or not (a missing one gets an error row, not a stop)."""
-    return image_suffix(p.name) in IMAGE_SUFFIXES | PHOTO_SUFFIXES_NOT_READ
+    return image_suffix(p.name) in _PHOTO_NAMES
 
 
 def refuse_empty_path(raw: Any) -> None:

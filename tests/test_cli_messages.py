@@ -105,6 +105,12 @@ def test_validate_help_spells_every_default_gate() -> None:
     assert len(named) == len([v for v in ParityGates().to_dict().values() if v is not None])
     out = CliRunner().invoke(cli, ["validate", "--help"], terminal_width=400).output
     assert DEFAULT_GATES_TEXT in " ".join(out.split())
+    # --judge-on spells the choices judge() takes (the command imports parity_metrics only when it runs).
+    from uopsl.export.parity_metrics import JUDGE_ON
+    from uopsl.train.commands.validate import command
+
+    (option,) = [p for p in command.params if p.name == "judge_on"]
+    assert tuple(option.type.choices) == JUDGE_ON and option.default == JUDGE_ON[0]
 
 
 @pytest.mark.parametrize("rank", ["0", "1"])
