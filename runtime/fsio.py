@@ -266,6 +266,58 @@ def remove_stale_temporaries(folder: str | os.PathLike[str]) -> int:
     return n
 
 
+def special_entry(path: str | os.PathLike[str]) -> str | None:
+    """What ``path`` is when it exists but is not a plain file or folder of its own, else None.
+
+    Why: a program that writes into a folder other people can write to must not follow a symbolic link
+    planted there (it would truncate or append to the file the link names), nor open a named pipe (it
+    blocks) or a device. Returns e.g. ``"a symbolic link (to /etc/passwd)"``; None for a regular file, a
+    folder, or nothing there. A Windows junction or other reparse point counts as a link.
+    """
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    if stat.S_ISLNK(st.st_mode) or getattr(st, "st_file_attributes", 0) & stat.FILE_ATTRIBUTE_REPARSE_POINT:
+        try:
+            return f"a symbolic link (to {os.readlink(path)})"
+        except (OSError, ValueError):
+            return "a symbolic link"
+    if stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode):
+        return None
+    kinds = ((stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+             (stat.S_ISBLK, "a block device"))
+    return next((name for test, name in kinds if test(st.st_mode)), "not a regular file")
+
+
+def open_plain(path: str | os.PathLike[str], flags: int, mode: int = 0o666) -> int:
+    """``os.open`` that refuses a symbolic link, a pipe or a device at ``path``: a descriptor of a regular file.
+
+    POSIX opens with ``O_NOFOLLOW`` (a link fails in the kernel, no gap between check and open) and
+    ``O_NONBLOCK`` (a named pipe does not block the open), then checks the open file with ``fstat``;
+    Windows, which has no ``O_NOFOLLOW``, checks with :func:`special_entry` first. Raises ``OSError``
+    (``ELOOP`` for a link, ``EINVAL`` for anything else that is not a regular file) and the open's own
+    errors (``FileNotFoundError`` ...). ``mode`` is masked by the umask, as ``open`` does.
+    """
+    nofollow = getattr(os, "O_NOFOLLOW", 0)
+    if not nofollow:
+        what = special_entry(path)
+        if what is not None:
+            raise OSError(errno.ELOOP, f"{what}, not a regular file", str(path))
+    nonblock = getattr(os, "O_NONBLOCK", 0)
+    fd = os.open(path, flags | nofollow | nonblock | getattr(os, "O_CLOEXEC", 0), mode)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, f"{special_entry(path) or 'not a regular file'}, not a regular file",
+                          str(path))
+        if nonblock:
+            os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 class FolderLock:
     """An exclusive, non-blocking lock on a folder, held through ``<folder>/<name>`` until :meth:`release`.
 
@@ -296,7 +348,7 @@ class FolderLock:
         if self._fd is not None:
             return True
         for _ in range(3):
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666 & ~current_umask())
+            fd = open_plain(self.path, os.O_RDWR | os.O_CREAT, 0o666 & ~current_umask())  # never through a link
             try:
                 state = _lock_fd(fd)
             except BaseException:

@@ -330,6 +330,15 @@ def walk_images(folder: Path, state: WalkState | None = None) -> Iterator[Path]:
             yield path
 
 
+def folder_ident(folder: Path, st: os.stat_result) -> tuple[int, int] | str:
+    """What identifies ``folder`` (``st``: its ``os.stat``) in a walk's ``visited``, whatever path reached it.
+
+    Where Windows reports no file index (st_ino 0: some network redirectors, FAT through some drivers) the
+    pair identifies nothing; the resolved path stands in (loops through links are still caught by it).
+    """
+    return (st.st_dev, st.st_ino) if st.st_ino else os.path.realpath(folder)
+
+
 def list_folder(folder: Path, state: WalkState) -> list[tuple[Path, bool]]:
     """One folder's entries a walk takes, in name order, as (path, is it a folder); see :func:`walk_images`.
 
@@ -343,9 +352,7 @@ def list_folder(folder: Path, state: WalkState) -> list[tuple[Path, bool]]:
         state.say(logging.WARNING, "cannot open folder %s: %s", display_path(folder), exc.strerror or exc)
         state.unlisted.add(os.fspath(folder))
         return []
-    # Where Windows reports no file index (st_ino 0: some network redirectors, FAT through some drivers) the
-    # pair identifies nothing; the resolved path stands in (loops through links are still caught by it).
-    ident: tuple[int, int] | str = (st.st_dev, st.st_ino) if st.st_ino else os.path.realpath(folder)
+    ident = folder_ident(folder, st)
     if ident in state.visited:
         state.say(logging.INFO, "not walking %s again (a link to a folder already walked)", display_path(folder))
         return []

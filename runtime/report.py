@@ -41,7 +41,7 @@ import numpy as np
 from uopsl.runtime.bundle import Manifest
 from uopsl.runtime.fsio import atomic_open
 from uopsl.runtime.overlay import OVERLAY_DIR, THUMB_DIR, content_id, encode_jpeg
-from uopsl.runtime.results import content_hash, model_sha256
+from uopsl.runtime.results import content_hash, model_sha256, valid_image_id
 from uopsl.runtime.version import __version__
 
 log = logging.getLogger(__name__)
@@ -920,10 +920,11 @@ def report_parts(rows: Sequence[dict[str, Any]], out_dir: str | os.PathLike[str]
     for k, r in enumerate(ordered):
         i = first + k
         cls, _ = _verdict(r)
-        rid = str(r.get("id", ""))
+        rid = r.get("id", "")
+        rid = rid if valid_image_id(rid) else ""  # an id that is a path would show a picture from elsewhere
         tpath = out / THUMB_DIR / f"{rid}.jpg"
         opath = out / OVERLAY_DIR / f"{rid}.png"
-        thumb_mtime = _mtime(tpath)
+        thumb_mtime = _mtime(tpath) if rid else None
         thumb = _data_uri(tpath) if rid and _trusted_image(tpath, r, "thumb", None) else ""
         over = _data_uri(opath) if rid and _trusted_image(opath, r, "overlay", thumb_mtime) else ""
         positive = [str(c) for c in (r.get("positive") or [])]

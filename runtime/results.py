@@ -30,13 +30,14 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, TextIO
+from typing import IO, Any, TextIO, cast
 
 import numpy as np
 
 from uopsl.runtime.bundle import MANIFEST, Manifest
 from uopsl.runtime.errors import ConfigError
-from uopsl.runtime.fsio import FolderLock, remove_stale_temporaries, sha256_bytes, sha256_file, write_json, write_text
+from uopsl.runtime.fsio import (FolderLock, open_plain, remove_stale_temporaries, sha256_bytes, sha256_file,
+                               special_entry, write_json, write_text)
 from uopsl.runtime.version import __version__
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,13 @@ CSV = "results.csv"
 RUN_JSON = "run.json"
 LOCK_NAME = ".uopsl-screen.lock"
 IMAGE_DIRS = ("thumbs", "overlays")  # overlay.THUMB_DIR, overlay.OVERLAY_DIR (not imported: overlay needs OpenCV)
+_PAGES_DIR = "days"  # report_days.DAYS_DIR (not imported: it needs OpenCV too)
+#: What an output folder holds that uopsl-screen reads, appends to or writes into in place (results.csv,
+#: report.html and run.json are replaced by a rename, which replaces a link rather than writing through it;
+#: run.json is also read). None of them may be a link, a pipe or a device: see :func:`refuse_planted_entries`.
+_OWN_FILES = (LOCK_NAME, JSONL, RUN_JSON)
+_OWN_DIRS = (*IMAGE_DIRS, _PAGES_DIR)
+_RUN_JSON_MAX = 1 << 20  # run.json is a few hundred bytes; a larger one is not ours
 
 #: Error reasons that are a property of the file's bytes: screening the same version again gives the same
 #: answer, so a rerun skips it. Any other error (unreadable, inference_error, internal_error, ...) depends on
@@ -267,6 +275,78 @@ def prepare_folder(out: Path) -> tuple[Path, ...]:
     return tuple(created)
 
 
+def refuse_planted_entries(out: Path) -> None:
+    """Refuse an output folder whose own files or folders are links, pipes or devices (:class:`ConfigError`).
+
+    Why: anyone who can write the results folder (a shared clinic drive) could otherwise plant
+    ``results.jsonl`` or the lock file as a link to another file, which the screening would truncate or
+    append patient rows to, or ``thumbs/`` as a link to a folder elsewhere, which it would write images
+    into and clean. The files are also opened without following links (:func:`open_plain`), so one swapped
+    in after this check fails its open instead.
+    """
+    for name in (*_OWN_FILES, *_OWN_DIRS):
+        what = special_entry(out / name)
+        if what is None and name in _OWN_DIRS and (out / name).exists() and not (out / name).is_dir():
+            what = "a file, not a folder"
+        if what is not None:
+            raise ConfigError(
+                f"{out / name} is {what}; uopsl-screen follows no links and opens no pipes or devices in its output "
+                f"folder (one could make it write elsewhere): remove {out / name}, or choose another --out")
+
+
+def valid_image_id(value: object) -> bool:
+    """Whether ``value`` is an image id as the pipeline makes them (``STEM-HEX``: letters, digits, ``-_.``).
+
+    Ids name the files under ``thumbs/`` and ``overlays/``, so an id read from ``results.jsonl`` that holds a
+    path separator or is ``..`` would make the report embed a picture from outside the folder.
+    """
+    return (isinstance(value, str) and 0 < len(value) <= 200 and value.strip(".") != ""
+            and all(c.isalnum() or c in "-_." for c in value))
+
+
+_TEXT_FIELDS = ("source", "status", "error", "sha256", "heatmap_class", "screened_at", "bundle_sha256",
+                "model_sha256", "intended_use", "backend", "precision", "model_file", "thumb_id", "overlay_id",
+                "moved_from")
+
+
+def _finite_number(v: object) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and bool(np.isfinite(v))
+
+
+def row_problem(row: Mapping[str, Any]) -> str | None:
+    """What makes a row read from ``results.jsonl`` unusable, or None.
+
+    The file is ours, but a folder on a shared drive can be edited by others or damaged: a row whose fields
+    do not have the types the pipeline writes would otherwise stop every later run (a probability that is
+    text, reasons that are a number) or point the report outside the folder (an id that is a path). Such a
+    row is skipped with a warning, so its photograph is screened again.
+    """
+    if not isinstance(row.get("key"), str) or not row["key"]:
+        return "no key"
+    if "id" in row and not valid_image_id(row["id"]):
+        return "an id that is not a file name of this folder"
+    for k in _TEXT_FIELDS:
+        if row.get(k) is not None and not isinstance(row[k], str):
+            return f"{k} is not text"
+    for k in ("reasons", "positive"):
+        v = row.get(k)
+        if v is not None and not (isinstance(v, list) and all(isinstance(x, str) for x in v)):
+            return f"{k} is not a list of names"
+    for k in ("probs", "timings_ms"):
+        v = row.get(k)
+        if v is not None and not (isinstance(v, dict) and all(_finite_number(x) for x in v.values())):
+            return f"{k} does not map names to numbers"
+    for k in ("refer", "gradable", "file_replaced"):
+        if row.get(k) is not None and not isinstance(row[k], bool):
+            return f"{k} is not true or false"
+    if row.get("quality_score") is not None and not _finite_number(row["quality_score"]):
+        return "quality_score is not a number"
+    v = row.get("preprocess_version")
+    if v is not None and not (isinstance(v, int) and not isinstance(v, bool)):
+        return "preprocess_version is not a whole number"
+    return None
+
+
 _SAID_CORRUPT: set[tuple[str, int]] = set()  # (results.jsonl, line) already warned about in this process
 
 
@@ -305,6 +385,7 @@ class ResultStore:
         self._check_only = check_only  # opened to check the folder before a model loads: record nothing
         for attempt in (1, 2):
             self._created = prepare_folder(self.out_dir)  # removed again on close if nothing was written into it
+            refuse_planted_entries(self.out_dir)
             self._real = os.path.realpath(self.out_dir)  # the lock is released under this name (cwd changes)
             try:
                 first = _acquire(self.out_dir, self._real)
@@ -314,7 +395,7 @@ class ResultStore:
                 if attempt == 2 or self.out_dir.exists():
                     raise
         self._locked = True
-        self._fh: io.TextIOWrapper | None = None
+        self._fh: TextIO | None = None
         self._pending: list[dict[str, Any]] = []  # rows noted but not yet written (see :meth:`defer`)
         self._broken: str = ""  # why a write failed: this store writes no more (its counts are not the file's)
         self._pending_by_key: dict[str, dict[str, Any]] = {}
@@ -354,7 +435,7 @@ class ResultStore:
         # A crash mid-write leaves a last line without its newline: cut it off, or the next append would glue
         # a new row onto it. Opened for writing only when there is something to cut (read-only media).
         try:
-            with open(self.path, "rb") as fh:
+            with self._open("rb") as fh:
                 fh.seek(0, os.SEEK_END)
                 size = fh.tell()
                 if size == 0:
@@ -379,14 +460,14 @@ class ResultStore:
             return
         if _complete_row(tail):  # a whole row without its newline (an editor, writeback cut just before it)
             log.warning("%s: the last row had no line end; adding it", self.path)
-            with open(self.path, "ab") as fh:
+            with self._open("ab") as fh:
                 fh.write(b"\n")
                 fh.flush()
                 os.fsync(fh.fileno())
             return
         log.warning("%s: dropping a partly written last row (%d bytes) left by an interrupted run",
                     self.path, size - pos)
-        with open(self.path, "rb+") as fh:
+        with self._open("rb+") as fh:
             fh.truncate(pos)
             fh.flush()
             os.fsync(fh.fileno())
@@ -439,12 +520,29 @@ class ResultStore:
                 "toolkit_version": __version__,
             }
 
-    def _read_run_json(self) -> dict[str, Any] | None:
+    def _open(self, mode: str) -> IO[Any]:
+        """``results.jsonl`` opened in ``mode`` (``rb``, ``ab``, ``rb+``, ``a``), never through a link."""
+        flags = {"rb": os.O_RDONLY, "rb+": os.O_RDWR, "ab": os.O_WRONLY | os.O_APPEND | os.O_CREAT,
+                 "a": os.O_WRONLY | os.O_APPEND | os.O_CREAT}[mode]
+        fd = open_plain(self.path, flags | getattr(os, "O_BINARY", 0))
         try:
-            d = json.loads((self.out_dir / RUN_JSON).read_text(encoding="utf-8"))
+            return os.fdopen(fd, mode, encoding="utf-8") if mode == "a" else os.fdopen(fd, mode)
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def _read_run_json(self) -> dict[str, Any] | None:
+        path = self.out_dir / RUN_JSON
+        try:
+            fd = open_plain(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+            with os.fdopen(fd, "rb") as fh:
+                data = fh.read(_RUN_JSON_MAX + 1)
+            if len(data) > _RUN_JSON_MAX:
+                raise ValueError(f"larger than {_RUN_JSON_MAX} bytes")
+            d = json.loads(data.decode("utf-8"))
         except FileNotFoundError:
             return None
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, RecursionError) as exc:
             log.warning("%s: unreadable (%s); the rows' own bundle records are used", self.out_dir / RUN_JSON, exc)
             return None
         return d if isinstance(d, dict) else None
@@ -458,7 +556,7 @@ class ResultStore:
     def _scan(self) -> Iterator[tuple[int, dict[str, Any]]]:
         """(byte offset, row) for every parseable row, in the order written."""
         try:
-            fh = open(self.path, "rb")  # noqa: SIM115 - closed below
+            fh = self._open("rb")  # noqa: SIM115 - closed below
         except FileNotFoundError:
             return
         with fh:
@@ -470,14 +568,17 @@ class ResultStore:
                     continue
                 try:
                     row = json.loads(line)
-                except json.JSONDecodeError:
+                    problem = row_problem(row) if isinstance(row, dict) else "not a JSON object"
+                except (ValueError, RecursionError):  # RecursionError: nesting deeper than Python's stack
+                    problem = "not JSON"
+                if problem is not None:
                     said = (os.path.realpath(self.path), n)
                     if said not in _SAID_CORRUPT:  # a run reads the file more than once: say it once
                         _SAID_CORRUPT.add(said)
-                        log.warning("%s:%d: skipping a corrupt row", self.path, n)
+                        log.warning("%s:%d: skipping a corrupt row (%s); its photograph is screened again",
+                                    self.path, n, problem)
                     continue
-                if isinstance(row, dict):
-                    yield start, row
+                yield start, row
 
     def _size(self) -> int:
         try:
@@ -493,12 +594,12 @@ class ResultStore:
         offset = self._offsets.get(key)
         if offset is not None:
             try:
-                with open(self.path, "rb") as fh:
+                with self._open("rb") as fh:
                     fh.seek(offset)
                     row = json.loads(fh.readline().decode("utf-8", errors="replace"))
-                if isinstance(row, dict) and row.get("key") == key:
+                if isinstance(row, dict) and row.get("key") == key and row_problem(row) is None:
                     return row
-            except (OSError, ValueError):
+            except (OSError, ValueError, RecursionError):
                 pass
             log.debug("%s: row of %s not at its offset %d; reading the whole file", self.path, key, offset)
         latest = None
@@ -679,7 +780,7 @@ class ResultStore:
             write_json(self.out_dir / RUN_JSON, self._record)
             self._record = None
         if self._fh is None:
-            self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - kept open across batches
+            self._fh = cast(TextIO, self._open("a"))  # noqa: SIM115 - kept open across batches
             self._end = self._size()
         try:
             self._write_rows(self._fh, pending, rows)
@@ -827,7 +928,8 @@ def write_csv(path: str | os.PathLike[str], rows: Iterable[dict[str, Any]], clas
     then comma-separated).
 
     UTF-8 with a BOM (``utf-8-sig``): Excel on Windows reads a CSV without one
-    in the local code page and garbles every non-ASCII file name. Booleans
+    in the local code page and garbles every non-ASCII file name. Lines end
+    in CRLF (RFC 4180), and a cell holding a line break is quoted. Booleans
     are ``yes``/``no`` (empty when not decided). ``positive`` lists every
     class at or above its threshold (``normal`` included); ``findings`` only
     the ``referable`` ones of a gradable photograph, what the report calls
@@ -853,7 +955,9 @@ def write_csv(path: str | os.PathLike[str], rows: Iterable[dict[str, Any]], clas
 
     cols = csv_columns(class_names)
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore", lineterminator="\n",
+    # CRLF line ends (RFC 4180) also make the writer quote a cell holding a lone carriage return (a file
+    # name may): with "\n" it went out bare, and spreadsheets split the row there, the rest starting a row.
+    w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore", lineterminator="\r\n",
                        delimiter=";" if semicolon else ",")
     w.writeheader()
     n = 0

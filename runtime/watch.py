@@ -44,7 +44,8 @@ from typing import Any
 
 from uopsl.runtime.api import RunSummary, Screener
 from uopsl.runtime.errors import ConfigError
-from uopsl.runtime.pipeline import ScreenResult, WalkState, is_output_folder, list_folder, output_folder_named
+from uopsl.runtime.pipeline import (ScreenResult, WalkState, folder_ident, is_output_folder, list_folder,
+                                    output_folder_named)
 from uopsl.runtime.results import FINAL_STATUSES, ResultStore, is_final, key_path
 
 log = logging.getLogger(__name__)
@@ -86,6 +87,9 @@ class _Listing:
     changed_at: float  # StableFiles' clock when its signature last changed (or it was first seen)
     files: list[Path]
     folders: list[Path]
+    #: The folder's identity when listed (:func:`folder_ident`): a later walk that keeps this listing marks it
+    #: visited, so a link to it found in the same walk is not listed as a folder of its own (None: not listed).
+    ident: tuple[int, int] | str | None = None
 
 
 class StableFiles:
@@ -127,6 +131,7 @@ class StableFiles:
         self._said: set[str] = set()  # warnings already given (a folder that cannot be listed: once, not every poll)
         self._sniffed: dict[str, tuple[int, int, int, bool]] = {}  # DICOM media files found by content (WalkState)
         self._listings: dict[str, _Listing] = {}
+        self._root = os.path.normcase(os.path.realpath(folder))
         self._watch: list[Path] = []  # files looked at between full checks (not yet taken, or taken lately)
         self._checked_at: float | None = None  # last full check (every folder and file)
         self.listings = 0  # how many folder listings were made (for tests and benchmarks)
@@ -172,7 +177,11 @@ class StableFiles:
                 self._taken[p] = sig
                 self._taken_at[p] = now
                 self._retry_at.pop(p, None)
-                self._by_real[os.path.realpath(p)] = p
+                real = os.path.realpath(p)
+                if not self._inside(real):
+                    self._say_outside(p, real)  # taken, not returned: looked at again only when it changes
+                    continue
+                self._by_real[real] = p
                 ready.append(p)
         self._watch = list(dict.fromkeys(p for p in candidates if not self._quiet(p, now)))
         if full:
@@ -184,6 +193,21 @@ class StableFiles:
                 self._retries.pop(gone, None)
             self._by_real = {r: p for r, p in self._by_real.items() if p in self._state}
         return ready
+
+    def _inside(self, real: str) -> bool:
+        """Whether the resolved path ``real`` lies inside the watched folder (resolved)."""
+        real = os.path.normcase(real)
+        return real == self._root or real.startswith(self._root.rstrip(os.sep) + os.sep)
+
+    def _say_outside(self, p: Path, real: str) -> None:
+        # Why not screen it: whoever can drop files could otherwise link any photograph the screening
+        # account can read (another clinic's, a private folder) into the shared report.
+        said = f"outside:{p}"
+        if said not in self._said:
+            self._said.add(said)
+            log.warning("not screening %s: a link to %s, outside the watched folder %s (watch screens only "
+                        "files inside it; screen that file with uopsl-screen run if it belongs here)",
+                        p, real, self.folder)
 
     def retry_later(self, p: Path) -> None:
         """Take ``p`` again later although it has not changed: its screening failed for a reason outside
@@ -224,25 +248,34 @@ class StableFiles:
         settling = known is not None and now - known.changed_at < _SETTLE_S
         hot = (known is None or full or settling or len(self._listings) <= self.check_all_up_to
                or now - known.changed_at < self.hot_s)
+        relisted = False
         if hot:
+            st: os.stat_result | None
             try:
                 st = os.stat(folder)
                 sig: tuple[int, int] | None = (st.st_mtime_ns, st.st_ino)
             except OSError:
-                sig = None
+                st, sig = None, None
             if full or known is None or known.sig is None or sig != known.sig or settling:
                 entries = list_folder(folder, state)
                 self.listings += 1
+                relisted = True
                 listed = state.folders.get(key)  # None: left out or not listable: tried again at the next poll
                 changed = known is None or listed != known.sig
                 listing = _Listing(listed, now if changed or known is None else known.changed_at,
-                                   [p for p, is_dir in entries if not is_dir], [p for p, is_dir in entries if is_dir])
+                                   [p for p, is_dir in entries if not is_dir], [p for p, is_dir in entries if is_dir],
+                                   folder_ident(folder, st) if listed is not None and st is not None else None)
                 # Every file of a folder listed again is looked at: a new name, or another photograph written
                 # (or renamed) over an old name.
                 new.extend(listing.files)
                 self._listings[key] = known = listing
         if known is None:
             return
+        if not relisted and known.ident is not None:
+            # Kept from an earlier poll: this walk has still been here. Without it, a link in the drop folder to
+            # the folder itself (or to a parent) was listed as a new folder at each poll, one level deeper each
+            # time, and its photographs counted again under every longer name.
+            state.visited.add(known.ident)
         if full:
             files.extend(known.files)
         for sub in known.folders:

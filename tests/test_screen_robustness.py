@@ -23,7 +23,6 @@ import numpy as np
 import pytest
 
 from tinybundle import fundus_jpeg, good_photos, make_bad_zoo, results_csv, results_jsonl, tiny_bundle  # noqa: F401 - session fixture
-from uopsl.runtime import results as results_mod
 from uopsl.runtime.api import ScreeningInterrupted, Screener
 from uopsl.runtime.bundle import read_manifest, write_manifest
 from uopsl.runtime.cli import main
@@ -249,14 +248,15 @@ def test_5_a_complete_folder_is_not_opened_for_writing_and_a_list_may_name_itsel
     assert f"{lst}, line 3: ./self.txt is a list file already being read" in err
 
     modes: list[str] = []
+    real_open = ResultStore._open  # results.jsonl is only ever opened through it (never through a link)
 
-    def spy(file: object, mode: str = "r", *a: object, **k: object) -> object:
+    def spy(self: ResultStore, mode: str) -> object:
         modes.append(mode)
-        return open(file, mode, *a, **k)  # type: ignore[call-overload]
+        return real_open(self, mode)
 
-    monkeypatch.setattr(results_mod, "open", spy, raising=False)
+    monkeypatch.setattr(ResultStore, "_open", spy)
     ResultStore(out).close()
-    assert modes and "rb+" not in modes  # nothing to repair: read-only media stay readable
+    assert modes and set(modes) == {"rb"}  # nothing to repair: read-only media stay readable
 
 
 # -- 6: stale thumbnails and overlays ------------------------------------------------------------------------
