@@ -38,7 +38,7 @@ import cv2
 import numpy as np
 
 from uopsl.runtime.errors import ConfigError, DataError, ImageError
-from uopsl.runtime.fsio import atomic_open, read_user_text
+from uopsl.runtime.fsio import atomic_open, read_user_text, user_cache_dir
 from uopsl.runtime.progress import track
 from uopsl.runtime.pipeline import IMAGE_SUFFIXES, WalkState, walk_images
 from uopsl.runtime.preprocess import PREPROCESS_VERSION, PreprocessConfig, preprocess, read_bytes
@@ -168,6 +168,19 @@ def fingerprint_images(images: np.ndarray, config: PreprocessConfig) -> str:
     h.update(repr(tuple(images.shape)).encode())
     h.update(np.ascontiguousarray(images, np.uint8).tobytes())
     return h.hexdigest()
+
+
+def _replaceable_cache(path: Path) -> bool:
+    """Whether an unreadable cache file at ``path`` may be written over: it lies in the user cache folder
+    (:func:`user_cache_dir`: nothing but caches live there), or it is an ``.npz`` that names itself a
+    calibration set cache (another format, or damaged images). Anything else is someone's file."""
+    try:
+        if Path(os.path.realpath(user_cache_dir())) in Path(os.path.realpath(path)).parents:
+            return True
+        with np.load(path, allow_pickle=False) as z:
+            return "cache_format" in json.loads(str(z["meta"]))
+    except Exception:  # noqa: BLE001 - any failure to read it as ours means it is not ours
+        return False
 
 
 def _load_npz(path: Path) -> tuple[CalibrationSet, str]:
@@ -306,7 +319,8 @@ def build_calibration_set(
         runtime's quality gate would refuse them, so they are not what the
         deployed model sees).
     cache: ``.npz`` path; reused when the files (paths, sizes, mtimes, change times, inodes) and
-        options are unchanged, written otherwise.
+        options are unchanged, written otherwise; a file there that is not a calibration set cache
+        is refused (ConfigError), not written over, unless it lies in the user cache folder.
     """
     cfg = config or PreprocessConfig()
     if isinstance(source, (str, os.PathLike)) and Path(source).suffix.lower() == ".npz":
@@ -341,6 +355,9 @@ def build_calibration_set(
         try:
             cached, cached_key = _load_npz(Path(cache))
         except DataError as exc:
+            if not _replaceable_cache(Path(cache)):
+                raise ConfigError(f"{cache} exists and is not a calibration set cache, so it is not written over: "
+                                  "give another --set-cache path, or remove it if it is an old cache") from exc
             log.warning("ignoring calibration set cache: %s", exc)
         else:
             if cached_key == key:

@@ -40,7 +40,7 @@ file the bundle no longer holds is left out, and so is a reduced-precision file
 (INT8, FP16) without a passing ``uopsl validate`` record on the runtime backend that
 stands for how Triton runs it (:func:`_runtime_backends`), unless
 ``include_unvalidated`` (its ``uopsl_parity`` parameter then says why it is
-not validated). The left-out files and the options are recorded in
+not validated); a file that failed validation there is never served. The left-out files and the options are recorded in
 ``uopsl_triton.json``.
 
 Triton serves the model, not the screening: a client must preprocess the
@@ -157,7 +157,8 @@ def write_triton_repository(
     force it. TensorRT engines always run on the GPU. ``overwrite`` replaces a
     repository this function wrote before (never another folder).
     ``include_unvalidated``: also serve reduced-precision files without a
-    passing parity record (stale engines are never served). ``gpus``: the
+    parity record where Triton runs them (stale engines and files that failed
+    validation there are never served). ``gpus``: the
     GPU indices that get instances of the models placed on a GPU (``KIND_GPU``:
     engines, ``--onnx-device gpu``); empty means every GPU, Triton's default.
     An engine runs only on the GPU model it was built on, so a server with
@@ -168,6 +169,9 @@ def write_triton_repository(
     """
     gpus = tuple(gpus)  # once: a generator would be used up by the check
     _check_args(max_batch, instance_count, max_queue_delay_us, onnx_device, gpus)
+    if max_queue_delay_us and not dynamic_batching:
+        raise ConfigError(f"max_queue_delay_us ({max_queue_delay_us}) is how long dynamic batching holds a request; "
+                          "without dynamic batching it means nothing: drop one of the two")
     bundle = Path(bundle_dir)
     manifest, _ = open_trusted(bundle)  # where this machine trusts signing keys, signed bundles only
     base = model_name if model_name is not None else manifest.model_name
@@ -180,8 +184,8 @@ def write_triton_repository(
     if bad:
         raise BundleError(f"{bundle}: class names {bad} contain line breaks, which {LABELS_FILE} (one name a line) "
                           "cannot hold; re-export the bundle with single-line class names")
-    target = Path(repo_dir)
-    check_repository_target(target, overwrite)
+    target = Path(os.path.abspath(repo_dir))  # "." has no name to swap under; the folder above holds it
+    check_repository_target(target, overwrite, keep=(bundle,))
     entries = [f for f in manifest.files if f.kind in ("onnx", "engine")]
     if not entries:
         raise BundleError(
@@ -195,6 +199,11 @@ def write_triton_repository(
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
         models, left_out = _plan_models(bundle, manifest, entries, base, max_batch, onnx_device, include_unvalidated)
+        if gpus and not any(m.kind == "KIND_GPU" for m in models):
+            raise ConfigError(
+                f"gpus {list(gpus)} place the models Triton runs on a GPU (engines, ONNX files with onnx_device "
+                f"'gpu'), and this repository has none ({', '.join(f'{m.name}: {m.kind}' for m in models)}; "
+                "KIND_AUTO lets Triton choose the devices): pass --onnx-device gpu, or drop --gpus")
         manifest_bytes = (bundle / MANIFEST).read_bytes()
         # The copy every model carries must be the manifest just verified (its content hash covers every field).
         copied = load_json_strict(manifest_bytes.decode("utf-8"))
@@ -240,9 +249,17 @@ def _check_args(max_batch: int, instance_count: int, max_queue_delay_us: int, on
         raise ConfigError(f"gpus must be distinct GPU indices (integers >= 0), got {listed!r}")
 
 
-def check_repository_target(target: Path, overwrite: bool) -> None:
+def check_repository_target(target: Path, overwrite: bool, keep: Sequence[str | os.PathLike[str]] = ()) -> None:
     """Refuse (ConfigError) a repository path that is a file, or a non-empty folder without ``overwrite``
-    or not written by uopsl."""
+    or not written by uopsl, or that is or holds the folder you are in or one of ``keep`` (the bundle it is
+    written from: replacing the repository deletes what it holds)."""
+    real = Path(os.path.realpath(target))
+    for other in (Path.cwd(), *map(Path, keep)):
+        o = Path(os.path.realpath(other))
+        if o == real or real in o.parents:
+            what = "the folder you are in" if other == Path.cwd() else f"the bundle {other}"
+            raise ConfigError(f"Triton repository {target} is or holds {what}, which writing the repository "
+                              "there would replace: choose another repository folder")
     if not target.exists():
         return
     if not target.is_dir():
@@ -270,6 +287,16 @@ def _swap_into_place(tmp: Path, target: Path) -> None:
 
 
 # -- what each model looks like -------------------------------------------------------------
+def _failed_on(entry: FileEntry, backends: Sequence[str]) -> list[str]:
+    """The ``backends`` on which ``uopsl validate`` recorded a FAIL for this very file content."""
+    from uopsl.runtime.bundle import PARITY_KEY
+
+    rec = entry.info.get(PARITY_KEY)
+    if not isinstance(rec, dict) or rec.get("sha256") != entry.sha256 or not isinstance(rec.get("backends"), dict):
+        return []
+    return [b for b in backends if isinstance(rec["backends"].get(b), dict) and rec["backends"][b].get("verdict") == "FAIL"]
+
+
 def _plan_models(bundle: Path, manifest: Manifest, entries: Sequence[FileEntry], base: str, max_batch: int,
                  onnx_device: str, include_unvalidated: bool) -> tuple[list[TritonModel], dict[str, str]]:
     """The models to write, and the bundle files left out with the reason for each."""
@@ -299,6 +326,12 @@ def _plan_models(bundle: Path, manifest: Manifest, entries: Sequence[FileEntry],
             runs_on = _runtime_backends(f, kind)
             verdicts = [(b, *parity_status(f, b, manifest=manifest)) for b in runs_on]
             missing = [f"{b}: {why}" for b, ok, why in verdicts if not ok]
+            failed = _failed_on(f, runs_on)
+            if failed:  # --include-unvalidated serves files nobody checked, never one shown to change decisions
+                left_out[f.path] = (f"failed parity validation where Triton runs it ({', '.join(failed)}); "
+                                    "--include-unvalidated does not serve a file that failed")
+                log.warning("Triton: %s left out (%s)", f.path, left_out[f.path])
+                continue
             if missing and not include_unvalidated:
                 left_out[f.path] = f"not validated where Triton runs it ({', '.join(runs_on)}): {'; '.join(missing)}"
                 log.warning("Triton: %s left out (%s); validate it there with `uopsl validate`, or pass "

@@ -90,11 +90,12 @@ _MAX_SIGNATURE_BYTES = 32 << 20  # the signed content repeats the manifest's fie
 
 
 def warn_if_signed(bundle: str | os.PathLike[str], change: str) -> bool:
-    """Warn, before ``change`` is made to ``bundle``, when the bundle is signed; True then.
+    """Warn that ``change`` to ``bundle`` voids its signature, when the bundle is signed; True then.
 
     calibrate, quantize, build-engine and intended-use rewrite the manifest or add a file the signature does
-    not cover: machines that trust signing keys then refuse the bundle until it is signed again. Said before
-    the work (minutes, for an engine), not found on the device afterwards.
+    not cover: machines that trust signing keys then refuse the bundle until it is signed again. Said on the
+    maker's machine, not found on the device afterwards: calibrate, quantize and intended-use say it once the
+    change is made (a command refused on the way voids nothing), build-engine before its minutes of work.
     """
     path = Path(bundle)
     if not (path / SIGNATURE_FILE).exists():
@@ -831,6 +832,10 @@ def generate_keypair(out_dir: str | os.PathLike[str], name: str = "uopsl-signing
                      password: bytes | None = None) -> tuple[Path, Path, str]:
     """Write ``NAME.key`` (private, owner-only, encrypted when ``password``) and ``NAME.pub`` in ``out_dir``;
     refuses to overwrite. Returns both paths and the key id."""
+    if not isinstance(name, str) or not name or name.startswith(".") or name != os.path.basename(name) \
+            or "/" in name or "\\" in name or any(ord(c) < 32 for c in name):
+        raise ConfigError(f"key name {name!r} must be a plain file name (not empty, no folder, not starting "
+                          "with '.'): the keys are written as NAME.key and NAME.pub inside the --out folder")
     ser, ed = _serialization(), _ed25519()
     out = Path(out_dir)
     private_path, public_path = out / f"{name}.key", out / f"{name}.pub"

@@ -265,3 +265,33 @@ def test_cli_resumes_only_the_same_teacher_and_photographs(tmp_path: Path, monke
     save_model(tmp_path / "ckpt", model, meta)
     assert main_entry(cli, args(), prog_name="uopsl") == 0
     assert not (tmp_path / "out" / "state.json").exists() and read_meta(tmp_path / "out").stage == "qat"
+
+
+def test_cli_reuses_its_finished_run_and_never_writes_over_another_model(tmp_path: Path) -> None:
+    """Session 30's training review: qat had no check on --out, so it wrote over a finished fine-tune there, even
+    the checkpoint it distils from (which validate needs afterwards), and trained again on every rerun."""
+    from uopsl.train.cli import cli
+
+    _checkpoint_and_folder(tmp_path)
+    base = ["qat", str(tmp_path / "ckpt"), "--data", f"folder:{tmp_path / 'folder'}", "--epochs", "1",
+            "--batch-size", "4", "--calib-images", "4", "--no-augment"]
+    before = (tmp_path / "ckpt" / "model.safetensors").read_bytes()
+    res = CliRunner().invoke(cli, [*base, "--out", str(tmp_path / "ckpt")])
+    assert res.exit_code == 2 and "the original model must stay as it is" in res.output
+    assert (tmp_path / "ckpt" / "model.safetensors").read_bytes() == before
+    res = CliRunner().invoke(cli, [*base, "--out", str(tmp_path / "out")])
+    assert res.exit_code == 0, res.output
+    written = (tmp_path / "out" / "model.safetensors").read_bytes()
+    res = CliRunner().invoke(cli, [*base, "--out", str(tmp_path / "out")])
+    assert res.exit_code == 0 and "is already complete" in res.output
+    assert (tmp_path / "out" / "model.safetensors").read_bytes() == written
+    res = CliRunner().invoke(cli, [*base, "--out", str(tmp_path / "out"), "--lr", "1e-3"])
+    assert res.exit_code != 0 and "holds a finished qat run of another settings" in str(res.exception)
+    assert (tmp_path / "out" / "model.safetensors").read_bytes() == written
+    # A folder holding a finished model of another stage (the fine-tune a user meant to keep).
+    import shutil
+
+    shutil.copytree(tmp_path / "ckpt", tmp_path / "finetuned")
+    res = CliRunner().invoke(cli, [*base, "--out", str(tmp_path / "finetuned")])
+    assert res.exit_code != 0 and "qat would overwrite it" in str(res.exception)
+    assert (tmp_path / "finetuned" / "model.safetensors").read_bytes() == before

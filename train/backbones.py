@@ -141,16 +141,26 @@ def _map_in_order(src: dict[str, torch.Tensor], dst: dict[str, torch.Tensor], wh
 def load_state_file(path: str | Path) -> dict[str, torch.Tensor]:
     """Load a state dict from .safetensors or a .pt/.pth file (weights only, no pickle code)."""
     p = Path(path)
+    if p.is_dir():
+        raise CheckpointError(f"{p} is a folder; --init takes a weights file (.safetensors, .pt or .pth). A uopsl "
+                              "checkpoint folder is continued with --from (finetune)")
     if not p.is_file():
         raise CheckpointError(f"weights file {p} does not exist")
     if p.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return load_file(str(p))
+        try:
+            return load_file(str(p))
+        except Exception as exc:  # noqa: BLE001 - SafetensorError, OSError, ...: a damaged or foreign file
+            raise CheckpointError(f"{p}: not a readable .safetensors file ({exc})") from None
     try:
         obj = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch raises many types for bad files
-        raise CheckpointError(f"{p}: not a readable weights-only torch file ({exc})") from exc
+        # torch's own message suggests weights_only=False, which would run code from the file: not offered here.
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{p}: not a readable weights-only torch file ({first}); uopsl loads tensors only, "
+                              "never code: save the state dict alone (torch.save(model.state_dict(), ...)) or as "
+                              ".safetensors") from exc
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
             obj = obj[key]

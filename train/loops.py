@@ -23,10 +23,11 @@ import csv
 import hashlib
 import json
 import logging
+import math
 import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -79,6 +80,10 @@ class TrainConfig:
     w_site_guide: float = 1.0
 
     def __post_init__(self) -> None:
+        for f in fields(self):  # NaN passes every comparison below (and click's FloatRange): refuse it by name
+            v = getattr(self, f.name)
+            if isinstance(v, float) and not math.isfinite(v):
+                raise ConfigError(f"{f.name} must be a finite number, got {v}")
         if self.epochs < 1 or self.batch_size < 1:
             raise ConfigError(f"epochs and batch_size must be >= 1, got {self.epochs}, {self.batch_size}")
         if self.lr <= 0 or self.lr_encoder < 0:

@@ -304,14 +304,17 @@ def distillation_loss(student: nn.Module, teacher: nn.Module, x: torch.Tensor) -
 
 
 def qat_finetune(model: UopslModel, meta: CheckpointMeta, train_ds: ImageDataset, cfg: QatConfig,
-                 out: Path, run_key: str = "") -> tuple[UopslModel, dict[str, Any]]:
+                 out: Path, run_key: str = "", identity: dict[str, str] | None = None
+                 ) -> tuple[UopslModel, dict[str, Any]]:
     """Fine-tune ``model``'s encoder under simulated INT8 towards its own FP32 outputs; write the checkpoint.
 
     ``train_ds``: fundus photographs (targets unused). Resumes an interrupted
     run in ``out`` when rerun with the same settings. Returns the model and
     the per-epoch history (logit MSE under simulated INT8). ``run_key``: what an interrupted run must share
     with this one besides the settings (the command passes the teacher's weights and the photographs; default:
-    the checkpoint's data fingerprint, which says nothing of ``train_ds``).
+    the checkpoint's data fingerprint, which says nothing of ``train_ds``). ``identity``: the run's
+    :func:`~uopsl.train.workflow.run_identity`, stored in the checkpoint so that a rerun reuses it and a run with
+    other settings or data is refused (``uopsl qat`` checks it before anything is written).
     """
     if len(train_ds) < cfg.calib_images:
         raise ConfigError(f"QAT needs at least calib_images={cfg.calib_images} images, got {len(train_ds)}")
@@ -350,7 +353,10 @@ def qat_finetune(model: UopslModel, meta: CheckpointMeta, train_ds: ImageDataset
         run_epochs(runner, len(train_ds), train_loop(runner, train_ds, loss_fn, eval_mode=True))
     result = {"history": runner.info["history"], "qat": asdict(cfg)}
     if runner.dist.main:
+        from uopsl.train.workflow import RUN_IDENTITY_KEY  # workflow runs the stages; this module is one of them
+
         save_model(out, model, replace(meta, stage="qat", train_config={**meta.train_config, "qat": asdict(cfg)},
-                                       metrics={**meta.metrics, "qat": result}))
+                                       metrics={**meta.metrics, "qat": result,
+                                                **({RUN_IDENTITY_KEY: identity} if identity else {})}))
     runner.finish()
     return model, result

@@ -39,6 +39,7 @@ from uopsl.train.checkpoint import (
     CheckpointMeta,
     checkpoint_digest,
     load_model,
+    peek_state,
     read_meta,
     save_model,
 )
@@ -197,6 +198,14 @@ def run_identity(stage: str, cfg: TrainConfig, model: UopslModel, *item_lists: S
             "data": data.hexdigest()[:16]}
 
 
+def operating_identity(target_sensitivity: float, referable: Sequence[bool] | None) -> str:
+    """What chooses a fine-tuned model's thresholds beside its training: the target sensitivity and which classes
+    refer. Kept apart from :func:`run_identity` (key ``operating``): a run stopped mid-training resumes whatever
+    they are (they act after the last epoch), but a finished run is reused only with the same ones."""
+    return hashlib.sha256(json.dumps([float(target_sensitivity), [bool(x) for x in referable or ()]]
+                                     ).encode()).hexdigest()[:16]
+
+
 def refuse_unfinished(ckpt: Path, meta: CheckpointMeta) -> None:
     """ConfigError for a checkpoint its training run stopped before completing (:data:`UNFINISHED_KEY`):
     a fine-tuned model without the thresholds its validation images would have chosen."""
@@ -215,6 +224,12 @@ def finished_run(out: Path, stage: str, want: dict[str, str]) -> bool:
     data, settings or model. An interrupted run is left to the resume, which
     checks its own settings.
     """
+    interrupted = peek_state(out)
+    if interrupted is not None and interrupted.get("stage") not in (None, stage):
+        # Refused here, before the command writes its config or preprocesses anything, not by the resume later.
+        raise ConfigError(
+            f"{out} holds an interrupted {interrupted.get('stage')} run; {stage} would overwrite it: write to a new "
+            f"--out, or rerun that {interrupted.get('stage')} command to complete it")
     try:
         meta = read_meta(out)
     except CheckpointError:
@@ -235,6 +250,9 @@ def finished_run(out: Path, stage: str, want: dict[str, str]) -> bool:
                     "reusing it as it is (delete the folder to train again)", out, stage)
         return True
     differ = [k for k in ("model", "settings", "data") if have.get(k) != want.get(k)]
+    # Runs finished before the operating point was recorded (no "operating") are reused as before.
+    if "operating" in have and "operating" in want and have["operating"] != want["operating"]:
+        differ.append("operating point (--target-sensitivity, or the classes' referable flags)")
     if differ:
         raise ConfigError(
             f"{out} holds a finished {stage} run of another {', '.join(differ)} than this command's (or one made "
@@ -478,7 +496,8 @@ def run_finetune(model: UopslModel, meta: CheckpointMeta, train_items: Sequence[
     if model.config.head == "softmax":
         check_one_label_each(train_items, model.config.classes, "training")
         check_one_label_each(val_items or (), model.config.classes, "validation")
-    want = identity or run_identity("finetune", effective_finetune_config(cfg, model), model, train_items, val_items)
+    want = identity or {**run_identity("finetune", effective_finetune_config(cfg, model), model, train_items,
+                                       val_items), "operating": operating_identity(target_sensitivity, meta.referable)}
     if finished_run(out, "finetune", want):
         return load_model(out)
     pre = meta.preprocess
@@ -494,7 +513,7 @@ def run_finetune(model: UopslModel, meta: CheckpointMeta, train_items: Sequence[
         return float(np.nanmean(aucs)) if np.isfinite(aucs).any() else 0.0
 
     model, result = finetune(model, tr, va, cfg, out, meta, select=macro_auc if select == "auc" else None,
-                             run_key=resume_key(want))
+                             run_key=resume_key({k: v for k, v in want.items() if k != "operating"}))
     names = model.config.classes
     if va is not None:
         probs = predict(model, va, device=pick_device(cfg.device))["probs"]

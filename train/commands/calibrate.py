@@ -265,6 +265,15 @@ def command(model: Path, images: str, method: str, percentile: float, out: Path 
     from uopsl.calibration.ranges import calibrate
     from uopsl.calibration.table import TABLE_FILE
 
+    given = click.get_current_context().get_parameter_source("percentile") not in (
+        None, click.core.ParameterSource.DEFAULT, click.core.ParameterSource.DEFAULT_MAP)
+    if given and method != "percentile":
+        raise click.UsageError(f"--percentile is the percentile method's cut, and --method {method} does not use it: "
+                               "drop --percentile, or use --method percentile")
+    if no_cache and set_cache is not None:
+        raise click.UsageError("--no-cache neither reads nor writes a set cache, and --set-cache names one: "
+                               "drop one of the two")
+
     source = resolve_model(model, size, preprocess_from)
     if out is None:
         out = source.bundle / TABLE_FILE if source.bundle else source.model.with_suffix(".calibration.json")

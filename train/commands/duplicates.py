@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +44,15 @@ def command(specs: tuple[str, ...], threshold: float, folds: int | None, fold_se
     cfg = DuplicateConfig(threshold=threshold)
     samples: list[Sample] = []
     sources = [load_source(spec) for spec in specs]
-    for src in sources:
+    where: dict[str, str] = {}  # real path -> the first spec that holds it
+    for spec, src in zip(specs, sources):
+        own = {os.path.realpath(s.path) for s in src.samples}
+        for path in sorted(own & where.keys())[:1]:
+            # Overlapping specs (a set and its split=train part, one spec twice) made every shared photograph a
+            # "copy" of itself; within one spec, a file listed twice is a real finding and stays.
+            raise click.UsageError(f"{spec} and {where[path]} both hold {path} ({len(own & where.keys())} photograph(s) "
+                                   "in common): give specs that do not overlap (each photograph once)")
+        where.update(dict.fromkeys(own - where.keys(), spec))
         samples.extend(src.samples)
     report = find_duplicates(samples, cfg, cache_dir or user_cache_dir() / "duplicates")
     fold_of: dict[int, int] = {}

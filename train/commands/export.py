@@ -41,10 +41,17 @@ def command(checkpoint: Path, out: Path, classes_file: Path | None, opset: int, 
     if intended_use is not None:
         check_choice(intended_use, use_statement, trained_on)  # a missing statement stops here, before any loading
 
+    if text_model is not None and classes_file is None:
+        raise click.UsageError("--text-model names the encoder that encodes the descriptions of --classes; "
+                               "without --classes nothing is encoded: drop it, or add --classes FILE")
     if triton is not None:  # refuse an unusable repository path before exporting, not after
         from uopsl.export.triton import check_repository_target
 
-        check_repository_target(triton, force)
+        t, o = triton.resolve(), out.resolve()
+        if t == o or o in t.parents:
+            raise click.UsageError(f"--triton {triton} is --out {out} or inside it: the bundle folder holds the bundle "
+                                   "alone (its manifest lists every file); choose a repository folder beside it")
+        check_repository_target(triton, force, keep=(out, checkpoint))
     bundle = run_export(checkpoint, out, classes_file, opset, force, text_model=text_model, use_status=intended_use,
                         use_statement=use_statement, trained_on=trained_on)
     m = verify_or_raise(bundle)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from pathlib import Path
 
@@ -56,7 +57,11 @@ def command(data_spec: str, val_spec: str | None, out: Path, from_ckpt: Path | N
     from uopsl.train.stages import effective_finetune_config
     from uopsl.train.text import DEFAULT_MODEL as DEFAULT_TEXT_MODEL
     from uopsl.train.workflow import (data_record, earlier_images, finished_run, from_checkpoint, new_model,
-                                      run_finetune, run_identity, with_training_data)
+                                      operating_identity, run_finetune, run_identity, with_training_data)
+
+    if not math.isfinite(target_sensitivity):  # NaN passes click's FloatRange
+        raise click.BadParameter(f"expected a number in [0.5, 1.0], got {target_sensitivity}",
+                                 param_hint="--target-sensitivity")
 
     src = load_source(data_spec)
     fundus = [i for i, smp in enumerate(src.samples) if smp.modality == "fundus"]
@@ -108,8 +113,11 @@ def command(data_spec: str, val_spec: str | None, out: Path, from_ckpt: Path | N
                               *([data_record("validation", val, "fundus")] if val.samples else []))
     train_items, val_items = items_for(src, names, "fundus"), items_for(val, names, "fundus")
     # Before anything is written: a folder holding another run's finished model is refused, not overwritten.
-    want = run_identity("finetune", effective_finetune_config(cfg, model), model, train_items, val_items)
-    if not finished_run(out, "finetune", want):
+    want = {**run_identity("finetune", effective_finetune_config(cfg, model), model, train_items, val_items),
+            "operating": operating_identity(target_sensitivity, meta.referable)}
+    # An interrupted run keeps the config it started with: resumed, its settings are these; refused (other
+    # settings), the file must still describe what was trained.
+    if not finished_run(out, "finetune", want) and not (out / "state.json").exists():
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "finetune.config.json", {"data": src.describe(), "val": val.describe(),
                                                   "from": str(from_ckpt), "model": meta.model.to_dict(),

@@ -40,7 +40,7 @@ def command(bundle: Path, status: str | None, statement: str | None, trained_on:
     kept = current.statement if status == current.status else ""
     use = check_choice(status, kept if statement is None else statement,
                        current.trained_on if trained_on is None else trained_on)
-    if use != current:
-        warn_if_signed(bundle, "restating its intended use")
     m = set_intended_use(bundle, use)
+    if use != current:  # once it is written: a refused restatement (clinical for a synthetic model) voids nothing
+        warn_if_signed(bundle, "restating its intended use")
     click.echo(f"{bundle}: intended use {m.intended_use.status} (manifest {m.content_sha256[:12]})")

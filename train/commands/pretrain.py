@@ -68,7 +68,7 @@ def command(fundus_spec: str, oct_spec: str | None, out: Path, classes: str | No
     oct_items = items_for(osrc, names, "oct") if osrc else None
     # Before anything is written: a folder holding another run's finished model is refused, not overwritten.
     want = run_identity("pretrain", cfg, model, fundus_items, oct_items)
-    if not finished_run(out, "pretrain", want):
+    if not finished_run(out, "pretrain", want) and not (out / "state.json").exists():  # see finetune's
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "pretrain.config.json", {"fundus": fsrc.describe(), "oct": osrc.describe() if osrc else None,
                                                   "model": meta.model.to_dict(), "train": cfg.to_dict(),

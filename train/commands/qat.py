@@ -47,11 +47,19 @@ def command(checkpoint: Path, data_spec: str, out: Path, images: int | None, epo
     from uopsl.train.workflow import (
         data_record,
         earlier_images,
+        finished_run,
         record_images_seen,
         resume_key,
         run_identity,
         with_training_data,
     )
+
+    real_out, real_ckpt = out.resolve(), checkpoint.resolve()
+    if real_out == real_ckpt or real_out in real_ckpt.parents or real_ckpt in real_out.parents:
+        # The teacher is read throughout and `uopsl validate` needs it afterwards: never written over.
+        raise click.UsageError(f"--out {out} is CHECKPOINT {checkpoint}, or holds it, or lies inside it: the "
+                               "original model must stay as it is (the INT8 file is validated against it); "
+                               "choose a new --out")
 
     cfg = QatConfig(epochs=epochs, batch_size=batch_size, lr=lr, bias_lr=bias_lr, calib_images=calib_images, seed=seed,
                     augment=augment, device=device, save_every=save_every)
@@ -63,10 +71,14 @@ def command(checkpoint: Path, data_spec: str, out: Path, images: int | None, epo
     if images is not None:
         items = items[:images]
     meta = with_training_data(meta, {**data_record("qat", src, "fundus"), "n_images": len(items)})
-    # An interrupted run resumes only with the same teacher weights and photographs (and settings).
-    key = resume_key(run_identity("qat", cfg.train_config(), model, items))
+    # An interrupted run resumes only with the same teacher weights and photographs (and settings); a finished
+    # one in --out is reused by the same run and refused to any other, before anything is written.
+    want = run_identity("qat", cfg.train_config(), model, items)
+    if finished_run(out, "qat", want):
+        click.echo(f"QAT checkpoint {out} is already complete (same checkpoint, photographs and settings)")
+        return
     ds = ImageDataset(items, meta.preprocess, cache_dir or out / "cache", augment=augment)
-    _, result = qat_finetune(model, meta, ds, cfg, out, run_key=key)
+    _, result = qat_finetune(model, meta, ds, cfg, out, run_key=resume_key(want), identity=want)
     # What made the original, and the (unlabelled) photographs the distillation saw.
     record_images_seen(out, {"earlier": earlier_images(checkpoint), "qat": ds.digests})
     last = result["history"][-1] if result["history"] else {}

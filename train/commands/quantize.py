@@ -45,6 +45,36 @@ def record_path(out: Path) -> Path:
     return out.with_name(f"{stem}.quantize.json")
 
 
+def _refuse_unused_options(images: str | None, rounding: str, auto_exclude: int) -> None:
+    """A usage error for an option given on the command line that this run would not use (the user meant
+    something by it: a silently ignored --max-images draws another set than they think)."""
+    ctx = click.get_current_context()
+
+    def given(name: str) -> bool:
+        return ctx.get_parameter_source(name) not in (None, click.core.ParameterSource.DEFAULT,
+                                                      click.core.ParameterSource.DEFAULT_MAP)
+
+    unused = [(name, why) for name, why in (
+        ("max_images", "draws from --images, and none are given"),
+        ("seed", "seeds the --max-images draw from --images, and none are given"),
+        ("require_fov", "filters --images, and none are given"),
+        ("size", "sizes --images, and none are given"),
+        ("preprocess_from", "preprocesses --images, and none are given"),
+    ) if images is None and given(name)]
+    if rounding == "nearest":
+        unused += [(n, "is for --rounding gptq or adaround") for n in ("rounding_images", "adaround_iterations")
+                   if given(n)]
+    elif rounding == "gptq" and given("adaround_iterations"):
+        unused.append(("adaround_iterations", "is for --rounding adaround"))
+    if auto_exclude == 0 and given("sensitivity_images"):
+        unused.append(("sensitivity_images", "is for the --auto-exclude sensitivity pass, which is off"))
+    if unused:
+        opts = {p.name: p.opts[-1] if p.name != "require_fov" else "--require-fov/--allow-no-fov"
+                for p in ctx.command.params}
+        raise click.UsageError("; ".join(f"{opts.get(n, n)} {why}" for n, why in unused) + ": drop it, or give "
+                               "what it applies to")
+
+
 @click.command("quantize")
 @click.argument("model", type=click.Path(exists=True, path_type=Path))
 @click.option("--table", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
@@ -95,6 +125,8 @@ def command(model: Path, table: Path | None, variant: str, per_channel: bool, ex
     """Quantize MODEL (ONNX file or bundle folder) to INT8 QDQ with its calibration table."""
     from uopsl.export.quantize import quantize_model
 
+    _refuse_unused_options(images, rounding, auto_exclude)
+
     source = resolve_model(model, size, preprocess_from)
     out = out or default_output(source.model, variant)
     if table is None:
@@ -103,7 +135,6 @@ def command(model: Path, table: Path | None, variant: str, per_channel: bool, ex
     bundle = bundle_target(source, out, "onnx")
     if bundle is not None:  # before any work: never re-sign a manifest that fails its own checksums
         verify_before_rewrite(bundle, out.name)  # the INT8 file is written anew either way
-        warn_if_signed(bundle, f"an INT8 file listed now ({out.name})")
     calib_table = CalibrationTable.load(table, model_sha256=sha256_file(source.model))
     if bundle is not None:  # into the bundle: the table's ranges and the --images set must be the bundle's pixels
         refuse_table_of_other_preprocessing(bundle, calib_table, table)
@@ -138,6 +169,8 @@ def command(model: Path, table: Path | None, variant: str, per_channel: bool, ex
         from uopsl.export.bundle_writer import add_file
 
         add_file(bundle, None, out.name, "onnx", result.precision, info=result.manifest_info())  # type: ignore[arg-type]
+        # Said once the file is listed (as calibrate does): a command that stops earlier voids nothing.
+        warn_if_signed(bundle, f"an INT8 file listed now ({out.name})")
         click.echo(f"{bundle}: manifest lists {out.name} ({result.precision}); "
                    f"run `uopsl validate {bundle} ...` before a device's `auto` backend will use it")
     click.echo(f"{out}: {result.precision} ({'per-channel' if per_channel else 'per-tensor'} weights, "

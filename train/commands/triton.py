@@ -25,7 +25,8 @@ import click
               help="GPU indices that get the GPU models' instances (default: every GPU). An engine runs only on "
                    "the GPU model it was built on: list the GPUs of that kind.")
 @click.option("--include-unvalidated", is_flag=True,
-              help="Also serve INT8/FP16 files without a passing `uopsl validate` record (stale engines never).")
+              help="Also serve INT8/FP16 files not validated where Triton runs them (stale engines and files "
+                   "that failed `uopsl validate` never).")
 @click.option("--force", is_flag=True, help="Replace a repository this command wrote before.")
 def command(bundle: Path, out: Path, model_name: str | None, max_batch: int, instance_count: int,
             dynamic_batching: bool, max_queue_delay_us: int, onnx_device: str, gpus: str,
