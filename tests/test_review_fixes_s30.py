@@ -242,3 +242,38 @@ def test_run_finetune_records_the_operating_point(tmp_path: Path) -> None:
     cfg = TrainConfig(epochs=1, batch_size=4, seed=3, device="cpu", amp=False, augment=False)
     _, meta = run_finetune(*tiny_model(), items[:8], items[8:], cfg, tmp_path / "ft", target_sensitivity=0.8)
     assert meta.metrics[RUN_IDENTITY_KEY]["operating"] == operating_identity(0.8, meta.referable)
+
+
+def test_a_run_stopped_while_its_thresholds_were_chosen_completes_without_training_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stopped after the last epoch (the model saved, marked unfinished), a rerun trained every epoch again, and a
+    command with other settings trained over it unasked."""
+    import uopsl.train.workflow as wf
+    from uopsl.train.checkpoint import UNFINISHED_KEY, read_meta
+
+    items = tiny_items(tmp_path / "imgs", n=12)
+    cfg = TrainConfig(epochs=1, batch_size=4, seed=3, device="cpu", amp=False, augment=False)
+    real_choose = wf.choose_operating_points
+
+    def stopped(*a: object, **k: object) -> object:
+        raise KeyboardInterrupt("power loss while the thresholds were chosen")
+
+    monkeypatch.setattr(wf, "choose_operating_points", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        run_finetune(*tiny_model(), items[:8], items[8:], cfg, tmp_path / "ft")
+    assert read_meta(tmp_path / "ft").metrics.get(UNFINISHED_KEY) is True
+    trained = (tmp_path / "ft" / "model.safetensors").read_bytes()
+    monkeypatch.setattr(wf, "choose_operating_points", real_choose)
+    with pytest.raises(ConfigError, match="stopped after its last epoch .* with other settings"):
+        run_finetune(*tiny_model(), items[:8], items[8:], TrainConfig(**{**cfg.to_dict(), "lr": 0.01}),
+                     tmp_path / "ft")
+    assert (tmp_path / "ft" / "model.safetensors").read_bytes() == trained
+
+    def never(*a: object, **k: object) -> object:
+        raise AssertionError("trained again")
+
+    monkeypatch.setattr(wf, "finetune", never)
+    model, meta = run_finetune(*tiny_model(), items[:8], items[8:], cfg, tmp_path / "ft")
+    done = read_meta(tmp_path / "ft")
+    assert UNFINISHED_KEY not in done.metrics and len(done.thresholds) == 3 and done.metrics["history"]
+    assert finished_run(tmp_path / "ft", "finetune", done.metrics[RUN_IDENTITY_KEY])

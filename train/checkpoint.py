@@ -207,6 +207,9 @@ def init_from(model: UopslModel, folder: str | Path, skip_prefixes: tuple[str, .
 #: identity; for fine-tuning, the thresholds chosen on the validation images). A stop in between left a
 #: checkpoint a rerun took as finished (a fine-tuned model without thresholds: 0.5 everywhere at export).
 UNFINISHED_KEY = "unfinished"
+#: Beside :data:`UNFINISHED_KEY`: the resume key of the run that trained it, so a rerun of the same command
+#: completes it without training again, and another command is refused instead of training over it.
+UNFINISHED_RUN_KEY = "unfinished_run_key"
 
 #: Where in ``state.safetensors`` the state's info (position, tag, optimiser groups) is kept, so the tensors and
 #: the position they belong to are written in one atomic rename (``state.json`` is a copy for a quick look).

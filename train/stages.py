@@ -24,7 +24,8 @@ import torch
 
 from uopsl.runtime.errors import DataError
 from uopsl.train import losses
-from uopsl.train.checkpoint import UNFINISHED_KEY, CheckpointMeta, load_tensors, save_model, save_tensors
+from uopsl.train.checkpoint import (UNFINISHED_KEY, UNFINISHED_RUN_KEY, CheckpointMeta, load_tensors, save_model,
+                                    save_tensors)
 from uopsl.train.loops import (
     StageRunner,
     TrainConfig,
@@ -194,7 +195,8 @@ def pretrain(model: UopslModel, fundus: AnyDataset, oct_ds: AnyDataset | None, c
         run_epochs(runner, length, epoch)
     if runner.dist.main:  # marked unfinished until the workflow records the run's identity
         save_model(out, model, replace(meta, stage="pretrain", train_config=cfg.to_dict(),
-                                       metrics={"history": runner.info["history"], UNFINISHED_KEY: True}))
+                                       metrics={"history": runner.info["history"], UNFINISHED_KEY: True,
+                                                UNFINISHED_RUN_KEY: run_key}))
     runner.finish()
     return model
 
@@ -270,7 +272,7 @@ def finetune(model: UopslModel, train_ds: AnyDataset, val_ds: AnyDataset | None,
               "best_val_score": runner.info.get("best")}
     if runner.dist.main:  # marked unfinished until the workflow adds the thresholds and the run's identity
         save_model(out, model, replace(meta, stage="finetune", train_config=cfg.to_dict(),
-                                       metrics={**result, UNFINISHED_KEY: True}))
+                                       metrics={**result, UNFINISHED_KEY: True, UNFINISHED_RUN_KEY: run_key}))
     # The state goes first: resumed without the best epoch's file, a run would end on the last epoch's weights.
     runner.finish()
     if runner.dist.main:

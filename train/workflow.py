@@ -36,6 +36,7 @@ from uopsl.train.checkpoint import (
     TEACHER_DIGEST_KEY,
     TEACHER_DIGEST_NOTE,
     UNFINISHED_KEY,
+    UNFINISHED_RUN_KEY,
     CheckpointMeta,
     checkpoint_digest,
     load_model,
@@ -146,6 +147,24 @@ RUN_IDENTITY_KEY = "run_identity"
 _SAID_REUSED: set[tuple[str, str]] = set()
 
 
+def _training_part(identity: dict[str, str]) -> dict[str, str]:
+    """The part of a run identity that training depends on: all but the operating point (see
+    :func:`operating_identity`), which acts after the last epoch."""
+    return {k: v for k, v in identity.items() if k != "operating"}
+
+
+def trained_unfinished(out: Path, stage: str, want: dict[str, str]) -> CheckpointMeta | None:
+    """The metadata of the checkpoint in ``out`` when this very run trained it and stopped before completing it
+    (thresholds, identity): the rerun completes it from there. None otherwise (see :func:`finished_run`)."""
+    try:
+        meta = read_meta(out)
+    except CheckpointError:
+        return None
+    ok = (meta.stage == stage and bool(meta.metrics.get(UNFINISHED_KEY)) and not (out / "state.json").exists()
+          and meta.metrics.get(UNFINISHED_RUN_KEY) == resume_key(_training_part(want)))
+    return meta if ok else None
+
+
 def resume_key(identity: dict[str, str]) -> str:
     """The key an interrupted run is resumed by (:class:`~uopsl.train.loops.StageRunner`'s tag): the run's
     :func:`run_identity`, so a run restarted on other images (``--data``, ``--val``, the OCT pool), from other
@@ -241,8 +260,24 @@ def finished_run(out: Path, stage: str, want: dict[str, str]) -> bool:
             f"{out} holds a finished {meta.stage} model; {stage} would overwrite it: write to a new --out "
             f"(e.g. {out.parent / (out.name + '-' + stage)})")
     if meta.metrics.get(UNFINISHED_KEY):
-        log.warning("%s: its %s run was stopped after its last epoch, before it was completed (%s); training "
-                    "it again", out, stage, "thresholds and identity" if stage == "finetune" else "identity")
+        trained_by = meta.metrics.get(UNFINISHED_RUN_KEY)
+        said = (str(out), stage, "unfinished")
+        if not isinstance(trained_by, str) or not trained_by:  # stopped before uopsl recorded which run it was
+            if said not in _SAID_REUSED:
+                _SAID_REUSED.add(said)
+                log.warning("%s: its %s run was stopped after its last epoch, before it was completed (%s); "
+                            "training it again", out, stage,
+                            "thresholds and identity" if stage == "finetune" else "identity")
+            return False
+        if trained_by != resume_key(_training_part(want)):
+            raise ConfigError(
+                f"{out} holds a {stage} run stopped after its last epoch (trained, not yet completed) with other "
+                "settings, data or model than this command's; it is not trained over: rerun that command to "
+                "complete it, or write to a new --out")
+        if said not in _SAID_REUSED:
+            _SAID_REUSED.add(said)
+            log.warning("%s: its %s run was stopped after its last epoch, before it was completed; completing it "
+                        "without training again", out, stage)
         return False
     have = meta.metrics.get(RUN_IDENTITY_KEY)
     if not isinstance(have, dict):
@@ -270,7 +305,7 @@ def _record_identity(out: Path, want: dict[str, str], extra: dict[str, Any] | No
     if not _is_main_process():
         return
     meta = read_meta(out)
-    metrics = {k: v for k, v in meta.metrics.items() if k != UNFINISHED_KEY}  # complete from here on
+    metrics = {k: v for k, v in meta.metrics.items() if k not in (UNFINISHED_KEY, UNFINISHED_RUN_KEY)}  # complete now
     write_json(out / "checkpoint.json",
                replace(meta, metrics={**metrics, **(extra or {}), RUN_IDENTITY_KEY: want}).to_dict())
 
@@ -377,7 +412,10 @@ def run_pretrain(model: UopslModel, meta: CheckpointMeta, fundus: Sequence[Item]
     pre = meta.preprocess
     fds = dataset(fundus, pre, cache, cfg.augment)
     ods = dataset(oct_items, pre, cache, cfg.augment, "oct") if oct_items and model.config.uses_oct else None
-    trained = pretrain(model, fds, ods, cfg, out, meta, run_key=resume_key(want))
+    if trained_unfinished(out, "pretrain", want) is not None:  # trained by this very run: record it only
+        trained = load_model(out)[0]
+    else:
+        trained = pretrain(model, fds, ods, cfg, out, meta, run_key=resume_key(want))
     _record_identity(out, want, {SEEN_KEY: record_images_seen(out, {"pretrain": fds.digests})})
     return trained
 
@@ -512,8 +550,13 @@ def run_finetune(model: UopslModel, meta: CheckpointMeta, train_items: Sequence[
         aucs = per_class_auc(targets, probs)
         return float(np.nanmean(aucs)) if np.isfinite(aucs).any() else 0.0
 
-    model, result = finetune(model, tr, va, cfg, out, meta, select=macro_auc if select == "auc" else None,
-                             run_key=resume_key({k: v for k, v in want.items() if k != "operating"}))
+    done = trained_unfinished(out, "finetune", want)
+    if done is not None:  # trained by this very run, stopped while its thresholds were chosen: only those now
+        model = load_model(out)[0]
+        result = {k: done.metrics.get(k) for k in ("history", "best_epoch", "best_val_score")}
+    else:
+        model, result = finetune(model, tr, va, cfg, out, meta, select=macro_auc if select == "auc" else None,
+                                 run_key=resume_key(_training_part(want)))
     names = model.config.classes
     if va is not None:
         probs = predict(model, va, device=pick_device(cfg.device))["probs"]
