@@ -809,9 +809,13 @@ def verify_or_raise(bundle: str | os.PathLike[str], manifest: Manifest | None = 
     return m
 
 
+#: What to do about a file that fails verification. A calibration table, an INT8 file or an engine that a
+#: command was writing when it was stopped is made good where the bundle was made by running that command again.
+VERIFY_REMEDY = ("Copy the bundle again from its source; where it was made, a calibration table, INT8 file or "
+                 "engine that fails is made good by running uopsl calibrate, quantize or build-engine again")
+
+
 def _raise_bad(bundle: str | os.PathLike[str], bad: Sequence[Any]) -> None:
     if bad:
         detail = "; ".join(f"{c.path}: {c.reason}" for c in bad)
-        raise BundleError(
-            f"bundle {bundle} failed verification: {detail}. Copy the bundle again from its source"
-        )
+        raise BundleError(f"bundle {bundle} failed verification: {detail}. {VERIFY_REMEDY}")

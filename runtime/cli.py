@@ -437,7 +437,7 @@ def verify_cmd(bundle: Path, trusted_keys: Sequence[Path]) -> int:
     (exit 2 naming a bad file); prints the bundle fingerprint to compare with the one its maker sent. Where
     this machine trusts signing keys (--trusted-key, its trusted-keys folder, UOPSL_TRUSTED_KEYS), the
     bundle's signature must be valid and cover it."""
-    from uopsl.runtime.bundle import read_manifest_raw, verify
+    from uopsl.runtime.bundle import VERIFY_REMEDY, read_manifest_raw, verify
     from uopsl.runtime.errors import BundleError
     from uopsl.runtime.signing import check_signature, trusted_keys_for
 
@@ -451,7 +451,7 @@ def verify_cmd(bundle: Path, trusted_keys: Sequence[Path]) -> int:
         raise BundleError(
             f"{len(bad)} of {len(checks)} bundle files failed verification: "
             + "; ".join(f"{c.path} ({c.reason})" for c in bad)
-            + ". Copy the bundle again from its source"
+            + f". {VERIFY_REMEDY}"
         )
     click.echo(f"all {len(checks)} files verified", err=True)
     sig = check_signature(bundle, keys, raw=raw)

@@ -277,3 +277,18 @@ def test_a_run_stopped_while_its_thresholds_were_chosen_completes_without_traini
     done = read_meta(tmp_path / "ft")
     assert UNFINISHED_KEY not in done.metrics and len(done.thresholds) == 3 and done.metrics["history"]
     assert finished_run(tmp_path / "ft", "finetune", done.metrics[RUN_IDENTITY_KEY])
+
+
+def test_verify_says_how_a_bundle_file_a_command_writes_is_made_good(tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """A quantize stopped between writing its file and listing it fails verification: copying the bundle again is
+    not the only way back (the export review)."""
+    from tinybundle import make_tiny_bundle
+    from uopsl.runtime.cli import main as screen
+
+    b = make_tiny_bundle(tmp_path / "b")
+    with open(b / "model.onnx", "ab") as fh:
+        fh.write(b"x")
+    assert screen(["verify", str(b)]) == 2
+    err = capsys.readouterr().err
+    assert "model.onnx" in err and "running uopsl calibrate, quantize or build-engine again" in err
