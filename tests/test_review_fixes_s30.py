@@ -292,3 +292,13 @@ def test_verify_says_how_a_bundle_file_a_command_writes_is_made_good(tmp_path: P
     assert screen(["verify", str(b)]) == 2
     err = capsys.readouterr().err
     assert "model.onnx" in err and "running uopsl calibrate, quantize or build-engine again" in err
+
+
+def test_synth_names_the_settings_that_differ(tmp_path: Path) -> None:
+    from uopsl.train.synthetic import _settings_difference
+
+    old = {"config": {"seed": 0, "size": 512, "classes": ["dr"]}, "n_fundus": 4, "n_oct": 0}
+    new = {"config": {"seed": 3, "size": 512, "classes": ["dr"]}, "n_fundus": 4, "n_oct": 2}
+    assert _settings_difference(old, new) == "config.seed 0 there, 3 now; n_oct 0 there, 2 now"
+    many = {f"k{i}": i for i in range(6)}
+    assert _settings_difference(many, {k: v + 1 for k, v in many.items()}).endswith("; and 2 more")

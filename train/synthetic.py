@@ -1205,6 +1205,21 @@ def _chunks(seq: Sequence[_Job], n: int) -> Iterator[Sequence[_Job]]:
         yield seq[i : i + n]
 
 
+def _settings_difference(old: Any, new: Any, prefix: str = "") -> str:
+    """The settings that differ, as ``name X there, Y now`` (the first four), for a one-line refusal."""
+    if not (isinstance(old, dict) and isinstance(new, dict)):
+        return f"{prefix or 'settings'} {json.dumps(old)} there, {json.dumps(new)} now"
+    parts = []
+    for k in sorted(set(old) | set(new)):
+        if old.get(k) != new.get(k):
+            name = f"{prefix}.{k}" if prefix else str(k)
+            parts.append(_settings_difference(old.get(k), new.get(k), name)
+                         if isinstance(old.get(k), dict) and isinstance(new.get(k), dict)
+                         else f"{name} {json.dumps(old.get(k))} there, {json.dumps(new.get(k))} now")
+    shown = "; ".join(parts[:4])
+    return shown + (f"; and {len(parts) - 4} more" if len(parts) > 4 else "")
+
+
 def make_dataset(
     out_dir: str | os.PathLike[str],
     n_fundus: int,
@@ -1248,11 +1263,11 @@ def make_dataset(
             old = json.loads(settings_path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             raise ConfigError(f"{settings_path} is unreadable ({exc}); delete the folder or choose another --out") from exc
-        if old != json.loads(json.dumps(settings)):
+        new = json.loads(json.dumps(settings))
+        if old != new:
             raise ConfigError(
-                f"{out} already holds a synthetic dataset made with other settings "
-                f"({settings_path}); expected {json.dumps(settings, sort_keys=True)}, found "
-                f"{json.dumps(old, sort_keys=True)}. Choose another output folder or delete this one."
+                f"{out} already holds a synthetic dataset made with other settings ({settings_path}: "
+                f"{_settings_difference(old, new)}). Choose another output folder or delete this one."
             )
     elif out.exists() and any(out.iterdir()):
         raise ConfigError(f"{out} is not empty and holds no synth_config.json; choose an empty or new folder")
