@@ -302,3 +302,12 @@ def test_synth_names_the_settings_that_differ(tmp_path: Path) -> None:
     assert _settings_difference(old, new) == "config.seed 0 there, 3 now; n_oct 0 there, 2 now"
     many = {f"k{i}": i for i in range(6)}
     assert _settings_difference(many, {k: v + 1 for k, v in many.items()}).endswith("; and 2 more")
+
+
+def test_an_init_file_that_is_a_uopsl_checkpoint_gets_one_piece_of_advice(tmp_path: Path) -> None:
+    from uopsl.train.backbones import _wrong_file
+
+    err = _wrong_file(tmp_path / "model.safetensors", "resnet18", {"fundus.encoder.conv1.weight": torch.zeros(1)},
+                      0, 62, " (0%)")
+    assert str(err).endswith("it looks like a uopsl checkpoint (start from it with --from ITS_FOLDER, not --init)")
+    assert "pass the --backbone" not in str(err)

@@ -323,6 +323,8 @@ def _wrong_file(path: Path, name: str, src: dict[str, torch.Tensor], matched: in
     guess, looks = guess_backbone(src, exclude=name)
     if guess:
         todo = f"it looks like {looks}: pass --backbone {guess}"
+    elif looks.startswith("a uopsl checkpoint"):  # no --backbone makes it an --init file
+        todo = f"it looks like {looks}"
     else:
         todo = (f"{'it looks like ' + looks + '; ' if looks else ''}pass the --backbone it was trained for "
                 f"(one of {', '.join(names())}) or a {name} state dict (.pt/.pth/.safetensors)")
