@@ -144,7 +144,7 @@ def is_done(out: Path, stage: str) -> bool:
 
 
 RUN_IDENTITY_KEY = "run_identity"
-_SAID_REUSED: set[tuple[str, str]] = set()
+_SAID_REUSED: set[tuple[str, ...]] = set()
 
 
 def _training_part(identity: dict[str, str]) -> dict[str, str]:
@@ -293,7 +293,7 @@ def finished_run(out: Path, stage: str, want: dict[str, str]) -> bool:
             f"{out} holds a finished {stage} run of another {', '.join(differ)} than this command's (or one made "
             "by an earlier uopsl, whose models or preprocessing differ); it is not reused or overwritten: write to a "
             "new --out, or delete the folder to train it again")
-    said = (str(out), stage)
+    said = (str(out), stage, "finished")
     if said not in _SAID_REUSED:  # a command checks before writing its config, then the stage checks again
         _SAID_REUSED.add(said)
         log.warning("%s: this %s run is already complete (same data and settings); reusing it", out, stage)
