@@ -185,7 +185,7 @@ def write_triton_repository(
         raise BundleError(f"{bundle}: class names {bad} contain line breaks, which {LABELS_FILE} (one name a line) "
                           "cannot hold; re-export the bundle with single-line class names")
     target = Path(os.path.abspath(repo_dir))  # "." has no name to swap under; the folder above holds it
-    check_repository_target(target, overwrite, keep=(bundle,))
+    check_repository_target(target, overwrite, keep=(("the bundle", bundle),))
     entries = [f for f in manifest.files if f.kind in ("onnx", "engine")]
     if not entries:
         raise BundleError(
@@ -249,15 +249,16 @@ def _check_args(max_batch: int, instance_count: int, max_queue_delay_us: int, on
         raise ConfigError(f"gpus must be distinct GPU indices (integers >= 0), got {listed!r}")
 
 
-def check_repository_target(target: Path, overwrite: bool, keep: Sequence[str | os.PathLike[str]] = ()) -> None:
+def check_repository_target(target: Path, overwrite: bool,
+                            keep: Sequence[tuple[str, str | os.PathLike[str]]] = ()) -> None:
     """Refuse (ConfigError) a repository path that is a file, or a non-empty folder without ``overwrite``
-    or not written by uopsl, or that is or holds the folder you are in or one of ``keep`` (the bundle it is
-    written from: replacing the repository deletes what it holds)."""
+    or not written by uopsl, or that is or holds the folder you are in or one of ``keep`` ((what it is,
+    path) pairs: the bundle it is written from, the checkpoint; replacing the repository deletes what it
+    holds)."""
     real = Path(os.path.realpath(target))
-    for other in (Path.cwd(), *map(Path, keep)):
+    for what, other in (("the folder you are in", Path.cwd()), *((f"{w} {p}", Path(p)) for w, p in keep)):
         o = Path(os.path.realpath(other))
         if o == real or real in o.parents:
-            what = "the folder you are in" if other == Path.cwd() else f"the bundle {other}"
             raise ConfigError(f"Triton repository {target} is or holds {what}, which writing the repository "
                               "there would replace: choose another repository folder")
     if not target.exists():
@@ -288,13 +289,30 @@ def _swap_into_place(tmp: Path, target: Path) -> None:
 
 # -- what each model looks like -------------------------------------------------------------
 def _failed_on(entry: FileEntry, backends: Sequence[str]) -> list[str]:
-    """The ``backends`` on which ``uopsl validate`` recorded a FAIL for this very file content."""
+    """The ``backends`` on which ``uopsl validate`` recorded a FAIL for this very file content.
+
+    An INT8 file's FAIL on a CPU backend counts only from the same kind of CPU as this one, as a PASS does
+    (:func:`uopsl.runtime.bundle.parity_status`): CPUs with and without VNNI round 8-bit sums differently, so
+    a verdict from the other kind says nothing here, and the file is merely not validated.
+    """
     from uopsl.runtime.bundle import PARITY_KEY
+    from uopsl.runtime.cpuinfo import CPU_BACKENDS, int8_cpu_class, same_int8_arithmetic
 
     rec = entry.info.get(PARITY_KEY)
     if not isinstance(rec, dict) or rec.get("sha256") != entry.sha256 or not isinstance(rec.get("backends"), dict):
         return []
-    return [b for b in backends if isinstance(rec["backends"].get(b), dict) and rec["backends"][b].get("verdict") == "FAIL"]
+    failed = []
+    for b in backends:
+        r = rec["backends"].get(b)
+        if not isinstance(r, dict) or r.get("verdict") != "FAIL":
+            continue
+        if entry.precision.startswith("int8") and b in CPU_BACKENDS:
+            machine = r.get("machine")
+            judged_on = machine.get("cpu_int8") if isinstance(machine, dict) else None
+            if not isinstance(judged_on, str) or not same_int8_arithmetic(judged_on, int8_cpu_class()):
+                continue
+        failed.append(b)
+    return failed
 
 
 def _plan_models(bundle: Path, manifest: Manifest, entries: Sequence[FileEntry], base: str, max_batch: int,

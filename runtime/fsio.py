@@ -187,9 +187,11 @@ def write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
         fh.write(data)
 
 
-def write_text(path: str | os.PathLike[str], text: str, encoding: str = "utf-8") -> None:
-    """Write ``text`` atomically. ``encoding="utf-8-sig"`` adds the BOM Excel on Windows needs to read UTF-8."""
-    with atomic_open(path, "w", encoding=encoding) as fh:
+def write_text(path: str | os.PathLike[str], text: str, encoding: str = "utf-8", newline: str | None = None) -> None:
+    """Write ``text`` atomically. ``encoding="utf-8-sig"`` adds the BOM Excel on Windows needs to read UTF-8.
+    ``newline``: as ``open``'s (``""`` writes the line ends in ``text`` as they are, where Windows would turn
+    each ``"\n"`` into ``"\r\n"``: a CSV that already ends its lines in CRLF)."""
+    with atomic_open(path, "w", encoding=encoding, newline=newline) as fh:
         fh.write(text)
 
 

@@ -39,7 +39,7 @@ import cv2
 import numpy as np
 
 from uopsl.runtime.bundle import Manifest
-from uopsl.runtime.fsio import atomic_open
+from uopsl.runtime.fsio import atomic_open, special_entry
 from uopsl.runtime.overlay import OVERLAY_DIR, THUMB_DIR, content_id, encode_jpeg
 from uopsl.runtime.results import content_hash, model_sha256, valid_image_id
 from uopsl.runtime.version import __version__
@@ -925,8 +925,11 @@ def report_parts(rows: Sequence[dict[str, Any]], out_dir: str | os.PathLike[str]
         tpath = out / THUMB_DIR / f"{rid}.jpg"
         opath = out / OVERLAY_DIR / f"{rid}.png"
         thumb_mtime = _mtime(tpath) if rid else None
-        thumb = _data_uri(tpath) if rid and _trusted_image(tpath, r, "thumb", None) else ""
-        over = _data_uri(opath) if rid and _trusted_image(opath, r, "overlay", thumb_mtime) else ""
+        # A link planted among the pictures would show a file from elsewhere: only plain files are shown.
+        thumb = _data_uri(tpath) if rid and special_entry(tpath) is None and _trusted_image(tpath, r, "thumb", None) \
+            else ""
+        over = _data_uri(opath) if rid and special_entry(opath) is None \
+            and _trusted_image(opath, r, "overlay", thumb_mtime) else ""
         positive = [str(c) for c in (r.get("positive") or [])]
         findings = [c for c in positive if c in referable_set] if r.get("status") == "ok" else []
         source = _text(r.get("source", ""))

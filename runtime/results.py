@@ -1002,5 +1002,5 @@ def write_csv(path: str | os.PathLike[str], rows: Iterable[dict[str, Any]], clas
             flat[t] = number(v, 2)
         w.writerow({k: _cell(v) for k, v in flat.items()})
         n += 1
-    write_text(path, buf.getvalue(), encoding="utf-8-sig")
+    write_text(path, buf.getvalue(), encoding="utf-8-sig", newline="")  # the CRLFs as written, on Windows too
     return n

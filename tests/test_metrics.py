@@ -490,3 +490,32 @@ def test_thresholds_are_compared_as_the_runtime_holds_them() -> None:
     assert (dr["tp"], dr["fn"]) == (1, 0) and dr["threshold"] == t32
     rates = M.rates_at_threshold([1, 0], [t32, 0.1], 0.7)
     assert (rates.tp, rates.fn, rates.threshold) == (1, 0, t32)
+
+
+def test_prevalence_dependent_intervals_let_the_class_mix_vary() -> None:
+    """A statistician's review (session 30): resampling within each label froze the prevalence, and the F1, PPV,
+    NPV, accuracy and kappa intervals, which move with it, covered 60-87 % at 95 %. They are now bootstrapped
+    without strata; AUC, sensitivity and specificity keep the stratified resamples."""
+    rng = np.random.default_rng(0)
+    n = 400
+    patients = np.repeat(np.arange(200), 2)  # two eyes each, independent here
+    y = rng.random(n) < 0.05
+    called = np.where(y, rng.random(n) < 0.95, rng.random(n) > 0.80)
+    Y, S = y[:, None].astype(int), called[:, None].astype(float)
+    kw = {"n_boot": 500, "clusters": patients}
+    strat = M.classification_report(Y, S, 0.5, ["a"], **kw)["classes"][0]
+    free = M.classification_report(Y, S, 0.5, ["a"], stratified=False, **kw)["classes"][0]
+    wilson = M.classification_report(Y, S, 0.5, ["a"], n_boot=500)["classes"][0]["ppv"]
+    for m in ("ppv", "npv", "f1"):
+        assert (strat[m]["low"], strat[m]["high"]) == (free[m]["low"], free[m]["high"]), m
+    # Independent eyes: the clustered PPV interval is about as wide as Wilson's (0.44 times it before).
+    assert (strat["ppv"]["high"] - strat["ppv"]["low"]) > 0.8 * (wilson["high"] - wilson["low"])
+    assert (strat["auc"]["low"], strat["auc"]["high"]) != (free["auc"]["low"], free["auc"]["high"])
+    grades = rng.integers(0, 5, 300)
+    scores = np.eye(5)[np.clip(grades + rng.integers(-1, 2, 300), 0, 4)] + rng.random((300, 5)) * 0.1
+    names = [f"g{i}" for i in range(5)]
+    macro_s = M.classification_report(grades, scores, 0.5, names, n_boot=300, ordinal=True)["macro"]
+    macro_f = M.classification_report(grades, scores, 0.5, names, n_boot=300, ordinal=True,
+                                      stratified=False)["macro"]
+    for m in ("quadratic_kappa", "f1"):
+        assert (macro_s[m]["low"], macro_s[m]["high"]) == (macro_f[m]["low"], macro_f[m]["high"]), m

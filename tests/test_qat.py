@@ -283,7 +283,7 @@ def test_cli_reuses_its_finished_run_and_never_writes_over_another_model(tmp_pat
     assert res.exit_code == 0, res.output
     written = (tmp_path / "out" / "model.safetensors").read_bytes()
     res = CliRunner().invoke(cli, [*base, "--out", str(tmp_path / "out")])
-    assert res.exit_code == 0 and "is already complete" in res.output
+    assert res.exit_code == 0 and "not trained again" in res.output
     assert (tmp_path / "out" / "model.safetensors").read_bytes() == written
     res = CliRunner().invoke(cli, [*base, "--out", str(tmp_path / "out"), "--lr", "1e-3"])
     assert res.exit_code != 0 and "holds a finished qat run of another settings" in str(res.exception)

@@ -281,3 +281,47 @@ def test_watch_does_not_screen_a_link_to_a_photograph_outside_the_drop_folder(
     assert drop / "link.jpg" not in taken and inside in taken
     said = [r.getMessage() for r in caplog.records if "outside the watched folder" in r.getMessage()]
     assert len(said) == 1 and f"a link to {private}" in said[0]
+
+
+def test_csv_lines_end_in_one_crlf_where_text_files_translate_line_ends(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Windows text mode turns each "\\n" into "\\r\\n": a CSV written with CRLF through it ended its lines in
+    "\\r\\r\\n", an empty row after every row (the review of session 30's diff). Emulated here: a text-mode open
+    that is not told ``newline`` translates as Windows does."""
+    from uopsl.runtime import fsio
+
+    real = os.fdopen
+
+    def windows_fdopen(fd: int, mode: str = "r", *a: object, **k: object) -> object:
+        if "b" not in mode and k.get("newline") is None:
+            k["newline"] = "\r\n"
+        return real(fd, mode, *a, **k)  # type: ignore[call-overload]
+
+    monkeypatch.setattr(fsio.os, "fdopen", windows_fdopen)
+    write_csv(tmp_path / "r.csv", [GOOD_ROW, {**GOOD_ROW, "key": "k2"}], ["normal", "dr"])
+    raw = (tmp_path / "r.csv").read_bytes()
+    assert b"\r\r" not in raw and raw.count(b"\r\n") == 3 == raw.count(b"\n")
+
+
+@posix_only
+def test_a_link_planted_among_the_thumbnails_shows_no_picture_from_elsewhere(
+        tiny_bundle: Path, tmp_path: Path) -> None:  # noqa: F811
+    photos = tmp_path / "photos"
+    good_photos(photos, 1)
+    out = tmp_path / "out"
+    args = ["run", str(tiny_bundle), str(photos), "--out", str(out), "--backend", "ort-cpu", "--threads", "1",
+            "--no-progress"]
+    assert main(args) in (0, 1)
+    [row] = results_jsonl(out)
+    private = tmp_path / "private" / "secret.jpg"
+    private.parent.mkdir()
+    private.write_bytes((out / "thumbs" / f"{row['id']}.jpg").read_bytes())
+    forged = {**row, "key": "/nowhere/innocent.jpg|1|1", "id": "innocent-0123abcd", "source": "innocent.jpg"}
+    forged.pop("thumb_id", None)
+    forged.pop("screened_at", None)
+    with open(out / JSONL, "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(forged) + "\n")
+    (out / "thumbs" / "innocent-0123abcd.jpg").symlink_to(private)
+    assert main(args) in (0, 1)
+    report = (out / "report.html").read_text(encoding="utf-8")
+    assert report.count('alt="thumbnail"') == 1  # the real photograph's; the forged row shows none

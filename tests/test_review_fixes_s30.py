@@ -31,11 +31,15 @@ from uopsl.train.workflow import RUN_IDENTITY_KEY, finished_run, operating_ident
 # -- export: the Triton repository --------------------------------------------------------------------------
 
 
-def _with_verdict(src: Path, dst: Path, verdict: str) -> Path:
-    """A copy of the fixture bundle whose INT8 file carries a ``verdict`` parity record on ort-cpu."""
+def _with_verdict(src: Path, dst: Path, verdict: str, cpu: str | None = None) -> Path:
+    """A copy of the fixture bundle whose INT8 file carries a ``verdict`` parity record on ort-cpu, judged on a
+    ``cpu`` kind of CPU (default: this one's)."""
+    from uopsl.runtime.cpuinfo import int8_cpu_class
+
     shutil.copytree(src, dst)
     entry = next(f for f in read_manifest(dst).files if f.path == "model.int8.onnx")
-    record = {"sha256": entry.sha256, "backends": {"ort-cpu": {"verdict": verdict, "passed": verdict == "PASS"}}}
+    run = {"verdict": verdict, "passed": verdict == "PASS", "machine": {"cpu_int8": cpu or int8_cpu_class()}}
+    record = {"sha256": entry.sha256, "backends": {"ort-cpu": run}}
     add_file(dst, None, entry.path, "onnx", entry.precision, info={**entry.info, "parity": record})
     return dst
 
@@ -51,6 +55,13 @@ def test_a_file_that_failed_validation_is_never_served(bundle: Path, tmp_path: P
     # A file merely not validated is still served when asked, and says so.
     repo2 = write_triton_repository(bundle, tmp_path / "r2", include_unvalidated=True)
     assert "uopsl_int8" in json.loads((repo2 / REPO_MARKER).read_text())["models"]
+    # A FAIL judged on the other kind of CPU says nothing of this one's 8-bit arithmetic: not validated here.
+    from uopsl.runtime.cpuinfo import int8_cpu_class
+
+    other = "x86-no-vnni" if int8_cpu_class() == "x86-vnni" else "x86-vnni"
+    b3 = _with_verdict(bundle, tmp_path / "b3", "FAIL", cpu=other)
+    repo3 = write_triton_repository(b3, tmp_path / "r3", include_unvalidated=True)
+    assert "uopsl_int8" in json.loads((repo3 / REPO_MARKER).read_text())["models"]
 
 
 def test_a_repository_that_would_replace_its_own_bundle_or_the_current_folder_is_refused(
@@ -311,3 +322,26 @@ def test_an_init_file_that_is_a_uopsl_checkpoint_gets_one_piece_of_advice(tmp_pa
                       0, 62, " (0%)")
     assert str(err).endswith("it looks like a uopsl checkpoint (start from it with --from ITS_FOLDER, not --init)")
     assert "pass the --backbone" not in str(err)
+
+
+def test_a_qat_checkpoint_written_before_carries_its_teachers_identity_and_is_reused(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """QAT checkpoints written before 2026-12-02 copied the fine-tune's run identity into their metrics: read as
+    their own, the same command was refused as "another model, settings, data" (the review of today's diff)."""
+    import logging
+    from dataclasses import replace
+
+    model, meta = tiny_model()
+    teacher = {"stage": "finetune", "model": "t", "settings": "s", "data": "d"}
+    save_model(tmp_path / "q", model, replace(meta, stage="qat", metrics={RUN_IDENTITY_KEY: teacher}))
+    with caplog.at_level(logging.WARNING):
+        assert finished_run(tmp_path / "q", "qat", {"stage": "qat", "model": "m", "settings": "q", "data": "x"})
+    assert "did not record what it was trained on; reusing it as it is" in caplog.text
+
+
+def test_the_triton_target_check_names_what_it_would_replace(tmp_path: Path) -> None:
+    from uopsl.export.triton import check_repository_target
+
+    with pytest.raises(ConfigError, match=r"is or holds the checkpoint .*ck, which"):
+        check_repository_target(tmp_path / "repo", True, keep=(("the bundle", tmp_path / "b"),
+                                                                ("the checkpoint", tmp_path / "repo" / "ck")))

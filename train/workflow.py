@@ -280,6 +280,10 @@ def finished_run(out: Path, stage: str, want: dict[str, str]) -> bool:
                         "without training again", out, stage)
         return False
     have = meta.metrics.get(RUN_IDENTITY_KEY)
+    if isinstance(have, dict) and have.get("stage") not in (None, stage):
+        # Another stage's identity carried in the metrics: QAT checkpoints written before 2026-12-02 copied
+        # their teacher's (a finetune's) and recorded none of their own.
+        have = None
     if not isinstance(have, dict):
         log.warning("%s holds a finished %s model from a uopsl that did not record what it was trained on; "
                     "reusing it as it is (delete the folder to train again)", out, stage)

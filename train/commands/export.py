@@ -51,7 +51,7 @@ def command(checkpoint: Path, out: Path, classes_file: Path | None, opset: int, 
         if t == o or o in t.parents:
             raise click.UsageError(f"--triton {triton} is --out {out} or inside it: the bundle folder holds the bundle "
                                    "alone (its manifest lists every file); choose a repository folder beside it")
-        check_repository_target(triton, force, keep=(out, checkpoint))
+        check_repository_target(triton, force, keep=(("the bundle", out), ("the checkpoint", checkpoint)))
     bundle = run_export(checkpoint, out, classes_file, opset, force, text_model=text_model, use_status=intended_use,
                         use_statement=use_statement, trained_on=trained_on)
     m = verify_or_raise(bundle)

@@ -75,7 +75,7 @@ def command(checkpoint: Path, data_spec: str, out: Path, images: int | None, epo
     # one in --out is reused by the same run and refused to any other, before anything is written.
     want = run_identity("qat", cfg.train_config(), model, items)
     if finished_run(out, "qat", want):
-        click.echo(f"QAT checkpoint {out} is already complete (same checkpoint, photographs and settings)")
+        click.echo(f"QAT checkpoint {out} is already there; not trained again")
         return
     ds = ImageDataset(items, meta.preprocess, cache_dir or out / "cache", augment=augment)
     _, result = qat_finetune(model, meta, ds, cfg, out, run_key=resume_key(want), identity=want)
