@@ -291,9 +291,9 @@ def _swap_into_place(tmp: Path, target: Path) -> None:
 def _failed_on(entry: FileEntry, backends: Sequence[str]) -> list[str]:
     """The ``backends`` on which ``uopsl validate`` recorded a FAIL for this very file content.
 
-    An INT8 file's FAIL on a CPU backend counts only from the same kind of CPU as this one, as a PASS does
-    (:func:`uopsl.runtime.bundle.parity_status`): CPUs with and without VNNI round 8-bit sums differently, so
-    a verdict from the other kind says nothing here, and the file is merely not validated.
+    An INT8 file's FAIL on a CPU backend recorded on the other kind of CPU does not count (CPUs with and
+    without VNNI round 8-bit sums differently, so that verdict says nothing here, and the file is merely not
+    validated); one whose record does not say which kind of CPU it came from still counts (the safe side).
     """
     from uopsl.runtime.bundle import PARITY_KEY
     from uopsl.runtime.cpuinfo import CPU_BACKENDS, int8_cpu_class, same_int8_arithmetic
@@ -309,8 +309,8 @@ def _failed_on(entry: FileEntry, backends: Sequence[str]) -> list[str]:
         if entry.precision.startswith("int8") and b in CPU_BACKENDS:
             machine = r.get("machine")
             judged_on = machine.get("cpu_int8") if isinstance(machine, dict) else None
-            if not isinstance(judged_on, str) or not same_int8_arithmetic(judged_on, int8_cpu_class()):
-                continue
+            if isinstance(judged_on, str) and not same_int8_arithmetic(judged_on, int8_cpu_class()):
+                continue  # judged on the other kind of CPU; a FAIL from an unrecorded kind still counts
         failed.append(b)
     return failed
 

@@ -31,7 +31,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from uopsl.runtime.backends import BACKEND_NAMES, detect_availability, open_and_enter, select_backend
+from uopsl.runtime.backends import BACKEND_NAMES, PRECISIONS, detect_availability, open_and_enter, select_backend
 from uopsl.runtime.backends.base import Backend
 from uopsl.runtime.bundle import Manifest
 from uopsl.runtime.errors import BackendError, ConfigError, UopslError
@@ -131,9 +131,11 @@ P99_MIN_CALLS = 100
 
 
 def percentile_ms(ms: Any, q: float) -> float:
-    """Nearest-rank percentile (``higher``): a latency some call had. Linear interpolation between 49 calls of
-    10 ms and one of 100 ms read a p99 of 56 ms, a figure no call took."""
-    return round(float(np.percentile(np.asarray(ms, np.float64), q, method="higher")), 3)
+    """Nearest-rank percentile (numpy's ``inverted_cdf``): the smallest latency that at least ``q`` % of the
+    calls stayed within, a latency some call had. Linear interpolation between 49 calls of 10 ms and one of
+    100 ms read a p99 of 56 ms, a figure no call took; numpy's ``higher``, used before 2026-12-02, is one
+    call later than the nearest rank for most counts (p99 of 100 calls was the slowest)."""
+    return round(float(np.percentile(np.asarray(ms, np.float64), q, method="inverted_cdf")), 3)
 
 
 def latency_stats(seconds: list[float], batch: int = 1) -> dict[str, float]:
@@ -278,10 +280,24 @@ def time_end_to_end(backend: Backend, manifest: Manifest, sources: list[Any], ba
             "statuses": statuses, "workers": config.workers_for(pool), "worker_pool": pool}
 
 
-def _cases(bundle: Path, manifest: Manifest, backend: str, precision: str) -> list[tuple[str, str]]:
+def _cases(bundle: Path, manifest: Manifest, backend: str, precision: str,
+           skipped: list[dict[str, str]] | None = None) -> list[tuple[str, str]]:
+    """The (backend, precision) pairs to measure. A name that is no backend or precision is refused; a pair
+    named that this bundle or machine cannot run is left out and listed in ``skipped`` (the table says so;
+    pairs ``all`` stands for are left out with a log line only)."""
     names = [n.strip() for n in backend.split(",") if n.strip()]
     precs = [p.strip() for p in precision.split(",") if p.strip()]
+    for given, listed, what in ((names, BACKEND_NAMES, "backend"),
+                                (precs, tuple(p for p in PRECISIONS if p != "auto"), "precision")):
+        unknown = [x for x in given if x not in (*listed, "auto", "all")]
+        if unknown or not given:
+            raise ConfigError(f"unknown {what} {', '.join(map(repr, unknown)) or '(none given)'}; expected a "
+                              f"comma-separated list of {', '.join(listed)} (or auto), or all alone")
+        if "all" in given and len(given) > 1:
+            raise ConfigError(f"'all' stands alone: it measures every {what} (got {', '.join(given)})")
     av = detect_availability()
+    # A pair named on the command line that cannot run is listed; one that "all" expanded to is only logged.
+    listed = names != ["all"] and precs != ["all"]
     if names == ["all"]:
         usable = {"ort-cpu": "CPUExecutionProvider" in av.ort_providers, "ort-cuda": av.ort_cuda,
                   "ort-trt": av.ort_trt, "openvino": av.openvino, "tensorrt": av.tensorrt}
@@ -297,6 +313,8 @@ def _cases(bundle: Path, manifest: Manifest, backend: str, precision: str) -> li
                 if len(names) * len(precs) == 1:
                     raise
                 log.info("bench: skipping %s %s: %s", n, p, exc)
+                if skipped is not None and listed:
+                    skipped.append({"backend": n, "precision": p, "error": str(exc)})
                 continue
             cases.append((n, p))
     if not cases:
@@ -344,14 +362,14 @@ def run_bench(bundle: str | os.PathLike[str], backend: str = "auto", precision: 
                               "config": asdict(cfg), "preprocess": prep, "cases": [], "e2e": [],
                               "units": {"p50_ms": "milliseconds per infer call (one whole batch)",
                                         "throughput_ips": "images per second",
-                                        "percentiles": "nearest rank (numpy method 'higher')"}}
+                                        "percentiles": "nearest rank (numpy method 'inverted_cdf')"}}
     try:
         sel = select_backend(root, "auto", "auto", manifest=m, threads=cfg.threads)
         result["auto"] = {"backend": sel.backend, "precision": sel.precision, "file": sel.file, "reason": sel.reason}
     except UopslError as exc:
         result["auto"] = {"error": str(exc)}
-    cases = _cases(root, m, backend, precision)
-    result["failed"] = []
+    result["failed"] = []  # what was asked for and not measured: cannot run here, or could not start
+    cases = _cases(root, m, backend, precision, skipped=result["failed"])
     for name, prec in cases:
         # As a screening run opens it (Screener): ONNX Runtime without spin-waiting; `auto` that picked a GPU
         # which cannot start falls back to the CPU, as a run does.
@@ -380,6 +398,9 @@ def run_bench(bundle: str | os.PathLike[str], backend: str = "auto", precision: 
             # set, None: the runtime's own choice), and the backend's description (engines: TensorRT and GPU).
             said = {"file_sha256": entry.sha256 if entry is not None else None, "threads": cfg.threads,
                     "described": b.describe()}
+            # Whether `auto` would run this file (its parity verdict here): a FAILed INT8 file is measured when
+            # asked for, and its figures must not read as a usable choice.
+            said["validated"] = opened.validated  # None: an FP32 file, the reference precision
             for r in rows:
                 result["cases"].append({"backend": opened.backend, "precision": opened.precision, "file": opened.file,
                                         "requested": name, **said, **r})
@@ -429,6 +450,8 @@ def format_table(result: dict[str, Any]) -> str:
         extra = "  ".join(f"{k}={v}" for k, v in c.items() if k.endswith("_p50_ms") and k != "p50_ms")
         if c.get("chunks", 1) > 1:
             extra += f"  engine runs per batch={c['chunks']} (engine batch {c['engine_batch_range']})"
+        if c.get("validated") is False:
+            extra = f"NOT validated here (auto would not run it)  {extra}"
         calls = c.get("calls")
         lines.append(f"{c['backend']:10s} {c['precision']:12s} {c['batch']:5d} {calls if calls else '?':>5} "
                      f"{c['p50_ms']:9.2f} {c['p90_ms']:9.2f} {c['p99_ms']:9.2f} {c['throughput_ips']:9.1f}"

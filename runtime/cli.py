@@ -254,6 +254,23 @@ def bench_cmd(bundle: Path, backend: str, precision: str, batches: str, iters: i
         sizes = tuple(int(b) for b in batches.split(",") if b.strip())
     except ValueError as exc:
         raise ConfigError(f"--batch takes comma-separated integers like 1,8; got {batches!r}") from exc
+    if not e2e:
+        ctx = click.get_current_context()
+        unused = [f"--{n.replace('_', '-')}" for n in ("workers", "worker_pool", "e2e_images")
+                  if ctx.get_parameter_source(n) not in (None, click.core.ParameterSource.DEFAULT,
+                                                         click.core.ParameterSource.DEFAULT_MAP)]
+        if unused:
+            raise click.UsageError(f"{', '.join(unused)} set the end-to-end run, which --no-e2e turns off: drop "
+                                   "one or the other")
+    if json_out is not None:  # before minutes of timing, not after (missing folders are made when it is written)
+        existing = json_out.absolute().parent
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        if not existing.is_dir():
+            raise ConfigError(f"--json {json_out}: {existing} is a file, so no folder can hold the JSON there; "
+                              "choose another path")
+        if json_out.is_dir():
+            raise ConfigError(f"--json {json_out} is a folder; give a file path such as {json_out / 'bench.json'}")
     cfg = BenchConfig(batches=sizes, iters=iters, warmup=warmup, threads=threads, e2e=e2e, e2e_images=e2e_images,
                       workers=workers, worker_pool=worker_pool)
     result = run_bench(bundle, backend, precision, cfg, images=images, trusted_keys=trusted_keys)
@@ -288,6 +305,9 @@ def info_cmd(bundle: Path, as_json: bool, trusted_keys: Sequence[Path]) -> int:
 
         m, aside = signed_parity_view(m, sig.signed_parity)
     table = backend_table(bundle, m)
+    if refused:  # run, watch, bench and the Screener refuse the whole bundle: no backend runs anything from it
+        why = "a file fails its checksum" if bad else "it is not signed by a key this machine trusts"
+        table = [(n, False, f"{note} (nothing runs from this bundle here: {why})") for n, _ok, note in table]
     # The revocations this machine applies (every source; those for keys it does not trust change nothing).
     revoked = {(r.kind, r.ident, r.before, r.reason, r.source): r for k in keys for r in k.revocations}
     revocations = [{"kind": r.kind, "id": r.ident, "before": r.before.isoformat() if r.before else None,
@@ -299,7 +319,8 @@ def info_cmd(bundle: Path, as_json: bool, trusted_keys: Sequence[Path]) -> int:
                                "signature": {**sig.to_dict(), "keys_trusted_here": [k.key_id for k in keys],
                                              "revocations_here": revocations,
                                              "parity_set_aside": aside},
-                               "backends": [{"backend": n, "usable": ok, "note": note} for n, ok, note in table]},
+                               "backends": [{"backend": n, "usable": ok, "note": note} for n, ok, note in table],
+                               "parity": _parity_json(m, bad)},
                               indent=2, default=str))
         return 2 if refused else 0
     p = m.preprocess
@@ -351,6 +372,26 @@ def info_cmd(bundle: Path, as_json: bool, trusted_keys: Sequence[Path]) -> int:
     for name, ok, note in table:
         click.echo(f"  {name:9s} {'yes' if ok else 'no ':3s}  {note}")
     return 2 if refused else 0  # a bundle error, as `verify` says it: scripts must not read a tampered bundle as fine
+
+
+def _parity_json(m: Any, bad: dict[str, str]) -> dict[str, Any]:
+    """Per model file, what the text of ``info`` says of its parity: the overall word and, per backend, the
+    verdict as ``auto`` reads it here (``PASS, not trusted`` with the reason) - not only the raw record."""
+    out: dict[str, Any] = {}
+    for f in m.files:
+        if f.kind not in ("onnx", "engine"):
+            continue
+        if f.path in bad:
+            out[f.path] = {"summary": "not trusted: the file is not the one validated", "backends": {}}
+            continue
+        found = _parity_runs(f)
+        per: dict[str, Any] = {}
+        if found is not None and found[0].get("sha256") == f.sha256:
+            for b, run in found[1].items():
+                verdict, why = _verdict(f, b, run, m)
+                per[b] = {"verdict": verdict, "not_trusted_because": why or None}
+        out[f.path] = {"summary": _parity_word(f, m), "backends": per}
+    return out
 
 
 def _parity_runs(entry: Any) -> tuple[dict[str, Any], dict[str, dict[str, Any]]] | None:

@@ -1362,7 +1362,8 @@ def classification_report(
     notes += _bootstrap_notes("macro", macro) + macro_notes
 
     if stratified:
-        strata_text = "class" if task == "multiclass" else "per class: the class's own label; macro: none"
+        strata_text = ("class" if task == "multiclass" else "per class: the class's own label; macro: none") \
+            + "; F1, PPV, NPV, accuracy and kappa: none (they move with the class mix)"
     else:
         strata_text = None
     report: dict[str, Any] = {

@@ -334,7 +334,7 @@ def test_classification_report_multiclass_matches_point_functions() -> None:
     y, p = _toy_multiclass()
     rep = M.classification_report(y, p, [0.4, 0.5, 0.3], ["normal", "npdr", "pdr"], n_boot=200, seed=1, ordinal=True)
     json.dumps(rep, allow_nan=False)
-    assert rep["task"] == "multiclass" and rep["n_samples"] == 300 and rep["bootstrap"]["strata"] == "class"
+    assert rep["task"] == "multiclass" and rep["n_samples"] == 300 and rep["bootstrap"]["strata"].startswith("class; F1, PPV, NPV, accuracy and kappa: none")
     pred = p.argmax(1)
     assert rep["confusion_matrix"]["matrix"] == M.confusion_matrix(y, pred, 3).tolist()
     assert rep["macro"]["f1"]["estimate"] == pytest.approx(M.macro_f1(y, pred, 3))
@@ -367,7 +367,8 @@ def test_classification_report_multilabel_undefined_class_is_null_with_note() ->
     assert rep["macro"]["auc"]["estimate"] == pytest.approx(M.roc_auc(y[:, 0], s[:, 0]))
     # Per-class figures are stratified by the class's own label, never by the joint label pattern (review finding 6).
     assert rep["confusion_matrix"] is None
-    assert rep["bootstrap"]["strata"] == "per class: the class's own label; macro: none"
+    assert rep["bootstrap"]["strata"] == ("per class: the class's own label; macro: none; F1, PPV, NPV, "
+                                         "accuracy and kappa: none (they move with the class mix)")
     assert "quadratic_kappa" not in rep["macro"]
     assert rep["roc"]["dme"]["fpr"][0] == 0.0 and "Infinity" not in text
 

@@ -345,3 +345,47 @@ def test_the_triton_target_check_names_what_it_would_replace(tmp_path: Path) -> 
     with pytest.raises(ConfigError, match=r"is or holds the checkpoint .*ck, which"):
         check_repository_target(tmp_path / "repo", True, keep=(("the bundle", tmp_path / "b"),
                                                                 ("the checkpoint", tmp_path / "repo" / "ck")))
+
+
+def test_under_torchrun_every_rank_trains_again_rather_than_deciding_alone(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each rank read checkpoint.json on its own while rank 0 completed it: a late rank trained alone and waited
+    for rank 0 forever (the review of the fixes, with torchrun on gloo)."""
+    from dataclasses import replace
+
+    from uopsl.train.checkpoint import UNFINISHED_KEY, UNFINISHED_RUN_KEY
+    from uopsl.train.workflow import resume_key, trained_unfinished
+
+    model, meta = tiny_model()
+    want = {"stage": "finetune", "model": "m", "settings": "s", "data": "d"}
+    save_model(tmp_path / "ft", model, replace(meta, stage="finetune",
+                                               metrics={UNFINISHED_KEY: True, UNFINISHED_RUN_KEY: resume_key(want)}))
+    assert trained_unfinished(tmp_path / "ft", "finetune", want) is not None
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert trained_unfinished(tmp_path / "ft", "finetune", want) is None
+
+
+def test_qat_refuses_a_teacher_stopped_before_its_thresholds(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from uopsl.train.checkpoint import UNFINISHED_KEY
+
+    model, meta = tiny_model()
+    save_model(tmp_path / "teacher", model, replace(meta, stage="finetune", metrics={UNFINISHED_KEY: True}))
+    res = CliRunner().invoke(cli, ["qat", str(tmp_path / "teacher"), "--data", f"folder:{tmp_path}",
+                                   "--out", str(tmp_path / "q")])
+    assert res.exit_code != 0 and "thresholds were not chosen yet" in str(res.exception)
+    assert not (tmp_path / "q").exists()
+
+
+def test_a_fail_recorded_without_its_kind_of_cpu_still_keeps_the_file_out(bundle: Path,  # noqa: F811
+                                                                          tmp_path: Path) -> None:
+    import json
+
+    b = _with_verdict(bundle, tmp_path / "b", "FAIL")
+    entry = next(f for f in read_manifest(b).files if f.path == "model.int8.onnx")
+    rec = entry.info["parity"]
+    del rec["backends"]["ort-cpu"]["machine"]  # written by a uopsl that did not record the CPU's kind
+    add_file(b, None, entry.path, "onnx", entry.precision, info={**entry.info, "parity": rec})
+    repo = write_triton_repository(b, tmp_path / "r", include_unvalidated=True)
+    assert "uopsl_int8" not in json.loads((repo / REPO_MARKER).read_text())["models"]

@@ -53,7 +53,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from uopsl.runtime.errors import ConfigError
-from uopsl.train.checkpoint import CheckpointMeta, save_model
+from uopsl.train.checkpoint import UNFINISHED_KEY, UNFINISHED_RUN_KEY, CheckpointMeta, save_model
 from uopsl.train.loops import StageRunner, TrainConfig, run_epochs, train_loop
 from uopsl.train.model import UopslModel
 from uopsl.train.torchdata import ImageDataset
@@ -355,8 +355,10 @@ def qat_finetune(model: UopslModel, meta: CheckpointMeta, train_ds: ImageDataset
     if runner.dist.main:
         from uopsl.train.workflow import RUN_IDENTITY_KEY  # workflow runs the stages; this module is one of them
 
+        # The teacher's metrics stay (its thresholds' provenance), not what described the teacher's own run.
+        kept = {k: v for k, v in meta.metrics.items() if k not in (UNFINISHED_KEY, UNFINISHED_RUN_KEY, RUN_IDENTITY_KEY)}
         save_model(out, model, replace(meta, stage="qat", train_config={**meta.train_config, "qat": asdict(cfg)},
-                                       metrics={**meta.metrics, "qat": result,
+                                       metrics={**kept, "qat": result,
                                                 **({RUN_IDENTITY_KEY: identity} if identity else {})}))
     runner.finish()
     return model, result

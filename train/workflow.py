@@ -156,6 +156,11 @@ def _training_part(identity: dict[str, str]) -> dict[str, str]:
 def trained_unfinished(out: Path, stage: str, want: dict[str, str]) -> CheckpointMeta | None:
     """The metadata of the checkpoint in ``out`` when this very run trained it and stopped before completing it
     (thresholds, identity): the rerun completes it from there. None otherwise (see :func:`finished_run`)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # Under torchrun each rank would decide alone, from a checkpoint.json rank 0 rewrites once it has
+        # completed it: a rank that read it late trained on its own and waited for rank 0 forever. The ranks
+        # train again together instead, as before this shortcut existed.
+        return None
     try:
         meta = read_meta(out)
     except CheckpointError:

@@ -49,6 +49,7 @@ def command(checkpoint: Path, data_spec: str, out: Path, images: int | None, epo
         earlier_images,
         finished_run,
         record_images_seen,
+        refuse_unfinished,
         resume_key,
         run_identity,
         with_training_data,
@@ -64,6 +65,7 @@ def command(checkpoint: Path, data_spec: str, out: Path, images: int | None, epo
     cfg = QatConfig(epochs=epochs, batch_size=batch_size, lr=lr, bias_lr=bias_lr, calib_images=calib_images, seed=seed,
                     augment=augment, device=device, save_every=save_every)
     model, meta = load_model(checkpoint)
+    refuse_unfinished(checkpoint, meta)  # a teacher without its thresholds would hand its QAT copy the same gap
     # The INT8 file of this model is validated against the original (the teacher): export carries its digest.
     meta = replace(meta, train_config={**meta.train_config, TEACHER_DIGEST_KEY: checkpoint_digest(checkpoint)})
     src = load_source(data_spec)
