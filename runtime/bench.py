@@ -297,7 +297,7 @@ def _cases(bundle: Path, manifest: Manifest, backend: str, precision: str,
             raise ConfigError(f"'all' stands alone: it measures every {what} (got {', '.join(given)})")
     av = detect_availability()
     # A pair named on the command line that cannot run is listed; one that "all" expanded to is only logged.
-    listed = names != ["all"] and precs != ["all"]
+    named = names != ["all"] and precs != ["all"]
     if names == ["all"]:
         usable = {"ort-cpu": "CPUExecutionProvider" in av.ort_providers, "ort-cuda": av.ort_cuda,
                   "ort-trt": av.ort_trt, "openvino": av.openvino, "tensorrt": av.tensorrt}
@@ -313,7 +313,7 @@ def _cases(bundle: Path, manifest: Manifest, backend: str, precision: str,
                 if len(names) * len(precs) == 1:
                     raise
                 log.info("bench: skipping %s %s: %s", n, p, exc)
-                if skipped is not None and listed:
+                if skipped is not None and named:
                     skipped.append({"backend": n, "precision": p, "error": str(exc)})
                 continue
             cases.append((n, p))
