@@ -281,8 +281,9 @@ def finished_run(out: Path, stage: str, want: dict[str, str]) -> bool:
                 "complete it, or write to a new --out")
         if said not in _SAID_REUSED:
             _SAID_REUSED.add(said)
-            log.warning("%s: its %s run was stopped after its last epoch, before it was completed; completing it "
-                        "without training again", out, stage)
+            log.warning("%s: its %s run was stopped after its last epoch, before it was completed; %s", out, stage,
+                        "training it again (under torchrun the ranks train together)"
+                        if int(os.environ.get("WORLD_SIZE", "1")) > 1 else "completing it without training again")
         return False
     have = meta.metrics.get(RUN_IDENTITY_KEY)
     if isinstance(have, dict) and have.get("stage") not in (None, stage):
