@@ -40,8 +40,8 @@ file the bundle no longer holds is left out, and so is a reduced-precision file
 (INT8, FP16) without a passing ``uopsl validate`` record on the runtime backend that
 stands for how Triton runs it (:func:`_runtime_backends`), unless
 ``include_unvalidated`` (its ``uopsl_parity`` parameter then says why it is
-not validated); a file that failed validation there is never served. The left-out files and the options are recorded in
-``uopsl_triton.json``.
+not validated); a file that failed validation there is never served. The
+left-out files and the options are recorded in ``uopsl_triton.json``.
 
 Triton serves the model, not the screening: a client must preprocess the
 photograph exactly as the runtime does (RGB, field-of-view crop and mask, never

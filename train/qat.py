@@ -356,7 +356,8 @@ def qat_finetune(model: UopslModel, meta: CheckpointMeta, train_ds: ImageDataset
         from uopsl.train.workflow import RUN_IDENTITY_KEY  # workflow runs the stages; this module is one of them
 
         # The teacher's metrics stay (its thresholds' provenance), not what described the teacher's own run.
-        kept = {k: v for k, v in meta.metrics.items() if k not in (UNFINISHED_KEY, UNFINISHED_RUN_KEY, RUN_IDENTITY_KEY)}
+        kept = {k: v for k, v in meta.metrics.items()
+                if k not in (UNFINISHED_KEY, UNFINISHED_RUN_KEY, RUN_IDENTITY_KEY)}
         save_model(out, model, replace(meta, stage="qat", train_config={**meta.train_config, "qat": asdict(cfg)},
                                        metrics={**kept, "qat": result,
                                                 **({RUN_IDENTITY_KEY: identity} if identity else {})}))

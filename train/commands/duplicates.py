@@ -50,8 +50,9 @@ def command(specs: tuple[str, ...], threshold: float, folds: int | None, fold_se
         for path in sorted(own & where.keys())[:1]:
             # Overlapping specs (a set and its split=train part, one spec twice) made every shared photograph a
             # "copy" of itself; within one spec, a file listed twice is a real finding and stays.
-            raise click.UsageError(f"{spec} and {where[path]} both hold {path} ({len(own & where.keys())} photograph(s) "
-                                   "in common): give specs that do not overlap (each photograph once)")
+            common = len(own & where.keys())
+            raise click.UsageError(f"{spec} and {where[path]} both hold {path} ({common} photograph(s) in common): "
+                                   "give specs that do not overlap (each photograph once)")
         where.update(dict.fromkeys(own - where.keys(), spec))
         samples.extend(src.samples)
     report = find_duplicates(samples, cfg, cache_dir or user_cache_dir() / "duplicates")
