@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from uopsl.runtime.clikit import main_entry, verbose_option
+from uopsl.runtime.clikit import main_entry, option_given, verbose_option
 from uopsl.runtime.version import __version__
 
 if TYPE_CHECKING:
@@ -255,10 +255,7 @@ def bench_cmd(bundle: Path, backend: str, precision: str, batches: str, iters: i
     except ValueError as exc:
         raise ConfigError(f"--batch takes comma-separated integers like 1,8; got {batches!r}") from exc
     if not e2e:
-        ctx = click.get_current_context()
-        unused = [f"--{n.replace('_', '-')}" for n in ("workers", "worker_pool", "e2e_images")
-                  if ctx.get_parameter_source(n) not in (None, click.core.ParameterSource.DEFAULT,
-                                                         click.core.ParameterSource.DEFAULT_MAP)]
+        unused = [f"--{n.replace('_', '-')}" for n in ("workers", "worker_pool", "e2e_images") if option_given(n)]
         if unused:
             raise click.UsageError(f"{', '.join(unused)} set the end-to-end run, which --no-e2e turns off: drop "
                                    "one or the other")

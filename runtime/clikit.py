@@ -72,6 +72,13 @@ class LazyGroup(click.Group):
         return super().get_command(ctx, cmd_name)
 
 
+def option_given(name: str) -> bool:
+    """Whether the current command's option ``name`` (its parameter name) was set by the user (command line
+    or environment), not left at its default: for refusing an option the run would not use."""
+    source = click.get_current_context().get_parameter_source(name)
+    return source not in (None, click.core.ParameterSource.DEFAULT, click.core.ParameterSource.DEFAULT_MAP)
+
+
 def setup_logging(verbose: int) -> None:
     """Log level from ``-v`` (1: INFO, 2: DEBUG) or ``-q`` (-1: warnings and errors, and no progress bars)."""
     level = logging.DEBUG if verbose >= 2 else logging.INFO if verbose >= 0 else logging.WARNING

@@ -1275,10 +1275,12 @@ def classification_report(
             # Resampling within the class's label keeps its prevalence fixed, which F1, PPV and NPV depend on:
             # their intervals came out too narrow (95 % intervals covering 60-80 % at a screening prevalence
             # of 5-10 %, a simulation of session 30). They get resamples of their own that let the mix vary.
-            free = bootstrap_many(class_statistic, n, strata=None, **boot)
-            for m in _PREVALENCE_DEPENDENT:
-                if m in free:
-                    ci[m] = free[m]
+            def mix_statistic(w: np.ndarray, ind: np.ndarray = indicators[:, j, :]) -> dict[str, np.ndarray]:
+                c = w @ ind  # the counts alone: the AUC, which needs no second pass, is not computed again
+                r = _rates(c[:, 0], c[:, 1], c[:, 2], c[:, 3])
+                return {m: r[m] for m in _PREVALENCE_DEPENDENT if m == "f1" or not closed_form}
+
+            ci.update(bootstrap_many(mix_statistic, n, strata=None, **boot))
         single = single_unit_side(y[:, j] > 0, cluster_of)
         if single and math.isfinite(ci["auc"].estimate) and ci["auc"].n_boot:
             # Every stratified resample keeps that one patient (or image): the interval would show only the
@@ -1338,15 +1340,21 @@ def classification_report(
 
     macro_strata = idx if (stratified and conf is not None) else None
     macro = bootstrap_many(macro_statistic, n, strata=macro_strata, **boot)
-    if macro_strata is not None:
+    if macro_strata is not None and conf is not None:  # stratified by class: class indices, a confusion
         # Resampling within each true class freezes the class mix, which top-1 accuracy, macro-F1 and the
         # quadratic kappa depend on (the accuracy's interval came out narrower with patients known than the
         # Wilson interval without them; the kappa's covered 87 % in a simulation of session 30): these get
         # resamples of their own, unstratified (whole patients when they are known).
-        free = bootstrap_many(macro_statistic, n, strata=None, **boot)
-        for m in ("f1", "accuracy", "quadratic_kappa"):
-            if m in free:
-                macro[m] = free[m]
+        mixed = conf
+
+        def macro_mix_statistic(w: np.ndarray) -> dict[str, np.ndarray]:
+            c = mixed(w)
+            out = {"f1": _macro_f1_from_confusion(c), "accuracy": _accuracy_from_confusion(c)}
+            if ordinal:
+                out["quadratic_kappa"] = _quadratic_kappa_from_confusion(c)
+            return out
+
+        macro.update(bootstrap_many(macro_mix_statistic, n, strata=None, **boot))
     macro_notes: list[str] = []
     if conf is not None and closed_form:
         correct = int(np.trace(conf(_ones(n))[0]))

@@ -23,6 +23,7 @@ import click
 
 from uopsl.calibration.dataset import CalibrationSet, build_calibration_set
 from uopsl.runtime.bundle import MANIFEST, read_manifest, verify_before_rewrite
+from uopsl.runtime.clikit import option_given
 from uopsl.runtime.signing import warn_if_signed
 from uopsl.runtime.errors import BundleError, ConfigError
 from uopsl.runtime.fsio import sha256_file, user_cache_dir
@@ -265,9 +266,7 @@ def command(model: Path, images: str, method: str, percentile: float, out: Path 
     from uopsl.calibration.ranges import calibrate
     from uopsl.calibration.table import TABLE_FILE
 
-    given = click.get_current_context().get_parameter_source("percentile") not in (
-        None, click.core.ParameterSource.DEFAULT, click.core.ParameterSource.DEFAULT_MAP)
-    if given and method != "percentile":
+    if option_given("percentile") and method != "percentile":
         raise click.UsageError(f"--percentile is the percentile method's cut, and --method {method} does not use it: "
                                "drop --percentile, or use --method percentile")
     if no_cache and set_cache is not None:

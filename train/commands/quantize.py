@@ -21,6 +21,7 @@ import click
 from uopsl.calibration.table import TABLE_FILE, CalibrationTable
 from uopsl.export.quantize import ROUNDINGS, VARIANTS, QuantizeConfig
 from uopsl.runtime.bundle import verify_before_rewrite
+from uopsl.runtime.clikit import option_given
 from uopsl.runtime.fsio import sha256_file, write_json
 from uopsl.runtime.signing import warn_if_signed
 from uopsl.train.commands.calibrate import (
@@ -49,11 +50,7 @@ def _refuse_unused_options(images: str | None, rounding: str, auto_exclude: int)
     """A usage error for an option given on the command line that this run would not use (the user meant
     something by it: a silently ignored --max-images draws another set than they think)."""
     ctx = click.get_current_context()
-
-    def given(name: str) -> bool:
-        return ctx.get_parameter_source(name) not in (None, click.core.ParameterSource.DEFAULT,
-                                                      click.core.ParameterSource.DEFAULT_MAP)
-
+    given = option_given
     unused = [(name, why) for name, why in (
         ("max_images", "draws from --images, and none are given"),
         ("seed", "seeds the --max-images draw from --images, and none are given"),

@@ -66,6 +66,7 @@ from typing import TYPE_CHECKING, Any
 import click
 import numpy as np
 
+from uopsl.runtime.clikit import option_given
 from uopsl.runtime.errors import ConfigError, DataError
 
 #: The default gates as ``--gates`` spells them (tests/test_cli_messages.py holds them to ParityGates' defaults).
@@ -286,10 +287,7 @@ def _check_reference_options(checkpoint: Path | None, onnx_reference: bool) -> N
         raise ConfigError(f"both --checkpoint {checkpoint} and --onnx-reference given; pass exactly one: "
                           "--checkpoint where PyTorch is installed (the release gate), --onnx-reference on a device")
     if onnx_reference:
-        ctx = click.get_current_context()
-        given = [what for name, what in _CHECKPOINT_ONLY.items()
-                 if ctx.get_parameter_source(name) not in (None, click.core.ParameterSource.DEFAULT,
-                                                           click.core.ParameterSource.DEFAULT_MAP)]
+        given = [what for name, what in _CHECKPOINT_ONLY.items() if option_given(name)]
         if given:
             verb, them = ("applies", "it") if len(given) == 1 else ("apply", "them")
             raise ConfigError(f"{' and '.join(given)} only {verb} with --checkpoint, not with --onnx-reference; "
