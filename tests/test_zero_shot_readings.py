@@ -210,3 +210,15 @@ def test_a_difference_from_one_positive_patient_has_no_interval() -> None:
     assert any("interval undefined: the positive cases come from one patient" in n for n in c.notes)
     two = compare(y, with_sites, without, n_boot=200)  # two positive images, patients unknown: two units
     assert two.low is not None and two.high is not None
+
+
+def test_two_readings_at_the_ceiling_give_no_delong_p_and_say_why() -> None:
+    """Both AUCs 1.0: DeLong's variance estimate is 0, and it read p = 1.000 with a [0, 0] interval and no note
+    (a review of the outputs, session 30)."""
+    y = np.r_[np.ones(12), np.zeros(20)].astype(bool)
+    a = np.r_[np.linspace(0.6, 0.9, 12), np.linspace(0.0, 0.4, 20)]
+    c = compare(y, a, a * 0.5, n_boot=200)
+    assert (c.with_sites, c.without, c.difference) == (1.0, 1.0, 0.0)
+    d = c.to_dict()
+    assert d["delong_p"] is None and any(n.startswith("DeLong p n/a: its variance estimate is 0") for n in d["notes"])
+    assert d["difference_ci95"] == [0.0, 0.0] and any("zero-width interval" in n for n in d["notes"])

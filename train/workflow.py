@@ -467,19 +467,25 @@ def text_model_of(ckpt: Path, model: UopslModel, meta: CheckpointMeta, given: st
     ``given`` (``--text-model``) names the encoder instead; it passes the same check.
     """
     name = given or meta.text_model
+    recorded = f"; {ckpt} records {meta.text_model!r}: leave --text-model out" if given and meta.text_model else ""
     try:
         again = banks.TextEncoder(name).prototypes(meta.phrases)
     except ConfigError as exc:
+        if given:  # the user's encoder, not necessarily the checkpoint's
+            raise ConfigError(f"--text-model {given!r} cannot be used here ({exc}){recorded or ''}"
+                              + ("" if recorded else "; pass the folder of the encoder that made " + str(ckpt))
+                              ) from exc
         raise ConfigError(f"{ckpt} was made with the sentence encoder {name!r}, which cannot be used here ({exc}); "
                           "pass --text-model with that encoder's folder") from exc
     stored = model.class_text.detach().cpu().numpy()
     if again.shape != stored.shape or float(np.min(np.sum(again * stored, axis=1))) < 0.999:
         raise ConfigError(
             f"{ckpt}'s class prototypes were not made by the sentence encoder {name!r}"
+            + (" (--text-model)" if given else "")
             + (" (the checkpoint does not name one, so the packaged default was assumed)"
                if not given and name == DEFAULT_TEXT_MODEL else "")
-            + ": new class descriptions would land in another embedding space; pass --text-model with the "
-            "encoder that made it")
+            + ": new class descriptions would land in another embedding space; "
+            + (recorded[2:] if recorded else "pass --text-model with the encoder that made it"))
     return stored_text_model(name)
 
 
@@ -624,6 +630,12 @@ def run_evaluate(ckpt: Path, items: Sequence[Item], out: Path | None, n_boot: in
                       referable=meta.referable or [descriptions.referable_by_default(c)
                                                    for c in model.config.classes])
     report["operating_points"] = meta.metrics.get("operating_points") if meta.thresholds else None
+    if report["operating_points"] is not None:
+        # Their sensitivity and counts are the validation photographs' that chose each threshold at training time,
+        # not this evaluation's (`classes`): said in each record, where a reader could quote them as test figures.
+        report["operating_points"] = [{**r, "figures_on": "the validation photographs that chose the threshold "
+                                                          "(training time), not this evaluation's"}
+                                      if isinstance(r, dict) else r for r in report["operating_points"]]
     if report["operating_points"] is None:
         report["notes"].append("operating_points: the checkpoint does not record how its thresholds were chosen "
                                + ("(written before the records were kept)" if meta.thresholds

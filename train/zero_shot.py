@@ -149,7 +149,12 @@ def compare(y: np.ndarray, with_sites: np.ndarray, without: np.ndarray, n_boot: 
     if unit == "patient":
         notes.append(f"DeLong's p treats the {len(y)} images as independent; they come from {n_clusters} patients, "
                      "so it is too small (the bootstrap interval resamples patients)")
-    if diff.n_valid and diff.low == diff.high and diff.estimate != 0:
+    p_value = _finite(dl.p_value)
+    if not dl.note and dl.se == 0:  # DeLong's variance estimate is 0 (both readings rank every pair alike)
+        p_value = None
+        notes.append("DeLong p n/a: its variance estimate is 0 (both readings order every positive-negative pair "
+                     "the same way, e.g. both AUCs at 1)")
+    if diff.n_valid and diff.low == diff.high:
         notes.append(f"every bootstrap resample gave the same difference {diff.low:+.4g}: the zero-width interval "
                      "understates the uncertainty")
     low, high = _finite(diff.low), _finite(diff.high)
@@ -158,7 +163,7 @@ def compare(y: np.ndarray, with_sites: np.ndarray, without: np.ndarray, n_boot: 
         low = high = None
         notes.append(f"interval undefined: {single}")
     return SiteComparison(_finite(roc_auc(y, with_sites)), _finite(roc_auc(y, without)), _finite(diff.estimate),
-                          low, high, _finite(dl.p_value), pos, neg, tuple(notes), unit)
+                          low, high, p_value, pos, neg, tuple(notes), unit)
 
 
 def healthy_only(targets: np.ndarray, reference: int | None) -> np.ndarray | None:
