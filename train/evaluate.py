@@ -331,7 +331,7 @@ def _roc_series(curves: dict[str, metrics.RocCurve], report: dict[str, Any]) -> 
         sens, spec = (row.get(m, {}).get("estimate") for m in ("sensitivity", "specificity"))
         if isinstance(sens, float) and isinstance(spec, float) and math.isfinite(sens) and math.isfinite(spec):
             points[name] = (1.0 - spec, sens)
-    series = plots.per_class_series(curves, points)
+    series = plots.per_class_series(curves, points, order=[str(c["name"]) for c in report.get("classes", [])])
     out = []
     for it in series:
         auc = rows.get(it.label, {}).get("auc", {})
