@@ -416,3 +416,25 @@ def test_a_class_keeps_its_roc_colour_whichever_classes_a_test_set_leaves_out() 
     without_amd = plots.per_class_series({"dr": curve, "glaucoma": curve}, order=["dr", "amd", "glaucoma"])
     assert [s.color for s in every if s.label == "glaucoma"] == [s.color for s in without_amd
                                                                    if s.label == "glaucoma"]
+
+
+def test_each_explain_panel_says_its_colours_are_relative_to_its_own_peak(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every map is scaled to its own peak: a class at p=0.00 showed a hot spot as red as one at p=0.9 with
+    nothing on the picture to say so (a review of the outputs, session 30)."""
+    import cv2
+
+    said: list[str] = []
+    real = cv2.putText
+
+    def spy(img: object, text: str, *a: object, **k: object) -> object:
+        said.append(text)
+        return real(img, text, *a, **k)  # type: ignore[call-overload]
+
+    monkeypatch.setattr(cv2, "putText", spy)  # explain imports cv2 inside the function: the module's attribute
+    model, meta = tiny_model()
+    save_model(tmp_path / "ck", model, meta)
+    photo = fundus_jpeg(tmp_path / "p.jpg")
+    CliRunner().invoke(cli, ["explain", str(tmp_path / "ck"), str(photo), "--out", str(tmp_path / "maps")])
+    assert (tmp_path / "maps" / "p_sites.png").is_file()
+    assert said.count("red: this map's own peak") == len(model.config.classes)

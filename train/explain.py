@@ -160,6 +160,10 @@ def explain_inputs(ckpt: Path, inputs: Sequence[str | os.PathLike[str]], out: Pa
             panel = render_overlay(small, heat)
             cv2.putText(panel, f"{c} p={probs[k]:.2f}", (8, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (255, 255, 255), 2,
                         cv2.LINE_AA)
+            # Each map is scaled to its own peak (render_overlay): a class at p=0.00 shows a hot spot as red as one
+            # at p=0.9. Said on every panel, where a reader of the picture alone would otherwise compare colours.
+            cv2.putText(panel, "red: this map's own peak", (8, panel.shape[0] - 10), cv2.FONT_HERSHEY_SIMPLEX, 0.45,
+                        (255, 255, 255), 1, cv2.LINE_AA)
             panels.append(panel)
         dest = out / name
         write_bytes(dest, encode_png(np.concatenate(panels, axis=1)))
