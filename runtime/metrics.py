@@ -1288,6 +1288,16 @@ def classification_report(
             a = ci["auc"]
             ci["auc"] = Interval(a.estimate, math.nan, math.nan, a.n_boot, a.n_valid, a.alpha, a.method)
             zero_width[names[j]].append(f"auc: interval undefined: {single}")
+        if clustered and cluster_of is not None and ci["sensitivity"].n_boot:
+            # A side held by one patient: the rate over its images is bootstrapped as that patient alone, every
+            # resample the same, so its interval says nothing of other patients (logged by the bootstrap too,
+            # where a report's reader never sees it).
+            is_pos = y[:, j] > 0
+            for m, side in (("sensitivity", is_pos), ("specificity", ~is_pos)):
+                if side.any() and len(np.unique(cluster_of[side])) < 2:
+                    zero_width[names[j]].append(
+                        f"{m}: its {int(side.sum())} {'positive' if m == 'sensitivity' else 'negative'} images come "
+                        "from one patient; the interval cannot show how the figure varies between patients")
         if clustered and cluster_of is not None and proportion_method != BOOTSTRAP:
             pos, called = y[:, j], s[:, j] >= thr[j]
             for m, cases in zip(_PROPORTIONS, (pos, ~pos, called, ~called)):

@@ -521,3 +521,17 @@ def test_prevalence_dependent_intervals_let_the_class_mix_vary() -> None:
                                       stratified=False)["macro"]
     for m in ("quadratic_kappa", "f1"):
         assert (macro_s[m]["low"], macro_s[m]["high"]) == (macro_f[m]["low"], macro_f[m]["high"]), m
+
+
+def test_a_side_held_by_one_patient_is_said_in_the_report_not_only_in_the_log() -> None:
+    """A referral evaluated on data where one patient held every non-referable image: the bootstrap logged that
+    a stratum held a single cluster, and eval.json printed a specificity interval without a word (a review of
+    the outputs, session 30)."""
+    rng = np.random.default_rng(0)
+    y = np.r_[np.ones(40), np.zeros(12)].astype(int)
+    patients = np.r_[np.repeat(np.arange(20), 2), np.full(12, 99)]
+    s = np.clip(y * 0.4 + rng.random(52) * 0.6, 0, 1)
+    row = M.classification_report(y[:, None], s[:, None], 0.5, ["refer"], n_boot=200, clusters=patients)["classes"][0]
+    assert ("specificity: its 12 negative images come from one patient; the interval cannot show how the figure "
+            "varies between patients") in row["notes"]
+    assert not any(n.startswith("sensitivity: its") for n in row["notes"])  # 20 positive patients
