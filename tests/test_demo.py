@@ -32,6 +32,8 @@ def test_demo_writes_the_documented_layout(demo: Path) -> None:
     assert (demo / "eval" / "roc.png").stat().st_size > 1000
     summary = json.loads((demo / "demo.json").read_text())
     assert summary["screened"] == len(list((demo / "data" / "test" / "fundus").iterdir()))
+    # Which bootstrap each figure used: config.n_boot is the release gate's, the evaluation's is named apart.
+    assert summary["evaluate_n_boot"] == json.loads((demo / "eval" / "eval.json").read_text())["bootstrap"]["n_boot"]
     # the release gate ran on the test set. The quick demo's 24 test photographs hold fewer than 10 positives of
     # each disease: the FP32 file matches PyTorch on every figure (no flip), but the AUC and sensitivity gates
     # cannot count those classes, so its verdict is INCOMPLETE, not PASS (MIN_CASES_PER_CLASS; the full

@@ -438,3 +438,26 @@ def test_each_explain_panel_says_its_colours_are_relative_to_its_own_peak(tmp_pa
     CliRunner().invoke(cli, ["explain", str(tmp_path / "ck"), str(photo), "--out", str(tmp_path / "maps")])
     assert (tmp_path / "maps" / "p_sites.png").is_file()
     assert said.count("red: this map's own peak") == len(model.config.classes)
+
+
+def test_the_roc_plot_names_a_class_it_has_no_curve_for(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import numpy as np
+
+    from uopsl.runtime import plots
+    from uopsl.train.evaluate import evaluate
+
+    said: list[str] = []
+    real = plots.roc_plot
+
+    def spy(series: object, path: object, **k: str) -> object:
+        said.append(k.get("subtitle", ""))
+        return real(series, path, **k)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(plots, "roc_plot", spy)
+    rng = np.random.default_rng(0)
+    targets = np.zeros((30, 3))
+    targets[:15, 0] = 1
+    targets[15:, 1] = 1  # the third class has no positive image here
+    probs = np.clip(targets * 0.5 + rng.random((30, 3)) * 0.5, 0, 1)
+    evaluate(probs, targets, [0.5] * 3, ["normal", "dr", "amd"], tmp_path / "ev", n_boot=0)
+    assert said == ["dots: the operating thresholds; no curve: amd"]

@@ -50,6 +50,10 @@ class DemoConfig:
                    pretrain_epochs=2, finetune_epochs=3, calib_images=16, n_boot=200)
 
 
+#: Resamples of the demo's `evaluate` (its AUC intervals); `DemoConfig.n_boot` is the release gate's.
+EVALUATE_N_BOOT = 200
+
+
 def run_demo(out: Path, cfg: DemoConfig, command: str = "") -> dict[str, object]:
     """Run every stage into ``out``; returns a summary (also written to OUT/demo.json). ``command``: what the
     release gate's report records as the command that made it (the CLI passes its own)."""
@@ -109,7 +113,7 @@ def run_demo(out: Path, cfg: DemoConfig, command: str = "") -> dict[str, object]
                                seen_before=earlier_images(ck / "pretrain"))
     lap("finetune")
     test_masks = [s.extra.get("masks") for s in test.samples if s.modality == "fundus"]
-    report = run_evaluate(ck / "finetune", items_for(test, classes, "fundus"), out / "eval", n_boot=200, cache=cache,
+    report = run_evaluate(ck / "finetune", items_for(test, classes, "fundus"), out / "eval", n_boot=EVALUATE_N_BOOT, cache=cache,
                           masks=test_masks)
     lap("evaluate")
 
@@ -158,7 +162,8 @@ def run_demo(out: Path, cfg: DemoConfig, command: str = "") -> dict[str, object]
         summary = screener.screen_to(out / "screen", [str(p) for p in test_images], overlays=True)
     lap("screen")
     res = {
-        "out": str(out), "config": cfg.__dict__, "seconds": timings, "total_seconds": round(time.perf_counter() - t0, 1),
+        # config.n_boot is the release gate's (validate); the evaluation's own is beside it.
+        "out": str(out), "config": cfg.__dict__, "evaluate_n_boot": EVALUATE_N_BOOT, "seconds": timings, "total_seconds": round(time.perf_counter() - t0, 1),
         "test_macro_auc": report["macro"]["auc"],
         "site_concentration": report.get("site_concentration", {}),
         "screened": summary.total, "referred": summary.refer,

@@ -312,8 +312,14 @@ def evaluate(probs: np.ndarray, targets: np.ndarray, thresholds: Sequence[float]
         out.mkdir(parents=True, exist_ok=True)
         curves = {names[k]: metrics.roc_curve(targets[:, k], probs[:, k]) for k in keep}
         if curves:  # the plot first: eval.json is the last thing written, so it never describes a failed run
+            # A class with no positive or no negative image here has no curve: named under the title, so the
+            # picture alone does not read as the model's every class (eval.json's left_out says it too).
+            absent = [n for n in names if n not in curves]
+            shown = ", ".join(absent)
+            if len(shown) > 40:  # the subtitle is one line the width of the plot
+                shown = f"{len(absent)} classes (eval.json, class_coverage)"
             plots.roc_plot(_roc_series(curves, report), out / "roc.png", title=title or "ROC",
-                           subtitle="dots: the operating thresholds")
+                           subtitle="dots: the operating thresholds" + (f"; no curve: {shown}" if absent else ""))
         else:
             log.warning("no class has positive and negative images here: no ROC curve to plot")
         if write_report:
