@@ -43,7 +43,7 @@ from uopsl.runtime.bundle import (
     write_manifest,
 )
 from uopsl.runtime.errors import BundleError
-from uopsl.runtime.fsio import FolderLock, new_dir_mode, set_mode
+from uopsl.runtime.fsio import FolderLock, is_or_holds, new_dir_mode, set_mode
 from uopsl.runtime.intended_use import SYNTHETIC_CLINICAL, TRAINING_DATA_NOTE, IntendedUse, synthetic_only
 from uopsl.runtime.preprocess import PreprocessConfig
 
@@ -101,10 +101,8 @@ def check_replaceable(target: str | os.PathLike[str], keep: Sequence[str | os.Pa
     if not path.is_dir() or path.is_symlink():
         raise BundleError(f"{path} is a file (or a link), not a bundle folder; --force replaces only a bundle "
                           "folder or an empty one: choose another --out")
-    real = path.resolve()
     for other in (Path.cwd(), *map(Path, keep)):
-        o = other.resolve()
-        if o == real or real in o.parents:
+        if is_or_holds(path, other):
             what = "the folder you are in" if other == Path.cwd() else str(other)
             raise BundleError(f"--out {path} is or holds {what}, which replacing it would delete: choose another --out")
     if not any(path.iterdir()):

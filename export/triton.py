@@ -70,6 +70,7 @@ from uopsl.runtime.bundle import MANIFEST, FileEntry, Manifest, content_hash
 from uopsl.runtime.engine_header import read_header, read_plan
 from uopsl.runtime.errors import BundleError, ConfigError
 from uopsl.runtime.fsio import (
+    is_or_holds,
     load_json_strict,
     new_dir_mode,
     set_mode,
@@ -255,10 +256,8 @@ def check_repository_target(target: Path, overwrite: bool,
     or not written by uopsl, or that is or holds the folder you are in or one of ``keep`` ((what it is,
     path) pairs: the bundle it is written from, the checkpoint; replacing the repository deletes what it
     holds)."""
-    real = Path(os.path.realpath(target))
     for what, other in (("the folder you are in", Path.cwd()), *((f"{w} {p}", Path(p)) for w, p in keep)):
-        o = Path(os.path.realpath(other))
-        if o == real or real in o.parents:
+        if is_or_holds(target, other):
             raise ConfigError(f"Triton repository {target} is or holds {what}, which writing the repository "
                               "there would replace: choose another repository folder")
     if not target.exists():
@@ -295,8 +294,8 @@ def _failed_on(entry: FileEntry, backends: Sequence[str]) -> list[str]:
     without VNNI round 8-bit sums differently, so that verdict says nothing here, and the file is merely not
     validated); one whose record does not say which kind of CPU it came from still counts (the safe side).
     """
-    from uopsl.runtime.bundle import PARITY_KEY
-    from uopsl.runtime.cpuinfo import CPU_BACKENDS, int8_cpu_class, same_int8_arithmetic
+    from uopsl.runtime.bundle import PARITY_KEY, judged_on_other_cpu
+    from uopsl.runtime.cpuinfo import CPU_BACKENDS
 
     rec = entry.info.get(PARITY_KEY)
     if not isinstance(rec, dict) or rec.get("sha256") != entry.sha256 or not isinstance(rec.get("backends"), dict):
@@ -306,11 +305,8 @@ def _failed_on(entry: FileEntry, backends: Sequence[str]) -> list[str]:
         r = rec["backends"].get(b)
         if not isinstance(r, dict) or r.get("verdict") != "FAIL":
             continue
-        if entry.precision.startswith("int8") and b in CPU_BACKENDS:
-            machine = r.get("machine")
-            judged_on = machine.get("cpu_int8") if isinstance(machine, dict) else None
-            if isinstance(judged_on, str) and not same_int8_arithmetic(judged_on, int8_cpu_class()):
-                continue  # judged on the other kind of CPU; a FAIL from an unrecorded kind still counts
+        if entry.precision.startswith("int8") and b in CPU_BACKENDS and judged_on_other_cpu(r):
+            continue  # judged on the other kind of CPU; a FAIL from an unrecorded kind still counts
         failed.append(b)
     return failed
 

@@ -366,24 +366,35 @@ def _record_problem(path: str, backend: str, r: Any, manifest: Manifest | None =
     weak = parity_run_problem(gates if isinstance(gates, dict) else {}, r.get("n_images"))
     if weak:
         return f"{path} passed on {backend} under a run too weak to rely on: {weak}"
-    machine = r.get("machine")
-    recorded = machine.get("cpu_int8") if isinstance(machine, dict) else None
-    if int8 and backend in CPU_BACKENDS and not isinstance(recorded, str):
+    recorded = recorded_cpu_int8(r)
+    if int8 and backend in CPU_BACKENDS and recorded is None:
         # As any other field a record lacks: written before uopsl kept the CPU class, so the verdict may
         # come from a CPU with other 8-bit rounding.
         return (f"{path}'s INT8 parity record on {backend} does not say which kind of CPU it was judged on "
                 f"(written by an older uopsl); validate it again here (`uopsl validate --backends {backend}`, "
                 "or `--onnx-reference` without PyTorch)")
-    if int8 and backend in CPU_BACKENDS and isinstance(recorded, str):
-        here = int8_cpu_class()
-        if not same_int8_arithmetic(recorded, here):
-            return (f"{path} passed on {backend} on a {recorded} CPU, and this one is {here}: CPUs with and "
-                    "without VNNI (or ARM dot products) round 8-bit sums differently, so the verdict does not "
-                    "carry over; validate it on this kind of CPU (`uopsl validate --onnx-reference` needs no "
-                    "PyTorch)")
+    if int8 and backend in CPU_BACKENDS and judged_on_other_cpu(r):
+        return (f"{path} passed on {backend} on a {recorded} CPU, and this one is {int8_cpu_class()}: CPUs with "
+                "and without VNNI (or ARM dot products) round 8-bit sums differently, so the verdict does not "
+                "carry over; validate it on this kind of CPU (`uopsl validate --onnx-reference` needs no PyTorch)")
     if parity_reference_kind(r) == REFERENCE_ONNX:
         return _onnx_chain_problem(path, backend, r, manifest)
     return None
+
+
+def recorded_cpu_int8(run: Mapping[str, Any]) -> str | None:
+    """The kind of CPU a parity run's 8-bit arithmetic was judged on (``machine.cpu_int8``); None when the
+    record does not say (written before uopsl kept it)."""
+    machine = run.get("machine")
+    recorded = machine.get("cpu_int8") if isinstance(machine, Mapping) else None
+    return recorded if isinstance(recorded, str) else None
+
+
+def judged_on_other_cpu(run: Mapping[str, Any]) -> bool:
+    """Whether a CPU INT8 parity run was judged on a kind of CPU whose 8-bit sums round otherwise than this
+    one's (with or without VNNI): its verdict, PASS or FAIL, says nothing here. False when not recorded."""
+    recorded = recorded_cpu_int8(run)
+    return recorded is not None and not same_int8_arithmetic(recorded, int8_cpu_class())
 
 
 def parity_status(entry: FileEntry, backend: str | None = None, *,

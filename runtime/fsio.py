@@ -268,6 +268,13 @@ def remove_stale_temporaries(folder: str | os.PathLike[str]) -> int:
     return n
 
 
+def is_or_holds(outer: str | os.PathLike[str], inner: str | os.PathLike[str]) -> bool:
+    """Whether ``inner`` is ``outer`` or lies inside it, links resolved: what replacing or deleting ``outer``
+    would take with it (the checkpoint under a mistyped --out, the folder you are in)."""
+    o, i = Path(os.path.realpath(outer)), Path(os.path.realpath(inner))
+    return o == i or o in i.parents
+
+
 def special_entry(path: str | os.PathLike[str]) -> str | None:
     """What ``path`` is when it exists but is not a plain file or folder of its own, else None.
 

@@ -1273,8 +1273,8 @@ def classification_report(
         ci = bootstrap_many(class_statistic, n, strata=y[:, j] if stratified else None, **boot)
         if stratified:
             # Resampling within the class's label keeps its prevalence fixed, which F1, PPV and NPV depend on:
-            # their intervals came out too narrow (95 % intervals covering 60-80 % at a screening prevalence
-            # of 5-10 %, a simulation of session 30). They get resamples of their own that let the mix vary.
+            # their intervals came out too narrow (95 % intervals covering 60-62 % at a screening prevalence
+            # of 5 %: benchmarks/interval_coverage.py). They get resamples of their own that let the mix vary.
             def mix_statistic(w: np.ndarray, ind: np.ndarray = indicators[:, j, :]) -> dict[str, np.ndarray]:
                 c = w @ ind  # the counts alone: the AUC, which needs no second pass, is not computed again
                 r = _rates(c[:, 0], c[:, 1], c[:, 2], c[:, 3])
@@ -1353,7 +1353,7 @@ def classification_report(
     if macro_strata is not None and conf is not None:  # stratified by class: class indices, a confusion
         # Resampling within each true class freezes the class mix, which top-1 accuracy, macro-F1 and the
         # quadratic kappa depend on (the accuracy's interval came out narrower with patients known than the
-        # Wilson interval without them; the kappa's covered 87 % in a simulation of session 30): these get
+        # Wilson interval without them; the kappa's covered 86 %: benchmarks/interval_coverage.py): these get
         # resamples of their own, unstratified (whole patients when they are known).
         mixed = conf
 

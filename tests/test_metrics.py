@@ -496,7 +496,7 @@ def test_thresholds_are_compared_as_the_runtime_holds_them() -> None:
 
 def test_prevalence_dependent_intervals_let_the_class_mix_vary() -> None:
     """A statistician's review (session 30): resampling within each label froze the prevalence, and the F1, PPV,
-    NPV, accuracy and kappa intervals, which move with it, covered 60-87 % at 95 %. They are now bootstrapped
+    NPV, accuracy and kappa intervals, which move with it, covered 60-86 % at 95 % (benchmarks/interval_coverage.py). They are now bootstrapped
     without strata; AUC, sensitivity and specificity keep the stratified resamples."""
     rng = np.random.default_rng(0)
     n = 400

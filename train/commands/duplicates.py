@@ -47,13 +47,14 @@ def command(specs: tuple[str, ...], threshold: float, folds: int | None, fold_se
     where: dict[str, str] = {}  # real path -> the first spec that holds it
     for spec, src in zip(specs, sources):
         own = {os.path.realpath(s.path) for s in src.samples}
-        for path in sorted(own & where.keys())[:1]:
+        common = own & where.keys()
+        if common:
             # Overlapping specs (a set and its split=train part, one spec twice) made every shared photograph a
             # "copy" of itself; within one spec, a file listed twice is a real finding and stays.
-            common = len(own & where.keys())
-            raise click.UsageError(f"{spec} and {where[path]} both hold {path} ({common} photograph(s) in common): "
-                                   "give specs that do not overlap (each photograph once)")
-        where.update(dict.fromkeys(own - where.keys(), spec))
+            path = min(common)
+            raise click.UsageError(f"{spec} and {where[path]} both hold {path} ({len(common)} photograph(s) in "
+                                   "common): give specs that do not overlap (each photograph once)")
+        where.update(dict.fromkeys(own, spec))
         samples.extend(src.samples)
     report = find_duplicates(samples, cfg, cache_dir or user_cache_dir() / "duplicates")
     fold_of: dict[int, int] = {}

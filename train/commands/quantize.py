@@ -50,20 +50,19 @@ def _refuse_unused_options(images: str | None, rounding: str, auto_exclude: int)
     """A usage error for an option given on the command line that this run would not use (the user meant
     something by it: a silently ignored --max-images draws another set than they think)."""
     ctx = click.get_current_context()
-    given = option_given
     unused = [(name, why) for name, why in (
         ("max_images", "draws from --images, and none are given"),
         ("seed", "seeds the --max-images draw from --images, and none are given"),
         ("require_fov", "filters --images, and none are given"),
         ("size", "sizes --images, and none are given"),
         ("preprocess_from", "preprocesses --images, and none are given"),
-    ) if images is None and given(name)]
+    ) if images is None and option_given(name)]
     if rounding == "nearest":
         unused += [(n, "is for --rounding gptq or adaround") for n in ("rounding_images", "adaround_iterations")
-                   if given(n)]
-    elif rounding == "gptq" and given("adaround_iterations"):
+                   if option_given(n)]
+    elif rounding == "gptq" and option_given("adaround_iterations"):
         unused.append(("adaround_iterations", "is for --rounding adaround"))
-    if auto_exclude == 0 and given("sensitivity_images"):
+    if auto_exclude == 0 and option_given("sensitivity_images"):
         unused.append(("sensitivity_images", "is for the --auto-exclude sensitivity pass, which is off"))
     if unused:
         opts = {p.name: p.opts[-1] if p.name != "require_fov" else "--require-fov/--allow-no-fov"
