@@ -182,7 +182,14 @@ def entropy_amax(abs_hist: np.ndarray, bin_width: float, *, levels: int = KL_LEV
     within rounding of the minimum are then re-scored bin by bin (as scipy's
     ``entropy`` does) so that near-ties break as in the reference. Candidates
     whose first ``i`` bins are all empty (no value below the threshold) are
-    skipped; the reference would score them NaN.
+    skipped; the reference would score them NaN. One departure from the
+    reference: candidates whose first ``i - 1`` bins are empty are skipped
+    too. Their P is a single spike (every value clipped into the last bin),
+    so is Q, and KL is 0 by construction; the reference picks them, which on
+    a tensor far from zero (a sigmoid gate in (0.06, 0.99)) kept its range
+    one bin wide just past its smallest value and clipped 100 % of the
+    values. A tensor that reaches zero (after a ReLU, or one that crosses it)
+    has no such candidate, so its threshold is the reference's.
 
     ``max_candidates``: score only about that many candidates, every
     ``stride`` bins (the old, approximate search; the result can then differ
@@ -259,7 +266,11 @@ def _kl_all_candidates(h: np.ndarray, candidates: np.ndarray, levels: int) -> np
         sum_plogq += np.where(tail > 0, tail * np.log(qval[:, -1]), 0.0)
         kl = (sum_plogp - sum_plogq) / total - math.log(total) + np.log(np.where(below > 0, below, 1.0))
     kl = np.where((last == 0) & (tail > 0), np.inf, kl)
-    return np.where(below > 0, kl, np.nan)
+    # A candidate below which only its own last bin holds values makes P one spike, and Q the same spike:
+    # KL 0 by construction, whatever lies beyond. On a tensor whose values all sit away from 0 (a sigmoid
+    # gate) the first such candidate, just past the smallest |x|, won and clipped every other value to it.
+    spike = cnz[i - 1] == 0
+    return np.where((below > 0) & ~spike, kl, np.nan)
 
 
 def _kl_candidate(h: np.ndarray, i: int, levels: int) -> float:

@@ -48,7 +48,9 @@ INT8_MAX = 127
 # to ~14 % away from NVIDIA's algorithm). Tables without the field are version 1.
 # minmax 2, entropy 3, percentile 2 (session 28): the tensors computed from the uint8 input
 # alone hold their bounds from the input type, not measured ones (uopsl.calibration.ranges.input_bound_ranges).
-ALGORITHM_VERSIONS: Mapping[str, int] = MappingProxyType({"minmax": 2, "entropy": 3, "percentile": 2})
+# entropy 4 (session 31): thresholds whose reference histogram is one spike are not candidates (on a tensor far
+# from zero, a sigmoid gate, entropy 3 kept a range one bin wide and clipped every value; ranges.entropy_amax).
+ALGORITHM_VERSIONS: Mapping[str, int] = MappingProxyType({"minmax": 2, "entropy": 4, "percentile": 2})
 
 
 @dataclass(frozen=True)

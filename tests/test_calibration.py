@@ -246,6 +246,24 @@ def test_entropy_matches_pytorch_quantization_bin_for_bin() -> None:
     assert entropy_amax(h, w) == pytest.approx(_pq_entropy_bins(h) * w, rel=1e-12)
 
 
+@pytest.mark.parametrize("mu, sd", [(1.0, 0.8), (2.0, 1.0), (4.0, 0.5)])
+def test_entropy_keeps_the_values_of_a_tensor_far_from_zero(mu: float, sd: float) -> None:
+    """A sigmoid gate (squeeze-excitation in efficientnet_b0 / mobilenet_v3) never reaches 0: the reference's
+    first scored threshold, just past the smallest value, makes P and Q one spike (KL 0) and kept a range one
+    bin wide that clipped every value (review of session 31). Those candidates are not scored."""
+    x = 1 / (1 + np.exp(-np.random.default_rng(0).normal(mu, sd, 200_000)))
+    hist = ActivationHistogram()
+    hist.update(x.astype(np.float32))
+    lo, hi = hist.range("entropy")
+    assert lo == pytest.approx(x.min(), abs=1e-6)
+    assert np.mean((x >= lo) & (x <= hi)) > 0.98
+    assert hi > x.min() + 0.8 * (x.max() - x.min())
+    # What the reference does on the same histogram: the degenerate pick this module departs from.
+    h, w = hist.abs_histogram()
+    used = np.flatnonzero(h)
+    assert (_pq_entropy_bins(h[: used[-1] + 1]) - used[0]) * w < 2 * w
+
+
 def test_entropy_search_is_exact_on_activation_histograms_where_a_strided_search_was_not() -> None:
     # The review's t_stride.py tensors (400k values; 2100-3600 of the 4096 |x| bins used): every bin is a
     # candidate now. The former default (about 512 candidates, every 4th-7th bin) landed elsewhere.
@@ -519,7 +537,7 @@ def test_a_table_of_an_older_range_algorithm_is_recomputed_not_reused(tmp_path: 
     pct = 99.99 if method == "percentile" else None
     table = CalibrationTable(ranges={"x": (0.0, 1.0)}, method=method, model_sha256="m", set_fingerprint="s",
                              num_images=4, percentile=pct)
-    assert table.algorithm_version == (3 if method == "entropy" else 2)
+    assert table.algorithm_version == (4 if method == "entropy" else 2)
     raw = table.to_dict()
     if written_as is None:
         del raw["algorithm_version"]  # a table written before the field existed
