@@ -179,6 +179,12 @@ def dicom_picture(data: bytes, max_pixels: int, source: str | None = None) -> by
         frames = int(ds.get("NumberOfFrames", 1) or 1)
         rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
         signed = int(ds.get("PixelRepresentation", 0) or 0) != 0
+        # pydicom converts an element when it is first read: every header value used below is read here, inside
+        # this catch-all, so that a damaged one (a value representation of stray bytes) is a damaged file.
+        samples, allocated = int(ds.get("SamplesPerPixel", 1) or 1), int(ds.get("BitsAllocated", 8) or 8)
+        photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
+        stored = ds.get("BitsStored")
+        stored = None if stored is None or stored == "" else int(stored)
         uid = ds.file_meta.get("TransferSyntaxUID")
         known = not syntax or getattr(uid, "is_transfer_syntax", False)
         encapsulated = bool(uid.is_encapsulated) if known and syntax else False
@@ -203,7 +209,8 @@ def dicom_picture(data: bytes, max_pixels: int, source: str | None = None) -> by
         raise ImageFormatError("a DICOM picture with signed samples (PixelRepresentation 1), which no photograph "
                                "stores; export the photograph as JPEG", source=source)
     try:
-        found = _encapsulated_frames(pydicom, ds.PixelData, syntax) if encapsulated else _raw_frames(ds, rows, cols)
+        found = (_encapsulated_frames(pydicom, ds.PixelData, syntax) if encapsulated
+                 else _raw_frames(len(ds.PixelData), rows * cols * samples * allocated))
     except (TypeError, ValueError) as exc:
         raise ImageDecodeError(f"a damaged DICOM file ({type(exc).__name__}: {_said(exc)})", source=source) from None
     frames = max(frames, found)
@@ -223,10 +230,9 @@ def dicom_picture(data: bytes, max_pixels: int, source: str | None = None) -> by
         if head is None:
             return frame  # no frame header: the decoder says the file is damaged
         if head[2] == 8:
-            rgb = str(ds.get("PhotometricInterpretation", "")).strip().upper() == "RGB"
-            return _as_rgb_jpeg(frame) if rgb else frame
+            return _as_rgb_jpeg(frame) if photometric == "RGB" else frame
         # A 12-bit JPEG (extended process): the runtime's libjpeg reads 8 bits; a pydicom plug-in may read it.
-    return _as_rgb8(ds, _pixel_array(ds, syntax, source), pydicom, source)
+    return _as_rgb8(ds, _pixel_array(ds, syntax, source), pydicom, source, photometric=photometric, stored=stored)
 
 
 def _encapsulated_frames(pydicom: Any, pixel_data: bytes, syntax: str) -> int:
@@ -249,12 +255,11 @@ def _encapsulated_frames(pydicom: Any, pixel_data: bytes, syntax: str) -> int:
     return max(1, sum(pixel_data[s + 8 : s + 8 + len(soi)] == soi for s in starts))
 
 
-def _raw_frames(ds: Any, rows: int, cols: int) -> int:
+def _raw_frames(data_bytes: int, bits_per_frame: int) -> int:
     """How many pictures raw pixel data holds by its length (pydicom would infer frames from an excess)."""
-    per = rows * cols * int(ds.get("SamplesPerPixel", 1) or 1) * int(ds.get("BitsAllocated", 8) or 8)
-    if per <= 0:
+    if bits_per_frame <= 0:
         return 1
-    return max(1, (8 * len(ds.PixelData)) // per)
+    return max(1, (8 * data_bytes) // bits_per_frame)
 
 
 def _as_rgb_jpeg(frame: bytes) -> bytes:
@@ -300,19 +305,19 @@ def _to_8bit(bits: int, inverted: bool) -> np.ndarray:
     return lut[::-1].copy() if inverted else lut
 
 
-def _as_rgb8(ds: Any, pixels: np.ndarray, pydicom: Any, source: str | None) -> np.ndarray:
+def _as_rgb8(ds: Any, pixels: np.ndarray, pydicom: Any, source: str | None, *, photometric: str,
+             stored: int | None) -> np.ndarray:
     """uint8 RGB from pixel_array's output, by the header's photometric interpretation and stored bits.
 
     Through a lookup table on the native dtype: one temporary of the pixels' own size, not int64 copies.
     """
-    photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
     try:
         if photometric == "PALETTE COLOR":
             pixels = np.asarray(pydicom.pixels.apply_color_lut(pixels, ds))
             bits = 8 * pixels.dtype.itemsize
         else:
-            bits = int(ds.get("BitsStored", 8 * pixels.dtype.itemsize) or 8 * pixels.dtype.itemsize)
-    except (TypeError, ValueError) as exc:  # no colour table, or a header value that is not one number
+            bits = stored or 8 * pixels.dtype.itemsize
+    except Exception as exc:  # noqa: BLE001 - no colour table, or a damaged one (pydicom raises many types)
         raise ImageDecodeError(f"a damaged DICOM file ({type(exc).__name__}: {_said(exc)})", source=source) from None
     if pixels.ndim not in (2, 3) or (pixels.ndim == 3 and pixels.shape[2] not in (1, 3)):
         raise ImageFormatError(f"a DICOM picture of shape {pixels.shape} (expected rows x columns, with 1 or 3 "
