@@ -44,9 +44,13 @@ def jpeg_segments(data: bytes, limit: int | None = None) -> Iterator[tuple[int, 
     ``offset`` is that of the segment's 0xFF byte, ``length`` its stored length
     (the two length bytes and the payload; the payload may run past the end of
     ``data``: callers check). Markers without a length and fill bytes are
-    skipped. Stops quietly at the first scan (SOS) or the end of image, at a
-    byte that is not a marker, a length below 2, or after ``limit`` bytes, so
-    a corrupt header ends the walk instead of raising or looping.
+    skipped, and so are stray bytes between segments, as libjpeg skips them
+    (``next_marker``: "extraneous bytes before marker"): a walk that stopped
+    there missed the frame header libjpeg then reads, and a 692-byte file
+    declaring 16000x16000 pixels was decoded (1.9 GB) before its size was
+    refused. Stops quietly at the first scan (SOS) or the end of image, at a
+    length below 2, or after ``limit`` bytes, so a corrupt header ends the
+    walk instead of raising or looping.
     """
     if data[:2] != b"\xff\xd8":
         return
@@ -54,7 +58,10 @@ def jpeg_segments(data: bytes, limit: int | None = None) -> Iterator[tuple[int, 
     i = 2
     while i + 4 <= end:
         if data[i] != 0xFF:
-            return  # not at a marker: corrupt segment lengths
+            i = data.find(b"\xff", i, end)  # stray bytes (corrupt data or segment lengths): on to the next marker
+            if i < 0:
+                return
+            continue
         marker = data[i + 1]
         if marker == 0xFF:  # fill byte before a marker
             i += 1

@@ -95,6 +95,9 @@ def header_size(data: bytes) -> tuple[int, int] | None:
         fmt = image_format(data)
         if fmt == "png" and data[12:16] == b"IHDR":
             return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+        if fmt == "bmp" and len(data) >= 22 and int.from_bytes(data[14:18], "little") == 12:
+            # An OS/2 core header: 16-bit unsigned sizes (read as 32-bit they refused a 256x256 picture as huge).
+            return int.from_bytes(data[18:20], "little"), int.from_bytes(data[20:22], "little")
         if fmt == "bmp" and len(data) >= 26:
             w = int.from_bytes(data[18:22], "little", signed=True)
             h = int.from_bytes(data[22:26], "little", signed=True)

@@ -388,7 +388,8 @@ def _to_uint8(img: np.ndarray, sample_max: int | None = None, *, alpha_max: int 
         # unscaled (_png_sample_max).
         return cv2.convertScaleAbs(img, alpha=255.0 / float(sample_max or 65535))
     if np.issubdtype(img.dtype, np.floating):
-        scale = 255.0 if float(np.nanmax(img)) <= 1.0 else 1.0
+        finite = img[np.isfinite(img)]  # NaN/inf samples become 0 below; they must not pick the scale either
+        scale = 255.0 if finite.size == 0 or float(finite.max()) <= 1.0 else 1.0
         return np.clip(np.nan_to_num(img) * scale + 0.5, 0, 255).astype(np.uint8)
     return np.clip(img, 0, 255).astype(np.uint8)
 

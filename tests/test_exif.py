@@ -255,6 +255,9 @@ def test_malformed_jpeg_exif_is_orientation_1_never_an_error_and_fast() -> None:
     got = {name: jpeg_orientation(data) for name, data in cases.items()}
     cpu = time.process_time() - t0
     named = {k: v for k, v in got.items() if not k.startswith("fuzz")}
+    # Stray bytes before a marker are skipped as libjpeg skips them (it decodes that file): the Exif segment
+    # after them is read (session 31; the walk stopped there, and missed a frame header the same way).
+    assert named.pop("garbage instead of a marker") == 6
     assert named == dict.fromkeys(named, 1)
     assert all(v in ORIENTATIONS for v in got.values())  # fuzzed headers may still hold a valid tag
     # ~2000 headers of a few hundred bytes each; the scan cap bounds the 300 KB case.

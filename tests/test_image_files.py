@@ -8,6 +8,7 @@ runtime does not read, lossless JPEGs and oversized files.
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 
 import cv2
@@ -124,6 +125,57 @@ def test_bombs_are_refused_from_the_header(data: bytes, monkeypatch: pytest.Monk
     monkeypatch.setattr(P, "_imdecode", lambda *a, **k: pytest.fail("decoded before the size was checked"))
     with pytest.raises(ImageTooLargeError, match="exceeds the limit"):
         decode(data)
+
+
+def _jpeg_with_stray_byte_before_its_frame(width: int, height: int) -> bytes:
+    data = bytearray(_jpeg(np.full((64, 64, 3), 90, np.uint8)))
+    sof = data.find(b"\xff\xc0")
+    data[sof + 5 : sof + 9] = height.to_bytes(2, "big") + width.to_bytes(2, "big")
+    return bytes(data[:sof]) + b"\x00" + bytes(data[sof:])
+
+
+def test_a_stray_byte_before_the_jpeg_frame_does_not_hide_its_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    """libjpeg skips stray bytes before a marker; the header walk stopped there, so a 700-byte file declaring
+    16000x16000 pixels was decoded (1.9 GB) before the limit was checked (fuzz campaign, session 31)."""
+    bomb = _jpeg_with_stray_byte_before_its_frame(16000, 16000)
+    assert imagefile.header_size(bomb) == (16000, 16000)
+    monkeypatch.setattr(P, "_imdecode", lambda *a, **k: pytest.fail("decoded before the size was checked"))
+    with pytest.raises(ImageTooLargeError, match="exceeds the limit"):
+        decode(bomb)
+
+
+def test_a_jpeg_with_a_stray_byte_is_still_read_as_libjpeg_reads_it() -> None:
+    data = _jpeg_with_stray_byte_before_its_frame(64, 64)
+    assert imagefile.jpeg_frame(data)[:3] == (64, 64, 8)
+    assert decode(data).shape == (64, 64, 3)
+
+
+def test_an_os2_bitmap_has_16_bit_sizes() -> None:
+    """A BMP with the 12-byte core header stores 16-bit sizes: read as 32-bit, 256x256 became 16777472x1572865
+    and a picture OpenCV reads was refused as too large (fuzz campaign, session 31)."""
+    w, h = 256, 200
+    row = (w * 3 + 3) // 4 * 4
+    pixels = np.zeros((h, row), np.uint8)
+    pixels[:, : w * 3] = np.tile([40, 90, 200], w)
+    core = (12).to_bytes(4, "little") + w.to_bytes(2, "little") + h.to_bytes(2, "little") \
+        + (1).to_bytes(2, "little") + (24).to_bytes(2, "little")
+    head = b"BM" + (14 + 12 + pixels.size).to_bytes(4, "little") + bytes(4) + (26).to_bytes(4, "little")
+    data = head + core + pixels.tobytes()
+    assert imagefile.header_size(data) == (w, h)
+    assert decode(data).shape == (h, w, 3)
+
+
+def test_a_float_tiff_without_a_finite_sample_is_read_without_warnings() -> None:
+    """np.nanmax over an all-NaN float TIFF warned "All-NaN slice encountered" on the console (fuzz, session 31)."""
+    nan = _encode(".tiff", np.full((64, 64, 3), np.nan, np.float32))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        img = decode(nan)
+    assert img.shape == (64, 64, 3) and int(img.max()) == 0
+    # Finite samples in [0, 1] beside non-finite ones are still read as [0, 1] data.
+    unit = np.full((64, 64, 3), 0.5, np.float32)
+    unit[0, 0] = np.inf
+    assert int(np.median(decode(_encode(".tiff", unit)))) == 128
 
 
 @pytest.mark.parametrize(("data", "name"), [
