@@ -355,8 +355,8 @@ def plan_candidates(
             if explicit or files:
                 why = {"ort-cuda": "ONNX Runtime has no CUDA provider here (onnxruntime-gpu and a GPU needed)",
                        "ort-trt": "ONNX Runtime has no TensorRT provider here",
-                       "openvino": "OpenVINO is not installed (pip install 'uopsl[openvino]')",
-                       "tensorrt": "TensorRT and a CUDA binding are not installed (pip install 'uopsl[trt]')",
+                       "openvino": "OpenVINO is not installed (pip install 'openvino>=2024.0')",
+                       "tensorrt": "TensorRT and a CUDA binding are not installed (pip install 'tensorrt-cu12>=10,<11' 'cuda-python>=12,<13')",
                        "ort-cpu": "ONNX Runtime is not installed"}[b]
                 skipped.append({"name": b, "reason": why})
             continue

@@ -21,7 +21,7 @@ before anything is decoded; a Deflated-syntax file is first refused when what
 it inflates to, counted and discarded, exceeds what such a picture needs),
 signed or wider-than-16-bit samples
 (no photograph stores those), files cut short. pydicom 3 is an optional
-dependency (``pip install 'uopsl[dicom]'``); without it, or without the plug-in
+dependency (``pip install 'pydicom>=3,<4'``); without it, or without the plug-in
 a codec needs, the row's reason is ``reader_missing``, which a rerun screens
 again once it is installed.
 """
@@ -106,7 +106,7 @@ def _pydicom(source: str | None) -> Any:
         found = "an older pydicom is installed" if "found" in str(exc) else "pydicom is not installed here"
         raise ImageReaderMissingError(
             f"a DICOM file: reading DICOM needs the optional package pydicom 3 ({found}); install it "
-            "(pip install 'uopsl[dicom]') and run again, or export the photograph as JPEG", source=source) from None
+            "(pip install 'pydicom>=3,<4') and run again, or export the photograph as JPEG", source=source) from None
 
 
 # Explicit VRs whose length is 4 bytes after 2 reserved ones (the others have a 2-byte length).

@@ -17,24 +17,49 @@ from types import FrameType, ModuleType
 
 from uopsl.runtime.errors import MissingDependencyError
 
+# The third-party packages of each extra of uopsl's pyproject.toml that a message can name on its own
+# (tests/test_packaging.py keeps them equal). Messages name these, not the extra of uopsl itself: uopsl is
+# not published on PyPI, so naming the bare extra there would fetch whatever package holds the name.
+EXTRA_PACKAGES: dict[str, tuple[str, ...]] = {
+    "dicom": ("pydicom>=3,<4",),
+    "sign": ("cryptography>=41",),
+    "openvino": ("openvino>=2024.0",),
+    "trt": ("tensorrt-cu12>=10,<11", "cuda-python>=12,<13"),
+    "export": ("onnx>=1.15", "onnxruntime>=1.17"),
+}
+
+
+def extra_hint(extra: str) -> str:
+    """How to install uopsl's ``extra``: its packages by name where few, else the extra from uopsl's own source.
+
+    ``pip install 'pydicom>=3,<4'`` for ``dicom``; for ``train`` (many packages, some pinned to local wheels)
+    the extra installed from the folder or wheel uopsl came from.
+    """
+    packages = EXTRA_PACKAGES.get(extra)
+    if packages:
+        return "pip install " + " ".join(f"'{p}'" for p in packages)
+    return (f"install uopsl's {extra} extra from the folder or wheel uopsl came from, e.g. "
+            f"pip install './uopsl[{extra}]' in its source folder (uopsl is not on PyPI)")
+
+
 _CUDA_HINT = ("pip install 'cuda-python>=12,<13' on a CUDA 12 driver (JetPack 6), plain cuda-python on CUDA 13, "
               "'cuda-python>=11.8,<12' on CUDA 11; pycuda works as well")
-# module name -> how to get it (pip extra, or the JetPack package on Jetson)
+# module name -> how to get it (pip, or the JetPack package on Jetson)
 _HINTS: dict[str, str] = {
-    "tensorrt": "pip install 'uopsl[trt]' (desktop) or install JetPack's python3-libnvinfer (Jetson)",
+    "tensorrt": f"{extra_hint('trt')} (desktop) or install JetPack's python3-libnvinfer (Jetson)",
     "cuda": _CUDA_HINT,
     "cuda.bindings": _CUDA_HINT,
     "pycuda": "pip install pycuda",
-    "openvino": "pip install 'uopsl[openvino]'",
-    "onnxruntime": "pip install 'uopsl[runtime]'",
-    "onnx": "pip install 'uopsl[export]'",
-    "torch": "pip install 'uopsl[train]'",
-    "torchvision": "pip install 'uopsl[train]'",
-    "timm": "pip install 'uopsl[train]'",
-    "safetensors": "pip install 'uopsl[train]'",
-    "sentence_transformers": "pip install 'uopsl[train]'",
+    "openvino": extra_hint("openvino"),
+    "onnxruntime": "pip install 'onnxruntime>=1.17'",
+    "onnx": extra_hint("export"),
+    "torch": extra_hint("train"),
+    "torchvision": extra_hint("train"),
+    "timm": extra_hint("train"),
+    "safetensors": extra_hint("train"),
+    "sentence_transformers": extra_hint("train"),
     "tqdm": "pip install tqdm",
-    "cryptography": "pip install 'uopsl[sign]'",
+    "cryptography": extra_hint("sign"),
 }
 
 

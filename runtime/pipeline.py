@@ -279,7 +279,7 @@ class WalkState:
                          "(names starting with '.': a Mac's ._ copies, temporary files)")
         if self.dicom_unread:
             notes.append(f"{self.dicom_unread} DICOM file{'s' if self.dicom_unread != 1 else ''} skipped (no DICOM "
-                         "reader here: pip install 'uopsl[dicom]' to screen them)")
+                         "reader here: pip install 'pydicom>=3,<4' to screen them)")
         if self.dicom_copies:
             notes.append(f"{self.dicom_copies} DICOM file{'s' if self.dicom_copies != 1 else ''} skipped (a "
                          "photograph of the same name is beside each, screened instead)")

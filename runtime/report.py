@@ -145,7 +145,7 @@ REASON_TEXT: dict[str, ReasonText] = {
     "reader_missing": ReasonText(
         "reader not installed",
         "This file needs an optional reader or decoder that is not installed on this computer (the detail "
-        "names it; DICOM: pip install 'uopsl[dicom]'): install it and run the same command again, or export "
+        "names it; DICOM: pip install 'pydicom>=3,<4'): install it and run the same command again, or export "
         "the photograph as JPEG."),
     "unreadable": ReasonText(
         "cannot open file",

@@ -111,7 +111,7 @@ def api_for(trt: Any) -> TrtApi:
     if version[:2] < MIN_VERSION:
         raise ConfigError(
             f"TensorRT {text} is older than 8.5; uopsl supports TensorRT {SUPPORTED}. "
-            "On a Jetson use JetPack 6 (6.0 ships 8.6, 6.1/6.2 ship 10.3); elsewhere pip install 'uopsl[trt]'"
+            "On a Jetson use JetPack 6 (6.0 ships 8.6, 6.1/6.2 ship 10.3); elsewhere pip install 'tensorrt-cu12>=10,<11' 'cuda-python>=12,<13'"
         )
     notes = []
     if version[0] > 11:

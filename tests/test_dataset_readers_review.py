@@ -98,7 +98,7 @@ def test_a_folder_of_dicom_files_says_folder_does_not_read_dicom_and_what_does(t
         D.read_folder(tmp_path)
     msg = str(err.value)
     assert "no images found" in msg and "6 .dcm" in msg and "DICOM files are not read by folder:" in msg
-    assert "csv:FILE" in msg and "uopsl[dicom]" in msg and ".png" in msg
+    assert "csv:FILE" in msg and "pip install 'pydicom>=3,<4'" in msg and ".png" in msg
 
 
 # -- 3. repeated rows ------------------------------------------------------------------------------------------

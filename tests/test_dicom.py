@@ -219,7 +219,7 @@ def test_a_rerun_after_installing_pydicom_screens_the_file(tiny_bundle: Path, tm
             s.screen_to(out, [str(inputs / "eye.dcm")])  # named directly: a row (a folder walk counts it)
         first = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
         assert [r["reasons"] for r in first] == [["reader_missing"]]
-        assert "pip install 'uopsl[dicom]'" in first[0]["error"]
+        assert "pip install 'pydicom>=3,<4'" in first[0]["error"]
         assert s.screen_to(out, [str(inputs / "eye.dcm")]).screened == 1
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert rows[-1]["status"] != "error" and rows[-1]["probs"]
@@ -397,7 +397,7 @@ def test_a_folder_walk_counts_dicom_it_cannot_read_or_that_copies_a_photograph(
     state = WalkState()
     assert [p.name for p in walk_images(folder, state)] == ["IMG1.jpg"]
     assert (state.dicom_copies, state.dicom_unread) == (1, 1)
-    assert "pip install 'uopsl[dicom]' to screen them" in state.skipped_message()
+    assert "pip install 'pydicom>=3,<4' to screen them" in state.skipped_message()
 
 
 def test_the_dicom_screen_benchmark_runs(tiny_bundle: Path, tmp_path: Path) -> None:  # noqa: F811
@@ -478,7 +478,7 @@ def test_dicom_media_files_without_a_suffix_are_walked(tiny_bundle: Path, tmp_pa
         m.setitem(sys.modules, "pydicom", None)
         state = WalkState()
         assert [p.name for p in walk_images(tmp_path, state)] == ["IM000002.jpg"]
-        assert state.dicom_unread == 3 and "pip install 'uopsl[dicom]'" in state.skipped_message()
+        assert state.dicom_unread == 3 and "pip install 'pydicom>=3,<4'" in state.skipped_message()
 
     (media / "EMPTY").unlink()
     out = tmp_path / "out"

@@ -59,3 +59,22 @@ def test_each_layer_imports_only_the_layers_below_it() -> None:
                     if parts[0] == "uopsl" and len(parts) > 1 and rank.get(parts[1], -1) > own:
                         upward.append(f"{py.relative_to(ROOT)}:{node.lineno} imports {name}")
     assert not upward, "a layer imports a layer above it:\n" + "\n".join(upward)
+
+
+def test_install_hints_name_the_extras_packages_not_uopsl_on_pypi() -> None:
+    """uopsl is not on PyPI: ``pip install 'uopsl[dicom]'`` in a message would fetch whatever package holds the
+    name there (the docs review of session 31). Messages name the extra's own packages, as pyproject pins them."""
+    import tomllib
+
+    from uopsl.runtime.optional import EXTRA_PACKAGES, extra_hint
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    for extra, packages in EXTRA_PACKAGES.items():
+        assert set(packages) <= set(extras[extra]), extra
+        assert extra_hint(extra) == "pip install " + " ".join(f"'{p}'" for p in packages)
+    assert "uopsl is not on PyPI" in extra_hint("train")
+    said = [f"{p.relative_to(ROOT)}:{n}" for layer in ("runtime", "export", "calibration", "train")
+            for p in sorted((ROOT / layer).rglob("*.py"))
+            for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1)
+            if "install 'uopsl[" in line or 'install "uopsl[' in line]
+    assert said == []

@@ -1236,7 +1236,7 @@ def test_missing_tensorrt_is_one_line(monkeypatch: pytest.MonkeyPatch, tmp_path:
     with pytest.raises(MissingDependencyError) as exc:
         build_engine(fake_onnx(tmp_path / "m.onnx"), tmp_path / "e.engine", EngineBuildConfig())
     msg = str(exc.value)
-    assert "\n" not in msg and "uopsl[trt]" in msg and "python3-libnvinfer" in msg
+    assert "\n" not in msg and "tensorrt-cu12" in msg and "python3-libnvinfer" in msg
 
 
 # -- the runtime backend ----------------------------------------------------------------------
@@ -1359,7 +1359,7 @@ def test_backend_missing_tensorrt_is_one_line(monkeypatch: pytest.MonkeyPatch, t
     monkeypatch.setitem(sys.modules, "tensorrt", None)
     with pytest.raises(MissingDependencyError) as exc:
         TensorRTBackend(path, cuda=FakeCuda(gpu)).load()
-    assert "\n" not in str(exc.value) and "uopsl[trt]" in str(exc.value)
+    assert "\n" not in str(exc.value) and "tensorrt-cu12" in str(exc.value)
 
 
 def test_check_compatible_probes_the_running_machine(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
@@ -1498,7 +1498,7 @@ def test_cli_errors_are_one_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path
     rc, _, err = _cli(["build-engine", str(bundle)], capsys)
     assert rc == 2 and err.count("\n") == 1
     assert err.startswith("error: uopsl build-engine needs the Python package 'tensorrt'")
-    assert "uopsl[trt]" in err and "python3-libnvinfer" in err
+    assert "tensorrt-cu12" in err and "python3-libnvinfer" in err
     install(monkeypatch, "11.0.0", gpu)
     monkeypatch.setattr(trt_compat, "load_cuda", lambda purpose: FakeCuda(gpu))
     rc, _, err = _cli(["build-engine", str(bundle), "--precision", "int8", "--int8-mode", "legacy-cache"], capsys)

@@ -59,7 +59,7 @@ def _timm(name: str) -> Callable[[], nn.Module]:
         try:
             import timm
         except ImportError as exc:
-            raise MissingDependencyError(f"backbone {name} needs timm: pip install 'uopsl[train]'") from exc
+            raise MissingDependencyError(f"backbone {name} needs timm: pip install timm") from exc
         return timm.create_model(name, pretrained=False)
 
     return build

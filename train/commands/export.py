@@ -13,7 +13,7 @@ import click
 @click.option("--classes", "classes_file", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
               help="Re-export with a new class bank (TOML/JSON: names + descriptions), without retraining.")
 @click.option("--opset", type=click.IntRange(14, 20), default=17, show_default=True,
-              help="ONNX opset. Above 17 the file does not parse on TensorRT 8.x (JetPack 5, JetPack 6.0).")
+              help="ONNX opset. Above 17 the file does not parse on TensorRT 8.x (JetPack 6.0, desktop 8.5/8.6).")
 @click.option("--triton", type=click.Path(path_type=Path), default=None,
               help="Also write a Triton Inference Server model repository here (FP32 only: after quantize, "
                    "build-engine and validate, `uopsl triton BUNDLE --out DIR` serves those files too).")

@@ -593,10 +593,10 @@ def _left_out(dropped: Mapping[str, int], options: Mapping[str, Any] | None = No
         if kind == "folder:":
             notes.append("DICOM files are not read by folder: (a PACS export often holds each photograph as both "
                          ".dcm and .jpg); list them in a CSV with path,label columns (csv:FILE; reading DICOM needs "
-                         "pip install 'uopsl[dicom]') or export them as JPEG/PNG")
+                         "pip install 'pydicom>=3,<4') or export them as JPEG/PNG")
         else:
             notes.append(f"DICOM files are not read by {kind}; export them as JPEG/PNG, or list them in a CSV with "
-                         "path,label,modality columns (csv:FILE; reading DICOM needs pip install 'uopsl[dicom]')")
+                         "path,label,modality columns (csv:FILE; reading DICOM needs pip install 'pydicom>=3,<4')")
     if exts:
         notes.append(f"{kind} reads {', '.join(sorted(IMAGE_EXTENSIONS))}")
     return " (" + "; ".join(notes) + ")" if notes else ""
