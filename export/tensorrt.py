@@ -536,12 +536,18 @@ def build_engine(
         for name in plan.clear_flags:
             bconfig.clear_flag(_flag(trt, api, name))
         profile = builder.create_optimization_profile()
-        profile.set_shape(input_name, dims(trt, (config.min_batch, *sample_shape)),
-                          dims(trt, (config.opt_batch, *sample_shape)), dims(trt, (config.max_batch, *sample_shape)))
-        if bconfig.add_optimization_profile(profile) < 0:  # -1: TensorRT found the profile invalid
-            raise ConfigError(f"TensorRT {api.version_text} refused the batch profile min/opt/max "
+        refused = ConfigError(f"TensorRT {api.version_text} refused the batch profile min/opt/max "
                               f"{config.min_batch}/{config.opt_batch}/{config.max_batch} for input '{input_name}'; "
                               "give 1 <= --min-batch <= --opt-batch <= --max-batch")
+        try:
+            # The Python binding raises where the C++ set_shape returns false (pyCore.cpp: opt_profile_set_shape).
+            profile.set_shape(input_name, dims(trt, (config.min_batch, *sample_shape)),
+                              dims(trt, (config.opt_batch, *sample_shape)),
+                              dims(trt, (config.max_batch, *sample_shape)))
+        except RuntimeError as exc:
+            raise ConfigError(f"{refused} ({exc})") from exc
+        if bconfig.add_optimization_profile(profile) < 0:  # -1: TensorRT found the profile invalid
+            raise refused
         if config.builder_optimization_level is not None:
             bconfig.builder_optimization_level = config.builder_optimization_level
         if config.dla_core is not None:
@@ -558,10 +564,14 @@ def build_engine(
             setattr(bconfig, "int8_calibrator", calibrator)  # removed from 11.x stubs; 8.x/10.x only
             cal_profile = builder.create_optimization_profile()
             shape = dims(trt, (calibration.batch_size, *sample_shape))
-            cal_profile.set_shape(input_name, shape, shape, shape)
+            cal_refused = (f"TensorRT {api.version_text} refused the calibration profile (batch "
+                           f"{calibration.batch_size}) for input '{input_name}'")
+            try:
+                cal_profile.set_shape(input_name, shape, shape, shape)
+            except RuntimeError as exc:
+                raise ConfigError(f"{cal_refused} ({exc})") from exc
             if bconfig.set_calibration_profile(cal_profile) is False:  # documented to return a bool
-                raise ConfigError(f"TensorRT {api.version_text} refused the calibration profile (batch "
-                                  f"{calibration.batch_size}) for input '{input_name}'")
+                raise ConfigError(cal_refused)
         cache_path = Path(config.timing_cache) if config.timing_cache else None
         if cache_path is not None:
             _attach_timing_cache(bconfig, cache_path)

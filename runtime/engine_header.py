@@ -31,8 +31,11 @@ are not portable across different GPU architectures"):
   engines are not portable across platforms", NVIDIA's support matrix);
   headers written before the field existed are not checked.
 * GPU: the compute capability (``"8.7"``) must be equal. The same compute
-  capability under another GPU name (e.g. two Ampere boards) is accepted with a
-  warning: TensorRT runs it, though the kernels were timed on the other board.
+  capability under another GPU name (e.g. two Ampere boards; Orin AGX, NX and
+  Nano all report 8.7) is accepted with a warning: NVIDIA does not support it
+  ("engines are specific to the exact GPU model they were built on"; TensorRT
+  itself warns it "is likely to affect performance or even cause errors"),
+  so the warning says to rebuild on this device.
 
 The header also records the ``uopsl build-engine`` options the engine was
 built with (``extra["build_options"]``, see :class:`BuildOptions`), so that
@@ -603,8 +606,8 @@ def check_compatible(
         )
     if header.gpu_name != gpu_name:
         log.warning(
-            "%s was built on %s and runs on %s (same compute capability %s): it works, but its kernels were "
-            "timed on the other GPU; rebuild it here for best speed: %s",
+            "%s was built on %s and runs on %s (same compute capability %s): NVIDIA does not support moving an "
+            "engine between GPU models (it may run slower or fail); rebuild it on this device: %s",
             where, header.gpu_name, gpu_name, compute_capability,
             rebuild_command(header, engine_path, running_trt_version, device),
         )

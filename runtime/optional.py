@@ -42,7 +42,12 @@ def extra_hint(extra: str) -> str:
             f"pip install './uopsl[{extra}]' in its source folder (uopsl is not on PyPI)")
 
 
-_CUDA_HINT = ("pip install 'cuda-python>=12,<13' on a CUDA 12 driver (JetPack 6), plain cuda-python on CUDA 13, "
+# The CUDA bindings the TensorRT backend can use, in the order it tries them (trt_compat.load_cuda): cuda-python
+# 12.6+ / 13, cuda-python before 12.6 (13 removed cuda.cudart), pycuda. Availability probes the same modules.
+CUDA_MODULES = ("cuda.bindings.runtime", "cuda.cudart", "pycuda.driver")
+
+_CUDA_HINT = ("on a Jetson pip install cuda-python of JetPack's CUDA minor ('cuda-python==12.6.*' on JetPack 6.1/6.2, "
+              "'==12.2.*' on 6.0); elsewhere 'cuda-python>=12,<13' on a CUDA 12 driver, plain cuda-python on CUDA 13, "
               "'cuda-python>=11.8,<12' on CUDA 11; pycuda works as well")
 # module name -> how to get it (pip, or the JetPack package on Jetson)
 _HINTS: dict[str, str] = {

@@ -56,7 +56,7 @@ import numpy as np
 
 from uopsl.runtime.engine_header import parse_version
 from uopsl.runtime.errors import BackendError, ConfigError, MissingDependencyError, UopslError
-from uopsl.runtime.optional import dist_version, require
+from uopsl.runtime.optional import CUDA_MODULES, dist_version, require
 
 if TYPE_CHECKING:  # pragma: no cover - typing only; checked against tensorrt-stubs in CI
     import tensorrt
@@ -111,7 +111,8 @@ def api_for(trt: Any) -> TrtApi:
     if version[:2] < MIN_VERSION:
         raise ConfigError(
             f"TensorRT {text} is older than 8.5; uopsl supports TensorRT {SUPPORTED}. "
-            "On a Jetson use JetPack 6 (6.0 ships 8.6, 6.1/6.2 ship 10.3); elsewhere pip install 'tensorrt-cu12>=10,<11' 'cuda-python>=12,<13'"
+            "On a Jetson use JetPack 6 (6.0 ships 8.6, 6.1/6.2 ship 10.3); elsewhere "
+            "pip install 'tensorrt-cu12>=10,<11' 'cuda-python>=12,<13'"
         )
     notes = []
     if version[0] > 11:
@@ -613,7 +614,9 @@ class CudaApi(abc.ABC):
 DRIVER_MISMATCH_HINT = (
     "A CUDA binding works only with an NVIDIA driver whose CUDA major version is at least the binding's "
     "(cuda-python 13.x needs a CUDA 13 driver; JetPack 6 ships a CUDA 12.x driver; nvidia-smi shows the "
-    "driver's CUDA version). Install the binding that matches the driver: pip install 'cuda-python>=12,<13' "
+    "driver's CUDA version). Install the binding that matches the driver: on a Jetson, cuda-python of JetPack's "
+    "own CUDA minor (pip install 'cuda-python==12.6.*' on JetPack 6.1/6.2, '==12.2.*' on 6.0: a later 12.x carries "
+    "a newer CUDA runtime than JetPack's driver may take), elsewhere pip install 'cuda-python>=12,<13' "
     "for a CUDA 12 driver, 'cuda-python>=11.8,<12' for CUDA 11 (TensorRT 8.5/8.6 desktops), or pip install pycuda; "
     "or upgrade the driver. If the driver is recent enough, check "
     "that a GPU is visible (nvidia-smi, tegrastats on Jetson, CUDA_VISIBLE_DEVICES)"
@@ -1045,7 +1048,6 @@ class PycudaApi(CudaApi):
 
 
 # Tried in this order: cuda-python >= 12.6 layout, the older cuda-python layout, pycuda.
-_CUDA_MODULES = ("cuda.bindings.runtime", "cuda.cudart", "pycuda.driver")
 
 
 def load_cuda(purpose: str) -> CudaApi:
@@ -1056,7 +1058,7 @@ def load_cuda(purpose: str) -> CudaApi:
     binding, the CUDA versions and the command (see :data:`DRIVER_MISMATCH_HINT`).
     """
     errors: list[MissingDependencyError] = []
-    for name in _CUDA_MODULES:
+    for name in CUDA_MODULES:
         try:
             mod = require(name, purpose)
         except MissingDependencyError as exc:

@@ -60,3 +60,18 @@ def test_detect_probes_the_library_only_when_the_provider_is_listed(monkeypatch:
     monkeypatch.setattr(ort_backend, "available_providers", lambda: LISTED)
     av = detect_availability()
     assert calls and av.ort_trt_listed and not av.ort_trt and av.ort_cuda
+
+
+def test_tensorrt_needs_a_cuda_binding_load_cuda_can_import(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bare `cuda` namespace (cuda-pathfinder, cuda-core) counted as a binding, so `auto` picked an engine that
+    load_cuda could not run (TensorRT review, session 31); cuda-python 13 has no cuda.cudart either."""
+    import uopsl.runtime.backends.onnxruntime as ort_backend
+
+    monkeypatch.setattr(ort_backend, "available_providers", lambda: ("CPUExecutionProvider",))
+    present = {"tensorrt", "cuda", "cuda.bindings"}
+    monkeypatch.setattr(backends, "available", lambda name: name in present)
+    assert detect_availability().tensorrt is False
+    for binding in ("cuda.bindings.runtime", "cuda.cudart", "pycuda.driver"):
+        present.add(binding)
+        assert detect_availability().tensorrt is True, binding
+        present.discard(binding)

@@ -77,7 +77,7 @@ def test_ort_missing_provider_and_bad_arguments(tiny_bundle: Path) -> None:
         pass
 
 
-needs_openvino = pytest.mark.skipif(not available("openvino"), reason="OpenVINO not installed (pip install 'uopsl[openvino]')")
+needs_openvino = pytest.mark.skipif(not available("openvino"), reason="OpenVINO not installed (pip install 'openvino>=2024.0')")
 
 
 @needs_openvino
@@ -369,7 +369,7 @@ def test_validate_builds_its_candidates_as_the_runtime_builds_them(tiny_bundle: 
     assert candidate.expected_sha256 == m.file("model.onnx").sha256 == runtime.expected_sha256
 
 
-@pytest.mark.skipif(not available("openvino"), reason="OpenVINO is not installed (pip install 'uopsl[openvino]')")
+@pytest.mark.skipif(not available("openvino"), reason="OpenVINO is not installed (pip install 'openvino>=2024.0')")
 def test_openvino_refuses_a_model_with_a_fixed_batch_saying_why(tiny_bundle: Path, tmp_path: Path) -> None:
     # The batch self-check probed with batch 2 and failed obscurely on a fixed-batch (4) model; loading it without
     # the check gives wrong probabilities (OpenVINO's batched-head error, below), so it is refused clearly.

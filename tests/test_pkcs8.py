@@ -13,7 +13,7 @@ from tinybundle import tiny_bundle  # noqa: F401 - session fixture
 from uopsl.runtime.pkcs8 import PBKDF2_ITERATIONS, encrypt_pkcs8_pem, pbkdf2_iterations
 from uopsl.runtime.signing import SIGNATURE_FILE, generate_keypair, sign_bundle
 
-ser = pytest.importorskip("cryptography.hazmat.primitives.serialization", reason="pip install 'uopsl[sign]'")
+ser = pytest.importorskip("cryptography.hazmat.primitives.serialization", reason="pip install 'cryptography>=41'")
 ed25519 = pytest.importorskip("cryptography.hazmat.primitives.asymmetric.ed25519")
 
 

@@ -57,7 +57,7 @@ def test_openvino_is_imported_without_its_usage_telemetry(tmp_path: Path) -> Non
     import importlib.util
 
     if importlib.util.find_spec("openvino") is None:  # not importorskip: importing it here would send the event
-        pytest.skip("OpenVINO is not installed (pip install 'uopsl[openvino]')")
+        pytest.skip("OpenVINO is not installed (pip install 'openvino>=2024.0')")
     code = (
         "import multiprocessing, sys, threading\n"
         "from uopsl.runtime.optional import available, require\n"

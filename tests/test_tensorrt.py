@@ -1175,6 +1175,23 @@ def test_profiles_tensorrt_refuses_are_errors_not_obscure_build_failures(monkeyp
         build_engine(fake_onnx(tmp_path / "m.onnx"), tmp_path / "e.engine",
                      EngineBuildConfig(precision="int8", int8_mode="legacy-cache"),
                      LegacyCalibration(cache_file=str(cache), batch_size=2), cuda=FakeCuda(gpu))
+    # The Python binding raises from set_shape itself (pyCore.cpp, opt_profile_set_shape) where C++ returns false.
+    monkeypatch.setattr(trt.Builder, "create_builder_config", make_config)
+    make_profile = trt.Builder.create_optimization_profile
+
+    def raising_profile(self: Any) -> Any:
+        prof = make_profile(self)
+
+        def set_shape(*a: Any) -> None:
+            raise RuntimeError("Shape provided for min is inconsistent with other shapes.")
+
+        prof.set_shape = set_shape
+        return prof
+
+    monkeypatch.setattr(trt.Builder, "create_optimization_profile", raising_profile)
+    with pytest.raises(ConfigError, match="refused the batch profile min/opt/max 1/4/8.*inconsistent"):
+        build_engine(fake_onnx(tmp_path / "m.onnx"), tmp_path / "e.engine", EngineBuildConfig(opt_batch=4,
+                     max_batch=8), cuda=FakeCuda(gpu))
 
 
 def test_build_logs_deprecation_once_and_records_opset_and_options(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
@@ -1698,7 +1715,7 @@ def _real_trt() -> Any:
     from uopsl.runtime.optional import available
 
     if not available("tensorrt"):
-        pytest.skip("TensorRT is not installed here (pip install 'uopsl[trt]' or JetPack)")
+        pytest.skip("TensorRT is not installed here (pip install 'tensorrt-cu12>=10,<11' or JetPack)")
     if not any(available(m) for m in ("cuda.bindings.runtime", "cuda.cudart", "pycuda.driver")):
         pytest.skip("no CUDA binding (cuda-python or pycuda) installed")
     return trt_compat.load_cuda("the TensorRT GPU test")

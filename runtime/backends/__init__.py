@@ -41,7 +41,7 @@ from uopsl.runtime.backends.base import GPU_BACKENDS, Backend, TensorSpec, check
 from uopsl.runtime.bundle import FileEntry, Manifest, parity_status, read_manifest
 from uopsl.runtime.errors import BackendError, BundleError, ConfigError, MissingDependencyError, UopslError
 from uopsl.runtime.fsio import sha256_file, user_cache_dir, write_json
-from uopsl.runtime.optional import available, dist_version, import_optional
+from uopsl.runtime.optional import CUDA_MODULES, available, dist_version, import_optional
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,9 @@ def detect_availability() -> Availability:
     return Availability(
         ort_providers=providers,
         openvino=available("openvino"),
-        tensorrt=available("tensorrt") and (available("cuda.bindings") or available("cuda") or available("pycuda")),
+        # The modules load_cuda imports: a bare `cuda` namespace (cuda-pathfinder, cuda-core) is no binding, and
+        # cuda-python 13 has no cuda.cudart.
+        tensorrt=available("tensorrt") and any(available(m) for m in CUDA_MODULES),
         nvinfer=nvinfer_found() if "TensorrtExecutionProvider" in providers else False,
     )
 
