@@ -55,10 +55,10 @@ from typing import Any
 import numpy as np
 
 from uopsl.calibration.dataset import CalibrationSet
+from uopsl.calibration.onnx_file import model_sha256
 from uopsl.runtime.progress import track
 from uopsl.calibration.table import METHODS, CalibrationTable, load_if_current
 from uopsl.runtime.errors import BackendError, ConfigError
-from uopsl.runtime.fsio import sha256_file
 from uopsl.runtime.optional import require
 
 log = logging.getLogger(__name__)
@@ -546,7 +546,7 @@ def collect_statistics(
         notes["exact_from_input"] = sorted(pinned)  # their ranges come from the uint8 input's type
         log.info("%d tensor(s) computed from the uint8 input alone get their exact ranges, not measured ones: %s",
                  len(pinned), ", ".join(sorted(pinned)))
-    return ActivationStats(hists, sha256_file(path), calib_set.fingerprint, len(calib_set), notes, pinned)
+    return ActivationStats(hists, model_sha256(path), calib_set.fingerprint, len(calib_set), notes, pinned)
 
 
 def calibrate(
@@ -571,7 +571,7 @@ def calibrate(
     pct = percentile if method == "percentile" else None
     if out is not None and not force:
         cached = load_if_current(
-            out, model_sha256=sha256_file(model), set_fingerprint=calib_set.fingerprint, method=method, percentile=pct
+            out, model_sha256=model_sha256(model), set_fingerprint=calib_set.fingerprint, method=method, percentile=pct
         )
         if cached is not None:
             return cached

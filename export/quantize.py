@@ -73,6 +73,7 @@ from uopsl.export.onnx_export import constants_to_initializers
 from uopsl.export.layerwise import exact_qdq_options
 from uopsl.calibration.table import CalibrationTable
 from uopsl.runtime.errors import BackendError, ConfigError
+from uopsl.calibration.onnx_file import model_sha256
 from uopsl.runtime.fsio import sha256_file, write_bytes
 from uopsl.runtime.optional import require
 
@@ -557,7 +558,7 @@ def quantize_model(
     """
     onnx = require("onnx", "INT8 quantization")
     path = Path(model)
-    model_sha = sha256_file(path)
+    model_sha = model_sha256(path)
     if table.model_sha256 != model_sha:
         raise ConfigError(
             f"the calibration table was measured on a model with sha256 {table.model_sha256[:12]}..., but {path} "

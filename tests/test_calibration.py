@@ -340,6 +340,21 @@ def test_loading_a_table_for_another_model_fails_clearly(tmp_path: Path, stats) 
         CalibrationTable.load(path, model_sha256="0" * 64)
 
 
+def test_a_model_with_external_data_is_refused_not_hashed_without_its_weights(tiny, calib_set, tmp_path: Path) -> None:
+    """Weights edited in model.data left the .onnx file's hash unchanged, so a stale table was reused and
+    quantize accepted it (calibration review, session 31)."""
+    from uopsl.export.quantize import QuantizeConfig, quantize_model
+
+    m = onnx.load(str(tiny))
+    ext = tmp_path / "ext.onnx"
+    onnx.save(m, str(ext), save_as_external_data=True, location="ext.data", size_threshold=0)
+    with pytest.raises(ConfigError, match="ext.onnx keeps tensors in external data files.*save it as one file"):
+        calibrate(ext, calib_set, method="minmax", out=tmp_path / "t.json", show_progress=False)
+    table = calibrate(tiny, calib_set, method="minmax", show_progress=False)
+    with pytest.raises(ConfigError, match="external data files"):
+        quantize_model(ext, table, tmp_path / "q.onnx", QuantizeConfig(), show_progress=False)
+
+
 @pytest.mark.parametrize(
     "edit, match",
     [

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import click
 
+from uopsl.calibration.onnx_file import refuse_external_data
 from uopsl.runtime.errors import ConfigError
 
 
@@ -34,48 +33,9 @@ def _password(env: str | None, prompt: bool = False, *, confirm: bool = False) -
 def _refuse_external_data(bundle: Path, manifest: object) -> None:
     """ConfigError for an ONNX file whose tensors live in other files: the runtimes read those by path, and the
     manifest (so the signature) does not list them."""
-    from uopsl.runtime.optional import require
-
-    onnx = require("onnx", "Checking the bundle's ONNX files before signing")
-
-    def sparse(s: Any) -> Iterator[Any]:
-        yield s.values
-        yield s.indices
-
-    def in_nodes(nodes: Any) -> Iterator[Any]:
-        for node in nodes:
-            for a in node.attribute:
-                if a.HasField("t"):
-                    yield a.t
-                yield from a.tensors
-                if a.HasField("sparse_tensor"):
-                    yield from sparse(a.sparse_tensor)
-                for s in a.sparse_tensors:
-                    yield from sparse(s)
-                if a.HasField("g"):
-                    yield from tensors(a.g)
-                for g in a.graphs:
-                    yield from tensors(g)
-
-    def tensors(graph: Any) -> Iterator[Any]:
-        """Every tensor of ``graph`` and of its subgraphs (If / Loop / Scan bodies), sparse ones included."""
-        yield from graph.initializer
-        for s in graph.sparse_initializer:
-            yield from sparse(s)
-        yield from in_nodes(graph.node)
-
-    def model_tensors(model: Any) -> Iterator[Any]:
-        yield from tensors(model.graph)
-        for function in model.functions:  # local functions' constant attributes
-            yield from in_nodes(function.node)
-
     for f in manifest.files:  # type: ignore[attr-defined]
-        if f.kind != "onnx":
-            continue
-        model = onnx.load(str(bundle / f.path), load_external_data=False)
-        if any(t.data_location == onnx.TensorProto.EXTERNAL for t in model_tensors(model)):
-            raise ConfigError(f"{f.path} keeps tensors in external data files, which a signature would not cover; "
-                              "save it as one file (onnx.save(..., save_as_external_data=False)) and sign again")
+        if f.kind == "onnx":
+            refuse_external_data(bundle / f.path, "which a signature would not cover")
 
 
 @click.command("keygen")
