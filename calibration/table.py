@@ -112,6 +112,11 @@ class CalibrationTable:
     def tensor_names(self) -> tuple[str, ...]:
         return tuple(self.ranges)
 
+    @property
+    def outdated(self) -> bool:
+        """Whether an older version of its method's range algorithm made this table (:data:`ALGORITHM_VERSIONS`)."""
+        return self.algorithm_version < ALGORITHM_VERSIONS[self.method]
+
     def __contains__(self, name: object) -> bool:
         return name in self.ranges
 
@@ -213,6 +218,12 @@ class CalibrationTable:
         if not isinstance(raw, dict):
             raise ConfigError(f"{p}: expected a JSON object, got {type(raw).__name__}")
         table = cls.from_dict(raw, source=str(p))
+        if table.outdated:
+            # load_if_current recomputes such a table; a consumer given its path (quantize, build-engine) says so.
+            log.warning("%s: made by version %d of the %s range algorithm; today's is version %d (calibration/"
+                        "table.py says what changed): its ranges may differ from what calibrating again gives. "
+                        "Recalibrate with `uopsl calibrate ... --force`", p, table.algorithm_version, table.method,
+                        ALGORITHM_VERSIONS[table.method])
         if model_sha256 is not None and table.model_sha256 != model_sha256:
             raise ConfigError(
                 f"{p}: this calibration table was measured on a model with sha256 {table.model_sha256[:12]}..., "

@@ -72,6 +72,7 @@ from uopsl.export.bias_correction import correct_biases
 from uopsl.export.onnx_export import constants_to_initializers
 from uopsl.export.layerwise import exact_qdq_options
 from uopsl.calibration.table import CalibrationTable
+from uopsl.calibration.ranges import activation_tensors
 from uopsl.runtime.errors import BackendError, ConfigError
 from uopsl.calibration.onnx_file import model_sha256
 from uopsl.runtime.fsio import sha256_file, write_bytes
@@ -565,9 +566,15 @@ def quantize_model(
             f"has sha256 {model_sha[:12]}...; recalibrate it with `uopsl calibrate {path}`"
         )
     prepared = _load_prepared(path)
-    covered = sum(1 for n in prepared.graph.node for t in n.output if t in table)
-    if covered == 0:
-        raise ConfigError(f"the calibration table holds no range for any tensor of {path}; recalibrate it")
+    # Every activation the quantizer may quantize needs a range; ONNX Runtime's QDQ quantizer fails on a missing
+    # one with a bare KeyError deep inside (a table edited by hand, or written by other code for this model).
+    activations = activation_tensors(prepared)
+    missing = [t for t in activations if t not in table]
+    if missing:
+        raise ConfigError(
+            f"the calibration table holds no range for {len(missing)} of the {len(activations)} activation tensors "
+            f"of {path} (e.g. {', '.join(missing[:3])}); it was not measured on this graph, or was edited: "
+            f"recalibrate it with `uopsl calibrate {path}`")
     requested = resolve_exclusions(prepared, config.exclude)
     wanted = []  # (what uses the calibration images, how to turn it off)
     if config.bias_correction:

@@ -355,6 +355,38 @@ def test_a_model_with_external_data_is_refused_not_hashed_without_its_weights(ti
         quantize_model(ext, table, tmp_path / "q.onnx", QuantizeConfig(), show_progress=False)
 
 
+def test_a_table_missing_a_tensor_is_refused_before_onnxruntime_fails_on_it(tiny, calib_set, tmp_path: Path) -> None:
+    """ONNX Runtime's QDQ quantizer failed with a bare KeyError, reported as a bug (calibration review)."""
+    from uopsl.export.quantize import QuantizeConfig, quantize_model
+
+    table = calibrate(tiny, calib_set, method="minmax", show_progress=False)
+    gone = next(iter(activation_tensors(onnx.load(str(tiny)))))
+    partial = CalibrationTable(ranges={k: v for k, v in table.ranges.items() if k != gone}, method="minmax",
+                               model_sha256=table.model_sha256, set_fingerprint=table.set_fingerprint,
+                               num_images=table.num_images)
+    with pytest.raises(ConfigError, match=f"no range for 1 of the .* activation tensors .*{gone}.*recalibrate"):
+        quantize_model(tiny, partial, tmp_path / "q.onnx", QuantizeConfig(bias_correction=False, rounding="nearest"),
+                       show_progress=False)
+
+
+def test_a_table_of_an_older_algorithm_is_named_when_a_consumer_loads_it(tmp_path: Path, stats,
+                                                                          caplog: pytest.LogCaptureFixture) -> None:
+    """load_if_current recomputes such a table; quantize and build-engine, given its path, used it without a
+    word (entropy version 2 tables clipped the input cast at [0, 20]; calibration review)."""
+    raw = stats.table("entropy").to_dict()
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps({**raw, "algorithm_version": 2}))
+    with caplog.at_level(logging.WARNING, logger="uopsl.calibration.table"):
+        assert CalibrationTable.load(path).outdated
+    assert any("version 2 of the entropy range algorithm" in r.getMessage() and "--force" in r.getMessage()
+               for r in caplog.records)
+    caplog.clear()
+    path.write_text(json.dumps(raw))
+    with caplog.at_level(logging.WARNING, logger="uopsl.calibration.table"):
+        assert not CalibrationTable.load(path).outdated
+    assert not caplog.records
+
+
 @pytest.mark.parametrize(
     "edit, match",
     [
