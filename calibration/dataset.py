@@ -123,10 +123,18 @@ class CalibrationSet:
         )
 
     def class_balance(self) -> dict[str, int] | None:
-        """Images per label (most frequent first), or None without labels."""
+        """Images per class (most frequent first), or None without labels.
+
+        A label of several classes joined by ``;`` (multi-label, ``dr;amd``) counts its image once under
+        each, so the counts may add up to more than the images: "dr;amd" and "amd;dr" were counted as two
+        classes of their own, and ``dr`` alone missed the images that also had ``amd``.
+        """
         if self.labels is None:
             return None
-        return dict(Counter(self.labels).most_common())
+        counts: Counter[str] = Counter()
+        for label in self.labels:
+            counts.update({c.strip() for c in label.split(";") if c.strip()} or {UNLABELLED})
+        return dict(counts.most_common())
 
     def report(self) -> dict[str, Any]:
         """A JSON-serialisable summary: size, fingerprint, class balance, skipped images."""
@@ -149,6 +157,7 @@ class CalibrationSet:
             "labels": list(self.labels) if self.labels is not None else None,
             "skipped": [[s.source, s.reason, s.message] for s in self.skipped],
             "request_key": request_key,
+            "preprocess_version": PREPROCESS_VERSION,  # the runtime code that made the pixels (load checks it)
         }
         with atomic_open(path, "wb") as fh:
             np.savez(fh, images=self.images, meta=np.array(json.dumps(meta)))
@@ -156,8 +165,21 @@ class CalibrationSet:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> CalibrationSet:
-        """Read a set written by :meth:`save`; its fingerprint is checked against the pixels."""
+        """Read a set written by :meth:`save`; its fingerprint is checked against the pixels.
+
+        A set whose pixels an older version of the runtime's preprocessing made is refused: they are not what
+        the deployed model is fed now, and a table calibrated on them would carry their fingerprint as if
+        they were (the user cache folder's sets are rebuilt instead: their key holds the version).
+        """
         set_, _ = _load_npz(Path(path))
+        with np.load(path, allow_pickle=False) as z:
+            made_by = json.loads(str(z["meta"])).get("preprocess_version")
+        if made_by != PREPROCESS_VERSION:
+            by = (f"version {made_by} of the runtime's preprocessing" if made_by is not None
+                  else "a uopsl that did not record its preprocessing version")
+            raise DataError(f"{path}: these calibration pixels were made by {by}; today's is version "
+                            f"{PREPROCESS_VERSION}, which feeds the model other pixels. Rebuild the set from the "
+                            "images (uopsl calibrate ... --images DIR --set-cache FILE)")
         return set_
 
 
@@ -265,7 +287,9 @@ def _read_csv(path: Path) -> tuple[list[Path], list[str] | None]:
     if not rows:
         raise DataError(f"{path}: the CSV lists no images")
     paths = [_resolve(path.parent, (r["path"] or "").strip()) for r in rows]
-    labels = [(r.get("label") or "").strip() or UNLABELLED for r in rows] if "label" in fields else None
+    # `label` (one class) or `labels` (`;`-joined classes, as `uopsl synth` and the training CSVs write them).
+    column = "label" if "label" in fields else "labels" if "labels" in fields else None
+    labels = [(r.get(column) or "").strip() or UNLABELLED for r in rows] if column else None
     return paths, labels
 
 

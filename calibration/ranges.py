@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import Counter
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -502,6 +503,25 @@ def _augmented_session(model_path: Path) -> tuple[Any, list[str], str, tuple[Any
                                                              if n in tensors}
 
 
+#: Fewer calibration images than this, or more than SKIPPED_SHARE of them skipped, and calibrate and quantize
+#: say so: a table from a handful of photographs measures that handful.
+FEW_IMAGES = 32
+SKIPPED_SHARE = 0.25
+
+
+def set_warnings(num_images: int, skipped: int) -> list[str]:
+    """What a reader of a table measured on ``num_images`` images (``skipped`` more refused) should be told."""
+    said = []
+    if skipped and skipped > SKIPPED_SHARE * (num_images + skipped):
+        said.append(f"{skipped} of the {num_images + skipped} calibration images were skipped (unreadable or "
+                    "ungradable; the table's notes count them by reason): the ranges come from the rest")
+    if num_images < FEW_IMAGES:
+        said.append(f"the ranges were measured on {num_images} image{'s' if num_images != 1 else ''}, fewer than "
+                    f"{FEW_IMAGES}: they may not cover the photographs the model will see (100-500 photographs of "
+                    "the deployed population are usual)")
+    return said
+
+
 def collect_statistics(
     model: str | os.PathLike[str],
     calib_set: CalibrationSet,
@@ -533,15 +553,26 @@ def collect_statistics(
         for name, arr in zip(tensors, outs):
             hists[name].update(arr)
     bad = {n: h.nonfinite for n, h in hists.items() if h.nonfinite}
+    never = [n for n in bad if hists[n].count == 0]
+    if never:
+        raise ConfigError(f"{path}: {len(never)} activation tensor(s) had no finite value on any of the "
+                          f"{len(calib_set)} calibration images (e.g. {never[0]}: {bad[never[0]]} NaN or infinite "
+                          "values): the model computes NaN/inf there, and no range can be measured; check the model")
     if bad:
-        log.warning("non-finite activations ignored in %d tensors (e.g. %s)", len(bad), next(iter(bad.items())))
+        log.warning("non-finite activations ignored in %d tensors (e.g. %s); the table's notes list them",
+                    len(bad), next(iter(bad.items())))
     log.info("collected ranges of %d activation tensors over %d images", len(hists), len(calib_set))
     notes = {
         "preprocess": calib_set.preprocess.to_dict(),
         "skipped_images": len(calib_set.skipped),
+        # Why, by reason: the table outlives the console that named each file. Not the files' names: the table
+        # ships in the bundle, and photograph names can name patients.
+        "skipped_reasons": dict(Counter(k.reason for k in calib_set.skipped).most_common()),
         "class_balance": calib_set.class_balance(),
         "histogram_bins": num_bins,
     }
+    if bad:
+        notes["nonfinite_values"] = bad  # tensor -> NaN/inf values left out of its range
     if pinned:
         notes["exact_from_input"] = sorted(pinned)  # their ranges come from the uint8 input's type
         log.info("%d tensor(s) computed from the uint8 input alone get their exact ranges, not measured ones: %s",

@@ -171,6 +171,32 @@ def test_histogram_ignores_nonfinite_values_and_counts_them() -> None:
     assert (h.lo, h.hi, h.nonfinite, int(h.hist.sum())) == (-2.0, 1.0, 2, 2)
 
 
+def test_non_finite_activations_are_listed_and_a_tensor_without_a_finite_value_is_refused(calib_set,
+                                                                                          tmp_path: Path) -> None:
+    """NaN/inf values were dropped with a log line only, and a tensor that is NaN everywhere got the range
+    (0, 0) silently (calibration review, session 31)."""
+    from onnx import TensorProto, helper
+
+    def model(path: Path, nan_everywhere: bool) -> Path:
+        nodes = [helper.make_node("Cast", ["image"], ["x"], to=TensorProto.FLOAT),
+                 helper.make_node("Log", ["x"], ["logx"]),  # -inf at black pixels, finite elsewhere
+                 helper.make_node("Sub", ["x", "c"], ["shifted"]),
+                 helper.make_node("Sqrt", ["shifted"], ["root"])]  # NaN wherever x < c
+        c = helper.make_tensor("c", TensorProto.FLOAT, [], [300.0 if nan_everywhere else 0.0])
+        graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("image", TensorProto.UINT8,
+                                                                           ["N", SIZE, SIZE, 3])],
+                                  [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("logx", "root")],
+                                  initializer=[c])
+        onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+        return path
+
+    stats = collect_statistics(model(tmp_path / "some.onnx", False), calib_set, show_progress=False)
+    assert set(stats.notes["nonfinite_values"]) == {"logx"} and stats.notes["nonfinite_values"]["logx"] > 0
+    assert stats.table("minmax").notes["nonfinite_values"] == stats.notes["nonfinite_values"]
+    with pytest.raises(ConfigError, match="no finite value on any of the 24 calibration images .*root"):
+        collect_statistics(model(tmp_path / "nan.onnx", True), calib_set, show_progress=False)
+
+
 def _abs_hist(values: np.ndarray, bins: int = 4096) -> tuple[np.ndarray, float]:
     top = float(np.abs(values).max())
     h, edges = np.histogram(np.abs(values), bins=bins, range=(0, top))
@@ -387,6 +413,26 @@ def test_a_table_of_an_older_algorithm_is_named_when_a_consumer_loads_it(tmp_pat
     assert not caplog.records
 
 
+def test_a_saved_set_of_older_preprocessing_is_refused(calib_set, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--images set.npz` was checked against the preprocessing config only: pixels from an older decoder were
+    calibrated and fingerprinted as if current (calibration review, session 31)."""
+    import uopsl.calibration.dataset as dataset_mod
+
+    path = calib_set.save(tmp_path / "set.npz")
+    assert CalibrationSet.load(path).fingerprint == calib_set.fingerprint
+    monkeypatch.setattr(dataset_mod, "PREPROCESS_VERSION", dataset_mod.PREPROCESS_VERSION + 1)
+    with pytest.raises(DataError, match="made by version .* of the runtime's preprocessing.*Rebuild the set"):
+        build_calibration_set(path)
+    monkeypatch.undo()
+    with np.load(path, allow_pickle=False) as z:
+        images, meta = np.array(z["images"]), json.loads(str(z["meta"]))
+    del meta["preprocess_version"]  # a set saved before the field existed
+    np.savez(tmp_path / "old.npz", images=images, meta=np.array(json.dumps(meta)))
+    with pytest.raises(DataError, match="did not record its preprocessing version"):
+        CalibrationSet.load(tmp_path / "old.npz")
+
+
 @pytest.mark.parametrize(
     "edit, match",
     [
@@ -526,6 +572,16 @@ def test_set_cache_is_reused_and_invalidated_by_a_changed_file(image_folder: Pat
     os.utime(target, ns=(1, 1))
     rebuilt = build_calibration_set(image_folder, cfg, cache=cache, show_progress=False)
     assert calls and rebuilt.fingerprint != first.fingerprint
+
+
+def test_a_labels_column_of_several_classes_counts_each_class(image_folder: Path) -> None:
+    """`uopsl synth`'s labels.csv has a `labels` column of `;`-joined classes: the balance was None for it, and a
+    `label` column's "dr;amd" and "amd;dr" were counted as two classes of their own (calibration review)."""
+    csv_file = image_folder / "multi.csv"
+    csv_file.write_text("path,labels\ngood0.png,dr;amd\ngood1.png,amd;dr\ngood2.png,dr\ngood3.png,\n",
+                        encoding="utf-8")
+    cs = build_calibration_set(csv_file, PreprocessConfig(size=SIZE), show_progress=False)
+    assert cs.class_balance() == {"dr": 3, "amd": 2, "(no label)": 1}
 
 
 def test_csv_list_with_labels_gives_a_class_balance_and_a_seeded_draw(image_folder: Path, tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ that the command which repairs it may repair."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -153,3 +154,31 @@ def test_a_bundle_stopped_between_writing_its_table_and_listing_it_is_repaired_b
         fh.write(b"\0")
     assert main_entry(calibrate_cli(), ["calibrate", str(bundle), "--images", str(images), "--method", "minmax",
                                         "--force"]) == 2
+
+
+def test_calibrate_says_when_the_set_is_small_mostly_skipped_or_lacks_a_class(bundle: Path, tmp_path: Path,
+                                                                              caplog: pytest.LogCaptureFixture) -> None:
+    """One good image of 31 gave a table that quantize then used without a word, and a class of the model with
+    no image in the set went unmentioned (calibration review, session 31)."""
+    images = fundus_png_folder(tmp_path / "imgs", 2)
+    for i in range(5):
+        (images / f"broken{i}.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    listing = tmp_path / "set.csv"
+    listing.write_text("path,label\n" + "".join(f"{p.name},{'npdr' if p.suffix == '.png' else 'dme'}\n"
+                                                for p in sorted(images.iterdir())), encoding="utf-8")
+    (tmp_path / "imgs" / listing.name).write_text(listing.read_text(), encoding="utf-8")
+    with caplog.at_level(logging.WARNING):
+        assert main_entry(calibrate_cli(), ["calibrate", str(bundle), "--images", str(images / "set.csv"),
+                                            "--method", "minmax", "--no-cache"]) == 1
+    said = caplog.text
+    assert "5 of the 7 calibration images were skipped" in said
+    assert "measured on 2 images, fewer than 32" in said
+    assert "no image labelled normal, dme" in said  # the broken dme photographs do not count
+    notes = json.loads((bundle / "calibration.json").read_text())["notes"]
+    assert notes["skipped_images"] == 5 and notes["skipped_reasons"] == {"undecodable": 5}
+    assert "broken0.jpg" not in json.dumps(notes)  # file names can name patients; the table ships in the bundle
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert main_entry(calibrate_cli(), ["quantize", str(bundle), "--rounding", "nearest",
+                                            "--no-bias-correction"]) == 0
+    assert "5 of the 7 calibration images were skipped" in caplog.text and "fewer than 32" in caplog.text

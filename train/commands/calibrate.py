@@ -233,6 +233,12 @@ def load_set(images: str, source: ModelSource, *, max_images: int | None, seed: 
     balance = calib_set.class_balance()
     if balance:
         click.echo(f"class balance: {json.dumps(balance)}")
+        if source.bundle is not None:
+            absent = [c.name for c in read_manifest(source.bundle).classes if c.name not in balance]
+            if absent:
+                log.warning("the calibration set has no image labelled %s: the ranges are measured without that "
+                            "class's photographs; add some if the deployed model will see them",
+                            ", ".join(absent))
     return calib_set
 
 
@@ -263,7 +269,7 @@ def command(model: Path, images: str, method: str, percentile: float, out: Path 
             preprocess_from: Path | None, max_images: int | None, seed: int, batch_size: int, require_fov: bool,
             set_cache: Path | None, no_cache: bool, force: bool) -> int:
     """Measure activation ranges of MODEL (ONNX file or bundle folder) on calibration images."""
-    from uopsl.calibration.ranges import calibrate
+    from uopsl.calibration.ranges import calibrate, set_warnings
     from uopsl.calibration.table import TABLE_FILE
 
     if option_given("percentile") and method != "percentile":
@@ -307,4 +313,6 @@ def command(model: Path, images: str, method: str, percentile: float, out: Path 
         + ("; ranges reused from the table already there (same model, images and method; its notes describe the "
            "run that measured it, --force to measure again)" if reused else "")
     )
+    for said in set_warnings(table.num_images, int(table.notes.get("skipped_images") or 0)):
+        log.warning("%s: %s", out, said)
     return 1 if n_skipped else 0

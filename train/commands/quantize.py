@@ -23,6 +23,7 @@ from uopsl.export.quantize import ROUNDINGS, VARIANTS, QuantizeConfig
 from uopsl.runtime.bundle import verify_before_rewrite
 from uopsl.runtime.clikit import option_given
 from uopsl.calibration.onnx_file import model_sha256
+from uopsl.calibration.ranges import set_warnings
 from uopsl.runtime.fsio import sha256_file, write_json
 from uopsl.runtime.signing import warn_if_signed
 from uopsl.train.commands.calibrate import (
@@ -133,6 +134,8 @@ def command(model: Path, table: Path | None, variant: str, per_channel: bool, ex
     if bundle is not None:  # before any work: never re-sign a manifest that fails its own checksums
         verify_before_rewrite(bundle, out.name)  # the INT8 file is written anew either way
     calib_table = CalibrationTable.load(table, model_sha256=model_sha256(source.model))
+    for said in set_warnings(calib_table.num_images, int(calib_table.notes.get("skipped_images") or 0)):
+        log.warning("%s: %s", table, said)
     if bundle is not None:  # into the bundle: the table's ranges and the --images set must be the bundle's pixels
         refuse_table_of_other_preprocessing(bundle, calib_table, table)
         if images is not None:
