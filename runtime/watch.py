@@ -58,7 +58,10 @@ class WatchConfig:
     already in the output folder (skipped, or found under a new path) do not
     count: the watch goes on until this many were screened now.
     timeout_s: stop after this many seconds (None: never; Ctrl-C stops).
-    refresh_s: rewrite results.csv/report.html at most this often while watching.
+    refresh_s: rewrite results.csv/report.html at most this often while watching; when a rewrite takes
+        longer than a tenth of that (a folder of 10^5 photographs: seconds), the next waits ten times
+        as long as it took (:func:`refresh_gap`), so rewriting never takes more than about a tenth of
+        the time: the rows themselves are in results.jsonl as soon as each batch is screened.
     rescan_s: walk the whole folder tree at least this often (see the module doc).
     """
 
@@ -372,6 +375,8 @@ def watch_folder(
         tracker = StableFiles(src, cfg.settle_ms, exclude=[out], rescan_s=cfg.rescan_s)
         t_start = time.monotonic()
         last_refresh = 0.0
+        gap = cfg.refresh_s  # grows with what a rewrite of the outputs costs (refresh_gap)
+        said_gap = cfg.refresh_s
         dirty = False
         log.info("watching %s (settle %d ms); Ctrl-C to stop", src, cfg.settle_ms)
         try:
@@ -389,13 +394,20 @@ def watch_folder(
                         raise
                     _add(total, s)
                 now = time.monotonic()
-                if dirty and now - last_refresh >= cfg.refresh_s:
-                    _refresh(screener, out, held)
-                    last_refresh, dirty = now, False
-                elif screener.busy_outputs and now - last_refresh >= cfg.refresh_s:
+                if dirty and now - last_refresh >= gap:
+                    n_listed = _refresh(screener, out, held)
+                    last_refresh, dirty = time.monotonic(), False
+                    gap = refresh_gap(cfg.refresh_s, last_refresh - now)
+                    if gap > 2 * said_gap:
+                        log.info("rewriting results.csv and the report took %.1f s (%d photographs in %s): they are "
+                                 "rewritten at most every %.0f s from now on, so that screening keeps the CPU (each "
+                                 "result is in %s as soon as it is screened)", last_refresh - now, n_listed, out,
+                                 gap, "results.jsonl")
+                        said_gap = gap
+                elif screener.busy_outputs and now - last_refresh >= gap:
                     # An output another program held open (Excel): only it is tried again, at each refresh.
                     screener.finalize(out, held, only_busy=True)
-                    last_refresh = now
+                    last_refresh = time.monotonic()
                 if cfg.max_images is not None and total.screened >= cfg.max_images:
                     break
                 if cfg.timeout_s is not None and now - t_start >= cfg.timeout_s:
@@ -426,6 +438,20 @@ def _add(total: RunSummary, s: RunSummary | None) -> None:
     total.refer += s.refer
     for k, v in s.counts.items():
         total.counts[k] = total.counts.get(k, 0) + v
+
+
+#: A watch spends at most about 1 / REFRESH_COST_FACTOR of its time rewriting results.csv and the report.
+REFRESH_COST_FACTOR = 10.0
+
+
+def refresh_gap(refresh_s: float, last_cost_s: float) -> float:
+    """Seconds from the end of one rewrite of the outputs to the earliest next one.
+
+    ``refresh_s`` as configured, or ten times what the last rewrite took when that is longer: with 100,000
+    rows a rewrite costs ~10 s of CPU (``benchmarks/bench_results_folder.py``), and at ``refresh_s`` = 10
+    a busy camera kept a core rewriting them.
+    """
+    return max(refresh_s, REFRESH_COST_FACTOR * last_cost_s)
 
 
 def _refresh(screener: Screener, out: Path, store: ResultStore) -> int:
