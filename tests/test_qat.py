@@ -176,7 +176,7 @@ def test_an_interrupted_run_resumes_to_the_same_weights(tmp_path: Path, monkeypa
     monkeypatch.setattr(qat, "distillation_loss", real)
     # Other QAT settings (even one TrainConfig does not hold) do not resume someone else's run.
     model, meta = lite0_model()
-    with pytest.raises(ConfigError, match="holds an interrupted qat run with other settings"):
+    with pytest.raises(ConfigError, match=r"holds an interrupted qat run with other --bias-lr \(.* there, 0\.0001 now\); rerun"):
         qat.qat_finetune(model, meta, ds, replace(cfg, bias_lr=1e-4), tmp_path / "resumed")
     model, meta = lite0_model()
     resumed, _ = qat.qat_finetune(model, meta, ds, cfg, tmp_path / "resumed")
@@ -255,12 +255,12 @@ def test_cli_resumes_only_the_same_teacher_and_photographs(tmp_path: Path, monke
     state = (tmp_path / "out" / "state.json").read_bytes()
     # Fewer of the photographs (same checkpoint, same settings): another run.
     assert main_entry(cli, args("--images", "8"), prog_name="uopsl") == 2
-    assert "holds an interrupted qat run with other settings, data" in capsys.readouterr().err
+    assert "holds an interrupted qat run with other data (--data" in capsys.readouterr().err
     # Another teacher of the same data fingerprint.
     other = lite0_model(seed=1)[0]
     save_model(tmp_path / "ckpt", other, meta)
     assert main_entry(cli, args(), prog_name="uopsl") == 2
-    assert "holds an interrupted qat run with other settings, data" in capsys.readouterr().err
+    assert "holds an interrupted qat run with other starting weights (the checkpoint" in capsys.readouterr().err
     assert (tmp_path / "out" / "state.json").read_bytes() == state  # refused before anything was written
     save_model(tmp_path / "ckpt", model, meta)
     assert main_entry(cli, args(), prog_name="uopsl") == 0

@@ -190,3 +190,92 @@ def test_the_best_epoch_file_is_written_atomically(tmp_path: Path, monkeypatch: 
     finetune(tiny_model()[0], ds, ds, TrainConfig(epochs=2, batch_size=4, augment=False), tmp_path / "ft",
              tiny_model()[1])
     assert "best.safetensors" in written
+
+
+def test_a_finished_run_whose_metadata_is_damaged_is_not_trained_over(tmp_path: Path) -> None:
+    """A truncated checkpoint.json made the rerun train the whole stage again over the good weights, with no
+    word (review of session 31, by killing real runs); it is refused, naming the file."""
+    from uopsl.runtime.errors import ConfigError
+
+    ds = tiny_dataset(tmp_path, n=12, augment=False)
+    model, meta = tiny_model()
+    finetune(model, ds, None, TrainConfig(epochs=1, batch_size=4, augment=False), tmp_path / "ft", meta)
+    want = {"stage": "finetune", "model": "m", "settings": "s", "data": "d"}
+    meta_file = tmp_path / "ft" / "checkpoint.json"
+    meta_file.write_bytes(meta_file.read_bytes()[:-5])
+    weights = (tmp_path / "ft" / "model.safetensors").read_bytes()
+    with pytest.raises(ConfigError, match=r"checkpoint\.json.*malformed.*neither reused nor trained over: restore"):
+        finished_run(tmp_path / "ft", "finetune", want)
+    assert (tmp_path / "ft" / "model.safetensors").read_bytes() == weights
+    # Nothing finished there (no checkpoint.json), or an interrupted run's (a state to resume): nothing to refuse.
+    meta_file.unlink()
+    assert finished_run(tmp_path / "ft", "finetune", want) is False
+
+
+def test_a_stop_while_an_epoch_is_validated_or_saved_says_what_is_saved(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Between an epoch's last step and its checkpoint (validation, saving) a Ctrl-C printed only "aborted"
+    (review of session 31); it now says where the last checkpoint is and that the same command resumes."""
+    ds = tiny_dataset(tmp_path, n=12, augment=False)
+    model, meta = tiny_model()
+
+    def stop(self: StageRunner) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(StageRunner, "checkpoint", stop)
+    with pytest.raises(KeyboardInterrupt, match=r"finetune interrupted at the end of epoch 1 of 2 \(validating or "
+                                                r"saving it\); no checkpoint was written yet to .*run the same "
+                                                r"command again to resume"):
+        finetune(model, ds, None, TrainConfig(epochs=2, batch_size=4, augment=False), tmp_path / "ft", meta)
+
+
+def test_a_stop_while_the_thresholds_are_chosen_says_the_model_is_saved(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from trainhelpers import tiny_items
+
+    import uopsl.train.workflow as workflow
+
+    items = tiny_items(tmp_path / "imgs", 12)
+    model, meta = tiny_model()
+
+    def stop(*a: Any, **k: Any) -> Any:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(workflow, "predict", stop)
+    with pytest.raises(KeyboardInterrupt, match="finetune stopped while choosing the operating thresholds .*the "
+                                                "trained model is in .*run the same command again to complete it"):
+        workflow.run_finetune(model, meta, items[:9], items[9:], TrainConfig(epochs=1, batch_size=4, augment=False),
+                              tmp_path / "ft")
+
+
+def test_a_damaged_state_json_resumes_from_the_copy_inside_the_tensors(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch,
+                                                                       caplog: pytest.LogCaptureFixture) -> None:
+    """A truncated state.json was refused with advice to delete a good state (review of session 31): its info is
+    also inside state.safetensors, which load_state trusts; the run now resumes, and ends as the uninterrupted
+    one."""
+    ds, cfg, ref, meta = _stopped_run(tmp_path, monkeypatch)
+    sj = tmp_path / "run" / "state.json"
+    sj.write_bytes(sj.read_bytes()[:-5])
+    with caplog.at_level(logging.WARNING):
+        model, _ = finetune(tiny_model()[0], ds, None, cfg, tmp_path / "run", meta)
+    assert "read from the copy inside state.safetensors" in caplog.text
+    assert _same(model, ref)
+    assert _log_steps(tmp_path / "run") == _log_steps(tmp_path / "ref")
+
+
+def test_a_refused_resume_names_what_differs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another --lr, --epochs or --seed on an interrupted run all gave the same "other settings, data or model"
+    (review of session 31); the state now records what it was trained with, and the refusal names it."""
+    from dataclasses import replace
+
+    from uopsl.runtime.errors import ConfigError
+
+    ds, cfg, _, meta = _stopped_run(tmp_path, monkeypatch)
+    with pytest.raises(ConfigError, match=r"interrupted finetune run with other --lr \(0\.001 there, 0\.01 now\); "
+                                          r"--seed \(7 there, 8 now\); rerun with the same settings"):
+        finetune(tiny_model()[0], ds, None, replace(cfg, lr=0.01, seed=8), tmp_path / "run", meta)
+    with pytest.raises(ConfigError, match=r"other data or starting weights; rerun"):
+        finetune(tiny_model()[0], ds, None, cfg, tmp_path / "run", meta, run_key='identity:{"data": "x"}')
+    # The same settings still resume.
+    finetune(tiny_model()[0], ds, None, cfg, tmp_path / "run", meta)

@@ -15,6 +15,7 @@ previous or the new checkpoint, never half of one.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from dataclasses import dataclass, field, replace
@@ -239,8 +240,19 @@ def peek_state(folder: Path) -> dict[str, Any] | None:
     try:
         info = json.loads(sj.read_text())
     except (OSError, ValueError) as exc:
-        raise CheckpointError(f"{sj}: unreadable training state ({exc}); delete {sj.name} and state.safetensors "
-                              "in that folder to train this stage from its start") from exc
+        # state.json is a copy for a quick look: the info load_state trusts is inside state.safetensors. A torn
+        # copy sent the user to delete a good state (review, session 31); it is written again from the tensors'.
+        try:
+            inner = _state_info(st)
+        except (CheckpointError, ValueError):
+            inner = None
+        if inner is None:
+            raise CheckpointError(f"{sj}: unreadable training state ({exc}); delete {sj.name} and state.safetensors "
+                                  "in that folder to train this stage from its start") from exc
+        log.warning("%s: unreadable (%s); read from the copy inside state.safetensors", sj, exc)
+        with contextlib.suppress(OSError):  # a read-only folder: the resume reads the inner copy anyway
+            write_json(sj, inner)
+        info = inner
     return info if isinstance(info, dict) else None
 
 

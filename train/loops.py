@@ -206,6 +206,14 @@ def steps_per_epoch(n: int, bs: int, d: Dist) -> int:
 HOW_NOT_WHAT = ("device", "amp", "save_every")
 
 
+def _tag_settings(stage: str, cfg: TrainConfig, *, legacy: bool = False) -> dict[str, Any]:
+    """The settings :func:`run_tag` hashes (see there)."""
+    settings = {k: v for k, v in cfg.to_dict().items() if legacy or k not in HOW_NOT_WHAT}
+    if stage != "finetune" or not cfg.w_site_guide:
+        settings.pop("w_site_guide")
+    return settings
+
+
 def run_tag(stage: str, cfg: TrainConfig, fingerprint: str, world: int, model: dict[str, Any] | None = None,
             *, legacy: bool = False) -> str:
     """What a resumed run must share with the interrupted one: stage, settings, data, world size, and
@@ -218,9 +226,7 @@ def run_tag(stage: str, cfg: TrainConfig, fingerprint: str, world: int, model: d
     """
     # How a run is carried out is not what it trains: an interrupted run resumes with another --save-every, on
     # another device or with AMP switched (a review found each of them refused).
-    settings = {k: v for k, v in cfg.to_dict().items() if legacy or k not in HOW_NOT_WHAT}
-    if stage != "finetune" or not cfg.w_site_guide:
-        settings.pop("w_site_guide")
+    settings = _tag_settings(stage, cfg, legacy=legacy)
     parts: list[Any] = [stage, settings, fingerprint, world] + ([model] if model is not None else [])
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]  # without model: the tag runs had before
 
@@ -265,8 +271,45 @@ class StageRunner:
                 "inputs": pixels_version(stage == "pretrain" and model.config.uses_oct)}
         self.tag = run_tag(stage, cfg, fingerprint, self.dist.world, arch)
         self._legacy_tag = run_tag(stage, cfg, fingerprint, self.dist.world, arch, legacy=True)
-        self.info: dict[str, Any] = {"tag": self.tag, "epoch": 0, "step": 0, "global_step": 0, "history": []}
+        self.info: dict[str, Any] = {"tag": self.tag, "epoch": 0, "step": 0, "global_step": 0, "history": [],
+                                     # Kept beside the tag (a hash) so that a refused resume can say what differs.
+                                     "settings": _tag_settings(stage, cfg), "run_key": fingerprint,
+                                     "world": self.dist.world}
         self.saved_at: tuple[int, int] | None = None  # (epoch from 0, step) of the last checkpoint
+
+    def _what_differs(self, peek: dict[str, Any]) -> str:
+        """What the interrupted run's state records differently from this run, in words ("" when it records
+        nothing to compare: states saved before 2026-12-02, or the same records and another tag)."""
+        said = []
+        old, now = peek.get("settings"), self.info["settings"]
+        if isinstance(old, dict):
+            changed = sorted(k for k in set(old) | set(now) if old.get(k) != now.get(k))
+            said += [f"--{k.replace('_', '-')} ({old.get(k)!r} there, {now.get(k)!r} now)" for k in changed]
+        key, mine = peek.get("run_key"), self.info["run_key"]
+        if isinstance(key, str) and "|{" in key and "|{" in mine:  # a stage's own settings after the key (qat)
+            (key, extra_there), (mine, extra_now) = key.split("|{", 1), mine.split("|{", 1)
+            try:
+                there, here = json.loads("{" + extra_there), json.loads("{" + extra_now)
+            except ValueError:
+                there, here = {}, {}
+            if isinstance(there, dict) and isinstance(here, dict):
+                changed = sorted(k for k in set(there) | set(here)
+                                 if there.get(k) != here.get(k) and not (isinstance(old, dict) and k in old))
+                said += [f"--{k.replace('_', '-')} ({there.get(k)!r} there, {here.get(k)!r} now)" for k in changed]
+        if isinstance(key, str) and key.startswith("identity:") and mine.startswith("identity:"):
+            try:
+                a, b = json.loads(key[len("identity:"):]), json.loads(mine[len("identity:"):])
+            except ValueError:
+                a, b = {}, {}
+            if a.get("model") != b.get("model"):
+                said.append("starting weights (the checkpoint or --init file it starts from, or the model's options)")
+            if a.get("data") != b.get("data"):
+                said.append("data (--data, --val, --oct, --shots: other images, labels or order)")
+        elif isinstance(key, str) and key != mine:  # a data fingerprint (a stage run outside the workflow)
+            said.append("data or starting weights")
+        if isinstance(peek.get("world"), int) and peek["world"] != self.dist.world:
+            said.append(f"number of processes ({peek['world']} there, {self.dist.world} now)")
+        return "; ".join(said)
 
     def resume(self) -> bool:
         peek = peek_state(self.out)
@@ -276,10 +319,12 @@ class StageRunner:
             self._trim_log(fresh=True)
             return False
         if peek.get("tag") not in (self.tag, self._legacy_tag):  # before any tensor loads: another model's weights
+            differ = self._what_differs(peek)
             raise ConfigError(
-                f"{self.out} holds an interrupted {peek.get('stage', 'training')} run with other settings, data "
-                "or model (or one made by an earlier uopsl, whose models or preprocessing differ); rerun with the "
-                "same settings to resume it, or use a new --out folder"
+                f"{self.out} holds an interrupted {peek.get('stage', 'training')} run with "
+                + (f"other {differ}" if differ else "other settings, data or model (or one made by an earlier "
+                   "uopsl, whose models or preprocessing differ)")
+                + "; rerun with the same settings to resume it, or use a new --out folder"
             )
         info = load_state(self.out, self.model, self.opt)
         if info is None:
@@ -287,7 +332,8 @@ class StageRunner:
         scaler = info.pop("amp_scaler", None)
         if self.amp and isinstance(scaler, dict) and scaler:  # none when saved without AMP (amp may change on resume)
             self.scaler.load_state_dict(scaler)
-        self.info = {**info, "tag": self.tag}  # a state saved under the legacy tag is saved under today's from now
+        # A state saved under the legacy tag is saved under today's from now, with today's records beside it.
+        self.info = {**info, **{k: self.info[k] for k in ("tag", "settings", "run_key", "world")}}
         self.saved_at = (int(info["epoch"]), int(info["step"]))
         self._trim_log()
         log.info("resuming %s at epoch %d of %d, after step %d", self.stage, info["epoch"] + 1, self.cfg.epochs,
@@ -438,22 +484,29 @@ def run_epochs(runner: StageRunner, n_items: int, epoch_fn: Callable[[int, int, 
         ep = runner.info["epoch"]
         total = steps_per_epoch(n_items, cfg.batch_size, runner.dist)
         bar = runner.progress(total, runner.info["step"], f"{runner.stage} {ep + 1}/{cfg.epochs}")
+        def stopped(when: str) -> KeyboardInterrupt:
+            saved = runner.saved_at
+            where = (f"its last checkpoint, epoch {saved[0] + 1} after step {saved[1]}, is in {runner.out}"
+                     if saved is not None else f"no checkpoint was written yet to {runner.out}")
+            return KeyboardInterrupt(f"{runner.stage} interrupted {when}; {where}: run the same command again to "
+                                     "resume")
+
         try:
             stats = epoch_fn(ep, runner.info["step"], bar)
         except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM (the CLI turns it into one): say what is saved
             bar.close()
-            saved = runner.saved_at
-            where = (f"its last checkpoint, epoch {saved[0] + 1} after step {saved[1]}, is in {runner.out}"
-                     if saved is not None else f"no checkpoint was written yet to {runner.out}")
-            raise KeyboardInterrupt(f"{runner.stage} interrupted in epoch {ep + 1} of {cfg.epochs}; {where}: run "
-                                    "the same command again to resume") from exc
+            raise stopped(f"in epoch {ep + 1} of {cfg.epochs}") from exc
         bar.close()
-        if on_epoch_end:
-            on_epoch_end(ep, stats)
-        runner.info.update(epoch=ep + 1, step=0)
-        runner.info.pop("partial", None)
-        runner.info["history"].append({"epoch": ep + 1, **stats})
-        runner.checkpoint()
+        try:
+            # Validation of the epoch and its checkpoint: a stop here said only "aborted" (review, session 31).
+            if on_epoch_end:
+                on_epoch_end(ep, stats)
+            runner.info.update(epoch=ep + 1, step=0)
+            runner.info.pop("partial", None)
+            runner.info["history"].append({"epoch": ep + 1, **stats})
+            runner.checkpoint()
+        except KeyboardInterrupt as exc:
+            raise stopped(f"at the end of epoch {ep + 1} of {cfg.epochs} (validating or saving it)") from exc
 
 
 def train_loop(runner: StageRunner, ds: PairDataset, loss_fn: Callable[[torch.Tensor, torch.Tensor], dict[str, torch.Tensor]],

@@ -256,8 +256,13 @@ def finished_run(out: Path, stage: str, want: dict[str, str]) -> bool:
             f"--out, or rerun that {interrupted.get('stage')} command to complete it")
     try:
         meta = read_meta(out)
-    except CheckpointError:
-        return False
+    except CheckpointError as exc:
+        if not (out / "checkpoint.json").exists() or (out / "state.json").exists():
+            return False  # nothing finished here, or an interrupted run (its resume rewrites checkpoint.json)
+        # A finished run's metadata damaged (a disk error, an editor): training again would write over its weights.
+        raise ConfigError(f"{exc}; {out} holds a finished model whose checkpoint.json cannot be read, so it is "
+                          "neither reused nor trained over: restore checkpoint.json, or write to a new --out "
+                          "(or delete the folder to train again)") from exc
     if (out / "state.json").exists():
         return False
     if meta.stage != stage:
@@ -574,12 +579,17 @@ def run_finetune(model: UopslModel, meta: CheckpointMeta, train_items: Sequence[
         model, result = finetune(model, tr, va, cfg, out, meta, select=macro_auc if select == "auc" else None,
                                  run_key=resume_key(_training_part(want)))
     names = model.config.classes
-    if va is not None:
-        probs = predict(model, va, device=pick_device(cfg.device))["probs"]
-        points = choose_operating_points(va.targets, probs, meta.referable or [True] * model.num_classes,
-                                         target_sensitivity, names=names)
-    else:
-        points = default_operating_points(names, "no validation images")
+    try:
+        if va is not None:
+            probs = predict(model, va, device=pick_device(cfg.device))["probs"]
+            points = choose_operating_points(va.targets, probs, meta.referable or [True] * model.num_classes,
+                                             target_sensitivity, names=names)
+        else:
+            points = default_operating_points(names, "no validation images")
+    except KeyboardInterrupt as exc:  # a stop here said only "aborted" (review, session 31)
+        raise KeyboardInterrupt(f"finetune stopped while choosing the operating thresholds on the validation "
+                                f"images; the trained model is in {out}: run the same command again to complete "
+                                "it") from exc
     # How each threshold was obtained travels with it (metrics["operating_points"], one record per class, in the
     # order of `thresholds`); checkpoints written before it simply lack the key.
     meta = replace(meta, stage="finetune", thresholds=tuple(p.threshold for p in points),
