@@ -189,8 +189,12 @@ def entropy_amax(abs_hist: np.ndarray, bin_width: float, *, levels: int = KL_LEV
     so is Q, and KL is 0 by construction; the reference picks them, which on
     a tensor far from zero (a sigmoid gate in (0.06, 0.99)) kept its range
     one bin wide just past its smallest value and clipped 100 % of the
-    values. A tensor that reaches zero (after a ReLU, or one that crosses it)
-    has no such candidate, so its threshold is the reference's.
+    values. A tensor with values in the histogram's second bin (next to
+    zero: most ReLU outputs, any tensor that crosses zero) has no such
+    candidate, so its threshold is the reference's; one whose only values
+    near zero are exact zeros (which the first bin held, and the reference
+    overwrites with the second) can move, to a threshold that keeps its
+    values (a gate in (0.06, 0.99) with 30 % exact zeros: 0.060 -> 0.990).
 
     ``max_candidates``: score only about that many candidates, every
     ``stride`` bins (the old, approximate search; the result can then differ
@@ -532,6 +536,7 @@ def collect_statistics(
 ) -> ActivationStats:
     """Run the FP32 model over the set and histogram every float activation (one pass)."""
     path = Path(model)
+    model_hash = model_sha256(path)  # first: a file with external data is refused before the pass, not after it
     sess, tensors, input_name, shape, pinned = _augmented_session(path)
     size = calib_set.preprocess.size
     hw = shape[1:3] if len(shape) == 4 else ()
@@ -577,7 +582,7 @@ def collect_statistics(
         notes["exact_from_input"] = sorted(pinned)  # their ranges come from the uint8 input's type
         log.info("%d tensor(s) computed from the uint8 input alone get their exact ranges, not measured ones: %s",
                  len(pinned), ", ".join(sorted(pinned)))
-    return ActivationStats(hists, model_sha256(path), calib_set.fingerprint, len(calib_set), notes, pinned)
+    return ActivationStats(hists, model_hash, calib_set.fingerprint, len(calib_set), notes, pinned)
 
 
 def calibrate(

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
+import numpy as np
+
 from uopsl.runtime.bundle import INPUT_NAME, OUTPUT_NAMES
 from uopsl.runtime.errors import ConfigError, ExportError
 from uopsl.runtime.fsio import new_file_mode, set_mode
@@ -96,8 +98,13 @@ def export_onnx(module: object, path: str | os.PathLike[str], size: int, opset: 
     return report
 
 
+#: Constant-node attributes turned into initializers, with the element type ONNX gives each form.
+_CONSTANT_FORMS = {"value": None, "value_float": np.float32, "value_floats": np.float32, "value_int": np.int64,
+                   "value_ints": np.int64}
+
+
 def constants_to_initializers(model: _Model, onnx: object) -> int:
-    """Turn ``Constant`` nodes (with a ``value`` tensor) into initializers of the same name; returns how many.
+    """Turn ``Constant`` nodes (a ``value`` tensor, or ``value_float(s)``/``value_int(s)``) into initializers; returns how many.
 
     Why: ONNX Runtime's quantizer takes a Constant node's output for an activation
     and needs a calibrated range for it, which no calibration gives a constant;
@@ -108,9 +115,12 @@ def constants_to_initializers(model: _Model, onnx: object) -> int:
     numpy_helper = onnx.numpy_helper  # type: ignore[attr-defined]
     keep, n = [], 0
     for node in g.node:
-        if node.op_type == "Constant" and len(node.attribute) == 1 and node.attribute[0].name == "value":
-            t = onnx.helper.get_attribute_value(node.attribute[0])  # type: ignore[attr-defined]
-            g.initializer.append(numpy_helper.from_array(numpy_helper.to_array(t), node.output[0]))
+        attr = node.attribute[0] if node.op_type == "Constant" and len(node.attribute) == 1 else None
+        if attr is not None and attr.name in _CONSTANT_FORMS:
+            v = onnx.helper.get_attribute_value(attr)  # type: ignore[attr-defined]
+            # value: a tensor; value_float(s) / value_int(s): the scalar or 1-D forms (float32 / int64, as ONNX says)
+            arr = numpy_helper.to_array(v) if attr.name == "value" else np.asarray(v, dtype=_CONSTANT_FORMS[attr.name])
+            g.initializer.append(numpy_helper.from_array(arr, node.output[0]))
             n += 1
         else:
             keep.append(node)

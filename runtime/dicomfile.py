@@ -185,6 +185,8 @@ def dicom_picture(data: bytes, max_pixels: int, source: str | None = None) -> by
         photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
         stored = ds.get("BitsStored")
         stored = None if stored is None or stored == "" else int(stored)
+        sop = ds.get("SOPClassUID")
+        sop_name = None if sop is None else str(getattr(sop, "name", "") or sop)
         uid = ds.file_meta.get("TransferSyntaxUID")
         known = not syntax or getattr(uid, "is_transfer_syntax", False)
         encapsulated = bool(uid.is_encapsulated) if known and syntax else False
@@ -193,15 +195,13 @@ def dicom_picture(data: bytes, max_pixels: int, source: str | None = None) -> by
     if not known:
         raise ImageFormatError(f"a DICOM file in a transfer syntax this pydicom does not know ({syntax}); export the "
                                "photograph as JPEG", source=source)
-    if not has_pixels and "SOPClassUID" not in ds:
+    if not has_pixels and sop is None:
         # Every DICOM object names its SOP class; pydicom returns an empty dataset for a file cut short
         # inside its wrapped JPEG data.
         raise ImageDecodeError("a damaged DICOM file (cut short? it holds neither a SOP class nor a picture)",
                                source=source)
     if not has_pixels:
-        uid = ds.get("SOPClassUID")
-        name = str(getattr(uid, "name", "") or uid)
-        raise ImageFormatError(f"a DICOM file without a picture ({name}: a report or a document?); screen the "
+        raise ImageFormatError(f"a DICOM file without a picture ({sop_name}: a report or a document?); screen the "
                                "photograph's own file", source=source)
     if rows * cols > max_pixels:
         raise too_many_pixels(cols, rows, max_pixels, source)

@@ -66,6 +66,9 @@ def jpeg_segments(data: bytes, limit: int | None = None) -> Iterator[tuple[int, 
         if marker == 0xFF:  # fill byte before a marker
             i += 1
             continue
+        if marker == 0x00:  # a stuffed zero (FF 00) among stray bytes is no marker: libjpeg scans on past it
+            i += 2
+            continue
         if marker in (0x01, *range(0xD0, 0xD8)):  # markers without a length
             i += 2
             continue

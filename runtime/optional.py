@@ -38,8 +38,8 @@ def extra_hint(extra: str) -> str:
     packages = EXTRA_PACKAGES.get(extra)
     if packages:
         return "pip install " + " ".join(f"'{p}'" for p in packages)
-    return (f"install uopsl's {extra} extra from the folder or wheel uopsl came from, e.g. "
-            f"pip install './uopsl[{extra}]' in its source folder (uopsl is not on PyPI)")
+    return (f"install uopsl's {extra} extra from the folder or wheel uopsl came from: pip install '.[{extra}]' in "
+            f"its source folder, or pip install './uopsl-<version>-py3-none-any.whl[{extra}]' (uopsl is not on PyPI)")
 
 
 # The CUDA bindings the TensorRT backend can use, in the order it tries them (trt_compat.load_cuda): cuda-python

@@ -388,9 +388,12 @@ def _to_uint8(img: np.ndarray, sample_max: int | None = None, *, alpha_max: int 
         # unscaled (_png_sample_max).
         return cv2.convertScaleAbs(img, alpha=255.0 / float(sample_max or 65535))
     if np.issubdtype(img.dtype, np.floating):
-        finite = img[np.isfinite(img)]  # NaN/inf samples become 0 below; they must not pick the scale either
-        scale = 255.0 if finite.size == 0 or float(finite.max()) <= 1.0 else 1.0
-        return np.clip(np.nan_to_num(img) * scale + 0.5, 0, 255).astype(np.uint8)
+        # NaN/inf samples (NaN becomes 0, +inf 255 below) must not pick the scale: np.nanmax warned on a picture of
+        # NaN only, and an inf made [0, 1] data read as [0, 255]. No copy of the picture for it.
+        top = float(np.max(img, where=np.isfinite(img), initial=-np.inf))
+        scale = 255.0 if top <= 1.0 else 1.0
+        with np.errstate(over="ignore"):  # +inf becomes float max, times 255 overflows to inf: clipped to 255
+            return np.clip(np.nan_to_num(img) * scale + 0.5, 0, 255).astype(np.uint8)
     return np.clip(img, 0, 255).astype(np.uint8)
 
 

@@ -325,7 +325,12 @@ def _finite_number(v: object) -> bool:
     # a JSON integer is always finite (and may be too large for a float).
     if type(v) is float:
         return math.isfinite(v)
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and (isinstance(v, int) or math.isfinite(v))
+    if not isinstance(v, (int, float)) or isinstance(v, bool):
+        return False
+    try:  # an integer beyond a float's range (JSON allows 10**400) crashed every later rewrite of the CSV
+        return math.isfinite(float(v))
+    except OverflowError:
+        return False
 
 
 def row_problem(row: Mapping[str, Any]) -> str | None:

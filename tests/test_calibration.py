@@ -433,6 +433,61 @@ def test_a_saved_set_of_older_preprocessing_is_refused(calib_set, tmp_path: Path
         CalibrationSet.load(tmp_path / "old.npz")
 
 
+def test_set_warnings_speak_only_past_their_limits() -> None:
+    from uopsl.calibration.ranges import FEW_IMAGES, set_warnings
+
+    assert set_warnings(FEW_IMAGES, 0) == []
+    assert set_warnings(40, 13) == []  # 13 of 53 skipped: under a quarter
+    assert len(set_warnings(40, 14)) == 1 and "14 of the 54" in set_warnings(40, 14)[0]
+    assert "fewer than 32" in set_warnings(FEW_IMAGES - 1, 0)[0]
+
+
+def test_external_data_inside_a_local_function_is_found(tmp_path: Path) -> None:
+    from onnx import TensorProto, helper, numpy_helper
+    from onnx.external_data_helper import set_external_data
+
+    from uopsl.calibration.onnx_file import has_external_data
+
+    w = numpy_helper.from_array(np.ones(4, np.float32), "w")
+    fn = helper.make_function("local", "f", ["x"], ["y"], [helper.make_node("Constant", [], ["y"], value=w)],
+                              [helper.make_opsetid("", 17)])
+    graph = helper.make_graph([helper.make_node("f", ["x"], ["y"], domain="local")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])])
+    model = helper.make_model(graph, functions=[fn], opset_imports=[helper.make_opsetid("", 17),
+                                                                    helper.make_opsetid("local", 1)])
+    assert not has_external_data(model)
+    set_external_data(model.functions[0].node[0].attribute[0].t, location="w.bin")
+    model.functions[0].node[0].attribute[0].t.data_location = TensorProto.EXTERNAL
+    assert has_external_data(model)
+
+
+def test_constants_of_every_attribute_form_become_weights(tiny, calib_set, tmp_path: Path) -> None:
+    """A Constant with value_float (not a tensor) stayed a node, and ONNX Runtime's quantizer failed on it with
+    a bare ValueError (second review of session 31)."""
+    from onnx import helper
+
+    from uopsl.export.onnx_export import constants_to_initializers
+    from uopsl.export.quantize import QuantizeConfig, quantize_model
+
+    m = onnx.load(str(tiny))
+    out = m.graph.output[0].name
+    m.graph.node.extend([helper.make_node("Constant", [], ["k"], value_float=0.5),
+                         helper.make_node("Mul", [out, "k"], ["scaled"])])
+    m.graph.output.append(onnx.ValueInfoProto(name="scaled"))
+    path = tmp_path / "k.onnx"
+    onnx.save(m, str(path))
+    table = calibrate(path, calib_set, method="minmax", show_progress=False)
+    quantize_model(path, table, tmp_path / "k.int8.onnx", QuantizeConfig(bias_correction=False, rounding="nearest"),
+                   show_progress=False)
+    forms = onnx.load(str(path))
+    forms.graph.node.extend([helper.make_node("Constant", [], ["i"], value_ints=[1, 2]),
+                             helper.make_node("Constant", [], ["f"], value_floats=[0.5, 2.0])])
+    assert constants_to_initializers(forms, onnx) >= 3 and not any(n.op_type == "Constant" for n in forms.graph.node)
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in forms.graph.initializer}
+    assert inits["k"].dtype == np.float32 and inits["k"].shape == () and inits["i"].dtype == np.int64
+
+
 @pytest.mark.parametrize(
     "edit, match",
     [

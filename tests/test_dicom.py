@@ -169,6 +169,26 @@ def test_a_header_value_of_an_unknown_value_representation_is_a_damaged_file(pho
     assert err.value.reason == "undecodable"
 
 
+def test_a_file_without_pixels_whose_sop_class_is_damaged_is_a_damaged_file(photo: np.ndarray) -> None:
+    """The SOP class of a file without a picture was read outside the catch-all: an "internal error" row for a
+    damaged value representation (second review of session 31)."""
+    data = bytearray(_dicom(None, sop_class="1.2.840.10008.5.1.4.1.1.104.1"))
+    i = data.find(b"\x08\x00\x16\x00UI", 132)
+    data[i + 4 : i + 6] = b"ZZ"
+    with pytest.raises(ImageDecodeError, match="a damaged DICOM file .*Unknown Value Representation 'ZZ'"):
+        preprocess(bytes(data), PreprocessConfig(size=128))
+    with pytest.raises(ImageFormatError, match=r"without a picture \(Encapsulated PDF Storage"):
+        preprocess(_dicom(None, sop_class="1.2.840.10008.5.1.4.1.1.104.1"), PreprocessConfig(size=128))
+
+
+def test_the_photometric_interpretation_is_read_whatever_its_case_and_padding(photo: np.ndarray) -> None:
+    """A wrapped 8-bit JPEG labelled "rgb " is RGB as "RGB" is (its frame gets the Adobe RGB marker)."""
+    small = photo[:64, :64]
+    got = [decode(_dicom(small, syntax=JPEGBaseline8Bit, photometric=label, data=encapsulate([_jpeg(small)])))
+           for label in ("RGB", "rgb ")]
+    assert np.array_equal(got[0], got[1])
+
+
 def test_a_picture_larger_than_the_limit_is_refused_from_its_header(photo: np.ndarray) -> None:
     data = _dicom(photo[:8, :8], rows_cols=(60000, 60000))  # 192 bytes of pixels that claim 3.6 gigapixels
     with pytest.raises(ImageTooLargeError, match="60000x60000 pixels exceeds the limit"):
@@ -178,7 +198,7 @@ def test_a_picture_larger_than_the_limit_is_refused_from_its_header(photo: np.nd
 def test_without_pydicom_the_row_says_what_to_install(photo: np.ndarray, monkeypatch: pytest.MonkeyPatch) -> None:
     data = _dicom(photo[:64, :64])
     monkeypatch.setitem(sys.modules, "pydicom", None)  # what an environment without it gives: ImportError
-    with pytest.raises(ImageReaderMissingError, match=r"pip install 'uopsl\[dicom\]'\) and run again") as err:
+    with pytest.raises(ImageReaderMissingError, match=r"pip install 'pydicom>=3,<4'\) and run again") as err:
         decode(data)
     assert err.value.reason == "reader_missing"
 

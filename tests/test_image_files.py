@@ -144,6 +144,26 @@ def test_a_stray_byte_before_the_jpeg_frame_does_not_hide_its_size(monkeypatch: 
         decode(bomb)
 
 
+def test_a_stuffed_zero_among_stray_bytes_does_not_send_the_walk_astray(monkeypatch: pytest.MonkeyPatch) -> None:
+    """libjpeg discards FF 00 while it looks for a marker; the walk read it as a segment and jumped by the next
+    two bytes onto a fake 64 x 64 frame header in a comment, while libjpeg decoded the real 4000 x 4000 one
+    (second review of session 31)."""
+    base = _jpeg(np.full((64, 64, 3), 90, np.uint8))
+    sof = base.find(b"\xff\xc0")
+    end = sof + 2 + int.from_bytes(base[sof + 2 : sof + 4], "big")
+    real = bytearray(base[sof:end])
+    real[5:9] = (4000).to_bytes(2, "big") + (4000).to_bytes(2, "big")
+    head = base[:sof] + b"\x12\xff\x00"
+    fake_at = len(head) + 2 + len(real) + 4 + 3
+    jump = fake_at - (sof + 3)
+    com = b"\xff\xfe" + (2 + 3 + end - sof).to_bytes(2, "big") + b"xxx" + base[sof:end]
+    data = head + jump.to_bytes(2, "big") + bytes(real) + com + base[end:]
+    assert imagefile.header_size(data) == (4000, 4000)
+    monkeypatch.setattr(P, "_imdecode", lambda *a, **k: pytest.fail("decoded before the size was checked"))
+    with pytest.raises(ImageTooLargeError, match="exceeds the limit"):
+        decode(data, max_pixels=1_000_000)
+
+
 def test_a_jpeg_with_a_stray_byte_is_still_read_as_libjpeg_reads_it() -> None:
     data = _jpeg_with_stray_byte_before_its_frame(64, 64)
     assert imagefile.jpeg_frame(data)[:3] == (64, 64, 8)
@@ -168,14 +188,15 @@ def test_an_os2_bitmap_has_16_bit_sizes() -> None:
 def test_a_float_tiff_without_a_finite_sample_is_read_without_warnings() -> None:
     """np.nanmax over an all-NaN float TIFF warned "All-NaN slice encountered" on the console (fuzz, session 31)."""
     nan = _encode(".tiff", np.full((64, 64, 3), np.nan, np.float32))
+    unit = np.full((64, 64, 3), 0.5, np.float32)
+    unit[0, 0] = np.inf
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         img = decode(nan)
+        # Finite samples in [0, 1] beside an infinite one are still read as [0, 1] data (no overflow warning).
+        half = decode(_encode(".tiff", unit))
     assert img.shape == (64, 64, 3) and int(img.max()) == 0
-    # Finite samples in [0, 1] beside non-finite ones are still read as [0, 1] data.
-    unit = np.full((64, 64, 3), 0.5, np.float32)
-    unit[0, 0] = np.inf
-    assert int(np.median(decode(_encode(".tiff", unit)))) == 128
+    assert int(np.median(half)) == 128 and tuple(half[0, 0]) == (255, 255, 255)
 
 
 @pytest.mark.parametrize(("data", "name"), [

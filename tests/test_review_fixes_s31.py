@@ -89,3 +89,25 @@ def test_the_csv_of_raw_rows_is_still_valid_utf8(tmp_path: Path) -> None:
     write_csv(tmp_path / "r.csv", rows, ["x"])
     text = (tmp_path / "r.csv").read_bytes().decode("utf-8-sig")
     assert "caf\ufffd.jpg" in text and "bad \ufffd byte" in text
+
+
+def test_a_row_with_a_number_beyond_a_float_is_skipped_and_the_csv_still_written(tmp_path: Path) -> None:
+    """JSON allows 10**400: such a probability passed the row check and every later rewrite of results.csv
+    failed with OverflowError (second review of session 31)."""
+    good = {"key": "/p/a.jpg|1|1", "id": "a-1", "source": "a.jpg", "status": "ok", "probs": {"x": 0.5}}
+    huge = {"key": "/p/b.jpg|2|2", "id": "b-2", "source": "b.jpg", "status": "ok", "probs": {"x": 0.5}}
+    line = json.dumps(huge).replace('"x": 0.5', '"x": 1' + "0" * 400)
+    with _store_with(tmp_path / "out", [json.dumps(good), line]) as store:
+        rows = store.latest_rows()
+    assert [r["source"] for r in rows] == ["a.jpg"]
+    assert write_csv(tmp_path / "r.csv", rows, ["x"]) == 1
+
+
+def test_a_replaced_photograph_under_an_undecodable_name_keeps_its_displayable_copy(tmp_path: Path) -> None:
+    """The copy latest_rows keeps of a replaced file's earlier row must be made displayable like its original."""
+    first = {"key": "/p/caf.jpg|1|1", "id": "caf-1", "source": "caf\udce9.jpg", "status": "ok", "sha256": "a" * 64}
+    second = {**first, "key": "/p/caf.jpg|2|2", "id": "caf-2", "sha256": "b" * 64}
+    with _store_with(tmp_path / "out", [json.dumps(first), json.dumps(second)]) as store:
+        rows = store.latest_rows()
+    assert [(r["source"], bool(r.get("file_replaced"))) for r in rows] == [("caf\ufffd.jpg", True),
+                                                                           ("caf\ufffd.jpg", False)]

@@ -1192,6 +1192,17 @@ def test_profiles_tensorrt_refuses_are_errors_not_obscure_build_failures(monkeyp
     with pytest.raises(ConfigError, match="refused the batch profile min/opt/max 1/4/8.*inconsistent"):
         build_engine(fake_onnx(tmp_path / "m.onnx"), tmp_path / "e.engine", EngineBuildConfig(opt_batch=4,
                      max_batch=8), cuda=FakeCuda(gpu))
+    made = {"n": 0}
+
+    def second_raises(self: Any) -> Any:  # the batch profile passes, the calibration profile is refused
+        made["n"] += 1
+        return make_profile(self) if made["n"] == 1 else raising_profile(self)
+
+    monkeypatch.setattr(trt.Builder, "create_optimization_profile", second_raises)
+    with pytest.raises(ConfigError, match="refused the calibration profile \\(batch 2\\).*inconsistent"):
+        build_engine(fake_onnx(tmp_path / "m.onnx"), tmp_path / "e.engine",
+                     EngineBuildConfig(precision="int8", int8_mode="legacy-cache"),
+                     LegacyCalibration(cache_file=str(cache), batch_size=2), cuda=FakeCuda(gpu))
 
 
 def test_build_logs_deprecation_once_and_records_opset_and_options(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
