@@ -183,6 +183,7 @@ def test_an_os2_bitmap_has_16_bit_sizes() -> None:
     data = head + core + pixels.tobytes()
     assert imagefile.header_size(data) == (w, h)
     assert decode(data).shape == (h, w, 3)
+    assert imagefile.header_size(data[:22]) == (w, h)  # the sizes are all a cut-short core header needs
 
 
 def test_a_float_tiff_without_a_finite_sample_is_read_without_warnings() -> None:
