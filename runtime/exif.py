@@ -44,8 +44,9 @@ def jpeg_segments(data: bytes, limit: int | None = None) -> Iterator[tuple[int, 
     ``offset`` is that of the segment's 0xFF byte, ``length`` its stored length
     (the two length bytes and the payload; the payload may run past the end of
     ``data``: callers check). Markers without a length and fill bytes are
-    skipped, and so are stray bytes between segments, as libjpeg skips them
-    (``next_marker``: "extraneous bytes before marker"): a walk that stopped
+    skipped, and so are stray bytes between segments (a stuffed ``FF 00``
+    among them included), as libjpeg skips them (``next_marker``:
+    "extraneous bytes before marker"): a walk that stopped
     there missed the frame header libjpeg then reads, and a 692-byte file
     declaring 16000x16000 pixels was decoded (1.9 GB) before its size was
     refused. Stops quietly at the first scan (SOS) or the end of image, at a

@@ -297,7 +297,7 @@ def refuse_planted_entries(out: Path) -> None:
                 f"folder (one could make it write elsewhere): remove {out / name}, or choose another --out")
 
 
-# Letters and digits (str.isalnum's: \\w is exactly those and "_" in a str pattern), "-", "_" and ".".
+# Letters and digits (str.isalnum's: \w is exactly those and "_" in a str pattern), "-", "_" and ".".
 _IMAGE_ID = re.compile(r"[\w.\-]+")
 
 
@@ -321,8 +321,7 @@ _TEXT_FIELDS = ("source", "status", "error", "sha256", "heatmap_class", "screene
 
 
 def _finite_number(v: object) -> bool:
-    # math.isfinite, not np.isfinite: a microsecond less per number of every row (a large folder's reading time);
-    # a JSON integer is always finite (and may be too large for a float).
+    # math.isfinite, not np.isfinite: a microsecond less per number of every row (a large folder's reading time).
     if type(v) is float:
         return math.isfinite(v)
     if not isinstance(v, (int, float)) or isinstance(v, bool):

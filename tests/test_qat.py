@@ -176,7 +176,7 @@ def test_an_interrupted_run_resumes_to_the_same_weights(tmp_path: Path, monkeypa
     monkeypatch.setattr(qat, "distillation_loss", real)
     # Other QAT settings (even one TrainConfig does not hold) do not resume someone else's run.
     model, meta = lite0_model()
-    with pytest.raises(ConfigError, match=r"holds an interrupted qat run with other --bias-lr \(.* there, 0\.0001 now\); rerun"):
+    with pytest.raises(ConfigError, match=r"holds an interrupted qat run with other settings: bias_lr \(.* there, 0\.0001 now\); rerun"):
         qat.qat_finetune(model, meta, ds, replace(cfg, bias_lr=1e-4), tmp_path / "resumed")
     model, meta = lite0_model()
     resumed, _ = qat.qat_finetune(model, meta, ds, cfg, tmp_path / "resumed")

@@ -243,7 +243,7 @@ def test_a_refused_finetune_rerun_leaves_the_interrupted_runs_config_as_it_was(
     assert (tmp_path / "o" / "state.json").is_file() and config.is_file()
     before = config.read_bytes()
     res = CliRunner().invoke(cli, [*args, "--lr", "0.01"])
-    assert res.exit_code != 0 and "holds an interrupted finetune run with other --lr (0.001 there, 0.01 now)" in str(res.exception)
+    assert res.exit_code != 0 and "holds an interrupted finetune run with other settings: lr (0.001 there, 0.01 now)" in str(res.exception)
     assert config.read_bytes() == before  # it still describes what was trained
     assert os.path.getsize(tmp_path / "o" / "state.json") > 0
 

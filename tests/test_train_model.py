@@ -239,7 +239,7 @@ def test_resume_with_other_settings_is_refused(tmp_path: Path, monkeypatch: pyte
     with pytest.raises(KeyboardInterrupt):
         finetune(model, ds, None, cfg, tmp_path / "run", meta)
     monkeypatch.setattr(StageRunner, "step", real)
-    with pytest.raises(ConfigError, match=r"other --augment \(False there, True now\); --lr \(0\.001 there, 0\.5 now\)"):
+    with pytest.raises(ConfigError, match=r"other settings: augment \(False there, True now\), lr \(0\.001 there, 0\.5 now\)"):
         finetune(tiny_model()[0], ds, None, TrainConfig(epochs=1, batch_size=4, lr=0.5), tmp_path / "run", meta)
 
 

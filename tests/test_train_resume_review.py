@@ -272,8 +272,8 @@ def test_a_refused_resume_names_what_differs(tmp_path: Path, monkeypatch: pytest
     from uopsl.runtime.errors import ConfigError
 
     ds, cfg, _, meta = _stopped_run(tmp_path, monkeypatch)
-    with pytest.raises(ConfigError, match=r"interrupted finetune run with other --lr \(0\.001 there, 0\.01 now\); "
-                                          r"--seed \(7 there, 8 now\); rerun with the same settings"):
+    with pytest.raises(ConfigError, match=r"interrupted finetune run with other settings: lr \(0\.001 there, 0\.01 now\), "
+                                          r"seed \(7 there, 8 now\); rerun with the same settings"):
         finetune(tiny_model()[0], ds, None, replace(cfg, lr=0.01, seed=8), tmp_path / "run", meta)
     with pytest.raises(ConfigError, match=r"other data or starting weights; rerun"):
         finetune(tiny_model()[0], ds, None, cfg, tmp_path / "run", meta, run_key='identity:{"data": "x"}')

@@ -281,10 +281,11 @@ class StageRunner:
         """What the interrupted run's state records differently from this run, in words ("" when it records
         nothing to compare: states saved before 2026-12-02, or the same records and another tag)."""
         said = []
+        changes: list[str] = []  # settings by their names in the run's *.config.json ("train"), not as options
         old, now = peek.get("settings"), self.info["settings"]
         if isinstance(old, dict):
             changed = sorted(k for k in set(old) | set(now) if old.get(k) != now.get(k))
-            said += [f"--{k.replace('_', '-')} ({old.get(k)!r} there, {now.get(k)!r} now)" for k in changed]
+            changes += [f"{k} ({old.get(k)!r} there, {now.get(k)!r} now)" for k in changed]
         key, mine = peek.get("run_key"), self.info["run_key"]
         if isinstance(key, str) and "|{" in key and "|{" in mine:  # a stage's own settings after the key (qat)
             (key, extra_there), (mine, extra_now) = key.split("|{", 1), mine.split("|{", 1)
@@ -295,7 +296,9 @@ class StageRunner:
             if isinstance(there, dict) and isinstance(here, dict):
                 changed = sorted(k for k in set(there) | set(here)
                                  if there.get(k) != here.get(k) and not (isinstance(old, dict) and k in old))
-                said += [f"--{k.replace('_', '-')} ({there.get(k)!r} there, {here.get(k)!r} now)" for k in changed]
+                changes += [f"{k} ({there.get(k)!r} there, {here.get(k)!r} now)" for k in changed]
+        if changes:
+            said.append("settings: " + ", ".join(changes))
         if isinstance(key, str) and key.startswith("identity:") and mine.startswith("identity:"):
             try:
                 a, b = json.loads(key[len("identity:"):]), json.loads(mine[len("identity:"):])
