@@ -171,9 +171,8 @@ class CalibrationSet:
         the deployed model is fed now, and a table calibrated on them would carry their fingerprint as if
         they were (the user cache folder's sets are rebuilt instead: their key holds the version).
         """
-        set_, _ = _load_npz(Path(path))
-        with np.load(path, allow_pickle=False) as z:
-            made_by = json.loads(str(z["meta"])).get("preprocess_version")
+        set_, meta = _load_npz(Path(path))
+        made_by = meta.get("preprocess_version")
         if made_by != PREPROCESS_VERSION:
             by = (f"version {made_by} of the runtime's preprocessing" if made_by is not None
                   else "a uopsl that did not record its preprocessing version")
@@ -205,7 +204,8 @@ def _replaceable_cache(path: Path) -> bool:
         return False
 
 
-def _load_npz(path: Path) -> tuple[CalibrationSet, str]:
+def _load_npz(path: Path) -> tuple[CalibrationSet, dict[str, Any]]:
+    """The set saved at ``path`` (its fingerprint checked against its pixels) and the file's metadata."""
     try:
         with np.load(path, allow_pickle=False) as z:
             images = np.array(z["images"])
@@ -223,7 +223,7 @@ def _load_npz(path: Path) -> tuple[CalibrationSet, str]:
         tuple(labels) if labels is not None else None,
         tuple(SkippedImage(*s) for s in meta.get("skipped", ())),
     )
-    return set_, str(meta.get("request_key", ""))
+    return set_, meta
 
 
 # -- reading image lists ------------------------------------------------------
@@ -377,7 +377,8 @@ def build_calibration_set(
     key = _request_key(paths, csv_labels, cfg, max_images, seed, require_fov)
     if cache is not None and Path(cache).is_file():
         try:
-            cached, cached_key = _load_npz(Path(cache))
+            cached, cached_meta = _load_npz(Path(cache))
+            cached_key = str(cached_meta.get("request_key", ""))
         except DataError as exc:
             if not _replaceable_cache(Path(cache)):
                 raise ConfigError(f"{cache} exists and is not a calibration set cache, so it is not written over: "
