@@ -143,7 +143,7 @@ from uopsl.runtime.cpuinfo import CPU_BACKENDS, int8_cpu_class
 from uopsl.runtime.errors import BackendError, BundleError, ConfigError, UopslError
 from uopsl.runtime.fsio import sha256_file, write_bytes, write_json, write_text
 from uopsl.runtime.metrics import roc_curve
-from uopsl.runtime.optional import available
+from uopsl.runtime.optional import available, extra_hint
 from uopsl.runtime.preprocess import PREPROCESS_VERSION, PreprocessConfig, preprocess, read_bytes
 from uopsl.runtime.version import __version__, source_revision
 from uopsl.runtime.signing import open_trusted
@@ -355,8 +355,8 @@ def plan_candidates(
             if explicit or files:
                 why = {"ort-cuda": "ONNX Runtime has no CUDA provider here (onnxruntime-gpu and a GPU needed)",
                        "ort-trt": "ONNX Runtime has no TensorRT provider here",
-                       "openvino": "OpenVINO is not installed (pip install 'openvino>=2024.0')",
-                       "tensorrt": "TensorRT and a CUDA binding are not installed (pip install 'tensorrt-cu12>=10,<11' 'cuda-python>=12,<13')",
+                       "openvino": f"OpenVINO is not installed ({extra_hint('openvino')})",
+                       "tensorrt": f"TensorRT and a CUDA binding are not installed ({extra_hint('trt')})",
                        "ort-cpu": "ONNX Runtime is not installed"}[b]
                 skipped.append({"name": b, "reason": why})
             continue

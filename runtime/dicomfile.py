@@ -21,7 +21,7 @@ before anything is decoded; a Deflated-syntax file is first refused when what
 it inflates to, counted and discarded, exceeds what such a picture needs),
 signed or wider-than-16-bit samples
 (no photograph stores those), files cut short. pydicom 3 is an optional
-dependency (``pip install 'pydicom>=3,<4'``); without it, or without the plug-in
+dependency (the ``dicom`` extra: :func:`uopsl.runtime.optional.extra_hint`); without it, or without the plug-in
 a codec needs, the row's reason is ``reader_missing``, which a rerun screens
 again once it is installed.
 """
@@ -45,7 +45,7 @@ from uopsl.runtime.errors import (
 )
 from uopsl.runtime.exif import jpeg_segments
 from uopsl.runtime.imagefile import jpeg_frame
-from uopsl.runtime.optional import require
+from uopsl.runtime.optional import extra_hint, require
 
 # Transfer syntaxes whose pixel data is a JPEG (baseline or extended) or a JPEG 2000 codestream.
 _JPEG_SYNTAXES = frozenset({"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51"})
@@ -106,7 +106,7 @@ def _pydicom(source: str | None) -> Any:
         found = "an older pydicom is installed" if "found" in str(exc) else "pydicom is not installed here"
         raise ImageReaderMissingError(
             f"a DICOM file: reading DICOM needs the optional package pydicom 3 ({found}); install it "
-            "(pip install 'pydicom>=3,<4') and run again, or export the photograph as JPEG", source=source) from None
+            f"({extra_hint('dicom')}) and run again, or export the photograph as JPEG", source=source) from None
 
 
 # Explicit VRs whose length is 4 bytes after 2 reserved ones (the others have a 2-byte length).

@@ -46,14 +46,15 @@ def extra_hint(extra: str) -> str:
 # 12.6+ / 13, cuda-python before 12.6 (13 removed cuda.cudart), pycuda. Availability probes the same modules.
 CUDA_MODULES = ("cuda.bindings.runtime", "cuda.cudart", "pycuda.driver")
 
-_CUDA_HINT = ("on a Jetson pip install cuda-python of JetPack's CUDA minor ('cuda-python==12.6.*' on JetPack 6.1/6.2, "
-              "'==12.2.*' on 6.0); elsewhere 'cuda-python>=12,<13' on a CUDA 12 driver, plain cuda-python on CUDA 13, "
-              "'cuda-python>=11.8,<12' on CUDA 11; pycuda works as well")
+#: Which CUDA binding to install (its major must not exceed the driver's CUDA major; on a Jetson, JetPack's minor).
+CUDA_HINT = ("pip install 'cuda-python>=12,<13' on a CUDA 12 driver (on a Jetson JetPack's own CUDA minor: "
+             "'cuda-python==12.6.*' on JetPack 6.1/6.2, '==12.2.*' on JetPack 6.0), plain cuda-python on CUDA 13, "
+             "'cuda-python>=11.8,<12' on CUDA 11; or pip install pycuda")
 # module name -> how to get it (pip, or the JetPack package on Jetson)
 _HINTS: dict[str, str] = {
     "tensorrt": f"{extra_hint('trt')} (desktop) or install JetPack's python3-libnvinfer (Jetson)",
-    "cuda": _CUDA_HINT,
-    "cuda.bindings": _CUDA_HINT,
+    "cuda": CUDA_HINT,
+    "cuda.bindings": CUDA_HINT,
     "pycuda": "pip install pycuda",
     "openvino": extra_hint("openvino"),
     "onnxruntime": "pip install 'onnxruntime>=1.17'",

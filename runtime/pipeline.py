@@ -55,7 +55,7 @@ from uopsl.runtime.backends.base import GPU_BACKENDS, Backend
 from uopsl.runtime.bundle import Manifest
 from uopsl.runtime.dicomfile import PART10_HEAD, is_part10
 from uopsl.runtime.errors import BackendClosedError, BackendError, ConfigError, ImageDecodeError, ImageError, UopslError
-from uopsl.runtime.optional import available
+from uopsl.runtime.optional import available, extra_hint
 from uopsl.runtime.preprocess import Geometry, Preprocessed, PreprocessConfig, preprocess, read_bytes
 from uopsl.runtime.results import JSONL, LOCK_NAME, key_path, probability_value
 from uopsl.runtime.workerpool import (
@@ -279,7 +279,7 @@ class WalkState:
                          "(names starting with '.': a Mac's ._ copies, temporary files)")
         if self.dicom_unread:
             notes.append(f"{self.dicom_unread} DICOM file{'s' if self.dicom_unread != 1 else ''} skipped (no DICOM "
-                         "reader here: pip install 'pydicom>=3,<4' to screen them)")
+                         f"reader here: {extra_hint('dicom')} to screen them)")
         if self.dicom_copies:
             notes.append(f"{self.dicom_copies} DICOM file{'s' if self.dicom_copies != 1 else ''} skipped (a "
                          "photograph of the same name is beside each, screened instead)")

@@ -40,6 +40,7 @@ import numpy as np
 
 from uopsl.runtime.bundle import Manifest
 from uopsl.runtime.fsio import atomic_open, special_entry
+from uopsl.runtime.optional import extra_hint
 from uopsl.runtime.overlay import OVERLAY_DIR, THUMB_DIR, content_id, encode_jpeg
 from uopsl.runtime.results import content_hash, model_sha256, valid_image_id
 from uopsl.runtime.version import __version__
@@ -145,7 +146,7 @@ REASON_TEXT: dict[str, ReasonText] = {
     "reader_missing": ReasonText(
         "reader not installed",
         "This file needs an optional reader or decoder that is not installed on this computer (the detail "
-        "names it; DICOM: pip install 'pydicom>=3,<4'): install it and run the same command again, or export "
+        f"names it; DICOM: {extra_hint('dicom')}): install it and run the same command again, or export "
         "the photograph as JPEG."),
     "unreadable": ReasonText(
         "cannot open file",

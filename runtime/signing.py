@@ -42,7 +42,7 @@ it, by path); ONNX external-data files (``uopsl sign`` refuses models that use
 them); rollback to an older bundle the same key signed, until a revocation
 list names a cut-off.
 
-``cryptography`` is needed to sign and to check (``pip install 'cryptography>=41'``).
+``cryptography`` is needed to sign and to check (the ``sign`` extra: :func:`uopsl.runtime.optional.extra_hint`).
 """
 
 from __future__ import annotations

@@ -56,7 +56,7 @@ import numpy as np
 
 from uopsl.runtime.engine_header import parse_version
 from uopsl.runtime.errors import BackendError, ConfigError, MissingDependencyError, UopslError
-from uopsl.runtime.optional import CUDA_MODULES, dist_version, require
+from uopsl.runtime.optional import CUDA_HINT, CUDA_MODULES, dist_version, extra_hint, require
 
 if TYPE_CHECKING:  # pragma: no cover - typing only; checked against tensorrt-stubs in CI
     import tensorrt
@@ -112,7 +112,7 @@ def api_for(trt: Any) -> TrtApi:
         raise ConfigError(
             f"TensorRT {text} is older than 8.5; uopsl supports TensorRT {SUPPORTED}. "
             "On a Jetson use JetPack 6 (6.0 ships 8.6, 6.1/6.2 ship 10.3); elsewhere "
-            "pip install 'tensorrt-cu12>=10,<11' 'cuda-python>=12,<13'"
+            f"{extra_hint('trt')}"
         )
     notes = []
     if version[0] > 11:
@@ -614,11 +614,9 @@ class CudaApi(abc.ABC):
 DRIVER_MISMATCH_HINT = (
     "A CUDA binding works only with an NVIDIA driver whose CUDA major version is at least the binding's "
     "(cuda-python 13.x needs a CUDA 13 driver; JetPack 6 ships a CUDA 12.x driver; nvidia-smi shows the "
-    "driver's CUDA version). Install the binding that matches the driver: on a Jetson, cuda-python of JetPack's "
-    "own CUDA minor (pip install 'cuda-python==12.6.*' on JetPack 6.1/6.2, '==12.2.*' on 6.0: a later 12.x carries "
-    "a newer CUDA runtime than JetPack's driver may take), elsewhere pip install 'cuda-python>=12,<13' "
-    "for a CUDA 12 driver, 'cuda-python>=11.8,<12' for CUDA 11 (TensorRT 8.5/8.6 desktops), or pip install pycuda; "
-    "or upgrade the driver. If the driver is recent enough, check "
+    f"driver's CUDA version). Install the binding that matches the driver ({CUDA_HINT}; a later 12.x than "
+    "JetPack's carries a newer CUDA runtime than its driver may take), or upgrade the driver. If the driver is "
+    "recent enough, check "
     "that a GPU is visible (nvidia-smi, tegrastats on Jetson, CUDA_VISIBLE_DEVICES)"
 )
 
@@ -1069,11 +1067,8 @@ def load_cuda(purpose: str) -> CudaApi:
     raise MissingDependencyError(
         f"{purpose} needs a CUDA binding for Python, and none imports here: neither cuda-python "
         f"('cuda.bindings.runtime', 'cuda.cudart') nor pycuda ('pycuda.driver') "
-        f"({type(cause).__name__}: {cause}). Install the cuda-python whose major version matches the driver's "
-        "CUDA major (nvidia-smi shows it; JetPack 6 ships CUDA 12.x): pip install 'cuda-python>=12,<13' for a "
-        "CUDA 12 driver, 'cuda-python>=13,<14' for CUDA 13, 'cuda-python>=11.8,<12' for CUDA 11; a newer major "
-        "than the driver's cannot work. "
-        "pycuda works as well (pip install pycuda)"
+        f"({type(cause).__name__}: {cause}). Install one whose CUDA major is at most the driver's (nvidia-smi shows "
+        f"it): {CUDA_HINT}"
     ) from errors[0]
 
 

@@ -184,9 +184,13 @@ def test_a_file_without_pixels_whose_sop_class_is_damaged_is_a_damaged_file(phot
 def test_the_photometric_interpretation_is_read_whatever_its_case_and_padding(photo: np.ndarray) -> None:
     """A wrapped 8-bit JPEG labelled "rgb " is RGB as "RGB" is (its frame gets the Adobe RGB marker)."""
     small = photo[:64, :64]
-    got = [decode(_dicom(small, syntax=JPEGBaseline8Bit, photometric=label, data=encapsulate([_jpeg(small)])))
-           for label in ("RGB", "rgb ")]
-    assert np.array_equal(got[0], got[1])
+    jpeg = _jpeg(small)
+    assert jpeg[2:4] == b"\xff\xe0" and jpeg[6:11] == b"JFIF\x00"  # a JFIF marker would win over the label
+    bare = jpeg[:2] + jpeg[4 + int.from_bytes(jpeg[4:6], "big"):]  # so the frame goes without it
+    got = {label: decode(_dicom(small, syntax=JPEGBaseline8Bit, photometric=label, data=encapsulate([bare])))
+           for label in ("RGB", "rgb ", "YBR_FULL_422")}
+    assert np.array_equal(got["RGB"], got["rgb "])
+    assert not np.array_equal(got["RGB"], got["YBR_FULL_422"])  # the label decides here: the test can fail
 
 
 def test_a_picture_larger_than_the_limit_is_refused_from_its_header(photo: np.ndarray) -> None:

@@ -78,3 +78,11 @@ def test_install_hints_name_the_extras_packages_not_uopsl_on_pypi() -> None:
             for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1)
             if "install 'uopsl[" in line or 'install "uopsl[' in line]
     assert said == []
+    # One place says which versions each extra takes (runtime/optional.py, kept equal to pyproject.toml above):
+    # a message spelling them out itself would drift from pyproject unseen.
+    specs = [p for packages in EXTRA_PACKAGES.values() for p in packages]
+    spelled = [f"{f.relative_to(ROOT)}:{n}" for layer in ("runtime", "export", "calibration", "train")
+               for f in sorted((ROOT / layer).rglob("*.py")) if f.name != "optional.py"
+               for n, line in enumerate(f.read_text(encoding="utf-8").splitlines(), 1)
+               if any(spec in line for spec in specs)]
+    assert spelled == []

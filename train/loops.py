@@ -281,24 +281,24 @@ class StageRunner:
         """What the interrupted run's state records differently from this run, in words ("" when it records
         nothing to compare: states saved before 2026-12-02, or the same records and another tag)."""
         said = []
-        changes: list[str] = []  # settings by their names in the run's *.config.json ("train"), not as options
-        old, now = peek.get("settings"), self.info["settings"]
-        if isinstance(old, dict):
-            changed = sorted(k for k in set(old) | set(now) if old.get(k) != now.get(k))
-            changes += [f"{k} ({old.get(k)!r} there, {now.get(k)!r} now)" for k in changed]
+        there: dict[str, Any] = {}  # the settings each run records (their names in its *.config.json, "train")
+        here: dict[str, Any] = dict(self.info["settings"])
+        if isinstance(peek.get("settings"), dict):
+            there.update(peek["settings"])
         key, mine = peek.get("run_key"), self.info["run_key"]
         if isinstance(key, str) and "|{" in key and "|{" in mine:  # a stage's own settings after the key (qat)
             (key, extra_there), (mine, extra_now) = key.split("|{", 1), mine.split("|{", 1)
             try:
-                there, here = json.loads("{" + extra_there), json.loads("{" + extra_now)
+                a, b = json.loads("{" + extra_there), json.loads("{" + extra_now)
             except ValueError:
-                there, here = {}, {}
-            if isinstance(there, dict) and isinstance(here, dict):
-                changed = sorted(k for k in set(there) | set(here)
-                                 if there.get(k) != here.get(k) and not (isinstance(old, dict) and k in old))
-                changes += [f"{k} ({there.get(k)!r} there, {here.get(k)!r} now)" for k in changed]
-        if changes:
-            said.append("settings: " + ", ".join(changes))
+                a, b = {}, {}
+            if isinstance(a, dict) and isinstance(b, dict):
+                there, here = {**a, **there}, {**b, **here}
+        if there:  # states saved before 2026-12-02 record none; only what the state records is compared
+            changed = sorted(k for k in there if there[k] != here.get(k))
+            if changed:
+                said.append("settings: " + ", ".join(f"{k} ({there.get(k)!r} there, {here.get(k)!r} now)"
+                                                     for k in changed))
         if isinstance(key, str) and key.startswith("identity:") and mine.startswith("identity:"):
             try:
                 a, b = json.loads(key[len("identity:"):]), json.loads(mine[len("identity:"):])

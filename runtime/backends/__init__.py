@@ -41,7 +41,7 @@ from uopsl.runtime.backends.base import GPU_BACKENDS, Backend, TensorSpec, check
 from uopsl.runtime.bundle import FileEntry, Manifest, parity_status, read_manifest
 from uopsl.runtime.errors import BackendError, BundleError, ConfigError, MissingDependencyError, UopslError
 from uopsl.runtime.fsio import sha256_file, user_cache_dir, write_json
-from uopsl.runtime.optional import CUDA_MODULES, available, dist_version, import_optional
+from uopsl.runtime.optional import CUDA_MODULES, available, dist_version, extra_hint, import_optional
 
 log = logging.getLogger(__name__)
 
@@ -491,7 +491,7 @@ def select_backend(
     # -- explicit backend ------------------------------------------------------------
     if name == "tensorrt":
         if not av.tensorrt:
-            raise MissingDependencyError("backend tensorrt needs TensorRT and a CUDA binding: pip install 'tensorrt-cu12>=10,<11' 'cuda-python>=12,<13' "
+            raise MissingDependencyError(f"backend tensorrt needs TensorRT and a CUDA binding: {extra_hint('trt')} "
                               "(on a Jetson: sudo apt install python3-libnvinfer, and cuda-python of JetPack's CUDA)")
         reasons = []
         unvalidated = 0  # engines that fit this device but have no PASS here
@@ -520,14 +520,14 @@ def select_backend(
         )
     if name in ("ort-cpu", "ort-cuda", "ort-trt", "openvino"):
         if name == "openvino" and not av.openvino:
-            raise MissingDependencyError("backend openvino needs OpenVINO: pip install 'openvino>=2024.0'")
+            raise MissingDependencyError(f"backend openvino needs OpenVINO: {extra_hint('openvino')}")
         if name == "ort-cuda" and not av.ort_cuda:
             raise MissingDependencyError(f"backend ort-cuda needs onnxruntime-gpu; this ONNX Runtime offers "
                                          f"{list(av.ort_providers)}")
         if name == "ort-trt" and av.ort_trt_listed and not av.ort_trt:
             raise MissingDependencyError("backend ort-trt needs TensorRT's library (libnvinfer), which is not "
                                          "found here although ONNX Runtime lists its TensorRT provider: install "
-                                         "TensorRT (pip install 'tensorrt-cu12>=10,<11' 'cuda-python>=12,<13', or JetPack on a Jetson) or put its "
+                                         f"TensorRT ({extra_hint('trt')}, or JetPack on a Jetson) or put its "
                                          "lib folder on LD_LIBRARY_PATH")
         if name == "ort-trt" and not av.ort_trt:
             raise MissingDependencyError(f"backend ort-trt needs onnxruntime-gpu with TensorRT; this one offers "
@@ -587,7 +587,7 @@ def select_backend(
                 return Selection("openvino", f.precision, f.path, "; ".join([*notes, why]))
             notes.append(why)
     elif precision in ("auto", "int8") and not av.openvino and _onnx_file(m, "int8", False) is not None:
-        notes.append("an INT8 file is present but OpenVINO is not installed (pip install 'openvino>=2024.0')")
+        notes.append(f"an INT8 file is present but OpenVINO is not installed ({extra_hint('openvino')})")
     if precision == "auto" and _onnx_file(m, "int8", False) is not None:
         # The same file on ONNX Runtime: validated there on its own record (the runtimes round
         # differently, so one's pass says nothing of the other's) and timed against ORT FP32.
@@ -757,14 +757,14 @@ def backend_table(bundle: str | os.PathLike[str], manifest: Manifest | None = No
     rows.append(("ort-trt", av.ort_trt, onnx if av.ort_trt else
                  "needs TensorRT's library (libnvinfer), not found here" if av.ort_trt_listed else
                  "needs onnxruntime-gpu built with TensorRT"))
-    rows.append(("openvino", av.openvino, onnx if av.openvino else "pip install 'openvino>=2024.0'"))
+    rows.append(("openvino", av.openvino, onnx if av.openvino else extra_hint("openvino")))
     engines = m.files_of("engine")
     if not engines:
         rows.append(("tensorrt", False, "the bundle has no TensorRT engine"))
     elif not av.tensorrt:
         for e in engines:  # what each engine was built for is in its header, readable without TensorRT
             rows.append(("tensorrt", False, f"{e.path} ({e.precision}, {_built_for(root / e.path)}): needs TensorRT "
-                                            "and a CUDA binding (pip install 'tensorrt-cu12>=10,<11' 'cuda-python>=12,<13')"))
+                                            f"and a CUDA binding ({extra_hint('trt')})"))
     else:
         for e in engines:
             # What `auto` checks too: the machine, and that the engine was built from the bundle's model as it is.

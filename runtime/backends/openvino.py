@@ -3,7 +3,7 @@
 OpenVINO reads the bundle's ONNX files directly, including the QDQ INT8 graph,
 whose Quantize/Dequantize pairs it turns into its own INT8 kernels (often much
 faster than ONNX Runtime's on the same file). It is an optional extra
-(``pip install 'openvino>=2024.0'``), imported only when this backend loads.
+(the ``openvino`` extra), imported only when this backend loads.
 
 Inference precision is pinned to f32 by default: on CPUs with bf16 support
 (this project's AMD EPYC test machine included) OpenVINO 2026 otherwise computes

@@ -29,6 +29,7 @@ from typing import Any, Literal, TypeVar
 import numpy as np
 
 from uopsl.runtime.errors import ConfigError, DataError
+from uopsl.runtime.optional import extra_hint
 from uopsl.runtime.fsio import read_user_text, sha256_file
 from uopsl.runtime.pipeline import DICOM_SUFFIXES, IMAGE_SUFFIXES
 from uopsl.runtime.progress import NoBar, track
@@ -593,10 +594,10 @@ def _left_out(dropped: Mapping[str, int], options: Mapping[str, Any] | None = No
         if kind == "folder:":
             notes.append("DICOM files are not read by folder: (a PACS export often holds each photograph as both "
                          ".dcm and .jpg); list them in a CSV with path,label columns (csv:FILE; reading DICOM needs "
-                         "pip install 'pydicom>=3,<4') or export them as JPEG/PNG")
+                         f"{extra_hint('dicom')}) or export them as JPEG/PNG")
         else:
             notes.append(f"DICOM files are not read by {kind}; export them as JPEG/PNG, or list them in a CSV with "
-                         "path,label,modality columns (csv:FILE; reading DICOM needs pip install 'pydicom>=3,<4')")
+                         f"path,label,modality columns (csv:FILE; reading DICOM needs {extra_hint('dicom')})")
     if exts:
         notes.append(f"{kind} reads {', '.join(sorted(IMAGE_EXTENSIONS))}")
     return " (" + "; ".join(notes) + ")" if notes else ""
