@@ -347,24 +347,6 @@ def test_the_triton_target_check_names_what_it_would_replace(tmp_path: Path) -> 
                                                                 ("the checkpoint", tmp_path / "repo" / "ck")))
 
 
-def test_under_torchrun_every_rank_trains_again_rather_than_deciding_alone(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each rank read checkpoint.json on its own while rank 0 completed it: a late rank trained alone and waited
-    for rank 0 forever (the review of the fixes, with torchrun on gloo)."""
-    from dataclasses import replace
-
-    from uopsl.train.checkpoint import UNFINISHED_KEY, UNFINISHED_RUN_KEY
-    from uopsl.train.workflow import resume_key, trained_unfinished
-
-    model, meta = tiny_model()
-    want = {"stage": "finetune", "model": "m", "settings": "s", "data": "d"}
-    save_model(tmp_path / "ft", model, replace(meta, stage="finetune",
-                                               metrics={UNFINISHED_KEY: True, UNFINISHED_RUN_KEY: resume_key(want)}))
-    assert trained_unfinished(tmp_path / "ft", "finetune", want) is not None
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    assert trained_unfinished(tmp_path / "ft", "finetune", want) is None
-
-
 def test_qat_refuses_a_teacher_stopped_before_its_thresholds(tmp_path: Path) -> None:
     from dataclasses import replace
 

@@ -315,3 +315,38 @@ def test_feature_cache_is_reused_only_for_the_same_images_and_encoder(tmp_path: 
     other_rule = ImageDataset(other_items, PreprocessConfig(size=64, decode_min_ratio=2.0, decode_min_side=0),
                               tmp_path / "cache3")
     assert features_fingerprint(model.fundus.encoder, other_rule) != features_fingerprint(model.fundus.encoder, other)
+
+
+def test_torchrun_completes_a_run_stopped_after_its_last_epoch_without_training_again(tmp_path: Path) -> None:
+    """Under torchrun each rank decided alone from checkpoint.json, which rank 0 rewrites when it completes a
+    run; so the ranks trained the whole stage again (before that: a late rank trained alone and hung). Rank 0
+    now decides for all: a fine-tune and a pre-training stopped after their last epoch are completed, on both
+    ranks, from the saved weights."""
+    from uopsl.train.checkpoint import UNFINISHED_KEY, read_meta
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parent)}
+    worker = str(Path(__file__).parent / "ddp_complete_worker.py")
+
+    def torchrun(mode: str) -> subprocess.CompletedProcess[str]:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29519",
+               worker, str(tmp_path), mode]
+        return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+
+    proc = torchrun("stop")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for stage in ("ft", "pre"):
+        assert {p.name for p in tmp_path.glob(f"{stage}_stopped_rank*.txt")} == {f"{stage}_stopped_rank0.txt",
+                                                                                 f"{stage}_stopped_rank1.txt"}
+        assert read_meta(tmp_path / stage).metrics.get(UNFINISHED_KEY) is True
+    trained = {s: (tmp_path / s / "model.safetensors").read_bytes() for s in ("ft", "pre")}
+    proc = torchrun("complete")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert not list(tmp_path.glob("trained_again_rank*.txt"))
+    for stage in ("ft", "pre"):
+        assert (tmp_path / f"{stage}_rank0.txt").read_text() == (tmp_path / f"{stage}_rank1.txt").read_text()
+        assert UNFINISHED_KEY not in read_meta(tmp_path / stage).metrics
+        assert (tmp_path / stage / "model.safetensors").read_bytes() == trained[stage]
+    thresholds = read_meta(tmp_path / "ft").thresholds
+    assert len(thresholds) == 3
+    assert (tmp_path / "thresholds_rank0.txt").read_text() == (tmp_path / "thresholds_rank1.txt").read_text() \
+        == repr(thresholds)

@@ -53,7 +53,7 @@ from uopsl.train.evaluate import (
     patient_clusters,
     site_concentration_report,
 )
-from uopsl.train.loops import HOW_NOT_WHAT, TrainConfig, pick_device, predict
+from uopsl.train.loops import HOW_NOT_WHAT, TrainConfig, pick_device, predict, setup_distributed
 from uopsl.train.model import DeployModel, ModelConfig, UopslModel
 from uopsl.train.stages import effective_finetune_config, finetune, pretrain
 from uopsl.train.torchdata import ImageDataset, ImageModality, Item, pixels_version
@@ -153,14 +153,25 @@ def _training_part(identity: dict[str, str]) -> dict[str, str]:
     return {k: v for k, v in identity.items() if k != "operating"}
 
 
-def trained_unfinished(out: Path, stage: str, want: dict[str, str]) -> CheckpointMeta | None:
+def trained_unfinished(out: Path, stage: str, want: dict[str, str], device: str = "auto") -> CheckpointMeta | None:
     """The metadata of the checkpoint in ``out`` when this very run trained it and stopped before completing it
-    (thresholds, identity): the rerun completes it from there. None otherwise (see :func:`finished_run`)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        # Under torchrun each rank would decide alone, from a checkpoint.json rank 0 rewrites once it has
-        # completed it: a rank that read it late trained on its own and waited for rank 0 forever. The ranks
-        # train again together instead, as before this shortcut existed.
-        return None
+    (thresholds, identity): the rerun completes it from there. None otherwise (see :func:`finished_run`).
+
+    Under torchrun rank 0 decides for every rank: each deciding alone from a checkpoint.json that rank 0
+    rewrites once it has completed it, a rank that read it late trained on its own and waited for rank 0
+    forever. ``device``: the run's ``--device``, which picks the process group's backend (nccl or gloo).
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return _trained_unfinished_here(out, stage, want)
+    d = setup_distributed(pick_device(device))
+    decided: list[CheckpointMeta | None] = [_trained_unfinished_here(out, stage, want) if d.main else None]
+    torch.distributed.broadcast_object_list(decided, src=0)
+    # Every rank has read what it needs before rank 0 may complete (rewrite) the checkpoint.
+    torch.distributed.barrier()
+    return decided[0]
+
+
+def _trained_unfinished_here(out: Path, stage: str, want: dict[str, str]) -> CheckpointMeta | None:
     try:
         meta = read_meta(out)
     except CheckpointError:
@@ -286,9 +297,8 @@ def finished_run(out: Path, stage: str, want: dict[str, str]) -> bool:
                 "complete it, or write to a new --out")
         if said not in _SAID_REUSED:
             _SAID_REUSED.add(said)
-            log.warning("%s: its %s run was stopped after its last epoch, before it was completed; %s", out, stage,
-                        "training it again (under torchrun the ranks train together)"
-                        if int(os.environ.get("WORLD_SIZE", "1")) > 1 else "completing it without training again")
+            log.warning("%s: its %s run was stopped after its last epoch, before it was completed; completing it "
+                        "without training again", out, stage)
         return False
     have = meta.metrics.get(RUN_IDENTITY_KEY)
     if isinstance(have, dict) and have.get("stage") not in (None, stage):
@@ -427,7 +437,7 @@ def run_pretrain(model: UopslModel, meta: CheckpointMeta, fundus: Sequence[Item]
     pre = meta.preprocess
     fds = dataset(fundus, pre, cache, cfg.augment)
     ods = dataset(oct_items, pre, cache, cfg.augment, "oct") if oct_items and model.config.uses_oct else None
-    if trained_unfinished(out, "pretrain", want) is not None:  # trained by this very run: record it only
+    if trained_unfinished(out, "pretrain", want, cfg.device) is not None:  # trained by this very run: record it only
         trained = load_model(out)[0]
     else:
         trained = pretrain(model, fds, ods, cfg, out, meta, run_key=resume_key(want))
@@ -571,7 +581,7 @@ def run_finetune(model: UopslModel, meta: CheckpointMeta, train_items: Sequence[
         aucs = per_class_auc(targets, probs)
         return float(np.nanmean(aucs)) if np.isfinite(aucs).any() else 0.0
 
-    done = trained_unfinished(out, "finetune", want)
+    done = trained_unfinished(out, "finetune", want, cfg.device)
     if done is not None:  # trained by this very run, stopped while its thresholds were chosen: only those now
         model = load_model(out)[0]
         result = {k: done.metrics.get(k) for k in ("history", "best_epoch", "best_val_score")}
