@@ -15,7 +15,10 @@ Protocol:
   each training part, 15 % of the patients are held out for model selection
   and operating thresholds.
 * OCT pool for stage 1: TVHL OCT B-scans with a known label, of the training
-  folds' patients only (no test patient's OCT is ever seen).
+  part's patients only: no test patient's OCT is ever seen, nor (since
+  2026-12-02) a model-selection patient's.
+* 95 % intervals resample patients (since 2026-12-02; before, photographs,
+  which made them too narrow).
 * encoder: EfficientNet-Lite0, ImageNet weights (or random with --init random),
   frozen at 320 px; features computed once and shared by all runs.
 * tasks scored on the pooled out-of-fold predictions:
@@ -48,6 +51,7 @@ import numpy as np
 import torch
 
 from uopsl.runtime.fsio import write_json
+from uopsl.runtime import metrics
 from uopsl.runtime.metrics import auc_ci, roc_auc
 from uopsl.runtime.preprocess import PreprocessConfig
 from uopsl.train import data
@@ -144,7 +148,7 @@ def zero_shot_dr(args: argparse.Namespace, fsrc: data.DatasetSource, osrc: data.
                                    links=data.links_within(links, tr))
         tr_idx = tr[split.train][no_dr_f[tr[split.train]]]
         va_idx = tr[split.val][no_dr_f[tr[split.val]]]
-        train_patients = {fsrc.samples[i].patient for i in tr}
+        train_patients = {fsrc.samples[i].patient for i in tr[split.train]}  # not the model-selection part's
         oidx = np.flatnonzero(np.isin(opatients, list(train_patients)) & no_dr_o)
         for v in variants:
             model, meta = with_token_centres(*new_model(seen, variant=v, size=args.size, init=args.init,
@@ -167,8 +171,10 @@ def zero_shot_dr(args: argparse.Namespace, fsrc: data.DatasetSource, osrc: data.
         log.warning("zero-shot dr: fold %d done after %.0f s", f, time.time() - t0)
     cohort = np.isin(lab, ["normal", "npdr", "pdr"])
     y = np.isin(lab[cohort], ["npdr", "pdr"])
+    clusters = metrics.patient_codes([s.patient for s in fsrc.samples])[cohort]  # resample patients, not images
     models = {v: {r: compare(y, scores[v]["site_attention"][r][cohort], scores[v]["no_site_attention"][r][cohort],
-                             n_boot=2000, seed=args.seed).to_dict() for r in ("raw", "vs_healthy")} for v in variants}
+                             n_boot=2000, seed=args.seed, clusters=clusters).to_dict()
+                  for r in ("raw", "vs_healthy")} for v in variants}
     return {"args": {k: str(v) for k, v in vars(args).items()}, "n_pos": int(y.sum()), "n_neg": int((~y).sum()),
             "models": models, "seconds": round(time.time() - t0)}
 
@@ -246,7 +252,9 @@ def main() -> None:
         split = data.patient_split(trs.samples, fractions=(0.85, 0.15, 0.0), seed=args.seed,
                                    links=data.links_within(links, tr))
         tr_idx, va_idx = tr[split.train], tr[split.val]
-        train_patients = {fsrc.samples[i].patient for i in tr}
+        # The OCT of the training part's patients only: the model-selection part's patients must be as unseen
+        # as the test fold's (before 2026-12-02 their OCT was in the pool; `uopsl` variant only).
+        train_patients = {fsrc.samples[i].patient for i in tr_idx}
         oidx = np.flatnonzero(np.isin(opatients, list(train_patients)))
         for k in (1, 2):
             for name, x in (("brightness", bright), ("imagenet_lr", pooled)):
@@ -276,13 +284,16 @@ def main() -> None:
     y_dr = np.isin(lab[cohort_dr], ["npdr", "pdr"]).astype(int)
     y_dme = (lab[cohort_dme] == "dme").astype(int)
 
+    patients = metrics.patient_codes([smp.patient for smp in fsrc.samples])
+
     def summarise(s: np.ndarray) -> dict[str, object]:
         res = {}
         for task, cohort, y, k in (("referable_dr", cohort_dr, y_dr, 1), ("dme_vs_normal", cohort_dme, y_dme, 2)):
             sc = s[cohort, k]
-            ci = auc_ci(y, sc, n_boot=2000, seed=args.seed)
+            # Patients resampled, not photographs (before 2026-12-02: by photograph, intervals too narrow).
+            ci = auc_ci(y, sc, n_boot=2000, seed=args.seed, clusters=patients[cohort])
             per_fold = [roc_auc(y[fold_of[cohort] == f], sc[fold_of[cohort] == f]) for f in range(args.folds)]
-            res[task] = {"auc": ci.estimate, "ci95": [ci.low, ci.high], "per_fold": per_fold,
+            res[task] = {"auc": ci.estimate, "ci95": [ci.low, ci.high], "ci_unit": "patient", "per_fold": per_fold,
                          "n_pos": int(y.sum()), "n_neg": int((1 - y).sum())}
         return res
 

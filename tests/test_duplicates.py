@@ -152,9 +152,9 @@ def test_links_keep_copies_on_one_side_and_change_nothing_without_them() -> None
         assert all(part[a] == part[b] for a, b in links)
     keys = group_keys(samples, links)
     assert keys[0] == keys[59] == keys[1] == "000" and keys[10] == keys[31] == keys[44] == "005"
-    # Without links, the keys (so every split) are what they always were: the patient, or the image itself.
+    # Without links, the keys (so every split) are what they always were: the patient, or the image's file.
     unlinked = samples[:3] + [Sample(Path("/x/lone.jpg"), ("dr",))]
-    assert group_keys(unlinked) == group_keys(unlinked, []) == ["000", "000", "001", "\x00image-3"]
+    assert group_keys(unlinked) == group_keys(unlinked, []) == ["000", "000", "001", "\x00file-/x/lone.jpg"]
     with pytest.raises(ConfigError, match="outside the 60"):
         group_keys(samples, [(0, 60)])
 
@@ -275,3 +275,93 @@ def test_a_threshold_of_one_finds_identical_files(tvhl_dir: Path, tmp_path: Path
             samples.append(Sample(q, ("dr",), patient=f"{k}-{copy}"))
     report = find_duplicates(samples, DuplicateConfig(threshold=1.0), None)
     assert len(report.groups) == len(ORIGINALS) and all(c.similarity == 1.0 for c in report.pairs)
+
+
+class _Captured(Exception):
+    pass
+
+
+def _finetune_parts(spec: str, monkeypatch: pytest.MonkeyPatch, *extra: str,
+                    said: list[str] | None = None) -> tuple[list[Sample], list[Sample]]:
+    """The training and validation samples `uopsl finetune --data SPEC` would use (stopped before any model);
+    ``said`` gets what the command printed."""
+    import uopsl.train.commands.finetune as ft
+
+    got: list[list[Sample]] = []
+
+    def capture(sources: list[tuple[object, str]], names: object, held_out: list[tuple[object, str]],
+                **k: object) -> None:
+        got.extend([list(sources[0][0].samples), list(held_out[0][0].samples)])  # type: ignore[attr-defined]
+        raise _Captured
+
+    monkeypatch.setattr(ft, "check_classes_in_data", capture)
+    res = CliRunner().invoke(cli, ["finetune", "--data", spec, "--out", "unused", *extra])
+    assert isinstance(res.exception, _Captured), res.output
+    if said is not None:
+        said.append(res.output)
+    return got[0], got[1]
+
+
+def test_finetunes_own_validation_part_keeps_copies_together(copies_folder: tuple[list[Sample], dict[str, str]],
+                                                             tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`duplicates=` kept copies apart only in the spec's own split=/fold=: finetune's validation part (15 % of
+    --data's patients) ignored it, and put copies on both sides (a review, on TVHL: 1-2 sets in 5 of 7 seeds)."""
+    monkeypatch.setenv("UOPSL_CACHE_DIR", str(tmp_path / "usercache"))
+    samples, origin = copies_folder
+    table = _csv_dataset(samples, samples[0].path.parent)
+    checked = 0
+    for seed in range(6):
+        train, val = _finetune_parts(f"csv:{table}:notfold=1/10,duplicates=0.9", monkeypatch, "--seed", str(seed))
+        sides = {origin[str(s.path)] for s in train}, {origin[str(s.path)] for s in val}
+        assert sides[0] and sides[1]
+        assert not sides[0] & sides[1], (seed, sides)
+        checked += 1
+    # Without the option the same draws split copies (what the option is for).
+    split_apart = 0
+    for seed in range(6):
+        train, val = _finetune_parts(f"csv:{table}:notfold=1/10", monkeypatch, "--seed", str(seed))
+        split_apart += bool({origin[str(s.path)] for s in train} & {origin[str(s.path)] for s in val})
+    assert checked == 6 and split_apart > 0
+
+
+def test_a_part_without_patient_ids_does_not_depend_on_the_row_order(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Images without a patient id were keyed by their row number: the same table sorted otherwise gave another
+    validation part (and folds), and finetune did not say that its split is by image."""
+    rows = [(f"img{i:02d}.png", "dr" if i % 2 else "normal") for i in range(20)]
+    for i, _ in enumerate(rows):
+        cv2.imwrite(str(tmp_path / f"img{i:02d}.png"), np.full((32, 32, 3), i * 10, np.uint8))
+    forward, backward = tmp_path / "fwd.csv", tmp_path / "bwd.csv"
+    forward.write_text("path,label\n" + "".join(f"{p},{c}\n" for p, c in rows))
+    backward.write_text("path,label\n" + "".join(f"{p},{c}\n" for p, c in reversed(rows)))
+    said: list[str] = []
+    a = _finetune_parts(f"csv:{forward}", monkeypatch, said=said)
+    assert "finetune's validation part (15 % of --data's patients) takes each on its own" in said[0]
+    b = _finetune_parts(f"csv:{backward}", monkeypatch)
+    assert {s.path for s in a[1]} == {s.path for s in b[1]} and a[1]
+    samples = [Sample(tmp_path / p, (c,)) for p, c in rows]
+    folds = [sorted(str(samples[i].path) for i in te) for _, te in group_kfold(samples, 3)]
+    folds_reversed = [sorted(str(samples[::-1][i].path) for i in te) for _, te in group_kfold(samples[::-1], 3)]
+    assert folds == folds_reversed
+
+
+def test_patient_ids_that_differ_only_in_case_or_leading_zeros_are_named(tmp_path: Path,
+                                                                       caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    from uopsl.train.commands.common import load_source
+
+    ids = ["1223", "01223", "P7", "p7", "0044", "0045"]
+    for i in range(len(ids)):
+        cv2.imwrite(str(tmp_path / f"{i}.png"), np.full((32, 32, 3), i * 20, np.uint8))
+    table = tmp_path / "t.csv"
+    table.write_text("path,label,patient\n" + "".join(f"{i}.png,dr,{p}\n" for i, p in enumerate(ids)))
+    with caplog.at_level(logging.WARNING):
+        load_source(f"csv:{table}")
+    assert "2 set(s) of patient ids differ only in letter case or leading zeros ('01223' / '1223'; 'P7' / 'p7')" \
+        in caplog.text
+    caplog.clear()
+    table.write_text("path,label,patient\n" + "".join(f"{i}.png,dr,{p}\n" for i, p in enumerate(ids[4:])))
+    with caplog.at_level(logging.WARNING):
+        load_source(f"csv:{table}")
+    assert "differ only" not in caplog.text

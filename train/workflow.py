@@ -406,6 +406,25 @@ def images_seen_note(ckpt: Path, ds: ImageDataset) -> tuple[dict[str, int] | Non
                       + caveat)
 
 
+def warn_validation_seen_before(val: ImageDataset, seen_before: Sequence[int]) -> int:
+    """Warn when validation photographs helped make the checkpoint a fine-tune starts from (``--from``); returns
+    how many.
+
+    Pre-training learns from their labels too, so operating thresholds chosen on them promise a sensitivity the
+    model will not reach on new patients. A warning, as :func:`warn_shared_images`: the run is still useful,
+    but its thresholds are not ones to deploy.
+    """
+    earlier = {int(d) for d in seen_before if int(d)}
+    shared = sum(1 for d in val.digests if int(d) and int(d) in earlier)
+    if shared:
+        log.warning("%d of %d validation photographs (same file content) were used to make the checkpoint this "
+                    "fine-tune starts from (--from): the operating thresholds and the best epoch are judged partly on "
+                    "photographs the model already learnt, so their sensitivity is optimistic; give --val "
+                    "photographs of patients that checkpoint never saw (e.g. pre-train on SPEC:split=train and "
+                    "validate on SPEC:split=val)", shared, len(val.digests))
+    return shared
+
+
 def warn_shared_images(train: ImageDataset, val: ImageDataset) -> int:
     """Warn when validation photographs have the same file content as training ones; returns how many.
 
@@ -574,6 +593,8 @@ def run_finetune(model: UopslModel, meta: CheckpointMeta, train_items: Sequence[
     va = dataset(val_items, pre, cache, False) if val_items else None
     if va is not None:
         warn_shared_images(tr, va)
+        if seen_before:
+            warn_validation_seen_before(va, seen_before)
 
     def macro_auc(probs: np.ndarray, targets: np.ndarray) -> float:
         from uopsl.runtime.metrics import per_class_auc

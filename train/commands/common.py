@@ -38,6 +38,7 @@ lists what the kind accepts.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections import Counter
 import types
@@ -166,8 +167,11 @@ def load_source(spec: str) -> data.DatasetSource:
     values = {k: _coerce(kind, k, v, hints.get(k), accepted[k].annotation) for k, v in opts.items()}
     src = data.load_dataset(kind, path, **values)
     links = _duplicate_links(spec, src, sel, publisher_split="split" in values)
+    if links:  # carried by the parts below, so a split made later (finetune's validation part) keeps them too
+        src = dataclasses.replace(src, links=tuple((int(a), int(b)) for a, b in links))
     if sel.keys() & {"split", "fold", "notfold"}:
         _say_unknown_patients(spec, src)
+    _say_lookalike_patients(spec, src)
     if "split" in sel:
         name = sel["split"]
         if name not in ("train", "val", "test"):
@@ -220,14 +224,35 @@ def _duplicate_links(spec: str, src: data.DatasetSource, sel: dict[str, str],
     return report.links()
 
 
-def _say_unknown_patients(spec: str, src: data.DatasetSource) -> None:
+def _say_unknown_patients(spec: str, src: data.DatasetSource, what: str = "split=/fold= place") -> None:
     """Warn that images without a patient id are split one by one: both eyes (or two visits) of one person can
-    then sit on both sides, which nothing else would tell."""
+    then sit on both sides, which nothing else would tell. ``what``: the split that does it."""
     unknown = sum(1 for s in src.samples if s.patient is None)
     if unknown:
-        log.warning("%s: %d of %d images name no patient, so split=/fold= place each on its own: two images of one "
-                    "person may fall on both sides. Give the table a patient column (csv:) to keep them together",
-                    spec, unknown, len(src))
+        log.warning("%s: %d of %d images name no patient, so %s each on its own: two images of one person may "
+                    "fall on both sides. Give the table a patient column (csv:) to keep them together",
+                    spec, unknown, len(src), what)
+
+
+say_unknown_patients = _say_unknown_patients
+
+
+def _say_lookalike_patients(spec: str, src: data.DatasetSource) -> None:
+    """Warn about patient ids that differ only in letter case or leading zeros (``0123`` and ``123``, ``P7`` and
+    ``p7``): every split takes them for two people, so one person's images can sit on both sides. Not merged
+    unasked: two sites may number their patients alike."""
+    import re
+
+    by_form: dict[str, set[str]] = {}
+    for smp in src.samples:
+        if smp.patient is not None:
+            by_form.setdefault(re.sub(r"0*(\d+)", r"\1", smp.patient.casefold()), set()).add(smp.patient)
+    alike = [sorted(ids) for ids in by_form.values() if len(ids) > 1]
+    if alike:
+        shown = "; ".join(" / ".join(repr(i) for i in ids) for ids in sorted(alike)[:3])
+        log.warning("%s: %d set(s) of patient ids differ only in letter case or leading zeros (%s%s): splits and "
+                    "patient-level intervals count each id as another person; if they are one, write them alike",
+                    spec, len(alike), shown, "; ..." if len(alike) > 3 else "")
 
 
 def _part(spec: str, src: data.DatasetSource, kept: Any, name: str) -> data.DatasetSource:

@@ -13,7 +13,7 @@ from uopsl.runtime.errors import ConfigError
 from uopsl.runtime.fsio import write_json
 from uopsl.train import data as datamod
 from uopsl.train.commands.common import (INIT_HELP, check_classes_in_data, items_for, load_source, resolve_init,
-                                         split_classes, train_options)
+                                         say_unknown_patients, split_classes, train_options)
 
 
 @click.command("finetune")
@@ -71,7 +71,9 @@ def command(data_spec: str, val_spec: str | None, out: Path, from_ckpt: Path | N
         val = load_source(val_spec)
         datamod.check_apart(src, val, "--val")
     else:
-        parts = datamod.patient_split(src.samples, fractions=(0.85, 0.15, 0.0), seed=seed)
+        say_unknown_patients(data_spec, src, "finetune's validation part (15 % of --data's patients) takes")
+        # A spec's duplicates= holds for this split too: copies of one photograph stay on one side.
+        parts = datamod.patient_split(src.samples, fractions=(0.85, 0.15, 0.0), seed=seed, links=src.links or None)
         val, src = src.subset(parts.val, f"{src.name}[val]"), src.subset(parts.train, f"{src.name}[train]")
     if shots:
         src = src.subset(datamod.take_shots(src.samples, shots, seed=seed), f"{src.name}[{shots}-shot]")

@@ -197,7 +197,10 @@ class DatasetSource:
 
     ``sizes[i]`` is the byte size of ``samples[i]`` (kept so subsets re-fingerprint
     without touching the disk); ``dropped`` counts rows left out and why;
-    ``options`` are the reader arguments, saved next to every output.
+    ``options`` are the reader arguments, saved next to every output;
+    ``links``: pairs of sample indices that any further split must keep on one
+    side (a spec's ``duplicates=``: copies of one photograph), re-indexed by
+    :meth:`subset`.
     """
 
     name: str
@@ -208,6 +211,7 @@ class DatasetSource:
     sizes: tuple[int, ...] = field(repr=False, hash=False, default=())
     dropped: dict[str, int] = field(default_factory=dict, hash=False)
     options: dict[str, Any] = field(default_factory=dict, hash=False)
+    links: tuple[tuple[int, int], ...] = field(default=(), hash=False, repr=False)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -231,8 +235,11 @@ class DatasetSource:
         samples = tuple(self.samples[i] for i in idx)
         sizes = tuple(self.sizes[i] for i in idx) if self.sizes else ()
         fp = fingerprint(samples, self.root, sizes or None)
+        at = {i: j for j, i in enumerate(idx)}
+        links = tuple((at[a], at[b]) for a, b in self.links if a in at and b in at)
         return DatasetSource(
-            name or self.name, self.root, samples, self.label_space, fp, sizes, dict(self.dropped), dict(self.options)
+            name or self.name, self.root, samples, self.label_space, fp, sizes, dict(self.dropped), dict(self.options),
+            links,
         )
 
     def describe(self) -> dict[str, Any]:

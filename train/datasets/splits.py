@@ -41,14 +41,15 @@ Links: TypeAlias = "Sequence[tuple[int, int]] | None"
 
 
 def group_keys(samples: Samples, links: Links = None) -> list[str]:
-    """The split group of each sample: its patient id, or a unique key when it has none.
+    """The split group of each sample: its patient id, or its file's path when it has none (not its row number:
+    sorting a table must not move an image to the other side of a split).
 
     ``links``: pairs of sample indices that must share a side (the same photograph under two patient ids,
     :func:`uopsl.train.datasets.duplicates.find_duplicates`); their groups merge, under the smallest of their
     keys. Without links the keys, and so every split, are what they were.
     """
     seq = _samples(samples)
-    return _merged([s.patient if s.patient is not None else f"\x00image-{i}" for i, s in enumerate(seq)], links)
+    return _merged([s.patient if s.patient is not None else "\x00file-" + Path(s.path).as_posix() for s in seq], links)
 
 
 def _merged(keys: list[str], links: Links) -> list[str]:
