@@ -124,14 +124,18 @@ def detect_fov(rgb: np.ndarray, threshold: float = 10.0) -> tuple[float, float, 
     return find_fov(rgb, threshold)[:5]
 
 
+# The 64 x 64 grid of _visible_circle_fraction over a disc's box (-1..1), and the grid cells in the disc:
+# fixed, so computed once (half of that function's ~19 us per photograph).
+_GRID = (np.arange(64) + 0.5) / 64 * 2 - 1
+_GRID_DISC = np.add.outer(_GRID * _GRID, _GRID * _GRID) <= 1.0
+_GRID_DISC_COUNT = int(np.count_nonzero(_GRID_DISC))
+
+
 def _visible_circle_fraction(cx: float, cy: float, r: float, w: int, h: int) -> float:
     """Part of the disc (cx, cy, r) that lies inside the frame [0, w) x [0, h), on a 64 x 64 grid of its box."""
-    t = (np.arange(64) + 0.5) / 64 * 2 - 1  # -1..1 across the disc's bounding box
-    xs, ys = cx + r * t, cy + r * t
-    in_disc = np.add.outer(t * t, t * t) <= 1.0
+    xs, ys = cx + r * _GRID, cy + r * _GRID
     in_frame = np.outer((ys >= 0) & (ys < h), (xs >= 0) & (xs < w))
-    n_disc = int(np.count_nonzero(in_disc))
-    return float(np.count_nonzero(in_disc & in_frame)) / n_disc if n_disc else 0.0
+    return float(np.count_nonzero(_GRID_DISC & in_frame)) / _GRID_DISC_COUNT
 
 
 def find_fov(rgb: np.ndarray, threshold: float = 10.0) -> tuple[float, float, float, float, np.ndarray, int]:
@@ -264,7 +268,9 @@ def _find_fov_once(rgb: np.ndarray, threshold: float) -> tuple[float, float, flo
     if surround > 0.6 * level:
         # No darker surround at all: not a fundus field of view.
         return w / 2.0, h / 2.0, min(h, w) / 2.0, 0.0, np.zeros_like(bright, np.uint8), 1
-    mask = (bright > cut).astype(np.uint8)
+    # bright > cut as 0/1: for 8-bit input OpenCV compares with floor(cut), which for integer pixels is
+    # the same test (v > c exactly when v > floor(c)), ~2.5x cheaper than numpy's compare and cast.
+    mask = cv2.threshold(bright, cut, 1, cv2.THRESH_BINARY)[1]
     # Labels without statistics, areas by bincount: ~3x cheaper than connectedComponentsWithStats.
     n, labels = cv2.connectedComponents(mask, connectivity=8, ltype=cv2.CV_32S)
     if n <= 1:
@@ -327,7 +333,7 @@ def _find_fov_once(rgb: np.ndarray, threshold: float) -> tuple[float, float, flo
     cx, cy, r = fit
     if _visible_circle_fraction(cx, cy, r, sw, sh) < _MIN_VISIBLE_CIRCLE:
         return w / 2.0, h / 2.0, min(h, w) / 2.0, 0.0, mask, 1
-    yy, xx = np.ogrid[0:sh, 0:sw]
+    yy, xx = np.arange(sh)[:, None], np.arange(sw)  # np.ogrid's values, without its ~7 us of Python
     inside = (xx + 0.5 - cx) ** 2 + (yy + 0.5 - cy) ** 2 <= r * r
     # Counts instead of boolean indexing (same ratios of integers, no gathered copies).
     n_inside = np.count_nonzero(inside)

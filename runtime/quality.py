@@ -276,7 +276,8 @@ def measure(pre: Preprocessed) -> dict[str, float]:
     lum = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)
     n_field = int(np.count_nonzero(field))
     lum_mean = _masked_sums(lum, field.view(np.uint8))[0] / n_field
-    lit = field & (lum >= max(1.0, _UNLIT * lum_mean))
+    # lum >= t for integer lum is lum >= ceil(t): an 8-bit compare (with the float, numpy casts lum to float64).
+    lit = field & (lum >= math.ceil(max(1.0, _UNLIT * lum_mean)))
     # Opening drops specks; the extra erosion drops the blurred transition into unlit areas.
     lit = cv2.erode(cv2.morphologyEx(lit.view(np.uint8), cv2.MORPH_OPEN, _disk(2)), _disk(3)) > 0
     n_lit = int(np.count_nonzero(lit))
