@@ -187,8 +187,11 @@ def rss_mb(field: str = "VmRSS") -> float:
     return float("nan")
 
 
-def memory_run(bundle: Path, n_images: int, workdir: Path, batch: int = 8) -> dict[str, Any]:
-    """Screen ``n_images`` synthetic photographs with ORT CPU FP32, sampling RSS; run in a fresh process."""
+def memory_run(bundle: Path, n_images: int, workdir: Path, batch: int = 8, keep_heap: bool = True) -> dict[str, Any]:
+    """Screen ``n_images`` synthetic photographs with ORT CPU FP32, sampling RSS; run in a fresh process.
+
+    ``keep_heap``: with the heap setting `uopsl-screen` makes (runtime/heap.py); False: glibc's default, what
+    an application using the Screener gets unless it asks."""
     from uopsl.runtime.bench import synthetic_jpeg
 
     folder = workdir / "synthetic"
@@ -201,6 +204,9 @@ import json, sys, time
 sys.path.insert(0, {str(REPO / 'benchmarks')!r})
 from bench_runtime import rss_mb
 from uopsl.runtime.api import Screener
+from uopsl.runtime.heap import keep_freed_heap
+if {keep_heap!r}:
+    keep_freed_heap()
 samples = []
 t0 = time.perf_counter()
 def on_result(r, n=[0]):
@@ -248,8 +254,14 @@ def main() -> int:
     ap.add_argument("--bundle", type=Path, default=None,
                     help="benchmark this bundle (e.g. a trained model's) instead of building the random-weight one; "
                          "its parity records come from `uopsl validate` against its checkpoint, run beforehand")
+    ap.add_argument("--glibc-heap", action="store_true",
+                    help="leave glibc's heap setting alone (uopsl-screen keeps freed heap pages: runtime/heap.py)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if not args.glibc_heap:  # measure what `uopsl-screen bench` runs with
+        from uopsl.runtime.heap import keep_freed_heap
+
+        keep_freed_heap()
 
     fundus = sorted((TVHL / "fundus").glob("*.jpg"))
     if not fundus:
@@ -262,7 +274,8 @@ def main() -> int:
         bundle = args.bundle
     else:
         bundle = build_bundle(args.work / f"{args.arch}_{args.size}", args.size, calib, args.arch)
-    result: dict[str, Any] = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "bundle": str(bundle)}
+    result: dict[str, Any] = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "bundle": str(bundle),
+                              "heap": "glibc default" if args.glibc_heap else "freed pages kept (M_TOP_PAD)"}
 
     if not args.skip_latency:
         from uopsl.runtime.backends import select_backend
@@ -290,7 +303,7 @@ def main() -> int:
         print(json.dumps({k: bench[k] for k in ("auto_vs_ort_fp32", "agreement_vs_ort_fp32")}, indent=2))
         result["bench"] = bench
     if args.memory_images:
-        mem = memory_run(bundle, args.memory_images, args.work)
+        mem = memory_run(bundle, args.memory_images, args.work, keep_heap=not args.glibc_heap)
         print(json.dumps({"memory": mem}, indent=2))
         result["memory"] = mem
     if args.out:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from uopsl.runtime.clikit import main_entry, option_given, verbose_option
+from uopsl.runtime.heap import keep_freed_heap
 from uopsl.runtime.version import __version__
 
 if TYPE_CHECKING:
@@ -509,6 +510,8 @@ def verify_cmd(bundle: Path, trusted_keys: Sequence[Path]) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point ``uopsl-screen``."""
+    if argv is None:  # the program itself (not an application calling main() in-process): its own heap setting
+        keep_freed_heap()
     return main_entry(cli, argv, prog_name="uopsl-screen")
 
 

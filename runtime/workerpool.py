@@ -24,6 +24,8 @@ from typing import Any, TypeVar
 
 import cv2
 
+from uopsl.runtime.heap import keep_freed_heap
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -68,6 +70,7 @@ def _worker_start() -> None:
     SIGINT arrives blocked (:class:`WorkerPool`), so a Ctrl-C while the worker was still importing is
     dropped here, not raised in the middle of an import."""
     cv2.setNumThreads(1)
+    keep_freed_heap()  # this process only prepares photographs: keep their freed arrays' pages (runtime/heap.py)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if hasattr(signal, "SIGUSR1"):  # asks the parent for its threads' stacks (faulthandler); not a stop
         signal.signal(signal.SIGUSR1, signal.SIG_IGN)
