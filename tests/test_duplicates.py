@@ -336,7 +336,7 @@ def test_a_part_without_patient_ids_does_not_depend_on_the_row_order(tmp_path: P
     backward.write_text("path,label\n" + "".join(f"{p},{c}\n" for p, c in reversed(rows)))
     said: list[str] = []
     a = _finetune_parts(f"csv:{forward}", monkeypatch, said=said)
-    assert "finetune's validation part (15 % of --data's patients) takes each on its own" in said[0]
+    assert "finetune's validation part (about 15 % of --data's photographs, whole patients) takes each on its own" in said[0]
     b = _finetune_parts(f"csv:{backward}", monkeypatch)
     assert {s.path for s in a[1]} == {s.path for s in b[1]} and a[1]
     samples = [Sample(tmp_path / p, (c,)) for p, c in rows]

@@ -593,7 +593,7 @@ def run_finetune(model: UopslModel, meta: CheckpointMeta, train_items: Sequence[
     va = dataset(val_items, pre, cache, False) if val_items else None
     if va is not None:
         warn_shared_images(tr, va)
-        if seen_before:
+        if seen_before is not None and len(seen_before):
             warn_validation_seen_before(va, seen_before)
 
     def macro_auc(probs: np.ndarray, targets: np.ndarray) -> float:

@@ -71,7 +71,7 @@ def command(data_spec: str, val_spec: str | None, out: Path, from_ckpt: Path | N
         val = load_source(val_spec)
         datamod.check_apart(src, val, "--val")
     else:
-        say_unknown_patients(data_spec, src, "finetune's validation part (15 % of --data's patients) takes")
+        say_unknown_patients(data_spec, src, "finetune's validation part (about 15 % of --data's photographs, whole patients) takes")
         # A spec's duplicates= holds for this split too: copies of one photograph stay on one side.
         parts = datamod.patient_split(src.samples, fractions=(0.85, 0.15, 0.0), seed=seed, links=src.links or None)
         val, src = src.subset(parts.val, f"{src.name}[val]"), src.subset(parts.train, f"{src.name}[train]")
