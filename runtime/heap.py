@@ -3,9 +3,10 @@
 Why: preparing one photograph allocates and frees a few arrays of a few hundred kB to 1 MB (the
 decoded image, the float copy of an area resize, the quality gate's maps). By default glibc hands
 the top of the heap back to the kernel after them, and the next photograph faults the same pages
-in again: about 410 minor page faults per TVHL photograph at 224 px on the project's x86 box,
-20-30 % of the CPU that decoding, preprocessing and the gate cost (``docs/results.md``, section 5,
-"Preprocessing cost"). Asking glibc to keep a pad at the top of the heap removes them.
+in again: ~290-560 minor page faults per TVHL photograph at 224 px on the project's x86 box
+(photographs spread over the set; session 32, a one-off timing: 4.4-6.5 -> 3.3-4.4 ms of CPU per
+photograph, not yet re-measured by a benchmark). Asking glibc to keep a pad at the top of the heap
+removes them (``tests/test_heap.py`` checks the faults).
 
 It is a setting of the whole process, so the library never makes it behind a caller's back:
 ``uopsl-screen`` makes it for its own process and the preprocessing worker processes make it for
