@@ -170,7 +170,7 @@ def load_source(spec: str) -> data.DatasetSource:
     if links:  # carried by the parts below, so a split made later (finetune's validation part) keeps them too
         src = dataclasses.replace(src, links=tuple((int(a), int(b)) for a, b in links))
     if sel.keys() & {"split", "fold", "notfold"}:
-        _say_unknown_patients(spec, src)
+        say_unknown_patients(spec, src)
     _say_lookalike_patients(spec, src)
     if "split" in sel:
         name = sel["split"]
@@ -224,7 +224,7 @@ def _duplicate_links(spec: str, src: data.DatasetSource, sel: dict[str, str],
     return report.links()
 
 
-def _say_unknown_patients(spec: str, src: data.DatasetSource, what: str = "split=/fold= place") -> None:
+def say_unknown_patients(spec: str, src: data.DatasetSource, what: str = "split=/fold= place") -> None:
     """Warn that images without a patient id are split one by one: both eyes (or two visits) of one person can
     then sit on both sides, which nothing else would tell. ``what``: the split that does it."""
     unknown = sum(1 for s in src.samples if s.patient is None)
@@ -233,8 +233,6 @@ def _say_unknown_patients(spec: str, src: data.DatasetSource, what: str = "split
                     "fall on both sides. Give the table a patient column (csv:) to keep them together",
                     spec, unknown, len(src), what)
 
-
-say_unknown_patients = _say_unknown_patients
 
 
 def _say_lookalike_patients(spec: str, src: data.DatasetSource) -> None:
