@@ -228,7 +228,8 @@ def time_preprocess(blobs: list[bytes], manifest: Manifest, warmup: int = 2) -> 
 
     The result also holds ``quality_gate`` (the gate on each preprocessed image) and ``before_inference``
     (both, per photograph): a screening worker runs both before a photograph reaches the model, so that sum,
-    not preprocessing alone, is the CPU a photograph costs besides inference.
+    not preprocessing alone, is most of the CPU a photograph costs besides inference (reading the file and
+    handing it to a worker process are not in it).
 
     OpenCV runs single-threaded here, as in the screening pipeline's workers (its own threads made this
     figure a multi-threaded one under the table's "1 thread" label)."""

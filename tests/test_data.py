@@ -536,6 +536,17 @@ def _source(root: Path, rows: list[tuple[str, str | None]]) -> D.DatasetSource:
     return D.DatasetSource("set", root, tuple(samples), D.LabelSpace(("normal",)), "fp")
 
 
+def test_subset_renumbers_duplicate_links_and_drops_the_ones_it_cuts(tmp_path):
+    """A spec's ``duplicates=`` links travel with :meth:`DatasetSource.subset` (finetune's own validation split
+    and every fold take subsets): indices follow the new order, and a link with one end left out is dropped."""
+    from dataclasses import replace
+    src = replace(_source(tmp_path, [(f"{i}.jpg", f"p{i}") for i in range(6)]), links=((0, 3), (2, 5), (1, 4)))
+    sub = src.subset([5, 3, 0, 1])
+    assert [s.path.name for s in sub.samples] == ["5.jpg", "3.jpg", "0.jpg", "1.jpg"]
+    assert sub.links == ((2, 1),)  # (0, 3) now at 2 and 1; (2, 5) and (1, 4) lost an end
+    assert sub.subset([1, 2]).links == ((1, 0),) and sub.subset([3]).links == ()
+
+
 def test_validation_sharing_a_patient_or_an_image_with_training_is_refused(tmp_path):
     train = _source(tmp_path, [("a1.jpg", "p1"), ("a2.jpg", "p1"), ("b1.jpg", "p2")])
     D.check_apart(train, _source(tmp_path, [("c1.jpg", "p3")]))  # other patients, same dataset: fine

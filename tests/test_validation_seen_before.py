@@ -43,3 +43,68 @@ def test_validation_photographs_the_starting_checkpoint_learnt_are_named(tmp_pat
             wf.run_finetune(*tiny_model(random_text=True), items[:8], items[8:], cfg, tmp_path / "ft",
                             seen_before=unknown_or_apart)
         assert "fine-tune starts from" not in caplog.text
+
+
+def test_an_earlier_fine_tunes_validation_photographs_are_not_called_learnt(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch,
+                                                                          caplog: pytest.LogCaptureFixture) -> None:
+    """`finetune --from` a fine-tuned checkpoint, validating on that fine-tune's own validation photographs: the
+    warning said the model had learnt them (a review); it learnt only its pre-training and training photographs."""
+    items = tiny_items(tmp_path / "imgs", n=12)
+    model, meta = tiny_model(random_text=True)
+    digests = [int(d) for d in ImageDataset(items, meta.preprocess, tmp_path / "cache").digests]
+    ckpt = tmp_path / "ft1"
+    wf.record_images_seen(ckpt, {"earlier": digests[:2], "train": digests[2:6], "validation": digests[8:],
+                                 "qat": digests[6:8]})
+    assert wf.earlier_images(ckpt) == sorted(digests)
+    assert wf.earlier_images(ckpt, wf.LEARNT_ROLES) == sorted(digests[:6])
+    wf.record_images_seen(tmp_path / "unsure", {"earlier": None, "train": digests[2:6], "validation": digests[8:]})
+    assert wf.earlier_images(tmp_path / "unsure", wf.LEARNT_ROLES) is None
+    assert wf.earlier_images(tmp_path / "unsure", ("train",)) == sorted(digests[2:6])
+
+    def stop(*a: object, **k: object) -> object:
+        raise _Stop
+
+    monkeypatch.setattr(wf, "finetune", stop)
+    cfg = TrainConfig(epochs=1, batch_size=4, device="cpu", amp=False, augment=False)
+    for val_from, named in ((8, 0), (4, 2)):  # ft1's validation photographs; two of its training ones
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="uopsl.train.workflow"), pytest.raises(_Stop):
+            wf.run_finetune(*tiny_model(random_text=True), items[:4], items[val_from:val_from + 4], cfg,
+                            tmp_path / "ft2", seen_before=wf.earlier_images(ckpt),
+                            learnt_before=wf.earlier_images(ckpt, wf.LEARNT_ROLES))
+        said = f"{named} of 4 validation photographs (same file content) were used to make the checkpoint"
+        assert (said in caplog.text) == bool(named) and ("fine-tune starts from" in caplog.text) == bool(named)
+
+
+def test_finetune_from_passes_only_the_learnt_photographs_to_the_warning(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """`uopsl finetune --from CKPT` records everything that made CKPT but warns only about what it learnt."""
+    import hashlib
+    from dataclasses import replace
+
+    from trainhelpers import tiny_synth
+
+    from uopsl.runtime.clikit import main_entry
+    from uopsl.train.checkpoint import save_model
+    from uopsl.train.cli import cli
+
+    pool = tiny_synth(tmp_path / "pool", 8)
+    pre = tmp_path / "pre"
+    model, meta = tiny_model()
+    save_model(pre, model, replace(meta, stage="finetune"))
+    files = sorted(pool.rglob("*.jpg"))
+    digests = [int.from_bytes(hashlib.sha256(p.read_bytes()).digest()[:8], "big") for p in files]
+    wf.record_images_seen(pre, {"train": digests[:3], "validation": digests[3:6], "qat": digests[6:]})
+    got: dict[str, object] = {}
+
+    def capture(*a: object, **k: object) -> object:
+        got.update(k)
+        raise _Stop
+
+    monkeypatch.setattr(wf, "run_finetune", capture)
+    # main_entry turns the stop into an exit code; the call's arguments are what this test reads.
+    main_entry(cli, ["finetune", "--data", str(pool), "--from", str(pre), "--out", str(tmp_path / "ft"),
+                     "--epochs", "1", "--batch-size", "4", "--device", "cpu", "--no-augment"], prog_name="uopsl")
+    assert len(files) >= 8 and got["seen_before"] == sorted(set(digests))
+    assert got["learnt_before"] == sorted(set(digests[:3]))

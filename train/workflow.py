@@ -166,7 +166,8 @@ def trained_unfinished(out: Path, stage: str, want: dict[str, str], device: str 
     d = setup_distributed(pick_device(device))
     decided: list[CheckpointMeta | None] = [_trained_unfinished_here(out, stage, want) if d.main else None]
     torch.distributed.broadcast_object_list(decided, src=0)
-    # Every rank has read what it needs before rank 0 may complete (rewrite) the checkpoint.
+    # Keeps the ranks in step. The others load the weights after it, while rank 0 may already be completing the
+    # checkpoint: harmless, as every file is replaced by an atomic rename and completing keeps the same weights.
     torch.distributed.barrier()
     return decided[0]
 
@@ -340,6 +341,9 @@ SEEN_FILE = "images_seen.json"
 SEEN_ROLES = {"earlier": "the checkpoint this one was made from", "pretrain": "pre-training",
               "train": "fine-tuning", "validation": "validation (thresholds, best epoch)",
               "qat": "quantization-aware fine-tuning (without labels)"}
+# The roles whose photographs the model learnt from with their labels. "earlier" (an ancestor's photographs, all
+# roles merged) counts: which of them it learnt is no longer known.
+LEARNT_ROLES = ("earlier", "pretrain", "train")
 
 
 def _is_main_process() -> bool:
@@ -375,10 +379,13 @@ def read_images_seen(ckpt: Path) -> dict[str, set[str] | None] | None:
         return None
 
 
-def earlier_images(ckpt: Path) -> list[int] | None:
-    """Every photograph the checkpoint ``ckpt`` and its own ancestors were made from (to carry forward);
-    None when that is not known (no record, or an ancestor without one)."""
+def earlier_images(ckpt: Path, roles: Sequence[str] | None = None) -> list[int] | None:
+    """Every photograph the checkpoint ``ckpt`` and its own ancestors were made from (to carry forward), or
+    only those of ``roles`` (e.g. :data:`LEARNT_ROLES`); None when that is not known (no record, or an
+    ancestor without one)."""
     seen = read_images_seen(ckpt)
+    if seen is not None and roles is not None:
+        seen = {r: v for r, v in seen.items() if r in roles}
     if seen is None or any(v is None for v in seen.values()):
         return None
     return sorted({int(d, 16) for digests in seen.values() for d in digests or ()})
@@ -574,12 +581,15 @@ def check_one_label_each(items: Sequence[Item], classes: Sequence[str], what: st
 def run_finetune(model: UopslModel, meta: CheckpointMeta, train_items: Sequence[Item], val_items: Sequence[Item] | None,
                  cfg: TrainConfig, out: Path, cache: Path | None = None, target_sensitivity: float = 0.9,
                  select: str = "auc", identity: dict[str, str] | None = None,
-                 seen_before: Sequence[int] | None = ()) -> tuple[UopslModel, CheckpointMeta]:
+                 seen_before: Sequence[int] | None = (),
+                 learnt_before: Sequence[int] | None = None) -> tuple[UopslModel, CheckpointMeta]:
     """Fine-tune on fundus images; operating thresholds come from the validation images.
 
     ``identity``: :func:`run_identity` of this run when the caller already computed it (it hashes the weights).
     ``seen_before``: the photographs the starting checkpoint was made from (:func:`earlier_images`; None: not
     known), recorded with this run's own so that ``evaluate`` can warn about any of them.
+    ``learnt_before``: those of them it learnt from with their labels (``earlier_images(ckpt, LEARNT_ROLES)``);
+    validation photographs among them are warned about. Default: all of ``seen_before``.
     """
     if model.config.head == "softmax":
         check_one_label_each(train_items, model.config.classes, "training")
@@ -593,8 +603,9 @@ def run_finetune(model: UopslModel, meta: CheckpointMeta, train_items: Sequence[
     va = dataset(val_items, pre, cache, False) if val_items else None
     if va is not None:
         warn_shared_images(tr, va)
-        if seen_before is not None and len(seen_before):
-            warn_validation_seen_before(va, seen_before)
+        learnt = seen_before if learnt_before is None else learnt_before
+        if learnt is not None and len(learnt):
+            warn_validation_seen_before(va, learnt)
 
     def macro_auc(probs: np.ndarray, targets: np.ndarray) -> float:
         from uopsl.runtime.metrics import per_class_auc

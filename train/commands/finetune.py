@@ -56,8 +56,8 @@ def command(data_spec: str, val_spec: str | None, out: Path, from_ckpt: Path | N
     from uopsl.train.loops import TrainConfig, pick_device
     from uopsl.train.stages import effective_finetune_config
     from uopsl.train.text import DEFAULT_MODEL as DEFAULT_TEXT_MODEL
-    from uopsl.train.workflow import (data_record, earlier_images, finished_run, from_checkpoint, new_model,
-                                      operating_identity, run_finetune, run_identity, with_training_data)
+    from uopsl.train.workflow import (LEARNT_ROLES, data_record, earlier_images, finished_run, from_checkpoint,
+                                      new_model, operating_identity, run_finetune, run_identity, with_training_data)
 
     if not math.isfinite(target_sensitivity):  # NaN passes click's FloatRange
         raise click.BadParameter(f"expected a number in [0.5, 1.0], got {target_sensitivity}",
@@ -128,7 +128,8 @@ def command(data_spec: str, val_spec: str | None, out: Path, from_ckpt: Path | N
                                                   "classes_file": str(classes_file) if classes_file else None})
     _, meta = run_finetune(model, meta, train_items, val_items, cfg, out, cache_dir or out / "cache",
                            target_sensitivity, identity=want,
-                           seen_before=earlier_images(from_ckpt) if from_ckpt else ())
+                           seen_before=earlier_images(from_ckpt) if from_ckpt else (),
+                           learnt_before=earlier_images(from_ckpt, LEARNT_ROLES) if from_ckpt else ())
     if not speaks_for_the_run():  # under torchrun rank 0 says it once
         return
     shown = ", ".join(f"{n} {t:.3f}" for n, t in zip(names, meta.thresholds))
