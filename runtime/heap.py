@@ -4,9 +4,11 @@ Why: preparing one photograph allocates and frees a few arrays of a few hundred 
 decoded image, the float copy of an area resize, the quality gate's maps). By default glibc hands
 the top of the heap back to the kernel after them, and the next photograph faults the same pages
 in again: ~290-560 minor page faults per TVHL photograph at 224 px on the project's x86 box
-(photographs spread over the set; session 32, a one-off timing: 4.4-6.5 -> 3.3-4.4 ms of CPU per
-photograph, not yet re-measured by a benchmark). Asking glibc to keep a pad at the top of the heap
-removes them (``tests/test_heap.py`` checks the faults).
+(photographs spread over the set). Asking glibc to keep a pad at the top of the heap removes them
+(``tests/test_heap.py`` checks the faults). A one-off timing in session 32 suggested ~1 ms of CPU saved
+a photograph; ``benchmarks/bench_runtime.py`` with and without it (sessions 33-34, eight runs) found no
+difference in end-to-end throughput beyond the runs' own spread (``benchmarks/README.md``), so this is
+kept because it costs nothing measurable (resident memory stayed flat), not as a speed-up.
 
 It is a setting of the whole process, so the library never makes it behind a caller's back:
 ``uopsl-screen`` makes it for its own process and the preprocessing worker processes make it for
