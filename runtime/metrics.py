@@ -834,6 +834,11 @@ def _cluster_codes(clusters: Any, n: int) -> np.ndarray:
     return out
 
 
+#: How a stratified cluster bootstrap places a cluster whose cases differ (a patient with one diseased eye).
+MIXED_CLUSTERS = ("a cluster whose cases fall in different strata is resampled in the stratum of its largest value "
+                  "(0/1 labels: as positive when any of its cases is; grades: its worst case's)")
+
+
 def _cluster_strata_groups(strata: Any, cluster_of: np.ndarray, n: int) -> tuple[list[np.ndarray], int]:
     """Cluster indices of each stratum, and how many clusters hold cases of more than one stratum.
 
@@ -883,7 +888,9 @@ def _resampling_plan(n: int, strata: Any, clusters: Any) -> tuple[list[np.ndarra
         return [np.arange(n_clusters)], cluster_of, n_clusters
     groups, mixed = _cluster_strata_groups(strata, cluster_of, n)
     if mixed:
-        log.info(
+        # DEBUG: every stratified figure of a report comes here (a `validate` logged it ~25 times); the rule is
+        # stated once in classification_report's "bootstrap" block (MIXED_CLUSTERS).
+        log.debug(
             "bootstrap: %d of %d clusters hold cases of more than one stratum; each was resampled in the "
             "stratum of its largest value (0/1 labels: as positive when any of its cases is)", mixed, n_clusters,
         )
@@ -1400,6 +1407,7 @@ def classification_report(
             "strata": strata_text,
             "unit": "case" if cluster_of is None else "cluster",
             "n_units": n_units,
+            **({"mixed_clusters": MIXED_CLUSTERS} if stratified and cluster_of is not None else {}),
         },
         "proportion_intervals": proportion_method if closed_form else BOOTSTRAP,
         "classes": [r.to_dict() for r in reports],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import subprocess
 import sys
@@ -462,6 +463,26 @@ def test_an_auc_from_one_positive_patient_has_no_interval_and_says_why() -> None
     one = y.copy()
     one[1, 1], one[1, 0] = 0, 1  # one positive image
     assert M.classification_report(one, s, [0.5, 0.5], ["normal", "pdr"], n_boot=200)["classes"][1]["auc"]["low"] is None
+
+
+def test_mixed_patients_rule_is_stated_once_in_the_report_not_logged_per_figure(caplog) -> None:
+    """Session 34: the demo's `validate` printed the same INFO line on mixed clusters ~25 times (once per
+    stratified figure per file); the rule now sits in the report's bootstrap block, the counts at DEBUG."""
+    rng = np.random.default_rng(4)
+    n = 60
+    y = np.zeros((n, 2), np.int64)
+    y[np.arange(n), rng.integers(0, 2, n)] = 1
+    s = rng.uniform(0, 1, (n, 2))
+    patients = np.repeat(np.arange(n // 2), 2)  # two eyes a patient; some with one eye of each class
+    with caplog.at_level(logging.INFO, logger="uopsl.runtime.metrics"):
+        rep = M.classification_report(y, s, [0.5, 0.5], ["normal", "dr"], n_boot=50, clusters=patients)
+    assert rep["bootstrap"]["mixed_clusters"] == M.MIXED_CLUSTERS
+    assert not [r for r in caplog.records if "more than one stratum" in r.getMessage()]
+    with caplog.at_level(logging.DEBUG, logger="uopsl.runtime.metrics"):
+        M.classification_report(y, s, [0.5, 0.5], ["normal", "dr"], n_boot=50, clusters=patients)
+    assert [r for r in caplog.records if "more than one stratum" in r.getMessage() and r.levelno == logging.DEBUG]
+    # Without patients there are no clusters to mix, and the block says nothing about them.
+    assert "mixed_clusters" not in M.classification_report(y, s, [0.5, 0.5], ["normal", "dr"], n_boot=50)["bootstrap"]
 
 
 def test_accuracy_with_patients_known_is_not_surer_than_without() -> None:
