@@ -77,6 +77,22 @@ def test_preprocessing_is_timed_on_one_opencv_thread(tiny_bundle: Path, monkeypa
     assert seen == {1} and cv2.getNumThreads() == before
 
 
+def test_the_gate_is_timed_apart_from_preprocessing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A mutation audit (session 34): timing the gate from the start of preprocessing went unnoticed (the sum
+    "both" was then preprocessing counted twice). Preprocessing takes 20 ms here, the gate 2 ms."""
+    import time
+    from types import SimpleNamespace
+
+    import uopsl.runtime.quality as quality
+
+    monkeypatch.setattr(bench, "preprocess", lambda data, cfg: time.sleep(0.02) or object())
+    monkeypatch.setattr(quality, "assess", lambda pre: time.sleep(0.002))
+    r = bench.time_preprocess([b"x"] * 4, SimpleNamespace(preprocess=None), warmup=0)  # type: ignore[arg-type]
+    assert r["images"] == 4 and r["p50_ms"] >= 19
+    assert 1.5 <= r["quality_gate"]["p50_ms"] < 10
+    assert r["before_inference"]["p50_ms"] < r["p50_ms"] + 10
+
+
 def test_info_says_what_each_engine_was_built_for_without_tensorrt(tiny_bundle: Path, tmp_path: Path) -> None:  # noqa: F811
     """A device maker reading `info` on a machine without TensorRT saw only "needs TensorRT": the engine's own
     header says for which GPU, TensorRT and batch range it was built."""

@@ -351,14 +351,14 @@ def test_patient_ids_that_differ_only_in_case_or_leading_zeros_are_named(tmp_pat
 
     from uopsl.train.commands.common import load_source
 
-    ids = ["1223", "01223", "P7", "p7", "0044", "0045"]
+    ids = ["1223", "01223", "P007", "p7", "0044", "0045"]  # zeros inside an id too (a mutation audit, session 34)
     for i in range(len(ids)):
         cv2.imwrite(str(tmp_path / f"{i}.png"), np.full((32, 32, 3), i * 20, np.uint8))
     table = tmp_path / "t.csv"
     table.write_text("path,label,patient\n" + "".join(f"{i}.png,dr,{p}\n" for i, p in enumerate(ids)))
     with caplog.at_level(logging.WARNING):
         load_source(f"csv:{table}")
-    assert "2 set(s) of patient ids differ only in letter case or leading zeros ('01223' / '1223'; 'P7' / 'p7')" \
+    assert "2 set(s) of patient ids differ only in letter case or leading zeros ('01223' / '1223'; 'P007' / 'p7')" \
         in caplog.text
     caplog.clear()
     table.write_text("path,label,patient\n" + "".join(f"{i}.png,dr,{p}\n" for i, p in enumerate(ids[4:])))

@@ -73,3 +73,23 @@ def test_the_program_keeps_the_heap_an_application_calling_main_does_not(monkeyp
     monkeypatch.setattr(sys, "argv", ["uopsl-screen", "--version"])
     assert cli.main() == 0 and calls == [1]
     assert cli.main(["--version"]) == 0 and calls == [1]
+
+
+def test_preprocessing_worker_processes_keep_their_heap_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A mutation audit (session 34): dropping the call from the worker processes' initializer went unnoticed."""
+    import signal
+
+    import cv2
+
+    import uopsl.runtime.workerpool as workerpool
+
+    calls: list[int] = []
+    monkeypatch.setattr(workerpool, "keep_freed_heap", lambda: calls.append(1) or True)
+    monkeypatch.setattr(signal, "signal", lambda *a: None)  # this is the test process, not a worker
+    monkeypatch.setattr(signal, "pthread_sigmask", lambda *a: set(), raising=False)
+    threads = cv2.getNumThreads()
+    try:
+        workerpool._worker_start()
+    finally:
+        cv2.setNumThreads(threads)
+    assert calls == [1]

@@ -703,3 +703,14 @@ def test_a_config_with_one_decode_field_is_refused_and_legacy_ones_are_written_a
     legacy = PreprocessConfig.from_dict({"size": 224})
     assert "decode_min_ratio" not in legacy.to_dict() and "decode_min_side" not in legacy.to_dict()
     assert PreprocessConfig.from_dict(legacy.to_dict()) == legacy
+
+
+def test_the_visible_part_of_a_circle_does_not_depend_on_which_side_the_frame_cuts() -> None:
+    """A mutation audit (session 34): a grid off by half a cell gave 0.51 on one side and 0.49 on the other, right
+    at the 0.5 a field of view needs (_MIN_VISIBLE_CIRCLE); the TVHL photographs showed nothing."""
+    from uopsl.runtime.fov import _visible_circle_fraction as visible
+
+    halves = [visible(0, 50, 10, 100, 100), visible(100, 50, 10, 100, 100), visible(50, 0, 10, 100, 100),
+              visible(50, 100, 10, 100, 100)]
+    assert halves == [0.5] * 4
+    assert visible(50, 50, 10, 100, 100) == 1.0 and visible(-20, 50, 10, 100, 100) == 0.0

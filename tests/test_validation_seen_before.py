@@ -108,3 +108,36 @@ def test_finetune_from_passes_only_the_learnt_photographs_to_the_warning(tmp_pat
                      "--epochs", "1", "--batch-size", "4", "--device", "cpu", "--no-augment"], prog_name="uopsl")
     assert len(files) >= 8 and got["seen_before"] == sorted(set(digests))
     assert got["learnt_before"] == sorted(set(digests[:3]))
+
+
+def test_a_pretrained_checkpoints_photographs_count_as_learnt(tmp_path: Path) -> None:
+    """A mutation audit (session 34): leaving "pretrain" out of LEARNT_ROLES went unnoticed, and `finetune --from`
+    a pre-trained checkpoint (the README's recipe) would then never warn. The roles come from a real run_pretrain."""
+    items = tiny_items(tmp_path / "imgs", n=8)
+    model, meta = tiny_model("p_only", seed=1, random_text=True)
+    cfg = TrainConfig(epochs=1, batch_size=4, device="cpu", amp=False, augment=False)
+    wf.run_pretrain(model, meta, items, None, cfg, tmp_path / "pre")
+    learnt = wf.earlier_images(tmp_path / "pre", wf.LEARNT_ROLES)
+    assert learnt is not None and len(learnt) == 8 and learnt == wf.earlier_images(tmp_path / "pre")
+
+
+@pytest.mark.parametrize("stage", ["pretrain", "finetune"])
+def test_the_runs_device_reaches_the_torchrun_decision(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                      stage: str) -> None:
+    """A mutation audit (session 34): run_pretrain not passing its device on went unnoticed; on a CUDA machine a
+    `--device cpu` run under torchrun would then set up nccl and fail."""
+    seen: list[str] = []
+
+    def decide(out: Path, st: str, want: dict[str, str], device: str = "auto") -> None:
+        seen.append(device)
+        raise _Stop
+
+    monkeypatch.setattr(wf, "trained_unfinished", decide)
+    items = tiny_items(tmp_path / "imgs", n=8)
+    cfg = TrainConfig(epochs=1, batch_size=4, device="cpu", amp=False, augment=False)
+    with pytest.raises(_Stop):
+        if stage == "pretrain":
+            wf.run_pretrain(*tiny_model("p_only", seed=1, random_text=True), items, None, cfg, tmp_path / "o")
+        else:
+            wf.run_finetune(*tiny_model(random_text=True), items[:4], items[4:], cfg, tmp_path / "o")
+    assert seen == ["cpu"]
