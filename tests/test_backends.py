@@ -394,3 +394,28 @@ def test_ort_trt_is_not_given_the_cpu_int8_variant(tiny_bundle: Path) -> None:
     with pytest.raises(BundleError, match="TensorRT takes the symmetric INT8 variant only: .*--variant trt"):
         select_backend(tiny_bundle, "ort-trt", "int8", availability=av)
     assert select_backend(tiny_bundle, "ort-cuda", "int8", availability=av).precision == "int8-qdq-u8"
+
+
+def test_a_speedup_recorded_on_another_cpu_is_measured_again_here(tiny_bundle: Path, cache: Path,  # noqa: F811
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A mutation audit (session 34): trusting a speed-up the bundle recorded on another CPU went unnoticed; this
+    machine, where INT8 is slower (0.6x), must keep FP32."""
+    m = read_manifest(tiny_bundle)
+    files = tuple(replace(f, info={"cpu_int8_speedup": 2.0, "cpu_int8_speedup_cpu": "Export Workstation CPU (VNNI)"})
+                  if f.precision == "int8-qdq-u8" else f for f in m.files)
+    monkeypatch.setattr(reg, "_measure_speedup", lambda *a, **k: 0.6)
+    sel = select_backend(tiny_bundle, manifest=_validated(replace(m, files=files)),
+                         availability=Availability(ort_providers=CPU, openvino=True))
+    assert (sel.backend, sel.precision) == ("ort-cpu", "fp32")
+    assert "measured now" in sel.reason and "recorded in the bundle" not in sel.reason
+
+
+def test_an_int8_file_exactly_at_the_speedup_floor_is_chosen(tiny_bundle: Path, cache: Path,  # noqa: F811
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """A mutation audit (session 34): "at least INT8_MIN_SPEEDUP faster" read as "more than" went unnoticed; cached
+    and recorded figures are rounded to 3 decimals, so a machine can hold exactly the floor."""
+    monkeypatch.setattr(reg, "_measure_speedup", lambda *a, **k: reg.INT8_MIN_SPEEDUP)
+    sel = select_backend(tiny_bundle, manifest=_validated(read_manifest(tiny_bundle)),
+                         availability=Availability(ort_providers=CPU, openvino=True))
+    assert (sel.backend, sel.precision) == ("openvino", "int8-qdq-u8")
+    assert f"{reg.INT8_MIN_SPEEDUP:.2f}x" in sel.reason and "not enough faster" not in sel.reason

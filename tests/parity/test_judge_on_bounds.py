@@ -241,3 +241,39 @@ def test_the_html_summary_shows_the_measured_figures_and_the_note_what_was_gated
     page = _candidate(cand, {}, 50)
     assert "lost positives' bound (sensitivity)" in page and "gated by its low end" not in page
     assert "lost 0/60 (&le;4.9%)" in page
+
+
+def test_a_class_the_data_cannot_evaluate_keeps_the_bounds_verdict_incomplete() -> None:
+    """A mutation audit (session 34): judged on the bounds, ignoring the classes the data could not evaluate
+    (no labels, too few cases) went unnoticed; such a run would read PASS where estimates read INCOMPLETE."""
+    ref, labels = _population(600, np.random.default_rng(1))  # 600 images: every bound within its gate
+    m = _manifest()
+    space = [n for n in NAMES if n != "dme"]  # the data have no dme labels
+    clin = clinical(m, truth_from_labels(m, [tuple(x for x in lab if x != "dme") for lab in labels], space),
+                    ref, ref.copy(), [f"i{i}" for i in range(len(ref))], n_boot=300, seed=0)
+    num = numerical({"probs": ref, "logits": ref}, {"probs": ref, "logits": ref})
+    assert judge(ParityGates(), num, clin, on=ON_ESTIMATES).status == INCOMPLETE
+    verdict = judge(ParityGates(), num, clin, on=ON_BOUNDS)
+    checks = {c.name: c for c in verdict.checks}
+    assert checks["auc_drop"].passed is True and checks["auc_drop"].status == INCOMPLETE
+    assert {s["class"] for s in checks["auc_drop"].skipped} == {"dme"}
+    assert checks["sensitivity_drop"].status == INCOMPLETE
+    assert verdict.status == INCOMPLETE and any("not evaluated for dme" in r for r in verdict.reasons), verdict.reasons
+
+
+def test_the_fewest_images_for_a_limit_that_is_itself_a_bound_are_exact() -> None:
+    """A mutation audit (session 34): the search below the closed form's float answer (one image too many for
+    about half of these limits) was not pinned."""
+    from uopsl.export.parity_metrics import min_images_for_zero_changes
+
+    for n in (2, 3, 10, 11, 120, 598):
+        assert min_images_for_zero_changes(binomial_upper_bound(0, n)) == n
+
+
+def test_a_run_with_no_candidate_is_never_a_pass() -> None:
+    """A mutation audit (session 34): overall_status([]) reading PASS went unnoticed (validate_bundle refuses an
+    empty list earlier; direct callers do not)."""
+    from uopsl.export.parity_metrics import overall_status
+
+    assert overall_status([]) == FAIL
+    assert overall_status([PASS, INCOMPLETE]) == INCOMPLETE and overall_status([PASS]) == PASS
