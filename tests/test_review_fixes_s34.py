@@ -1,7 +1,7 @@
 """Limits and contracts a mutation audit (session 34) found unpinned: each test fails with the mutant it names.
 
 The audit put 41 single-point changes into a scratch copy of the parity gates, backend selection, bundle
-checks, results store, calibration ranges and watch; 11 survived every relevant test file, 2 of them
+checks, results store, calibration ranges and watch; 10 survived every relevant test file, 2 of them
 equivalent. The parity and backend ones are in ``tests/parity/test_judge_on_bounds.py`` and
 ``tests/test_backends.py``; the bundle and results ones are here.
 """
