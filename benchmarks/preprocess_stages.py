@@ -5,8 +5,10 @@ preprocessing, and the quality gate (thread CPU time, one OpenCV thread, as a sc
 
 Each photograph is prepared twice: once stage by stage (header and decode as ``preprocess`` does them,
 then ``find_fov`` on the decoded image), once whole (``preprocess``, then ``assess``); "rest of
-preprocessing" is the whole minus the first three stages' medians. The second of ``--passes`` passes
-is reported (the first warms caches). ``bench_preprocess.py --profile`` lists the same by function.
+preprocessing" is the whole minus the first three stages' medians. The last of ``--passes`` passes is
+reported (the earlier ones warm caches). The header and decode stages call ``preprocess``'s own private
+steps, so a change to how ``preprocess`` reads a file must be made here too; ``bench_preprocess.py
+--profile`` lists the same cost by function without that coupling.
 """
 
 from __future__ import annotations

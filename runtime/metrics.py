@@ -888,8 +888,9 @@ def _resampling_plan(n: int, strata: Any, clusters: Any) -> tuple[list[np.ndarra
         return [np.arange(n_clusters)], cluster_of, n_clusters
     groups, mixed = _cluster_strata_groups(strata, cluster_of, n)
     if mixed:
-        # DEBUG: every stratified figure of a report comes here (a `validate` logged it ~25 times); the rule is
-        # stated once in classification_report's "bootstrap" block (MIXED_CLUSTERS).
+        # DEBUG: every stratified figure of a report comes here (the demo's `validate` logged it 26 times). Each
+        # report states the rule once: classification_report's "bootstrap" block (MIXED_CLUSTERS), validate's
+        # bootstrap.method.
         log.debug(
             "bootstrap: %d of %d clusters hold cases of more than one stratum; each was resampled in the "
             "stratum of its largest value (0/1 labels: as positive when any of its cases is)", mixed, n_clusters,
