@@ -14,26 +14,46 @@ steps, so a change to how ``preprocess`` reads a file must be made here too; ``b
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import cv2
+import numpy as np
 
-from uopsl.runtime import fov, preprocess as prep
+from uopsl.runtime import fov, preprocess as prep, quality
 from uopsl.runtime.quality import assess
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--tvhl", type=Path, default=Path("../shared/data/tvhl"))
-    ap.add_argument("--size", type=int, default=224)
-    ap.add_argument("--passes", type=int, default=2)
-    args = ap.parse_args()
-    cv2.setNumThreads(1)
-    cfg = prep.PreprocessConfig(size=args.size)
-    datas = [p.read_bytes() for p in sorted((args.tvhl / "fundus").glob("*.jpg"))]
-    for _ in range(args.passes):
+def _linear_resize_square(img: np.ndarray, size: int) -> np.ndarray:
+    return cv2.resize(img, (size, size), interpolation=cv2.INTER_LINEAR)
+
+
+def _shipped_rule(datas: list[bytes], cfg: prep.PreprocessConfig) -> list[tuple[np.ndarray, bool]]:
+    out = []
+    for data in datas:
+        pre = prep.preprocess(data, cfg)
+        out.append((pre.image, assess(pre).gradable))
+    return out
+
+
+@contextlib.contextmanager
+def _what_if(detect_side: int, work_side: int, linear_shrink: bool) -> Iterator[None]:
+    """The runtime's field-of-view side, gate work side and crop shrink replaced, and restored on exit."""
+    saved = fov._DETECT_SIDE, quality.WORK_SIDE, prep.resize_square
+    fov._DETECT_SIDE, quality.WORK_SIDE = detect_side, work_side
+    if linear_shrink:
+        prep.resize_square = _linear_resize_square
+    try:
+        yield
+    finally:
+        fov._DETECT_SIDE, quality.WORK_SIDE, prep.resize_square = saved
+
+
+def _stage_medians(datas: list[bytes], cfg: prep.PreprocessConfig, passes: int) -> dict[str, float]:
+    for _ in range(passes):
         ms: dict[str, list[float]] = {k: [] for k in ("header", "decode", "find_fov", "preprocess", "gate")}
         for data in datas:
             t0 = time.thread_time()
@@ -51,15 +71,52 @@ def main() -> None:
             t5 = time.thread_time()
             for k, v in zip(ms, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4)):
                 ms[k].append(1e3 * v)
-    med = {k: statistics.median(v) for k, v in ms.items()}
-    rest = med["preprocess"] - med["header"] - med["decode"] - med["find_fov"]
-    print(f"{len(datas)} photographs at {args.size} px, CPU ms per photograph (median of the last pass):")
-    for k in ("header", "decode", "find_fov"):
-        print(f"  {k:<22} {med[k]:.2f}")
-    print(f"  {'rest of preprocessing':<22} {rest:.2f}")
-    print(f"  {'preprocess (whole)':<22} {med['preprocess']:.2f}")
-    print(f"  {'gate':<22} {med['gate']:.2f}")
-    print(f"  {'worker share':<22} {med['preprocess'] + med['gate']:.2f}")
+    return {k: statistics.median(v) for k, v in ms.items()}
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tvhl", type=Path, default=Path("../shared/data/tvhl"))
+    ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--passes", type=int, default=2)
+    ap.add_argument("--n", type=int, default=0, help="only the first N photographs in name order (0: all)")
+    ap.add_argument("--detect-side", type=int, default=fov._DETECT_SIDE,
+                    help="what-if: find the field of view on a copy this large (shipped: %(default)s)")
+    ap.add_argument("--work-side", type=int, default=quality.WORK_SIDE,
+                    help="what-if: measure the gate on a copy this large (shipped: %(default)s)")
+    ap.add_argument("--linear-shrink", action="store_true",
+                    help="what-if: shrink the crop to the model size bilinearly (shipped: area averaging)")
+    args = ap.parse_args(argv)
+    if not (32 <= args.detect_side <= 4096 and 32 <= args.work_side <= 4096):
+        ap.error(f"--detect-side and --work-side must be in 32..4096, got {args.detect_side} and {args.work_side}")
+    if args.passes < 1 or args.n < 0:
+        ap.error(f"--passes must be >= 1 and --n >= 0, got {args.passes} and {args.n}")
+    cv2.setNumThreads(1)
+    cfg = prep.PreprocessConfig(size=args.size)
+    paths = sorted((args.tvhl / "fundus").glob("*.jpg"))
+    datas = [p.read_bytes() for p in (paths[: args.n] if args.n else paths)]
+    if not datas:
+        ap.error(f"no *.jpg under {args.tvhl / 'fundus'}")
+    what_if = args.detect_side != fov._DETECT_SIDE or args.work_side != quality.WORK_SIDE or args.linear_shrink
+    shipped = _shipped_rule(datas, cfg) if what_if else []
+    with _what_if(args.detect_side, args.work_side, args.linear_shrink):
+        med = _stage_medians(datas, cfg, args.passes)
+        rest = med["preprocess"] - med["header"] - med["decode"] - med["find_fov"]
+        lines = [f"{len(datas)} photographs at {args.size} px, CPU ms per photograph (median of the last pass):"]
+        lines += [f"  {k:<22} {med[k]:.2f}" for k in ("header", "decode", "find_fov")]
+        lines += [f"  {'rest of preprocessing':<22} {rest:.2f}", f"  {'preprocess (whole)':<22} {med['preprocess']:.2f}",
+                  f"  {'gate':<22} {med['gate']:.2f}", f"  {'worker share':<22} {med['preprocess'] + med['gate']:.2f}"]
+        if what_if:
+            diffs, changed = [], 0
+            for data, (image, gradable) in zip(datas, shipped):
+                pre = prep.preprocess(data, cfg)
+                diffs.append(float(np.abs(pre.image.astype(np.int16) - image).mean()))
+                changed += assess(pre).gradable != gradable
+            lines += [f"what-if: detect side {args.detect_side}, gate work side {args.work_side}, "
+                      f"{'bilinear' if args.linear_shrink else 'area'} shrink; against the shipped rule:",
+                      f"  model input mean |difference| {statistics.mean(diffs):.2f} grey levels "
+                      f"(largest photograph {max(diffs):.2f}); gate verdicts changed: {changed} of {len(datas)}"]
+    print("\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 from types import ModuleType
@@ -10,17 +9,12 @@ from types import ModuleType
 import cv2
 
 from imagekit import draw_fake_fundus
+from scriptkit import load_benchmark
 from tinybundle import tiny_bundle  # noqa: F401 - session fixture
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "compare_decode_rules.py"
 
 
 def _script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("compare_decode_rules", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("compare_decode_rules")
 
 
 def _photos(folder: Path, n: int) -> None:
