@@ -50,6 +50,11 @@ def test_end_to_end_counts_only_photographs_that_reached_the_model(tiny_bundle: 
     assert e["throughput_ips"] == pytest.approx(4 / s, rel=slack, abs=0.01), e
     assert e["inputs_ips"] == pytest.approx(8 / s, rel=slack, abs=0.01), e
     assert "4 of 8 photographs did not reach the model" in caplog.text
+    # The ratio divides by inference timed before (the batch-2 case) and again after the end-to-end run.
+    (case,) = res["cases"]
+    assert e["inference_ips_before"] == case["throughput_ips"] and e["inference_ips_after"] > 0
+    assert e["ratio"] == bench.end_to_end_ratio(e["throughput_ips"], e["inference_ips_before"],
+                                                e["inference_ips_after"])["ratio"]
     table = format_table(res)
     assert "only 4 of 8 photographs reached the model" in table
     # What reproduces a figure rides with it: the file's digest, the thread setting, the date, the unit.
@@ -179,3 +184,42 @@ def test_bench_refuses_a_json_path_under_a_file_before_timing(tmp_path: Path,
     assert "is a file, so no folder can hold the JSON there" in capsys.readouterr().err
     assert main(["bench", str(bundle), "--no-e2e", "--workers", "2"]) == 2
     assert "--workers set the end-to-end run, which --no-e2e turns off" in capsys.readouterr().err
+
+
+def test_end_to_end_ratio_pools_inference_timed_before_and_after() -> None:
+    """Two timings of the same number of calls at 100 and 50 images/s took 1/100 + 1/50 s per image between
+    them: 2 images in 0.03 s, 66.67 images/s (not the arithmetic 75). A drift in machine speed during the run
+    then shows instead of moving the ratio unseen (one file read 0.70 and 0.90 on one box, session 35)."""
+    r = bench.end_to_end_ratio(80.0, 100.0, 50.0)
+    assert r == {"inference_ips": 66.67, "inference_ips_before": 100.0, "inference_ips_after": 50.0,
+                 "inference_drift": -0.5, "ratio": 1.2}
+    assert bench.end_to_end_ratio(40.0, 50.0, 50.0)["ratio"] == 0.8
+    for bad in ((0.0, 1.0, 1.0), (1.0, 0.0, 1.0), (1.0, 1.0, -2.0)):
+        with pytest.raises(ValueError, match="must be > 0"):
+            bench.end_to_end_ratio(*bad)
+
+
+def _e2e_row(before: float, after: float) -> dict[str, object]:
+    return {"backend": "ort-cpu", "precision": "int8", "batch": 8, "images": 100, "inferred": 100,
+            "throughput_ips": 60.0, **bench.end_to_end_ratio(60.0, before, after)}
+
+
+@pytest.mark.parametrize(("before", "after", "said"), [
+    (100.0, 80.0, "inference ran 20% slower after the end-to-end run than before it (100.0 -> 80.0 img/s)"),
+    (80.0, 100.0, "inference ran 25% faster after the end-to-end run than before it (80.0 -> 100.0 img/s)"),
+    (100.0, 91.0, None),  # 9 %: within STEADY_DRIFT
+])
+def test_table_says_when_the_machine_was_not_steady(before: float, after: float, said: str | None) -> None:
+    result = {"machine": {"cpu": "x", "cores": 2}, "model": "m", "backbone": "b", "input_size": 224, "data": "d",
+              "preprocess": {"p50_ms": 1.0, "p90_ms": 1.0, "throughput_ips": 1.0}, "cases": [],
+              "e2e": [_e2e_row(before, after)]}
+    table = format_table(result)
+    if said is None:
+        assert "not steady" not in table
+    else:
+        assert said in table and "the ratio is uncertain by about as much" in table
+    # Results saved before inference was timed twice still print.
+    old = dict(result["e2e"][0])  # type: ignore[index]
+    for k in ("inference_ips_before", "inference_ips_after", "inference_drift"):
+        del old[k]
+    assert "not steady" not in format_table({**result, "e2e": [old]})
