@@ -450,8 +450,9 @@ def end_to_end_ratio(e2e_ips: float, before_ips: float, after_ips: float) -> dic
     Both timings cover the same number of calls, so they pool as total images over total time: the harmonic
     mean of the two rates. ``inference_drift`` is after / before - 1 (negative: inference got slower).
     """
-    if min(e2e_ips, before_ips, after_ips) <= 0:
-        raise ValueError(f"throughputs must be > 0, got {e2e_ips}, {before_ips}, {after_ips}")
+    # 0 end to end is a real result (no photograph reached the model); pure inference is never 0.
+    if e2e_ips < 0 or min(before_ips, after_ips) <= 0:
+        raise ValueError(f"need end-to-end >= 0 and inference > 0 images/s, got {e2e_ips}, {before_ips}, {after_ips}")
     pooled = 2.0 / (1.0 / before_ips + 1.0 / after_ips)
     return {"inference_ips": round(pooled, 2), "inference_ips_before": before_ips, "inference_ips_after": after_ips,
             "inference_drift": round(after_ips / before_ips - 1.0, 3), "ratio": round(e2e_ips / pooled, 3)}
