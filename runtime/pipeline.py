@@ -679,9 +679,9 @@ class ScreenResult:
     """The screening outcome for one input.
 
     status: ``ok`` | ``ungradable`` | ``error``. ``probs`` (class -> probability),
-    ``positive`` and ``refer`` are filled for ``ok`` (and for ``ungradable``
-    only with ``infer_ungradable``, where ``refer`` still stays None: no decision
-    is made on an ungradable image). ``reasons`` lists the quality gate's or the
+    ``positive`` and ``refer`` are filled for ``ok``; for ``ungradable`` only
+    ``probs``, and only with ``infer_ungradable``: ``positive`` stays empty and
+    ``refer`` None, since no decision is made on an ungradable image. ``reasons`` lists the quality gate's or the
     error's reasons; ``error`` is the one-line message of a failure.
     ``site_maps`` are the per-class predilection maps over the model input;
     :meth:`heatmap` maps one onto the original image.

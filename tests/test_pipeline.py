@@ -10,9 +10,8 @@ import cv2
 import numpy as np
 import pytest
 
-from tinybundle import fundus_jpeg, make_bad_zoo, tiny_bundle  # noqa: F401 - session fixture
+from tinybundle import TinyStubBackend, fundus_jpeg, make_bad_zoo, tiny_bundle  # noqa: F401 - session fixture
 from uopsl.runtime.api import Screener
-from uopsl.runtime.backends.base import Backend, TensorSpec
 from uopsl.runtime.bundle import read_manifest
 from uopsl.runtime.errors import BackendError, ConfigError
 from uopsl.runtime.pipeline import (
@@ -128,18 +127,8 @@ def test_streaming_memory_is_bounded(tiny_bundle: Path, tmp_path: Path) -> None:
     assert n == 200 and max(ahead) <= window + cfg.batch_size
 
 
-class _FailingBackend(Backend):
+class _FailingBackend(TinyStubBackend):
     name = "failing"
-
-    def load(self) -> None: ...
-
-    @property
-    def inputs(self) -> tuple[TensorSpec, ...]:
-        return (TensorSpec("image", (None, 64, 64, 3), np.dtype(np.uint8)),)
-
-    @property
-    def outputs(self) -> tuple[TensorSpec, ...]:
-        return ()
 
     def _infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         raise BackendError("device lost")

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from tinymodel import export_tiny_onnx, random_fundus_batch
+from uopsl.runtime.backends.base import Backend, TensorSpec
 from uopsl.runtime.bundle import ClassSpec, FileEntry, Manifest, describe_file, write_manifest
 from uopsl.runtime.preprocess import PreprocessConfig
 
@@ -182,3 +183,20 @@ def fail_after_first_batch(backend: object, message: str) -> None:
         raise BackendError(message)
 
     backend.infer = sticky  # type: ignore[attr-defined]
+
+
+class TinyStubBackend(Backend):
+    """A backend taking the tiny bundle's 64 px uint8 input without a model: subclasses give ``_infer``
+    (a constant answer, a failure) so a pipeline test does not depend on what a model scores."""
+
+    name = "stub"
+
+    def load(self) -> None: ...
+
+    @property
+    def inputs(self) -> tuple[TensorSpec, ...]:
+        return (TensorSpec("image", (None, 64, 64, 3), np.dtype(np.uint8)),)
+
+    @property
+    def outputs(self) -> tuple[TensorSpec, ...]:
+        return ()
