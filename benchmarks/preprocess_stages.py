@@ -31,7 +31,8 @@ def _linear_resize_square(img: np.ndarray, size: int) -> np.ndarray:
     return cv2.resize(img, (size, size), interpolation=cv2.INTER_LINEAR)
 
 
-def _shipped_rule(datas: list[bytes], cfg: prep.PreprocessConfig) -> list[tuple[np.ndarray, bool]]:
+def _inputs_and_verdicts(datas: list[bytes], cfg: prep.PreprocessConfig) -> list[tuple[np.ndarray, bool]]:
+    """Each photograph's model input and gate verdict under whatever rule the runtime has now."""
     out = []
     for data in datas:
         pre = prep.preprocess(data, cfg)
@@ -98,7 +99,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if not datas:
         ap.error(f"no *.jpg under {args.tvhl / 'fundus'}")
     what_if = args.detect_side != fov._DETECT_SIDE or args.work_side != quality.WORK_SIDE or args.linear_shrink
-    shipped = _shipped_rule(datas, cfg) if what_if else []
+    shipped = _inputs_and_verdicts(datas, cfg) if what_if else []
     with _what_if(args.detect_side, args.work_side, args.linear_shrink):
         med = _stage_medians(datas, cfg, args.passes)
         rest = med["preprocess"] - med["header"] - med["decode"] - med["find_fov"]
@@ -107,11 +108,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         lines += [f"  {'rest of preprocessing':<22} {rest:.2f}", f"  {'preprocess (whole)':<22} {med['preprocess']:.2f}",
                   f"  {'gate':<22} {med['gate']:.2f}", f"  {'worker share':<22} {med['preprocess'] + med['gate']:.2f}"]
         if what_if:
-            diffs, changed = [], 0
-            for data, (image, gradable) in zip(datas, shipped):
-                pre = prep.preprocess(data, cfg)
-                diffs.append(float(np.abs(pre.image.astype(np.int16) - image).mean()))
-                changed += assess(pre).gradable != gradable
+            ours = _inputs_and_verdicts(datas, cfg)
+            diffs = [float(np.abs(a.astype(np.int16) - b).mean()) for (a, _), (b, _) in zip(ours, shipped)]
+            changed = sum(x != y for (_, x), (_, y) in zip(ours, shipped))
             lines += [f"what-if: detect side {args.detect_side}, gate work side {args.work_side}, "
                       f"{'bilinear' if args.linear_shrink else 'area'} shrink; against the shipped rule:",
                       f"  model input mean |difference| {statistics.mean(diffs):.2f} grey levels "
