@@ -279,12 +279,20 @@ def _tiff_size(data: bytes, *, big: bool) -> tuple[int, int] | None:
     return (size[256], size[257]) if len(size) == 2 else None
 
 
-def tiff_sample_max(data: bytes) -> int | None:
-    """The largest sample value a classic TIFF declares below 16 bits (MaxSampleValue, else BitsPerSample), or None.
+@dataclass(frozen=True)
+class TiffDepth:
+    """What a classic TIFF's first picture declares about its sample range.
 
-    Cameras and DICOM exports store 10-, 12- or 14-bit data in 16-bit TIFFs and say so in these tags; a
-    file that says nothing is read over the full 16-bit range.
+    ``bits``: BitsPerSample (the first sample's; None when the tag is absent);
+    ``max_sample``: MaxSampleValue when it is below 65535, else None.
     """
+
+    bits: int | None
+    max_sample: int | None
+
+
+def tiff_depth(data: bytes) -> TiffDepth | None:
+    """BitsPerSample and MaxSampleValue of a classic TIFF's first picture, or None when it is no readable TIFF."""
     try:
         if data[:4] not in (b"II*\x00", b"MM\x00*"):
             return None
@@ -293,12 +301,27 @@ def tiff_sample_max(data: bytes) -> int | None:
             if tag in (258, 281) and typ == 3:  # SHORT values: inline when they fit in 4 bytes, else at an offset
                 where = at if count * 2 <= 4 else int.from_bytes(data[at : at + 4], order)
                 found[tag] = int.from_bytes(data[where : where + 2], order)
-        if 0 < found.get(281, 0) < 65535:
-            return found[281]
-        bits = found.get(258, 16)
-        return (1 << bits) - 1 if 8 < bits < 16 else None
     except (IndexError, ValueError):
         return None
+    top = found.get(281, 0)
+    return TiffDepth(found.get(258), top if 0 < top < 65535 else None)
+
+
+def tiff_sample_max(data: bytes) -> int | None:
+    """The largest sample value a classic TIFF declares below 16 bits (MaxSampleValue, else BitsPerSample), or None.
+
+    In the file's own sample units. Cameras and DICOM exports store 10-, 12- or 14-bit data in 16-bit TIFFs
+    and say so in these tags; a file that says nothing is read over the full 16-bit range. (A file packed at
+    9-15 bits per sample comes out of OpenCV shifted up to 16 bits: :func:`uopsl.runtime.preprocess.decode`
+    scales this figure by the same shift.)
+    """
+    depth = tiff_depth(data)
+    if depth is None:
+        return None
+    if depth.max_sample is not None:
+        return depth.max_sample
+    bits = 16 if depth.bits is None else depth.bits
+    return (1 << bits) - 1 if 8 < bits < 16 else None
 
 
 def png_significant_bits(data: bytes, *, alpha: bool = False) -> int | None:

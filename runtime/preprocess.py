@@ -45,6 +45,7 @@ from uopsl.runtime.imagefile import (
     other_format,
     png_significant_bits,
     TiffPictures,
+    tiff_depth,
     tiff_pictures,
     tiff_sample_max,
 )
@@ -61,10 +62,11 @@ log = logging.getLogger(__name__)
 # refitted without hull bridges to a mark outside the field (a header band, a label), 6 = then also without
 # the hull points on thin lit marks joined to the field (burned-in text, a notch mark), 7 = a TIFF holding
 # several pictures (or a thumbnail first) refused, a 16-bit PNG's unscaled sBIT depth and a JPEG 2000's depth
-# read, DICOM files read (pydicom). (The reduced-decode rule
+# read, DICOM files read (pydicom), 8 = TIFFs packed at 9-15 bits per sample read on the decoder's 16-bit
+# scale (they came out saturated). (The reduced-decode rule
 # lives in config fields, decode_min_ratio and decode_min_side, so a config keeps its
 # pixels without a bump.)
-PREPROCESS_VERSION = 7
+PREPROCESS_VERSION = 8
 
 # The reduced-decode ratio of configs stored before PreprocessConfig.decode_min_ratio existed.
 LEGACY_DECODE_MIN_RATIO = 2.0
@@ -441,6 +443,60 @@ def _png_sample_max(data: bytes, img: np.ndarray, *, alpha: bool = False) -> int
     return top
 
 
+def _packed_grey_tiff(bits: int, samples: tuple[int, ...]) -> bytes:
+    """A one-row, uncompressed, little-endian grey TIFF of ``samples`` packed at ``bits`` bits each (MSB first)."""
+    import struct
+
+    acc = 0
+    for v in samples:
+        acc = (acc << bits) | v
+    nbits = bits * len(samples)
+    pad = -nbits % 8
+    pixels = (acc << pad).to_bytes((nbits + pad) // 8, "big")
+    entries = [(256, 3, len(samples)), (257, 3, 1), (258, 3, bits), (259, 3, 1), (262, 3, 1), (273, 4, 0),
+               (277, 3, 1), (278, 3, 1), (279, 4, len(pixels))]
+    strip_at = 8 + 2 + 12 * len(entries) + 4
+    ifd = struct.pack("<H", len(entries))
+    for tag, typ, value in entries:
+        value = strip_at if tag == 273 else value
+        field = struct.pack("<HH", value, 0) if typ == 3 else struct.pack("<I", value)
+        ifd += struct.pack("<HHI", tag, typ, 1) + field
+    return b"II*\x00" + struct.pack("<I", 8) + ifd + b"\x00" * 4 + pixels
+
+
+@functools.lru_cache(maxsize=8)
+def _tiff_unpack_shift(bits: int) -> int:
+    """How many bits OpenCV shifts samples stored at ``bits`` (9-15) bits per sample up by when it decodes them.
+
+    OpenCV 4.10 and 5.1 move them to the top of 16 bits (a 12-bit 4095 comes back as 65520); read from the
+    decoder itself, once, so another OpenCV that leaves them where they are is read correctly too.
+    """
+    top = (1 << bits) - 1
+    img = cv2.imdecode(np.frombuffer(_packed_grey_tiff(bits, (1, top)), np.uint8),
+                       cv2.IMREAD_UNCHANGED | cv2.IMREAD_ANYDEPTH)
+    if img is not None and img.dtype == np.uint16 and img.size == 2:
+        got = [int(v) for v in img.reshape(-1)]
+        for shift in range(16 - bits + 1):
+            if got == [1 << shift, top << shift]:
+                return shift
+    log.debug("could not tell how OpenCV %s scales %d-bit TIFF samples; assuming to 16 bits", cv2.__version__, bits)
+    return 16 - bits
+
+
+def _tiff_sample_max(data: bytes) -> int | None:
+    """The range of a decoded TIFF's samples: the one it declares (:func:`tiff_sample_max`), on the decoder's scale.
+
+    A file packed at 9-15 bits per sample comes back shifted up to 16 bits; dividing by the declared 4095
+    saturated such a 12-bit photograph to white (session 36). A MaxSampleValue above what BitsPerSample can
+    hold is not believed.
+    """
+    top = tiff_sample_max(data)
+    depth = tiff_depth(data)
+    if top is None or depth is None or depth.bits is None or not 8 < depth.bits < 16:
+        return top
+    return min(top, (1 << depth.bits) - 1) << _tiff_unpack_shift(depth.bits)
+
+
 def _check_pixels(w: int, h: int, max_pixels: int, source: str | None) -> None:
     if w * h > max_pixels:
         raise too_many_pixels(w, h, max_pixels, source)
@@ -485,7 +541,7 @@ def _decode_checked(data: bytes, fmt: str, max_pixels: int, source: str | None) 
     if fmt == "jpeg" and _ends_in_fill(img):
         raise _damaged(source)
     if fmt == "tiff":
-        sample_max = tiff_sample_max(data)
+        sample_max = _tiff_sample_max(data)
     elif fmt == "png":
         sample_max = _png_sample_max(data, img)
     else:  # a JPEG 2000's depth from its header (9-15 bits come back unscaled), nothing for the others

@@ -766,7 +766,7 @@ class ResultStore:
         return self._row_of(known[1])
 
     def latest_rows(self) -> list[dict[str, Any]]:
-        """One row per photograph (the last one written for its path), in first-seen order, ready to display.
+        """One row per photograph (the last one written for its path), ordered by those last rows; ready to display.
 
         A row that says ``moved_from`` replaces the row of that old path. A
         file replaced by *another* photograph (other content) keeps its earlier

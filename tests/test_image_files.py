@@ -301,6 +301,75 @@ def test_a_16bit_tiff_that_declares_12bit_data_is_scaled_by_it() -> None:
     assert silent.max() <= 16
 
 
+def _tiff_packed(rgb: np.ndarray, bits: int, max_sample: int | None = None) -> bytes:
+    """A minimal uncompressed little-endian RGB TIFF with samples packed at ``bits`` bits, MSB first (TIFF 6.0:
+    FillOrder 1; rows padded to whole bytes), with MaxSampleValue when given."""
+    import struct
+
+    h, w, _ = rgb.shape
+    rows = b""
+    for row in rgb.reshape(h, w * 3).astype(np.int64):
+        acc = 0
+        for v in row:
+            acc = (acc << bits) | int(v)
+        pad = -(bits * w * 3) % 8
+        rows += (acc << pad).to_bytes((bits * w * 3 + pad) // 8, "big")
+    entries: list[tuple[int, int, int, int | bytes]] = [
+        (256, 3, 1, w), (257, 3, 1, h), (258, 3, 3, struct.pack("<3H", bits, bits, bits)), (259, 3, 1, 1),
+        (262, 3, 1, 2), (273, 4, 1, 0), (277, 3, 1, 3), (278, 3, 1, h), (279, 4, 1, len(rows))]
+    if max_sample is not None:
+        entries.append((281, 3, 1, max_sample))
+    entries.sort()
+    extra_at = 8 + 2 + 12 * len(entries) + 4
+    extra = struct.pack("<3H", bits, bits, bits)
+    body = b""
+    for tag, typ, count, value in entries:
+        if isinstance(value, bytes):
+            field = struct.pack("<I", extra_at)
+        elif tag == 273:
+            field = struct.pack("<I", extra_at + len(extra))
+        else:
+            field = struct.pack("<H", value) + b"\0\0" if typ == 3 else struct.pack("<I", value)
+        body += struct.pack("<HHI", tag, typ, count) + field
+    return b"II*\0" + struct.pack("<I", 8) + struct.pack("<H", len(entries)) + body + b"\0" * 4 + extra + rows
+
+
+@pytest.mark.parametrize("bits", [10, 12, 14])
+def test_a_tiff_packed_below_16_bits_is_scaled_by_its_own_depth(bits: int) -> None:
+    """Session 36: OpenCV returns samples packed at 10-14 bits shifted to the top of 16 bits (a 12-bit 4095 as
+    65520), and the decoder divided them by the declared 4095: 94 % of a 12-bit photograph came out 255."""
+    top = (1 << bits) - 1
+    rng = np.random.default_rng(bits)
+    vals = rng.integers(0, top + 1, (6, 10, 3))
+    want = (vals * 255 + top // 2) // top  # v * 255 / top, rounded
+    got = decode(_tiff_packed(vals, bits))
+    assert np.abs(got.astype(int) - want).max() <= 1
+    assert (got == 255).mean() < 0.05
+
+
+def test_a_packed_tiffs_max_sample_value_is_read_on_the_same_scale() -> None:
+    """10-bit data in a 12-bit TIFF that says so (MaxSampleValue 1023) spans the whole 8-bit range; a
+    MaxSampleValue beyond what 12 bits hold is not believed (the file's 12 bits are)."""
+    rng = np.random.default_rng(7)
+    ten = rng.integers(0, 1024, (6, 10, 3))
+    got = decode(_tiff_packed(ten, 12, max_sample=1023))
+    assert np.abs(got.astype(int) - (ten * 255 + 511) // 1023).max() <= 1
+    twelve = rng.integers(0, 4096, (6, 10, 3))
+    got = decode(_tiff_packed(twelve, 12, max_sample=60000))
+    assert np.abs(got.astype(int) - (twelve * 255 + 2047) // 4095).max() <= 1
+
+
+def test_the_packed_tiff_shift_is_read_from_the_decoder(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An OpenCV that returned packed samples unshifted would be read unshifted (the probe asks the decoder)."""
+    probe = P._tiff_unpack_shift.__wrapped__
+    ones = cv2.imdecode(np.frombuffer(_tiff_packed(np.ones((1, 1, 3), np.int64), 12), np.uint8), cv2.IMREAD_UNCHANGED)
+    assert int(ones.max()) == 1 << probe(12)  # what this OpenCV does to a 12-bit 1
+    monkeypatch.setattr(P.cv2, "imdecode", lambda buf, flags: np.array([[1, 4095]], np.uint16))
+    assert probe(12) == 0
+    monkeypatch.setattr(P.cv2, "imdecode", lambda buf, flags: None)
+    assert probe(12) == 4  # undecidable: what OpenCV 4.10 and 5.1 do
+
+
 def test_results_from_an_earlier_decoding_are_screened_again(tiny_bundle: Path, tmp_path: Path,
                                                              caplog: pytest.LogCaptureFixture) -> None:
     """A rerun skipped rows by file and model only: an upgrade's decoding fixes never reached an existing folder."""
