@@ -43,7 +43,15 @@ from uopsl.runtime.bundle import (
     write_manifest,
 )
 from uopsl.runtime.errors import BundleError
-from uopsl.runtime.fsio import FolderLock, is_or_holds, new_dir_mode, set_mode
+from uopsl.runtime.fsio import (
+    FolderLock,
+    is_or_holds,
+    new_dir_mode,
+    new_file_mode,
+    replace_patiently,
+    set_mode,
+    sha256_file,
+)
 from uopsl.runtime.intended_use import SYNTHETIC_CLINICAL, TRAINING_DATA_NOTE, IntendedUse, synthetic_only
 from uopsl.runtime.preprocess import PreprocessConfig
 
@@ -196,29 +204,51 @@ def add_file(
 
     Replaces an entry of the same name; ``manifest_updates`` set other
     manifest fields (e.g. ``calibration_fingerprint``) in the same atomic write.
+    The new file takes the old one's place only under the manifest lock, once
+    the manifest has passed its check: a refused update (the lock busy, a
+    damaged manifest) leaves the bundle's files as they were.
     """
     root = Path(bundle)
     dest = root / name
     problem = bundle_path_problem(name)
     if problem:
         raise BundleError(f"cannot add {name!r} to the bundle: {problem}")
+    tmp: Path | None = None
     if src is not None and Path(src).resolve() != dest.resolve():
-        tmp = dest.with_name(f".{dest.name}.tmp")
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, dest)
-    if not dest.is_file():
+        # A name of its own: two commands adding the same file side by side copy to different places.
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+        tmp = Path(tmp_name)
+        try:
+            with os.fdopen(fd, "wb") as out, open(src, "rb") as inp:
+                shutil.copyfileobj(inp, out, 1 << 20)
+                out.flush()
+                set_mode(tmp, new_file_mode(dest), out.fileno())  # mkstemp's 0600 would hide it from other users
+                os.fsync(out.fileno())
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+    elif not dest.is_file():
         raise BundleError(f"{dest} does not exist; nothing to add to the bundle")
-    entry = describe_file(root, FileEntry(name, kind, precision, info=dict(info or {})))
-    with manifest_update(root):
-        check_manifest_checksum(root)
-        manifest = read_manifest(root)
-        # In place when listed already: re-adding what is there changes nothing, not even the manifest's hash.
-        names = [f.path for f in manifest.files]
-        files = (tuple(entry if f.path == name else f for f in manifest.files) if name in names
-                 else manifest.files + (entry,))
-        updated = replace(manifest, files=files, **manifest_updates)
-        if updated != manifest:
-            write_manifest(root, updated)
+    try:
+        with manifest_update(root):
+            check_manifest_checksum(root)
+            manifest = read_manifest(root)
+            staged = dest if tmp is None else tmp  # the new bytes: described before they take the old ones' place
+            entry = FileEntry(name, kind, precision, sha256=sha256_file(staged), size=staged.stat().st_size,
+                              info=dict(info or {}))
+            # In place when listed already: re-adding what is there changes nothing, not even the manifest's hash.
+            names = [f.path for f in manifest.files]
+            files = (tuple(entry if f.path == name else f for f in manifest.files) if name in names
+                     else manifest.files + (entry,))
+            updated = replace(manifest, files=files, **manifest_updates)
+            if tmp is not None:
+                replace_patiently(tmp, dest)
+                tmp = None
+            if updated != manifest:
+                write_manifest(root, updated)
+    finally:
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
     return updated
 
 

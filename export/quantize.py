@@ -9,8 +9,10 @@ Two variants come from the same :class:`~uopsl.calibration.table.CalibrationTabl
   symmetric s8 weights, what TensorRT's explicit quantization accepts. Weights
   keep float values behind a Q/DQ pair and biases stay float, because the
   TensorRT 8.x ONNX parser (JetPack 5) refuses a DequantizeLinear fed by an
-  initializer or an int32 bias; outputs of Conv/Gemm/MatMul are not
-  quantized, so TensorRT can fuse the activation that follows.
+  initializer or an int32 bias; Conv/Gemm/MatMul get no output Q/DQ pair
+  of their own, so TensorRT can fuse the activation that follows (the node
+  reading such an output still quantizes it as its own input, where that
+  node is quantized).
 
 The table's ranges are fed to ONNX Runtime's ``QDQQuantizer`` directly: ONNX
 Runtime never re-calibrates. Two of its defaults are overridden on purpose:
