@@ -290,6 +290,13 @@ class TiffDepth:
     bits: int | None
     max_sample: int | None
 
+    def declared_max(self) -> int | None:
+        """The largest sample value declared below 16 bits: MaxSampleValue, else 2**bits - 1 for 9-15 bits."""
+        if self.max_sample is not None:
+            return self.max_sample
+        bits = 16 if self.bits is None else self.bits
+        return (1 << bits) - 1 if 8 < bits < 16 else None
+
 
 def tiff_depth(data: bytes) -> TiffDepth | None:
     """BitsPerSample and MaxSampleValue of a classic TIFF's first picture, or None when it is no readable TIFF."""
@@ -316,12 +323,7 @@ def tiff_sample_max(data: bytes) -> int | None:
     scales this figure by the same shift.)
     """
     depth = tiff_depth(data)
-    if depth is None:
-        return None
-    if depth.max_sample is not None:
-        return depth.max_sample
-    bits = 16 if depth.bits is None else depth.bits
-    return (1 << bits) - 1 if 8 < bits < 16 else None
+    return None if depth is None else depth.declared_max()
 
 
 def png_significant_bits(data: bytes, *, alpha: bool = False) -> int | None:

@@ -47,7 +47,6 @@ from uopsl.runtime.imagefile import (
     TiffPictures,
     tiff_depth,
     tiff_pictures,
-    tiff_sample_max,
 )
 
 log = logging.getLogger(__name__)
@@ -484,14 +483,14 @@ def _tiff_unpack_shift(bits: int) -> int:
 
 
 def _tiff_sample_max(data: bytes) -> int | None:
-    """The range of a decoded TIFF's samples: the one it declares (:func:`tiff_sample_max`), on the decoder's scale.
+    """The range of a decoded TIFF's samples: what it declares (:meth:`TiffDepth.declared_max`), on the decoder's scale.
 
     A file packed at 9-15 bits per sample comes back shifted up to 16 bits; dividing by the declared 4095
     saturated such a 12-bit photograph to white (session 36). A MaxSampleValue above what BitsPerSample can
     hold is not believed.
     """
-    top = tiff_sample_max(data)
     depth = tiff_depth(data)
+    top = None if depth is None else depth.declared_max()
     if top is None or depth is None or depth.bits is None or not 8 < depth.bits < 16:
         return top
     return min(top, (1 << depth.bits) - 1) << _tiff_unpack_shift(depth.bits)
