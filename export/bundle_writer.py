@@ -45,12 +45,12 @@ from uopsl.runtime.bundle import (
 from uopsl.runtime.errors import BundleError
 from uopsl.runtime.fsio import (
     FolderLock,
+    Stage,
     is_or_holds,
     new_dir_mode,
-    new_file_mode,
-    replace_patiently,
     set_mode,
     sha256_file,
+    staging,
 )
 from uopsl.runtime.intended_use import SYNTHETIC_CLINICAL, TRAINING_DATA_NOTE, IntendedUse, synthetic_only
 from uopsl.runtime.preprocess import PreprocessConfig
@@ -213,27 +213,19 @@ def add_file(
     problem = bundle_path_problem(name)
     if problem:
         raise BundleError(f"cannot add {name!r} to the bundle: {problem}")
-    tmp: Path | None = None
-    if src is not None and Path(src).resolve() != dest.resolve():
-        # A name of its own: two commands adding the same file side by side copy to different places.
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
-        tmp = Path(tmp_name)
-        try:
-            with os.fdopen(fd, "wb") as out, open(src, "rb") as inp:
+    with contextlib.ExitStack() as stack:
+        stage: Stage | None = None
+        if src is not None and Path(src).resolve() != dest.resolve():
+            # A temporary of its own: two commands adding the same file side by side copy to different places.
+            stage = stack.enter_context(staging(dest))
+            with stage.writer("wb") as out, open(src, "rb") as inp:
                 shutil.copyfileobj(inp, out, 1 << 20)
-                out.flush()
-                set_mode(tmp, new_file_mode(dest), out.fileno())  # mkstemp's 0600 would hide it from other users
-                os.fsync(out.fileno())
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-    elif not dest.is_file():
-        raise BundleError(f"{dest} does not exist; nothing to add to the bundle")
-    try:
+        elif not dest.is_file():
+            raise BundleError(f"{dest} does not exist; nothing to add to the bundle")
         with manifest_update(root):
             check_manifest_checksum(root)
             manifest = read_manifest(root)
-            staged = dest if tmp is None else tmp  # the new bytes: described before they take the old ones' place
+            staged = dest if stage is None else stage.path  # the new bytes, described before they take dest's place
             entry = FileEntry(name, kind, precision, sha256=sha256_file(staged), size=staged.stat().st_size,
                               info=dict(info or {}))
             # In place when listed already: re-adding what is there changes nothing, not even the manifest's hash.
@@ -241,14 +233,10 @@ def add_file(
             files = (tuple(entry if f.path == name else f for f in manifest.files) if name in names
                      else manifest.files + (entry,))
             updated = replace(manifest, files=files, **manifest_updates)
-            if tmp is not None:
-                replace_patiently(tmp, dest)
-                tmp = None
+            if stage is not None:
+                stage.commit()
             if updated != manifest:
                 write_manifest(root, updated)
-    finally:
-        if tmp is not None:
-            tmp.unlink(missing_ok=True)
     return updated
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +24,7 @@ import numpy as np
 
 from uopsl.runtime.bundle import INPUT_NAME, OUTPUT_NAMES
 from uopsl.runtime.errors import ConfigError, ExportError
-from uopsl.runtime.fsio import new_file_mode, set_mode
+from uopsl.runtime.fsio import staging
 from uopsl.runtime.optional import require
 
 log = logging.getLogger(__name__)
@@ -57,13 +56,12 @@ def export_onnx(module: object, path: str | os.PathLike[str], size: int, opset: 
     if not MIN_OPSET <= opset <= MAX_OPSET:
         raise ConfigError(f"opset must be in {MIN_OPSET}..{MAX_OPSET} (ONNX Runtime INT8 and TensorRT), got {opset}")
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
     module.eval()  # type: ignore[attr-defined]
     dummy = torch.zeros(1, size, size, 3, dtype=torch.uint8)
     axes = {n: {0: "batch"} for n in (INPUT_NAME, *OUTPUT_NAMES)}
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    try:
+    with staging(target) as stage:
+        stage.close()  # torch and onnx write the temporary by its name
+        tmp = str(stage.path)
         with torch.no_grad():
             torch.onnx.export(
                 module, (dummy,), tmp, input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES),
@@ -85,11 +83,7 @@ def export_onnx(module: object, path: str | os.PathLike[str], size: int, opset: 
                               f"export with another opset ({MIN_OPSET}..{MAX_OPSET}, default {DEFAULT_OPSET})")
         inferred.doc_string = "uopsl deployed model: uint8 NHWC RGB in; probs, logits, site_maps out"
         onnx.save(inferred, tmp)
-        set_mode(tmp, new_file_mode(target))  # mkstemp made it 0600; give it the mode open(target, "w") would
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        stage.commit()  # the mode open(target, "w") would give, fsynced, then renamed
     report = _report(inferred, target, opset)
     if report.ops.get("BatchNormalization"):
         log.warning("%d BatchNormalization nodes were not folded", report.ops["BatchNormalization"])

@@ -118,6 +118,72 @@ def set_mode(path: str | os.PathLike[str], mode: int, fd: int | None = None) -> 
         return False
 
 
+class Stage:
+    """A temporary sibling of a target file, put in the target's place only by :meth:`commit`.
+
+    Why not :func:`atomic_open` alone: some writers must check something after
+    the bytes are written and before the target changes (``add_file`` takes the
+    bundle's manifest lock and checks its checksum first), and some write by
+    path rather than through a file object (``torch.onnx.export``). Made by
+    :func:`staging`, which removes the temporary unless it was committed.
+    """
+
+    def __init__(self, target: Path, path: Path, fd: int) -> None:
+        self.target = target
+        self.path = path
+        self._fd: int | None = fd
+        self._sealed = False
+        self.committed = False
+
+    @contextlib.contextmanager
+    def writer(self, mode: str = "wb", **kwargs: Any) -> Iterator[IO[Any]]:
+        """The temporary, open for writing (once); flushed, given its mode and fsynced when the block ends."""
+        if self._fd is None:
+            raise ValueError(f"{self.path} was already opened or closed; a stage is written once")
+        fd, self._fd = self._fd, None
+        with os.fdopen(fd, mode, **kwargs) as fh:
+            yield fh
+            fh.flush()
+            self._seal(fh.fileno())
+
+    def _seal(self, fd: int) -> None:
+        # mkstemp's 0600 would hide the file from other accounts; the fsync makes the rename durable.
+        set_mode(self.path, new_file_mode(self.target), fd)
+        os.fsync(fd)
+        self._sealed = True
+
+    def close(self) -> None:
+        """Close the temporary's own descriptor (a writer by path needs no second handle open)."""
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)
+
+    def commit(self) -> None:
+        """Put the temporary in the target's place: mode and fsync first when a writer by path wrote it."""
+        self.close()
+        if not self._sealed:
+            with open(self.path, "r+b") as fh:  # r+: Windows flushes only a handle open for writing
+                self._seal(fh.fileno())
+        replace_patiently(self.path, self.target)
+        self.committed = True
+
+
+@contextlib.contextmanager
+def staging(path: str | os.PathLike[str]) -> Iterator[Stage]:
+    """A :class:`Stage` for ``path`` (its folder made if missing); removed on leaving unless committed."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    stage = Stage(target, Path(tmp), fd)
+    try:
+        yield stage
+    finally:
+        stage.close()
+        if not stage.committed:
+            with contextlib.suppress(OSError):  # (a read-only leftover must not hide the real error)
+                os.unlink(tmp)
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike[str], mode: str = "w", **kwargs: Any) -> Iterator[IO[Any]]:
     """Open a temporary sibling of ``path`` for writing; rename it over ``path`` on success.
@@ -127,20 +193,10 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "w", **kwargs: Any) ->
     """
     if not any(m in mode for m in "wx"):
         raise ValueError(f"atomic_open is for writing; got mode {mode!r}")
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, mode.replace("x", "w"), **kwargs) as fh:
+    with staging(path) as stage:
+        with stage.writer(mode.replace("x", "w"), **kwargs) as fh:
             yield fh
-            fh.flush()
-            set_mode(tmp, new_file_mode(target), fh.fileno())
-            os.fsync(fh.fileno())
-        replace_patiently(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):  # (a read-only leftover must not hide the real error)
-            os.unlink(tmp)
-        raise
+        stage.commit()
 
 
 #: How long :func:`replace_patiently` keeps trying, and the pause between tries (seconds).

@@ -17,12 +17,16 @@
 - ``tiny_onnx``, ``tiny_calib_set``, ``tiny_minmax_table``: a TinyScreen ONNX model
   at 64 px (stem, depthwise, pointwise and 3x3 layers), 16 calibration images and
   their minmax table, for the INT8 weight-rounding tests.
+- ``durability_log``: records each ``os.fsync`` (as the file its descriptor
+  names, Linux only) and each ``os.replace``, in order, for the tests of what
+  an atomic write promises (the temporary fsynced before it is renamed).
 """
 
 from __future__ import annotations
 
 import csv
 import logging
+import os
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
@@ -189,3 +193,24 @@ def tiny_minmax_table(tiny_onnx: Path, tiny_calib_set):  # type: ignore[no-untyp
     from uopsl.calibration.ranges import collect_statistics
 
     return collect_statistics(tiny_onnx, tiny_calib_set, batch_size=8, show_progress=False).table("minmax")
+
+
+@pytest.fixture
+def durability_log(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, ...]]:
+    """``("fsync", file)`` and ``("replace", src, dst)`` events, in order; skips where /proc/self/fd is missing."""
+    if not os.path.isdir("/proc/self/fd"):
+        pytest.skip("names descriptors through /proc/self/fd (Linux)")
+    events: list[tuple[str, ...]] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def replace(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+        events.append(("replace", os.fspath(src), os.fspath(dst)))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    return events

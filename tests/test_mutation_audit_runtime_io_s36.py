@@ -24,34 +24,17 @@ from uopsl.runtime.preprocess import check_image_bytes, decode
 from uopsl.runtime.results import ResultStore, key_path
 
 
-def _fd_path(fd: int) -> str:
-    """The file an open descriptor names (Linux: /proc/self/fd)."""
-    return os.readlink(f"/proc/self/fd/{fd}")
-
-
 # -- durability: what results.py and fsio.py promise ------------------------------------------------------
-def test_an_atomic_write_fsyncs_its_temporary_before_renaming_it(tmp_path: Path,
-                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_atomic_write_fsyncs_its_temporary_before_renaming_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                               durability_log: list[tuple[str, ...]]) -> None:
     """fsio's contract: "written to a temporary file in the same folder, flushed, then renamed over the target".
 
     Without the fsync a power loss after the rename can leave results.csv empty (the rename is journalled, the
     data not yet). Order checked: the temporary's fsync, then the rename of that same temporary.
     """
-    events: list[tuple[str, ...]] = []
-    real_fsync, real_replace = os.fsync, os.replace
-
-    def fsync(fd: int) -> None:
-        events.append(("fsync", _fd_path(fd)))
-        real_fsync(fd)
-
-    def replace(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
-        events.append(("replace", os.fspath(src), os.fspath(dst)))
-        real_replace(src, dst)
-
+    events = durability_log
     target = tmp_path / "results.csv"
     target.write_text("old\n")
-    monkeypatch.setattr(os, "fsync", fsync)
-    monkeypatch.setattr(os, "replace", replace)
     write_text(target, "new\n")
     monkeypatch.undo()
     assert target.read_text() == "new\n"

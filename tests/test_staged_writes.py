@@ -1,0 +1,116 @@
+"""``fsio.staging``: a temporary that takes its target's place only when committed.
+
+Three writers share it: ``atomic_open`` (every results.csv, report and cache
+write), ``add_file`` (which must take the bundle's manifest lock and check the
+manifest between writing and replacing) and ``export_onnx`` (torch and onnx
+write by path). The promises checked here: nothing of an uncommitted stage is
+left behind and the target is untouched; a commit fsyncs the temporary before
+the rename, whether a file object or a writer by path wrote it, so a power cut
+after the rename cannot leave an empty model or results file.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from uopsl.runtime.fsio import staging
+
+
+def test_an_uncommitted_stage_leaves_the_target_and_the_folder_as_they_were(tmp_path: Path) -> None:
+    target = tmp_path / "results.csv"
+    target.write_text("old\n")
+    with staging(target) as stage:
+        with stage.writer("w") as fh:
+            fh.write("new\n")
+        assert stage.path.parent == tmp_path and stage.path.read_text() == "new\n"
+    assert target.read_text() == "old\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.csv"]
+
+
+def test_an_error_inside_the_stage_removes_the_temporary_and_propagates(tmp_path: Path) -> None:
+    target = tmp_path / "m.onnx"
+    with pytest.raises(RuntimeError, match="export failed"):
+        with staging(target) as stage:
+            stage.close()
+            stage.path.write_bytes(b"half")
+            raise RuntimeError("export failed")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_commit_after_a_file_object_wrote_fsyncs_then_renames(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         durability_log: list[tuple[str, ...]]) -> None:
+    target = tmp_path / "a.bin"
+    events = durability_log
+    with staging(target) as stage:
+        with stage.writer("wb") as fh:
+            fh.write(b"abc")
+        tmp = str(stage.path)
+        stage.commit()
+    monkeypatch.undo()
+    assert events == [("fsync", tmp), ("replace", tmp, str(target))]
+    assert target.read_bytes() == b"abc" and not Path(tmp).exists()
+
+
+def test_a_commit_after_a_writer_by_path_fsyncs_then_renames(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                        durability_log: list[tuple[str, ...]]) -> None:
+    """The writer-by-path case (``torch.onnx.export``): the commit opens the temporary itself to fsync it."""
+    target = tmp_path / "m.onnx"
+    events = durability_log
+    with staging(target) as stage:
+        stage.close()
+        stage.path.write_bytes(b"graph")
+        tmp = str(stage.path)
+        stage.commit()
+    monkeypatch.undo()
+    assert events == [("fsync", tmp), ("replace", tmp, str(target))]
+    assert target.read_bytes() == b"graph"
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permission bits")
+def test_a_committed_file_gets_the_mode_a_plain_write_gives_not_mkstemps(tmp_path: Path) -> None:
+    """mkstemp makes 0600; a new file must get 0o666 & ~umask (0644 under umask 022), by either writer."""
+    old = os.umask(0o022)
+    try:
+        for name, by_path in (("a", False), ("b", True)):
+            with staging(tmp_path / name) as stage:
+                if by_path:
+                    stage.close()
+                    stage.path.write_bytes(b"x")
+                else:
+                    with stage.writer() as fh:
+                        fh.write(b"x")
+                stage.commit()
+            assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o644, name
+    finally:
+        os.umask(old)
+
+
+def test_a_stage_is_written_once(tmp_path: Path) -> None:
+    with staging(tmp_path / "x") as stage:
+        with stage.writer() as fh:
+            fh.write(b"1")
+        with pytest.raises(ValueError, match="written once"):
+            with stage.writer():
+                pass
+
+
+def test_export_onnx_fsyncs_the_graph_before_it_takes_the_targets_place(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                       durability_log: list[tuple[str, ...]]) -> None:
+    """Before session 37 the exporter renamed its temporary without an fsync (a power cut on a Jetson just after
+    ``uopsl export`` could leave a zero-length model.onnx under its final name)."""
+    from tinymodel import TinyScreen
+    from uopsl.export.onnx_export import export_onnx
+
+    target = tmp_path / "m.onnx"
+    events = durability_log
+    export_onnx(TinyScreen(3), target, 64)
+    monkeypatch.undo()
+    renames = [e for e in events if e[0] == "replace" and e[2] == str(target)]
+    assert len(renames) == 1
+    tmp = renames[0][1]
+    assert ("fsync", tmp) in events[:events.index(renames[0])]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
