@@ -48,6 +48,7 @@ from uopsl.runtime.fsio import (
     Stage,
     is_or_holds,
     new_dir_mode,
+    replace_folder,
     set_mode,
     sha256_file,
     staging,
@@ -176,14 +177,7 @@ def write_bundle(
         # mkdtemp made the folder owner-only (0700): give it the mode mkdir would, once it is filled (a fresh
         # bundle, not the replaced one's mode), so the account that screens can read a copied bundle.
         set_mode(tmp, new_dir_mode())
-        if target.exists():
-            old = target.with_name(f".{target.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(target, old)
-            os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
+        replace_folder(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

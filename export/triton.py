@@ -73,6 +73,7 @@ from uopsl.runtime.fsio import (
     is_or_holds,
     load_json_strict,
     new_dir_mode,
+    replace_folder,
     set_mode,
     sha256_bytes,
     sha256_file,
@@ -226,7 +227,7 @@ def write_triton_repository(
                         "gpus": list(gpus)},
         })
         set_mode(tmp, new_dir_mode())  # once filled: mkdtemp's 0700 would hide the repository from Triton's account
-        _swap_into_place(tmp, target)
+        replace_folder(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -273,17 +274,6 @@ def check_repository_target(target: Path, overwrite: bool,
             f"{target} was not written by uopsl (no {REPO_MARKER}); it may hold other Triton models, so it is "
             "not replaced: choose an empty or new folder"
         )
-
-
-def _swap_into_place(tmp: Path, target: Path) -> None:
-    if not target.exists():
-        os.replace(tmp, target)
-        return
-    old = target.with_name(f".{target.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    os.replace(target, old)
-    os.replace(tmp, target)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 # -- what each model looks like -------------------------------------------------------------

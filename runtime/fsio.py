@@ -20,6 +20,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import stat
 import sys
 import tempfile
@@ -229,6 +230,48 @@ def replace_patiently(src: str | os.PathLike[str], dst: str | os.PathLike[str]) 
             if time.monotonic() >= deadline:
                 raise
             time.sleep(_REPLACE_PAUSE_S)
+
+
+def sync_tree(folder: str | os.PathLike[str]) -> None:
+    """fsync every regular file under ``folder``, then each folder (POSIX), deepest first.
+
+    Why: a folder filled in a temporary place and renamed into view (a bundle,
+    a Triton repository) is durable only if its files' data reached the disk
+    before the rename; otherwise a power cut can leave the new name holding
+    zero-length files (ext4 flushes data on a rename over a *file*, not on a
+    folder's rename).
+    """
+    for root, _dirs, files in os.walk(folder, topdown=False):
+        for name in files:
+            path = os.path.join(root, name)
+            if os.path.isfile(path) and not os.path.islink(path):
+                with open(path, "r+b") as fh:  # r+: Windows flushes only a handle open for writing
+                    os.fsync(fh.fileno())
+        if os.name == "posix":  # a folder's entries; Windows cannot open a folder for fsync
+            fd = os.open(root, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+
+def replace_folder(filled: str | os.PathLike[str], target: str | os.PathLike[str]) -> None:
+    """Put the folder ``filled`` (a sibling of ``target``) in ``target``'s place, its contents synced first.
+
+    An existing ``target`` is moved aside to ``.NAME.old`` and removed once the
+    new folder is in place; a crash between the two renames leaves the old one
+    there under that name.
+    """
+    sync_tree(filled)
+    target = Path(target)
+    if not target.exists():
+        os.replace(filled, target)
+        return
+    old = target.with_name(f".{target.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    os.replace(target, old)
+    os.replace(filled, target)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _read_only(path: str | os.PathLike[str]) -> bool:

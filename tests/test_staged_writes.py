@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import stat
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -114,3 +115,87 @@ def test_export_onnx_fsyncs_the_graph_before_it_takes_the_targets_place(tmp_path
     tmp = renames[0][1]
     assert ("fsync", tmp) in events[:events.index(renames[0])]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+
+
+# -- folders filled in a temporary place, then renamed into view --------------------------------------------
+def _synced_before_rename(events: list[tuple[str, ...]], target: Path) -> tuple[set[str], set[str]]:
+    """(files and folders under ``target`` now, "." included; those fsynced under the temporary folder before its
+    rename onto ``target``), as paths relative to the folder."""
+    renames = [e for e in events if e[0] == "replace" and e[2] == str(target)]
+    assert len(renames) == 1, renames
+    tmp = os.path.realpath(renames[0][1])
+    before = events[:events.index(renames[0])]
+    synced = {os.path.relpath(e[1], tmp) for e in before
+              if e[0] == "fsync" and (e[1] == tmp or e[1].startswith(tmp + os.sep))}
+    now = {str(p.relative_to(target)) for p in target.rglob("*")} | {"."}
+    return now, synced
+
+
+def test_replace_folder_syncs_every_file_and_folder_and_swaps_an_old_folder_out(
+        tmp_path: Path, durability_log: list[tuple[str, ...]]) -> None:
+    from uopsl.runtime.fsio import replace_folder
+
+    target = tmp_path / "bundle"
+    (target / "sub").mkdir(parents=True)
+    (target / "old.txt").write_text("old")
+    filled = tmp_path / ".bundle.new"
+    (filled / "1" / "2").mkdir(parents=True)
+    (filled / "a.onnx").write_bytes(b"a")
+    (filled / "1" / "2" / "b.plan").write_bytes(b"b")
+    replace_folder(filled, target)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]  # neither the filled name nor .bundle.old
+    assert (target / "a.onnx").read_bytes() == b"a" and (target / "1" / "2" / "b.plan").read_bytes() == b"b"
+    assert [e[2] for e in durability_log if e[0] == "replace"] == [str(tmp_path / ".bundle.old"), str(target)]
+    now, synced = _synced_before_rename(durability_log, target)
+    assert now == {".", "a.onnx", "1", "1/2", "1/2/b.plan"}
+    assert synced == now
+
+
+@pytest.fixture
+def tiny_export(tmp_path: Path) -> tuple[Path, Any, Any, Any]:
+    """A real fine-tuned tiny model's FP32 ONNX (site maps of fixed size, as a bundle needs), its model and
+    metadata, and the deployed module."""
+    from trainhelpers import tiny_model
+    from uopsl.export.onnx_export import export_onnx
+    from uopsl.train.model import DeployModel
+
+    model, meta = tiny_model()
+    deploy = DeployModel(model.eval(), 64)
+    export_onnx(deploy, tmp_path / "src.onnx", 64)
+    return tmp_path / "src.onnx", model, meta, deploy
+
+
+def _write_bundle(target: Path, tiny_export: tuple[Path, Any, Any, Any]) -> None:
+    from trainhelpers import CLASSES
+    from uopsl.export.bundle_writer import write_bundle
+    from uopsl.runtime.bundle import ClassSpec
+
+    src, model, meta, deploy = tiny_export
+    classes = [ClassSpec(n, (f"{n} phrase",), 0.5, True) for n in CLASSES]
+    write_bundle(target, src, classes, "sigmoid", meta.preprocess, class_bank=model.class_text.numpy(),
+                 site_map_size=(deploy.h, deploy.w), opset=17, backbone="resnet18")
+
+
+def test_an_exported_bundle_is_synced_before_it_is_renamed_into_place(
+        tmp_path: Path, tiny_export: tuple[Path, Any, Any, Any], durability_log: list[tuple[str, ...]]) -> None:
+    """Before session 37 model.onnx and the class bank were renamed into view unsynced: a power cut just after
+    ``uopsl export`` could leave a bundle whose files are empty (verify would name them; the export was lost)."""
+    durability_log.clear()
+    target = tmp_path / "bundle"
+    _write_bundle(target, tiny_export)
+    now, synced = _synced_before_rename(durability_log, target)
+    assert {"model.onnx", "class_bank.npy", "manifest.json"} <= now
+    assert now <= synced
+
+
+def test_a_triton_repository_is_synced_before_it_is_renamed_into_place(
+        tmp_path: Path, tiny_export: tuple[Path, Any, Any, Any], durability_log: list[tuple[str, ...]]) -> None:
+    from uopsl.export.triton import write_triton_repository
+
+    _write_bundle(tmp_path / "bundle", tiny_export)
+    durability_log.clear()
+    target = tmp_path / "models"
+    write_triton_repository(tmp_path / "bundle", target, model_name="retina")
+    now, synced = _synced_before_rename(durability_log, target)
+    assert any(n.endswith("config.pbtxt") for n in now)
+    assert now <= synced
