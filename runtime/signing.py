@@ -89,6 +89,28 @@ _UNSIGNED_FIELDS = ("files", "content_sha256", "format_version")
 _MAX_SIGNATURE_BYTES = 32 << 20  # the signed content repeats the manifest's fields (manifests: <= 16 MiB)
 
 
+def _starting_dir() -> str | None:
+    try:
+        return os.getcwd()
+    except OSError:  # started in a folder deleted since
+        return None
+
+
+#: The working directory when this module was first imported: what a relative path in
+#: :data:`TRUSTED_KEYS_ENV` or :data:`TRUSTED_KEYS_DIR_ENV` is relative to. The variables are read again
+#: before batches (a service picks up a new key or recall), and an application may change directory in
+#: between: against the directory of each read, ``UOPSL_TRUSTED_KEYS=maker.pub`` would stop a running
+#: service with "cannot read the public key" after a ``chdir``.
+_ENV_BASE = _starting_dir()
+
+
+def _from_env(path: str) -> str:
+    """A path from one of the trust variables, absolute: relative ones against :data:`_ENV_BASE`."""
+    if os.path.isabs(path) or _ENV_BASE is None:
+        return path
+    return os.path.join(_ENV_BASE, path)
+
+
 def warn_if_signed(bundle: str | os.PathLike[str], change: str) -> bool:
     """Warn that ``change`` to ``bundle`` voids its signature, when the bundle is signed; True then.
 
@@ -225,9 +247,9 @@ def load_trusted_keys(paths: Iterable[str | os.PathLike[str]]) -> tuple[TrustedK
 
 
 def trusted_keys_from_env(environ: Mapping[str, str] | None = None) -> tuple[str, ...]:
-    """The key files :data:`TRUSTED_KEYS_ENV` lists (empty when unset)."""
+    """The key files :data:`TRUSTED_KEYS_ENV` lists (empty when unset); relative ones as :data:`_ENV_BASE` says."""
     value = (os.environ if environ is None else environ).get(TRUSTED_KEYS_ENV, "")
-    return tuple(p.strip() for p in value.split(os.pathsep) if p.strip())
+    return tuple(_from_env(p.strip()) for p in value.split(os.pathsep) if p.strip())
 
 
 def _windows_program_data() -> Path:
@@ -405,7 +427,7 @@ def _trust_folders(env: Mapping[str, str]) -> list[Path]:
     """The machine's trusted-keys folder, then the one :data:`TRUSTED_KEYS_DIR_ENV` names (if set)."""
     folders = [_system_dir_for_tests or system_keys_dir(env)]
     if env.get(TRUSTED_KEYS_DIR_ENV):
-        folders.append(Path(env[TRUSTED_KEYS_DIR_ENV]))
+        folders.append(Path(_from_env(env[TRUSTED_KEYS_DIR_ENV])))
     return folders
 
 

@@ -923,3 +923,37 @@ def test_verify_of_an_unsigned_bundle_says_whether_that_matters(tiny_bundle: Pat
     assert res.exit_code == 0, res.output
     assert "signature: not signed (no signature.json) (fine where no signing key is set up on this machine" in \
         res.output and "compare the fingerprint below" in res.output
+
+
+@pytest.mark.parametrize("variable", ["UOPSL_TRUSTED_KEYS", "UOPSL_TRUSTED_KEYS_DIR"])
+def test_relative_paths_in_the_trust_variables_survive_a_change_of_directory(
+        signed: Path, tmp_path: Path, keys: dict[str, Path], monkeypatch: pytest.MonkeyPatch, variable: str) -> None:
+    """Session 37's signing audit: the variables are read again before batches, and a relative path was taken
+    against the working directory of each read: an application that changed directory after opening its
+    Screener stopped with "cannot read the public key". They are now relative to the directory the process
+    started in (the module's import), as a service's launcher meant them."""
+    from tinybundle import fundus_jpeg
+    from uopsl.runtime.api import Screener
+
+    signing = signing_module()
+    start = tmp_path / "start"
+    (start / "trust").mkdir(parents=True)
+    shutil.copyfile(keys["public"], start / "trust" / "maker.pub")
+    monkeypatch.setattr(signing, "_ENV_BASE", str(start))
+    monkeypatch.setattr(signing, "_system_dir_for_tests", tmp_path / "no-machine-folder")
+    monkeypatch.setenv(variable, "trust/maker.pub" if variable == "UOPSL_TRUSTED_KEYS" else "trust")
+    monkeypatch.setattr(Screener, "TRUST_RECHECK_S", 0.0)
+    photo = fundus_jpeg(tmp_path / "in" / "a.jpg", seed=1)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # not where the keys are: the start folder counts, not this one
+    with Screener(signed, backend="ort-cpu") as s:
+        assert s.signature is not None and s.signature.trusted
+        monkeypatch.chdir(tmp_path)
+        assert s.screen(photo).status == "ok"
+    if variable == "UOPSL_TRUSTED_KEYS":
+        assert signing.trusted_keys_from_env() == (str(start / "trust" / "maker.pub"),)
+    monkeypatch.setenv(variable, str(start / "trust" / "maker.pub") if variable == "UOPSL_TRUSTED_KEYS"
+                       else str(start / "trust"))  # an absolute path is taken as it is
+    with Screener(signed, backend="ort-cpu") as s:
+        assert s.signature is not None and s.signature.trusted
