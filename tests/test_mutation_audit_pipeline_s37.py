@@ -23,6 +23,7 @@ from uopsl.runtime.errors import BackendError, ConfigError
 from uopsl.runtime.pipeline import (
     InferenceHealth,
     PipelineConfig,
+    PrepareSpec,
     ScreeningPipeline,
     WalkState,
     check_inputs,
@@ -31,6 +32,7 @@ from uopsl.runtime.pipeline import (
     item_for_path,
     iter_inputs,
     list_folder,
+    prepare_item,
     walk_images,
 )
 from uopsl.runtime.preprocess import PreprocessConfig
@@ -100,18 +102,6 @@ def test_one_photograph_without_finite_probabilities_is_no_failed_batch(tmp_path
     rows = _run([[[np.nan, 0.2, 0.2], [0.1, 0.7, 0.2]]], photos, batch_size=2, max_inference_failures=1)
     assert [r.status for r in rows] == ["error", "ok"]
     assert rows[0].reasons == ("inference_error",) and rows[1].refer is True
-
-
-def test_failures_that_are_not_in_a_row_never_stop_the_run(tmp_path: Path) -> None:
-    """``max_inference_failures`` counts failures IN A ROW: an answered batch in between starts the count again.
-    A backend failing every other batch (a transient out-of-memory under load) costs those batches' rows
-    (retried by the next run) but must not stop a clinic's run as "a backend in a failed state".
-
-    Batches of one; calls fail, answer, fail, answer, fail, answer: by hand the rows are error, ok, x3.
-    """
-    photos = [fundus_jpeg(tmp_path / f"g{i}.jpg", seed=i) for i in range(6)]
-    rows = _run([BackendError("out of memory"), [0.1, 0.2, 0.2]], photos, batch_size=1, max_inference_failures=2)
-    assert [r.status for r in rows] == ["error", "ok"] * 3
 
 
 def test_the_failure_count_starts_again_after_it_stopped_a_run() -> None:
@@ -321,3 +311,294 @@ def test_a_list_named_inside_a_list_that_cannot_be_opened_gets_a_row_not_a_stop(
 
     monkeypatch.setattr(pipeline, "open", refusing, raising=False)  # the module's open(), as _read_list calls it
     assert [Path(i.source).name for i in iter_inputs([top])] == ["a.jpg", "day2.txt", "b.jpg"]
+
+
+def test_a_thumbnail_fits_its_longest_side(tmp_path: Path) -> None:
+    """``thumbnail_side`` is the thumbnail's LONGEST side (px): the report embeds one per photograph (about 9 KB
+    each), so a landscape photograph's thumbnail must not come out wider than asked. By hand, 440 x 320 (w x h)
+    at 100: scale 100 / 440, so 100 x round(72.73) = 100 x 73."""
+    import cv2
+
+    square = cv2.imread(str(fundus_jpeg(tmp_path / "sq.jpg", size=320)))
+    wide = cv2.copyMakeBorder(square, 0, 0, 80, 40, cv2.BORDER_CONSTANT)  # 320 high, 440 wide
+    cv2.imwrite(str(tmp_path / "wide.png"), wide)
+    spec = PrepareSpec(_manifest().preprocess, thumbnail_side=100)
+    prep = prepare_item(item_for_path(tmp_path / "wide.png"), spec)
+    assert prep.error == "" and prep.thumbnail is not None
+    assert prep.thumbnail.shape == (73, 100, 3)
+
+
+def test_max_inference_failures_zero_means_never_stop(tmp_path: Path) -> None:
+    """``max_inference_failures=0`` is documented as "never raises": a caller that wants every input to get its
+    row, whatever the backend does, must be able to set it, and then a backend failing every call gives one
+    error row per photograph and no stop."""
+    photos = [fundus_jpeg(tmp_path / f"g{i}.jpg", seed=i) for i in range(4)]
+    rows = _run([BackendError("device lost")], photos, batch_size=1, max_inference_failures=0)
+    assert [r.status for r in rows] == ["error"] * 4
+    assert all(r.error == "inference failed: device lost" for r in rows)
+
+
+def test_a_batch_size_below_one_is_refused() -> None:
+    """``batch_size=0`` would make the read-ahead window 0 inputs: the run would take no input and end with no
+    row at all, as if the folder were empty. It is refused when the settings are made."""
+    with pytest.raises(ConfigError, match="batch size must be >= 1, got 0"):
+        PipelineConfig(batch_size=0)
+    assert PipelineConfig(batch_size=1).batch_size == 1
+
+
+def test_a_photograph_that_hits_an_internal_error_keeps_its_content_hash(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A failure no photograph should cause (a bug in a decoder) gives an ``internal_error`` row; the file was
+    already read, and its sha256 stays on the row: the duplicate check and the moved-card lookup of a later run
+    recognise the photograph by it. By hand: the sha256 of the file's bytes."""
+    import hashlib
+
+    import uopsl.runtime.pipeline as pipeline
+
+    photo = fundus_jpeg(tmp_path / "g.jpg", seed=1)
+
+    def broken(*args: object, **kwargs: object) -> object:
+        raise RuntimeError("a bug, not the photograph")
+
+    monkeypatch.setattr(pipeline, "preprocess", broken)
+    prep = prepare_item(item_for_path(photo), PrepareSpec(_manifest().preprocess))
+    assert prep.reasons == ("internal_error",) and prep.error == "RuntimeError: a bug, not the photograph"
+    assert prep.sha256 == hashlib.sha256(photo.read_bytes()).hexdigest()
+
+
+# -- worker processes -----------------------------------------------------------------------------------------
+def test_a_broken_shared_pool_is_not_handed_to_the_next_run() -> None:
+    """The shared pool of preprocessing processes outlives a run. One that broke (a worker killed for memory)
+    refuses every task; the next run asking for the shared pool must get a fresh one, or every photograph of
+    it would go through the pool-restart path (and a run could stop on "worker processes stopped"). No worker
+    process is started: a pool starts its processes at its first task."""
+    from uopsl.runtime import workerpool
+
+    n = 13  # a pool size no other test shares
+    first = workerpool.worker_processes(n)
+    try:
+        assert workerpool.worker_processes(n) is first  # kept while it works
+        first._broken = "A child process terminated abruptly"  # type: ignore[attr-defined] # what a dead worker sets
+        second = workerpool.worker_processes(n)
+        assert second is not first and not second._broken  # type: ignore[attr-defined]
+        assert workerpool.worker_processes(n) is second
+    finally:
+        workerpool.forget_worker_processes(workerpool.worker_processes(n))
+    assert n not in workerpool._shared
+
+
+def test_breaks_no_photograph_explains_are_counted_since_the_last_one_that_did(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker-pool break is blamed on the input first in line; when that input then runs alone without harm,
+    the break is "unexplained". More than ``MAX_POOL_RESTARTS`` unexplained breaks SINCE the last photograph found
+    to crash its worker stop the run (the pool itself is failing); a crashing photograph found clears the count,
+    since the breaks before it were its doing. Counting them over the whole run instead stops a clinic's run that
+    only met a few damaged files.
+
+    A pool that needs no process (tasks run at once, in this process) breaks as scripted, with
+    ``MAX_POOL_RESTARTS = 2`` and tasks of 2 inputs: I1's task holds the crashing C1 (I1 unexplained, then C1
+    found: count 0), then I2, I3 and I4 each break their task once (count 1, 2, 3; each is checked on arrival
+    against "more than 2" before it is counted, so none stops). By hand: every input gets its row, C1 a
+    ``decoder_crash`` one. Inputs are missing files (error rows, no model needed); 8 others lie between two
+    breaks, more than the read-ahead window, so no break is absorbed by a resubmission.
+    """
+    from concurrent.futures import BrokenExecutor, Future
+
+    import uopsl.runtime.pipeline as pipeline
+    from uopsl.runtime.pipeline import InputItem, _Prepared, prepare_items
+
+    def item(name: str) -> InputItem:
+        return item_for_path(tmp_path / f"{name}.jpg")
+
+    others = iter(range(100))
+
+    def goods(n: int) -> list[InputItem]:
+        return [item(f"g{next(others)}") for _ in range(n)]
+
+    items = [item("I1"), item("C1"), *goods(8), item("I2"), *goods(9), item("I3"), *goods(9), item("I4"), *goods(3)]
+    crashes = {str(tmp_path / "C1.jpg")}
+    break_once = {str(tmp_path / f"I{k}.jpg") for k in (2, 3, 4)}
+
+    class ScriptedPool:
+        _broken = False
+        _executor_manager_thread = None
+
+        def submit(self, fn: object, *args: object) -> Future:
+            f: Future = Future()
+            if fn is prepare_items:
+                names = {i.source for i in args[0]}  # type: ignore[attr-defined]
+                if names & (crashes | break_once):
+                    break_once.difference_update(names)
+                    f.set_exception(BrokenExecutor("A child process terminated abruptly"))
+                    return f
+            f.set_result(fn(*args))  # type: ignore[operator]
+            return f
+
+    pool = ScriptedPool()
+    monkeypatch.setattr(pipeline, "MAX_POOL_RESTARTS", 2)
+    monkeypatch.setattr(pipeline, "worker_processes", lambda n: pool)
+    with _Scripted([[0.1, 0.1, 0.1]]) as backend:
+        pipe = ScreeningPipeline(backend, _manifest(),
+                                 PipelineConfig(batch_size=1, prefetch_batches=1, workers=2, worker_pool="processes"))
+        assert pipe._window(True) == (8, 2)
+        alone: list[str] = []
+
+        def prepare_alone(it: InputItem) -> _Prepared:
+            alone.append(Path(it.source).stem)
+            if it.source in crashes:
+                return _Prepared(it, error="stopped the worker", reasons=("decoder_crash",))
+            return prepare_items([it], pipe._spec)[0]
+
+        monkeypatch.setattr(pipe, "_fresh_processes", lambda failed, exc, it: pool)
+        monkeypatch.setattr(pipe, "_prepare_alone", prepare_alone)
+        rows = list(pipe.run(items))
+    assert alone == ["I1", "C1", "I2", "I3", "I4"]
+    assert [r.source for r in rows] == [i.source for i in items]
+    assert [Path(r.source).stem for r in rows if r.reasons == ("decoder_crash",)] == ["C1"]
+
+
+def test_a_pool_given_up_on_has_its_workers_stopped() -> None:
+    """:func:`forget_worker_processes` is what a run calls on a pool that cannot run a trivial task (a worker
+    hung in a decoder, say): the pool is not marked broken, so only an explicit terminate stops its workers; left
+    running, a hung worker holds its memory and a core for as long as the program lives (``watch`` runs for
+    weeks). Checked on a stand-in pool: its process must be terminated, the pool shut down without waiting, and
+    no longer shared."""
+    from types import SimpleNamespace
+
+    from uopsl.runtime import workerpool
+
+    proc = SimpleNamespace(terminated=False)
+    proc.terminate = lambda: setattr(proc, "terminated", True)
+    pool = SimpleNamespace(_processes={1: proc}, _broken=False, _call_queue=None, shut=None)
+    pool.shutdown = lambda wait, cancel_futures: setattr(pool, "shut", (wait, cancel_futures))
+    with workerpool._lock:
+        workerpool._shared[97] = pool  # type: ignore[assignment]
+    workerpool.forget_worker_processes(pool)  # type: ignore[arg-type]
+    assert proc.terminated and pool.shut == (False, True) and 97 not in workerpool._shared
+
+
+# -- the per-day report -------------------------------------------------------------------------------------------
+def _day_row(i: int, when: str | None) -> dict[str, object]:
+    row: dict[str, object] = {"id": f"p{i:03d}", "source": f"/drop/p{i:03d}.jpg", "key": f"/drop/p{i:03d}.jpg|1|{i}",
+                              "sha256": f"{i:064x}", "status": "ok", "refer": False, "positive": [],
+                              "probs": {"normal": 0.9, "dr": 0.1}, "reasons": [], "error": "", "heatmap_class": "dr"}
+    if when is not None:
+        row["screened_at"] = when
+    return row
+
+
+@pytest.mark.parametrize(("tz", "when", "day"), [("IST-5:30", "2026-11-26T20:00:00+00:00", (2026, 11, 27)),
+                                                ("EST+5", "2026-11-27T03:00:00+00:00", (2026, 11, 26))])
+def test_a_photograph_is_filed_under_the_local_day_it_was_screened(monkeypatch: pytest.MonkeyPatch, tz: str,
+                                                                   when: str, day: tuple[int, int, int]) -> None:
+    """Day pages are the clinic's LOCAL calendar days: a clinic prints "today's page". Rows carry UTC times, so a
+    photograph screened at 01:30 in India (20:00 UTC the day before) belongs on the later day's page, and one
+    screened at 22:00 in New York (03:00 UTC the next day) on the earlier one. By hand from the offsets (POSIX
+    TZ strings, no time-zone database needed): +5:30 and -5:00."""
+    import time
+    from datetime import date
+
+    from uopsl.runtime.report_days import screening_day
+
+    monkeypatch.setenv("TZ", tz)
+    time.tzset()
+    try:
+        assert screening_day(_day_row(0, when)) == date(*day)
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+
+
+def test_photographs_without_a_screening_time_come_on_the_last_page(tmp_path: Path) -> None:
+    """Pages run oldest day first and the rows without a screening time (``undated``) come last: the
+    day pages link to their neighbours in this order, so an undated page first would sit before the oldest
+    day in the previous/next chain. Local days of noon UTC, worked out with ``astimezone`` by hand."""
+    from datetime import datetime, timezone
+
+    from uopsl.runtime.report_days import plan_pages
+
+    noon = [datetime(2026, 11, d, 12, 0, tzinfo=timezone.utc) for d in (26, 27)]
+    rows = [_day_row(0, None), _day_row(1, noon[1].isoformat()), _day_row(2, noon[0].isoformat())]
+    pages = plan_pages(rows, ["dr"], max_rows=10)
+    days = [d.astimezone().date().isoformat() for d in noon]
+    assert [(p.name, p.rows) for p in pages] == [(f"{days[0]}.html", (2,)), (f"{days[1]}.html", (1,)),
+                                                  ("undated.html", (0,))]
+
+
+def _report_manifest() -> Manifest:
+    from uopsl.runtime.bundle import ClassSpec
+
+    classes = (ClassSpec("normal", ("healthy retina",), threshold=0.5, referable=False),
+               ClassSpec("dr", ("microaneurysms",), threshold=0.6, referable=True))
+    return Manifest(classes=classes, head="sigmoid", preprocess=PreprocessConfig(), files=(), model_name="uopsl",
+                    content_sha256="cd" * 32)
+
+
+def _nav(page: Path) -> list[str]:
+    """The links of a day page's navigation line, in order."""
+    import re
+
+    text = page.read_text(encoding="utf-8")
+    return re.findall(r"<a href='([^']+)'>", text.split("<p class='nav noprint'>")[1].split("</p>")[0])
+
+
+def test_day_pages_link_to_both_neighbours_and_a_new_day_updates_the_last_one(tmp_path: Path) -> None:
+    """A clinic pages through the days with previous/next. Every page but the first links to the day before and
+    every page but the last to the day after; when a new day begins, the page that was last must be made again
+    with its new "next" link, though its own photographs did not change (the page-rewrite fingerprint covers
+    its links). By hand: three days of noon UTC, one page each (2 photographs a page at most)."""
+    from datetime import datetime, timezone
+
+    from uopsl.runtime.report_days import DAYS_DIR, write_reports
+
+    when = [datetime(2026, 11, d, 12, 0, tzinfo=timezone.utc) for d in (26, 27, 28)]
+    name = [f"{w.astimezone().date().isoformat()}.html" for w in when]
+    rows = [_day_row(0, when[0].isoformat()), _day_row(1, when[0].isoformat()), _day_row(2, when[1].isoformat())]
+    days = tmp_path / DAYS_DIR
+    write_reports(rows, tmp_path, _report_manifest(), max_rows=2)
+    assert _nav(days / name[0]) == ["../report.html", name[1]] and _nav(days / name[1]) == ["../report.html", name[0]]
+    write_reports(rows + [_day_row(3, when[2].isoformat())], tmp_path, _report_manifest(), max_rows=2)
+    assert _nav(days / name[0]) == ["../report.html", name[1]]
+    assert _nav(days / name[1]) == ["../report.html", name[0], name[2]]
+    assert _nav(days / name[2]) == ["../report.html", name[1]]
+
+
+def test_a_file_of_the_users_beside_the_day_pages_is_kept(tmp_path: Path) -> None:
+    """Only the day pages this module writes (``YYYY-MM-DD[-N].html``, ``undated[-N].html``) are removed when a
+    day no longer has photographs; a file the user keeps in ``days/`` whose name merely starts like one (a saved
+    copy ``2026-11-01.html.orig``, an annotated ``2026-11-01.html-notes.txt``) is theirs and stays."""
+    from datetime import datetime, timezone
+
+    from uopsl.runtime.report_days import DAYS_DIR, write_reports
+
+    days = tmp_path / DAYS_DIR
+    days.mkdir()
+    mine = ["2026-11-01.html.orig", "2026-11-01.html-notes.txt"]
+    for n in mine:
+        (days / n).write_text("mine", encoding="utf-8")
+    (days / "2026-11-01.html").write_text("an old day page", encoding="utf-8")
+    noon = datetime(2026, 11, 26, 12, 0, tzinfo=timezone.utc).isoformat()
+    write_reports([_day_row(i, noon) for i in range(3)], tmp_path, _report_manifest(), max_rows=2)
+    assert not (days / "2026-11-01.html").exists()
+    assert [(days / n).read_text(encoding="utf-8") for n in mine] == ["mine", "mine"]
+
+
+def test_the_index_counts_only_dated_days_and_lists_undated_referrals_last(tmp_path: Path) -> None:
+    """Rows without a screening time (results of an old toolkit) are no screening day: the index title counts
+    the real days only ("on 1 day"), and in the newest-first referral list such a referral comes after every
+    dated one, so that it cannot push the latest referrals off a capped list. By hand: one referral at noon
+    UTC on 26 November, one undated."""
+    import re
+    from datetime import datetime, timezone
+
+    from uopsl.runtime.report_days import write_reports
+
+    noon = datetime(2026, 11, 26, 12, 0, tzinfo=timezone.utc).isoformat()
+    rows = [_day_row(0, noon), _day_row(1, None), _day_row(2, noon)]
+    for r in rows[:2]:
+        r.update(refer=True, positive=["dr"], probs={"normal": 0.1, "dr": 0.9})
+    write_reports(rows, tmp_path, _report_manifest(), max_rows=2)
+    index = (tmp_path / "report.html").read_text(encoding="utf-8")
+    assert re.search(r"<title>[^<]*Screening report - 3 images on 1 day - ", index), index[:400]
+    referred = re.findall(r"#r-(p\d+)'>", index.split("Referred photographs")[1])
+    assert referred == ["p000", "p001"]
