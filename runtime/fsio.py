@@ -245,7 +245,8 @@ def sync_tree(folder: str | os.PathLike[str]) -> None:
         for name in files:
             path = os.path.join(root, name)
             if os.path.isfile(path) and not os.path.islink(path):
-                with open(path, "r+b") as fh:  # r+: Windows flushes only a handle open for writing
+                # Windows flushes only a handle open for writing; POSIX syncs a read-only file through any handle.
+                with open(path, "r+b" if os.name == "nt" else "rb") as fh:
                     os.fsync(fh.fileno())
         if os.name == "posix":  # a folder's entries; Windows cannot open a folder for fsync
             fd = os.open(root, os.O_RDONLY)

@@ -199,3 +199,29 @@ def test_a_triton_repository_is_synced_before_it_is_renamed_into_place(
     now, synced = _synced_before_rename(durability_log, target)
     assert any(n.endswith("config.pbtxt") for n in now)
     assert now <= synced
+
+
+def test_a_read_only_file_in_a_filled_folder_does_not_stop_the_swap(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                    durability_log: list[tuple[str, ...]]) -> None:
+    """A file copied in without write permission (a read-only source kept its mode) is synced all the same: POSIX
+    fsyncs through a read-only handle, and opening it for writing would fail for a non-root account."""
+    from uopsl.runtime.fsio import replace_folder
+
+    filled = tmp_path / ".out.new"
+    filled.mkdir()
+    (filled / "model.onnx").write_bytes(b"m")
+    os.chmod(filled / "model.onnx", 0o444)
+    opened: list[str] = []
+    real_open = open
+
+    def spy(file, mode="r", *args, **kwargs):  # type: ignore[no-untyped-def]
+        opened.append(mode)
+        return real_open(file, mode, *args, **kwargs)
+
+    import builtins
+
+    monkeypatch.setattr(builtins, "open", spy)
+    replace_folder(filled, tmp_path / "out")
+    monkeypatch.setattr(builtins, "open", real_open)
+    assert (tmp_path / "out" / "model.onnx").read_bytes() == b"m"
+    assert opened == ["rb"]
