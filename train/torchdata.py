@@ -78,7 +78,7 @@ def cache_images(paths: Sequence[Path], pre: PreprocessConfig, cache_dir: Path |
 
     A content digest is the first 8 bytes of the file's sha256 (0 for a file
     that could not be read): which photographs made a checkpoint, without
-    their names (see :func:`uopsl.train.workflow.image_keys`). Nothing is
+    their names (see :func:`uopsl.train.workflow.record_images_seen`). Nothing is
     cached when a file could not be *read* (an I/O error, a file locked by
     another program): it may read next time, and a cache would leave it out for good.
     """

@@ -578,6 +578,14 @@ def check_one_label_each(items: Sequence[Item], classes: Sequence[str], what: st
                           "image one label")
 
 
+def checkpoint_referable(meta: CheckpointMeta) -> tuple[bool, ...]:
+    """The checkpoint's own referable flags, else :func:`referable_flags`' defaults (a checkpoint from before
+    the flags existed): one rule for finetune's thresholds, evaluate's referral figures and export's bundle.
+    finetune once fell back to "every class refers", so such a checkpoint's ``normal`` got a threshold chosen
+    at the target sensitivity while the bundle marked it not referable."""
+    return tuple(meta.referable) or referable_flags(meta.model.classes)
+
+
 def run_finetune(model: UopslModel, meta: CheckpointMeta, train_items: Sequence[Item], val_items: Sequence[Item] | None,
                  cfg: TrainConfig, out: Path, cache: Path | None = None, target_sensitivity: float = 0.9,
                  select: str = "auc", identity: dict[str, str] | None = None,
@@ -624,7 +632,7 @@ def run_finetune(model: UopslModel, meta: CheckpointMeta, train_items: Sequence[
     try:
         if va is not None:
             probs = predict(model, va, device=pick_device(cfg.device))["probs"]
-            points = choose_operating_points(va.targets, probs, meta.referable or [True] * model.num_classes,
+            points = choose_operating_points(va.targets, probs, checkpoint_referable(meta),
                                              target_sensitivity, names=names)
         else:
             points = default_operating_points(names, "no validation images")
@@ -679,8 +687,7 @@ def run_evaluate(ckpt: Path, items: Sequence[Item], out: Path | None, n_boot: in
                       title=f"{Path(ckpt).name}: {model.config.variant}", patients=[it.group for it in ds.items],
                       head=model.config.head, data_counts=data_counts, write_report=False,
                       # As run_export flags them: the device's referral call is evaluated as the bundle makes it.
-                      referable=meta.referable or [descriptions.referable_by_default(c)
-                                                   for c in model.config.classes])
+                      referable=checkpoint_referable(meta))
     report["operating_points"] = meta.metrics.get("operating_points") if meta.thresholds else None
     if report["operating_points"] is not None:
         # Their sensitivity and counts are the validation photographs' that chose each threshold at training time,
@@ -964,7 +971,7 @@ def run_export(ckpt: Path, out: Path, classes_file: str | Path | None = None, op
         log.warning("%s stores no operating thresholds (not fine-tuned with validation data?); "
                     "exporting with 0.5 for every class", ckpt)
     thresholds = list(meta.thresholds or [0.5] * model.num_classes)
-    referable = list(meta.referable or [descriptions.referable_by_default(c) for c in model.config.classes])
+    referable = list(checkpoint_referable(meta))
     phrases = list(meta.phrases)
     shown: dict[str, str] = {}  # display names a class file gives, for the report
     given: frozenset[str] = frozenset()  # classes whose threshold a class file sets
