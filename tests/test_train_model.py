@@ -317,6 +317,57 @@ def test_feature_cache_is_reused_only_for_the_same_images_and_encoder(tmp_path: 
     assert features_fingerprint(model.fundus.encoder, other_rule) != features_fingerprint(model.fundus.encoder, other)
 
 
+@pytest.mark.parametrize("damage", ["empty", "cut short", "no features tensor", "rows of another pool"])
+def test_a_damaged_feature_cache_is_encoded_again_and_replaced(tmp_path: Path, damage: str,
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    """A cache cut short (a copy interrupted, a power cut before session 38's fsync) raised SafetensorError
+    ("header too small") out of ``cached``: every later run sharing the cache stopped. It is now logged,
+    computed again and replaced."""
+    from safetensors.torch import save_file
+
+    from uopsl.train.stages import FeatureDataset, features_fingerprint
+
+    cpu = torch.device("cpu")
+    ds = tiny_dataset(tmp_path, n=6)
+    model, _ = tiny_model()
+    model.eval()
+    path = tmp_path / "features.safetensors"
+    good = FeatureDataset.cached(path, model.fundus.encoder, ds, cpu)
+    whole = path.read_bytes()
+    fingerprint = features_fingerprint(model.fundus.encoder, ds)
+    if damage == "empty":
+        path.write_bytes(b"")
+    elif damage == "cut short":
+        path.write_bytes(whole[: len(whole) // 2])
+    elif damage == "no features tensor":
+        save_file({"other": torch.zeros(2)}, str(path), metadata={"fingerprint": fingerprint})
+    else:
+        save_file({"features": good.features[:3].contiguous()}, str(path), metadata={"fingerprint": fingerprint})
+    with caplog.at_level("WARNING", logger="uopsl.train.stages"):
+        again = FeatureDataset.cached(path, model.fundus.encoder, ds, cpu)
+    assert torch.equal(again.features, good.features)
+    assert str(path) in caplog.text and "encoding again" in caplog.text
+    assert path.read_bytes() == whole, "the damaged cache is replaced by a readable one"
+    assert sorted(p.name for p in path.parent.iterdir() if p.name.startswith(".features")) == []
+
+
+def test_the_feature_cache_is_fsynced_before_it_is_renamed_into_place(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, durability_log: list[tuple[str, ...]]) -> None:
+    from uopsl.train.stages import FeatureDataset
+
+    ds = tiny_dataset(tmp_path, n=4)
+    model, _ = tiny_model()
+    model.eval()
+    path = tmp_path / "cache" / "features.safetensors"
+    durability_log.clear()
+    FeatureDataset.cached(path, model.fundus.encoder, ds, torch.device("cpu"))
+    monkeypatch.undo()
+    renames = [e for e in durability_log if e[0] == "replace" and e[2] == str(path)]
+    assert len(renames) == 1, durability_log
+    tmp = renames[0][1]
+    assert ("fsync", tmp) in durability_log[: durability_log.index(renames[0])], durability_log
+
+
 def test_torchrun_completes_a_run_stopped_after_its_last_epoch_without_training_again(tmp_path: Path) -> None:
     """Under torchrun each rank decided alone from checkpoint.json, which rank 0 rewrites when it completes a
     run; so the ranks trained the whole stage again (before that: a late rank trained alone and hung). Rank 0

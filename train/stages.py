@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from uopsl.runtime.errors import DataError
+from uopsl.runtime.fsio import staging
 from uopsl.train import losses
 from uopsl.train.checkpoint import (UNFINISHED_KEY, UNFINISHED_RUN_KEY, CheckpointMeta, load_tensors, save_model,
                                     save_tensors)
@@ -71,22 +72,20 @@ class FeatureDataset:
         :func:`features_fingerprint`): a pool of the same size but other images,
         sizes or encoder weights is encoded again, never served stale features.
         """
-        from safetensors import safe_open
-        from safetensors.torch import load_file, save_file
+        from safetensors.torch import save_file
 
         fingerprint = features_fingerprint(encoder, ds)
         if path.is_file():
-            with safe_open(str(path), framework="pt") as f:
-                stored = (f.metadata() or {}).get("fingerprint")
-            if stored == fingerprint:
-                return cls(load_file(str(path))["features"], ds.targets)
-            log.info("%s was computed for other images or encoder weights; encoding again", path)
+            stored = _read_feature_cache(path, fingerprint, len(ds))
+            if stored is not None:
+                return cls(stored, ds.targets)
         f = cls.compute(encoder, ds, device)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # A name of this process's own: runs sharing one cache (--reuse) may encode the same pool at once.
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        save_file({"features": f.features.contiguous()}, str(tmp), metadata={"fingerprint": fingerprint})
-        tmp.replace(path)
+        # A temporary of this run's own (runs sharing one cache may encode the same pool at once),
+        # fsynced before the rename: a power cut must not leave a cache that every later run trips on.
+        with staging(path) as stage:
+            stage.close()  # safetensors writes by path
+            save_file({"features": f.features.contiguous()}, str(stage.path), metadata={"fingerprint": fingerprint})
+            stage.commit()
         return f
 
     def subset(self, idx: np.ndarray) -> FeatureDataset:
@@ -97,6 +96,30 @@ class FeatureDataset:
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.features[i].float(), torch.from_numpy(self.targets[i])
+
+
+def _read_feature_cache(path: Path, fingerprint: str, rows: int) -> torch.Tensor | None:
+    """The cached features, or None when the file was made for other inputs or cannot be read.
+
+    A cache is a convenience: a damaged one (a copy cut short, a disk error) is
+    logged and computed again rather than stopping every run that shares it.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            if (fh.metadata() or {}).get("fingerprint") != fingerprint:
+                log.info("%s was computed for other images or encoder weights; encoding again", path)
+                return None
+            features: torch.Tensor = fh.get_tensor("features")
+    except (SafetensorError, OSError) as exc:
+        log.warning("%s cannot be read (%s); encoding again and replacing it", path, exc)
+        return None
+    if features.ndim < 1 or features.shape[0] != rows:
+        log.warning("%s holds %s rows of features for a pool of %d images; encoding again and replacing it",
+                    path, features.shape[0] if features.ndim else 0, rows)
+        return None
+    return features
 
 
 def features_fingerprint(encoder: torch.nn.Module, ds: ImageDataset) -> str:
