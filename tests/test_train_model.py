@@ -328,13 +328,11 @@ def test_a_damaged_feature_cache_is_encoded_again_and_replaced(tmp_path: Path, d
     from uopsl.train.stages import FeatureDataset, features_fingerprint
 
     cpu = torch.device("cpu")
-    ds = tiny_dataset(tmp_path, n=6)
-    model, _ = tiny_model()
-    model.eval()
+    ds, encoder = tiny_dataset(tmp_path, n=6), tiny_model()[0].eval().fundus.encoder
     path = tmp_path / "features.safetensors"
-    good = FeatureDataset.cached(path, model.fundus.encoder, ds, cpu)
+    good = FeatureDataset.cached(path, encoder, ds, cpu)
     whole = path.read_bytes()
-    fingerprint = features_fingerprint(model.fundus.encoder, ds)
+    fingerprint = features_fingerprint(encoder, ds)
     if damage == "empty":
         path.write_bytes(b"")
     elif damage == "cut short":
@@ -344,7 +342,7 @@ def test_a_damaged_feature_cache_is_encoded_again_and_replaced(tmp_path: Path, d
     else:
         save_file({"features": good.features[:3].contiguous()}, str(path), metadata={"fingerprint": fingerprint})
     with caplog.at_level("WARNING", logger="uopsl.train.stages"):
-        again = FeatureDataset.cached(path, model.fundus.encoder, ds, cpu)
+        again = FeatureDataset.cached(path, encoder, ds, cpu)
     assert torch.equal(again.features, good.features)
     assert str(path) in caplog.text and "encoding again" in caplog.text
     assert path.read_bytes() == whole, "the damaged cache is replaced by a readable one"
