@@ -107,7 +107,8 @@ class IntendedUse:
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
-            raise BundleError(f"intended_use.status must be one of {', '.join(STATED)}, got {self.status!r}")
+            raise BundleError(f"intended_use.status must be one of {', '.join(STATED)} (or unstated, where a bundle "
+                              f"states none), got {self.status!r}")
         object.__setattr__(self, "statement", _clean_text(self.statement, "statement", MAX_STATEMENT_CHARS))
         object.__setattr__(self, "trained_on", _clean_text(self.trained_on, "trained_on", MAX_TRAINED_ON_CHARS))
         if self.status == "clinical" and not self.statement:

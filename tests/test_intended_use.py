@@ -43,7 +43,8 @@ def test_clinical_needs_a_statement_and_unknown_statuses_are_refused() -> None:
         IntendedUse("clinical")
     with pytest.raises(BundleError, match="'clinical' needs a statement"):
         check_choice("clinical", "   \n ")  # whitespace is no statement
-    with pytest.raises(BundleError, match="must be one of demonstration, research, clinical"):
+    with pytest.raises(BundleError, match=r"must be one of demonstration, research, clinical \(or unstated, where a "
+                                          r"bundle states none\), got 'screening'"):
         IntendedUse("screening")  # type: ignore[arg-type]
     with pytest.raises(BundleError, match="must be one of demonstration, research, clinical, got 'unstated'"):
         check_choice("unstated")  # an exporter states something
