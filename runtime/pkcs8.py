@@ -10,8 +10,9 @@ same standard structure (RFC 8018 PBES2: PBKDF2-HMAC-SHA256, AES-256-CBC) at
 other encrypted key. Only the encoding is ours; the key derivation and the
 cipher are ``hashlib`` and ``cryptography``'s.
 
-:func:`pbkdf2_iterations` reads the count back from a PEM file, so
-``uopsl sign`` can say when a key was written with few rounds.
+:func:`pbkdf2_iterations` reads the count back from a PEM file, and
+:func:`legacy_scheme` recognises the older PBES1 and PKCS#12 schemes, so
+``uopsl sign`` can say when a key file's password is cheap to guess.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ _PBKDF2 = "1.2.840.113549.1.5.12"
 _HMAC_SHA256 = "1.2.840.113549.2.9"
 _AES256_CBC = "2.16.840.1.101.3.4.1.42"
 _PEM_LABEL = "ENCRYPTED PRIVATE KEY"
+_SEQUENCE = 0x30
 
 
 # -- DER, the few types PBES2 needs ---------------------------------------------------------------------
@@ -118,18 +120,77 @@ def _children(body: bytes) -> list[tuple[int, bytes]]:
     return out
 
 
-def pbkdf2_iterations(pem: bytes) -> int | None:
-    """The PBKDF2 iteration count of a PEM ``ENCRYPTED PRIVATE KEY`` (PBES2); None for anything else
-    (an unencrypted key, another scheme, not PEM)."""
+#: Password-based schemes older than PBES2 (RFC 8018 PBES1, RFC 7292 appendix C): one MD5 or SHA-1
+#: derivation into DES, RC2, RC4 or 3DES. ``openssl pkcs8 -topk8 -v1 ...`` writes them (2,048 rounds by
+#: default) and ``cryptography`` reads at least the 3DES one, so ``uopsl sign`` may be handed one.
+LEGACY_SCHEMES: dict[str, str] = {
+    "1.2.840.113549.1.5.1": "PBES1 (MD2, DES)",
+    "1.2.840.113549.1.5.3": "PBES1 (MD5, DES)",
+    "1.2.840.113549.1.5.4": "PBES1 (MD2, RC2)",
+    "1.2.840.113549.1.5.6": "PBES1 (MD5, RC2)",
+    "1.2.840.113549.1.5.10": "PBES1 (SHA-1, DES)",
+    "1.2.840.113549.1.5.11": "PBES1 (SHA-1, RC2)",
+    "1.2.840.113549.1.12.1.1": "PKCS#12 PBE (SHA-1, 128-bit RC4)",
+    "1.2.840.113549.1.12.1.2": "PKCS#12 PBE (SHA-1, 40-bit RC4)",
+    "1.2.840.113549.1.12.1.3": "PKCS#12 PBE (SHA-1, 3-key 3DES)",
+    "1.2.840.113549.1.12.1.4": "PKCS#12 PBE (SHA-1, 2-key 3DES)",
+    "1.2.840.113549.1.12.1.5": "PKCS#12 PBE (SHA-1, 128-bit RC2)",
+    "1.2.840.113549.1.12.1.6": "PKCS#12 PBE (SHA-1, 40-bit RC2)",
+}
+
+
+def _algorithm(pem: bytes) -> list[tuple[int, bytes]] | None:
+    """The children (OID, parameters) of an ``ENCRYPTED PRIVATE KEY``'s AlgorithmIdentifier; None if not one."""
     text = pem.decode("ascii", "replace")
     begin, end = f"-----BEGIN {_PEM_LABEL}-----", f"-----END {_PEM_LABEL}-----"
     if begin not in text or end not in text:
         return None
+    der = base64.b64decode("".join(text.split(begin, 1)[1].split(end, 1)[0].split()), validate=True)
+    tag, body, _ = _read_tlv(der, 0)
+    info = _children(body)[0] if tag == _SEQUENCE else (0, b"")  # EncryptedPrivateKeyInfo -> AlgorithmIdentifier
+    return _children(info[1]) if info[0] == _SEQUENCE else None
+
+
+def _dotted(oid_body: bytes) -> str:
+    """An OBJECT IDENTIFIER's body as dotted text (the inverse of :func:`_oid`)."""
+    if not oid_body:
+        raise ValueError("empty OID")
+    parts, value = [], 0
+    for b in oid_body:
+        value = (value << 7) | (b & 0x7F)
+        if not b & 0x80:
+            parts.append(value)
+            value = 0
+    if oid_body[-1] & 0x80:
+        raise ValueError("truncated OID")
+    first = min(parts[0] // 40, 2)
+    return ".".join(str(v) for v in (first, parts[0] - 40 * first, *parts[1:]))
+
+
+def legacy_scheme(pem: bytes) -> tuple[str, int] | None:
+    """(name, iteration count) when a PEM ``ENCRYPTED PRIVATE KEY`` uses a pre-PBES2 scheme (see
+    :data:`LEGACY_SCHEMES`); None for PBES2, an unencrypted key, or anything unreadable."""
     try:
-        der = base64.b64decode("".join(text.split(begin, 1)[1].split(end, 1)[0].split()), validate=True)
-        info = _children(_read_tlv(der, 0)[1])[0][1]  # EncryptedPrivateKeyInfo -> its AlgorithmIdentifier
-        algorithm = _children(info)
-        if algorithm[0][1] != _oid(_PBES2)[2:]:
+        algorithm = _algorithm(pem)
+        if algorithm is None or algorithm[0][0] != 0x06:
+            return None
+        name = LEGACY_SCHEMES.get(_dotted(algorithm[0][1]))
+        if name is None:
+            return None
+        salt, count = _children(algorithm[1][1])[:2]  # PBEParameter ::= SEQUENCE { salt, iterationCount }
+        if salt[0] != 0x04 or count[0] != 0x02:
+            return None
+        return name, int.from_bytes(count[1], "big")
+    except (ValueError, IndexError):
+        return None
+
+
+def pbkdf2_iterations(pem: bytes) -> int | None:
+    """The PBKDF2 iteration count of a PEM ``ENCRYPTED PRIVATE KEY`` (PBES2); None for anything else
+    (an unencrypted key, another scheme, not PEM)."""
+    try:
+        algorithm = _algorithm(pem)
+        if algorithm is None or algorithm[0][1] != _oid(_PBES2)[2:]:
             return None
         kdf = _children(algorithm[1][1])[0][1]
         kdf_oid, kdf_params = _children(kdf)
@@ -141,4 +202,5 @@ def pbkdf2_iterations(pem: bytes) -> int | None:
         return None
 
 
-__all__ = ["PBKDF2_ITERATIONS", "WEAK_BELOW", "encrypt_pkcs8_pem", "pbkdf2_iterations"]
+__all__ = ["LEGACY_SCHEMES", "PBKDF2_ITERATIONS", "WEAK_BELOW", "encrypt_pkcs8_pem", "legacy_scheme",
+           "pbkdf2_iterations"]

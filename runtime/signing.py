@@ -71,7 +71,8 @@ from uopsl.runtime.bundle import (
 from uopsl.runtime.errors import BundleError, ConfigError
 from uopsl.runtime.fsio import load_json_strict, write_json
 from uopsl.runtime.optional import require
-from uopsl.runtime.pkcs8 import PBKDF2_ITERATIONS, WEAK_BELOW, encrypt_pkcs8_pem, pbkdf2_iterations
+from uopsl.runtime.pkcs8 import (PBKDF2_ITERATIONS, WEAK_BELOW, encrypt_pkcs8_pem, legacy_scheme,
+                                 pbkdf2_iterations)
 
 log = logging.getLogger(__name__)
 
@@ -595,6 +596,12 @@ def sign_bundle(bundle: str | os.PathLike[str], private_key: str | os.PathLike[s
                     "is stolen; re-encrypt it with %d: openssl pkcs8 -topk8 -v2 aes-256-cbc -v2prf hmacWithSHA256 "
                     "-iter %d -in %s -out NEW.key (then replace the old file)",
                     private_key, rounds, PBKDF2_ITERATIONS, PBKDF2_ITERATIONS, private_key)
+    legacy = legacy_scheme(data)
+    if legacy is not None:
+        log.warning("%s: its password protection is the legacy scheme %s with %d rounds, cheap to guess against "
+                    "if the file is stolen; re-encrypt it with PBES2: openssl pkcs8 -topk8 -v2 aes-256-cbc -v2prf "
+                    "hmacWithSHA256 -iter %d -in %s -out NEW.key (then replace the old file)",
+                    private_key, legacy[0], legacy[1], PBKDF2_ITERATIONS, private_key)
     if verified is None:
         manifest, raw = read_manifest_raw(root)
         verify_or_raise(root, manifest, raw)  # never sign what fails its own checksums; sign what was checked

@@ -84,3 +84,54 @@ def test_sign_warns_about_a_key_with_few_rounds(tmp_path: Path, tiny_bundle: Pat
     with caplog.at_level(logging.WARNING, logger="uopsl.runtime.signing"):
         sign_bundle(bundle, strong, b"pw")
     assert not [r for r in caplog.records if "PBKDF2" in r.getMessage()]
+
+
+#: An Ed25519 key that ``openssl pkcs8 -topk8 -v1 PBE-SHA1-3DES -passout pass:secret`` (OpenSSL 3.0.19) wrote:
+#: the PKCS#12 scheme, 2,048 rounds of SHA-1 into 3DES. A throwaway test key.
+LEGACY_3DES_KEY = b"""-----BEGIN ENCRYPTED PRIVATE KEY-----
+MFgwHAYKKoZIhvcNAQwBAzAOBAimqlLz7lyb8AICCAAEOOUNRjP0NKPg55R0gE+Q
+FB4V4VO/ZY3h2w8ef0qR37ik2vJmCsS4vXXvEut1pGkS3pRVz4P8p/se
+-----END ENCRYPTED PRIVATE KEY-----
+"""
+
+
+def test_legacy_schemes_are_recognised_with_their_round_count() -> None:
+    """``pbkdf2_iterations`` reads PBES2 only, so a PBES1 / PKCS#12 key signed without a word (session 37's
+    note): ``legacy_scheme`` names it. The count 2048 is the file's INTEGER 0x0800."""
+    from uopsl.runtime.pkcs8 import legacy_scheme
+
+    assert legacy_scheme(LEGACY_3DES_KEY) == ("PKCS#12 PBE (SHA-1, 3-key 3DES)", 2048)
+    assert pbkdf2_iterations(LEGACY_3DES_KEY) is None
+    key = ed25519.Ed25519PrivateKey.generate()
+    der = key.private_bytes(ser.Encoding.DER, ser.PrivateFormat.PKCS8, ser.NoEncryption())
+    assert legacy_scheme(encrypt_pkcs8_pem(der, b"pw", iterations=1000)) is None  # PBES2, however few rounds
+    assert legacy_scheme(key.private_bytes(ser.Encoding.PEM, ser.PrivateFormat.PKCS8, ser.NoEncryption())) is None
+    # Damaged documents: no guess (the algorithm a SET instead of a SEQUENCE; the body cut short).
+    assert legacy_scheme(LEGACY_3DES_KEY.replace(b"MFgw", b"MFgx")) is None
+    assert legacy_scheme(LEGACY_3DES_KEY.replace(b"MFgwHAYKKoZIhvcNAQwBAzAOBAim", b"MFgwHAYKKoZIhvcNAQwBAzAO")) is None
+
+
+def test_sign_warns_about_a_legacy_scheme_and_names_the_fix(tmp_path: Path, tiny_bundle: Path,  # noqa: F811
+                                                           caplog: pytest.LogCaptureFixture) -> None:
+    legacy = tmp_path / "legacy.key"
+    legacy.write_bytes(LEGACY_3DES_KEY)
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, bundle)
+    with caplog.at_level(logging.WARNING, logger="uopsl.runtime.signing"):
+        sign_bundle(bundle, legacy, b"secret")
+    assert (bundle / SIGNATURE_FILE).is_file()
+    msg, = [r.getMessage() for r in caplog.records if "legacy scheme" in r.getMessage()]
+    assert "PKCS#12 PBE (SHA-1, 3-key 3DES) with 2048 rounds" in msg and str(legacy) in msg
+    assert "openssl pkcs8 -topk8 -v2 aes-256-cbc" in msg and "-iter 600000" in msg
+    if shutil.which("openssl") is None:
+        return
+    # The command the warning gives does what it says: the re-encrypted file signs without a warning.
+    fixed = tmp_path / "fixed.key"
+    subprocess.run(["openssl", "pkcs8", "-topk8", "-v2", "aes-256-cbc", "-v2prf", "hmacWithSHA256", "-iter", "600000",
+                    "-in", str(legacy), "-passin", "pass:secret", "-out", str(fixed), "-passout", "pass:secret"],
+                   check=True, capture_output=True)
+    assert pbkdf2_iterations(fixed.read_bytes()) == 600_000
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="uopsl.runtime.signing"):
+        sign_bundle(bundle, fixed, b"secret")
+    assert not [r for r in caplog.records if "rounds" in r.getMessage()]
