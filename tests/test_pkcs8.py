@@ -113,13 +113,11 @@ def test_legacy_schemes_are_recognised_with_their_round_count() -> None:
 
 def test_sign_warns_about_a_legacy_scheme_and_names_the_fix(tmp_path: Path, tiny_bundle: Path,  # noqa: F811
                                                            caplog: pytest.LogCaptureFixture) -> None:
-    legacy = tmp_path / "legacy.key"
+    legacy, bundle = tmp_path / "legacy.key", tmp_path / "bundle"
     legacy.write_bytes(LEGACY_3DES_KEY)
-    bundle = tmp_path / "bundle"
     shutil.copytree(tiny_bundle, bundle)
     with caplog.at_level(logging.WARNING, logger="uopsl.runtime.signing"):
-        sign_bundle(bundle, legacy, b"secret")
-    assert (bundle / SIGNATURE_FILE).is_file()
+        assert sign_bundle(bundle, legacy, b"secret").key_id and (bundle / SIGNATURE_FILE).is_file()
     msg, = [r.getMessage() for r in caplog.records if "legacy scheme" in r.getMessage()]
     assert "PKCS#12 PBE (SHA-1, 3-key 3DES) with 2048 rounds" in msg and str(legacy) in msg
     assert "openssl pkcs8 -topk8 -v2 aes-256-cbc" in msg and "-iter 600000" in msg
