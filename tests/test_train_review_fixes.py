@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from pathlib import Path
 
 import cv2
@@ -81,9 +82,11 @@ def test_init_files_of_the_same_architecture_still_load(tmp_path: Path, caplog: 
     save_file({k: v.contiguous() for k, v in timm.create_model("resnet18").state_dict().items()},
               str(tmp_path / "timm18.safetensors"))
     backbones.Encoder("resnet18", tmp_path / "timm18.safetensors")
+    # a timm hub folder (weights + config.json); a bare timm Lite file warns about its scaling (test below)
     lite = timm.create_model("efficientnet_lite0").state_dict()
-    torch.save({"state_dict": lite}, tmp_path / "lite0.pt")
-    enc = backbones.Encoder("efficientnet_lite0", tmp_path / "lite0.pt")
+    _hub_folder(tmp_path / "hub", lite, {"architecture": "efficientnet_lite0",
+                                         "pretrained_cfg": {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}})
+    enc = backbones.Encoder("efficientnet_lite0", tmp_path / "hub" / "model.safetensors")
     assert torch.equal(enc.trunk.state_dict()["model.conv_stem.weight"], lite["conv_stem.weight"])
     # FLAIR (jusiro/FLAIR): vision_model.model = torchvision resnet50 with fc = Identity; half precision keeps
     # the file small and loads all the same (load_state_dict copies into the model's dtype)
@@ -161,6 +164,109 @@ def test_a_flair_checkpoint_keeps_the_input_scaling_flair_trained_it_with(tmp_pa
     again, _ = load_model(tmp_path / "ckpt")
     assert again.fundus.encoder.std.flatten().tolist() == [255.0] * 3
     assert again.fundus.encoder.mean.flatten().tolist() == [0.0] * 3
+
+
+def _hub_folder(folder: Path, state: dict[str, torch.Tensor], config: object, weights: str = "model.safetensors",
+                raw: str | None = None) -> Path:
+    """A folder laid out as timm's Hugging Face hub folders are: the weights and a config.json beside them."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    if weights.endswith(".safetensors"):
+        save_file({k: v.contiguous() for k, v in state.items()}, str(folder / weights))
+    else:
+        torch.save(state, folder / weights)
+    (folder / "config.json").write_text(raw if raw is not None else json.dumps(config), encoding="utf-8")
+    return folder / weights
+
+
+@pytest.fixture(scope="module")
+def lite0_state() -> dict[str, torch.Tensor]:
+    timm = pytest.importorskip("timm")
+    return dict(timm.create_model("efficientnet_lite0").state_dict())
+
+
+def test_a_timm_hub_folder_gives_the_scaling_its_config_names(tmp_path: Path, caplog: pytest.LogCaptureFixture,
+                                                              lite0_state: dict[str, torch.Tensor]) -> None:
+    """timm's ``efficientnet_lite0.ra_in1k`` weights were trained on ImageNet mean and std, its
+    ``tf_efficientnet_lite0`` ports on 0.5 / 0.5; before session 39 every timm-layout Lite file got the TF-Lite
+    (x - 127) / 128, so the ra_in1k weights started about 2x off in scale and shifted. The hub folder's
+    config.json (``pretrained_cfg``, or its top level in older folders) now sets the encoder's buffers, and the
+    encoder computes timm's model on timm's own normalisation."""
+    import timm
+
+    caplog.set_level(logging.INFO, logger="uopsl.train.backbones")
+    imagenet = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+    weights = _hub_folder(tmp_path / "ra", lite0_state, {"architecture": "efficientnet_lite0", "num_classes": 1000,
+                                                         "pretrained_cfg": {"tag": "ra_in1k", **imagenet}})
+    enc = backbones.Encoder("efficientnet_lite0", weights).eval()
+    assert torch.allclose(enc.mean.flatten(), torch.tensor(backbones.IMAGENET_MEAN))
+    assert torch.allclose(enc.std.flatten(), torch.tensor(backbones.IMAGENET_STD))
+    reference = timm.create_model("efficientnet_lite0")
+    reference.load_state_dict(lite0_state)
+    reference.eval()
+    x = torch.rand(1, 3, 64, 64) * 255
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (imagenet["mean"], imagenet["std"]))
+    with torch.no_grad():
+        assert torch.allclose(enc(x), reference.forward_features((x / 255 - mean) / std), atol=1e-4)
+    assert "config.json (architecture efficientnet_lite0)" in caplog.text
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
+    # an older hub folder keeps mean and std at the top level; a .bin file is read the same way
+    weights = _hub_folder(tmp_path / "old", lite0_state, {"architecture": "tf_efficientnet_lite0",
+                                                          "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]},
+                          weights="pytorch_model.bin")
+    enc = backbones.Encoder("efficientnet_lite0", weights)
+    assert enc.mean.flatten().tolist() == [127.5] * 3 and enc.std.flatten().tolist() == [127.5] * 3
+    # the scaling is the checkpoint's (so the exported graph's), read without the starting folder
+    from uopsl.train.checkpoint import load_model
+    from uopsl.train.model import ModelConfig, UopslModel
+
+    cfg = ModelConfig(backbone="efficientnet_lite0", init=str(tmp_path / "ra" / "model.safetensors"),
+                      classes=("normal", "dr"), dim=16, sites=1)
+    save_model(tmp_path / "ckpt", UopslModel(cfg, np.zeros((2, 384), np.float32)),
+               CheckpointMeta(model=cfg, preprocess=PreprocessConfig(size=64), phrases=(("a",), ("b",))))
+    shutil.rmtree(tmp_path / "ra")
+    again, _ = load_model(tmp_path / "ckpt")
+    assert torch.allclose(again.fundus.encoder.std.flatten(), torch.tensor(backbones.IMAGENET_STD))
+
+
+def test_a_bare_timm_lite_file_warns_that_its_scaling_is_assumed(tmp_path: Path, caplog: pytest.LogCaptureFixture,
+                                                                 lite0_state: dict[str, torch.Tensor]) -> None:
+    """Without a config the scaling stays TF-Lite's (what the ImageNet packages and tf_efficientnet_lite
+    expect), said once as a warning naming what to do; a config.json beside a file not named as a hub folder
+    names it, or one without mean and std (a transformers config), is not read as one."""
+    caplog.set_level(logging.INFO, logger="uopsl.train.backbones")
+    torch.save(lite0_state, tmp_path / "lite0.pt")
+    (tmp_path / "config.json").write_text(json.dumps({"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}))
+    for _ in range(2):  # the OCT encoder is built from the same file: said once
+        enc = backbones.Encoder("efficientnet_lite0", tmp_path / "lite0.pt")
+        assert enc.mean.flatten().tolist() == [127.0] * 3 and enc.std.flatten().tolist() == [128.0] * 3
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warned) == 1, warned
+    assert "efficientnet_lite0.ra_in1k" in warned[0] and "config.json" in warned[0] and "model.safetensors" in warned[0]
+    weights = _hub_folder(tmp_path / "tf", lite0_state, {"architectures": ["BertModel"], "hidden_size": 384})
+    assert backbones.Encoder("efficientnet_lite0", weights).std.flatten().tolist() == [128.0] * 3
+    # a ResNet keeps ImageNet's scaling and is not warned about
+    caplog.clear()
+    torch.save(_tv_state("resnet18"), tmp_path / "r18.pth")
+    assert torch.allclose(backbones.Encoder("resnet18", tmp_path / "r18.pth").std.flatten(),
+                          torch.tensor(backbones.IMAGENET_STD))
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
+
+
+@pytest.mark.parametrize(("raw", "match"), [
+    ("{not json", r"config.json: not a readable JSON file .*restore it"),
+    (json.dumps({"pretrained_cfg": {"mean": [0.485, 0.456], "std": [0.229, 0.224, 0.225]}}), r"not the input scaling"),
+    (json.dumps({"mean": [124, 116, 104], "std": [58, 57, 57]}), r"mean \[124, 116, 104\].*on pixels scaled to 0-1"),
+    (json.dumps({"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.0, 0.5]}), r"std \[0.5, 0.0, 0.5\]"),
+    (json.dumps({"mean": [0.5, 0.5, "0.5"], "std": [0.5, 0.5, 0.5]}), r"not the input scaling"),
+    (json.dumps({"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, float("nan")]}), r"not the input scaling"),
+])
+def test_a_damaged_hub_config_is_an_error_not_a_guess(tmp_path: Path, lite0_state: dict[str, torch.Tensor],
+                                                      raw: str, match: str) -> None:
+    weights = _hub_folder(tmp_path / "hub", lite0_state, None, raw=raw)
+    with pytest.raises(CheckpointError, match=match):
+        backbones.Encoder("efficientnet_lite0", weights)
 
 
 def test_finetune_init_with_the_wrong_backbone_is_one_line_exit_2(tmp_path: Path,

