@@ -286,6 +286,10 @@ api.Screener.finalize = finalize_then_linger
 
 clikit.windows_console_close = functools.partial(clikit.windows_console_close, kernel32=Kernel32(),
                                                  callback=lambda f: f)
+# A long grace time: whether writing the outputs fits in Windows' 5 s on a given machine is a matter for a
+# benchmark; this test is about the handler being released by the save itself, which a busy CI box must not
+# turn into a grace-time release.
+clikit.ConsoleCloseHandler.__init__.__defaults__ = (60.0,)
 from uopsl.runtime.cli import main
 rc = main(sys.argv[3:])
 for t in threads:
@@ -309,7 +313,8 @@ def test_closing_the_console_saves_like_ctrl_c(when: str, tiny_bundle: Path, tmp
     assert proc.returncode == 143, proc.stderr
     assert "the console window was closed" in proc.stderr and "handler answered 1 after" in proc.stderr
     waited = float(proc.stderr.split("handler answered 1 after ")[1].split(" s")[0])
-    assert waited < 4.0, "released when the outputs were written, not by the grace time running out"
+    assert "(up to 60.0 s)" in proc.stderr
+    assert waited < 50.0, "released when the outputs were written, not by the grace time running out"
     rows = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines() if x.strip()]
     assert (0 < len(rows) < 60) if when == "halfway" else len(rows) == 60
     assert len(_csv(out)) == len(rows) and (out / "report.html").is_file(), "CSV and report written on the way out"
