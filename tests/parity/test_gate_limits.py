@@ -9,18 +9,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from threeclass import NAMES
+from threeclass import manifest as _manifest
 from uopsl.export.parity_metrics import ParityGates, clinical, judge, numerical, truth_from_labels, truth_from_reference
-from uopsl.runtime.bundle import ClassSpec, FileEntry, Manifest
-from uopsl.runtime.preprocess import PreprocessConfig
-
-NAMES = ("normal", "dr", "dme")
-
-
-def _manifest() -> Manifest:
-    classes = (ClassSpec("normal", threshold=0.5), ClassSpec("dr", threshold=0.4, referable=True),
-               ClassSpec("dme", threshold=0.5, referable=True))
-    return Manifest(classes=classes, head="sigmoid", preprocess=PreprocessConfig(size=64),
-                    files=(FileEntry("model.onnx", "onnx", "fp32"),))
 
 
 def _checks(gates: ParityGates, ref: np.ndarray, cand: np.ndarray, truth) -> dict:  # type: ignore[no-untyped-def,type-arg]
