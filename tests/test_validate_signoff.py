@@ -31,8 +31,8 @@ from typing import Any
 import pytest
 
 from validatekit import (  # noqa: F401 - photos, image_keys: module fixtures
-    CPU, DEMO_CLASSES, NAMES, PRE, THRESHOLDS, N, Table, confident, image_keys, photos,
-    uopsl_validate,
+    CPU, DEMO_CLASSES, NAMES, PRE, THRESHOLDS, N, PatchedModels, confident, cycled_labels, image_keys,
+    photos, placeholder_bundle, uopsl_validate,
 )
 from uopsl.export import validate as validate_mod
 from uopsl.export.parity_metrics import ParityGates, binomial_upper_bound, parse_gates
@@ -44,40 +44,18 @@ from uopsl.export.validate import (
     unknown_labels,
     validate_bundle,
 )
-from uopsl.runtime.bundle import FileEntry, Manifest, describe_file, read_manifest, write_manifest
+from uopsl.runtime.bundle import FileEntry, Manifest, read_manifest
 from uopsl.runtime.errors import ConfigError
 from uopsl.runtime.preprocess import PreprocessConfig, preprocess, read_bytes
 
 CLASSES = DEMO_CLASSES
 _uopsl = uopsl_validate
-
-
-def _labels(n: int) -> list[tuple[str, ...]]:
-    return [(NAMES[i % len(NAMES)],) for i in range(n)]
-
-
-class _Models:
-    """The reference's and each file's probabilities (changeable), with the candidates patched in."""
-
-    def __init__(self, keys: Mapping[str, int], monkeypatch: pytest.MonkeyPatch,
-                 labels: Sequence[tuple[str, ...]]) -> None:
-        self.ref = confident(labels)
-        self.files = {"model.onnx": self.ref.copy(), "model.int8.onnx": self.ref.copy()}
-        self.reference = Table(keys, lambda: self.ref)
-        monkeypatch.setattr(validate_mod, "open_candidate",
-                            lambda bundle, spec, threads, manifest: Table(keys, lambda: self.files[spec.file]))
+_labels = cycled_labels
+_Models = PatchedModels
 
 
 def _bundle(root: Path, *, backbone: str = "", size: int = PRE.size, notes: dict[str, Any] | None = None) -> Path:
-    """FP32 + INT8 placeholder files with real checksums, the review's five classes."""
-    root.mkdir(parents=True)
-    (root / "model.onnx").write_bytes(b"fp32 stand-in")
-    (root / "model.int8.onnx").write_bytes(b"int8 stand-in")
-    files = tuple(describe_file(root, f) for f in (FileEntry("model.onnx", "onnx", "fp32"),
-                                                    FileEntry("model.int8.onnx", "onnx", "int8-qdq-u8")))
-    write_manifest(root, Manifest(classes=CLASSES, head="sigmoid", preprocess=PreprocessConfig(size=size),
-                                  files=files, model_name="signoff", backbone=backbone, notes=dict(notes or {})))
-    return root
+    return placeholder_bundle(root, model_name="signoff", backbone=backbone, size=size, notes=notes)
 
 
 @pytest.fixture

@@ -5,13 +5,14 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from tinybundle import fundus_jpeg
 
 from uopsl.runtime.backends import Availability
-from uopsl.runtime.bundle import ClassSpec
+from uopsl.runtime.bundle import ClassSpec, FileEntry, Manifest, describe_file, write_manifest
 from uopsl.runtime.clikit import LazyGroup, main_entry
 from uopsl.runtime.preprocess import PreprocessConfig, preprocess, read_bytes
 
@@ -87,3 +88,35 @@ class Table:
 
     def __exit__(self, *exc: object) -> None:
         return None
+
+
+def cycled_labels(n: int) -> list[tuple[str, ...]]:
+    """One label per image, cycling through the demo classes."""
+    return [(NAMES[i % len(NAMES)],) for i in range(n)]
+
+
+class PatchedModels:
+    """The reference's and each file's probabilities (changeable), with ``validate``'s candidates patched in."""
+
+    def __init__(self, keys: Mapping[str, int], monkeypatch: pytest.MonkeyPatch,
+                 labels: Sequence[tuple[str, ...]]) -> None:
+        from uopsl.export import validate as validate_mod
+
+        self.ref = confident(labels)
+        self.files = {"model.onnx": self.ref.copy(), "model.int8.onnx": self.ref.copy()}
+        self.reference = Table(keys, lambda: self.ref)
+        monkeypatch.setattr(validate_mod, "open_candidate",
+                            lambda bundle, spec, threads, manifest: Table(keys, lambda: self.files[spec.file]))
+
+
+def placeholder_bundle(root: Path, *, model_name: str, backbone: str = "", size: int = PRE.size,
+                       notes: dict[str, Any] | None = None) -> Path:
+    """FP32 + INT8 placeholder files with real checksums, the demo bundle's five classes, no engine."""
+    root.mkdir(parents=True)
+    (root / "model.onnx").write_bytes(b"fp32 stand-in")
+    (root / "model.int8.onnx").write_bytes(b"int8 stand-in")
+    files = tuple(describe_file(root, f) for f in (FileEntry("model.onnx", "onnx", "fp32"),
+                                                    FileEntry("model.int8.onnx", "onnx", "int8-qdq-u8")))
+    write_manifest(root, Manifest(classes=DEMO_CLASSES, head="sigmoid", preprocess=PreprocessConfig(size=size),
+                                  files=files, model_name=model_name, backbone=backbone, notes=dict(notes or {})))
+    return root
