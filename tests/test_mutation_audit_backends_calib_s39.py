@@ -15,6 +15,7 @@ test (counts, orders, the batch arithmetic of the documented profile).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -498,6 +499,35 @@ def test_the_thread_count_reaches_the_openvino_compiled_model(tiny_bundle: Path)
         assert b.describe() == "openvino-cpu (fp32, model.onnx, 1 thread)"
 
 
+class _Node:
+    """An ONNX Runtime NodeArg stand-in."""
+
+    def __init__(self, name: str, shape: list, type_: str) -> None:  # type: ignore[type-arg]
+        self.name, self.shape, self.type = name, shape, type_
+
+
+def _fake_session(input_: _Node, output: _Node, run: Callable[[np.ndarray], np.ndarray]) -> type:
+    """An ``onnxruntime.InferenceSession`` stand-in on the CPU provider: one input, one output, ``run`` per batch."""
+
+    class FakeSession:
+        def __init__(self, path: str, sess_options: object = None, providers: object = None) -> None:
+            pass
+
+        def get_providers(self) -> list[str]:
+            return ["CPUExecutionProvider"]
+
+        def get_inputs(self) -> list[_Node]:
+            return [input_]
+
+        def get_outputs(self) -> list[_Node]:
+            return [output]
+
+        def run(self, names: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+            return [run(feeds[input_.name])]
+
+    return FakeSession
+
+
 def test_an_empty_batch_reaches_the_session_once_and_comes_back_empty(tiny_bundle: Path,
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """O27: a batch of no images (every photograph of a batch refused by the gate) is run once, as the model
@@ -508,31 +538,88 @@ def test_an_empty_batch_reaches_the_session_once_and_comes_back_empty(tiny_bundl
 
     from uopsl.runtime.backends.onnxruntime import OrtBackend
 
-    class _Node:
-        def __init__(self, name: str, shape: list, type_: str) -> None:
-            self.name, self.shape, self.type = name, shape, type_
-
     runs: list[int] = []
 
-    class FakeSession:
-        def __init__(self, path: str, sess_options: object = None, providers: object = None) -> None:
-            pass
+    def run(x: np.ndarray) -> np.ndarray:
+        runs.append(len(x))
+        return np.zeros((len(x), 2), np.float32)
 
-        def get_providers(self) -> list[str]:
-            return ["CPUExecutionProvider"]
-
-        def get_inputs(self) -> list[_Node]:
-            return [_Node("image", ["N", 8, 8, 3], "tensor(uint8)")]
-
-        def get_outputs(self) -> list[_Node]:
-            return [_Node("probs", ["N", 2], "tensor(float)")]
-
-        def run(self, names: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-            runs.append(len(feeds["image"]))
-            return [np.zeros((len(feeds["image"]), 2), np.float32)]
-
-    monkeypatch.setattr(ort, "InferenceSession", FakeSession)
+    monkeypatch.setattr(ort, "InferenceSession", _fake_session(_Node("image", ["N", 8, 8, 3], "tensor(uint8)"),
+                                                               _Node("probs", ["N", 2], "tensor(float)"), run))
     with OrtBackend(tiny_bundle / "model.onnx", "cpu", threads=1) as b:
         out = b.infer(np.zeros((0, 8, 8, 3), np.uint8))
         assert out["probs"].shape == (0, 2) and runs == [0]
         assert b.infer(np.zeros((3, 8, 8, 3), np.uint8))["probs"].shape == (3, 2) and runs == [0, 3]
+
+
+# -- follow-up round (session 39): candidates of the list not run in the first round -----------------------------
+def test_a_set_whose_images_are_not_the_configs_size_is_refused() -> None:
+    """D05: a set of 32 px images given a preprocessing config of 64 px is refused. Accepted, the set (and the INT8
+    table fitted on it) carried the 64 px config in its fingerprint, though the pixels are no 64 px model input."""
+    with pytest.raises(ConfigError, match="images are 32 px but the preprocessing config says 64 px"):
+        CalibrationSet.from_images(random_fundus_batch(2, SIZE, seed=1), PreprocessConfig(size=64))
+
+
+def test_auto_on_a_cpu_without_openvino_runs_the_int8_file_asked_for_on_onnx_runtime(tiny_bundle: Path) -> None:
+    """M31: ``--precision int8`` with the backend left to ``auto`` on a CPU-only machine without OpenVINO runs ONNX
+    Runtime on the INT8 file (the u8 variant, CPUs' order); it ran the FP32 file, ignoring the precision asked for,
+    and the run's report named a file other than the one asked for."""
+    sel = select_backend(tiny_bundle, "auto", "int8", manifest=_with_s8_first(tiny_bundle),
+                         availability=Availability(CPU))
+    from uopsl.runtime.errors import BundleError
+
+    assert (sel.backend, sel.precision, sel.file) == ("ort-cpu", "int8-qdq-u8", "model.int8.onnx")
+    with pytest.raises(BundleError, match="at precision fp16 needs an ONNX file of that precision"):
+        select_backend(tiny_bundle, "auto", "fp16", availability=Availability(CPU))
+
+
+def test_a_float16_model_tensor_is_described_and_checked_as_float16(tiny_bundle: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """O31: an FP16 ONNX file (the ort-cuda FP16 variant) declares 'tensor(float16)' tensors; the backend describes
+    them as float16, takes a float16 batch and refuses a float32 one saying float16. Mapped to float32, a float16
+    batch was refused with 'must be float32' and the outputs' specs named the wrong type. The session is a fake
+    declaring float16 tensors (no GPU here to run an FP16 file)."""
+    import onnxruntime as ort
+
+    from uopsl.runtime.backends.onnxruntime import OrtBackend
+    from uopsl.runtime.errors import BackendError
+
+    monkeypatch.setattr(ort, "InferenceSession", _fake_session(
+        _Node("image", ["N", 4], "tensor(float16)"), _Node("probs", ["N", 2], "tensor(float16)"),
+        lambda x: np.zeros((len(x), 2), np.float16)))
+    with OrtBackend(tiny_bundle / "model.onnx", "cpu", threads=1) as b:
+        assert [s.dtype for s in (*b.inputs, *b.outputs)] == [np.dtype(np.float16)] * 2
+        assert b.infer(np.zeros((3, 4), np.float16))["probs"].shape == (3, 2)
+        with pytest.raises(BackendError, match="must be float16, got float32"):
+            b.infer(np.zeros((3, 4), np.float32))
+
+
+def test_why_auto_passed_over_cpu_int8_names_the_cpus_own_variant(tiny_bundle: Path) -> None:
+    """M12: with two INT8 files and neither validated, ``auto``'s reason says why the CPU's file (the u8 variant,
+    tried first) was not taken. It named the last file tried, the s8 variant meant for TensorRT, so the engineer
+    reading it validated the wrong file."""
+    sel = select_backend(tiny_bundle, "auto", manifest=_with_s8_first(tiny_bundle), availability=Availability(CPU),
+                         measure=False)
+    assert (sel.backend, sel.file) == ("ort-cpu", "model.onnx")
+    assert "ONNX Runtime INT8 not chosen unasked: model.int8.onnx has no parity record" in sel.reason
+    assert "model.int8.s8.onnx" not in sel.reason
+
+
+def test_site_maps_are_checked_as_class_first_maps(tiny_bundle: Path) -> None:
+    """M40: the manifest's site maps are (batch, classes, height, width): 3 classes of 8 x 8 here. A model whose
+    maps are channel-last (batch, 8, 8, 3) does not belong to the manifest (its overlays would be read along the
+    wrong axis) and must be named; the check expected channel-last, refused the right model and let the wrong one
+    in."""
+    from uopsl.runtime.backends.base import TensorSpec
+
+    m = read_manifest(tiny_bundle)
+    assert (len(m.classes), m.site_map_size) == (3, (8, 8))
+    f32 = np.dtype(np.float32)
+
+    def outputs(site: tuple[int | None, ...]) -> tuple[TensorSpec, ...]:
+        return (TensorSpec("probs", (None, 3), f32), TensorSpec("logits", (None, 3), f32),
+                TensorSpec("site_maps", site, f32))
+
+    assert reg.output_mismatch(outputs((None, 3, 8, 8)), m) is None
+    assert reg.output_mismatch(outputs((None, 8, 8, 3)), m) == \
+        "output 'site_maps' has shape (None, 8, 8, 3), the manifest implies (batch, 3, 8, 8)"
