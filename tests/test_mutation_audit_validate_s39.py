@@ -6,7 +6,9 @@ with (the mutant ids are those of the audit's list, named in each docstring). Th
 ``test_validate_verdicts.py``: the bundle's files are placeholder bytes with real checksums and every model is a
 table keyed by each preprocessed image, so each probability is set by the test and no ONNX model runs. Expected
 values are worked out by hand in the test (counts of the images built, the backends a machine lacks, the bytes
-of a digest's text), never read back from the code under test.
+of a digest's text), never read back from the code under test. The follow-up round (the list's second half) also
+calls the page's and the record's small helpers directly (``_num``, ``_bound``, ``_headroom``, ``_judged_on``,
+``_recorded``, ...), where a whole run would only hide the figure under test.
 """
 
 from __future__ import annotations
@@ -237,6 +239,21 @@ def test_a_reference_without_a_fingerprint_is_never_served_cached_outputs(
 
 
 # -- the HTML report -----------------------------------------------------------------------------------------
+def _two_flips(photos: Sequence[Path], image_keys: dict[str, int], monkeypatch: pytest.MonkeyPatch,
+               n: int = 20) -> tuple[_Models, list[ImageRecord]]:
+    """``n`` images whose INT8 file loses image 0's dr call and gains an amd call on image 1 (two referral flips,
+    two changed findings)."""
+    labels = _labels(n)
+    labels[0], labels[1] = ("dr",), ("normal",)
+    models = _Models(image_keys, monkeypatch, labels)
+    cand = models.ref.copy()
+    dr, amd = NAMES.index("dr"), NAMES.index("amd")
+    cand[0, dr] = DEMO_CLASSES[dr].threshold * 0.4
+    cand[1, amd] = DEMO_CLASSES[amd].threshold + (1 - DEMO_CLASSES[amd].threshold) * 0.6
+    models.files["model.int8.onnx"] = cand
+    return models, _records(photos[:n], labels)
+
+
 def test_the_flipped_images_table_says_who_called_what_and_escapes_the_image_names(
         bundle: Path, photos: list[Path], image_keys: dict[str, int], monkeypatch: pytest.MonkeyPatch,
         tmp_path: Path) -> None:
@@ -245,16 +262,8 @@ def test_the_flipped_images_table_says_who_called_what_and_escapes_the_image_nam
     (labelled normal) gains an amd call: truth no referral, reference no referral, candidate refer. The changed
     findings table lists dr (reference dr, candidate none) and amd (reference none, candidate amd); the name is
     shown as text, never as markup."""
-    labels = _labels(20)
-    labels[0], labels[1] = ("dr",), ("normal",)
-    models = _Models(image_keys, monkeypatch, labels)
-    cand = models.ref.copy()
-    dr, amd = NAMES.index("dr"), NAMES.index("amd")
-    cand[0, dr] = DEMO_CLASSES[dr].threshold * 0.4
-    cand[1, amd] = DEMO_CLASSES[amd].threshold + (1 - DEMO_CLASSES[amd].threshold) * 0.6
-    models.files["model.int8.onnx"] = cand
-    records = _records(photos[:20], labels)
-    records[0] = ImageRecord("<b>x</b>", photos[0], labels[0])
+    models, records = _two_flips(photos, image_keys, monkeypatch)
+    records[0] = ImageRecord("<b>x</b>", photos[0], records[0].labels)
     res = _run(bundle, records, models, tmp_path / "out", record=False)
     html = res.html_path.read_text(encoding="utf-8")
     assert "<b>x</b>" not in html
@@ -333,3 +342,263 @@ def test_outputs_csv_defuses_an_image_name_a_spreadsheet_would_run_as_a_formula(
     rows = list(csv.DictReader(text.splitlines()))
     assert rows[0]["id"] == '\'=HYPERLINK("http://x","y")' and rows[1]["id"] == photos[1].stem
     assert res.report["data"]["image_ids"][0] == '=HYPERLINK("http://x","y")'  # the report keeps the name
+
+
+# -- follow-up round (session 39): helpers whose single-point bugs the first round did not reach ------------
+def test_a_batch_size_of_zero_and_an_excluded_candidate_without_a_reason_are_refused() -> None:
+    """M48, M53: ``batch_size=0`` (no image would ever be run) is refused as a configuration error, and so is an
+    excluded candidate with an empty reason (the report's "not run here" line would give the reader nothing)."""
+    with pytest.raises(ConfigError, match="batch_size"):
+        ValidateConfig(batch_size=0)
+    with pytest.raises(ConfigError, match="needs a file and a reason"):
+        validate_mod.ExcludedCandidate("model.int8.onnx", "ort-cpu", "")
+
+
+class _Notes:
+    def __init__(self, notes: dict[str, str]) -> None:
+        self.notes = notes
+
+
+def test_the_original_checkpoint_of_a_qat_bundle_matches_it() -> None:
+    """M42: a bundle exported from a ``uopsl qat`` checkpoint records its weights and its teacher's (the original
+    checkpoint's); validating against that original checkpoint matches the bundle, a third checkpoint does not."""
+    m = _Notes({"checkpoint_weights_sha256": "a" * 64, "checkpoint_teacher_weights_sha256": "b" * 64})
+    facts = validate_mod._checkpoint_facts
+    assert facts({"checkpoint_weights_sha256": "b" * 64}, m)["checkpoint_matches_bundle"] is True
+    assert facts({"checkpoint_weights_sha256": "a" * 64}, m)["checkpoint_matches_bundle"] is True
+    assert facts({"checkpoint_weights_sha256": "c" * 64}, m)["checkpoint_matches_bundle"] is False
+
+
+def test_a_record_for_earlier_bytes_of_a_file_is_not_its_verdict() -> None:
+    """M46: a parity record whose sha256 is not the file's current content (the file was re-exported since) is
+    no verdict on the file as it is: nothing is "kept" from it."""
+    rec = {"passed": True, "verdict": "PASS"}
+    old = FileEntry("model.onnx", "onnx", "fp32", sha256="1" * 64,
+                    info={"parity": {"sha256": "0" * 64, "backends": {"ort-cpu": rec}}})
+    assert validate_mod._recorded(old, "ort-cpu") is None
+    same = FileEntry("model.onnx", "onnx", "fp32", sha256="1" * 64,
+                     info={"parity": {"sha256": "1" * 64, "backends": {"ort-cpu": rec}}})
+    assert validate_mod._recorded(same, "ort-cpu") == rec
+
+
+def test_the_per_layer_diagnosis_uses_exactly_the_configured_number_of_images(
+        bundle: Path, photos: list[Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """M45: ``per_layer_images=3`` with 6 images feeds the layer-wise diagnosis 3 images, not 4."""
+    from uopsl.export import layerwise
+    from uopsl.runtime.errors import UopslError
+
+    seen: list[int] = []
+
+    def fake(fp32: Path, int8: Path, inputs: np.ndarray, **kw: Any) -> Any:
+        seen.append(len(inputs))
+        raise UopslError("stand-in files")
+
+    monkeypatch.setattr(layerwise, "layerwise_errors", fake)
+    m = read_manifest(bundle)
+    specs, _ = plan_candidates(bundle, m, ("ort-cpu",), CPU)
+    cfg = ValidateConfig(backends=("ort-cpu",), per_layer=True, per_layer_images=3, show_progress=False)
+    out = validate_mod._per_layer(bundle, m, specs, _records(photos[:6], _labels(6)), cfg)
+    assert seen == [3] and out == {"model.int8.onnx": {"error": "stand-in files"}}
+
+
+def test_the_html_figures_show_missing_and_non_finite_numbers_as_na_and_zero_as_a_value() -> None:
+    """H02, H28: a NaN or infinite figure (an undefined AUC, an overflowed output) reads "n/a", never "nan" or
+    "inf"; in the context table a 0 (``--limit 0``) reads 0 and False reads "no", not the "-" of a missing value."""
+    from uopsl.export.parity_html import _num, _value
+
+    na = '<span class="na">n/a</span>'
+    assert _num(float("nan")) == na and _num(float("inf"), ".2e") == na and _num(None) == na
+    assert _num(0.25, ".2%") == "25.00%"
+    assert _value(0) == "0" and _value(False) == "no" and _value(True) == "yes"
+    assert _value(None) == _value("") == _value([]) == '<span class="na">-</span>'
+
+
+def test_a_bound_names_the_spread_of_images_per_patient_only_when_there_is_one() -> None:
+    """H04: "1-3 images each" appears when patients have from 1 to 3 images; with 2 images each there is no
+    spread to name."""
+    from uopsl.export.parity_html import _bound
+
+    def b(lo: int, hi: int) -> dict[str, Any]:
+        return {"changes": 1, "n": 40, "upper95": 0.1,
+                "by_patient": {"changes": 1, "n": 20, "upper95_images": 0.2,
+                               "images_per_patient": {"min": lo, "max": hi}}}
+
+    assert "; patients 1/20, 1-3 images each " in _bound(b(1, 3))
+    assert "; patients 1/20 " in _bound(b(2, 2)) and "images each" not in _bound(b(2, 2))
+
+
+def test_lost_positives_are_shown_under_sensitivity_not_under_specificity() -> None:
+    """H05: the "lost" line (positives the candidate no longer calls) belongs to sensitivity; the specificity
+    cell of the same row has none."""
+    from uopsl.export.parity_html import _rate_cell
+
+    ch = {"changes": 0, "n": 30, "upper95": 0.1}
+    row = {"sensitivity_reference": 0.9, "sensitivity_candidate": 0.85, "sensitivity_changes": ch,
+           "specificity_reference": 0.95, "specificity_candidate": 0.95, "specificity_changes": ch,
+           "lost_positives": {"changes": 2, "n": 20, "upper95": 0.3}}
+    assert "<br>lost 2/20 " in _rate_cell(row, "sensitivity")
+    assert "lost" not in _rate_cell(row, "specificity")
+
+
+def test_the_headroom_table_reads_expected_then_observed_changes() -> None:
+    """H12: the column is "changes expected / observed": 1.5 expected (a prediction, one decimal) then 4 observed."""
+    from uopsl.export.parity_html import _headroom
+
+    h = {"units": "probability", "close_calls": {"0.01": 3}, "error_rms": 0.002, "expected_changes": 1.5,
+         "observed_changes": 4, "allowed_changes": 0.5, "error_rms_allowed": 0.001, "precision_needed_db": 6.0}
+    assert "<td>1.5 / 4</td>" in _headroom({"top1": h})
+
+
+def test_the_layer_table_highlights_the_suggested_layers_only() -> None:
+    """H13: the layers the diagnosis suggests excluding are the highlighted rows; the others are not."""
+    from uopsl.export.parity_html import _per_layer as layers_html
+
+    def layer(name: str) -> dict[str, Any]:
+        return {"node": name, "op_type": "Conv", "sqnr_db": 10.0, "cosine": 0.99, "input_sqnr_db": 30.0,
+                "sqnr_drop_db": 20.0, "range_sqnr_db": 25.0}
+
+    d = {"images": 8, "layers": [layer("conv_a"), layer("conv_b")], "sqnr_threshold_db": 20.0,
+         "min_drop_db": 3.0, "outputs": {}, "suggested_exclude": ["conv_a"], "suggested_command": "uopsl quantize"}
+    page = layers_html({"model.int8.onnx": d})
+    assert '<tr class="hl"><td>conv_a</td>' in page
+    assert "<tr><td>conv_b</td>" in page
+
+
+def test_the_toolkit_revision_shows_twelve_characters_of_the_commit() -> None:
+    """H20: the page names the toolkit's git commit by its first 12 characters (as ``git log`` can be searched
+    with), and says when the tree had local changes."""
+    from uopsl.export.parity_html import _revision_words
+
+    assert _revision_words({"git_commit": "0123456789abcdef0123"}) == " (git 0123456789ab)"
+    assert _revision_words({"git_commit": "0123456789abcdef0123", "git_dirty": True}) == (
+        " (git 0123456789ab, with local changes)")
+
+
+def test_the_page_says_which_figures_the_verdict_compared() -> None:
+    """H25: judged on the bounds, the page says so in bold; judged on the estimates (the default), it says the
+    bounds are reported, not gated."""
+    from uopsl.export.parity_html import _judged_on
+
+    assert _judged_on("bounds").startswith("<p><b>Judged on the 95 % bounds</b>")
+    assert "Judged on the point estimates (the default)" in _judged_on("estimates")
+    assert "Judged on the point estimates (the default)" in _judged_on(None)
+
+
+def test_a_run_under_the_minimum_of_used_images_is_no_release_pass_whatever_was_listed(
+        bundle: Path, photos: list[Path], image_keys: dict[str, int], monkeypatch: pytest.MonkeyPatch,
+        tmp_path: Path) -> None:
+    """M29: 101 images listed, 2 of them unreadable: 99 used, under the 100 a pass counts from. The run passes
+    its gates but is no release pass and records no PASS, because the images USED are too few."""
+    labels = _labels(99)
+    models = _Models(image_keys, monkeypatch, labels)
+    bad = []
+    for name in ("broken1.jpg", "broken2.jpg"):
+        (tmp_path / name).write_bytes(b"not a jpeg")
+        bad.append(ImageRecord(Path(name).stem, tmp_path / name, ("normal",)))
+    res = _run(bundle, _records(photos[:99], labels) + bad, models, tmp_path / "out", record=True)
+    assert res.report["data"]["n_images"] == 101 and res.report["data"]["n_used"] == 99
+    assert res.status == "PASS" and res.report["release_pass"] is False
+    assert any("only 99 images" in r for r in res.report["release_pass_reasons"])
+    assert not any(f.info.get("parity") for f in read_manifest(bundle).files)
+
+
+def test_a_reference_preprocessing_change_recomputes_the_cached_outputs(
+        bundle: Path, photos: list[Path], image_keys: dict[str, int], monkeypatch: pytest.MonkeyPatch,
+        tmp_path: Path) -> None:
+    """M22: the same fingerprinted reference first preprocessing at 48 px, then at 40 px, into the same folder:
+    the second run's reference sees other pixels, so no batch may come from the cache."""
+    labels = _labels(10)
+    models = _Models(image_keys, monkeypatch, labels)
+    keys = {s: {image_key(preprocess(read_bytes(p), PreprocessConfig(size=s), source=str(p)).image): i
+                for i, p in enumerate(photos[:10])} for s in (48, 40)}
+    for size in (48, 40):
+        class _Own(_Fingerprinted):
+            preprocess = PreprocessConfig(size=size)
+
+        models.reference = _Own(keys[size], lambda: models.ref)
+        res = _run(bundle, _records(photos[:10], labels), models, tmp_path / "out", record=False)
+        assert res.report["cache"]["batches_from_cache"] == 0, size
+        assert res.report["preprocess"]["differences"] == {"size": [size, 32]}
+
+
+def test_thumbnails_are_limited_to_max_thumbnails_per_table(
+        bundle: Path, photos: list[Path], image_keys: dict[str, int], monkeypatch: pytest.MonkeyPatch,
+        tmp_path: Path) -> None:
+    """M27: with ``max_thumbnails=1`` and two flipped images, only the first flipped image gets a thumbnail (it
+    heads both the flips and the changed-findings tables: 2 thumbnails on the page, not 4)."""
+    models, records = _two_flips(photos, image_keys, monkeypatch)
+    res = _run(bundle, records, models, tmp_path / "out", record=False, max_thumbnails=1)
+    assert res.html_path.read_text(encoding="utf-8").count('<img class="thumb"') == 2
+
+
+def test_a_default_run_records_no_judged_on_key(bundle: Path, photos: list[Path], image_keys: dict[str, int],
+                                                monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """M43: judged on the estimates (the default), the manifest's record of a FAIL has no ``judged_on`` (a
+    re-validation as before must leave the manifest byte for byte, as it was before the option existed)."""
+    models, records = _two_flips(photos, image_keys, monkeypatch)
+    res = _run(bundle, records, models, tmp_path / "out", record=True)
+    assert _cand(res.report, "model.int8.onnx")["verdict"] == "FAIL"
+    rec = read_manifest(bundle).file("model.int8.onnx").info["parity"]["backends"]["ort-cpu"]
+    assert rec["verdict"] == "FAIL" and "judged_on" not in rec
+
+
+def test_the_summary_names_no_worst_class_when_no_call_changed(
+        bundle: Path, photos: list[Path], image_keys: dict[str, int], monkeypatch: pytest.MonkeyPatch,
+        tmp_path: Path) -> None:
+    """H07: a candidate identical to the reference changes no call; its summary row shows a class flip rate of
+    0.00% without naming a class (with none changed, no class is "the worst")."""
+    labels = _labels(20)
+    models = _Models(image_keys, monkeypatch, labels)
+    res = _run(bundle, _records(photos[:20], labels), models, tmp_path / "out", record=False)
+    summary = res.html_path.read_text(encoding="utf-8").split("<h2>Summary</h2>", 1)[1].split("</table>", 1)[0]
+    row = next(r for r in summary.split("<tr>") if r.startswith("<td>ort-cpu:model.onnx</td>"))
+    assert "<td>0.00%</td>" in row
+    assert not any(f"({name})" in row for name in NAMES)
+
+
+def test_long_tables_stop_at_max_rows_and_say_how_many_more(
+        bundle: Path, photos: list[Path], image_keys: dict[str, int], monkeypatch: pytest.MonkeyPatch,
+        tmp_path: Path) -> None:
+    """H10, H16: rendered with ``max_rows=1``, the flips table shows image 0 only (image 1's row is in
+    parity.json, "1 more"), and of the 2 unreadable images only the first is listed."""
+    from uopsl.export.parity_html import render_html
+
+    models, records = _two_flips(photos, image_keys, monkeypatch)
+    for name in ("broken1.jpg", "broken2.jpg"):
+        (tmp_path / name).write_bytes(b"not a jpeg")
+        records.append(ImageRecord(Path(name).stem, tmp_path / name, ("normal",)))
+    res = _run(bundle, records, models, tmp_path / "out", record=False)
+    assert [s["id"] for s in res.report["skipped_images"]] == ["broken1", "broken2"]
+    page = render_html(res.report, {}, max_rows=1)
+    section = page.split("ort-cpu:model.int8.onnx —", 1)[1]
+    assert f"<td>{photos[0].stem}</td><td>refer</td><td>refer</td><td>no referral</td>" in section
+    assert f"<td>{photos[1].stem}</td><td>no referral</td>" not in section.split("Images with a changed", 1)[0]
+    assert "<td>broken1</td>" in page and "<td>broken2</td>" not in page
+
+
+def test_a_report_from_before_the_default_gates_flag_is_not_said_to_have_other_gates(
+        bundle: Path, photos: list[Path], image_keys: dict[str, int], monkeypatch: pytest.MonkeyPatch,
+        tmp_path: Path) -> None:
+    """H15: a report without ``gates_are_default`` (written before the field) is rendered without the red "gates
+    differ from the strict defaults" line; a report that says False gets it."""
+    from uopsl.export.parity_html import render_html
+
+    labels = _labels(10)
+    models = _Models(image_keys, monkeypatch, labels)
+    report = dict(_run(bundle, _records(photos[:10], labels), models, tmp_path / "out", record=False).report)
+    report.pop("gates_are_default")
+    assert "The gates differ from the strict defaults" not in render_html(report)
+    assert "The gates differ from the strict defaults" in render_html({**report, "gates_are_default": False})
+
+
+def test_a_manifest_record_keeps_the_first_six_reasons() -> None:
+    """M44: a candidate failing on eight counts keeps its first six reasons in the manifest's record (the
+    manifest is the bundle's identity, kept small; parity.json has them all)."""
+    reasons = [f"gate {i} over its limit" for i in range(8)]
+    cand = {"file": "model.int8.onnx", "backend": "ort-cpu", "passed": False, "verdict": "FAIL", "reasons": reasons}
+    data = {"spec": "t", "image_ids_sha256": "0" * 64, "images_sha256": "1" * 64, "classes_with_truth": ["dr"]}
+    reference = {"describe": "table", "fingerprint": None, "kind": "unknown", "source": None}
+    recs = validate_mod._parity_records([cand], ValidateConfig(), n=20, truth="labels", data=data,
+                                        reference=reference, created="2026-12-04T00:00:00+00:00",
+                                        report=Path("parity.json"))
+    assert recs["model.int8.onnx"]["ort-cpu"]["reasons"] == reasons[:6]
