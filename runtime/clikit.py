@@ -288,15 +288,17 @@ class ConsoleCloseHandler:
 @contextlib.contextmanager
 def windows_console_close(got: _Sigterm, kernel32: Any = None,
                           callback: Callable[[ConsoleCloseHandler], Any] | None = None,
-                          interrupt: Callable[[], None] = interrupt_main_thread) -> Iterator[None]:
+                          interrupt: Callable[[], None] = interrupt_main_thread,
+                          grace_s: float = CLOSE_GRACE_S) -> Iterator[None]:
     """On Windows, inside: closing the console window stops the command as Ctrl-C does, so results.csv and
     report.html are written before the process ends.
 
     Why: the C runtime turns these events into SIGBREAK, but its handler only sets a flag and Windows ends the
     process at once; CPython installs no console control handler of its own. So one is installed here
     (``SetConsoleCtrlHandler``, kernel32). ``kernel32`` and ``callback`` (wrapping the handler as a C
-    function) stand in for ctypes in tests. Elsewhere, or where the handler cannot be installed, nothing
-    changes (results.jsonl is kept in any case; the next run rewrites the other two). Not run on Windows:
+    function) stand in for ctypes in tests; ``grace_s`` is how long a close waits for the outputs. Elsewhere,
+    or where the handler cannot be installed, nothing changes (results.jsonl is kept in any case; the next
+    run rewrites the other two). Not run on Windows:
     the tests fake kernel32. A pip-installed ``uopsl-screen.exe`` runs Python as a child of a launcher,
     which may be ended first and take it along (not verified).
     """
@@ -314,7 +316,7 @@ def windows_console_close(got: _Sigterm, kernel32: Any = None,
             log.debug("no console control handler: %s", exc)
             yield
             return
-    handler = ConsoleCloseHandler(got, interrupt)
+    handler = ConsoleCloseHandler(got, interrupt, grace_s)
     c_handler = callback(handler) if callback is not None else handler  # kept referenced while installed
     try:
         installed = bool(kernel32.SetConsoleCtrlHandler(c_handler, 1))

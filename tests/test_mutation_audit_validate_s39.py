@@ -45,8 +45,6 @@ photos = validatekit.photos
 image_keys = validatekit.image_keys
 
 
-_labels = cycled_labels
-_Models = PatchedModels
 
 
 @pytest.fixture
@@ -60,7 +58,7 @@ def _records(photos: Sequence[Path], labels: Sequence[tuple[str, ...] | None],
     return [ImageRecord(p.stem, p, lab, patient=pid) for p, lab, pid in zip(photos, labels, pats)]
 
 
-def _run(bundle: Path, records: list[ImageRecord], models: _Models, out: Path, *,
+def _run(bundle: Path, records: list[ImageRecord], models: PatchedModels, out: Path, *,
          label_space: Sequence[str] | None = NAMES, **cfg: Any) -> Any:
     config = ValidateConfig(**{"backends": ("ort-cpu",), "gates": ParityGates(), "n_boot": 0,
                                "show_progress": False, **cfg})
@@ -146,8 +144,8 @@ def test_a_first_run_computes_everything_without_a_cache_warning_and_a_rerun_rea
     """M10, H21: a batch not yet in the cache is simply computed; no "unreadable cached batch" warning on a first
     run (40 images in batches of 16: 3 batches). The rerun takes all 3 from the cache, and its page says all (not
     some) came from it."""
-    labels = _labels(40)
-    models = _Models(image_keys, monkeypatch, labels)
+    labels = cycled_labels(40)
+    models = PatchedModels(image_keys, monkeypatch, labels)
     models.reference = _Fingerprinted(image_keys, lambda: models.ref)
     with caplog.at_level("WARNING", logger="uopsl.export.validate"):
         first = _run(bundle, _records(photos[:40], labels), models, tmp_path / "out", record=False)
@@ -173,8 +171,8 @@ def test_a_candidate_that_failed_keeps_its_failure_when_the_outputs_come_from_th
         tmp_path: Path) -> None:
     """M14: the INT8 file's inference failed in the first run; the rerun reads every batch from the cache and
     must still report that failure (FAIL, not judged), not judge the file on outputs it never produced."""
-    labels = _labels(20)
-    models = _Models(image_keys, monkeypatch, labels)
+    labels = cycled_labels(20)
+    models = PatchedModels(image_keys, monkeypatch, labels)
     models.reference = _Fingerprinted(image_keys, lambda: models.ref)
     monkeypatch.setattr(validate_mod, "open_candidate", lambda bundle, spec, threads, manifest: (
         _Failing(image_keys, lambda: models.ref) if spec.file == "model.int8.onnx"
@@ -191,7 +189,7 @@ def test_labels_for_some_images_only_are_refused(bundle: Path, photos: list[Path
                                                  monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """M16: with a label space every image needs its labels; one unlabelled image among labelled ones would
     count as a negative for every class (a wrong truth), so the run is refused before anything is written."""
-    models = _Models(image_keys, monkeypatch, _labels(4))
+    models = PatchedModels(image_keys, monkeypatch, cycled_labels(4))
     records = _records(photos[:4], [("dr",), None, ("normal",), ("amd",)])
     with pytest.raises(ConfigError, match="label_space is given but some images have no labels"):
         _run(bundle, records, models, tmp_path / "out")
@@ -205,8 +203,8 @@ def test_a_reference_with_its_own_preprocessing_gets_its_own_batch_and_the_repor
     the 48 px images (its table only knows those), the candidates the 32 px ones, and the report's differences
     read [reference, bundle] = [48, 32] per the HTML's column order (reference (checkpoint), bundle manifest)."""
     own = PreprocessConfig(size=48)
-    labels = _labels(10)
-    models = _Models(image_keys, monkeypatch, labels)
+    labels = cycled_labels(10)
+    models = PatchedModels(image_keys, monkeypatch, labels)
     keys48 = {image_key(preprocess(read_bytes(p), own, source=str(p)).image): i for i, p in enumerate(photos[:10])}
 
     class _Own(Table):
@@ -226,8 +224,8 @@ def test_a_reference_without_a_fingerprint_is_never_served_cached_outputs(
     """M20: the cache is keyed by the reference's fingerprint; a reference without one (a runtime backend, another
     checkpoint's stand-in) gets no cache at all, so a second run into the same folder with other reference outputs
     is judged on those outputs, not on the first run's."""
-    labels = _labels(20)
-    models = _Models(image_keys, monkeypatch, labels)
+    labels = cycled_labels(20)
+    models = PatchedModels(image_keys, monkeypatch, labels)
     first = _run(bundle, _records(photos[:20], labels), models, tmp_path / "out", record=False)
     assert first.report["cache"]["enabled"] is False
     assert first.report["cache"]["why_disabled"] == "the reference has no fingerprint to key its outputs by"
@@ -240,12 +238,12 @@ def test_a_reference_without_a_fingerprint_is_never_served_cached_outputs(
 
 # -- the HTML report -----------------------------------------------------------------------------------------
 def _two_flips(photos: Sequence[Path], image_keys: dict[str, int], monkeypatch: pytest.MonkeyPatch,
-               n: int = 20) -> tuple[_Models, list[ImageRecord]]:
+               n: int = 20) -> tuple[PatchedModels, list[ImageRecord]]:
     """``n`` images whose INT8 file loses image 0's dr call and gains an amd call on image 1 (two referral flips,
     two changed findings)."""
-    labels = _labels(n)
+    labels = cycled_labels(n)
     labels[0], labels[1] = ("dr",), ("normal",)
-    models = _Models(image_keys, monkeypatch, labels)
+    models = PatchedModels(image_keys, monkeypatch, labels)
     cand = models.ref.copy()
     dr, amd = NAMES.index("dr"), NAMES.index("amd")
     cand[0, dr] = DEMO_CLASSES[dr].threshold * 0.4
@@ -287,7 +285,7 @@ def test_an_incomplete_candidate_is_shown_as_incomplete_not_as_a_pass(
     banner counts the two candidates not evaluated in full. The run did not record and gave no patient ids: the
     page says both."""
     labels = [("normal",)] * 20
-    models = _Models(image_keys, monkeypatch, labels)
+    models = PatchedModels(image_keys, monkeypatch, labels)
     res = _run(bundle, _records(photos[:20], labels), models, tmp_path / "out", record=False)
     assert [c["verdict"] for c in res.report["candidates"]] == ["INCOMPLETE", "INCOMPLETE"]
     html = res.html_path.read_text(encoding="utf-8")
@@ -315,8 +313,8 @@ def test_the_summary_shows_the_measured_figures_when_the_verdict_was_judged_on_t
     """H06: judged on the bounds, a candidate identical to the reference has a sensitivity bound above 0 (the
     exact upper bound of 0 lost of 24 positives per class), but the summary's "worst sens. drop" column shows the
     measured figure, 0, as its heading promises (the bounds are in each candidate's gate table)."""
-    labels = _labels(120)
-    models = _Models(image_keys, monkeypatch, labels)
+    labels = cycled_labels(120)
+    models = PatchedModels(image_keys, monkeypatch, labels)
     res = _run(bundle, _records(photos[:120], labels), models, tmp_path / "out", record=False, judge_on="bounds")
     fp32 = _cand(res.report, "model.onnx")
     bound = next(c for c in fp32["checks"] if c["name"] == "sensitivity_drop")["value"]
@@ -333,8 +331,8 @@ def test_outputs_csv_defuses_an_image_name_a_spreadsheet_would_run_as_a_formula(
     anyone's choice) is written as text, prefixed with ``'``, in the id column, never as a live formula."""
     import csv
 
-    labels = _labels(10)
-    models = _Models(image_keys, monkeypatch, labels)
+    labels = cycled_labels(10)
+    models = PatchedModels(image_keys, monkeypatch, labels)
     records = _records(photos[:10], labels)
     records[0] = ImageRecord('=HYPERLINK("http://x","y")', photos[0], labels[0])
     res = _run(bundle, records, models, tmp_path / "out", record=False)
@@ -397,7 +395,7 @@ def test_the_per_layer_diagnosis_uses_exactly_the_configured_number_of_images(
     m = read_manifest(bundle)
     specs, _ = plan_candidates(bundle, m, ("ort-cpu",), CPU)
     cfg = ValidateConfig(backends=("ort-cpu",), per_layer=True, per_layer_images=3, show_progress=False)
-    out = validate_mod._per_layer(bundle, m, specs, _records(photos[:6], _labels(6)), cfg)
+    out = validate_mod._per_layer(bundle, m, specs, _records(photos[:6], cycled_labels(6)), cfg)
     assert seen == [3] and out == {"model.int8.onnx": {"error": "stand-in files"}}
 
 
@@ -489,8 +487,8 @@ def test_a_run_under_the_minimum_of_used_images_is_no_release_pass_whatever_was_
         tmp_path: Path) -> None:
     """M29: 101 images listed, 2 of them unreadable: 99 used, under the 100 a pass counts from. The run passes
     its gates but is no release pass and records no PASS, because the images USED are too few."""
-    labels = _labels(99)
-    models = _Models(image_keys, monkeypatch, labels)
+    labels = cycled_labels(99)
+    models = PatchedModels(image_keys, monkeypatch, labels)
     bad = []
     for name in ("broken1.jpg", "broken2.jpg"):
         (tmp_path / name).write_bytes(b"not a jpeg")
@@ -507,8 +505,8 @@ def test_a_reference_preprocessing_change_recomputes_the_cached_outputs(
         tmp_path: Path) -> None:
     """M22: the same fingerprinted reference first preprocessing at 48 px, then at 40 px, into the same folder:
     the second run's reference sees other pixels, so no batch may come from the cache."""
-    labels = _labels(10)
-    models = _Models(image_keys, monkeypatch, labels)
+    labels = cycled_labels(10)
+    models = PatchedModels(image_keys, monkeypatch, labels)
     keys = {s: {image_key(preprocess(read_bytes(p), PreprocessConfig(size=s), source=str(p)).image): i
                 for i, p in enumerate(photos[:10])} for s in (48, 40)}
     for size in (48, 40):
@@ -547,8 +545,8 @@ def test_the_summary_names_no_worst_class_when_no_call_changed(
         tmp_path: Path) -> None:
     """H07: a candidate identical to the reference changes no call; its summary row shows a class flip rate of
     0.00% without naming a class (with none changed, no class is "the worst")."""
-    labels = _labels(20)
-    models = _Models(image_keys, monkeypatch, labels)
+    labels = cycled_labels(20)
+    models = PatchedModels(image_keys, monkeypatch, labels)
     res = _run(bundle, _records(photos[:20], labels), models, tmp_path / "out", record=False)
     summary = res.html_path.read_text(encoding="utf-8").split("<h2>Summary</h2>", 1)[1].split("</table>", 1)[0]
     row = next(r for r in summary.split("<tr>") if r.startswith("<td>ort-cpu:model.onnx</td>"))
@@ -583,8 +581,8 @@ def test_a_report_from_before_the_default_gates_flag_is_not_said_to_have_other_g
     differ from the strict defaults" line; a report that says False gets it."""
     from uopsl.export.parity_html import render_html
 
-    labels = _labels(10)
-    models = _Models(image_keys, monkeypatch, labels)
+    labels = cycled_labels(10)
+    models = PatchedModels(image_keys, monkeypatch, labels)
     report = dict(_run(bundle, _records(photos[:10], labels), models, tmp_path / "out", record=False).report)
     report.pop("gates_are_default")
     assert "The gates differ from the strict defaults" not in render_html(report)

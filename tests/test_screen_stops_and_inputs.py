@@ -284,12 +284,11 @@ def finalize_then_linger(self, *args, **kwargs):
     return result
 api.Screener.finalize = finalize_then_linger
 
-clikit.windows_console_close = functools.partial(clikit.windows_console_close, kernel32=Kernel32(),
-                                                 callback=lambda f: f)
 # A long grace time: whether writing the outputs fits in Windows' 5 s on a given machine is a matter for a
 # benchmark; this test is about the handler being released by the save itself, which a busy CI box must not
 # turn into a grace-time release.
-clikit.ConsoleCloseHandler.__init__.__defaults__ = (60.0,)
+clikit.windows_console_close = functools.partial(clikit.windows_console_close, kernel32=Kernel32(),
+                                                 callback=lambda f: f, grace_s=60.0)
 from uopsl.runtime.cli import main
 rc = main(sys.argv[3:])
 for t in threads:

@@ -50,8 +50,6 @@ from uopsl.runtime.preprocess import PreprocessConfig, preprocess, read_bytes
 
 CLASSES = DEMO_CLASSES
 _uopsl = uopsl_validate
-_labels = cycled_labels
-_Models = PatchedModels
 
 
 def _bundle(root: Path, *, backbone: str = "", size: int = PRE.size, notes: dict[str, Any] | None = None) -> Path:
@@ -63,8 +61,8 @@ def bundle(tmp_path: Path) -> Path:
     return _bundle(tmp_path / "bundle")
 
 
-def _run(bundle: Path, records: list[ImageRecord], models: _Models, out: Path, *, gates: ParityGates | None = None,
-         label_space: tuple[str, ...] | None = NAMES, unknown: str = "negative",
+def _run(bundle: Path, records: list[ImageRecord], models: PatchedModels, out: Path, *,
+         gates: ParityGates | None = None, label_space: tuple[str, ...] | None = NAMES, unknown: str = "negative",
          context: Mapping[str, Any] | None = None) -> Any:
     cfg = ValidateConfig(backends=("ort-cpu",), gates=gates or ParityGates(), n_boot=0, show_progress=False,
                          unknown_labels=unknown)
@@ -161,9 +159,9 @@ def test_tvhl_default_task_is_refused_with_the_task_to_use(bundle: Path, photos:
 def test_the_engine_refuses_drops_or_counts_as_negatives_and_says_so(
         bundle: Path, photos: list[Path], image_keys: dict[str, int], monkeypatch: pytest.MonkeyPatch,
         tmp_path: Path) -> None:
-    labels = _labels(30)
+    labels = cycled_labels(30)
     labels[3], labels[4], labels[8] = ("cataract",), ("Glaucoma",), ("dr", "cataract")
-    models = _Models(image_keys, monkeypatch, _labels(N))
+    models = PatchedModels(image_keys, monkeypatch, cycled_labels(N))
     records = _records(photos[:30], labels)
     space = (*NAMES, "cataract", "Glaucoma")
     with pytest.raises(ConfigError, match=r"'Glaucoma' \(1 image; the bundle has 'glaucoma'\)"):
@@ -208,7 +206,7 @@ def _checkpoint(folder: Path, *, backbone: str = "resnet18", size: int = PRE.siz
     return folder
 
 
-def _fake_torch(monkeypatch: pytest.MonkeyPatch, models: _Models) -> None:
+def _fake_torch(monkeypatch: pytest.MonkeyPatch, models: PatchedModels) -> None:
     """``TorchReference.from_checkpoint`` -> the table reference, declared as PyTorch (no model loads)."""
     from uopsl.train.checkpoint import read_meta
     from uopsl.train.reference import TorchReference
@@ -225,7 +223,7 @@ def _fake_torch(monkeypatch: pytest.MonkeyPatch, models: _Models) -> None:
 def test_cli_drop_counts_the_images_left_out_on_the_terminal(
         bundle: Path, photos: list[Path], image_keys: dict[str, int], monkeypatch: pytest.MonkeyPatch,
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    models = _Models(image_keys, monkeypatch, _labels(N))
+    models = PatchedModels(image_keys, monkeypatch, cycled_labels(N))
     _fake_torch(monkeypatch, models)
     # every image: each class keeps at least MIN_CASES_PER_CLASS positives among the 118 left
     labels = [NAMES[i % len(NAMES)] for i in range(N)]
@@ -270,7 +268,7 @@ def test_an_older_bundle_refuses_a_checkpoint_of_another_model(
         capsys: pytest.CaptureFixture[str]) -> None:
     """The review's ResNet-18 224 px checkpoint against an EfficientNet-Lite0 256 px bundle: 7 FAILs recorded."""
     lite0 = _bundle(tmp_path / "lite0", backbone="efficientnet_lite0", size=256)
-    models = _Models(image_keys, monkeypatch, _labels(N))
+    models = PatchedModels(image_keys, monkeypatch, cycled_labels(N))
     _fake_torch(monkeypatch, models)  # would it get that far, the reference would run
     data = _csv(tmp_path / "set.csv", photos[:10], [NAMES[i % 5] for i in range(10)])
     r18 = _checkpoint(tmp_path / "r18", backbone="resnet18", size=224)
@@ -307,8 +305,8 @@ def test_report_and_record_hold_the_files_manifest_images_and_checkpoint_digests
     ckpt = _checkpoint(tmp_path / "ckpt")
     digest = checkpoint_digest(ckpt)
     bundle = _bundle(tmp_path / "bundle", notes={CHECKPOINT_DIGEST_NOTE: digest, "checkpoint": str(ckpt)})
-    labels = _labels(24)
-    models = _Models(image_keys, monkeypatch, _labels(N))
+    labels = cycled_labels(24)
+    models = PatchedModels(image_keys, monkeypatch, cycled_labels(N))
     models.files["model.int8.onnx"][:, NAMES.index("dr")] = 0.0  # a FAIL: recorded even on 24 images
     _fake_torch(monkeypatch, models)
     data = _csv(tmp_path / "set.csv", photos[:24], [lab[0] for lab in labels])
@@ -358,8 +356,8 @@ def test_the_content_digest_follows_the_bytes_and_labels_not_the_times(
     folder = tmp_path / "copy"
     folder.mkdir()
     paths = [Path(shutil.copy(p, folder / p.name)) for p in photos[:12]]
-    labels = _labels(12)
-    models = _Models(image_keys, monkeypatch, _labels(N))
+    labels = cycled_labels(12)
+    models = PatchedModels(image_keys, monkeypatch, cycled_labels(N))
     models.reference.fingerprint = "table"  # type: ignore[attr-defined]  # enables the output cache
     calls: list[int] = []
     infer = models.reference.infer
@@ -396,8 +394,8 @@ def test_images_with_any_changed_finding_are_counted_listed_and_gated(
     """One image's AMD call and another's DME call change behind unchanged referrals (both are referred for DR):
     the worst class has 1 change in 120, within class_flips=0.01; 2 images of 120 had a finding changed, over
     the 1 % finding gate (a later review: that share was reported only, and a file passed with 1.5 %)."""
-    labels = _labels(N)
-    models = _Models(image_keys, monkeypatch, labels)
+    labels = cycled_labels(N)
+    models = PatchedModels(image_keys, monkeypatch, labels)
     dr_images = [i for i, lab in enumerate(labels) if lab == ("dr",)]
     a, d = dr_images[0], dr_images[1]
     models.files["model.int8.onnx"][a, NAMES.index("amd")] = THRESHOLDS[NAMES.index("amd")] * 1.5
@@ -432,7 +430,7 @@ def test_any_finding_bound_is_exact_and_the_docs_say_what_the_gate_measures() ->
     from uopsl.export.parity_metrics import finding_changes
 
     m = Manifest(classes=CLASSES, head="sigmoid", preprocess=PRE, files=(FileEntry("model.onnx", "onnx", "fp32"),))
-    ref = confident(_labels(40))
+    ref = confident(cycled_labels(40))
     cand = ref.copy()
     cand[[1, 6], NAMES.index("glaucoma")] = 0.9
     cand[6, NAMES.index("amd")] = 0.9  # one image with two changed findings counts once
@@ -458,8 +456,8 @@ def _wilson(k: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]
 def test_sensitivity_and_specificity_carry_wilson_intervals(
         bundle: Path, photos: list[Path], image_keys: dict[str, int], monkeypatch: pytest.MonkeyPatch,
         tmp_path: Path) -> None:
-    labels = _labels(N)
-    models = _Models(image_keys, monkeypatch, labels)
+    labels = cycled_labels(N)
+    models = PatchedModels(image_keys, monkeypatch, labels)
     lost = [i for i, lab in enumerate(labels) if lab == ("glaucoma",)][:3]
     models.files["model.int8.onnx"][lost, NAMES.index("glaucoma")] = 0.0  # 21 of 24 glaucoma images still called
     res = _run(bundle, _records(photos, labels), models, tmp_path / "out")
