@@ -30,9 +30,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from test_validate_signoff import _bundle, _cand, _checkpoint, _csv, _fake_torch, _labels, _Models
+from test_validate_signoff import _bundle, _cand, _checkpoint, _csv, _fake_torch
 from validatekit import (  # noqa: F401 - photos, image_keys: module fixtures
-    CPU, NAMES, THRESHOLDS, N, Table, image_keys, photos, uopsl_validate,
+    CPU, NAMES, THRESHOLDS, N, PatchedModels, Table, cycled_labels, image_keys, photos, uopsl_validate,
 )
 from uopsl.export import validate as validate_mod
 from uopsl.export.bundle_writer import record_parity
@@ -60,7 +60,7 @@ def bundle(tmp_path: Path) -> Path:
     return _bundle(tmp_path / "bundle")
 
 
-def _run(bundle: Path, records: list[ImageRecord], models: _Models, out: Path, *, n_boot: int = 0,
+def _run(bundle: Path, records: list[ImageRecord], models: PatchedModels, out: Path, *, n_boot: int = 0,
          gates: ParityGates | None = None, label_space: Sequence[str] | None = NAMES, resume: bool = True,
          context: dict[str, Any] | None = None) -> Any:
     cfg = ValidateConfig(backends=("ort-cpu",), gates=gates or ParityGates(), n_boot=n_boot, show_progress=False,
@@ -80,7 +80,7 @@ def _two_eyes(n: int) -> list[str | None]:
     return [f"P{i // 2:03d}" if i < n - 4 else None for i in range(n)]
 
 
-def _noisy(models: _Models, seed: int = 0) -> None:
+def _noisy(models: PatchedModels, seed: int = 0) -> None:
     """The INT8 file's probabilities moved a little everywhere and across some thresholds (a real difference)."""
     rng = np.random.default_rng(seed)
     p = models.ref * np.exp(rng.normal(0.0, 0.35, models.ref.shape))
@@ -97,8 +97,8 @@ def test_patient_clusters_give_an_image_without_a_patient_one_of_its_own() -> No
 def test_the_auc_bootstrap_resamples_patients_and_the_report_counts_them(
         bundle: Path, photos: list[Path], image_keys: dict[str, int], monkeypatch: pytest.MonkeyPatch,
         tmp_path: Path) -> None:
-    labels = _labels(N)
-    models = _Models(image_keys, monkeypatch, labels)
+    labels = cycled_labels(N)
+    models = PatchedModels(image_keys, monkeypatch, labels)
     _noisy(models)
     patients = _two_eyes(N)
     res = _run(bundle, _records(photos, labels, patients), models, tmp_path / "out", n_boot=200)
@@ -139,8 +139,8 @@ def test_the_auc_bootstrap_resamples_patients_and_the_report_counts_them(
 def test_without_patient_ids_the_report_says_it_resampled_images(
         bundle: Path, photos: list[Path], image_keys: dict[str, int], monkeypatch: pytest.MonkeyPatch,
         tmp_path: Path) -> None:
-    labels = _labels(N)
-    models = _Models(image_keys, monkeypatch, labels)
+    labels = cycled_labels(N)
+    models = PatchedModels(image_keys, monkeypatch, labels)
     rep = _run(bundle, _records(photos, labels), models, tmp_path / "out", n_boot=20).report
     assert rep["bootstrap"]["unit"] == "image" and rep["data"]["patients"]["known"] is False
     assert "resampled by image, because the data carry no patient ids" in rep["bootstrap"]["method"]
@@ -151,8 +151,8 @@ def test_without_patient_ids_the_report_says_it_resampled_images(
 def test_patients_reach_a_cached_run(bundle: Path, photos: list[Path], image_keys: dict[str, int],
                                      monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """The outputs come from the cache, the patients from the records: a rerun with patient ids resamples them."""
-    labels = _labels(N)
-    models = _Models(image_keys, monkeypatch, labels)
+    labels = cycled_labels(N)
+    models = PatchedModels(image_keys, monkeypatch, labels)
     models.reference.fingerprint = "table-v1"  # type: ignore[attr-defined]  # enables the output cache
     first = _run(bundle, _records(photos, labels), models, tmp_path / "out", n_boot=20).report
     assert first["cache"]["outputs_from_cache"] == "none" and first["bootstrap"]["unit"] == "image"
@@ -171,7 +171,7 @@ def test_cli_reads_the_patient_column_and_says_how_many(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from uopsl.train.commands.validate import resolve_data
 
-    models = _Models(image_keys, monkeypatch, _labels(N))
+    models = PatchedModels(image_keys, monkeypatch, cycled_labels(N))
     _fake_torch(monkeypatch, models)
     data = tmp_path / "set.csv"
     patients = _two_eyes(N)
@@ -193,15 +193,15 @@ def test_cli_reads_the_patient_column_and_says_how_many(
 def test_recorded_lists_what_was_written_and_kept_lists_what_stayed(
         bundle: Path, photos: list[Path], image_keys: dict[str, int], monkeypatch: pytest.MonkeyPatch,
         tmp_path: Path) -> None:
-    labels = _labels(N)
-    models = _Models(image_keys, monkeypatch, labels)
+    labels = cycled_labels(N)
+    models = PatchedModels(image_keys, monkeypatch, labels)
     full = _run(bundle, _records(photos, labels), models, tmp_path / "full")
     assert full.status == PASS and full.report["record"]["recorded"] == ["ort-cpu:model.onnx",
                                                                           "ort-cpu:model.int8.onnx"]
     before = read_manifest(bundle).file("model.onnx").info["parity"]["backends"]["ort-cpu"]
     # all images normal: INCOMPLETE, which the manifest does not let replace the complete PASS
     normal = [("normal",)] * N
-    models.ref = models.files["model.onnx"] = models.files["model.int8.onnx"] = _Models(
+    models.ref = models.files["model.onnx"] = models.files["model.int8.onnx"] = PatchedModels(
         image_keys, monkeypatch, normal).ref
     res = _run(bundle, _records(photos, normal), models, tmp_path / "inc")
     assert res.status == INCOMPLETE
@@ -219,8 +219,8 @@ def test_recorded_lists_what_was_written_and_kept_lists_what_stayed(
 def test_a_manifest_that_cannot_be_written_is_reported_as_such(
         bundle: Path, photos: list[Path], image_keys: dict[str, int], monkeypatch: pytest.MonkeyPatch,
         tmp_path: Path) -> None:
-    labels = _labels(N)
-    models = _Models(image_keys, monkeypatch, labels)
+    labels = cycled_labels(N)
+    models = PatchedModels(image_keys, monkeypatch, labels)
 
     def read_only(*args: Any, **kwargs: Any) -> Any:
         raise PermissionError(13, "Permission denied", str(bundle / "manifest.json"))
@@ -237,8 +237,8 @@ def test_a_verdict_the_manifest_did_not_take_is_not_listed_as_recorded(
         bundle: Path, photos: list[Path], image_keys: dict[str, int], monkeypatch: pytest.MonkeyPatch,
         tmp_path: Path) -> None:
     """Read back from the manifest: a file that changed while it was validated keeps its old record."""
-    labels = _labels(N)
-    models = _Models(image_keys, monkeypatch, labels)
+    labels = cycled_labels(N)
+    models = PatchedModels(image_keys, monkeypatch, labels)
 
     def changed_meanwhile(root: Any, records: Any, validated: Any) -> Any:
         return record_parity(root, records, {k: "0" * 64 if k == "model.int8.onnx" else v
@@ -276,7 +276,7 @@ def test_a_synthetic_class_without_positives_reads_no_positive_image(
     # without the generator's class list the labels present are all there is (as before)
     (data / "synth_config.json").unlink()
     assert resolve_data(str(data))[1] == ("normal", "dr", "dme", "amd")
-    models = _Models(image_keys, monkeypatch, [(lab,) for lab in labels])
+    models = PatchedModels(image_keys, monkeypatch, [(lab,) for lab in labels])
     res = _run(bundle, records, models, tmp_path / "out", label_space=space)
     int8 = _cand(res.report, "model.int8.onnx")
     glaucoma = next(r for r in int8["clinical"]["per_class"] if r["name"] == "glaucoma")
@@ -324,8 +324,8 @@ def test_a_class_needs_min_cases_to_count_as_evaluated(n_dr: int, status: str) -
 
 def test_the_report_states_the_minimum(bundle: Path, photos: list[Path], image_keys: dict[str, int],
                                        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    labels = _labels(N)
-    res = _run(bundle, _records(photos, labels), _Models(image_keys, monkeypatch, labels), tmp_path / "out")
+    labels = cycled_labels(N)
+    res = _run(bundle, _records(photos, labels), PatchedModels(image_keys, monkeypatch, labels), tmp_path / "out")
     assert res.report["min_cases_per_class"]["positive"] == MIN_CASES_PER_CLASS == 10
     assert "from 10 positive and 10 negative images" in res.html_path.read_text(encoding="utf-8")
 
@@ -335,7 +335,7 @@ def test_a_pass_under_looser_gates_is_not_a_release_pass(
         bundle: Path, photos: list[Path], image_keys: dict[str, int], monkeypatch: pytest.MonkeyPatch,
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     labels = [NAMES[i % 5] for i in range(N)]
-    models = _Models(image_keys, monkeypatch, [(lab,) for lab in labels])
+    models = PatchedModels(image_keys, monkeypatch, [(lab,) for lab in labels])
     models.files["model.int8.onnx"][[1, 6], 1] = THRESHOLDS[1] * 0.5  # 2 DR images no longer referred
     _fake_torch(monkeypatch, models)
     data = _csv(tmp_path / "set.csv", photos, labels)
@@ -396,8 +396,8 @@ def test_a_pass_under_looser_gates_is_not_a_release_pass(
 def test_outputs_csv_lets_a_signer_recompute_the_figures(
         bundle: Path, photos: list[Path], image_keys: dict[str, int], monkeypatch: pytest.MonkeyPatch,
         tmp_path: Path) -> None:
-    labels = _labels(N)
-    models = _Models(image_keys, monkeypatch, labels)
+    labels = cycled_labels(N)
+    models = PatchedModels(image_keys, monkeypatch, labels)
     _noisy(models, seed=3)
     patients = _two_eyes(N)
     res = _run(bundle, _records(photos, labels, patients), models, tmp_path / "out")
@@ -432,8 +432,8 @@ def test_outputs_csv_lets_a_signer_recompute_the_figures(
 def test_the_cache_is_keyed_by_the_torch_version_and_the_reference_device(
         bundle: Path, photos: list[Path], image_keys: dict[str, int], monkeypatch: pytest.MonkeyPatch,
         tmp_path: Path) -> None:
-    labels = _labels(N)
-    models = _Models(image_keys, monkeypatch, labels)
+    labels = cycled_labels(N)
+    models = PatchedModels(image_keys, monkeypatch, labels)
     ref = models.reference
     ref.fingerprint, ref.device = "table-v1", "cpu"  # type: ignore[attr-defined]
     records = _records(photos, labels)
@@ -472,8 +472,8 @@ def test_paired_proportion_difference() -> None:
 def test_sensitivity_differences_are_reported_not_gated(
         bundle: Path, photos: list[Path], image_keys: dict[str, int], monkeypatch: pytest.MonkeyPatch,
         tmp_path: Path) -> None:
-    labels = _labels(N)
-    models = _Models(image_keys, monkeypatch, labels)
+    labels = cycled_labels(N)
+    models = PatchedModels(image_keys, monkeypatch, labels)
     dr = [i for i, lab in enumerate(labels) if lab == ("dr",)][:3]
     models.files["model.int8.onnx"][dr, 1] = THRESHOLDS[1] * 0.5  # 3 of 24 DR images missed
     rep = _run(bundle, _records(photos, labels), models, tmp_path / "out").report
@@ -532,8 +532,8 @@ class _SettingsUnreadable(Table):
 def test_a_candidate_whose_settings_cannot_be_read_is_still_judged(
         bundle: Path, photos: list[Path], image_keys: dict[str, int], monkeypatch: pytest.MonkeyPatch,
         tmp_path: Path) -> None:
-    labels = _labels(N)
-    models = _Models(image_keys, monkeypatch, labels)
+    labels = cycled_labels(N)
+    models = PatchedModels(image_keys, monkeypatch, labels)
     monkeypatch.setattr(validate_mod, "open_candidate", lambda bundle, spec, threads, manifest: _SettingsUnreadable(
         image_keys, lambda: models.files[spec.file]))
     res = _run(bundle, _records(photos, labels), models, tmp_path / "out")
@@ -552,8 +552,8 @@ def test_the_report_carries_the_manifests_operating_points(
               {"name": "glaucoma", "threshold": 0.5, "method": "fixed", "source": "chosen on no data"}]
     root = _bundle(tmp_path / "bundle", notes={"operating_points": points})
     assert read_manifest(root).notes["operating_points"] == points
-    labels = _labels(N)
-    res = _run(root, _records(photos, labels), _Models(image_keys, monkeypatch, labels), tmp_path / "out")
+    labels = cycled_labels(N)
+    res = _run(root, _records(photos, labels), PatchedModels(image_keys, monkeypatch, labels), tmp_path / "out")
     assert res.report["bundle"]["operating_points"] == points
     assert json.loads(res.json_path.read_text())["bundle"]["operating_points"] == points
     html = res.html_path.read_text(encoding="utf-8")
