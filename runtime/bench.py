@@ -14,7 +14,9 @@ TensorRT backends that expose ``last_timings`` (host-to-device, compute,
 device-to-host) get those columns too, and ``host`` (the rest of the call:
 copies into pinned memory, casts, output copies), with the number of engine
 runs a batch took (``chunks``: a batch above the engine's maximum runs in
-several) and the engine's batch range.
+several) and the engine's batch range. Batches are timed smallest first; a row
+whose calls ran padded to a larger batch (ONNX Runtime's CUDA backend keeps
+its previous batch shape: ``OrtBackend.rows_for``) says ``padded_to``.
 """
 
 from __future__ import annotations
@@ -182,9 +184,14 @@ def _board_model() -> str | None:
 # -- pieces ----------------------------------------------------------------------------------
 def time_backend(backend: Backend, batches: tuple[int, ...], iters: int, warmup: int,
                  images: np.ndarray) -> list[dict[str, Any]]:
-    """Time ``backend.infer`` (already entered) at each batch size on preprocessed ``images``."""
+    """Time ``backend.infer`` (already entered) at each batch size on preprocessed ``images``.
+
+    Smallest batch first: ONNX Runtime's CUDA backend runs a batch smaller than its previous one padded to
+    that size (``OrtBackend.rows_for``), so batch 1 timed after batch 16 would time 16 rows; a row says
+    ``padded_to`` if its calls were padded all the same.
+    """
     rows = []
-    for b in batches:
+    for b in sorted(batches):
         idx = np.arange(b) % len(images)
         x = np.ascontiguousarray(images[idx])
         for _ in range(warmup):
@@ -192,11 +199,12 @@ def time_backend(backend: Backend, batches: tuple[int, ...], iters: int, warmup:
         durations: list[float] = []
         parts: dict[str, list[float]] = {}
         host: list[float] = []
-        chunks = 0
+        chunks = padded = 0
         for _ in range(iters):
             t0 = time.perf_counter()
             backend.infer(x)
             durations.append(time.perf_counter() - t0)
+            padded = max(padded, int(getattr(backend, "last_padded_to", 0) or 0))
             extra = getattr(backend, "last_timings", None)
             if isinstance(extra, dict) and extra:
                 for k, v in extra.items():
@@ -211,6 +219,8 @@ def time_backend(backend: Backend, batches: tuple[int, ...], iters: int, warmup:
             row["host_p50_ms"] = percentile_ms(host, 50)
         if chunks:
             row["chunks"] = chunks
+        if padded:
+            row["padded_to"] = padded
         engine_range = getattr(backend, "batch_range", None)
         if isinstance(engine_range, tuple) and len(engine_range) == 2:
             row["engine_batch_range"] = [int(engine_range[0]), int(engine_range[1])]
@@ -488,6 +498,8 @@ def format_table(result: dict[str, Any]) -> str:
         extra = "  ".join(f"{k}={v}" for k, v in c.items() if k.endswith("_p50_ms") and k != "p50_ms")
         if c.get("chunks", 1) > 1:
             extra += f"  engine runs per batch={c['chunks']} (engine batch {c['engine_batch_range']})"
+        if c.get("padded_to"):
+            extra += f"  ran as batch {c['padded_to']} (padded: ONNX Runtime CUDA keeps its last batch shape)"
         if c.get("validated") is False:
             extra = f"NOT validated here (auto would not run it)  {extra}"
         calls = c.get("calls")

@@ -206,7 +206,14 @@ class OrtBackend(ModelFileBackend):
     trt_profile: the batch range of the TensorRT execution provider's engine
         (:class:`TrtProfile`; ``open_backend`` sets it from the manifest);
         batches above its maximum are run in chunks.
+
+    On the CUDA provider a batch smaller than the previous call's is padded
+    with blank images to that size (see :meth:`rows_for`); ``last_padded_to``
+    says when the last call was.
     """
+
+    #: A batch is padded to the previous call's size only up to this many rows, or four times its own.
+    PAD_LIMIT = 32
 
     def __init__(
         self,
@@ -230,6 +237,9 @@ class OrtBackend(ModelFileBackend):
         self.optimization = optimization
         self._providers_arg = providers
         self._session: Any = None
+        self._last_rows = 0  # the batch size the session ran last (the CUDA provider tunes for it)
+        #: the rows the last call ran as when it was padded (see :meth:`rows_for`), else 0
+        self.last_padded_to = 0
         self.name = _REGISTRY_NAME.get(providers, "ort") if isinstance(providers, str) and providers != "auto" else "ort"
 
     # -- provider resolution -------------------------------------------------
@@ -336,6 +346,7 @@ class OrtBackend(ModelFileBackend):
 
     def close(self) -> None:
         self._session = None
+        self._last_rows = 0
 
     @property
     def providers(self) -> tuple[str, ...]:
@@ -345,15 +356,41 @@ class OrtBackend(ModelFileBackend):
         return {**super().settings(), "threads": self.threads, "graph_optimization": self.optimization,
                 "providers": list(self.providers), "execution_mode": "sequential", "spin_wait": self.spin}
 
+    def rows_for(self, n: int) -> int:
+        """How many rows a batch of ``n`` images runs as: ``n``, or on the CUDA provider the previous call's size.
+
+        ONNX Runtime's CUDA provider searches cuDNN's convolution algorithms again whenever the input's
+        shape differs from the previous call's (its default ``EXHAUSTIVE`` search), shapes it has run
+        before included: on an H200 each change of batch size cost 0.8-1.2 s for the demo's Lite0 at
+        256 px, against 3.5 ms for a batch of 16 (session 40,
+        ``benchmarks/results/gpu-h200-2026-12-04``). A screening run's batch that loses an ungradable
+        photograph, and its last batch, would pay that twice. Padding with blank images to the previous
+        size keeps one shape; the padded rows are dropped from the outputs (each image's outputs depend on
+        that image alone). Not padded: a batch as large or larger (one search, then that size stays), and
+        one the previous size would outgrow by more than ``max(PAD_LIMIT, 4 n)`` rows (a validation's
+        large batches must not make every later single photograph run as hundreds).
+        """
+        last = self._last_rows
+        if n == 0 or n >= last or last > max(self.PAD_LIMIT, 4 * n) or self.providers[:1] != ("CUDAExecutionProvider",):
+            return n
+        return last
+
     def _infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         names = [o.name for o in self._outputs]
-        step = self._chunk or len(batch) or 1
+        n, shape = len(batch), batch.shape
+        rows = self.rows_for(n)
+        if rows > n:
+            batch = np.concatenate([batch, np.zeros((rows - n, *batch.shape[1:]), batch.dtype)])
+        step = self._chunk or rows or 1
         parts = []
         try:
-            for start in range(0, max(len(batch), 1), step):
+            for start in range(0, max(rows, 1), step):
                 parts.append(self._session.run(names, {self._inputs[0].name: batch[start:start + step]}))
         except Exception as exc:
-            raise BackendError(f"{self.name}: inference failed on a batch of shape {batch.shape}: {exc}") from exc
+            raise BackendError(f"{self.name}: inference failed on a batch of shape {shape}"
+                               f"{f' (padded to {rows})' if rows > n else ''}: {exc}") from exc
+        self._last_rows = rows
+        self.last_padded_to = rows if rows > n else 0
         if len(parts) == 1:
-            return dict(zip(names, parts[0]))
-        return {n: np.concatenate([p[i] for p in parts]) for i, n in enumerate(names)}
+            return {name: (out[:n] if rows > n else out) for name, out in zip(names, parts[0])}
+        return {name: np.concatenate([p[i] for p in parts]) for i, name in enumerate(names)}
