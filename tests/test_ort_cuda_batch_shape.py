@@ -170,3 +170,27 @@ def test_bench_times_the_smallest_batch_first_and_says_when_calls_were_padded() 
     assert all("padded_to" not in r for r in rows)
     padded = time_backend(CountingBackend(padded_to=16), (8,), 2, 0, images(4, 0))  # type: ignore[arg-type]
     assert padded[0]["padded_to"] == 16
+
+
+def test_a_long_run_of_padded_calls_gives_way_to_the_smaller_shape(tiny_bundle: Path) -> None:
+    """Single photographs after a batch: PAD_RUN_LIMIT padded calls, then one change of shape for good."""
+    with OrtBackend(tiny_bundle / "model.onnx", "cpu", threads=1) as b:
+        b.PAD_RUN_LIMIT = 3  # the class's 64, made small for the test
+        fake = on_cuda(b)
+        x1 = images(1, 2)
+        b.infer(images(4, 1))
+        for _ in range(5):
+            b.infer(x1)
+        assert [s[0] for s in fake.shapes] == [4, 4, 4, 4, 1, 1]
+        assert b.last_padded_to == 0
+
+
+def test_full_batches_between_short_ones_keep_them_padded(tiny_bundle: Path) -> None:
+    """A screening run's pattern: the count of padded calls starts again at every full batch."""
+    with OrtBackend(tiny_bundle / "model.onnx", "cpu", threads=1) as b:
+        b.PAD_RUN_LIMIT = 2
+        fake = on_cuda(b)
+        x4, x3 = images(4, 1), images(3, 2)
+        for x in (x4, x3, x3, x4, x3, x3, x4, x3):
+            b.infer(x)
+        assert {s[0] for s in fake.shapes} == {4}
