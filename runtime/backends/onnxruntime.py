@@ -363,10 +363,10 @@ class OrtBackend(ModelFileBackend):
         """How many rows a batch of ``n`` images runs as: ``n``, or on the CUDA provider the previous call's size.
 
         ONNX Runtime's CUDA provider searches cuDNN's convolution algorithms again whenever the input's
-        shape differs from the previous call's (its default ``EXHAUSTIVE`` search), shapes it has run
-        before included: on an H200 each change of batch size cost 0.8-1.2 s for the demo's Lite0 at
-        256 px, against 3.5 ms for a batch of 16 (session 40,
-        ``benchmarks/results/gpu-h200-2026-12-04``). A screening run's batch that loses an ungradable
+        shape differs from the previous call's (its default ``EXHAUSTIVE`` search), often for shapes it
+        has run before too: on an H200 each change of batch size cost 0.8-1.2 s for the demo's Lite0 at
+        256 px, against 3.5 ms for a batch of 16 (session 40, ``benchmarks/results/gpu-h200-2026-12-04``;
+        back to the one other shape a session had run, 108 ms). A screening run's batch that loses an ungradable
         photograph, and its last batch, would pay that twice. Padding with blank images to the previous
         size keeps one shape; the padded rows are dropped from the outputs (each image's outputs depend on
         that image alone). Not padded: a batch as large or larger (one search, then that size stays), and
