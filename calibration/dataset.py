@@ -38,7 +38,7 @@ import cv2
 import numpy as np
 
 from uopsl.runtime.errors import ConfigError, DataError, ImageError
-from uopsl.runtime.fsio import atomic_open, read_user_text, user_cache_dir
+from uopsl.runtime.fsio import NUMPY_FILE_ERRORS, atomic_open, read_user_text, user_cache_dir
 from uopsl.runtime.progress import track
 from uopsl.runtime.pipeline import IMAGE_SUFFIXES, WalkState, walk_images
 from uopsl.runtime.preprocess import PREPROCESS_VERSION, PreprocessConfig, preprocess, read_bytes
@@ -210,7 +210,7 @@ def _load_npz(path: Path) -> tuple[CalibrationSet, dict[str, Any]]:
         with np.load(path, allow_pickle=False) as z:
             images = np.array(z["images"])
             meta = json.loads(str(z["meta"]))
-    except (OSError, KeyError, ValueError) as exc:
+    except NUMPY_FILE_ERRORS as exc:
         raise DataError(f"{path}: not a calibration set cache ({exc}); delete it and rebuild the set") from exc
     if meta.get("cache_format") != _CACHE_FORMAT:
         raise DataError(f"{path}: calibration set cache format {meta.get('cache_format')!r}, expected {_CACHE_FORMAT}")

@@ -141,7 +141,7 @@ from uopsl.runtime.bundle import (
 )
 from uopsl.runtime.cpuinfo import CPU_BACKENDS, int8_cpu_class
 from uopsl.runtime.errors import BackendError, BundleError, ConfigError, UopslError
-from uopsl.runtime.fsio import sha256_file, write_bytes, write_json, write_text
+from uopsl.runtime.fsio import NUMPY_FILE_ERRORS, sha256_file, write_bytes, write_json, write_text
 from uopsl.runtime.metrics import roc_curve
 from uopsl.runtime.optional import available, extra_hint
 from uopsl.runtime.preprocess import PREPROCESS_VERSION, PreprocessConfig, preprocess, read_bytes
@@ -491,7 +491,7 @@ class _BatchCache:
             with np.load(self._path(index), allow_pickle=False) as z:
                 arrays = {k: z[k] for k in z.files}
             meta = json.loads(str(arrays.pop("meta")))
-        except (OSError, ValueError, KeyError) as exc:
+        except NUMPY_FILE_ERRORS as exc:
             log.warning("ignoring unreadable cached batch %s (%s)", self._path(index), exc)
             return None
         return {"arrays": arrays, **meta}

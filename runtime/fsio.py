@@ -26,6 +26,7 @@ import sys
 import tempfile
 import threading
 import time
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -36,6 +37,11 @@ log = logging.getLogger(__name__)
 
 
 _UMASK_LOCK = threading.Lock()
+
+#: What ``numpy.load`` raises for a cache file that cannot be used: unreadable (OSError), empty
+#: (EOFError), cut short or not numpy's (ValueError; a ``.npz`` cut short: zipfile.BadZipFile), or
+#: without the arrays asked for (KeyError). A cache that raises one of these is made again.
+NUMPY_FILE_ERRORS: tuple[type[Exception], ...] = (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile)
 
 
 def user_cache_dir() -> Path:

@@ -14,7 +14,6 @@ import contextlib
 import hashlib
 import logging
 import os
-import zipfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from uopsl.runtime.errors import ConfigError, MissingDependencyError
-from uopsl.runtime.fsio import atomic_open, user_cache_dir
+from uopsl.runtime.fsio import NUMPY_FILE_ERRORS, atomic_open, user_cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +113,7 @@ class TextEncoder:
             try:
                 with np.load(self._cache_file) as z:
                     self._mem = {k: z[k] for k in z.files}
-            except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:  # a truncated .npz: BadZipFile
+            except NUMPY_FILE_ERRORS as exc:
                 log.warning("ignoring unreadable text cache %s (%s)", self._cache_file, exc)
 
     @staticmethod

@@ -23,7 +23,7 @@ import torch
 from torch.utils.data import Dataset
 
 from uopsl.runtime.errors import DataError, ImageError, ImageReaderMissingError, ImageReadError
-from uopsl.runtime.fsio import atomic_open
+from uopsl.runtime.fsio import NUMPY_FILE_ERRORS, atomic_open
 from uopsl.runtime.preprocess import PREPROCESS_VERSION, PreprocessConfig, decode, preprocess, read_bytes, resize_square
 from uopsl.runtime.progress import track
 
@@ -87,7 +87,16 @@ def cache_images(paths: Sequence[Path], pre: PreprocessConfig, cache_dir: Path |
     if cache_dir is not None:
         img_file, ok_file, sha_file = (cache_dir / f"{kind}-{key}.npy" for kind in ("img", "ok", "sha"))
         if img_file.is_file() and ok_file.is_file() and sha_file.is_file():
-            return np.load(img_file, mmap_mode="r"), np.load(ok_file), np.load(sha_file)
+            try:
+                images, ok_flags, shas = np.load(img_file, mmap_mode="r"), np.load(ok_file), np.load(sha_file)
+            except NUMPY_FILE_ERRORS as exc:  # empty or cut short (a partial copy): made again below
+                log.warning("ignoring the unreadable image cache %s (%s); it will be rewritten", img_file.parent, exc)
+            else:
+                if len(images) == len(ok_flags) == len(shas) == len(paths) and images.shape[1:] == (pre.size, pre.size, 3):
+                    return images, ok_flags, shas
+                log.warning("ignoring the image cache in %s: its arrays do not match %d photographs at %d px; it "
+                            "will be rewritten", img_file.parent, len(paths), pre.size)
+                del images  # the memory map, before the file is replaced (Windows refuses a mapped file)
     out = np.zeros((len(paths), pre.size, pre.size, 3), np.uint8)
     ok = np.zeros(len(paths), bool)
     digests = np.zeros(len(paths), np.uint64)

@@ -44,7 +44,7 @@ import cv2
 import numpy as np
 
 from uopsl.runtime.errors import ConfigError, ImageError
-from uopsl.runtime.fsio import atomic_open
+from uopsl.runtime.fsio import NUMPY_FILE_ERRORS, atomic_open
 from uopsl.runtime.preprocess import PREPROCESS_VERSION, PreprocessConfig, preprocess, read_bytes
 from uopsl.runtime.progress import track
 from uopsl.train.datasets.core import Sample
@@ -133,7 +133,7 @@ def _load_cache(path: Path) -> dict[str, np.ndarray | None]:
     try:
         with np.load(path, allow_pickle=False) as z:
             shas, sigs, ok = z["sha"], z["sig"], z["ok"]
-    except (OSError, ValueError, KeyError) as exc:
+    except NUMPY_FILE_ERRORS as exc:  # an empty or truncated file too (a partial copy or sync)
         log.warning("ignoring the unreadable signature cache %s (%s); it will be rewritten", path, exc)
         return {}
     return {str(h): (sigs[i] if ok[i] else None) for i, h in enumerate(shas)}
