@@ -40,7 +40,8 @@ _UMASK_LOCK = threading.Lock()
 
 #: What ``numpy.load`` raises for a cache file that cannot be used: unreadable (OSError), empty
 #: (EOFError), cut short or not numpy's (ValueError; a ``.npz`` cut short: zipfile.BadZipFile), or
-#: without the arrays asked for (KeyError). A cache that raises one of these is made again.
+#: without the arrays asked for (KeyError). Callers treat such a file as unreadable: a cache is made again,
+#: a file the user named is refused with what to do.
 NUMPY_FILE_ERRORS: tuple[type[Exception], ...] = (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile)
 
 

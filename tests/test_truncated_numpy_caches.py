@@ -68,3 +68,17 @@ def test_a_cut_training_image_cache_is_made_again(tmp_path: Path, which: str, ke
     again = cache_images(photos, pre, tmp_path / "cache")  # rewritten: read back without a word
     assert "image cache" not in caplog.text
     np.testing.assert_array_equal(np.asarray(again[0]), np.asarray(want[0]))
+
+
+def test_a_training_image_cache_of_other_arrays_is_made_again(tmp_path: Path,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
+    """Readable files that do not hold these photographs at this size (a cache copied over by hand) are not used."""
+    photos = [fundus_jpeg(tmp_path / f"p{i}.jpg", 160, seed=i) for i in range(3)]
+    pre = PreprocessConfig(size=64)
+    want = cache_images(photos, pre, tmp_path / "cache")
+    (img,) = (tmp_path / "cache").glob("img-*.npy")
+    np.save(img, np.zeros((2, 64, 64, 3), np.uint8))
+    with caplog.at_level(logging.WARNING):
+        got = cache_images(photos, pre, tmp_path / "cache")
+    assert "do not match 3 photographs at 64 px" in caplog.text
+    np.testing.assert_array_equal(np.asarray(got[0]), np.asarray(want[0]))
