@@ -73,6 +73,7 @@ _PREFIX = struct.Struct("<8sII")  # magic, format version, JSON length
 # A header is a few hundred bytes; anything past this is a corrupt length field.
 MAX_JSON_BYTES = 1 << 20
 PRECISIONS = ("fp32", "fp16", "int8")
+INT8_ROUTES = ("", "qdq", "legacy-calibrator", "legacy-cache")  # "" for float engines
 
 
 BUILD_OPTIONS_KEY = "build_options"  # key in EngineHeader.extra
@@ -221,6 +222,12 @@ class EngineHeader:
                     raise TypeError(f"{name} must be an integer, got {getattr(h, name)!r}")
             if h.dla_core is not None and not (_is_int(h.dla_core) and h.dla_core >= 0):
                 raise TypeError(f"dla_core must be an integer >= 0 or null, got {h.dla_core!r}")
+            # A precision or INT8 route no build writes would pick a backend and a rebuild command for an
+            # engine that is not there ("INT8" read as a float engine, say).
+            if h.precision not in PRECISIONS:
+                raise ValueError(f"precision must be one of {PRECISIONS}, got {h.precision!r}")
+            if h.int8_mode not in INT8_ROUTES:
+                raise ValueError(f"int8_mode must be one of {INT8_ROUTES}, got {h.int8_mode!r}")
             if not 1 <= h.min_batch <= h.opt_batch <= h.max_batch:
                 raise ValueError(f"batch sizes must satisfy 1 <= min <= opt <= max, got {h.min_batch}, "
                                  f"{h.opt_batch}, {h.max_batch}")
@@ -248,6 +255,7 @@ def encode(plan: bytes, header: EngineHeader) -> bytes:
     h = replace(header, plan_sha256=sha256_bytes(plan), plan_size=len(plan))
     if h.precision not in PRECISIONS:
         raise BundleError(f"engine precision must be one of {PRECISIONS}, got {h.precision!r}")
+    EngineHeader.from_dict(h.to_dict(), source="engine header to write")  # what a reader would refuse is not written
     blob = json.dumps(h.to_dict(), sort_keys=True).encode("utf-8")
     return _PREFIX.pack(MAGIC, HEADER_FORMAT, len(blob)) + blob + plan
 
@@ -478,7 +486,9 @@ def rebuild_command(header: EngineHeader, engine_path: str | os.PathLike[str] | 
             parts.append(f"--int8-mode {route}")
             if route in _LEGACY:
                 parts += _calibration_args(route, opts, notes)
-                if (running is not None and 9 <= running[0] < 11 and built_major is not None
+                # The calibrator APIs are "Deprecated in TensorRT 10.1" (trt_compat.api_for's rule): 9.x and
+                # 10.0 take implicit INT8 without a deprecation, so they get no note.
+                if (running is not None and (10, 1) <= running[:2] and running[0] < 11 and built_major is not None
                         and built_major < 9):
                     notes.append(
                         f"TensorRT {running_trt_version} prefers the Q/DQ model for INT8 (implicit INT8 is "

@@ -111,7 +111,9 @@ def test_unknown_keys_from_newer_toolkit_are_ignored(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("key, value", [("input_shape", ["a", 64, 3]), ("input_shape", "64x64"),
                                         ("dla_core", True), ("max_batch", True), ("min_batch", "1"),
-                                        ("dla_core", -1), ("min_batch", 0)])
+                                        ("dla_core", -1), ("min_batch", 0), ("precision", "INT8"),
+                                        ("precision", "bf16"), ("precision", None), ("int8_mode", "calibrator"),
+                                        ("int8_mode", None)])
 def test_malformed_header_fields_say_rebuild(key: str, value: object) -> None:
     """Not a raw ValueError, and not a bool read as an integer (``"dla_core": true`` is not DLA core 1)."""
     d = _header().to_dict()
@@ -124,6 +126,35 @@ def test_malformed_header_fields_say_rebuild(key: str, value: object) -> None:
 def test_bad_precision_refused(tmp_path: Path) -> None:
     with pytest.raises(BundleError, match="precision"):
         eh.write_engine(tmp_path / "x.engine", PLAN, _header(precision="int4"))
+
+
+def test_a_header_a_reader_would_refuse_is_not_written(tmp_path: Path) -> None:
+    """The writer checks what the reader checks, before writing: an unknown INT8 route or batch order leaves no
+    engine file behind (not one that every later load refuses)."""
+    for bad in (dict(int8_mode="calibrator"), dict(min_batch=4, opt_batch=2)):
+        path = tmp_path / "bad.engine"
+        with pytest.raises(BundleError, match="malformed"):
+            eh.write_engine(path, PLAN, _header(**bad))
+        assert not path.exists()
+
+
+def test_every_precision_and_int8_route_a_build_writes_reads_back(tmp_path: Path) -> None:
+    """The read checks accept every value ``uopsl build-engine`` writes (the routes ``export.tensorrt`` resolves)."""
+    for precision, route in [("fp32", ""), ("fp16", ""), ("int8", "qdq"), ("int8", "legacy-calibrator"),
+                             ("int8", "legacy-cache")]:
+        path = tmp_path / f"{precision}-{route or 'float'}.engine"
+        eh.write_engine(path, PLAN, _header(precision=precision, int8_mode=route))
+        h = eh.read_header(path)
+        assert (h.precision, h.int8_mode) == (precision, route)
+
+
+@pytest.mark.parametrize("running, note", [("9.2.0", False), ("10.0.1", False), ("10.1.0", True), ("10.3.0", True)])
+def test_q_dq_preference_is_noted_only_where_implicit_int8_is_deprecated(running: str, note: bool) -> None:
+    """NVIDIA deprecated the calibrator APIs in 10.1; 9.x and 10.0 build implicit INT8 without a deprecation,
+    so a rebuild there replays the legacy route with no advice to leave it (11.x has no such route at all)."""
+    cmd = eh.rebuild_command(_header(), running_trt_version=running)
+    assert "--int8-mode legacy-cache" in cmd.split("#")[0]
+    assert ("prefers the Q/DQ model" in cmd) is note
 
 
 @pytest.mark.parametrize(

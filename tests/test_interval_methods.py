@@ -224,7 +224,7 @@ def test_patient_clusters_widen_the_auc_interval_on_two_eyes_per_patient() -> No
         vals.append(M.roc_auc(y[idx], s[idx]))
     lo, hi = np.percentile(vals, [2.5, 97.5])
     assert by_patient.high - by_patient.low == pytest.approx(hi - lo, rel=0.2)
-    # The paired difference accepts clusters too, and every cluster is a singleton -> same as by image.
+    # The paired difference accepts the same clusters (two eyes a patient); its interval holds its estimate.
     d = M.paired_auc_difference(y, s, s + 0.1 * np.sin(np.arange(120)), n_boot=200, clusters=pid)
     assert d.low <= d.estimate <= d.high
 
