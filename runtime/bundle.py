@@ -32,7 +32,7 @@ import numpy as np
 
 from uopsl.runtime.cpuinfo import CPU_BACKENDS, int8_cpu_class, same_int8_arithmetic
 from uopsl.runtime.errors import BundleError
-from uopsl.runtime.fsio import load_json_strict, sha256_bytes, sha256_file, write_json
+from uopsl.runtime.fsio import _json_default, load_json_strict, sha256_bytes, sha256_file, write_json
 from uopsl.runtime.intended_use import IntendedUse
 from uopsl.runtime.preprocess import PreprocessConfig
 from uopsl.runtime.version import __version__
@@ -697,8 +697,10 @@ def write_manifest(bundle: str | os.PathLike[str], manifest: Manifest) -> None:
     problem = manifest.problem()
     if problem:
         raise BundleError(f"not writing {Path(bundle) / MANIFEST}: {problem}")
-    d = manifest.to_dict()
-    d["content_sha256"] = content_hash(json.loads(json.dumps(d, default=str)))
+    # Hashed as written: the values write_json converts (numpy numbers and flags, paths) are converted the same
+    # way first; a str() of them ("3", "True") would make a manifest that fails its own checksum on every device.
+    d = json.loads(json.dumps(manifest.to_dict(), default=_json_default))
+    d["content_sha256"] = content_hash(d)
     write_json(Path(bundle) / MANIFEST, d)
 
 
