@@ -32,7 +32,7 @@ import numpy as np
 
 from uopsl.runtime.cpuinfo import CPU_BACKENDS, int8_cpu_class, same_int8_arithmetic
 from uopsl.runtime.errors import BundleError
-from uopsl.runtime.fsio import _json_default, load_json_strict, sha256_bytes, sha256_file, write_json
+from uopsl.runtime.fsio import json_default, load_json_strict, sha256_bytes, sha256_file, write_json
 from uopsl.runtime.intended_use import IntendedUse
 from uopsl.runtime.preprocess import PreprocessConfig
 from uopsl.runtime.version import __version__
@@ -699,7 +699,7 @@ def write_manifest(bundle: str | os.PathLike[str], manifest: Manifest) -> None:
         raise BundleError(f"not writing {Path(bundle) / MANIFEST}: {problem}")
     # Hashed as written: the values write_json converts (numpy numbers and flags, paths) are converted the same
     # way first; a str() of them ("3", "True") would make a manifest that fails its own checksum on every device.
-    d = json.loads(json.dumps(manifest.to_dict(), default=_json_default))
+    d = json.loads(json.dumps(manifest.to_dict(), default=json_default))
     d["content_sha256"] = content_hash(d)
     write_json(Path(bundle) / MANIFEST, d)
 

@@ -327,11 +327,12 @@ def read_user_text(path: str | os.PathLike[str], what: str, error: type[UopslErr
 
 
 def write_json(path: str | os.PathLike[str], obj: Any) -> None:
-    write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+    write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=json_default) + "\n")
 
 
-def _json_default(obj: Any) -> Any:
-    # numpy scalars/arrays and paths show up in reports; keep json.dumps total.
+def json_default(obj: Any) -> Any:
+    """How write_json writes what JSON has no type for: numpy scalars and arrays as numbers and lists, paths as text
+    (callers that hash a document before writing it convert it with this first)."""
     if hasattr(obj, "tolist"):
         return obj.tolist()
     if isinstance(obj, os.PathLike):

@@ -34,7 +34,7 @@ def render_overlay(rgb: np.ndarray, heat: np.ndarray, alpha: float = 0.45) -> np
     weight = (alpha * norm)[:, :, None]
     # rgb * (1 - w) + colour * w, rounded half up, computed in place: the same operations in the same order and
     # precision (float32, or float64 for a float64 map) as the plain expression, so the same pixels, without its
-    # five temporary full-size arrays, which made the blend ~3x slower (it runs for every photograph screened).
+    # five temporary full-size arrays (at 384 px they outgrow the cache: 5.7 against 1.6 ms; at 256 px no change).
     ftype = np.result_type(weight.dtype, np.float32)
     out = rgb.astype(ftype)
     out *= 1.0 - weight
