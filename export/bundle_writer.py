@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from uopsl.runtime.bundle import (
+    MANIFEST_LOCK,
     PARITY_KEY,
     REFERENCE_PYTORCH,
     ClassSpec,
@@ -60,7 +61,6 @@ log = logging.getLogger(__name__)
 
 MODEL_FILE = "model.onnx"
 CLASS_BANK_FILE = "class_bank.npy"
-MANIFEST_LOCK = ".manifest.lock"
 _LOCK_WAIT_S = 30.0  # a manifest update takes milliseconds; a holder longer than this is stuck or someone's editor
 
 

@@ -26,7 +26,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 
@@ -51,6 +51,8 @@ log = logging.getLogger(__name__)
 CLASS_DISPLAY_NOTE = "class_display"
 SUPPORTED_FORMAT_VERSIONS = (1, 2, 3)
 MANIFEST = "manifest.json"
+#: The lock writers hold while they rewrite the manifest (``uopsl.export.bundle_writer.manifest_update``).
+MANIFEST_LOCK = ".manifest.lock"
 
 HeadType = Literal["sigmoid", "softmax"]
 # any_referable: refer when any referable class reaches its own threshold
@@ -62,6 +64,8 @@ FileKind = Literal["onnx", "engine", "calibration", "class_bank", "other"]
 # fp32 | fp16 | int8-qdq-u8 (CPU: u8 activations, s8 weights) |
 # int8-qdq-s8 (TensorRT: symmetric s8, zero point 0) | int8 (engine)
 Precision = Literal["fp32", "fp16", "int8-qdq-u8", "int8-qdq-s8", "int8", "none"]
+FILE_KINDS: tuple[str, ...] = get_args(FileKind)
+FILE_PRECISIONS: tuple[str, ...] = get_args(Precision)
 
 INPUT_NAME = "image"
 OUTPUT_NAMES = ("probs", "logits", "site_maps")
@@ -107,8 +111,13 @@ class ClassSpec:
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.strip():
             raise BundleError(f"a class name must be a non-empty string, got {self.name!r}")
-        if not all(isinstance(t, str) for t in self.descriptions):
-            raise BundleError(f"class {self.name!r}: descriptions must be strings, got {self.descriptions!r}")
+        if isinstance(self.descriptions, str):
+            # tuple("a sentence") would be its characters: one description given bare, not in a list
+            raise BundleError(f"class {self.name!r}: descriptions must be a list of strings, got one string "
+                              f"{self.descriptions!r}; put it in a list")
+        if not isinstance(self.descriptions, (tuple, list)) or not all(isinstance(t, str) for t in self.descriptions):
+            raise BundleError(f"class {self.name!r}: descriptions must be a list of strings, got {self.descriptions!r}")
+        object.__setattr__(self, "descriptions", tuple(self.descriptions))
         object.__setattr__(self, "threshold", probability(self.threshold, f"class {self.name!r}: threshold"))
         for flag in ("referable", "seen_in_training"):
             value = getattr(self, flag)
@@ -140,6 +149,14 @@ class FileEntry:
             raise BundleError(f"file entry {self.path!r}: sha256 must be a string, got {self.sha256!r}")
         if not isinstance(self.info, dict):
             raise BundleError(f"file entry {self.path!r}: info must be an object, got {type(self.info).__name__}")
+        # A kind or precision outside the known sets would leave the file silently never chosen (or an INT8
+        # file judged as a float one); a newer kind comes with a newer format_version.
+        if self.kind not in FILE_KINDS:
+            raise BundleError(f"file entry {self.path!r}: kind must be one of {', '.join(FILE_KINDS)}, "
+                              f"got {self.kind!r}")
+        if self.precision not in FILE_PRECISIONS:
+            raise BundleError(f"file entry {self.path!r}: precision must be one of {', '.join(FILE_PRECISIONS)}, "
+                              f"got {self.precision!r}")
 
 
 def bundle_path_problem(name: object) -> str | None:
@@ -534,7 +551,10 @@ class Manifest:
     @classmethod
     def from_dict(cls, d: dict[str, Any], *, source: str = MANIFEST) -> Manifest:
         try:
-            fv = d.get("format_version", -1)
+            if "format_version" not in d:
+                raise BundleError(f"{source}: the manifest has no format_version, so it was not written by uopsl's "
+                                  "exporter or has been edited; re-export the bundle or restore the original file")
+            fv = d["format_version"]
             if not isinstance(fv, int) or isinstance(fv, bool):
                 raise BundleError(f"{source}: format_version must be a whole number, got {fv!r}; "
                                   "re-export the bundle or restore the original file")
@@ -546,9 +566,7 @@ class Manifest:
                     + ("upgrade uopsl on this device" if newer else "re-export the bundle with this toolkit version")
                 )
             d = dict(d)
-            d["classes"] = tuple(
-                ClassSpec(**{**c, "descriptions": tuple(c.get("descriptions", ()))}) for c in d["classes"]
-            )
+            d["classes"] = tuple(ClassSpec(**c) for c in d["classes"])
             d["files"] = tuple(FileEntry(**f) for f in d["files"])
             d["preprocess"] = PreprocessConfig.from_dict(d["preprocess"])
             d["site_map_size"] = tuple(d.get("site_map_size", (10, 10)))
@@ -571,7 +589,7 @@ class Manifest:
             ) from exc
         problem = m.problem()
         if problem:
-            raise BundleError(f"{source}: {problem}")
+            raise BundleError(f"{source}: {problem}; re-export the bundle or restore the original file")
         return m
 
     def problem(self) -> str | None:
@@ -598,6 +616,18 @@ class Manifest:
         if (len(self.output_names) != 3 or not all(isinstance(v, str) and v for v in self.output_names)
                 or len(set(self.output_names)) != 3):
             return f"output_names must be three different names (probs, logits, site maps), got {self.output_names!r}"
+        if not isinstance(self.opset, int) or isinstance(self.opset, bool) or self.opset < 1:
+            return f"opset must be a whole number >= 1, got {self.opset!r}"
+        if not isinstance(self.input_name, str) or not self.input_name:
+            return f"input_name must be a non-empty string, got {self.input_name!r}"
+        if self.input_name in self.output_names:
+            return f"input_name {self.input_name!r} is also an output name ({', '.join(self.output_names)})"
+        for name in ("model_name", "backbone", "training_data_fingerprint", "calibration_fingerprint",
+                     "toolkit_version", "created", "content_sha256"):
+            if not isinstance(getattr(self, name), str):
+                return f"{name} must be a string, got {getattr(self, name)!r}"
+        if not isinstance(self.notes, dict):
+            return f"notes must be an object, got {type(self.notes).__name__}"
         if not isinstance(self.intended_use, IntendedUse):
             return f"intended_use must be an IntendedUse, got {type(self.intended_use).__name__}"
         paths = [f.path for f in self.files]
@@ -746,6 +776,26 @@ def verify(bundle: str | os.PathLike[str], manifest: Manifest | None = None,
         else:
             out.append(FileCheck(f.path, True))
     return out
+
+
+def unlisted_files(bundle: str | os.PathLike[str], manifest: Manifest, own: Sequence[str] = ()) -> list[str]:
+    """The files in the bundle folder that the manifest does not list, as bundle paths, sorted.
+
+    Why: :func:`verify` checks what the manifest lists, so a file added beside them (a model copied in by hand,
+    a README) is neither checked nor used; ``uopsl-screen verify`` names them so that nobody takes them as
+    verified. The manifest, its lock and the names in ``own`` (the signature file) belong to the bundle. Links
+    are listed, not followed.
+    """
+    root = Path(bundle)
+    listed = {f.path for f in manifest.files} | {MANIFEST, MANIFEST_LOCK, *own}
+    found: list[str] = []
+    for folder, dirs, files in os.walk(root):
+        rel = Path(folder).relative_to(root)
+        for name in [*files, *(d for d in dirs if (Path(folder) / d).is_symlink())]:
+            path = (rel / name).as_posix()
+            if path not in listed:
+                found.append(path)
+    return sorted(found)
 
 
 def _manifest_and_raw(root: Path, manifest: Manifest | None,

@@ -476,15 +476,20 @@ def verify_cmd(bundle: Path, trusted_keys: Sequence[Path]) -> int:
     (exit 2 naming a bad file); prints the bundle fingerprint to compare with the one its maker sent. Where
     this machine trusts signing keys (--trusted-key, its trusted-keys folder, UOPSL_TRUSTED_KEYS), the
     bundle's signature must be valid and cover it."""
-    from uopsl.runtime.bundle import VERIFY_REMEDY, read_manifest_raw, verify
+    from uopsl.runtime.bundle import VERIFY_REMEDY, read_manifest_raw, unlisted_files, verify
     from uopsl.runtime.errors import BundleError
-    from uopsl.runtime.signing import check_signature, trusted_keys_for
+    from uopsl.runtime.signing import SIGNATURE_FILE, check_signature, trusted_keys_for
 
     keys = trusted_keys_for(trusted_keys)
     m, raw = read_manifest_raw(bundle)  # one read: the files and the signature are checked against it
     checks = verify(bundle, m, raw)
     for c in checks:
         click.echo(f"{'ok ' if c.ok else 'BAD'} {c.path}" + (f": {c.reason}" if c.reason else ""))
+    extra = unlisted_files(bundle, m, own=(SIGNATURE_FILE,))
+    if extra:  # not a failure (nothing reads them), but they are not verified either
+        shown = ", ".join(extra[:10]) + (f" and {len(extra) - 10} more" if len(extra) > 10 else "")
+        click.echo(f"note: {len(extra)} file(s) in the bundle folder are not in the manifest, so nothing checks or "
+                   f"uses them: {shown}; delete them, or export the bundle again if they belong to it", err=True)
     bad = [c for c in checks if not c.ok]
     if bad:
         raise BundleError(
