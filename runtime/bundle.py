@@ -51,6 +51,7 @@ log = logging.getLogger(__name__)
 CLASS_DISPLAY_NOTE = "class_display"
 SUPPORTED_FORMAT_VERSIONS = (1, 2, 3)
 MANIFEST = "manifest.json"
+_REEXPORT = "re-export the bundle or restore the original file"
 #: The lock writers hold while they rewrite the manifest (``uopsl.export.bundle_writer.manifest_update``).
 MANIFEST_LOCK = ".manifest.lock"
 
@@ -551,13 +552,13 @@ class Manifest:
     @classmethod
     def from_dict(cls, d: dict[str, Any], *, source: str = MANIFEST) -> Manifest:
         try:
+            # A BundleError raised here without the source gets it and _REEXPORT added below.
             if "format_version" not in d:
-                raise BundleError(f"{source}: the manifest has no format_version, so it was not written by uopsl's "
-                                  "exporter or has been edited; re-export the bundle or restore the original file")
+                raise BundleError("the manifest has no format_version, so it was not written by uopsl's exporter "
+                                  "or has been edited")
             fv = d["format_version"]
             if not isinstance(fv, int) or isinstance(fv, bool):
-                raise BundleError(f"{source}: format_version must be a whole number, got {fv!r}; "
-                                  "re-export the bundle or restore the original file")
+                raise BundleError(f"format_version must be a whole number, got {fv!r}")
             if fv not in SUPPORTED_FORMAT_VERSIONS:
                 newer = fv > FORMAT_VERSION
                 raise BundleError(
@@ -578,18 +579,15 @@ class Manifest:
             elif fv >= 3:
                 raise BundleError("format_version 3 needs an intended_use statement, the manifest has none")
             m = cls(**d)
+            problem = m.problem()
+            if problem:
+                raise BundleError(problem)
         except BundleError as exc:
             if str(exc).startswith(source):
                 raise
-            raise BundleError(f"{source}: {exc}; re-export the bundle or restore the original file") from exc
+            raise BundleError(f"{source}: {exc}; {_REEXPORT}") from exc
         except (KeyError, TypeError, ValueError) as exc:
-            raise BundleError(
-                f"{source}: malformed manifest ({exc.__class__.__name__}: {exc}); "
-                "re-export the bundle or restore the original file"
-            ) from exc
-        problem = m.problem()
-        if problem:
-            raise BundleError(f"{source}: {problem}; re-export the bundle or restore the original file")
+            raise BundleError(f"{source}: malformed manifest ({exc.__class__.__name__}: {exc}); {_REEXPORT}") from exc
         return m
 
     def problem(self) -> str | None:
