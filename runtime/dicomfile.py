@@ -145,7 +145,10 @@ def _check_inflated_size(data: bytes, start: int, max_pixels: int, source: str |
     total = 0
     pending = data[start:]
     try:
-        while pending and total <= cap:
+        # Stop at the stream's end too: bytes after it (the pad byte that makes a deflated dataset's length even)
+        # stay in unconsumed_tail once the output limit was reached in the same call, and decompress() then
+        # returns nothing for ever.
+        while pending and total <= cap and not inflater.eof:
             total += len(inflater.decompress(pending, 1 << 24))  # 16 MB of output at a time
             pending = inflater.unconsumed_tail
     except zlib.error as exc:

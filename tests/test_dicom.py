@@ -24,7 +24,6 @@ from uopsl.runtime.errors import ImageDecodeError, ImageFormatError, ImageReader
 from uopsl.runtime.preprocess import PreprocessConfig, decode, preprocess
 
 pydicom = pytest.importorskip("pydicom", reason="pydicom is installed by the test extra (uopsl[dicom])")
-from pydicom.dataset import Dataset, FileMetaDataset  # noqa: E402
 from pydicom.encaps import encapsulate  # noqa: E402
 from pydicom.uid import (  # noqa: E402
     ExplicitVRLittleEndian,
@@ -33,41 +32,9 @@ from pydicom.uid import (  # noqa: E402
     JPEGBaseline8Bit,
     JPEGLSLossless,
     RLELossless,
-    generate_uid,
 )
 
-OPHTHALMIC_8BIT = "1.2.840.10008.5.1.4.1.1.77.1.5.1"  # Ophthalmic Photography 8 Bit Image Storage
-
-
-def _dicom(pixels: np.ndarray | None, *, syntax: str = ExplicitVRLittleEndian, photometric: str = "RGB",
-           bits_stored: int | None = None, data: bytes | None = None, frames: int | None = None,
-           rows_cols: tuple[int, int] | None = None, sop_class: str = OPHTHALMIC_8BIT) -> bytes:
-    """A DICOM Part-10 file; ``data`` replaces the pixel data (encapsulated frames); ``pixels`` None: no picture."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = sop_class
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = syntax
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = sop_class, meta.MediaStorageSOPInstanceUID, "OP"
-    ds.PatientID = "TEST-1"
-    if pixels is not None:
-        ds.Rows, ds.Columns = rows_cols or pixels.shape[:2]
-        colour = pixels.shape[-1] == 3 and pixels.ndim >= 3
-        ds.SamplesPerPixel = 3 if colour else 1
-        ds.PhotometricInterpretation = photometric
-        if colour:
-            ds.PlanarConfiguration = 0
-        ds.BitsAllocated = 8 * pixels.dtype.itemsize
-        ds.BitsStored = bits_stored or ds.BitsAllocated
-        ds.HighBit = ds.BitsStored - 1
-        ds.PixelRepresentation = 0
-        if frames is not None:
-            ds.NumberOfFrames = frames
-        ds.PixelData = data if data is not None else pixels.tobytes()
-    buf = io.BytesIO()
-    ds.save_as(buf, enforce_file_format=True)
-    return buf.getvalue()
+from dicomkit import dicom_file as _dicom  # noqa: E402
 
 
 def _jpeg(rgb: np.ndarray, ext: str = ".jpg") -> bytes:
@@ -281,6 +248,44 @@ def test_a_deflated_file_is_refused_before_it_inflates_past_the_limit() -> None:
         preprocess(bomb, PreprocessConfig(size=64, max_pixels=100_000))
     fine = _dicom(draw_fake_fundus(64, seed=2), syntax=DeflatedExplicitVRLittleEndian)
     assert np.array_equal(decode(fine), draw_fake_fundus(64, seed=2))
+
+
+def test_the_deflate_count_ends_at_the_streams_end_with_a_pad_byte_after_it() -> None:
+    """pydicom pads a deflated dataset to an even length. When the stream's end came in the same 16 MB chunk of
+    output that left input over, the pad byte stayed as unconsumed input and the size check looped for ever on
+    empty output: screening hung on a deflated photograph of more than 16 MB of pixels (found in session 42,
+    when a test file's header grew by a few bytes).
+
+    The check runs in a child process: the old loop holds the interpreter lock, so a hung thread starved pytest
+    itself, and only a process can be stopped from outside."""
+    import subprocess
+    import sys
+
+    child = """
+import zlib
+import numpy as np
+from uopsl.runtime.dicomfile import _check_inflated_size
+from uopsl.runtime.errors import ImageTooLargeError
+raw = (np.arange(17 << 20, dtype=np.uint32) * 2654435761 >> 13).astype(np.uint8).tobytes()  # 17 MB, varied
+packer = zlib.compressobj(6, zlib.DEFLATED, -zlib.MAX_WBITS)
+stream = packer.compress(raw) + packer.flush() + b"\\x00"  # the pad byte after the stream's end
+probe = zlib.decompressobj(-zlib.MAX_WBITS)  # the condition itself: the end reached with input left over
+first = probe.decompress(stream, 1 << 24)
+second = probe.decompress(probe.unconsumed_tail, 1 << 24)
+print("condition", len(first) + len(second) == 17 << 20, probe.eof, probe.unconsumed_tail == b"\\x00")
+_check_inflated_size(stream, 0, 4 << 20, "p.dcm")  # 24 MB + the 16 MB header allowance: fits
+print("fits returned")
+try:
+    _check_inflated_size(stream, 0, 100_000, "p.dcm")  # 0.6 MB + 16 MB: too large
+except ImageTooLargeError:
+    print("too large refused")
+"""
+    try:  # a guard against the hang, not a timing check: the child takes a few seconds
+        done = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=120)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the deflate size check never returned")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[:3] == ["condition True True True", "fits returned", "too large refused"]
 
 
 def test_undeclared_frames_and_signed_samples_are_refused(photo: np.ndarray) -> None:

@@ -12,7 +12,6 @@ segments, DICOM with pydicom (the test extra installs it).
 
 from __future__ import annotations
 
-import io
 from typing import Literal
 
 import cv2
@@ -147,49 +146,13 @@ def test_bytes_that_only_start_like_a_bare_dataset_are_not_dicom(head: bytes) ->
 
 # -- dicomfile.py ----------------------------------------------------------------------------------------
 pydicom = pytest.importorskip("pydicom", reason="pydicom is installed by the test extra (uopsl[dicom])")
-from pydicom.dataset import Dataset, FileMetaDataset  # noqa: E402
-from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, generate_uid  # noqa: E402
+from pydicom.uid import DeflatedExplicitVRLittleEndian  # noqa: E402
+
+from dicomkit import dicom_dataset as _dataset  # noqa: E402
+from dicomkit import dicom_file as _dicom  # noqa: E402
+from dicomkit import saved as _saved  # noqa: E402
 
 from uopsl.runtime.errors import ImageDecodeError, ImageTooLargeError  # noqa: E402
-
-OPHTHALMIC_8BIT = "1.2.840.10008.5.1.4.1.1.77.1.5.1"
-
-
-def _dataset(pixels: np.ndarray, *, syntax: str = ExplicitVRLittleEndian, photometric: str = "RGB",
-             bits_stored: int | None = None, data: bytes | None = None, frames: int | None = None,
-             rows_cols: tuple[int, int] | None = None) -> Dataset:
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = OPHTHALMIC_8BIT
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = syntax
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = OPHTHALMIC_8BIT, meta.MediaStorageSOPInstanceUID, "OP"
-    ds.Rows, ds.Columns = rows_cols or pixels.shape[:2]
-    colour = pixels.ndim == 3
-    ds.SamplesPerPixel = 3 if colour else 1
-    ds.PhotometricInterpretation = photometric
-    if colour:
-        ds.PlanarConfiguration = 0
-    ds.BitsAllocated = 8 * pixels.dtype.itemsize
-    ds.BitsStored = bits_stored or ds.BitsAllocated
-    ds.HighBit = ds.BitsStored - 1
-    ds.PixelRepresentation = 0
-    if frames is not None:
-        ds.NumberOfFrames = frames
-    ds.PixelData = data if data is not None else pixels.tobytes()
-    return ds
-
-
-def _saved(ds: Dataset) -> bytes:
-    buf = io.BytesIO()
-    ds.save_as(buf, enforce_file_format=True)
-    return buf.getvalue()
-
-
-def _dicom(pixels: np.ndarray, **kw: object) -> bytes:
-    return _saved(_dataset(pixels, **kw))  # type: ignore[arg-type]
-
 
 @pytest.fixture(scope="module")
 def photo() -> np.ndarray:
