@@ -570,3 +570,20 @@ def test_watch_reads_a_dicom_media_file_once_and_forgets_files_removed(tmp_path:
     now[0] = 91.0
     tracker.poll()
     assert set(tracker._sniffed) == {str(tmp_path / "IM000001")}
+
+
+def test_8bit_monochrome1_is_inverted_and_bad_headers_are_refused_with_a_reason(photo: np.ndarray) -> None:
+    """Gaps session 42's audit left (D56, D43, D55, D22): each of these passed every test with its bug in."""
+    grey = cv2.cvtColor(photo, cv2.COLOR_RGB2GRAY)
+    # 8-bit MONOCHROME1 (0 is white) must be inverted like the 12-bit case, not taken as stored.
+    assert decode(_dicom(255 - grey, photometric="MONOCHROME1"))[..., 2].tolist() == grey.tolist()
+    # Rows or Columns 0: a damaged file, not a ZeroDivisionError while counting frames.
+    for rows_cols in ((0, 256), (256, 0)):
+        with pytest.raises(ImageDecodeError, match="damaged DICOM"):
+            decode(_dicom(grey, photometric="MONOCHROME2", rows_cols=rows_cols))
+    # 32-bit samples are no photograph's.
+    with pytest.raises(ImageFormatError, match="32-bit uint32 samples"):
+        decode(_dicom(grey.astype(np.uint32), photometric="MONOCHROME2"))
+    # The size message says width x height, as the header's Columns x Rows.
+    with pytest.raises(ImageTooLargeError, match="^.*5000x300 pixels exceeds the limit of 1000000"):
+        preprocess(_dicom(photo[:8, :8], rows_cols=(300, 5000)), PreprocessConfig(size=128, max_pixels=1_000_000))

@@ -340,3 +340,14 @@ def test_png_and_webp_exif_orientation() -> None:
     body = b"WEBP" + vp8x + b"ICCP" + (3).to_bytes(4, "little") + b"abc\x00" + exif
     webp = b"RIFF" + len(body).to_bytes(4, "little") + body
     assert webp_orientation(webp) == 8  # after an odd-sized chunk and its padding byte
+    assert image_orientation(webp) == 8  # the dispatcher reads WebP too
+
+
+@pytest.mark.parametrize("order", ["little", "big"])
+def test_orientation_as_the_last_directory_entry_is_read(order: Order) -> None:
+    """Writers sort IFD0 by tag: Orientation (0x0112) is the last entry when no later tag is written."""
+    bo = b"II*\x00" if order == "little" else b"MM\x00*"
+    entries = _entry(0x010F, 2, 4, b"Cam\x00", order) + _entry(0x0112, 3, 1, (6).to_bytes(2, order), order)
+    block = bo + (8).to_bytes(4, order) + (2).to_bytes(2, order) + entries + bytes(4)
+    assert tiff_orientation(block) == 6
+    assert tiff_orientation(block[:-4 - 12] + bytes(4)) == 1  # claiming two entries, holding one: truncated
