@@ -51,6 +51,12 @@ from uopsl.runtime.optional import extra_hint, require
 _JPEG_SYNTAXES = frozenset({"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51"})
 _J2K_SYNTAXES = frozenset({"1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91"})
 _DEFLATED = "1.2.840.10008.1.2.1.99"
+# Syntaxes whose frames start with a JPEG SOI marker (lossless JPEG and JPEG-LS too) or a JPEG 2000 / HTJ2K
+# codestream's SOC + SIZ markers: a fragment starting so starts a frame (frames without NumberOfFrames).
+_SOI_SYNTAXES = _JPEG_SYNTAXES | {"1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70", "1.2.840.10008.1.2.4.80",
+                                  "1.2.840.10008.1.2.4.81"}
+_SOC_SYNTAXES = _J2K_SYNTAXES | {"1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.202", "1.2.840.10008.1.2.4.203"}
+_RLE = "1.2.840.10008.1.2.5"
 # An APP14 "Adobe" segment with transform 0: the three components are R, G and B, not YCbCr.
 _ADOBE_RGB = b"\xff\xee\x00\x0eAdobe\x00\x64\x00\x00\x00\x00\x00"
 # Bytes a raw picture at the pixel limit may take (16-bit RGB), plus the header's own elements.
@@ -251,10 +257,15 @@ def _encapsulated_frames(pydicom: Any, pixel_data: bytes, syntax: str) -> int:
         _, starts = pydicom.encaps.parse_fragments(pixel_data)
     except Exception:  # noqa: BLE001 - a damaged element is reported when the frame is unwrapped
         return 1
-    soi = b"\xff\xd8" if syntax in _JPEG_SYNTAXES else b"\xff\x4f\xff\x51" if syntax in _J2K_SYNTAXES else None
+    # Each fragment: an item tag (4 bytes) and its length (4 bytes), then the data.
+    if syntax == _RLE:
+        # One fragment per RLE frame (PS3.5 A.4.2), each starting with its 64-byte header: 1-15 segments, the
+        # first at offset 64.
+        return max(1, sum(1 <= int.from_bytes(pixel_data[s + 8 : s + 12], "little") <= 15
+                          and pixel_data[s + 12 : s + 16] == b"\x40\x00\x00\x00" for s in starts))
+    soi = b"\xff\xd8" if syntax in _SOI_SYNTAXES else b"\xff\x4f\xff\x51" if syntax in _SOC_SYNTAXES else None
     if soi is None:
         return 1
-    # Each fragment: an item tag (4 bytes) and its length (4 bytes), then the data.
     return max(1, sum(pixel_data[s + 8 : s + 8 + len(soi)] == soi for s in starts))
 
 

@@ -303,6 +303,28 @@ def test_undeclared_frames_and_signed_samples_are_refused(photo: np.ndarray) -> 
         decode(buf.getvalue())
 
 
+def test_undeclared_frames_without_an_offset_table_are_counted_by_their_starts(photo: np.ndarray) -> None:
+    """Frames with an empty offset table and no NumberOfFrames: an RLE pair decoded as its first frame alone (the
+    pair's second frame was never screened), and JPEG-LS or HTJ2K pairs were not counted at all."""
+    from pydicom.encaps import generate_fragments
+
+    grey = cv2.cvtColor(photo, cv2.COLOR_RGB2GRAY)
+    pair = pydicom.dcmread(io.BytesIO(_dicom(grey, photometric="MONOCHROME2", frames=2,
+                                             data=grey.tobytes() + grey[::-1].tobytes())))
+    pair.compress(RLELossless)
+    frames = list(generate_fragments(pair.PixelData))[1:]  # the first item is pydicom's offset table
+    assert len(frames) == 2
+    single = _dicom(grey, syntax=RLELossless, photometric="MONOCHROME2", data=encapsulate(frames[:1], has_bot=False))
+    assert decode(single)[..., 0].tolist() == grey.tolist()  # one RLE frame alone still decodes
+    two = _dicom(grey, syntax=RLELossless, photometric="MONOCHROME2", data=encapsulate(frames, has_bot=False))
+    with pytest.raises(ImageFormatError, match="holding 2 frames"):
+        decode(two)
+    for syntax, start in ((JPEGLSLossless, b"\xff\xd8\xff\xf7"), ("1.2.840.10008.1.2.4.201", b"\xff\x4f\xff\x51")):
+        fragments = encapsulate([start + bytes(30), start + bytes(30)], has_bot=False)
+        with pytest.raises(ImageFormatError, match="holding 2 frames"):
+            decode(_dicom(grey, syntax=syntax, photometric="MONOCHROME2", data=fragments))
+
+
 def test_a_dataset_without_the_part10_header_is_read(photo: np.ndarray) -> None:
     """Some PACS write the bare dataset (no 128-byte preamble, no file meta)."""
     ds = pydicom.dcmread(io.BytesIO(_dicom(photo)))
