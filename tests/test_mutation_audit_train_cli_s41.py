@@ -235,6 +235,18 @@ def test_a_calib_batch_of_zero_is_refused_before_tensorrt_loads(tmp_path: Path,
     assert rc == 2 and err.strip() == "error: --calib-batch must be >= 1, got 0", err
 
 
+def test_no_calibration_images_and_a_negative_dla_core_are_refused_before_tensorrt_loads(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Session 43: ``--calib-max-images 0`` went on to ask for TensorRT (and, with it, calibrated on no
+    photograph), and ``--dla-core -1`` logged a fixed-batch plan for core -1 before the refusal."""
+    bundle = _placeholder_bundle(tmp_path / "b")
+    rc, _out, err = _uopsl(["build-engine", str(bundle), "--calib-max-images", "0"], capsys)
+    assert rc == 2 and err.strip() == "error: --calib-max-images must be >= 1, got 0", err
+    rc, _out, err = _uopsl(["build-engine", str(bundle), "--dla-core", "-1"], capsys)
+    assert rc == 2 and "'--dla-core': -1 is not in the range x>=0" in err, err
+    assert "fixed batch" not in err
+
+
 class _BuildRecorder:
     """Stand-ins for TensorRT, CUDA and ``build_engine``: keeps the config and paths the command passed on."""
 

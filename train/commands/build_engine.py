@@ -197,7 +197,7 @@ def _legacy_calibration(bundle: Path, manifest: Any, mode: str, onnx: Path, cali
 @click.option("--max-batch", type=int, default=None,
               help="Largest batch [default: 16; with --dla-core: 1, fixed].")
 @click.option("--workspace", "workspace_mib", type=int, default=1024, show_default=True, help="Builder workspace, MiB.")
-@click.option("--dla-core", type=int, default=None,
+@click.option("--dla-core", type=click.IntRange(0), default=None,
               help="Jetson DLA core (FP16/INT8; GPU fallback on). DLA has no dynamic shapes: the batch is fixed "
                    "(1 unless --min/--opt/--max-batch give one size N; a range is an error). INT8 on TensorRT 8.x "
                    "DLA needs calibration data (calibration.json, --calib-cache or --calib-images), not Q/DQ. "
@@ -249,6 +249,8 @@ def command(bundle: Path, precision: str, min_batch: int | None, opt_batch: int 
     manifest = read_manifest(bundle)
     if calib_batch < 1:
         raise ConfigError(f"--calib-batch must be >= 1, got {calib_batch}")
+    if calib_max_images < 1:
+        raise ConfigError(f"--calib-max-images must be >= 1, got {calib_max_images}")
     min_batch, opt_batch, max_batch = resolve_batches(min_batch, opt_batch, max_batch, dla_core)
     config = EngineBuildConfig(
         precision=precision,  # type: ignore[arg-type]
