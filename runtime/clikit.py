@@ -79,20 +79,32 @@ def option_given(name: str) -> bool:
     return source not in (None, click.core.ParameterSource.DEFAULT, click.core.ParameterSource.DEFAULT_MAP)
 
 
+class _CliHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """The stderr handler a command installs: one per process, replaced when a command runs again in-process."""
+
+
 def setup_logging(verbose: int) -> None:
-    """Log level from ``-v`` (1: INFO, 2: DEBUG) or ``-q`` (-1: warnings and errors, and no progress bars)."""
+    """Log level from ``-v`` (1: INFO, 2: DEBUG) or ``-q`` (-1: warnings and errors, and no progress bars).
+
+    Installs one stderr handler on the root logger in place of the console handlers there (an earlier
+    command's, ``basicConfig``'s plain stream handlers), so no line is printed twice. Other handlers stay: a
+    program that calls a command's ``main`` in-process keeps its log files, and pytest its log capture
+    (``basicConfig(force=True)`` removed them all).
+    """
     level = logging.DEBUG if verbose >= 2 else logging.INFO if verbose >= 0 else logging.WARNING
     rank = torchrun_rank()
     fmt = "%(levelname)s %(name)s: %(message)s"
-    logging.basicConfig(level=level, format=fmt, stream=sys.stderr, force=True)
-    if rank is not None:
-        for handler in logging.getLogger().handlers:
-            handler.setFormatter(_RankLines(fmt, rank))
+    root = logging.getLogger()
+    for console in [h for h in root.handlers if type(h) in (_CliHandler, logging.StreamHandler)]:
+        root.removeHandler(console)
+    handler = _CliHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(fmt) if rank is None else _RankLines(fmt, rank))
     if rank and verbose < 2:
         # Under torchrun every rank ran the same command and printed every line once per process; rank 0
         # speaks for the run, the others only warn (each names its rank). -vv shows every rank's lines.
-        for handler in logging.getLogger().handlers:
-            handler.addFilter(_warnings_only)
+        handler.addFilter(_warnings_only)
+    root.addHandler(handler)
+    root.setLevel(level)
     if rank:
         # A library's warnings.warn (torch's, say, on every rank) reached stderr bare, naming no rank:
         # through logging it gets the prefix. A bar cannot carry one, and rank 0's bar shows the progress.
@@ -106,9 +118,8 @@ def setup_logging(verbose: int) -> None:
     filters = cast("list[Any]", warnings.filters)  # typed as a Sequence; it is the module's own list
     filters[:] = [f for f in filters if not _is_pydicom_filter(f)]
     if verbose < 2:
-        for handler in logging.getLogger().handlers:
-            handler.addFilter(_not_pydicom)
-            handler.addFilter(_not_onnxruntime_chatter)
+        handler.addFilter(_not_pydicom)  # this command's console only: other handlers keep their settings
+        handler.addFilter(_not_onnxruntime_chatter)
         warnings.filterwarnings("ignore", module=_PYDICOM_MODULES)
 
 

@@ -194,3 +194,39 @@ def test_photographs_given_where_the_bundle_goes_say_the_bundle_comes_first(tmp_
     (tmp_path / "half" / "model.onnx").write_bytes(b"x")
     with pytest.raises(BundleError, match=r"not a uopsl bundle folder; was it copied whole\?"):
         read_manifest(tmp_path / "half")
+
+
+def test_a_command_replaces_console_handlers_only_and_keeps_log_files_and_capture(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture) -> None:
+    """Session 43: the commands configured logging with ``basicConfig(force=True)``, which removed every root
+    handler: a program that runs ``uopsl.runtime.cli.main`` in-process lost its log file, and pytest's log
+    capture went deaf after any command (assertions that nothing was logged then held vacuously)."""
+    import logging
+    import sys
+
+    from uopsl.runtime.clikit import setup_logging
+
+    root = logging.getLogger()
+    log_file = logging.FileHandler(tmp_path / "app.log")
+    console = logging.StreamHandler()  # what the host's basicConfig() left: a plain console handler
+    root.addHandler(log_file)
+    root.addHandler(console)
+    try:
+        setup_logging(0)
+        setup_logging(0)  # a second command in the same process
+        assert log_file in root.handlers and caplog.handler in root.handlers
+        assert console not in root.handlers  # replaced, so no line is printed twice
+        consoles = [h for h in root.handlers if type(h) is not logging.FileHandler and h is not caplog.handler
+                    and isinstance(h, logging.StreamHandler) and getattr(h, "stream", None) is sys.stderr]
+        assert len(consoles) == 1
+        filters = list(log_file.filters)
+        logging.getLogger("uopsl.test").warning("kept everywhere")
+        assert capsys.readouterr().err.count("kept everywhere") == 1
+        assert "kept everywhere" in (tmp_path / "app.log").read_text()
+        assert any(r.getMessage() == "kept everywhere" for r in caplog.records)
+        assert log_file.filters == filters == []  # the console's filters are not put on the host's handlers
+    finally:
+        root.removeHandler(log_file)
+        log_file.close()
+        logging.basicConfig(force=True)
+        logging.getLogger().setLevel(logging.WARNING)
