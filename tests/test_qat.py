@@ -79,6 +79,9 @@ def test_inside_the_context_the_encoder_computes_in_int8_and_leaves_as_it_was() 
         before = model(x)["logits"]
         with qat.SimulatedInt8(model) as sim:
             assert list(model.state_dict()) == keys  # checkpoints and resume see the usual model
+            # The encoder's last output is read in float by the head: no uint8 grid there, one before it
+            # (session 43's audit, Z30).
+            assert sim.outputs[-1].output_range is None and sim.outputs[-2].output_range is not None
             recording = model(x)["logits"]  # grids not fixed yet: folded float arithmetic, weights rounded
             sim.calibrate(x)
             simulated = model(x)["logits"]
@@ -193,6 +196,9 @@ def test_bad_settings_are_refused(tmp_path: Path) -> None:
     ds = tiny_dataset(tmp_path / "data", n=6)
     with pytest.raises(ConfigError, match="at least calib_images=64 images, got 6"):
         qat.qat_finetune(model, meta, ds, qat.QatConfig(), tmp_path / "out")
+    # One photograph short is short too (session 43's audit, Z29: a check one off let it through to an IndexError).
+    with pytest.raises(ConfigError, match="at least calib_images=7 images, got 6"):
+        qat.qat_finetune(model, meta, ds, qat.QatConfig(calib_images=7), tmp_path / "out")
 
 
 def _checkpoint_and_folder(tmp_path: Path) -> tuple[UopslModel, CheckpointMeta]:
