@@ -376,7 +376,6 @@ def test_the_commands_hide_pydicoms_own_log_lines_unless_vv(capsys: pytest.Captu
         logging.getLogger().setLevel(logging.WARNING)
 
 
-
 def test_a_whole_adobe_segment_keeps_its_own_transform(photo: np.ndarray) -> None:
     """Writers label YCbCr frames RGB; an Adobe segment saying YCbCr (transform 1) is the frame's own word."""
     jpeg = _jpeg(photo)
@@ -607,5 +606,5 @@ def test_8bit_monochrome1_is_inverted_and_bad_headers_are_refused_with_a_reason(
     with pytest.raises(ImageFormatError, match="32-bit uint32 samples"):
         decode(_dicom(grey.astype(np.uint32), photometric="MONOCHROME2"))
     # The size message says width x height, as the header's Columns x Rows.
-    with pytest.raises(ImageTooLargeError, match="^.*5000x300 pixels exceeds the limit of 1000000"):
+    with pytest.raises(ImageTooLargeError, match="5000x300 pixels exceeds the limit of 1000000"):
         preprocess(_dicom(photo[:8, :8], rows_cols=(300, 5000)), PreprocessConfig(size=128, max_pixels=1_000_000))
