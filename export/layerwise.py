@@ -123,10 +123,12 @@ class _Accumulator:
         self.ref2 = self.err2 = self.dot = self.test2 = 0.0
 
     def add(self, ref: np.ndarray, test: np.ndarray) -> None:
-        r = np.asarray(ref, np.float64).ravel()
-        t = np.asarray(test, np.float64).ravel()
+        r = np.asarray(ref, np.float64)
+        t = np.asarray(test, np.float64)
+        # Compared before flattening: (2, 3) against (3, 2) holds as many values, laid out differently.
         if r.shape != t.shape:
-            raise BackendError(f"tensor shapes differ between the float and the INT8 graph: {ref.shape} vs {test.shape}")
+            raise BackendError(f"tensor shapes differ between the float and the INT8 graph: {r.shape} vs {t.shape}")
+        r, t = r.ravel(), t.ravel()
         self.ref2 += float(r @ r)
         self.test2 += float(t @ t)
         self.dot += float(r @ t)

@@ -72,3 +72,17 @@ def test_helpers_and_input_checks(screen_bundle: Path) -> None:
         layerwise_errors(screen_bundle / "model.onnx", screen_bundle / "model.int8.onnx", np.zeros((1, 64, 64, 3)))
     with pytest.raises(ConfigError, match="no quantized layer"):
         layerwise_errors(screen_bundle / "model.onnx", screen_bundle / "model.onnx", np.zeros((1, 64, 64, 3), np.uint8))
+
+
+def test_a_transposed_tensor_is_refused_not_compared_value_by_value() -> None:
+    """(2, 3) against (3, 2) holds as many values laid out differently; comparing them flattened would report
+    a layout error as quantization noise (the shape check ran after flattening until session 44)."""
+    from uopsl.export.layerwise import _Accumulator
+    from uopsl.runtime.errors import BackendError
+
+    ref = np.arange(6, dtype=np.float32).reshape(2, 3)
+    with pytest.raises(BackendError, match=r"\(2, 3\) vs \(3, 2\)"):
+        _Accumulator().add(ref, ref.T.copy())
+    same = _Accumulator()
+    same.add(ref, ref.copy())
+    assert same.sqnr == SQNR_CAP_DB and same.cosine == pytest.approx(1.0)
