@@ -299,6 +299,11 @@ def _pixel_array(ds: Any, syntax: str, source: str | None) -> np.ndarray:
         uid = ds.file_meta.get("TransferSyntaxUID")
         codec = str(getattr(uid, "name", "") or syntax or "an unknown syntax")
         text = str(exc)
+        if syntax == _RLE and "missing dependencies" not in text:
+            # pydicom decodes RLE itself, with no plug-in, so a failure there is damaged data: telling the
+            # user to install plug-ins would send them after a fix that cannot help.
+            raise ImageDecodeError(f"a damaged DICOM file: its RLE-compressed pixel data cannot be decoded "
+                                   f"({_said(exc)})", source=source) from None
         # pydicom's words when no installed plug-in decodes the codec (or this variant of it, as 12-bit JPEG).
         if any(k in text for k in ("missing dependencies", "all available plugins", "no pixel data decoders")):
             raise ImageReaderMissingError(f"a DICOM file compressed as {codec}: decoding it needs a pydicom plug-in "

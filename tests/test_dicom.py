@@ -325,6 +325,25 @@ def test_undeclared_frames_without_an_offset_table_are_counted_by_their_starts(p
             decode(_dicom(grey, syntax=syntax, photometric="MONOCHROME2", data=fragments))
 
 
+def test_damaged_rle_pixel_data_is_a_damaged_file_not_a_missing_plug_in(photo: np.ndarray) -> None:
+    """pydicom decodes RLE itself; when its decoder fails, the file is damaged. Until session 44 the row told
+    the user to install JPEG plug-ins (pydicom's "all available plugins" wording), which cannot help."""
+    import struct
+
+    from pydicom.encaps import generate_fragments
+
+    grey = cv2.cvtColor(photo, cv2.COLOR_RGB2GRAY)
+    ds = pydicom.dcmread(io.BytesIO(_dicom(grey, photometric="MONOCHROME2")))
+    ds.compress(RLELossless)
+    frame = list(generate_fragments(ds.PixelData))[1]  # the first item is pydicom's offset table
+    assert struct.unpack("<I", frame[:4])[0] == 1  # one segment: 8-bit grey
+    short = frame[: 64 + 20] + b"\0" * (len(frame[: 64 + 20]) % 2)  # the segment cut short
+    damaged = _dicom(grey, syntax=RLELossless, photometric="MONOCHROME2", data=encapsulate([short]))
+    with pytest.raises(ImageDecodeError, match="damaged DICOM file: its RLE-compressed pixel data") as err:
+        decode(damaged)
+    assert err.value.reason == ImageDecodeError.reason and "plug-in" not in str(err.value)
+
+
 def test_a_dataset_without_the_part10_header_is_read(photo: np.ndarray) -> None:
     """Some PACS write the bare dataset (no 128-byte preamble, no file meta)."""
     ds = pydicom.dcmread(io.BytesIO(_dicom(photo)))
