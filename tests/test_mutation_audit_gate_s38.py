@@ -87,17 +87,22 @@ def test_a_strip_showing_a_third_of_a_field_is_not_a_field_of_view() -> None:
     pre = preprocess(strip)
     assert not pre.geometry.fov_found
     v = assess(pre)
-    assert v.reasons == ("no_fov",), v.reasons
+    # 'blurred' may come too: this drawn strip's texture reads near the blur threshold (session 44)
+    assert v.reasons[0] == "no_fov", v.reasons
 
 
 def test_an_image_without_a_field_scores_zero_whatever_else_it_passes() -> None:
     """Q19: the module docstring: an image without a field of view scores 0. The strip above passes every other
-    criterion (a fundus's colour, exposure and texture), so its score is no_fov's alone; giving that 0.49
-    would put the image among the near misses of a score ranking (a checkerboard, failing 'grayscale' with
-    score 0 too, hid it)."""
+    criterion (a fundus's colour, exposure and texture) but one near miss: since session 44's per-tile
+    sharpness it reads just 'blurred', with a sub-score above 0.4. So its score is set by no_fov; giving that
+    0.49 would put the image among the near misses of a score ranking (a checkerboard, failing 'grayscale'
+    with score 0 too, hid it)."""
     strip = np.ascontiguousarray(draw_fake_fundus(1000, seed=2, field=0.45)[80:380])
     v = assess(preprocess(strip))
-    assert v.reasons == ("no_fov",) and v.score == 0.0
+    assert set(v.reasons) <= {"no_fov", "blurred"} and v.reasons[0] == "no_fov", v.reasons
+    blur_score = 0.5 + 0.5 * math.log(min(v.metrics["sharpness"], v.metrics["sharpness_tiles"]) / 0.037) / math.log(2.0)
+    assert blur_score > 0.4  # so a no_fov sub-score of 0.49 would leave the score above 0.4, not at 0
+    assert v.score == 0.0
 
 
 def test_a_field_below_a_tall_grey_band_is_trimmed_and_found() -> None:
