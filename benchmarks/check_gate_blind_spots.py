@@ -12,6 +12,11 @@ changes nothing.
    strong edge dominates. For every ``--every``-th gradable TVHL photograph: a copy blurred with sigma 3 %
    of its short side (the gate must flag it), and the same copy with its lower 38 % darkened to 40 % (a
    sharp-edged shadow, as an eyelid casts).
+3. **A hazy photograph with a shadow or a vignette.** ``low_contrast`` reads the spread of the lit field's
+   luminance, which a shadow's step or a strong fall-off of light towards the rim widens. For the same
+   photographs: a hazy copy (the field pulled 90 % towards its mean colour, as ``tests/test_quality.py``
+   makes it), the same with the shadow above, and the same darkened towards the rim (x 1.2 at the centre
+   down to x 0.2 at the field's edge), each re-encoded as JPEG quality 90.
 
 Reproduce (docs/results.md, "Session 44"; ~40 s on 2 cores):
 
@@ -41,6 +46,13 @@ def centre_over_rim(pre: Preprocessed) -> float:
     if not centre.any() or not rim.any():
         return float("nan")
     return float(lum[centre].mean() / max(lum[rim].mean(), 1e-6))
+
+
+def _jpeg(rgb: np.ndarray) -> bytes:
+    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 90])
+    if not ok:
+        raise RuntimeError("JPEG encoding failed")
+    return buf.tobytes()
 
 
 def ring(side: int, outer: float, width: float, centre_grey: int, colour: tuple[int, int, int]) -> np.ndarray:
@@ -91,6 +103,22 @@ def main() -> None:
               f"{sum('blurred' in v.reasons for v in verdicts)} flagged blurred; "
               + ", ".join(f"{k} median {np.median(x):.4f} (range {x.min():.4f}-{x.max():.4f})"
                           for k, x in figures.items()))
+    hazy: dict[str, list[bool]] = {"hazy": [], "hazy + shadow": [], "hazy + vignette": []}
+    for path, _, _, _ in [f for f in found if f[2]][:: args.every]:
+        a = decode(read_bytes(args.tvhl / path))
+        g = preprocess(a, cfg).geometry
+        yy, xx = np.mgrid[0 : a.shape[0], 0 : a.shape[1]]
+        d = np.hypot(xx + 0.5 - g.cx, yy + 0.5 - g.cy) / g.radius
+        h = a.astype(np.float32)
+        inside = d <= 1.0
+        h[inside] = 0.1 * h[inside] + 0.9 * h[inside].mean(axis=0)
+        shadow = h.copy()
+        shadow[int(a.shape[0] * 0.62) :] *= 0.4
+        vignette = h * np.clip(1.2 - d, 0.2, 1.0)[..., None]
+        for name, img in (("hazy", h), ("hazy + shadow", shadow), ("hazy + vignette", vignette)):
+            hazy[name].append(assess(preprocess(_jpeg(img.astype(np.uint8)), cfg)).gradable)
+    for name, passed in hazy.items():
+        print(f"{name}: {sum(passed)} of {len(passed)} gradable")
     print("synthetic rings, 512 px (outer radius, width, centre grey, colour -> verdict, score, centre / rim):")
     for outer in (0.4, 0.5):
         for width in (0.1, 0.15):
