@@ -254,7 +254,8 @@ def _text_image(text: str, scale: float, color: RGB) -> np.ndarray:
 
 
 def _legend(img: np.ndarray, items: Sequence[RocSeries], box: tuple[int, int, int], s: float, lw: int) -> None:
-    """Legend in the lower-right corner of the plot area (where ROC curves rarely go)."""
+    """Legend in the lower-right corner of the plot area (where ROC curves rarely go), in as many columns as
+    its entries need to stay inside the plot."""
     left, top, side = box
     # (label, colour, style) with style solid | dashed | chance | point | none (undefined curve: no line)
     entries: list[tuple[str, RGB, str]] = [("chance", _CHANCE, "chance")]
@@ -264,28 +265,41 @@ def _legend(img: np.ndarray, items: Sequence[RocSeries], box: tuple[int, int, in
     if any(it.operating_point is not None for it in items):
         entries.append(("operating point", _INK, "point"))
     scale = 0.46 * s
-    thickness = max(_SS, round(scale * 1.9))
-    widths = [cv2.getTextSize(t, _FONT, scale, thickness)[0][0] for t, *_ in entries]
     sample = int(34 * s)
     gap = int(8 * s)
     pad = int(10 * s)
     row = int(22 * s)
     max_w = side - 2 * pad
-    if sample + gap + max(widths) + 2 * pad > max_w:  # long labels: shrink the text to fit
-        scale *= (max_w - sample - gap - 2 * pad) / max(widths)
-        thickness = max(_SS, round(scale * 1.9))
-        widths = [cv2.getTextSize(t, _FONT, scale, thickness)[0][0] for t, *_ in entries]
-    bw = sample + gap + max(widths) + 2 * pad
-    bh = row * len(entries) + pad
+    max_h = side - 2 * int(10 * s)
+    # Many entries (an overlay of a dozen classes): smaller rows first, down to 65 %, then more columns, so
+    # every entry stays inside the plot instead of running off the figure.
+    if row * len(entries) + pad > max_h:
+        shrink = max(0.65, (max_h - pad) / (row * len(entries)))
+        row, scale, sample = int(row * shrink), scale * shrink, int(sample * shrink)
+    per_column = max(1, (max_h - pad) // row)
+    columns = [entries[i : i + per_column] for i in range(0, len(entries), per_column)]
+
+    def column_widths(sc: float) -> list[int]:
+        th = max(_SS, round(sc * 1.9))
+        return [sample + gap + max(cv2.getTextSize(t, _FONT, sc, th)[0][0] for t, *_ in col) + pad for col in columns]
+
+    if sum(column_widths(scale)) + pad > max_w:  # long labels: shrink the text to fit
+        text_w = sum(column_widths(scale)) - len(columns) * (sample + gap + pad)
+        scale *= (max_w - pad - len(columns) * (sample + gap + pad)) / text_w
+    col_w = column_widths(scale)
+    bw = sum(col_w) + pad
+    bh = row * len(columns[0]) + pad
     x1, y1 = left + side - int(10 * s), top + side - int(10 * s)
     x0, y0 = x1 - bw, max(top + int(10 * s), y1 - bh)
     overlay = img.copy()
     cv2.rectangle(overlay, (x0, y0), (x1, y1), (255, 255, 255), -1)
     cv2.addWeighted(overlay, 0.88, img, 0.12, 0, dst=img)
     cv2.rectangle(img, (x0, y0), (x1, y1), (200, 200, 200), max(1, round(s)), cv2.LINE_AA)
-    for j, (label, color, style) in enumerate(entries):
+    for k, (label, color, style) in enumerate(entries):
+        c, j = divmod(k, per_column)
         cy = y0 + pad + row * j + row // 2 - int(2 * s)
-        a, b = x0 + pad, x0 + pad + sample
+        a = x0 + pad + sum(col_w[:c])
+        b = a + sample
         if style == "solid":
             cv2.line(img, (a, cy), (b, cy), color, lw, cv2.LINE_AA)
         elif style in ("dashed", "chance"):

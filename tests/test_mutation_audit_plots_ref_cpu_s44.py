@@ -319,15 +319,33 @@ def test_legend_text_keeps_the_tick_size_when_it_fits_and_shrinks_inside_the_plo
     assert scale < 0.92 and _L <= org[0] and org[0] + w <= _L + _S
 
 
-def test_a_tall_legend_starts_inside_the_plot_area(texts: _Texts) -> None:
-    """B37: with more entries than fit, the legend box is pinned 10 px (20 supersampled) below the plot's top
-    instead of climbing off the image, so its first entries stay readable."""
+def test_a_tall_legend_shrinks_its_rows_to_stay_inside_the_plot(texts: _Texts) -> None:
+    """B37, and session 44: 34 entries do not fit 44 px rows (supersampled) in the 1280 px plot, so rows shrink
+    to 35 px (at most to 65 %) and the box ends 20 px above the plot's foot. Before session 44 the box was
+    pinned below the plot's top and its last rows ran off the figure."""
     series = [P.RocSeries(f"class {i}", PERFECT, RED) for i in range(33)]
     P.render_roc(series)
-    ((org, scale, thick),) = texts.of("chance")
-    (_, h), _ = cv2.getTextSize("chance", cv2.FONT_HERSHEY_SIMPLEX, scale, thick)
-    # first row's centre: box top (top + 20) + padding 20 + half a 44 px row - 4; the text is centred on it
-    assert org[1] - h // 2 == _T + 20 + 20 + 22 - 4
+    # rows: int(44 * min(1, max(0.65, (1240 - 20) / (44 * 34)))) = int(44 * 0.8155) = 35; box height
+    # 35 * 34 + 20 = 1210 above the box's foot at top + 1280 - 20, so its top is at top + 50
+    for k, label in enumerate(["chance"] + [f"class {i} (AUC 1.000)" for i in range(33)]):
+        ((org, scale, thick),) = texts.of(label)
+        (_, h), _ = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, scale, thick)
+        assert org[1] - h // 2 == _T + 50 + 20 + 35 * k + 17 - 4, label
+    assert org[1] < _T + 1280  # the last row inside the plot
+
+
+def test_a_legend_too_long_for_one_column_takes_two(texts: _Texts) -> None:
+    """Session 44: 70 entries at the smallest rows (int(44 * 0.65) = 28 px) fit 43 to a column (1220 // 28), so
+    the rest start a second column to the right of the first, at the first row's height."""
+    series = [P.RocSeries(f"c{i}", PERFECT, RED) for i in range(69)]
+    P.render_roc(series)
+    first, second = texts.of("chance")[0][0], texts.of("c42 (AUC 1.000)")[0][0]
+    last_of_first = texts.of("c41 (AUC 1.000)")[0][0]
+    assert second[0] > first[0] and abs(second[1] - first[1]) <= 2  # top of the next column
+    assert last_of_first[1] - first[1] == 42 * 28 and last_of_first[0] == first[0]
+    for label in ["chance"] + [f"c{i} (AUC 1.000)" for i in range(69)]:
+        (org, _, _), = texts.of(label)
+        assert _T < org[1] < _T + 1280 and org[0] < 2 * 86 + 1280, label
 
 
 def test_an_empty_auc_text_leaves_the_bare_label() -> None:
