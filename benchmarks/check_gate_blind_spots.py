@@ -34,7 +34,7 @@ import cv2
 import numpy as np
 
 from uopsl.runtime.preprocess import Preprocessed, PreprocessConfig, decode, preprocess, preprocess_file, read_bytes
-from uopsl.runtime.quality import WORK_SIDE, _working_image, assess
+from uopsl.runtime.quality import WORK_SIDE, QualityVerdict, _working_image, assess
 
 
 def centre_over_rim(pre: Preprocessed) -> float:
@@ -78,7 +78,7 @@ def main() -> None:
     found = []
     for r in rows:
         pre = preprocess_file(args.tvhl / r["path"], cfg)
-        found.append((r["path"], r["label"], assess(pre).gradable, centre_over_rim(pre)))
+        found.append((r["path"], r["label"], assess(pre).gradable, centre_over_rim(pre), pre.geometry))
     ratios = np.array([f[3] for f in found if f[2]], float)
     print(f"TVHL, {len(found)} photographs at {args.size} px, {len(ratios)} gradable: centre / rim luminance "
           f"min {np.nanmin(ratios):.3f}, 1st percentile {np.nanpercentile(ratios, 1):.3f}, "
@@ -86,39 +86,35 @@ def main() -> None:
     for t in (0.35, 0.5, 0.6):
         below = [f for f in found if f[2] and f[3] < t]
         print(f"  gradable below {t}: {len(below)} {dict(Counter(f[1] for f in below))}")
-    for path, label, _, ratio in sorted((f for f in found if f[2]), key=lambda f: f[3])[: args.show]:
+    for path, label, _, ratio, _ in sorted((f for f in found if f[2]), key=lambda f: f[3])[: args.show]:
         print(f"  {path} ({label}): {ratio:.3f}")
-    blurred, edged = [], []
-    for path, _, _, _ in [f for f in found if f[2]][:: args.every]:
+    # Parts 2 and 3 on the same photographs, each decoded once.
+    copies: dict[str, list[QualityVerdict]] = {k: [] for k in (
+        "blurred (sigma 3 % of the short side)", "the same with a sharp shadow edge",
+        "hazy", "hazy + shadow", "hazy + vignette")}
+    for path, g in [(f[0], f[4]) for f in found if f[2]][:: args.every]:
         a = decode(read_bytes(args.tvhl / path))
-        b = cv2.GaussianBlur(a, (0, 0), 0.03 * min(a.shape[:2]))
-        blurred.append(assess(preprocess(b, cfg)))
         cut = int(a.shape[0] * 0.62)
-        b[cut:] = (b[cut:] * 0.4).astype(np.uint8)
-        edged.append(assess(preprocess(b, cfg)))
-    for name, verdicts in (("blurred (sigma 3 % of the short side)", blurred),
-                           ("the same with a sharp shadow edge", edged)):
+        blurred = cv2.GaussianBlur(a, (0, 0), 0.03 * min(a.shape[:2]))
+        shadowed = blurred.copy()
+        shadowed[cut:] = (shadowed[cut:] * 0.4).astype(np.uint8)
+        yy, xx = np.mgrid[0 : a.shape[0], 0 : a.shape[1]]
+        d = np.hypot(xx + 0.5 - g.cx, yy + 0.5 - g.cy) / g.radius
+        hazy = a.astype(np.float32)
+        inside = d <= 1.0
+        hazy[inside] = 0.1 * hazy[inside] + 0.9 * hazy[inside].mean(axis=0)
+        hazy_shadow = hazy.copy()
+        hazy_shadow[cut:] *= 0.4
+        hazy_vignette = hazy * np.clip(1.2 - d, 0.2, 1.0)[..., None]
+        for name, img in zip(copies, (blurred, shadowed, _jpeg(hazy.astype(np.uint8)),
+                                      _jpeg(hazy_shadow.astype(np.uint8)), _jpeg(hazy_vignette.astype(np.uint8)))):
+            copies[name].append(assess(preprocess(img, cfg)))
+    for name, verdicts in copies.items():
         figures = {k: np.array([v.metrics.get(k, np.nan) for v in verdicts]) for k in ("sharpness", "sharpness_tiles")}
         print(f"{name}: {sum(v.gradable for v in verdicts)} of {len(verdicts)} gradable, "
               f"{sum('blurred' in v.reasons for v in verdicts)} flagged blurred; "
               + ", ".join(f"{k} median {np.median(x):.4f} (range {x.min():.4f}-{x.max():.4f})"
                           for k, x in figures.items()))
-    hazy: dict[str, list[bool]] = {"hazy": [], "hazy + shadow": [], "hazy + vignette": []}
-    for path, _, _, _ in [f for f in found if f[2]][:: args.every]:
-        a = decode(read_bytes(args.tvhl / path))
-        g = preprocess(a, cfg).geometry
-        yy, xx = np.mgrid[0 : a.shape[0], 0 : a.shape[1]]
-        d = np.hypot(xx + 0.5 - g.cx, yy + 0.5 - g.cy) / g.radius
-        h = a.astype(np.float32)
-        inside = d <= 1.0
-        h[inside] = 0.1 * h[inside] + 0.9 * h[inside].mean(axis=0)
-        shadow = h.copy()
-        shadow[int(a.shape[0] * 0.62) :] *= 0.4
-        vignette = h * np.clip(1.2 - d, 0.2, 1.0)[..., None]
-        for name, img in (("hazy", h), ("hazy + shadow", shadow), ("hazy + vignette", vignette)):
-            hazy[name].append(assess(preprocess(_jpeg(img.astype(np.uint8)), cfg)).gradable)
-    for name, passed in hazy.items():
-        print(f"{name}: {sum(passed)} of {len(passed)} gradable")
     print("synthetic rings, 512 px (outer radius, width, centre grey, colour -> verdict, score, centre / rim):")
     for outer in (0.4, 0.5):
         for width in (0.1, 0.15):

@@ -283,14 +283,15 @@ def _legend(img: np.ndarray, items: Sequence[RocSeries], box: tuple[int, int, in
         th = max(_SS, round(sc * 1.9))
         return [sample + gap + max(cv2.getTextSize(t, _FONT, sc, th)[0][0] for t, *_ in col) + pad for col in columns]
 
-    if sum(column_widths(scale)) + pad > max_w:  # long labels: shrink the text to fit
-        text_w = sum(column_widths(scale)) - len(columns) * (sample + gap + pad)
-        scale *= (max_w - pad - len(columns) * (sample + gap + pad)) / text_w
     col_w = column_widths(scale)
+    if sum(col_w) + pad > max_w:  # long labels: shrink the text to fit
+        frame = len(columns) * (sample + gap + pad)  # each column's width besides its text
+        scale *= (max_w - pad - frame) / (sum(col_w) - frame)
+        col_w = column_widths(scale)
     bw = sum(col_w) + pad
     bh = row * len(columns[0]) + pad
     x1, y1 = left + side - int(10 * s), top + side - int(10 * s)
-    x0, y0 = x1 - bw, max(top + int(10 * s), y1 - bh)
+    x0, y0 = x1 - bw, y1 - bh  # bh <= max_h: the box never climbs above the plot's top margin
     overlay = img.copy()
     cv2.rectangle(overlay, (x0, y0), (x1, y1), (255, 255, 255), -1)
     cv2.addWeighted(overlay, 0.88, img, 0.12, 0, dst=img)

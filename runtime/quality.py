@@ -106,7 +106,7 @@ _SHARP_DETAIL_SIGMA = 4.0
 # sorted ratios (a lower quartile flagged 1 of 620 sharp synthetic photographs, whose sparse vessels leave
 # tiles of smooth background).
 _TILES = 8
-_TILE_QUANTILE = 100.0 / 3.0
+_TILE_RANK = 1.0 / 3.0  # of the way up the sorted tile ratios
 _MIN_TILES = 8
 # Immerkaer (1996) noise operator: the difference of two Laplacians cancels image structure to first order.
 _NOISE_KERNEL = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float32)
@@ -310,7 +310,7 @@ def _tile_sharpness(lap: np.ndarray, detail: np.ndarray, inner: np.ndarray, nois
         return whole
     ratios = np.sort(np.maximum(lap_energy[structured], 0.0) / detail_energy[structured])
     # numpy's default (linear) percentile, by hand: np.percentile costs ~0.15 ms on a few dozen values.
-    pos = (ratios.size - 1) * _TILE_QUANTILE / 100.0
+    pos = (ratios.size - 1) * _TILE_RANK
     lo = int(pos)
     hi = min(lo + 1, ratios.size - 1)
     return float(ratios[lo] + (ratios[hi] - ratios[lo]) * (pos - lo))
@@ -397,6 +397,7 @@ def assess(pre: Preprocessed, config: QualityConfig | None = None) -> QualityVer
     m = measure(pre)
     c = cfg
     bad_colour = m["red_blue"] < c.min_red_blue and m["brightness"] >= c.min_brightness
+    sharpness = min(m["sharpness"], m["sharpness_tiles"])  # the whole field's, or the tiles' when lower
     # (tag, failed, sub-score) per criterion; the comfortable margins are this module's choice.
     checks = [
         ("no_fov", not pre.geometry.fov_found or m["fov_fill"] < c.min_fov_fill,
@@ -408,8 +409,7 @@ def assess(pre: Preprocessed, config: QualityConfig | None = None) -> QualityVer
          _margin_score(m["brightness"], c.max_brightness, 0.75 * c.max_brightness)),
         ("low_contrast", m["contrast"] < c.min_contrast,
          _margin_score(m["contrast"], c.min_contrast, 2.0 * c.min_contrast)),
-        ("blurred", min(m["sharpness"], m["sharpness_tiles"]) < c.min_sharpness,
-         _margin_score(min(m["sharpness"], m["sharpness_tiles"]), c.min_sharpness, 2.0 * c.min_sharpness)),
+        ("blurred", sharpness < c.min_sharpness, _margin_score(sharpness, c.min_sharpness, 2.0 * c.min_sharpness)),
         ("noisy", m["noise"] > c.max_noise, _margin_score(m["noise"], c.max_noise, 0.5 * c.max_noise)),
         ("grayscale", m["colourfulness"] < c.min_colourfulness,
          _margin_score(m["colourfulness"], c.min_colourfulness, 2.0 * c.min_colourfulness)),
