@@ -1750,3 +1750,17 @@ def test_real_tensorrt_build_and_run(tmp_path: Path) -> None:
     with TensorRTBackend(info.path) as backend:
         out = backend.infer(batch)
     np.testing.assert_allclose(out["probs"], ref, atol=1e-4)  # FP32 engine (TF32 off) vs ORT CPU FP32
+
+
+@pytest.mark.parametrize("option, value", [
+    ("--min-batch", "0"), ("--opt-batch", "-1"), ("--max-batch", "0"), ("--workspace", "0"), ("--calib-batch", "0"),
+    ("--calib-max-images", "0"), ("--opt-level", "6"), ("--opt-level", "-1"), ("--device", "-1"),
+])
+def test_cli_build_engine_refuses_out_of_range_numbers_before_looking_for_tensorrt(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], option: str, value: str) -> None:
+    # A usage error (exit 2) naming the option and the value, from the command line itself: no TensorRT is
+    # installed here, so a later refusal would have said "install TensorRT" first and hidden the typo.
+    rc, out, err = _cli(["build-engine", str(_bundle(tmp_path)), option, value], capsys)
+    assert rc == 2
+    assert option in err and value in err and "range" in err
+    assert "tensorrt" not in err.lower()

@@ -190,13 +190,13 @@ def _legacy_calibration(bundle: Path, manifest: Any, mode: str, onnx: Path, cali
 @click.command("build-engine")
 @click.argument("bundle", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp16", show_default=True)
-@click.option("--min-batch", type=int, default=None,
+@click.option("--min-batch", type=click.IntRange(1), default=None,
               help="Smallest batch of the optimisation profile [default: 1; with --dla-core: 1, fixed].")
-@click.option("--opt-batch", type=int, default=None,
+@click.option("--opt-batch", type=click.IntRange(1), default=None,
               help="Batch TensorRT tunes its kernels for [default: 8; with --dla-core: 1, fixed].")
-@click.option("--max-batch", type=int, default=None,
+@click.option("--max-batch", type=click.IntRange(1), default=None,
               help="Largest batch [default: 16; with --dla-core: 1, fixed].")
-@click.option("--workspace", "workspace_mib", type=int, default=1024, show_default=True, help="Builder workspace, MiB.")
+@click.option("--workspace", "workspace_mib", type=click.IntRange(1), default=1024, show_default=True, help="Builder workspace, MiB.")
 @click.option("--dla-core", type=click.IntRange(0), default=None,
               help="Jetson DLA core (FP16/INT8; GPU fallback on). DLA has no dynamic shapes: the batch is fixed "
                    "(1 unless --min/--opt/--max-batch give one size N; a range is an error). INT8 on TensorRT 8.x "
@@ -212,18 +212,18 @@ def _legacy_calibration(bundle: Path, manifest: Any, mode: str, onnx: Path, cali
               help="TensorRT 8.x calibration cache to use (legacy-cache) or to write (legacy-calibrator).")
 @click.option("--calib-images", type=click.Path(exists=True, path_type=Path), default=None,
               help="Calibration images (folder, CSV, list or .npz set) for legacy-calibrator.")
-@click.option("--calib-batch", type=int, default=8, show_default=True)
-@click.option("--calib-max-images", type=int, default=512, show_default=True)
+@click.option("--calib-batch", type=click.IntRange(1), default=8, show_default=True)
+@click.option("--calib-max-images", type=click.IntRange(1), default=512, show_default=True)
 @click.option("--strongly-typed/--no-strongly-typed", default=None,
               help="Strongly typed network [default: yes for Q/DQ INT8 on TensorRT 10+].")
 @click.option("--fp16-fallback", is_flag=True, help="Weakly typed INT8: float layers may use FP16.")
-@click.option("--opt-level", "opt_level", type=int, default=None, help="Builder optimisation level 0-5 (TRT >= 8.6).")
+@click.option("--opt-level", "opt_level", type=click.IntRange(0, 5), default=None, help="Builder optimisation level 0-5 (TRT >= 8.6).")
 @click.option("--version-compatible", is_flag=True,
               help="TensorRT >= 8.6: the engine also runs under later TensorRT of the same major version, and "
                    "across majors only for the pairs NVIDIA supports: 8.6+ -> 10.x and 10.x -> 11.x (not 8.x -> "
                    "9.x or 11.x). It embeds a lean runtime that the loading process runs (uopsl allows it), is "
                    "slower, and never moves to another GPU architecture (compute capability).")
-@click.option("--device", type=int, default=0, show_default=True, help="CUDA device index.")
+@click.option("--device", type=click.IntRange(0), default=0, show_default=True, help="CUDA device index.")
 @click.option("--out", type=str, default=None,
               help="Engine file name inside the bundle [default: model.<precision>[.dla<N>].engine].")
 def command(bundle: Path, precision: str, min_batch: int | None, opt_batch: int | None, max_batch: int | None,
