@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 import subprocess
 import sys
@@ -144,6 +145,9 @@ def test_demo_rerun_resumes_without_redoing_work(demo: Path) -> None:
     assert (demo / "checkpoints" / "finetune" / "model.safetensors").stat().st_mtime_ns == before
     rows = (demo / "screen" / "results.jsonl").read_text().strip().splitlines()
     assert len(rows) == len(list((demo / "data" / "test" / "fundus").iterdir()))
+    # Stages that had nothing to do are timed from their own start: no negative or "-0.0 s" stage.
+    seconds = json.loads((demo / "demo.json").read_text())["seconds"]
+    assert seconds and all(math.copysign(1.0, v) > 0 for v in seconds.values()), seconds
 
 
 def test_readme_python_example_runs_on_the_demo_bundle(demo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -158,3 +162,16 @@ def test_readme_python_example_runs_on_the_demo_bundle(demo: Path, monkeypatch: 
     src = src.replace('"patient_0042_OD.jpg"', repr(str(photo))).replace('["visit1/", "visit2/"]', repr([str(visit)]))
     monkeypatch.chdir(demo)
     exec(compile(src, "README.md", "exec"), {})
+
+
+def test_stage_clock_times_each_stage_from_its_own_start() -> None:
+    from uopsl.train.demo import StageClock
+
+    # 0.06 s then 0.03 s: subtracting the first stage's rounded 0.1 from the 0.09 s since the start, as the demo
+    # did, logged the second stage as "-0.0 s".
+    ticks = iter([0.06, 0.09, 2.34])
+    clock = StageClock(0.0, clock=lambda: next(ticks))
+    for name in ("data", "export", "screen"):
+        clock.lap(name)
+    assert clock.seconds == {"data": 0.1, "export": 0.0, "screen": 2.2}
+    assert math.copysign(1.0, clock.seconds["export"]) > 0
