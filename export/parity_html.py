@@ -242,7 +242,8 @@ def _candidate(c: Mapping[str, Any], images: Mapping[str, str], max_rows: int) -
                     "lost positives' bound (sensitivity) and the far end of each AUC interval; the Wilson and "
                     "Newcombe intervals and the specificity changes are reported, not gated. "
                     if c.get("judged_on") == "bounds" else
-                    "The gates compare the point values; the bound shows how large the true rate may still be. ")
+                    "The gates compare the point values (for a sensitivity, the share of positives whose call was lost, "
+                    "which a positive gained does not offset); the bound shows how large the true rate may still be. ")
                  + "Δ cand − ref: the candidate's sensitivity "
                  "minus the reference's with its paired 95 % interval (Newcombe's method 10; reported, not gated)"
                  + ". n/a says why a figure is missing; \"not gated\" marks a figure computed on too few "

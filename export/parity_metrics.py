@@ -1197,11 +1197,11 @@ def _estimate_checks(gates: ParityGates, numeric: Mapping[str, Any], clin: Mappi
     checks.append(_check("auc_drop", worst, gates.max_auc_drop, _largest_drop(name, worst, "class ") if drops else "",
                          skipped_of([r for r in rows if r["name"] not in dict(drops)], "auc")))
     sens_rows = [r for r in referable if _evaluated(r, "sensitivity")]
-    sens = [(r["name"], r["sensitivity_reference"] - r["sensitivity_candidate"]) for r in sens_rows]
+    sens = [(r["name"], sensitivity_loss(r)) for r in sens_rows]
     skipped = skipped_of([r for r in referable if r not in sens_rows], "sensitivity")
     ref = clin["referral"]
     if _evaluated(ref, "sensitivity"):
-        sens.append(("referral", ref["sensitivity_reference"] - ref["sensitivity_candidate"]))
+        sens.append(("referral", sensitivity_loss(ref)))
     elif ref.get("applicable", bool(referable)):
         skipped.append(("referral", _not_evaluated_reason(ref, "sensitivity")))
     if sens or skipped:
@@ -1221,6 +1221,21 @@ def _estimate_checks(gates: ParityGates, numeric: Mapping[str, Any], clin: Mappi
         checks.append(_check("max_prob_diff", numeric["max_abs_prob_diff"], gates.max_prob_diff,
                              "max |candidate - reference| over images and classes"))
     return checks
+
+
+def sensitivity_loss(row: Mapping[str, Any]) -> float:
+    """What the sensitivity gate judges for one class or the referral: the share of positives whose positive
+    call the candidate lost (``lost_positives``), or the net drop where no such count was made.
+
+    The net drop (reference minus candidate sensitivity) lets a positive the candidate gained offset one it
+    lost: a file that missed a true positive's referral passed at "no drop" while the report said one lost
+    case fails it. The lost share is never below the net drop.
+    """
+    net = float(row["sensitivity_reference"] - row["sensitivity_candidate"])
+    lost = row.get("lost_positives")
+    if isinstance(lost, Mapping) and _finite(lost.get("rate")):
+        return max(float(lost["rate"]), net)
+    return net
 
 
 def _gate_bounds(name: str, clin: Mapping[str, Any]) -> tuple[list[tuple[str, float, str]], list[tuple[str, str]]]:
