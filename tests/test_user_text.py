@@ -92,3 +92,18 @@ def test_a_utf16_list_without_a_bom_is_one_error(tmp_path: Path) -> None:
     p.write_bytes("a.jpg\nb.jpg\n".encode("utf-16-le"))
     with pytest.raises(ConfigError, match=r"u16\.txt, line 1: the image list holds NUL characters"):
         list(iter_inputs([p]))
+
+
+def test_an_unlabelled_validation_csv_keeps_its_patient_column(tmp_path: Path) -> None:
+    # A device's unlabelled photographs with their patients: the patient-level bootstrap and bounds need them.
+    # The column was read only beside a label column, so these images counted as one patient each.
+    from uopsl.train.commands.validate import _csv_records
+
+    p = tmp_path / "v.csv"
+    p.write_text("path,patient\na.jpg,p1\nb.jpg,p1\nc.jpg,\nd.jpg, p2 \n", encoding="utf-8")
+    records, labels = _csv_records(p)
+    assert labels is None and all(r.labels is None for r in records)
+    assert [(Path(r.path).name, r.patient) for r in records] == [("a.jpg", "p1"), ("b.jpg", "p1"), ("c.jpg", None),
+                                                                 ("d.jpg", "p2")]
+    p.write_text("path\na.jpg\n", encoding="utf-8")
+    assert [r.patient for r in _csv_records(p)[0]] == [None]

@@ -60,6 +60,7 @@ import csv
 import io
 import logging
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -125,16 +126,17 @@ def declared_classes(src: Any) -> tuple[str, ...]:
     return order_classes([*declared, *present])
 
 
-def _unlabelled(paths: list[Path], root: Path) -> list[Any]:
+def _unlabelled(paths: list[Path], root: Path, patients: Sequence[str | None] | None = None) -> list[Any]:
+    """Records without labels; ``patients``, when given, the patient of each path (None or "": unknown)."""
     from uopsl.export.validate import ImageRecord
 
     out = []
-    for p in paths:
+    for i, p in enumerate(paths):
         try:
             rid = str(p.relative_to(root))
         except ValueError:
             rid = str(p)
-        out.append(ImageRecord(rid, p, None))
+        out.append(ImageRecord(rid, p, None, (patients[i] or None) if patients is not None else None))
     return out
 
 
@@ -156,8 +158,12 @@ def _csv_records(path: Path) -> tuple[list[Any], tuple[str, ...] | None]:
     if "labels" in cols:
         return _records_from_source(data.read_csv(path, data.CsvLayout(multi_label_column="labels",
                                                                        patient_column=patient)))
-    rows = [r["path"].strip() for r in csv.DictReader(io.StringIO(text, newline="")) if (r.get("path") or "").strip()]
-    return _unlabelled([Path(r) if Path(r).is_absolute() else path.parent / r for r in rows], path.parent), None
+    rows = [r for r in csv.DictReader(io.StringIO(text, newline="")) if (r.get("path") or "").strip()]
+    paths = [Path(r["path"].strip()) for r in rows]
+    # The patient column counts without labels too: a device's unlabelled photographs need the patient-level
+    # bootstrap and bounds as much as labelled ones (it was read only with a label column).
+    patients = [(r.get("patient") or "").strip() or None for r in rows] if patient else None
+    return _unlabelled([p if p.is_absolute() else path.parent / p for p in paths], path.parent, patients), None
 
 
 def resolve_data(spec: str) -> tuple[list[Any], tuple[str, ...] | None, str]:
