@@ -209,6 +209,10 @@ def test_the_model_that_runs_is_the_file_that_was_verified(bundle: Path) -> None
 @pytest.mark.parametrize(("edit", "message"), [
     (lambda raw: raw["classes"].pop(), r"output 'probs' has shape \(None, 3\), the manifest implies \(batch, 2\)"),
     (lambda raw: raw.__setitem__("output_names", ["p", "logits", "site_maps"]), r"the model has no output \['p'\]"),
+    # An input side that did not fit failed every photograph as a "program failure" (session 45 review).
+    (lambda raw: raw["preprocess"].__setitem__("size", 48),
+     r"the model's input 'image' has shape \(None, 64, 64, 3\), the manifest's preprocessing \(size 48\) sends "
+     r"\(batch, 48, 48, 3\)"),
 ])
 def test_a_manifest_that_does_not_fit_its_model_is_refused_when_the_model_loads(bundle: Path, edit,  # type: ignore[no-untyped-def]
                                                                                 message: str) -> None:

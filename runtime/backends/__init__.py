@@ -735,8 +735,25 @@ def output_mismatch(outputs: Sequence[TensorSpec], m: Manifest) -> str | None:
     return None
 
 
+def input_mismatch(inputs: Sequence[TensorSpec], m: Manifest) -> str | None:
+    """How a loaded model's input disagrees with its manifest, or None.
+
+    The manifest's preprocessing sets the side of the square photographs the runtime sends; a model built for
+    another side would refuse every batch at inference, each photograph's row reading as a program failure.
+    Dynamic dimensions are not compared, nor names (an engine's input keeps the ONNX name it was built from).
+    """
+    if len(inputs) != 1:
+        return f"the model has {len(inputs)} inputs ({', '.join(i.name for i in inputs)}), the runtime sends one"
+    shape = inputs[0].shape
+    expect = (m.preprocess.size, m.preprocess.size, 3)
+    if shape and (len(shape) != 4 or any(d is not None and d != e for d, e in zip(shape[1:], expect, strict=True))):
+        return (f"the model's input {inputs[0].name!r} has shape {tuple(shape)}, the manifest's preprocessing "
+                f"(size {m.preprocess.size}) sends (batch, {', '.join(map(str, expect))})")
+    return None
+
+
 def _checked(b: Backend, m: Manifest, bundle: str | os.PathLike[str]) -> Backend:
-    problem = output_mismatch(b.outputs, m)
+    problem = input_mismatch(b.inputs, m) or output_mismatch(b.outputs, m)
     if problem is None:
         return b
     b.__exit__(None, None, None)
