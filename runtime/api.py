@@ -629,8 +629,9 @@ class Screener:
                     log.warning("%s lists %d photographs: %d from earlier runs into this folder for other inputs "
                                 "(screen each session into its own --out to keep them apart)",
                                 out, len(rows), summary.other_inputs)
-        log.info("screened %d new, skipped %d already done: %s", summary.screened, summary.skipped,
-                 ", ".join(f"{k} {v}" for k, v in summary.counts.items()))
+        # A batch of `watch` (finalize off) has its own line per photograph: this one only at -vv there.
+        log.log(logging.INFO if finalize else logging.DEBUG, "screened %d new, skipped %d already done: %s",
+                summary.screened, summary.skipped, ", ".join(f"{k} {v}" for k, v in summary.counts.items()))
         if summary.interrupted:
             expected = _count_quietly(given, out) if expected is None else expected
             done = summary.screened + summary.skipped

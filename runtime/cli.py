@@ -109,6 +109,16 @@ def _one_line_name(name: str) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in name)
 
 
+def why(reasons: Sequence[str]) -> str:
+    """The main cause's words, then the machine tags that they do not already say ("blurred", not
+    "blurred; blurred")."""
+    from uopsl.runtime.report import reason_label
+
+    label = reason_label(reasons)
+    rest = [t for t in reasons if t.replace("_", " ") != label]
+    return "; ".join([label, ", ".join(rest)] if rest else [label])
+
+
 def _failures() -> tuple[dict[str, tuple[str, str, Sequence[str]]], Callable[[Any], None]]:
     """A dict and an ``on_result`` callback that keeps, per file, the photograph screened without a result.
 
@@ -199,15 +209,13 @@ def watch_cmd(bundle: Path, folder: Path, out: Path, backend: str, precision: st
 
     cfg = WatchConfig(settle_ms=settle_ms, poll_s=poll_s, max_images=max_images, timeout_s=timeout_s)
 
-    from uopsl.runtime.report import reason_label
-
     failed, note = _failures()
 
     def show(r: Any) -> None:
-        verdict = "REFER" if r.refer else r.status if r.status != "ok" else "no referable finding"  # as in run's summary
+        verdict = ("REFER" if r.refer else "ungradable, retake" if r.status == "ungradable" else r.status
+                   if r.status != "ok" else "no referable finding")  # as in run's summary
         # For hours, this line is all a clinic sees of each result: it carries the bundle's caution too.
-        click.echo(f"{tag}{verdict:20s} {r.source}" + (f"  ({reason_label(r.reasons)}; {', '.join(r.reasons)})"
-                                                        if r.reasons else ""), err=True)
+        click.echo(f"{tag}{verdict:20s} {r.source}" + (f"  ({why(r.reasons)})" if r.reasons else ""), err=True)
         note(r)
 
     s = Screener(bundle, backend, precision=precision, threads=threads, batch_size=1, csv_style=csv_style,

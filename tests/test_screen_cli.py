@@ -498,3 +498,26 @@ def test_info_says_how_each_threshold_was_chosen(tiny_bundle: Path, tmp_path: Pa
     out = capsys.readouterr().out
     assert "threshold: target sensitivity 0.90 on 31 positive / 69 negative validation images" in out
     assert "threshold: chosen on no data (a default)" in out
+
+
+def test_watch_prints_one_line_per_photograph_and_each_cause_once(tiny_bundle: Path, tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    # A session-45 review: every photograph's line was followed by the batch's "screened 1 new ..." INFO line,
+    # and a cause whose words are its tag was printed twice ("(blurred; blurred)", "(too dark; too_dark)").
+    import cv2
+    import numpy as np
+
+    from uopsl.runtime.cli import why
+
+    inbox = tmp_path / "inbox"
+    _good(inbox, 2)
+    cv2.imwrite(str(inbox / "dark.jpg"), np.full((512, 512, 3), 3, np.uint8))
+    rc = main(["watch", str(tiny_bundle), str(inbox), "--out", str(tmp_path / "out"), "--backend", "ort-cpu",
+               "--settle-ms", "50", "--poll", "0.05", "--timeout", "1"])
+    err = capsys.readouterr().err
+    assert rc == 1 and len(_csv(tmp_path / "out")) == 3
+    assert "screened 1 new" not in err
+    dark = [line for line in err.splitlines() if str(inbox / "dark.jpg") in line]
+    assert len(dark) == 1 and "ungradable, retake" in dark[0], err
+    assert why(["blurred"]) == "blurred" and why(["too_dark"]) == "too dark"
+    assert why(["too_dark", "low_contrast"]) == "too dark; low_contrast"
