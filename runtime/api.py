@@ -619,7 +619,15 @@ class Screener:
                 except KeyboardInterrupt:  # a stop landing as the rewrite began: it is what a stop asks for
                     summary.interrupted = True
                     log.warning("stopped while writing %s and the report: writing them once more", CSV)
-                    rows = self.finalize(out, store, report=report, inputs=given, incomplete=stopped)
+                    try:
+                        rows = self.finalize(out, store, report=report, inputs=given, incomplete=stopped)
+                    except KeyboardInterrupt:
+                        # A third Ctrl-C (pressed until it stops): the rows are safe in the jsonl, which every
+                        # row is appended to as it is screened; the same command writes the rest.
+                        raise ScreeningInterrupted(
+                            f"stopped while writing {CSV} and the report: the {summary.screened + summary.skipped} "
+                            f"photographs screened are saved in {out / JSONL}, but {CSV} or report.html may be "
+                            "missing or out of date; run the same command again to finish them", summary) from None
                 summary.not_updated = self.busy_outputs
                 mine = {key_path(k) or k for k in seen}
                 summary.in_folder = len(rows)

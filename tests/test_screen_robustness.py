@@ -709,3 +709,24 @@ def test_each_phone_photo_type_is_walked_unless_its_exported_jpeg_is_beside_it(t
     names = sorted(p.name for p in walk_images(tmp_path, state))
     assert names == sorted([f"alone{suffix}", "img_1.jpg"])
     assert dict(state.skipped) == {suffix.lower(): 1, ".dng": 1}
+
+
+def test_10c_ctrl_c_pressed_until_it_stops_says_what_is_saved_and_how_to_finish(
+        tiny_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    # A session-45 review: Ctrl-C three times (the first stops the run, the next two land in the rewrites of
+    # results.csv and the report) printed only "aborted" and left no report, saying neither that the rows were
+    # saved nor that the same command finishes the job.
+    _good(tmp_path / "in", 3)
+    out = tmp_path / "out"
+
+    def always_stopped(self: Screener, *a: object, **k: object) -> list[dict[str, str]]:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Screener, "finalize", always_stopped)
+    assert _run(tiny_bundle, tmp_path / "in", out) == 130
+    err = capsys.readouterr().err
+    assert (f"stopped while writing results.csv and the report: the 3 photographs screened are saved in "
+            f"{out / 'results.jsonl'}") in err and "run the same command again to finish them" in err
+    assert "aborted" not in err and len(_jsonl(out)) == 3
+    monkeypatch.undo()
+    assert _run(tiny_bundle, tmp_path / "in", out) == 0 and len(_csv(out)) == 3 and (out / "report.html").is_file()
