@@ -419,3 +419,22 @@ def test_an_int8_file_exactly_at_the_speedup_floor_is_chosen(tiny_bundle: Path, 
                          availability=Availability(ort_providers=CPU, openvino=True))
     assert (sel.backend, sel.precision) == ("openvino", "int8-qdq-u8")
     assert f"{reg.INT8_MIN_SPEEDUP:.2f}x" in sel.reason and "not enough faster" not in sel.reason
+
+
+@pytest.mark.skipif(not available("openvino"), reason="openvino not installed")
+def test_openvino_says_why_a_model_does_not_load_not_where_in_its_sources(tiny_bundle: Path, tmp_path: Path) -> None:
+    # A session-45 review: a damaged model file read "OpenVINO cannot compile ...: Exception from
+    # src/inference/src/cpp/core.cpp:84:", the first line of OpenVINO's text; its cause came later.
+    from uopsl.runtime.backends.openvino import OpenVinoBackend, openvino_cause
+
+    bad = tmp_path / "model.onnx"
+    bad.write_bytes((tiny_bundle / "model.onnx").read_bytes()[:2000])
+    with pytest.raises(BackendError) as info:
+        with OpenVinoBackend(bad):
+            pass
+    said = str(info.value)
+    assert "Exception from src" not in said and "core.cpp" not in said
+    assert "copy the bundle again or export it again" in said
+    text = "Exception from src/inference/src/cpp/core.cpp:84:\nCheck 'x' failed at src/y.cpp:9:\nModel can't be parsed\n"
+    assert openvino_cause(RuntimeError(text)) == "Model can't be parsed"
+    assert openvino_cause(RuntimeError("")) == "RuntimeError"

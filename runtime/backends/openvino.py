@@ -49,6 +49,18 @@ def _spec(port: Any) -> TensorSpec:
     return TensorSpec(name, shape, np.dtype(port.get_element_type().to_dtype()))
 
 
+
+def openvino_cause(exc: BaseException) -> str:
+    """The line of an OpenVINO error that says what went wrong.
+
+    OpenVINO's texts open with where in its C++ sources the error was raised ("Exception from
+    src/inference/src/cpp/core.cpp:84:"), which tells a user nothing; the cause ("Model can't be parsed")
+    comes after, often last.
+    """
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    said = [ln for ln in lines if not ln.startswith("Exception from ") and not ln.startswith("Check '")]
+    return (said[-1] if said else lines[0] if lines else type(exc).__name__)[:300]
+
 class OpenVinoBackend(ModelFileBackend):
     """An OpenVINO compiled model over one ONNX file.
 
@@ -102,8 +114,8 @@ class OpenVinoBackend(ModelFileBackend):
             model = core.read_model(str(self.path))
             self._compiled = core.compile_model(model, self.device, config)
         except Exception as exc:  # OpenVINO raises RuntimeError subclasses with long texts
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise BackendError(f"OpenVINO cannot compile {self.path} for {self.device}: {first}") from exc
+            raise BackendError(f"OpenVINO cannot compile {self.path} for {self.device}: {openvino_cause(exc)}; "
+                               "if the file is damaged, copy the bundle again or export it again") from exc
         check_model_file(self.path, self.expected_sha256)  # and still that file once read
         self._request = self._compiled.create_infer_request()
         self._inputs = tuple(_spec(p) for p in self._compiled.inputs)
