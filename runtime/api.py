@@ -38,7 +38,16 @@ from uopsl.runtime.backends import (
 )
 from uopsl.runtime.backends.base import Backend, check_gpu_index
 from uopsl.runtime.bundle import Manifest, parity_status
-from uopsl.runtime.errors import BundleError, ConfigError, UopslError
+from uopsl.runtime.errors import (
+    BackendClosedError,
+    BackendError,
+    BundleError,
+    ConfigError,
+    EngineMismatchError,
+    ImageError,
+    MissingDependencyError,
+    UopslError,
+)
 from uopsl.runtime.intended_use import IntendedUse
 from uopsl.runtime.signing import (
     SignatureCheck,
@@ -77,6 +86,10 @@ from uopsl.runtime.results import CSV, CSV_STYLES, JSONL, ModelIdentity, ResultS
 from uopsl.runtime.stopping import saving_outputs
 
 log = logging.getLogger(__name__)
+
+# What a device's code imports: the Screener, its results, and every error it may catch around one.
+__all__ = ["BackendClosedError", "BackendError", "BundleError", "ConfigError", "EngineMismatchError", "ImageError",
+           "MissingDependencyError", "RunSummary", "Screener", "ScreeningInterrupted", "UopslError"]
 
 #: thumbnail side kept for the report, and for overlays (which are viewed larger)
 REPORT_THUMB_SIDE = 192

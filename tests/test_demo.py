@@ -175,3 +175,17 @@ def test_stage_clock_times_each_stage_from_its_own_start() -> None:
         clock.lap(name)
     assert clock.seconds == {"data": 0.1, "export": 0.0, "screen": 2.2}
     assert math.copysign(1.0, clock.seconds["export"]) > 0
+
+
+def test_the_errors_the_readme_names_import_from_where_screener_comes_from() -> None:
+    # A session-45 review: the README names six error classes a device catches around a Screener, and only
+    # three could be imported from uopsl.runtime.api.
+    import uopsl.runtime.api as api
+    from uopsl.runtime import errors
+
+    readme = (ROOT / "README.md").read_text()
+    api_section = readme[readme.index("## Python API"):]
+    named = set(re.findall(r"`(\w+Error)`", api_section))
+    assert {"BundleError", "BackendError", "EngineMismatchError", "MissingDependencyError", "ConfigError"} <= named
+    for name in named | {"BackendClosedError", "UopslError"}:
+        assert getattr(api, name) is getattr(errors, name) and name in api.__all__, name
