@@ -566,6 +566,9 @@ class Manifest:
                     f"(it reads {', '.join(map(str, SUPPORTED_FORMAT_VERSIONS))}); "
                     + ("upgrade uopsl on this device" if newer else "re-export the bundle with this toolkit version")
                 )
+            missing = [k for k in ("classes", "files", "preprocess") if k not in d]
+            if missing:
+                raise BundleError(f"the manifest has no {', '.join(map(repr, missing))} field")
             d = dict(d)
             d["classes"] = tuple(ClassSpec(**c) for c in d["classes"])
             d["files"] = tuple(FileEntry(**f) for f in d["files"])
@@ -599,7 +602,7 @@ class Manifest:
         if self.head not in ("sigmoid", "softmax"):
             return f"head must be 'sigmoid' or 'softmax', got {self.head!r}"
         if self.referral_rule not in ("any_referable", "referable_sum"):
-            return f"unknown referral rule {self.referral_rule!r}"
+            return f"referral_rule must be 'any_referable' or 'referable_sum', got {self.referral_rule!r}"
         if not self.classes:
             return "the manifest lists no classes"
         names = [c.name for c in self.classes]

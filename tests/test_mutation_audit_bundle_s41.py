@@ -181,13 +181,20 @@ def _edited(tmp_path: Path, edit: Callable[[dict[str, Any]], None]) -> Path:
 @pytest.mark.parametrize(("mutant", "edit", "message"), [
     ("A45", lambda raw: raw.__setitem__("format_version", True), "format_version must be a whole number"),
     ("A47", lambda raw: raw.pop("format_version"), "the manifest has no format_version"),
-    ("A50", lambda raw: raw.pop("classes"), r"malformed manifest \(KeyError: 'classes'\)"),
+    ("A50", lambda raw: raw.pop("classes"), "the manifest has no 'classes' field"),
     ("A51", lambda raw: raw.__setitem__("classes", [7]), r"malformed manifest \(TypeError"),
     ("A52", lambda raw: raw["preprocess"].__setitem__("sharpen", 1),
      r"malformed manifest \(ConfigError: unknown preprocessing parameters \['sharpen'\]"),
     ("A54", lambda raw: raw.__setitem__("head", "relu"), "head must be 'sigmoid' or 'softmax', got 'relu'"),
-    ("A55", lambda raw: raw.__setitem__("referral_rule", "majority"), "unknown referral rule 'majority'"),
+    ("A55", lambda raw: raw.__setitem__("referral_rule", "majority"),
+     "referral_rule must be 'any_referable' or 'referable_sum', got 'majority'"),
     ("A56", lambda raw: raw.__setitem__("classes", []), "the manifest lists no classes"),
+    # A session-45 review: these read "(TypeError: '<=' not supported ...)" and "(KeyError: 'files')".
+    ("R45a", lambda raw: raw["preprocess"].__setitem__("size", "256"),
+     "preprocessing parameter 'size' must be a whole number, got '256'"),
+    ("R45b", lambda raw: raw["preprocess"].__setitem__("size", True),
+     "preprocessing parameter 'size' must be a whole number, got True"),
+    ("R45c", lambda raw: raw.__delitem__("files"), "the manifest has no 'files' field"),
     ("A59", lambda raw: raw.__setitem__("site_map_size", [8, 8, 8]), "site_map_size must be two whole numbers"),
     ("A60", lambda raw: raw.__setitem__("output_names", ["probs", "", "site_maps"]), "output_names must be three"),
     ("A04", lambda raw: raw["classes"][0].__setitem__("name", "   "), "a class name must be a non-empty string"),
@@ -339,6 +346,26 @@ def test_a_config_that_leaves_fields_to_their_defaults_is_read() -> None:
     assert (cfg.size, cfg.clahe, cfg.clahe_grid) == (64, True, PreprocessConfig().clahe_grid)
     with pytest.raises(ConfigError, match=r"unknown preprocessing parameters \['clahe_clipp'\]; expected a subset"):
         config_from_dict(PreprocessConfig, {"clahe_clipp": 2.0}, "preprocessing")
+
+
+def test_a_stored_config_value_of_the_wrong_kind_is_refused_naming_its_field() -> None:
+    """Session 45 (a review): a size written as "256" failed inside a comparison ("'<=' not supported between
+    instances of 'int' and 'str'"); true passed as a size of 1. numpy's numbers still count."""
+    import numpy as np
+
+    from uopsl.runtime.quality import QualityConfig
+
+    for d, said in [({"size": "256"}, "'size' must be a whole number, got '256'"),
+                    ({"size": True}, "'size' must be a whole number, got True"),
+                    ({"size": 64.0}, "'size' must be a whole number, got 64.0"),
+                    ({"clahe": 1}, "'clahe' must be true or false, got 1")]:
+        with pytest.raises(ConfigError, match="preprocessing parameter " + said):
+            config_from_dict(PreprocessConfig, d, "preprocessing")
+    with pytest.raises(ConfigError, match="quality parameter 'min_sharpness' must be a number, got '0.04'"):
+        config_from_dict(QualityConfig, {"min_sharpness": "0.04"}, "quality")
+    cfg = config_from_dict(PreprocessConfig, {"size": np.int64(64), "clahe": np.bool_(True)}, "preprocessing")
+    assert cfg.size == 64 and cfg.clahe
+    assert config_from_dict(QualityConfig, {"min_brightness": 12}, "quality").min_brightness == 12
 
 
 # -- production defect -------------------------------------------------------------------------------------------
