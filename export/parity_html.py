@@ -136,6 +136,18 @@ def _check_value(check: Mapping[str, Any]) -> str:
     return _num(check.get("value"), ".4g")
 
 
+def skipped_words(data: Mapping[str, Any]) -> str:
+    """The images left out, by why: unreadable, and ungradable by the runtime's quality gate (or that the gate
+    was not applied: ``--keep-ungradable``)."""
+    n_ungradable = int(data.get("n_ungradable") or 0)
+    words = f"{int(data['n_skipped']) - n_ungradable} unreadable"
+    if data.get("quality_gate") == "kept":
+        return words + "; ungradable ones kept by --keep-ungradable"
+    if "quality_gate" in data:
+        return words + f", {n_ungradable} ungradable left out"
+    return f"{data['n_skipped']} could not be read"
+
+
 def _summary(report: Mapping[str, Any]) -> str:
     rows = []
     for c in report["candidates"]:
@@ -421,7 +433,7 @@ def render_html(report: Mapping[str, Any], images: Mapping[str, str] | None = No
         _operating_points(b.get("operating_points")),
         "<h2>Summary</h2>", _summary(report),
         "<h2>Data and gates</h2>",
-        f"<p>{data['n_used']} of {data['n_images']} images used ({data['n_skipped']} could not be read); truth: "
+        f"<p>{data['n_used']} of {data['n_images']} images used ({skipped_words(data)}); truth: "
         f"<b>{_TRUTH_WORDS.get(data['truth'], 'none (the reference could not be used)')}</b>"
         + (f"; classes with truth: {_e(', '.join(data['classes_with_truth']))}" if data["classes_with_truth"] else "")
         + f". {_patient_words(data.get('patients'))}</p>",

@@ -145,6 +145,7 @@ from uopsl.runtime.fsio import NUMPY_FILE_ERRORS, sha256_file, write_bytes, writ
 from uopsl.runtime.metrics import roc_curve
 from uopsl.runtime.optional import available, extra_hint
 from uopsl.runtime.preprocess import PREPROCESS_VERSION, PreprocessConfig, preprocess, read_bytes
+from uopsl.runtime.quality import QualityConfig, assess
 from uopsl.runtime.version import __version__, source_revision
 from uopsl.runtime.signing import open_trusted
 
@@ -157,6 +158,8 @@ CACHE_ARRAYS = ("exact-int8-logits/1",)
 
 REPORT_FORMAT = "uopsl-parity/1"
 _CACHE_DIR = ".parity-cache"
+# A skipped image's reason when the runtime's quality gate rejects it (validate leaves those out by default).
+UNGRADABLE = "ungradable"
 _INT8 = ("int8-qdq-u8", "int8-qdq-s8")
 #: ``ValidateConfig.unknown_labels``: what to do with images carrying a label that is no class of the bundle.
 UNKNOWN_LABELS_REFUSE, UNKNOWN_LABELS_DROP, UNKNOWN_LABELS_NEGATIVE = "refuse", "drop", "negative"
@@ -252,6 +255,10 @@ class ValidateConfig:
         or ``"bounds"`` (those, then their 95 % bounds: a figure within its gate whose bound is not reads
         INCOMPLETE; :func:`~uopsl.export.parity_metrics.judge`): for a signer who must claim each rate is within
         its gate at 95 % confidence, not only that it was on these images.
+    keep_ungradable: compare decisions on images the runtime's quality gate (default
+        :class:`~uopsl.runtime.quality.QualityConfig`, as ``uopsl-screen`` runs it) calls ungradable too. By
+        default they are left out, listed among the skipped images with the gate's reasons: a device gives no
+        decision on them, so they must not count towards the images a verdict rests on.
     record: write each file's verdict into the bundle manifest (``FileEntry.info["parity"]``);
         ``auto`` backend selection uses an INT8 file or an INT8/FP16 engine only with a passing record. A FAIL is
         always recorded; a PASS or INCOMPLETE only from a run with the default gates (or stricter) on at
@@ -276,6 +283,7 @@ class ValidateConfig:
     record: bool = True
     unknown_labels: str = UNKNOWN_LABELS_REFUSE
     judge_on: str = ON_ESTIMATES
+    keep_ungradable: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "backends", tuple(self.backends))
@@ -549,8 +557,14 @@ class _Run:
         return {name: np.concatenate(parts) for name, parts in self.outputs.get(source, {}).items()}
 
 
-def _preprocess_batch(records: Sequence[ImageRecord], cfg: PreprocessConfig, ref_cfg: PreprocessConfig | None
+def _preprocess_batch(records: Sequence[ImageRecord], cfg: PreprocessConfig, ref_cfg: PreprocessConfig | None,
+                      gate: bool = True
                       ) -> tuple[list[int], np.ndarray | None, np.ndarray | None, list[dict[str, str]]]:
+    """The images of a batch that can be compared, as model inputs; the others as skipped entries.
+
+    ``gate``: images the runtime's quality gate calls ungradable are skipped too (reason ``ungradable``, the
+    gate's tags as the message), judged on the candidate's preprocessing, which is what the device sees.
+    """
     ok: list[int] = []
     cand: list[np.ndarray] = []
     ref: list[np.ndarray] = []
@@ -558,7 +572,15 @@ def _preprocess_batch(records: Sequence[ImageRecord], cfg: PreprocessConfig, ref
     for i, rec in enumerate(records):
         try:
             data = read_bytes(rec.path)
-            a = preprocess(data, cfg, source=rec.id).image
+            pre = preprocess(data, cfg, source=rec.id)
+            if gate:
+                verdict = assess(pre)
+                if not verdict.gradable:
+                    skipped.append({"id": rec.id, "reason": UNGRADABLE,
+                                    "message": "the quality gate calls it ungradable (" + ", ".join(verdict.reasons)
+                                               + "): a device gives no decision on it"})
+                    continue
+            a = pre.image
             b = preprocess(data, ref_cfg, source=rec.id).image if ref_cfg is not None else None
         except UopslError as exc:
             skipped.append({"id": rec.id, "reason": getattr(exc, "reason", type(exc).__name__), "message": str(exc)})
@@ -613,7 +635,7 @@ def _run_all(bundle: Path, manifest: Manifest, reference: Reference, ref_cfg: Pr
             run.batches += 1
             run.batches_from_cache += cached is not None
             if cached is None:
-                ok, x, x_ref, skipped = _preprocess_batch(records, cfg, ref_cfg)
+                ok, x, x_ref, skipped = _preprocess_batch(records, cfg, ref_cfg, gate=not config.keep_ungradable)
                 arrays: dict[str, np.ndarray] = {}
                 errors: dict[str, str] = {}
                 if ok and x is not None:
@@ -852,6 +874,7 @@ def validate_bundle(
                "reference": fingerprint, "images": [[r.id, str(r.path), image_sha[r.id]] for r in images],
                "preprocess": manifest.preprocess.to_dict(), "reference_preprocess": ref_pre.to_dict() if ref_pre is not None and diffs else None,
                "candidates": [s.name for s in specs], "batch_size": cfg.batch_size,
+               "quality_gate": None if cfg.keep_ungradable else QualityConfig().to_dict(),
                # Outputs depend on the machine too (the CPU's INT8 kernels, the runtimes' versions), and batches
                # cached before a CPU INT8 file also ran in its exact arithmetic lack those outputs.
                "machine": {k: v for k, v in machine.items() if k in ("cpu_int8", "onnxruntime", "openvino")},
@@ -863,7 +886,8 @@ def validate_bundle(
     run = _run_all(root, manifest, reference, ref_pre if diffs else None, images, specs, cfg, cache)
     n = len(run.ids)
     if n == 0:
-        raise ConfigError(f"none of the {len(images)} images could be preprocessed; first reasons: "
+        raise ConfigError(f"none of the {len(images)} images could be compared (unreadable, or ungradable by the "
+                          "runtime's quality gate: --keep-ungradable compares those too); first reasons: "
                           + "; ".join(f"{s['id']}: {s['message']}" for s in run.skipped[:3]))
     ref = run.stacked("ref")
     ids = run.ids
@@ -1009,6 +1033,9 @@ def validate_bundle(
                       "preprocess": (ref_pre or manifest.preprocess).to_dict()},
         "preprocess": {"bundle": manifest.preprocess.to_dict(), "differences": diffs},
         "data": {"spec": data_spec, "n_images": len(images), "n_used": n, "n_skipped": len(run.skipped),
+                 # of the skipped, those the runtime's quality gate rejected (decodable, but no device decision)
+                 "n_ungradable": sum(1 for sk in run.skipped if sk.get("reason") == UNGRADABLE),
+                 "quality_gate": "kept" if cfg.keep_ungradable else "left out",
                  "truth": truth.source if truth is not None else None,
                  "label_space": list(label_space) if label_space is not None else None,
                  "classes_with_truth": ([c.name for c, d in zip(manifest.classes, truth.defined) if d]

@@ -109,7 +109,7 @@ def test_validate_reports_the_arithmetic_of_each_cpu_int8_candidate(tmp_path: Pa
     reference = TorchReference(TinyScreen(len(CLASSES), seed=0), read_manifest(root).preprocess, device="cpu",
                                fingerprint="tinyscreen-seed0", source="TinyScreen(seed=0)")
     result = validate_bundle(root, reference, records, tmp_path / "run",
-                             ValidateConfig(backends=("ort-cpu",), n_boot=0, show_progress=False, record=False),
+                             ValidateConfig(keep_ungradable=True, backends=("ort-cpu",), n_boot=0, show_progress=False, record=False),
                              label_space=space, availability=CPU)
     by_file = {c["file"]: c for c in result.report["candidates"]}
     assert "arithmetic" not in by_file["model.onnx"]  # FP32: nothing to check

@@ -74,7 +74,7 @@ def proven_bundle(tmp_path_factory: pytest.TempPathFactory, labelled_csv: Path) 
                                fingerprint="tinyscreen-seed0", source="TinyScreen(seed=0)")
     records, space, _ = resolve_data(str(labelled_csv))
     result = validate_bundle(root, reference, records, root.parent / "pytorch-run",
-                             ValidateConfig(backends=("ort-cpu",), n_boot=0, show_progress=False),
+                             ValidateConfig(keep_ungradable=True, backends=("ort-cpu",), n_boot=0, show_progress=False),
                              label_space=space, context={"data": str(labelled_csv)}, availability=CPU)
     entry = read_manifest(root).file("model.onnx")
     assert parity_status(entry, "ort-cpu")[0], result.report["candidates"]
@@ -271,7 +271,8 @@ def test_full_run_against_the_onnx_reference_imports_no_torch(proven_bundle: Pat
     env = {**os.environ, "UOPSL_CACHE_DIR": str(tmp_path / "cache"), "HOME": str(tmp_path)}
     proc = subprocess.run([sys.executable, "-c", _NO_TORCH, str(bundle), "--onnx-reference", "--data",
                            str(labelled_csv), "--out", str(out), "--backends", "ort-cpu", "--n-boot", "0", "--threads",
-                           "1"], capture_output=True, text=True, timeout=300, env=env)
+                           "1", "--keep-ungradable"],  # small photographs: see validatekit.uopsl_validate
+                          capture_output=True, text=True, timeout=300, env=env)
     lines = proc.stdout.splitlines()
     assert any(x.startswith("EXIT:") for x in lines), proc.stdout + proc.stderr[-3000:]
     code = next(int(x[5:]) for x in lines if x.startswith("EXIT:"))
@@ -335,7 +336,7 @@ def _onnx_run(bundle: Path, labelled_csv: Path, out: Path):  # noqa: ANN202
     records, space, _ = resolve_data(str(labelled_csv))
     with OnnxReference.from_bundle(bundle, 1) as reference:
         return validate_bundle(bundle, reference, records, out,
-                               ValidateConfig(backends=("ort-cpu",), n_boot=0, show_progress=False),
+                               ValidateConfig(keep_ungradable=True, backends=("ort-cpu",), n_boot=0, show_progress=False),
                                label_space=space, context={"data": str(labelled_csv)}, availability=CPU)
 
 
@@ -520,7 +521,7 @@ def test_a_backend_as_the_reference_is_recorded_as_unknown_and_proves_nothing(pr
 
     assert TorchReference.reference_kind == "pytorch"  # declared by the class, not defaulted by validate
     records, space, _ = resolve_data(str(labelled_csv))
-    cfg = ValidateConfig(backends=("ort-cpu",), n_boot=0, show_progress=False)
+    cfg = ValidateConfig(keep_ungradable=True, backends=("ort-cpu",), n_boot=0, show_progress=False)
     bundle = make_tiny_bundle(tmp_path / "fresh", int8=False)
     with OrtBackend(bundle / "model.onnx", "cpu", 1) as itself:
         result = validate_bundle(bundle, itself, records, tmp_path / "out", cfg, label_space=space,

@@ -63,7 +63,7 @@ def bundle(tmp_path: Path) -> Path:
 def _run(bundle: Path, records: list[ImageRecord], models: PatchedModels, out: Path, *, n_boot: int = 0,
          gates: ParityGates | None = None, label_space: Sequence[str] | None = NAMES, resume: bool = True,
          context: dict[str, Any] | None = None) -> Any:
-    cfg = ValidateConfig(backends=("ort-cpu",), gates=gates or ParityGates(), n_boot=n_boot, show_progress=False,
+    cfg = ValidateConfig(keep_ungradable=True, backends=("ort-cpu",), gates=gates or ParityGates(), n_boot=n_boot, show_progress=False,
                          resume=resume)
     return validate_bundle(bundle, models.reference, records, out, cfg, label_space=label_space,
                            context=context or {"data": "test table"}, availability=CPU)
@@ -184,7 +184,7 @@ def test_cli_reads_the_patient_column_and_says_how_many(
                            "--out", str(tmp_path / "out"), "--backends", "ort-cpu", "--n-boot", "0",
                            "--no-record"]) == 0
     printed = capsys.readouterr().out
-    assert "120 images (0 unusable) of 62 patients" in printed
+    assert "120 images (0 unreadable; ungradable ones kept by --keep-ungradable) of 62 patients" in printed
     assert ("AUC intervals resampled by patient (62 patients); change rates bounded by image and by patient; the "
             "sensitivity and specificity intervals assume independent images") in printed
 

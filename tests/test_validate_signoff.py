@@ -64,7 +64,7 @@ def bundle(tmp_path: Path) -> Path:
 def _run(bundle: Path, records: list[ImageRecord], models: PatchedModels, out: Path, *,
          gates: ParityGates | None = None, label_space: tuple[str, ...] | None = NAMES, unknown: str = "negative",
          context: Mapping[str, Any] | None = None) -> Any:
-    cfg = ValidateConfig(backends=("ort-cpu",), gates=gates or ParityGates(), n_boot=0, show_progress=False,
+    cfg = ValidateConfig(keep_ungradable=True, backends=("ort-cpu",), gates=gates or ParityGates(), n_boot=0, show_progress=False,
                          unknown_labels=unknown)
     return validate_bundle(bundle, models.reference, records, out, cfg, label_space=label_space,
                            context=dict(context or {"data": "test table"}), availability=CPU)
@@ -235,7 +235,7 @@ def test_cli_drop_counts_the_images_left_out_on_the_terminal(
                    "--backends", "ort-cpu", "--unknown-labels", "drop", "--n-boot", "0", "--no-record"])
     printed = capsys.readouterr().out
     assert code == 0 and "PASS ort-cpu:model.int8.onnx" in printed
-    assert "118 images (0 unusable)" in printed and "0 image(s) with a changed finding (0.00%)" in printed
+    assert "118 images (0 unreadable; ungradable ones kept by --keep-ungradable)" in printed and "0 image(s) with a changed finding (0.00%)" in printed
     assert "left out 2 image(s) carrying label(s) that are not classes of the bundle (--unknown-labels drop): " \
            "cataract (2)" in printed
     report = json.loads((tmp_path / "out" / "parity.json").read_text())

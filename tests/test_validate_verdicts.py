@@ -93,7 +93,7 @@ class _Models:
 def _run(bundle: Path, photos: list[Path], labels: list[tuple[str, ...]], models: _Models, out: Path,
          gates: ParityGates | None = None, label_space: tuple[str, ...] | None = NAMES):  # noqa: ANN202
     records = [ImageRecord(p.stem, p, lab) for p, lab in zip(photos, labels)]
-    cfg = ValidateConfig(backends=("ort-cpu",), gates=gates or ParityGates(), n_boot=20, show_progress=False)
+    cfg = ValidateConfig(keep_ungradable=True, backends=("ort-cpu",), gates=gates or ParityGates(), n_boot=20, show_progress=False)
     return validate_bundle(bundle, models.reference, records, out, cfg, label_space=label_space,
                            context={"data": "test table"}, availability=Availability(("CPUExecutionProvider",)))
 

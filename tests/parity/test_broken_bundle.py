@@ -29,7 +29,7 @@ def _records(paths: list[Path]) -> list[ImageRecord]:
 
 def _validate(bundle: Path, ckpt: Path, paths: list[Path], out: Path):  # noqa: ANN202 - ParityReport
     return validate_bundle(bundle, TorchReference.from_checkpoint(ckpt, "cpu"), _records(paths), out,
-                           ValidateConfig(backends=("ort-cpu",), n_boot=200, show_progress=False),
+                           ValidateConfig(keep_ungradable=True, backends=("ort-cpu",), n_boot=200, show_progress=False),
                            label_space=("normal", "a", "b"))
 
 

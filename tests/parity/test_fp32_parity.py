@@ -40,7 +40,7 @@ def test_pytorch_vs_onnx_fp32_on_labelled_images(tiny_ckpt_bundle: tuple[Path, P
                                                  tmp_path: Path) -> None:
     ckpt, bundle = tiny_ckpt_bundle
     records = [ImageRecord(f"{p.parent.name}/{p.name}", p, (p.parent.name,)) for p in cast_sets["val"][:48]]
-    config = ValidateConfig(backends=("ort-cpu",), n_boot=200, show_progress=False, record=False)
+    config = ValidateConfig(keep_ungradable=True, backends=("ort-cpu",), n_boot=200, show_progress=False, record=False)
     result = validate_bundle(bundle, TorchReference.from_checkpoint(ckpt, "cpu"), records, tmp_path / "out", config,
                              label_space=("normal", "a", "b"))
     _assert_fp32_parity(result.report)
@@ -59,7 +59,7 @@ def test_pytorch_vs_onnx_fp32_on_generator_images(tiny_ckpt_bundle: tuple[Path, 
     records, space, _ = resolve_data(str(data))
     assert space is not None and len(records) == 48
     # data labelled for other classes on purpose: said, not refused
-    config = ValidateConfig(backends=("ort-cpu",), n_boot=200, show_progress=False, record=False,
+    config = ValidateConfig(keep_ungradable=True, backends=("ort-cpu",), n_boot=200, show_progress=False, record=False,
                             unknown_labels="negative")
     result = validate_bundle(bundle, TorchReference.from_checkpoint(ckpt, "cpu"), records, tmp_path / "out", config,
                              label_space=space)
@@ -84,7 +84,7 @@ def test_pytorch_vs_onnx_fp32_on_real_tvhl_images(tiny_ckpt_bundle: tuple[Path, 
     # 133 photographs: the reference calls each class positive and negative on MIN_CASES_PER_CLASS of them
     records = [ImageRecord(s.path.name, s.path, s.labels) for s in src.samples[::8]]
     result = validate_bundle(bundle, TorchReference.from_checkpoint(ckpt, "cpu"), records, tmp_path / "out",
-                             ValidateConfig(backends=("ort-cpu",), n_boot=200, show_progress=False, record=False))
+                             ValidateConfig(keep_ungradable=True, backends=("ort-cpu",), n_boot=200, show_progress=False, record=False))
     _assert_fp32_parity(result.report)
     assert result.report["data"]["truth"] == "reference_decisions"  # TVHL's classes are not the tiny model's
 
@@ -94,6 +94,6 @@ def test_pytorch_vs_openvino_fp32(tiny_ckpt_bundle: tuple[Path, Path], cast_sets
     ckpt, bundle = tiny_ckpt_bundle
     records = [ImageRecord(p.name, p, None) for p in cast_sets["val"][:24]]
     result = validate_bundle(bundle, TorchReference.from_checkpoint(ckpt, "cpu"), records, tmp_path / "out",
-                             ValidateConfig(backends=("openvino",), n_boot=0, show_progress=False, record=False))
+                             ValidateConfig(keep_ungradable=True, backends=("openvino",), n_boot=0, show_progress=False, record=False))
     assert not result.report["candidates"][0].get("error"), result.report["candidates"][0]
     _assert_fp32_parity(result.report)

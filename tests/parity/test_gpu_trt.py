@@ -81,7 +81,7 @@ def test_pytorch_cuda_vs_ort_fp32(backend: str, tolerance: float, gpu_ckpt_bundl
 
     ckpt, bundle = gpu_ckpt_bundle
     result = validate_bundle(bundle, TorchReference.from_checkpoint(ckpt, "cuda"), _records(cast_sets)[:48],
-                             tmp_path / "out", ValidateConfig(backends=(backend,), show_progress=False, record=False),
+                             tmp_path / "out", ValidateConfig(keep_ungradable=True, backends=(backend,), show_progress=False, record=False),
                              label_space=("normal", "a", "b"))
     cands = [c for c in result.report["candidates"] if c["precision"] == "fp32"]
     assert cands, result.report["skipped_candidates"]
@@ -116,7 +116,7 @@ def test_tensorrt_engine_vs_pytorch(precision: str, screen_model: tuple, cast_se
     add_file(bundle, None, name, "engine", precision, info=info.header.to_dict())  # type: ignore[arg-type]
     reference = TorchReference(module, PreprocessConfig(size=64), device="cuda")
     result = validate_bundle(bundle, reference, _records(cast_sets), tmp_path / "out",
-                             ValidateConfig(backends=("tensorrt",), batch_size=16, show_progress=False, record=False),
+                             ValidateConfig(keep_ungradable=True, backends=("tensorrt",), batch_size=16, show_progress=False, record=False),
                              label_space=CLASSES)
     cand = next(c for c in result.report["candidates"] if c["file"] == name)
     assert "error" not in cand, cand

@@ -29,7 +29,7 @@ def test_ort_int8_within_clinical_gates_on_synthetic_images(screen_bundle: Path,
     records = [ImageRecord(f"{p.parent.name}/{p.name}", p, (p.parent.name,)) for p in cast_sets["val"]]
     with OrtBackend(screen_bundle / "model.onnx", "cpu") as fp32:
         result = validate_bundle(screen_bundle, fp32, records, tmp_path / "out",
-                                 ValidateConfig(backends=("ort-cpu",), gates=ParityGates(), show_progress=False, record=False),
+                                 ValidateConfig(keep_ungradable=True, backends=("ort-cpu",), gates=ParityGates(), show_progress=False, record=False),
                                  label_space=("normal", "a", "b"))
     int8 = _candidate(result.report, "int8-qdq-u8")
     assert int8["passed"], int8["reasons"]
@@ -71,7 +71,7 @@ def test_ort_int8_gates_on_real_tvhl_patients(tmp_path: Path) -> None:
     records = [ImageRecord(s.path.name, s.path, s.labels) for s in held]
     with OrtBackend(bundle / "model.onnx", "cpu") as fp32:
         result = validate_bundle(bundle, fp32, records, tmp_path / "out",
-                                 ValidateConfig(backends=("ort-cpu",), per_layer=True, per_layer_images=4,
+                                 ValidateConfig(keep_ungradable=True, backends=("ort-cpu",), per_layer=True, per_layer_images=4,
                                                 show_progress=False, record=False), label_space=names)
     report = result.report
     assert report["data"]["n_used"] == len(held) and not report["skipped_images"]

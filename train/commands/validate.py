@@ -427,6 +427,9 @@ def _refuse_unknown_labels(bundle: Path, records: list[Any], data_spec: str) -> 
                    "bounds of the change rates and of the positives lost, by image and by patient; the AUC drop's "
                    "interval end): a figure within its gate whose bound is not reads INCOMPLETE, not shown at "
                    "95 % (0 flips of 120 images: bound 2.5 %, more by patient; 0.5 % needs 598).")
+@click.option("--keep-ungradable", is_flag=True,
+              help="Compare decisions on images the runtime's quality gate calls ungradable too. By default they "
+                   "are left out and listed with the gate's reasons: a device gives no decision on them.")
 @click.option("--per-layer", is_flag=True, help="Layer-wise SQNR/cosine of each INT8 ONNX file vs FP32, "
                                                 "with a suggested --exclude list for `uopsl quantize`.")
 @click.option("--per-layer-images", type=click.IntRange(1), default=8, show_default=True)
@@ -456,7 +459,7 @@ def command(bundle: Path, checkpoint: Path | None, onnx_reference: bool, data_sp
             gates: str | None, judge_on: str, per_layer: bool, per_layer_images: int, sqnr_threshold: float,
             limit: int | None,
             seed: int, bootstrap_seed: int | None, batch_size: int, n_boot: int, device: str, threads: int | None,
-            no_resume: bool, record: bool, unknown_labels: str, other_checkpoint: bool) -> int:
+            no_resume: bool, record: bool, unknown_labels: str, other_checkpoint: bool, keep_ungradable: bool) -> int:
     """Validate BUNDLE against its checkpoint (or, on a device, its proven FP32 ONNX file) on --data.
 
     Exit 0 when every candidate passes the gates.
@@ -464,6 +467,7 @@ def command(bundle: Path, checkpoint: Path | None, onnx_reference: bool, data_sp
     boot_seed = seed if bootstrap_seed is None else bootstrap_seed
     _check_reference_options(checkpoint, onnx_reference)
     from uopsl.export.parity_metrics import failed_gate_headroom, parse_gates
+    from uopsl.export.parity_html import skipped_words
     from uopsl.export.validate import ValidateConfig, validate_bundle
 
     # The data first: a label the bundle does not know is refused before any model loads.
@@ -484,6 +488,7 @@ def command(bundle: Path, checkpoint: Path | None, onnx_reference: bool, data_sp
         seed=boot_seed,
         per_layer=per_layer, per_layer_images=per_layer_images, sqnr_threshold_db=sqnr_threshold,
         threads=threads, resume=not no_resume, record=record, unknown_labels=unknown_labels,
+        keep_ungradable=keep_ungradable,
     )
     context: dict[str, Any] = {**facts, "data": data_spec, "data_description": description,
                                "limit": limit, "seed": seed, "bootstrap_seed": boot_seed,
@@ -493,7 +498,7 @@ def command(bundle: Path, checkpoint: Path | None, onnx_reference: bool, data_sp
         result = validate_bundle(bundle, reference, records, out, config, label_space=space, context=context)
     rep = result.report
     pats = rep["data"]["patients"]
-    click.echo(f"{rep['data']['n_used']} images ({rep['data']['n_skipped']} unusable)"
+    click.echo(f"{rep['data']['n_used']} images ({skipped_words(rep['data'])})"
                + (f" of {pats['n_patients']} patients" if pats["known"] else ", no patient ids")
                + f", truth: {rep['data']['truth']}")
     dropped = rep["data"]["unknown_labels"]
