@@ -170,7 +170,7 @@ def test_malformed_rows_and_empty_csv(tmp_path):
         D.read_csv(tmp_path / "nope.csv", D.CsvLayout(label_column="label"))
     header_only = tmp_path / "header.csv"
     header_only.write_text("path,label\n")
-    with pytest.raises(DataError, match="no images found"):
+    with pytest.raises(DataError, match=r"header\.csv lists no images \(a header and no rows\?\)"):
         D.read_csv(header_only, D.CsvLayout(label_column="label"))
 
 

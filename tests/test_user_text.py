@@ -107,3 +107,4 @@ def test_an_unlabelled_validation_csv_keeps_its_patient_column(tmp_path: Path) -
                                                                  ("d.jpg", "p2")]
     p.write_text("path\na.jpg\n", encoding="utf-8")
     assert [r.patient for r in _csv_records(p)[0]] == [None]
+

@@ -462,7 +462,9 @@ def command(bundle: Path, checkpoint: Path | None, onnx_reference: bool, data_sp
             no_resume: bool, record: bool, unknown_labels: str, other_checkpoint: bool, keep_ungradable: bool) -> int:
     """Validate BUNDLE against its checkpoint (or, on a device, its proven FP32 ONNX file) on --data.
 
-    Exit 0 when every candidate passes the gates.
+    Exit 0 when every candidate passes the gates; 1 when one FAILs or is INCOMPLETE (the last line and
+    parity.json's "verdict" say which); 2 for a usage, bundle, checkpoint or data error, or a missing chain
+    of trust.
     """
     boot_seed = seed if bootstrap_seed is None else bootstrap_seed
     _check_reference_options(checkpoint, onnx_reference)

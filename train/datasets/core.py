@@ -545,6 +545,11 @@ class Collector:
         if self._n_missing:
             raise self._missing_error()
         if not self.samples:
+            table = options.get("csv")
+            if table is not None and not self.dropped:
+                # A table with a header and no row: naming the folder and its layout sent people looking there.
+                raise DataError(f"{self.name}: {table} lists no images (a header and no rows?); add one row per "
+                                "image, or point at another table")
             raise DataError(
                 f"{self.name}: no images found under {self.root}{_left_out(self.dropped, options)}; check the dataset "
                 f"root and layout (see the reader's docstring)."
