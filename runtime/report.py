@@ -8,8 +8,12 @@ bundle's own class list, and each printed page carries the report's identity
 (when, which model and bundle) in a repeated table header and footer.
 
 Sorted by urgency: referable first, then ungradable and unreadable images
-(they need a new photograph), then the rest; within each group by the highest
-referable-class probability. Per image: file name, thumbnail, heatmap overlay
+(they need a new photograph), then the rest; referrals with more referable
+findings first, and otherwise in the order the photographs were screened.
+Not by score: scores of different classes are not comparable (each counts only
+against its own threshold, as the page says), so ordering referrals by their
+highest score (as until session 45) put a dr 0.76 call above an amd call 160
+times its threshold. Per image: file name, thumbnail, heatmap overlay
 (only for a photograph screened ``ok``), verdict and reasons, scores.
 
 The report is regenerated from ``results.jsonl`` after every run (and every
@@ -397,22 +401,15 @@ def _data_uri(path: Path, side: int = _THUMB) -> str:
     return uri
 
 
-def max_referable_prob(row: Mapping[str, Any], referable: Sequence[str]) -> float:
-    """The highest probability among the referable classes (-1 without any): the order within a group."""
-    probs = row.get("probs") or {}
-    vals = [float(probs[c]) for c in referable if c in probs]
-    return max(vals) if vals else -1.0
-
-
-def urgency_key(row: Mapping[str, Any], referable: Sequence[str]) -> tuple[int, float]:
-    """Sort key: referable (0), ungradable or unreadable (1), the rest (2); then by referable probability."""
+def urgency_key(row: Mapping[str, Any], referable: Sequence[str]) -> tuple[int, int]:
+    """Sort key (for a stable sort): referable (0), ungradable or unreadable (1), the rest (2); within the
+    referrals, more referable findings first. Equal keys keep their order (the order of screening)."""
     if row.get("status") == "ok" and row.get("refer"):
-        group = 0
-    elif row.get("status") in ("ungradable", "error"):
-        group = 1
-    else:
-        group = 2
-    return group, -max_referable_prob(row, referable)
+        wanted = set(referable)
+        return 0, -sum(1 for c in row.get("positive") or () if c in wanted)
+    if row.get("status") in ("ungradable", "error"):
+        return 1, 0
+    return 2, 0
 
 
 def _verdict(row: Mapping[str, Any]) -> tuple[str, str]:
@@ -797,16 +794,28 @@ def verdict_counts(rows: Sequence[Mapping[str, Any]]) -> Counter[str]:
                    else ("ungradable" if r.get("status") == "ungradable" else "error") for r in rows)
 
 
-def summary_html(counts: Mapping[str, int]) -> str:
-    """The row of count cards under the identity block."""
+# The table's groups in urgency order (urgency_key's first element), and the id of each group's first row.
+GROUP_ANCHORS = ("g-refer", "g-retake", "g-routine")
+REFER_COUNT_ID = " id='n-refer'"
+
+
+def summary_html(counts: Mapping[str, int], linked: bool = False) -> str:
+    """The row of count cards under the identity block; ``linked``: each count leads to its group's first row
+    of the table below (a long report's retakes sat after hundreds of referrals, unfindable on screen)."""
     n = sum(counts.values())
+
+    def count(key: str, group: int, extra: str = "") -> str:
+        k = counts.get(key, 0)
+        return (f"<a href='#{GROUP_ANCHORS[group]}'><b{extra}>{k}</b></a>" if linked and k
+                else f"<b{extra}>{k}</b>")
+
     return "".join([
         "<div class='summary'>",
         f"<div class='card total'><b>{n}</b>{'image' if n == 1 else 'images'}</div>",
-        f"<div class='card refer'><b id='n-refer'>{counts.get('refer', 0)}</b>refer</div>",
-        f"<div class='card ok'><b>{counts.get('routine', 0)}</b>no referable finding</div>",
-        f"<div class='card ungradable'><b>{counts.get('ungradable', 0)}</b>ungradable (retake)</div>",
-        f"<div class='card error'><b>{counts.get('error', 0)}</b>unreadable or not screened</div>",
+        f"<div class='card refer'>{count('refer', 0, extra=REFER_COUNT_ID)}refer</div>",
+        f"<div class='card ok'>{count('routine', 2)}no referable finding</div>",
+        f"<div class='card ungradable'>{count('ungradable', 1)}ungradable (retake)</div>",
+        f"<div class='card error'>{count('error', 1)}unreadable or not screened</div>",
         "</div>",
     ])
 
@@ -856,7 +865,7 @@ def report_parts(rows: Sequence[dict[str, Any]], out_dir: str | os.PathLike[str]
         ident_html(manifest, info, generated, ordered, out,
                    extra="" if page is None else f"<dt>Page</dt><dd>{esc(page.label)}: one page of this folder's "
                    "report (report.html lists every day)</dd>"),
-        summary_html(verdict_counts(ordered)),
+        summary_html(verdict_counts(ordered), linked=True),
     ]
     if info.get("incomplete"):
         yield (f"<div class='warn' id='incomplete'><b>INCOMPLETE: {esc(info['incomplete'])}.</b> Photographs not "
@@ -918,8 +927,12 @@ def report_parts(rows: Sequence[dict[str, Any]], out_dir: str | os.PathLike[str]
     if page is None:  # a split report's writer sizes the cache for all the pages it refreshes
         reserve_image_cache(2 * len(ordered))  # a thumbnail and a heatmap per row
     other = set(other_bundle)
+    started: set[int] = set()
     for k, r in enumerate(ordered):
         i = first + k
+        group = urgency_key(r, referable)[0]
+        group_id = f" id='{GROUP_ANCHORS[group]}'" if group not in started else ""
+        started.add(group)
         cls, _ = _verdict(r)
         rid = r.get("id", "")
         rid = rid if valid_image_id(rid) else ""  # an id that is a path would show a picture from elsewhere
@@ -966,7 +979,7 @@ def report_parts(rows: Sequence[dict[str, Any]], out_dir: str | os.PathLike[str]
         over_img = f'<img alt="heatmap" src="{over}">{cap}' if over else "&mdash;"
         yield (
             f"<tr class='result {cls}' data-status='{esc(r.get('status'))}' id='{esc(row_anchor(r))}'>"
-            f"<td class='n'>{i}</td>"
+            f"<td class='n'{group_id}>{i}</td>"
             f"<td class='src'>{src_html}</td>"
             f"<td class='img'>{thumb_img}</td><td class='img'>{over_img}</td>"
             f"<td class='res'>{result}</td>"
@@ -1001,6 +1014,6 @@ def write_report(rows: Sequence[dict[str, Any]], out_dir: str | os.PathLike[str]
 
 
 __all__ = ["CLASS_WORDS", "REASON_TEXT", "REPORT", "DuplicateCheck", "PageInfo", "ReasonText", "esc",
-           "find_duplicates", "head_html", "ident_html", "local_time", "max_referable_prob", "order_reasons", "parse_time", "reason_label", "reason_text", "render_report", "report_css",
+           "find_duplicates", "head_html", "ident_html", "local_time", "order_reasons", "parse_time", "reason_label", "reason_text", "render_report", "report_css",
            "report_parts", "reserve_image_cache", "row_anchor", "row_ident", "summary_html", "urgency_key",
            "verdict_counts", "write_report"]

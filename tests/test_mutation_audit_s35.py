@@ -85,19 +85,22 @@ def test_macro_figures_leave_out_a_class_that_has_no_negatives() -> None:
     assert macro["balanced_accuracy"]["estimate"] == pytest.approx(2 / 3, abs=1e-12)
 
 
-def test_urgency_within_referrals_uses_the_highest_referable_score() -> None:
-    """Within the referred group the table is ordered by the highest referable-class score: a photograph with
-    dme 0.95 comes before one whose highest referable score is npdr 0.60, whatever the order of the classes."""
+def test_urgency_within_referrals_counts_findings_not_scores() -> None:
+    """Within the referred group more referable findings come first, and otherwise the screening order stays:
+    scores of different classes are not comparable (session 45: a review found a dr 0.76 call, 9x its threshold,
+    listed above an amd 0.64 call, 160x its threshold, because the table sorted by the highest score)."""
     referable = ["npdr", "dme"]
     rows = [
-        {"id": "a", "status": "ok", "refer": True, "probs": {"normal": 0.1, "npdr": 0.60, "dme": 0.05}},
-        {"id": "b", "status": "ok", "refer": True, "probs": {"normal": 0.1, "npdr": 0.20, "dme": 0.95}},
-        {"id": "c", "status": "ok", "refer": False, "probs": {"normal": 0.9, "npdr": 0.05, "dme": 0.30}},
-        {"id": "d", "status": "ok", "refer": False, "probs": {"normal": 0.9, "npdr": 0.10, "dme": 0.02}},
+        {"id": "a", "status": "ok", "refer": True, "positive": ["npdr"], "probs": {"npdr": 0.60, "dme": 0.05}},
+        {"id": "b", "status": "ok", "refer": True, "positive": ["dme"], "probs": {"npdr": 0.20, "dme": 0.95}},
+        {"id": "c", "status": "ok", "refer": False, "positive": ["normal"], "probs": {"npdr": 0.05, "dme": 0.30}},
+        {"id": "d", "status": "ungradable", "refer": False, "probs": {}},
+        {"id": "e", "status": "ok", "refer": True, "positive": ["normal", "npdr", "dme"],
+         "probs": {"npdr": 0.5, "dme": 0.5}},
     ]
-    assert urgency_key(rows[1], referable) == (0, -0.95)
-    assert urgency_key(rows[2], referable) == (2, -0.30)
-    assert [r["id"] for r in sorted(rows, key=lambda r: urgency_key(r, referable))] == ["b", "a", "c", "d"]
+    assert urgency_key(rows[4], referable) == (0, -2) and urgency_key(rows[1], referable) == (0, -1)
+    assert urgency_key(rows[2], referable) == (2, 0) and urgency_key(rows[3], referable) == (1, 0)
+    assert [r["id"] for r in sorted(rows, key=lambda r: urgency_key(r, referable))] == ["e", "a", "b", "d", "c"]
 
 
 def test_no_decision_on_an_ungradable_photograph_even_when_the_model_runs_on_it(tiny_bundle: Path, tmp_path: Path) -> None:
@@ -153,7 +156,7 @@ def test_a_row_without_a_result_is_never_placed_or_shown_as_a_referral() -> None
            "error": ""}
     routine = {"id": "o", "source": "/x/o.jpg", "key": "ko", "status": "ok", "refer": False,
                "probs": {"normal": 0.9, "npdr": 0.1, "dme": 0.1}, "positive": ["normal"], "reasons": [], "error": ""}
-    assert urgency_key(odd, referable) == (1, -0.9)
+    assert urgency_key(odd, referable) == (1, 0)
     assert verdict_counts([odd, routine]) == {"ungradable": 1, "routine": 1}
     page = render_report([routine, odd], "/nonexistent", m)
     assert "Ungradable - retake" in page and "class='pos'" not in page

@@ -23,15 +23,23 @@ def _row(i: int, status: str, refer: bool | None, npdr: float | None) -> dict:
             "probs": probs, "positive": ["npdr"] if refer else [], "reasons": [], "error": ""}
 
 
-def test_urgency_order_referable_then_ungradable_then_by_probability(tiny_bundle: Path) -> None:
+def test_urgency_order_referable_then_ungradable_then_the_rest_each_in_screening_order(tiny_bundle: Path) -> None:
+    # Not by score within a group (until session 45): scores of different classes are not comparable.
     m = read_manifest(tiny_bundle)
     rows = [_row(0, "ok", False, 0.30), _row(1, "ok", True, 0.70), _row(2, "ungradable", None, None),
             _row(3, "ok", True, 0.95), _row(4, "error", None, None), _row(5, "ok", False, 0.45)]
     referable = [c.name for c in m.classes if c.referable]
     order = [r["id"] for r in sorted(rows, key=lambda r: urgency_key(r, referable))]
-    assert order[:2] == ["r3", "r1"] and set(order[2:4]) == {"r2", "r4"} and order[4:] == ["r5", "r0"]
+    assert order == ["r1", "r3", "r2", "r4", "r0", "r5"]
     page = render_report(rows, "/nonexistent", m)
     assert [int(x) for x in re.findall(r"/x/r(\d)\.jpg", page)] == [int(i[1:]) for i in order]
+    # Each count card leads to its group's first row (a review: the first retake of 400 sat at row 367).
+    assert re.findall(r"<td class='n' id='(g-\w+)'>(\d+)</td>", page) == [("g-refer", "1"), ("g-retake", "3"),
+                                                                          ("g-routine", "5")]
+    for target in ("g-refer", "g-retake", "g-routine"):
+        assert f"<a href='#{target}'>" in page
+    quiet = render_report([_row(0, "ok", False, 0.30)], "/nonexistent", m)
+    assert "href='#g-refer'" not in quiet and "href='#g-routine'" in quiet  # no link to an empty group
 
 
 def test_zero_shot_classes_are_marked_as_not_validated(tiny_bundle: Path) -> None:
