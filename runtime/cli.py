@@ -311,6 +311,7 @@ def info_cmd(bundle: Path, as_json: bool, trusted_keys: Sequence[Path]) -> int:
 
         m, aside = signed_parity_view(m, sig.signed_parity)
     table = backend_table(bundle, m)
+    auto = None if refused else _auto_choice(bundle, m)
     if refused:  # run, watch, bench and the Screener refuse the whole bundle: no backend runs anything from it
         why = "a file fails its checksum" if bad else "it is not signed by a key this machine trusts"
         table = [(n, False, f"{note} (nothing runs from this bundle here: {why})") for n, _ok, note in table]
@@ -326,6 +327,7 @@ def info_cmd(bundle: Path, as_json: bool, trusted_keys: Sequence[Path]) -> int:
                                              "revocations_here": revocations,
                                              "parity_set_aside": aside},
                                "backends": [{"backend": n, "usable": ok, "note": note} for n, ok, note in table],
+                               "auto": auto,
                                "parity": _parity_json(m, bad)},
                               indent=2, default=str))
         return 2 if refused else 0
@@ -377,7 +379,23 @@ def info_cmd(bundle: Path, as_json: bool, trusted_keys: Sequence[Path]) -> int:
     click.echo("backends here")
     for name, ok, note in table:
         click.echo(f"  {name:9s} {'yes' if ok else 'no ':3s}  {note}")
+    if auto is not None:
+        click.echo("auto       " + (f"{auto['backend']} {auto['precision']} ({auto['file']}): {auto['reason']}"
+                                    if "error" not in auto else f"nothing runs here: {auto['error']}"))
     return 2 if refused else 0  # a bundle error, as `verify` says it: scripts must not read a tampered bundle as fine
+
+
+def _auto_choice(bundle: Path, m: Any) -> dict[str, Any]:
+    """What ``--backend auto`` would run here and why, decided as ``run`` decides it but without loading a model
+    or timing INT8 (a device maker's question; before, only ``bench`` and ``Screener.selection`` answered it)."""
+    from uopsl.runtime.backends import select_backend
+    from uopsl.runtime.errors import UopslError
+
+    try:
+        sel = select_backend(bundle, "auto", "auto", manifest=m, measure=False)
+    except UopslError as exc:
+        return {"error": str(exc)}
+    return {"backend": sel.backend, "precision": sel.precision, "file": sel.file, "reason": sel.reason}
 
 
 def _parity_json(m: Any, bad: dict[str, str]) -> dict[str, Any]:

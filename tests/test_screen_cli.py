@@ -245,9 +245,15 @@ def test_info_verify_and_tampered_bundle(tiny_bundle: Path, tmp_path: Path, caps
     assert "model.int8.onnx" in out and "int8-qdq-u8" in out and "ort-cpu" in out and "tensorrt" in out
     assert "parity not validated" in out  # no `uopsl validate` record in this bundle yet
     assert "checksums  all files match the manifest" in out and "CHECKSUM FAILS" not in out
+    # What auto would run here and why, without loading a model (a device-maker review, session 45).
+    from uopsl.runtime.backends import select_backend
+
+    sel = select_backend(tiny_bundle, "auto", "auto", measure=False)
+    assert f"auto       {sel.backend} {sel.precision} ({sel.file}): {sel.reason}" in out
     assert main(["info", str(tiny_bundle), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["manifest"]["model_name"] == "tiny" and info["checksums_ok"] is True
+    assert info["auto"] == {"backend": sel.backend, "precision": sel.precision, "file": sel.file, "reason": sel.reason}
     assert main(["verify", str(tiny_bundle)]) == 0
     bad = tmp_path / "bundle"
     shutil.copytree(tiny_bundle, bad)
@@ -521,3 +527,12 @@ def test_watch_prints_one_line_per_photograph_and_each_cause_once(tiny_bundle: P
     assert len(dark) == 1 and "ungradable, retake" in dark[0], err
     assert why(["blurred"]) == "blurred" and why(["too_dark"]) == "too dark"
     assert why(["too_dark", "low_contrast"]) == "too dark; low_contrast"
+
+
+def test_info_says_what_to_install_when_onnx_runtime_is_missing(tiny_bundle: Path) -> None:
+    # A device with only the core wheel read "ort-cpu  no  model.onnx (fp32), ..." with no hint (session 45).
+    from uopsl.runtime.backends import Availability, backend_table
+
+    rows = {name: (ok, note) for name, ok, note in backend_table(tiny_bundle, availability=Availability(()))}
+    ok, note = rows["ort-cpu"]
+    assert not ok and note.startswith("needs ONNX Runtime: pip install 'onnxruntime>=1.17'") and "model.onnx" in note

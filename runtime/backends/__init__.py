@@ -769,7 +769,9 @@ def backend_table(bundle: str | os.PathLike[str], manifest: Manifest | None = No
     av = availability or detect_availability()
     rows: list[tuple[str, bool, str]] = []
     onnx = ", ".join(f"{f.path} ({f.precision})" for f in m.files_of("onnx")) or "no ONNX files"
-    rows.append(("ort-cpu", "CPUExecutionProvider" in av.ort_providers, onnx))
+    has_ort_cpu = "CPUExecutionProvider" in av.ort_providers
+    rows.append(("ort-cpu", has_ort_cpu, onnx if has_ort_cpu else
+                 f"needs ONNX Runtime: pip install 'onnxruntime>=1.17' (or onnxruntime-gpu); it would run {onnx}"))
     rows.append(("ort-cuda", av.ort_cuda, onnx if av.ort_cuda else "needs onnxruntime-gpu and a CUDA GPU"))
     rows.append(("ort-trt", av.ort_trt, onnx if av.ort_trt else
                  "needs TensorRT's library (libnvinfer), not found here" if av.ort_trt_listed else
