@@ -247,10 +247,6 @@ def command(bundle: Path, precision: str, min_batch: int | None, opt_batch: int 
     # built anew here either way.
     verify_before_rewrite(bundle, out_name)
     manifest = read_manifest(bundle)
-    if calib_batch < 1:
-        raise ConfigError(f"--calib-batch must be >= 1, got {calib_batch}")
-    if calib_max_images < 1:
-        raise ConfigError(f"--calib-max-images must be >= 1, got {calib_max_images}")
     min_batch, opt_batch, max_batch = resolve_batches(min_batch, opt_batch, max_batch, dla_core)
     config = EngineBuildConfig(
         precision=precision,  # type: ignore[arg-type]
