@@ -67,7 +67,7 @@ _MAX_NAMED = 5
 
 
 def _echo_summary(summary: Any, out: Path, failed: Sequence[tuple[str, str, Sequence[str]]] = (),
-                  report: bool = True, use: IntendedUse | None = None) -> None:
+                  report: bool = True, use: IntendedUse | None = None, watching: bool = False) -> None:
     """Counts, the files that need attention by name (at most five), then where to look: the report.
 
     ``failed``: (source, status, reasons) of the photographs screened now that got no result; those an
@@ -98,6 +98,11 @@ def _echo_summary(summary: Any, out: Path, failed: Sequence[tuple[str, str, Sequ
         rest = n_bad - len(named)
         click.echo("  retake or check: " + ", ".join(named)
                    + (f"{', ' if named else ''}{rest} more in the report" if rest else ""), err=True)
+    listed = getattr(summary, "in_folder", None)
+    if watching and listed is not None and listed > summary.total:
+        # A watch stopped before its first look at the folder (a short --timeout) counted nothing of what earlier
+        # runs had screened there, while results.csv listed them: the line said "0 images".
+        click.echo(f"  {CSV} lists {_plural(listed, 'photograph')} in all, earlier runs' included", err=True)
     click.echo(f"{'report' if report else 'results'}: {out / (REPORT if report else CSV)}", err=True)
     for path in summary.not_updated:
         click.echo(f"NOT updated: {path} is open in another program (Excel?); close it and run the same command "
@@ -224,7 +229,7 @@ def watch_cmd(bundle: Path, folder: Path, out: Path, backend: str, precision: st
     s.check_output(out, [folder])  # before the model loads
     with s:
         summary = watch_folder(s, folder, out, cfg, overlays=overlays, on_result=show)
-    _echo_summary(summary, out, list(failed.values()), use=s.intended_use)
+    _echo_summary(summary, out, list(failed.values()), use=s.intended_use, watching=True)
     return summary.exit_code
 
 

@@ -536,3 +536,18 @@ def test_info_says_what_to_install_when_onnx_runtime_is_missing(tiny_bundle: Pat
     rows = {name: (ok, note) for name, ok, note in backend_table(tiny_bundle, availability=Availability(()))}
     ok, note = rows["ort-cpu"]
     assert not ok and note.startswith("needs ONNX Runtime: pip install 'onnxruntime>=1.17'") and "model.onnx" in note
+
+
+def test_a_watch_stopped_before_its_first_look_says_what_the_folder_lists(tiny_bundle: Path, tmp_path: Path,
+                                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    # A session-45 review: "0 images: 0 refer ... (0 screened now, 0 from an earlier run)" while results.csv
+    # listed the 3 photographs an earlier watch had screened.
+    inbox = tmp_path / "inbox"
+    _good(inbox, 3)
+    out = tmp_path / "out"
+    args = ["watch", str(tiny_bundle), str(inbox), "--out", str(out), "--backend", "ort-cpu", "--poll", "0.05"]
+    assert main([*args, "--settle-ms", "50", "--timeout", "2"]) == 0 and len(_csv(out)) == 3
+    capsys.readouterr()
+    assert main([*args, "--settle-ms", "60000", "--timeout", "0"]) == 0
+    err = capsys.readouterr().err
+    assert "results.csv lists 3 photographs in all, earlier runs' included" in err, err
