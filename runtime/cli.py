@@ -259,7 +259,12 @@ def watch_cmd(bundle: Path, folder: Path, out: Path, backend: str, precision: st
 def bench_cmd(bundle: Path, backend: str, precision: str, batches: str, iters: int, warmup: int, threads: int | None,
               workers: int | None, worker_pool: str, images: Path | None, e2e: bool, e2e_images: int,
               json_out: Path | None, trusted_keys: Sequence[Path]) -> int:
-    """Latency (p50/p90/p99) and throughput per backend and batch size; preprocessing separately."""
+    """Latency (p50/p90/p99) and throughput per backend and batch size; preprocessing separately.
+
+    Exit 0 when everything asked for was measured; 1 when a backend or precision named on the command line
+    was not (the table's "not measured" lines say why), so a script that expects, say, TensorRT does not read
+    CPU figures alone as success; 2 for a usage or bundle error.
+    """
     from uopsl.runtime.bench import BenchConfig, format_table, run_bench
     from uopsl.runtime.errors import ConfigError
     from uopsl.runtime.fsio import write_json
@@ -289,7 +294,7 @@ def bench_cmd(bundle: Path, backend: str, precision: str, batches: str, iters: i
     if json_out is not None:
         write_json(json_out, result)
         click.echo(f"wrote {json_out}", err=True)
-    return 0
+    return 1 if result.get("failed") else 0
 
 
 @cli.command("info")

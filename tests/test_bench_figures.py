@@ -154,6 +154,13 @@ def test_names_that_are_no_backend_are_refused_and_pairs_that_cannot_run_are_lis
     marks = {c["precision"]: c["validated"] for c in res["cases"]}
     assert marks == {"fp32": None, "int8-qdq-u8": False}  # never validated: measured when asked, and marked
     assert "int8-qdq-u8" in format_table(res) and "NOT validated here (auto would not run it)" in format_table(res)
+    # The command exits 1 when a pair named was not measured (session 45: a script that named TensorRT got exit 0
+    # and CPU figures only), 0 when everything named was.
+    from uopsl.runtime.cli import main
+
+    args = ["bench", str(bundle), "--backend", "ort-cpu", "--batch", "1", "--iters", "1", "--warmup", "0", "--no-e2e"]
+    assert main([*args, "--precision", "fp32,fp16"]) == 1
+    assert main([*args, "--precision", "fp32"]) == 0
 
 
 def test_info_says_nothing_runs_from_a_refused_bundle_and_its_json_has_the_verdicts(
