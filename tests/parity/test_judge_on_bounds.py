@@ -279,3 +279,14 @@ def test_a_run_with_no_candidate_is_never_a_pass() -> None:
 
     assert overall_status([]) == FAIL
     assert overall_status([PASS, INCOMPLETE]) == INCOMPLETE and overall_status([PASS]) == PASS
+
+
+def test_the_summary_shows_the_flip_bound_the_bounds_verdict_gates() -> None:
+    # A session-45 review: the summary's "referral flips (upper 95 %)" read <= 2.5 % (by image) beside an
+    # INCOMPLETE made on the 4.87 % bound by patient.
+    from uopsl.export.parity_html import _flip_bound
+
+    by_image = {"changes": 0, "n": 120, "rate": 0.0, "upper95": 0.0247}
+    assert _flip_bound(by_image) == "2.5%"
+    assert _flip_bound({**by_image, "by_patient": {"upper95_images": 0.0487}}) == "4.9% by patient"
+    assert _flip_bound({**by_image, "by_patient": {"upper95_images": 0.01}}) == "2.5%"
