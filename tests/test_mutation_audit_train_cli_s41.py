@@ -213,7 +213,8 @@ def test_a_dla_batch_of_zero_is_refused_not_raised_to_one(tmp_path: Path, capsys
     assert "Traceback" not in err
 
 
-def test_auto_int8_on_tensorrt_11_without_a_qdq_model_asks_for_one_even_with_calibration_data(tmp_path: Path) -> None:
+def test_auto_int8_on_tensorrt_11_without_a_qdq_model_asks_for_one_even_with_calibration_data(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """B10: TensorRT 11 has no implicit INT8, so ``auto`` there must never pick a legacy route from a
     calibration table; a mutant that did (``<= 11``) sent the user to an implicit-INT8 error about --int8-mode
     instead of saying that the Q/DQ model is missing and how to make it."""
@@ -225,7 +226,13 @@ def test_auto_int8_on_tensorrt_11_without_a_qdq_model_asks_for_one_even_with_cal
         choose_inputs(bundle, manifest, "int8", "auto", 11, None, None)
     assert "calibration data" not in str(info.value)  # 11.x: no legacy route to offer
     # 10.x with the same bundle: the table is usable, the legacy-cache route is taken from the FP32 file.
+    caplog.set_level("WARNING", logger="uopsl.train.commands.build_engine")
     assert choose_inputs(bundle, manifest, "int8", "auto", 10, None, None) == (bundle / "model.onnx", "legacy-cache")
+    # ... and says that route is implicit quantization, deprecated, and how to make the Q/DQ model (session 45).
+    assert "TensorRT 10 deprecates and 11 removes" in caplog.text and "--variant trt" in caplog.text
+    caplog.clear()
+    choose_inputs(bundle, manifest, "int8", "auto", 8, None, None)
+    assert "deprecates" not in caplog.text  # 8.x: the route JetPack 5 documents
 
 
 def test_a_calib_batch_of_zero_is_refused_before_tensorrt_loads(tmp_path: Path,

@@ -522,8 +522,10 @@ def select_backend(
         if name == "openvino" and not av.openvino:
             raise MissingDependencyError(f"backend openvino needs OpenVINO: {extra_hint('openvino')}")
         if name == "ort-cuda" and not av.ort_cuda:
-            raise MissingDependencyError(f"backend ort-cuda needs onnxruntime-gpu; this ONNX Runtime offers "
-                                         f"{list(av.ort_providers)}")
+            raise MissingDependencyError(f"backend ort-cuda needs onnxruntime-gpu and a CUDA GPU; this ONNX Runtime "
+                                         f"offers {list(av.ort_providers)}. On a GPU machine: pip uninstall "
+                                         "onnxruntime, then pip install onnxruntime-gpu (with both installed the "
+                                         "CPU package hides the CUDA provider)")
         if name == "ort-trt" and av.ort_trt_listed and not av.ort_trt:
             raise MissingDependencyError("backend ort-trt needs TensorRT's library (libnvinfer), which is not "
                                          "found here although ONNX Runtime lists its TensorRT provider: install "

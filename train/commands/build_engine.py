@@ -130,6 +130,11 @@ def choose_inputs(bundle: Path, manifest: Any, precision: str, int8_mode: str, t
             raise ConfigError(_dla_qdq_message(bundle, dla_core, trt_major, "no calibration data"))
         if legacy is not None and (trt_major < 10 or qdq is None):
             mode = legacy  # 8.x: the route JetPack 5 documents; 10.x: only when there is no Q/DQ model
+            if trt_major >= 10:
+                log.warning("INT8 on TensorRT %d.x from %s through implicit quantization (%s), which TensorRT 10 "
+                            "deprecates and 11 removes: the bundle has no TensorRT Q/DQ model. For the route "
+                            "TensorRT recommends, run 'uopsl quantize %s --variant trt --images "
+                            "CALIBRATION_IMAGES' and build again", trt_major, fp32.path if fp32 else "?", mode, bundle)
         elif qdq is not None:
             mode = "qdq"
         else:
