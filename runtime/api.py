@@ -282,6 +282,7 @@ class Screener:
                               "QualityConfig(min_brightness=15.0)")
         self.quality_config = quality_config
         self._backend: Backend | None = None
+        self._closed = False  # closed after it was open: said so, since a shared Screener is closed elsewhere
         self._depth = 0  # nested `with` blocks open on this Screener
         self._health = InferenceHealth(max_inference_failures)
 
@@ -305,16 +306,22 @@ class Screener:
             b = open_and_enter(self.bundle, self.backend_name, self.precision, self.threads, manifest=self.manifest,
                                spin=False, device=self.device, batch=self.config.batch_size)
             self._backend = b
+            self._closed = False
             self._health = InferenceHealth(self.config.max_inference_failures)
 
     def close(self) -> None:
         if self._backend is not None:
             b, self._backend = self._backend, None
+            self._closed = True
             b.__exit__(None, None, None)
 
     @property
     def backend(self) -> Backend:
         if self._backend is None:
+            if self._closed:
+                raise ConfigError("the Screener was closed (its 'with' block ended, or close() was called, "
+                                  "perhaps by another thread sharing it); open it again with open() or a new "
+                                  "'with Screener(...) as s:'")
             raise ConfigError("the Screener is not open; use 'with Screener(...) as s:' or call open()")
         return self._backend
 

@@ -730,3 +730,22 @@ def test_10c_ctrl_c_pressed_until_it_stops_says_what_is_saved_and_how_to_finish(
     assert "aborted" not in err and len(_jsonl(out)) == 3
     monkeypatch.undo()
     assert _run(tiny_bundle, tmp_path / "in", out) == 0 and len(_csv(out)) == 3 and (out / "report.html").is_file()
+
+
+def test_10d_a_closed_screener_says_it_was_closed_not_that_it_was_never_opened(tiny_bundle: Path,
+                                                                              tmp_path: Path) -> None:
+    # A device-maker review (session 45): screening after close() said "the Screener is not open", which sent
+    # people looking for a missing open() rather than for the thread that closed a shared Screener.
+    from uopsl.runtime.errors import ConfigError
+
+    _good(tmp_path / "in", 1)
+    photo = next((tmp_path / "in").iterdir())
+    s = Screener(tiny_bundle, "ort-cpu", threads=1)
+    with pytest.raises(ConfigError, match="is not open"):
+        s.screen(photo)
+    with s:
+        assert s.screen(photo).status == "ok"
+    with pytest.raises(ConfigError, match="the Screener was closed"):
+        s.screen(photo)
+    with s:  # opened again
+        assert s.screen(photo).status == "ok"
