@@ -146,6 +146,11 @@ def require(name: str, purpose: str) -> ModuleType:
         ) from exc
 
 
+def install_hint(name: str) -> str:
+    """What to install for the Python package ``name`` (the versions pyproject.toml takes, where it pins them)."""
+    return _HINTS.get(name) or _HINTS.get(name.split(".")[0]) or f"pip install {name.split('.')[0]}"
+
+
 def available(name: str) -> bool:
     """True when ``name`` imports; never raises."""
     try:

@@ -41,7 +41,7 @@ from uopsl.runtime.backends.base import GPU_BACKENDS, Backend, TensorSpec, check
 from uopsl.runtime.bundle import FileEntry, Manifest, parity_status, read_manifest
 from uopsl.runtime.errors import BackendError, BundleError, ConfigError, MissingDependencyError, UopslError
 from uopsl.runtime.fsio import sha256_file, user_cache_dir, write_json
-from uopsl.runtime.optional import CUDA_MODULES, available, dist_version, extra_hint, import_optional
+from uopsl.runtime.optional import CUDA_MODULES, available, dist_version, extra_hint, import_optional, install_hint
 
 log = logging.getLogger(__name__)
 
@@ -773,7 +773,7 @@ def backend_table(bundle: str | os.PathLike[str], manifest: Manifest | None = No
     onnx = ", ".join(f"{f.path} ({f.precision})" for f in m.files_of("onnx")) or "no ONNX files"
     has_ort_cpu = "CPUExecutionProvider" in av.ort_providers
     rows.append(("ort-cpu", has_ort_cpu, onnx if has_ort_cpu else
-                 f"needs ONNX Runtime: pip install 'onnxruntime>=1.17' (or onnxruntime-gpu); it would run {onnx}"))
+                 f"needs ONNX Runtime: {install_hint('onnxruntime')} (or onnxruntime-gpu); it would run {onnx}"))
     rows.append(("ort-cuda", av.ort_cuda, onnx if av.ort_cuda else "needs onnxruntime-gpu and a CUDA GPU"))
     rows.append(("ort-trt", av.ort_trt, onnx if av.ort_trt else
                  "needs TensorRT's library (libnvinfer), not found here" if av.ort_trt_listed else
