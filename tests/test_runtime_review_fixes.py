@@ -106,5 +106,5 @@ def test_nested_with_and_bad_threads(tiny_bundle: Path) -> None:
         with s:
             pass
         assert s.backend.describe().endswith("1 thread)")  # the outer block is still open
-    with pytest.raises(ConfigError, match="not open"):
+    with pytest.raises(ConfigError, match="the Screener was closed"):
         _ = s.backend
