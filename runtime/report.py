@@ -796,7 +796,6 @@ def verdict_counts(rows: Sequence[Mapping[str, Any]]) -> Counter[str]:
 
 # The table's groups in urgency order (urgency_key's first element), and the id of each group's first row.
 GROUP_ANCHORS = ("g-refer", "g-retake", "g-routine")
-REFER_COUNT_ID = " id='n-refer'"
 
 
 def summary_html(counts: Mapping[str, int], linked: bool = False) -> str:
@@ -809,10 +808,11 @@ def summary_html(counts: Mapping[str, int], linked: bool = False) -> str:
         return (f"<a href='#{GROUP_ANCHORS[group]}'><b{extra}>{k}</b></a>" if linked and k
                 else f"<b{extra}>{k}</b>")
 
+    refer = count("refer", 0, extra=" id='n-refer'")
     return "".join([
         "<div class='summary'>",
         f"<div class='card total'><b>{n}</b>{'image' if n == 1 else 'images'}</div>",
-        f"<div class='card refer'>{count('refer', 0, extra=REFER_COUNT_ID)}refer</div>",
+        f"<div class='card refer'>{refer}refer</div>",
         f"<div class='card ok'>{count('routine', 2)}no referable finding</div>",
         f"<div class='card ungradable'>{count('ungradable', 1)}ungradable (retake)</div>",
         f"<div class='card error'>{count('error', 1)}unreadable or not screened</div>",
@@ -831,7 +831,9 @@ def report_parts(rows: Sequence[dict[str, Any]], out_dir: str | os.PathLike[str]
     referable_set = set(referable)
     zero_shot = {c.name for c in manifest.classes if not c.seen_in_training}
     info = dict(run_info or {})
-    ordered = sorted(rows, key=lambda r: urgency_key(r, referable))
+    keyed = sorted(((urgency_key(r, referable), r) for r in rows), key=lambda kr: kr[0])
+    ordered = [r for _, r in keyed]
+    groups = [key[0] for key, _ in keyed]  # each row's group, for the anchor on each group's first row
     n = len(ordered)
     now = datetime.now(timezone.utc)
     # A day's page shows clock times of its own day, whenever it is read.
@@ -927,12 +929,9 @@ def report_parts(rows: Sequence[dict[str, Any]], out_dir: str | os.PathLike[str]
     if page is None:  # a split report's writer sizes the cache for all the pages it refreshes
         reserve_image_cache(2 * len(ordered))  # a thumbnail and a heatmap per row
     other = set(other_bundle)
-    started: set[int] = set()
     for k, r in enumerate(ordered):
         i = first + k
-        group = urgency_key(r, referable)[0]
-        group_id = f" id='{GROUP_ANCHORS[group]}'" if group not in started else ""
-        started.add(group)
+        group_id = f" id='{GROUP_ANCHORS[groups[k]]}'" if k == 0 or groups[k - 1] != groups[k] else ""
         cls, _ = _verdict(r)
         rid = r.get("id", "")
         rid = rid if valid_image_id(rid) else ""  # an id that is a path would show a picture from elsewhere

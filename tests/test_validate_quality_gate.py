@@ -47,10 +47,11 @@ def _run(tmp_path: Path, photos: list[Path], monkeypatch: pytest.MonkeyPatch, **
 
 def test_images_the_gate_rejects_are_left_out_and_listed_with_its_reasons(
         tmp_path: Path, photos: list[Path], monkeypatch: pytest.MonkeyPatch) -> None:
-    data = _run(tmp_path, photos, monkeypatch).report["data"]
+    report = _run(tmp_path, photos, monkeypatch).report
+    data = report["data"]
     assert (data["n_images"], data["n_used"], data["n_skipped"], data["n_ungradable"]) == (N_GOOD + 1, N_GOOD, 1, 1)
     assert data["quality_gate"] == "left out"
-    (skipped,) = _run(tmp_path / "again", photos, monkeypatch).report["skipped_images"]
+    (skipped,) = report["skipped_images"]
     assert skipped["id"] == "black.jpg" and skipped["reason"] == UNGRADABLE
     assert "too_dark" in skipped["message"] and "a device gives no decision on it" in skipped["message"]
 

@@ -134,7 +134,7 @@ def choose_inputs(bundle: Path, manifest: Any, precision: str, int8_mode: str, t
                 log.warning("INT8 on TensorRT %d.x from %s through implicit quantization (%s), which TensorRT 10 "
                             "deprecates and 11 removes: the bundle has no TensorRT Q/DQ model. For the route "
                             "TensorRT recommends, run 'uopsl quantize %s --variant trt --images "
-                            "CALIBRATION_IMAGES' and build again", trt_major, fp32.path if fp32 else "?", mode, bundle)
+                            "CALIBRATION_IMAGES' and build again", trt_major, fp32.path, mode, bundle)
         elif qdq is not None:
             mode = "qdq"
         else:
