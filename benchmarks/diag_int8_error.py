@@ -5,7 +5,8 @@ BatchNorm folded as the export folds it, per-channel s8 weights, u8 activation g
 minmax ranges on calibration photographs; no bias correction) and reports the logits SQNR
 against the FP32 model on test photographs, split three ways:
 
-* ``split``: weights only, convolution inputs only, block outputs only, and combinations;
+* ``split``: weights only, convolution inputs only, block outputs (BatchNorm outputs and residual
+  sums) only, and combinations;
 * ``layers``: the weights of ONE layer rounded at a time (the rest float), with nearest
   rounding and with the toolkit's error-feedback rounding
   (:func:`uopsl.export.gptq.round_with_feedback`, ``H`` from that layer's float input on the
@@ -82,6 +83,8 @@ def simulate(model: Any, cal: torch.Tensor, x: torch.Tensor, *, inputs: bool, ou
         if not outputs:
             for after in sim.outputs:
                 after.output_range = None
+            for block in sim.block_outputs:
+                block.output_range = None
         return model(x)["logits"].numpy()
 
 
@@ -136,6 +139,8 @@ def run_activations(model: Any, cal: torch.Tensor, x: torch.Tensor, ref: np.ndar
                         layer.input_range.observe = lambda t: None  # type: ignore[method-assign]
                 for after in sim.outputs:
                     after.output_range = None
+                for block in sim.block_outputs:
+                    block.output_range = None
                 grid = sim.layers[index].input_range
                 out = model(x)["logits"].numpy()
             rows.append({"input_of": name, "sqnr_db": round(sqnr_db(ref, out), 1),
