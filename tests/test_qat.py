@@ -242,6 +242,41 @@ def test_cli_writes_the_qat_checkpoint(tmp_path: Path) -> None:
     assert bundle_source_mismatch(tmp_path / "stranger", notes) is not None
 
 
+def test_quantize_warns_when_a_qat_bundle_would_get_the_defaults_that_undo_it(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Bias correction and GPTQ pull a QAT model towards its own FP32 outputs (docs/results.md, session 46)."""
+    from uopsl.train.cli import cli
+    from uopsl.train.workflow import run_export
+
+    _checkpoint_and_folder(tmp_path)
+    folder = str(tmp_path / "folder")
+    assert CliRunner().invoke(cli, ["qat", str(tmp_path / "ckpt"), "--data", f"folder:{folder}", "--out",
+                                    str(tmp_path / "out"), "--epochs", "1", "--batch-size", "4",
+                                    "--calib-images", "4", "--no-augment"]).exit_code == 0
+    bundles = {"qat": run_export(tmp_path / "out", tmp_path / "qat_bundle"),
+               "original": run_export(tmp_path / "ckpt", tmp_path / "bundle")}
+    for b in bundles.values():
+        res = CliRunner().invoke(cli, ["calibrate", str(b), "--images", folder, "--method", "minmax",
+                                       "--allow-no-fov", "--no-cache"])
+        assert res.exit_code == 0, res.output
+
+    def warned(which: str, *options: str) -> list[str]:
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="uopsl.train.commands.quantize"):
+            res = CliRunner().invoke(cli, ["quantize", str(bundles[which]), "--images", folder, "--allow-no-fov",
+                                           *options])
+        assert res.exit_code == 0, res.output
+        return [r.getMessage() for r in caplog.records if "uopsl qat" in r.getMessage()]
+
+    (said,) = warned("qat")
+    assert "--bias-correction and --rounding gptq" in said and "--rounding nearest --no-bias-correction" in said
+    (said,) = warned("qat", "--no-bias-correction")  # GPTQ still by default
+    assert "--rounding gptq" in said and "--bias-correction" not in said
+    assert warned("qat", "--rounding", "nearest", "--no-bias-correction") == []
+    assert warned("qat", "--bias-correction", "--rounding", "gptq") == []  # given: the user's choice
+    assert warned("original") == []  # not a QAT model
+
+
 def test_cli_resumes_only_the_same_teacher_and_photographs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                            capsys: pytest.CaptureFixture[str]) -> None:
     """The resume key held the teacher checkpoint's data fingerprint, which says nothing of QAT's own --data."""

@@ -41,9 +41,12 @@ photographs; only the encoder trains (the deployed head stays float).
 Labels are not used, so any photographs from the deployment population serve.
 
 The result is a normal checkpoint (``stage: "qat"``) with the original
-operating thresholds. Export, calibrate (minmax, which is what was simulated)
-and quantize it like any other, and validate the INT8 file against the
-ORIGINAL checkpoint: that is the model whose decisions the device must keep.
+operating thresholds. Export it, calibrate with minmax and quantize with
+nearest rounding and no bias correction (what was simulated: bias correction
+and GPTQ pull each layer towards the QAT model's own FP32 outputs and undid
+part of what it learned; docs/results.md, session 46), and validate the INT8
+file against the ORIGINAL checkpoint: that is the model whose decisions the
+device must keep.
 
 Limits: the exact simulation needs activations fused into the BatchNorm
 module (timm's EfficientNet-Lite, the default backbone). For torchvision

@@ -86,3 +86,5 @@ def command(checkpoint: Path, data_spec: str, out: Path, images: int | None, epo
     last = result["history"][-1] if result["history"] else {}
     click.echo(f"QAT checkpoint written to {out} (logit MSE under simulated INT8, last epoch: "
                f"{last.get('logit_mse', float('nan')):.5f})")
+    click.echo("next: uopsl export, uopsl calibrate --method minmax, uopsl quantize --rounding nearest "
+               "--no-bias-correction (what QAT simulated), then uopsl validate --checkpoint against the original")
