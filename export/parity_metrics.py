@@ -177,6 +177,7 @@ def parse_gates(text: str | None, base: ParityGates | None = None) -> ParityGate
     values = (base or ParityGates()).to_dict()
     if not text:
         return ParityGates(**values)
+    given: dict[str, str] = {}  # gate -> the key that set it: a gate named twice is refused, not the last one kept
     for item in text.split(","):
         if not item.strip():
             continue
@@ -189,6 +190,10 @@ def parse_gates(text: str | None, base: ParityGates | None = None) -> ParityGate
             raise ConfigError(
                 f"unknown gate {key!r}; expected one of {sorted(set(values) | set(GATE_ALIASES))}"
             )
+        if name in given:
+            same = "" if given[name] == key else f" (as {given[name]!r} and {key!r}, which name the same gate)"
+            raise ConfigError(f"--gates names the {name} gate twice{same}: {text!r}; give each gate once")
+        given[name] = key
         if raw.lower() in ("none", "off") and name == "max_prob_diff":
             values[name] = None
             continue

@@ -37,7 +37,10 @@ def test_gates_parse_validate_and_default() -> None:
     assert g.min_top1_agreement == 0.95 and ParityGates().min_top1_agreement == 0.99
     assert parse_gates("prob=off", g).max_prob_diff is None and not g.is_default
     for bad, match in (("speed=1", "unknown gate"), ("flips", "key=value"), ("auc=abc", "needs a number"),
-                       ("flips=2", r"\[0, 1\]")):
+                       ("flips=2", r"\[0, 1\]"),
+                       # the same gate twice kept the last value without a word (a review, session 45)
+                       ("flips=0.005,flips=0.1", "max_flip_rate gate twice"),
+                       ("auc=0.005,auc_drop=0.02", "as 'auc' and 'auc_drop'")):
         with pytest.raises(ConfigError, match=match):
             parse_gates(bad)
 
