@@ -591,7 +591,8 @@ _MACHINE_LABELS = {"cpu": "CPU model", "cpu_count": "CPU cores", "arch": "archit
                    "python": "Python", "torch": "PyTorch", "onnxruntime": "ONNX Runtime", "openvino": "OpenVINO",
                    "tensorrt": "TensorRT", "numpy": "NumPy", "cv2": "OpenCV"}
 _CONTEXT_LABELS = {"command": "command line", "data": "--data", "data_description": "data read as",
-                   "limit": "--limit", "seed": "--seed", "bootstrap_seed": "bootstrap seed",
+                   "limit": "--limit", "limit_drawn_from": "--limit drawn from (images)", "seed": "--seed",
+                   "bootstrap_seed": "bootstrap seed",
                    "checkpoint": "checkpoint", "reference_kind": "reference kind", "device": "reference device",
                    "checkpoint_weights_sha256": "checkpoint weights sha256",
                    "checkpoint_manifest_differences": "checkpoint vs manifest",

@@ -727,6 +727,7 @@ def test_validate_passes_each_option_to_the_parity_run(tmp_path: Path, monkeypat
     assert config.resume is False and config.record is False  # this reference may not record
     assert config.backends == ("ort-cpu", "openvino")
     assert (context["seed"], context["bootstrap_seed"], context["limit"]) == (3, 9, 4)
+    assert context["limit_drawn_from"] == 6  # the pool the 4 were drawn from (a review: not recorded before)
     # --limit 4 of 6 with seed 3: numpy's draw, sorted back into folder order
     want = sorted(int(i) for i in np.random.default_rng(3).choice(6, 4, replace=False))
     assert [r.id for r in got["records"]] == [f"{i}.png" for i in want]

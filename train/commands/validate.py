@@ -474,6 +474,7 @@ def command(bundle: Path, checkpoint: Path | None, onnx_reference: bool, data_sp
 
     # The data first: a label the bundle does not know is refused before any model loads.
     records, space, description = resolve_data(data_spec)
+    pool = len(records)  # what --limit drew from: "300 images" means another sample of 300 than of 1,058
     records = limit_records(records, limit, seed)
     if space is not None and unknown_labels == "refuse":
         _refuse_unknown_labels(bundle, records, data_spec)
@@ -493,7 +494,8 @@ def command(bundle: Path, checkpoint: Path | None, onnx_reference: bool, data_sp
         keep_ungradable=keep_ungradable,
     )
     context: dict[str, Any] = {**facts, "data": data_spec, "data_description": description,
-                               "limit": limit, "seed": seed, "bootstrap_seed": boot_seed,
+                               "limit": limit, "limit_drawn_from": pool if limit is not None else None,
+                               "seed": seed, "bootstrap_seed": boot_seed,
                                "unknown_labels": unknown_labels,
                                "command": " ".join(["uopsl", *sys.argv[1:]]) if sys.argv else ""}
     with reference:  # loads the ONNX session (a no-op for the PyTorch reference)
