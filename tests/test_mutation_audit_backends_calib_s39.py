@@ -569,8 +569,9 @@ def test_auto_on_a_cpu_without_openvino_runs_the_int8_file_asked_for_on_onnx_run
     from uopsl.runtime.errors import BundleError
 
     assert (sel.backend, sel.precision, sel.file) == ("ort-cpu", "int8-qdq-u8", "model.int8.onnx")
-    with pytest.raises(BundleError, match="at precision fp16 needs an ONNX file of that precision"):
+    with pytest.raises(BundleError, match="at precision fp16 needs an ONNX file of that precision") as err:
         select_backend(tiny_bundle, "auto", "fp16", availability=Availability(CPU))
+    assert "precision= in the Python API" in str(err.value)  # not only the CLI's --precision
 
 
 def test_a_float16_model_tensor_is_described_and_checked_as_float16(tiny_bundle: Path,

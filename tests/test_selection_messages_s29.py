@@ -52,12 +52,14 @@ def test_explicit_tensorrt_with_a_foreign_engine_and_an_unvalidated_one_says_to_
     assert "model.int8.engine: built for sm_87" in msg, msg
     assert "model.fp16.engine: FP16 is not used unasked" in msg, msg
     assert "build one on this device with 'uopsl build-engine BUNDLE' or use --backend ort-cuda" in msg, msg
+    assert "backend= in the Python API" in msg, msg  # a Screener user has no --backend (a review, session 45)
     assert "validate them on this device first" not in msg, msg
 
     # Every engine fits and none passed: then validating is the remedy (the other branch, for contrast).
     with pytest.raises(BundleError, match="validate them on this device first") as err:
         select_backend(root, "tensorrt", manifest=m, availability=GPU, engine_check=lambda p: None)
     assert "build one on this device" not in str(err.value)
+    assert "precision= in the Python API" in str(err.value)
 
 
 # -- backend_table: the 'not used unasked' note goes on the engine without a PASS ----------------------

@@ -433,7 +433,8 @@ def _need_onnx(manifest: Manifest, backend: str, precision: str) -> FileEntry:
                 if backend == "ort-trt" and precision == "int8" else "")
         raise BundleError(
             f"backend {backend} at precision {precision} needs an ONNX file of that precision; the bundle has {have}"
-            f"{hint}. Choose another --precision or re-export the bundle with it"
+            f"{hint}. Choose another precision (--precision; precision= in the Python API) or re-export the "
+            "bundle with it"
         )
     return f
 
@@ -510,9 +511,11 @@ def select_backend(
             return Selection("tensorrt", e.precision, e.path, f"engine {e.path} matches this GPU and TensorRT")
         if reasons and unvalidated == len(reasons):  # engines that fit, none validated here
             todo = ("validate them on this device first (uopsl validate BUNDLE --onnx-reference --backends tensorrt "
-                    "--data DIR --out DIR), or run one unvalidated with --precision fp16|int8")
+                    "--data DIR --out DIR), or run one unvalidated with --precision fp16|int8 "
+                    "(precision= in the Python API)")
         else:
-            todo = "build one on this device with 'uopsl build-engine BUNDLE' or use --backend ort-cuda"
+            todo = ("build one on this device with 'uopsl build-engine BUNDLE' or use --backend ort-cuda "
+                    "(backend= in the Python API)")
         raise BundleError(
             f"no TensorRT engine of precision {precision} in {root} can run here"
             + (f" ({'; '.join(reasons)})" if reasons else " (the bundle has none)")
