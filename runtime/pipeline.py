@@ -735,7 +735,8 @@ class ScreenResult:
 
         ``source`` is valid Unicode for display (:func:`display_path`); when the
         file name is not, ``source_path`` keeps it losslessly. ``sha256`` is the
-        file's content hash (empty for in-memory inputs and unreadable files).
+        file's content hash, or that of in-memory encoded bytes (empty for
+        decoded arrays and unreadable files).
         """
         shown = display_path(self.source)
         return {
@@ -974,6 +975,8 @@ def prepare_item(item: InputItem, spec: PrepareSpec) -> _Prepared:
             data: bytes | np.ndarray = raw
         elif item.data is not None:
             data = item.data
+            if not isinstance(data, np.ndarray):  # encoded bytes: the hash a file of them would have
+                out.sha256 = hashlib.sha256(data).hexdigest()
         else:
             raise ImageDecodeError("no image data", source=item.source)
         t1 = time.perf_counter()

@@ -81,3 +81,21 @@ def test_a_missing_heic_gets_its_row_like_a_missing_jpeg(tiny_bundle: Path, tmp_
         rows = list(s.screen_many([tmp_path / name, photo, os.fspath(tmp_path / "missing.jpg")]))
     assert [r.status for r in rows] == ["error", "ok", "error"]
     assert rows[0].reasons == rows[2].reasons == ("unreadable",)
+
+
+def test_encoded_bytes_carry_the_sha256_their_file_has_and_arrays_none(tiny_bundle: Path,  # noqa: F811
+                                                                        tmp_path: Path) -> None:
+    """A row screened from bytes had no sha256, so it could not be traced to the file they came from (a review,
+    session 45). Decoded arrays have no file to match: their sha256 stays empty, as documented."""
+    import hashlib
+
+    import cv2
+
+    photo = fundus_jpeg(tmp_path / "a.jpg")
+    raw = photo.read_bytes()
+    with Screener(tiny_bundle, backend="ort-cpu", threads=1) as s:
+        from_file, from_bytes = s.screen(photo), s.screen(raw)
+        from_array = s.screen(cv2.cvtColor(cv2.imread(str(photo)), cv2.COLOR_BGR2RGB))
+    assert from_bytes.status == "ok" and from_bytes.content_sha256 == hashlib.sha256(raw).hexdigest()
+    assert from_bytes.to_row()["sha256"] == from_file.to_row()["sha256"] == from_file.content_sha256
+    assert from_array.status == "ok" and from_array.content_sha256 == ""
