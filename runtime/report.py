@@ -231,6 +231,13 @@ def esc(value: object) -> str:
     return html.escape(_text(value), quote=True)
 
 
+def esc_path(value: object) -> str:
+    """:func:`esc` with a line-break opportunity after each folder separator, so that a narrow column breaks a
+    path between folders (printed, "/data/test/fun dus" read as two words); a single overlong name still breaks
+    anywhere (the CSS's overflow-wrap)."""
+    return esc(value).replace("/", "/<wbr>").replace("\\", "\\<wbr>")
+
+
 def local_time(dt: datetime) -> str:
     """Local time with its UTC offset ("2026-11-29 13:46 (UTC+01:00)"): a printed report travels between clinics."""
     loc = dt.astimezone()
@@ -950,11 +957,12 @@ def report_parts(rows: Sequence[dict[str, Any]], out_dir: str | os.PathLike[str]
         folder = str(Path(source).parent) if Path(source).name else ""
         when = parse_time(r.get("screened_at"))
         src_html = (f"<span class='fname' title='{esc(source)}'>{esc(name)}</span>"
-                    + (f"<span class='dir'>{esc(folder)}</span>" if folder and folder != "." else "")
+                    + (f"<span class='dir'>{esc_path(folder)}</span>" if folder and folder != "." else "")
                     + (f"<span class='when'>{'checked' if r.get('status') == 'error' else 'screened'} "
                        f"{esc(_short_time(when, shown_day))}</span>"
                        if when is not None else "")
-                    + (f"<span class='dir'>moved from {esc(r['moved_from'])}</span>" if r.get("moved_from") else "")
+                    + (f"<span class='dir'>moved from {esc_path(r['moved_from'])}</span>" if r.get("moved_from")
+                       else "")
                     + ("<div class='dup'>This file has since been replaced by another photograph of the same "
                        "name, listed separately.</div>" if r.get("file_replaced") else ""))
         # The first few copies only: a photograph copied a thousand times must not list a million links.

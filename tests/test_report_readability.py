@@ -341,7 +341,17 @@ def test_file_name_with_markup_is_escaped_everywhere(tmp_path: Path) -> None:
 def test_a_photograph_found_under_a_new_path_says_where_it_was() -> None:
     """9 (report side): a card mounted elsewhere keeps its earlier result; the row says where it was screened."""
     row = _row("a.jpg", refer=False, probs={"dr": 0.1}, folder="/media/usb2", moved_from="/media/usb1/a.jpg")
-    assert "<span class='dir'>moved from /media/usb1/a.jpg</span>" in render_report([row], "/o", _manifest())
+    assert ("<span class='dir'>moved from /<wbr>media/<wbr>usb1/<wbr>a.jpg</span>"
+            in render_report([row], "/o", _manifest()))
+
+
+def test_a_folder_breaks_between_its_names_not_inside_one() -> None:
+    """Printed, the narrow column broke '/tmp/s46/demo/data/test/fundus' as '.../test/fun dus' (seen in a PDF
+    rendering of the demo's report, session 46): each separator is now a break opportunity, and names are
+    still escaped."""
+    row = _row("a.jpg", refer=False, probs={"dr": 0.1}, folder="/clinic/day 1/<b>fundus")
+    page = render_report([row], "/o", _manifest())
+    assert "<span class='dir'>/<wbr>clinic/<wbr>day 1/<wbr>&lt;b&gt;fundus</span>" in page
 
 
 def test_undecodable_file_name_bytes_do_not_crash_the_report(tmp_path: Path) -> None:
