@@ -191,8 +191,8 @@ def parse_gates(text: str | None, base: ParityGates | None = None) -> ParityGate
                 f"unknown gate {key!r}; expected one of {sorted(set(values) | set(GATE_ALIASES))}"
             )
         if name in given:
-            same = "" if given[name] == key else f" (as {given[name]!r} and {key!r}, which name the same gate)"
-            raise ConfigError(f"--gates names the {name} gate twice{same}: {text!r}; give each gate once")
+            how = f"{key!r} twice" if given[name] == key else f"as {given[name]!r} and as {key!r}"
+            raise ConfigError(f"--gates sets {name} twice ({how}): {text!r}; give each gate once")
         given[name] = key
         if raw.lower() in ("none", "off") and name == "max_prob_diff":
             values[name] = None

@@ -39,8 +39,8 @@ def test_gates_parse_validate_and_default() -> None:
     for bad, match in (("speed=1", "unknown gate"), ("flips", "key=value"), ("auc=abc", "needs a number"),
                        ("flips=2", r"\[0, 1\]"),
                        # the same gate twice kept the last value without a word (a review, session 45)
-                       ("flips=0.005,flips=0.1", "max_flip_rate gate twice"),
-                       ("auc=0.005,auc_drop=0.02", "as 'auc' and 'auc_drop'")):
+                       ("flips=0.005,flips=0.1", r"sets max_flip_rate twice \('flips' twice\)"),
+                       ("auc=0.005,auc_drop=0.02", "sets max_auc_drop twice .as 'auc' and as 'auc_drop'")):
         with pytest.raises(ConfigError, match=match):
             parse_gates(bad)
 

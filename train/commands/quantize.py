@@ -69,8 +69,8 @@ def warn_qat_defaults(bundle: Path | None, bias_correction: bool, rounding: str)
     if defaults:
         log.warning("%s comes from a `uopsl qat` checkpoint, which was fine-tuned for nearest rounding without bias "
                     "correction; the defaults %s pull it towards its own FP32 outputs, not the original model's "
-                    "(on the demo model: 19.9 dB from the original plain, 16.8-17.1 dB with them). Give "
-                    "--rounding nearest --no-bias-correction, or either option explicitly to keep it",
+                    "(on the demo model the plain INT8 file's logits sat 19.9 dB from the original's, with them "
+                    "16.8-17.1 dB). Give --rounding nearest --no-bias-correction, or give either option to keep it",
                     bundle, " and ".join(defaults))
 
 
