@@ -33,6 +33,9 @@ ORIENTATION_TAG = 0x0112
 # header: the Exif APP1 usually comes first, but some software writes several 64 KiB
 # ICC or XMP segments before it (a tag after 256 KiB was missed: a photograph sideways).
 _MAX_SCAN = 16 * 1024 * 1024
+# Chunks of a PNG walked for eXIf: a 100 MB photograph in 8 KiB IDAT chunks has ~13,000; the cap bounds a corrupt
+# or hostile file of empty chunks (each step advances at least 12 bytes).
+_MAX_PNG_CHUNKS = 200_000
 _EXIF_HEADER = b"Exif\x00\x00"
 _SOS, _EOI = 0xDA, 0xD9
 _TYPE_SHORT, _TYPE_LONG = 3, 4
@@ -93,16 +96,23 @@ def jpeg_orientation(data: bytes) -> int:
 
 
 def png_orientation(data: bytes) -> int:
-    """The Orientation of a PNG's ``eXIf`` chunk (PNG 1.5; it must precede the image data); 1 when absent."""
+    """The Orientation of a PNG's ``eXIf`` chunk (PNG 1.5); 1 when absent.
+
+    The chunk should precede the image data, but one after it is read too: OpenCV's ``IMREAD_COLOR`` and PIL's
+    ``exif_transpose`` both apply it, so a viewer shows that photograph turned, and the model must see it so
+    (a mutation audit, session 46). The walk jumps from chunk to chunk, at most ``_MAX_PNG_CHUNKS`` of them.
+    """
     if data[:8] != b"\x89PNG\r\n\x1a\n":
         return 1
     i = 8
-    while i + 8 <= min(len(data), _MAX_SCAN):
+    for _ in range(_MAX_PNG_CHUNKS):
+        if i + 8 > len(data):
+            break
         length, kind = int.from_bytes(data[i : i + 4], "big"), data[i + 4 : i + 8]
         if kind == b"eXIf":
             return tiff_orientation(data[i + 8 : i + 8 + length])
-        if kind in (b"IDAT", b"IEND"):
-            return 1
+        if kind == b"IEND":
+            break
         i += 12 + length
     return 1
 

@@ -62,10 +62,11 @@ log = logging.getLogger(__name__)
 # the hull points on thin lit marks joined to the field (burned-in text, a notch mark), 7 = a TIFF holding
 # several pictures (or a thumbnail first) refused, a 16-bit PNG's unscaled sBIT depth and a JPEG 2000's depth
 # read, DICOM files read (pydicom), 8 = TIFFs packed at 9-15 bits per sample read on the decoder's 16-bit
-# scale (they came out saturated). (The reduced-decode rule
+# scale (they came out saturated), 9 = a PNG's eXIf chunk after the image data applied (OpenCV and viewers
+# apply it; it was ignored). (The reduced-decode rule
 # lives in config fields, decode_min_ratio and decode_min_side, so a config keeps its
 # pixels without a bump.)
-PREPROCESS_VERSION = 8
+PREPROCESS_VERSION = 9
 
 # The reduced-decode ratio of configs stored before PreprocessConfig.decode_min_ratio existed.
 LEGACY_DECODE_MIN_RATIO = 2.0

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 
+import cv2
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
@@ -54,3 +55,10 @@ def saved(ds: Dataset) -> bytes:
 def dicom_file(pixels: np.ndarray | None, **kw: object) -> bytes:
     """:func:`dicom_dataset` saved as a file."""
     return saved(dicom_dataset(pixels, **kw))  # type: ignore[arg-type]
+
+
+def encoded(rgb: np.ndarray, ext: str = ".jpg") -> bytes:
+    """``rgb`` encoded by OpenCV (``.jpg``, ``.jp2``, ...): the codestream a compressed DICOM wraps."""
+    ok, buf = cv2.imencode(ext, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    assert ok, ext
+    return buf.tobytes()

@@ -35,12 +35,7 @@ from pydicom.uid import (  # noqa: E402
 )
 
 from dicomkit import dicom_file as _dicom  # noqa: E402
-
-
-def _jpeg(rgb: np.ndarray, ext: str = ".jpg") -> bytes:
-    ok, buf = cv2.imencode(ext, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
-    assert ok
-    return buf.tobytes()
+from dicomkit import encoded as _jpeg  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -343,6 +343,31 @@ def test_png_and_webp_exif_orientation() -> None:
     assert image_orientation(webp) == 8  # the dispatcher reads WebP too
 
 
+def test_a_png_exif_chunk_after_the_image_data_is_applied_as_opencv_and_pil_apply_it() -> None:
+    """PNG asks for eXIf before IDAT, but OpenCV's IMREAD_COLOR and PIL's exif_transpose also apply one after it:
+    such a photograph was shown turned and screened as stored (session 46's mutation audit, X09)."""
+    import io
+
+    from PIL import Image, ImageOps
+
+    from uopsl.runtime.exif import image_orientation
+
+    rgb = draw_fake_fundus(96, seed=4)[:, :80]
+    ok, buf = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    png = buf.tobytes()
+    iend = png.rindex(b"IEND") - 4
+    late = png[:iend] + _png_chunk(b"eXIf", _tiff(6, "big")) + png[iend:]
+    assert image_orientation(late) == 6
+    turned = decode(late)
+    np.testing.assert_array_equal(turned, _upright_by_definition(decode(png), 6))
+    # What the viewers show: the same turn, by OpenCV's own Exif handling and by PIL's.
+    shown = cv2.imdecode(np.frombuffer(late, np.uint8), cv2.IMREAD_COLOR)
+    assert shown.shape == turned.shape
+    np.testing.assert_array_equal(np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(late)))), turned)
+    # Past IEND nothing is read: a chunk after the end is not part of the picture.
+    assert image_orientation(png + _png_chunk(b"eXIf", _tiff(6, "big"))) == 1
+
+
 @pytest.mark.parametrize("order", ["little", "big"])
 def test_orientation_as_the_last_directory_entry_is_read(order: Order) -> None:
     """Writers sort IFD0 by tag: Orientation (0x0112) is the last entry when no later tag is written."""
