@@ -196,6 +196,8 @@ MALFORMED_TIFF: dict[str, bytes] = {
     "bad byte order": b"XX" + _tiff(6)[2:],
     "bad magic": b"II\x2b\x00" + _tiff(6)[4:],
     "big-endian mark, little-endian magic": b"MM*\x00" + _tiff(6)[4:],
+    # a valid big-endian directory behind a wrong magic number (session 46's audit, X22: only the mark was checked)
+    "big-endian, bad magic": b"MM\x00\x2b" + _tiff(6, "big")[4:],
     "ifd offset past end": _tiff(6)[:4] + (10_000).to_bytes(4, "little") + _tiff(6)[8:],
     "ifd offset 0xffffffff": _tiff(6)[:4] + b"\xff\xff\xff\xff" + _tiff(6)[8:],
     "ifd offset into header": _tiff(6)[:4] + (2).to_bytes(4, "little") + _tiff(6)[8:],
