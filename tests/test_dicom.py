@@ -622,3 +622,24 @@ def test_8bit_monochrome1_is_inverted_and_bad_headers_are_refused_with_a_reason(
     # The size message says width x height, as the header's Columns x Rows.
     with pytest.raises(ImageTooLargeError, match="5000x300 pixels exceeds the limit of 1000000"):
         preprocess(_dicom(photo[:8, :8], rows_cols=(300, 5000)), PreprocessConfig(size=128, max_pixels=1_000_000))
+
+
+def test_a_long_pydicom_message_is_cut_to_one_readable_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A row's reason shows pydicom's words, but a reader's message can run to kilobytes (a value dumped in
+    full, a plug-in list): the reason keeps its first 197 characters and says it was cut, on one line, so the
+    CSV row and the report's cell stay readable. (Session 46's audit: the 200-character cap had no test.)"""
+    photo = draw_fake_fundus(64, seed=47)
+    data = _dicom(photo)
+    said = "pydicom could not parse the header: " + "value 0x1234 " * 60 + "\n    and more on the next line"
+
+    def damaged(*args: object, **kwargs: object) -> None:
+        raise ValueError(said)
+
+    monkeypatch.setattr(pydicom, "dcmread", damaged)
+    with pytest.raises(ImageDecodeError) as err:
+        decode(data)
+    text = str(err.value)
+    inner = text[text.index("(ValueError: ") + len("(ValueError: "):text.rindex(")")]
+    assert "\n" not in text
+    assert len(inner) == 200 and inner.endswith("...")
+    assert inner[:-3] == " ".join(said.split())[:197]
