@@ -404,6 +404,18 @@ def _main_entry(group: click.Group, argv: Sequence[str] | None, prog_name: str |
         _traceback(verbose)
         _say(f"error: {_os_error(exc)}")
         return 2
+    except ModuleNotFoundError as exc:
+        from uopsl.runtime.optional import optional_hint
+
+        _traceback(verbose)
+        hint = optional_hint(exc.name or "")
+        if hint is None:  # not a package an extra provides: a broken install or a bug
+            _say(f"error: unexpected ModuleNotFoundError: {_one_line(str(exc))} (a bug or a broken install: "
+                 "rerun with -v for the traceback and report it)")
+        else:
+            _say(f"error: this command needs the Python package '{exc.name}', which is not installed here. "
+                 f"Install it: {hint}")
+        return 2
     except Exception as exc:  # noqa: BLE001 - a bug still gets one line and exit 2, never a bare traceback
         _traceback(verbose)
         _say(f"error: unexpected {type(exc).__name__}: {_one_line(str(exc))} (a bug: rerun with -v for "

@@ -140,10 +140,21 @@ def require(name: str, purpose: str) -> ModuleType:
     except ImportError as exc:
         top = name.split(".")[0]
         hint = _HINTS.get(name) or _HINTS.get(top) or f"pip install {top}"
+        package = name if name in _HINTS else top  # 'cryptography', not the submodule uopsl imports from it
         raise MissingDependencyError(
-            f"{purpose} needs the Python package '{name}', which is not importable here "
+            f"{purpose} needs the Python package '{package}', which is not importable here "
             f"({exc.__class__.__name__}: {exc}). Install it: {hint}."
         ) from exc
+
+
+def optional_hint(name: str) -> str | None:
+    """What to install for ``name`` when it is one of the optional packages a uopsl extra provides, else None.
+
+    Why: a command whose extra is not installed (``uopsl finetune`` where only the runtime is) fails on an
+    import deep in the code; the command line says what to install instead of calling it a bug, but only for
+    these packages: a missing module of uopsl itself is a broken install, and a hint would hide it.
+    """
+    return _HINTS.get(name) or _HINTS.get(name.split(".")[0])
 
 
 def install_hint(name: str) -> str:

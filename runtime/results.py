@@ -434,17 +434,18 @@ class ResultStore:
             self._by_name_size: dict[tuple[str, int], dict[str, str]] = {}  # (file name, size) -> the same
             self._final_by_path: dict[str, tuple[str, str]] = {}  # path -> (content sha256, key) of its last final row
             self.n_rows = 0
-            marks: dict[tuple[str, str], int] = {}  # (model_sha256, bundle_sha256) -> rows
+            marks: dict[tuple[str, str], set[str]] = {}  # (model_sha256, bundle_sha256) -> photographs (keys)
             for offset, r in self._scan():
                 if "key" in r:
                     self._note(r)
                     self._offsets[str(r["key"])] = offset
                     self.n_rows += 1
                     mark = (str(r.get("model_sha256") or ""), str(r.get("bundle_sha256") or ""))
-                    marks[mark] = marks.get(mark, 0) + 1
+                    marks.setdefault(mark, set()).add(str(r["key"]))
             self._end = self._size()
             if identity is not None:
-                self._check_model(identity, marks)
+                self._check_model(identity, {mark: len(keys) for mark, keys in marks.items()})
+                self._check_versions(identity)
         except BaseException:
             self.close()
             raise
@@ -491,8 +492,30 @@ class ResultStore:
             fh.flush()
             os.fsync(fh.fileno())
 
+    def _check_versions(self, identity: ModelIdentity) -> None:
+        """Refuse a folder whose rows a newer uopsl screened (a later ``PREPROCESS_VERSION``).
+
+        Why: a row of another version is screened again (:meth:`is_done`), which is right after an upgrade
+        (the newer decoding replaces the older). After a rollback, or with two clinic machines at different
+        versions sharing one folder, it would replace the newer rows with the older decoding, bringing back
+        what the upgrade fixed, while saying the rows came from "an earlier uopsl".
+        """
+        mine = identity.preprocess_version
+        if not mine:
+            return
+        newer = [v for v in self._versions.values()
+                 if isinstance(v, int) and not isinstance(v, bool) and v > mine]
+        if newer:
+            raise ConfigError(
+                f"{self.out_dir} holds {len(newer)} result(s) screened by a newer uopsl (preprocessing version "
+                f"{max(newer)}; this uopsl {__version__} has version {mine}): screening here would replace them "
+                "with this version's older decoding. Upgrade uopsl on this machine to the version that wrote them, "
+                "or choose a new output folder (--out)")
+
     def _check_model(self, identity: ModelIdentity, marks: dict[tuple[str, str], int]) -> None:
-        """Refuse a folder holding another model's rows; record this model in run.json."""
+        """Refuse a folder holding another model's rows; record this model in run.json.
+
+        ``marks``: (model_sha256, bundle_sha256) -> how many photographs have rows under it."""
         recorded = self._read_run_json() or {}
         rec = (str(recorded.get("model_sha256") or ""), str(recorded.get("bundle_sha256") or ""))
         other: dict[str, int] = {}  # bundle hash shown -> rows

@@ -593,7 +593,8 @@ def select_backend(
             notes.append(why)
     elif precision in ("auto", "int8") and not av.openvino and _onnx_file(m, "int8", False) is not None:
         notes.append(f"an INT8 file is present but OpenVINO is not installed ({extra_hint('openvino')})")
-    if precision == "auto" and _onnx_file(m, "int8", False) is not None:
+    ort_cpu = "CPUExecutionProvider" in av.ort_providers
+    if precision == "auto" and ort_cpu and _onnx_file(m, "int8", False) is not None:
         # The same file on ONNX Runtime: validated there on its own record (the runtimes round
         # differently, so one's pass says nothing of the other's) and timed against ORT FP32.
         wins, why = cpu_int8_wins("ort-cpu")
@@ -602,6 +603,20 @@ def select_backend(
             return Selection("ort-cpu", f.precision, f.path, "; ".join([*notes, why]))
         notes.append(why)
     p = "fp32" if precision == "auto" else precision
+    if not ort_cpu:
+        # The last resort is ONNX Runtime's CPU provider; where it is missing (a core install, a Jetson
+        # given only TensorRT) OpenVINO runs the same file, or nothing here can, and that is said now
+        # rather than by the first photograph.
+        ov_file = _onnx_file(m, p, False) if av.openvino and p == "fp32" else None
+        if ov_file is not None:
+            return Selection("openvino", ov_file.precision, ov_file.path, "; ".join(
+                [*notes, f"ONNX Runtime is not installed; OpenVINO runs {ov_file.path} "
+                         f"({_precision_word(ov_file.precision)})"]))
+        raise BackendError(
+            "no installed backend can run this bundle here: ONNX Runtime is not installed"
+            + (f" ({'; '.join(notes)})" if notes else "")
+            + f". Install it ({install_hint('onnxruntime')}), or OpenVINO ({extra_hint('openvino')})"
+            + (", or build a TensorRT engine on this device (uopsl build-engine)" if not m.files_of("engine") else ""))
     f = _need_onnx(m, "ort-cpu", p)
     return Selection("ort-cpu", f.precision, f.path, "; ".join([*notes, f"ONNX Runtime CPU {_precision_word(f.precision)}"]))
 
