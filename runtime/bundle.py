@@ -23,7 +23,7 @@ import math
 import numbers
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal, get_args
@@ -569,6 +569,18 @@ class Manifest:
             missing = [k for k in ("classes", "files", "preprocess") if k not in d]
             if missing:
                 raise BundleError(f"the manifest has no {', '.join(map(repr, missing))} field")
+            unknown = sorted(set(d) - {f.name for f in fields(cls)})
+            pre = d["preprocess"]
+            if isinstance(pre, dict):
+                unknown += sorted(f"preprocess.{k}" for k in set(pre) - {f.name for f in fields(PreprocessConfig)})
+            if unknown:
+                # A sealed manifest with fields this runtime does not know: most likely a newer exporter's
+                # (read_manifest_raw says so first when the seal does not hold: an edit, not a newer bundle).
+                raise BundleError(
+                    f"{source}: fields this uopsl {__version__} does not know: {', '.join(unknown)}; the bundle "
+                    f"was most likely made by a newer uopsl (the manifest says toolkit {d.get('toolkit_version')!s}): "
+                    "upgrade uopsl on this device (uopsl-screen --version shows what it reads), or export the "
+                    "bundle with this version")
             d = dict(d)
             d["classes"] = tuple(ClassSpec(**c) for c in d["classes"])
             d["files"] = tuple(FileEntry(**f) for f in d["files"])
@@ -698,7 +710,17 @@ def read_manifest_raw(bundle: str | os.PathLike[str]) -> tuple[Manifest, dict[st
                     "FOLDER)")
         raise BundleError(f"{root}: no {MANIFEST}, so not a uopsl bundle folder{hint}")
     raw = read_manifest_json(path)
-    return Manifest.from_dict(raw, source=str(path)), raw
+    try:
+        return Manifest.from_dict(raw, source=str(path)), raw
+    except BundleError as exc:
+        # A sealed manifest that is not what was sealed: an edit or damage, whatever else is wrong with it.
+        # Said first, so that a format version changed by hand does not read as "upgrade uopsl".
+        if raw.get("content_sha256") and _checksum_problem(raw):
+            said = str(exc).removeprefix(f"{path}: ")
+            raise BundleError(f"{path}: content differs from its checksum (edited or corrupted), and as it "
+                              f"stands it cannot be read ({said}); copy the bundle again from its source, or "
+                              "export it again") from exc
+        raise
 
 
 def read_manifest_json(path: Path) -> dict[str, Any]:

@@ -20,9 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from uopsl.runtime.clikit import main_entry, option_given, verbose_option
+from uopsl.runtime.clikit import main_entry, option_given, verbose_option, version_option
 from uopsl.runtime.heap import keep_freed_heap
-from uopsl.runtime.version import __version__
 
 if TYPE_CHECKING:
     from uopsl.runtime.intended_use import IntendedUse
@@ -53,7 +52,7 @@ def _backend_options(f: Any) -> Any:
 
 
 @click.group(name="uopsl-screen", context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="uopsl-screen")
+@version_option("uopsl-screen")
 @verbose_option
 def cli() -> None:
     """Screen fundus photographs with a uopsl deployment bundle (offline)."""

@@ -447,6 +447,38 @@ def _os_error(exc: OSError) -> str:
     return f"{what}{where} (check the path, its permissions and the free disk space; -v shows where it failed)"
 
 
+def version_line(prog: str) -> str:
+    """``uopsl-screen 0.2.0 (reads bundle formats 1, 2, 3; preprocessing version 9)``, plus the git commit when
+    run from a checkout.
+
+    Why more than the number: an administrator upgrading a device needs to know which bundles it reads and
+    which decoding it screens with (results folders record the preprocessing version); a development
+    checkout's number names many commits.
+    """
+    from uopsl.runtime.bundle import SUPPORTED_FORMAT_VERSIONS  # imports OpenCV: only when asked
+    from uopsl.runtime.preprocess import PREPROCESS_VERSION
+    from uopsl.runtime.version import __version__, source_revision
+
+    rev = source_revision()
+    commit = ""
+    if rev.get("git_commit"):
+        commit = f"; git {str(rev['git_commit'])[:12]}" + (" with uncommitted changes" if rev.get("git_dirty") else "")
+    return (f"{prog} {__version__} (reads bundle formats {', '.join(map(str, SUPPORTED_FORMAT_VERSIONS))}; "
+            f"preprocessing version {PREPROCESS_VERSION}{commit})")
+
+
+def version_option(prog: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``--version``: :func:`version_line`, then exit 0 (click's own option prints the number only)."""
+
+    def show(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+        if value and not ctx.resilient_parsing:
+            click.echo(version_line(prog))
+            ctx.exit()
+
+    return click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=show,
+                        help="Show the version, the bundle formats and the preprocessing version, and exit.")
+
+
 def share_verbosity(cmd: click.Command) -> click.Command:
     """Give ``cmd`` the group's ``-v``/``-q`` too, so ``uopsl-screen run -v ...`` works like ``uopsl-screen -v run``.
 

@@ -8,14 +8,14 @@ import os
 import subprocess
 from pathlib import Path
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 
 @functools.lru_cache(maxsize=1)
 def source_revision() -> dict[str, object]:
     """The git commit this toolkit runs from, when it runs from a git checkout (``pip install -e``).
 
-    A validation report is signed against code, and ``0.1.0`` names many
+    A validation report is signed against code, and a version number names many
     commits of a checkout. Returns ``{"git_commit": sha, "git_dirty": bool}``
     (dirty: the package's code changed since that commit, new files included), or ``{}`` for an
     installed wheel, no git, or a checkout of another project that merely

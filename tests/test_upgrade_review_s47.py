@@ -136,3 +136,71 @@ def test_another_models_folder_counts_photographs_not_rows(tmp_path: Path) -> No
     _folder(out, *[_row(f"/p/{i}.jpg|10|1", 9) for i in range(5)] * 2)
     with pytest.raises(ConfigError, match=r"holds 5 result\(s\) of another model"):
         ResultStore(out, _identity(9, model="n"))
+
+
+# -- versions -------------------------------------------------------------------------------------------------
+def test_version_names_the_bundle_formats_and_the_preprocessing_version(capsys: pytest.CaptureFixture[str]) -> None:
+    """Every build said "0.1.0": an administrator could not tell which bundles a device reads. ``--version``
+    now names them and the preprocessing version results folders record, and the package metadata agrees."""
+    import tomllib
+
+    from uopsl.runtime.bundle import SUPPORTED_FORMAT_VERSIONS
+    from uopsl.runtime.cli import cli
+    from uopsl.runtime.preprocess import PREPROCESS_VERSION
+    from uopsl.runtime.version import __version__
+
+    assert main_entry(cli, ["--version"], prog_name="uopsl-screen") == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith(f"uopsl-screen {__version__} (reads bundle formats "
+                           f"{', '.join(map(str, SUPPORTED_FORMAT_VERSIONS))}; preprocessing version "
+                           f"{PREPROCESS_VERSION}")
+    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]
+    assert project["version"] == __version__ != "0.1.0"
+
+
+def _resealed(tmp_path: Path, tiny_bundle: Path, edit: dict[str, object], *, seal: bool) -> Path:
+    import shutil
+
+    from uopsl.runtime.bundle import MANIFEST, content_hash
+
+    b = tmp_path / "b"
+    shutil.copytree(tiny_bundle, b)
+    raw = json.loads((b / MANIFEST).read_text())
+    raw.update(edit)
+    if seal:
+        raw["content_sha256"] = content_hash(raw)
+    (b / MANIFEST).write_text(json.dumps(raw))
+    return b
+
+
+@pytest.mark.parametrize("edit", [{"format_version": 4}, {"preprocess_rule": 10}])
+def test_an_edited_manifest_is_called_edited_not_newer(tmp_path: Path, tiny_bundle: Path,
+                                                        edit: dict[str, object]) -> None:
+    """A format version changed by hand (the seal not renewed) read "not supported ...; upgrade uopsl on this
+    device", sending an administrator after an upgrade that cannot help. The broken seal is said first."""
+    from uopsl.runtime.bundle import read_manifest
+    from uopsl.runtime.errors import BundleError
+
+    with pytest.raises(BundleError) as err:
+        read_manifest(_resealed(tmp_path, tiny_bundle, edit, seal=False))
+    text = str(err.value)
+    assert "content differs from its checksum (edited or corrupted)" in text
+    assert "copy the bundle again from its source" in text
+
+
+def test_a_sealed_manifest_with_fields_this_runtime_does_not_know_says_upgrade(tmp_path: Path,
+                                                                               tiny_bundle: Path) -> None:
+    """A newer exporter's field read "malformed manifest (TypeError: Manifest.__init__() got an unexpected keyword
+    argument ...); re-export the bundle or restore the original file": Python's internals and the wrong advice."""
+    from uopsl.runtime.bundle import read_manifest
+    from uopsl.runtime.errors import BundleError
+
+    b = _resealed(tmp_path, tiny_bundle, {"preprocess_rule": 10, "toolkit_version": "9.0.0"}, seal=True)
+    with pytest.raises(BundleError) as err:
+        read_manifest(b)
+    text = str(err.value)
+    assert "does not know: preprocess_rule;" in text and "toolkit 9.0.0" in text and "upgrade uopsl" in text
+    assert "TypeError" not in text and "re-export the bundle or restore" not in text
+    sealed_newer = _resealed(tmp_path / "n", tiny_bundle, {"format_version": 4}, seal=True)
+    with pytest.raises(BundleError, match="bundle format version 4 is not supported .*upgrade uopsl"):
+        read_manifest(sealed_newer)

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import click
 
-from uopsl.runtime.clikit import LazyGroup, main_entry, verbose_option
-from uopsl.runtime.version import __version__
+from uopsl.runtime.clikit import LazyGroup, main_entry, verbose_option, version_option
 
 _COMMANDS = {
     "synth": "uopsl.train.commands.synth:command",
@@ -53,7 +52,7 @@ Datasets (--data, --fundus, --oct, --val): KIND:PATH[:key=value,...]
 
 @click.group(cls=LazyGroup, lazy=_COMMANDS, context_settings={"help_option_names": ["-h", "--help"]},
              epilog=_DATASETS)
-@click.version_option(__version__, prog_name="uopsl")
+@version_option("uopsl")
 @verbose_option
 def cli() -> None:
     """uopsl: train, evaluate, export and validate UOPSL retinal screening models."""
