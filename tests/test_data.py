@@ -562,6 +562,22 @@ def test_validation_sharing_a_patient_or_an_image_with_training_is_refused(tmp_p
     D.check_apart(train, _source(tmp_path / "another_study", [("z.jpg", "p1")]))
 
 
+def test_two_tables_in_different_folders_listing_one_image_folder_are_one_dataset(tmp_path):
+    """A hospital keeps splits/train.csv and exports/val.csv, both listing photographs of one image folder: a
+    CSV source's root is its table's folder, so patients were compared only when both tables sat in one folder,
+    and the same patients on both sides trained without a word (session 47's review)."""
+    from dataclasses import replace
+
+    images = tmp_path / "images"
+    train = replace(_source(images, [("a1.jpg", "p1"), ("b1.jpg", "p2")]), root=tmp_path / "splits")
+    val = replace(_source(images, [("b2.jpg", "p2"), ("c1.jpg", "p3")]), root=tmp_path / "exports")
+    with pytest.raises(ConfigError, match=r"1 patient\(s\) have images on both sides \(e.g. patient p2\)"):
+        D.check_apart(train, val)
+    D.check_apart(train, replace(_source(images, [("c1.jpg", "p3")]), root=tmp_path / "exports"))
+    # Another study's images in a folder of their own: its patient p2 is someone else.
+    D.check_apart(train, replace(_source(tmp_path / "study2", [("z.jpg", "p2")]), root=tmp_path / "exports"))
+
+
 def test_finetune_with_the_training_folder_as_val_stops_before_training(tmp_path):
     fx.make_folder_dataset(tmp_path / "photos", {"normal": 2, "dr": 2})
     proc = subprocess.run(

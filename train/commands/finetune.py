@@ -20,7 +20,8 @@ from uopsl.train.commands.common import (INIT_HELP, check_classes_in_data, items
 @click.option("--data", "data_spec", required=True, help="Fundus training images, KIND:PATH[:opts] (forms: `uopsl --help`).")
 @click.option("--val", "val_spec", default=None,
               help="Validation images (operating thresholds and model selection). Default: 15 % of --data's "
-                   "patients. Refused when it shares image files, or patients of the same dataset folder, with --data.")
+                   "patients. Refused when it shares image files, or patients of the same dataset (one dataset "
+                   "folder, or images in a common folder), with --data.")
 @click.option("--out", type=click.Path(path_type=Path), required=True)
 @click.option("--from", "from_ckpt", type=click.Path(path_type=Path, exists=True), default=None,
               help="Pre-trained checkpoint to start from (else a fresh model).")

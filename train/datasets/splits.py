@@ -283,17 +283,23 @@ def check_apart(train: DatasetSource, held_out: DatasetSource, what: str = "--va
     Why: validation images choose the operating thresholds and the best epoch; any that the model
     trained on make both look better than they are, and the thresholds then miss disease in the
     clinic. An image counts as shared by its resolved path; a patient by its id, compared only when
-    both sets come from the same dataset folder (ids of two datasets are different namespaces:
-    patient "12" of one study is not patient "12" of another). Identical files under different names
-    are found later, by content (:func:`uopsl.train.workflow.warn_shared_images`).
+    both sets come from one dataset: the same dataset folder, or images in a common folder (two CSV
+    tables kept apart from each other, listing photographs of one image folder). Ids of two datasets
+    are different namespaces: patient "12" of one study is not patient "12" of another. Identical
+    files under different names are found later, by content (:func:`uopsl.train.workflow.warn_shared_images`).
     """
     def resolved(samples: Sequence[Sample]) -> dict[str, Sample]:
         return {os.path.realpath(s.path): s for s in samples}
 
+    def folders(paths: Iterable[str]) -> set[str]:
+        return {os.path.dirname(p) for p in paths}
+
     mine = resolved(train.samples)
-    same_files = [s for p, s in resolved(held_out.samples).items() if p in mine]
+    theirs = resolved(held_out.samples)
+    same_files = [s for p, s in theirs.items() if p in mine]
     same_patients: list[str] = []
-    if os.path.realpath(train.root) == os.path.realpath(held_out.root):
+    if (os.path.realpath(train.root) == os.path.realpath(held_out.root)
+            or folders(mine) & folders(theirs)):
         patients = {s.patient for s in train.samples if s.patient is not None}
         same_patients = sorted({s.patient for s in held_out.samples if s.patient is not None and s.patient in patients})
     if not same_files and not same_patients:
