@@ -33,7 +33,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from uopsl.runtime.backends import BACKEND_NAMES, PRECISIONS, detect_availability, open_and_enter, select_backend
+from uopsl.runtime.backends import (BACKEND_NAMES, PRECISIONS, detect_availability, open_and_enter, select_backend,
+                                    validated_file)
 from uopsl.runtime.backends.base import Backend
 from uopsl.runtime.bundle import Manifest
 from uopsl.runtime.errors import BackendError, ConfigError, UopslError
@@ -422,6 +423,9 @@ def run_bench(bundle: str | os.PathLike[str], backend: str = "auto", precision: 
             # Whether `auto` would run this file (its parity verdict here): a FAILed INT8 file is measured when
             # asked for, and its figures must not read as a usable choice.
             said["validated"] = opened.validated  # None: an FP32 file, the reference precision
+            if opened.validated is False and entry is not None:
+                # Why not: a FAIL reads differently from a file never validated here.
+                said["not_validated_because"] = validated_file(root, entry, opened.backend, m)[1]
             for r in rows:
                 result["cases"].append({"backend": opened.backend, "precision": opened.precision, "file": opened.file,
                                         "requested": name, **said, **r})
@@ -501,7 +505,8 @@ def format_table(result: dict[str, Any]) -> str:
         if c.get("padded_to"):
             extra += f"  ran as batch {c['padded_to']} (padded: ONNX Runtime CUDA keeps its last batch shape)"
         if c.get("validated") is False:
-            extra = f"NOT validated here (auto would not run it)  {extra}"
+            why = c.get("not_validated_because")
+            extra = f"NOT validated here{f': {why}' if why else ''} (auto would not run it)  {extra}"
         calls = c.get("calls")
         lines.append(f"{c['backend']:10s} {c['precision']:12s} {c['batch']:5d} {calls if calls else '?':>5} "
                      f"{c['p50_ms']:9.2f} {c['p90_ms']:9.2f} {c['p99_ms']:9.2f} {c['throughput_ips']:9.1f}"

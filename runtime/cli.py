@@ -520,7 +520,9 @@ def verify_cmd(bundle: Path, trusted_keys: Sequence[Path]) -> int:
     checks = verify(bundle, m, raw)
     for c in checks:
         click.echo(f"{'ok ' if c.ok else 'BAD'} {c.path}" + (f": {c.reason}" if c.reason else ""))
-    extra = unlisted_files(bundle, m, own=(SIGNATURE_FILE,))
+    # uopsl quantize's record beside each INT8 file is the bundle's own (docs/deployment.md), though unlisted.
+    records = tuple(f"{f.path[:-len('.onnx')]}.quantize.json" for f in m.files_of("onnx") if f.path.endswith(".onnx"))
+    extra = unlisted_files(bundle, m, own=(SIGNATURE_FILE, *records))
     if extra:  # not a failure (nothing reads them), but they are not verified either
         shown = ", ".join(extra[:10]) + (f" and {len(extra) - 10} more" if len(extra) > 10 else "")
         click.echo(f"note: {len(extra)} file(s) in the bundle folder are not in the manifest, so nothing checks or "

@@ -153,7 +153,11 @@ def test_names_that_are_no_backend_are_refused_and_pairs_that_cannot_run_are_lis
     assert "not measured: ort-cpu fp16: " in format_table(res)
     marks = {c["precision"]: c["validated"] for c in res["cases"]}
     assert marks == {"fp32": None, "int8-qdq-u8": False}  # never validated: measured when asked, and marked
-    assert "int8-qdq-u8" in format_table(res) and "NOT validated here (auto would not run it)" in format_table(res)
+    # Why it is not: a file never validated here reads differently from one that FAILed (session 47's review: a
+    # FAILed file was labelled "NOT validated here" alone).
+    why = next(c["not_validated_because"] for c in res["cases"] if c["precision"] == "int8-qdq-u8")
+    assert why == "model.int8.onnx has no parity record (run `uopsl validate` on this bundle)"
+    assert f"NOT validated here: {why} (auto would not run it)" in format_table(res)
     # The command exits 1 when a pair named was not measured (session 45: a script that named TensorRT got exit 0
     # and CPU figures only), 0 when everything named was.
     from uopsl.runtime.cli import main

@@ -146,3 +146,17 @@ def test_screen_verify_names_unlisted_files_without_failing(tmp_path: Path, caps
     assert ("note: 1 file(s) in the bundle folder are not in the manifest, so nothing checks or uses them: "
             "model.int8.onnx;") in err
     assert "all 2 files verified" in err
+
+
+def test_screen_verify_does_not_ask_to_delete_quantizes_own_records(tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """``uopsl quantize`` writes ``model.int8.quantize.json`` beside the INT8 file it adds, unlisted by design
+    (docs/deployment.md); ``verify`` told users to delete it on every quantized bundle (session 47's review).
+    A record of no listed ONNX file is still named."""
+    b = _bundle(tmp_path)
+    (b / "model.quantize.json").write_text("{}", encoding="utf-8")  # model.onnx's (the bundle's FP32 file)
+    (b / "model.int8.quantize.json").write_text("{}", encoding="utf-8")  # no model.int8.onnx is listed
+    assert screen_main(["verify", str(b)]) == 0
+    err = capsys.readouterr().err
+    assert "1 file(s) in the bundle folder are not in the manifest" in err
+    assert "uses them: model.int8.quantize.json;" in err
