@@ -260,9 +260,10 @@ def bench_cmd(bundle: Path, backend: str, precision: str, batches: str, iters: i
               json_out: Path | None, trusted_keys: Sequence[Path]) -> int:
     """Latency (p50/p90/p99) and throughput per backend and batch size; preprocessing separately.
 
-    Exit 0 when everything asked for was measured; 1 when a backend or precision named on the command line
-    was not (the table's "not measured" lines say why), so a script that expects, say, TensorRT does not read
-    CPU figures alone as success; 2 for a usage or bundle error.
+    Exit 0 when everything asked for was measured; 1 when one of several backends or precisions named on the
+    command line was not (the table's "not measured" lines say why), so a script that expects, say, TensorRT
+    does not read CPU figures alone as success; 2 for a usage or bundle error, and when the only backend and
+    precision named cannot run here (the error says what is missing).
     """
     from uopsl.runtime.bench import BenchConfig, format_table, run_bench
     from uopsl.runtime.errors import ConfigError
