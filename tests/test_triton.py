@@ -306,6 +306,18 @@ def test_dla_engine_gets_a_secondary_device(bundle: Path, tmp_path: Path) -> Non
     assert [(enum_name(d, "kind"), d.device_id) for d in cfg.instance_group[0].secondary_devices] == [("KIND_NVDLA", 1)]
 
 
+def test_a_repository_inside_its_bundle_is_refused(bundle: Path, tmp_path: Path) -> None:
+    """``uopsl triton b --out b/tr`` wrote a second, unlisted copy of the model files into the bundle that
+    devices copy and verify whole (session 47's review); nothing is written."""
+    from uopsl.runtime.errors import ConfigError
+
+    b = shutil.copytree(bundle, tmp_path / "b")
+    before = sorted(p.name for p in b.iterdir())
+    with pytest.raises(ConfigError, match=r"is inside the bundle .*choose a folder outside the bundle"):
+        write_triton_repository(b, b / "tr")
+    assert sorted(p.name for p in b.iterdir()) == before
+
+
 @pytest.mark.parametrize("victim", ["model.int8.onnx", "model.fp16.engine", "class_bank.npy"])
 def test_tampered_bundle_is_refused_and_nothing_is_written(bundle: Path, tmp_path: Path, victim: str) -> None:
     b = shutil.copytree(bundle, tmp_path / "b")
