@@ -363,10 +363,11 @@ def info_cmd(bundle: Path, as_json: bool, trusted_keys: Sequence[Path]) -> int:
     click.echo(f"referral   {m.referral_rule}" + (f" >= {m.referral_threshold}" if m.referral_rule == "referable_sum" else ""))
     click.echo("classes")
     points = {str(p.get("name")): p for p in m.notes.get("operating_points") or [] if isinstance(p, dict)}
+    width = max(16, *(len(c.name) for c in m.classes))  # a long class name keeps its column apart
     for c in m.classes:
         flags = ", ".join(x for x in ("referable" if c.referable else "", "" if c.seen_in_training else "zero-shot") if x)
         chosen = f"  threshold: {describe_operating_point(points[c.name])}" if c.name in points else ""
-        click.echo(f"  {c.name:16s} threshold {c.threshold:.3f}" + (f"  ({flags})" if flags else "") + chosen)
+        click.echo(f"  {c.name:{width}s} threshold {c.threshold:.3f}" + (f"  ({flags})" if flags else "") + chosen)
     if aside:
         click.echo(f"           parity records not covered by the signature, not used here: {', '.join(aside)}")
     click.echo("files")
