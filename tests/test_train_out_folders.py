@@ -47,7 +47,9 @@ def test_a_finished_run_is_reused_only_for_the_same_data_and_settings(
     assert "run_identity" in json.loads((out / "checkpoint.json").read_text())["metrics"]
     capsys.readouterr()
     assert _finetune(a, pre, out) == 0  # the same command again: nothing to do
-    assert "already complete (same data and settings); reusing it" in capsys.readouterr().err
+    said = capsys.readouterr()
+    assert "already complete (same data and settings); reusing it" in said.err
+    assert f"fine-tuned model already complete in {out}" in said.out and "written to" not in said.out
     assert _files(out) == first
     # Another data set, more epochs, or another starting model, into the same folder: refused, nothing changes.
     other_start = tmp_path / "pre2"
@@ -57,7 +59,9 @@ def test_a_finished_run_is_reused_only_for_the_same_data_and_settings(
                                      (a, other_start, (), "model")):
         assert _finetune(data, start, out, *extra) == 2
         err = capsys.readouterr().err
-        assert f"holds a finished finetune run of another {what}" in err and "new --out" in err, err
+        assert f"holds a finished finetune run with other {what} than this command's" in err and "new --out" in err, err
+        if what == "settings":  # the setting that changed is named (session 47's review), nothing else
+            assert "(settings: epochs 1 -> 2)" in err, err
         assert _files(out) == first
 
 

@@ -12,7 +12,7 @@ import json
 import logging
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -251,7 +251,13 @@ def refuse_unfinished(ckpt: Path, meta: CheckpointMeta) -> None:
                           + f"; run the same uopsl {meta.stage} command again to complete it")
 
 
-def finished_run(out: Path, stage: str, want: dict[str, str]) -> bool:
+def _setting_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """``epochs 1 -> 2`` for each training setting (not how it is run) that differs between two configs."""
+    keys = sorted((set(old) | set(new)) - set(HOW_NOT_WHAT))
+    return [f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
+
+
+def finished_run(out: Path, stage: str, want: dict[str, str], config: Mapping[str, Any] | None = None) -> bool:
     """True when ``out`` holds this very run, finished (skip it); False when there is nothing to reuse.
 
     Raises ConfigError, before anything is written, when ``out`` holds a finished
@@ -315,10 +321,14 @@ def finished_run(out: Path, stage: str, want: dict[str, str]) -> bool:
     if "operating" in have and "operating" in want and have["operating"] != want["operating"]:
         differ.append("operating point (--target-sensitivity, or the classes' referable flags)")
     if differ:
+        # ``config``: this command's settings, so that the message names what changed (settings are compared
+        # by digest); without them, or when only the pixels' version differs, the kinds of difference alone.
+        changes = _setting_changes(meta.train_config, config) if "settings" in differ and config is not None else []
+        shown = f" (settings: {'; '.join(changes[:6])}{'; ...' if len(changes) > 6 else ''})" if changes else ""
         raise ConfigError(
-            f"{out} holds a finished {stage} run of another {', '.join(differ)} than this command's (or one made "
-            "by an earlier uopsl, whose models or preprocessing differ); it is not reused or overwritten: write to a "
-            "new --out, or delete the folder to train it again")
+            f"{out} holds a finished {stage} run with other {', '.join(differ)} than this command's{shown} (or one "
+            "made by an earlier uopsl, whose models or preprocessing differ); it is not reused or overwritten: write "
+            "to a new --out, or delete the folder to train it again")
     said = (str(out), stage, "finished")
     if said not in _SAID_REUSED:  # a command checks before writing its config, then the stage checks again
         _SAID_REUSED.add(said)
@@ -458,7 +468,7 @@ def run_pretrain(model: UopslModel, meta: CheckpointMeta, fundus: Sequence[Item]
                  identity: dict[str, str] | None = None) -> UopslModel:
     """Pre-train; ``identity``: :func:`run_identity` of this run when the caller already computed it."""
     want = identity or run_identity("pretrain", cfg, model, fundus, oct_items)
-    if finished_run(out, "pretrain", want):
+    if finished_run(out, "pretrain", want, cfg.to_dict()):
         return load_model(out)[0]
     pre = meta.preprocess
     fds = dataset(fundus, pre, cache, cfg.augment)
@@ -604,7 +614,7 @@ def run_finetune(model: UopslModel, meta: CheckpointMeta, train_items: Sequence[
         check_one_label_each(val_items or (), model.config.classes, "validation")
     want = identity or {**run_identity("finetune", effective_finetune_config(cfg, model), model, train_items,
                                        val_items), "operating": operating_identity(target_sensitivity, meta.referable)}
-    if finished_run(out, "finetune", want):
+    if finished_run(out, "finetune", want, effective_finetune_config(cfg, model).to_dict()):
         return load_model(out)
     pre = meta.preprocess
     tr = dataset(train_items, pre, cache, cfg.augment)

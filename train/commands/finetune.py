@@ -120,7 +120,9 @@ def command(data_spec: str, val_spec: str | None, out: Path, from_ckpt: Path | N
             "operating": operating_identity(target_sensitivity, meta.referable)}
     # An interrupted run keeps the config it started with: resumed, its settings are these; refused (other
     # settings), the file must still describe what was trained.
-    if not finished_run(out, "finetune", want) and not (out / "state.json").exists():
+    settings = effective_finetune_config(cfg, model).to_dict()
+    reused = finished_run(out, "finetune", want, settings)
+    if not reused and not (out / "state.json").exists():
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "finetune.config.json", {"data": src.describe(), "val": val.describe(),
                                                   "from": str(from_ckpt), "model": meta.model.to_dict(),
@@ -134,7 +136,7 @@ def command(data_spec: str, val_spec: str | None, out: Path, from_ckpt: Path | N
     if not speaks_for_the_run():  # under torchrun rank 0 says it once
         return
     shown = ", ".join(f"{n} {t:.3f}" for n, t in zip(names, meta.thresholds))
-    click.echo(f"fine-tuned model written to {out} (thresholds: {shown})")
+    click.echo(f"fine-tuned model {'already complete in' if reused else 'written to'} {out} (thresholds: {shown})")
     for op in meta.metrics.get("operating_points") or []:  # what each threshold achieved on the validation images
         if op.get("method") in ("target_sensitivity", "youden"):
             click.echo(f"  {op['name']}: {op['method'].replace('_', ' ')}, on {op['n_positive']} + {op['n_negative']} "

@@ -68,7 +68,8 @@ def command(fundus_spec: str, oct_spec: str | None, out: Path, classes: str | No
     oct_items = items_for(osrc, names, "oct") if osrc else None
     # Before anything is written: a folder holding another run's finished model is refused, not overwritten.
     want = run_identity("pretrain", cfg, model, fundus_items, oct_items)
-    if not finished_run(out, "pretrain", want) and not (out / "state.json").exists():  # see finetune's
+    reused = finished_run(out, "pretrain", want, cfg.to_dict())
+    if not reused and not (out / "state.json").exists():  # see finetune's
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "pretrain.config.json", {"fundus": fsrc.describe(), "oct": osrc.describe() if osrc else None,
                                                   "model": meta.model.to_dict(), "train": cfg.to_dict(),
@@ -76,4 +77,4 @@ def command(fundus_spec: str, oct_spec: str | None, out: Path, classes: str | No
                                                   "classes_file": str(classes_file) if classes_file else None})
     run_pretrain(model, meta, fundus_items, oct_items, cfg, out, cache_dir or out / "cache", identity=want)
     if speaks_for_the_run():  # under torchrun rank 0 says it once
-        click.echo(f"pre-trained {variant} model written to {out}")
+        click.echo(f"pre-trained {variant} model {'already complete in' if reused else 'written to'} {out}")
