@@ -513,7 +513,7 @@ def test_evaluate_prints_the_referral_call_and_the_site_concentration(tmp_path: 
     assert rc == 0, err
     lines = printed.splitlines()
     assert lines[1] == ("referral (dr or dme at its threshold; 5 referable, 3 not): sensitivity 0.600 (0.250-0.875), "
-                        "specificity 1.000 (n/a-n/a)")
+                        "specificity 1.000")  # no interval drawn: none shown (session 47; was "(n/a-n/a)")
     assert lines[2].startswith("site concentration (") and lines[2].endswith(": dr 2.85 (3.30, 3.02)")
 
 

@@ -49,6 +49,12 @@ def _fmt(x: Any) -> str:
     return "n/a" if x is None else f"{x:.3f}"
 
 
+def _interval(figure: dict[str, Any], label: str = "95% CI ") -> str:
+    """`` (95% CI 0.812-0.901)``, or nothing where no interval was drawn (``--n-boot 0``, too few images)."""
+    low, high = figure.get("low"), figure.get("high")
+    return "" if low is None or high is None else f" ({label}{_fmt(low)}-{_fmt(high)})"
+
+
 @click.command("evaluate")
 @click.argument("checkpoint", type=click.Path(path_type=Path, exists=True, file_okay=False))
 @click.option("--data", "data_spec", required=True, help="Test images, KIND:PATH[:opts] (forms: `uopsl --help`).")
@@ -56,8 +62,13 @@ def _fmt(x: Any) -> str:
 @click.option("--n-boot", type=click.IntRange(0), default=1000, show_default=True, help="Bootstrap resamples.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True)
-def command(checkpoint: Path, data_spec: str, out: Path, n_boot: int, seed: int, device: str) -> None:
-    """Per-class AUC, sensitivity/specificity at the stored thresholds, macro-F1, kappa; eval.json + roc.png."""
+def command(checkpoint: Path, data_spec: str, out: Path, n_boot: int, seed: int, device: str) -> int:
+    """Per-class AUC, sensitivity/specificity at the stored thresholds, F1 per class at its threshold and their
+    mean (macro-F1), quadratic kappa for a softmax head over DR grades; eval.json + roc.png.
+
+    Exit 0; 1 when some images could not be read (left out of every figure; eval.json lists them); 2 for a
+    usage or data error.
+    """
     import numpy as np
 
     from uopsl.train.checkpoint import read_meta
@@ -91,19 +102,26 @@ def command(checkpoint: Path, data_spec: str, out: Path, n_boot: int, seed: int,
                           masks=masks if any(masks) else None, check=readable_cover_enough, data_counts=dict(counts))
     final = class_coverage_from_report(report, cov)
     auc = report["macro"].get("auc", {})
-    click.echo(f"macro AUC over {final.summary()}: {_fmt(auc.get('estimate'))} "
-               f"(95% CI {_fmt(auc.get('low'))}-{_fmt(auc.get('high'))}); report in {out}/eval.json")
+    click.echo(f"macro AUC over {final.summary()}: {_fmt(auc.get('estimate'))}{_interval(auc)}; "
+               f"report in {out}/eval.json")
     ref = report.get("referral") or {}
     if ref.get("applicable"):  # the call the device makes: any referable class at its threshold
         sens, spec = ref["sensitivity"], ref["specificity"]
         click.echo(f"referral ({' or '.join(ref['referable_classes'])} at its threshold; {ref['n_positive']} "
-                   f"referable, {ref['n_negative']} not): sensitivity {_fmt(sens.get('estimate'))} "
-                   f"({_fmt(sens.get('low'))}-{_fmt(sens.get('high'))}), specificity {_fmt(spec.get('estimate'))} "
-                   f"({_fmt(spec.get('low'))}-{_fmt(spec.get('high'))})")
+                   f"referable, {ref['n_negative']} not): sensitivity {_fmt(sens.get('estimate'))}"
+                   f"{_interval(sens, '')}, specificity {_fmt(spec.get('estimate'))}{_interval(spec, '')}")
     if report.get("site_concentration"):
         from uopsl.train.evaluate import CONCENTRATION_LEGEND, concentration_summary
 
         click.echo(f"{CONCENTRATION_LEGEND}: {concentration_summary(report['site_concentration'])}")
+    lost = int(report.get("n_unreadable") or 0)
+    if lost:
+        # Figures to be signed must not silently cover fewer images than the data listed (explain and
+        # uopsl-screen run exit 1 for the same); the figures stand for the images that were read.
+        click.echo(f"{lost} of the {len(items)} images could not be read and are left out of every figure above "
+                   f"(eval.json lists them under 'unreadable'); fix or remove them and evaluate again", err=True)
+        return 1
+    return 0
 
 
 def class_coverage_from_report(report: dict[str, Any], before: ClassCoverage) -> ClassCoverage:

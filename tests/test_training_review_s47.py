@@ -1,0 +1,51 @@
+"""What a reviewer training on a hospital's own data found (session 47), each fixed behaviour pinned."""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from uopsl.runtime.clikit import main_entry
+from uopsl.train.cli import cli
+
+CLASSES = ("normal", "dr", "dme", "amd")
+
+
+def _checkpoint(root: Path) -> Path:
+    from trainhelpers import tiny_model
+    from uopsl.train.checkpoint import save_model
+    from uopsl.train.model import UopslModel
+
+    model, meta = tiny_model(random_text=True)
+    cfg = replace(meta.model, classes=CLASSES)
+    meta = replace(meta, model=cfg, phrases=tuple((c,) for c in CLASSES))
+    save_model(root, UopslModel(cfg, np.zeros((len(CLASSES), 384), np.float32)), replace(meta, stage="finetune"))
+    return root
+
+
+def test_evaluate_exits_1_when_images_could_not_be_read_and_draws_no_empty_intervals(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """One unreadable photograph among the test set was left out of every figure with a warning and exit 0, so
+    figures over fewer images than listed went on to be signed (``explain`` and ``uopsl-screen run`` exit 1 for
+    the same). And ``--n-boot 0`` printed "(95% CI n/a-n/a)" where no interval was drawn."""
+    from uopsl.train.synthetic import SynthConfig, make_dataset
+
+    data = tmp_path / "syn"
+    make_dataset(data, 12, 0, config=SynthConfig(size=64, seed=3), progress=False)
+    with open(data / "labels.csv", newline="", encoding="utf-8") as fh:
+        rows = [r for r in csv.DictReader(fh) if r["modality"] == "fundus"]
+    (data / rows[0]["path"]).write_bytes(b"not a photograph at all")
+    ck = _checkpoint(tmp_path / "ck")
+    rc = main_entry(cli, ["evaluate", str(ck), "--data", str(data), "--out", str(tmp_path / "ev"), "--n-boot", "0",
+                          "--device", "cpu"], prog_name="uopsl")
+    got = capsys.readouterr()
+    assert rc == 1, got.err
+    assert f"1 of the {len(rows)} images could not be read and are left out of every figure" in got.err
+    assert "n/a-n/a" not in got.out and "macro AUC over" in got.out
+    import json
+
+    assert json.loads((tmp_path / "ev" / "eval.json").read_text())["n_unreadable"] == 1
