@@ -15,15 +15,15 @@ from uopsl.train.cli import cli
 CLASSES = ("normal", "dr", "dme", "amd")
 
 
-def _checkpoint(root: Path) -> Path:
+def _checkpoint(root: Path, classes: tuple[str, ...] = CLASSES) -> Path:
     from trainhelpers import tiny_model
     from uopsl.train.checkpoint import save_model
     from uopsl.train.model import UopslModel
 
     model, meta = tiny_model(random_text=True)
-    cfg = replace(meta.model, classes=CLASSES)
-    meta = replace(meta, model=cfg, phrases=tuple((c,) for c in CLASSES))
-    save_model(root, UopslModel(cfg, np.zeros((len(CLASSES), 384), np.float32)), replace(meta, stage="finetune"))
+    cfg = replace(meta.model, classes=classes)
+    meta = replace(meta, model=cfg, phrases=tuple((c,) for c in classes))
+    save_model(root, UopslModel(cfg, np.zeros((len(classes), 384), np.float32)), replace(meta, stage="finetune"))
     return root
 
 
@@ -49,3 +49,20 @@ def test_evaluate_exits_1_when_images_could_not_be_read_and_draws_no_empty_inter
     import json
 
     assert json.loads((tmp_path / "ev" / "eval.json").read_text())["n_unreadable"] == 1
+
+
+def test_evaluate_says_when_class_names_differ_only_in_case(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A model trained on labels NORMAL/DR/... (the descriptions are found whatever the case) evaluated on data
+    labelled normal/dr/... was refused with "the data's normal, dr ... are not classes of the model", without
+    saying that only the case differs."""
+    from uopsl.train.synthetic import SynthConfig, make_dataset
+
+    data = tmp_path / "syn"
+    make_dataset(data, 12, 0, config=SynthConfig(size=64, seed=3), progress=False)
+    ck = _checkpoint(tmp_path / "ck", tuple(c.upper() for c in CLASSES))
+    rc = main_entry(cli, ["evaluate", str(ck), "--data", str(data), "--out", str(tmp_path / "ev"), "--n-boot", "0",
+                          "--device", "cpu"], prog_name="uopsl")
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert "named differently only in spelling or case: " in err
+    assert "'normal' (data) is 'NORMAL' (model)" in err and "relabel the data with the model's names" in err

@@ -6,6 +6,7 @@ import dataclasses
 import logging
 from collections import Counter
 from pathlib import Path
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -30,6 +31,12 @@ def check_coverage(cov: ClassCoverage, data_spec: str, checkpoint: Path, data_cl
     and "macro AUC" then meant the AUC of ``normal`` alone.
     """
     problems = cov.problems()
+    spelled = spelling_pairs(cov.model_classes, data_classes)
+    if spelled:  # class names are matched as written; the descriptions are looked up however they are spelled
+        problems = (f"{problems}; " if problems else "") + (
+            "named differently only in spelling or case: " + ", ".join(f"{d!r} (data) is {m!r} (model)"
+                                                                    for m, d in spelled)
+            + " - relabel the data with the model's names")
     if cov.usable():
         if problems and not quiet:
             log.warning("%s on %s: %s; the macro figures cover %s", checkpoint, data_spec, problems, cov.summary())
@@ -43,6 +50,15 @@ def check_coverage(cov: ClassCoverage, data_spec: str, checkpoint: Path, data_cl
         f"{'; ' + problems if problems else ''}. "
         + f"Evaluate on data labelled with the model's classes{': ' + hint if hint else ''}"
     )
+
+
+def spelling_pairs(model_classes: Sequence[str], data_classes: Sequence[str]) -> list[tuple[str, str]]:
+    """(model class, data class) pairs that differ only in case or spelling (``NORMAL`` and ``normal``)."""
+    from uopsl.train.descriptions import canonical
+
+    by_key = {canonical(m): m for m in model_classes}
+    return [(by_key[canonical(d)], d) for d in data_classes
+            if d not in model_classes and canonical(d) in by_key and by_key[canonical(d)] != d]
 
 
 def _fmt(x: Any) -> str:
