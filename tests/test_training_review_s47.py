@@ -66,3 +66,32 @@ def test_evaluate_says_when_class_names_differ_only_in_case(tmp_path: Path, caps
     assert rc == 2, err
     assert "named differently only in spelling or case: " in err
     assert "'normal' (data) is 'NORMAL' (model)" in err and "relabel the data with the model's names" in err
+
+
+def test_one_photograph_filed_under_two_classes_is_warned(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A folder per class holding the same file twice (``dme/0006.jpg`` and ``normal/copy_0006.jpg``) trained the
+    picture as both classes without a word; a copy with the same labels is not a conflict."""
+    import logging
+    import shutil
+
+    from trainhelpers import CLASSES as names
+    from trainhelpers import tiny_items
+    from uopsl.runtime.preprocess import PreprocessConfig
+    from uopsl.train.torchdata import Item
+    from uopsl.train.workflow import dataset, warn_conflicting_copies
+
+    items = tiny_items(tmp_path / "train", n=6)
+    other = np.zeros_like(items[0].target)
+    other[1 - int(np.argmax(items[0].target))] = 1.0  # the other class
+    shutil.copy(items[0].path, tmp_path / "copy_other_label.png")
+    shutil.copy(items[1].path, tmp_path / "copy_same_label.png")
+    pre = PreprocessConfig(size=64)
+    ds = dataset([*items, Item(tmp_path / "copy_other_label.png", other),
+                  Item(tmp_path / "copy_same_label.png", items[1].target)], pre, tmp_path / "cache", False)
+    with caplog.at_level(logging.WARNING, logger="uopsl.train.workflow"):
+        assert warn_conflicting_copies(ds, "training", names) == 1
+    assert "1 training photograph(s) appear more than once with different labels" in caplog.text
+    assert "copy_other_label.png" in caplog.text and "copy_same_label" not in caplog.text
+    caplog.clear()
+    assert warn_conflicting_copies(dataset(items, pre, tmp_path / "cache", False), "training", names) == 0
+    assert not caplog.text

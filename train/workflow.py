@@ -458,6 +458,34 @@ def warn_shared_images(train: ImageDataset, val: ImageDataset) -> int:
     return shared
 
 
+def warn_conflicting_copies(ds: ImageDataset, what: str, classes: Sequence[str]) -> int:
+    """Warn when one photograph (the same file content) appears in ``ds`` under different labels; returns how
+    many such photographs.
+
+    Why: a row repeated with other labels is refused when the table is read, but a copy under another name
+    (a folder per class holding the same file twice) trained the picture as both classes without a word. A
+    warning, as for copies across training and validation (:func:`warn_shared_images`): the copies are the
+    user's to resolve.
+    """
+    groups: dict[int, list[int]] = {}
+    for i, d in enumerate(ds.digests):
+        if int(d):
+            groups.setdefault(int(d), []).append(i)
+    clashes = [idx for idx in groups.values()
+               if len(idx) > 1 and any(not np.array_equal(ds.targets[idx[0]], ds.targets[j]) for j in idx[1:])]
+    if clashes:
+        first = clashes[0]
+
+        def named(i: int) -> str:
+            return f"{ds.items[i].path} ({', '.join(classes[k] for k in np.flatnonzero(ds.targets[i])) or 'no class'})"
+
+        log.warning("%d %s photograph(s) appear more than once with different labels (the same file content, e.g. "
+                    "%s and %s): the model is taught both; keep one copy, with the right label", len(clashes), what,
+                    named(first[0]), named(next(j for j in first[1:]
+                                                if not np.array_equal(ds.targets[first[0]], ds.targets[j]))))
+    return len(clashes)
+
+
 def dataset(items: Sequence[Item], pre: PreprocessConfig, cache: Path | None, augment: bool,
             modality: ImageModality = "fundus") -> ImageDataset:
     return ImageDataset(list(items), pre, cache, augment=augment, modality=modality)
@@ -619,7 +647,9 @@ def run_finetune(model: UopslModel, meta: CheckpointMeta, train_items: Sequence[
     pre = meta.preprocess
     tr = dataset(train_items, pre, cache, cfg.augment)
     va = dataset(val_items, pre, cache, False) if val_items else None
+    warn_conflicting_copies(tr, "training", model.config.classes)
     if va is not None:
+        warn_conflicting_copies(va, "validation", model.config.classes)
         warn_shared_images(tr, va)
         learnt = seen_before if learnt_before is None else learnt_before
         if learnt is not None and len(learnt):
