@@ -48,7 +48,23 @@ def test_evaluate_exits_1_when_images_could_not_be_read_and_draws_no_empty_inter
     assert "n/a-n/a" not in got.out and "macro AUC over" in got.out
     import json
 
-    assert json.loads((tmp_path / "ev" / "eval.json").read_text())["n_unreadable"] == 1
+    report = json.loads((tmp_path / "ev" / "eval.json").read_text())
+    assert report["n_unreadable"] == 1
+    # predictions.csv (the review: eval.json alone could not be audited): one row per evaluated image, from which
+    # each class's confusion counts at its threshold come out as eval.json states them.
+    assert report["predictions"] == "predictions.csv"
+    with open(tmp_path / "ev" / "predictions.csv", newline="", encoding="utf-8") as fh:
+        pred = list(csv.DictReader(fh))
+    assert len(pred) == len(rows) - 1 == report["n_samples"]
+    assert Path(rows[0]["path"]).name not in {Path(r["path"]).name for r in pred}
+    for c in report["classes"]:
+        label = np.array([int(r[f"label_{c['name']}"]) for r in pred])
+        call = np.array([int(r[f"call_{c['name']}"]) for r in pred])
+        p = np.array([float(r[f"p_{c['name']}"]) for r in pred])
+        assert np.array_equal(call, (p >= c["threshold"]).astype(int)) or np.abs(p - c["threshold"]).min() < 1e-5
+        got = {"tp": int((call & label).sum()), "fp": int((call & (1 - label)).sum()),
+               "tn": int(((1 - call) & (1 - label)).sum()), "fn": int(((1 - call) & label).sum())}
+        assert got == {k: c[k] for k in got}, c["name"]
 
 
 def test_evaluate_says_when_class_names_differ_only_in_case(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -754,8 +754,33 @@ def run_evaluate(ckpt: Path, items: Sequence[Item], out: Path | None, n_boot: in
         report["notes"].append(note)
         log.warning("%s", note)
     if out is not None:
+        report["predictions"] = PREDICTIONS_CSV
+        write_predictions(out / PREDICTIONS_CSV, ds, probs, thr, model.config.classes)
         write_json(out / "eval.json", report)
     return report
+
+
+#: Per-image figures beside eval.json, so that each summary figure can be recomputed and audited.
+PREDICTIONS_CSV = "predictions.csv"
+
+
+def write_predictions(path: Path, ds: ImageDataset, probs: np.ndarray, thresholds: Sequence[float],
+                      classes: Sequence[str]) -> None:
+    """One row per evaluated image: its path, patient, and per class the probability, the label and the call at
+    the stored threshold (atomically). Unreadable images are not rows: eval.json lists them."""
+    import csv
+
+    from uopsl.runtime.fsio import atomic_open
+
+    with atomic_open(path, "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(["path", "patient", *(f"p_{c}" for c in classes), *(f"label_{c}" for c in classes),
+                    *(f"call_{c}" for c in classes)])
+        for i, it in enumerate(ds.items):
+            p = probs[i]
+            w.writerow([str(it.path), it.group, *(f"{float(x):.6g}" for x in p),
+                        *(int(x) for x in ds.targets[i]),
+                        *(int(float(x) >= float(t)) for x, t in zip(p, thresholds))])
 
 
 def run_zero_shot(ckpt: Path, items: Sequence[Item], names: Sequence[str], out: Path | None,
