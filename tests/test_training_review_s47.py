@@ -13,6 +13,7 @@ from uopsl.runtime.clikit import main_entry
 from uopsl.train.cli import cli
 
 CLASSES = ("normal", "dr", "dme", "amd")
+TINY_CLASSES = ("normal", "a", "b")  # trainhelpers.tiny_model's
 
 
 def _checkpoint(root: Path, classes: tuple[str, ...] = CLASSES) -> Path:
@@ -111,3 +112,71 @@ def test_one_photograph_filed_under_two_classes_is_warned(tmp_path: Path, caplog
     caplog.clear()
     assert warn_conflicting_copies(dataset(items, pre, tmp_path / "cache", False), "training", names) == 0
     assert not caplog.text
+
+
+def _explain_setup(tmp_path: Path) -> tuple[Path, Path]:
+    import cv2
+
+    from imagekit import draw_fake_fundus
+    from trainhelpers import tiny_model
+    from uopsl.train.checkpoint import save_model
+
+    model, meta = tiny_model(random_text=True)
+    ckpt = tmp_path / "ckpt"
+    save_model(ckpt, model, meta)
+    photos = tmp_path / "in"
+    (photos / "sub").mkdir(parents=True)
+    for k, rel in enumerate(("a.jpg", "sub/a.jpg", "b.jpg")):
+        assert cv2.imwrite(str(photos / rel), cv2.cvtColor(draw_fake_fundus(200, seed=k), cv2.COLOR_RGB2BGR))
+    return ckpt, photos
+
+
+def _index(out: Path) -> list[dict[str, str]]:
+    with open(out / "maps.csv", newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_explain_again_on_one_photograph_keeps_its_maps_name(tmp_path: Path) -> None:
+    """``explain ck in/`` named ``in/a.jpg``'s map ``a-<hash>_sites.png`` (two photographs are called a.jpg);
+    ``explain ck in/a.jpg`` then drew the same photograph again as ``a_sites.png``, two maps of one photograph and
+    maps.csv listing it twice."""
+    from uopsl.train.explain import explain_inputs
+
+    ckpt, photos = _explain_setup(tmp_path)
+    out = tmp_path / "maps"
+    first = explain_inputs(ckpt, [str(photos)], out)
+    assert len(first.written) == 3
+    before = sorted(p.name for p in out.glob("*.png"))
+    again = explain_inputs(ckpt, [str(photos / "a.jpg")], out)
+    assert sorted(p.name for p in out.glob("*.png")) == before
+    assert [Path(d).name for _, d in again.written] == [Path(d).name for s, d in first.written
+                                                        if Path(s) == photos / "a.jpg"]
+    sources = [r["source"] for r in _index(out)]
+    assert len(sources) == len(set(sources)) == 3
+
+
+def test_explain_interrupted_keeps_the_index_of_the_maps_it_wrote(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C during ``explain`` printed "aborted" and left maps with hashed names but no maps.csv to say which
+    photograph each shows (it was written once, at the end)."""
+    import uopsl.runtime.overlay as overlay
+    from uopsl.train.explain import explain_inputs
+
+    ckpt, photos = _explain_setup(tmp_path)
+    calls = {"n": 0}
+    real = overlay.render_overlay
+
+    def stop_on_the_second_photograph(*args: object, **kwargs: object) -> object:
+        calls["n"] += 1
+        if calls["n"] > len(TINY_CLASSES):  # the first photograph's panels are drawn, then Ctrl-C
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(overlay, "render_overlay", stop_on_the_second_photograph)
+    out = tmp_path / "maps"
+    with pytest.raises(KeyboardInterrupt) as err:
+        explain_inputs(ckpt, [str(photos)], out)
+    assert str(err.value).startswith(f"interrupted: 1 of 3 maps written to {out} (listed in maps.csv)")
+    index = _index(out)
+    assert len(index) == 1 and (out / index[0]["png"]).is_file()
+    assert sorted(p.name for p in out.glob("*.png")) == [index[0]["png"]]

@@ -20,6 +20,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -67,11 +68,14 @@ def output_names(sources: Sequence[tuple[Path, str]], taken: dict[str, str]) -> 
     maps names already in the output folder to the resolved photograph they show.
     """
     stems = Counter(p.stem for p, _ in sources)
+    drawn = {source: png for png, source in taken.items()}  # a photograph drawn before keeps its map's name
     names = []
     for path, ident in sources:
         plain = f"{path.stem}_sites.png"
         owner = taken.get(plain)
-        if stems[path.stem] == 1 and owner in (None, os.path.realpath(path)):
+        if os.path.realpath(path) in drawn:
+            names.append(drawn[os.path.realpath(path)])
+        elif stems[path.stem] == 1 and owner in (None, os.path.realpath(path)):
             names.append(plain)
         else:
             names.append(f"{ident}_sites.png")
@@ -86,20 +90,7 @@ def explain_inputs(ckpt: Path, inputs: Sequence[str | os.PathLike[str]], out: Pa
     no photograph is found; a photograph that cannot be read is recorded in
     ``failed`` (and logged) and the batch goes on.
     """
-    import cv2
-    import torch
-
-    from uopsl.runtime.fsio import write_bytes
-    from uopsl.runtime.overlay import encode_png, render_overlay
-    from uopsl.runtime.pipeline import (
-        WalkState,
-        check_inputs,
-        check_output_placement,
-        display_path,
-        iter_inputs,
-        scale_geometry,
-    )
-    from uopsl.runtime.preprocess import preprocess_file
+    from uopsl.runtime.pipeline import WalkState, check_inputs, check_output_placement, display_path, iter_inputs
     from uopsl.train.checkpoint import load_model, read_meta
 
     meta = read_meta(ckpt)
@@ -134,6 +125,34 @@ def explain_inputs(ckpt: Path, inputs: Sequence[str | os.PathLike[str]], out: Pa
     model, meta = load_model(ckpt)
     model.eval()
     result = ExplainResult()
+    try:
+        _draw_all(unique, dests, model, meta, names, out, index, result, width)
+    except KeyboardInterrupt:
+        if result.written:
+            _write_index(out, index)
+        raise KeyboardInterrupt(f"interrupted: {len(result.written)} of {len(unique)} maps written to {out}"
+                                + (f" (listed in {INDEX})" if result.written else "")
+                                + "; the same command draws them all again") from None
+    if result.written:
+        _write_index(out, index)
+    if result.failed:
+        log.warning("%d of %d photographs could not be read and have no map: %s", len(result.failed), len(unique),
+                    "; ".join(display_path(s) for s, _ in result.failed[:5])
+                    + (" ..." if len(result.failed) > 5 else ""))
+    return result
+
+
+def _draw_all(unique: Sequence[Any], dests: Sequence[str], model: Any, meta: Any, names: Sequence[str], out: Path,
+              index: dict[str, str], result: ExplainResult, width: int) -> None:
+    """Draw each photograph's panel into ``out``, recording it in ``index`` and ``result`` as it is written."""
+    import cv2
+    import torch
+
+    from uopsl.runtime.fsio import write_bytes
+    from uopsl.runtime.overlay import encode_png, render_overlay
+    from uopsl.runtime.pipeline import display_path, scale_geometry
+    from uopsl.runtime.preprocess import preprocess_file
+
     for it, name in zip(unique, dests):
         path = Path(it.path)  # type: ignore[arg-type]
         try:
@@ -172,10 +191,3 @@ def explain_inputs(ckpt: Path, inputs: Sequence[str | os.PathLike[str]], out: Pa
         log.log(logging.DEBUG if name == f"{path.stem}_sites.png" else logging.INFO, "%s <- %s", dest,
                 display_path(path))
         result.written.append((str(path), dest))
-    if result.written:
-        _write_index(out, index)
-    if result.failed:
-        log.warning("%d of %d photographs could not be read and have no map: %s", len(result.failed), len(unique),
-                    "; ".join(display_path(s) for s, _ in result.failed[:5])
-                    + (" ..." if len(result.failed) > 5 else ""))
-    return result
