@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from uopsl.runtime.clikit import main_entry, option_given, verbose_option, version_option
+from uopsl.runtime.version import __version__
 from uopsl.runtime.heap import keep_freed_heap
 
 if TYPE_CHECKING:
@@ -345,6 +346,9 @@ def info_cmd(bundle: Path, as_json: bool, trusted_keys: Sequence[Path]) -> int:
     click.echo(f"bundle     {bundle}")
     click.echo(f"model      {m.model_name} ({m.backbone or 'backbone not recorded'}), head {m.head}, "
                f"toolkit {m.toolkit_version}, format {m.format_version}")
+    if _newer_version(m.toolkit_version, __version__):
+        click.echo(f"           made by uopsl {m.toolkit_version}, newer than this runtime ({__version__}): it reads "
+                   "this bundle's format, but upgrading uopsl here keeps the device in step with the exporter")
     click.echo(f"use        {m.intended_use.describe()}")
     click.echo(f"signature  {sig.describe()}" + ("  (REFUSED here: this machine trusts keys, and not this "
                                                   "bundle)" if keys and not sig.trusted else ""))
@@ -394,6 +398,18 @@ def info_cmd(bundle: Path, as_json: bool, trusted_keys: Sequence[Path]) -> int:
         click.echo("auto       " + (f"{auto['backend']} {auto['precision']} ({auto['file']}): {auto['reason']}"
                                     if "error" not in auto else f"nothing runs here: {auto['error']}"))
     return 2 if refused else 0  # a bundle error, as `verify` says it: scripts must not read a tampered bundle as fine
+
+
+def _newer_version(theirs: str, mine: str) -> bool:
+    """Whether version ``theirs`` is later than ``mine`` (dotted whole numbers; anything else is never newer)."""
+    def parts(v: str) -> tuple[int, ...] | None:
+        try:
+            return tuple(int(x) for x in v.split("."))
+        except ValueError:
+            return None
+
+    a, b = parts(theirs), parts(mine)
+    return a is not None and b is not None and a > b
 
 
 def _auto_choice(bundle: Path, m: Any) -> dict[str, Any]:

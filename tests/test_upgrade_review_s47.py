@@ -204,3 +204,17 @@ def test_a_sealed_manifest_with_fields_this_runtime_does_not_know_says_upgrade(t
     sealed_newer = _resealed(tmp_path / "n", tiny_bundle, {"format_version": 4}, seal=True)
     with pytest.raises(BundleError, match="bundle format version 4 is not supported .*upgrade uopsl"):
         read_manifest(sealed_newer)
+
+
+def test_info_says_when_a_newer_uopsl_made_the_bundle(tmp_path: Path, tiny_bundle: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """A bundle made by uopsl 9.0.0 in a format this runtime reads was shown as "toolkit 9.0.0" without a word."""
+    from uopsl.runtime.cli import main as screen_main
+    from uopsl.runtime.version import __version__
+
+    b = _resealed(tmp_path, tiny_bundle, {"toolkit_version": "9.0.0"}, seal=True)
+    assert screen_main(["info", str(b)]) == 0
+    assert f"made by uopsl 9.0.0, newer than this runtime ({__version__})" in capsys.readouterr().out
+    same = _resealed(tmp_path / "same", tiny_bundle, {"toolkit_version": __version__}, seal=True)
+    assert screen_main(["info", str(same)]) == 0
+    assert "newer than this runtime" not in capsys.readouterr().out
