@@ -180,3 +180,37 @@ def test_explain_interrupted_keeps_the_index_of_the_maps_it_wrote(tmp_path: Path
     index = _index(out)
     assert len(index) == 1 and (out / index[0]["png"]).is_file()
     assert sorted(p.name for p in out.glob("*.png")) == [index[0]["png"]]
+
+
+def test_a_table_with_some_empty_patient_cells_is_told_to_fill_them(tmp_path: Path,
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
+    """The warning for images without a patient said "Give the table a patient column" to a table that has one,
+    where only some rows left the cell empty."""
+    import logging
+
+    from fixtures_data import write_csv, write_image
+    from uopsl.train.commands.common import load_source
+
+    rows: list[list[object]] = [[f"img/{i}.png", "normal" if i % 2 else "dr", "" if i < 3 else f"P{i}"]
+                                for i in range(20)]
+    for r in rows:
+        write_image(tmp_path / str(r[0]))
+    table = write_csv(tmp_path / "t.csv", ["path", "label", "patient"], rows)
+    with caplog.at_level(logging.WARNING):
+        load_source(f"csv:{table}:split=test")
+    assert "3 of 20 images name no patient" in caplog.text and "Fill in their patient cells" in caplog.text
+    assert "Give the table a patient column" not in caplog.text
+
+
+def test_a_short_row_is_said_to_end_early_not_to_have_an_empty_cell(tmp_path: Path) -> None:
+    """A row with fewer fields than the header read "column 'label' is empty" (the cell is not empty: it is not
+    there, often a line broken in two)."""
+    from uopsl.runtime.errors import DataError
+    from uopsl.train.datasets.core import read_table
+
+    table = tmp_path / "t.csv"
+    table.write_text("path,patient,label\nimg/0.png,P0,normal\nimg/1.png,P1\n", encoding="utf-8")
+    _, rows = read_table(table, ["path", "label"])
+    assert rows[0].require("label") == "normal"
+    with pytest.raises(DataError, match=r"row 2.*the row has 2 field\(s\) and ends before column 'label'"):
+        rows[1].require("label")

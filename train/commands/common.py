@@ -229,9 +229,11 @@ def say_unknown_patients(spec: str, src: data.DatasetSource, what: str = "split=
     then sit on both sides, which nothing else would tell. ``what``: the split that does it."""
     unknown = sum(1 for s in src.samples if s.patient is None)
     if unknown:
+        # Some rows with a patient: the table has the column, and these rows left their cell empty.
+        fix = ("Fill in their patient cells to keep them together" if unknown < len(src)
+               else "Give the table a patient column (csv:) to keep them together")
         log.warning("%s: %d of %d images name no patient, so %s each on its own: two images of one person may "
-                    "fall on both sides. Give the table a patient column (csv:) to keep them together",
-                    spec, unknown, len(src), what)
+                    "fall on both sides. %s", spec, unknown, len(src), what, fix)
 
 
 

@@ -326,6 +326,9 @@ class Row:
     def require(self, column: str) -> str:
         """The non-empty value of ``column`` or a DataError naming file, row and column."""
         value = self.values.get(column, "")
+        if not value and column not in self.values:  # a row shorter than the header: its cells ran out
+            raise DataError(f"{self.where}: the row has {len(self.values)} field(s) and ends before column "
+                            f"{column!r}; every row needs a value there (a cell missing, or a line broken in two?).")
         if not value:
             raise DataError(f"{self.where}: column {column!r} is empty; every row needs a value there.")
         return value
