@@ -261,11 +261,11 @@ def check_repository_target(target: Path, overwrite: bool,
         if is_or_holds(target, other):
             raise ConfigError(f"Triton repository {target} is or holds {what}, which writing the repository "
                               "there would replace: choose another repository folder")
-    for what, other in keep:
-        if what == "the bundle" and is_or_holds(Path(other), target):
+    for what, kept in keep:
+        if what == "the bundle" and is_or_holds(kept, target):
             # A device copies the bundle folder whole: a repository inside it would ship unlisted, unverified
             # copies of the model files beside the verified ones (verify names them as not in the manifest).
-            raise ConfigError(f"Triton repository {target} is inside the bundle {other}, which devices copy and "
+            raise ConfigError(f"Triton repository {target} is inside the bundle {kept}, which devices copy and "
                               "verify as a whole: choose a folder outside the bundle")
     if not target.exists():
         return

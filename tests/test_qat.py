@@ -328,7 +328,7 @@ def test_cli_reuses_its_finished_run_and_never_writes_over_another_model(tmp_pat
     assert res.exit_code == 0 and "not trained again" in res.output
     assert (tmp_path / "out" / "model.safetensors").read_bytes() == written
     res = CliRunner().invoke(cli, [*base, "--out", str(tmp_path / "out"), "--lr", "1e-3"])
-    assert res.exit_code != 0 and "holds a finished qat run with other settings" in str(res.exception)
+    assert res.exit_code != 0 and "holds a finished qat run that differs from this command's in its settings" in str(res.exception)
     assert (tmp_path / "out" / "model.safetensors").read_bytes() == written
     # A folder holding a finished model of another stage (the fine-tune a user meant to keep).
     import shutil

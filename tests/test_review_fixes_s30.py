@@ -207,7 +207,7 @@ def test_a_finished_finetune_is_reused_only_at_the_same_operating_point(tmp_path
     save_model(tmp_path / "ft", model, replace(meta, stage="finetune", metrics={RUN_IDENTITY_KEY: want}))
     assert finished_run(tmp_path / "ft", "finetune", want)
     for other in (operating_identity(0.5, (False, True, True)), operating_identity(0.9, (False, False, True))):
-        with pytest.raises(ConfigError, match="another operating point"):
+        with pytest.raises(ConfigError, match="differs from this command's in its operating point"):
             finished_run(tmp_path / "ft", "finetune", {**want, "operating": other})
     # A run finished before the operating point was recorded is reused as before.
     old = {k: v for k, v in want.items() if k != "operating"}

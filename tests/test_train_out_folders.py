@@ -59,7 +59,7 @@ def test_a_finished_run_is_reused_only_for_the_same_data_and_settings(
                                      (a, other_start, (), "model")):
         assert _finetune(data, start, out, *extra) == 2
         err = capsys.readouterr().err
-        assert f"holds a finished finetune run with other {what} than this command's" in err and "new --out" in err, err
+        assert f"holds a finished finetune run that differs from this command's in its {what}" in err and "new --out" in err, err
         if what == "settings":  # the setting that changed is named (session 47's review), nothing else
             assert "(settings: epochs 1 -> 2)" in err, err
         assert _files(out) == first

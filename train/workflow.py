@@ -326,9 +326,9 @@ def finished_run(out: Path, stage: str, want: dict[str, str], config: Mapping[st
         changes = _setting_changes(meta.train_config, config) if "settings" in differ and config is not None else []
         shown = f" (settings: {'; '.join(changes[:6])}{'; ...' if len(changes) > 6 else ''})" if changes else ""
         raise ConfigError(
-            f"{out} holds a finished {stage} run with other {', '.join(differ)} than this command's{shown} (or one "
-            "made by an earlier uopsl, whose models or preprocessing differ); it is not reused or overwritten: write "
-            "to a new --out, or delete the folder to train it again")
+            f"{out} holds a finished {stage} run that differs from this command's in its {', '.join(differ)}{shown} "
+            "(or one made by an earlier uopsl, whose models or preprocessing differ); it is not reused or "
+            "overwritten: write to a new --out, or delete the folder to train it again")
     said = (str(out), stage, "finished")
     if said not in _SAID_REUSED:  # a command checks before writing its config, then the stage checks again
         _SAID_REUSED.add(said)
@@ -477,7 +477,7 @@ def warn_conflicting_copies(ds: ImageDataset, what: str, classes: Sequence[str])
         first = clashes[0]
 
         def named(i: int) -> str:
-            return f"{ds.items[i].path} ({', '.join(classes[k] for k in np.flatnonzero(ds.targets[i])) or 'no class'})"
+            return f"{ds.items[i].path} ({', '.join(classes[int(k)] for k in np.flatnonzero(ds.targets[i])) or 'no class'})"
 
         log.warning("%d %s photograph(s) appear more than once with different labels (the same file content, e.g. "
                     "%s and %s): the model is taught both; keep one copy, with the right label", len(clashes), what,
