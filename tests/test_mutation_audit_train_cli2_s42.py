@@ -322,17 +322,9 @@ SYNTH_CLASSES = ("normal", "dr", "dme", "amd")
 
 def _checkpoint(root: Path, classes: tuple[str, ...] = SYNTH_CLASSES) -> Path:
     """A small random checkpoint with ``classes`` (read_meta is all the command reads before run_evaluate)."""
-    import numpy as np
+    from trainhelpers import classes_checkpoint
 
-    from trainhelpers import tiny_model
-    from uopsl.train.checkpoint import save_model
-    from uopsl.train.model import UopslModel
-
-    model, meta = tiny_model(random_text=True)
-    cfg = replace(meta.model, classes=classes)
-    meta = replace(meta, model=cfg, phrases=tuple((c,) for c in classes))
-    save_model(root, UopslModel(cfg, np.zeros((len(classes), 384), np.float32)), replace(meta, stage="finetune"))
-    return root
+    return classes_checkpoint(root, classes)
 
 
 @pytest.fixture(scope="module")

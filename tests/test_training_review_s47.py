@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -17,15 +16,9 @@ TINY_CLASSES = ("normal", "a", "b")  # trainhelpers.tiny_model's
 
 
 def _checkpoint(root: Path, classes: tuple[str, ...] = CLASSES) -> Path:
-    from trainhelpers import tiny_model
-    from uopsl.train.checkpoint import save_model
-    from uopsl.train.model import UopslModel
+    from trainhelpers import classes_checkpoint
 
-    model, meta = tiny_model(random_text=True)
-    cfg = replace(meta.model, classes=classes)
-    meta = replace(meta, model=cfg, phrases=tuple((c,) for c in classes))
-    save_model(root, UopslModel(cfg, np.zeros((len(classes), 384), np.float32)), replace(meta, stage="finetune"))
-    return root
+    return classes_checkpoint(root, classes)
 
 
 def test_evaluate_exits_1_when_images_could_not_be_read_and_draws_no_empty_intervals(

@@ -56,6 +56,20 @@ def tiny_model(variant: str = "uopsl", seed: int = 0, random_text: bool = False)
     return UopslModel(cfg, text), meta
 
 
+def classes_checkpoint(root: Path, classes: tuple[str, ...]) -> Path:
+    """A small random fine-tuned checkpoint whose classes are ``classes`` (zero prototypes): what commands that
+    read the checkpoint's classes before any model runs (evaluate's refusals) need, written to ``root``."""
+    from dataclasses import replace
+
+    from uopsl.train.checkpoint import save_model
+
+    model, meta = tiny_model(random_text=True)
+    cfg = replace(meta.model, classes=classes)
+    meta = replace(meta, model=cfg, phrases=tuple((c,) for c in classes))
+    save_model(root, UopslModel(cfg, np.zeros((len(classes), 384), np.float32)), replace(meta, stage="finetune"))
+    return root
+
+
 def _prototypes(phrases: tuple[tuple[str, ...], ...]) -> np.ndarray:
     from uopsl.train.text import TextEncoder
 
