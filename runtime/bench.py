@@ -33,8 +33,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from uopsl.runtime.backends import (BACKEND_NAMES, PRECISIONS, detect_availability, open_and_enter, select_backend,
-                                    validated_file)
+from uopsl.runtime.backends import BACKEND_NAMES, PRECISIONS, detect_availability, open_and_enter, select_backend
 from uopsl.runtime.backends.base import Backend
 from uopsl.runtime.bundle import Manifest
 from uopsl.runtime.errors import BackendError, ConfigError, UopslError
@@ -423,9 +422,8 @@ def run_bench(bundle: str | os.PathLike[str], backend: str = "auto", precision: 
             # Whether `auto` would run this file (its parity verdict here): a FAILed INT8 file is measured when
             # asked for, and its figures must not read as a usable choice.
             said["validated"] = opened.validated  # None: an FP32 file, the reference precision
-            if opened.validated is False and entry is not None:
-                # Why not: a FAIL reads differently from a file never validated here.
-                said["not_validated_because"] = validated_file(root, entry, opened.backend, m)[1]
+            if opened.validated is False:  # why not: a FAIL reads differently from a file never validated here
+                said["not_validated_because"] = opened.not_validated_because
             for r in rows:
                 result["cases"].append({"backend": opened.backend, "precision": opened.precision, "file": opened.file,
                                         "requested": name, **said, **r})

@@ -467,22 +467,23 @@ def warn_conflicting_copies(ds: ImageDataset, what: str, classes: Sequence[str])
     warning, as for copies across training and validation (:func:`warn_shared_images`): the copies are the
     user's to resolve.
     """
-    groups: dict[int, list[int]] = {}
+    first_of: dict[int, int] = {}  # file content -> the first image with it
+    clashes: dict[int, tuple[int, int]] = {}  # file content -> (first image, first one labelled otherwise)
     for i, d in enumerate(ds.digests):
-        if int(d):
-            groups.setdefault(int(d), []).append(i)
-    clashes = [idx for idx in groups.values()
-               if len(idx) > 1 and any(not np.array_equal(ds.targets[idx[0]], ds.targets[j]) for j in idx[1:])]
+        if not int(d):
+            continue
+        j = first_of.setdefault(int(d), i)
+        if j != i and int(d) not in clashes and not np.array_equal(ds.targets[j], ds.targets[i]):
+            clashes[int(d)] = (j, i)
     if clashes:
-        first = clashes[0]
-
         def named(i: int) -> str:
-            return f"{ds.items[i].path} ({', '.join(classes[int(k)] for k in np.flatnonzero(ds.targets[i])) or 'no class'})"
+            labels = ", ".join(classes[int(k)] for k in np.flatnonzero(ds.targets[i]))
+            return f"{ds.items[i].path} ({labels or 'no class'})"
 
+        a, b = next(iter(clashes.values()))
         log.warning("%d %s photograph(s) appear more than once with different labels (the same file content, e.g. "
                     "%s and %s): the model is taught both; keep one copy, with the right label", len(clashes), what,
-                    named(first[0]), named(next(j for j in first[1:]
-                                                if not np.array_equal(ds.targets[first[0]], ds.targets[j]))))
+                    named(a), named(b))
     return len(clashes)
 
 

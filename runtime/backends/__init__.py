@@ -87,6 +87,7 @@ class Selection:
     ``validated``: for a reduced-precision file (INT8, FP16), whether ``uopsl validate`` passed it on this
     backend. ``auto`` takes no INT8 or FP16 file or engine that did not; an explicit ``precision=`` runs an
     unvalidated file with a warning. None for an FP32 file, the reference precision.
+    ``not_validated_because``: when ``validated`` is False, why (no parity record here, a FAIL, a changed file).
     """
 
     backend: str
@@ -94,6 +95,7 @@ class Selection:
     file: str
     reason: str
     validated: bool | None = None
+    not_validated_because: str = ""
 
 
 def detect_availability() -> Availability:
@@ -659,7 +661,7 @@ def open_backend(
             log.warning("%s on %s is not a validated file: %s; running it because precision %r was asked for, "
                         "so its results may differ from the validated model's", sel.file, sel.backend, why, precision)
             sel = replace(sel, reason=f"{sel.reason}; NOT validated here: {why}")
-        sel = replace(sel, validated=ok)
+        sel = replace(sel, validated=ok, not_validated_because="" if ok else why)
     # One short line at INFO (what uopsl-screen shows); the reasoning is for -vv and engineers.
     log.info("backend: %s %s (%s)", sel.backend, sel.precision, sel.file)
     log.debug("backend choice: %s", sel.reason)
