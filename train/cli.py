@@ -38,6 +38,8 @@ Datasets (--data, --fundus, --oct, --val): KIND:PATH[:key=value,...]
   synthetic:DIR     `uopsl synth` output      folder:DIR      DIR/<class>/*
   csv:FILE          path + label/labels       tvhl:DIR:task=four_class|referable_dr|dme
   aptos, messidor2, idrid, rfmid, odir, oct2017, octdl: the public sets' layouts
+  Other column names: csv:FILE:path_column=image,label_column=diagnosis (also
+  multi_label_column, label_columns=a+b for 0/1 columns, patient_column, ...).
   Every kind: split=train|val|test (patient-level 70/15/15; the publisher's own
   split on idrid, rfmid, oct2017), fold=I/K, notfold=I/K; duplicates=0.9 keeps
   copies of a photograph (uopsl duplicates) on one side; lists joined with +

@@ -8,7 +8,11 @@ values joined with ``+`` (``classes=normal+dr``). The options of each kind:
 * ``folder:DIR`` (``DIR/<class>/*``): ``classes``, ``modality``, ``name``;
 * ``csv:FILE``: columns ``path`` and ``label`` (one class) or ``labels``
   (``;``-joined), ``patient``/``eye``/``modality`` used when present:
-  ``classes``, ``name``, ``missing``;
+  ``classes``, ``name``, ``missing``, and other columns named by the fields of
+  :class:`~uopsl.train.data.CsvLayout` (``path_column=image,label_column=diagnosis``;
+  ``multi_label_column``, ``separator``, ``label_columns=dr+dme`` for 0/1 columns,
+  ``none_label``, ``patient_column``, ``eye_column``, ``modality_column``,
+  ``modality``, ``image_root``);
 * ``tvhl:DIR``: ``task=four_class|referable_dr|dme``, ``modality=fundus|oct|both``,
   ``missing`` (e.g. ``tvhl:../shared/data/tvhl:task=four_class,modality=oct``);
 * ``aptos:DIR``: ``task=referable|any_dr|grade``, ``missing``;
@@ -57,6 +61,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _SPLIT_KEYS = ("split", "split_seed", "fold", "notfold", "fold_seed", "duplicates")
+# Readers whose ``columns=`` takes fields of a layout, each written on the command line as an option of its own
+# (csv:FILE:path_column=image,label_column=diagnosis).
+_LAYOUTS: dict[str, type] = {"csv": data.CsvLayout}
 
 # One working spec per kind, quoted by the error for a wrong option.
 EXAMPLES: dict[str, str] = {
@@ -153,9 +160,11 @@ def load_source(spec: str) -> data.DatasetSource:
     # A reader's own 'split' is the publisher's split: it wins, and split_seed means nothing there.
     selectors = [k for k in _SPLIT_KEYS if k not in accepted and not (k == "split_seed" and "split" in accepted)]
     sel = {k: opts.pop(k) for k in selectors if k in opts}
+    layout_hints = get_type_hints(_LAYOUTS[kind]) if kind in _LAYOUTS else {}
+    named = {k: opts.pop(k) for k in list(opts) if k in layout_hints}
     for key, value in opts.items():
         if key not in accepted:
-            settable = [k for k in accepted if _form(hints.get(k)) is not None] + selectors
+            settable = [k for k in accepted if _form(hints.get(k)) is not None] + list(layout_hints) + selectors
             raise ConfigError(
                 f"{spec!r}: dataset kind {kind!r} has no option {key!r} (got {key}={value}); "
                 f"it accepts {', '.join(settable)}. Example: {EXAMPLES.get(kind, f'{kind}:PATH')}"
@@ -165,6 +174,8 @@ def load_source(spec: str) -> data.DatasetSource:
             raise ConfigError(f"{spec!r}: {seed_key}= seeds {' or '.join(f'{k}=' for k in needs)}, and this spec "
                               f"has none; add {needs[0]}=... or drop {seed_key}")
     values = {k: _coerce(kind, k, v, hints.get(k), accepted[k].annotation) for k, v in opts.items()}
+    if named:
+        values["columns"] = {k: _coerce(kind, k, v, layout_hints[k], layout_hints[k]) for k, v in named.items()}
     src = data.load_dataset(kind, path, **values)
     links = _duplicate_links(spec, src, sel, publisher_split="split" in values)
     if links:  # carried by the parts below, so a split made later (finetune's validation part) keeps them too

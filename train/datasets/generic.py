@@ -26,8 +26,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path, PureWindowsPath
 from typing import Any
 
@@ -53,6 +53,8 @@ _TRUE = {"1", "1.0", "true", "yes"}
 _FALSE = {"0", "0.0", "false", "no", ""}
 # What people join several class names with; inside one class name each is a mistake.
 _JOINERS = (";", ",", "|")
+# CsvLayout's three ways of giving labels; exactly one is set.
+_LABEL_FORMS = ("label_column", "label_columns", "multi_label_column")
 
 
 def _space(classes: tuple[str, ...] | list[str] | None, multi_label: bool) -> LabelSpace | None:
@@ -120,28 +122,57 @@ class CsvLayout:
             raise ConfigError("separator must be a non-empty string")
 
     @classmethod
-    def infer(cls, header: Sequence[str], source: str | Path = "the CSV") -> CsvLayout:
-        """The layout a header implies: ``path`` and ``label`` (one class per row) or ``labels``
+    def infer(cls, header: Sequence[str], source: str | Path = "the CSV", **named: Any) -> CsvLayout:
+        """The layout a header implies, with ``named`` fields taking precedence.
+
+        Without ``named``: ``path`` and ``label`` (one class per row) or ``labels``
         (``;``-joined names; ``label`` wins when both exist), with ``patient``, ``eye`` and
         ``modality`` columns used when present. That is the form of the ``labels.csv``
         ``uopsl synth`` writes and of the CSVs ``uopsl calibrate``/``validate`` accept.
+        ``named`` (the command line's ``csv:FILE:path_column=image,label_column=diagnosis``)
+        names columns of a table made elsewhere; naming one label form (``label_column``,
+        ``label_columns`` or ``multi_label_column``) stops the other two from being inferred,
+        and each named column must exist.
         """
+        known = [f.name for f in fields(cls)]
+        unknown = [k for k in named if k not in known]
+        if unknown:
+            raise ConfigError(f"CsvLayout has no field {unknown[0]!r}; its fields: {', '.join(known)}.")
         cols = {c.strip() for c in header}
-        if "path" not in cols or not cols & {"label", "labels"}:
+        found = [c for c in header if c.strip()]
+        named_form = any(named.get(k) for k in _LABEL_FORMS)
+        path_column = named.get("path_column", "path")
+        if path_column not in cols or not (named_form or cols & {"label", "labels"}):
+            hint = semicolon_hint(source, header)
+            if hint:
+                raise DataError(hint)
+            labels = "a 'label' (one class per row) or 'labels' (';'-joined class names) column"
+            if not named:
+                what = f"cannot tell the layout from columns {found}; expected a 'path' column and {labels}"
+            elif path_column not in cols:
+                what = f"path_column {path_column!r} names none of the columns {found}"
+            else:
+                what = f"no label column is named, and none of the columns {found} is {labels}"
             raise DataError(
-                semicolon_hint(source, header) or f"{source}: cannot tell the layout from columns "
-                f"{[c for c in header if c.strip()]}; expected a 'path' column and a 'label' (one class per row) "
-                "or 'labels' (';'-joined class names) column. Rename the columns in the CSV (Python: or pass "
-                "read_csv a CsvLayout naming them)."
+                f"{source}: {what}. Rename the columns in the CSV, or name them in the dataset spec, e.g. "
+                f"csv:FILE:path_column={(found + ['image'])[0]},label_column={(found[1:] + ['diagnosis'])[0]} (also "
+                "multi_label_column= for joined names, label_columns=a+b for 0/1 columns, patient_column=, "
+                "eye_column=; from Python: read_csv(path, CsvLayout(...)))."
             )
-        single = "label" in cols
-        return cls(
-            label_column="label" if single else None,
-            multi_label_column=None if single else "labels",
-            patient_column="patient" if "patient" in cols else None,
-            eye_column="eye" if "eye" in cols else None,
-            modality_column="modality" if "modality" in cols else None,
-        )
+        inferred: dict[str, Any] = {}
+        if not named_form:
+            single = "label" in cols
+            inferred.update(label_column="label" if single else None, multi_label_column=None if single else "labels")
+        for key, column in (("patient_column", "patient"), ("eye_column", "eye"), ("modality_column", "modality")):
+            # A modality named for the whole table is not overruled by a modality column found in it.
+            if column in cols and not (key == "modality_column" and "modality" in named):
+                inferred[key] = column
+        layout = cls(**{**inferred, **named})
+        missing = [c for c in layout.columns() if c not in cols]
+        if missing:
+            raise DataError(f"{source}: column(s) {missing} named in the dataset spec are not in the CSV; columns "
+                            f"found: {found}. Check the spelling (names are case-sensitive).")
+        return layout
 
     @property
     def multi_label(self) -> bool:
@@ -198,17 +229,23 @@ def read_csv(
     classes: tuple[str, ...] | list[str] | None = None,
     name: str | None = None,
     missing: OnMissing = "error",
+    columns: Mapping[str, Any] | None = None,
 ) -> DatasetSource:
     """Dataset from a CSV described by ``layout`` (default: inferred from the header, :meth:`CsvLayout.infer`).
+
+    columns: fields of the inferred layout named by the caller (what the command line's
+    ``csv:FILE:path_column=...`` sets); with ``layout`` given, an error (say it there).
 
     classes: allowed classes in label-space order (an unlisted label is an
     error naming file and row). Default: the 0/1 column names (plus
     ``none_label``) for ``label_columns``, else every name found, in vocabulary order.
     """
     csv_path = Path(csv_path)
+    if layout is not None and columns:
+        raise ConfigError(f"read_csv got both a layout and columns {dict(columns)}; name the columns in the layout.")
     header, rows = read_table(csv_path, layout.columns() if layout is not None else ())
     if layout is None:
-        layout = CsvLayout.infer(header, csv_path)
+        layout = CsvLayout.infer(header, csv_path, **(columns or {}))
     if classes is None and layout.label_columns:
         classes = order_classes(list(layout.label_columns) + ([layout.none_label] if layout.none_label else []))
     image_root = csv_path.parent / layout.image_root if layout.image_root else csv_path.parent
