@@ -129,8 +129,6 @@ from uopsl.runtime.bundle import (
     PARITY_KEY,
     OUTPUT_NAMES,
     REFERENCE_MAX_PROB_DIFF,
-    REFERENCE_ONNX,
-    REFERENCE_PYTORCH,
     REFERENCE_UNKNOWN,
     FileEntry,
     Manifest,

@@ -51,12 +51,14 @@ from typing import Any, Union
 import cv2
 import numpy as np
 
+from uopsl.runtime import quality
 from uopsl.runtime.backends.base import GPU_BACKENDS, Backend
 from uopsl.runtime.bundle import Manifest
 from uopsl.runtime.dicomfile import PART10_HEAD, is_part10
 from uopsl.runtime.errors import BackendClosedError, BackendError, ConfigError, ImageDecodeError, ImageError, UopslError
 from uopsl.runtime.optional import available, extra_hint
 from uopsl.runtime.preprocess import Geometry, Preprocessed, PreprocessConfig, preprocess, read_bytes
+from uopsl.runtime.quality import QualityConfig
 from uopsl.runtime.results import JSONL, LOCK_NAME, key_path, probability_value
 from uopsl.runtime.workerpool import (
     discard_pool,
@@ -777,35 +779,15 @@ class _Verdict:
     reasons: tuple[str, ...]
 
 
-def _quality_module() -> Any:
-    try:
-        from uopsl.runtime import quality  # the quality engineer's gate
-
-        return quality
-    except ImportError:
-        return None
+def assess(pre: Preprocessed, quality_config: QualityConfig | None = None) -> _Verdict:
+    """The quality gate's verdict (:func:`uopsl.runtime.quality.assess`), in the pipeline's own small form."""
+    v = quality.assess(pre, quality_config)
+    return _Verdict(bool(v.gradable), float(v.score), tuple(str(r) for r in v.reasons))
 
 
-def assess(pre: Preprocessed, quality_config: Any = None) -> _Verdict:
-    """Run the quality gate (``uopsl.runtime.quality.assess``); a minimal FOV check if it is absent."""
-    q = _quality_module()
-    if q is not None:
-        v = q.assess(pre, quality_config)
-        return _Verdict(bool(v.gradable), float(v.score), tuple(str(r) for r in v.reasons))
-    g = pre.geometry
-    if not g.fov_found:
-        return _Verdict(False, float(g.fov_fill), ("no_fundus_field_of_view",))
-    return _Verdict(True, float(g.fov_fill), ())
-
-
-def assess_error(exc: BaseException) -> tuple[str, ...]:
+def assess_error(exc: ImageError) -> tuple[str, ...]:
     """Reasons for an input that failed before the gate (decode, size, I/O)."""
-    q = _quality_module()
-    if q is not None and hasattr(q, "assess_error"):
-        return tuple(str(r) for r in q.assess_error(exc).reasons)
-    if isinstance(exc.__cause__, OSError):
-        return ("unreadable",)
-    return (getattr(exc, "reason", "error"),)
+    return tuple(str(r) for r in quality.assess_error(exc).reasons)
 
 
 # -- pipeline -------------------------------------------------------------------------------
@@ -1418,9 +1400,3 @@ def _one_line(exc: BaseException, source: str) -> str:
     msg = " ".join(str(exc).split())
     prefix = f"{source}: "
     return msg[len(prefix):] if msg.startswith(prefix) else msg
-
-
-def screen_paths(backend: Backend, manifest: Manifest, inputs: Sequence[str | os.PathLike[str]],
-                 config: PipelineConfig | None = None) -> Iterator[ScreenResult]:
-    """Convenience: expand ``inputs`` (files, folders, list files) and screen them."""
-    return ScreeningPipeline(backend, manifest, config).run(iter_inputs(inputs))
