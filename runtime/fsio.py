@@ -326,6 +326,27 @@ def read_user_text(path: str | os.PathLike[str], what: str, error: type[UopslErr
                     "(Excel: CSV UTF-8) and try again") from None
 
 
+def readable_text(text: str) -> str:
+    """``text`` as valid Unicode, for CSV, JSON lines, HTML and messages: the one rendering of a file name.
+
+    Why: a file name written by an old camera, a FAT stick or a zip made on Windows can hold bytes that are
+    not UTF-8; Python keeps them as lone surrogates, which no UTF-8 file can hold. They become U+FFFD, in the
+    results and the report alike (a clinic matches the two). Not a guessed code page: a wrong guess would
+    show a patient's name with another letter, where U+FFFD shows that a letter is unknown. The lossless
+    form stays in a row's ``key``.
+    """
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        pass
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate that no undecodable byte made
+        return text.encode("utf-8", "replace").decode("utf-8")
+    return raw.decode("utf-8", "replace")
+
+
 def write_json(path: str | os.PathLike[str], obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=json_default) + "\n")
 

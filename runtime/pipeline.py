@@ -56,6 +56,7 @@ from uopsl.runtime.backends.base import GPU_BACKENDS, Backend
 from uopsl.runtime.bundle import Manifest
 from uopsl.runtime.dicomfile import PART10_HEAD, is_part10
 from uopsl.runtime.errors import BackendClosedError, BackendError, ConfigError, ImageDecodeError, ImageError, UopslError
+from uopsl.runtime.fsio import readable_text
 from uopsl.runtime.optional import available, extra_hint
 from uopsl.runtime.preprocess import Geometry, Preprocessed, PreprocessConfig, preprocess, read_bytes
 from uopsl.runtime.quality import QualityConfig
@@ -119,19 +120,8 @@ STATUSES = ("ok", "ungradable", "error")
 
 
 def display_path(path: str | os.PathLike[str]) -> str:
-    """``path`` as valid Unicode text, for CSV, HTML and messages.
-
-    Why: a file name written by an old camera or a FAT stick can hold bytes
-    that are not UTF-8; Python keeps them as lone surrogates, which no UTF-8
-    file can hold. They become U+FFFD here; the lossless form stays in the
-    row's ``key`` (and ``source_path``).
-    """
-    text = os.fspath(path)
-    try:
-        text.encode("utf-8")
-        return text
-    except UnicodeEncodeError:
-        return os.fsencode(text).decode("utf-8", "replace")
+    """``path`` as valid Unicode text, for CSV, HTML and messages (:func:`uopsl.runtime.fsio.readable_text`)."""
+    return readable_text(os.fspath(path))
 
 
 def image_suffix(name: str) -> str:

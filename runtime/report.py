@@ -43,7 +43,7 @@ import cv2
 import numpy as np
 
 from uopsl.runtime.bundle import Manifest
-from uopsl.runtime.fsio import atomic_open, special_entry
+from uopsl.runtime.fsio import atomic_open, readable_text, special_entry
 from uopsl.runtime.optional import extra_hint
 from uopsl.runtime.overlay import OVERLAY_DIR, THUMB_DIR, content_id, encode_jpeg
 from uopsl.runtime.results import content_hash, model_sha256, valid_image_id
@@ -207,23 +207,9 @@ def report_css() -> str:
 
 
 def _text(value: object) -> str:
-    """``str(value)`` that can be written as UTF-8: a file name from an old camera or a FAT stick may hold bytes
-    that are not UTF-8 (Python keeps them as lone surrogates); they are shown as the Windows-1252 text they
-    most likely were, never crash the report."""
-    s = str(value)
-    try:
-        s.encode("utf-8")
-        return s
-    except UnicodeEncodeError:
-        pass
-    try:
-        raw = s.encode("utf-8", "surrogateescape")
-    except UnicodeEncodeError:
-        return s.encode("utf-8", "replace").decode("utf-8")
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return raw.decode("cp1252", "replace")
+    """``str(value)`` that can be written as UTF-8 (:func:`uopsl.runtime.fsio.readable_text`): a file name from an
+    old camera or a FAT stick may hold bytes that are not UTF-8; they never crash the report."""
+    return readable_text(str(value))
 
 
 def esc(value: object) -> str:

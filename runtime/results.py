@@ -39,8 +39,8 @@ import numpy as np
 
 from uopsl.runtime.bundle import MANIFEST, Manifest
 from uopsl.runtime.errors import ConfigError
-from uopsl.runtime.fsio import (FolderLock, open_plain, remove_stale_temporaries, sha256_bytes, sha256_file,
-                               special_entry, write_json, write_text)
+from uopsl.runtime.fsio import (FolderLock, open_plain, readable_text, remove_stale_temporaries, sha256_bytes,
+                               sha256_file, special_entry, write_json, write_text)
 from uopsl.runtime.version import __version__
 
 log = logging.getLogger(__name__)
@@ -181,11 +181,7 @@ MOVED_BY_SIZE_UP_TO = 64
 def _display(value: Any) -> Any:
     """``value`` with lone surrogates (undecodable file-name bytes) replaced, so UTF-8 files can hold it."""
     if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-            return value
-        except UnicodeEncodeError:
-            return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+        return readable_text(value)
     if isinstance(value, list):
         return [_display(v) for v in value]
     if isinstance(value, dict):

@@ -355,10 +355,11 @@ def test_a_folder_breaks_between_its_names_not_inside_one() -> None:
 
 
 def test_undecodable_file_name_bytes_do_not_crash_the_report(tmp_path: Path) -> None:
-    """3 (report side): a Latin-1 name from an old camera ('caf\\xe9') is shown, not a UnicodeEncodeError."""
+    """3 (report side): a Latin-1 name from an old camera ('caf\\xe9') is shown, not a UnicodeEncodeError; its
+    unknown letter as U+FFFD, as in results.csv (session 48: the report guessed Windows-1252 there)."""
     row = _row("caf\udce9_OD.jpg", refer=False, probs={"dr": 0.1})
     path = write_report([row], tmp_path, _manifest())
-    assert "café_OD.jpg" in path.read_text(encoding="utf-8")
+    assert "caf\ufffd_OD.jpg" in path.read_text(encoding="utf-8")
 
 
 def test_a_thousand_rows_render_fast(tmp_path: Path) -> None:
@@ -502,3 +503,17 @@ def test_an_unreadable_file_reads_checked_not_screened(tmp_path: Path) -> None:
     page = render_report(rows, tmp_path, _manifest())
     whens = re.findall(r"<span class='when'>(\w+) ", page)
     assert sorted(whens) == ["checked", "screened"], whens
+
+
+def test_one_rendering_of_an_undecodable_name_for_rows_report_and_messages() -> None:
+    """Session 48: the report, the results rows and the console each had their own copy of this (the report's
+    guessed Windows-1252 where the rows wrote U+FFFD); now all three call fsio.readable_text."""
+    from uopsl.runtime.fsio import readable_text
+    from uopsl.runtime.pipeline import display_path
+    from uopsl.runtime.report import esc
+    from uopsl.runtime.results import _display
+
+    name = os.fsdecode(b"M\xfcller_OD.jpg")
+    assert readable_text(name) == display_path(name) == _display(name) == esc(name) == "M\ufffdller_OD.jpg"
+    assert readable_text("a\ud800b") == "a?b"  # a lone surrogate no undecodable byte made: no crash either
+    assert readable_text("Müller") == "Müller"
