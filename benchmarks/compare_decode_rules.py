@@ -36,7 +36,7 @@ import numpy as np
 
 from uopsl.runtime.bundle import read_manifest
 from uopsl.runtime.errors import UopslError
-from uopsl.runtime.pipeline import walk_images
+from uopsl.runtime.inputs import walk_images
 from uopsl.runtime.preprocess import PreprocessConfig, Preprocessed, preprocess, read_bytes
 from uopsl.runtime.quality import QualityVerdict, assess
 

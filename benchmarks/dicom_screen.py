@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from uopsl.runtime.api import Screener
-from uopsl.runtime.pipeline import walk_images
+from uopsl.runtime.inputs import walk_images
 from uopsl.runtime.preprocess import decode, read_bytes
 
 OPHTHALMIC_8BIT = "1.2.840.10008.5.1.4.1.1.77.1.5.1"

@@ -39,7 +39,8 @@ import numpy as np
 from uopsl.runtime.backends import open_backend
 from uopsl.runtime.bench import synthetic_jpeg
 from uopsl.runtime.bundle import read_manifest
-from uopsl.runtime.pipeline import PipelineConfig, ScreeningPipeline, item_for_data, item_for_path
+from uopsl.runtime.pipeline import PipelineConfig, ScreeningPipeline
+from uopsl.runtime.inputs import item_for_data, item_for_path
 from uopsl.runtime.preprocess import preprocess, read_bytes
 
 

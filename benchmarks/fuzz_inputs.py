@@ -718,7 +718,8 @@ def worker_main(args: argparse.Namespace) -> None:
 
     cv2.setNumThreads(1)  # as the pipeline runs it (opencv_single_threaded)
     from uopsl.runtime import dicomfile, exif, imagefile
-    from uopsl.runtime.pipeline import PrepareSpec, item_for_path, prepare_item
+    from uopsl.runtime.pipeline import PrepareSpec, prepare_item
+    from uopsl.runtime.inputs import item_for_path
     from uopsl.runtime.preprocess import PreprocessConfig
 
     specs = [PrepareSpec(PreprocessConfig(size=224), thumbnail_side=0),

@@ -18,7 +18,7 @@ import numpy as np
 
 from uopsl.runtime.backends.onnxruntime import OrtBackend
 from uopsl.runtime.bundle import read_manifest
-from uopsl.runtime.pipeline import walk_images
+from uopsl.runtime.inputs import walk_images
 from uopsl.runtime.preprocess import preprocess_file
 
 

@@ -59,30 +59,26 @@ from uopsl.runtime.signing import (
 )
 from uopsl.runtime import progress as progress_bars
 from uopsl.runtime.overlay import OVERLAY_DIR, THUMB_DIR, write_overlay, write_thumbnail
-from uopsl.runtime.pipeline import (
+from uopsl.runtime.inputs import (
     IMAGE_DATA,
     IMAGE_SUFFIXES,
     LIST_SUFFIXES,
     ImageInput,
-    InferenceHealth,
     InputItem,
-    PipelineConfig,
-    ScreeningPipeline,
-    ScreenResult,
     WalkState,
     as_items,
     check_inputs,
     check_output_placement,
     display_path,
     iter_inputs,
-    key_path,
     one_or_many,
     refuse_empty_path,
 )
+from uopsl.runtime.pipeline import InferenceHealth, PipelineConfig, ScreeningPipeline, ScreenResult
 from uopsl.runtime.preprocess import PREPROCESS_VERSION
 from uopsl.runtime.quality import QualityConfig
 from uopsl.runtime.report_days import write_reports
-from uopsl.runtime.results import CSV, CSV_STYLES, JSONL, ModelIdentity, ResultStore, model_identity, write_csv
+from uopsl.runtime.results import CSV, CSV_STYLES, JSONL, ModelIdentity, ResultStore, key_path, model_identity, write_csv
 from uopsl.runtime.stopping import saving_outputs
 
 log = logging.getLogger(__name__)
@@ -160,7 +156,7 @@ def _refuse_in_memory(inputs: Iterable[Any]) -> None:
     for x in inputs:
         if isinstance(x, IMAGE_DATA):
             raise ConfigError("screen_to screens paths, folders, list files and InputItems; wrap image bytes or an "
-                              "array with uopsl.runtime.pipeline.item_for_data(data, name), or use screen() or "
+                              "array with uopsl.runtime.inputs.item_for_data(data, name), or use screen() or "
                               "screen_many()")
 
 
@@ -844,7 +840,7 @@ def _stopped_text(summary: RunSummary, expected: int | None) -> str | None:
 
 def _count_quietly(inputs: Iterable[Any] | None, out: Path) -> int | None:
     """:func:`_count`, or None when counting fails or is interrupted (it only improves a message)."""
-    logger = logging.getLogger("uopsl.runtime.pipeline")
+    logger = logging.getLogger("uopsl.runtime.inputs")
     level = logger.level
     logger.setLevel(logging.ERROR)  # the walk's warnings were already shown once
     try:

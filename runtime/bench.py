@@ -37,15 +37,8 @@ from uopsl.runtime.backends import BACKEND_NAMES, PRECISIONS, detect_availabilit
 from uopsl.runtime.backends.base import Backend
 from uopsl.runtime.bundle import Manifest
 from uopsl.runtime.errors import BackendError, ConfigError, UopslError
-from uopsl.runtime.pipeline import (
-    WORKER_POOLS,
-    PipelineConfig,
-    ScreeningPipeline,
-    item_for_data,
-    item_for_path,
-    opencv_single_threaded,
-    walk_images,
-)
+from uopsl.runtime.pipeline import WORKER_POOLS, PipelineConfig, ScreeningPipeline, opencv_single_threaded
+from uopsl.runtime.inputs import item_for_data, item_for_path, walk_images
 from uopsl.runtime.preprocess import preprocess, read_bytes
 from uopsl.runtime.optional import import_optional
 from uopsl.runtime.version import __version__

@@ -674,7 +674,7 @@ def describe_operating_point(point: Mapping[str, Any]) -> str:
 
 def _holds_photographs(folder: Path, look_at: int = 200) -> bool:
     """Whether ``folder`` directly holds a file named like a photograph (among its first ``look_at`` entries)."""
-    from uopsl.runtime.pipeline import IMAGE_SUFFIXES, image_suffix  # pipeline imports this module
+    from uopsl.runtime.inputs import IMAGE_SUFFIXES, image_suffix  # inputs imports this module (via results)
 
     try:
         with os.scandir(folder) as it:

@@ -706,7 +706,7 @@ class ResultStore:
         want = self.identity.preprocess_version if self.identity is not None else 0
         if not want:
             return 0
-        from uopsl.runtime.pipeline import file_key  # the pipeline imports this module
+        from uopsl.runtime.inputs import file_key  # inputs imports this module
 
         return sum(1 for k, st in self.done.items()
                    if is_final(st, self._reasons.get(k, ())) and self._versions.get(k) != want
@@ -809,7 +809,7 @@ class ResultStore:
                 if id(old) in escaped:
                     escaped.add(id(kept))
             by_path[path] = r
-        # A folder that could not be listed had an error row of its own (pipeline.walk_images); once it lists,
+        # A folder that could not be listed had an error row of its own (inputs.walk_images); once it lists,
         # its photographs have rows (or it holds none), and the folder's row is history. Only error rows are
         # looked at: a stat each, not one per row.
         for path in [p for p, r in by_path.items() if r.get("status") == "error" and os.path.isdir(p)]:

@@ -15,7 +15,7 @@ import pytest
 from tinybundle import fundus_jpeg, tiny_bundle  # noqa: F401 - session fixture
 from uopsl.runtime.api import Screener
 from uopsl.runtime.errors import ConfigError
-from uopsl.runtime.pipeline import check_inputs, iter_inputs
+from uopsl.runtime.inputs import check_inputs, iter_inputs
 from uopsl.runtime.quality import QualityConfig
 
 

@@ -446,7 +446,7 @@ def test_a_folder_walk_counts_dicom_it_cannot_read_or_that_copies_a_photograph(
         tmp_path: Path, photo: np.ndarray, monkeypatch: pytest.MonkeyPatch) -> None:
     """A PACS export holds each photograph as .jpg and .dcm: screened once. Without pydicom, .dcm files are
     counted with what to install, not given error rows (a default install exited 1 on such folders)."""
-    from uopsl.runtime.pipeline import WalkState, walk_images
+    from uopsl.runtime.inputs import WalkState, walk_images
 
     folder = tmp_path / "export"
     folder.mkdir()
@@ -486,7 +486,7 @@ def test_dicom_media_files_without_a_suffix_are_walked(tiny_bundle: Path, tmp_pa
     """A DICOM CD or USB export names its files IM000001 (PS3.12), a PACS export by instance UID: the walk reads
     the first bytes of such names only, takes the Part 10 files, and leaves DICOMDIR and other files out."""
     from uopsl.runtime.api import Screener
-    from uopsl.runtime.pipeline import WalkState, walk_images
+    from uopsl.runtime.inputs import WalkState, walk_images
 
     media = tmp_path / "DICOM" / "PAT00001"
     media.mkdir(parents=True)
@@ -525,7 +525,7 @@ def test_dicom_media_files_without_a_suffix_are_walked(tiny_bundle: Path, tmp_pa
     assert walk(WalkState(sniffed=state.sniffed)) == found
     assert sorted(read) == ["IM000003", "README", "notes.123"], \
         "DICOM files are remembered; a 'no' only for a file not written lately (it may still become one)"
-    monkeypatch.setattr("uopsl.runtime.pipeline._SNIFF_SETTLED_NS", 0)
+    monkeypatch.setattr("uopsl.runtime.inputs._SNIFF_SETTLED_NS", 0)
     cache = WalkState().sniffed
     walk(WalkState(sniffed=cache))
     assert walk(WalkState(sniffed=cache)) == found and read == [], "an unchanged file is read once"
@@ -581,7 +581,7 @@ def test_watch_reads_a_dicom_media_file_once_and_forgets_files_removed(tmp_path:
     first bytes are read once; what was read of a file no longer there is dropped at the next full check."""
     from uopsl.runtime.watch import StableFiles
 
-    monkeypatch.setattr("uopsl.runtime.pipeline._SNIFF_SETTLED_NS", 0)
+    monkeypatch.setattr("uopsl.runtime.inputs._SNIFF_SETTLED_NS", 0)
     now = [0.0]
     tracker = StableFiles(tmp_path, settle_ms=0, clock=lambda: now[0], rescan_s=30)
     (tmp_path / "IM000001").write_bytes(_dicom(photo))

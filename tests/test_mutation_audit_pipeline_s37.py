@@ -20,20 +20,9 @@ import pytest
 from tinybundle import CLASSES, HUGE_LIMIT, TinyStubBackend, fundus_jpeg
 from uopsl.runtime.bundle import Manifest
 from uopsl.runtime.errors import BackendError, ConfigError
-from uopsl.runtime.pipeline import (
-    InferenceHealth,
-    PipelineConfig,
-    PrepareSpec,
-    ScreeningPipeline,
-    WalkState,
-    check_inputs,
-    check_output_placement,
-    file_key,
-    item_for_path,
-    iter_inputs,
-    list_folder,
-    prepare_item,
-    walk_images,
+from uopsl.runtime.pipeline import InferenceHealth, PipelineConfig, PrepareSpec, ScreeningPipeline, prepare_item
+from uopsl.runtime.inputs import (
+    WalkState, check_inputs, check_output_placement, file_key, item_for_path, iter_inputs, list_folder, walk_images,
 )
 from uopsl.runtime.preprocess import PreprocessConfig
 
@@ -296,7 +285,7 @@ def test_a_list_named_inside_a_list_that_cannot_be_opened_gets_a_row_not_a_stop(
     entries are screened: one unreadable entry must not end a clinic's run with nothing screened."""
     import builtins
 
-    import uopsl.runtime.pipeline as pipeline
+    import uopsl.runtime.inputs as inputs
 
     for name in ("a.jpg", "b.jpg"):
         (tmp_path / name).write_bytes(b"x")
@@ -309,7 +298,7 @@ def test_a_list_named_inside_a_list_that_cannot_be_opened_gets_a_row_not_a_stop(
             raise PermissionError(13, "Permission denied", os.fspath(file))  # type: ignore[arg-type]
         return builtins.open(file, *args, **kwargs)  # type: ignore[call-overload]
 
-    monkeypatch.setattr(pipeline, "open", refusing, raising=False)  # the module's open(), as _read_list calls it
+    monkeypatch.setattr(inputs, "open", refusing, raising=False)  # the module's open(), as _read_list calls it
     assert [Path(i.source).name for i in iter_inputs([top])] == ["a.jpg", "day2.txt", "b.jpg"]
 
 
@@ -405,7 +394,8 @@ def test_breaks_no_photograph_explains_are_counted_since_the_last_one_that_did(
     from concurrent.futures import BrokenExecutor, Future
 
     import uopsl.runtime.pipeline as pipeline
-    from uopsl.runtime.pipeline import InputItem, _Prepared, prepare_items
+    from uopsl.runtime.pipeline import _Prepared, prepare_items
+    from uopsl.runtime.inputs import InputItem
 
     def item(name: str) -> InputItem:
         return item_for_path(tmp_path / f"{name}.jpg")

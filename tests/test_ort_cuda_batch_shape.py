@@ -20,7 +20,8 @@ from tinymodel import random_fundus_batch
 from uopsl.runtime.backends.onnxruntime import OrtBackend
 from uopsl.runtime.bench import time_backend
 from uopsl.runtime.bundle import read_manifest
-from uopsl.runtime.pipeline import PipelineConfig, ScreeningPipeline, item_for_path
+from uopsl.runtime.pipeline import PipelineConfig, ScreeningPipeline
+from uopsl.runtime.inputs import item_for_path
 
 
 class SessionAsIfOnCuda:

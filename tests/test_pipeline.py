@@ -14,17 +14,8 @@ from tinybundle import TinyStubBackend, fundus_jpeg, make_bad_zoo, tiny_bundle  
 from uopsl.runtime.api import Screener
 from uopsl.runtime.bundle import read_manifest
 from uopsl.runtime.errors import BackendError, ConfigError
-from uopsl.runtime.pipeline import (
-    InferenceHealth,
-    PipelineConfig,
-    ScreeningPipeline,
-    WalkState,
-    display_path,
-    item_for_path,
-    iter_inputs,
-    opencv_single_threaded,
-    walk_images,
-)
+from uopsl.runtime.pipeline import InferenceHealth, PipelineConfig, ScreeningPipeline, opencv_single_threaded
+from uopsl.runtime.inputs import WalkState, display_path, item_for_path, iter_inputs, walk_images
 
 
 @pytest.fixture()

@@ -509,7 +509,7 @@ def test_one_rendering_of_an_undecodable_name_for_rows_report_and_messages() -> 
     """Session 48: the report, the results rows and the console each had their own copy of this (the report's
     guessed Windows-1252 where the rows wrote U+FFFD); now all three call fsio.readable_text."""
     from uopsl.runtime.fsio import readable_text
-    from uopsl.runtime.pipeline import display_path
+    from uopsl.runtime.inputs import display_path
     from uopsl.runtime.report import esc
     from uopsl.runtime.results import _display
 

@@ -23,7 +23,7 @@ from tinybundle import good_photos, results_jsonl, tiny_bundle  # noqa: F401 - s
 from uopsl.runtime.cli import main
 from uopsl.runtime.errors import ConfigError
 from uopsl.runtime.fsio import FolderLock, open_plain, special_entry
-from uopsl.runtime.pipeline import _safe_stem
+from uopsl.runtime.inputs import _safe_stem
 from uopsl.runtime.results import JSONL, LOCK_NAME, RUN_JSON, ResultStore, row_problem, valid_image_id, write_csv
 from uopsl.runtime.watch import StableFiles
 

@@ -270,7 +270,7 @@ def test_folders_without_a_file_index_are_each_walked(tmp_path: Path, monkeypatc
     # for "a link to a folder already walked", and an --out on the same share excluded the photographs.
     import stat as stat_mod
 
-    from uopsl.runtime.pipeline import WalkState, iter_inputs
+    from uopsl.runtime.inputs import WalkState, iter_inputs
 
     share = tmp_path / "share"
     good_photos(share / "patientA", 1)

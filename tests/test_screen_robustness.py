@@ -699,7 +699,7 @@ def test_each_phone_photo_type_is_walked_unless_its_exported_jpeg_is_beside_it(t
     exported from it is left out whatever the case of either name (a mutation audit: dropping .avif, or
     comparing the names case-sensitively, left every test green). Camera RAW stays out (its TIFF thumbnail
     would be graded)."""
-    from uopsl.runtime.pipeline import WalkState, walk_images
+    from uopsl.runtime.inputs import WalkState, walk_images
 
     (tmp_path / f"alone{suffix}").write_bytes(b"\x00\x00\x00\x18ftypheic" + bytes(64))
     (tmp_path / f"IMG_1{suffix}").write_bytes(b"\x00\x00\x00\x18ftypheic" + bytes(64))

@@ -23,7 +23,7 @@ from uopsl.runtime.api import Screener
 from uopsl.runtime.errors import BackendError, ConfigError
 from uopsl.runtime.fsio import FolderLock
 from uopsl.runtime.overlay import THUMB_DIR, encode_jpeg
-from uopsl.runtime.pipeline import item_for_data
+from uopsl.runtime.inputs import item_for_data
 from uopsl.runtime.report import find_duplicates, render_report
 from uopsl.runtime.results import LOCK_NAME, ResultStore
 from uopsl.runtime.watch import StableFiles, WatchConfig, watch_folder
@@ -352,7 +352,7 @@ def test_a_folder_another_run_removed_just_now_is_made_again(tmp_path: Path,
 
 def test_a_folder_whose_listing_failed_records_no_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """watch lists a folder again when its time changed; a failed listing must not record the time it saw."""
-    from uopsl.runtime.pipeline import WalkState, list_folder
+    from uopsl.runtime.inputs import WalkState, list_folder
 
     (tmp_path / "a.jpg").write_bytes(b"x")
     real = os.scandir

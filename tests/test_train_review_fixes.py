@@ -375,7 +375,7 @@ def _photo(path: Path, seed: int) -> Path:
 
 def test_explain_keeps_maps_of_photographs_that_share_a_name(tmp_path: Path,
                                                              capsys: pytest.CaptureFixture[str]) -> None:
-    from uopsl.runtime.pipeline import item_for_path
+    from uopsl.runtime.inputs import item_for_path
 
     ck = _checkpoint(tmp_path / "ck", ("normal", "dr"))
     a = _photo(tmp_path / "visit1" / "IMG_0001.jpg", 1)

@@ -74,7 +74,7 @@ def test_validation_csv_with_a_bom_or_a_code_page(tmp_path: Path) -> None:
 
 def test_a_screening_list_in_a_code_page_is_one_error(tmp_path: Path) -> None:
     """A list saved in a Windows code page gave one 'missing file' row per non-ASCII name (M\ufffdller.png)."""
-    from uopsl.runtime.pipeline import iter_inputs
+    from uopsl.runtime.inputs import iter_inputs
 
     good = tmp_path / "list.txt"
     good.write_bytes(BOM + "a.jpg\nMüller.png\n".encode())
@@ -86,7 +86,7 @@ def test_a_screening_list_in_a_code_page_is_one_error(tmp_path: Path) -> None:
 
 
 def test_a_utf16_list_without_a_bom_is_one_error(tmp_path: Path) -> None:
-    from uopsl.runtime.pipeline import iter_inputs
+    from uopsl.runtime.inputs import iter_inputs
 
     p = tmp_path / "u16.txt"
     p.write_bytes("a.jpg\nb.jpg\n".encode("utf-16-le"))

@@ -21,12 +21,8 @@ from uopsl.runtime.backends import open_backend
 from uopsl.runtime.bundle import read_manifest
 from uopsl.runtime.cli import cli
 from uopsl.runtime.errors import BackendError, ConfigError
-from uopsl.runtime.pipeline import (
-    InputItem,
-    PipelineConfig,
-    ScreeningPipeline,
-    item_for_path,
-)
+from uopsl.runtime.pipeline import PipelineConfig, ScreeningPipeline
+from uopsl.runtime.inputs import InputItem, item_for_path
 from uopsl.runtime.workerpool import shutdown_worker_processes
 
 

@@ -90,7 +90,7 @@ def explain_inputs(ckpt: Path, inputs: Sequence[str | os.PathLike[str]], out: Pa
     no photograph is found; a photograph that cannot be read is recorded in
     ``failed`` (and logged) and the batch goes on.
     """
-    from uopsl.runtime.pipeline import WalkState, check_inputs, check_output_placement, display_path, iter_inputs
+    from uopsl.runtime.inputs import WalkState, check_inputs, check_output_placement, display_path, iter_inputs
     from uopsl.train.checkpoint import load_model, read_meta
 
     meta = read_meta(ckpt)
@@ -150,7 +150,8 @@ def _draw_all(unique: Sequence[Any], dests: Sequence[str], model: Any, meta: Any
 
     from uopsl.runtime.fsio import write_bytes
     from uopsl.runtime.overlay import encode_png, render_overlay
-    from uopsl.runtime.pipeline import display_path, scale_geometry
+    from uopsl.runtime.pipeline import scale_geometry
+    from uopsl.runtime.inputs import display_path
     from uopsl.runtime.preprocess import preprocess_file
 
     for it, name in zip(unique, dests):

@@ -168,7 +168,7 @@ def _csv_records(path: Path) -> tuple[list[Any], tuple[str, ...] | None]:
 
 def resolve_data(spec: str) -> tuple[list[Any], tuple[str, ...] | None, str]:
     """``--data`` -> (image records, label space or None, a description for the report)."""
-    from uopsl.runtime.pipeline import walk_images
+    from uopsl.runtime.inputs import walk_images
     from uopsl.train import data
 
     path = Path(spec)
