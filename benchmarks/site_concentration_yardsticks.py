@@ -16,7 +16,7 @@ classes), at the token grid of EfficientNet-Lite0 at ``--size`` px:
 Each is given both ways: over the field of view (the definition since
 session 14) and over the whole grid (the figures reported before).
 
-    python benchmarks/site_concentration_yardsticks.py --out runs/yardsticks [--centres token|cell]
+    python benchmarks/site_concentration_yardsticks.py --out runs/yardsticks [--centres cell|token]
 """
 
 from __future__ import annotations
@@ -72,9 +72,10 @@ def main() -> int:
     ap.add_argument("--size", type=int, default=256, help="model input size (the token grid follows)")
     ap.add_argument("--seed", type=int, default=0, help="exp_synthetic's seed: the test pool is 3000 + seed")
     ap.add_argument("--prior-seed", type=int, default=1000, help="generator seed of the pool the priors come from")
-    ap.add_argument("--centres", choices=("token", "cell"), default="token",
-                    help="the field-of-view token mask's windows: where the tokens look (models since session 17) "
-                         "or their grid cells (before; the figures of sessions 14-16)")
+    ap.add_argument("--centres", choices=("token", "cell"), default="cell",
+                    help="the field-of-view token mask's windows: the tokens' grid cells (what models are trained "
+                         "with, ModelConfig.token_centres) or where the tokens look (session 17's experiment, "
+                         "not adopted)")
     args = ap.parse_args()
     pre = PreprocessConfig(size=args.size)
     g = grid_of(args.size)

@@ -71,6 +71,7 @@ import hashlib
 import io
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -142,6 +143,7 @@ from uopsl.runtime.errors import BackendError, BundleError, ConfigError, UopslEr
 from uopsl.runtime.fsio import NUMPY_FILE_ERRORS, sha256_file, write_bytes, write_json, write_text
 from uopsl.runtime.metrics import roc_curve
 from uopsl.runtime.optional import available, extra_hint
+from uopsl.runtime.parallelism import check_parallelism
 from uopsl.runtime.preprocess import PREPROCESS_VERSION, PreprocessConfig, preprocess, read_bytes
 from uopsl.runtime.quality import QualityConfig, assess
 from uopsl.runtime.version import __version__, source_revision
@@ -294,8 +296,10 @@ class ValidateConfig:
             raise ConfigError(f"backends must be ('all',) or names from {BACKEND_NAMES}; got {self.backends}")
         if self.batch_size < 1 or self.n_boot < 0 or self.per_layer_images < 1 or self.max_thumbnails < 0:
             raise ConfigError("batch_size and per_layer_images must be >= 1; n_boot and max_thumbnails >= 0")
-        if self.threads is not None and self.threads < 1:
-            raise ConfigError(f"threads must be >= 1 or None, got {self.threads}")
+        check_parallelism("threads", self.threads)
+        for name in ("sqnr_threshold_db", "min_drop_db"):
+            if not math.isfinite(getattr(self, name)):  # NaN or infinity failed only when the report was drawn
+                raise ConfigError(f"{name} must be a finite number of dB, got {getattr(self, name)}")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -38,10 +38,11 @@ from uopsl.runtime.backends.base import Backend
 from uopsl.runtime.bundle import Manifest
 from uopsl.runtime.errors import BackendError, ConfigError, UopslError
 from uopsl.runtime.pipeline import WORKER_POOLS, PipelineConfig, ScreeningPipeline, opencv_single_threaded
-from uopsl.runtime.inputs import item_for_data, item_for_path, walk_images
+from uopsl.runtime.inputs import display_path, item_for_data, item_for_path, walk_images
 from uopsl.runtime.preprocess import preprocess, read_bytes
 from uopsl.runtime.optional import import_optional
 from uopsl.runtime.version import __version__
+from uopsl.runtime.parallelism import check_parallelism
 from uopsl.runtime.signing import open_trusted
 
 log = logging.getLogger(__name__)
@@ -70,10 +71,14 @@ class BenchConfig:
     def __post_init__(self) -> None:
         if not self.batches or any(b < 1 for b in self.batches):
             raise ConfigError(f"batch sizes must be >= 1, got {self.batches}")
+        if len(set(self.batches)) != len(self.batches):  # "--batch 1,1" timed and printed batch 1 twice
+            raise ConfigError(f"a batch size is given twice in {','.join(map(str, self.batches))}; give each once")
         if self.iters < 1 or self.warmup < 0 or self.e2e_images < 1 or self.preprocess_images < 1:
             raise ConfigError("iters, e2e_images and preprocess_images must be >= 1 and warmup >= 0")
         if self.worker_pool not in WORKER_POOLS:
             raise ConfigError(f"worker_pool must be one of {', '.join(WORKER_POOLS)}, got {self.worker_pool!r}")
+        check_parallelism("threads", self.threads)
+        check_parallelism("workers", self.workers)
 
 
 # -- synthetic photographs ----------------------------------------------------------------
@@ -226,7 +231,8 @@ def time_backend(backend: Backend, batches: tuple[int, ...], iters: int, warmup:
     return rows
 
 
-def time_preprocess(blobs: list[bytes], manifest: Manifest, warmup: int = 2) -> dict[str, Any]:
+def time_preprocess(blobs: list[bytes], manifest: Manifest, warmup: int = 2,
+                    names: Sequence[str] | None = None) -> dict[str, Any]:
     """Per-image decode + preprocess latency, single thread, after the first ``warmup`` images were run once
     untimed (caches, lazy imports: the cold first call took ~6x the median); every image is then timed.
 
@@ -238,10 +244,11 @@ def time_preprocess(blobs: list[bytes], manifest: Manifest, warmup: int = 2) -> 
     OpenCV runs single-threaded here, as in the screening pipeline's workers (its own threads made this
     figure a multi-threaded one under the table's "1 thread" label)."""
     with opencv_single_threaded():
-        return _time_preprocess(blobs, manifest, warmup)
+        return _time_preprocess(blobs, manifest, warmup, names)
 
 
-def _time_preprocess(blobs: list[bytes], manifest: Manifest, warmup: int) -> dict[str, Any]:
+def _time_preprocess(blobs: list[bytes], manifest: Manifest, warmup: int,
+                     names: Sequence[str] | None) -> dict[str, Any]:
     from uopsl.runtime.quality import assess  # the gate a screening run applies (ScreeningPipeline)
 
     for data in blobs[:warmup]:
@@ -250,18 +257,23 @@ def _time_preprocess(blobs: list[bytes], manifest: Manifest, warmup: int) -> dic
         except UopslError:
             pass
     prep, gate = [], []
-    for data in blobs:
+    failures: list[str] = []
+    for k, data in enumerate(blobs):
         t0 = time.perf_counter()
         try:
             pre = preprocess(data, manifest.preprocess)
-        except UopslError:
+        except UopslError as exc:
+            if len(failures) < 3:
+                failures.append(f"{names[k] if names is not None else f'image {k + 1}'}: {exc}")
             continue
         t1 = time.perf_counter()
         assess(pre)
         prep.append(t1 - t0)
         gate.append(time.perf_counter() - t1)
     if not prep:
-        raise ConfigError("no benchmark image could be preprocessed")
+        raise ConfigError(f"none of the {len(blobs)} benchmark image(s) could be preprocessed ("
+                          + "; ".join(failures) + ("; ..." if len(blobs) > len(failures) else "")
+                          + "); give --images fundus photographs, or leave it out to time synthetic ones")
     return {"images": len(prep), **latency_stats(prep), "quality_gate": latency_stats(gate),
             "before_inference": latency_stats([a + b for a, b in zip(prep, gate)])}
 
@@ -354,13 +366,15 @@ def run_bench(bundle: str | os.PathLike[str], backend: str = "auto", precision: 
         if not paths:
             raise ConfigError(f"no images found under {img_dir}")
         blobs = [read_bytes(p) for p in paths[: cfg.preprocess_images]]
+        names: list[str] | None = [display_path(p) for p in paths[: cfg.preprocess_images]]
         e2e_sources: list[Any] = [paths[i % len(paths)] for i in range(cfg.e2e_images)]
         data_desc = f"{len(paths)} photographs from {img_dir}"
     else:
         blobs = [synthetic_jpeg(i) for i in range(cfg.preprocess_images)]
+        names = None
         e2e_sources = [blobs[i % len(blobs)] for i in range(cfg.e2e_images)]
         data_desc = "synthetic 512x512 JPEG fundus-like images"
-    prep = time_preprocess(blobs, m, cfg.warmup)
+    prep = time_preprocess(blobs, m, cfg.warmup, names)
     model_inputs: list[np.ndarray] = []
     for data in blobs:  # the first max(batches) photographs that preprocess (broken ones are skipped)
         if len(model_inputs) >= max(cfg.batches):

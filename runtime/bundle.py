@@ -31,7 +31,7 @@ from typing import Any, Literal, get_args
 import numpy as np
 
 from uopsl.runtime.cpuinfo import CPU_BACKENDS, int8_cpu_class, same_int8_arithmetic
-from uopsl.runtime.errors import BundleError
+from uopsl.runtime.errors import BundleError, command_word
 from uopsl.runtime.fsio import json_default, load_json_strict, sha256_bytes, sha256_file, write_json
 from uopsl.runtime.intended_use import IntendedUse
 from uopsl.runtime.preprocess import PreprocessConfig
@@ -705,6 +705,12 @@ def read_manifest_raw(bundle: str | os.PathLike[str]) -> tuple[Manifest, dict[st
         raise BundleError(f"{root}: not a bundle folder (expected a folder holding {MANIFEST}){hint}")
     if not path.exists():
         hint = f"; was it copied whole? (a bundle is the folder `uopsl export` wrote, holding {MANIFEST})"
+        from uopsl.runtime.model_folders import folder_kind  # it imports nothing of this module; kept lazy
+
+        if folder_kind(root) == "checkpoint":
+            raise BundleError(f"{root} is a training checkpoint (checkpoint.json, model.safetensors), not a "
+                              f"deployment bundle: export it to one first (uopsl export {command_word(root)} --out "
+                              f"{command_word(root.parent / (root.name + '-bundle'))}) and give that folder")
         if _holds_photographs(root):  # photographs where the bundle goes: the arguments swapped
             hint = ("; it holds photographs: the bundle comes first (uopsl-screen run BUNDLE PHOTOS... --out "
                     "FOLDER)")

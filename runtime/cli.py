@@ -6,7 +6,7 @@ overlays; resumes), ``watch`` (a folder a camera writes into), ``bench``
 ``verify`` (checksums). Exit codes: 0 all screened, 1 some images failed or
 were ungradable, 2 usage, bundle, output-folder or file-system error (or no
 photograph found), 130 interrupted (Ctrl-C), 143 stopped by SIGTERM (both save what
-was done: run the same command again to continue).
+was done: run the same command again to continue), 141 output cut off by a closed pipe (``| head``).
 Heavy modules are imported inside the commands, so ``--help`` stays instant.
 """
 
@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from uopsl.runtime.clikit import main_entry, option_given, verbose_option, version_option
+from uopsl.runtime.clikit import PARALLEL_COUNT, FiniteFloatRange, main_entry, option_given, verbose_option, version_option
 from uopsl.runtime.version import __version__
 from uopsl.runtime.heap import keep_freed_heap
 
@@ -44,7 +44,7 @@ def _trust_options(f: Any) -> Any:
 
 
 def _backend_options(f: Any) -> Any:
-    f = click.option("--threads", type=click.IntRange(min=1), default=None,
+    f = click.option("--threads", type=PARALLEL_COUNT, default=None,
                      help="Inference threads (default: the backend's own, all cores).")(f)
     f = click.option("--precision", type=click.Choice(PRECISION_CHOICES), default="auto", show_default=True,
                      help="Model precision; auto lets the backend selection decide.")(f)
@@ -159,7 +159,7 @@ _csv_option = click.option(
               help="Output folder (results.csv, results.jsonl, report.html, overlays/).")
 @_backend_options
 @click.option("--batch", type=click.IntRange(min=1), default=8, show_default=True, help="Images per inference call.")
-@click.option("--workers", type=click.IntRange(min=1), default=None,
+@click.option("--workers", type=PARALLEL_COUNT, default=None,
               help="Preprocessing threads or processes (default: threads, the cores up to 4; processes, the "
                    "cores less one, 2 to 8).")
 @_worker_pool_option
@@ -200,9 +200,9 @@ def run_cmd(bundle: Path, inputs: Sequence[Path], out: Path, backend: str, preci
 @click.option("--overlays/--no-overlays", default=True, show_default=True, help="Write heatmap overlay PNGs.")
 @click.option("--settle-ms", type=click.IntRange(min=0), default=1000, show_default=True,
               help="A file is taken once its size and mtime are unchanged this long.")
-@click.option("--poll", "poll_s", type=click.FloatRange(min=0.01), default=0.5, show_default=True, help="Scan interval (s).")
+@click.option("--poll", "poll_s", type=FiniteFloatRange(min=0.01), default=0.5, show_default=True, help="Scan interval (s).")
 @click.option("--max-images", type=click.IntRange(min=1), default=None, help="Stop after screening this many new photographs (ones screened before into --out do not count).")
-@click.option("--timeout", "timeout_s", type=click.FloatRange(min=0), default=None, help="Stop after this many seconds.")
+@click.option("--timeout", "timeout_s", type=FiniteFloatRange(min=0), default=None, help="Stop after this many seconds.")
 @_csv_option
 @_trust_options
 def watch_cmd(bundle: Path, folder: Path, out: Path, backend: str, precision: str, threads: int | None,
@@ -243,8 +243,8 @@ def watch_cmd(bundle: Path, folder: Path, out: Path, backend: str, precision: st
 @click.option("--batch", "batches", default="1,8", show_default=True, help="Comma-separated batch sizes.")
 @click.option("--iters", type=click.IntRange(min=1), default=50, show_default=True, help="Timed iterations per case.")
 @click.option("--warmup", type=click.IntRange(min=0), default=5, show_default=True, help="Untimed warm-up iterations.")
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="Inference threads.")
-@click.option("--workers", type=click.IntRange(min=1), default=None,
+@click.option("--threads", type=PARALLEL_COUNT, default=None, help="Inference threads.")
+@click.option("--workers", type=PARALLEL_COUNT, default=None,
               help="Preprocessing threads or processes of the end-to-end run (default: threads, the cores up to "
                    "4; processes, the cores less one, 2 to 8).")
 @_worker_pool_option
@@ -280,14 +280,11 @@ def bench_cmd(bundle: Path, backend: str, precision: str, batches: str, iters: i
             raise click.UsageError(f"{', '.join(unused)} set the end-to-end run, which --no-e2e turns off: drop "
                                    "one or the other")
     if json_out is not None:  # before minutes of timing, not after (missing folders are made when it is written)
-        existing = json_out.absolute().parent
-        while not existing.exists() and existing != existing.parent:
-            existing = existing.parent
-        if not existing.is_dir():
-            raise ConfigError(f"--json {json_out}: {existing} is a file, so no folder can hold the JSON there; "
-                              "choose another path")
-        if json_out.is_dir():
-            raise ConfigError(f"--json {json_out} is a folder; give a file path such as {json_out / 'bench.json'}")
+        from uopsl.runtime.fsio import check_output_file
+        from uopsl.runtime.model_folders import check_output_outside_model_folders
+
+        check_output_file(json_out, "--json", "bench.json")
+        check_output_outside_model_folders(json_out, "--json")
     cfg = BenchConfig(batches=sizes, iters=iters, warmup=warmup, threads=threads, e2e=e2e, e2e_images=e2e_images,
                       workers=workers, worker_pool=worker_pool)
     result = run_bench(bundle, backend, precision, cfg, images=images, trusted_keys=trusted_keys)

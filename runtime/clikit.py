@@ -13,6 +13,8 @@ traceback only with ``-v``) and the documented exit code:
   read-only, no permission) or a bug. 1 is never used for these, since a
   script reads 1 as "the batch ran; look at the failed photographs";
 * 130: interrupted (Ctrl-C); what was done is saved, and the message says so;
+* 141: the output was cut off by a closed pipe (``uopsl-screen info BUNDLE | head -1``), as a shell
+  reports for any program stopped by SIGPIPE;
 * 143: stopped by SIGTERM (a shutdown, ``systemctl stop``, ``docker stop``; on
   Windows Ctrl-Break), handled as Ctrl-C is: the batch in hand is saved, CSV
   and report rewritten. (Closing the console window on Windows saves the same
@@ -30,6 +32,7 @@ import contextlib
 import importlib
 import io
 import logging
+import math
 import os
 import signal
 import sys
@@ -43,7 +46,8 @@ from typing import Any, cast
 import click
 
 from uopsl.runtime import progress as progress_bars
-from uopsl.runtime.errors import UopslError
+from uopsl.runtime.errors import ConfigError, UopslError
+from uopsl.runtime.parallelism import check_parallelism
 from uopsl.runtime.stopping import wait_until_saved
 
 log = logging.getLogger(__name__)
@@ -70,6 +74,36 @@ class LazyGroup(click.Group):
                 raise TypeError(f"{self.lazy[cmd_name]} is not a click command")
             return share_verbosity(cmd)
         return super().get_command(ctx, cmd_name)
+
+
+class ParallelCount(click.ParamType):
+    """A thread or worker count: a whole number from 1 to the machine's limit
+    (:func:`uopsl.runtime.parallelism.parallelism_limit`), refused as a usage error before any work starts."""
+
+    name = "integer"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        number = click.INT.convert(value, param, ctx)
+        what = f"--{param.name.replace('_', '-')}" if param is not None and param.name else "the count"
+        try:
+            check_parallelism(what, number)
+        except ConfigError as exc:  # click names the option itself ("Invalid value for '--threads': 100000 is ...")
+            self.fail(str(exc).removeprefix(f"{what} "), param, ctx)
+        return number
+
+
+PARALLEL_COUNT = ParallelCount()
+
+
+class FiniteFloatRange(click.FloatRange):
+    """click's ``FloatRange`` without NaN and infinities, which it lets through (``--timeout nan`` watched
+    for ever, ``--sqnr-threshold nan`` failed after a whole validation run): refused as a usage error."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number; give one such as 1.5", param, ctx)
+        return number
 
 
 def option_given(name: str) -> bool:
@@ -369,6 +403,10 @@ def main_entry(group: click.Group, argv: Sequence[str] | None = None, prog_name:
     return 143 if rc == 130 and term.received else rc
 
 
+# What Ctrl-C prints where the command did not say what it saved (it printed a bare "aborted").
+_INTERRUPTED = "interrupted (Ctrl-C) before the command finished: run the same command again to finish it"
+
+
 def _main_entry(group: click.Group, argv: Sequence[str] | None, prog_name: str | None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     opts = args[: args.index("--")] if "--" in args else args
@@ -381,7 +419,7 @@ def _main_entry(group: click.Group, argv: Sequence[str] | None, prog_name: str |
         # click turns Ctrl-C into Abort; the interrupt it wraps may say what was saved.
         cause = exc.__cause__ or exc.__context__
         said = str(cause).strip() if isinstance(cause, KeyboardInterrupt) else ""
-        _say(said or "aborted")
+        _say(said or _INTERRUPTED)
         return 130
     except click.ClickException as exc:
         if torchrun_rank():  # click writes usage and error itself: caught here to prefix each line
@@ -393,12 +431,17 @@ def _main_entry(group: click.Group, argv: Sequence[str] | None, prog_name: str |
         return 2
     except click.exceptions.Exit as exc:
         return int(exc.exit_code)
+    except SystemExit:
+        # Without standalone mode click exits by itself only where the output was a closed pipe (``info | head
+        # -1``: EPIPE, after which it silences stdout and stderr); that read as exit 1, "some photographs
+        # failed". 141 is what a shell reports for a program stopped by SIGPIPE.
+        return 141
     except UopslError as exc:
         _traceback(verbose)
         _say(f"error: {_one_line(str(exc))}")
         return exc.exit_code
     except KeyboardInterrupt as exc:
-        _say(_one_line(str(exc)) or "interrupted")
+        _say(_one_line(str(exc)) or _INTERRUPTED)
         return 130
     except OSError as exc:
         _traceback(verbose)

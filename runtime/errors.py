@@ -116,3 +116,16 @@ class ParityError(UopslError):
 
 class ExportError(UopslError):
     """A model could not be exported, quantized or built into a valid deployable file."""
+
+
+_PLAIN_ARG = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-+./\\:=,@%")
+
+
+def command_word(value: object) -> str:
+    """``value`` as one word of a command line suggested in a message: as it is when it holds only plain
+    characters, else in double quotes, which every usual shell (bash, cmd, PowerShell) reads as one word, so
+    a suggestion naming ``C:\\My Photos`` can be pasted as it stands."""
+    text = str(value)
+    if text and all(c in _PLAIN_ARG for c in text):
+        return text
+    return '"' + text.replace('"', '\\"') + '"'

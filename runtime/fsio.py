@@ -31,7 +31,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from uopsl.runtime.errors import DataError, UopslError
+from uopsl.runtime.errors import ConfigError, DataError, UopslError
 
 log = logging.getLogger(__name__)
 
@@ -395,6 +395,35 @@ def remove_stale_temporaries(folder: str | os.PathLike[str]) -> int:
             except OSError as exc:
                 log.debug("cannot remove stale temporary %s: %s", e.path, exc)
     return n
+
+
+def check_output_file(path: str | os.PathLike[str], option: str, example: str = "out.json") -> None:
+    """Refuse (:class:`ConfigError`) an output file path that cannot be written, before the work that fills it.
+
+    Why: a JSON report written after minutes of timing or of reading photographs failed only then, naming
+    the temporary file of the atomic write. Checked: the path is not a folder, its nearest existing folder is
+    a folder, and a file can be created there (a probe file, removed at once: permission bits alone do not
+    say, e.g. on a read-only mount or as root). Missing folders on the way are made when the file is
+    written. ``option`` names the setting in the message; ``example`` is the file name a folder path is
+    told to add.
+    """
+    target = Path(path)
+    if target.is_dir():
+        raise ConfigError(f"{option} {target} is a folder; give a file path such as {target / example}")
+    existing = target.absolute().parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"{option} {target}: {existing} is a file, so no folder can hold {target.name} there; "
+                          "choose another path")
+    try:
+        fd, probe = tempfile.mkstemp(dir=existing, prefix=".uopsl-write-probe-")
+    except OSError as exc:
+        raise ConfigError(f"{option} {target}: cannot create a file in {existing} ({exc.strerror or exc}); "
+                          "choose a folder you can write to") from None
+    os.close(fd)
+    with contextlib.suppress(OSError):
+        os.unlink(probe)
 
 
 def is_or_holds(outer: str | os.PathLike[str], inner: str | os.PathLike[str]) -> bool:

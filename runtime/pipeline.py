@@ -54,6 +54,7 @@ from uopsl.runtime.backends.base import GPU_BACKENDS, Backend
 from uopsl.runtime.bundle import Manifest
 from uopsl.runtime.errors import BackendClosedError, BackendError, ConfigError, ImageDecodeError, ImageError, UopslError
 from uopsl.runtime.inputs import InputItem, as_items, display_path
+from uopsl.runtime.parallelism import check_parallelism
 from uopsl.runtime.preprocess import Geometry, Preprocessed, PreprocessConfig, preprocess, read_bytes
 from uopsl.runtime.quality import QualityConfig
 from uopsl.runtime.results import probability_value
@@ -264,8 +265,7 @@ class PipelineConfig:
                 raise ConfigError(f"{name} must be an integer, got {v!r}")
         if self.batch_size < 1:
             raise ConfigError(f"batch size must be >= 1, got {self.batch_size}")
-        if self.workers is not None and self.workers < 1:
-            raise ConfigError(f"workers must be >= 1, got {self.workers}")
+        check_parallelism("workers", self.workers)
         if self.prefetch_batches < 1:
             raise ConfigError(f"prefetch_batches must be >= 1, got {self.prefetch_batches}")
         if self.thumbnail_side < 0:

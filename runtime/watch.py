@@ -73,6 +73,14 @@ class WatchConfig:
     rescan_s: float = 30.0
 
     def __post_init__(self) -> None:
+        timed = {"settle_ms": self.settle_ms, "poll_s": self.poll_s, "refresh_s": self.refresh_s,
+                 "rescan_s": self.rescan_s, "timeout_s": 0.0 if self.timeout_s is None else self.timeout_s}
+        for name, value in timed.items():
+            if not math.isfinite(value):  # NaN passed every comparison below: --timeout nan watched for ever
+                raise ConfigError(f"{name} must be a finite number, got {value}"
+                                  + (" (leave timeout_s at None to watch until stopped)" if name == "timeout_s" else ""))
+        if self.timeout_s is not None and self.timeout_s < 0:
+            raise ConfigError(f"timeout_s must be >= 0 or None, got {self.timeout_s}")
         if self.settle_ms < 0 or self.poll_s <= 0 or self.refresh_s < 0 or self.rescan_s < 0:
             raise ConfigError(
                 f"settle_ms >= 0, poll_s > 0, refresh_s >= 0 and rescan_s >= 0 expected, got {self.settle_ms}, "

@@ -192,7 +192,7 @@ def test_bench_refuses_a_json_path_under_a_file_before_timing(tmp_path: Path,
     (tmp_path / "b1.json").write_text("{}")
     bundle = make_tiny_bundle(tmp_path / "b")
     assert main(["bench", str(bundle), "--json", str(tmp_path / "b1.json" / "x.json")]) == 2
-    assert "is a file, so no folder can hold the JSON there" in capsys.readouterr().err
+    assert "is a file, so no folder can hold x.json there" in capsys.readouterr().err
     assert main(["bench", str(bundle), "--no-e2e", "--workers", "2"]) == 2
     assert "--workers set the end-to-end run, which --no-e2e turns off" in capsys.readouterr().err
 

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from uopsl.runtime.bundle import probability
+from uopsl.runtime.model_folders import folder_kind
 from uopsl.runtime.errors import BundleError, CheckpointError
 from uopsl.runtime.fsio import atomic_open, sha256_file, write_json
 from uopsl.runtime.preprocess import PreprocessConfig
@@ -128,6 +129,10 @@ def save_model(folder: Path, model: UopslModel, meta: CheckpointMeta) -> None:
 def read_meta(folder: str | Path) -> CheckpointMeta:
     p = Path(folder) / "checkpoint.json"
     if not p.is_file():
+        if folder_kind(folder) == "bundle":
+            raise CheckpointError(f"{folder} is a deployment bundle (manifest.json), not a training checkpoint: "
+                                  "give the checkpoint folder it was exported from (the one holding "
+                                  "checkpoint.json and model.safetensors)")
         raise CheckpointError(f"{folder}: no checkpoint.json; expected a checkpoint folder written by uopsl")
     try:
         return CheckpointMeta.from_dict(json.loads(p.read_text()))

@@ -586,6 +586,8 @@ class DeployModel(nn.Module):
             # One batched MatMul per class (K, N, d) @ (K, d, 1): OpenVINO 2026.4 mis-broadcasts the
             # bias of the equivalent Mul -> ReduceSum -> Add pattern at batch > 1.
             scores = torch.matmul(F.normalize(fused, dim=-1).transpose(0, 1), self.proto_t.t().unsqueeze(-1))
-            logits = scores.squeeze(-1).transpose(0, 1) + self.bias
+            # A Reshape to a constant (K, N), not a Squeeze: with one class, ONNX shape inference could not tell
+            # the class count from the bias's broadcast, and the outputs came out with no fixed size.
+            logits = scores.reshape(k, -1).transpose(0, 1) + self.bias
         probs = torch.sigmoid(logits) if self.head == "sigmoid" else logits.softmax(dim=-1)
         return probs, logits, maps.reshape(-1, k, h, w)

@@ -60,6 +60,7 @@ import numpy as np
 from uopsl.runtime.configs import config_from_dict
 from uopsl.runtime.errors import ConfigError
 from uopsl.runtime.fsio import atomic_open, write_bytes, write_json
+from uopsl.runtime.parallelism import check_parallelism
 from uopsl.runtime import progress as progress_bars
 
 log = logging.getLogger(__name__)
@@ -1250,8 +1251,7 @@ def make_dataset(
             raise ConfigError(f"{name} must be a non-negative integer, got {n!r}")
     if n_fundus + n_oct == 0:
         raise ConfigError("make_dataset needs n_fundus + n_oct >= 1, got 0 images to generate")
-    if workers < 1:
-        raise ConfigError(f"workers must be >= 1, got {workers}")
+    check_parallelism("workers", workers)
     out = Path(out_dir)
     settings = {"generator_version": GENERATOR_VERSION, "n_fundus": int(n_fundus), "n_oct": int(n_oct),
                 "write_masks": bool(write_masks), "config": cfg.to_dict()}

@@ -945,6 +945,10 @@ def _check_class_set_change(trained: Sequence[str], referable: Sequence[bool], n
                     ", ".join(dropped), f" (referable: {', '.join(gone)}, which then refer nobody)" if gone else "",
                     "them" if len(dropped) > 1 else "it")
     added = [n for n in names if n not in trained]
+    if head == "softmax" and len(names) < 2:
+        raise ConfigError(f"{source} lists one class ({', '.join(names)}), and this model has a softmax head, whose "
+                          "probabilities over one class are always 1: list at least two classes (a sigmoid model "
+                          "can screen for a single class)")
     if head != "softmax" or not (added or dropped):
         return
     unset = [n for n in names if n in trained and points.get(n, descriptions.OperatingPointOverride()).threshold

@@ -41,6 +41,7 @@ from uopsl.runtime.backends.base import GPU_BACKENDS, Backend, TensorSpec, check
 from uopsl.runtime.bundle import FileEntry, Manifest, parity_status, read_manifest
 from uopsl.runtime.errors import BackendError, BundleError, ConfigError, MissingDependencyError, UopslError
 from uopsl.runtime.fsio import sha256_file, user_cache_dir, write_json
+from uopsl.runtime.parallelism import check_parallelism
 from uopsl.runtime.optional import CUDA_MODULES, available, dist_version, extra_hint, import_optional, install_hint
 
 log = logging.getLogger(__name__)
@@ -139,8 +140,7 @@ class ModelFileBackend(Backend):
 
     def __init__(self, path: str | os.PathLike[str], threads: int | None, precision: str) -> None:
         super().__init__()
-        if threads is not None and threads < 1:
-            raise ConfigError(f"threads must be >= 1 (or None for the default), got {threads}")
+        check_parallelism("threads", threads)
         self.path = Path(path)
         self.threads = threads
         self._precision = precision

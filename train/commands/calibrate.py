@@ -23,7 +23,7 @@ import click
 
 from uopsl.calibration.dataset import CalibrationSet, build_calibration_set
 from uopsl.runtime.bundle import MANIFEST, read_manifest, verify_before_rewrite
-from uopsl.runtime.clikit import option_given
+from uopsl.runtime.clikit import FiniteFloatRange, option_given
 from uopsl.runtime.signing import warn_if_signed
 from uopsl.runtime.errors import BundleError, ConfigError
 from uopsl.runtime.fsio import sha256_file, user_cache_dir
@@ -107,7 +107,10 @@ def resolve_model(model: Path, size: int | None, preprocess_from: Path | None) -
 
 
 def check_out(source: ModelSource, out: Path, table: Path | None = None) -> None:
-    """Refuse an ``--out`` that would overwrite the source model (or the table the command reads), before any work."""
+    """Refuse an ``--out`` that would overwrite the source model (or the table the command reads), or that
+    cannot be written (:func:`uopsl.runtime.fsio.check_output_file`), before any work."""
+    from uopsl.runtime.fsio import check_output_file
+
     real = out.resolve()
     if real == source.model.resolve():
         raise ConfigError(f"--out {out} is the model being read ({source.model}); choose another --out "
@@ -115,6 +118,7 @@ def check_out(source: ModelSource, out: Path, table: Path | None = None) -> None
     if table is not None and real == table.resolve():
         raise ConfigError(f"--out {out} is the calibration table being read; choose another --out "
                           "(or leave it at its default)")
+    check_output_file(out, "--out", "model.int8.onnx" if table is not None else "calibration.json")
 
 
 def bundle_target(source: ModelSource, out: Path, kind: str) -> Path | None:
@@ -248,11 +252,11 @@ def load_set(images: str, source: ModelSource, *, max_images: int | None, seed: 
               help="Calibration images: a folder, a CSV (path[,label] columns), a text list, or a .npz set.")
 @click.option("--method", type=click.Choice(["minmax", "entropy", "percentile"]), default="entropy",
               show_default=True, help="Range method.")
-@click.option("--percentile", type=click.FloatRange(50.0, 100.0, min_open=True), default=99.99, show_default=True,
+@click.option("--percentile", type=FiniteFloatRange(50.0, 100.0, min_open=True), default=99.99, show_default=True,
               help="Percentile of |x| kept by the percentile method, in percent (99.99, not 0.9999).")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Table to write [default: BUNDLE/calibration.json, or MODEL.calibration.json].")
-@click.option("--size", type=int, default=None, help="Model input size (default: the model's or the manifest's).")
+@click.option("--size", type=click.IntRange(1), default=None, help="Model input size (default: the model's or the manifest's).")
 @click.option("--preprocess", "preprocess_from", type=click.Path(exists=True, path_type=Path), default=None,
               help="Preprocessing from a bundle folder, a manifest.json or a JSON file of its parameters.")
 @click.option("--max-images", type=click.IntRange(1), default=None,

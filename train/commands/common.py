@@ -52,6 +52,7 @@ from typing import TYPE_CHECKING, Any, Literal, Union, get_args, get_origin, get
 
 import click
 
+from uopsl.runtime.clikit import FiniteFloatRange
 from uopsl.runtime.errors import ConfigError
 from uopsl.train import data
 
@@ -403,8 +404,8 @@ def train_options(f: Callable[..., Any]) -> Callable[..., Any]:
     opts = [
         click.option("--epochs", type=click.IntRange(1), default=10, show_default=True),
         click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True),
-        click.option("--lr", type=float, default=1e-3, show_default=True, help="Learning rate of the head."),
-        click.option("--lr-encoder", type=float, default=1e-4, show_default=True, help="Learning rate of the encoders."),
+        click.option("--lr", type=FiniteFloatRange(0.0, min_open=True), default=1e-3, show_default=True, help="Learning rate of the head."),
+        click.option("--lr-encoder", type=FiniteFloatRange(0.0), default=1e-4, show_default=True, help="Learning rate of the encoders."),
         click.option("--freeze-encoder", is_flag=True, help="Keep the image encoder fixed (linear-probe regime)."),
         click.option("--augment/--no-augment", default=True, show_default=True),
         click.option("--seed", type=int, default=0, show_default=True),

@@ -9,13 +9,14 @@ from typing import Any
 
 import click
 
+from uopsl.runtime.clikit import FiniteFloatRange
 from uopsl.runtime.fsio import write_text
 from uopsl.train.commands.common import load_source
 
 
 @click.command("duplicates")
 @click.argument("specs", nargs=-1, required=True)
-@click.option("--threshold", type=float, default=0.9, show_default=True,
+@click.option("--threshold", type=FiniteFloatRange(0.0, 1.0, min_open=True), default=0.9, show_default=True,
               help="Least signature correlation of two copies (0-1]; lower finds more, and more false pairs.")
 @click.option("--folds", type=click.IntRange(2), default=None,
               help="Also say which copies the patient-grouped K folds (fold=I/K) put in different folds.")
@@ -41,6 +42,12 @@ def command(specs: tuple[str, ...], threshold: float, folds: int | None, fold_se
     from uopsl.train.datasets.core import Sample
     from uopsl.train.datasets.duplicates import DuplicateConfig, find_duplicates
 
+    if out is not None:  # before the photographs are read, not after
+        from uopsl.runtime.fsio import check_output_file
+        from uopsl.runtime.model_folders import check_output_outside_model_folders
+
+        check_output_file(out, "--out", "duplicates.json")
+        check_output_outside_model_folders(out)
     cfg = DuplicateConfig(threshold=threshold)
     samples: list[Sample] = []
     sources = [load_source(spec) for spec in specs]

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from uopsl.runtime.errors import ConfigError
+from uopsl.runtime.model_folders import check_output_outside_model_folders
 from uopsl.train.commands.common import check_out_outside_data, items_for, load_source
 
 if TYPE_CHECKING:
@@ -91,6 +92,7 @@ def command(checkpoint: Path, data_spec: str, out: Path, n_boot: int, seed: int,
     from uopsl.train.evaluate import ClassCoverage, class_coverage
     from uopsl.train.workflow import run_evaluate
 
+    check_output_outside_model_folders(out)  # before the checkpoint and the data are read
     names = read_meta(checkpoint).model.classes
     src = load_source(data_spec)
     check_out_outside_data(out, src)

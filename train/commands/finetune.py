@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import replace
 from pathlib import Path
 
 import click
 
-from uopsl.runtime.clikit import speaks_for_the_run
+from uopsl.runtime.clikit import FiniteFloatRange, speaks_for_the_run
 from uopsl.runtime.errors import ConfigError
 from uopsl.runtime.fsio import write_json
 from uopsl.train import data as datamod
@@ -38,15 +37,15 @@ from uopsl.train.commands.common import (INIT_HELP, check_classes_in_data, items
 @click.option("--init", default="imagenet", show_default=True, help=INIT_HELP)
 @click.option("--size", type=click.IntRange(64, 1024), default=320, show_default=True)
 @click.option("--freeze-sites", is_flag=True, help="Keep P, G and the site attention fixed (the site guide is then off).")
-@click.option("--site-loss", "w_site_finetune", type=click.FloatRange(0.0), default=0.0, show_default=True,
+@click.option("--site-loss", "w_site_finetune", type=FiniteFloatRange(0.0), default=0.0, show_default=True,
               help="Weight of the site loss on fundus tokens (each class's site-pooled feature alone must score "
                    "the image's classes); 0: fused classification only.")
-@click.option("--site-guide", "w_site_guide", type=click.FloatRange(0.0), default=1.0, show_default=True,
+@click.option("--site-guide", "w_site_guide", type=FiniteFloatRange(0.0), default=1.0, show_default=True,
               help="Weight of the site guide: each present class's site map follows where the classifier's "
                    "global projection finds that class's evidence against a healthy retina (docs/method.md); "
                    "0: off (the published recipe).")
 @click.option("--shots", type=click.IntRange(1), default=None, help="Use only N labelled images per class.")
-@click.option("--target-sensitivity", type=click.FloatRange(0.5, 1.0), default=0.9, show_default=True,
+@click.option("--target-sensitivity", type=FiniteFloatRange(0.5, 1.0), default=0.9, show_default=True,
               help="Operating point of referable classes, chosen on the validation images.")
 @train_options
 def command(data_spec: str, val_spec: str | None, out: Path, from_ckpt: Path | None, classes: str | None,
@@ -59,10 +58,6 @@ def command(data_spec: str, val_spec: str | None, out: Path, from_ckpt: Path | N
     from uopsl.train.text import DEFAULT_MODEL as DEFAULT_TEXT_MODEL
     from uopsl.train.workflow import (LEARNT_ROLES, data_record, earlier_images, finished_run, from_checkpoint,
                                       new_model, operating_identity, run_finetune, run_identity, with_training_data)
-
-    if not math.isfinite(target_sensitivity):  # NaN passes click's FloatRange
-        raise click.BadParameter(f"expected a number in [0.5, 1.0], got {target_sensitivity}",
-                                 param_hint="--target-sensitivity")
 
     src = load_source(data_spec)
     fundus = [i for i, smp in enumerate(src.samples) if smp.modality == "fundus"]

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from uopsl.runtime.clikit import FiniteFloatRange
 from uopsl.train.commands.common import items_for, load_source
 
 
@@ -17,9 +18,9 @@ from uopsl.train.commands.common import items_for, load_source
 @click.option("--images", type=click.IntRange(1), default=None, help="Use at most N photographs (the first N).")
 @click.option("--epochs", type=click.IntRange(1), default=2, show_default=True)
 @click.option("--batch-size", type=click.IntRange(1), default=8, show_default=True)
-@click.option("--lr", type=click.FloatRange(0.0, min_open=True), default=3e-6, show_default=True,
+@click.option("--lr", type=FiniteFloatRange(0.0, min_open=True), default=3e-6, show_default=True,
               help="Learning rate of the encoder (the only part that trains).")
-@click.option("--bias-lr", type=click.FloatRange(0.0, min_open=True), default=3e-6, show_default=True,
+@click.option("--bias-lr", type=FiniteFloatRange(0.0, min_open=True), default=3e-6, show_default=True,
               help="Learning rate of the encoder's biases and BatchNorm shifts.")
 @click.option("--calib-images", type=click.IntRange(1), default=64, show_default=True,
               help="Photographs whose activation ranges fix the simulated uint8 grids (minmax).")

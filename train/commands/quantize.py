@@ -125,16 +125,16 @@ def _refuse_unused_options(images: str | None, rounding: str, auto_exclude: int)
               help="How weights go onto the int8 grid: nearest; gptq (error feedback through each layer's inputs on "
                    "the calibration images, seconds to a minute); adaround (optimised up/down per weight, minutes). "
                    "gptq/adaround need --images.")
-@click.option("--rounding-images", type=int, default=32, show_default=True,
+@click.option("--rounding-images", type=click.IntRange(1), default=32, show_default=True,
               help="Calibration images used by --rounding gptq/adaround.")
-@click.option("--adaround-iterations", type=int, default=500, show_default=True,
+@click.option("--adaround-iterations", type=click.IntRange(1), default=500, show_default=True,
               help="AdaRound optimisation steps per layer.")
 @click.option("--float-head/--quantize-head", default=True, show_default=True,
               help="Keep the layers after the encoder (token projection, site attention, prototypes) in float.")
-@click.option("--sensitivity-images", type=int, default=32, show_default=True,
+@click.option("--sensitivity-images", type=click.IntRange(1), default=32, show_default=True,
               help="Images used by the --auto-exclude sensitivity pass.")
 @click.option("--reduce-range", is_flag=True, help="7-bit weights, for x86 CPUs without VNNI (cpu variant).")
-@click.option("--size", type=int, default=None, help="Model input size for --images.")
+@click.option("--size", type=click.IntRange(1), default=None, help="Model input size for --images.")
 @click.option("--preprocess", "preprocess_from", type=click.Path(exists=True, path_type=Path), default=None,
               help="Preprocessing for --images from a bundle folder, a manifest.json or a JSON file.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,

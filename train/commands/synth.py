@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from uopsl.runtime.clikit import PARALLEL_COUNT, FiniteFloatRange
 from uopsl.train.synthetic import SEEN_CLASSES, UNSEEN_CLASSES, SynthConfig, make_dataset
 
 
@@ -34,11 +35,11 @@ def _split_classes(values: tuple[str, ...]) -> tuple[str, ...]:
               help=f"Disease classes to draw, comma-separated or repeated. [default: {','.join(SEEN_CLASSES)}]")
 @click.option("--include-unseen", is_flag=True,
               help=f"Also draw the classes reserved for zero-shot tests ({', '.join(UNSEEN_CLASSES)}).")
-@click.option("--p-normal", type=click.FloatRange(0.0, 1.0), default=SynthConfig.p_normal, show_default=True,
+@click.option("--p-normal", type=FiniteFloatRange(0.0, 1.0), default=SynthConfig.p_normal, show_default=True,
               help="Probability that an image has no disease.")
 @click.option("--format", "fundus_format", type=click.Choice(["jpg", "png"]), default="jpg", show_default=True,
               help="File format of the fundus photographs (OCT is always PNG).")
-@click.option("--workers", type=click.IntRange(min=1), default=None,
+@click.option("--workers", type=PARALLEL_COUNT, default=None,
               help="Processes to use (the output does not depend on it).  [default: CPU count, at most 8]")
 @click.option("--progress/--no-progress", default=None,
               help="Progress bar on stderr (default: when it is a terminal).")

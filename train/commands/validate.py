@@ -67,7 +67,8 @@ from typing import TYPE_CHECKING, Any
 import click
 import numpy as np
 
-from uopsl.runtime.clikit import option_given
+from uopsl.runtime.clikit import PARALLEL_COUNT, FiniteFloatRange, option_given
+from uopsl.runtime.model_folders import check_output_outside_model_folders
 from uopsl.runtime.errors import ConfigError, DataError
 
 #: The default gates as ``--gates`` spells them (tests/test_cli_messages.py holds them to ParityGates' defaults).
@@ -433,7 +434,7 @@ def _refuse_unknown_labels(bundle: Path, records: list[Any], data_spec: str) -> 
 @click.option("--per-layer", is_flag=True, help="Layer-wise SQNR/cosine of each INT8 ONNX file vs FP32, "
                                                 "with a suggested --exclude list for `uopsl quantize`.")
 @click.option("--per-layer-images", type=click.IntRange(1), default=8, show_default=True)
-@click.option("--sqnr-threshold", type=float, default=30.0, show_default=True,
+@click.option("--sqnr-threshold", type=FiniteFloatRange(), default=30.0, show_default=True,
               help="Per-layer: layers below this SQNR (dB) that lose >= 3 dB themselves are suggested for exclusion.")
 @click.option("--limit", type=click.IntRange(1), default=None, help="Validate on a seeded random subset of N images.")
 @click.option("--seed", type=int, default=0, show_default=True,
@@ -444,7 +445,7 @@ def _refuse_unknown_labels(bundle: Path, records: list[Any], data_spec: str) -> 
 @click.option("--n-boot", type=click.IntRange(0), default=1000, show_default=True,
               help="Bootstrap replicates of the paired AUC differences.")
 @click.option("--device", default="auto", show_default=True, help="PyTorch reference device (--checkpoint only): auto, cpu, cuda, cuda:N.")
-@click.option("--threads", type=click.IntRange(1), default=None, help="Inference threads of the CPU backends.")
+@click.option("--threads", type=PARALLEL_COUNT, default=None, help="Inference threads of the CPU backends.")
 @click.option("--no-resume", is_flag=True, help="Recompute every output instead of reusing OUT/.parity-cache.")
 @click.option("--record/--no-record", default=True, show_default=True,
               help="Write each file's verdict into the bundle manifest; `auto` backend selection uses an INT8 "
@@ -468,6 +469,7 @@ def command(bundle: Path, checkpoint: Path | None, onnx_reference: bool, data_sp
     """
     boot_seed = seed if bootstrap_seed is None else bootstrap_seed
     _check_reference_options(checkpoint, onnx_reference)
+    check_output_outside_model_folders(out)
     from uopsl.export.parity_metrics import failed_gate_headroom, parse_gates
     from uopsl.export.parity_html import skipped_words
     from uopsl.export.validate import ValidateConfig, validate_bundle

@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from uopsl.runtime.errors import ConfigError
+from uopsl.runtime.model_folders import check_output_outside_model_folders
 from uopsl.train.commands.common import check_out_outside_data, items_for, load_source, split_classes
 
 
@@ -38,6 +39,7 @@ def command(checkpoint: Path, data_spec: str, classes: str, classes_file: Path |
 
     from uopsl.train.evaluate import class_coverage
 
+    check_output_outside_model_folders(out)  # before the data are read
     names = split_classes(classes) or ()
     src = load_source(data_spec)
     check_out_outside_data(out, src)
