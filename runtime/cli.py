@@ -283,8 +283,8 @@ def bench_cmd(bundle: Path, backend: str, precision: str, batches: str, iters: i
         from uopsl.runtime.fsio import check_output_file
         from uopsl.runtime.model_folders import check_output_outside_model_folders
 
+        check_output_outside_model_folders(json_out, "--json", is_file=True)  # first: the next one writes a probe
         check_output_file(json_out, "--json", "bench.json")
-        check_output_outside_model_folders(json_out, "--json")
     cfg = BenchConfig(batches=sizes, iters=iters, warmup=warmup, threads=threads, e2e=e2e, e2e_images=e2e_images,
                       workers=workers, worker_pool=worker_pool)
     result = run_bench(bundle, backend, precision, cfg, images=images, trusted_keys=trusted_keys)

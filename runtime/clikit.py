@@ -47,7 +47,7 @@ import click
 
 from uopsl.runtime import progress as progress_bars
 from uopsl.runtime.errors import ConfigError, UopslError
-from uopsl.runtime.parallelism import check_parallelism
+from uopsl.runtime.parallelism import check_parallelism, parallelism_limit
 from uopsl.runtime.stopping import wait_until_saved
 
 log = logging.getLogger(__name__)
@@ -76,11 +76,16 @@ class LazyGroup(click.Group):
         return super().get_command(ctx, cmd_name)
 
 
-class ParallelCount(click.ParamType):
+class ParallelCount(click.IntRange):
     """A thread or worker count: a whole number from 1 to the machine's limit
-    (:func:`uopsl.runtime.parallelism.parallelism_limit`), refused as a usage error before any work starts."""
+    (:func:`uopsl.runtime.parallelism.parallelism_limit`), refused as a usage error before any work starts;
+    ``--help`` shows the range."""
 
-    name = "integer"
+    def __init__(self) -> None:
+        super().__init__(min=1)
+
+    def _describe_range(self) -> str:
+        return f"1<=x<={parallelism_limit()}"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
         number = click.INT.convert(value, param, ctx)
@@ -89,21 +94,37 @@ class ParallelCount(click.ParamType):
             check_parallelism(what, number)
         except ConfigError as exc:  # click names the option itself ("Invalid value for '--threads': 100000 is ...")
             self.fail(str(exc).removeprefix(f"{what} "), param, ctx)
-        return number
+        return int(number)
 
 
 PARALLEL_COUNT = ParallelCount()
 
 
+def _finite(number: float, value: Any, where: str, kind: click.ParamType, param: click.Parameter | None,
+            ctx: click.Context | None) -> float:
+    if not math.isfinite(number):
+        kind.fail(f"{value!r} is not a finite number; give {where}", param, ctx)
+    return number
+
+
 class FiniteFloatRange(click.FloatRange):
     """click's ``FloatRange`` without NaN and infinities, which it lets through (``--timeout nan`` watched
-    for ever, ``--sqnr-threshold nan`` failed after a whole validation run): refused as a usage error."""
+    for ever): refused as a usage error that states the range."""
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        number = super().convert(value, param, ctx)
-        if not math.isfinite(number):
-            self.fail(f"{value!r} is not a finite number; give one such as 1.5", param, ctx)
-        return number
+        return _finite(super().convert(value, param, ctx), value, f"a number in the range {self._describe_range()}",
+                       self, param, ctx)
+
+
+class FiniteFloat(click.types.FloatParamType):
+    """A floating-point option without bounds that refuses NaN and infinities (``--sqnr-threshold nan``
+    failed after a whole validation run)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        return _finite(super().convert(value, param, ctx), value, "a number such as 30", self, param, ctx)
+
+
+FINITE_FLOAT = FiniteFloat()
 
 
 def option_given(name: str) -> bool:
@@ -413,6 +434,7 @@ def _main_entry(group: click.Group, argv: Sequence[str] | None, prog_name: str |
     verbose = any(_is_verbose_flag(a) for a in opts)
     for cmd in list(group.commands.values()):
         share_verbosity(cmd)
+    stdout = sys.stdout
     try:
         rv = group.main(args=args, prog_name=prog_name, standalone_mode=False)
     except click.exceptions.Abort as exc:
@@ -432,10 +454,13 @@ def _main_entry(group: click.Group, argv: Sequence[str] | None, prog_name: str |
     except click.exceptions.Exit as exc:
         return int(exc.exit_code)
     except SystemExit:
-        # Without standalone mode click exits by itself only where the output was a closed pipe (``info | head
-        # -1``: EPIPE, after which it silences stdout and stderr); that read as exit 1, "some photographs
-        # failed". 141 is what a shell reports for a program stopped by SIGPIPE.
-        return 141
+        # Without standalone mode click exits by itself where the output was a closed pipe (``info | head -1``):
+        # on EPIPE it swaps stdout for a wrapper that silences it, then exits 1, which read as "some
+        # photographs failed". 141 is what a shell reports for a program stopped by SIGPIPE. Any other
+        # SystemExit (a library's sys.exit) keeps its own code.
+        if sys.stdout is not stdout:
+            return 141
+        raise
     except UopslError as exc:
         _traceback(verbose)
         _say(f"error: {_one_line(str(exc))}")

@@ -7,6 +7,9 @@ anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import os
+import shlex
+
 
 class UopslError(Exception):
     """Base class of every error the toolkit raises on purpose."""
@@ -121,11 +124,15 @@ class ExportError(UopslError):
 _PLAIN_ARG = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-+./\\:=,@%")
 
 
-def command_word(value: object) -> str:
-    """``value`` as one word of a command line suggested in a message: as it is when it holds only plain
-    characters, else in double quotes, which every usual shell (bash, cmd, PowerShell) reads as one word, so
-    a suggestion naming ``C:\\My Photos`` can be pasted as it stands."""
+def command_word(value: object, *, windows: bool | None = None) -> str:
+    """``value`` as one word of a command line suggested in a message, so that a suggestion naming a
+    folder with a space in it can be pasted as it stands: as it is when it holds only plain characters;
+    else in single quotes on POSIX shells (``shlex.quote``: nothing inside is expanded, not even ``$``),
+    in double quotes on Windows (``windows``: None means this machine), which cmd and PowerShell read as
+    one word."""
     text = str(value)
     if text and all(c in _PLAIN_ARG for c in text):
         return text
-    return '"' + text.replace('"', '\\"') + '"'
+    if windows if windows is not None else os.name == "nt":
+        return '"' + text.replace('"', '\\"') + '"'
+    return shlex.quote(text)

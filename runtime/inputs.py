@@ -26,7 +26,6 @@ import numpy as np
 from uopsl.runtime.dicomfile import PART10_HEAD, is_part10
 from uopsl.runtime.errors import ConfigError, command_word
 from uopsl.runtime.fsio import readable_text
-from uopsl.runtime.model_folders import check_output_outside_model_folders
 from uopsl.runtime.optional import available, extra_hint
 from uopsl.runtime.results import JSONL, LOCK_NAME, key_path
 
@@ -426,10 +425,8 @@ def check_output_placement(out: str | os.PathLike[str], inputs: Iterable[Any]) -
     parent such as ``--out .``) would skip every photograph, say "no
     photographs found" and leave the photo folder marked as an output folder.
     An output folder *inside* the photo folder is fine (it is skipped). Checked
-    before anything is created. Nor may the output folder be or lie inside a bundle or checkpoint folder
-    (:func:`uopsl.runtime.model_folders.check_output_outside_model_folders`).
+    before anything is created.
     """
-    check_output_outside_model_folders(out)
     real_out = os.path.realpath(os.fspath(out))
     for raw in inputs:
         if not isinstance(raw, (str, os.PathLike)) or not os.path.lexists(raw):

@@ -11,6 +11,7 @@ command that writes results refuses such an output before it starts
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Literal
@@ -21,47 +22,71 @@ FolderKind = Literal["bundle", "checkpoint"]
 
 #: The files ``uopsl export`` and the training stages (``uopsl.train.checkpoint.save_model``) write.
 BUNDLE_MANIFEST = "manifest.json"
-CHECKPOINT_FILES = ("checkpoint.json", "model.safetensors")
-# Keys every uopsl manifest has had; an unrelated manifest.json (a web app's) has not both.
-_MANIFEST_KEYS = (b'"format_version"', b'"files"')
-_MANIFEST_HEAD_BYTES = 1 << 20
+CHECKPOINT_META, CHECKPOINT_WEIGHTS = "checkpoint.json", "model.safetensors"
+# A manifest or checkpoint record larger than this is not read (a folder of someone else's data may hold a
+# huge file of the same name); uopsl's own are kilobytes.
+_MAX_RECORD_BYTES = 16 << 20
+
+
+def _json_object(path: Path) -> dict[str, object] | None:
+    """The JSON object in ``path``, or None when it is missing, too large, not JSON or not an object."""
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(_MAX_RECORD_BYTES + 1)
+    except OSError:
+        return None
+    if len(data) > _MAX_RECORD_BYTES:
+        return None
+    try:
+        obj = json.loads(data)
+    except (ValueError, RecursionError):
+        return None
+    return obj if isinstance(obj, dict) else None
 
 
 def folder_kind(folder: str | os.PathLike[str]) -> FolderKind | None:
-    """``"bundle"`` or ``"checkpoint"`` when ``folder`` is one (by the files in it), else None."""
-    root = Path(folder)
-    if all((root / name).is_file() for name in CHECKPOINT_FILES):
-        return "checkpoint"
-    manifest = root / BUNDLE_MANIFEST
-    try:
-        with open(manifest, "rb") as fh:
-            head = fh.read(_MANIFEST_HEAD_BYTES)
-    except OSError:
-        return None
-    return "bundle" if all(key in head for key in _MANIFEST_KEYS) else None
+    """``"bundle"`` or ``"checkpoint"`` when ``folder`` is one, else None.
 
-
-def enclosing_model_folder(path: str | os.PathLike[str]) -> tuple[FolderKind, Path] | None:
-    """The bundle or checkpoint folder that ``path`` is, or is inside (symbolic links resolved), or None.
-
-    ``path`` need not exist yet: its nearest existing folder is where the walk up starts.
+    Judged by the record uopsl writes there, parsed: a ``manifest.json`` with uopsl's top-level fields (an
+    integer ``format_version``, a ``files`` list, ``preprocess`` and ``classes``), or a ``checkpoint.json``
+    with ``model`` and ``stage`` beside ``model.safetensors``. Another program's ``manifest.json`` (a web
+    app's) or a file of the same name with other content is no model folder.
     """
-    here = Path(os.path.realpath(os.fspath(path)))
-    for folder in (here, *here.parents):
-        if folder.is_dir():
-            kind = folder_kind(folder)
-            if kind is not None:
-                return kind, folder
+    root = Path(folder)
+    meta = _json_object(root / CHECKPOINT_META) if (root / CHECKPOINT_WEIGHTS).is_file() else None
+    if meta is not None and isinstance(meta.get("model"), dict) and isinstance(meta.get("stage"), str):
+        return "checkpoint"
+    m = _json_object(root / BUNDLE_MANIFEST)
+    if m is None:
+        return None
+    version = m.get("format_version")
+    if (isinstance(version, int) and not isinstance(version, bool) and isinstance(m.get("files"), list)
+            and isinstance(m.get("preprocess"), dict) and isinstance(m.get("classes"), list)):
+        return "bundle"
     return None
 
 
-def check_output_outside_model_folders(out: str | os.PathLike[str], option: str = "--out") -> None:
-    """Raise :class:`ConfigError` when ``out`` (a folder or file to write) is or is inside a bundle or a
-    training checkpoint folder; ``option`` names the setting in the message."""
-    found = enclosing_model_folder(out)
-    if found is None:
+def enclosing_model_folders(path: str | os.PathLike[str]) -> list[tuple[FolderKind, Path]]:
+    """The bundle and checkpoint folders that ``path`` is or lies inside (symbolic links resolved),
+    innermost first; empty when none. ``path`` need not exist yet."""
+    here = Path(os.path.realpath(os.fspath(path)))
+    return [(kind, folder) for folder in (here, *here.parents)
+            if folder.is_dir() and (kind := folder_kind(folder)) is not None]
+
+
+def check_output_outside_model_folders(out: str | os.PathLike[str], option: str = "--out", *,
+                                       is_file: bool = False) -> None:
+    """Raise :class:`ConfigError` when ``out`` (a folder, or with ``is_file`` a file, to write) is or lies
+    inside a bundle or a training checkpoint folder; ``option`` names the setting in the message.
+
+    The message names the innermost such folder and suggests a place beside the outermost one (a bundle
+    exported inside a checkpoint folder: a place beside the bundle would still be inside the checkpoint).
+    """
+    found = enclosing_model_folders(out)
+    if not found:
         return
-    kind, folder = found
+    kind, folder = found[0]
+    outermost = found[-1][1]
     where = "is" if Path(os.path.realpath(os.fspath(out))) == folder else "is inside"
     if kind == "bundle":
         why = ("a bundle folder holds the model files alone: devices copy and verify it whole (results in it "
@@ -69,5 +94,11 @@ def check_output_outside_model_folders(out: str | os.PathLike[str], option: str 
     else:
         why = ("a checkpoint folder holds a model that is copied and shared whole: results in it would travel "
                "with the model")
-    raise ConfigError(f"{option} {out} {where} the {kind} folder {folder}; {why}. Choose a folder outside it, "
-                      f"e.g. {option} {command_word(folder.parent / (folder.name + '-results'))}")
+    if is_file:
+        suggestion = outermost.parent / Path(out).name
+        what = "a file"
+    else:
+        suggestion = outermost.parent / f"{outermost.name}-results"
+        what = "a folder"
+    raise ConfigError(f"{option} {out} {where} the {kind} folder {folder}; {why}. Choose {what} outside it, "
+                      f"e.g. {option} {command_word(suggestion)}")

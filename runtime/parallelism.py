@@ -44,8 +44,8 @@ def check_parallelism(what: str, value: int | None) -> None:
         raise ConfigError(f"{what} must be at least 1 (or left out for the default), got {value}")
     limit = parallelism_limit()
     if value > limit:
-        cores = usable_cores()
-        raise ConfigError(
-            f"{what} {value} is more than this machine can use: it has {cores} usable CPU "
-            f"core{'s' if cores != 1 else ''}; give at most {limit} (more threads than cores only slow the run), "
-            "or leave it out for the default")
+        cores, total = usable_cores(), os.cpu_count() or 1
+        has = (f"this machine has {cores} CPU core{'s' if cores != 1 else ''}" if cores >= total
+               else f"this process may run on {cores} of the machine's {total} CPU cores")
+        raise ConfigError(f"{what} {value} is more than can be used here: {has}; give at most {limit} (more than "
+                          "the cores only slows the run), or leave it out for the default")

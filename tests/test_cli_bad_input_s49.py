@@ -23,7 +23,7 @@ from uopsl.runtime import cli as screen_cli
 from uopsl.runtime.clikit import main_entry
 from uopsl.runtime.errors import BundleError, CheckpointError, ConfigError, command_word
 from uopsl.runtime.fsio import check_output_file
-from uopsl.runtime.model_folders import check_output_outside_model_folders, enclosing_model_folder, folder_kind
+from uopsl.runtime.model_folders import check_output_outside_model_folders, enclosing_model_folders, folder_kind
 from uopsl.runtime.parallelism import check_parallelism, parallelism_limit, usable_cores
 
 
@@ -69,7 +69,8 @@ def test_the_limit_is_generous_and_follows_the_cores() -> None:
     assert parallelism_limit() == max(64, 8 * usable_cores())
     check_parallelism("threads", parallelism_limit())  # the limit itself is accepted
     check_parallelism("threads", None)
-    with pytest.raises(ConfigError, match=r"threads 100000 is more than this machine can use: it has \d+ usable CPU"):
+    with pytest.raises(ConfigError, match=r"threads 100000 is more than can be used here: this (machine has|process "
+                                          r"may run on) \d+ "):
         check_parallelism("threads", 100_000)
     for bad, words in ((0, "at least 1"), (True, "whole number"), (2.5, "whole number")):
         with pytest.raises(ConfigError, match=words):
@@ -88,8 +89,9 @@ def test_screen_refuses_a_thread_count_the_machine_cannot_hold(argv: list[str], 
                                                                 capsys: pytest.CaptureFixture[str]) -> None:
     args = [a.format(bundle=bundle, photos=photos, out=tmp_path / "out") for a in argv]
     rc, err = _screen(args, capsys)
-    assert rc == 2 and "100000 is more than this machine can use" in err and f"give at most {parallelism_limit()}" in err
-    assert not (tmp_path / "out").exists()  # refused before anything was made
+    assert rc == 2 and "100000 is more than can be used here" in err and f"give at most {parallelism_limit()}" in err
+    if argv[0] != "bench":
+        assert not (tmp_path / "out").exists()  # refused before the output folder was made
 
 
 def test_validate_and_synth_refuse_it_too(bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -110,9 +112,9 @@ def test_the_library_refuses_it_where_the_threads_are_made(bundle: Path) -> None
     huge = parallelism_limit() + 1
     for make in (lambda: PipelineConfig(workers=huge), lambda: BenchConfig(threads=huge),
                  lambda: BenchConfig(workers=huge), lambda: OrtBackend(bundle / "model.onnx", "cpu", huge)):
-        with pytest.raises(ConfigError, match="more than this machine can use"):
+        with pytest.raises(ConfigError, match="more than can be used here"):
             make()
-    with pytest.raises(ConfigError, match="workers .* more than this machine can use"):
+    with pytest.raises(ConfigError, match="workers .* more than can be used here"):
         make_dataset(Path("/nonexistent-never-made"), 1, 1, SynthConfig(), workers=huge)
 
 
@@ -122,9 +124,14 @@ def test_model_folders_are_told_apart_by_their_files(bundle: Path, checkpoint: P
     other = tmp_path / "web"
     other.mkdir()
     (other / "manifest.json").write_text('{"name": "a web app", "icons": []}')  # not a uopsl manifest
-    assert folder_kind(other) is None and enclosing_model_folder(other / "results") is None
-    assert enclosing_model_folder(bundle / "a" / "b") == ("bundle", bundle.resolve())
-    assert enclosing_model_folder(checkpoint) == ("checkpoint", checkpoint.resolve())
+    assert folder_kind(other) is None and enclosing_model_folders(other / "results") == []
+    # uopsl's key names nested in another program's record, or a checkpoint's file names with other content
+    (other / "manifest.json").write_text('{"assets": {"files": []}, "meta": {"format_version": 2}}')
+    (other / "checkpoint.json").write_text('{"name": "a game save"}')
+    (other / "model.safetensors").write_bytes(b"\0" * 16)
+    assert folder_kind(other) is None
+    assert enclosing_model_folders(bundle / "a" / "b") == [("bundle", bundle.resolve())]
+    assert enclosing_model_folders(checkpoint) == [("checkpoint", checkpoint.resolve())]
     link = tmp_path / "link"
     link.symlink_to(bundle, target_is_directory=True)
     with pytest.raises(ConfigError, match=r"--out .*link/out is inside the bundle folder"):
@@ -141,7 +148,7 @@ def test_run_refuses_to_write_results_into_the_bundle(bundle: Path, photos: Path
     line = next(x for x in err.splitlines() if x.startswith("error: "))
     assert rc == 2 and f"{'is inside' if inside else 'is'} the bundle folder" in line
     assert "devices copy and verify it whole" in line
-    assert f'--out "{tmp_path / "my bundle-results"}"' in line  # a path with a space, quoted to paste
+    assert f"--out '{tmp_path / 'my bundle-results'}'" in line  # a path with a space, quoted to paste
     assert _listing(copy) == before  # nothing written into the bundle
 
 
@@ -307,9 +314,11 @@ def test_bench_names_the_photographs_that_did_not_preprocess(bundle: Path, tmp_p
 
 def test_command_word_quotes_only_what_needs_it() -> None:
     assert command_word("/data/bundle-1") == "/data/bundle-1"
-    assert command_word(r"C:\My Photos") == '"C:\\My Photos"'
-    assert command_word('a"b') == '"a\\"b"'
-    assert command_word("") == '""'
+    assert command_word("/data/my photos", windows=False) == "'/data/my photos'"
+    assert command_word("/data/$HOME x", windows=False) == "'/data/$HOME x'"  # nothing expanded when pasted
+    assert command_word(r"C:\My Photos", windows=True) == '"C:\\My Photos"'
+    assert command_word('a"b', windows=True) == '"a\\"b"'
+    assert command_word("", windows=False) == "''"
 
 
 
@@ -360,3 +369,77 @@ def test_quantize_names_its_options_not_the_api_fields(option: str, bundle: Path
     rc, err = _uopsl(["quantize", str(bundle), option, "0"], capsys)
     assert rc == 2 and f"Invalid value for '{option}': 0 is not in the range x>=1" in err
     assert "_" not in err.split("Invalid value for")[1].split(":")[0]
+
+
+def test_the_api_refuses_a_bundle_output_whatever_the_inputs_are(bundle: Path, photos: Path, tmp_path: Path) -> None:
+    """The check ran only for a list of inputs: a generator of paths wrote results into the bundle."""
+    from uopsl.runtime.api import Screener
+
+    copy = Path(shutil.copytree(bundle, tmp_path / "b"))
+    before = _listing(copy)
+    with Screener(copy, "ort-cpu") as s:
+        with pytest.raises(ConfigError, match="is inside the bundle folder"):
+            s.screen_to(copy / "results", (str(p) for p in photos.iterdir()))
+        with pytest.raises(ConfigError, match="is inside the bundle folder"):
+            s.check_output(copy / "results")  # no inputs given
+    assert _listing(copy) == before
+
+
+def test_the_suggestion_is_outside_every_model_folder_and_of_the_right_kind(bundle: Path, checkpoint: Path,
+                                                                             tmp_path: Path) -> None:
+    ck = Path(shutil.copytree(checkpoint, tmp_path / "ck"))
+    inner = Path(shutil.copytree(bundle, ck / "bundle"))  # `uopsl export ck --out ck/bundle` is accepted
+    with pytest.raises(ConfigError) as info:
+        check_output_outside_model_folders(inner / "res")
+    said = str(info.value)
+    assert "is inside the bundle folder" in said and said.endswith(f"Choose a folder outside it, e.g. --out "
+                                                                   f"{tmp_path / 'ck-results'}")
+    check_output_outside_model_folders(tmp_path / "ck-results")  # the suggestion itself is accepted
+    with pytest.raises(ConfigError) as info:
+        check_output_outside_model_folders(inner / "bench.json", "--json", is_file=True)
+    assert str(info.value).endswith(f"Choose a file outside it, e.g. --json {tmp_path / 'bench.json'}")
+
+
+def test_a_model_folder_output_is_refused_before_the_write_probe(bundle: Path, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """The writability probe created and deleted a file inside the bundle before the refusal."""
+    def no_probe(*_a: object, **_k: object) -> None:
+        raise AssertionError("a probe file was written before the model-folder check")
+
+    monkeypatch.setattr("tempfile.mkstemp", no_probe)
+    rc, err = _screen(["bench", str(bundle), "--json", str(bundle / "bench.json")], capsys)
+    assert rc == 2 and "is inside the bundle folder" in err
+
+
+def test_exit_codes_of_help_version_and_a_library_exit(capsys: pytest.CaptureFixture[str]) -> None:
+    """Only click's closed-pipe exit becomes 141; --help, --version and another SystemExit keep their codes."""
+    import click
+
+    assert main_entry(screen_cli.cli, ["--help"], prog_name="uopsl-screen") == 0
+    assert main_entry(screen_cli.cli, ["--version"], prog_name="uopsl-screen") == 0
+    assert main_entry(screen_cli.cli, ["run", "--help"], prog_name="uopsl-screen") == 0
+    capsys.readouterr()
+
+    @click.group()
+    def group() -> None:
+        pass
+
+    @group.command("work")
+    def work() -> None:
+        raise SystemExit(3)
+
+    with pytest.raises(SystemExit) as info:
+        main_entry(group, ["work"], prog_name="uopsl")
+    assert info.value.code == 3
+
+
+def test_help_shows_the_ranges(capsys: pytest.CaptureFixture[str]) -> None:
+    from uopsl.train.cli import cli
+
+    main_entry(screen_cli.cli, ["run", "--help"], prog_name="uopsl-screen")
+    out = " ".join(capsys.readouterr().out.split())
+    assert f"[1<=x<={parallelism_limit()}]" in out
+    main_entry(cli, ["validate", "--help"], prog_name="uopsl")
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--sqnr-threshold FLOAT " in out and "FLOAT RANGE" not in out.split("--sqnr-threshold")[1][:20]

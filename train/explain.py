@@ -91,8 +91,10 @@ def explain_inputs(ckpt: Path, inputs: Sequence[str | os.PathLike[str]], out: Pa
     ``failed`` (and logged) and the batch goes on.
     """
     from uopsl.runtime.inputs import WalkState, check_inputs, check_output_placement, display_path, iter_inputs
+    from uopsl.runtime.model_folders import check_output_outside_model_folders
     from uopsl.train.checkpoint import load_model, read_meta
 
+    check_output_outside_model_folders(out)
     meta = read_meta(ckpt)
     if meta.model.variant == "fundus_only":
         raise ConfigError(f"{ckpt} is a fundus_only model: it has no site attention to draw (its maps would be "

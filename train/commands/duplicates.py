@@ -46,8 +46,8 @@ def command(specs: tuple[str, ...], threshold: float, folds: int | None, fold_se
         from uopsl.runtime.fsio import check_output_file
         from uopsl.runtime.model_folders import check_output_outside_model_folders
 
+        check_output_outside_model_folders(out, is_file=True)  # first: the next one writes a probe file
         check_output_file(out, "--out", "duplicates.json")
-        check_output_outside_model_folders(out)
     cfg = DuplicateConfig(threshold=threshold)
     samples: list[Sample] = []
     sources = [load_source(spec) for spec in specs]

@@ -67,7 +67,7 @@ from typing import TYPE_CHECKING, Any
 import click
 import numpy as np
 
-from uopsl.runtime.clikit import PARALLEL_COUNT, FiniteFloatRange, option_given
+from uopsl.runtime.clikit import FINITE_FLOAT, PARALLEL_COUNT, option_given
 from uopsl.runtime.model_folders import check_output_outside_model_folders
 from uopsl.runtime.errors import ConfigError, DataError
 
@@ -434,7 +434,7 @@ def _refuse_unknown_labels(bundle: Path, records: list[Any], data_spec: str) -> 
 @click.option("--per-layer", is_flag=True, help="Layer-wise SQNR/cosine of each INT8 ONNX file vs FP32, "
                                                 "with a suggested --exclude list for `uopsl quantize`.")
 @click.option("--per-layer-images", type=click.IntRange(1), default=8, show_default=True)
-@click.option("--sqnr-threshold", type=FiniteFloatRange(), default=30.0, show_default=True,
+@click.option("--sqnr-threshold", type=FINITE_FLOAT, default=30.0, show_default=True,
               help="Per-layer: layers below this SQNR (dB) that lose >= 3 dB themselves are suggested for exclusion.")
 @click.option("--limit", type=click.IntRange(1), default=None, help="Validate on a seeded random subset of N images.")
 @click.option("--seed", type=int, default=0, show_default=True,
