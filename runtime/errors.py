@@ -131,8 +131,10 @@ def command_word(value: object, *, windows: bool | None = None) -> str:
     in double quotes on Windows (``windows``: None means this machine), which cmd and PowerShell read as
     one word."""
     text = str(value)
-    if text and all(c in _PLAIN_ARG for c in text):
+    on_windows = windows if windows is not None else os.name == "nt"
+    plain = _PLAIN_ARG if on_windows else _PLAIN_ARG - {"\\"}  # a POSIX shell reads a backslash as an escape
+    if text and all(c in plain for c in text):
         return text
-    if windows if windows is not None else os.name == "nt":
+    if on_windows:
         return '"' + text.replace('"', '\\"') + '"'
     return shlex.quote(text)

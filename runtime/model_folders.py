@@ -44,6 +44,15 @@ def _json_object(path: Path) -> dict[str, object] | None:
     return obj if isinstance(obj, dict) else None
 
 
+def _exists(path: Path, *, dir_: bool) -> bool:
+    """Whether ``path`` is a folder (``dir_``) or a file; False where it cannot be looked at (a folder of
+    another account's that this one may not enter), rather than an error."""
+    try:
+        return path.is_dir() if dir_ else path.is_file()
+    except OSError:
+        return False
+
+
 def folder_kind(folder: str | os.PathLike[str]) -> FolderKind | None:
     """``"bundle"`` or ``"checkpoint"`` when ``folder`` is one, else None.
 
@@ -53,7 +62,7 @@ def folder_kind(folder: str | os.PathLike[str]) -> FolderKind | None:
     app's) or a file of the same name with other content is no model folder.
     """
     root = Path(folder)
-    meta = _json_object(root / CHECKPOINT_META) if (root / CHECKPOINT_WEIGHTS).is_file() else None
+    meta = _json_object(root / CHECKPOINT_META) if _exists(root / CHECKPOINT_WEIGHTS, dir_=False) else None
     if meta is not None and isinstance(meta.get("model"), dict) and isinstance(meta.get("stage"), str):
         return "checkpoint"
     m = _json_object(root / BUNDLE_MANIFEST)
@@ -71,7 +80,7 @@ def enclosing_model_folders(path: str | os.PathLike[str]) -> list[tuple[FolderKi
     innermost first; empty when none. ``path`` need not exist yet."""
     here = Path(os.path.realpath(os.fspath(path)))
     return [(kind, folder) for folder in (here, *here.parents)
-            if folder.is_dir() and (kind := folder_kind(folder)) is not None]
+            if _exists(folder, dir_=True) and (kind := folder_kind(folder)) is not None]
 
 
 def check_output_outside_model_folders(out: str | os.PathLike[str], option: str = "--out", *,

@@ -443,3 +443,25 @@ def test_help_shows_the_ranges(capsys: pytest.CaptureFixture[str]) -> None:
     main_entry(cli, ["validate", "--help"], prog_name="uopsl")
     out = " ".join(capsys.readouterr().out.split())
     assert "--sqnr-threshold FLOAT " in out and "FLOAT RANGE" not in out.split("--sqnr-threshold")[1][:20]
+
+
+def test_command_word_quotes_a_backslash_for_a_posix_shell() -> None:
+    """A POSIX shell reads a backslash as an escape (C:\\data pasted bare is C:data); Windows paths keep theirs."""
+    assert command_word(r"C:\data", windows=False) == r"'C:\data'"
+    assert command_word(r"C:\data", windows=True) == r"C:\data"
+
+
+def test_a_folder_that_cannot_be_looked_at_is_no_model_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An ancestor this account may not enter raised PermissionError out of the walk up from --out."""
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real_is_file = Path.is_file
+
+    def is_file(self: Path) -> bool:
+        if self.parent == locked:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_is_file(self)
+
+    monkeypatch.setattr(Path, "is_file", is_file)
+    assert folder_kind(locked) is None
+    check_output_outside_model_folders(locked / "out")  # nothing to refuse, and no error
