@@ -49,7 +49,6 @@ from uopsl.runtime.errors import (
     UopslError,
 )
 from uopsl.runtime.intended_use import IntendedUse
-from uopsl.runtime.model_folders import check_output_outside_model_folders
 from uopsl.runtime.signing import (
     SignatureCheck,
     key_paths,
@@ -412,7 +411,6 @@ class Screener:
         folder it had to create is removed again, and ``run.json`` is left as
         it is until the screening writes rows.
         """
-        check_output_outside_model_folders(out_dir)
         if inputs is not None:
             given = list(one_or_many(inputs))
             _refuse_in_memory(given)
@@ -507,7 +505,6 @@ class Screener:
         times moved) instead of a screening; ``watch`` counts a file once per session with it.
         """
         out = Path(out_dir)
-        check_output_outside_model_folders(out)  # whatever the inputs are (a generator is not checked below)
         inputs = one_or_many(inputs)  # one path is one input, not its characters
         given = list(inputs) if isinstance(inputs, (list, tuple)) else None
         _refuse_in_memory(given if given is not None else [])  # before the output folder exists

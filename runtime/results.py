@@ -41,6 +41,7 @@ from uopsl.runtime.bundle import MANIFEST, Manifest
 from uopsl.runtime.errors import ConfigError
 from uopsl.runtime.fsio import (FolderLock, open_plain, readable_text, remove_stale_temporaries, sha256_bytes,
                                sha256_file, special_entry, write_json, write_text)
+from uopsl.runtime.model_folders import check_output_outside_model_folders
 from uopsl.runtime.version import __version__
 
 log = logging.getLogger(__name__)
@@ -398,6 +399,10 @@ class ResultStore:
         self.identity = identity
         self._record: dict[str, Any] | None = None  # run.json to write with the first rows (see _check_model)
         self._check_only = check_only  # opened to check the folder before a model loads: record nothing
+        # Every results folder is opened here (run, watch, the API's check_output and screen_to), so this is
+        # where one inside a bundle or checkpoint is refused, before anything is created; once per store,
+        # not per batch of a watch.
+        check_output_outside_model_folders(self.out_dir)
         for attempt in (1, 2):
             self._created = prepare_folder(self.out_dir)  # removed again on close if nothing was written into it
             refuse_planted_entries(self.out_dir)
