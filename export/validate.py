@@ -84,8 +84,8 @@ import cv2
 import numpy as np
 
 from uopsl.runtime.progress import track
-from uopsl.export.bundle_writer import kept_pytorch_verdict, kept_verdict, record_parity
 from uopsl.export.int8_arithmetic import ExactRunner, arithmetic_check
+from uopsl.export.parity_record import plan_records, record_verdicts
 from uopsl.export.parity_metrics import (
     BOOTSTRAP_ALPHA,
     CONFIDENCE,
@@ -127,16 +127,13 @@ from uopsl.runtime.backends.base import Backend
 from uopsl.runtime.bundle import (
     MANIFEST,
     ONNX_REFERENCE_BACKEND,
-    PARITY_KEY,
     OUTPUT_NAMES,
     REFERENCE_MAX_PROB_DIFF,
     REFERENCE_UNKNOWN,
-    FileEntry,
     Manifest,
     parity_gates_problem,
     parity_reference_kind,
     parity_run_problem,
-    read_manifest,
 )
 from uopsl.runtime.cpuinfo import CPU_BACKENDS, int8_cpu_class
 from uopsl.runtime.errors import BackendError, BundleError, ConfigError, UopslError
@@ -776,6 +773,298 @@ def _machine() -> dict[str, Any]:
     return info
 
 
+@dataclass(frozen=True)
+class _Labels:
+    """The images left to validate on after the label check, and what the check found (``unknown_labels``)."""
+
+    images: tuple[ImageRecord, ...]
+    dropped: tuple[ImageRecord, ...]
+    unknown: Mapping[str, int]
+    near: Mapping[str, str]
+    policy: str
+
+    def report(self) -> dict[str, Any]:
+        return {"policy": self.policy, "labels": dict(self.unknown), "near_misses": dict(self.near),
+                "n_dropped_images": len(self.dropped), "dropped_ids": [r.id for r in self.dropped]}
+
+    def note(self) -> str | None:
+        """What the report's notes say about labels that are no class of the bundle (None: there are none)."""
+        if not self.unknown:
+            return None
+        listed = ", ".join(f"{lab} ({k} image(s)" + (f"; the bundle has {self.near[lab]!r}" if lab in self.near
+                                                     else "") + ")" for lab, k in self.unknown.items())
+        if self.dropped:
+            return (f"{len(self.dropped)} image(s) left out (unknown_labels={self.policy}): they carry label(s) "
+                    f"that are not classes of this bundle: {listed}")
+        return (f"label(s) that are not classes of this bundle, counted as negatives for every bundle class "
+                f"(unknown_labels={self.policy}): {listed}")
+
+
+def _check_labels(images: Sequence[ImageRecord], manifest: Manifest, label_space: Sequence[str] | None,
+                  policy: str) -> _Labels:
+    """Labels that are no class of the bundle refused, dropped or kept (counted as negatives), by ``policy``."""
+    if not images:
+        raise ConfigError("no images to validate on; check --data (and --limit)")
+    if label_space is not None and any(r.labels is None for r in images):
+        raise ConfigError("label_space is given but some images have no labels")
+    unknown = unknown_labels(manifest.class_names, images) if label_space is not None else {}
+    dropped: list[ImageRecord] = []
+    if unknown and policy == UNKNOWN_LABELS_REFUSE:
+        raise ConfigError(unknown_labels_message(unknown, manifest.class_names))
+    if unknown and policy == UNKNOWN_LABELS_DROP:
+        known = set(manifest.class_names)
+        dropped = [r for r in images if set(r.labels or ()) - known]
+        images = [r for r in images if not set(r.labels or ()) - known]
+        if not images:
+            raise ConfigError(f"every one of the {len(dropped)} images carries a label that is no class of this "
+                              f"bundle {list(manifest.class_names)} ({', '.join(unknown)}): nothing left to "
+                              "validate on")
+    return _Labels(tuple(images), tuple(dropped), unknown, label_near_misses(list(unknown), manifest.class_names),
+                   policy)
+
+
+@dataclass(frozen=True)
+class _ReferenceFacts:
+    """What the reference declares about itself (see :class:`Reference`), read once."""
+
+    fingerprint: str
+    kind: str
+    source: str
+    file: Any
+    sha256: Any
+    preprocess: PreprocessConfig | None
+    # The manifest's preprocessing fields that differ from the reference's: name -> [reference, bundle].
+    diffs: Mapping[str, list[Any]]
+
+    @property
+    def trust_class(self) -> str:
+        """PyTorch, the bundle's ONNX file or unknown (:func:`uopsl.runtime.bundle.parity_reference_kind`)."""
+        return parity_reference_kind({"reference_kind": self.kind, "reference_source": self.source,
+                                      "reference_fingerprint": self.fingerprint})
+
+    @classmethod
+    def of(cls, reference: Reference, manifest: Manifest) -> _ReferenceFacts:
+        fingerprint = getattr(reference, "fingerprint", "")
+        # The kind must be declared (TorchReference: pytorch; OnnxReference: onnx): anything else, e.g. a runtime
+        # backend passed as the reference, is "unknown" and can never start a chain of trust (runtime.bundle).
+        kind = str(getattr(reference, "reference_kind", "") or REFERENCE_UNKNOWN)
+        source = str(getattr(reference, "reference_source", "") or (f"{kind}:{fingerprint}" if fingerprint else kind))
+        pre: PreprocessConfig | None = getattr(reference, "preprocess", None)
+        diffs = ({k: [ref, bundle] for k, (bundle, ref) in manifest.preprocess.differences(pre).items()}
+                 if pre is not None else {})
+        return cls(fingerprint, kind, source, getattr(reference, "reference_file", None),
+                   getattr(reference, "reference_sha256", None), pre, diffs)
+
+    def note(self) -> str | None:
+        """What the report's notes say about a manifest whose preprocessing differs from the reference's."""
+        if not self.diffs:
+            return None
+        return ("the manifest's preprocessing differs from the reference's (checkpoint) in "
+                + ", ".join(f"{k}: reference {v[0]!r}, bundle {v[1]!r}" for k, v in self.diffs.items())
+                + "; each side was fed its own preprocessing")
+
+
+def _cache_key(cfg: ValidateConfig, manifest: Manifest, ref: _ReferenceFacts, images: Sequence[ImageRecord],
+               image_sha: Mapping[str, str | None], specs: Sequence[CandidateSpec], machine: Mapping[str, Any],
+               reference_device: str | None) -> dict[str, Any] | None:
+    """What the cached outputs depend on (None: no cache; ``--no-resume``, or a reference without a fingerprint)."""
+    if not (cfg.resume and ref.fingerprint):
+        return None
+    return {"version": __version__, "preprocess_version": PREPROCESS_VERSION,
+            "files": {f.path: f.sha256 for f in manifest.files}, "reference": ref.fingerprint,
+            "images": [[r.id, str(r.path), image_sha[r.id]] for r in images],
+            "preprocess": manifest.preprocess.to_dict(),
+            "reference_preprocess": ref.preprocess.to_dict() if ref.preprocess is not None and ref.diffs else None,
+            "candidates": [s.name for s in specs], "batch_size": cfg.batch_size,
+            "quality_gate": None if cfg.keep_ungradable else QualityConfig().to_dict(),
+            # Outputs depend on the machine too (the CPU's INT8 kernels, the runtimes' versions), and batches
+            # cached before a CPU INT8 file also ran in its exact arithmetic lack those outputs.
+            "machine": {k: v for k, v in machine.items() if k in ("cpu_int8", "onnxruntime", "openvino")},
+            # The reference's outputs depend on what computes them: another PyTorch, or the GPU instead of
+            # the CPU (TF32 off, but other kernels), must recompute them, not reuse them silently.
+            "torch": machine.get("torch"), "reference_device": reference_device,
+            "arrays": CACHE_ARRAYS}
+
+
+def _truth(manifest: Manifest, run: _Run, ref: Mapping[str, np.ndarray],
+           label_space: Sequence[str] | None) -> tuple[Truth | None, list[str]]:
+    """What the candidates are judged against (None: nothing can be), and why the run fails (empty: it does not)."""
+    ref_bad = nonfinite_images(ref)
+    if ref_bad.any():
+        # Nothing can be judged against a reference that overflowed: the run fails, the files are not blamed.
+        why = "the reference: " + nonfinite_reason(ref_bad, run.ids)
+        log.error("%s; no candidate can be judged against it", why)
+        return None, [why]
+    if label_space is not None:
+        return truth_from_labels(manifest, [lab or () for lab in run.labels], label_space), []
+    return truth_from_reference(manifest, ref["probs"]), []
+
+
+def _not_judged(entry: dict[str, Any], why: str, **extra: Any) -> dict[str, Any]:
+    entry.update({"passed": False, "verdict": FAIL, "error": why, "reasons": [why], **extra})
+    return entry
+
+
+def _judge_candidate(spec: CandidateSpec, manifest: Manifest, run: _Run, ref: Mapping[str, np.ndarray],
+                     truth: Truth | None, run_reasons: Sequence[str], cfg: ValidateConfig
+                     ) -> tuple[dict[str, Any], bool]:
+    """``spec``'s entry in the report, and whether it was judged on every gate (its ROC and flips are drawn).
+
+    A candidate that could not run here is marked ``judged: False`` (its FAIL is never recorded); one with
+    non-finite outputs, or probabilities outside [0, 1], FAILs with the reason, and the others are still judged.
+    """
+    entry: dict[str, Any] = {"name": spec.name, "backend": spec.backend, "file": spec.file,
+                             "precision": spec.precision, "sha256": manifest.file(spec.file).sha256,
+                             # the verdict holds for these settings (outputs from the cache: not reopened)
+                             "runtime_settings": run.settings.get(spec.name)}
+    if spec.name in run.errors:
+        return _not_judged(entry, run.errors[spec.name], judged=False), False
+    cand = run.stacked(spec.name)
+    bad = nonfinite_images(cand)
+    if truth is None:
+        return _not_judged(entry, f"not judged: {run_reasons[0]}", judged=False), False
+    ids = run.ids
+    if bad.any():
+        why = nonfinite_reason(bad, ids)
+        log.error("%s: FAIL (%s)", spec.name, why)
+        return _not_judged(entry, why, non_finite={"n": int(bad.sum()), "of": len(bad),
+                                                   "ids": [ids[i] for i in np.flatnonzero(bad)][:50]}), False
+    num = numerical(ref, cand)
+    try:
+        clin = clinical(manifest, truth, ref["probs"], cand["probs"], ids, n_boot=cfg.n_boot, seed=cfg.seed,
+                        alpha=BOOTSTRAP_ALPHA, reference_logits=ref.get("logits"),
+                        candidate_logits=cand.get("logits"), patients=run.patients)
+    except BundleError as exc:  # e.g. this file's probabilities outside [0, 1]: its FAIL, not the run's end
+        log.error("%s: FAIL (%s)", spec.name, exc)
+        return _not_judged(entry, str(exc), numerical=num), False
+    if spec.precision.startswith("int8") and spec.backend in CPU_BACKENDS:
+        exact_out = run.stacked(EXACT_PREFIX + spec.file).get("logits")
+        if exact_out is not None and len(exact_out) == len(cand["logits"]) and np.isfinite(exact_out).all():
+            file_info = manifest.file(spec.file).info
+            entry["arithmetic"] = arithmetic_check(ref["logits"], cand["logits"], exact_out, backend=spec.backend,
+                                                   cpu_int8=int8_cpu_class(), precision=spec.precision,
+                                                   reduce_range=bool(file_info.get("reduce_range")))
+            if entry["arithmetic"]["note"]:
+                log.info("%s: %s", spec.name, entry["arithmetic"]["note"])
+        else:
+            log.warning("%s: no check of this CPU's INT8 arithmetic (the file could not be run in its exact "
+                        "arithmetic on every image; see the INFO log)", spec.name)
+    gates = candidate_gates(cfg.gates, spec)
+    verdict = judge(gates, num, clin, on=cfg.judge_on)
+    if verdict.estimate_checks:  # judged on the bounds: the measured figures beside the bounds compared
+        entry["estimate_checks"] = [asdict(c) for c in verdict.estimate_checks]
+    entry.update({"passed": verdict.passed, "verdict": verdict.status, "reasons": list(verdict.reasons),
+                  "judged_on": cfg.judge_on,
+                  "checks": [asdict(c) for c in verdict.checks], "numerical": num, "clinical": clin,
+                  "gates": gates.to_dict(), "headroom": decision_headroom(manifest, gates, ref, cand)})
+    return entry, True
+
+
+def _illustrate(entry: dict[str, Any], out_dir: Path, manifest: Manifest, truth: Truth,
+                ref: Mapping[str, np.ndarray], cand_probs: np.ndarray, images: Mapping[str, ImageRecord],
+                max_thumbnails: int, html_images: dict[str, str]) -> None:
+    """A judged candidate's ROC overlay (``roc_<name>.png``, and in ``html_images``) and thumbnails of the first
+    ``max_thumbnails`` images whose decisions or findings it changed."""
+    png = _roc_png(out_dir, entry["name"], manifest, truth, ref["probs"], cand_probs)
+    if png is not None:
+        entry["roc_png"] = png.name
+        html_images[f"roc:{entry['name']}"] = _png_data_uri(png)
+    clin = entry["clinical"]
+    for item in [*clin["flips"]["items"][:max_thumbnails], *clin["finding_changes"]["items"][:max_thumbnails]]:
+        key_t = f"thumb:{item['id']}"
+        if key_t not in html_images:
+            uri = _thumbnail(images[item["id"]], manifest.preprocess)
+            if uri:
+                html_images[key_t] = uri
+
+
+#: parity.json's ``min_cases_per_class``.
+_MIN_CASES_SECTION = {
+    "positive": MIN_CASES_PER_CLASS, "negative": MIN_CASES_PER_CLASS,
+    "applies_to": "the auc_drop and sensitivity_drop gates, per class and for the referral decision",
+    "why": "with fewer, the figure says almost nothing (one image moves an AUC or a sensitivity by 0.1 or more): "
+           "the class is listed as not evaluated (INCOMPLETE) and its figures are reported, not gated. Above the "
+           "minimum the sensitivity gate still allows no lost positive below 1 / gate positives (100 at the "
+           "default 0.01): one lost case fails it"}
+
+
+def _bundle_section(root: Path, manifest: Manifest, manifest_sha256: str | None) -> dict[str, Any]:
+    """parity.json's ``bundle``: the model judged, how its thresholds were chosen, and every file's sha256."""
+    return {"path": str(root), "model_name": manifest.model_name, "backbone": manifest.backbone,
+            "head": manifest.head, "referral_rule": manifest.referral_rule,
+            "referral_threshold": manifest.referral_threshold,
+            "classes": [{"name": c.name, "threshold": c.threshold, "referable": c.referable}
+                        for c in manifest.classes],
+            # what the model may be used for (a demonstration model's PASS is no clinical evidence)
+            "intended_use": {**manifest.intended_use.to_dict(), "words": manifest.intended_use.describe()},
+            # how `uopsl export` says each threshold was chosen (None: a bundle from before the note)
+            "operating_points": manifest.notes.get("operating_points"),
+            # manifest.json's bytes as read before this run recorded its verdicts in it (recording changes
+            # them); its content checksum; and what it says the bundle was exported from
+            "manifest_sha256": manifest_sha256, "manifest_content_sha256": manifest.content_sha256,
+            "checkpoint_weights_sha256": manifest.notes.get(CHECKPOINT_DIGEST_NOTE) or None,
+            # each file's sha256, checked against its bytes when this run started (verify_or_raise)
+            "files": [{"path": f.path, "kind": f.kind, "precision": f.precision, "sha256": f.sha256,
+                       "size": f.size} for f in manifest.files]}
+
+
+def _reference_section(reference: Reference, ref: _ReferenceFacts, context: Mapping[str, Any] | None,
+                       manifest: Manifest) -> dict[str, Any]:
+    """parity.json's ``reference``: what the candidates were compared with."""
+    return {"describe": _describe(reference), "fingerprint": ref.fingerprint, "kind": ref.kind, "source": ref.source,
+            **({"file": str(ref.file), "sha256": str(ref.sha256)} if ref.file and ref.sha256 else {}),
+            **_checkpoint_facts(context, manifest),
+            "preprocess": (ref.preprocess or manifest.preprocess).to_dict()}
+
+
+def _data_section(images: Sequence[ImageRecord], run: _Run, manifest: Manifest, truth: Truth | None,
+                  label_space: Sequence[str] | None, labels: _Labels, image_sha: Mapping[str, str | None],
+                  patients: Mapping[str, Any], cfg: ValidateConfig, context: Mapping[str, Any] | None
+                  ) -> dict[str, Any]:
+    """parity.json's ``data``: the images used (ids and content digests), those skipped, and the truth."""
+    ids = run.ids
+    used_sha = [image_sha.get(i) for i in ids]
+    return {"spec": str((context or {}).get("data") or f"{len(images)} images passed to validate_bundle"),
+            "n_images": len(images), "n_used": len(ids), "n_skipped": len(run.skipped),
+            # of the skipped, those the runtime's quality gate rejected (decodable, but no device decision)
+            "n_ungradable": sum(1 for sk in run.skipped if sk.get("reason") == UNGRADABLE),
+            "quality_gate": "kept" if cfg.keep_ungradable else "left out",
+            "truth": truth.source if truth is not None else None,
+            "label_space": list(label_space) if label_space is not None else None,
+            "classes_with_truth": ([c.name for c, d in zip(manifest.classes, truth.defined) if d]
+                                   if truth is not None else []),
+            "image_ids": list(ids), "image_ids_sha256": _ids_digest(ids),
+            "images_sha256": images_digest(used_sha, run.labels), "images_sha256_method": IMAGES_DIGEST_METHOD,
+            "image_sha256": used_sha, "unknown_labels": labels.report(), "patients": patients,
+            **({"image_patients": list(run.patients)} if patients["known"] else {})}
+
+
+def _confidence_section(cfg: ValidateConfig, n: int, patients: Mapping[str, Any]) -> dict[str, Any]:
+    """parity.json's ``confidence``: how the exact bounds and the proportion intervals were computed."""
+    sizes = zero_change_sample_sizes(cfg.gates)
+    return {"level": CONFIDENCE, "method": "exact (Clopper-Pearson) one-sided upper bound",
+            "zero_change_min_images": sizes,
+            "line": zero_change_line(sizes, n, n_patients=patients["n_patients"] if patients["known"] else None),
+            **({"independence_note": INDEPENDENCE_NOTE} if patients["known"] else {}),
+            "proportion_intervals": {"level": 1.0 - PROPORTION_ALPHA, "method": PROPORTION_METHOD,
+                                     "two_sided": True, "gated": False,
+                                     "of": "each class's and the referral's sensitivity and specificity, "
+                                           "reference and candidate (fields *_ci95: [low, high])"},
+            "sensitivity_difference": {"level": 1.0 - PROPORTION_ALPHA, "method": NEWCOMBE_PAIRED,
+                                       "gated": False,
+                                       "of": "candidate minus reference sensitivity, each class's and "
+                                             "the referral's (field sensitivity_difference)"}}
+
+
+def _cache_section(cache: _BatchCache, run: _Run, cfg: ValidateConfig) -> dict[str, Any]:
+    """parity.json's ``cache``: whether the outputs came from an earlier run's cache."""
+    return {"enabled": cache.enabled, "batches": run.batches, "batches_from_cache": run.batches_from_cache,
+            "outputs_from_cache": ("all" if run.batches and run.batches_from_cache == run.batches
+                                   else "some" if run.batches_from_cache else "none"),
+            **({} if cache.enabled else {"why_disabled": "--no-resume" if not cfg.resume else
+                                         "the reference has no fingerprint to key its outputs by"})}
+
+
 def validate_bundle(
     bundle: str | os.PathLike[str],
     reference: Reference,
@@ -813,261 +1102,76 @@ def validate_bundle(
         manifest_sha256 = None
     # On a device that trusts signing keys, only a signed bundle's files are run (runtime/signing.py).
     manifest, _ = open_trusted(root)
-    if not images:
-        raise ConfigError("no images to validate on; check --data (and --limit)")
-    if label_space is not None and any(r.labels is None for r in images):
-        raise ConfigError("label_space is given but some images have no labels")
-    unknown = unknown_labels(manifest.class_names, images) if label_space is not None else {}
-    dropped: list[ImageRecord] = []
-    if unknown and cfg.unknown_labels == UNKNOWN_LABELS_REFUSE:
-        raise ConfigError(unknown_labels_message(unknown, manifest.class_names))
-    if unknown and cfg.unknown_labels == UNKNOWN_LABELS_DROP:
-        known = set(manifest.class_names)
-        dropped = [r for r in images if set(r.labels or ()) - known]
-        images = [r for r in images if not set(r.labels or ()) - known]
-        if not images:
-            raise ConfigError(f"every one of the {len(dropped)} images carries a label that is no class of this "
-                              f"bundle {list(manifest.class_names)} ({', '.join(unknown)}): nothing left to "
-                              "validate on")
-    near = label_near_misses(list(unknown), manifest.class_names)
-    unknown_report: dict[str, Any] = {
-        "policy": cfg.unknown_labels, "labels": unknown, "near_misses": near,
-        "n_dropped_images": len(dropped), "dropped_ids": [r.id for r in dropped]}
+    labels = _check_labels(images, manifest, label_space, cfg.unknown_labels)
+    images = labels.images
     av = availability or detect_availability()
     exclusions = (*exclude, *getattr(reference, "excluded_candidates", ()))
     specs, skipped_candidates = plan_candidates(root, manifest, cfg.backends, av, exclusions)
     if not specs:
         raise BundleError(f"no candidate to validate in {root} with backends {cfg.backends}: "
                           + "; ".join(f"{s['name']}: {s['reason']}" for s in skipped_candidates))
-    ref_pre: PreprocessConfig | None = getattr(reference, "preprocess", None)
-    diffs = ({k: [ref, bundle] for k, (bundle, ref) in manifest.preprocess.differences(ref_pre).items()}
-             if ref_pre is not None else {})
-    notes: list[str] = []
-    if unknown:
-        listed = ", ".join(f"{lab} ({k} image(s)" + (f"; the bundle has {near[lab]!r}" if lab in near else "") + ")"
-                           for lab, k in unknown.items())
-        notes.append(f"{len(dropped)} image(s) left out (unknown_labels={cfg.unknown_labels}): they carry label(s) "
-                     f"that are not classes of this bundle: {listed}" if dropped else
-                     f"label(s) that are not classes of this bundle, counted as negatives for every bundle class "
-                     f"(unknown_labels={cfg.unknown_labels}): {listed}")
-        log.warning(notes[-1])
-    if diffs:
-        notes.append("the manifest's preprocessing differs from the reference's (checkpoint) in "
-                     + ", ".join(f"{k}: reference {v[0]!r}, bundle {v[1]!r}" for k, v in diffs.items())
-                     + "; each side was fed its own preprocessing")
-        log.warning(notes[-1])
-    fingerprint = getattr(reference, "fingerprint", "")
-    # The kind must be declared (TorchReference: pytorch; OnnxReference: onnx): anything else, e.g. a runtime
-    # backend passed as the reference, is "unknown" and can never start a chain of trust (runtime.bundle).
-    ref_kind = str(getattr(reference, "reference_kind", "") or REFERENCE_UNKNOWN)
-    ref_source = str(getattr(reference, "reference_source", "")
-                     or (f"{ref_kind}:{fingerprint}" if fingerprint else ref_kind))
-    ref_file = getattr(reference, "reference_file", None)
-    ref_sha = getattr(reference, "reference_sha256", None)
-    ref_class = parity_reference_kind({"reference_kind": ref_kind, "reference_source": ref_source,
-                                       "reference_fingerprint": fingerprint})
+    ref = _ReferenceFacts.of(reference, manifest)
+    notes = [note for note in (labels.note(), ref.note()) if note]
+    for note in notes:
+        log.warning(note)
     # Each image's content: the report's data fingerprint, and the cache key (a changed photograph invalidates
     # its cached outputs whatever its time; a copy with a new time keeps them).
     image_sha = {r.id: _image_sha256(r.path) for r in images}
     machine = _machine()
-    key = None
-    if cfg.resume and fingerprint:
-        key = {"version": __version__, "preprocess_version": PREPROCESS_VERSION, "files": {f.path: f.sha256 for f in manifest.files},
-               "reference": fingerprint, "images": [[r.id, str(r.path), image_sha[r.id]] for r in images],
-               "preprocess": manifest.preprocess.to_dict(), "reference_preprocess": ref_pre.to_dict() if ref_pre is not None and diffs else None,
-               "candidates": [s.name for s in specs], "batch_size": cfg.batch_size,
-               "quality_gate": None if cfg.keep_ungradable else QualityConfig().to_dict(),
-               # Outputs depend on the machine too (the CPU's INT8 kernels, the runtimes' versions), and batches
-               # cached before a CPU INT8 file also ran in its exact arithmetic lack those outputs.
-               "machine": {k: v for k, v in machine.items() if k in ("cpu_int8", "onnxruntime", "openvino")},
-               # The reference's outputs depend on what computes them: another PyTorch, or the GPU instead of
-               # the CPU (TF32 off, but other kernels), must recompute them, not reuse them silently.
-               "torch": machine.get("torch"), "reference_device": _reference_device(reference, context),
-               "arrays": CACHE_ARRAYS}
-    cache = _BatchCache(out_dir / _CACHE_DIR, key)
-    run = _run_all(root, manifest, reference, ref_pre if diffs else None, images, specs, cfg, cache)
+    cache = _BatchCache(out_dir / _CACHE_DIR, _cache_key(cfg, manifest, ref, images, image_sha, specs, machine,
+                                                         _reference_device(reference, context)))
+    run = _run_all(root, manifest, reference, ref.preprocess if ref.diffs else None, images, specs, cfg, cache)
     n = len(run.ids)
     if n == 0:
         raise ConfigError(f"none of the {len(images)} images could be compared (unreadable, or ungradable by the "
                           "runtime's quality gate: --keep-ungradable compares those too); first reasons: "
                           + "; ".join(f"{s['id']}: {s['message']}" for s in run.skipped[:3]))
-    ref = run.stacked("ref")
-    ids = run.ids
-    ref_bad = nonfinite_images(ref)
-    run_reasons: list[str] = []
-    truth: Truth | None = None
-    if ref_bad.any():
-        # Nothing can be judged against a reference that overflowed: the run fails, the files are not blamed.
-        run_reasons.append("the reference: " + nonfinite_reason(ref_bad, ids))
-        log.error("%s; no candidate can be judged against it", run_reasons[-1])
-    elif label_space is not None:
-        truth = truth_from_labels(manifest, [lab or () for lab in run.labels], label_space)
-    else:
-        truth = truth_from_reference(manifest, ref["probs"])
+    ref_out = run.stacked("ref")
+    truth, run_reasons = _truth(manifest, run, ref_out, label_space)
     if truth is not None:
         notes.extend(truth.notes)
     by_id = {r.id: r for r in images}
     candidates: list[dict[str, Any]] = []
     html_images: dict[str, str] = {}
     for spec in specs:
-        entry: dict[str, Any] = {"name": spec.name, "backend": spec.backend, "file": spec.file,
-                                 "precision": spec.precision, "sha256": manifest.file(spec.file).sha256,
-                                 # the verdict holds for these settings (outputs from the cache: not reopened)
-                                 "runtime_settings": run.settings.get(spec.name)}
-        if spec.name in run.errors:
-            entry.update({"passed": False, "verdict": FAIL, "error": run.errors[spec.name],
-                          "reasons": [run.errors[spec.name]], "judged": False})
-            candidates.append(entry)
-            continue
-        cand = run.stacked(spec.name)
-        bad = nonfinite_images(cand)
-        if truth is None:
-            why = f"not judged: {run_reasons[0]}"
-            entry.update({"passed": False, "verdict": FAIL, "error": why, "reasons": [why], "judged": False})
-            candidates.append(entry)
-            continue
-        if bad.any():
-            why = nonfinite_reason(bad, ids)
-            entry.update({"passed": False, "verdict": FAIL, "error": why, "reasons": [why],
-                          "non_finite": {"n": int(bad.sum()), "of": len(bad),
-                                         "ids": [ids[i] for i in np.flatnonzero(bad)][:50]}})
-            log.error("%s: FAIL (%s)", spec.name, why)
-            candidates.append(entry)
-            continue
-        num = numerical(ref, cand)
-        try:
-            clin = clinical(manifest, truth, ref["probs"], cand["probs"], ids, n_boot=cfg.n_boot, seed=cfg.seed,
-                            alpha=BOOTSTRAP_ALPHA, reference_logits=ref.get("logits"),
-                            candidate_logits=cand.get("logits"), patients=run.patients)
-        except BundleError as exc:  # e.g. this file's probabilities outside [0, 1]: its FAIL, not the run's end
-            why = str(exc)
-            entry.update({"passed": False, "verdict": FAIL, "error": why, "reasons": [why], "numerical": num})
-            log.error("%s: FAIL (%s)", spec.name, why)
-            candidates.append(entry)
-            continue
-        if spec.precision.startswith("int8") and spec.backend in CPU_BACKENDS:
-            exact_out = run.stacked(EXACT_PREFIX + spec.file).get("logits")
-            if exact_out is not None and len(exact_out) == len(cand["logits"]) and np.isfinite(exact_out).all():
-                file_info = manifest.file(spec.file).info
-                entry["arithmetic"] = arithmetic_check(ref["logits"], cand["logits"], exact_out, backend=spec.backend,
-                                                       cpu_int8=int8_cpu_class(), precision=spec.precision,
-                                                       reduce_range=bool(file_info.get("reduce_range")))
-                if entry["arithmetic"]["note"]:
-                    log.info("%s: %s", spec.name, entry["arithmetic"]["note"])
-            else:
-                log.warning("%s: no check of this CPU's INT8 arithmetic (the file could not be run in its exact "
-                            "arithmetic on every image; see the INFO log)", spec.name)
-        gates = candidate_gates(cfg.gates, spec)
-        verdict = judge(gates, num, clin, on=cfg.judge_on)
-        if verdict.estimate_checks:  # judged on the bounds: the measured figures beside the bounds compared
-            entry["estimate_checks"] = [asdict(c) for c in verdict.estimate_checks]
-        entry.update({"passed": verdict.passed, "verdict": verdict.status, "reasons": list(verdict.reasons),
-                      "judged_on": cfg.judge_on,
-                      "checks": [asdict(c) for c in verdict.checks], "numerical": num, "clinical": clin,
-                      "gates": gates.to_dict(), "headroom": decision_headroom(manifest, gates, ref, cand)})
-        png = _roc_png(out_dir, spec.name, manifest, truth, ref["probs"], cand["probs"])
-        if png is not None:
-            entry["roc_png"] = png.name
-            html_images[f"roc:{spec.name}"] = _png_data_uri(png)
-        for item in [*clin["flips"]["items"][: cfg.max_thumbnails],
-                     *clin["finding_changes"]["items"][: cfg.max_thumbnails]]:
-            key_t = f"thumb:{item['id']}"
-            if key_t not in html_images:
-                uri = _thumbnail(by_id[item["id"]], manifest.preprocess)
-                if uri:
-                    html_images[key_t] = uri
+        entry, judged = _judge_candidate(spec, manifest, run, ref_out, truth, run_reasons, cfg)
+        if judged and truth is not None:
+            _illustrate(entry, out_dir, manifest, truth, ref_out, run.stacked(spec.name)["probs"], by_id,
+                        cfg.max_thumbnails, html_images)
+            log.info("%s: %s (%d flips, max |dp| %.2e)", spec.name, entry["verdict"],
+                     entry["clinical"]["flips"]["n"], entry["numerical"]["max_abs_prob_diff"])
         candidates.append(entry)
-        log.info("%s: %s (%d flips, max |dp| %.2e)", spec.name, verdict.status, clin["flips"]["n"],
-                 num["max_abs_prob_diff"])
     per_layer = _per_layer(root, manifest, specs, images, cfg) if cfg.per_layer else {}
     status = FAIL if run_reasons else overall_status([c["verdict"] for c in candidates])
-    passed = status == PASS
-    created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-    sizes = zero_change_sample_sizes(cfg.gates)
-    data_spec = str((context or {}).get("data") or f"{len(images)} images passed to validate_bundle")
     weak = parity_run_problem(cfg.gates.to_dict(), n)
-    used_sha = [image_sha.get(i) for i in ids]
     patients = patient_facts(run.patients)
     out_dir.mkdir(parents=True, exist_ok=True)
     # Before parity.json, which records its sha256: every figure can be recomputed from it (see write_outputs_csv).
     outputs_csv = write_outputs_csv(out_dir / OUTPUTS_CSV, manifest, run, specs)
     report = jsonable({
         "format": REPORT_FORMAT,
-        "created": created,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "toolkit_version": __version__,
         "toolkit_source": source_revision(),
         "machine": machine,
-        "passed": passed,
+        "passed": status == PASS,
         "verdict": status,
         "reasons": run_reasons,
         "gates": cfg.gates.to_dict(),
         "judged_on": cfg.judge_on,
         "gates_are_default": cfg.gates.is_default,
         "gates_looser_than_default": cfg.gates.looser_than_default,
-        "min_cases_per_class": {"positive": MIN_CASES_PER_CLASS, "negative": MIN_CASES_PER_CLASS,
-                                "applies_to": "the auc_drop and sensitivity_drop gates, per class and for the "
-                                              "referral decision",
-                                "why": "with fewer, the figure says almost nothing (one image moves an AUC or a "
-                                       "sensitivity by 0.1 or more): the class is listed as not evaluated "
-                                       "(INCOMPLETE) and its figures are reported, not gated. Above the minimum "
-                                       "the sensitivity gate still allows no lost positive below 1 / gate "
-                                       "positives (100 at the default 0.01): one lost case fails it"},
-        "bundle": {"path": str(root), "model_name": manifest.model_name, "backbone": manifest.backbone,
-                   "head": manifest.head, "referral_rule": manifest.referral_rule,
-                   "referral_threshold": manifest.referral_threshold,
-                   "classes": [{"name": c.name, "threshold": c.threshold, "referable": c.referable}
-                               for c in manifest.classes],
-                   # what the model may be used for (a demonstration model's PASS is no clinical evidence)
-                   "intended_use": {**manifest.intended_use.to_dict(), "words": manifest.intended_use.describe()},
-                   # how `uopsl export` says each threshold was chosen (None: a bundle from before the note)
-                   "operating_points": manifest.notes.get("operating_points"),
-                   # manifest.json's bytes as read before this run recorded its verdicts in it (recording changes
-                   # them); its content checksum; and what it says the bundle was exported from
-                   "manifest_sha256": manifest_sha256, "manifest_content_sha256": manifest.content_sha256,
-                   "checkpoint_weights_sha256": manifest.notes.get(CHECKPOINT_DIGEST_NOTE) or None,
-                   # each file's sha256, checked against its bytes when this run started (verify_or_raise)
-                   "files": [{"path": f.path, "kind": f.kind, "precision": f.precision, "sha256": f.sha256,
-                              "size": f.size} for f in manifest.files]},
-        "reference": {"describe": _describe(reference), "fingerprint": fingerprint,
-                      "kind": ref_kind, "source": ref_source,
-                      **({"file": str(ref_file), "sha256": str(ref_sha)} if ref_file and ref_sha else {}),
-                      **_checkpoint_facts(context, manifest),
-                      "preprocess": (ref_pre or manifest.preprocess).to_dict()},
-        "preprocess": {"bundle": manifest.preprocess.to_dict(), "differences": diffs},
-        "data": {"spec": data_spec, "n_images": len(images), "n_used": n, "n_skipped": len(run.skipped),
-                 # of the skipped, those the runtime's quality gate rejected (decodable, but no device decision)
-                 "n_ungradable": sum(1 for sk in run.skipped if sk.get("reason") == UNGRADABLE),
-                 "quality_gate": "kept" if cfg.keep_ungradable else "left out",
-                 "truth": truth.source if truth is not None else None,
-                 "label_space": list(label_space) if label_space is not None else None,
-                 "classes_with_truth": ([c.name for c, d in zip(manifest.classes, truth.defined) if d]
-                                        if truth is not None else []),
-                 "image_ids": list(ids), "image_ids_sha256": _ids_digest(ids),
-                 "images_sha256": images_digest(used_sha, run.labels), "images_sha256_method": IMAGES_DIGEST_METHOD,
-                 "image_sha256": used_sha, "unknown_labels": unknown_report, "patients": patients,
-                 **({"image_patients": list(run.patients)} if patients["known"] else {})},
+        "min_cases_per_class": _MIN_CASES_SECTION,
+        "bundle": _bundle_section(root, manifest, manifest_sha256),
+        "reference": _reference_section(reference, ref, context, manifest),
+        "preprocess": {"bundle": manifest.preprocess.to_dict(), "differences": dict(ref.diffs)},
+        "data": _data_section(images, run, manifest, truth, label_space, labels, image_sha, patients, cfg, context),
         "bootstrap": {"n_boot": cfg.n_boot, "alpha": BOOTSTRAP_ALPHA, "seed": cfg.seed,
                       "unit": "patient" if patients["known"] else "image",
                       **({"n_patients": patients["n_patients"]} if patients["known"] else {}),
                       "method": bootstrap_method(patients)},
-        "confidence": {"level": CONFIDENCE, "method": "exact (Clopper-Pearson) one-sided upper bound",
-                       "zero_change_min_images": sizes,
-                       "line": zero_change_line(sizes, n, n_patients=patients["n_patients"] if patients["known"]
-                                                else None),
-                       **({"independence_note": INDEPENDENCE_NOTE} if patients["known"] else {}),
-                       "proportion_intervals": {"level": 1.0 - PROPORTION_ALPHA, "method": PROPORTION_METHOD,
-                                                "two_sided": True, "gated": False,
-                                                "of": "each class's and the referral's sensitivity and specificity, "
-                                                      "reference and candidate (fields *_ci95: [low, high])"},
-                       "sensitivity_difference": {"level": 1.0 - PROPORTION_ALPHA, "method": NEWCOMBE_PAIRED,
-                                                  "gated": False,
-                                                  "of": "candidate minus reference sensitivity, each class's and "
-                                                        "the referral's (field sensitivity_difference)"}},
-        "cache": {"enabled": cache.enabled, "batches": run.batches, "batches_from_cache": run.batches_from_cache,
-                  "outputs_from_cache": ("all" if run.batches and run.batches_from_cache == run.batches
-                                         else "some" if run.batches_from_cache else "none"),
-                  **({} if cache.enabled else {"why_disabled": "--no-resume" if not cfg.resume else
-                                               "the reference has no fingerprint to key its outputs by"})},
+        "confidence": _confidence_section(cfg, n, patients),
+        "cache": _cache_section(cache, run, cfg),
         "outputs_csv": outputs_csv,
         "context": dict(context or {}),
         "notes": notes,
@@ -1076,95 +1180,26 @@ def validate_bundle(
         "candidates": candidates,
         "per_layer": per_layer,
     })
-    record_note = None
-    to_record: list[dict[str, Any]] = []
-    kept: list[Kept] = []
-    passed_over: list[tuple[Mapping[str, Any], str]] = []  # neither written nor checked against the manifest
-    records: dict[str, dict[str, dict[str, Any]]] = {}
-    if cfg.record and not run_reasons:
-        # A FAIL is always recorded (it keeps `auto` off the file). A PASS or INCOMPLETE only from a run that
-        # parity_status would trust: a weaker run neither turns an earlier FAIL into a pass nor erases an
-        # earlier complete verdict because its few images could not evaluate every gate.
-        # A candidate that could not be loaded or run here (GPU out of memory, missing CUDA libraries)
-        # was never judged: recording its FAIL would erase a valid earlier verdict on that file.
-        unjudged = [c for c in report["candidates"] if c.get("judged") is False]
-        judged = [c for c in report["candidates"] if c.get("judged") is not False]
-        to_record = [c for c in judged if c["verdict"] == FAIL or weak is None]
-        held = [f"{c['name']} {c['verdict']}" for c in judged if c["verdict"] != FAIL and weak]
-        passed_over = ([(c, f"{weak}: a run like this records only a FAIL") for c in judged
-                        if c["verdict"] != FAIL and weak]
-                       + [(c, "could not be run here, so not judged") for c in unjudged])
-        records = _parity_records(to_record, cfg, n=n, truth=str(report["data"]["truth"]), data=report["data"],
-                                  reference=report["reference"], created=created, report=json_path_of(out_dir),
-                                  machine=report["machine"])
-        # What record_parity will keep instead, by its own rules (bundle_writer): a verdict against anything but
-        # PyTorch (a device's ONNX reference) never replaces one against PyTorch for the same content and
-        # backend, an INCOMPLETE run does not replace a complete verdict, a PASS on other data does not clear
-        # a FAIL. The manifest as the file holds it: where signatures are required, `manifest` is the signed
-        # view, which may not show a record written since (record_parity reads the file too).
-        on_disk = read_manifest(root)
-        for c in list(to_record):
-            keeps = _kept_reason(on_disk, c, records[c["file"]][c["backend"]], ref_class, ref_kind)
-            if keeps is not None:
-                kept.append((c, *keeps))
-                to_record.remove(c)
-        notes_ = []
-        if held:
-            notes_.append(f"not recorded in the manifest ({weak}): {', '.join(held)}; a run like this records "
-                          "only a FAIL, never a pass, and `auto` keeps the earlier record")
-        if unjudged:
-            notes_.append("not recorded (could not be run here, so not judged; the earlier record stays): "
-                          + ", ".join(f"{c['name']} ({c['error']})" for c in unjudged))
-        if notes_:
-            log.warning("%s", "; ".join(notes_))
-        if kept:
-            kept_note = _kept_note(kept)
-            # A warning when this run disagrees with the kept verdict: worth a look, though the latter stands.
-            differ = any(str(c["verdict"]) != str(old.get("verdict")) for c, old, _why, _torch in kept)
-            (log.warning if differ else log.info)("%s", kept_note)
-            notes_.insert(0, kept_note)
-        record_note = "; ".join(notes_) or None
-    elif cfg.record and run_reasons:
-        record_note = "nothing recorded in the manifest: the reference's outputs could not be used"
-        log.warning(record_note)
-    _set_record(report, cfg, weak, record_note, to_record, kept, passed_over, error=None)
+    json_path, html_path = json_path_of(out_dir), out_dir / "parity.html"
+    plan = plan_records(root, report, json_path, enabled=cfg.record, run_failed=bool(run_reasons),
+                        run_problem=weak, ref_class=ref.trust_class, ref_kind=ref.kind)
+    report["record"] = plan.section()
     _set_release(report, weak, context)
     write_json(out_dir / "parity_config.json", jsonable({"bundle": str(root), "config": cfg.to_dict(),
                                                          "context": dict(context or {}),
                                                          "candidates": [asdict(s) for s in specs]}))
-    json_path, html_path = json_path_of(out_dir), out_dir / "parity.html"
     from uopsl.export.parity_html import render_html
 
     write_json(json_path, report)
     write_text(html_path, render_html(report, html_images))
-    if to_record:  # after the reports: a read-only bundle costs the record, not the run
-        error = None
-        written: Manifest | None = None
-        try:
-            written = _record(root, records, to_record, {f.path: f.sha256 for f in manifest.files})
-        except OSError as exc:
-            error = str(exc)
-            log.warning("the parity verdicts could not be recorded in %s (%s); the reports are in %s",
-                        root / "manifest.json", exc, out_dir)
-        actual, late = _what_was_written(written, to_record, records)
-        if written is not None and actual:
-            log.info("parity verdicts recorded in %s: %s", root / "manifest.json",
-                     ", ".join(f"{c['file']} on {c['backend']} {c['verdict']}" for c in actual))
-        if error is not None or late:
-            # The manifest did not take what the report said it would: the reports say what it holds.
-            kept.extend(late)
-            if late:
-                record_note = "; ".join(x for x in (record_note, _kept_note(late)) if x)
-            if error is not None:
-                record_note = "; ".join(x for x in (record_note, f"nothing recorded: the manifest could not be "
-                                                                  f"written ({error})") if x)
-            _set_record(report, cfg, weak, record_note, actual if error is None else [], kept,
-                        passed_over + ([(c, f"the manifest could not be written ({error})") for c in to_record]
-                                       if error is not None else []), error=error)
-            _set_release(report, weak, context)
-            write_json(json_path, report)
-            write_text(html_path, render_html(report, html_images))
-    return ParityReport(passed, report, json_path, html_path, status)
+    # After the reports: a read-only bundle costs the record, not the run.
+    outcome = record_verdicts(root, plan, {f.path: f.sha256 for f in manifest.files}, out_dir)
+    if outcome is not plan:  # the manifest did not take what the reports said it would: they say what it holds
+        report["record"] = outcome.section()
+        _set_release(report, weak, context)
+        write_json(json_path, report)
+        write_text(html_path, render_html(report, html_images))
+    return ParityReport(status == PASS, report, json_path, html_path, status)
 
 
 def _ids_digest(ids: Sequence[str]) -> str:
@@ -1200,149 +1235,6 @@ def candidate_gates(gates: ParityGates, spec: CandidateSpec) -> ParityGates:
     limit = REFERENCE_MAX_PROB_DIFF if gates.max_prob_diff is None else min(gates.max_prob_diff,
                                                                             REFERENCE_MAX_PROB_DIFF)
     return replace(gates, max_prob_diff=limit)
-
-
-def _parity_records(candidates: Sequence[Mapping[str, Any]], cfg: ValidateConfig, *, n: int, truth: str,
-                    data: Mapping[str, Any], reference: Mapping[str, Any], created: str, report: Path,
-                    machine: Mapping[str, Any] | None = None) -> dict[str, dict[str, dict[str, Any]]]:
-    """Each candidate's verdict as the manifest records it, by file and backend; see ``ValidateConfig.record``.
-
-    The record holds what :func:`uopsl.runtime.bundle.parity_status` needs to
-    decide whether to trust it: every gate with its value, the number of
-    images, the data and the reference (``reference``: its description;
-    ``reference_kind``/``reference_source``: PyTorch, the bundle's FP32 ONNX
-    file or unknown, which :mod:`uopsl.export.onnx_reference` reads to enforce
-    its chain of trust; a record without them predates ONNX references, and
-    counts as PyTorch only with a reference fingerprint). An ONNX reference's
-    records add ``reference_file`` and ``reference_sha256``, which ``auto``
-    re-checks (:func:`uopsl.runtime.bundle.parity_status`). ``machine``: the
-    CPU architecture and the version of the runtime that ran the backend, so a
-    device can tell whether its ONNX Runtime is the one that proved its
-    reference.
-    """
-    records: dict[str, dict[str, dict[str, Any]]] = {}
-    for c in candidates:
-        extra: dict[str, Any] = {}
-        if reference.get("file") and reference.get("sha256"):
-            extra.update(reference_file=reference["file"], reference_sha256=reference["sha256"])
-        if machine is not None:
-            extra["machine"] = _backend_machine(c["backend"], machine)
-        records.setdefault(c["file"], {})[c["backend"]] = jsonable({
-            "passed": bool(c["passed"]), "verdict": c["verdict"], "reasons": list(c.get("reasons", []))[:6],
-            "gates": c.get("gates") or cfg.gates.to_dict(), "n_images": n, "truth": truth,
-            # Only when not the default: a re-validation as before must leave the manifest byte for byte.
-            **({"judged_on": cfg.judge_on} if cfg.judge_on != ON_ESTIMATES else {}),
-            "data": {"spec": data["spec"], "image_ids_sha256": data["image_ids_sha256"],
-                     "images_sha256": data["images_sha256"], "classes_with_truth": data["classes_with_truth"],
-                     **({"n_dropped_unknown_labels": data["unknown_labels"]["n_dropped_images"]}
-                        if (data.get("unknown_labels") or {}).get("n_dropped_images") else {})},
-            "reference": reference["describe"], "reference_fingerprint": reference["fingerprint"],
-            "reference_kind": reference["kind"], "reference_source": reference["source"],
-            **extra,
-            # The git commit stays in parity.json: a re-validation with the same result must leave the manifest
-            # (the bundle's identity) as it is, whatever was committed meanwhile.
-            "bootstrap_seed": cfg.seed, "created": created, "toolkit_version": __version__, "report": str(report),
-        })
-    return records
-
-
-def _record(root: Path, records: Mapping[str, Mapping[str, Mapping[str, Any]]],
-            candidates: Sequence[Mapping[str, Any]], validated: Mapping[str, str]) -> Manifest:
-    """Write ``candidates``' records (from ``records``) into the manifest; the manifest as it stands after."""
-    chosen: dict[str, dict[str, dict[str, Any]]] = {}
-    for c in candidates:
-        chosen.setdefault(c["file"], {})[c["backend"]] = dict(records[c["file"]][c["backend"]])
-    return record_parity(root, chosen, validated)
-
-
-def _recorded(entry: FileEntry | None, backend: str) -> Mapping[str, Any] | None:
-    """The verdict the manifest holds for ``entry``'s current content on ``backend`` (None: none)."""
-    if entry is None:
-        return None
-    rec = entry.info.get(PARITY_KEY)
-    if not isinstance(rec, dict) or rec.get("sha256") != entry.sha256 or not isinstance(rec.get("backends"), dict):
-        return None
-    old = rec["backends"].get(backend)
-    return old if isinstance(old, dict) else None
-
-
-def _kept_reason(manifest: Manifest, c: Mapping[str, Any], new: Mapping[str, Any], ref_class: str,
-                 ref_kind: str) -> tuple[Mapping[str, Any], str, bool] | None:
-    """(the recorded verdict, why it stays, whether it was judged against PyTorch and ``new`` was not) when
-    record_parity will keep it instead of ``new``; None when ``new`` is written.
-
-    The rules are bundle_writer's own (:func:`kept_pytorch_verdict`, :func:`kept_verdict`), asked before
-    writing so the report can say what the manifest will hold.
-    """
-    try:
-        entry = manifest.file(c["file"])
-    except (BundleError, KeyError):
-        return None
-    old = kept_pytorch_verdict(entry, c["backend"], ref_class)
-    if old is not None:
-        return old, (f"{old.get('verdict', '?')} against PyTorch ({old.get('created', '?')}): the manifest keeps the "
-                     f"verdict judged against PyTorch (a verdict against the {ref_kind} reference never replaces "
-                     "it)"), True
-    prev = _recorded(entry, c["backend"])
-    why = kept_verdict(prev, new)
-    return (prev, f"the manifest keeps {why}", False) if prev is not None and why is not None else None
-
-
-#: A verdict this run did not record: (the candidate, the record the manifest kept, why, kept as PyTorch's).
-Kept = tuple[Mapping[str, Any], Mapping[str, Any], str, bool]
-
-
-def _kept_note(kept: Sequence[Kept]) -> str:
-    """One sentence listing the verdicts this run did not record, the one the manifest kept for each and why."""
-    return "not recorded in the manifest: " + "; ".join(f"{c['name']} {c['verdict']} here, {why}"
-                                                        for c, _old, why, _torch in kept)
-
-
-def _what_was_written(written: Manifest | None, candidates: Sequence[dict[str, Any]],
-                      records: Mapping[str, Mapping[str, Mapping[str, Any]]]
-                      ) -> tuple[list[dict[str, Any]], list[Kept]]:
-    """(candidates whose record the manifest now holds, those it does not: with what it holds and why).
-
-    Read back from the manifest record_parity returned, so the report never lists as recorded a verdict that
-    was not written (a file changed while it was validated, a rule checked only there).
-    """
-    if written is None:
-        return [], []
-    done: list[dict[str, Any]] = []
-    late: list[Kept] = []
-    for c in candidates:
-        new = records[c["file"]][c["backend"]]
-        try:
-            held = _recorded(written.file(c["file"]), c["backend"])
-        except (BundleError, KeyError):
-            held = None
-        same = held is not None and ({k: v for k, v in held.items() if k != "created"}
-                                     == {k: v for k, v in new.items() if k != "created"})
-        if same:
-            done.append(c)
-        else:
-            late.append((c, held or {}, "the manifest did not take it (see the log: e.g. the file changed while "
-                                        "it was validated)", False))
-    return done, late
-
-
-def _set_record(report: dict[str, Any], cfg: ValidateConfig, weak: str | None, note: str | None,
-                recorded: Sequence[Mapping[str, Any]], kept: Sequence[Kept],
-                passed_over: Sequence[tuple[Mapping[str, Any], str]] = (), *, error: str | None) -> None:
-    """``report["record"]``: what the manifest holds from this run (``recorded``: written, or already there
-    word for word), the verdicts it kept instead of this run's (``kept``, with why), and the verdicts of
-    this run never offered to it (``not_recorded``: a weak run's pass, a candidate that could not run)."""
-    report["record"] = jsonable({
-        "enabled": cfg.record, "run_problem": weak, "note": note,
-        "recorded": [c["name"] for c in recorded],
-        "recorded_verdicts": [{"name": c["name"], "verdict": c["verdict"]} for c in recorded],
-        "kept": [{"name": c["name"], "verdict": c["verdict"], "kept_verdict": old.get("verdict"),
-                  "kept_created": old.get("created"), "why": why} for c, old, why, _torch in kept],
-        # the kept verdicts judged against PyTorch (a device's ONNX reference never replaces them)
-        "kept_pytorch": [{"name": c["name"], "verdict": c["verdict"], "kept_verdict": old.get("verdict"),
-                          "kept_created": old.get("created")} for c, old, _why, torch in kept if torch],
-        "not_recorded": [{"name": c["name"], "verdict": c["verdict"], "why": why} for c, why in passed_over],
-        **({"error": error} if error else {})})
 
 
 def _set_release(report: dict[str, Any], weak: str | None, context: Mapping[str, Any] | None) -> None:
@@ -1475,21 +1367,6 @@ def _reference_device(reference: Any, context: Mapping[str, Any] | None) -> str 
         return str(device)
     said = (context or {}).get("device")
     return str(said) if said else None
-
-
-#: The module whose version says what computed a backend's outputs (recorded with its verdicts).
-_BACKEND_RUNTIME = {"ort-cpu": "onnxruntime", "ort-cuda": "onnxruntime", "ort-trt": "onnxruntime",
-                    "openvino": "openvino", "tensorrt": "tensorrt"}
-
-
-def _backend_machine(backend: str, machine: Mapping[str, Any]) -> dict[str, Any]:
-    """The CPU architecture and ``backend``'s runtime version from the report's ``machine`` (what was present).
-
-    CPU backends also keep the CPU's 8-bit arithmetic class (:mod:`uopsl.runtime.cpuinfo`): ``auto``
-    trusts a CPU INT8 PASS only on a CPU of the same class.
-    """
-    keys = ("arch", _BACKEND_RUNTIME.get(backend, ""), *(("cpu_int8",) if backend in CPU_BACKENDS else ()))
-    return {k: machine[k] for k in keys if machine.get(k)}
 
 
 def _describe(reference: Any) -> str:

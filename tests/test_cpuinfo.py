@@ -60,9 +60,10 @@ def test_a_cpu_int8_pass_does_not_carry_to_another_kind_of_cpu(monkeypatch: pyte
 
 
 def test_validate_records_the_cpu_class_for_cpu_backends_only() -> None:
-    from uopsl.export.validate import _backend_machine, _machine
+    from uopsl.export.parity_record import backend_machine
+    from uopsl.export.validate import _machine
 
     machine = _machine()
     assert machine["cpu_int8"] == cpuinfo.int8_cpu_class()
-    assert _backend_machine("ort-cpu", machine)["cpu_int8"] == machine["cpu_int8"]
-    assert "cpu_int8" not in _backend_machine("tensorrt", machine)
+    assert backend_machine("ort-cpu", machine)["cpu_int8"] == machine["cpu_int8"]
+    assert "cpu_int8" not in backend_machine("tensorrt", machine)

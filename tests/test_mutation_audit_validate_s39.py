@@ -25,6 +25,7 @@ import validatekit
 from validatekit import (
     CPU, DEMO_CLASSES, NAMES, PRE, PatchedModels, Table, cycled_labels, image_key, placeholder_bundle,
 )
+from uopsl.export import parity_record as record_mod
 from uopsl.export import validate as validate_mod
 from uopsl.export.parity_metrics import ParityGates
 from uopsl.export.validate import (
@@ -374,10 +375,10 @@ def test_a_record_for_earlier_bytes_of_a_file_is_not_its_verdict() -> None:
     rec = {"passed": True, "verdict": "PASS"}
     old = FileEntry("model.onnx", "onnx", "fp32", sha256="1" * 64,
                     info={"parity": {"sha256": "0" * 64, "backends": {"ort-cpu": rec}}})
-    assert validate_mod._recorded(old, "ort-cpu") is None
+    assert record_mod.recorded_verdict(old, "ort-cpu") is None
     same = FileEntry("model.onnx", "onnx", "fp32", sha256="1" * 64,
                      info={"parity": {"sha256": "1" * 64, "backends": {"ort-cpu": rec}}})
-    assert validate_mod._recorded(same, "ort-cpu") == rec
+    assert record_mod.recorded_verdict(same, "ort-cpu") == rec
 
 
 def test_the_per_layer_diagnosis_uses_exactly_the_configured_number_of_images(
@@ -597,7 +598,8 @@ def test_a_manifest_record_keeps_the_first_six_reasons() -> None:
     cand = {"file": "model.int8.onnx", "backend": "ort-cpu", "passed": False, "verdict": "FAIL", "reasons": reasons}
     data = {"spec": "t", "image_ids_sha256": "0" * 64, "images_sha256": "1" * 64, "classes_with_truth": ["dr"]}
     reference = {"describe": "table", "fingerprint": None, "kind": "unknown", "source": None}
-    recs = validate_mod._parity_records([cand], ValidateConfig(), n=20, truth="labels", data=data,
-                                        reference=reference, created="2026-12-04T00:00:00+00:00",
-                                        report=Path("parity.json"))
+    report = {"data": {**data, "n_used": 20, "truth": "labels"}, "reference": reference,
+              "gates": ValidateConfig().gates.to_dict(), "judged_on": ValidateConfig().judge_on,
+              "bootstrap": {"seed": 0}, "created": "2026-12-04T00:00:00+00:00"}
+    recs = record_mod.parity_records([cand], report, Path("parity.json"))
     assert recs["model.int8.onnx"]["ort-cpu"]["reasons"] == reasons[:6]

@@ -34,6 +34,7 @@ from test_validate_signoff import _bundle, _cand, _checkpoint, _csv, _fake_torch
 from validatekit import (  # noqa: F401 - photos, image_keys: module fixtures
     CPU, NAMES, THRESHOLDS, N, PatchedModels, Table, cycled_labels, image_keys, photos, uopsl_validate,
 )
+from uopsl.export import parity_record as record_mod
 from uopsl.export import validate as validate_mod
 from uopsl.export.bundle_writer import record_parity
 from uopsl.export.parity_metrics import (
@@ -225,7 +226,7 @@ def test_a_manifest_that_cannot_be_written_is_reported_as_such(
     def read_only(*args: Any, **kwargs: Any) -> Any:
         raise PermissionError(13, "Permission denied", str(bundle / "manifest.json"))
 
-    monkeypatch.setattr(validate_mod, "record_parity", read_only)
+    monkeypatch.setattr(record_mod, "record_parity", read_only)
     res = _run(bundle, _records(photos, labels), models, tmp_path / "out")
     rec = json.loads(res.json_path.read_text())["record"]
     assert rec["recorded"] == [] and "Permission denied" in rec["error"]
@@ -244,7 +245,7 @@ def test_a_verdict_the_manifest_did_not_take_is_not_listed_as_recorded(
         return record_parity(root, records, {k: "0" * 64 if k == "model.int8.onnx" else v
                                              for k, v in validated.items()})
 
-    monkeypatch.setattr(validate_mod, "record_parity", changed_meanwhile)
+    monkeypatch.setattr(record_mod, "record_parity", changed_meanwhile)
     rec = _run(bundle, _records(photos, labels), models, tmp_path / "out").report["record"]
     assert rec["recorded"] == ["ort-cpu:model.onnx"]
     assert [k["name"] for k in rec["kept"]] == ["ort-cpu:model.int8.onnx"]
