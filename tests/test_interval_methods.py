@@ -350,10 +350,10 @@ def test_finetune_stores_the_records_and_evaluate_reports_them(tmp_path: Path,
     assert old["bootstrap"]["unit"] == "image"
 
 
-def test_patient_clusters() -> None:
-    codes = E.patient_clusters(["p1", "p2", "", None, "p1"])
+def test_bootstrap_clusters() -> None:
+    codes = E.bootstrap_clusters(["p1", "p2", "", None, "p1"])
     assert codes is not None and codes.tolist() == [0, 1, 2, 3, 0]
-    assert E.patient_clusters(["p1", "p2", "", None]) is None  # nobody has two images: resample images
+    assert E.bootstrap_clusters(["p1", "p2", "", None]) is None  # nobody has two images: resample images
 
 
 # --------------------------------------------------------------------------- softmax head (finding 13)

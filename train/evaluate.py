@@ -158,8 +158,11 @@ def default_operating_points(names: Sequence[str], why: str) -> list[OperatingPo
                                  f"{FALLBACK_THRESHOLD:g} for every class: {why}") for n in names]
 
 
-def patient_clusters(patients: Sequence[str | None]) -> np.ndarray | None:
+def bootstrap_clusters(patients: Sequence[str | None]) -> np.ndarray | None:
     """Integer patient code per image for the cluster bootstrap; None when no patient has two images.
+
+    Not :func:`uopsl.export.parity_metrics.patient_clusters`, which keeps the codes whenever any patient is
+    known (a parity report says the bootstrap ran by patient even when each has one image).
 
     An image of unknown patient gets a code of its own (:func:`uopsl.runtime.metrics.patient_codes`). None
     is returned when that makes every image its own cluster (patients unknown, or one image each): the
@@ -287,7 +290,7 @@ def evaluate(probs: np.ndarray, targets: np.ndarray, thresholds: Sequence[float]
     if graded and not single:
         log.warning("quadratic kappa needs a softmax head with one label per image; not computed")
         graded = False
-    clusters = patient_clusters(patients) if patients is not None else None
+    clusters = bootstrap_clusters(patients) if patients is not None else None
     report = metrics.classification_report(y_true, probs, list(thresholds), list(names), n_boot=n_boot, seed=seed,
                                            include_curves=out is not None, ordinal=graded, clusters=clusters)
     report["head"] = head

@@ -46,11 +46,11 @@ from uopsl.train.checkpoint import (
 )
 from uopsl.train.evaluate import (
     ClassCoverage,
+    bootstrap_clusters,
     choose_operating_points,
     class_coverage,
     default_operating_points,
     evaluate,
-    patient_clusters,
     site_concentration_report,
 )
 from uopsl.train.loops import HOW_NOT_WHAT, TrainConfig, pick_device, predict, setup_distributed
@@ -821,7 +821,7 @@ def run_zero_shot(ckpt: Path, items: Sequence[Item], names: Sequence[str], out: 
         res["notes"].append(note)
         log.warning("%s", note)
     scores = reading_scores(zs, ds)
-    clusters = patient_clusters([it.group for it in ds.items])
+    clusters = bootstrap_clusters([it.group for it in ds.items])
     res["bootstrap"] = {"n_boot": n_boot, "seed": seed, "unit": "image" if clusters is None else "patient",
                         "n_units": len(ds) if clusters is None else int(clusters.max()) + 1}
     res["readings"] = site_comparisons(ds.targets, list(names), ref, scores["site_attention"],
