@@ -40,7 +40,8 @@ import numpy as np
 from uopsl.runtime.errors import ConfigError, DataError, ImageError
 from uopsl.runtime.fsio import NUMPY_FILE_ERRORS, atomic_open, read_user_text, user_cache_dir
 from uopsl.runtime.progress import track
-from uopsl.runtime.inputs import IMAGE_SUFFIXES, WalkState, walk_images
+from uopsl.runtime.image_suffixes import IMAGE_SUFFIXES
+from uopsl.runtime.inputs import WalkState, walk_images
 from uopsl.runtime.preprocess import PREPROCESS_VERSION, PreprocessConfig, preprocess, read_bytes
 
 log = logging.getLogger(__name__)

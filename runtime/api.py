@@ -59,9 +59,10 @@ from uopsl.runtime.signing import (
 )
 from uopsl.runtime import progress as progress_bars
 from uopsl.runtime.overlay import OVERLAY_DIR, THUMB_DIR, write_overlay, write_thumbnail
+from uopsl.runtime.image_suffixes import IMAGE_SUFFIXES
+from uopsl.runtime.input_keys import key_path
 from uopsl.runtime.inputs import (
     IMAGE_DATA,
-    IMAGE_SUFFIXES,
     LIST_SUFFIXES,
     ImageInput,
     InputItem,
@@ -78,7 +79,7 @@ from uopsl.runtime.pipeline import InferenceHealth, PipelineConfig, ScreeningPip
 from uopsl.runtime.preprocess import PREPROCESS_VERSION
 from uopsl.runtime.quality import QualityConfig
 from uopsl.runtime.report_days import write_reports
-from uopsl.runtime.results import CSV, CSV_STYLES, JSONL, ModelIdentity, ResultStore, key_path, model_identity, write_csv
+from uopsl.runtime.results import CSV, CSV_STYLES, JSONL, ModelIdentity, ResultStore, model_identity, write_csv
 from uopsl.runtime.stopping import saving_outputs
 
 log = logging.getLogger(__name__)

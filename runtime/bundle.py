@@ -33,7 +33,9 @@ import numpy as np
 from uopsl.runtime.cpuinfo import CPU_BACKENDS, int8_cpu_class, same_int8_arithmetic
 from uopsl.runtime.errors import BundleError, command_word
 from uopsl.runtime.fsio import json_default, load_json_strict, sha256_bytes, sha256_file, write_json
+from uopsl.runtime.image_suffixes import IMAGE_SUFFIXES, image_suffix
 from uopsl.runtime.intended_use import IntendedUse
+from uopsl.runtime.model_folders import folder_kind
 from uopsl.runtime.preprocess import PreprocessConfig
 from uopsl.runtime.version import __version__
 
@@ -674,8 +676,6 @@ def describe_operating_point(point: Mapping[str, Any]) -> str:
 
 def _holds_photographs(folder: Path, look_at: int = 200) -> bool:
     """Whether ``folder`` directly holds a file named like a photograph (among its first ``look_at`` entries)."""
-    from uopsl.runtime.inputs import IMAGE_SUFFIXES, image_suffix  # inputs imports this module (via results)
-
     try:
         with os.scandir(folder) as it:
             for k, e in enumerate(it):
@@ -705,8 +705,6 @@ def read_manifest_raw(bundle: str | os.PathLike[str]) -> tuple[Manifest, dict[st
         raise BundleError(f"{root}: not a bundle folder (expected a folder holding {MANIFEST}){hint}")
     if not path.exists():
         hint = f"; was it copied whole? (a bundle is the folder `uopsl export` wrote, holding {MANIFEST})"
-        from uopsl.runtime.model_folders import folder_kind  # it imports nothing of this module; kept lazy
-
         if folder_kind(root) == "checkpoint":
             raise BundleError(f"{root} is a training checkpoint (checkpoint.json, model.safetensors), not a "
                               f"deployment bundle: export it to one first (uopsl export {command_word(root)} --out "

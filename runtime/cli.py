@@ -75,7 +75,8 @@ def _echo_summary(summary: Any, out: Path, failed: Sequence[tuple[str, str, Sequ
     rerun still says which photographs need a retake. ``use``: the bundle's intended use; unless clinical,
     its caution opens the summary (the counts read like a screening).
     """
-    from uopsl.runtime.report import REPORT, reason_label
+    from uopsl.runtime.reasons import reason_label
+    from uopsl.runtime.report import REPORT
     from uopsl.runtime.results import CSV
 
     c = summary.counts
@@ -117,7 +118,7 @@ def _one_line_name(name: str) -> str:
 def why(reasons: Sequence[str]) -> str:
     """The main cause's words, then the machine tags that they do not already say ("blurred", not
     "blurred; blurred")."""
-    from uopsl.runtime.report import reason_label
+    from uopsl.runtime.reasons import reason_label  # lazily, as every import here: --help stays instant
 
     label = reason_label(reasons)
     rest = [t for t in reasons if t.replace("_", " ") != label]

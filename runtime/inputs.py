@@ -1,11 +1,11 @@
 """What a screening run reads: files, folders (walked as they go), list files and in-memory images, as
 :class:`InputItem` objects with a stable key each.
 
-Owns the file types the runtime takes (:data:`IMAGE_SUFFIXES`, DICOM, list files), the input key a results
-folder resumes by (:func:`file_key`: real path, size and time; ``sha1:`` for in-memory images), the checks on
-the inputs and the output folder a run is given, and the folder walk (symbolic-link loops, unreadable folders
-and DICOM files without a suffix handled as they are met). :mod:`uopsl.runtime.pipeline` screens what this
-module yields; :mod:`uopsl.runtime.results` parses the keys back.
+Owns which files a run takes (photographs named as :mod:`uopsl.runtime.image_suffixes` says, DICOM, list
+files, photographs it cannot decode), each input's key (:mod:`uopsl.runtime.input_keys`: real path, size and
+time; ``sha1:`` for in-memory images), the checks on the inputs and the output folder a run is given, and the
+folder walk (symbolic-link loops, unreadable folders and DICOM files without a suffix handled as they are met).
+:mod:`uopsl.runtime.pipeline` screens what this module yields; :mod:`uopsl.runtime.results` reads the keys back.
 """
 
 from __future__ import annotations
@@ -26,17 +26,14 @@ import numpy as np
 from uopsl.runtime.dicomfile import PART10_HEAD, is_part10
 from uopsl.runtime.errors import ConfigError, command_word
 from uopsl.runtime.fsio import readable_text
+from uopsl.runtime.image_suffixes import DICOM_SUFFIXES, IMAGE_SUFFIXES, image_suffix
+from uopsl.runtime.input_keys import file_key, key_path
 from uopsl.runtime.optional import available, extra_hint
-from uopsl.runtime.results import JSONL, LOCK_NAME, key_path
+from uopsl.runtime.results import JSONL, LOCK_NAME
 
 log = logging.getLogger(__name__)
 
 
-# .jfif/.jpe: what Windows and some cameras call a JPEG file. .dcm/.dicom: DICOM (read with pydicom, an optional
-# dependency; a folder walk without it counts them, a file named directly gets a row saying what to install).
-DICOM_SUFFIXES = frozenset({".dcm", ".dicom"})
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".tif", ".tiff", ".bmp", ".jp2", ".webp",
-                            ".ppm", ".pgm"}) | DICOM_SUFFIXES
 LIST_SUFFIXES = frozenset({".txt", ".lst", ".list"})
 #: Photographs in formats the runtime does not decode (a phone's HEIC/HEIF, AVIF): a folder walk takes them so
 #: each gets a row ("file type not supported: export it as JPEG", judged by content) instead of a count on the
@@ -49,11 +46,6 @@ _PHOTO_NAMES = IMAGE_SUFFIXES | PHOTO_SUFFIXES_NOT_READ
 def display_path(path: str | os.PathLike[str]) -> str:
     """``path`` as valid Unicode text, for CSV, HTML and messages (:func:`uopsl.runtime.fsio.readable_text`)."""
     return readable_text(os.fspath(path))
-
-
-def image_suffix(name: str) -> str:
-    """The lower-case suffix of ``name``, trailing spaces ignored (``"f.jpg "`` is a JPEG that a tool misnamed)."""
-    return Path(name.rstrip()).suffix.lower()
 
 
 # -- inputs --------------------------------------------------------------------------------
@@ -81,25 +73,6 @@ ImageInput = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview, np.nda
 def _safe_stem(name: str) -> str:
     stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in Path(name).stem)[:40]
     return stem or "image"
-
-
-def file_key(path: str | os.PathLike[str]) -> str:
-    """Resolved path + size + mtime (ns): a new or replaced file gets a new key.
-
-    Resolved (symbolic links, ``..`` and ``.`` removed) so the same photograph
-    named through ``./a/../a/x.jpg`` or a linked folder is one input, screened
-    once. ``os.path.realpath`` rather than ``Path.resolve``: it never raises on
-    a symbolic-link loop (Python 3.10 raises RuntimeError there).
-    """
-    try:
-        p = os.path.realpath(os.fspath(path))
-    except (OSError, ValueError):  # a link it may not read (/proc/1/cwd), a NUL byte: the path as given
-        p = os.path.abspath(os.fspath(path))
-    try:
-        st = os.stat(p)
-    except (OSError, ValueError):
-        return f"{p}|missing"
-    return f"{p}|{st.st_size}|{st.st_mtime_ns}"
 
 
 def item_for_path(path: str | os.PathLike[str]) -> InputItem:

@@ -41,7 +41,9 @@ from uopsl.runtime.bundle import MANIFEST, Manifest
 from uopsl.runtime.errors import ConfigError
 from uopsl.runtime.fsio import (FolderLock, open_plain, readable_text, remove_stale_temporaries, sha256_bytes,
                                sha256_file, special_entry, write_json, write_text)
+from uopsl.runtime.input_keys import file_key, key_path, key_size
 from uopsl.runtime.model_folders import check_output_outside_model_folders
+from uopsl.runtime.reasons import NO_RESULT_ADVICE, order_reasons, reason_text
 from uopsl.runtime.version import __version__
 
 log = logging.getLogger(__name__)
@@ -139,27 +141,6 @@ def model_identity(bundle: str | os.PathLike[str], manifest: Manifest) -> ModelI
         except OSError:
             digest = "unknown"
     return ModelIdentity(digest, manifest.model_name, manifest.class_names, str(bundle), model_sha256(manifest))
-
-
-def key_path(key: str) -> str:
-    """The path part of a key ``path|size|mtime_ns`` or ``path|missing`` (paths may hold ``|``); "" for in-memory."""
-    if key.startswith("sha1:"):
-        return ""
-    if key.endswith("|missing"):
-        return key[: -len("|missing")]
-    parts = key.rsplit("|", 2)
-    return parts[0] if len(parts) == 3 else key
-
-
-def key_size(key: str) -> int | None:
-    """The size part of a key; None for a missing file or an in-memory input."""
-    parts = key.rsplit("|", 2)
-    if len(parts) != 3 or key.startswith("sha1:"):
-        return None
-    try:
-        return int(parts[1])
-    except ValueError:
-        return None
 
 
 def _row_path(row: dict[str, Any]) -> str:
@@ -711,8 +692,6 @@ class ResultStore:
         want = self.identity.preprocess_version if self.identity is not None else 0
         if not want:
             return 0
-        from uopsl.runtime.inputs import file_key  # inputs imports this module
-
         return sum(1 for k, st in self.done.items()
                    if is_final(st, self._reasons.get(k, ())) and self._versions.get(k) != want
                    and file_key(key_path(k)) == k)
@@ -1009,8 +988,6 @@ def write_csv(path: str | os.PathLike[str], rows: Iterable[dict[str, Any]], clas
     """
     if style not in CSV_STYLES:
         raise ConfigError(f"CSV style must be one of {', '.join(CSV_STYLES)}, got {style!r}")
-    from uopsl.runtime.report import NO_RESULT_ADVICE, order_reasons, reason_text  # report imports this module
-
     first_of: dict[str, str] = {}  # sha256 -> the first row's source with those bytes
     semicolon = style == "semicolon"
     sep = "," if semicolon else ";"  # between the items of a list inside one cell

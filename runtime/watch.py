@@ -45,8 +45,9 @@ from typing import Any
 from uopsl.runtime.api import RunSummary, Screener
 from uopsl.runtime.errors import ConfigError
 from uopsl.runtime.pipeline import ScreenResult
+from uopsl.runtime.input_keys import key_path
 from uopsl.runtime.inputs import WalkState, folder_ident, is_output_folder, list_folder, output_folder_named
-from uopsl.runtime.results import FINAL_STATUSES, ResultStore, is_final, key_path
+from uopsl.runtime.results import FINAL_STATUSES, ResultStore, is_final
 
 log = logging.getLogger(__name__)
 

@@ -29,7 +29,7 @@ import click
 import numpy as np
 import pytest
 
-from uopsl.runtime import clikit, progress, report, report_days, workerpool
+from uopsl.runtime import clikit, progress, reasons, report, report_days, workerpool
 from uopsl.runtime.bundle import ClassSpec, Manifest
 from uopsl.runtime.errors import ConfigError, ParityError
 from uopsl.runtime.overlay import OVERLAY_DIR, THUMB_DIR, encode_jpeg, encode_png
@@ -188,13 +188,15 @@ def test_a_copy_found_on_a_later_day_is_named_on_the_earlier_days_page(tmp_path:
         _page(tmp_path, f"{DAY[0]}.html")
 
 
-def test_a_toolkit_fix_to_the_page_renderer_reaches_old_days(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("module", [report, reasons], ids=["report", "reasons"])
+def test_a_toolkit_fix_to_the_page_renderer_reaches_old_days(module: Any, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     """B60 (only report_days.py hashed as the rendering code): a fix to report.py, which renders every row of
-    a day page, left a month of old pages with the old text. Stood in for by pointing ``report.__file__`` at a
-    copy whose content changes between two refreshes."""
-    fake = tmp_path / "report_copy.py"
-    fake.write_text(Path(report.__file__).read_text(encoding="utf-8"), encoding="utf-8")
-    monkeypatch.setattr(report, "__file__", str(fake))
+    a day page, left a month of old pages with the old text; so would a fix to the advice in reasons.py. Stood
+    in for by pointing the module's ``__file__`` at a copy whose content changes between two refreshes."""
+    fake = tmp_path / "module_copy.py"
+    fake.write_text(Path(module.__file__).read_text(encoding="utf-8"), encoding="utf-8")
+    monkeypatch.setattr(module, "__file__", str(fake))
     report_days._code_hash.cache_clear()
     out = tmp_path / "out"
     out.mkdir()

@@ -21,8 +21,9 @@ from tinybundle import CLASSES, HUGE_LIMIT, TinyStubBackend, fundus_jpeg
 from uopsl.runtime.bundle import Manifest
 from uopsl.runtime.errors import BackendError, ConfigError
 from uopsl.runtime.pipeline import InferenceHealth, PipelineConfig, PrepareSpec, ScreeningPipeline, prepare_item
+from uopsl.runtime.input_keys import file_key
 from uopsl.runtime.inputs import (
-    WalkState, check_inputs, check_output_placement, file_key, item_for_path, iter_inputs, list_folder, walk_images,
+    WalkState, check_inputs, check_output_placement, item_for_path, iter_inputs, list_folder, walk_images,
 )
 from uopsl.runtime.preprocess import PreprocessConfig
 

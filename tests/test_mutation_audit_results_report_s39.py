@@ -23,7 +23,8 @@ import pytest
 from uopsl.runtime.bundle import ClassSpec, FileEntry, Manifest
 from uopsl.runtime.errors import ConfigError
 from uopsl.runtime.preprocess import PreprocessConfig
-from uopsl.runtime.report import REASON_TEXT, find_duplicates, order_reasons, render_report
+from uopsl.runtime.reasons import REASON_TEXT, order_reasons
+from uopsl.runtime.report import find_duplicates, render_report
 from uopsl.runtime.results import (
     JSONL,
     RUN_JSON,

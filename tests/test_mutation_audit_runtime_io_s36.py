@@ -20,8 +20,9 @@ import pytest
 from uopsl.runtime.errors import ImageTooLargeError
 from uopsl.runtime.fsio import atomic_open, write_text
 from uopsl.runtime.imagefile import header_size
+from uopsl.runtime.input_keys import key_path
 from uopsl.runtime.preprocess import check_image_bytes, decode
-from uopsl.runtime.results import ResultStore, key_path
+from uopsl.runtime.results import ResultStore
 
 
 # -- durability: what results.py and fsio.py promise ------------------------------------------------------

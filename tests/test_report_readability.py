@@ -29,7 +29,8 @@ from uopsl.runtime.bundle import ClassSpec, Manifest
 from uopsl.runtime.errors import ImageError
 from uopsl.runtime.overlay import OVERLAY_DIR, THUMB_DIR, encode_jpeg, encode_png
 from uopsl.runtime.preprocess import PreprocessConfig
-from uopsl.runtime.report import REASON_TEXT, find_duplicates, order_reasons, render_report, write_report
+from uopsl.runtime.reasons import REASON_TEXT, order_reasons
+from uopsl.runtime.report import find_duplicates, render_report, write_report
 
 CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
 SHA = "3975d2dbe11b6c07170f181b56c88df153f0689336d8a594a32ca06613316582"

@@ -18,7 +18,7 @@ from tinybundle import tiny_bundle  # noqa: F401 - session fixture
 from uopsl.export.parity_metrics import ParityGates
 from uopsl.runtime.bundle import MIN_PARITY_IMAGES, parity_run_problem, read_manifest, verify_before_rewrite
 from uopsl.runtime.errors import BundleError
-from uopsl.runtime.inputs import file_key
+from uopsl.runtime.input_keys import file_key
 from uopsl.runtime.results import MOVED_BY_SIZE_UP_TO, ResultStore, is_final
 
 

@@ -31,7 +31,7 @@ import numpy as np
 from uopsl.runtime.errors import ConfigError, DataError
 from uopsl.runtime.optional import extra_hint
 from uopsl.runtime.fsio import read_user_text, sha256_file
-from uopsl.runtime.inputs import DICOM_SUFFIXES, IMAGE_SUFFIXES
+from uopsl.runtime.image_suffixes import DICOM_SUFFIXES, IMAGE_SUFFIXES
 from uopsl.runtime.progress import NoBar, track
 from uopsl.train.descriptions import canonical
 
@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 
 MODALITIES: tuple[str, ...] = ("fundus", "oct")
 EYES: tuple[str, ...] = ("left", "right")
-# What the runtime decodes (runtime.inputs.IMAGE_SUFFIXES), so a folder dataset reads what screening reads,
+# What the runtime decodes (runtime.image_suffixes.IMAGE_SUFFIXES), so a folder dataset reads what screening reads,
 # less DICOM: a folder dataset's contents must not change with a toolkit update, and PACS exports often hold
 # each photograph as both .dcm and .jpg (counted twice, perhaps across folds). A list or CSV can name .dcm files.
 IMAGE_EXTENSIONS = IMAGE_SUFFIXES - DICOM_SUFFIXES
