@@ -40,6 +40,7 @@ from uopsl.runtime.bundle import (
     describe_file,
     parity_reference_kind,
     read_manifest,
+    unlisted_files,
     verify_or_raise,
     write_manifest,
 )
@@ -56,6 +57,7 @@ from uopsl.runtime.fsio import (
 )
 from uopsl.runtime.intended_use import SYNTHETIC_CLINICAL, TRAINING_DATA_NOTE, IntendedUse, synthetic_only
 from uopsl.runtime.preprocess import PreprocessConfig
+from uopsl.runtime.signing import SIGNATURE_FILE
 
 log = logging.getLogger(__name__)
 
@@ -120,11 +122,19 @@ def check_replaceable(target: str | os.PathLike[str], keep: Sequence[str | os.Pa
         raise BundleError(f"{path} is not a uopsl bundle (it holds no manifest.json); --force replaces only a bundle "
                           "folder or an empty one, so that nothing else is deleted: choose another --out")
     try:
-        read_manifest(path)
+        manifest = read_manifest(path)
     except BundleError as exc:
         raise BundleError(f"{path} holds a manifest.json that is not a readable uopsl manifest ({exc}); --force does "
                           "not delete it: remove the folder yourself if it is an old bundle, or choose another --out"
                           ) from None
+    # Files the manifest does not list are nobody's bundle: results screened into it before 0.2.1 refused that,
+    # a signing key, notes. Replacing the bundle would delete them with it.
+    extra = unlisted_files(path, manifest, own=(SIGNATURE_FILE,))
+    if extra:
+        shown = ", ".join(extra[:5]) + (f" and {len(extra) - 5} more" if len(extra) > 5 else "")
+        raise BundleError(f"{path} is a bundle, but it also holds {len(extra)} file(s) its manifest does not list "
+                          f"({shown}), which replacing it would delete: move them out of it (results, keys) or "
+                          "delete them yourself, or choose another --out")
 
 
 def write_bundle(

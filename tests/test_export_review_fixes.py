@@ -60,6 +60,28 @@ def test_force_replaces_only_a_bundle_or_an_empty_folder(tmp_path: Path, monkeyp
     assert (runs / "notes.txt").read_text() == "mine"
 
 
+def test_force_refuses_a_bundle_holding_files_its_manifest_does_not_list(tmp_path: Path) -> None:
+    """Results screened into a bundle before 0.2.1 refused that, or a signing key kept there, would be deleted with
+    the bundle: --force names them and deletes nothing; a signed bundle's signature is the bundle's own."""
+    from uopsl.export.bundle_writer import check_replaceable
+
+    b = make_tiny_bundle(tmp_path / "b", size=SIZE)
+    (b / "signature.json").write_text("{}")
+    check_replaceable(b)
+    (b / "screen").mkdir()
+    (b / "screen" / "results.jsonl").write_text('{"id": "patient 1"}\n')
+    (b / "keys").mkdir()
+    (b / "keys" / "uopsl-signing.key").write_text("secret")
+    with pytest.raises(BundleError, match=r"also holds 2 file\(s\) its manifest does not list \(keys/uopsl-signing"
+                                          r".key, screen/results.jsonl\), which replacing it would delete"):
+        check_replaceable(b)
+    for i in range(6):
+        (b / f"note{i}.txt").write_text("x")
+    with pytest.raises(BundleError, match=r"holds 8 file\(s\) .* and 3 more\)"):
+        check_replaceable(b)
+    assert (b / "screen" / "results.jsonl").read_text() == '{"id": "patient 1"}\n'
+
+
 def test_export_force_onto_the_runs_folder_deletes_nothing(tmp_path: Path) -> None:
     """The review's repro: `uopsl export runs/ft --out runs --force` used to wipe the checkpoint."""
     from dataclasses import replace
