@@ -465,3 +465,20 @@ def test_a_folder_that_cannot_be_looked_at_is_no_model_folder(tmp_path: Path, mo
     monkeypatch.setattr(Path, "is_file", is_file)
     assert folder_kind(locked) is None
     check_output_outside_model_folders(locked / "out")  # nothing to refuse, and no error
+
+
+def test_keygen_refuses_to_put_a_private_key_into_a_bundle_or_checkpoint(bundle: Path, checkpoint: Path,
+                                                                         tmp_path: Path,
+                                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """Session 50: `keygen --out BUNDLE/keys` left the private key in a folder devices copy whole (and `export
+    --force` would then have deleted it); a checkpoint is shared whole as well."""
+    copy = Path(shutil.copytree(bundle, tmp_path / "b"))
+    ck = Path(shutil.copytree(checkpoint, tmp_path / "ck"))
+    before = _listing(copy), _listing(ck)
+    rc, err = _uopsl(["keygen", "--out", str(copy / "keys")], capsys)
+    assert rc == 2 and "inside the bundle folder" in err and "the private key would travel with it" in err
+    rc, err = _uopsl(["keygen", "--out", str(ck)], capsys)
+    assert rc == 2 and "the checkpoint folder" in err
+    assert (_listing(copy), _listing(ck)) == before
+    rc, _ = _uopsl(["keygen", "--out", str(tmp_path / "keys")], capsys)
+    assert rc == 0 and (tmp_path / "keys" / "uopsl-signing.key").is_file()

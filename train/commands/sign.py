@@ -47,8 +47,16 @@ def _refuse_external_data(bundle: Path, manifest: object) -> None:
 @click.option("--password-prompt", is_flag=True, help="Encrypt the private key with a password typed (hidden) now.")
 def keygen_command(out: Path, name: str, password_env: str | None, password_prompt: bool) -> None:
     """Make an Ed25519 key pair for signing bundles (never overwrites a key)."""
+    from uopsl.runtime.model_folders import enclosing_model_folders
     from uopsl.runtime.signing import generate_keypair
 
+    found = enclosing_model_folders(out)
+    if found:
+        # A key kept there travels with the model: devices copy a bundle whole, a checkpoint is shared whole.
+        kind, folder = found[0]
+        raise ConfigError(f"--out {out} is or lies inside the {kind} folder {folder}, which is copied whole to "
+                          "devices or colleagues: the private key would travel with it. Keep keys in a folder of "
+                          "their own, outside every bundle and checkpoint")
     password = _password(password_env, password_prompt, confirm=True)
     private, public, kid = generate_keypair(out, name, password)
     click.echo(f"key {kid}: private {private} (owner-only; keep it off devices), public {public} "
