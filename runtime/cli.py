@@ -157,7 +157,8 @@ _csv_option = click.option(
 @_bundle_arg
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Output folder (results.csv, results.jsonl, report.html, overlays/).")
+              help="Output folder (results.csv, results.jsonl, report.html, overlays/); not inside a bundle or "
+                   "checkpoint folder.")
 @_backend_options
 @click.option("--batch", type=click.IntRange(min=1), default=8, show_default=True, help="Images per inference call.")
 @click.option("--workers", type=PARALLEL_COUNT, default=None,
@@ -196,7 +197,8 @@ def run_cmd(bundle: Path, inputs: Sequence[Path], out: Path, backend: str, preci
 @click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Output folder (results.csv, results.jsonl, report.html, overlays/), refreshed as photographs "
-                   "arrive; it may sit inside FOLDER (it is never screened) but must not hold it.")
+                   "arrive; it may sit inside FOLDER (it is never screened) but must not hold it, nor lie "
+                   "inside a bundle or checkpoint folder.")
 @_backend_options
 @click.option("--overlays/--no-overlays", default=True, show_default=True, help="Write heatmap overlay PNGs.")
 @click.option("--settle-ms", type=click.IntRange(min=0), default=1000, show_default=True,
@@ -241,7 +243,7 @@ def watch_cmd(bundle: Path, folder: Path, out: Path, backend: str, precision: st
 @click.option("--precision", default="auto", show_default=True,
               help="auto (what `run` would use: INT8 or FP16 only once `uopsl validate` passed it here), fp32, "
                    "fp16, int8, a comma list, or all (every file, validated or not).")
-@click.option("--batch", "batches", default="1,8", show_default=True, help="Comma-separated batch sizes.")
+@click.option("--batch", "batches", default="1,8", show_default=True, help="Comma-separated batch sizes, each once.")
 @click.option("--iters", type=click.IntRange(min=1), default=50, show_default=True, help="Timed iterations per case.")
 @click.option("--warmup", type=click.IntRange(min=0), default=5, show_default=True, help="Untimed warm-up iterations.")
 @click.option("--threads", type=PARALLEL_COUNT, default=None, help="Inference threads.")
@@ -255,7 +257,7 @@ def watch_cmd(bundle: Path, folder: Path, out: Path, backend: str, precision: st
 @click.option("--e2e-images", type=click.IntRange(min=1), default=200, show_default=True,
               help="Photographs the end-to-end run screens (cycled when fewer exist).")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Write the figures as JSON here (as well as the table).")
+              help="Write the figures as JSON here (as well as the table); not inside a bundle or checkpoint folder.")
 @_trust_options
 def bench_cmd(bundle: Path, backend: str, precision: str, batches: str, iters: int, warmup: int, threads: int | None,
               workers: int | None, worker_pool: str, images: Path | None, e2e: bool, e2e_images: int,

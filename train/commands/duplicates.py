@@ -21,7 +21,8 @@ from uopsl.train.commands.common import load_source
 @click.option("--folds", type=click.IntRange(2), default=None,
               help="Also say which copies the patient-grouped K folds (fold=I/K) put in different folds.")
 @click.option("--fold-seed", type=int, default=0, show_default=True)
-@click.option("--out", type=click.Path(path_type=Path), default=None, help="Write the report as JSON here.")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Write the report as JSON here; not inside a bundle or checkpoint folder.")
 @click.option("--cache", "cache_dir", type=click.Path(path_type=Path), default=None,
               help="Signature cache folder [default: the user cache folder ($UOPSL_CACHE_DIR, else ~/.cache/uopsl)/duplicates].")
 def command(specs: tuple[str, ...], threshold: float, folds: int | None, fold_seed: int, out: Path | None,

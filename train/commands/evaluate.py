@@ -75,13 +75,14 @@ def _interval(figure: dict[str, Any], label: str = "95% CI ") -> str:
 @click.command("evaluate")
 @click.argument("checkpoint", type=click.Path(path_type=Path, exists=True, file_okay=False))
 @click.option("--data", "data_spec", required=True, help="Test images, KIND:PATH[:opts] (forms: `uopsl --help`).")
-@click.option("--out", type=click.Path(path_type=Path), required=True)
+@click.option("--out", type=click.Path(path_type=Path), required=True,
+              help="Report folder (eval.json, roc.png, predictions.csv); not inside a bundle or checkpoint folder.")
 @click.option("--n-boot", type=click.IntRange(0), default=1000, show_default=True, help="Bootstrap resamples.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True)
 def command(checkpoint: Path, data_spec: str, out: Path, n_boot: int, seed: int, device: str) -> int:
     """Per-class AUC, sensitivity/specificity at the stored thresholds, F1 per class at its threshold and their
-    mean (macro-F1), quadratic kappa for a softmax head over DR grades; eval.json + roc.png.
+    mean (macro-F1), quadratic kappa for a softmax head over DR grades; eval.json, roc.png and predictions.csv.
 
     Exit 0; 1 when some images could not be read (left out of every figure; eval.json lists them); 2 for a
     usage or data error.

@@ -13,7 +13,8 @@ from uopsl.train.commands.common import split_classes
 @click.command("explain")
 @click.argument("checkpoint", type=click.Path(path_type=Path, exists=True, file_okay=False))
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--out", type=click.Path(path_type=Path), required=True, help="Folder for the heatmap PNGs.")
+@click.option("--out", type=click.Path(path_type=Path), required=True,
+              help="Folder for the heatmap PNGs; not inside a bundle or checkpoint folder.")
 @click.option("--classes", default=None, help="Comma-separated classes to show (default: all).")
 def command(checkpoint: Path, images: tuple[Path, ...], out: Path, classes: str | None) -> int:
     """Write IMAGE_sites.png: the site attention of each class overlaid on the original photograph.

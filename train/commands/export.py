@@ -11,13 +11,16 @@ import click
 @click.argument("checkpoint", type=click.Path(path_type=Path, exists=True, file_okay=False))
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Bundle folder to write.")
 @click.option("--classes", "classes_file", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
-              help="Re-export with a new class bank (TOML/JSON: names + descriptions), without retraining.")
+              help="Re-export with a new class bank (TOML/JSON: names + descriptions), without retraining. One class "
+                   "exports for a sigmoid model only (a softmax's one probability is always 1).")
 @click.option("--opset", type=click.IntRange(14, 20), default=17, show_default=True,
               help="ONNX opset. Above 17 the file does not parse on TensorRT 8.x (JetPack 6.0, desktop 8.5/8.6).")
 @click.option("--triton", type=click.Path(path_type=Path), default=None,
               help="Also write a Triton Inference Server model repository here (FP32 only: after quantize, "
                    "build-engine and validate, `uopsl triton BUNDLE --out DIR` serves those files too).")
-@click.option("--force", is_flag=True, help="Replace an existing bundle folder.")
+@click.option("--force", is_flag=True,
+              help="Replace an existing bundle folder (refused when it also holds files its manifest does not "
+                   "list, which replacing it would delete: they are named).")
 @click.option("--intended-use", type=click.Choice(["research", "clinical", "demonstration"]), default=None,
               help="What the model may be used for; every report and run shows it (default: demonstration for a "
                    "model trained on synthetic photographs only, else research). 'clinical' states that you "

@@ -417,7 +417,8 @@ def _refuse_unknown_labels(bundle: Path, records: list[Any], data_spec: str) -> 
 @click.option("--data", "data_spec", required=True,
               help="Images: KIND:PATH[:k=v,...] as in training; a folder (labels.csv inside, class sub-folders, "
                    "or unlabelled images); or a CSV with a path column and label/labels.")
-@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Report folder.")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Report folder; not inside a bundle or checkpoint folder.")
 @click.option("--backends", default="all", show_default=True,
               help="'all' (every backend available here) or a comma list: ort-cpu,ort-cuda,ort-trt,openvino,tensorrt.")
 @click.option("--gates", default=None,

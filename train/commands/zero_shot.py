@@ -18,7 +18,8 @@ from uopsl.train.commands.common import check_out_outside_data, items_for, load_
 @click.option("--classes", required=True, help="Comma-separated class names (built-in or from --classes-file).")
 @click.option("--classes-file", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
               help="TOML/JSON file describing new classes (name + phrases).")
-@click.option("--out", type=click.Path(path_type=Path), required=True)
+@click.option("--out", type=click.Path(path_type=Path), required=True,
+              help="Report folder (zero_shot.json); not inside a bundle or checkpoint folder.")
 @click.option("--text-model", default=None,
               help="The sentence encoder that made CHECKPOINT, for a checkpoint that does not record it (checked).")
 @click.option("--n-boot", type=click.IntRange(100, 100_000), default=1000, show_default=True,
