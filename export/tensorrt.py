@@ -57,11 +57,10 @@ from uopsl.calibration import trt_cache
 from uopsl.runtime.engine_header import BUILD_OPTIONS_KEY, BuildOptions, EngineHeader, now_utc, this_platform, write_engine
 from uopsl.runtime.errors import BackendError, ConfigError
 from uopsl.runtime.fsio import sha256_file, write_bytes
+from uopsl.runtime.cuda_binding import CudaApi, load_cuda
 from uopsl.runtime.trt_compat import (
-    CudaApi,
     TrtApi,
     dims,
-    load_cuda,
     load_timing_cache,
     load_tensorrt,
     make_logger,

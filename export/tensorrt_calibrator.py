@@ -28,7 +28,7 @@ import numpy as np
 
 from uopsl.runtime.errors import ConfigError
 from uopsl.runtime.fsio import write_bytes
-from uopsl.runtime.trt_compat import CudaApi, PinnedBuffer
+from uopsl.runtime.cuda_binding import CudaApi, PinnedBuffer
 
 log = logging.getLogger(__name__)
 

@@ -587,12 +587,12 @@ def check_compatible(
     ``running_platform``: :func:`this_platform` when None.
     """
     if running_trt_version is None or gpu_name is None or compute_capability is None:
-        from uopsl.runtime import trt_compat
+        from uopsl.runtime import cuda_binding, trt_compat
 
         if running_trt_version is None:
             running_trt_version = trt_compat.installed_version()
         if gpu_name is None or compute_capability is None:
-            name, cc = trt_compat.load_cuda("checking a TensorRT engine against this GPU").device_properties(device)
+            name, cc = cuda_binding.load_cuda("checking a TensorRT engine against this GPU").device_properties(device)
             gpu_name = name if gpu_name is None else gpu_name
             compute_capability = cc if compute_capability is None else compute_capability
     problems = []

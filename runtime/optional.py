@@ -42,7 +42,7 @@ def extra_hint(extra: str) -> str:
             f"its source folder, or pip install './uopsl-<version>-py3-none-any.whl[{extra}]' (uopsl is not on PyPI)")
 
 
-# The CUDA bindings the TensorRT backend can use, in the order it tries them (trt_compat.load_cuda): cuda-python
+# The CUDA bindings the TensorRT backend can use, in the order it tries them (cuda_binding.load_cuda): cuda-python
 # 12.6+ / 13, cuda-python before 12.6 (13 removed cuda.cudart), pycuda. Availability probes the same modules.
 CUDA_MODULES = ("cuda.bindings.runtime", "cuda.cudart", "pycuda.driver")
 

@@ -262,7 +262,7 @@ class _BuildRecorder:
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch, major: int = 10, version: str = "10.3.0") -> None:
         from uopsl.export import tensorrt
-        from uopsl.runtime import trt_compat
+        from uopsl.runtime import cuda_binding, trt_compat
 
         self.calls: dict[str, Any] = {"device_properties": []}
         api = types.SimpleNamespace(major=major, version_text=version, implicit_int8=major < 11)
@@ -278,7 +278,7 @@ class _BuildRecorder:
             raise _Stop
 
         monkeypatch.setattr(trt_compat, "load_tensorrt", lambda purpose: (object(), api))
-        monkeypatch.setattr(trt_compat, "load_cuda", lambda purpose: Cuda())
+        monkeypatch.setattr(cuda_binding, "load_cuda", lambda purpose: Cuda())
         monkeypatch.setattr(tensorrt, "build_engine", build)
 
     def run(self, args: list[str]) -> Any:

@@ -124,10 +124,10 @@ class _TwoGpus:
 
 
 def _probing(monkeypatch: pytest.MonkeyPatch) -> _TwoGpus:
-    from uopsl.runtime import trt_compat
+    from uopsl.runtime import cuda_binding
 
     cuda = _TwoGpus()
-    monkeypatch.setattr(trt_compat, "load_cuda", lambda purpose: cuda)
+    monkeypatch.setattr(cuda_binding, "load_cuda", lambda purpose: cuda)
     return cuda
 
 
@@ -306,21 +306,21 @@ def test_a_device_to_host_copy_goes_from_the_device_pointer_into_the_host_array(
     over the engine's output, the returned array never filled)."""
     import numpy as np
 
-    from uopsl.runtime import trt_compat
+    from uopsl.runtime import cuda_binding
 
     rt = _Cudart()
     host = np.zeros(6, np.float32)
-    trt_compat.CudaPythonApi(rt).dtoh_async(host, 0xD000, 42)
+    cuda_binding.CudaPythonApi(rt).dtoh_async(host, 0xD000, 42)
     assert rt.copies == [(host.ctypes.data, 0xD000, 24, 2, 42)]  # 6 float32 = 24 bytes, DeviceToHost = 2
 
 
 def test_a_zero_byte_allocation_asks_cuda_for_one_byte() -> None:
     """T35: cudaMalloc(0) gives a null pointer, which TensorRT refuses as a tensor address; the adapter asks for at
     least one byte (an empty output of a batch still needs a valid address)."""
-    from uopsl.runtime import trt_compat
+    from uopsl.runtime import cuda_binding
 
     rt = _Cudart()
-    api = trt_compat.CudaPythonApi(rt)
+    api = cuda_binding.CudaPythonApi(rt)
     assert api.malloc(0) == 0xD000 and api.malloc(5) == 0xD000
     assert rt.mallocs == [1, 5]
 
@@ -328,25 +328,25 @@ def test_a_zero_byte_allocation_asks_cuda_for_one_byte() -> None:
 def test_an_error_code_without_int_conversion_is_read_from_its_value() -> None:
     """T39: cuda-bindings' own fast enums may not convert with int(); their ``.value`` is the code. Read as 0
     (success), a failed cudaMalloc would hand back a garbage pointer instead of raising."""
-    from uopsl.runtime import trt_compat
+    from uopsl.runtime import cuda_binding, trt_compat
 
     class FastEnum:
         name = "cudaErrorMemoryAllocation"
         value = 2
 
-    assert trt_compat._error_code(FastEnum()) == 2
+    assert cuda_binding._error_code(FastEnum()) == 2
     rt = _Cudart()
     rt.err = FastEnum()
     with pytest.raises(trt_compat.BackendError, match=r"cudaMalloc failed \(cudaErrorMemoryAllocation, 2\)"):
-        trt_compat.CudaPythonApi(rt).malloc(8)
+        cuda_binding.CudaPythonApi(rt).malloc(8)
 
 
 def test_cuda_version_numbers_read_as_major_minor() -> None:
     """T28, T29: CUDA's version integer is 1000 * major + 10 * minor (12020 is 12.2, 11040 is 11.4); 0 is what
     cudaDriverGetVersion reports with no driver installed, which must read "none", not "0.0"."""
-    from uopsl.runtime import trt_compat
+    from uopsl.runtime import cuda_binding
 
-    assert [trt_compat._cuda_version_text(v) for v in (12020, 11040, 13000, 0, "x")] == [
+    assert [cuda_binding._cuda_version_text(v) for v in (12020, 11040, 13000, 0, "x")] == [
         "12.2", "11.4", "13.0", "none", "unknown"]
 
 
@@ -411,10 +411,10 @@ def test_pycuda_makes_the_other_devices_context_current_inside_a_nested_block() 
     """T40, T49: inside ``current(0)``, a ``current(1)`` block must push device 1's primary context: reusing the
     one already pushed (device 0's) puts device 1's engine buffers on GPU 0. Back in the outer block, a call
     goes to the block's device 0 again, not to the device last made current (1)."""
-    from uopsl.runtime import trt_compat
+    from uopsl.runtime import cuda_binding
 
     drv = _TwoDeviceDriver()
-    api = trt_compat.PycudaApi(drv)
+    api = cuda_binding.PycudaApi(drv)
     with api.current(0):
         api.malloc(8)
         with api.current(1):
@@ -427,10 +427,10 @@ def test_pycuda_makes_the_other_devices_context_current_inside_a_nested_block() 
 def test_pycuda_frees_an_allocation_once() -> None:
     """T42: ``free`` forgets the allocation it frees, so a second free of the same pointer (a close after a
     failed load, say) does nothing instead of freeing the memory twice."""
-    from uopsl.runtime import trt_compat
+    from uopsl.runtime import cuda_binding
 
     drv = _TwoDeviceDriver()
-    api = trt_compat.PycudaApi(drv)
+    api = cuda_binding.PycudaApi(drv)
     ptr = api.malloc(8)
     api.free(ptr)
     api.free(ptr)
@@ -441,10 +441,10 @@ def test_pycuda_deactivate_undoes_the_latest_activate_first() -> None:
     """T43: activate/deactivate nest like a stack: the first deactivate pops what the latest activate pushed
     (device 1), the second the earlier one, and nothing stays pushed (pycuda aborts at exit on a non-empty
     context stack)."""
-    from uopsl.runtime import trt_compat
+    from uopsl.runtime import cuda_binding
 
     drv = _TwoDeviceDriver()
-    api = trt_compat.PycudaApi(drv)
+    api = cuda_binding.PycudaApi(drv)
     api.activate(0)
     api.activate(1)
     assert drv.stack == [0, 1]
@@ -458,7 +458,7 @@ def test_pycuda_deactivate_undoes_the_latest_activate_first() -> None:
 def test_pycuda_event_time_is_end_since_start() -> None:
     """T46: pycuda's ``Event.time_since(event)``: "Use this method as end.time_since(start)". An event recorded
     at 2.0 ms and one at 7.5 ms are 5.5 ms apart, a positive duration (swapped: -5.5 ms in every timing)."""
-    from uopsl.runtime import trt_compat
+    from uopsl.runtime import cuda_binding
 
     class Event:
         def __init__(self, t: float) -> None:
@@ -467,7 +467,7 @@ def test_pycuda_event_time_is_end_since_start() -> None:
         def time_since(self, other: Event) -> float:
             return self.t - other.t
 
-    api = trt_compat.PycudaApi(_TwoDeviceDriver())
+    api = cuda_binding.PycudaApi(_TwoDeviceDriver())
     assert api.event_elapsed_ms(Event(2.0), Event(7.5)) == 5.5
 
 
@@ -477,23 +477,23 @@ def test_the_binding_version_is_the_nearest_packages(monkeypatch: pytest.MonkeyP
     import sys
     import types
 
-    from uopsl.runtime import trt_compat
+    from uopsl.runtime import cuda_binding
 
     for name, version in (("cuda", "12.0.0"), ("cuda.bindings", "13.0.3"), ("cuda.bindings.runtime", None)):
         mod = types.ModuleType(name)
         if version:
             mod.__version__ = version  # type: ignore[attr-defined]
         monkeypatch.setitem(sys.modules, name, mod)
-    assert trt_compat._package_version("cuda.bindings.runtime", "cuda-bindings") == "13.0.3"
+    assert cuda_binding._package_version("cuda.bindings.runtime", "cuda-bindings") == "13.0.3"
 
 
 def test_pycuda_calls_outside_a_block_go_to_the_device_last_made_current() -> None:
     """T50: a call outside any ``current`` block (a backend closing from another thread) pushes the context of
     the device the adapter was last made current for (GPU 1 here), not device 0's."""
-    from uopsl.runtime import trt_compat
+    from uopsl.runtime import cuda_binding
 
     drv = _TwoDeviceDriver()
-    api = trt_compat.PycudaApi(drv)
+    api = cuda_binding.PycudaApi(drv)
     with api.current(1):
         api.malloc(8)
     api.malloc(8)
@@ -504,7 +504,7 @@ def test_out_of_memory_advice_comes_from_the_error_name_alone() -> None:
     """T51: where CUDA's description is missing (cudaGetErrorString failed), the error's name still decides the
     advice: cudaErrorMemoryAllocation (and the driver API's CUDA_ERROR_OUT_OF_MEMORY) say to free GPU memory or
     lower --max-batch, not the generic "check the GPU and its driver"."""
-    from uopsl.runtime import trt_compat
+    from uopsl.runtime import cuda_binding, trt_compat
 
     class NoText(_Cudart):
         def cudaGetErrorString(self, err: object) -> tuple[int, bytes]:  # noqa: N802
@@ -517,16 +517,16 @@ def test_out_of_memory_advice_comes_from_the_error_name_alone() -> None:
     rt = NoText()
     rt.err = Err()
     with pytest.raises(trt_compat.BackendError) as info:
-        trt_compat.CudaPythonApi(rt).malloc(8)
+        cuda_binding.CudaPythonApi(rt).malloc(8)
     assert "no description; free GPU memory" in str(info.value) and "smaller --max-batch" in str(info.value)
-    assert trt_compat._advice("CUDA_ERROR_OUT_OF_MEMORY").startswith("free GPU memory")
+    assert cuda_binding._advice("CUDA_ERROR_OUT_OF_MEMORY").startswith("free GPU memory")
 
 
 def test_no_binding_names_why_the_preferred_one_failed(monkeypatch: pytest.MonkeyPatch) -> None:
     """T53: when no CUDA binding imports, the message quotes why the first one tried (cuda-python's current
     layout) failed: an installed cuda-python that cannot load its library says so, rather than the last
     fallback's plain "no module named pycuda"."""
-    from uopsl.runtime import trt_compat
+    from uopsl.runtime import cuda_binding
     from uopsl.runtime.errors import MissingDependencyError
 
     why = {"cuda.bindings.runtime": OSError("libcudart.so.13: cannot open shared object file"),
@@ -536,9 +536,9 @@ def test_no_binding_names_why_the_preferred_one_failed(monkeypatch: pytest.Monke
     def require(name: str, purpose: str) -> object:
         raise MissingDependencyError(f"{purpose} needs {name}") from why[name]
 
-    monkeypatch.setattr(trt_compat, "require", require)
+    monkeypatch.setattr(cuda_binding, "require", require)
     with pytest.raises(MissingDependencyError) as info:
-        trt_compat.load_cuda("running a TensorRT engine")
+        cuda_binding.load_cuda("running a TensorRT engine")
     assert "(OSError: libcudart.so.13: cannot open shared object file)" in str(info.value)
     assert "No module named 'pycuda'" not in str(info.value)
 
@@ -633,15 +633,15 @@ def test_a_plain_integer_driver_error_is_named_and_gets_the_driver_hint(code: in
     """G13, G20: a binding that returns plain integers (no ``.name``) still gets the error's name from the
     driver_types.h table, and every "cannot use the driver at all" code, the stub library (34, a container
     without the driver mounted) included, says the binding cannot use this machine's driver."""
-    from uopsl.runtime import trt_compat
+    from uopsl.runtime import cuda_binding, trt_compat
 
     rt = _Cudart()
     rt.err = code
     with pytest.raises(trt_compat.BackendError) as info:
-        trt_compat.CudaPythonApi(rt).malloc(8)
+        cuda_binding.CudaPythonApi(rt).malloc(8)
     msg = str(info.value)
     assert msg.startswith(f"CUDA cudaMalloc failed ({name}, {code}): ")
-    assert "cannot use this machine's driver" in msg and trt_compat.DRIVER_MISMATCH_HINT in msg
+    assert "cannot use this machine's driver" in msg and cuda_binding.DRIVER_MISMATCH_HINT in msg
 
 
 class _TensorsEngine:

@@ -26,7 +26,7 @@ import test_tensorrt as tt
 from test_backends import _validated_only, _with_engines
 from tinybundle import tiny_bundle  # noqa: F401 - session fixture
 from uopsl.runtime import backends as B
-from uopsl.runtime import trt_compat
+from uopsl.runtime import cuda_binding
 from uopsl.runtime.backends import Availability, select_backend
 from uopsl.runtime.bundle import read_manifest
 from uopsl.runtime.errors import BundleError
@@ -98,7 +98,7 @@ def test_build_engine_warns_on_a_signed_bundle_before_a_build_that_fails(
     """The warning is said before minutes of building, not after: a build that fails still leaves it said."""
     gpu = tt.FakeGpu()
     tt.install(monkeypatch, "10.3.0", gpu, build_fails=True)
-    monkeypatch.setattr(trt_compat, "load_cuda", lambda purpose: tt.FakeCuda(gpu))
+    monkeypatch.setattr(cuda_binding, "load_cuda", lambda purpose: tt.FakeCuda(gpu))
     bundle = _signed_fake_bundle(tmp_path)
     with caplog.at_level(logging.WARNING):
         rc, _out, err = tt._cli(["build-engine", str(bundle), "--precision", "fp16", "--no-timing-cache"], capsys)
@@ -114,7 +114,7 @@ def test_build_engine_warns_on_a_signed_bundle_and_not_on_an_unsigned_one(
         caplog: pytest.LogCaptureFixture) -> None:
     gpu = tt.FakeGpu()
     trt = tt.install(monkeypatch, "10.3.0", gpu)
-    monkeypatch.setattr(trt_compat, "load_cuda", lambda purpose: tt.FakeCuda(gpu))
+    monkeypatch.setattr(cuda_binding, "load_cuda", lambda purpose: tt.FakeCuda(gpu))
     bundle = _signed_fake_bundle(tmp_path)
     said_at_build: list[list[str]] = []
     build = trt.Builder.build_serialized_network

@@ -29,7 +29,7 @@ import numpy as np
 import pytest
 
 from uopsl.calibration.trt_cache import version_int as trt_cache_version_int
-from uopsl.runtime import trt_compat
+from uopsl.runtime import cuda_binding, trt_compat
 from uopsl.runtime.engine_header import read_header, read_plan, write_engine
 from uopsl.runtime.errors import BackendError, ConfigError, EngineMismatchError, MissingDependencyError
 
@@ -466,7 +466,7 @@ def fake_trt(version: str, gpu: FakeGpu | None = None, *, dla_cores: int = 0, bu
     return mod
 
 
-class FakeCuda(trt_compat.CudaApi):
+class FakeCuda(cuda_binding.CudaApi):
     """The CUDA binding over numpy 'device memory'; events return fixed times."""
 
     name = "fake-cuda"
@@ -492,11 +492,11 @@ class FakeCuda(trt_compat.CudaApi):
     def free(self, ptr: int) -> None:
         del self.gpu.mem[ptr]
 
-    def host_alloc(self, nbytes: int) -> trt_compat.PinnedBuffer:
+    def host_alloc(self, nbytes: int) -> cuda_binding.PinnedBuffer:
         self.host.append(nbytes)
-        return trt_compat.PinnedBuffer(np.zeros(nbytes, np.uint8), nbytes)
+        return cuda_binding.PinnedBuffer(np.zeros(nbytes, np.uint8), nbytes)
 
-    def host_free(self, buf: trt_compat.PinnedBuffer) -> None:
+    def host_free(self, buf: cuda_binding.PinnedBuffer) -> None:
         self.host.remove(buf.handle)
 
     def stream_create(self) -> Any:
@@ -659,7 +659,7 @@ class FakeCudart:
 
 def test_cuda_python_adapter_unpacks_tuples_and_reports_errors() -> None:
     rt = FakeCudart()
-    cuda = trt_compat.CudaPythonApi(rt)
+    cuda = cuda_binding.CudaPythonApi(rt)
     assert cuda.device_properties(0) == ("Orin", "8.7")
     assert cuda.malloc(100) == 0xD000
     buf = cuda.host_alloc(64)
@@ -680,7 +680,7 @@ def test_load_cuda_missing_names_cuda_python(monkeypatch: pytest.MonkeyPatch) ->
     for name in ("cuda", "cuda.bindings", "cuda.bindings.runtime", "cuda.cudart", "pycuda", "pycuda.driver"):
         monkeypatch.setitem(sys.modules, name, None)
     with pytest.raises(MissingDependencyError, match="cuda-python") as exc:
-        trt_compat.load_cuda("running a TensorRT engine")
+        cuda_binding.load_cuda("running a TensorRT engine")
     assert "\n" not in str(exc.value)
 
 
@@ -1396,7 +1396,7 @@ def test_check_compatible_probes_the_running_machine(monkeypatch: pytest.MonkeyP
     from uopsl.runtime import engine_header
 
     _, path = build_fake_engine(monkeypatch, tmp_path, gpu, "10.3.0")
-    monkeypatch.setattr(trt_compat, "load_cuda", lambda purpose: FakeCuda(gpu))
+    monkeypatch.setattr(cuda_binding, "load_cuda", lambda purpose: FakeCuda(gpu))
     engine_header.check_compatible(engine_header.read_header(path))
     install(monkeypatch, "10.4.0", gpu)
     with pytest.raises(EngineMismatchError, match="10.4.0 is running"):
@@ -1453,7 +1453,7 @@ def test_cli_build_engine_updates_manifest(monkeypatch: pytest.MonkeyPatch, tmp_
     from uopsl.runtime.bundle import read_manifest, verify
 
     install(monkeypatch, version, gpu)
-    monkeypatch.setattr(trt_compat, "load_cuda", lambda purpose: FakeCuda(gpu))
+    monkeypatch.setattr(cuda_binding, "load_cuda", lambda purpose: FakeCuda(gpu))
     monkeypatch.setenv("UOPSL_CACHE_DIR", str(tmp_path / "cache"))
     bundle = _bundle(tmp_path, with_qdq=True, table=True)
     rc, out, err = _cli(["build-engine", str(bundle), "--precision", "int8", "--max-batch", "8"], capsys)
@@ -1481,7 +1481,7 @@ def test_cli_rebuild_repairs_an_engine_stopped_before_listing(monkeypatch: pytes
     from uopsl.runtime.bundle import verify
 
     install(monkeypatch, "10.3.0", gpu)
-    monkeypatch.setattr(trt_compat, "load_cuda", lambda purpose: FakeCuda(gpu))
+    monkeypatch.setattr(cuda_binding, "load_cuda", lambda purpose: FakeCuda(gpu))
     monkeypatch.setenv("UOPSL_CACHE_DIR", str(tmp_path / "cache"))
     bundle = _bundle(tmp_path, with_qdq=True, table=True)
     args = ["build-engine", str(bundle), "--precision", "int8", "--no-timing-cache"]
@@ -1505,7 +1505,7 @@ def test_cli_legacy_calibrator_from_a_calibration_set(monkeypatch: pytest.Monkey
     from uopsl.runtime.bundle import read_manifest
 
     trt = install(monkeypatch, "8.5.2", gpu)
-    monkeypatch.setattr(trt_compat, "load_cuda", lambda purpose: FakeCuda(gpu))
+    monkeypatch.setattr(cuda_binding, "load_cuda", lambda purpose: FakeCuda(gpu))
     bundle = _bundle(tmp_path, size=32)
     images = np.random.default_rng(3).integers(0, 255, (5, 32, 32, 3), dtype=np.uint8)
     npz = CalibrationSet.from_images(images, read_manifest(bundle).preprocess).save(tmp_path / "set.npz")
@@ -1528,7 +1528,7 @@ def test_cli_errors_are_one_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path
     assert err.startswith("error: uopsl build-engine needs the Python package 'tensorrt'")
     assert "tensorrt-cu12" in err and "python3-libnvinfer" in err
     install(monkeypatch, "11.0.0", gpu)
-    monkeypatch.setattr(trt_compat, "load_cuda", lambda purpose: FakeCuda(gpu))
+    monkeypatch.setattr(cuda_binding, "load_cuda", lambda purpose: FakeCuda(gpu))
     rc, _, err = _cli(["build-engine", str(bundle), "--precision", "int8", "--int8-mode", "legacy-cache"], capsys)
     assert rc == 2 and err.count("\n") == 1 and "removed in TensorRT 11" in err
     rc, _, err = _cli(["build-engine", str(bundle), "--precision", "int8"], capsys)
@@ -1560,7 +1560,7 @@ def test_resolve_batches_dla_default_and_refusal(caplog: pytest.LogCaptureFixtur
 def test_cli_dla_fixes_the_batch_or_refuses_a_range(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, gpu: FakeGpu,
                                                    capsys: pytest.CaptureFixture[str]) -> None:
     trt = install(monkeypatch, "8.6.1", gpu, dla_cores=2)
-    monkeypatch.setattr(trt_compat, "load_cuda", lambda purpose: FakeCuda(gpu))
+    monkeypatch.setattr(cuda_binding, "load_cuda", lambda purpose: FakeCuda(gpu))
     bundle = _bundle(tmp_path)
     rc, out, err = _cli(["build-engine", str(bundle), "--dla-core", "0", "--no-timing-cache"], capsys)
     assert rc == 0, err
@@ -1598,7 +1598,7 @@ def test_cli_dla_int8_on_8x_takes_the_cache_route(monkeypatch: pytest.MonkeyPatc
     from uopsl.runtime.bundle import read_manifest
 
     trt = install(monkeypatch, "8.6.1", gpu, dla_cores=1)
-    monkeypatch.setattr(trt_compat, "load_cuda", lambda purpose: FakeCuda(gpu))
+    monkeypatch.setattr(cuda_binding, "load_cuda", lambda purpose: FakeCuda(gpu))
     (tmp_path / "a").mkdir()
     bundle = _bundle(tmp_path / "a", with_qdq=True)  # Q/DQ model, no calibration table
     rc, _, err = _cli(["build-engine", str(bundle), "--precision", "int8", "--dla-core", "0", "--no-timing-cache"],
@@ -1644,7 +1644,7 @@ def test_printed_rebuild_command_rebuilds_the_same_engine(monkeypatch: pytest.Mo
     from uopsl.runtime.engine_header import rebuild_command
 
     trt = install(monkeypatch, "8.6.1", gpu)
-    monkeypatch.setattr(trt_compat, "load_cuda", lambda purpose: FakeCuda(gpu))
+    monkeypatch.setattr(cuda_binding, "load_cuda", lambda purpose: FakeCuda(gpu))
     monkeypatch.setenv("UOPSL_CACHE_DIR", str(tmp_path / "cache"))
     bundle = _bundle(tmp_path, size=32)
     images = np.random.default_rng(3).integers(0, 255, (6, 32, 32, 3), dtype=np.uint8)
@@ -1687,7 +1687,7 @@ def test_mismatch_command_replays_dla_and_adapts_the_int8_route(monkeypatch: pyt
                                                                 capsys: pytest.CaptureFixture[str]) -> None:
     """The command in an EngineMismatchError, run as printed, rebuilds under the new TensorRT."""
     trt = install(monkeypatch, "8.6.1", gpu, dla_cores=1)
-    monkeypatch.setattr(trt_compat, "load_cuda", lambda purpose: FakeCuda(gpu))
+    monkeypatch.setattr(cuda_binding, "load_cuda", lambda purpose: FakeCuda(gpu))
     bundle = _bundle(tmp_path, with_qdq=True, table=True)
     rc, _, err = _cli(["build-engine", str(bundle), "--precision", "int8", "--dla-core", "0", "--no-gpu-fallback",
                        "--max-batch", "2", "--no-timing-cache"], capsys)
@@ -1729,7 +1729,7 @@ def _real_trt() -> Any:
         pytest.skip("TensorRT is not installed here (pip install 'tensorrt-cu12>=10,<11' or JetPack)")
     if not any(available(m) for m in ("cuda.bindings.runtime", "cuda.cudart", "pycuda.driver")):
         pytest.skip("no CUDA binding (cuda-python or pycuda) installed")
-    return trt_compat.load_cuda("the TensorRT GPU test")
+    return cuda_binding.load_cuda("the TensorRT GPU test")
 
 
 @pytest.mark.trt

@@ -1,4 +1,5 @@
-"""CUDA-binding adapters and TensorRT's shared logger (runtime/trt_compat.py), exercised with FAKE modules.
+"""CUDA-binding adapters (runtime/cuda_binding.py) and TensorRT's shared logger (runtime/trt_compat.py), exercised
+with FAKE modules.
 
 No GPU, TensorRT, pycuda or cuda-python is needed:
 
@@ -32,11 +33,11 @@ import numpy as np
 import pytest
 
 import test_tensorrt as tt
-from uopsl.runtime import trt_compat
+from uopsl.runtime import cuda_binding, trt_compat
 from uopsl.runtime.backends.tensorrt import TensorRTBackend
 from uopsl.runtime.engine_header import read_plan, write_engine
 from uopsl.runtime.errors import BackendError, MissingDependencyError, UopslError
-from uopsl.runtime.trt_compat import CudaPythonApi, PycudaApi
+from uopsl.runtime.cuda_binding import CudaPythonApi, PycudaApi
 
 JOIN_S = 10  # seconds a worker thread may take before a test gives up on it
 
@@ -393,7 +394,7 @@ def test_pycuda_init_failure_names_binding_versions_and_command(monkeypatch: pyt
                                                "version")
     install_pycuda(monkeypatch, drv, "2025.1.2")
     with pytest.raises(BackendError) as info:
-        trt_compat.load_cuda("running a TensorRT engine")  # cuda-python absent: pycuda is chosen, and fails
+        cuda_binding.load_cuda("running a TensorRT engine")  # cuda-python absent: pycuda is chosen, and fails
     msg = str(info.value)
     assert "\n" not in msg and isinstance(info.value.__cause__, PycudaErrors.RuntimeError)
     for part in ("driver.init(): RuntimeError: cuInit failed: CUDA driver version is insufficient",
@@ -406,7 +407,7 @@ def test_pycuda_init_failure_names_binding_versions_and_command(monkeypatch: pyt
 def test_load_cuda_picks_pycuda_when_cuda_python_is_absent(monkeypatch: pytest.MonkeyPatch) -> None:
     drv = FakeDriver()
     install_pycuda(monkeypatch, drv)
-    api = trt_compat.load_cuda("running a TensorRT engine")
+    api = cuda_binding.load_cuda("running a TensorRT engine")
     assert isinstance(api, PycudaApi) and api.drv is drv
     assert api.device_properties(0) == ("Orin", "8.7")
 
@@ -415,7 +416,7 @@ def test_load_cuda_without_any_binding_says_which_major(monkeypatch: pytest.Monk
     for name in ("cuda", "cuda.bindings", "cuda.bindings.runtime", "cuda.cudart", "pycuda", "pycuda.driver"):
         monkeypatch.setitem(sys.modules, name, None)
     with pytest.raises(MissingDependencyError) as info:
-        trt_compat.load_cuda("running a TensorRT engine")
+        cuda_binding.load_cuda("running a TensorRT engine")
     msg = str(info.value)
     assert "\n" not in msg and msg.startswith("running a TensorRT engine needs a CUDA binding")
     assert "pip install 'cuda-python>=12,<13'" in msg and "JetPack 6" in msg and "pip install pycuda" in msg
@@ -522,7 +523,7 @@ CUDA_PYTHON_CALLS = [
     ("cudaMalloc", lambda a: a.malloc(8)),
     ("cudaFree", lambda a: a.free(0xD000)),
     ("cudaMallocHost", lambda a: a.host_alloc(8)),
-    ("cudaFreeHost", lambda a: a.host_free(trt_compat.PinnedBuffer(_HOST, 0xB000))),
+    ("cudaFreeHost", lambda a: a.host_free(cuda_binding.PinnedBuffer(_HOST, 0xB000))),
     ("cudaStreamCreate", lambda a: a.stream_create()),
     ("cudaStreamDestroy", lambda a: a.stream_destroy(42)),
     ("cudaStreamSynchronize", lambda a: a.stream_synchronize(42)),

@@ -30,6 +30,7 @@ MODULES = (
     "uopsl.export.tensorrt_calibrator",
     "uopsl.runtime.backends.tensorrt",
     "uopsl.runtime.trt_compat",
+    "uopsl.runtime.cuda_binding",
     "uopsl.runtime.engine_header",
     "uopsl.calibration.trt_cache",
     "uopsl.train.commands.build_engine",

@@ -7,7 +7,7 @@ that says how to rebuild it rather than a TensorRT internal error.
 
 Buffers are allocated once for the engine's maximum batch: page-locked host
 memory (fast, asynchronous copies) and device memory through cuda-python, or
-pycuda where that is the binding the device has (:mod:`uopsl.runtime.trt_compat`).
+pycuda where that is the binding the device has (:mod:`uopsl.runtime.cuda_binding`).
 Each batch is: host-to-device copy, execute, device-to-host copy, all on one
 stream, with CUDA events between them, so :attr:`TensorRTBackend.last_timings`
 reports the transfer and compute times separately (``uopsl-screen bench``).
@@ -23,7 +23,7 @@ every caller, so calls must not overlap ("Do not call the APIs of the same
 IExecutionContext from multiple threads at any given time"); the base class runs
 one ``infer`` at a time. Loading, inference and :meth:`TensorRTBackend.close`
 may each happen in a different thread: every piece of CUDA and TensorRT work
-runs inside :meth:`uopsl.runtime.trt_compat.CudaApi.current`, which makes the
+runs inside :meth:`uopsl.runtime.cuda_binding.CudaApi.current`, which makes the
 device (pycuda: its primary context) current in the calling thread for that
 block only. ``close`` waits for a batch in flight and may be called twice.
 """
@@ -41,17 +41,8 @@ import numpy as np
 from uopsl.runtime.backends.base import Backend, TensorSpec
 from uopsl.runtime.engine_header import EngineHeader, check_compatible, read_plan, rebuild_command
 from uopsl.runtime.errors import BackendError, ConfigError
-from uopsl.runtime.trt_compat import (
-    CudaApi,
-    EngineIO,
-    IOTensor,
-    PinnedBuffer,
-    TrtErrorLog,
-    engine_io,
-    load_cuda,
-    load_tensorrt,
-    make_logger,
-)
+from uopsl.runtime.cuda_binding import CudaApi, PinnedBuffer, load_cuda
+from uopsl.runtime.trt_compat import EngineIO, IOTensor, TrtErrorLog, engine_io, load_tensorrt, make_logger
 
 if TYPE_CHECKING:  # pragma: no cover - typing only; checked against tensorrt-stubs in CI
     import tensorrt

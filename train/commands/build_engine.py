@@ -241,7 +241,8 @@ def command(bundle: Path, precision: str, min_batch: int | None, opt_batch: int 
     from uopsl.export.bundle_writer import add_file
     from uopsl.export.tensorrt import EngineBuildConfig, build_engine, check_implicit_int8
     from uopsl.runtime.bundle import bundle_path_problem, read_manifest, verify_before_rewrite
-    from uopsl.runtime.trt_compat import load_cuda, load_tensorrt
+    from uopsl.runtime.cuda_binding import load_cuda
+    from uopsl.runtime.trt_compat import load_tensorrt
 
     out_name = out or default_engine_name(precision, dla_core)
     problem = bundle_path_problem(out_name)
