@@ -49,6 +49,7 @@ from uopsl.runtime.bundle import Manifest, parity_gates_problem
 from uopsl.runtime.errors import ConfigError
 from uopsl.runtime.metrics import (
     WILSON,
+    clopper_pearson_upper,
     paired_auc_difference,
     patient_codes,
     proportion_interval,
@@ -260,38 +261,16 @@ def binomial_upper_bound(changes: int, n: int, confidence: float = CONFIDENCE) -
     2.5 % would give 0 changes in 120 images more than 5 % of the time; the
     bound says how large the true rate may still be. It is the ``p`` at which
     ``P(X <= changes | n, p) = 1 - confidence`` (the ``confidence`` quantile of
-    Beta(changes + 1, n - changes)), found by bisection on the binomial CDF so
-    that the runtime needs no scipy. 0 changes has the closed form
-    ``1 - (1 - confidence) ** (1 / n)``. NaN when ``n`` is 0.
+    Beta(changes + 1, n - changes): :func:`uopsl.runtime.metrics.clopper_pearson_upper`, numpy only).
+    0 changes has the closed form ``1 - (1 - confidence) ** (1 / n)``. NaN when ``n`` is 0.
     """
     if not isinstance(n, (int, np.integer)) or not isinstance(changes, (int, np.integer)) or not 0 <= changes <= n:
         raise ConfigError(f"binomial_upper_bound needs integers 0 <= changes <= n, got changes={changes!r}, n={n!r}")
     if not 0.0 < confidence < 1.0:
         raise ConfigError(f"confidence must be in (0, 1) (0.95 for a 95 % bound), got {confidence!r}")
-    k, n = int(changes), int(n)
-    if n == 0:
+    if int(n) == 0:
         return math.nan
-    alpha = 1.0 - confidence
-    if k == n:
-        return 1.0
-    if k == 0:
-        return 1.0 - alpha ** (1.0 / n)
-    i = np.arange(k + 1, dtype=np.float64)
-    t = np.arange(1, k + 1, dtype=np.float64)
-    log_comb = np.concatenate([[0.0], np.cumsum(np.log(n - t + 1) - np.log(t))])  # log C(n, i), i = 0..k
-
-    def cdf(p: float) -> float:
-        logs = log_comb + i * math.log(p) + (n - i) * math.log1p(-p)
-        top = float(logs.max())
-        return math.exp(top) * float(np.exp(logs - top).sum())
-
-    lo, hi = k / n, 1.0  # cdf(k/n) > alpha for k < n; cdf falls as p rises
-    for _ in range(200):
-        mid = 0.5 * (lo + hi)
-        lo, hi = (mid, hi) if cdf(mid) > alpha else (lo, mid)
-        if hi - lo < 1e-12:
-            break
-    return hi
+    return clopper_pearson_upper(int(changes), int(n), confidence)
 
 
 def rate_bound(changes: int, n: int, confidence: float = CONFIDENCE) -> dict[str, Any]:

@@ -663,6 +663,18 @@ def _beta_quantile(q: float, a: float, b: float) -> float:
     return 0.5 * (lo + hi)
 
 
+def clopper_pearson_upper(successes: int, total: int, confidence: float) -> float:
+    """Exact (Clopper-Pearson) one-sided upper ``confidence`` bound of a proportion seen as ``successes`` in
+    ``total`` (``0 <= successes <= total``, ``total >= 1``): the ``confidence`` quantile of
+    Beta(successes + 1, total - successes); 1 when every case succeeded, ``1 - (1 - confidence) ** (1 / total)``
+    (its closed form) when none did."""
+    if successes >= total:
+        return 1.0
+    if successes == 0:
+        return 1.0 - (1.0 - confidence) ** (1.0 / total)
+    return _beta_quantile(confidence, successes + 1, total - successes)
+
+
 def _wilson_bounds(p: float, n: float, alpha: float) -> tuple[float, float]:
     """Wilson score bounds of proportion ``p`` on ``n`` cases (``n`` may be an effective, non-integer size)."""
     z = _normal_quantile(1.0 - alpha / 2.0)

@@ -400,3 +400,20 @@ def test_evaluate_softmax_head_with_multi_label_rows_falls_back(caplog: pytest.L
     with caplog.at_level(logging.WARNING, logger="uopsl.train.evaluate"):
         rep = E.evaluate(probs, targets, [0.3] * 3, ["a", "b", "c"], None, n_boot=0, head="softmax")
     assert rep["task"] == "multilabel" and "1 of 4 images do not carry exactly one label" in caplog.text
+
+
+@pytest.mark.parametrize(("k", "n"), [(1, 2), (1, 120), (3, 57), (10, 300), (49, 50), (50, 1000)])
+def test_the_exact_upper_bound_leaves_the_tail_it_claims(k: int, n: int) -> None:
+    """Session 50: validate's change-rate bound and the runtime's proportion intervals share one Clopper-Pearson
+    computation (``clopper_pearson_upper``); checked here against the binomial sum it inverts, written out with
+    ``math.comb``: at the 95 % upper bound, seeing ``k`` or fewer changes has probability 0.05."""
+    from uopsl.export.parity_metrics import binomial_upper_bound
+
+    p = M.clopper_pearson_upper(k, n, 0.95)
+    tail = sum(math.comb(n, i) * p**i * (1 - p) ** (n - i) for i in range(k + 1))
+    assert tail == pytest.approx(0.05, abs=1e-9)
+    assert binomial_upper_bound(k, n) == p
+    assert M.clopper_pearson_upper(0, n, 0.95) == pytest.approx(1 - 0.05 ** (1 / n), abs=1e-15)
+    assert M.clopper_pearson_upper(n, n, 0.95) == 1.0
+    # the two-sided interval's upper end at alpha = 0.1 is the one-sided 95 % bound
+    assert M.proportion_interval(k, n, alpha=0.1, method=M.CLOPPER_PEARSON).high == pytest.approx(p, abs=1e-15)
