@@ -27,7 +27,8 @@ Each candidate gets PASS, FAIL or INCOMPLETE (:mod:`uopsl.export.parity_metrics`
 a model whose outputs are not finite (NaN, inf: an FP16/INT8 overflow) FAILs
 with the images named, and the other candidates are still judged (a
 non-finite reference fails the run, with a report). The verdicts go into the
-manifest for ``auto`` under the rule of ``ValidateConfig.record``; each record
+manifest for ``auto`` under the rule of ``ValidateConfig.record``
+(:mod:`uopsl.export.parity_record`, which derives each record from the report); each record
 names its reference (``reference_kind``: ``pytorch``, ``onnx``, or ``unknown``
 for a reference that declares no kind, e.g. a runtime backend; and
 ``reference_source``, e.g. ``onnx:model.onnx@<sha256 prefix> on ort-cpu``; an
