@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from uopsl.export.layerwise import exact_qdq_options, sqnr_db
-from uopsl.runtime.backends.base import check_model_file
+from uopsl.runtime.backends.base import verified_model_path
 from uopsl.runtime.errors import BackendError
 from uopsl.runtime.optional import require
 
@@ -44,12 +44,11 @@ class ExactRunner:
         opts = exact_qdq_options(ort)
         if threads:
             opts.intra_op_num_threads = int(threads)
-        check_model_file(path, expected_sha256)
-        try:
-            self._session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
-            raise BackendError(f"ONNX Runtime cannot load {path} in its exact arithmetic: {exc}") from exc
-        check_model_file(path, expected_sha256)
+        with verified_model_path(path, expected_sha256) as load_path:
+            try:
+                self._session = ort.InferenceSession(load_path, opts, providers=["CPUExecutionProvider"])
+            except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
+                raise BackendError(f"ONNX Runtime cannot load {path} in its exact arithmetic: {exc}") from exc
         self._input = self._session.get_inputs()[0].name
 
     def logits(self, batch: np.ndarray) -> np.ndarray:

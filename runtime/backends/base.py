@@ -10,7 +10,12 @@ received and what was expected, rather than letting the library crash.
 from __future__ import annotations
 
 import abc
+import contextlib
+import hashlib
+import os
+import sys
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -154,20 +159,65 @@ class Backend(abc.ABC):
     def _infer(self, batch: np.ndarray) -> dict[str, np.ndarray]: ...
 
 
-def check_model_file(path: Path, expected_sha256: str | None) -> None:
-    """BackendError unless the file at ``path`` has the manifest's sha256 (nothing to check for None).
+def _not_listed(path: Path, what: str) -> BackendError:
+    return BackendError(f"{path} is not the file the bundle's manifest lists ({what}); copy the bundle again from "
+                        "its source")
 
-    The ONNX backends call it just before and just after loading a file by its path, so the model that
-    runs is the one the bundle was verified with, even when the file is replaced in between. (Loading from
-    bytes read once would close the window entirely, but ONNX Runtime keeps those bytes for the session's
-    life: +39 MB resident for a ResNet-18, ``benchmarks/load_memory.py``.)
+
+def _hash_fd(fd: int, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(fd, "rb", closefd=False) as fh:  # moves this handle's offset only: /proc/self/fd/N reads from 0
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _identity(st: os.stat_result) -> tuple[int, ...]:
+    # Any write to the file changes its mtime or ctime, and a rename its ctime (Linux); a restored copy has
+    # another inode or another ctime: what a load could have read in between, the check after it sees.
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
+def _pinned_path(fd: int) -> str | None:
+    """A path that opens the file behind ``fd`` whatever is renamed over its name (Linux); None elsewhere."""
+    pinned = f"/proc/self/fd/{fd}"
+    return pinned if sys.platform.startswith("linux") and os.path.exists(pinned) else None
+
+
+@contextlib.contextmanager
+def verified_model_path(path: Path, expected_sha256: str | None) -> Iterator[str]:
+    """The path to load ``path`` by, for the ``with`` block: the bytes checked against the manifest's sha256.
+
+    Why: a backend hands the runtime (ONNX Runtime, OpenVINO) a path, and someone who can write the bundle
+    folder could rename another model in for the moment of the load and the signed one back after it (a
+    review did so 9 times of 9). So the file is opened once and hashed from that handle, and on Linux the
+    runtime reads that very file through ``/proc/self/fd/N``, whatever is renamed over the path meanwhile;
+    after the load the file must be as it was (size, times, inode), or the load is refused. Elsewhere the
+    path is loaded, then checked the same way against the handle and hashed again (a narrower guarantee,
+    said in docs/deployment.md). ``expected_sha256`` None: nothing to check, the path itself.
+    (Loading from bytes read once would also close the window, but ONNX Runtime keeps those bytes for the
+    session's life: +39 MB resident for a ResNet-18, ``benchmarks/load_memory.py``.)
     """
     if expected_sha256 is None:
+        yield str(path)
         return
     try:
-        digest = sha256_file(path)
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0))
     except OSError as exc:
         raise BackendError(f"cannot read {path} ({exc}); check the bundle with 'uopsl-screen verify'") from exc
-    if digest != expected_sha256:
-        raise BackendError(f"{path} is not the file the bundle's manifest lists (its sha256 differs: replaced or "
-                           "damaged since the bundle was verified); copy the bundle again from its source")
+    try:
+        before = _identity(os.fstat(fd))
+        if _hash_fd(fd) != expected_sha256:
+            raise _not_listed(path, "its sha256 differs: replaced or damaged since the bundle was verified")
+        pinned = _pinned_path(fd)
+        pinned_ok = pinned is not None
+        yield pinned or str(path)
+        try:
+            now = (os.fstat(fd),) if pinned_ok else (os.fstat(fd), os.stat(path))
+        except OSError as exc:
+            raise BackendError(f"cannot read {path} ({exc}); check the bundle with 'uopsl-screen verify'") from exc
+        if any(_identity(st) != before for st in now) or (not pinned_ok and sha256_file(path) != expected_sha256):
+            raise _not_listed(path, "it was replaced or written while it was loaded; load it again, and keep "
+                                    "the bundle folder writable only by whoever installs bundles")
+    finally:
+        os.close(fd)

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from uopsl.runtime.backends import ModelFileBackend
-from uopsl.runtime.backends.base import TensorSpec, check_gpu_index, check_model_file
+from uopsl.runtime.backends.base import TensorSpec, check_gpu_index, verified_model_path
 from uopsl.runtime.errors import BackendError, ConfigError
 from uopsl.runtime.fsio import sha256_file
 from uopsl.runtime.optional import dist_version, require
@@ -288,11 +288,11 @@ class OrtBackend(ModelFileBackend):
         if not self.spin:
             so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         trt_ep = "TensorrtExecutionProvider" in providers
-        check_model_file(self.path, self.expected_sha256)
         digest = (self.expected_sha256 or sha256_file(self.path)) if trt_ep else ""
+        load_path = str(self.path)
 
         def session(profile: TrtProfile | None) -> Any:
-            return ort.InferenceSession(str(self.path), sess_options=so, providers=provider_options(
+            return ort.InferenceSession(load_path, sess_options=so, providers=provider_options(
                 providers, self.device, model_sha256=digest, int8_qdq=self.precision.startswith("int8"),
                 ort_version=str(getattr(ort, "__version__", "")), profile=profile))
 
@@ -305,21 +305,23 @@ class OrtBackend(ModelFileBackend):
                      f"{profile.min_batch}-{profile.max_batch}" if profile is not None else "as they come",
                      cache_dir() / "ort-trt")
         try:
-            try:
-                self._session = session(profile)
-            except Exception as exc:  # noqa: BLE001 - retried once, then reported below
-                if profile is None or "profile" not in str(exc).lower():
-                    raise
-                # ONNX Runtime wants a profile for every dynamic input of every TensorRT subgraph; when it
-                # splits this graph (a node TensorRT cannot run), the model input's profile is not enough.
-                log.warning("%s: the TensorRT EP refused the batch profile (%s); building per batch shape instead",
-                            self.path.name, str(exc).splitlines()[0][:200])
-                profile = None
-                self._session = session(None)
-        except Exception as exc:  # ORT raises its own exception types; report them as one line
-            raise BackendError(f"ONNX Runtime cannot load {self.path}: {exc}") from exc
-        try:
-            check_model_file(self.path, self.expected_sha256)  # and still that file once read
+            # The file the manifest lists is the file loaded (verified_model_path: opened and hashed once).
+            with verified_model_path(self.path, self.expected_sha256) as load_path:
+                try:
+                    try:
+                        self._session = session(profile)
+                    except Exception as exc:  # noqa: BLE001 - retried once, then reported below
+                        if profile is None or "profile" not in str(exc).lower():
+                            raise
+                        # ONNX Runtime wants a profile for every dynamic input of every TensorRT subgraph; when
+                        # it splits this graph (a node TensorRT cannot run), the model input's profile is not
+                        # enough.
+                        log.warning("%s: the TensorRT EP refused the batch profile (%s); building per batch "
+                                    "shape instead", self.path.name, str(exc).splitlines()[0][:200])
+                        profile = None
+                        self._session = session(None)
+                except Exception as exc:  # ORT raises its own exception types; report them as one line
+                    raise BackendError(f"ONNX Runtime cannot load {self.path}: {exc}") from exc
         except BackendError:
             self._session = None
             raise

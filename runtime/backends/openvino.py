@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from uopsl.runtime.backends import ModelFileBackend
-from uopsl.runtime.backends.base import TensorSpec, check_model_file
+from uopsl.runtime.backends.base import TensorSpec, verified_model_path
 from uopsl.runtime.errors import BackendError, ConfigError
 from uopsl.runtime.optional import require
 
@@ -109,14 +109,14 @@ class OpenVinoBackend(ModelFileBackend):
         config: dict[str, Any] = {"PERFORMANCE_HINT": self.hint, "INFERENCE_PRECISION_HINT": self.inference_precision}
         if self.device == "CPU" and self.threads is not None:
             config["INFERENCE_NUM_THREADS"] = self.threads
-        check_model_file(self.path, self.expected_sha256)
-        try:
-            model = core.read_model(str(self.path))
-            self._compiled = core.compile_model(model, self.device, config)
-        except Exception as exc:  # OpenVINO raises RuntimeError subclasses with long texts
-            raise BackendError(f"OpenVINO cannot compile {self.path} for {self.device}: {openvino_cause(exc)}; "
-                               "if the file is damaged, copy the bundle again or export it again") from exc
-        check_model_file(self.path, self.expected_sha256)  # and still that file once read
+        # The file the manifest lists is the file compiled (verified_model_path: opened and hashed once).
+        with verified_model_path(self.path, self.expected_sha256) as load_path:
+            try:
+                model = core.read_model(load_path)
+                self._compiled = core.compile_model(model, self.device, config)
+            except Exception as exc:  # OpenVINO raises RuntimeError subclasses with long texts
+                raise BackendError(f"OpenVINO cannot compile {self.path} for {self.device}: {openvino_cause(exc)}; "
+                                   "if the file is damaged, copy the bundle again or export it again") from exc
         self._request = self._compiled.create_infer_request()
         self._inputs = tuple(_spec(p) for p in self._compiled.inputs)
         self._outputs = tuple(_spec(p) for p in self._compiled.outputs)
