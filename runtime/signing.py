@@ -55,6 +55,7 @@ import json
 import logging
 import os
 import re
+import stat
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -68,7 +69,7 @@ from uopsl.runtime.bundle import (
     read_manifest_raw,
     verify_or_raise,
 )
-from uopsl.runtime.errors import BundleError, ConfigError
+from uopsl.runtime.errors import BundleError, ConfigError, command_word
 from uopsl.runtime.fsio import load_json_strict, write_json
 from uopsl.runtime.optional import require
 from uopsl.runtime.pkcs8 import (PBKDF2_ITERATIONS, WEAK_BELOW, encrypt_pkcs8_pem, legacy_scheme,
@@ -165,10 +166,55 @@ def _read_pem(path: str | os.PathLike[str], what: str) -> bytes:
         data = p.read_bytes()
     except OSError as exc:
         raise ConfigError(f"{p}: cannot read the {what} ({exc.strerror or exc}); check the path") from exc
-    if b"-----BEGIN" not in data[:200]:
-        raise ConfigError(f"{p}: not a PEM {what} (expected a file starting with '-----BEGIN'; `uopsl keygen` "
-                          "writes both keys)")
+    if b"-----BEGIN" not in data:  # after any comment lines (an administrator's note above the key is fine)
+        raise ConfigError(f"{p}: not a PEM {what} (no '-----BEGIN' line in it; `uopsl keygen` writes both keys)")
     return data
+
+
+_PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----.*?-----END \1-----", re.S)
+
+
+def _public_key_blocks(path: str | os.PathLike[str], data: bytes) -> list[bytes]:
+    """Each PEM block of a public-key file (an administrator may keep several makers' keys in one file).
+
+    A private key is refused by name: it must never be on a device."""
+    blocks = [(m.group(1), m.group(0)) for m in _PEM_BLOCK.finditer(data)]
+    if any(b"PRIVATE" in label for label, _ in blocks):
+        raise ConfigError(f"{path}: this is a PRIVATE key, which must not be on devices (whoever copies it can sign "
+                          "bundles they trust); give the public one (`uopsl keygen` wrote it as NAME.pub) and "
+                          "delete this copy")
+    return [block for _, block in blocks] or [data]
+
+
+def _check_not_writable_by_others(path: str | os.PathLike[str], what: str) -> None:
+    """ConfigError when ``path`` (links resolved) or a folder above it can be changed by another user (POSIX).
+
+    Why: anyone who can write a trusted-keys folder, a key file or a revocation list can add a key of their
+    own or undo a recall, and the device would then screen with their model (a review did it as ``nobody``
+    on a folder left at mode 777). So, as ssh does with its keys, such a file or folder is refused: each must
+    belong to root or to this user and not be writable by group or others; a folder above may be, with the
+    sticky bit (``/tmp``), which keeps others from renaming what is not theirs. Not checked on Windows, where
+    ProgramData's access lists decide (docs/deployment.md).
+    """
+    if os.name != "posix":
+        return
+    real = Path(os.path.realpath(os.fspath(path)))
+    me = os.geteuid()
+    for i, p in enumerate((real, *real.parents)):
+        try:
+            st = os.stat(p)
+        except OSError:
+            continue  # what cannot be read is reported where it is read
+        sticky_folder = i > 0 and stat.S_ISDIR(st.st_mode) and st.st_mode & stat.S_ISVTX
+        writable = st.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not sticky_folder
+        if st.st_uid not in (0, me) or writable:
+            whose = f"owner uid {st.st_uid}" if st.st_uid not in (0, me) else "writable by group or others"
+            shown = f"{real}" if i == 0 else f"{p} (above {real})"
+            raise ConfigError(
+                f"{shown}: the {what} can be changed by another user (mode {stat.S_IMODE(st.st_mode):o}, {whose}); "
+                "anyone who can write it can add a signing key or undo a recall. Make it belong to root (or this "
+                f"user) and writable by its owner only, e.g. sudo chown root {command_word(p)} && sudo chmod go-w "
+                f"{command_word(p)}")
 
 
 @dataclass(frozen=True)
@@ -234,16 +280,19 @@ def load_trusted_keys(paths: Iterable[str | os.PathLike[str]]) -> tuple[TrustedK
     ser, ed = _serialization(), _ed25519()
     keys: list[TrustedKey] = []
     for path in paths:
-        data = _read_pem(path, "public key")
-        try:
-            key = ser.load_pem_public_key(data)
-        except (ValueError, TypeError) as exc:
-            raise ConfigError(f"{path}: not a readable public key ({exc})") from exc
-        if not isinstance(key, ed.Ed25519PublicKey):
-            raise ConfigError(f"{path}: a {type(key).__name__}, expected an Ed25519 public key (`uopsl keygen`)")
-        raw = key.public_bytes(ser.Encoding.Raw, ser.PublicFormat.Raw)
-        if all(k.raw != raw for k in keys):  # the same key in the folder and on the command line: once
-            keys.append(TrustedKey(key_id(raw), raw, str(path)))
+        _check_not_writable_by_others(path, "trusted key file")
+        blocks = _public_key_blocks(path, _read_pem(path, "public key"))
+        for i, block in enumerate(blocks):
+            where = f"{path}" if len(blocks) == 1 else f"{path} (key {i + 1} of {len(blocks)})"
+            try:
+                key = ser.load_pem_public_key(block)
+            except (ValueError, TypeError) as exc:
+                raise ConfigError(f"{where}: not a readable public key ({exc})") from exc
+            if not isinstance(key, ed.Ed25519PublicKey):
+                raise ConfigError(f"{where}: a {type(key).__name__}, expected an Ed25519 public key (`uopsl keygen`)")
+            raw = key.public_bytes(ser.Encoding.Raw, ser.PublicFormat.Raw)
+            if all(k.raw != raw for k in keys):  # the same key in the folder and on the command line: once
+                keys.append(TrustedKey(key_id(raw), raw, where))
     return tuple(keys)
 
 
@@ -299,6 +348,7 @@ def _keys_in_folder(folder: Path, *, required: bool) -> tuple[str, ...]:
     except OSError as exc:
         raise ConfigError(f"{folder}: cannot list the trusted keys ({exc.strerror or exc}); fix the folder or its "
                           "permissions (a machine that cannot read its keys screens nothing)") from exc
+    _check_not_writable_by_others(folder, "trusted-keys folder")
     found = []
     for e in entries:
         if not e.name.lower().endswith(_KEY_SUFFIXES):
@@ -416,6 +466,7 @@ def _revocation_file(folder: Path) -> Path | None:
     if not os.path.isfile(path):
         raise ConfigError(f"{path}: the revocation list is not a readable file (a broken link, a folder?); fix or "
                           "remove it")
+    _check_not_writable_by_others(path, "revocation list")
     return path
 
 
@@ -532,9 +583,16 @@ def with_signed_parity(manifest: Manifest, signed: Mapping[str, Any] | None) -> 
     return view
 
 
+#: Per-file manifest fields that steer ``auto`` (export's measured CPU INT8 speed-up and the CPU it was measured on)
+#: but that no signature covers: where signatures are required they are set aside, and the device measures for
+#: itself (a review raised a recorded 0.8x to 9.9x on a signed bundle, and ``auto`` ran the INT8 file).
+UNSIGNED_CHOICE_FIELDS = ("cpu_int8_speedup", "cpu_int8_speedup_cpu")
+
+
 def signed_parity_view(manifest: Manifest, signed: Mapping[str, Any] | None) -> tuple[Manifest, list[str]]:
     """:func:`with_signed_parity`'s manifest, without logging, and the runs on disk ("FILE on BACKEND") it does
-    not use: recorded after signing, or changed since (a non-PASS recorded since is used, so it is not listed)."""
+    not use: recorded after signing, or changed since (a non-PASS recorded since is used, so it is not listed).
+    The view also leaves out :data:`UNSIGNED_CHOICE_FIELDS`."""
     signed = signed or {}
     files, set_aside = [], []
     for f in manifest.files:
@@ -544,10 +602,10 @@ def signed_parity_view(manifest: Manifest, signed: Mapping[str, Any] | None) -> 
             used = want["backends"] if isinstance(want, dict) and isinstance(want.get("backends"), dict) and \
                 want.get("sha256") == have.get("sha256") else {}
             set_aside += [f"{f.path} on {b}" for b, r in sorted(have["backends"].items()) if used.get(b) != r]
-        if have == want:
+        if have == want and not any(k in f.info for k in UNSIGNED_CHOICE_FIELDS):
             files.append(f)
             continue
-        info = {k: v for k, v in f.info.items() if k != PARITY_KEY}
+        info = {k: v for k, v in f.info.items() if k != PARITY_KEY and k not in UNSIGNED_CHOICE_FIELDS}
         if want is not None:
             info[PARITY_KEY] = want
         files.append(replace(f, info=info))
@@ -584,7 +642,9 @@ def sign_bundle(bundle: str | os.PathLike[str], private_key: str | os.PathLike[s
     try:
         key = ser.load_pem_private_key(data, password=password)
     except TypeError as exc:  # a password given for an unencrypted key, or none for an encrypted one
-        hint = (" (uopsl sign --password-prompt, or --password-env VAR)" if password is None else "")
+        hint = (" (uopsl sign --password-prompt, or --password-env VAR)" if password is None else
+                " (leave out --password-env and --password-prompt for this key; better, encrypt it: `uopsl "
+                "keygen --password-prompt` makes a new pair)")
         raise ConfigError(f"{private_key}: {exc}{hint}") from exc
     except ValueError as exc:
         raise ConfigError(f"{private_key}: not a readable private key, or a wrong password ({exc})") from exc

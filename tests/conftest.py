@@ -66,6 +66,10 @@ def pytest_configure(config: pytest.Config) -> None:
         faulthandler.register(signal.SIGUSR1, file=os.dup(sys.__stderr__.fileno()), all_threads=True, chain=False)
     for name in ("UOPSL_TRUSTED_KEYS", "UOPSL_TRUSTED_KEYS_DIR"):
         os.environ.pop(name, None)
+    # The folders tests make for trusted keys must not be writable by the group: the runtime refuses such a
+    # folder (runtime/signing.py), and some systems give users umask 002. Tests of umask handling set their own.
+    if os.name == "posix":
+        os.umask(os.umask(0o022) | 0o022)
     import tempfile
     import warnings
 
