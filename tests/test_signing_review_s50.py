@@ -140,3 +140,14 @@ def test_the_trusted_view_sets_aside_the_unsigned_speed_up(tmp_path: Path, monke
     assert not set(UNSIGNED_CHOICE_FIELDS) & set(view.file("model.int8.onnx").info)
     speedup, why = cpu_int8_speedup(root, view.file("model.onnx"), view.file("model.int8.onnx"), measure=False)
     assert speedup is None and "never measured" in why
+
+
+def test_a_password_for_an_unencrypted_key_says_what_to_do(tmp_path: Path) -> None:
+    from tinybundle import make_tiny_bundle
+
+    from uopsl.runtime.signing import sign_bundle
+
+    private, _, _ = generate_keypair(tmp_path / "k", "k")  # no password: unencrypted
+    root = make_tiny_bundle(tmp_path / "b", size=64)
+    with pytest.raises(ConfigError, match="leave out --password-env and --password-prompt for this key"):
+        sign_bundle(root, private, b"a password")
