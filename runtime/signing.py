@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import datetime as _dt
 import hashlib
 import json
@@ -650,6 +651,15 @@ def sign_bundle(bundle: str | os.PathLike[str], private_key: str | os.PathLike[s
         raise ConfigError(f"{private_key}: not a readable private key, or a wrong password ({exc})") from exc
     if not isinstance(key, ed.Ed25519PrivateKey):
         raise ConfigError(f"{private_key}: a {type(key).__name__}, expected an Ed25519 private key (`uopsl keygen`)")
+    if password is None:
+        log.warning("%s is not encrypted: anyone who copies it can sign bundles your devices trust; make an "
+                    "encrypted pair with `uopsl keygen --password-prompt` (and move the devices to its public key)",
+                    private_key)
+    with contextlib.suppress(OSError):
+        mode = os.stat(private_key).st_mode
+        if os.name == "posix" and mode & (stat.S_IRWXG | stat.S_IRWXO):
+            log.warning("%s can be read by other users (mode %o); keep it owner-only: chmod 600 %s", private_key,
+                        stat.S_IMODE(mode), command_word(private_key))
     rounds = pbkdf2_iterations(data)
     if rounds is not None and rounds < WEAK_BELOW:  # keys from uopsl keygen before it wrote PBKDF2_ITERATIONS
         log.warning("%s: its password is stretched with only %d PBKDF2 rounds, cheap to guess against if the file "

@@ -151,3 +151,20 @@ def test_a_password_for_an_unencrypted_key_says_what_to_do(tmp_path: Path) -> No
     root = make_tiny_bundle(tmp_path / "b", size=64)
     with pytest.raises(ConfigError, match="leave out --password-env and --password-prompt for this key"):
         sign_bundle(root, private, b"a password")
+
+
+@posix_only
+def test_sign_warns_about_an_unencrypted_or_shared_private_key(tmp_path: Path,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    from tinybundle import make_tiny_bundle
+
+    from uopsl.runtime.signing import sign_bundle
+
+    private, _, _ = generate_keypair(tmp_path / "k", "k")
+    os.chmod(private, 0o644)
+    root = make_tiny_bundle(tmp_path / "b", size=64)
+    with caplog.at_level("WARNING", logger="uopsl"):
+        sign_bundle(root, private)
+    said = " ".join(r.getMessage() for r in caplog.records)
+    assert "is not encrypted: anyone who copies it can sign bundles" in said
+    assert "can be read by other users (mode 644); keep it owner-only: chmod 600" in said
