@@ -867,10 +867,10 @@ class _ReferenceFacts:
 
 def _cache_key(cfg: ValidateConfig, manifest: Manifest, ref: _ReferenceFacts, images: Sequence[ImageRecord],
                image_sha: Mapping[str, str | None], specs: Sequence[CandidateSpec], machine: Mapping[str, Any],
-               reference_device: str | None) -> dict[str, Any] | None:
+               reference: Reference, context: Mapping[str, Any] | None) -> dict[str, Any] | None:
     """What the cached outputs depend on (None: no cache; ``--no-resume``, or a reference without a fingerprint)."""
     if not (cfg.resume and ref.fingerprint):
-        return None
+        return None  # and the reference's device is not asked for: nothing needs it
     return {"version": __version__, "preprocess_version": PREPROCESS_VERSION,
             "files": {f.path: f.sha256 for f in manifest.files}, "reference": ref.fingerprint,
             "images": [[r.id, str(r.path), image_sha[r.id]] for r in images],
@@ -883,7 +883,7 @@ def _cache_key(cfg: ValidateConfig, manifest: Manifest, ref: _ReferenceFacts, im
             "machine": {k: v for k, v in machine.items() if k in ("cpu_int8", "onnxruntime", "openvino")},
             # The reference's outputs depend on what computes them: another PyTorch, or the GPU instead of
             # the CPU (TF32 off, but other kernels), must recompute them, not reuse them silently.
-            "torch": machine.get("torch"), "reference_device": reference_device,
+            "torch": machine.get("torch"), "reference_device": _reference_device(reference, context),
             "arrays": CACHE_ARRAYS}
 
 
@@ -908,8 +908,9 @@ def _not_judged(entry: dict[str, Any], why: str, **extra: Any) -> dict[str, Any]
 
 def _judge_candidate(spec: CandidateSpec, manifest: Manifest, run: _Run, ref: Mapping[str, np.ndarray],
                      truth: Truth | None, run_reasons: Sequence[str], cfg: ValidateConfig
-                     ) -> tuple[dict[str, Any], bool]:
-    """``spec``'s entry in the report, and whether it was judged on every gate (its ROC and flips are drawn).
+                     ) -> tuple[dict[str, Any], np.ndarray | None]:
+    """``spec``'s entry in the report, and its probabilities when it was judged on every gate (its ROC and flips
+    are drawn; None: it was not).
 
     A candidate that could not run here is marked ``judged: False`` (its FAIL is never recorded); one with
     non-finite outputs, or probabilities outside [0, 1], FAILs with the reason, and the others are still judged.
@@ -919,17 +920,17 @@ def _judge_candidate(spec: CandidateSpec, manifest: Manifest, run: _Run, ref: Ma
                              # the verdict holds for these settings (outputs from the cache: not reopened)
                              "runtime_settings": run.settings.get(spec.name)}
     if spec.name in run.errors:
-        return _not_judged(entry, run.errors[spec.name], judged=False), False
+        return _not_judged(entry, run.errors[spec.name], judged=False), None
     cand = run.stacked(spec.name)
     bad = nonfinite_images(cand)
     if truth is None:
-        return _not_judged(entry, f"not judged: {run_reasons[0]}", judged=False), False
+        return _not_judged(entry, f"not judged: {run_reasons[0]}", judged=False), None
     ids = run.ids
     if bad.any():
         why = nonfinite_reason(bad, ids)
         log.error("%s: FAIL (%s)", spec.name, why)
         return _not_judged(entry, why, non_finite={"n": int(bad.sum()), "of": len(bad),
-                                                   "ids": [ids[i] for i in np.flatnonzero(bad)][:50]}), False
+                                                   "ids": [ids[i] for i in np.flatnonzero(bad)][:50]}), None
     num = numerical(ref, cand)
     try:
         clin = clinical(manifest, truth, ref["probs"], cand["probs"], ids, n_boot=cfg.n_boot, seed=cfg.seed,
@@ -937,7 +938,7 @@ def _judge_candidate(spec: CandidateSpec, manifest: Manifest, run: _Run, ref: Ma
                         candidate_logits=cand.get("logits"), patients=run.patients)
     except BundleError as exc:  # e.g. this file's probabilities outside [0, 1]: its FAIL, not the run's end
         log.error("%s: FAIL (%s)", spec.name, exc)
-        return _not_judged(entry, str(exc), numerical=num), False
+        return _not_judged(entry, str(exc), numerical=num), None
     if spec.precision.startswith("int8") and spec.backend in CPU_BACKENDS:
         exact_out = run.stacked(EXACT_PREFIX + spec.file).get("logits")
         if exact_out is not None and len(exact_out) == len(cand["logits"]) and np.isfinite(exact_out).all():
@@ -958,7 +959,7 @@ def _judge_candidate(spec: CandidateSpec, manifest: Manifest, run: _Run, ref: Ma
                   "judged_on": cfg.judge_on,
                   "checks": [asdict(c) for c in verdict.checks], "numerical": num, "clinical": clin,
                   "gates": gates.to_dict(), "headroom": decision_headroom(manifest, gates, ref, cand)})
-    return entry, True
+    return entry, cand["probs"]
 
 
 def _illustrate(entry: dict[str, Any], out_dir: Path, manifest: Manifest, truth: Truth,
@@ -1111,16 +1112,19 @@ def validate_bundle(
     if not specs:
         raise BundleError(f"no candidate to validate in {root} with backends {cfg.backends}: "
                           + "; ".join(f"{s['name']}: {s['reason']}" for s in skipped_candidates))
-    ref = _ReferenceFacts.of(reference, manifest)
-    notes = [note for note in (labels.note(), ref.note()) if note]
-    for note in notes:
+    notes = [note for note in (labels.note(),) if note]
+    for note in notes:  # before the reference is asked anything (what it says about itself may fail)
         log.warning(note)
+    ref = _ReferenceFacts.of(reference, manifest)
+    if ref.note():
+        notes.append(str(ref.note()))
+        log.warning(notes[-1])
     # Each image's content: the report's data fingerprint, and the cache key (a changed photograph invalidates
     # its cached outputs whatever its time; a copy with a new time keeps them).
     image_sha = {r.id: _image_sha256(r.path) for r in images}
     machine = _machine()
     cache = _BatchCache(out_dir / _CACHE_DIR, _cache_key(cfg, manifest, ref, images, image_sha, specs, machine,
-                                                         _reference_device(reference, context)))
+                                                         reference, context))
     run = _run_all(root, manifest, reference, ref.preprocess if ref.diffs else None, images, specs, cfg, cache)
     n = len(run.ids)
     if n == 0:
@@ -1135,10 +1139,10 @@ def validate_bundle(
     candidates: list[dict[str, Any]] = []
     html_images: dict[str, str] = {}
     for spec in specs:
-        entry, judged = _judge_candidate(spec, manifest, run, ref_out, truth, run_reasons, cfg)
-        if judged and truth is not None:
-            _illustrate(entry, out_dir, manifest, truth, ref_out, run.stacked(spec.name)["probs"], by_id,
-                        cfg.max_thumbnails, html_images)
+        entry, cand_probs = _judge_candidate(spec, manifest, run, ref_out, truth, run_reasons, cfg)
+        if cand_probs is not None and truth is not None:
+            _illustrate(entry, out_dir, manifest, truth, ref_out, cand_probs, by_id, cfg.max_thumbnails,
+                        html_images)
             log.info("%s: %s (%d flips, max |dp| %.2e)", spec.name, entry["verdict"],
                      entry["clinical"]["flips"]["n"], entry["numerical"]["max_abs_prob_diff"])
         candidates.append(entry)
