@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from uopsl.runtime.bundle import (
+    MANIFEST,
     MANIFEST_LOCK,
     PARITY_KEY,
     REFERENCE_PYTORCH,
@@ -39,6 +40,7 @@ from uopsl.runtime.bundle import (
     check_manifest_checksum,
     describe_file,
     parity_reference_kind,
+    quantize_records,
     read_manifest,
     unlisted_files,
     verify_or_raise,
@@ -49,7 +51,9 @@ from uopsl.runtime.fsio import (
     FolderLock,
     Stage,
     is_or_holds,
+    is_temporary_name,
     new_dir_mode,
+    remove_stale_temporaries,
     replace_folder,
     set_mode,
     sha256_file,
@@ -84,9 +88,19 @@ def manifest_update(bundle: str | os.PathLike[str]) -> Iterator[None]:
                               "wait for that uopsl command to finish, then run this one again")
         time.sleep(0.05)
     try:
+        # What a writer killed mid-write left: the manifest's temporaries are only made under this lock, so any
+        # there now is stale; a file staged for add_file is copied without it, so only one idle for a while goes.
+        # Otherwise they travelled with every copy of the bundle (17 MB for an INT8 file) and blocked --force.
+        remove_stale_temporaries(bundle, target=MANIFEST)
+        remove_stale_temporaries(bundle, idle_s=_STALE_STAGE_S)
         yield
     finally:
         lock.release_and_unlink()  # the lock file goes with the update: a bundle copied to a device carries none
+
+
+#: A file staged for the bundle and unchanged this long belongs to a writer that was stopped (a copy into the
+#: bundle takes seconds): :func:`manifest_update` removes it.
+_STALE_STAGE_S = 600.0
 
 
 def _try(lock: FolderLock) -> bool:
@@ -129,7 +143,9 @@ def check_replaceable(target: str | os.PathLike[str], keep: Sequence[str | os.Pa
                           ) from None
     # Files the manifest does not list are nobody's bundle: results screened into it before 0.2.1 refused that,
     # a signing key, notes. Replacing the bundle would delete them with it.
-    extra = unlisted_files(path, manifest, own=(SIGNATURE_FILE,))
+    # Temporaries of a write that was stopped are the bundle's own leftovers: deleted with it.
+    extra = [f for f in unlisted_files(path, manifest, own=(SIGNATURE_FILE, *quantize_records(manifest)))
+             if not is_temporary_name(f)]
     if extra:
         shown = ", ".join(extra[:5]) + (f" and {len(extra) - 5} more" if len(extra) > 5 else "")
         raise BundleError(f"{path} is a bundle, but it also holds {len(extra)} file(s) its manifest does not list "

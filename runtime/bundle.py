@@ -805,6 +805,13 @@ def verify(bundle: str | os.PathLike[str], manifest: Manifest | None = None,
     return out
 
 
+def quantize_records(manifest: Manifest) -> tuple[str, ...]:
+    """The ``NAME.quantize.json`` that ``uopsl quantize`` writes beside each ONNX file it makes: the bundle's own
+    files though the manifest does not list them (docs/deployment.md)."""
+    return tuple(f"{f.path[:-len('.onnx')]}.quantize.json" for f in manifest.files_of("onnx")
+                 if f.path.endswith(".onnx"))
+
+
 def unlisted_files(bundle: str | os.PathLike[str], manifest: Manifest, own: Sequence[str] = ()) -> list[str]:
     """The files in the bundle folder that the manifest does not list, as bundle paths, sorted.
 

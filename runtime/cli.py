@@ -529,7 +529,8 @@ def verify_cmd(bundle: Path, trusted_keys: Sequence[Path]) -> int:
     (exit 2 naming a bad file); prints the bundle fingerprint to compare with the one its maker sent. Where
     this machine trusts signing keys (--trusted-key, its trusted-keys folder, UOPSL_TRUSTED_KEYS), the
     bundle's signature must be valid and cover it."""
-    from uopsl.runtime.bundle import VERIFY_REMEDY, read_manifest_raw, unlisted_files, verify
+    from uopsl.runtime.bundle import VERIFY_REMEDY, quantize_records, read_manifest_raw, unlisted_files, verify
+    from uopsl.runtime.fsio import is_temporary_name
     from uopsl.runtime.errors import BundleError
     from uopsl.runtime.signing import SIGNATURE_FILE, check_signature, trusted_keys_for
 
@@ -539,12 +540,18 @@ def verify_cmd(bundle: Path, trusted_keys: Sequence[Path]) -> int:
     for c in checks:
         click.echo(f"{'ok ' if c.ok else 'BAD'} {c.path}" + (f": {c.reason}" if c.reason else ""))
     # uopsl quantize's record beside each INT8 file is the bundle's own (docs/deployment.md), though unlisted.
-    records = tuple(f"{f.path[:-len('.onnx')]}.quantize.json" for f in m.files_of("onnx") if f.path.endswith(".onnx"))
-    extra = unlisted_files(bundle, m, own=(SIGNATURE_FILE, *records))
+    unlisted = unlisted_files(bundle, m, own=(SIGNATURE_FILE, *quantize_records(m)))
+    stale = [f for f in unlisted if is_temporary_name(f)]
+    extra = [f for f in unlisted if f not in stale]
     if extra:  # not a failure (nothing reads them), but they are not verified either
         shown = ", ".join(extra[:10]) + (f" and {len(extra) - 10} more" if len(extra) > 10 else "")
         click.echo(f"note: {len(extra)} file(s) in the bundle folder are not in the manifest, so nothing checks or "
                    f"uses them: {shown}; delete them, or export the bundle again if they belong to it", err=True)
+    if stale:
+        shown = ", ".join(stale[:5]) + (" ..." if len(stale) > 5 else "")
+        click.echo(f"note: {len(stale)} temporary file(s) left by a uopsl write that was stopped ({shown}): nothing "
+                   "reads them; the bundle's next update removes them, or delete them while no uopsl command writes "
+                   "this bundle", err=True)
     bad = [c for c in checks if not c.ok]
     if bad:
         raise BundleError(

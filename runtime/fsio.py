@@ -373,23 +373,35 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def remove_stale_temporaries(folder: str | os.PathLike[str]) -> int:
+def is_temporary_name(name: str, target: str | None = None) -> bool:
+    """Whether ``name`` is a temporary :func:`staging` (so :func:`atomic_open`) makes: ``.NAME.XXXX.tmp``, of
+    ``target`` when given."""
+    return name.endswith(".tmp") and name.startswith(f".{target}." if target is not None else ".")
+
+
+def remove_stale_temporaries(folder: str | os.PathLike[str], *, target: str | None = None,
+                             idle_s: float | None = None) -> int:
     """Delete the ``.NAME.XXXX.tmp`` files :func:`atomic_open` leaves when a process is killed mid-write.
 
     Why: ``kill -9`` or a power loss between ``mkstemp`` and ``os.replace``
     leaves a hidden temporary that nothing else ever removes. Call it only
     while holding the folder's :class:`FolderLock`, so no live writer's
-    temporary is taken. Returns how many were removed; never raises.
+    temporary is taken; or, where writers stage without that lock, with
+    ``idle_s``: only temporaries unchanged for that long go (a live copy
+    keeps writing). ``target``: only that file's temporaries. Returns how
+    many were removed; never raises.
     """
     n = 0
     try:
         entries = list(os.scandir(folder))
     except OSError:
         return 0
+    now = time.time()
     for e in entries:
-        if e.name.startswith(".") and e.name.endswith(".tmp"):
+        if is_temporary_name(e.name, target):
             try:
-                if e.is_file(follow_symlinks=False):
+                if e.is_file(follow_symlinks=False) and (
+                        idle_s is None or now - e.stat(follow_symlinks=False).st_mtime >= idle_s):
                     os.unlink(e.path)
                     n += 1
             except OSError as exc:

@@ -290,3 +290,52 @@ def test_a_stuck_manifest_writer_is_named_not_waited_for_forever(bundle: Path,
         holder.wait(timeout=30)
     bw.add_file(bundle, None, "late.bin", "other")
     assert "late.bin" in {f.path for f in read_manifest(bundle).files}
+
+
+def test_force_replaces_a_bundle_with_its_quantize_records_and_stopped_writes(tmp_path: Path) -> None:
+    """Session 50: `uopsl quantize`'s NAME.quantize.json and the temporaries of a write that was killed are the
+    bundle's own, so --force replaces the bundle with them (a crash review left `.manifest.json.XXXX.tmp`)."""
+    from uopsl.export.bundle_writer import check_replaceable
+
+    b = make_tiny_bundle(tmp_path / "b", size=SIZE, int8=True)
+    (b / "model.int8.quantize.json").write_text("{}")
+    (b / ".manifest.json.abcd1234.tmp").write_text("{")
+    (b / ".model.int8.onnx.x9y8.tmp").write_bytes(b"partial")
+    check_replaceable(b)
+    (b / "notes.txt").write_text("mine")
+    with pytest.raises(BundleError, match=r"holds 1 file\(s\) its manifest does not list \(notes.txt\)"):
+        check_replaceable(b)
+
+
+def test_a_manifest_update_removes_what_stopped_writes_left(tmp_path: Path) -> None:
+    """A killed `validate`, `calibrate` or `quantize` left hidden temporaries in the bundle that every copy carried to
+    devices (17 MB for an INT8 file). The next manifest update removes the manifest's own at once (they are made
+    only under its lock) and a staged file once it has been idle (a live copy keeps writing)."""
+    import os
+    import time
+
+    from uopsl.export.bundle_writer import _STALE_STAGE_S, manifest_update
+
+    b = make_tiny_bundle(tmp_path / "b", size=SIZE)
+    (b / ".manifest.json.abcd1234.tmp").write_text("{")
+    old, live = b / ".model.int8.onnx.old1.tmp", b / ".model.int8.onnx.live.tmp"
+    old.write_bytes(b"killed")
+    live.write_bytes(b"being copied")
+    then = time.time() - _STALE_STAGE_S - 5
+    os.utime(old, (then, then))
+    with manifest_update(b):
+        pass
+    assert sorted(p.name for p in b.iterdir() if p.name.startswith(".")) == [live.name]
+
+
+def test_verify_names_a_stopped_writes_temporaries_as_such(tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    from uopsl.runtime import cli as screen_cli
+    from uopsl.runtime.clikit import main_entry
+
+    b = make_tiny_bundle(tmp_path / "b", size=SIZE)
+    (b / ".manifest.json.abcd1234.tmp").write_text("{")
+    assert main_entry(screen_cli.cli, ["verify", str(b)], prog_name="uopsl-screen") == 0
+    err = capsys.readouterr().err
+    assert "1 temporary file(s) left by a uopsl write that was stopped (.manifest.json.abcd1234.tmp)" in err
+    assert "not in the manifest" not in err
