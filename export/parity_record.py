@@ -184,7 +184,6 @@ def plan_records(root: Path, report: Mapping[str, Any], report_path: Path, *, en
         note = "nothing recorded in the manifest: the reference's outputs could not be used"
         log.warning(note)
         return RecordPlan(enabled, run_problem, note)
-    weak = run_problem
     # A FAIL is always recorded (it keeps `auto` off the file). A PASS or INCOMPLETE only from a run that
     # parity_status would trust: a weaker run neither turns an earlier FAIL into a pass nor erases an
     # earlier complete verdict because its few images could not evaluate every gate.
@@ -192,10 +191,9 @@ def plan_records(root: Path, report: Mapping[str, Any], report_path: Path, *, en
     # was never judged: recording its FAIL would erase a valid earlier verdict on that file.
     unjudged = [c for c in report["candidates"] if c.get("judged") is False]
     judged = [c for c in report["candidates"] if c.get("judged") is not False]
-    to_record = [c for c in judged if c["verdict"] == FAIL or weak is None]
-    held = [f"{c['name']} {c['verdict']}" for c in judged if c["verdict"] != FAIL and weak]
-    passed_over = ([(c, f"{weak}: a run like this records only a FAIL") for c in judged
-                    if c["verdict"] != FAIL and weak]
+    withheld = [c for c in judged if c["verdict"] != FAIL and run_problem]
+    to_record = [c for c in judged if c not in withheld]
+    passed_over = ([(c, f"{run_problem}: a run like this records only a FAIL") for c in withheld]
                    + [(c, "could not be run here, so not judged") for c in unjudged])
     records = parity_records(to_record, report, report_path)
     # What record_parity will keep instead, by its own rules (bundle_writer): a verdict against anything but
@@ -211,8 +209,9 @@ def plan_records(root: Path, report: Mapping[str, Any], report_path: Path, *, en
             kept.append((c, *keeps))
             to_record.remove(c)
     notes = []
-    if held:
-        notes.append(f"not recorded in the manifest ({weak}): {', '.join(held)}; a run like this records "
+    if withheld:
+        notes.append(f"not recorded in the manifest ({run_problem}): "
+                     f"{', '.join(c['name'] + ' ' + c['verdict'] for c in withheld)}; a run like this records "
                      "only a FAIL, never a pass, and `auto` keeps the earlier record")
     if unjudged:
         notes.append("not recorded (could not be run here, so not judged; the earlier record stays): "

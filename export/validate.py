@@ -1112,13 +1112,16 @@ def validate_bundle(
     if not specs:
         raise BundleError(f"no candidate to validate in {root} with backends {cfg.backends}: "
                           + "; ".join(f"{s['name']}: {s['reason']}" for s in skipped_candidates))
-    notes = [note for note in (labels.note(),) if note]
-    for note in notes:  # before the reference is asked anything (what it says about itself may fail)
-        log.warning(note)
+    notes: list[str] = []
+
+    def warn(note: str | None) -> None:
+        if note:
+            notes.append(note)
+            log.warning(note)
+
+    warn(labels.note())  # before the reference is asked anything (what it says about itself may fail)
     ref = _ReferenceFacts.of(reference, manifest)
-    if ref.note():
-        notes.append(str(ref.note()))
-        log.warning(notes[-1])
+    warn(ref.note())
     # Each image's content: the report's data fingerprint, and the cache key (a changed photograph invalidates
     # its cached outputs whatever its time; a copy with a new time keeps them).
     image_sha = {r.id: _image_sha256(r.path) for r in images}
