@@ -657,7 +657,7 @@ def sign_bundle(bundle: str | os.PathLike[str], private_key: str | os.PathLike[s
                     private_key)
     with contextlib.suppress(OSError):
         mode = os.stat(private_key).st_mode
-        if os.name == "posix" and mode & (stat.S_IRWXG | stat.S_IRWXO):
+        if os.name == "posix" and mode & (stat.S_IRGRP | stat.S_IROTH):
             log.warning("%s can be read by other users (mode %o); keep it owner-only: chmod 600 %s", private_key,
                         stat.S_IMODE(mode), command_word(private_key))
     rounds = pbkdf2_iterations(data)

@@ -168,3 +168,16 @@ def test_sign_warns_about_an_unencrypted_or_shared_private_key(tmp_path: Path,
     said = " ".join(r.getMessage() for r in caplog.records)
     assert "is not encrypted: anyone who copies it can sign bundles" in said
     assert "can be read by other users (mode 644); keep it owner-only: chmod 600" in said
+
+
+@posix_only
+def test_sign_says_readable_only_of_a_key_others_can_read(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from tinybundle import make_tiny_bundle
+
+    from uopsl.runtime.signing import sign_bundle
+
+    private, _, _ = generate_keypair(tmp_path / "k", "k")
+    os.chmod(private, 0o610)  # a group bit, but not read: nobody else can read it
+    with caplog.at_level("WARNING", logger="uopsl"):
+        sign_bundle(make_tiny_bundle(tmp_path / "b", size=64), private)
+    assert not any("can be read by other users" in r.getMessage() for r in caplog.records)
