@@ -520,17 +520,26 @@ def _call_changes(y: np.ndarray, ref_call: np.ndarray, cand_call: np.ndarray,
     }
 
 
+# Why a class with too few cases is not gated, said once for every such class (see few_cases).
+FEW_CASES_RULE = (f"too few to gate (a gate counts a class from {MIN_CASES_PER_CLASS} positive and "
+                  f"{MIN_CASES_PER_CLASS} negative images; validate on more)")
+
+
+def _few_counts(n_positive: int, n_negative: int) -> str:
+    """"6 positive images", "3 positive images and 1 negative image": the sides below :data:`MIN_CASES_PER_CLASS`."""
+    return " and ".join(f"{k} {side} image{'s' if k != 1 else ''}"
+                        for k, side in ((n_positive, "positive"), (n_negative, "negative")) if k < MIN_CASES_PER_CLASS)
+
+
 def few_cases(n_positive: int, n_negative: int) -> str:
     """Why a class with these counts does not count as evaluated by the AUC and sensitivity gates ("" when it does).
 
     See :data:`MIN_CASES_PER_CLASS`.
     """
-    few = [f"{k} {side} image{'s' if k != 1 else ''}" for k, side in ((n_positive, "positive"),
-                                                                      (n_negative, "negative"))
-           if k < MIN_CASES_PER_CLASS]
-    if not few:
+    counts = _few_counts(n_positive, n_negative)
+    if not counts:
         return ""
-    return (f"only {' and '.join(few)} (a gate counts a class from {MIN_CASES_PER_CLASS} positive and "
+    return (f"only {counts} (a gate counts a class from {MIN_CASES_PER_CLASS} positive and "
             f"{MIN_CASES_PER_CLASS} negative images; validate on more)")
 
 
@@ -1068,19 +1077,19 @@ def _finite(v: Any) -> bool:
     return isinstance(v, (int, float)) and math.isfinite(float(v))
 
 
-def _check(name: str, value: float | None, limit: float, detail: str, skipped: Sequence[tuple[str, str]] = (),
+def _check(name: str, value: float | None, limit: float, detail: str, skipped: Sequence[dict[str, str]] = (),
            *, at_least: bool = False) -> GateCheck:
-    """A :class:`GateCheck` with its status; ``value`` None or NaN: nothing evaluated."""
+    """A :class:`GateCheck` with its status; ``value`` None or NaN: nothing evaluated. ``skipped``: entries of
+    :func:`_skip_entry` or :func:`_plain_skip`."""
     if value is None or not _finite(value):
         passed: bool | None = None
     else:
         passed = bool(value >= limit - _EPS) if at_least else bool(value <= limit + _EPS)
     if skipped:
-        detail = (detail + "; " if detail else "") + "not evaluated for " + ", ".join(
-            f"{c} ({why})" for c, why in skipped)
+        detail = (detail + "; " if detail else "") + "not evaluated for " + skipped_text(skipped)
     status = FAIL if passed is False else INCOMPLETE if passed is None or skipped else PASS
     return GateCheck(name, None if passed is None else float(value),  # type: ignore[arg-type]
-                     limit, passed, detail, tuple({"class": c, "reason": why} for c, why in skipped), status)
+                     limit, passed, detail, tuple(skipped), status)
 
 
 def _figure(value: float, other: float) -> str:
@@ -1173,8 +1182,8 @@ def _estimate_checks(gates: ParityGates, numeric: Mapping[str, Any], clin: Mappi
         checks.append(GateCheck("finding_change_rate", None, gates.max_finding_change_rate, True,
                                 "no referable class in the bundle: nothing to gate"))
 
-    def skipped_of(items: Sequence[Mapping[str, Any]], metric: str) -> list[tuple[str, str]]:
-        return [(r["name"], _not_evaluated_reason(r, metric)) for r in items]
+    def skipped_of(items: Sequence[Mapping[str, Any]], metric: str) -> list[dict[str, str]]:
+        return [_skip_entry(r["name"], r, metric) for r in items]
 
     drops = [(r["name"], r["auc_reference"] - r["auc_candidate"]) for r in rows if _evaluated(r, "auc")]
     name, worst = _worst(drops)
@@ -1187,7 +1196,7 @@ def _estimate_checks(gates: ParityGates, numeric: Mapping[str, Any], clin: Mappi
     if _evaluated(ref, "sensitivity"):
         sens.append(("referral", sensitivity_loss(ref)))
     elif ref.get("applicable", bool(referable)):
-        skipped.append(("referral", _not_evaluated_reason(ref, "sensitivity")))
+        skipped.append(_skip_entry("referral", ref, "sensitivity"))
     if sens or skipped:
         name, worst = _worst(sens)
         checks.append(_check("sensitivity_drop", worst, gates.max_sensitivity_drop,
@@ -1278,13 +1287,13 @@ def _bound_check(c: GateCheck, clin: Mapping[str, Any]) -> GateCheck:
         return c  # over the gate already (the estimate says enough), a maximum, or a gate with nothing to gate
     bounds, undefined = _gate_bounds(c.name, clin)
     at_least = c.name == "top1_agreement"
-    skipped = [(s["class"], s["reason"]) for s in c.skipped] + undefined
+    left = [_plain_skip(k, w) for k, w in undefined]
+    skipped = [*c.skipped, *left]
     if not bounds:
         # (c.detail already names the classes the estimate skipped; these are the intervals left undefined)
-        detail = ((c.detail + "; " if c.detail else "") + "not evaluated for "
-                  + ", ".join(f"{k} ({w})" for k, w in undefined)) if undefined else c.detail
-        return GateCheck(c.name, None, c.limit, None, detail, tuple({"class": k, "reason": w} for k, w in skipped),
-                         INCOMPLETE)
+        detail = ((c.detail + "; " if c.detail else "") + "not evaluated for " + skipped_text(left)) if left \
+            else c.detail
+        return GateCheck(c.name, None, c.limit, None, detail, tuple(skipped), INCOMPLETE)
     what, worst, how = max(bounds, key=lambda t: t[1])
     value = 1.0 - worst if at_least else worst
     shown = value >= c.limit - _EPS if at_least else value <= c.limit + _EPS
@@ -1294,25 +1303,71 @@ def _bound_check(c: GateCheck, clin: Mapping[str, Any]) -> GateCheck:
     if not shown:
         detail += ": within the gate on these images, not shown at 95 %"
     if skipped:
-        detail += "; not evaluated for " + ", ".join(f"{k} ({w})" for k, w in skipped)
+        detail += "; not evaluated for " + skipped_text(skipped)
     status = PASS if shown and not skipped else INCOMPLETE
-    return GateCheck(c.name, float(value), c.limit, True if shown else None, detail,
-                     tuple({"class": k, "reason": w} for k, w in skipped), status)
+    return GateCheck(c.name, float(value), c.limit, True if shown else None, detail, tuple(skipped), status)
 
 
-def _not_evaluated_reason(row: Mapping[str, Any], metric: str) -> str:
-    """Why ``row``'s ``metric`` is not gated, with its drop when it could be computed (a signer still sees it)."""
+def _plain_skip(name: str, why: str) -> dict[str, str]:
+    """A skipped class whose reason is its own (no case counts, no drop): see :func:`_skip_entry`."""
+    return {"class": name, "reason": why, "group": why, "cases": "", "drop": ""}
+
+
+def _skip_entry(name: str, row: Mapping[str, Any], metric: str) -> dict[str, str]:
+    """Why ``row``'s ``metric`` is not gated, with its drop when it could be computed (a signer still sees it).
+
+    ``reason`` says it all for this class alone (as parity.json has always had it); ``group`` is the part
+    several classes can share (too few cases: :data:`FEW_CASES_RULE`), ``cases`` this class's counts where
+    those are the reason, ``drop`` the drop reported, not gated ("" where none was computed), so that
+    :func:`skipped_text` says a reason once for every class it applies to.
+    """
     why = str((row.get("not_evaluated") or {}).get(metric) or f"{metric} undefined")
+    entry = _plain_skip(name, why)
+    n_pos, n_neg = row.get("n_positive"), row.get("n_negative")
+    if isinstance(n_pos, int) and isinstance(n_neg, int) and why == few_cases(n_pos, n_neg):
+        entry.update(group=FEW_CASES_RULE, cases=_few_counts(n_pos, n_neg))
     a, b = row.get(f"{metric}_reference"), row.get(f"{metric}_candidate")
     if a is not None and b is not None and _finite(a) and _finite(b):
-        why += f"; its drop {float(a) - float(b):.4g} is reported, not gated"
-    return why
+        entry["drop"] = f"{float(a) - float(b):.4g}"
+        entry["reason"] += f"; its drop {entry['drop']} is reported, not gated"
+    return entry
+
+
+def skipped_text(skipped: Sequence[Mapping[str, str]]) -> str:
+    """The classes a gate could not evaluate, each reason said once.
+
+    "dr (6 positive images), glaucoma (2 positive images): too few to gate (...); their drops are reported,
+    not gated: dr 0, glaucoma 0.04". Listed one by one with the reason repeated, four classes took 560
+    characters of a demo's console to say one thing.
+    """
+    groups: dict[str, list[Mapping[str, str]]] = {}
+    for s in skipped:
+        groups.setdefault(s.get("group") or s["reason"], []).append(s)
+    parts = []
+    for why, members in groups.items():
+        if any(m.get("cases") for m in members):
+            parts.append(", ".join(f"{m['class']} ({m['cases']})" if m.get("cases") else m["class"]
+                                   for m in members) + f": {why}")
+        else:
+            parts.append(f"{_and([m['class'] for m in members])} ({why})")
+    text = "; ".join(parts)
+    drops = [s for s in skipped if s.get("drop")]
+    if len(drops) == 1:
+        text += f"; {drops[0]['class']}'s drop {drops[0]['drop']} is reported, not gated"
+    elif drops:
+        text += "; their drops are reported, not gated: " + ", ".join(f"{s['class']} {s['drop']}" for s in drops)
+    return text
+
+
+def _and(names: Sequence[str]) -> str:
+    """"a", "a and b", "a, b and c"."""
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + f" and {names[-1]}"
 
 
 def _incomplete_reason(c: GateCheck) -> str:
     """Why ``c`` did not vouch in full: the classes it skipped with their reasons, or (judged on bounds) that a
     figure within the gate was not shown within it at 95 %."""
-    skipped = ", ".join(f"{s['class']} ({s['reason']})" for s in c.skipped)
+    skipped = skipped_text(c.skipped)
     if c.passed is None and c.value is not None:  # _bound_check: the bound is over the gate
         return f"{_relation(c)} ({c.detail})"
     if c.passed is None:
