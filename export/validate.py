@@ -138,7 +138,15 @@ from uopsl.runtime.bundle import (
 )
 from uopsl.runtime.cpuinfo import CPU_BACKENDS, int8_cpu_class
 from uopsl.runtime.errors import BackendError, BundleError, ConfigError, UopslError
-from uopsl.runtime.fsio import NUMPY_FILE_ERRORS, sha256_file, write_bytes, write_json, write_text
+from uopsl.runtime.fsio import (
+    NUMPY_FILE_ERRORS,
+    is_temporary_name,
+    remove_stale_temporaries,
+    sha256_file,
+    write_bytes,
+    write_json,
+    write_text,
+)
 from uopsl.runtime.metrics import roc_curve
 from uopsl.runtime.optional import available, extra_hint
 from uopsl.runtime.parallelism import check_parallelism
@@ -544,9 +552,22 @@ class _Run:
     outputs: dict[str, dict[str, list[np.ndarray]]] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
     skipped: list[dict[str, str]] = field(default_factory=list)
-    # Each candidate's runtime settings (Backend.settings) as this run opened it; none when its outputs came
-    # from the cache of an earlier run.
+    # Each candidate's runtime settings (Backend.settings): as this run opened it, or, for outputs from the
+    # cache, as the run that computed them did (its batches keep them). Outputs computed under different
+    # settings (a rerun with other --threads reusing cached batches) record every set: {"mixed": [...]}.
     settings: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def note_settings(self, name: str, settings: Mapping[str, Any]) -> None:
+        """Record that some of ``name``'s outputs were computed with ``settings``."""
+        have = self.settings.get(name)
+        if have is None:
+            self.settings[name] = dict(settings)
+            return
+        sets = have["mixed"] if set(have) == {"mixed"} else [have]
+        if dict(settings) not in sets:
+            log.warning("%s: outputs from batches computed with different runtime settings (%s and %s); the "
+                        "report lists every set (run with --no-resume for one)", name, sets[0], dict(settings))
+            self.settings[name] = {"mixed": [*sets, dict(settings)]}
 
     def add(self, source: str, arrays: Mapping[str, np.ndarray]) -> None:
         slot = self.outputs.setdefault(source, {})
@@ -606,6 +627,7 @@ def _run_all(bundle: Path, manifest: Manifest, reference: Reference, ref_cfg: Pr
     with contextlib.ExitStack() as stack:
         opened: dict[str, Backend] = {}
         exact: dict[str, ExactRunner] = {}
+        opened_settings: dict[str, dict[str, Any]] = {}
         started = False
 
         def open_all() -> None:
@@ -616,9 +638,9 @@ def _run_all(bundle: Path, manifest: Manifest, reference: Reference, ref_cfg: Pr
                     opened[spec.name] = stack.enter_context(open_candidate(bundle, spec, config.threads, manifest))
                     settings = getattr(opened[spec.name], "settings", None)  # a stand-in backend may have none
                     try:
-                        run.settings[spec.name] = settings() if callable(settings) else {}
+                        opened_settings[spec.name] = settings() if callable(settings) else {}
                     except Exception as exc:  # noqa: BLE001 - a description must not fail a candidate that loaded
-                        run.settings[spec.name] = {"error": f"settings not read: {exc}"}
+                        opened_settings[spec.name] = {"error": f"settings not read: {exc}"}
                 except Exception as exc:  # noqa: BLE001 - a broken candidate must not stop the others
                     run.errors[spec.name] = f"cannot load: {exc}"
                     log.error("%s: cannot load (%s)", spec.name, exc)
@@ -661,11 +683,16 @@ def _run_all(bundle: Path, manifest: Manifest, reference: Reference, ref_cfg: Pr
                         except Exception as exc:  # noqa: BLE001 - a diagnosis: its failure stops nothing
                             log.info("%s: no check of this CPU's INT8 arithmetic (%s)", file, exc)
                             del exact[file]
-                meta = {"ok": ok, "skipped": skipped, "errors": {**run.errors, **errors}}
+                meta = {"ok": ok, "skipped": skipped, "errors": {**run.errors, **errors},
+                        # what computed these outputs, for a rerun that takes them from the cache
+                        "settings": {name: opened_settings[name] for name in opened_settings
+                                     if f"{name}__probs" in arrays}}
                 cache.put(index, arrays, meta)
                 cached = {"arrays": arrays, **meta}
             else:
                 run.errors.update({kk: v for kk, v in cached["errors"].items() if kk not in run.errors})
+            for name, settings in (cached.get("settings") or {}).items():
+                run.note_settings(name, settings)
             run.skipped.extend(cached["skipped"])
             ok = cached["ok"]
             if not ok:
@@ -1098,6 +1125,7 @@ def validate_bundle(
     source_revision()  # the code this run starts with (cached), not what a checkout holds hours later
     root = Path(bundle)
     out_dir = Path(out)
+    _remove_own_temporaries(out_dir)
     try:  # the manifest as it stands before this run records anything in it (read before it is verified)
         manifest_sha256: str | None = sha256_file(root / MANIFEST)
     except OSError:
@@ -1280,6 +1308,30 @@ def _set_release(report: dict[str, Any], weak: str | None, context: Mapping[str,
     else:
         said = "nothing recorded"
     report["headline"] = f"PASS (not a release pass: {'; '.join(reasons)}; {said})"
+
+
+# The files validate writes in its --out folder (besides roc_<candidate>.png), whose temporaries a killed run
+# leaves; a temporary unchanged this long belongs to no live run (validate holds no lock on --out: a second run
+# writing the same folder at the same time keeps its own).
+_OUT_FILES = ("parity.json", "parity.html", "parity_config.json", "outputs.csv")
+_STALE_TEMPORARY_S = 600.0
+
+
+def _remove_own_temporaries(out_dir: Path) -> None:
+    """Delete the temporaries of validate's own files that a run killed mid-write left in ``out_dir``.
+
+    Only validate's names: ``--out`` may be a folder that holds other programs' ``.NAME.XXXX.tmp`` files.
+    """
+    try:
+        names = [e.name for e in os.scandir(out_dir)]
+    except OSError:
+        return  # no folder yet: nothing to remove
+    # ".roc_x.png.k3j2ab.tmp" -> "roc_x.png" (mkstemp's random part has no dot)
+    rocs = {n[1:].rsplit(".", 2)[0] for n in names if n.startswith(".roc_") and is_temporary_name(n)}
+    n = sum(remove_stale_temporaries(out_dir, target=t, idle_s=_STALE_TEMPORARY_S) for t in (*_OUT_FILES, *rocs))
+    n += remove_stale_temporaries(out_dir / _CACHE_DIR, idle_s=_STALE_TEMPORARY_S)
+    if n:
+        log.info("removed %d temporary file(s) an interrupted run left in %s", n, out_dir)
 
 
 def json_path_of(out_dir: Path) -> Path:
