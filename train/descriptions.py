@@ -517,6 +517,13 @@ def display_names(path: str | os.PathLike[str], known: Mapping[str, Sequence[str
     return out
 
 
+def class_names(path: str | os.PathLike[str]) -> tuple[str, ...]:
+    """The (canonical) names a class file lists, in its order, without checking its entries
+    (:func:`load_classes` does)."""
+    return tuple(canonical(e["name"]) for e in _read_entries(Path(path))
+                 if isinstance(e, Mapping) and isinstance(e.get("name"), str))
+
+
 def classes_giving_phrases(path: str | os.PathLike[str]) -> frozenset[str]:
     """The (canonical) names of the classes a class file describes with phrases of its own."""
     out = set()

@@ -22,7 +22,7 @@ import torch
 
 from uopsl.runtime.bundle import CLASS_DISPLAY_NOTE, ClassSpec
 from uopsl.runtime.errors import ConfigError
-from uopsl.runtime.fsio import write_json
+from uopsl.runtime.fsio import sha256_file, write_json
 from uopsl.runtime import intended_use
 from uopsl.runtime.intended_use import MAX_TRAINED_ON_CHARS, IntendedUse, check_choice
 from uopsl.runtime.preprocess import PreprocessConfig, preprocess_file
@@ -805,12 +805,22 @@ def run_zero_shot(ckpt: Path, items: Sequence[Item], names: Sequence[str], out: 
     # anew): rebuilt from the built-in dictionary, it could differ from the checkpoint's own description.
     bank = banks.build(names, classes_file, encoder, seen=[n for n in names if n in trained],
                        known=dict(zip(trained, meta.phrases)))
-    text, _, _ = with_trained_prototypes(bank, model, meta, classes_file)
+    text, phrases, described_anew = with_trained_prototypes(bank, model, meta, classes_file)
     zs = model.with_classes(tuple(names), text, seen_names=trained).eval()
     ds = dataset(items, meta.preprocess, cache, False)
     ref = zs.reference_class()
+    # What each class was scored with: a researcher comparing wordings must tell afterwards which AUC came
+    # from which (a review: zero_shot.json named neither the class file nor the phrases).
     res: dict[str, Any] = {"classes": list(names), "seen": list(bank.seen), "checkpoint": str(ckpt),
-                           "healthy_class": None if ref is None else names[ref], "notes": []}
+                           "healthy_class": None if ref is None else names[ref], "notes": [],
+                           "phrases": {n: list(ph) for n, ph in zip(names, phrases)},
+                           "classes_file": None if classes_file is None else
+                           {"path": str(classes_file), "sha256": sha256_file(classes_file)}}
+    for name in described_anew:
+        note = (f"class {name!r} was scored with the phrases of {classes_file}, not the ones the model was trained "
+                "with: its scores and AUCs are not the trained class's")
+        res["notes"].append(note)
+        log.warning("%s", note)
     res["images_seen_in_training"], note = images_seen_note(ckpt, ds)  # the seen classes' AUCs, above all
     if note:
         res["notes"].append(note)

@@ -333,15 +333,23 @@ def _label_counts(src: data.DatasetSource, modality: str) -> Counter[str]:
     return Counter(n for s in src.samples if s.modality == modality for n in s.labels)
 
 
-def items_for(src: data.DatasetSource, classes: Sequence[str], modality: str | None = None) -> list["Item"]:
-    """Training items: each sample's labels as a multi-hot target over ``classes`` (others ignored)."""
+def items_for(src: data.DatasetSource, classes: Sequence[str], modality: str | None = None, *,
+              by_canonical_name: bool = False) -> list["Item"]:
+    """Training items: each sample's labels as a multi-hot target over ``classes`` (others ignored).
+
+    ``by_canonical_name``: a label counts for a class of the same canonical name (another spelling or an
+    alias: ``DR`` for ``dr``), where training keeps labels and class names as spelled.
+    """
+    from uopsl.train.descriptions import canonical
     from uopsl.train.torchdata import Item
     space = data.LabelSpace(tuple(classes), multi_label=True)
+    by_key = {canonical(c): c for c in classes} if by_canonical_name else {}
     out = []
     for s in src.samples:
         if modality is not None and s.modality != modality:
             continue
-        out.append(Item(s.path, space.encode(s.labels, strict=False), s.patient or ""))
+        labels = [by_key.get(canonical(n), n) for n in s.labels] if by_key else s.labels
+        out.append(Item(s.path, space.encode(labels, strict=False), s.patient or ""))
     return out
 
 

@@ -76,7 +76,9 @@ def _interval(figure: dict[str, Any], label: str = "95% CI ") -> str:
 @click.argument("checkpoint", type=click.Path(path_type=Path, exists=True, file_okay=False))
 @click.option("--data", "data_spec", required=True, help="Test images, KIND:PATH[:opts] (forms: `uopsl --help`).")
 @click.option("--out", type=click.Path(path_type=Path), required=True,
-              help="Report folder (eval.json, roc.png, predictions.csv); not inside a bundle or checkpoint folder.")
+              help="Report folder (eval.json, roc.png, predictions.csv, and cache/: a small preprocessed copy of "
+                   "every photograph evaluated, kept for reruns; leave it out when sharing the report); not inside "
+                   "a bundle or checkpoint folder.")
 @click.option("--n-boot", type=click.IntRange(0), default=1000, show_default=True, help="Bootstrap resamples.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True)

@@ -2,24 +2,32 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import click
 
-from uopsl.runtime.errors import ConfigError
+from uopsl.runtime.errors import ConfigError, UopslError
 from uopsl.runtime.model_folders import check_output_outside_model_folders
 from uopsl.train.commands.common import check_out_outside_data, items_for, load_source, split_classes
+
+log = logging.getLogger(__name__)
 
 
 @click.command("zero-shot")
 @click.argument("checkpoint", type=click.Path(path_type=Path, exists=True, file_okay=False))
 @click.option("--data", "data_spec", required=True, help="Labelled test images, KIND:PATH[:opts] (forms: `uopsl --help`).")
-@click.option("--classes", required=True, help="Comma-separated class names (built-in or from --classes-file).")
+@click.option("--classes", required=True,
+              help="Comma-separated class names (built-in or from --classes-file); a class the checkpoint was "
+                   "trained on, or a label of the data, under another spelling or alias (DR, healthy) is that class.")
 @click.option("--classes-file", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
               help="TOML/JSON file describing new classes (name + phrases).")
 @click.option("--out", type=click.Path(path_type=Path), required=True,
-              help="Report folder (zero_shot.json); not inside a bundle or checkpoint folder.")
+              help="Report folder (zero_shot.json, and cache/: a small preprocessed copy of every photograph "
+                   "scored, kept for reruns; leave it out when sharing the report); not inside a bundle or "
+                   "checkpoint folder.")
 @click.option("--text-model", default=None,
               help="The sentence encoder that made CHECKPOINT, for a checkpoint that does not record it (checked).")
 @click.option("--n-boot", type=click.IntRange(100, 100_000), default=1000, show_default=True,
@@ -41,22 +49,82 @@ def command(checkpoint: Path, data_spec: str, classes: str, classes_file: Path |
     from uopsl.train.evaluate import class_coverage
 
     check_output_outside_model_folders(out)  # before the data are read
-    names = split_classes(classes) or ()
+    given = split_classes(classes) or ()
     src = load_source(data_spec)
     check_out_outside_data(out, src)
-    items = items_for(src, names, "fundus")
+    labelled = sorted({n for s in src.samples for n in s.labels})
+    names = resolve_names(given, _trained_classes(checkpoint), labelled)
+    items = items_for(src, names, "fundus", by_canonical_name=True)
     cov = class_coverage(np.stack([it.target for it in items]) if items else np.zeros((0, len(names))), names)
     if not cov.evaluated:  # before the model runs: an empty table says nothing
-        labelled = sorted({n for s in src.samples for n in s.labels})
         raise ConfigError(f"{data_spec} has no class of --classes with both positive and negative photographs "
                           f"({', '.join(f'{n}: {why}' for n, why in cov.left_out.items())}); its labels are "
                           f"{', '.join(labelled) or 'none'}: give data labelled with the classes to score")
+    if classes_file is not None:
+        _note_unused_class_file_entries(classes_file, names)
     res = run_zero_shot(checkpoint, items, names, out, classes_file, cache=out / "cache", n_boot=n_boot,
                         text_model=text_model, seed=seed)
     for n in names:
         if res["site_attention"][n] is None:
             click.echo(f"{n:>14}: AUC undefined (the data has no image with, or none without, this class)")
     click.echo(_table(res["readings"], names, res.get("healthy_class")))
+
+
+def _note_unused_class_file_entries(classes_file: Path, names: Sequence[str]) -> None:
+    """Say what of the class file zero-shot does not use: operating points (AUCs need none; ``uopsl export
+    --classes`` uses them) and classes left out of ``--classes``. A review found them ignored without a word."""
+    from uopsl.train.descriptions import canonical, class_names, load_operating_points
+
+    points = load_operating_points(classes_file)
+    if points:
+        log.info("%s: the threshold and referable keys (%s) are not used here: zero-shot reports AUCs, which "
+                 "need no operating point (uopsl export --classes uses them)", classes_file, ", ".join(points))
+    wanted = {canonical(n) for n in names}
+    unused = [n for n in class_names(classes_file) if canonical(n) not in wanted]
+    if unused:
+        log.info("%s describes classes not in --classes, not scored: %s", classes_file, ", ".join(unused))
+
+
+def _trained_classes(checkpoint: Path) -> tuple[str, ...]:
+    """The checkpoint's classes; none when it cannot be read (loading it says why, with the model)."""
+    from uopsl.train.checkpoint import read_meta
+
+    try:
+        return tuple(read_meta(checkpoint).model.classes)
+    except UopslError:
+        return ()
+
+
+def resolve_names(given: Sequence[str], trained: Sequence[str], labelled: Sequence[str]) -> tuple[str, ...]:
+    """Each ``--classes`` name as the checkpoint spells it when it is a trained class under any spelling or
+    alias (``DR``, ``diabetic retinopathy`` and ``dr`` are one class), else as the data spell it, else as given.
+
+    Why: matched as typed, a trained class under another spelling was scored as a new zero-shot class (its
+    trained prototype and bias left out) and its labelled photographs were not found: "AUC undefined", exit 0.
+    """
+    from uopsl.train.descriptions import canonical
+
+    trained_by = {canonical(t): t for t in trained}
+    data_by = {canonical(n): n for n in labelled}
+    out = []
+    for name in given:
+        key = canonical(name)
+        resolved = trained_by.get(key) or data_by.get(key) or name
+        if resolved != name:
+            log.info("--classes %r is the class %r%s", name, resolved,
+                     " the checkpoint was trained on" if key in trained_by else " of the data")
+        out.append(resolved)
+    twice = sorted({n for n in out if out.count(n) > 1})
+    if twice:
+        raise ConfigError(f"--classes names {', '.join(repr(n) for n in twice)} more than once (under other "
+                          f"spellings: {', '.join(repr(g) for g, r in zip(given, out) if r in twice)}); give each "
+                          "class once")
+    missing = [n for n in out if canonical(n) not in data_by]
+    if missing:
+        log.warning("no photograph of the data is labelled %s (under any spelling); its labels are %s: %s AUC "
+                    "cannot be computed", ", ".join(repr(n) for n in missing), ", ".join(labelled) or "none",
+                    "their" if len(missing) > 1 else "its")
+    return tuple(out)
 
 
 def _p(p: float | None) -> str:
