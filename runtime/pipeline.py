@@ -458,6 +458,7 @@ class ScreeningPipeline:
         self.quality_config = quality_config
         self.health = health if health is not None else InferenceHealth(self.config.max_inference_failures)
         self.class_names = manifest.class_names
+        self._thresholds = np.array([c.threshold for c in manifest.classes], np.float64)
         self._maps_name = manifest.output_names[2] if len(manifest.output_names) > 2 else "site_maps"
         self._probs_name = manifest.output_names[0] if manifest.output_names else "probs"
         self._spec = PrepareSpec(manifest.preprocess, self.config.thumbnail_side, self.config.infer_ungradable,
@@ -563,13 +564,26 @@ class ScreeningPipeline:
             self.health.succeeded()
 
     def _heatmap_class(self, probs: np.ndarray, positive: tuple[str, ...]) -> str:
-        # Show the map of the most probable positive referable class, else positive, else the top class.
+        """The class whose map the overlay shows: the positive referable class furthest over its own threshold,
+        else the positive one, else the class nearest its threshold.
+
+        By the margin over each class's threshold, in log-odds, not by the raw score: scores are not comparable
+        across classes (each has its own threshold), and a zero-shot class's uncalibrated score was nearly never
+        the highest, so its map was not shown where it was the finding (a review, session 51).
+        """
         referable = set(c.name for c in self.manifest.classes if c.referable)
-        order = [self.class_names[i] for i in np.argsort(-probs)]
+        order = [self.class_names[i] for i in np.argsort(-self._margins(probs), kind="stable")]
         for wanted in ([c for c in order if c in positive and c in referable], [c for c in order if c in positive], order):
             if wanted:
                 return wanted[0]
         return ""
+
+    def _margins(self, probs: np.ndarray) -> np.ndarray:
+        """Each class's score over its threshold in log-odds (NaN scores last)."""
+        eps = 1e-7
+        p = np.clip(np.nan_to_num(np.asarray(probs, np.float64), nan=0.0), eps, 1 - eps)
+        t = np.clip(self._thresholds, eps, 1 - eps)
+        return (np.log(p) - np.log1p(-p)) - (np.log(t) - np.log1p(-t))
 
     def _failed(self, p: _Prepared) -> ScreenResult:
         if p.verdict is not None:  # decoded but ungradable

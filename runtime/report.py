@@ -42,7 +42,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from uopsl.runtime.bundle import Manifest
+from uopsl.runtime.bundle import Manifest, describe_operating_point
 from uopsl.runtime.fsio import atomic_open, readable_text, special_entry
 from uopsl.runtime.overlay import OVERLAY_DIR, THUMB_DIR, content_id, encode_jpeg
 from uopsl.runtime.reasons import NO_RESULT_ADVICE, order_reasons, reason_text
@@ -445,7 +445,9 @@ def _rule_sentence(manifest: Manifest, referable: Sequence[str]) -> str:
 
 
 def _legend(manifest: Manifest, zero_shot: set[str]) -> str:
-    """One line per class: name, meaning (known name, then the bundle's own descriptions), threshold, refers."""
+    """One line per class: name, meaning (known name, then the bundle's own descriptions), threshold (and, where
+    it was not chosen on validation photographs, how it was: a class file's, or a default), refers."""
+    unvalidated = unvalidated_thresholds(manifest)
     lines = ["<table class='legend'><thead><tr><th>Class</th><th>Meaning</th><th>Threshold</th>"
              "<th>Refers?</th></tr></thead><tbody>"]
     for c in manifest.classes:
@@ -454,11 +456,26 @@ def _legend(manifest: Manifest, zero_shot: set[str]) -> str:
         meaning = (f"{esc(words)}" if words else "") + (
             f"<div class='desc'>{esc(desc)}</div>" if desc else "")
         refers = "yes" if c.referable else "no" + (" (zero-shot: not validated)" if c.name in zero_shot else "")
+        how = unvalidated.get(c.name)
         lines.append(
             f"<tr><td><b>{esc(c.name)}</b>{'*' if c.name in zero_shot else ''}</td>"
-            f"<td class='desc'>{meaning or '&mdash;'}</td><td>{c.threshold:.3f}</td><td>{refers}</td></tr>")
+            f"<td class='desc'>{meaning or '&mdash;'}</td><td>{c.threshold:.3f}"
+            + (f"<div class='desc'>not set on validation photographs: {esc(how)}</div>" if how else "")
+            + f"</td><td>{refers}</td></tr>")
     lines.append("</tbody></table>")
     return "".join(lines)
+
+
+def unvalidated_thresholds(manifest: Manifest) -> dict[str, str]:
+    """How each class's threshold was set, for the classes whose threshold ``uopsl export`` recorded as not
+    chosen on validation photographs (a class file's, a default "chosen on no data"); none for a bundle that
+    records no operating points (made before they were recorded: the report then says nothing it cannot know).
+    """
+    out = {}
+    for point in manifest.notes.get("operating_points") or []:
+        if isinstance(point, Mapping) and point.get("method") not in ("target_sensitivity", "youden"):
+            out[str(point.get("name"))] = describe_operating_point(point)
+    return out
 
 
 def _example(manifest: Manifest) -> str:
@@ -538,7 +555,10 @@ def _result_html(row: Mapping[str, Any], manifest: Manifest, findings: list[str]
     status = row.get("status")
     if status == "ok" and row.get("refer"):
         if findings:
-            named = ", ".join(_finding(c, manifest.display_name(c)) for c in findings)
+            # a zero-shot class's finding carries its star here too: its threshold was never validated
+            zero_shot = {c.name for c in manifest.classes if not c.seen_in_training}
+            named = ", ".join(_finding(c, manifest.display_name(c)) + ("*" if c in zero_shot else "")
+                              for c in findings)
             parts.append(f"<div class='find'>Found: {named}</div>")
         else:
             parts.append(f"<div class='find'>Referable classes together at or above "
@@ -794,8 +814,8 @@ def report_parts(rows: Sequence[dict[str, Any]], out_dir: str | os.PathLike[str]
         "says what to fix. <b class='v-error'>Unreadable file</b>: the file could not be opened; copy it "
         "again or retake.</p>"
         f"<p>Scores are the model's score for each class (0 to 1) next to that class's threshold{example}. "
-        "Each threshold was set for its class on validation photographs, so a score means something only against "
-        "its own threshold: a low score can be a finding and a higher score of another class not one; compare "
+        "Each class has its own threshold, set on validation photographs unless the table below says otherwise, "
+        "so a score means something only against its own threshold: a low score can be a finding and a higher score of another class not one; compare "
         "scores of different classes, or read them as chances, and you will misjudge. "
         "Non-referable classes (such as normal) are never findings. Heatmaps show where the model looked "
         "for the class named under them (red: most attention); they are not outlines of lesions.</p>"

@@ -92,6 +92,7 @@ def explain_inputs(ckpt: Path, inputs: Sequence[str | os.PathLike[str]], out: Pa
     """
     from uopsl.runtime.inputs import WalkState, check_inputs, check_output_placement, display_path, iter_inputs
     from uopsl.runtime.model_folders import check_output_outside_model_folders
+    from uopsl.train import descriptions
     from uopsl.train.checkpoint import load_model, read_meta
 
     check_output_outside_model_folders(out)
@@ -99,10 +100,16 @@ def explain_inputs(ckpt: Path, inputs: Sequence[str | os.PathLike[str]], out: Pa
     if meta.model.variant == "fundus_only":
         raise ConfigError(f"{ckpt} is a fundus_only model: it has no site attention to draw (its maps would be "
                           "uniform); explain a uopsl or p_only checkpoint")
-    names = list(classes or meta.model.classes)
+    trained = {descriptions.canonical(c): c for c in meta.model.classes}
+    # a class under another spelling or alias (DR, diabetic retinopathy) is the trained class
+    names = [trained.get(descriptions.canonical(c), c) for c in (classes or meta.model.classes)]
     unknown = [c for c in names if c not in meta.model.classes]
     if unknown:
-        raise ConfigError(f"{unknown} are not classes of {ckpt}; it has {list(meta.model.classes)}")
+        raise ConfigError(
+            f"{', '.join(repr(c) for c in unknown)} {'is not a class' if len(unknown) == 1 else 'are not classes'} "
+            f"of {ckpt} (its classes: {', '.join(meta.model.classes)}); explain draws the classes a checkpoint was "
+            "trained on. For a class given by its description: export a bundle with `uopsl export --classes FILE` "
+            f"and draw its map from that bundle in Python, Screener(bundle).screen(photo).heatmap({unknown[0]!r})")
     check_inputs(inputs)
     check_output_placement(out, inputs)
     state = WalkState(exclude=(out,))
