@@ -539,7 +539,7 @@ def _read_entries(p: Path) -> list[Any]:
         raise ConfigError(f"{p}: class files must end in .toml or .json; got {suffix or 'no suffix'!r}")
     text = read_user_text(p, "class file", ConfigError)  # a BOM (Notepad's UTF-8) is not part of the JSON/TOML
     try:
-        data: Any = _toml_loads(text) if suffix == ".toml" else json.loads(text)
+        data: Any = _toml_loads(text) if suffix == ".toml" else json.loads(text, object_pairs_hook=_unique_keys)
     except ValueError as exc:  # json.JSONDecodeError and tomllib.TOMLDecodeError are ValueErrors
         raise ConfigError(f"{p}: not valid {suffix[1:].upper()} ({exc})") from exc
     if isinstance(data, Mapping):
@@ -550,9 +550,21 @@ def _read_entries(p: Path) -> list[Any]:
     if not isinstance(data, list) or not data:
         raise ConfigError(
             f"{p}: expected a non-empty list of classes (TOML: [[classes]] tables; JSON: "
-            '{"classes": [...]}); got ' + (type(data).__name__ if data is not None else "no 'classes' key")
+            '{"classes": [...]}); got ' + ("an empty list" if data == [] else type(data).__name__
+                                           if data is not None else "no 'classes' key")
         )
     return data
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose keys are unique: ``{"name": "rp", ..., "name": "zzz"}`` kept the last name without a
+    word (a copy-paste slip a review made); TOML refuses a repeated key itself."""
+    seen: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in seen:
+            raise ValueError(f"the key {k!r} appears twice in one object")
+        seen[k] = v
+    return seen
 
 
 def _toml_loads(text: str) -> Any:
@@ -586,9 +598,11 @@ def _parse_entry(entry: Any, where: str, known: Mapping[str, Sequence[str]] | No
         if known and key in known:
             return trained_description(key, known[key], display or (builtin.display if builtin else None))
         if builtin is None:
+            close = difflib.get_close_matches(key, list(_BY_NAME) + list(ALIASES), n=3)
             raise ConfigError(
-                f"{where}: class {raw_name!r} has no 'phrases' and is not a built-in class; "
-                f"describe it with at least one phrase (built-in classes: {', '.join(_BY_NAME)})"
+                f"{where}: class {raw_name!r} has no 'phrases' and is not a built-in class"
+                + (f" (did you mean {' or '.join(close)}?)" if close else "")
+                + f"; describe it with at least one phrase (built-in classes: {', '.join(_BY_NAME)})"
             )
         return builtin if display is None else DiseaseDescription(key, display, builtin.phrases, builtin.modalities)
     phrases = entry["phrases"]

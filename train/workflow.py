@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from uopsl.runtime.bundle import CLASS_DISPLAY_NOTE, ClassSpec
-from uopsl.runtime.errors import ConfigError
+from uopsl.runtime.errors import ConfigError, UopslError
 from uopsl.runtime.fsio import sha256_file, write_json
 from uopsl.runtime import intended_use
 from uopsl.runtime.intended_use import MAX_TRAINED_ON_CHARS, IntendedUse, check_choice
@@ -844,6 +844,16 @@ def run_zero_shot(ckpt: Path, items: Sequence[Item], names: Sequence[str], out: 
     return res
 
 
+def _bundle_files(folder: Path) -> list[str]:
+    """The files a bundle's manifest lists (none where ``folder`` holds no readable bundle)."""
+    from uopsl.runtime.bundle import read_manifest
+
+    try:
+        return [f.path for f in read_manifest(folder).files]
+    except (UopslError, OSError):
+        return []
+
+
 def class_decisions(names: Sequence[str], known: Sequence[str], thresholds: Sequence[float],
                     referable: Sequence[bool], points: dict[str, descriptions.OperatingPointOverride],
                     source: str | Path) -> tuple[list[float], list[bool]]:
@@ -1040,10 +1050,11 @@ def run_export(ckpt: Path, out: Path, classes_file: str | Path | None = None, op
     from uopsl.export.onnx_export import export_onnx
 
     if Path(out).exists() and not force:  # before minutes of export work, not after
-        raise ConfigError(f"{out} already exists; pass --force (force=True) to replace it, or choose another --out")
+        raise ConfigError(f"{out} already exists; pass --force to replace it, or choose another --out")
     from uopsl.export.bundle_writer import check_replaceable
 
     check_replaceable(out, keep=[ckpt] + ([classes_file] if classes_file is not None else []))
+    replaced = _bundle_files(out)
     model, meta = load_model(ckpt)
     refuse_unfinished(ckpt, meta)
     use = resolve_use(meta, use_status, use_statement, trained_on)
@@ -1088,6 +1099,12 @@ def run_export(ckpt: Path, out: Path, classes_file: str | Path | None = None, op
                             # where each threshold came from (a validator asks before trusting a flip count)
                             OPERATING_POINTS_NOTE: points_note},
                      overwrite=force, intended_use=use)
+    dropped = sorted(set(replaced) - set(_bundle_files(out)))
+    if dropped:
+        # What --force removed with the old bundle (an INT8 file, its calibration table, engines) fitted the old
+        # model; a review found them gone with only "2 files verified" said.
+        log.warning("%s replaced: its %s went with it (made for the model it held); run uopsl calibrate, quantize "
+                    "and validate again for the new one", out, ", ".join(dropped))
     write_json(out.parent / f"{out.name}.export.json", {"checkpoint": str(ckpt), "opset": opset, "op_count": report.op_count,
                                                        "ops": report.ops, "classes_file": str(classes_file) if classes_file else None})
     return out
