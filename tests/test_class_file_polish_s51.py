@@ -1,0 +1,58 @@
+"""Class files and re-export: what a review of adding a disease by its description found (session 51)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from uopsl.export.bundle_writer import add_file
+from uopsl.runtime.bundle import read_manifest
+from uopsl.runtime.errors import ConfigError
+from uopsl.train import descriptions
+from uopsl.train.checkpoint import save_model
+from uopsl.train.workflow import new_model, run_export
+
+
+def test_a_key_repeated_in_one_json_object_is_refused(tmp_path: Path) -> None:
+    """``{"name": "rp", ..., "name": "zzz"}`` exported a class zzz without a word (json keeps the last key)."""
+    f = tmp_path / "c.json"
+    f.write_text('{"classes": [{"name": "rp", "phrases": ["bone spicules"], "name": "zzz"}]}', encoding="utf-8")
+    with pytest.raises(ConfigError, match="not valid JSON .*the key 'name' appears twice in one object"):
+        descriptions.load_classes(f)
+
+
+def test_a_misspelt_built_in_class_gets_a_suggestion(tmp_path: Path) -> None:
+    f = tmp_path / "c.toml"
+    f.write_text('[[classes]]\nname = "glaucomma"\n', encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"'glaucomma' has no 'phrases' and is not a built-in class \(did you mean "
+                                          r"glaucoma\?\)"):
+        descriptions.load_classes(f)
+
+
+def test_an_empty_class_list_says_so(tmp_path: Path) -> None:
+    f = tmp_path / "c.json"
+    f.write_text('{"classes": []}', encoding="utf-8")
+    with pytest.raises(ConfigError, match="got an empty list$"):
+        descriptions.load_classes(f)
+
+
+def test_export_force_names_the_files_the_old_bundle_took_with_it(tmp_path: Path,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    """The INT8 file and calibration table of a quantized bundle fit its old model: --force drops them, and
+    said only "2 files verified"."""
+    model, meta = new_model(("normal", "dr"), backbone="resnet18", init="random", dim=32, sites=2, size=64,
+                            head="sigmoid", seed=0)
+    ck = tmp_path / "ck"
+    save_model(ck, model, replace(meta, stage="finetune", thresholds=(0.4, 0.3)))
+    out = run_export(ck, tmp_path / "b")
+    (tmp_path / "int8.onnx").write_bytes((out / "model.onnx").read_bytes())
+    add_file(out, tmp_path / "int8.onnx", "model.int8.onnx", "onnx", "int8-qdq-u8")
+    with pytest.raises(ConfigError, match="already exists; pass --force to replace it"):
+        run_export(ck, out)
+    caplog.set_level(logging.WARNING, logger="uopsl.train.workflow")
+    run_export(ck, out, force=True)
+    assert [f.path for f in read_manifest(out).files if f.path == "model.int8.onnx"] == []
+    assert any("replaced: its model.int8.onnx went with it" in r.getMessage() for r in caplog.records), caplog.text
