@@ -56,3 +56,22 @@ def test_export_force_names_the_files_the_old_bundle_took_with_it(tmp_path: Path
     run_export(ck, out, force=True)
     assert [f.path for f in read_manifest(out).files if f.path == "model.int8.onnx"] == []
     assert any("replaced: its model.int8.onnx went with it" in r.getMessage() for r in caplog.records), caplog.text
+
+
+def test_explain_takes_a_trained_class_under_another_spelling_and_says_how_to_draw_a_new_one(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import csv
+
+    from test_train_review_fixes import _checkpoint, _photo, _uopsl
+
+    ck = _checkpoint(tmp_path / "ck", ("normal", "dr"))
+    photo = _photo(tmp_path / "in" / "a.jpg", 1)
+    rc, _, err = _uopsl(["explain", str(ck), str(photo), "--out", str(tmp_path / "maps"), "--classes",
+                         "Diabetic Retinopathy"], capsys)
+    assert rc == 0, err
+    with open(tmp_path / "maps" / "maps.csv", newline="", encoding="utf-8") as fh:
+        assert len(list(csv.DictReader(fh))) == 1
+    rc, _, err = _uopsl(["explain", str(ck), str(photo), "--out", str(tmp_path / "maps2"), "--classes", "rp"],
+                        capsys)
+    assert rc == 2 and "'rp' is not a class of" in err and "(its classes: normal, dr)" in err, err
+    assert "uopsl export --classes FILE" in err and "heatmap('rp')" in err and "['rp']" not in err, err
