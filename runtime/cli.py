@@ -371,7 +371,9 @@ def info_cmd(bundle: Path, as_json: bool, trusted_keys: Sequence[Path]) -> int:
     for c in m.classes:
         flags = ", ".join(x for x in ("referable" if c.referable else "", "" if c.seen_in_training else "zero-shot") if x)
         chosen = f"  threshold: {describe_operating_point(points[c.name])}" if c.name in points else ""
-        click.echo(f"  {c.name:{width}s} threshold {c.threshold:.3f}" + (f"  ({flags})" if flags else "") + chosen)
+        shown = m.display_name(c.name)  # a class file's own words, as the report shows them
+        click.echo(f"  {c.name:{width}s} threshold {c.threshold:.3f}" + (f"  ({flags})" if flags else "") + chosen
+                   + (f"  shown as: {shown}" if shown else ""))
     if aside:
         click.echo(f"           parity records not covered by the signature, not used here: {', '.join(aside)}")
     click.echo("files")

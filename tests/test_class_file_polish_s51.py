@@ -75,3 +75,21 @@ def test_explain_takes_a_trained_class_under_another_spelling_and_says_how_to_dr
                         capsys)
     assert rc == 2 and "'rp' is not a class of" in err and "(its classes: normal, dr)" in err, err
     assert "uopsl export --classes FILE" in err and "heatmap('rp')" in err and "['rp']" not in err, err
+
+
+def test_info_shows_a_class_file_s_display_names(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from uopsl.runtime.cli import cli as screen_cli
+    from uopsl.runtime.clikit import main_entry
+
+    model, meta = new_model(("normal", "dr"), backbone="resnet18", init="random", dim=32, sites=2, size=64,
+                            head="sigmoid", seed=0)
+    ck = tmp_path / "ck"
+    save_model(ck, model, replace(meta, stage="finetune", thresholds=(0.4, 0.3)))
+    cf = tmp_path / "c.toml"
+    cf.write_text('[[classes]]\nname = "normal"\n[[classes]]\nname = "dr"\ndisplay = "Diabetische Retinopathie"\n',
+                  encoding="utf-8")
+    out = run_export(ck, tmp_path / "b", classes_file=cf)
+    capsys.readouterr()
+    assert main_entry(screen_cli, ["info", str(out)], prog_name="uopsl-screen") == 0
+    lines = {ln.split()[0]: ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("  ")}
+    assert lines["dr"].endswith("shown as: Diabetische Retinopathie") and "shown as" not in lines["normal"]
