@@ -93,3 +93,20 @@ def test_info_shows_a_class_file_s_display_names(tmp_path: Path, capsys: pytest.
     assert main_entry(screen_cli, ["info", str(out)], prog_name="uopsl-screen") == 0
     lines = {ln.split()[0]: ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("  ")}
     assert lines["dr"].endswith("shown as: Diabetische Retinopathie") and "shown as" not in lines["normal"]
+
+
+def test_an_export_says_each_note_on_its_class_file_once(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The file was read three or four times per export, and each read logged its notes again."""
+    model, meta = new_model(("normal", "dr"), backbone="resnet18", init="random", dim=32, sites=2, size=64,
+                            head="sigmoid", seed=0)
+    ck = tmp_path / "ck"
+    save_model(ck, model, replace(meta, stage="finetune", thresholds=(0.4, 0.3)))
+    cf = tmp_path / "c.toml"
+    cf.write_text('[[classes]]\nname = "normal"\n[[classes]]\nname = "dr"\n[[classes]]\nname = "amd"\n'
+                  'phrases = ["yellow drusen", "pale spots"]\n[[classes]]\nname = "rp"\n'
+                  'phrases = ["pale spots", "bone spicules"]\n', encoding="utf-8")
+    caplog.set_level(logging.INFO, logger="uopsl.train.descriptions")
+    run_export(ck, tmp_path / "b", classes_file=cf)
+    said = [r.getMessage() for r in caplog.records if r.name == "uopsl.train.descriptions"]
+    assert said.count(f"{cf}: class 'amd' replaces the built-in phrases") == 1, said
+    assert sum("'pale spots' describes both 'amd' and 'rp'" in m for m in said) == 1, said

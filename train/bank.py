@@ -30,10 +30,13 @@ class ClassBank:
 
 
 def resolve(names: Sequence[str], classes_file: str | Path | None = None,
-            known: Mapping[str, Sequence[str]] | None = None) -> list[descriptions.DiseaseDescription]:
+            known: Mapping[str, Sequence[str]] | None = None, *,
+            quiet: bool = False) -> list[descriptions.DiseaseDescription]:
     """Descriptions for ``names``: from ``classes_file`` first (if given), then ``known`` (a checkpoint's
-    classes and the phrases it was trained with), else the built-in dictionary."""
-    user = {d.name: d for d in descriptions.load_classes(classes_file, known)} if classes_file else {}
+    classes and the phrases it was trained with), else the built-in dictionary. ``quiet``: the file was
+    read (and its notes logged) already."""
+    user = ({d.name: d for d in descriptions.load_classes(classes_file, known, quiet=quiet)}
+            if classes_file else {})
     out = []
     for n in names:
         key = descriptions.canonical(n)
@@ -55,14 +58,14 @@ def resolve(names: Sequence[str], classes_file: str | Path | None = None,
 
 def build(names: Sequence[str], classes_file: str | Path | None = None, text_model: str = DEFAULT_MODEL,
           seen: Sequence[str] | None = None, cache_dir: str | Path | None = None,
-          known: Mapping[str, Sequence[str]] | None = None) -> ClassBank:
+          known: Mapping[str, Sequence[str]] | None = None, *, quiet: bool = False) -> ClassBank:
     """Encode the class descriptions into prototypes (mean of normalised phrase embeddings).
 
     All phrases of a class (fundus and OCT ones) form its single shared
     prototype: text is the bridge between the two unpaired image pools, so
     both pools are scored against the same ``e_k`` (DESIGN.md section 1).
     """
-    descs = resolve(names, classes_file, known)
+    descs = resolve(names, classes_file, known, quiet=quiet)
     phrases = tuple(tuple(d.phrases) for d in descs)
     text = TextEncoder(text_model, cache_dir).prototypes(phrases)
     seen_set = set(names if seen is None else seen)
@@ -76,4 +79,4 @@ def from_file(classes_file: str | Path, text_model: str = DEFAULT_MODEL, seen: S
     ``known``: a checkpoint's classes and their phrases; one listed without phrases keeps them.
     """
     descs = descriptions.load_classes(classes_file, known)
-    return build([d.name for d in descs], classes_file, text_model, seen, cache_dir, known)
+    return build([d.name for d in descs], classes_file, text_model, seen, cache_dir, known, quiet=True)

@@ -456,8 +456,8 @@ def load_operating_points(path: str | os.PathLike[str],
     return out
 
 
-def load_classes(path: str | os.PathLike[str],
-                 known: Mapping[str, Sequence[str]] | None = None) -> tuple[DiseaseDescription, ...]:
+def load_classes(path: str | os.PathLike[str], known: Mapping[str, Sequence[str]] | None = None, *,
+                 quiet: bool = False) -> tuple[DiseaseDescription, ...]:
     """Read an ordered class list from a TOML or JSON file (e.g. for a zero-shot re-export).
 
     TOML::
@@ -480,6 +480,9 @@ def load_classes(path: str | os.PathLike[str],
     prototype, scores and threshold stay those of the trained model), before any built-in ones. Errors
     (unreadable file, unknown keys, empty or repeated phrases, duplicate class
     names, unknown modality) raise :class:`ConfigError` naming the file and entry.
+
+    ``quiet``: no log lines (built-in phrases replaced, a phrase shared by two classes), for a second read of
+    a file a command has read already: a review saw each line three times in one export.
     """
     p = Path(path)
     entries = _read_entries(p)
@@ -495,7 +498,12 @@ def load_classes(path: str | os.PathLike[str],
             )
         first_seen[desc.name] = i
         out.append(desc)
-    _warn_shared_phrases(out, p)
+        # (a trained class described anew: the export or zero-shot that reads the file says so, with its effect)
+        if (not quiet and isinstance(entry, Mapping) and "phrases" in entry and desc.name in _BY_NAME
+                and desc.name not in (known or {})):
+            log.info("%s: class %r replaces the built-in phrases", p, desc.name)
+    if not quiet:
+        _warn_shared_phrases(out, p)
     return tuple(out)
 
 
@@ -619,8 +627,6 @@ def _parse_entry(entry: Any, where: str, known: Mapping[str, Sequence[str]] | No
         text, mod = _parse_phrase(ph, f"{where} ({raw_name!r}) phrase #{j}")
         texts.append(text)
         mods.append(mod)
-    if builtin is not None:
-        log.info("class %r in a user file replaces the built-in phrases", key)
     default_display = builtin.display if builtin else key.replace("_", " ").capitalize()
     try:
         return DiseaseDescription(key, display or default_display, tuple(texts), tuple(mods))
