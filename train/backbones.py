@@ -171,6 +171,8 @@ def load_state_file(path: str | Path) -> dict[str, torch.Tensor]:
     except Exception as exc:  # noqa: BLE001 - torch raises many types for bad files
         # torch's own message suggests weights_only=False, which would run code from the file: not offered here.
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if "weights only" in first.lower() or "weights_only" in first:  # its advice is in this line too
+            first = "it holds Python objects besides tensors, which a weights-only load refuses"
         raise CheckpointError(f"{p}: not a readable weights-only torch file ({first}); uopsl loads tensors only, "
                               "never code: save the state dict alone (torch.save(model.state_dict(), ...)) or as "
                               ".safetensors") from exc

@@ -26,7 +26,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Protocol
@@ -235,8 +235,12 @@ def run_tag(stage: str, cfg: TrainConfig, fingerprint: str, world: int, model: d
 class StageRunner:
     """Shared machinery of both stages: optimiser, AMP, checkpoints, CSV log, progress."""
 
-    def __init__(self, model: UopslModel, cfg: TrainConfig, out: Path, stage: str, fingerprint: str) -> None:
+    def __init__(self, model: UopslModel, cfg: TrainConfig, out: Path, stage: str, fingerprint: str,
+                 preprocess: Mapping[str, Any] | None = None) -> None:
+        """``preprocess``: how the run's photographs become model inputs (``PreprocessConfig.to_dict()``), kept in
+        the state: a run resumed at another ``--size`` trained one model at two resolutions (a review)."""
         self.cfg, self.out, self.stage = cfg, out, stage
+        self.preprocess = dict(preprocess) if preprocess is not None else None
         self.device = pick_device(cfg.device)
         self.dist = setup_distributed(self.device)
         torch.manual_seed(cfg.seed)
@@ -274,8 +278,27 @@ class StageRunner:
         self.info: dict[str, Any] = {"tag": self.tag, "epoch": 0, "step": 0, "global_step": 0, "history": [],
                                      # Kept beside the tag (a hash) so that a refused resume can say what differs.
                                      "settings": _tag_settings(stage, cfg), "run_key": fingerprint,
-                                     "world": self.dist.world}
+                                     "world": self.dist.world,
+                                     **({"preprocess": self.preprocess} if self.preprocess is not None else {})}
         self.saved_at: tuple[int, int] | None = None  # (epoch from 0, step) of the last checkpoint
+
+    def _check_preprocess(self, peek: Mapping[str, Any]) -> None:
+        """Refuse to resume a run whose photographs became other model inputs (another ``--size``, say)."""
+        if self.preprocess is None:
+            return
+        there = peek.get("preprocess")
+        if not isinstance(there, Mapping):  # saved before 0.2.4 recorded it: nothing to compare
+            log.warning("%s: the interrupted run's state does not record its input preprocessing (saved by an "
+                        "earlier uopsl); resuming it as if it were this command's (%s px): if it was started with "
+                        "another --size, stop and start again in a new --out", self.out, self.preprocess.get("size"))
+            return
+        changed = sorted(k for k in set(there) | set(self.preprocess) if there.get(k) != self.preprocess.get(k))
+        if changed:
+            raise ConfigError(
+                f"{self.out} holds an interrupted {peek.get('stage', 'training')} run whose photographs became other "
+                "model inputs (" + ", ".join(f"{k} {there.get(k)!r} there, {self.preprocess.get(k)!r} now"
+                                             for k in changed)
+                + "); rerun with the same --size to resume it, or use a new --out folder")
 
     def _what_differs(self, peek: dict[str, Any]) -> str:
         """What the interrupted run's state records differently from this run, in words ("" when it records
@@ -329,6 +352,7 @@ class StageRunner:
                    "uopsl, whose models or preprocessing differ)")
                 + "; rerun with the same settings to resume it, or use a new --out folder"
             )
+        self._check_preprocess(peek)
         info = load_state(self.out, self.model, self.opt)
         if info is None:
             return False
@@ -336,11 +360,15 @@ class StageRunner:
         if self.amp and isinstance(scaler, dict) and scaler:  # none when saved without AMP (amp may change on resume)
             self.scaler.load_state_dict(scaler)
         # A state saved under the legacy tag is saved under today's from now, with today's records beside it.
-        self.info = {**info, **{k: self.info[k] for k in ("tag", "settings", "run_key", "world")}}
+        self.info = {**info, **{k: self.info[k] for k in ("tag", "settings", "run_key", "world", "preprocess")
+                                if k in self.info}}
         self.saved_at = (int(info["epoch"]), int(info["step"]))
         self._trim_log()
-        log.info("resuming %s at epoch %d of %d, after step %d", self.stage, info["epoch"] + 1, self.cfg.epochs,
-                 info["step"])
+        if info["epoch"] >= self.cfg.epochs:  # stopped after its last epoch, while writing the model
+            log.info("resuming %s after its last epoch (%d of %d): writing its model", self.stage, info["epoch"],
+                     self.cfg.epochs)
+        else:
+            log.info("resuming %s from %s", self.stage, checkpoint_words(int(info["epoch"]), int(info["step"])))
         return True
 
     def _trim_log(self, fresh: bool = False) -> None:
@@ -359,8 +387,21 @@ class StageRunner:
             i_stage, i_ep, i_step = head.index("stage"), head.index("epoch"), head.index("step")
         except ValueError:
             return
-        kept = [r for r in body if len(r) <= max(i_stage, i_ep, i_step) or r[i_stage] != self.stage
-                or (int(r[i_ep]), int(r[i_step])) <= (ep, step)]
+
+        def position(r: list[str]) -> tuple[int, int] | None:
+            try:
+                return int(r[i_ep]), int(r[i_step])
+            except (ValueError, IndexError):  # a row cut short (a full disk, a power cut): no position
+                return None
+
+        # A row of this stage without a readable position is dropped with the later ones: it was being written
+        # when the run stopped (it blocked every resume with "invalid literal for int()", a review).
+        kept = [r for r in body if len(r) <= i_stage or r[i_stage] != self.stage
+                or ((pos := position(r)) is not None and pos <= (ep, step))]
+        cut = [r for r in body if len(r) > i_stage and r[i_stage] == self.stage and position(r) is None]
+        if cut:
+            log.warning("%s: dropped %d row(s) of %s cut short (written when the run stopped)", path, len(cut),
+                        self.stage)
         if len(kept) != len(body):
             with atomic_open(path, "w", encoding="utf-8", newline="") as fh:  # "\r\n", as log_row appends them
                 csv.writer(fh).writerows([head, *kept])
@@ -377,7 +418,7 @@ class StageRunner:
         self.info["partial"] = {"sums": dict(sums), "n": n}
 
     def checkpoint(self, extra: Callable[[], None] | None = None) -> None:
-        self.saved_at = (int(self.info["epoch"]), int(self.info["step"]))
+        at = (int(self.info["epoch"]), int(self.info["step"]))
         if self.dist.main:
             # The loss scale AMP reached: resumed from its initial 65536, the first steps after a resume were
             # skipped as overflows until it backed off again.
@@ -387,6 +428,8 @@ class StageRunner:
                 extra()
         if self.dist.world > 1:
             dist.barrier()
+        # Only now: an interruption during the save named a checkpoint that was never written (a review).
+        self.saved_at = at
 
     def step(self, loss: torch.Tensor) -> None:
         self.opt.zero_grad(set_to_none=True)
@@ -479,6 +522,12 @@ class StageRunner:
             clear_state(self.out)
 
 
+def checkpoint_words(epoch: int, step: int) -> str:
+    """A checkpoint's place in words: "epoch 2 after step 3", or "the end of epoch 1" (saved as epoch 2
+    after step 0, which read as if epoch 2 had begun)."""
+    return f"the end of epoch {epoch}" if step == 0 and epoch > 0 else f"epoch {epoch + 1} after step {step}"
+
+
 def run_epochs(runner: StageRunner, n_items: int, epoch_fn: Callable[[int, int, Any], dict[str, float]],
                on_epoch_end: Callable[[int, dict[str, float]], None] | None = None) -> None:
     """Drive ``epoch_fn(epoch, start_step, progress)`` over the remaining epochs with checkpoints."""
@@ -489,7 +538,7 @@ def run_epochs(runner: StageRunner, n_items: int, epoch_fn: Callable[[int, int, 
         bar = runner.progress(total, runner.info["step"], f"{runner.stage} {ep + 1}/{cfg.epochs}")
         def stopped(when: str) -> KeyboardInterrupt:
             saved = runner.saved_at
-            where = (f"its last checkpoint, epoch {saved[0] + 1} after step {saved[1]}, is in {runner.out}"
+            where = (f"its last checkpoint, {checkpoint_words(*saved)}, is in {runner.out}"
                      if saved is not None else f"no checkpoint was written yet to {runner.out}")
             return KeyboardInterrupt(f"{runner.stage} interrupted {when}; {where}: run the same command again to "
                                      "resume")

@@ -177,7 +177,7 @@ def pretrain(model: UopslModel, fundus: AnyDataset, oct_ds: AnyDataset | None, c
     if model.config.uses_oct and oct_ds is None:
         raise DataError("the full UOPSL variant needs an OCT pool for pre-training (or use --variant p_only)")
     out.mkdir(parents=True, exist_ok=True)
-    runner = StageRunner(model, cfg, out, "pretrain", run_key or meta.data_fingerprint)
+    runner = StageRunner(model, cfg, out, "pretrain", run_key or meta.data_fingerprint, meta.preprocess.to_dict())
     runner.resume()
     fundus = as_features(fundus, model.fundus.encoder, cfg, runner.device)
     if model.oct is not None and oct_ds is not None:
@@ -214,8 +214,13 @@ def pretrain(model: UopslModel, fundus: AnyDataset, oct_ds: AnyDataset | None, c
                 runner.checkpoint()
         return {k: v / max(n, 1) for k, v in sums.items()}
 
+    def on_epoch_end(ep: int, stats: dict[str, float]) -> None:
+        if runner.dist.main:  # one line per epoch, as finetune's: a run under nohup was silent until it ended
+            log.info("pretrain epoch %d/%d: %s", ep + 1, cfg.epochs,
+                     ", ".join(f"{k} {v:.4f}" for k, v in stats.items()))
+
     with head_only_threads(isinstance(fundus, FeatureDataset)):
-        run_epochs(runner, length, epoch)
+        run_epochs(runner, length, epoch, on_epoch_end)
     if runner.dist.main:  # marked unfinished until the workflow records the run's identity
         save_model(out, model, replace(meta, stage="pretrain", train_config=cfg.to_dict(),
                                        metrics={"history": runner.info["history"], UNFINISHED_KEY: True,
@@ -248,7 +253,7 @@ def finetune(model: UopslModel, train_ds: AnyDataset, val_ds: AnyDataset | None,
     model.oct = None
     out.mkdir(parents=True, exist_ok=True)
     cfg = effective_finetune_config(cfg, model, warn=True)
-    runner = StageRunner(model, cfg, out, "finetune", run_key or meta.data_fingerprint)
+    runner = StageRunner(model, cfg, out, "finetune", run_key or meta.data_fingerprint, meta.preprocess.to_dict())
     runner.resume()
     log.info("finetune: %d training and %s validation images", len(train_ds),
              len(val_ds) if val_ds is not None else "no")

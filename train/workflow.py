@@ -257,14 +257,16 @@ def _setting_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str
     return [f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
 
 
-def finished_run(out: Path, stage: str, want: dict[str, str], config: Mapping[str, Any] | None = None) -> bool:
+def finished_run(out: Path, stage: str, want: dict[str, str], config: Mapping[str, Any] | None = None,
+                 preprocess: PreprocessConfig | None = None) -> bool:
     """True when ``out`` holds this very run, finished (skip it); False when there is nothing to reuse.
 
     Raises ConfigError, before anything is written, when ``out`` holds a finished
     model it must not replace: another stage's (a pre-trained model that a
     fine-tune would overwrite, or the reverse), or this stage's trained on other
     data, settings or model. An interrupted run is left to the resume, which
-    checks its own settings.
+    checks its own settings. ``preprocess``: how this command's photographs become model inputs; a run made
+    from other inputs (another ``--size``) differs too (the run identity does not hold it).
     """
     interrupted = peek_state(out)
     if interrupted is not None and interrupted.get("stage") not in (None, stage):
@@ -287,7 +289,13 @@ def finished_run(out: Path, stage: str, want: dict[str, str], config: Mapping[st
         raise ConfigError(
             f"{out} holds a finished {meta.stage} model; {stage} would overwrite it: write to a new --out "
             f"(e.g. {out.parent / (out.name + '-' + stage)})")
+    other_inputs = _preprocess_changes(meta.preprocess, preprocess)
     if meta.metrics.get(UNFINISHED_KEY):
+        if other_inputs:
+            raise ConfigError(
+                f"{out} holds a {stage} run stopped after its last epoch whose photographs became other model "
+                f"inputs ({other_inputs}); it is not trained over: rerun that command to complete it, or write to a "
+                "new --out")
         trained_by = meta.metrics.get(UNFINISHED_RUN_KEY)
         said = (str(out), stage, "unfinished")
         if not isinstance(trained_by, str) or not trained_by:  # stopped before uopsl recorded which run it was
@@ -317,6 +325,8 @@ def finished_run(out: Path, stage: str, want: dict[str, str], config: Mapping[st
                     "reusing it as it is (delete the folder to train again)", out, stage)
         return True
     differ = [k for k in ("model", "settings", "data") if have.get(k) != want.get(k)]
+    if other_inputs:
+        differ.append(f"input preprocessing ({other_inputs})")
     # Runs finished before the operating point was recorded (no "operating") are reused as before.
     if "operating" in have and "operating" in want and have["operating"] != want["operating"]:
         differ.append("operating point (--target-sensitivity, or the classes' referable flags)")
@@ -334,6 +344,36 @@ def finished_run(out: Path, stage: str, want: dict[str, str], config: Mapping[st
         _SAID_REUSED.add(said)
         log.warning("%s: this %s run is already complete (same data and settings); reusing it", out, stage)
     return True
+
+
+# The files a training stage writes in its --out folder, whose temporaries a kill mid-write leaves there.
+_STAGE_FILES = ("model.safetensors", "checkpoint.json", "state.safetensors", "state.json", "best.safetensors",
+                "log.csv", "images_seen.json")
+# A temporary unchanged this long belongs to no live writer (training holds no lock on --out).
+_STALE_TEMPORARY_S = 60.0
+
+
+def tidy_finished(out: Path) -> None:
+    """Remove what interrupted attempts of a now finished run left in ``out``: the ``.NAME.XXXX.tmp`` of its
+    own files (a state file's reaches the size of the optimiser state) and a ``best.safetensors`` a kill left
+    between the last save and its removal (a second copy of the weights). A review found both kept for good
+    in finished checkpoints, which are copied and shared whole."""
+    from uopsl.runtime.fsio import remove_stale_temporaries
+
+    n = sum(remove_stale_temporaries(out, target=name, idle_s=_STALE_TEMPORARY_S) for name in _STAGE_FILES)
+    if (out / "best.safetensors").is_file():
+        (out / "best.safetensors").unlink()
+        n += 1
+    if n:
+        log.info("%s: removed %d file(s) an interrupted attempt left", out, n)
+
+
+def _preprocess_changes(there: PreprocessConfig, here: PreprocessConfig | None) -> str:
+    """"size 64 there, 128 now": how two preprocessing configs differ ("" when they do not, or ``here`` is None)."""
+    if here is None:
+        return ""
+    a, b = there.to_dict(), here.to_dict()
+    return ", ".join(f"{k} {a.get(k)!r} there, {b.get(k)!r} now" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k))
 
 
 def _record_identity(out: Path, want: dict[str, str], extra: dict[str, Any] | None = None) -> None:
@@ -497,7 +537,7 @@ def run_pretrain(model: UopslModel, meta: CheckpointMeta, fundus: Sequence[Item]
                  identity: dict[str, str] | None = None) -> UopslModel:
     """Pre-train; ``identity``: :func:`run_identity` of this run when the caller already computed it."""
     want = identity or run_identity("pretrain", cfg, model, fundus, oct_items)
-    if finished_run(out, "pretrain", want, cfg.to_dict()):
+    if finished_run(out, "pretrain", want, cfg.to_dict(), meta.preprocess):
         return load_model(out)[0]
     pre = meta.preprocess
     fds = dataset(fundus, pre, cache, cfg.augment)
@@ -507,6 +547,8 @@ def run_pretrain(model: UopslModel, meta: CheckpointMeta, fundus: Sequence[Item]
     else:
         trained = pretrain(model, fds, ods, cfg, out, meta, run_key=resume_key(want))
     _record_identity(out, want, {SEEN_KEY: record_images_seen(out, {"pretrain": fds.digests})})
+    if _is_main_process():
+        tidy_finished(out)
     return trained
 
 
@@ -643,7 +685,7 @@ def run_finetune(model: UopslModel, meta: CheckpointMeta, train_items: Sequence[
         check_one_label_each(val_items or (), model.config.classes, "validation")
     want = identity or {**run_identity("finetune", effective_finetune_config(cfg, model), model, train_items,
                                        val_items), "operating": operating_identity(target_sensitivity, meta.referable)}
-    if finished_run(out, "finetune", want, effective_finetune_config(cfg, model).to_dict()):
+    if finished_run(out, "finetune", want, effective_finetune_config(cfg, model).to_dict(), meta.preprocess):
         return load_model(out)
     pre = meta.preprocess
     tr = dataset(train_items, pre, cache, cfg.augment)
@@ -693,6 +735,7 @@ def run_finetune(model: UopslModel, meta: CheckpointMeta, train_items: Sequence[
                                 "validation": va.digests if va is not None else ()})})
     if _is_main_process():  # under torchrun every rank gets here; one writes the checkpoint
         save_model(out, model, meta)
+        tidy_finished(out)
     return model, meta
 
 

@@ -395,6 +395,13 @@ def check_out_outside_data(out: Path, src: data.DatasetSource, option: str = "--
                           f"report as data: choose an {option} outside it")
 
 
+def check_out_folder(out: Path) -> None:
+    """Refuse an ``--out`` that names a file, before data and weights load (it failed late, as "File exists")."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file; training writes a checkpoint folder there: give a folder "
+                          "(a new one, or the one of the run to resume)")
+
+
 def split_classes(value: str | None) -> tuple[str, ...] | None:
     if not value:
         return None

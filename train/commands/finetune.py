@@ -11,7 +11,7 @@ from uopsl.runtime.clikit import FiniteFloatRange, speaks_for_the_run
 from uopsl.runtime.errors import ConfigError
 from uopsl.runtime.fsio import write_json
 from uopsl.train import data as datamod
-from uopsl.train.commands.common import (INIT_HELP, check_classes_in_data, items_for, load_source, resolve_init,
+from uopsl.train.commands.common import (INIT_HELP, check_classes_in_data, check_out_folder, items_for, load_source, resolve_init,
                                          say_unknown_patients, split_classes, train_options)
 
 
@@ -59,6 +59,7 @@ def command(data_spec: str, val_spec: str | None, out: Path, from_ckpt: Path | N
     from uopsl.train.workflow import (LEARNT_ROLES, data_record, earlier_images, finished_run, from_checkpoint,
                                       new_model, operating_identity, run_finetune, run_identity, with_training_data)
 
+    check_out_folder(out)
     src = load_source(data_spec)
     fundus = [i for i, smp in enumerate(src.samples) if smp.modality == "fundus"]
     if len(fundus) < len(src.samples):  # stage 2 reads fundus only: split and count those
@@ -116,7 +117,7 @@ def command(data_spec: str, val_spec: str | None, out: Path, from_ckpt: Path | N
     # An interrupted run keeps the config it started with: resumed, its settings are these; refused (other
     # settings), the file must still describe what was trained.
     settings = effective_finetune_config(cfg, model).to_dict()
-    reused = finished_run(out, "finetune", want, settings)
+    reused = finished_run(out, "finetune", want, settings, meta.preprocess)
     if not reused and not (out / "state.json").exists():
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "finetune.config.json", {"data": src.describe(), "val": val.describe(),

@@ -9,8 +9,8 @@ import click
 from uopsl.runtime.clikit import speaks_for_the_run
 from uopsl.runtime.errors import ConfigError
 from uopsl.runtime.fsio import write_json
-from uopsl.train.commands.common import (INIT_HELP, check_classes_in_data, items_for, load_source, resolve_init, split_classes,
-                                         train_options)
+from uopsl.train.commands.common import (INIT_HELP, check_classes_in_data, check_out_folder, items_for, load_source,
+                                         resolve_init, split_classes, train_options)
 
 
 @click.command("pretrain")
@@ -46,11 +46,18 @@ def command(fundus_spec: str, oct_spec: str | None, out: Path, classes: str | No
         with_training_data,
     )
 
+    check_out_folder(out)
     if variant == "uopsl" and not oct_spec:  # before loading data and weights
         raise ConfigError("--variant uopsl learns the predilection sites from OCT: pass --oct KIND:PATH (e.g. the same "
                           "synthetic folder), or use --variant p_only / fundus_only")
     fsrc = load_source(fundus_spec)
     osrc = load_source(oct_spec) if oct_spec else None
+    if variant == "uopsl" and osrc is not None and not any(s.modality == "oct" for s in osrc.samples):
+        # (said before the weights load and anything is written; it failed late, as "needs an OCT pool")
+        kinds = sorted({s.modality for s in osrc.samples})
+        raise ConfigError(f"--oct {oct_spec} holds no OCT B-scans ({len(osrc.samples)} image(s), modality "
+                          f"{', '.join(kinds) or 'none'}); give a pool of OCT B-scans, or use --variant p_only / "
+                          "fundus_only to pre-train without OCT")
     names = split_classes(classes) or fsrc.label_space.classes
     # Each class needs a positive in one pool or the other (no OCT shows glaucoma; a fundus pool may lack CNV).
     check_classes_in_data([(fsrc, "fundus"), *([(osrc, "oct")] if osrc is not None else [])], names,
@@ -68,7 +75,7 @@ def command(fundus_spec: str, oct_spec: str | None, out: Path, classes: str | No
     oct_items = items_for(osrc, names, "oct") if osrc else None
     # Before anything is written: a folder holding another run's finished model is refused, not overwritten.
     want = run_identity("pretrain", cfg, model, fundus_items, oct_items)
-    reused = finished_run(out, "pretrain", want, cfg.to_dict())
+    reused = finished_run(out, "pretrain", want, cfg.to_dict(), meta.preprocess)
     if not reused and not (out / "state.json").exists():  # see finetune's
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "pretrain.config.json", {"fundus": fsrc.describe(), "oct": osrc.describe() if osrc else None,
