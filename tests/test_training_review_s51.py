@@ -171,3 +171,13 @@ def test_a_pickled_init_file_is_refused_without_torch_s_advice_to_run_it(tmp_pat
     with pytest.raises(CheckpointError) as got:
         load_state_file(f)
     assert "weights_only" not in str(got.value) and "holds Python objects besides tensors" in str(got.value)
+
+
+def test_python_m_uopsl_train_is_the_uopsl_command() -> None:
+    """``torchrun -m uopsl.train`` failed: "No module named uopsl.train.__main__"."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "uopsl.train", "--version"], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0 and proc.stdout.startswith("uopsl "), proc.stderr
