@@ -303,6 +303,8 @@ def finetune(model: UopslModel, train_ds: AnyDataset, val_ds: AnyDataset | None,
                                        metrics={**result, UNFINISHED_KEY: True, UNFINISHED_RUN_KEY: run_key}))
     # The state goes first: resumed without the best epoch's file, a run would end on the last epoch's weights.
     runner.finish()
+    if runner.dist.world > 1:  # every rank has loaded the best epoch's weights before rank 0 removes them
+        torch.distributed.barrier()
     if runner.dist.main:
         best_file.unlink(missing_ok=True)
     return model, result
