@@ -211,6 +211,10 @@ def write_bundle(
     return manifest
 
 
+# What a file's manifest entry records about its content (not how it was made): kept while its sha256 is unchanged.
+_CONTENT_RECORDS = ("parity",)
+
+
 def add_file(
     bundle: str | os.PathLike[str],
     src: str | os.PathLike[str] | None,
@@ -248,6 +252,12 @@ def add_file(
             staged = dest if stage is None else stage.path  # the new bytes, described before they take dest's place
             entry = FileEntry(name, kind, precision, sha256=sha256_file(staged), size=staged.stat().st_size,
                               info=dict(info or {}))
+            before = next((f for f in manifest.files if f.path == name), None)
+            if before is not None and before.sha256 == entry.sha256:
+                # The same bytes keep what was found about them: a quantize rerun that made the same file again
+                # dropped its validate verdicts, a FAIL included, and a FAILed file read "not validated" (a review).
+                kept = {k: before.info[k] for k in _CONTENT_RECORDS if k in before.info and k not in entry.info}
+                entry = replace(entry, info={**entry.info, **kept})
             # In place when listed already: re-adding what is there changes nothing, not even the manifest's hash.
             names = [f.path for f in manifest.files]
             files = (tuple(entry if f.path == name else f for f in manifest.files) if name in names

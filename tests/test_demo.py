@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -83,6 +84,9 @@ def test_demo_bundle_verifies_and_holds_fp32_int8_and_calibration(demo: Path) ->
     assert checks and all(c.ok for c in checks), checks
     names = {c.path for c in checks}
     assert {"manifest.json", "model.onnx", "model.int8.onnx", "calibration.json", "class_bank.npy"} <= names
+    # the table the INT8 file came from, as `uopsl quantize` records it (the demo recorded "", session 51)
+    int8 = read_manifest(demo / "bundle").file("model.int8.onnx")
+    assert int8.info["calibration_sha256"] == hashlib.sha256((demo / "bundle" / "calibration.json").read_bytes()).hexdigest()
 
 
 def test_demo_release_gate_records_its_provenance(demo: Path) -> None:

@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
-from uopsl.runtime.fsio import write_json
+from uopsl.runtime.fsio import sha256_file, write_json
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +149,8 @@ def run_demo(out: Path, cfg: DemoConfig, command: str = "") -> dict[str, object]
     if not int8.is_file():
         q = quantize_model(bundle / "model.onnx", table, int8, QuantizeConfig(variant="cpu"), calib_set=cset,
                            show_progress=False)
+        # with the sha256 of the table it came from, as `uopsl quantize` records it (it recorded "")
+        q = replace(q, table_sha256=sha256_file(bundle / "calibration.json"))
         add_file(bundle, None, "model.int8.onnx", "onnx", "int8-qdq-u8", info=q.manifest_info())
     verify_or_raise(bundle)
     lap("calibrate+quantize")

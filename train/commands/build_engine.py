@@ -244,6 +244,12 @@ def command(bundle: Path, precision: str, min_batch: int | None, opt_batch: int 
     from uopsl.runtime.cuda_binding import load_cuda
     from uopsl.runtime.trt_compat import load_tensorrt
 
+    if calib_cache is not None and not calib_cache.is_file() and (int8_mode == "legacy-cache" or calib_images is None):
+        # A cache to read that is not there was ignored: the engine took calibration.json's ranges without a word
+        # (a review).
+        raise ConfigError(f"--calib-cache {calib_cache}: no such file. To build from a cache, give one made on this "
+                          "device; to write one, give --calib-images too (--int8-mode legacy-calibrator); to use "
+                          "the bundle's calibration.json, leave --calib-cache out")
     out_name = out or default_engine_name(precision, dla_core)
     problem = bundle_path_problem(out_name)
     if problem:

@@ -22,6 +22,7 @@ from typing import Any
 import click
 
 from uopsl.calibration.dataset import CalibrationSet, build_calibration_set
+from uopsl.calibration.table import TABLE_FILE
 from uopsl.runtime.bundle import MANIFEST, read_manifest, verify_before_rewrite
 from uopsl.runtime.clikit import FiniteFloatRange, option_given
 from uopsl.runtime.signing import warn_if_signed
@@ -140,6 +141,12 @@ def bundle_target(source: ModelSource, out: Path, kind: str) -> Path | None:
             or (entry is not None and (entry.kind != kind or entry.precision == "fp32"))):
         what = "the manifest" if out.name == MANIFEST else f"the bundle's {entry.kind if entry else 'model'} file"
         raise ConfigError(f"--out {out} would overwrite {what}; choose another name (or leave --out at its default)")
+    if kind == "calibration" and out.name != TABLE_FILE:
+        # Every INT8 consumer of a bundle reads calibration.json: a second table there was listed, took over the
+        # manifest's calibration fingerprint, and was read by nothing (a review).
+        raise ConfigError(f"--out {out} would put a second calibration table into the bundle {bundle}, which its "
+                          f"INT8 consumers would not read (they read {TABLE_FILE}): leave --out out to "
+                          f"replace {TABLE_FILE}, or write the table outside the bundle")
     return bundle
 
 
@@ -217,13 +224,17 @@ def _say_stale_int8(bundle: Path, table_sha256: str) -> None:
     They still run, and their parity records still hold for them (each file is validated on its own), but
     the bundle no longer has one table behind every INT8 consumer: re-make them from this one.
     """
-    stale = [f.path for f in read_manifest(bundle).files_of("onnx")
+    stale = [f for f in read_manifest(bundle).files_of("onnx")
              if f.precision.startswith("int8") and f.info.get("calibration_sha256") != table_sha256]
     if stale:
-        log.warning("%s: %s %s quantized from another calibration table than the new one; re-make %s with "
-                    "`uopsl quantize %s` (and validate again) so that every INT8 file comes from one table",
-                    bundle, ", ".join(stale), "was" if len(stale) == 1 else "were",
-                    "it" if len(stale) == 1 else "them", bundle)
+        # One command per file, as it was made (its variant): `uopsl quantize BUNDLE` alone re-made only the CPU
+        # file, and failed without --images under the default rounding (a review).
+        how = "; ".join(f"`uopsl quantize {bundle} --variant {f.info.get('variant', 'cpu')} --images IMAGES`"
+                        + (f" for {f.path}" if len(stale) > 1 else "") for f in stale)
+        log.warning("%s: %s %s quantized from another calibration table than the new one; re-make %s with %s "
+                    "(IMAGES: the calibration images) and validate again, so that every INT8 file comes from one "
+                    "table", bundle, ", ".join(f.path for f in stale), "was" if len(stale) == 1 else "were",
+                    "it" if len(stale) == 1 else "them", how)
 
 
 def load_set(images: str, source: ModelSource, *, max_images: int | None, seed: int, require_fov: bool,
@@ -238,11 +249,16 @@ def load_set(images: str, source: ModelSource, *, max_images: int | None, seed: 
     if balance:
         click.echo(f"class balance: {json.dumps(balance)}")
         if source.bundle is not None:
-            absent = [c.name for c in read_manifest(source.bundle).classes if c.name not in balance]
+            classes = read_manifest(source.bundle).class_names
+            absent = [c for c in classes if c not in balance]
+            # labels of the set that are no class of the bundle (TVHL's npdr and pdr for a bundle's dr): said, so
+            # that "no image labelled dr" does not read as "no diabetic retinopathy in the set" (a review)
+            other = sorted(label for label in balance if label not in classes)
             if absent:
                 log.warning("the calibration set has no image labelled %s: the ranges are measured without that "
-                            "class's photographs; add some if the deployed model will see them",
-                            ", ".join(absent))
+                            "class's photographs; add some if the deployed model will see them%s",
+                            ", ".join(absent), f" (its labels {', '.join(other)} are not classes of this bundle, "
+                            "so they are not counted for any)" if other else "")
     return calib_set
 
 
@@ -273,7 +289,11 @@ def load_set(images: str, source: ModelSource, *, max_images: int | None, seed: 
 def command(model: Path, images: str, method: str, percentile: float, out: Path | None, size: int | None,
             preprocess_from: Path | None, max_images: int | None, seed: int, batch_size: int, require_fov: bool,
             set_cache: Path | None, no_cache: bool, force: bool) -> int:
-    """Measure activation ranges of MODEL (ONNX file or bundle folder) on calibration images."""
+    """Measure activation ranges of MODEL (ONNX file or bundle folder) on calibration images.
+
+    Exit code 1 when some images were skipped (each is named in a warning, with its reason) although the table
+    was written; 2 for a usage or bundle error.
+    """
     from uopsl.calibration.ranges import calibrate, set_warnings
     from uopsl.calibration.table import TABLE_FILE
 

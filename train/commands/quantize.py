@@ -22,6 +22,7 @@ from uopsl.calibration.table import TABLE_FILE, CalibrationTable
 from uopsl.export.quantize import ROUNDINGS, VARIANTS, QuantizeConfig
 from uopsl.runtime.bundle import verify_before_rewrite
 from uopsl.runtime.clikit import option_given
+from uopsl.runtime.errors import ConfigError
 from uopsl.calibration.onnx_file import model_sha256
 from uopsl.calibration.ranges import set_warnings
 from uopsl.runtime.fsio import sha256_file, write_json
@@ -107,7 +108,8 @@ def _refuse_unused_options(images: str | None, rounding: str, auto_exclude: int)
               help="cpu: u8 activations, s8 weights (ORT/OpenVINO on x86); trt: s8 symmetric, zero point 0.")
 @click.option("--per-channel/--per-tensor", default=True, show_default=True, help="Weight scales per output channel.")
 @click.option("--exclude", multiple=True,
-              help="Node name or op type to keep in float (repeat, or separate with commas).")
+              help="Node name or op type to keep in float (repeat, or separate with commas); @head: the head "
+                   "after the encoder (kept in float by default).")
 @click.option("--auto-exclude", type=click.IntRange(0), default=0, show_default=True,
               help="Keep the N layers whose quantization hurts the outputs most in float (needs --images).")
 @click.option("--images", default=None,
@@ -150,6 +152,14 @@ def command(model: Path, table: Path | None, variant: str, per_channel: bool, ex
     from uopsl.export.quantize import quantize_model
 
     _refuse_unused_options(images, rounding, auto_exclude)
+    needs = [w for w, on in (("bias correction", bias_correction), (f"--rounding {rounding}", rounding != "nearest"))
+             if on]
+    if needs and images is None:  # said in the command's own words, before any work (the library's names both)
+        raise ConfigError(f"{' and '.join(needs)} use{'s' if len(needs) == 1 else ''} the calibration images: pass "
+                          "them with --images (the set `uopsl calibrate` was given), or turn "
+                          f"{'it' if len(needs) == 1 else 'them'} off with "
+                          + " and ".join(o for o, on in (("--no-bias-correction", bias_correction),
+                                                         ("--rounding nearest", rounding != "nearest")) if on))
 
     source = resolve_model(model, size, preprocess_from)
     out = out or default_output(source.model, variant)
