@@ -37,7 +37,7 @@ from uopsl.runtime.backends import (
     validated_file,
 )
 from uopsl.runtime.backends.base import Backend, check_gpu_index
-from uopsl.runtime.bundle import Manifest, parity_status
+from uopsl.runtime.bundle import Manifest, parity_status, read_manifest
 from uopsl.runtime.errors import (
     BackendClosedError,
     BackendError,
@@ -203,13 +203,17 @@ class Screener:
       :class:`~uopsl.runtime.errors.BackendError`: close the Screener and open
       a new one. They raise :class:`~uopsl.runtime.errors.ConfigError` for a
       path that does not exist and is not named like a photograph (a
-      mistyped folder); a missing ``x.jpg`` gets its error row.
+      mistyped folder) and for an array of another dtype or shape than uint8
+      (H, W, 3) RGB or (H, W); a missing ``x.jpg`` gets its error row. Arrays
+      are copied when taken: a buffer refilled for every frame is safe.
       :meth:`screen_to` also raises :class:`~uopsl.runtime.errors.ConfigError`
       for an output folder it cannot use (not writable, locked by another
       process, written by another model) and for inputs holding no
       photograph, and :class:`ScreeningInterrupted` on Ctrl-C (after saving).
 
-    Not thread-safe: use one Screener per thread.
+    Use one Screener per thread: a shared one serialises its inference calls
+    (slow, never mixing results up). It runs the bundle as it was when it was
+    made: a bundle updated on disk takes effect in a new Screener.
     """
 
     def __init__(
@@ -298,6 +302,7 @@ class Screener:
     def open(self) -> None:
         if self._backend is None:
             self.recheck_trust()  # keys or lists may have changed since the bundle was read
+            self._refuse_changed_bundle()
             # No spin-waiting: the pipeline's decoding threads share the cores with inference
             # (2-core x86, ResNet-18 INT8 on ONNX Runtime: ~10 % more photographs per second).
             b = open_and_enter(self.bundle, self.backend_name, self.precision, self.threads, manifest=self.manifest,
@@ -305,6 +310,17 @@ class Screener:
             self._backend = b
             self._closed = False
             self._health = InferenceHealth(self.config.max_inference_failures)
+
+    def _refuse_changed_bundle(self) -> None:
+        """A bundle updated on disk since this Screener read it: say so, and that a new Screener runs it (its
+        changed model file read "replaced or damaged ...: copy the bundle again", wrong advice after an update)."""
+        try:
+            now = read_manifest(self.bundle).content_sha256
+        except (UopslError, OSError):
+            return  # gone or unreadable: opening says what is wrong with it
+        if now and self.manifest.content_sha256 and now != self.manifest.content_sha256:
+            raise BundleError(f"{self.bundle} changed since this Screener read it (a bundle update?): make a new "
+                              "Screener to run the bundle as it is now")
 
     def close(self) -> None:
         if self._backend is not None:
@@ -430,8 +446,11 @@ class Screener:
         sensitive model can then call some findings differently (the demo's
         model, on real photographs it never saw in training, moved by up to 0.61
         in probability; ``benchmarks/compare_array_inputs.py``). Pass the file, or
-        the camera's JPEG bytes, which give exactly the file's result. An array in
-        BGR order (``cv2.imread``) comes back ungradable (``not_fundus_colour``).
+        the camera's JPEG bytes, which give exactly the file's result. An array must
+        be uint8 RGB: one in BGR order (``cv2.imread``) mostly comes back ungradable
+        (``not_fundus_colour``), but not always (3 of 100 TVHL photographs came back
+        ``ok``, with findings): convert it. Another dtype or shape raises
+        :class:`~uopsl.runtime.errors.ConfigError`.
         """
         refuse_empty_path(image)
         if isinstance(image, (str, os.PathLike)) and _names_many(Path(image)):

@@ -555,7 +555,9 @@ def as_items(things: Iterable[Any]) -> Iterator[InputItem]:
             yield item_for_data(bytes(t), f"bytes{i}")
         elif isinstance(t, np.ndarray):
             check_rgb_array(t, f"array {i}")
-            yield item_for_data(t, f"array{i}")
+            # A copy, taken now: the pipeline reads ahead, and a camera driver that refills one buffer for every
+            # frame had later frames' pixels screened under earlier frames' keys (a review, session 51).
+            yield item_for_data(np.array(t, copy=True), f"array{i}")
         elif isinstance(t, (str, os.PathLike)):
             yield from iter_inputs([t])
         else:

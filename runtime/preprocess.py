@@ -630,6 +630,11 @@ def _imdecode(buf: np.ndarray, flags: int, source: str | None) -> np.ndarray | N
         raise ImageTooLargeError("not enough memory to decode this image", source=source) from None
 
 
+def _too_small(w: int, h: int, source: str | None) -> None:
+    raise ImageTooSmallError(
+        f"{w}x{h} pixels is too small for a fundus photograph (need >= {MIN_DECODE_SIDE} px a side)", source=source)
+
+
 def _to_rgb(img: np.ndarray, source: str | None) -> np.ndarray:
     """A decoded uint8 OpenCV image (gray, BGR or BGRA) as HWC RGB."""
     if img.ndim == 2:
@@ -777,6 +782,8 @@ def preprocess(
         rgb = data
         if rgb.ndim in (2, 3):
             _check_pixels(rgb.shape[1], rgb.shape[0], cfg.max_pixels, source)
+            if min(rgb.shape[:2]) < MIN_DECODE_SIDE:  # before OpenCV, which fails on an empty array
+                _too_small(rgb.shape[1], rgb.shape[0], source)
         if rgb.ndim == 2:
             rgb = cv2.cvtColor(_to_uint8(rgb), cv2.COLOR_GRAY2RGB)
         elif rgb.ndim != 3 or rgb.shape[2] != 3:
@@ -792,10 +799,7 @@ def preprocess(
         rgb, scale = _decode_at(data, fmt, stored, scale, cfg, source)
     h, w = rgb.shape[:2]
     if min(h, w) < MIN_DECODE_SIDE:
-        raise ImageTooSmallError(
-            f"{w}x{h} pixels is too small for a fundus photograph (need >= {MIN_DECODE_SIDE} px a side)",
-            source=source,
-        )
+        _too_small(w, h, source)
     cx, cy, r, fill, _, fields = find_fov(rgb, cfg.fov_threshold)
     found = fill >= cfg.fov_min_fill and r >= 0.2 * min(h, w)
     if found and scale > 1 and isinstance(data, bytes) and not cfg.uses_legacy_decode_rule:
