@@ -502,7 +502,9 @@ def format_table(result: dict[str, Any]) -> str:
                        "file this machine can run")
     hdr = (f"{'backend':10s} {'precision':12s} {'batch':>5s} {'calls':>5s} {'p50 ms':>9s} {'p90 ms':>9s} "
            f"{'p99 ms':>9s} {'img/s':>9s}")
-    lines += ["", "latency per infer call (a whole batch), nearest-rank percentiles", hdr, "-" * len(hdr)]
+    threads = (result.get("config") or {}).get("threads")
+    lines += ["", "latency per infer call (a whole batch), nearest-rank percentiles; inference threads: "
+              + (str(threads) if threads else "the runtime's default (one per core)"), hdr, "-" * len(hdr)]
     for c in result["cases"]:
         extra = "  ".join(f"{k}={v}" for k, v in c.items() if k.endswith("_p50_ms") and k != "p50_ms")
         if c.get("chunks", 1) > 1:
@@ -520,10 +522,14 @@ def format_table(result: dict[str, Any]) -> str:
         lines.append(f"(p99 from fewer than {P99_MIN_CALLS} calls is the slowest call or next to it: use --iters "
                      f"{P99_MIN_CALLS} or more to quote it)")
     if result["e2e"]:
-        lines += ["", f"{'end-to-end':10s} {'precision':12s} {'batch':>5s} {'images':>7s} {'img/s':>9s} {'infer img/s':>12s} {'ratio':>6s}"]
+        lines += ["", "end to end: read + decode + preprocess + quality gate + inference + decision; ratio: its "
+                  "img/s over pure inference's at the same batch",
+                  f"{'end-to-end':10s} {'precision':12s} {'batch':>5s} {'images':>7s} {'img/s':>9s} {'infer img/s':>12s} {'ratio':>6s}"]
         for e in result["e2e"]:
+            pool = (f"  ({e['workers']} worker {e['worker_pool']})" if e.get("workers") and e.get("worker_pool")
+                    else "")  # results saved before the pool was recorded lack it
             lines.append(f"{e['backend']:10s} {e['precision']:12s} {e['batch']:5d} {e['images']:7d} "
-                         f"{e['throughput_ips']:9.1f} {e['inference_ips']:12.1f} {e['ratio']:6.2f}")
+                         f"{e['throughput_ips']:9.1f} {e['inference_ips']:12.1f} {e['ratio']:6.2f}{pool}")
             drift = e.get("inference_drift")  # results saved before inference was timed twice lack it
             if drift is not None and abs(drift) > STEADY_DRIFT:
                 lines.append(f"  inference ran {abs(drift):.0%} {'faster' if drift > 0 else 'slower'} after the "

@@ -63,6 +63,9 @@ def test_end_to_end_counts_only_photographs_that_reached_the_model(tiny_bundle: 
     assert res["created"].endswith("Z") and Path(res["bundle"]).is_absolute()
     assert "per infer call" in res["units"]["p50_ms"] and "opencv_threads" in res["machine"]
     assert "fewer than 100 calls" in table  # --iters 2
+    # what ran the figures (session 51: a review could not tell threads or the worker pool from the table)
+    assert "inference threads: the runtime's default (one per core)" in table
+    assert f"({e['workers']} worker {e['worker_pool']})" in table and "ratio: its img/s over pure inference's" in table
 
 
 def test_preprocessing_is_timed_on_one_opencv_thread(tiny_bundle: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
