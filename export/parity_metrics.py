@@ -1036,7 +1036,8 @@ class GateCheck:
     ``passed``: whether the classes it could be evaluated for are within the
     limit (None when it could be evaluated for none, or, judged on the bounds,
     when the figures are within it and their bound, ``value``, is not). ``skipped``: the classes
-    it applies to but could not be evaluated for, each ``{"class", "reason"}``;
+    it applies to but could not be evaluated for, each ``{"class", "reason"}`` (and ``group``,
+    ``cases``, ``drop``: :func:`_skip_entry`);
     ``status`` is INCOMPLETE when any was skipped, so a gate never passes on a
     subset without saying so. ``detail`` says the same in words.
     """
