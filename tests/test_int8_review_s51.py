@@ -72,7 +72,10 @@ def test_a_new_table_names_one_command_per_stale_int8_file_with_its_variant(
     assert f"`uopsl quantize {bundle} --variant cpu --images IMAGES`" in said, said
 
 
-def test_quantize_without_images_says_so_in_command_line_terms(bundle: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_quantize_without_images_says_so_in_command_line_terms(bundle: Path, tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    assert _uopsl(["calibrate", str(bundle), "--images", str(_photos(tmp_path / "imgs")), "--allow-no-fov",
+                   "--no-cache"], capsys)[0] == 0
     rc, out = _uopsl(["quantize", str(bundle)], capsys)
     assert rc == 2 and "pass them with --images" in out and "--no-bias-correction and --rounding nearest" in out, out
     assert "calib_set" not in out and "bias_correction=False" not in out, out

@@ -403,8 +403,8 @@ class StageRunner:
             log.warning("%s: dropped %d row(s) of %s cut short (written when the run stopped)", path, len(cut),
                         self.stage)
         if len(kept) != len(body):
-            with atomic_open(path, "w", encoding="utf-8", newline="") as fh:  # "\r\n", as log_row appends them
-                csv.writer(fh).writerows([head, *kept])
+            with atomic_open(path, "w", encoding="utf-8", newline="") as out:  # "\r\n", as log_row appends them
+                csv.writer(out).writerows([head, *kept])
 
     def epoch_sums(self, start: int) -> tuple[dict[str, float], int]:
         """The loss sums and step count of the epoch so far: restored when it resumes mid-epoch."""

@@ -149,17 +149,9 @@ def command(model: Path, table: Path | None, variant: str, per_channel: bool, ex
             sensitivity_images: int, reduce_range: bool, size: int | None, preprocess_from: Path | None,
             out: Path | None) -> int:
     """Quantize MODEL (ONNX file or bundle folder) to INT8 QDQ with its calibration table."""
-    from uopsl.export.quantize import quantize_model
+    from uopsl.export.quantize import CalibrationImagesNeeded, quantize_model
 
     _refuse_unused_options(images, rounding, auto_exclude)
-    needs = [w for w, on in (("bias correction", bias_correction), (f"--rounding {rounding}", rounding != "nearest"))
-             if on]
-    if needs and images is None:  # said in the command's own words, before any work (the library's names both)
-        raise ConfigError(f"{' and '.join(needs)} use{'s' if len(needs) == 1 else ''} the calibration images: pass "
-                          "them with --images (the set `uopsl calibrate` was given), or turn "
-                          f"{'it' if len(needs) == 1 else 'them'} off with "
-                          + " and ".join(o for o, on in (("--no-bias-correction", bias_correction),
-                                                         ("--rounding nearest", rounding != "nearest")) if on))
 
     source = resolve_model(model, size, preprocess_from)
     out = out or default_output(source.model, variant)
@@ -198,7 +190,16 @@ def command(model: Path, table: Path | None, variant: str, per_channel: bool, ex
             log.warning("--images is not the set the table was calibrated on (fingerprints differ); "
                         "weight rounding, bias correction and the sensitivity pass use it anyway (the manifest "
                         "records what each step drew from it, fitted_on)")
-    result = quantize_model(source.model, calib_table, out, config, calib_set=calib_set)
+    try:
+        result = quantize_model(source.model, calib_table, out, config, calib_set=calib_set)
+    except CalibrationImagesNeeded as exc:  # in the command's own words (the library names the API's too)
+        needs = exc.needs
+        raise ConfigError(f"{' and '.join(needs)} use{'s' if len(needs) == 1 else ''} the calibration images: pass "
+                          "them with --images (the set `uopsl calibrate` was given), or turn "
+                          f"{'it' if len(needs) == 1 else 'them'} off with "
+                          + " and ".join(o for o, on in (("--no-bias-correction", bias_correction),
+                                                         ("--rounding nearest", rounding != "nearest")) if on)
+                          ) from None
     result = replace(result, table_sha256=sha256_file(table))  # which table file: a later recalibration tells
     write_json(record_path(out), {"config": asdict(config), "result": result.to_dict(),
                                   "manifest_info": result.manifest_info()})
