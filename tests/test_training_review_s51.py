@@ -44,7 +44,7 @@ def test_an_interrupted_run_is_not_resumed_at_another_size(tmp_path: Path) -> No
 
 def test_a_state_saved_before_the_size_was_recorded_resumes_with_a_warning(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    r = _runner(tmp_path)  # no preprocessing given: the state records none, as states saved before 0.2.4
+    r = _runner(tmp_path)  # no preprocessing given: the state records none, as states saved before 0.2.3
     r.info.update(epoch=1, step=1)
     r.checkpoint()
     caplog.set_level(logging.WARNING, logger="uopsl.train.loops")

@@ -287,7 +287,7 @@ class StageRunner:
         if self.preprocess is None:
             return
         there = peek.get("preprocess")
-        if not isinstance(there, Mapping):  # saved before 0.2.4 recorded it: nothing to compare
+        if not isinstance(there, Mapping):  # saved before 0.2.3 recorded it: nothing to compare
             log.warning("%s: the interrupted run's state does not record its input preprocessing (saved by an "
                         "earlier uopsl); resuming it as if it were this command's (%s px): if it was started with "
                         "another --size, stop and start again in a new --out", self.out, self.preprocess.get("size"))
