@@ -85,7 +85,7 @@ def item_for_path(path: str | os.PathLike[str]) -> InputItem:
 def item_for_data(data: bytes | np.ndarray, name: str = "image") -> InputItem:
     """An in-memory image; its key is a content hash (so identical images dedupe)."""
     # (an array is hashed through its buffer: the same digest as its tobytes(), without another copy of it)
-    raw = np.ascontiguousarray(data) if isinstance(data, np.ndarray) else bytes(data)
+    raw = np.ascontiguousarray(data).data if isinstance(data, np.ndarray) else bytes(data)
     digest = hashlib.sha1(raw).hexdigest()
     return InputItem(source=name, key=f"sha1:{digest}", id=f"{_safe_stem(name)}-{digest[:8]}", data=data)
 
