@@ -36,18 +36,24 @@ def measure(backend: Backend, manifest: Manifest, images: np.ndarray, sources: l
             "ratio": round(e2e["throughput_ips"] / rows[1]["throughput_ips"], 3)}
 
 
+def tvhl_inputs(bundle: Path, tvhl: Path, n: int) -> tuple[Manifest, np.ndarray, list[Path]]:
+    """The bundle's manifest, 16 TVHL photographs preprocessed for pure inference, and ``n`` TVHL JPEG paths
+    (cycled) for the end-to-end runs (also ``exp_split_batch.py``'s)."""
+    manifest = read_manifest(bundle)
+    paths = sorted((tvhl / "fundus").glob("*.jpg"))
+    if not paths:
+        raise SystemExit(f"{tvhl / 'fundus'}: no .jpg photographs")
+    images = np.stack([preprocess_file(p, manifest.preprocess).image for p in paths[:16]])
+    return manifest, images, [paths[i % len(paths)] for i in range(n)]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("bundle", type=Path, help="bench_runtime.py's bundle folder (WORK/resnet18_224)")
     ap.add_argument("--tvhl", type=Path, default=TVHL, help="the TVHL dataset folder (its fundus/*.jpg are read)")
     ap.add_argument("--images", type=int, default=200, help="photographs screened end to end per setting")
     args = ap.parse_args()
-    manifest = read_manifest(args.bundle)
-    paths = sorted((args.tvhl / "fundus").glob("*.jpg"))
-    if not paths:
-        raise SystemExit(f"{args.tvhl / 'fundus'}: no .jpg photographs")
-    images = np.stack([preprocess_file(p, manifest.preprocess).image for p in paths[:16]])
-    sources = [paths[i % len(paths)] for i in range(args.images)]
+    manifest, images, sources = tvhl_inputs(args.bundle, args.tvhl, args.images)
     for name, precision in (("model.int8.onnx", "int8-qdq-u8"), ("model.onnx", "fp32")):
         for spin in (True, False, True, False):
             with OrtBackend(args.bundle / name, "cpu", None, precision=precision, spin=spin) as be:

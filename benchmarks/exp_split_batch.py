@@ -29,10 +29,8 @@ import numpy as np
 
 from uopsl.runtime.backends.onnxruntime import OrtBackend
 from uopsl.runtime.bench import time_backend, time_end_to_end
-from uopsl.runtime.bundle import read_manifest
-from uopsl.runtime.preprocess import preprocess_file
+from exp_ort_spinning import TVHL, tvhl_inputs  # a sibling script (python benchmarks/exp_split_batch.py)
 
-TVHL = Path(__file__).resolve().parents[2] / "shared" / "data" / "tvhl"
 
 
 class SplitBackend:
@@ -68,12 +66,7 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=400, help="photographs screened end to end per arm")
     ap.add_argument("--repeats", type=int, default=2)
     args = ap.parse_args()
-    manifest = read_manifest(args.bundle)
-    paths = sorted((args.tvhl / "fundus").glob("*.jpg"))
-    if not paths:
-        raise SystemExit(f"{args.tvhl / 'fundus'}: no .jpg photographs")
-    images = np.stack([preprocess_file(p, manifest.preprocess).image for p in paths[:16]])
-    sources = [paths[i % len(paths)] for i in range(args.images)]
+    manifest, images, sources = tvhl_inputs(args.bundle, args.tvhl, args.images)
     parts = os.cpu_count() or 2
     for name, precision in (("model.onnx", "fp32"), ("model.int8.onnx", "int8-qdq-u8")):
         for rep in range(args.repeats):

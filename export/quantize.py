@@ -236,7 +236,9 @@ class CalibrationImagesNeeded(ConfigError):
     """Bias correction or GPTQ/AdaRound rounding asked for without calibration images; ``needs``: which of them
     (the command line says it in its own words: ``uopsl quantize`` catches it)."""
 
-    needs: tuple[str, ...] = ()
+    def __init__(self, message: str, needs: tuple[str, ...]) -> None:
+        super().__init__(message)
+        self.needs = needs
 
 
 # -- model preparation ---------------------------------------------------------
@@ -593,12 +595,9 @@ def quantize_model(
         wanted.append((f"--rounding {config.rounding}", "--rounding nearest (rounding='nearest')"))
     if wanted and calib_set is None:
         what, offs = " and ".join(w for w, _ in wanted), " and ".join(o for _, o in wanted)
-        exc = CalibrationImagesNeeded(
+        raise CalibrationImagesNeeded(
             f"{what} use{'s' if len(wanted) == 1 else ''} the calibration images: pass them (`uopsl quantize "
-            f"--images DIR`, or calib_set=...) or turn off with {offs}"
-        )
-        exc.needs = tuple(w for w, _ in wanted)
-        raise exc
+            f"--images DIR`, or calib_set=...) or turn off with {offs}", tuple(w for w, _ in wanted))
     head = head_nodes(prepared) if config.float_head else ()
     if config.float_head and not head:
         log.info("%s has no encoder nodes named %s...; float_head keeps nothing in float", path, TRUNK_PREFIX)

@@ -140,7 +140,6 @@ from uopsl.runtime.cpuinfo import CPU_BACKENDS, int8_cpu_class
 from uopsl.runtime.errors import BackendError, BundleError, ConfigError, UopslError
 from uopsl.runtime.fsio import (
     NUMPY_FILE_ERRORS,
-    is_temporary_name,
     remove_stale_temporaries,
     sha256_file,
     write_bytes,
@@ -1322,13 +1321,10 @@ def _remove_own_temporaries(out_dir: Path) -> None:
 
     Only validate's names: ``--out`` may be a folder that holds other programs' ``.NAME.XXXX.tmp`` files.
     """
-    try:
-        names = [e.name for e in os.scandir(out_dir)]
-    except OSError:
-        return  # no folder yet: nothing to remove
-    # ".roc_x.png.k3j2ab.tmp" -> "roc_x.png" (mkstemp's random part has no dot)
-    rocs = {n[1:].rsplit(".", 2)[0] for n in names if n.startswith(".roc_") and is_temporary_name(n)}
-    n = sum(remove_stale_temporaries(out_dir, target=t, idle_s=_STALE_TEMPORARY_S) for t in (*_OUT_FILES, *rocs))
+    def own(name: str) -> bool:
+        return name in _OUT_FILES or (name.startswith("roc_") and name.endswith(".png"))
+
+    n = remove_stale_temporaries(out_dir, of=own, idle_s=_STALE_TEMPORARY_S)
     n += remove_stale_temporaries(out_dir / _CACHE_DIR, idle_s=_STALE_TEMPORARY_S)
     if n:
         log.info("removed %d temporary file(s) an interrupted run left in %s", n, out_dir)

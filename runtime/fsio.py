@@ -27,7 +27,7 @@ import tempfile
 import threading
 import time
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -379,8 +379,17 @@ def is_temporary_name(name: str, target: str | None = None) -> bool:
     return name.endswith(".tmp") and name.startswith(f".{target}." if target is not None else ".")
 
 
+def temporary_target(name: str) -> str | None:
+    """The file a temporary :func:`staging` makes is for: ``.NAME.XXXX.tmp`` -> ``NAME`` (mkstemp's random part
+    has no dot); None for a name that is no such temporary."""
+    if not is_temporary_name(name):
+        return None
+    parts = name[1:].rsplit(".", 2)
+    return parts[0] if len(parts) == 3 and parts[0] else None
+
+
 def remove_stale_temporaries(folder: str | os.PathLike[str], *, target: str | None = None,
-                             idle_s: float | None = None) -> int:
+                             of: Callable[[str], bool] | None = None, idle_s: float | None = None) -> int:
     """Delete the ``.NAME.XXXX.tmp`` files :func:`atomic_open` leaves when a process is killed mid-write.
 
     Why: ``kill -9`` or a power loss between ``mkstemp`` and ``os.replace``
@@ -388,8 +397,10 @@ def remove_stale_temporaries(folder: str | os.PathLike[str], *, target: str | No
     while holding the folder's :class:`FolderLock`, so no live writer's
     temporary is taken; or, where writers stage without that lock, with
     ``idle_s``: only temporaries unchanged for that long go (a live copy
-    keeps writing). ``target``: only that file's temporaries. Returns how
-    many were removed; never raises.
+    keeps writing). ``target``: only that file's temporaries; ``of``: only
+    those of the files whose name it accepts (a command's own files, in a
+    folder that may hold other programs'). Returns how many were removed;
+    never raises.
     """
     n = 0
     try:
@@ -398,7 +409,7 @@ def remove_stale_temporaries(folder: str | os.PathLike[str], *, target: str | No
         return 0
     now = time.time()
     for e in entries:
-        if is_temporary_name(e.name, target):
+        if is_temporary_name(e.name, target) and (of is None or of(temporary_target(e.name) or "")):
             try:
                 if e.is_file(follow_symlinks=False) and (
                         idle_s is None or now - e.stat(follow_symlinks=False).st_mtime >= idle_s):

@@ -459,6 +459,7 @@ class ScreeningPipeline:
         self.health = health if health is not None else InferenceHealth(self.config.max_inference_failures)
         self.class_names = manifest.class_names
         self._thresholds = np.array([c.threshold for c in manifest.classes], np.float64)
+        self._referable = frozenset(c.name for c in manifest.classes if c.referable)
         self._maps_name = manifest.output_names[2] if len(manifest.output_names) > 2 else "site_maps"
         self._probs_name = manifest.output_names[0] if manifest.output_names else "probs"
         self._spec = PrepareSpec(manifest.preprocess, self.config.thumbnail_side, self.config.infer_ungradable,
@@ -519,6 +520,7 @@ class ScreeningPipeline:
                 log.error("the model gave probabilities that are not finite for %d photograph(s) of a batch of %d",
                           int(bad_rows.sum()), len(runnable))
             positive, refer = self.manifest.decide(np.where(bad_rows[:, None], 0.0, probs))
+            margins = self._margins(probs)
         elif outputs:
             self.health.succeeded()
         results: list[ScreenResult] = []
@@ -539,7 +541,7 @@ class ScreeningPipeline:
             pr = {c: float(v) for c, v in zip(self.class_names, probs[k])}
             gradable = p.verdict.gradable if p.verdict else True
             pos = tuple(c for c, flag in zip(self.class_names, positive[k]) if flag) if gradable else ()
-            top = self._heatmap_class(probs[k], pos)
+            top = self._heatmap_class(margins[k], pos)
             results.append(ScreenResult(
                 id=p.item.id, source=p.item.source, key=p.item.key,
                 status="ok" if gradable else "ungradable",
@@ -563,7 +565,7 @@ class ScreeningPipeline:
         else:
             self.health.succeeded()
 
-    def _heatmap_class(self, probs: np.ndarray, positive: tuple[str, ...]) -> str:
+    def _heatmap_class(self, margins: np.ndarray, positive: tuple[str, ...]) -> str:
         """The class whose map the overlay shows: the positive referable class furthest over its own threshold,
         else the positive one, else the class nearest its threshold.
 
@@ -571,15 +573,15 @@ class ScreeningPipeline:
         across classes (each has its own threshold), and a zero-shot class's uncalibrated score was nearly never
         the highest, so its map was not shown where it was the finding (a review, session 51).
         """
-        referable = set(c.name for c in self.manifest.classes if c.referable)
-        order = [self.class_names[i] for i in np.argsort(-self._margins(probs), kind="stable")]
-        for wanted in ([c for c in order if c in positive and c in referable], [c for c in order if c in positive], order):
+        order = [self.class_names[i] for i in np.argsort(-margins, kind="stable")]
+        for wanted in ([c for c in order if c in positive and c in self._referable], [c for c in order if c in positive],
+                       order):
             if wanted:
                 return wanted[0]
         return ""
 
     def _margins(self, probs: np.ndarray) -> np.ndarray:
-        """Each class's score over its threshold in log-odds (NaN scores last)."""
+        """Each class's score over its threshold in log-odds, per row of ``probs`` (NaN scores last)."""
         eps = 1e-7
         p = np.clip(np.nan_to_num(np.asarray(probs, np.float64), nan=0.0), eps, 1 - eps)
         t = np.clip(self._thresholds, eps, 1 - eps)

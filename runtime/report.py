@@ -548,7 +548,8 @@ def _finding(name: str, display: str | None = None) -> str:
     return f"<b>{esc(name)}</b> ({esc(words)})"
 
 
-def _result_html(row: Mapping[str, Any], manifest: Manifest, findings: list[str], referable: Sequence[str]) -> str:
+def _result_html(row: Mapping[str, Any], manifest: Manifest, findings: list[str], referable: Sequence[str],
+                 zero_shot: set[str]) -> str:
     """Verdict, then what was found (referable classes only) or why there is no result and what to do."""
     cls, word = _verdict(row)
     parts = [f"<div class='verdict {cls}'>{esc(word)}</div>"]
@@ -556,7 +557,6 @@ def _result_html(row: Mapping[str, Any], manifest: Manifest, findings: list[str]
     if status == "ok" and row.get("refer"):
         if findings:
             # a zero-shot class's finding carries its star here too: its threshold was never validated
-            zero_shot = {c.name for c in manifest.classes if not c.seen_in_training}
             named = ", ".join(_finding(c, manifest.display_name(c)) + ("*" if c in zero_shot else "")
                               for c in findings)
             parts.append(f"<div class='find'>Found: {named}</div>")
@@ -880,7 +880,7 @@ def report_parts(rows: Sequence[dict[str, Any]], out_dir: str | os.PathLike[str]
             shown = copies[:_MAX_LISTED]
             src_html += ("<div class='dup'>Same photograph as " + ", ".join(shown)
                          + (f" and {n_copies - len(shown)} more" if n_copies > len(shown) else "") + "</div>")
-        result = _result_html(r, manifest, findings, referable)
+        result = _result_html(r, manifest, findings, referable, zero_shot)
         if i in other:
             result += (f"<div class='other'>Screened with another model "
                        f"(bundle {esc(str(r.get('bundle_sha256') or '?')[:12])}); screen again.</div>")

@@ -29,7 +29,7 @@ from uopsl.train.workflow import finished_run, new_model, tidy_finished
 def _sized(tmp_path: Path, size: int) -> StageRunner:
     out = tmp_path / "run"
     out.mkdir(parents=True, exist_ok=True)
-    return StageRunner(Toy(), CPU, out, "finetune", "fp", PreprocessConfig(size=size).to_dict())  # type: ignore[arg-type]
+    return StageRunner(Toy(), CPU, out, "finetune", "fp", PreprocessConfig(size=size))  # type: ignore[arg-type]
 
 
 # -- D1: the input size is part of what a run is ------------------------------------------------------------------

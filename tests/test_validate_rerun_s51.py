@@ -92,6 +92,14 @@ def test_outputs_computed_under_two_settings_list_both(
     assert np.isfinite(_cand(again, "model.onnx")["numerical"]["max_abs_prob_diff"])
 
 
+def test_a_temporary_names_the_file_it_was_for() -> None:
+    from uopsl.runtime.fsio import temporary_target
+
+    assert temporary_target(".model.int8.onnx.k3j2_a.tmp") == "model.int8.onnx"
+    assert temporary_target(".roc_ort-cpu_model.onnx.png.q1.tmp") == "roc_ort-cpu_model.onnx.png"
+    assert temporary_target("model.onnx") is None and temporary_target(".x.tmp") is None
+
+
 def test_a_rerun_removes_the_temporaries_a_killed_run_left_and_nothing_else(
         bundle: Path, photos: list[Path], image_keys: dict[str, int], monkeypatch: pytest.MonkeyPatch,
         tmp_path: Path) -> None:

@@ -38,6 +38,7 @@ from torch import nn
 
 from uopsl.runtime.errors import ConfigError
 from uopsl.runtime.fsio import atomic_open
+from uopsl.runtime.preprocess import PreprocessConfig
 from uopsl.runtime import progress as progress_bars
 from uopsl.train import losses
 from uopsl.train.checkpoint import clear_state, load_state, peek_state, save_state
@@ -236,11 +237,11 @@ class StageRunner:
     """Shared machinery of both stages: optimiser, AMP, checkpoints, CSV log, progress."""
 
     def __init__(self, model: UopslModel, cfg: TrainConfig, out: Path, stage: str, fingerprint: str,
-                 preprocess: Mapping[str, Any] | None = None) -> None:
-        """``preprocess``: how the run's photographs become model inputs (``PreprocessConfig.to_dict()``), kept in
-        the state: a run resumed at another ``--size`` trained one model at two resolutions (a review)."""
+                 preprocess: PreprocessConfig | None = None) -> None:
+        """``preprocess``: how the run's photographs become model inputs, kept in the state: a run resumed at
+        another ``--size`` trained one model at two resolutions (a review)."""
         self.cfg, self.out, self.stage = cfg, out, stage
-        self.preprocess = dict(preprocess) if preprocess is not None else None
+        self.preprocess = preprocess
         self.device = pick_device(cfg.device)
         self.dist = setup_distributed(self.device)
         torch.manual_seed(cfg.seed)
@@ -279,7 +280,7 @@ class StageRunner:
                                      # Kept beside the tag (a hash) so that a refused resume can say what differs.
                                      "settings": _tag_settings(stage, cfg), "run_key": fingerprint,
                                      "world": self.dist.world,
-                                     **({"preprocess": self.preprocess} if self.preprocess is not None else {})}
+                                     **({"preprocess": preprocess.to_dict()} if preprocess is not None else {})}
         self.saved_at: tuple[int, int] | None = None  # (epoch from 0, step) of the last checkpoint
 
     def _check_preprocess(self, peek: Mapping[str, Any]) -> None:
@@ -287,18 +288,16 @@ class StageRunner:
         if self.preprocess is None:
             return
         there = peek.get("preprocess")
-        if not isinstance(there, Mapping):  # saved before 0.2.3 recorded it: nothing to compare
+        if not isinstance(there, dict):  # saved before 0.2.3 recorded it: nothing to compare
             log.warning("%s: the interrupted run's state does not record its input preprocessing (saved by an "
                         "earlier uopsl); resuming it as if it were this command's (%s px): if it was started with "
-                        "another --size, stop and start again in a new --out", self.out, self.preprocess.get("size"))
+                        "another --size, stop and start again in a new --out", self.out, self.preprocess.size)
             return
-        changed = sorted(k for k in set(there) | set(self.preprocess) if there.get(k) != self.preprocess.get(k))
+        changed = preprocess_changes(PreprocessConfig.from_dict(there), self.preprocess)
         if changed:
             raise ConfigError(
                 f"{self.out} holds an interrupted {peek.get('stage', 'training')} run whose photographs became other "
-                "model inputs (" + ", ".join(f"{k} {there.get(k)!r} there, {self.preprocess.get(k)!r} now"
-                                             for k in changed)
-                + "); rerun with the same --size to resume it, or use a new --out folder")
+                f"model inputs ({changed}); rerun with the same --size to resume it, or use a new --out folder")
 
     def _what_differs(self, peek: dict[str, Any]) -> str:
         """What the interrupted run's state records differently from this run, in words ("" when it records
@@ -520,6 +519,14 @@ class StageRunner:
             p.requires_grad_(True)
         if self.dist.main:
             clear_state(self.out)
+
+
+def preprocess_changes(there: PreprocessConfig, here: PreprocessConfig | None) -> str:
+    """"size 64 there, 128 now": how a run's preprocessing differs from this command's ("" when it does not, or
+    ``here`` is None)."""
+    if here is None:
+        return ""
+    return ", ".join(f"{k} {a!r} there, {b!r} now" for k, (a, b) in sorted(there.differences(here).items()))
 
 
 def checkpoint_words(epoch: int, step: int) -> str:

@@ -399,7 +399,7 @@ def qat_finetune(model: UopslModel, meta: CheckpointMeta, train_ds: ImageDataset
     # Every QAT setting (bias_lr and calib_images are not in TrainConfig) keys the resume check.
     runner = StageRunner(model, tcfg, out, "qat",
                          f"{run_key or meta.data_fingerprint}|{json.dumps(asdict(cfg), sort_keys=True)}",
-                         meta.preprocess.to_dict())
+                         meta.preprocess)
     # The runner's own optimiser has one rate for the encoder; QAT replaces it (before any
     # resume, so a resumed run loads its state into this one).
     weights = [p for n, p in model.named_parameters() if p.requires_grad and not n.endswith("bias")]

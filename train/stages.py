@@ -177,7 +177,7 @@ def pretrain(model: UopslModel, fundus: AnyDataset, oct_ds: AnyDataset | None, c
     if model.config.uses_oct and oct_ds is None:
         raise DataError("the full UOPSL variant needs an OCT pool for pre-training (or use --variant p_only)")
     out.mkdir(parents=True, exist_ok=True)
-    runner = StageRunner(model, cfg, out, "pretrain", run_key or meta.data_fingerprint, meta.preprocess.to_dict())
+    runner = StageRunner(model, cfg, out, "pretrain", run_key or meta.data_fingerprint, meta.preprocess)
     runner.resume()
     fundus = as_features(fundus, model.fundus.encoder, cfg, runner.device)
     if model.oct is not None and oct_ds is not None:
@@ -253,7 +253,7 @@ def finetune(model: UopslModel, train_ds: AnyDataset, val_ds: AnyDataset | None,
     model.oct = None
     out.mkdir(parents=True, exist_ok=True)
     cfg = effective_finetune_config(cfg, model, warn=True)
-    runner = StageRunner(model, cfg, out, "finetune", run_key or meta.data_fingerprint, meta.preprocess.to_dict())
+    runner = StageRunner(model, cfg, out, "finetune", run_key or meta.data_fingerprint, meta.preprocess)
     runner.resume()
     log.info("finetune: %d training and %s validation images", len(train_ds),
              len(val_ds) if val_ds is not None else "no")

@@ -53,7 +53,8 @@ from uopsl.train.evaluate import (
     evaluate,
     site_concentration_report,
 )
-from uopsl.train.loops import HOW_NOT_WHAT, TrainConfig, pick_device, predict, setup_distributed
+from uopsl.train.loops import (HOW_NOT_WHAT, TrainConfig, pick_device, predict, preprocess_changes,
+                               setup_distributed)
 from uopsl.train.model import DeployModel, ModelConfig, UopslModel
 from uopsl.train.stages import effective_finetune_config, finetune, pretrain
 from uopsl.train.torchdata import ImageDataset, ImageModality, Item, pixels_version
@@ -289,7 +290,7 @@ def finished_run(out: Path, stage: str, want: dict[str, str], config: Mapping[st
         raise ConfigError(
             f"{out} holds a finished {meta.stage} model; {stage} would overwrite it: write to a new --out "
             f"(e.g. {out.parent / (out.name + '-' + stage)})")
-    other_inputs = _preprocess_changes(meta.preprocess, preprocess)
+    other_inputs = preprocess_changes(meta.preprocess, preprocess)
     if meta.metrics.get(UNFINISHED_KEY):
         if other_inputs:
             raise ConfigError(
@@ -360,20 +361,12 @@ def tidy_finished(out: Path) -> None:
     in finished checkpoints, which are copied and shared whole."""
     from uopsl.runtime.fsio import remove_stale_temporaries
 
-    n = sum(remove_stale_temporaries(out, target=name, idle_s=_STALE_TEMPORARY_S) for name in _STAGE_FILES)
+    n = remove_stale_temporaries(out, of=_STAGE_FILES.__contains__, idle_s=_STALE_TEMPORARY_S)
     if (out / "best.safetensors").is_file():
         (out / "best.safetensors").unlink()
         n += 1
     if n:
         log.info("%s: removed %d file(s) an interrupted attempt left", out, n)
-
-
-def _preprocess_changes(there: PreprocessConfig, here: PreprocessConfig | None) -> str:
-    """"size 64 there, 128 now": how two preprocessing configs differ ("" when they do not, or ``here`` is None)."""
-    if here is None:
-        return ""
-    a, b = there.to_dict(), here.to_dict()
-    return ", ".join(f"{k} {a.get(k)!r} there, {b.get(k)!r} now" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k))
 
 
 def _record_identity(out: Path, want: dict[str, str], extra: dict[str, Any] | None = None) -> None:
