@@ -53,7 +53,6 @@ import json
 import logging
 import os
 import platform
-import re
 import struct
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
@@ -63,6 +62,7 @@ from typing import Any
 
 from uopsl.runtime.errors import BundleError, EngineMismatchError
 from uopsl.runtime.fsio import atomic_open, load_json_strict, sha256_bytes
+from uopsl.runtime.trt_compat import installed_version, parse_version
 from uopsl.runtime.version import __version__
 
 log = logging.getLogger(__name__)
@@ -357,21 +357,6 @@ def read_plan(path: str | os.PathLike[str], *, verify: bool = True,
 
 
 # -- compatibility -----------------------------------------------------------------------
-def parse_version(text: str) -> tuple[int, ...]:
-    """``"8.6.1"`` -> (8, 6, 1); ``"10.0.0b6"`` -> (10, 0, 0); at most four numeric parts."""
-    parts: list[int] = []
-    for piece in str(text).strip().split(".")[:4]:
-        m = re.match(r"\d+", piece)
-        if m is None:
-            break
-        parts.append(int(m.group()))
-        if m.end() != len(piece):  # "0b6": a pre-release suffix ends the numeric part
-            break
-    if len(parts) < 2:
-        raise BundleError(f"cannot read the TensorRT version {text!r} (expected e.g. '8.6.1' or '10.13.0.35')")
-    return tuple(parts)
-
-
 # Version-compatible engines across major versions: the only pairs NVIDIA supports.
 # TensorRT 11.4.1 Support Matrix, "Engine Portability"
 # (docs.nvidia.com/deeplearning/tensorrt/11.4.1/getting-started/support-matrix.html): "Two combinations are
@@ -587,10 +572,10 @@ def check_compatible(
     ``running_platform``: :func:`this_platform` when None.
     """
     if running_trt_version is None or gpu_name is None or compute_capability is None:
-        from uopsl.runtime import cuda_binding, trt_compat
+        from uopsl.runtime import cuda_binding
 
         if running_trt_version is None:
-            running_trt_version = trt_compat.installed_version()
+            running_trt_version = installed_version()
         if gpu_name is None or compute_capability is None:
             name, cc = cuda_binding.load_cuda("checking a TensorRT engine against this GPU").device_properties(device)
             gpu_name = name if gpu_name is None else gpu_name

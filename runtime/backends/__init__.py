@@ -37,12 +37,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from uopsl.runtime.backends.base import GPU_BACKENDS, Backend, TensorSpec, check_gpu_index
+from uopsl.runtime.backends.base import (GPU_BACKENDS, Backend, ModelFileBackend, TensorSpec, cache_dir, check_gpu_index,
+                                         installed_tensorrt)
 from uopsl.runtime.bundle import FileEntry, Manifest, parity_status, read_manifest
 from uopsl.runtime.errors import BackendError, BundleError, ConfigError, MissingDependencyError, UopslError
-from uopsl.runtime.fsio import sha256_file, user_cache_dir, write_json
-from uopsl.runtime.parallelism import check_parallelism
-from uopsl.runtime.optional import CUDA_MODULES, available, dist_version, extra_hint, import_optional, install_hint
+from uopsl.runtime.fsio import sha256_file, write_json
+from uopsl.runtime.optional import CUDA_MODULES, available, extra_hint, import_optional, install_hint
 
 log = logging.getLogger(__name__)
 
@@ -135,32 +135,6 @@ def nvinfer_found() -> bool:
                for d in os.environ.get("LD_LIBRARY_PATH", "").split(os.pathsep) if d)
 
 
-class ModelFileBackend(Backend):
-    """Shared plumbing of the backends that run one model file (ONNX Runtime, OpenVINO)."""
-
-    def __init__(self, path: str | os.PathLike[str], threads: int | None, precision: str) -> None:
-        super().__init__()
-        check_parallelism("threads", threads)
-        self.path = Path(path)
-        self.threads = threads
-        self._precision = precision
-
-    @property
-    def precision(self) -> str:
-        return self._precision
-
-    def _label(self) -> str:
-        return self.name
-
-    def describe(self) -> str:
-        threads = f", {self.threads} thread{'s' if self.threads != 1 else ''}" if self.threads else ""
-        return f"{self._label()} ({self._precision}, {self.path.name}{threads})"
-
-    def _check_file(self) -> None:
-        if not self.path.is_file():
-            raise BackendError(f"model file {self.path} does not exist; check the bundle with 'uopsl-screen verify'")
-
-
 # -- engine compatibility ------------------------------------------------------
 EngineCheck = Callable[[Path], "str | None"]
 
@@ -180,11 +154,6 @@ def engine_mismatch(path: Path, device: int = 0) -> str | None:
     return None
 
 
-def _installed_tensorrt() -> str | None:
-    """The pip-installed TensorRT's version, without importing it (None when absent or from apt, as on JetPack)."""
-    return dist_version("tensorrt", "tensorrt-cu12", "tensorrt-cu13", "tensorrt_lean")
-
-
 def engine_stale(root: Path, manifest: Manifest, entry: FileEntry, device: int = 0) -> str | None:
     """Why the engine ``entry`` was built from a model the bundle no longer holds, or None.
 
@@ -201,7 +170,7 @@ def engine_stale(root: Path, manifest: Manifest, entry: FileEntry, device: int =
         return None
     if not header.source_onnx:
         return None
-    rebuild = engine_header.rebuild_command(header, root / entry.path, _installed_tensorrt(), device)
+    rebuild = engine_header.rebuild_command(header, root / entry.path, installed_tensorrt(), device)
     source = next((f for f in manifest.files if f.path == header.source_onnx), None)
     if source is None:
         return (f"stale: built from {header.source_onnx}, which the bundle no longer lists; "
@@ -214,11 +183,6 @@ def engine_stale(root: Path, manifest: Manifest, entry: FileEntry, device: int =
 
 
 # -- CPU INT8 decision -------------------------------------------------------------
-def cache_dir() -> Path:
-    """Where per-machine measurements are cached (:func:`uopsl.runtime.fsio.user_cache_dir`)."""
-    return user_cache_dir()
-
-
 def cpu_name() -> str:
     """The CPU model string (used to key cached measurements)."""
     try:

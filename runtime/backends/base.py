@@ -24,7 +24,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from uopsl.runtime.errors import BackendClosedError, BackendError, ConfigError
-from uopsl.runtime.fsio import sha256_file
+from uopsl.runtime.fsio import sha256_file, user_cache_dir
+from uopsl.runtime.optional import dist_version
+from uopsl.runtime.parallelism import check_parallelism
 
 if TYPE_CHECKING:
     from uopsl.runtime.backends import Selection
@@ -221,3 +223,39 @@ def verified_model_path(path: Path, expected_sha256: str | None) -> Iterator[str
                                     "the bundle folder writable only by whoever installs bundles")
     finally:
         os.close(fd)
+
+
+class ModelFileBackend(Backend):
+    """Shared plumbing of the backends that run one model file (ONNX Runtime, OpenVINO)."""
+
+    def __init__(self, path: str | os.PathLike[str], threads: int | None, precision: str) -> None:
+        super().__init__()
+        check_parallelism("threads", threads)
+        self.path = Path(path)
+        self.threads = threads
+        self._precision = precision
+
+    @property
+    def precision(self) -> str:
+        return self._precision
+
+    def _label(self) -> str:
+        return self.name
+
+    def describe(self) -> str:
+        threads = f", {self.threads} thread{'s' if self.threads != 1 else ''}" if self.threads else ""
+        return f"{self._label()} ({self._precision}, {self.path.name}{threads})"
+
+    def _check_file(self) -> None:
+        if not self.path.is_file():
+            raise BackendError(f"model file {self.path} does not exist; check the bundle with 'uopsl-screen verify'")
+
+
+def installed_tensorrt() -> str | None:
+    """The pip-installed TensorRT's version, without importing it (None when absent or from apt, as on JetPack)."""
+    return dist_version("tensorrt", "tensorrt-cu12", "tensorrt-cu13", "tensorrt_lean")
+
+
+def cache_dir() -> Path:
+    """Where per-machine measurements are cached (:func:`uopsl.runtime.fsio.user_cache_dir`)."""
+    return user_cache_dir()

@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from uopsl.runtime.backends import ModelFileBackend
-from uopsl.runtime.backends.base import TensorSpec, check_gpu_index, verified_model_path
+from uopsl.runtime.backends.base import (ModelFileBackend, TensorSpec, cache_dir, check_gpu_index, installed_tensorrt,
+                                         verified_model_path)
 from uopsl.runtime.errors import BackendError, ConfigError
 from uopsl.runtime.fsio import sha256_file
 from uopsl.runtime.optional import dist_version, require
@@ -119,7 +119,6 @@ def provider_options(providers: list[str], device: int = 0, *, model_sha256: str
     (:class:`TrtProfile`); engines are cached in a folder per range, so an
     engine built for one range is never offered for another.
     """
-    from uopsl.runtime.backends import cache_dir
 
     version = _version_tuple(ort_version)
     out: list[str | tuple[str, dict[str, str]]] = []
@@ -165,9 +164,7 @@ def _version_tuple(version: str) -> tuple[int, ...]:
 
 def _tensorrt_version() -> str:
     """TensorRT's version: pip metadata, else the module's own (JetPack installs it with apt, without metadata)."""
-    from uopsl.runtime.backends import _installed_tensorrt
-
-    found = _installed_tensorrt()
+    found = installed_tensorrt()
     if found:
         return found
     try:
@@ -298,8 +295,6 @@ class OrtBackend(ModelFileBackend):
 
         profile = self.trt_profile if trt_ep else None
         if trt_ep:
-            from uopsl.runtime.backends import cache_dir
-
             log.info("%s: TensorRT EP engine for batches %s (built on first use on this GPU, minutes on a Jetson; "
                      "then cached under %s)", self.path.name,
                      f"{profile.min_batch}-{profile.max_batch}" if profile is not None else "as they come",

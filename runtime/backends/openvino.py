@@ -26,8 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from uopsl.runtime.backends import ModelFileBackend
-from uopsl.runtime.backends.base import TensorSpec, verified_model_path
+from uopsl.runtime.backends.base import ModelFileBackend, TensorSpec, verified_model_path
 from uopsl.runtime.errors import BackendError, ConfigError
 from uopsl.runtime.optional import require
 
