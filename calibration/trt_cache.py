@@ -51,7 +51,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from uopsl.runtime.engine_header import parse_version
+from uopsl.runtime.trt_version import parse_version
 from uopsl.runtime.errors import ConfigError, DataError, UopslError
 from uopsl.runtime.fsio import write_text
 

@@ -62,7 +62,7 @@ from typing import Any
 
 from uopsl.runtime.errors import BundleError, EngineMismatchError
 from uopsl.runtime.fsio import atomic_open, load_json_strict, sha256_bytes
-from uopsl.runtime.trt_compat import installed_version, parse_version
+from uopsl.runtime.trt_version import parse_version
 from uopsl.runtime.version import __version__
 
 log = logging.getLogger(__name__)
@@ -572,10 +572,10 @@ def check_compatible(
     ``running_platform``: :func:`this_platform` when None.
     """
     if running_trt_version is None or gpu_name is None or compute_capability is None:
-        from uopsl.runtime import cuda_binding
+        from uopsl.runtime import cuda_binding, trt_compat  # need numpy and TensorRT: loaded only here
 
         if running_trt_version is None:
-            running_trt_version = installed_version()
+            running_trt_version = trt_compat.installed_version()
         if gpu_name is None or compute_capability is None:
             name, cc = cuda_binding.load_cuda("checking a TensorRT engine against this GPU").device_properties(device)
             gpu_name = name if gpu_name is None else gpu_name

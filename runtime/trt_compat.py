@@ -39,7 +39,6 @@ from __future__ import annotations
 import abc
 import contextlib
 import logging
-import re
 import threading
 from collections import deque
 from collections.abc import Iterator, Sequence
@@ -49,8 +48,9 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from uopsl.runtime.errors import BackendError, BundleError, ConfigError, UopslError
+from uopsl.runtime.errors import BackendError, ConfigError, UopslError
 from uopsl.runtime.optional import extra_hint, require
+from uopsl.runtime.trt_version import parse_version
 
 if TYPE_CHECKING:  # pragma: no cover - typing only; checked against tensorrt-stubs in CI
     import tensorrt
@@ -60,21 +60,6 @@ log = logging.getLogger(__name__)
 MIN_VERSION = (8, 5)
 SUPPORTED = "8.5, 8.6, 10.x and 11.x"
 IoApi = Literal["bindings", "tensors"]
-
-
-def parse_version(text: str) -> tuple[int, ...]:
-    """``"8.6.1"`` -> (8, 6, 1); ``"10.0.0b6"`` -> (10, 0, 0); at most four numeric parts."""
-    parts: list[int] = []
-    for piece in str(text).strip().split(".")[:4]:
-        m = re.match(r"\d+", piece)
-        if m is None:
-            break
-        parts.append(int(m.group()))
-        if m.end() != len(piece):  # "0b6": a pre-release suffix ends the numeric part
-            break
-    if len(parts) < 2:
-        raise BundleError(f"cannot read the TensorRT version {text!r} (expected e.g. '8.6.1' or '10.13.0.35')")
-    return tuple(parts)
 
 
 # -- TensorRT ----------------------------------------------------------------------------

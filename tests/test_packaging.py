@@ -82,7 +82,7 @@ def test_runtime_modules_import_one_another_without_a_cycle() -> None:
     which module owns what, and moved to the top of its file it fails in whichever order the modules are first
     imported. A name that two such modules need belongs in a module below both (``image_suffixes``,
     ``input_keys``, ``reasons``; the backends' shared plumbing in ``backends/base``; TensorRT's version parsing in
-    ``trt_compat``). Imports under ``if TYPE_CHECKING:`` never run and are not counted.
+    ``trt_version``). Imports under ``if TYPE_CHECKING:`` never run and are not counted.
     """
     modules = {py: ".".join(("uopsl", "runtime", *py.relative_to(ROOT / "runtime").with_suffix("").parts))
                .removesuffix(".__init__") for py in sorted((ROOT / "runtime").rglob("*.py"))}
