@@ -488,13 +488,24 @@ class StageRunner:
                 offset += b.numel()
 
     def log_row(self, row: dict[str, Any]) -> None:
+        """Append one step's row to ``log.csv`` (rank 0 only).
+
+        ``global_step`` (steps of this stage across epochs) and ``wall_time`` (Unix seconds) are added after
+        ``step`` and at the end: the step and time axes TensorBoard's scalar CSVs use, so a resumed run's rows
+        can be plotted without rebuilding the step from epoch and step. A log.csv begun by an older version
+        keeps its header (the new columns are left out of its rows rather than shifting them).
+        """
         if not self.dist.main:
             return
+        keys = list(row)
+        at = keys.index("step") + 1 if "step" in keys else len(keys)
+        row = {**{k: row[k] for k in keys[:at]}, "global_step": int(self.info["global_step"]),
+               **{k: row[k] for k in keys[at:]}, "wall_time": round(time.time(), 3)}
         path = self.out / "log.csv"
-        new = not path.exists()
+        head = _csv_header(path)
         with open(path, "a", newline="", encoding="utf-8") as fh:
-            w = csv.DictWriter(fh, fieldnames=list(row))
-            if new:
+            w = csv.DictWriter(fh, fieldnames=head or list(row), extrasaction="ignore")
+            if head is None:
                 w.writeheader()
             w.writerow(row)
 
@@ -527,6 +538,15 @@ def preprocess_changes(there: PreprocessConfig, here: PreprocessConfig | None) -
     if here is None:
         return ""
     return ", ".join(f"{k} {a!r} there, {b!r} now" for k, (a, b) in sorted(there.differences(here).items()))
+
+
+def _csv_header(path: Path) -> list[str] | None:
+    """The header row of the CSV file ``path``; None when it does not exist or is empty."""
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            return next(csv.reader(fh), None)
+    except FileNotFoundError:
+        return None
 
 
 def checkpoint_words(epoch: int, step: int) -> str:

@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -193,6 +194,8 @@ def pretrain(model: UopslModel, fundus: AnyDataset, oct_ds: AnyDataset | None, c
         oo = epoch_order(oct_ds.targets, ep, cfg.seed + 1, cfg.balanced, length) if use_oct and oct_ds is not None else None
         ob = batches(oct_ds, oo, cfg.batch_size, runner.dist, start) if oo is not None and oct_ds is not None else None
         sums, n = runner.epoch_sums(start)
+        done_here = 0  # steps since this process started the epoch (the rate's own count)
+        t0 = time.perf_counter()
         for step, xf, yf in batches(fundus, fo, cfg.batch_size, runner.dist, start):
             xo = yo = None
             if ob is not None:
@@ -206,9 +209,12 @@ def pretrain(model: UopslModel, fundus: AnyDataset, oct_ds: AnyDataset | None, c
                 sums[k] = sums.get(k, 0.0) + float(v.detach())
             runner.note_partial(sums, n)
             runner.info.update(step=step + 1, global_step=runner.info["global_step"] + 1)
+            done_here += 1
+            # Fundus photographs per second, as finetune counts them (an OCT batch rides along with each).
+            rate = done_here * len(xf) * runner.dist.world / max(time.perf_counter() - t0, 1e-9)
             runner.log_row({"stage": "pretrain", "epoch": ep + 1, "step": step + 1,
-                            **{k: round(float(v.detach()), 5) for k, v in parts.items()}})
-            bar.set_postfix(loss=f"{float(parts['loss'].detach()):.4f}")
+                            **{k: round(float(v.detach()), 5) for k, v in parts.items()}, "img_per_s": round(rate, 2)})
+            bar.set_postfix(loss=f"{float(parts['loss'].detach()):.4f}", img_s=f"{rate:.1f}")
             bar.update(1)
             if cfg.save_every and runner.info["global_step"] % cfg.save_every == 0:
                 runner.checkpoint()
