@@ -157,8 +157,8 @@ _csv_option = click.option(
 @_bundle_arg
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Output folder (results.csv, results.jsonl, report.html, overlays/); not inside a bundle or "
-                   "checkpoint folder.")
+              help="Output folder (results.csv, results.jsonl, report.html, run.json, thumbs/, overlays/, and "
+                   "days/ above 1,000 photographs); not inside a bundle or checkpoint folder.")
 @_backend_options
 @click.option("--batch", type=click.IntRange(min=1), default=8, show_default=True, help="Images per inference call.")
 @click.option("--workers", type=PARALLEL_COUNT, default=None,
@@ -177,6 +177,12 @@ def run_cmd(bundle: Path, inputs: Sequence[Path], out: Path, backend: str, preci
     """Screen INPUTS (files, folders searched recursively, or .txt/.lst/.list list files) into --out.
 
     Rerunning with the same --out skips the images already screened.
+
+    \b
+    Exit codes: 0 every photograph screened, 1 some failed or were ungradable
+    (their rows say why), 2 a usage, bundle, output-folder or file-system error
+    or no photograph found, 130 interrupted (Ctrl-C), 143 stopped by SIGTERM;
+    both of these keep what was screened (rerun to continue).
     """
     from uopsl.runtime import progress as progress_bars
     from uopsl.runtime.api import Screener
@@ -196,8 +202,8 @@ def run_cmd(bundle: Path, inputs: Sequence[Path], out: Path, backend: str, preci
 @_bundle_arg
 @click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Output folder (results.csv, results.jsonl, report.html, overlays/), refreshed as photographs "
-                   "arrive; it may sit inside FOLDER (it is never screened) but must not hold it, nor lie "
+              help="Output folder (results.csv, results.jsonl, report.html, run.json, thumbs/, overlays/, days/), "
+                   "refreshed as photographs arrive; it may sit inside FOLDER (it is never screened) but must not hold it, nor lie "
                    "inside a bundle or checkpoint folder.")
 @_backend_options
 @click.option("--overlays/--no-overlays", default=True, show_default=True, help="Write heatmap overlay PNGs.")
@@ -211,7 +217,13 @@ def run_cmd(bundle: Path, inputs: Sequence[Path], out: Path, backend: str, preci
 def watch_cmd(bundle: Path, folder: Path, out: Path, backend: str, precision: str, threads: int | None,
               overlays: bool, settle_ms: int, poll_s: float, max_images: int | None, timeout_s: float | None,
               csv_style: str, trusted_keys: Sequence[Path]) -> int:
-    """Screen photographs as they appear in FOLDER (until Ctrl-C, --max-images or --timeout)."""
+    """Screen photographs as they appear in FOLDER (until Ctrl-C, --max-images or --timeout).
+
+    \b
+    Exit codes: 0 every photograph screened, 1 some failed or were ungradable,
+    2 a usage, bundle, output-folder or file-system error. Ctrl-C and SIGTERM
+    are the normal stop here: they end with 0 or 1 as above.
+    """
     from uopsl.runtime.api import Screener
     from uopsl.runtime.watch import WatchConfig, watch_folder
 

@@ -283,7 +283,7 @@ def load_set(images: str, source: ModelSource, *, max_images: int | None, seed: 
               help="Skip photographs without a detected field of view (the quality gate refuses them).")
 @click.option("--set-cache", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Where to cache the preprocessed set. Default: a file in calibration-sets/ of the user cache folder "
-                   "($UOPSL_CACHE_DIR, else ~/.cache/uopsl).")
+                   "($UOPSL_CACHE_DIR, else $XDG_CACHE_HOME/uopsl, else ~/.cache/uopsl).")
 @click.option("--no-cache", is_flag=True, help="Neither read nor write the set cache.")
 @click.option("--force", is_flag=True, help="Recalibrate even if --out already matches model, set and method.")
 def command(model: Path, images: str, method: str, percentile: float, out: Path | None, size: int | None,

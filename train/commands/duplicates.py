@@ -24,14 +24,14 @@ from uopsl.train.commands.common import load_source
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Write the report as JSON here; not inside a bundle or checkpoint folder.")
 @click.option("--cache", "cache_dir", type=click.Path(path_type=Path), default=None,
-              help="Signature cache folder [default: the user cache folder ($UOPSL_CACHE_DIR, else ~/.cache/uopsl)/duplicates].")
+              help="Signature cache folder [default: the user cache folder ($UOPSL_CACHE_DIR, else $XDG_CACHE_HOME/uopsl, else ~/.cache/uopsl)/duplicates].")
 def command(specs: tuple[str, ...], threshold: float, folds: int | None, fold_seed: int, out: Path | None,
             cache_dir: Path | None) -> int:
     """List the photographs of SPECS (datasets, KIND:PATH[:key=value,...]) that are copies of each other.
 
     A copy is found by content, not by name or bytes: re-encoded, resized,
     re-cropped, padded or re-toned copies of one photograph count (how
-    reliably: docs/results.md, section 3, "Copies of one photograph"). Each set of copies is
+    reliably: docs/results.md, section 3, "Session 16 ...: copies of one photograph in TVHL"). Each set of copies is
     printed with the patient, eye and labels every copy is filed under, and
     flagged where those differ: copies under two patients leak across a
     patient-level split (the dataset option duplicates=0.9 keeps them on one

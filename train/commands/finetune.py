@@ -32,10 +32,14 @@ from uopsl.train.commands.common import (INIT_HELP, check_classes_in_data, check
                    "folder. With --from, only to name the encoder that made that checkpoint (checked).")
 @click.option("--variant", type=click.Choice(["uopsl", "p_only", "fundus_only"]), default=None,
               help="For a fresh model (default uopsl); must match a --from checkpoint.")
-@click.option("--backbone", default="efficientnet_lite0", show_default=True,
-              help="resnet18, resnet50, mobilenet_v3_large, efficientnet_b0, efficientnet_lite0/1/2.")
-@click.option("--init", default="imagenet", show_default=True, help=INIT_HELP)
-@click.option("--size", type=click.IntRange(64, 1024), default=320, show_default=True)
+@click.option("--backbone", default="efficientnet_lite0",
+              help="Encoder of a fresh model: resnet18, resnet50, mobilenet_v3_large, efficientnet_b0, "
+                   "efficientnet_lite0/1/2 (default efficientnet_lite0). With --from: the checkpoint's (another "
+                   "is refused).")
+@click.option("--init", default="imagenet", help=INIT_HELP + " Fresh models only (default imagenet); refused with --from.")
+@click.option("--size", type=click.IntRange(64, 1024), default=320,
+              help="Model input side in pixels, 64-1024 (default 320). With --from: the checkpoint's (another "
+                   "value is refused).")
 @click.option("--freeze-sites", is_flag=True, help="Keep P, G and the site attention fixed (the site guide is then off).")
 @click.option("--site-loss", "w_site_finetune", type=FiniteFloatRange(0.0), default=0.0, show_default=True,
               help="Weight of the site loss on fundus tokens (each class's site-pooled feature alone must score "

@@ -26,7 +26,9 @@ from uopsl.train.commands.common import items_for, load_source
               help="Photographs whose activation ranges fix the simulated uint8 grids (minmax).")
 @click.option("--augment/--no-augment", default=True, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1 ...")
+@click.option("--device", default="cpu", show_default=True,
+              help="cpu, cuda, cuda:1 ... (cpu by default, unlike the other training commands' auto: QAT has "
+                   "only been run on the CPU so far).")
 @click.option("--save-every", type=click.IntRange(0), default=50, show_default=True,
               help="Steps between resumable checkpoints (0: epoch ends only).")
 @click.option("--cache", "cache_dir", type=click.Path(path_type=Path), default=None,
