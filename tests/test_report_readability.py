@@ -450,7 +450,7 @@ def test_watch_out_has_help(capsys: pytest.CaptureFixture[str]) -> None:
 
     assert main(["watch", "--help"]) == 0
     out = " ".join(capsys.readouterr().out.split())
-    assert "--out DIRECTORY Output folder (results.csv, results.jsonl, report.html, overlays/)" in out
+    assert "--out DIRECTORY Output folder (results.csv, results.jsonl, report.html, run.json, thumbs/, overlays/, days/)" in out
 
 
 # -- print, in a real browser ----------------------------------------------------------------------------------
