@@ -80,7 +80,7 @@ from uopsl.runtime.preprocess import PREPROCESS_VERSION
 from uopsl.runtime.quality import QualityConfig
 from uopsl.runtime.report_days import write_reports
 from uopsl.runtime.results import CSV, CSV_STYLES, JSONL, ModelIdentity, ResultStore, model_identity, write_csv
-from uopsl.runtime.stopping import saving_outputs
+from uopsl.runtime.stopping import interrupts_deferred, saving_outputs
 
 log = logging.getLogger(__name__)
 
@@ -619,12 +619,16 @@ class Screener:
                         if on_result is not None:
                             on_result(r)
                         if len(buffer) >= self.config.batch_size:
-                            rows, buffer = buffer, []  # handed over first: a failed write is not retried below
-                            store.append(rows)
+                            # Counted as screened: a stop waits until they are saved. Handed over inside, so a stop
+                            # before leaves them to the append below, and a failed write is not retried there.
+                            with interrupts_deferred():
+                                rows, buffer = buffer, []
+                                store.append(rows)
                         bar.update(1)
                 finally:
-                    rows, buffer = buffer, []
-                    store.append(rows)
+                    with interrupts_deferred():
+                        rows, buffer = buffer, []
+                        store.append(rows)
                     bar.close()
             except KeyboardInterrupt:
                 summary.interrupted = True
@@ -705,6 +709,7 @@ class Screener:
 
     def _finalize(self, out: Path, store: ResultStore, *, report: bool, inputs: Iterable[Any] | None,
                   only_busy: bool, incomplete: str | None = None) -> list[dict[str, Any]]:
+        store.check_in_place()  # a folder that went: its rows are not here to list
         rows = store.latest_rows()
         busy: list[str] = []
         only = set(self.busy_outputs) if only_busy else None  # watch between new rows: the held files alone
@@ -749,6 +754,8 @@ class Screener:
 
     def _finalize_quietly(self, out: Path, store: ResultStore, report: bool, inputs: Iterable[Any] | None,
                           incomplete: str | None = None) -> None:
+        if store.gone:  # nothing to rewrite: a fresh report there would list none of the rows
+            return
         try:
             self.finalize(out, store, report=report, inputs=inputs, incomplete=incomplete)
         except Exception as exc:  # noqa: BLE001 - the original failure is the one to report

@@ -396,6 +396,7 @@ class ResultStore:
                 if attempt == 2 or self.out_dir.exists():
                     raise
         self._locked = True
+        self.gone = False  # the folder was removed or moved while open: nothing more is written for it
         self._fh: TextIO | None = None
         self._pending: list[dict[str, Any]] = []  # rows noted but not yet written (see :meth:`defer`)
         self._broken: str = ""  # why a write failed: this store writes no more (its counts are not the file's)
@@ -858,6 +859,35 @@ class ResultStore:
         fh.flush()
         os.fsync(fh.fileno())
         self._end = os.fstat(fh.fileno()).st_size
+        self.check_in_place()
+
+    def check_in_place(self) -> None:
+        """Raise :class:`ConfigError` when the results.jsonl being written is no longer in the output folder.
+
+        Why: a folder removed or moved while screening (a clean-up script, a USB stick re-mounted, a user
+        tidying up) took the rows appended through the open handle with it, and the run then wrote a fresh
+        report of "0 images" where the folder had been and exited as if all were well (a review). Only what
+        every filesystem says reliably is used: the file is not found by its name, or the open file has no
+        name left (inode numbers are not compared: SMB mounts may renumber them). One ``stat`` per batch.
+        """
+        problem = ""
+        try:
+            if self._fh is not None:
+                os.stat(self.path)
+                if os.fstat(self._fh.fileno()).st_nlink == 0:
+                    problem = f"lost its {JSONL} (deleted)"
+            else:
+                os.stat(self.out_dir)
+        except FileNotFoundError:
+            problem = "was removed or moved"
+        if not problem:
+            return
+        self.gone = True
+        self._broken = self._broken or "the output folder went"
+        lost = (f": the rows written since are not in it (if it was moved, they are in its {JSONL} there)"
+                if self._fh is not None else "")
+        raise ConfigError(f"the output folder {self.out_dir} {problem} while screening{lost}; run the same command "
+                          f"again to screen into {self.out_dir}")
 
     def defer(self, row: dict[str, Any]) -> None:
         """Count ``row`` as written now (``done``, lookups) and write it with the next :meth:`append`.

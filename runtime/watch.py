@@ -387,6 +387,7 @@ def watch_folder(
         gap = cfg.refresh_s  # grows with what a rewrite of the outputs costs (refresh_gap)
         said_gap = cfg.refresh_s
         dirty = False
+        said_failed = ""  # the last failed rewrite's error, said once until a rewrite succeeds
         log.info("watching %s (settle %d ms); Ctrl-C to stop", src, cfg.settle_ms)
         try:
             while True:
@@ -404,15 +405,26 @@ def watch_folder(
                     _add(total, s)
                 now = time.monotonic()
                 if dirty and now - last_refresh >= gap:
-                    n_listed = _refresh(screener, out, held)
-                    last_refresh, dirty = time.monotonic(), False
-                    gap = refresh_gap(cfg.refresh_s, last_refresh - now)
-                    if gap > 2 * said_gap:
-                        log.info("rewriting results.csv and the report took %.1f s (%d photographs in %s): they are "
-                                 "rewritten at most every %.0f s from now on, so that screening keeps the CPU (each "
-                                 "result is in %s as soon as it is screened)", last_refresh - now, n_listed, out,
-                                 gap, "results.jsonl")
-                        said_gap = gap
+                    try:
+                        n_listed = _refresh(screener, out, held)
+                    except OSError as exc:
+                        # A full disk, a share gone for a moment: screening goes on (each row is in results.jsonl,
+                        # whose own failure does stop the watch) and the rewrite is tried again after the gap.
+                        # It stopped the watch for the rest of the day, rows still fitting (a review).
+                        said_failed = _refresh_failed(exc, out, said_failed)
+                        last_refresh = time.monotonic()
+                    else:
+                        if said_failed:
+                            log.warning("results.csv and report.html in %s are up to date again", out)
+                            said_failed = ""
+                        last_refresh, dirty = time.monotonic(), False
+                        gap = refresh_gap(cfg.refresh_s, last_refresh - now)
+                        if gap > 2 * said_gap:
+                            log.info("rewriting results.csv and the report took %.1f s (%d photographs in %s): they "
+                                     "are rewritten at most every %.0f s from now on, so that screening keeps the CPU "
+                                     "(each result is in %s as soon as it is screened)", last_refresh - now, n_listed,
+                                     out, gap, "results.jsonl")
+                            said_gap = gap
                 elif screener.busy_outputs and now - last_refresh >= gap:
                     # An output another program held open (Excel): only it is tried again, at each refresh.
                     screener.finalize(out, held, only_busy=True)
@@ -461,6 +473,15 @@ def refresh_gap(refresh_s: float, last_cost_s: float) -> float:
     a busy camera kept a core rewriting them.
     """
     return max(refresh_s, REFRESH_COST_FACTOR * last_cost_s)
+
+
+def _refresh_failed(exc: OSError, out: Path, said: str) -> str:
+    """Warn that results.csv/report.html could not be rewritten (once per distinct error); the error's text."""
+    text = f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else "")
+    if text != said:
+        log.warning("results.csv and report.html in %s NOT updated (%s); screening goes on, every result is in "
+                    "results.jsonl, and the rewrite is tried again (free some space if the disk is full)", out, text)
+    return text
 
 
 def _refresh(screener: Screener, out: Path, store: ResultStore) -> int:

@@ -1,0 +1,133 @@
+"""A results folder removed or moved while screening, and a watch whose report cannot be rewritten (session 52).
+
+A storage review found: ``rm -rf OUT`` (or ``mv OUT``) during ``run`` ended with the normal summary, exit 1,
+and a fresh report.html of "0 images" where OUT had been: every row of the session went with the unlinked
+results.jsonl (``watch`` the same, exit 0). And a ``watch`` whose periodic rewrite of results.csv/report.html
+met a full disk stopped for good, though its rows still fitted.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import shutil
+from pathlib import Path
+
+import pytest
+from tinybundle import good_photos, results_csv, results_jsonl, tiny_bundle  # noqa: F401 - session fixture
+from uopsl.runtime import watch as watch_mod
+from uopsl.runtime.api import Screener
+from uopsl.runtime.cli import main
+from uopsl.runtime.errors import ConfigError
+from uopsl.runtime.watch import WatchConfig, watch_folder
+
+
+@pytest.fixture(autouse=True)
+def _own_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("UOPSL_CACHE_DIR", str(tmp_path / "cache"))
+
+
+@pytest.mark.parametrize("how", ["removed", "moved"])
+def test_run_stops_with_a_clear_error_when_its_folder_goes(tiny_bundle: Path, tmp_path: Path,  # noqa: F811
+                                                           how: str) -> None:
+    good_photos(tmp_path / "in", 6)
+    out = tmp_path / "out"
+    seen = [0]
+
+    def take_the_folder(r: object) -> None:
+        seen[0] += 1
+        if seen[0] == 3:  # after the first batch of two was appended
+            if how == "removed":
+                shutil.rmtree(out)
+            else:
+                out.rename(tmp_path / "elsewhere")
+
+    with Screener(tiny_bundle, "ort-cpu", threads=1, batch_size=2) as s:
+        with pytest.raises(ConfigError, match=rf"the output folder {out} was removed or moved while screening: "
+                                              r"the rows written since are not in it"):
+            s.screen_to(out, [tmp_path / "in"], on_result=take_the_folder)
+    # No fresh report of "0 images" (nor a header-only CSV) where the folder was.
+    assert not (out / "report.html").exists() and not (out / "results.csv").exists()
+    if how == "moved":
+        assert len(results_jsonl(tmp_path / "elsewhere")) >= 2  # the rows went with the folder
+    assert main(["run", str(tiny_bundle), str(tmp_path / "in"), "--out", str(out), "--backend", "ort-cpu",
+                 "--threads", "1", "--no-progress"]) == 0
+    assert len(results_csv(out)) == 6
+
+
+def test_run_from_the_command_line_exits_2_with_one_line(tiny_bundle: Path, tmp_path: Path,  # noqa: F811
+                                                         monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    good_photos(tmp_path / "in", 4)
+    out = tmp_path / "out"
+    real = Screener._write_images
+    calls = [0]
+
+    def remove_after_two(self: Screener, *a: object, **k: object) -> dict[str, str]:
+        calls[0] += 1
+        if calls[0] == 3:
+            shutil.rmtree(out)
+        return real(self, *a, **k)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Screener, "_write_images", remove_after_two)
+    rc = main(["run", str(tiny_bundle), str(tmp_path / "in"), "--out", str(out), "--backend", "ort-cpu",
+               "--threads", "1", "--no-progress", "--batch", "2"])
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    errors = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and "was removed or moved while screening" in errors[0] and "Traceback" not in err
+    assert not (out / "report.html").exists()
+
+
+def test_watch_stops_when_its_folder_goes(tiny_bundle: Path, tmp_path: Path) -> None:  # noqa: F811
+    inbox = tmp_path / "inbox"
+    first, second = good_photos(tmp_path / "src", 2)
+    inbox.mkdir()
+    shutil.copy(first, inbox / "a.jpg")
+    out = tmp_path / "out"
+
+    def on_result(r: object) -> None:
+        if Path(r.source).name == "a.jpg":  # type: ignore[attr-defined]
+            shutil.copy(second, inbox / "b.jpg")
+        else:  # a.jpg's row is in the folder by now: b.jpg's would go with the removed file
+            shutil.rmtree(out)
+
+    with Screener(tiny_bundle, "ort-cpu", threads=1, batch_size=1) as s:
+        with pytest.raises(ConfigError, match="was removed or moved while screening: the rows written since"):
+            watch_folder(s, inbox, out, WatchConfig(settle_ms=0, poll_s=0.05, timeout_s=20, refresh_s=0),
+                         on_result=on_result)
+    assert not (out / "report.html").exists()
+
+
+def test_watch_keeps_screening_when_a_rewrite_of_the_report_fails(tiny_bundle: Path, tmp_path: Path,  # noqa: F811
+                                                                  monkeypatch: pytest.MonkeyPatch,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    inbox = tmp_path / "inbox"
+    photos = good_photos(tmp_path / "src", 3)
+    inbox.mkdir()
+    shutil.copy(photos[0], inbox / "a.jpg")
+    out = tmp_path / "out"
+    real = watch_mod._refresh
+    refreshes = [0]
+
+    def full_disk_twice(screener: Screener, out_: Path, store: object) -> int:
+        refreshes[0] += 1
+        if refreshes[0] <= 2:
+            raise OSError(errno.ENOSPC, "No space left on device", str(out_ / "report.html"))
+        return real(screener, out_, store)  # type: ignore[arg-type]
+
+    def on_result(r: object) -> None:
+        name = Path(r.source).name  # type: ignore[attr-defined]
+        nxt = {"a.jpg": "b.jpg", "b.jpg": "c.jpg"}.get(name)
+        if nxt:
+            shutil.copy(photos[1 if nxt == "b.jpg" else 2], inbox / nxt)
+
+    monkeypatch.setattr(watch_mod, "_refresh", full_disk_twice)
+    caplog.set_level(logging.WARNING, logger="uopsl.runtime.watch")
+    with Screener(tiny_bundle, "ort-cpu", threads=1, batch_size=1) as s:
+        summary = watch_folder(s, inbox, out, WatchConfig(settle_ms=0, poll_s=0.05, max_images=3, timeout_s=30, refresh_s=0),
+                               on_result=on_result)
+    assert summary.screened == 3 and len(results_jsonl(out)) == 3 and len(results_csv(out)) == 3
+    said = [r.getMessage() for r in caplog.records]
+    assert sum("NOT updated (No space left on device:" in m for m in said) == 1, said  # once per distinct error
+    assert any("up to date again" in m for m in said), said
