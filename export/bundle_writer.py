@@ -42,6 +42,7 @@ from uopsl.runtime.bundle import (
     parity_reference_kind,
     quantize_records,
     read_manifest,
+    staged_manifest,
     unlisted_files,
     verify_or_raise,
     write_manifest,
@@ -222,6 +223,8 @@ def add_file(
     kind: FileKind,
     precision: Precision = "none",
     info: dict[str, Any] | None = None,
+    *,
+    move: bool = False,
     **manifest_updates: Any,
 ) -> Manifest:
     """Copy ``src`` into the bundle as ``name`` (or register a file already there when ``src`` is None).
@@ -229,8 +232,12 @@ def add_file(
     Replaces an entry of the same name; ``manifest_updates`` set other
     manifest fields (e.g. ``calibration_fingerprint``) in the same atomic write.
     The new file takes the old one's place only under the manifest lock, once
-    the manifest has passed its check: a refused update (the lock busy, a
-    damaged manifest) leaves the bundle's files as they were.
+    the manifest has passed its check and the new manifest is written beside
+    its place: a refused or failed update (the lock busy, a damaged manifest,
+    a full disk) leaves the bundle's files as they were, and what is left to
+    do then is two renames. ``move``: ``src`` is the caller's own temporary in
+    the bundle's folder (``uopsl quantize`` writes its model there): it is
+    renamed, not copied, so a nearly full disk needs no room for a second copy.
     """
     root = Path(bundle)
     dest = root / name
@@ -242,8 +249,12 @@ def add_file(
         if src is not None and Path(src).resolve() != dest.resolve():
             # A temporary of its own: two commands adding the same file side by side copy to different places.
             stage = stack.enter_context(staging(dest))
-            with stage.writer("wb") as out, open(src, "rb") as inp:
-                shutil.copyfileobj(inp, out, 1 << 20)
+            if move and Path(src).resolve().parent == dest.resolve().parent:
+                stage.close()
+                os.replace(src, stage.path)  # sealed (mode, fsync) when committed
+            else:
+                with stage.writer("wb") as out, open(src, "rb") as inp:
+                    shutil.copyfileobj(inp, out, 1 << 20)
         elif not dest.is_file():
             raise BundleError(f"{dest} does not exist; nothing to add to the bundle")
         with manifest_update(root):
@@ -263,10 +274,12 @@ def add_file(
             files = (tuple(entry if f.path == name else f for f in manifest.files) if name in names
                      else manifest.files + (entry,))
             updated = replace(manifest, files=files, **manifest_updates)
-            if stage is not None:
-                stage.commit()
-            if updated != manifest:
-                write_manifest(root, updated)
+            with contextlib.ExitStack() as writing:
+                new_manifest = writing.enter_context(staged_manifest(root, updated)) if updated != manifest else None
+                if stage is not None:
+                    stage.commit()
+                if new_manifest is not None:
+                    new_manifest.commit()
     return updated
 
 

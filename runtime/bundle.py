@@ -17,12 +17,13 @@ file) lives here so a device can check a bundle without the training stack.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import numbers
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from types import MappingProxyType
@@ -32,7 +33,7 @@ import numpy as np
 
 from uopsl.runtime.cpuinfo import CPU_BACKENDS, int8_cpu_class, same_int8_arithmetic
 from uopsl.runtime.errors import BundleError, command_word
-from uopsl.runtime.fsio import json_default, load_json_strict, sha256_bytes, sha256_file, write_json
+from uopsl.runtime.fsio import Stage, json_default, load_json_strict, sha256_bytes, sha256_file, staging
 from uopsl.runtime.image_suffixes import IMAGE_SUFFIXES, image_suffix
 from uopsl.runtime.intended_use import IntendedUse
 from uopsl.runtime.model_folders import folder_kind
@@ -751,6 +752,19 @@ def content_hash(d: dict[str, Any]) -> str:
 
 
 def write_manifest(bundle: str | os.PathLike[str], manifest: Manifest) -> None:
+    """Write ``manifest`` (with its content hash) into ``bundle``, atomically."""
+    with staged_manifest(bundle, manifest) as stage:
+        stage.commit()
+
+
+@contextlib.contextmanager
+def staged_manifest(bundle: str | os.PathLike[str], manifest: Manifest) -> Iterator[Stage]:
+    """``manifest`` written and fsynced beside ``bundle``'s manifest.json, in its place only once committed.
+
+    Why: a bundle update that puts a new file in place and then writes the manifest could fail between the
+    two (a full disk) and leave a listed file whose checksum fails, the FP32 model's screening refused with
+    it (a review). Written first, the manifest and the file change by two renames, which allocate nothing.
+    """
     problem = manifest.problem()
     if problem:
         raise BundleError(f"not writing {Path(bundle) / MANIFEST}: {problem}")
@@ -758,7 +772,10 @@ def write_manifest(bundle: str | os.PathLike[str], manifest: Manifest) -> None:
     # way first; a str() of them ("3", "True") would make a manifest that fails its own checksum on every device.
     d = json.loads(json.dumps(manifest.to_dict(), default=json_default))
     d["content_sha256"] = content_hash(d)
-    write_json(Path(bundle) / MANIFEST, d)
+    with staging(Path(bundle) / MANIFEST) as stage:
+        with stage.writer("w", encoding="utf-8") as fh:  # as write_json writes it
+            fh.write(json.dumps(d, indent=2, sort_keys=False, default=json_default) + "\n")
+        yield stage
 
 
 def describe_file(bundle: str | os.PathLike[str], entry: FileEntry) -> FileEntry:

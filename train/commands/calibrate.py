@@ -22,12 +22,12 @@ from typing import Any
 import click
 
 from uopsl.calibration.dataset import CalibrationSet, build_calibration_set
-from uopsl.calibration.table import TABLE_FILE
+from uopsl.calibration.table import TABLE_FILE, CalibrationTable
 from uopsl.runtime.bundle import MANIFEST, read_manifest, verify_before_rewrite
 from uopsl.runtime.clikit import FiniteFloatRange, option_given
 from uopsl.runtime.signing import warn_if_signed
 from uopsl.runtime.errors import BundleError, ConfigError
-from uopsl.runtime.fsio import sha256_file, user_cache_dir
+from uopsl.runtime.fsio import sha256_file, staging, user_cache_dir
 from uopsl.runtime.optional import require
 from uopsl.runtime.preprocess import PreprocessConfig
 
@@ -262,6 +262,33 @@ def load_set(images: str, source: ModelSource, *, max_images: int | None, seed: 
     return calib_set
 
 
+def _calibrate_into_bundle(bundle: Path, out: Path, model: Path, calib_set: CalibrationSet, method: str,
+                           percentile: float, force: bool, batch_size: int) -> CalibrationTable:
+    """The table measured (or the bundle's, still current) and listed in ``bundle``'s manifest as ``out``.
+
+    A new table is written beside its place and moved in by ``add_file`` together with the manifest that
+    lists it: written in place first, a full disk before the manifest left a table failing its checksum,
+    and the bundle's every model refused (a review).
+    """
+    from uopsl.calibration.onnx_file import model_sha256
+    from uopsl.calibration.ranges import calibrate
+    from uopsl.calibration.table import load_if_current
+    from uopsl.export.bundle_writer import add_file
+
+    current = None if force else load_if_current(
+        out, model_sha256=model_sha256(model), set_fingerprint=calib_set.fingerprint, method=method,
+        percentile=percentile if method == "percentile" else None)
+    if current is not None:
+        add_file(bundle, None, out.name, "calibration", calibration_fingerprint=current.set_fingerprint)
+        return current
+    table = calibrate(model, calib_set, method=method, percentile=percentile, batch_size=batch_size)
+    with staging(out) as stage:
+        table.save(stage.path)
+        add_file(bundle, stage.path, out.name, "calibration", move=True, calibration_fingerprint=table.set_fingerprint)
+    log.info("calibration table (%s, %d tensors) written to %s", method, len(table.ranges), out)
+    return table
+
+
 @click.command("calibrate")
 @click.argument("model", type=click.Path(exists=True, path_type=Path))
 @click.option("--images", required=True,
@@ -315,12 +342,11 @@ def command(model: Path, images: str, method: str, percentile: float, out: Path 
     calib_set = load_set(images, source, max_images=max_images, seed=seed, require_fov=require_fov,
                          set_cache=set_cache, use_cache=not no_cache)
     before = sha256_file(out) if out.is_file() else None
-    table = calibrate(source.model, calib_set, method=method, percentile=percentile, out=out,
-                      force=force, batch_size=batch_size)
-    if bundle is not None:  # the bundle's manifest lists the table, with the set it came from
-        from uopsl.export.bundle_writer import add_file
-
-        add_file(bundle, None, out.name, "calibration", calibration_fingerprint=table.set_fingerprint)
+    if bundle is None:
+        table = calibrate(source.model, calib_set, method=method, percentile=percentile, out=out,
+                          force=force, batch_size=batch_size)
+    else:  # the bundle's manifest lists the table, with the set it came from
+        table = _calibrate_into_bundle(bundle, out, source.model, calib_set, method, percentile, force, batch_size)
         click.echo(f"{bundle}: manifest lists {out.name}")
         after = sha256_file(out)
         if after != before:

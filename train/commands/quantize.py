@@ -11,6 +11,7 @@ into MODEL's bundle is added to the bundle's manifest (with its checksum and
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from dataclasses import asdict, replace
@@ -25,7 +26,7 @@ from uopsl.runtime.clikit import option_given
 from uopsl.runtime.errors import ConfigError
 from uopsl.calibration.onnx_file import model_sha256
 from uopsl.calibration.ranges import set_warnings
-from uopsl.runtime.fsio import sha256_file, write_json
+from uopsl.runtime.fsio import sha256_file, staging, write_json
 from uopsl.runtime.signing import warn_if_signed
 from uopsl.train.commands.calibrate import (
     bundle_target,
@@ -190,23 +191,32 @@ def command(model: Path, table: Path | None, variant: str, per_channel: bool, ex
             log.warning("--images is not the set the table was calibrated on (fingerprints differ); "
                         "weight rounding, bias correction and the sensitivity pass use it anyway (the manifest "
                         "records what each step drew from it, fitted_on)")
-    try:
-        result = quantize_model(source.model, calib_table, out, config, calib_set=calib_set)
-    except CalibrationImagesNeeded as exc:  # in the command's own words (the library names the API's too)
-        needs = exc.needs
-        raise ConfigError(f"{' and '.join(needs)} use{'s' if len(needs) == 1 else ''} the calibration images: pass "
-                          "them with --images (the set `uopsl calibrate` was given), or turn "
-                          f"{'it' if len(needs) == 1 else 'them'} off with "
-                          + " and ".join(o for o, on in (("--no-bias-correction", bias_correction),
-                                                         ("--rounding nearest", rounding != "nearest")) if on)
-                          ) from None
-    result = replace(result, table_sha256=sha256_file(table))  # which table file: a later recalibration tells
+    with contextlib.ExitStack() as stack:
+        # Into a bundle, the model is written beside its place and moved in by add_file together with the
+        # manifest that lists it: written in place first, a full disk or a kill before the manifest left a
+        # listed file failing its checksum, and every model of the bundle refused (a review).
+        target = stack.enter_context(staging(out)).path if bundle is not None else out
+        try:
+            result = quantize_model(source.model, calib_table, target, config, calib_set=calib_set)
+        except CalibrationImagesNeeded as exc:  # in the command's own words (the library names the API's too)
+            needs = exc.needs
+            raise ConfigError(f"{' and '.join(needs)} use{'s' if len(needs) == 1 else ''} the calibration images: "
+                              "pass them with --images (the set `uopsl calibrate` was given), or turn "
+                              f"{'it' if len(needs) == 1 else 'them'} off with "
+                              + " and ".join(o for o, on in (("--no-bias-correction", bias_correction),
+                                                             ("--rounding nearest", rounding != "nearest")) if on)
+                              ) from None
+        # Which table file (a later recalibration tells), and the file's own name rather than the temporary's.
+        result = replace(result, path=str(out), table_sha256=sha256_file(table))
+        if bundle is not None:  # listed with its checksum, so verify, validate and the backends see it
+            from uopsl.export.bundle_writer import add_file
+
+            add_file(bundle, target, out.name, "onnx", result.precision,  # type: ignore[arg-type]
+                     info=result.manifest_info(), move=True)
+    # After the file: a record never describes a model that is not there.
     write_json(record_path(out), {"config": asdict(config), "result": result.to_dict(),
                                   "manifest_info": result.manifest_info()})
-    if bundle is not None:  # listed with its checksum, so verify, validate and the backends see it
-        from uopsl.export.bundle_writer import add_file
-
-        add_file(bundle, None, out.name, "onnx", result.precision, info=result.manifest_info())  # type: ignore[arg-type]
+    if bundle is not None:
         # Said once the file is listed (as calibrate does): a command that stops earlier voids nothing.
         warn_if_signed(bundle, f"an INT8 file listed now ({out.name})")
         click.echo(f"{bundle}: manifest lists {out.name} ({result.precision}); "

@@ -1,0 +1,131 @@
+"""A failed or interrupted bundle update leaves a bundle that verifies (session 52).
+
+A storage review found: ``uopsl calibrate`` put its new table in place and then met a full disk writing the
+manifest; ``uopsl quantize`` put its INT8 file in place before the manifest listed it (a kill there). Either
+left a listed file failing its checksum, and ``uopsl-screen run`` refused the whole bundle, FP32 included.
+Now the new file waits beside its place until the new manifest is written, and both move in by rename.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+import pytest
+from tinybundle import fundus_jpeg, make_tiny_bundle
+
+from uopsl.export import bundle_writer
+from uopsl.runtime import bundle as bundle_mod
+from uopsl.runtime.bundle import read_manifest, verify
+from uopsl.runtime.clikit import main_entry
+from uopsl.train.cli import cli
+
+
+def _uopsl(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    rc = main_entry(cli, argv, prog_name="uopsl")
+    got = capsys.readouterr()
+    return rc, got.out + got.err
+
+
+@pytest.fixture
+def bundle(tmp_path: Path) -> Path:
+    return make_tiny_bundle(tmp_path / "b", int8=True)
+
+
+@pytest.fixture
+def photos(tmp_path: Path) -> Path:
+    for i in range(4):
+        fundus_jpeg(tmp_path / "imgs" / f"p{i}.jpg", seed=i)
+    return tmp_path / "imgs"
+
+
+def _all_verify(bundle: Path) -> list[str]:
+    return [f"{c.path}: {c.reason}" for c in verify(bundle) if not c.ok]
+
+
+def _disk_full_writing_the_manifest(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = bundle_mod.staging
+
+    def staging(path):  # type: ignore[no-untyped-def]
+        if Path(path).name == "manifest.json":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(path)
+
+    monkeypatch.setattr(bundle_mod, "staging", staging)
+
+
+def _leftovers(bundle: Path) -> list[str]:
+    return sorted(p.name for p in bundle.iterdir() if p.name.endswith(".tmp"))
+
+
+def test_calibrate_on_a_full_disk_leaves_the_old_table_listed(bundle: Path, photos: Path,
+                                                               monkeypatch: pytest.MonkeyPatch,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    before = {p.name: p.read_bytes() for p in bundle.iterdir() if p.is_file()}
+    _disk_full_writing_the_manifest(monkeypatch)
+    rc, out = _uopsl(["calibrate", str(bundle), "--images", str(photos), "--allow-no-fov", "--no-cache",
+                      "--force"], capsys)
+    assert rc == 2 and "No space left on device" in out, out
+    assert _all_verify(bundle) == [] and _leftovers(bundle) == []
+    assert {p.name: p.read_bytes() for p in bundle.iterdir() if p.is_file()} == before
+
+
+def test_quantize_on_a_full_disk_leaves_the_old_int8_file_listed(bundle: Path, photos: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    assert _uopsl(["calibrate", str(bundle), "--images", str(photos), "--allow-no-fov", "--no-cache"], capsys)[0] == 0
+    old = (bundle / "model.int8.onnx").read_bytes()
+    _disk_full_writing_the_manifest(monkeypatch)
+    rc, out = _uopsl(["quantize", str(bundle), "--rounding", "nearest", "--no-bias-correction"], capsys)
+    assert rc == 2 and "No space left on device" in out, out
+    assert _all_verify(bundle) == [] and _leftovers(bundle) == []
+    assert (bundle / "model.int8.onnx").read_bytes() == old and not (bundle / "model.int8.quantize.json").exists()
+
+
+def test_quantize_stopped_before_the_manifest_leaves_the_old_file_in_place(bundle: Path, photos: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch,
+                                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """The review's power-loss script: the process ends as add_file begins (here: an exception, so the test
+    process lives on; the bundle's files are what a kill would leave, temporaries apart)."""
+    assert _uopsl(["calibrate", str(bundle), "--images", str(photos), "--allow-no-fov", "--no-cache"], capsys)[0] == 0
+    old = (bundle / "model.int8.onnx").read_bytes()
+
+    def power_lost(*a: object, **k: object) -> None:
+        raise SystemExit(137)
+
+    monkeypatch.setattr(bundle_writer, "add_file", power_lost)
+    with pytest.raises(SystemExit):
+        _uopsl(["quantize", str(bundle), "--rounding", "nearest", "--no-bias-correction"], capsys)
+    assert _all_verify(bundle) == [] and (bundle / "model.int8.onnx").read_bytes() == old
+
+
+def test_quantize_moves_its_file_in_and_lists_it(bundle: Path, photos: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    assert _uopsl(["calibrate", str(bundle), "--images", str(photos), "--allow-no-fov", "--no-cache"], capsys)[0] == 0
+    rc, out = _uopsl(["quantize", str(bundle), "--rounding", "nearest", "--no-bias-correction"], capsys)
+    assert rc == 0, out
+    assert _all_verify(bundle) == [] and _leftovers(bundle) == []
+    entry = read_manifest(bundle).file("model.int8.onnx")
+    assert entry.info.get("table_sha256") or entry.info.get("calibration_sha256")
+    assert oct(os.stat(bundle / "model.int8.onnx").st_mode & 0o777) == oct(0o666 & ~_umask())
+    assert (bundle / "model.int8.quantize.json").is_file()
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_add_file_move_renames_a_temporary_in_the_bundle_and_copies_one_from_elsewhere(bundle: Path,
+                                                                                      tmp_path: Path) -> None:
+    data = (bundle / "model.int8.onnx").read_bytes() + b"\0"
+    here = bundle / ".model.int8.onnx.mine.tmp"
+    here.write_bytes(data)
+    bundle_writer.add_file(bundle, here, "model.int8.onnx", "onnx", "int8-qdq-u8", move=True)
+    assert not here.exists() and (bundle / "model.int8.onnx").read_bytes() == data and _all_verify(bundle) == []
+    away = tmp_path / "elsewhere.onnx"
+    away.write_bytes(data + b"\0")
+    bundle_writer.add_file(bundle, away, "model.int8.onnx", "onnx", "int8-qdq-u8", move=True)
+    assert away.exists() and (bundle / "model.int8.onnx").read_bytes() == data + b"\0" and _all_verify(bundle) == []
