@@ -13,24 +13,12 @@ import os
 from pathlib import Path
 
 import pytest
-from tinybundle import fundus_jpeg, make_tiny_bundle
+from test_int8_review_s51 import _uopsl, bundle  # noqa: F401 - the fixture is used by name
+from tinybundle import fundus_jpeg
 
 from uopsl.export import bundle_writer
 from uopsl.runtime import bundle as bundle_mod
 from uopsl.runtime.bundle import read_manifest, verify
-from uopsl.runtime.clikit import main_entry
-from uopsl.train.cli import cli
-
-
-def _uopsl(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
-    rc = main_entry(cli, argv, prog_name="uopsl")
-    got = capsys.readouterr()
-    return rc, got.out + got.err
-
-
-@pytest.fixture
-def bundle(tmp_path: Path) -> Path:
-    return make_tiny_bundle(tmp_path / "b", int8=True)
 
 
 @pytest.fixture
