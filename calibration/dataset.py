@@ -449,5 +449,12 @@ def build_calibration_set(
         # Those files read once the reader is installed: a cache would leave them out for good.
         log.info("calibration set not cached: %d image(s) need a reader that is not installed", missing_reader)
     elif cache is not None:
-        set_.save(cache, request_key=key)
+        try:
+            set_.save(cache, request_key=key)
+        except OSError as exc:
+            # A cache only saves the next run its reading: a read-only or full cache folder ended the command
+            # after every image was read, with a message that named no cache (a review).
+            log.warning("calibration set not cached: cannot write %s (%s); going on without it (point "
+                        "UOPSL_CACHE_DIR at writable storage, or pass --set-cache PATH or --no-cache)",
+                        cache, exc.strerror or exc)
     return set_

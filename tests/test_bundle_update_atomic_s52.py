@@ -117,3 +117,22 @@ def test_add_file_move_renames_a_temporary_in_the_bundle_and_copies_one_from_els
     away.write_bytes(data + b"\0")
     bundle_writer.add_file(bundle, away, "model.int8.onnx", "onnx", "int8-qdq-u8", move=True)
     assert away.exists() and (bundle / "model.int8.onnx").read_bytes() == data + b"\0" and _all_verify(bundle) == []
+
+
+def test_a_cache_folder_that_cannot_be_written_is_warned_about_not_fatal(bundle: Path, photos: Path, tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch,
+                                                                         capsys: pytest.CaptureFixture[str],
+                                                                         caplog: pytest.LogCaptureFixture) -> None:
+    """The review's read-only or full cache disk: calibrate (and quantize --images) ended with exit 2 after
+    every image was read, naming no cache. The cache is optional: it is skipped with a warning that says so."""
+    import logging
+
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the cache folder would be", encoding="utf-8")
+    monkeypatch.setenv("UOPSL_CACHE_DIR", str(blocker / "uopsl"))
+    caplog.set_level(logging.WARNING, logger="uopsl.calibration.dataset")
+    rc, out = _uopsl(["calibrate", str(bundle), "--images", str(photos), "--allow-no-fov", "--force"], capsys)
+    assert rc == 0, out
+    said = " ".join(r.getMessage() for r in caplog.records)
+    assert "calibration set not cached: cannot write" in said and "going on without it" in said, said
+    assert _all_verify(bundle) == []
