@@ -29,6 +29,7 @@ error line, a library's Python warnings); such a rank draws no progress bars.
 from __future__ import annotations
 
 import contextlib
+import errno
 import importlib
 import io
 import logging
@@ -512,6 +513,9 @@ def _os_error(exc: OSError) -> str:
     where = "" if exc.filename is None else f": {exc.filename}"
     if exc.filename2 is not None:
         where += f" -> {exc.filename2}"
+    if exc.errno == errno.ENOSPC:
+        return (f"{what}{where} (free some space on that disk, then run the same command again: what was saved "
+                "before is kept; -v shows where it failed)")
     return f"{what}{where} (check the path, its permissions and the free disk space; -v shows where it failed)"
 
 

@@ -149,10 +149,15 @@ class Stage:
         if self._fd is None:
             raise ValueError(f"{self.path} was already opened or closed; a stage is written once")
         fd, self._fd = self._fd, None
-        with os.fdopen(fd, mode, **kwargs) as fh:
-            yield fh
-            fh.flush()
-            self._seal(fh.fileno())
+        try:
+            with os.fdopen(fd, mode, **kwargs) as fh:
+                yield fh
+                fh.flush()
+                self._seal(fh.fileno())
+        except OSError as exc:
+            if exc.filename is None:  # write(), flush() and fsync() name no file: "No space left on device" alone
+                raise named_os_error(exc, self.target) from exc
+            raise
 
     def _seal(self, fd: int) -> None:
         # mkstemp's 0600 would hide the file from other accounts; the fsync makes the rename durable.
@@ -174,6 +179,13 @@ class Stage:
                 self._seal(fh.fileno())
         replace_patiently(self.path, self.target)
         self.committed = True
+
+
+def named_os_error(exc: OSError, path: str | os.PathLike[str]) -> OSError:
+    """``exc`` (of the same type) naming ``path``: the file being written when the OS refused, for the message."""
+    if exc.errno is None:
+        return OSError(f"{exc}: {os.fspath(path)}")
+    return type(exc)(exc.errno, exc.strerror or str(exc), os.fspath(path))
 
 
 @contextlib.contextmanager

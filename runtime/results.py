@@ -19,6 +19,7 @@ a time writes a folder: :class:`ResultStore` holds an exclusive lock
 from __future__ import annotations
 
 import contextlib
+import errno
 import csv
 import io
 import json
@@ -39,8 +40,8 @@ import numpy as np
 
 from uopsl.runtime.bundle import MANIFEST, Manifest
 from uopsl.runtime.errors import ConfigError
-from uopsl.runtime.fsio import (FolderLock, open_plain, readable_text, remove_stale_temporaries, sha256_bytes,
-                               sha256_file, special_entry, write_json, write_text)
+from uopsl.runtime.fsio import (FolderLock, named_os_error, open_plain, readable_text, remove_stale_temporaries,
+                               sha256_bytes, sha256_file, special_entry, write_json, write_text)
 from uopsl.runtime.input_keys import file_key, key_path, key_size
 from uopsl.runtime.model_folders import check_output_outside_model_folders
 from uopsl.runtime.reasons import NO_RESULT_ADVICE, order_reasons, reason_text
@@ -200,7 +201,7 @@ def _acquire(out: Path, real: str) -> bool:
             taken = lock.acquire()
         except OSError as exc:
             raise ConfigError(f"cannot write to output folder {out} ({exc.strerror or exc}); "
-                              "choose another --out") from None
+                              f"{_out_advice(exc)}") from None
         if not taken:
             who = f"pid {lock.holder}" if lock.holder else "another process"
             raise ConfigError(f"another uopsl-screen ({who}) is writing to {out}; wait for it to finish, "
@@ -245,15 +246,20 @@ def prepare_folder(out: Path) -> tuple[Path, ...]:
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise ConfigError(f"cannot create output folder {out} ({exc.strerror or exc}); choose another --out") from None
+        raise ConfigError(f"cannot create output folder {out} ({exc.strerror or exc}); {_out_advice(exc)}") from None
     try:
         fd, probe = tempfile.mkstemp(prefix=".write-test.", suffix=".tmp", dir=out)
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:
-        raise ConfigError(f"cannot write to output folder {out} ({exc.strerror or exc}); "
-                          "choose another --out") from None
+        raise ConfigError(f"cannot write to output folder {out} ({exc.strerror or exc}); {_out_advice(exc)}") from None
     return tuple(created)
+
+
+def _out_advice(exc: OSError) -> str:
+    """What to do about an output folder that cannot be written: a full disk is freed, not swapped (a review)."""
+    return "free some space on that disk, or choose another --out" if exc.errno == errno.ENOSPC else \
+        "choose another --out"
 
 
 def refuse_planted_entries(out: Path) -> None:
@@ -608,6 +614,11 @@ class ResultStore:
                     problem = row_problem(row) if isinstance(row, dict) else "not a JSON object"
                 except (ValueError, RecursionError):  # RecursionError: nesting deeper than Python's stack
                     problem = "not JSON"
+                if problem is not None and not raw.endswith(b"\n"):
+                    # The last line, cut short by a write that failed just now (a full disk): not a corrupt row,
+                    # and its photograph's row comes again; the next opening cuts it (_repair_tail).
+                    log.debug("%s:%d: a partly written last row (%d bytes), not read", self.path, n, len(raw))
+                    continue
                 if problem is not None:
                     said = (os.path.realpath(self.path), n)
                     if said not in _SAID_CORRUPT:  # a run reads the file more than once: say it once
@@ -838,6 +849,8 @@ class ResultStore:
             fh, self._fh = self._fh, None
             with contextlib.suppress(OSError):
                 fh.close()
+            if isinstance(exc, OSError) and exc.filename is None:  # write() and fsync() name no file
+                raise named_os_error(exc, self.path) from exc
             raise
 
     def _write_rows(self, fh: TextIO, pending: list[dict[str, Any]], rows: Sequence[dict[str, Any]]) -> None:

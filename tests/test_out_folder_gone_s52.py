@@ -131,3 +131,68 @@ def test_watch_keeps_screening_when_a_rewrite_of_the_report_fails(tiny_bundle: P
     said = [r.getMessage() for r in caplog.records]
     assert sum("NOT updated (No space left on device:" in m for m in said) == 1, said  # once per distinct error
     assert any("up to date again" in m for m in said), said
+
+
+# -- a full disk names the file and says what to do ----------------------------------------------------------------
+def test_a_full_disk_while_writing_names_the_file(tmp_path: Path) -> None:
+    from uopsl.runtime.fsio import atomic_open
+
+    target = tmp_path / "report.html"
+    with pytest.raises(OSError) as got:
+        with atomic_open(target, "w") as fh:
+            fh.write("<html>")
+            raise OSError(errno.ENOSPC, "No space left on device")  # what write() raises: no file named
+    assert got.value.errno == errno.ENOSPC and got.value.filename == str(target)
+    assert not list(tmp_path.iterdir())  # the temporary went
+
+
+def test_run_on_a_full_disk_names_results_jsonl_and_says_to_free_space(tiny_bundle: Path, tmp_path: Path,  # noqa: F811
+                                                                       monkeypatch: pytest.MonkeyPatch,
+                                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    from uopsl.runtime.results import ResultStore
+
+    good_photos(tmp_path / "in", 2)
+    out = tmp_path / "out"
+
+    def full(self: ResultStore, *a: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ResultStore, "_write_rows", full)
+    rc = main(["run", str(tiny_bundle), str(tmp_path / "in"), "--out", str(out), "--backend", "ort-cpu",
+               "--threads", "1", "--no-progress"])
+    err = capsys.readouterr().err
+    errors = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert rc == 2 and len(errors) == 1, err
+    assert f"No space left on device: {out / 'results.jsonl'} (free some space on that disk, then run the same " \
+           "command again: what was saved before is kept" in errors[0], errors[0]
+
+
+def test_a_full_disk_at_the_start_asks_for_space_not_another_folder(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    import tempfile
+
+    from uopsl.runtime import results
+
+    def full(*a: object, **k: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(tempfile, "mkstemp", full)
+    with pytest.raises(ConfigError, match=r"\(No space left on device\); free some space on that disk, or choose "
+                                          r"another --out"):
+        results.prepare_folder(tmp_path / "out")
+
+
+def test_a_torn_last_row_read_in_the_failing_run_is_not_called_corrupt(tmp_path: Path,
+                                                                       caplog: pytest.LogCaptureFixture) -> None:
+    """After a write failed mid-row, the same run's rewrite read the torn row and warned "skipping a corrupt
+    row (not JSON); its photograph is screened again", which is not what happened in that run."""
+    from uopsl.runtime.results import ResultStore
+
+    row = {"id": "r0", "source": "/x/r0.jpg", "key": "/x/r0.jpg|10|1", "status": "ok"}
+    with ResultStore(tmp_path / "out") as store:
+        store.append([row])
+        with open(tmp_path / "out" / "results.jsonl", "ab") as fh:
+            fh.write(b'{"id": "r1", "sou')  # cut short
+        caplog.set_level(logging.WARNING, logger="uopsl.runtime.results")
+        assert [r["id"] for r in store.latest_rows()] == ["r0"]
+    assert not [r for r in caplog.records if "corrupt" in r.getMessage()]

@@ -225,7 +225,7 @@ def test_5_os_errors_and_bugs_inside_a_run_exit_2_with_one_line(tiny_bundle: Pat
 
     monkeypatch.setattr(Screener, "screen_to", disk_full)
     assert _run(tiny_bundle, photo, tmp_path / "out") == 2
-    assert _err_line(capsys).startswith(f"error: No space left on device: {tmp_path / 'out' / 'results.csv'} (check")
+    assert _err_line(capsys).startswith(f"error: No space left on device: {tmp_path / 'out' / 'results.csv'} (free some space")
 
     def bug(self: Screener, *a: object, **k: object) -> None:
         raise RecursionError("maximum recursion depth exceeded")
