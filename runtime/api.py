@@ -22,7 +22,7 @@ import logging
 import numbers
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -79,7 +79,8 @@ from uopsl.runtime.pipeline import InferenceHealth, PipelineConfig, ScreeningPip
 from uopsl.runtime.preprocess import PREPROCESS_VERSION
 from uopsl.runtime.quality import QualityConfig
 from uopsl.runtime.report_days import write_reports
-from uopsl.runtime.results import CSV, CSV_STYLES, JSONL, ModelIdentity, ResultStore, model_identity, write_csv
+from uopsl.runtime.results import (CSV, CSV_STYLES, JSONL, ModelIdentity, ResultStore, model_identity, valid_image_id,
+                                   write_csv)
 from uopsl.runtime.stopping import interrupts_deferred, saving_outputs
 
 log = logging.getLogger(__name__)
@@ -159,6 +160,23 @@ def _refuse_in_memory(inputs: Iterable[Any]) -> None:
             raise ConfigError("screen_to screens paths, folders, list files and InputItems; wrap image bytes or an "
                               "array with uopsl.runtime.inputs.item_for_data(data, name), or use screen() or "
                               "screen_many()")
+
+
+def _say_missing_pictures(out: Path, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Warn when rows of earlier runs lost the thumbnail or heatmap they were written with.
+
+    Why: thumbs/ and overlays/ are most of a results folder, so they are what is deleted to free space; a
+    rerun then skipped the photographs as done and wrote a report without pictures, silently (a review).
+    The pictures are not made again here: the heatmaps need the model's outputs, which rows do not keep.
+    """
+    pictures = (("thumb", THUMB_DIR, ".jpg"), ("overlay", OVERLAY_DIR, ".png"))
+    missing = sum(1 for r in rows for kind, folder, ext in pictures
+                  if r.get(f"{kind}_id") and valid_image_id(r.get("id"))
+                  and not os.path.lexists(out / folder / f"{r['id']}{ext}"))
+    if missing:
+        log.warning("%d thumbnail(s) or heatmap(s) of photographs screened earlier are no longer in %s (deleted to "
+                    "free space?): the report shows none for them; to make them again, screen those photographs "
+                    "into a new --out", missing, out)
 
 
 class Screener:
@@ -669,6 +687,8 @@ class Screener:
                             f"photographs screened are saved in {out / JSONL}, but {CSV} or report.html may be "
                             "missing or out of date; run the same command again to finish them", summary) from None
                 summary.not_updated = self.busy_outputs
+                if summary.skipped:
+                    _say_missing_pictures(out, rows)
                 mine = {key_path(k) or k for k in seen}
                 summary.in_folder = len(rows)
                 summary.other_inputs = sum(1 for r in rows if (key_path(str(r.get("key", ""))) or r.get("key"))

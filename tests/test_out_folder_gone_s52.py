@@ -196,3 +196,19 @@ def test_a_torn_last_row_read_in_the_failing_run_is_not_called_corrupt(tmp_path:
         caplog.set_level(logging.WARNING, logger="uopsl.runtime.results")
         assert [r["id"] for r in store.latest_rows()] == ["r0"]
     assert not [r for r in caplog.records if "corrupt" in r.getMessage()]
+
+
+def test_a_rerun_says_when_earlier_rows_lost_their_pictures(tiny_bundle: Path, tmp_path: Path,  # noqa: F811
+                                                            caplog: pytest.LogCaptureFixture) -> None:
+    """thumbs/ and overlays/ are most of a results folder, so they are what is deleted to free space; the
+    rerun skipped every photograph as done and wrote a report without pictures, without a word."""
+    good_photos(tmp_path / "in", 3)
+    out = tmp_path / "out"
+    with Screener(tiny_bundle, "ort-cpu", threads=1) as s:
+        s.screen_to(out, [tmp_path / "in"])
+        shutil.rmtree(out / "thumbs")
+        caplog.set_level(logging.WARNING, logger="uopsl.runtime.api")
+        s.screen_to(out, [tmp_path / "in"])
+    said = [r.getMessage() for r in caplog.records if "no longer in" in r.getMessage()]
+    assert len(said) == 1 and said[0].startswith(f"3 thumbnail(s) or heatmap(s) of photographs screened earlier are "
+                                                 f"no longer in {out}"), said
