@@ -350,7 +350,7 @@ def row_problem(row: Mapping[str, Any]) -> str | None:
     return None
 
 
-_SAID_CORRUPT: set[tuple[str, int]] = set()  # (results.jsonl, line) already warned about in this process
+_SAID_CORRUPT: set[tuple[str, int | str]] = set()  # (results.jsonl, line) or (run.json, "run.json") warned about here
 
 
 def _complete_row(tail: bytes) -> bool:
@@ -574,7 +574,10 @@ class ResultStore:
         except FileNotFoundError:
             return None
         except (OSError, ValueError, RecursionError) as exc:
-            log.warning("%s: unreadable (%s); the rows' own bundle records are used", self.out_dir / RUN_JSON, exc)
+            said = (os.path.realpath(path), "run.json")
+            if said not in _SAID_CORRUPT:  # a run opens its folder twice (the check before the model loads)
+                _SAID_CORRUPT.add(said)
+                log.warning("%s: unreadable (%s); the rows' own bundle records are used", path, exc)
             return None
         return d if isinstance(d, dict) else None
 

@@ -212,3 +212,17 @@ def test_a_rerun_says_when_earlier_rows_lost_their_pictures(tiny_bundle: Path, t
     said = [r.getMessage() for r in caplog.records if "no longer in" in r.getMessage()]
     assert len(said) == 1 and said[0].startswith(f"3 thumbnail(s) or heatmap(s) of photographs screened earlier are "
                                                  f"no longer in {out}"), said
+
+
+def test_an_empty_run_json_is_warned_about_once_per_run(tiny_bundle: Path, tmp_path: Path,  # noqa: F811
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    good_photos(tmp_path / "in", 1)
+    out = tmp_path / "out"
+    args = ["run", str(tiny_bundle), str(tmp_path / "in"), "--out", str(out), "--backend", "ort-cpu", "--threads",
+            "1", "--no-progress"]
+    assert main(args) == 0
+    (out / "run.json").write_bytes(b"")  # a power cut's empty file
+    capsys.readouterr()
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert err.count("run.json: unreadable") == 1, err
