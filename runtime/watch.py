@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from uopsl.runtime.api import RunSummary, Screener
+from uopsl.runtime.api import EARLIER_FAILED_KEPT, RunSummary, Screener
 from uopsl.runtime.errors import ConfigError
 from uopsl.runtime.pipeline import ScreenResult
 from uopsl.runtime.input_keys import key_path
@@ -459,6 +459,9 @@ def _add(total: RunSummary, s: RunSummary | None) -> None:
     total.refer += s.refer
     for k, v in s.counts.items():
         total.counts[k] = total.counts.get(k, 0) + v
+    # Photographs an earlier session left to retake: the summary names them, as run's does (a restarted watch
+    # said only "3 more in the report", a review).
+    total.earlier_failed.extend(s.earlier_failed[:max(0, EARLIER_FAILED_KEPT - len(total.earlier_failed))])
 
 
 #: A watch spends at most about 1 / REFRESH_COST_FACTOR of its time rewriting results.csv and the report.

@@ -226,3 +226,20 @@ def test_an_empty_run_json_is_warned_about_once_per_run(tiny_bundle: Path, tmp_p
     assert main(args) == 0
     err = capsys.readouterr().err
     assert err.count("run.json: unreadable") == 1, err
+
+
+def test_a_restarted_watch_names_the_photographs_an_earlier_session_left_to_retake(
+        tiny_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: F811
+    from tinybundle import make_bad_zoo
+
+    inbox = tmp_path / "inbox"
+    good_photos(inbox, 1)
+    make_bad_zoo(inbox)
+    out = tmp_path / "out"
+    args = ["watch", str(tiny_bundle), str(inbox), "--out", str(out), "--backend", "ort-cpu", "--threads", "1",
+            "--settle-ms", "0", "--poll", "0.05", "--timeout", "3"]
+    assert main(args) == 1
+    capsys.readouterr()
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "retake or check: grayscale.png (not a colour photograph; earlier run)" in err, err
