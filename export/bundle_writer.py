@@ -59,6 +59,7 @@ from uopsl.runtime.fsio import (
     set_mode,
     sha256_file,
     staging,
+    sync_folder,
 )
 from uopsl.runtime.intended_use import SYNTHETIC_CLINICAL, TRAINING_DATA_NOTE, IntendedUse, synthetic_only
 from uopsl.runtime.preprocess import PreprocessConfig
@@ -280,6 +281,8 @@ def add_file(
                     stage.commit()
                 if new_manifest is not None:
                     new_manifest.commit()
+            if stage is not None or updated != manifest:
+                sync_folder(root)
     return updated
 
 

@@ -33,7 +33,8 @@ import numpy as np
 
 from uopsl.runtime.cpuinfo import CPU_BACKENDS, int8_cpu_class, same_int8_arithmetic
 from uopsl.runtime.errors import BundleError, command_word
-from uopsl.runtime.fsio import Stage, json_default, load_json_strict, sha256_bytes, sha256_file, staging
+from uopsl.runtime.fsio import (Stage, json_default, load_json_strict, sha256_bytes, sha256_file, staging,
+                               sync_folder)
 from uopsl.runtime.image_suffixes import IMAGE_SUFFIXES, image_suffix
 from uopsl.runtime.intended_use import IntendedUse
 from uopsl.runtime.model_folders import folder_kind
@@ -752,9 +753,10 @@ def content_hash(d: dict[str, Any]) -> str:
 
 
 def write_manifest(bundle: str | os.PathLike[str], manifest: Manifest) -> None:
-    """Write ``manifest`` (with its content hash) into ``bundle``, atomically."""
+    """Write ``manifest`` (with its content hash) into ``bundle``, atomically and durably."""
     with staged_manifest(bundle, manifest) as stage:
         stage.commit()
+    sync_folder(bundle)
 
 
 @contextlib.contextmanager

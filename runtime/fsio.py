@@ -267,12 +267,18 @@ def sync_tree(folder: str | os.PathLike[str]) -> None:
                 # Windows flushes only a handle open for writing; POSIX syncs a read-only file through any handle.
                 with open(path, "r+b" if os.name == "nt" else "rb") as fh:
                     os.fsync(fh.fileno())
-        if os.name == "posix":  # a folder's entries; Windows cannot open a folder for fsync
-            fd = os.open(root, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+        sync_folder(root)
+
+
+def sync_folder(folder: str | os.PathLike[str]) -> None:
+    """fsync ``folder``'s entries (POSIX; Windows cannot open a folder for fsync): the renames made in it last
+    through a power cut (a bundle update's file and manifest; results are rebuilt and need not)."""
+    if os.name == "posix":
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def replace_folder(filled: str | os.PathLike[str], target: str | os.PathLike[str]) -> None:

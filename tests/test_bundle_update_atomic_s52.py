@@ -136,3 +136,25 @@ def test_a_cache_folder_that_cannot_be_written_is_warned_about_not_fatal(bundle:
     said = " ".join(r.getMessage() for r in caplog.records)
     assert "calibration set not cached: cannot write" in said and "going on without it" in said, said
     assert _all_verify(bundle) == []
+
+
+def test_a_bundle_update_syncs_the_bundle_folder_after_its_renames(bundle: Path, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Renames reach the disk only with their folder: without this, a power cut could undo the new manifest
+    and keep the new file (or the reverse) on some filesystems (the storage review read this in the code)."""
+    synced: list[Path] = []
+    real = bundle_writer.sync_folder
+
+    def record(folder):  # type: ignore[no-untyped-def]
+        synced.append(Path(folder))
+        real(folder)
+
+    monkeypatch.setattr(bundle_writer, "sync_folder", record)
+    monkeypatch.setattr(bundle_mod, "sync_folder", record)
+    data = (bundle / "model.int8.onnx").read_bytes() + b"\0"
+    new = tmp_path / "new.onnx"
+    new.write_bytes(data)
+    bundle_writer.add_file(bundle, new, "model.int8.onnx", "onnx", "int8-qdq-u8")
+    assert synced == [bundle]
+    bundle_mod.write_manifest(bundle, read_manifest(bundle))
+    assert synced == [bundle, bundle]
