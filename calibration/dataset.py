@@ -455,6 +455,6 @@ def build_calibration_set(
             # A cache only saves the next run its reading: a read-only or full cache folder ended the command
             # after every image was read, with a message that named no cache (a review).
             log.warning("calibration set not cached: cannot write %s (%s); going on without it (point "
-                        "UOPSL_CACHE_DIR at writable storage, or pass --set-cache PATH or --no-cache)",
+                        "UOPSL_CACHE_DIR at writable storage; calibrate also takes --set-cache PATH or --no-cache)",
                         cache, exc.strerror or exc)
     return set_

@@ -155,8 +155,10 @@ class Stage:
                 fh.flush()
                 self._seal(fh.fileno())
         except OSError as exc:
-            if exc.filename is None:  # write(), flush() and fsync() name no file: "No space left on device" alone
-                raise named_os_error(exc, self.target) from exc
+            # write(), flush() and fsync() name no file ("No space left on device" alone): the target is named,
+            # for the errors of writing only (a read error of the caller's own source keeps its words).
+            if exc.filename is None and exc.errno in WRITE_ERRNOS:
+                exc.filename = os.fspath(self.target)
             raise
 
     def _seal(self, fd: int) -> None:
@@ -181,11 +183,9 @@ class Stage:
         self.committed = True
 
 
-def named_os_error(exc: OSError, path: str | os.PathLike[str]) -> OSError:
-    """``exc`` (of the same type) naming ``path``: the file being written when the OS refused, for the message."""
-    if exc.errno is None:
-        return OSError(f"{exc}: {os.fspath(path)}")
-    return type(exc)(exc.errno, exc.strerror or str(exc), os.fspath(path))
+#: The errors of writing to a disk: a full disk or quota, a file too large, a read-only filesystem.
+WRITE_ERRNOS = frozenset(e for e in (errno.ENOSPC, getattr(errno, "EDQUOT", None), errno.EFBIG, errno.EROFS)
+                         if e is not None)
 
 
 @contextlib.contextmanager
@@ -273,12 +273,23 @@ def sync_tree(folder: str | os.PathLike[str]) -> None:
 def sync_folder(folder: str | os.PathLike[str]) -> None:
     """fsync ``folder``'s entries (POSIX; Windows cannot open a folder for fsync): the renames made in it last
     through a power cut (a bundle update's file and manifest; results are rebuilt and need not)."""
-    if os.name == "posix":
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    if os.name != "posix":
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        # CIFS on older kernels, WSL's drvfs, Ceph and some FUSE mounts cannot sync a folder (EINVAL): the
+        # renames are done, and failing the command over it would report an update that happened as failed.
+        if exc.errno not in _FOLDER_SYNC_UNSUPPORTED:
+            raise
+        log.debug("%s: this filesystem cannot sync a folder (%s); its renames are not forced to disk", folder, exc)
+    finally:
+        os.close(fd)
+
+
+_FOLDER_SYNC_UNSUPPORTED = {e for e in (errno.EINVAL, errno.ENOTSUP, getattr(errno, "EOPNOTSUPP", None),
+                                        errno.EBADF, errno.EISDIR, errno.EACCES) if e is not None}
 
 
 def replace_folder(filled: str | os.PathLike[str], target: str | os.PathLike[str]) -> None:

@@ -19,8 +19,8 @@ a time writes a folder: :class:`ResultStore` holds an exclusive lock
 from __future__ import annotations
 
 import contextlib
-import errno
 import csv
+import errno
 import io
 import json
 import logging
@@ -30,6 +30,7 @@ import re
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -40,7 +41,7 @@ import numpy as np
 
 from uopsl.runtime.bundle import MANIFEST, Manifest
 from uopsl.runtime.errors import ConfigError
-from uopsl.runtime.fsio import (FolderLock, named_os_error, open_plain, readable_text, remove_stale_temporaries,
+from uopsl.runtime.fsio import (FolderLock, open_plain, readable_text, remove_stale_temporaries,
                                sha256_bytes, sha256_file, special_entry, write_json, write_text)
 from uopsl.runtime.input_keys import file_key, key_path, key_size
 from uopsl.runtime.model_folders import check_output_outside_model_folders
@@ -833,6 +834,8 @@ class ResultStore:
         self._pending_by_key = {}
         if not rows and not pending:
             return
+        if self.gone:  # the same words as when it was found: nothing can be written for that folder
+            raise ConfigError(self._broken)
         if self._broken:
             raise ConfigError(f"{self.path}: an earlier write failed ({self._broken}); open the folder again "
                               "(rows written before the failure are kept, the rest are screened again)")
@@ -853,7 +856,7 @@ class ResultStore:
             with contextlib.suppress(OSError):
                 fh.close()
             if isinstance(exc, OSError) and exc.filename is None:  # write() and fsync() name no file
-                raise named_os_error(exc, self.path) from exc
+                exc.filename = os.fspath(self.path)
             raise
 
     def _write_rows(self, fh: TextIO, pending: list[dict[str, Any]], rows: Sequence[dict[str, Any]]) -> None:
@@ -883,27 +886,36 @@ class ResultStore:
         Why: a folder removed or moved while screening (a clean-up script, a USB stick re-mounted, a user
         tidying up) took the rows appended through the open handle with it, and the run then wrote a fresh
         report of "0 images" where the folder had been and exited as if all were well (a review). Only what
-        every filesystem says reliably is used: the file is not found by its name, or the open file has no
-        name left (inode numbers are not compared: SMB mounts may renumber them). One ``stat`` per batch.
+        every filesystem says reliably is used: the file is not found by its name (twice, half a second apart),
+        or the open file has no name left and its name leads to another file. One ``stat`` per batch.
         """
-        problem = ""
-        try:
-            if self._fh is not None:
-                os.stat(self.path)
-                if os.fstat(self._fh.fileno()).st_nlink == 0:
-                    problem = f"lost its {JSONL} (deleted)"
-            else:
-                os.stat(self.out_dir)
-        except FileNotFoundError:
-            problem = "was removed or moved"
+        problem = self._where_gone()
+        if problem:  # a network drive that blinked reads "not found" for a moment (Windows): look once more
+            time.sleep(GONE_RECHECK_S)
+            problem = self._where_gone()
         if not problem:
             return
         self.gone = True
-        self._broken = self._broken or "the output folder went"
         lost = (f": the rows written since are not in it (if it was moved, they are in its {JSONL} there)"
                 if self._fh is not None else "")
-        raise ConfigError(f"the output folder {self.out_dir} {problem} while screening{lost}; run the same command "
-                          f"again to screen into {self.out_dir}")
+        self._broken = self._broken or (f"the output folder {self.out_dir} {problem} while screening{lost}; run the "
+                                        f"same command again to screen into {self.out_dir}")
+        raise ConfigError(self._broken)
+
+    def _where_gone(self) -> str:
+        """What :meth:`check_in_place` found wrong, or ``""``."""
+        try:
+            if self._fh is None:
+                os.stat(self.out_dir)
+                return ""
+            by_name, held = os.stat(self.path), os.fstat(self._fh.fileno())
+        except FileNotFoundError:
+            return "was removed or moved"
+        # No name left for the open file: deleted. Some FUSE filesystems report 0 links for every file, so the
+        # name must also lead to another file for it to count.
+        if held.st_nlink == 0 and not os.path.samestat(by_name, held):
+            return f"lost its {JSONL} (deleted)"
+        return ""
 
     def defer(self, row: dict[str, Any]) -> None:
         """Count ``row`` as written now (``done``, lookups) and write it with the next :meth:`append`.
@@ -939,7 +951,8 @@ class ResultStore:
             self._locked = False
             rows: int = getattr(self, "n_rows", 0)
             record: dict[str, Any] | None = getattr(self, "_record", None)
-            if record is not None and rows and not getattr(self, "_check_only", False):
+            if record is not None and rows and not getattr(self, "_check_only", False) \
+                    and not getattr(self, "gone", False):  # never into a folder that went (it would come back)
                 # A rerun that screened nothing new still records today's bundle path and toolkit version.
                 with contextlib.suppress(OSError):
                     write_json(self.out_dir / RUN_JSON, record)
@@ -958,6 +971,10 @@ class ResultStore:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+#: How long check_in_place waits before looking again at a folder that seemed gone (seconds).
+GONE_RECHECK_S = 0.5
 
 
 def _another_photograph(old: dict[str, Any], new: dict[str, Any]) -> bool:

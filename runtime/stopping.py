@@ -64,33 +64,53 @@ def interrupts_deferred() -> Iterator[None]:
 
     For writes of a few milliseconds that must not be cut in two. Only the main thread receives signals (and
     only it may set handlers): elsewhere this does nothing. A handler installed outside Python (``signal``
-    cannot restore it) is left in place, undeferred. Not nestable with itself in a useful way: the inner
-    block's stop is handled at the inner block's end.
+    cannot restore it) is left in place, undeferred. Rules that keep a stop from being lost:
+
+    * a second stop while one is held is handled at once (a write stalled on a dead share or a pulled USB
+      stick can still be broken off by pressing Ctrl-C again);
+    * a block that fails (a full disk) lets its error through and drops the held stop: the error ends the
+      command anyway, and a KeyboardInterrupt raised over it hid the failure behind "interrupted ... saved";
+    * the placeholder handler passes a stop on once the block has ended, so one left installed by an
+      interrupt landing while the handlers are put back still stops the process.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     noted: list[tuple[int, FrameType | None]] = []
+    before: dict[int, Any] = {}
+    holding = [True]
+
+    def deliver(signum: int, frame: FrameType | None) -> None:
+        old = before.get(signum, signal.SIG_DFL)
+        if callable(old):
+            old(signum, frame)  # Python's SIGINT handler, or clikit's SIGTERM one: KeyboardInterrupt
+        elif old == signal.SIG_DFL:
+            signal.signal(signum, signal.SIG_DFL)
+            signal.raise_signal(signum)  # what it would have done: ends the process
 
     def note(signum: int, frame: FrameType | None) -> None:
+        if not holding[0] or noted:  # after the block, or a second stop: now
+            deliver(signum, frame)
+            return
         noted.append((signum, frame))
 
-    before: dict[int, Any] = {}
+    failed = False
     try:
         for sig in _STOP_SIGNALS:
             old = signal.getsignal(sig)
             if old is None:  # set by C code: cannot be put back
                 continue
-            signal.signal(sig, note)
             before[sig] = old
+            signal.signal(sig, note)
         yield
+    except BaseException:
+        failed = True
+        raise
     finally:
-        for sig, old in before.items():
-            signal.signal(sig, old)
-        if noted:
-            signum, frame = noted[0]
-            old = before[signum]
-            if callable(old):
-                old(signum, frame)  # Python's SIGINT handler, or clikit's SIGTERM one: KeyboardInterrupt
-            elif old == signal.SIG_DFL:
-                signal.raise_signal(signum)  # what it would have done: ends the process
+        holding[0] = False
+        try:
+            for sig, old in before.items():
+                signal.signal(sig, old)
+        finally:
+            if noted and not failed:
+                deliver(*noted[0])

@@ -427,7 +427,10 @@ def watch_folder(
                             said_gap = gap
                 elif screener.busy_outputs and now - last_refresh >= gap:
                     # An output another program held open (Excel): only it is tried again, at each refresh.
-                    screener.finalize(out, held, only_busy=True)
+                    try:
+                        screener.finalize(out, held, only_busy=True)
+                    except OSError as exc:
+                        said_failed = _refresh_failed(exc, out, said_failed)
                     last_refresh = time.monotonic()
                 if cfg.max_images is not None and total.screened >= cfg.max_images:
                     break
@@ -480,7 +483,7 @@ def refresh_gap(refresh_s: float, last_cost_s: float) -> float:
 
 def _refresh_failed(exc: OSError, out: Path, said: str) -> str:
     """Warn that results.csv/report.html could not be rewritten (once per distinct error); the error's text."""
-    text = f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else "")
+    text = f"{exc.strerror or exc}"  # not the file: a temporary's name changes at every try
     if text != said:
         log.warning("results.csv and report.html in %s NOT updated (%s); screening goes on, every result is in "
                     "results.jsonl, and the rewrite is tried again (free some space if the disk is full)", out, text)

@@ -101,3 +101,50 @@ def test_a_default_sigterm_still_ends_the_process_after_the_block(tmp_path: Path
     got = subprocess.run([sys.executable, "-c", script, str(done)], capture_output=True, text=True, timeout=60,
                          env={**os.environ})
     assert got.returncode == -signal.SIGTERM and done.read_text() == "finished" and "not reached" not in got.stdout
+
+
+def test_a_second_stop_while_one_is_held_is_handled_at_once() -> None:
+    """A write stalled on a dead share must still be broken off by pressing Ctrl-C again (a code review)."""
+    reached = []
+    with pytest.raises(KeyboardInterrupt):
+        with interrupts_deferred():
+            signal.raise_signal(signal.SIGINT)
+            reached.append("held")
+            signal.raise_signal(signal.SIGINT)
+            reached.append("not reached")
+    assert reached == ["held"]
+
+
+def test_a_block_that_fails_lets_its_error_through() -> None:
+    """A full disk during the append stays the error: a held stop raised over it said "saved" (a code review)."""
+    with pytest.raises(OSError, match="No space left"):
+        with interrupts_deferred():
+            signal.raise_signal(signal.SIGTERM if hasattr(signal, "SIGTERM") else signal.SIGINT)
+            raise OSError(28, "No space left on device")
+
+
+def test_a_placeholder_left_installed_passes_the_stop_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An interrupt landing while the handlers are put back can leave the placeholder installed for another
+    signal; it must then act as the handler it replaced, not swallow every later SIGTERM (a code review)."""
+    got: list[int] = []
+    monkeypatch.setattr(signal, "SIGTERM", signal.SIGTERM)
+    old = signal.signal(signal.SIGTERM, lambda signum, frame: got.append(signum))
+    try:
+        real_signal = signal.signal
+        left: list[object] = []
+
+        def restore_but_keep_the_placeholder(sig: int, handler: object) -> object:
+            if sig == signal.SIGTERM and not callable(getattr(handler, "__self__", None)) \
+                    and getattr(handler, "__name__", "") != "note" and left == []:
+                left.append(signal.getsignal(sig))  # the restore of SIGTERM never happens
+                return left[0]
+            return real_signal(sig, handler)
+
+        with interrupts_deferred():
+            monkeypatch.setattr(signal, "signal", restore_but_keep_the_placeholder)
+        monkeypatch.setattr(signal, "signal", real_signal)
+        assert getattr(signal.getsignal(signal.SIGTERM), "__name__", "") == "note"
+        signal.raise_signal(signal.SIGTERM)
+        assert got == [signal.SIGTERM]
+    finally:
+        signal.signal(signal.SIGTERM, old)

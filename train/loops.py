@@ -502,12 +502,17 @@ class StageRunner:
         row = {**{k: row[k] for k in keys[:at]}, "global_step": int(self.info["global_step"]),
                **{k: row[k] for k in keys[at:]}, "wall_time": round(time.time(), 3)}
         path = self.out / "log.csv"
-        head = _csv_header(path)
+        head = getattr(self, "_log_head", None) or _csv_header(path)  # read once per runner, not per step
+        if head is not None and not getattr(self, "_said_log_head", False):
+            if dropped := [k for k in row if k not in head]:
+                log.info("%s was begun by an earlier version: its rows leave out %s", path, ", ".join(dropped))
+            self._said_log_head = True
         with open(path, "a", newline="", encoding="utf-8") as fh:
             w = csv.DictWriter(fh, fieldnames=head or list(row), extrasaction="ignore")
             if head is None:
                 w.writeheader()
             w.writerow(row)
+        self._log_head = head or list(row)
 
     def progress(self, total: int, initial: int, desc: str):  # type: ignore[no-untyped-def]
         return progress_bars.bar(total=total, initial=initial, desc=desc, show=self.dist.main, mininterval=1.0,

@@ -283,6 +283,7 @@ def _calibrate_into_bundle(bundle: Path, out: Path, model: Path, calib_set: Cali
         return current
     table = calibrate(model, calib_set, method=method, percentile=percentile, batch_size=batch_size)
     with staging(out) as stage:
+        stage.close()  # written by path below: no second handle open (Windows refuses to replace an open file)
         table.save(stage.path)
         add_file(bundle, stage.path, out.name, "calibration", move=True, calibration_fingerprint=table.set_fingerprint)
     log.info("calibration table (%s, %d tensors) written to %s", method, len(table.ranges), out)

@@ -195,7 +195,11 @@ def command(model: Path, table: Path | None, variant: str, per_channel: bool, ex
         # Into a bundle, the model is written beside its place and moved in by add_file together with the
         # manifest that lists it: written in place first, a full disk or a kill before the manifest left a
         # listed file failing its checksum, and every model of the bundle refused (a review).
-        target = stack.enter_context(staging(out)).path if bundle is not None else out
+        target = out
+        if bundle is not None:
+            stage = stack.enter_context(staging(out))
+            stage.close()  # written by path: no second handle open (Windows refuses to replace an open file)
+            target = stage.path
         try:
             result = quantize_model(source.model, calib_table, target, config, calib_set=calib_set)
         except CalibrationImagesNeeded as exc:  # in the command's own words (the library names the API's too)
