@@ -562,12 +562,15 @@ def quantize_model(
     *,
     calib_set: CalibrationSet | None = None,
     show_progress: bool = True,
+    shown_as: str | os.PathLike[str] | None = None,
 ) -> QuantizeResult:
     """Write the INT8 QDQ model for ``config.variant`` to ``out`` (atomically) and describe it.
 
     ``table`` must have been measured on this very model (sha256 checked).
     ``calib_set`` (the calibration images) is needed for ``config.auto_exclude > 0``
-    and for ``config.bias_correction``.
+    and for ``config.bias_correction``. ``shown_as``: the name the log gives
+    the file when ``out`` is a temporary that will be moved there (``uopsl
+    quantize`` into a bundle).
     """
     onnx = require("onnx", "INT8 quantization")
     path = Path(model)
@@ -648,7 +651,7 @@ def quantize_model(
     write_bytes(out, data)
     n_q = count_quantize_nodes(qmodel)
     log.info("%s INT8 model (%s, %d QuantizeLinear, %d nodes kept float) written to %s",
-             config.variant, PRECISION[config.variant], n_q, len(excluded), out)
+             config.variant, PRECISION[config.variant], n_q, len(excluded), shown_as or out)
     return QuantizeResult(
         path=str(out),
         variant=config.variant,

@@ -184,3 +184,15 @@ def test_no_handle_is_open_on_a_file_being_replaced(bundle: Path, photos: Path, 
                    "--force"], capsys)[0] == 0
     assert _uopsl(["quantize", str(bundle), "--rounding", "nearest", "--no-bias-correction"], capsys)[0] == 0
     assert held == []
+
+
+def test_the_int8_log_line_names_the_bundle_file_not_its_temporary(bundle: Path, photos: Path,
+                                                                    capsys: pytest.CaptureFixture[str],
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    assert _uopsl(["calibrate", str(bundle), "--images", str(photos), "--allow-no-fov", "--no-cache"], capsys)[0] == 0
+    caplog.set_level(logging.INFO, logger="uopsl.export.quantize")
+    assert _uopsl(["quantize", str(bundle), "--rounding", "nearest", "--no-bias-correction"], capsys)[0] == 0
+    said = [r.getMessage() for r in caplog.records if "INT8 model" in r.getMessage()]
+    assert len(said) == 1 and said[0].endswith(f"written to {bundle / 'model.int8.onnx'}"), said

@@ -201,7 +201,7 @@ def command(model: Path, table: Path | None, variant: str, per_channel: bool, ex
             stage.close()  # written by path: no second handle open (Windows refuses to replace an open file)
             target = stage.path
         try:
-            result = quantize_model(source.model, calib_table, target, config, calib_set=calib_set)
+            result = quantize_model(source.model, calib_table, target, config, calib_set=calib_set, shown_as=out)
         except CalibrationImagesNeeded as exc:  # in the command's own words (the library names the API's too)
             needs = exc.needs
             raise ConfigError(f"{' and '.join(needs)} use{'s' if len(needs) == 1 else ''} the calibration images: "
