@@ -629,8 +629,8 @@ class Screener:
                         row["preprocess_version"] = self.identity.preprocess_version
                         row["intended_use"] = use_status
                         row.update(model_file)
-                        # Before the pictures: written into a folder that went, they would make it again.
-                        store.check_in_place()
+                        if not buffer:  # once per batch, before its pictures: they would make a folder that went
+                            store.check_in_place()  # again (a stat; per photograph it costs a round trip on SMB)
                         row.update(self._write_images(out, r, overlays, report))
                         buffer.append(row)
                         summary.screened += 1
