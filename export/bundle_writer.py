@@ -238,9 +238,12 @@ def add_file(
     a full disk) leaves the bundle's files as they were, and what is left to
     do then is two renames. A kill or power cut between those two renames (a
     moment, not the seconds of writing) still leaves the new file beside the
-    old manifest: verify names it, and running the command again repairs it. ``move``: ``src`` is the caller's own temporary in
-    the bundle's folder (``uopsl quantize`` writes its model there): it is
-    renamed, not copied, so a nearly full disk needs no room for a second copy.
+    old manifest: verify names it, and running the command again repairs it.
+
+    ``move``: ``src`` is the caller's own temporary in the bundle's folder
+    (:func:`uopsl.runtime.fsio.staged_path`; ``uopsl quantize`` writes its
+    model there): it is renamed, not copied, so a nearly full disk needs no
+    room for a second copy.
     """
     root = Path(bundle)
     dest = root / name

@@ -205,6 +205,16 @@ def staging(path: str | os.PathLike[str]) -> Iterator[Stage]:
 
 
 @contextlib.contextmanager
+def staged_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """A temporary sibling of ``path`` for a writer by path, with no handle of ours open on it (Windows refuses
+    to replace or rename a file another handle holds). Removed on leaving unless moved away (``add_file``'s
+    ``move=True`` takes it into a bundle)."""
+    with staging(path) as stage:
+        stage.close()
+        yield stage.path
+
+
+@contextlib.contextmanager
 def atomic_open(path: str | os.PathLike[str], mode: str = "w", **kwargs: Any) -> Iterator[IO[Any]]:
     """Open a temporary sibling of ``path`` for writing; rename it over ``path`` on success.
 

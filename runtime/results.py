@@ -351,7 +351,8 @@ def row_problem(row: Mapping[str, Any]) -> str | None:
     return None
 
 
-_SAID_CORRUPT: set[tuple[str, int | str]] = set()  # (results.jsonl, line) or (run.json, "run.json") warned about here
+_SAID_CORRUPT: set[tuple[str, int]] = set()  # (results.jsonl, line) already warned about in this process
+_SAID_RUN_JSON: set[str] = set()  # run.json files warned about in this process (a run opens its folder twice)
 
 
 def _complete_row(tail: bytes) -> bool:
@@ -575,9 +576,9 @@ class ResultStore:
         except FileNotFoundError:
             return None
         except (OSError, ValueError, RecursionError) as exc:
-            said = (os.path.realpath(path), "run.json")
-            if said not in _SAID_CORRUPT:  # a run opens its folder twice (the check before the model loads)
-                _SAID_CORRUPT.add(said)
+            said = os.path.realpath(path)
+            if said not in _SAID_RUN_JSON:
+                _SAID_RUN_JSON.add(said)
                 log.warning("%s: unreadable (%s); the rows' own bundle records are used", path, exc)
             return None
         return d if isinstance(d, dict) else None
@@ -887,7 +888,7 @@ class ResultStore:
         tidying up) took the rows appended through the open handle with it, and the run then wrote a fresh
         report of "0 images" where the folder had been and exited as if all were well (a review). Only what
         every filesystem says reliably is used: the file is not found by its name (twice, half a second apart),
-        or the open file has no name left and its name leads to another file. One ``stat`` per batch.
+        or the open file has no name left and its name leads to another file. A ``stat`` or two per batch.
         """
         problem = self._where_gone()
         if problem:  # a network drive that blinked reads "not found" for a moment (Windows): look once more

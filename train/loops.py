@@ -251,6 +251,8 @@ class StageRunner:
         # What this stage freezes it gives back in finish(): a freeze lasts one stage, so a model object
         # pre-trained with a frozen encoder is not still frozen when it is then fine-tuned "train all".
         self._frozen_here: list[nn.Parameter] = []
+        self._log_head: list[str] | None = None  # log.csv's header, once read or written (log_row)
+        self._said_log_head = False
         for name, p in model.named_parameters():
             is_enc = ".encoder." in f".{name}"
             is_site = name.startswith(("sites.", "delta", "generator."))
@@ -502,8 +504,8 @@ class StageRunner:
         row = {**{k: row[k] for k in keys[:at]}, "global_step": int(self.info["global_step"]),
                **{k: row[k] for k in keys[at:]}, "wall_time": round(time.time(), 3)}
         path = self.out / "log.csv"
-        head = getattr(self, "_log_head", None) or _csv_header(path)  # read once per runner, not per step
-        if head is not None and not getattr(self, "_said_log_head", False):
+        head = self._log_head or _csv_header(path)  # read once per runner, not per step
+        if head is not None and not self._said_log_head:
             if dropped := [k for k in row if k not in head]:
                 log.info("%s was begun by an earlier version: its rows leave out %s", path, ", ".join(dropped))
             self._said_log_head = True

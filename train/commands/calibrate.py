@@ -27,7 +27,7 @@ from uopsl.runtime.bundle import MANIFEST, read_manifest, verify_before_rewrite
 from uopsl.runtime.clikit import FiniteFloatRange, option_given
 from uopsl.runtime.signing import warn_if_signed
 from uopsl.runtime.errors import BundleError, ConfigError
-from uopsl.runtime.fsio import sha256_file, staging, user_cache_dir
+from uopsl.runtime.fsio import sha256_file, staged_path, user_cache_dir
 from uopsl.runtime.optional import require
 from uopsl.runtime.preprocess import PreprocessConfig
 
@@ -282,10 +282,9 @@ def _calibrate_into_bundle(bundle: Path, out: Path, model: Path, calib_set: Cali
         add_file(bundle, None, out.name, "calibration", calibration_fingerprint=current.set_fingerprint)
         return current
     table = calibrate(model, calib_set, method=method, percentile=percentile, batch_size=batch_size)
-    with staging(out) as stage:
-        stage.close()  # written by path below: no second handle open (Windows refuses to replace an open file)
-        table.save(stage.path)
-        add_file(bundle, stage.path, out.name, "calibration", move=True, calibration_fingerprint=table.set_fingerprint)
+    with staged_path(out) as tmp:
+        table.save(tmp)
+        add_file(bundle, tmp, out.name, "calibration", move=True, calibration_fingerprint=table.set_fingerprint)
     log.info("calibration table (%s, %d tensors) written to %s", method, len(table.ranges), out)
     return table
 

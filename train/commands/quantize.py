@@ -26,7 +26,7 @@ from uopsl.runtime.clikit import option_given
 from uopsl.runtime.errors import ConfigError
 from uopsl.calibration.onnx_file import model_sha256
 from uopsl.calibration.ranges import set_warnings
-from uopsl.runtime.fsio import sha256_file, staging, write_json
+from uopsl.runtime.fsio import sha256_file, staged_path, write_json
 from uopsl.runtime.signing import warn_if_signed
 from uopsl.train.commands.calibrate import (
     bundle_target,
@@ -195,11 +195,7 @@ def command(model: Path, table: Path | None, variant: str, per_channel: bool, ex
         # Into a bundle, the model is written beside its place and moved in by add_file together with the
         # manifest that lists it: written in place first, a full disk or a kill before the manifest left a
         # listed file failing its checksum, and every model of the bundle refused (a review).
-        target = out
-        if bundle is not None:
-            stage = stack.enter_context(staging(out))
-            stage.close()  # written by path: no second handle open (Windows refuses to replace an open file)
-            target = stage.path
+        target = stack.enter_context(staged_path(out)) if bundle is not None else out
         try:
             result = quantize_model(source.model, calib_table, target, config, calib_set=calib_set, shown_as=out)
         except CalibrationImagesNeeded as exc:  # in the command's own words (the library names the API's too)
