@@ -46,6 +46,7 @@ from uopsl.runtime.errors import (
     EngineMismatchError,
     ImageError,
     MissingDependencyError,
+    ScreenerClosedError,
     UopslError,
 )
 from uopsl.runtime.intended_use import IntendedUse
@@ -87,7 +88,8 @@ log = logging.getLogger(__name__)
 
 # What a device's code imports: the Screener, its results, and every error it may catch around one.
 __all__ = ["BackendClosedError", "BackendError", "BundleError", "ConfigError", "EngineMismatchError", "ImageError",
-           "MissingDependencyError", "RunSummary", "Screener", "ScreeningInterrupted", "UopslError"]
+           "MissingDependencyError", "RunSummary", "Screener", "ScreenerClosedError", "ScreeningInterrupted",
+           "UopslError"]
 
 #: thumbnail side kept for the report, and for overlays (which are viewed larger)
 REPORT_THUMB_SIDE = 192
@@ -230,7 +232,11 @@ class Screener:
       photograph, and :class:`ScreeningInterrupted` on Ctrl-C (after saving).
 
     Use one Screener per thread: a shared one serialises its inference calls
-    (slow, never mixing results up). It runs the bundle as it was when it was
+    (slow, never mixing results up). A call on a Screener that another thread
+    closes raises :class:`~uopsl.runtime.errors.BackendClosedError` whether the
+    close came before the call or during its inference (before it: the subclass
+    :class:`~uopsl.runtime.errors.ScreenerClosedError`, also a ``ConfigError``
+    as in earlier versions). It runs the bundle as it was when it was
     made: a bundle updated on disk takes effect in a new Screener.
     """
 
@@ -350,9 +356,9 @@ class Screener:
     def backend(self) -> Backend:
         if self._backend is None:
             if self._closed:
-                raise ConfigError("the Screener was closed (its 'with' block ended, or close() was called, "
-                                  "perhaps by another thread sharing it); open it again with open() or a new "
-                                  "'with Screener(...) as s:'")
+                raise ScreenerClosedError("the Screener was closed (its 'with' block ended, or close() was "
+                                          "called, perhaps by another thread sharing it); open it again with "
+                                          "open() or a new 'with Screener(...) as s:'")
             raise ConfigError("the Screener is not open; use 'with Screener(...) as s:' or call open()")
         return self._backend
 

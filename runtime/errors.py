@@ -107,6 +107,16 @@ class BackendClosedError(BackendError):
     """
 
 
+class ScreenerClosedError(BackendClosedError, ConfigError):
+    """A :class:`~uopsl.runtime.api.Screener` was asked to screen after it was closed.
+
+    Both a :class:`BackendClosedError` and a :class:`ConfigError`: a Screener closed by another thread
+    raised a ConfigError when the close landed before a call and the backend's BackendClosedError when
+    it landed during the call's inference. ``except BackendClosedError`` now catches both moments, and
+    code written against earlier versions (``except ConfigError``) still catches what it caught.
+    """
+
+
 class CheckpointError(UopslError):
     """A checkpoint is missing, malformed or does not fit the model."""
 
