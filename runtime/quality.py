@@ -137,6 +137,13 @@ REASONS = ("no_fov", "several_fov", "too_dark", "too_bright", "low_contrast", "b
            "not_fundus_colour", "too_small")
 
 
+#: A gradable photograph's score below this is shown as near the gate's limit (the report says to check it).
+#: A check's sub-score is 0.5 at its threshold and 1.0 at its comfortable margin (:func:`assess`), so 0.6 is a
+#: photograph whose weakest measure lies in the first fifth of that margin (dark TVHL photographs that a grader
+#: would call poor pass the gate there: 38 of 574 gradable ones in a 600-photograph run, session 53).
+BORDERLINE_SCORE = 0.6
+
+
 @dataclass(frozen=True)
 class QualityConfig:
     """Thresholds of the quality gate, with the TVHL figures behind each default.

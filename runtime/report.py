@@ -45,6 +45,8 @@ import numpy as np
 from uopsl.runtime.bundle import Manifest, describe_operating_point
 from uopsl.runtime.fsio import atomic_open, readable_text, special_entry
 from uopsl.runtime.overlay import OVERLAY_DIR, THUMB_DIR, content_id, encode_jpeg
+from uopsl.runtime.quality import BORDERLINE_SCORE
+from uopsl.runtime.input_keys import key_path
 from uopsl.runtime.reasons import NO_RESULT_ADVICE, order_reasons, reason_text
 from uopsl.runtime.results import content_hash, model_sha256, valid_image_id
 from uopsl.runtime.version import __version__
@@ -302,11 +304,19 @@ def urgency_key(row: Mapping[str, Any], referable: Sequence[str]) -> tuple[int, 
     return 2, 0
 
 
+#: Reasons of an error row whose file opened but cannot be screened as it is: "Unusable image", not "Unreadable
+#: file" (a 1x1 PNG was called unreadable, and the page defines that as "could not be opened"; a review).
+_UNUSABLE = frozenset({"too_small", "too_large", "several_fov"})
+
+
 def _verdict(row: Mapping[str, Any]) -> tuple[str, str]:
     status = row.get("status")
     if status == "error":
-        if "inference_error" in (row.get("reasons") or ()) or "internal_error" in (row.get("reasons") or ()):
+        tags = order_reasons(row.get("reasons") or [])
+        if "inference_error" in tags or "internal_error" in tags:
             return "v-error", "Not screened - program failure"
+        if tags and tags[0] in _UNUSABLE:
+            return "v-error", "Unusable image"
         return "v-error", "Unreadable file"
     if status == "ungradable":
         return "v-ungradable", "Ungradable - retake"
@@ -512,6 +522,7 @@ def _probs_html(row: Mapping[str, Any], manifest: Manifest, zero_shot: set[str],
     if not probs:
         return "&mdash;"
     thr = {c.name: c.threshold for c in manifest.classes}
+    referable = {c.name for c in manifest.classes if c.referable}
     order = [c for c in manifest.class_names if c in probs] + [c for c in probs if c not in thr]
     out = []
     if row.get("status") != "ok":
@@ -520,17 +531,26 @@ def _probs_html(row: Mapping[str, Any], manifest: Manifest, zero_shot: set[str],
         p = float(probs[c])
         star = "*" if c in zero_shot else ""
         if c not in thr:
-            out.append(f"<span>{esc(c)}{star} {p:.3f}</span>")
+            out.append(f"<span>{esc(c)}{star} <span class='val'>{p:.3f}</span></span>")
+            continue
+        if c not in referable:
+            # No comparison: "normal 0.320 >= 0.057" on a referred row read like a finding (a review).
+            out.append(f"<span>{esc(c)}{star} <span class='val'>{p:.3f} <span class='cmp'>(not referable)</span>"
+                       "</span></span>")
             continue
         a, b = _fmt_pair(p, float(thr[c]))
         sign = "&ge;" if np.float32(p) >= np.float32(thr[c]) else "&lt;"  # as Manifest.decide compares them
-        cls = " class='pos'" if c in findings else ""
-        out.append(f"<span{cls}>{esc(c)}{star} {a} <span class='cmp'>{sign} {b}</span></span>")
+        # A finding is said in words as well as bold: a screen reader does not announce bold.
+        cls, said = (" class='pos'", "<span class='sr'> finding</span>") if c in findings else ("", "")
+        # Score and threshold kept together, under the name where the line is too long: a long class name
+        # ("hypertensive_retinopathy") pushed the threshold off a printed A4 page (a review).
+        out.append(f"<span{cls}>{esc(c)}{star} <span class='val'>{a} <span class='cmp'>{sign} {b}</span></span>"
+                   f"{said}</span>")
     if manifest.referral_rule == "referable_sum" and row.get("status") == "ok":
         total = sum(float(probs[c.name]) for c in manifest.classes if c.referable and c.name in probs)
         sign = "&ge;" if total >= manifest.referral_threshold else "&lt;"
-        out.append(f"<span class='{'pos' if row.get('refer') else ''}'>sum {total:.3f} "
-                   f"<span class='cmp'>{sign} {manifest.referral_threshold:.3f}</span></span>")
+        out.append(f"<span class='{'pos' if row.get('refer') else ''}'>sum <span class='val'>{total:.3f} "
+                   f"<span class='cmp'>{sign} {manifest.referral_threshold:.3f}</span></span></span>")
     return "<br>".join(out)
 
 
@@ -575,6 +595,11 @@ def _result_html(row: Mapping[str, Any], manifest: Manifest, findings: list[str]
         parts.append(f"<div class='tags'>codes: {esc(', '.join(tags))}</div>")
     elif status in ("ungradable", "error"):
         parts.append(f"<div class='why'><div class='main'>{esc(NO_RESULT_ADVICE)}</div></div>")
+    q = row.get("quality_score")
+    if status == "ok" and isinstance(q, (int, float)) and not isinstance(q, bool) and q < BORDERLINE_SCORE:
+        # A very dark photograph passed the gate and was referred, its thumbnail black (a review): say so.
+        parts.append(f"<div class='borderline'>Quality near the limit (score {float(q):.2f}; below 0.50 is "
+                     "ungradable): check the photograph is clear enough before relying on this result.</div>")
     if row.get("error"):
         parts.append(f"<div class='tags'>detail: {esc(row['error'])}</div>")
     return "".join(parts)
@@ -709,25 +734,86 @@ GROUP_ANCHORS = ("g-refer", "g-retake", "g-routine")
 
 
 def summary_html(counts: Mapping[str, int], linked: bool = False) -> str:
-    """The row of count cards under the identity block; ``linked``: each count leads to its group's first row
-    of the table below (a long report's retakes sat after hundreds of referrals, unfindable on screen)."""
+    """The row of count cards under the identity block; ``linked``: each card leads to its group's first row
+    of the table below (a long report's retakes sat after hundreds of referrals, unfindable on screen). The
+    link holds the card's words too: a screen reader read the links as bare numbers ("39")."""
     n = sum(counts.values())
 
-    def count(key: str, group: int, extra: str = "") -> str:
+    def card(cls: str, key: str, group: int, words: str, extra: str = "") -> str:
         k = counts.get(key, 0)
-        return (f"<a href='#{GROUP_ANCHORS[group]}'><b{extra}>{k}</b></a>" if linked and k
-                else f"<b{extra}>{k}</b>")
+        inner = f"<b{extra}>{k}</b>{words}"
+        return f"<div class='card {cls}'>" + (f"<a href='#{GROUP_ANCHORS[group]}'>{inner}</a>" if linked and k
+                                              else inner) + "</div>"
 
-    refer = count("refer", 0, extra=" id='n-refer'")
     return "".join([
         "<div class='summary'>",
         f"<div class='card total'><b>{n}</b>{'image' if n == 1 else 'images'}</div>",
-        f"<div class='card refer'>{refer}refer</div>",
-        f"<div class='card ok'>{count('routine', 2)}no referable finding</div>",
-        f"<div class='card ungradable'>{count('ungradable', 1)}ungradable (retake)</div>",
-        f"<div class='card error'>{count('error', 1)}unreadable or not screened</div>",
+        card("refer", "refer", 0, "refer", extra=" id='n-refer'"),
+        card("ok", "routine", 2, "no referable finding"),
+        card("ungradable", "ungradable", 1, "ungradable (retake)"),
+        card("error", "error", 1, "unreadable or not screened"),
         "</div>",
     ])
+
+
+#: Each group's heading row in the table, and the words of the line that gives each group's rows on paper.
+_GROUP_WORDS = ("Refer", "Retake or copy again (ungradable, unreadable or not screened)", "No referable finding")
+_GROUP_SHORT = ("refer", "retake or copy again", "no referable finding")
+_GROUP_ORDER = ("photographs with more referable findings first (a count, not a measure of severity), "
+                "then in screening order", "in screening order", "in screening order")
+#: Rows listed by name in the "retake now" box at the top of a page (the rest: their rows are given).
+_MAX_RETAKES_LISTED = 100
+
+
+def group_ranges_html(groups: Sequence[int], first: int) -> str:
+    """Where each group's rows are, by row number: a printed report's count cards link nowhere, and its
+    retakes sat on pages 68-70 of 71 (a review)."""
+    spans: dict[int, tuple[int, int]] = {}
+    for k, g in enumerate(groups):
+        a, _ = spans.get(g, (first + k, 0))
+        spans[g] = (a, first + k)
+    if not spans:
+        return ""
+    parts = [f"{_GROUP_SHORT[g]}: " + (f"row #{a}" if a == b else f"rows #{a}-#{b}")
+             for g, (a, b) in sorted(spans.items())]
+    return "<p class='ranges'>In the table below: " + "; ".join(parts) + ".</p>"
+
+
+def retake_list_html(ordered: Sequence[Mapping[str, Any]], groups: Sequence[int], first: int) -> str:
+    """The photographs to retake or copy again, by name, near the top of the page: the one action that must
+    happen while the patient is still there, listed after every referral before (a review)."""
+    rows = [(first + k, r) for k, (r, g) in enumerate(zip(ordered, groups)) if g == 1]
+    if not rows:
+        return ""
+    shown = rows[:_MAX_RETAKES_LISTED]
+    items = []
+    for i, r in shown:
+        tags = order_reasons(r.get("reasons") or [])
+        label = reason_text(tags[0]).label if tags else "no result"
+        items.append(f"<li><a href='#{esc(row_anchor(r))}'>#{i}</a> {esc(_display_name(r))}: {esc(label)}</li>")
+    more = (f"<p>and {len(rows) - len(shown)} more, rows #{rows[len(shown)][0]}-#{rows[-1][0]}</p>"
+            if len(rows) > len(shown) else "")
+    return (f"<div class='retakes' id='retakes'><h2>Retake or copy again now ({len(rows)})</h2>"
+            f"<ul>{''.join(items)}</ul>{more}</div>")
+
+
+def _display_name(row: Mapping[str, Any]) -> str:
+    source = _text(row.get("source", ""))
+    return Path(source).name or source
+
+
+def _shown_folder(row: Mapping[str, Any]) -> str:
+    """The folder a row's photograph was read from, absolute where the row's key knows it: a path given
+    relative printed as "bad", which says nothing on a filed sheet (a review)."""
+    source = _text(row.get("source", ""))
+    if not Path(source).name:
+        return ""
+    folder = str(Path(source).parent)
+    if not Path(source).is_absolute():
+        resolved = key_path(str(row.get("key", "")))
+        if resolved and Path(resolved).is_absolute() and Path(resolved).name == Path(source).name:
+            folder = str(Path(resolved).parent)
+    return folder
 
 
 def report_parts(rows: Sequence[dict[str, Any]], out_dir: str | os.PathLike[str], manifest: Manifest,
@@ -778,6 +864,8 @@ def report_parts(rows: Sequence[dict[str, Any]], out_dir: str | os.PathLike[str]
                    extra="" if page is None else f"<dt>Page</dt><dd>{esc(page.label)}: one page of this folder's "
                    "report (report.html lists every day)</dd>"),
         summary_html(verdict_counts(ordered), linked=True),
+        group_ranges_html(groups, first),
+        retake_list_html(ordered, groups, first),
     ]
     if info.get("incomplete"):
         yield (f"<div class='warn' id='incomplete'><b>INCOMPLETE: {esc(info['incomplete'])}.</b> Photographs not "
@@ -812,7 +900,12 @@ def report_parts(rows: Sequence[dict[str, Any]], out_dir: str | os.PathLike[str]
         "follow your routine screening schedule. "
         "<b class='v-ungradable'>Ungradable - retake</b>: the photograph is too poor for a result; the row "
         "says what to fix. <b class='v-error'>Unreadable file</b>: the file could not be opened; copy it "
-        "again or retake.</p>"
+        "again or retake. <b class='v-error'>Unusable image</b>: the file opened but cannot be screened as "
+        "it is (too small, too large, or more than one eye in it); the row says what to do.</p>"
+        "<p>The table lists referrals first, then photographs to retake or copy again, then those with no "
+        "referable finding. Within the referrals, photographs with more referable findings come first: that "
+        "is a count, not a measure of how severe or urgent a case is. Otherwise rows keep the order in which "
+        "they were screened.</p>"
         f"<p>Scores are the model's score for each class (0 to 1) next to that class's threshold{example}. "
         "Each class has its own threshold, set on validation photographs unless the table below says otherwise, "
         "so a score means something only against its own threshold: a low score can be a finding and a higher score of another class not one; compare "
@@ -826,12 +919,16 @@ def report_parts(rows: Sequence[dict[str, Any]], out_dir: str | os.PathLike[str]
         "column names and this report's identity.</p></div>"
     )
     yield (
+        "<h2 class='results-head noprint'>Results</h2>"
         "<table id='results' class='results'>"
+        "<caption class='sr'>Screening results: referrals first, then photographs to retake, then those with "
+        "no referable finding</caption>"
         "<colgroup><col class='c-n'><col class='c-src'><col class='c-img'><col class='c-img'><col class='c-res'>"
         "<col class='c-probs'></colgroup><thead>"
         f"<tr class='pagehead'><th colspan='6'>{use_html}{esc(ident_line)}</th></tr>"
-        "<tr><th>#</th><th>Photograph</th><th>Image</th><th>Heatmap</th><th>Result</th>"
-        "<th>Score vs threshold</th></tr></thead>"
+        "<tr><th scope='col'>#</th><th scope='col'>Photograph</th><th scope='col'>Image</th>"
+        "<th scope='col'>Heatmap</th><th scope='col'>Result</th><th scope='col'>Score vs threshold</th></tr>"
+        "</thead>"
         f"<tfoot><tr><td colspan='6'>{use_html}{esc(ident_line)} - screening support, not a diagnosis</td></tr>"
         "</tfoot><tbody>"
     )
@@ -839,9 +936,15 @@ def report_parts(rows: Sequence[dict[str, Any]], out_dir: str | os.PathLike[str]
     if page is None:  # a split report's writer sizes the cache for all the pages it refreshes
         reserve_image_cache(2 * len(ordered))  # a thumbnail and a heatmap per row
     other = set(other_bundle)
+    sizes = Counter(groups)
     for k, r in enumerate(ordered):
         i = first + k
-        group_id = f" id='{GROUP_ANCHORS[groups[k]]}'" if k == 0 or groups[k - 1] != groups[k] else ""
+        if k == 0 or groups[k - 1] != groups[k]:
+            # A heading row per group: on paper and to a screen reader the groups had no heading (a review).
+            g = groups[k]
+            yield (f"<tr class='group' id='{GROUP_ANCHORS[g]}'><th colspan='6' scope='colgroup'>"
+                   f"{esc(_GROUP_WORDS[g])}: {sizes[g]} photograph{'s' if sizes[g] != 1 else ''}"
+                   f"<span class='order'> - {esc(_GROUP_ORDER[g])}</span></th></tr>")
         cls, _ = _verdict(r)
         rid = r.get("id", "")
         rid = rid if valid_image_id(rid) else ""  # an id that is a path would show a picture from elsewhere
@@ -856,8 +959,8 @@ def report_parts(rows: Sequence[dict[str, Any]], out_dir: str | os.PathLike[str]
         positive = [str(c) for c in (r.get("positive") or [])]
         findings = [c for c in positive if c in referable_set] if r.get("status") == "ok" else []
         source = _text(r.get("source", ""))
-        name = Path(source).name or source
-        folder = str(Path(source).parent) if Path(source).name else ""
+        name = _display_name(r)
+        folder = _shown_folder(r)
         when = parse_time(r.get("screened_at"))
         src_html = (f"<span class='fname' title='{esc(source)}'>{esc(name)}</span>"
                     + (f"<span class='dir'>{esc_path(folder)}</span>" if folder and folder != "." else "")
@@ -885,12 +988,17 @@ def report_parts(rows: Sequence[dict[str, Any]], out_dir: str | os.PathLike[str]
             result += (f"<div class='other'>Screened with another model "
                        f"(bundle {esc(str(r.get('bundle_sha256') or '?')[:12])}); screen again.</div>")
         cap = f"<div class='cap'>heatmap: {esc(r['heatmap_class'])}</div>" if over and r.get("heatmap_class") else ""
-        thumb_img = f'<img alt="thumbnail" src="{thumb}">' if thumb else "&mdash;"
-        over_img = f'<img alt="heatmap" src="{over}">{cap}' if over else "&mdash;"
+        # The thumbnail's alt is empty (the row header names the photograph); each picture was read out as
+        # "thumbnail" or "heatmap", 1,200 times in a 600-row report (a review).
+        none = "&mdash;<span class='sr'>no image</span>"
+        thumb_img = f'<img class="thumb" alt="" src="{thumb}">' if thumb else none
+        over_alt = f"heatmap of where the model looked for {r['heatmap_class']}" if r.get("heatmap_class") \
+            else "heatmap of where the model looked"
+        over_img = f'<img class="heatmap" alt="{esc(over_alt)}" src="{over}">{cap}' if over else none
         yield (
             f"<tr class='result {cls}' data-status='{esc(r.get('status'))}' id='{esc(row_anchor(r))}'>"
-            f"<td class='n'{group_id}>{i}</td>"
-            f"<td class='src'>{src_html}</td>"
+            f"<td class='n'>{i}</td>"
+            f"<th scope='row' class='src'>{src_html}</th>"
             f"<td class='img'>{thumb_img}</td><td class='img'>{over_img}</td>"
             f"<td class='res'>{result}</td>"
             f"<td class='probs'>{_probs_html(r, manifest, zero_shot, set(findings))}</td></tr>"

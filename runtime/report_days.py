@@ -25,7 +25,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from functools import lru_cache
@@ -290,6 +290,42 @@ def _remove_pages(folder: Path, keep: set[str]) -> None:
             pass
 
 
+def _listed_rows(title: str, last: str, last_of: Callable[[Mapping[str, Any]], str], cls: str,
+                 rows: Sequence[Mapping[str, Any]], page_of: Mapping[int, DayPage], sheet_line: str,
+                 chosen: list[int]) -> list[str]:
+    """The index's table of ``chosen`` rows, newest first (at most ``_MAX_REFERRALS``), each linked to its row on
+    its day's page, with ``last`` as the last column's heading and ``last_of(row)`` as its text."""
+    if not chosen:
+        return []
+
+    def when(i: int) -> float:
+        t = parse_time(rows[i].get("screened_at"))
+        return t.timestamp() if t is not None else float("-inf")
+
+    chosen = sorted(chosen, key=when, reverse=True)
+    shown = chosen[:_MAX_REFERRALS]
+    rest = len(chosen) - len(shown)
+    newest = (f", the newest {len(shown)} listed here; the other {rest} {'is' if rest == 1 else 'are'} on "
+              f"{'its' if rest == 1 else 'their'} day's page{'' if rest == 1 else 's'}, linked above"
+              if rest > 0 else "")
+    out = [f"<h2>{esc(title)} ({len(chosen)}{newest})</h2>"
+           f"<table class='days {cls}'><thead>"
+           f"<tr class='pagehead'><th colspan='4'>{sheet_line}</th></tr>"
+           "<tr><th scope='col'>Screened</th><th scope='col'>Photograph</th><th scope='col'>Folder</th>"
+           f"<th scope='col'>{esc(last)}</th></tr></thead><tfoot class='pagefoot'><tr><td colspan='4'>"
+           f"{sheet_line}</td></tr></tfoot><tbody>"]
+    for i in shown:
+        r = rows[i]
+        at = parse_time(r.get("screened_at"))
+        source = str(r.get("source", ""))
+        folder = str(Path(source).parent) if Path(source).name else ""
+        out.append(f"<tr><td>{esc(local_time(at) if at is not None else '')}</td>"
+                   f"<td><a href='{esc(DAYS_DIR)}/{esc(page_of[i].name)}#{esc(row_anchor(r))}'>"
+                   f"{esc(_name(r))}</a></td><td>{esc(folder)}</td><td>{esc(last_of(r))}</td></tr>")
+    out.append("</tbody></table>")
+    return out
+
+
 def _index_parts(rows: Sequence[Mapping[str, Any]], pages: Sequence[DayPage], dups: DuplicateCheck, out: Path,
                  manifest: Manifest, info: Mapping[str, Any], max_rows: int) -> list[str]:
     """The index page: the folder's counts, its days with their pages, referrals, duplicates."""
@@ -345,34 +381,20 @@ def _index_parts(rows: Sequence[Mapping[str, Any]], pages: Sequence[DayPage], du
                      f"<td>{c.get('routine', 0)}</td><td>{c.get('ungradable', 0)}</td><td>{c.get('error', 0)}</td>"
                      f"<td>{links}</td></tr>")
     parts.append("</tbody></table>")
-    referred = [i for p in pages for i in p.rows if rows[i].get("status") == "ok" and rows[i].get("refer")]
-    if referred:
-        def when(i: int) -> float:
-            t = parse_time(rows[i].get("screened_at"))
-            return t.timestamp() if t is not None else float("-inf")
 
-        referred.sort(key=when, reverse=True)
-        shown = referred[:_MAX_REFERRALS]
-        rest = len(referred) - len(shown)
-        newest = (f", the newest {len(shown)} listed here; the other {rest} {'is' if rest == 1 else 'are'} on "
-                  f"{'its' if rest == 1 else 'their'} day's page{'' if rest == 1 else 's'}, linked above"
-                  if rest > 0 else "")
-        parts.append(f"<h2>Referred photographs ({len(referred)}{newest})</h2>"
-                     "<table class='days referred'><thead>"
-                     f"<tr class='pagehead'><th colspan='4'>{sheet_line}</th></tr>"
-                     "<tr><th>Screened</th><th>Photograph</th><th>Folder</th>"
-                     f"<th>Findings</th></tr></thead><tfoot class='pagefoot'><tr><td colspan='4'>{sheet_line}</td>"
-                     "</tr></tfoot><tbody>")
-        for i in shown:
-            r = rows[i]
-            at = parse_time(r.get("screened_at"))
-            source = str(r.get("source", ""))
-            folder = str(Path(source).parent) if Path(source).name else ""
-            found = ", ".join(str(x) for x in (r.get("positive") or []) if x in referable)
-            parts.append(f"<tr><td>{esc(local_time(at) if at is not None else '')}</td>"
-                         f"<td><a href='{esc(DAYS_DIR)}/{esc(page_of[i].name)}#{esc(row_anchor(r))}'>"
-                         f"{esc(_name(r))}</a></td><td>{esc(folder)}</td><td>{esc(found)}</td></tr>")
-        parts.append("</tbody></table>")
+    def findings(r: Mapping[str, Any]) -> str:
+        return ", ".join(str(x) for x in (r.get("positive") or []) if x in referable)
+
+    def reason(r: Mapping[str, Any]) -> str:
+        tags = reasons.order_reasons(r.get("reasons") or [])
+        return reasons.reason_text(tags[0]).label if tags else "no result"
+
+    paged = [i for p in pages for i in p.rows]
+    parts += _listed_rows("Referred photographs", "Findings", findings, "referred", rows, page_of, sheet_line,
+                          [i for i in paged if rows[i].get("status") == "ok" and rows[i].get("refer")])
+    # Retakes too: on a split folder they sat only at the end of their day's last page (a review, session 53).
+    parts += _listed_rows("Photographs to retake or copy again", "Why", reason, "retakes", rows, page_of,
+                          sheet_line, [i for i in paged if rows[i].get("status") in ("ungradable", "error")])
     unchecked = (f" Duplicate check: {dups.unchecked} photograph(s) could not be compared (moved, changed "
                  "since screening, or too much to read)." if dups.unchecked else "")
     parts.append("<p class='note'>Screening support only: a referral decision comes from the model's operating "

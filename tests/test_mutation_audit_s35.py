@@ -175,4 +175,4 @@ def test_report_sum_at_exactly_the_referral_threshold_reads_at_or_above() -> Non
     row = {"id": "s", "source": "/x/s.jpg", "key": "ks", "status": "ok", "refer": True, "probs": probs,
            "positive": [], "reasons": [], "error": ""}
     page = render_report([row], "/nonexistent", m)
-    assert "sum 0.500 <span class='cmp'>&ge; 0.500</span>" in page
+    assert "sum <span class='val'>0.500 <span class='cmp'>&ge; 0.500</span>" in page

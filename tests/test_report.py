@@ -34,8 +34,10 @@ def test_urgency_order_referable_then_ungradable_then_the_rest_each_in_screening
     page = render_report(rows, "/nonexistent", m)
     assert [int(x) for x in re.findall(r"/x/r(\d)\.jpg", page)] == [int(i[1:]) for i in order]
     # Each count card leads to its group's first row (a review: the first retake of 400 sat at row 367).
-    assert re.findall(r"<td class='n' id='(g-\w+)'>(\d+)</td>", page) == [("g-refer", "1"), ("g-retake", "3"),
-                                                                          ("g-routine", "5")]
+    # Each group opens with a heading row (session 53: paper and screen readers had no group headings).
+    assert re.findall(r"<tr class='group' id='(g-\w+)'><th colspan='6' scope='colgroup'>[^<]*<span class='order'>"
+                      r"[^<]*</span></th></tr>\s*<tr class='result[^>]*><td class='n'>(\d+)</td>", page) == [
+        ("g-refer", "1"), ("g-retake", "3"), ("g-routine", "5")]
     for target in ("g-refer", "g-retake", "g-routine"):
         assert f"<a href='#{target}'>" in page
     quiet = render_report([_row(0, "ok", False, 0.30)], "/nonexistent", m)
@@ -51,7 +53,7 @@ def test_zero_shot_classes_are_marked_as_not_validated(tiny_bundle: Path) -> Non
     marked = replace(m, classes=tuple(replace(c, seen_in_training=c.name != "npdr") for c in m.classes))
     page = render_report(rows, "/nonexistent", marked)
     assert "zero-shot (no training images, scores not validated): npdr" in page
-    assert "npdr* 0.900" in page and "dme* " not in page
+    assert "npdr* <span class='val'>0.900" in page and "dme* " not in page
 
 
 def test_rows_from_two_model_files_are_named_in_the_header(tiny_bundle: Path) -> None:
@@ -185,7 +187,7 @@ def test_report_renders_in_headless_chromium(report_dir: Path, tmp_path: Path) -
     assert len(rows) == 15
     assert rows.count("error") == 6 and rows.count("ungradable") == 2 and rows.count("ok") == 7
     # Images decoded by the browser: every <img> in the DOM carries a data URI.
-    assert dom.count('<img alt="thumbnail"') == 9  # all that decoded (6 errors have none)
+    assert dom.count('<img class="thumb"') == 9  # all that decoded (6 errors have none)
 
 
 def test_a_probability_at_its_threshold_reads_as_the_decision_made_it(tiny_bundle: Path, tmp_path: Path) -> None:

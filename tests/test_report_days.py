@@ -109,8 +109,13 @@ def test_index_counts_days_newest_first_and_every_link_leads_to_a_page_and_row(t
     assert day_rows == [(str(d2), "4", "2", "1", "1", "0"), (str(d1), "3", "1", "2", "0", "0")]
     assert "<b id='n-refer'>3</b>" in index and "<b>7</b>images" in index
     # Referred photographs, newest first, each linked to its row on its day's page.
-    referred = re.findall(r"<a href='days/([^'#]+)#r-(p\d+)'>", index.split("Referred photographs")[1])
+    referred = re.findall(r"<a href='days/([^'#]+)#r-(p\d+)'>",
+                          index.split("Referred photographs")[1].split("Photographs to retake")[0])
     assert referred == [(f"{d2}.html", "p011"), (f"{d2}.html", "p010"), (f"{d1}.html", "p000")]
+    # And the photographs to retake (session 53: a split folder's index listed referrals only).
+    retakes = index.split("<h2>Photographs to retake or copy again (1)</h2>")[1]
+    assert re.findall(r"<a href='days/([^'#]+)#r-(p\d+)'>", retakes) == [(f"{d2}.html", "p020")]
+    assert "<td>blurred</td>" in retakes
     for href in set(re.findall(r"href='days/([^'#]+)(?:#r-(p\d+))?'", index)):
         page, anchor = href
         assert page in pages, f"the index links to a missing page {page}"
@@ -206,7 +211,7 @@ def test_screen_to_splits_a_big_folder_into_pages_that_embed_the_runs_images(
     assert len(pages) == 2, "one day's three photographs on pages of two"
     shown = [i for p in pages.values() for i in re.findall(r"id='r-(g\d-[0-9a-f]{8})'", p)]
     assert sorted(x.split("-")[0] for x in shown) == ["g0", "g1", "g2"]
-    assert all(p.count('<img alt="thumbnail" src="data:image/jpeg;base64,') == len(
+    assert all(p.count('<img class="thumb" alt="" src="data:image/jpeg;base64,') == len(
         re.findall(r"id='r-", p)) for p in pages.values())
     index = (tmp_path / "out" / "report.html").read_text(encoding="utf-8")
     assert "too many for one page" in index
@@ -234,7 +239,7 @@ def test_index_and_a_day_page_render_in_headless_chromium(tmp_path: Path) -> Non
     page = subprocess.run([*common, (tmp_path / DAYS_DIR / f"{day}.html").as_uri()], check=True,
                           capture_output=True, timeout=120, text=True).stdout
     assert len(re.findall(r'<tr class="result [^"]*" data-status="ok"', page)) == 3
-    assert page.count('<img alt="thumbnail" src="data:image/jpeg;base64,') == 3
+    assert page.count('<img class="thumb" alt="" src="data:image/jpeg;base64,') == 3
 
 
 # -- review of the split (session 13): what the fingerprint must cover, and what the index must say -----------

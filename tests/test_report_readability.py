@@ -74,10 +74,15 @@ def test_each_score_shows_its_threshold_and_bold_means_a_finding() -> None:
     """12: "dr 0.564" plain next to a bold "amd 0.038" is explained by the thresholds beside them."""
     page = render_report([_referred()], "/nonexistent", _manifest())
     probs = _cell(page, "probs")
-    assert "dr 0.564 <span class='cmp'>&lt; 0.879</span>" in probs
-    assert "<span class='pos'>amd 0.038 <span class='cmp'>&ge; 0.012</span></span>" in probs
-    # normal is above its threshold but not referable: shown with its sign, never bold.
-    assert "<span>normal 0.400 <span class='cmp'>&ge; 0.105</span></span>" in probs
+    assert "dr <span class='val'>0.564 <span class='cmp'>&lt; 0.879</span></span>" in probs
+    # A finding is said in words too (a screen reader does not announce bold; session 53).
+    assert ("<span class='pos'>amd <span class='val'>0.038 <span class='cmp'>&ge; 0.012</span></span>"
+            "<span class='sr'> finding</span></span>") in probs
+    assert probs.count("<span class='sr'> finding</span>") == 1
+    # normal is above its threshold but not referable: never bold, and shown without a comparison, which read
+    # like a finding on a referred row (session 53's review).
+    assert "<span>normal <span class='val'>0.400 <span class='cmp'>(not referable)</span></span></span>" in probs
+    assert "0.105" not in probs
     assert "Score vs threshold" in page
 
 
@@ -85,10 +90,10 @@ def test_threshold_and_score_that_round_alike_get_more_decimals() -> None:
     """12: "0.879 < 0.879" would contradict itself; the pair gets decimals until it differs."""
     row = _row("a.jpg", refer=False, probs={"normal": 0.01, "dr": 0.8791, "amd": 0.001, "glaucoma": 0.001})
     probs = _cell(render_report([row], "/nonexistent", _manifest()), "probs")
-    assert "dr 0.87910 <span class='cmp'>&lt; 0.87914</span>" in _cell(
+    assert "dr <span class='val'>0.87910 <span class='cmp'>&lt; 0.87914</span>" in _cell(
         render_report([row], "/nonexistent", _manifest(classes=tuple(
             replace(c, threshold=0.87914) if c.name == "dr" else c for c in _manifest().classes))), "probs")
-    assert "glaucoma 0.001 <span class='cmp'>&lt; 0.014</span>" in probs
+    assert "glaucoma <span class='val'>0.001 <span class='cmp'>&lt; 0.014</span>" in probs
 
 
 def test_non_referable_class_is_never_a_finding_of_a_referred_eye() -> None:
@@ -118,7 +123,7 @@ def test_legend_comes_from_the_manifest_and_refer_and_rule_are_said_in_words() -
     summed = render_report([_referred()], "/nonexistent", _manifest(referral_rule="referable_sum",
                                                                     referral_threshold=0.5))
     assert "add up to 0.50 or more (rule: referable_sum)" in summed
-    assert "sum 0.604 <span class='cmp'>&ge; 0.500</span>" in summed
+    assert "sum <span class='val'>0.604 <span class='cmp'>&ge; 0.500</span>" in summed
 
 
 def test_example_uses_a_class_of_this_bundle() -> None:
@@ -186,7 +191,7 @@ def _images(out: Path, rid: str, age_s: float = 0.0, overlay_age_s: float | None
 
 def _shown(page: str) -> list[tuple[bool, bool]]:
     rows = re.findall(r"<tr class='result.*?</tr>", page, flags=re.S)
-    return [('alt="thumbnail"' in r, 'alt="heatmap"' in r) for r in rows]
+    return [('class="thumb"' in r, 'class="heatmap"' in r) for r in rows]
 
 
 def test_stale_thumbnail_and_heatmap_are_not_shown_next_to_another_verdict(tmp_path: Path) -> None:
@@ -258,7 +263,7 @@ def test_a_replaced_thumbnail_is_read_again(tmp_path: Path) -> None:
         thumb.write_bytes(encode_jpeg(np.full((400, 400, 3), level, np.uint8)))
         os.utime(thumb, (time.time() - age, time.time() - age))
         page = render_report([row], tmp_path, _manifest())
-        uris.append(re.findall(r'alt="thumbnail" src="([^"]+)"', page))
+        uris.append(re.findall(r'class="thumb" alt="" src="([^"]+)"', page))
     assert len(uris[0]) == len(uris[1]) == 1 and uris[0] != uris[1]
     assert report_mod._data_uri(thumb) == uris[1][0]  # served from the cache, the same bytes
 
@@ -311,11 +316,11 @@ def test_file_name_first_bold_and_wrapped_anywhere_with_a_footer_on_every_page()
     page = render_report([_row("UPPER.JPG", folder="bad", refer=False, probs={"dr": 0.1})], "/o", _manifest())
     row = re.search(r"<tr class='result.*?</tr>", page, flags=re.S)
     assert row is not None
-    cells = re.findall(r"<td class='(\w+)'", row.group(0))
-    assert cells[:2] == ["n", "src"]
+    cells = re.findall(r"<t[dh](?: scope='row')? class='(\w+)'", row.group(0))
+    assert cells[:2] == ["n", "src"] and "<th scope='row' class='src'>" in row.group(0)  # the row's header
     assert "<span class='fname' title='bad/UPPER.JPG'>UPPER.JPG</span><span class='dir'>bad</span>" in row.group(0)
-    assert "break-all" not in page and "td.src { overflow-wrap: anywhere; }" in page
-    assert "td.src .fname { font-weight: 700;" in page
+    assert "break-all" not in page and "th.src { overflow-wrap: anywhere;" in page
+    assert "th.src .fname { font-weight: 700;" in page
     start = page.index("<thead><tr class='pagehead'>")
     thead = page[start:page.index("</thead>", start)]
     tfoot = page[page.index("<tfoot>"):page.index("</tfoot>")]

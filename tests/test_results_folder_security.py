@@ -237,7 +237,7 @@ def test_a_forged_row_whose_id_is_a_path_shows_no_picture_from_elsewhere(
     assert main(["run", str(tiny_bundle), str(photos), "--out", str(out), "--backend", "ort-cpu", "--threads", "1",
                  "--no-progress"]) in (0, 1)
     report = (out / "report.html").read_text(encoding="utf-8")
-    assert "innocent.jpg" not in report and report.count('alt="thumbnail"') == 1  # the real photograph's only
+    assert "innocent.jpg" not in report and report.count('class="thumb"') == 1  # the real photograph's only
     assert [r["source"] for r in results_jsonl(out) if r["key"] != forged["key"]] == [str(photo)]
 
 
@@ -324,4 +324,4 @@ def test_a_link_planted_among_the_thumbnails_shows_no_picture_from_elsewhere(
     (out / "thumbs" / "innocent-0123abcd.jpg").symlink_to(private)
     assert main(args) in (0, 1)
     report = (out / "report.html").read_text(encoding="utf-8")
-    assert report.count('alt="thumbnail"') == 1  # the real photograph's; the forged row shows none
+    assert report.count('class="thumb"') == 1  # the real photograph's; the forged row shows none
