@@ -441,6 +441,16 @@ class Screener:
         return ScreeningPipeline(self.backend, self.manifest, cfg, self.quality_config, self._health,
                                  before_batch=self._recheck_trust_now_and_then)
 
+    def _small_count(self, given: list[Any] | None) -> int | None:
+        """At most how many photographs ``given`` names, where ``worker_pool="auto"`` can use it to prepare a
+        small run in threads (:meth:`PipelineConfig.pool_for`) and it is known without walking a folder or
+        reading a list file; None otherwise (a stream, a folder, or too many inputs to be small anyway)."""
+        if self.config.worker_pool != "auto" or given is None or len(given) >= self.config.small_run_limit():
+            return None
+        if any(not isinstance(x, InputItem) and _names_many(Path(x)) for x in given):
+            return None
+        return len(given)
+
     def check_output(self, out_dir: str | os.PathLike[str], inputs: Iterable[Any] | None = None) -> None:
         """Raise :class:`ConfigError` now if ``screen_to(out_dir, inputs)`` could not write there.
 
@@ -483,7 +493,7 @@ class Screener:
         items = list(as_items([image]))
         if len(items) != 1:
             raise ConfigError(f"screen() takes one image; {image!r} expanded to {len(items)} inputs (use screen_many)")
-        return next(self._pipeline().run(items))
+        return next(self._pipeline().run(items, count=1))
 
     def screen_many(self, images: Iterable[ImageInput], *, thumbnail_side: int = 0) -> Iterator[ScreenResult]:
         """Screen many images (paths, folders, list files, bytes, arrays), streaming, in input order.
@@ -623,7 +633,7 @@ class Screener:
                     model_file = self._model_file_columns()  # the same for every row of this run
                     # Per row, not per folder: a bundle restated after some rows keeps its results folder.
                     use_status = self.manifest.intended_use.status
-                    for r in self._pipeline(side).run(todo()):
+                    for r in self._pipeline(side).run(todo(), count=self._small_count(given)):
                         if keep is not None and not keep(r):
                             bar.update(1)
                             continue

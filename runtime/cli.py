@@ -145,7 +145,8 @@ def _failures() -> tuple[dict[str, tuple[str, str, Sequence[str]]], Callable[[An
 _worker_pool_option = click.option(
     "--worker-pool", type=click.Choice(WORKER_POOL_CHOICES), default="auto", show_default=True,
     help="How photographs are prepared in parallel. auto: processes when the model runs on a GPU (threads "
-         "stop scaling at about 1.5x there), threads on a CPU backend.")
+         "stop scaling at about 1.5x there), threads on a CPU backend and for fewer photographs (files named, "
+         "not folders) than --batch times the worker processes.")
 _csv_option = click.option(
     "--csv", "csv_style", type=click.Choice(["comma", "semicolon"], case_sensitive=False), default="comma",
     show_default=True, envvar="UOPSL_CSV", show_envvar=True,
@@ -208,8 +209,10 @@ def run_cmd(bundle: Path, inputs: Sequence[Path], out: Path, backend: str, preci
 @_backend_options
 @click.option("--overlays/--no-overlays", default=True, show_default=True, help="Write heatmap overlay PNGs.")
 @click.option("--settle-ms", type=click.IntRange(min=0), default=1000, show_default=True,
-              help="A file is taken once its size and mtime are unchanged this long.")
-@click.option("--poll", "poll_s", type=FiniteFloatRange(min=0.01), default=0.5, show_default=True, help="Scan interval (s).")
+              help="A file is taken once its size and mtime are unchanged this long (0: a new file when first seen, "
+                   "for a camera that renames finished photographs into place).")
+@click.option("--poll", "poll_s", type=FiniteFloatRange(min=0.01), default=0.5, show_default=True,
+              help="Longest pause between scans (s); a scan comes sooner when a file's settle time ends before it.")
 @click.option("--max-images", type=click.IntRange(min=1), default=None, help="Stop after screening this many new photographs (ones screened before into --out do not count).")
 @click.option("--timeout", "timeout_s", type=FiniteFloatRange(min=0), default=None, help="Stop after this many seconds.")
 @_csv_option

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import importlib.metadata
+import importlib.util
 import signal
 import sys
 import threading
@@ -169,6 +170,19 @@ def available(name: str) -> bool:
     except Exception:  # noqa: BLE001 - a broken install counts as absent
         return False
     return True
+
+
+def installed(name: str) -> bool:
+    """True when ``name`` can be found on the path, without importing it (a millisecond); never raises.
+
+    Why: importing OpenVINO to learn that it is there costs ~0.1 s of every ``uopsl-screen run``, most of
+    which never use it. A package found here may still fail to import (a broken install): whoever then
+    imports it (:func:`require`) says so, and ``auto`` chooses again without it.
+    """
+    try:
+        return importlib.util.find_spec(name) is not None
+    except Exception:  # noqa: BLE001 - a parent package that fails to import, a bad __spec__: not usable
+        return False
 
 
 def dist_version(*dists: str) -> str | None:

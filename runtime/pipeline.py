@@ -277,20 +277,42 @@ class PipelineConfig:
     def n_workers(self) -> int:
         return self.workers or max(1, min(4, os.cpu_count() or 1))
 
-    def pool_for(self, backend_name: str) -> str:
-        """``threads`` or ``processes``: what ``worker_pool`` means with this backend.
+    def pool_for(self, backend_name: str, inputs: int | None = None) -> str:
+        """``threads`` or ``processes``: what ``worker_pool`` means with this backend, for ``inputs`` photographs
+        (None: not known ahead, such as a stream or a folder still to be walked).
 
-        ``auto``: processes when the model runs on a GPU (the CPU cores are the workers' alone) and there are
-        two or more workers; threads otherwise. Why: the per-photograph work holds Python's GIL for part of
-        its time, so threads stop scaling at about 1.5x (session 23, 16 cores: 1.57x at 4 threads, slower
-        beyond), which capped a GPU pipeline at 306 photographs/s against 5,900/s of inference; processes
-        reached 3.7x there (1,010/s end to end with 8). On a CPU backend the inference already takes every core, and each process adds
-        its own ~70 MB (resident; numpy, OpenCV and the runtime), so threads stay the default.
+        ``auto``: processes when the model runs on a GPU (the CPU cores are the workers' alone), there are
+        two or more workers and the run is not known to be small (:meth:`small_run_limit`); threads otherwise. Why:
+        the per-photograph work holds Python's GIL for part of its time, so threads stop scaling at about
+        1.5x (session 23, 16 cores: 1.57x at 4 threads, slower beyond), which capped a GPU pipeline at 306
+        photographs/s against 5,900/s of inference; processes reached 3.7x there (1,010/s end to end with 8).
+        On a CPU backend the inference already takes every core, and each process adds its own ~70 MB
+        (resident; numpy, OpenCV and the runtime), so threads stay the default. A small run gains nothing
+        from processes: starting them costs more than its photographs take (one photograph through
+        ``pipeline.run``: 367 ms with a worker process, 69 ms with threads; a session-53 review).
         """
+        return self.pool_choice(backend_name, inputs)[0]
+
+    def small_run_limit(self) -> int:
+        """``auto`` prepares fewer photographs than this in threads, also for a GPU backend."""
+        # Under one batch per worker process: starting them (~0.3-0.5 s, each imports numpy, cv2, uopsl) costs
+        # more than threads lose to the GIL (306 against 1,010 photographs/s break even near 130 photographs).
+        return self.batch_size * self.workers_for("processes")
+
+    def pool_choice(self, backend_name: str, inputs: int | None = None) -> tuple[str, str]:
+        """:meth:`pool_for`, and why (for the log)."""
         if self.worker_pool != "auto":
-            return self.worker_pool
-        many = (self.workers or os.cpu_count() or 1) >= 2
-        return "processes" if backend_name in GPU_BACKENDS and many else "threads"
+            return self.worker_pool, f"worker_pool={self.worker_pool!r} asked for"
+        if backend_name not in GPU_BACKENDS:
+            return "threads", f"auto: {backend_name or 'the backend'} is not a GPU backend"
+        if (self.workers or os.cpu_count() or 1) < 2:
+            return "threads", "auto: one worker"
+        limit = self.small_run_limit()
+        if inputs is not None and inputs < limit:
+            return "threads", (f"auto: {inputs} photograph(s), fewer than one batch ({self.batch_size}) for each "
+                               f"of {self.workers_for('processes')} worker processes ({limit})")
+        many = "an unknown number of" if inputs is None else str(inputs)
+        return "processes", f"auto: {backend_name} runs on a GPU, {many} photographs"
 
     def workers_for(self, pool: str) -> int:
         """``workers``, or the default for this kind of pool: threads, the cores (at most 4); processes, the
@@ -673,8 +695,11 @@ class ScreeningPipeline:
             return ThreadPoolExecutor(self.config.workers_for("threads"), thread_name_prefix="uopsl-prep")
         return contextlib.nullcontext(worker_processes(self.config.workers_for("processes")))  # outlives the run
 
-    def run(self, items: Iterable[Any]) -> Iterator[ScreenResult]:
+    def run(self, items: Iterable[Any], *, count: int | None = None) -> Iterator[ScreenResult]:
         """Screen ``items`` (InputItems, paths, bytes or arrays); one result per input, in order.
+
+        ``count``: how many photographs ``items`` holds, where the caller knows (None: not known); with
+        ``worker_pool="auto"`` a small run is prepared in threads (:meth:`PipelineConfig.pool_for`).
 
         An input that cannot be taken at all (``None``, an object of another type, a missing path not
         named like a photograph) or an exception from ``items`` itself (a camera that disconnects)
@@ -685,7 +710,9 @@ class ScreeningPipeline:
         ``unscreened``: the inputs taken from ``items`` that got no result, to screen again after reopening.
         """
         bs = self.config.batch_size
-        processes = self.config.pool_for(getattr(self.backend, "name", "")) == "processes"
+        pool_kind, why = self.config.pool_choice(getattr(self.backend, "name", ""), count)
+        processes = pool_kind == "processes"
+        log.debug("worker pool: %d %s (%s)", self.config.workers_for(pool_kind), pool_kind, why)
         window, per_task = self._window(processes)
         source = iter(as_items(items))
         # (input, its task, its place in the task, the task's size)

@@ -1,7 +1,8 @@
 """Watch a folder a fundus camera writes into and screen each new photograph once it is complete.
 
 Cameras and network shares write files progressively, so a file is taken only
-when its size and modification time have stayed the same for ``settle_ms``.
+when its size and modification time have stayed the same for ``settle_ms``
+(with 0, a new file at once: a camera that renames finished photographs into place).
 An empty file is usually a write that has not started yet, so it must stay
 empty ten times as long; then it is taken anyway, and its row says "file is
 empty", so a camera write that failed is not invisible. Hidden and temporary
@@ -54,7 +55,9 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class WatchConfig:
-    """settle_ms: how long size+mtime must stay unchanged. poll_s: folder scan interval.
+    """settle_ms: how long size+mtime must stay unchanged (0: a new file is taken when first seen, for a camera
+    that renames finished photographs into place). poll_s: folder scan interval (a poll comes sooner when a
+    file's settle time ends before it).
     max_images: stop after screening this many new images (None: never). Photographs
     already in the output folder (skipped, or found under a new path) do not
     count: the watch goes on until this many were screened now.
@@ -114,12 +117,15 @@ class StableFiles:
     and at files not yet settled (module doc). check_all_up_to: up to this
     many folders, every folder's time is read at every poll; beyond it (a
     folder per patient, for years), only those changed in the last ``hot_s``
-    seconds, the others at the full check.
+    seconds, the others at the full check. take_new_at_once: with ``settle_ms`` 0, a
+    file not known before is taken at its first sighting (:func:`watch_folder` sets it);
+    without it, size and mtime must also be the same at a second sighting.
     """
 
     def __init__(self, folder: Path, settle_ms: int, clock: Callable[[], float] = time.monotonic, *,
                  exclude: Sequence[str | os.PathLike[str]] = (), empty_settle_ms: int | None = None,
-                 rescan_s: float = 30.0, hot_s: float = 3600.0, check_all_up_to: int = 2000) -> None:
+                 rescan_s: float = 30.0, hot_s: float = 3600.0, check_all_up_to: int = 2000,
+                 take_new_at_once: bool = False) -> None:
         self.folder = folder
         self.settle_s = settle_ms / 1000.0
         self.empty_settle_s = (empty_settle_ms / 1000.0 if empty_settle_ms is not None
@@ -129,6 +135,7 @@ class StableFiles:
         self.rescan_s = rescan_s
         self.hot_s = hot_s
         self.check_all_up_to = check_all_up_to
+        self.take_new_at_once = take_new_at_once
         self._state: dict[Path, tuple[int, int, float]] = {}
         self._taken: dict[Path, tuple[int, int]] = {}
         # When each was taken: for rescan_s after that it is checked at every poll, since a copy that
@@ -182,8 +189,14 @@ class StableFiles:
             old = self._state.get(p)
             if old is None or (old[0], old[1]) != sig:
                 self._state[p] = (*sig, now)
-                continue
-            wait = self.settle_s if st.st_size > 0 else self.empty_settle_s
+                # With settle 0, a name not known before is taken now: a camera that renames a finished
+                # photograph into place gets its row a poll sooner; a copy caught midway gets an error row and is
+                # screened again once whole, as a copy pausing longer than any settle time does. A file seen to
+                # change is being written where it lies: it must still be seen unchanged once more, a poll later.
+                if old is not None or not self.take_new_at_once:
+                    continue
+                old = self._state[p]
+            wait = self._wait(st.st_size)
             due = self._taken.get(p) != sig or now >= self._retry_at.get(p, math.inf)
             if now - old[2] >= wait and due and (limit is None or len(ready) < limit):
                 self._taken[p] = sig
@@ -205,6 +218,26 @@ class StableFiles:
                 self._retries.pop(gone, None)
             self._by_real = {r: p for r, p in self._by_real.items() if p in self._state}
         return ready
+
+    def due_in(self) -> float | None:
+        """Seconds until a file still to settle (or to retry) may be taken; None when none will be before a
+        poll finds something new. A file that could be taken now waits for the next poll as before (a file seen
+        to change with settle 0, one left over by ``limit``): waking for it would poll without pause."""
+        now = self.clock()
+        due = math.inf
+        for p in self._watch:
+            known = self._state.get(p)
+            if known is None:
+                continue
+            at = (known[2] + self._wait(known[0]) if self._taken.get(p) != known[:2]
+                  else self._retry_at.get(p, math.inf))
+            if now < at < due:
+                due = at
+        return None if due == math.inf else due - now
+
+    def _wait(self, size: int) -> float:
+        """How long a file of this size must stay unchanged."""
+        return self.settle_s if size > 0 else self.empty_settle_s
 
     def _inside(self, real: str) -> bool:
         """Whether the resolved path ``real`` lies inside the watched folder (resolved)."""
@@ -381,7 +414,8 @@ def watch_folder(
         return False
 
     with ResultStore(out, screener.identity) as held:
-        tracker = StableFiles(src, cfg.settle_ms, exclude=[out], rescan_s=cfg.rescan_s)
+        tracker = StableFiles(src, cfg.settle_ms, time.monotonic, exclude=[out], rescan_s=cfg.rescan_s,
+                              take_new_at_once=True)
         t_start = time.monotonic()
         last_refresh = 0.0
         gap = cfg.refresh_s  # grows with what a rewrite of the outputs costs (refresh_gap)
@@ -436,7 +470,7 @@ def watch_folder(
                     break
                 if cfg.timeout_s is not None and now - t_start >= cfg.timeout_s:
                     break
-                time.sleep(cfg.poll_s)
+                time.sleep(next_pause(cfg.poll_s, tracker.due_in()))
         except KeyboardInterrupt:
             log.info("stopped by the user")
         except BaseException:
@@ -465,6 +499,16 @@ def _add(total: RunSummary, s: RunSummary | None) -> None:
     # Photographs an earlier session left to retake: the summary names them, as run's does (a restarted watch
     # said only "3 more in the report", a review).
     total.earlier_failed.extend(s.earlier_failed[:max(0, EARLIER_FAILED_KEPT - len(total.earlier_failed))])
+
+
+#: The shortest pause between polls when a file is due sooner (the least ``--poll``): never a busy loop.
+MIN_PAUSE_S = 0.01
+
+
+def next_pause(poll_s: float, due_in: float | None) -> float:
+    """Seconds to sleep before the next poll: ``poll_s``, or less when a file may be taken sooner
+    (``due_in``, :meth:`StableFiles.due_in`), but not under :data:`MIN_PAUSE_S` (unless ``poll_s`` is)."""
+    return poll_s if due_in is None else min(poll_s, max(due_in, MIN_PAUSE_S))
 
 
 #: A watch spends at most about 1 / REFRESH_COST_FACTOR of its time rewriting results.csv and the report.

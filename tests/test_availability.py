@@ -54,7 +54,7 @@ def test_detect_probes_the_library_only_when_the_provider_is_listed(monkeypatch:
     import uopsl.runtime.backends.onnxruntime as ort_backend
 
     calls = []
-    monkeypatch.setattr(backends, "nvinfer_found", lambda: calls.append(1) or False)
+    monkeypatch.setattr(backends, "nvinfer_found", lambda **_: calls.append(1) or False)
     monkeypatch.setattr(ort_backend, "available_providers", lambda: ("CPUExecutionProvider",))
     assert detect_availability().nvinfer is False and not calls
     monkeypatch.setattr(ort_backend, "available_providers", lambda: LISTED)

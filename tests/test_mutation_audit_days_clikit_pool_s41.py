@@ -271,8 +271,9 @@ def test_a_row_not_screened_ok_is_not_listed_as_referred(tmp_path: Path) -> None
     odd["refer"] = True
     rows = [odd, _row(1, NOON[0], dr=0.9), _row(2, NOON[1])]
     write_reports(rows, tmp_path, _manifest(), max_rows=2)
-    referred = _index(tmp_path).split("Referred photographs")[1]
+    referred, retakes = _index(tmp_path).split("Referred photographs")[1].split("Photographs to retake")
     assert re.findall(r"#r-(p\d+)'>", referred) == ["p001"]
+    assert re.findall(r"#r-(p\d+)'>", retakes) == ["p000"]  # listed where its day counts it (session 53)
 
 
 def test_the_index_names_only_referable_findings_of_a_referral(tmp_path: Path) -> None:

@@ -39,7 +39,7 @@ def test_auto_falls_back_when_the_gpu_provider_cannot_start(tiny_bundle: Path, m
                                                             caplog: pytest.LogCaptureFixture) -> None:
     """onnxruntime-gpu lists CUDA without a working GPU: auto picked ort-cuda and then failed to open."""
     listed = B.Availability(ort_providers=("CUDAExecutionProvider", "CPUExecutionProvider"))
-    monkeypatch.setattr(B, "detect_availability", lambda: listed)
+    monkeypatch.setattr(B, "detect_availability", lambda **_: listed)
     assert B.select_backend(tiny_bundle, "auto", measure=False).backend == "ort-cuda"
     with caplog.at_level(logging.WARNING, logger="uopsl.runtime.backends"):
         with Screener(tiny_bundle) as s:
@@ -75,7 +75,7 @@ def test_info_does_not_call_a_stale_engine_usable(tiny_bundle: Path, tmp_path: P
 def test_a_missing_backend_package_is_a_missing_dependency(tiny_bundle: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The docs promise MissingDependencyError (an ImportError) to catch and fall back; a BundleError came."""
     bare = B.Availability(ort_providers=("CPUExecutionProvider",))
-    monkeypatch.setattr(B, "detect_availability", lambda: bare)
+    monkeypatch.setattr(B, "detect_availability", lambda **_: bare)
     for name in ("openvino", "ort-cuda", "ort-trt", "tensorrt"):
         with pytest.raises(MissingDependencyError):
             with Screener(tiny_bundle, backend=name):

@@ -42,7 +42,7 @@ from uopsl.runtime.backends.base import (GPU_BACKENDS, Backend, ModelFileBackend
 from uopsl.runtime.bundle import FileEntry, Manifest, parity_status, read_manifest
 from uopsl.runtime.errors import BackendError, BundleError, ConfigError, MissingDependencyError, UopslError
 from uopsl.runtime.fsio import sha256_file, write_json
-from uopsl.runtime.optional import CUDA_MODULES, available, extra_hint, import_optional, install_hint
+from uopsl.runtime.optional import CUDA_MODULES, available, extra_hint, import_optional, install_hint, installed
 
 log = logging.getLogger(__name__)
 
@@ -99,32 +99,40 @@ class Selection:
     not_validated_because: str = ""
 
 
-def detect_availability() -> Availability:
-    """Probe the installed runtimes (never raises; nothing is loaded onto a GPU)."""
+def detect_availability(*, imports: bool = True) -> Availability:
+    """Probe the installed runtimes (never raises; nothing is loaded onto a GPU).
+
+    ``imports=False``: OpenVINO, TensorRT and the CUDA bindings count as available when they can be found, without
+    importing them (importing OpenVINO alone cost ~0.1 s of every one-photograph ``run``, a review, session 53);
+    a broken install then shows when the backend loads, and :func:`open_and_enter` chooses again without it.
+    ONNX Runtime is always imported: its providers are known only then, and most runs use it. ``info`` and
+    ``validate`` import everything, so their tables show a broken install as absent.
+    """
     from uopsl.runtime.backends.onnxruntime import available_providers
 
+    found = available if imports else installed
     providers = available_providers()
     return Availability(
         ort_providers=providers,
-        openvino=available("openvino"),
+        openvino=found("openvino"),
         # The modules load_cuda imports: a bare `cuda` namespace (cuda-pathfinder, cuda-core) is no binding, and
         # cuda-python 13 has no cuda.cudart.
-        tensorrt=available("tensorrt") and any(available(m) for m in CUDA_MODULES),
-        nvinfer=nvinfer_found() if "TensorrtExecutionProvider" in providers else False,
+        tensorrt=found("tensorrt") and any(found(m) for m in CUDA_MODULES),
+        nvinfer=nvinfer_found(imports=imports) if "TensorrtExecutionProvider" in providers else False,
     )
 
 
 _NVINFER_NAMES = ("nvinfer", "nvinfer_11", "nvinfer_10", "nvinfer_8")  # Linux, then Windows DLL names
 
 
-def nvinfer_found() -> bool:
+def nvinfer_found(*, imports: bool = True) -> bool:
     """Whether TensorRT's runtime library can be found: the ``tensorrt`` Python package (it loads its own
-    libraries), the loader's cache and standard folders (``ctypes.util.find_library``: JetPack, apt), or a
-    folder of ``LD_LIBRARY_PATH``. Never raises."""
+    libraries; imported, or only found with ``imports=False``), the loader's cache and standard folders
+    (``ctypes.util.find_library``: JetPack, apt), or a folder of ``LD_LIBRARY_PATH``. Never raises."""
     import ctypes.util
     import glob
 
-    if available("tensorrt"):
+    if (available if imports else installed)("tensorrt"):
         return True
     try:
         if any(ctypes.util.find_library(n) for n in _NVINFER_NAMES):
@@ -431,7 +439,7 @@ def select_backend(
         raise ConfigError(f"unknown precision {precision!r}; expected one of {PRECISIONS}")
     root = Path(bundle)
     m = manifest or read_manifest(root)
-    av = availability or detect_availability()
+    av = availability or detect_availability(imports=False)
     if measure is None:
         measure = os.environ.get("UOPSL_AUTO_MEASURE", "1") != "0"
     notes: list[str] = []
@@ -677,7 +685,9 @@ def open_and_enter(bundle: str | os.PathLike[str], name: str = "auto", precision
 
     ONNX Runtime lists its GPU providers whenever the GPU wheel is installed, even where no GPU or no
     matching CUDA works, so ``auto`` can pick what cannot start. It then chooses again with the GPU
-    providers and TensorRT taken away (a warning says why). A backend named explicitly is never replaced.
+    providers and TensorRT taken away (a warning says why). Likewise an OpenVINO, TensorRT or CUDA binding
+    that is installed but does not import (``auto`` finds them without importing them): chosen again without
+    it. A backend named explicitly is never replaced.
     Leave the returned backend with ``backend.__exit__(None, None, None)`` (or a ``with`` block that does
     not enter it again).
     """
@@ -687,14 +697,19 @@ def open_and_enter(bundle: str | os.PathLike[str], name: str = "auto", precision
     try:
         b.__enter__()
         return _checked(b, kwargs["manifest"], bundle)
-    except BackendError as exc:
-        if name != "auto" or b.name not in GPU_BACKENDS:
+    except (BackendError, MissingDependencyError) as exc:
+        openvino_broken = b.name == "openvino" and isinstance(exc, MissingDependencyError)
+        if name != "auto" or not (b.name in GPU_BACKENDS or openvino_broken):
             raise
-        log.warning("backend %s could not start (%s); choosing again without the GPU", b.name, exc)
-    av = kwargs.pop("availability", None) or detect_availability()
-    cpu_only = replace(av, ort_providers=tuple(p for p in av.ort_providers if p not in _GPU_PROVIDERS),
-                       tensorrt=False)
-    b = open_backend(bundle, "auto", precision, threads, availability=cpu_only, **kwargs)
+        log.warning("backend %s could not start (%s); choosing again without %s", b.name, exc,
+                    "OpenVINO" if openvino_broken else "the GPU")
+    av = kwargs.pop("availability", None) or detect_availability(imports=False)
+    if openvino_broken:
+        fallback = replace(av, openvino=False)
+    else:
+        fallback = replace(av, ort_providers=tuple(p for p in av.ort_providers if p not in _GPU_PROVIDERS),
+                           tensorrt=False)
+    b = open_backend(bundle, "auto", precision, threads, availability=fallback, **kwargs)
     b.__enter__()
     return _checked(b, kwargs["manifest"], bundle)
 

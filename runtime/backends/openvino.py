@@ -16,6 +16,9 @@ larger than one: the bias is broadcast along the wrong axis, while batch-1
 results match ONNX Runtime to 1e-7. So after compiling, the backend runs two
 distinct images as one batch and one at a time; if the outputs disagree it logs
 a warning and from then on runs batches one image at a time (slower, correct).
+The comparison runs before the first batch of more than one image, not at load:
+it costs three inferences (150-300 ms on a 2-core box), and a camera that sends
+one photograph per start, or ``watch`` (batch 1), never needs it.
 """
 
 from __future__ import annotations
@@ -93,6 +96,8 @@ class OpenVinoBackend(ModelFileBackend):
         self.batch_check = batch_check
         #: True when the batch self-check failed and batches run image by image
         self.split_batches = False
+        #: whether batched outputs still have to be compared with single-image ones (before the first batch > 1)
+        self._batching_unchecked = False
         self._compiled: Any = None
         self._request: Any = None
 
@@ -121,16 +126,17 @@ class OpenVinoBackend(ModelFileBackend):
         self._outputs = tuple(_spec(p) for p in self._compiled.outputs)
         log.debug("compiled %s for OpenVINO %s (%s)", self.path.name, self.device, config)
         self.split_batches = False
-        if self.batch_check:
-            self._check_batching()
+        self._batching_unchecked = self.batch_check and self._batch_checkable()
 
     #: largest disagreement between batched and single-image outputs the self-check accepts
     BATCH_CHECK_ATOL = 1e-3
 
-    def _check_batching(self) -> None:
+    def _batch_checkable(self) -> bool:
+        """Whether the file takes batches the self-check must compare; a fixed batch above one fails here, at
+        load, since no single-image run exists to compare with."""
         spec = self._inputs[0]
         if spec.shape and spec.shape[0] == 1:
-            return  # static batch of one: nothing to check
+            return False  # static batch of one: nothing to check
         if spec.shape and spec.shape[0] is not None:
             # No single-image run to compare with, and the CPU plugin's known batched-head error would go unseen
             # (measured on such a file: probabilities 0.07 off ONNX Runtime's).
@@ -138,6 +144,10 @@ class OpenVinoBackend(ModelFileBackend):
                 f"{self.path.name} has a fixed batch of {spec.shape[0]}: the OpenVINO backend checks batched against "
                 "single-image outputs (its CPU plugin gets some heads wrong for batches > 1) and cannot here. Export "
                 "the model with a dynamic batch (uopsl export does), or use --backend ort-cpu")
+        return True
+
+    def _check_batching(self) -> None:
+        spec = self._inputs[0]
         shape = tuple(2 if i == 0 else (s if s is not None else 64) for i, s in enumerate(spec.shape))
         rng = np.random.default_rng(0)
         x = rng.integers(0, 256, shape, dtype=np.uint8) if spec.dtype == np.uint8 else rng.random(shape).astype(spec.dtype)
@@ -168,6 +178,9 @@ class OpenVinoBackend(ModelFileBackend):
                 "inference_precision": self.inference_precision}
 
     def _infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        if self._batching_unchecked and batch.shape[0] > 1:
+            self._check_batching()  # infer() holds the backend's lock: one check, before any batched result
+            self._batching_unchecked = False
         if self.split_batches and batch.shape[0] > 1:
             parts = [self._run(batch[i : i + 1]) for i in range(batch.shape[0])]
             return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
