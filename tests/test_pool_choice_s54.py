@@ -1,4 +1,4 @@
-"""``worker_pool="auto"`` prepares a small run in threads, also on a GPU backend (session-54 review).
+"""``worker_pool="auto"`` prepares a small run in threads, also on a GPU backend (a session-53 review).
 
 Before, ``auto`` chose processes for any GPU backend with 2+ cores whatever the number of photographs: a
 one-photograph ``uopsl-screen run`` spawned a worker process that imported numpy, cv2 and uopsl before
