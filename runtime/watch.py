@@ -468,9 +468,13 @@ def watch_folder(
                     last_refresh = time.monotonic()
                 if cfg.max_images is not None and total.screened >= cfg.max_images:
                     break
-                if cfg.timeout_s is not None and now - t_start >= cfg.timeout_s:
-                    break
-                time.sleep(next_pause(cfg.poll_s, tracker.due_in()))
+                pause = next_pause(cfg.poll_s, tracker.due_in())
+                if cfg.timeout_s is not None:
+                    left = t_start + cfg.timeout_s - time.monotonic()
+                    if left <= 0:
+                        break
+                    pause = min(pause, left)  # --timeout 5 --poll 30 stops after 5 s, not 30
+                time.sleep(pause)
         except KeyboardInterrupt:
             log.info("stopped by the user")
         except BaseException:

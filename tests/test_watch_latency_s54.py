@@ -171,3 +171,16 @@ def test_watch_with_settle_0_screens_a_photograph_written_in_place_once_whole(
     polls = _count_polls(monkeypatch, fake_time, [partial(p.write_bytes, part) for part in parts])
     assert _watch_one(tiny_bundle, inbox, tmp_path / "out", settle_ms=0, poll_s=0.25) == 1 and [r["status"] for r in results_jsonl(tmp_path / "out")] == ["ok"]
     assert polls == [0.0, 0.25, 0.5, 0.75, 1.0] and fake_time.sleeps == [0.25] * 4
+
+
+def test_the_timeout_ends_the_pause(tiny_bundle: Path, tmp_path: Path, fake_time: _FakeTime,
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """--timeout 0.7 with --poll 0.5 stops at 0.7 s after a last poll there, not at 1.0 (before: the pause ran on)."""
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    polls = _count_polls(monkeypatch, fake_time)
+    with Screener(tiny_bundle, "ort-cpu", threads=1, batch_size=1) as s:
+        total = watch_folder(s, inbox, tmp_path / "out",
+                             WatchConfig(settle_ms=1000, poll_s=0.5, timeout_s=0.7, refresh_s=100))
+    assert total.screened == 0
+    assert polls == [0.0, 0.5, 0.7] and fake_time.sleeps == [0.5, pytest.approx(0.2)]
