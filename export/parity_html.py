@@ -12,7 +12,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from uopsl.export.parity_metrics import judged_bound
+from uopsl.export.parity_metrics import judged_bound, one_sided_referrals
 from uopsl.runtime.bundle import describe_operating_point
 
 _CSS = """
@@ -26,6 +26,7 @@ th{background:#f2f2f2}td.num{text-align:right;font-variant-numeric:tabular-nums}
 .banner{padding:10px 14px;border-radius:4px;font-size:17px;margin:10px 0}
 .banner.pass{background:#e3f4e8}.banner.fail{background:#fbe3e6}.banner.incomplete{background:#fff4d6}
 .incomplete{color:#8a5a00;font-weight:600}
+.warn{background:#fff4d6;padding:6px 10px;border-left:4px solid #8a5a00}
 .note{color:#555;font-size:13px}code{font-size:12px;background:#f5f5f5;padding:1px 3px}
 .candidate{page-break-inside:avoid}img.roc{max-width:560px;border:1px solid #ddd}
 img.thumb{width:96px;height:96px}tr.hl td{background:#fff4d6}
@@ -118,6 +119,15 @@ def _finite_number(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(float(x))
 
 
+def _as_number(x: Any) -> float | None:
+    """A finite number from a report field written as a number or as text (a skipped class's ``drop``), or None."""
+    try:
+        v = float(x) if isinstance(x, (int, float, str)) and not isinstance(x, bool) else math.nan
+    except ValueError:
+        return None
+    return v if math.isfinite(v) else None
+
+
 def _patients(d: Mapping[str, Any]) -> str:
     """`` (N patients)`` when the report counted the patients behind a change, else nothing."""
     n = d.get("n_patients")
@@ -133,10 +143,6 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]], classes: Sequen
     return f"<table><tr>{head}</tr>{''.join(body)}</table>"
 
 
-def _check_value(check: Mapping[str, Any]) -> str:
-    return _num(check.get("value"), ".4g")
-
-
 def skipped_words(data: Mapping[str, Any]) -> str:
     """The images left out, by why: unreadable, and ungradable by the runtime's quality gate (or that the gate
     was not applied: ``--keep-ungradable``)."""
@@ -150,13 +156,30 @@ def skipped_words(data: Mapping[str, Any]) -> str:
 
 
 def _flip_bound(flips: Mapping[str, Any]) -> str:
-    """The flips' 95 % bound the summary shows: the larger of by image and by patient (the one
-    ``--judge-on bounds`` gates), saying which when it is the patients'. Showing the image bound alone read
-    "<= 2.5 %" beside a verdict made on a 4.87 % bound by patient."""
+    """A change rate's 95 % bound as the page shows it (referral flips, a class's changed calls, images with a
+    changed finding): the larger of by image and by patient (the one ``--judge-on bounds`` gates), saying
+    which when it is the patients'. Showing the image bound alone read "<= 2.5 %" beside a verdict made on a
+    4.87 % bound by patient (referral flips), and "<= 7.2 %" for changed findings whose bound by patient was
+    26.7 % (a review, session 55)."""
     if not _finite_number(flips.get("upper95")):
         return _num(flips.get("upper95"), ".1%")
     bound, how = judged_bound(flips)
     return _num(bound, ".1%") + (" by patient" if how == "by patient" else "")
+
+
+def _worst_drop(check: Mapping[str, Any]) -> str:
+    """The worst drop over the gated classes and, where a class the gate could not judge (too few cases)
+    dropped more, that one beside it: the gated figure alone read as "no AUC loss" (-0.036, a gain) beside an
+    ungated class that lost 0.045, nine times the gate (a review, session 55)."""
+    value = check.get("value")
+    ungated = [(d, str(e.get("class", "?"))) for e in check.get("skipped") or () if isinstance(e, Mapping)
+               for d in [_as_number(e.get("drop"))] if d is not None]
+    cell = _num(value, ".4g") if value is not None else '<span class="na">none gated</span>'
+    if ungated:
+        drop, name = max(ungated)
+        if not _finite_number(value) or drop > float(value):
+            cell += f"; not gated: {_e(name)} {_num(drop, '.4g')}"
+    return cell
 
 
 def _summary(report: Mapping[str, Any]) -> str:
@@ -170,28 +193,32 @@ def _summary(report: Mapping[str, Any]) -> str:
         # The measured figures, whatever the verdict compared (judged on the bounds, "checks" hold the bounds).
         checks = {k["name"]: k for k in c.get("estimate_checks") or c["checks"]}
         class_flip = checks.get("class_flip_rate", {})
-        worst_class = (clin.get("class_flips") or {}).get("worst_class")
         rows.append([
             _e(c["name"]), _e(c["precision"]), _status(_cand_status(c)),
             f"{clin['flips']['n']}{_patients(clin['flips'])} ({_num(clin['flips']['rate'], '.2%')}; "
             f"&le;{_flip_bound(clin['flips'])})",
-            # the class only when some call changed (with none, every class is "the worst")
-            (f"{_num(class_flip['value'], '.2%')} ({_e(worst_class)})" if worst_class and class_flip.get("value")
-             else _num(class_flip.get("value"), ".2%")),
+            _class_calls_cell(class_flip, clin.get("class_flips") or {}),
             _findings_cell(clin.get("finding_changes")),
             _num(num["max_abs_prob_diff"], ".2e"), _num(num["p99_abs_prob_diff"], ".2e"),
             _num(num["logit_cosine_min"], ".6f"), _num(num["site_map_corr_mean"], ".4f"),
-            _check_value(checks.get("auc_drop", {})), _check_value(checks.get("sensitivity_drop", {})),
+            _worst_drop(checks.get("auc_drop", {})), _worst_drop(checks.get("sensitivity_drop", {})),
             _num(clin["top1_agreement"], ".2%"),
         ])
     return (_table(["candidate", "precision", "verdict", "referral flips (upper 95 %)",
                     "class calls changed: worst class (gated)", "images with any finding changed (gated)",
-                    "max |Δp|", "p99 |Δp|", "min logit cos", "site-map corr", "worst AUC drop", "worst sens. drop",
-                    "top-1 agreement"], rows)
+                    "max |Δp|", "p99 |Δp|", "min logit cos", "site-map corr", "worst AUC drop (gated classes)",
+                    "worst sens. drop (gated classes)", "top-1 agreement"], rows)
             + '<p class="note">The class-call gate (class_flip_rate) measures the largest share of images whose call '
               "for one referable class changed (the worst single class). An image counts once in the next column "
               "if its call changed for any referable class, so that share can be larger; it has its own gate "
-              "(finding_change_rate) and its exact one-sided 95 % upper bound.</p>")
+              "(finding_change_rate) and its exact one-sided 95 % upper bound.</p>"
+            + _one_sided_referrals(report))
+
+
+def _one_sided_referrals(report: Mapping[str, Any]) -> str:
+    """:func:`one_sided_referrals` as a warning paragraph ("" when the referrals go both ways)."""
+    words = one_sided_referrals(report)
+    return f'<p class="warn">{_e(words[:1].upper() + words[1:])}.</p>' if words else ""
 
 
 def _findings_cell(fc: Mapping[str, Any] | None) -> str:
@@ -200,7 +227,19 @@ def _findings_cell(fc: Mapping[str, Any] | None) -> str:
         return '<span class="na">n/a</span>'
     if not fc.get("applicable", True):
         return '<span class="na">no referable class</span>'
-    return f"{fc['changes']}{_patients(fc)} ({_num(fc.get('rate'), '.2%')}; &le;{_num(fc.get('upper95'), '.1%')})"
+    return f"{fc['changes']}{_patients(fc)} ({_num(fc.get('rate'), '.2%')}; &le;{_flip_bound(fc)})"
+
+
+def _class_calls_cell(check: Mapping[str, Any], class_flips: Mapping[str, Any]) -> str:
+    """The worst class's share of changed calls, the class when some call changed (with none, every class is
+    "the worst"), and that class's 95 % bound."""
+    worst = class_flips.get("worst_class")
+    cell = _num(check.get("value"), ".2%")
+    if not (worst and check.get("value")):
+        return cell
+    changes = (class_flips.get("referable") or {}).get(worst)
+    bound = f"; &le;{_flip_bound(changes)}" if isinstance(changes, Mapping) and "upper95" in changes else ""
+    return f"{cell} ({_e(worst)}{bound})"
 
 
 def _candidate(c: Mapping[str, Any], images: Mapping[str, str], max_rows: int) -> str:
@@ -318,7 +357,7 @@ def _finding_changes(fc: Mapping[str, Any], images: Mapping[str, str], max_rows:
                      _e(", ".join(f"{p:.4f}" for p in it["candidate_probs"]))])
     more = f'<p class="note">{len(items) - max_rows} more in parity.json.</p>' if len(items) > max_rows else ""
     return (f"<h3>Images with a changed finding ({len(items)} of {fc.get('n')}{_e(_patients(fc))}; "
-            f"&le;{_num(fc.get('upper95'), '.1%')} upper 95 %)</h3>"
+            f"&le;{_flip_bound(fc)} upper 95 %)</h3>"
             '<p class="note">Each image whose positive/negative call for at least one referable class differs '
             "from the reference's, whether or not its referral changed (gated as finding_change_rate; the "
             "class_flip_rate gate takes the worst single class).</p>"

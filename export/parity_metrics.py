@@ -320,6 +320,21 @@ def judged_bound(d: Mapping[str, Any]) -> tuple[float, str]:
     return float(d["upper95"]), "by image"
 
 
+def one_sided_referrals(report: Mapping[str, Any]) -> str:
+    """A warning when the reference refers every image or none ("" otherwise): a referral can then flip only
+    one way, and "0 referral flips" says little (the demo model referred 335 of 335 TVHL photographs, and the
+    summary showed 0 flips as reassurance; a review, session 55)."""
+    for c in report.get("candidates") or ():
+        clin = c.get("clinical") or {}
+        k, n = (clin.get("referral") or {}).get("referred_reference"), (clin.get("flips") or {}).get("n_images")
+        if isinstance(k, int) and isinstance(n, int) and n > 0 and k in (0, n):
+            what = "every image" if k == n else "no image"
+            return (f"the reference refers {what} ({k} of {n}): a referral can only flip one way, so the referral "
+                    "flips say little about these images; judge the model by the class calls and the images with "
+                    "a changed finding, and validate on data with referable and non-referable photographs")
+    return ""
+
+
 def min_images_for_zero_changes(limit: float, confidence: float = CONFIDENCE) -> int | None:
     """Fewest images on which 0 changes would show, with ``confidence``, a rate of at most ``limit``.
 

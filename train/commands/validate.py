@@ -471,7 +471,7 @@ def command(bundle: Path, checkpoint: Path | None, onnx_reference: bool, data_sp
     boot_seed = seed if bootstrap_seed is None else bootstrap_seed
     _check_reference_options(checkpoint, onnx_reference)
     check_output_outside_model_folders(out)
-    from uopsl.export.parity_metrics import failed_gate_headroom, parse_gates
+    from uopsl.export.parity_metrics import failed_gate_headroom, judged_bound, one_sided_referrals, parse_gates
     from uopsl.export.parity_html import skipped_words
     from uopsl.export.validate import ValidateConfig, validate_bundle
 
@@ -527,8 +527,11 @@ def command(bundle: Path, checkpoint: Path | None, onnx_reference: bool, data_sp
         def of_patients(d: dict[str, Any]) -> str:
             return f" of {d['n_patients']} patient(s)" if d.get("n_patients") else ""
 
-        changed = (f", {findings['changes']} image(s){of_patients(findings)} with a changed finding "
-                   f"({findings['rate']:.2%})" if findings["applicable"] else "")
+        changed = ""
+        if findings["applicable"]:
+            bound, how = judged_bound(findings)
+            changed = (f", {findings['changes']} image(s){of_patients(findings)} with a changed finding "
+                       f"({findings['rate']:.2%}; upper 95 % {bound:.2%}{' by patient' if how == 'by patient' else ''})")
         click.echo(f"  {status} {c['name']} ({c['precision']}): {flips['n']} flips{of_patients(flips)} "
                    f"(upper 95 % {flips['upper95']:.2%}"
                    + (f", by patient {flips['by_patient']['upper95_images']:.2%}" if flips.get("by_patient")
@@ -544,6 +547,9 @@ def command(bundle: Path, checkpoint: Path | None, onnx_reference: bool, data_sp
                        f"{arith['kernels_db']:.1f} dB from the file's exact arithmetic")
             if arith.get("note"):
                 click.echo(f"      {arith['note']}")
+    one_sided = one_sided_referrals(rep)
+    if one_sided:
+        click.echo(f"  note: {one_sided}")
     for s in rep["skipped_candidates"]:
         click.echo(f"  not run: {s['name']} ({s['reason']})")
     for file, d in rep["per_layer"].items():
