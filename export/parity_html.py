@@ -147,7 +147,10 @@ def skipped_words(data: Mapping[str, Any]) -> str:
     """The images left out, by why: unreadable, and ungradable by the runtime's quality gate (or that the gate
     was not applied: ``--keep-ungradable``)."""
     n_ungradable = int(data.get("n_ungradable") or 0)
+    copies = int(data.get("n_duplicate_content") or 0)
     words = f"{int(data['n_skipped']) - n_ungradable} unreadable"
+    if copies:
+        words = f"{copies} byte-identical cop{'y' if copies == 1 else 'ies'} of others left out, " + words
     if data.get("quality_gate") == "kept":
         return words + "; ungradable ones kept by --keep-ungradable"
     if "quality_gate" in data:
@@ -177,7 +180,7 @@ def _worst_drop(check: Mapping[str, Any]) -> str:
     cell = _num(value, ".4g") if value is not None else '<span class="na">none gated</span>'
     if ungated:
         drop, name = max(ungated)
-        if not _finite_number(value) or drop > float(value):
+        if not isinstance(value, (int, float)) or not _finite_number(value) or drop > float(value):
             cell += f"; not gated: {_e(name)} {_num(drop, '.4g')}"
     return cell
 

@@ -2,9 +2,11 @@
 
 A verdict in the manifest is what ``auto`` trusts on a device, so recording
 follows rules the report must be able to state in advance (``parity.json``'s
-``record``): a FAIL is always offered to the manifest, a PASS or INCOMPLETE
-only from a run that :func:`uopsl.runtime.bundle.parity_run_problem` finds
-sound; a candidate that could not run here is never recorded (that would erase
+``record``): nothing from a run whose images made the checkpoint (``withhold``);
+otherwise a FAIL is offered to the manifest, a PASS or INCOMPLETE only from a
+run that :func:`uopsl.runtime.bundle.parity_run_problem` finds sound; a FAIL
+from a run on too few images does not replace a PASS from one that could vouch
+for the file; a candidate that could not run here is never recorded (that would erase
 a valid earlier verdict); and the manifest keeps, by bundle_writer's own rules,
 a verdict judged against PyTorch over one judged against a device's ONNX
 reference, and a complete verdict over an INCOMPLETE one. Every record is
@@ -22,8 +24,15 @@ from pathlib import Path
 from typing import Any
 
 from uopsl.export.bundle_writer import kept_pytorch_verdict, kept_verdict, record_parity
-from uopsl.export.parity_metrics import FAIL, ON_ESTIMATES, jsonable
-from uopsl.runtime.bundle import PARITY_KEY, FileEntry, Manifest, read_manifest
+from uopsl.export.parity_metrics import FAIL, ON_ESTIMATES, PASS, jsonable
+from uopsl.runtime.bundle import (
+    MIN_PARITY_IMAGES,
+    PARITY_KEY,
+    FileEntry,
+    Manifest,
+    parity_run_problem,
+    read_manifest,
+)
 from uopsl.runtime.cpuinfo import CPU_BACKENDS
 from uopsl.runtime.errors import BundleError
 from uopsl.runtime.version import __version__
@@ -84,7 +93,10 @@ def parity_records(candidates: Sequence[Mapping[str, Any]], report: Mapping[str,
             "data": {"spec": data["spec"], "image_ids_sha256": data["image_ids_sha256"],
                      "images_sha256": data["images_sha256"], "classes_with_truth": data["classes_with_truth"],
                      **({"n_dropped_unknown_labels": data["unknown_labels"]["n_dropped_images"]}
-                        if (data.get("unknown_labels") or {}).get("n_dropped_images") else {})},
+                        if (data.get("unknown_labels") or {}).get("n_dropped_images") else {}),
+                     # byte-identical copies left out (n_images counts distinct photographs)
+                     **({"n_dropped_duplicate_content": data["n_duplicate_content"]}
+                        if data.get("n_duplicate_content") else {})},
             "reference": reference["describe"], "reference_fingerprint": reference["fingerprint"],
             "reference_kind": reference["kind"], "reference_source": reference["source"],
             **extra,
@@ -129,6 +141,35 @@ def kept_reason(manifest: Manifest, c: Mapping[str, Any], new: Mapping[str, Any]
     return (prev, f"the manifest keeps {why}", False) if prev is not None and why is not None else None
 
 
+def kept_release_pass(manifest: Manifest, c: Mapping[str, Any], n_images: int
+                      ) -> tuple[Mapping[str, Any], str, bool] | None:
+    """(the recorded PASS, why it stays, False) when ``c``'s FAIL comes from a run on fewer than
+    :data:`~uopsl.runtime.bundle.MIN_PARITY_IMAGES` images and the manifest holds, for the same file content
+    and backend, a PASS from a run that could vouch for the file (enough images, the default gates or
+    stricter); None when the FAIL is recorded.
+
+    Why: a small run records only a FAIL, so that it never turns a file into a pass; but its FAIL on a few images
+    is weak evidence (one flip on 30 images is 3 %), and replacing a release-sized PASS with it took ``auto`` off
+    the file and broke ``--onnx-reference`` (a review: 30 threshold-choosing images against 200 fresh ones). A
+    FAIL not judged by the gates (non-finite outputs, probabilities outside [0, 1]) is a defect whatever the
+    number of images: it is recorded.
+    """
+    if c.get("verdict") != FAIL or "checks" not in c or n_images >= MIN_PARITY_IMAGES:
+        return None
+    try:
+        old = recorded_verdict(manifest.file(c["file"]), c["backend"])
+    except (BundleError, KeyError):
+        return None
+    if old is None or old.get("verdict") != PASS or parity_run_problem(old.get("gates") or {}, old.get("n_images")):
+        return None
+    data = old.get("data")
+    spec = data.get("spec", "unrecorded data") if isinstance(data, dict) else "unrecorded data"
+    return old, (f"the manifest keeps its PASS on {old.get('n_images')} images of {spec} "
+                 f"({old.get('created', '?')}): a FAIL on {n_images} images (fewer than {MIN_PARITY_IMAGES}) does not "
+                 f"replace a PASS from a run of {MIN_PARITY_IMAGES} or more; validate on at least "
+                 f"{MIN_PARITY_IMAGES} images to settle it"), False
+
+
 def kept_note(kept: Sequence[Kept]) -> str:
     """One sentence listing the verdicts this run did not record, the one the manifest kept for each and why."""
     return "not recorded in the manifest: " + "; ".join(f"{c['name']} {c['verdict']} here, {why}"
@@ -142,7 +183,8 @@ class RecordPlan:
     ``to_record``: the candidates whose records are written (after the reports: a read-only bundle costs the
     record, not the run); ``kept``: verdicts the manifest keeps instead of this run's; ``passed_over``:
     verdicts never offered to it; ``error``: why the manifest could not be written (None: it could, or
-    nothing was to be written).
+    nothing was to be written); ``withheld``: why nothing of this run was offered to the manifest (None: the
+    rules above decided).
     """
 
     enabled: bool
@@ -153,6 +195,7 @@ class RecordPlan:
     passed_over: tuple[PassedOver, ...] = ()
     records: Mapping[str, Mapping[str, Mapping[str, Any]]] = field(default_factory=dict)
     error: str | None = None
+    withheld: str | None = None
 
     def section(self) -> dict[str, Any]:
         """``parity.json``'s ``record``: what the manifest holds from this run (``recorded``: written, or already
@@ -168,15 +211,20 @@ class RecordPlan:
             "kept_pytorch": [{"name": c["name"], "verdict": c["verdict"], "kept_verdict": old.get("verdict"),
                               "kept_created": old.get("created")} for c, old, _why, torch in self.kept if torch],
             "not_recorded": [{"name": c["name"], "verdict": c["verdict"], "why": why} for c, why in self.passed_over],
-            **({"error": self.error} if self.error else {})})
+            **({"error": self.error} if self.error else {}),
+            **({"withheld": self.withheld} if self.withheld else {})})
 
 
 def plan_records(root: Path, report: Mapping[str, Any], report_path: Path, *, enabled: bool, run_failed: bool,
-                 run_problem: str | None, ref_class: str, ref_kind: str) -> RecordPlan:
+                 run_problem: str | None, ref_class: str, ref_kind: str, withhold: str | None = None) -> RecordPlan:
     """Which of ``report``'s verdicts go into the manifest of the bundle at ``root``, and why the others do not.
 
     ``run_failed``: the reference's outputs could not be used (nothing is recorded); ``run_problem``: why a
-    run records only a FAIL (:func:`uopsl.runtime.bundle.parity_run_problem`; None: a sound run).
+    run records only a FAIL (:func:`uopsl.runtime.bundle.parity_run_problem`; None: a sound run);
+    ``withhold``: why no verdict of this run may be recorded, a FAIL neither (e.g. its images made the
+    checkpoint: the thresholds sit on the validation images' scores, so noise flips their calls). A FAIL from a
+    run on fewer than :data:`~uopsl.runtime.bundle.MIN_PARITY_IMAGES` images does not replace a PASS from a
+    run that could vouch for the file (:func:`kept_release_pass`).
     """
     if not enabled:
         return RecordPlan(enabled, run_problem)
@@ -184,9 +232,14 @@ def plan_records(root: Path, report: Mapping[str, Any], report_path: Path, *, en
         note = "nothing recorded in the manifest: the reference's outputs could not be used"
         log.warning(note)
         return RecordPlan(enabled, run_problem, note)
-    # A FAIL is always recorded (it keeps `auto` off the file). A PASS or INCOMPLETE only from a run that
-    # parity_status would trust: a weaker run neither turns an earlier FAIL into a pass nor erases an
-    # earlier complete verdict because its few images could not evaluate every gate.
+    if withhold:
+        note = f"nothing recorded in the manifest: {withhold}"
+        log.warning(note)
+        return RecordPlan(enabled, run_problem, note, passed_over=tuple((c, withhold) for c in report["candidates"]),
+                          withheld=withhold)
+    # A FAIL is recorded (it keeps `auto` off the file; kept_release_pass below names the exception). A PASS or
+    # INCOMPLETE only from a run that parity_status would trust: a weaker run neither turns an earlier FAIL into a
+    # pass nor erases an earlier complete verdict because its few images could not evaluate every gate.
     # A candidate that could not be loaded or run here (GPU out of memory, missing CUDA libraries)
     # was never judged: recording its FAIL would erase a valid earlier verdict on that file.
     unjudged = [c for c in report["candidates"] if c.get("judged") is False]
@@ -203,8 +256,10 @@ def plan_records(root: Path, report: Mapping[str, Any], report_path: Path, *, en
     # signed view, which may not show a record written since (record_parity reads the file too).
     on_disk = read_manifest(root)
     kept: list[Kept] = []
+    n_images = int(report["data"]["n_used"])
     for c in list(to_record):
-        keeps = kept_reason(on_disk, c, records[c["file"]][c["backend"]], ref_class, ref_kind)
+        keeps = (kept_reason(on_disk, c, records[c["file"]][c["backend"]], ref_class, ref_kind)
+                 or kept_release_pass(on_disk, c, n_images))
         if keeps is not None:
             kept.append((c, *keeps))
             to_record.remove(c)

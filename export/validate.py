@@ -60,6 +60,15 @@ too few images, another checkpoint).
 
 Labels that are no class of the bundle are refused, dropped or counted as
 negatives, by ``ValidateConfig.unknown_labels``; never silently.
+
+A photograph counts once: a byte-identical copy of an earlier image (under
+another name or patient id) is left out of every figure, and the report's
+notes and ``data.duplicate_content`` list the copies (copies whose labels
+disagree are refused). With ``context["checkpoint"]``, the images are checked
+against the checkpoint's record of the photographs that made it
+(``images_seen.json``, as ``uopsl evaluate`` does): the report warns,
+``data.held_out`` is False, ``data.images_seen_in_training`` counts them by
+role, the PASS is not a release pass and nothing is recorded in the manifest.
 """
 
 from __future__ import annotations
@@ -137,7 +146,7 @@ from uopsl.runtime.bundle import (
     parity_run_problem,
 )
 from uopsl.runtime.cpuinfo import CPU_BACKENDS, int8_cpu_class
-from uopsl.runtime.errors import BackendError, BundleError, ConfigError, UopslError
+from uopsl.runtime.errors import BackendError, BundleError, ConfigError, DataError, UopslError
 from uopsl.runtime.fsio import (
     NUMPY_FILE_ERRORS,
     remove_stale_temporaries,
@@ -178,6 +187,17 @@ IMAGES_DIGEST_METHOD = ("sha256 of the UTF-8 text holding one line per image use
                         "the JSON array [sha256 of the file's bytes, its labels sorted (null: unlabelled)] as "
                         "json.dumps(line, separators=(',', ':'), ensure_ascii=False) writes it, ended by a newline; "
                         "file names and times do not enter it")
+#: The checkpoint's record of the photographs that made it, and its roles (``uopsl.train.workflow.SEEN_FILE`` and
+#: ``SEEN_ROLES``; this layer never imports training code, a test keeps the two equal). Each photograph is the
+#: first 8 bytes of its file's sha256, in hex: the first 16 characters of ``data.image_sha256``.
+SEEN_FILE = "images_seen.json"
+SEEN_ROLES = {"earlier": "the checkpoint this one was made from", "pretrain": "pre-training",
+              "train": "fine-tuning", "validation": "validation (thresholds, best epoch)",
+              "qat": "quantization-aware fine-tuning (without labels)"}
+_SEEN_DIGEST_CHARS = 16
+#: Written into ``data.images_seen`` (what the check of held-out images could not see).
+_SEEN_NOT_CHECKED = ("calibration images: calibration.json records the set's fingerprint, not each image's, so "
+                     "they are not checked")
 T = TypeVar("T")
 
 
@@ -266,9 +286,12 @@ class ValidateConfig:
         decision on them, so they must not count towards the images a verdict rests on.
     record: write each file's verdict into the bundle manifest (``FileEntry.info["parity"]``);
         ``auto`` backend selection uses an INT8 file or an INT8/FP16 engine only with a passing record. A FAIL is
-        always recorded; a PASS or INCOMPLETE only from a run with the default gates (or stricter) on at
+        recorded; a PASS or INCOMPLETE only from a run with the default gates (or stricter) on at
         least :data:`uopsl.runtime.bundle.MIN_PARITY_IMAGES` images, so a smoke run or loosened gates never
-        replace an earlier verdict with a pass (the report and the log say so).
+        replace an earlier verdict with a pass (the report and the log say so). A FAIL from a run on fewer
+        images does not replace such a run's PASS of the same file on the same backend; and a run whose
+        images made the checkpoint (its ``images_seen.json``: training, or the validation images its
+        thresholds were chosen on) records nothing at all (``record.withheld``).
     """
 
     backends: tuple[str, ...] = ("all",)
@@ -477,6 +500,175 @@ def images_digest(digests: Sequence[str | None], labels: Sequence[tuple[str, ...
     return h.hexdigest()
 
 
+# -- the same photograph twice ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Copies:
+    """Which of the images compared are byte-identical copies of an earlier one (the first of each content kept).
+
+    A copy under another name or patient id is the same photograph: counted twice it inflates the images a
+    verdict rests on (the 100-image minimum), narrows every bound, and counts one changed decision twice.
+    ``keep``: per image compared, in order, whether it stays; ``dropped``: (the copy left out, the earlier
+    image it repeats).
+    """
+
+    keep: tuple[bool, ...]
+    dropped: tuple[tuple[ImageRecord, ImageRecord], ...]
+
+    @property
+    def n_other_patient(self) -> int:
+        """Copies filed under another patient id than the image they repeat (the first one's is kept)."""
+        return sum(1 for copy, first in self.dropped if copy.patient != first.patient)
+
+    def report(self) -> dict[str, Any]:
+        """``data.duplicate_content``: what was left out and why (the first 100 copies listed)."""
+        return {"rule": "byte-identical image files (same sha256) count once: the first is kept, each later copy is "
+                        "left out of every figure (unreadable files are skipped with their reason, not merged)",
+                "n_dropped": len(self.dropped), "n_with_other_patient": self.n_other_patient,
+                "dropped": [{"id": copy.id, "same_as": first.id,
+                             **({"patient": copy.patient, "same_as_patient": first.patient}
+                                if copy.patient != first.patient else {})}
+                            for copy, first in self.dropped[:100]]}
+
+    def note(self) -> str | None:
+        """What the report's notes say about the copies (None: there are none)."""
+        if not self.dropped:
+            return None
+        examples = ", ".join(f"{copy.id} = {first.id}" for copy, first in self.dropped[:3])
+        other = (f"; {self.n_other_patient} of them under another patient id than the image they copy (the first "
+                 "one's is kept)" if self.n_other_patient else "")
+        return (f"{len(self.dropped)} image(s) left out: byte-identical copies of earlier images (same file "
+                f"content), e.g. {examples}{other}; every figure counts the {len(self.keep) - len(self.dropped)} "
+                f"distinct photographs of the {len(self.keep)} compared: remove the copies from the data")
+
+
+def distinct_content(images: Sequence[ImageRecord], shas: Sequence[str | None]) -> _Copies:
+    """Which of ``images`` (those compared, in order) are later byte-identical copies of an earlier one (by
+    ``shas``, each image's file sha256).
+
+    An image without a sha256 is kept. Copies whose labels disagree are refused (:class:`DataError`): one
+    photograph needs one set of labels, and keeping either would choose the truth.
+    """
+    first_of: dict[str, ImageRecord] = {}
+    keep: list[bool] = []
+    dropped: list[tuple[ImageRecord, ImageRecord]] = []
+    for rec, sha in zip(images, shas, strict=True):
+        first = first_of.get(sha) if sha else None
+        keep.append(first is None)
+        if first is None:
+            if sha:
+                first_of[sha] = rec
+            continue
+        if _label_set(rec.labels) != _label_set(first.labels):
+            raise DataError(
+                f"image {rec.id} ({rec.path}) is a byte-identical copy of image {first.id} ({first.path}) (same "
+                f"sha256 {str(sha)[:12]}...), and their labels disagree ({_label_words(rec.labels)} here, "
+                f"{_label_words(first.labels)} there); one photograph needs one set of labels: settle the label "
+                "and keep one of the two in the data")
+        dropped.append((rec, first))
+    return _Copies(tuple(keep), tuple(dropped))
+
+
+def _label_set(labels: tuple[str, ...] | None) -> tuple[str, ...] | None:
+    return None if labels is None else tuple(sorted(set(labels)))
+
+
+def _label_words(labels: tuple[str, ...] | None) -> str:
+    return "unlabelled" if labels is None else repr(sorted(set(labels)))
+
+
+# -- photographs that made the checkpoint --------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Seen:
+    """How many of the images used made the reference checkpoint, by role (its ``images_seen.json``).
+
+    ``per_role`` None: not known (no checkpoint, or one that does not record its photographs); ``unknown_roles``:
+    roles the checkpoint names without recording their photographs (an older ancestor).
+    """
+
+    checkpoint: str | None
+    n: int
+    per_role: Mapping[str, int] | None
+    n_seen: int | None
+    unknown_roles: tuple[str, ...] = ()
+    why_unknown: str | None = None
+
+    @property
+    def held_out(self) -> bool | None:
+        """False: some images made the checkpoint; True: none did, by a complete record; None: not known."""
+        if self.n_seen:
+            return False
+        if self.per_role is None or self.unknown_roles:
+            return None
+        return True
+
+    def _roles(self) -> str:
+        return ", ".join(f"{k} in {SEEN_ROLES.get(r, r)}" for r, k in (self.per_role or {}).items())
+
+    def report(self) -> dict[str, Any]:
+        """``data.images_seen``: the check's details (the counts are also ``data.images_seen_in_training``)."""
+        return {"checkpoint": self.checkpoint, "file": SEEN_FILE if self.checkpoint else None,
+                "n_seen": self.n_seen, "of": self.n, "per_role": dict(self.per_role) if self.per_role is not None
+                else None, "roles_not_recorded": list(self.unknown_roles), "why_not_known": self.why_unknown,
+                "not_checked": _SEEN_NOT_CHECKED, "held_out": self.held_out,
+                "digest": "sha256 of each image file, first 8 bytes (the checkpoint's record)"}
+
+    def note(self) -> str | None:
+        """The warning for the report's notes (None: nothing to say)."""
+        unknown = [SEEN_ROLES.get(r, r) for r in self.unknown_roles]
+        caveat = (f"what made {' and '.join(unknown)} is not recorded (made before uopsl recorded it): make sure "
+                  "the validation images were not among them") if unknown else ""
+        if self.n_seen:
+            why = []
+            if (self.per_role or {}).get("validation"):
+                why.append("the operating thresholds were chosen on the validation images' scores, so numeric "
+                           "noise of 1e-7 can flip their calls (a FAIL or PASS there says little)")
+            if any(r != "validation" for r in self.per_role or {}):
+                why.append("the model learnt from the others, whose scores rarely come near a threshold (a PASS "
+                           "there overstates)")
+            return (f"{self.n_seen} of {self.n} images (same file content) were used to make this checkpoint "
+                    f"({self._roles()}): they are not held out; {'; '.join(why)}; validate on images that did not "
+                    "make the model" + (f"; {caveat}" if caveat else ""))
+        if self.per_role is None and self.checkpoint:
+            return f"{self.why_unknown}: make sure the validation images were not among them"
+        return caveat[0].upper() + caveat[1:] if caveat else None
+
+    def no_record(self) -> str | None:
+        """Why this run records nothing in the manifest (None: the images are not known to have made it)."""
+        if not self.n_seen:
+            return None
+        return (f"{self.n_seen} of {self.n} images made the checkpoint ({self._roles()}), so no verdict on them is a "
+                "release verdict; validate on held-out images")
+
+
+def images_seen(checkpoint: str | os.PathLike[str] | None, digests: Sequence[str | None]) -> _Seen:
+    """Which of the images (``digests``: each file's sha256, hex) made ``checkpoint`` (its :data:`SEEN_FILE`).
+
+    The check ``uopsl evaluate`` makes (``uopsl.train.workflow.images_seen_note``), read here without training
+    code: the same file, the same digests.
+    """
+    n = len(digests)
+    if not checkpoint:
+        return _Seen(None, n, None, None, why_unknown="no checkpoint (the reference is not a PyTorch checkpoint): "
+                                                      "which photographs made the model is not known here")
+    path = Path(checkpoint) / SEEN_FILE
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        seen = {str(role): None if v is None else {str(d) for d in v} for role, v in dict(data["roles"]).items()}
+    except FileNotFoundError:
+        return _Seen(str(checkpoint), n, None, None,
+                     why_unknown=f"the checkpoint {checkpoint} does not record which photographs made it (no "
+                                 f"{SEEN_FILE}: made before uopsl recorded them, or left out when it was shared)")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        return _Seen(str(checkpoint), n, None, None,
+                     why_unknown=f"{path} could not be read ({type(exc).__name__}: {exc}), so which photographs "
+                                 "made the checkpoint is not known")
+    mine = [d[:_SEEN_DIGEST_CHARS] if d else None for d in digests]
+    per_role = {role: sum(1 for d in mine if d and d in (seen.get(role) or ())) for role in (*SEEN_ROLES, *seen)}
+    anywhere: set[str] = set().union(*(v for v in seen.values() if v))
+    return _Seen(str(checkpoint), n, {r: k for r, k in per_role.items() if k},
+                 sum(1 for d in mine if d and d in anywhere), tuple(r for r, v in seen.items() if v is None))
+
+
 # -- output cache -----------------------------------------------------------------------------------
 class _BatchCache:
     """Model outputs of each batch as ``.npz`` under a key; a different key empties the folder."""
@@ -543,6 +735,7 @@ class _Run:
     """Outputs gathered over all batches."""
 
     ids: list[str] = field(default_factory=list)
+    positions: list[int] = field(default_factory=list)  # each used image's index among the images given
     labels: list[tuple[str, ...] | None] = field(default_factory=list)
     # From the records, never from the cache: a rerun with patient ids added uses them (outputs do not change).
     patients: list[str | None] = field(default_factory=list)
@@ -567,6 +760,28 @@ class _Run:
             log.warning("%s: outputs from batches computed with different runtime settings (%s and %s); the "
                         "report lists every set (run with --no-resume for one)", name, sets[0], dict(settings))
             self.settings[name] = {"mixed": [*sets, dict(settings)]}
+
+    def select(self, keep: Sequence[bool]) -> None:
+        """Keep only the images where ``keep`` (one flag per image used, in order) is True, in every output.
+
+        Outputs that do not cover every image (a candidate that failed part-way) are dropped: they were
+        unusable before too.
+        """
+        n = len(self.ids)
+        if len(keep) != n:
+            raise ValueError(f"select needs one flag per image used ({n}), got {len(keep)}")
+        mask = np.asarray(keep, bool)
+        self.ids = [x for x, k in zip(self.ids, keep) if k]
+        self.positions = [x for x, k in zip(self.positions, keep) if k]
+        self.labels = [x for x, k in zip(self.labels, keep) if k]
+        self.patients = [x for x, k in zip(self.patients, keep) if k]
+        for slot in self.outputs.values():
+            for name, parts in list(slot.items()):
+                whole = np.concatenate(parts) if parts else np.zeros((0,))
+                if len(whole) == n:
+                    slot[name] = [whole[mask]]
+                else:
+                    del slot[name]
 
     def add(self, source: str, arrays: Mapping[str, np.ndarray]) -> None:
         slot = self.outputs.setdefault(source, {})
@@ -697,6 +912,7 @@ def _run_all(bundle: Path, manifest: Manifest, reference: Reference, ref_cfg: Pr
             if not ok:
                 continue
             run.ids.extend(records[i].id for i in ok)
+            run.positions.extend(index * config.batch_size + i for i in ok)
             run.labels.extend(records[i].labels for i in ok)
             run.patients.extend(records[i].patient for i in ok)
             for source in ["ref", *(s.name for s in specs), *(EXACT_PREFIX + f for f in exact_files)]:
@@ -1047,12 +1263,14 @@ def _reference_section(reference: Reference, ref: _ReferenceFacts, context: Mapp
 
 def _data_section(images: Sequence[ImageRecord], run: _Run, manifest: Manifest, truth: Truth | None,
                   label_space: Sequence[str] | None, labels: _Labels, image_sha: Mapping[str, str | None],
-                  patients: Mapping[str, Any], cfg: ValidateConfig, context: Mapping[str, Any] | None
-                  ) -> dict[str, Any]:
-    """parity.json's ``data``: the images used (ids and content digests), those skipped, and the truth."""
+                  patients: Mapping[str, Any], cfg: ValidateConfig, context: Mapping[str, Any] | None,
+                  copies: _Copies, seen: _Seen) -> dict[str, Any]:
+    """parity.json's ``data``: the images used (ids and content digests), those skipped, the truth, the
+    byte-identical copies left out and whether the images made the checkpoint (``held_out``)."""
     ids = run.ids
     used_sha = [image_sha.get(i) for i in ids]
     return {"spec": str((context or {}).get("data") or f"{len(images)} images passed to validate_bundle"),
+            # n_images = n_used + n_skipped + n_duplicate_content (byte-identical copies left out)
             "n_images": len(images), "n_used": len(ids), "n_skipped": len(run.skipped),
             # of the skipped, those the runtime's quality gate rejected (decodable, but no device decision)
             "n_ungradable": sum(1 for sk in run.skipped if sk.get("reason") == UNGRADABLE),
@@ -1064,6 +1282,10 @@ def _data_section(images: Sequence[ImageRecord], run: _Run, manifest: Manifest, 
             "image_ids": list(ids), "image_ids_sha256": _ids_digest(ids),
             "images_sha256": images_digest(used_sha, run.labels), "images_sha256_method": IMAGES_DIGEST_METHOD,
             "image_sha256": used_sha, "unknown_labels": labels.report(), "patients": patients,
+            "n_duplicate_content": len(copies.dropped), "duplicate_content": copies.report(),
+            # as eval.json's: images per role that made the checkpoint (None: not known); False: not held out
+            "images_seen_in_training": dict(seen.per_role) if seen.per_role is not None else None,
+            "n_images_seen_in_training": seen.n_seen, "held_out": seen.held_out, "images_seen": seen.report(),
             **({"image_patients": list(run.patients)} if patients["known"] else {})}
 
 
@@ -1149,23 +1371,34 @@ def validate_bundle(
     warn(labels.note())  # before the reference is asked anything (what it says about itself may fail)
     ref = _ReferenceFacts.of(reference, manifest)
     warn(ref.note())
-    # Each image's content: the report's data fingerprint, and the cache key (a changed photograph invalidates
-    # its cached outputs whatever its time; a copy with a new time keeps them).
-    image_sha = {r.id: _image_sha256(r.path) for r in images}
+    # Each image's content: the report's data fingerprint, the cache key (a changed photograph invalidates its
+    # cached outputs whatever its time; a copy with a new time keeps them), and one photograph counted once.
+    shas = [_image_sha256(r.path) for r in images]
+    image_sha = {r.id: sha for r, sha in zip(images, shas)}
     machine = _machine()
     cache = _BatchCache(out_dir / _CACHE_DIR, _cache_key(cfg, manifest, ref, images, image_sha, specs, machine,
                                                          reference, context))
     run = _run_all(root, manifest, reference, ref.preprocess if ref.diffs else None, images, specs, cfg, cache)
+    by_id = {r.id: r for r in images}
+    # A photograph counts once: each later byte-identical copy among the images compared is left out of every
+    # figure (unreadable files stay skipped with their own reason).
+    copies = distinct_content([images[i] for i in run.positions], [shas[i] for i in run.positions])
+    if copies.dropped:
+        run.select(copies.keep)
+    warn(copies.note())
     n = len(run.ids)
     if n == 0:
         raise ConfigError(f"none of the {len(images)} images could be compared (unreadable, or ungradable by the "
                           "runtime's quality gate: --keep-ungradable compares those too); first reasons: "
                           + "; ".join(f"{s['id']}: {s['message']}" for s in run.skipped[:3]))
+    # Photographs that made the checkpoint (training, or the validation images its thresholds were chosen on):
+    # the verdict is not a release verdict, and nothing is recorded (record.withheld says why).
+    seen = images_seen((context or {}).get("checkpoint"), [shas[i] for i in run.positions])
+    warn(seen.note())
     ref_out = run.stacked("ref")
     truth, run_reasons = _truth(manifest, run, ref_out, label_space)
     if truth is not None:
         notes.extend(truth.notes)
-    by_id = {r.id: r for r in images}
     candidates: list[dict[str, Any]] = []
     html_images: dict[str, str] = {}
     for spec in specs:
@@ -1200,7 +1433,8 @@ def validate_bundle(
         "bundle": _bundle_section(root, manifest, manifest_sha256),
         "reference": _reference_section(reference, ref, context, manifest),
         "preprocess": {"bundle": manifest.preprocess.to_dict(), "differences": dict(ref.diffs)},
-        "data": _data_section(images, run, manifest, truth, label_space, labels, image_sha, patients, cfg, context),
+        "data": _data_section(images, run, manifest, truth, label_space, labels, image_sha, patients, cfg, context,
+                              copies, seen),
         "bootstrap": {"n_boot": cfg.n_boot, "alpha": BOOTSTRAP_ALPHA, "seed": cfg.seed,
                       "unit": "patient" if patients["known"] else "image",
                       **({"n_patients": patients["n_patients"]} if patients["known"] else {}),
@@ -1217,7 +1451,7 @@ def validate_bundle(
     })
     json_path, html_path = json_path_of(out_dir), out_dir / "parity.html"
     plan = plan_records(root, report, json_path, enabled=cfg.record, run_failed=bool(run_reasons),
-                        run_problem=weak, ref_class=ref.trust_class, ref_kind=ref.kind)
+                        run_problem=weak, ref_class=ref.trust_class, ref_kind=ref.kind, withhold=seen.no_record())
     report["record"] = plan.section()
     _set_release(report, weak, context)
     write_json(out_dir / "parity_config.json", jsonable({"bundle": str(root), "config": cfg.to_dict(),
@@ -1276,9 +1510,10 @@ def _set_release(report: dict[str, Any], weak: str | None, context: Mapping[str,
     """``release_pass`` (a PASS a release may rest on), its reasons when not, and the ``headline`` that says so.
 
     A PASS under gates looser than the defaults, on fewer than
-    :data:`~uopsl.runtime.bundle.MIN_PARITY_IMAGES` images or against another
-    checkpoint is what the user asked for (exit 0), but not a release pass: the
-    headline says so in words, and ``release_pass`` says it to a script.
+    :data:`~uopsl.runtime.bundle.MIN_PARITY_IMAGES` images, against another
+    checkpoint or on images that made the checkpoint (``data.held_out`` False)
+    is what the user asked for (exit 0), but not a release pass: the headline
+    says so in words, and ``release_pass`` says it to a script.
     """
     status = str(report["verdict"])
     reasons: list[str] = []
@@ -1294,6 +1529,12 @@ def _set_release(report: dict[str, Any], weak: str | None, context: Mapping[str,
         reasons.extend(r for r in (looser, few) if r)
     if (context or {}).get("other_checkpoint"):
         reasons.append("judged against another checkpoint than the bundle's (--other-checkpoint: a study)")
+    data = report.get("data") or {}
+    if data.get("held_out") is False:
+        seen = data.get("images_seen") or {}
+        reasons.append(f"{seen.get('n_seen')} of {seen.get('of')} images made the checkpoint ("
+                       + ", ".join(f"{k} in {SEEN_ROLES.get(r, r)}" for r, k in (seen.get("per_role") or {}).items())
+                       + "): not held out")
     report["release_pass"] = not reasons
     report["release_pass_reasons"] = reasons
     if status != PASS or not reasons:
