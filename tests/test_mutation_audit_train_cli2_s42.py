@@ -361,9 +361,9 @@ def _record_evaluate(monkeypatch: pytest.MonkeyPatch, report: dict[str, Any] | N
 
     def fake(ckpt: Path, items: list[Any], out: Path | None, n_boot: int = 1000, seed: int = 0,
              cache: Path | None = None, device: str = "auto", masks: Any = None, check: Any = None,
-             data_counts: Any = None) -> dict[str, Any]:
+             data_counts: Any = None, **more: Any) -> dict[str, Any]:
         got.update(ckpt=ckpt, items=items, out=out, n_boot=n_boot, seed=seed, cache=cache, device=device,
-                   masks=masks, check=check, data_counts=data_counts)
+                   masks=masks, check=check, data_counts=data_counts, **more)
         if report is None:
             raise _Stop
         return report

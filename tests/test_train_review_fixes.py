@@ -332,13 +332,15 @@ def test_evaluate_warns_about_classes_left_out_and_records_them(tmp_path: Path,
     assert rc == 0, err
     warning = [ln for ln in err.splitlines() if ln.startswith("WARNING uopsl.train.commands.evaluate")]
     assert len(warning) == 1, err
-    assert "the model's b has no positive image" in warning[0] and "the data's dme (2 images)" in warning[0]
+    # b is no label of these data (their labels are normal, a and dme): not evaluated, as validate leaves it out
+    # (session 55; it was "has no positive image", and b got a specificity over images nobody graded for it)
+    assert "the data do not label the model's b" in warning[0] and "the data's dme (2 images)" in warning[0]
     assert "cover 2 of 3 classes (normal, a)" in warning[0]
     assert out.startswith("macro AUC over 2 of 3 classes (normal, a): "), out
     report = json.loads((tmp_path / "ev" / "eval.json").read_text())
     assert report["evaluated_classes"] == ["normal", "a"]
     assert report["class_coverage"] == {"model_classes": ["normal", "a", "b"], "evaluated": ["normal", "a"],
-                                        "left_out": {"b": "no positive image in the data"},
+                                        "left_out": {"b": "no labels for this class in the data"},
                                         "data_classes_not_in_model": {"dme": 2}}
 
 

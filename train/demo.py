@@ -85,6 +85,7 @@ def run_demo(out: Path, cfg: DemoConfig, command: str = "") -> dict[str, object]
     from uopsl.runtime.bundle import verify_or_raise
     from uopsl.train import data
     from uopsl.train.commands.common import items_for
+    from uopsl.train.commands.validate import declared_classes
     from uopsl.train.loops import TrainConfig
     from uopsl.train.synthetic import SEEN_CLASSES, SynthConfig, make_dataset
     from uopsl.train.workflow import (
@@ -132,7 +133,9 @@ def run_demo(out: Path, cfg: DemoConfig, command: str = "") -> dict[str, object]
     lap("finetune")
     test_masks = [s.extra.get("masks") for s in test.samples if s.modality == "fundus"]
     report = run_evaluate(ck / "finetune", items_for(test, classes, "fundus"), out / "eval", n_boot=EVALUATE_N_BOOT, cache=cache,
-                          masks=test_masks)
+                          masks=test_masks, label_space=declared_classes(test),
+                          context={"command": command or f"run_demo({str(out)!r}, {cfg!r})",
+                                   "data": f"synthetic:{test_dir}", "data_fingerprint": test.fingerprint})
     lap("evaluate")
 
     bundle = out / "bundle"

@@ -29,6 +29,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from uopsl.export.parity_metrics import MIN_CASES_PER_CLASS, NO_LABELS, NO_REFERRAL_LABELS
 from uopsl.runtime import metrics, plots
 from uopsl.runtime.errors import ConfigError
 from uopsl.runtime.fsio import write_json
@@ -214,8 +215,13 @@ class ClassCoverage:
     def problems(self) -> str:
         """``"model class(es) without positives in the data: dr; ..."``; ``""`` when every class is evaluated."""
         parts = []
+        unlabelled = [n for n, why in self.left_out.items() if why == NO_LABELS]
         no_pos = [n for n, why in self.left_out.items() if why == NO_POSITIVES]
         no_neg = [n for n, why in self.left_out.items() if why == NO_NEGATIVES]
+        if unlabelled:
+            parts.append(f"the data do not label the model's {', '.join(unlabelled)} (not evaluated: an image "
+                         "without such a label is no negative for it; data that do grade it without a positive "
+                         "image say so with classes= in the spec)")
         if no_pos:
             parts.append(f"the model's {', '.join(no_pos)} {'has' if len(no_pos) == 1 else 'have'} no positive "
                          "image in the data")
@@ -235,18 +241,25 @@ NO_NEGATIVES = "no negative image in the data (every image has it)"
 
 
 def class_coverage(targets: np.ndarray, names: Sequence[str],
-                   data_counts: dict[str, int] | None = None) -> ClassCoverage:
+                   data_counts: dict[str, int] | None = None,
+                   label_space: Sequence[str] | None = None) -> ClassCoverage:
     """Which model classes ``targets`` (N, K multi-hot over ``names``) can evaluate; see :class:`ClassCoverage`.
 
     ``data_counts``: images per class name as the data label them (any
     names); those not among ``names`` are reported as ``data_only``.
+    ``label_space``: the classes the data grade (None: every model class);
+    a model class outside it is left out as :data:`NO_LABELS`, as
+    ``uopsl validate`` leaves it out.
     """
     t = np.asarray(targets).reshape(-1, len(names)) > 0.5
     n = len(t)
+    graded = None if label_space is None else set(label_space)
     evaluated, left_out = [], {}
     for k, name in enumerate(names):
         pos = int(t[:, k].sum())
-        if 0 < pos < n:
+        if graded is not None and name not in graded:
+            left_out[name] = NO_LABELS
+        elif 0 < pos < n:
             evaluated.append(name)
         else:
             left_out[name] = NO_POSITIVES if pos == 0 else NO_NEGATIVES
@@ -257,7 +270,8 @@ def class_coverage(targets: np.ndarray, names: Sequence[str],
 def evaluate(probs: np.ndarray, targets: np.ndarray, thresholds: Sequence[float], names: Sequence[str], out: Path | None,
              n_boot: int = 1000, seed: int = 0, title: str = "", *, patients: Sequence[str | None] | None = None,
              head: str = "sigmoid", ordinal: bool | None = None, data_counts: dict[str, int] | None = None,
-             write_report: bool = True, referable: Sequence[bool] | None = None) -> dict[str, Any]:
+             write_report: bool = True, referable: Sequence[bool] | None = None,
+             label_space: Sequence[str] | None = None) -> dict[str, Any]:
     """Clinical metrics (with CIs) of ``probs`` against multi-hot ``targets``; writes eval.json + roc.png.
 
     ``patients`` (one id per row, None or "" when unknown): the bootstrap
@@ -274,8 +288,24 @@ def evaluate(probs: np.ndarray, targets: np.ndarray, thresholds: Sequence[float]
     report writes eval.json itself, once). ``referable`` (one flag per
     class): also ``report["referral"]``, the device's referral call
     (:func:`referral_figures`).
+
+    ``label_space``: the classes the data grade (None: every model class).
+    A model class outside it is not evaluated, as ``uopsl validate`` leaves
+    it out: an image without its label is not a negative for it (TVHL grades
+    DR and DME, not AMD), so it gets no sensitivity, specificity, PPV, NPV,
+    F1 or AUC, only the reason (:func:`not_evaluated_record`); the referral
+    figures need every referable class graded. Every graded class's record
+    says whether it has fewer than :data:`MIN_CASES_PER_CLASS` positive or
+    negative cases (patients when known; :func:`few_cases_flags`): its
+    figures are reported, flagged ``too_few_cases``, with a warning.
     """
-    keep = [k for k in range(targets.shape[1]) if 0 < targets[:, k].sum() < len(targets)]
+    unlabelled = [k for k, n in enumerate(names) if label_space is not None and n not in set(label_space)]
+    stray = [names[k] for k in unlabelled if np.asarray(targets)[:, k].any()]
+    if stray:
+        raise ConfigError(f"images carry the label(s) {', '.join(stray)}, which the data's label space "
+                          f"({', '.join(label_space or ())}) does not hold; pass the label space the labels come from")
+    keep = [k for k in range(targets.shape[1])
+            if k not in unlabelled and 0 < targets[:, k].sum() < len(targets)]
     hot = np.asarray(targets) > 0.5
     one_label = bool(np.all(hot.sum(axis=1) == 1))
     y_true: np.ndarray = hot.astype(np.int64)
@@ -305,12 +335,18 @@ def evaluate(probs: np.ndarray, targets: np.ndarray, thresholds: Sequence[float]
             boot["note"] = "resampled images: no patient has two images here (or the patients are unknown)"
         else:
             boot["note"] = "resampled images: the images' patients were not given"
+    for k, row in enumerate(report["classes"]):
+        row["labelled"] = k not in unlabelled
+    if unlabelled:
+        _set_aside_unlabelled(report, [names[k] for k in unlabelled], probs, thresholds, names, label_space or ())
     if referable is not None:
         report["referral"] = referral_figures(probs, targets, thresholds, referable, names, clusters=clusters,
-                                              n_boot=n_boot, seed=seed)
+                                              n_boot=n_boot, seed=seed, label_space=label_space)
     report["evaluated_classes"] = [names[k] for k in keep]
+    report["label_space"] = list(label_space) if label_space is not None else None
     # What the macro figures cover: the classes with positives and negatives here; the others and why.
-    report["class_coverage"] = class_coverage(targets, names, data_counts).to_dict()
+    report["class_coverage"] = class_coverage(targets, names, data_counts, label_space).to_dict()
+    few_cases_flags(report, targets, patients, referable)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         curves = {names[k]: metrics.roc_curve(targets[:, k], probs[:, k]) for k in keep}
@@ -330,6 +366,95 @@ def evaluate(probs: np.ndarray, targets: np.ndarray, thresholds: Sequence[float]
     return report
 
 
+#: The figures a class outside the data's label space does not get (its record keeps their keys, estimate None).
+NOT_EVALUATED_METHOD = "not evaluated"
+
+
+def not_evaluated_record(row: dict[str, Any], reason: str, n_called: int) -> dict[str, Any]:
+    """A class record of :func:`uopsl.runtime.metrics.classification_report` for a class the data do not grade:
+    its name and threshold, how many images reach the threshold (a fact of the model, not a figure), no counts
+    or figures, and the reason (every metric keeps its key, with estimate None and method ``not evaluated``)."""
+    empty = {"estimate": None, "low": None, "high": None, "n_valid": 0, "method": NOT_EVALUATED_METHOD}
+    return {"name": row["name"], "n_positive": None, "n_negative": None, "threshold": row["threshold"],
+            "tp": None, "fp": None, "tn": None, "fn": None,
+            **{m: dict(empty) for m in ("auc", "sensitivity", "specificity", "ppv", "npv", "f1")},
+            "notes": [f"not evaluated: {reason}"], "labelled": False, "not_evaluated": reason,
+            "n_called_positive": int(n_called)}
+
+
+def _set_aside_unlabelled(report: dict[str, Any], unlabelled: Sequence[str], probs: np.ndarray,
+                          thresholds: Sequence[float], names: Sequence[str], label_space: Sequence[str]) -> None:
+    """Replace the records of the classes the data do not grade (:func:`not_evaluated_record`), drop their
+    notes and ROC points, and say once why (``report["notes"]``)."""
+    p = np.asarray(probs, np.float32)
+    thr = np.asarray(list(thresholds), np.float32)
+    rows = report["classes"]
+    for k, name in enumerate(names):
+        if name in unlabelled:
+            rows[k] = not_evaluated_record(rows[k], NO_LABELS, int((p[:, k] >= thr[k]).sum()))
+    report["notes"] = [n for n in report["notes"] if not any(n.startswith(f"{u}: ") for u in unlabelled)]
+    report["notes"].append(f"{', '.join(unlabelled)}: not evaluated ({NO_LABELS}; the data grade "
+                           f"{', '.join(label_space) or 'nothing'}): an image without such a label is no negative, "
+                           "so no sensitivity, specificity, PPV, NPV or AUC is given for "
+                           + ("it" if len(unlabelled) == 1 else "them"))
+    for name in unlabelled:
+        (report.get("roc") or {}).pop(name, None)
+
+
+def few_cases_flags(report: dict[str, Any], targets: np.ndarray, patients: Sequence[str | None] | None,
+                    referable: Sequence[bool] | None = None) -> list[str]:
+    """Flag each graded class (and the referral call) with fewer than :data:`MIN_CASES_PER_CLASS` positive or
+    negative cases, counting patients where the images' patients are known; returns the flagged names.
+
+    The rule is ``uopsl validate``'s (there, such a class is not gated): a sensitivity over 3 positives moves by
+    33 points with one case, and a percentile bootstrap over 2 positive patients draws one of 3 combinations,
+    so its interval looks far surer than the data allow. The figures stay in the report; each record gets
+    ``too_few_cases`` (and ``too_few_cases_reason`` when true), plus ``n_positive_patients`` and
+    ``n_negative_patients`` when patients are known (a patient with a positive and a negative eye counts on
+    both sides); a warning names the classes, and ``report["min_cases_per_class"]`` states the rule.
+    """
+    truth = np.asarray(targets) > 0.5
+    codes = metrics.patient_codes(list(patients)) if patients is not None else None
+    unit = "image" if codes is None else "patient"
+    rule = f"uopsl validate's minimum per class, counted here by {unit}"
+    flagged: list[str] = []
+    said: list[str] = []
+
+    def flag(rec: dict[str, Any], pos: np.ndarray, name: str) -> None:
+        if codes is not None:
+            n_pos, n_neg = len(np.unique(codes[pos])), len(np.unique(codes[~pos]))
+            rec["n_positive_patients"], rec["n_negative_patients"] = n_pos, n_neg
+        else:
+            n_pos, n_neg = int(pos.sum()), int((~pos).sum())
+        short = [f"{k} {side} {unit}{'s' if k != 1 else ''}" for k, side in ((n_pos, "positive"), (n_neg, "negative"))
+                 if k < MIN_CASES_PER_CLASS]
+        rec["too_few_cases"] = bool(short)
+        if short:
+            rec["too_few_cases_reason"] = (f"only {' and '.join(short)}: fewer than {MIN_CASES_PER_CLASS} on a "
+                                           f"side ({rule}); the figures are reported, but one case moves them "
+                                           "by 0.1 or more")
+            flagged.append(name)
+            said.append(f"{name} ({' and '.join(short)})")
+
+    for k, rec in enumerate(report.get("classes", [])):
+        if rec.get("labelled") is not False:
+            flag(rec, truth[:, k], str(rec["name"]))
+    ref = report.get("referral")
+    if isinstance(ref, dict) and ref.get("applicable") and referable is not None:
+        flag(ref, np.asarray(truth[:, np.asarray(list(referable), bool)].any(axis=1), bool), "referral")
+    report["min_cases_per_class"] = {
+        "positive": MIN_CASES_PER_CLASS, "negative": MIN_CASES_PER_CLASS, "unit": unit,
+        "rule": f"a class (and the referral call) with fewer than {MIN_CASES_PER_CLASS} positive or negative "
+                f"{unit}s is flagged too_few_cases: its figures are reported, but one case moves them by 0.1 or "
+                f"more and their intervals understate that ({rule}; validate does not gate such a class)",
+        "flagged": flagged}
+    if said:
+        log.warning("too few cases for the figures of %s to mean much: fewer than %d positive or negative %ss (%s); "
+                    "they are reported, flagged too_few_cases in eval.json; evaluate on more %ss", ", ".join(said),
+                    MIN_CASES_PER_CLASS, unit, rule, unit)
+    return flagged
+
+
 def _roc_series(curves: dict[str, metrics.RocCurve], report: dict[str, Any]) -> list[plots.RocSeries]:
     """One curve per class, each with its operating point (1 - specificity, sensitivity at the threshold) and
     its AUC with the report's 95 % interval in the legend."""
@@ -343,25 +468,37 @@ def _roc_series(curves: dict[str, metrics.RocCurve], report: dict[str, Any]) -> 
     series = plots.per_class_series(curves, points, order=[str(c["name"]) for c in report.get("classes", [])])
     out = []
     for it in series:
-        auc = rows.get(it.label, {}).get("auc", {})
+        row = rows.get(it.label, {})
+        auc = row.get("auc", {})
         est, lo, hi = auc.get("estimate"), auc.get("low"), auc.get("high")
-        text = None
         if all(isinstance(v, float) and math.isfinite(v) for v in (est, lo, hi)):
             text = f"AUC {est:.3f}, 95 % CI {lo:.3f}-{hi:.3f}"
+        else:
+            text = f"AUC {it.curve.auc:.3f}" if it.curve.defined else "AUC n/a"
+        # How many cases each curve stands on (ASCII: the plot's font has no minus sign); patients when known.
+        text += f"; n+ {row.get('n_positive')}, n- {row.get('n_negative')}"
+        if row.get("n_positive_patients") is not None:
+            text += f" ({row['n_positive_patients']}/{row['n_negative_patients']} patients)"
+        if row.get("too_few_cases"):
+            text += ", too few"
         out.append(replace(it, auc_text=text))
     return out
 
 
 def referral_figures(probs: np.ndarray, targets: np.ndarray, thresholds: Sequence[float], referable: Sequence[bool],
                      names: Sequence[str], *, clusters: np.ndarray | None = None, n_boot: int = 1000,
-                     seed: int = 0) -> dict[str, Any]:
+                     seed: int = 0, label_space: Sequence[str] | None = None) -> dict[str, Any]:
     """How the device's referral call performs: a photograph is referred when any referable class reaches its
     threshold (the rule ``uopsl export`` writes, ``any_referable``), truth = any referable label.
 
     Each referable threshold is chosen on its own at the target sensitivity, so the combined call refers more
     often than any one class does: its specificity can sit far below every class's, and a per-class table
     alone overstates what the device does. Sensitivity, specificity, PPV and NPV with the same intervals as
-    the per-class figures (Wilson; patients resampled when ``clusters`` are given).
+    the per-class figures (Wilson; patients resampled when ``clusters`` are given). The call is 0/1, so no
+    AUC is given for it. ``label_space``: the classes the data grade (None: all); when it leaves out a
+    referable class the truth is unknown (an image without that label may still need referral), so only how
+    many images the call refers is given (``applicable`` false, with :data:`NO_REFERRAL_LABELS`), as
+    ``uopsl validate`` does.
     """
     ref = np.asarray(list(referable), bool)
     base: dict[str, Any] = {"rule": "any_referable",
@@ -373,6 +510,12 @@ def referral_figures(probs: np.ndarray, targets: np.ndarray, thresholds: Sequenc
     p = np.asarray(probs, np.float32).astype(np.float64)
     thr = np.asarray(list(thresholds), np.float32).astype(np.float64)
     called = np.asarray((p >= thr[None, :])[:, ref].any(axis=1), bool)
+    ungraded = [n for n, r in zip(names, ref) if r and label_space is not None and n not in set(label_space)]
+    if ungraded:
+        return {**base, "applicable": False, "not_evaluated": NO_REFERRAL_LABELS,
+                "note": f"not evaluated: {NO_REFERRAL_LABELS} (the data do not grade {', '.join(ungraded)}; an image "
+                        "without such a label may still need referral), so no sensitivity, specificity, PPV or NPV",
+                "n_images": int(len(called)), "referred": int(called.sum())}
     truth = np.asarray((np.asarray(targets) > 0.5)[:, ref].any(axis=1), bool)
     rep = metrics.classification_report(truth.astype(np.int64)[:, None], called.astype(np.float64)[:, None], [0.5],
                                         ["referral"], n_boot=n_boot, seed=seed, clusters=clusters,
@@ -380,7 +523,30 @@ def referral_figures(probs: np.ndarray, targets: np.ndarray, thresholds: Sequenc
     row = rep["classes"][0]
     return {**base, "applicable": True, "n_positive": row["n_positive"], "n_negative": row["n_negative"],
             "referred": int(called.sum()), **{k: row[k] for k in ("tp", "fp", "tn", "fn")},
-            **{k: row[k] for k in ("sensitivity", "specificity", "ppv", "npv")}, "notes": row.get("notes", [])}
+            **{k: row[k] for k in _REFERRAL_FIGURES}, "notes": _referral_notes(row)}
+
+
+#: What :func:`referral_figures` reports of the 0/1 referral call (no AUC or F1: the call is no score).
+_REFERRAL_FIGURES = ("sensitivity", "specificity", "ppv", "npv")
+
+
+def _referral_notes(row: dict[str, Any]) -> list[str]:
+    """The notes of the referral call's figures, worded for the call: "no case is referred (any_referable)"
+    where the metrics code, which scored the 0/1 call at 0.5, says "no case reaches the threshold 0.5" (there
+    is no such threshold: each referable class has its own); notes on the AUC and F1 of the call, which the
+    report does not give, are left out."""
+    out = []
+    for note in row.get("notes", []):
+        figure = note.split(":", 1)[0].split(" ", 1)[0]
+        if figure not in _REFERRAL_FIGURES:
+            continue
+        if note.startswith("ppv undefined: no case reaches the threshold"):
+            note = "ppv undefined: no case is referred (any_referable: no referable class reaches its threshold)"
+        elif note.startswith("npv undefined: every case reaches the threshold"):
+            note = ("npv undefined: every case is referred (any_referable: for each, some referable class reaches "
+                    "its threshold)")
+        out.append(note)
+    return out
 
 
 def mask_to_grid(mask: np.ndarray, geometry: Geometry, h: int, w: int) -> np.ndarray:

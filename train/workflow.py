@@ -13,7 +13,7 @@ import logging
 import math
 import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -434,26 +434,69 @@ def earlier_images(ckpt: Path, roles: Sequence[str] | None = None) -> list[int] 
     return sorted({int(d, 16) for digests in seen.values() for d in digests or ()})
 
 
-def images_seen_note(ckpt: Path, ds: ImageDataset) -> tuple[dict[str, int] | None, str]:
-    """How many of ``ds``'s photographs made the checkpoint (None: not recorded), and a note to show, or ""."""
+@dataclass(frozen=True)
+class SeenOverlap:
+    """Which of a data set's photographs (by file content) made a checkpoint, from its SEEN_FILE.
+
+    ``recorded``: the checkpoint records what made it; ``per_role``: evaluated photographs found per role
+    (roles with none left out); ``n_seen``: found in any role; ``unrecorded``: the roles (as
+    :data:`SEEN_ROLES` words them) whose photographs are not recorded.
+    """
+
+    recorded: bool
+    n_images: int
+    per_role: dict[str, int]
+    n_seen: int
+    unrecorded: tuple[str, ...]
+
+    @property
+    def held_out(self) -> bool | None:
+        """True: none of the photographs made the checkpoint, as far as its complete record shows; False: some
+        did; None: the record is missing or incomplete, so it cannot be told."""
+        if self.n_seen:
+            return False
+        return True if self.recorded and not self.unrecorded else None
+
+
+def seen_overlap(ckpt: Path, ds: ImageDataset) -> SeenOverlap:
+    """:class:`SeenOverlap` of ``ds``'s photographs with those that made ``ckpt``."""
     seen = read_images_seen(ckpt)
     if seen is None:
-        return None, ("this checkpoint does not record which photographs made it (made before uopsl recorded them): "
-                      "make sure the evaluated photographs were not among them")
+        return SeenOverlap(False, len(ds.digests), {}, 0, ())
     mine = [f"{int(d):016x}" for d in ds.digests]
     per_role = {role: sum(d in (seen.get(role) or ()) for d in mine) for role in SEEN_ROLES}
-    per_role = {r: n for r, n in per_role.items() if n}
     anywhere: set[str] = set().union(*(v for v in seen.values() if v))
-    n = sum(d in anywhere for d in mine)
-    unknown = [SEEN_ROLES.get(r, r) for r, v in seen.items() if v is None]
+    return SeenOverlap(True, len(mine), {r: n for r, n in per_role.items() if n}, sum(d in anywhere for d in mine),
+                       tuple(SEEN_ROLES.get(r, r) for r, v in seen.items() if v is None))
+
+
+def images_seen_note(ckpt: Path, ds: ImageDataset) -> tuple[dict[str, int] | None, str]:
+    """How many of ``ds``'s photographs made the checkpoint (None: not recorded), and a note to show, or ""."""
+    ov = seen_overlap(ckpt, ds)
+    if not ov.recorded:
+        return None, ("this checkpoint does not record which photographs made it (made before uopsl recorded them): "
+                      "make sure the evaluated photographs were not among them")
+    per_role, n, unknown = ov.per_role, ov.n_seen, ov.unrecorded
     caveat = (f"; what made {' and '.join(unknown)} is not recorded (made before uopsl recorded it): make sure the "
               "evaluated photographs were not among them") if unknown else ""
     if not n:
         return per_role, caveat[2].upper() + caveat[3:] if caveat else ""
-    return per_role, (f"{n} of {len(mine)} evaluated photographs (same file content) were used to make this "
+    return per_role, (f"{n} of {ov.n_images} evaluated photographs (same file content) were used to make this "
                       "checkpoint (" + ", ".join(f"{k} in {SEEN_ROLES[r]}" for r, k in per_role.items())
                       + "); these figures overstate how it does on new photographs: evaluate on held-out images"
                       + caveat)
+
+
+def held_out_note(ov: SeenOverlap) -> str:
+    """Why eval.json's ``held_out`` is what it is (one sentence)."""
+    if ov.held_out is False:
+        return (f"{ov.n_seen} of {ov.n_images} evaluated photographs (same file content) were used to make this "
+                "checkpoint (images_seen_in_training)")
+    if not ov.recorded:
+        return "the checkpoint does not record which photographs made it: cannot tell"
+    if ov.unrecorded:
+        return f"none of the recorded ones, but what made {' and '.join(ov.unrecorded)} is not recorded: cannot tell"
+    return "none of the evaluated photographs (by file content) made this checkpoint"
 
 
 def warn_validation_seen_before(val: ImageDataset, seen_before: Sequence[int]) -> int:
@@ -736,15 +779,24 @@ def run_evaluate(ckpt: Path, items: Sequence[Item], out: Path | None, n_boot: in
                  cache: Path | None = None, device: str = "auto",
                  masks: Sequence[str | Path | None] | None = None,
                  check: Callable[[ClassCoverage], None] | None = None,
-                 data_counts: dict[str, int] | None = None) -> dict[str, Any]:
+                 data_counts: dict[str, int] | None = None, label_space: Sequence[str] | None = None,
+                 context: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Clinical metrics of a checkpoint on ``items``; with ``masks`` (per item, a site-mask file or
     None) also where its predilection maps point (``site_concentration``, per class).
 
     ``check``: called with the class coverage of the images that could be read, before anything is computed
     or written; it may raise (the command refuses data whose readable images cover too few classes).
     ``data_counts``: images per label in the data; the report's class coverage then also names the labels
-    the model lacks. eval.json (when ``out`` is given) is written once, last.
+    the model lacks. ``label_space``: the classes the data grade (None: every model class); the others are
+    not evaluated (:func:`uopsl.train.evaluate.evaluate`). ``context``: facts of the run for the report
+    (``command``, ``data``: the data spec, ``data_fingerprint``: the reader's), kept under ``context``.
+    eval.json (when ``out`` is given) is written once, last, with what ties it to the model, the data and
+    the machine (:mod:`uopsl.train.provenance`): ``created``, ``toolkit_version``/``toolkit_source``,
+    ``machine``, ``checkpoint_weights_sha256``, ``data`` (spec, each image's sha256 and their digest) and
+    ``held_out`` (False when an evaluated photograph made the checkpoint; None when that cannot be told).
     """
+    from uopsl.train import provenance
+
     if masks is not None and len(masks) != len(items):
         raise ConfigError(f"masks must have one entry per item: got {len(masks)} for {len(items)} items")
     model, meta = load_model(ckpt)
@@ -752,10 +804,11 @@ def run_evaluate(ckpt: Path, items: Sequence[Item], out: Path | None, n_boot: in
     if not meta.thresholds:
         log.warning("%s stores no operating thresholds (stage %s: not fine-tuned with validation data?); "
                     "sensitivity and specificity are reported at 0.5, which no validation chose", ckpt, meta.stage)
-    model.to(pick_device(device))
+    torch_device = pick_device(device)
+    model.to(torch_device)
     ds = dataset(items, meta.preprocess, cache, False)
     if check is not None:
-        check(class_coverage(ds.targets, model.config.classes))
+        check(class_coverage(ds.targets, model.config.classes, label_space=label_space))
     with_maps = masks is not None and any(masks) and model.config.variant != "fundus_only"
     pred = predict(model, ds, with_maps=with_maps)
     probs = pred["probs"]
@@ -764,7 +817,7 @@ def run_evaluate(ckpt: Path, items: Sequence[Item], out: Path | None, n_boot: in
                       title=f"{Path(ckpt).name}: {model.config.variant}", patients=[it.group for it in ds.items],
                       head=model.config.head, data_counts=data_counts, write_report=False,
                       # As run_export flags them: the device's referral call is evaluated as the bundle makes it.
-                      referable=checkpoint_referable(meta))
+                      referable=checkpoint_referable(meta), label_space=label_space)
     report["operating_points"] = meta.metrics.get("operating_points") if meta.thresholds else None
     if report["operating_points"] is not None:
         # Their sensitivity and counts are the validation photographs' that chose each threshold at training time,
@@ -776,6 +829,13 @@ def run_evaluate(ckpt: Path, items: Sequence[Item], out: Path | None, n_boot: in
         report["notes"].append("operating_points: the checkpoint does not record how its thresholds were chosen "
                                + ("(written before the records were kept)" if meta.thresholds
                                   else "(it stores none: 0.5 for every class)"))
+    # Where the thresholds of every figure came from, in words (the console says it; operating_points says how).
+    methods = {r.get("method") for r in report["operating_points"] or [] if isinstance(r, dict)}
+    report["thresholds_from"] = (
+        "0.5 for every class (the checkpoint stores no thresholds; no validation chose them)" if not meta.thresholds
+        else "the checkpoint's (it does not record how they were chosen)" if report["operating_points"] is None
+        else "0.5 for every class (the checkpoint was made without validation photographs)" if methods == {"default"}
+        else "the checkpoint's, chosen on its validation photographs at training time (operating_points)")
     if with_maps and masks is not None:
         kept = [masks[int(i)] for i in ds.index]  # the dataset drops unreadable images; keep masks in step
         geoms = [preprocess_file(it.path, meta.preprocess).geometry if m else None for it, m in zip(ds.items, kept)]
@@ -790,6 +850,25 @@ def run_evaluate(ckpt: Path, items: Sequence[Item], out: Path | None, n_boot: in
     if note:
         report["notes"].append(note)
         log.warning("%s", note)
+    overlap = seen_overlap(ckpt, ds)
+    names = model.config.classes
+    ctx = dict(context or {})
+    report = {
+        # What ties the figures to a model, data and machine (as parity.json records them), first.
+        "created": provenance.created_now(), **provenance.toolkit_facts(),
+        "machine": provenance.machine_facts(str(torch_device)),
+        "checkpoint_weights_sha256": checkpoint_digest(ckpt),
+        "data": {"spec": str(ctx.get("data") or f"{len(items)} images passed to run_evaluate"),
+                 "source_fingerprint": ctx.get("data_fingerprint"),
+                 "label_space": list(label_space) if label_space is not None else None,
+                 "patients_known": any(bool(it.group) for it in ds.items),
+                 **provenance.data_facts([it.path for it in ds.items],
+                                         [tuple(n for n, t in zip(names, row) if t > 0.5) for row in ds.targets])},
+        # A sign-off script's one check that these figures are not on photographs that made the model.
+        "held_out": overlap.held_out, "held_out_note": held_out_note(overlap),
+        "context": {**ctx, "n_boot": n_boot, "seed": seed, "device": device},
+        **report,
+    }
     if out is not None:
         report["predictions"] = PREDICTIONS_CSV
         write_predictions(out / PREDICTIONS_CSV, ds, probs, thr, model.config.classes)

@@ -389,8 +389,24 @@ def check_out_outside_data(out: Path, src: data.DatasetSource, option: str = "--
     """
     import os
 
-    real_out, root = os.path.realpath(out), os.path.realpath(src.root)
-    if real_out == root or real_out.startswith(root.rstrip(os.sep) + os.sep):
+    def within(path: str, folder: str) -> bool:
+        return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+    real_out = os.path.realpath(out)
+    if src.options.get("reader") == "csv":
+        # A CSV reads the rows it lists, wherever its photographs are, so a report beside the CSV never becomes
+        # data (the CSV's folder was refused, though the review's photographs all lay elsewhere). What a report
+        # must not do is sit among the photographs: a folder walk of theirs (folder:, uopsl-screen run) would
+        # take its roc.png for one.
+        for folder in sorted({os.path.realpath(Path(s.path).parent) for s in src.samples}):
+            if within(real_out, folder):
+                raise ConfigError(f"{option} {out} is inside {folder}, a folder holding photographs that "
+                                  f"{src.options.get('csv') or 'the CSV'} lists; a folder walk of it (folder:, "
+                                  f"uopsl-screen run) would take the report's roc.png for a photograph: choose an "
+                                  f"{option} outside it")
+        return
+    root = os.path.realpath(src.root)
+    if within(real_out, root):
         raise ConfigError(f"{option} {out} is inside the data folder {src.root}; the next run would read the "
                           f"report as data: choose an {option} outside it")
 
