@@ -273,3 +273,24 @@ def test_an_out_beside_a_csv_is_taken_when_its_photographs_live_elsewhere(tmp_pa
     with pytest.raises(ConfigError, match=r"is inside .*photos/set1, a folder holding photographs that "
                                           r".*labels\.csv lists"):
         check_out_outside_data(tmp_path / "photos" / "set1" / "ev", src)
+
+
+def test_a_threshold_chosen_on_few_validation_cases_says_so(caplog: pytest.LogCaptureFixture) -> None:
+    """S4: finetune chose glaucoma's threshold on 2 validation positives and the bundle quoted "sensitivity 1.0"
+    without a word; the record's note and one warning now say how few cases it rests on (figures unchanged)."""
+    import logging
+
+    from uopsl.train.evaluate import choose_operating_points
+
+    rng = np.random.default_rng(0)
+    y = np.zeros((30, 2))
+    y[:2, 0] = 1  # glaucoma: 2 positives, 28 negatives
+    y[:15, 1] = 1  # dr: 15 and 15
+    p = (0.6 * y + 0.4 * rng.random((30, 2))).astype(np.float32)
+    with caplog.at_level(logging.WARNING, logger="uopsl.train.evaluate"):
+        few, enough = choose_operating_points(y, p, [True, True], 0.9, names=["glaucoma", "dr"])
+    assert few.method == "target_sensitivity" and few.sensitivity == 1.0
+    assert "chosen on only 2 positive and 28 negative validation images" in few.note
+    assert "sensitivity by 50% and its specificity by 4%" in few.note
+    assert "chosen on only" not in enough.note
+    assert sum("glaucoma (2+/28-)" in m and "dr" not in m for m in caplog.messages) == 1

@@ -142,7 +142,32 @@ def choose_operating_points(y_val: np.ndarray, p_val: np.ndarray, referable: Seq
             continue
         out.append(OperatingPointRecord(name, t, "youden", n_pos, n_neg, float(c.tpr[j]), 1.0 - float(c.fpr[j]),
                                         None, f"Youden's J {youden[j]:.4g}"))
-    return out
+    return _few_cases_noted(out)
+
+
+def _few_cases_noted(points: list[OperatingPointRecord]) -> list[OperatingPointRecord]:
+    """``points``, each threshold chosen on fewer than :data:`MIN_CASES_PER_CLASS` validation positives or
+    negatives saying so in its note, with one warning naming them.
+
+    Why: the threshold travels into the bundle with the sensitivity it reached ("sensitivity 1.0 on 2
+    positives"), which reads as a validated operating point; one image more or less moves that figure by half.
+    A fallback says its own reason already.
+    """
+    few = []
+    for i, r in enumerate(points):
+        if r.method == "fallback" or (r.n_positive >= MIN_CASES_PER_CLASS and r.n_negative >= MIN_CASES_PER_CLASS):
+            continue
+        words = (f"chosen on only {r.n_positive} positive and {r.n_negative} negative validation images (fewer "
+                 f"than {MIN_CASES_PER_CLASS} on a side): one image changes its validation sensitivity by "
+                 f"{1 / max(1, r.n_positive):.0%} and its specificity by {1 / max(1, r.n_negative):.0%}")
+        points[i] = replace(r, note="; ".join(x for x in (r.note, words) if x))
+        few.append(f"{r.name} ({r.n_positive}+/{r.n_negative}-)")
+    if few:
+        log.warning("operating thresholds chosen on fewer than %d validation positives or negatives: %s; their "
+                    "validation sensitivity and specificity travel into the bundle but say little: validate on more "
+                    "images, or choose these thresholds on a larger validation set", MIN_CASES_PER_CLASS,
+                    ", ".join(few))
+    return points
 
 
 def choose_thresholds(y_val: np.ndarray, p_val: np.ndarray, referable: Sequence[bool], target_sensitivity: float = 0.9,
