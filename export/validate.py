@@ -999,8 +999,9 @@ def _torch_version() -> str | None:
         return None
 
 
-def _machine() -> dict[str, Any]:
-    """Where the run happened: CPU model and architecture, Python, and the versions of what computed the outputs."""
+def machine_facts() -> dict[str, Any]:
+    """Where the run happened: CPU model and architecture, Python, and the versions of what computed the outputs
+    (parity.json's ``machine``; ``uopsl evaluate``'s eval.json builds on it)."""
     import platform
 
     info: dict[str, Any] = {"python": platform.python_version(), "platform": platform.platform(),
@@ -1375,7 +1376,7 @@ def validate_bundle(
     # cached outputs whatever its time; a copy with a new time keeps them), and one photograph counted once.
     shas = [_image_sha256(r.path) for r in images]
     image_sha = {r.id: sha for r, sha in zip(images, shas)}
-    machine = _machine()
+    machine = machine_facts()
     cache = _BatchCache(out_dir / _CACHE_DIR, _cache_key(cfg, manifest, ref, images, image_sha, specs, machine,
                                                          reference, context))
     run = _run_all(root, manifest, reference, ref.preprocess if ref.diffs else None, images, specs, cfg, cache)

@@ -61,9 +61,9 @@ def test_a_cpu_int8_pass_does_not_carry_to_another_kind_of_cpu(monkeypatch: pyte
 
 def test_validate_records_the_cpu_class_for_cpu_backends_only() -> None:
     from uopsl.export.parity_record import backend_machine
-    from uopsl.export.validate import _machine
+    from uopsl.export.validate import machine_facts
 
-    machine = _machine()
+    machine = machine_facts()
     assert machine["cpu_int8"] == cpuinfo.int8_cpu_class()
     assert backend_machine("ort-cpu", machine)["cpu_int8"] == machine["cpu_int8"]
     assert "cpu_int8" not in backend_machine("tensorrt", machine)

@@ -12,8 +12,6 @@ computed as ``uopsl validate``'s ``data.images_sha256``).
 from __future__ import annotations
 
 import datetime as _dt
-import os
-import platform
 from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
@@ -46,12 +44,12 @@ def toolkit_facts() -> dict[str, Any]:
 
 
 def machine_facts(device: str | None = None) -> dict[str, Any]:
-    """Where the figures were computed: Python, platform, CPU, library versions, and the torch ``device``
-    (with the GPU's name for a CUDA device)."""
-    from uopsl.runtime.backends import cpu_name
+    """Where the figures were computed: what ``uopsl validate`` records (Python, platform, CPU and its INT8
+    class, the runtimes' versions), the training libraries' versions, and the torch ``device`` (with the GPU's
+    name for a CUDA device)."""
+    from uopsl.export.validate import machine_facts as runtime_machine
 
-    info: dict[str, Any] = {"python": platform.python_version(), "platform": platform.platform(),
-                            "arch": platform.machine(), "cpu": cpu_name() or None, "cpu_count": os.cpu_count()}
+    info = runtime_machine()
     versions: dict[str, str] = {}
     for lib in _LIBRARIES:
         try:
