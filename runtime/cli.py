@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from uopsl.runtime.clikit import PARALLEL_COUNT, FiniteFloatRange, main_entry, option_given, verbose_option, version_option
+from uopsl.runtime.clikit import (PARALLEL_COUNT, FiniteFloatRange, PointingGroup, main_entry, option_given,
+                                   verbose_option, version_option)
 from uopsl.runtime.version import __version__
 from uopsl.runtime.heap import keep_freed_heap
 
@@ -52,7 +53,13 @@ def _backend_options(f: Any) -> Any:
                         help="Inference backend; auto picks the fastest usable one (-vv logs why).")(f)
 
 
-@click.group(name="uopsl-screen", context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(name="uopsl-screen", cls=PointingGroup, context_settings={"help_option_names": ["-h", "--help"]},
+             elsewhere={
+                 "validate": "a device validates a bundle's engines and INT8 files against its FP32 file with "
+                             "`uopsl validate BUNDLE --onnx-reference --data DIR --out DIR` (the uopsl command; "
+                             "`pip install 'uopsl[runtime]'` is enough, no PyTorch)",
+                 "build-engine": "TensorRT engines are built on the device with `uopsl build-engine BUNDLE` "
+                                 "(TensorRT: `pip install 'uopsl[runtime,trt]'` on x86, JetPack's on a Jetson)"})
 @version_option("uopsl-screen")
 @verbose_option
 def cli() -> None:

@@ -54,7 +54,26 @@ from uopsl.runtime.stopping import wait_until_saved
 log = logging.getLogger(__name__)
 
 
-class LazyGroup(click.Group):
+class PointingGroup(click.Group):
+    """A click group that, asked for a command the other CLI has, says where it is.
+
+    ``elsewhere`` maps such a name to the words that point there. Why: ``uopsl-screen validate`` answered only
+    "No such command 'validate'", though a device validates with ``uopsl validate --onnx-reference`` (a
+    review, session 55); ``uopsl run`` likewise.
+    """
+
+    def __init__(self, *args: Any, elsewhere: dict[str, str] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.elsewhere = dict(elsewhere or {})
+
+    def resolve_command(self, ctx: click.Context, args: list[str]) -> tuple[str | None, click.Command | None, list[str]]:
+        name = click.utils.make_str(args[0]) if args else ""
+        if name in self.elsewhere and self.get_command(ctx, name) is None:
+            ctx.fail(f"No such command {name!r} in {ctx.info_name}: {self.elsewhere[name]}")
+        return super().resolve_command(ctx, args)
+
+
+class LazyGroup(PointingGroup):
     """A click group whose subcommands are imported only when used.
 
     ``lazy`` maps a command name to ``"module.path:attribute"``.

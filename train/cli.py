@@ -53,7 +53,9 @@ Datasets (--data, --fundus, --oct, --val): KIND:PATH[:key=value,...]
 
 
 @click.group(cls=LazyGroup, lazy=_COMMANDS, context_settings={"help_option_names": ["-h", "--help"]},
-             epilog=_DATASETS)
+             epilog=_DATASETS,
+             elsewhere={name: f"screening is `uopsl-screen {name}` (uopsl-screen --help lists its commands)"
+                        for name in ("run", "watch", "verify", "info", "bench")})
 @version_option("uopsl")
 @verbose_option
 def cli() -> None:
