@@ -56,10 +56,10 @@ def _backend_options(f: Any) -> Any:
 @click.group(name="uopsl-screen", cls=PointingGroup, context_settings={"help_option_names": ["-h", "--help"]},
              elsewhere={
                  "validate": "a device validates a bundle's engines and INT8 files against its FP32 file with "
-                             "`uopsl validate BUNDLE --onnx-reference --data DIR --out DIR` (the uopsl command; "
-                             "`pip install 'uopsl[runtime]'` is enough, no PyTorch)",
-                 "build-engine": "TensorRT engines are built on the device with `uopsl build-engine BUNDLE` "
-                                 "(TensorRT: `pip install 'uopsl[runtime,trt]'` on x86, JetPack's on a Jetson)"})
+                             "`uopsl validate BUNDLE --onnx-reference --data DIR --out DIR` (the uopsl command, "
+                             "installed beside uopsl-screen; it needs no PyTorch)",
+                 "build-engine": "TensorRT engines are built on the device with `uopsl build-engine BUNDLE` (the "
+                                 "uopsl command, with TensorRT installed: docs/deployment.md)"})
 @version_option("uopsl-screen")
 @verbose_option
 def cli() -> None:
