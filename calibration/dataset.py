@@ -10,7 +10,11 @@ plus what a reviewer needs to trust it:
 * the images that were skipped, each with its reason (a bad image never stops
   the set from being built);
 * a class-balance report when labels are known (an INT8 model calibrated on
-  one class only can clip the activations of the others).
+  one class only can clip the activations of the others);
+* each image file's content digest (the first 16 hex characters of its bytes'
+  sha256, as the training checkpoint records its photographs), carried into the
+  calibration table so that ``uopsl validate`` can tell when the images an INT8
+  file is judged on are the ones its ranges were fitted on.
 
 Sources: a folder (searched recursively), a CSV file (``path`` column,
 optional ``label`` column, paths relative to the CSV), a text list (one path
@@ -48,6 +52,9 @@ log = logging.getLogger(__name__)
 
 LIST_SUFFIXES = frozenset({".txt", ".lst", ".list"})
 _CACHE_FORMAT = 1
+#: Characters of each image file's sha256 (hex) kept per calibration image: the checkpoint's record of its
+#: photographs keeps as many (``images_seen.json``), so one digest compares with both.
+DIGEST_CHARS = 16
 
 
 @dataclass(frozen=True)
@@ -69,6 +76,9 @@ class CalibrationSet:
     fingerprint: str
     labels: tuple[str, ...] | None = None
     skipped: tuple[SkippedImage, ...] = ()
+    #: each image file's digest (:data:`DIGEST_CHARS` hex characters of its sha256), in set order; None where
+    #: the files are not known (a set made from arrays, or cached by a uopsl that did not record them)
+    digests: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         imgs = self.images
@@ -78,6 +88,8 @@ class CalibrationSet:
             raise ConfigError(f"{len(imgs)} calibration images but {len(self.sources)} sources")
         if self.labels is not None and len(self.labels) != len(imgs):
             raise ConfigError(f"{len(imgs)} calibration images but {len(self.labels)} labels")
+        if self.digests is not None and len(self.digests) != len(imgs):
+            raise ConfigError(f"{len(imgs)} calibration images but {len(self.digests)} file digests")
         imgs.setflags(write=False)
 
     def __len__(self) -> int:
@@ -121,6 +133,7 @@ class CalibrationSet:
         return CalibrationSet(
             imgs, tuple(self.sources[i] for i in idx), self.preprocess, fingerprint_images(imgs, self.preprocess),
             tuple(self.labels[i] for i in idx) if self.labels is not None else None,
+            digests=tuple(self.digests[i] for i in idx) if self.digests is not None else None,
         )
 
     def class_balance(self) -> dict[str, int] | None:
@@ -156,6 +169,7 @@ class CalibrationSet:
             "preprocess": self.preprocess.to_dict(),
             "sources": list(self.sources),
             "labels": list(self.labels) if self.labels is not None else None,
+            "digests": list(self.digests) if self.digests is not None else None,
             "skipped": [[s.source, s.reason, s.message] for s in self.skipped],
             "request_key": request_key,
             "preprocess_version": PREPROCESS_VERSION,  # the runtime code that made the pixels (load checks it)
@@ -219,10 +233,12 @@ def _load_npz(path: Path) -> tuple[CalibrationSet, dict[str, Any]]:
     if fingerprint_images(images, cfg) != meta["fingerprint"]:
         raise DataError(f"{path}: the cached images do not match their fingerprint (corrupted?); delete the file")
     labels = meta.get("labels")
+    digests = meta.get("digests")
     set_ = CalibrationSet(
         images, tuple(meta["sources"]), cfg, meta["fingerprint"],
         tuple(labels) if labels is not None else None,
         tuple(SkippedImage(*s) for s in meta.get("skipped", ())),
+        tuple(str(d) for d in digests) if isinstance(digests, list) and len(digests) == len(images) else None,
     )
     return set_, meta
 
@@ -315,6 +331,8 @@ def _request_key(paths: Sequence[Path], labels: Sequence[str] | None, cfg: Prepr
     blob = json.dumps(
         {"files": entries, "labels": list(labels) if labels is not None else None, "preprocess": cfg.to_dict(),
          "preprocess_version": PREPROCESS_VERSION,
+         # 2: the cache records each file's digest (a cache from before is rebuilt, so the table gets them)
+         "digests": 2,
          "max_images": max_images, "seed": seed, "require_fov": require_fov},
         sort_keys=True,
     )
@@ -396,14 +414,15 @@ def build_calibration_set(
     if max_images is not None and max_images < len(paths):
         order = np.random.default_rng(seed).permutation(len(paths))
     want = len(paths) if max_images is None else min(max_images, len(paths))
-    kept: list[tuple[int, np.ndarray]] = []
+    kept: list[tuple[int, np.ndarray, str]] = []
     skipped: list[SkippedImage] = []
     for i in track(order, total=want, desc="preprocess", show=show_progress):
         if len(kept) >= want:
             break
         path = paths[int(i)]
         try:
-            pre = preprocess(read_bytes(path), cfg, source=str(path))
+            data = read_bytes(path)
+            pre = preprocess(data, cfg, source=str(path))
         except ImageError as exc:
             skipped.append(SkippedImage(str(path), exc.reason, str(exc)))
             continue
@@ -424,7 +443,7 @@ def build_calibration_set(
                 "the quality gate would refuse it",
             ))
             continue
-        kept.append((int(i), pre.image))
+        kept.append((int(i), pre.image, hashlib.sha256(data).hexdigest()[:DIGEST_CHARS]))
     _log_skipped(skipped)
     if not kept:
         raise DataError(
@@ -432,14 +451,15 @@ def build_calibration_set(
             "check the paths and the files"
         )
     kept.sort(key=lambda t: t[0])
-    images = np.stack([img for _, img in kept])
+    images = np.stack([img for _, img, _ in kept])
     set_ = CalibrationSet(
         images,
-        tuple(str(paths[i]) for i, _ in kept),
+        tuple(str(paths[i]) for i, _, _ in kept),
         cfg,
         fingerprint_images(images, cfg),
-        tuple(csv_labels[i] for i, _ in kept) if csv_labels is not None else None,
+        tuple(csv_labels[i] for i, _, _ in kept) if csv_labels is not None else None,
         tuple(skipped),
+        tuple(d for _, _, d in kept),
     )
     if set_.labels is not None:
         log.info("calibration set class balance: %s", set_.class_balance())

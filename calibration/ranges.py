@@ -334,6 +334,8 @@ class ActivationStats:
     #: exact ranges of the tensors computed from the uint8 input alone (:func:`input_bound_ranges`); they
     #: replace the measured ones in every method's table
     pinned: dict[str, tuple[float, float]] = field(default_factory=dict)
+    #: the calibration images' file digests (:attr:`CalibrationSet.digests`; None: not known)
+    image_digests: tuple[str, ...] | None = None
 
     def ranges(self, method: str, percentile: float = DEFAULT_PERCENTILE) -> dict[str, tuple[float, float]]:
         if method not in METHODS:
@@ -350,6 +352,7 @@ class ActivationStats:
             num_images=self.num_images,
             percentile=percentile if method == "percentile" else None,
             notes=self.notes,
+            image_digests=self.image_digests,
         )
 
 
@@ -582,7 +585,8 @@ def collect_statistics(
         notes["exact_from_input"] = sorted(pinned)  # their ranges come from the uint8 input's type
         log.info("%d tensor(s) computed from the uint8 input alone get their exact ranges, not measured ones: %s",
                  len(pinned), ", ".join(sorted(pinned)))
-    return ActivationStats(hists, model_hash, calib_set.fingerprint, len(calib_set), notes, pinned)
+    return ActivationStats(hists, model_hash, calib_set.fingerprint, len(calib_set), notes, pinned,
+                           calib_set.digests)
 
 
 def calibrate(

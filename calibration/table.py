@@ -65,6 +65,12 @@ class CalibrationTable:
     percentile: the percentile of ``|x|`` kept (``percentile`` method only).
     algorithm_version: the version of ``method``'s range algorithm that made
         the table (:data:`ALGORITHM_VERSIONS`; a table of an older one is not reused).
+    image_digests: each calibration image file's digest (the first 16 hex
+        characters of its sha256, :data:`uopsl.calibration.dataset.DIGEST_CHARS`),
+        sorted; None where not known (a table from before uopsl recorded them, or a
+        set made from arrays). ``uopsl validate`` compares them with the images it
+        judges an INT8 file on: ranges fitted on those very images flatter it there.
+        Digests, not names: the table ships in the bundle, and names can name patients.
     """
 
     ranges: Mapping[str, tuple[float, float]]
@@ -77,6 +83,7 @@ class CalibrationTable:
     toolkit_version: str = __version__
     format_version: int = TABLE_FORMAT
     notes: Mapping[str, Any] = field(default_factory=dict)
+    image_digests: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -103,6 +110,13 @@ class CalibrationTable:
             clean[str(name)] = (lo, hi)
         if not clean:
             raise ConfigError("a calibration table needs at least one tensor range, got none")
+        if self.image_digests is not None:
+            digests = tuple(sorted({str(d).lower() for d in self.image_digests}))
+            bad = [d for d in digests if len(d) < 16 or any(c not in "0123456789abcdef" for c in d)]
+            if bad:
+                raise ConfigError(f"image_digests must be hex sha256 prefixes of at least 16 characters; {len(bad)} "
+                                  f"are not (e.g. {bad[0]!r}): recalibrate with `uopsl calibrate`")
+            object.__setattr__(self, "image_digests", digests)
         # Read-only views: a frozen table must not change under a consumer's feet.
         object.__setattr__(self, "ranges", MappingProxyType(clean))
         object.__setattr__(self, "notes", MappingProxyType(dict(self.notes)))
@@ -168,6 +182,7 @@ class CalibrationTable:
             "set_fingerprint": self.set_fingerprint,
             "num_images": self.num_images,
             "notes": dict(self.notes),
+            "image_digests": list(self.image_digests) if self.image_digests is not None else None,
             "ranges": {name: [lo, hi] for name, (lo, hi) in self.ranges.items()},
         }
 
@@ -191,6 +206,7 @@ class CalibrationTable:
                 toolkit_version=str(d.get("toolkit_version", "")),
                 format_version=int(fv),
                 notes=dict(d.get("notes") or {}),
+                image_digests=None if d.get("image_digests") is None else tuple(d["image_digests"]),
             )
         except ConfigError as exc:
             raise ConfigError(f"{source}: {exc}") from exc

@@ -4,7 +4,8 @@ A verdict in the manifest is what ``auto`` trusts on a device, so recording
 follows rules the report must be able to state in advance (``parity.json``'s
 ``record``): nothing from a run whose images made the checkpoint (``withhold``);
 otherwise a FAIL is offered to the manifest, a PASS or INCOMPLETE only from a
-run that :func:`uopsl.runtime.bundle.parity_run_problem` finds sound; a FAIL
+run that :func:`uopsl.runtime.bundle.parity_run_problem` finds sound and, for an
+INT8 file, on images it was not calibrated on (``withhold_pass``); a FAIL
 from a run on too few images does not replace a PASS from one that could vouch
 for the file; a candidate that could not run here is never recorded (that would erase
 a valid earlier verdict); and the manifest keeps, by bundle_writer's own rules,
@@ -216,7 +217,8 @@ class RecordPlan:
 
 
 def plan_records(root: Path, report: Mapping[str, Any], report_path: Path, *, enabled: bool, run_failed: bool,
-                 run_problem: str | None, ref_class: str, ref_kind: str, withhold: str | None = None) -> RecordPlan:
+                 run_problem: str | None, ref_class: str, ref_kind: str, withhold: str | None = None,
+                 withhold_pass: Mapping[str, str] | None = None) -> RecordPlan:
     """Which of ``report``'s verdicts go into the manifest of the bundle at ``root``, and why the others do not.
 
     ``run_failed``: the reference's outputs could not be used (nothing is recorded); ``run_problem``: why a
@@ -224,7 +226,9 @@ def plan_records(root: Path, report: Mapping[str, Any], report_path: Path, *, en
     ``withhold``: why no verdict of this run may be recorded, a FAIL neither (e.g. its images made the
     checkpoint: the thresholds sit on the validation images' scores, so noise flips their calls). A FAIL from a
     run on fewer than :data:`~uopsl.runtime.bundle.MIN_PARITY_IMAGES` images does not replace a PASS from a
-    run that could vouch for the file (:func:`kept_release_pass`).
+    run that could vouch for the file (:func:`kept_release_pass`). ``withhold_pass``: file -> why its PASS or
+    INCOMPLETE is not recorded while its FAIL is (it was judged on its own calibration images:
+    :mod:`uopsl.export.calibration_images`).
     """
     if not enabled:
         return RecordPlan(enabled, run_problem)
@@ -245,8 +249,11 @@ def plan_records(root: Path, report: Mapping[str, Any], report_path: Path, *, en
     unjudged = [c for c in report["candidates"] if c.get("judged") is False]
     judged = [c for c in report["candidates"] if c.get("judged") is not False]
     withheld = [c for c in judged if c["verdict"] != FAIL and run_problem]
-    to_record = [c for c in judged if c not in withheld]
+    calibrated = [c for c in judged if c["verdict"] != FAIL and c not in withheld
+                  and (withhold_pass or {}).get(c["file"])]
+    to_record = [c for c in judged if c not in withheld and c not in calibrated]
     passed_over = ([(c, f"{run_problem}: a run like this records only a FAIL") for c in withheld]
+                   + [(c, (withhold_pass or {})[c["file"]]) for c in calibrated]
                    + [(c, "could not be run here, so not judged") for c in unjudged])
     records = parity_records(to_record, report, report_path)
     # What record_parity will keep instead, by its own rules (bundle_writer): a verdict against anything but
@@ -268,6 +275,10 @@ def plan_records(root: Path, report: Mapping[str, Any], report_path: Path, *, en
         notes.append(f"not recorded in the manifest ({run_problem}): "
                      f"{', '.join(c['name'] + ' ' + c['verdict'] for c in withheld)}; a run like this records "
                      "only a FAIL, never a pass, and `auto` keeps the earlier record")
+    if calibrated:
+        notes.append("not recorded in the manifest: " + "; ".join(
+            f"{c['name']} {c['verdict']} ({(withhold_pass or {})[c['file']]})" for c in calibrated)
+            + "; a FAIL there would be recorded, and `auto` keeps the earlier record")
     if unjudged:
         notes.append("not recorded (could not be run here, so not judged; the earlier record stays): "
                      + ", ".join(f"{c['name']} ({c['error']})" for c in unjudged))

@@ -94,6 +94,8 @@ import cv2
 import numpy as np
 
 from uopsl.runtime.progress import track
+from uopsl.export.calibration_images import calibration_overlaps, withheld_passes
+from uopsl.export.calibration_images import release_reasons as calibration_release_reasons
 from uopsl.export.int8_arithmetic import ExactRunner, arithmetic_check
 from uopsl.export.parity_record import plan_records, record_verdicts
 from uopsl.export.parity_metrics import (
@@ -196,8 +198,8 @@ SEEN_ROLES = {"earlier": "the checkpoint this one was made from", "pretrain": "p
               "qat": "quantization-aware fine-tuning (without labels)"}
 _SEEN_DIGEST_CHARS = 16
 #: Written into ``data.images_seen`` (what the check of held-out images could not see).
-_SEEN_NOT_CHECKED = ("calibration images: calibration.json records the set's fingerprint, not each image's, so "
-                     "they are not checked")
+_SEEN_NOT_CHECKED = ("calibration images: checked per INT8 candidate against calibration.json's image digests "
+                     "(candidates[].calibration_images), not here")
 T = TypeVar("T")
 
 
@@ -1396,6 +1398,10 @@ def validate_bundle(
     # the verdict is not a release verdict, and nothing is recorded (record.withheld says why).
     seen = images_seen((context or {}).get("checkpoint"), [shas[i] for i in run.positions])
     warn(seen.note())
+    # Images an INT8 file was calibrated on: its FAIL stands, its PASS is not a held-out pass (not recorded).
+    calibrated = calibration_overlaps(root, manifest, [s.file for s in specs], [shas[i] for i in run.positions])
+    for overlap in calibrated.values():
+        warn(overlap.note())
     ref_out = run.stacked("ref")
     truth, run_reasons = _truth(manifest, run, ref_out, label_space)
     if truth is not None:
@@ -1404,6 +1410,8 @@ def validate_bundle(
     html_images: dict[str, str] = {}
     for spec in specs:
         entry, cand_probs = _judge_candidate(spec, manifest, run, ref_out, truth, run_reasons, cfg)
+        if spec.file in calibrated:
+            entry["calibration_images"] = calibrated[spec.file].report()
         if cand_probs is not None and truth is not None:
             _illustrate(entry, out_dir, manifest, truth, ref_out, cand_probs, by_id, cfg.max_thumbnails,
                         html_images)
@@ -1452,7 +1460,8 @@ def validate_bundle(
     })
     json_path, html_path = json_path_of(out_dir), out_dir / "parity.html"
     plan = plan_records(root, report, json_path, enabled=cfg.record, run_failed=bool(run_reasons),
-                        run_problem=weak, ref_class=ref.trust_class, ref_kind=ref.kind, withhold=seen.no_record())
+                        run_problem=weak, ref_class=ref.trust_class, ref_kind=ref.kind, withhold=seen.no_record(),
+                        withhold_pass=withheld_passes(calibrated))
     report["record"] = plan.section()
     _set_release(report, weak, context)
     write_json(out_dir / "parity_config.json", jsonable({"bundle": str(root), "config": cfg.to_dict(),
@@ -1536,6 +1545,7 @@ def _set_release(report: dict[str, Any], weak: str | None, context: Mapping[str,
         reasons.append(f"{seen.get('n_seen')} of {seen.get('of')} images made the checkpoint ("
                        + ", ".join(f"{k} in {SEEN_ROLES.get(r, r)}" for r, k in (seen.get("per_role") or {}).items())
                        + "): not held out")
+    reasons.extend(calibration_release_reasons(report.get("candidates", ())))
     report["release_pass"] = not reasons
     report["release_pass_reasons"] = reasons
     if status != PASS or not reasons:
