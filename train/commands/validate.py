@@ -270,7 +270,14 @@ def task_hint(spec: str, class_names: tuple[str, ...]) -> str:
 
 
 def limit_records(records: list[Any], limit: int | None, seed: int) -> list[Any]:
-    """A seeded random subset of ``limit`` records, kept in their original order (all when None)."""
+    """A seeded random subset of ``limit`` records, kept in their original order (all when None).
+
+    A ``limit`` above the number of records uses them all, with a warning: a user who asked for 5,000 images
+    of data holding 989 should not read the report's n as a surprise.
+    """
+    if limit is not None and limit > len(records):
+        log.warning("--limit %d is more than the %d image(s) the data hold: all %d are used, no subset is drawn",
+                    limit, len(records), len(records))
     if limit is None or limit >= len(records):
         return records
     if limit < 1:
