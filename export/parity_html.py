@@ -316,8 +316,10 @@ def _candidate(c: Mapping[str, Any], images: Mapping[str, str], max_rows: int) -
                  + ("With the patients known, each change count is also bounded over patients (\"patients k/n\": "
                     "patients with a change of all patients, its bound widened by the largest patient's share of "
                     "images where patients hold unequal numbers; it holds however one patient's images are "
-                    "correlated, and --judge-on bounds gates the larger bound); the Wilson and Newcombe intervals "
-                    "treat images as independent (the AUC bootstrap resamples patients)."
+                    "correlated, and --judge-on bounds gates the larger bound); the Wilson intervals are computed "
+                    "on the effective number of images (the design effect of the patients' clustering; at 0 or "
+                    "100 % each patient counted once), the Newcombe interval treats images as independent (the "
+                    "AUC bootstrap resamples patients)."
                     if (clin.get("patients") or {}).get("known") else "Intervals and bounds treat images as "
                     "independent.")
                  + "</p>")

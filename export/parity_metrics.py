@@ -49,7 +49,9 @@ from uopsl.runtime.bundle import Manifest, parity_gates_problem
 from uopsl.runtime.errors import ConfigError
 from uopsl.runtime.metrics import (
     WILSON,
+    WILSON_DESIGN_EFFECT,
     clopper_pearson_upper,
+    clustered_proportion_interval,
     paired_auc_difference,
     patient_codes,
     proportion_interval,
@@ -76,6 +78,9 @@ BOOTSTRAP_ALPHA = 0.05
 #: Two-sided level and method of the intervals of each sensitivity and specificity (reported, never gated).
 PROPORTION_ALPHA = 0.05
 PROPORTION_METHOD = WILSON
+#: ... and with the images' patients known: Wilson on the effective number of cases (each patient's images
+#: correlated; :func:`uopsl.runtime.metrics.clustered_proportion_interval`).
+PROPORTION_METHOD_PATIENTS = WILSON_DESIGN_EFFECT
 
 #: Fewest positive and fewest negative images a class (and the referral decision) needs before the AUC and
 #: sensitivity gates count it as evaluated; with fewer, the class is listed as not evaluated and the verdict is
@@ -484,23 +489,30 @@ class Flip:
     truth_refer: bool | None = None
 
 
-def _rates(truth: np.ndarray, predicted: np.ndarray) -> dict[str, Any]:
+def _rates(truth: np.ndarray, predicted: np.ndarray, cluster_of: np.ndarray | None = None) -> dict[str, Any]:
     r = rates_at_threshold(truth, predicted.astype(np.float64), 0.5)
+    pos, called = np.asarray(truth, bool), np.asarray(predicted, bool)
     return {"sensitivity": r.sensitivity, "specificity": r.specificity, "tp": r.tp, "fp": r.fp, "tn": r.tn, "fn": r.fn,
-            "sensitivity_ci95": _proportion_ci(int(r.tp), int(r.tp + r.fn)),
-            "specificity_ci95": _proportion_ci(int(r.tn), int(r.tn + r.fp))}
+            "sensitivity_ci95": _proportion_ci(called[pos], None if cluster_of is None else cluster_of[pos]),
+            "specificity_ci95": _proportion_ci(~called[~pos], None if cluster_of is None else cluster_of[~pos])}
 
 
-def _proportion_ci(successes: int, total: int) -> list[float] | None:
-    """``[low, high]``: the two-sided 95 % Wilson score interval of ``successes / total`` (None when ``total`` is 0).
+def _proportion_ci(hits: np.ndarray, cluster_of: np.ndarray | None) -> list[float] | None:
+    """``[low, high]``: the two-sided 95 % Wilson score interval of the share of ``hits`` among its cases (None
+    without cases); with ``cluster_of`` (each case's patient), on the cases' effective sample size
+    (:func:`uopsl.runtime.metrics.clustered_proportion_interval`), which equals the plain one where every
+    patient holds one case.
 
     Why: a sensitivity of 1.000 on 19 positives reads as certainty; its interval
-    (0.83-1.00) says what 19 positives can show. Reported for the reference and
-    the candidate alike, never gated (the gates compare the two point values).
+    (0.83-1.00) says what 19 positives can show, and 19 positive images of 10 patients show less.
+    Reported for the reference and the candidate alike, never gated (the gates compare the two point values).
     """
-    if total <= 0:
+    if hits.size == 0:
         return None
-    iv = proportion_interval(successes, total, alpha=PROPORTION_ALPHA, method=PROPORTION_METHOD)
+    if cluster_of is None:
+        iv = proportion_interval(int(hits.sum()), int(hits.size), alpha=PROPORTION_ALPHA, method=PROPORTION_METHOD)
+    else:
+        iv, _ = clustered_proportion_interval(hits, cluster_of, alpha=PROPORTION_ALPHA)
     return [float(iv.low), float(iv.high)]
 
 
@@ -581,9 +593,10 @@ INDEPENDENCE_NOTE = ("the exact (Clopper-Pearson) upper bounds on the change rat
                      "patients (by_patient: patients with a change of all patients, widened by max / mean images "
                      "per patient in upper95_images, a bound that holds however one patient's images are "
                      "correlated), and --judge-on bounds gates the larger. The Wilson intervals of sensitivity "
-                     "and specificity and the Newcombe interval of the sensitivity drop treat images as "
-                     "independent, so with several images per patient they may be too narrow (the AUC bootstrap "
-                     "resamples patients)")
+                     "and specificity are computed on the effective number of images (Kish's design effect of "
+                     "the patients' clustering; at 0 or 100 %, each patient counted once); the Newcombe interval "
+                     "of the sensitivity drop treats images as independent, so with several images per patient "
+                     "it may be too narrow (the AUC bootstrap resamples patients)")
 
 #: :func:`paired_proportion_difference`'s method, as the report names it.
 NEWCOMBE_PAIRED = "Newcombe (1998) method 10 for paired proportions (Wilson score limits combined with phi)"
@@ -726,7 +739,7 @@ def clinical(
         if few:  # the figures are reported; the gates do not count them (MIN_CASES_PER_CLASS)
             missing.setdefault("auc", few)
             missing.setdefault("sensitivity", few)
-        rr, cr = _rates(y, ref_pos[:, k]), _rates(y, cand_pos[:, k])
+        rr, cr = _rates(y, ref_pos[:, k], cluster_of), _rates(y, cand_pos[:, k], cluster_of)
         row["sensitivity_reference"], row["sensitivity_candidate"] = rr["sensitivity"], cr["sensitivity"]
         row["specificity_reference"], row["specificity_candidate"] = rr["specificity"], cr["specificity"]
         _with_intervals(row, rr, cr)
@@ -739,7 +752,7 @@ def clinical(
     referral: dict[str, Any] = {"rule": manifest.referral_rule, "referred_reference": int(ref_refer.sum()),
                                 "referred_candidate": int(cand_refer.sum()), "applicable": bool(referable.any())}
     if truth.refer is not None:
-        rr, cr = _rates(truth.refer, ref_refer), _rates(truth.refer, cand_refer)
+        rr, cr = _rates(truth.refer, ref_refer, cluster_of), _rates(truth.refer, cand_refer, cluster_of)
         referral.update({"n_positive": int(truth.refer.sum()), "n_negative": int((~truth.refer).sum()),
                          "sensitivity_reference": rr["sensitivity"], "sensitivity_candidate": cr["sensitivity"],
                          "specificity_reference": rr["specificity"], "specificity_candidate": cr["specificity"]})

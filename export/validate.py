@@ -103,6 +103,7 @@ from uopsl.export.parity_metrics import (
     CONFIDENCE,
     PROPORTION_ALPHA,
     PROPORTION_METHOD,
+    PROPORTION_METHOD_PATIENTS,
     FAIL,
     INDEPENDENCE_NOTE,
     JUDGE_ON,
@@ -1299,7 +1300,9 @@ def _confidence_section(cfg: ValidateConfig, n: int, patients: Mapping[str, Any]
             "zero_change_min_images": sizes,
             "line": zero_change_line(sizes, n, n_patients=patients["n_patients"] if patients["known"] else None),
             **({"independence_note": INDEPENDENCE_NOTE} if patients["known"] else {}),
-            "proportion_intervals": {"level": 1.0 - PROPORTION_ALPHA, "method": PROPORTION_METHOD,
+            "proportion_intervals": {"level": 1.0 - PROPORTION_ALPHA,
+                                     "method": PROPORTION_METHOD_PATIENTS if patients["known"] else PROPORTION_METHOD,
+                                     "unit": "patient" if patients["known"] else "image",
                                      "two_sided": True, "gated": False,
                                      "of": "each class's and the referral's sensitivity and specificity, "
                                            "reference and candidate (fields *_ci95: [low, high])"},

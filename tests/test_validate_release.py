@@ -186,8 +186,9 @@ def test_cli_reads_the_patient_column_and_says_how_many(
                            "--no-record"]) == 0
     printed = capsys.readouterr().out
     assert "120 images (0 unreadable; ungradable ones kept by --keep-ungradable) of 62 patients" in printed
-    assert ("AUC intervals resampled by patient (62 patients); change rates bounded by image and by patient; the "
-            "sensitivity and specificity intervals assume independent images") in printed
+    assert ("AUC intervals resampled by patient (62 patients); change rates bounded by image and by patient; "
+            "sensitivity and specificity intervals on the effective number of images (patients' images "
+            "correlated)") in printed
 
 
 # -- item 2: what the manifest holds ------------------------------------------------------------------------

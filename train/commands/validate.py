@@ -569,7 +569,8 @@ def command(bundle: Path, checkpoint: Path | None, onnx_reference: bool, data_sp
     click.echo(f"  {rep['confidence']['line']}")
     if pats["known"]:
         click.echo(f"  AUC intervals resampled by patient ({pats['n_patients']} patients); change rates bounded by "
-                   "image and by patient; the sensitivity and specificity intervals assume independent images")
+                   "image and by patient; sensitivity and specificity intervals on the effective number of images "
+                   "(patients' images correlated)")
     if rep["record"].get("note"):
         click.echo(f"  {rep['record']['note']}")
     click.echo(f"{rep.get('headline') or result.status}: {result.json_path}, {result.html_path}")
