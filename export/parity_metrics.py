@@ -1398,7 +1398,13 @@ def _incomplete_reason(c: GateCheck) -> str:
     figure within the gate was not shown within it at 95 %."""
     skipped = skipped_text(c.skipped)
     if c.passed is None and c.value is not None:  # _bound_check: the bound is over the gate
-        return f"{_relation(c)} ({c.detail})"
+        # The figure compared is the bound, and the line says so before it: "flip_rate 0.013 > 0.005 (upper 95 %
+        # bound ...; estimate 0 ...)" was read as a flip rate of 1.3 % (a review).
+        word = "lower" if c.name == "top1_agreement" else "upper"
+        prefix = f"{word} 95 % bound"
+        rest = c.detail[len(prefix):].strip() if c.detail.startswith(prefix) else c.detail
+        relation = _relation(c)[len(c.name) + 1:]
+        return f"{c.name} {prefix} {relation}" + (f" ({rest})" if rest else "")
     if c.passed is None:
         return f"{c.name} not evaluated for {skipped}" if skipped else f"{c.name} not evaluated ({c.detail})"
     relation = ">=" if c.name == "top1_agreement" else "<="

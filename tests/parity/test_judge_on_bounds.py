@@ -65,7 +65,9 @@ def test_identical_outputs_on_too_few_images_are_not_shown_within_the_gates() ->
     assert flips.value == pytest.approx(binomial_upper_bound(0, 120)) == pytest.approx(clin["flips"]["upper95"])
     assert flips.detail == ("upper 95 % bound by image (referral); estimate 0: within the gate on these images, "
                             "not shown at 95 %")
-    assert "flip_rate 0.02466 > 0.005 (upper 95 % bound by image" in " | ".join(bnd["verdict"].reasons)
+    # the bound is named before its figure: "flip_rate 0.02466 > 0.005 (upper 95 % bound ..." read as a rate of 2.5 %
+    assert ("flip_rate upper 95 % bound 0.02466 > 0.005 (by image (referral); estimate 0: within the gate on these "
+            "images, not shown at 95 %)") in " | ".join(bnd["verdict"].reasons)
     assert bnd["top1_agreement"].value == pytest.approx(1 - binomial_upper_bound(0, 120))
     assert bnd["top1_agreement"].status == INCOMPLETE
     # Equal scores: the AUC drop's paired bootstrap interval is [0, 0], shown within the gate.
@@ -211,7 +213,7 @@ def test_figures_never_read_as_their_limit_or_as_one() -> None:
     assert _relation(GateCheck("top1_agreement", 0.98996, 0.99, False)) == "top1_agreement 0.98996 < 0.99"
     assert _relation(GateCheck("flip_rate", 0.008333333, 0.005, False)) == "flip_rate 0.008333 > 0.005"
     unproven = GateCheck("top1_agreement", 0.9998, 0.99995, None, "lower 95 % bound", (), INCOMPLETE)
-    assert _incomplete_reason(unproven) == "top1_agreement 0.9998 < 0.99995 (lower 95 % bound)"
+    assert _incomplete_reason(unproven) == "top1_agreement lower 95 % bound 0.9998 < 0.99995"
     partly = GateCheck("auc_drop", 0.0049996, 0.005, True, "", ({"class": "amd", "reason": "few"},), INCOMPLETE)
     assert _incomplete_reason(partly).startswith("auc_drop 0.0049996 <= 0.005 but not evaluated for amd (few)")
 
