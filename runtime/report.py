@@ -31,20 +31,21 @@ import logging
 import os
 import socket
 from collections import Counter, OrderedDict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import cv2
 import numpy as np
 
 from uopsl.runtime.bundle import Manifest, describe_operating_point
 from uopsl.runtime.fsio import atomic_open, readable_text, special_entry
-from uopsl.runtime.overlay import OVERLAY_DIR, THUMB_DIR, content_id, encode_jpeg
+from uopsl.runtime.overlay import COLOURS, LOW_COLOUR, OVERLAY_DIR, PEAK_COLOUR, PNG_COLOURS_HEAD, THUMB_DIR, \
+    content_id, encode_jpeg, heat_scale_hex, png_colours
 from uopsl.runtime.quality import BORDERLINE_SCORE
 from uopsl.runtime.input_keys import key_path
 from uopsl.runtime.reasons import NO_RESULT_ADVICE, order_reasons, reason_text
@@ -199,28 +200,72 @@ def _trusted_image(path: Path, row: Mapping[str, Any], kind: str, thumb_mtime: f
     return not (kind == "overlay" and thumb_mtime is not None and mtime < thumb_mtime - _MTIME_SLACK_S)
 
 
+_T = TypeVar("_T")
+
+
+def _kept_while_unchanged(cache: OrderedDict[str, tuple[int, int, _T]], path: Path,
+                          read: Callable[[Path], _T]) -> _T | None:
+    """``read(path)``, kept in ``cache`` (least recently used first, at most the image cache's capacity) while the
+    file keeps its size and time: watch refreshes the report often, and each file is read once. None when the
+    file cannot be read."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    hit = cache.get(str(path))
+    if hit is not None and hit[:2] == (st.st_size, st.st_mtime_ns):
+        cache.move_to_end(str(path))
+        return hit[2]
+    try:
+        value = read(path)
+    except OSError:
+        return None
+    cache[str(path)] = (st.st_size, st.st_mtime_ns, value)
+    while len(cache) > _uri_capacity:
+        cache.popitem(last=False)
+    return value
+
+
 #: path -> (size, mtime_ns, first 16 hex digits of the content's sha256): watch refreshes read each image once.
 _SHAS: OrderedDict[str, tuple[int, int, str]] = OrderedDict()
 
 
 def _content_sha16(path: Path) -> str | None:
     """The first 16 hex digits of the file's sha256 (None when unreadable), kept while the file is unchanged."""
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    hit = _SHAS.get(str(path))
-    if hit is not None and hit[:2] == (st.st_size, st.st_mtime_ns):
-        _SHAS.move_to_end(str(path))
-        return hit[2]
-    try:
-        digest = content_id(path.read_bytes())
-    except OSError:
-        return None
-    _SHAS[str(path)] = (st.st_size, st.st_mtime_ns, digest)
-    while len(_SHAS) > _uri_capacity:
-        _SHAS.popitem(last=False)
-    return digest
+    return _kept_while_unchanged(_SHAS, path, lambda p: content_id(p.read_bytes()))
+
+
+#: path -> (size, mtime_ns, the colour map the overlay names): watch refreshes read each overlay's head once.
+_COLOUR_MARKS: OrderedDict[str, tuple[int, int, str | None]] = OrderedDict()
+
+
+def _read_colours(path: Path) -> str | None:
+    with open(path, "rb") as fh:
+        return png_colours(fh.read(PNG_COLOURS_HEAD))
+
+
+def _overlay_colours(path: Path) -> str | None:
+    """The colour map an overlay file names (:func:`uopsl.runtime.overlay.png_colours`), kept while the file is
+    unchanged; None for one that names none (drawn in jet, before session 56) or cannot be read.
+
+    Why: a folder screened again after an upgrade keeps its earlier rows and their overlays, so one report can
+    hold heatmaps in two colourings, and the page's colour scale describes only the current one.
+    """
+    return _kept_while_unchanged(_COLOUR_MARKS, path, _read_colours)
+
+
+def heat_scale_html() -> str:
+    """The heatmaps' colour scale, "low [gradient] high", drawn in the overlays' own colours.
+
+    Why: a reader must know which end of the colours is the model's attention, on screen and on a
+    black-and-white print. The gradient is an inline CSS background (no image, no file: the page stays one
+    self-contained file and works offline), printed as is (the style sheet asks print to keep colours), and its
+    grey rises from left to right as the overlays' does.
+    """
+    stops = ", ".join(heat_scale_hex(9))
+    return ("<span class='heatscale'>low<span class='bar' role='img' aria-label='colour scale from "
+            f"{LOW_COLOUR} (low site attention) to {PEAK_COLOUR} (high)' "
+            f"style='background: linear-gradient(to right, {stops})'></span>high</span>")
 
 
 #: (path, side) -> (size, mtime_ns, data URI), least recently used first: kept for watch's refreshes.
@@ -910,8 +955,11 @@ def report_parts(rows: Sequence[dict[str, Any]], out_dir: str | os.PathLike[str]
         "Each class has its own threshold, set on validation photographs unless the table below says otherwise, "
         "so a score means something only against its own threshold: a low score can be a finding and a higher score of another class not one; compare "
         "scores of different classes, or read them as chances, and you will misjudge. "
-        "Non-referable classes (such as normal) are never findings. Heatmaps show where the model looked "
-        "for the class named under them (red: most attention); they are not outlines of lesions.</p>"
+        "Non-referable classes (such as normal) are never findings.</p>"
+        f"<p>Heatmaps show where the model looked for the class named under them: {heat_scale_html()} site "
+        f"attention, from {LOW_COLOUR} to {PEAK_COLOUR}, lighter where higher (in a black-and-white print too); "
+        "where attention is low the photograph shows unchanged. High means the most attention within that "
+        "heatmap (each is scaled to its own peak), not a probability. Heatmaps are not outlines of lesions.</p>"
         + (f"<p>* zero-shot (no training images, scores not validated): {esc(', '.join(sorted(zero_shot)))}</p>"
            if zero_shot else "")
         + _legend(manifest, zero_shot)
@@ -988,6 +1036,10 @@ def report_parts(rows: Sequence[dict[str, Any]], out_dir: str | os.PathLike[str]
             result += (f"<div class='other'>Screened with another model "
                        f"(bundle {esc(str(r.get('bundle_sha256') or '?')[:12])}); screen again.</div>")
         cap = f"<div class='cap'>heatmap: {esc(r['heatmap_class'])}</div>" if over and r.get("heatmap_class") else ""
+        drawn_in = _overlay_colours(opath) if over else COLOURS
+        if drawn_in != COLOURS:  # an earlier run's overlay, kept when the folder was screened again
+            cap += ("<div class='cap'>older colours: red = most attention</div>" if drawn_in is None
+                    else f"<div class='cap'>other colours ({esc(drawn_in)}): not the scale above</div>")
         # The thumbnail's alt is empty (the row header names the photograph); each picture was read out as
         # "thumbnail" or "heatmap", 1,200 times in a 600-row report (a review).
         none = "&mdash;<span class='sr'>no image</span>"
@@ -1032,6 +1084,7 @@ def write_report(rows: Sequence[dict[str, Any]], out_dir: str | os.PathLike[str]
 
 
 __all__ = ["CLASS_WORDS", "REPORT", "DuplicateCheck", "PageInfo", "esc",
-           "find_duplicates", "head_html", "ident_html", "local_time", "parse_time", "render_report", "report_css",
+           "find_duplicates", "head_html", "heat_scale_html", "ident_html", "local_time", "parse_time",
+           "render_report", "report_css",
            "report_parts", "reserve_image_cache", "row_anchor", "row_ident", "summary_html", "urgency_key",
            "verdict_counts", "write_report"]

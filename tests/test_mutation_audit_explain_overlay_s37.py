@@ -2,8 +2,9 @@
 
 Each test pins a behaviour a single-point bug in ``train/explain.py`` or ``runtime/overlay.py`` once slipped
 past the rest of the suite (results.md section 7 names the bugs). Expected values are derived by hand, or by
-a plain re-implementation written out in the test (OpenCV's jet colour map is read from OpenCV itself, checked
-against its documented ends: dark blue at 0, dark red at 255).
+a plain re-implementation written out in the test (the overlay colours are read from OpenCV itself and checked
+against their documented ends: until session 56 jet, dark blue at 0 and dark red at 255; since then the lighter
+part of viridis, green-teal at 0 and yellow at 255).
 """
 
 from __future__ import annotations
@@ -28,20 +29,25 @@ from uopsl.train.explain import INDEX, explain_inputs
 
 
 # -- render_overlay: the blend a clinician sees ------------------------------------------------------------
-def _jet_rgb(u8: int) -> np.ndarray:
-    bgr = cv2.applyColorMap(np.array([[u8]], np.uint8), cv2.COLORMAP_JET)[0, 0]
-    return bgr[::-1].astype(np.float64)
+def _heat_rgb(u8: int) -> np.ndarray:
+    """Written out from runtime/overlay.py's docstring: OpenCV's viridis from its first entry whose Rec.601 and
+    Rec.709 luma are both at least 128, stretched over 0-255 (nearest entry)."""
+    viridis = cv2.applyColorMap(np.arange(256, dtype=np.uint8).reshape(256, 1), cv2.COLORMAP_VIRIDIS)[:, 0, ::-1]
+    v = viridis.astype(np.float64)
+    start = next(k for k in range(256) if min(v[k] @ (0.299, 0.587, 0.114), v[k] @ (0.2126, 0.7152, 0.0722)) >= 128)
+    return v[int(np.rint(start + (255 - start) * u8 / 255))]
 
 
-def test_the_jet_ends_read_from_opencv_are_blue_and_red() -> None:
-    """The test's own colour source, checked against the documented ends of jet (so a wrong channel order in the
-    tests below would show here first)."""
-    low, high = _jet_rgb(0), _jet_rgb(255)
-    assert low[2] > 100 and low[0] == 0 and low[1] == 0
-    assert high[0] > 100 and high[1] == 0 and high[2] == 0
+def test_the_heat_colour_ends_read_from_opencv_are_green_teal_and_yellow() -> None:
+    """The test's own colour source, checked against the documented ends (so a wrong channel order in the tests
+    below would show here first): green-teal at 0 (green over blue over red), yellow at 255 (red and green high,
+    blue low)."""
+    low, high = _heat_rgb(0), _heat_rgb(255)
+    assert low[1] > low[2] > low[0] and low[1] > 150
+    assert high[0] > 240 and high[1] > 220 and high[2] < 60
 
 
-def test_overlay_blends_jet_in_proportion_to_the_map_scaled_to_its_own_peak() -> None:
+def test_overlay_blends_the_heat_colours_in_proportion_to_the_map_scaled_to_its_own_peak() -> None:
     """docstring: the map is scaled to its maximum, blended with weight ``alpha * norm`` (alpha 0.45 by default),
     and near-zero attention leaves the photograph as it is. By hand, grey 100 under a map (0, 1, 2) (peak 2):
     norm (0, 0.5, 1); colour index round(norm * 255) = (0, 128, 255); weight (0, 0.225, 0.45)."""
@@ -50,13 +56,13 @@ def test_overlay_blends_jet_in_proportion_to_the_map_scaled_to_its_own_peak() ->
     out = render_overlay(rgb, heat).astype(np.float64)
     assert out[0, 0].tolist() == [100, 100, 100]
     for x, (idx, w) in ((1, (128, 0.225)), (2, (255, 0.45))):
-        expect = np.floor(100 * (1 - w) + _jet_rgb(idx) * w + 0.5)
+        expect = np.floor(100 * (1 - w) + _heat_rgb(idx) * w + 0.5)
         assert out[0, x].tolist() == expect.tolist(), x
-    assert out[0, 2, 0] > out[0, 2, 2]  # the peak is red, not blue
+    assert out[0, 2, 0] > out[0, 2, 2] and out[0, 2, 1] > out[0, 2, 2]  # the peak is yellow, not blue
 
 
 def test_a_map_that_is_zero_everywhere_leaves_the_photograph_untouched() -> None:
-    """A class the model attends nowhere (peak 0) must not paint the photograph in jet's bottom colour."""
+    """A class the model attends nowhere (peak 0) must not paint the photograph in the map's bottom colour."""
     rgb = draw_fake_fundus(32, seed=1)
     assert np.array_equal(render_overlay(rgb, np.zeros((32, 32), np.float32)), rgb)
 

@@ -2,8 +2,9 @@
 
 ``render_overlay`` was rewritten (session 41) to blend without temporary full-size arrays, for speed; the
 pixels a clinician sees must not change. The reference here is the expression the function used before,
-written out: ``clip(rgb * (1 - w) + jet * w + 0.5)`` with ``w = 0.45 * heat / max(heat)``, evaluated by numpy in
-the map's own precision (float32 maps in float32, float64 maps in float64).
+written out: ``clip(rgb * (1 - w) + colour * w + 0.5)`` with ``w = 0.45 * heat / max(heat)``, evaluated by numpy
+in the map's own precision (float32 maps in float32, float64 maps in float64). ``colour`` was jet until session 56;
+it is now the toolkit's heat colours (``overlay.HEAT_RGB``, checked in test_overlay_colormap_s56.py).
 """
 
 from __future__ import annotations
@@ -20,9 +21,9 @@ def _reference(rgb: np.ndarray, heat: np.ndarray, alpha: float = 0.45) -> np.nda
     peak = float(heat.max())
     norm = heat / peak if peak > 0 else np.zeros_like(heat)
     u8 = np.clip(norm * 255.0 + 0.5, 0, 255).astype(np.uint8)
-    jet = cv2.cvtColor(cv2.applyColorMap(u8, cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)
+    colour = overlay.HEAT_RGB[u8]
     w = (alpha * norm)[:, :, None]
-    return np.clip(rgb.astype(np.float32) * (1.0 - w) + jet.astype(np.float32) * w + 0.5, 0, 255).astype(np.uint8)
+    return np.clip(rgb.astype(np.float32) * (1.0 - w) + colour.astype(np.float32) * w + 0.5, 0, 255).astype(np.uint8)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

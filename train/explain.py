@@ -86,6 +86,8 @@ def explain_inputs(ckpt: Path, inputs: Sequence[str | os.PathLike[str]], out: Pa
                    classes: Sequence[str] | None = None, width: int = 384) -> ExplainResult:
     """Per-class site-attention heatmaps over each photograph: one PNG per photograph, a panel per class.
 
+    Drawn by :func:`uopsl.runtime.overlay.render_overlay`, in the same colours as ``uopsl-screen``'s overlays.
+
     Raises :class:`ConfigError` for an unknown class, a missing input or when
     no photograph is found; a photograph that cannot be read is recorded in
     ``failed`` (and logged) and the batch goes on.
@@ -158,7 +160,7 @@ def _draw_all(unique: Sequence[Any], dests: Sequence[str], model: Any, meta: Any
     import torch
 
     from uopsl.runtime.fsio import write_bytes
-    from uopsl.runtime.overlay import encode_png, render_overlay
+    from uopsl.runtime.overlay import PEAK_COLOUR, encode_png, render_overlay
     from uopsl.runtime.pipeline import scale_geometry
     from uopsl.runtime.inputs import display_path
     from uopsl.runtime.preprocess import preprocess_file
@@ -189,10 +191,11 @@ def _draw_all(unique: Sequence[Any], dests: Sequence[str], model: Any, meta: Any
             panel = render_overlay(small, heat)
             cv2.putText(panel, f"{c} p={probs[k]:.2f}", (8, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (255, 255, 255), 2,
                         cv2.LINE_AA)
-            # Each map is scaled to its own peak (render_overlay): a class at p=0.00 shows a hot spot as red as one
-            # at p=0.9. Said on every panel, where a reader of the picture alone would otherwise compare colours.
-            cv2.putText(panel, "red: this map's own peak", (8, panel.shape[0] - 10), cv2.FONT_HERSHEY_SIMPLEX, 0.45,
-                        (255, 255, 255), 1, cv2.LINE_AA)
+            # Each map is scaled to its own peak (render_overlay): a class at p=0.00 shows a hot spot as bright as
+            # one at p=0.9. Said on every panel, where a reader of the picture alone would otherwise compare colours.
+            # The colour is the one map the toolkit draws heatmaps in (runtime/overlay.py), so it is named from there.
+            cv2.putText(panel, f"{PEAK_COLOUR}: this map's own peak", (8, panel.shape[0] - 10),
+                        cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1, cv2.LINE_AA)
             panels.append(panel)
         dest = out / name
         write_bytes(dest, encode_png(np.concatenate(panels, axis=1)))
