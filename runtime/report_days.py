@@ -36,7 +36,7 @@ from uopsl.runtime.bundle import Manifest
 from uopsl.runtime.errors import ConfigError
 from uopsl.runtime.fsio import atomic_open
 from uopsl.runtime.overlay import OVERLAY_DIR, THUMB_DIR
-from uopsl.runtime import reasons, report
+from uopsl.runtime import overlay, reasons, report
 from uopsl.runtime.report import (
     REPORT,
     DuplicateCheck,
@@ -220,10 +220,11 @@ def _code_hash() -> str:
     """The rendering code and style sheet this process runs: a toolkit fix reaches old pages too.
 
     The version number alone would not do: it changes at releases, not at every fix. ``reasons`` holds the
-    words a page gives for a photograph without a result.
+    words a page gives for a photograph without a result; ``overlay`` the heat colours the page's colour scale
+    is drawn in.
     """
     h = hashlib.sha256(__version__.encode())
-    for path in (report.__file__, reasons.__file__, __file__):
+    for path in (report.__file__, reasons.__file__, overlay.__file__, __file__):
         if path:
             with open(path, "rb") as fh:
                 h.update(fh.read())

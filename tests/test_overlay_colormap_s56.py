@@ -288,3 +288,22 @@ def test_in_chromium_the_scale_is_painted_low_on_the_left_and_lighter_to_the_rig
     line = cv2.cvtColor(img[y:y + 1].astype(np.uint8), cv2.COLOR_RGB2GRAY)[0].astype(float)
     samples = [line[x - 2:x + 3].mean() for x in np.linspace(x0 + 3, x1 - 3, 5).astype(int)]
     assert all(b > a for a, b in zip(samples, samples[1:])), samples
+
+
+def test_a_change_to_the_heat_colours_alone_refreshes_the_day_pages(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The day pages' colour scale comes from runtime/overlay.py: a change there must make them be redrawn
+    (their fingerprint hashes the rendering code; overlay.py was not part of it)."""
+    from uopsl.runtime import overlay, report_days
+
+    report_days._code_hash.cache_clear()  # once per process: computed again for each arm here
+    before = report_days._code_hash()
+    changed = tmp_path / "overlay.py"
+    changed.write_bytes(Path(overlay.__file__).read_bytes() + b"\n# other colours\n")
+    monkeypatch.setattr(overlay, "__file__", str(changed))
+    report_days._code_hash.cache_clear()
+    try:
+        assert report_days._code_hash() != before
+    finally:
+        monkeypatch.undo()
+        report_days._code_hash.cache_clear()
