@@ -60,6 +60,7 @@ from uopsl.runtime.fsio import sha256_file, write_bytes
 from uopsl.runtime.cuda_binding import CudaApi, load_cuda
 from uopsl.runtime.trt_compat import (
     TrtApi,
+    create_with_logger,
     dims,
     load_timing_cache,
     load_tensorrt,
@@ -516,7 +517,7 @@ def build_engine(
     calibrator: Any = None
     try:
         logger = make_logger(trt)
-        builder: tensorrt.Builder = trt.Builder(logger)
+        builder: tensorrt.Builder = create_with_logger(trt, api, "Builder", logger)
         network = builder.create_network(network_flags(trt, api, plan.strongly_typed))
         parser: tensorrt.OnnxParser = trt.OnnxParser(network, logger)
         if not parser.parse_from_file(str(onnx_path)):
@@ -583,8 +584,8 @@ def build_engine(
             detail = " | ".join(logger.errors[-5:]) or "no error reported"
             raise BackendError(f"TensorRT {api.version_text} failed to build the engine from {onnx_path.name}: {detail}")
         plan_bytes = bytes(memoryview(serialized))
-        if cache_path is not None:
-            write_bytes(cache_path, serialize_timing_cache(bconfig))
+        if cache_path is not None and not _save_timing_cache(bconfig, cache_path):
+            cache_path = None
     finally:
         try:
             if calibrator is not None:
@@ -715,8 +716,12 @@ def _use_dla(trt: Any, api: TrtApi, builder: tensorrt.Builder, bconfig: tensorrt
 def _attach_timing_cache(bconfig: tensorrt.IBuilderConfig, path: Path) -> None:
     data = b""
     if path.is_file():
-        data = path.read_bytes()
-        log.info("timing cache: %s (%d KiB)", path, len(data) >> 10)
+        try:
+            data = path.read_bytes()
+        except OSError as exc:  # a cache only saves time: an unreadable one must not stop the build
+            log.warning("cannot read the timing cache %s (%s); starting a new one", path, exc)
+        else:
+            log.info("timing cache: %s (%d KiB)", path, len(data) >> 10)
     try:
         load_timing_cache(bconfig, data)
     except BackendError:
@@ -725,6 +730,22 @@ def _attach_timing_cache(bconfig: tensorrt.IBuilderConfig, path: Path) -> None:
         log.warning("timing cache %s does not fit this GPU/TensorRT; starting a new one (it will be overwritten)",
                     path)
         load_timing_cache(bconfig, b"")
+
+
+def _save_timing_cache(bconfig: tensorrt.IBuilderConfig, path: Path) -> bool:
+    """Write the builder's timing cache to ``path``; False (with a warning) where it cannot be written.
+
+    It is written after a build that took minutes and before the engine itself: a cache folder that is read-only
+    or full (the default one is in the user's home, $UOPSL_CACHE_DIR elsewhere) must cost the next build its
+    head start, not this build its engine.
+    """
+    try:
+        write_bytes(path, serialize_timing_cache(bconfig))
+    except OSError as exc:
+        log.warning("could not save the timing cache to %s (%s); the engine is written anyway, the next build "
+                    "times its kernels again (--timing-cache PATH elsewhere, or $UOPSL_CACHE_DIR)", path, exc)
+        return False
+    return True
 
 
 def _check_calibration(calibrator: Any) -> None:

@@ -39,6 +39,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import logging
+import re
 import threading
 from collections import deque
 from collections.abc import Iterator, Sequence
@@ -261,6 +262,9 @@ def _new_logger(trt: Any) -> Any:
             self.trt_base = base
             self.verbose = False
             self.error_log = TrtErrorLog()
+            # Warnings too: TensorRT reports a failed CUDA initialisation as a WARNING ("CUDA initialization
+            # failure with error: 35") before trt.Builder / trt.Runtime fail (see create_with_logger).
+            self.warning_log = TrtErrorLog()
             self._marks = threading.local()
 
         def log(self, severity: Any, msg: str) -> None:
@@ -269,6 +273,7 @@ def _new_logger(trt: Any) -> Any:
                 self.error_log.add(str(msg))
                 log.error("TensorRT: %s", msg)
             elif severity == sev.WARNING:
+                self.warning_log.add(str(msg))
                 log.warning("TensorRT: %s", msg)
             elif severity == sev.INFO:
                 (log.info if self.verbose else log.debug)("TensorRT: %s", msg)
@@ -286,6 +291,55 @@ def _new_logger(trt: Any) -> Any:
             return self.error_log.since(getattr(self._marks, "mark", 0))
 
     return _SharedLogger()
+
+
+# -- Builder and Runtime ---------------------------------------------------------------------
+_CUDA_INIT = re.compile(r"CUDA initiali[sz]ation failure with error:? *(\d+)", re.IGNORECASE)
+#: cudaError_t codes TensorRT names in "CUDA initialization failure with error: N" (driver_types.h)
+_CUDA_INIT_ERRORS = {35: "cudaErrorInsufficientDriver: the NVIDIA driver is older than the CUDA this TensorRT "
+                         "was built for",
+                     100: "cudaErrorNoDevice: no CUDA GPU is visible to this process",
+                     34: "cudaErrorStubLibrary: a CUDA stub library was loaded instead of the driver's"}
+
+
+def create_with_logger(trt: Any, api: TrtApi, kind: Literal["Builder", "Runtime"], logger: Any) -> Any:
+    """``trt.Builder(logger)`` or ``trt.Runtime(logger)``; a BackendError that says why when TensorRT cannot make it.
+
+    TensorRT's ``createInferBuilder`` / ``createInferRuntime`` return null when TensorRT cannot initialise CUDA
+    (a driver older than the CUDA TensorRT was built for, no visible GPU), and the Python binding, which wraps
+    them as pybind11 factory constructors (``py::init(&nvinfer1::createInferBuilder)``, pyCore.cpp), then raises
+    ``TypeError: pybind11::init(): factory function returned nullptr``, after TensorRT logged the cause, often
+    only as a warning ("[W] CUDA initialization failure with error: 35", NVIDIA/TensorRT#2913). Without this
+    the CLI reported that TypeError as a bug in uopsl. Any other TypeError is raised as it is.
+    """
+    errors: TrtErrorLog | None = getattr(logger, "error_log", None)
+    warnings: TrtErrorLog | None = getattr(logger, "warning_log", None)
+    marks = (errors.mark() if errors is not None else 0, warnings.mark() if warnings is not None else 0)
+    cause: BaseException | None = None
+    try:
+        made = getattr(trt, kind)(logger)
+    except TypeError as exc:
+        if "nullptr" not in str(exc):
+            raise
+        made, cause = None, exc
+    if made is not None:
+        return made
+    said = [*(errors.since(marks[0]) if errors is not None else []),
+            *(warnings.since(marks[1]) if warnings is not None else [])]
+    detail = " | ".join(dict.fromkeys(said)) or (str(cause) if cause is not None else "no error reported")
+    found = _CUDA_INIT.search(detail)
+    meaning = _CUDA_INIT_ERRORS.get(int(found.group(1))) if found else None
+    # pyproject's trt extra: "the bare `tensorrt` package now installs 11.x for CUDA 13, which needs driver >= 580".
+    newer = (f"; TensorRT {api.major}.x from pip's plain 'tensorrt' package is built for CUDA 13: on a CUDA 12 "
+             f"driver {extra_hint('trt')}" if api.major >= 11 else "")
+    why = (f"it could not initialise CUDA on this machine{f' ({meaning})' if meaning else ''}" if found else
+           "most often because it cannot initialise CUDA on this machine")
+    raise BackendError(
+        f"TensorRT {api.version_text} could not create its {kind} ({detail}): {why}. Check that the NVIDIA driver "
+        f"supports the CUDA version this TensorRT was built for (nvidia-smi shows the driver's CUDA version{newer}; "
+        "on a Jetson use JetPack's own TensorRT) and that a GPU is visible (nvidia-smi, tegrastats on Jetson, "
+        "CUDA_VISIBLE_DEVICES)"
+    ) from cause
 
 
 # -- builder helpers ------------------------------------------------------------------------
@@ -524,6 +578,7 @@ __all__ = [
     "TrtApi",
     "TrtErrorLog",
     "api_for",
+    "create_with_logger",
     "dims",
     "engine_io",
     "installed_version",

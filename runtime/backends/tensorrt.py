@@ -42,7 +42,15 @@ from uopsl.runtime.backends.base import Backend, TensorSpec
 from uopsl.runtime.engine_header import EngineHeader, check_compatible, read_plan, rebuild_command
 from uopsl.runtime.errors import BackendError, ConfigError
 from uopsl.runtime.cuda_binding import CudaApi, PinnedBuffer, load_cuda
-from uopsl.runtime.trt_compat import EngineIO, IOTensor, TrtErrorLog, engine_io, load_tensorrt, make_logger
+from uopsl.runtime.trt_compat import (
+    EngineIO,
+    IOTensor,
+    TrtErrorLog,
+    create_with_logger,
+    engine_io,
+    load_tensorrt,
+    make_logger,
+)
 
 if TYPE_CHECKING:  # pragma: no cover - typing only; checked against tensorrt-stubs in CI
     import tensorrt
@@ -138,7 +146,7 @@ class TensorRTBackend(Backend):
         # TensorRT's one logger per process (make_logger returns it); errors are read per operation.
         logger = make_logger(trt)
         errors: TrtErrorLog = logger.error_log
-        runtime: tensorrt.Runtime = trt.Runtime(logger)
+        runtime: tensorrt.Runtime = create_with_logger(trt, api, "Runtime", logger)
         if header.version_compatible:
             # Version-compatible plans embed a lean runtime, which is host code TensorRT must be allowed to run.
             runtime.engine_host_code_allowed = True

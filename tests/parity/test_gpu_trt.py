@@ -49,7 +49,7 @@ def _has_ort_cuda() -> bool:
 needs_cuda = pytest.mark.skipif(not _has_cuda(), reason="no CUDA GPU visible to PyTorch")
 needs_ort_cuda = pytest.mark.skipif(not _has_ort_cuda(), reason="ONNX Runtime here has no CUDA provider (onnxruntime-gpu)")
 needs_trt = pytest.mark.skipif(not available("tensorrt"),
-                               reason="TensorRT is not importable here (pip install 'uopsl[trt]', or JetPack on a Jetson)")
+                               reason="TensorRT is not importable here (the trt extra of pyproject.toml, or JetPack on a Jetson)")
 
 
 @pytest.fixture(scope="module")
