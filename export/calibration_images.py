@@ -27,6 +27,7 @@ from typing import Any
 
 from uopsl.calibration.dataset import DIGEST_CHARS
 from uopsl.calibration.table import CalibrationTable
+from uopsl.export.parity_metrics import FAIL
 from uopsl.runtime.bundle import FileEntry, Manifest
 from uopsl.runtime.errors import ConfigError
 
@@ -161,7 +162,7 @@ def release_reasons(candidates: Sequence[Mapping[str, Any]]) -> list[str]:
     reasons = []
     for c in candidates:
         cal = c.get("calibration_images") or {}
-        if cal.get("n_overlap") and c.get("verdict") != "FAIL":
+        if cal.get("n_overlap") and c.get("verdict") != FAIL:
             reasons.append(f"{c.get('name')}: {cal['n_overlap']} of the {cal.get('of')} images were among its "
                            f"{cal.get('n_calibration_images')} calibration images (not held out)")
     return reasons
