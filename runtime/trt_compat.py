@@ -523,7 +523,7 @@ class BindingsIO(EngineIO):
         order = sorted(self.tensors(), key=lambda t: t.index)
         bindings = [int(addresses[t.name]) for t in order]
         if not context.execute_async_v2(bindings=bindings, stream_handle=stream_handle):
-            raise BackendError("TensorRT execute_async_v2 failed (see the TensorRT log above)")
+            raise BackendError("TensorRT execute_async_v2 failed")  # the backend adds what TensorRT logged
 
 
 class TensorsIO(EngineIO):
@@ -560,7 +560,7 @@ class TensorsIO(EngineIO):
             if not ctx.set_tensor_address(name, int(ptr)):
                 raise BackendError(f"TensorRT refused the device address of '{name}'")
         if not ctx.execute_async_v3(stream_handle):
-            raise BackendError("TensorRT execute_async_v3 failed (see the TensorRT log above)")
+            raise BackendError("TensorRT execute_async_v3 failed")  # the backend adds what TensorRT logged
 
 
 def engine_io(trt: Any, api: TrtApi, engine: Any) -> EngineIO:

@@ -300,6 +300,19 @@ class TensorRTBackend(Backend):
         self.last_chunks = len(parts)
         return result
 
+    def _execute(self, io: EngineIO, stream_handle: int) -> None:
+        """Enqueue the engine; a refusal says what TensorRT logged for it (its errors in this thread since the
+        call began), not "see the log above": a device's log is often not where the error line is read."""
+        errors: TrtErrorLog | None = getattr(self._logger, "error_log", None)
+        mark = errors.mark() if errors is not None else 0
+        try:
+            io.execute(self._context, self._device_ptrs, stream_handle)
+        except BackendError as exc:
+            said = errors.since(mark) if errors is not None else []
+            raise BackendError(f"{exc} on {self.path.name}: "
+                               + (f"TensorRT said: {' | '.join(said[-3:])}" if said else
+                                  "TensorRT logged no error (run with -v to see its whole log)")) from exc
+
     def _run_chunk(self, chunk: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, float]]:
         assert self._io is not None and self._cuda is not None and self._input is not None  # loaded
         io, cuda, inp = self._io, self._cuda, self._input
@@ -316,7 +329,7 @@ class TensorRTBackend(Backend):
         cuda.event_record(ev[0], stream)
         cuda.htod_async(self._device_ptrs[inp.name], host_in, stream)
         cuda.event_record(ev[1], stream)
-        io.execute(self._context, self._device_ptrs, cuda.stream_handle(stream))
+        self._execute(io, cuda.stream_handle(stream))
         cuda.event_record(ev[2], stream)
         views = {}
         for t in self._outputs_io:
