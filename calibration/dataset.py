@@ -41,6 +41,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from uopsl.calibration.table import IMAGE_DIGEST_CHARS
 from uopsl.runtime.errors import ConfigError, DataError, ImageError
 from uopsl.runtime.fsio import NUMPY_FILE_ERRORS, atomic_open, read_user_text, user_cache_dir
 from uopsl.runtime.progress import track
@@ -54,7 +55,7 @@ LIST_SUFFIXES = frozenset({".txt", ".lst", ".list"})
 _CACHE_FORMAT = 1
 #: Characters of each image file's sha256 (hex) kept per calibration image: the checkpoint's record of its
 #: photographs keeps as many (``images_seen.json``), so one digest compares with both.
-DIGEST_CHARS = 16
+DIGEST_CHARS = IMAGE_DIGEST_CHARS
 
 
 @dataclass(frozen=True)

@@ -611,7 +611,8 @@ def calibrate(
     pct = percentile if method == "percentile" else None
     if out is not None and not force:
         cached = load_if_current(
-            out, model_sha256=model_sha256(model), set_fingerprint=calib_set.fingerprint, method=method, percentile=pct
+            out, model_sha256=model_sha256(model), set_fingerprint=calib_set.fingerprint, method=method, percentile=pct,
+            image_digests=calib_set.digests,
         )
         if cached is not None:
             return cached

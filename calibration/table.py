@@ -22,7 +22,7 @@ import json
 import logging
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 TABLE_FORMAT = 1
 TABLE_FILE = "calibration.json"
 METHODS = ("minmax", "entropy", "percentile")
+#: Characters of each calibration image file's sha256 (hex) a table keeps (:attr:`CalibrationTable.image_digests`).
+IMAGE_DIGEST_CHARS = 16
 # Largest magnitude of a symmetric signed 8-bit code (TensorRT uses [-127, 127]).
 INT8_MAX = 127
 
@@ -111,7 +113,9 @@ class CalibrationTable:
         if not clean:
             raise ConfigError("a calibration table needs at least one tensor range, got none")
         if self.image_digests is not None:
-            digests = tuple(sorted({str(d).lower() for d in self.image_digests}))
+            # the first 16 hex characters, as the sets and the checkpoints record them (a longer digest, e.g. a
+            # whole sha256 from another writer, would otherwise never equal a judged image's)
+            digests = tuple(sorted({str(d).lower()[:IMAGE_DIGEST_CHARS] for d in self.image_digests}))
             bad = [d for d in digests if len(d) < 16 or any(c not in "0123456789abcdef" for c in d)]
             if bad:
                 raise ConfigError(f"image_digests must be hex sha256 prefixes of at least 16 characters; {len(bad)} "
@@ -269,12 +273,15 @@ def load_if_current(
     set_fingerprint: str,
     method: str,
     percentile: float | None = None,
+    image_digests: Sequence[str] | None = None,
 ) -> CalibrationTable | None:
     """The cache check: return the table at ``path`` if it is still valid, else None.
 
     Valid means same model hash, same set fingerprint, same method (and
-    percentile), made by the method's current algorithm. An unreadable or outdated table is not an error here; it is
-    simply recomputed (and logged).
+    percentile), made by the method's current algorithm, and, where the set knows its files' digests
+    (``image_digests``), a table that records them: an older table has the same ranges but not its images, and
+    ``uopsl validate`` cannot check an INT8 file against them. An unreadable or outdated table is not an error
+    here; it is simply recomputed (and logged).
     """
     p = Path(path)
     if not p.is_file():
@@ -285,6 +292,10 @@ def load_if_current(
         log.info("existing calibration table not reused: %s", exc)
         return None
     if table.matches(model_sha256=model_sha256, set_fingerprint=set_fingerprint, method=method, percentile=percentile):
+        if image_digests is not None and table.image_digests is None:
+            log.info("existing calibration table %s does not record its images' digests (made before uopsl "
+                     "recorded them): recalibrating, so that validate can check INT8 files against them", p)
+            return None
         log.info(
             "calibration skipped: %s already holds %s ranges for this model (sha256 %s...) and set (%s...)",
             p, method, model_sha256[:12], set_fingerprint[:12],

@@ -10,10 +10,12 @@ apart; this module checks it.
 How: ``uopsl calibrate`` records each calibration image file's digest (the first
 16 hex characters of its sha256) in ``calibration.json``, and ``uopsl quantize``
 records the calibration set's fingerprint in the INT8 file's manifest entry. An
-INT8 file whose fingerprint is the bundle's table's is checked against that
-table's digests; for any other file (quantized from a table since replaced, an
-engine calibrated by TensorRT itself, a table from before digests were recorded)
-the check says it could not look, and why. A file judged on any of its
+INT8 file whose fingerprint is the bundle's table's (an engine built from
+calibration.json's ranges, or from such a file, records it too) is checked
+against that table's digests; for any other file (quantized from a table since
+replaced, with ``quantize --images`` another set, an engine TensorRT calibrated
+from ``--calib-images``, a table from before digests were recorded) the check
+says it could not look, and why. A file judged on any of its
 calibration images keeps its FAIL (a file that fails even there is not fit), but
 its PASS is not recorded in the manifest and is not a release pass.
 """
@@ -82,16 +84,30 @@ def _calibration_entry(manifest: Manifest) -> FileEntry | None:
     return entries[0] if len(entries) == 1 else None
 
 
-def _fingerprint_of(entry: FileEntry, by_sha: Mapping[str, FileEntry]) -> str | None:
-    """The calibration set fingerprint an INT8 file records: its own (a quantized ONNX file), or, for an engine,
-    the fingerprint of the bundle's INT8 ONNX file it was built from (TensorRT's Q/DQ path)."""
-    own = entry.info.get("calibration_fingerprint")
-    if isinstance(own, str) and own:
-        return own
+def _source_of(entry: FileEntry, by_sha: Mapping[str, FileEntry]) -> FileEntry:
+    """The file whose calibration ``entry`` carries: an engine built from the bundle's INT8 ONNX file (TensorRT's
+    Q/DQ path) carries that file's; any other file its own."""
     source = by_sha.get(str(entry.info.get("source_onnx_sha256") or ""))
-    if entry.kind == "engine" and source is not None and source.precision.startswith("int8"):
-        fp = source.info.get("calibration_fingerprint")
-        return fp if isinstance(fp, str) and fp else None
+    if entry.kind == "engine" and not entry.info.get("calibration_fingerprint") and source is not None \
+            and source.precision.startswith("int8"):
+        return source
+    return entry
+
+
+def _fitted_elsewhere(entry: FileEntry, table_fingerprint: str) -> str | None:
+    """Why the images ``uopsl quantize`` fitted ``entry``'s rounding, bias correction or sensitivity pass on are
+    not known to be the table's set (None: they are, or no step used images)."""
+    fitted = entry.info.get("fitted_on")
+    if not isinstance(fitted, dict) or not fitted:
+        return None
+    for step, v in fitted.items():
+        origin = v.get("from_set") if isinstance(v, dict) else None
+        if origin is None:
+            return (f"its {step} does not record which set its images came from (quantized before uopsl "
+                    "recorded it)")
+        if origin != table_fingerprint:
+            return (f"its {step} was fitted on images of another set than calibration.json's (quantize --images "
+                    "was given another set), whose images are not recorded: quantize with the calibration set")
     return None
 
 
@@ -131,10 +147,14 @@ def calibration_overlaps(root: str | Path, manifest: Manifest, files: Iterable[s
         def unknown(why: str, name: str = name, where: str | None = where) -> CalibrationOverlap:
             return CalibrationOverlap(name, n, None, table=where, why_not_known=why)
 
-        fingerprint = _fingerprint_of(entry, by_sha)
+        source = _source_of(entry, by_sha)
+        own = source.info.get("calibration_fingerprint")
+        fingerprint = own if isinstance(own, str) and own else None
+        elsewhere = _fitted_elsewhere(source, fingerprint) if fingerprint and table is not None else None
         if fingerprint is None:
             out[name] = unknown(f"{name} does not record the calibration set it was made with (an engine "
-                                "calibrated by TensorRT itself, or a file from before uopsl recorded it)")
+                                "TensorRT calibrated from --calib-images or a cache file, or a file from before "
+                                "uopsl recorded it)")
         elif table is None:
             out[name] = unknown(str(table_problem))
         elif table.set_fingerprint != fingerprint:
@@ -143,11 +163,14 @@ def calibration_overlaps(root: str | Path, manifest: Manifest, files: Iterable[s
                                 "recalibrated since it was made)")
         elif table.image_digests is None:
             out[name] = unknown(f"{where} does not record its images' digests (made before uopsl recorded "
-                                "them, or from arrays): recalibrate and quantize again to have them checked")
+                                "them, or from arrays): run uopsl calibrate and uopsl quantize again to have them "
+                                "checked")
+        elif elsewhere is not None:
+            out[name] = unknown(f"{name}: {elsewhere}")
         else:
-            calibration = set(table.image_digests)
+            calibration = {d[:DIGEST_CHARS] for d in table.image_digests}
             out[name] = CalibrationOverlap(name, n, sum(1 for d in mine if d in calibration),
-                                           len(table.image_digests), where)
+                                           table.num_images, where)
     return out
 
 
@@ -162,7 +185,7 @@ def release_reasons(candidates: Sequence[Mapping[str, Any]]) -> list[str]:
     reasons = []
     for c in candidates:
         cal = c.get("calibration_images") or {}
-        if cal.get("n_overlap") and c.get("verdict") != FAIL:
+        if cal.get("n_overlap") and c.get("verdict") != FAIL and c.get("judged") is not False:
             reasons.append(f"{c.get('name')}: {cal['n_overlap']} of the {cal.get('of')} images were among its "
                            f"{cal.get('n_calibration_images')} calibration images (not held out)")
     return reasons

@@ -626,7 +626,8 @@ def quantize_model(
         """The seeded subset a step draws (each step draws its own, seed 0), recorded as what it fitted on."""
         assert calib_set is not None  # checked above for every step that draws one
         sub = calib_set.subset(n)
-        fitted[step] = {"images": len(sub), "fingerprint": sub.fingerprint}
+        # from_set: the set it was drawn from, so that validate knows whether these images are the table's
+        fitted[step] = {"images": len(sub), "fingerprint": sub.fingerprint, "from_set": calib_set.fingerprint}
         return sub
 
     if sens:

@@ -199,8 +199,8 @@ SEEN_ROLES = {"earlier": "the checkpoint this one was made from", "pretrain": "p
               "qat": "quantization-aware fine-tuning (without labels)"}
 _SEEN_DIGEST_CHARS = 16
 #: Written into ``data.images_seen`` (what the check of held-out images could not see).
-_SEEN_NOT_CHECKED = ("calibration images: checked per INT8 candidate against calibration.json's image digests "
-                     "(candidates[].calibration_images), not here")
+_SEEN_NOT_CHECKED = ("calibration images: not here; each INT8 candidate's calibration_images says whether they "
+                     "could be checked against calibration.json's image digests, and how many were judged")
 T = TypeVar("T")
 
 

@@ -222,3 +222,100 @@ def test_an_engine_built_from_the_int8_file_is_checked_through_it(photos: list[P
     got = calibration_overlaps(bundle, read_manifest(bundle), ["model.int8.engine"],
                                [hashlib.sha256(p.read_bytes()).hexdigest() for p in photos[:10]])
     assert got["model.int8.engine"].n_overlap == 10
+
+
+# -- the review of session 56 ----------------------------------------------------------------------------------
+
+def test_calibrating_again_replaces_a_table_without_digests(photos: list[Path], tmp_path: Path,
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    """The advice 'calibrate and quantize again' did nothing: the old table (same model, same pixels) was reused
+    without digests. Now it is recalibrated once to record them."""
+    import logging
+
+    import torch
+
+    torch.manual_seed(0)
+    model = export_tiny_onnx(tmp_path / "tiny.onnx", num_classes=3, size=PRE.size)
+    cset = build_calibration_set(photos[:6], PRE, require_fov=False, show_progress=False)
+    out = tmp_path / "calibration.json"
+    table = calibrate(model, cset, method="minmax", out=out, show_progress=False)
+    old = table.to_dict()
+    old["image_digests"] = None  # as a uopsl before session 56 wrote it
+    out.write_text(json.dumps(old), encoding="utf-8")
+    with caplog.at_level(logging.INFO):
+        again = calibrate(model, cset, method="minmax", out=out, show_progress=False)
+    assert again.image_digests == tuple(sorted(cset.digests or ()))
+    assert "does not record its images' digests" in caplog.text
+    assert CalibrationTable.load(out).image_digests == again.image_digests
+    # and once recorded, the table is reused as before
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        calibrate(model, cset, method="minmax", out=out, show_progress=False)
+    assert "calibration skipped" in caplog.text
+
+
+def test_whole_sha256_digests_in_a_table_still_match(photos: list[Path], tmp_path: Path) -> None:
+    full = [hashlib.sha256(p.read_bytes()).hexdigest() for p in photos[:CALIB]]
+    table = _table(full)
+    assert all(len(d) == DIGEST_CHARS for d in table.image_digests or ())
+    bundle = _bundle(tmp_path / "b", table)
+    got = calibration_overlaps(bundle, read_manifest(bundle), ["model.int8.onnx"], full)
+    assert got["model.int8.onnx"].n_overlap == CALIB
+
+
+def _refit(bundle: Path, fitted_on: dict[str, Any]) -> None:
+    m = read_manifest(bundle)
+    f = m.file("model.int8.onnx")
+    write_manifest(bundle, replace(m, files=tuple(replace(x, info={**f.info, "fitted_on": fitted_on})
+                                                  if x.path == f.path else x for x in m.files)))
+
+
+@pytest.mark.parametrize("fitted, why", [
+    ({"bias_correction": {"images": 32, "fingerprint": "a" * 64, "from_set": "b" * 64}},
+     "model.int8.onnx: its bias_correction was fitted on images of another set than calibration.json's"),
+    ({"rounding": {"images": 32, "fingerprint": "a" * 64}},
+     "model.int8.onnx: its rounding does not record which set its images came from"),
+    ({"rounding": {"images": 32, "fingerprint": "a" * 64, "from_set": FINGERPRINT}}, None),
+])
+def test_steps_fitted_on_another_set_make_the_check_unknown(photos: list[Path], tmp_path: Path,
+                                                            fitted: dict[str, Any], why: str | None) -> None:
+    """quantize --images may be another set than the table's: its bias correction, rounding and sensitivity
+    pass then fitted images the table does not list, and a 'held out' verdict would be unfounded."""
+    bundle = _bundle(tmp_path / "b", _table([_digest(p) for p in photos[:CALIB]]))
+    _refit(bundle, fitted)
+    got = calibration_overlaps(bundle, read_manifest(bundle), ["model.int8.onnx"],
+                               [hashlib.sha256(p.read_bytes()).hexdigest() for p in photos])["model.int8.onnx"]
+    if why is None:
+        assert got.n_overlap == CALIB
+    else:
+        assert got.n_overlap is None and got.why_not_known is not None and got.why_not_known.startswith(why)
+        assert got.withhold() is None  # not known is not an overlap: nothing is withheld for it
+
+
+def test_quantize_records_the_set_each_step_drew_from(photos: list[Path], tmp_path: Path) -> None:
+    import torch
+
+    from uopsl.export.quantize import QuantizeConfig, quantize_model
+
+    torch.manual_seed(0)
+    model = export_tiny_onnx(tmp_path / "tiny.onnx", num_classes=3, size=PRE.size)
+    cset = build_calibration_set(photos[:8], PRE, require_fov=False, show_progress=False)
+    table = calibrate(model, cset, method="minmax", show_progress=False)
+    q = quantize_model(model, table, tmp_path / "q.onnx", QuantizeConfig(variant="cpu"), calib_set=cset,
+                       show_progress=False)
+    assert q.fitted_on and all(v["from_set"] == cset.fingerprint for v in q.fitted_on.values())
+
+
+def test_an_engine_calibrated_from_the_table_is_checked(photos: list[Path], tmp_path: Path) -> None:
+    """TensorRT 8.x's legacy-cache route builds from the FP32 file with calibration.json's ranges: build-engine
+    records the table's set fingerprint on the engine, and validate checks it."""
+    bundle = _bundle(tmp_path / "b", _table([_digest(p) for p in photos[:CALIB]]))
+    m = read_manifest(bundle)
+    (bundle / "model.int8.engine").write_bytes(b"engine stand-in")
+    engine = describe_file(bundle, FileEntry("model.int8.engine", "engine", "int8", info={
+        "source_onnx_sha256": m.file("model.onnx").sha256, "int8_mode": "legacy-cache",
+        "calibration_fingerprint": FINGERPRINT}))
+    write_manifest(bundle, replace(m, files=(*m.files, engine)))
+    got = calibration_overlaps(bundle, read_manifest(bundle), ["model.int8.engine"],
+                               [hashlib.sha256(p.read_bytes()).hexdigest() for p in photos[:10]])
+    assert got["model.int8.engine"].n_overlap == 10

@@ -177,3 +177,23 @@ def test_a_timing_cache_that_cannot_be_read_starts_a_new_one(monkeypatch: pytest
     monkeypatch.setattr(Path, "read_bytes", real_read)
     assert tc.read_bytes() == b"TIMING:0"  # and it is written back for the next build
 
+
+
+def test_a_legacy_cache_engine_records_the_tables_set(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """TensorRT 8.x builds INT8 from the FP32 file with calibration.json's ranges: the engine's manifest entry
+    names the table's calibration set, so that uopsl validate can check it against the images it is judged on
+    (session 56's review: such engines were never checked)."""
+    from test_tensorrt import FakeCuda, FakeGpu, _bundle, _cli, install
+    from uopsl.runtime import cuda_binding
+    from uopsl.runtime.bundle import read_manifest
+
+    gpu = FakeGpu()
+    install(monkeypatch, "8.5.2", gpu)
+    monkeypatch.setattr(cuda_binding, "load_cuda", lambda purpose: FakeCuda(gpu))
+    monkeypatch.setenv("UOPSL_CACHE_DIR", str(tmp_path / "cache"))
+    bundle = _bundle(tmp_path, with_qdq=True, table=True)
+    rc, out, err = _cli(["build-engine", str(bundle), "--precision", "int8", "--max-batch", "8"], capsys)
+    assert rc == 0, err
+    info = read_manifest(bundle).file("model.int8.engine").info
+    assert info["int8_mode"] == "legacy-cache" and info["calibration_fingerprint"] == "f" * 64

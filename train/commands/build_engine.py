@@ -274,10 +274,16 @@ def command(bundle: Path, precision: str, min_batch: int | None, opt_batch: int 
     if mode != config.int8_mode:
         config = replace(config, int8_mode=mode)  # type: ignore[arg-type]
     calibration = None
+    from_table: dict[str, str] = {}
     if mode in ("legacy-cache", "legacy-calibrator"):
         check_implicit_int8(api)  # before reading calibration data that TensorRT 11 could not use
         calibration = _legacy_calibration(bundle, manifest, mode, onnx, calib_cache, calib_images, calib_batch,
                                           calib_max_images)
+        if mode == "legacy-cache" and getattr(calibration, "amax", None):
+            # Its ranges are calibration.json's: uopsl validate checks the engine against that set's images.
+            from uopsl.calibration.table import TABLE_FILE, CalibrationTable
+
+            from_table = {"calibration_fingerprint": CalibrationTable.load(bundle / TABLE_FILE).set_fingerprint}
     if not no_timing_cache:
         if timing_cache is None:
             _name, cc = cuda.device_properties(device)
@@ -288,7 +294,8 @@ def command(bundle: Path, precision: str, min_batch: int | None, opt_batch: int 
     warn_if_signed(bundle, "an engine added now")  # said before minutes of building, not after
     info = build_engine(onnx, bundle / out_name, config, calibration, cuda=cuda)
     # The manifest as it is now, not as it was before minutes of building (a validate may have written it).
-    add_file(bundle, None, out_name, "engine", precision, info=info.header.to_dict())  # type: ignore[arg-type]
+    add_file(bundle, None, out_name, "engine", precision,  # type: ignore[arg-type]
+             info={**info.header.to_dict(), **from_table})
     h = info.header
     click.echo(f"{bundle / out_name}: {h.precision}"
                + (f" ({h.int8_mode})" if h.int8_mode else "")

@@ -277,7 +277,7 @@ def _calibrate_into_bundle(bundle: Path, out: Path, model: Path, calib_set: Cali
 
     current = None if force else load_if_current(
         out, model_sha256=model_sha256(model), set_fingerprint=calib_set.fingerprint, method=method,
-        percentile=percentile if method == "percentile" else None)
+        percentile=percentile if method == "percentile" else None, image_digests=calib_set.digests)
     if current is not None:
         add_file(bundle, None, out.name, "calibration", calibration_fingerprint=current.set_fingerprint)
         return current
