@@ -318,7 +318,7 @@ def _candidate(c: Mapping[str, Any], images: Mapping[str, str], max_rows: int) -
                     "images where patients hold unequal numbers; it holds however one patient's images are "
                     "correlated, and --judge-on bounds gates the larger bound); the Wilson intervals are computed "
                     "on the effective number of images (the design effect of the patients' clustering; at 0 or "
-                    "100 % each patient counted once), the Newcombe interval treats images as independent (the "
+                    "100 % as if each patient's images were fully correlated), the Newcombe interval treats images as independent (the "
                     "AUC bootstrap resamples patients)."
                     if (clin.get("patients") or {}).get("known") else "Intervals and bounds treat images as "
                     "independent.")

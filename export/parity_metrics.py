@@ -594,7 +594,8 @@ INDEPENDENCE_NOTE = ("the exact (Clopper-Pearson) upper bounds on the change rat
                      "per patient in upper95_images, a bound that holds however one patient's images are "
                      "correlated), and --judge-on bounds gates the larger. The Wilson intervals of sensitivity "
                      "and specificity are computed on the effective number of images (Kish's design effect of "
-                     "the patients' clustering; at 0 or 100 %, each patient counted once); the Newcombe interval "
+                     "the patients' clustering; at 0 or 100 %, as if each patient's images were fully correlated); "
+                     "the Newcombe interval "
                      "of the sensitivity drop treats images as independent, so with several images per patient "
                      "it may be too narrow (the AUC bootstrap resamples patients)")
 

@@ -715,13 +715,14 @@ def _use_dla(trt: Any, api: TrtApi, builder: tensorrt.Builder, bconfig: tensorrt
 
 def _attach_timing_cache(bconfig: tensorrt.IBuilderConfig, path: Path) -> None:
     data = b""
-    if path.is_file():
-        try:
-            data = path.read_bytes()
-        except OSError as exc:  # a cache only saves time: an unreadable one must not stop the build
-            log.warning("cannot read the timing cache %s (%s); starting a new one", path, exc)
-        else:
-            log.info("timing cache: %s (%d KiB)", path, len(data) >> 10)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        pass  # the first build: a new cache
+    except OSError as exc:  # a cache only saves time: an unreadable one (or folder) must not stop the build
+        log.warning("cannot read the timing cache %s (%s); starting a new one", path, exc)
+    else:
+        log.info("timing cache: %s (%d KiB)", path, len(data) >> 10)
     try:
         load_timing_cache(bconfig, data)
     except BackendError:
@@ -741,7 +742,7 @@ def _save_timing_cache(bconfig: tensorrt.IBuilderConfig, path: Path) -> bool:
     """
     try:
         write_bytes(path, serialize_timing_cache(bconfig))
-    except OSError as exc:
+    except (OSError, BackendError) as exc:  # BackendError: TensorRT gave no cache
         log.warning("could not save the timing cache to %s (%s); the engine is written anyway, the next build "
                     "times its kernels again (--timing-cache PATH elsewhere, or $UOPSL_CACHE_DIR)", path, exc)
         return False

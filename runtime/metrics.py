@@ -776,30 +776,34 @@ def clustered_proportion_interval(hits: Any, clusters: Any, *, alpha: float = 0.
     so a Wilson interval on the number of images is too narrow where patients hold several. The effective size
     is ``n_eff = p (1 - p) / V``, ``V`` the cluster-robust variance of the ratio estimator
     (``m / (m - 1) * sum_c (x_c - p n_c)**2 / n**2`` over ``m`` clusters of ``n_c`` cases, ``x_c`` hits; Kish's
-    design effect ``n / n_eff``), kept between ``n**2 / sum_c n_c**2`` (cases of a cluster fully correlated:
-    for two eyes each, the number of patients) and ``n`` (clustering never taken to add information: a design
-    effect below 1 is chance). At 0 or 100 %, or with one cluster, there is no spread to estimate ``V`` from,
-    and the lower limit is used: the conservative choice :func:`classification_report` makes for a
-    cluster-bootstrapped proportion of zero width. Closed form, so it needs no resampling and no seed. NaN
-    without cases.
+    design effect ``n / n_eff``), kept between ``n**2 / sum_c n_c**2`` and ``n``. The lower limit is the
+    effective size of cases fully correlated within each cluster (the largest design effect possible when every
+    case shares one marginal rate): the number of patients where each holds as many images, fewer where they
+    hold unequal numbers; it also overrides a smaller estimate from few clusters. The upper limit: clustering
+    is never taken to add information (a design effect below 1 is chance). At 0 or 100 %, or with one cluster,
+    there is no spread to estimate ``V`` from, and the lower limit is used: the conservative choice
+    :func:`classification_report` makes for a cluster-bootstrapped proportion of zero width. No
+    degrees-of-freedom correction (Korn & Graubard's ``t`` with ``m - 1``): with few patients the interval is
+    somewhat narrow. Closed form, so it needs no resampling and no seed. NaN without cases.
     """
     h = np.asarray(hits, bool).reshape(-1)
-    c = np.asarray(clusters).reshape(-1)
-    if c.shape != h.shape:
-        raise ConfigError(f"clusters must hold one id per case ({h.size}); got {c.size}")
     if not 0.0 < alpha < 1.0:
         raise ConfigError(f"alpha must be in (0, 1) (0.05 gives a 95 % interval); got {alpha}")
     n = int(h.size)
+    code = _cluster_codes(clusters, n)  # one id per case; None or NaN refused
     if n == 0:
         return Interval(math.nan, math.nan, math.nan, 0, 0, alpha, WILSON_DESIGN_EFFECT), math.nan
-    _, code = np.unique(c, return_inverse=True)
     sizes = np.bincount(code).astype(np.float64)
     x_c = np.bincount(code, weights=h.astype(np.float64))
     m = int(sizes.size)
     p = float(h.mean())
     floor = n * n / float(np.sum(sizes * sizes))
-    var = (m / (m - 1)) * float(np.sum((x_c - p * sizes) ** 2)) / (n * n) if m > 1 else 0.0
-    n_eff = floor if var <= 0.0 or p in (0.0, 1.0) else min(float(n), max(floor, p * (1.0 - p) / var))
+    if m == 1 or p in (0.0, 1.0):
+        n_eff = floor  # no spread between clusters to estimate the variance from
+    else:
+        var = (m / (m - 1)) * float(np.sum((x_c - p * sizes) ** 2)) / (n * n)
+        # var 0 with 0 < p < 1: every cluster at exactly p, a design effect of 0, capped at n like any below 1
+        n_eff = float(n) if var <= 0.0 else min(float(n), max(floor, p * (1.0 - p) / var))
     lo, hi = _wilson_bounds(p, n_eff, alpha)
     lo, hi = (0.0 if p == 0 else min(lo, p)), (1.0 if p == 1 else max(hi, p))
     return Interval(p, lo, hi, 0, 0, alpha, WILSON_DESIGN_EFFECT), n_eff

@@ -236,17 +236,20 @@ def _content_sha16(path: Path) -> str | None:
 
 
 #: path -> (size, mtime_ns, the colour map the overlay names): watch refreshes read each overlay's head once.
-_COLOUR_MARKS: OrderedDict[str, tuple[int, int, str | None]] = OrderedDict()
+_COLOUR_MARKS: OrderedDict[str, tuple[int, int, str]] = OrderedDict()
+#: What :func:`_overlay_colours` says of an overlay that names no colours: drawn before session 56, in jet.
+OLDER_COLOURS = "jet"
 
 
-def _read_colours(path: Path) -> str | None:
+def _read_colours(path: Path) -> str:
     with open(path, "rb") as fh:
-        return png_colours(fh.read(PNG_COLOURS_HEAD))
+        return png_colours(fh.read(PNG_COLOURS_HEAD)) or OLDER_COLOURS
 
 
 def _overlay_colours(path: Path) -> str | None:
     """The colour map an overlay file names (:func:`uopsl.runtime.overlay.png_colours`), kept while the file is
-    unchanged; None for one that names none (drawn in jet, before session 56) or cannot be read.
+    unchanged; :data:`OLDER_COLOURS` for one that names none (drawn in jet, before session 56); None for one
+    that cannot be read (it shows as missing, and no caption is given about its colours).
 
     Why: a folder screened again after an upgrade keeps its earlier rows and their overlays, so one report can
     hold heatmaps in two colourings, and the page's colour scale describes only the current one.
@@ -1037,8 +1040,8 @@ def report_parts(rows: Sequence[dict[str, Any]], out_dir: str | os.PathLike[str]
                        f"(bundle {esc(str(r.get('bundle_sha256') or '?')[:12])}); screen again.</div>")
         cap = f"<div class='cap'>heatmap: {esc(r['heatmap_class'])}</div>" if over and r.get("heatmap_class") else ""
         drawn_in = _overlay_colours(opath) if over else COLOURS
-        if drawn_in != COLOURS:  # an earlier run's overlay, kept when the folder was screened again
-            cap += ("<div class='cap'>older colours: red = most attention</div>" if drawn_in is None
+        if drawn_in is not None and drawn_in != COLOURS:  # an earlier run's overlay, kept on a rerun
+            cap += ("<div class='cap'>older colours: red = most attention</div>" if drawn_in == OLDER_COLOURS
                     else f"<div class='cap'>other colours ({esc(drawn_in)}): not the scale above</div>")
         # The thumbnail's alt is empty (the row header names the photograph); each picture was read out as
         # "thumbnail" or "heatmap", 1,200 times in a 600-row report (a review).

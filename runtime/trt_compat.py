@@ -424,6 +424,8 @@ def load_timing_cache(config: tensorrt.IBuilderConfig, data: bytes) -> tensorrt.
 def serialize_timing_cache(config: tensorrt.IBuilderConfig) -> bytes:
     """The builder's timing cache after a build, as bytes to save."""
     cache = config.get_timing_cache()
+    if cache is None:
+        raise BackendError("TensorRT gave no timing cache after the build")
     return bytes(memoryview(cache.serialize()))
 
 

@@ -80,3 +80,23 @@ def test_validate_rates_use_the_patients_where_known() -> None:
     assert by_patient["sensitivity_ci95"][0] < by_image["sensitivity_ci95"][0]
     # the negatives are one image each: the same interval both ways
     assert by_patient["specificity_ci95"] == pytest.approx(by_image["specificity_ci95"])
+
+
+def test_a_zero_variance_estimate_is_a_design_effect_below_one_not_full_correlation() -> None:
+    """Every patient at exactly the overall rate (one of two eyes detected each): the cluster-robust variance is
+    0, a design effect of 0, capped at the number of images like any design effect below 1. It was sent to the
+    fully-correlated floor instead, so one more detected singleton halved the interval (a review)."""
+    hits = np.tile([True, False], 10)
+    clusters = np.repeat(np.arange(10), 2)
+    iv, n_eff = clustered_proportion_interval(hits, clusters)
+    assert n_eff == 20
+    plain = proportion_interval(10, 20)
+    assert (iv.low, iv.high) == pytest.approx((plain.low, plain.high))
+    iv2, n_eff2 = clustered_proportion_interval(np.append(hits, True), np.append(clusters, 10))
+    assert abs(n_eff2 - n_eff) < 3  # one more image moves the effective size by about one
+
+
+@pytest.mark.parametrize("ids", [[None, "a", "b"], [float("nan"), 1.0, 2.0]])
+def test_missing_cluster_ids_are_refused(ids: list[object]) -> None:
+    with pytest.raises(ConfigError, match="cluster id|NaN"):
+        clustered_proportion_interval(np.ones(3, bool), np.array(ids, dtype=object if None in ids else float))

@@ -518,3 +518,23 @@ def test_leftovers_are_swept(tiny_bundle: Path, ov_cache: Path) -> None:  # noqa
     _run(tiny_bundle / "model.onnx", random_fundus_batch(1, 64))  # a fresh entry: the sweep runs
     assert not old.exists() and young.exists() and not stale.exists()
     assert len(_entries(ov_cache)) == 1
+
+
+def test_no_home_folder_loads_without_the_cache(tiny_bundle: Path, monkeypatch: pytest.MonkeyPatch,  # noqa: F811
+                                                 caplog: pytest.LogCaptureFixture) -> None:
+    """HOME unset and a uid without a passwd entry (containers): Path.home() raises RuntimeError, which stopped
+    the load before the cache could be skipped (session 56's review)."""
+    monkeypatch.delenv("UOPSL_CACHE_DIR", raising=False)
+    monkeypatch.delenv("UOPSL_CACHE", raising=False)
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    monkeypatch.delenv("UOPSL_OPENVINO_CACHE", raising=False)
+
+    def no_home() -> Path:
+        raise RuntimeError("Could not determine home directory.")
+
+    monkeypatch.setattr(Path, "home", staticmethod(no_home))
+    x = random_fundus_batch(2, 64, seed=3)
+    with caplog.at_level(logging.INFO, logger=LOGGER):
+        out, b = _run(tiny_bundle / "model.onnx", x)
+    assert b.loaded_from_cache is None and out["batch-probs"].shape[0] == 2
+    assert "cache not used: no cache folder (Could not determine home directory.)" in caplog.text

@@ -307,3 +307,15 @@ def test_a_change_to_the_heat_colours_alone_refreshes_the_day_pages(tmp_path: Pa
     finally:
         monkeypatch.undo()
         report_days._code_hash.cache_clear()
+
+
+def test_an_overlay_that_cannot_be_read_gets_no_caption_about_older_colours(tmp_path: Path) -> None:
+    """None meant both 'names no colours' (jet) and 'cannot be read'; the second got the jet caption too."""
+    from uopsl.runtime import report
+
+    unreadable = tmp_path / "a-directory.png"
+    unreadable.mkdir()
+    assert report._overlay_colours(unreadable) is None
+    old = tmp_path / "old.png"
+    old.write_bytes(encode_png(np.zeros((8, 8, 3), np.uint8)))
+    assert report._overlay_colours(old) == report.OLDER_COLOURS

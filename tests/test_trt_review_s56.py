@@ -197,3 +197,37 @@ def test_a_legacy_cache_engine_records_the_tables_set(monkeypatch: pytest.Monkey
     assert rc == 0, err
     info = read_manifest(bundle).file("model.int8.engine").info
     assert info["int8_mode"] == "legacy-cache" and info["calibration_fingerprint"] == "f" * 64
+
+
+def test_a_timing_cache_folder_that_cannot_be_read_starts_a_new_cache(tmp_path: Path,
+                                                                        caplog: pytest.LogCaptureFixture) -> None:
+    """path.is_file() raised PermissionError on a folder without search permission (pathlib swallows only
+    ENOENT and a few others), which stopped the build before it started (session 56's review)."""
+    import logging
+    import unittest.mock as mock
+
+    from uopsl.export import tensorrt as trt_export
+
+    def denied(self: Path) -> bytes:
+        raise PermissionError(13, "Permission denied", str(self))
+
+    loaded: list[bytes] = []
+    with mock.patch.object(Path, "read_bytes", denied), mock.patch.object(Path, "is_file", denied), \
+            mock.patch.object(trt_export, "load_timing_cache", lambda cfg, data: loaded.append(data)), \
+            caplog.at_level(logging.WARNING):
+        trt_export._attach_timing_cache(object(), tmp_path / "locked" / "cache.bin")  # type: ignore[arg-type]
+    assert loaded == [b""] and "cannot read the timing cache" in caplog.text
+
+
+def test_no_timing_cache_from_tensorrt_costs_no_engine(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    from uopsl.export import tensorrt as trt_export
+
+    class Config:
+        def get_timing_cache(self) -> None:
+            return None
+
+    with caplog.at_level(logging.WARNING):
+        assert trt_export._save_timing_cache(Config(), tmp_path / "cache.bin") is False  # type: ignore[arg-type]
+    assert "could not save the timing cache" in caplog.text and not (tmp_path / "cache.bin").exists()

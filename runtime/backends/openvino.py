@@ -31,11 +31,12 @@ never in the bundle (checksummed, perhaps read-only). ``UOPSL_OPENVINO_CACHE=0``
 cannot be made or written (read-only home, full disk), or one that others can
 write, leaves the cache off for that load with one INFO line saying why; the
 load itself never fails for the cache's sake. Measured (session 56, 2-core
-EPYC, median of 9 loads in fresh processes, OpenVINO 2026.4): the quick demo's
-INT8 file 428 -> 188 ms, its FP32 file 233 -> 176 ms, a ResNet-18 at 224 px
-INT8 237 -> 151 ms; the ResNet-18's FP32 file gains nothing (251 -> 261 ms:
-it compiles in ~50 ms, and checking its 45 MB blob costs ~30 ms). A first
-load, which compiles and writes the entry, takes 40-100 ms more than before.
+EPYC, medians of 9 loads in fresh processes, OpenVINO 2026.4,
+``benchmarks/openvino_cache_load.py``): the quick demo's INT8 file 393 ->
+183 ms, its FP32 file 247 -> 179 ms, a ResNet-18 at 224 px INT8 240 -> 154
+ms; the ResNet-18's FP32 file gains nothing (246 -> 255 ms: it compiles in
+~50 ms, and checking its 45 MB blob costs ~30 ms). A first load, which
+compiles and writes the entry, takes 25-90 ms more than before.
 
 Why it is more than OpenVINO's ``CACHE_DIR`` pointed at that folder (each
 measured with OpenVINO 2026.4, session 56):
@@ -466,7 +467,15 @@ class OpenVinoBackend(ModelFileBackend):
             device_name = "unknown"
         key = {"model_sha256": digest, "device": self.device, "device_name": device_name,
                "openvino": str(ov.get_version()), "config": {k: str(v) for k, v in sorted(config.items())}}
-        return _CacheSlot.open(openvino_cache_dir(), key)
+        try:
+            root = openvino_cache_dir()
+        except (OSError, RuntimeError, KeyError) as exc:
+            # No home folder to put it in (HOME unset and a uid without a passwd entry, as containers run):
+            # Path.home() raises RuntimeError. The load must not fail for the cache's sake.
+            log.info("OpenVINO compiled-model cache not used: no cache folder (%s); compiling without it (set "
+                     "UOPSL_CACHE_DIR to a folder only this user can write)", exc)
+            return None
+        return _CacheSlot.open(root, key)
 
     def _compile(self, core: Any, model: Any, config: dict[str, Any], slot: _CacheSlot | None) -> Any:
         """``model`` compiled, through the cache's private folder when there is one (a failure there is
