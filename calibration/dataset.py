@@ -41,9 +41,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from uopsl.calibration.table import IMAGE_DIGEST_CHARS
 from uopsl.runtime.errors import ConfigError, DataError, ImageError
-from uopsl.runtime.fsio import NUMPY_FILE_ERRORS, atomic_open, read_user_text, user_cache_dir
+from uopsl.runtime.fsio import NUMPY_FILE_ERRORS, atomic_open, read_user_text, short_sha256, user_cache_dir
 from uopsl.runtime.progress import track
 from uopsl.runtime.image_suffixes import IMAGE_SUFFIXES
 from uopsl.runtime.inputs import WalkState, walk_images
@@ -53,9 +52,6 @@ log = logging.getLogger(__name__)
 
 LIST_SUFFIXES = frozenset({".txt", ".lst", ".list"})
 _CACHE_FORMAT = 1
-#: Characters of each image file's sha256 (hex) kept per calibration image: the checkpoint's record of its
-#: photographs keeps as many (``images_seen.json``), so one digest compares with both.
-DIGEST_CHARS = IMAGE_DIGEST_CHARS
 
 
 @dataclass(frozen=True)
@@ -77,7 +73,7 @@ class CalibrationSet:
     fingerprint: str
     labels: tuple[str, ...] | None = None
     skipped: tuple[SkippedImage, ...] = ()
-    #: each image file's digest (:data:`DIGEST_CHARS` hex characters of its sha256), in set order; None where
+    #: each image file's digest (:func:`uopsl.runtime.fsio.short_sha256`), in set order; None where
     #: the files are not known (a set made from arrays, or cached by a uopsl that did not record them)
     digests: tuple[str, ...] | None = None
 
@@ -332,8 +328,6 @@ def _request_key(paths: Sequence[Path], labels: Sequence[str] | None, cfg: Prepr
     blob = json.dumps(
         {"files": entries, "labels": list(labels) if labels is not None else None, "preprocess": cfg.to_dict(),
          "preprocess_version": PREPROCESS_VERSION,
-         # 2: the cache records each file's digest (a cache from before is rebuilt, so the table gets them)
-         "digests": 2,
          "max_images": max_images, "seed": seed, "require_fov": require_fov},
         sort_keys=True,
     )
@@ -405,7 +399,10 @@ def build_calibration_set(
                                   "give another --set-cache path, or remove it if it is an old cache") from exc
             log.warning("ignoring calibration set cache: %s", exc)
         else:
-            if cached_key == key:
+            if cached_key == key and cached.digests is None:
+                # Written before sets recorded their files' digests: rebuilt, so that the table gets them.
+                log.info("calibration set cache %s does not record its files' digests: rebuilding", cache)
+            elif cached_key == key:
                 log.info("calibration set loaded from cache %s (%d images)", cache, len(cached))
                 _log_skipped(cached.skipped)
                 return cached
@@ -444,7 +441,7 @@ def build_calibration_set(
                 "the quality gate would refuse it",
             ))
             continue
-        kept.append((int(i), pre.image, hashlib.sha256(data).hexdigest()[:DIGEST_CHARS]))
+        kept.append((int(i), pre.image, short_sha256(data)))
     _log_skipped(skipped)
     if not kept:
         raise DataError(

@@ -29,7 +29,7 @@ from types import MappingProxyType
 from typing import Any
 
 from uopsl.runtime.errors import ConfigError
-from uopsl.runtime.fsio import write_json
+from uopsl.runtime.fsio import SHORT_DIGEST_CHARS, write_json
 from uopsl.runtime.preprocess import PreprocessConfig
 from uopsl.runtime.version import __version__
 
@@ -38,8 +38,6 @@ log = logging.getLogger(__name__)
 TABLE_FORMAT = 1
 TABLE_FILE = "calibration.json"
 METHODS = ("minmax", "entropy", "percentile")
-#: Characters of each calibration image file's sha256 (hex) a table keeps (:attr:`CalibrationTable.image_digests`).
-IMAGE_DIGEST_CHARS = 16
 # Largest magnitude of a symmetric signed 8-bit code (TensorRT uses [-127, 127]).
 INT8_MAX = 127
 
@@ -68,7 +66,7 @@ class CalibrationTable:
     algorithm_version: the version of ``method``'s range algorithm that made
         the table (:data:`ALGORITHM_VERSIONS`; a table of an older one is not reused).
     image_digests: each calibration image file's digest (the first 16 hex
-        characters of its sha256, :data:`uopsl.calibration.dataset.DIGEST_CHARS`),
+        characters of its sha256, :data:`uopsl.runtime.fsio.SHORT_DIGEST_CHARS`),
         sorted; None where not known (a table from before uopsl recorded them, or a
         set made from arrays). ``uopsl validate`` compares them with the images it
         judges an INT8 file on: ranges fitted on those very images flatter it there.
@@ -115,7 +113,7 @@ class CalibrationTable:
         if self.image_digests is not None:
             # the first 16 hex characters, as the sets and the checkpoints record them (a longer digest, e.g. a
             # whole sha256 from another writer, would otherwise never equal a judged image's)
-            digests = tuple(sorted({str(d).lower()[:IMAGE_DIGEST_CHARS] for d in self.image_digests}))
+            digests = tuple(sorted({str(d).lower()[:SHORT_DIGEST_CHARS] for d in self.image_digests}))
             bad = [d for d in digests if len(d) < 16 or any(c not in "0123456789abcdef" for c in d)]
             if bad:
                 raise ConfigError(f"image_digests must be hex sha256 prefixes of at least 16 characters; {len(bad)} "

@@ -14,8 +14,8 @@ INT8 file whose fingerprint is the bundle's table's (an engine built from
 calibration.json's ranges, or from such a file, records it too) is checked
 against that table's digests; for any other file (quantized from a table since
 replaced, with ``quantize --images`` another set, an engine TensorRT calibrated
-from ``--calib-images``, a table from before digests were recorded) the check
-says it could not look, and why. A file judged on any of its
+from ``build-engine --calib-images`` or a cache file, a table from before
+digests were recorded) the check says it could not look, and why. A file judged on any of its
 calibration images keeps its FAIL (a file that fails even there is not fit), but
 its PASS is not recorded in the manifest and is not a release pass.
 """
@@ -27,14 +27,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from uopsl.calibration.dataset import DIGEST_CHARS
 from uopsl.calibration.table import CalibrationTable
 from uopsl.export.parity_metrics import FAIL
 from uopsl.runtime.bundle import FileEntry, Manifest
 from uopsl.runtime.errors import ConfigError
+from uopsl.runtime.fsio import SHORT_DIGEST_CHARS
 
 #: What the digests are (parity.json says it beside each check).
-DIGEST_WORDS = f"sha256 of each image file, first {DIGEST_CHARS} hex characters (calibration.json's image_digests)"
+DIGEST_WORDS = f"sha256 of each image file, first {SHORT_DIGEST_CHARS} hex characters (calibration.json's image_digests)"
 
 
 @dataclass(frozen=True)
@@ -123,7 +123,7 @@ def calibration_overlaps(root: str | Path, manifest: Manifest, files: Iterable[s
 
     The bundle was verified before this is called, so its calibration.json is the one the manifest lists.
     """
-    mine = [d[:DIGEST_CHARS].lower() for d in digests if d]
+    mine = [d[:SHORT_DIGEST_CHARS].lower() for d in digests if d]
     n = len(digests)
     by_path = {f.path: f for f in manifest.files}
     by_sha = {f.sha256: f for f in manifest.files}
@@ -153,14 +153,14 @@ def calibration_overlaps(root: str | Path, manifest: Manifest, files: Iterable[s
         elsewhere = _fitted_elsewhere(source, fingerprint) if fingerprint and table is not None else None
         if fingerprint is None:
             out[name] = unknown(f"{name} does not record the calibration set it was made with (an engine "
-                                "TensorRT calibrated from --calib-images or a cache file, or a file from before "
-                                "uopsl recorded it)")
+                                "built from a TensorRT cache file, or a file from before uopsl recorded it)")
         elif table is None:
             out[name] = unknown(str(table_problem))
         elif table.set_fingerprint != fingerprint:
             out[name] = unknown(f"{name} was calibrated on another set than the bundle's {where} describes "
                                 f"(fingerprint {fingerprint[:12]}... against {table.set_fingerprint[:12]}...: "
-                                "recalibrated since it was made)")
+                                "the table was recalibrated since, or the file was calibrated on other images, "
+                                "such as build-engine's --calib-images)")
         elif table.image_digests is None:
             out[name] = unknown(f"{where} does not record its images' digests (made before uopsl recorded "
                                 "them, or from arrays): run uopsl calibrate and uopsl quantize again to have them "
@@ -168,7 +168,7 @@ def calibration_overlaps(root: str | Path, manifest: Manifest, files: Iterable[s
         elif elsewhere is not None:
             out[name] = unknown(f"{name}: {elsewhere}")
         else:
-            calibration = {d[:DIGEST_CHARS] for d in table.image_digests}
+            calibration = {d[:SHORT_DIGEST_CHARS] for d in table.image_digests}
             out[name] = CalibrationOverlap(name, n, sum(1 for d in mine if d in calibration),
                                            table.num_images, where)
     return out

@@ -186,6 +186,9 @@ class LegacyCalibration:
     images / max_images: where ``batches`` came from (a folder, CSV, list or
         .npz set) and the image cap; only recorded in the engine header so that
         the rebuild command can give the calibrator the same images again.
+    set_fingerprint: the calibration set's fingerprint (calibration.json's, or the
+        ``--calib-images`` set's), which ``uopsl build-engine`` records on the
+        engine's manifest entry so that ``uopsl validate`` knows its calibration images.
     """
 
     batches: Iterable[np.ndarray] | None = None
@@ -195,6 +198,7 @@ class LegacyCalibration:
     batch_size: int = 8
     images: str | None = None
     max_images: int | None = None
+    set_fingerprint: str | None = None
 
     @property
     def has_cache(self) -> bool:

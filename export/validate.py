@@ -152,6 +152,7 @@ from uopsl.runtime.cpuinfo import CPU_BACKENDS, int8_cpu_class
 from uopsl.runtime.errors import BackendError, BundleError, ConfigError, DataError, UopslError
 from uopsl.runtime.fsio import (
     NUMPY_FILE_ERRORS,
+    SHORT_DIGEST_CHARS,
     remove_stale_temporaries,
     sha256_file,
     write_bytes,
@@ -197,7 +198,7 @@ SEEN_FILE = "images_seen.json"
 SEEN_ROLES = {"earlier": "the checkpoint this one was made from", "pretrain": "pre-training",
               "train": "fine-tuning", "validation": "validation (thresholds, best epoch)",
               "qat": "quantization-aware fine-tuning (without labels)"}
-_SEEN_DIGEST_CHARS = 16
+_SEEN_DIGEST_CHARS = SHORT_DIGEST_CHARS
 #: Written into ``data.images_seen`` (what the check of held-out images could not see).
 _SEEN_NOT_CHECKED = ("calibration images: not here; each INT8 candidate's calibration_images says whether they "
                      "could be checked against calibration.json's image digests, and how many were judged")
@@ -646,7 +647,7 @@ class _Seen:
 def images_seen(checkpoint: str | os.PathLike[str] | None, digests: Sequence[str | None]) -> _Seen:
     """Which of the images (``digests``: each file's sha256, hex) made ``checkpoint`` (its :data:`SEEN_FILE`).
 
-    The check ``uopsl evaluate`` makes (``uopsl.train.workflow.images_seen_note``), read here without training
+    The check ``uopsl evaluate`` makes too (``uopsl.train.workflow.seen_overlap`` calls this), read without training
     code: the same file, the same digests.
     """
     n = len(digests)

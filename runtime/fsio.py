@@ -412,6 +412,17 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+#: Hex characters of the toolkit's short content digest, the first 8 bytes of a sha256: how result rows name
+#: their thumbnails and heatmaps, checkpoints record their photographs (``images_seen.json``) and calibration
+#: tables their images, so that one digest compares with all of them.
+SHORT_DIGEST_CHARS = 16
+
+
+def short_sha256(data: bytes) -> str:
+    """The first :data:`SHORT_DIGEST_CHARS` hex characters of ``data``'s sha256."""
+    return sha256_bytes(data)[:SHORT_DIGEST_CHARS]
+
+
 def is_temporary_name(name: str, target: str | None = None) -> bool:
     """Whether ``name`` is a temporary :func:`staging` (so :func:`atomic_open`) makes: ``.NAME.XXXX.tmp``, of
     ``target`` when given."""

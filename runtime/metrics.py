@@ -686,6 +686,16 @@ def _wilson_bounds(p: float, n: float, alpha: float) -> tuple[float, float]:
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
+def _wilson_on_effective_n(p: float, sizes: np.ndarray, alpha: float) -> tuple[float, float, float]:
+    """(low, high, n_eff): Wilson bounds of ``p`` on ``n_eff = n**2 / sum(n_c**2)`` for clusters of ``sizes``
+    cases, the effective size of cases fully correlated within each cluster (for two eyes per patient, the
+    number of patients), the ends kept exact at 0 and 1."""
+    n = float(sizes.sum())
+    n_eff = n * n / float(np.sum(sizes * sizes))
+    lo, hi = _wilson_bounds(p, n_eff, alpha)
+    return (0.0 if p == 0 else min(lo, p)), (1.0 if p == 1 else max(hi, p)), n_eff
+
+
 def single_unit_side(pos: np.ndarray, cluster_of: np.ndarray | None) -> str:
     """Why a bootstrap interval of an AUC cannot be estimated ("" when it can): one side comes from a single unit.
 
@@ -716,9 +726,7 @@ def _clustered_zero_width(iv: Interval, cases: np.ndarray, cluster_of: np.ndarra
         return None
     sizes = np.bincount(cluster_of[cases]).astype(np.float64)
     n = float(sizes.sum())
-    n_eff = n * n / float(np.sum(sizes * sizes))
-    lo, hi = _wilson_bounds(iv.estimate, n_eff, iv.alpha)
-    lo, hi = (0.0 if iv.estimate == 0 else min(lo, iv.estimate)), (1.0 if iv.estimate == 1 else max(hi, iv.estimate))
+    lo, hi, n_eff = _wilson_on_effective_n(iv.estimate, sizes, iv.alpha)
     note = (f"every cluster-bootstrap resample gave {iv.estimate:g} (zero width); replaced by the Wilson interval on "
             f"the effective sample size {n_eff:.3g} ({int(n)} cases, each cluster counted once)")
     return Interval(iv.estimate, lo, hi, iv.n_boot, iv.n_valid, iv.alpha, WILSON_EFFECTIVE_N), note
@@ -797,15 +805,14 @@ def clustered_proportion_interval(hits: Any, clusters: Any, *, alpha: float = 0.
     x_c = np.bincount(code, weights=h.astype(np.float64))
     m = int(sizes.size)
     p = float(h.mean())
-    floor = n * n / float(np.sum(sizes * sizes))
-    if m == 1 or p in (0.0, 1.0):
-        n_eff = floor  # no spread between clusters to estimate the variance from
-    else:
-        var = (m / (m - 1)) * float(np.sum((x_c - p * sizes) ** 2)) / (n * n)
-        # var 0 with 0 < p < 1: every cluster at exactly p, a design effect of 0, capped at n like any below 1
-        n_eff = float(n) if var <= 0.0 else min(float(n), max(floor, p * (1.0 - p) / var))
+    lo, hi, floor = _wilson_on_effective_n(p, sizes, alpha)
+    if m == 1 or p in (0.0, 1.0):  # no spread between clusters to estimate the variance from: the floor
+        return Interval(p, lo, hi, 0, 0, alpha, WILSON_DESIGN_EFFECT), floor
+    var = (m / (m - 1)) * float(np.sum((x_c - p * sizes) ** 2)) / (n * n)
+    # var 0 with 0 < p < 1: every cluster at exactly p, a design effect of 0, capped at n like any below 1
+    n_eff = float(n) if var <= 0.0 else min(float(n), max(floor, p * (1.0 - p) / var))
     lo, hi = _wilson_bounds(p, n_eff, alpha)
-    lo, hi = (0.0 if p == 0 else min(lo, p)), (1.0 if p == 1 else max(hi, p))
+    lo, hi = min(lo, p), max(hi, p)
     return Interval(p, lo, hi, 0, 0, alpha, WILSON_DESIGN_EFFECT), n_eff
 
 

@@ -30,7 +30,7 @@ import cv2
 import numpy as np
 
 from uopsl.runtime.errors import ConfigError
-from uopsl.runtime.fsio import sha256_bytes, write_bytes
+from uopsl.runtime.fsio import short_sha256, write_bytes
 
 OVERLAY_DIR = "overlays"
 THUMB_DIR = "thumbs"
@@ -187,4 +187,4 @@ def write_thumbnail(out_dir: str | os.PathLike[str], image_id: str, rgb: np.ndar
 def content_id(data: bytes) -> str:
     """The first 16 hex digits of ``data``'s sha256: how a result row names its thumbnail and heatmap, so the
     report knows them by content rather than by file time (see ``uopsl.runtime.report._trusted_image``)."""
-    return sha256_bytes(data)[:16]
+    return short_sha256(data)

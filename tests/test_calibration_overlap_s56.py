@@ -24,7 +24,7 @@ from tinymodel import export_tiny_onnx
 from validatekit import (  # noqa: F401 - photos, image_keys: module fixtures
     CPU, NAMES, N, PRE, PatchedModels, cycled_labels, image_keys, photos,
 )
-from uopsl.calibration.dataset import DIGEST_CHARS, CalibrationSet, build_calibration_set
+from uopsl.calibration.dataset import CalibrationSet, build_calibration_set
 from uopsl.calibration.ranges import calibrate
 from uopsl.calibration.table import CalibrationTable
 from uopsl.export.calibration_images import calibration_overlaps
@@ -32,13 +32,14 @@ from uopsl.export.parity_metrics import FAIL, PASS, ParityGates
 from uopsl.export.validate import ImageRecord, ValidateConfig, validate_bundle
 from uopsl.runtime.bundle import PARITY_KEY, FileEntry, Manifest, describe_file, read_manifest, write_manifest
 from uopsl.runtime.errors import ConfigError
+from uopsl.runtime.fsio import SHORT_DIGEST_CHARS
 
 FINGERPRINT = "f" * 64
 CALIB = 40  # the first CALIB photographs calibrated the INT8 file
 
 
 def _digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:DIGEST_CHARS]
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:SHORT_DIGEST_CHARS]
 
 
 def _table(digests: Sequence[str] | None, fingerprint: str = FINGERPRINT) -> CalibrationTable:
@@ -103,14 +104,11 @@ def test_a_cache_from_before_the_digests_is_rebuilt_not_served_without_them(
     built = build_calibration_set(photos[:6], PRE, require_fov=False, cache=cache, show_progress=False)
     with np.load(cache, allow_pickle=False) as z:
         images, meta = np.array(z["images"]), json.loads(str(z["meta"]))
-    meta.pop("digests")
-    # an older uopsl's request key did not cover the digests, so it differs from today's for the same files
-    meta["request_key"] = "the key of an older uopsl"
+    meta.pop("digests")  # as an older uopsl wrote it, for the same files and options (the same request key)
     np.savez(cache, images=images, meta=np.array(json.dumps(meta)))
     assert CalibrationSet.load(cache).digests is None  # what an old cache holds
     rebuilt = build_calibration_set(photos[:6], PRE, require_fov=False, cache=cache, show_progress=False)
     assert rebuilt.digests == built.digests
-    assert DIGEST_CHARS == 16  # the checkpoint's images_seen.json keeps as many
 
 
 def test_calibrate_writes_the_digests_into_the_table_and_it_round_trips(photos: list[Path], tmp_path: Path) -> None:
@@ -180,7 +178,7 @@ def test_its_fail_on_its_calibration_images_is_recorded(
 def test_held_out_images_are_said_to_be_held_out_and_the_pass_is_recorded(
         photos: list[Path], image_keys: dict[str, int], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     # calibrated on other photographs than the N judged
-    other = [hashlib.sha256(f"other {i}".encode()).hexdigest()[:DIGEST_CHARS] for i in range(30)]
+    other = [hashlib.sha256(f"other {i}".encode()).hexdigest()[:SHORT_DIGEST_CHARS] for i in range(30)]
     bundle = _bundle(tmp_path / "bundle", _table(other))
     models = PatchedModels(image_keys, monkeypatch, cycled_labels(N))
     res = _validate(bundle, photos, models, tmp_path / "out")
@@ -257,7 +255,7 @@ def test_calibrating_again_replaces_a_table_without_digests(photos: list[Path], 
 def test_whole_sha256_digests_in_a_table_still_match(photos: list[Path], tmp_path: Path) -> None:
     full = [hashlib.sha256(p.read_bytes()).hexdigest() for p in photos[:CALIB]]
     table = _table(full)
-    assert all(len(d) == DIGEST_CHARS for d in table.image_digests or ())
+    assert all(len(d) == SHORT_DIGEST_CHARS for d in table.image_digests or ())
     bundle = _bundle(tmp_path / "b", table)
     got = calibration_overlaps(bundle, read_manifest(bundle), ["model.int8.onnx"], full)
     assert got["model.int8.onnx"].n_overlap == CALIB

@@ -89,12 +89,13 @@ def _check_entry(entry: Path) -> dict[str, Any]:
 
 
 def _info(caplog: pytest.LogCaptureFixture) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name == LOGGER and r.levelno == logging.INFO]
+    return [r.getMessage() for r in caplog.records
+            if (r.name == LOGGER or r.name.startswith(LOGGER + ".")) and r.levelno == logging.INFO]
 
 
 # -- where ------------------------------------------------------------------------------------------------
 def test_cache_folder_is_uopsl_cache_dir_then_xdg_then_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from uopsl.runtime.backends.openvino import openvino_cache_dir
+    from uopsl.runtime.backends.openvino_cache import openvino_cache_dir
 
     for var in ("UOPSL_CACHE_DIR", "UOPSL_CACHE", "XDG_CACHE_HOME"):
         monkeypatch.delenv(var, raising=False)
@@ -387,7 +388,7 @@ def test_entries_are_linked_or_else_copied(tiny_bundle: Path, ov_cache: Path,  #
     network shares), and a copy that does not fit (full disk) compiles and keeps the entry."""
     import errno
 
-    from uopsl.runtime.backends import openvino as ovb
+    from uopsl.runtime.backends import openvino_cache as ovb
 
     x = random_fundus_batch(2, 64, seed=3)
     ref, _ = _run(tiny_bundle / "model.onnx", x, cache=False)
@@ -441,7 +442,7 @@ def test_the_environment_switches_the_cache_off(tiny_bundle: Path, ov_cache: Pat
 def test_cache_false_switches_it_off_and_an_unknown_value_keeps_it_on(tiny_bundle: Path, ov_cache: Path,  # noqa: F811
                                                                       monkeypatch: pytest.MonkeyPatch,
                                                                       caplog: pytest.LogCaptureFixture) -> None:
-    from uopsl.runtime.backends.openvino import openvino_cache_enabled
+    from uopsl.runtime.backends.openvino_cache import openvino_cache_enabled
 
     _, b = _run(tiny_bundle / "model.onnx", random_fundus_batch(1, 64), cache=False)
     assert b.loaded_from_cache is None and not ov_cache.exists()
@@ -482,10 +483,10 @@ def test_a_refused_load_caches_nothing(tmp_path: Path, ov_cache: Path, monkeypat
 
 def test_two_loads_publishing_at_once_keep_one_whole_entry(tmp_path: Path, ov_cache: Path,
                                                            caplog: pytest.LogCaptureFixture) -> None:
-    from uopsl.runtime.backends.openvino import _CacheSlot
+    from uopsl.runtime.backends.openvino_cache import CacheSlot
 
     key = {"model_sha256": "ab" * 32, "device": "CPU"}
-    first, second = _CacheSlot.open(ov_cache, key), _CacheSlot.open(ov_cache, key)
+    first, second = CacheSlot.open(ov_cache, key), CacheSlot.open(ov_cache, key)
     assert first is not None and second is not None and first.private != second.private
     (first.private / "1.blob").write_bytes(b"first")
     (second.private / "1.blob").write_bytes(b"second")
@@ -501,7 +502,7 @@ def test_two_loads_publishing_at_once_keep_one_whole_entry(tmp_path: Path, ov_ca
 
 
 def test_leftovers_are_swept(tiny_bundle: Path, ov_cache: Path) -> None:  # noqa: F811
-    from uopsl.runtime.backends.openvino import CACHE_MAX_AGE_DAYS
+    from uopsl.runtime.backends.openvino_cache import CACHE_MAX_AGE_DAYS
 
     ov_cache.mkdir(parents=True, mode=0o700)
     old, young = ov_cache / ".load-crashed", ov_cache / ".load-running"

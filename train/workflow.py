@@ -459,20 +459,20 @@ class SeenOverlap:
 
 
 def seen_overlap(ckpt: Path, ds: ImageDataset) -> SeenOverlap:
-    """:class:`SeenOverlap` of ``ds``'s photographs with those that made ``ckpt``."""
-    seen = read_images_seen(ckpt)
-    if seen is None:
+    """:class:`SeenOverlap` of ``ds``'s photographs with those that made ``ckpt``: counted by
+    :func:`uopsl.export.validate.images_seen`, the one comparison ``uopsl validate`` makes too."""
+    from uopsl.export.validate import images_seen
+
+    seen = images_seen(ckpt, [f"{int(d):016x}" for d in ds.digests])
+    if seen.per_role is None:
         return SeenOverlap(False, len(ds.digests), {}, 0, ())
-    mine = [f"{int(d):016x}" for d in ds.digests]
-    per_role = {role: sum(d in (seen.get(role) or ()) for d in mine) for role in SEEN_ROLES}
-    anywhere: set[str] = set().union(*(v for v in seen.values() if v))
-    return SeenOverlap(True, len(mine), {r: n for r, n in per_role.items() if n}, sum(d in anywhere for d in mine),
-                       tuple(SEEN_ROLES.get(r, r) for r, v in seen.items() if v is None))
+    return SeenOverlap(True, seen.n, dict(seen.per_role), int(seen.n_seen or 0),
+                       tuple(SEEN_ROLES.get(r, r) for r in seen.unknown_roles))
 
 
-def images_seen_note(ckpt: Path, ds: ImageDataset) -> tuple[dict[str, int] | None, str]:
-    """How many of ``ds``'s photographs made the checkpoint (None: not recorded), and a note to show, or ""."""
-    ov = seen_overlap(ckpt, ds)
+def images_seen_note(ov: SeenOverlap) -> tuple[dict[str, int] | None, str]:
+    """How many of the photographs ``ov`` counts made the checkpoint (None: not recorded), and a note to show, or
+    ""."""
     if not ov.recorded:
         return None, ("this checkpoint does not record which photographs made it (made before uopsl recorded them): "
                       "make sure the evaluated photographs were not among them")
@@ -482,7 +482,7 @@ def images_seen_note(ckpt: Path, ds: ImageDataset) -> tuple[dict[str, int] | Non
     if not n:
         return per_role, caveat[2].upper() + caveat[3:] if caveat else ""
     return per_role, (f"{n} of {ov.n_images} evaluated photographs (same file content) were used to make this "
-                      "checkpoint (" + ", ".join(f"{k} in {SEEN_ROLES[r]}" for r, k in per_role.items())
+                      "checkpoint (" + ", ".join(f"{k} in {SEEN_ROLES.get(r, r)}" for r, k in per_role.items())
                       + "); these figures overstate how it does on new photographs: evaluate on held-out images"
                       + caveat)
 
@@ -846,11 +846,11 @@ def run_evaluate(ckpt: Path, items: Sequence[Item], out: Path | None, n_boot: in
     report["checkpoint_stage"] = meta.stage  # a pretrain checkpoint's sensitivities sit at an unvalidated 0.5
     report["n_unreadable"] = len(ds.unreadable)  # left out of every figure above
     report["unreadable"] = [str(p) for p in ds.unreadable[:100]]
-    report["images_seen_in_training"], note = images_seen_note(ckpt, ds)  # None: not recorded
+    overlap = seen_overlap(ckpt, ds)
+    report["images_seen_in_training"], note = images_seen_note(overlap)  # None: not recorded
     if note:
         report["notes"].append(note)
         log.warning("%s", note)
-    overlap = seen_overlap(ckpt, ds)
     names = model.config.classes
     ctx = dict(context or {})
     report = {
@@ -936,7 +936,7 @@ def run_zero_shot(ckpt: Path, items: Sequence[Item], names: Sequence[str], out: 
                 "with: its scores and AUCs are not the trained class's")
         res["notes"].append(note)
         log.warning("%s", note)
-    res["images_seen_in_training"], note = images_seen_note(ckpt, ds)  # the seen classes' AUCs, above all
+    res["images_seen_in_training"], note = images_seen_note(seen_overlap(ckpt, ds))  # the seen classes' AUCs
     if note:
         res["notes"].append(note)
         log.warning("%s", note)

@@ -179,7 +179,7 @@ def _legacy_calibration(bundle: Path, manifest: Any, mode: str, onnx: Path, cali
         refuse_table_of_other_preprocessing(bundle, table, bundle / TABLE_FILE)
         amax = {name: table.amax(name) for name in table.tensor_names}
         algo = "minmax" if table.method == "minmax" else "entropy2"
-        return LegacyCalibration(amax=amax, algorithm=algo, batch_size=batch)
+        return LegacyCalibration(amax=amax, algorithm=algo, batch_size=batch, set_fingerprint=table.set_fingerprint)
     if calib_images is None:
         raise ConfigError("--int8-mode legacy-calibrator needs --calib-images (a folder, CSV, list or .npz set)")
     from uopsl.calibration.dataset import build_calibration_set
@@ -189,7 +189,8 @@ def _legacy_calibration(bundle: Path, manifest: Any, mode: str, onnx: Path, cali
         raise ConfigError(f"{calib_images}: {len(cal)} usable calibration images, fewer than one batch of {batch}")
     return LegacyCalibration(batches=cal.batches(batch), batch_size=batch,
                              cache_file=str(calib_cache.resolve()) if calib_cache is not None else None,
-                             images=str(calib_images.resolve()), max_images=max_images)
+                             images=str(calib_images.resolve()), max_images=max_images,
+                             set_fingerprint=cal.fingerprint)
 
 
 @click.command("build-engine")
@@ -274,16 +275,10 @@ def command(bundle: Path, precision: str, min_batch: int | None, opt_batch: int 
     if mode != config.int8_mode:
         config = replace(config, int8_mode=mode)  # type: ignore[arg-type]
     calibration = None
-    from_table: dict[str, str] = {}
     if mode in ("legacy-cache", "legacy-calibrator"):
         check_implicit_int8(api)  # before reading calibration data that TensorRT 11 could not use
         calibration = _legacy_calibration(bundle, manifest, mode, onnx, calib_cache, calib_images, calib_batch,
                                           calib_max_images)
-        if mode == "legacy-cache" and getattr(calibration, "amax", None):
-            # Its ranges are calibration.json's: uopsl validate checks the engine against that set's images.
-            from uopsl.calibration.table import TABLE_FILE, CalibrationTable
-
-            from_table = {"calibration_fingerprint": CalibrationTable.load(bundle / TABLE_FILE).set_fingerprint}
     if not no_timing_cache:
         if timing_cache is None:
             _name, cc = cuda.device_properties(device)
@@ -295,7 +290,9 @@ def command(bundle: Path, precision: str, min_batch: int | None, opt_batch: int 
     info = build_engine(onnx, bundle / out_name, config, calibration, cuda=cuda)
     # The manifest as it is now, not as it was before minutes of building (a validate may have written it).
     add_file(bundle, None, out_name, "engine", precision,  # type: ignore[arg-type]
-             info={**info.header.to_dict(), **from_table})
+             # the calibration set, where known: uopsl validate checks the engine against its images
+             info={**info.header.to_dict(), **({"calibration_fingerprint": calibration.set_fingerprint}
+                                               if calibration is not None and calibration.set_fingerprint else {})})
     h = info.header
     click.echo(f"{bundle / out_name}: {h.precision}"
                + (f" ({h.int8_mode})" if h.int8_mode else "")
