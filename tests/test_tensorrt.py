@@ -1516,7 +1516,10 @@ def test_cli_legacy_calibrator_from_a_calibration_set(monkeypatch: pytest.Monkey
     assert "int8 (legacy-calibrator)" in out
     assert [c[0] for c in trt.calls["calibration"]] == ["cache", "batch", "batch"]  # 5 images: 2 + 2, 1 dropped
     assert (tmp_path / "calib.cache").is_file()
-    assert read_manifest(bundle).file("model.int8.engine").info["source_onnx"] == "model.onnx"
+    info = read_manifest(bundle).file("model.int8.engine").info
+    assert info["source_onnx"] == "model.onnx"
+    # the set TensorRT calibrated on, so that uopsl validate can say the engine's images are not the table's
+    assert info["calibration_fingerprint"] == CalibrationSet.load(npz).fingerprint
 
 
 def test_cli_errors_are_one_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, gpu: FakeGpu,
