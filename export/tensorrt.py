@@ -47,7 +47,7 @@ import logging
 import os
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -584,6 +584,7 @@ def build_engine(
         serialized = builder.build_serialized_network(network, bconfig)
         if calibrator is not None:
             _check_calibration(calibrator)
+            calibration = _without_lost_cache(calibrator, calibration)
         if serialized is None:
             detail = " | ".join(logger.errors[-5:]) or "no error reported"
             raise BackendError(f"TensorRT {api.version_text} failed to build the engine from {onnx_path.name}: {detail}")
@@ -751,6 +752,18 @@ def _save_timing_cache(bconfig: tensorrt.IBuilderConfig, path: Path) -> bool:
                     "times its kernels again (--timing-cache PATH elsewhere, or $UOPSL_CACHE_DIR)", path, exc)
         return False
     return True
+
+
+def _without_lost_cache(calibrator: Any, calibration: LegacyCalibration | None) -> LegacyCalibration | None:
+    """``calibration`` as the engine header should record it: without its ``cache_file`` when the calibrator could
+    not save the cache TensorRT computed there (the header's rebuild command must not name a file that was never
+    written). The engine is sound and is still written; the lost cache is a warning, not an error."""
+    err = getattr(calibrator, "cache_write_error", None)
+    if err is None or calibration is None:
+        return calibration
+    log.warning("could not save the INT8 calibration cache to %s (%s); the engine is written anyway, but a later "
+                "build calibrates again (--calib-cache PATH somewhere writable keeps it)", calibration.cache_file, err)
+    return replace(calibration, cache_file=None)
 
 
 def _check_calibration(calibrator: Any) -> None:

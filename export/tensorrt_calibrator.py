@@ -75,6 +75,7 @@ def make_calibrator(
             self.dropped = 0
             self.error: BaseException | None = None
             self.expects_batches = batches is not None and cache is None  # TensorRT reads a cache instead
+            self.cache_write_error: Exception | None = None  # cache_out could not be written
             self._it: Iterator[np.ndarray] | None = iter(batches) if batches is not None else None
             self._ptr: int | None = None
             self._pinned: PinnedBuffer | None = None  # page-locked: pycuda's async copy requires it
@@ -129,7 +130,11 @@ def make_calibrator(
             try:
                 write_bytes(cache_out, bytes(memoryview(data)))
                 log.info("calibration cache written to %s", Path(cache_out))
-            except BaseException as exc:  # noqa: BLE001 - as in get_batch
+            except Exception as exc:  # noqa: BLE001 - as in get_batch: TensorRT's wrapper would swallow it
+                # Not self.error: the calibration itself succeeded and the engine being built is sound; only
+                # the copy for later builds is missing, which the build reports (a Jetson build takes minutes).
+                self.cache_write_error = exc
+            except BaseException as exc:  # noqa: BLE001 - an interrupt stops the build, as in get_batch
                 self.error = exc
 
         def release(self) -> None:

@@ -1029,6 +1029,31 @@ def test_build_int8_legacy_calibrator_feeds_batches(monkeypatch: pytest.MonkeyPa
     assert isinstance(trt.calls["configs"][0].int8_calibrator, trt.IInt8MinMaxCalibrator)
 
 
+def test_an_unwritable_calibration_cache_keeps_the_engine(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                         gpu: FakeGpu, caplog: pytest.LogCaptureFixture) -> None:
+    """A calibration cache that cannot be saved (a read-only folder, a full disk) costs the copy for later builds,
+    not the engine that minutes of calibration produced: the build warns, writes the engine, and its header's
+    rebuild options do not name a cache file that was never written."""
+    trt = install(monkeypatch, "8.6.1", gpu)
+    rng = np.random.default_rng(0)
+    batches = [rng.integers(0, 255, (2, H, W, 3), dtype=np.uint8) for _ in range(2)]
+    (tmp_path / "a-file").write_text("not a folder")
+    out_cache = tmp_path / "a-file" / "calib.cache"  # no folder can be made there
+    cal = LegacyCalibration(batches=batches, batch_size=2, cache_file=str(out_cache), algorithm="entropy2",
+                            images="/data/cal")
+    with caplog.at_level(logging.WARNING):
+        info = build_engine(fake_onnx(tmp_path / "model.onnx"), tmp_path / "e.engine",
+                            EngineBuildConfig(precision="int8"), cal, cuda=FakeCuda(gpu))
+    assert len([c for c in trt.calls["calibration"] if c[0] == "batch"]) == 2
+    assert info.path.is_file() and not out_cache.exists()
+    lost = [r for r in caplog.records if "could not save the INT8 calibration cache" in r.getMessage()]
+    assert len(lost) == 1 and str(out_cache) in lost[0].getMessage()
+    h = read_header(info.path)
+    assert h.build_options is not None and h.int8_mode == "legacy-calibrator"
+    assert (h.build_options.calib_source, h.build_options.calib_images, h.build_options.calib_cache) == (
+        "images", "/data/cal", None)
+
+
 @pytest.mark.parametrize("bad_at", [0, 2])
 def test_a_calibration_batch_error_fails_the_build_instead_of_being_swallowed(
         bad_at: int, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, gpu: FakeGpu) -> None:
