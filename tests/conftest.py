@@ -48,6 +48,7 @@ from uopsl.runtime.quality import assess
 def pytest_configure(config: pytest.Config) -> None:
     """Tests see no signing keys configured on the machine running them (a developer's own trusted-keys folder
     or UOPSL_TRUSTED_KEYS would make every unsigned test bundle refused); tests of the policy set their own.
+    Nor do they see or fill the user's uopsl cache folder.
 
     Set once, before any fixture of any scope. Subprocesses inherit the environment; they still read the
     machine's own folder (/etc/uopsl/trusted-keys), which CI machines do not have.
@@ -59,6 +60,7 @@ def pytest_configure(config: pytest.Config) -> None:
     import faulthandler
     import signal
     import sys
+    import tempfile
 
     if hasattr(signal, "SIGUSR1"):  # .ci/run sends it to a run that hangs: every thread's stack, to stderr
         # A copy of the real stderr, taken while pytest's capture is suspended: during a test, fd 2 is
@@ -66,11 +68,19 @@ def pytest_configure(config: pytest.Config) -> None:
         faulthandler.register(signal.SIGUSR1, file=os.dup(sys.__stderr__.fileno()), all_threads=True, chain=False)
     for name in ("UOPSL_TRUSTED_KEYS", "UOPSL_TRUSTED_KEYS_DIR"):
         os.environ.pop(name, None)
+    # Every uopsl cache (runtime.fsio.user_cache_dir: timing caches, OpenVINO blobs, calibration sets, text
+    # embeddings, CPU measurements) goes under pytest's own cache folder, never the user's: a fake TensorRT's
+    # timing cache or a test model's OpenVINO blob must not land in the caches a real device reads, and a warm
+    # user cache must not change what a test sees. Kept between runs (the mypy and stub caches are slow to
+    # make); `pytest --cache-clear` empties it. Subprocesses inherit it.
+    os.environ.pop("UOPSL_CACHE", None)
+    cache = getattr(config, "cache", None)
+    os.environ["UOPSL_CACHE_DIR"] = (str(cache.mkdir("uopsl")) if cache is not None
+                                     else tempfile.mkdtemp(prefix="uopsl-test-cache-"))
     # The folders tests make for trusted keys must not be writable by the group: the runtime refuses such a
     # folder (runtime/signing.py), and some systems give users umask 002. Tests of umask handling set their own.
     if os.name == "posix":
         os.umask(os.umask(0o022) | 0o022)
-    import tempfile
     import warnings
 
     # A folder that does not exist reads as "no keys" (one that cannot be listed would stop every run). Inside a

@@ -24,7 +24,7 @@ SIZE = 64
 
 @pytest.fixture()
 def bundle(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("UOPSL_CACHE_DIR", str(tmp_path / "cache"))
     return make_tiny_bundle(tmp_path / "bundle", size=SIZE)
 
 

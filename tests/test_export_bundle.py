@@ -243,7 +243,7 @@ def test_reexport_with_a_classes_file_adds_an_unseen_class_without_retraining(
 
     from uopsl.train.cli import cli
 
-    monkeypatch.setenv("UOPSL_CACHE", str(tmp_path / "cache"))  # encode the phrases here, not from a warm cache
+    monkeypatch.setenv("UOPSL_CACHE_DIR", str(tmp_path / "cache"))  # encode the phrases here, not from a warm cache
     classes_file = tmp_path / "classes.toml"
     classes_file.write_text(CLASSES_TOML)
     ckpt = exported["ckpt"]
@@ -298,7 +298,7 @@ def test_new_phrases_for_a_trained_class_need_a_new_threshold(exported: dict[str
 
     from uopsl.train.cli import cli
 
-    monkeypatch.setenv("UOPSL_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("UOPSL_CACHE_DIR", str(tmp_path / "cache"))
     classes_file = tmp_path / "classes.toml"
     classes_file.write_text('[[classes]]\nname = "normal"\nphrases = ["a retina without disease"]\n'
                             '[[classes]]\nname = "a"\n[[classes]]\nname = "b"\n')

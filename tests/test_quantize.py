@@ -309,7 +309,7 @@ def _image_folder(folder: Path, n: int = 6) -> Path:
 
 
 def test_calibrate_and_quantize_commands_on_a_model_file(tmp_path, tiny, monkeypatch, capsys) -> None:
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("UOPSL_CACHE_DIR", str(tmp_path / "cache"))
     images = _image_folder(tmp_path / "imgs")
     model = tmp_path / "m.onnx"
     model.write_bytes(tiny.read_bytes())
@@ -344,7 +344,7 @@ def test_calibrate_and_quantize_commands_on_a_model_file(tmp_path, tiny, monkeyp
 def test_commands_accept_a_bundle_folder(tmp_path, monkeypatch) -> None:
     from tinybundle import make_tiny_bundle
 
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("UOPSL_CACHE_DIR", str(tmp_path / "cache"))
     bundle = make_tiny_bundle(tmp_path / "bundle", size=SIZE)
     images = _image_folder(tmp_path / "imgs")
     (images / "broken.jpg").unlink()
