@@ -74,7 +74,7 @@ _MAX_NAMED = 5
 
 
 def _echo_summary(summary: Any, out: Path, failed: Sequence[tuple[str, str, Sequence[str]]] = (),
-                  report: bool = True, use: IntendedUse | None = None, watching: bool = False) -> None:
+                  report: bool = True, use: IntendedUse | None = None) -> None:
     """Counts, the files that need attention by name (at most five), then where to look: the report.
 
     ``failed``: (source, status, reasons) of the photographs screened now that got no result; those an
@@ -107,9 +107,11 @@ def _echo_summary(summary: Any, out: Path, failed: Sequence[tuple[str, str, Sequ
         click.echo("  retake or check: " + ", ".join(named)
                    + (f"{', ' if named else ''}{rest} more in the report" if rest else ""), err=True)
     listed = getattr(summary, "in_folder", None)
-    if watching and listed is not None and listed > summary.total:
-        # A watch stopped before its first look at the folder (a short --timeout) counted nothing of what earlier
-        # runs had screened there, while results.csv listed them: the line said "0 images".
+    if listed is not None and listed > summary.total:
+        # The counts above are this command's inputs; the CSV and the report list the folder's every row. A watch
+        # stopped before its first look at the folder (a short --timeout) counted nothing of what earlier runs had
+        # screened there ("0 images"); a run given part of a folder, or a file replaced since it was screened
+        # (both rows are kept), counted fewer than the report shows (a review: "4 images" against "5 images").
         click.echo(f"  {CSV} lists {_plural(listed, 'photograph')} in all, earlier runs' included", err=True)
     click.echo(f"{'report' if report else 'results'}: {out / (REPORT if report else CSV)}", err=True)
     for path in summary.not_updated:
@@ -254,7 +256,7 @@ def watch_cmd(bundle: Path, folder: Path, out: Path, backend: str, precision: st
     s.check_output(out, [folder])  # before the model loads
     with s:
         summary = watch_folder(s, folder, out, cfg, overlays=overlays, on_result=show)
-    _echo_summary(summary, out, list(failed.values()), use=s.intended_use, watching=True)
+    _echo_summary(summary, out, list(failed.values()), use=s.intended_use)
     return summary.exit_code
 
 

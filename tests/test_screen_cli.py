@@ -551,3 +551,21 @@ def test_a_watch_stopped_before_its_first_look_says_what_the_folder_lists(tiny_b
     assert main([*args, "--settle-ms", "60000", "--timeout", "0"]) == 0
     err = capsys.readouterr().err
     assert "results.csv lists 3 photographs in all, earlier runs' included" in err, err
+
+
+def test_a_run_given_part_of_a_folder_says_what_the_folder_lists(tiny_bundle: Path, tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    # A session-57 review: `run` on one photograph of a screened folder printed "1 image: ..." while report.html
+    # and results.csv showed the folder's 3; the line saying so was printed by `watch` only.
+    inbox = tmp_path / "inbox"
+    files = _good(inbox, 3)
+    out = tmp_path / "out"
+    assert main(["run", str(tiny_bundle), str(inbox), "--out", str(out), "--backend", "ort-cpu"]) == 0
+    capsys.readouterr()
+    assert main(["run", str(tiny_bundle), str(files[0]), "--out", str(out), "--backend", "ort-cpu"]) == 0
+    err = capsys.readouterr().err
+    assert any(line.startswith("1 image: ") for line in err.splitlines()) and len(_csv(out)) == 3, err
+    assert "results.csv lists 3 photographs in all, earlier runs' included" in err, err
+    # A run of the whole folder again counts what the report shows: no such line.
+    assert main(["run", str(tiny_bundle), str(inbox), "--out", str(out), "--backend", "ort-cpu"]) == 0
+    assert "in all" not in capsys.readouterr().err
