@@ -239,3 +239,26 @@ def test_table_says_when_the_machine_was_not_steady(before: float, after: float,
     for k in ("inference_ips_before", "inference_ips_after", "inference_drift"):
         del old[k]
     assert "not steady" not in format_table({**result, "e2e": [old]})
+
+
+def test_an_unreadable_file_among_the_images_is_left_out_not_fatal(tiny_bundle: Path, tmp_path: Path,  # noqa: F811
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    """A session-57 review: one link loop in the --images folder stopped the whole benchmark (exit 2,
+    "cannot read file (Too many levels of symbolic links)"), while damaged photographs were tolerated."""
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    fundus_jpeg(imgs / "a_fundus.jpg", seed=3)
+    fundus_jpeg(imgs / "c_fundus.jpg", seed=4)
+    (imgs / "b_loop.jpg").symlink_to(imgs / "b_loop.jpg")
+    cfg = BenchConfig(batches=(1,), iters=1, warmup=0, e2e_images=3, preprocess_images=3)
+    with caplog.at_level(logging.WARNING, logger="uopsl.runtime.bench"):
+        res = run_bench(tiny_bundle, "ort-cpu", "fp32", cfg, images=imgs)
+    assert res["preprocess"]["images"] == 2
+    assert "1 file of the first 3 could not be read and is not timed" in caplog.text and "b_loop.jpg" in caplog.text
+    assert res["data"].endswith("(1 file of the first 3 unreadable)"), res["data"]
+    (e,) = res["e2e"]
+    assert e["images"] == 3 and e["statuses"].get("error", 0) == 1, e  # the screening run's own error row
+    for f in ("a_fundus.jpg", "c_fundus.jpg"):
+        (imgs / f).unlink()
+    with pytest.raises(bench.ConfigError, match=r"none of the first 1 file under .* could be read \(.*b_loop\.jpg"):
+        run_bench(tiny_bundle, "ort-cpu", "fp32", cfg, images=imgs)
