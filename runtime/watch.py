@@ -219,6 +219,11 @@ class StableFiles:
             self._by_real = {r: p for r, p in self._by_real.items() if p in self._state}
         return ready
 
+    def waiting(self) -> list[Path]:
+        """Files seen whose current version has not been taken: still being written, or not unchanged long enough
+        yet (``settle_ms``; an empty file ``empty_settle_ms``). What a stopped watch leaves unscreened."""
+        return sorted(p for p, (size, mtime, _) in self._state.items() if self._taken.get(p) != (size, mtime))
+
     def due_in(self) -> float | None:
         """Seconds until a file still to settle (or to retry) may be taken; None when none will be before a
         poll finds something new. A file that could be taken now waits for the next poll as before (a file seen
@@ -481,6 +486,7 @@ def watch_folder(
             # The original error is the one to show: a failing rewrite only logs a warning here.
             screener._finalize_quietly(out, held, True, None)
             raise
+        _say_waiting(tracker.waiting(), tracker.settle_s, tracker.empty_settle_s, cfg.max_images is not None)
         try:
             total.in_folder = _refresh(screener, out, held)  # always: rows appended since the last refresh
         except KeyboardInterrupt:  # a stop landing as the rewrite began: it is what a stop asks for
@@ -488,6 +494,20 @@ def watch_folder(
             total.in_folder = _refresh(screener, out, held)
         total.not_updated = screener.busy_outputs
     return total
+
+
+def _say_waiting(waiting: Sequence[Path], settle_s: float, empty_settle_s: float, capped: bool) -> None:
+    """Warn, as a watch stops, of the files it saw but did not screen (not settled yet, or past ``--max-images``
+    when ``capped``): they have no row yet, and without a word a technician reads the summary as the whole folder
+    (a review: an empty file dropped just before ``--timeout 2`` got neither a row nor a mention)."""
+    if not waiting:
+        return
+    n = len(waiting)
+    names = ", ".join(str(p) for p in waiting[:5]) + (f" and {n - 5} more" if n > 5 else "")
+    log.warning("%d file%s seen but not screened before the watch stopped (still being written, not yet unchanged "
+                "for %g s, an empty file for %g s%s): %s. The next watch of this folder, or uopsl-screen run, "
+                "screens %s", n, "" if n == 1 else "s", settle_s, empty_settle_s,
+                ", or past --max-images" if capped else "", names, "it" if n == 1 else "them")
 
 
 def _add(total: RunSummary, s: RunSummary | None) -> None:

@@ -569,3 +569,25 @@ def test_a_run_given_part_of_a_folder_says_what_the_folder_lists(tiny_bundle: Pa
     # A run of the whole folder again counts what the report shows: no such line.
     assert main(["run", str(tiny_bundle), str(inbox), "--out", str(out), "--backend", "ort-cpu"]) == 0
     assert "in all" not in capsys.readouterr().err
+
+
+def test_a_watch_stopping_names_the_files_it_saw_but_did_not_screen(tiny_bundle: Path, tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    # A session-57 review: an empty file dropped into the folder must stay empty 10 x --settle-ms before it is
+    # taken; a watch stopped sooner (--timeout 2) gave it neither a row nor a word, so the summary read as if it
+    # covered the folder.
+    inbox = tmp_path / "inbox"
+    _good(inbox, 1)
+    (inbox / "zero.jpg").write_bytes(b"")
+    out = tmp_path / "out"
+    rc = main(["watch", str(tiny_bundle), str(inbox), "--out", str(out), "--backend", "ort-cpu",
+               "--settle-ms", "300", "--poll", "0.05", "--timeout", "1"])
+    err = capsys.readouterr().err
+    assert rc == 0 and len(_csv(out)) == 1
+    assert "1 file seen but not screened before the watch stopped" in err and "zero.jpg" in err, err
+    assert "an empty file for 3 s" in err, err
+    # Once it has stayed empty long enough it gets its row, and nothing is left waiting.
+    rc = main(["watch", str(tiny_bundle), str(inbox), "--out", str(out), "--backend", "ort-cpu",
+               "--settle-ms", "100", "--poll", "0.05", "--timeout", "2"])
+    err = capsys.readouterr().err
+    assert rc == 1 and len(_csv(out)) == 2 and "seen but not screened" not in err, err
