@@ -597,7 +597,8 @@ def verify_cmd(bundle: Path, trusted_keys: Sequence[Path]) -> int:
     if keys and not sig.trusted:
         raise BundleError(f"bundle {bundle} is not trusted here: {sig.describe()}")
     # Without a trusted key, checksums prove integrity, not origin: compare this with the value its maker sent.
-    click.echo(f"bundle fingerprint (manifest content sha256): {m.content_sha256}", err=True)
+    # On stdout with the per-file lines, so a script can capture it (`| grep fingerprint`); notes go to stderr.
+    click.echo(f"bundle fingerprint (manifest content sha256): {m.content_sha256}")
     return 0
 
 
