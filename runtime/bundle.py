@@ -24,7 +24,7 @@ import math
 import numbers
 import os
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal, get_args
@@ -577,14 +577,27 @@ class Manifest:
             pre = d["preprocess"]
             if isinstance(pre, dict):
                 unknown += sorted(f"preprocess.{k}" for k in set(pre) - {f.name for f in fields(PreprocessConfig)})
+            # Unknown fields of class and file entries too: they made ClassSpec(**c) raise a TypeError, shown as
+            # "malformed manifest (TypeError: ClassSpec.__init__() got an unexpected keyword argument ...)".
+            for key, spec in (("classes", ClassSpec), ("files", FileEntry)):
+                entries = d[key]
+                if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+                    raise BundleError(f"the manifest's {key!r} must be a list of objects")
+                known = {f.name for f in fields(spec)}
+                required = [f.name for f in fields(spec) if f.default is MISSING and f.default_factory is MISSING]
+                for i, e in enumerate(entries):
+                    absent = [k for k in required if k not in e]
+                    if absent:
+                        raise BundleError(f"{key}[{i}] has no {', '.join(map(repr, absent))} field")
+                    unknown += [f"{key}[{i}].{k}" for k in sorted(set(e) - known)]
             if unknown:
                 # A sealed manifest with fields this runtime does not know: most likely a newer exporter's
                 # (read_manifest_raw says so first when the seal does not hold: an edit, not a newer bundle).
-                raise BundleError(
-                    f"{source}: fields this uopsl {__version__} does not know: {', '.join(unknown)}; the bundle "
-                    f"was most likely made by a newer uopsl (the manifest says toolkit {d.get('toolkit_version')!s}): "
-                    "upgrade uopsl on this device (uopsl-screen --version shows what it reads), or export the "
-                    "bundle with this version")
+                problem = f"fields this uopsl {__version__} does not know: {', '.join(unknown)}"
+                raise _with_problem(BundleError(
+                    f"{source}: {problem}; the bundle was most likely made by a newer uopsl (the manifest says "
+                    f"toolkit {d.get('toolkit_version')!s}): upgrade uopsl on this device (uopsl-screen --version "
+                    "shows what it reads), or export the bundle with this version"), problem)
             d = dict(d)
             d["classes"] = tuple(ClassSpec(**c) for c in d["classes"])
             d["files"] = tuple(FileEntry(**f) for f in d["files"])
@@ -604,9 +617,10 @@ class Manifest:
         except BundleError as exc:
             if str(exc).startswith(source):
                 raise
-            raise BundleError(f"{source}: {exc}; {_REEXPORT}") from exc
+            raise _with_problem(BundleError(f"{source}: {exc}; {_REEXPORT}"), str(exc)) from exc
         except (KeyError, TypeError, ValueError) as exc:
-            raise BundleError(f"{source}: malformed manifest ({exc.__class__.__name__}: {exc}); {_REEXPORT}") from exc
+            problem = f"malformed manifest ({exc.__class__.__name__}: {exc})"
+            raise _with_problem(BundleError(f"{source}: {problem}; {_REEXPORT}"), problem) from exc
         return m
 
     def problem(self) -> str | None:
@@ -722,11 +736,19 @@ def read_manifest_raw(bundle: str | os.PathLike[str]) -> tuple[Manifest, dict[st
         # A sealed manifest that is not what was sealed: an edit or damage, whatever else is wrong with it.
         # Said first, so that a format version changed by hand does not read as "upgrade uopsl".
         if raw.get("content_sha256") and _checksum_problem(raw):
-            said = str(exc).removeprefix(f"{path}: ")
+            # What is wrong, without the advice that goes with a sealed manifest (re-export; upgrade uopsl).
+            said = getattr(exc, "problem", None) or str(exc).removeprefix(f"{path}: ")
             raise BundleError(f"{path}: content differs from its checksum (edited or corrupted), and as it "
                               f"stands it cannot be read ({said}); copy the bundle again from its source, or "
                               "export it again") from exc
         raise
+
+
+def _with_problem(exc: BundleError, problem: str) -> BundleError:
+    """``exc`` with ``problem``: what is wrong with the manifest, without the advice its message adds, for
+    :func:`read_manifest_raw` to quote when the manifest fails its own checksum (the advice is then another)."""
+    exc.problem = problem  # type: ignore[attr-defined]
+    return exc
 
 
 def read_manifest_json(path: Path) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -348,3 +349,26 @@ def test_token_stride_is_the_backbones(size: int, n: int, stride: int) -> None:
     from uopsl.runtime.preprocess import token_stride
 
     assert token_stride(size, n) == stride
+
+
+@pytest.mark.parametrize("edit, problem", [
+    (('"seen_in_training"', '"seen_in_tsaining"'), "fields this uopsl .* does not know: classes\\[0\\]\\.seen_in_tsaining"),
+    (('"head"', '"heae"'), "fields this uopsl .* does not know: heae"),
+])
+def test_a_damaged_sealed_manifest_names_the_field_once_with_one_remedy(
+        bundle: Path, capsys: pytest.CaptureFixture[str], edit: tuple[str, str], problem: str) -> None:
+    """A session-57 review, one byte flipped in manifest.json: "malformed manifest (TypeError: ClassSpec.__init__()
+    got an unexpected keyword argument 'seen_in_tsaining'); re-export the bundle or restore the original file);
+    copy the bundle again ...": Python's words, two remedies, and for a top-level field "upgrade uopsl", which a
+    damaged copy does not need."""
+    from uopsl.runtime.cli import main
+
+    path = bundle / MANIFEST
+    text = path.read_text()
+    assert edit[0] in text
+    path.write_text(text.replace(edit[0], edit[1], 1))
+    assert main(["verify", str(bundle)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert re.fullmatch(rf"error: {re.escape(str(path))}: content differs from its checksum \(edited or corrupted\), "
+                        rf"and as it stands it cannot be read \({problem}\); copy the bundle again from its source, "
+                        "or export it again", err), err

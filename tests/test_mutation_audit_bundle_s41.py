@@ -182,7 +182,13 @@ def _edited(tmp_path: Path, edit: Callable[[dict[str, Any]], None]) -> Path:
     ("A45", lambda raw: raw.__setitem__("format_version", True), "format_version must be a whole number"),
     ("A47", lambda raw: raw.pop("format_version"), "the manifest has no format_version"),
     ("A50", lambda raw: raw.pop("classes"), "the manifest has no 'classes' field"),
-    ("A51", lambda raw: raw.__setitem__("classes", [7]), r"malformed manifest \(TypeError"),
+    ("A51", lambda raw: raw.__setitem__("site_map_size", 7), r"malformed manifest \(TypeError"),
+    # Session 57: entries of classes and files are checked for their fields before they are built (a flipped
+    # byte in a field name read "TypeError: ClassSpec.__init__() got an unexpected keyword argument ...").
+    ("s57-list", lambda raw: raw.__setitem__("classes", [7]), "the manifest's 'classes' must be a list of objects"),
+    ("s57-unknown", lambda raw: raw["classes"][1].__setitem__("seen_in_tsaining", True),
+     r"fields this uopsl .* does not know: classes\[1\]\.seen_in_tsaining; the bundle was most likely made by a newer"),
+    ("s57-missing", lambda raw: raw["files"][0].pop("kind"), r"files\[0\] has no 'kind' field"),
     ("A52", lambda raw: raw["preprocess"].__setitem__("sharpen", 1),
      r"fields this uopsl [0-9.]+ does not know: preprocess.sharpen; the bundle was most likely made by a newer"),
     ("A54", lambda raw: raw.__setitem__("head", "relu"), "head must be 'sigmoid' or 'softmax', got 'relu'"),
