@@ -70,7 +70,7 @@ class BenchConfig:
 
     def __post_init__(self) -> None:
         if not self.batches or any(b < 1 for b in self.batches):
-            raise ConfigError(f"batch sizes must be >= 1, got {self.batches}")
+            raise ConfigError(f"batch sizes must be >= 1, got {','.join(map(str, self.batches)) or 'none'}")
         if len(set(self.batches)) != len(self.batches):  # "--batch 1,1" timed and printed batch 1 twice
             raise ConfigError(f"a batch size is given twice in {','.join(map(str, self.batches))}; give each once")
         if self.iters < 1 or self.warmup < 0 or self.e2e_images < 1 or self.preprocess_images < 1:

@@ -449,7 +449,7 @@ def parity_status(entry: FileEntry, backend: str | None = None, *,
     runs: dict[str, Any] = rec["backends"]
     if backend is not None:
         if not isinstance(runs.get(backend), dict):
-            return False, (f"{entry.path} has no parity record on {backend} (validated on {sorted(runs)}; "
+            return False, (f"{entry.path} has no parity record on {backend} (validated on {', '.join(sorted(runs))}; "
                            f"run `uopsl validate --backends {backend}`)")
         runs = {backend: runs[backend]}
     for b, r in runs.items():

@@ -406,7 +406,7 @@ def _need_onnx(manifest: Manifest, backend: str, precision: str) -> FileEntry:
         hint = ("; TensorRT takes the symmetric INT8 variant only: make it with `uopsl quantize BUNDLE --variant trt`"
                 if backend == "ort-trt" and precision == "int8" else "")
         raise BundleError(
-            f"backend {backend} at precision {precision} needs an ONNX file of that precision; the bundle has {have}"
+            f"backend {backend} at precision {precision} needs an ONNX file of that precision; the bundle has {', '.join(have) or 'none'}"
             f"{hint}. Choose another precision (--precision; precision= in the Python API) or re-export the "
             "bundle with it"
         )
@@ -465,6 +465,15 @@ def select_backend(
 
     # -- explicit backend ------------------------------------------------------------
     if name == "tensorrt":
+        if not av.tensorrt and not m.files_of("engine"):
+            # Installing TensorRT alone would not do (a review: "needs TensorRT ... pip install" while `info` said
+            # "the bundle has no TensorRT engine"): both are said. Still the MissingDependencyError (an ImportError)
+            # that the Python API documents for a backend that cannot run here.
+            raise MissingDependencyError(
+                f"backend tensorrt runs a TensorRT engine built on this device, and {root} has none (nor is TensorRT "
+                f"installed here): install TensorRT and a CUDA binding ({extra_hint('trt')}; on a Jetson: sudo apt "
+                "install python3-libnvinfer), then build an engine with 'uopsl build-engine BUNDLE'; or use "
+                "--backend ort-cuda or ort-cpu (backend= in the Python API)")
         if not av.tensorrt:
             raise MissingDependencyError(f"backend tensorrt needs TensorRT and a CUDA binding: {extra_hint('trt')} "
                               "(on a Jetson: sudo apt install python3-libnvinfer, and cuda-python of JetPack's CUDA)")

@@ -1,0 +1,48 @@
+"""User-facing messages name things in words, not Python reprs (a session-57 review of the clinic CLI): "validated
+on ['openvino']", "batch sizes must be >= 1, got (0,)", "the bundle has ['model.onnx (fp32)', ...]"."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from tinybundle import tiny_bundle  # noqa: F401 - session fixture
+from uopsl.runtime.backends import Availability, select_backend
+from uopsl.runtime.bench import BenchConfig
+from uopsl.runtime.bundle import PARITY_KEY, parity_status, read_manifest
+from uopsl.runtime.errors import BundleError, ConfigError
+
+
+def test_a_file_validated_on_other_backends_names_them_in_words(tiny_bundle: Path) -> None:  # noqa: F811
+    entry = next(f for f in read_manifest(tiny_bundle).files if f.path == "model.int8.onnx")
+    entry = replace(entry, info={**entry.info, PARITY_KEY: {"sha256": entry.sha256,
+                                                            "backends": {"openvino": {}, "ort-cpu": {}}}})
+    ok, why = parity_status(entry, "ort-cuda")
+    assert not ok and "(validated on openvino, ort-cpu; run `uopsl validate --backends ort-cuda`)" in why, why
+
+
+def test_a_missing_precision_lists_the_bundles_files_in_words(tiny_bundle: Path) -> None:  # noqa: F811
+    with pytest.raises(BundleError) as err:
+        select_backend(tiny_bundle, "ort-cpu", "fp16", availability=Availability(("CPUExecutionProvider",)))
+    assert "the bundle has model.onnx (fp32), model.int8.onnx (int8-qdq-u8)" in str(err.value), err.value
+    assert "[" not in str(err.value)
+
+
+def test_a_batch_size_below_one_is_quoted_as_typed() -> None:
+    with pytest.raises(ConfigError, match=r"^batch sizes must be >= 1, got 0$"):
+        BenchConfig(batches=(0,))
+    with pytest.raises(ConfigError, match=r"^batch sizes must be >= 1, got 1,0,8$"):
+        BenchConfig(batches=(1, 0, 8))
+
+
+def test_tensorrt_asked_for_a_bundle_without_engines_says_so_besides_the_install(tiny_bundle: Path) -> None:  # noqa: F811
+    """The review: `bench --backend tensorrt` said only "needs TensorRT ... pip install" while `info` said "the bundle
+    has no TensorRT engine": installing TensorRT would not have been enough."""
+    from uopsl.runtime.errors import MissingDependencyError
+
+    with pytest.raises(MissingDependencyError) as err:  # still an ImportError, as the API documents
+        select_backend(tiny_bundle, "tensorrt", availability=Availability(("CPUExecutionProvider",)))
+    msg = str(err.value)
+    assert "has none (nor is TensorRT installed here)" in msg and "uopsl build-engine BUNDLE" in msg, msg
