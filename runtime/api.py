@@ -490,7 +490,7 @@ class Screener:
         if isinstance(image, (str, os.PathLike)) and _names_many(Path(image)):
             raise ConfigError(f"screen() takes one image; {display_path(image)} is a "
                               f"{'folder' if os.path.isdir(image) else 'list file'} (use screen_many)")
-        items = list(as_items([image]))
+        items = list(as_items([image], single=True))
         if len(items) != 1:
             raise ConfigError(f"screen() takes one image; {image!r} expanded to {len(items)} inputs (use screen_many)")
         return next(self._pipeline().run(items, count=1))

@@ -524,12 +524,31 @@ def check_rgb_array(a: np.ndarray, what: str = "the array") -> None:
     is the caller's bug, not a bad photograph to list with a retake advice.
     """
     if a.dtype != np.uint8:
-        raise ConfigError(f"{what} is {a.dtype}; expected uint8 RGB (0-255): convert it yourself (12-bit data: "
-                          "(a >> 4).astype(np.uint8); floats in 0..1: (a * 255).round().astype(np.uint8)), "
-                          "or pass the image file")
+        raise ConfigError(f"{what} is {a.dtype}; expected uint8 RGB (0-255): convert it yourself "
+                          f"({_conversion_hint(a.dtype)}), or pass the image file")
     if not (a.ndim == 2 or (a.ndim == 3 and a.shape[2] == 3)):
         raise ConfigError(f"{what} has shape {a.shape}; expected (H, W, 3) RGB or (H, W) greyscale: drop an alpha "
                           "channel with a[..., :3], move channels last with a.transpose(1, 2, 0)")
+
+
+def _conversion_hint(dtype: np.dtype) -> str:
+    """How to make uint8 of an array of ``dtype``, for each value range it commonly holds (the caller knows which)."""
+    if np.issubdtype(dtype, np.floating):
+        return ("floats in 0..1: (a * 255).round().astype(np.uint8); floats in 0..255: "
+                "a.round().clip(0, 255).astype(np.uint8)")
+    if dtype == np.uint16:
+        return "16-bit data: (a >> 8).astype(np.uint8); 12-bit data in 16-bit words: (a >> 4).astype(np.uint8)"
+    if dtype == np.bool_:
+        return "a mask: (a * 255).astype(np.uint8)"
+    if np.issubdtype(dtype, np.integer):
+        return ("values in 0..255: a.clip(0, 255).astype(np.uint8); 12-bit values (0..4095): "
+                "(a >> 4).astype(np.uint8); 16-bit values: (a >> 8).astype(np.uint8)")
+    return "its pixels as numbers 0-255 in a uint8 array"
+
+
+def _a(word: str) -> str:
+    """``word`` with its indefinite article ("an int", "a list"), by its first letter."""
+    return f"{'an' if word[:1].lower() in 'aeio' else 'a'} {word}"  # u: "a uint8", "a UUID"
 
 
 #: An image held in memory (encoded bytes or decoded pixels), not a path to one.
@@ -547,15 +566,19 @@ def one_or_many(inputs: Any) -> Iterable[Any]:
     return inputs
 
 
-def as_items(things: Iterable[Any]) -> Iterator[InputItem]:
-    """Accept InputItems, paths, bytes or RGB arrays (what the Python API takes); a single one is one input."""
+def as_items(things: Iterable[Any], *, single: bool = False) -> Iterator[InputItem]:
+    """Accept InputItems, paths, bytes or RGB arrays (what the Python API takes); a single one is one input.
+
+    ``single``: ``things`` is the one image of :meth:`Screener.screen`, so a bad array is "the array", not
+    "array 0" (a number that only means something among ``screen_many``'s inputs).
+    """
     for i, t in enumerate(one_or_many(things)):
         if isinstance(t, InputItem):
             yield t
         elif isinstance(t, (bytes, bytearray, memoryview)):
             yield item_for_data(bytes(t), f"bytes{i}")
         elif isinstance(t, np.ndarray):
-            check_rgb_array(t, f"array {i}")
+            check_rgb_array(t, "the array" if single else f"array {i}")
             # A copy, taken now: the pipeline reads ahead, and a camera driver that refills one buffer for every
             # frame had later frames' pixels screened under earlier frames' keys (a review, session 51).
             yield item_for_data(np.array(t, copy=True), f"array{i}")
@@ -564,5 +587,5 @@ def as_items(things: Iterable[Any]) -> Iterator[InputItem]:
         else:
             hint = (" (a PIL image: numpy.asarray(image.convert('RGB')))"
                     if hasattr(t, "convert") and hasattr(t, "mode") else "")
-            raise ConfigError(f"cannot screen a {type(t).__name__}; pass a path, image bytes or an RGB uint8 "
+            raise ConfigError(f"cannot screen {_a(type(t).__name__)}; pass a path, image bytes or an RGB uint8 "
                               f"array{hint}")

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tinybundle import tiny_bundle  # noqa: F401 - session fixture
@@ -46,3 +47,24 @@ def test_tensorrt_asked_for_a_bundle_without_engines_says_so_besides_the_install
         select_backend(tiny_bundle, "tensorrt", availability=Availability(("CPUExecutionProvider",)))
     msg = str(err.value)
     assert "has none (nor is TensorRT installed here)" in msg and "uopsl build-engine BUNDLE" in msg, msg
+
+
+@pytest.mark.parametrize("dtype, hint", [
+    (np.float32, "floats in 0..1: (a * 255).round().astype(np.uint8); floats in 0..255: a.round().clip(0, 255)"),
+    (np.uint16, "16-bit data: (a >> 8).astype(np.uint8); 12-bit data in 16-bit words: (a >> 4)"),
+    (np.int32, "values in 0..255: a.clip(0, 255).astype(np.uint8)"),
+])
+def test_a_bad_array_given_to_screen_is_the_array_with_a_hint_for_its_type(
+        tiny_bundle: Path, dtype: type, hint: str) -> None:  # noqa: F811
+    """The review: screen() said "array 0 is float32" (the index means something only among screen_many's inputs),
+    offered only the 0..1 float conversion (wrong for floats in 0..255) and `>> 4` for any 16-bit array."""
+    from uopsl.runtime.api import Screener
+
+    with Screener(tiny_bundle, backend="ort-cpu") as s:
+        with pytest.raises(ConfigError) as err:
+            s.screen(np.zeros((64, 64, 3), dtype))
+        assert str(err.value).startswith(f"the array is {np.dtype(dtype)}; expected uint8 RGB") and hint in str(err.value)
+        with pytest.raises(ConfigError, match=r"^array 1 is float64"):
+            list(s.screen_many([np.zeros((64, 64, 3), np.uint8), np.zeros((64, 64, 3))]))
+        with pytest.raises(ConfigError, match=r"^cannot screen an int; "):
+            s.screen(7)  # type: ignore[arg-type]
