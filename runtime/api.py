@@ -289,8 +289,8 @@ class Screener:
             log.warning("%s: %s", self.bundle, caution)
         self.busy_outputs: tuple[str, ...] = ()  # see finalize
         if not verify:
-            log.warning("%s: bundle checksums NOT verified (verify=False / --no-verify); "
-                        "the report will say so", self.bundle)
+            log.warning("%s: bundle checksums NOT verified (--no-verify; verify=False in the Python API), except the "
+                        "model file's as it loads; the report will say so", self.bundle)
         self.identity: ModelIdentity = replace(model_identity(self.bundle, self.manifest),
                                                preprocess_version=PREPROCESS_VERSION)
         self.backend_name = backend

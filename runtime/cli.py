@@ -178,7 +178,9 @@ _csv_option = click.option(
 @click.option("--overlays/--no-overlays", default=True, show_default=True, help="Write heatmap overlay PNGs.")
 @click.option("--report/--no-report", default=True, show_default=True, help="Write report.html.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar on stderr (default: when it is a terminal).")
-@click.option("--no-verify", is_flag=True, help="Skip the bundle checksum verification.")
+@click.option("--no-verify", is_flag=True,
+              help="Skip the checksums of the bundle's files other than the model file that runs (which is always "
+                   "checked as it loads); the report says so. A faster start on a large bundle.")
 @_csv_option
 @_trust_options
 def run_cmd(bundle: Path, inputs: Sequence[Path], out: Path, backend: str, precision: str, threads: int | None,

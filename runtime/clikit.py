@@ -581,7 +581,7 @@ def share_verbosity(cmd: click.Command) -> click.Command:
                                        callback=_verbose_cb, help="More logging; with an error, its traceback."))
     if not names & {"-q", "--quiet"}:
         cmd.params.append(click.Option(["-q", "--quiet"], is_flag=True, expose_value=False,
-                                       callback=_quiet_cb, help="Only warnings and errors."))
+                                       callback=_quiet_cb, help="Only warnings, errors and the final summary."))
     return cmd
 
 
@@ -602,7 +602,7 @@ def verbose_option(f: Callable[..., Any]) -> Callable[..., Any]:
         setup_logging(value)
         return value
 
-    f = click.option("-q", "--quiet", "quiet", is_flag=True, help="Only warnings and errors.",
+    f = click.option("-q", "--quiet", "quiet", is_flag=True, help="Only warnings, errors and the final summary.",
                      callback=lambda c, p, v: setup_logging(-1) if v else None, expose_value=False)(f)
     return click.option("-v", "--verbose", count=True, expose_value=False, callback=_cb, is_eager=True,
                         help="More logging; with an error, show its traceback.")(f)

@@ -68,3 +68,17 @@ def test_a_bad_array_given_to_screen_is_the_array_with_a_hint_for_its_type(
             list(s.screen_many([np.zeros((64, 64, 3), np.uint8), np.zeros((64, 64, 3))]))
         with pytest.raises(ConfigError, match=r"^cannot screen an int; "):
             s.screen(7)  # type: ignore[arg-type]
+
+
+def test_help_says_what_no_verify_and_quiet_do() -> None:
+    """The review: --no-verify's help said "Skip the bundle checksum verification" though the model file is still
+    checked (and refused when damaged, docs/deployment.md), and -q's said "Only warnings and errors" though the
+    final summary stays (as the README says)."""
+    from click.testing import CliRunner
+
+    from uopsl.runtime.cli import cli
+
+    run_help = " ".join(CliRunner().invoke(cli, ["run", "--help"]).output.split())
+    assert "other than the model file that runs (which is always checked as it loads)" in run_help, run_help
+    top = " ".join(CliRunner().invoke(cli, ["--help"]).output.split())
+    assert "Only warnings, errors and the final summary." in top, top

@@ -210,7 +210,7 @@ def verified_model_path(path: Path, expected_sha256: str | None) -> Iterator[str
     try:
         before = _identity(os.fstat(fd))
         if _hash_fd(fd) != expected_sha256:
-            raise _not_listed(path, "its sha256 differs: replaced or damaged since the bundle was verified")
+            raise _not_listed(path, "its sha256 differs from the manifest's: replaced or damaged since the bundle was made")
         pinned = _pinned_path(fd)
         pinned_ok = pinned is not None
         yield pinned or str(path)
