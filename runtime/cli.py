@@ -91,7 +91,7 @@ def _echo_summary(summary: Any, out: Path, failed: Sequence[tuple[str, str, Sequ
         click.echo(f"{use.short()}: {use.warning()}", err=True)
     click.echo(
         f"{_plural(summary.total, 'image')}: {summary.refer} refer, {c.get('ok', 0) - summary.refer} no referable "
-        f"finding, {c.get('ungradable', 0)} ungradable, {c.get('error', 0)} unreadable "
+        f"finding, {c.get('ungradable', 0)} ungradable, {c.get('error', 0)} unreadable or not screened "
         f"({summary.screened} screened now, {summary.skipped} from an earlier run)",
         err=True,
     )

@@ -1063,8 +1063,9 @@ def report_parts(rows: Sequence[dict[str, Any]], out_dir: str | os.PathLike[str]
                  "since screening, or too much to read)." if dups.unchecked else "")
     yield (
         "<p class='note'>Screening support only: a referral decision comes from the model's operating "
-        "thresholds in the bundle manifest and must be confirmed by a qualified grader. Ungradable and "
-        "unreadable images need a new photograph. Heatmaps show where the model's predilection-site "
+        "thresholds in the bundle manifest and must be confirmed by a qualified grader. Ungradable images "
+        "need a new photograph; an unreadable file needs copying again (or a new photograph), and each row "
+        "says why. Heatmaps show where the model's predilection-site "
         f"attention was highest, not lesion segmentations.{unchecked}</p></body></html>"
     )
 

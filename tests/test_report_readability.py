@@ -394,7 +394,7 @@ def test_summary_names_failed_files_and_ends_with_the_report(capsys: pytest.Capt
     failed = [(f"bad/f{i}.jpg", "error", ("undecodable",)) for i in range(6)] + [("b.jpg", "ungradable", ("no_fov", "too_dark"))]
     _echo_summary(_summary({"ok": 2, "ungradable": 1, "error": 6}, 1, 7, 2), Path("o"), failed)
     err = capsys.readouterr().err.splitlines()
-    assert err[0] == ("9 images: 1 refer, 1 no referable finding, 1 ungradable, 6 unreadable "
+    assert err[0] == ("9 images: 1 refer, 1 no referable finding, 1 ungradable, 6 unreadable or not screened "
                       "(7 screened now, 2 from an earlier run)")
     assert err[1] == ("  retake or check: f0.jpg (damaged file), f1.jpg (damaged file), f2.jpg (damaged file), "
                       "f3.jpg (damaged file), f4.jpg (damaged file), 2 more in the report")
@@ -419,7 +419,7 @@ def test_run_ends_with_the_report_path_and_names_the_bad_files(tiny_bundle: Path
     err = capsys.readouterr().err.splitlines()
     assert err[-1] == f"report: {out / 'report.html'}"
     assert err[-2] == "  retake or check: text.jpg (damaged file)"
-    assert err[-3].startswith("2 images: ") and err[-3].endswith(", 0 ungradable, 1 unreadable "
+    assert err[-3].startswith("2 images: ") and err[-3].endswith(", 0 ungradable, 1 unreadable or not screened "
                                                                  "(2 screened now, 0 from an earlier run)")
     # A rerun screens nothing again, and still names the photograph that needs a look (it said "1 more in
     # the report" before, naming nothing).

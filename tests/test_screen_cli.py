@@ -75,7 +75,7 @@ def test_run_exit_0_when_all_screened_and_rerun_skips(tiny_bundle: Path, tmp_pat
     assert _jsonl(out) == first and len(_csv(out)) == 5
     assert not (out / "overlays").exists()
     # The rerun screened nothing new, but its summary still counts what the first run decided.
-    assert summary + ", 0 ungradable, 0 unreadable (0 screened now, 5 from an earlier run)" in capsys.readouterr().err
+    assert summary + ", 0 ungradable, 0 unreadable or not screened (0 screened now, 5 from an earlier run)" in capsys.readouterr().err
 
 
 def test_usage_and_bundle_errors_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
