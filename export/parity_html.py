@@ -318,8 +318,8 @@ def _candidate(c: Mapping[str, Any], images: Mapping[str, str], max_rows: int) -
                     "images where patients hold unequal numbers; it holds however one patient's images are "
                     "correlated, and --judge-on bounds gates the larger bound); the Wilson intervals are computed "
                     "on the effective number of images (the design effect of the patients' clustering; at 0 or "
-                    "100 % as if each patient's images were fully correlated), the Newcombe interval treats images as independent (the "
-                    "AUC bootstrap resamples patients)."
+                    "100 % as if each patient's images were fully correlated), and so are the two sensitivities' limits that "
+                    "the Newcombe interval of their difference combines (the AUC bootstrap resamples patients)."
                     if (clin.get("patients") or {}).get("known") else "Intervals and bounds treat images as "
                     "independent.")
                  + "</p>")

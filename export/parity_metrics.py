@@ -31,9 +31,9 @@ the bounds as well (:data:`ON_BOUNDS`, ``uopsl validate --judge-on bounds``):
 then 0 flips of 120 images is not shown within the 0.5 % flip gate (its bound
 is 2.5 %), and the verdict is INCOMPLETE (:func:`judge`). With the images'
 patients known, the AUC bootstrap resamples patients and each change rate is
-also bounded over patients (:func:`patient_rate_bound`); the Wilson and
-Newcombe intervals still treat images as independent, and the report says so
-(:data:`INDEPENDENCE_NOTE`).
+also bounded over patients (:func:`patient_rate_bound`), and the Wilson and
+Newcombe intervals are computed on the design-effect sample size (since
+sessions 56 and 57); the report says how (:data:`INDEPENDENCE_NOTE`).
 """
 
 from __future__ import annotations
@@ -50,6 +50,7 @@ from uopsl.runtime.errors import ConfigError
 from uopsl.runtime.metrics import (
     WILSON,
     WILSON_DESIGN_EFFECT,
+    Interval,
     clopper_pearson_upper,
     clustered_proportion_interval,
     paired_auc_difference,
@@ -594,17 +595,22 @@ INDEPENDENCE_NOTE = ("the exact (Clopper-Pearson) upper bounds on the change rat
                      "per patient in upper95_images, a bound that holds however one patient's images are "
                      "correlated), and --judge-on bounds gates the larger. The Wilson intervals of sensitivity "
                      "and specificity are computed on the effective number of images (Kish's design effect of "
-                     "the patients' clustering; at 0 or 100 %, as if each patient's images were fully correlated); "
-                     "the Newcombe interval "
-                     "of the sensitivity drop treats images as independent, so with several images per patient "
-                     "it may be too narrow (the AUC bootstrap resamples patients)")
+                     "the patients' clustering; at 0 or 100 %, as if each patient's images were fully correlated), "
+                     "and the Newcombe interval of the sensitivity drop combines those two sensitivities' limits "
+                     "(MOVER with cluster-adjusted limits, Zou & Donner 2004); the AUC bootstrap resamples patients")
 
 #: :func:`paired_proportion_difference`'s method, as the report names it.
 NEWCOMBE_PAIRED = "Newcombe (1998) method 10 for paired proportions (Wilson score limits combined with phi)"
+#: The same with each proportion's Wilson limits on its design-effect sample size (the patients' clustering).
+NEWCOMBE_PAIRED_CLUSTERED = ("Newcombe (1998) method 10 for paired proportions, each proportion's Wilson limits on "
+                             "its design-effect sample size over patients (MOVER with cluster-adjusted limits, "
+                             "Zou & Donner 2004), combined with phi")
 
 
 def paired_proportion_difference(both: int, first_only: int, second_only: int, neither: int,
-                                 alpha: float = PROPORTION_ALPHA) -> dict[str, Any]:
+                                 alpha: float = PROPORTION_ALPHA, *,
+                                 limits: tuple[Interval, Interval] | None = None,
+                                 method: str = NEWCOMBE_PAIRED) -> dict[str, Any]:
     """``p_second - p_first`` of two proportions measured on the same cases, with its two-sided interval.
 
     The table: ``both`` cases positive under the two, ``first_only``, ``second_only`` and ``neither``. Why
@@ -613,8 +619,11 @@ def paired_proportion_difference(both: int, first_only: int, second_only: int, n
     certainty; Newcombe's method 10 (Statistics in Medicine 17:2635-2650, 1998) combines the Wilson score
     limits of each proportion through their correlation (phi, with Newcombe's correction of its numerator; 0
     where a margin is empty), does not collapse, and stays within [-1, 1]. It assumes independent cases: with
-    several images per patient it is too narrow, like every closed-form interval in the report. NaN when there
-    is no case.
+    several images per patient it is too narrow, unless ``limits`` gives each proportion's interval computed
+    with the clustering (``first``'s, then ``second``'s; :func:`_sensitivity_difference` passes Wilson limits
+    on the design-effect sample size): Newcombe's construction is the method of variance estimates recovery
+    (MOVER), which Zou & Donner (2004, Controlled Clinical Trials 25:3-12) apply to clustered data by giving
+    it cluster-adjusted limits of each proportion. ``method`` names what was done. NaN when there is no case.
     """
     counts = [int(both), int(first_only), int(second_only), int(neither)]
     if any(k < 0 for k in counts):
@@ -622,10 +631,16 @@ def paired_proportion_difference(both: int, first_only: int, second_only: int, n
     a, b, c, d = counts
     n = a + b + c + d
     if n == 0:
-        return {"estimate": math.nan, "low": math.nan, "high": math.nan, "method": NEWCOMBE_PAIRED}
+        return {"estimate": math.nan, "low": math.nan, "high": math.nan, "method": method}
     p1, p2 = (a + b) / n, (a + c) / n
-    i1 = proportion_interval(a + b, n, alpha=alpha, method=WILSON)
-    i2 = proportion_interval(a + c, n, alpha=alpha, method=WILSON)
+    if limits is None:
+        i1 = proportion_interval(a + b, n, alpha=alpha, method=WILSON)
+        i2 = proportion_interval(a + c, n, alpha=alpha, method=WILSON)
+    else:
+        i1, i2 = limits
+        if not (math.isclose(i1.estimate, p1) and math.isclose(i2.estimate, p2)):
+            raise ConfigError(f"limits are for proportions {i1.estimate} and {i2.estimate}; the table gives {p1} "
+                              f"and {p2}")
     den = float(a + b) * float(c + d) * float(a + c) * float(b + d)
     # Newcombe's corrected phi (as Altman et al., Statistics with Confidence, 2000, work it): a positive
     # ad - bc less n / 2 (0 when that is negative); uncorrected, a table without discordant pairs gives
@@ -638,8 +653,7 @@ def paired_proportion_difference(both: int, first_only: int, second_only: int, n
     delta = math.sqrt(max(0.0, (p1 - i1.low) ** 2 - 2 * phi * (p1 - i1.low) * (i2.high - p2) + (i2.high - p2) ** 2))
     eps = math.sqrt(max(0.0, (i1.high - p1) ** 2 - 2 * phi * (i1.high - p1) * (p2 - i2.low) + (p2 - i2.low) ** 2))
     diff = (c - b) / n
-    return {"estimate": diff, "low": max(-1.0, diff - eps), "high": min(1.0, diff + delta),
-            "method": NEWCOMBE_PAIRED}
+    return {"estimate": diff, "low": max(-1.0, diff - eps), "high": min(1.0, diff + delta), "method": method}
 
 
 def _by_patient(changed: np.ndarray, clusters: np.ndarray | None, within: np.ndarray | None = None
@@ -655,12 +669,19 @@ def _with_patients(d: dict[str, Any], changed: np.ndarray, clusters: np.ndarray 
     return d
 
 
-def _sensitivity_difference(y: np.ndarray, ref_call: np.ndarray, cand_call: np.ndarray) -> dict[str, Any]:
-    """The candidate's sensitivity minus the reference's among the positives of ``y``, with its paired interval."""
+def _sensitivity_difference(y: np.ndarray, ref_call: np.ndarray, cand_call: np.ndarray,
+                            cluster_of: np.ndarray | None = None) -> dict[str, Any]:
+    """The candidate's sensitivity minus the reference's among the positives of ``y``, with its paired interval;
+    with ``cluster_of`` (each image's patient), each sensitivity's limits are those of its own interval in the
+    report (Wilson on the design-effect sample size), so the difference is no narrower than the patients allow."""
     pos = y.astype(bool)
     r, c = ref_call[pos].astype(bool), cand_call[pos].astype(bool)
-    return paired_proportion_difference(int(np.sum(r & c)), int(np.sum(r & ~c)), int(np.sum(~r & c)),
-                                        int(np.sum(~r & ~c)))
+    counts = (int(np.sum(r & c)), int(np.sum(r & ~c)), int(np.sum(~r & c)), int(np.sum(~r & ~c)))
+    if cluster_of is None or not pos.any():
+        return paired_proportion_difference(*counts)
+    limits = (clustered_proportion_interval(r, cluster_of[pos], alpha=PROPORTION_ALPHA)[0],
+              clustered_proportion_interval(c, cluster_of[pos], alpha=PROPORTION_ALPHA)[0])
+    return paired_proportion_difference(*counts, limits=limits, method=NEWCOMBE_PAIRED_CLUSTERED)
 
 
 def clinical(
@@ -744,7 +765,7 @@ def clinical(
         row["sensitivity_reference"], row["sensitivity_candidate"] = rr["sensitivity"], cr["sensitivity"]
         row["specificity_reference"], row["specificity_candidate"] = rr["specificity"], cr["specificity"]
         _with_intervals(row, rr, cr)
-        row["sensitivity_difference"] = _sensitivity_difference(y, ref_pos[:, k], cand_pos[:, k])
+        row["sensitivity_difference"] = _sensitivity_difference(y, ref_pos[:, k], cand_pos[:, k], cluster_of)
         row.update(_call_changes(y, ref_pos[:, k], cand_pos[:, k], cluster_of))
         if missing:
             row["not_evaluated"] = missing
@@ -758,7 +779,7 @@ def clinical(
                          "sensitivity_reference": rr["sensitivity"], "sensitivity_candidate": cr["sensitivity"],
                          "specificity_reference": rr["specificity"], "specificity_candidate": cr["specificity"]})
         _with_intervals(referral, rr, cr)
-        referral["sensitivity_difference"] = _sensitivity_difference(truth.refer, ref_refer, cand_refer)
+        referral["sensitivity_difference"] = _sensitivity_difference(truth.refer, ref_refer, cand_refer, cluster_of)
         referral.update(_call_changes(truth.refer, ref_refer, cand_refer, cluster_of))
         missing = {}
         if not truth.refer.any():

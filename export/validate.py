@@ -109,6 +109,7 @@ from uopsl.export.parity_metrics import (
     JUDGE_ON,
     MIN_CASES_PER_CLASS,
     NEWCOMBE_PAIRED,
+    NEWCOMBE_PAIRED_CLUSTERED,
     ON_ESTIMATES,
     PASS,
     ParityGates,
@@ -1307,8 +1308,9 @@ def _confidence_section(cfg: ValidateConfig, n: int, patients: Mapping[str, Any]
                                      "two_sided": True, "gated": False,
                                      "of": "each class's and the referral's sensitivity and specificity, "
                                            "reference and candidate (fields *_ci95: [low, high])"},
-            "sensitivity_difference": {"level": 1.0 - PROPORTION_ALPHA, "method": NEWCOMBE_PAIRED,
-                                       "gated": False,
+            "sensitivity_difference": {"level": 1.0 - PROPORTION_ALPHA,
+                                       "method": NEWCOMBE_PAIRED_CLUSTERED if patients["known"] else NEWCOMBE_PAIRED,
+                                       "unit": "patient" if patients["known"] else "image", "gated": False,
                                        "of": "candidate minus reference sensitivity, each class's and "
                                              "the referral's (field sensitivity_difference)"}}
 

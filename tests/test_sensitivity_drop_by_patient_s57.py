@@ -1,0 +1,107 @@
+"""The sensitivity-drop interval of `uopsl validate` with the patients known (session 57).
+
+Since session 56 each sensitivity's own interval is a Wilson interval on the design-effect sample size, but the
+paired interval of the candidate's minus the reference's sensitivity (Newcombe's method 10) still counted images:
+with two photographs per patient the drop read as known more precisely than either sensitivity it is the
+difference of. Newcombe's construction is the MOVER; given each proportion's cluster-adjusted limits it is
+Zou & Donner's (2004) interval for clustered data.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from uopsl.export.parity_metrics import (
+    NEWCOMBE_PAIRED,
+    NEWCOMBE_PAIRED_CLUSTERED,
+    _sensitivity_difference,
+    clinical,
+    paired_proportion_difference,
+    truth_from_labels,
+)
+from uopsl.runtime.bundle import ClassSpec, FileEntry, Manifest
+from uopsl.runtime.errors import ConfigError
+from uopsl.runtime.metrics import WILSON, clustered_proportion_interval, proportion_interval
+from uopsl.runtime.preprocess import PreprocessConfig
+
+
+def _calls(n_pos: int = 40, lost: int = 6, gained: int = 1, missed_by_both: int = 5) -> tuple[np.ndarray, ...]:
+    """Labels and calls on ``n_pos`` positives: ``lost`` found by the reference only, ``gained`` by the candidate
+    only, ``missed_by_both`` by neither, the rest by both."""
+    kind = np.repeat(np.arange(4), (lost, gained, missed_by_both, n_pos - lost - gained - missed_by_both))
+    ref = (kind == 0) | (kind == 3)
+    cand = (kind == 1) | (kind == 3)
+    return np.ones(n_pos, bool), ref, cand
+
+
+def test_one_image_per_patient_gives_the_image_level_interval() -> None:
+    y, ref, cand = _calls()
+    plain = _sensitivity_difference(y, ref, cand)
+    singles = _sensitivity_difference(y, ref, cand, np.arange(y.size))
+    assert plain["method"] == NEWCOMBE_PAIRED and singles["method"] == NEWCOMBE_PAIRED_CLUSTERED
+    assert (singles["estimate"], singles["low"], singles["high"]) == pytest.approx(
+        (plain["estimate"], plain["low"], plain["high"]), abs=1e-12)
+
+
+def test_two_images_per_patient_with_the_same_calls_widen_the_interval() -> None:
+    """Each patient's second photograph repeating the first's calls adds no information: the interval must be
+    wider than the one that counts 80 images, and about as wide as the one of the 40 patients."""
+    y, ref, cand = _calls()
+    y2, ref2, cand2 = (np.repeat(a, 2) for a in (y, ref, cand))
+    patients = np.repeat(np.arange(y.size), 2)
+    by_image = _sensitivity_difference(y2, ref2, cand2)  # the old reading, patients ignored
+    by_patient = _sensitivity_difference(y2, ref2, cand2, patients)
+    of_patients = _sensitivity_difference(y, ref, cand)
+    assert by_patient["estimate"] == pytest.approx(by_image["estimate"])
+    assert by_patient["high"] - by_patient["low"] > 1.25 * (by_image["high"] - by_image["low"])
+    assert by_patient["low"] == pytest.approx(of_patients["low"], abs=0.02)
+    assert by_patient["high"] == pytest.approx(of_patients["high"], abs=0.02)
+    # The limits handed in are each sensitivity's own reported interval.
+    r = clustered_proportion_interval(ref2, patients)[0]
+    c = clustered_proportion_interval(cand2, patients)[0]
+    counts = (int(np.sum(ref2 & cand2)), int(np.sum(ref2 & ~cand2)), int(np.sum(~ref2 & cand2)),
+              int(np.sum(~ref2 & ~cand2)))
+    again = paired_proportion_difference(*counts, limits=(r, c), method=NEWCOMBE_PAIRED_CLUSTERED)
+    assert (again["low"], again["high"]) == (by_patient["low"], by_patient["high"])
+
+
+def test_limits_given_as_the_plain_wilson_ones_change_nothing_and_must_fit_the_table() -> None:
+    a, b, c, d = 30, 6, 1, 3
+    n = a + b + c + d
+    plain = paired_proportion_difference(a, b, c, d)
+    limits = (proportion_interval(a + b, n, method=WILSON), proportion_interval(a + c, n, method=WILSON))
+    assert paired_proportion_difference(a, b, c, d, limits=limits) == plain
+    with pytest.raises(ConfigError, match="limits are for proportions"):
+        paired_proportion_difference(a, b, c, d, limits=limits[::-1])
+
+
+def test_validate_reports_the_patient_level_interval_for_a_class_and_the_referral() -> None:
+    m = Manifest(classes=(ClassSpec("normal", threshold=0.5), ClassSpec("dr", threshold=0.5, referable=True)),
+                 head="sigmoid", preprocess=PreprocessConfig(size=32), files=(FileEntry("model.onnx", "onnx", "fp32"),))
+    labels = [("dr",)] * 40 + [("normal",)] * 40
+    ref = np.array([[0.1, 0.9] if lab == ("dr",) else [0.9, 0.1] for lab in labels])
+    cand = ref.copy()
+    cand[:6, 1] = 0.3  # 6 DR photographs (3 patients) missed by the candidate
+    patients = [f"p{i // 2}" for i in range(len(labels))]
+    ids = [str(i) for i in range(len(labels))]
+    truth = truth_from_labels(m, labels, ("normal", "dr"))
+    with_p = clinical(m, truth, ref, cand, ids, n_boot=0, patients=patients)
+    without = clinical(m, truth, ref, cand, ids, n_boot=0)
+    for get in (lambda c: c["per_class"][1]["sensitivity_difference"], lambda c: c["referral"]["sensitivity_difference"]):
+        wide, narrow = get(with_p), get(without)
+        assert wide["method"] == NEWCOMBE_PAIRED_CLUSTERED and narrow["method"] == NEWCOMBE_PAIRED
+        assert wide["estimate"] == narrow["estimate"] == pytest.approx(-6 / 40)
+        assert wide["low"] < narrow["low"] and wide["high"] >= narrow["high"]
+
+
+@pytest.mark.parametrize("known", [True, False])
+def test_parity_json_names_the_method_and_unit_of_the_drop_interval(known: bool) -> None:
+    from uopsl.export.validate import ValidateConfig, _confidence_section
+
+    sec = _confidence_section(ValidateConfig(), 100, {"known": known, "n_patients": 50 if known else None})
+    drop = sec["sensitivity_difference"]
+    assert (drop["method"], drop["unit"]) == ((NEWCOMBE_PAIRED_CLUSTERED, "patient") if known
+                                              else (NEWCOMBE_PAIRED, "image"))
+    assert ("sensitivity drop combines those two sensitivities' limits" in sec["independence_note"]) if known \
+        else "independence_note" not in sec
