@@ -396,7 +396,8 @@ def _headroom(headroom: Mapping[str, Any]) -> str:
         close = ", ".join(f"&lt;{t}: {n}" for t, n in h["close_calls"].items())
         rows.append([label, _e(h["units"]), close, _num(h["error_rms"], ".3g"),
                      f'{_num(h["expected_changes"], ".1f")} / {h["observed_changes"]}',
-                     _num(h["allowed_changes"], ".1f"), allowed_s, _num(h.get("precision_needed_db"), ".1f")])
+                     _num(h["allowed_changes"], ".1f"), allowed_s,
+                     _e(h["model_note"]) if h.get("model_note") else _num(h.get("precision_needed_db"), ".1f")])
     return ("<h4>Decision headroom</h4>"
             '<p class="note">How close the reference\'s own decisions sit to their boundaries. Close calls: images '
             "whose margin is below each value. The RMS of the candidate's error on every image's margin predicts "

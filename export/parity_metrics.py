@@ -1003,7 +1003,18 @@ def _headroom_entry(margins: np.ndarray, errors: np.ndarray, observed: int, allo
         "images_not_modelled": int(np.sum(~finite)),
     }
     if needed is not None and 0 < needed < math.inf and rms > 0:
-        entry["precision_needed_db"] = float(max(0.0, 20.0 * math.log10(rms / needed)))
+        db = 20.0 * math.log10(rms / needed)
+        if db <= 0 and observed > allowed:
+            # The error is within what the model allows, yet the gate failed: the changes fell on close calls more
+            # often than a Gaussian error spread over every image predicts. "0 dB needed" read as a margin (a
+            # review); no precision figure follows from the model here.
+            entry["precision_needed_db"] = None
+            entry["model_note"] = (f"{int(observed)} change(s) observed where the error RMS predicts "
+                                   f"{entry['expected_changes']:.1f} and the gate allows {allowed:.3g}: the errors "
+                                   "fall on the close calls more than a Gaussian spread predicts, so no precision "
+                                   "figure says what would pass")
+        else:
+            entry["precision_needed_db"] = float(max(0.0, db))
     return entry
 
 
@@ -1061,6 +1072,8 @@ def headroom_line(name: str, entry: Mapping[str, Any]) -> str:
         need = f"the gate's limit is reached at {allowed:.3g}"
         if entry.get("precision_needed_db"):
             need += f" ({entry['precision_needed_db']:.1f} dB more precision needed)"
+        elif entry.get("model_note"):
+            need += f", yet {entry['model_note']}"
     skipped = entry.get("images_not_modelled") or 0
     where = (f"image(s) whose two top classes are within {key} {entry['units']}" if name == "top1"
              else f"image(s) within {key} {entry['units']} of the referral boundary")
