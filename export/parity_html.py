@@ -210,7 +210,7 @@ def _summary(report: Mapping[str, Any]) -> str:
     return (_table(["candidate", "precision", "verdict", "referral flips (upper 95 %)",
                     "class calls changed: worst class (gated)", "images with any finding changed (gated)",
                     "max |Δp|", "p99 |Δp|", "min logit cos", "site-map corr", "worst AUC drop (gated classes)",
-                    "worst sens. drop (gated classes)", "top-1 agreement"], rows)
+                    "worst share of positives lost (gated classes)", "top-1 agreement"], rows)
             + '<p class="note">The class-call gate (class_flip_rate) measures the largest share of images whose call '
               "for one referable class changed (the worst single class). An image counts once in the next column "
               "if its call changed for any referable class, so that share can be larger; it has its own gate "

@@ -1180,6 +1180,23 @@ def _largest_drop(name: str | None, worst: float | None, prefix: str) -> str:
     return f"largest drop: {prefix}{name}"
 
 
+def _largest_loss(name: str | None, worst: float | None, row: Mapping[str, Any] | None) -> str:
+    """The sensitivity gate's detail: whose positives were lost, how many, and the net change of sensitivity.
+
+    Why both: the gate judges the share of positives whose call was lost (:func:`sensitivity_loss`), which a
+    positive gained does not offset; a signer computing TP / (TP + FN) gets the net change and could not
+    reconcile "sensitivity_drop 0.02154" with a sensitivity 0.180 -> 0.163 (a review).
+    """
+    if worst is None or not worst > 0 or row is None:
+        return _largest_drop(name, worst, "")
+    lost = row.get("lost_positives")
+    net = float(row["sensitivity_candidate"] - row["sensitivity_reference"])
+    if not (isinstance(lost, Mapping) and _finite(lost.get("rate"))):
+        return f"largest drop: {name} (net sensitivity change {net:+.4g})"
+    return (f"largest: {name}, {lost.get('changes', '?')} of {lost.get('n', '?')} positives lost; positives "
+            f"gained do not offset them: the net sensitivity change is {net:+.4g}")
+
+
 def _worst(items: Sequence[tuple[str, float]]) -> tuple[str, float] | tuple[None, None]:
     return max(items, key=lambda d: d[1]) if items else (None, None)
 
@@ -1263,8 +1280,9 @@ def _estimate_checks(gates: ParityGates, numeric: Mapping[str, Any], clin: Mappi
         skipped.append(_skip_entry("referral", ref, "sensitivity"))
     if sens or skipped:
         name, worst = _worst(sens)
+        by_name = {**{r["name"]: r for r in sens_rows}, "referral": ref}
         checks.append(_check("sensitivity_drop", worst, gates.max_sensitivity_drop,
-                             _largest_drop(name, worst, "") if sens else "", skipped))
+                             _largest_loss(name, worst, by_name.get(name or "")) if sens else "", skipped))
     else:
         checks.append(GateCheck("sensitivity_drop", None, gates.max_sensitivity_drop, True,
                                 "no referable class in the bundle: nothing to gate"))

@@ -105,3 +105,25 @@ def test_parity_json_names_the_method_and_unit_of_the_drop_interval(known: bool)
                                               else (NEWCOMBE_PAIRED, "image"))
     assert ("sensitivity drop combines those two sensitivities' limits" in sec["independence_note"]) if known \
         else "independence_note" not in sec
+
+
+def test_the_sensitivity_gate_names_the_lost_positives_and_the_net_change() -> None:
+    """A validation review: the terminal, the manifest and the report's "worst sens. drop" said 0.02154 (14 of 650
+    positives lost) while the sensitivity a signer computes went 0.180 -> 0.163 (3 gained offset 3 of the 14)."""
+    from uopsl.export.parity_metrics import ParityGates, judge, numerical
+
+    m = Manifest(classes=(ClassSpec("normal", threshold=0.5), ClassSpec("dme", threshold=0.5, referable=True)),
+                 head="sigmoid", preprocess=PreprocessConfig(size=32), files=(FileEntry("model.onnx", "onnx", "fp32"),))
+    labels = [("dme",)] * 650 + [("normal",)] * 266
+    ref = np.array([[0.1, 0.9] if i < 117 else [0.1, 0.2] if i < 650 else [0.9, 0.1] for i in range(len(labels))])
+    cand = ref.copy()
+    cand[:14, 1] = 0.3  # 14 found positives lost
+    cand[117:120, 1] = 0.8  # 3 missed ones gained: 106 of 650 found
+    clin = clinical(m, truth_from_labels(m, labels, ("normal", "dme")), ref, cand, [str(i) for i in range(len(labels))],
+                    n_boot=0)
+    check = {c.name: c for c in judge(ParityGates(), numerical({"probs": ref, "logits": ref},
+                                                                 {"probs": cand, "logits": cand}), clin).checks}
+    sens = check["sensitivity_drop"]
+    assert sens.value == pytest.approx(14 / 650) and sens.passed is False
+    assert sens.detail.startswith("largest: ") and "14 of 650 positives lost" in sens.detail
+    assert sens.detail.endswith(f"the net sensitivity change is {106 / 650 - 117 / 650:+.4g}"), sens.detail

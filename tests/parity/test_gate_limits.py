@@ -37,7 +37,9 @@ def test_a_class_losing_sensitivity_fails_even_when_the_referral_does_not_change
     c = _checks(ParityGates(), ref, cand, truth_from_labels(_manifest(), labels, NAMES))
     assert c["clin"]["flips"]["n"] == 0
     assert c["sensitivity_drop"].value == pytest.approx(0.2) and c["sensitivity_drop"].passed is False
-    assert c["sensitivity_drop"].detail == "largest drop: dr" and not c["verdict"].passed
+    # Session 57: the detail says how many positives were lost and the net change a signer computes.
+    assert c["sensitivity_drop"].detail == ("largest: dr, 2 of 10 positives lost; positives gained do not offset "
+                                            "them: the net sensitivity change is -0.2") and not c["verdict"].passed
 
 
 def test_a_class_gaining_sensitivity_is_no_drop() -> None:
