@@ -82,3 +82,25 @@ def test_help_says_what_no_verify_and_quiet_do() -> None:
     assert "other than the model file that runs (which is always checked as it loads)" in run_help, run_help
     top = " ".join(CliRunner().invoke(cli, ["--help"]).output.split())
     assert "Only warnings, errors and the final summary." in top, top
+
+
+def test_validate_says_it_leaves_oct_images_out_and_refuses_oct_only_data(
+        tvhl_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A validation review: with `modality=oct` the 330 OCT rows vanished, then "--limit 60 is more than the 0
+    image(s) the data hold" and "no images to validate on"; with `modality=both` they were dropped without a word."""
+    import logging
+
+    from uopsl.train.commands.validate import resolve_data
+
+    with pytest.raises(ConfigError, match=r"holds no fundus photograph, only \d+ OCT image\(s\): validate judges "
+                                          r"the bundle on fundus photographs"):
+        resolve_data(f"tvhl:{tvhl_dir}:task=dme,modality=oct")
+    with caplog.at_level(logging.WARNING):
+        records, _, _ = resolve_data(f"tvhl:{tvhl_dir}:task=dme,modality=both")
+    assert records and all("oct" not in str(r.path).split("/")[-2:] for r in records)
+    assert any(r.getMessage().endswith("OCT image(s) left out: validate judges the bundle on fundus photographs, the "
+                                       "only images its model screens") for r in caplog.records), caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        resolve_data(f"tvhl:{tvhl_dir}:task=dme")
+    assert "left out" not in caplog.text

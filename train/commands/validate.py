@@ -90,14 +90,26 @@ def _records_from_source(src: Any) -> tuple[list[Any], tuple[str, ...]]:
     from uopsl.export.validate import ImageRecord
 
     records = []
+    others: dict[str, int] = {}
     for s in src.samples:
         if s.modality != "fundus":
+            others[s.modality] = others.get(s.modality, 0) + 1
             continue
         try:
             rid = str(Path(s.path).relative_to(src.root))
         except ValueError:
             rid = str(s.path)
         records.append(ImageRecord(rid, Path(s.path), tuple(s.labels), patient=s.patient or None))
+    if others:
+        # Said, not silent: OCT rows vanished and the run went on to "--limit 60 is more than the 0 image(s) the
+        # data hold" and "no images to validate on" (a review), or judged fewer images than the data listed.
+        what = ", ".join(f"{n} {m.upper() if m == 'oct' else m} image(s)" for m, n in sorted(others.items()))
+        why = "validate judges the bundle on fundus photographs, the only images its model screens"
+        if not records:
+            raise ConfigError(f"{getattr(src, 'root', 'the data')} holds no fundus photograph, only {what}: {why}; "
+                              "give fundus photographs (a CSV or folder of them; TVHL's: tvhl:DIR:task=dme or "
+                              "task=referable_dr, without modality=oct)")
+        log.warning("%s left out: %s", what, why)
     return records, declared_classes(src)
 
 
