@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
+import os
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +108,18 @@ def parity_records(candidates: Sequence[Mapping[str, Any]], report: Mapping[str,
             "toolkit_version": __version__, "report": str(report_path),
         })
     return records
+
+
+def report_location(root: Path, report_path: Path) -> str:
+    """Where a manifest record says its ``parity.json`` is: relative to the bundle folder ``root``, so that it
+    stays right wherever the command ran (it was relative to the working folder: from anywhere else, or after a
+    copy of both, it pointed nowhere) and names no user's home; absolute where no relative path exists (another
+    drive on Windows)."""
+    report = Path(report_path).resolve()
+    try:
+        return os.path.relpath(report, Path(root).resolve())
+    except ValueError:
+        return str(report)
 
 
 def recorded_verdict(entry: FileEntry | None, backend: str) -> Mapping[str, Any] | None:
@@ -255,7 +268,7 @@ def plan_records(root: Path, report: Mapping[str, Any], report_path: Path, *, en
     passed_over = ([(c, f"{run_problem}: a run like this records only a FAIL") for c in withheld]
                    + [(c, (withhold_pass or {})[c["file"]]) for c in calibrated]
                    + [(c, "could not be run here, so not judged") for c in unjudged])
-    records = parity_records(to_record, report, report_path)
+    records = parity_records(to_record, report, Path(report_location(root, report_path)))
     # What record_parity will keep instead, by its own rules (bundle_writer): a verdict against anything but
     # PyTorch (a device's ONNX reference) never replaces one against PyTorch for the same content and
     # backend, an INCOMPLETE run does not replace a complete verdict, a PASS on other data does not clear

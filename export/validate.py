@@ -1475,8 +1475,10 @@ def validate_bundle(
                                                          "candidates": [asdict(s) for s in specs]}))
     from uopsl.export.parity_html import render_html
 
+    _say_replaced_report(json_path, manifest)
     write_json(json_path, report)
     write_text(html_path, render_html(report, html_images))
+    _remove_stale_rocs(out_dir, {str(c["roc_png"]) for c in candidates if c.get("roc_png")})
     # After the reports: a read-only bundle costs the record, not the run.
     outcome = record_verdicts(root, plan, {f.path: f.sha256 for f in manifest.files}, out_dir)
     if outcome is not plan:  # the manifest did not take what the reports said it would: they say what it holds
@@ -1485,6 +1487,43 @@ def validate_bundle(
         write_json(json_path, report)
         write_text(html_path, render_html(report, html_images))
     return ParityReport(status == PASS, report, json_path, html_path, status)
+
+
+def _model_digest(files: Sequence[Mapping[str, Any]]) -> str | None:
+    """The FP32 ONNX file's sha256 among a report's or manifest's files: which model a report is about."""
+    return next((str(f.get("sha256")) for f in files
+                 if f.get("kind") == "onnx" and f.get("precision") == "fp32"), None)
+
+
+def _say_replaced_report(json_path: Path, manifest: Manifest) -> None:
+    """Warn when ``json_path`` holds the report of another model, which this run replaces: that bundle's manifest
+    records still name this folder's parity.json (a review validated two bundles into one ``--out``, and the first
+    bundle's record then pointed at a report about the second, on other data)."""
+    try:
+        old = json.loads(json_path.read_text(encoding="utf-8"))
+        old_bundle = old["bundle"]
+        old_model = _model_digest(old_bundle["files"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return  # no report there, or not one of ours: nothing to say
+    new_model = _model_digest([{"kind": f.kind, "precision": f.precision, "sha256": f.sha256} for f in manifest.files])
+    if old_model is not None and new_model is not None and old_model != new_model:
+        log.warning("%s held the report of another model (bundle %s, validated %s), which this run replaces: that "
+                    "bundle's manifest records still name it; validate each bundle into its own --out folder",
+                    json_path, old_bundle.get("path", "?"), old.get("created", "?"))
+
+
+def _remove_stale_rocs(out_dir: Path, written: set[str]) -> None:
+    """Delete the ROC plots an earlier run left in ``out_dir`` for candidates this run did not judge: the new
+    parity.html does not show them, and beside it they read as this run's (a review found an OpenVINO plot next
+    to a report without OpenVINO)."""
+    stale = [f for f in out_dir.glob("roc_*.png") if f.name not in written and f.is_file()]
+    for f in stale:
+        try:
+            f.unlink()
+        except OSError as exc:
+            log.warning("could not remove %s, an earlier run's ROC plot (%s)", f, exc)
+    if stale:
+        log.info("removed %d ROC plot(s) of an earlier run from %s", len(stale), out_dir)
 
 
 def _ids_digest(ids: Sequence[str]) -> str:

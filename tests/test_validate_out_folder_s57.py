@@ -1,0 +1,56 @@
+"""What `uopsl validate` leaves in its --out folder and where the manifest says the report is (a validation
+review, session 57): the record's path was relative to the working folder, another bundle's report in --out was
+replaced without a word, and ROC plots of candidates an earlier run judged stayed beside the new report."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import pytest
+
+from test_validate_release import N, _records, _run, bundle  # noqa: F401 - fixture
+from validatekit import PatchedModels, cycled_labels, image_keys, photos  # noqa: F401 - module fixtures
+from uopsl.runtime.bundle import PARITY_KEY, read_manifest
+
+
+def test_the_record_names_the_report_relative_to_the_bundle(bundle: Path, photos: list[Path],  # noqa: F811
+                                                            image_keys: dict[str, int], monkeypatch: pytest.MonkeyPatch,
+                                                            tmp_path: Path) -> None:
+    labels = cycled_labels(N)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # the command ran from another folder than the bundle's or the report's
+    out = tmp_path / "reports" / "v1"
+    _run(bundle, _records(photos, labels), PatchedModels(image_keys, monkeypatch, labels), out)
+    rec = next(f for f in read_manifest(bundle).files if f.path == "model.onnx").info[PARITY_KEY]
+    where = rec["backends"]["ort-cpu"]["report"]
+    assert where == os.path.relpath(out / "parity.json", bundle) and not os.path.isabs(where)
+    assert (bundle / where).resolve() == (out / "parity.json").resolve()
+
+
+def test_another_models_report_is_replaced_with_a_warning_and_old_roc_plots_go(
+        bundle: Path, photos: list[Path], image_keys: dict[str, int], monkeypatch: pytest.MonkeyPatch,  # noqa: F811
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    labels = cycled_labels(N)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "parity.json").write_text(json.dumps({"created": "2026-12-01T00:00:00+00:00", "bundle": {
+        "path": "other-bundle", "files": [{"path": "model.onnx", "kind": "onnx", "precision": "fp32",
+                                           "sha256": "0" * 64}]}}))
+    (out / "roc_openvino_model.int8.onnx.png").write_bytes(b"an earlier run's plot")
+    (out / "notes.txt").write_text("the user's own file")
+    with caplog.at_level(logging.WARNING, logger="uopsl.export.validate"):
+        res = _run(bundle, _records(photos, labels), PatchedModels(image_keys, monkeypatch, labels), out)
+    said = [r.getMessage() for r in caplog.records if "held the report of another model" in r.getMessage()]
+    assert len(said) == 1 and "other-bundle" in said[0] and "2026-12-01" in said[0], caplog.text
+    assert not (out / "roc_openvino_model.int8.onnx.png").exists() and (out / "notes.txt").is_file()
+    written = {c["roc_png"] for c in res.report["candidates"] if c.get("roc_png")}
+    assert written and all((out / name).is_file() for name in written)
+    # The same bundle again: its own report is replaced without a warning.
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="uopsl.export.validate"):
+        _run(bundle, _records(photos, labels), PatchedModels(image_keys, monkeypatch, labels), out)
+    assert "held the report of another model" not in caplog.text
