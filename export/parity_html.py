@@ -314,8 +314,8 @@ def _candidate(c: Mapping[str, Any], images: Mapping[str, str], max_rows: int) -
                  + ". n/a says why a figure is missing; \"not gated\" marks a figure computed on too few "
                  "cases for a gate to count it. "
                  + ("With the patients known, each change count is also bounded over patients (\"patients k/n\": "
-                    "patients with a change of all patients, its bound widened by the largest patient's share of "
-                    "images where patients hold unequal numbers; it holds however one patient's images are "
+                    "patients with a change of all patients, its bound widened by the most images a patient holds over "
+                    "the mean where patients hold unequal numbers; it holds however one patient's images are "
                     "correlated, and --judge-on bounds gates the larger bound); the Wilson intervals are computed "
                     "on the effective number of images (the design effect of the patients' clustering; at 0 or "
                     "100 % as if each patient's images were fully correlated), and so are the two sensitivities' limits that "
@@ -465,7 +465,7 @@ def render_html(report: Mapping[str, Any], images: Mapping[str, str] | None = No
     title = f"Parity report: {b['model_name']} ({b['path']})"
     # A limit of None is no gate, except the FP32 tolerance, which the FP32 file on ort-cpu always has.
     gate_rows = [[_e(k), (_num(v, ".4g") if v is not None or k != "max_prob_diff" else
-                          "none, but the FP32 file on ort-cpu: 1e-4 (issue 4's FP32 tolerance)")]
+                          "none, but the FP32 file on ort-cpu: 1e-4 (the ONNX reference's tolerance against PyTorch)")]
                  for k, v in gates.items()]
     boot = report.get("bootstrap") or {}
     conf = report.get("confidence") or {}
@@ -609,11 +609,12 @@ def _outputs_words(report: Mapping[str, Any]) -> str:
                      f"decision) are in {_e(out['file'])} (sha256 <code>{_e(out['sha256'])}</code>), from which "
                      "each figure here can be recomputed.")
     if cache:
-        said = {"all": "all came from the output cache of an earlier run (.parity-cache)",
-                "some": "some came from the output cache of an earlier run (.parity-cache)",
-                "none": "were computed by this run"}.get(str(cache.get("outputs_from_cache")), "")
+        said = {"all": "All the model outputs came from the output cache of an earlier run (.parity-cache).",
+                "some": "Some of the model outputs came from the output cache of an earlier run (.parity-cache), "
+                        "the others were computed by this run.",
+                "none": "The model outputs were computed by this run."}.get(str(cache.get("outputs_from_cache")), "")
         if said:
-            words.append(f"The model outputs {said}.")
+            words.append(said)
     return f"<p class='note'>{' '.join(words)}</p>" if words else ""
 
 

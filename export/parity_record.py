@@ -355,7 +355,7 @@ def record_verdicts(root: Path, plan: RecordPlan, validated: Mapping[str, str], 
                     root / "manifest.json", exc, out_dir)
     actual, late = what_was_written(written, plan.to_record, plan.records)
     if written is not None and actual:
-        log.info("parity verdicts recorded in %s: %s", root / "manifest.json",
+        log.info("%s holds these parity verdicts: %s", root / "manifest.json",
                  ", ".join(f"{c['file']} on {c['backend']} {c['verdict']}" for c in actual))
     if error is None and not late:
         return plan

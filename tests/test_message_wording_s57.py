@@ -104,3 +104,15 @@ def test_validate_says_it_leaves_oct_images_out_and_refuses_oct_only_data(
     with caplog.at_level(logging.WARNING):
         resolve_data(f"tvhl:{tvhl_dir}:task=dme")
     assert "left out" not in caplog.text
+
+
+def test_validate_help_gives_the_interrupt_exit_code_and_the_report_reads_as_sentences() -> None:
+    from click.testing import CliRunner
+
+    from uopsl.export.parity_html import _outputs_words
+    from uopsl.train.cli import cli
+
+    text = " ".join(CliRunner().invoke(cli, ["validate", "--help"]).output.split())
+    assert "130 when stopped with Ctrl-C (the manifest is left as it was" in text, text
+    some = _outputs_words({"cache": {"outputs_from_cache": "some"}})
+    assert "Some of the model outputs came from the output cache" in some and "outputs some" not in some

@@ -243,7 +243,7 @@ def test_a_rerun_with_the_same_verdicts_lists_them_as_recorded(
 def test_the_log_names_no_recorded_verdict_when_the_manifest_took_none(
         bundle: Path, photos: list[Path], image_keys: dict[str, int], monkeypatch: pytest.MonkeyPatch,
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    """P29: "parity verdicts recorded in ..." is logged for what the manifest took, and not at all when it took
+    """P29: "... holds these parity verdicts" (once "parity verdicts recorded in ...") is logged for what the manifest took, and not at all when it took
     nothing (both files changed while they were validated)."""
     labels = cycled_labels(N)
     models = PatchedModels(image_keys, monkeypatch, labels)
@@ -253,12 +253,12 @@ def test_the_log_names_no_recorded_verdict_when_the_manifest_took_none(
     with caplog.at_level(logging.INFO, logger="uopsl"):
         rec = _run(bundle, _records(photos, labels), models.reference, tmp_path / "out").report["record"]
     assert rec["recorded"] == [] and [k["name"] for k in rec["kept"]] == BOTH
-    assert not [r for r in caplog.records if "parity verdicts recorded" in r.getMessage()]
+    assert not [r for r in caplog.records if "holds these parity verdicts" in r.getMessage()]
     monkeypatch.setattr(bundle_writer, "_record_parity", real)
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="uopsl"):
         _run(bundle, _records(photos, labels), models.reference, tmp_path / "again")
-    said = [r.getMessage() for r in caplog.records if "parity verdicts recorded" in r.getMessage()]
+    said = [r.getMessage() for r in caplog.records if "holds these parity verdicts" in r.getMessage()]
     assert len(said) == 1 and said[0].endswith("model.onnx on ort-cpu PASS, model.int8.onnx on ort-cpu PASS")
 
 

@@ -485,7 +485,8 @@ def command(bundle: Path, checkpoint: Path | None, onnx_reference: bool, data_sp
 
     Exit 0 when every candidate passes the gates; 1 when one FAILs or is INCOMPLETE (the last line and
     parity.json's "verdict" say which); 2 for a usage, bundle, checkpoint or data error, or a missing chain
-    of trust.
+    of trust; 130 when stopped with Ctrl-C (the manifest is left as it was; the same command resumes from the
+    outputs computed so far).
     """
     boot_seed = seed if bootstrap_seed is None else bootstrap_seed
     _check_reference_options(checkpoint, onnx_reference)
