@@ -518,10 +518,14 @@ def _proportion_ci(hits: np.ndarray, cluster_of: np.ndarray | None) -> list[floa
 
 
 def _with_intervals(row: dict[str, Any], ref: Mapping[str, Any], cand: Mapping[str, Any]) -> None:
-    """Copy the reference's and the candidate's sensitivity/specificity intervals into a report row."""
+    """Copy the reference's and the candidate's sensitivity/specificity intervals into a report row, and the
+    confusion counts behind them (``counts_reference``, ``counts_candidate``: tp, fn, tn, fp), so a signer can
+    check each rate against its counts without rebuilding them from outputs.csv (a review)."""
     for metric in ("sensitivity", "specificity"):
         row[f"{metric}_reference_ci95"] = ref[f"{metric}_ci95"]
         row[f"{metric}_candidate_ci95"] = cand[f"{metric}_ci95"]
+    for who, rates in (("reference", ref), ("candidate", cand)):
+        row[f"counts_{who}"] = {k: int(rates[k]) for k in ("tp", "fn", "tn", "fp")}
 
 
 def _call_changes(y: np.ndarray, ref_call: np.ndarray, cand_call: np.ndarray,

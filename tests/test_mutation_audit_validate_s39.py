@@ -156,7 +156,7 @@ def test_a_first_run_computes_everything_without_a_cache_warning_and_a_rerun_rea
                                      "outputs_from_cache": "none"}
     again = _run(bundle, _records(photos[:40], labels), models, tmp_path / "out", record=False)
     assert again.report["cache"]["batches_from_cache"] == 3 and again.report["cache"]["outputs_from_cache"] == "all"
-    assert ("The model outputs all came from the output cache of an earlier run"
+    assert ("All the model outputs came from the output cache of an earlier run"
             in again.html_path.read_text(encoding="utf-8"))
 
 

@@ -127,3 +127,25 @@ def test_the_sensitivity_gate_names_the_lost_positives_and_the_net_change() -> N
     assert sens.value == pytest.approx(14 / 650) and sens.passed is False
     assert sens.detail.startswith("largest: ") and "14 of 650 positives lost" in sens.detail
     assert sens.detail.endswith(f"the net sensitivity change is {106 / 650 - 117 / 650:+.4g}"), sens.detail
+
+
+def test_each_rate_comes_with_its_confusion_counts_in_json_and_html() -> None:
+    """A validation review: neither parity.json nor parity.html gave TP / FN / TN / FP; a signer rebuilt them from
+    outputs.csv to check a sensitivity."""
+    from uopsl.export.parity_html import _rate_cell
+
+    m = Manifest(classes=(ClassSpec("normal", threshold=0.5), ClassSpec("dme", threshold=0.5, referable=True)),
+                 head="sigmoid", preprocess=PreprocessConfig(size=32), files=(FileEntry("model.onnx", "onnx", "fp32"),))
+    labels = [("dme",)] * 30 + [("normal",)] * 20
+    ref = np.array([[0.1, 0.9] if i < 25 else [0.1, 0.2] if i < 30 else [0.9, 0.1] for i in range(50)])
+    cand = ref.copy()
+    cand[:2, 1] = 0.3  # 2 positives lost
+    cand[30, 1] = 0.7  # 1 false positive
+    clin = clinical(m, truth_from_labels(m, labels, ("normal", "dme")), ref, cand, [str(i) for i in range(50)], n_boot=0)
+    row = clin["per_class"][1]
+    assert row["counts_reference"] == {"tp": 25, "fn": 5, "tn": 20, "fp": 0}
+    assert row["counts_candidate"] == {"tp": 23, "fn": 7, "tn": 19, "fp": 1}
+    assert row["sensitivity_candidate"] == pytest.approx(23 / 30)
+    assert clin["referral"]["counts_candidate"]["tp"] == 23
+    assert "25 of 30 / 23 of 30" in _rate_cell(row, "sensitivity")
+    assert "20 of 20 / 19 of 20" in _rate_cell(row, "specificity")
