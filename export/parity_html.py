@@ -270,6 +270,12 @@ def _candidate(c: Mapping[str, Any], images: Mapping[str, str], max_rows: int) -
         f'{_num(num["site_map_corr_mean"], ".4f")} / {_num(num["site_map_corr_min"], ".4f")}',
         f'{_num(clin["top1_agreement"], ".2%")} (changes {_bound(clin.get("top1_disagreement"))}; from the '
         f'{_e(top1_source)})', _num(clin["class_decision_agreement"], ".2%")]]))
+    parts.append('<p class="note">|Δp|: the candidate\'s probability less the reference\'s, per image and class, '
+                 "over all of them. Logit cos: the cosine between an image's two logit vectors (1: the same "
+                 "direction). Site-map corr: the Pearson correlation between an image's two predilection-site maps, "
+                 "all classes together. Top-1 agreement: the share of images whose highest-scoring class is the "
+                 "same. Class-decision agreement: the share of calls, one per image and class (every class, "
+                 "referable or not), that are the same at the manifest's thresholds.</p>")
     for note in num.get("notes", []):
         parts.append(f'<p class="note">{_e(note)}</p>')
     parts.append(_arithmetic(c.get("arithmetic")))

@@ -47,6 +47,10 @@ def test_another_models_report_is_replaced_with_a_warning_and_old_roc_plots_go(
     said = [r.getMessage() for r in caplog.records if "held the report of another model" in r.getMessage()]
     assert len(said) == 1 and "other-bundle" in said[0] and "2026-12-01" in said[0], caplog.text
     assert not (out / "roc_openvino_model.int8.onnx.png").exists() and (out / "notes.txt").is_file()
+    # The same review: "class-decision agreement", "logit cos" and "site-map corr" were nowhere defined.
+    html = " ".join(res.html_path.read_text(encoding="utf-8").split())
+    assert "Class-decision agreement: the share of calls, one per image and class (every class" in html
+    assert "Logit cos: the cosine between an image's two logit vectors" in html.replace("&#x27;", "'")
     written = {c["roc_png"] for c in res.report["candidates"] if c.get("roc_png")}
     assert written and all((out / name).is_file() for name in written)
     # The same bundle again: its own report is replaced without a warning.
