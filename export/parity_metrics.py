@@ -45,7 +45,7 @@ from typing import Any
 
 import numpy as np
 
-from uopsl.runtime.bundle import Manifest, parity_gates_problem
+from uopsl.runtime.bundle import INCOMPLETE_MARK, Manifest, parity_gates_problem
 from uopsl.runtime.errors import ConfigError
 from uopsl.runtime.metrics import (
     WILSON,
@@ -1233,6 +1233,8 @@ def judge(gates: ParityGates, numeric: Mapping[str, Any], clin: Mapping[str, Any
     failed = [f"{_relation(c)} ({c.detail})" for c in checks if c.passed is False]
     incomplete = [_incomplete_reason(c) for c in checks if c.status == INCOMPLETE]
     status = FAIL if failed else INCOMPLETE if incomplete else PASS
+    if failed:  # after a FAIL's exceeded gates, its gates not evaluated in full say so (INCOMPLETE_MARK)
+        incomplete = [INCOMPLETE_MARK + r for r in incomplete]
     return Verdict(status == PASS, tuple(checks), tuple(failed + incomplete), status,
                    tuple(estimates) if on == ON_BOUNDS else ())
 

@@ -362,6 +362,12 @@ def _with_implied_finding_gate(gates: dict[str, Any], manifest: Manifest | None)
     return {**gates, key: implied} if limit is not None and implied <= limit else gates
 
 
+#: What opens a FAIL's reasons that are not failures but gates it did not evaluate in full (``uopsl validate``
+#: writes them after the exceeded gates): a signer and ``uopsl-screen info`` read "auc_drop -0.02143 <= 0.005 but
+#: not evaluated for ..." among the reasons a file failed (a review). A failure's words leave them out.
+INCOMPLETE_MARK = "also incomplete: "
+
+
 def _record_problem(path: str, backend: str, r: Any, manifest: Manifest | None = None,
                     int8: bool = False) -> str | None:
     """Why one backend's record does not show that ``path`` passed there (None: it does).
@@ -374,8 +380,10 @@ def _record_problem(path: str, backend: str, r: Any, manifest: Manifest | None =
     if not isinstance(r, dict):
         return f"{path}'s parity record on {backend} is unreadable (re-run `uopsl validate --backends {backend}`)"
     if r.get("passed") is not True or r.get("verdict", "PASS") != "PASS":
-        why = "; ".join(str(x) for x in (r.get("reasons") or [])[:2])
-        word = "was incomplete" if r.get("verdict") == "INCOMPLETE" else "failed"
+        incomplete = r.get("verdict") == "INCOMPLETE"
+        reasons = [str(x) for x in (r.get("reasons") or []) if incomplete or not str(x).startswith(INCOMPLETE_MARK)]
+        why = "; ".join(reasons[:2])
+        word = "was incomplete" if incomplete else "failed"
         return f"{path} {word} parity validation on {backend}" + (f" ({why})" if why else "")
     missing = [k for k in PARITY_RECORD_FIELDS if k not in r]
     gates = r.get("gates")

@@ -149,3 +149,34 @@ def test_each_rate_comes_with_its_confusion_counts_in_json_and_html() -> None:
     assert clin["referral"]["counts_candidate"]["tp"] == 23
     assert "25 of 30 / 23 of 30" in _rate_cell(row, "sensitivity")
     assert "20 of 20 / 19 of 20" in _rate_cell(row, "specificity")
+
+
+def test_a_fails_gates_not_evaluated_in_full_are_marked_and_not_quoted_as_failures() -> None:
+    """A validation review: `uopsl-screen info`'s auto line said the INT8 file "failed parity validation on openvino
+    (top1_agreement 0.9583 < 0.99 ...; auc_drop -0.02143 <= 0.005 but not evaluated for dr (6 positive images)
+    ...)": the second was no failure."""
+    from uopsl.export.parity_metrics import FAIL, ParityGates, judge, numerical
+    from uopsl.runtime.bundle import INCOMPLETE_MARK, _record_problem
+
+    m = Manifest(classes=(ClassSpec("normal", threshold=0.5), ClassSpec("dr", threshold=0.5, referable=True),
+                          ClassSpec("amd", threshold=0.5, referable=True)),
+                 head="sigmoid", preprocess=PreprocessConfig(size=32), files=(FileEntry("model.onnx", "onnx", "fp32"),))
+    labels = [("dr",)] * 30 + [("normal",)] * 30 + [("amd",)] * 3  # amd: too few positives to gate
+    ref = np.array([[0.1, 0.9, 0.1] if lab == ("dr",) else [0.9, 0.1, 0.1] if lab == ("normal",) else [0.1, 0.1, 0.9]
+                    for lab in labels])
+    cand = ref.copy()
+    cand[:5, 1] = 0.2  # 5 of 30 DR calls lost: a FAIL
+    clin = clinical(m, truth_from_labels(m, labels, ("normal", "dr", "amd")), ref, cand,
+                    [str(i) for i in range(len(labels))], n_boot=0)
+    v = judge(ParityGates(), numerical({"probs": ref, "logits": ref}, {"probs": cand, "logits": cand}), clin)
+    assert v.status == FAIL
+    failures = [r for r in v.reasons if not r.startswith(INCOMPLETE_MARK)]
+    marked = [r for r in v.reasons if r.startswith(INCOMPLETE_MARK)]
+    assert failures and marked and v.reasons == tuple(failures + marked), v.reasons
+    assert [r.split(" ")[0] for r in failures] == ["flip_rate", "class_flip_rate", "finding_change_rate",
+                                                   "sensitivity_drop"]
+    assert [r[len(INCOMPLETE_MARK):].split(" ")[0] for r in marked] == ["auc_drop"] and "but not evaluated" in marked[0]
+    why = _record_problem("model.int8.onnx", "openvino", {"passed": False, "verdict": "FAIL",
+                                                          "reasons": [*marked, *failures]})
+    assert why is not None and INCOMPLETE_MARK not in why and "auc_drop" not in why, why
+    assert why.startswith("model.int8.onnx failed parity validation on openvino (" + failures[0])
