@@ -642,9 +642,13 @@ def paired_proportion_difference(both: int, first_only: int, second_only: int, n
         i2 = proportion_interval(a + c, n, alpha=alpha, method=WILSON)
     else:
         i1, i2 = limits
-        if not (math.isclose(i1.estimate, p1) and math.isclose(i2.estimate, p2)):
-            raise ConfigError(f"limits are for proportions {i1.estimate} and {i2.estimate}; the table gives {p1} "
-                              f"and {p2}")
+        for i, p, which in ((i1, p1, "first"), (i2, p2, "second")):
+            if not (math.isclose(i.estimate, p) and i.low <= i.estimate <= i.high
+                    and math.isclose(i.alpha, alpha)):
+                raise ConfigError(
+                    f"the {which} proportion's limits are for {i.estimate} in [{i.low}, {i.high}] at alpha {i.alpha}; "
+                    f"the table gives {p}, at alpha {alpha}: pass the intervals of the table's two proportions, "
+                    "first then second, at the same alpha (clustered_proportion_interval of each call)")
     den = float(a + b) * float(c + d) * float(a + c) * float(b + d)
     # Newcombe's corrected phi (as Altman et al., Statistics with Confidence, 2000, work it): a positive
     # ad - bc less n / 2 (0 when that is negative); uncorrected, a table without discordant pairs gives
@@ -677,7 +681,9 @@ def _sensitivity_difference(y: np.ndarray, ref_call: np.ndarray, cand_call: np.n
                             cluster_of: np.ndarray | None = None) -> dict[str, Any]:
     """The candidate's sensitivity minus the reference's among the positives of ``y``, with its paired interval;
     with ``cluster_of`` (each image's patient), each sensitivity's limits are those of its own interval in the
-    report (Wilson on the design-effect sample size), so the difference is no narrower than the patients allow."""
+    report (Wilson on the design-effect sample size): the interval of the difference then reflects the patients'
+    clustering too (generally wider; one end can move in by a little, as MOVER combines the two limits through
+    their correlation)."""
     pos = y.astype(bool)
     r, c = ref_call[pos].astype(bool), cand_call[pos].astype(bool)
     counts = (int(np.sum(r & c)), int(np.sum(r & ~c)), int(np.sum(~r & c)), int(np.sum(~r & ~c)))
@@ -715,8 +721,9 @@ def clinical(
     ``patients`` (one id per image, None or ``""`` when unknown): the AUC
     bootstrap resamples patients (:func:`patient_clusters`), ``patients``
     counts them, and the flips and changed findings say how many patients
-    they touch. The exact bounds and the Wilson intervals stay those of
-    independent images, which ``patients["note"]`` says.
+    they touch. The exact bounds count images, with a bound over patients beside each change rate; the Wilson
+    intervals and the sensitivity-drop intervals are computed on the design-effect sample size
+    (:func:`uopsl.runtime.metrics.clustered_proportion_interval`), as ``patients["note"]`` says.
     """
     ref = np.asarray(reference_probs, np.float64)
     cand = np.asarray(candidate_probs, np.float64)
@@ -1008,18 +1015,45 @@ def _headroom_entry(margins: np.ndarray, errors: np.ndarray, observed: int, allo
     }
     if needed is not None and 0 < needed < math.inf and rms > 0:
         db = 20.0 * math.log10(rms / needed)
-        if db <= 0 and observed > allowed:
-            # The error is within what the model allows, yet the gate failed: the changes fell on close calls more
-            # often than a Gaussian error spread over every image predicts. "0 dB needed" read as a margin (a
-            # review); no precision figure follows from the model here.
+        if db <= 0 and observed > allowed + 1e-9:  # the gates' own tolerance (_EPS) on a count
+            # The error is within what the model allows, yet the gate failed. "0 dB needed" read as a margin (a
+            # review); the note says instead whether the model can explain the changes at all.
+            lam = float(entry["expected_changes"])
+            chance = poisson_tail(int(observed), lam)
             entry["precision_needed_db"] = None
-            entry["model_note"] = (f"{int(observed)} change(s) observed where the error RMS predicts "
-                                   f"{entry['expected_changes']:.1f} and the gate allows {allowed:.3g}: the errors "
-                                   "fall on the close calls more than a Gaussian spread predicts, so no precision "
-                                   "figure says what would pass")
+            entry["changes_chance"] = chance
+            said = (f"{int(observed)} change(s) observed where the error RMS predicts {lam:.1f} and the gate "
+                    f"allows {allowed:.3g}")
+            entry["model_note"] = (
+                f"{said} (a chance of {chance:.2g} under the model): the model underpredicts the changes here "
+                "(the error is larger where the decisions are close than its spread over all images, or changes "
+                "fall on images it does not model), so no precision figure says what would pass"
+                if chance < MODEL_NOTE_CHANCE else
+                f"{said}: the error is at the gate's limit, where a file fails about as often as it passes (a "
+                f"chance of {chance:.2g} of this many), so another table or rounding may pass")
         else:
             entry["precision_needed_db"] = float(max(0.0, db))
     return entry
+
+
+#: Below this chance of as many changes as observed, the headroom model is said to underpredict them.
+MODEL_NOTE_CHANCE = 0.05
+
+
+def poisson_tail(k: int, lam: float) -> float:
+    """P(X >= ``k``) for X Poisson with mean ``lam``: how likely as many changes as observed are when the headroom
+    model expects ``lam``. The model's count is a sum of per-image chances, whose spread the Poisson law's
+    exceeds, so this chance is on the high side: the model is said to underpredict only when it clearly does."""
+    if k <= 0:
+        return 1.0
+    if not lam > 0:
+        return 0.0
+    term = math.exp(-lam)
+    below = term
+    for i in range(1, k):
+        term *= lam / i
+        below += term
+    return float(min(1.0, max(0.0, 1.0 - below)))
 
 
 def decision_headroom(manifest: Manifest, gates: ParityGates, reference: Mapping[str, np.ndarray],

@@ -111,13 +111,14 @@ def parity_records(candidates: Sequence[Mapping[str, Any]], report: Mapping[str,
 
 
 def report_location(root: Path, report_path: Path) -> str:
-    """Where a manifest record says its ``parity.json`` is: relative to the bundle folder ``root``, so that it
-    stays right wherever the command ran (it was relative to the working folder: from anywhere else, or after a
-    copy of both, it pointed nowhere) and names no user's home; absolute where no relative path exists (another
-    drive on Windows)."""
+    """Where a manifest record says its ``parity.json`` is: relative to the bundle folder ``root`` and with "/"
+    separators, so that it stays right wherever the command ran (it was relative to the working folder: from
+    anywhere else, or after a copy of both, it pointed nowhere) and names no user's home; absolute where no
+    relative path exists (another drive on Windows)."""
     report = Path(report_path).resolve()
     try:
-        return os.path.relpath(report, Path(root).resolve())
+        # In "/" form on every system: a bundle copied from a Windows PC to a device must still resolve it.
+        return Path(os.path.relpath(report, Path(root).resolve())).as_posix()
     except ValueError:
         return str(report)
 

@@ -1475,7 +1475,7 @@ def validate_bundle(
                                                          "candidates": [asdict(s) for s in specs]}))
     from uopsl.export.parity_html import render_html
 
-    _say_replaced_report(json_path, manifest)
+    _say_replaced_report(json_path, manifest, {str(c["name"]) for c in candidates})
     write_json(json_path, report)
     write_text(html_path, render_html(report, html_images))
     _remove_stale_rocs(out_dir, {str(c["roc_png"]) for c in candidates if c.get("roc_png")})
@@ -1495,14 +1495,16 @@ def _model_digest(files: Sequence[Mapping[str, Any]]) -> str | None:
                  if f.get("kind") == "onnx" and f.get("precision") == "fp32"), None)
 
 
-def _say_replaced_report(json_path: Path, manifest: Manifest) -> None:
-    """Warn when ``json_path`` holds the report of another model, which this run replaces: that bundle's manifest
-    records still name this folder's parity.json (a review validated two bundles into one ``--out``, and the first
-    bundle's record then pointed at a report about the second, on other data)."""
+def _say_replaced_report(json_path: Path, manifest: Manifest, judged: set[str]) -> None:
+    """Warn when this run replaces a report that manifest records may still name: another model's (a review
+    validated two bundles into one ``--out``, and the first bundle's record then pointed at a report about the
+    second, on other data), or this model's with candidates this run does not judge (``judged``: this run's
+    candidate names), whose records keep naming a report that no longer holds them."""
     try:
         old = json.loads(json_path.read_text(encoding="utf-8"))
         old_bundle = old["bundle"]
         old_model = _model_digest(old_bundle["files"])
+        old_judged = {str(c["name"]) for c in old.get("candidates", ()) if c.get("judged") is not False}
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return  # no report there, or not one of ours: nothing to say
     new_model = _model_digest([{"kind": f.kind, "precision": f.precision, "sha256": f.sha256} for f in manifest.files])
@@ -1510,6 +1512,12 @@ def _say_replaced_report(json_path: Path, manifest: Manifest) -> None:
         log.warning("%s held the report of another model (bundle %s, validated %s), which this run replaces: that "
                     "bundle's manifest records still name it; validate each bundle into its own --out folder",
                     json_path, old_bundle.get("path", "?"), old.get("created", "?"))
+        return
+    dropped = sorted(old_judged - judged)
+    if dropped:
+        log.warning("%s held verdicts on %s (validated %s), which this run does not judge: their manifest records "
+                    "still name this report, which will no longer hold them; validate them again, or into another "
+                    "--out folder", json_path, ", ".join(dropped), old.get("created", "?"))
 
 
 def _remove_stale_rocs(out_dir: Path, written: set[str]) -> None:

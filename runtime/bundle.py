@@ -601,11 +601,11 @@ class Manifest:
             if unknown:
                 # A sealed manifest with fields this runtime does not know: most likely a newer exporter's
                 # (read_manifest_raw says so first when the seal does not hold: an edit, not a newer bundle).
-                problem = f"fields this uopsl {__version__} does not know: {', '.join(unknown)}"
+                unknown_text = f"fields this uopsl {__version__} does not know: {', '.join(unknown)}"
                 raise _with_problem(BundleError(
-                    f"{source}: {problem}; the bundle was most likely made by a newer uopsl (the manifest says "
+                    f"{source}: {unknown_text}; the bundle was most likely made by a newer uopsl (the manifest says "
                     f"toolkit {d.get('toolkit_version')!s}): upgrade uopsl on this device (uopsl-screen --version "
-                    "shows what it reads), or export the bundle with this version"), problem)
+                    "shows what it reads), or export the bundle with this version"), unknown_text)
             d = dict(d)
             d["classes"] = tuple(ClassSpec(**c) for c in d["classes"])
             d["files"] = tuple(FileEntry(**f) for f in d["files"])
@@ -627,8 +627,8 @@ class Manifest:
                 raise
             raise _with_problem(BundleError(f"{source}: {exc}; {_REEXPORT}"), str(exc)) from exc
         except (KeyError, TypeError, ValueError) as exc:
-            problem = f"malformed manifest ({exc.__class__.__name__}: {exc})"
-            raise _with_problem(BundleError(f"{source}: {problem}; {_REEXPORT}"), problem) from exc
+            malformed = f"malformed manifest ({exc.__class__.__name__}: {exc})"
+            raise _with_problem(BundleError(f"{source}: {malformed}; {_REEXPORT}"), malformed) from exc
         return m
 
     def problem(self) -> str | None:

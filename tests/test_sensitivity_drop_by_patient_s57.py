@@ -72,8 +72,11 @@ def test_limits_given_as_the_plain_wilson_ones_change_nothing_and_must_fit_the_t
     plain = paired_proportion_difference(a, b, c, d)
     limits = (proportion_interval(a + b, n, method=WILSON), proportion_interval(a + c, n, method=WILSON))
     assert paired_proportion_difference(a, b, c, d, limits=limits) == plain
-    with pytest.raises(ConfigError, match="limits are for proportions"):
+    with pytest.raises(ConfigError, match="the first proportion's limits are for 0.775 .* the table gives 0.9"):
         paired_proportion_difference(a, b, c, d, limits=limits[::-1])
+    with pytest.raises(ConfigError, match="at alpha 0.1; the table gives .* at alpha 0.05"):
+        paired_proportion_difference(a, b, c, d, limits=(proportion_interval(a + b, n, alpha=0.1, method=WILSON),
+                                                         limits[1]))
 
 
 def test_validate_reports_the_patient_level_interval_for_a_class_and_the_referral() -> None:

@@ -58,3 +58,21 @@ def test_another_models_report_is_replaced_with_a_warning_and_old_roc_plots_go(
     with caplog.at_level(logging.WARNING, logger="uopsl.export.validate"):
         _run(bundle, _records(photos, labels), PatchedModels(image_keys, monkeypatch, labels), out)
     assert "held the report of another model" not in caplog.text
+
+
+def test_the_same_model_again_with_fewer_candidates_warns_of_the_records_left_behind(
+        bundle: Path, photos: list[Path], image_keys: dict[str, int], monkeypatch: pytest.MonkeyPatch,  # noqa: F811
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The session's review of the first fix: re-validating the same bundle into the same --out on fewer backends
+    left the other backends' records naming a report that no longer holds them, without a word."""
+    labels = cycled_labels(N)
+    out = tmp_path / "out"
+    _run(bundle, _records(photos, labels), PatchedModels(image_keys, monkeypatch, labels), out)
+    old = json.loads((out / "parity.json").read_text())
+    old["candidates"].append({**old["candidates"][0], "name": "openvino:model.int8.onnx"})  # as if judged there too
+    (out / "parity.json").write_text(json.dumps(old))
+    with caplog.at_level(logging.WARNING, logger="uopsl.export.validate"):
+        _run(bundle, _records(photos, labels), PatchedModels(image_keys, monkeypatch, labels), out)
+    said = [r.getMessage() for r in caplog.records if "which this run does not judge" in r.getMessage()]
+    assert len(said) == 1 and "held verdicts on openvino:model.int8.onnx" in said[0], caplog.text
+    assert "another model" not in caplog.text
