@@ -30,4 +30,5 @@ def test_the_suite_uses_no_user_cache_folder() -> None:
 def test_a_subprocess_of_the_suite_uses_the_same_cache_folder() -> None:
     out = subprocess.run([sys.executable, "-c", "from uopsl.runtime.fsio import user_cache_dir; print(user_cache_dir())"],
                          capture_output=True, text=True, check=True)
-    assert Path(out.stdout.strip()) == user_cache_dir()
+    child = Path(out.stdout.strip())
+    assert child == user_cache_dir() and child != _default_user_cache()
