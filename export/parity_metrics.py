@@ -1450,7 +1450,10 @@ def _skip_entry(name: str, row: Mapping[str, Any], metric: str) -> dict[str, str
         entry.update(group=FEW_CASES_RULE, cases=_few_counts(n_pos, n_neg))
     a, b = row.get(f"{metric}_reference"), row.get(f"{metric}_candidate")
     if a is not None and b is not None and _finite(a) and _finite(b):
-        entry["drop"] = f"{float(a) - float(b):.4g}"
+        # The gate's own measure: for sensitivity the share of positives lost (sensitivity_loss), not the net
+        # drop, which a gain offsets (the report set one beside the other in one column; a review).
+        drop = sensitivity_loss(row) if metric == "sensitivity" else float(a) - float(b)
+        entry["drop"] = f"{drop:.4g}"
         entry["reason"] += f"; its drop {entry['drop']} is reported, not gated"
     return entry
 

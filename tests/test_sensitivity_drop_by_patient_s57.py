@@ -183,3 +183,26 @@ def test_a_fails_gates_not_evaluated_in_full_are_marked_and_not_quoted_as_failur
                                                           "reasons": [*marked, *failures]})
     assert why is not None and INCOMPLETE_MARK not in why and "auc_drop" not in why, why
     assert why.startswith("model.int8.onnx failed parity validation on openvino (" + failures[0])
+
+
+def test_a_class_too_small_to_gate_reports_the_gates_own_measure() -> None:
+    """A class with too few positives is reported, not gated; its sensitivity figure sat in the column "worst
+    share of positives lost" as a net drop, 0 for a class that lost 2 positives and gained 2 (a review)."""
+    from uopsl.export.parity_metrics import ParityGates, judge, numerical
+
+    m = Manifest(classes=(ClassSpec("normal", threshold=0.5), ClassSpec("dr", threshold=0.5, referable=True),
+                          ClassSpec("amd", threshold=0.5, referable=True)),
+                 head="sigmoid", preprocess=PreprocessConfig(size=32), files=(FileEntry("model.onnx", "onnx", "fp32"),))
+    labels = [("dr",)] * 30 + [("normal",)] * 30 + [("amd",)] * 8  # amd: too few positives to gate
+    ref = np.array([[0.1, 0.9, 0.1] if lab == ("dr",) else [0.9, 0.1, 0.1] if lab == ("normal",) else [0.1, 0.1, 0.9]
+                    for lab in labels])
+    ref[-4:, 2] = 0.2  # 4 amd positives missed by the reference
+    cand = ref.copy()
+    cand[60:62, 2] = 0.2  # 2 found ones lost ...
+    cand[-2:, 2] = 0.8  # ... and 2 missed ones gained: net 0
+    clin = clinical(m, truth_from_labels(m, labels, ("normal", "dr", "amd")), ref, cand,
+                    [str(i) for i in range(len(labels))], n_boot=0)
+    sens = {c.name: c for c in judge(ParityGates(), numerical({"probs": ref, "logits": ref},
+                                                                {"probs": cand, "logits": cand}), clin).checks}["sensitivity_drop"]
+    (amd,) = [e for e in sens.skipped if e["class"] == "amd"]
+    assert amd["drop"] == f"{2 / 8:.4g}", amd
