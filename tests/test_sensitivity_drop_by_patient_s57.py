@@ -154,6 +154,18 @@ def test_each_rate_comes_with_its_confusion_counts_in_json_and_html() -> None:
     assert "20 of 20 / 19 of 20" in _rate_cell(row, "specificity")
 
 
+def _dr_amd(n_amd: int) -> tuple[Manifest, list[tuple[str, ...]], np.ndarray]:
+    """A sigmoid model over normal, dr and amd (both referable), 30 dr and 30 normal photographs and ``n_amd`` amd
+    ones (too few to gate), and the reference's probabilities: each photograph's own class called."""
+    m = Manifest(classes=(ClassSpec("normal", threshold=0.5), ClassSpec("dr", threshold=0.5, referable=True),
+                          ClassSpec("amd", threshold=0.5, referable=True)),
+                 head="sigmoid", preprocess=PreprocessConfig(size=32), files=(FileEntry("model.onnx", "onnx", "fp32"),))
+    labels = [("dr",)] * 30 + [("normal",)] * 30 + [("amd",)] * n_amd
+    ref = np.array([[0.1, 0.9, 0.1] if lab == ("dr",) else [0.9, 0.1, 0.1] if lab == ("normal",) else [0.1, 0.1, 0.9]
+                    for lab in labels])
+    return m, labels, ref
+
+
 def test_a_fails_gates_not_evaluated_in_full_are_marked_and_not_quoted_as_failures() -> None:
     """A validation review: `uopsl-screen info`'s auto line said the INT8 file "failed parity validation on openvino
     (top1_agreement 0.9583 < 0.99 ...; auc_drop -0.02143 <= 0.005 but not evaluated for dr (6 positive images)
@@ -161,12 +173,7 @@ def test_a_fails_gates_not_evaluated_in_full_are_marked_and_not_quoted_as_failur
     from uopsl.export.parity_metrics import FAIL, ParityGates, judge, numerical
     from uopsl.runtime.bundle import INCOMPLETE_MARK, _record_problem
 
-    m = Manifest(classes=(ClassSpec("normal", threshold=0.5), ClassSpec("dr", threshold=0.5, referable=True),
-                          ClassSpec("amd", threshold=0.5, referable=True)),
-                 head="sigmoid", preprocess=PreprocessConfig(size=32), files=(FileEntry("model.onnx", "onnx", "fp32"),))
-    labels = [("dr",)] * 30 + [("normal",)] * 30 + [("amd",)] * 3  # amd: too few positives to gate
-    ref = np.array([[0.1, 0.9, 0.1] if lab == ("dr",) else [0.9, 0.1, 0.1] if lab == ("normal",) else [0.1, 0.1, 0.9]
-                    for lab in labels])
+    m, labels, ref = _dr_amd(3)
     cand = ref.copy()
     cand[:5, 1] = 0.2  # 5 of 30 DR calls lost: a FAIL
     clin = clinical(m, truth_from_labels(m, labels, ("normal", "dr", "amd")), ref, cand,
@@ -190,12 +197,7 @@ def test_a_class_too_small_to_gate_reports_the_gates_own_measure() -> None:
     share of positives lost" as a net drop, 0 for a class that lost 2 positives and gained 2 (a review)."""
     from uopsl.export.parity_metrics import ParityGates, judge, numerical
 
-    m = Manifest(classes=(ClassSpec("normal", threshold=0.5), ClassSpec("dr", threshold=0.5, referable=True),
-                          ClassSpec("amd", threshold=0.5, referable=True)),
-                 head="sigmoid", preprocess=PreprocessConfig(size=32), files=(FileEntry("model.onnx", "onnx", "fp32"),))
-    labels = [("dr",)] * 30 + [("normal",)] * 30 + [("amd",)] * 8  # amd: too few positives to gate
-    ref = np.array([[0.1, 0.9, 0.1] if lab == ("dr",) else [0.9, 0.1, 0.1] if lab == ("normal",) else [0.1, 0.1, 0.9]
-                    for lab in labels])
+    m, labels, ref = _dr_amd(8)
     ref[-4:, 2] = 0.2  # 4 amd positives missed by the reference
     cand = ref.copy()
     cand[60:62, 2] = 0.2  # 2 found ones lost ...
