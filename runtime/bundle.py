@@ -745,7 +745,7 @@ def read_manifest_raw(bundle: str | os.PathLike[str]) -> tuple[Manifest, dict[st
         # Said first, so that a format version changed by hand does not read as "upgrade uopsl".
         if raw.get("content_sha256") and _checksum_problem(raw):
             # What is wrong, without the advice that goes with a sealed manifest (re-export; upgrade uopsl).
-            said = getattr(exc, "problem", None) or str(exc).removeprefix(f"{path}: ")
+            said = exc.problem or str(exc).removeprefix(f"{path}: ")
             raise BundleError(f"{path}: content differs from its checksum (edited or corrupted), and as it "
                               f"stands it cannot be read ({said}); copy the bundle again from its source, or "
                               "export it again") from exc
@@ -755,7 +755,7 @@ def read_manifest_raw(bundle: str | os.PathLike[str]) -> tuple[Manifest, dict[st
 def _with_problem(exc: BundleError, problem: str) -> BundleError:
     """``exc`` with ``problem``: what is wrong with the manifest, without the advice its message adds, for
     :func:`read_manifest_raw` to quote when the manifest fails its own checksum (the advice is then another)."""
-    exc.problem = problem  # type: ignore[attr-defined]
+    exc.problem = problem
     return exc
 
 

@@ -88,7 +88,14 @@ class DataError(UopslError):
 
 
 class BundleError(UopslError):
-    """A deployment bundle is missing, malformed, tampered with or incompatible."""
+    """A deployment bundle is missing, malformed, tampered with or incompatible.
+
+    ``problem``: for a manifest that cannot be read, what is wrong with it without the advice the message adds
+    (set by :meth:`uopsl.runtime.bundle.Manifest.from_dict`; a manifest that also fails its own checksum is
+    reported with that problem and other advice). None otherwise.
+    """
+
+    problem: str | None = None
 
 
 class EngineMismatchError(BundleError):
