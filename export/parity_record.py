@@ -90,6 +90,9 @@ def parity_records(candidates: Sequence[Mapping[str, Any]], report: Mapping[str,
         records.setdefault(c["file"], {})[c["backend"]] = jsonable({
             "passed": bool(c["passed"]), "verdict": c["verdict"], "reasons": list(c.get("reasons", []))[:6],
             "gates": c.get("gates") or report["gates"], "n_images": data["n_used"], "truth": str(data["truth"]),
+            # The patients behind the images, where known: the bounds and intervals count them (a review).
+            **({"n_patients": int(data["patients"]["n_patients"])}
+               if (data.get("patients") or {}).get("known") else {}),
             # Only when not the default: a re-validation as before must leave the manifest byte for byte.
             **({"judged_on": report["judged_on"]} if report["judged_on"] != ON_ESTIMATES else {}),
             "data": {"spec": data["spec"], "image_ids_sha256": data["image_ids_sha256"],

@@ -536,7 +536,8 @@ def _parity_records(entry: Any, manifest: Any = None, checksum_fails: bool = Fal
         data: dict[str, Any] = r["data"] if isinstance(r.get("data"), dict) else {}
         machine: dict[str, Any] = r["machine"] if isinstance(r.get("machine"), dict) else {}
         runtime = ", ".join(f"{k} {v}" for k, v in machine.items() if k not in ("arch", "cpu_int8") and v)
-        parts = [f"{r.get('n_images', '?')} images" + (f" of {data['spec']}" if data.get("spec") else ""),
+        patients = f" ({r['n_patients']} patients)" if isinstance(r.get("n_patients"), int) else ""
+        parts = [f"{r.get('n_images', '?')} images{patients}" + (f" of {data['spec']}" if data.get("spec") else ""),
                  f"truth: {r['truth']}" if r.get("truth") else "",
                  "judged on 95 % bounds" if r.get("judged_on") == "bounds" else "",
                  f"vs {r['reference_kind']}" if r.get("reference_kind") else "",

@@ -76,3 +76,27 @@ def test_the_same_model_again_with_fewer_candidates_warns_of_the_records_left_be
     said = [r.getMessage() for r in caplog.records if "which this run does not judge" in r.getMessage()]
     assert len(said) == 1 and "held verdicts on openvino:model.int8.onnx" in said[0], caplog.text
     assert "another model" not in caplog.text
+
+
+def test_the_record_and_info_give_the_patients_behind_the_images(
+        bundle: Path, photos: list[Path], image_keys: dict[str, int], monkeypatch: pytest.MonkeyPatch,  # noqa: F811
+        tmp_path: Path) -> None:
+    """A validation review: manifest records and `uopsl-screen info` gave images only (335), though the bounds
+    and intervals were by patient (133)."""
+    from test_validate_release import _two_eyes
+
+    from uopsl.runtime.cli import _parity_records
+
+    labels = cycled_labels(N)
+    patients = _two_eyes(N)
+    n_patients = len({p for p in patients if p}) + sum(p is None for p in patients)
+    _run(bundle, _records(photos, labels, patients), PatchedModels(image_keys, monkeypatch, labels), tmp_path / "o")
+    m = read_manifest(bundle)
+    entry = next(f for f in m.files if f.path == "model.onnx")
+    assert entry.info[PARITY_KEY]["backends"]["ort-cpu"]["n_patients"] == n_patients
+    (line,) = _parity_records(entry, m)
+    assert f"{N} images ({n_patients} patients) of test table" in line, line
+    # Without patients the record says nothing of them.
+    _run(bundle, _records(photos, labels), PatchedModels(image_keys, monkeypatch, labels), tmp_path / "o2")
+    entry = next(f for f in read_manifest(bundle).files if f.path == "model.onnx")
+    assert "n_patients" not in entry.info[PARITY_KEY]["backends"]["ort-cpu"]
