@@ -103,10 +103,10 @@ def _rate_cell(row: Mapping[str, Any], metric: str) -> str:
     cell = (f'<span class="incomplete">not gated: {_e(why)}</span><br>' if why else "")
     cell += f'{_num(row.get(f"{metric}_reference"), ".3f")} / {_num(row.get(f"{metric}_candidate"), ".3f")}'
     hit, miss = ("tp", "fn") if metric == "sensitivity" else ("tn", "fp")
-    counts = [row.get(f"counts_{who}") for who in ("reference", "candidate")]
-    if all(isinstance(c, Mapping) for c in counts):  # the counts each rate is (reports from before 0.2.8 lack them)
+    counts = [c for c in (row.get("counts_reference"), row.get("counts_candidate")) if isinstance(c, Mapping)]
+    if len(counts) == 2:  # the counts each rate is (reports from before 0.2.8 lack them)
         cell += ('<br><span class="note">' + " / ".join(
-            f'{int(c[hit])} of {int(c[hit]) + int(c[miss])}' for c in counts) + "</span>")  # type: ignore[index]
+            f'{int(c[hit])} of {int(c[hit]) + int(c[miss])}' for c in counts) + "</span>")
     if f"{metric}_reference_ci95" in row:
         cell += (f'<br><span class="note">95 % CI {_ci(row.get(f"{metric}_reference_ci95"))} / '
                  f'{_ci(row.get(f"{metric}_candidate_ci95"))}</span>')

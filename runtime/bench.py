@@ -36,6 +36,7 @@ import numpy as np
 from uopsl.runtime.backends import BACKEND_NAMES, PRECISIONS, detect_availability, open_and_enter, select_backend
 from uopsl.runtime.backends.base import Backend
 from uopsl.runtime.bundle import Manifest
+from uopsl.runtime.clikit import plural
 from uopsl.runtime.errors import BackendError, ConfigError, ImageError, UopslError
 from uopsl.runtime.pipeline import WORKER_POOLS, PipelineConfig, ScreeningPipeline, opencv_single_threaded
 from uopsl.runtime.inputs import display_path, item_for_data, item_for_path, walk_images
@@ -348,10 +349,6 @@ def _cases(bundle: Path, manifest: Manifest, backend: str, precision: str,
     return cases
 
 
-def _n_files(n: int) -> str:
-    return f"{n} file" if n == 1 else f"{n} files"
-
-
 def _read_timed_files(paths: Sequence[Path], img_dir: Path) -> tuple[list[bytes], list[str] | None, list[str]]:
     """The bytes and display names of the files whose preprocessing is timed, and why each unreadable one was
     left out (a dangling link, a link loop, no permission): one such file among many must not stop a benchmark,
@@ -367,12 +364,12 @@ def _read_timed_files(paths: Sequence[Path], img_dir: Path) -> tuple[list[bytes]
             continue
         names.append(display_path(path))
     if not blobs:
-        raise ConfigError(f"none of the first {_n_files(len(paths))} under {img_dir} could be read ("
+        raise ConfigError(f"none of the first {plural(len(paths), 'file')} under {img_dir} could be read ("
                           + "; ".join(unreadable[:3]) + ("; ..." if len(unreadable) > 3 else "")
                           + "); give --images a folder of readable photographs")
     if unreadable:
         log.warning("bench: %s of the first %d could not be read and %s not timed: %s%s",
-                    _n_files(len(unreadable)), len(paths), "is" if len(unreadable) == 1 else "are",
+                    plural(len(unreadable), 'file'), len(paths), "is" if len(unreadable) == 1 else "are",
                     "; ".join(unreadable[:3]), "; ..." if len(unreadable) > 3 else "")
     return blobs, names, unreadable
 
@@ -399,7 +396,7 @@ def run_bench(bundle: str | os.PathLike[str], backend: str = "auto", precision: 
         e2e_sources: list[Any] = [paths[i % len(paths)] for i in range(cfg.e2e_images)]
         data_desc = f"{len(paths)} photographs from {img_dir}"
         if unreadable:
-            data_desc += f" ({_n_files(len(unreadable))} of the first {len(paths[: cfg.preprocess_images])} unreadable)"
+            data_desc += f" ({plural(len(unreadable), 'file')} of the first {len(paths[: cfg.preprocess_images])} unreadable)"
     else:
         blobs = [synthetic_jpeg(i) for i in range(cfg.preprocess_images)]
         names = None

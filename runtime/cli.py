@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from uopsl.runtime.clikit import (PARALLEL_COUNT, FiniteFloatRange, PointingGroup, main_entry, option_given,
+from uopsl.runtime.clikit import (PARALLEL_COUNT, plural, FiniteFloatRange, PointingGroup, main_entry, option_given,
                                    verbose_option, version_option)
 from uopsl.runtime.version import __version__
 from uopsl.runtime.heap import keep_freed_heap
@@ -66,10 +66,6 @@ def cli() -> None:
     """Screen fundus photographs with a uopsl deployment bundle (offline)."""
 
 
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}" if n == 1 else f"{n} {word}s"
-
-
 _MAX_NAMED = 5
 
 
@@ -90,7 +86,7 @@ def _echo_summary(summary: Any, out: Path, failed: Sequence[tuple[str, str, Sequ
     if use is not None and not use.for_patients:
         click.echo(f"{use.short()}: {use.warning()}", err=True)
     click.echo(
-        f"{_plural(summary.total, 'image')}: {summary.refer} refer, {c.get('ok', 0) - summary.refer} no referable "
+        f"{plural(summary.total, 'image')}: {summary.refer} refer, {c.get('ok', 0) - summary.refer} no referable "
         f"finding, {c.get('ungradable', 0)} ungradable, {c.get('error', 0)} unreadable or not screened "
         f"({summary.screened} screened now, {summary.skipped} from an earlier run)",
         err=True,
@@ -112,7 +108,7 @@ def _echo_summary(summary: Any, out: Path, failed: Sequence[tuple[str, str, Sequ
         # stopped before its first look at the folder (a short --timeout) counted nothing of what earlier runs had
         # screened there ("0 images"); a run given part of a folder, or a file replaced since it was screened
         # (both rows are kept), counted fewer than the report shows (a review: "4 images" against "5 images").
-        click.echo(f"  {CSV} lists {_plural(listed, 'photograph')} in all, earlier runs' included", err=True)
+        click.echo(f"  {CSV} lists {plural(listed, 'photograph')} in all, earlier runs' included", err=True)
     click.echo(f"{'report' if report else 'results'}: {out / (REPORT if report else CSV)}", err=True)
     for path in summary.not_updated:
         click.echo(f"NOT updated: {path} is open in another program (Excel?); close it and run the same command "

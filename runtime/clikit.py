@@ -147,6 +147,11 @@ class FiniteFloat(click.types.FloatParamType):
 FINITE_FLOAT = FiniteFloat()
 
 
+def plural(n: int, word: str) -> str:
+    """``"1 image"``, ``"3 images"``: a count and its noun, for messages (nouns with a plain -s plural only)."""
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
 def option_given(name: str) -> bool:
     """Whether the current command's option ``name`` (its parameter name) was set by the user (command line
     or environment), not left at its default: for refusing an option the run would not use."""

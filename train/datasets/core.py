@@ -28,6 +28,7 @@ from typing import Any, Literal, TypeVar
 
 import numpy as np
 
+from uopsl.runtime.clikit import plural
 from uopsl.runtime.errors import ConfigError, DataError
 from uopsl.runtime.optional import extra_hint
 from uopsl.runtime.fsio import read_user_text, sha256_file
@@ -535,7 +536,7 @@ class Collector:
         if not clashes:
             return
         said = "; ".join(
-            " and ".join(f"{n!r} ({_plural(counts[n], unit)})" for n in sorted(names)) + f" are all class {key!r}"
+            " and ".join(f"{n!r} ({plural(counts[n], unit)})" for n in sorted(names)) + f" are all class {key!r}"
             for key, names in clashes
         )
         fix = "rename the class folders" if unit == "image" else "fix the label cells of the table"
@@ -574,8 +575,6 @@ class Collector:
         )
 
 
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
 # How the no-images error names a reader that scans class folders (its spec kind) and the layout it reads;
@@ -598,12 +597,12 @@ def _left_out(dropped: Mapping[str, int], options: Mapping[str, Any] | None = No
     notes = [f"rows left out: {rows}"] if rows else []
     if dropped.get("not_in_csv"):
         csv_name = (options or {}).get("labels_csv") or "the labels CSV"
-        notes.append(f"{_plural(dropped['not_in_csv'], 'image file')} not listed in {csv_name} left out "
+        notes.append(f"{plural(dropped['not_in_csv'], 'image file')} not listed in {csv_name} left out "
                      "(the CSV says which files are read)")
     if exts:
         notes.append("files skipped by type: " + ", ".join(f"{n} {e}" for e, n in sorted(exts.items())))
     if dropped.get("file_in_subfolder"):
-        notes.append(f"{_plural(dropped['file_in_subfolder'], 'file')} in sub-folders of the class folders not read "
+        notes.append(f"{plural(dropped['file_in_subfolder'], 'file')} in sub-folders of the class folders not read "
                      f"({kind} reads {layout}; move them up a level)")
     if DICOM_SUFFIXES & set(exts):
         if kind == "folder:":
@@ -747,9 +746,9 @@ def _warn_skipped(folder: str, types: Mapping[str, int], nested: Mapping[str, in
         dicom = ""
         if DICOM_SUFFIXES & set(types):
             dicom = " (DICOM is not read from class folders; a CSV can list .dcm files)"
-        said.append(f"{_plural(sum(types.values()), 'file')} of a type not read ({listed}){dicom}")
+        said.append(f"{plural(sum(types.values()), 'file')} of a type not read ({listed}){dicom}")
     if nested:
-        names = ", ".join(f"{k}/ ({_plural(n, 'file')})" for k, n in sorted(nested.items())[:5])
-        said.append(f"{_plural(len(nested), 'sub-folder')}, not read: only images directly in a class folder "
+        names = ", ".join(f"{k}/ ({plural(n, 'file')})" for k, n in sorted(nested.items())[:5])
+        said.append(f"{plural(len(nested), 'sub-folder')}, not read: only images directly in a class folder "
                     f"count ({names})")
     log.warning("%s: skipped %s", folder, "; ".join(said))
