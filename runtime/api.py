@@ -208,11 +208,13 @@ class Screener:
       :class:`~uopsl.runtime.errors.ConfigError` for a bad parameter;
     * :meth:`open` (``with``) raises :class:`~uopsl.runtime.errors.BundleError`
       when no file fits the backend asked for,
-      :class:`~uopsl.runtime.errors.EngineMismatchError` for a TensorRT engine
-      built for another TensorRT version or GPU,
-      :class:`~uopsl.runtime.errors.MissingDependencyError` when the backend's
-      package is not installed, and
-      :class:`~uopsl.runtime.errors.BackendError` when the model cannot load
+      :class:`~uopsl.runtime.errors.EngineMismatchError` (a BundleError) when
+      ``backend="tensorrt"`` finds only engines built for another TensorRT
+      version, GPU, platform or model file (rebuild them with ``uopsl build-engine``),
+      :class:`~uopsl.runtime.errors.MissingDependencyError` when the backend asked
+      for is not installed, and
+      :class:`~uopsl.runtime.errors.BackendError` when the model cannot load or,
+      with ``backend="auto"``, no installed backend can run the bundle
       (an unknown backend or precision is a construction-time ConfigError);
     * :meth:`screen`, :meth:`screen_many` and :meth:`screen_to` never raise for
       a bad photograph or a failed inference: the result has
@@ -262,6 +264,9 @@ class Screener:
             raise ConfigError(f"csv_style must be one of {', '.join(CSV_STYLES)}, got {csv_style!r}")
         self.csv_style = csv_style
         self.device = check_gpu_index(device)
+        if not isinstance(bundle, (str, os.PathLike)):
+            raise ConfigError(f"bundle must be the path of a bundle folder (str or os.PathLike), got "
+                              f"{type(bundle).__name__} {bundle!r}; pass the folder uopsl export wrote")
         self.bundle = Path(bundle)
         # Plain names, checked before the bundle's files are hashed (they were refused only at open()).
         if backend != "auto" and backend not in BACKEND_NAMES:
@@ -510,7 +515,15 @@ class Screener:
         While the returned iterator is unfinished, OpenCV runs single-threaded in the whole process
         (:func:`uopsl.runtime.pipeline.opencv_single_threaded`); its setting comes back when the
         iterator is exhausted or closed, so close one you abandon (``it.close()``).
+
+        A list or tuple is checked whole when this is called: a path in it that does not exist and is not named
+        like a photograph (a mistyped folder) raises :class:`ConfigError` before anything is screened, as
+        :meth:`screen_to` does; any other iterable is read lazily, so that error comes when the path is reached.
         """
+        if isinstance(images, (list, tuple)):
+            # A review: one mistyped folder in a list ended the stream after the rows before it, and the
+            # photographs after it were never screened.
+            check_inputs(images)
         return self._pipeline(thumbnail_side).run(images)
 
     def screen_to(

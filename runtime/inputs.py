@@ -466,6 +466,8 @@ def _read_list(p: Path, state: WalkState, *, top: bool, lists: tuple[str, ...]) 
             raise _missing_input(p, exc) from None
         yield item_for_path(p)
         return
+    entries = 0
+    missing: list[tuple[int, str]] = []  # (line, entry) naming no file: their rows alone did not say where from
     with fh:
         for n, line in _strict_lines(fh, p):
             entry = line.strip()
@@ -480,7 +482,19 @@ def _read_list(p: Path, state: WalkState, *, top: bool, lists: tuple[str, ...]) 
                 log.warning("%s, line %d: %s is a list file already being read (a list cannot include "
                             "itself); entry skipped", display_path(p), n, display_path(entry))
                 continue
+            entries += 1
+            if not os.path.lexists(q):
+                missing.append((n, entry))
             yield from _expand(q, state, top=False, lists=(*lists, real))
+    if missing:
+        # A review: notes.txt holding "hello" gave a row "hello (cannot open file)" and nothing named the list,
+        # its line, or that any .txt input is read as a list of photographs.
+        first = ", ".join(f"line {n}: {display_path(e)}" for n, e in missing[:3])
+        state.say(logging.WARNING, "%s: %d of its %d %s %s no file (%s%s), and each gets an error row; a %s "
+                  "input is read as a list of photographs, one path a line, relative to the list's folder",
+                  display_path(p), len(missing), entries, "entry" if entries == 1 else "entries",
+                  "names" if len(missing) == 1 else "name", first,
+                  ", ..." if len(missing) > 3 else "", "/".join(sorted(LIST_SUFFIXES)))
 
 
 def _unquoted(entry: str, base: Path) -> str:

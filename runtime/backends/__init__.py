@@ -40,7 +40,7 @@ from typing import Any
 from uopsl.runtime.backends.base import (GPU_BACKENDS, Backend, ModelFileBackend, TensorSpec, cache_dir, check_gpu_index,
                                          installed_tensorrt)
 from uopsl.runtime.bundle import FileEntry, Manifest, parity_status, read_manifest
-from uopsl.runtime.errors import BackendError, BundleError, ConfigError, MissingDependencyError, UopslError
+from uopsl.runtime.errors import BackendError, BundleError, ConfigError, EngineMismatchError, MissingDependencyError, UopslError
 from uopsl.runtime.fsio import sha256_file, write_json
 from uopsl.runtime.optional import CUDA_MODULES, available, extra_hint, import_optional, install_hint, installed
 
@@ -499,17 +499,20 @@ def select_backend(
         else:
             todo = ("build one on this device with 'uopsl build-engine BUNDLE' or use --backend ort-cuda "
                     "(backend= in the Python API)")
-        raise BundleError(
-            f"no TensorRT engine of precision {precision} in {root} can run here"
-            + (f" ({'; '.join(reasons)})" if reasons else " (the bundle has none)")
-            + f"; {todo}"
-        )
+        message = (f"no TensorRT engine of precision {precision} in {root} can run here"
+                   + (f" ({'; '.join(reasons)})" if reasons else " (the bundle has none)") + f"; {todo}")
+        if reasons and not unvalidated:
+            # Every engine was refused for this device (another TensorRT, GPU, platform or model file): the
+            # documented type, so a device can catch it and rebuild (a review: a JetPack upgrade raised a plain
+            # BundleError, and `except EngineMismatchError: rebuild()` never ran).
+            raise EngineMismatchError(message)
+        raise BundleError(message)
     if name in ("ort-cpu", "ort-cuda", "ort-trt", "openvino"):
         if name == "openvino" and not av.openvino:
             raise MissingDependencyError(f"backend openvino needs OpenVINO: {extra_hint('openvino')}")
         if name == "ort-cuda" and not av.ort_cuda:
             raise MissingDependencyError(f"backend ort-cuda needs onnxruntime-gpu and a CUDA GPU; this ONNX Runtime "
-                                         f"offers {list(av.ort_providers)}. On a GPU machine: pip uninstall "
+                                         f"offers {', '.join(av.ort_providers) or 'no provider'}. On a GPU machine: pip uninstall "
                                          "onnxruntime, then pip install onnxruntime-gpu (with both installed the "
                                          "CPU package hides the CUDA provider)")
         if name == "ort-trt" and av.ort_trt_listed and not av.ort_trt:
@@ -518,8 +521,12 @@ def select_backend(
                                          f"TensorRT ({extra_hint('trt')}, or JetPack on a Jetson) or put its "
                                          "lib folder on LD_LIBRARY_PATH")
         if name == "ort-trt" and not av.ort_trt:
-            raise MissingDependencyError(f"backend ort-trt needs onnxruntime-gpu with TensorRT; this one offers "
-                                         f"{list(av.ort_providers)}")
+            raise MissingDependencyError(
+                "backend ort-trt needs onnxruntime-gpu with its TensorRT provider and TensorRT's library; this "
+                f"ONNX Runtime offers {', '.join(av.ort_providers) or 'no provider'}. On a GPU machine: pip "
+                "uninstall onnxruntime, then pip install onnxruntime-gpu and TensorRT "
+                f"({extra_hint('trt')}); on a Jetson, JetPack's TensorRT and the onnxruntime-gpu wheel built for "
+                "it (see docs/deployment.md)")
         p = precision
         why = f"{p} requested"
         if p == "auto":
@@ -532,6 +539,7 @@ def select_backend(
         return Selection(name, f.precision, f.path, f"{name} requested; {why}")
 
     # -- auto --------------------------------------------------------------------------------
+    fitting_unvalidated: list[str] = []  # precisions of engines that fit here but lack a PASS
     if av.tensorrt and precision in ("auto", "int8", "fp16", "fp32"):
         for e in _engines(m, precision):
             why = engine_check(root / e.path) or engine_stale(root, m, e, device)
@@ -550,6 +558,7 @@ def select_backend(
                                "(%s); validate it on this device (uopsl validate BUNDLE --onnx-reference --backends "
                                "tensorrt --data DIR --out DIR)", e.path, e.precision, why_not)
                     notes.append(f"engine {e.path} skipped: {e.precision.upper()} is not used unasked: {why_not}")
+                    fitting_unvalidated.append(e.precision)
                     continue
             return Selection("tensorrt", e.precision, e.path, "; ".join(
                 [*notes, f"TensorRT engine {e.path} ({e.precision}) matches this GPU and TensorRT version"]))
@@ -595,11 +604,21 @@ def select_backend(
             return Selection("openvino", ov_file.precision, ov_file.path, "; ".join(
                 [*notes, f"ONNX Runtime is not installed; OpenVINO runs {ov_file.path} "
                          f"({_precision_word(ov_file.precision)})"]))
-        raise BackendError(
-            "no installed backend can run this bundle here: ONNX Runtime is not installed"
-            + (f" ({'; '.join(notes)})" if notes else "")
-            + f". Install it ({install_hint('onnxruntime')}), or OpenVINO ({extra_hint('openvino')})"
-            + (", or build a TensorRT engine on this device (uopsl build-engine)" if not m.files_of("engine") else ""))
+        # The remedies in the order a device maker should take them: an engine that fits here runs on the GPU;
+        # installing ONNX Runtime would make auto screen on the CPU, and on a Jetson the PyPI wheel is the wrong one
+        # (a review: a Jetson with an unvalidated FP16 engine was told only to pip install onnxruntime).
+        install = (f"install ONNX Runtime ({install_hint('onnxruntime')}; on a Jetson, the onnxruntime-gpu wheel "
+                   f"built for its JetPack, docs/deployment.md) or OpenVINO ({extra_hint('openvino')})")
+        if fitting_unvalidated:
+            todo = (f"validate the TensorRT engine on this device (uopsl validate BUNDLE --onnx-reference --backends "
+                    f"tensorrt --data DIR --out DIR), or run it unvalidated with --precision {fitting_unvalidated[0]} "
+                    f"(precision= in the Python API); or {install}")
+        elif av.tensorrt:
+            todo = f"build a TensorRT engine on this device (uopsl build-engine BUNDLE); or {install}"
+        else:
+            todo = f"{install}; or, on a GPU device with TensorRT, build an engine there (uopsl build-engine BUNDLE)"
+        raise BackendError("no installed backend can run this bundle here: ONNX Runtime is not installed"
+                           + (f" ({'; '.join(notes)})" if notes else "") + f". To screen: {todo}")
     f = _need_onnx(m, "ort-cpu", p)
     return Selection("ort-cpu", f.precision, f.path, "; ".join([*notes, f"ONNX Runtime CPU {_precision_word(f.precision)}"]))
 
