@@ -185,20 +185,34 @@ class WalkState:
                 + (f"; {extra}" if extra else ""))
 
 
+#: The file ``uopsl explain`` leaves in its output folder (hidden: never a photograph itself) so that folder walks
+#: leave the maps out: each is a PNG of a patient's photograph with heatmaps, and ``uopsl-screen run`` over the
+#: photo folder screened them as photographs (a review: a two-panel map came back ``ok`` and referred).
+MAPS_MARKER = ".uopsl-maps"
+
+
+def _output_kind(folder: str | os.PathLike[str]) -> str | None:
+    """What marks ``folder`` as a uopsl output folder, in words, or None."""
+    for name, what in ((JSONL, "uopsl-screen"), (LOCK_NAME, "uopsl-screen"), (MAPS_MARKER, "uopsl explain")):
+        if os.path.isfile(os.path.join(folder, name)):
+            return f"an output folder of {what} (it holds {name})"
+    return None
+
+
 def is_output_folder(folder: str | os.PathLike[str]) -> bool:
-    """Whether ``folder`` holds uopsl-screen results (``results.jsonl`` or its lock file)."""
-    return os.path.isfile(os.path.join(folder, JSONL)) or os.path.isfile(os.path.join(folder, LOCK_NAME))
+    """Whether ``folder`` holds uopsl-screen results (``results.jsonl`` or its lock file) or ``uopsl explain``'s
+    maps (:data:`MAPS_MARKER`)."""
+    return _output_kind(folder) is not None
 
 
 def output_folder_named(folder: str | os.PathLike[str]) -> ConfigError:
-    """The error for a folder the user named as input that is an output folder of uopsl-screen.
+    """The error for a folder the user named as input that is an output folder of uopsl-screen or explain.
 
     Why an error: the walk leaves output folders out (their thumbnails would be screened), so naming one
     used to end in "no photographs found", which does not say why.
     """
-    held = JSONL if os.path.isfile(os.path.join(folder, JSONL)) else LOCK_NAME
-    return ConfigError(f"input {display_path(folder)} is an output folder of uopsl-screen (it holds {held}), "
-                       "not a folder of photographs; name the folder the photographs are in (results go to --out)")
+    return ConfigError(f"input {display_path(folder)} is {_output_kind(folder) or 'an output folder'}, not a "
+                       "folder of photographs; name the folder the photographs are in (results go to --out)")
 
 
 def walk_images(folder: Path, state: WalkState | None = None) -> Iterator[Path]:
@@ -252,8 +266,8 @@ def list_folder(folder: Path, state: WalkState) -> list[tuple[Path, bool]]:
     if ident in state._exclude_ids or state.inside_excluded(folder) or is_output_folder(folder):
         state.excluded.append(display_path(folder))
         if not (ident in state._exclude_ids or state.inside_excluded(folder)):
-            state.say(logging.WARNING, "not screening %s: it is a uopsl-screen output folder (it holds %s)",
-                      display_path(folder), JSONL)
+            state.say(logging.WARNING, "not screening %s: it is %s", display_path(folder),
+                      _output_kind(folder) or "an output folder")
         return []
     state.visited.add(ident)
     try:

@@ -22,6 +22,7 @@ import torch
 from imagekit import draw_fake_fundus
 from trainhelpers import tiny_model
 from uopsl.runtime.errors import ConfigError
+from uopsl.runtime.inputs import MAPS_MARKER
 from uopsl.runtime.overlay import OVERLAY_DIR, THUMB_DIR, encode_jpeg, encode_png, render_overlay, write_overlay, \
     write_thumbnail
 from uopsl.train.checkpoint import save_model
@@ -166,7 +167,7 @@ def test_the_same_photograph_named_twice_gets_one_map_under_its_plain_name(ckpt:
     link.symlink_to(photo)
     res = explain_inputs(ckpt, [photo, link, photo], tmp_path / "maps", width=64)
     assert [d.name for _, d in res.written] == ["eye_sites.png"]
-    assert sorted(p.name for p in (tmp_path / "maps").iterdir()) == ["eye_sites.png", INDEX]
+    assert sorted(p.name for p in (tmp_path / "maps").iterdir()) == sorted(["eye_sites.png", INDEX, MAPS_MARKER])
 
 
 def test_maps_csv_records_the_resolved_path_so_a_rerun_from_elsewhere_keeps_the_plain_name(
@@ -182,7 +183,7 @@ def test_maps_csv_records_the_resolved_path_so_a_rerun_from_elsewhere_keeps_the_
     monkeypatch.chdir(tmp_path)
     res = explain_inputs(ckpt, [photo], tmp_path / "maps", width=64)
     assert [d.name for _, d in res.written] == ["eye_sites.png"]
-    assert sorted(p.name for p in (tmp_path / "maps").iterdir()) == ["eye_sites.png", INDEX]
+    assert sorted(p.name for p in (tmp_path / "maps").iterdir()) == sorted(["eye_sites.png", INDEX, MAPS_MARKER])
 
 
 def test_explain_refuses_an_output_folder_that_is_the_photo_folder(ckpt: Path, tmp_path: Path) -> None:

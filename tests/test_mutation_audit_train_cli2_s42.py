@@ -30,6 +30,7 @@ from fixtures_data import make_folder_dataset
 from uopsl.runtime.bundle import ClassSpec, FileEntry, Manifest, describe_file, write_manifest
 from uopsl.runtime.clikit import main_entry
 from uopsl.runtime.errors import ConfigError
+from uopsl.runtime.fsio import user_cache_dir
 from uopsl.runtime.preprocess import PreprocessConfig
 from uopsl.train.cli import cli
 
@@ -571,25 +572,30 @@ def test_finetune_passes_every_option_on(tmp_path: Path, photos: Path, tiny: tup
                    "--site-guide", "0.25", "--seed", "3", "--target-sensitivity", "0.8", "--cache", str(cache),
                    "--variant", "p_only", "--backbone", "resnet18", "--init", "random", "--size", "96",
                    "--text-model", "encoders/minilm", "--classes-file", str(cf), "--epochs", "2", "--batch-size", "4",
-                   "--lr", "0.01", "--lr-encoder", "0.002", "--freeze-encoder", "--no-augment", "--save-every", "7",
+                   "--lr", "0.01", "--lr-encoder", "0.002", "--no-augment", "--save-every", "7",
                    "--device", "cpu"])
     assert isinstance(res.exception, _Stop), res.output + repr(res.exception)
     cfg = got["cfg"]
     assert (cfg.freeze_sites, cfg.w_site_finetune, cfg.w_site_guide, cfg.seed) == (True, 0.5, 0.25, 3)
     assert (cfg.epochs, cfg.batch_size, cfg.lr, cfg.lr_encoder, cfg.freeze_encoder, cfg.augment, cfg.save_every,
-            cfg.device) == (2, 4, 0.01, 0.002, True, False, 7, "cpu")
+            cfg.device) == (2, 4, 0.01, 0.002, False, False, 7, "cpu")
     nm = got["new_model"]
     assert (nm["classes"], nm["variant"], nm["backbone"], nm["init"], nm["size"], nm["text_model"],
             nm["classes_file"], nm["seed"]) == (("normal", "a", "b"), "p_only", "resnet18", "random", 96,
                                                 "encoders/minilm", cf, 3)
     assert (got["out"], got["cache"], got["target_sensitivity"]) == (out, cache, 0.8)
+    # --freeze-encoder on its own (with --lr-encoder it is refused: the rate would be unused, session 58)
+    res = _invoke(["finetune", "--data", f"folder:{photos}", "--out", str(tmp_path / "ft2"), "--backbone", "resnet18",
+                   "--init", "random", "--size", "96", "--freeze-encoder", "--device", "cpu"])
+    assert isinstance(res.exception, _Stop), res.output + repr(res.exception)
+    assert got["cfg"].freeze_encoder is True
 
 
 def test_finetune_defaults_are_the_documented_ones(tmp_path: Path, photos: Path, tiny: tuple[Any, Any],
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """F24, F37, F39, F41 (and the other defaults): target sensitivity 0.9, the site guide on at weight 1 and
     the site loss off (TrainConfig's own documented defaults), 320 px, the uopsl variant, the packaged sentence
-    encoder, seed 0, the cache under --out; and ``--init`` left at imagenet becomes random for a backbone without
+    encoder, seed 0, the cache in the user cache folder; and ``--init`` left at imagenet becomes random for a backbone without
     offline weights (a mutant passed "imagenet" on, and the checkpoint claimed weights it never had)."""
     from uopsl.train.text import DEFAULT_MODEL
 
@@ -602,7 +608,8 @@ def test_finetune_defaults_are_the_documented_ones(tmp_path: Path, photos: Path,
     assert (cfg.freeze_sites, cfg.w_site_finetune, cfg.w_site_guide, cfg.seed) == (False, 0.0, 1.0, 0)
     assert (nm["variant"], nm["init"], nm["size"], nm["text_model"], nm["classes_file"], nm["seed"]) == \
         ("uopsl", "random", 320, DEFAULT_MODEL, None, 0)
-    assert (got["cache"], got["target_sensitivity"]) == (out / "cache", 0.9)
+    # Not under --out since session 58: the cache is a copy of every photograph and a checkpoint is shared whole.
+    assert (got["cache"], got["target_sensitivity"]) == (user_cache_dir() / "images", 0.9)
 
 
 @pytest.mark.parametrize("args, option", [

@@ -215,7 +215,8 @@ def test_a_finished_run_whose_metadata_is_damaged_is_not_trained_over(tmp_path: 
 def test_a_stop_while_an_epoch_is_validated_or_saved_says_what_is_saved(tmp_path: Path,
                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     """Between an epoch's last step and its checkpoint (validation, saving) a Ctrl-C printed only "aborted"
-    (review of session 31); it now says where the last checkpoint is and that the same command resumes."""
+    (review of session 31); it now says where the last checkpoint is, or (session 58) that there is none yet and
+    the same command starts the stage again."""
     ds = tiny_dataset(tmp_path, n=12, augment=False)
     model, meta = tiny_model()
 
@@ -224,8 +225,8 @@ def test_a_stop_while_an_epoch_is_validated_or_saved_says_what_is_saved(tmp_path
 
     monkeypatch.setattr(StageRunner, "checkpoint", stop)
     with pytest.raises(KeyboardInterrupt, match=r"finetune interrupted at the end of epoch 1 of 2 \(validating or "
-                                                r"saving it\); no checkpoint was written yet to .*run the same "
-                                                r"command again to resume"):
+                                                r"saving it\); no checkpoint was written yet to .*the same "
+                                                r"command starts this stage again from its beginning"):
         finetune(model, ds, None, TrainConfig(epochs=2, batch_size=4, augment=False), tmp_path / "ft", meta)
 
 

@@ -17,6 +17,7 @@ import importlib
 import json
 import logging
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -167,13 +168,29 @@ def load_state_file(path: str | Path) -> dict[str, torch.Tensor]:
         except Exception as exc:  # noqa: BLE001 - SafetensorError, OSError, ...: a damaged or foreign file
             raise CheckpointError(f"{p}: not a readable .safetensors file ({exc})") from None
     try:
+        with open(p, "rb") as fh:
+            head = fh.read(4)
+    except OSError as exc:
+        raise CheckpointError(f"cannot read weights file {p} ({exc.strerror or exc})") from None
+    # torch.save writes a zip archive (PK..) or, before torch 1.6, a pickle (protocol 2+: 0x80). Anything else is
+    # no torch file, and torch's own error for it ("Unsupported operand 146", KeyError '101') said nothing.
+    if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):
+        raise CheckpointError(f"{p} is not a torch weights file (it starts with {head!r}; torch.save writes a zip "
+                              "archive): pass a .safetensors, .pt or .pth file of the encoder's tensors")
+    try:
         obj = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch raises many types for bad files
         # torch's own message suggests weights_only=False, which would run code from the file: not offered here.
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if "weights only" in first.lower() or "weights_only" in first:  # its advice is in this line too
-            first = "it holds Python objects besides tensors, which a weights-only load refuses"
-        raise CheckpointError(f"{p}: not a readable weights-only torch file ({first}); uopsl loads tensors only, "
+        text = str(exc)
+        held = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+        if held:
+            why = f"it holds a Python object ({held.group(1)}) besides tensors, which a weights-only load refuses"
+        elif "WeightsUnpickler error" in text:
+            why = "damaged, or not written by torch.save: " + " ".join(text.split("WeightsUnpickler error:", 1)[1]
+                                                                       .split())[:120]
+        else:
+            why = (text.strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise CheckpointError(f"{p}: not a readable weights-only torch file ({why}); uopsl loads tensors only, "
                               "never code: save the state dict alone (torch.save(model.state_dict(), ...)) or as "
                               ".safetensors") from exc
     for key in ("state_dict", "model", "model_state_dict"):

@@ -126,6 +126,22 @@ def save_model(folder: Path, model: UopslModel, meta: CheckpointMeta) -> None:
     write_json(folder / "checkpoint.json", meta.to_dict())
 
 
+def _interrupted_run(folder: Path) -> str | None:
+    """Where the interrupted run in ``folder`` stopped, in words ("finetune, epoch 1 after step 5"), or None
+    when the folder holds no resumable state (``state.json``, written by :mod:`uopsl.train.loops`)."""
+    try:
+        state = json.loads((folder / "state.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(state, dict):
+        return None
+    stages = sorted(p.name[: -len(".config.json")] for p in folder.glob("*.config.json"))
+    epoch, step = state.get("epoch"), state.get("step")
+    where = (f"epoch {epoch + 1} after step {step}" if isinstance(epoch, int) and isinstance(step, int) else
+             "position unknown")
+    return f"{', '.join(stages) or 'a stage'} stopped in {where}"
+
+
 def read_meta(folder: str | Path) -> CheckpointMeta:
     p = Path(folder) / "checkpoint.json"
     if not p.is_file():
@@ -133,6 +149,11 @@ def read_meta(folder: str | Path) -> CheckpointMeta:
             raise CheckpointError(f"{folder} is a deployment bundle (manifest.json), not a training checkpoint: "
                                   "give the checkpoint folder it was exported from (the one holding "
                                   "checkpoint.json and model.safetensors)")
+        interrupted = _interrupted_run(Path(folder))
+        if interrupted:
+            raise CheckpointError(f"{folder} holds an interrupted training run ({interrupted}), not a finished "
+                                  "checkpoint: run the command that started it again to finish it (a finished run "
+                                  "writes checkpoint.json)")
         raise CheckpointError(f"{folder}: no checkpoint.json; expected a checkpoint folder written by uopsl")
     try:
         return CheckpointMeta.from_dict(json.loads(p.read_text()))

@@ -78,11 +78,12 @@ def _fallback(name: str, y: np.ndarray, p: np.ndarray, referable: bool, target: 
               why: str) -> OperatingPointRecord:
     r = metrics.rates_at_threshold(y, p, FALLBACK_THRESHOLD)
     log.warning("class %r (%s): operating threshold falls back to %g because %s; on the validation images it gives "
-                "sensitivity %s and specificity %s. It is not a validated operating point: add validation images "
-                "with and without the class, or set the threshold in a class file", name,
+                "sensitivity %s and specificity %s. It is not a validated operating point%s: add validation "
+                "images with and without the class, or set the threshold in a class file", name,
                 "referable" if referable else "not referable", FALLBACK_THRESHOLD, why,
                 "n/a" if math.isnan(r.sensitivity) else f"{r.sensitivity:.3f}",
-                "n/a" if math.isnan(r.specificity) else f"{r.specificity:.3f}")
+                "n/a" if math.isnan(r.specificity) else f"{r.specificity:.3f}",
+                " (a bundle exported from this checkpoint refers no patient on it)" if referable else "")
     return OperatingPointRecord(name, FALLBACK_THRESHOLD, "fallback", int(y.sum()), int((~y).sum()), r.sensitivity,
                                 r.specificity, target, f"fallback {FALLBACK_THRESHOLD:g}: {why}")
 

@@ -34,10 +34,13 @@ INDEX = "maps.csv"
 
 @dataclass
 class ExplainResult:
-    """What :func:`explain_inputs` did: ``written`` (photograph, PNG) pairs and ``failed`` (photograph, reason)."""
+    """What :func:`explain_inputs` did: ``written`` (photograph, PNG) pairs, ``failed`` (photograph, reason), and
+    ``ungradable`` (photograph, the quality gate's reasons): drawn, marked on the PNG, that ``uopsl-screen``
+    would not screen."""
 
     written: list[tuple[str, Path]] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)
+    ungradable: list[tuple[str, tuple[str, ...]]] = field(default_factory=list)
 
 
 def _read_index(out: Path) -> dict[str, str]:
@@ -92,7 +95,9 @@ def explain_inputs(ckpt: Path, inputs: Sequence[str | os.PathLike[str]], out: Pa
     no photograph is found; a photograph that cannot be read is recorded in
     ``failed`` (and logged) and the batch goes on.
     """
-    from uopsl.runtime.inputs import WalkState, check_inputs, check_output_placement, display_path, iter_inputs
+    from uopsl.runtime.fsio import write_text
+    from uopsl.runtime.inputs import (MAPS_MARKER, WalkState, check_inputs, check_output_placement, display_path,
+                                      iter_inputs)
     from uopsl.runtime.model_folders import check_output_outside_model_folders
     from uopsl.train import descriptions
     from uopsl.train.checkpoint import load_model, read_meta
@@ -135,6 +140,8 @@ def explain_inputs(ckpt: Path, inputs: Sequence[str | os.PathLike[str]], out: Pa
 
     model, meta = load_model(ckpt)
     model.eval()
+    # Before the first map: a folder walk over the photographs around it leaves this folder out.
+    write_text(Path(out) / MAPS_MARKER, "uopsl explain maps: heatmaps drawn over photographs, not photographs\n")
     result = ExplainResult()
     try:
         _draw_all(unique, dests, model, meta, names, out, index, result, width)
@@ -146,6 +153,12 @@ def explain_inputs(ckpt: Path, inputs: Sequence[str | os.PathLike[str]], out: Pa
                                 + "; the same command draws them all again") from None
     if result.written:
         _write_index(out, index)
+    if result.ungradable:
+        log.warning("%d of %d photographs fail the quality gate that uopsl-screen applies (it would call them "
+                    "ungradable and give no findings); their maps are drawn and marked UNGRADABLE: %s",
+                    len(result.ungradable), len(unique),
+                    "; ".join(f"{display_path(s)} ({', '.join(r)})" for s, r in result.ungradable[:5])
+                    + (" ..." if len(result.ungradable) > 5 else ""))
     if result.failed:
         log.warning("%d of %d photographs could not be read and have no map: %s", len(result.failed), len(unique),
                     "; ".join(display_path(s) for s, _ in result.failed[:5])
@@ -159,6 +172,7 @@ def _draw_all(unique: Sequence[Any], dests: Sequence[str], model: Any, meta: Any
     import cv2
     import torch
 
+    from uopsl.runtime import quality
     from uopsl.runtime.fsio import write_bytes
     from uopsl.runtime.overlay import PEAK_COLOUR, encode_png, render_overlay
     from uopsl.runtime.pipeline import scale_geometry
@@ -175,6 +189,11 @@ def _draw_all(unique: Sequence[Any], dests: Sequence[str], model: Any, meta: Any
             continue
         orig = pre.original
         assert orig is not None  # keep_original=True
+        # The gate uopsl-screen applies (a review: an OCT B-scan was drawn with "dr p=0.65" and nothing said the
+        # screener calls it ungradable). Drawn all the same: a map of a poor photograph can still show why.
+        verdict = quality.assess(pre)
+        if not verdict.gradable:
+            result.ungradable.append((str(path), verdict.reasons))
         x = torch.from_numpy(pre.image).permute(2, 0, 1)[None].float()
         with torch.no_grad():
             o = model(x)
@@ -196,6 +215,9 @@ def _draw_all(unique: Sequence[Any], dests: Sequence[str], model: Any, meta: Any
             # The colour is the one map the toolkit draws heatmaps in (runtime/overlay.py), so it is named from there.
             cv2.putText(panel, f"{PEAK_COLOUR}: this map's own peak", (8, panel.shape[0] - 10),
                         cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1, cv2.LINE_AA)
+            if not verdict.gradable:
+                cv2.putText(panel, "UNGRADABLE: " + ", ".join(verdict.reasons), (8, 48), cv2.FONT_HERSHEY_SIMPLEX,
+                            0.5, (255, 80, 80), 2, cv2.LINE_AA)
             panels.append(panel)
         dest = out / name
         write_bytes(dest, encode_png(np.concatenate(panels, axis=1)))

@@ -572,10 +572,13 @@ def run_epochs(runner: StageRunner, n_items: int, epoch_fn: Callable[[int, int, 
         bar = runner.progress(total, runner.info["step"], f"{runner.stage} {ep + 1}/{cfg.epochs}")
         def stopped(when: str) -> KeyboardInterrupt:
             saved = runner.saved_at
-            where = (f"its last checkpoint, {checkpoint_words(*saved)}, is in {runner.out}"
-                     if saved is not None else f"no checkpoint was written yet to {runner.out}")
-            return KeyboardInterrupt(f"{runner.stage} interrupted {when}; {where}: run the same command again to "
-                                     "resume")
+            if saved is not None:
+                where = (f"its last checkpoint, {checkpoint_words(*saved)}, is in {runner.out}: run the same "
+                         "command again to resume")
+            else:  # "run it again to resume" promised a resume with nothing to resume from (a review)
+                where = (f"no checkpoint was written yet to {runner.out}: the same command starts this stage again "
+                         "from its beginning")
+            return KeyboardInterrupt(f"{runner.stage} interrupted {when}; {where}")
 
         try:
             stats = epoch_fn(ep, runner.info["step"], bar)

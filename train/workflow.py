@@ -129,7 +129,7 @@ def new_model(classes: Sequence[str], *, variant: str = "uopsl", backbone: str =
     grid = math.ceil(size / 32)
     mask = cfg.token_mask(grid, grid)
     if mask is not None and cfg.variant != "fundus_only":
-        if int(mask.sum()) < 9:
+        if int(mask.sum()) < 9 or size < 128:  # the message's own rule (--size 100 trained without a word)
             log.warning("at %d px the site attention has %d token(s) of the field of view to choose between (a %dx%d "
                         "grid): its maps say little below 128 px; 256 px or more is what they were made for",
                         size, int(mask.sum()), grid, grid)
@@ -1150,6 +1150,33 @@ def threshold_provenance(names: Sequence[str], thresholds: Sequence[float], meta
     return out
 
 
+def untested_not_referable(names: Sequence[str], referable: Sequence[bool],
+                           provenance: Sequence[Mapping[str, Any]]) -> list[bool]:
+    """``referable`` with every class whose threshold was chosen on no data turned off, said in a warning.
+
+    Why: such a class's threshold is a 0.5 default (no validation photographs, or none of one kind), and a bundle
+    referred patients on it with only a warning at export (a review). The rule is the one for zero-shot classes:
+    the probability is reported, no patient is referred on it until a threshold chosen on labelled photographs is
+    given (fine-tune with validation photographs holding positives and negatives of the class, or a class file
+    with ``threshold`` and ``referable = true`` for it: ``uopsl export --classes FILE``).
+    """
+    untested = [n for n, r, p in zip(names, referable, provenance)
+                if r and str(p.get("source", "")).startswith("chosen on no data")]
+    if not untested:
+        return list(referable)
+    kept = [r and n not in untested for n, r in zip(names, referable)]
+    log.warning("%s %s no threshold chosen on data (a 0.5 default), so the bundle reports %s but refers no patient "
+                "on %s%s. To let %s refer: fine-tune with validation photographs holding positives and negatives "
+                "of %s, or export with a class file giving a threshold chosen on labelled photographs and "
+                "referable = true (uopsl export --classes FILE)",
+                ", ".join(untested), "has" if len(untested) == 1 else "have",
+                "its probability" if len(untested) == 1 else "their probabilities",
+                "it" if len(untested) == 1 else "them",
+                "" if any(kept) else "; no class of this bundle refers anyone",
+                "it" if len(untested) == 1 else "them", "it" if len(untested) == 1 else "each")
+    return kept
+
+
 def run_export(ckpt: Path, out: Path, classes_file: str | Path | None = None, opset: int = 17,
                force: bool = False, text_model: str | None = None, use_status: str | None = None,
                use_statement: str = "", trained_on: str = "") -> Path:
@@ -1194,6 +1221,7 @@ def run_export(ckpt: Path, out: Path, classes_file: str | Path | None = None, op
         phrases = list(bank_phrases)
         shown = {n: d for n, d in descriptions.display_names(classes_file, known).items() if n in bank.names}
     points_note = threshold_provenance(model.config.classes, thresholds, meta, classes_file, given)
+    referable = untested_not_referable(model.config.classes, referable, points_note)
     size = meta.preprocess.size
     deploy = DeployModel(model.eval(), size)
     with tempfile.TemporaryDirectory() as tmp:

@@ -44,8 +44,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections import Counter
+import os
 import types
+from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Union, get_args, get_origin, get_type_hints
@@ -53,7 +54,7 @@ from typing import TYPE_CHECKING, Any, Literal, Union, get_args, get_origin, get
 import click
 
 from uopsl.runtime.clikit import FiniteFloatRange
-from uopsl.runtime.errors import ConfigError
+from uopsl.runtime.errors import ConfigError, command_word
 from uopsl.train import data
 
 if TYPE_CHECKING:
@@ -143,6 +144,12 @@ def parse_spec(spec: str) -> tuple[str, Path, dict[str, str]]:
                     f"folder is read as synthetic data. For your own table write csv:{path / 'labels.csv'} (columns "
                     f"path and label), or folder:{path} for {path}/<class>/*.jpg")
             kind = "synthetic"
+        elif path.is_dir() and (path / "fundus.csv").is_file() and (path / "oct.csv").is_file():
+            # Read as folder:, its modality folders became classes and the run failed on "no built-in
+            # description for class 'fundus'" (a review).
+            tasks = "|".join(data.TVHL_TASKS)
+            raise ConfigError(f"{path} holds fundus.csv and oct.csv: the TVHL dataset's layout, not one class per "
+                              f"folder; write tvhl:{path}:task={tasks} (e.g. tvhl:{path}:task=referable_dr)")
         elif path.is_dir():
             kind = "folder"
         else:
@@ -151,6 +158,20 @@ def parse_spec(spec: str) -> tuple[str, Path, dict[str, str]]:
                 f"(e.g. csv:{path} for a CSV with path and label columns)"
             )
     return kind, path, opts
+
+
+def refuse_without_fundus(src: data.DatasetSource, spec: str, option: str, n_fundus: int) -> None:
+    """Raise :class:`ConfigError` when ``src`` holds no fundus photograph: fine-tuning reads nothing else.
+
+    Before the model is built and the run's config written (an OCT-only spec failed after both, as "the
+    dataset is empty", after the log had counted its 257 OCT scans).
+    """
+    if n_fundus:
+        return
+    held = Counter(s.modality for s in src.samples)
+    raise ConfigError(f"{option} {spec} holds no fundus photographs ({', '.join(f'{n} {m}' for m, n in held.items()) or 'no images'}); "
+                      "finetune trains on fundus photographs only (OCT scans teach the site matrix in uopsl "
+                      "pretrain): give fundus data, e.g. modality=fundus")
 
 
 def load_source(spec: str) -> data.DatasetSource:
@@ -411,11 +432,49 @@ def check_out_outside_data(out: Path, src: data.DatasetSource, option: str = "--
                           f"report as data: choose an {option} outside it")
 
 
-def check_out_folder(out: Path) -> None:
-    """Refuse an ``--out`` that names a file, before data and weights load (it failed late, as "File exists")."""
+def check_out_folder(out: Path, cache_dir: Path | None = None) -> None:
+    """Refuse, before data and weights load, an ``--out`` that names a file (it failed late, as "File exists")
+    or lies inside a bundle or another checkpoint folder, and a ``--cache`` inside a model folder.
+
+    Why the places: a checkpoint or bundle folder is copied and shared whole; a run written inside another
+    one travels with it, and its preprocessed photographs (the cache) would too (a review: ``finetune --out
+    bundle/x`` was accepted, and the bundle then failed ``export --force`` for files its manifest lacks).
+    """
+    from uopsl.runtime.model_folders import check_output_outside_model_folders, enclosing_model_folders
+
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file; training writes a checkpoint folder there: give a folder "
                           "(a new one, or the one of the run to resume)")
+    here = Path(os.path.realpath(out))
+    outer = [(kind, folder) for kind, folder in enclosing_model_folders(out) if folder != here]
+    if outer:
+        kind, folder = outer[0]
+        raise ConfigError(f"--out {out} is inside the {kind} folder {folder}, which is copied and shared whole as "
+                          f"a model: write this run's checkpoint beside it, e.g. --out "
+                          f"{command_word(outer[-1][1].parent / out.name)}")
+    if cache_dir is not None:
+        check_output_outside_model_folders(cache_dir, "--cache")
+        if os.path.realpath(cache_dir).startswith(str(here) + os.sep) or Path(os.path.realpath(cache_dir)) == here:
+            raise ConfigError(f"--cache {cache_dir} is inside --out {out}: the cache holds a preprocessed copy of "
+                              "every photograph, and a checkpoint folder is shared whole; put it elsewhere (or "
+                              "leave --cache out for the user cache folder)")
+
+
+def image_cache(out: Path, cache_dir: Path | None) -> Path:
+    """Where a training run keeps its preprocessed photographs: ``--cache``, else the user cache folder.
+
+    Not inside the checkpoint folder (the default before 0.2.9 was OUT/cache): those arrays are every
+    training and validation photograph, and a checkpoint is copied and shared whole. A cache an earlier
+    version left there is pointed out, not deleted (it is the user's data).
+    """
+    from uopsl.runtime.fsio import user_cache_dir
+
+    old = out / "cache"
+    if cache_dir is None and any(old.glob("img-*.npy")):
+        log.warning("%s holds preprocessed copies of the training photographs, left by an earlier uopsl "
+                    "(training now caches in %s): delete it before sharing the checkpoint folder", old,
+                    user_cache_dir() / "images")
+    return cache_dir if cache_dir is not None else user_cache_dir() / "images"
 
 
 def split_classes(value: str | None) -> tuple[str, ...] | None:
@@ -428,6 +487,25 @@ def split_classes(value: str | None) -> tuple[str, ...] | None:
     if len(set(names)) != len(names):
         raise ConfigError(f"a class is listed twice in {value!r}")
     return names
+
+
+def refuse_unused_options(train: dict[str, object], variant: str | None = None) -> None:
+    """Raise :class:`ConfigError` for a training option given on the command line that this run would not use.
+
+    Why: ``--freeze-encoder --lr-encoder 0.01`` and ``--variant fundus_only --site-loss 1`` were accepted
+    without a word (a review), so the run recorded a setting that did nothing. ``train``: the shared
+    training options as the command received them; ``variant``: the model's (finetune).
+    """
+    from uopsl.runtime.clikit import option_given
+
+    if train.get("freeze_encoder") and option_given("lr_encoder"):
+        raise ConfigError(f"--lr-encoder {train.get('lr_encoder')} with --freeze-encoder: the encoder is not "
+                          "trained, so its learning rate would be unused; drop one of the two")
+    if variant == "fundus_only":
+        for option, name in (("--site-loss", "w_site_finetune"), ("--freeze-sites", "freeze_sites")):
+            if option_given(name):
+                raise ConfigError(f"{option} with a fundus_only model: it has no site attention, so the option "
+                                  "would change nothing; drop it, or train a uopsl or p_only model")
 
 
 def train_options(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -444,7 +522,9 @@ def train_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--save-every", type=click.IntRange(0), default=50, show_default=True,
                      help="Steps between resumable checkpoints (0: epoch ends only)."),
         click.option("--cache", "cache_dir", type=click.Path(path_type=Path), default=None,
-                     help="Folder for preprocessed-image caches (default: OUT/cache)."),
+                     help="Folder for preprocessed-image caches: copies of the photographs, so keep it where "
+                          "the photographs may be (default: the user cache folder, $UOPSL_CACHE_DIR or "
+                          "~/.cache/uopsl, under images/; never inside --out, which is shared as a model)."),
     ]
     for o in reversed(opts):
         f = o(f)

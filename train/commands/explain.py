@@ -22,8 +22,11 @@ def command(checkpoint: Path, images: tuple[Path, ...], out: Path, classes: str 
     IMAGES are photographs, folders (searched recursively) or list files.
     Photographs that share a file name get IMAGE-HASH_sites.png, so none
     overwrites another; OUT/maps.csv says which photograph each PNG shows.
-    Prints one PNG path per line. Exit 1 when some photographs could not be
-    read (they are logged and skipped), 2 when nothing could be done.
+    Prints one PNG path per line. A photograph that uopsl-screen's quality
+    gate would call ungradable (an OCT scan, a blurred or dark photograph) is
+    drawn with UNGRADABLE and the gate's reasons on each panel, and named in
+    a warning. Exit 1 when some photographs could not be read (logged and
+    skipped), 2 when nothing could be done.
     """
     from uopsl.train.explain import explain_inputs
 

@@ -11,8 +11,9 @@ from uopsl.runtime.clikit import FiniteFloatRange, speaks_for_the_run
 from uopsl.runtime.errors import ConfigError
 from uopsl.runtime.fsio import write_json
 from uopsl.train import data as datamod
-from uopsl.train.commands.common import (INIT_HELP, check_classes_in_data, check_out_folder, items_for, load_source, resolve_init,
-                                         say_unknown_patients, split_classes, train_options)
+from uopsl.train.commands.common import (INIT_HELP, check_classes_in_data, check_out_folder, image_cache, items_for,
+                                         load_source, refuse_unused_options, refuse_without_fundus, resolve_init, say_unknown_patients,
+                                         split_classes, train_options)
 
 
 @click.command("finetune")
@@ -63,13 +64,15 @@ def command(data_spec: str, val_spec: str | None, out: Path, from_ckpt: Path | N
     from uopsl.train.workflow import (LEARNT_ROLES, data_record, earlier_images, finished_run, from_checkpoint,
                                       new_model, operating_identity, run_finetune, run_identity, with_training_data)
 
-    check_out_folder(out)
+    check_out_folder(out, cache_dir)
     src = load_source(data_spec)
     fundus = [i for i, smp in enumerate(src.samples) if smp.modality == "fundus"]
+    refuse_without_fundus(src, data_spec, "--data", len(fundus))
     if len(fundus) < len(src.samples):  # stage 2 reads fundus only: split and count those
         src = src.subset(fundus, f"{src.name}[fundus]")
     if val_spec:
         val = load_source(val_spec)
+        refuse_without_fundus(val, val_spec, "--val", sum(smp.modality == "fundus" for smp in val.samples))
         datamod.check_apart(src, val, "--val")
     else:
         say_unknown_patients(data_spec, src, "finetune's validation part (about 15 % of --data's photographs, whole patients) takes")
@@ -111,6 +114,7 @@ def command(data_spec: str, val_spec: str | None, out: Path, from_ckpt: Path | N
         model, meta = new_model(names, variant=variant or "uopsl", backbone=backbone, init=init, size=size,
                                 text_model=text_model or DEFAULT_TEXT_MODEL, classes_file=classes_file,
                                 data_fingerprint=src.fingerprint, seed=seed)
+    refuse_unused_options(train, model.config.variant)
     # The validation images choose the operating thresholds: recorded too (they teach no class).
     meta = with_training_data(meta, data_record("finetune", src, "fundus"),
                               *([data_record("validation", val, "fundus")] if val.samples else []))
@@ -129,7 +133,7 @@ def command(data_spec: str, val_spec: str | None, out: Path, from_ckpt: Path | N
                                                   "train": cfg.to_dict(), "shots": shots,
                                                   "text_model": meta.text_model,
                                                   "classes_file": str(classes_file) if classes_file else None})
-    _, meta = run_finetune(model, meta, train_items, val_items, cfg, out, cache_dir or out / "cache",
+    _, meta = run_finetune(model, meta, train_items, val_items, cfg, out, image_cache(out, cache_dir),
                            target_sensitivity, identity=want,
                            seen_before=earlier_images(from_ckpt) if from_ckpt else (),
                            learnt_before=earlier_images(from_ckpt, LEARNT_ROLES) if from_ckpt else ())

@@ -9,8 +9,8 @@ import click
 from uopsl.runtime.clikit import speaks_for_the_run
 from uopsl.runtime.errors import ConfigError
 from uopsl.runtime.fsio import write_json
-from uopsl.train.commands.common import (INIT_HELP, check_classes_in_data, check_out_folder, items_for, load_source,
-                                         resolve_init, split_classes, train_options)
+from uopsl.train.commands.common import (INIT_HELP, check_classes_in_data, check_out_folder, image_cache, items_for,
+                                         load_source, resolve_init, split_classes, train_options)
 
 
 @click.command("pretrain")
@@ -46,7 +46,7 @@ def command(fundus_spec: str, oct_spec: str | None, out: Path, classes: str | No
         with_training_data,
     )
 
-    check_out_folder(out)
+    check_out_folder(out, cache_dir)
     if variant == "uopsl" and not oct_spec:  # before loading data and weights
         raise ConfigError("--variant uopsl learns the predilection sites from OCT: pass --oct KIND:PATH (e.g. the same "
                           "synthetic folder), or use --variant p_only / fundus_only")
@@ -82,6 +82,6 @@ def command(fundus_spec: str, oct_spec: str | None, out: Path, classes: str | No
                                                   "model": meta.model.to_dict(), "train": cfg.to_dict(),
                                                   "text_model": meta.text_model,
                                                   "classes_file": str(classes_file) if classes_file else None})
-    run_pretrain(model, meta, fundus_items, oct_items, cfg, out, cache_dir or out / "cache", identity=want)
+    run_pretrain(model, meta, fundus_items, oct_items, cfg, out, image_cache(out, cache_dir), identity=want)
     if speaks_for_the_run():  # under torchrun rank 0 says it once
         click.echo(f"pre-trained {variant} model {'already complete in' if reused else 'written to'} {out}")

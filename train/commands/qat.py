@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from uopsl.runtime.clikit import FiniteFloatRange
-from uopsl.train.commands.common import items_for, load_source
+from uopsl.train.commands.common import check_out_folder, image_cache, items_for, load_source
 
 
 @click.command("qat")
@@ -32,7 +32,8 @@ from uopsl.train.commands.common import items_for, load_source
 @click.option("--save-every", type=click.IntRange(0), default=50, show_default=True,
               help="Steps between resumable checkpoints (0: epoch ends only).")
 @click.option("--cache", "cache_dir", type=click.Path(path_type=Path), default=None,
-              help="Folder for preprocessed-image caches (default: OUT/cache).")
+              help="Folder for preprocessed-image caches: copies of the photographs (default: the user cache "
+                   "folder, $UOPSL_CACHE_DIR or ~/.cache/uopsl, under images/; never inside --out).")
 def command(checkpoint: Path, data_spec: str, out: Path, images: int | None, epochs: int, batch_size: int,
             lr: float, bias_lr: float, calib_images: int, augment: bool, seed: int, device: str, save_every: int,
             cache_dir: Path | None) -> None:
@@ -64,6 +65,7 @@ def command(checkpoint: Path, data_spec: str, out: Path, images: int | None, epo
         raise click.UsageError(f"--out {out} is CHECKPOINT {checkpoint}, or holds it, or lies inside it: the "
                                "original model must stay as it is (the INT8 file is validated against it); "
                                "choose a new --out")
+    check_out_folder(out, cache_dir)
 
     cfg = QatConfig(epochs=epochs, batch_size=batch_size, lr=lr, bias_lr=bias_lr, calib_images=calib_images, seed=seed,
                     augment=augment, device=device, save_every=save_every)
@@ -82,7 +84,7 @@ def command(checkpoint: Path, data_spec: str, out: Path, images: int | None, epo
     if finished_run(out, "qat", want):
         click.echo(f"QAT checkpoint {out} is already there; not trained again")
         return
-    ds = ImageDataset(items, meta.preprocess, cache_dir or out / "cache", augment=augment)
+    ds = ImageDataset(items, meta.preprocess, image_cache(out, cache_dir), augment=augment)
     _, result = qat_finetune(model, meta, ds, cfg, out, run_key=resume_key(want), identity=want)
     # What made the original, and the (unlabelled) photographs the distillation saw.
     record_images_seen(out, {"earlier": earlier_images(checkpoint), "qat": ds.digests})
