@@ -191,7 +191,7 @@ class WalkState:
 MAPS_MARKER = ".uopsl-maps"
 
 
-def _output_kind(folder: str | os.PathLike[str]) -> str | None:
+def output_folder_kind(folder: str | os.PathLike[str]) -> str | None:
     """What marks ``folder`` as a uopsl output folder, in words, or None."""
     for name, what in ((JSONL, "uopsl-screen"), (LOCK_NAME, "uopsl-screen"), (MAPS_MARKER, "uopsl explain")):
         if os.path.isfile(os.path.join(folder, name)):
@@ -202,7 +202,7 @@ def _output_kind(folder: str | os.PathLike[str]) -> str | None:
 def is_output_folder(folder: str | os.PathLike[str]) -> bool:
     """Whether ``folder`` holds uopsl-screen results (``results.jsonl`` or its lock file) or ``uopsl explain``'s
     maps (:data:`MAPS_MARKER`)."""
-    return _output_kind(folder) is not None
+    return output_folder_kind(folder) is not None
 
 
 def output_folder_named(folder: str | os.PathLike[str]) -> ConfigError:
@@ -211,7 +211,7 @@ def output_folder_named(folder: str | os.PathLike[str]) -> ConfigError:
     Why an error: the walk leaves output folders out (their thumbnails would be screened), so naming one
     used to end in "no photographs found", which does not say why.
     """
-    return ConfigError(f"input {display_path(folder)} is {_output_kind(folder) or 'an output folder'}, not a "
+    return ConfigError(f"input {display_path(folder)} is {output_folder_kind(folder) or 'an output folder'}, not a "
                        "folder of photographs; name the folder the photographs are in (results go to --out)")
 
 
@@ -267,7 +267,7 @@ def list_folder(folder: Path, state: WalkState) -> list[tuple[Path, bool]]:
         state.excluded.append(display_path(folder))
         if not (ident in state._exclude_ids or state.inside_excluded(folder)):
             state.say(logging.WARNING, "not screening %s: it is %s", display_path(folder),
-                      _output_kind(folder) or "an output folder")
+                      output_folder_kind(folder) or "an output folder")
         return []
     state.visited.add(ident)
     try:

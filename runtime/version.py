@@ -8,7 +8,7 @@ import os
 import subprocess
 from pathlib import Path
 
-__version__ = "0.2.8"
+__version__ = "0.2.9"
 
 
 @functools.lru_cache(maxsize=1)

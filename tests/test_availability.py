@@ -27,7 +27,7 @@ def test_ort_trt_needs_the_provider_and_the_library(tiny_bundle: Path) -> None:
     assert row[1] is False and "libnvinfer" in row[2]
     with pytest.raises(MissingDependencyError, match="TensorRT's library \\(libnvinfer\\)"):
         open_backend(tiny_bundle, "ort-trt", "fp32", availability=without, measure=False)
-    with pytest.raises(MissingDependencyError, match="needs onnxruntime-gpu with TensorRT"):
+    with pytest.raises(MissingDependencyError, match="needs onnxruntime-gpu with its TensorRT provider"):
         open_backend(tiny_bundle, "ort-trt", "fp32", availability=Availability(ort_providers=("CPUExecutionProvider",)),
                      measure=False)
 

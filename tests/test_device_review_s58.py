@@ -22,7 +22,7 @@ from test_backends import _with_engines
 from tinybundle import fundus_jpeg, tiny_bundle  # noqa: F401 - session fixture
 
 from uopsl.runtime.api import ConfigError, Screener
-from uopsl.runtime.backends import Availability, select_backend
+from uopsl.runtime.backends import Availability, RefusedHere, select_backend
 from uopsl.runtime.errors import BackendError, BundleError, EngineMismatchError, MissingDependencyError
 from uopsl.runtime.inputs import iter_inputs
 
@@ -35,10 +35,26 @@ def test_explicit_tensorrt_whose_every_engine_is_foreign_raises_engine_mismatch(
     m = _with_engines(tiny_bundle, validated=True, write_to=root)
     with pytest.raises(EngineMismatchError) as err:
         select_backend(root, "tensorrt", manifest=m, availability=GPU,
-                       engine_check=lambda p: "TensorRT 8.6.2.3 built it, TensorRT 10.3.0.30 is running")
+                       engine_check=lambda p: RefusedHere("TensorRT 8.6.2.3 built it, TensorRT 10.3.0.30 is running"))
     msg = str(err.value)
     assert "model.fp16.engine: TensorRT 8.6.2.3 built it" in msg and "model.int8.engine: TensorRT 8.6.2.3" in msg
     assert "build one on this device with 'uopsl build-engine BUNDLE'" in msg, msg
+
+
+def test_an_engine_that_cannot_be_read_or_checked_is_no_engine_mismatch(tiny_bundle: Path, tmp_path: Path) -> None:  # noqa: F811
+    """A review of the fix: a damaged engine file or a failing CUDA binding came back as EngineMismatchError too,
+    so a device's `except EngineMismatchError: rebuild()` would rebuild for a fault a rebuild does not mend."""
+    root = tmp_path / "b"
+    m = _with_engines(tiny_bundle, validated=True, write_to=root)
+    with pytest.raises(BundleError) as err:  # the real check: these engine files are a few bytes, no uopsl header
+        select_backend(root, "tensorrt", manifest=m, availability=GPU)
+    assert not isinstance(err.value, EngineMismatchError), err.value
+    assert "model.fp16.engine:" in str(err.value)
+    with pytest.raises(BundleError) as err:  # one refused here, one that cannot be checked: not all a rebuild's
+        select_backend(root, "tensorrt", manifest=m, availability=GPU,
+                       engine_check=lambda p: RefusedHere("built for sm_87") if "int8" in p.name
+                       else "MissingDependencyError: cuda-python is broken")
+    assert not isinstance(err.value, EngineMismatchError), err.value
 
 
 def test_explicit_tensorrt_with_an_engine_awaiting_validation_stays_a_bundle_error(
@@ -73,9 +89,9 @@ def test_auto_without_onnx_runtime_names_the_unvalidated_engine_first(
         select_backend(root, manifest=m, availability=trt_only, engine_check=lambda p: None, measure=False)
     msg = str(err.value)
     todo = msg.split("To screen: ", 1)[1]
-    assert todo.startswith("validate the TensorRT engine on this device"), msg
-    assert "--precision int8" in todo or "--precision fp16" in todo, msg
-    assert todo.index("validate the TensorRT engine") < todo.index("install ONNX Runtime"), msg
+    assert todo.startswith("run the TensorRT engine that fits here unvalidated with --precision"), msg
+    # validate runs its reference on ONNX Runtime: installing it comes first (a review of the first wording)
+    assert todo.index("install ONNX Runtime") < todo.index("then validate the engine on this device"), msg
     assert "on a Jetson, the onnxruntime-gpu wheel" in todo, msg
 
     # A machine with neither: installing a runtime comes first, building an engine only on a GPU device.

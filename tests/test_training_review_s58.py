@@ -71,6 +71,9 @@ def test_training_out_and_cache_stay_out_of_model_folders(tmp_path: Path) -> Non
     with pytest.raises(ConfigError, match="--cache .*checkpoint folder"):
         check_out_folder(tmp_path / "new", ckpt / "cache")
     check_out_folder(tmp_path / "new", tmp_path / "elsewhere")
+    bundle = run_export(ckpt, tmp_path / "bundle")
+    with pytest.raises(ConfigError, match=r"--out .*bundle is the bundle folder"):
+        check_out_folder(bundle)  # a bundle is never a run's own folder (a review of the first fix)
 
 
 # -- explain -------------------------------------------------------------------------------------------------
@@ -176,24 +179,90 @@ def test_an_interrupted_run_folder_says_so(tmp_path: Path) -> None:
     out.mkdir()
     (out / "state.json").write_text(json.dumps({"epoch": 0, "step": 5}), encoding="utf-8")
     (out / "finetune.config.json").write_text("{}", encoding="utf-8")
-    with pytest.raises(CheckpointError, match=r"holds an interrupted training run \(finetune stopped in epoch 1 "
+    with pytest.raises(CheckpointError, match=r"holds an interrupted training run \(finetune stopped at epoch 1 "
                                               r"after step 5\).*run the command that started it again"):
+        read_meta(out)
+    # The state's own stage (QAT writes no config file), and the end of an epoch in a resume's words.
+    (out / "state.json").write_text(json.dumps({"epoch": 1, "step": 0, "stage": "qat"}), encoding="utf-8")
+    with pytest.raises(CheckpointError, match=r"\(qat stopped at the end of epoch 1\)"):
         read_meta(out)
     with pytest.raises(CheckpointError, match="no checkpoint.json; expected a checkpoint folder"):
         read_meta(tmp_path)  # no state: still a foreign folder
 
 
+def _class_photos(root: Path) -> Path:
+    for c in ("normal", "dr"):
+        for i in range(3):
+            _photo(root / c / f"{c}{i}.jpg", seed=i + (10 if c == "dr" else 0))
+    return root
+
+
 @pytest.mark.parametrize("extra, said", [
     (["--freeze-encoder", "--lr-encoder", "0.01"], "--lr-encoder 0.01 with --freeze-encoder"),
     (["--variant", "fundus_only", "--site-loss", "1"], "--site-loss with a fundus_only model"),
-])
+    (["--variant", "fundus_only", "--site-guide", "2"], "--site-guide with a fundus_only model"),
+], ids=["lr-encoder", "site-loss", "site-guide"])
 def test_an_option_the_run_would_not_use_is_refused(tmp_path: Path, extra: list[str], said: str) -> None:
-    photos = tmp_path / "photos"
-    for c in ("normal", "dr"):
-        for i in range(3):
-            _photo(photos / c / f"{c}{i}.jpg", seed=i + (10 if c == "dr" else 0))
+    photos = _class_photos(tmp_path / "photos")
     out = tmp_path / "ft"
     res = CliRunner().invoke(cli, ["finetune", "--data", f"folder:{photos}", "--out", str(out), "--backbone",
                                    "resnet18", "--init", "random", "--size", "64", "--device", "cpu", *extra])
     assert res.exit_code != 0 and said in str(res.exception or res.output), res.output + repr(res.exception)
     assert not (out / "finetune.config.json").exists()
+
+
+def test_unused_options_are_not_refused_where_a_run_already_is_nor_a_weight_of_zero(tmp_path: Path) -> None:
+    """A folder an earlier version trained with such options must still resume and be reused by its command
+    (the options are part of the run's identity); pretrain refuses the pair too."""
+    from uopsl.train.commands import common
+
+    seen: list[str] = []
+    out = tmp_path / "ft"
+    out.mkdir()
+    (out / "state.json").write_text("{}", encoding="utf-8")
+
+    @click_command_with(["--freeze-encoder", "--lr-encoder", "0.01"])
+    def check() -> None:
+        common.refuse_unused_options(out, {"freeze_encoder": True, "lr_encoder": 0.01})
+        seen.append("resumable run: not refused")
+        common.refuse_unused_options(tmp_path / "new", {"w_site_guide": 0.0}, "fundus_only")
+        seen.append("weight 0: not refused")
+
+    check()
+    assert seen == ["resumable run: not refused", "weight 0: not refused"]
+    res = CliRunner().invoke(cli, ["pretrain", "--fundus", f"folder:{_class_photos(tmp_path / 'p')}", "--out",
+                                   str(tmp_path / "pre"), "--variant", "p_only", "--freeze-encoder", "--lr-encoder",
+                                   "0.01", "--device", "cpu"])
+    assert res.exit_code != 0 and "--lr-encoder 0.01 with --freeze-encoder" in str(res.exception or res.output), \
+        res.output
+
+
+def click_command_with(args: list[str]):  # type: ignore[no-untyped-def]
+    """Run the decorated function inside a click context where ``args`` were given on the command line."""
+    import click
+
+    def wrap(fn):  # type: ignore[no-untyped-def]
+        @click.command()
+        @click.option("--freeze-encoder", is_flag=True)
+        @click.option("--lr-encoder", type=float, default=1e-4)
+        @click.option("--site-guide", "w_site_guide", type=float, default=1.0)
+        def cmd(freeze_encoder: bool, lr_encoder: float, w_site_guide: float) -> None:
+            fn()
+
+        return lambda: cmd.main([*args, "--site-guide", "0"], standalone_mode=False)
+
+    return wrap
+
+
+def test_a_folder_dataset_leaves_out_an_explain_maps_folder_beside_its_classes(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A review of the fix: validate's and training's class-folder reader took maps/ for a class of its own."""
+    from uopsl.train.commands.common import load_source
+
+    photos = _class_photos(tmp_path / "photos")
+    _photo(photos / "maps" / "normal0_sites.png")
+    (photos / "maps" / MAPS_MARKER).write_text("x", encoding="utf-8")
+    with caplog.at_level(logging.WARNING):
+        src = load_source(f"folder:{photos}")
+    assert sorted({s.labels[0] for s in src.samples}) == ["dr", "normal"], src.label_space.classes
+    assert "not read as a class folder: it is an output folder of uopsl explain" in caplog.text, caplog.text

@@ -135,11 +135,15 @@ def _interrupted_run(folder: Path) -> str | None:
         return None
     if not isinstance(state, dict):
         return None
-    stages = sorted(p.name[: -len(".config.json")] for p in folder.glob("*.config.json"))
+    from uopsl.train.loops import checkpoint_words  # the words a resume uses for the same place
+
+    stage = state.get("stage")
+    stages = [stage] if isinstance(stage, str) else sorted(p.name[: -len(".config.json")]
+                                                           for p in folder.glob("*.config.json"))
     epoch, step = state.get("epoch"), state.get("step")
-    where = (f"epoch {epoch + 1} after step {step}" if isinstance(epoch, int) and isinstance(step, int) else
-             "position unknown")
-    return f"{', '.join(stages) or 'a stage'} stopped in {where}"
+    where = (f"at {checkpoint_words(epoch, step)}" if isinstance(epoch, int) and isinstance(step, int) else
+             "at a place not recorded")
+    return f"{', '.join(stages) or 'a stage'} stopped {where}"
 
 
 def read_meta(folder: str | Path) -> CheckpointMeta:

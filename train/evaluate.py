@@ -83,7 +83,8 @@ def _fallback(name: str, y: np.ndarray, p: np.ndarray, referable: bool, target: 
                 "referable" if referable else "not referable", FALLBACK_THRESHOLD, why,
                 "n/a" if math.isnan(r.sensitivity) else f"{r.sensitivity:.3f}",
                 "n/a" if math.isnan(r.specificity) else f"{r.specificity:.3f}",
-                " (a bundle exported from this checkpoint refers no patient on it)" if referable else "")
+                " (a bundle exported from this checkpoint refers no patient on it unless a class file gives it "
+                "a threshold)" if referable else "")
     return OperatingPointRecord(name, FALLBACK_THRESHOLD, "fallback", int(y.sum()), int((~y).sum()), r.sensitivity,
                                 r.specificity, target, f"fallback {FALLBACK_THRESHOLD:g}: {why}")
 

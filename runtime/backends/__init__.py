@@ -147,14 +147,24 @@ def nvinfer_found(*, imports: bool = True) -> bool:
 EngineCheck = Callable[[Path], "str | None"]
 
 
+class RefusedHere(str):
+    """A reason an engine cannot run that rebuilding it on this device removes: built by another TensorRT, for
+    another GPU or platform (:class:`EngineMismatchError`), or from a model file the bundle no longer holds.
+    Other reasons (an unreadable file, a CUDA binding that fails) are plain ``str``: rebuilding would not help,
+    so they must not be reported as :class:`EngineMismatchError`."""
+
+
 def engine_mismatch(path: Path, device: int = 0) -> str | None:
-    """Why the TensorRT engine at ``path`` cannot run on GPU ``device`` here, or None when it matches."""
+    """Why the TensorRT engine at ``path`` cannot run on GPU ``device`` here, or None when it matches; a
+    :class:`RefusedHere` when the engine was built for another TensorRT, GPU or platform."""
     try:
         from uopsl.runtime import engine_header  # owned by the TensorRT layer; may be absent
     except ImportError:
         return "uopsl.runtime.engine_header is not available in this build"
     try:
         engine_header.check_compatible(engine_header.read_header(path), engine_path=path, device=device)
+    except EngineMismatchError as exc:
+        return RefusedHere(exc)
     except UopslError as exc:
         return str(exc)
     except Exception as exc:  # noqa: BLE001 - any failure to inspect means 'do not pick it'
@@ -181,12 +191,12 @@ def engine_stale(root: Path, manifest: Manifest, entry: FileEntry, device: int =
     rebuild = engine_header.rebuild_command(header, root / entry.path, installed_tensorrt(), device)
     source = next((f for f in manifest.files if f.path == header.source_onnx), None)
     if source is None:
-        return (f"stale: built from {header.source_onnx}, which the bundle no longer lists; "
-                f"rebuild it on this device: {rebuild}")
+        return RefusedHere(f"stale: built from {header.source_onnx}, which the bundle no longer lists; "
+                           f"rebuild it on this device: {rebuild}")
     if header.source_onnx_sha256 and source.sha256 and source.sha256 != header.source_onnx_sha256:
-        return (f"stale: built from {header.source_onnx} with sha256 {header.source_onnx_sha256[:12]}..., "
-                f"but the bundle's {header.source_onnx} is now {source.sha256[:12]}... (re-exported or "
-                f"re-quantized since); rebuild it on this device: {rebuild}")
+        return RefusedHere(f"stale: built from {header.source_onnx} with sha256 {header.source_onnx_sha256[:12]}"
+                           f"..., but the bundle's {header.source_onnx} is now {source.sha256[:12]}... (re-exported "
+                           f"or re-quantized since); rebuild it on this device: {rebuild}")
     return None
 
 
@@ -479,11 +489,13 @@ def select_backend(
                               "(on a Jetson: sudo apt install python3-libnvinfer, and cuda-python of JetPack's CUDA)")
         reasons = []
         unvalidated = 0  # engines that fit this device but have no PASS here
+        refused_here = 0  # engines a rebuild on this device would replace (RefusedHere)
         for e in _engines(m, precision):
             # The engine's fit first: after a JetPack upgrade that is the cause, not a missing record.
             why = engine_check(root / e.path) or engine_stale(root, m, e, device)
             if why is not None:
                 reasons.append(f"{e.path}: {why}")
+                refused_here += isinstance(why, RefusedHere)
                 continue
             if precision == "auto" and auto_needs_pass(e.precision):
                 ok, why_not = validated_file(root, e, "tensorrt", m)
@@ -501,7 +513,7 @@ def select_backend(
                     "(backend= in the Python API)")
         message = (f"no TensorRT engine of precision {precision} in {root} can run here"
                    + (f" ({'; '.join(reasons)})" if reasons else " (the bundle has none)") + f"; {todo}")
-        if reasons and not unvalidated:
+        if reasons and refused_here == len(reasons):
             # Every engine was refused for this device (another TensorRT, GPU, platform or model file): the
             # documented type, so a device can catch it and rebuild (a review: a JetPack upgrade raised a plain
             # BundleError, and `except EngineMismatchError: rebuild()` never ran).
@@ -610,9 +622,10 @@ def select_backend(
         install = (f"install ONNX Runtime ({install_hint('onnxruntime')}; on a Jetson, the onnxruntime-gpu wheel "
                    f"built for its JetPack, docs/deployment.md) or OpenVINO ({extra_hint('openvino')})")
         if fitting_unvalidated:
-            todo = (f"validate the TensorRT engine on this device (uopsl validate BUNDLE --onnx-reference --backends "
-                    f"tensorrt --data DIR --out DIR), or run it unvalidated with --precision {fitting_unvalidated[0]} "
-                    f"(precision= in the Python API); or {install}")
+            # Validating needs ONNX Runtime (the reference runs on it), so it comes after installing it.
+            todo = (f"run the TensorRT engine that fits here unvalidated with --precision {fitting_unvalidated[0]} "
+                    f"(precision= in the Python API); or {install}, then validate the engine on this device (uopsl "
+                    "validate BUNDLE --onnx-reference --backends tensorrt --data DIR --out DIR)")
         elif av.tensorrt:
             todo = f"build a TensorRT engine on this device (uopsl build-engine BUNDLE); or {install}"
         else:
@@ -845,6 +858,7 @@ __all__ = [
     "Availability",
     "Backend",
     "ModelFileBackend",
+    "RefusedHere",
     "Selection",
     "TensorSpec",
     "backend_table",

@@ -169,9 +169,10 @@ def refuse_without_fundus(src: data.DatasetSource, spec: str, option: str, n_fun
     if n_fundus:
         return
     held = Counter(s.modality for s in src.samples)
-    raise ConfigError(f"{option} {spec} holds no fundus photographs ({', '.join(f'{n} {m}' for m, n in held.items()) or 'no images'}); "
-                      "finetune trains on fundus photographs only (OCT scans teach the site matrix in uopsl "
-                      "pretrain): give fundus data, e.g. modality=fundus")
+    kinds = ", ".join(f"{n} {m}" for m, n in held.items()) or "no images"
+    raise ConfigError(f"{option} {spec} holds no fundus photographs ({kinds}); finetune trains on fundus "
+                      "photographs only (OCT scans teach the site matrix in uopsl pretrain, --oct): give fundus "
+                      "photographs (for a dataset holding both, select them, e.g. modality=fundus)")
 
 
 def load_source(spec: str) -> data.DatasetSource:
@@ -446,12 +447,15 @@ def check_out_folder(out: Path, cache_dir: Path | None = None) -> None:
         raise ConfigError(f"--out {out} is a file; training writes a checkpoint folder there: give a folder "
                           "(a new one, or the one of the run to resume)")
     here = Path(os.path.realpath(out))
-    outer = [(kind, folder) for kind, folder in enclosing_model_folders(out) if folder != here]
+    # The run's own checkpoint folder (a resume, a finished run reused) is fine; a bundle never is.
+    outer = [(kind, folder) for kind, folder in enclosing_model_folders(out)
+             if not (folder == here and kind == "checkpoint")]
     if outer:
         kind, folder = outer[0]
-        raise ConfigError(f"--out {out} is inside the {kind} folder {folder}, which is copied and shared whole as "
-                          f"a model: write this run's checkpoint beside it, e.g. --out "
-                          f"{command_word(outer[-1][1].parent / out.name)}")
+        where = "is" if folder == here else "is inside"
+        raise ConfigError(f"--out {out} {where} the {kind} folder {folder}, which is copied and shared whole as a "
+                          f"model: write this run's checkpoint beside it, e.g. --out "
+                          f"{command_word(outer[-1][1].parent / (out.name + '-checkpoint'))}")
     if cache_dir is not None:
         check_output_outside_model_folders(cache_dir, "--cache")
         if os.path.realpath(cache_dir).startswith(str(here) + os.sep) or Path(os.path.realpath(cache_dir)) == here:
@@ -474,7 +478,9 @@ def image_cache(out: Path, cache_dir: Path | None) -> Path:
         log.warning("%s holds preprocessed copies of the training photographs, left by an earlier uopsl "
                     "(training now caches in %s): delete it before sharing the checkpoint folder", old,
                     user_cache_dir() / "images")
-    return cache_dir if cache_dir is not None else user_cache_dir() / "images"
+    where = cache_dir if cache_dir is not None else user_cache_dir() / "images"
+    log.info("preprocessed copies of the photographs are cached in %s (delete them when training is done)", where)
+    return where
 
 
 def split_classes(value: str | None) -> tuple[str, ...] | None:
@@ -489,21 +495,27 @@ def split_classes(value: str | None) -> tuple[str, ...] | None:
     return names
 
 
-def refuse_unused_options(train: dict[str, object], variant: str | None = None) -> None:
+def refuse_unused_options(out: Path, train: dict[str, object], variant: str | None = None) -> None:
     """Raise :class:`ConfigError` for a training option given on the command line that this run would not use.
 
     Why: ``--freeze-encoder --lr-encoder 0.01`` and ``--variant fundus_only --site-loss 1`` were accepted
     without a word (a review), so the run recorded a setting that did nothing. ``train``: the shared
-    training options as the command received them; ``variant``: the model's (finetune).
+    training options as the command received them (finetune adds its site options); ``variant``: the model's
+    (finetune). Not checked when
+    ``out`` already holds a run (interrupted or finished): those settings are in its identity, so the
+    command that made it must still resume or reuse it.
     """
     from uopsl.runtime.clikit import option_given
 
+    if (out / "state.json").exists() or (out / "checkpoint.json").exists():
+        return
     if train.get("freeze_encoder") and option_given("lr_encoder"):
         raise ConfigError(f"--lr-encoder {train.get('lr_encoder')} with --freeze-encoder: the encoder is not "
                           "trained, so its learning rate would be unused; drop one of the two")
     if variant == "fundus_only":
-        for option, name in (("--site-loss", "w_site_finetune"), ("--freeze-sites", "freeze_sites")):
-            if option_given(name):
+        for option, name in (("--site-loss", "w_site_finetune"), ("--site-guide", "w_site_guide"),
+                             ("--freeze-sites", "freeze_sites")):
+            if option_given(name) and train.get(name):  # a weight of 0 (off) given for every variant is fine
                 raise ConfigError(f"{option} with a fundus_only model: it has no site attention, so the option "
                                   "would change nothing; drop it, or train a uopsl or p_only model")
 
@@ -523,8 +535,9 @@ def train_options(f: Callable[..., Any]) -> Callable[..., Any]:
                      help="Steps between resumable checkpoints (0: epoch ends only)."),
         click.option("--cache", "cache_dir", type=click.Path(path_type=Path), default=None,
                      help="Folder for preprocessed-image caches: copies of the photographs, so keep it where "
-                          "the photographs may be (default: the user cache folder, $UOPSL_CACHE_DIR or "
-                          "~/.cache/uopsl, under images/; never inside --out, which is shared as a model)."),
+                          "the photographs may be (default: images/ in the user cache folder, $UOPSL_CACHE_DIR, "
+                          "else $XDG_CACHE_HOME/uopsl or ~/.cache/uopsl; never inside --out, which is shared as "
+                          "a model)."),
     ]
     for o in reversed(opts):
         f = o(f)

@@ -12,8 +12,8 @@ from uopsl.runtime.errors import ConfigError
 from uopsl.runtime.fsio import write_json
 from uopsl.train import data as datamod
 from uopsl.train.commands.common import (INIT_HELP, check_classes_in_data, check_out_folder, image_cache, items_for,
-                                         load_source, refuse_unused_options, refuse_without_fundus, resolve_init, say_unknown_patients,
-                                         split_classes, train_options)
+                                         load_source, refuse_unused_options, refuse_without_fundus, resolve_init,
+                                         say_unknown_patients, split_classes, train_options)
 
 
 @click.command("finetune")
@@ -114,7 +114,8 @@ def command(data_spec: str, val_spec: str | None, out: Path, from_ckpt: Path | N
         model, meta = new_model(names, variant=variant or "uopsl", backbone=backbone, init=init, size=size,
                                 text_model=text_model or DEFAULT_TEXT_MODEL, classes_file=classes_file,
                                 data_fingerprint=src.fingerprint, seed=seed)
-    refuse_unused_options(train, model.config.variant)
+    refuse_unused_options(out, {**train, "w_site_finetune": w_site_finetune, "w_site_guide": w_site_guide,
+                                 "freeze_sites": freeze_sites}, model.config.variant)
     # The validation images choose the operating thresholds: recorded too (they teach no class).
     meta = with_training_data(meta, data_record("finetune", src, "fundus"),
                               *([data_record("validation", val, "fundus")] if val.samples else []))

@@ -10,7 +10,8 @@ from uopsl.runtime.clikit import speaks_for_the_run
 from uopsl.runtime.errors import ConfigError
 from uopsl.runtime.fsio import write_json
 from uopsl.train.commands.common import (INIT_HELP, check_classes_in_data, check_out_folder, image_cache, items_for,
-                                         load_source, resolve_init, split_classes, train_options)
+                                         load_source, refuse_unused_options, resolve_init, split_classes,
+                                         train_options)
 
 
 @click.command("pretrain")
@@ -47,6 +48,7 @@ def command(fundus_spec: str, oct_spec: str | None, out: Path, classes: str | No
     )
 
     check_out_folder(out, cache_dir)
+    refuse_unused_options(out, train)
     if variant == "uopsl" and not oct_spec:  # before loading data and weights
         raise ConfigError("--variant uopsl learns the predilection sites from OCT: pass --oct KIND:PATH (e.g. the same "
                           "synthetic folder), or use --variant p_only / fundus_only")

@@ -32,8 +32,9 @@ from uopsl.train.commands.common import check_out_folder, image_cache, items_for
 @click.option("--save-every", type=click.IntRange(0), default=50, show_default=True,
               help="Steps between resumable checkpoints (0: epoch ends only).")
 @click.option("--cache", "cache_dir", type=click.Path(path_type=Path), default=None,
-              help="Folder for preprocessed-image caches: copies of the photographs (default: the user cache "
-                   "folder, $UOPSL_CACHE_DIR or ~/.cache/uopsl, under images/; never inside --out).")
+              help="Folder for preprocessed-image caches: copies of the photographs (default: images/ in the "
+                   "user cache folder, $UOPSL_CACHE_DIR, else $XDG_CACHE_HOME/uopsl or ~/.cache/uopsl; never "
+                   "inside --out).")
 def command(checkpoint: Path, data_spec: str, out: Path, images: int | None, epochs: int, batch_size: int,
             lr: float, bias_lr: float, calib_images: int, augment: bool, seed: int, device: str, save_every: int,
             cache_dir: Path | None) -> None:

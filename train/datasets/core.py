@@ -33,6 +33,7 @@ from uopsl.runtime.errors import ConfigError, DataError
 from uopsl.runtime.optional import extra_hint
 from uopsl.runtime.fsio import read_user_text, sha256_file
 from uopsl.runtime.image_suffixes import DICOM_SUFFIXES, IMAGE_SUFFIXES
+from uopsl.runtime.inputs import output_folder_kind
 from uopsl.runtime.progress import NoBar, track
 from uopsl.train.descriptions import canonical
 
@@ -711,6 +712,10 @@ def scan_class_folders(
     if not root.is_dir():
         raise DataError(f"{dataset}: folder {root} not found; expected one sub-folder per class.")
     for d in sorted((e for e in os.scandir(root) if e.is_dir() and not e.name.startswith(".")), key=lambda e: e.name):
+        made_by = output_folder_kind(d.path)
+        if made_by is not None:  # `uopsl explain` maps or `uopsl-screen` results beside the class folders
+            log.warning("%s: not read as a class folder: it is %s", d.path, made_by)
+            continue
         if allowed is not None and d.name not in allowed:
             raise DataError(f"{d.path}: unknown label {d.name!r} (class folder); allowed labels: {list(allowed)}.")
         types: Counter[str] = Counter()
