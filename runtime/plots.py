@@ -253,17 +253,28 @@ def _text_image(text: str, scale: float, color: RGB) -> np.ndarray:
     return canvas
 
 
-def _legend(img: np.ndarray, items: Sequence[RocSeries], box: tuple[int, int, int], s: float, lw: int) -> None:
-    """Legend in the lower-right corner of the plot area (where ROC curves rarely go), in as many columns as
-    its entries need to stay inside the plot."""
-    left, top, side = box
-    # (label, colour, style) with style solid | dashed | chance | point | none (undefined curve: no line)
+def _legend_entries(items: Sequence[RocSeries]) -> list[tuple[str, RGB, str]]:
+    """(label, colour, style) per legend row; style: solid | dashed | chance | point | hollow | none (an
+    undefined curve: no line). A dashed curve's operating point is drawn hollow, so it gets its own row (the
+    legend showed only the filled dot, and a reader of validate's overlay could not tell the two apart)."""
     entries: list[tuple[str, RGB, str]] = [("chance", _CHANCE, "chance")]
     for i, it in enumerate(items):
         style = ("dashed" if it.dashed else "solid") if it.curve.defined else "none"
         entries.append((it.legend(), it.color or PALETTE[i % len(PALETTE)], style))
-    if any(it.operating_point is not None for it in items):
-        entries.append(("operating point", _INK, "point"))
+    filled = any(it.operating_point is not None and not it.dashed for it in items)
+    hollow = any(it.operating_point is not None and it.dashed for it in items)
+    if filled:
+        entries.append(("operating point" + (", solid curve" if hollow else ""), _INK, "point"))
+    if hollow:
+        entries.append(("operating point" + (", dashed curve" if filled else ""), _INK, "hollow"))
+    return entries
+
+
+def _legend(img: np.ndarray, items: Sequence[RocSeries], box: tuple[int, int, int], s: float, lw: int) -> None:
+    """Legend in the lower-right corner of the plot area (where ROC curves rarely go), in as many columns as
+    its entries need to stay inside the plot."""
+    left, top, side = box
+    entries = _legend_entries(items)
     scale = 0.46 * s
     sample = int(34 * s)
     gap = int(8 * s)
@@ -308,4 +319,6 @@ def _legend(img: np.ndarray, items: Sequence[RocSeries], box: tuple[int, int, in
             _dashed(img, np.array([[a, cy], [b, cy]], np.float64), color, width, 7 * s)
         elif style == "point":
             cv2.circle(img, ((a + b) // 2, cy), int(5.5 * s), color, -1, cv2.LINE_AA)
+        elif style == "hollow":  # as render_roc draws a dashed curve's point
+            cv2.circle(img, ((a + b) // 2, cy), int(5.5 * s), color, lw, cv2.LINE_AA)
         _text(img, label, (b + gap, cy), scale, _INK if style != "none" else (120, 120, 120), va="middle")

@@ -139,3 +139,23 @@ def test_a_list_file_naming_missing_files_says_which_list_and_lines(
 def test_a_bundle_that_is_not_a_path_is_a_config_error(bad: object) -> None:
     with pytest.raises(ConfigError, match="bundle must be the path of a bundle folder"):
         Screener(bad)  # type: ignore[arg-type]
+
+
+def test_the_roc_legend_explains_the_hollow_point_of_a_dashed_curve() -> None:
+    """validate's overlay draws the candidate's (dashed) operating point hollow; the legend showed only the filled
+    dot (a left-alone item of session 57's review)."""
+    import numpy as np
+
+    from uopsl.runtime.metrics import roc_curve
+    from uopsl.runtime.plots import RocSeries, _legend_entries, render_roc
+
+    y = np.array([0, 0, 1, 1], bool)
+    curve = roc_curve(y, np.array([0.1, 0.4, 0.35, 0.8]))
+    both = [RocSeries("ref", curve, (200, 0, 0), operating_point=(0.5, 0.5)),
+            RocSeries("cand", curve, (200, 0, 0), dashed=True, operating_point=(0.5, 1.0))]
+    rows = [(label, style) for label, _, style in _legend_entries(both)]
+    assert ("operating point, solid curve", "point") in rows and ("operating point, dashed curve", "hollow") in rows
+    only_candidate = [(label, style) for label, _, style in _legend_entries([RocSeries("ref", curve, (200, 0, 0)),
+                                                                           both[1]])]
+    assert ("operating point", "hollow") in only_candidate and not any(s == "point" for _, s in only_candidate)
+    assert render_roc(both).shape[2] == 3  # draws with the new row
