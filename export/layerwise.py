@@ -37,7 +37,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -95,10 +95,19 @@ class LayerwiseReport:
         d["suggested_command"] = self.suggested_command()
         return d
 
-    def suggested_command(self, target: str = "BUNDLE", variant: str | None = None) -> str:
-        """The ``uopsl quantize`` command line that keeps the suggested layers in float ('' when none)."""
+    def suggested_command(self, target: str = "BUNDLE", variant: str | None = None,
+                          info: Mapping[str, Any] | None = None) -> str:
+        """The ``uopsl quantize`` command line that keeps the suggested layers in float ('' when none).
+
+        ``info``: the INT8 file's manifest entry; the command then also keeps every option the file was made
+        with (the layers it already kept in float among them), so only the suggested layers change.
+        """
         if not self.suggested_exclude:
             return ""
+        if info is not None:
+            from uopsl.export.quantize import remake_options  # quantize imports this module
+
+            return f"uopsl quantize {target} {remake_options(info, self.suggested_exclude)} --images CALIBRATION_IMAGES"
         var = f" --variant {variant}" if variant else ""
         # --images: the calibration images, which bias correction (on by default) needs
         return (f"uopsl quantize {target}{var} --images CALIBRATION_IMAGES "

@@ -121,11 +121,20 @@ def check_reference_chain(bundle: str | os.PathLike[str], manifest: Manifest | N
                           "again") from exc
     problem = _chain_problem(entry, now)
     if problem is not None:
+        rec = entry.info.get(PARITY_KEY)
+        run = rec.get("backends", {}).get(REFERENCE_BACKEND) if isinstance(rec, dict) else None
+        # A review: after an INCOMPLETE run (data labelled for some classes only) this said to run the same
+        # command again, which gave the same verdict. What makes a run complete is the data, so say that.
+        data = (" on data that lets every gate be judged (each class with enough positive and negative images: "
+                "data labelled for some classes only, such as TVHL's, leaves the others ungated; photographs "
+                "without labels, judged on the checkpoint's own decisions, gate every class they show)"
+                if isinstance(run, dict) and run.get("verdict") == "INCOMPLETE" else "")
         raise ConfigError(
             f"--onnx-reference needs {entry.path} to carry a recorded PASS on {REFERENCE_BACKEND} against the "
             f"PyTorch checkpoint (in {root / MANIFEST}); found: {problem}. On the workstation, first run "
             f"`{WORKSTATION_COMMAND}` on this bundle (its checkpoint, at least {MIN_PARITY_IMAGES} images, the "
-            f"default gates, {REFERENCE_BACKEND} among the backends), then copy the bundle to this device again"
+            f"default gates, {REFERENCE_BACKEND} among the backends){data}, then copy the bundle to this device "
+            "again"
         )
     return ReferenceProof(entry, now, MappingProxyType(dict(entry.info[PARITY_KEY]["backends"][REFERENCE_BACKEND])))
 

@@ -1030,7 +1030,11 @@ def _headroom_entry(margins: np.ndarray, errors: np.ndarray, observed: int, allo
                 "fall on images it does not model), so no precision figure says what would pass"
                 if chance < MODEL_NOTE_CHANCE else
                 f"{said}: the error is at the gate's limit, where a file fails about as often as it passes (a "
-                f"chance of {chance:.2g} of this many), so another table or rounding may pass")
+                f"chance of {chance:.2g} of this many), so another table or rounding may pass"
+                if -db < AT_LIMIT_DB else
+                # A review: 5.5 dB below the limit read "at the gate's limit ... fails about as often as it passes".
+                f"{said}: the error is {-db:.1f} dB below the gate's limit, and this many changes still have a "
+                f"chance of {chance:.2g} under the model: an unlucky draw, so another table or rounding may pass")
         else:
             entry["precision_needed_db"] = float(max(0.0, db))
     return entry
@@ -1038,6 +1042,9 @@ def _headroom_entry(margins: np.ndarray, errors: np.ndarray, observed: int, allo
 
 #: Below this chance of as many changes as observed, the headroom model is said to underpredict them.
 MODEL_NOTE_CHANCE = 0.05
+#: An error RMS within this many dB below the gate's limit is said to be at the limit (where the expected
+#: number of changes is close to the allowed one, so a file fails about as often as it passes).
+AT_LIMIT_DB = 1.0
 
 
 def poisson_tail(k: int, lam: float) -> float:

@@ -59,7 +59,7 @@ from __future__ import annotations
 import copy
 import logging
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -294,6 +294,33 @@ def _drop_unused_initializers(model: Any, candidates: set[str] | None = None) ->
     used = {t for n in graph.node for t in n.input} | {o.name for o in graph.output} | {i.name for i in graph.input}
     for init in [i for i in graph.initializer if i.name not in used and (candidates is None or i.name in candidates)]:
         graph.initializer.remove(init)
+
+
+def remake_options(info: Mapping[str, Any], extra_exclude: Sequence[str] = ()) -> str:
+    """The ``uopsl quantize`` options that make an INT8 file again as its manifest entry (``info``) records it,
+    with ``extra_exclude`` kept in float too: variant, weight scales, the layers it kept in float (those given
+    and those ``--auto-exclude`` chose, by name; the head is the default), rounding, bias correction, 7-bit
+    weights. Why: suggested re-make commands gave only ``--variant``, so following one quantized again the
+    layers an ``--auto-exclude`` run had kept in float (a review)."""
+    float_head = bool(info.get("float_head", True))
+    kept = [str(n) for n in info.get("excluded_nodes") or ()
+            if not (float_head and not str(n).startswith(TRUNK_PREFIX))]  # head nodes: --float-head's default
+    kept += [n for n in extra_exclude if n not in kept]
+    flags = [f"--variant {info.get('variant', 'cpu')}"]
+    if info.get("per_channel") is False:
+        flags.append("--per-tensor")
+    if not float_head:
+        flags.append("--quantize-head")
+    if kept:
+        flags.append(f"--exclude {','.join(kept)}")
+    rounding = info.get("weight_rounding")
+    if isinstance(rounding, str) and rounding != QuantizeConfig.rounding:
+        flags.append(f"--rounding {rounding}")
+    if info.get("bias_corrected_layers") == 0 and "bias_correction" not in (info.get("fitted_on") or {}):
+        flags.append("--no-bias-correction")
+    if info.get("reduce_range"):
+        flags.append("--reduce-range")
+    return " ".join(flags)
 
 
 def head_nodes(model: Any) -> tuple[str, ...]:

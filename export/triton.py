@@ -310,7 +310,7 @@ def _failed_on(entry: FileEntry, backends: Sequence[str]) -> list[str]:
 def _plan_models(bundle: Path, manifest: Manifest, entries: Sequence[FileEntry], base: str, max_batch: int,
                  onnx_device: str, include_unvalidated: bool) -> tuple[list[TritonModel], dict[str, str]]:
     """The models to write, and the bundle files left out with the reason for each."""
-    from uopsl.runtime.backends import engine_stale
+    from uopsl.runtime.backends import BACKEND_NAMES, engine_stale
     from uopsl.runtime.bundle import parity_status
 
     models: list[TritonModel] = []
@@ -337,9 +337,18 @@ def _plan_models(bundle: Path, manifest: Manifest, entries: Sequence[FileEntry],
             verdicts = [(b, *parity_status(f, b, manifest=manifest)) for b in runs_on]
             missing = [f"{b}: {why}" for b, ok, why in verdicts if not ok]
             failed = _failed_on(f, runs_on)
-            if failed:  # --include-unvalidated serves files nobody checked, never one shown to change decisions
-                left_out[f.path] = (f"failed parity validation where Triton runs it ({', '.join(failed)}); "
-                                    "--include-unvalidated does not serve a file that failed")
+            # A FAIL recorded on another backend counts too (a review: one that failed on ort-cpu was served on
+            # the GPU under --include-unvalidated, its parameter reading "validated on ort-cpu"): the help promises
+            # that a file that failed is never served, and much of an INT8 file's error is its own arithmetic.
+            # (A PASS where Triton runs it stands on its own: another runtime's kernels round differently.)
+            elsewhere = (_failed_on(f, [b for b in BACKEND_NAMES if b not in runs_on])
+                         if missing and include_unvalidated else [])
+            if failed or elsewhere:  # --include-unvalidated serves files nobody checked, never one that failed
+                where = (f"where Triton runs it ({', '.join(failed)})" if failed else
+                         f"on {', '.join(elsewhere)} (Triton would run it on {', '.join(runs_on)}, where it has no "
+                         "PASS)")
+                left_out[f.path] = (f"failed parity validation {where}; --include-unvalidated does not serve a "
+                                    "file that failed")
                 log.warning("Triton: %s left out (%s)", f.path, left_out[f.path])
                 continue
             if missing and not include_unvalidated:

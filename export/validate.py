@@ -1764,6 +1764,6 @@ def _per_layer(root: Path, manifest: Manifest, specs: Sequence[CandidateSpec], i
             continue
         d = rep.to_dict()
         variant = entry.info.get("variant") or ("trt" if entry.precision == "int8-qdq-s8" else "cpu")
-        d["suggested_command"] = rep.suggested_command(str(root), variant)
+        d["suggested_command"] = rep.suggested_command(str(root), variant, entry.info)
         result[f] = d
     return result

@@ -399,12 +399,14 @@ def info_cmd(bundle: Path, as_json: bool, trusted_keys: Sequence[Path]) -> int:
     if aside:
         click.echo(f"           parity records not covered by the signature, not used here: {', '.join(aside)}")
     click.echo("files")
+    tables = {t.sha256 for t in m.files_of("calibration")}
     for f in m.files:
         click.echo(f"  {f.path:28s} {f.kind:12s} {f.precision:12s} {f.size / 1e6:8.2f} MB  sha256 {f.sha256[:12]}"
                    + (f"  CHECKSUM FAILS: {bad[f.path]}" if f.path in bad else "")
                    + ("  parity: not trusted, the file is not the one validated" if f.path in bad
                       and f.kind in ("onnx", "engine") else
-                      f"  parity {_parity_word(f, m)}" if f.kind in ("onnx", "engine") else ""))
+                      f"  parity {_parity_word(f, m)}" if f.kind in ("onnx", "engine") else "")
+                   + _other_table(f, tables))
     if MANIFEST_NAME in bad:
         click.echo(f"  {MANIFEST_NAME:28s} CHECKSUM FAILS: {bad[MANIFEST_NAME]}")
     records = [line for f in m.files if f.kind in ("onnx", "engine")
@@ -489,6 +491,15 @@ def _verdict(entry: Any, backend: str, run: dict[str, Any], manifest: Any, doubt
         return verdict, ""
     trusted, why = parity_status(entry, backend, manifest=manifest)
     return ("PASS", "") if trusted and not doubt else ("PASS, not trusted", "" if trusted else why)
+
+
+def _other_table(entry: Any, tables: set[str]) -> str:
+    """A note for an INT8 file quantized from another calibration table than the bundle's (a review: `calibrate`
+    said so once, and nothing else did afterwards)."""
+    made_from = entry.info.get("calibration_sha256") if entry.precision.startswith("int8") else None
+    if not made_from or not tables or made_from in tables:
+        return ""
+    return "; quantized from another calibration table than the bundle's: re-make it with uopsl quantize"
 
 
 def _parity_word(entry: Any, manifest: Any = None) -> str:

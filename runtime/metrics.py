@@ -42,6 +42,8 @@ import numpy as np
 from uopsl.runtime.errors import ConfigError
 
 log = logging.getLogger(__name__)
+#: Warnings already given in this process (see :func:`bootstrap_weights`' note on strata).
+_SAID: set[str] = set()
 
 Task = Literal["binary", "multilabel", "multiclass"]
 WeightedStatistic = Callable[[np.ndarray], np.ndarray]
@@ -994,12 +996,15 @@ def bootstrap_weights(
     groups, unit_of_case, n_units = _resampling_plan(n, strata, clusters)
     single = sum(1 for g in groups if g.size == 1)
     if n_boot > 0 and single and len(groups) > 1:
-        log.warning(
-            "bootstrap: %d of %d strata hold a single %s, which enters every resample exactly once; the "
-            "interval ignores its sampling variability (stratify on fewer, larger groups, e.g. one class's "
-            "own label instead of the joint label pattern)", single, len(groups),
-            "case" if unit_of_case is None else "cluster",
-        )
+        # Said once per process: validate and evaluate draw several bootstraps over the same strata, and the
+        # warning came three times with a remedy (the strata) that their users cannot choose (a review).
+        said = (f"bootstrap: {single} of {len(groups)} strata hold a single "
+                f"{'case' if unit_of_case is None else 'cluster'}, which enters every resample exactly once, so "
+                "intervals leave out its sampling variability and are slightly narrow (more images of each label "
+                "pattern avoid it; in the Python API, stratify on fewer, larger groups)")
+        if said not in _SAID:
+            _SAID.add(said)
+            log.warning("%s", said)
     rows = max(1, _MAX_WEIGHT_CELLS // max(n, n_units))
     done = 0
     while done < n_boot:

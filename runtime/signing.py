@@ -640,6 +640,10 @@ def sign_bundle(bundle: str | os.PathLike[str], private_key: str | os.PathLike[s
     ser, ed = _serialization(), _ed25519()
     root = Path(bundle)
     data = _read_pem(private_key, "private key")
+    if b"-----BEGIN PUBLIC KEY-----" in data and b"PRIVATE KEY-----" not in data:
+        # A review: the public key given to `sign` read "not a readable private key, or a wrong password".
+        raise ConfigError(f"{private_key} is a public key; signing needs the private key of the pair (the .key file "
+                          "uopsl keygen wrote beside the .pub); the public key is what devices trust")
     try:
         key = ser.load_pem_private_key(data, password=password)
     except TypeError as exc:  # a password given for an unencrypted key, or none for an encrypted one
@@ -799,7 +803,12 @@ def check_signature(bundle: str | os.PathLike[str], trusted: Sequence[TrustedKey
         return result(f"signature format {payload.get('format')!r} / algorithm {payload.get('algorithm')!r} is "
                       f"not one this uopsl reads (format {SIGNATURE_FORMAT}, ed25519): upgrade uopsl on this device")
     if not trusted:
-        return result("not checked (no trusted key given)")
+        # Unauthenticated, but still worth saying: a bundle changed since its (unverified) signature was made is
+        # not the release that was signed (a review: verify without a key said only "not checked").
+        changed = _changed_since_signing(payload.get("content"), raw if raw is not None else
+                                         read_manifest_json(root / MANIFEST))
+        return result("not checked (no trusted key given)"
+                      + (f"; and the bundle is not what was signed: {changed}" if changed else ""))
     key = next((k for k in trusted if k.key_id == kid), None)
     if key is None:
         return result(f"signed by a key this device does not trust (trusted: {', '.join(k.key_id for k in trusted)})")

@@ -136,9 +136,14 @@ def test_two_dimensional_strata_freeze_singleton_patterns_and_warn(caplog: pytes
     y, _ = _review_multilabel()
     _, counts = np.unique(y, axis=0, return_counts=True)
     singletons = int(np.sum(counts == 1))
+    M._SAID.clear()  # said once per process (session 58): an earlier test may have said it
     with caplog.at_level(logging.WARNING, logger="uopsl.runtime.metrics"):
         w = np.concatenate(list(M.bootstrap_weights(60, n_boot=200, seed=0, strata=y)))
+        again = np.concatenate(list(M.bootstrap_weights(60, n_boot=200, seed=1, strata=y)))
     assert f"{singletons} of {len(counts)} strata hold a single case" in caplog.text
+    # validate printed it three times (a review): once is enough
+    assert sum("strata hold a single" in r.getMessage() for r in caplog.records) == 1, caplog.text
+    assert again.shape == w.shape
     # The pitfall documented: every case whose label pattern is unique has weight 1 in every resample.
     _, inverse, cnt = np.unique(y, axis=0, return_inverse=True, return_counts=True)
     alone = cnt[inverse.reshape(-1)] == 1

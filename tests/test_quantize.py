@@ -326,10 +326,16 @@ def test_calibrate_and_quantize_commands_on_a_model_file(tmp_path, tiny, monkeyp
     assert record["result"]["precision"] == "int8-qdq-s8" and record["result"]["per_channel"] is False
     assert record["manifest_info"]["excluded_nodes"] == ["/Softmax", "/Add"]
     onnx.checker.check_model(onnx.load(str(tmp_path / "m.int8.trt.onnx")))
+    capsys.readouterr()
     assert main_entry(_cli(), ["quantize", str(model), "--auto-exclude", "1", "--images", str(images),
                                "--rounding", "gptq", "--rounding-images", "4"]) == 0
     record = json.loads((tmp_path / "m.int8.quantize.json").read_text())
     assert len(record["result"]["auto_excluded"]) == 1
+    # The float nodes in words, the chosen one marked (session 58: it printed a JSON list)
+    said = capsys.readouterr().out
+    n_float = len(record["result"]["excluded_nodes"])
+    assert f"kept in float ({n_float} nodes): " in said and "[" not in said.split("kept in float", 1)[1].splitlines()[0]
+    assert f"{record['result']['auto_excluded'][0]} (auto-excluded)" in said, said
     assert record["config"]["rounding"] == "gptq" and record["config"]["rounding_images"] == 4
     float_nodes = set(record["result"]["excluded_nodes"])
     assert record["manifest_info"]["weight_rounding"] == "gptq"

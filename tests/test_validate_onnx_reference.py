@@ -153,6 +153,8 @@ def test_refused_unless_the_fp32_file_passed_against_pytorch(proven_bundle: Path
     _edit_fp32_run(bundle, edit)
     err = _refusal(bundle, tmp_path, capsys, labelled_csv)
     assert says in err and "--checkpoint CKPT" in err, err
+    # An incomplete run is mended by other data, not by the same command again (session 58 review).
+    assert ("on data that lets every gate be judged" in err) == (edit is _incomplete), err
 
 
 def test_refused_when_the_fp32_file_changed_since_its_pass(proven_bundle: Path, tmp_path: Path, labelled_csv: Path,

@@ -227,9 +227,13 @@ def _say_stale_int8(bundle: Path, table_sha256: str) -> None:
     stale = [f for f in read_manifest(bundle).files_of("onnx")
              if f.precision.startswith("int8") and f.info.get("calibration_sha256") != table_sha256]
     if stale:
+        from uopsl.export.quantize import remake_options
+
         # One command per file, as it was made (its variant): `uopsl quantize BUNDLE` alone re-made only the CPU
         # file, and failed without --images under the default rounding (a review).
-        how = "; ".join(f"`uopsl quantize {bundle} --variant {f.info.get('variant', 'cpu')} --images IMAGES`"
+        # All of its recorded options, the layers it kept in float among them (a review: a file made with
+        # --auto-exclude 2 was re-made with those two layers quantized).
+        how = "; ".join(f"`uopsl quantize {bundle} {remake_options(f.info)} --images IMAGES`"
                         + (f" for {f.path}" if len(stale) > 1 else "") for f in stale)
         log.warning("%s: %s %s quantized from another calibration table than the new one; re-make %s with %s "
                     "(IMAGES: the calibration images) and validate again, so that every INT8 file comes from one "

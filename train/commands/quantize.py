@@ -12,7 +12,6 @@ into MODEL's bundle is added to the bundle's manifest (with its checksum and
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -228,7 +227,9 @@ def command(model: Path, table: Path | None, variant: str, per_channel: bool, ex
     if result.bias_corrected:
         click.echo(f"bias correction: {result.bias_corrected} layers corrected on the calibration images")
     if result.excluded_nodes:
-        click.echo(f"kept in float: {json.dumps(list(result.excluded_nodes))}")
+        auto = set(result.auto_excluded)
+        click.echo(f"kept in float ({len(result.excluded_nodes)} nodes): "
+                   + ", ".join(n + (" (auto-excluded)" if n in auto else "") for n in result.excluded_nodes))
     for s in result.sensitivities[: max(auto_exclude, 5)]:
         click.echo(f"  sensitivity {s.node} ({s.op_type}): max|dprob| {s.probs_max_abs:.2e}, "
                    f"logits cos {s.logits_cosine:.6f}")

@@ -425,6 +425,20 @@ def _refuse_unknown_labels(bundle: Path, records: list[Any], data_spec: str) -> 
                                                  drop="--unknown-labels drop"))
 
 
+def int8_next_step(rep: dict[str, Any]) -> str:
+    """What to try after an INT8 file failed (``""`` when none did, or ``--per-layer`` already suggested it).
+
+    A review: a FAIL ended the output with no next step unless ``--per-layer`` had been given.
+    """
+    failed = sorted({str(c["name"]).split(":", 1)[-1] for c in rep.get("candidates", [])
+                     if not c.get("error") and str(c.get("precision", "")).startswith("int8")
+                     and (c.get("verdict") or ("PASS" if c.get("passed") else "FAIL")) == "FAIL"})
+    if not failed or rep.get("per_layer"):
+        return ""
+    return (f"{', '.join(failed)} failed: the same command with --per-layer names the layers to keep in float "
+            "and the uopsl quantize command that does; or quantize again with --auto-exclude N --images IMAGES, "
+            "or calibrate with another --method; then validate again")
+
 @click.command("validate")
 @click.argument("bundle", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--checkpoint", default=None, type=click.Path(exists=True, file_okay=False, path_type=Path),
@@ -579,6 +593,9 @@ def command(bundle: Path, checkpoint: Path | None, onnx_reference: bool, data_sp
             click.echo(f"  per-layer {file}: {d['error']}")
         else:
             click.echo(f"  per-layer {file}: no layer to exclude suggested")
+    advice = int8_next_step(rep)
+    if advice:
+        click.echo(f"  next: {advice}")
     click.echo(f"  {rep['confidence']['line']}")
     if pats["known"]:
         click.echo(f"  AUC intervals resampled by patient ({pats['n_patients']} patients); change rates bounded by "
