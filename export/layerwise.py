@@ -107,7 +107,8 @@ class LayerwiseReport:
         if info is not None:
             from uopsl.export.quantize import remake_options  # quantize imports this module
 
-            return f"uopsl quantize {target} {remake_options(info, self.suggested_exclude)} --images CALIBRATION_IMAGES"
+            options = remake_options(info, self.suggested_exclude, variant=variant, images="CALIBRATION_IMAGES")
+            return f"uopsl quantize {target} {options}"
         var = f" --variant {variant}" if variant else ""
         # --images: the calibration images, which bias correction (on by default) needs
         return (f"uopsl quantize {target}{var} --images CALIBRATION_IMAGES "

@@ -122,7 +122,8 @@ def check_reference_chain(bundle: str | os.PathLike[str], manifest: Manifest | N
     problem = _chain_problem(entry, now)
     if problem is not None:
         rec = entry.info.get(PARITY_KEY)
-        run = rec.get("backends", {}).get(REFERENCE_BACKEND) if isinstance(rec, dict) else None
+        runs = rec.get("backends") if isinstance(rec, dict) else None
+        run = runs.get(REFERENCE_BACKEND) if isinstance(runs, dict) else None
         # A review: after an INCOMPLETE run (data labelled for some classes only) this said to run the same
         # command again, which gave the same verdict. What makes a run complete is the data, so say that.
         data = (" on data that lets every gate be judged (each class with enough positive and negative images: "

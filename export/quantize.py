@@ -296,17 +296,19 @@ def _drop_unused_initializers(model: Any, candidates: set[str] | None = None) ->
         graph.initializer.remove(init)
 
 
-def remake_options(info: Mapping[str, Any], extra_exclude: Sequence[str] = ()) -> str:
+def remake_options(info: Mapping[str, Any], extra_exclude: Sequence[str] = (), *, variant: str | None = None,
+                   images: str = "IMAGES") -> str:
     """The ``uopsl quantize`` options that make an INT8 file again as its manifest entry (``info``) records it,
-    with ``extra_exclude`` kept in float too: variant, weight scales, the layers it kept in float (those given
-    and those ``--auto-exclude`` chose, by name; the head is the default), rounding, bias correction, 7-bit
-    weights. Why: suggested re-make commands gave only ``--variant``, so following one quantized again the
-    layers an ``--auto-exclude`` run had kept in float (a review)."""
+    with ``extra_exclude`` kept in float too: variant (``variant`` where the entry has none), weight scales,
+    every node it kept in float (given, chosen by ``--auto-exclude``, and the head, which ``--exclude``
+    repeats harmlessly), rounding and its image count, bias correction, 7-bit weights; and ``--images
+    IMAGES`` where rounding or bias correction needs them. Why: suggested re-make commands gave only
+    ``--variant``, so following one quantized again the layers an ``--auto-exclude`` run had kept in float
+    (a review). Not recorded, so not carried: ``--adaround-iterations``."""
     float_head = bool(info.get("float_head", True))
-    kept = [str(n) for n in info.get("excluded_nodes") or ()
-            if not (float_head and not str(n).startswith(TRUNK_PREFIX))]  # head nodes: --float-head's default
+    kept = [str(n) for n in info.get("excluded_nodes") or ()]
     kept += [n for n in extra_exclude if n not in kept]
-    flags = [f"--variant {info.get('variant', 'cpu')}"]
+    flags = [f"--variant {info.get('variant') or variant or 'cpu'}"]
     if info.get("per_channel") is False:
         flags.append("--per-tensor")
     if not float_head:
@@ -314,12 +316,20 @@ def remake_options(info: Mapping[str, Any], extra_exclude: Sequence[str] = ()) -
     if kept:
         flags.append(f"--exclude {','.join(kept)}")
     rounding = info.get("weight_rounding")
-    if isinstance(rounding, str) and rounding != QuantizeConfig.rounding:
+    rounding = rounding if isinstance(rounding, str) else QuantizeConfig.rounding
+    if rounding != QuantizeConfig.rounding:
         flags.append(f"--rounding {rounding}")
-    if info.get("bias_corrected_layers") == 0 and "bias_correction" not in (info.get("fitted_on") or {}):
+    fitted = info.get("fitted_on") if isinstance(info.get("fitted_on"), Mapping) else {}
+    n_rounding = (fitted.get("rounding") or {}).get("images") if isinstance(fitted.get("rounding"), Mapping) else None
+    if rounding != "nearest" and isinstance(n_rounding, int) and n_rounding != QuantizeConfig.rounding_images:
+        flags.append(f"--rounding-images {n_rounding}")
+    corrected = info.get("bias_corrected_layers") != 0 or "bias_correction" in fitted
+    if not corrected:
         flags.append("--no-bias-correction")
     if info.get("reduce_range"):
         flags.append("--reduce-range")
+    if rounding != "nearest" or corrected:
+        flags.append(f"--images {images}")
     return " ".join(flags)
 
 

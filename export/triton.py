@@ -40,8 +40,9 @@ file the bundle no longer holds is left out, and so is a reduced-precision file
 (INT8, FP16) without a passing ``uopsl validate`` record on the runtime backend that
 stands for how Triton runs it (:func:`_runtime_backends`), unless
 ``include_unvalidated`` (its ``uopsl_parity`` parameter then says why it is
-not validated); a file that failed validation there is never served. The
-left-out files and the options are recorded in ``uopsl_triton.json``.
+not validated); a file that failed validation there, or that has no PASS
+there and failed on another backend, is never served. The left-out files
+and the options are recorded in ``uopsl_triton.json``.
 
 Triton serves the model, not the screening: a client must preprocess the
 photograph exactly as the runtime does (RGB, field-of-view crop and mask, never
@@ -159,8 +160,9 @@ def write_triton_repository(
     force it. TensorRT engines always run on the GPU. ``overwrite`` replaces a
     repository this function wrote before (never another folder).
     ``include_unvalidated``: also serve reduced-precision files without a
-    parity record where Triton runs them (stale engines and files that failed
-    validation there are never served). ``gpus``: the
+    parity record where Triton runs them (stale engines, files that failed
+    validation there, and files without a PASS there that failed on another
+    backend are never served). ``gpus``: the
     GPU indices that get instances of the models placed on a GPU (``KIND_GPU``:
     engines, ``--onnx-device gpu``); empty means every GPU, Triton's default.
     An engine runs only on the GPU model it was built on, so a server with
@@ -344,9 +346,10 @@ def _plan_models(bundle: Path, manifest: Manifest, entries: Sequence[FileEntry],
             elsewhere = (_failed_on(f, [b for b in BACKEND_NAMES if b not in runs_on])
                          if missing and include_unvalidated else [])
             if failed or elsewhere:  # --include-unvalidated serves files nobody checked, never one that failed
+                unproven = [b for b, ok, _ in verdicts if not ok]
                 where = (f"where Triton runs it ({', '.join(failed)})" if failed else
-                         f"on {', '.join(elsewhere)} (Triton would run it on {', '.join(runs_on)}, where it has no "
-                         "PASS)")
+                         f"on {', '.join(elsewhere)} (Triton would run it on {', '.join(runs_on)}; no PASS on "
+                         f"{', '.join(unproven)})")
                 left_out[f.path] = (f"failed parity validation {where}; --include-unvalidated does not serve a "
                                     "file that failed")
                 log.warning("Triton: %s left out (%s)", f.path, left_out[f.path])

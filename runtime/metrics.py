@@ -31,6 +31,7 @@ Conventions (shared by every function here):
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -1002,8 +1003,10 @@ def bootstrap_weights(
                 f"{'case' if unit_of_case is None else 'cluster'}, which enters every resample exactly once, so "
                 "intervals leave out its sampling variability and are slightly narrow (more images of each label "
                 "pattern avoid it; in the Python API, stratify on fewer, larger groups)")
-        if said not in _SAID:
-            _SAID.add(said)
+        # Keyed by the data too: a service bootstrapping another data set with the same counts hears it again.
+        key = said + "|" + hashlib.sha256(b"|".join(np.ascontiguousarray(g).tobytes() for g in groups)).hexdigest()
+        if key not in _SAID:
+            _SAID.add(key)
             log.warning("%s", said)
     rows = max(1, _MAX_WEIGHT_CELLS // max(n, n_units))
     done = 0

@@ -805,8 +805,11 @@ def check_signature(bundle: str | os.PathLike[str], trusted: Sequence[TrustedKey
     if not trusted:
         # Unauthenticated, but still worth saying: a bundle changed since its (unverified) signature was made is
         # not the release that was signed (a review: verify without a key said only "not checked").
-        changed = _changed_since_signing(payload.get("content"), raw if raw is not None else
-                                         read_manifest_json(root / MANIFEST))
+        try:
+            changed = _changed_since_signing(payload.get("content"), raw if raw is not None else
+                                             read_manifest_json(root / MANIFEST))
+        except (BundleError, OSError, ValueError, TypeError, AttributeError, KeyError):
+            changed = ""  # no readable manifest to compare: verify says what is wrong with it
         return result("not checked (no trusted key given)"
                       + (f"; and the bundle is not what was signed: {changed}" if changed else ""))
     key = next((k for k in trusted if k.key_id == kid), None)
@@ -840,7 +843,10 @@ def check_signature(bundle: str | os.PathLike[str], trusted: Sequence[TrustedKey
 
 def _changed_since_signing(signed: Any, raw: dict[str, Any]) -> str:
     """What differs between the signed content and the manifest ``raw`` ("" when nothing a signature covers)."""
-    if not isinstance(signed, dict) or not isinstance(signed.get("files"), dict):
+    # Also read unauthenticated (no trusted key): any shape must give an answer, never an exception.
+    if (not isinstance(signed, dict) or not isinstance(signed.get("files"), dict)
+            or not isinstance(signed.get("manifest"), dict)
+            or not all(isinstance(e, dict) for e in signed["files"].values())):
         return "the signed content is malformed"
     now = signed_content(raw)
     if now["manifest"] != signed.get("manifest"):

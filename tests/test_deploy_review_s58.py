@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from test_review_fixes_s30 import _with_verdict
 from test_triton import bundle  # noqa: F401 - module fixture: FP32 + INT8 ONNX + an engine, no parity records
 from uopsl.export.triton import REPO_MARKER, write_triton_repository
@@ -21,7 +22,8 @@ def test_a_file_that_failed_on_another_backend_is_not_served_on_the_gpu_either(
     marker = json.loads((repo / REPO_MARKER).read_text())
     assert "uopsl_int8" not in marker["models"] and not (repo / "uopsl_int8").exists()
     why = marker["left_out"]["model.int8.onnx"]
-    assert why.startswith("failed parity validation on ort-cpu (Triton would run it on ort-cuda"), why
+    assert why.startswith("failed parity validation on ort-cpu (Triton would run it on ort-cuda; no PASS on "
+                          "ort-cuda)"), why
     # A PASS on ort-cpu is not a failure: the GPU model is served when asked, marked not validated there.
     ok = _with_verdict(bundle, tmp_path / "ok", "PASS")
     repo2 = write_triton_repository(ok, tmp_path / "r2", onnx_device="gpu", include_unvalidated=True)
@@ -52,28 +54,33 @@ def test_a_re_make_command_keeps_the_options_the_file_was_made_with() -> None:
     from uopsl.export.quantize import remake_options
 
     info = {"variant": "cpu", "per_channel": True, "float_head": True, "bias_corrected_layers": 0, "fitted_on": {},
-            "excluded_nodes": ["/trunk/conv_stem/Conv", "/trunk/blocks.0.0/conv_dw/Conv", "/head/MatMul"],
+            "excluded_nodes": ["/Gather", "/trunk/conv_stem/Conv", "/trunk/blocks.0.0/conv_dw/Conv", "/head/MatMul"],
             "auto_excluded": ["/trunk/conv_stem/Conv", "/trunk/blocks.0.0/conv_dw/Conv"],
             "weight_rounding": "nearest", "reduce_range": True}
+    # Every node kept in float, a non-layer one given by the user among them (a review of the first version
+    # dropped all but /trunk/ nodes); nearest rounding without bias correction needs no images.
     flags = remake_options(info)
-    # the head is --float-head's default; nearest is not the default rounding (gptq)
-    assert flags == ("--variant cpu --exclude /trunk/conv_stem/Conv,/trunk/blocks.0.0/conv_dw/Conv "
-                     "--rounding nearest --no-bias-correction --reduce-range"), flags
+    assert flags == ("--variant cpu --exclude /Gather,/trunk/conv_stem/Conv,/trunk/blocks.0.0/conv_dw/Conv,"
+                     "/head/MatMul --rounding nearest --no-bias-correction --reduce-range"), flags
     rep = LayerwiseReport(float_model="m.onnx", quantized_model="m.int8.onnx", images=8, layers=(), outputs={},
                           suggested_exclude=("/trunk/blocks.1.0/conv_pw/Conv",), sqnr_threshold_db=20.0,
                           min_drop_db=3.0, matched_tensors=0)
     cmd = rep.suggested_command("b", "cpu", {**info, "bias_corrected_layers": 47,
                                              "fitted_on": {"bias_correction": {"images": 32}}})
-    assert cmd == ("uopsl quantize b --variant cpu --exclude /trunk/conv_stem/Conv,/trunk/blocks.0.0/conv_dw/Conv,"
-                   "/trunk/blocks.1.0/conv_pw/Conv --rounding nearest --reduce-range --images CALIBRATION_IMAGES"), cmd
+    assert cmd == ("uopsl quantize b --variant cpu --exclude /Gather,/trunk/conv_stem/Conv,"
+                   "/trunk/blocks.0.0/conv_dw/Conv,/head/MatMul,/trunk/blocks.1.0/conv_pw/Conv --rounding nearest "
+                   "--reduce-range --images CALIBRATION_IMAGES"), cmd
     trt = remake_options({"variant": "trt", "per_channel": False, "float_head": False, "bias_corrected_layers": 3,
-                          "excluded_nodes": ["/head/MatMul"], "weight_rounding": "gptq"})
-    assert trt == "--variant trt --per-tensor --quantize-head --exclude /head/MatMul", trt  # gptq: the default
+                          "excluded_nodes": ["/head/MatMul"], "weight_rounding": "gptq",
+                          "fitted_on": {"rounding": {"images": 8}}})
+    assert trt == ("--variant trt --per-tensor --quantize-head --exclude /head/MatMul --rounding-images 8 "
+                   "--images IMAGES"), trt  # gptq: the default rounding
+    # An entry without a recorded variant takes the caller's (its precision's), not cpu
+    assert rep.suggested_command("b", "trt", {}).startswith("uopsl quantize b --variant trt "), \
+        rep.suggested_command("b", "trt", {})
 
 
 def test_signing_with_the_public_key_says_so(bundle: Path, tmp_path: Path) -> None:  # noqa: F811
-    import pytest
-
     from uopsl.runtime.errors import ConfigError
     from uopsl.runtime.signing import generate_keypair, sign_bundle
 
@@ -115,6 +122,8 @@ def test_a_failed_int8_file_gets_a_next_step() -> None:
     assert int8_next_step({"candidates": [ok], "per_layer": {}}) == ""  # FP32 failing: not an INT8 matter
     assert int8_next_step({"candidates": [fail], "per_layer": {"model.int8.onnx": {}}}) == ""  # already said
     assert int8_next_step({"candidates": [{**fail, "verdict": "PASS", "passed": True}], "per_layer": {}}) == ""
+    engine = {"name": "tensorrt:model.int8.engine", "precision": "int8", "verdict": "FAIL", "passed": False}
+    assert int8_next_step({"candidates": [engine], "per_layer": {}}) == ""  # --per-layer skips engines
 
 
 def test_info_names_an_int8_file_quantized_from_another_table() -> None:
@@ -132,3 +141,43 @@ def test_info_names_an_int8_file_quantized_from_another_table() -> None:
     assert _other_table(entry("int8-qdq-s8", None), {"new"}) == ""  # made before the table's digest was kept
     assert _other_table(entry("int8-qdq-u8", "old"), set()) == ""  # no table in the bundle: nothing to compare
     assert _other_table(entry("fp32", "old"), {"new"}) == ""
+
+
+@pytest.mark.parametrize("manifest_part", ["x", [1, 2], 5, [{}], None])
+def test_a_malformed_signature_without_a_trusted_key_is_reported_not_raised(
+        bundle: Path, tmp_path: Path, manifest_part: object) -> None:  # noqa: F811
+    """A review of the change: reading the unauthenticated content raised AttributeError/TypeError ("a bug",
+    exit 2) for a signature.json whose content was not the expected shape."""
+    import shutil
+
+    from uopsl.runtime.signing import SIGNATURE_FILE, check_signature, generate_keypair, sign_bundle
+
+    b = tmp_path / "b"
+    shutil.copytree(bundle, b)
+    private, _public, _kid = generate_keypair(tmp_path / "keys")
+    sign_bundle(b, private)
+    doc = json.loads((b / SIGNATURE_FILE).read_text())
+    doc["payload"]["content"]["manifest"] = manifest_part
+    (b / SIGNATURE_FILE).write_text(json.dumps(doc))
+    problem = check_signature(b).problem
+    assert problem.startswith("not checked (no trusted key given)"), problem
+    assert "the signed content is malformed" in problem, problem
+
+
+@pytest.mark.parametrize("backends", [None, [1], "ort-cpu"])
+def test_onnx_reference_with_a_malformed_record_is_a_config_error(
+        bundle: Path, tmp_path: Path, backends: object) -> None:  # noqa: F811
+    import shutil
+
+    from uopsl.export.bundle_writer import add_file
+    from uopsl.export.onnx_reference import check_reference_chain
+    from uopsl.runtime.bundle import read_manifest
+    from uopsl.runtime.errors import ConfigError
+
+    b = tmp_path / "b"
+    shutil.copytree(bundle, b)
+    e = read_manifest(b).file("model.onnx")
+    add_file(b, None, e.path, e.kind, e.precision, info={**e.info, "parity": {"sha256": e.sha256,
+                                                                              "backends": backends}})
+    with pytest.raises(ConfigError, match="--onnx-reference needs model.onnx to carry a recorded PASS"):
+        check_reference_chain(b)

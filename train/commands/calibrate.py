@@ -233,7 +233,8 @@ def _say_stale_int8(bundle: Path, table_sha256: str) -> None:
         # file, and failed without --images under the default rounding (a review).
         # All of its recorded options, the layers it kept in float among them (a review: a file made with
         # --auto-exclude 2 was re-made with those two layers quantized).
-        how = "; ".join(f"`uopsl quantize {bundle} {remake_options(f.info)} --images IMAGES`"
+        how = "; ".join(f"`uopsl quantize {bundle} "
+                        f"{remake_options(f.info, variant='trt' if f.precision == 'int8-qdq-s8' else 'cpu')}`"
                         + (f" for {f.path}" if len(stale) > 1 else "") for f in stale)
         log.warning("%s: %s %s quantized from another calibration table than the new one; re-make %s with %s "
                     "(IMAGES: the calibration images) and validate again, so that every INT8 file comes from one "

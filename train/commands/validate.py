@@ -431,7 +431,8 @@ def int8_next_step(rep: dict[str, Any]) -> str:
     A review: a FAIL ended the output with no next step unless ``--per-layer`` had been given.
     """
     failed = sorted({str(c["name"]).split(":", 1)[-1] for c in rep.get("candidates", [])
-                     if not c.get("error") and str(c.get("precision", "")).startswith("int8")
+                     # ONNX INT8 files only: --per-layer and quantize do not apply to a TensorRT engine ("int8")
+                     if not c.get("error") and str(c.get("precision", "")).startswith("int8-qdq")
                      and (c.get("verdict") or ("PASS" if c.get("passed") else "FAIL")) == "FAIL"})
     if not failed or rep.get("per_layer"):
         return ""
