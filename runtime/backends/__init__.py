@@ -40,7 +40,8 @@ from typing import Any
 from uopsl.runtime.backends.base import (GPU_BACKENDS, Backend, ModelFileBackend, TensorSpec, cache_dir, check_gpu_index,
                                          installed_tensorrt)
 from uopsl.runtime.bundle import FileEntry, Manifest, parity_status, read_manifest
-from uopsl.runtime.errors import BackendError, BundleError, ConfigError, EngineMismatchError, MissingDependencyError, UopslError
+from uopsl.runtime.errors import (BackendError, BundleError, ConfigError, EngineMismatchError, MissingDependencyError,
+                                  UopslError)
 from uopsl.runtime.fsio import sha256_file, write_json
 from uopsl.runtime.optional import CUDA_MODULES, available, extra_hint, import_optional, install_hint, installed
 
@@ -524,9 +525,9 @@ def select_backend(
             raise MissingDependencyError(f"backend openvino needs OpenVINO: {extra_hint('openvino')}")
         if name == "ort-cuda" and not av.ort_cuda:
             raise MissingDependencyError(f"backend ort-cuda needs onnxruntime-gpu and a CUDA GPU; this ONNX Runtime "
-                                         f"offers {', '.join(av.ort_providers) or 'no provider'}. On a GPU machine: pip uninstall "
-                                         "onnxruntime, then pip install onnxruntime-gpu (with both installed the "
-                                         "CPU package hides the CUDA provider)")
+                                         f"offers {', '.join(av.ort_providers) or 'no provider'}. On a GPU machine: "
+                                         "pip uninstall onnxruntime, then pip install onnxruntime-gpu (with both "
+                                         "installed the CPU package hides the CUDA provider)")
         if name == "ort-trt" and av.ort_trt_listed and not av.ort_trt:
             raise MissingDependencyError("backend ort-trt needs TensorRT's library (libnvinfer), which is not "
                                          "found here although ONNX Runtime lists its TensorRT provider: install "
