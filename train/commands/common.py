@@ -501,9 +501,8 @@ def refuse_unused_options(out: Path, train: dict[str, object], variant: str | No
     Why: ``--freeze-encoder --lr-encoder 0.01`` and ``--variant fundus_only --site-loss 1`` were accepted
     without a word (a review), so the run recorded a setting that did nothing. ``train``: the shared
     training options as the command received them (finetune adds its site options); ``variant``: the model's
-    (finetune). Not checked when
-    ``out`` already holds a run (interrupted or finished): those settings are in its identity, so the
-    command that made it must still resume or reuse it.
+    (finetune). Not checked when ``out`` already holds a run (interrupted or finished): those settings are in
+    its identity, so the command that made it must still resume or reuse it.
     """
     from uopsl.runtime.clikit import option_given
 
