@@ -319,8 +319,10 @@ def remake_options(info: Mapping[str, Any], extra_exclude: Sequence[str] = (), *
     rounding = rounding if isinstance(rounding, str) else QuantizeConfig.rounding
     if rounding != QuantizeConfig.rounding:
         flags.append(f"--rounding {rounding}")
-    fitted = info.get("fitted_on") if isinstance(info.get("fitted_on"), Mapping) else {}
-    n_rounding = (fitted.get("rounding") or {}).get("images") if isinstance(fitted.get("rounding"), Mapping) else None
+    recorded = info.get("fitted_on")
+    fitted: Mapping[str, Any] = recorded if isinstance(recorded, Mapping) else {}
+    step = fitted.get("rounding")
+    n_rounding = step.get("images") if isinstance(step, Mapping) else None
     if rounding != "nearest" and isinstance(n_rounding, int) and n_rounding != QuantizeConfig.rounding_images:
         flags.append(f"--rounding-images {n_rounding}")
     corrected = info.get("bias_corrected_layers") != 0 or "bias_correction" in fitted
