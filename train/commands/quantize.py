@@ -24,7 +24,7 @@ from uopsl.runtime.bundle import verify_before_rewrite
 from uopsl.runtime.clikit import option_given
 from uopsl.runtime.errors import ConfigError
 from uopsl.calibration.onnx_file import model_sha256
-from uopsl.calibration.ranges import set_warnings
+from uopsl.calibration.ranges import FEW_IMAGES, set_warnings
 from uopsl.runtime.fsio import sha256_file, staged_path, write_json
 from uopsl.runtime.signing import warn_if_signed
 from uopsl.train.commands.calibrate import (
@@ -222,10 +222,21 @@ def command(model: Path, table: Path | None, variant: str, per_channel: bool, ex
                    f"run `uopsl validate {bundle} ...` before a device's `auto` backend will use it")
     click.echo(f"{out}: {result.precision} ({'per-channel' if per_channel else 'per-tensor'} weights, "
                f"{result.quantize_nodes} QuantizeLinear) from {calib_table.method} ranges")
+    def drawn(step: str) -> str:
+        """How many images a step fitted on (a review: "on the calibration images" came right after the
+        warning that --images was not the table's set)."""
+        n = (result.fitted_on.get(step) or {}).get("images")
+        return f"{n} images of --images" if isinstance(n, int) else "--images"
+
     if result.rounded_layers:
-        click.echo(f"{result.rounding}: rounding of {result.rounded_layers} layers chosen on the calibration images")
+        click.echo(f"{result.rounding}: rounding of {result.rounded_layers} layers chosen on {drawn('rounding')}")
     if result.bias_corrected:
-        click.echo(f"bias correction: {result.bias_corrected} layers corrected on the calibration images")
+        click.echo(f"bias correction: {result.bias_corrected} layers corrected on {drawn('bias_correction')}")
+    n_sens = (result.fitted_on.get("sensitivity") or {}).get("images")
+    if result.auto_excluded and isinstance(n_sens, int) and n_sens < FEW_IMAGES:
+        log.warning("--auto-exclude ranked the layers on %d image%s, fewer than %d: the ranking may not hold for "
+                    "the photographs the device will see; give more --images (or --sensitivity-images)", n_sens,
+                    "" if n_sens == 1 else "s", FEW_IMAGES)
     if result.excluded_nodes:
         auto = set(result.auto_excluded)
         click.echo(f"kept in float ({len(result.excluded_nodes)} nodes): "
