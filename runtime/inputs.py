@@ -447,7 +447,9 @@ def iter_inputs(inputs: Iterable[str | os.PathLike[str]], *, state: WalkState | 
         yield from _expand(Path(raw), state, top=True, lists=())
 
 
-def _expand(p: Path, state: WalkState, *, top: bool, lists: tuple[str, ...]) -> Iterator[InputItem]:
+def _expand(p: Path, state: WalkState, *, top: bool, lists: tuple[str, ...],
+            gone: list[Path] | None = None) -> Iterator[InputItem]:
+    """``p``'s items; ``gone``: where a path that does not exist is noted (a list file's entries, to name them)."""
     inside = state.inside_excluded(p)
     if inside is not None:
         state.say(logging.WARNING, "not screening %s: it is inside the output folder %s", display_path(p),
@@ -460,6 +462,8 @@ def _expand(p: Path, state: WalkState, *, top: bool, lists: tuple[str, ...]) -> 
         st = None
         if top and not _named_like_a_photograph(p):
             raise _missing_input(p, exc) from None
+        if gone is not None and isinstance(exc, FileNotFoundError):
+            gone.append(p)
     if st is not None and stat.S_ISDIR(st.st_mode):
         if top and is_output_folder(p):
             raise output_folder_named(p)
@@ -482,6 +486,7 @@ def _read_list(p: Path, state: WalkState, *, top: bool, lists: tuple[str, ...]) 
         return
     entries = 0
     missing: list[tuple[int, str]] = []  # (line, entry) naming no file: their rows alone did not say where from
+    gone: list[Path] = []  # noted by _expand from the stat it makes anyway
     with fh:
         for n, line in _strict_lines(fh, p):
             entry = line.strip()
@@ -497,9 +502,10 @@ def _read_list(p: Path, state: WalkState, *, top: bool, lists: tuple[str, ...]) 
                             "itself); entry skipped", display_path(p), n, display_path(entry))
                 continue
             entries += 1
-            if not os.path.lexists(q):
+            before = len(gone)
+            yield from _expand(q, state, top=False, lists=(*lists, real), gone=gone)
+            if len(gone) > before:
                 missing.append((n, entry))
-            yield from _expand(q, state, top=False, lists=(*lists, real))
     if missing:
         # A review: notes.txt holding "hello" gave a row "hello (cannot open file)" and nothing named the list,
         # its line, or that any .txt input is read as a list of photographs.

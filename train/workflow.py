@@ -1118,6 +1118,9 @@ def resolve_use(meta: CheckpointMeta, status: str | None = None, statement: str 
 
 #: Manifest note: where each class's operating threshold came from (:func:`threshold_provenance`).
 OPERATING_POINTS_NOTE = "operating_points"
+#: How a provenance ``source`` begins for a threshold no data chose (a default or a fallback): such a class
+#: refers no patient in an exported bundle (:func:`untested_not_referable`).
+NO_DATA_SOURCE = "chosen on no data"
 
 
 def threshold_provenance(names: Sequence[str], thresholds: Sequence[float], meta: CheckpointMeta,
@@ -1136,7 +1139,7 @@ def threshold_provenance(names: Sequence[str], thresholds: Sequence[float], meta
             out.append({"name": name, "threshold": float(t), "source": f"class file {Path(classes_file).name}"})
         elif r is not None and r.get("threshold") is not None and float(r["threshold"]) == float(t):
             if r.get("method") in ("default", "fallback"):  # no usable validation data chose it (its note says why)
-                out.append({**r, "source": "chosen on no data" + (f" ({r['note']})" if r.get("note") else "")})
+                out.append({**r, "source": NO_DATA_SOURCE + (f" ({r['note']})" if r.get("note") else "")})
             elif meta.stage == "qat":  # QAT keeps the fine-tuned model's thresholds and their records
                 out.append({**r, "source": "the fine-tuned checkpoint's validation data, before QAT changed the "
                                            "weights (not measured again)"})
@@ -1147,7 +1150,7 @@ def threshold_provenance(names: Sequence[str], thresholds: Sequence[float], meta
                                                                         "not recorded)"})
         else:
             out.append({"name": name, "threshold": float(t),
-                        "source": "chosen on no data (a default, not an operating point)"})
+                        "source": f"{NO_DATA_SOURCE} (a default, not an operating point)"})
     return out
 
 
@@ -1162,7 +1165,7 @@ def untested_not_referable(names: Sequence[str], referable: Sequence[bool],
     with ``threshold`` and ``referable = true`` for it: ``uopsl export --classes FILE``).
     """
     untested = [n for n, r, p in zip(names, referable, provenance)
-                if r and str(p.get("source", "")).startswith("chosen on no data")]
+                if r and str(p.get("source", "")).startswith(NO_DATA_SOURCE)]
     if not untested:
         return list(referable)
     kept = [r and n not in untested for n, r in zip(names, referable)]

@@ -552,7 +552,7 @@ def select_backend(
         return Selection(name, f.precision, f.path, f"{name} requested; {why}")
 
     # -- auto --------------------------------------------------------------------------------
-    fitting_unvalidated: list[str] = []  # precisions of engines that fit here but lack a PASS
+    fitting_unvalidated: str | None = None  # the precision of the first engine that fits here but lacks a PASS
     if av.tensorrt and precision in ("auto", "int8", "fp16", "fp32"):
         for e in _engines(m, precision):
             why = engine_check(root / e.path) or engine_stale(root, m, e, device)
@@ -571,7 +571,7 @@ def select_backend(
                                "(%s); validate it on this device (uopsl validate BUNDLE --onnx-reference --backends "
                                "tensorrt --data DIR --out DIR)", e.path, e.precision, why_not)
                     notes.append(f"engine {e.path} skipped: {e.precision.upper()} is not used unasked: {why_not}")
-                    fitting_unvalidated.append(e.precision)
+                    fitting_unvalidated = fitting_unvalidated or e.precision
                     continue
             return Selection("tensorrt", e.precision, e.path, "; ".join(
                 [*notes, f"TensorRT engine {e.path} ({e.precision}) matches this GPU and TensorRT version"]))
@@ -624,7 +624,7 @@ def select_backend(
                    f"built for its JetPack, docs/deployment.md) or OpenVINO ({extra_hint('openvino')})")
         if fitting_unvalidated:
             # Validating needs ONNX Runtime (the reference runs on it), so it comes after installing it.
-            todo = (f"run the TensorRT engine that fits here unvalidated with --precision {fitting_unvalidated[0]} "
+            todo = (f"run the TensorRT engine that fits here unvalidated with --precision {fitting_unvalidated} "
                     f"(precision= in the Python API); or {install}, then validate the engine on this device (uopsl "
                     "validate BUNDLE --onnx-reference --backends tensorrt --data DIR --out DIR)")
         elif av.tensorrt:

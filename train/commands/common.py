@@ -160,6 +160,11 @@ def parse_spec(spec: str) -> tuple[str, Path, dict[str, str]]:
     return kind, path, opts
 
 
+def modality_counts(src: data.DatasetSource) -> str:
+    """What ``src`` holds, by modality ("257 oct", "no images"): for the errors of data without fundus photographs."""
+    return ", ".join(f"{n} {m}" for m, n in Counter(s.modality for s in src.samples).items()) or "no images"
+
+
 def refuse_without_fundus(src: data.DatasetSource, spec: str, option: str, n_fundus: int) -> None:
     """Raise :class:`ConfigError` when ``src`` holds no fundus photograph: fine-tuning reads nothing else.
 
@@ -168,11 +173,9 @@ def refuse_without_fundus(src: data.DatasetSource, spec: str, option: str, n_fun
     """
     if n_fundus:
         return
-    held = Counter(s.modality for s in src.samples)
-    kinds = ", ".join(f"{n} {m}" for m, n in held.items()) or "no images"
-    raise ConfigError(f"{option} {spec} holds no fundus photographs ({kinds}); finetune trains on fundus "
-                      "photographs only (OCT scans teach the site matrix in uopsl pretrain, --oct): give fundus "
-                      "photographs (for a dataset holding both, select them, e.g. modality=fundus)")
+    raise ConfigError(f"{option} {spec} holds no fundus photographs ({modality_counts(src)}); finetune trains on "
+                      "fundus photographs only (OCT scans teach the site matrix in uopsl pretrain, --oct): give "
+                      "fundus photographs (for a dataset holding both, select them, e.g. modality=fundus)")
 
 
 def load_source(spec: str) -> data.DatasetSource:
@@ -458,7 +461,8 @@ def check_out_folder(out: Path, cache_dir: Path | None = None) -> None:
                           f"{command_word(outer[-1][1].parent / (out.name + '-checkpoint'))}")
     if cache_dir is not None:
         check_output_outside_model_folders(cache_dir, "--cache")
-        if os.path.realpath(cache_dir).startswith(str(here) + os.sep) or Path(os.path.realpath(cache_dir)) == here:
+        real_cache = Path(os.path.realpath(cache_dir))
+        if real_cache == here or here in real_cache.parents:
             raise ConfigError(f"--cache {cache_dir} is inside --out {out}: the cache holds a preprocessed copy of "
                               "every photograph, and a checkpoint folder is shared whole; put it elsewhere (or "
                               "leave --cache out for the user cache folder)")

@@ -14,7 +14,7 @@ import click
 
 from uopsl.runtime.errors import ConfigError
 from uopsl.runtime.model_folders import check_output_outside_model_folders
-from uopsl.train.commands.common import check_out_outside_data, items_for, load_source
+from uopsl.train.commands.common import check_out_outside_data, items_for, load_source, modality_counts
 
 if TYPE_CHECKING:
     from uopsl.train.evaluate import ClassCoverage
@@ -113,9 +113,7 @@ def command(checkpoint: Path, data_spec: str, out: Path, n_boot: int, seed: int,
     # Before the model runs: which of its classes these data can evaluate (eval.json records it again, after
     # unreadable images are dropped).
     if not items:
-        held = Counter(s.modality for s in src.samples)
-        raise ConfigError(f"{data_spec} holds no fundus photographs to evaluate "
-                          f"({', '.join(f'{n} {m}' for m, n in held.items()) or 'no images'})")
+        raise ConfigError(f"{data_spec} holds no fundus photographs to evaluate ({modality_counts(src)})")
     counts = Counter(n for s in src.samples if s.modality == "fundus" for n in s.labels)
     cov = class_coverage(np.stack([it.target for it in items]), names, dict(counts), label_space=space)
     check_coverage(cov, data_spec, checkpoint, [c for c in src.label_space.classes if counts.get(c)]
