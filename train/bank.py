@@ -8,6 +8,7 @@ phrases), including classes that never had an image.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,11 @@ import numpy as np
 from uopsl.runtime.errors import ConfigError
 from uopsl.train import descriptions
 from uopsl.train.text import DEFAULT_MODEL, TextEncoder
+
+log = logging.getLogger(__name__)
+
+#: Two prototypes at least this close (cosine) are one to the model: :func:`warn_identical`.
+IDENTICAL_COSINE = 0.999
 
 
 @dataclass(frozen=True)
@@ -61,15 +67,39 @@ def build(names: Sequence[str], classes_file: str | Path | None = None, text_mod
           known: Mapping[str, Sequence[str]] | None = None, *, quiet: bool = False) -> ClassBank:
     """Encode the class descriptions into prototypes (mean of normalised phrase embeddings).
 
-    All phrases of a class (fundus and OCT ones) form its single shared
-    prototype: text is the bridge between the two unpaired image pools, so
-    both pools are scored against the same ``e_k`` (DESIGN.md section 1).
+    All phrases of a class, whatever modality each is tagged with (fundus, OCT
+    or both), form its single shared prototype: text is the bridge between the
+    two unpaired image pools, so both pools are scored against the same ``e_k``
+    (DESIGN.md section 1). The tag only records what a phrase describes.
+    Classes whose prototypes the encoder cannot tell apart are named in a
+    warning (:func:`warn_identical`).
     """
     descs = resolve(names, classes_file, known, quiet=quiet)
     phrases = tuple(tuple(d.phrases) for d in descs)
     text = TextEncoder(text_model, cache_dir).prototypes(phrases)
+    warn_identical(names, text)
     seen_set = set(names if seen is None else seen)
     return ClassBank(tuple(names), phrases, text, tuple(n in seen_set for n in names))
+
+
+def warn_identical(names: Sequence[str], text: np.ndarray) -> None:
+    """Warn of classes whose prototypes are (near-)identical (cosine >= :data:`IDENTICAL_COSINE`).
+
+    Why: the model scores a photograph against the prototypes alone, so two such classes get the same score
+    whatever the photograph shows. Long descriptions that begin alike did this silently (the encoder reads only
+    their first tokens): two new classes had cosine 1.0 and one scored as the other (a review).
+    """
+    if len(names) < 2:
+        return
+    unit = text / np.linalg.norm(text, axis=1, keepdims=True).clip(1e-8)
+    cos = unit @ unit.T
+    for i in range(len(names)):
+        for j in range(i + 1, len(names)):
+            if cos[i, j] >= IDENTICAL_COSINE:
+                log.warning("classes %r and %r get (near-)identical prototypes (cosine %.4f): the sentence encoder "
+                            "cannot tell their descriptions apart, so the model gives them the same scores; "
+                            "describe them with phrases that differ, early on in each phrase", names[i], names[j],
+                            float(cos[i, j]))
 
 
 def from_file(classes_file: str | Path, text_model: str = DEFAULT_MODEL, seen: Sequence[str] = (),

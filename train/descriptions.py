@@ -6,7 +6,10 @@ below were written for this project from standard clinical descriptions (ICDR
 diabetic retinopathy scale, Beckman AMD classification, common OCT
 terminology); they are not taken from the UOPSL paper, which does not publish
 its texts. Each phrase records the modality it describes, ``fundus``, ``oct``
-or ``both``, so fundus-side and OCT-side prototypes can be built separately.
+or ``both``; the tag documents the phrase and does not change the prototype,
+which is the mean of every phrase of the class whatever its tag (one shared
+prototype scores both pools, DESIGN.md section 1). The phrases are English:
+the default sentence encoder, all-MiniLM-L6-v2, was trained on English text.
 
 Pure data and small helpers; no torch. Users add or redefine classes for a
 zero-shot re-export with a TOML or JSON file read by :func:`load_classes`.
@@ -77,7 +80,8 @@ class DiseaseDescription:
             seen.add(key)
 
     def modality_phrases(self, modality: Literal["fundus", "oct"], *, fallback: bool = True) -> tuple[str, ...]:
-        """Phrases that describe ``modality`` (tagged with it or ``both``).
+        """Phrases that describe ``modality`` (tagged with it or ``both``), for reading a description; the
+        prototype is built from every phrase (:func:`uopsl.train.bank.build`), not from these.
 
         A class described only for the other modality (possible in a user file)
         returns all its phrases when ``fallback`` is true, so a prototype always
@@ -460,6 +464,11 @@ def load_classes(path: str | os.PathLike[str], known: Mapping[str, Sequence[str]
                  quiet: bool = False) -> tuple[DiseaseDescription, ...]:
     """Read an ordered class list from a TOML or JSON file (e.g. for a zero-shot re-export).
 
+    Phrases are English sentences of a line or two: the default sentence encoder (all-MiniLM-L6-v2) was trained
+    on English and reads at most 256 tokens of a phrase (a longer one is cut, with a warning; a phrase written
+    mostly in another script is named in a warning too). For phrases in another language, train the model with a multilingual
+    sentence-transformers folder as ``--text-model``. A ``display`` name may be in any language.
+
     TOML::
 
         [[classes]]
@@ -475,6 +484,10 @@ def load_classes(path: str | os.PathLike[str], known: Mapping[str, Sequence[str]
         ]
 
     JSON: ``{"classes": [{"name": ..., "phrases": [...]}, ...]}`` or the bare list.
+    A phrase's ``modality`` (``fundus``, ``oct`` or ``both``, the default) records what it describes; the
+    class's one prototype is the mean of all its phrases, whatever their tags, and scores fundus photographs
+    (and OCT scans in training) alike. A class given only ``oct`` phrases is named in a warning: fundus
+    photographs are then scored against OCT wording alone.
     A built-in name with ``phrases`` replaces the built-in phrases. ``known``: the phrases of the
     classes a checkpoint was trained with; such a class listed without ``phrases`` keeps them (its
     prototype, scores and threshold stay those of the trained model), before any built-in ones. Errors
@@ -502,6 +515,9 @@ def load_classes(path: str | os.PathLike[str], known: Mapping[str, Sequence[str]
         if (not quiet and isinstance(entry, Mapping) and "phrases" in entry and desc.name in _BY_NAME
                 and desc.name not in (known or {})):
             log.info("%s: class %r replaces the built-in phrases", p, desc.name)
+        if (not quiet and isinstance(entry, Mapping) and "phrases" in entry
+                and not desc.modality_phrases("fundus", fallback=False)):
+            _warn_oct_only(desc, where)
     if not quiet:
         _warn_shared_phrases(out, p)
     return tuple(out)
@@ -651,6 +667,18 @@ def _parse_phrase(ph: Any, where: str) -> tuple[str, Modality]:
     if mod not in MODALITIES:
         raise ConfigError(f"{where}: modality must be one of {MODALITIES}; got {mod!r}")
     return text.strip(), mod  # type: ignore[return-value]
+
+
+def _warn_oct_only(desc: DiseaseDescription, where: str) -> None:
+    """Warn that a class file describes ``desc`` for OCT only.
+
+    Why: the tag does not split the prototype (every phrase forms the one shared prototype, and zero-shot and
+    the screener score fundus photographs with it), so a class described only in OCT terms ("hyporeflective
+    cystoid spaces") is looked for in photographs by wording that describes no photograph.
+    """
+    log.warning("%s (%r): every phrase is tagged modality 'oct', but its one prototype (the mean of all its "
+                "phrases) also scores fundus photographs, against OCT wording only; add a phrase describing how "
+                "it looks on a fundus photograph (modality 'fundus' or 'both')", where, desc.name)
 
 
 def _warn_shared_phrases(descs: list[DiseaseDescription], p: Path) -> None:

@@ -85,38 +85,60 @@ def output_names(sources: Sequence[tuple[Path, str]], taken: dict[str, str]) -> 
     return names
 
 
+def bundle_heatmap_code(cls: str) -> str:
+    """Python that draws class ``cls``'s map from a bundle, as the refusals of ``uopsl explain`` advise it.
+
+    Why: they advised ``Screener(bundle).screen(photo).heatmap(...)``, which raises "the Screener is not open"
+    (a review); a Screener is opened by ``with``. ``bundle`` and ``photo`` are the reader's paths.
+    """
+    return (f"`from uopsl.runtime.api import Screener` then "
+            f"`with Screener(bundle) as s: heat = s.screen(photo).heatmap({cls!r})`")
+
+
 def explain_inputs(ckpt: Path, inputs: Sequence[str | os.PathLike[str]], out: Path,
                    classes: Sequence[str] | None = None, width: int = 384) -> ExplainResult:
     """Per-class site-attention heatmaps over each photograph: one PNG per photograph, a panel per class.
 
     Drawn by :func:`uopsl.runtime.overlay.render_overlay`, in the same colours as ``uopsl-screen``'s overlays.
 
-    Raises :class:`ConfigError` for an unknown class, a missing input or when
+    Raises :class:`ConfigError` for a bundle (maps are drawn from a checkpoint), an unknown class, a class
+    named twice (under any spelling), a missing input or when
     no photograph is found; a photograph that cannot be read is recorded in
     ``failed`` (and logged) and the batch goes on.
     """
     from uopsl.runtime.fsio import write_text
     from uopsl.runtime.inputs import (MAPS_MARKER, WalkState, check_inputs, check_output_placement, display_path,
                                       iter_inputs)
-    from uopsl.runtime.model_folders import check_output_outside_model_folders
+    from uopsl.runtime.model_folders import check_output_outside_model_folders, folder_kind
     from uopsl.train import descriptions
     from uopsl.train.checkpoint import load_model, read_meta
 
     check_output_outside_model_folders(out)
+    if folder_kind(ckpt) == "bundle":
+        raise ConfigError(f"{ckpt} is a deployment bundle (manifest.json): explain draws the maps of a training "
+                          "checkpoint, so give the checkpoint folder it was exported from (checkpoint.json and "
+                          "model.safetensors). To draw a bundle's own map (a class added by export --classes too), "
+                          f"in Python: {bundle_heatmap_code((classes or ['CLASS'])[0])}")
     meta = read_meta(ckpt)
     if meta.model.variant == "fundus_only":
         raise ConfigError(f"{ckpt} is a fundus_only model: it has no site attention to draw (its maps would be "
                           "uniform); explain a uopsl or p_only checkpoint")
     trained = {descriptions.canonical(c): c for c in meta.model.classes}
     # a class under another spelling or alias (DR, diabetic retinopathy) is the trained class
-    names = [trained.get(descriptions.canonical(c), c) for c in (classes or meta.model.classes)]
+    given = list(classes or meta.model.classes)
+    names = [trained.get(descriptions.canonical(c), c) for c in given]
     unknown = [c for c in names if c not in meta.model.classes]
     if unknown:
         raise ConfigError(
             f"{', '.join(repr(c) for c in unknown)} {'is not a class' if len(unknown) == 1 else 'are not classes'} "
             f"of {ckpt} (its classes: {', '.join(meta.model.classes)}); explain draws the classes a checkpoint was "
             "trained on. For a class given by its description: export a bundle with `uopsl export --classes FILE` "
-            f"and draw its map from that bundle in Python, Screener(bundle).screen(photo).heatmap({unknown[0]!r})")
+            f"and draw its map from that bundle in Python: {bundle_heatmap_code(unknown[0])}")
+    twice = sorted({n for n in names if names.count(n) > 1}) if classes else []
+    if twice:  # the same panel drawn twice, without a word (a review: --classes DR,dme,dr)
+        raise ConfigError(f"--classes names {', '.join(repr(n) for n in twice)} more than once (under other "
+                          f"spellings: {', '.join(repr(g) for g, n in zip(given, names) if n in twice)}); give each "
+                          "class once")
     check_inputs(inputs)
     check_output_placement(out, inputs)
     state = WalkState(exclude=(out,))
