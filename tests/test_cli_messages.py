@@ -51,7 +51,8 @@ def test_zero_shot_says_when_a_class_has_no_images(synth: Path, tmp_path: Path,
     model, meta = tiny_model()
     save_model(tmp_path / "ck", model, meta)
     names = "normal,dr,rp"  # built-in descriptions; the synthetic pool has no retinitis pigmentosa
-    rc = main_entry(cli, ["zero-shot", str(tmp_path / "ck"), "--data", f"synthetic:{synth}", "--classes", names,
+    rc = main_entry(cli, ["zero-shot", "--keep-ungradable",
+                          str(tmp_path / "ck"), "--data", f"synthetic:{synth}", "--classes", names,
                           "--out", str(tmp_path / "zs")], prog_name="uopsl")
     out = capsys.readouterr().out
     assert rc == 0, out

@@ -399,9 +399,10 @@ def _record_zero_shot(monkeypatch: pytest.MonkeyPatch, res: dict[str, Any] | Non
     got: dict[str, Any] = {}
 
     def run_zero_shot(ckpt: Path, items: Any, names: Any, out: Any, classes_file: Any = None, cache: Any = None,
-                      n_boot: int = 1000, text_model: Any = None, seed: int = 0) -> dict[str, Any]:
+                      n_boot: int = 1000, text_model: Any = None, seed: int = 0,
+                      keep_ungradable: bool = False) -> dict[str, Any]:
         got.update(ckpt=ckpt, items=list(items), names=tuple(names), out=out, classes_file=classes_file, cache=cache,
-                   n_boot=n_boot, text_model=text_model, seed=seed)
+                   n_boot=n_boot, text_model=text_model, seed=seed, keep_ungradable=keep_ungradable)
         if res is None:
             raise _Stop
         return res

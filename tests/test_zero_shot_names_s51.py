@@ -47,7 +47,7 @@ def _csv(root: Path, upper: bool) -> Path:
 
 
 def _zero_shot(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
-    rc = main_entry(cli, ["zero-shot", *argv, "--n-boot", "100"], prog_name="uopsl")
+    rc = main_entry(cli, ["zero-shot", "--keep-ungradable", *argv, "--n-boot", "100"], prog_name="uopsl")
     got = capsys.readouterr()
     return rc, got.out + got.err
 

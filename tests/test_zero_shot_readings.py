@@ -163,7 +163,8 @@ def test_cli_prints_the_readings_table_and_writes_them(synth: Path, tmp_path: Pa
                                                        capsys: pytest.CaptureFixture[str]) -> None:
     model, meta = tiny_model()
     save_model(tmp_path / "ck", model, meta)
-    rc = main_entry(cli, ["zero-shot", str(tmp_path / "ck"), "--data", f"synthetic:{synth}", "--classes",
+    rc = main_entry(cli, ["zero-shot", "--keep-ungradable",
+                          str(tmp_path / "ck"), "--data", f"synthetic:{synth}", "--classes",
                           "normal,dr,dme", "--out", str(tmp_path / "zs"), "--n-boot", "100"], prog_name="uopsl")
     out = capsys.readouterr().out
     assert rc == 0, out
@@ -188,7 +189,8 @@ def test_cli_without_a_healthy_class_reports_the_description_reading_only(
         synth: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     model, meta = tiny_model()
     save_model(tmp_path / "ck", model, meta)
-    rc = main_entry(cli, ["zero-shot", str(tmp_path / "ck"), "--data", f"synthetic:{synth}", "--classes", "dr,dme",
+    rc = main_entry(cli, ["zero-shot", "--keep-ungradable",
+                          str(tmp_path / "ck"), "--data", f"synthetic:{synth}", "--classes", "dr,dme",
                           "--out", str(tmp_path / "zs"), "--n-boot", "100"], prog_name="uopsl")
     out = capsys.readouterr().out
     assert rc == 0, out

@@ -33,8 +33,12 @@ log = logging.getLogger(__name__)
 @click.option("--n-boot", type=click.IntRange(100, 100_000), default=1000, show_default=True,
               help="Bootstrap resamples for the interval of each with/without-sites difference.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the bootstrap resamples.")
+@click.option("--keep-ungradable", is_flag=True,
+              help="Score photographs the runtime's quality gate calls ungradable too. By default they are left out "
+                   "(a device gives no decision on them) and listed in zero_shot.json, as uopsl evaluate and "
+                   "validate do.")
 def command(checkpoint: Path, data_spec: str, classes: str, classes_file: Path | None, out: Path,
-            text_model: str | None, n_boot: int, seed: int) -> None:
+            text_model: str | None, n_boot: int, seed: int, keep_ungradable: bool) -> None:
     """AUC per class with site attention and without it (the 'plain CLIP' reading).
 
     Two readings (the class description alone; against the healthy class's
@@ -49,11 +53,17 @@ def command(checkpoint: Path, data_spec: str, classes: str, classes_file: Path |
     from uopsl.train.evaluate import class_coverage
 
     check_output_outside_model_folders(out)  # before the data are read
-    given = split_classes(classes) or ()
+    given = given_classes(classes)
     src = load_source(data_spec)
     check_out_outside_data(out, src)
-    labelled = sorted({n for s in src.samples for n in s.labels})
-    names = resolve_names(given, _trained_classes(checkpoint), labelled)
+    _refuse_without_fundus(data_spec, [s.modality for s in src.samples])
+    labelled = sorted({n for s in src.samples if s.modality == "fundus" for n in s.labels})
+    described: tuple[str, ...] = ()
+    if classes_file is not None:
+        from uopsl.train.descriptions import class_names
+
+        described = class_names(classes_file)
+    names = resolve_names(given, _trained_classes(checkpoint), labelled, described)
     items = items_for(src, names, "fundus", by_canonical_name=True)
     cov = class_coverage(np.stack([it.target for it in items]) if items else np.zeros((0, len(names))), names)
     if not cov.evaluated:  # before the model runs: an empty table says nothing
@@ -63,11 +73,48 @@ def command(checkpoint: Path, data_spec: str, classes: str, classes_file: Path |
     if classes_file is not None:
         _note_unused_class_file_entries(classes_file, names)
     res = run_zero_shot(checkpoint, items, names, out, classes_file, cache=out / "cache", n_boot=n_boot,
-                        text_model=text_model, seed=seed)
+                        text_model=text_model, seed=seed, keep_ungradable=keep_ungradable)
     for n in names:
         if res["site_attention"][n] is None:
             click.echo(f"{n:>14}: AUC undefined (the data has no image with, or none without, this class)")
     click.echo(_table(res["readings"], names, res.get("healthy_class")))
+
+
+def given_classes(value: str) -> tuple[str, ...]:
+    """The ``--classes`` names, refusing none at all and a class file given in their place.
+
+    Why: ``--classes ","`` was told to "leave the option out for every class", which zero-shot requires; and
+    ``--classes cf/new.toml`` was read as the name of a class no photograph is labelled with (a review).
+    """
+    if not [v for v in value.split(",") if v.strip()]:
+        raise ConfigError(f"--classes {value!r} names no class; zero-shot needs the classes to score: give their "
+                          "names, comma-separated (e.g. --classes normal,dr,dme)")
+    names = split_classes(value) or ()
+    # By its form only: a class named dr stays a class where a file named dr lies in the working folder.
+    files = [n for n in names if n.lower().endswith((".toml", ".json")) or ("/" in n or "\\" in n)
+             and Path(n).is_file()]
+    if files:
+        raise ConfigError(f"--classes takes class names, not a file ({', '.join(repr(f) for f in files)}): pass "
+                          f"the class file as --classes-file {files[0]} and list the classes to score in --classes "
+                          "(e.g. --classes normal,NEW_CLASS)")
+    return names
+
+
+def _refuse_without_fundus(data_spec: str, modalities: Sequence[str]) -> None:
+    """Refuse data with no fundus photograph, before the model runs; note OCT scans left out of mixed data.
+
+    Why: zero-shot scores fundus photographs; an OCT-only spec was read ("72 oct") and then failed with "normal:
+    no positive image in the data", which blamed the labels (a review).
+    """
+    n_oct = sum(1 for m in modalities if m == "oct")
+    n_fundus = sum(1 for m in modalities if m == "fundus")
+    if n_oct and not n_fundus:
+        raise ConfigError(f"zero-shot scores fundus photographs, and {data_spec} holds {n_oct} OCT scan(s) and no "
+                          "fundus photograph: give a data spec of labelled fundus photographs (tvhl: modality=fundus, "
+                          "the default; a CSV: modality column 'fundus')")
+    if n_oct and n_fundus:
+        log.info("%s: %d OCT scan(s) are left out (zero-shot scores the %d fundus photograph(s))", data_spec, n_oct,
+                 n_fundus)
 
 
 def _note_unused_class_file_entries(classes_file: Path, names: Sequence[str]) -> None:
@@ -95,30 +142,38 @@ def _trained_classes(checkpoint: Path) -> tuple[str, ...]:
         return ()
 
 
-def resolve_names(given: Sequence[str], trained: Sequence[str], labelled: Sequence[str]) -> tuple[str, ...]:
+def resolve_names(given: Sequence[str], trained: Sequence[str], labelled: Sequence[str],
+                  described: Sequence[str] = ()) -> tuple[str, ...]:
     """Each ``--classes`` name as the checkpoint spells it when it is a trained class under any spelling or
-    alias (``DR``, ``diabetic retinopathy`` and ``dr`` are one class), else as the data spell it, else as given.
+    alias (``DR``, ``diabetic retinopathy`` and ``dr`` are one class), else as the class file names it
+    (``described``, canonical names), else as the data spell it, else by its built-in name, else as given.
 
     Why: matched as typed, a trained class under another spelling was scored as a new zero-shot class (its
     trained prototype and bias left out) and its labelled photographs were not found: "AUC undefined", exit 0.
+    And a new class under two spellings (``coats,Coats``) was scored twice, as two classes.
     """
-    from uopsl.train.descriptions import canonical
+    from uopsl.train.descriptions import canonical, names as builtin_names
 
     trained_by = {canonical(t): t for t in trained}
+    file_by = {canonical(n): n for n in described}
     data_by = {canonical(n): n for n in labelled}
+    builtin_by = {n: n for n in builtin_names()}
     out = []
     for name in given:
         key = canonical(name)
-        resolved = trained_by.get(key) or data_by.get(key) or name
+        resolved = (trained_by.get(key) or file_by.get(key) or data_by.get(key) or builtin_by.get(key)
+                    or name)
         if resolved != name:
             log.info("--classes %r is the class %r%s", name, resolved,
-                     " the checkpoint was trained on" if key in trained_by else " of the data")
+                     " the checkpoint was trained on" if key in trained_by else
+                     " of the class file" if key in file_by else " of the data" if key in data_by else "")
         out.append(resolved)
-    twice = sorted({n for n in out if out.count(n) > 1})
+    keys = [canonical(n) for n in out]  # one class under two spellings that resolve apart ('xyz', 'XYZ') too
+    twice = sorted({out[keys.index(k)] for k in keys if keys.count(k) > 1})
     if twice:
         raise ConfigError(f"--classes names {', '.join(repr(n) for n in twice)} more than once (under other "
-                          f"spellings: {', '.join(repr(g) for g, r in zip(given, out) if r in twice)}); give each "
-                          "class once")
+                          f"spellings: {', '.join(repr(g) for g, k in zip(given, keys) if keys.count(k) > 1)}); "
+                          "give each class once")
     missing = [n for n in out if canonical(n) not in data_by]
     if missing:
         log.warning("no photograph of the data is labelled %s (under any spelling); its labels are %s: %s AUC "
