@@ -466,6 +466,17 @@ def _judged_on(on: Any) -> str:
             "reported, not gated (<code>--judge-on bounds</code> gates them).</p>")
 
 
+def _photographs_note(images: Mapping[str, str]) -> list[str]:
+    """A note above the figures when the page embeds photographs of the data (thumbnails of changed decisions):
+    a report passed to a notified body or a colleague carried patient photographs with no word about it."""
+    n = sum(1 for k in images if k.startswith("thumb:"))
+    if not n:
+        return []
+    return [f"<p class='note'><b>This page holds {n} photograph{'s' if n != 1 else ''} of the data</b> "
+            "(thumbnails of the images whose decisions changed): share it as you would share those photographs, "
+            "or validate again with --max-thumbnails 0 for a page without them.</p>"]
+
+
 def render_html(report: Mapping[str, Any], images: Mapping[str, str] | None = None, max_rows: int = 200) -> str:
     """The HTML page for a parity report (``images``: ``roc:<candidate>`` / ``thumb:<id>`` -> data URI)."""
     imgs = images or {}
@@ -495,6 +506,7 @@ def render_html(report: Mapping[str, Any], images: Mapping[str, str] | None = No
         f"<p class='note'>Created {_e(report['created'])} by uopsl {_e(report['toolkit_version'])}"
         f"{_e(_revision_words(report.get('toolkit_source')))}. "
         f"Reference: {_e(report['reference']['describe'])}.</p>",
+        *_photographs_note(imgs),
         *([f"<p class='note'><b>Intended use of this bundle:</b> {_e(b['intended_use']['words'])}</p>"]
           if (b.get("intended_use") or {}).get("words") else []),
         _operating_points(b.get("operating_points")),
@@ -711,7 +723,14 @@ def _code(x: Any) -> str:
 
 
 def _revision_words(source: Any) -> str:
-    """`` (git 1ac9ce7e3def, with local changes)`` for a report made from a checkout, else nothing."""
-    if not isinstance(source, dict) or not source.get("git_commit"):
+    """`` (git 1ac9ce7e3def, with local changes; code sha256 324f687f3b98)``: the checkout's commit where the
+    report was made from one, and the digest of the code that ran wherever it could be read; else nothing."""
+    if not isinstance(source, dict):
         return ""
-    return f" (git {str(source['git_commit'])[:12]}" + (", with local changes)" if source.get("git_dirty") else ")")
+    parts = []
+    if source.get("git_commit"):
+        parts.append(f"git {str(source['git_commit'])[:12]}" + (", with local changes" if source.get("git_dirty")
+                                                                else ""))
+    if source.get("code_sha256"):
+        parts.append(f"code sha256 {str(source['code_sha256'])[:12]}")
+    return f" ({'; '.join(parts)})" if parts else ""

@@ -29,6 +29,8 @@ from uopsl.export.bundle_writer import kept_pytorch_verdict, kept_verdict, recor
 from uopsl.export.parity_metrics import FAIL, ON_ESTIMATES, PASS, jsonable
 from uopsl.runtime.bundle import (
     MIN_PARITY_IMAGES,
+    MIN_PARITY_PATIENTS,
+    PARITY_GATE_DEFAULTS,
     PARITY_KEY,
     FileEntry,
     Manifest,
@@ -159,7 +161,7 @@ def kept_reason(manifest: Manifest, c: Mapping[str, Any], new: Mapping[str, Any]
     return (prev, f"the manifest keeps {why}", False) if prev is not None and why is not None else None
 
 
-def kept_release_pass(manifest: Manifest, c: Mapping[str, Any], n_images: int
+def kept_release_pass(manifest: Manifest, c: Mapping[str, Any], n_images: int, n_patients: int | None = None
                       ) -> tuple[Mapping[str, Any], str, bool] | None:
     """(the recorded PASS, why it stays, False) when ``c``'s FAIL comes from a run on fewer than
     :data:`~uopsl.runtime.bundle.MIN_PARITY_IMAGES` images and the manifest holds, for the same file content
@@ -170,22 +172,25 @@ def kept_release_pass(manifest: Manifest, c: Mapping[str, Any], n_images: int
     is weak evidence (one flip on 30 images is 3 %), and replacing a release-sized PASS with it took ``auto`` off
     the file and broke ``--onnx-reference`` (a review: 30 threshold-choosing images against 200 fresh ones). A
     FAIL not judged by the gates (non-finite outputs, probabilities outside [0, 1]) is a defect whatever the
-    number of images: it is recorded.
+    number of images: it is recorded. The same holds for a FAIL on images of fewer than
+    :data:`~uopsl.runtime.bundle.MIN_PARITY_PATIENTS` patients (``n_patients``, where known).
     """
-    if c.get("verdict") != FAIL or "checks" not in c or n_images >= MIN_PARITY_IMAGES:
+    small = parity_run_problem(dict(PARITY_GATE_DEFAULTS), n_images, n_patients)  # the data's size alone
+    if c.get("verdict") != FAIL or "checks" not in c or not small:
         return None
     try:
         old = recorded_verdict(manifest.file(c["file"]), c["backend"])
     except (BundleError, KeyError):
         return None
-    if old is None or old.get("verdict") != PASS or parity_run_problem(old.get("gates") or {}, old.get("n_images")):
+    if old is None or old.get("verdict") != PASS or parity_run_problem(old.get("gates") or {}, old.get("n_images"),
+                                                                       old.get("n_patients")):
         return None
     data = old.get("data")
     spec = data.get("spec", "unrecorded data") if isinstance(data, dict) else "unrecorded data"
     return old, (f"the manifest keeps its PASS on {old.get('n_images')} images of {spec} "
-                 f"({old.get('created', '?')}): a FAIL on {n_images} images (fewer than {MIN_PARITY_IMAGES}) does not "
-                 f"replace a PASS from a run of {MIN_PARITY_IMAGES} or more; validate on at least "
-                 f"{MIN_PARITY_IMAGES} images to settle it"), False
+                 f"({old.get('created', '?')}): a FAIL from a run too small to vouch for the file ({small}) does "
+                 f"not replace a PASS from a run that can; validate on at least {MIN_PARITY_IMAGES} images"
+                 + (f" of {MIN_PARITY_PATIENTS} patients" if n_patients is not None else "") + " to settle it"), False
 
 
 def kept_note(kept: Sequence[Kept]) -> str:
@@ -281,9 +286,11 @@ def plan_records(root: Path, report: Mapping[str, Any], report_path: Path, *, en
     on_disk = read_manifest(root)
     kept: list[Kept] = []
     n_images = int(report["data"]["n_used"])
+    known = report["data"].get("patients") or {}
+    n_patients = int(known["n_patients"]) if known.get("known") else None
     for c in list(to_record):
         keeps = (kept_reason(on_disk, c, records[c["file"]][c["backend"]], ref_class, ref_kind)
-                 or kept_release_pass(on_disk, c, n_images))
+                 or kept_release_pass(on_disk, c, n_images, n_patients))
         if keeps is not None:
             kept.append((c, *keeps))
             to_record.remove(c)

@@ -188,10 +188,10 @@ UNKNOWN_LABEL_POLICIES = (UNKNOWN_LABELS_REFUSE, UNKNOWN_LABELS_DROP, UNKNOWN_LA
 CHECKPOINT_DIGEST_NOTE = "checkpoint_weights_sha256"
 _TEACHER_DIGEST_NOTE = "checkpoint_teacher_weights_sha256"  # uopsl.train.checkpoint.TEACHER_DIGEST_NOTE
 #: How ``data.images_sha256`` is computed (written into each report so a signer can recompute it).
-IMAGES_DIGEST_METHOD = ("sha256 of the UTF-8 text holding one line per image used, in the order of data.image_ids: "
-                        "the JSON array [sha256 of the file's bytes, its labels sorted (null: unlabelled)] as "
-                        "json.dumps(line, separators=(',', ':'), ensure_ascii=False) writes it, ended by a newline; "
-                        "file names and times do not enter it")
+IMAGES_DIGEST_METHOD = ("sha256 of the UTF-8 text holding one line per image used, the lines sorted (so the "
+                        "order the data listed them in does not enter it): the JSON array [sha256 of the file's "
+                        "bytes, its labels sorted (null: unlabelled)] as json.dumps(line, separators=(',', ':'), "
+                        "ensure_ascii=False) writes it, ended by a newline; file names and times do not enter it")
 #: The checkpoint's record of the photographs that made it, and its roles (``uopsl.train.workflow.SEEN_FILE`` and
 #: ``SEEN_ROLES``; this layer never imports training code, a test keeps the two equal). Each photograph is the
 #: first 8 bytes of its file's sha256, in hex: the first 16 characters of ``data.image_sha256``.
@@ -491,17 +491,25 @@ def _image_sha256(path: Path) -> str | None:
         return None
 
 
+def canonical_order(images: Sequence[ImageRecord]) -> list[ImageRecord]:
+    """``images`` sorted by id, then file path: the order every figure and the cache are computed in."""
+    return sorted(images, key=lambda r: (r.id, str(r.path)))
+
+
 def images_digest(digests: Sequence[str | None], labels: Sequence[tuple[str, ...] | None]) -> str:
-    """Content fingerprint of the images used and their labels, in order (:data:`IMAGES_DIGEST_METHOD`).
+    """Content fingerprint of the images used and their labels, whatever their order (:data:`IMAGES_DIGEST_METHOD`).
 
     ``image_ids_sha256`` hashes the names only: two different sets of
     photographs named alike share it. This one changes with any byte of any
-    image or any label, and not with a file's name, folder or time.
+    image or any label, and not with a file's name, folder or time, nor with
+    the order the data listed them in (a review: one set of photographs had two
+    fingerprints, one per row order of its CSV).
     """
+    lines = [json.dumps([digest, sorted(labs) if labs is not None else None], separators=(",", ":"),
+                        ensure_ascii=False) + "\n" for digest, labs in zip(digests, labels, strict=True)]
     h = hashlib.sha256()
-    for digest, labs in zip(digests, labels, strict=True):
-        line = [digest, sorted(labs) if labs is not None else None]
-        h.update((json.dumps(line, separators=(",", ":"), ensure_ascii=False) + "\n").encode("utf-8"))
+    for line in sorted(lines):
+        h.update(line.encode("utf-8"))
     return h.hexdigest()
 
 
@@ -1363,7 +1371,9 @@ def validate_bundle(
     # On a device that trusts signing keys, only a signed bundle's files are run (runtime/signing.py).
     manifest, _ = open_trusted(root)
     labels = _check_labels(images, manifest, label_space, cfg.unknown_labels)
-    images = labels.images
+    # One order whatever order the data listed them in (by id, then file): the bootstrap draws by position, so
+    # the same photographs in another row order gave other intervals under the same seed (a review).
+    images = canonical_order(labels.images)
     av = availability or detect_availability()
     exclusions = (*exclude, *getattr(reference, "excluded_candidates", ()))
     specs, skipped_candidates = plan_candidates(root, manifest, cfg.backends, av, exclusions)
@@ -1426,8 +1436,8 @@ def validate_bundle(
         candidates.append(entry)
     per_layer = _per_layer(root, manifest, specs, images, cfg) if cfg.per_layer else {}
     status = FAIL if run_reasons else overall_status([c["verdict"] for c in candidates])
-    weak = parity_run_problem(cfg.gates.to_dict(), n)
     patients = patient_facts(run.patients)
+    weak = parity_run_problem(cfg.gates.to_dict(), n, patients["n_patients"] if patients["known"] else None)
     out_dir.mkdir(parents=True, exist_ok=True)
     # Before parity.json, which records its sha256: every figure can be recomputed from it (see write_outputs_csv).
     outputs_csv = write_outputs_csv(out_dir / OUTPUTS_CSV, manifest, run, specs)
@@ -1573,7 +1583,8 @@ def _set_release(report: dict[str, Any], weak: str | None, context: Mapping[str,
     """``release_pass`` (a PASS a release may rest on), its reasons when not, and the ``headline`` that says so.
 
     A PASS under gates looser than the defaults, on fewer than
-    :data:`~uopsl.runtime.bundle.MIN_PARITY_IMAGES` images, against another
+    :data:`~uopsl.runtime.bundle.MIN_PARITY_IMAGES` images or images of fewer than
+    :data:`~uopsl.runtime.bundle.MIN_PARITY_PATIENTS` patients (where known), against another
     checkpoint or on images that made the checkpoint (``data.held_out`` False)
     is what the user asked for (exit 0), but not a release pass: the headline
     says so in words, and ``release_pass`` says it to a script.
@@ -1588,7 +1599,9 @@ def _set_release(report: dict[str, Any], weak: str | None, context: Mapping[str,
         reasons.append(f"the verdict is {status}" + (f": {' | '.join(failing)}" if failing else ""))
     if weak:  # each problem on its own, in parity_run_problem's words (the rule `auto` applies to records)
         looser = parity_gates_problem(report["gates"])
-        few = parity_run_problem(ParityGates().to_dict(), report["data"]["n_used"])
+        known = (report["data"].get("patients") or {})
+        few = parity_run_problem(ParityGates().to_dict(), report["data"]["n_used"],
+                                 known.get("n_patients") if known.get("known") else None)
         reasons.extend(r for r in (looser, few) if r)
     if (context or {}).get("other_checkpoint"):
         reasons.append("judged against another checkpoint than the bundle's (--other-checkpoint: a study)")

@@ -37,7 +37,7 @@ from uopsl.runtime.backends import (
     validated_file,
 )
 from uopsl.runtime.backends.base import Backend, check_gpu_index
-from uopsl.runtime.bundle import Manifest, parity_status, read_manifest
+from uopsl.runtime.bundle import REFERS_NO_ONE, Manifest, parity_status, read_manifest
 from uopsl.runtime.errors import (
     BackendClosedError,
     BackendError,
@@ -131,6 +131,14 @@ class RunSummary:
     #: (path, status, reasons) of inputs whose row from an earlier run is ungradable or unreadable, the first
     #: :data:`EARLIER_FAILED_KEPT` of them: a rerun names what still needs a retake, not only what it screened
     earlier_failed: list[tuple[str, str, tuple[str, ...]]] = field(default_factory=list)
+    #: ungradable or unreadable rows (among ``counts``) whose file was since replaced by another photograph under
+    #: the same name (``watch``: the retake saved where the failed one was): kept as rows, no longer to retake
+    retaken: int = 0
+
+    @property
+    def to_retake(self) -> int:
+        """Photographs still without a result: ungradable or unreadable, less those retaken under their name."""
+        return max(0, self.counts.get("ungradable", 0) + self.counts.get("error", 0) - self.retaken)
 
     @property
     def total(self) -> int:
@@ -138,7 +146,7 @@ class RunSummary:
 
     @property
     def exit_code(self) -> int:
-        return 0 if self.counts.get("ungradable", 0) == 0 and self.counts.get("error", 0) == 0 else 1
+        return 0 if self.to_retake == 0 else 1
 
 
 class ScreeningInterrupted(KeyboardInterrupt):
@@ -292,6 +300,8 @@ class Screener:
         caution = self.manifest.intended_use.warning()
         if caution:  # every report says it too; a caller of the API may show no report
             log.warning("%s: %s", self.bundle, caution)
+        if self.manifest.refers_no_one:  # the report says it too
+            log.warning("%s: %s", self.bundle, REFERS_NO_ONE)
         self.busy_outputs: tuple[str, ...] = ()  # see finalize
         if not verify:
             log.warning("%s: bundle checksums NOT verified (--no-verify; verify=False in the Python API), except the "

@@ -64,6 +64,12 @@ HeadType = Literal["sigmoid", "softmax"]
 #   (multi-label heads; also fine for softmax with per-class thresholds).
 # referable_sum: refer when the summed probability of the referable classes
 #   reaches ``referral_threshold`` (softmax heads: P(referable disease)).
+#: What export, the Screener, ``info`` and the report say of a bundle none of whose classes is referable (a
+#: re-export whose class file keeps no trained referable class, or whose classes' thresholds were chosen on no
+#: data): it screened and called every gradable photograph "no referable finding", which read as a result.
+REFERS_NO_ONE = ("no class of this bundle is referable, so it refers no patient: its 'no referable finding' means "
+                 "only that, not that a photograph was judged free of disease; give a class a threshold chosen on "
+                 "labelled photographs and referable = true (uopsl export --classes FILE), or use a bundle that refers")
 ReferralRule = Literal["any_referable", "referable_sum"]
 FileKind = Literal["onnx", "engine", "calibration", "class_bank", "other"]
 # fp32 | fp16 | int8-qdq-u8 (CPU: u8 activations, s8 weights) |
@@ -205,6 +211,14 @@ PARITY_GATE_DEFAULTS: Mapping[str, float | None] = MappingProxyType({
 #: report prints next to its verdict. The demo's 120-image test set clears the floor.
 MIN_PARITY_IMAGES = 100
 
+#: Fewest patients a passing run's images must come from, where the data names them (``patient`` column; TVHL).
+#: Why: the images of one patient are correlated, and the patient-level figures of the report (bounds over
+#: patients, the bootstrap that resamples patients, Wilson intervals on the design-effect sample size) are
+#: large-sample methods that need some 30 clusters to mean what they say; 150 images of 5 patients passed the
+#: image floor with a 95 % bound over patients of 45 % (a review). Data whose patients are unknown are judged by
+#: the image floor alone.
+MIN_PARITY_PATIENTS = 30
+
 #: What a per-backend record must hold to be judged; a record without them predates these checks.
 PARITY_RECORD_FIELDS = ("passed", "gates", "n_images", "data", "reference")
 
@@ -243,8 +257,9 @@ def parity_gates_problem(gates: Mapping[str, Any]) -> str | None:
     return ("gates looser than the defaults: " + ", ".join(looser)) if looser else None
 
 
-def parity_run_problem(gates: Mapping[str, Any], n_images: Any) -> str | None:
-    """Why a run with ``gates`` on ``n_images`` images cannot vouch for a file (None: it can).
+def parity_run_problem(gates: Mapping[str, Any], n_images: Any, n_patients: Any = None) -> str | None:
+    """Why a run with ``gates`` on ``n_images`` images of ``n_patients`` patients (None: not known) cannot vouch
+    for a file (None: it can).
 
     Shared by :func:`parity_status` (reading a record) and ``uopsl validate``
     (deciding whether a pass is recorded at all), so both apply one rule.
@@ -255,6 +270,9 @@ def parity_run_problem(gates: Mapping[str, Any], n_images: Any) -> str | None:
         problems.append(why)
     if not _is_number(n_images) or int(n_images) < MIN_PARITY_IMAGES:
         problems.append(f"only {n_images} images (a pass counts from {MIN_PARITY_IMAGES}; validate on more images)")
+    if n_patients is not None and (not _is_number(n_patients) or int(n_patients) < MIN_PARITY_PATIENTS):
+        problems.append(f"images of only {n_patients} patients (a pass counts from {MIN_PARITY_PATIENTS} patients; "
+                        "validate on photographs of more patients)")
     return "; ".join(problems) if problems else None
 
 
@@ -393,7 +411,7 @@ def _record_problem(path: str, backend: str, r: Any, manifest: Manifest | None =
     if missing:
         return (f"{path}'s parity record on {backend} was written by an older uopsl (it lacks "
                 f"{', '.join(missing)}); re-run `uopsl validate --backends {backend}`")
-    weak = parity_run_problem(gates if isinstance(gates, dict) else {}, r.get("n_images"))
+    weak = parity_run_problem(gates if isinstance(gates, dict) else {}, r.get("n_images"), r.get("n_patients"))
     if weak:
         return f"{path} passed on {backend} under a run too weak to rely on: {weak}"
     recorded = recorded_cpu_int8(r)
@@ -513,6 +531,11 @@ class Manifest:
     @property
     def referable_mask(self) -> np.ndarray:
         return np.array([c.referable for c in self.classes], bool)
+
+    @property
+    def refers_no_one(self) -> bool:
+        """Whether no class is referable, so no photograph can be referred (:data:`REFERS_NO_ONE`)."""
+        return not bool(self.referable_mask.any())
 
     def file(self, path: str) -> FileEntry:
         for f in self.files:

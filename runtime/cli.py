@@ -79,7 +79,7 @@ def _echo_summary(summary: Any, out: Path, failed: Sequence[tuple[str, str, Sequ
     its caution opens the summary (the counts read like a screening).
     """
     from uopsl.runtime.reasons import reason_label
-    from uopsl.runtime.report import REPORT
+    from uopsl.runtime.report import REPORT, distinct_names
     from uopsl.runtime.results import CSV
 
     c = summary.counts
@@ -91,15 +91,20 @@ def _echo_summary(summary: Any, out: Path, failed: Sequence[tuple[str, str, Sequ
         f"({summary.screened} screened now, {summary.skipped} from an earlier run)",
         err=True,
     )
-    n_bad = c.get("ungradable", 0) + c.get("error", 0)
+    retaken = getattr(summary, "retaken", 0)
+    n_bad = max(0, c.get("ungradable", 0) + c.get("error", 0) - retaken)
+    if retaken:
+        click.echo(f"  {plural(retaken, 'photograph')} retaken under the same name (the earlier row is kept, marked "
+                   "replaced)", err=True)
     if n_bad:
+        earlier = getattr(summary, "earlier_failed", ())[:max(0, _MAX_NAMED - len(failed))]
+        failing = [*((src, st, reasons, "") for src, st, reasons in failed[:_MAX_NAMED]),
+                   *((src, st, reasons, "; earlier run") for src, st, reasons in earlier)]
+        shown = distinct_names([src for src, *_ in failing])
         # repr-style escapes for control characters: a newline in a file name must not split the line.
-        named = [f"{_one_line_name(Path(src).name or src)} ({reason_label(reasons) or st})"
-                 for src, st, reasons in failed[:_MAX_NAMED]]
-        earlier = getattr(summary, "earlier_failed", ())[:_MAX_NAMED - len(named)]
-        named += [f"{_one_line_name(Path(src).name or src)} ({reason_label(reasons) or st}; earlier run)"
-                  for src, st, reasons in earlier]
-        rest = n_bad - len(named)
+        named = [f"{_one_line_name(name)} ({reason_label(reasons) or st}{when})"
+                 for name, (src, st, reasons, when) in zip(shown, failing)]
+        rest = max(0, n_bad - len(named))
         click.echo("  retake or check: " + ", ".join(named)
                    + (f"{', ' if named else ''}{rest} more in the report" if rest else ""), err=True)
     listed = getattr(summary, "in_folder", None)
@@ -329,7 +334,7 @@ def info_cmd(bundle: Path, as_json: bool, trusted_keys: Sequence[Path]) -> int:
     fails its checksum, or the bundle is not signed by a key this machine trusts)."""
     from uopsl.runtime.backends import backend_table
     from uopsl.runtime.bundle import MANIFEST as MANIFEST_NAME
-    from uopsl.runtime.bundle import describe_operating_point, read_manifest_raw, verify
+    from uopsl.runtime.bundle import REFERS_NO_ONE, describe_operating_point, read_manifest_raw, verify
     from uopsl.runtime.signing import check_signature, trusted_keys_for
 
     keys = trusted_keys_for(trusted_keys)
@@ -386,7 +391,8 @@ def info_cmd(bundle: Path, as_json: bool, trusted_keys: Sequence[Path]) -> int:
         click.echo(f"decode     JPEGs at 1/2-1/8 scale down to {p.decode_min_ratio:g}x the model size"
                    + (f", never below {p.decode_min_side} px" if p.decode_min_side else "")
                    + (" (the rule of bundles made before decode_min_ratio existed)" if p.uses_legacy_decode_rule else ""))
-    click.echo(f"referral   {m.referral_rule}" + (f" >= {m.referral_threshold}" if m.referral_rule == "referable_sum" else ""))
+    click.echo(f"referral   {m.referral_rule}" + (f" >= {m.referral_threshold}" if m.referral_rule == "referable_sum" else "")
+               + (f"  REFERS NO ONE: {REFERS_NO_ONE}" if m.refers_no_one else ""))
     click.echo("classes")
     points = {str(p.get("name")): p for p in m.notes.get("operating_points") or [] if isinstance(p, dict)}
     width = max(16, *(len(c.name) for c in m.classes))  # a long class name keeps its column apart
@@ -405,12 +411,16 @@ def info_cmd(bundle: Path, as_json: bool, trusted_keys: Sequence[Path]) -> int:
                    + (f"  CHECKSUM FAILS: {bad[f.path]}" if f.path in bad else "")
                    + ("  parity: not trusted, the file is not the one validated" if f.path in bad
                       and f.kind in ("onnx", "engine") else
+                      # the records are in the manifest: a manifest that fails its own checksum was changed, and
+                      # a verdict in it may have been written by hand (a review edited a FAIL into a PASS)
+                      "  parity: not trusted, the manifest holding the records fails its checksum"
+                      if MANIFEST_NAME in bad and f.kind in ("onnx", "engine") else
                       f"  parity {_parity_word(f, m)}" if f.kind in ("onnx", "engine") else "")
                    + _other_table(f, tables))
     if MANIFEST_NAME in bad:
         click.echo(f"  {MANIFEST_NAME:28s} CHECKSUM FAILS: {bad[MANIFEST_NAME]}")
     records = [line for f in m.files if f.kind in ("onnx", "engine")
-               for line in _parity_records(f, m, checksum_fails=f.path in bad)]
+               for line in _parity_records(f, m, checksum_fails=f.path in bad or MANIFEST_NAME in bad)]
     if records:
         click.echo("parity records (uopsl validate; the report file has every figure)")
         for line in records:
@@ -454,12 +464,18 @@ def _auto_choice(bundle: Path, m: Any) -> dict[str, Any]:
 def _parity_json(m: Any, bad: dict[str, str]) -> dict[str, Any]:
     """Per model file, what the text of ``info`` says of its parity: the overall word and, per backend, the
     verdict as ``auto`` reads it here (``PASS, not trusted`` with the reason) - not only the raw record."""
+    from uopsl.runtime.bundle import MANIFEST as MANIFEST_NAME
+
     out: dict[str, Any] = {}
     for f in m.files:
         if f.kind not in ("onnx", "engine"):
             continue
         if f.path in bad:
             out[f.path] = {"summary": "not trusted: the file is not the one validated", "backends": {}}
+            continue
+        if MANIFEST_NAME in bad:
+            out[f.path] = {"summary": "not trusted: the manifest holding the records fails its checksum",
+                           "backends": {}}
             continue
         found = _parity_runs(f)
         per: dict[str, Any] = {}

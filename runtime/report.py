@@ -42,7 +42,7 @@ from typing import Any, TypeVar
 import cv2
 import numpy as np
 
-from uopsl.runtime.bundle import Manifest, describe_operating_point
+from uopsl.runtime.bundle import REFERS_NO_ONE, Manifest, describe_operating_point
 from uopsl.runtime.fsio import atomic_open, readable_text, special_entry
 from uopsl.runtime.overlay import COLOURS, LOW_COLOUR, OVERLAY_DIR, PEAK_COLOUR, PNG_COLOURS_HEAD, THUMB_DIR, \
     content_id, encode_jpeg, heat_scale_hex, png_colours
@@ -830,19 +830,38 @@ def group_ranges_html(groups: Sequence[int], first: int) -> str:
 def retake_list_html(ordered: Sequence[Mapping[str, Any]], groups: Sequence[int], first: int) -> str:
     """The photographs to retake or copy again, by name, near the top of the page: the one action that must
     happen while the patient is still there, listed after every referral before (a review)."""
-    rows = [(first + k, r) for k, (r, g) in enumerate(zip(ordered, groups)) if g == 1]
+    # A row whose file was since replaced by another photograph (the retake saved under its name) is history:
+    # it stays in the table, not in this list (a review: a retake screened fine still read "retake now").
+    rows = [(first + k, r) for k, (r, g) in enumerate(zip(ordered, groups)) if g == 1 and still_to_retake(r)]
     if not rows:
         return ""
     shown = rows[:_MAX_RETAKES_LISTED]
+    names = distinct_names([_text(r.get("source", "")) for _, r in shown])
     items = []
-    for i, r in shown:
+    for (i, r), name in zip(shown, names):
         tags = order_reasons(r.get("reasons") or [])
         label = reason_text(tags[0]).label if tags else "no result"
-        items.append(f"<li><a href='#{esc(row_anchor(r))}'>#{i}</a> {esc(_display_name(r))}: {esc(label)}</li>")
+        items.append(f"<li><a href='#{esc(row_anchor(r))}'>#{i}</a> {esc(name)}: {esc(label)}</li>")
     more = (f"<p>and {len(rows) - len(shown)} more, rows #{rows[len(shown)][0]}-#{rows[-1][0]}</p>"
             if len(rows) > len(shown) else "")
     return (f"<div class='retakes' id='retakes'><h2>Retake or copy again now ({len(rows)})</h2>"
             f"<ul>{''.join(items)}</ul>{more}</div>")
+
+
+def still_to_retake(row: Mapping[str, Any]) -> bool:
+    """Whether a row without a result still asks for a retake: not once another photograph was screened under its
+    name (``file_replaced``: the retake saved where the failed one was)."""
+    return row.get("status") in ("ungradable", "error") and not row.get("file_replaced")
+
+
+def distinct_names(sources: Sequence[str]) -> list[str]:
+    """Each source's file name, with its folder's name before it where two of ``sources`` share a file name
+    (``Garcia Maria/IMG_0001.jpg``): a camera that files each patient in a folder names every first photograph
+    alike, and a list of bare names could not say whom to call back (a review)."""
+    names = [Path(s).name or s for s in sources]
+    shared = {n for n in names if names.count(n) > 1}
+    return [f"{Path(s).parent.name}/{n}" if n in shared and Path(s).parent.name else n
+            for s, n in zip(sources, names)]
 
 
 def _display_name(row: Mapping[str, Any]) -> str:
@@ -919,6 +938,9 @@ def report_parts(rows: Sequence[dict[str, Any]], out_dir: str | os.PathLike[str]
         yield (f"<div class='warn' id='incomplete'><b>INCOMPLETE: {esc(info['incomplete'])}.</b> Photographs not "
                "screened yet are not in this report: run the same command again to screen them (photographs "
                "already screened are kept, not screened twice).</div>")
+    if manifest.refers_no_one:
+        yield (f"<div class='warn' id='refers-no-one'><b>This model refers no one.</b> "
+               f"{esc(REFERS_NO_ONE[0].upper() + REFERS_NO_ONE[1:])}.</div>")
     if info.get("unvalidated_file"):
         yield (f"<div class='warn' id='unvalidated'><b>Not validated: {esc(info['unvalidated_file'])}.</b> It was "
                "used because it was asked for by name; its decisions may differ from those of the validated model "
@@ -944,9 +966,11 @@ def report_parts(rows: Sequence[dict[str, Any]], out_dir: str | os.PathLike[str]
         "Refer the patient to an eye specialist as your local protocol says. This tool supports screening; "
         "it does not diagnose, and a qualified grader should confirm each result.</p>"
         f"<p>{esc(_rule_sentence(manifest, referable))}</p>"
-        "<p><b class='v-routine'>No referable finding</b>: no referable class reached its threshold; "
-        "follow your routine screening schedule. "
-        "<b class='v-ungradable'>Ungradable - retake</b>: the photograph is too poor for a result; the row "
+        + ("<p><b class='v-routine'>No referable finding</b>: no referable class reached its threshold; "
+           "follow your routine screening schedule. " if not manifest.refers_no_one else
+           "<p><b class='v-routine'>No referable finding</b>: this model has no referable class (see the box above), "
+           "so every photograph it could read is listed so; that is not a screening result. ")
+        + "<b class='v-ungradable'>Ungradable - retake</b>: the photograph is too poor for a result; the row "
         "says what to fix. <b class='v-error'>Unreadable file</b>: the file could not be opened; copy it "
         "again or retake. <b class='v-error'>Unusable image</b>: the file opened but cannot be screened as "
         "it is (too small, too large, or more than one eye in it); the row says what to do.</p>"

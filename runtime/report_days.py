@@ -3,7 +3,9 @@
 Why: ``report.html`` embeds every thumbnail and heatmap (about 9 KB a photograph) so that it stays one file
 a clinic can copy, mail and print. A drop folder watched for a month collects tens of thousands of
 photographs; one page would grow to hundreds of megabytes, which browsers open slowly or not at all, and
-``watch`` would rewrite all of it every few seconds. So above ``ONE_PAGE_MAX_ROWS`` photographs:
+``watch`` would rewrite all of it every few seconds. And a folder screened into on several days printed, each
+day, one list of every day's photographs: yesterday's referrals first, yesterday's retakes in the "retake now"
+box (a review). So above ``ONE_PAGE_MAX_ROWS`` photographs, or as soon as the rows span two screening days:
 
 - ``days/YYYY-MM-DD.html`` holds the photographs screened on that local day, in the report's urgency
   order, ``ONE_PAGE_MAX_ROWS`` a page at most (then ``YYYY-MM-DD-2.html``, ...). Each page is a whole
@@ -14,7 +16,7 @@ photographs; one page would grow to hundreds of megabytes, which browsers open s
 A page is rewritten only when what it shows changed (its rows, their image files, the bundle, the
 toolkit); ``days/pages.json`` records each page's fingerprint. A refresh under ``watch`` therefore
 rewrites today's pages and the index, not the month behind them. Up to ``ONE_PAGE_MAX_ROWS``
-photographs the report stays one page, as before, and no ``days/`` folder is left behind.
+photographs screened on one day the report stays one page, and no ``days/`` folder is left behind.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from uopsl.runtime.bundle import Manifest
+from uopsl.runtime.bundle import REFERS_NO_ONE, Manifest
 from uopsl.runtime.errors import ConfigError
 from uopsl.runtime.fsio import atomic_open
 from uopsl.runtime.overlay import OVERLAY_DIR, THUMB_DIR
@@ -52,6 +54,7 @@ from uopsl.runtime.report import (
     reserve_image_cache,
     row_anchor,
     row_ident,
+    still_to_retake,
     summary_html,
     urgency_key,
     use_header_html,
@@ -114,7 +117,8 @@ def plan_pages(rows: Sequence[Mapping[str, Any]], referable: Sequence[str],
 
 def write_reports(rows: Sequence[dict[str, Any]], out_dir: str | os.PathLike[str], manifest: Manifest,
                   run_info: dict[str, Any] | None = None, *, max_rows: int | None = None) -> Path:
-    """Write the report of a results folder: one page up to ``max_rows`` photographs, else an index and day pages.
+    """Write the report of a results folder: one page up to ``max_rows`` photographs of one screening day, else an
+    index and day pages.
 
     ``max_rows`` defaults to :data:`ONE_PAGE_MAX_ROWS`. Returns the path of ``report.html`` (the page or
     the index). Every file is written atomically, day pages before the index, so the index never links
@@ -124,7 +128,7 @@ def write_reports(rows: Sequence[dict[str, Any]], out_dir: str | os.PathLike[str
     if max_rows < 1:
         raise ConfigError(f"max_rows must be >= 1 (photographs a report page may hold), got {max_rows}")
     out = Path(out_dir)
-    if len(rows) <= max_rows:
+    if len(rows) <= max_rows and len({screening_day(r) for r in rows} - {None}) <= 1:  # undated rows: no day
         path = write_report(rows, out, manifest, run_info)
         _remove_pages(out / DAYS_DIR, keep=set())
         return path
@@ -342,16 +346,21 @@ def _index_parts(rows: Sequence[Mapping[str, Any]], pages: Sequence[DayPage], du
     # Repeated at the top and bottom of every printed sheet of the index's tables, as on the day pages.
     sheet_line = use_header_html(manifest) + esc(f"Retinal screening report (index) - {n} images - generated "
                                                  f"{generated} - uopsl {__version__}")
+    why_split = (f"{n} photographs are too many for one page" if n > max_rows
+                 else "These photographs were screened on more than one day")
     parts = [
         head_html(use_title(manifest, title)),
         "<h1>Retinal screening report</h1>",
         use_notice_html(manifest),
         ident_html(manifest, info, generated, rows, out),
         summary_html(verdict_counts(rows)),
-        f"<p class='note'>{n} photographs are too many for one page, so each screening day has its own pages "
+        f"<p class='note'>{why_split}, so each screening day has its own pages "
         f"({max_rows} photographs a page at most, most urgent first) in the folder {esc(DAYS_DIR)} next to this "
         "file. Open a day to see its photographs and heatmaps; each day's page prints on its own.</p>",
     ]
+    if manifest.refers_no_one:  # as every day's page says it
+        parts.insert(3, f"<div class='warn' id='refers-no-one'><b>This model refers no one.</b> "
+                        f"{esc(REFERS_NO_ONE[0].upper() + REFERS_NO_ONE[1:])}.</div>")
     if dups.groups:
         listed = "; ".join(" = ".join(
             f"<a href='{esc(DAYS_DIR)}/{esc(page_of[i].name)}#{esc(row_anchor(rows[i]))}'>{esc(_name(rows[i]))}</a>"
@@ -395,7 +404,7 @@ def _index_parts(rows: Sequence[Mapping[str, Any]], pages: Sequence[DayPage], du
                           [i for i in paged if rows[i].get("status") == "ok" and rows[i].get("refer")])
     # Retakes too: on a split folder they sat only at the end of their day's last page (a review, session 53).
     parts += _listed_rows("Photographs to retake or copy again", "Why", reason, "retakes", rows, page_of,
-                          sheet_line, [i for i in paged if rows[i].get("status") in ("ungradable", "error")])
+                          sheet_line, [i for i in paged if still_to_retake(rows[i])])
     unchecked = (f" Duplicate check: {dups.unchecked} photograph(s) could not be compared (moved, changed "
                  "since screening, or too much to read)." if dups.unchecked else "")
     parts.append("<p class='note'>Screening support only: a referral decision comes from the model's operating "

@@ -8,7 +8,7 @@ import os
 import subprocess
 from pathlib import Path
 
-__version__ = "0.2.9"
+__version__ = "0.2.10"
 
 
 @functools.lru_cache(maxsize=1)
@@ -19,9 +19,44 @@ def source_revision() -> dict[str, object]:
     commits of a checkout. Returns ``{"git_commit": sha, "git_dirty": bool}``
     (dirty: the package's code changed since that commit, new files included), or ``{}`` for an
     installed wheel, no git, or a checkout of another project that merely
-    contains this file.
+    contains this file. Either way ``code_sha256`` (:func:`code_digest`) is added where the code can be read.
     """
-    return revision_of(Path(__file__))
+    code = code_digest()
+    return {**revision_of(Path(__file__)), **({"code_sha256": code} if code else {})}
+
+
+#: How :func:`code_digest` is computed (for a signer who recomputes it).
+CODE_DIGEST_METHOD = ("sha256 of the UTF-8 lines 'uopsl.<part>/<path inside it> <sha256 of the file>' of every .py "
+                      "file of uopsl.runtime, uopsl.calibration, uopsl.export and uopsl.train that is installed, "
+                      "sorted, each ended by a newline")
+
+
+@functools.lru_cache(maxsize=1)
+def code_digest() -> str:
+    """One digest of the Python code of every uopsl part installed here (:data:`CODE_DIGEST_METHOD`); "" when it
+    cannot be read.
+
+    Why: a version names every change made until the next bump, and a wheel has no git commit; a report signed
+    against code must name the code itself (a review: "0.2.9" named 13 commits' worth of different code).
+    """
+    import hashlib
+    import importlib.util
+
+    lines = []
+    try:
+        for part in ("runtime", "calibration", "export", "train"):
+            spec = importlib.util.find_spec(f"uopsl.{part}")
+            if spec is None or not spec.submodule_search_locations:
+                continue
+            for folder in spec.submodule_search_locations:
+                root = Path(folder)
+                for f in root.rglob("*.py"):
+                    lines.append(f"uopsl.{part}/{f.relative_to(root).as_posix()} "
+                                 f"{hashlib.sha256(f.read_bytes()).hexdigest()}\n")
+    except (OSError, ImportError, ValueError) as exc:
+        logging.getLogger(__name__).debug("no code digest: %s", exc)
+        return ""
+    return hashlib.sha256("".join(sorted(lines)).encode("utf-8")).hexdigest() if lines else ""
 
 
 def revision_of(file: Path) -> dict[str, object]:

@@ -219,6 +219,13 @@ class StableFiles:
             self._by_real = {r: p for r, p in self._by_real.items() if p in self._state}
         return ready
 
+    def untake(self, paths: Sequence[Path]) -> None:
+        """Hand back files returned by :meth:`poll` that were not screened after all (the watch stopped while
+        screening their batch): :meth:`waiting` lists them again, and a later poll takes them."""
+        for p in paths:
+            self._taken.pop(p, None)
+            self._taken_at.pop(p, None)
+
     def waiting(self) -> list[Path]:
         """Files seen whose current version has not been taken: still being written, or not unchanged long enough
         yet (``settle_ms``; an empty file ``empty_settle_ms``). What a stopped watch leaves unscreened."""
@@ -369,9 +376,12 @@ def watch_folder(
     total = RunSummary(out, backend=screener.backend.describe(), bundle_sha256=screener.identity.bundle_sha256)
     latest: dict[str, tuple[str, bool, str, str]] = {}  # path -> (status, referred, sha256, screened|skipped)
 
+    answered: set[str] = set()  # the files of the batch being screened that got a row, or were found gone
+
     def seen(r: ScreenResult) -> None:
         """Count a file screened again (half-copied, then whole; or copied twice) once, as its report row does."""
         path = key_path(r.key) or r.key
+        answered.add(_same_file(path))
         if is_final(r.status, r.reasons):
             tracker.settled(Path(path))
         else:
@@ -384,6 +394,7 @@ def watch_folder(
         """An earlier row carried over to a file taken again (touched, copied over with the same bytes), or to
         a file moved to another folder (``moved_from``): moved inside this session, it was counted under its
         old path, which its row no longer lists."""
+        answered.add(_same_file(key_path(str(row["key"])) or str(row["key"])))
         old = str(row.get("moved_from") or "")
         before = latest.pop(old, None) if old else None
         if before is not None:
@@ -405,6 +416,11 @@ def watch_folder(
         latest[path] = (status, refer, sha, how)
         if before is not None and (before[0] not in FINAL_STATUSES or before[2] == sha):
             uncount(before)
+        elif before is not None and before[0] in ("ungradable", "error"):
+            # Another photograph saved under the failed one's name: the retake. Both rows stay (the earlier one
+            # marked file_replaced), but the earlier no longer asks for a retake (a review: "1 ungradable
+            # (retake)" and exit 1 after the retake had been screened fine).
+            total.retaken += 1
 
     def still_there(r: ScreenResult) -> bool:
         """False for a file that could not be read because it is gone (filed away by the camera software just
@@ -415,6 +431,7 @@ def watch_folder(
         if os.path.lexists(path):
             return True
         log.info("%s went away before it was read; not recorded", path)
+        answered.add(_same_file(str(path)))
         tracker.forget(path)
         return False
 
@@ -434,12 +451,16 @@ def watch_folder(
                 ready = tracker.poll(None if cfg.max_images is None else cfg.max_images - total.screened)
                 if ready:
                     dirty = True  # before screening: an interrupt inside must still refresh
+                    answered.clear()
                     try:
                         s = screener.screen_to(out, ready, overlays=overlays, finalize=False, on_result=seen,
                                                require_images=False, store=held, keep=still_there,
                                                on_kept=kept)
                     except KeyboardInterrupt as exc:  # ScreeningInterrupted: what the batch did is saved
                         _add(total, getattr(exc, "summary", None))
+                        # The batch's files without a row go back to the waiting list, which the stop names: a
+                        # review's watch stopped 1.6 s into a batch of 39 said nothing of the 32 left (exit 0).
+                        tracker.untake([p for p in ready if _same_file(str(p)) not in answered])
                         raise
                     _add(total, s)
                 now = time.monotonic()
@@ -487,6 +508,7 @@ def watch_folder(
             screener._finalize_quietly(out, held, True, None)
             raise
         _say_waiting(tracker.waiting(), tracker.settle_s, tracker.empty_settle_s, cfg.max_images is not None)
+
         try:
             total.in_folder = _refresh(screener, out, held)  # always: rows appended since the last refresh
         except KeyboardInterrupt:  # a stop landing as the rewrite began: it is what a stop asks for
@@ -494,6 +516,12 @@ def watch_folder(
             total.in_folder = _refresh(screener, out, held)
         total.not_updated = screener.busy_outputs
     return total
+
+
+def _same_file(path: str) -> str:
+    """``path`` in one spelling, to match a result's path (a key holds the resolved path) with the file a poll
+    returned (under the watched folder's own spelling, which may go through a link)."""
+    return os.path.normcase(os.path.realpath(path))
 
 
 def _say_waiting(waiting: Sequence[Path], settle_s: float, empty_settle_s: float, capped: bool) -> None:
@@ -505,7 +533,8 @@ def _say_waiting(waiting: Sequence[Path], settle_s: float, empty_settle_s: float
     n = len(waiting)
     names = ", ".join(str(p) for p in waiting[:5]) + (f" and {n - 5} more" if n > 5 else "")
     log.warning("%d file%s seen but not screened before the watch stopped (still being written, not yet unchanged "
-                "for %g s, an empty file for %g s%s): %s. The next watch of this folder, or uopsl-screen run, "
+                "for %g s, an empty file for %g s, being screened as it stopped%s): %s. The next watch of this "
+                "folder, or uopsl-screen run, "
                 "screens %s", n, "" if n == 1 else "s", settle_s, empty_settle_s,
                 ", or past --max-images" if capped else "", names, "it" if n == 1 else "them")
 
@@ -517,6 +546,7 @@ def _add(total: RunSummary, s: RunSummary | None) -> None:
     total.screened += s.screened
     total.skipped += s.skipped  # already in the results folder from an earlier run
     total.moved += s.moved
+    total.retaken += s.retaken
     total.refer += s.refer
     for k, v in s.counts.items():
         total.counts[k] = total.counts.get(k, 0) + v

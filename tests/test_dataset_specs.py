@@ -201,7 +201,8 @@ def test_cli_evaluate_reads_csv_and_refuses_unknown_option(synth: Path, tmp_path
 
     model, meta = tiny_model()
     save_model(tmp_path / "ckpt", model, meta)  # classes normal, a, b: the synthetic data label only normal
-    base = ["evaluate", str(tmp_path / "ckpt"), "--out", str(tmp_path / "out"), "--n-boot", "10", "--device", "cpu"]
+    base = ["evaluate", "--keep-ungradable",
+            str(tmp_path / "ckpt"), "--out", str(tmp_path / "out"), "--n-boot", "10", "--device", "cpu"]
     rc, err = _uopsl([*base, "--data", f"synthetic:{synth}:task=four_class"], capsys)
     assert rc == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert "dataset kind 'synthetic' has no option 'task'" in err

@@ -90,7 +90,8 @@ def test_evaluate_command_on_tvhl_referable_dr_leaves_out_what_tvhl_does_not_gra
 
     ck = classes_checkpoint(tmp_path / "ck", ("normal", "dr", "amd"))
     tvhl = make_tvhl(tmp_path / "tvhl")
-    rc, out, err = _uopsl(["evaluate", str(ck), "--data", f"tvhl:{tvhl}:task=referable_dr", "--out",
+    rc, out, err = _uopsl(["evaluate", "--keep-ungradable",
+                           str(ck), "--data", f"tvhl:{tvhl}:task=referable_dr", "--out",
                            str(tmp_path / "ev"), "--n-boot", "10", "--device", "cpu"], capsys)
     assert rc == 0, err
     report = json.loads((tmp_path / "ev" / "eval.json").read_text())
@@ -124,7 +125,8 @@ def test_eval_json_records_what_ties_it_to_the_model_the_data_and_the_machine(
     ck = classes_checkpoint(tmp_path / "ck", ("normal", "dr"))
     table = _csv_set(tmp_path / "data", ["normal", "dr"] * 4)
     spec = f"csv:{table}"
-    args = ["evaluate", str(ck), "--data", spec, "--out", str(tmp_path / "ev"), "--n-boot", "10", "--seed", "7",
+    args = ["evaluate", "--keep-ungradable",
+            str(ck), "--data", spec, "--out", str(tmp_path / "ev"), "--n-boot", "10", "--seed", "7",
             "--device", "cpu"]
     monkeypatch.setattr(sys, "argv", ["/usr/bin/uopsl", *args])  # in process, sys.argv is pytest's own
     rc, _, err = _uopsl(args, capsys)
@@ -210,17 +212,18 @@ def test_eval_json_says_whether_the_photographs_are_held_out(tmp_path: Path) -> 
     model, meta = tiny_model(random_text=True)
     save_model(tmp_path / "ck", model, meta)
     items = tiny_items(tmp_path / "imgs", n=12)
-    unknown = run_evaluate(tmp_path / "ck", items, None, n_boot=0, device="cpu")
+    unknown = run_evaluate(tmp_path / "ck", items, None, n_boot=0, device="cpu", keep_ungradable=True)
     assert unknown["held_out"] is None and "does not record" in unknown["held_out_note"]
     _, _, digests = cache_images([it.path for it in items[:3]], meta.preprocess, None, "fundus")
     record_images_seen(tmp_path / "ck", {"train": list(digests), "validation": []})
-    seen = run_evaluate(tmp_path / "ck", items, tmp_path / "ev", n_boot=0, device="cpu")
+    seen = run_evaluate(tmp_path / "ck", items, tmp_path / "ev", n_boot=0, device="cpu", keep_ungradable=True)
     assert seen["held_out"] is False and seen["held_out_note"].startswith("3 of 12 evaluated photographs")
     assert json.loads((tmp_path / "ev" / "eval.json").read_text())["held_out"] is False
-    fresh = run_evaluate(tmp_path / "ck", items[3:], None, n_boot=0, device="cpu")
+    fresh = run_evaluate(tmp_path / "ck", items[3:], None, n_boot=0, device="cpu", keep_ungradable=True)
     assert fresh["held_out"] is True
     record_images_seen(tmp_path / "ck", {"train": list(digests[:0]), "earlier": None})
-    assert run_evaluate(tmp_path / "ck", items[3:], None, n_boot=0, device="cpu")["held_out"] is None
+    assert run_evaluate(tmp_path / "ck", items[3:], None, n_boot=0, device="cpu",
+                        keep_ungradable=True)["held_out"] is None
 
 
 # -- S5: the console summary --------------------------------------------------------------------------------------
@@ -232,7 +235,8 @@ def test_the_console_gives_each_class_its_counts_and_figures_and_where_the_thres
 
     ck = classes_checkpoint(tmp_path / "ck", ("normal", "dr"))
     table = _csv_set(tmp_path / "data", ["normal", "dr"] * 4)
-    rc, out, err = _uopsl(["evaluate", str(ck), "--data", f"csv:{table}", "--out", str(tmp_path / "ev"),
+    rc, out, err = _uopsl(["evaluate", "--keep-ungradable",
+                           str(ck), "--data", f"csv:{table}", "--out", str(tmp_path / "ev"),
                            "--n-boot", "0", "--device", "cpu"], capsys)
     assert rc == 0, err
     report = json.loads((tmp_path / "ev" / "eval.json").read_text())

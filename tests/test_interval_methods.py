@@ -339,7 +339,7 @@ def test_finetune_stores_the_records_and_evaluate_reports_them(tmp_path: Path,
     assert points[1]["method"] == "target_sensitivity" and points[1]["n_positive"] == 4
     # uopsl evaluate copies them into eval.json; two images per patient -> the bootstrap resamples patients.
     test_items = [replace(it, group=f"p{i // 2}") for i, it in enumerate(items)]
-    rep = run_evaluate(tmp_path / "ft", test_items, tmp_path / "ev", n_boot=50, device="cpu")
+    rep = run_evaluate(tmp_path / "ft", test_items, tmp_path / "ev", n_boot=50, device="cpu", keep_ungradable=True)
     written = json.loads((tmp_path / "ev" / "eval.json").read_text())
     # ... each saying its figures are the validation photographs', not this evaluation's (a review, session 30).
     assert [{k: v for k, v in r.items() if k != "figures_on"} for r in written["operating_points"]] == points
@@ -350,7 +350,7 @@ def test_finetune_stores_the_records_and_evaluate_reports_them(tmp_path: Path,
     raw = json.loads((tmp_path / "ft" / "checkpoint.json").read_text())
     del raw["metrics"]["operating_points"]
     (tmp_path / "ft" / "checkpoint.json").write_text(json.dumps(raw))
-    old = run_evaluate(tmp_path / "ft", items, None, n_boot=0, device="cpu")
+    old = run_evaluate(tmp_path / "ft", items, None, n_boot=0, device="cpu", keep_ungradable=True)
     assert old["operating_points"] is None and any("does not record" in n for n in old["notes"])
     assert old["bootstrap"]["unit"] == "image"
 

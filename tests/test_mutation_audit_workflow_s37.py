@@ -363,7 +363,8 @@ def test_evaluate_pairs_each_readable_photograph_with_its_own_mask(tmp_path: Pat
         masks.append(tmp_path / f"m{i}.npz")
     model, meta = tiny_model(random_text=True)
     save_model(tmp_path / "ck", model, replace(meta, stage="finetune"))
-    conc = run_evaluate(tmp_path / "ck", items, None, n_boot=0, masks=masks, device="cpu")["site_concentration"]
+    conc = run_evaluate(tmp_path / "ck", items, None, n_boot=0, masks=masks, device="cpu",
+                        keep_ungradable=True)["site_concentration"]
     assert conc["a"]["n_images"] == 1 and conc["b"]["n_images"] == 1
 
 

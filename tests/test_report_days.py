@@ -61,7 +61,7 @@ def _shown_ids(page: str) -> list[str]:
 
 
 def test_a_folder_that_fits_one_page_keeps_one_self_contained_report(tmp_path: Path) -> None:
-    rows = [_row(i, DAY1 + timedelta(days=i % 3)) for i in range(5)]
+    rows = [_row(i, DAY1 + timedelta(minutes=i)) for i in range(5)]  # one day (two split: test_clinic_review_s59)
     (tmp_path / DAYS_DIR).mkdir()
     (tmp_path / DAYS_DIR / "2026-11-01.html").write_text("an old day page", encoding="utf-8")
     (tmp_path / DAYS_DIR / FINGERPRINTS).write_text("{}", encoding="utf-8")

@@ -79,12 +79,12 @@ def test_evaluate_keeps_masks_in_step_when_an_image_cannot_be_read(tmp_path) -> 
         masks.append(tmp_path / f"m{i}.npz")
     model, meta = tiny_model("uopsl")
     save_model(tmp_path / "ck", model, meta)
-    rep = run_evaluate(tmp_path / "ck", items, None, n_boot=0, masks=masks, device="cpu")
+    rep = run_evaluate(tmp_path / "ck", items, None, n_boot=0, masks=masks, device="cpu", keep_ungradable=True)
     conc = rep["site_concentration"]
     # images 1 (unreadable) and 0, 3 (normal) are not measured: a at 4, b at 2 and 5
     assert conc["a"]["n_images"] == 1 and conc["b"]["n_images"] == 2
     with pytest.raises(Exception, match="one entry per item"):
-        run_evaluate(tmp_path / "ck", items, None, n_boot=0, masks=masks[:-1], device="cpu")
+        run_evaluate(tmp_path / "ck", items, None, n_boot=0, masks=masks[:-1], device="cpu", keep_ungradable=True)
 
 
 def test_chance_is_one_over_the_cells_the_map_may_weigh() -> None:

@@ -327,7 +327,8 @@ def test_evaluate_warns_about_classes_left_out_and_records_them(tmp_path: Path,
                                                                 capsys: pytest.CaptureFixture[str]) -> None:
     ck = _checkpoint(tmp_path / "ck", ("normal", "a", "b"))
     table = _labelled_csv(tmp_path / "data", ["normal", "a", "dme", "normal", "a", "dme", "normal"])
-    rc, out, err = _uopsl(["evaluate", str(ck), "--data", f"csv:{table}", "--out", str(tmp_path / "ev"),
+    rc, out, err = _uopsl(["evaluate", "--keep-ungradable",
+                           str(ck), "--data", f"csv:{table}", "--out", str(tmp_path / "ev"),
                            "--n-boot", "10", "--device", "cpu"], capsys)
     assert rc == 0, err
     warning = [ln for ln in err.splitlines() if ln.startswith("WARNING uopsl.train.commands.evaluate")]
@@ -349,7 +350,8 @@ def test_evaluate_refuses_data_that_evaluate_one_class_only(tmp_path: Path,
     """The review's case: a normal/dr model on TVHL task=dme; the error names both sides and the task to pass."""
     ck = _checkpoint(tmp_path / "ck", ("normal", "dr"))
     tvhl = make_tvhl(tmp_path / "tvhl")
-    rc, out, err = _uopsl(["evaluate", str(ck), "--data", f"tvhl:{tvhl}:task=dme", "--out", str(tmp_path / "ev"),
+    rc, out, err = _uopsl(["evaluate", "--keep-ungradable",
+                           str(ck), "--data", f"tvhl:{tvhl}:task=dme", "--out", str(tmp_path / "ev"),
                            "--n-boot", "10", "--device", "cpu"], capsys)
     assert rc == 2 and out == ""
     lines = [ln for ln in err.strip().splitlines() if not ln.startswith("INFO")]
@@ -361,7 +363,8 @@ def test_evaluate_refuses_data_that_evaluate_one_class_only(tmp_path: Path,
     assert not (tmp_path / "ev").exists()
     # no overlap at all: the same error, "0 of 2 classes (none)"
     table = _labelled_csv(tmp_path / "other", ["amd", "glaucoma", "amd"])
-    rc, _, err = _uopsl(["evaluate", str(ck), "--data", f"csv:{table}", "--out", str(tmp_path / "ev"),
+    rc, _, err = _uopsl(["evaluate", "--keep-ungradable",
+                         str(ck), "--data", f"csv:{table}", "--out", str(tmp_path / "ev"),
                          "--device", "cpu"], capsys)
     assert rc == 2 and "covers 0 of 2 classes (none)" in err and "the data's amd, glaucoma" in err
 
@@ -467,14 +470,15 @@ def test_evaluate_warns_when_the_images_were_used_to_make_the_checkpoint(tmp_pat
     record = (tmp_path / "ft" / SEEN_FILE).read_text()
     assert "0.png" not in record and len(json.loads(record)["roles"]["train"]) == 9
 
-    held_out = run_evaluate(tmp_path / "ft", fresh, None, n_boot=0, device="cpu")
+    held_out = run_evaluate(tmp_path / "ft", fresh, None, n_boot=0, device="cpu", keep_ungradable=True)
     assert held_out["images_seen_in_training"] == {} and not any("used to make" in n for n in held_out["notes"])
     # Two training photographs copied under other names, and one validation photograph.
     copies = tmp_path / "copies"
     copies.mkdir()
     copied = [replace(it, path=Path(shutil.copy(it.path, copies / f"renamed{k}.png"))) for k, it in enumerate(train[:2])]
     with caplog.at_level(logging.WARNING, logger="uopsl.train.workflow"):
-        mixed = run_evaluate(tmp_path / "ft", copied + val[:1] + fresh, None, n_boot=0, device="cpu")
+        mixed = run_evaluate(tmp_path / "ft", copied + val[:1] + fresh, None, n_boot=0, device="cpu",
+                             keep_ungradable=True)
     assert mixed["images_seen_in_training"] == {"train": 2, "validation": 1}
     note = ("3 of 9 evaluated photographs (same file content) were used to make this checkpoint (2 in fine-tuning, "
             "1 in validation (thresholds, best epoch)); these figures overstate how it does on new photographs")
@@ -482,21 +486,21 @@ def test_evaluate_warns_when_the_images_were_used_to_make_the_checkpoint(tmp_pat
     # A fine-tune started from that checkpoint carries what made it forward.
     run_finetune(*tiny_model(seed=1), fresh[:4], fresh[4:], cfg, tmp_path / "ft2",
                  seen_before=earlier_images(tmp_path / "ft"))
-    again = run_evaluate(tmp_path / "ft2", train[:3], None, n_boot=0, device="cpu")
+    again = run_evaluate(tmp_path / "ft2", train[:3], None, n_boot=0, device="cpu", keep_ungradable=True)
     assert again["images_seen_in_training"] == {"earlier": 3}
     # Started from a checkpoint that records nothing: said, not read as a clean result.
     run_finetune(*tiny_model(seed=2), fresh[:4], fresh[4:], cfg, tmp_path / "ft3", seen_before=None)
-    unsure = run_evaluate(tmp_path / "ft3", train[:3], None, n_boot=0, device="cpu")
+    unsure = run_evaluate(tmp_path / "ft3", train[:3], None, n_boot=0, device="cpu", keep_ungradable=True)
     assert unsure["images_seen_in_training"] == {}
     assert any(n.startswith("What made the checkpoint this one was made from is not recorded") for n in unsure["notes"])
     # A photograph in two roles is one photograph; a checkpoint without the record says so.
     (tmp_path / "ft" / SEEN_FILE).write_text(json.dumps({"format": 1, "roles": {
         "pretrain": json.loads(record)["roles"]["train"], "train": json.loads(record)["roles"]["train"]}}))
-    both = run_evaluate(tmp_path / "ft", train[:1] + fresh, None, n_boot=0, device="cpu")
+    both = run_evaluate(tmp_path / "ft", train[:1] + fresh, None, n_boot=0, device="cpu", keep_ungradable=True)
     assert both["images_seen_in_training"] == {"pretrain": 1, "train": 1}
     assert any(n.startswith("1 of 7 evaluated photographs") for n in both["notes"])
     (tmp_path / "ft" / SEEN_FILE).unlink()
-    unknown = run_evaluate(tmp_path / "ft", fresh, None, n_boot=0, device="cpu")
+    unknown = run_evaluate(tmp_path / "ft", fresh, None, n_boot=0, device="cpu", keep_ungradable=True)
     assert unknown["images_seen_in_training"] is None
     assert any("does not record which photographs made it" in n for n in unknown["notes"])
 
@@ -697,13 +701,15 @@ def test_evaluate_refuses_when_unreadable_images_leave_one_class(tmp_path: Path,
     (tmp_path / "data" / "img" / "1.jpg").write_bytes(b"\xff\xd8 cut short")
     (tmp_path / "ev").mkdir()
     (tmp_path / "ev" / "eval.json").write_text('{"an earlier": "complete report"}')
-    rc, _, err = _uopsl(["evaluate", str(ck), "--data", f"csv:{table}", "--out", str(tmp_path / "ev"),
+    rc, _, err = _uopsl(["evaluate", "--keep-ungradable",
+                         str(ck), "--data", f"csv:{table}", "--out", str(tmp_path / "ev"),
                          "--n-boot", "10", "--device", "cpu"], capsys)
     assert rc == 2 and "covers 1 of 3 classes (normal)" in err, err
     assert json.loads((tmp_path / "ev" / "eval.json").read_text()) == {"an earlier": "complete report"}
     # With the a photograph readable again: a report, which says what stage the checkpoint is and why 0.5.
     _labelled_csv(tmp_path / "data", ["normal", "a", "normal", "dme", "normal", "dme"])
-    rc, _, err = _uopsl(["evaluate", str(ck), "--data", f"csv:{table}", "--out", str(tmp_path / "ev"),
+    rc, _, err = _uopsl(["evaluate", "--keep-ungradable",
+                         str(ck), "--data", f"csv:{table}", "--out", str(tmp_path / "ev"),
                          "--n-boot", "10", "--device", "cpu"], capsys)
     assert rc == 0 and "stores no operating thresholds" in err, err
     assert json.loads((tmp_path / "ev" / "eval.json").read_text())["checkpoint_stage"] == "finetune"
@@ -725,7 +731,8 @@ def test_evaluate_writes_eval_json_once_with_the_data_only_labels(tmp_path: Path
 
     for mod in ("uopsl.train.evaluate", "uopsl.train.workflow", "uopsl.runtime.fsio"):
         monkeypatch.setattr(f"{mod}.write_json", counting)
-    rc, out, err = _uopsl(["evaluate", str(ck), "--data", f"csv:{table}", "--out", str(tmp_path / "ev"),
+    rc, out, err = _uopsl(["evaluate", "--keep-ungradable",
+                           str(ck), "--data", f"csv:{table}", "--out", str(tmp_path / "ev"),
                            "--n-boot", "10", "--device", "cpu"], capsys)
     assert rc == 0, err
     assert [p.name for p in writes] == ["eval.json"]
@@ -744,7 +751,8 @@ def test_evaluate_and_zero_shot_refuse_an_out_inside_the_data(tmp_path: Path,
 
     ck = _checkpoint(tmp_path / "ck", ("normal", "dr"))
     make_folder_dataset(tmp_path / "photos", {"normal": 2, "dr": 2})
-    for cmd in (["evaluate", str(ck)], ["zero-shot", str(ck), "--classes", "normal,dr"]):
+    for cmd in (["evaluate", "--keep-ungradable",
+                 str(ck)], ["zero-shot", "--keep-ungradable", str(ck), "--classes", "normal,dr"]):
         rc, _, err = _uopsl([*cmd, "--data", f"folder:{tmp_path / 'photos'}", "--out",
                              str(tmp_path / "photos" / "ev"), "--device", "cpu"]
                             if cmd[0] == "evaluate" else
@@ -764,13 +772,14 @@ def test_zero_shot_scores_trained_classes_as_trained_and_refuses_data_without_th
     model, meta = tiny_model()
     save_model(tmp_path / "ck", model, meta)
     items = tiny_items(tmp_path / "imgs", n=18)
-    zs = run_zero_shot(tmp_path / "ck", items, ("normal", "a", "b"), None, n_boot=0)
-    ev = run_evaluate(tmp_path / "ck", items, None, n_boot=0)
+    zs = run_zero_shot(tmp_path / "ck", items, ("normal", "a", "b"), None, n_boot=0, keep_ungradable=True)
+    ev = run_evaluate(tmp_path / "ck", items, None, n_boot=0, keep_ungradable=True)
     own = {c["name"]: c["auc"]["estimate"] for c in ev["classes"]}
     for name in ("normal", "a", "b"):  # the same model, the same scores: the same AUC
         assert zs["site_attention"][name] == pytest.approx(own[name], abs=1e-9), name
     table = _labelled_csv(tmp_path / "other", ["amd", "glaucoma", "amd"])
-    rc, _, err = _uopsl(["zero-shot", str(tmp_path / "ck"), "--data", f"csv:{table}", "--classes", "normal,a",
+    rc, _, err = _uopsl(["zero-shot", "--keep-ungradable",
+                         str(tmp_path / "ck"), "--data", f"csv:{table}", "--classes", "normal,a",
                          "--out", str(tmp_path / "zs")], capsys)
     assert rc == 2 and "has no class of --classes with both positive and negative photographs" in err, err
     assert not (tmp_path / "zs" / "zero_shot.json").exists()
@@ -799,5 +808,6 @@ def test_a_model_without_site_attention_gets_no_site_maps_or_comparisons_made_up
     rc, _, err = _uopsl(["explain", str(tmp_path / "ck"), str(_photo(tmp_path / "in" / "ok.jpg", 1)), "--out",
                          str(tmp_path / "maps")], capsys)
     assert rc == 2 and "fundus_only model: it has no site attention to draw" in err, err
-    res = run_zero_shot(tmp_path / "ck", tiny_items(tmp_path / "imgs", n=9), ("normal", "a", "b"), None, n_boot=0)
+    res = run_zero_shot(tmp_path / "ck", tiny_items(tmp_path / "imgs", n=9), ("normal", "a", "b"), None, n_boot=0,
+                        keep_ungradable=True)
     assert any("without site attention" in n and "0 by construction" in n for n in res["notes"])

@@ -34,7 +34,8 @@ def test_evaluate_exits_1_when_images_could_not_be_read_and_draws_no_empty_inter
         rows = [r for r in csv.DictReader(fh) if r["modality"] == "fundus"]
     (data / rows[0]["path"]).write_bytes(b"not a photograph at all")
     ck = _checkpoint(tmp_path / "ck")
-    rc = main_entry(cli, ["evaluate", str(ck), "--data", str(data), "--out", str(tmp_path / "ev"), "--n-boot", "0",
+    rc = main_entry(cli, ["evaluate", "--keep-ungradable",
+                          str(ck), "--data", str(data), "--out", str(tmp_path / "ev"), "--n-boot", "0",
                           "--device", "cpu"], prog_name="uopsl")
     got = capsys.readouterr()
     assert rc == 1, got.err
@@ -70,7 +71,8 @@ def test_evaluate_says_when_class_names_differ_only_in_case(tmp_path: Path, caps
     data = tmp_path / "syn"
     make_dataset(data, 12, 0, config=SynthConfig(size=64, seed=3), progress=False)
     ck = _checkpoint(tmp_path / "ck", tuple(c.upper() for c in CLASSES))
-    rc = main_entry(cli, ["evaluate", str(ck), "--data", str(data), "--out", str(tmp_path / "ev"), "--n-boot", "0",
+    rc = main_entry(cli, ["evaluate", "--keep-ungradable",
+                          str(ck), "--data", str(data), "--out", str(tmp_path / "ev"), "--n-boot", "0",
                           "--device", "cpu"], prog_name="uopsl")
     err = capsys.readouterr().err
     assert rc == 2, err

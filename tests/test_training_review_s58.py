@@ -120,14 +120,17 @@ def test_untested_thresholds_refer_no_patient(caplog: pytest.LogCaptureFixture) 
     caplog.clear()
     with caplog.at_level(logging.WARNING):
         assert untested_not_referable(names, [False, True, False], prov[:2] + [prov[0]]) == [False, False, False]
-    assert "no class of this bundle refers anyone" in caplog.text
+    assert "refers no patient on it" in caplog.text  # that no class refers at all, export says (REFERS_NO_ONE)
 
 
-def test_a_checkpoint_without_thresholds_exports_a_bundle_that_refers_nobody(tmp_path: Path) -> None:
+def test_a_checkpoint_without_thresholds_exports_a_bundle_that_refers_nobody(tmp_path: Path,
+                                                                            caplog: pytest.LogCaptureFixture) -> None:
     model, meta = tiny_model()
     save_model(tmp_path / "ckpt", model, replace(meta, referable=(False, True, True)))
-    m = read_manifest(run_export(tmp_path / "ckpt", tmp_path / "bundle"))
+    with caplog.at_level(logging.WARNING):
+        m = read_manifest(run_export(tmp_path / "ckpt", tmp_path / "bundle"))
     assert [(c.name, c.referable) for c in m.classes] == [("normal", False), ("a", False), ("b", False)]
+    assert m.refers_no_one and "no class of this bundle is referable, so it refers no patient" in caplog.text
 
 
 # -- data specs, --init files, interrupted folders, unused options -------------------------------------------

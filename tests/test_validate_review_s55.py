@@ -199,7 +199,8 @@ def test_a_small_runs_fail_does_not_replace_a_release_sized_pass(
     rec = small.report["record"]
     kept = [k for k in rec["kept"] if k["name"] == "ort-cpu:model.onnx"]
     assert [(k["verdict"], k["kept_verdict"]) for k in kept] == [(FAIL, PASS)]
-    assert f"a FAIL on {VAL} images (fewer than {MIN_PARITY_IMAGES}) does not replace a PASS" in kept[0]["why"]
+    assert (f"a FAIL from a run too small to vouch for the file (only {VAL} images (a pass counts from "
+            f"{MIN_PARITY_IMAGES}" in kept[0]["why"] and "does not replace a PASS" in kept[0]["why"])
     assert f"the manifest keeps its PASS on {N} images" in rec["note"]
     assert "ort-cpu:model.onnx" not in rec["recorded"]
     # the INT8 file, which passed on both runs: its small-run PASS is still not recorded, its 120-image PASS stays
@@ -245,10 +246,12 @@ def test_byte_identical_copies_count_once(
     res = _run(bundle, records, models, tmp_path / "out")
     data = res.report["data"]
     assert data["n_images"] == keep + 20 and data["n_used"] == keep and data["n_duplicate_content"] == 20
-    assert len(set(data["image_sha256"])) == keep and "copy3" not in data["image_ids"]
+    # the images are judged in id order (session 59: figures independent of the data's row order), so of each
+    # pair the copy named first by id stays
+    assert len(set(data["image_sha256"])) == keep and "i003" not in data["image_ids"] and "copy3" in data["image_ids"]
     dup = data["duplicate_content"]
     assert dup["n_dropped"] == 20 and dup["n_with_other_patient"] == 20
-    assert dup["dropped"][0] == {"id": "copy0", "same_as": photos[0].stem, "patient": "Z0", "same_as_patient": "P0"}
+    assert dup["dropped"][0] == {"id": photos[0].stem, "same_as": "copy0", "patient": "P0", "same_as_patient": "Z0"}
     note = next(n for n in res.report["notes"] if "byte-identical copies" in n)
     assert note.startswith("20 image(s) left out: byte-identical copies of earlier images")
     assert f"every figure counts the {keep} distinct photographs of the {keep + 20} compared" in note
@@ -273,8 +276,8 @@ def test_copies_with_other_labels_are_refused(photos: list[Path], image_keys: di
     (copy,) = _copies(photos[:1], tmp_path / "copies")
     records = [*_records(photos[:20], labels[:20]), ImageRecord("copy0", copy, ("glaucoma",))]
     assert labels[0] != ("glaucoma",)
-    with pytest.raises(DataError, match=r"image copy0 \(.*\) is a byte-identical copy of image i000 .*their labels "
-                                        r"disagree \(\['glaucoma'\] here, \['normal'\] there\)"):
+    with pytest.raises(DataError, match=r"image i000 \(.*\) is a byte-identical copy of image copy0 .*their labels "
+                                        r"disagree \(\['normal'\] here, \['glaucoma'\] there\)"):
         _run(bundle, records, models, tmp_path / "out")
 
 

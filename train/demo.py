@@ -188,6 +188,8 @@ def run_demo(out: Path, cfg: DemoConfig, command: str = "") -> dict[str, object]
         # config.n_boot is the release gate's (validate); the evaluation's own is beside it.
         "out": str(out), "config": cfg.__dict__, "evaluate_n_boot": EVALUATE_N_BOOT, "seconds": timings, "total_seconds": round(time.perf_counter() - t0, 1),
         "test_macro_auc": report["macro"]["auc"],
+        # what the headline interval rests on (a review: 28 of 200 resamples undefined, every class too small)
+        "test_too_few_cases": [c["name"] for c in report.get("classes", ()) if c.get("too_few_cases")],
         "site_concentration": report.get("site_concentration", {}),
         "screened": summary.total, "referred": summary.refer,
         "report": str(out / "screen" / "report.html"), "bundle": str(bundle),

@@ -24,10 +24,10 @@ from uopsl.runtime.version import __version__, source_revision
 
 #: How eval.json's ``data.images_sha256`` is computed (so a signer can recompute it; as parity.json's).
 EVAL_IMAGES_DIGEST_METHOD = (
-    "sha256 of the UTF-8 text holding one line per evaluated image, in the order of predictions.csv: the JSON "
-    "array [sha256 of the file's bytes, its labels among the model's classes, sorted] as json.dumps(line, "
-    "separators=(',', ':'), ensure_ascii=False) writes it, ended by a newline (uopsl validate's "
-    "data.images_sha256 method); file names and times do not enter it")
+    "sha256 of the UTF-8 text holding one line per evaluated image, the lines sorted (so the order the data "
+    "listed them in does not enter it): the JSON array [sha256 of the file's bytes, its labels among the model's "
+    "classes, sorted] as json.dumps(line, separators=(',', ':'), ensure_ascii=False) writes it, ended by a "
+    "newline (uopsl validate's data.images_sha256 method); file names and times do not enter it")
 
 #: The libraries whose versions the figures depend on (those installed are recorded).
 _LIBRARIES = ("torch", "torchvision", "timm", "numpy", "opencv-python-headless", "opencv-python", "safetensors")

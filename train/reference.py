@@ -65,6 +65,23 @@ def _strict_fp32(device: torch.device) -> Iterator[None]:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
 
 
+def _same_bank(class_bank: tuple[tuple[str, ...], np.ndarray], model: UopslModel) -> bool:
+    """Whether ``class_bank`` (names, embeddings) is the one ``model`` was trained with, name for name and bit for
+    bit: a bundle re-exported with the same names but other phrases for a class scores other prototypes. A bank
+    of the model's names whose embeddings have another shape cannot have come from this model (no export writes
+    one): it is left alone, with a warning, and the checkpoint's own bank is used."""
+    names, text = class_bank
+    own = model.class_text.detach().cpu().numpy()
+    text = np.asarray(text)
+    if tuple(names) != tuple(model.config.classes):
+        return False
+    if text.shape != own.shape:
+        log.warning("the bundle's class bank is %s, the checkpoint's %s: not one this checkpoint's export writes; "
+                    "the reference scores the checkpoint's own", text.shape, own.shape)
+        return True
+    return bool(np.array_equal(text.astype(np.float32), own))
+
+
 class TorchReference:
     """A module with the deployed contract (uint8 NHWC in; probs, logits, site_maps out), run in PyTorch."""
 
@@ -82,6 +99,8 @@ class TorchReference:
         self.fingerprint = fingerprint
         self.source = source
         self.module = module.to(self.device).eval()
+        #: Whether the reference scores a bundle's class bank instead of the checkpoint's own (:meth:`from_checkpoint`).
+        self.class_bank_applied = False
 
     @classmethod
     def from_model(cls, model: UopslModel, preprocess: PreprocessConfig, **kwargs: Any) -> TorchReference:
@@ -93,24 +112,29 @@ class TorchReference:
                         class_bank: tuple[tuple[str, ...], np.ndarray] | None = None) -> TorchReference:
         """Load ``checkpoint`` (a folder written by uopsl) as the reference.
 
-        ``class_bank``: (names, text embeddings) of a bundle re-exported with
-        ``uopsl export --classes``; the reference then scores that bank, as the
-        export did (:meth:`UopslModel.with_classes`).
+        ``class_bank``: (names, text embeddings) of a bundle's ``class_bank.npy``;
+        where it differs from the checkpoint's own (``uopsl export --classes``:
+        other names, or a trained class given other phrases) the reference
+        scores that bank, as the export did (:meth:`UopslModel.with_classes`).
         """
         folder = Path(checkpoint)
         model, meta = load_model(folder)
-        if class_bank is not None and tuple(class_bank[0]) != tuple(model.config.classes):
+        if class_bank is not None and not _same_bank(class_bank, model):
             model = model.with_classes(tuple(class_bank[0]), class_bank[1], seen_names=model.config.classes)
             # The checkpoint's thresholds and referable flags were for its own classes; the bundle's decide.
             meta = replace(meta, model=model.config, thresholds=(), referable=())
+        else:
+            class_bank = None
         digest = hashlib.sha256()
         for name in ("model.safetensors", "checkpoint.json"):
             digest.update(sha256_file(folder / name).encode())
         if class_bank is not None:  # another bank, other outputs: cached reference outputs must not be shared
             digest.update("|".join(class_bank[0]).encode())
             digest.update(np.ascontiguousarray(class_bank[1], np.float32).tobytes())
-        return cls.from_model(model, meta.preprocess, device=device, fingerprint=digest.hexdigest(),
-                              source=str(folder), meta=meta)
+        reference = cls.from_model(model, meta.preprocess, device=device, fingerprint=digest.hexdigest(),
+                                   source=str(folder), meta=meta)
+        reference.class_bank_applied = class_bank is not None
+        return reference
 
     def describe(self) -> str:
         where = f" {self.source}" if self.source else ""

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from uopsl.runtime.bundle import CLASS_DISPLAY_NOTE, ClassSpec
+from uopsl.runtime.bundle import CLASS_DISPLAY_NOTE, REFERS_NO_ONE, ClassSpec
 from uopsl.runtime.errors import ConfigError, UopslError
 from uopsl.runtime.fsio import sha256_file, write_json
 from uopsl.runtime import intended_use
@@ -57,6 +57,7 @@ from uopsl.train.loops import (HOW_NOT_WHAT, TrainConfig, pick_device, predict, 
                                setup_distributed)
 from uopsl.train.model import DeployModel, ModelConfig, UopslModel
 from uopsl.train.stages import effective_finetune_config, finetune, pretrain
+from uopsl.train.screened import canonical_items, screened_view
 from uopsl.train.torchdata import ImageDataset, ImageModality, Item, pixels_version
 
 log = logging.getLogger(__name__)
@@ -781,9 +782,13 @@ def run_evaluate(ckpt: Path, items: Sequence[Item], out: Path | None, n_boot: in
                  masks: Sequence[str | Path | None] | None = None,
                  check: Callable[[ClassCoverage], None] | None = None,
                  data_counts: dict[str, int] | None = None, label_space: Sequence[str] | None = None,
-                 context: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                 context: Mapping[str, Any] | None = None, keep_ungradable: bool = False) -> dict[str, Any]:
     """Clinical metrics of a checkpoint on ``items``; with ``masks`` (per item, a site-mask file or
     None) also where its predilection maps point (``site_concentration``, per class).
+
+    The photographs scored are those a device would screen (:mod:`uopsl.train.screened`: a byte-identical copy
+    once, ungradable ones left out unless ``keep_ungradable``), as ``uopsl validate`` takes them; the report's
+    ``screened`` section says which were left out.
 
     ``check``: called with the class coverage of the images that could be read, before anything is computed
     or written; it may raise (the command refuses data whose readable images cover too few classes).
@@ -805,6 +810,15 @@ def run_evaluate(ckpt: Path, items: Sequence[Item], out: Path | None, n_boot: in
     if not meta.thresholds:
         log.warning("%s stores no operating thresholds (stage %s: not fine-tuned with validation data?); "
                     "sensitivity and specificity are reported at 0.5, which no validation chose", ckpt, meta.stage)
+    items, masks = canonical_items(items, masks)  # one order whatever order the data listed them in
+    view = screened_view(items, meta.preprocess, model.config.classes, keep_ungradable=keep_ungradable)
+    items = view.select(items)
+    if masks is not None:
+        masks = view.select(masks)
+    if not items:
+        raise ConfigError(f"none of the {len(view.keep)} photographs can be evaluated: every one is ungradable "
+                          "by the runtime's quality gate or a copy of another (--keep-ungradable scores the "
+                          "ungradable ones too)")
     torch_device = pick_device(device)
     model.to(torch_device)
     ds = dataset(items, meta.preprocess, cache, False)
@@ -863,6 +877,8 @@ def run_evaluate(ckpt: Path, items: Sequence[Item], out: Path | None, n_boot: in
                  "source_fingerprint": ctx.get("data_fingerprint"),
                  "label_space": list(label_space) if label_space is not None else None,
                  "patients_known": any(bool(it.group) for it in ds.items),
+                 # which listed photographs were left out before scoring (copies, ungradable), and why
+                 "screened": view.section,
                  **provenance.data_facts([it.path for it in ds.items],
                                          [tuple(n for n, t in zip(names, row) if t > 0.5) for row in ds.targets])},
         # A sign-off script's one check that these figures are not on photographs that made the model.
@@ -902,8 +918,9 @@ def write_predictions(path: Path, ds: ImageDataset, probs: np.ndarray, threshold
 
 def run_zero_shot(ckpt: Path, items: Sequence[Item], names: Sequence[str], out: Path | None,
                   classes_file: str | Path | None = None, cache: Path | None = None, n_boot: int = 1000,
-                  text_model: str | None = None, seed: int = 0) -> dict[str, Any]:
-    """Score classes given only by name + description, with and without site attention.
+                  text_model: str | None = None, seed: int = 0, keep_ungradable: bool = False) -> dict[str, Any]:
+    """Score classes given only by name + description, with and without site attention, on the photographs a
+    device would screen (``screened``: as :func:`run_evaluate` takes them).
 
     ``readings``: the raw and against-the-healthy-description readings,
     against every other image and against healthy eyes only, each comparison
@@ -923,6 +940,15 @@ def run_zero_shot(ckpt: Path, items: Sequence[Item], names: Sequence[str], out: 
                        known=dict(zip(trained, meta.phrases)))
     text, phrases, described_anew = with_trained_prototypes(bank, model, meta, classes_file)
     zs = model.with_classes(tuple(names), text, seen_names=trained).eval()
+    # The photographs a device would screen, as evaluate and validate take them (:mod:`uopsl.train.screened`).
+    items = canonical_items(items)[0]  # one order whatever order the data listed them in
+    view = screened_view(items, meta.preprocess, [n for n in names], keep_ungradable=keep_ungradable,
+                         what="zero-shot run")
+    items = view.select(items)
+    if not items:
+        raise ConfigError(f"none of the {len(view.keep)} photographs can be scored: every one is ungradable "
+                          "by the runtime's quality gate or a copy of another (--keep-ungradable scores the "
+                          "ungradable ones too)")
     ds = dataset(items, meta.preprocess, cache, False)
     ref = zs.reference_class()
     # What each class was scored with: a researcher comparing wordings must tell afterwards which AUC came
@@ -931,7 +957,8 @@ def run_zero_shot(ckpt: Path, items: Sequence[Item], names: Sequence[str], out: 
                            "healthy_class": None if ref is None else names[ref], "notes": [],
                            "phrases": {n: list(ph) for n, ph in zip(names, phrases)},
                            "classes_file": None if classes_file is None else
-                           {"path": str(classes_file), "sha256": sha256_file(classes_file)}}
+                           {"path": str(classes_file), "sha256": sha256_file(classes_file)},
+                           "screened": view.section}
     for name in described_anew:
         note = (f"class {name!r} was scored with the phrases of {classes_file}, not the ones the model was trained "
                 "with: its scores and AUCs are not the trained class's")
@@ -1170,13 +1197,12 @@ def untested_not_referable(names: Sequence[str], referable: Sequence[bool],
         return list(referable)
     kept = [r and n not in untested for n, r in zip(names, referable)]
     log.warning("%s %s no threshold chosen on data (a 0.5 default), so the bundle reports %s but refers no patient "
-                "on %s%s. To let %s refer: fine-tune with validation photographs holding positives and negatives "
+                "on %s. To let %s refer: fine-tune with validation photographs holding positives and negatives "
                 "of %s, or export with a class file giving a threshold chosen on labelled photographs and "
                 "referable = true (uopsl export --classes FILE)",
                 ", ".join(untested), "has" if len(untested) == 1 else "have",
                 "its probability" if len(untested) == 1 else "their probabilities",
                 "it" if len(untested) == 1 else "them",
-                "" if any(kept) else "; no class of this bundle refers anyone",
                 "it" if len(untested) == 1 else "them", "it" if len(untested) == 1 else "each")
     return kept
 
@@ -1226,6 +1252,8 @@ def run_export(ckpt: Path, out: Path, classes_file: str | Path | None = None, op
         shown = {n: d for n, d in descriptions.display_names(classes_file, known).items() if n in bank.names}
     points_note = threshold_provenance(model.config.classes, thresholds, meta, classes_file, given)
     referable = untested_not_referable(model.config.classes, referable, points_note)
+    if not any(referable):
+        log.warning("%s: %s", out, REFERS_NO_ONE)
     size = meta.preprocess.size
     deploy = DeployModel(model.eval(), size)
     with tempfile.TemporaryDirectory() as tmp:
@@ -1243,6 +1271,10 @@ def run_export(ckpt: Path, out: Path, classes_file: str | Path | None = None, op
                             # what each stage trained on: `uopsl intended-use` judges a clinical statement by it
                             intended_use.TRAINING_DATA_NOTE: [dict(r) for r in meta.training_data],
                             **({CLASS_DISPLAY_NOTE: shown} if shown else {}),
+                            # the class bank's source, by content: its name alone said nothing after an edit
+                            **({"classes_file": {"name": Path(classes_file).name,
+                                                 "sha256": sha256_file(classes_file)}}
+                               if classes_file is not None else {}),
                             # where each threshold came from (a validator asks before trusting a flip count)
                             OPERATING_POINTS_NOTE: points_note},
                      overwrite=force, intended_use=use)
@@ -1252,8 +1284,11 @@ def run_export(ckpt: Path, out: Path, classes_file: str | Path | None = None, op
         # model; a review found them gone with only "2 files verified" said.
         log.warning("%s replaced: its %s went with it (made for the model it held); run uopsl calibrate, quantize "
                     "and validate again for the new one", out, ", ".join(dropped))
-    write_json(out.parent / f"{out.name}.export.json", {"checkpoint": str(ckpt), "opset": opset, "op_count": report.op_count,
-                                                       "ops": report.ops, "classes_file": str(classes_file) if classes_file else None})
+    # Absolute paths: relative ones named nothing once read from another folder (a review).
+    write_json(out.parent / f"{out.name}.export.json",
+               {"checkpoint": str(Path(ckpt).resolve()), "opset": opset, "op_count": report.op_count,
+                "ops": report.ops, "classes_file": str(Path(classes_file).resolve()) if classes_file else None,
+                "classes_file_sha256": sha256_file(classes_file) if classes_file else None})
     return out
 
 

@@ -24,8 +24,15 @@ def command(out: Path, quick: bool, seed: int) -> None:
     res = run_demo(out, cfg, command=" ".join(["uopsl", *sys.argv[1:]]))
     auc = res["test_macro_auc"]
     if isinstance(auc, dict) and isinstance(auc.get("estimate"), float):
-        auc_s = f"{auc['estimate']:.3f}" + (f" (95 % CI {auc['low']:.3f}-{auc['high']:.3f})"
-                                            if isinstance(auc.get("low"), float) else "")
+        n_boot, n_valid = res.get("evaluate_n_boot"), auc.get("n_valid")
+        few = cast("list[str]", res.get("test_too_few_cases") or [])
+        auc_s = f"{auc['estimate']:.3f}" + (
+            f" (95 % CI {auc['low']:.3f}-{auc['high']:.3f}"
+            # resamples without a positive or a negative of a class give no AUC: the interval is of the rest
+            + (f", from the {n_valid} of {n_boot} resamples that define it" if isinstance(n_valid, int)
+               and isinstance(n_boot, int) and n_valid < n_boot else "") + ")"
+            if isinstance(auc.get("low"), float) else "") + (
+            f" [too few test cases for {', '.join(few)}: a figure to read, not to quote]" if few else "")
     else:
         auc_s = str(auc)
     click.echo(f"demo finished in {res['total_seconds']} s: test macro AUC {auc_s}, "

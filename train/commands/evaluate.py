@@ -83,9 +83,15 @@ def _interval(figure: dict[str, Any], label: str = "95% CI ") -> str:
 @click.option("--n-boot", type=click.IntRange(0), default=1000, show_default=True, help="Bootstrap resamples.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True)
-def command(checkpoint: Path, data_spec: str, out: Path, n_boot: int, seed: int, device: str) -> int:
+@click.option("--keep-ungradable", is_flag=True,
+              help="Score photographs the runtime's quality gate calls ungradable too. By default they are left out "
+                   "(a device gives no decision on them) and listed in eval.json, as uopsl validate does.")
+def command(checkpoint: Path, data_spec: str, out: Path, n_boot: int, seed: int, device: str,
+            keep_ungradable: bool) -> int:
     """Per-class AUC, sensitivity/specificity at the stored thresholds, F1 per class at its threshold and their
     mean (macro-F1), quadratic kappa for a softmax head over DR grades; eval.json, roc.png and predictions.csv.
+    Photographs are taken as uopsl validate takes them: a byte-identical copy once, and those the runtime's
+    quality gate calls ungradable left out (eval.json's data.screened lists both).
     A class the data do not grade (TVHL's amd) is not evaluated, nor the referral call unless every referable
     class is graded; a class with fewer than 10 positive or negative patients (images when patients are
     unknown) is flagged too_few_cases.
@@ -131,7 +137,7 @@ def command(checkpoint: Path, data_spec: str, out: Path, n_boot: int, seed: int,
                "data_fingerprint": src.fingerprint}
     report = run_evaluate(checkpoint, items, out, n_boot=n_boot, seed=seed, cache=out / "cache", device=device,
                           masks=masks if any(masks) else None, check=readable_cover_enough, data_counts=dict(counts),
-                          label_space=space, context=context)
+                          label_space=space, context=context, keep_ungradable=keep_ungradable)
     final = class_coverage_from_report(report, cov)
     auc = report["macro"].get("auc", {})
     click.echo(f"macro AUC over {final.summary()}: {_fmt(auc.get('estimate'))}{_interval(auc)}; "

@@ -354,12 +354,14 @@ def torch_reference(bundle: Path, checkpoint: Path, device: str, other_checkpoin
         log.warning("%s does not record which checkpoint it was exported from (exported by an older uopsl); "
                     "make sure %s is that checkpoint", bundle, checkpoint)
     bank = None
-    if (manifest.notes.get(CHECKPOINT_DIGEST_NOTE) and not mismatch and (bundle / CLASS_BANK_FILE).is_file()
-            and manifest.class_names != tuple(read_meta(checkpoint).model.classes)):
-        # Re-exported with `uopsl export --classes`: the same weights scoring the bundle's own class bank.
-        bank = (manifest.class_names, np.load(bundle / CLASS_BANK_FILE))
-        log.info("the bundle scores its own class bank %s: the reference does too", list(manifest.class_names))
+    if manifest.notes.get(CHECKPOINT_DIGEST_NOTE) and not mismatch and (bundle / CLASS_BANK_FILE).is_file():
+        # Re-exported with `uopsl export --classes` (other names, or other phrases for a trained class): the same
+        # weights scoring the bundle's own class bank. The reference uses it only where it differs from the
+        # checkpoint's.
+        bank = (manifest.class_names, _class_bank(bundle, manifest))
     reference = TorchReference.from_checkpoint(checkpoint, device, class_bank=bank)
+    if getattr(reference, "class_bank_applied", False):  # a stand-in reference (tests) may not say
+        log.info("the bundle scores its own class bank %s: the reference does too", list(manifest.class_names))
     notes = manifest_mismatches(reference.meta, manifest) if reference.meta is not None else []
     for note in notes:
         log.warning("checkpoint vs bundle: %s", note)
@@ -369,6 +371,24 @@ def torch_reference(bundle: Path, checkpoint: Path, device: str, other_checkpoin
                        "reference_kind": "pytorch", "device": str(reference.device),
                        "checkpoint_manifest_differences": notes, "other_checkpoint": other_checkpoint,
                        "other_checkpoint_reason": mismatch or ""}, may_record
+
+
+def _class_bank(bundle: Path, manifest: Manifest) -> np.ndarray:
+    """The bundle's class bank, read only once its checksum matches the manifest (it is read before the bundle's
+    own check runs; a damaged file was a bare ValueError, "a bug")."""
+    from uopsl.export.bundle_writer import CLASS_BANK_FILE
+    from uopsl.runtime.errors import BundleError
+    from uopsl.runtime.fsio import sha256_file
+
+    path = bundle / CLASS_BANK_FILE
+    try:
+        expected = manifest.file(CLASS_BANK_FILE).sha256
+        if sha256_file(path) != expected:
+            raise BundleError(f"{path} does not match its checksum in the manifest (edited or damaged): copy the "
+                              "bundle again from its source (uopsl-screen verify names every bad file)")
+        return np.asarray(np.load(path, allow_pickle=False), np.float32)
+    except (OSError, ValueError) as exc:
+        raise BundleError(f"cannot read {path} ({exc}): copy the bundle again from its source") from exc
 
 
 def foreign_checkpoint(meta: CheckpointMeta, manifest: Manifest) -> list[str]:
@@ -488,6 +508,9 @@ def int8_next_step(rep: dict[str, Any]) -> str:
 @click.option("--unknown-labels", type=click.Choice(["refuse", "drop"]), default="refuse", show_default=True,
               help="Images labelled with a name that is no class of the bundle: refuse the run (listing each such "
                    "label and the class a near miss meant), or drop those images (counted in the report).")
+@click.option("--max-thumbnails", type=click.IntRange(0), default=60, show_default=True,
+              help="Thumbnails of photographs whose decisions changed, per file, embedded in parity.html (patient "
+                   "photographs: 0 leaves them out of a report to be shared).")
 @click.option("--other-checkpoint", is_flag=True,
               help="Compare against a checkpoint other than the one the bundle was exported from (a study, not "
                    "a release check): allowed, reported, and never recorded in the manifest.")
@@ -495,7 +518,8 @@ def command(bundle: Path, checkpoint: Path | None, onnx_reference: bool, data_sp
             gates: str | None, judge_on: str, per_layer: bool, per_layer_images: int, sqnr_threshold: float,
             limit: int | None,
             seed: int, bootstrap_seed: int | None, batch_size: int, n_boot: int, device: str, threads: int | None,
-            no_resume: bool, record: bool, unknown_labels: str, other_checkpoint: bool, keep_ungradable: bool) -> int:
+            no_resume: bool, record: bool, unknown_labels: str, max_thumbnails: int, other_checkpoint: bool,
+            keep_ungradable: bool) -> int:
     """Validate BUNDLE against its checkpoint (or, on a device, its proven FP32 ONNX file) on --data.
 
     Exit 0 when every candidate passes the gates; 1 when one FAILs or is INCOMPLETE (the last line and
@@ -508,12 +532,13 @@ def command(bundle: Path, checkpoint: Path | None, onnx_reference: bool, data_sp
     check_output_outside_model_folders(out)
     from uopsl.export.parity_metrics import failed_gate_headroom, judged_bound, one_sided_referrals, parse_gates
     from uopsl.export.parity_html import skipped_words
-    from uopsl.export.validate import ValidateConfig, validate_bundle
+    from uopsl.export.validate import ValidateConfig, canonical_order, validate_bundle
 
     # The data first: a label the bundle does not know is refused before any model loads.
     records, space, description = resolve_data(data_spec)
     pool = len(records)  # what --limit drew from: "300 images" means another sample of 300 than of 1,058
-    records = limit_records(records, limit, seed)
+    # --limit draws from the images in one order (by id), so that another row order draws the same subset
+    records = limit_records(canonical_order(records), limit, seed)
     if space is not None and unknown_labels == "refuse":
         _refuse_unknown_labels(bundle, records, data_spec)
     reference: Any
@@ -529,9 +554,12 @@ def command(bundle: Path, checkpoint: Path | None, onnx_reference: bool, data_sp
         seed=boot_seed,
         per_layer=per_layer, per_layer_images=per_layer_images, sqnr_threshold_db=sqnr_threshold,
         threads=threads, resume=not no_resume, record=record, unknown_labels=unknown_labels,
-        keep_ungradable=keep_ungradable,
+        keep_ungradable=keep_ungradable, max_thumbnails=max_thumbnails,
     )
     context: dict[str, Any] = {**facts, "data": data_spec, "data_description": description,
+                               # relative paths in the command, the data spec and --out are relative to it
+                               "working_folder": str(Path.cwd()),
+                               "batch_size": batch_size, "threads": threads,
                                "limit": limit, "limit_drawn_from": pool if limit is not None else None,
                                "seed": seed, "bootstrap_seed": boot_seed,
                                "unknown_labels": unknown_labels,
