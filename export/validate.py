@@ -492,8 +492,10 @@ def _image_sha256(path: Path) -> str | None:
 
 
 def canonical_order(images: Sequence[ImageRecord]) -> list[ImageRecord]:
-    """``images`` sorted by id, then file path: the order every figure and the cache are computed in."""
-    return sorted(images, key=lambda r: (r.id, str(r.path)))
+    """``images`` sorted by id (with "/" separators on every system), then file, patient and labels: the order
+    every figure and the cache are computed in, whatever order the data listed them in."""
+    return sorted(images, key=lambda r: (r.id.replace("\\", "/"), Path(r.path).as_posix(), r.patient or "",
+                                         sorted(r.labels) if r.labels is not None else []))
 
 
 def images_digest(digests: Sequence[str | None], labels: Sequence[tuple[str, ...] | None]) -> str:

@@ -131,8 +131,8 @@ class RunSummary:
     #: (path, status, reasons) of inputs whose row from an earlier run is ungradable or unreadable, the first
     #: :data:`EARLIER_FAILED_KEPT` of them: a rerun names what still needs a retake, not only what it screened
     earlier_failed: list[tuple[str, str, tuple[str, ...]]] = field(default_factory=list)
-    #: ungradable or unreadable rows (among ``counts``) whose file was since replaced by another photograph under
-    #: the same name (``watch``: the retake saved where the failed one was): kept as rows, no longer to retake
+    #: ungradable rows (among ``counts``) whose file was replaced by another photograph under the same name on
+    #: the same day (``watch``: the retake saved where the failed one was): kept as rows, no longer to retake
     retaken: int = 0
 
     @property
@@ -550,6 +550,7 @@ class Screener:
         store: ResultStore | None = None,
         keep: Callable[[ScreenResult], bool] | None = None,
         on_kept: Callable[[dict[str, Any]], None] | None = None,
+        on_done: Callable[[dict[str, Any]], None] | None = None,
     ) -> RunSummary:
         """Screen ``inputs`` into ``out_dir`` (results.jsonl/csv, thumbs/, report.html; overlays/ with
         ``overlays=True``, which ``uopsl-screen run`` passes by default).
@@ -580,6 +581,9 @@ class Screener:
         photograph that was moved away between being found and being read: it is screened where it went).
         ``on_kept``: called with each earlier row carried over to an input (a card mounted elsewhere, file
         times moved) instead of a screening; ``watch`` counts a file once per session with it.
+        ``on_done``: called for each input an earlier run already screened (``key``, ``status``, ``refer``,
+        ``sha256``, and ``screened_at`` where the row has no result): ``watch`` tells a retake under the same
+        name, and what it had not screened when stopped, with it.
         """
         out = Path(out_dir)
         inputs = one_or_many(inputs)  # one path is one input, not its characters
@@ -618,6 +622,9 @@ class Screener:
                 if store.is_done(it.key):
                     status = store.done[it.key]
                     _count_earlier(status, it.key in store.referred)
+                    if on_done is not None:
+                        on_done({"key": it.key, "status": status, "refer": it.key in store.referred,
+                                 "sha256": store.sha_of(it.key), "screened_at": store.failed_at(it.key)})
                     if status != "ok" and len(summary.earlier_failed) < EARLIER_FAILED_KEPT:
                         summary.earlier_failed.append((key_path(it.key) or it.key, status, store.reasons_of(it.key)))
                     return

@@ -169,7 +169,8 @@ _csv_option = click.option(
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Output folder (results.csv, results.jsonl, report.html, run.json, thumbs/, overlays/, and "
-                   "days/ above 1,000 photographs); not inside a bundle or checkpoint folder.")
+                   "days/ once it holds photographs of two screening days or above 1,000); not inside a bundle or "
+                   "checkpoint folder.")
 @_backend_options
 @click.option("--batch", type=click.IntRange(min=1), default=8, show_default=True, help="Images per inference call.")
 @click.option("--workers", type=PARALLEL_COUNT, default=None,
@@ -235,9 +236,10 @@ def watch_cmd(bundle: Path, folder: Path, out: Path, backend: str, precision: st
     """Screen photographs as they appear in FOLDER (until Ctrl-C, --max-images or --timeout).
 
     \b
-    Exit codes: 0 every photograph screened, 1 some failed or were ungradable,
-    2 a usage, bundle, output-folder or file-system error. Ctrl-C and SIGTERM
-    are the normal stop here: they end with 0 or 1 as above.
+    Exit codes: 0 every photograph screened, 1 some failed or were ungradable
+    (not one retaken under its name the same day), 2 a usage, bundle,
+    output-folder or file-system error. Ctrl-C and SIGTERM are the normal stop
+    here: they end with 0 or 1 as above.
     """
     from uopsl.runtime.api import Screener
     from uopsl.runtime.watch import WatchConfig, watch_folder

@@ -347,9 +347,9 @@ def urgency_key(row: Mapping[str, Any], referable: Sequence[str]) -> tuple[int, 
     if row.get("status") == "ok" and row.get("refer"):
         wanted = set(referable)
         return 0, -sum(1 for c in row.get("positive") or () if c in wanted)
-    if row.get("status") in ("ungradable", "error"):
+    if still_to_retake(row):
         return 1, 0
-    return 2, 0
+    return 2, 0  # a retaken photograph's failed row is history: with the rows without a referable finding
 
 
 #: Reasons of an error row whose file opened but cannot be screened as it is: "Unusable image", not "Unreadable
@@ -772,8 +772,10 @@ def _use_line(manifest: Manifest) -> str:
 
 
 def verdict_counts(rows: Sequence[Mapping[str, Any]]) -> Counter[str]:
-    """Rows by verdict: ``refer``, ``routine`` (screened, no referable finding), ``ungradable``, ``error``."""
+    """Rows by verdict: ``refer``, ``routine`` (screened, no referable finding), ``ungradable``, ``error``, and
+    ``retaken`` (a failed row whose photograph was retaken under its name: :func:`retaken`)."""
     return Counter(("refer" if r.get("refer") else "routine") if r.get("status") == "ok"
+                   else "retaken" if retaken(r)
                    else ("ungradable" if r.get("status") == "ungradable" else "error") for r in rows)
 
 
@@ -800,6 +802,7 @@ def summary_html(counts: Mapping[str, int], linked: bool = False) -> str:
         card("ok", "routine", 2, "no referable finding"),
         card("ungradable", "ungradable", 1, "ungradable (retake)"),
         card("error", "error", 1, "unreadable or not screened"),
+        *([card("ok", "retaken", 2, "retaken under the same name")] if counts.get("retaken") else []),
         "</div>",
     ])
 
@@ -848,10 +851,19 @@ def retake_list_html(ordered: Sequence[Mapping[str, Any]], groups: Sequence[int]
             f"<ul>{''.join(items)}</ul>{more}</div>")
 
 
+def retaken(row: Mapping[str, Any]) -> bool:
+    """Whether a row without a result was retaken: another photograph was screened under its name
+    (``file_replaced``) on the same local day. Later, the name may be another patient's (cameras restart their
+    numbering): the row then still asks for a retake."""
+    if row.get("status") not in ("ungradable", "error") or not row.get("file_replaced"):
+        return False
+    failed, then = parse_time(row.get("screened_at")), parse_time(row.get("replaced_at"))
+    return failed is not None and then is not None and failed.astimezone().date() == then.astimezone().date()
+
+
 def still_to_retake(row: Mapping[str, Any]) -> bool:
-    """Whether a row without a result still asks for a retake: not once another photograph was screened under its
-    name (``file_replaced``: the retake saved where the failed one was)."""
-    return row.get("status") in ("ungradable", "error") and not row.get("file_replaced")
+    """Whether a row without a result still asks for a retake (not when :func:`retaken`)."""
+    return row.get("status") in ("ungradable", "error") and not retaken(row)
 
 
 def distinct_names(sources: Sequence[str]) -> list[str]:

@@ -419,6 +419,7 @@ class ResultStore:
             self.done: dict[str, str] = {}
             self.referred: set[str] = set()
             self._reasons: dict[str, tuple[str, ...]] = {}
+            self._failed_at: dict[str, str] = {}  # key -> screened_at of its latest row, for rows without a result
             self._versions: dict[str, Any] = {}  # key -> the preprocess_version its row was screened under
             self.said_earlier_versions = False  # screen_to's note about them, once per store (watch reuses one)
             self._by_size: dict[int, dict[str, str]] = {}  # file size -> {key: content sha256}
@@ -670,6 +671,10 @@ class ResultStore:
         key = str(row["key"])
         self.done[key] = str(row.get("status", ""))
         self._reasons[key] = tuple(str(x) for x in row.get("reasons") or ())
+        if self.done[key] in ("ungradable", "error") and row.get("screened_at"):
+            self._failed_at[key] = str(row["screened_at"])  # kept for failed rows only: a retake is judged by it
+        else:
+            self._failed_at.pop(key, None)
         self._versions[key] = row.get("preprocess_version")
         if row.get("sha256") and self.done[key] in FINAL_STATUSES:
             self._final_by_path[_row_path(row)] = (str(row["sha256"]), key)
@@ -687,6 +692,15 @@ class ResultStore:
             for group in (self._by_size.get(size, {}), self._by_name_size.get((os.path.basename(moved), size), {})):
                 for k in [k for k in group if key_path(k) == moved]:
                     del group[k]  # that file is gone: its row no longer stands for anything
+
+    def failed_at(self, key: str) -> str:
+        """When ``key``'s latest row was screened, where that row has no result ("" otherwise)."""
+        return self._failed_at.get(key, "")
+
+    def sha_of(self, key: str) -> str:
+        """The content sha256 of ``key``'s latest row ("" where it has none, or none is known)."""
+        size = key_size(key)
+        return "" if size is None else self._by_size.get(size, {}).get(key, "")
 
     def reasons_of(self, key: str) -> tuple[str, ...]:
         """The reasons of ``key``'s latest row (empty for none, or for a key never screened)."""
@@ -806,7 +820,8 @@ class ResultStore:
                 by_path.pop(moved, None)
             old = by_path.pop(path, None)  # re-insert: order follows the latest row
             if old is not None and _another_photograph(old, r):
-                kept = by_path[f"{path}|{old['sha256']}"] = {**old, "file_replaced": True}
+                kept = by_path[f"{path}|{old['sha256']}"] = {**old, "file_replaced": True,
+                                                             "replaced_at": r.get("screened_at")}
                 if id(old) in escaped:
                     escaped.add(id(kept))
             by_path[path] = r

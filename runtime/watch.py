@@ -41,6 +41,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from datetime import datetime
 from typing import Any
 
 from uopsl.runtime.api import EARLIER_FAILED_KEPT, RunSummary, Screener
@@ -374,7 +375,8 @@ def watch_folder(
         raise output_folder_named(src)
     out = Path(out_dir)
     total = RunSummary(out, backend=screener.backend.describe(), bundle_sha256=screener.identity.bundle_sha256)
-    latest: dict[str, tuple[str, bool, str, str]] = {}  # path -> (status, referred, sha256, screened|skipped)
+    # path -> (status, referred, sha256, screened|skipped, local day screened)
+    latest: dict[str, tuple[str, bool, str, str, str]] = {}
 
     answered: set[str] = set()  # the files of the batch being screened that got a row, or were found gone
 
@@ -386,7 +388,7 @@ def watch_folder(
             tracker.settled(Path(path))
         else:
             tracker.retry_later(Path(path))
-        count_once(path, r.status, bool(r.refer), r.content_sha256, "screened")
+        count_once(path, r.status, bool(r.refer), r.content_sha256, "screened", _local_day(None))
         if on_result is not None:
             on_result(r)
 
@@ -400,26 +402,28 @@ def watch_folder(
         if before is not None:
             uncount(before)
         count_once(key_path(str(row["key"])) or str(row["key"]), str(row.get("status")), bool(row.get("refer")),
-                   str(row.get("sha256") or ""), "skipped")
+                   str(row.get("sha256") or ""), "skipped", _local_day(row.get("screened_at")))
 
-    def uncount(entry: tuple[str, bool, str, str]) -> None:
-        status, refer, _, how = entry
+    def uncount(entry: tuple[str, bool, str, str, str]) -> None:
+        status, refer, _, how, _day = entry
         setattr(total, how, getattr(total, how) - 1)
         total.counts[status] = total.counts.get(status, 0) - 1
         total.refer -= refer
 
-    def count_once(path: str, status: str, refer: bool, sha: str, how: str) -> None:
+    def count_once(path: str, status: str, refer: bool, sha: str, how: str, day: str) -> None:
         """Count a file taken again this session (half-copied, then whole; copied twice; touched) once, as its
         report row does: the batch's own counts (added after this) hold the new entry, so the earlier one
         goes. ``how``: whether the new entry counts as ``screened`` or ``skipped`` (an earlier result)."""
         before = latest.get(path)
-        latest[path] = (status, refer, sha, how)
+        latest[path] = (status, refer, sha, how, day)
         if before is not None and (before[0] not in FINAL_STATUSES or before[2] == sha):
             uncount(before)
-        elif before is not None and before[0] in ("ungradable", "error"):
-            # Another photograph saved under the failed one's name: the retake. Both rows stay (the earlier one
-            # marked file_replaced), but the earlier no longer asks for a retake (a review: "1 ungradable
-            # (retake)" and exit 1 after the retake had been screened fine).
+        elif before is not None and before[0] in ("ungradable", "error") and before[4] and before[4] == day:
+            # Another photograph saved under the failed one's name the same day: the retake. Both rows stay (the
+            # earlier one marked file_replaced), but the earlier no longer asks for a retake (a review: "1
+            # ungradable (retake)" and exit 1 after the retake had been screened fine). On another day the name
+            # may be another patient's (cameras restart their numbering): the failed row still counts, as the
+            # report's retake list keeps it (report.retaken).
             total.retaken += 1
 
     def still_there(r: ScreenResult) -> bool:
@@ -455,7 +459,7 @@ def watch_folder(
                     try:
                         s = screener.screen_to(out, ready, overlays=overlays, finalize=False, on_result=seen,
                                                require_images=False, store=held, keep=still_there,
-                                               on_kept=kept)
+                                               on_kept=kept, on_done=kept)
                     except KeyboardInterrupt as exc:  # ScreeningInterrupted: what the batch did is saved
                         _add(total, getattr(exc, "summary", None))
                         # The batch's files without a row go back to the waiting list, which the stop names: a
@@ -516,6 +520,16 @@ def watch_folder(
             total.in_folder = _refresh(screener, out, held)
         total.not_updated = screener.busy_outputs
     return total
+
+
+def _local_day(when: Any) -> str:
+    """The local calendar day of an ISO time (now where ``when`` is None), as YYYY-MM-DD; "" when unreadable."""
+    if when is None:
+        return datetime.now().astimezone().date().isoformat()
+    try:
+        return datetime.fromisoformat(str(when)).astimezone().date().isoformat()
+    except ValueError:
+        return ""
 
 
 def _same_file(path: str) -> str:

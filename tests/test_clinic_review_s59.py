@@ -69,12 +69,18 @@ def test_the_retake_list_leaves_out_a_photograph_retaken_under_its_name_and_name
     from test_report_days import DAY1, _manifest, _row
     from uopsl.runtime.report import render_report
 
-    old = {**_row(1, DAY1, status="ungradable"), "file_replaced": True, "reasons": ["too_dark"]}
+    from datetime import timedelta
+
+    old = {**_row(1, DAY1, status="ungradable"), "file_replaced": True, "reasons": ["too_dark"],
+           "replaced_at": (DAY1 + timedelta(minutes=3)).isoformat()}
+    later = {**_row(4, DAY1, status="ungradable"), "file_replaced": True, "reasons": ["too_dark"],
+             "replaced_at": (DAY1 + timedelta(days=40)).isoformat()}  # the name reused for another patient?
     a = {**_row(2, DAY1, status="ungradable"), "source": "/drop/Garcia Maria/IMG_0001.jpg", "reasons": ["too_dark"]}
     b = {**_row(3, DAY1, status="ungradable"), "source": "/drop/Lopez Juan/IMG_0001.jpg", "reasons": ["blurred"]}
-    page = render_report([old, a, b], tmp_path, _manifest())
+    page = render_report([old, a, b, later], tmp_path, _manifest())
     box = page[page.index("id='retakes'"):page.index("</div>", page.index("id='retakes'"))]
-    assert "Retake or copy again now (2)" in box
+    assert "Retake or copy again now (3)" in box and "p001.jpg" not in box and "p004.jpg" in box
+    assert "retaken under the same name" in page  # its own count card, not "ungradable (retake)"
     assert "Garcia Maria/IMG_0001.jpg" in box and "Lopez Juan/IMG_0001.jpg" in box
 
 
@@ -132,7 +138,8 @@ def test_the_index_of_a_small_folder_of_two_days_says_why_and_lists_only_what_is
     from test_report_days import DAY1, DAY2, _manifest, _row
     from uopsl.runtime.report_days import write_reports
 
-    rows = [_row(1, DAY1), {**_row(2, DAY1, status="ungradable"), "file_replaced": True},
+    rows = [_row(1, DAY1), {**_row(2, DAY1, status="ungradable"), "file_replaced": True,
+                            "replaced_at": (DAY1 + timedelta(minutes=2)).isoformat()},
             _row(3, DAY2 + timedelta(minutes=1), status="ungradable")]
     index = write_reports(rows, tmp_path, _manifest()).read_text(encoding="utf-8")
     assert "screened on more than one day" in index and "too many for one page" not in index
@@ -141,3 +148,48 @@ def test_the_index_of_a_small_folder_of_two_days_says_why_and_lists_only_what_is
     m = _manifest()
     none = replace(m, classes=tuple(replace(c, referable=False) for c in m.classes))
     assert "id='refers-no-one'" in write_reports(rows, tmp_path, none).read_text(encoding="utf-8")
+
+
+def test_a_retake_after_a_watch_restart_counts_as_done_and_done_files_are_not_named_as_unscreened(
+        tiny_bundle: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:  # noqa: F811
+    """The review of the change: a retake saved after `watch` restarted still gave exit 1 ('... earlier run'), and
+    a watch stopped in its first batch after a restart named files screened by earlier runs as unscreened."""
+    import threading
+    import time
+
+    import cv2
+    import numpy as np
+
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    cv2.imwrite(str(inbox / "IMG_0001.jpg"), np.full((320, 320, 3), 20, np.uint8))  # too dark: ungradable
+    for i in range(3):
+        fundus_jpeg(inbox / f"a{i}.jpg", seed=10 + i)
+    out = tmp_path / "out"
+    with Screener(tiny_bundle, "ort-cpu", threads=1, batch_size=1) as s:
+        s.screen_to(out, [inbox])  # an earlier session
+        for i in range(2):
+            fundus_jpeg(inbox / f"z{i}.jpg", seed=20 + i)
+        results: list[object] = []
+
+        def stop_after_one(r: object) -> None:
+            results.append(r)
+            raise KeyboardInterrupt
+
+        cfg = WatchConfig(settle_ms=0, poll_s=0.05, timeout_s=30, refresh_s=0)
+        with caplog.at_level(logging.WARNING):
+            watch_folder(s, inbox, out, cfg, on_result=stop_after_one)
+        said = [r.getMessage() for r in caplog.records if "seen but not screened" in r.getMessage()]
+        assert said and said[0].startswith("1 file seen but not screened"), said
+        good = fundus_jpeg(tmp_path / "good.jpg", seed=3)
+        cfg = WatchConfig(settle_ms=100, poll_s=0.05, max_images=2, timeout_s=30, refresh_s=0)
+        result: dict = {}
+        t = threading.Thread(target=lambda: result.update(s=watch_folder(s, inbox, out, cfg)))
+        t.start()
+        time.sleep(1.0)  # the restarted watch has taken the folder (the dark photograph: an earlier run's row)
+        (inbox / "IMG_0001.jpg.part").write_bytes(good.read_bytes())
+        (inbox / "IMG_0001.jpg.part").replace(inbox / "IMG_0001.jpg")
+        t.join(60)
+    assert not t.is_alive()
+    summary = result["s"]
+    assert summary.retaken == 1 and summary.exit_code == 0, (summary.counts, summary.retaken)

@@ -14,6 +14,7 @@ import hashlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from uopsl.export.validate import ImageRecord, distinct_content
@@ -32,7 +33,8 @@ def canonical_items(items: Sequence[Item], masks: Sequence[Any] | None = None
     """``items`` (and ``masks``, one per item) sorted by file: the order every figure is computed in, whatever order
     the data listed them in. The bootstrap draws by position, so the same photographs in another row order gave
     other intervals under the same seed (a review)."""
-    order = sorted(range(len(items)), key=lambda i: str(items[i].path))
+    order = sorted(range(len(items)), key=lambda i: (Path(items[i].path).as_posix(), items[i].group,
+                                                     items[i].target.tolist()))
     return [items[i] for i in order], (None if masks is None else [masks[i] for i in order])
 
 
