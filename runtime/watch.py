@@ -40,8 +40,8 @@ import stat
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from uopsl.runtime.api import EARLIER_FAILED_KEPT, RunSummary, Screener
@@ -512,7 +512,8 @@ def watch_folder(
             screener._finalize_quietly(out, held, True, None)
             raise
         _say_waiting(tracker.waiting(), tracker.settle_s, tracker.empty_settle_s, cfg.max_images is not None)
-
+        # An earlier session's failed photograph screened since with a result (its retake) is not named as failed.
+        total.earlier_failed = [e for e in total.earlier_failed if latest.get(e[0], ("",))[0] != "ok"]
         try:
             total.in_folder = _refresh(screener, out, held)  # always: rows appended since the last refresh
         except KeyboardInterrupt:  # a stop landing as the rewrite began: it is what a stop asks for

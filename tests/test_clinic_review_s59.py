@@ -193,3 +193,4 @@ def test_a_retake_after_a_watch_restart_counts_as_done_and_done_files_are_not_na
     assert not t.is_alive()
     summary = result["s"]
     assert summary.retaken == 1 and summary.exit_code == 0, (summary.counts, summary.retaken)
+    assert not [e for e in summary.earlier_failed if e[0].endswith("IMG_0001.jpg")]
