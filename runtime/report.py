@@ -154,6 +154,20 @@ def parse_time(value: object) -> datetime | None:
     return None
 
 
+def local_day(value: object) -> date | None:
+    """The local calendar day of a time :func:`parse_time` reads (None when it reads none)."""
+    when = parse_time(value)
+    return None if when is None else when.astimezone().date()
+
+
+def refers_no_one_html(manifest: Manifest) -> str:
+    """The box a report page opens with when no class of the bundle refers anyone (:data:`REFERS_NO_ONE`)."""
+    if not manifest.refers_no_one:
+        return ""
+    return (f"<div class='warn' id='refers-no-one'><b>This model refers no one.</b> "
+            f"{esc(REFERS_NO_ONE[0].upper() + REFERS_NO_ONE[1:])}.</div>")
+
+
 def _mtime(path: Path) -> float | None:
     try:
         return path.stat().st_mtime
@@ -857,8 +871,8 @@ def retaken(row: Mapping[str, Any]) -> bool:
     numbering): the row then still asks for a retake."""
     if row.get("status") not in ("ungradable", "error") or not row.get("file_replaced"):
         return False
-    failed, then = parse_time(row.get("screened_at")), parse_time(row.get("replaced_at"))
-    return failed is not None and then is not None and failed.astimezone().date() == then.astimezone().date()
+    failed = local_day(row.get("screened_at"))
+    return failed is not None and failed == local_day(row.get("replaced_at"))
 
 
 def still_to_retake(row: Mapping[str, Any]) -> bool:
@@ -951,8 +965,7 @@ def report_parts(rows: Sequence[dict[str, Any]], out_dir: str | os.PathLike[str]
                "screened yet are not in this report: run the same command again to screen them (photographs "
                "already screened are kept, not screened twice).</div>")
     if manifest.refers_no_one:
-        yield (f"<div class='warn' id='refers-no-one'><b>This model refers no one.</b> "
-               f"{esc(REFERS_NO_ONE[0].upper() + REFERS_NO_ONE[1:])}.</div>")
+        yield refers_no_one_html(manifest)
     if info.get("unvalidated_file"):
         yield (f"<div class='warn' id='unvalidated'><b>Not validated: {esc(info['unvalidated_file'])}.</b> It was "
                "used because it was asked for by name; its decisions may differ from those of the validated model "

@@ -34,7 +34,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from uopsl.runtime.bundle import REFERS_NO_ONE, Manifest
+from uopsl.runtime.bundle import Manifest
 from uopsl.runtime.errors import ConfigError
 from uopsl.runtime.fsio import atomic_open
 from uopsl.runtime.overlay import OVERLAY_DIR, THUMB_DIR
@@ -90,8 +90,7 @@ class DayPage:
 
 def screening_day(row: Mapping[str, Any]) -> date | None:
     """The local calendar day a row was screened on (None when the row carries no screening time)."""
-    when = parse_time(row.get("screened_at"))
-    return None if when is None else when.astimezone().date()
+    return report.local_day(row.get("screened_at"))
 
 
 def plan_pages(rows: Sequence[Mapping[str, Any]], referable: Sequence[str],
@@ -359,8 +358,7 @@ def _index_parts(rows: Sequence[Mapping[str, Any]], pages: Sequence[DayPage], du
         "file. Open a day to see its photographs and heatmaps; each day's page prints on its own.</p>",
     ]
     if manifest.refers_no_one:  # as every day's page says it
-        parts.insert(3, f"<div class='warn' id='refers-no-one'><b>This model refers no one.</b> "
-                        f"{esc(REFERS_NO_ONE[0].upper() + REFERS_NO_ONE[1:])}.</div>")
+        parts.insert(3, report.refers_no_one_html(manifest))
     if dups.groups:
         listed = "; ".join(" = ".join(
             f"<a href='{esc(DAYS_DIR)}/{esc(page_of[i].name)}#{esc(row_anchor(rows[i]))}'>{esc(_name(rows[i]))}</a>"

@@ -47,6 +47,7 @@ from typing import Any
 from uopsl.runtime.api import EARLIER_FAILED_KEPT, RunSummary, Screener
 from uopsl.runtime.errors import ConfigError
 from uopsl.runtime.pipeline import ScreenResult
+from uopsl.runtime.report import local_day
 from uopsl.runtime.input_keys import key_path
 from uopsl.runtime.inputs import WalkState, folder_ident, is_output_folder, list_folder, output_folder_named
 from uopsl.runtime.results import FINAL_STATUSES, ResultStore, is_final
@@ -524,13 +525,9 @@ def watch_folder(
 
 
 def _local_day(when: Any) -> str:
-    """The local calendar day of an ISO time (now where ``when`` is None), as YYYY-MM-DD; "" when unreadable."""
-    if when is None:
-        return datetime.now().astimezone().date().isoformat()
-    try:
-        return datetime.fromisoformat(str(when)).astimezone().date().isoformat()
-    except ValueError:
-        return ""
+    """The local calendar day of a row's time (now where ``when`` is None), as YYYY-MM-DD; "" when unreadable."""
+    day = datetime.now().astimezone().date() if when is None else local_day(when)
+    return "" if day is None else day.isoformat()
 
 
 def _same_file(path: str) -> str:
