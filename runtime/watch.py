@@ -402,8 +402,15 @@ def watch_folder(
         before = latest.pop(old, None) if old else None
         if before is not None:
             uncount(before)
+            if before[3] == "screened":
+                # Screened in this session, then moved: it stays "screened now", though the batch counts the
+                # carried row as an earlier run's (a review: a folder renamed during the watch turned "2 screened
+                # now" into "2 from an earlier run").
+                total.screened += 1
+                total.skipped -= 1
         count_once(key_path(str(row["key"])) or str(row["key"]), str(row.get("status")), bool(row.get("refer")),
-                   str(row.get("sha256") or ""), "skipped", _local_day(row.get("screened_at")))
+                   str(row.get("sha256") or ""), before[3] if before is not None else "skipped",
+                   _local_day(row.get("screened_at")))
 
     def uncount(entry: tuple[str, bool, str, str, str]) -> None:
         status, refer, _, how, _day = entry

@@ -3,6 +3,7 @@ and printing the report for the nurse each day."""
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -194,3 +195,33 @@ def test_a_retake_after_a_watch_restart_counts_as_done_and_done_files_are_not_na
     summary = result["s"]
     assert summary.retaken == 1 and summary.exit_code == 0, (summary.counts, summary.retaken)
     assert not [e for e in summary.earlier_failed if e[0].endswith("IMG_0001.jpg")]
+
+
+def test_a_folder_renamed_during_a_watch_keeps_its_photographs_screened_now(
+        tiny_bundle: Path, tmp_path: Path) -> None:  # noqa: F811
+    """A review: 'New Patient' renamed to 'Garcia Maria' during the watch; the summary then read '0 screened now,
+    2 from an earlier run' for two photographs this watch had screened minutes before."""
+    import threading
+    import time
+
+    inbox = tmp_path / "inbox"
+    (inbox / "New Patient").mkdir(parents=True)
+    for i in range(2):
+        fundus_jpeg(inbox / "New Patient" / f"p{i}.jpg", seed=30 + i)
+    cfg = WatchConfig(settle_ms=100, poll_s=0.05, timeout_s=6, refresh_s=0, rescan_s=0.2)
+    result: dict = {}
+    jsonl = tmp_path / "out" / "results.jsonl"
+    with Screener(tiny_bundle, "ort-cpu", threads=1, batch_size=1) as s:
+        t = threading.Thread(target=lambda: result.update(s=watch_folder(s, inbox, tmp_path / "out", cfg)))
+        t.start()
+        for _ in range(200):
+            if jsonl.is_file() and len(jsonl.read_text().splitlines()) >= 2:
+                break
+            time.sleep(0.05)
+        (inbox / "New Patient").rename(inbox / "Garcia Maria")
+        t.join(60)
+    assert not t.is_alive()
+    summary = result["s"]
+    moved = [r for r in (json.loads(x) for x in jsonl.read_text().splitlines()) if r.get("moved_from")]
+    assert len(moved) == 2, jsonl.read_text()
+    assert (summary.screened, summary.skipped) == (2, 0) and summary.counts.get("ok") == 2
