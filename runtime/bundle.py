@@ -860,21 +860,26 @@ def verify(bundle: str | os.PathLike[str], manifest: Manifest | None = None,
     out: list[FileCheck] = []
     problem = _checksum_problem(raw)
     out.append(FileCheck(MANIFEST, False, problem) if problem else FileCheck(MANIFEST, True))
-    for f in m.files:
-        p = root / f.path
-        if bundle_path_problem(f.path) or not _inside(root, p):
-            out.append(FileCheck(f.path, False, "path leaves the bundle folder (a link or a name out of it)"))
-        elif not p.is_file():
-            out.append(FileCheck(f.path, False, "missing"))
-        elif f.size and p.stat().st_size != f.size:
-            size = p.stat().st_size
-            how = "truncated or replaced" if size < f.size else "grown: appended to or replaced"
-            out.append(FileCheck(f.path, False, f"size {size} bytes, manifest says {f.size} ({how})"))
-        elif sha256_file(p) != f.sha256:
-            out.append(FileCheck(f.path, False, "sha256 differs from the manifest (modified or corrupted)"))
-        else:
-            out.append(FileCheck(f.path, True))
+    out.extend(verify_file(root, f) for f in m.files)
     return out
+
+
+def verify_file(bundle: str | os.PathLike[str], f: FileEntry) -> FileCheck:
+    """One listed file against its size and sha256 (what :func:`verify` does for each): for a command that reads
+    one file of a bundle before, or without, checking all of them."""
+    root = Path(bundle)
+    p = root / f.path
+    if bundle_path_problem(f.path) or not _inside(root, p):
+        return FileCheck(f.path, False, "path leaves the bundle folder (a link or a name out of it)")
+    if not p.is_file():
+        return FileCheck(f.path, False, "missing")
+    if f.size and p.stat().st_size != f.size:
+        size = p.stat().st_size
+        how = "truncated or replaced" if size < f.size else "grown: appended to or replaced"
+        return FileCheck(f.path, False, f"size {size} bytes, manifest says {f.size} ({how})")
+    if sha256_file(p) != f.sha256:
+        return FileCheck(f.path, False, "sha256 differs from the manifest (modified or corrupted)")
+    return FileCheck(f.path, True)
 
 
 def quantize_records(manifest: Manifest) -> tuple[str, ...]:

@@ -137,3 +137,14 @@ def test_parity_html_says_when_it_holds_photographs_of_the_data() -> None:
     assert _photographs_note({"roc:model.onnx": "data:"}) == []
     note = "".join(_photographs_note({"thumb:a": "data:", "thumb:b": "data:", "roc:x": "data:"}))
     assert "holds 2 photographs of the data" in note and "--max-thumbnails 0" in note
+
+
+def test_eval_json_takes_the_sha256s_the_screened_view_read_instead_of_reading_the_files_again(
+        tmp_path: Path) -> None:
+    from uopsl.train.provenance import data_facts
+
+    gone = tmp_path / "gone.jpg"  # never written: a second read would find nothing
+    here = tmp_path / "here.jpg"
+    here.write_bytes(b"abc")
+    facts = data_facts([gone, here], [("dr",), ()], known={str(gone): "f" * 64})
+    assert facts["image_sha256"] == ["f" * 64, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"]

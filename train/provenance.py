@@ -12,7 +12,7 @@ computed as ``uopsl validate``'s ``data.images_sha256``).
 from __future__ import annotations
 
 import datetime as _dt
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -80,9 +80,13 @@ def image_sha256s(paths: Sequence[str | Path]) -> list[str | None]:
     return out
 
 
-def data_facts(paths: Sequence[str | Path], labels: Sequence[tuple[str, ...]]) -> dict[str, Any]:
+def data_facts(paths: Sequence[str | Path], labels: Sequence[tuple[str, ...]],
+               known: Mapping[str, str | None] | None = None) -> dict[str, Any]:
     """``n_images``, per-image ``image_sha256`` (in ``paths`` order) and their content digest ``images_sha256``
-    (:data:`EVAL_IMAGES_DIGEST_METHOD`)."""
-    shas = image_sha256s(paths)
+    (:data:`EVAL_IMAGES_DIGEST_METHOD`). ``known``: sha256s already read, by path (the rest are read here)."""
+    have = known or {}
+    missing = [p for p in paths if have.get(str(p)) is None]
+    read = dict(zip(map(str, missing), image_sha256s(missing)))
+    shas = [have.get(str(p)) or read.get(str(p)) for p in paths]
     return {"n_images": len(shas), "images_sha256": images_digest(shas, list(labels)),
             "images_sha256_method": EVAL_IMAGES_DIGEST_METHOD, "image_sha256": shas}

@@ -120,6 +120,7 @@ class TorchReference:
         folder = Path(checkpoint)
         model, meta = load_model(folder)
         if class_bank is not None and not _same_bank(class_bank, model):
+            log.info("the bundle scores its own class bank %s: the reference does too", list(class_bank[0]))
             model = model.with_classes(tuple(class_bank[0]), class_bank[1], seen_names=model.config.classes)
             # The checkpoint's thresholds and referable flags were for its own classes; the bundle's decide.
             meta = replace(meta, model=model.config, thresholds=(), referable=())

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from uopsl.export.validate import ImageRecord, distinct_content
-from uopsl.runtime.errors import UopslError
+from uopsl.runtime.errors import ConfigError, UopslError
 from uopsl.runtime.preprocess import PreprocessConfig, preprocess, read_bytes
 from uopsl.runtime.quality import QualityConfig, assess
 from uopsl.train.torchdata import Item
@@ -40,14 +40,33 @@ def canonical_items(items: Sequence[Item], masks: Sequence[Any] | None = None
 
 @dataclass(frozen=True)
 class ScreenedView:
-    """``keep``: per item, whether it is scored; ``section``: what the report records of those left out."""
+    """``keep``: per item, whether it is scored; ``section``: what the report records of those left out;
+    ``shas``: each item's file sha256 as read here (None: unreadable), so the report need not read them again."""
 
     keep: tuple[bool, ...]
     section: dict[str, Any] = field(default_factory=dict)
+    shas: tuple[str | None, ...] = ()
 
     def select(self, items: Sequence[Any]) -> list[Any]:
         """The entries of ``items`` (one per item, in step) that are scored."""
         return [x for x, k in zip(items, self.keep, strict=True) if k]
+
+
+def screened_items(items: Sequence[Item], config: PreprocessConfig, names: Sequence[str], *,
+                   keep_ungradable: bool = False, what: str = "evaluation", masks: Sequence[Any] | None = None
+                   ) -> tuple[list[Item], list[Any] | None, ScreenedView, dict[str, str | None]]:
+    """What evaluate and zero-shot score: ``items`` in one order (:func:`canonical_items`), less what
+    :func:`screened_view` leaves out; with ``masks`` in step, the view, and each scored file's sha256 by path.
+    ConfigError when nothing is left."""
+    items, masks = canonical_items(items, masks)
+    view = screened_view(items, config, names, keep_ungradable=keep_ungradable, what=what)
+    kept = view.select(items)
+    if not kept:
+        raise ConfigError(f"none of the {len(items)} photographs of this {what} can be scored: every one is "
+                          "ungradable by the runtime's quality gate or a copy of another (--keep-ungradable scores "
+                          "the ungradable ones too)")
+    shas = {str(it.path): sha for it, sha in zip(items, view.shas)}
+    return kept, (None if masks is None else view.select(masks)), view, shas
 
 
 def screened_view(items: Sequence[Item], config: PreprocessConfig, names: Sequence[str], *,
@@ -100,4 +119,4 @@ def screened_view(items: Sequence[Item], config: PreprocessConfig, names: Sequen
         log.warning("%d of the %d photographs of this %s are ungradable by the runtime's quality gate (e.g. %s: %s) "
                     "and are left out, as a device gives no decision on them (--keep-ungradable scores them too)",
                     len(ungradable), len(items), what, ungradable[0][0], ungradable[0][1])
-    return ScreenedView(tuple(keep), section)
+    return ScreenedView(tuple(keep), section, tuple(shas))

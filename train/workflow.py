@@ -57,7 +57,7 @@ from uopsl.train.loops import (HOW_NOT_WHAT, TrainConfig, pick_device, predict, 
                                setup_distributed)
 from uopsl.train.model import DeployModel, ModelConfig, UopslModel
 from uopsl.train.stages import effective_finetune_config, finetune, pretrain
-from uopsl.train.screened import canonical_items, screened_view
+from uopsl.train.screened import screened_items
 from uopsl.train.torchdata import ImageDataset, ImageModality, Item, pixels_version
 
 log = logging.getLogger(__name__)
@@ -810,15 +810,8 @@ def run_evaluate(ckpt: Path, items: Sequence[Item], out: Path | None, n_boot: in
     if not meta.thresholds:
         log.warning("%s stores no operating thresholds (stage %s: not fine-tuned with validation data?); "
                     "sensitivity and specificity are reported at 0.5, which no validation chose", ckpt, meta.stage)
-    items, masks = canonical_items(items, masks)  # one order whatever order the data listed them in
-    view = screened_view(items, meta.preprocess, model.config.classes, keep_ungradable=keep_ungradable)
-    items = view.select(items)
-    if masks is not None:
-        masks = view.select(masks)
-    if not items:
-        raise ConfigError(f"none of the {len(view.keep)} photographs can be evaluated: every one is ungradable "
-                          "by the runtime's quality gate or a copy of another (--keep-ungradable scores the "
-                          "ungradable ones too)")
+    items, masks, view, shas = screened_items(items, meta.preprocess, model.config.classes,
+                                              keep_ungradable=keep_ungradable, masks=masks)
     torch_device = pick_device(device)
     model.to(torch_device)
     ds = dataset(items, meta.preprocess, cache, False)
@@ -880,7 +873,8 @@ def run_evaluate(ckpt: Path, items: Sequence[Item], out: Path | None, n_boot: in
                  # which listed photographs were left out before scoring (copies, ungradable), and why
                  "screened": view.section,
                  **provenance.data_facts([it.path for it in ds.items],
-                                         [tuple(n for n, t in zip(names, row) if t > 0.5) for row in ds.targets])},
+                                         [tuple(n for n, t in zip(names, row) if t > 0.5) for row in ds.targets],
+                                         known=shas)},
         # A sign-off script's one check that these figures are not on photographs that made the model.
         "held_out": overlap.held_out, "held_out_note": held_out_note(overlap),
         "context": {**ctx, "n_boot": n_boot, "seed": seed, "device": device},
@@ -941,14 +935,8 @@ def run_zero_shot(ckpt: Path, items: Sequence[Item], names: Sequence[str], out: 
     text, phrases, described_anew = with_trained_prototypes(bank, model, meta, classes_file)
     zs = model.with_classes(tuple(names), text, seen_names=trained).eval()
     # The photographs a device would screen, as evaluate and validate take them (:mod:`uopsl.train.screened`).
-    items = canonical_items(items)[0]  # one order whatever order the data listed them in
-    view = screened_view(items, meta.preprocess, [n for n in names], keep_ungradable=keep_ungradable,
-                         what="zero-shot run")
-    items = view.select(items)
-    if not items:
-        raise ConfigError(f"none of the {len(view.keep)} photographs can be scored: every one is ungradable "
-                          "by the runtime's quality gate or a copy of another (--keep-ungradable scores the "
-                          "ungradable ones too)")
+    items, _, view, _ = screened_items(items, meta.preprocess, names, keep_ungradable=keep_ungradable,
+                                       what="zero-shot run")
     ds = dataset(items, meta.preprocess, cache, False)
     ref = zs.reference_class()
     # What each class was scored with: a researcher comparing wordings must tell afterwards which AUC came

@@ -360,8 +360,6 @@ def torch_reference(bundle: Path, checkpoint: Path, device: str, other_checkpoin
         # checkpoint's.
         bank = (manifest.class_names, _class_bank(bundle, manifest))
     reference = TorchReference.from_checkpoint(checkpoint, device, class_bank=bank)
-    if getattr(reference, "class_bank_applied", False):  # a stand-in reference (tests) may not say
-        log.info("the bundle scores its own class bank %s: the reference does too", list(manifest.class_names))
     notes = manifest_mismatches(reference.meta, manifest) if reference.meta is not None else []
     for note in notes:
         log.warning("checkpoint vs bundle: %s", note)
@@ -374,18 +372,17 @@ def torch_reference(bundle: Path, checkpoint: Path, device: str, other_checkpoin
 
 
 def _class_bank(bundle: Path, manifest: Manifest) -> np.ndarray:
-    """The bundle's class bank, read only once its checksum matches the manifest (it is read before the bundle's
-    own check runs; a damaged file was a bare ValueError, "a bug")."""
+    """The bundle's class bank, read only once it matches the manifest (it is read before the bundle's own check
+    runs; a damaged file was a bare ValueError, "a bug")."""
     from uopsl.export.bundle_writer import CLASS_BANK_FILE
+    from uopsl.runtime.bundle import VERIFY_REMEDY, verify_file
     from uopsl.runtime.errors import BundleError
-    from uopsl.runtime.fsio import sha256_file
 
     path = bundle / CLASS_BANK_FILE
+    check = verify_file(bundle, manifest.file(CLASS_BANK_FILE))
+    if not check.ok:
+        raise BundleError(f"bundle {bundle} failed verification: {check.path}: {check.reason}. {VERIFY_REMEDY}")
     try:
-        expected = manifest.file(CLASS_BANK_FILE).sha256
-        if sha256_file(path) != expected:
-            raise BundleError(f"{path} does not match its checksum in the manifest (edited or damaged): copy the "
-                              "bundle again from its source (uopsl-screen verify names every bad file)")
         return np.asarray(np.load(path, allow_pickle=False), np.float32)
     except (OSError, ValueError) as exc:
         raise BundleError(f"cannot read {path} ({exc}): copy the bundle again from its source") from exc
