@@ -707,11 +707,12 @@ def _use_dla(trt: Any, api: TrtApi, builder: tensorrt.Builder, bconfig: tensorrt
     cores = int(builder.num_DLA_cores)
     if core >= cores:
         why = " (Jetson Orin Nano and desktop GPUs have none; AGX Orin, Orin NX and Xavier do): leave out --dla-core"
-        if cores == 0 and api.version[0] >= 11:
-            # NVIDIA's "Working with DLA" (11.4.1): no DLA in 11.0-11.3, 11.4.0 on Windows on ARM only; Jetson
-            # AGX Orin from 11.4.1 on JetPack 7.2.2+; JetPack 6 stays on TensorRT 10.x (<= 10.7 has DLA).
-            why = (f" (TensorRT {api.version_text} may be why: DLA needs TensorRT 11.4.1+ on JetPack 7.2.2+, or "
-                   "TensorRT 10.x on JetPack 6; Orin Nano and desktop GPUs have none): leave out --dla-core")
+        if cores == 0 and api.version[:2] >= (10, 8):
+            # NVIDIA's "Working with DLA" (11.3/11.4.1): "TensorRT 10.7 was the last release that supported DLA";
+            # none in 10.8-11.3, 11.4.0 on Windows on ARM only; Jetson AGX Orin from 11.4.1 on JetPack 7.2.2+.
+            # JetPack 6 ships 10.3. 10.8+ still defines DeviceType.DLA, so only the core count tells.
+            why = (f" (TensorRT {api.version_text} may be why: DLA needs TensorRT 10.7 or older, as on JetPack 6, "
+                   "or 11.4.1+ on JetPack 7.2.2+; Orin Nano and desktop GPUs have none): leave out --dla-core")
         raise ConfigError(f"--dla-core {core} requested but this device has {cores} DLA core(s)"
                           + (why if cores == 0 else f"; use 0..{cores - 1}"))
     bconfig.default_device_type = trt.DeviceType.DLA

@@ -145,9 +145,13 @@ def load_tensorrt(purpose: str) -> tuple[ModuleType, TrtApi]:
 
 
 def installed_version() -> str:
-    """The running TensorRT version string (MissingDependencyError when TensorRT is absent)."""
+    """The running TensorRT version string (MissingDependencyError when TensorRT is absent).
+
+    Goes through :func:`api_for`, so a TensorRT older than 8.5 is a ConfigError here too: an engine check
+    that called it a version mismatch would advise ``uopsl build-engine``, which then refuses that TensorRT.
+    """
     trt = require("tensorrt", "checking a TensorRT engine against this machine")
-    return str(trt.__version__)
+    return api_for(trt).version_text
 
 
 # -- TensorRT's logger -----------------------------------------------------------------------------
