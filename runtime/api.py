@@ -18,6 +18,7 @@ default) overlays, resuming a killed run.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import numbers
 import os
@@ -558,7 +559,8 @@ class Screener:
         Resuming: an input whose file version (resolved path, size, mtime) has
         a final row in ``out_dir/results.jsonl`` is skipped: ``ok``,
         ``ungradable``, or an error that is a property of the file's content
-        (``undecodable``, ``unsupported_format``, ``too_small``, ``too_large``). Other failures
+        (``undecodable``, ``unsupported_format``, ``too_small``, ``too_large``) while the file still holds
+        the bytes it was screened from (a damaged file copied again with its time kept is screened again). Other failures
         (unreadable, inference failed), and rows screened under another preprocessing version
         (``PREPROCESS_VERSION``: an upgrade that decodes some files differently), are screened again. A photograph whose
         old path is gone but which is found, same size and content
@@ -569,7 +571,10 @@ class Screener:
         which then raises :class:`ScreeningInterrupted`.
 
         Refuses (:class:`ConfigError`) a folder it cannot write, one another
-        process is writing, or one holding another model's results; missing
+        process is writing, one holding another model's results, or one whose results.csv lists photographs
+        that results.jsonl lacks (the jsonl lost); stops with one when the folder of a photograph still to be
+        read went away (a card taken out), and renames results.csv / report.html that could not be rewritten
+        (``*.out-of-date.*``) so that an earlier list is not taken for this run's; missing
         top-level inputs; and, with ``require_images``, inputs holding no
         photograph at all. The output folder is never screened itself.
 
@@ -577,6 +582,8 @@ class Screener:
         holds one for its whole session), used instead of opening the folder
         again, which would read all of results.jsonl each time. It is left open.
 
+        ``on_result``: called with each result once its row is saved (rows are saved per batch), so a verdict
+        shown from it is one the results folder keeps, also when the disk fills.
         ``keep``: a result it returns False for gets no row and is not counted (``watch`` drops a
         photograph that was moved away between being found and being read: it is screened where it went).
         ``on_kept``: called with each earlier row carried over to an input (a card mounted elsewhere, file
@@ -658,6 +665,7 @@ class Screener:
             bar = progress_bars.bar(total=_count(given, out) if show and given is not None else None, desc="screening",
                                     unit="img", leave=True, show=show)
             buffer: list[dict[str, Any]] = []
+            unsaid: list[ScreenResult] = []  # the results of ``buffer``: told to on_result once it is saved
             try:
                 try:
                     model_file = self._model_file_columns()  # the same for every row of this run
@@ -667,6 +675,12 @@ class Screener:
                         if keep is not None and not keep(r):
                             bar.update(1)
                             continue
+                        if keep is None and (gone := _folder_gone(r)) is not None:
+                            raise ConfigError(
+                                f"{gone} went away during the run (a memory card or USB stick taken out?) while "
+                                f"{display_path(key_path(r.key))} was still to be read; the {summary.screened} "
+                                f"photographs screened before are saved in {out}. Put it back and run the same "
+                                "command again: what was screened is not screened again")
                         r = self._apart_from_earlier_photograph(store, r)
                         row = r.to_row()
                         row["screened_at"] = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
@@ -682,20 +696,23 @@ class Screener:
                         summary.screened += 1
                         summary.counts[r.status] = summary.counts.get(r.status, 0) + 1
                         summary.refer += bool(r.refer)
-                        if on_result is not None:
-                            on_result(r)
+                        unsaid.append(r)
                         if len(buffer) >= self.config.batch_size:
                             # Counted as screened: a stop waits until they are saved. Handed over inside, so a stop
                             # before leaves them to the append below, and a failed write is not retried there.
                             with interrupts_deferred():
                                 rows, buffer = buffer, []
+                                told, unsaid = unsaid, []
                                 store.append(rows)
+                            _tell(on_result, told)
                         bar.update(1)
                 finally:
                     with interrupts_deferred():
                         rows, buffer = buffer, []
+                        told, unsaid = unsaid, []
                         store.append(rows)
                     bar.close()
+                    _tell(on_result, told)  # not reached when the write failed: nothing unsaved is shown
             except KeyboardInterrupt:
                 summary.interrupted = True
             except Exception as exc:
@@ -721,7 +738,8 @@ class Screener:
             stopped = _stopped_text(summary, expected)  # None when every input was screened
             if finalize:
                 try:
-                    rows = self.finalize(out, store, report=report, inputs=given, incomplete=stopped)
+                    with _stale_outputs_retired(out):
+                        rows = self.finalize(out, store, report=report, inputs=given, incomplete=stopped)
                 except KeyboardInterrupt:  # a stop landing as the rewrite began: it is what a stop asks for
                     summary.interrupted = True
                     log.warning("stopped while writing %s and the report: writing them once more", CSV)
@@ -815,17 +833,23 @@ class Screener:
             if not path.exists():  # not a file held open: a folder without write permission, say
                 raise
             busy.append(str(path))
-            if str(path) not in self.busy_outputs:  # once per episode, not at every refresh
+            immutable = os.name != "nt" and exc.errno == errno.EPERM  # chattr +i; a file held open is EACCES
+            if str(path) not in self.busy_outputs and not immutable:  # once per episode, not at every refresh
                 log.warning("%s is open in another program (Excel?) and was not updated (%s); the results are safe "
                             "in %s. Close it: watch rewrites it at its next refresh, run rewrites it when run "
                             "again", path, exc.strerror or exc, JSONL)
+            elif str(path) not in self.busy_outputs:
+                log.warning("%s could not be replaced (%s: a read-only or immutable file?) and was not updated; the "
+                            "results are safe in %s. Make it writable (chmod u+w; chattr -i): watch rewrites it at "
+                            "its next refresh, run rewrites it when run again", path, exc.strerror or exc, JSONL)
 
     def _finalize_quietly(self, out: Path, store: ResultStore, report: bool, inputs: Iterable[Any] | None,
                           incomplete: str | None = None) -> None:
         if store.gone:  # nothing to rewrite: a fresh report there would list none of the rows
             return
         try:
-            self.finalize(out, store, report=report, inputs=inputs, incomplete=incomplete)
+            with _stale_outputs_retired(out):
+                self.finalize(out, store, report=report, inputs=inputs, incomplete=incomplete)
         except Exception as exc:  # noqa: BLE001 - the original failure is the one to report
             log.warning("could not rewrite results.csv/report.html after the failure: %s", exc)
 
@@ -901,6 +925,57 @@ def _names_many(p: Path) -> bool:
     return p.is_dir() or (p.suffix.lower() in LIST_SUFFIXES and p.is_file())
 
 
+@contextlib.contextmanager
+def _stale_outputs_retired(out: Path) -> Iterator[None]:
+    """On a failed rewrite, rename results.csv / report.html that were not rewritten to ``*.out-of-date.*``.
+
+    Why: a full disk let the CSV through and not the report, which kept listing an earlier session's 30
+    photographs, without the banner a stopped run's report carries: printed, it passed for the day's list
+    while 9 screened patients were not on it. Renaming needs no free space; the rows are safe in the jsonl
+    and the same command writes both files again.
+    """
+    names = (CSV, "report.html")
+    before = {name: _version_of(out / name) for name in names}
+    try:
+        yield
+    except Exception:
+        for name, then in before.items():
+            if then is None or _version_of(out / name) != then:
+                continue  # absent, or rewritten by this attempt (a new file: written atomically)
+            stale = out / _out_of_date(name)
+            try:
+                os.replace(out / name, stale)
+            except OSError as exc:
+                log.warning("%s is out of date (it could not be rewritten) and could not be renamed either (%s): "
+                            "do not print it; run the same command again once the problem is fixed",
+                            out / name, exc)
+                continue
+            log.warning("%s could not be rewritten: the earlier one, which does not list what %s holds now, was "
+                        "renamed %s so that it is not taken for this session's list; run the same command again "
+                        "once the problem is fixed to write it", out / name, JSONL, stale.name)
+        raise
+    for name in names:  # written now: a copy set aside by an earlier failure is no longer wanted
+        stale = out / _out_of_date(name)
+        if (out / name).exists():
+            with contextlib.suppress(FileNotFoundError):
+                stale.unlink()
+                log.info("removed %s: %s was written again", stale, name)
+
+
+def _out_of_date(name: str) -> str:
+    return name.replace(".", ".out-of-date.", 1)
+
+
+def _version_of(path: Path) -> tuple[int, int, int] | None:
+    """Which file ``path`` is (inode, mtime, size): an atomic rewrite makes a new one, also where mtimes are
+    coarse (FAT's 2 s)."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
+
+
 def _held_open(path: Path) -> bool:
     """Whether another program holds ``path`` so that it cannot be opened for writing (Windows: Excel)."""
     try:
@@ -922,6 +997,30 @@ def _count(inputs: Iterable[Any] | None, out: Path) -> int | None:
         for it in [x] if isinstance(x, InputItem) else iter_inputs([x], state=walk):
             keys.add(it.key)
     return len(keys)
+
+
+def _folder_gone(r: ScreenResult) -> str | None:
+    """The folder of an unreadable file when that folder no longer exists (a card or stick taken out), else None.
+
+    Why: each file of a folder that went away was recorded "cannot open file", a retake row per photograph,
+    and those rows stayed after the card came back under another mount point. A single file deleted (its
+    folder still there) keeps its row: the report must name a photograph that was lost.
+    """
+    if r.status != "error" or "unreadable" not in r.reasons or r.key.endswith("|missing"):
+        return None  # "|missing": no file there when the inputs were listed (a list naming a wrong path)
+    path = key_path(r.key)
+    if not path or os.path.lexists(path):
+        return None
+    folder = os.path.dirname(path)
+    return None if not folder or os.path.isdir(folder) else display_path(folder)
+
+
+def _tell(on_result: Callable[[ScreenResult], None] | None, results: list[ScreenResult]) -> None:
+    """Hand saved results to ``on_result``: a verdict shown from it is then one the results folder keeps (it was
+    told before the batch's write, so a full disk showed REFER for a photograph that got no row)."""
+    if on_result is not None:
+        for r in results:
+            on_result(r)
 
 
 def _stopped_text(summary: RunSummary, expected: int | None) -> str | None:

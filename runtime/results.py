@@ -435,6 +435,8 @@ class ResultStore:
                     mark = (str(r.get("model_sha256") or ""), str(r.get("bundle_sha256") or ""))
                     marks.setdefault(mark, set()).add(str(r["key"]))
             self._end = self._size()
+            if not self.n_rows:
+                self._refuse_orphaned_list()
             if identity is not None:
                 self._check_model(identity, {mark: len(keys) for mark, keys in marks.items()})
                 self._check_versions(identity)
@@ -483,6 +485,28 @@ class ResultStore:
             fh.truncate(pos)
             fh.flush()
             os.fsync(fh.fileno())
+
+    def _refuse_orphaned_list(self) -> None:
+        """Refuse a folder whose results.csv lists photographs while results.jsonl has no row.
+
+        Why: the CSV and the report are rebuilt from the jsonl alone, so a run here would replace an earlier
+        session's list with its own photographs, without a word (the jsonl lost to a file-system check after
+        a power cut, or deleted to free space). The CSV still holds those verdicts: nothing is written here.
+        """
+        try:
+            text = (self.out_dir / CSV).read_text(encoding="utf-8-sig", errors="replace")
+        except OSError:
+            return  # no CSV (a new folder), or one that cannot be read: nothing to protect
+        lines = [ln for ln in text.splitlines() if ln.strip()]
+        if lines and lines[0].lower().startswith("sep="):  # Excel's delimiter line
+            lines = lines[1:]
+        listed = max(0, len(lines) - 1)
+        if listed:
+            raise ConfigError(
+                f"{self.out_dir} holds {CSV} listing {listed} photograph(s) but no {JSONL} row, and {CSV} and the "
+                f"report are rebuilt from {JSONL}: screening here would replace that list with this run's "
+                f"photographs only. Put {JSONL} back (a backup, or the file-system check's lost+found), or move "
+                f"{CSV} and report.html elsewhere to keep them, or choose a new output folder (--out)")
 
     def _check_versions(self, identity: ModelIdentity) -> None:
         """Refuse a folder whose rows a newer uopsl screened (a later ``PREPROCESS_VERSION``).
@@ -710,12 +734,27 @@ class ResultStore:
         """Whether ``key`` already has a final row (see :func:`is_final`) made by this runtime's decoding.
 
         A failed row is retried, and so is one written under another preprocessing version (see
-        :attr:`ModelIdentity.preprocess_version`).
+        :attr:`ModelIdentity.preprocess_version`). A damaged file's row (a content error) stands only while the
+        file holds the bytes it was made from: the file copied again with its time kept (``cp -p``, Explorer,
+        ``rsync -t``) has the same size and time, so the same key, and was never screened again.
         """
         if key not in self.done or not is_final(self.done[key], self._reasons.get(key, ())):
             return False
         want = self.identity.preprocess_version if self.identity is not None else 0
-        return not want or self._versions.get(key) == want
+        if want and self._versions.get(key) != want:
+            return False
+        return self.done[key] != "error" or self._same_bytes(key)
+
+    def _same_bytes(self, key: str) -> bool:
+        """Whether ``key``'s file still has its latest row's sha256 (True where the row records none: rows
+        written before the hash was kept); read only for content-error rows, which are few."""
+        recorded, path = self.sha_of(key), key_path(key)
+        if not recorded or not path:
+            return True
+        try:
+            return sha256_file(path) == recorded
+        except OSError:
+            return False  # screened again: its row then says why it cannot be read
 
     def earlier_version_rows(self) -> int:
         """How many photographs still here, unchanged, have a final row screened under another preprocessing
