@@ -139,11 +139,13 @@ from uopsl.runtime.backends import (
 )
 from uopsl.runtime.backends.base import Backend
 from uopsl.runtime.bundle import (
+    CHECKPOINT_DIGEST_NOTE,
     MANIFEST,
     ONNX_REFERENCE_BACKEND,
     OUTPUT_NAMES,
     REFERENCE_MAX_PROB_DIFF,
     REFERENCE_UNKNOWN,
+    TEACHER_DIGEST_NOTE,
     Manifest,
     parity_gates_problem,
     parity_reference_kind,
@@ -183,10 +185,6 @@ _INT8 = ("int8-qdq-u8", "int8-qdq-s8")
 #: ``ValidateConfig.unknown_labels``: what to do with images carrying a label that is no class of the bundle.
 UNKNOWN_LABELS_REFUSE, UNKNOWN_LABELS_DROP, UNKNOWN_LABELS_NEGATIVE = "refuse", "drop", "negative"
 UNKNOWN_LABEL_POLICIES = (UNKNOWN_LABELS_REFUSE, UNKNOWN_LABELS_DROP, UNKNOWN_LABELS_NEGATIVE)
-#: The manifest note holding the sha256 of the checkpoint's weights (``uopsl.train.checkpoint.CHECKPOINT_DIGEST_NOTE``;
-#: this layer never imports training code, a test keeps the two equal).
-CHECKPOINT_DIGEST_NOTE = "checkpoint_weights_sha256"
-_TEACHER_DIGEST_NOTE = "checkpoint_teacher_weights_sha256"  # uopsl.train.checkpoint.TEACHER_DIGEST_NOTE
 #: How ``data.images_sha256`` is computed (written into each report so a signer can recompute it).
 IMAGES_DIGEST_METHOD = ("sha256 of the UTF-8 text holding one line per image used, the lines sorted (so the "
                         "order the data listed them in does not enter it): the JSON array [sha256 of the file's "
@@ -1558,7 +1556,7 @@ def _checkpoint_facts(context: Mapping[str, Any] | None, manifest: Manifest) -> 
     if not digest:
         return {}
     recorded = manifest.notes.get(CHECKPOINT_DIGEST_NOTE)
-    accepted = {str(recorded), str(manifest.notes.get(_TEACHER_DIGEST_NOTE) or recorded)}
+    accepted = {str(recorded), str(manifest.notes.get(TEACHER_DIGEST_NOTE) or recorded)}
     # True: the checkpoint the manifest records (or the original of its `uopsl qat` checkpoint); None: not recorded
     return {CHECKPOINT_DIGEST_NOTE: str(digest),
             "checkpoint_matches_bundle": (str(digest) in accepted) if recorded else None}

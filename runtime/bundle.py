@@ -219,6 +219,12 @@ MIN_PARITY_IMAGES = 100
 #: the image floor alone.
 MIN_PARITY_PATIENTS = 30
 
+#: The manifest notes in which ``uopsl export`` records the sha256 of the checkpoint's weights
+#: (``uopsl.train.checkpoint.checkpoint_digest``) and, for a ``uopsl qat`` model, that of the checkpoint it was
+#: fine-tuned from. Defined here, in the layer every other one reads, so that reading them needs no torch.
+CHECKPOINT_DIGEST_NOTE = "checkpoint_weights_sha256"
+TEACHER_DIGEST_NOTE = "checkpoint_teacher_weights_sha256"
+
 #: What a per-backend record must hold to be judged; a record without them predates these checks.
 PARITY_RECORD_FIELDS = ("passed", "gates", "n_images", "data", "reference")
 

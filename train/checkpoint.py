@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from uopsl.runtime.bundle import probability
+from uopsl.runtime.bundle import CHECKPOINT_DIGEST_NOTE, TEACHER_DIGEST_NOTE, probability
 from uopsl.runtime.model_folders import folder_kind
 from uopsl.runtime.errors import BundleError, CheckpointError
 from uopsl.runtime.fsio import atomic_open, sha256_file, write_json
@@ -187,12 +187,9 @@ def load_model(folder: str | Path, init_backbone: bool = False) -> tuple[UopslMo
     return model, meta
 
 
-#: The manifest note (``Manifest.notes``) in which ``uopsl export`` records :func:`checkpoint_digest`.
-CHECKPOINT_DIGEST_NOTE = "checkpoint_weights_sha256"
 #: ``uopsl qat`` keeps its source checkpoint's digest under this key of ``train_config``; export
 #: records it as this note, the second checkpoint ``validate`` accepts (QAT is checked against the original).
 TEACHER_DIGEST_KEY = "teacher_weights_sha256"
-TEACHER_DIGEST_NOTE = "checkpoint_teacher_weights_sha256"
 
 
 def checkpoint_digest(folder: str | Path) -> str:

@@ -811,15 +811,16 @@ def backend_table(bundle: str | os.PathLike[str], manifest: Manifest | None = No
     m = manifest or read_manifest(root)
     av = availability or detect_availability()
     rows: list[tuple[str, bool, str]] = []
-    onnx = ", ".join(f"{f.path} ({f.precision})" for f in m.files_of("onnx")) or "no ONNX files"
     has_ort_cpu = "CPUExecutionProvider" in av.ort_providers
-    rows.append(("ort-cpu", has_ort_cpu, onnx if has_ort_cpu else
-                 f"needs ONNX Runtime: {install_hint('onnxruntime')} (or onnxruntime-gpu); it would run {onnx}"))
-    rows.append(("ort-cuda", av.ort_cuda, onnx if av.ort_cuda else "needs onnxruntime-gpu and a CUDA GPU"))
-    rows.append(("ort-trt", av.ort_trt, onnx if av.ort_trt else
+    rows.append(("ort-cpu", has_ort_cpu, _onnx_run_on(m, "ort-cpu") if has_ort_cpu else
+                 f"needs ONNX Runtime: {install_hint('onnxruntime')} (or onnxruntime-gpu); it would run "
+                 f"{_onnx_run_on(m, 'ort-cpu')}"))
+    rows.append(("ort-cuda", av.ort_cuda, _onnx_run_on(m, "ort-cuda") if av.ort_cuda else
+                 "needs onnxruntime-gpu and a CUDA GPU"))
+    rows.append(("ort-trt", av.ort_trt, _onnx_run_on(m, "ort-trt") if av.ort_trt else
                  "needs TensorRT's library (libnvinfer), not found here" if av.ort_trt_listed else
                  "needs onnxruntime-gpu built with TensorRT"))
-    rows.append(("openvino", av.openvino, onnx if av.openvino else extra_hint("openvino")))
+    rows.append(("openvino", av.openvino, _onnx_run_on(m, "openvino") if av.openvino else extra_hint("openvino")))
     engines = m.files_of("engine")
     if not engines:
         rows.append(("tensorrt", False, "the bundle has no TensorRT engine"))
@@ -838,6 +839,18 @@ def backend_table(bundle: str | os.PathLike[str], manifest: Manifest | None = No
                     note += f"; {e.precision.upper()} is not used unasked: {why_not}"
             rows.append(("tensorrt", why is None, f"{e.path} ({e.precision}, {_built_for(root / e.path)}): {note}"))
     return rows
+
+
+def _onnx_run_on(m: Manifest, backend: str) -> str:
+    """The ONNX files the backend selection runs on ``backend`` (one per precision), for ``info``.
+
+    Why not every ONNX file: OpenVINO and the CPU never take the TensorRT variant where the u8 one exists, nor
+    ONNX Runtime's TensorRT provider the u8 one; listing them all named files ``validate`` then skipped as
+    "the runtime never runs this file" (a review)."""
+    gpu = backend in ("ort-cuda", "ort-trt")
+    files = [_onnx_file(m, p, gpu, tensorrt=backend == "ort-trt") for p in ("fp32", "fp16", "int8")]
+    named = list(dict.fromkeys(f"{f.path} ({f.precision})" for f in files if f is not None))
+    return ", ".join(named) or "no ONNX file it takes"
 
 
 def _built_for(path: Path) -> str:

@@ -11,7 +11,7 @@ import click
 
 @click.command("demo")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Folder for data, checkpoints, bundle, report.")
-@click.option("--quick", is_flag=True, help="Small pools and images (about 20 s on 2 idle CPU cores; its figures mean little).")
+@click.option("--quick", is_flag=True, help="Small pools and images (about 25 s on 2 idle CPU cores; its figures mean little).")
 @click.option("--seed", type=int, default=0, show_default=True)
 def command(out: Path, quick: bool, seed: int) -> None:
     """Synthetic data -> pre-training -> fine-tuning -> evaluation -> export -> INT8 -> parity -> screening report."""

@@ -57,8 +57,7 @@ def warn_qat_defaults(bundle: Path | None, bias_correction: bool, rounding: str)
     the original's, and undo part of what it learned (docs/results.md, session 46). An option given on the
     command line is the user's choice and is not warned about.
     """
-    from uopsl.runtime.bundle import read_manifest
-    from uopsl.train.checkpoint import TEACHER_DIGEST_NOTE
+    from uopsl.runtime.bundle import TEACHER_DIGEST_NOTE, read_manifest  # not train.checkpoint: it needs torch
 
     if bundle is None or not read_manifest(bundle).notes.get(TEACHER_DIGEST_NOTE):
         return
