@@ -22,6 +22,7 @@ import errno
 import logging
 import numbers
 import os
+import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -80,7 +81,7 @@ from uopsl.runtime.inputs import (
 from uopsl.runtime.pipeline import InferenceHealth, PipelineConfig, ScreeningPipeline, ScreenResult
 from uopsl.runtime.preprocess import PREPROCESS_VERSION
 from uopsl.runtime.quality import QualityConfig
-from uopsl.runtime.report_days import write_reports
+from uopsl.runtime.report_days import DAYS_DIR, write_reports
 from uopsl.runtime.results import (CSV, CSV_STYLES, JSONL, ModelIdentity, ResultStore, model_identity, valid_image_id,
                                    write_csv)
 from uopsl.runtime.stopping import interrupts_deferred, saving_outputs
@@ -600,6 +601,7 @@ class Screener:
             check_inputs(given)
             check_output_placement(out, given)
         summary = RunSummary(out, backend=self.backend.describe(), bundle_sha256=self.identity.bundle_sha256)
+        media = _input_folders(given)
         side = OVERLAY_SIDE if overlays else REPORT_THUMB_SIDE if report else 0
         if store is not None and os.path.realpath(out) != store._real:
             raise ConfigError(f"screen_to was given a ResultStore open on {store.out_dir}, but writes to {out}; "
@@ -675,7 +677,7 @@ class Screener:
                         if keep is not None and not keep(r):
                             bar.update(1)
                             continue
-                        if keep is None and (gone := _folder_gone(r)) is not None:
+                        if keep is None and (gone := _folder_gone(r, media)) is not None:
                             raise ConfigError(
                                 f"{gone} went away during the run (a memory card or USB stick taken out?) while "
                                 f"{display_path(key_path(r.key))} was still to be read; the {summary.screened} "
@@ -700,19 +702,19 @@ class Screener:
                         if len(buffer) >= self.config.batch_size:
                             # Counted as screened: a stop waits until they are saved. Handed over inside, so a stop
                             # before leaves them to the append below, and a failed write is not retried there.
-                            with interrupts_deferred():
-                                rows, buffer = buffer, []
+                            with interrupts_deferred():  # told inside: a stop landing in the write
+                                rows, buffer = buffer, []  # would otherwise leave saved rows untold
                                 told, unsaid = unsaid, []
                                 store.append(rows)
-                            _tell(on_result, told)
+                                _tell(on_result, told)
                         bar.update(1)
                 finally:
                     with interrupts_deferred():
                         rows, buffer = buffer, []
                         told, unsaid = unsaid, []
                         store.append(rows)
+                        _tell(on_result, told)  # not reached when the write failed: nothing unsaved is shown
                     bar.close()
-                    _tell(on_result, told)  # not reached when the write failed: nothing unsaved is shown
             except KeyboardInterrupt:
                 summary.interrupted = True
             except Exception as exc:
@@ -738,7 +740,7 @@ class Screener:
             stopped = _stopped_text(summary, expected)  # None when every input was screened
             if finalize:
                 try:
-                    with _stale_outputs_retired(out):
+                    with stale_outputs_set_aside(out):
                         rows = self.finalize(out, store, report=report, inputs=given, incomplete=stopped)
                 except KeyboardInterrupt:  # a stop landing as the rewrite began: it is what a stop asks for
                     summary.interrupted = True
@@ -848,7 +850,7 @@ class Screener:
         if store.gone:  # nothing to rewrite: a fresh report there would list none of the rows
             return
         try:
-            with _stale_outputs_retired(out):
+            with stale_outputs_set_aside(out):
                 self.finalize(out, store, report=report, inputs=inputs, incomplete=incomplete)
         except Exception as exc:  # noqa: BLE001 - the original failure is the one to report
             log.warning("could not rewrite results.csv/report.html after the failure: %s", exc)
@@ -926,7 +928,7 @@ def _names_many(p: Path) -> bool:
 
 
 @contextlib.contextmanager
-def _stale_outputs_retired(out: Path) -> Iterator[None]:
+def stale_outputs_set_aside(out: Path) -> Iterator[None]:
     """On a failed rewrite, rename results.csv / report.html that were not rewritten to ``*.out-of-date.*``.
 
     Why: a full disk let the CSV through and not the report, which kept listing an earlier session's 30
@@ -936,9 +938,12 @@ def _stale_outputs_retired(out: Path) -> Iterator[None]:
     """
     names = (CSV, "report.html")
     before = {name: _version_of(out / name) for name in names}
+    days = {p.name: _version_of(p) for p in _files_in(out / DAYS_DIR)}
     try:
         yield
     except Exception:
+        if days and any(_version_of(out / DAYS_DIR / name) == then for name, then in days.items()):
+            _set_days_aside(out)
         for name, then in before.items():
             if then is None or _version_of(out / name) != then:
                 continue  # absent, or rewritten by this attempt (a new file: written atomically)
@@ -956,14 +961,47 @@ def _stale_outputs_retired(out: Path) -> Iterator[None]:
         raise
     for name in names:  # written now: a copy set aside by an earlier failure is no longer wanted
         stale = out / _out_of_date(name)
-        if (out / name).exists():
-            with contextlib.suppress(FileNotFoundError):
+        if (out / name).exists() and stale.exists():
+            try:
                 stale.unlink()
                 log.info("removed %s: %s was written again", stale, name)
+            except OSError as exc:  # Windows: open in Excel. Everything was written: no reason to fail the run
+                log.warning("could not remove %s, an out-of-date copy of %s (%s); delete it yourself",
+                            stale, name, exc.strerror or exc)
+    stale_days = out / _out_of_date(DAYS_DIR)
+    if stale_days.exists() and (out / "report.html").exists():
+        try:
+            shutil.rmtree(stale_days)
+        except OSError as exc:
+            log.warning("could not remove %s, out-of-date day pages (%s); delete it yourself", stale_days,
+                        exc.strerror or exc)
+
+
+def _files_in(folder: Path) -> list[Path]:
+    try:
+        return [p for p in folder.iterdir() if p.is_file()]
+    except OSError:
+        return []
+
+
+def _set_days_aside(out: Path) -> None:
+    """Rename the day pages folder when some of its pages were not rewritten (they are written before the index,
+    so a full disk usually stops on one): a printed day page must not pass for the session's list either."""
+    folder, stale = out / DAYS_DIR, out / _out_of_date(DAYS_DIR)
+    try:
+        if stale.exists():
+            shutil.rmtree(stale)
+        os.replace(folder, stale)
+    except OSError as exc:
+        log.warning("%s holds day pages that could not be rewritten and could not be renamed (%s): do not print "
+                    "them; run the same command again once the problem is fixed", folder, exc.strerror or exc)
+        return
+    log.warning("%s: some day pages could not be rewritten: the folder was renamed %s so that its pages are not "
+                "taken for this session's; run the same command again once the problem is fixed", folder, stale.name)
 
 
 def _out_of_date(name: str) -> str:
-    return name.replace(".", ".out-of-date.", 1)
+    return name.replace(".", ".out-of-date.", 1) if "." in name else f"{name}.out-of-date"
 
 
 def _version_of(path: Path) -> tuple[int, int, int] | None:
@@ -999,20 +1037,48 @@ def _count(inputs: Iterable[Any] | None, out: Path) -> int | None:
     return len(keys)
 
 
-def _folder_gone(r: ScreenResult) -> str | None:
-    """The folder of an unreadable file when that folder no longer exists (a card or stick taken out), else None.
+def _input_folders(given: Sequence[Any] | None) -> dict[str, tuple[str, int]]:
+    """The folders named as inputs: real path -> (as named, device number), to tell a card taken out."""
+    folders: dict[str, tuple[str, int]] = {}
+    for g in given or ():
+        if isinstance(g, (str, os.PathLike)):
+            with contextlib.suppress(OSError, ValueError):
+                if os.path.isdir(g):
+                    folders[os.path.realpath(g)] = (display_path(g), os.stat(g).st_dev)
+    return folders
 
-    Why: each file of a folder that went away was recorded "cannot open file", a retake row per photograph,
-    and those rows stayed after the card came back under another mount point. A single file deleted (its
-    folder still there) keeps its row: the report must name a photograph that was lost.
+
+def _folder_gone(r: ScreenResult, media: Mapping[str, tuple[str, int]]) -> str | None:
+    """The input folder of an unreadable file when that folder is gone or is now another file system (a card or
+    stick taken out; its mount point may stay as an empty folder), else None.
+
+    Why: each file of a card taken out was recorded "cannot open file", a retake row per photograph, and those
+    rows stayed after the card came back under another mount point. A file deleted, or a sub-folder moved away
+    (camera software filing a session), while the input folder is still there keeps its row: the report must
+    name a photograph that was lost.
     """
-    if r.status != "error" or "unreadable" not in r.reasons or r.key.endswith("|missing"):
+    if not media or r.status != "error" or "unreadable" not in r.reasons or r.key.endswith("|missing"):
         return None  # "|missing": no file there when the inputs were listed (a list naming a wrong path)
     path = key_path(r.key)
     if not path or os.path.lexists(path):
         return None
-    folder = os.path.dirname(path)
-    return None if not folder or os.path.isdir(folder) else display_path(folder)
+    for root, (named, device) in media.items():
+        if not _under(path, root):
+            continue
+        try:
+            if os.stat(root).st_dev == device:
+                return None
+        except OSError:
+            pass  # gone
+        return named
+    return None
+
+
+def _under(path: str, folder: str) -> bool:
+    try:
+        return os.path.commonpath([path, folder]) == folder
+    except ValueError:  # another drive (Windows), or a relative path against an absolute one
+        return False
 
 
 def _tell(on_result: Callable[[ScreenResult], None] | None, results: list[ScreenResult]) -> None:

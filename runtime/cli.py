@@ -116,8 +116,9 @@ def _echo_summary(summary: Any, out: Path, failed: Sequence[tuple[str, str, Sequ
         click.echo(f"  {CSV} lists {plural(listed, 'photograph')} in all, earlier runs' included", err=True)
     click.echo(f"{'report' if report else 'results'}: {out / (REPORT if report else CSV)}", err=True)
     for path in summary.not_updated:
-        click.echo(f"NOT updated: {path} is open in another program (Excel?); close it and run the same command "
-                   "again to rewrite it (nothing is screened twice)", err=True)
+        click.echo(f"NOT updated: {path} is open in another program (Excel?), or read-only or immutable; close it "
+                   "(or make it writable) and run the same command again to rewrite it (nothing is screened twice)",
+                   err=True)
 
 
 def _one_line_name(name: str) -> str:

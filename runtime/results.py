@@ -730,20 +730,22 @@ class ResultStore:
         """The reasons of ``key``'s latest row (empty for none, or for a key never screened)."""
         return self._reasons.get(key, ())
 
-    def is_done(self, key: str) -> bool:
+    def is_done(self, key: str, *, check_bytes: bool = True) -> bool:
         """Whether ``key`` already has a final row (see :func:`is_final`) made by this runtime's decoding.
 
         A failed row is retried, and so is one written under another preprocessing version (see
         :attr:`ModelIdentity.preprocess_version`). A damaged file's row (a content error) stands only while the
         file holds the bytes it was made from: the file copied again with its time kept (``cp -p``, Explorer,
         ``rsync -t``) has the same size and time, so the same key, and was never screened again.
+        ``check_bytes=False``: that last check left out, for callers that compare the sha256 themselves
+        (:meth:`find_moved`, :meth:`find_retimed`: the row's old path is gone, or is the file being read).
         """
         if key not in self.done or not is_final(self.done[key], self._reasons.get(key, ())):
             return False
         want = self.identity.preprocess_version if self.identity is not None else 0
         if want and self._versions.get(key) != want:
             return False
-        return self.done[key] != "error" or self._same_bytes(key)
+        return not check_bytes or self.done[key] != "error" or self._same_bytes(key)
 
     def _same_bytes(self, key: str) -> bool:
         """Whether ``key``'s file still has its latest row's sha256 (True where the row records none: rows
@@ -793,7 +795,8 @@ class ResultStore:
         digest: str | None = None
         for old_key, old_sha in list(group.items()):
             old_path = key_path(old_key)
-            if old_path == here or not old_sha or not self.is_done(old_key) or os.path.lexists(old_path):
+            if (old_path == here or not old_sha or os.path.lexists(old_path)
+                    or not self.is_done(old_key, check_bytes=False)):
                 continue
             if digest is None:
                 try:
@@ -817,7 +820,7 @@ class ResultStore:
         if known is None:
             return None
         sha, old_key = known
-        if old_key == key or key_size(old_key) != key_size(key) or not self.is_done(old_key):
+        if old_key == key or key_size(old_key) != key_size(key) or not self.is_done(old_key, check_bytes=False):
             return None
         try:
             if sha256_file(path) != sha:

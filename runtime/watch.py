@@ -44,7 +44,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from uopsl.runtime.api import EARLIER_FAILED_KEPT, RunSummary, Screener
+from uopsl.runtime.api import EARLIER_FAILED_KEPT, RunSummary, Screener, stale_outputs_set_aside
 from uopsl.runtime.errors import ConfigError
 from uopsl.runtime.pipeline import ScreenResult
 from uopsl.runtime.report import local_day
@@ -608,5 +608,7 @@ def _refresh_failed(exc: OSError, out: Path, said: str) -> str:
 
 
 def _refresh(screener: Screener, out: Path, store: ResultStore) -> int:
-    """Rewrite results.csv and report.html; returns how many photographs they list."""
-    return len(screener.finalize(out, store))
+    """Rewrite results.csv and report.html; returns how many photographs they list. A file the rewrite left
+    as it was (a full disk) is set aside as out-of-date, as ``run`` does: a watch is a long session."""
+    with stale_outputs_set_aside(out):
+        return len(screener.finalize(out, store))

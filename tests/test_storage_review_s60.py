@@ -176,3 +176,133 @@ def test_a_results_file_that_cannot_be_replaced_on_posix_does_not_blame_excel(
         s.screen_to(out, [str(tmp_path / "in")], report=False)
     assert "could not be replaced (Operation not permitted: a read-only or immutable file?)" in caplog.text
     assert "Excel" not in caplog.text
+
+
+# -- the review of the change (helper-247) ---------------------------------------------------------------------
+def test_a_sub_folder_moved_away_mid_run_keeps_its_rows_and_the_run_goes_on(
+        tiny_bundle: Path, tmp_path: Path) -> None:  # noqa: F811
+    """Camera software filing a session away is no card taken out: the lost photographs stay named."""
+    good_photos(tmp_path / "in" / "s1", 12)
+    good_photos(tmp_path / "in" / "s2", 2, start=12)
+    moved: list[bool] = []
+
+    def file_away(r: ScreenResult) -> None:
+        if not moved and "/s1/" in r.key:
+            (tmp_path / "in" / "s1").rename(tmp_path / "filed")
+            moved.append(True)
+
+    with Screener(tiny_bundle, backend="ort-cpu", batch_size=2, threads=1, workers=1) as s:
+        summary = s.screen_to(tmp_path / "out", [str(tmp_path / "in")], report=False, on_result=file_away)
+    assert moved and summary.counts.get("error", 0) > 0, summary.counts
+    rows = results_jsonl(tmp_path / "out")
+    assert len(rows) == 14 and all("unreadable" in r["reasons"] for r in rows if r["status"] == "error")
+
+
+def test_a_stop_landing_while_a_batch_is_written_still_tells_its_saved_rows(
+        tiny_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    import signal
+
+    from uopsl.runtime.api import ScreeningInterrupted
+
+    good_photos(tmp_path / "in", 4)
+    real_append = ResultStore.append
+
+    def ctrl_c_while_writing(self: ResultStore, rows: Any) -> None:
+        if rows:
+            signal.raise_signal(signal.SIGINT)  # held by interrupts_deferred until the write is done
+        real_append(self, rows)
+
+    monkeypatch.setattr(ResultStore, "append", ctrl_c_while_writing)
+    told: list[str] = []
+    with Screener(tiny_bundle, backend="ort-cpu", batch_size=2, threads=1) as s:
+        with pytest.raises(ScreeningInterrupted):
+            s.screen_to(tmp_path / "out", [str(tmp_path / "in")], report=False, on_result=lambda r: told.append(r.key))
+    saved = [str(r["key"]) for r in results_jsonl(tmp_path / "out")]
+    assert saved and told == saved, (told, saved)
+
+
+def test_a_damaged_photograph_on_a_card_mounted_elsewhere_is_not_screened_twice(
+        tiny_bundle: Path, tmp_path: Path) -> None:  # noqa: F811
+    card = tmp_path / "card"
+    (good, bad) = good_photos(card, 2)
+    bad.write_bytes(bad.read_bytes()[: bad.stat().st_size // 2])  # cut short: a damaged file
+    out = tmp_path / "out"
+    with Screener(tiny_bundle, backend="ort-cpu", threads=1) as s:
+        first = s.screen_to(out, [str(card)], report=False)
+        assert first.counts["error"] == 1
+        card.rename(tmp_path / "card2")
+        again = s.screen_to(out, [str(tmp_path / "card2")])
+    assert again.screened == 0, again.counts  # before: the damaged one screened again, listed twice
+    assert len((out / "results.csv").read_text(encoding="utf-8-sig").splitlines()) == 3
+
+
+def _full_disk_reports(out: Path) -> Any:
+    def disk_full(*a: Any, **k: Any) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(out / "report.html"))
+    return disk_full
+
+
+def test_watch_sets_a_report_it_could_not_rewrite_aside_too(tiny_bundle: Path, tmp_path: Path,  # noqa: F811
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    import uopsl.runtime.api as api
+    from uopsl.runtime import watch
+
+    good_photos(tmp_path / "in", 2)
+    out = tmp_path / "out"
+    with Screener(tiny_bundle, backend="ort-cpu", threads=1) as s:
+        s.screen_to(out, [str(tmp_path / "in")])
+        good_photos(tmp_path / "in", 1, start=2)
+        with ResultStore(out, s.identity) as store:
+            s.screen_to(out, [str(tmp_path / "in")], finalize=False, store=store)
+            monkeypatch.setattr(api, "write_reports", _full_disk_reports(out))
+            with pytest.raises(OSError):
+                watch._refresh(s, out, store)
+    assert not (out / "report.html").exists() and (out / "report.out-of-date.html").exists()
+
+
+def test_day_pages_that_could_not_be_rewritten_are_set_aside_and_an_old_copy_never_fails_a_run(
+        tiny_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    import uopsl.runtime.api as api
+    import uopsl.runtime.report_days as report_days
+
+    monkeypatch.setattr(report_days, "ONE_PAGE_MAX_ROWS", 2)  # stands in for 1,000 photographs
+    good_photos(tmp_path / "in", 3)
+    out = tmp_path / "out"
+    real = api.write_reports
+    with Screener(tiny_bundle, backend="ort-cpu", threads=1) as s:
+        s.screen_to(out, [str(tmp_path / "in")])
+        assert any((out / "days").iterdir())
+        good_photos(tmp_path / "in", 2, start=3)
+        monkeypatch.setattr(api, "write_reports", _full_disk_reports(out))
+        with pytest.raises(OSError):
+            s.screen_to(out, [str(tmp_path / "in")])
+        assert not (out / "days").exists() and (out / "days.out-of-date").is_dir()
+        monkeypatch.setattr(api, "write_reports", real)
+        (out / "results.out-of-date.csv").mkdir()  # a copy that cannot be removed (Windows: open in Excel)
+        s.screen_to(out, [str(tmp_path / "in")])  # before: the run failed after writing everything
+    assert (out / "days").is_dir() and not (out / "days.out-of-date").exists()
+    assert (out / "results.out-of-date.csv").exists()
+
+
+def test_the_not_updated_line_names_a_read_only_file_too(tiny_bundle: Path, tmp_path: Path,  # noqa: F811
+                                                        monkeypatch: pytest.MonkeyPatch,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """`chattr +i results.csv`: the summary said only "open in another program (Excel?)"."""
+    import uopsl.runtime.api as api
+    from uopsl.runtime.cli import main
+
+    good_photos(tmp_path / "in", 1)
+    out = tmp_path / "out"
+    args = ["--backend", "ort-cpu", "--threads", "1", "--no-progress", "--no-overlays"]
+    assert main(["run", str(tiny_bundle), str(tmp_path / "in"), "--out", str(out), *args]) == 0
+
+    def immutable(*a: Any, **k: Any) -> None:
+        raise PermissionError(errno.EPERM, os.strerror(errno.EPERM), str(out / "results.csv"))
+
+    monkeypatch.setattr(api, "write_csv", immutable)
+    monkeypatch.setattr(api, "_held_open", lambda path: True)
+    good_photos(tmp_path / "in", 1, start=1)
+    capsys.readouterr()
+    assert main(["run", str(tiny_bundle), str(tmp_path / "in"), "--out", str(out), *args]) == 0
+    err = capsys.readouterr().err
+    assert f"NOT updated: {out / 'results.csv'} is open in another program (Excel?), or read-only or immutable" in err
