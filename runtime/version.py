@@ -8,7 +8,7 @@ import os
 import subprocess
 from pathlib import Path
 
-__version__ = "0.2.10"
+__version__ = "0.2.11"
 
 
 @functools.lru_cache(maxsize=1)
