@@ -140,6 +140,26 @@ def _root_logging_restored() -> Iterator[None]:
     root.setLevel(level)
 
 
+@pytest.fixture(autouse=True)
+def _working_folder_kept() -> Iterator[None]:
+    """Fail a test that leaves the working folder changed (``monkeypatch.chdir`` puts it back).
+
+    Why: a passed test's ``tmp_path`` is removed at once (pyproject's retention policy), so a test that
+    ``os.chdir``-ed into it left every later test in a deleted folder: ``os.getcwd()`` raised
+    FileNotFoundError in 71 of them (session 60's first CI). Requested first (autouse), so this runs after
+    the test's own fixtures have been torn down.
+    """
+    before = os.getcwd()
+    yield
+    try:
+        now = os.getcwd()
+    except FileNotFoundError:
+        now = "(a folder that no longer exists)"
+    if now != before:
+        os.chdir(before)
+        pytest.fail(f"the test left the working folder at {now} (it was {before}): use monkeypatch.chdir")
+
+
 @pytest.fixture(scope="session")
 def tvhl_dir() -> Path:
     """The real TVHL data folder (``fundus.csv``, ``fundus/``, ``oct.csv``, ``oct/``); skips where absent."""

@@ -82,7 +82,7 @@ def test_force_refuses_a_bundle_holding_files_its_manifest_does_not_list(tmp_pat
     assert (b / "screen" / "results.jsonl").read_text() == '{"id": "patient 1"}\n'
 
 
-def test_export_force_onto_the_runs_folder_deletes_nothing(tmp_path: Path) -> None:
+def test_export_force_onto_the_runs_folder_deletes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The review's repro: `uopsl export runs/ft --out runs --force` used to wipe the checkpoint."""
     from dataclasses import replace
 
@@ -105,14 +105,10 @@ def test_export_force_onto_the_runs_folder_deletes_nothing(tmp_path: Path) -> No
     assert (ckpt / "checkpoint.json").is_file() and (tmp_path / "runs" / "notes.txt").read_text() == "mine"
     assert (tmp_path / "other" / "notes.txt").read_text() == "theirs"
     # --out . is the folder you are in: refused before the export (it used to fail with a ValueError after it).
-    os.chdir(tmp_path)
-    try:
-        (tmp_path / "here").mkdir()
-        os.chdir(tmp_path / "here")
-        with pytest.raises(BundleError, match="the folder you are in"):
-            run_export(ckpt, Path("."), force=True)
-    finally:
-        os.chdir(tmp_path)
+    (tmp_path / "here").mkdir()
+    monkeypatch.chdir(tmp_path / "here")  # put back after the test: its tmp_path is removed once it passes
+    with pytest.raises(BundleError, match="the folder you are in"):
+        run_export(ckpt, Path("."), force=True)
 
 
 def test_export_refuses_opset_13_before_any_work() -> None:
