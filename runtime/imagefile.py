@@ -8,7 +8,14 @@ The decoder (OpenCV) is only reached once these checks pass, so:
   decoded blind (:func:`image_format`);
 * a JPEG is complete when its end-of-image marker follows the image data,
   whatever comes after it (phones append trailers and whole videos, transfers
-  add padding): :func:`is_truncated`;
+  add padding), a JPEG 2000 when its tile-parts lead to the end-of-codestream
+  marker: :func:`is_truncated`;
+* a WebP whose image data ends in more zero bytes than an encoder writes (a copy
+  or save interrupted, the rest of the file left zero) is known before libwebp
+  decodes those zeros into a smeared or black picture (:func:`webp_zero_fill`);
+  the uncompressed formats (BMP, TIFF, PNM) decode such a tail into black rows,
+  which :mod:`uopsl.runtime.preprocess` judges from the picture and the zero
+  bytes the file ends in (:func:`trailing_zero_bytes`);
 * a JPEG variant libjpeg cannot scale while decoding (lossless) is known before
   a reduced-scale decode is asked for (:func:`jpeg_frame`);
 * a TIFF whose first page (all OpenCV decodes) is not its one photograph is
@@ -19,7 +26,7 @@ The decoder (OpenCV) is only reached once these checks pass, so:
 
 Everything here reads bytes only, never raises on malformed input (``None`` or
 ``False`` instead) and is cheap: headers are parsed, image data is not touched
-except for one ``find`` of the end-of-image marker.
+except for one ``find`` of the end-of-image marker and the zero bytes at its end.
 """
 
 from __future__ import annotations
@@ -27,6 +34,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
+
+import numpy as np
 
 from uopsl.runtime.exif import jpeg_segments
 
@@ -142,13 +151,16 @@ def jpeg_scan_start(data: bytes) -> int | None:
 
 
 def is_truncated(data: bytes) -> bool:
-    """Whether a JPEG or PNG was cut short (the end marker of its image data is missing).
+    """Whether a JPEG, PNG or JPEG 2000 was cut short (the end marker of its image data is missing).
 
     JPEG: inside entropy-coded data a 0xFF byte is always followed by 0x00 or a
     restart marker, so the first end-of-image marker after the first scan is the
     image's own; what follows it (a camera trailer, padding, a phone's motion
-    video) does not matter. PNG: the IEND chunk. Other formats: False (their
-    decoders refuse short data themselves).
+    video) does not matter. PNG: the IEND chunk. JPEG 2000: :func:`j2k_complete`
+    (OpenJPEG decodes a codestream cut short, or whose end was zero-filled, from
+    the quality layers it finds and only warns: the detail of the retina came out
+    wrong, the picture looked whole). Other formats: False (their decoders refuse
+    short data themselves).
     """
     fmt = image_format(data)
     if fmt == "jpeg":
@@ -159,7 +171,139 @@ def is_truncated(data: bytes) -> bool:
         return data.rfind(b"\xff\xd9", start) < 0
     if fmt == "png":
         return data.rfind(_PNG_IEND) < 0
+    if fmt in ("jp2", "j2k"):
+        return j2k_complete(data) is False
     return False
+
+
+def _jp2_codestream(data: bytes) -> tuple[int, int] | None:
+    """(start, end) of the codestream in a JP2 file's contiguous-codestream box; None when the box walk fails.
+
+    Boxes: a 4-byte length (1: an 8-byte length follows the type; 0: to the end of the file), a 4-byte type.
+    """
+    at = 0
+    while at + 8 <= len(data):
+        size, kind, head = int.from_bytes(data[at : at + 4], "big"), data[at + 4 : at + 8], 8
+        if size == 1:
+            if at + 16 > len(data):
+                return None
+            size, head = int.from_bytes(data[at + 8 : at + 16], "big"), 16
+        elif size == 0:
+            size = len(data) - at
+        if size < head:
+            return None
+        if kind == b"jp2c":
+            return at + head, at + size
+        at += size
+    return None
+
+
+def j2k_complete(data: bytes) -> bool | None:
+    """Whether a JPEG 2000 codestream (raw, or in a JP2 file) holds all its tile-parts up to its end marker.
+
+    Each tile-part's SOT segment gives its length (Psot, from the SOT marker to the end of its data), so the
+    walk from the first SOT lands on the next tile-part or, after the last, on the end-of-codestream marker
+    (EOC, FF D9); a tile-part whose length is 0 runs to that marker (compressed data never holds FF followed
+    by a byte above 8F, so it is found by search, as a JPEG's end marker is). A file cut short, or whose end
+    was zero-filled, lands on zeros or beyond the data: False. A walk that ends exactly at the end of the data
+    is complete (only the end marker is missing). None: the header layout is not one this walk reads (the
+    decoder then decides, as before).
+    """
+    try:
+        if data[:4] == _J2K:
+            start, end = 0, len(data)
+        elif data[:12] == _JP2:
+            span = _jp2_codestream(data)
+            if span is None:
+                return None
+            start, end = span
+        else:
+            return None
+        if data[start : start + 4] != _J2K:
+            return None
+        stop = min(end, len(data))
+        at = start + 2
+        while data[at : at + 2] != b"\xff\x90":  # main header segments (each with its length) up to the first SOT
+            if at + 4 > stop:
+                return False
+            if data[at] != 0xFF:
+                return None
+            at += 2 + int.from_bytes(data[at + 2 : at + 4], "big")
+        while True:
+            marker = data[at : at + 2] if at + 2 <= stop else b""
+            if marker == b"\xff\xd9" or at == stop:  # at the end of the data: every tile-part is there, only the
+                return True  # end marker is missing (some writers leave it out; OpenJPEG decodes the picture)
+            if marker != b"\xff\x90" or at + 12 > stop:
+                return False
+            length = int.from_bytes(data[at + 6 : at + 10], "big")
+            if length == 0:  # the last tile-part: it runs to the end marker
+                return data.rfind(b"\xff\xd9", at + 12, stop) >= 0
+            if length < 14:  # shorter than its own SOT segment and a start-of-data marker
+                return False
+            at += length
+    except IndexError:
+        return None
+
+
+def _zeros_before(data: bytes, end: int) -> int:
+    """How many zero bytes come just before offset ``end`` of ``data``.
+
+    Read from ``end`` back in growing pieces, as an array: most files end in another byte, and
+    ``bytes.rstrip(b"\\x00")`` takes 3 ns a byte (a 12 KB run of black rows cost a third of a BMP's decode).
+    """
+    buf = np.frombuffer(data, np.uint8, count=end)
+    at, size = end, 4096
+    while at > 0:
+        start = max(0, at - size)
+        nonzero = buf[start:at] != 0
+        if nonzero.any():
+            return end - at + int(nonzero[::-1].argmax())
+        at, size = start, 2 * size
+    return end
+
+
+def trailing_zero_bytes(data: bytes) -> int:
+    """How many zero bytes the file ends in."""
+    return _zeros_before(data, len(data))
+
+
+# Zero bytes a WebP encoder leaves at the end of its image data, per 16x16 block of the picture, at most: 2 bits,
+# and never below _WEBP_MIN_ZEROS bytes. A lossless stream ends in a few zero bytes at most; a lossy one codes the
+# flat blocks it ends on (a black surround, a padded band) in a fraction of a bit of zeros each. The libwebp
+# OpenCV 5.1 bundles (benchmarks/check_damaged_photos.py --webp-margins): TVHL photographs at qualities 1-95
+# and lossless 0.11 bits per block at most; 400 photographs and noise pictures given a flat band or a padded canvas 0.81
+# (the photographs 0.52); the worst of a wider search of noise pictures 1.3. TVHL photographs as the review wrote
+# them (lossless) and zero-filled from 70-95 % of the file end in 7-570 zero bits per block (at quality 90:
+# 0.7-105; the smallest files zero-filled from 95 % are the ones let through).
+_WEBP_ZERO_BITS_PER_BLOCK = 2
+_WEBP_MIN_ZEROS = 128
+
+
+def webp_zero_fill(data: bytes) -> tuple[int, int] | None:
+    """(zero bytes, most an encoder writes) when a WebP's image data ends in more zero bytes than that; else None.
+
+    libwebp reads zeros as valid data: a lossy picture decodes the blocks after the damage as smooth smears
+    of the rows above (no detail: an exudate, a haemorrhage is not there), a lossless one as black with stray
+    copies; neither fails nor warns. The zeros are counted at the end of the first VP8 / VP8L chunk (its own
+    length, not its padding byte); the limit is :data:`_WEBP_ZERO_BITS_PER_BLOCK` per 16x16 block of the
+    header's size. None also for a file whose chunks cannot be walked (the decoder decides, as before).
+    """
+    if image_format(data) != "webp":
+        return None
+    at = 12
+    while at + 8 <= len(data):
+        kind, size = data[at : at + 4], int.from_bytes(data[at + 4 : at + 8], "little")
+        end = at + 8 + size
+        if kind in (b"VP8 ", b"VP8L"):
+            if end > len(data) or size == 0 or data[end - 1] != 0:
+                return None
+            zeros = min(size, _zeros_before(data, end))
+            wh = _webp_size(data)  # the picture's size: from this chunk, or the extended header's canvas
+            blocks = 1 if wh is None else -(-wh[0] // 16) * -(-wh[1] // 16)
+            limit = max(_WEBP_MIN_ZEROS, blocks * _WEBP_ZERO_BITS_PER_BLOCK // 8)
+            return (zeros, limit) if zeros > limit else None
+        at = end + (size & 1)
+    return None
 
 
 def _ifd_entries(data: bytes, ifd: int, *, big: bool) -> Iterator[tuple[int, int, int, int, Literal["little", "big"]]]:

@@ -47,6 +47,8 @@ from uopsl.runtime.imagefile import (
     TiffPictures,
     tiff_depth,
     tiff_pictures,
+    trailing_zero_bytes,
+    webp_zero_fill,
 )
 
 log = logging.getLogger(__name__)
@@ -63,10 +65,12 @@ log = logging.getLogger(__name__)
 # several pictures (or a thumbnail first) refused, a 16-bit PNG's unscaled sBIT depth and a JPEG 2000's depth
 # read, DICOM files read (pydicom), 8 = TIFFs packed at 9-15 bits per sample read on the decoder's 16-bit
 # scale (they came out saturated), 9 = a PNG's eXIf chunk after the image data applied (OpenCV and viewers
-# apply it; it was ignored). (The reduced-decode rule
+# apply it; it was ignored), 10 = damaged files screened as photographs refused: a BMP, TIFF or PNM whose end was
+# zero-filled (black rows after a straight cut through the field), a WebP whose image data ends in zeros, a JPEG
+# 2000 cut short or zero-filled (a folder screened before keeps no 'ok' row for them). (The reduced-decode rule
 # lives in config fields, decode_min_ratio and decode_min_side, so a config keeps its
 # pixels without a bump.)
-PREPROCESS_VERSION = 9
+PREPROCESS_VERSION = 10
 
 # The reduced-decode ratio of configs stored before PreprocessConfig.decode_min_ratio existed.
 LEGACY_DECODE_MIN_RATIO = 2.0
@@ -372,6 +376,120 @@ def _damaged(source: str | None) -> ImageDecodeError:
                             "with grey); the file is damaged", source=source)
 
 
+# Formats whose pixels are stored as they are (TIFF: uncompressed, as most writers store a photograph): zero bytes
+# decode to black pixels, so a file whose end was zero-filled (a copy interrupted, a power cut while saving) decodes
+# without complaint into a picture whose rows stop in a straight cut, and the gate passed it (session 60 review:
+# 0002_OD_f_1 as a TIFF missing its bottom 30 %: ok, quality 0.53). A compressed TIFF fails to decode instead.
+_RAW_RASTERS = frozenset({"bmp", "tiff", "bigtiff", "pnm"})
+# Lit: brighter than this on the 8-bit scale (the field-of-view threshold's default), in the brightest channel.
+_CUT_LIT = 10
+
+
+@dataclass(frozen=True)
+class _ZeroFilledCut:
+    """Where a zero-filled end shows in a picture: ``side`` (top or bottom), ``rows`` black rows there, the
+    ``row`` the data stops in and the ``column`` it stops at, and the ``length`` of the cut through lit pixels."""
+
+    side: str
+    rows: int
+    row: int
+    column: int
+    length: int
+
+
+def _brightest(row: np.ndarray) -> np.ndarray:
+    """A picture row's brightest sample per pixel (the row itself for a grey picture).
+
+    Channel by channel: ``row.max(axis=1)`` over 3 samples costs 6 times as much."""
+    if row.ndim == 1:
+        return row
+    out = row[:, 0]
+    for c in range(1, row.shape[1]):
+        out = np.maximum(out, row[:, c])
+    return out
+
+
+def _black_rows(img: np.ndarray, *, top: bool) -> int:
+    """How many exactly black rows (every sample 0) ``img`` has at its top or bottom; its height if all are.
+
+    Read 16 rows at a time from that end: a photograph has a few such rows at most, and reading the whole
+    picture for them doubled the cost of a BMP's decode.
+    """
+    h = img.shape[0]
+    flat = img.reshape(h, -1)
+    for start in range(0, h, 16):
+        rows = flat[start : start + 16] if top else flat[max(0, h - start - 16) : h - start][::-1]
+        lit = rows.any(axis=1)
+        if lit.any():
+            return start + int(lit.argmax())
+    return h
+
+
+def _zero_filled_cut(img: np.ndarray, tail: int, lit: float) -> _ZeroFilledCut | None:
+    """The trace of a zero-filled end in a decoded BMP, TIFF or PNM, or None.
+
+    A raster is stored row after row, each row left to right (a BMP from the bottom up, so its end is the top
+    of the picture). A file whose bytes turned to zeros from some point on therefore decodes into exactly
+    black rows at one end, after a row that holds data up to a column and only zeros after it. Refused when
+    all of this holds, each for a reason:
+
+    * that row's data stops inside the field: it has a lit pixel (``lit``: in ``img``'s units) before the
+      stop, about as many as the next row in has there (a faint row of JPEG ringing along a padded
+      photograph's straight edge has few), and the next row in goes on lit past the stop (at least
+      sqrt(r) pixels: along the straight edge of a clipped field padded into a frame, the rows end
+      together);
+    * the cut, lit pixels before the stop plus those past it one row in, is long: at least the longer of
+      r / 2 and 6 sqrt(r) (r: half the height of the non-black rows), the length at which the field-of-view
+      fit takes a straight stretch for a cut (:func:`uopsl.runtime.fov._straight_cuts`). Where a
+      photograph's black surround starts, the circle's edge is a chord a few pixels in: about 2 sqrt(2 r k)
+      long k rows in, under 4 sqrt(r) for the two rows read here;
+    * the file ends in at least as many zero bytes (``tail``) as the black part holds pixels.
+
+    The rows at the end of a photograph's surround, masked or padded, end together (a circle's edge or a
+    straight clip); a row stopping partway through the field, with its neighbour lit past the stop, is
+    the trace of data that stopped in the middle of a row. (Data stopping at a row's end, or in the black
+    left of the field, leaves a straight cut across whole rows, as a clipped field padded into a frame
+    has: that is not refused.)
+    """
+    h, w = img.shape[:2]
+    if h < 3 or w < 2 or tail < w or not (img.dtype == np.uint8 or img.dtype == np.uint16):
+        return None
+    first = _black_rows(img, top=True)
+    if first == h:
+        return None  # all black: the quality gate's to judge
+    last = h - 1 - _black_rows(img, top=False)
+    if first == 0 and last == h - 1:
+        return None
+    r = (last - first + 1) / 2.0
+    min_cut, min_past = max(0.5 * r, 6.0 * math.sqrt(r), 8.0), max(4.0, math.sqrt(r))
+    for side, rows, edge, inner in (("bottom", h - 1 - last, last, last - 1), ("top", first, first, first + 1)):
+        if rows == 0 or not first <= inner <= last:
+            continue
+        row = _brightest(img[edge])
+        stop = int(np.flatnonzero(row)[-1]) + 1
+        if stop == w or tail < rows * w + (w - stop):
+            continue  # the row holds data to its end, or the file's zeros are fewer than the black pixels
+        inner_row = _brightest(img[inner])
+        past = int(np.count_nonzero(inner_row[stop:] > lit))
+        if past < min_past:
+            continue  # the rows end together: a circle's edge, a straight clip
+        before = int(np.count_nonzero(row[:stop] > lit))
+        before_inner = int(np.count_nonzero(inner_row[:stop] > lit))
+        if before and 2 * before >= before_inner and before + past >= min_cut:
+            return _ZeroFilledCut(side, rows, edge, stop, before + past)
+    return None
+
+
+def _zero_filled(cut: _ZeroFilledCut, h: int, tail: int, source: str | None) -> ImageDecodeError:
+    where = "above" if cut.side == "top" else "below"
+    return ImageDecodeError(
+        f"the image data stops partway through row {cut.row + 1} of {h} (at pixel {cut.column + 1}) and the file "
+        f"ends in {tail:,} zero bytes: the {cut.side} {cut.rows} rows ({100 * cut.rows / h:.0f} %) are black "
+        f"{where} a straight cut through the field of view ({cut.length} pixels), where a photograph's black "
+        "surround ends in the edge of its circle; the file is damaged (a copy or save that was interrupted): "
+        "copy it again from the camera or the original", source=source)
+
+
 def _to_uint8(img: np.ndarray, sample_max: int | None = None, *, alpha_max: int | None = None) -> np.ndarray:
     """8-bit samples; ``alpha_max``: a 4th (alpha) plane's own range, when it differs from the colour's."""
     if img.dtype == np.uint8:
@@ -510,7 +628,8 @@ def decode(data: bytes, *, source: str | None = None, max_pixels: int = 120_000_
     (:mod:`uopsl.runtime.exif`), as a viewer shows it and as the reduced-scale
     decode of ``fast_decode`` does; OpenCV turns a TIFF itself; other formats
     are returned as stored.
-    Raises :class:`ImageDecodeError` for empty, truncated or non-image data.
+    Raises :class:`ImageDecodeError` for empty, truncated or non-image data, and for a file whose end was
+    zero-filled (:func:`check_image_bytes`; a BMP, TIFF or PNM from its picture: :func:`_zero_filled_cut`).
     """
     if is_dicom(data):
         inner = dicom_picture(data, max_pixels, source)
@@ -546,6 +665,12 @@ def _decode_checked(data: bytes, fmt: str, max_pixels: int, source: str | None) 
         sample_max = _png_sample_max(data, img)
     else:  # a JPEG 2000's depth from its header (9-15 bits come back unscaled), nothing for the others
         sample_max = (1 << j2k[0]) - 1 if j2k is not None and 8 < j2k[0] < 16 else None
+    if fmt in _RAW_RASTERS:
+        tail = trailing_zero_bytes(data)
+        lit = _CUT_LIT if img.dtype == np.uint8 else _CUT_LIT * (sample_max or 65535) / 255.0
+        cut = _zero_filled_cut(img, tail, lit)
+        if cut is not None:
+            raise _zero_filled(cut, img.shape[0], tail, source)
     # A PNG's alpha plane has its own sBIT depth, and its own answer to "scaled or not".
     alpha_max = None
     if fmt == "png":
@@ -579,7 +704,8 @@ def _check_tiff_pictures(p: TiffPictures, source: str | None) -> None:
 def check_image_bytes(data: bytes, max_pixels: int, source: str | None = None) -> str:
     """What :func:`decode` checks before decoding; returns the format (:func:`imagefile.image_format`).
 
-    Empty, cut short (a JPEG or PNG without the end of its image data), in a
+    Empty, cut short (a JPEG, PNG or JPEG 2000 without the end of its image data), a WebP whose image data
+    ends in zeros (:func:`imagefile.webp_zero_fill`), in a
     format the runtime does not read, a TIFF holding several pictures, or declaring more than ``max_pixels``
     pixels (a decompression bomb is refused before it is allocated): an
     :class:`ImageError` saying which.
@@ -595,7 +721,18 @@ def check_image_bytes(data: bytes, max_pixels: int, source: str | None = None) -
         raise ImageDecodeError(f"not an image file ({len(data)} bytes; expected {SUPPORTED}, judged from the "
                                "content, not the name)", source=source)
     if is_truncated(data):
+        if fmt in ("jp2", "j2k"):
+            raise ImageDecodeError("image data is truncated: the JPEG 2000 codestream does not reach its "
+                                   "end-of-codestream marker (the file was cut short or its end zero-filled; "
+                                   "OpenJPEG would decode the rest as a picture with wrong detail); the file is "
+                                   "damaged: copy it again from the camera or the original", source=source)
         raise ImageDecodeError("image data is truncated (no end-of-image marker)", source=source)
+    zero_fill = webp_zero_fill(data) if fmt == "webp" else None
+    if zero_fill is not None:
+        raise ImageDecodeError(f"the WebP image data ends in {zero_fill[0]:,} zero bytes, where an encoder writes "
+                               f"at most {zero_fill[1]:,} for a picture this size: its end was zero-filled (a copy "
+                               "or save that was interrupted) and would be decoded as a smeared or black picture; "
+                               "the file is damaged: copy it again from the camera or the original", source=source)
     pictures = tiff_pictures(data) if fmt in ("tiff", "bigtiff") else None
     if pictures is not None:
         _check_tiff_pictures(pictures, source)
