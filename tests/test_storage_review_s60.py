@@ -141,11 +141,7 @@ def test_a_report_that_could_not_be_rewritten_is_not_left_to_pass_for_the_new_li
         earlier = (out / "report.html").read_bytes()
         good_photos(tmp_path / "in", 3, start=2)
         real = api.write_reports
-
-        def disk_full(*a: Any, **k: Any) -> None:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(out / "report.html"))
-
-        monkeypatch.setattr(api, "write_reports", disk_full)
+        monkeypatch.setattr(api, "write_reports", _full_disk_reports(out))
         with pytest.raises(OSError):
             s.screen_to(out, [str(tmp_path / "in")])
         assert not (out / "report.html").exists()  # before: the 2-photograph report, unmarked
