@@ -22,7 +22,6 @@ import errno
 import logging
 import numbers
 import os
-import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -81,7 +80,7 @@ from uopsl.runtime.inputs import (
 from uopsl.runtime.pipeline import InferenceHealth, PipelineConfig, ScreeningPipeline, ScreenResult
 from uopsl.runtime.preprocess import PREPROCESS_VERSION
 from uopsl.runtime.quality import QualityConfig
-from uopsl.runtime.report_days import DAYS_DIR, write_reports
+from uopsl.runtime.report_days import write_reports
 from uopsl.runtime.results import (CSV, CSV_STYLES, JSONL, ModelIdentity, ResultStore, model_identity, valid_image_id,
                                    write_csv)
 from uopsl.runtime.stopping import interrupts_deferred, saving_outputs
@@ -936,14 +935,11 @@ def stale_outputs_set_aside(out: Path) -> Iterator[None]:
     while 9 screened patients were not on it. Renaming needs no free space; the rows are safe in the jsonl
     and the same command writes both files again.
     """
-    names = (CSV, "report.html")
+    names = (CSV, "report.html")  # day pages: report_days sets aside those it failed to rewrite
     before = {name: _version_of(out / name) for name in names}
-    days = {p.name: _version_of(p) for p in _files_in(out / DAYS_DIR)}
     try:
         yield
     except Exception:
-        if days and any(_version_of(out / DAYS_DIR / name) == then for name, then in days.items()):
-            _set_days_aside(out)
         for name, then in before.items():
             if then is None or _version_of(out / name) != then:
                 continue  # absent, or rewritten by this attempt (a new file: written atomically)
@@ -968,40 +964,10 @@ def stale_outputs_set_aside(out: Path) -> Iterator[None]:
             except OSError as exc:  # Windows: open in Excel. Everything was written: no reason to fail the run
                 log.warning("could not remove %s, an out-of-date copy of %s (%s); delete it yourself",
                             stale, name, exc.strerror or exc)
-    stale_days = out / _out_of_date(DAYS_DIR)
-    if stale_days.exists() and (out / "report.html").exists():
-        try:
-            shutil.rmtree(stale_days)
-        except OSError as exc:
-            log.warning("could not remove %s, out-of-date day pages (%s); delete it yourself", stale_days,
-                        exc.strerror or exc)
-
-
-def _files_in(folder: Path) -> list[Path]:
-    try:
-        return [p for p in folder.iterdir() if p.is_file()]
-    except OSError:
-        return []
-
-
-def _set_days_aside(out: Path) -> None:
-    """Rename the day pages folder when some of its pages were not rewritten (they are written before the index,
-    so a full disk usually stops on one): a printed day page must not pass for the session's list either."""
-    folder, stale = out / DAYS_DIR, out / _out_of_date(DAYS_DIR)
-    try:
-        if stale.exists():
-            shutil.rmtree(stale)
-        os.replace(folder, stale)
-    except OSError as exc:
-        log.warning("%s holds day pages that could not be rewritten and could not be renamed (%s): do not print "
-                    "them; run the same command again once the problem is fixed", folder, exc.strerror or exc)
-        return
-    log.warning("%s: some day pages could not be rewritten: the folder was renamed %s so that its pages are not "
-                "taken for this session's; run the same command again once the problem is fixed", folder, stale.name)
 
 
 def _out_of_date(name: str) -> str:
-    return name.replace(".", ".out-of-date.", 1) if "." in name else f"{name}.out-of-date"
+    return name.replace(".", ".out-of-date.", 1)
 
 
 def _version_of(path: Path) -> tuple[int, int, int] | None:

@@ -27,7 +27,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from functools import lru_cache
@@ -73,6 +73,7 @@ ONE_PAGE_MAX_ROWS = 1000
 DAYS_DIR = "days"
 FINGERPRINTS = "pages.json"
 _PAGE_NAME = re.compile(r"(?:\d{4}-\d{2}-\d{2}|undated)(?:-\d+)?\.html")
+_STALE_PAGE_NAME = re.compile(r"(?:\d{4}-\d{2}-\d{2}|undated)(?:-\d+)?\.out-of-date\.html")  # _set_aside
 _MAX_REFERRALS = 500  # listed on the index, newest first (text only: ~0.3 KB each)
 _MAX_COPIES = 10  # copies of a photograph on other pages named per row (with how many there are in all)
 
@@ -145,7 +146,7 @@ def write_reports(rows: Sequence[dict[str, Any]], out_dir: str | os.PathLike[str
     folder = out / DAYS_DIR
     known = _read_fingerprints(folder)
     written: dict[str, str] = {}
-    n_written = 0
+    due: dict[str, tuple[list[dict[str, Any]], PageInfo]] = {}  # pages whose content changed, not yet written
     for k, page in enumerate(pages):
         links = [("all days (report.html)", f"../{REPORT}")]
         if k > 0:
@@ -157,19 +158,25 @@ def write_reports(rows: Sequence[dict[str, Any]], out_dir: str | os.PathLike[str
                              elsewhere={row_ident(rows[i]): elsewhere[i] for i in page.rows if i in elsewhere})
         fp = _fingerprint(page_rows, out, manifest, info, info_page)
         written[page.name] = fp
-        if known.get(page.name) == fp and (folder / page.name).is_file():
-            continue
-        with atomic_open(folder / page.name, "w", encoding="utf-8") as fh:
-            for part in report_parts(page_rows, out, manifest, info, page=info_page):
+        if known.get(page.name) != fp or not (folder / page.name).is_file():
+            due[page.name] = (page_rows, info_page)
+    n_written = len(due)
+    try:
+        for name, (page_rows, info_page) in list(due.items()):
+            with atomic_open(folder / name, "w", encoding="utf-8") as fh:
+                for part in report_parts(page_rows, out, manifest, info, page=info_page):
+                    fh.write(part)
+                    fh.write("\n")
+            del due[name]
+        _write_fingerprints(folder, written)
+        path = out / REPORT
+        with atomic_open(path, "w", encoding="utf-8") as fh:
+            for part in _index_parts(rows, pages, dups, out, manifest, info, max_rows):
                 fh.write(part)
                 fh.write("\n")
-        n_written += 1
-    _write_fingerprints(folder, written)
-    path = out / REPORT
-    with atomic_open(path, "w", encoding="utf-8") as fh:
-        for part in _index_parts(rows, pages, dups, out, manifest, info, max_rows):
-            fh.write(part)
-            fh.write("\n")
+    except Exception:
+        _set_aside(folder, due)
+        raise
     _remove_pages(folder, keep=set(written))  # after the index stopped linking to them
     log.debug("report: %d day pages, %d rewritten", len(pages), n_written)
     return path
@@ -274,14 +281,37 @@ def _write_fingerprints(folder: Path, pages: Mapping[str, str]) -> None:
         json.dump({"format": 1, "pages": dict(pages)}, fh, indent=1, sort_keys=True)
 
 
+def _set_aside(folder: Path, stale: Iterable[str]) -> None:
+    """Rename day pages a failed write (a full disk) left showing an earlier state to ``*.out-of-date.html``.
+
+    Why: a clinic prints the day's page; one still listing part of the day, with no banner, passed for the
+    day's list. Pages whose content did not change stay where they are (the month behind today), and a
+    renamed page is written again by the next refresh (its file is missing); that write removes the copy.
+    """
+    for name in stale:
+        if not (folder / name).is_file():
+            continue
+        aside = folder / name.replace(".html", ".out-of-date.html")
+        try:
+            os.replace(folder / name, aside)
+        except OSError as exc:
+            log.warning("%s could not be rewritten and shows an earlier state; it could not be renamed either "
+                        "(%s): do not print it", folder / name, exc)
+            continue
+        log.warning("%s could not be rewritten: renamed %s so that it is not printed as the day's list", folder / name,
+                    aside.name)
+
+
 def _remove_pages(folder: Path, keep: set[str]) -> None:
-    """Remove the day pages this module wrote that the report no longer has (and the folder, once empty)."""
+    """Remove the day pages this module wrote that the report no longer has, and copies set aside as out of date
+    (and the folder, once empty)."""
     try:
         names = os.listdir(folder)
     except OSError:
         return
     for name in names:
-        if name in keep or not (_PAGE_NAME.fullmatch(name) or (name == FINGERPRINTS and not keep)):
+        if name in keep or not (_PAGE_NAME.fullmatch(name) or _STALE_PAGE_NAME.fullmatch(name)
+                                or (name == FINGERPRINTS and not keep)):
             continue
         try:
             os.unlink(folder / name)

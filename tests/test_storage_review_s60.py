@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -256,28 +257,56 @@ def test_watch_sets_a_report_it_could_not_rewrite_aside_too(tiny_bundle: Path, t
     assert not (out / "report.html").exists() and (out / "report.out-of-date.html").exists()
 
 
-def test_day_pages_that_could_not_be_rewritten_are_set_aside_and_an_old_copy_never_fails_a_run(
+def test_day_pages_a_full_disk_kept_from_being_rewritten_are_set_aside_and_only_those(
         tiny_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
-    import uopsl.runtime.api as api
+    """Day pages are written before the index, so a full disk usually stops on one: it kept an earlier state,
+    unmarked. A page whose content did not change (the month behind today) stays where it is."""
     import uopsl.runtime.report_days as report_days
 
     monkeypatch.setattr(report_days, "ONE_PAGE_MAX_ROWS", 2)  # stands in for 1,000 photographs
     good_photos(tmp_path / "in", 3)
-    out = tmp_path / "out"
-    real = api.write_reports
+    out, days = tmp_path / "out", tmp_path / "out" / "days"
+    real_open = report_days.atomic_open
+
+    def full_for_day_pages(path: Any, *a: Any, **k: Any) -> Any:
+        if Path(path).parent == days:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        return real_open(path, *a, **k)
+
     with Screener(tiny_bundle, backend="ort-cpu", threads=1) as s:
+        s.screen_to(out, [str(tmp_path / "in")], report=False)
+        jsonl = out / "results.jsonl"  # screened a week ago: their day's pages do not change again
+        jsonl.write_text(re.sub(r'"screened_at": ?"[^"]+"', '"screened_at":"2026-12-01T10:00:00.000+00:00"',
+                                jsonl.read_text()))
+        good_photos(tmp_path / "in", 1, start=3)
         s.screen_to(out, [str(tmp_path / "in")])
-        assert any((out / "days").iterdir())
-        good_photos(tmp_path / "in", 2, start=3)
-        monkeypatch.setattr(api, "write_reports", _full_disk_reports(out))
+        good_photos(tmp_path / "in", 1, start=4)
+        monkeypatch.setattr(report_days, "atomic_open", full_for_day_pages)
         with pytest.raises(OSError):
             s.screen_to(out, [str(tmp_path / "in")])
-        assert not (out / "days").exists() and (out / "days.out-of-date").is_dir()
-        monkeypatch.setattr(api, "write_reports", real)
-        (out / "results.out-of-date.csv").mkdir()  # a copy that cannot be removed (Windows: open in Excel)
-        s.screen_to(out, [str(tmp_path / "in")])  # before: the run failed after writing everything
-    assert (out / "days").is_dir() and not (out / "days.out-of-date").exists()
-    assert (out / "results.out-of-date.csv").exists()
+        kept = {p.name: p.read_bytes() for p in days.iterdir() if p.name.endswith(".html")
+                and ".out-of-date." not in p.name}
+        aside = [p.name for p in days.iterdir() if p.name.endswith(".out-of-date.html")]
+        assert any(name.startswith("2026-12-01") for name in kept), sorted(kept)  # not due: left in place
+        assert aside and not any(name.startswith("2026-12-01") for name in aside), aside
+        assert aside, sorted(p.name for p in days.iterdir())  # before: the pages stayed, listing an earlier state
+        assert not (out / "report.html").exists() and (out / "report.out-of-date.html").exists()
+        monkeypatch.setattr(report_days, "atomic_open", real_open)
+        s.screen_to(out, [str(tmp_path / "in")])
+    for name, content in kept.items():  # what stayed was already what the complete write shows
+        assert (days / name).read_bytes() == content, name
+    assert not [p for p in days.iterdir() if ".out-of-date." in p.name]
+    assert not (out / "report.out-of-date.html").exists()
+
+
+def test_an_out_of_date_copy_that_cannot_be_removed_never_fails_a_run(tiny_bundle: Path, tmp_path: Path) -> None:  # noqa: F811
+    """Windows: the renamed CSV open in Excel made every later run exit 2 after writing everything."""
+    good_photos(tmp_path / "in", 1)
+    out = tmp_path / "out"
+    (out / "results.out-of-date.csv").mkdir(parents=True)  # a copy that cannot be removed
+    with Screener(tiny_bundle, backend="ort-cpu", threads=1) as s:
+        s.screen_to(out, [str(tmp_path / "in")])
+    assert (out / "results.csv").is_file() and (out / "results.out-of-date.csv").exists()
 
 
 def test_the_not_updated_line_names_a_read_only_file_too(tiny_bundle: Path, tmp_path: Path,  # noqa: F811
